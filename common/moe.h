@@ -1,0 +1,97 @@
+/* moeflow — shared status codes, error detail, logging and small helpers.
+ *
+ * Every action function returns enum moe_status (0 ok, negative error).  The
+ * human-readable detail of the most recent error on the calling thread is kept
+ * errno-style and read with moe_last_error(); it always names what to fix
+ * (the file, the field, the value). */
+#ifndef MOE_COMMON_H
+#define MOE_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum moe_status {
+    MOE_OK = 0,
+    MOE_EINVAL = -1,     /* bad argument, request field or config value */
+    MOE_ENOMEM = -2,     /* allocation failed or a configured bound was hit */
+    MOE_EIO = -3,        /* read/write/open failed */
+    MOE_EFORMAT = -4,    /* malformed file or message */
+    MOE_ENOTSUP = -5,    /* unsupported architecture, dtype or feature */
+    MOE_ECHECKSUM = -6,  /* stored data failed its checksum */
+    MOE_EBUSY = -7,      /* queue or capacity full; retry later */
+    MOE_ECANCELED = -8,  /* cancelled by the client or by shutdown */
+    MOE_ETIMEDOUT = -9,  /* deadline expired */
+    MOE_EDEVICE = -10,   /* accelerator error (sticky errors poison the process) */
+    MOE_ENOENT = -11,    /* file, tensor or key not found */
+    MOE_ERANGE = -12,    /* value outside its allowed range (context, ids, ...) */
+};
+
+const char *moe_status_str(enum moe_status st);
+
+/* Record a formatted detail message for the calling thread and return st, so
+ * call sites read `return moe_errorf(MOE_EFORMAT, "%s: ...", path);`. */
+enum moe_status moe_errorf(enum moe_status st, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Prefix the current detail message: "<prefix>: <old message>". */
+enum moe_status moe_error_prefix(enum moe_status st, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Detail of the last error on this thread ("" if none). */
+const char *moe_last_error(void);
+void moe_error_clear(void);
+
+/* Logging to stderr. Level from MOEFLOW_LOG (error|warn|info|debug), default warn. */
+enum moe_log_level { MOE_LOG_ERROR, MOE_LOG_WARN, MOE_LOG_INFO, MOE_LOG_DEBUG };
+void moe_log(enum moe_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void moe_log_set_level(enum moe_log_level lvl);
+#define MOE_ERR(...)  moe_log(MOE_LOG_ERROR, __VA_ARGS__)
+#define MOE_WARN(...) moe_log(MOE_LOG_WARN, __VA_ARGS__)
+#define MOE_INFO(...) moe_log(MOE_LOG_INFO, __VA_ARGS__)
+#define MOE_DBG(...)  moe_log(MOE_LOG_DEBUG, __VA_ARGS__)
+
+/* Monotonic clock in seconds. */
+double moe_now(void);
+
+/* Numeric conversions used by loaders and kernels (round-to-nearest-even). */
+static inline float moe_bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
+    return v.f;
+}
+static inline uint16_t moe_f32_to_bf16(float f)
+{
+    union { uint32_t u; float f; } v = { .f = f };
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* quiet NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)(v.u >> 16);
+}
+float moe_f16_to_f32(uint16_t h);
+uint16_t moe_f32_to_f16(float f);
+
+/* Checked arithmetic: false on overflow. */
+static inline bool moe_mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool moe_add_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* Whole-file read into a NUL-terminated malloc'd buffer (caller frees). */
+enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len);
+
+/* Directory of the bundled default model (MOEFLOW_MODEL overrides). */
+const char *moe_default_model_dir(void);
+
+#define MOE_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#ifdef __cplusplus
+}
+#endif
+#endif

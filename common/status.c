@@ -1,0 +1,163 @@
+/* Status strings, the per-thread error detail, logging and small helpers. */
+#define _POSIX_C_SOURCE 200809L
+#include "moe.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+const char *moe_status_str(enum moe_status st)
+{
+    switch (st) {
+    case MOE_OK: return "ok";
+    case MOE_EINVAL: return "invalid argument";
+    case MOE_ENOMEM: return "out of memory";
+    case MOE_EIO: return "I/O error";
+    case MOE_EFORMAT: return "malformed data";
+    case MOE_ENOTSUP: return "not supported";
+    case MOE_ECHECKSUM: return "checksum mismatch";
+    case MOE_EBUSY: return "busy";
+    case MOE_ECANCELED: return "cancelled";
+    case MOE_ETIMEDOUT: return "deadline exceeded";
+    case MOE_EDEVICE: return "device error";
+    case MOE_ENOENT: return "not found";
+    case MOE_ERANGE: return "out of range";
+    }
+    return "unknown status";
+}
+
+static _Thread_local char err_msg[1024];
+
+enum moe_status moe_errorf(enum moe_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_msg, sizeof(err_msg), fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+enum moe_status moe_error_prefix(enum moe_status st, const char *fmt, ...)
+{
+    char old[sizeof(err_msg)], pre[512];
+    va_list ap;
+    memcpy(old, err_msg, sizeof(old));
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof(pre), fmt, ap);
+    va_end(ap);
+    if (old[0])
+        snprintf(err_msg, sizeof(err_msg), "%s: %s", pre, old);
+    else
+        snprintf(err_msg, sizeof(err_msg), "%s: %s", pre, moe_status_str(st));
+    return st;
+}
+
+const char *moe_last_error(void) { return err_msg; }
+void moe_error_clear(void) { err_msg[0] = 0; }
+
+static int log_level = -1;
+
+void moe_log_set_level(enum moe_log_level lvl) { log_level = (int)lvl; }
+
+static int log_level_get(void)
+{
+    if (log_level < 0) {
+        const char *e = getenv("MOEFLOW_LOG");
+        log_level = MOE_LOG_WARN;
+        if (e) {
+            if (!strcmp(e, "error")) log_level = MOE_LOG_ERROR;
+            else if (!strcmp(e, "info")) log_level = MOE_LOG_INFO;
+            else if (!strcmp(e, "debug")) log_level = MOE_LOG_DEBUG;
+        }
+    }
+    return log_level;
+}
+
+void moe_log(enum moe_log_level lvl, const char *fmt, ...)
+{
+    static const char *names[] = { "error", "warn", "info", "debug" };
+    char buf[2048];
+    va_list ap;
+    if ((int)lvl > log_level_get()) return;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "moeflow: %s: %s\n", names[lvl], buf);
+}
+
+double moe_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+float moe_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (exp == 0) {
+        float f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    }
+    if (exp == 31) v.u = sign | 0x7f800000u | (man << 13);
+    else v.u = sign | ((exp + 112) << 23) | (man << 13);
+    return v.f;
+}
+
+uint16_t moe_f32_to_f16(float f)
+{
+    union { uint32_t u; float f; } v = { .f = f };
+    uint32_t sign = (v.u >> 16) & 0x8000, a = v.u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* overflow -> inf */
+    if (a < 0x38800000u) {                                  /* subnormal or zero */
+        float m = fabsf(f) * 16777216.0f;                   /* 2^24 */
+        return (uint16_t)(sign | (uint32_t)lrintf(m));
+    }
+    a += 0xfffu + ((a >> 13) & 1u);
+    return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
+}
+
+enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len)
+{
+    FILE *f = fopen(path, "rb");
+    struct stat sb;
+    char *buf;
+    if (!f) return moe_errorf(errno == ENOENT ? MOE_ENOENT : MOE_EIO, "%s: %s", path, strerror(errno));
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return moe_errorf(MOE_EIO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)sb.st_size > max_len) {
+        fclose(f);
+        return moe_errorf(MOE_EFORMAT, "%s: %lld bytes is larger than the %zu-byte limit", path,
+                          (long long)sb.st_size, max_len);
+    }
+    buf = malloc((size_t)sb.st_size + 1);
+    if (!buf) {
+        fclose(f);
+        return moe_errorf(MOE_ENOMEM, "%s: cannot allocate %lld bytes", path, (long long)sb.st_size);
+    }
+    if (fread(buf, 1, (size_t)sb.st_size, f) != (size_t)sb.st_size) {
+        free(buf);
+        fclose(f);
+        return moe_errorf(MOE_EIO, "%s: short read", path);
+    }
+    fclose(f);
+    buf[sb.st_size] = 0;
+    *out = buf;
+    if (len) *len = (size_t)sb.st_size;
+    return MOE_OK;
+}
+
+const char *moe_default_model_dir(void)
+{
+    const char *e = getenv("MOEFLOW_MODEL");
+    if (e && *e) return e;
+    return MOEFLOW_DEFAULT_MODEL_DIR;
+}

@@ -1,0 +1,72 @@
+/* The batched forward pass over a loaded model, with a paged-free per-sequence
+ * KV cache.  One call computes any mix of prefill chunks and single-token
+ * decode steps of several sequences: token i belongs to sequence seq[i] at
+ * position pos[i]; positions of one sequence in a batch are consecutive and
+ * continue that sequence's cache.
+ *
+ * Experts are reached only through the expert provider; routing and hidden
+ * states can be observed through hooks (traces, predictors, parity tests). */
+#ifndef MOE_ENGINE_H
+#define MOE_ENGINE_H
+
+#include "../common/moe.h"
+#include "../model/model.h"
+#include "../offload/provider.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_engine;
+
+/* Observation hooks, all optional, called synchronously inside forward(). */
+struct moe_engine_hooks {
+    void *ud;
+    /* j = 0: embeddings; 1..L-1: output of decoder layer j-1; L: after final norm. h: [n, hidden] */
+    void (*on_hidden)(void *ud, int j, int n, const float *h);
+    /* MoE layer routed. logits [n, E] (pre-softmax), ids/weights [n, k] in descending weight. */
+    void (*on_route)(void *ud, int layer, int n, const float *logits, const int *ids,
+                     const float *weights);
+    /* Input of layer's MoE block (after post-attention norm), [n, hidden], before
+     * the router runs: predictors (pre-gating) issue prefetches from here. */
+    void (*on_moe_input)(void *ud, int layer, int n, const float *x);
+};
+
+struct moe_engine_params {
+    int max_seqs;                 /* sequence slots (KV caches) */
+    int max_ctx;                  /* tokens per sequence; <= cfg.max_pos (0 = cfg.max_pos) */
+    int max_batch_tokens;         /* tokens per forward() call (0 = 512) */
+    int n_threads;                /* BLAS threads (0 = 1) */
+    struct moe_provider *provider;/* NULL: the engine creates and owns a resident provider */
+    struct moe_engine_hooks hooks;
+};
+
+struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe_engine_params *p);
+void moe_engine_destroy(struct moe_engine *e);
+const struct moe_model *moe_engine_model(const struct moe_engine *e);
+void moe_engine_set_hooks(struct moe_engine *e, const struct moe_engine_hooks *h);
+
+/* Claim a free sequence slot (empty cache): slot id >= 0, or -1 when all are in use. */
+int moe_engine_seq_alloc(struct moe_engine *e);
+/* Drop a sequence's cache and free its slot. */
+void moe_engine_seq_free(struct moe_engine *e, int seq);
+/* Tokens currently cached for seq. */
+int moe_engine_seq_len(const struct moe_engine *e, int seq);
+
+struct moe_batch {
+    int n;              /* tokens */
+    const int *tokens;  /* [n] */
+    const int *seq;     /* [n] slot ids */
+    const int *pos;     /* [n] position of each token in its sequence */
+    const bool *want_logits; /* [n] or NULL = all */
+};
+
+/* Run the batch; writes logits [n_wanted, vocab] (rows in batch order of the
+ * tokens with want_logits) into logits, which may be NULL.  On error nothing is
+ * appended to any KV cache. */
+enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch *b, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

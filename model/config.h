@@ -1,0 +1,72 @@
+/* Model configuration (config.json) for the supported MoE families.
+ *
+ * Accepts the spellings of different transformers versions: rope_theta at top
+ * level or inside rope_parameters / rope_scaling; num_experts or
+ * num_local_experts; head_dim present or derived; etc.  Unknown architectures
+ * (and DeepSeek-V3, not yet supported) are refused with an error naming them;
+ * a missing or out-of-range field is an error naming the field. */
+#ifndef MOE_CONFIG_H
+#define MOE_CONFIG_H
+
+#include "../common/moe.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum moe_family {
+    MOE_FAM_MIXTRAL,
+    MOE_FAM_QWEN2_MOE,
+    MOE_FAM_QWEN3_MOE,
+    MOE_FAM_OLMOE,
+};
+const char *moe_family_name(enum moe_family f);
+
+enum moe_router_kind {
+    MOE_ROUTER_TOPK_SOFTMAX,  /* Mixtral: top-k on logits, softmax over the k */
+    MOE_ROUTER_SOFTMAX_TOPK,  /* Qwen/OLMoE: softmax over all, top-k, renormalise if norm_topk_prob */
+};
+
+enum moe_qk_norm {
+    MOE_QK_NORM_NONE,
+    MOE_QK_NORM_HEAD,   /* Qwen3: RMSNorm over each head's head_dim */
+    MOE_QK_NORM_FULL,   /* OLMoE: RMSNorm over the whole q (n_heads*head_dim) / k projection */
+};
+
+#define MOE_MAX_LAYERS 256
+
+struct moe_config {
+    enum moe_family family;
+    char model_type[32];       /* config.json model_type */
+    int n_layers;              /* num_hidden_layers */
+    int hidden;                /* hidden_size */
+    int n_heads;               /* num_attention_heads */
+    int n_kv_heads;            /* num_key_value_heads */
+    int head_dim;              /* per head */
+    int vocab;                 /* vocab_size */
+    int n_experts;             /* routed experts per MoE layer */
+    int top_k;                 /* num_experts_per_tok */
+    int expert_inter;          /* moe_intermediate_size (Mixtral: intermediate_size) */
+    int dense_inter;           /* intermediate_size of dense (non-MoE) layers, 0 if none */
+    int shared_inter;          /* shared expert intermediate size, 0 = no shared expert */
+    bool shared_gate;          /* shared expert scaled by sigmoid(shared_expert_gate(x)) */
+    bool norm_topk_prob;       /* renormalise top-k weights to sum 1 */
+    enum moe_router_kind router;
+    enum moe_qk_norm qk_norm;
+    bool attn_qkv_bias;        /* q/k/v projections have biases */
+    bool tie_embeddings;       /* lm_head shares embed_tokens */
+    float rms_eps;
+    float rope_theta;
+    int max_pos;               /* max_position_embeddings */
+    int bos_id, eos_id;        /* -1 when absent */
+    bool is_moe[MOE_MAX_LAYERS]; /* per layer: MoE (true) or dense MLP */
+};
+
+enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
+                                 struct moe_config *out);
+enum moe_status moe_config_load(const char *model_dir, struct moe_config *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

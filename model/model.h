@@ -1,0 +1,79 @@
+/* A loaded checkpoint: config + (sharded) safetensors, every tensor checked
+ * for presence, dtype and shape against what config.json implies.
+ *
+ * Tensors stay in the mmap'd files; views point into them.  The engine converts
+ * what it needs; expert weights are reached only through the expert provider
+ * (offload/provider.h), which reads them from here or from a packed store. */
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include "config.h"
+#include "safetensors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A 1-D or 2-D weight.  2-D weights are [rows, cols] row-major as in HF
+ * (nn.Linear weight [out_features, in_features]). */
+struct moe_wview {
+    enum moe_dtype dtype;
+    int64_t rows, cols;        /* 1-D: rows = 1, cols = n */
+    const void *data;          /* NULL when the tensor is absent (optional weight) */
+    uint64_t nbytes;
+};
+
+struct moe_layer_w {
+    struct moe_wview attn_norm, ffn_norm;            /* [hidden] */
+    struct moe_wview wq, wk, wv, wo;                 /* [nh*hd, hidden], [nkv*hd, hidden] x2, [hidden, nh*hd] */
+    struct moe_wview bq, bk, bv;                     /* biases when attn_qkv_bias */
+    struct moe_wview q_norm, k_norm;                 /* [hd] (HEAD) or [nh*hd]/[nkv*hd] (FULL) */
+    struct moe_wview router;                         /* [n_experts, hidden] */
+    struct moe_wview sh_gate, sh_up, sh_down;        /* shared expert, when shared_inter > 0 */
+    struct moe_wview sh_scale;                       /* [1, hidden] shared_expert_gate */
+    struct moe_wview d_gate, d_up, d_down;           /* dense MLP on non-MoE layers */
+};
+
+/* One routed expert: SwiGLU down(silu(gate x) * up x). */
+struct moe_expert_w {
+    struct moe_wview gate, up;  /* [inter, hidden] */
+    struct moe_wview down;      /* [hidden, inter] */
+};
+
+struct moe_model {
+    struct moe_config cfg;
+    char dir[4096];
+    struct moe_wview embed;      /* [vocab, hidden] */
+    struct moe_wview final_norm; /* [hidden] */
+    struct moe_wview lm_head;    /* [vocab, hidden] (embed when tied) */
+    struct moe_layer_w *layers;  /* [n_layers] */
+    struct moe_expert_w *experts;/* [n_layers * n_experts]; zeroed views on dense layers */
+    /* private */
+    struct moe_st_file **shards;
+    int n_shards;
+};
+
+/* Open model_dir: config.json, model.safetensors or model.safetensors.index.json
+ * + shards.  Refuses pickle checkpoints (*.bin, *.pt) with an explanation.
+ * Returns NULL with moe_last_error() set. */
+struct moe_model *moe_model_open(const char *model_dir);
+void moe_model_close(struct moe_model *m);
+
+static inline const struct moe_expert_w *moe_model_expert(const struct moe_model *m, int layer, int e)
+{
+    return &m->experts[(size_t)layer * (size_t)m->cfg.n_experts + (size_t)e];
+}
+
+/* Bytes of one expert's three matrices in their stored dtype. */
+uint64_t moe_model_expert_bytes(const struct moe_model *m);
+
+/* Find a tensor in any shard by its checkpoint name (NULL if absent). */
+const struct moe_st_tensor *moe_model_tensor(const struct moe_model *m, const char *name);
+
+/* Convert n elements of a weight (any float dtype) to f32. */
+void moe_wview_to_f32(const struct moe_wview *w, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,55 @@
+/* Expert-provider seam: the only way the engine reaches an expert's weights.
+ *
+ * acquire(layer, n, ids) returns compute-visible pointers for n experts of one
+ * layer, waiting only for experts not yet resident; the experts stay pinned
+ * (never evicted) until release(layer).  prefetch() is a hint: start moving
+ * these experts towards the compute tier; distance = how many MoE layers ahead
+ * of the one now computing they are needed (0 = needed now, top priority).
+ *
+ * The all-resident provider (moe_provider_resident) exists from day one; the
+ * tiered cache manager implements the same ops. */
+#ifndef MOE_PROVIDER_H
+#define MOE_PROVIDER_H
+
+#include "../common/moe.h"
+#include "../model/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Compute-visible weights of one expert, in the backend's memory.  CPU
+ * backend: F32 row-major, gate/up [inter, hidden], down [hidden, inter]. */
+struct moe_expert_ref {
+    const void *gate, *up, *down;
+    enum moe_dtype dtype;
+};
+
+struct moe_provider_ops {
+    /* Fill out[0..n-1].  On failure (I/O, checksum) returns the status with
+     * moe_last_error() naming layer and expert; nothing is pinned then. */
+    enum moe_status (*acquire)(void *self, int layer, int n, const int *ids,
+                               struct moe_expert_ref *out);
+    void (*release)(void *self, int layer);
+    /* Optional (may be NULL). scores: predictor confidence per id or NULL. */
+    void (*prefetch)(void *self, int layer, int n, const int *ids, const float *scores,
+                     int distance);
+    /* Optional: a forward step of n_tokens begins / ends (stats, timelines). */
+    void (*step_begin)(void *self, int n_tokens);
+    void (*step_end)(void *self);
+    void (*destroy)(void *self);
+};
+
+struct moe_provider {
+    const struct moe_provider_ops *ops;
+    void *self;
+};
+
+/* Every expert converted to F32 once and kept in RAM. */
+struct moe_provider *moe_provider_resident_create(const struct moe_model *m);
+void moe_provider_destroy(struct moe_provider *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,50 @@
+/* moeflow: entry point and subcommand dispatch. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    { "generate", moe_cmd_generate, "generate a continuation of a prompt, streamed to stdout" },
+    { "tokenize", moe_cmd_tokenize, "text to token ids (or --decode ids to text)" },
+    { "logits", moe_cmd_logits, "write the logits of every position to a safetensors file" },
+    { "pack", moe_cmd_pack, "write the packed expert store of a model" },
+    { "trace", moe_cmd_trace, "record the routing trace of a text (JSON Lines)" },
+    { "sim", moe_cmd_sim, "replay a routing trace through the expert cache" },
+    { "train-predictor", moe_cmd_train_predictor, "train a routing-path predictor from a trace" },
+    { "eval-predictor", moe_cmd_eval_predictor, "measure a predictor's recall and precision" },
+    { "replay", moe_cmd_replay, "decode a text through engine, predictor and cache; print cache figures" },
+    { "bench", moe_cmd_bench, "benchmarks (bench batch: the scheduler under load)" },
+    { "serve", moe_cmd_serve, "serve gRPC and OpenAI-compatible HTTP" },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moeflow <command> [options]   (moeflow <command> --help for its options)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\nenvironment: MOEFLOW_MODEL (default model directory), MOEFLOW_LOG (error|warn|info|debug)\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("moeflow " MOEFLOW_VERSION "\n");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moeflow: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

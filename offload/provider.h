@@ -38,6 +38,10 @@ struct moe_provider_ops {
     void (*step_begin)(void *self, int n_tokens);
     void (*step_end)(void *self);
     void (*destroy)(void *self);
+    /* Optional: most experts that can be pinned at once (device-tier slots);
+     * NULL or 0 = unlimited.  The engine acquires a layer's experts in chunks
+     * of at most this many, and its result must not depend on the chunking. */
+    int (*max_pinned)(void *self);
 };
 
 struct moe_provider {

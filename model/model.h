@@ -51,6 +51,7 @@ struct moe_model {
     /* private */
     struct moe_st_file **shards;
     int n_shards;
+    struct moe_model_priv *priv; /* name index over all shards */
 };
 
 /* Open model_dir: config.json, model.safetensors or model.safetensors.index.json
@@ -70,8 +71,13 @@ uint64_t moe_model_expert_bytes(const struct moe_model *m);
 /* Find a tensor in any shard by its checkpoint name (NULL if absent). */
 const struct moe_st_tensor *moe_model_tensor(const struct moe_model *m, const char *name);
 
-/* Convert n elements of a weight (any float dtype) to f32. */
+/* Convert the rows*cols elements of a view to f32 (BF16, F16, F32; also F64
+ * and integer dtypes, for reference tensors).  out holds rows*cols floats. */
 void moe_wview_to_f32(const struct moe_wview *w, float *out);
+
+/* View of any checkpoint tensor: cols = last dimension, rows = product of the
+ * others (0-D: 1 x 1).  A zeroed view for NULL. */
+struct moe_wview moe_wview_from_tensor(const struct moe_st_tensor *t);
 
 #ifdef __cplusplus
 }

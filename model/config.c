@@ -1,0 +1,388 @@
+/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE.
+ *
+ * Fields are read with the spellings of different transformers versions and
+ * the defaults of each family's transformers config class; every size is
+ * range-checked, and an error names the file, the field and the value. */
+#include "config.h"
+
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
+
+const char *moe_family_name(enum moe_family f)
+{
+    switch (f) {
+    case MOE_FAM_MIXTRAL: return "mixtral";
+    case MOE_FAM_QWEN2_MOE: return "qwen2_moe";
+    case MOE_FAM_QWEN3_MOE: return "qwen3_moe";
+    case MOE_FAM_OLMOE: return "olmoe";
+    }
+    return "unknown";
+}
+
+static const struct {
+    const char *model_type, *arch;
+    enum moe_family fam;
+} families[] = {
+    { "mixtral", "MixtralForCausalLM", MOE_FAM_MIXTRAL },
+    { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE },
+    { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE },
+    { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE },
+};
+
+/* A field that is absent or JSON null counts as missing. */
+static json_t *field(json_t *root, const char *key)
+{
+    json_t *v = json_object_get(root, key);
+    return json_is_null(v) ? NULL : v;
+}
+
+/* Integer field in [min, max]; *out = def when missing and !required. */
+static enum moe_status get_int(const char *what, json_t *root, const char *key, bool required,
+                               long long min, long long max, int def, int *out)
+{
+    json_t *v = field(root, key);
+    long long x;
+    if (!v) {
+        if (required)
+            return moe_errorf(MOE_EFORMAT, "%s: required field \"%s\" is missing", what, key);
+        *out = def;
+        return MOE_OK;
+    }
+    if (!json_is_integer(v))
+        return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be an integer", what, key);
+    x = json_integer_value(v);
+    if (x < min || x > max)
+        return moe_errorf(MOE_ERANGE, "%s: field \"%s\" = %lld is out of range [%lld, %lld]", what, key, x,
+                          min, max);
+    *out = (int)x;
+    return MOE_OK;
+}
+
+static enum moe_status get_bool(const char *what, json_t *root, const char *key, bool def, bool *out)
+{
+    json_t *v = field(root, key);
+    if (!v) {
+        *out = def;
+        return MOE_OK;
+    }
+    if (!json_is_boolean(v))
+        return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be true or false", what, key);
+    *out = json_is_true(v);
+    return MOE_OK;
+}
+
+/* Positive finite number (integer or real). */
+static enum moe_status get_pos_num(const char *what, json_t *root, const char *key, double def,
+                                   double *out)
+{
+    json_t *v = field(root, key);
+    double x;
+    if (!v) {
+        *out = def;
+        return MOE_OK;
+    }
+    if (!json_is_number(v))
+        return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be a number", what, key);
+    x = json_number_value(v);
+    if (!isfinite(x) || x <= 0)
+        return moe_errorf(MOE_ERANGE, "%s: field \"%s\" = %g must be a positive number", what, key, x);
+    *out = x;
+    return MOE_OK;
+}
+
+/* bos/eos: null or absent -> -1; an integer; or a list whose first entry is used. */
+static enum moe_status get_token_id(const char *what, json_t *root, const char *key, int *out)
+{
+    json_t *v = field(root, key);
+    *out = -1;
+    if (!v) return MOE_OK;
+    if (json_is_array(v)) {
+        if (json_array_size(v) == 0) return MOE_OK;
+        v = json_array_get(v, 0);
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX)
+        return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be null, a non-negative integer or a list "
+                          "of them", what, key);
+    *out = (int)json_integer_value(v);
+    return MOE_OK;
+}
+
+static bool is_deepseek(const char *s)
+{
+    return s && (!strncmp(s, "deepseek", 8) || !strncmp(s, "Deepseek", 8) || !strncmp(s, "DeepSeek", 8));
+}
+
+/* Family from model_type (or architectures[0] when model_type is absent). */
+static enum moe_status detect_family(const char *what, json_t *root, struct moe_config *c)
+{
+    json_t *mt = field(root, "model_type"), *ar = field(root, "architectures");
+    const char *type = json_is_string(mt) ? json_string_value(mt) : NULL;
+    const char *arch = json_is_array(ar) && json_is_string(json_array_get(ar, 0))
+                           ? json_string_value(json_array_get(ar, 0)) : NULL;
+
+    if (mt && !type) return moe_errorf(MOE_EFORMAT, "%s: field \"model_type\" must be a string", what);
+    if (is_deepseek(type) || is_deepseek(arch))
+        return moe_errorf(MOE_ENOTSUP, "%s: DeepSeek-V3 family (model_type \"%s\", architecture \"%s\") is "
+                          "not supported yet (MLA attention and group-limited routing); supported: mixtral, "
+                          "qwen2_moe, qwen3_moe, olmoe", what, type ? type : "?", arch ? arch : "?");
+    for (size_t i = 0; i < MOE_ARRAY_LEN(families); i++) {
+        if ((type && !strcmp(type, families[i].model_type)) ||
+            (!type && arch && !strcmp(arch, families[i].arch))) {
+            c->family = families[i].fam;
+            snprintf(c->model_type, sizeof(c->model_type), "%s", families[i].model_type);
+            return MOE_OK;
+        }
+    }
+    if (!type && !arch)
+        return moe_errorf(MOE_EFORMAT, "%s: required field \"model_type\" is missing (and no "
+                          "\"architectures\")", what);
+    return moe_errorf(MOE_ENOTSUP, "%s: unsupported architecture: model_type \"%s\", architectures[0] "
+                      "\"%s\"; supported model_type values: mixtral, qwen2_moe, qwen3_moe, olmoe", what,
+                      type ? type : "(none)", arch ? arch : "(none)");
+}
+
+/* rope_theta at top level, in rope_parameters, or in rope_scaling; only the
+ * default (unscaled) RoPE is implemented. */
+static enum moe_status get_rope(const char *what, json_t *root, double def, double *theta)
+{
+    static const char *const holders[] = { "rope_parameters", "rope_scaling" };
+    enum moe_status st;
+    bool found = false;
+    *theta = def;
+    if (field(root, "rope_theta")) {
+        if ((st = get_pos_num(what, root, "rope_theta", def, theta)) != MOE_OK) return st;
+        found = true;
+    }
+    for (size_t i = 0; i < MOE_ARRAY_LEN(holders); i++) {
+        json_t *h = field(root, holders[i]), *ty;
+        const char *tys;
+        if (!h) continue;
+        if (!json_is_object(h))
+            return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be an object or null", what, holders[i]);
+        ty = field(h, "rope_type");
+        if (!ty) ty = field(h, "type");
+        tys = json_is_string(ty) ? json_string_value(ty) : NULL;
+        if (ty && (!tys || strcmp(tys, "default")))
+            return moe_errorf(MOE_ENOTSUP, "%s: field \"%s.rope_type\" = \"%s\": only \"default\" RoPE is "
+                              "supported", what, holders[i], tys ? tys : "(not a string)");
+        if (field(h, "rope_theta")) {
+            double t;
+            char key[64];
+            snprintf(key, sizeof(key), "%s.rope_theta", holders[i]);
+            if (!json_is_number(field(h, "rope_theta")) || !isfinite(t = json_number_value(field(h, "rope_theta"))) ||
+                t <= 0)
+                return moe_errorf(MOE_ERANGE, "%s: field \"%s\" must be a positive number", what, key);
+            if (found && t != *theta)
+                return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" = %g disagrees with rope_theta = %g", what,
+                                  key, t, *theta);
+            *theta = t;
+            found = true;
+        }
+    }
+    return MOE_OK;
+}
+
+enum moe_status moe_config_parse(const char *json, size_t len, const char *what, struct moe_config *out)
+{
+    struct moe_config c;
+    json_error_t jerr;
+    json_t *root, *v;
+    enum moe_status st;
+    int inter = 0, step = 1, ne_a = -1, ne_b = -1;
+    bool b;
+    double d;
+
+    memset(&c, 0, sizeof(c));
+    what = what ? what : "config.json";
+    root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", what, jerr.text,
+                          jerr.line, jerr.column);
+    if (!json_is_object(root)) {
+        st = moe_errorf(MOE_EFORMAT, "%s: top level must be a JSON object", what);
+        goto out;
+    }
+    if ((st = detect_family(what, root, &c)) != MOE_OK) goto out;
+
+    if ((st = get_int(what, root, "num_hidden_layers", true, 1, MOE_MAX_LAYERS, 0, &c.n_layers)) ||
+        (st = get_int(what, root, "hidden_size", true, 1, CFG_MAX_SIZE, 0, &c.hidden)) ||
+        (st = get_int(what, root, "num_attention_heads", true, 1, 4096, 0, &c.n_heads)) ||
+        (st = get_int(what, root, "num_key_value_heads", false, 1, 4096, c.n_heads, &c.n_kv_heads)) ||
+        (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
+        (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
+                      c.family == MOE_FAM_MIXTRAL ? 4096 * 32 : c.family == MOE_FAM_OLMOE ? 4096 : 32768,
+                      &c.max_pos)))
+        goto out;
+    if (c.n_heads % c.n_kv_heads) {
+        st = moe_errorf(MOE_ERANGE, "%s: num_attention_heads = %d is not a multiple of num_key_value_heads "
+                        "= %d", what, c.n_heads, c.n_kv_heads);
+        goto out;
+    }
+    if (field(root, "head_dim")) {
+        if ((st = get_int(what, root, "head_dim", true, 1, 4096, 0, &c.head_dim))) goto out;
+    } else {
+        if (c.hidden % c.n_heads) {
+            st = moe_errorf(MOE_ERANGE, "%s: no \"head_dim\" and hidden_size = %d is not a multiple of "
+                            "num_attention_heads = %d", what, c.hidden, c.n_heads);
+            goto out;
+        }
+        c.head_dim = c.hidden / c.n_heads;
+    }
+
+    /* Experts: num_experts (Qwen/OLMoE) or num_local_experts (Mixtral, some exports). */
+    if ((st = get_int(what, root, "num_experts", false, 1, 65536, -1, &ne_a)) ||
+        (st = get_int(what, root, "num_local_experts", false, 1, 65536, -1, &ne_b)))
+        goto out;
+    if (ne_a < 0 && ne_b < 0) {
+        st = moe_errorf(MOE_EFORMAT, "%s: required field \"num_experts\" (or \"num_local_experts\") is "
+                        "missing", what);
+        goto out;
+    }
+    if (ne_a > 0 && ne_b > 0 && ne_a != ne_b) {
+        st = moe_errorf(MOE_EFORMAT, "%s: \"num_experts\" = %d and \"num_local_experts\" = %d disagree",
+                        what, ne_a, ne_b);
+        goto out;
+    }
+    c.n_experts = ne_a > 0 ? ne_a : ne_b;
+    if ((st = get_int(what, root, "num_experts_per_tok", true, 1, c.n_experts, 0, &c.top_k))) goto out;
+
+    /* Intermediate sizes. */
+    if ((st = get_int(what, root, "intermediate_size", c.family != MOE_FAM_QWEN2_MOE &&
+                      c.family != MOE_FAM_QWEN3_MOE, 1, CFG_MAX_SIZE, 0, &inter)))
+        goto out;
+    if (c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_OLMOE) {
+        c.expert_inter = inter;
+    } else if ((st = get_int(what, root, "moe_intermediate_size", true, 1, CFG_MAX_SIZE, 0,
+                             &c.expert_inter))) {
+        goto out;
+    }
+
+    /* Which layers are MoE (Qwen: decoder_sparse_step and mlp_only_layers). */
+    for (int l = 0; l < c.n_layers; l++) c.is_moe[l] = true;
+    if (c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE) {
+        size_t i;
+        json_t *x;
+        if ((st = get_int(what, root, "decoder_sparse_step", false, 1, MOE_MAX_LAYERS, 1, &step))) goto out;
+        v = field(root, "mlp_only_layers");
+        if (v && !json_is_array(v)) {
+            st = moe_errorf(MOE_EFORMAT, "%s: field \"mlp_only_layers\" must be a list of layer indices", what);
+            goto out;
+        }
+        for (int l = 0; l < c.n_layers; l++) c.is_moe[l] = (l + 1) % step == 0;
+        json_array_foreach(v, i, x) {
+            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= c.n_layers) {
+                st = moe_errorf(MOE_ERANGE, "%s: field \"mlp_only_layers\"[%zu] must be a layer index in "
+                                "[0, %d)", what, i, c.n_layers);
+                goto out;
+            }
+            c.is_moe[json_integer_value(x)] = false;
+        }
+        for (int l = 0; l < c.n_layers; l++) {
+            if (!c.is_moe[l]) {
+                if (!inter) {
+                    st = moe_errorf(MOE_EFORMAT, "%s: layer %d is dense (decoder_sparse_step / "
+                                    "mlp_only_layers) but \"intermediate_size\" is missing", what, l);
+                    goto out;
+                }
+                c.dense_inter = inter;
+            }
+        }
+    }
+
+    /* Family specifics: router, q/k norm, biases, shared expert. */
+    c.router = c.family == MOE_FAM_MIXTRAL ? MOE_ROUTER_TOPK_SOFTMAX : MOE_ROUTER_SOFTMAX_TOPK;
+    c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
+              : c.family == MOE_FAM_OLMOE ? MOE_QK_NORM_FULL : MOE_QK_NORM_NONE;
+    if (c.family == MOE_FAM_MIXTRAL) {
+        c.norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
+    } else if ((st = get_bool(what, root, "norm_topk_prob", false, &c.norm_topk_prob))) {
+        goto out;
+    }
+    if (c.family == MOE_FAM_QWEN2_MOE) {
+        /* Older transformers hard-wired q/k/v biases; newer configs spell it qkv_bias. */
+        bool ab;
+        if ((st = get_bool(what, root, "attention_bias", true, &ab)) ||
+            (st = get_bool(what, root, "qkv_bias", ab, &c.attn_qkv_bias)))
+            goto out;
+        if ((st = get_int(what, root, "shared_expert_intermediate_size", true, 0, CFG_MAX_SIZE, 0,
+                          &c.shared_inter)))
+            goto out;
+        c.shared_gate = c.shared_inter > 0;
+    } else if (c.family != MOE_FAM_MIXTRAL) {
+        if ((st = get_bool(what, root, "attention_bias", false, &b))) goto out;
+        if (b) {
+            st = moe_errorf(MOE_ENOTSUP, "%s: field \"attention_bias\" = true (biases on q/k/v/o) is not "
+                            "supported for %s", what, c.model_type);
+            goto out;
+        }
+    }
+    if (c.family == MOE_FAM_OLMOE && field(root, "clip_qkv")) {
+        st = moe_errorf(MOE_ENOTSUP, "%s: field \"clip_qkv\" must be null (q/k/v clipping is not supported)",
+                        what);
+        goto out;
+    }
+    if ((st = get_bool(what, root, "use_sliding_window", false, &b))) goto out;
+    if (b) {
+        st = moe_errorf(MOE_ENOTSUP, "%s: field \"use_sliding_window\" = true is not supported", what);
+        goto out;
+    }
+    if (c.family == MOE_FAM_MIXTRAL && field(root, "sliding_window")) {
+        int win;
+        if ((st = get_int(what, root, "sliding_window", true, 1, INT_MAX, 0, &win))) goto out;
+        if (win < c.max_pos) {
+            /* Within the window sliding attention equals full attention: cap the context. */
+            MOE_WARN("%s: sliding_window = %d: context limited to %d positions", what, win, win);
+            c.max_pos = win;
+        }
+    }
+    v = field(root, "hidden_act");
+    if (v && (!json_is_string(v) || strcmp(json_string_value(v), "silu"))) {
+        st = moe_errorf(MOE_ENOTSUP, "%s: field \"hidden_act\" = \"%s\": only \"silu\" is supported", what,
+                        json_is_string(v) ? json_string_value(v) : "(not a string)");
+        goto out;
+    }
+
+    if ((st = get_bool(what, root, "tie_word_embeddings", false, &c.tie_embeddings))) goto out;
+    if ((st = get_pos_num(what, root, "rms_norm_eps",
+                          c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ? 1e-6 : 1e-5,
+                          &d)))
+        goto out;
+    if (d >= 1.0) {
+        st = moe_errorf(MOE_ERANGE, "%s: field \"rms_norm_eps\" = %g must be below 1", what, d);
+        goto out;
+    }
+    c.rms_eps = (float)d;
+    if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : 1e4, &d))) goto out;
+    c.rope_theta = (float)d;
+    if ((st = get_token_id(what, root, "bos_token_id", &c.bos_id)) ||
+        (st = get_token_id(what, root, "eos_token_id", &c.eos_id)))
+        goto out;
+
+    *out = c;
+out:
+    json_decref(root);
+    return st;
+}
+
+enum moe_status moe_config_load(const char *model_dir, struct moe_config *out)
+{
+    char path[4200];
+    char *buf;
+    size_t len;
+    enum moe_status st;
+    snprintf(path, sizeof(path), "%s/config.json", model_dir);
+    if ((st = moe_read_file(path, &buf, &len, 16u << 20)) != MOE_OK) {
+        if (st == MOE_ENOENT)
+            return moe_errorf(st, "%s: no config.json (is this a Hugging Face model directory?)", model_dir);
+        return st;
+    }
+    st = moe_config_parse(buf, len, path, out);
+    free(buf);
+    return st;
+}

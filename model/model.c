@@ -1,0 +1,492 @@
+/* Open a Hugging Face model directory: config.json plus model.safetensors or
+ * model.safetensors.index.json with its shards, then bind every weight the
+ * family's layer recipe needs, checking presence, dtype and shape. */
+#include "model.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define INDEX_MAX_BYTES (256u << 20)
+
+/* One checkpoint tensor, reachable by name (sorted by name). */
+struct name_ent {
+    const char *name;
+    const struct moe_st_tensor *t;
+    bool used;  /* bound to a weight view */
+};
+
+struct moe_model_priv {
+    struct name_ent *ents; /* [n_ents] sorted by name */
+    size_t n_ents;
+};
+
+static int cmp_ent(const void *a, const void *b)
+{
+    return strcmp(((const struct name_ent *)a)->name, ((const struct name_ent *)b)->name);
+}
+
+static struct name_ent *ent_find(const struct moe_model *m, const char *name)
+{
+    struct name_ent key = { .name = name };
+    if (!m->priv) return NULL;
+    return bsearch(&key, m->priv->ents, m->priv->n_ents, sizeof(key), cmp_ent);
+}
+
+const struct moe_st_tensor *moe_model_tensor(const struct moe_model *m, const char *name)
+{
+    struct name_ent *e = ent_find(m, name);
+    return e ? e->t : NULL;
+}
+
+void moe_model_close(struct moe_model *m)
+{
+    if (!m) return;
+    for (int i = 0; i < m->n_shards; i++) moe_st_close(m->shards[i]);
+    free(m->shards);
+    if (m->priv) free(m->priv->ents);
+    free(m->priv);
+    free(m->layers);
+    free(m->experts);
+    free(m);
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* No safetensors checkpoint: explain, naming a pickle file when there is one. */
+static enum moe_status no_checkpoint(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char pickle[256] = "";
+    if (d) {
+        while ((de = readdir(d))) {
+            if (ends_with(de->d_name, ".bin") || ends_with(de->d_name, ".pt") ||
+                ends_with(de->d_name, ".pth")) {
+                snprintf(pickle, sizeof(pickle), "%s", de->d_name);
+                break;
+            }
+        }
+        closedir(d);
+    }
+    if (pickle[0])
+        return moe_errorf(MOE_ENOTSUP, "%s: only a pickle checkpoint (%s) was found; pickle files are "
+                          "refused because loading them can execute arbitrary code: convert the model to "
+                          "safetensors (e.g. transformers save_pretrained(..., safe_serialization=True)) "
+                          "and retry", dir, pickle);
+    return moe_errorf(MOE_ENOENT, "%s: no model.safetensors or model.safetensors.index.json found", dir);
+}
+
+static enum moe_status add_shard(struct moe_model *m, struct moe_st_file *f)
+{
+    struct moe_st_file **s = realloc(m->shards, (size_t)(m->n_shards + 1) * sizeof(*s));
+    if (!s) {
+        moe_st_close(f);
+        return moe_errorf(MOE_ENOMEM, "%s: out of memory", m->dir);
+    }
+    m->shards = s;
+    m->shards[m->n_shards++] = f;
+    return MOE_OK;
+}
+
+/* Sharded checkpoint: every weight_map shard must exist and parse, and every
+ * mapped tensor must be in the shard the index names. */
+static enum moe_status open_index(struct moe_model *m, const char *index_path)
+{
+    char *buf = NULL, path[8400];
+    size_t len, n_map, k = 0;
+    json_error_t jerr;
+    json_t *root = NULL, *map, *v;
+    const char *name;
+    enum moe_status st;
+
+    if ((st = moe_read_file(index_path, &buf, &len, INDEX_MAX_BYTES)) != MOE_OK) return st;
+    root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(buf);
+    if (!root)
+        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d)", index_path, jerr.text, jerr.line);
+    map = json_object_get(root, "weight_map");
+    if (!json_is_object(map) || json_object_size(map) == 0) {
+        st = moe_errorf(MOE_EFORMAT, "%s: field \"weight_map\" missing, empty or not an object", index_path);
+        goto out;
+    }
+    n_map = json_object_size(map);
+    m->priv->ents = calloc(n_map, sizeof(*m->priv->ents));
+    if (!m->priv->ents) {
+        st = moe_errorf(MOE_ENOMEM, "%s: out of memory", index_path);
+        goto out;
+    }
+    json_object_foreach(map, name, v) {
+        const char *shard = json_string_value(v);
+        struct moe_st_file *f = NULL;
+        const struct moe_st_tensor *t;
+        if (!shard || !shard[0] || strchr(shard, '/') || !strcmp(shard, ".") || !strcmp(shard, "..") ||
+            !ends_with(shard, ".safetensors")) {
+            st = moe_errorf(MOE_EFORMAT, "%s: weight_map[\"%s\"] must be a *.safetensors file name in the "
+                            "model directory", index_path, name);
+            goto out;
+        }
+        snprintf(path, sizeof(path), "%s/%s", m->dir, shard);
+        for (int i = 0; i < m->n_shards; i++)
+            if (!strcmp(moe_st_path(m->shards[i]), path)) f = m->shards[i];
+        if (!f) {
+            if (!file_exists(path)) {
+                st = moe_errorf(MOE_ENOENT, "%s: shard \"%s\" (holding \"%s\") does not exist in %s",
+                                index_path, shard, name, m->dir);
+                goto out;
+            }
+            if (!(f = moe_st_open(path))) {
+                st = moe_error_prefix(MOE_EFORMAT, "%s: shard \"%s\"", index_path, shard);
+                goto out;
+            }
+            if ((st = add_shard(m, f)) != MOE_OK) goto out;
+        }
+        if (!(t = moe_st_find(f, name))) {
+            st = moe_errorf(MOE_EFORMAT, "%s: tensor \"%s\" is mapped to shard \"%s\", which does not "
+                            "contain it", index_path, name, shard);
+            goto out;
+        }
+        m->priv->ents[k].name = t->name;
+        m->priv->ents[k].t = t;
+        k++;
+    }
+    m->priv->n_ents = k;
+    for (int i = 0; i < m->n_shards; i++)
+        for (size_t j = 0; j < moe_st_count(m->shards[i]); j++)
+            if (!json_object_get(map, moe_st_at(m->shards[i], j)->name))
+                MOE_WARN("%s: tensor \"%s\" is not in the index weight_map; ignored",
+                         moe_st_path(m->shards[i]), moe_st_at(m->shards[i], j)->name);
+    st = MOE_OK;
+out:
+    json_decref(root);
+    return st;
+}
+
+static enum moe_status open_single(struct moe_model *m, const char *path)
+{
+    struct moe_st_file *f = moe_st_open(path);
+    enum moe_status st;
+    size_t n;
+    if (!f) return MOE_EFORMAT;
+    if ((st = add_shard(m, f)) != MOE_OK) return st;
+    n = moe_st_count(f);
+    m->priv->ents = calloc(n + 1, sizeof(*m->priv->ents));
+    if (!m->priv->ents) return moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
+    for (size_t i = 0; i < n; i++) {
+        m->priv->ents[i].name = moe_st_at(f, i)->name;
+        m->priv->ents[i].t = moe_st_at(f, i);
+    }
+    m->priv->n_ents = n;
+    return MOE_OK;
+}
+
+struct moe_wview moe_wview_from_tensor(const struct moe_st_tensor *t)
+{
+    struct moe_wview w = { 0 };
+    if (!t) return w;
+    w.dtype = t->dtype;
+    w.data = t->data;
+    w.nbytes = t->nbytes;
+    w.cols = t->ndim ? t->shape[t->ndim - 1] : 1;
+    w.rows = 1;
+    for (int d = 0; d + 1 < t->ndim; d++) w.rows *= t->shape[d];
+    return w;
+}
+
+/* Bind the weight `name` with shape [rows, cols] (rows == 0: 1-D [cols]). */
+static enum moe_status bind(struct moe_model *m, struct moe_wview *w, const char *name, int64_t rows,
+                            int64_t cols, bool required)
+{
+    struct name_ent *e = ent_find(m, name);
+    const struct moe_st_tensor *t;
+    int nd = rows ? 2 : 1;
+    memset(w, 0, sizeof(*w));
+    if (!e) {
+        if (!required) return MOE_OK;
+        return moe_errorf(MOE_ENOENT, "%s: tensor \"%s\" is missing from the checkpoint (config.json "
+                          "model_type %s requires it)", m->dir, name, m->cfg.model_type);
+    }
+    t = e->t;
+    if (t->dtype != MOE_DT_BF16 && t->dtype != MOE_DT_F16 && t->dtype != MOE_DT_F32)
+        return moe_errorf(MOE_ENOTSUP, "%s: tensor \"%s\" has dtype %s; weights must be BF16, F16 or F32",
+                          m->dir, name, moe_dtype_name(t->dtype));
+    if (t->ndim != nd || (nd == 2 && (t->shape[0] != rows || t->shape[1] != cols)) ||
+        (nd == 1 && t->shape[0] != cols)) {
+        char got[160] = "[", *p = got + 1;
+        for (int d = 0; d < t->ndim && p < got + sizeof(got) - 24; d++)
+            p += sprintf(p, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        strcpy(p, "]");
+        if (nd == 2)
+            return moe_errorf(MOE_EFORMAT, "%s: tensor \"%s\" has shape %s, config.json implies [%lld, %lld]",
+                              m->dir, name, got, (long long)rows, (long long)cols);
+        return moe_errorf(MOE_EFORMAT, "%s: tensor \"%s\" has shape %s, config.json implies [%lld]", m->dir,
+                          name, got, (long long)cols);
+    }
+    *w = moe_wview_from_tensor(t);
+    e->used = true;
+    return MOE_OK;
+}
+
+#define BINDF(w, rows, cols, req, ...)                                             \
+    do {                                                                           \
+        snprintf(nm, sizeof(nm), __VA_ARGS__);                                     \
+        if ((st = bind(m, (w), nm, (rows), (cols), (req))) != MOE_OK) return st;   \
+    } while (0)
+
+static enum moe_status bind_layer(struct moe_model *m, int l)
+{
+    const struct moe_config *c = &m->cfg;
+    struct moe_layer_w *L = &m->layers[l];
+    int64_t H = c->hidden, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    const char *moe = c->family == MOE_FAM_MIXTRAL ? "block_sparse_moe" : "mlp";
+    bool mix = c->family == MOE_FAM_MIXTRAL;
+    enum moe_status st;
+    char nm[256];
+
+    BINDF(&L->attn_norm, 0, H, true, "model.layers.%d.input_layernorm.weight", l);
+    BINDF(&L->ffn_norm, 0, H, true, "model.layers.%d.post_attention_layernorm.weight", l);
+    BINDF(&L->wq, q, H, true, "model.layers.%d.self_attn.q_proj.weight", l);
+    BINDF(&L->wk, kv, H, true, "model.layers.%d.self_attn.k_proj.weight", l);
+    BINDF(&L->wv, kv, H, true, "model.layers.%d.self_attn.v_proj.weight", l);
+    BINDF(&L->wo, H, q, true, "model.layers.%d.self_attn.o_proj.weight", l);
+    if (c->attn_qkv_bias) {
+        BINDF(&L->bq, 0, q, true, "model.layers.%d.self_attn.q_proj.bias", l);
+        BINDF(&L->bk, 0, kv, true, "model.layers.%d.self_attn.k_proj.bias", l);
+        BINDF(&L->bv, 0, kv, true, "model.layers.%d.self_attn.v_proj.bias", l);
+    }
+    if (c->qk_norm == MOE_QK_NORM_HEAD) {
+        BINDF(&L->q_norm, 0, c->head_dim, true, "model.layers.%d.self_attn.q_norm.weight", l);
+        BINDF(&L->k_norm, 0, c->head_dim, true, "model.layers.%d.self_attn.k_norm.weight", l);
+    } else if (c->qk_norm == MOE_QK_NORM_FULL) {
+        BINDF(&L->q_norm, 0, q, true, "model.layers.%d.self_attn.q_norm.weight", l);
+        BINDF(&L->k_norm, 0, kv, true, "model.layers.%d.self_attn.k_norm.weight", l);
+    }
+    if (!c->is_moe[l]) {
+        BINDF(&L->d_gate, c->dense_inter, H, true, "model.layers.%d.mlp.gate_proj.weight", l);
+        BINDF(&L->d_up, c->dense_inter, H, true, "model.layers.%d.mlp.up_proj.weight", l);
+        BINDF(&L->d_down, H, c->dense_inter, true, "model.layers.%d.mlp.down_proj.weight", l);
+        return MOE_OK;
+    }
+    BINDF(&L->router, c->n_experts, H, true, "model.layers.%d.%s.gate.weight", l, moe);
+    if (c->shared_inter > 0) {
+        BINDF(&L->sh_gate, c->shared_inter, H, true, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
+        BINDF(&L->sh_up, c->shared_inter, H, true, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
+        BINDF(&L->sh_down, H, c->shared_inter, true, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
+        if (c->shared_gate)
+            BINDF(&L->sh_scale, 1, H, true, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+    }
+    for (int e = 0; e < c->n_experts; e++) {
+        struct moe_expert_w *x = &m->experts[(size_t)l * (size_t)c->n_experts + (size_t)e];
+        int64_t I = c->expert_inter;
+        BINDF(&x->gate, I, H, true, "model.layers.%d.%s.experts.%d.%s.weight", l, moe, e,
+              mix ? "w1" : "gate_proj");
+        BINDF(&x->up, I, H, true, "model.layers.%d.%s.experts.%d.%s.weight", l, moe, e,
+              mix ? "w3" : "up_proj");
+        BINDF(&x->down, H, I, true, "model.layers.%d.%s.experts.%d.%s.weight", l, moe, e,
+              mix ? "w2" : "down_proj");
+    }
+    return MOE_OK;
+}
+
+/* All expert matrices share one dtype, so one expert's byte size holds for all. */
+static enum moe_status check_expert_dtype(struct moe_model *m)
+{
+    const struct moe_config *c = &m->cfg;
+    const struct moe_wview *ref = NULL;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!c->is_moe[l]) continue;
+        for (int e = 0; e < c->n_experts; e++) {
+            const struct moe_expert_w *x = moe_model_expert(m, l, e);
+            const struct moe_wview *w[3] = { &x->gate, &x->up, &x->down };
+            for (int k = 0; k < 3; k++) {
+                if (!ref) ref = w[k];
+                if (w[k]->dtype != ref->dtype)
+                    return moe_errorf(MOE_ENOTSUP, "%s: layer %d expert %d has dtype %s, other experts %s; "
+                                      "all expert weights must share one dtype", m->dir, l, e,
+                                      moe_dtype_name(w[k]->dtype), moe_dtype_name(ref->dtype));
+            }
+        }
+    }
+    return MOE_OK;
+}
+
+static enum moe_status bind_all(struct moe_model *m)
+{
+    const struct moe_config *c = &m->cfg;
+    enum moe_status st;
+    size_t unused = 0;
+    const char *first_unused = NULL;
+    char nm[256];
+
+    BINDF(&m->embed, c->vocab, c->hidden, true, "model.embed_tokens.weight");
+    BINDF(&m->final_norm, 0, c->hidden, true, "model.norm.weight");
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed;
+        if (ent_find(m, "lm_head.weight")) ent_find(m, "lm_head.weight")->used = true;
+    } else {
+        BINDF(&m->lm_head, c->vocab, c->hidden, true, "lm_head.weight");
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        if ((st = bind_layer(m, l)) != MOE_OK) return st;
+    if ((st = check_expert_dtype(m)) != MOE_OK) return st;
+    for (size_t i = 0; i < m->priv->n_ents; i++) {
+        if (!m->priv->ents[i].used) {
+            if (!unused) first_unused = m->priv->ents[i].name;
+            unused++;
+        }
+    }
+    if (unused)
+        MOE_WARN("%s: %zu checkpoint tensor(s) not used by the %s recipe (first: \"%s\"); ignored", m->dir,
+                 unused, c->model_type, first_unused);
+    return MOE_OK;
+}
+
+struct moe_model *moe_model_open(const char *model_dir)
+{
+    struct moe_model *m = NULL;
+    char path[8400];
+    enum moe_status st;
+    size_t n_all;
+
+    if (!model_dir || !model_dir[0]) {
+        moe_errorf(MOE_EINVAL, "model directory: empty path");
+        return NULL;
+    }
+    if (strlen(model_dir) >= sizeof(m->dir)) {
+        moe_errorf(MOE_EINVAL, "model directory path is longer than %zu bytes", sizeof(m->dir) - 1);
+        return NULL;
+    }
+    m = calloc(1, sizeof(*m));
+    if (!m || !(m->priv = calloc(1, sizeof(*m->priv)))) {
+        moe_errorf(MOE_ENOMEM, "%s: out of memory", model_dir);
+        goto out_close;
+    }
+    snprintf(m->dir, sizeof(m->dir), "%s", model_dir);
+    {
+        struct stat sb;
+        if (stat(model_dir, &sb) != 0) {
+            moe_errorf(MOE_ENOENT, "%s: cannot open model directory: %s", model_dir, strerror(errno));
+            goto out_close;
+        }
+        if (!S_ISDIR(sb.st_mode)) {
+            moe_errorf(MOE_EINVAL, "%s: not a directory (pass the model directory, not a file)", model_dir);
+            goto out_close;
+        }
+    }
+    if (moe_config_load(model_dir, &m->cfg) != MOE_OK) goto out_close;
+
+    snprintf(path, sizeof(path), "%s/model.safetensors.index.json", model_dir);
+    if (file_exists(path)) {
+        st = open_index(m, path);
+    } else {
+        snprintf(path, sizeof(path), "%s/model.safetensors", model_dir);
+        st = file_exists(path) ? open_single(m, path) : no_checkpoint(model_dir);
+    }
+    if (st != MOE_OK) goto out_close;
+    qsort(m->priv->ents, m->priv->n_ents, sizeof(*m->priv->ents), cmp_ent);
+
+    n_all = (size_t)m->cfg.n_layers * (size_t)m->cfg.n_experts;
+    m->layers = calloc((size_t)m->cfg.n_layers, sizeof(*m->layers));
+    m->experts = calloc(n_all ? n_all : 1, sizeof(*m->experts));
+    if (!m->layers || !m->experts) {
+        moe_errorf(MOE_ENOMEM, "%s: out of memory for %zu expert views", model_dir, n_all);
+        goto out_close;
+    }
+    if (bind_all(m) != MOE_OK) goto out_close;
+    return m;
+
+out_close:
+    moe_model_close(m);
+    return NULL;
+}
+
+uint64_t moe_model_expert_bytes(const struct moe_model *m)
+{
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        if (m->cfg.is_moe[l]) {
+            const struct moe_expert_w *x = moe_model_expert(m, l, 0);
+            return x->gate.nbytes + x->up.nbytes + x->down.nbytes;
+        }
+    }
+    return 0;
+}
+
+/* Element i of a view in f32; reads through memcpy (mapped data need not be aligned). */
+void moe_wview_to_f32(const struct moe_wview *w, float *out)
+{
+    const uint8_t *p = w->data;
+    size_t n, es = moe_dtype_size(w->dtype);
+    if (!p || w->rows <= 0 || w->cols <= 0) return;
+    n = (size_t)w->rows * (size_t)w->cols;
+    if (es == 0 || (uint64_t)n * es > w->nbytes) n = es ? (size_t)(w->nbytes / es) : 0;
+    switch (w->dtype) {
+    case MOE_DT_F32:
+        memcpy(out, p, n * sizeof(float));
+        break;
+    case MOE_DT_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            out[i] = moe_bf16_to_f32(h);
+        }
+        break;
+    case MOE_DT_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            out[i] = moe_f16_to_f32(h);
+        }
+        break;
+    case MOE_DT_F64:
+        for (size_t i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            out[i] = (float)d;
+        }
+        break;
+    case MOE_DT_I64:
+        for (size_t i = 0; i < n; i++) {
+            int64_t v;
+            memcpy(&v, p + 8 * i, 8);
+            out[i] = (float)v;
+        }
+        break;
+    case MOE_DT_I32:
+        for (size_t i = 0; i < n; i++) {
+            int32_t v;
+            memcpy(&v, p + 4 * i, 4);
+            out[i] = (float)v;
+        }
+        break;
+    case MOE_DT_I16:
+        for (size_t i = 0; i < n; i++) {
+            int16_t v;
+            memcpy(&v, p + 2 * i, 2);
+            out[i] = (float)v;
+        }
+        break;
+    case MOE_DT_I8:
+        for (size_t i = 0; i < n; i++) out[i] = (float)(int8_t)p[i];
+        break;
+    case MOE_DT_U8:
+    case MOE_DT_BOOL:
+        for (size_t i = 0; i < n; i++) out[i] = (float)p[i];
+        break;
+    case MOE_DT_COUNT:
+        break;
+    }
+}

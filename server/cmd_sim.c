@@ -1,12 +1,199 @@
-/* moeflow sim: placeholder until the capability lands. */
+/* moeflow sim: replay a routing trace through the expert cache manager. */
 #include "cli.h"
 
+#include "../offload/sim.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void sim_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: moeflow sim --trace F.jsonl (--capacity N | --capacity-frac F) --policy P [options]\n"
+        "\n"
+        "Replays a routing trace (moeflow trace) through the real cache-manager code, no model:\n"
+        "tokens in order (batch-1 decode), each touching each MoE layer's top-k experts.\n"
+        "\n"
+        "  --trace FILE          routing trace (JSON Lines)\n"
+        "  --capacity N          device-tier expert slots (>= top_k)\n"
+        "  --capacity-frac F     slots = floor(F x MoE layers x experts), 0 < F <= 1\n"
+        "  --policy P            lru | lfu | belady (offline optimum, reads the future from the trace)\n"
+        "  --expert-bytes B      bytes per expert transfer (default: the trace header's expert_bytes)\n"
+        "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
+        "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps\n"
+        "  --expert-ms T         extra compute per routed expert per token (ms), with --link-gbps\n"
+        "  --json                print one JSON object\n"
+        "  -h, --help            this help\n"
+        "\n"
+        "Timeline model: a layer's misses are issued on demand when the layer is reached, one at a\n"
+        "time on the link; the layer computes once its last expert has landed (no prefetch).\n");
+}
+
+static bool parse_double(const char *s, double lo, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < lo) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-') return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end) return false;
+    *out = v;
+    return true;
+}
 
 int moe_cmd_sim(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow sim: not available in this build\n");
-    return 2;
+    enum { O_TRACE = 256, O_CAP, O_FRAC, O_POLICY, O_EB, O_LINK, O_LAYER, O_EXPERT, O_JSON };
+    static const struct option opts[] = {
+        { "trace", required_argument, NULL, O_TRACE },
+        { "capacity", required_argument, NULL, O_CAP },
+        { "capacity-frac", required_argument, NULL, O_FRAC },
+        { "policy", required_argument, NULL, O_POLICY },
+        { "expert-bytes", required_argument, NULL, O_EB },
+        { "link-gbps", required_argument, NULL, O_LINK },
+        { "layer-ms", required_argument, NULL, O_LAYER },
+        { "expert-ms", required_argument, NULL, O_EXPERT },
+        { "json", no_argument, NULL, O_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *trace_path = NULL;
+    long capacity = -1;
+    double frac = -1;
+    bool have_policy = false, json = false;
+    struct moe_sim_params sp = {0};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_TRACE: trace_path = optarg; break;
+        case O_CAP: {
+            char *end;
+            errno = 0;
+            capacity = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || capacity < 1 || capacity > (1L << 30)) {
+                fprintf(stderr, "moeflow sim: --capacity '%s' must be an integer >= 1\n", optarg);
+                return 2;
+            }
+            break;
+        }
+        case O_FRAC:
+            if (!parse_double(optarg, 0, &frac) || frac <= 0 || frac > 1) {
+                fprintf(stderr, "moeflow sim: --capacity-frac '%s' must be in (0, 1]\n", optarg);
+                return 2;
+            }
+            break;
+        case O_POLICY:
+            if (!moe_policy_parse(optarg, &sp.policy)) {
+                fprintf(stderr, "moeflow sim: --policy '%s' unknown (use lru, lfu or belady)\n", optarg);
+                return 2;
+            }
+            have_policy = true;
+            break;
+        case O_EB:
+            if (!parse_u64(optarg, &sp.expert_bytes) || sp.expert_bytes == 0) {
+                fprintf(stderr, "moeflow sim: --expert-bytes '%s' must be an integer >= 1\n", optarg);
+                return 2;
+            }
+            break;
+        case O_LINK:
+            if (!parse_double(optarg, 0, &sp.link_gbps) || sp.link_gbps <= 0) {
+                fprintf(stderr, "moeflow sim: --link-gbps '%s' must be a number > 0\n", optarg);
+                return 2;
+            }
+            break;
+        case O_LAYER:
+            if (!parse_double(optarg, 0, &sp.layer_ms)) {
+                fprintf(stderr, "moeflow sim: --layer-ms '%s' must be a number >= 0\n", optarg);
+                return 2;
+            }
+            break;
+        case O_EXPERT:
+            if (!parse_double(optarg, 0, &sp.expert_ms)) {
+                fprintf(stderr, "moeflow sim: --expert-ms '%s' must be a number >= 0\n", optarg);
+                return 2;
+            }
+            break;
+        case O_JSON: json = true; break;
+        case 'h': sim_usage(stdout); return 0;
+        default: sim_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow sim: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!trace_path || !have_policy || (capacity < 0) == (frac < 0)) {
+        fprintf(stderr, "moeflow sim: needs --trace, --policy and exactly one of --capacity or "
+                        "--capacity-frac (see --help)\n");
+        return 2;
+    }
+    struct moe_trace *t = NULL;
+    if (moe_trace_load(trace_path, &t)) {
+        fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
+        return 1;
+    }
+    long slots = (long)t->info.n_moe * t->info.experts;
+    if (frac > 0) capacity = (long)floor(frac * (double)slots);
+    if (capacity > slots) capacity = slots;
+    sp.capacity = (int)capacity;
+    if (!sp.expert_bytes && !t->info.expert_bytes)
+        fprintf(stderr, "moeflow sim: note: no --expert-bytes and none in the trace header; "
+                        "bytes moved count 0\n");
+    struct moe_sim_result r;
+    if (moe_sim_run(t, &sp, &r)) {
+        fprintf(stderr, "moeflow sim: %s: %s\n", trace_path, moe_last_error());
+        moe_trace_free(t);
+        return 1;
+    }
+    const char *pname = moe_policy_name(sp.policy);
+    if (json) {
+        printf("{\"policy\":\"%s\",\"capacity\":%d,\"slots_total\":%ld,"
+               "\"tokens\":%llu,\"accesses\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
+               "\"hit_rate\":%.6f,\"transfers_per_token\":%.6f,\"bytes_moved\":%llu",
+               pname, sp.capacity, slots, (unsigned long long)r.tokens,
+               (unsigned long long)r.accesses, (unsigned long long)r.hits,
+               (unsigned long long)r.misses, (unsigned long long)r.evictions, r.hit_rate,
+               r.transfers_per_token, (unsigned long long)r.bytes_moved);
+        if (r.timeline)
+            printf(",\"link_gbps\":%g,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,"
+                   "\"stall_s\":%.6f,\"tokens_per_s\":%.4f",
+                   sp.link_gbps, sp.layer_ms, sp.expert_ms, r.compute_s, r.stall_s, r.tokens_per_s);
+        printf("}\n");
+    } else {
+        printf("trace               %s (%llu tokens, %d MoE layers x %d experts, top-%d)\n",
+               trace_path, (unsigned long long)r.tokens, t->info.n_moe, t->info.experts,
+               t->info.top_k);
+        printf("policy              %s\n", pname);
+        printf("capacity            %d of %ld expert slots (%.1f %%)\n", sp.capacity, slots,
+               100.0 * sp.capacity / (double)slots);
+        printf("hits                %llu\n", (unsigned long long)r.hits);
+        printf("misses              %llu\n", (unsigned long long)r.misses);
+        printf("hit rate            %.4f\n", r.hit_rate);
+        printf("transfers/token     %.4f\n", r.transfers_per_token);
+        printf("bytes moved         %llu (%.3f GB)\n", (unsigned long long)r.bytes_moved,
+               (double)r.bytes_moved / 1e9);
+        if (r.timeline) {
+            printf("timeline            link %g GB/s, layer %g ms, expert %g ms\n", sp.link_gbps,
+                   sp.layer_ms, sp.expert_ms);
+            printf("compute             %.3f s\n", r.compute_s);
+            printf("stall               %.3f s\n", r.stall_s);
+            printf("tokens/s            %.3f\n", r.tokens_per_s);
+        }
+    }
+    moe_trace_free(t);
+    return 0;
 }

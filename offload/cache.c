@@ -1,0 +1,212 @@
+/* Expert cache manager (see cache.h). */
+#include "cache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct moe_cache {
+    int n_keys, capacity, group_size, n_groups;
+    int *quota;            /* [n_groups] or NULL */
+    int *group_used;       /* [n_groups] resident keys per group, or NULL */
+    struct moe_policy *policy;
+    int *key_slot;         /* [n_keys] slot or -1 */
+    int *slot_key;         /* [capacity] key or -1 */
+    int *pins;             /* [n_keys] pin count */
+    bool *prefetched;      /* [n_keys] inserted by prefetch, not yet demanded */
+    int *cand;             /* [capacity] scratch: eviction candidates */
+    int n_pinned;          /* keys with pins > 0 */
+    int n_free;
+    struct moe_cache_stats st;
+};
+
+struct moe_cache *moe_cache_create(const struct moe_cache_params *p)
+{
+    struct moe_cache *c = NULL;
+    if (!p->policy) {
+        moe_errorf(MOE_EINVAL, "expert cache: no policy");
+        return NULL;
+    }
+    if (p->n_keys <= 0 || p->capacity <= 0) {
+        moe_errorf(MOE_EINVAL, "expert cache: capacity %d slots for %d keys; both must be >= 1",
+                   p->capacity, p->n_keys);
+        goto fail;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c) goto fail_nomem;
+    c->n_keys = p->n_keys;
+    c->capacity = p->capacity;
+    c->policy = p->policy;
+    c->key_slot = malloc((size_t)p->n_keys * sizeof(int));
+    c->slot_key = malloc((size_t)p->capacity * sizeof(int));
+    c->pins = calloc((size_t)p->n_keys, sizeof(int));
+    c->prefetched = calloc((size_t)p->n_keys, sizeof(bool));
+    c->cand = malloc((size_t)p->capacity * sizeof(int));
+    if (!c->key_slot || !c->slot_key || !c->pins || !c->prefetched || !c->cand) goto fail_nomem;
+    for (int k = 0; k < p->n_keys; k++) c->key_slot[k] = -1;
+    for (int s = 0; s < p->capacity; s++) c->slot_key[s] = -1;
+    c->n_free = p->capacity;
+    if (p->quota) {
+        if (p->group_size <= 0 || p->n_keys % p->group_size) {
+            moe_errorf(MOE_EINVAL, "expert cache: quota group size %d does not divide %d keys",
+                       p->group_size, p->n_keys);
+            goto fail;
+        }
+        c->group_size = p->group_size;
+        c->n_groups = p->n_keys / p->group_size;
+        c->quota = malloc((size_t)c->n_groups * sizeof(int));
+        c->group_used = calloc((size_t)c->n_groups, sizeof(int));
+        if (!c->quota || !c->group_used) goto fail_nomem;
+        memcpy(c->quota, p->quota, (size_t)c->n_groups * sizeof(int));
+    }
+    return c;
+fail_nomem:
+    moe_errorf(MOE_ENOMEM, "expert cache: cannot allocate %d slots for %d keys", p->capacity,
+               p->n_keys);
+fail:
+    if (c) {
+        c->policy = p->policy;
+        moe_cache_destroy(c);
+    } else {
+        moe_policy_destroy(p->policy);
+    }
+    return NULL;
+}
+
+void moe_cache_destroy(struct moe_cache *c)
+{
+    if (!c) return;
+    moe_policy_destroy(c->policy);
+    free(c->quota);
+    free(c->group_used);
+    free(c->key_slot);
+    free(c->slot_key);
+    free(c->pins);
+    free(c->prefetched);
+    free(c->cand);
+    free(c);
+}
+
+static int group_of(const struct moe_cache *c, int key) { return key / c->group_size; }
+
+/* Choose a slot for key: a free one, or evict a policy-chosen unpinned key.
+ * With quotas, a group at its quota evicts one of its own keys. */
+static enum moe_status take_slot(struct moe_cache *c, int key, int *slot, int *evicted)
+{
+    bool own_group = c->quota && c->group_used[group_of(c, key)] >= c->quota[group_of(c, key)];
+    *evicted = -1;
+    if (!own_group && c->n_free > 0) {
+        for (int s = 0; s < c->capacity; s++)
+            if (c->slot_key[s] < 0) {
+                *slot = s;
+                c->n_free--;
+                goto placed;
+            }
+    }
+    int n = 0;
+    for (int s = 0; s < c->capacity; s++) {
+        int k = c->slot_key[s];
+        if (k < 0 || c->pins[k] > 0) continue;
+        if (own_group && group_of(c, k) != group_of(c, key)) continue;
+        c->cand[n++] = k;
+    }
+    if (n == 0)
+        return moe_errorf(MOE_EBUSY, "expert cache: all %d slots are pinned%s (key %d)",
+                          c->capacity, own_group ? " or outside the layer's quota" : "", key);
+    int v = c->cand[c->policy->ops->victim(c->policy->self, n, c->cand)];
+    *slot = c->key_slot[v];
+    *evicted = v;
+    c->key_slot[v] = -1;
+    c->prefetched[v] = false;
+    if (c->group_used) c->group_used[group_of(c, v)]--;
+    c->policy->ops->on_evict(c->policy->self, v);
+    c->st.evictions++;
+placed:
+    c->slot_key[*slot] = key;
+    c->key_slot[key] = *slot;
+    if (c->group_used) c->group_used[group_of(c, key)]++;
+    c->policy->ops->on_insert(c->policy->self, key);
+    return MOE_OK;
+}
+
+enum moe_status moe_cache_acquire(struct moe_cache *c, int key, int *slot, bool *miss, int *evicted)
+{
+    if (key < 0 || key >= c->n_keys)
+        return moe_errorf(MOE_EINVAL, "expert cache: key %d outside [0, %d)", key, c->n_keys);
+    *evicted = -1;
+    int s = c->key_slot[key];
+    if (s >= 0) {
+        *miss = false;
+        c->st.hits++;
+        if (c->prefetched[key]) {
+            c->st.prefetch_hits++;
+            c->prefetched[key] = false;
+        }
+    } else {
+        enum moe_status st = take_slot(c, key, &s, evicted);
+        if (st) return st;
+        *miss = true;
+        c->st.misses++;
+    }
+    c->policy->ops->on_access(c->policy->self, key, !*miss);
+    if (c->pins[key]++ == 0) c->n_pinned++;
+    *slot = s;
+    return MOE_OK;
+}
+
+void moe_cache_unpin(struct moe_cache *c, int key)
+{
+    if (key < 0 || key >= c->n_keys || c->pins[key] == 0) return;
+    if (--c->pins[key] == 0) c->n_pinned--;
+}
+
+enum moe_status moe_cache_prefetch(struct moe_cache *c, int key, int *slot, bool *inserted,
+                                   int *evicted)
+{
+    if (key < 0 || key >= c->n_keys)
+        return moe_errorf(MOE_EINVAL, "expert cache: key %d outside [0, %d)", key, c->n_keys);
+    *evicted = -1;
+    *inserted = false;
+    if (c->key_slot[key] >= 0) {
+        *slot = c->key_slot[key];
+        return MOE_OK;
+    }
+    enum moe_status st = take_slot(c, key, slot, evicted);
+    if (st) return st;
+    *inserted = true;
+    c->prefetched[key] = true;
+    c->st.prefetches++;
+    return MOE_OK;
+}
+
+void moe_cache_drop(struct moe_cache *c, int key)
+{
+    if (key < 0 || key >= c->n_keys) return;
+    if (c->pins[key] > 0) c->n_pinned--;
+    c->pins[key] = 0;
+    int s = c->key_slot[key];
+    if (s < 0) return;
+    c->key_slot[key] = -1;
+    c->slot_key[s] = -1;
+    c->prefetched[key] = false;
+    c->n_free++;
+    if (c->group_used) c->group_used[group_of(c, key)]--;
+    c->policy->ops->on_evict(c->policy->self, key);
+}
+
+void moe_cache_predict(struct moe_cache *c, int key, float score, int distance)
+{
+    if (key < 0 || key >= c->n_keys || !c->policy->ops->on_prediction) return;
+    c->policy->ops->on_prediction(c->policy->self, key, score, distance);
+}
+
+int moe_cache_slot_of(const struct moe_cache *c, int key)
+{
+    return key >= 0 && key < c->n_keys ? c->key_slot[key] : -1;
+}
+int moe_cache_key_at(const struct moe_cache *c, int slot)
+{
+    return slot >= 0 && slot < c->capacity ? c->slot_key[slot] : -1;
+}
+int moe_cache_capacity(const struct moe_cache *c) { return c->capacity; }
+int moe_cache_pinned(const struct moe_cache *c) { return c->n_pinned; }
+void moe_cache_get_stats(const struct moe_cache *c, struct moe_cache_stats *out) { *out = c->st; }

@@ -1,0 +1,64 @@
+/* The expert cache manager: residency, pinning, eviction decisions and hit/miss
+ * accounting of one tier, with no data movement.  The tiered provider keeps one
+ * per tier and moves bytes as it says; `moeflow sim` replays traces through the
+ * very same code, so simulated and served hit rates agree exactly.
+ *
+ * Decisions depend only on the sequence of calls (never on timing), so they
+ * are deterministic.  Keys: key = layer * n_experts + expert.  Slots: 0..capacity-1.
+ * Not thread-safe: the caller serialises calls. */
+#ifndef MOE_CACHE_H
+#define MOE_CACHE_H
+
+#include "policy.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_cache_params {
+    int n_keys;                 /* key space (layers x experts) */
+    int capacity;               /* slots, >= 1 */
+    int group_size;             /* keys per quota group (n_experts); used only with quota */
+    const int *quota;           /* [n_keys / group_size] max slots per group (layer), or NULL:
+                                   one pool shared by all layers */
+    struct moe_policy *policy;  /* owned by the cache from now on (even on failure) */
+};
+
+struct moe_cache_stats {
+    uint64_t hits, misses;      /* demand accesses served from / not from this tier */
+    uint64_t prefetches;        /* keys inserted by prefetch (not demand) */
+    uint64_t prefetch_hits;     /* demand hits on a key that a prefetch inserted */
+    uint64_t evictions;         /* keys evicted to make room */
+};
+
+struct moe_cache;
+
+struct moe_cache *moe_cache_create(const struct moe_cache_params *p);
+void moe_cache_destroy(struct moe_cache *c);
+
+/* Demand access of key: counted as hit or miss, key pinned (pin count + 1).
+ * *slot: its slot.  *miss: the slot must be (re)filled.  *evicted: the key
+ * that left the slot, or -1.  MOE_EBUSY when every slot is pinned. */
+enum moe_status moe_cache_acquire(struct moe_cache *c, int key, int *slot, bool *miss, int *evicted);
+/* Undo one pin of key (no-op if not pinned). */
+void moe_cache_unpin(struct moe_cache *c, int key);
+/* Make key resident ahead of need without counting a hit or miss and without
+ * pinning it.  *inserted: false if it was resident already.  MOE_EBUSY when
+ * nothing is evictable (the prefetch is dropped). */
+enum moe_status moe_cache_prefetch(struct moe_cache *c, int key, int *slot, bool *inserted,
+                                   int *evicted);
+/* Forget key (its load failed); its pins are dropped and the slot freed. */
+void moe_cache_drop(struct moe_cache *c, int key);
+/* Forward a prediction to the policy (prediction-aware policies). */
+void moe_cache_predict(struct moe_cache *c, int key, float score, int distance);
+
+int moe_cache_slot_of(const struct moe_cache *c, int key);   /* -1 when not resident */
+int moe_cache_key_at(const struct moe_cache *c, int slot);   /* -1 when empty */
+int moe_cache_capacity(const struct moe_cache *c);
+int moe_cache_pinned(const struct moe_cache *c);             /* keys pinned now */
+void moe_cache_get_stats(const struct moe_cache *c, struct moe_cache_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,304 @@
+/* Routing trace reader and writer (see trace.h). */
+#include "trace.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LINE (1u << 24) /* bytes per line */
+
+static enum moe_status get_int(json_t *o, const char *key, const char *path, size_t line, int lo,
+                               int hi, int *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v))
+        return moe_errorf(MOE_EFORMAT, "%s:%zu: field \"%s\" missing or not an integer", path,
+                          line, key);
+    json_int_t x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return moe_errorf(MOE_EFORMAT, "%s:%zu: field \"%s\" = %lld outside [%d, %d]", path, line,
+                          key, (long long)x, lo, hi);
+    *out = (int)x;
+    return MOE_OK;
+}
+
+static enum moe_status parse_header(json_t *h, const char *path, struct moe_trace_info *info)
+{
+    enum moe_status st;
+    json_t *f = json_object_get(h, "format");
+    if (!json_is_string(f) || strcmp(json_string_value(f), MOE_TRACE_FORMAT))
+        return moe_errorf(MOE_EFORMAT, "%s:1: not a routing trace (\"format\" must be \"%s\")",
+                          path, MOE_TRACE_FORMAT);
+    int version;
+    if ((st = get_int(h, "version", path, 1, 0, 1 << 30, &version))) return st;
+    if (version != MOE_TRACE_VERSION)
+        return moe_errorf(MOE_EFORMAT, "%s:1: trace version %d, this build reads version %d "
+                          "(re-record it with moeflow trace)", path, version, MOE_TRACE_VERSION);
+    json_t *m = json_object_get(h, "model");
+    snprintf(info->model, sizeof(info->model), "%s", json_is_string(m) ? json_string_value(m) : "");
+    if ((st = get_int(h, "layers", path, 1, 1, MOE_MAX_LAYERS, &info->layers))) return st;
+    if ((st = get_int(h, "experts", path, 1, 1, 1 << 20, &info->experts))) return st;
+    if ((st = get_int(h, "top_k", path, 1, 1, info->experts, &info->top_k))) return st;
+    json_t *ml = json_object_get(h, "moe_layers");
+    if (!json_is_array(ml) || json_array_size(ml) == 0 || json_array_size(ml) > (size_t)info->layers)
+        return moe_errorf(MOE_EFORMAT, "%s:1: \"moe_layers\" must be a non-empty array of at most "
+                          "%d layer indices", path, info->layers);
+    info->n_moe = (int)json_array_size(ml);
+    for (int i = 0; i < info->n_moe; i++) {
+        json_t *v = json_array_get(ml, (size_t)i);
+        json_int_t x = json_is_integer(v) ? json_integer_value(v) : -1;
+        if (x < 0 || x >= info->layers || (i > 0 && x <= info->moe_layers[i - 1]))
+            return moe_errorf(MOE_EFORMAT, "%s:1: moe_layers[%d] must be an ascending layer index "
+                              "in [0, %d)", path, i, info->layers);
+        info->moe_layers[i] = (int)x;
+    }
+    json_t *eb = json_object_get(h, "expert_bytes");
+    info->expert_bytes = json_is_integer(eb) && json_integer_value(eb) > 0
+                             ? (uint64_t)json_integer_value(eb) : 0;
+    return MOE_OK;
+}
+
+/* Parse a [[..k..] x n_moe] array into dst (ints or floats). */
+static enum moe_status parse_grid(json_t *a, const char *key, const struct moe_trace_info *info,
+                                  const char *path, size_t line, int *ids, float *w)
+{
+    if (!json_is_array(a) || json_array_size(a) != (size_t)info->n_moe)
+        return moe_errorf(MOE_EFORMAT, "%s:%zu: \"%s\" must hold %d lists (one per MoE layer)",
+                          path, line, key, info->n_moe);
+    for (int li = 0; li < info->n_moe; li++) {
+        json_t *row = json_array_get(a, (size_t)li);
+        if (!json_is_array(row) || json_array_size(row) != (size_t)info->top_k)
+            return moe_errorf(MOE_EFORMAT, "%s:%zu: \"%s\"[%d] must list %d entries", path, line,
+                              key, li, info->top_k);
+        for (int j = 0; j < info->top_k; j++) {
+            json_t *v = json_array_get(row, (size_t)j);
+            size_t o = (size_t)li * (size_t)info->top_k + (size_t)j;
+            if (ids) {
+                json_int_t x = json_is_integer(v) ? json_integer_value(v) : -1;
+                if (x < 0 || x >= info->experts)
+                    return moe_errorf(MOE_EFORMAT, "%s:%zu: experts[%d][%d] must be an expert id "
+                                      "in [0, %d)", path, line, li, j, info->experts);
+                for (int q = 0; q < j; q++)
+                    if (ids[o - (size_t)j + (size_t)q] == (int)x)
+                        return moe_errorf(MOE_EFORMAT, "%s:%zu: experts[%d] lists expert %d twice",
+                                          path, line, li, (int)x);
+                ids[o] = (int)x;
+            } else {
+                if (!json_is_number(v))
+                    return moe_errorf(MOE_EFORMAT, "%s:%zu: weights[%d][%d] must be a number",
+                                      path, line, li, j);
+                w[o] = (float)json_number_value(v);
+            }
+        }
+    }
+    return MOE_OK;
+}
+
+void moe_trace_free(struct moe_trace *t)
+{
+    if (!t) return;
+    free(t->seq);
+    free(t->pos);
+    free(t->token);
+    free(t->experts);
+    free(t->weights);
+    free(t);
+}
+
+static bool grow(struct moe_trace *t, size_t *cap, size_t per)
+{
+    size_t nc = *cap ? *cap * 2 : 1024;
+    int *s = realloc(t->seq, nc * sizeof(int));
+    if (s) t->seq = s;
+    int *p = realloc(t->pos, nc * sizeof(int));
+    if (p) t->pos = p;
+    int *k = realloc(t->token, nc * sizeof(int));
+    if (k) t->token = k;
+    int *e = realloc(t->experts, nc * per * sizeof(int));
+    if (e) t->experts = e;
+    float *w = realloc(t->weights, nc * per * sizeof(float));
+    if (w) t->weights = w;
+    if (!s || !p || !k || !e || !w) return false;
+    *cap = nc;
+    return true;
+}
+
+enum moe_status moe_trace_load(const char *path, struct moe_trace **out)
+{
+    enum moe_status st = MOE_OK;
+    FILE *f = fopen(path, "r");
+    char *line = NULL;
+    size_t line_cap = 0, cap = 0, lineno = 0;
+    bool any_weights = false, all_weights = true;
+    struct moe_trace *t = NULL;
+    *out = NULL;
+    if (!f) return moe_errorf(MOE_EIO, "%s: cannot open trace: %s", path, strerror(errno));
+    t = calloc(1, sizeof(*t));
+    if (!t) {
+        st = moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    ssize_t len;
+    size_t per = 0;
+    while ((len = getline(&line, &line_cap, f)) >= 0) {
+        lineno++;
+        if ((size_t)len > MAX_LINE) {
+            st = moe_errorf(MOE_EFORMAT, "%s:%zu: line longer than %u bytes", path, lineno, MAX_LINE);
+            goto out;
+        }
+        if (len == 0 || line[0] == '\n') continue;
+        json_error_t jerr;
+        json_t *o = json_loadb(line, (size_t)len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!json_is_object(o)) {
+            json_decref(o);
+            st = moe_errorf(MOE_EFORMAT, "%s:%zu: not a JSON object (%s)", path, lineno,
+                            o ? "other JSON value" : jerr.text);
+            goto out;
+        }
+        if (lineno == 1) {
+            st = parse_header(o, path, &t->info);
+            json_decref(o);
+            if (st) goto out;
+            per = (size_t)t->info.n_moe * (size_t)t->info.top_k;
+            continue;
+        }
+        if (t->n_tokens == cap && !grow(t, &cap, per)) {
+            json_decref(o);
+            st = moe_errorf(MOE_ENOMEM, "%s:%zu: out of memory", path, lineno);
+            goto out;
+        }
+        size_t i = t->n_tokens;
+        if ((st = get_int(o, "seq", path, lineno, 0, 1 << 30, &t->seq[i])) ||
+            (st = get_int(o, "pos", path, lineno, 0, 1 << 30, &t->pos[i])) ||
+            (st = get_int(o, "token", path, lineno, 0, 1 << 30, &t->token[i])) ||
+            (st = parse_grid(json_object_get(o, "experts"), "experts", &t->info, path, lineno,
+                             t->experts + i * per, NULL))) {
+            json_decref(o);
+            goto out;
+        }
+        json_t *w = json_object_get(o, "weights");
+        if (w) {
+            any_weights = true;
+            st = parse_grid(w, "weights", &t->info, path, lineno, NULL, t->weights + i * per);
+            if (st) {
+                json_decref(o);
+                goto out;
+            }
+        } else {
+            all_weights = false;
+        }
+        json_decref(o);
+        t->n_tokens++;
+    }
+    if (lineno == 0) {
+        st = moe_errorf(MOE_EFORMAT, "%s: empty file, not a routing trace", path);
+        goto out;
+    }
+    if (!(any_weights && all_weights)) {
+        free(t->weights);
+        t->weights = NULL;
+    }
+out:
+    free(line);
+    fclose(f);
+    if (st) {
+        moe_trace_free(t);
+        return st;
+    }
+    *out = t;
+    return MOE_OK;
+}
+
+enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n)
+{
+    size_t per = (size_t)t->info.n_moe * (size_t)t->info.top_k;
+    size_t total = t->n_tokens * per;
+    int *k = malloc((total ? total : 1) * sizeof(int));
+    if (!k) return moe_errorf(MOE_ENOMEM, "trace: cannot allocate %zu accesses", total);
+    size_t o = 0;
+    for (size_t i = 0; i < t->n_tokens; i++)
+        for (int li = 0; li < t->info.n_moe; li++) {
+            const int *e = moe_trace_experts(t, i, li);
+            for (int j = 0; j < t->info.top_k; j++)
+                k[o++] = t->info.moe_layers[li] * t->info.experts + e[j];
+        }
+    *keys = k;
+    *n = total;
+    return MOE_OK;
+}
+
+struct moe_trace_writer {
+    FILE *f;
+    char path[4096];
+    struct moe_trace_info info;
+};
+
+struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct moe_trace_info *info)
+{
+    struct moe_trace_writer *w = calloc(1, sizeof(*w));
+    if (!w) {
+        moe_errorf(MOE_ENOMEM, "trace writer: out of memory");
+        return NULL;
+    }
+    w->f = fopen(path, "w");
+    if (!w->f) {
+        moe_errorf(MOE_EIO, "%s: cannot create trace: %s", path, strerror(errno));
+        free(w);
+        return NULL;
+    }
+    snprintf(w->path, sizeof(w->path), "%s", path);
+    w->info = *info;
+    json_t *h = json_object();
+    json_t *ml = json_array();
+    for (int i = 0; i < info->n_moe; i++) json_array_append_new(ml, json_integer(info->moe_layers[i]));
+    json_object_set_new(h, "format", json_string(MOE_TRACE_FORMAT));
+    json_object_set_new(h, "version", json_integer(MOE_TRACE_VERSION));
+    json_object_set_new(h, "model", json_string(info->model));
+    json_object_set_new(h, "layers", json_integer(info->layers));
+    json_object_set_new(h, "experts", json_integer(info->experts));
+    json_object_set_new(h, "top_k", json_integer(info->top_k));
+    json_object_set_new(h, "moe_layers", ml);
+    if (info->expert_bytes) json_object_set_new(h, "expert_bytes", json_integer((json_int_t)info->expert_bytes));
+    char *s = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(h);
+    if (s) fprintf(w->f, "%s\n", s);
+    free(s);
+    return w;
+}
+
+enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int pos, int token,
+                                       const int *experts, const float *weights)
+{
+    const struct moe_trace_info *in = &w->info;
+    fprintf(w->f, "{\"seq\":%d,\"pos\":%d,\"token\":%d,\"experts\":[", seq, pos, token);
+    for (int li = 0; li < in->n_moe; li++) {
+        fputs(li ? ",[" : "[", w->f);
+        for (int j = 0; j < in->top_k; j++)
+            fprintf(w->f, j ? ",%d" : "%d", experts[li * in->top_k + j]);
+        fputc(']', w->f);
+    }
+    fputc(']', w->f);
+    if (weights) {
+        fputs(",\"weights\":[", w->f);
+        for (int li = 0; li < in->n_moe; li++) {
+            fputs(li ? ",[" : "[", w->f);
+            for (int j = 0; j < in->top_k; j++)
+                fprintf(w->f, j ? ",%.6g" : "%.6g", (double)weights[li * in->top_k + j]);
+            fputc(']', w->f);
+        }
+        fputc(']', w->f);
+    }
+    fputs("}\n", w->f);
+    return ferror(w->f) ? moe_errorf(MOE_EIO, "%s: write failed", w->path) : MOE_OK;
+}
+
+enum moe_status moe_trace_writer_close(struct moe_trace_writer *w)
+{
+    if (!w) return MOE_OK;
+    bool bad = ferror(w->f) != 0;
+    if (fclose(w->f) != 0) bad = true;
+    enum moe_status st = bad ? moe_errorf(MOE_EIO, "%s: write failed (disk full?)", w->path) : MOE_OK;
+    free(w);
+    return st;
+}

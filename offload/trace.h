@@ -1,0 +1,63 @@
+/* Routing traces (JSON Lines), written by `moeflow trace`, read by `moeflow sim`
+ * and the predictor trainer.  Format: docs/trace-format.md.
+ *   line 1: {"format":"moeflow-trace","version":1,"model":NAME,"layers":L,
+ *            "experts":E,"top_k":K,"moe_layers":[...]}   (+ optional "expert_bytes")
+ *   then per token: {"seq":S,"pos":P,"token":ID,"experts":[[e1..eK], ...per MoE layer]}
+ *            (+ optional "weights" of the same shape) */
+#ifndef MOE_TRACE_H
+#define MOE_TRACE_H
+
+#include "../common/moe.h"
+#include "../model/config.h"
+
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOE_TRACE_FORMAT "moeflow-trace"
+#define MOE_TRACE_VERSION 1
+
+struct moe_trace_info {
+    char model[256];               /* model name (directory base name) */
+    int layers;                    /* decoder layers */
+    int experts;                   /* routed experts per MoE layer */
+    int top_k;                     /* experts per token per MoE layer */
+    int n_moe;                     /* MoE layers */
+    int moe_layers[MOE_MAX_LAYERS];/* [n_moe] their decoder-layer indices, ascending */
+    uint64_t expert_bytes;         /* bytes of one expert as stored, 0 = unknown */
+};
+
+struct moe_trace {
+    struct moe_trace_info info;
+    size_t n_tokens;
+    int *seq, *pos, *token;        /* [n_tokens] */
+    int *experts;                  /* [n_tokens][n_moe][top_k], descending routing weight */
+    float *weights;                /* same shape, or NULL when the trace has none */
+};
+
+/* Read a whole trace; errors name the file, the line and the field. */
+enum moe_status moe_trace_load(const char *path, struct moe_trace **out);
+void moe_trace_free(struct moe_trace *t);
+/* Expert list of token i at MoE layer index li (0..n_moe-1): top_k ids. */
+static inline const int *moe_trace_experts(const struct moe_trace *t, size_t i, int li)
+{
+    return t->experts + (i * (size_t)t->info.n_moe + (size_t)li) * (size_t)t->info.top_k;
+}
+/* Every demand access in replay order (tokens in order, MoE layers in order,
+ * experts in listed order) as cache keys layer * experts + expert.  *keys malloc'd. */
+enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n);
+
+struct moe_trace_writer;
+struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct moe_trace_info *info);
+/* experts: [n_moe][top_k]; weights: same or NULL. */
+enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int pos, int token,
+                                       const int *experts, const float *weights);
+/* Flush and close; reports a write error (disk full) as MOE_EIO. */
+enum moe_status moe_trace_writer_close(struct moe_trace_writer *w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,131 @@
+/* LRU and LFU on hand-worked access sequences, pinning, quotas and determinism
+ * of the cache manager; sim agrees with direct cache replay. */
+#include "../../offload/cache.h"
+#include "../../offload/sim.h"
+#include "../test_util.h"
+
+#include <math.h>
+#include <unistd.h>
+
+/* Replay single-key accesses (each access its own step: pinned, then unpinned). */
+static void replay(enum moe_policy_kind k, int cap, const int *seq, int n, char *hm,
+                   struct moe_cache_stats *st)
+{
+    struct moe_cache_params p = { .n_keys = 16, .capacity = cap,
+                                  .policy = moe_policy_create(k, 16, seq, (size_t)n) };
+    struct moe_cache *c = moe_cache_create(&p);
+    REQUIRE(c, "cache create: %s", moe_last_error());
+    for (int i = 0; i < n; i++) {
+        int slot, ev;
+        bool miss;
+        REQUIRE(moe_cache_acquire(c, seq[i], &slot, &miss, &ev) == MOE_OK, "%s", moe_last_error());
+        CHECK(moe_cache_key_at(c, slot) == seq[i], "slot %d holds %d", slot, moe_cache_key_at(c, slot));
+        hm[i] = miss ? 'm' : 'h';
+        moe_cache_unpin(c, seq[i]);
+    }
+    hm[n] = 0;
+    moe_cache_get_stats(c, st);
+    moe_cache_destroy(c);
+}
+
+int main(void)
+{
+    /* Capacity 3. LRU: 1m 2m 3m 1h 4m(-2) 2m(-3) 5m(-1) 1m(-4). */
+    static const int seq[] = { 1, 2, 3, 1, 4, 2, 5, 1 };
+    char hm[16];
+    struct moe_cache_stats st;
+    replay(MOE_POLICY_LRU, 3, seq, 8, hm, &st);
+    CHECK(!strcmp(hm, "mmmhmmmm"), "LRU got %s", hm);
+    CHECK(st.hits == 1 && st.misses == 7 && st.evictions == 4, "LRU stats %llu/%llu/%llu",
+          (unsigned long long)st.hits, (unsigned long long)st.misses,
+          (unsigned long long)st.evictions);
+    /* LFU (counts kept across evictions, ties by recency):
+     * 1m 2m 3m 1h(1:2) 4m(-2: count 1, older than 3) 2m(-3) 5m(-4: 4 has 1, 1 and 2 have 2) 1h. */
+    replay(MOE_POLICY_LFU, 3, seq, 8, hm, &st);
+    CHECK(!strcmp(hm, "mmmhmmmh"), "LFU got %s", hm);
+    CHECK(st.hits == 2 && st.misses == 6, "LFU stats");
+    /* Belady: 1m 2m 3m 1h 4m(-3: next use never) 2h 5m(-2 or 4: both never; lowest key 2) 1h. */
+    replay(MOE_POLICY_BELADY, 3, seq, 8, hm, &st);
+    CHECK(!strcmp(hm, "mmmhmhmh"), "Belady got %s", hm);
+
+    /* Pinned keys are never victims; all pinned -> EBUSY, not a crash. */
+    {
+        struct moe_cache_params p = { .n_keys = 8, .capacity = 2, .policy = moe_policy_lru_create(8) };
+        struct moe_cache *c = moe_cache_create(&p);
+        int slot, ev;
+        bool miss;
+        REQUIRE(moe_cache_acquire(c, 0, &slot, &miss, &ev) == MOE_OK, "a0");
+        REQUIRE(moe_cache_acquire(c, 1, &slot, &miss, &ev) == MOE_OK, "a1");
+        CHECK(moe_cache_acquire(c, 2, &slot, &miss, &ev) == MOE_EBUSY, "all pinned must be EBUSY");
+        CHECK(moe_cache_pinned(c) == 2, "pinned %d", moe_cache_pinned(c));
+        moe_cache_unpin(c, 1);
+        REQUIRE(moe_cache_acquire(c, 2, &slot, &miss, &ev) == MOE_OK, "a2");
+        CHECK(miss && ev == 1, "key 1 (unpinned) must be the victim, got %d", ev);
+        bool ins;
+        CHECK(moe_cache_prefetch(c, 3, &slot, &ins, &ev) == MOE_EBUSY, "prefetch with all pinned");
+        moe_cache_unpin(c, 0);
+        moe_cache_unpin(c, 2);
+        REQUIRE(moe_cache_prefetch(c, 3, &slot, &ins, &ev) == MOE_OK && ins, "prefetch 3");
+        REQUIRE(moe_cache_acquire(c, 3, &slot, &miss, &ev) == MOE_OK && !miss, "prefetched hit");
+        moe_cache_get_stats(c, &st);
+        CHECK(st.prefetches == 1 && st.prefetch_hits == 1, "prefetch stats %llu %llu",
+              (unsigned long long)st.prefetches, (unsigned long long)st.prefetch_hits);
+        moe_cache_drop(c, 3);
+        CHECK(moe_cache_slot_of(c, 3) == -1 && moe_cache_pinned(c) == 0, "drop");
+        moe_cache_destroy(c);
+    }
+    /* Per-layer quotas: group 0 may hold 1 key, so key 1 evicts key 0 although a slot is free. */
+    {
+        int quota[2] = { 1, 3 };
+        struct moe_cache_params p = { .n_keys = 8, .capacity = 3, .group_size = 4, .quota = quota,
+                                      .policy = moe_policy_lru_create(8) };
+        struct moe_cache *c = moe_cache_create(&p);
+        int slot, ev;
+        bool miss;
+        REQUIRE(c, "quota cache");
+        moe_cache_acquire(c, 0, &slot, &miss, &ev);
+        moe_cache_unpin(c, 0);
+        moe_cache_acquire(c, 1, &slot, &miss, &ev);
+        CHECK(miss && ev == 0, "quota: key 1 must evict key 0, evicted %d", ev);
+        moe_cache_destroy(c);
+    }
+    /* Bad parameters are errors, not crashes. */
+    {
+        struct moe_cache_params p = { .n_keys = 8, .capacity = 0, .policy = moe_policy_lru_create(8) };
+        CHECK(!moe_cache_create(&p), "capacity 0 must fail");
+        CHECK(strstr(moe_last_error(), "capacity"), "error names capacity: %s", moe_last_error());
+    }
+
+    /* sim over a written trace equals the direct replay: one MoE layer (layer 1 of 2), k = 1. */
+    {
+        char path[] = "/tmp/moe_test_policy_XXXXXX";
+        int fd = mkstemp(path);
+        REQUIRE(fd >= 0, "mkstemp");
+        close(fd);
+        struct moe_trace_info info = { .layers = 2, .experts = 8, .top_k = 1, .n_moe = 1,
+                                       .moe_layers = { 1 }, .expert_bytes = 1000 };
+        snprintf(info.model, sizeof(info.model), "hand");
+        struct moe_trace_writer *w = moe_trace_writer_open(path, &info);
+        REQUIRE(w, "writer");
+        for (int i = 0; i < 8; i++) moe_trace_writer_token(w, 0, i, 7, &seq[i], NULL);
+        REQUIRE(moe_trace_writer_close(w) == MOE_OK, "close");
+        struct moe_trace *t;
+        REQUIRE(moe_trace_load(path, &t) == MOE_OK, "load: %s", moe_last_error());
+        struct moe_sim_params sp = { .capacity = 3, .policy = MOE_POLICY_LFU, .link_gbps = 1e-3,
+                                     .layer_ms = 1.0 };
+        struct moe_sim_result r;
+        REQUIRE(moe_sim_run(t, &sp, &r) == MOE_OK, "sim: %s", moe_last_error());
+        CHECK(r.hits == 2 && r.misses == 6 && r.bytes_moved == 6000, "sim LFU %llu/%llu/%llu",
+              (unsigned long long)r.hits, (unsigned long long)r.misses,
+              (unsigned long long)r.bytes_moved);
+        /* 6 misses x 1000 B at 1e6 B/s = 6 ms stall; 8 layers x 1 ms compute. */
+        CHECK(fabs(r.stall_s - 0.006) < 1e-9 && fabs(r.compute_s - 0.008) < 1e-9,
+              "timeline stall %g compute %g", r.stall_s, r.compute_s);
+        CHECK(fabs(r.tokens_per_s - 8 / 0.014) < 1e-6, "tokens/s %g", r.tokens_per_s);
+        sp.capacity = 0;
+        CHECK(moe_sim_run(t, &sp, &r) == MOE_EINVAL, "capacity below top_k must be refused");
+        moe_trace_free(t);
+        unlink(path);
+    }
+    return t_result("test_policy");
+}

@@ -1,0 +1,262 @@
+/* config.json: every fixture parses to the expected values; the spellings of
+ * different transformers versions agree; unsupported and malformed configs
+ * are refused with an error naming the architecture or the field. */
+#include "../test_util.h"
+#include "model/config.h"
+
+#include <jansson.h>
+#include <math.h>
+
+static json_t *load_json(const char *rel)
+{
+    char path[4096];
+    json_error_t err;
+    json_t *j = json_load_file(t_path(path, sizeof(path), rel), 0, &err);
+    REQUIRE(j != NULL, "%s: %s", rel, err.text);
+    return j;
+}
+
+/* Parse a JSON object as config.json. */
+static enum moe_status parse_obj(json_t *j, struct moe_config *c)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    enum moe_status st;
+    REQUIRE(s != NULL, "json_dumps");
+    st = moe_config_parse(s, strlen(s), "test config.json", c);
+    free(s);
+    return st;
+}
+
+static void load_fixture(const char *rel, struct moe_config *c)
+{
+    char dir[4096];
+    enum moe_status st = moe_config_load(t_path(dir, sizeof(dir), rel), c);
+    REQUIRE(st == MOE_OK, "%s: %s", rel, moe_last_error());
+}
+
+static bool all_moe(const struct moe_config *c)
+{
+    for (int l = 0; l < c->n_layers; l++)
+        if (!c->is_moe[l]) return false;
+    return true;
+}
+
+static bool cfg_equal(const struct moe_config *a, const struct moe_config *b)
+{
+    return a->family == b->family && !strcmp(a->model_type, b->model_type) && a->n_layers == b->n_layers &&
+           a->hidden == b->hidden && a->n_heads == b->n_heads && a->n_kv_heads == b->n_kv_heads &&
+           a->head_dim == b->head_dim && a->vocab == b->vocab && a->n_experts == b->n_experts &&
+           a->top_k == b->top_k && a->expert_inter == b->expert_inter && a->dense_inter == b->dense_inter &&
+           a->shared_inter == b->shared_inter && a->shared_gate == b->shared_gate &&
+           a->norm_topk_prob == b->norm_topk_prob && a->router == b->router && a->qk_norm == b->qk_norm &&
+           a->attn_qkv_bias == b->attn_qkv_bias && a->tie_embeddings == b->tie_embeddings &&
+           a->rms_eps == b->rms_eps && a->rope_theta == b->rope_theta && a->max_pos == b->max_pos &&
+           a->bos_id == b->bos_id && a->eos_id == b->eos_id &&
+           !memcmp(a->is_moe, b->is_moe, sizeof(a->is_moe));
+}
+
+static void test_fixtures(void)
+{
+    struct moe_config c;
+
+    load_fixture("tests/fixtures/hf-tiny/mixtral", &c);
+    CHECK(c.family == MOE_FAM_MIXTRAL && !strcmp(c.model_type, "mixtral"), "mixtral family");
+    CHECK(c.n_layers == 4 && c.hidden == 64 && c.n_heads == 4 && c.n_kv_heads == 2 && c.head_dim == 16,
+          "mixtral dims");
+    CHECK(c.vocab == 320 && c.n_experts == 8 && c.top_k == 2 && c.expert_inter == 96, "mixtral moe dims");
+    CHECK(c.dense_inter == 0 && c.shared_inter == 0 && !c.shared_gate, "mixtral no dense/shared");
+    CHECK(c.router == MOE_ROUTER_TOPK_SOFTMAX && c.qk_norm == MOE_QK_NORM_NONE && !c.attn_qkv_bias,
+          "mixtral recipe");
+    CHECK(!c.tie_embeddings && fabsf(c.rms_eps - 1e-6f) < 1e-12f && c.rope_theta == 10000.0f, "mixtral norms");
+    CHECK(c.max_pos == 512 && c.bos_id == 1 && c.eos_id == 2 && all_moe(&c), "mixtral ids");
+
+    load_fixture("tests/fixtures/hf-tiny/qwen2_moe", &c);
+    CHECK(c.family == MOE_FAM_QWEN2_MOE, "qwen2 family");
+    CHECK(c.head_dim == 16, "qwen2 head_dim derived from hidden/heads: %d", c.head_dim);
+    CHECK(c.n_experts == 8 && c.top_k == 2 && c.expert_inter == 48, "qwen2 moe dims");
+    CHECK(c.shared_inter == 96 && c.shared_gate && c.attn_qkv_bias, "qwen2 shared expert / bias");
+    CHECK(!c.norm_topk_prob && c.router == MOE_ROUTER_SOFTMAX_TOPK && c.qk_norm == MOE_QK_NORM_NONE,
+          "qwen2 router");
+    CHECK(c.bos_id == -1 && c.eos_id == -1 && all_moe(&c) && c.dense_inter == 0, "qwen2 null ids");
+
+    load_fixture("tests/fixtures/hf-tiny/qwen3_moe", &c);
+    CHECK(c.family == MOE_FAM_QWEN3_MOE, "qwen3 family");
+    CHECK(c.n_experts == 16 && c.top_k == 4 && c.expert_inter == 48 && c.head_dim == 16, "qwen3 dims");
+    CHECK(c.norm_topk_prob && c.qk_norm == MOE_QK_NORM_HEAD && !c.attn_qkv_bias && c.shared_inter == 0,
+          "qwen3 recipe");
+
+    load_fixture("tests/fixtures/hf-tiny/olmoe", &c);
+    CHECK(c.family == MOE_FAM_OLMOE, "olmoe family");
+    CHECK(c.n_experts == 16 && c.top_k == 4 && c.expert_inter == 48 && c.head_dim == 16, "olmoe dims");
+    CHECK(!c.norm_topk_prob && c.qk_norm == MOE_QK_NORM_FULL && c.router == MOE_ROUTER_SOFTMAX_TOPK,
+          "olmoe recipe");
+    CHECK(c.bos_id == -1 && c.eos_id == 50279, "olmoe ids %d %d", c.bos_id, c.eos_id);
+
+    load_fixture("models/pycode-moe-18m", &c);
+    CHECK(c.family == MOE_FAM_QWEN3_MOE && c.n_layers == 8 && c.hidden == 192 && c.head_dim == 48,
+          "pycode dims");
+    CHECK(c.n_experts == 32 && c.top_k == 4 && c.expert_inter == 96 && c.vocab == 8192, "pycode moe");
+    CHECK(c.max_pos == 2048 && c.bos_id == 0 && c.eos_id == 0 && c.norm_topk_prob, "pycode ids");
+}
+
+/* Older / alternative spellings give the same configuration. */
+static void test_spellings(void)
+{
+    struct moe_config a, b;
+    json_t *j;
+
+    load_fixture("tests/fixtures/hf-tiny/qwen3_moe", &a);
+    j = load_json("tests/fixtures/hf-tiny/qwen3_moe/config.json");
+    json_object_del(j, "rope_parameters");
+    json_object_set_new(j, "rope_theta", json_real(10000.0));
+    json_object_del(j, "num_local_experts");
+    json_object_set_new(j, "num_experts", json_integer(16));
+    json_object_del(j, "head_dim");
+    json_object_set_new(j, "rope_scaling", json_null());
+    REQUIRE(parse_obj(j, &b) == MOE_OK, "old qwen3 spelling: %s", moe_last_error());
+    CHECK(cfg_equal(&a, &b), "old and new qwen3 spellings disagree (theta %g/%g, experts %d/%d, "
+          "head_dim %d/%d)", a.rope_theta, b.rope_theta, a.n_experts, b.n_experts, a.head_dim, b.head_dim);
+
+    /* rope_theta inside rope_scaling, both expert counts (agreeing). */
+    json_object_del(j, "rope_theta");
+    json_object_set_new(j, "rope_scaling", json_pack("{s:s, s:f}", "rope_type", "default", "rope_theta", 5e5));
+    json_object_set_new(j, "num_local_experts", json_integer(16));
+    REQUIRE(parse_obj(j, &b) == MOE_OK, "rope_scaling spelling: %s", moe_last_error());
+    CHECK(b.rope_theta == 5e5f && b.n_experts == 16, "rope_scaling theta %g", b.rope_theta);
+    json_decref(j);
+
+    /* Qwen2: qkv_bias vs attention_bias vs neither (older versions hard-wired biases). */
+    j = load_json("tests/fixtures/hf-tiny/qwen2_moe/config.json");
+    json_object_del(j, "qkv_bias");
+    REQUIRE(parse_obj(j, &b) == MOE_OK, "qwen2 without qkv_bias: %s", moe_last_error());
+    CHECK(b.attn_qkv_bias, "qwen2 default biases");
+    json_object_set_new(j, "attention_bias", json_false());
+    REQUIRE(parse_obj(j, &b) == MOE_OK, "qwen2 attention_bias: %s", moe_last_error());
+    CHECK(!b.attn_qkv_bias, "qwen2 attention_bias false ignored");
+    json_object_set_new(j, "qkv_bias", json_true());
+    REQUIRE(parse_obj(j, &b) == MOE_OK, "qwen2 qkv_bias: %s", moe_last_error());
+    CHECK(b.attn_qkv_bias, "qwen2 qkv_bias true ignored");
+
+    /* Dense layers: decoder_sparse_step and mlp_only_layers. */
+    json_object_set_new(j, "decoder_sparse_step", json_integer(2));
+    json_object_set_new(j, "mlp_only_layers", json_pack("[i]", 3));
+    json_object_set_new(j, "eos_token_id", json_pack("[i,i]", 5, 6));
+    json_object_set_new(j, "tie_word_embeddings", json_true());
+    REQUIRE(parse_obj(j, &b) == MOE_OK, "qwen2 sparse step: %s", moe_last_error());
+    CHECK(!b.is_moe[0] && b.is_moe[1] && !b.is_moe[2] && !b.is_moe[3], "sparse step / mlp_only_layers");
+    CHECK(b.dense_inter == 128, "dense_inter %d", b.dense_inter);
+    CHECK(b.eos_id == 5 && b.tie_embeddings, "eos list / tie");
+    json_decref(j);
+}
+
+/* Mutate a fixture config and expect status st with every word of `needles` in the message. */
+static void expect_refused(const char *rel, json_t *j, enum moe_status want, const char *needle)
+{
+    struct moe_config c;
+    enum moe_status st = parse_obj(j, &c);
+    CHECK(st == want, "%s: status %s, want %s (%s)", needle, moe_status_str(st), moe_status_str(want),
+          moe_last_error());
+    CHECK(strstr(moe_last_error(), needle) != NULL, "%s: error does not name \"%s\": %s", rel, needle,
+          moe_last_error());
+    json_decref(j);
+}
+
+static void test_refusals(void)
+{
+    const char *q3 = "tests/fixtures/hf-tiny/qwen3_moe/config.json";
+    const char *q2 = "tests/fixtures/hf-tiny/qwen2_moe/config.json";
+    json_t *j;
+    struct moe_config c;
+    char dir[4096];
+
+    CHECK(moe_config_load(t_path(dir, sizeof(dir), "tests/fixtures/hf-tiny/deepseek_v3"), &c) == MOE_ENOTSUP,
+          "deepseek accepted");
+    CHECK(strstr(moe_last_error(), "DeepSeek-V3") && strstr(moe_last_error(), "deepseek_v3"),
+          "deepseek error: %s", moe_last_error());
+
+    j = load_json(q3);
+    json_object_set_new(j, "model_type", json_string("llama"));
+    json_object_set_new(j, "architectures", json_pack("[s]", "LlamaForCausalLM"));
+    expect_refused(q3, j, MOE_ENOTSUP, "llama");
+
+    j = load_json(q3);
+    json_object_del(j, "model_type");
+    json_object_set_new(j, "architectures", json_pack("[s]", "FooForCausalLM"));
+    expect_refused(q3, j, MOE_ENOTSUP, "FooForCausalLM");
+
+    j = load_json(q3);
+    json_object_del(j, "hidden_size");
+    expect_refused(q3, j, MOE_EFORMAT, "hidden_size");
+
+    j = load_json(q3);
+    json_object_del(j, "num_local_experts");
+    expect_refused(q3, j, MOE_EFORMAT, "num_experts");
+
+    j = load_json(q3);
+    json_object_set_new(j, "num_experts_per_tok", json_integer(99));
+    expect_refused(q3, j, MOE_ERANGE, "num_experts_per_tok");
+
+    j = load_json(q3);
+    json_object_set_new(j, "num_hidden_layers", json_integer(0));
+    expect_refused(q3, j, MOE_ERANGE, "num_hidden_layers");
+
+    j = load_json(q3);
+    json_object_set_new(j, "num_hidden_layers", json_integer(100000));
+    expect_refused(q3, j, MOE_ERANGE, "num_hidden_layers");
+
+    j = load_json(q3);
+    json_object_set_new(j, "hidden_size", json_string("64"));
+    expect_refused(q3, j, MOE_EFORMAT, "hidden_size");
+
+    j = load_json(q3);
+    json_object_set_new(j, "num_key_value_heads", json_integer(3));
+    expect_refused(q3, j, MOE_ERANGE, "num_key_value_heads");
+
+    j = load_json(q3);
+    json_object_set_new(j, "num_experts", json_integer(8));
+    expect_refused(q3, j, MOE_EFORMAT, "num_local_experts");
+
+    j = load_json(q3);
+    json_object_set_new(j, "rope_parameters", json_pack("{s:s, s:f}", "rope_type", "yarn", "rope_theta", 1e4));
+    expect_refused(q3, j, MOE_ENOTSUP, "rope_type");
+
+    j = load_json(q3);
+    json_object_set_new(j, "rms_norm_eps", json_real(-1.0));
+    expect_refused(q3, j, MOE_ERANGE, "rms_norm_eps");
+
+    j = load_json(q3);
+    json_object_set_new(j, "decoder_sparse_step", json_integer(0));
+    expect_refused(q3, j, MOE_ERANGE, "decoder_sparse_step");
+
+    j = load_json(q3);
+    json_object_set_new(j, "mlp_only_layers", json_pack("[i]", 4));
+    expect_refused(q3, j, MOE_ERANGE, "mlp_only_layers");
+
+    j = load_json(q3);
+    json_object_set_new(j, "hidden_act", json_string("gelu"));
+    expect_refused(q3, j, MOE_ENOTSUP, "hidden_act");
+
+    j = load_json(q2);
+    json_object_del(j, "shared_expert_intermediate_size");
+    expect_refused(q2, j, MOE_EFORMAT, "shared_expert_intermediate_size");
+
+    j = load_json(q2);
+    json_object_set_new(j, "bos_token_id", json_integer(-3));
+    expect_refused(q2, j, MOE_EFORMAT, "bos_token_id");
+
+    CHECK(moe_config_parse("{\"model_type\": ", 15, "trunc.json", &c) == MOE_EFORMAT &&
+          strstr(moe_last_error(), "trunc.json"), "truncated JSON: %s", moe_last_error());
+    CHECK(moe_config_parse("[1]", 3, "arr.json", &c) == MOE_EFORMAT, "array top level");
+    CHECK(moe_config_parse("{\"a\":1,\"a\":2}", 13, "dup.json", &c) == MOE_EFORMAT &&
+          strstr(moe_last_error(), "duplicate"), "duplicate key: %s", moe_last_error());
+    CHECK(moe_config_load(t_path(dir, sizeof(dir), "tests/fixtures"), &c) == MOE_ENOENT &&
+          strstr(moe_last_error(), "config.json"), "no config.json: %s", moe_last_error());
+}
+
+int main(void)
+{
+    test_fixtures();
+    test_spellings();
+    test_refusals();
+    return t_result("test_config");
+}

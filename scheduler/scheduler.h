@@ -27,6 +27,29 @@ const char *moe_finish_str(enum moe_finish f); /* "length", "stop", "cancelled",
 
 enum moe_grouping { MOE_GROUP_FCFS, MOE_GROUP_REGROUP };
 
+/* A routing path is a bitset of experts per MoE layer: words_per_layer uint64_t
+ * words per MoE layer (bit e of layer l = expert e), MoE layers in model order. */
+struct moe_sched_path_query {
+    uint64_t id;              /* request id */
+    int slot;                 /* engine sequence slot */
+    int n_moe_layers;         /* MoE layers of the model */
+    int n_experts;            /* routed experts per MoE layer */
+    int words_per_layer;      /* (n_experts + 63) / 64 */
+    const uint64_t *recent;   /* [n_moe_layers * words_per_layer] experts the sequence's
+                                 most recent token was routed to */
+    const int *tokens;        /* [n_tokens] the sequence so far (prompt + generated) */
+    int n_tokens;
+};
+
+/* Pluggable source of the predicted routing path of a sequence's next token,
+ * used by token regrouping and lookahead prefetch.  Called on the scheduler
+ * thread; fills out[n_moe_layers * words_per_layer].  Returns false when it has
+ * no prediction (the scheduler then uses q->recent). */
+struct moe_sched_path_source {
+    bool (*predict)(void *ud, const struct moe_sched_path_query *q, uint64_t *out);
+    void *ud;
+};
+
 struct moe_sched_params {
     int max_running;          /* sequences decoding at once (<= engine max_seqs) */
     int max_queued;           /* waiting requests; beyond -> MOE_EBUSY at once */
@@ -36,6 +59,16 @@ struct moe_sched_params {
     int micro_batch;          /* sequences per forward() */
     int prefill_chunk;        /* prompt tokens per forward() per sequence */
     enum moe_grouping grouping;
+    /* Additions (all optional; zero = default). */
+    int aging_steps;          /* a waiting request gains one priority level per this many
+                                 steps waited (0 = 64): no request starves */
+    int lookahead;            /* micro-batches ahead whose predicted experts are prefetched
+                                 (0 = 1, -1 = no prefetch) */
+    struct moe_provider *provider; /* where prefetch hints go (the engine's provider); NULL = none */
+    struct moe_sched_path_source *path_source; /* predicted routing paths; NULL = most recent routing */
+    struct moe_engine_hooks hooks; /* engine hooks the scheduler chains to (it installs its own) */
+    int engine_max_ctx;       /* the engine's max_ctx / max_batch_tokens as created (0 = the */
+    int engine_max_batch_tokens; /* engine defaults: cfg.max_pos and 512) */
 };
 
 struct moe_gen_params {
@@ -59,6 +92,15 @@ struct moe_sched_stats {
     int running, waiting;                          /* now */
     uint64_t prompt_tokens, generated_tokens;      /* totals */
     uint64_t steps, layer_steps, experts_activated;/* distinct experts summed over MoE layer-steps */
+    /* Additions.  A layer-step is one MoE layer of one forward() (micro-batch). */
+    uint64_t forwards;                             /* forward() calls */
+    uint64_t decode_layer_steps;                   /* layer-steps of forwards with decode tokens */
+    uint64_t decode_experts_activated;             /* distinct experts over the decode tokens only,
+                                                      summed over decode_layer_steps */
+    uint64_t decode_tokens;                        /* decode rows computed */
+    uint64_t prefill_chunks;                       /* prompt chunks computed */
+    uint64_t prefetch_hints;                       /* expert ids passed to provider prefetch */
+    int64_t tokens_in_flight;                      /* now: prompt + max_tokens of accepted, unfinished */
 };
 
 struct moe_sched;
@@ -73,6 +115,31 @@ enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id);
 /* Stop admission; wait up to timeout_s for in-flight work; cancel the rest. */
 enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s);
 void moe_sched_stats(struct moe_sched *s, struct moe_sched_stats *out);
+
+/* Run one scheduling step on the calling thread (instead of moe_sched_start):
+ * cancellations and deadlines, admission, one forward() per micro-batch.
+ * Returns MOE_OK, or MOE_ENOENT when there was nothing to do.  Not to be mixed
+ * with a started scheduler thread.  Deterministic for the same submissions. */
+enum moe_status moe_sched_step(struct moe_sched *s);
+
+/* The engine as the scheduler sees it: moe_sched_create wraps a moe_engine in
+ * this; tests substitute a fake.  forward() must report each MoE layer's
+ * routing of the batch rows through on_route (ids [n, top_k]). */
+struct moe_sched_backend {
+    void *self;
+    int vocab, n_layers, n_experts, top_k; /* model shape */
+    const bool *is_moe;                    /* [n_layers] */
+    int eos_id;                            /* -1 = none */
+    int max_seqs, max_ctx, max_batch_tokens;
+    int (*seq_alloc)(void *self);          /* slot or -1 */
+    void (*seq_free)(void *self, int seq);
+    enum moe_status (*forward)(void *self, const struct moe_batch *b, float *logits,
+                               void (*on_route)(void *ud, int layer, int n, const int *ids),
+                               void *route_ud);
+};
+/* Like moe_sched_create over any backend (copied; self must outlive the scheduler). */
+struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
+                                           const struct moe_sched_params *p);
 
 #ifdef __cplusplus
 }

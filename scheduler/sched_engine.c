@@ -1,0 +1,135 @@
+/* moe_sched_create: the scheduler over a real moe_engine.  An adapter turns the
+ * engine into a struct moe_sched_backend, installs the engine hooks (routing
+ * goes to the scheduler, then to the hooks given in the params). */
+#include "scheduler.h"
+
+#include <stdlib.h>
+
+void moe_sched_own_adapter_(struct moe_sched *s, void *adapter, void (*free_fn)(void *));
+
+struct engine_adapter {
+    struct moe_engine *e;
+    struct moe_engine_hooks user;  /* chained hooks */
+    void (*route_cb)(void *ud, int layer, int n, const int *ids);
+    void *route_ud;                /* valid during one forward() */
+};
+
+static void ad_on_hidden(void *ud, int j, int n, const float *h)
+{
+    struct engine_adapter *ad = ud;
+    if (ad->user.on_hidden)
+        ad->user.on_hidden(ad->user.ud, j, n, h);
+}
+
+static void ad_on_route(void *ud, int layer, int n, const float *logits, const int *ids, const float *w)
+{
+    struct engine_adapter *ad = ud;
+    if (ad->route_cb)
+        ad->route_cb(ad->route_ud, layer, n, ids);
+    if (ad->user.on_route)
+        ad->user.on_route(ad->user.ud, layer, n, logits, ids, w);
+}
+
+static void ad_on_moe_input(void *ud, int layer, int n, const float *x)
+{
+    struct engine_adapter *ad = ud;
+    if (ad->user.on_moe_input)
+        ad->user.on_moe_input(ad->user.ud, layer, n, x);
+}
+
+static int ad_seq_alloc(void *self) { return moe_engine_seq_alloc(((struct engine_adapter *)self)->e); }
+static void ad_seq_free(void *self, int seq) { moe_engine_seq_free(((struct engine_adapter *)self)->e, seq); }
+
+static enum moe_status ad_forward(void *self, const struct moe_batch *b, float *logits,
+                                  void (*on_route)(void *ud, int layer, int n, const int *ids), void *ud)
+{
+    struct engine_adapter *ad = self;
+    ad->route_cb = on_route;
+    ad->route_ud = ud;
+    enum moe_status st = moe_engine_forward(ad->e, b, logits);
+    ad->route_cb = NULL;
+    ad->route_ud = NULL;
+    return st;
+}
+
+static void ad_free(void *p)
+{
+    struct engine_adapter *ad = p;
+    moe_engine_set_hooks(ad->e, &ad->user); /* give the engine back the chained hooks */
+    free(ad);
+}
+
+/* Sequence slots of the engine: claim until refused, then give them back. */
+static int probe_max_seqs(struct moe_engine *e)
+{
+    int cap = 64, n = 0;
+    int *slots = malloc(sizeof(int) * (size_t)cap);
+    if (!slots)
+        return 0;
+    for (;;) {
+        int id = moe_engine_seq_alloc(e);
+        if (id < 0)
+            break;
+        if (n == cap) {
+            int *t = realloc(slots, sizeof(int) * (size_t)cap * 2);
+            if (!t) {
+                moe_engine_seq_free(e, id);
+                break;
+            }
+            slots = t;
+            cap *= 2;
+        }
+        slots[n++] = id;
+    }
+    for (int i = 0; i < n; i++)
+        moe_engine_seq_free(e, slots[i]);
+    free(slots);
+    return n;
+}
+
+struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_params *p)
+{
+    if (!e || !p) {
+        moe_errorf(MOE_EINVAL, "scheduler: create: NULL %s", e ? "params" : "engine");
+        return NULL;
+    }
+    const struct moe_model *m = moe_engine_model(e);
+    const struct moe_config *c = &m->cfg;
+    struct engine_adapter *ad = calloc(1, sizeof(*ad));
+    if (!ad) {
+        moe_errorf(MOE_ENOMEM, "scheduler: create: out of memory");
+        return NULL;
+    }
+    ad->e = e;
+    ad->user = p->hooks;
+    struct moe_sched_backend be = {
+        .self = ad,
+        .vocab = c->vocab,
+        .n_layers = c->n_layers,
+        .n_experts = c->n_experts,
+        .top_k = c->top_k,
+        .is_moe = c->is_moe,
+        .eos_id = c->eos_id,
+        .max_seqs = probe_max_seqs(e),
+        .max_ctx = p->engine_max_ctx > 0 ? p->engine_max_ctx : c->max_pos,
+        .max_batch_tokens = p->engine_max_batch_tokens > 0 ? p->engine_max_batch_tokens : 512,
+        .seq_alloc = ad_seq_alloc,
+        .seq_free = ad_seq_free,
+        .forward = ad_forward,
+    };
+    if (be.max_seqs < 1) {
+        free(ad);
+        moe_errorf(MOE_EBUSY, "scheduler: create: the engine has no free sequence slot");
+        return NULL;
+    }
+    struct moe_sched *s = moe_sched_create_backend(&be, p);
+    if (!s) {
+        free(ad);
+        return NULL;
+    }
+    struct moe_engine_hooks h = { .ud = ad, .on_hidden = ad_on_hidden, .on_route = ad_on_route,
+                                  .on_moe_input = ad_on_moe_input };
+    moe_engine_set_hooks(e, &h);
+    moe_sched_own_adapter_(s, ad, ad_free);
+    return s;
+}

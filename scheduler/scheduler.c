@@ -1,0 +1,955 @@
+/* The request scheduler: admission control, a priority queue with aging,
+ * continuous batching with chunked prefill, token regrouping and lookahead
+ * prefetch.  See scheduler.h.
+ *
+ * Locking: s->mu guards the waiting list, the active array, every request's
+ * state/cancel flag, the counters and the stats.  forward(), the path source
+ * and the user callbacks run without the lock.  Only the thread that steps
+ * (the scheduler thread, or the caller of moe_sched_step) changes a request's
+ * engine state or frees a request, so it may read them unlocked. */
+#include "scheduler.h"
+
+#include "regroup.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum rq_state { RQ_WAITING, RQ_PREFILL, RQ_DECODE, RQ_DONE };
+
+struct rq {
+    uint64_t id;
+    int *tokens;               /* [n_prompt + max_tokens]: prompt, then generated */
+    int n_prompt;
+    int n_generated;           /* tokens delivered through on_token */
+    int n_prefilled;           /* prompt tokens in the KV cache */
+    int64_t need;              /* n_prompt + max_tokens: tokens-in-flight charge */
+    struct moe_gen_params g;
+    struct moe_sched_events ev;
+    void *ud;
+    struct moe_sampler sampler;
+    enum rq_state state;
+    int slot;                  /* engine slot, -1 while waiting */
+    uint64_t submit_step;      /* s->steps when submitted (aging) */
+    bool cancel;               /* cancel() asked for it */
+    bool have_route;           /* route holds a real routing */
+    uint64_t *route;           /* [n_moe * words] experts of the most recent token */
+    uint64_t *pred;            /* [n_moe * words] predicted path (scratch per step) */
+    struct rq *next;           /* waiting list / done list link */
+    /* terminal outcome, reported by on_done */
+    enum moe_finish why;
+    enum moe_status st;
+    char msg[512];
+};
+
+struct tok_event {
+    struct rq *r;
+    int token;
+};
+
+struct moe_sched {
+    struct moe_sched_backend be;
+    struct moe_sched_params p;
+    void *adapter;                 /* owned backend state (engine adapter), or NULL */
+    void (*adapter_free)(void *);
+    int n_moe, words;              /* MoE layers, bitset words per layer */
+    int *moe_ord;                  /* [n_layers] MoE ordinal or -1 */
+    int max_ctx;
+
+    pthread_mutex_t mu;
+    pthread_cond_t wake;           /* work arrived (submit, cancel, drain, destroy) */
+    pthread_cond_t idle;           /* a request finished */
+    pthread_t thread;
+    bool started, stop, draining;
+
+    struct rq *wait_head, *wait_tail; /* submission order */
+    int n_waiting;
+    struct rq **active;            /* [max_running] admission order */
+    int n_active;
+    int64_t tif;                   /* tokens in flight */
+    uint64_t next_id;
+    struct moe_sched_stats st;
+
+    /* step scratch (stepping thread only) */
+    struct rq *done_head;          /* finished, on_done pending */
+    struct rq *grave;              /* finished and reported; freed at step end */
+    struct tok_event *tev;
+    int n_tev, cap_tev;
+    struct rq **dec, **pre;        /* [max_running] decode / prefill requests of this step */
+    int *order;                    /* [max_running] */
+    uint64_t *paths;               /* [max_running * n_moe * words] */
+    uint64_t *prev_union;          /* [n_moe * words] experts of the last micro-batch */
+    bool have_prev;
+    int *b_tok, *b_seq, *b_pos;    /* [max_batch_tokens] */
+    bool *b_want;
+    struct rq **b_req;             /* [max_batch_tokens] request of each row */
+    bool *b_route;                 /* row's routing becomes the request's recent routing */
+    bool *b_dec;                   /* row is a decode token */
+    float *logits;                 /* [(micro_batch + 1) * vocab] */
+    uint64_t *tmp_all, *tmp_dec;   /* [words] */
+    int *ids;                      /* [n_experts] prefetch id list */
+};
+
+const char *moe_finish_str(enum moe_finish f)
+{
+    switch (f) {
+    case MOE_FINISH_LENGTH: return "length";
+    case MOE_FINISH_STOP: return "stop";
+    case MOE_FINISH_CANCELLED: return "cancelled";
+    case MOE_FINISH_DEADLINE: return "deadline";
+    case MOE_FINISH_ERROR: return "error";
+    }
+    return "unknown";
+}
+
+/* ---- request bookkeeping (under s->mu) ---- */
+
+static size_t path_words(const struct moe_sched *s) { return (size_t)s->n_moe * (size_t)s->words; }
+
+static void rq_free(struct rq *r)
+{
+    if (!r)
+        return;
+    free(r->tokens);
+    free(r->route);
+    free(r->pred);
+    free(r);
+}
+
+static void wait_remove(struct moe_sched *s, struct rq *r)
+{
+    struct rq **pp = &s->wait_head, *prev = NULL;
+    while (*pp && *pp != r) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = r->next;
+    if (s->wait_tail == r)
+        s->wait_tail = prev;
+    r->next = NULL;
+    s->n_waiting--;
+}
+
+static void active_remove(struct moe_sched *s, struct rq *r)
+{
+    for (int i = 0; i < s->n_active; i++) {
+        if (s->active[i] == r) {
+            memmove(s->active + i, s->active + i + 1, sizeof(*s->active) * (size_t)(s->n_active - i - 1));
+            s->n_active--;
+            return;
+        }
+    }
+}
+
+/* End r with its terminal outcome: leave the queues, free the slot, release
+ * its tokens-in-flight, count it, and queue its on_done. */
+static void rq_finish(struct moe_sched *s, struct rq *r, enum moe_finish why, enum moe_status st,
+                      const char *msg)
+{
+    if (r->state == RQ_DONE)
+        return;
+    if (r->state == RQ_WAITING)
+        wait_remove(s, r);
+    else
+        active_remove(s, r);
+    if (r->slot >= 0) {
+        s->be.seq_free(s->be.self, r->slot);
+        r->slot = -1;
+    }
+    r->state = RQ_DONE;
+    r->why = why;
+    r->st = st;
+    snprintf(r->msg, sizeof(r->msg), "%s", msg ? msg : "");
+    s->tif -= r->need;
+    s->st.by_finish[why]++;
+    if (why == MOE_FINISH_LENGTH || why == MOE_FINISH_STOP)
+        s->st.completed++;
+    else if (why == MOE_FINISH_ERROR)
+        s->st.failed++;
+    else
+        s->st.cancelled++;
+    r->next = s->done_head;
+    s->done_head = r;
+    pthread_cond_broadcast(&s->idle);
+}
+
+/* Cancellations and expired deadlines of waiting and active requests. */
+static void reap(struct moe_sched *s)
+{
+    double now = moe_now();
+    for (struct rq *r = s->wait_head, *nx; r; r = nx) {
+        nx = r->next;
+        if (r->cancel)
+            rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, "cancelled while queued");
+        else if (r->g.deadline > 0 && now >= r->g.deadline)
+            rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, "deadline expired while queued");
+    }
+    for (int i = s->n_active - 1; i >= 0; i--) {
+        struct rq *r = s->active[i];
+        const char *where = r->state == RQ_PREFILL ? "prefill" : "decode";
+        char msg[64];
+        if (r->cancel) {
+            snprintf(msg, sizeof(msg), "cancelled during %s", where);
+            rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
+        } else if (r->g.deadline > 0 && now >= r->g.deadline) {
+            snprintf(msg, sizeof(msg), "deadline expired during %s", where);
+            rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, msg);
+        }
+    }
+}
+
+/* Admit waiting requests into free engine slots: highest effective priority
+ * first (priority + one level per aging_steps waited), FCFS among equals. */
+static void admit(struct moe_sched *s)
+{
+    while (s->n_waiting > 0 && s->n_active < s->p.max_running) {
+        struct rq *best = NULL;
+        int64_t best_key = 0;
+        for (struct rq *r = s->wait_head; r; r = r->next) {
+            int64_t key = (int64_t)r->g.priority + (int64_t)((s->st.steps - r->submit_step) /
+                                                             (uint64_t)s->p.aging_steps);
+            if (!best || key > best_key) {
+                best = r;
+                best_key = key;
+            }
+        }
+        int slot = s->be.seq_alloc(s->be.self);
+        if (slot < 0)
+            break;
+        wait_remove(s, best);
+        best->slot = slot;
+        best->state = RQ_PREFILL;
+        best->n_prefilled = 0;
+        s->active[s->n_active++] = best;
+    }
+}
+
+static void tev_push(struct moe_sched *s, struct rq *r, int token)
+{
+    if (s->n_tev == s->cap_tev) {
+        int cap = s->cap_tev ? 2 * s->cap_tev : 64;
+        struct tok_event *t = realloc(s->tev, sizeof(*t) * (size_t)cap);
+        if (!t)
+            return; /* the token is still counted and kept; only its streaming event is lost */
+        s->tev = t;
+        s->cap_tev = cap;
+    }
+    s->tev[s->n_tev++] = (struct tok_event){ r, token };
+}
+
+/* Deliver queued on_token and on_done events (without the lock). */
+static void dispatch(struct moe_sched *s)
+{
+    for (int i = 0; i < s->n_tev; i++) {
+        struct rq *r = s->tev[i].r;
+        if (r->ev.on_token)
+            r->ev.on_token(r->ud, r->id, s->tev[i].token);
+    }
+    s->n_tev = 0;
+    pthread_mutex_lock(&s->mu);
+    struct rq *d = s->done_head;
+    s->done_head = NULL;
+    pthread_mutex_unlock(&s->mu);
+    /* reverse to report in finishing order */
+    struct rq *rev = NULL;
+    while (d) {
+        struct rq *nx = d->next;
+        d->next = rev;
+        rev = d;
+        d = nx;
+    }
+    while (rev) {
+        struct rq *nx = rev->next;
+        if (rev->ev.on_done)
+            rev->ev.on_done(rev->ud, rev->id, rev->why, rev->st, rev->msg, rev->n_prompt, rev->n_generated);
+        rev->next = s->grave;
+        s->grave = rev;
+        rev = nx;
+    }
+}
+
+static void free_grave(struct moe_sched *s)
+{
+    while (s->grave) {
+        struct rq *nx = s->grave->next;
+        rq_free(s->grave);
+        s->grave = nx;
+    }
+}
+
+/* A sampled token for r (under s->mu): EOS ends it (not delivered), otherwise
+ * it is appended, delivered, and max_tokens ends it. */
+static void take_token(struct moe_sched *s, struct rq *r, int tok)
+{
+    if (!r->g.ignore_eos && s->be.eos_id >= 0 && tok == s->be.eos_id) {
+        rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
+        return;
+    }
+    r->tokens[r->n_prompt + r->n_generated++] = tok;
+    s->st.generated_tokens++;
+    tev_push(s, r, tok);
+    if (r->n_generated >= r->g.max_tokens)
+        rq_finish(s, r, MOE_FINISH_LENGTH, MOE_OK, "");
+}
+
+/* ---- routing capture ---- */
+
+struct fwd_ctx {
+    struct moe_sched *s;
+    int n_rows;
+    bool any_dec;
+};
+
+static void on_route(void *ud, int layer, int n, const int *ids)
+{
+    struct fwd_ctx *fc = ud;
+    struct moe_sched *s = fc->s;
+    if (layer < 0 || layer >= s->be.n_layers || s->moe_ord[layer] < 0 || n != fc->n_rows)
+        return;
+    int ord = s->moe_ord[layer], k = s->be.top_k, W = s->words;
+    memset(s->tmp_all, 0, sizeof(uint64_t) * (size_t)W);
+    memset(s->tmp_dec, 0, sizeof(uint64_t) * (size_t)W);
+    for (int i = 0; i < n; i++) {
+        uint64_t *rt = NULL;
+        if (s->b_route[i]) {
+            rt = s->b_req[i]->route + (size_t)ord * (size_t)W;
+            memset(rt, 0, sizeof(uint64_t) * (size_t)W);
+            s->b_req[i]->have_route = true;
+        }
+        for (int j = 0; j < k; j++) {
+            int e = ids[(size_t)i * (size_t)k + (size_t)j];
+            if (e < 0 || e >= s->be.n_experts)
+                continue;
+            uint64_t bit = 1ull << (e & 63);
+            s->tmp_all[e >> 6] |= bit;
+            if (s->b_dec[i])
+                s->tmp_dec[e >> 6] |= bit;
+            if (rt)
+                rt[e >> 6] |= bit;
+        }
+    }
+    int all = 0, dec = 0;
+    for (int w = 0; w < W; w++) {
+        all += __builtin_popcountll(s->tmp_all[w]);
+        dec += __builtin_popcountll(s->tmp_dec[w]);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.layer_steps++;
+    s->st.experts_activated += (uint64_t)all;
+    if (fc->any_dec) {
+        s->st.decode_layer_steps++;
+        s->st.decode_experts_activated += (uint64_t)dec;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- planning a step ---- */
+
+/* Predicted path of each decode request into r->pred. */
+static void predict_paths(struct moe_sched *s, struct rq **v, int n)
+{
+    size_t pw = path_words(s);
+    for (int i = 0; i < n; i++) {
+        struct rq *r = v[i];
+        bool got = false;
+        if (s->p.path_source && s->p.path_source->predict) {
+            struct moe_sched_path_query q = {
+                .id = r->id, .slot = r->slot, .n_moe_layers = s->n_moe, .n_experts = s->be.n_experts,
+                .words_per_layer = s->words, .recent = r->route, .tokens = r->tokens,
+                .n_tokens = r->n_prompt + r->n_generated,
+            };
+            got = s->p.path_source->predict(s->p.path_source->ud, &q, r->pred);
+        }
+        if (!got)
+            memcpy(r->pred, r->route, sizeof(uint64_t) * pw);
+    }
+}
+
+/* Hint the provider with the predicted experts of the micro-batch `ahead`
+ * micro-batches after the one about to run (distance in MoE layers). */
+static void prefetch_group(struct moe_sched *s, struct rq **v, int n, int ahead)
+{
+    struct moe_provider *pv = s->p.provider;
+    if (!pv || !pv->ops || !pv->ops->prefetch || n <= 0)
+        return;
+    int W = s->words, hints = 0;
+    for (int layer = 0; layer < s->be.n_layers; layer++) {
+        int ord = s->moe_ord[layer];
+        if (ord < 0)
+            continue;
+        memset(s->tmp_all, 0, sizeof(uint64_t) * (size_t)W);
+        for (int i = 0; i < n; i++)
+            for (int w = 0; w < W; w++)
+                s->tmp_all[w] |= v[i]->pred[(size_t)ord * (size_t)W + (size_t)w];
+        int m = 0;
+        for (int w = 0; w < W; w++)
+            for (uint64_t x = s->tmp_all[w]; x; x &= x - 1)
+                s->ids[m++] = w * 64 + __builtin_ctzll(x);
+        if (m == 0)
+            continue;
+        pv->ops->prefetch(pv->self, layer, m, s->ids, NULL, ahead * s->n_moe + ord);
+        hints += m;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.prefetch_hints += (uint64_t)hints;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* One forward() over decode requests v[0..nd) plus, when pf != NULL, the next
+ * prompt chunk of pf; then sampling and bookkeeping. */
+static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct rq *pf)
+{
+    int n = 0, nwant = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < nd; i++) {
+        struct rq *r = v[i];
+        if (r->state != RQ_DECODE)
+            continue; /* cancelled or ended since the plan */
+        s->b_tok[n] = r->tokens[r->n_prompt + r->n_generated - 1];
+        s->b_seq[n] = r->slot;
+        s->b_pos[n] = r->n_prompt + r->n_generated - 1;
+        s->b_want[n] = true;
+        s->b_req[n] = r;
+        s->b_route[n] = true;
+        s->b_dec[n] = true;
+        n++;
+        nwant++;
+    }
+    int n_dec = n, chunk = 0;
+    if (pf && pf->state == RQ_PREFILL) {
+        chunk = pf->n_prompt - pf->n_prefilled;
+        if (chunk > s->p.prefill_chunk)
+            chunk = s->p.prefill_chunk;
+        bool last = pf->n_prefilled + chunk == pf->n_prompt;
+        for (int c = 0; c < chunk; c++) {
+            s->b_tok[n] = pf->tokens[pf->n_prefilled + c];
+            s->b_seq[n] = pf->slot;
+            s->b_pos[n] = pf->n_prefilled + c;
+            s->b_want[n] = last && c == chunk - 1;
+            s->b_req[n] = pf;
+            s->b_route[n] = c == chunk - 1;
+            s->b_dec[n] = false;
+            nwant += s->b_want[n];
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (n == 0)
+        return;
+
+    struct moe_batch b = { .n = n, .tokens = s->b_tok, .seq = s->b_seq, .pos = s->b_pos,
+                           .want_logits = s->b_want };
+    struct fwd_ctx fc = { .s = s, .n_rows = n, .any_dec = n_dec > 0 };
+    enum moe_status st = s->be.forward(s->be.self, &b, s->logits, on_route, &fc);
+    char err[512];
+    if (st != MOE_OK)
+        snprintf(err, sizeof(err), "forward failed: %s", moe_last_error()[0] ? moe_last_error() : moe_status_str(st));
+
+    pthread_mutex_lock(&s->mu);
+    s->st.forwards++;
+    if (st != MOE_OK) {
+        for (int i = 0; i < n; i++)
+            rq_finish(s, s->b_req[i], MOE_FINISH_ERROR, st, err);
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    s->st.decode_tokens += (uint64_t)n_dec;
+    int row = 0;
+    for (int i = 0; i < n_dec; i++, row++) {
+        struct rq *r = s->b_req[i];
+        int tok = moe_sampler_sample(&r->sampler, s->logits + (size_t)row * (size_t)s->be.vocab, s->be.vocab);
+        if (r->state == RQ_DECODE)
+            take_token(s, r, tok);
+    }
+    if (chunk > 0) {
+        s->st.prefill_chunks++;
+        s->st.prompt_tokens += (uint64_t)chunk;
+        pf->n_prefilled += chunk;
+        if (pf->n_prefilled == pf->n_prompt && pf->state == RQ_PREFILL) {
+            pf->state = RQ_DECODE;
+            int tok = moe_sampler_sample(&pf->sampler, s->logits + (size_t)row * (size_t)s->be.vocab,
+                                         s->be.vocab);
+            take_token(s, pf, tok);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+enum moe_status moe_sched_step(struct moe_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    reap(s);
+    admit(s);
+    int nd = 0, np = 0;
+    for (int i = 0; i < s->n_active; i++) {
+        struct rq *r = s->active[i];
+        if (r->state == RQ_DECODE)
+            s->dec[nd++] = r;
+        else if (r->state == RQ_PREFILL)
+            s->pre[np++] = r;
+    }
+    if (nd == 0 && np == 0) {
+        pthread_mutex_unlock(&s->mu);
+        dispatch(s);
+        free_grave(s);
+        return MOE_ENOENT;
+    }
+    s->st.steps++;
+    pthread_mutex_unlock(&s->mu);
+    dispatch(s);
+
+    int mb = s->p.micro_batch;
+    int ng = moe_regroup_count(nd, mb);
+    bool need_paths = s->p.grouping == MOE_GROUP_REGROUP || s->p.lookahead >= 0;
+    if (need_paths && nd > 0)
+        predict_paths(s, s->dec, nd);
+    /* Regrouping needs something to choose: several micro-batches, or an
+     * order relative to the previous micro-batch. */
+    if (s->p.grouping == MOE_GROUP_REGROUP && nd > 0) {
+        size_t pw = path_words(s);
+        for (int i = 0; i < nd; i++)
+            memcpy(s->paths + (size_t)i * pw, s->dec[i]->pred, sizeof(uint64_t) * pw);
+        struct moe_regroup_shape sh = { s->n_moe, s->be.n_experts, s->words };
+        moe_regroup_plan(&sh, nd, s->paths, mb, s->have_prev ? s->prev_union : NULL, s->order);
+        struct rq **tmp = s->pre + np; /* pre has max_running entries; np + nd <= max_running */
+        for (int i = 0; i < nd; i++)
+            tmp[i] = s->dec[s->order[i]];
+        memcpy(s->dec, tmp, sizeof(*s->dec) * (size_t)nd);
+    }
+    int n_mb = ng > 0 ? ng : 1;
+    for (int g = 0; g < n_mb; g++) {
+        struct rq **v = s->dec + (size_t)g * (size_t)mb;
+        int size = nd > 0 ? moe_regroup_size(nd, mb, g) : 0;
+        struct rq *pf = g < np ? s->pre[g] : NULL;
+        /* lookahead: what the next micro-batches will need, same for both groupings */
+        for (int a = 1; a <= s->p.lookahead && g + a < ng; a++)
+            prefetch_group(s, s->dec + (size_t)(g + a) * (size_t)mb, moe_regroup_size(nd, mb, g + a), a);
+        run_micro_batch(s, v, size, pf);
+        if (size > 0) {
+            size_t pw = path_words(s);
+            memset(s->prev_union, 0, sizeof(uint64_t) * pw);
+            for (int i = 0; i < size; i++)
+                for (size_t w = 0; w < pw; w++)
+                    s->prev_union[w] |= v[i]->route[w];
+            s->have_prev = true;
+        }
+        pthread_mutex_lock(&s->mu);
+        reap(s);
+        pthread_mutex_unlock(&s->mu);
+        dispatch(s);
+    }
+    free_grave(s);
+    return MOE_OK;
+}
+
+/* ---- thread, submit, cancel, drain ---- */
+
+static void *sched_main(void *arg)
+{
+    struct moe_sched *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        if (s->n_active == 0 && s->n_waiting == 0) {
+            pthread_cond_wait(&s->wake, &s->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&s->mu);
+        enum moe_status st = moe_sched_step(s);
+        pthread_mutex_lock(&s->mu);
+        if (st == MOE_ENOENT && !s->stop) {
+            /* waiting requests but no free slot: nap until woken or 10 ms */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 10 * 1000 * 1000;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&s->wake, &s->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+enum moe_status moe_sched_start(struct moe_sched *s)
+{
+    if (!s)
+        return moe_errorf(MOE_EINVAL, "scheduler: start: NULL scheduler");
+    pthread_mutex_lock(&s->mu);
+    if (s->started) {
+        pthread_mutex_unlock(&s->mu);
+        return moe_errorf(MOE_EINVAL, "scheduler: start: the scheduler thread is already running");
+    }
+    int rc = pthread_create(&s->thread, NULL, sched_main, s);
+    if (rc == 0)
+        s->started = true;
+    pthread_mutex_unlock(&s->mu);
+    if (rc != 0)
+        return moe_errorf(MOE_ENOMEM, "scheduler: start: pthread_create failed (%s)", strerror(rc));
+    return MOE_OK;
+}
+
+enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_prompt,
+                                 const struct moe_gen_params *g,
+                                 const struct moe_sched_events *ev, void *ud, uint64_t *id)
+{
+    enum moe_status st = MOE_OK;
+    if (!s || !g)
+        return moe_errorf(MOE_EINVAL, "scheduler: submit: NULL %s", s ? "generation params" : "scheduler");
+    if (n_prompt < 1 || !prompt)
+        st = moe_errorf(MOE_EINVAL, "request: empty prompt (n_prompt = %d): send at least one token", n_prompt);
+    else if (g->max_tokens < 1)
+        st = moe_errorf(MOE_EINVAL, "request: max_tokens = %d: must be >= 1", g->max_tokens);
+    else if (n_prompt > s->p.max_prompt)
+        st = moe_errorf(MOE_ERANGE, "request: prompt of %d tokens exceeds max_prompt = %d", n_prompt,
+                        s->p.max_prompt);
+    else if (g->max_tokens > s->p.max_output)
+        st = moe_errorf(MOE_ERANGE, "request: max_tokens = %d exceeds max_output = %d", g->max_tokens,
+                        s->p.max_output);
+    else if ((int64_t)n_prompt + g->max_tokens > s->max_ctx)
+        st = moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) = %lld exceeds the context of %d tokens",
+                        n_prompt, g->max_tokens, (long long)n_prompt + g->max_tokens, s->max_ctx);
+    else if ((int64_t)n_prompt + g->max_tokens > s->p.max_tokens_in_flight)
+        st = moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) exceeds max_tokens_in_flight = %lld",
+                        n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight);
+    else if ((st = moe_sampling_validate(&g->sampling)) != MOE_OK)
+        st = moe_error_prefix(st, "request: sampling");
+    else if (g->deadline != g->deadline)
+        st = moe_errorf(MOE_EINVAL, "request: deadline is NaN");
+    if (st == MOE_OK) {
+        for (int i = 0; i < n_prompt; i++)
+            if (prompt[i] < 0 || prompt[i] >= s->be.vocab) {
+                st = moe_errorf(MOE_ERANGE, "request: prompt token %d at index %d is outside the vocabulary [0, %d)",
+                                prompt[i], i, s->be.vocab);
+                break;
+            }
+    }
+    if (st != MOE_OK) {
+        pthread_mutex_lock(&s->mu);
+        s->st.rejected++;
+        pthread_mutex_unlock(&s->mu);
+        return st;
+    }
+
+    struct rq *r = calloc(1, sizeof(*r));
+    size_t pw = path_words(s);
+    if (r) {
+        r->tokens = malloc(sizeof(int) * ((size_t)n_prompt + (size_t)g->max_tokens));
+        r->route = calloc(pw ? pw : 1, sizeof(uint64_t));
+        r->pred = calloc(pw ? pw : 1, sizeof(uint64_t));
+    }
+    if (!r || !r->tokens || !r->route || !r->pred) {
+        rq_free(r);
+        pthread_mutex_lock(&s->mu);
+        s->st.rejected++;
+        pthread_mutex_unlock(&s->mu);
+        return moe_errorf(MOE_ENOMEM, "request: out of memory for a %d-token prompt", n_prompt);
+    }
+    memcpy(r->tokens, prompt, sizeof(int) * (size_t)n_prompt);
+    r->n_prompt = n_prompt;
+    r->need = (int64_t)n_prompt + g->max_tokens;
+    r->g = *g;
+    if (ev)
+        r->ev = *ev;
+    r->ud = ud;
+    moe_sampler_init(&r->sampler, &g->sampling);
+    r->state = RQ_WAITING;
+    r->slot = -1;
+
+    pthread_mutex_lock(&s->mu);
+    if (s->draining || s->stop)
+        st = moe_errorf(MOE_EBUSY, "scheduler: not accepting requests (draining for shutdown)");
+    else if (s->n_waiting >= s->p.max_queued)
+        st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max_queued = %d); retry later",
+                        s->n_waiting, s->p.max_queued);
+    else if (s->tif + r->need > s->p.max_tokens_in_flight)
+        st = moe_errorf(MOE_EBUSY,
+                        "scheduler: tokens in flight %lld + this request's %lld (prompt %d + max_tokens %d) "
+                        "exceed max_tokens_in_flight = %lld; retry later",
+                        (long long)s->tif, (long long)r->need, n_prompt, g->max_tokens,
+                        (long long)s->p.max_tokens_in_flight);
+    if (st != MOE_OK) {
+        s->st.rejected++;
+        pthread_mutex_unlock(&s->mu);
+        rq_free(r);
+        return st;
+    }
+    r->id = ++s->next_id;
+    r->submit_step = s->st.steps;
+    if (s->wait_tail)
+        s->wait_tail->next = r;
+    else
+        s->wait_head = r;
+    s->wait_tail = r;
+    s->n_waiting++;
+    s->tif += r->need;
+    s->st.accepted++;
+    if (id)
+        *id = r->id;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->mu);
+    return MOE_OK;
+}
+
+enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id)
+{
+    if (!s)
+        return moe_errorf(MOE_EINVAL, "scheduler: cancel: NULL scheduler");
+    struct rq *found = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (struct rq *r = s->wait_head; r && !found; r = r->next)
+        if (r->id == id)
+            found = r;
+    for (int i = 0; i < s->n_active && !found; i++)
+        if (s->active[i]->id == id)
+            found = s->active[i];
+    if (found) {
+        found->cancel = true;
+        pthread_cond_signal(&s->wake);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!found)
+        return moe_errorf(MOE_ENOENT, "scheduler: cancel: no queued or running request with id %llu",
+                          (unsigned long long)id);
+    return MOE_OK;
+}
+
+static void cancel_all_locked(struct moe_sched *s)
+{
+    for (struct rq *r = s->wait_head; r; r = r->next)
+        r->cancel = true;
+    for (int i = 0; i < s->n_active; i++)
+        s->active[i]->cancel = true;
+}
+
+enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s)
+{
+    if (!s)
+        return moe_errorf(MOE_EINVAL, "scheduler: drain: NULL scheduler");
+    double until = moe_now() + (timeout_s > 0 ? timeout_s : 0);
+    pthread_mutex_lock(&s->mu);
+    s->draining = true;
+    pthread_cond_broadcast(&s->wake);
+    if (s->started) {
+        while (s->n_waiting + s->n_active > 0 && moe_now() < until) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 20 * 1000 * 1000;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&s->idle, &s->mu, &ts);
+        }
+        if (s->n_waiting + s->n_active > 0) {
+            MOE_INFO("scheduler: drain: cancelling %d requests after %.1f s", s->n_waiting + s->n_active,
+                     timeout_s);
+            cancel_all_locked(s);
+            pthread_cond_broadcast(&s->wake);
+            while (s->n_waiting + s->n_active > 0)
+                pthread_cond_wait(&s->idle, &s->mu);
+        }
+        pthread_mutex_unlock(&s->mu);
+        return MOE_OK;
+    }
+    pthread_mutex_unlock(&s->mu);
+    /* no scheduler thread: step on the caller's thread */
+    while (timeout_s > 0 && moe_now() < until)
+        if (moe_sched_step(s) == MOE_ENOENT)
+            break;
+    pthread_mutex_lock(&s->mu);
+    cancel_all_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    moe_sched_step(s);
+    return MOE_OK;
+}
+
+void moe_sched_stats(struct moe_sched *s, struct moe_sched_stats *out)
+{
+    if (!s || !out)
+        return;
+    pthread_mutex_lock(&s->mu);
+    *out = s->st;
+    out->running = s->n_active;
+    out->waiting = s->n_waiting;
+    out->tokens_in_flight = s->tif;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- create / destroy ---- */
+
+void moe_sched_destroy(struct moe_sched *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_broadcast(&s->wake);
+    bool started = s->started;
+    pthread_mutex_unlock(&s->mu);
+    if (started)
+        pthread_join(s->thread, NULL);
+    /* end what is left on this thread: exactly one on_done each */
+    pthread_mutex_lock(&s->mu);
+    while (s->wait_head)
+        rq_finish(s, s->wait_head, MOE_FINISH_CANCELLED, MOE_ECANCELED, "scheduler shut down");
+    while (s->n_active > 0)
+        rq_finish(s, s->active[0], MOE_FINISH_CANCELLED, MOE_ECANCELED, "scheduler shut down");
+    pthread_mutex_unlock(&s->mu);
+    dispatch(s);
+    free_grave(s);
+    if (s->adapter_free)
+        s->adapter_free(s->adapter);
+    pthread_cond_destroy(&s->wake);
+    pthread_cond_destroy(&s->idle);
+    pthread_mutex_destroy(&s->mu);
+    free(s->moe_ord);
+    free(s->active);
+    free(s->tev);
+    free(s->dec);
+    free(s->pre);
+    free(s->order);
+    free(s->paths);
+    free(s->prev_union);
+    free(s->b_tok);
+    free(s->b_seq);
+    free(s->b_pos);
+    free(s->b_want);
+    free(s->b_req);
+    free(s->b_route);
+    free(s->b_dec);
+    free(s->logits);
+    free(s->tmp_all);
+    free(s->tmp_dec);
+    free(s->ids);
+    free(s);
+}
+
+/* Fill defaults and check the params against the backend. */
+static enum moe_status params_resolve(const struct moe_sched_backend *be, struct moe_sched_params *p)
+{
+    if (p->max_running == 0)
+        p->max_running = be->max_seqs;
+    if (p->max_running < 1 || p->max_running > be->max_seqs)
+        return moe_errorf(MOE_EINVAL, "scheduler: max_running = %d: must be in [1, %d] (engine max_seqs)",
+                          p->max_running, be->max_seqs);
+    if (p->max_queued == 0)
+        p->max_queued = 256;
+    if (p->max_queued < 0)
+        return moe_errorf(MOE_EINVAL, "scheduler: max_queued = %d: must be >= 0", p->max_queued);
+    if (p->max_prompt == 0)
+        p->max_prompt = be->max_ctx - 1;
+    if (p->max_output == 0)
+        p->max_output = be->max_ctx - 1;
+    if (p->max_prompt < 1 || p->max_prompt >= be->max_ctx)
+        return moe_errorf(MOE_EINVAL, "scheduler: max_prompt = %d: must be in [1, %d] (context - 1)",
+                          p->max_prompt, be->max_ctx - 1);
+    if (p->max_output < 1 || p->max_output >= be->max_ctx)
+        return moe_errorf(MOE_EINVAL, "scheduler: max_output = %d: must be in [1, %d] (context - 1)",
+                          p->max_output, be->max_ctx - 1);
+    if (p->max_tokens_in_flight == 0)
+        p->max_tokens_in_flight = (int64_t)p->max_running * be->max_ctx;
+    if (p->max_tokens_in_flight < 2)
+        return moe_errorf(MOE_EINVAL, "scheduler: max_tokens_in_flight = %lld: must be >= 2",
+                          (long long)p->max_tokens_in_flight);
+    if (p->micro_batch == 0)
+        p->micro_batch = p->max_running;
+    if (p->micro_batch < 1 || p->micro_batch > p->max_running)
+        return moe_errorf(MOE_EINVAL, "scheduler: micro_batch = %d: must be in [1, max_running = %d]",
+                          p->micro_batch, p->max_running);
+    if (p->prefill_chunk == 0)
+        p->prefill_chunk = be->max_batch_tokens - p->micro_batch < 256 ? be->max_batch_tokens - p->micro_batch : 256;
+    if (p->prefill_chunk < 1 || p->micro_batch + p->prefill_chunk > be->max_batch_tokens)
+        return moe_errorf(MOE_EINVAL,
+                          "scheduler: micro_batch (%d) + prefill_chunk (%d) must be <= the engine's "
+                          "max_batch_tokens (%d), with prefill_chunk >= 1",
+                          p->micro_batch, p->prefill_chunk, be->max_batch_tokens);
+    if (p->grouping != MOE_GROUP_FCFS && p->grouping != MOE_GROUP_REGROUP)
+        return moe_errorf(MOE_EINVAL, "scheduler: grouping = %d: must be fcfs or regroup", (int)p->grouping);
+    if (p->aging_steps == 0)
+        p->aging_steps = 64;
+    if (p->aging_steps < 1)
+        return moe_errorf(MOE_EINVAL, "scheduler: aging_steps = %d: must be >= 1", p->aging_steps);
+    if (p->lookahead == 0)
+        p->lookahead = 1;
+    if (p->lookahead < -1)
+        return moe_errorf(MOE_EINVAL, "scheduler: lookahead = %d: must be -1 (off) or >= 1", p->lookahead);
+    return MOE_OK;
+}
+
+struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
+                                           const struct moe_sched_params *params)
+{
+    if (!be || !params || !be->seq_alloc || !be->seq_free || !be->forward) {
+        moe_errorf(MOE_EINVAL, "scheduler: create: NULL backend, params or backend op");
+        return NULL;
+    }
+    if (be->vocab < 1 || be->n_layers < 1 || be->n_layers > MOE_MAX_LAYERS || be->n_experts < 0 ||
+        be->top_k < 0 || be->max_seqs < 1 || be->max_ctx < 2 || be->max_batch_tokens < 2) {
+        moe_errorf(MOE_EINVAL, "scheduler: create: backend shape out of range (vocab %d, layers %d, experts %d, "
+                   "top_k %d, max_seqs %d, max_ctx %d, max_batch_tokens %d)", be->vocab, be->n_layers,
+                   be->n_experts, be->top_k, be->max_seqs, be->max_ctx, be->max_batch_tokens);
+        return NULL;
+    }
+    struct moe_sched_params p = *params;
+    if (params_resolve(be, &p) != MOE_OK)
+        return NULL;
+    struct moe_sched *s = calloc(1, sizeof(*s));
+    if (!s) {
+        moe_errorf(MOE_ENOMEM, "scheduler: create: out of memory");
+        return NULL;
+    }
+    s->be = *be;
+    s->p = p;
+    s->max_ctx = be->max_ctx;
+    s->words = be->n_experts > 0 ? (be->n_experts + 63) / 64 : 1;
+    s->moe_ord = malloc(sizeof(int) * (size_t)be->n_layers);
+    if (s->moe_ord)
+        for (int l = 0; l < be->n_layers; l++)
+            s->moe_ord[l] = be->is_moe && be->is_moe[l] ? s->n_moe++ : -1;
+    int n_moe = s->n_moe > 0 ? s->n_moe : 1;
+    size_t pw = (size_t)n_moe * (size_t)s->words;
+    size_t mr = (size_t)p.max_running, bt = (size_t)be->max_batch_tokens;
+    s->active = calloc(mr, sizeof(*s->active));
+    s->dec = calloc(mr, sizeof(*s->dec));
+    s->pre = calloc(2 * mr, sizeof(*s->pre));
+    s->order = calloc(mr, sizeof(int));
+    s->paths = calloc(mr * pw, sizeof(uint64_t));
+    s->prev_union = calloc(pw, sizeof(uint64_t));
+    s->b_tok = calloc(bt, sizeof(int));
+    s->b_seq = calloc(bt, sizeof(int));
+    s->b_pos = calloc(bt, sizeof(int));
+    s->b_want = calloc(bt, sizeof(bool));
+    s->b_req = calloc(bt, sizeof(*s->b_req));
+    s->b_route = calloc(bt, sizeof(bool));
+    s->b_dec = calloc(bt, sizeof(bool));
+    s->logits = calloc(((size_t)p.micro_batch + 1) * (size_t)be->vocab, sizeof(float));
+    s->tmp_all = calloc((size_t)s->words, sizeof(uint64_t));
+    s->tmp_dec = calloc((size_t)s->words, sizeof(uint64_t));
+    s->ids = calloc((size_t)s->words * 64, sizeof(int));
+    bool ok = s->moe_ord && s->active && s->dec && s->pre && s->order && s->paths && s->prev_union &&
+              s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
+              s->logits && s->tmp_all && s->tmp_dec && s->ids;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    pthread_cond_init(&s->idle, NULL);
+    if (!ok) {
+        moe_sched_destroy(s);
+        moe_errorf(MOE_ENOMEM, "scheduler: create: out of memory for %d sequences", p.max_running);
+        return NULL;
+    }
+    return s;
+}
+
+/* Used by the engine adapter (sched_engine.c) to hand its state to the scheduler. */
+void moe_sched_own_adapter_(struct moe_sched *s, void *adapter, void (*free_fn)(void *));
+void moe_sched_own_adapter_(struct moe_sched *s, void *adapter, void (*free_fn)(void *))
+{
+    s->adapter = adapter;
+    s->adapter_free = free_fn;
+}

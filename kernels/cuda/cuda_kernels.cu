@@ -1,0 +1,572 @@
+/* Elementwise, normalisation, rotary, attention, router, permutation and
+ * sampling kernels with their launchers.  F32 activations, F32 accumulation;
+ * every launcher validates its sizes and returns a status. */
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_internal.h"
+
+#define MAX_GRID 65535u
+
+/* ---- block reductions (blockDim.x a multiple of 32, <= 1024) ---------- */
+
+__device__ static float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ static float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+/* red: 32 floats of shared memory.  All threads get the result. */
+__device__ static float block_sum(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ static float block_max(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+/* ---- conversions and elementwise --------------------------------------- */
+
+__global__ static void k_f32_to_bf16(const float *in, __nv_bfloat16 *out, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16_rn(in[i]);
+}
+__global__ static void k_bf16_to_f32(const __nv_bfloat16 *in, float *out, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __bfloat162float(in[i]);
+}
+__global__ static void k_add(float *y, const float *x, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] += x[i];
+}
+__global__ static void k_add_bias(float *y, const float *b, size_t n, int dim)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] += b[i % (size_t)dim];
+}
+
+extern "C" enum moe_status moe_cuda_f32_to_bf16(struct moe_cuda_ctx *c, const float *d_in,
+                                                uint16_t *d_out, size_t n)
+{
+    enum moe_status st = MOE_OK;
+    if (n == 0) return MOE_OK;
+    k_f32_to_bf16<<<moe_cuda_blocks(n, 256, 4096), 256, 0, c->stream>>>(
+        d_in, (__nv_bfloat16 *)d_out, n);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+extern "C" enum moe_status moe_cuda_bf16_to_f32(struct moe_cuda_ctx *c, const uint16_t *d_in,
+                                                float *d_out, size_t n)
+{
+    enum moe_status st = MOE_OK;
+    if (n == 0) return MOE_OK;
+    k_bf16_to_f32<<<moe_cuda_blocks(n, 256, 4096), 256, 0, c->stream>>>(
+        (const __nv_bfloat16 *)d_in, d_out, n);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+extern "C" enum moe_status moe_cuda_add(struct moe_cuda_ctx *c, float *d_y, const float *d_x, size_t n)
+{
+    enum moe_status st = MOE_OK;
+    if (n == 0) return MOE_OK;
+    k_add<<<moe_cuda_blocks(n, 256, 4096), 256, 0, c->stream>>>(d_y, d_x, n);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+extern "C" enum moe_status moe_cuda_add_bias(struct moe_cuda_ctx *c, float *d_y, const float *d_b,
+                                             int rows, int dim)
+{
+    enum moe_status st = MOE_OK;
+    size_t n = (size_t)rows * (size_t)dim;
+    if (rows < 0 || dim <= 0) return moe_errorf(MOE_EINVAL, "add_bias: rows %d, dim %d", rows, dim);
+    if (n == 0) return MOE_OK;
+    k_add_bias<<<moe_cuda_blocks(n, 256, 4096), 256, 0, c->stream>>>(d_y, d_b, n, dim);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+/* ---- embedding ----------------------------------------------------------- */
+
+template <typename T> __device__ static inline float to_f32(T v);
+template <> __device__ inline float to_f32<float>(float v) { return v; }
+template <> __device__ inline float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__global__ static void k_embed(const T *table, int vocab, int hidden, const int *ids, int n, float *out)
+{
+    size_t total = (size_t)n * (size_t)hidden;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / (size_t)hidden, d = i % (size_t)hidden;
+        int id = ids[t];
+        out[i] = (id >= 0 && id < vocab) ? to_f32<T>(table[(size_t)id * (size_t)hidden + d]) : NAN;
+    }
+}
+
+extern "C" enum moe_status moe_cuda_embed(struct moe_cuda_ctx *c, const void *d_table, enum moe_dtype dt,
+                                          int vocab, int hidden, const int *d_ids, int n, float *d_out)
+{
+    enum moe_status st = MOE_OK;
+    size_t total = (size_t)n * (size_t)hidden;
+    if (n < 0 || hidden <= 0 || vocab <= 0)
+        return moe_errorf(MOE_EINVAL, "embed: n %d, hidden %d, vocab %d", n, hidden, vocab);
+    if (n == 0) return MOE_OK;
+    if (dt == MOE_DT_BF16)
+        k_embed<__nv_bfloat16><<<moe_cuda_blocks(total, 256, 4096), 256, 0, c->stream>>>(
+            (const __nv_bfloat16 *)d_table, vocab, hidden, d_ids, n, d_out);
+    else if (dt == MOE_DT_F32)
+        k_embed<float><<<moe_cuda_blocks(total, 256, 4096), 256, 0, c->stream>>>(
+            (const float *)d_table, vocab, hidden, d_ids, n, d_out);
+    else
+        return moe_errorf(MOE_ENOTSUP, "embed: table dtype %s (convert to BF16 or F32)",
+                          moe_dtype_name(dt));
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+/* ---- RMSNorm ------------------------------------------------------------ */
+
+__global__ static void k_rmsnorm(const float *x, const float *w, float *y, int dim, float eps)
+{
+    __shared__ float red[32];
+    size_t r = blockIdx.x;
+    const float *xr = x + r * (size_t)dim;
+    float *yr = y + r * (size_t)dim;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, red);
+    float inv = rsqrtf(ss / (float)dim + eps);
+    /* every thread has read its x before any y is written: block_sum synchronised */
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+}
+
+extern "C" enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const float *d_w,
+                                            float *d_y, int rows, int dim, float eps)
+{
+    enum moe_status st = MOE_OK;
+    if (rows < 0 || dim <= 0) return moe_errorf(MOE_EINVAL, "rmsnorm: rows %d, dim %d", rows, dim);
+    for (int r0 = 0; r0 < rows; r0 += (int)(MAX_GRID * 16u)) {
+        int nr = rows - r0 < (int)(MAX_GRID * 16u) ? rows - r0 : (int)(MAX_GRID * 16u);
+        /* gridDim.x may be up to 2^31-1; the chunking only bounds one launch's size */
+        k_rmsnorm<<<(unsigned)nr, 256, 0, c->stream>>>(d_x + (size_t)r0 * dim, d_w,
+                                                       d_y + (size_t)r0 * dim, dim, eps);
+        CK_LAUNCH(c);
+    }
+out:
+    return st;
+}
+
+/* ---- RoPE --------------------------------------------------------------- */
+
+__global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int head_dim, float theta)
+{
+    int half = head_dim / 2;
+    size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        int j = (int)(i % (size_t)half);
+        size_t th = i / (size_t)half; /* token * n_heads + head */
+        size_t t = th / (size_t)n_heads;
+        float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+        float ang = (float)pos[t] * inv_freq;
+        float cs = cosf(ang), sn = sinf(ang);
+        float *h = x + th * (size_t)head_dim;
+        float a = h[j], b = h[j + half];
+        h[j] = a * cs - b * sn;
+        h[j + half] = b * cs + a * sn;
+    }
+}
+
+extern "C" enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
+                                         int n_heads, int head_dim, float theta)
+{
+    enum moe_status st = MOE_OK;
+    size_t total = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
+    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > 1024 || !(theta > 0.0f))
+        return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d (even, <= 1024), theta %g",
+                          n, n_heads, head_dim, (double)theta);
+    if (total == 0) return MOE_OK;
+    k_rope<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_x, d_pos, n, n_heads,
+                                                                      head_dim, theta);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+/* ---- KV cache and attention ---------------------------------------------- */
+
+__global__ static void k_kv_store(const float *k, const float *v, float *kc, float *vc, const int *seq,
+                                  const int *pos, int n, int max_ctx, int kv_dim)
+{
+    size_t total = (size_t)n * (size_t)kv_dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / (size_t)kv_dim, d = i % (size_t)kv_dim;
+        size_t at = ((size_t)seq[t] * (size_t)max_ctx + (size_t)pos[t]) * (size_t)kv_dim + d;
+        kc[at] = k[i];
+        vc[at] = v[i];
+    }
+}
+
+extern "C" enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, const float *d_v,
+                                             float *d_kcache, float *d_vcache, const int *d_seq,
+                                             const int *d_pos, int n, int max_ctx, int kv_dim)
+{
+    enum moe_status st = MOE_OK;
+    size_t total = (size_t)n * (size_t)kv_dim;
+    if (n < 0 || max_ctx <= 0 || kv_dim <= 0)
+        return moe_errorf(MOE_EINVAL, "kv_store: n %d, max_ctx %d, kv_dim %d", n, max_ctx, kv_dim);
+    if (total == 0) return MOE_OK;
+    k_kv_store<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(
+        d_k, d_v, d_kcache, d_vcache, d_seq, d_pos, n, max_ctx, kv_dim);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+#define ATT_THREADS 128
+#define ATT_MAX_HD 256
+
+/* grid (n tokens, n_heads), block ATT_THREADS.  Online softmax over tiles of
+ * ATT_THREADS positions: thread j scores position base+j; the block then
+ * accumulates p * V with thread d owning output dims d and d + ATT_THREADS. */
+__global__ static void __launch_bounds__(ATT_THREADS)
+k_attention(const float *q, const float *kc, const float *vc, const int *seq, const int *pos,
+            int n_heads, int n_kv, int hd, int max_ctx, float scale, float *out)
+{
+    __shared__ float q_s[ATT_MAX_HD];
+    __shared__ float p_s[ATT_THREADS];
+    __shared__ float red[32];
+    int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    int kvh = h / (n_heads / n_kv);
+    int last = pos[t];
+    size_t kv_dim = (size_t)n_kv * (size_t)hd;
+    const float *kb = kc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
+    const float *vb = vc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
+    const float *qh = q + ((size_t)t * n_heads + h) * (size_t)hd;
+    float m = -INFINITY, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f;
+
+    for (int d = tid; d < hd; d += ATT_THREADS) q_s[d] = qh[d];
+    __syncthreads();
+    for (int base = 0; base <= last; base += ATT_THREADS) {
+        int j = base + tid;
+        float sc = -INFINITY;
+        if (j <= last) {
+            const float *kr = kb + (size_t)j * kv_dim;
+            float dot = 0.0f;
+            for (int d = 0; d < hd; d++) dot += q_s[d] * kr[d];
+            sc = dot * scale;
+        }
+        float new_m = fmaxf(m, block_max(sc, red));
+        float p = j <= last ? expf(sc - new_m) : 0.0f;
+        float corr = expf(m - new_m); /* m = -inf on the first tile: 0 */
+        float tile = block_sum(p, red);
+        p_s[tid] = p;
+        __syncthreads();
+        l = l * corr + tile;
+        int cnt = last + 1 - base < ATT_THREADS ? last + 1 - base : ATT_THREADS;
+        if (tid < hd) {
+            float a = 0.0f;
+            for (int jj = 0; jj < cnt; jj++) a += p_s[jj] * vb[(size_t)(base + jj) * kv_dim + tid];
+            acc0 = acc0 * corr + a;
+        }
+        if (tid + ATT_THREADS < hd) {
+            float a = 0.0f;
+            for (int jj = 0; jj < cnt; jj++)
+                a += p_s[jj] * vb[(size_t)(base + jj) * kv_dim + tid + ATT_THREADS];
+            acc1 = acc1 * corr + a;
+        }
+        m = new_m;
+        __syncthreads(); /* p_s is rewritten by the next tile */
+    }
+    float *oh = out + ((size_t)t * n_heads + h) * (size_t)hd;
+    if (tid < hd) oh[tid] = acc0 / l;
+    if (tid + ATT_THREADS < hd) oh[tid + ATT_THREADS] = acc1 / l;
+}
+
+extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q,
+                                              const float *d_kcache, const float *d_vcache,
+                                              const int *d_seq, const int *d_pos, int n, int n_heads,
+                                              int n_kv_heads, int head_dim, int max_ctx, float scale,
+                                              float *d_out)
+{
+    enum moe_status st = MOE_OK;
+    if (n < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0 ||
+        head_dim > ATT_MAX_HD || max_ctx <= 0 || n_heads > (int)MAX_GRID)
+        return moe_errorf(MOE_EINVAL, "attention: n %d, heads %d, kv heads %d (must divide heads), "
+                          "head_dim %d (<= %d), max_ctx %d", n, n_heads, n_kv_heads, head_dim,
+                          ATT_MAX_HD, max_ctx);
+    if (n == 0) return MOE_OK;
+    k_attention<<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
+        d_q, d_kcache, d_vcache, d_seq, d_pos, n_heads, n_kv_heads, head_dim, max_ctx, scale, d_out);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+/* ---- router --------------------------------------------------------------- */
+
+#define ROUTER_MAX_E 1024
+#define ROUTER_MAX_K 32
+
+/* One thread per token: E and k are small; the sequential scan gives the
+ * same tie-breaking as the C twin (strictly greater wins: lower id on ties;
+ * NaN is never chosen while a non-NaN remains). */
+__global__ static void k_router(const float *logits, int n, int E, int k, bool softmax_first,
+                                bool norm_topk, int *ids, float *weights)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    const float *lg = logits + (size_t)t * E;
+    unsigned taken[ROUTER_MAX_E / 32];
+    float sel[ROUTER_MAX_K];
+    for (int i = 0; i < (E + 31) / 32; i++) taken[i] = 0;
+    for (int s = 0; s < k; s++) {
+        int bi = -1;
+        float bv = -INFINITY;
+        for (int e = 0; e < E; e++) {
+            if (taken[e >> 5] & (1u << (e & 31))) continue;
+            float v = lg[e];
+            if (bi < 0 ? !isnan(v) : v > bv) { bi = e; bv = v; }
+        }
+        if (bi < 0) /* only NaN left: lowest free id */
+            for (int e = 0; e < E && bi < 0; e++)
+                if (!(taken[e >> 5] & (1u << (e & 31)))) bi = e;
+        taken[bi >> 5] |= 1u << (bi & 31);
+        ids[(size_t)t * k + s] = bi;
+        sel[s] = lg[bi];
+    }
+    float mx = -INFINITY, sum = 0.0f;
+    if (softmax_first) {
+        for (int e = 0; e < E; e++) mx = fmaxf(mx, lg[e]);
+        for (int e = 0; e < E; e++) sum += expf(lg[e] - mx);
+    } else {
+        for (int s = 0; s < k; s++) mx = fmaxf(mx, sel[s]);
+        for (int s = 0; s < k; s++) sum += expf(sel[s] - mx);
+    }
+    float tot = 0.0f;
+    for (int s = 0; s < k; s++) {
+        sel[s] = expf(sel[s] - mx) / sum;
+        tot += sel[s];
+    }
+    for (int s = 0; s < k; s++)
+        weights[(size_t)t * k + s] = (softmax_first && norm_topk) ? sel[s] / tot : sel[s];
+}
+
+extern "C" enum moe_status moe_cuda_router(struct moe_cuda_ctx *c, const float *d_logits, int n, int E,
+                                           int k, bool softmax_first, bool norm_topk, int *d_ids,
+                                           float *d_weights)
+{
+    enum moe_status st = MOE_OK;
+    if (n < 0 || E <= 0 || E > ROUTER_MAX_E || k <= 0 || k > ROUTER_MAX_K || k > E)
+        return moe_errorf(MOE_EINVAL, "router: n %d, experts %d (<= %d), top_k %d (1..%d, <= experts)",
+                          n, E, ROUTER_MAX_E, k, ROUTER_MAX_K);
+    if (n == 0) return MOE_OK;
+    k_router<<<(unsigned)((n + 63) / 64), 64, 0, c->stream>>>(d_logits, n, E, k, softmax_first,
+                                                              norm_topk, d_ids, d_weights);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+/* ---- permute / combine ---------------------------------------------------- */
+
+__global__ static void k_gather_rows(const float *x, const int *rows, int n_rows, int dim, float *out)
+{
+    size_t total = (size_t)n_rows * (size_t)dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / (size_t)dim, d = i % (size_t)dim;
+        out[i] = x[(size_t)rows[r] * (size_t)dim + d];
+    }
+}
+
+extern "C" enum moe_status moe_cuda_gather_rows(struct moe_cuda_ctx *c, const float *d_x,
+                                                const int *d_rows, int n_rows, int dim, float *d_out)
+{
+    enum moe_status st = MOE_OK;
+    size_t total = (size_t)n_rows * (size_t)dim;
+    if (n_rows < 0 || dim <= 0) return moe_errorf(MOE_EINVAL, "gather_rows: rows %d, dim %d", n_rows, dim);
+    if (total == 0) return MOE_OK;
+    k_gather_rows<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_x, d_rows, n_rows, dim,
+                                                                             d_out);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+__global__ static void k_combine(const float *y, const int *inv, const float *w, int n, int k, int dim,
+                                 bool accumulate, float *out)
+{
+    size_t total = (size_t)n * (size_t)dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / (size_t)dim, d = i % (size_t)dim;
+        float acc = 0.0f;
+        for (int s = 0; s < k; s++)
+            acc += w[t * k + s] * y[(size_t)inv[t * k + s] * (size_t)dim + d];
+        out[i] = accumulate ? out[i] + acc : acc;
+    }
+}
+
+extern "C" enum moe_status moe_cuda_moe_combine(struct moe_cuda_ctx *c, const float *d_y,
+                                                const int *d_inv, const float *d_w, int n, int k,
+                                                int dim, bool accumulate, float *d_out)
+{
+    enum moe_status st = MOE_OK;
+    size_t total = (size_t)n * (size_t)dim;
+    if (n < 0 || k <= 0 || dim <= 0)
+        return moe_errorf(MOE_EINVAL, "moe_combine: n %d, k %d, dim %d", n, k, dim);
+    if (total == 0) return MOE_OK;
+    k_combine<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_y, d_inv, d_w, n, k, dim,
+                                                                         accumulate, d_out);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+/* ---- SwiGLU and gates ----------------------------------------------------- */
+
+__device__ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
+
+__global__ static void k_swiglu(const float *g, const float *u, float *o, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        o[i] = silu(g[i]) * u[i];
+}
+
+/* Internal: SwiGLU straight to BF16 for the down projection's input. */
+__global__ static void k_swiglu_bf16(const float *g, const float *u, __nv_bfloat16 *o, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        o[i] = __float2bfloat16_rn(silu(g[i]) * u[i]);
+}
+
+extern "C" enum moe_status moe_cuda_swiglu_bf16_(struct moe_cuda_ctx *c, const float *d_gate,
+                                                 const float *d_up, void *d_out, size_t n)
+{
+    enum moe_status st = MOE_OK;
+    if (n == 0) return MOE_OK;
+    k_swiglu_bf16<<<moe_cuda_blocks(n, 256, 8192), 256, 0, c->stream>>>(d_gate, d_up,
+                                                                         (__nv_bfloat16 *)d_out, n);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+extern "C" enum moe_status moe_cuda_swiglu(struct moe_cuda_ctx *c, const float *d_gate, const float *d_up,
+                                           float *d_out, size_t n)
+{
+    enum moe_status st = MOE_OK;
+    if (n == 0) return MOE_OK;
+    k_swiglu<<<moe_cuda_blocks(n, 256, 8192), 256, 0, c->stream>>>(d_gate, d_up, d_out, n);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+__global__ static void k_sigmoid_scale_add(const float *s, const float *y, int n, int dim, float *out)
+{
+    size_t total = (size_t)n * (size_t)dim;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / (size_t)dim;
+        out[i] += y[i] / (1.0f + expf(-s[t]));
+    }
+}
+
+extern "C" enum moe_status moe_cuda_sigmoid_scale_add(struct moe_cuda_ctx *c, const float *d_s,
+                                                      const float *d_y, int n, int dim, float *d_out)
+{
+    enum moe_status st = MOE_OK;
+    size_t total = (size_t)n * (size_t)dim;
+    if (n < 0 || dim <= 0) return moe_errorf(MOE_EINVAL, "sigmoid_scale_add: n %d, dim %d", n, dim);
+    if (total == 0) return MOE_OK;
+    k_sigmoid_scale_add<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_s, d_y, n, dim,
+                                                                                   d_out);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+/* ---- argmax ------------------------------------------------------------------ */
+
+#define AM_THREADS 256
+
+__global__ static void __launch_bounds__(AM_THREADS)
+k_argmax(const float *logits, int vocab, int *out)
+{
+    __shared__ float bv_s[AM_THREADS];
+    __shared__ int bi_s[AM_THREADS];
+    const float *row = logits + (size_t)blockIdx.x * (size_t)vocab;
+    float bv = -INFINITY;
+    int bi = -1;
+    for (int i = threadIdx.x; i < vocab; i += AM_THREADS) {
+        float v = row[i];
+        if (isnan(v)) continue;
+        if (bi < 0 || v > bv) { bv = v; bi = i; } /* ascending i per thread: first max kept */
+    }
+    bv_s[threadIdx.x] = bv;
+    bi_s[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = AM_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = bv_s[threadIdx.x + s];
+            int oi = bi_s[threadIdx.x + s];
+            int mi = bi_s[threadIdx.x];
+            float mv = bv_s[threadIdx.x];
+            if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+                bv_s[threadIdx.x] = ov;
+                bi_s[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = bi_s[0] < 0 ? 0 : bi_s[0];
+}
+
+extern "C" enum moe_status moe_cuda_argmax(struct moe_cuda_ctx *c, const float *d_logits, int rows,
+                                           int vocab, int *d_out)
+{
+    enum moe_status st = MOE_OK;
+    if (rows < 0 || vocab <= 0) return moe_errorf(MOE_EINVAL, "argmax: rows %d, vocab %d", rows, vocab);
+    if (rows == 0) return MOE_OK;
+    k_argmax<<<(unsigned)rows, AM_THREADS, 0, c->stream>>>(d_logits, vocab, d_out);
+    CK_LAUNCH(c);
+out:
+    return st;
+}

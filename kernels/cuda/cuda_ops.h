@@ -1,0 +1,198 @@
+/* CUDA backend: plain-C launchers over device pointers.
+ *
+ * Every function here is callable from C11; no CUDA header is needed to use
+ * it.  Streams are passed as `void *` (a cudaStream_t, NULL = the context's
+ * stream).  All pointers named d_* are device pointers; h_* are host.
+ * Activations are F32 row-major; matrix weights are BF16 (or F32) row-major as
+ * in Hugging Face checkpoints ([out_features, in_features]); accumulation is
+ * always F32.  Launchers validate sizes and return a status; they never abort.
+ *
+ * Each op has a plain C twin in the CPU backend (kernels/cpu); tests/gpu
+ * compares them on random and adversarial inputs. */
+#ifndef MOE_CUDA_OPS_H
+#define MOE_CUDA_OPS_H
+
+#include "../../common/moe.h"
+#include "../../model/safetensors.h" /* enum moe_dtype */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- device and context ------------------------------------------------ */
+
+/* Number of usable CUDA devices; 0 when there is no driver or no device
+ * (never an error: callers skip GPU work then). */
+int moe_cuda_device_count(void);
+
+enum moe_cuda_gemm_mode {
+    MOE_CUDA_GEMM_LOOP,    /* one cublasGemmEx per expert: results independent of grouping */
+    MOE_CUDA_GEMM_GROUPED, /* one cublasGemmGroupedBatchedEx per projection; falls back to LOOP
+                              when cuBLAS reports the type combination unsupported */
+};
+
+struct moe_cuda_params {
+    int device;                 /* CUDA device ordinal */
+    size_t workspace_bytes;     /* scratch for bf16 casts and GEMM intermediates (0 = 64 MiB) */
+    enum moe_cuda_gemm_mode gemm_mode;
+};
+
+struct moe_cuda_ctx;
+
+/* Select the device, create the compute stream, cuBLAS handle and workspace.
+ * NULL with moe_last_error() set (no device, or the workspace does not fit:
+ * the message names workspace_bytes). */
+struct moe_cuda_ctx *moe_cuda_ctx_create(const struct moe_cuda_params *p);
+void moe_cuda_ctx_destroy(struct moe_cuda_ctx *c);
+void *moe_cuda_ctx_stream(const struct moe_cuda_ctx *c);  /* cudaStream_t */
+int moe_cuda_ctx_device(const struct moe_cuda_ctx *c);
+/* True once a sticky error (illegal address, launch failure, ECC, ...) was
+ * seen: the CUDA context is unusable; the process must fail what is in
+ * flight, turn readiness off and exit non-zero. */
+bool moe_cuda_ctx_poisoned(const struct moe_cuda_ctx *c);
+/* Wait for the context's stream; MOE_EDEVICE on an asynchronous error. */
+enum moe_status moe_cuda_ctx_sync(struct moe_cuda_ctx *c);
+/* Which GEMM path expert_ffn really uses (GROUPED may have fallen back). */
+enum moe_cuda_gemm_mode moe_cuda_ctx_gemm_mode(const struct moe_cuda_ctx *c);
+
+/* Device memory.  alloc returns MOE_ENOMEM naming `what` and the size. */
+enum moe_status moe_cuda_alloc(struct moe_cuda_ctx *c, void **d_ptr, size_t bytes, const char *what);
+void moe_cuda_free(struct moe_cuda_ctx *c, void *d_ptr);
+enum moe_status moe_cuda_memset(struct moe_cuda_ctx *c, void *d_ptr, int byte, size_t bytes);
+/* Asynchronous copies on the context's stream (host memory should be pinned
+ * for overlap; pageable works but synchronises). */
+enum moe_status moe_cuda_h2d(struct moe_cuda_ctx *c, void *d_dst, const void *h_src, size_t bytes);
+enum moe_status moe_cuda_d2h(struct moe_cuda_ctx *c, void *h_dst, const void *d_src, size_t bytes);
+enum moe_status moe_cuda_d2d(struct moe_cuda_ctx *c, void *d_dst, const void *d_src, size_t bytes);
+
+/* ---- conversions and elementwise -------------------------------------- */
+
+/* d_out[i] = bf16(d_in[i]) (round to nearest even, NaN kept), n elements. */
+enum moe_status moe_cuda_f32_to_bf16(struct moe_cuda_ctx *c, const float *d_in, uint16_t *d_out,
+                                     size_t n);
+enum moe_status moe_cuda_bf16_to_f32(struct moe_cuda_ctx *c, const uint16_t *d_in, float *d_out,
+                                     size_t n);
+/* d_y[i] += d_x[i], n elements. */
+enum moe_status moe_cuda_add(struct moe_cuda_ctx *c, float *d_y, const float *d_x, size_t n);
+/* d_y[r, j] += d_b[j]; y [rows, dim], b [dim] F32. */
+enum moe_status moe_cuda_add_bias(struct moe_cuda_ctx *c, float *d_y, const float *d_b, int rows,
+                                  int dim);
+
+/* ---- model ops ----------------------------------------------------------- */
+
+/* Embedding lookup: d_out[i, :] = table[d_ids[i], :] as F32.
+ * table [vocab, hidden] in dtype dt (BF16 or F32).  An id outside [0, vocab)
+ * writes a row of NaN (callers validate ids on the host first). */
+enum moe_status moe_cuda_embed(struct moe_cuda_ctx *c, const void *d_table, enum moe_dtype dt,
+                               int vocab, int hidden, const int *d_ids, int n, float *d_out);
+
+/* RMSNorm over each of `rows` rows of length dim:
+ * y = x * rsqrt(mean(x^2) + eps) * w.  x, y [rows, dim] (may alias); w [dim] F32.
+ * Used for the layer norms (rows = tokens), Qwen3 q/k head norms (rows =
+ * tokens * heads, dim = head_dim) and OLMoE full q/k norms (dim = heads*head_dim). */
+enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const float *d_w,
+                                 float *d_y, int rows, int dim, float eps);
+
+/* Rotary embedding, rotate-half (NeoX) layout, in place on x [n, n_heads, head_dim]:
+ * for i < head_dim/2, angle = pos * theta^(-2i/head_dim),
+ * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin).
+ * d_pos [n] positions.  head_dim even, <= 1024. */
+enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
+                              int n_heads, int head_dim, float theta);
+
+/* KV cache: F32 [max_seqs, max_ctx, kv_dim] for K and for V (kv_dim = n_kv*head_dim).
+ * store: cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */
+enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, const float *d_v,
+                                  float *d_kcache, float *d_vcache, const int *d_seq,
+                                  const int *d_pos, int n, int max_ctx, int kv_dim);
+
+/* Causal grouped-query attention over the cache, for prefill and batched decode
+ * alike: token i (sequence seq[i], position pos[i]) attends to positions
+ * 0..pos[i] of its sequence (which must already be stored).  Query head h
+ * uses KV head h / (n_heads / n_kv_heads).
+ * q [n, n_heads*head_dim]; out [n, n_heads*head_dim]; scale = 1/sqrt(head_dim)
+ * usually.  head_dim <= 256; n_heads % n_kv_heads == 0. */
+enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const float *d_kcache,
+                                   const float *d_vcache, const int *d_seq, const int *d_pos, int n,
+                                   int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                   float scale, float *d_out);
+
+/* Router: logits [n, E] -> ids [n, k] and weights [n, k] in descending weight
+ * (ties: lower expert id first).
+ * softmax_first = false (Mixtral): top-k of the logits, softmax over those k.
+ * softmax_first = true (Qwen, OLMoE): softmax over all E, top-k; when
+ * norm_topk the k weights are divided by their sum.  E <= 1024, k <= 32. */
+enum moe_status moe_cuda_router(struct moe_cuda_ctx *c, const float *d_logits, int n, int E, int k,
+                                bool softmax_first, bool norm_topk, int *d_ids, float *d_weights);
+
+/* Gather rows: d_out[r, :] = d_x[d_rows[r], :], r < n_rows; x [*, dim]. */
+enum moe_status moe_cuda_gather_rows(struct moe_cuda_ctx *c, const float *d_x, const int *d_rows,
+                                     int n_rows, int dim, float *d_out);
+
+/* Un-permute and combine: for token t < n,
+ *   out[t, :] (+)= sum over slot s < k, in slot order, of w[t, s] * y[d_inv[t*k + s], :]
+ * where d_inv maps (token, slot) to its row of the expert-permuted y
+ * [n*k, dim].  accumulate = true adds to out (residual), else overwrites. */
+enum moe_status moe_cuda_moe_combine(struct moe_cuda_ctx *c, const float *d_y, const int *d_inv,
+                                     const float *d_w, int n, int k, int dim, bool accumulate,
+                                     float *d_out);
+
+/* SwiGLU: out[i] = silu(gate[i]) * up[i], n elements (may alias gate). */
+enum moe_status moe_cuda_swiglu(struct moe_cuda_ctx *c, const float *d_gate, const float *d_up,
+                                float *d_out, size_t n);
+
+/* out[t, :] (+)= sigmoid(s[t]) * y[t, :]  (Qwen2-MoE shared expert gate);
+ * s [n] F32 (the shared_expert_gate projection), y/out [n, dim]. */
+enum moe_status moe_cuda_sigmoid_scale_add(struct moe_cuda_ctx *c, const float *d_s, const float *d_y,
+                                           int n, int dim, float *d_out);
+
+/* Linear layer: y [n, out] = x [n, in] * W^T (+ y when accumulate), W [out, in]
+ * row-major in dtype wdt (BF16: x is rounded to BF16 in the workspace first;
+ * F32: exact F32 GEMM, no TF32).  Used for q/k/v/o, router, dense MLP,
+ * shared expert and lm_head. */
+enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,
+                                enum moe_dtype wdt, int n, int in, int out, bool accumulate,
+                                float *d_y);
+
+/* One routed expert in device memory (e.g. a GPU-tier slot). */
+struct moe_cuda_expert {
+    const void *gate, *up;  /* [inter, hidden] */
+    const void *down;       /* [hidden, inter] */
+};
+
+/* The MoE FFN of one layer as one indirect op over its experts.
+ * Shape contract:
+ *   d_xp   [rows, hidden]  tokens permuted by expert: rows h_off[g]..h_off[g+1]-1
+ *                          belong to expert g of this call (g < n_groups)
+ *   h_off  [n_groups + 1]  HOST row offsets, h_off[0] = 0, non-decreasing, h_off[n_groups] = rows
+ *   h_w    [n_groups]      HOST array of device weight pointers, all in dtype wdt
+ *   d_yp   [rows, hidden]  out: down(silu(gate x) * up x) for each row with its expert
+ * Workspace needed: rows * (hidden*2 + inter*(4+4+2)) bytes (BF16) or
+ * rows * inter * 8 bytes (F32); MOE_ENOMEM names workspace_bytes if short.
+ * Groups with zero rows are skipped. */
+enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
+                                    const int *h_off, const struct moe_cuda_expert *h_w,
+                                    enum moe_dtype wdt, int hidden, int inter, float *d_yp);
+
+/* Greedy sampling: d_out[r] = argmax over logits[r, 0..vocab-1]; ties -> lowest
+ * id; NaN never wins (a row of only NaN gives 0). */
+enum moe_status moe_cuda_argmax(struct moe_cuda_ctx *c, const float *d_logits, int rows, int vocab,
+                                int *d_out);
+
+/* ---- host-side MoE plan (no CUDA) -------------------------------------- */
+
+/* From ids [n, k] (expert per token slot, each in [0, E)), the stable
+ * expert-major permutation shared by the CPU and CUDA paths:
+ *   counts [E]      tokens routed to each expert
+ *   offsets [E + 1] first permuted row of each expert
+ *   rows [n*k]      permuted row r holds token rows[r] (source row of x)
+ *   inv [n*k]       (token t, slot s) -> its permuted row
+ * Within an expert, rows are in (token, slot) order.  MOE_ERANGE names the
+ * token and slot of an out-of-range id. */
+enum moe_status moe_moe_plan(const int *ids, int n, int k, int E, int *counts, int *offsets,
+                             int *rows, int *inv);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -15,6 +15,8 @@ struct moe_tokenizer;
 
 struct moe_tokenizer *moe_tokenizer_load(const char *path);   /* tokenizer.json */
 struct moe_tokenizer *moe_tokenizer_parse(const char *json, size_t len, const char *what);
+/* <dir>/tokenizer.json of a model directory. */
+struct moe_tokenizer *moe_tokenizer_load_dir(const char *dir);
 void moe_tokenizer_free(struct moe_tokenizer *t);
 
 int moe_tokenizer_vocab_size(const struct moe_tokenizer *t);
@@ -29,7 +31,8 @@ enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *
 enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *ids, size_t n,
                                      char **text, size_t *len);
 /* Bytes of one token as decoded (for streaming); returns length, or -1 for a bad id.
- * buf gets at most cap bytes. */
+ * buf gets at most cap bytes (the first min(length, cap)); buf may be NULL to ask the length.
+ * A token may hold part of a UTF-8 character: join bytes before printing text. */
 int moe_tokenizer_token_bytes(const struct moe_tokenizer *t, int id, char *buf, size_t cap);
 
 #ifdef __cplusplus

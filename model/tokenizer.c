@@ -1,0 +1,1229 @@
+/* tokenizer.json byte-level BPE, as the Hugging Face `tokenizers` library
+ * runs it for GPT-2 style models:
+ *
+ *   text ─▶ added tokens matched verbatim (leftmost-longest; first the
+ *           non-normalized ones, then the normalized ones in the gaps)
+ *        ─▶ ByteLevel pre-tokenizer: the GPT-2 split regex
+ *             's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *           (hand-written matcher below), each piece's bytes mapped to the
+ *           printable "byte-level" alphabet
+ *        ─▶ BPE: merges applied lowest rank first (ties: leftmost), exactly
+ *           like tokenizers' Word::merge_all
+ *   ids  ─▶ ByteLevel decoder: token characters mapped back to bytes.
+ *
+ * Vocab and merges live in open-addressing hash maps; token strings in one
+ * byte pool.  Encoding keeps its scratch in a per-call workspace, so a loaded
+ * tokenizer is immutable and can be shared between threads. */
+#include "tokenizer.h"
+#include "tokenizer_unicode.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOK_MAX_ID (1 << 22)      /* largest accepted token id + 1 (real vocabs are < 300k) */
+#define TOK_MAX_JSON (1u << 30)   /* largest tokenizer.json read, bytes */
+
+/* ---- small growable buffers -------------------------------------------- */
+
+struct bytebuf {
+    char *p;
+    size_t len, cap;
+};
+
+static bool bytebuf_reserve(struct bytebuf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return false;
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static bool bytebuf_append(struct bytebuf *b, const void *s, size_t n)
+{
+    if (!bytebuf_reserve(b, n))
+        return false;
+    if (n)
+        memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return true;
+}
+
+struct idbuf {
+    int *p;
+    size_t len, cap;
+};
+
+static bool idbuf_push(struct idbuf *b, int id)
+{
+    if (b->len == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64;
+        int *p = realloc(b->p, cap * sizeof(*p));
+        if (!p)
+            return false;
+        b->p = p;
+        b->cap = cap;
+    }
+    b->p[b->len++] = id;
+    return true;
+}
+
+/* ---- hashing ----------------------------------------------------------- */
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;   /* FNV-1a 64 */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ull;
+    }
+    return h ^ (h >> 29);
+}
+
+static uint64_t hash_u64(uint64_t x)
+{
+    x ^= x >> 33;                         /* splitmix64 finaliser */
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+static size_t table_cap_for(size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n + 1)
+        cap *= 2;
+    return cap;
+}
+
+/* String -> id map.  Keys are (offset, length) in the tokenizer's pool. */
+struct strmap {
+    uint32_t *slot;     /* [cap] entry index + 1, 0 = empty */
+    size_t cap;         /* power of two */
+    uint32_t *off, *len; /* [n] key bytes in pool */
+    int *id;            /* [n] value */
+    size_t n, n_cap;
+};
+
+struct merge_map {
+    uint64_t *key;      /* [cap] (left id << 32 | right id) + 1, 0 = empty */
+    uint32_t *rank;     /* [cap] position in the merges list */
+    int *new_id;        /* [cap] id of the merged token */
+    size_t cap, n;
+};
+
+/* One added token (tokenizer.json "added_tokens"). */
+struct added_token {
+    uint32_t off, len;  /* content bytes in pool */
+    int id;
+    bool single_word, lstrip, rstrip, normalized, special;
+};
+
+struct moe_tokenizer {
+    struct bytebuf pool;        /* all token strings, back to back */
+
+    struct strmap vocab;        /* model vocab: token string -> id */
+    struct strmap added_map;    /* added token content -> id */
+    struct merge_map merges;
+
+    int n_ids;                  /* vocab size: largest id + 1 */
+    uint32_t *dec_off, *dec_len; /* [n_ids] decoded bytes of each id in pool; len UINT32_MAX = no token */
+    uint32_t *str_off, *str_len; /* [n_ids] token string of each id in pool */
+
+    struct added_token *added;  /* [n_added], sorted by first byte then length descending */
+    size_t n_added;
+    uint32_t added_first[257];  /* bucket start in added[] per first byte */
+
+    int byte_id[256];           /* id of the byte-level char of each byte, -1 if absent */
+    int byte_fb_id[256][2];     /* <0xXX> fallback ids of the char's UTF-8 bytes (-1 absent) */
+    int byte_fb_n[256];         /* number of fallback ids (0 = fallback unusable) */
+    int unk_id;                 /* -1 when the model has no unk token */
+    bool fuse_unk, byte_fallback, ignore_merges;
+    bool add_prefix_space;      /* ByteLevel pre-tokenizer option */
+    bool use_regex;             /* ByteLevel pre-tokenizer option */
+};
+
+/* ---- byte-level alphabet ----------------------------------------------- */
+
+/* GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the
+ * other 68 bytes to U+0100.. in increasing byte order. */
+static uint32_t byte_to_cp(unsigned b)
+{
+    if ((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff))
+        return b;
+    unsigned n = 0;
+    for (unsigned x = 0; x < b; x++)
+        if (!((x >= 0x21 && x <= 0x7e) || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff)))
+            n++;
+    return 256 + n;
+}
+
+static size_t utf8_put(uint32_t cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n) (RFC 3629: no overlongs, no
+ * surrogates, <= U+10FFFF), 0 if invalid; *cp gets the code point. */
+static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned c = s[0];
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+        if (n < 2 || (s[1] & 0xc0) != 0x80)
+            return 0;
+        *cp = ((c & 0x1fu) << 6) | (s[1] & 0x3fu);
+        return 2;
+    }
+    if (c >= 0xe0 && c <= 0xef) {
+        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0))
+            return 0;   /* overlong / surrogate */
+        *cp = ((c & 0x0fu) << 12) | ((s[1] & 0x3fu) << 6) | (s[2] & 0x3fu);
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))
+            return 0;   /* overlong / above U+10FFFF */
+        *cp = ((c & 0x07u) << 18) | ((s[1] & 0x3fu) << 12) | ((s[2] & 0x3fu) << 6) | (s[3] & 0x3fu);
+        return 4;
+    }
+    return 0;
+}
+
+/* Code point at s[i] of already-validated UTF-8; *n gets its length. */
+static uint32_t utf8_at(const char *s, size_t end, size_t i, size_t *n)
+{
+    uint32_t cp = 0;
+    *n = utf8_next((const unsigned char *)s + i, end - i, &cp);
+    if (!*n) {          /* cannot happen on validated text; step one byte */
+        *n = 1;
+        return 0xfffd;
+    }
+    return cp;
+}
+
+static enum moe_tok_class cp_class(uint32_t cp)
+{
+    if (cp < 0x80) {
+        if ((cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z'))
+            return MOE_TOK_CLASS_LETTER;
+        if (cp >= '0' && cp <= '9')
+            return MOE_TOK_CLASS_NUMBER;
+        if (cp == ' ' || (cp >= 0x09 && cp <= 0x0d))
+            return MOE_TOK_CLASS_SPACE;
+        return MOE_TOK_CLASS_OTHER;
+    }
+    return moe_tok_classify(cp);
+}
+
+/* ---- pool and maps ----------------------------------------------------- */
+
+static bool pool_add(struct moe_tokenizer *t, const char *s, size_t n, uint32_t *off)
+{
+    if (t->pool.len + n > UINT32_MAX)
+        return false;
+    *off = (uint32_t)t->pool.len;
+    return bytebuf_append(&t->pool, s, n);
+}
+
+static int strmap_get(const struct moe_tokenizer *t, const struct strmap *m, const char *s, size_t n)
+{
+    if (!m->cap)
+        return -1;
+    size_t mask = m->cap - 1;
+    for (size_t i = hash_bytes(s, n) & mask;; i = (i + 1) & mask) {
+        uint32_t e = m->slot[i];
+        if (!e)
+            return -1;
+        e--;
+        if (m->len[e] == n && !memcmp(t->pool.p + m->off[e], s, n))
+            return m->id[e];
+    }
+}
+
+static bool strmap_init(struct strmap *m, size_t n)
+{
+    m->cap = table_cap_for(n);
+    m->slot = calloc(m->cap, sizeof(*m->slot));
+    m->n_cap = n ? n : 1;
+    m->off = malloc(m->n_cap * sizeof(*m->off));
+    m->len = malloc(m->n_cap * sizeof(*m->len));
+    m->id = malloc(m->n_cap * sizeof(*m->id));
+    return m->slot && m->off && m->len && m->id;
+}
+
+static void strmap_free(struct strmap *m)
+{
+    free(m->slot);
+    free(m->off);
+    free(m->len);
+    free(m->id);
+}
+
+/* Insert a key already in the pool; false if the key is present (*old gets its id). */
+static bool strmap_put(const struct moe_tokenizer *t, struct strmap *m, uint32_t off, uint32_t len,
+                       int id, int *old)
+{
+    size_t mask = m->cap - 1;
+    const char *s = t->pool.p + off;
+    size_t i = hash_bytes(s, len) & mask;
+    for (;; i = (i + 1) & mask) {
+        uint32_t e = m->slot[i];
+        if (!e)
+            break;
+        e--;
+        if (m->len[e] == len && !memcmp(t->pool.p + m->off[e], s, len)) {
+            *old = m->id[e];
+            return false;
+        }
+    }
+    m->off[m->n] = off;
+    m->len[m->n] = len;
+    m->id[m->n] = id;
+    m->slot[i] = (uint32_t)++m->n;
+    return true;
+}
+
+static bool merge_map_init(struct merge_map *m, size_t n)
+{
+    m->cap = table_cap_for(n);
+    m->key = calloc(m->cap, sizeof(*m->key));
+    m->rank = malloc(m->cap * sizeof(*m->rank));
+    m->new_id = malloc(m->cap * sizeof(*m->new_id));
+    return m->key && m->rank && m->new_id;
+}
+
+static void merge_map_free(struct merge_map *m)
+{
+    free(m->key);
+    free(m->rank);
+    free(m->new_id);
+}
+
+static uint64_t pair_key(int a, int b)
+{
+    return (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
+}
+
+/* A later duplicate of a pair overwrites the earlier one, as tokenizers'
+ * HashMap collect does. */
+static void merge_map_put(struct merge_map *m, int a, int b, uint32_t rank, int new_id)
+{
+    uint64_t k = pair_key(a, b);
+    size_t mask = m->cap - 1;
+    size_t i = hash_u64(k) & mask;
+    while (m->key[i] && m->key[i] != k)
+        i = (i + 1) & mask;
+    if (!m->key[i])
+        m->n++;
+    m->key[i] = k;
+    m->rank[i] = rank;
+    m->new_id[i] = new_id;
+}
+
+static bool merge_map_get(const struct merge_map *m, int a, int b, uint32_t *rank, int *new_id)
+{
+    uint64_t k = pair_key(a, b);
+    size_t mask = m->cap - 1;
+    for (size_t i = hash_u64(k) & mask; m->key[i]; i = (i + 1) & mask) {
+        if (m->key[i] == k) {
+            *rank = m->rank[i];
+            *new_id = m->new_id[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* ---- loading ----------------------------------------------------------- */
+
+void moe_tokenizer_free(struct moe_tokenizer *t)
+{
+    if (!t)
+        return;
+    free(t->pool.p);
+    strmap_free(&t->vocab);
+    strmap_free(&t->added_map);
+    merge_map_free(&t->merges);
+    free(t->dec_off);
+    free(t->dec_len);
+    free(t->str_off);
+    free(t->str_len);
+    free(t->added);
+    free(t);
+}
+
+/* Read an optional boolean field; absent or null keeps *out. */
+static enum moe_status opt_bool(json_t *obj, const char *key, bool *out, const char *what,
+                                const char *where)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v))
+        return MOE_OK;
+    if (!json_is_boolean(v))
+        return moe_errorf(MOE_EFORMAT, "%s: %s.%s must be true or false", what, where, key);
+    *out = json_is_true(v);
+    return MOE_OK;
+}
+
+static enum moe_status parse_vocab(struct moe_tokenizer *t, json_t *vocab, const char *what)
+{
+    size_t n = json_object_size(vocab);
+    if (n == 0)
+        return moe_errorf(MOE_EFORMAT, "%s: model.vocab is empty", what);
+    if (!strmap_init(&t->vocab, n))
+        return moe_errorf(MOE_ENOMEM, "%s: no memory for a vocab of %zu tokens", what, n);
+    const char *key;
+    json_t *v;
+    json_object_foreach(vocab, key, v) {
+        size_t klen = strlen(key);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= TOK_MAX_ID)
+            return moe_errorf(MOE_EFORMAT,
+                              "%s: model.vocab[\"%.64s\"] must be an integer id in [0, %d)", what, key,
+                              TOK_MAX_ID);
+        if (klen == 0)
+            return moe_errorf(MOE_EFORMAT, "%s: model.vocab has an empty token string", what);
+        int id = (int)json_integer_value(v), old;
+        uint32_t off;
+        if (!pool_add(t, key, klen, &off))
+            return moe_errorf(MOE_ENOMEM, "%s: no memory for the vocab strings", what);
+        if (!strmap_put(t, &t->vocab, off, (uint32_t)klen, id, &old))
+            return moe_errorf(MOE_EFORMAT, "%s: model.vocab lists \"%.64s\" twice", what, key);
+        if (id >= t->n_ids)
+            t->n_ids = id + 1;
+    }
+    return MOE_OK;
+}
+
+static enum moe_status merge_parts(json_t *m, size_t i, const char **a, size_t *alen, const char **b,
+                                   size_t *blen, const char *what)
+{
+    if (json_is_string(m)) {
+        /* legacy "left right": exactly one space */
+        const char *s = json_string_value(m);
+        size_t n = json_string_length(m);
+        const char *sp = memchr(s, ' ', n);
+        if (!sp || sp == s || sp == s + n - 1 || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s)))
+            return moe_errorf(MOE_EFORMAT,
+                              "%s: model.merges[%zu] \"%.64s\" must be two tokens separated by one space",
+                              what, i, s);
+        *a = s;
+        *alen = (size_t)(sp - s);
+        *b = sp + 1;
+        *blen = n - *alen - 1;
+        return MOE_OK;
+    }
+    if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
+        json_is_string(json_array_get(m, 1))) {
+        *a = json_string_value(json_array_get(m, 0));
+        *alen = json_string_length(json_array_get(m, 0));
+        *b = json_string_value(json_array_get(m, 1));
+        *blen = json_string_length(json_array_get(m, 1));
+        return MOE_OK;
+    }
+    return moe_errorf(MOE_EFORMAT, "%s: model.merges[%zu] must be \"left right\" or [\"left\", \"right\"]",
+                      what, i);
+}
+
+static enum moe_status parse_merges(struct moe_tokenizer *t, json_t *merges, const char *what)
+{
+    size_t n = json_array_size(merges);
+    if (!merge_map_init(&t->merges, n))
+        return moe_errorf(MOE_ENOMEM, "%s: no memory for %zu merges", what, n);
+    struct bytebuf cat = { 0 };
+    enum moe_status st = MOE_OK;
+    for (size_t i = 0; i < n; i++) {
+        const char *a = NULL, *b = NULL;
+        size_t alen = 0, blen = 0;
+        st = merge_parts(json_array_get(merges, i), i, &a, &alen, &b, &blen, what);
+        if (st)
+            goto out;
+        int ia = strmap_get(t, &t->vocab, a, alen);
+        int ib = strmap_get(t, &t->vocab, b, blen);
+        if (ia < 0 || ib < 0) {
+            st = moe_errorf(MOE_EFORMAT, "%s: model.merges[%zu] names token \"%.*s\" that is not in model.vocab",
+                            what, i, (int)(ia < 0 ? (alen > 64 ? 64 : alen) : (blen > 64 ? 64 : blen)),
+                            ia < 0 ? a : b);
+            goto out;
+        }
+        cat.len = 0;
+        if (!bytebuf_append(&cat, a, alen) || !bytebuf_append(&cat, b, blen)) {
+            st = moe_errorf(MOE_ENOMEM, "%s: no memory while reading merges", what);
+            goto out;
+        }
+        int inew = strmap_get(t, &t->vocab, cat.p, cat.len);
+        if (inew < 0) {
+            st = moe_errorf(MOE_EFORMAT,
+                            "%s: model.merges[%zu]: the merged token \"%.*s\" is not in model.vocab", what, i,
+                            (int)(cat.len > 64 ? 64 : cat.len), cat.p);
+            goto out;
+        }
+        merge_map_put(&t->merges, ia, ib, (uint32_t)i, inew);
+    }
+out:
+    free(cat.p);
+    return st;
+}
+
+static int cmp_added(const void *pa, const void *pb, void *pool)
+{
+    const struct added_token *a = pa, *b = pb;
+    const unsigned char *p = pool;
+    unsigned fa = a->len ? p[a->off] : 0, fb = b->len ? p[b->off] : 0;
+    if (fa != fb)
+        return fa < fb ? -1 : 1;
+    if (a->len != b->len)
+        return a->len > b->len ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* Insertion sort (added tokens are few) with the pool as context. */
+static void sort_added(struct added_token *v, size_t n, void *pool)
+{
+    for (size_t i = 1; i < n; i++) {
+        struct added_token x = v[i];
+        size_t j = i;
+        while (j > 0 && cmp_added(&v[j - 1], &x, pool) > 0) {
+            v[j] = v[j - 1];
+            j--;
+        }
+        v[j] = x;
+    }
+}
+
+static enum moe_status parse_added(struct moe_tokenizer *t, json_t *arr, const char *what)
+{
+    size_t n = json_array_size(arr);
+    if (!strmap_init(&t->added_map, n))
+        return moe_errorf(MOE_ENOMEM, "%s: no memory for %zu added tokens", what, n);
+    t->added = calloc(n ? n : 1, sizeof(*t->added));
+    if (!t->added)
+        return moe_errorf(MOE_ENOMEM, "%s: no memory for %zu added tokens", what, n);
+    for (size_t i = 0; i < n; i++) {
+        json_t *o = json_array_get(arr, i), *jid, *jc;
+        char where[48];
+        snprintf(where, sizeof(where), "added_tokens[%zu]", i);
+        if (!json_is_object(o))
+            return moe_errorf(MOE_EFORMAT, "%s: %s must be an object", what, where);
+        jid = json_object_get(o, "id");
+        jc = json_object_get(o, "content");
+        if (!json_is_integer(jid) || json_integer_value(jid) < 0 || json_integer_value(jid) >= TOK_MAX_ID)
+            return moe_errorf(MOE_EFORMAT, "%s: %s.id must be an integer in [0, %d)", what, where, TOK_MAX_ID);
+        if (!json_is_string(jc) || json_string_length(jc) == 0)
+            return moe_errorf(MOE_EFORMAT, "%s: %s.content must be a non-empty string", what, where);
+        struct added_token *a = &t->added[t->n_added];
+        a->id = (int)json_integer_value(jid);
+        a->normalized = true;
+        enum moe_status st;
+        if ((st = opt_bool(o, "single_word", &a->single_word, what, where)) ||
+            (st = opt_bool(o, "lstrip", &a->lstrip, what, where)) ||
+            (st = opt_bool(o, "rstrip", &a->rstrip, what, where)) ||
+            (st = opt_bool(o, "normalized", &a->normalized, what, where)) ||
+            (st = opt_bool(o, "special", &a->special, what, where)))
+            return st;
+        const char *c = json_string_value(jc);
+        size_t clen = json_string_length(jc);
+        int vid = strmap_get(t, &t->vocab, c, clen), old;
+        if (vid >= 0 && vid != a->id)
+            return moe_errorf(MOE_EFORMAT, "%s: %s \"%.64s\" has id %d but model.vocab gives it id %d", what,
+                              where, c, a->id, vid);
+        if (!pool_add(t, c, clen, &a->off))
+            return moe_errorf(MOE_ENOMEM, "%s: no memory for added tokens", what);
+        a->len = (uint32_t)clen;
+        if (!strmap_put(t, &t->added_map, a->off, a->len, a->id, &old)) {
+            if (old != a->id)
+                return moe_errorf(MOE_EFORMAT, "%s: %s \"%.64s\" is listed twice with ids %d and %d", what,
+                                  where, c, old, a->id);
+            continue;   /* exact repeat: keep the first */
+        }
+        if (a->id >= t->n_ids)
+            t->n_ids = a->id + 1;
+        t->n_added++;
+    }
+    sort_added(t->added, t->n_added, t->pool.p);
+    size_t k = 0;
+    for (unsigned b = 0; b < 256; b++) {
+        t->added_first[b] = (uint32_t)k;
+        while (k < t->n_added && (unsigned char)t->pool.p[t->added[k].off] == b)
+            k++;
+    }
+    t->added_first[256] = (uint32_t)k;
+    return MOE_OK;
+}
+
+/* Decoded bytes of a token string under the ByteLevel decoder: each char maps
+ * back to its byte; a token with any char outside the alphabet is kept as its
+ * raw UTF-8 (tokenizers does the same). */
+static bool decode_token_string(const char *s, size_t n, const int16_t *cp_byte, struct bytebuf *out)
+{
+    size_t start = out->len;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t l = utf8_next((const unsigned char *)s + i, n - i, &cp);
+        if (!l || cp > 0x143 || cp_byte[cp] < 0) {
+            out->len = start;
+            return bytebuf_append(out, s, n);
+        }
+        char c = (char)cp_byte[cp];
+        if (!bytebuf_append(out, &c, 1))
+            return false;
+        i += l;
+    }
+    return true;
+}
+
+static enum moe_status build_id_tables(struct moe_tokenizer *t, bool byte_level_decoder, const char *what)
+{
+    size_t n = (size_t)t->n_ids;
+    t->str_off = malloc(n * sizeof(uint32_t));
+    t->str_len = malloc(n * sizeof(uint32_t));
+    t->dec_off = malloc(n * sizeof(uint32_t));
+    t->dec_len = malloc(n * sizeof(uint32_t));
+    if (!t->str_off || !t->str_len || !t->dec_off || !t->dec_len)
+        return moe_errorf(MOE_ENOMEM, "%s: no memory for the id table of %zu tokens", what, n);
+    memset(t->str_len, 0xff, n * sizeof(uint32_t));
+    memset(t->dec_len, 0xff, n * sizeof(uint32_t));
+    for (size_t e = 0; e < t->vocab.n; e++) {
+        int id = t->vocab.id[e];
+        if (t->str_len[id] != UINT32_MAX)
+            return moe_errorf(MOE_EFORMAT, "%s: model.vocab gives id %d to both \"%.*s\" and \"%.*s\"", what,
+                              id, (int)(t->str_len[id] > 64 ? 64 : t->str_len[id]),
+                              t->pool.p + t->str_off[id], (int)(t->vocab.len[e] > 64 ? 64 : t->vocab.len[e]),
+                              t->pool.p + t->vocab.off[e]);
+        t->str_off[id] = t->vocab.off[e];
+        t->str_len[id] = t->vocab.len[e];
+    }
+    for (size_t i = 0; i < t->n_added; i++) {
+        const struct added_token *a = &t->added[i];
+        if (t->str_len[a->id] != UINT32_MAX &&
+            (t->str_len[a->id] != a->len || memcmp(t->pool.p + t->str_off[a->id], t->pool.p + a->off, a->len)))
+            return moe_errorf(MOE_EFORMAT, "%s: added token \"%.64s\" reuses id %d of another token", what,
+                              t->pool.p + a->off, a->id);
+        t->str_off[a->id] = a->off;
+        t->str_len[a->id] = a->len;
+    }
+
+    int16_t cp_byte[0x144];
+    for (size_t i = 0; i < MOE_ARRAY_LEN(cp_byte); i++)
+        cp_byte[i] = -1;
+    for (unsigned b = 0; b < 256; b++)
+        cp_byte[byte_to_cp(b)] = (int16_t)b;
+
+    struct bytebuf dec = { 0 };
+    for (size_t id = 0; id < n; id++) {
+        if (t->str_len[id] == UINT32_MAX)
+            continue;
+        size_t before = dec.len;
+        const char *s = t->pool.p + t->str_off[id];
+        bool ok = byte_level_decoder ? decode_token_string(s, t->str_len[id], cp_byte, &dec)
+                                     : bytebuf_append(&dec, s, t->str_len[id]);
+        if (!ok) {
+            free(dec.p);
+            return moe_errorf(MOE_ENOMEM, "%s: no memory for decoded tokens", what);
+        }
+        t->dec_off[id] = (uint32_t)before;   /* offsets into dec, rebased below */
+        t->dec_len[id] = (uint32_t)(dec.len - before);
+    }
+    uint32_t base;
+    bool ok = pool_add(t, dec.p, dec.len, &base);
+    free(dec.p);
+    if (!ok)
+        return moe_errorf(MOE_ENOMEM, "%s: no memory for decoded tokens", what);
+    for (size_t id = 0; id < n; id++)
+        if (t->dec_len[id] != UINT32_MAX)
+            t->dec_off[id] += base;
+    return MOE_OK;
+}
+
+static void build_byte_ids(struct moe_tokenizer *t)
+{
+    for (unsigned b = 0; b < 256; b++) {
+        char u[4], fb[8];
+        size_t n = utf8_put(byte_to_cp(b), u);
+        t->byte_id[b] = strmap_get(t, &t->vocab, u, n);
+        t->byte_fb_n[b] = (int)n;
+        for (size_t k = 0; k < n; k++) {
+            snprintf(fb, sizeof(fb), "<0x%02X>", (unsigned char)u[k]);
+            t->byte_fb_id[b][k] = strmap_get(t, &t->vocab, fb, strlen(fb));
+            if (t->byte_fb_id[b][k] < 0)
+                t->byte_fb_n[b] = 0;
+        }
+    }
+}
+
+/* "type" of an optional component object; NULL when the component is null/absent. */
+static enum moe_status component_type(json_t *root, const char *key, const char **type, json_t **obj,
+                                      const char *what)
+{
+    json_t *o = json_object_get(root, key);
+    *obj = o;
+    *type = NULL;
+    if (!o || json_is_null(o))
+        return MOE_OK;
+    if (!json_is_object(o) || !json_is_string(json_object_get(o, "type")))
+        return moe_errorf(MOE_EFORMAT, "%s: %s must be null or an object with a \"type\" string", what, key);
+    *type = json_string_value(json_object_get(o, "type"));
+    return MOE_OK;
+}
+
+static enum moe_status parse_model(struct moe_tokenizer *t, json_t *root, const char *what)
+{
+    json_t *model = json_object_get(root, "model");
+    if (!json_is_object(model))
+        return moe_errorf(MOE_EFORMAT, "%s: \"model\" is missing or not an object", what);
+    json_t *type = json_object_get(model, "type");
+    if (type && !(json_is_string(type) && !strcmp(json_string_value(type), "BPE")))
+        return moe_errorf(MOE_ENOTSUP, "%s: model.type %s%s%s is not supported (only \"BPE\")", what,
+                          json_is_string(type) ? "\"" : "", json_is_string(type) ? json_string_value(type) : "(not a string)",
+                          json_is_string(type) ? "\"" : "");
+    json_t *vocab = json_object_get(model, "vocab");
+    json_t *merges = json_object_get(model, "merges");
+    if (!json_is_object(vocab))
+        return moe_errorf(MOE_EFORMAT, "%s: model.vocab is missing or not an object", what);
+    if (!json_is_array(merges))
+        return moe_errorf(MOE_EFORMAT, "%s: model.merges is missing or not an array", what);
+
+    json_t *dropout = json_object_get(model, "dropout");
+    if (dropout && !json_is_null(dropout) && !(json_is_number(dropout) && json_number_value(dropout) == 0.0))
+        return moe_errorf(MOE_ENOTSUP, "%s: model.dropout must be null or 0 (BPE dropout is not deterministic)",
+                          what);
+    const char *affix[] = { "continuing_subword_prefix", "end_of_word_suffix" };
+    for (size_t i = 0; i < 2; i++) {
+        json_t *v = json_object_get(model, affix[i]);
+        if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
+            return moe_errorf(MOE_ENOTSUP, "%s: model.%s is not supported with byte-level BPE (set it to null)",
+                              what, affix[i]);
+    }
+    enum moe_status st;
+    if ((st = opt_bool(model, "fuse_unk", &t->fuse_unk, what, "model")) ||
+        (st = opt_bool(model, "byte_fallback", &t->byte_fallback, what, "model")) ||
+        (st = opt_bool(model, "ignore_merges", &t->ignore_merges, what, "model")))
+        return st;
+
+    if ((st = parse_vocab(t, vocab, what)) || (st = parse_merges(t, merges, what)))
+        return st;
+
+    t->unk_id = -1;
+    json_t *unk = json_object_get(model, "unk_token");
+    if (unk && !json_is_null(unk)) {
+        if (!json_is_string(unk))
+            return moe_errorf(MOE_EFORMAT, "%s: model.unk_token must be a string or null", what);
+        t->unk_id = strmap_get(t, &t->vocab, json_string_value(unk), json_string_length(unk));
+        if (t->unk_id < 0)
+            return moe_errorf(MOE_EFORMAT, "%s: model.unk_token \"%.64s\" is not in model.vocab", what,
+                              json_string_value(unk));
+    }
+    return MOE_OK;
+}
+
+static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const char *what)
+{
+    if (!json_is_object(root))
+        return moe_errorf(MOE_EFORMAT, "%s: the top level must be a JSON object", what);
+    const char *type;
+    json_t *obj;
+    enum moe_status st;
+
+    if ((st = component_type(root, "normalizer", &type, &obj, what)))
+        return st;
+    if (type)
+        return moe_errorf(MOE_ENOTSUP, "%s: normalizer \"%s\" is not supported (only null)", what, type);
+
+    if ((st = component_type(root, "pre_tokenizer", &type, &obj, what)))
+        return st;
+    if (!type || strcmp(type, "ByteLevel"))
+        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer %s%s%s is not supported (only \"ByteLevel\")", what,
+                          type ? "\"" : "", type ? type : "null", type ? "\"" : "");
+    t->use_regex = true;
+    if ((st = opt_bool(obj, "add_prefix_space", &t->add_prefix_space, what, "pre_tokenizer")) ||
+        (st = opt_bool(obj, "use_regex", &t->use_regex, what, "pre_tokenizer")))
+        return st;
+
+    if ((st = component_type(root, "decoder", &type, &obj, what)))
+        return st;
+    if (type && strcmp(type, "ByteLevel"))
+        return moe_errorf(MOE_ENOTSUP, "%s: decoder \"%s\" is not supported (only \"ByteLevel\" or null)", what,
+                          type);
+    bool byte_level_decoder = type != NULL;
+
+    if ((st = parse_model(t, root, what)))
+        return st;
+
+    json_t *added = json_object_get(root, "added_tokens");
+    if (added && !json_is_null(added) && !json_is_array(added))
+        return moe_errorf(MOE_EFORMAT, "%s: added_tokens must be an array", what);
+    if ((st = parse_added(t, json_is_array(added) ? added : NULL, what)))
+        return st;
+
+    if ((st = build_id_tables(t, byte_level_decoder, what)))
+        return st;
+    build_byte_ids(t);
+    return MOE_OK;
+}
+
+struct moe_tokenizer *moe_tokenizer_parse(const char *json, size_t len, const char *what)
+{
+    if (!what)
+        what = "tokenizer.json";
+    if (!json) {
+        moe_errorf(MOE_EINVAL, "%s: no JSON text given", what);
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        moe_errorf(MOE_EFORMAT, "%s: not valid JSON at line %d column %d: %s", what, jerr.line, jerr.column,
+                   jerr.text);
+        return NULL;
+    }
+    struct moe_tokenizer *t = calloc(1, sizeof(*t));
+    if (!t) {
+        json_decref(root);
+        moe_errorf(MOE_ENOMEM, "%s: no memory for the tokenizer", what);
+        return NULL;
+    }
+    enum moe_status st = parse_root(t, root, what);
+    json_decref(root);
+    if (st) {
+        moe_tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+struct moe_tokenizer *moe_tokenizer_load(const char *path)
+{
+    char *buf;
+    size_t len;
+    enum moe_status st = moe_read_file(path, &buf, &len, TOK_MAX_JSON);
+    if (st) {
+        moe_error_prefix(st, "tokenizer %s", path);
+        return NULL;
+    }
+    struct moe_tokenizer *t = moe_tokenizer_parse(buf, len, path);
+    free(buf);
+    return t;
+}
+
+struct moe_tokenizer *moe_tokenizer_load_dir(const char *dir)
+{
+    char path[4096];
+    if (!dir || snprintf(path, sizeof(path), "%s/tokenizer.json", dir) >= (int)sizeof(path)) {
+        moe_errorf(MOE_EINVAL, "model directory path is missing or too long");
+        return NULL;
+    }
+    return moe_tokenizer_load(path);
+}
+
+int moe_tokenizer_vocab_size(const struct moe_tokenizer *t)
+{
+    return t ? t->n_ids : 0;
+}
+
+int moe_tokenizer_token_id(const struct moe_tokenizer *t, const char *token)
+{
+    if (!t || !token)
+        return -1;
+    size_t n = strlen(token);
+    int id = strmap_get(t, &t->added_map, token, n);
+    return id >= 0 ? id : strmap_get(t, &t->vocab, token, n);
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+struct bpe_sym {
+    int id;             /* token id of this symbol */
+    int prev, next;     /* neighbours in the word, -1 at the ends */
+    bool gone;          /* merged into its left neighbour */
+};
+
+struct bpe_cand {
+    uint32_t rank;      /* merge rank: lower merges first */
+    uint32_t pos;       /* index of the left symbol; ties go leftmost */
+    int new_id;
+};
+
+struct encode_ws {
+    struct idbuf *out;
+    struct bpe_sym *sym;
+    size_t sym_cap;
+    struct bpe_cand *heap;
+    size_t heap_len, heap_cap;
+    struct bytebuf scratch;
+};
+
+static bool cand_less(const struct bpe_cand *a, const struct bpe_cand *b)
+{
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+static bool heap_push(struct encode_ws *w, struct bpe_cand c)
+{
+    if (w->heap_len == w->heap_cap) {
+        size_t cap = w->heap_cap ? w->heap_cap * 2 : 64;
+        struct bpe_cand *h = realloc(w->heap, cap * sizeof(*h));
+        if (!h)
+            return false;
+        w->heap = h;
+        w->heap_cap = cap;
+    }
+    size_t i = w->heap_len++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!cand_less(&c, &w->heap[p]))
+            break;
+        w->heap[i] = w->heap[p];
+        i = p;
+    }
+    w->heap[i] = c;
+    return true;
+}
+
+static struct bpe_cand heap_pop(struct encode_ws *w)
+{
+    struct bpe_cand top = w->heap[0], last = w->heap[--w->heap_len];
+    size_t i = 0, n = w->heap_len;
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        const struct bpe_cand *best = &last;
+        if (l < n && cand_less(&w->heap[l], best))
+            m = l, best = &w->heap[l];
+        if (l + 1 < n && cand_less(&w->heap[l + 1], best))
+            m = l + 1;
+        if (m == i)
+            break;
+        w->heap[i] = w->heap[m];
+        i = m;
+    }
+    if (n)
+        w->heap[i] = last;
+    return top;
+}
+
+static bool push_pair(const struct moe_tokenizer *t, struct encode_ws *w, int left)
+{
+    int right = w->sym[left].next;
+    uint32_t rank;
+    int new_id;
+    if (right < 0 || !merge_map_get(&t->merges, w->sym[left].id, w->sym[right].id, &rank, &new_id))
+        return true;
+    return heap_push(w, (struct bpe_cand){ rank, (uint32_t)left, new_id });
+}
+
+/* BPE over one pre-tokenized piece (raw bytes): symbols start as the
+ * piece's byte-level chars and merge by rank (tokenizers' Word::merge_all). */
+static enum moe_status bpe_piece(const struct moe_tokenizer *t, struct encode_ws *w, const char *p, size_t n)
+{
+    if (t->ignore_merges) {
+        struct bytebuf *s = &w->scratch;
+        s->len = 0;
+        for (size_t i = 0; i < n; i++) {
+            char u[4];
+            if (!bytebuf_append(s, u, utf8_put(byte_to_cp((unsigned char)p[i]), u)))
+                return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+        }
+        int id = strmap_get(t, &t->vocab, s->p, s->len);
+        if (id >= 0)
+            return idbuf_push(w->out, id) ? MOE_OK : moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    }
+    if (w->sym_cap < 2 * n) {
+        size_t cap = 2 * n;
+        struct bpe_sym *s = realloc(w->sym, cap * sizeof(*s));
+        if (!s)
+            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory for a %zu-byte piece", n);
+        w->sym = s;
+        w->sym_cap = cap;
+    }
+    size_t ns = 0;
+    bool last_unk = false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned b = (unsigned char)p[i];
+        int id = t->byte_id[b];
+        if (id >= 0) {
+            w->sym[ns++] = (struct bpe_sym){ id, 0, 0, false };
+            last_unk = false;
+        } else if (t->byte_fallback && t->byte_fb_n[b]) {
+            for (int k = 0; k < t->byte_fb_n[b]; k++)
+                w->sym[ns++] = (struct bpe_sym){ t->byte_fb_id[b][k], 0, 0, false };
+            last_unk = false;
+        } else if (t->unk_id >= 0) {
+            if (!(t->fuse_unk && last_unk))
+                w->sym[ns++] = (struct bpe_sym){ t->unk_id, 0, 0, false };
+            last_unk = true;
+        }
+        /* else: the char has no token and there is no unk token: dropped, as tokenizers does */
+    }
+    for (size_t i = 0; i < ns; i++) {
+        w->sym[i].prev = (int)i - 1;
+        w->sym[i].next = i + 1 < ns ? (int)i + 1 : -1;
+    }
+    w->heap_len = 0;
+    for (size_t i = 0; i + 1 < ns; i++)
+        if (!push_pair(t, w, (int)i))
+            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    while (w->heap_len) {
+        struct bpe_cand c = heap_pop(w);
+        struct bpe_sym *s = &w->sym[c.pos];
+        if (s->gone || s->next < 0)
+            continue;
+        int r = s->next;
+        uint32_t rank;
+        int new_id;
+        /* stale entry: the pair here no longer merges into the same token */
+        if (!merge_map_get(&t->merges, s->id, w->sym[r].id, &rank, &new_id) || new_id != c.new_id)
+            continue;
+        s->id = c.new_id;
+        w->sym[r].gone = true;
+        s->next = w->sym[r].next;
+        if (s->next >= 0)
+            w->sym[s->next].prev = (int)c.pos;
+        if ((s->prev >= 0 && !push_pair(t, w, s->prev)) || !push_pair(t, w, (int)c.pos))
+            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    }
+    for (int i = ns ? 0 : -1; i >= 0; i = w->sym[i].next)
+        if (!idbuf_push(w->out, w->sym[i].id))
+            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    return MOE_OK;
+}
+
+/* Length of the GPT-2 regex match at s[i..end) (never 0 when i < end):
+ *   's|'t|'re|'ve|'m|'ll|'d | ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+ | \s+(?!\S) | \s+
+ * tried in that order, as a backtracking engine does. */
+static size_t gpt2_match(const char *s, size_t i, size_t end)
+{
+    size_t l0, l;
+    uint32_t c0 = utf8_at(s, end, i, &l0);
+    if (c0 == '\'' && i + 1 < end) {
+        char a = s[i + 1], b = i + 2 < end ? s[i + 2] : 0;
+        if (a == 's' || a == 't' || a == 'm' || a == 'd')
+            return 2;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+            return 3;
+    }
+    enum moe_tok_class k0 = cp_class(c0);
+    /* ` ?X+` for X = letters, numbers, other */
+    size_t j = i;
+    enum moe_tok_class kx = k0;
+    if (c0 == ' ' && i + 1 < end) {
+        j = i + 1;
+        kx = cp_class(utf8_at(s, end, j, &l));
+    }
+    if (kx != MOE_TOK_CLASS_SPACE) {
+        while (j < end && cp_class(utf8_at(s, end, j, &l)) == kx)
+            j += l;
+        return j - i;
+    }
+    /* whitespace run [i, j); last char starts at last */
+    size_t last = i;
+    j = i;
+    while (j < end && cp_class(utf8_at(s, end, j, &l)) == MOE_TOK_CLASS_SPACE) {
+        last = j;
+        j += l;
+    }
+    if (j == end)
+        return j - i;            /* \s+(?!\S) up to the end */
+    if (last > i)
+        return last - i;         /* \s+(?!\S): leave the last space for the next word */
+    return j - i;                /* \s+ */
+}
+
+/* Pre-tokenize one segment (no added tokens inside) and BPE each piece. */
+static enum moe_status encode_pieces(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n)
+{
+    enum moe_status st;
+    if (!t->use_regex)
+        return bpe_piece(t, w, s, n);
+    for (size_t i = 0; i < n;) {
+        size_t m = gpt2_match(s, i, n);
+        if ((st = bpe_piece(t, w, s + i, m)))
+            return st;
+        i += m;
+    }
+    return MOE_OK;
+}
+
+static enum moe_status encode_plain(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n)
+{
+    if (n == 0)
+        return MOE_OK;
+    if (!t->add_prefix_space || s[0] == ' ')
+        return encode_pieces(t, w, s, n);
+    /* ByteLevel add_prefix_space: the segment is encoded as if it began with a space */
+    struct bytebuf tmp = { 0 };
+    enum moe_status st;
+    if (!bytebuf_append(&tmp, " ", 1) || !bytebuf_append(&tmp, s, n))
+        st = moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    else
+        st = encode_pieces(t, w, tmp.p, tmp.len);
+    free(tmp.p);
+    return st;
+}
+
+static bool is_word_char(uint32_t cp)
+{
+    enum moe_tok_class k = cp_class(cp);
+    return cp == '_' || k == MOE_TOK_CLASS_LETTER || k == MOE_TOK_CLASS_NUMBER;
+}
+
+/* Code point ending at s[i) (i > 0) of validated UTF-8. */
+static uint32_t utf8_before(const char *s, size_t i, size_t *n)
+{
+    size_t k = i - 1;
+    while (k > 0 && ((unsigned char)s[k] & 0xc0) == 0x80 && i - k < 4)
+        k--;
+    return utf8_at(s, i, k, n);
+}
+
+/* Split s[0..n) at added tokens of one pass (pass 0: normalized == false,
+ * pass 1: normalized == true), leftmost-longest; gaps go to the next pass. */
+static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n,
+                                    int pass)
+{
+    if (pass == 2)
+        return encode_plain(t, w, s, n);
+    enum moe_status st;
+    size_t done = 0;   /* bytes before this are handled */
+    for (size_t i = 0; i < n; i++) {
+        unsigned b = (unsigned char)s[i];
+        const struct added_token *hit = NULL;
+        for (uint32_t k = t->added_first[b]; k < t->added_first[b + 1]; k++) {
+            const struct added_token *a = &t->added[k];
+            if (a->normalized == (pass == 1) && a->len <= n - i && !memcmp(t->pool.p + a->off, s + i, a->len)) {
+                hit = a;   /* longest first: the leftmost-longest match */
+                break;
+            }
+        }
+        if (!hit)
+            continue;
+        size_t l;
+        if (hit->single_word && ((i > 0 && is_word_char(utf8_before(s, i, &l))) ||
+                                 (i + hit->len < n && is_word_char(utf8_at(s, n, i + hit->len, &l))))) {
+            i += hit->len - 1;   /* inside a word: not a match; search on after it, like tokenizers */
+            continue;
+        }
+        size_t start = i, stop = i + hit->len;
+        if (hit->lstrip)
+            while (start > done && cp_class(utf8_before(s, start, &l)) == MOE_TOK_CLASS_SPACE)
+                start -= l;
+        if (hit->rstrip)
+            while (stop < n && cp_class(utf8_at(s, n, stop, &l)) == MOE_TOK_CLASS_SPACE)
+                stop += l;
+        if ((st = encode_added(t, w, s + done, start - done, pass + 1)))
+            return st;
+        if (!idbuf_push(w->out, hit->id))
+            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+        done = stop;
+        i = stop - 1;
+    }
+    return encode_added(t, w, s + done, n - done, pass + 1);
+}
+
+enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *text, size_t len, int **ids,
+                                     size_t *n_ids)
+{
+    if (!t || !ids || !n_ids || (!text && len))
+        return moe_errorf(MOE_EINVAL, "tokenizer encode: missing tokenizer, text or output");
+    *ids = NULL;
+    *n_ids = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t l = utf8_next((const unsigned char *)text + i, len - i, &cp);
+        if (!l)
+            return moe_errorf(MOE_EINVAL, "text is not valid UTF-8: bad byte 0x%02x at byte offset %zu",
+                              (unsigned char)text[i], i);
+        i += l;
+    }
+    struct idbuf out = { 0 };
+    struct encode_ws w = { .out = &out };
+    enum moe_status st = encode_added(t, &w, text ? text : "", len, t->n_added ? 0 : 2);
+    free(w.sym);
+    free(w.heap);
+    free(w.scratch.p);
+    if (st) {
+        free(out.p);
+        return st;
+    }
+    if (!out.p && !(out.p = malloc(sizeof(int)))) /* non-NULL even when empty */
+        return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    *ids = out.p;
+    *n_ids = out.len;
+    return MOE_OK;
+}
+
+/* ---- decoding ---------------------------------------------------------- */
+
+int moe_tokenizer_token_bytes(const struct moe_tokenizer *t, int id, char *buf, size_t cap)
+{
+    if (!t || id < 0 || id >= t->n_ids || t->dec_len[id] == UINT32_MAX)
+        return -1;
+    size_t n = t->dec_len[id];
+    if (buf && cap)
+        memcpy(buf, t->pool.p + t->dec_off[id], n < cap ? n : cap);
+    return (int)n;
+}
+
+enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *ids, size_t n, char **text,
+                                     size_t *len)
+{
+    if (!t || !text || !len || (!ids && n))
+        return moe_errorf(MOE_EINVAL, "tokenizer decode: missing tokenizer, ids or output");
+    *text = NULL;
+    *len = 0;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        int id = ids[i];
+        if (id < 0 || id >= t->n_ids)
+            return moe_errorf(MOE_ERANGE, "token id %d at position %zu is out of range [0, %d)", id, i, t->n_ids);
+        if (t->dec_len[id] == UINT32_MAX)
+            return moe_errorf(MOE_ERANGE, "token id %d at position %zu has no token in the vocab", id, i);
+        total += t->dec_len[id];
+    }
+    char *out = malloc(total + 1);
+    if (!out)
+        return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to decode %zu bytes", total);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(out + k, t->pool.p + t->dec_off[ids[i]], t->dec_len[ids[i]]);
+        k += t->dec_len[ids[i]];
+    }
+    out[k] = 0;
+    *text = out;
+    *len = k;
+    return MOE_OK;
+}

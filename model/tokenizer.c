@@ -756,6 +756,8 @@ static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const c
 {
     if (!json_is_object(root))
         return moe_errorf(MOE_EFORMAT, "%s: the top level must be a JSON object", what);
+    if (!json_is_object(json_object_get(root, "model")))
+        return moe_errorf(MOE_EFORMAT, "%s: \"model\" is missing or not an object", what);
     const char *type;
     json_t *obj;
     enum moe_status st;

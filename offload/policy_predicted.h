@@ -1,0 +1,37 @@
+/* Prediction-aware eviction policy ("predicted"): evicts the resident expert
+ * whose next use is predicted farthest away, an approximation of Belady's MIN
+ * driven by the routing-path predictor instead of the real future.
+ *
+ * Expected next use of key (layer t, expert e), in MoE layer-steps from now:
+ *     d0 + (1 - p1) * n_moe / q
+ * d0 = layer-steps until layer t next runs; p1 = probability that e is used
+ * then (the latest prediction for that occurrence of t; a fraction of q when
+ * t was predicted but e was not; q when t has no prediction); q = recency
+ * weighted use frequency of e at t (an exponential moving average per token).
+ * A prefetched expert that its layer then did not use is thereby demoted: its
+ * prediction is spent and its q decays.  Per-layer shares follow predicted
+ * demand because all layers compete in one ranking.
+ *
+ * The position "now" follows on_access calls (a layer at or before the last
+ * accessed one starts a new step), so the policy plugs into the cache manager
+ * (offload/cache.h) unchanged.  Deterministic; ties go to the lowest key. */
+#ifndef MOE_POLICY_PREDICTED_H
+#define MOE_POLICY_PREDICTED_H
+
+#include "policy.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Keys are layer * n_experts + expert over n_layers decoder layers;
+ * moe_layers[0..n_moe-1] are the MoE layers in order.  NULL on bad input
+ * (error set) or no memory. */
+struct moe_policy *moe_policy_predicted_create(int n_layers, int n_experts, const int *moe_layers, int n_moe);
+/* Expected MoE layer-steps until key is used again (see above). */
+double moe_policy_predicted_next_use(const struct moe_policy *p, int key);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,99 @@
+/* Expert-cache replay: an event log of one run (steps, prefetch hints in
+ * order of issue, accesses) and a simulator of the device tier under a
+ * capacity, an eviction policy and optionally a transfer timeline.
+ *
+ * The log is recorded by a provider wrapper (moe_evlog_provider) while the
+ * real engine and predictor run; the wrapper passes acquire() to the inner
+ * provider, so what is computed never depends on the simulated cache.
+ * Because the log holds the whole future, every policy and capacity (and
+ * Belady's offline optimum) is evaluated on exactly the same routing. */
+#ifndef MOE_CACHESIM_H
+#define MOE_CACHESIM_H
+
+#include "../common/moe.h"
+#include "../offload/provider.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum moe_ev_kind { MOE_EV_STEP, MOE_EV_PREFETCH, MOE_EV_ACCESS };
+
+struct moe_ev {
+    uint8_t kind;      /* enum moe_ev_kind */
+    int16_t layer;     /* MoE index (not model layer) */
+    int16_t distance;  /* prefetch: MoE layers ahead of the one computing */
+    int32_t n;         /* ids in this event */
+    int64_t off;       /* first id in moe_evlog.ids / scores */
+};
+
+struct moe_evlog {
+    int n_moe, n_experts, top_k;
+    struct moe_ev *ev;  /* [n_ev] */
+    size_t n_ev, cap_ev;
+    int32_t *ids;       /* [n_ids] */
+    float *scores;      /* [n_ids] prefetch confidence (1 for accesses) */
+    size_t n_ids, cap_ids;
+    uint64_t steps;     /* MOE_EV_STEP events */
+    bool oom;           /* an append failed: the log is incomplete */
+};
+
+void moe_evlog_init(struct moe_evlog *l, int n_moe, int n_experts, int top_k);
+void moe_evlog_free(struct moe_evlog *l);
+void moe_evlog_clear(struct moe_evlog *l);
+/* Append (moe layer index).  Out of memory sets l->oom. */
+void moe_evlog_step(struct moe_evlog *l);
+void moe_evlog_prefetch(struct moe_evlog *l, int moe_layer, int n, const int *ids, const float *scores,
+                        int distance);
+void moe_evlog_access(struct moe_evlog *l, int moe_layer, int n, const int *ids);
+
+/* Provider wrapper: records acquire() as accesses and prefetch() as hints
+ * into log (model layers mapped with moe_index [n_layers], -1 = dense) and
+ * forwards acquire/release to inner.  Destroying it does not destroy inner. */
+struct moe_provider *moe_evlog_provider_create(struct moe_provider *inner, struct moe_evlog *log,
+                                               const int *moe_index, int n_layers);
+
+enum moe_cache_policy {
+    MOE_CACHE_LRU,        /* least recently used (demand or prefetched) */
+    MOE_CACHE_LFU,        /* least frequently used, ties to least recent */
+    MOE_CACHE_PREDICTED,  /* farthest predicted next use (approximate Belady) */
+    MOE_CACHE_BELADY,     /* farthest actual next use: offline optimum of demand fetching */
+};
+const char *moe_cache_policy_name(enum moe_cache_policy p);
+bool moe_cache_policy_parse(const char *s, enum moe_cache_policy *out);
+
+struct moe_cachesim_params {
+    int capacity;         /* device-tier expert slots (all layers together), >= top_k */
+    enum moe_cache_policy policy;
+    bool prefetch;        /* act on prefetch hints (ignored by belady) */
+    double xfer_s;        /* seconds per expert transfer over the link; 0 = no timeline */
+    double layer_s;       /* compute seconds per MoE layer and step */
+};
+
+struct moe_cachesim_stats {
+    uint64_t steps;           /* decode steps (tokens at batch 1) */
+    uint64_t accesses;        /* experts acquired */
+    uint64_t hits;            /* acquired without a new transfer (resident or already in flight) */
+    uint64_t late_hits;       /* ... of which still in flight (the engine waited) */
+    uint64_t transfers;       /* experts moved to the device tier (demand + prefetch) */
+    uint64_t prefetches;      /* transfers started by a prefetch hint */
+    uint64_t prefetch_useful; /* prefetched experts acquired before being evicted */
+    uint64_t prefetch_dropped;/* hints not acted on (resident, no slot, or stale) */
+    double stall_s;           /* seconds the engine waited for experts (timeline) */
+    double compute_s;         /* seconds of compute (steps * moe layers * layer_s) */
+    double total_s;           /* stall + compute */
+};
+
+/* Replay the log.  Errors: capacity below top_k, incomplete log.  Cache keys
+ * are MoE index * n_experts + expert. */
+enum moe_status moe_cachesim_run(const struct moe_evlog *l, const struct moe_cachesim_params *p,
+                                 struct moe_cachesim_stats *out);
+/* The same with keys over decoder layers: moe_layers[n_moe] maps MoE index to
+ * decoder layer, n_layers decoder layers in all. */
+enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *moe_layers, int n_layers,
+                                        const struct moe_cachesim_params *p, struct moe_cachesim_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

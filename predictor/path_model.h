@@ -1,0 +1,92 @@
+/* The learned routing-path predictor: a small MLP with one sigmoid head per
+ * (MoE layer, expert).
+ *
+ *   input  x = [ rmsnormed token embedding (dim) | previous token's routing,
+ *               multi-hot (n_moe * n_experts) ]
+ *   h      = relu(W1 x + b1)                     W1 [width, n_in]
+ *   p      = sigmoid(W2 h + b2)                  W2 [n_out, width], n_out = n_moe * n_experts
+ *
+ * Trained with a multi-label (binary cross-entropy) loss and Adam on a routing
+ * trace, with a held-out split and early stopping; saved as safetensors
+ * (tensors w1, b1, w2, b2, F32; metadata format "moeflow-path-predictor"). */
+#ifndef MOE_PATH_MODEL_H
+#define MOE_PATH_MODEL_H
+
+#include "../common/moe.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_path_model {
+    int n_moe;        /* MoE layers */
+    int n_experts;    /* experts per MoE layer */
+    int top_k;        /* experts routed per token and layer */
+    int dim;          /* token embedding width (model hidden size) */
+    int width;        /* hidden units */
+    int n_in, n_out;  /* dim + n_moe*n_experts, n_moe*n_experts */
+    float *w1, *b1;   /* [width, n_in], [width] */
+    float *w2, *b2;   /* [n_out, width], [n_out] */
+    char model_name[128]; /* model the predictor was trained for (metadata) */
+};
+
+/* Randomly initialised (He/Xavier, seeded); NULL on bad shape or no memory. */
+struct moe_path_model *moe_path_model_create(int n_moe, int n_experts, int top_k, int dim, int width,
+                                             uint64_t seed);
+void moe_path_model_free(struct moe_path_model *m);
+
+/* Build one input row: emb [dim] (raw embedding, normalised here), prev
+ * [n_moe * top_k] expert ids of the previous token (NULL or -1 = unknown). */
+void moe_path_model_features(const struct moe_path_model *m, const float *emb, const int *prev,
+                             float *x /* [n_in] */);
+/* Probabilities for B rows: x [B, n_in] -> p [B, n_out].  scratch [B, width]. */
+void moe_path_model_forward(const struct moe_path_model *m, int B, const float *x, float *p,
+                            float *scratch);
+
+enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *path,
+                                    const char *const *extra_meta /* key,value,...,NULL or NULL */);
+/* Load and check shapes against expected (n_moe, n_experts, top_k, dim) when
+ * those are > 0; error names the file and the mismatch. */
+struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_experts, int top_k, int dim);
+
+/* Training set: n samples; per sample the embedding row of its token, the
+ * previous token's routing and the actual routing. */
+struct moe_path_data {
+    int n;                 /* samples */
+    const int *token;      /* [n] token id (row of emb) */
+    const int *prev;       /* [n, n_moe * top_k], -1 = unknown (first token of a sequence) */
+    const int *target;     /* [n, n_moe * top_k] actual experts */
+    const float *emb;      /* [vocab, dim] f32 embeddings */
+    int vocab;
+};
+
+struct moe_path_train_params {
+    int max_epochs;        /* upper bound on passes over the training split */
+    int batch;             /* rows per Adam step */
+    float lr;              /* Adam step size */
+    float weight_decay;    /* L2 on weights (decoupled), 0 = off */
+    float val_frac;        /* held-out fraction, taken from the end (0..0.5) */
+    int patience;          /* epochs without val-loss improvement before stopping */
+    uint64_t seed;         /* shuffling */
+    bool verbose;          /* one line per epoch on stderr */
+};
+
+struct moe_path_train_report {
+    int epochs;            /* epochs run */
+    int best_epoch;        /* 1-based epoch whose weights are kept */
+    double train_loss;     /* mean BCE per output, last epoch */
+    double val_loss;       /* best mean BCE per output on the held-out split */
+    double val_recall;     /* recall@top_k averaged over layers, held-out, best epoch */
+    int n_train, n_val;    /* samples */
+    double seconds;        /* wall time */
+};
+
+/* Train in place; on return m holds the weights of the best held-out epoch. */
+enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_path_data *d,
+                                     const struct moe_path_train_params *tp,
+                                     struct moe_path_train_report *rep);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,56 @@
+#!/usr/bin/python3
+"""Deterministic, disjoint train/eval text splits of this machine's Python 3.11
+standard library sources (/usr/lib/python3.11), for the routing-path predictor.
+
+Each .py file goes to one split by the SHA-1 of its path relative to the
+library root: digest mod 10 in 0..6 -> train, 9 -> eval (7, 8 unused).  Files
+are taken in sorted path order, joined with <|endoftext|>, until the split's
+byte budget is reached.  Usage: make_splits.py [ROOT] [OUTDIR]
+"""
+import hashlib
+import os
+import sys
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/python3.11"
+OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
+BUDGET = {"train": 400_000, "eval": 60_000}
+SEP = "<|endoftext|>"
+
+
+def split_of(rel):
+    d = int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 10
+    return "train" if d <= 6 else "eval" if d == 9 else None
+
+
+def main():
+    files = []
+    for dirpath, dirnames, names in os.walk(ROOT):
+        dirnames.sort()
+        if "site-packages" in dirpath or "dist-packages" in dirpath:
+            continue
+        for n in sorted(names):
+            if n.endswith(".py"):
+                files.append(os.path.relpath(os.path.join(dirpath, n), ROOT))
+    files.sort()
+    parts = {"train": [], "eval": []}
+    size = {"train": 0, "eval": 0}
+    for rel in files:
+        s = split_of(rel)
+        if s is None or size[s] >= BUDGET[s]:
+            continue
+        try:
+            text = open(os.path.join(ROOT, rel), encoding="utf-8").read()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if SEP in text or not text.strip() or len(text) > 40_000:
+            continue
+        parts[s].append(text)
+        size[s] += len(text.encode()) + len(SEP)
+    for s in parts:
+        with open(os.path.join(OUT, s + ".txt"), "w", encoding="utf-8") as f:
+            f.write(SEP.join(parts[s]))
+        print(f"{s}: {len(parts[s])} files, {size[s]} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,11 @@ extern "C" enum moe_status moe_cuda_swiglu_bf16_(struct moe_cuda_ctx *c, const f
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 static bool dtype_ok(enum moe_dtype dt) { return dt == MOE_DT_BF16 || dt == MOE_DT_F32; }
+static size_t dt_size(enum moe_dtype dt) { return dt == MOE_DT_BF16 ? 2 : 4; }
+static const char *dt_name(enum moe_dtype dt)
+{
+    return dt == MOE_DT_BF16 ? "BF16" : dt == MOE_DT_F32 ? "F32" : dt == MOE_DT_F16 ? "F16" : "non-float";
+}
 static cudaDataType_t cu_type(enum moe_dtype dt) { return dt == MOE_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
 /* C[m x n] (col-major, ldc) = W^T-view GEMM for one weight block. */
@@ -44,7 +49,7 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
     if (n < 0 || in <= 0 || out_dim <= 0)
         return moe_errorf(MOE_EINVAL, "linear: n %d, in %d, out %d", n, in, out_dim);
     if (!dtype_ok(wdt))
-        return moe_errorf(MOE_ENOTSUP, "linear: weight dtype %s (BF16 or F32)", moe_dtype_name(wdt));
+        return moe_errorf(MOE_ENOTSUP, "linear: weight dtype %s (BF16 or F32)", dt_name(wdt));
     if (n == 0) return MOE_OK;
     if (wdt == MOE_DT_F32)
         return gemm_one(c, d_w, d_x, wdt, out_dim, n, in, accumulate ? 1.0f : 0.0f, d_y);
@@ -65,7 +70,7 @@ static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void 
 {
     enum moe_status st = MOE_OK;
     int cnt = 0, cap = n_w * n_groups;
-    size_t esz = moe_dtype_size(dt);
+    size_t esz = dt_size(dt);
     cublasOperation_t *ta = NULL, *tb = NULL;
     int *ms = NULL, *ns = NULL, *ks = NULL, *lda = NULL, *ldb = NULL, *ldc = NULL, *gs = NULL;
     float *al = NULL, *be = NULL;
@@ -133,7 +138,7 @@ static enum moe_status ffn_loop_proj(struct moe_cuda_ctx *c, const void *const *
                                      enum moe_dtype dt, float *y, int n_groups, const int *off, int m,
                                      int k)
 {
-    size_t esz = moe_dtype_size(dt);
+    size_t esz = dt_size(dt);
     for (int g = 0; g < n_groups; g++) {
         int rows = off[g + 1] - off[g];
         if (rows <= 0) continue;
@@ -162,7 +167,7 @@ extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const flo
         return moe_errorf(MOE_EINVAL, "expert_ffn: groups %d, hidden %d, inter %d", n_groups, hidden,
                           inter);
     if (!dtype_ok(wdt))
-        return moe_errorf(MOE_ENOTSUP, "expert_ffn: weight dtype %s (BF16 or F32)", moe_dtype_name(wdt));
+        return moe_errorf(MOE_ENOTSUP, "expert_ffn: weight dtype %s (BF16 or F32)", dt_name(wdt));
     if (h_off[0] != 0) return moe_errorf(MOE_EINVAL, "expert_ffn: offsets[0] is %d, must be 0", h_off[0]);
     for (int g = 0; g < n_groups; g++) {
         if (h_off[g + 1] < h_off[g])

@@ -150,7 +150,7 @@ extern "C" enum moe_status moe_cuda_embed(struct moe_cuda_ctx *c, const void *d_
             (const float *)d_table, vocab, hidden, d_ids, n, d_out);
     else
         return moe_errorf(MOE_ENOTSUP, "embed: table dtype %s (convert to BF16 or F32)",
-                          moe_dtype_name(dt));
+                          dt == MOE_DT_F16 ? "F16" : "non-float");
     CK_LAUNCH(c);
 out:
     return st;
@@ -199,7 +199,8 @@ __global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int 
         int j = (int)(i % (size_t)half);
         size_t th = i / (size_t)half; /* token * n_heads + head */
         size_t t = th / (size_t)n_heads;
-        float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+        /* inv_freq in double then rounded: the same float on every backend */
+        float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)head_dim));
         float ang = (float)pos[t] * inv_freq;
         float cs = cosf(ang), sn = sinf(ang);
         float *h = x + th * (size_t)head_dim;

@@ -94,7 +94,7 @@ enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const
                                  float *d_y, int rows, int dim, float eps);
 
 /* Rotary embedding, rotate-half (NeoX) layout, in place on x [n, n_heads, head_dim]:
- * for i < head_dim/2, angle = pos * theta^(-2i/head_dim),
+ * for i < head_dim/2, angle = (float)pos * (float)(theta^(-2i/head_dim) in double),
  * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin).
  * d_pos [n] positions.  head_dim even, <= 1024. */
 enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,

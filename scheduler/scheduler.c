@@ -25,6 +25,7 @@ struct rq {
     int n_prompt;
     int n_generated;           /* tokens delivered through on_token */
     int n_prefilled;           /* prompt tokens in the KV cache */
+    int n_chunks;              /* prompt chunks computed */
     int64_t need;              /* n_prompt + max_tokens: tokens-in-flight charge */
     struct moe_gen_params g;
     struct moe_sched_events ev;
@@ -68,6 +69,7 @@ struct moe_sched {
     int n_waiting;
     struct rq **active;            /* [max_running] admission order */
     int n_active;
+    int n_unreported;              /* finished, on_done not yet returned */
     int64_t tif;                   /* tokens in flight */
     uint64_t next_id;
     struct moe_sched_stats st;
@@ -174,7 +176,7 @@ static void rq_finish(struct moe_sched *s, struct rq *r, enum moe_finish why, en
         s->st.cancelled++;
     r->next = s->done_head;
     s->done_head = r;
-    pthread_cond_broadcast(&s->idle);
+    s->n_unreported++;
 }
 
 /* Cancellations and expired deadlines of waiting and active requests. */
@@ -269,6 +271,10 @@ static void dispatch(struct moe_sched *s)
         rev->next = s->grave;
         s->grave = rev;
         rev = nx;
+        pthread_mutex_lock(&s->mu);
+        s->n_unreported--;
+        pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->mu);
     }
 }
 
@@ -469,6 +475,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         s->st.prefill_chunks++;
         s->st.prompt_tokens += (uint64_t)chunk;
         pf->n_prefilled += chunk;
+        pf->n_chunks++;
         if (pf->n_prefilled == pf->n_prompt && pf->state == RQ_PREFILL) {
             pf->state = RQ_DECODE;
             int tok = moe_sampler_sample(&pf->sampler, s->logits + (size_t)row * (size_t)s->be.vocab,
@@ -491,6 +498,15 @@ enum moe_status moe_sched_step(struct moe_sched *s)
             s->dec[nd++] = r;
         else if (r->state == RQ_PREFILL)
             s->pre[np++] = r;
+    }
+    /* prompt chunks go round-robin: fewest chunks received first, then
+     * admission order, so a short prompt never waits for a long one */
+    for (int i = 1; i < np; i++) {
+        struct rq *r = s->pre[i];
+        int j = i;
+        for (; j > 0 && s->pre[j - 1]->n_chunks > r->n_chunks; j--)
+            s->pre[j] = s->pre[j - 1];
+        s->pre[j] = r;
     }
     if (nd == 0 && np == 0) {
         pthread_mutex_unlock(&s->mu);
@@ -736,7 +752,7 @@ enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s)
     s->draining = true;
     pthread_cond_broadcast(&s->wake);
     if (s->started) {
-        while (s->n_waiting + s->n_active > 0 && moe_now() < until) {
+        while (s->n_waiting + s->n_active + s->n_unreported > 0 && moe_now() < until) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += 20 * 1000 * 1000;
@@ -751,7 +767,7 @@ enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s)
                      timeout_s);
             cancel_all_locked(s);
             pthread_cond_broadcast(&s->wake);
-            while (s->n_waiting + s->n_active > 0)
+            while (s->n_waiting + s->n_active + s->n_unreported > 0)
                 pthread_cond_wait(&s->idle, &s->mu);
         }
         pthread_mutex_unlock(&s->mu);

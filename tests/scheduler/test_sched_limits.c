@@ -1,0 +1,379 @@
+/* Admission bounds, cancellation, deadlines, failures, priorities and drain
+ * over a fake engine: every rejection is immediate and names its bound; every
+ * accepted request ends exactly once; slots are freed at once. */
+#include "fake_backend.h"
+#include "sched_collect.h"
+#include "../test_util.h"
+
+#include <string.h>
+
+static int prompt_buf[FB_CTX];
+
+static const int *prompt_of(int n, int seed)
+{
+    for (int i = 0; i < n; i++)
+        prompt_buf[i] = 1 + (seed * 31 + i * 7) % (FB_VOCAB - 1);
+    return prompt_buf;
+}
+
+static struct moe_gen_params gen(int max_tokens)
+{
+    struct moe_gen_params g = { .max_tokens = max_tokens, .ignore_eos = true };
+    g.sampling.top_p = 1.0f;
+    return g;
+}
+
+static void check_accounting(struct moe_sched *s, const char *what)
+{
+    struct moe_sched_stats st;
+    moe_sched_stats(s, &st);
+    CHECK(st.accepted == st.completed + st.cancelled + st.failed,
+          "%s: accepted %llu != completed %llu + cancelled %llu + failed %llu", what,
+          (unsigned long long)st.accepted, (unsigned long long)st.completed,
+          (unsigned long long)st.cancelled, (unsigned long long)st.failed);
+    CHECK(st.tokens_in_flight == 0 && st.running == 0 && st.waiting == 0, "%s: tif %lld running %d waiting %d",
+          what, (long long)st.tokens_in_flight, st.running, st.waiting);
+}
+
+static void expect_reject(struct moe_sched *s, const int *p, int n, int max_tokens, enum moe_status want,
+                          const char *needle, const char *what)
+{
+    struct moe_gen_params g = gen(max_tokens);
+    struct sc_req r = { 0 };
+    uint64_t id = 0;
+    enum moe_status st = moe_sched_submit(s, p, n, &g, &sc_events, &r, &id);
+    CHECK(st == want, "%s: status %d (%s), want %d", what, st, moe_last_error(), want);
+    CHECK(strstr(moe_last_error(), needle) != NULL, "%s: reason '%s' does not name '%s'", what,
+          moe_last_error(), needle);
+    CHECK(r.n_done == 0, "%s: a rejected request got on_done", what);
+}
+
+static void test_bounds(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    be.max_ctx = 64;
+    struct moe_sched_params p = { .max_running = 4, .max_queued = 4, .max_tokens_in_flight = 100,
+                                  .max_prompt = 30, .max_output = 40, .micro_batch = 2, .prefill_chunk = 8 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    expect_reject(s, prompt_of(1, 0), 0, 5, MOE_EINVAL, "empty prompt", "empty prompt");
+    expect_reject(s, prompt_of(3, 0), 3, 0, MOE_EINVAL, "max_tokens", "max_tokens 0");
+    expect_reject(s, prompt_of(31, 0), 31, 5, MOE_ERANGE, "max_prompt = 30", "long prompt");
+    expect_reject(s, prompt_of(3, 0), 3, 41, MOE_ERANGE, "max_output = 40", "long output");
+    expect_reject(s, prompt_of(30, 0), 30, 40, MOE_ERANGE, "context of 64", "past the context");
+    int bad[3] = { 1, FB_VOCAB, 2 };
+    expect_reject(s, bad, 3, 5, MOE_ERANGE, "index 1", "token outside vocab");
+    {
+        struct moe_gen_params g = gen(5);
+        g.sampling.temperature = -1.0f;
+        CHECK(moe_sched_submit(s, prompt_of(3, 0), 3, &g, NULL, NULL, NULL) == MOE_EINVAL,
+              "negative temperature accepted");
+    }
+    /* tokens in flight: 3 x (10 + 20) = 90 accepted, a 4th (30) would make 120 > 100 */
+    static struct sc_req ok[3];
+    memset(ok, 0, sizeof(ok));
+    for (int i = 0; i < 3; i++) {
+        struct moe_gen_params g = gen(20);
+        CHECK(moe_sched_submit(s, prompt_of(10, i), 10, &g, &sc_events, &ok[i], &ok[i].id) == MOE_OK,
+              "submit %d: %s", i, moe_last_error());
+    }
+    expect_reject(s, prompt_of(2, 9), 2, 9, MOE_EBUSY, "max_tokens_in_flight = 100", "tokens in flight");
+    /* exactly up to the bound is fine: 90 + 10 = 100 */
+    {
+        struct moe_gen_params g = gen(8);
+        CHECK(moe_sched_submit(s, prompt_of(2, 9), 2, &g, NULL, NULL, NULL) == MOE_OK, "up to the bound: %s",
+              moe_last_error());
+    }
+    /* queue: 4 waiting = max_queued; the next is refused for the queue */
+    expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max_queued = 4", "queue full");
+    struct moe_sched_stats st;
+    moe_sched_stats(s, &st);
+    CHECK(st.rejected == 9 && st.accepted == 4, "rejected %llu accepted %llu", (unsigned long long)st.rejected,
+          (unsigned long long)st.accepted);
+    CHECK(st.tokens_in_flight == 100, "tokens in flight %lld", (long long)st.tokens_in_flight);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(ok[i].n_done == 1 && ok[i].why == MOE_FINISH_LENGTH && ok[i].n_tokens == 20,
+              "req %d: done %d why %s tokens %d", i, ok[i].n_done, moe_finish_str(ok[i].why), ok[i].n_tokens);
+    check_accounting(s, "bounds");
+    /* once the tokens are released, the same request fits again */
+    {
+        struct moe_gen_params g = gen(20);
+        CHECK(moe_sched_submit(s, prompt_of(10, 5), 10, &g, NULL, NULL, NULL) == MOE_OK, "after release: %s",
+              moe_last_error());
+    }
+    moe_sched_destroy(s);
+
+    /* a request larger than the whole tokens-in-flight bound can never fit: ERANGE, not EBUSY */
+    be = fb_backend(&fb);
+    struct moe_sched_params p2 = { .max_running = 2, .max_tokens_in_flight = 40 };
+    s = moe_sched_create_backend(&be, &p2);
+    REQUIRE(s, "create: %s", moe_last_error());
+    expect_reject(s, prompt_of(20, 0), 20, 30, MOE_ERANGE, "max_tokens_in_flight = 40", "larger than the bound");
+    moe_sched_destroy(s);
+
+    /* bad params are refused with the field named */
+    be = fb_backend(&fb);
+    struct moe_sched_params p3 = { .max_running = 4, .micro_batch = 8 };
+    CHECK(!moe_sched_create_backend(&be, &p3) && strstr(moe_last_error(), "micro_batch"),
+          "micro_batch > max_running accepted (%s)", moe_last_error());
+    struct moe_sched_params p4 = { .max_running = 4, .micro_batch = 4, .prefill_chunk = 61 };
+    CHECK(!moe_sched_create_backend(&be, &p4) && strstr(moe_last_error(), "prefill_chunk"),
+          "micro_batch + prefill_chunk > max_batch_tokens accepted (%s)", moe_last_error());
+}
+
+/* Long and short prompts mixed, on the scheduler thread: all complete. */
+static void test_mixed_threaded(void)
+{
+    enum { N = 40 };
+    static struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 8, .max_queued = N, .micro_batch = 4, .prefill_chunk = 16,
+                                  .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    REQUIRE(moe_sched_start(s) == MOE_OK, "start: %s", moe_last_error());
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static struct sc_req r[N];
+    memset(r, 0, sizeof(r));
+    int want[N];
+    for (int i = 0; i < N; i++) {
+        int n = i % 2 ? 150 : 3;
+        want[i] = 5 + i % 7;
+        struct moe_gen_params g = gen(want[i]);
+        r[i].mu = &mu;
+        CHECK(moe_sched_submit(s, prompt_of(n, i), n, &g, &sc_events, &r[i], &r[i].id) == MOE_OK,
+              "submit %d: %s", i, moe_last_error());
+    }
+    CHECK(moe_sched_drain(s, 30.0) == MOE_OK, "drain: %s", moe_last_error());
+    for (int i = 0; i < N; i++) {
+        pthread_mutex_lock(&mu);
+        CHECK(r[i].n_done == 1 && r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == want[i],
+              "req %d (prompt %d): done %d why %s tokens %d want %d (%s)", i, i % 2 ? 150 : 3, r[i].n_done,
+              moe_finish_str(r[i].why), r[i].n_tokens, want[i], r[i].msg);
+        pthread_mutex_unlock(&mu);
+    }
+    CHECK(fb.errors == 0, "engine protocol: %s", fb.err);
+    CHECK(fb.max_rows <= 4 + 16, "forward of %d rows", fb.max_rows);
+    check_accounting(s, "mixed");
+    struct moe_gen_params g = gen(1);
+    CHECK(moe_sched_submit(s, prompt_of(2, 0), 2, &g, NULL, NULL, NULL) == MOE_EBUSY &&
+              strstr(moe_last_error(), "draining"), "submit after drain: %s", moe_last_error());
+    moe_sched_destroy(s);
+    CHECK(fb.n_used == 0, "%d slots in use after destroy", fb.n_used);
+}
+
+/* Cancel while queued, in prefill and in decode: one on_done each, slot freed at once. */
+static void test_cancel(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 8 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    struct sc_req a = { 0 }, b = { 0 }, c = { 0 };
+    struct moe_gen_params g = gen(100);
+    REQUIRE(moe_sched_submit(s, prompt_of(40, 1), 40, &g, &sc_events, &a, &a.id) == MOE_OK, "submit a");
+    REQUIRE(moe_sched_submit(s, prompt_of(4, 2), 4, &g, &sc_events, &b, &b.id) == MOE_OK, "submit b");
+    REQUIRE(moe_sched_submit(s, prompt_of(4, 3), 4, &g, &sc_events, &c, &c.id) == MOE_OK, "submit c");
+    moe_sched_step(s); /* a: chunk 1 of 5 */
+    moe_sched_step(s); /* b: its whole prompt (round-robin), first token */
+    moe_sched_step(s); /* a: chunk 2, alongside b's decode */
+    CHECK(fb.n_used == 2, "slots in use %d, want 2 (a prefill, b decode)", fb.n_used);
+    CHECK(b.n_tokens > 0 && a.n_tokens == 0, "a %d tokens (want 0: still in prefill), b %d", a.n_tokens, b.n_tokens);
+    CHECK(moe_sched_cancel(s, c.id) == MOE_OK, "cancel queued: %s", moe_last_error());
+    CHECK(moe_sched_cancel(s, a.id) == MOE_OK, "cancel prefill: %s", moe_last_error());
+    moe_sched_step(s);
+    CHECK(a.n_done == 1 && a.why == MOE_FINISH_CANCELLED && a.st == MOE_ECANCELED && strstr(a.msg, "prefill"),
+          "a: done %d why %s msg '%s'", a.n_done, moe_finish_str(a.why), a.msg);
+    CHECK(c.n_done == 1 && c.why == MOE_FINISH_CANCELLED && c.n_tokens == 0 && strstr(c.msg, "queued"),
+          "c: done %d why %s tokens %d msg '%s'", c.n_done, moe_finish_str(c.why), c.n_tokens, c.msg);
+    CHECK(fb.n_used == 1, "slots in use %d after cancelling a and c, want 1", fb.n_used);
+    int bt = b.n_tokens;
+    CHECK(moe_sched_cancel(s, b.id) == MOE_OK, "cancel decode: %s", moe_last_error());
+    moe_sched_step(s);
+    CHECK(b.n_done == 1 && b.why == MOE_FINISH_CANCELLED && strstr(b.msg, "decode") && b.n_tokens == bt,
+          "b: done %d why %s tokens %d (was %d) msg '%s'", b.n_done, moe_finish_str(b.why), b.n_tokens, bt, b.msg);
+    CHECK(fb.n_used == 0, "slots in use %d after cancelling b", fb.n_used);
+    CHECK(moe_sched_cancel(s, b.id) == MOE_ENOENT, "second cancel of b not ENOENT");
+    CHECK(moe_sched_cancel(s, 9999) == MOE_ENOENT && strstr(moe_last_error(), "9999"), "unknown id: %s",
+          moe_last_error());
+    for (int i = 0; i < 3; i++)
+        moe_sched_step(s);
+    CHECK(a.n_done == 1 && b.n_done == 1 && c.n_done == 1, "done counts %d %d %d", a.n_done, b.n_done, c.n_done);
+    check_accounting(s, "cancel");
+    struct moe_sched_stats st;
+    moe_sched_stats(s, &st);
+    CHECK(st.cancelled == 3 && st.by_finish[MOE_FINISH_CANCELLED] == 3, "cancelled %llu",
+          (unsigned long long)st.cancelled);
+    moe_sched_destroy(s);
+}
+
+/* Deadlines: already past (ends before any work), and expiring mid-decode. */
+static void test_deadline(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 4, .micro_batch = 4, .prefill_chunk = 8 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    fb.delay_s = 0.002;
+    struct sc_req a = { 0 }, b = { 0 }, c = { 0 };
+    struct moe_gen_params g = gen(200);
+    g.deadline = moe_now() - 1.0;
+    REQUIRE(moe_sched_submit(s, prompt_of(5, 1), 5, &g, &sc_events, &a, &a.id) == MOE_OK, "submit a");
+    g.deadline = moe_now() + 0.05;
+    REQUIRE(moe_sched_submit(s, prompt_of(5, 2), 5, &g, &sc_events, &b, &b.id) == MOE_OK, "submit b");
+    g.deadline = 0;
+    g.max_tokens = 10;
+    REQUIRE(moe_sched_submit(s, prompt_of(5, 3), 5, &g, &sc_events, &c, &c.id) == MOE_OK, "submit c");
+    for (int i = 0; i < 400 && moe_sched_step(s) == MOE_OK; i++) {
+    }
+    CHECK(a.n_done == 1 && a.why == MOE_FINISH_DEADLINE && a.st == MOE_ETIMEDOUT && a.n_tokens == 0,
+          "a: done %d why %s tokens %d", a.n_done, moe_finish_str(a.why), a.n_tokens);
+    CHECK(b.n_done == 1 && b.why == MOE_FINISH_DEADLINE && b.n_tokens > 0 && b.n_tokens < 200,
+          "b: done %d why %s tokens %d", b.n_done, moe_finish_str(b.why), b.n_tokens);
+    CHECK(c.n_done == 1 && c.why == MOE_FINISH_LENGTH && c.n_tokens == 10, "c: done %d why %s tokens %d",
+          c.n_done, moe_finish_str(c.why), c.n_tokens);
+    CHECK(fb.n_used == 0, "slots in use %d", fb.n_used);
+    check_accounting(s, "deadline");
+    moe_sched_destroy(s);
+}
+
+/* An engine failure fails exactly the requests of that forward, once. */
+static void test_failure(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 4, .micro_batch = 2, .prefill_chunk = 8 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req r[4];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 4; i++) {
+        struct moe_gen_params g = gen(6);
+        REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
+    }
+    fb.fail_at = 6;
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    int failed = 0, done = 0;
+    for (int i = 0; i < 4; i++) {
+        CHECK(r[i].n_done == 1, "req %d: %d on_done", i, r[i].n_done);
+        if (r[i].why == MOE_FINISH_ERROR) {
+            failed++;
+            CHECK(r[i].st == MOE_EIO && strstr(r[i].msg, "injected"), "req %d: st %d msg '%s'", i, r[i].st, r[i].msg);
+        } else if (r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == 6) {
+            done++;
+        }
+    }
+    CHECK(failed >= 1 && failed <= 3 && failed + done == 4, "failed %d completed %d", failed, done);
+    CHECK(fb.n_used == 0, "slots in use %d", fb.n_used);
+    check_accounting(s, "failure");
+    moe_sched_destroy(s);
+}
+
+/* Priorities with aging: a low-priority request is not starved by a stream
+ * of high-priority ones; FCFS among equals. */
+static void test_priority(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 1, .micro_batch = 1, .prefill_chunk = 8, .aging_steps = 2,
+                                  .max_queued = 1000, .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req low, hi[200], eq[3];
+    memset(&low, 0, sizeof(low));
+    memset(hi, 0, sizeof(hi));
+    memset(eq, 0, sizeof(eq));
+    struct moe_gen_params g = gen(1);
+    REQUIRE(moe_sched_submit(s, prompt_of(2, 0), 2, &g, &sc_events, &low, &low.id) == MOE_OK, "submit low");
+    int low_done_at = -1;
+    g.priority = 5;
+    for (int i = 0; i < 200; i++) {
+        REQUIRE(moe_sched_submit(s, prompt_of(2, i + 1), 2, &g, &sc_events, &hi[i], &hi[i].id) == MOE_OK,
+                "submit hi %d: %s", i, moe_last_error());
+        moe_sched_step(s);
+        if (low.n_done && low_done_at < 0)
+            low_done_at = i;
+    }
+    CHECK(low_done_at >= 5 && low_done_at < 30, "low-priority request finished at step %d (want after the "
+          "first high ones, before step 30)", low_done_at);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    /* FCFS within a priority: equal requests finish in submission order */
+    g.priority = 0;
+    for (int i = 0; i < 3; i++)
+        REQUIRE(moe_sched_submit(s, prompt_of(2, i), 2, &g, &sc_events, &eq[i], &eq[i].id) == MOE_OK, "submit eq");
+    moe_sched_step(s);
+    CHECK(eq[0].n_done == 1 && eq[1].n_done == 0 && eq[2].n_done == 0, "FCFS: first step ended %d %d %d",
+          eq[0].n_done, eq[1].n_done, eq[2].n_done);
+    moe_sched_step(s);
+    CHECK(eq[1].n_done == 1 && eq[2].n_done == 0, "FCFS: second step ended %d %d", eq[1].n_done, eq[2].n_done);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    check_accounting(s, "priority");
+    moe_sched_destroy(s);
+}
+
+/* Drain with a short timeout cancels what is left, each once; destroy ends
+ * queued requests of a never-started scheduler. */
+static void test_drain_destroy(void)
+{
+    static struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 8,
+                                  .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    fb.delay_s = 0.001;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static struct sc_req r[5];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 5; i++) {
+        struct moe_gen_params g = gen(200);
+        r[i].mu = &mu;
+        REQUIRE(moe_sched_submit(s, prompt_of(4, i), 4, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
+    }
+    REQUIRE(moe_sched_start(s) == MOE_OK, "start");
+    CHECK(moe_sched_drain(s, 0.03) == MOE_OK, "drain: %s", moe_last_error());
+    for (int i = 0; i < 5; i++) {
+        pthread_mutex_lock(&mu);
+        CHECK(r[i].n_done == 1 && r[i].why == MOE_FINISH_CANCELLED, "drain req %d: done %d why %s", i, r[i].n_done,
+              moe_finish_str(r[i].why));
+        pthread_mutex_unlock(&mu);
+    }
+    check_accounting(s, "drain");
+    moe_sched_destroy(s);
+    CHECK(fb.n_used == 0, "slots in use %d after drain", fb.n_used);
+
+    be = fb_backend(&fb);
+    s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++) {
+        struct moe_gen_params g = gen(5);
+        REQUIRE(moe_sched_submit(s, prompt_of(4, i), 4, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
+    }
+    moe_sched_step(s);
+    moe_sched_destroy(s);
+    for (int i = 0; i < 3; i++)
+        CHECK(r[i].n_done == 1 && r[i].why == MOE_FINISH_CANCELLED && r[i].tokens_after_done == 0,
+              "destroy req %d: done %d why %s", i, r[i].n_done, moe_finish_str(r[i].why));
+    CHECK(fb.n_used == 0, "slots in use %d after destroy", fb.n_used);
+}
+
+int main(void)
+{
+    test_bounds();
+    test_mixed_threaded();
+    test_cancel();
+    test_deadline();
+    test_failure();
+    test_priority();
+    test_drain_destroy();
+    return t_result("test_sched_limits");
+}

@@ -1,0 +1,852 @@
+/* gRPC front end on gRPC C-core: one completion queue polled by one thread,
+ * raw byte buffers, protobuf-c messages.  Serves moeflow.v1.Generation,
+ * the KServe v2 subset of inference.GRPCInferenceService and
+ * grpc.health.v1.Health.
+ *
+ * Each call is a small state machine: initial metadata + first message are
+ * received together; a RECV_CLOSE_ON_SERVER batch stays pending the whole
+ * call and completes early with cancelled=1 when the client cancels, goes
+ * away or the deadline passes (then the generation is cancelled at once).
+ * Outgoing messages wait in a per-call queue: one SEND_MESSAGE in flight at
+ * a time, the status goes last.  Scheduler events reach this thread through
+ * the inbox, which is drained after every completion-queue wake-up (at most
+ * GRPC_POLL_MS apart). */
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grpc_service.pb-c.h"
+#include "health.pb-c.h"
+#include "moeflow.pb-c.h"
+#include "srv.h"
+
+#define GRPC_POLL_MS 2
+#define GRPC_PENDING_ACCEPTS 8
+
+enum gmethod {
+    GM_UNKNOWN,
+    GM_GENERATE, GM_TOKENIZE, GM_MODEL_INFO,
+    GM_HEALTH,
+    GM_LIVE, GM_READY, GM_MODEL_READY, GM_SERVER_META, GM_MODEL_META, GM_INFER, GM_STREAM_INFER,
+};
+
+static const struct { const char *path; enum gmethod m; } methods[] = {
+    { "/moeflow.v1.Generation/Generate", GM_GENERATE },
+    { "/moeflow.v1.Generation/Tokenize", GM_TOKENIZE },
+    { "/moeflow.v1.Generation/ModelInfo", GM_MODEL_INFO },
+    { "/grpc.health.v1.Health/Check", GM_HEALTH },
+    { "/inference.GRPCInferenceService/ServerLive", GM_LIVE },
+    { "/inference.GRPCInferenceService/ServerReady", GM_READY },
+    { "/inference.GRPCInferenceService/ModelReady", GM_MODEL_READY },
+    { "/inference.GRPCInferenceService/ServerMetadata", GM_SERVER_META },
+    { "/inference.GRPCInferenceService/ModelMetadata", GM_MODEL_META },
+    { "/inference.GRPCInferenceService/ModelInfer", GM_INFER },
+    { "/inference.GRPCInferenceService/ModelStreamInfer", GM_STREAM_INFER },
+};
+
+enum gop { GOP_NEW, GOP_RECV, GOP_SEND, GOP_CLOSE, GOP_STATUS, GOP_SHUTDOWN };
+
+struct gcall;
+struct gtag {
+    struct gcall *c;
+    enum gop op;
+};
+
+struct gmsg {
+    grpc_byte_buffer *bb;
+    struct gmsg *next;
+};
+
+struct gcall {
+    struct grpc_front *gf;
+    grpc_call *call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+    enum gmethod m;
+    struct gtag t_new, t_recv, t_send, t_close, t_status;
+    grpc_byte_buffer *recv_bb;
+    grpc_byte_buffer *send_bb;     /* message in flight, destroyed when its send completes */
+    int cancelled;                 /* set by RECV_CLOSE_ON_SERVER */
+    int pending;                   /* batches in flight */
+    bool started;                  /* NEW completed: the call exists */
+    bool close_done, send_busy, status_queued, status_started, recv_eof, got_msg;
+    struct gmsg *q_head, *q_tail;
+    grpc_status_code code;
+    char status_msg[512];
+    struct srv_gen *g;             /* active generation */
+    bool kstream;                  /* ModelStreamInfer: one response per token */
+    char kid[128];                 /* KServe request id */
+    struct moe_strbuf acc;         /* ModelInfer / non-streamed: text so far */
+    double deadline;               /* moe_now() seconds, 0 = none */
+    struct gcall *next_live, *prev_live;
+};
+
+struct grpc_front {
+    struct moe_server *srv;
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    struct srv_inbox inbox;
+    pthread_t thread;
+    atomic_bool stop;
+    bool shutdown_started, shutdown_done, cq_shutdown;
+    struct gtag t_shutdown;
+    int n_calls;                   /* gcall objects alive (including pending accepts) */
+};
+
+/* ---- calls ---- */
+
+static void accept_one(struct grpc_front *gf);
+
+static struct gcall *gcall_new(struct grpc_front *gf)
+{
+    struct gcall *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->gf = gf;
+    grpc_call_details_init(&c->details);
+    grpc_metadata_array_init(&c->md);
+    c->t_new = (struct gtag){ c, GOP_NEW };
+    c->t_recv = (struct gtag){ c, GOP_RECV };
+    c->t_send = (struct gtag){ c, GOP_SEND };
+    c->t_close = (struct gtag){ c, GOP_CLOSE };
+    c->t_status = (struct gtag){ c, GOP_STATUS };
+    gf->n_calls++;
+    return c;
+}
+
+static void gcall_drop_queue(struct gcall *c)
+{
+    while (c->q_head) {
+        struct gmsg *m = c->q_head;
+        c->q_head = m->next;
+        grpc_byte_buffer_destroy(m->bb);
+        free(m);
+    }
+    c->q_tail = NULL;
+}
+
+static void gcall_free(struct gcall *c)
+{
+    if (c->g) {
+        srv_gen_abandon(c->g);
+        c->g = NULL;
+    }
+    gcall_drop_queue(c);
+    if (c->recv_bb)
+        grpc_byte_buffer_destroy(c->recv_bb);
+    if (c->call)
+        grpc_call_unref(c->call);
+    grpc_call_details_destroy(&c->details);
+    grpc_metadata_array_destroy(&c->md);
+    moe_strbuf_free(&c->acc);
+    c->gf->n_calls--;
+    free(c);
+}
+
+/* Free the call once nothing is in flight and it has ended. */
+static bool gcall_maybe_free(struct gcall *c)
+{
+    if (c->pending == 0 && c->close_done) {
+        gcall_free(c);
+        return true;
+    }
+    return false;
+}
+
+static bool start_batch(struct gcall *c, const grpc_op *ops, size_t n, struct gtag *tag)
+{
+    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
+    if (e != GRPC_CALL_OK) {
+        MOE_WARN("grpc: start_batch failed (%d)", (int)e);
+        return false;
+    }
+    c->pending++;
+    return true;
+}
+
+static void send_status_now(struct gcall *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    op.data.send_status_from_server.status = c->code;
+    grpc_slice det = grpc_slice_from_copied_string(c->status_msg);
+    op.data.send_status_from_server.status_details = c->code == GRPC_STATUS_OK ? NULL : &det;
+    c->status_started = true;
+    start_batch(c, &op, 1, &c->t_status);
+    grpc_slice_unref(det);
+}
+
+static void pump_send(struct gcall *c)
+{
+    if (c->send_busy || c->status_started || c->cancelled)
+        return;
+    if (c->q_head) {
+        struct gmsg *m = c->q_head;
+        c->q_head = m->next;
+        if (!c->q_head)
+            c->q_tail = NULL;
+        grpc_op op;
+        memset(&op, 0, sizeof(op));
+        op.op = GRPC_OP_SEND_MESSAGE;
+        op.data.send_message.send_message = m->bb;
+        c->send_busy = true;
+        c->send_bb = m->bb;
+        free(m);
+        if (!start_batch(c, &op, 1, &c->t_send)) {
+            c->send_busy = false;
+            grpc_byte_buffer_destroy(c->send_bb);
+            c->send_bb = NULL;
+        }
+        return;
+    }
+    if (c->status_queued)
+        send_status_now(c);
+}
+
+static void queue_bytes(struct gcall *c, const uint8_t *buf, size_t len)
+{
+    if (c->cancelled || c->status_queued)
+        return;
+    struct gmsg *m = calloc(1, sizeof(*m));
+    if (!m)
+        return;
+    grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, len);
+    m->bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    if (c->q_tail)
+        c->q_tail->next = m;
+    else
+        c->q_head = m;
+    c->q_tail = m;
+    pump_send(c);
+}
+
+#define QUEUE_MSG(c, fn, msg)                                                 \
+    do {                                                                      \
+        size_t _n = fn##__get_packed_size(msg);                               \
+        uint8_t *_b = malloc(_n ? _n : 1);                                    \
+        if (_b) {                                                             \
+            fn##__pack(msg, _b);                                              \
+            queue_bytes(c, _b, _n);                                           \
+            free(_b);                                                         \
+        }                                                                     \
+    } while (0)
+
+static void queue_status(struct gcall *c, grpc_status_code code, const char *msg)
+{
+    if (c->status_queued)
+        return;
+    c->status_queued = true;
+    c->code = code;
+    snprintf(c->status_msg, sizeof(c->status_msg), "%s", msg ? msg : "");
+    pump_send(c);
+}
+
+static void post_recv(struct gcall *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->recv_bb;
+    start_batch(c, &op, 1, &c->t_recv);
+}
+
+static double call_deadline(const struct gcall *c)
+{
+    gpr_timespec inf = gpr_inf_future(c->details.deadline.clock_type);
+    if (gpr_time_cmp(c->details.deadline, inf) == 0)
+        return 0;
+    gpr_timespec dl = gpr_convert_clock_type(c->details.deadline, GPR_CLOCK_MONOTONIC);
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    double rem = gpr_timespec_to_micros(gpr_time_sub(dl, now)) / 1e6;
+    if (rem > 1e7)
+        return 0;
+    return moe_now() + (rem > 0 ? rem : 0);
+}
+
+/* ---- unary handlers ---- */
+
+static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
+{
+    struct moe_server *s = c->gf->srv;
+    Grpc__Health__V1__HealthCheckRequest *rq =
+        grpc__health__v1__health_check_request__unpack(NULL, len, buf);
+    if (!rq) {
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "HealthCheckRequest: malformed protobuf");
+        return;
+    }
+    const char *svc = rq->service ? rq->service : "";
+    bool known = !svc[0] || !strcmp(svc, "moeflow.v1.Generation") ||
+                 !strcmp(svc, "inference.GRPCInferenceService");
+    if (!known) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "unknown service '%.200s'", svc);
+        grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
+        queue_status(c, GRPC_STATUS_NOT_FOUND, msg);
+        return;
+    }
+    grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
+    Grpc__Health__V1__HealthCheckResponse rs = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    rs.status = atomic_load(&s->ready) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+    QUEUE_MSG(c, grpc__health__v1__health_check_response, &rs);
+    queue_status(c, GRPC_STATUS_OK, NULL);
+}
+
+static void do_tokenize(struct gcall *c, const uint8_t *buf, size_t len)
+{
+    struct moe_server *s = c->gf->srv;
+    Moeflow__V1__TokenizeRequest *rq = moeflow__v1__tokenize_request__unpack(NULL, len, buf);
+    if (!rq) {
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "TokenizeRequest: malformed protobuf");
+        return;
+    }
+    int *ids = NULL;
+    size_t n = 0;
+    const char *text = rq->text ? rq->text : "";
+    enum moe_status st = moe_utf8_valid(text, strlen(text)) ?
+                             moe_tokenizer_encode(s->tok, text, strlen(text), &ids, &n) :
+                             moe_errorf(MOE_EINVAL, "text is not valid UTF-8");
+    if (st != MOE_OK) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "text: %s", moe_last_error());
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+    } else {
+        Moeflow__V1__TokenizeResponse rs = MOEFLOW__V1__TOKENIZE_RESPONSE__INIT;
+        int32_t *ids32 = malloc((n ? n : 1) * sizeof(int32_t));
+        if (ids32) {
+            for (size_t i = 0; i < n; i++)
+                ids32[i] = ids[i];
+            rs.n_token_ids = n;
+            rs.token_ids = ids32;
+            QUEUE_MSG(c, moeflow__v1__tokenize_response, &rs);
+            queue_status(c, GRPC_STATUS_OK, NULL);
+        } else {
+            queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        }
+        free(ids32);
+    }
+    free(ids);
+    moeflow__v1__tokenize_request__free_unpacked(rq, NULL);
+}
+
+static void do_model_info(struct gcall *c)
+{
+    struct moe_server *s = c->gf->srv;
+    const struct moe_config *mc = &s->model->cfg;
+    Moeflow__V1__ModelInfoResponse rs = MOEFLOW__V1__MODEL_INFO_RESPONSE__INIT;
+    rs.name = s->model_name;
+    rs.family = (char *)moe_family_name(mc->family);
+    rs.n_layers = mc->n_layers;
+    rs.n_experts = mc->n_experts;
+    rs.top_k = mc->top_k;
+    rs.vocab_size = mc->vocab;
+    rs.max_context = s->max_ctx;
+    rs.eos_token_id = mc->eos_id;
+    rs.max_output = s->cfg.max_output;
+    rs.max_prompt = s->cfg.max_prompt;
+    QUEUE_MSG(c, moeflow__v1__model_info_response, &rs);
+    queue_status(c, GRPC_STATUS_OK, NULL);
+}
+
+static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
+{
+    struct moe_server *s = c->gf->srv;
+    bool ready = atomic_load(&s->ready);
+    switch (c->m) {
+    case GM_LIVE: {
+        Inference__ServerLiveResponse rs = INFERENCE__SERVER_LIVE_RESPONSE__INIT;
+        rs.live = true;
+        QUEUE_MSG(c, inference__server_live_response, &rs);
+        break;
+    }
+    case GM_READY: {
+        Inference__ServerReadyResponse rs = INFERENCE__SERVER_READY_RESPONSE__INIT;
+        rs.ready = ready;
+        QUEUE_MSG(c, inference__server_ready_response, &rs);
+        break;
+    }
+    case GM_MODEL_READY: {
+        Inference__ModelReadyRequest *rq = inference__model_ready_request__unpack(NULL, len, buf);
+        if (!rq) {
+            queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "ModelReadyRequest: malformed protobuf");
+            return;
+        }
+        Inference__ModelReadyResponse rs = INFERENCE__MODEL_READY_RESPONSE__INIT;
+        rs.ready = ready && rq->name && !strcmp(rq->name, s->model_name);
+        inference__model_ready_request__free_unpacked(rq, NULL);
+        QUEUE_MSG(c, inference__model_ready_response, &rs);
+        break;
+    }
+    case GM_SERVER_META: {
+        Inference__ServerMetadataResponse rs = INFERENCE__SERVER_METADATA_RESPONSE__INIT;
+        rs.name = "moeflow";
+        rs.version = "0.1.0";
+        QUEUE_MSG(c, inference__server_metadata_response, &rs);
+        break;
+    }
+    case GM_MODEL_META: {
+        Inference__ModelMetadataRequest *rq = inference__model_metadata_request__unpack(NULL, len, buf);
+        if (!rq) {
+            queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "ModelMetadataRequest: malformed protobuf");
+            return;
+        }
+        bool match = rq->name && !strcmp(rq->name, s->model_name);
+        char msg[400];
+        snprintf(msg, sizeof(msg), "model '%.200s' is not served here (serving '%s')",
+                 rq->name ? rq->name : "", s->model_name);
+        inference__model_metadata_request__free_unpacked(rq, NULL);
+        if (!match) {
+            queue_status(c, GRPC_STATUS_NOT_FOUND, msg);
+            return;
+        }
+        Inference__ModelMetadataResponse rs = INFERENCE__MODEL_METADATA_RESPONSE__INIT;
+        Inference__ModelMetadataResponse__TensorMetadata ti[3], to[1];
+        Inference__ModelMetadataResponse__TensorMetadata *pi[3], *po[1];
+        static const char *in_names[3] = { "text_input", "max_tokens", "stream" };
+        static const char *in_types[3] = { "BYTES", "INT32", "BOOL" };
+        int64_t shape1[1] = { 1 };
+        for (int i = 0; i < 3; i++) {
+            inference__model_metadata_response__tensor_metadata__init(&ti[i]);
+            ti[i].name = (char *)in_names[i];
+            ti[i].datatype = (char *)in_types[i];
+            ti[i].n_shape = 1;
+            ti[i].shape = shape1;
+            pi[i] = &ti[i];
+        }
+        inference__model_metadata_response__tensor_metadata__init(&to[0]);
+        to[0].name = "text_output";
+        to[0].datatype = "BYTES";
+        to[0].n_shape = 1;
+        to[0].shape = shape1;
+        po[0] = &to[0];
+        char *versions[1] = { "1" };
+        rs.name = s->model_name;
+        rs.n_versions = 1;
+        rs.versions = versions;
+        rs.platform = "moeflow";
+        rs.n_inputs = 3;
+        rs.inputs = pi;
+        rs.n_outputs = 1;
+        rs.outputs = po;
+        QUEUE_MSG(c, inference__model_metadata_response, &rs);
+        break;
+    }
+    default:
+        break;
+    }
+    queue_status(c, GRPC_STATUS_OK, NULL);
+}
+
+/* ---- generation ---- */
+
+static void kserve_send(struct gcall *c, const char *text, size_t len, bool final, const char *err)
+{
+    struct moe_server *s = c->gf->srv;
+    Inference__ModelInferResponse ir = INFERENCE__MODEL_INFER_RESPONSE__INIT;
+    ir.model_name = s->model_name;
+    ir.model_version = "1";
+    ir.id = c->kid;
+    Inference__InferParameter fp = INFERENCE__INFER_PARAMETER__INIT;
+    fp.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+    fp.bool_param = final;
+    Inference__ModelInferResponse__ParametersEntry pe = INFERENCE__MODEL_INFER_RESPONSE__PARAMETERS_ENTRY__INIT;
+    pe.key = "triton_final_response";
+    pe.value = &fp;
+    Inference__ModelInferResponse__ParametersEntry *pes[1] = { &pe };
+    ir.n_parameters = 1;
+    ir.parameters = pes;
+    Inference__ModelInferResponse__InferOutputTensor ot =
+        INFERENCE__MODEL_INFER_RESPONSE__INFER_OUTPUT_TENSOR__INIT;
+    Inference__InferTensorContents tc = INFERENCE__INFER_TENSOR_CONTENTS__INIT;
+    ProtobufCBinaryData bd = { len, (uint8_t *)text };
+    Inference__ModelInferResponse__InferOutputTensor *ots[1] = { &ot };
+    int64_t shape1[1] = { 1 };
+    if (!err) {
+        ot.name = "text_output";
+        ot.datatype = "BYTES";
+        ot.n_shape = 1;
+        ot.shape = shape1;
+        tc.n_bytes_contents = 1;
+        tc.bytes_contents = &bd;
+        ot.contents = &tc;
+        ir.n_outputs = 1;
+        ir.outputs = ots;
+    }
+    if (c->m == GM_INFER) {
+        QUEUE_MSG(c, inference__model_infer_response, &ir);
+        return;
+    }
+    Inference__ModelStreamInferResponse sr = INFERENCE__MODEL_STREAM_INFER_RESPONSE__INIT;
+    sr.error_message = err ? (char *)err : "";
+    sr.infer_response = &ir;
+    QUEUE_MSG(c, inference__model_stream_infer_response, &sr);
+}
+
+static void gen_progress(struct gcall *c)
+{
+    struct srv_gen *g = c->g;
+    struct srv_events ev;
+    srv_gen_events(g, &ev);
+    size_t len = 0;
+    char *text = srv_gen_text(g, ev.toks, ev.n_toks, ev.done, &len);
+    bool ok = ev.why == MOE_FINISH_LENGTH || ev.why == MOE_FINISH_STOP;
+    if (c->m == GM_GENERATE) {
+        if (ev.n_toks || (ev.done && ok)) {
+            Moeflow__V1__GenerateResponse rs = MOEFLOW__V1__GENERATE_RESPONSE__INIT;
+            int32_t *ids = malloc(((size_t)ev.n_toks + 1) * sizeof(int32_t));
+            for (int i = 0; ids && i < ev.n_toks; i++)
+                ids[i] = ev.toks[i];
+            rs.n_token_ids = ids ? (size_t)ev.n_toks : 0;
+            rs.token_ids = ids;
+            rs.text = text ? text : "";
+            if (ev.done && ok) {
+                rs.finished = true;
+                rs.finish_reason = (char *)moe_finish_str(ev.why);
+                rs.prompt_tokens = ev.n_prompt;
+                rs.completion_tokens = ev.n_generated;
+            }
+            QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
+            free(ids);
+        }
+    } else if (c->kstream) {
+        if (ev.n_toks > 0 || ev.done) {
+            if (ev.done && !ok) {
+                if (len)
+                    kserve_send(c, text, len, false, NULL);
+            } else {
+                kserve_send(c, text ? text : "", text ? len : 0, ev.done, NULL);
+            }
+        }
+    } else if (text && len) {
+        moe_strbuf_printf(&c->acc, "%.*s", (int)len, text);
+    }
+    free(text);
+    free(ev.toks);
+    if (!ev.done)
+        return;
+    char msg[400];
+    snprintf(msg, sizeof(msg), "request %s%s%s", moe_finish_str(ev.why), ev.msg[0] ? ": " : "",
+             ev.msg);
+    c->g = NULL;
+    srv_gen_abandon(g);
+    if (c->m == GM_GENERATE || c->m == GM_INFER) {
+        if (ok && c->m == GM_INFER)
+            kserve_send(c, c->acc.s ? c->acc.s : "", c->acc.len, true, NULL);
+        queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st),
+                     ok ? NULL : msg);
+        return;
+    }
+    /* ModelStreamInfer: report, then take the next request of the stream. */
+    if (!c->kstream && ok)
+        kserve_send(c, c->acc.s ? c->acc.s : "", c->acc.len, true, NULL);
+    else if (!ok)
+        kserve_send(c, NULL, 0, true, msg);
+    moe_strbuf_free(&c->acc);
+    if (c->recv_eof)
+        queue_status(c, GRPC_STATUS_OK, NULL);
+    else if (!c->cancelled)
+        post_recv(c);
+}
+
+static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
+{
+    struct moe_server *s = c->gf->srv;
+    struct moe_gen_request r;
+    enum moe_status st;
+    if (c->m == GM_GENERATE)
+        st = moe_req_parse_generate(buf, len, &r);
+    else
+        st = moe_req_parse_kserve(buf, len, &r);
+    if (st == MOE_OK) {
+        if (c->m != GM_GENERATE)
+            snprintf(c->kid, sizeof(c->kid), "%s", r.id);
+        c->kstream = c->m == GM_STREAM_INFER && r.stream;
+        st = srv_gen_submit(s, &c->gf->inbox, c, &r, c->deadline, &c->g);
+        moe_gen_request_free(&r);
+    } else {
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+    }
+    if (st == MOE_OK)
+        return;
+    if (c->m == GM_STREAM_INFER) {
+        /* Decoupled stream: the error is a response; the stream stays open. */
+        kserve_send(c, NULL, 0, true, moe_last_error());
+        if (c->recv_eof)
+            queue_status(c, GRPC_STATUS_OK, NULL);
+        else
+            post_recv(c);
+        return;
+    }
+    queue_status(c, (grpc_status_code)srv_grpc_code(st), moe_last_error());
+}
+
+static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
+{
+    switch (c->m) {
+    case GM_HEALTH: do_health(c, buf, len); break;
+    case GM_TOKENIZE: do_tokenize(c, buf, len); break;
+    case GM_MODEL_INFO: do_model_info(c); break;
+    case GM_LIVE: case GM_READY: case GM_MODEL_READY: case GM_SERVER_META: case GM_MODEL_META:
+        do_kserve_simple(c, buf, len);
+        break;
+    case GM_GENERATE: case GM_INFER: case GM_STREAM_INFER: do_generate(c, buf, len); break;
+    case GM_UNKNOWN: {
+        char msg[300];
+        char *m = grpc_slice_to_c_string(c->details.method);
+        snprintf(msg, sizeof(msg), "method %.200s is not served here", m ? m : "?");
+        gpr_free(m);
+        queue_status(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+        break;
+    }
+    }
+}
+
+/* ---- completion handling ---- */
+
+static void on_new_call(struct gcall *c, bool ok)
+{
+    struct grpc_front *gf = c->gf;
+    c->pending--;
+    if (!ok) { /* server shutting down */
+        gcall_free(c);
+        return;
+    }
+    if (!atomic_load(&gf->stop))
+        accept_one(gf);
+    c->started = true;
+    moe_metrics_count(&gf->srv->metrics, &gf->srv->metrics.grpc_calls, 1);
+    c->m = GM_UNKNOWN;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(methods); i++)
+        if (!grpc_slice_str_cmp(c->details.method, methods[i].path))
+            c->m = methods[i].m;
+    c->deadline = call_deadline(c);
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_RECV_MESSAGE;
+    ops[1].data.recv_message.recv_message = &c->recv_bb;
+    bool a = start_batch(c, ops, 2, &c->t_recv);
+    grpc_op cl;
+    memset(&cl, 0, sizeof(cl));
+    cl.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    cl.data.recv_close_on_server.cancelled = &c->cancelled;
+    bool b = start_batch(c, &cl, 1, &c->t_close);
+    if (!b)
+        c->close_done = true;
+    if (!a && !b)
+        gcall_maybe_free(c);
+}
+
+static void on_recv(struct gcall *c, bool ok)
+{
+    c->pending--;
+    grpc_byte_buffer *bb = c->recv_bb;
+    c->recv_bb = NULL;
+    if (!ok || c->cancelled) {
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+        return;
+    }
+    if (!bb) {
+        c->recv_eof = true;
+        if (c->m == GM_STREAM_INFER) {
+            if (!c->g)
+                queue_status(c, GRPC_STATUS_OK, NULL);
+        } else if (!c->got_msg) {
+            queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "no request message");
+        }
+        return;
+    }
+    c->got_msg = true;
+    grpc_byte_buffer_reader rd;
+    if (!grpc_byte_buffer_reader_init(&rd, bb)) {
+        grpc_byte_buffer_destroy(bb);
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "cannot read the request message");
+        return;
+    }
+    grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    grpc_byte_buffer_destroy(bb);
+    size_t max = (size_t)c->gf->srv->cfg.max_message_bytes;
+    if (GRPC_SLICE_LENGTH(sl) > max) {
+        queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "request message exceeds max-message-bytes");
+    } else {
+        on_message(c, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
+    }
+    grpc_slice_unref(sl);
+}
+
+static void on_close(struct gcall *c)
+{
+    c->pending--;
+    c->close_done = true;
+    if (c->cancelled) {
+        if (c->g) { /* client cancel, disconnect or deadline: free KV and pins now */
+            srv_gen_abandon(c->g);
+            c->g = NULL;
+        }
+        gcall_drop_queue(c);
+    }
+}
+
+static void handle_event(struct grpc_front *gf, struct gtag *t, bool ok)
+{
+    if (t == &gf->t_shutdown) {
+        gf->shutdown_done = true;
+        return;
+    }
+    struct gcall *c = t->c;
+    switch (t->op) {
+    case GOP_NEW: on_new_call(c, ok); return;
+    case GOP_RECV: on_recv(c, ok); break;
+    case GOP_SEND:
+        c->pending--;
+        c->send_busy = false;
+        grpc_byte_buffer_destroy(c->send_bb);
+        c->send_bb = NULL;
+        if (!ok)
+            gcall_drop_queue(c);
+        pump_send(c);
+        break;
+    case GOP_STATUS: c->pending--; break;
+    case GOP_CLOSE: on_close(c); break;
+    case GOP_SHUTDOWN: break;
+    }
+    gcall_maybe_free(c);
+}
+
+static void drain_inbox(struct grpc_front *gf)
+{
+    for (struct srv_gen *g = srv_inbox_take(&gf->inbox), *n; g; g = n) {
+        n = g->next;
+        pthread_mutex_lock(&gf->inbox.mu);
+        struct gcall *c = g->owner;
+        pthread_mutex_unlock(&gf->inbox.mu);
+        if (c && c->g == g) {
+            gen_progress(c);
+            gcall_maybe_free(c);
+        }
+        srv_gen_put(g);
+    }
+}
+
+static void accept_one(struct grpc_front *gf)
+{
+    struct gcall *c = gcall_new(gf);
+    if (!c)
+        return;
+    grpc_call_error e = grpc_server_request_call(gf->server, &c->call, &c->details, &c->md, gf->cq,
+                                                 gf->cq, &c->t_new);
+    if (e != GRPC_CALL_OK) {
+        gcall_free(c);
+        return;
+    }
+    c->pending++;
+}
+
+static void *grpc_thread(void *arg)
+{
+    struct grpc_front *gf = arg;
+    for (;;) {
+        gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                       gpr_time_from_millis(GRPC_POLL_MS, GPR_TIMESPAN));
+        grpc_event ev = grpc_completion_queue_next(gf->cq, dl, NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type == GRPC_OP_COMPLETE)
+            handle_event(gf, ev.tag, ev.success != 0);
+        drain_inbox(gf);
+        if (atomic_load(&gf->stop)) {
+            if (!gf->shutdown_started) {
+                gf->shutdown_started = true;
+                grpc_server_shutdown_and_notify(gf->server, gf->cq, &gf->t_shutdown);
+                grpc_server_cancel_all_calls(gf->server);
+            }
+            if (gf->shutdown_done && gf->n_calls == 0 && !gf->cq_shutdown) {
+                gf->cq_shutdown = true;
+                grpc_completion_queue_shutdown(gf->cq);
+            }
+        }
+    }
+    return NULL;
+}
+
+struct grpc_front *srv_grpc_start(struct moe_server *s)
+{
+    struct grpc_front *gf = calloc(1, sizeof(*gf));
+    if (!gf) {
+        moe_errorf(MOE_ENOMEM, "out of memory");
+        return NULL;
+    }
+    gf->srv = s;
+    gf->t_shutdown.op = GOP_SHUTDOWN;
+    srv_inbox_init(&gf->inbox, NULL, NULL);
+    grpc_init();
+    grpc_arg args[2];
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = s->cfg.max_message_bytes;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[1].value.integer = s->cfg.max_message_bytes;
+    grpc_channel_args ca = { 2, args };
+    gf->server = grpc_server_create(&ca, NULL);
+    gf->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(gf->server, gf->cq, NULL);
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%s:%d", s->cfg.host, s->cfg.grpc_port);
+    grpc_server_credentials *cred = grpc_insecure_server_credentials_create();
+    int port = grpc_server_add_http2_port(gf->server, addr, cred);
+    grpc_server_credentials_release(cred);
+    if (port == 0) {
+        moe_errorf(MOE_EIO, "cannot bind %s (in use? pick another --grpc-port)", addr);
+        grpc_server_destroy(gf->server);
+        grpc_completion_queue_shutdown(gf->cq);
+        while (grpc_completion_queue_next(gf->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+               GRPC_QUEUE_SHUTDOWN) {
+        }
+        grpc_completion_queue_destroy(gf->cq);
+        grpc_shutdown();
+        srv_inbox_free(&gf->inbox);
+        free(gf);
+        return NULL;
+    }
+    grpc_server_start(gf->server);
+    for (int i = 0; i < GRPC_PENDING_ACCEPTS; i++)
+        accept_one(gf);
+    if (pthread_create(&gf->thread, NULL, grpc_thread, gf) != 0) {
+        moe_errorf(MOE_EIO, "cannot start the gRPC thread");
+        atomic_store(&gf->stop, true);
+        grpc_thread(gf); /* runs the shutdown on this thread */
+        grpc_server_destroy(gf->server);
+        grpc_completion_queue_destroy(gf->cq);
+        grpc_shutdown();
+        srv_inbox_free(&gf->inbox);
+        free(gf);
+        return NULL;
+    }
+    return gf;
+}
+
+void srv_grpc_stop(struct grpc_front *gf)
+{
+    if (!gf)
+        return;
+    atomic_store(&gf->stop, true);
+    pthread_join(gf->thread, NULL);
+    grpc_server_destroy(gf->server);
+    grpc_completion_queue_destroy(gf->cq);
+    grpc_shutdown();
+    srv_inbox_free(&gf->inbox);
+    free(gf);
+}

@@ -1,0 +1,454 @@
+/* HTTP front end (libevent evhttp): OpenAI-compatible completions and chat
+ * completions (JSON or server-sent events), /v1/models, /health, /ready,
+ * /metrics.  One event-loop thread; scheduler events arrive through the
+ * inbox and an event made active from the scheduler thread. */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "srv.h"
+
+struct http_front {
+    struct moe_server *srv;
+    struct event_base *base;
+    struct evhttp *http;
+    struct event *wake_ev;
+    struct srv_inbox inbox;
+    pthread_t thread;
+    uint64_t next_id;
+};
+
+struct hreq {
+    struct http_front *hf;
+    struct evhttp_request *req;   /* NULL once the connection is gone */
+    struct srv_gen *g;
+    bool stream, chat, include_usage, started;
+    char id[48];
+    long long created;
+    struct evbuffer *text;        /* non-streamed: the text so far */
+};
+
+static void wake_cb(void *arg)
+{
+    struct http_front *h = arg;
+    event_active(h->wake_ev, EV_READ, 0);
+}
+
+static void send_json(struct evhttp_request *req, int code, json_t *j)
+{
+    struct evbuffer *b = evbuffer_new();
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (b && s)
+        evbuffer_add(b, s, strlen(s));
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
+    free(s);
+    if (b)
+        evbuffer_free(b);
+}
+
+static const char *err_type(int code)
+{
+    switch (code) {
+    case 400: return "invalid_request_error";
+    case 404: return "not_found_error";
+    case 413: return "request_too_large";
+    case 429: return "rate_limit_error";
+    case 503: return "unavailable";
+    case 504: return "timeout";
+    default: return "server_error";
+    }
+}
+
+static json_t *err_json(int code, const char *msg)
+{
+    return json_pack("{s:{s:s,s:s,s:i}}", "error", "message", msg, "type", err_type(code), "code",
+                     code);
+}
+
+static void send_error(struct evhttp_request *req, int code, const char *msg)
+{
+    json_t *j = err_json(code, msg);
+    send_json(req, code, j);
+    json_decref(j);
+}
+
+static void send_text(struct evhttp_request *req, int code, const char *ctype, const char *body,
+                      size_t len)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b)
+        evbuffer_add(b, body, len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
+    if (b)
+        evbuffer_free(b);
+}
+
+static void hreq_free(struct hreq *r)
+{
+    if (r->text)
+        evbuffer_free(r->text);
+    free(r);
+}
+
+/* The client went away: cancel the generation at once, forget the request. */
+static void conn_close_cb(struct evhttp_connection *conn, void *arg)
+{
+    struct hreq *r = arg;
+    r->req = NULL;
+    if (r->g) {
+        srv_gen_abandon(r->g);
+        r->g = NULL;
+    }
+    hreq_free(r);
+    (void)conn;
+}
+
+static void hreq_detach(struct hreq *r)
+{
+    if (r->req) {
+        struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+        if (c)
+            evhttp_connection_set_closecb(c, NULL, NULL);
+    }
+}
+
+static const char *obj_name(const struct hreq *r)
+{
+    if (r->chat)
+        return r->stream ? "chat.completion.chunk" : "chat.completion";
+    return "text_completion";
+}
+
+static json_t *usage_json(int p, int c)
+{
+    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", p, "completion_tokens", c, "total_tokens", p + c);
+}
+
+static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const char *finish)
+{
+    json_t *choice;
+    json_t *fr = finish ? json_string(finish) : json_null();
+    if (r->chat) {
+        json_t *delta = json_object();
+        if (!r->started)
+            json_object_set_new(delta, "role", json_string("assistant"));
+        if (len || !finish)
+            json_object_set_new(delta, "content", json_stringn(text, len));
+        choice = json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason", fr);
+    } else {
+        choice = json_pack("{s:i,s:s%,s:n,s:o}", "index", 0, "text", text, len, "logprobs",
+                           "finish_reason", fr);
+    }
+    return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->id, "object", obj_name(r), "created",
+                     (json_int_t)r->created, "model", r->hf->srv->model_name, "choices", choice);
+}
+
+static void sse_send(struct hreq *r, json_t *j)
+{
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    struct evbuffer *b = evbuffer_new();
+    if (s && b) {
+        evbuffer_add_printf(b, "data: %s\n\n", s);
+        evhttp_send_reply_chunk(r->req, b);
+    }
+    free(s);
+    if (b)
+        evbuffer_free(b);
+    json_decref(j);
+}
+
+static void sse_done(struct hreq *r)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b) {
+        evbuffer_add_printf(b, "data: [DONE]\n\n");
+        evhttp_send_reply_chunk(r->req, b);
+        evbuffer_free(b);
+    }
+    evhttp_send_reply_end(r->req);
+}
+
+/* Deliver new events of one generation to its HTTP request. */
+static void hreq_progress(struct hreq *r)
+{
+    struct srv_gen *g = r->g;
+    struct srv_events ev;
+    srv_gen_events(g, &ev);
+    size_t len = 0;
+    if (r->stream) {
+        for (int i = 0; i < ev.n_toks; i++) {
+            bool last = ev.done && i == ev.n_toks - 1;
+            char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len);
+            sse_send(r, chunk_json(r, t ? t : "", t ? len : 0, NULL));
+            r->started = true;
+            free(t);
+        }
+    } else if (ev.n_toks) {
+        char *t = srv_gen_text(g, ev.toks, ev.n_toks, ev.done, &len);
+        if (t)
+            evbuffer_add(r->text, t, len);
+        free(t);
+    }
+    free(ev.toks);
+    if (!ev.done)
+        return;
+    if (ev.n_toks == 0 || !r->stream) {
+        char *t = srv_gen_text(g, NULL, 0, true, &len); /* flush held-back bytes */
+        if (t && len) {
+            if (r->stream)
+                sse_send(r, chunk_json(r, t, len, NULL));
+            else
+                evbuffer_add(r->text, t, len);
+        }
+        free(t);
+    }
+    bool ok = ev.why == MOE_FINISH_LENGTH || ev.why == MOE_FINISH_STOP;
+    const char *finish = moe_finish_str(ev.why);
+    char msg[320];
+    snprintf(msg, sizeof(msg), "request %s%s%s", finish, ev.msg[0] ? ": " : "", ev.msg);
+    if (r->stream) {
+        if (ok) {
+            json_t *j = chunk_json(r, "", 0, finish);
+            json_object_set_new(j, "usage", usage_json(ev.n_prompt, ev.n_generated));
+            sse_send(r, j);
+        } else {
+            sse_send(r, err_json(srv_finish_http_status(ev.why, ev.st), msg));
+        }
+        sse_done(r);
+    } else if (ok) {
+        size_t n = evbuffer_get_length(r->text);
+        const char *txt = (const char *)evbuffer_pullup(r->text, -1);
+        json_t *choice;
+        if (r->chat)
+            choice = json_pack("{s:i,s:{s:s,s:s%},s:s}", "index", 0, "message", "role", "assistant",
+                               "content", txt ? txt : "", n, "finish_reason", finish);
+        else
+            choice = json_pack("{s:i,s:s%,s:n,s:s}", "index", 0, "text", txt ? txt : "", n,
+                               "logprobs", "finish_reason", finish);
+        json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object", obj_name(r),
+                              "created", (json_int_t)r->created, "model", r->hf->srv->model_name,
+                              "choices", choice, "usage", usage_json(ev.n_prompt, ev.n_generated));
+        send_json(r->req, 200, j);
+        json_decref(j);
+    } else {
+        send_error(r->req, srv_finish_http_status(ev.why, ev.st), msg);
+    }
+    hreq_detach(r);
+    r->g = NULL;
+    srv_gen_abandon(g); /* done: only drops the ref */
+    hreq_free(r);
+}
+
+static void wake_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_front *h = arg;
+    for (struct srv_gen *g = srv_inbox_take(&h->inbox), *n; g; g = n) {
+        n = g->next;
+        pthread_mutex_lock(&h->inbox.mu);
+        struct hreq *r = g->owner;
+        pthread_mutex_unlock(&h->inbox.mu);
+        if (r && r->g == g)
+            hreq_progress(r);
+        srv_gen_put(g);
+    }
+    (void)fd;
+    (void)what;
+}
+
+static double header_timeout(struct evhttp_request *req)
+{
+    const char *v = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Timeout");
+    if (!v)
+        return 0;
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || !(d > 0 && d <= 86400))
+        return -1;
+    return d;
+}
+
+static void handle_completion(struct http_front *h, struct evhttp_request *req, bool chat)
+{
+    struct moe_server *s = h->srv;
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        send_error(req, 405, "use POST");
+        return;
+    }
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = (const char *)evbuffer_pullup(in, -1);
+    struct moe_gen_request gr;
+    enum moe_status st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, &gr);
+    if (st != MOE_OK) {
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+        send_error(req, srv_http_status(st), moe_last_error());
+        return;
+    }
+    double ht = header_timeout(req);
+    if (ht < 0) {
+        moe_gen_request_free(&gr);
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+        send_error(req, 400, "header X-Request-Timeout must be seconds in (0, 86400]");
+        return;
+    }
+    if (ht > 0 && (gr.timeout_s == 0 || ht < gr.timeout_s))
+        gr.timeout_s = ht;
+    struct hreq *r = calloc(1, sizeof(*r));
+    if (!r || !(r->text = evbuffer_new())) {
+        free(r);
+        moe_gen_request_free(&gr);
+        send_error(req, 500, "out of memory");
+        return;
+    }
+    r->hf = h;
+    r->req = req;
+    r->stream = gr.stream;
+    r->chat = chat;
+    r->include_usage = gr.include_usage;
+    r->created = (long long)time(NULL);
+    snprintf(r->id, sizeof(r->id), "%s-%llu", chat ? "chatcmpl" : "cmpl",
+             (unsigned long long)++h->next_id);
+    st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);
+    moe_gen_request_free(&gr);
+    if (st != MOE_OK) {
+        send_error(req, srv_http_status(st), moe_last_error());
+        hreq_free(r);
+        return;
+    }
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), conn_close_cb, r);
+    if (r->stream) {
+        struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
+        evhttp_add_header(oh, "Content-Type", "text/event-stream");
+        evhttp_add_header(oh, "Cache-Control", "no-cache");
+        evhttp_send_reply_start(req, 200, "OK");
+    }
+}
+
+static void handle_models(struct http_front *h, struct evhttp_request *req)
+{
+    struct moe_server *s = h->srv;
+    json_t *j = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:i}]}", "object", "list", "data", "id",
+                          s->model_name, "object", "model", "created", (json_int_t)time(NULL),
+                          "owned_by", "moeflow", "max_model_len", s->max_ctx);
+    send_json(req, 200, j);
+    json_decref(j);
+}
+
+static void gen_cb(struct evhttp_request *req, void *arg)
+{
+    struct http_front *h = arg;
+    struct moe_server *s = h->srv;
+    moe_metrics_count(&s->metrics, &s->metrics.http_requests, 1);
+    const char *uri = evhttp_request_get_uri(req);
+    char path[256];
+    size_t i = 0;
+    while (uri[i] && uri[i] != '?' && i < sizeof(path) - 1) {
+        path[i] = uri[i];
+        i++;
+    }
+    path[i] = 0;
+    if (!strcmp(path, "/v1/completions")) {
+        handle_completion(h, req, false);
+    } else if (!strcmp(path, "/v1/chat/completions")) {
+        handle_completion(h, req, true);
+    } else if (!strcmp(path, "/v1/models")) {
+        handle_models(h, req);
+    } else if (!strcmp(path, "/health")) {
+        send_text(req, 200, "text/plain", "ok\n", 3);
+    } else if (!strcmp(path, "/ready")) {
+        if (atomic_load(&s->ready))
+            send_text(req, 200, "text/plain", "ready\n", 6);
+        else
+            send_text(req, 503, "text/plain", atomic_load(&s->draining) ? "draining\n" : "loading\n",
+                      atomic_load(&s->draining) ? 9 : 8);
+    } else if (!strcmp(path, "/metrics")) {
+        size_t len = 0;
+        char *t = srv_metrics_text(s, &len);
+        if (t)
+            send_text(req, 200, "text/plain; version=0.0.4", t, len);
+        else
+            send_error(req, 500, "out of memory rendering metrics");
+        free(t);
+    } else {
+        char msg[320];
+        snprintf(msg, sizeof(msg), "no such endpoint '%.200s' (see docs/api.md)", path);
+        send_error(req, 404, msg);
+    }
+}
+
+static void *http_thread(void *arg)
+{
+    struct http_front *h = arg;
+    event_base_dispatch(h->base);
+    return NULL;
+}
+
+struct http_front *srv_http_start(struct moe_server *s)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, (void (*)(void))evthread_use_pthreads);
+    struct http_front *h = calloc(1, sizeof(*h));
+    if (!h) {
+        moe_errorf(MOE_ENOMEM, "out of memory");
+        return NULL;
+    }
+    h->srv = s;
+    srv_inbox_init(&h->inbox, wake_cb, h);
+    h->base = event_base_new();
+    if (!h->base)
+        goto out_fail;
+    h->http = evhttp_new(h->base);
+    h->wake_ev = event_new(h->base, -1, EV_PERSIST, wake_event_cb, h);
+    if (!h->http || !h->wake_ev)
+        goto out_fail;
+    evhttp_set_max_body_size(h->http, (ev_ssize_t)s->cfg.max_body_bytes);
+    evhttp_set_max_headers_size(h->http, 64 * 1024);
+    evhttp_set_timeout(h->http, 600);
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+    evhttp_set_gencb(h->http, gen_cb, h);
+    if (evhttp_bind_socket(h->http, s->cfg.host, (ev_uint16_t)s->cfg.http_port) != 0) {
+        moe_errorf(MOE_EIO, "cannot bind %s:%d (in use? pick another --http-port)", s->cfg.host,
+                   s->cfg.http_port);
+        goto out_fail;
+    }
+    if (pthread_create(&h->thread, NULL, http_thread, h) != 0) {
+        moe_errorf(MOE_EIO, "cannot start the HTTP thread");
+        goto out_fail;
+    }
+    return h;
+out_fail:
+    if (!moe_last_error()[0])
+        moe_errorf(MOE_EIO, "libevent setup failed");
+    if (h->wake_ev)
+        event_free(h->wake_ev);
+    if (h->http)
+        evhttp_free(h->http);
+    if (h->base)
+        event_base_free(h->base);
+    srv_inbox_free(&h->inbox);
+    free(h);
+    return NULL;
+}
+
+void srv_http_stop(struct http_front *h)
+{
+    if (!h)
+        return;
+    event_base_loopexit(h->base, NULL);
+    pthread_join(h->thread, NULL);
+    evhttp_free(h->http); /* closes connections: their close callbacks abandon what is left */
+    event_free(h->wake_ev);
+    event_base_free(h->base);
+    srv_inbox_free(&h->inbox);
+    free(h);
+}

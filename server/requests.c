@@ -1,0 +1,686 @@
+/* Request decoders: OpenAI JSON, moeflow.v1 and KServe v2 protobuf. */
+#include "requests.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grpc_service.pb-c.h"
+#include "moeflow.pb-c.h"
+
+#define TEMP_MAX 100.0 /* temperatures beyond are noise, refuse them */
+
+void moe_gen_request_free(struct moe_gen_request *r)
+{
+    if (!r)
+        return;
+    free(r->prompt);
+    free(r->prompt_ids);
+    memset(r, 0, sizeof(*r));
+}
+
+static void req_init(struct moe_gen_request *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->sampling.top_p = 1.0f;
+}
+
+/* ---- UTF-8 ---- */
+
+/* Length of the sequence starting with lead byte c, 0 if c cannot lead. */
+static int utf8_seq_len(unsigned char c)
+{
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) return 2;
+    if (c >= 0xe0 && c <= 0xef) return 3;
+    if (c >= 0xf0 && c <= 0xf4) return 4;
+    return 0;
+}
+
+/* Valid sequence of length k at s (all k bytes present)? */
+static bool utf8_seq_ok(const unsigned char *s, int k)
+{
+    for (int i = 1; i < k; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return false;
+    if (k == 3) {
+        if (s[0] == 0xe0 && s[1] < 0xa0) return false;        /* overlong */
+        if (s[0] == 0xed && s[1] > 0x9f) return false;        /* surrogates */
+    } else if (k == 4) {
+        if (s[0] == 0xf0 && s[1] < 0x90) return false;        /* overlong */
+        if (s[0] == 0xf4 && s[1] > 0x8f) return false;        /* > U+10FFFF */
+    }
+    return true;
+}
+
+bool moe_utf8_valid(const char *buf, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)buf;
+    size_t i = 0;
+    while (i < n) {
+        int k = utf8_seq_len(s[i]);
+        if (!k || i + (size_t)k > n || !utf8_seq_ok(s + i, k))
+            return false;
+        i += (size_t)k;
+    }
+    return true;
+}
+
+size_t moe_utf8_complete_prefix(const char *buf, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)buf;
+    /* Only the last 3 bytes can start an incomplete sequence. */
+    size_t start = n > 3 ? n - 3 : 0;
+    for (size_t i = n; i > start; i--) {
+        unsigned char c = s[i - 1];
+        if ((c & 0xc0) == 0x80)
+            continue; /* continuation byte: keep looking for its lead */
+        int k = utf8_seq_len(c);
+        if (k > 1 && (i - 1) + (size_t)k > n)
+            return i - 1; /* lead whose sequence is cut off */
+        return n;
+    }
+    return n;
+}
+
+/* ---- JSON (OpenAI) ---- */
+
+static enum moe_status json_get_int(json_t *o, const char *key, long long lo, long long hi,
+                                    long long *out, bool *present)
+{
+    json_t *v = json_object_get(o, key);
+    *present = false;
+    if (!v || json_is_null(v))
+        return MOE_OK;
+    double d;
+    if (json_is_integer(v))
+        d = (double)json_integer_value(v);
+    else if (json_is_real(v))
+        d = json_real_value(v);
+    else
+        return moe_errorf(MOE_EINVAL, "'%s' must be an integer", key);
+    if (!isfinite(d) || d != floor(d))
+        return moe_errorf(MOE_EINVAL, "'%s' must be an integer, got %.17g", key, d);
+    if (d < (double)lo || d > (double)hi)
+        return moe_errorf(MOE_ERANGE, "'%s' = %.17g is outside [%lld, %lld]", key, d, lo, hi);
+    *out = json_is_integer(v) ? (long long)json_integer_value(v) : (long long)d;
+    *present = true;
+    return MOE_OK;
+}
+
+static enum moe_status json_get_num(json_t *o, const char *key, double lo, double hi, bool lo_open,
+                                    double *out, bool *present)
+{
+    json_t *v = json_object_get(o, key);
+    *present = false;
+    if (!v || json_is_null(v))
+        return MOE_OK;
+    if (!json_is_number(v))
+        return moe_errorf(MOE_EINVAL, "'%s' must be a number", key);
+    double d = json_number_value(v);
+    if (!isfinite(d) || d < lo || d > hi || (lo_open && d == lo))
+        return moe_errorf(MOE_ERANGE, "'%s' = %.17g is outside %s%g, %g]", key, d,
+                          lo_open ? "(" : "[", lo, hi);
+    *out = d;
+    *present = true;
+    return MOE_OK;
+}
+
+static enum moe_status json_get_bool(json_t *o, const char *key, bool *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v))
+        return MOE_OK;
+    if (!json_is_boolean(v))
+        return moe_errorf(MOE_EINVAL, "'%s' must be true or false", key);
+    *out = json_is_true(v);
+    return MOE_OK;
+}
+
+static enum moe_status set_prompt_text(struct moe_gen_request *r, const char *s, size_t n,
+                                       const char *field)
+{
+    if (n > MOE_REQ_MAX_PROMPT_BYTES)
+        return moe_errorf(MOE_ERANGE, "'%s' is %zu bytes, more than %u", field, n,
+                          MOE_REQ_MAX_PROMPT_BYTES);
+    if (!moe_utf8_valid(s, n))
+        return moe_errorf(MOE_EINVAL, "'%s' is not valid UTF-8", field);
+    r->prompt = malloc(n + 1);
+    if (!r->prompt)
+        return moe_errorf(MOE_ENOMEM, "'%s': out of memory", field);
+    memcpy(r->prompt, s, n);
+    r->prompt[n] = 0;
+    r->prompt_len = n;
+    return MOE_OK;
+}
+
+static enum moe_status set_prompt_ids_json(struct moe_gen_request *r, json_t *arr)
+{
+    size_t n = json_array_size(arr);
+    if (n > MOE_REQ_MAX_IDS)
+        return moe_errorf(MOE_ERANGE, "'prompt' has %zu token ids, more than %d", n, MOE_REQ_MAX_IDS);
+    r->prompt_ids = malloc((n ? n : 1) * sizeof(int));
+    if (!r->prompt_ids)
+        return moe_errorf(MOE_ENOMEM, "'prompt': out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+            return moe_errorf(MOE_EINVAL, "'prompt[%zu]' must be a token id (integer >= 0)", i);
+        r->prompt_ids[i] = (int)json_integer_value(v);
+    }
+    r->n_prompt_ids = (int)n;
+    return MOE_OK;
+}
+
+static const char *chat_role_ok(const char *role)
+{
+    static const char *roles[] = { "system", "user", "assistant" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(roles); i++)
+        if (!strcmp(role, roles[i]))
+            return roles[i];
+    return NULL;
+}
+
+char *moe_chat_template(int n, const char *const *roles, const char *const *contents)
+{
+    size_t total = 32;
+    for (int i = 0; i < n; i++)
+        total += strlen(roles[i]) + strlen(contents[i]) + 8;
+    char *out = malloc(total);
+    if (!out)
+        return NULL;
+    size_t off = 0;
+    for (int i = 0; i < n; i++)
+        off += (size_t)snprintf(out + off, total - off, "<|%s|>\n%s\n", roles[i], contents[i]);
+    snprintf(out + off, total - off, "<|assistant|>\n");
+    return out;
+}
+
+static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *msgs)
+{
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+        return moe_errorf(MOE_EINVAL, "'messages' must be a non-empty array of {role, content}");
+    size_t n = json_array_size(msgs);
+    if (n > 4096)
+        return moe_errorf(MOE_ERANGE, "'messages' has %zu entries, more than 4096", n);
+    const char **roles = calloc(n, sizeof(*roles)), **contents = calloc(n, sizeof(*contents));
+    enum moe_status st = MOE_OK;
+    if (!roles || !contents) {
+        st = moe_errorf(MOE_ENOMEM, "'messages': out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(msgs, i);
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        if (!json_is_object(m) || !json_is_string(role)) {
+            st = moe_errorf(MOE_EINVAL, "'messages[%zu].role' must be a string", i);
+            goto out;
+        }
+        roles[i] = chat_role_ok(json_string_value(role));
+        if (!roles[i]) {
+            st = moe_errorf(MOE_EINVAL, "'messages[%zu].role' = '%.32s' is not system, user or assistant",
+                            i, json_string_value(role));
+            goto out;
+        }
+        if (!json_is_string(content)) {
+            st = moe_errorf(MOE_EINVAL, "'messages[%zu].content' must be a string", i);
+            goto out;
+        }
+        contents[i] = json_string_value(content);
+    }
+    char *text = moe_chat_template((int)n, roles, contents);
+    if (!text) {
+        st = moe_errorf(MOE_ENOMEM, "'messages': out of memory");
+        goto out;
+    }
+    st = set_prompt_text(r, text, strlen(text), "messages");
+    free(text);
+out:
+    free(roles);
+    free(contents);
+    return st;
+}
+
+enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
+                                     struct moe_gen_request *out)
+{
+    req_init(out);
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    enum moe_status st = MOE_OK;
+    if (!root)
+        return moe_errorf(MOE_EFORMAT, "request body is not valid JSON: %s at line %d column %d",
+                          jerr.text, jerr.line, jerr.column);
+    if (!json_is_object(root)) {
+        st = moe_errorf(MOE_EFORMAT, "request body must be a JSON object");
+        goto out;
+    }
+    json_t *model = json_object_get(root, "model");
+    if (model && !json_is_null(model)) {
+        if (!json_is_string(model) || strlen(json_string_value(model)) >= sizeof(out->model)) {
+            st = moe_errorf(MOE_EINVAL, "'model' must be a string of at most %zu bytes",
+                            sizeof(out->model) - 1);
+            goto out;
+        }
+        strcpy(out->model, json_string_value(model));
+    }
+    if (chat) {
+        st = parse_chat_messages(out, json_object_get(root, "messages"));
+        if (st != MOE_OK)
+            goto out;
+    } else {
+        json_t *p = json_object_get(root, "prompt");
+        if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
+            p = json_array_get(p, 0);
+        if (json_is_string(p)) {
+            st = set_prompt_text(out, json_string_value(p), json_string_length(p), "prompt");
+        } else if (json_is_array(p) && json_array_size(p) > 0) {
+            st = set_prompt_ids_json(out, p);
+        } else {
+            st = moe_errorf(MOE_EINVAL,
+                            "'prompt' must be a string or a non-empty array of token ids");
+        }
+        if (st != MOE_OK)
+            goto out;
+    }
+    long long iv;
+    double dv;
+    bool have;
+    const char *mt_key = chat && json_object_get(root, "max_completion_tokens") ?
+                             "max_completion_tokens" : "max_tokens";
+    if ((st = json_get_int(root, mt_key, 1, INT32_MAX, &iv, &have)) != MOE_OK)
+        goto out;
+    if (have)
+        out->max_tokens = (int)iv;
+    if ((st = json_get_num(root, "temperature", 0, TEMP_MAX, false, &dv, &have)) != MOE_OK)
+        goto out;
+    if (have)
+        out->sampling.temperature = (float)dv;
+    if ((st = json_get_num(root, "top_p", 0, 1, true, &dv, &have)) != MOE_OK)
+        goto out;
+    if (have)
+        out->sampling.top_p = (float)dv;
+    if ((st = json_get_int(root, "top_k", -1, INT32_MAX, &iv, &have)) != MOE_OK)
+        goto out;
+    if (have)
+        out->sampling.top_k = iv < 0 ? 0 : (int)iv; /* vLLM: -1 = off */
+    if ((st = json_get_int(root, "seed", INT64_MIN, INT64_MAX, &iv, &have)) != MOE_OK)
+        goto out;
+    if (have)
+        out->sampling.seed = (uint64_t)iv;
+    if ((st = json_get_int(root, "priority", -1000000, 1000000, &iv, &have)) != MOE_OK)
+        goto out;
+    if (have)
+        out->priority = (int)iv;
+    if ((st = json_get_int(root, "n", 1, 1, &iv, &have)) != MOE_OK) {
+        moe_errorf(MOE_EINVAL, "'n' must be 1 (one completion per request)");
+        goto out;
+    }
+    if ((st = json_get_num(root, "timeout", 0, 86400, true, &dv, &have)) != MOE_OK)
+        goto out;
+    if (have)
+        out->timeout_s = dv;
+    if ((st = json_get_bool(root, "stream", &out->stream)) != MOE_OK ||
+        (st = json_get_bool(root, "ignore_eos", &out->ignore_eos)) != MOE_OK)
+        goto out;
+    json_t *so = json_object_get(root, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!json_is_object(so)) {
+            st = moe_errorf(MOE_EINVAL, "'stream_options' must be an object");
+            goto out;
+        }
+        if ((st = json_get_bool(so, "include_usage", &out->include_usage)) != MOE_OK)
+            goto out;
+    }
+    json_t *stop = json_object_get(root, "stop");
+    if (stop && !json_is_null(stop) && !(json_is_array(stop) && json_array_size(stop) == 0)) {
+        st = moe_errorf(MOE_ENOTSUP, "'stop' sequences are not supported; omit 'stop'");
+        goto out;
+    }
+out:
+    json_decref(root);
+    if (st != MOE_OK)
+        moe_gen_request_free(out);
+    return st;
+}
+
+/* ---- protobuf ---- */
+
+static enum moe_status check_sampling(struct moe_gen_request *r, float temperature, float top_p,
+                                      int top_k)
+{
+    if (!isfinite(temperature) || temperature < 0 || temperature > TEMP_MAX)
+        return moe_errorf(MOE_ERANGE, "temperature = %g is outside [0, %g]", temperature, TEMP_MAX);
+    if (top_p == 0)
+        top_p = 1;
+    if (!isfinite(top_p) || top_p < 0 || top_p > 1)
+        return moe_errorf(MOE_ERANGE, "top_p = %g is outside (0, 1]", top_p);
+    if (top_k < 0)
+        return moe_errorf(MOE_ERANGE, "top_k = %d is negative", top_k);
+    r->sampling.temperature = temperature;
+    r->sampling.top_p = top_p;
+    r->sampling.top_k = top_k;
+    return MOE_OK;
+}
+
+enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out)
+{
+    req_init(out);
+    Moeflow__V1__GenerateRequest *m = moeflow__v1__generate_request__unpack(NULL, len, buf);
+    if (!m)
+        return moe_errorf(MOE_EFORMAT, "GenerateRequest: malformed protobuf message (%zu bytes)", len);
+    enum moe_status st = MOE_OK;
+    if (m->n_prompt_ids > 0) {
+        if (m->n_prompt_ids > (size_t)MOE_REQ_MAX_IDS) {
+            st = moe_errorf(MOE_ERANGE, "prompt_ids has %zu ids, more than %d", m->n_prompt_ids,
+                            MOE_REQ_MAX_IDS);
+            goto out;
+        }
+        out->prompt_ids = malloc(m->n_prompt_ids * sizeof(int));
+        if (!out->prompt_ids) {
+            st = moe_errorf(MOE_ENOMEM, "prompt_ids: out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < m->n_prompt_ids; i++) {
+            if (m->prompt_ids[i] < 0) {
+                st = moe_errorf(MOE_EINVAL, "prompt_ids[%zu] = %d is negative", i, m->prompt_ids[i]);
+                goto out;
+            }
+            out->prompt_ids[i] = m->prompt_ids[i];
+        }
+        out->n_prompt_ids = (int)m->n_prompt_ids;
+    } else if (m->prompt && m->prompt[0]) {
+        if ((st = set_prompt_text(out, m->prompt, strlen(m->prompt), "prompt")) != MOE_OK)
+            goto out;
+    } else {
+        st = moe_errorf(MOE_EINVAL, "GenerateRequest: set prompt or prompt_ids");
+        goto out;
+    }
+    if (m->max_tokens < 0) {
+        st = moe_errorf(MOE_ERANGE, "max_tokens = %d is negative", m->max_tokens);
+        goto out;
+    }
+    out->max_tokens = m->max_tokens;
+    if ((st = check_sampling(out, m->temperature, m->top_p, m->top_k)) != MOE_OK)
+        goto out;
+    out->sampling.seed = m->seed;
+    out->ignore_eos = m->ignore_eos;
+    out->priority = m->priority;
+    out->stream = true;
+out:
+    moeflow__v1__generate_request__free_unpacked(m, NULL);
+    if (st != MOE_OK)
+        moe_gen_request_free(out);
+    return st;
+}
+
+/* One element of a KServe input tensor: from contents or raw_input_contents[idx]. */
+struct kin {
+    const Inference__ModelInferRequest__InferInputTensor *t;
+    const ProtobufCBinaryData *raw; /* NULL when contents are used */
+};
+
+static enum moe_status kin_check_one(const struct kin *k)
+{
+    int64_t n = 1;
+    for (size_t i = 0; i < k->t->n_shape; i++) {
+        if (k->t->shape[i] < 0 || k->t->shape[i] > 1)
+            return moe_errorf(MOE_EINVAL, "input '%s': shape must hold one element (batch 1), got "
+                              "dimension %lld", k->t->name, (long long)k->t->shape[i]);
+        n *= k->t->shape[i];
+    }
+    if (n != 1)
+        return moe_errorf(MOE_EINVAL, "input '%s': shape must hold one element", k->t->name);
+    return MOE_OK;
+}
+
+static enum moe_status kin_bytes(const struct kin *k, const uint8_t **p, size_t *n)
+{
+    if (strcmp(k->t->datatype, "BYTES"))
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be BYTES, got '%.16s'", k->t->name,
+                          k->t->datatype);
+    if (k->raw) {
+        if (k->raw->len < 4)
+            return moe_errorf(MOE_EFORMAT, "input '%s': raw BYTES element shorter than its 4-byte "
+                              "length prefix", k->t->name);
+        const uint8_t *d = k->raw->data;
+        uint32_t l = (uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 |
+                     (uint32_t)d[3] << 24;
+        if ((size_t)l != k->raw->len - 4)
+            return moe_errorf(MOE_EFORMAT, "input '%s': raw BYTES length prefix %u does not match "
+                              "the %zu bytes that follow (one element expected)", k->t->name, l,
+                              k->raw->len - 4);
+        *p = d + 4;
+        *n = l;
+        return MOE_OK;
+    }
+    if (!k->t->contents || k->t->contents->n_bytes_contents != 1)
+        return moe_errorf(MOE_EINVAL, "input '%s': expected exactly one bytes_contents element",
+                          k->t->name);
+    *p = k->t->contents->bytes_contents[0].data;
+    *n = k->t->contents->bytes_contents[0].len;
+    return MOE_OK;
+}
+
+static enum moe_status kin_int(const struct kin *k, int64_t *v)
+{
+    const char *dt = k->t->datatype;
+    bool i32 = !strcmp(dt, "INT32"), i64 = !strcmp(dt, "INT64");
+    if (!i32 && !i64)
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be INT32 or INT64, got '%.16s'",
+                          k->t->name, dt);
+    if (k->raw) {
+        size_t want = i32 ? 4 : 8;
+        if (k->raw->len != want)
+            return moe_errorf(MOE_EFORMAT, "input '%s': raw contents are %zu bytes, expected %zu",
+                              k->t->name, k->raw->len, want);
+        uint64_t u = 0;
+        for (size_t i = 0; i < want; i++)
+            u |= (uint64_t)k->raw->data[i] << (8 * i);
+        *v = i32 ? (int64_t)(int32_t)(uint32_t)u : (int64_t)u;
+        return MOE_OK;
+    }
+    const Inference__InferTensorContents *c = k->t->contents;
+    if (i32 && c && c->n_int_contents == 1)
+        *v = c->int_contents[0];
+    else if (i64 && c && c->n_int64_contents == 1)
+        *v = c->int64_contents[0];
+    else
+        return moe_errorf(MOE_EINVAL, "input '%s': expected exactly one %s element", k->t->name,
+                          i32 ? "int_contents" : "int64_contents");
+    return MOE_OK;
+}
+
+static enum moe_status kin_bool(const struct kin *k, bool *v)
+{
+    if (strcmp(k->t->datatype, "BOOL"))
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be BOOL, got '%.16s'", k->t->name,
+                          k->t->datatype);
+    if (k->raw) {
+        if (k->raw->len != 1)
+            return moe_errorf(MOE_EFORMAT, "input '%s': raw BOOL is %zu bytes, expected 1",
+                              k->t->name, k->raw->len);
+        *v = k->raw->data[0] != 0;
+        return MOE_OK;
+    }
+    if (!k->t->contents || k->t->contents->n_bool_contents != 1)
+        return moe_errorf(MOE_EINVAL, "input '%s': expected exactly one bool_contents element",
+                          k->t->name);
+    *v = k->t->contents->bool_contents[0];
+    return MOE_OK;
+}
+
+static enum moe_status kin_float(const struct kin *k, double *v)
+{
+    const char *dt = k->t->datatype;
+    if (!strcmp(dt, "FP32")) {
+        if (k->raw) {
+            float f;
+            if (k->raw->len != 4)
+                return moe_errorf(MOE_EFORMAT, "input '%s': raw FP32 is %zu bytes, expected 4",
+                                  k->t->name, k->raw->len);
+            memcpy(&f, k->raw->data, 4);
+            *v = f;
+            return MOE_OK;
+        }
+        if (k->t->contents && k->t->contents->n_fp32_contents == 1) {
+            *v = k->t->contents->fp32_contents[0];
+            return MOE_OK;
+        }
+    } else if (!strcmp(dt, "FP64")) {
+        if (k->raw) {
+            if (k->raw->len != 8)
+                return moe_errorf(MOE_EFORMAT, "input '%s': raw FP64 is %zu bytes, expected 8",
+                                  k->t->name, k->raw->len);
+            memcpy(v, k->raw->data, 8);
+            return MOE_OK;
+        }
+        if (k->t->contents && k->t->contents->n_fp64_contents == 1) {
+            *v = k->t->contents->fp64_contents[0];
+            return MOE_OK;
+        }
+    } else {
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be FP32 or FP64, got '%.16s'",
+                          k->t->name, dt);
+    }
+    return moe_errorf(MOE_EINVAL, "input '%s': expected exactly one element", k->t->name);
+}
+
+static const Inference__InferParameter *kparam(const Inference__ModelInferRequest *m, const char *key)
+{
+    for (size_t i = 0; i < m->n_parameters; i++)
+        if (m->parameters[i]->key && !strcmp(m->parameters[i]->key, key))
+            return m->parameters[i]->value;
+    return NULL;
+}
+
+static enum moe_status kparam_num(const Inference__ModelInferRequest *m, const char *key, double *v,
+                                  bool *have)
+{
+    const Inference__InferParameter *p = kparam(m, key);
+    *have = false;
+    if (!p)
+        return MOE_OK;
+    switch (p->parameter_choice_case) {
+    case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM: *v = (double)p->int64_param; break;
+    case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_UINT64_PARAM: *v = (double)p->uint64_param; break;
+    case INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM: *v = p->double_param; break;
+    default: return moe_errorf(MOE_EINVAL, "parameter '%s' must be a number", key);
+    }
+    *have = true;
+    return MOE_OK;
+}
+
+enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_gen_request *out)
+{
+    req_init(out);
+    Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, len, buf);
+    if (!m)
+        return moe_errorf(MOE_EFORMAT, "ModelInferRequest: malformed protobuf message (%zu bytes)",
+                          len);
+    enum moe_status st = MOE_OK;
+    if (m->model_name && strlen(m->model_name) < sizeof(out->model))
+        strcpy(out->model, m->model_name);
+    if (m->id && strlen(m->id) < sizeof(out->id))
+        strcpy(out->id, m->id);
+    if (m->n_raw_input_contents && m->n_raw_input_contents != m->n_inputs) {
+        st = moe_errorf(MOE_EINVAL, "raw_input_contents has %zu entries for %zu inputs",
+                        m->n_raw_input_contents, m->n_inputs);
+        goto out;
+    }
+    bool have_text = false;
+    for (size_t i = 0; i < m->n_inputs; i++) {
+        struct kin k = { m->inputs[i], m->n_raw_input_contents ? &m->raw_input_contents[i] : NULL };
+        const char *name = k.t->name ? k.t->name : "";
+        if (!strcmp(name, "text_input") || !strcmp(name, "max_tokens") || !strcmp(name, "stream") ||
+            !strcmp(name, "temperature") || !strcmp(name, "top_p") || !strcmp(name, "top_k") ||
+            !strcmp(name, "ignore_eos")) {
+            if ((st = kin_check_one(&k)) != MOE_OK)
+                goto out;
+        }
+        if (!strcmp(name, "text_input")) {
+            const uint8_t *p = NULL;
+            size_t n = 0;
+            if ((st = kin_bytes(&k, &p, &n)) != MOE_OK)
+                goto out;
+            if (out->prompt) {
+                st = moe_errorf(MOE_EINVAL, "input 'text_input' given twice");
+                goto out;
+            }
+            if ((st = set_prompt_text(out, (const char *)p, n, "text_input")) != MOE_OK)
+                goto out;
+            have_text = true;
+        } else if (!strcmp(name, "max_tokens") || !strcmp(name, "top_k")) {
+            int64_t v = 0;
+            if ((st = kin_int(&k, &v)) != MOE_OK)
+                goto out;
+            if (v < (name[0] == 'm' ? 1 : 0) || v > INT32_MAX) {
+                st = moe_errorf(MOE_ERANGE, "input '%s' = %lld is out of range", name, (long long)v);
+                goto out;
+            }
+            if (name[0] == 'm')
+                out->max_tokens = (int)v;
+            else
+                out->sampling.top_k = (int)v;
+        } else if (!strcmp(name, "stream") || !strcmp(name, "ignore_eos")) {
+            if ((st = kin_bool(&k, name[0] == 's' ? &out->stream : &out->ignore_eos)) != MOE_OK)
+                goto out;
+        } else if (!strcmp(name, "temperature") || !strcmp(name, "top_p")) {
+            double v;
+            if ((st = kin_float(&k, &v)) != MOE_OK)
+                goto out;
+            bool temp = name[1] == 'e';
+            if (!isfinite(v) || (temp ? (v < 0 || v > TEMP_MAX) : (v <= 0 || v > 1))) {
+                st = moe_errorf(MOE_ERANGE, "input '%s' = %g is outside %s", name, v,
+                                temp ? "[0, 100]" : "(0, 1]");
+                goto out;
+            }
+            if (temp)
+                out->sampling.temperature = (float)v;
+            else
+                out->sampling.top_p = (float)v;
+        } else {
+            st = moe_errorf(MOE_EINVAL, "unknown input '%.64s' (expected text_input, max_tokens, "
+                            "stream, temperature, top_p, top_k, ignore_eos)", name);
+            goto out;
+        }
+    }
+    if (!have_text) {
+        st = moe_errorf(MOE_EINVAL, "input 'text_input' (BYTES) is required");
+        goto out;
+    }
+    double v;
+    bool have;
+    if ((st = kparam_num(m, "max_tokens", &v, &have)) != MOE_OK)
+        goto out;
+    if (have) {
+        if (!(v >= 1 && v <= INT32_MAX)) {
+            st = moe_errorf(MOE_ERANGE, "parameter 'max_tokens' = %g is outside [1, %d]", v, INT32_MAX);
+            goto out;
+        }
+        out->max_tokens = (int)v;
+    }
+    if ((st = kparam_num(m, "timeout", &v, &have)) != MOE_OK)
+        goto out;
+    if (have) {
+        if (!(v > 0 && v <= 86400)) {
+            st = moe_errorf(MOE_ERANGE, "parameter 'timeout' = %g is outside (0, 86400] seconds", v);
+            goto out;
+        }
+        out->timeout_s = v;
+    }
+    const Inference__InferParameter *sp = kparam(m, "stream");
+    if (sp) {
+        if (sp->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {
+            st = moe_errorf(MOE_EINVAL, "parameter 'stream' must be a bool");
+            goto out;
+        }
+        out->stream = sp->bool_param;
+    }
+out:
+    inference__model_infer_request__free_unpacked(m, NULL);
+    if (st != MOE_OK)
+        moe_gen_request_free(out);
+    return st;
+}

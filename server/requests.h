@@ -1,0 +1,70 @@
+/* Request decoders of the serving front ends: pure functions from wire bytes
+ * to one validated struct moe_gen_request, so they can be fuzzed on their own.
+ *
+ * Decoders check what a message alone can tell (types, NaN, negative, huge,
+ * required fields); limits that depend on the server (max-output, context)
+ * are checked by the server when it admits the request.  On error the
+ * request is left empty and moe_last_error() names the field and value. */
+#ifndef MOE_SERVER_REQUESTS_H
+#define MOE_SERVER_REQUESTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/moe.h"
+#include "../engine/sampling.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOE_REQ_MAX_PROMPT_BYTES (1u << 24) /* 16 MiB of prompt text at most */
+#define MOE_REQ_MAX_IDS (1 << 20)           /* prompt ids at most */
+
+struct moe_gen_request {
+    char *prompt;               /* UTF-8 text, NUL-terminated, owned (NULL when ids given) */
+    size_t prompt_len;          /* bytes */
+    int *prompt_ids;            /* owned, or NULL */
+    int n_prompt_ids;
+    int max_tokens;             /* 0 = server default, else >= 1 */
+    struct moe_sampling sampling;
+    bool stream;                /* stream tokens as they come */
+    bool ignore_eos;
+    bool include_usage;         /* OpenAI stream_options.include_usage */
+    int priority;
+    double timeout_s;           /* seconds from arrival; 0 = none */
+    char model[128];            /* model named by the request ("" = any) */
+    char id[128];               /* client's request id (KServe), echoed back */
+};
+
+void moe_gen_request_free(struct moe_gen_request *r);
+
+/* OpenAI /v1/completions (chat = false) or /v1/chat/completions (chat = true)
+ * JSON body.  Chat messages are rendered with moe_chat_template(). */
+enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
+                                     struct moe_gen_request *out);
+
+/* moeflow.v1.GenerateRequest protobuf. */
+enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out);
+
+/* inference.ModelInferRequest protobuf: inputs text_input (BYTES, one
+ * element), optional max_tokens (INT32), stream (BOOL); also accepted as
+ * request parameters of the same names. */
+enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_gen_request *out);
+
+/* The chat prompt template (the bundled model has none): for each message
+ * "<|role|>\n" + content + "\n", then "<|assistant|>\n".  roles[i] is one of
+ * system, user, assistant.  Returns malloc'd text or NULL. */
+char *moe_chat_template(int n, const char *const *roles, const char *const *contents);
+
+/* Length of the longest prefix of buf[0..n) that is complete UTF-8 (an
+ * incomplete multi-byte sequence at the end is held back for streaming). */
+size_t moe_utf8_complete_prefix(const char *buf, size_t n);
+/* true when buf[0..n) is valid UTF-8. */
+bool moe_utf8_valid(const char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

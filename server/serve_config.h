@@ -1,0 +1,78 @@
+/* Configuration of `moeflow serve`: one table (name, type, default, min, max,
+ * help) drives the command-line flags, the config file and --help.
+ *
+ * Config file: one `key = value` per line, keys spelled as the flags without
+ * the leading dashes, `#` starts a comment.  Command-line flags override the
+ * file.  Errors name the key, the value and the allowed range. */
+#ifndef MOE_SERVE_CONFIG_H
+#define MOE_SERVE_CONFIG_H
+
+#include <stdio.h>
+
+#include "../common/moe.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_serve_config {
+    char model[4096];          /* model directory ("" = moe_default_model_dir()) */
+    char host[256];            /* address both front ends bind */
+    int grpc_port;             /* 0 = gRPC off */
+    int http_port;             /* 0 = HTTP off */
+    int threads;               /* BLAS threads of the engine */
+    /* engine */
+    int max_seqs;              /* KV cache slots */
+    int max_ctx;               /* tokens per sequence, prompt + output (0 = model maximum) */
+    int max_batch_tokens;      /* tokens per forward() */
+    /* scheduler (struct moe_sched_params) */
+    int max_running;           /* sequences decoding at once */
+    int max_queued;            /* waiting requests; beyond -> RESOURCE_EXHAUSTED / 429 */
+    long long max_tokens_in_flight; /* sum of prompt + max_tokens over accepted requests */
+    int max_prompt;            /* tokens per prompt */
+    int max_output;            /* max_tokens per request */
+    int micro_batch;           /* sequences per forward() */
+    int prefill_chunk;         /* prompt tokens per forward() per sequence */
+    char grouping[16];         /* "fcfs" or "regroup" */
+    /* requests */
+    int default_max_tokens;    /* when a request gives none */
+    double request_timeout;    /* seconds; default deadline of a request (0 = none) */
+    /* limits */
+    int max_body_bytes;        /* HTTP request body */
+    int max_message_bytes;     /* gRPC message, either direction */
+    /* lifecycle */
+    double drain_timeout;      /* seconds SIGTERM waits for in-flight work */
+    int warmup_tokens;         /* tokens generated before reporting ready (0 = no warm-up) */
+    char model_name[128];      /* name served in APIs ("" = model directory's basename) */
+};
+
+enum moe_serve_opt_type { MOE_OPT_INT, MOE_OPT_I64, MOE_OPT_DOUBLE, MOE_OPT_STRING };
+
+struct moe_serve_opt {
+    const char *name;          /* flag without "--", and config-file key */
+    enum moe_serve_opt_type type;
+    size_t offset;             /* into struct moe_serve_config */
+    size_t size;               /* string capacity (MOE_OPT_STRING) */
+    const char *def;           /* default, as text */
+    double min, max;           /* numeric range (inclusive) */
+    const char *help;
+};
+
+/* The table, terminated by an entry with name == NULL. */
+const struct moe_serve_opt *moe_serve_opts(void);
+
+/* Fill every field with its default. */
+void moe_serve_config_defaults(struct moe_serve_config *c);
+/* Set one key from text; errors name the key, the value and the range. */
+enum moe_status moe_serve_config_set(struct moe_serve_config *c, const char *key, const char *value);
+/* Apply a config file (see above); errors name the file, line, key and value. */
+enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *path);
+/* Cross-field checks (e.g. max_running <= max_seqs). */
+enum moe_status moe_serve_config_check(const struct moe_serve_config *c);
+/* One line per option: flag, type, default, range, help. */
+void moe_serve_config_help(FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

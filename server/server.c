@@ -1,0 +1,675 @@
+/* The server core: model, engine and scheduler; the generation objects shared
+ * by the front ends and the scheduler thread; readiness and draining. */
+#include "server.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <grpc/status.h>
+
+#include "srv.h"
+
+/* ---- status maps ---- */
+
+int srv_http_status(enum moe_status st)
+{
+    switch (st) {
+    case MOE_OK: return 200;
+    case MOE_EINVAL: case MOE_ERANGE: case MOE_EFORMAT: case MOE_ENOTSUP: return 400;
+    case MOE_ENOENT: return 404;
+    case MOE_EBUSY: return 429;
+    case MOE_ECANCELED: return 503;
+    case MOE_ETIMEDOUT: return 504;
+    default: return 500;
+    }
+}
+
+int srv_grpc_code(enum moe_status st)
+{
+    switch (st) {
+    case MOE_OK: return GRPC_STATUS_OK;
+    case MOE_EINVAL: case MOE_ERANGE: case MOE_EFORMAT: return GRPC_STATUS_INVALID_ARGUMENT;
+    case MOE_ENOTSUP: return GRPC_STATUS_UNIMPLEMENTED;
+    case MOE_ENOENT: return GRPC_STATUS_NOT_FOUND;
+    case MOE_EBUSY: case MOE_ENOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    case MOE_ECANCELED: return GRPC_STATUS_UNAVAILABLE;
+    case MOE_ETIMEDOUT: return GRPC_STATUS_DEADLINE_EXCEEDED;
+    default: return GRPC_STATUS_INTERNAL;
+    }
+}
+
+int srv_finish_http_status(enum moe_finish why, enum moe_status st)
+{
+    switch (why) {
+    case MOE_FINISH_LENGTH: case MOE_FINISH_STOP: return 200;
+    case MOE_FINISH_CANCELLED: return 503;
+    case MOE_FINISH_DEADLINE: return 504;
+    case MOE_FINISH_ERROR: return st == MOE_OK ? 500 : srv_http_status(st);
+    }
+    return 500;
+}
+
+int srv_finish_grpc_code(enum moe_finish why, enum moe_status st)
+{
+    switch (why) {
+    case MOE_FINISH_LENGTH: case MOE_FINISH_STOP: return GRPC_STATUS_OK;
+    case MOE_FINISH_CANCELLED: return GRPC_STATUS_CANCELLED;
+    case MOE_FINISH_DEADLINE: return GRPC_STATUS_DEADLINE_EXCEEDED;
+    case MOE_FINISH_ERROR: return st == MOE_OK ? GRPC_STATUS_INTERNAL : srv_grpc_code(st);
+    }
+    return GRPC_STATUS_INTERNAL;
+}
+
+/* ---- inbox and generations ---- */
+
+void srv_inbox_init(struct srv_inbox *ib, void (*wake)(void *), void *arg)
+{
+    memset(ib, 0, sizeof(*ib));
+    pthread_mutex_init(&ib->mu, NULL);
+    ib->wake = wake;
+    ib->wake_arg = arg;
+}
+
+void srv_inbox_free(struct srv_inbox *ib)
+{
+    struct srv_gen *g = srv_inbox_take(ib);
+    while (g) {
+        struct srv_gen *n = g->next;
+        srv_gen_put(g);
+        g = n;
+    }
+    pthread_mutex_destroy(&ib->mu);
+}
+
+static void gen_free(struct srv_gen *g)
+{
+    atomic_fetch_sub(&g->srv->live_gens, 1);
+    free(g->toks);
+    free(g);
+}
+
+/* Under ib->mu: put g on the inbox list (one ref for the list). */
+static bool gen_queue_locked(struct srv_gen *g)
+{
+    if (g->queued || !g->owner)
+        return false;
+    g->queued = true;
+    g->refs++;
+    g->next = NULL;
+    if (g->inbox->tail)
+        g->inbox->tail->next = g;
+    else
+        g->inbox->head = g;
+    g->inbox->tail = g;
+    return true;
+}
+
+static void on_token(void *ud, uint64_t id, int token)
+{
+    struct srv_gen *g = ud;
+    struct moe_server *s = g->srv;
+    double now = moe_now();
+    if (g->n_seen == 0)
+        moe_metrics_observe(&s->metrics, &s->metrics.ttft, now - g->t_submit);
+    else
+        moe_metrics_observe(&s->metrics, &s->metrics.itl, now - g->t_last);
+    g->t_last = now;
+    g->n_seen++;
+    struct srv_inbox *ib = g->inbox;
+    pthread_mutex_lock(&ib->mu);
+    if (g->n_toks == g->cap_toks) {
+        int cap = g->cap_toks ? g->cap_toks * 2 : 16;
+        int *t = realloc(g->toks, (size_t)cap * sizeof(int));
+        if (t) {
+            g->toks = t;
+            g->cap_toks = cap;
+        }
+    }
+    if (g->n_toks < g->cap_toks)
+        g->toks[g->n_toks++] = token;
+    else
+        g->toks_oom = true;
+    bool wake = gen_queue_locked(g);
+    pthread_mutex_unlock(&ib->mu);
+    (void)id;
+    if (wake && ib->wake)
+        ib->wake(ib->wake_arg);
+}
+
+static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status st, const char *msg,
+                    int n_prompt, int n_generated)
+{
+    struct srv_gen *g = ud;
+    struct moe_server *s = g->srv;
+    moe_metrics_observe(&s->metrics, &s->metrics.e2e, moe_now() - g->t_submit);
+    pthread_mutex_lock(&s->metrics.mu);
+    if ((unsigned)why < MOE_ARRAY_LEN(s->by_finish))
+        s->by_finish[why]++;
+    pthread_mutex_unlock(&s->metrics.mu);
+    struct srv_inbox *ib = g->inbox;
+    pthread_mutex_lock(&ib->mu);
+    g->done = true;
+    g->why = why;
+    g->st = st;
+    snprintf(g->msg, sizeof(g->msg), "%s", msg ? msg : "");
+    g->n_generated = n_generated;
+    (void)n_prompt;
+    (void)id;
+    bool wake = gen_queue_locked(g);
+    bool last = --g->refs == 0;
+    pthread_mutex_unlock(&ib->mu);
+    if (last)
+        gen_free(g);
+    else if (wake && ib->wake)
+        ib->wake(ib->wake_arg);
+}
+
+struct srv_gen *srv_inbox_take(struct srv_inbox *ib)
+{
+    pthread_mutex_lock(&ib->mu);
+    struct srv_gen *g = ib->head;
+    ib->head = ib->tail = NULL;
+    for (struct srv_gen *p = g; p; p = p->next)
+        p->queued = false;
+    pthread_mutex_unlock(&ib->mu);
+    return g;
+}
+
+void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
+{
+    memset(ev, 0, sizeof(*ev));
+    pthread_mutex_lock(&g->inbox->mu);
+    if (g->n_toks) {
+        ev->toks = malloc((size_t)g->n_toks * sizeof(int));
+        if (ev->toks) {
+            memcpy(ev->toks, g->toks, (size_t)g->n_toks * sizeof(int));
+            ev->n_toks = g->n_toks;
+        } else {
+            g->toks_oom = true;
+        }
+        g->n_toks = 0;
+    }
+    ev->done = g->done;
+    ev->why = g->why;
+    ev->st = g->st;
+    memcpy(ev->msg, g->msg, sizeof(ev->msg));
+    if (g->toks_oom && !g->done) {
+        /* Lost a token: the text can no longer be right.  Fail this request. */
+        ev->done = true;
+        ev->why = MOE_FINISH_ERROR;
+        ev->st = MOE_ENOMEM;
+        snprintf(ev->msg, sizeof(ev->msg), "out of memory buffering tokens");
+    }
+    ev->n_generated = g->n_generated;
+    ev->n_prompt = g->n_prompt;
+    pthread_mutex_unlock(&g->inbox->mu);
+    g->n_streamed += ev->n_toks;
+}
+
+char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len)
+{
+    struct moe_server *s = g->srv;
+    size_t cap = (size_t)g->n_pend + (size_t)n * 32 + 16, off = 0;
+    char *out = malloc(cap * 3 + 4); /* room for U+FFFD replacements */
+    if (!out)
+        return NULL;
+    char *raw = malloc(cap);
+    if (!raw) {
+        free(out);
+        return NULL;
+    }
+    memcpy(raw, g->pend, (size_t)g->n_pend);
+    off = (size_t)g->n_pend;
+    int eos = s->model->cfg.eos_id;
+    for (int i = 0; i < n; i++) {
+        if (toks[i] == eos && !g->ignore_eos)
+            continue; /* the end-of-sequence marker carries no text */
+        char tb[256];
+        int k = moe_tokenizer_token_bytes(s->tok, toks[i], tb, sizeof(tb));
+        if (k < 0)
+            continue;
+        if ((size_t)k > sizeof(tb))
+            k = (int)sizeof(tb);
+        if (off + (size_t)k > cap) {
+            size_t nc = (off + (size_t)k) * 2;
+            char *r2 = realloc(raw, nc);
+            char *o2 = r2 ? realloc(out, nc * 3 + 4) : NULL;
+            if (!r2 || !o2) {
+                free(r2 ? r2 : raw);
+                free(o2 ? o2 : out);
+                return NULL;
+            }
+            raw = r2;
+            out = o2;
+            cap = nc;
+        }
+        memcpy(raw + off, tb, (size_t)k);
+        off += (size_t)k;
+    }
+    size_t keep = final ? off : moe_utf8_complete_prefix(raw, off);
+    g->n_pend = (int)(off - keep);
+    if (g->n_pend > (int)sizeof(g->pend)) { /* cannot happen for UTF-8; be safe */
+        keep = off;
+        g->n_pend = 0;
+    }
+    memcpy(g->pend, raw + keep, (size_t)g->n_pend);
+    /* Copy, replacing any invalid byte with U+FFFD so the text is valid UTF-8. */
+    size_t o = 0, i = 0;
+    while (i < keep) {
+        size_t j = i + 1;
+        while (j <= keep && j - i <= 4 && !moe_utf8_valid(raw + i, j - i))
+            j++;
+        if (j <= keep && j - i <= 4) {
+            memcpy(out + o, raw + i, j - i);
+            o += j - i;
+            i = j;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    out[o] = 0;
+    free(raw);
+    *len = o;
+    return out;
+}
+
+void srv_gen_put(struct srv_gen *g)
+{
+    pthread_mutex_lock(&g->inbox->mu);
+    bool last = --g->refs == 0;
+    pthread_mutex_unlock(&g->inbox->mu);
+    if (last)
+        gen_free(g);
+}
+
+void srv_gen_abandon(struct srv_gen *g)
+{
+    pthread_mutex_lock(&g->inbox->mu);
+    bool running = !g->done;
+    g->owner = NULL;
+    pthread_mutex_unlock(&g->inbox->mu);
+    if (running)
+        moe_sched_cancel(g->srv->sched, g->id); /* frees KV and pins at once; on_done follows */
+    srv_gen_put(g);
+}
+
+enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
+                               const struct moe_gen_request *r, double deadline,
+                               struct srv_gen **out)
+{
+    *out = NULL;
+    if (atomic_load(&s->draining)) {
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_draining, 1);
+        return moe_errorf(MOE_ECANCELED, "the server is draining (shutting down); retry elsewhere");
+    }
+    enum moe_status st = MOE_OK;
+    if (r->model[0] && strcmp(r->model, s->model_name)) {
+        st = moe_errorf(MOE_ENOENT, "model '%s' is not served here (this server serves '%s')",
+                        r->model, s->model_name);
+        goto out_reject;
+    }
+    int *ids = NULL;
+    size_t n_ids = 0;
+    if (r->prompt_ids) {
+        ids = malloc((size_t)r->n_prompt_ids * sizeof(int));
+        if (!ids) {
+            st = moe_errorf(MOE_ENOMEM, "out of memory copying prompt ids");
+            goto out_reject;
+        }
+        memcpy(ids, r->prompt_ids, (size_t)r->n_prompt_ids * sizeof(int));
+        n_ids = (size_t)r->n_prompt_ids;
+        int vocab = s->model->cfg.vocab;
+        for (size_t i = 0; i < n_ids; i++)
+            if (ids[i] >= vocab) {
+                st = moe_errorf(MOE_ERANGE, "prompt token id %d at index %zu is outside the "
+                                "vocabulary [0, %d)", ids[i], i, vocab);
+                goto out_ids;
+            }
+    } else {
+        st = moe_tokenizer_encode(s->tok, r->prompt ? r->prompt : "", r->prompt_len, &ids, &n_ids);
+        if (st != MOE_OK) {
+            moe_error_prefix(MOE_EINVAL, "prompt");
+            st = MOE_EINVAL;
+            goto out_reject;
+        }
+    }
+    if (n_ids == 0) {
+        st = moe_errorf(MOE_EINVAL, "the prompt is empty");
+        goto out_ids;
+    }
+    int max_tokens = r->max_tokens > 0 ? r->max_tokens : s->cfg.default_max_tokens;
+    if (max_tokens > s->cfg.max_output) {
+        st = moe_errorf(MOE_ERANGE, "max_tokens = %d exceeds this server's limit %d (max-output)",
+                        max_tokens, s->cfg.max_output);
+        goto out_ids;
+    }
+    if (n_ids > (size_t)s->cfg.max_prompt) {
+        st = moe_errorf(MOE_ERANGE, "the prompt is %zu tokens, more than this server's limit %d "
+                        "(max-prompt)", n_ids, s->cfg.max_prompt);
+        goto out_ids;
+    }
+    if ((int64_t)n_ids + max_tokens > s->max_ctx) {
+        st = moe_errorf(MOE_ERANGE, "prompt (%zu tokens) + max_tokens (%d) = %lld exceeds the "
+                        "context of %d tokens; shorten the prompt or lower max_tokens",
+                        n_ids, max_tokens, (long long)n_ids + max_tokens, s->max_ctx);
+        goto out_ids;
+    }
+    struct srv_gen *g = calloc(1, sizeof(*g));
+    if (!g) {
+        st = moe_errorf(MOE_ENOMEM, "out of memory");
+        goto out_ids;
+    }
+    g->srv = s;
+    g->inbox = ib;
+    g->owner = owner;
+    g->refs = 2; /* scheduler + front end */
+    g->n_prompt = (int)n_ids;
+    g->max_tokens = max_tokens;
+    g->ignore_eos = r->ignore_eos;
+    g->t_submit = moe_now();
+    atomic_fetch_add(&s->live_gens, 1);
+    struct moe_gen_params gp = {
+        .max_tokens = max_tokens,
+        .sampling = r->sampling,
+        .priority = r->priority,
+        .deadline = deadline,
+        .ignore_eos = r->ignore_eos,
+    };
+    if (r->timeout_s > 0) {
+        double d = g->t_submit + r->timeout_s;
+        if (!gp.deadline || d < gp.deadline)
+            gp.deadline = d;
+    } else if (!gp.deadline && s->cfg.request_timeout > 0) {
+        gp.deadline = g->t_submit + s->cfg.request_timeout;
+    }
+    static const struct moe_sched_events ev = { on_token, on_done };
+    st = moe_sched_submit(s->sched, ids, (int)n_ids, &gp, &ev, g, &g->id);
+    free(ids);
+    if (st != MOE_OK) {
+        gen_free(g);
+        if (st == MOE_EBUSY)
+            moe_metrics_count(&s->metrics, &s->metrics.rejected_busy, 1);
+        else
+            moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+        return st;
+    }
+    *out = g;
+    return MOE_OK;
+out_ids:
+    free(ids);
+out_reject:
+    moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+    return st;
+}
+
+/* ---- metrics ---- */
+
+char *srv_metrics_text(struct moe_server *s, size_t *len)
+{
+    struct moe_strbuf b = { 0 };
+    char lbl[200];
+    snprintf(lbl, sizeof(lbl), "model_name=\"%s\"", s->model_name);
+    struct moe_sched_stats ss;
+    moe_sched_stats(s->sched, &ss);
+    moe_strbuf_printf(&b,
+        "# HELP moeflow:num_requests_running Requests decoding now.\n"
+        "# TYPE moeflow:num_requests_running gauge\nmoeflow:num_requests_running{%s} %d\n"
+        "# HELP moeflow:num_requests_waiting Requests queued now.\n"
+        "# TYPE moeflow:num_requests_waiting gauge\nmoeflow:num_requests_waiting{%s} %d\n",
+        lbl, ss.running, lbl, ss.waiting);
+    moe_strbuf_printf(&b,
+        "# HELP moeflow:prompt_tokens_total Prompt tokens of accepted requests.\n"
+        "# TYPE moeflow:prompt_tokens_total counter\nmoeflow:prompt_tokens_total{%s} %llu\n"
+        "# HELP moeflow:generation_tokens_total Generated tokens.\n"
+        "# TYPE moeflow:generation_tokens_total counter\nmoeflow:generation_tokens_total{%s} %llu\n",
+        lbl, (unsigned long long)ss.prompt_tokens, lbl, (unsigned long long)ss.generated_tokens);
+    moe_strbuf_printf(&b,
+        "# HELP moeflow:requests_accepted_total Requests admitted by the scheduler.\n"
+        "# TYPE moeflow:requests_accepted_total counter\nmoeflow:requests_accepted_total{%s} %llu\n"
+        "# HELP moeflow:requests_completed_total Requests that finished (length or stop).\n"
+        "# TYPE moeflow:requests_completed_total counter\nmoeflow:requests_completed_total{%s} %llu\n"
+        "# HELP moeflow:requests_cancelled_total Requests cancelled (client, deadline or shutdown).\n"
+        "# TYPE moeflow:requests_cancelled_total counter\nmoeflow:requests_cancelled_total{%s} %llu\n"
+        "# HELP moeflow:requests_failed_total Requests that failed.\n"
+        "# TYPE moeflow:requests_failed_total counter\nmoeflow:requests_failed_total{%s} %llu\n"
+        "# HELP moeflow:requests_rejected_total Requests the scheduler refused (queue or token bound).\n"
+        "# TYPE moeflow:requests_rejected_total counter\nmoeflow:requests_rejected_total{%s} %llu\n",
+        lbl, (unsigned long long)ss.accepted, lbl, (unsigned long long)ss.completed, lbl,
+        (unsigned long long)ss.cancelled, lbl, (unsigned long long)ss.failed, lbl,
+        (unsigned long long)ss.rejected);
+    moe_strbuf_printf(&b, "# HELP moeflow:request_success_total Finished requests by finish reason.\n"
+                          "# TYPE moeflow:request_success_total counter\n");
+    for (int f = 0; f < 5; f++)
+        moe_strbuf_printf(&b, "moeflow:request_success_total{%s,finished_reason=\"%s\"} %llu\n", lbl,
+                          moe_finish_str((enum moe_finish)f), (unsigned long long)ss.by_finish[f]);
+    moe_strbuf_printf(&b,
+        "# HELP moeflow:experts_activated_total Distinct experts summed over MoE layer-steps.\n"
+        "# TYPE moeflow:experts_activated_total counter\nmoeflow:experts_activated_total{%s} %llu\n"
+        "# HELP moeflow:moe_layer_steps_total MoE layer-steps computed.\n"
+        "# TYPE moeflow:moe_layer_steps_total counter\nmoeflow:moe_layer_steps_total{%s} %llu\n",
+        lbl, (unsigned long long)ss.experts_activated, lbl, (unsigned long long)ss.layer_steps);
+    moe_metrics_render(&s->metrics, &b, lbl);
+    moe_strbuf_printf(&b,
+        "# HELP moeflow:server_ready 1 when loaded, warm and not draining.\n"
+        "# TYPE moeflow:server_ready gauge\nmoeflow:server_ready{%s} %d\n"
+        "# HELP moeflow:live_generations Generation objects alive (requests in the front ends).\n"
+        "# TYPE moeflow:live_generations gauge\nmoeflow:live_generations{%s} %d\n",
+        lbl, atomic_load(&s->ready) ? 1 : 0, lbl, atomic_load(&s->live_gens));
+    if (b.oom) {
+        moe_strbuf_free(&b);
+        return NULL;
+    }
+    *len = b.len;
+    return b.s;
+}
+
+/* ---- lifecycle ---- */
+
+void moe_server_block_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* Generate a few tokens through the whole stack so the first client does not
+ * pay for first-touch page faults and lazy initialisation. */
+static enum moe_status server_warmup(struct moe_server *s)
+{
+    if (s->cfg.warmup_tokens <= 0)
+        return MOE_OK;
+    struct srv_inbox ib;
+    srv_inbox_init(&ib, NULL, NULL);
+    struct moe_gen_request r = { 0 };
+    r.prompt = "def main():";
+    r.prompt_len = strlen(r.prompt);
+    r.max_tokens = s->cfg.warmup_tokens;
+    r.ignore_eos = true;
+    r.sampling.top_p = 1;
+    int tag = 0;
+    struct srv_gen *g = NULL;
+    enum moe_status st = srv_gen_submit(s, &ib, &tag, &r, moe_now() + 300, &g);
+    if (st != MOE_OK) {
+        srv_inbox_free(&ib);
+        return moe_error_prefix(st, "warm-up request");
+    }
+    bool done = false;
+    struct srv_events ev;
+    while (!done) {
+        struct timespec ts = { 0, 2000000 };
+        nanosleep(&ts, NULL);
+        for (struct srv_gen *p = srv_inbox_take(&ib), *n; p; p = n) {
+            n = p->next;
+            srv_gen_events(p, &ev);
+            free(ev.toks);
+            if (ev.done) {
+                done = true;
+                if (ev.why == MOE_FINISH_ERROR || ev.why == MOE_FINISH_DEADLINE)
+                    st = moe_errorf(MOE_EDEVICE, "warm-up request failed: %s", ev.msg);
+            }
+            srv_gen_put(p);
+        }
+    }
+    srv_gen_put(g);
+    srv_inbox_free(&ib);
+    return st;
+}
+
+struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
+{
+    struct moe_server *s = calloc(1, sizeof(*s));
+    if (!s) {
+        moe_errorf(MOE_ENOMEM, "out of memory");
+        return NULL;
+    }
+    s->cfg = *cfg;
+    s->t_start = moe_now();
+    moe_metrics_init(&s->metrics);
+    const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
+    s->model = moe_model_open(dir);
+    if (!s->model) {
+        moe_error_prefix(MOE_EIO, "--model %s", dir);
+        goto out_fail;
+    }
+    if (cfg->model_name[0]) {
+        snprintf(s->model_name, sizeof(s->model_name), "%s", cfg->model_name);
+    } else {
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s", dir);
+        size_t n = strlen(tmp);
+        while (n > 1 && tmp[n - 1] == '/')
+            tmp[--n] = 0;
+        snprintf(s->model_name, sizeof(s->model_name), "%s", basename(tmp));
+    }
+    char tpath[4200];
+    snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", dir);
+    s->tok = moe_tokenizer_load(tpath);
+    if (!s->tok) {
+        moe_error_prefix(MOE_EIO, "tokenizer %s", tpath);
+        goto out_fail;
+    }
+    int model_ctx = s->model->cfg.max_pos;
+    s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
+    struct moe_engine_params ep = {
+        .max_seqs = cfg->max_seqs,
+        .max_ctx = s->max_ctx,
+        .max_batch_tokens = cfg->max_batch_tokens,
+        .n_threads = cfg->threads,
+    };
+    s->engine = moe_engine_create(s->model, &ep);
+    if (!s->engine) {
+        moe_error_prefix(MOE_ENOMEM, "engine");
+        goto out_fail;
+    }
+    struct moe_sched_params sp = {
+        .max_running = cfg->max_running,
+        .max_queued = cfg->max_queued,
+        .max_tokens_in_flight = cfg->max_tokens_in_flight,
+        .max_prompt = cfg->max_prompt,
+        .max_output = cfg->max_output,
+        .micro_batch = cfg->micro_batch,
+        .prefill_chunk = cfg->prefill_chunk,
+        .grouping = strcmp(cfg->grouping, "regroup") ? MOE_GROUP_FCFS : MOE_GROUP_REGROUP,
+    };
+    s->sched = moe_sched_create(s->engine, &sp);
+    if (!s->sched) {
+        moe_error_prefix(MOE_EINVAL, "scheduler");
+        goto out_fail;
+    }
+    if (moe_sched_start(s->sched) != MOE_OK) {
+        moe_error_prefix(MOE_EINVAL, "scheduler thread");
+        goto out_fail;
+    }
+    if (server_warmup(s) != MOE_OK)
+        goto out_fail;
+    return s;
+out_fail:
+    moe_server_destroy(s);
+    return NULL;
+}
+
+enum moe_status moe_server_run(struct moe_server *s)
+{
+    enum moe_status st = MOE_OK;
+    if (s->cfg.http_port) {
+        s->http = srv_http_start(s);
+        if (!s->http)
+            return moe_error_prefix(MOE_EIO, "HTTP listener %s:%d", s->cfg.host, s->cfg.http_port);
+    }
+    if (s->cfg.grpc_port) {
+        s->grpc = srv_grpc_start(s);
+        if (!s->grpc) {
+            st = moe_error_prefix(MOE_EIO, "gRPC listener %s:%d", s->cfg.host, s->cfg.grpc_port);
+            goto out_stop;
+        }
+    }
+    atomic_store(&s->ready, true);
+    fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s:%d, HTTP %s:%d (%.1f s to load and warm up)\n",
+            s->model_name, s->cfg.host, s->cfg.grpc_port, s->cfg.host, s->cfg.http_port,
+            moe_now() - s->t_start);
+    fflush(stderr);
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0) {
+    }
+    fprintf(stderr, "moeflow serve: %s: draining (up to %.1f s)\n",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT", s->cfg.drain_timeout);
+    atomic_store(&s->ready, false);
+    atomic_store(&s->draining, true);
+    double t0 = moe_now();
+    moe_sched_drain(s->sched, s->cfg.drain_timeout);
+    /* Let the front ends deliver the terminal statuses. */
+    while (atomic_load(&s->live_gens) > 0 && moe_now() - t0 < s->cfg.drain_timeout + 5) {
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+    struct moe_sched_stats ss;
+    moe_sched_stats(s->sched, &ss);
+    fprintf(stderr, "moeflow serve: drained in %.2f s: accepted %llu = completed %llu + cancelled "
+            "%llu + failed %llu\n", moe_now() - t0, (unsigned long long)ss.accepted,
+            (unsigned long long)ss.completed, (unsigned long long)ss.cancelled,
+            (unsigned long long)ss.failed);
+out_stop:
+    if (s->grpc)
+        srv_grpc_stop(s->grpc);
+    s->grpc = NULL;
+    if (s->http)
+        srv_http_stop(s->http);
+    s->http = NULL;
+    return st;
+}
+
+void moe_server_destroy(struct moe_server *s)
+{
+    if (!s)
+        return;
+    if (s->grpc)
+        srv_grpc_stop(s->grpc);
+    if (s->http)
+        srv_http_stop(s->http);
+    if (s->sched)
+        moe_sched_destroy(s->sched);
+    if (s->engine)
+        moe_engine_destroy(s->engine);
+    if (s->tok)
+        moe_tokenizer_free(s->tok);
+    if (s->model)
+        moe_model_close(s->model);
+    moe_metrics_free(&s->metrics);
+    free(s);
+}

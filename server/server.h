@@ -1,0 +1,33 @@
+/* moeflow serving: loads a model, warms it up, and serves it over gRPC
+ * (moeflow.v1.Generation, KServe v2 inference.GRPCInferenceService,
+ * grpc.health.v1.Health) and HTTP (OpenAI-compatible completions, health,
+ * readiness, Prometheus metrics) until SIGTERM or SIGINT, then drains. */
+#ifndef MOE_SERVER_H
+#define MOE_SERVER_H
+
+#include "../common/moe.h"
+#include "serve_config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_server;
+
+/* Load the model, create engine and scheduler, warm up.  NULL with
+ * moe_last_error() set on failure. */
+struct moe_server *moe_server_create(const struct moe_serve_config *cfg);
+/* Open the listeners, report ready, serve until SIGTERM/SIGINT, then stop
+ * admission, turn readiness off, finish in-flight work within drain-timeout
+ * and close.  The caller must have blocked SIGTERM, SIGINT in every thread
+ * (moe_server_block_signals) before creating the server. */
+enum moe_status moe_server_run(struct moe_server *s);
+void moe_server_destroy(struct moe_server *s);
+/* Block SIGTERM and SIGINT (delivered to moe_server_run through sigwait) and
+ * ignore SIGPIPE; call before any thread is created. */
+void moe_server_block_signals(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,135 @@
+/* Internals shared by the server core (server.c) and its two front ends
+ * (http.c, grpc.c).  Not a public header.
+ *
+ * Threads: the scheduler thread produces token and done events through the
+ * scheduler callbacks; each front end runs its own thread and owns its
+ * requests.  Events are handed over through the front end's inbox: a mutex,
+ * a list of generations with new events, and a wake function (event_active
+ * for libevent; the gRPC thread polls its completion queue with a short
+ * timeout and drains the inbox after each wake-up). */
+#ifndef MOE_SERVER_SRV_H
+#define MOE_SERVER_SRV_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/moe.h"
+#include "../engine/engine.h"
+#include "../model/model.h"
+#include "../model/tokenizer.h"
+#include "../scheduler/scheduler.h"
+#include "metrics.h"
+#include "requests.h"
+#include "serve_config.h"
+
+struct srv_gen;
+
+struct srv_inbox {
+    pthread_mutex_t mu;
+    struct srv_gen *head, *tail;   /* generations with unread events (each holds a ref) */
+    void (*wake)(void *arg);       /* called without mu held; may be NULL (polled) */
+    void *wake_arg;
+};
+
+/* One generation request, shared by a front end and the scheduler. */
+struct srv_gen {
+    struct moe_server *srv;
+    struct srv_inbox *inbox;
+    uint64_t id;                   /* scheduler id */
+    int n_prompt;                  /* prompt tokens */
+    int max_tokens;                /* admitted max_tokens */
+    bool ignore_eos;
+    /* guarded by inbox->mu */
+    void *owner;                   /* front-end context; NULL once the front end let go */
+    int refs;                      /* scheduler + front end + inbox list */
+    bool queued;                   /* on the inbox list */
+    struct srv_gen *next;
+    int *toks;                     /* tokens not yet taken by the front end */
+    int n_toks, cap_toks;
+    bool toks_oom;                 /* a token could not be buffered: fail the request */
+    bool done;                     /* on_done arrived */
+    enum moe_finish why;
+    enum moe_status st;
+    char msg[256];
+    int n_generated;
+    /* scheduler thread only */
+    double t_submit, t_last;       /* moe_now() seconds */
+    int n_seen;
+    /* front-end thread only */
+    char pend[8];                  /* UTF-8 bytes held back until their character completes */
+    int n_pend;
+    int n_streamed;                /* tokens handed out so far */
+    bool finished_front;           /* terminal status delivered */
+};
+
+/* What a front end takes from one generation per wake-up. */
+struct srv_events {
+    int *toks;                     /* malloc'd, n_toks */
+    int n_toks;
+    bool done;
+    enum moe_finish why;
+    enum moe_status st;
+    char msg[256];
+    int n_prompt, n_generated;
+};
+
+struct moe_server {
+    struct moe_serve_config cfg;
+    char model_name[128];
+    struct moe_model *model;
+    struct moe_tokenizer *tok;
+    struct moe_engine *engine;
+    struct moe_sched *sched;
+    int max_ctx;                   /* tokens per sequence */
+    struct moe_metrics metrics;
+    atomic_bool ready;             /* loaded, warm, not draining */
+    atomic_bool draining;
+    atomic_int live_gens;          /* srv_gen objects alive */
+    uint64_t by_finish[5];         /* terminal statuses seen in on_done (metrics.mu) */
+    double t_start;
+    struct http_front *http;
+    struct grpc_front *grpc;
+};
+
+/* Map a status to HTTP and gRPC codes. */
+int srv_http_status(enum moe_status st);
+int srv_grpc_code(enum moe_status st);      /* grpc_status_code value */
+int srv_finish_http_status(enum moe_finish why, enum moe_status st);
+int srv_finish_grpc_code(enum moe_finish why, enum moe_status st);
+
+/* Admit a decoded request: tokenize, check limits (max-output, max-prompt,
+ * context, model name), submit.  On success *out holds a generation owned by
+ * `owner` (one ref for the front end).  Errors: MOE_EINVAL/ERANGE (bad field,
+ * named in moe_last_error), MOE_EBUSY (queue full), MOE_ECANCELED (draining),
+ * others. */
+enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
+                               const struct moe_gen_request *r, double deadline,
+                               struct srv_gen **out);
+/* Take the generations with unread events off the inbox (a list linked by
+ * ->next; each holds a ref that srv_gen_put drops). */
+struct srv_gen *srv_inbox_take(struct srv_inbox *ib);
+/* Move g's unread events into ev (caller frees ev->toks). */
+void srv_gen_events(struct srv_gen *g, struct srv_events *ev);
+/* Text of tokens, UTF-8 complete characters only unless final (then flushed,
+ * invalid bytes replaced by U+FFFD).  malloc'd NUL-terminated; *len bytes. */
+char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len);
+/* The front end lets go: cancel in the scheduler if still running, drop its ref. */
+void srv_gen_abandon(struct srv_gen *g);
+/* Drop one ref (front end or inbox list). */
+void srv_gen_put(struct srv_gen *g);
+
+void srv_inbox_init(struct srv_inbox *ib, void (*wake)(void *), void *arg);
+void srv_inbox_free(struct srv_inbox *ib);
+
+/* Prometheus text of all metrics (malloc'd). */
+char *srv_metrics_text(struct moe_server *s, size_t *len);
+
+/* Front ends. */
+struct http_front *srv_http_start(struct moe_server *s);
+void srv_http_stop(struct http_front *h);
+struct grpc_front *srv_grpc_start(struct moe_server *s);
+void srv_grpc_stop(struct grpc_front *g);
+
+#endif

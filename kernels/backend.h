@@ -1,0 +1,173 @@
+/* The backend seam: one table of operations over backend memory, with an
+ * opaque context.  The engine computes a forward pass only through this table,
+ * so it runs unchanged on the CPU reference backend (kernels/cpu, C11) and on
+ * the CUDA backend (kernels/cuda).
+ *
+ * Conventions (every backend):
+ * - Pointers passed to ops are backend buffers (from buf_alloc, or expert
+ *   weights handed out by the expert provider), except parameters named h_*
+ *   (host memory).  Activations are F32 row-major; matrix weights are
+ *   row-major [out_features, in_features] as in Hugging Face, in F32 or BF16;
+ *   vectors (norm weights, biases) are F32.  Index arrays are int32.
+ * - Ops are enqueued in order on the backend's one stream and may run
+ *   asynchronously; synchronize() waits for all of them.  Host memory given
+ *   to copy_h2d/copy_d2h must stay valid until synchronize() returns; host
+ *   arrays (h_*) given to ops are consumed before the op returns.
+ * - Every op returns MOE_OK or an error that names the op and the bad size.
+ *   An asynchronous failure is returned by the next synchronize() (and, for a
+ *   sticky device error, by every call after it).
+ * - Determinism (all backends): an op's result for one row (token) depends
+ *   only on that row's inputs and the weights -- never on how many rows are in
+ *   the call, where the row sits, or how many threads run.  The engine's
+ *   batch invariance and offload invariance rest on this.
+ * - out may alias x where an op says so; otherwise buffers must not overlap. */
+#ifndef MOE_BACKEND_H
+#define MOE_BACKEND_H
+
+#include "../common/moe.h"
+#include "../model/config.h"      /* enum moe_router_kind */
+#include "../model/safetensors.h" /* enum moe_dtype */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One routed expert's weights in backend memory (dtype given per call). */
+struct moe_backend_expert {
+    const void *gate, *up;  /* [inter, hidden] */
+    const void *down;       /* [hidden, inter] */
+};
+
+struct moe_backend_ops {
+    /* ---- memory ---------------------------------------------------------- */
+    /* NULL with moe_last_error() naming `what` and the size on failure. */
+    void *(*buf_alloc)(void *ctx, size_t bytes, const char *what);
+    void (*buf_free)(void *ctx, void *buf);
+    enum moe_status (*copy_h2d)(void *ctx, void *dst, const void *h_src, size_t bytes);
+    enum moe_status (*copy_d2h)(void *ctx, void *h_dst, const void *src, size_t bytes);
+    enum moe_status (*copy_d2d)(void *ctx, void *dst, const void *src, size_t bytes);
+    enum moe_status (*memset0)(void *ctx, void *dst, size_t bytes);
+    /* Wait for everything enqueued; returns the first asynchronous error. */
+    enum moe_status (*synchronize)(void *ctx);
+    void (*destroy)(void *ctx);
+
+    /* ---- ops ------------------------------------------------------------- */
+    /* out[i, :] = table[ids[i], :] as F32.  table [vocab, hidden] in dt.
+     * Ids are validated by the caller; an id outside [0, vocab) gives a row
+     * of NaN, never an out-of-bounds read. */
+    enum moe_status (*embed)(void *ctx, const void *table, enum moe_dtype dt, int vocab, int hidden,
+                             const int32_t *ids, int n, float *out);
+
+    /* RMSNorm of each of `rows` rows of length dim:
+     *   y = w * (x * 1/sqrt(mean(x^2) + eps)),  x, y [rows, dim] (y may alias x), w [dim].
+     * Layer norms: rows = tokens.  Qwen3 per-head q/k norm: rows = tokens*heads,
+     * dim = head_dim.  OLMoE q/k norm over the projection: dim = heads*head_dim. */
+    enum moe_status (*rmsnorm)(void *ctx, const float *x, const float *w, float *y, int rows,
+                               int dim, float eps);
+
+    /* Linear layer: y [n, out] = x [n, in] @ W^T + bias.  W [out, in] in wdt
+     * (F32 or BF16); bias [out] F32 or NULL.  y must not alias x. */
+    enum moe_status (*linear)(void *ctx, const float *x, const void *w, enum moe_dtype wdt,
+                              const float *bias, int n, int in, int out, float *y);
+
+    /* Rotary embedding, rotate-half layout, in place on x [n, n_heads, head_dim]:
+     * for i < head_dim/2, inv_freq_i = 1 / theta^(2i/head_dim) (F32),
+     * angle = pos[i] * inv_freq_i (F32), and
+     * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin). */
+    enum moe_status (*rope)(void *ctx, float *x, const int32_t *pos, int n, int n_heads,
+                            int head_dim, float theta);
+
+    /* KV cache of one layer: F32 kcache/vcache [max_seqs, max_ctx, kv_dim]
+     * (kv_dim = n_kv_heads*head_dim).  cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */
+    enum moe_status (*kv_store)(void *ctx, const float *k, const float *v, float *kcache,
+                                float *vcache, const int32_t *seq, const int32_t *pos, int n,
+                                int max_ctx, int kv_dim);
+
+    /* Causal grouped-query attention over the cache, prefill and batched decode
+     * alike: token i (sequence seq[i], position pos[i]) attends to positions
+     * 0..pos[i] of its sequence, which must already be stored.  Query head h
+     * uses KV head h / (n_heads / n_kv_heads).  softmax(q.k * scale) @ v in F32.
+     * q, out [n, n_heads*head_dim]. */
+    enum moe_status (*attention)(void *ctx, const float *q, const float *kcache,
+                                 const float *vcache, const int32_t *seq, const int32_t *pos,
+                                 int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                 float scale, float *out);
+
+    /* Router: logits [n, E] -> ids [n, k] and weights [n, k], descending
+     * weight, ties to the lower expert id.
+     *   MOE_ROUTER_TOPK_SOFTMAX (Mixtral): top-k of the logits, softmax over the k.
+     *   MOE_ROUTER_SOFTMAX_TOPK (Qwen, OLMoE): softmax over all E, top-k, and
+     *   when renorm the k weights are divided by their sum. */
+    enum moe_status (*router)(void *ctx, const float *logits, int n, int E, int k,
+                              enum moe_router_kind kind, bool renorm, int32_t *ids, float *w);
+
+    /* Gather rows (token permute): out[r, :] = x[rows[r], :] for r < n_rows. */
+    enum moe_status (*gather_rows)(void *ctx, const float *x, const int32_t *rows, int n_rows,
+                                   int dim, float *out);
+
+    /* The routed experts of one layer as ONE indirect op (ggml_mul_mat_id style).
+     * Shape contract:
+     *   xp     [rows, hidden]   tokens permuted by expert: rows
+     *                           h_off[g] .. h_off[g+1]-1 go to expert g
+     *   h_off  [n_groups + 1]   host array, h_off[0] = 0, non-decreasing,
+     *                           h_off[n_groups] = rows
+     *   h_w    [n_groups]       host array of expert weights in backend memory, dtype wdt
+     *   yp     [rows, hidden]   out: down(silu(gate x) * up x), each row with its expert
+     * Every row's result depends only on that row and its expert's weights, so
+     * how experts are grouped into calls (chunking) never changes a bit. */
+    enum moe_status (*moe_experts)(void *ctx, const float *xp, int n_groups,
+                                   const int *h_off, const struct moe_backend_expert *h_w,
+                                   enum moe_dtype wdt, int hidden, int inter, float *yp);
+
+    /* Un-permute and weighted sum, in routing-rank order: for token t < n,
+     *   out[t, :] (+)= sum over r = 0..k-1, in that order, of w[t, r] * yp[inv[t*k + r], :]
+     * inv maps (token, rank) to its row of the expert-permuted yp [n*k, dim];
+     * accumulate adds to out, else overwrites it. */
+    enum moe_status (*moe_combine)(void *ctx, const float *yp, const int32_t *inv, const float *w,
+                                   int n, int k, int dim, bool accumulate, float *out);
+
+    /* SwiGLU: out[i] = silu(gate[i]) * up[i] over count elements (out may alias gate). */
+    enum moe_status (*swiglu)(void *ctx, const float *gate, const float *up, float *out,
+                              size_t count);
+
+    /* Shared-expert gate (Qwen2-MoE): out[t, :] += sigmoid(s[t]) * y[t, :];
+     * s [n] (the shared_expert_gate projection), y, out [n, dim]. */
+    enum moe_status (*sigmoid_scale_add)(void *ctx, const float *s, const float *y, int n, int dim,
+                                         float *out);
+
+    /* Residual add: y[i] += x[i] over count elements. */
+    enum moe_status (*add)(void *ctx, float *y, const float *x, size_t count);
+
+    /* Greedy pick: out[r] = argmax over x[r, 0..dim-1]; ties -> lowest index;
+     * NaN never wins (a row of only NaN gives 0). */
+    enum moe_status (*argmax)(void *ctx, const float *x, int rows, int dim, int32_t *out);
+};
+
+/* A backend: its ops, its context and what the engine must know about it. */
+struct moe_backend {
+    const struct moe_backend_ops *ops;
+    void *ctx;
+    const char *name;          /* "cpu", "cuda" */
+    bool host_visible;         /* buffers are plain host memory (the host may read/write them) */
+    enum moe_dtype weight_dtype; /* dtype the engine stores matrix weights in (F32 or BF16) */
+};
+
+/* ops->destroy(ctx): frees the context and the struct moe_backend (which a
+ * backend embeds in its context).  NULL is a no-op. */
+void moe_backend_destroy(struct moe_backend *be);
+
+/* ---- the CPU reference backend -------------------------------------------- */
+
+struct moe_backend_cpu_params {
+    int n_threads;   /* worker threads for GEMMs and attention (0 = 1); also OpenBLAS's */
+    bool use_blas;   /* true: GEMMs via cblas_sgemm (faster on some machines, but a row's
+                        result then depends on the batch around it: breaks batch invariance) */
+};
+
+/* F32 weights, host-visible buffers.  NULL with moe_last_error() set on failure. */
+struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,537 @@
+/* The CPU reference backend: every op of kernels/backend.h in C11 over host
+ * memory, F32 arithmetic.  Ops run synchronously; copies are memcpy.
+ * GEMMs use the deterministic kernel of gemm.c (or cblas_sgemm when the
+ * caller trades batch invariance for speed, use_blas). */
+#include "cpu_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* OpenBLAS extension (declared by its cblas.h on most distributions). */
+void openblas_set_num_threads(int num_threads);
+
+struct cpu_ctx {
+    struct moe_backend be;
+    struct cpu_pool *pool;
+    enum cpu_isa isa;
+    bool use_blas;
+    float *scratch;       /* expert intermediates, grown on demand (never per token) */
+    size_t scratch_cap;   /* floats */
+};
+
+static const char *dt_name(enum moe_dtype dt)
+{
+    switch (dt) {
+    case MOE_DT_F32: return "F32";
+    case MOE_DT_F16: return "F16";
+    case MOE_DT_BF16: return "BF16";
+    default: return "non-float";
+    }
+}
+
+#define ATTN_BLOCK 128 /* keys scored per block in attention (stack buffer) */
+
+static enum moe_status bad(const char *op, const char *what, long long v)
+{
+    return moe_errorf(MOE_EINVAL, "cpu backend %s: %s = %lld is out of range", op, what, v);
+}
+
+/* ---- memory ------------------------------------------------------------------ */
+
+static void *cpu_alloc(void *ctx, size_t bytes, const char *what)
+{
+    (void)ctx;
+    void *p = NULL;
+    size_t sz = bytes ? (bytes + 63) & ~(size_t)63 : 64;
+    if (posix_memalign(&p, 64, sz)) {
+        moe_errorf(MOE_ENOMEM, "cpu backend: cannot allocate %zu bytes for %s", bytes,
+                   what ? what : "a buffer");
+        return NULL;
+    }
+    return p;
+}
+
+static void cpu_free(void *ctx, void *buf)
+{
+    (void)ctx;
+    free(buf);
+}
+
+static enum moe_status cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    (void)ctx;
+    if (bytes) memmove(dst, src, bytes);
+    return MOE_OK;
+}
+
+static enum moe_status cpu_memset0(void *ctx, void *dst, size_t bytes)
+{
+    (void)ctx;
+    if (bytes) memset(dst, 0, bytes);
+    return MOE_OK;
+}
+
+static enum moe_status cpu_sync(void *ctx)
+{
+    (void)ctx;
+    return MOE_OK;
+}
+
+static void cpu_destroy(void *ctx)
+{
+    struct cpu_ctx *c = ctx;
+    cpu_pool_destroy(c->pool);
+    free(c->scratch);
+    free(c);
+}
+
+/* ---- ops --------------------------------------------------------------------- */
+
+static enum moe_status cpu_embed(void *ctx, const void *table, enum moe_dtype dt, int vocab,
+                                 int hidden, const int32_t *ids, int n, float *out)
+{
+    (void)ctx;
+    if (dt != MOE_DT_F32 && dt != MOE_DT_BF16)
+        return moe_errorf(MOE_ENOTSUP, "cpu backend embed: table dtype %s (F32 or BF16)",
+                          dt_name(dt));
+    for (int i = 0; i < n; i++) {
+        float *o = out + (size_t)i * hidden;
+        int id = ids[i];
+        if (id < 0 || id >= vocab) {
+            for (int d = 0; d < hidden; d++) o[d] = NAN;
+            continue;
+        }
+        if (dt == MOE_DT_F32) {
+            memcpy(o, (const float *)table + (size_t)id * hidden, (size_t)hidden * sizeof(float));
+        } else {
+            const uint16_t *r = (const uint16_t *)table + (size_t)id * hidden;
+            for (int d = 0; d < hidden; d++) o[d] = moe_bf16_to_f32(r[d]);
+        }
+    }
+    return MOE_OK;
+}
+
+static enum moe_status cpu_rmsnorm(void *ctx, const float *x, const float *w, float *y, int rows,
+                                   int dim, float eps)
+{
+    (void)ctx;
+    if (dim <= 0) return bad("rmsnorm", "dim", dim);
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *yr = y + (size_t)r * dim;
+        float l[8] = { 0 };
+        int d8 = dim & ~7, d = 0;
+        for (; d < d8; d += 8)
+            for (int j = 0; j < 8; j++) l[j] += xr[d + j] * xr[d + j];
+        for (int j = 0; d + j < dim; j++) l[j] += xr[d + j] * xr[d + j];
+        float ss = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+        float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int j = 0; j < dim; j++) yr[j] = w[j] * (xr[j] * inv);
+    }
+    return MOE_OK;
+}
+
+static enum moe_status cpu_linear(void *ctx, const float *x, const void *w, enum moe_dtype wdt,
+                                  const float *bias, int n, int in, int out, float *y)
+{
+    struct cpu_ctx *c = ctx;
+    if (wdt != MOE_DT_F32 && wdt != MOE_DT_BF16)
+        return moe_errorf(MOE_ENOTSUP, "cpu backend linear: weight dtype %s (F32 or BF16)",
+                          dt_name(wdt));
+    if (n < 0 || in <= 0 || out <= 0)
+        return moe_errorf(MOE_EINVAL, "cpu backend linear: bad shape n=%d in=%d out=%d", n, in, out);
+    if (c->use_blas && wdt == MOE_DT_F32 && n > 0) {
+        if (bias)
+            for (int i = 0; i < n; i++) memcpy(y + (size_t)i * out, bias, (size_t)out * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in,
+                    bias ? 1.0f : 0.0f, y, out);
+        return MOE_OK;
+    }
+    cpu_gemm_nt(c->isa, c->pool, x, w, wdt, bias, n, in, out, y);
+    return MOE_OK;
+}
+
+static enum moe_status cpu_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads,
+                                int head_dim, float theta)
+{
+    (void)ctx;
+    if (head_dim <= 0 || head_dim % 2 || head_dim > 4096) return bad("rope", "head_dim", head_dim);
+    int half = head_dim / 2;
+    float inv_freq[2048], cs[2048], sn[2048];
+    for (int i = 0; i < half; i++)
+        inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < half; i++) {
+            float a = (float)pos[t] * inv_freq[i];
+            cs[i] = cosf(a);
+            sn[i] = sinf(a);
+        }
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * head_dim;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * cs[i] - b * sn[i];
+                v[i + half] = b * cs[i] + a * sn[i];
+            }
+        }
+    }
+    return MOE_OK;
+}
+
+static enum moe_status cpu_kv_store(void *ctx, const float *k, const float *v, float *kcache,
+                                    float *vcache, const int32_t *seq, const int32_t *pos, int n,
+                                    int max_ctx, int kv_dim)
+{
+    (void)ctx;
+    for (int i = 0; i < n; i++) {
+        if (pos[i] < 0 || pos[i] >= max_ctx) return bad("kv_store", "pos", pos[i]);
+        if (seq[i] < 0) return bad("kv_store", "seq", seq[i]);
+        size_t off = ((size_t)seq[i] * (size_t)max_ctx + (size_t)pos[i]) * (size_t)kv_dim;
+        memcpy(kcache + off, k + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+        memcpy(vcache + off, v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+    }
+    return MOE_OK;
+}
+
+struct attn_job {
+    struct cpu_ctx *c;
+    const float *q, *kc, *vc;
+    const int32_t *seq, *pos;
+    int n, nh, nkv, hd, max_ctx;
+    float scale;
+    float *out;
+};
+
+/* One (token, head): blockwise softmax over keys 0..pos with a running max,
+ * keys always visited in the same blocks, so the result depends only on this
+ * token's query and its sequence's cache. */
+static void attn_one(const struct attn_job *j, int t, int h)
+{
+    int hd = j->hd, kvd = j->nkv * hd, g = h / (j->nh / j->nkv);
+    const float *q = j->q + ((size_t)t * j->nh + h) * hd;
+    const float *kb = j->kc + (size_t)j->seq[t] * j->max_ctx * kvd + (size_t)g * hd;
+    const float *vb = j->vc + (size_t)j->seq[t] * j->max_ctx * kvd + (size_t)g * hd;
+    float *o = j->out + ((size_t)t * j->nh + h) * hd;
+    float s[ATTN_BLOCK];
+    float m = -INFINITY, l = 0.0f;
+    for (int d = 0; d < hd; d++) o[d] = 0.0f;
+    int len = j->pos[t] + 1;
+    for (int b0 = 0; b0 < len; b0 += ATTN_BLOCK) {
+        int nb = len - b0 < ATTN_BLOCK ? len - b0 : ATTN_BLOCK;
+        float bm = -INFINITY;
+        for (int i = 0; i < nb; i++) {
+            s[i] = cpu_dot(j->c->isa, q, kb + (size_t)(b0 + i) * kvd, hd) * j->scale;
+            if (s[i] > bm) bm = s[i];
+        }
+        if (bm > m) {
+            float r = m == -INFINITY ? 0.0f : expf(m - bm);
+            l *= r;
+            for (int d = 0; d < hd; d++) o[d] *= r;
+            m = bm;
+        }
+        for (int i = 0; i < nb; i++) {
+            float p = expf(s[i] - m);
+            l += p;
+            const float *vr = vb + (size_t)(b0 + i) * kvd;
+            for (int d = 0; d < hd; d++) o[d] += p * vr[d];
+        }
+    }
+    float inv = 1.0f / l;
+    for (int d = 0; d < hd; d++) o[d] *= inv;
+}
+
+static void attn_task(void *arg, int tid, int nth)
+{
+    const struct attn_job *j = arg;
+    int total = j->n * j->nh;
+    for (int w = tid; w < total; w += nth) attn_one(j, w / j->nh, w % j->nh);
+}
+
+static enum moe_status cpu_attention(void *ctx, const float *q, const float *kcache,
+                                     const float *vcache, const int32_t *seq, const int32_t *pos,
+                                     int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                     float scale, float *out)
+{
+    struct cpu_ctx *c = ctx;
+    if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads)
+        return moe_errorf(MOE_EINVAL, "cpu backend attention: n_heads %d not a multiple of n_kv_heads %d",
+                          n_heads, n_kv_heads);
+    long long work = 0;
+    for (int i = 0; i < n; i++) {
+        if (pos[i] < 0 || pos[i] >= max_ctx) return bad("attention", "pos", pos[i]);
+        if (seq[i] < 0) return bad("attention", "seq", seq[i]);
+        work += pos[i] + 1;
+    }
+    struct attn_job j = { c, q, kcache, vcache, seq, pos, n, n_heads, n_kv_heads, head_dim,
+                          max_ctx, scale, out };
+    if (work * n_heads * head_dim < 65536)
+        attn_task(&j, 0, 1);
+    else
+        cpu_pool_run(c->pool, attn_task, &j);
+    return MOE_OK;
+}
+
+/* Top-k of row x[E] by value, descending, ties to the lower index. */
+static void topk_row(const float *x, int E, int k, int32_t *ids)
+{
+    for (int r = 0; r < k; r++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int q = 0; q < r; q++)
+                if (ids[q] == e) taken = true;
+            if (taken) continue;
+            /* NaN never wins over a number. */
+            if (best < 0 || x[e] > x[best] || (isnan(x[best]) && !isnan(x[e]))) best = e;
+        }
+        ids[r] = best;
+    }
+}
+
+static enum moe_status cpu_router(void *ctx, const float *logits, int n, int E, int k,
+                                  enum moe_router_kind kind, bool renorm, int32_t *ids, float *w)
+{
+    (void)ctx;
+    if (k <= 0 || k > E) return bad("router", "k", k);
+    for (int t = 0; t < n; t++) {
+        const float *x = logits + (size_t)t * E;
+        int32_t *id = ids + (size_t)t * k;
+        float *wt = w + (size_t)t * k;
+        topk_row(x, E, k, id);
+        if (kind == MOE_ROUTER_TOPK_SOFTMAX) {
+            float m = x[id[0]], sum = 0.0f;
+            for (int r = 0; r < k; r++) sum += (wt[r] = expf(x[id[r]] - m));
+            for (int r = 0; r < k; r++) wt[r] /= sum;
+        } else {
+            float m = x[id[0]], sum = 0.0f;
+            for (int e = 0; e < E; e++) sum += expf(x[e] - m);
+            for (int r = 0; r < k; r++) wt[r] = expf(x[id[r]] - m) / sum;
+            if (renorm) {
+                float s = 0.0f;
+                for (int r = 0; r < k; r++) s += wt[r];
+                for (int r = 0; r < k; r++) wt[r] /= s;
+            }
+        }
+    }
+    return MOE_OK;
+}
+
+static enum moe_status cpu_gather_rows(void *ctx, const float *x, const int32_t *rows, int n_rows,
+                                       int dim, float *out)
+{
+    (void)ctx;
+    for (int r = 0; r < n_rows; r++)
+        memcpy(out + (size_t)r * dim, x + (size_t)rows[r] * dim, (size_t)dim * sizeof(float));
+    return MOE_OK;
+}
+
+static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+
+static enum moe_status cpu_swiglu(void *ctx, const float *gate, const float *up, float *out,
+                                  size_t count)
+{
+    (void)ctx;
+    for (size_t i = 0; i < count; i++) out[i] = silu(gate[i]) * up[i];
+    return MOE_OK;
+}
+
+struct experts_job {
+    struct cpu_ctx *c;
+    const float *xp;
+    int n_groups;
+    const int *off;
+    const struct moe_backend_expert *w;
+    enum moe_dtype wdt;
+    int hidden, inter;
+    float *yp;
+    bool threaded_gemm; /* one group at a time, GEMMs split over threads */
+};
+
+/* Group g: scratch rows off[g]..off[g+1]-1 of [rows, 2*inter], disjoint per group. */
+static void experts_group(const struct experts_job *j, int g, struct cpu_pool *pool)
+{
+    int r0 = j->off[g], nr = j->off[g + 1] - r0;
+    if (nr <= 0) return;
+    float *gt = j->c->scratch + (size_t)r0 * 2 * j->inter;
+    float *up = gt + (size_t)nr * j->inter;
+    const float *x = j->xp + (size_t)r0 * j->hidden;
+    cpu_gemm_nt(j->c->isa, pool, x, j->w[g].gate, j->wdt, NULL, nr, j->hidden, j->inter, gt);
+    cpu_gemm_nt(j->c->isa, pool, x, j->w[g].up, j->wdt, NULL, nr, j->hidden, j->inter, up);
+    for (size_t i = 0; i < (size_t)nr * j->inter; i++) gt[i] = silu(gt[i]) * up[i];
+    cpu_gemm_nt(j->c->isa, pool, gt, j->w[g].down, j->wdt, NULL, nr, j->inter, j->hidden,
+                j->yp + (size_t)r0 * j->hidden);
+}
+
+static void experts_task(void *arg, int tid, int nth)
+{
+    const struct experts_job *j = arg;
+    for (int g = tid; g < j->n_groups; g += nth) experts_group(j, g, NULL);
+}
+
+static enum moe_status cpu_moe_experts(void *ctx, const float *xp, int n_groups, const int *h_off,
+                                       const struct moe_backend_expert *h_w, enum moe_dtype wdt,
+                                       int hidden, int inter, float *yp)
+{
+    struct cpu_ctx *c = ctx;
+    if (wdt != MOE_DT_F32 && wdt != MOE_DT_BF16)
+        return moe_errorf(MOE_ENOTSUP, "cpu backend moe_experts: weight dtype %s (F32 or BF16)",
+                          dt_name(wdt));
+    if (n_groups < 0 || hidden <= 0 || inter <= 0)
+        return moe_errorf(MOE_EINVAL, "cpu backend moe_experts: bad shape groups=%d hidden=%d inter=%d",
+                          n_groups, hidden, inter);
+    if (n_groups == 0) return MOE_OK;
+    if (h_off[0] != 0) return bad("moe_experts", "off[0]", h_off[0]);
+    for (int g = 0; g < n_groups; g++)
+        if (h_off[g + 1] < h_off[g]) return bad("moe_experts", "off (decreasing) at group", g);
+    size_t rows = (size_t)h_off[n_groups];
+    size_t need = rows * 2 * (size_t)inter;
+    if (need > c->scratch_cap) {
+        float *s = realloc(c->scratch, need * sizeof(float));
+        if (!s)
+            return moe_errorf(MOE_ENOMEM, "cpu backend moe_experts: cannot allocate %zu bytes of scratch",
+                              need * sizeof(float));
+        c->scratch = s;
+        c->scratch_cap = need;
+    }
+    if (c->use_blas && wdt == MOE_DT_F32) {
+        for (int g = 0; g < n_groups; g++) {
+            int r0 = h_off[g], nr = h_off[g + 1] - r0;
+            if (nr <= 0) continue;
+            float *gt = c->scratch + (size_t)r0 * 2 * inter, *up = gt + (size_t)nr * inter;
+            const float *x = xp + (size_t)r0 * hidden;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, inter, hidden, 1.0f, x, hidden,
+                        h_w[g].gate, hidden, 0.0f, gt, inter);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, inter, hidden, 1.0f, x, hidden,
+                        h_w[g].up, hidden, 0.0f, up, inter);
+            for (size_t i = 0; i < (size_t)nr * inter; i++) gt[i] = silu(gt[i]) * up[i];
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, hidden, inter, 1.0f, gt, inter,
+                        h_w[g].down, inter, 0.0f, yp + (size_t)r0 * hidden, hidden);
+        }
+        return MOE_OK;
+    }
+    struct experts_job j = { c, xp, n_groups, h_off, h_w, wdt, hidden, inter, yp, false };
+    int nth = cpu_pool_size(c->pool);
+    double work = (double)rows * hidden * inter * 3.0;
+    if (nth == 1 || work < 262144.0) {
+        for (int g = 0; g < n_groups; g++) experts_group(&j, g, NULL);
+    } else if (n_groups >= 2 * nth) {
+        cpu_pool_run(c->pool, experts_task, &j); /* whole groups per thread */
+    } else {
+        for (int g = 0; g < n_groups; g++) experts_group(&j, g, c->pool);
+    }
+    return MOE_OK;
+}
+
+static enum moe_status cpu_moe_combine(void *ctx, const float *yp, const int32_t *inv,
+                                       const float *w, int n, int k, int dim, bool accumulate,
+                                       float *out)
+{
+    (void)ctx;
+    for (int t = 0; t < n; t++) {
+        float *o = out + (size_t)t * dim;
+        for (int r = 0; r < k; r++) {
+            const float *y = yp + (size_t)inv[(size_t)t * k + r] * dim;
+            float wr = w[(size_t)t * k + r];
+            if (r == 0 && !accumulate)
+                for (int d = 0; d < dim; d++) o[d] = wr * y[d];
+            else
+                for (int d = 0; d < dim; d++) o[d] += wr * y[d];
+        }
+    }
+    return MOE_OK;
+}
+
+static enum moe_status cpu_sigmoid_scale_add(void *ctx, const float *s, const float *y, int n,
+                                             int dim, float *out)
+{
+    (void)ctx;
+    for (int t = 0; t < n; t++) {
+        float g = 1.0f / (1.0f + expf(-s[t]));
+        for (int d = 0; d < dim; d++) out[(size_t)t * dim + d] += g * y[(size_t)t * dim + d];
+    }
+    return MOE_OK;
+}
+
+static enum moe_status cpu_add(void *ctx, float *y, const float *x, size_t count)
+{
+    (void)ctx;
+    for (size_t i = 0; i < count; i++) y[i] += x[i];
+    return MOE_OK;
+}
+
+static enum moe_status cpu_argmax(void *ctx, const float *x, int rows, int dim, int32_t *out)
+{
+    (void)ctx;
+    for (int r = 0; r < rows; r++) {
+        const float *v = x + (size_t)r * dim;
+        int best = -1;
+        for (int i = 0; i < dim; i++) {
+            if (isnan(v[i])) continue;
+            if (best < 0 || v[i] > v[best]) best = i;
+        }
+        out[r] = best < 0 ? 0 : best;
+    }
+    return MOE_OK;
+}
+
+static const struct moe_backend_ops cpu_ops = {
+    .buf_alloc = cpu_alloc,
+    .buf_free = cpu_free,
+    .copy_h2d = cpu_copy,
+    .copy_d2h = cpu_copy,
+    .copy_d2d = cpu_copy,
+    .memset0 = cpu_memset0,
+    .synchronize = cpu_sync,
+    .destroy = cpu_destroy,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .linear = cpu_linear,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .router = cpu_router,
+    .gather_rows = cpu_gather_rows,
+    .moe_experts = cpu_moe_experts,
+    .moe_combine = cpu_moe_combine,
+    .swiglu = cpu_swiglu,
+    .sigmoid_scale_add = cpu_sigmoid_scale_add,
+    .add = cpu_add,
+    .argmax = cpu_argmax,
+};
+
+struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *p)
+{
+    struct moe_backend_cpu_params def = { 0 };
+    if (!p) p = &def;
+    if (p->n_threads < 0 || p->n_threads > 1024) {
+        moe_errorf(MOE_EINVAL, "cpu backend: n_threads = %d (0..1024)", p->n_threads);
+        return NULL;
+    }
+    struct cpu_ctx *c = calloc(1, sizeof(*c));
+    if (!c) {
+        moe_errorf(MOE_ENOMEM, "cpu backend: out of memory");
+        return NULL;
+    }
+    int nth = p->n_threads ? p->n_threads : 1;
+    c->pool = cpu_pool_create(nth);
+    if (!c->pool) {
+        free(c);
+        return NULL;
+    }
+    c->isa = cpu_isa_detect();
+    c->use_blas = p->use_blas;
+    if (c->use_blas) openblas_set_num_threads(nth);
+    c->be.ops = &cpu_ops;
+    c->be.ctx = c;
+    c->be.name = "cpu";
+    c->be.host_visible = true;
+    c->be.weight_dtype = MOE_DT_F32;
+    return &c->be;
+}
+
+void moe_backend_destroy(struct moe_backend *be)
+{
+    if (be && be->ops && be->ops->destroy) be->ops->destroy(be->ctx);
+}

@@ -1,0 +1,37 @@
+/* CPU backend internals: the thread pool and the deterministic GEMM. */
+#ifndef MOE_CPU_INTERNAL_H
+#define MOE_CPU_INTERNAL_H
+
+#include "../backend.h"
+
+/* A fixed set of worker threads; the calling thread is worker 0. */
+struct cpu_pool;
+
+struct cpu_pool *cpu_pool_create(int n_threads); /* NULL with moe_last_error() on failure */
+void cpu_pool_destroy(struct cpu_pool *p);
+int cpu_pool_size(const struct cpu_pool *p);     /* 1 for a NULL pool */
+/* Run fn(arg, tid, nth) for tid = 0..nth-1 concurrently and wait for all.
+ * A NULL pool, or a call from inside a task, runs fn(arg, 0, 1) inline. */
+void cpu_pool_run(struct cpu_pool *p, void (*fn)(void *arg, int tid, int nth), void *arg);
+
+/* Instruction set of the arithmetic kernels, chosen once per backend. */
+enum cpu_isa {
+    CPU_ISA_PORTABLE, /* plain C: multiply then add */
+    CPU_ISA_AVX2,     /* AVX2 + FMA (fused multiply-add: different rounding) */
+};
+enum cpu_isa cpu_isa_detect(void);
+const char *cpu_isa_name(enum cpu_isa isa);
+
+/* y [n, out] = x [n, in] @ W^T (+ bias [out]), W [out, in] F32 or BF16.
+ * Each y[i, j] is computed by the same instruction sequence whatever n, the
+ * row's place and the thread count: 8 partial sums over in (lane l takes the
+ * elements with index = l mod 8, the tail zero-padded), then the fixed
+ * reduction ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), then + bias.
+ * pool may be NULL (single thread). */
+void cpu_gemm_nt(enum cpu_isa isa, struct cpu_pool *pool, const float *x, const void *w,
+                 enum moe_dtype wdt, const float *bias, int n, int in, int out, float *y);
+
+/* The same dot product as one element of cpu_gemm_nt (F32 operands). */
+float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len);
+
+#endif

@@ -1,0 +1,229 @@
+/* Deterministic GEMM y = x @ W^T for the CPU backend.
+ *
+ * Why not cblas_sgemm: OpenBLAS picks different micro-kernels for row
+ * remainders and splits work by thread count, so a row's result changes with
+ * the number of rows in the call.  That would make a token's logits depend on
+ * the batch it ran in.  Here every output element is produced by one fixed
+ * instruction sequence (see cpu_internal.h), whatever the blocking. */
+#include "cpu_internal.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define MOE_HAVE_X86 1
+#include <immintrin.h>
+#endif
+
+enum cpu_isa cpu_isa_detect(void)
+{
+#ifdef MOE_HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CPU_ISA_AVX2;
+#endif
+    return CPU_ISA_PORTABLE;
+}
+
+const char *cpu_isa_name(enum cpu_isa isa)
+{
+    return isa == CPU_ISA_AVX2 ? "avx2+fma" : "portable";
+}
+
+static inline float w_at(const void *w, bool bf16, size_t i)
+{
+    return bf16 ? moe_bf16_to_f32(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+/* ---- portable path --------------------------------------------------------- */
+
+static float dot_portable(const float *x, const void *w, bool bf16, int len)
+{
+    float l[8] = { 0 };
+    int k8 = len & ~7;
+    for (int k = 0; k < k8; k += 8)
+        for (int j = 0; j < 8; j++) l[j] += x[k + j] * w_at(w, bf16, (size_t)k + (size_t)j);
+    if (k8 < len) {
+        float xt[8] = { 0 }, wt[8] = { 0 };
+        for (int j = 0; k8 + j < len; j++) {
+            xt[j] = x[k8 + j];
+            wt[j] = w_at(w, bf16, (size_t)k8 + (size_t)j);
+        }
+        for (int j = 0; j < 8; j++) l[j] += xt[j] * wt[j];
+    }
+    float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+static void gemm_portable(const float *x, const void *w, bool bf16, const float *bias, int n,
+                          int in, int out, float *y, int j0, int j1)
+{
+    for (int i = 0; i < n; i++)
+        for (int j = j0; j < j1; j++) {
+            float s = dot_portable(x + (size_t)i * in, bf16 ? (const void *)((const uint16_t *)w + (size_t)j * in)
+                                                            : (const void *)((const float *)w + (size_t)j * in),
+                                   bf16, in);
+            y[(size_t)i * out + j] = bias ? s + bias[j] : s;
+        }
+}
+
+/* ---- AVX2 + FMA path ------------------------------------------------------- */
+#ifdef MOE_HAVE_X86
+#define AVX2_FN __attribute__((target("avx2,fma")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+AVX2_INLINE __m256 load_w8(const void *w, bool bf16, size_t i)
+{
+    if (bf16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_loadu_ps((const float *)w + i);
+}
+
+AVX2_INLINE float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* l0+l4 .. l3+l7 */
+    __m128 t = _mm_movehl_ps(s, s);                                                 /* l2+l6, l3+l7 */
+    s = _mm_add_ps(s, t);                         /* (l0+l4)+(l2+l6), (l1+l5)+(l3+l7) */
+    t = _mm_shuffle_ps(s, s, 1);
+    return _mm_cvtss_f32(_mm_add_ss(s, t));
+}
+
+/* MR x NR block of y (MR <= 3, NR <= 4): the same FMA chain for every element. */
+AVX2_INLINE void block_avx2(int MR, int NR, bool bf16, const float *x, int in, const void *w,
+                            const float *bias, float *y, int out)
+{
+    __m256 acc[3][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
+    int k8 = in & ~7;
+    for (int k = 0; k < k8; k += 8) {
+        __m256 xv[3];
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * in + k);
+        for (int j = 0; j < NR; j++) {
+            __m256 wv = load_w8(w, bf16, (size_t)j * in + (size_t)k);
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+        }
+    }
+    if (k8 < in) {
+        float xt[3][8], wt[4][8];
+        memset(xt, 0, sizeof(xt));
+        memset(wt, 0, sizeof(wt));
+        for (int t = 0; k8 + t < in; t++) {
+            for (int i = 0; i < MR; i++) xt[i][t] = x[(size_t)i * in + k8 + t];
+            for (int j = 0; j < NR; j++) wt[j][t] = w_at(w, bf16, (size_t)j * in + (size_t)(k8 + t));
+        }
+        for (int j = 0; j < NR; j++) {
+            __m256 wv = _mm256_loadu_ps(wt[j]);
+            for (int i = 0; i < MR; i++)
+                acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt[i]), wv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float s = hsum8(acc[i][j]);
+            y[(size_t)i * out + j] = bias ? s + bias[j] : s;
+        }
+}
+
+#define BLOCK_CASES(BF)                                                                  \
+    static AVX2_FN void block_##BF(int mr, int nr, const float *x, int in, const void *w, \
+                                   const float *bias, float *y, int out)                 \
+    {                                                                                    \
+        switch (mr * 8 + nr) {                                                           \
+        case 3 * 8 + 4: block_avx2(3, 4, BF, x, in, w, bias, y, out); break;             \
+        case 2 * 8 + 4: block_avx2(2, 4, BF, x, in, w, bias, y, out); break;             \
+        case 1 * 8 + 4: block_avx2(1, 4, BF, x, in, w, bias, y, out); break;             \
+        case 3 * 8 + 1: block_avx2(3, 1, BF, x, in, w, bias, y, out); break;             \
+        case 2 * 8 + 1: block_avx2(2, 1, BF, x, in, w, bias, y, out); break;             \
+        default: block_avx2(1, 1, BF, x, in, w, bias, y, out); break;                    \
+        }                                                                                \
+    }
+BLOCK_CASES(false)
+BLOCK_CASES(true)
+
+static AVX2_FN float dot_avx2(const float *a, const float *b, int len)
+{
+    float r;
+    block_avx2(1, 1, false, a, len, b, NULL, &r, 1);
+    return r;
+}
+
+static AVX2_FN void gemm_avx2(const float *x, const void *w, bool bf16, const float *bias, int n,
+                              int in, int out, float *y, int j0, int j1)
+{
+    /* Rows in blocks that stay in L2 while the 4-row weight panels stream. */
+    int rb = (32768 / (in > 0 ? in : 1)) / 3 * 3;
+    if (rb < 3) rb = 3;
+    size_t es = bf16 ? 2 : 4;
+    for (int i0 = 0; i0 < n; i0 += rb) {
+        int i1 = i0 + rb < n ? i0 + rb : n;
+        for (int j = j0; j < j1;) {
+            int nr = j1 - j >= 4 ? 4 : 1;
+            const void *wj = (const char *)w + (size_t)j * (size_t)in * es;
+            const float *bj = bias ? bias + j : NULL;
+            for (int i = i0; i < i1;) {
+                int mr = i1 - i >= 3 ? 3 : i1 - i;
+                if (bf16)
+                    block_true(mr, nr, x + (size_t)i * in, in, wj, bj, y + (size_t)i * out + j, out);
+                else
+                    block_false(mr, nr, x + (size_t)i * in, in, wj, bj, y + (size_t)i * out + j, out);
+                i += mr;
+            }
+            j += nr;
+        }
+    }
+}
+#endif /* MOE_HAVE_X86 */
+
+/* ---- dispatch and threading ------------------------------------------------ */
+
+float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len)
+{
+#ifdef MOE_HAVE_X86
+    if (isa == CPU_ISA_AVX2) return dot_avx2(a, b, len);
+#endif
+    return dot_portable(a, b, false, len);
+}
+
+struct gemm_job {
+    enum cpu_isa isa;
+    const float *x;
+    const void *w;
+    bool bf16;
+    const float *bias;
+    int n, in, out;
+    float *y;
+};
+
+static void gemm_cols(const struct gemm_job *g, int j0, int j1)
+{
+    if (j0 >= j1) return;
+#ifdef MOE_HAVE_X86
+    if (g->isa == CPU_ISA_AVX2) {
+        gemm_avx2(g->x, g->w, g->bf16, g->bias, g->n, g->in, g->out, g->y, j0, j1);
+        return;
+    }
+#endif
+    gemm_portable(g->x, g->w, g->bf16, g->bias, g->n, g->in, g->out, g->y, j0, j1);
+}
+
+static void gemm_task(void *arg, int tid, int nth)
+{
+    const struct gemm_job *g = arg;
+    int per = (g->out + nth - 1) / nth;
+    per = (per + 3) & ~3;
+    int j0 = tid * per, j1 = j0 + per < g->out ? j0 + per : g->out;
+    gemm_cols(g, j0, j1);
+}
+
+void cpu_gemm_nt(enum cpu_isa isa, struct cpu_pool *pool, const float *x, const void *w,
+                 enum moe_dtype wdt, const float *bias, int n, int in, int out, float *y)
+{
+    if (n <= 0 || out <= 0) return;
+    struct gemm_job g = { isa, x, w, wdt == MOE_DT_BF16, bias, n, in, out, y };
+    /* Threads only when there is enough work to pay for the hand-off. */
+    if ((double)n * in * out < 262144.0 || out < 8)
+        gemm_cols(&g, 0, out);
+    else
+        cpu_pool_run(pool, gemm_task, &g);
+}

@@ -1,0 +1,128 @@
+/* The CPU backend's deterministic GEMM: values against a double-precision
+ * naive loop (F32 and BF16 weights, with and without bias, odd sizes), and
+ * bit-identity of every row whatever the number of rows in the call, the
+ * row's place, the column range and the thread count. */
+#include "kernels/cpu/cpu_internal.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+}
+
+static void naive(const float *x, const void *w, bool bf16, const float *b, int n, int in, int out,
+                  double *y)
+{
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < out; j++) {
+            double s = 0;
+            for (int k = 0; k < in; k++) {
+                float wv = bf16 ? moe_bf16_to_f32(((const uint16_t *)w)[(size_t)j * in + k])
+                                : ((const float *)w)[(size_t)j * in + k];
+                s += (double)x[(size_t)i * in + k] * wv;
+            }
+            y[(size_t)i * out + j] = s + (b ? b[j] : 0.0);
+        }
+}
+
+static void check_values(enum cpu_isa isa, struct cpu_pool *pool, int n, int in, int out, bool bf16,
+                         bool with_bias)
+{
+    float *x = malloc(sizeof(float) * n * in), *wf = malloc(sizeof(float) * out * in);
+    uint16_t *wb = malloc(2u * out * in);
+    float *b = malloc(sizeof(float) * out), *y = malloc(sizeof(float) * (n * out + 4));
+    double *ref = malloc(sizeof(double) * n * out);
+    for (int i = 0; i < n * in; i++) x[i] = frand();
+    for (int i = 0; i < out * in; i++) {
+        wf[i] = frand();
+        wb[i] = moe_f32_to_bf16(wf[i]);
+    }
+    for (int i = 0; i < out; i++) b[i] = frand();
+    for (int g = 0; g < 4; g++) y[n * out + g] = 12345.0f; /* guard */
+    const void *w = bf16 ? (const void *)wb : (const void *)wf;
+    cpu_gemm_nt(isa, pool, x, w, bf16 ? MOE_DT_BF16 : MOE_DT_F32, with_bias ? b : NULL, n, in, out, y);
+    naive(x, w, bf16, with_bias ? b : NULL, n, in, out, ref);
+    double maxerr = 0;
+    for (int i = 0; i < n * out; i++) {
+        double e = fabs(y[i] - ref[i]);
+        if (e > maxerr) maxerr = e;
+    }
+    /* |x|,|w| <= 0.5: error bound ~ in * 2^-24 * 0.25, with margin */
+    CHECK(maxerr < 1e-6 * in + 1e-6, "%s n=%d in=%d out=%d bf16=%d: max err %g", cpu_isa_name(isa),
+          n, in, out, bf16, maxerr);
+    for (int g = 0; g < 4; g++) CHECK(y[n * out + g] == 12345.0f, "guard overwritten n=%d in=%d out=%d", n, in, out);
+    free(x), free(wf), free(wb), free(b), free(y), free(ref);
+}
+
+/* Row i of a call with n rows starting at row off equals the same row
+ * computed alone (and with a different thread count). */
+static void check_invariance(enum cpu_isa isa, struct cpu_pool *p1, struct cpu_pool *p2, int in,
+                             int out, bool bf16)
+{
+    const int N = 70;
+    float *x = malloc(sizeof(float) * N * in), *wf = malloc(sizeof(float) * out * in);
+    uint16_t *wb = malloc(2u * out * in);
+    float *b = malloc(sizeof(float) * out);
+    float *alone = malloc(sizeof(float) * N * out), *y = malloc(sizeof(float) * N * out);
+    for (int i = 0; i < N * in; i++) x[i] = frand();
+    for (int i = 0; i < out * in; i++) {
+        wf[i] = frand();
+        wb[i] = moe_f32_to_bf16(wf[i]);
+    }
+    for (int i = 0; i < out; i++) b[i] = frand();
+    const void *w = bf16 ? (const void *)wb : (const void *)wf;
+    enum moe_dtype dt = bf16 ? MOE_DT_BF16 : MOE_DT_F32;
+    for (int i = 0; i < N; i++)
+        cpu_gemm_nt(isa, NULL, x + (size_t)i * in, w, dt, b, 1, in, out, alone + (size_t)i * out);
+    int bad = 0;
+    for (int n = 1; n <= N; n += (n < 12 ? 1 : 7))
+        for (int off = 0; off + n <= N; off += (n > 20 ? 13 : 5)) {
+            struct cpu_pool *p = (n + off) % 2 ? p1 : p2;
+            cpu_gemm_nt(isa, p, x + (size_t)off * in, w, dt, b, n, in, out, y);
+            if (memcmp(y, alone + (size_t)off * out, sizeof(float) * n * out)) bad++;
+        }
+    CHECK(bad == 0, "%s in=%d out=%d bf16=%d: %d calls not bit-identical to rows computed alone",
+          cpu_isa_name(isa), in, out, bf16, bad);
+    free(x), free(wf), free(wb), free(b), free(alone), free(y);
+}
+
+int main(void)
+{
+    struct cpu_pool *p1 = cpu_pool_create(1), *p3 = cpu_pool_create(3);
+    REQUIRE(p1 && p3, "pool: %s", moe_last_error());
+    enum cpu_isa isas[2] = { CPU_ISA_PORTABLE, cpu_isa_detect() };
+    int nisa = isas[1] == CPU_ISA_PORTABLE ? 1 : 2;
+    printf("isa: %s\n", cpu_isa_name(isas[nisa - 1]));
+    static const int shapes[][3] = { { 1, 1, 1 },   { 1, 7, 3 },    { 2, 8, 4 },    { 3, 9, 5 },
+                                     { 5, 17, 13 }, { 7, 64, 320 }, { 4, 192, 96 }, { 33, 96, 192 },
+                                     { 64, 48, 33 }, { 9, 200, 1 }, { 40, 100, 520 } };
+    for (int s = 0; s < nisa; s++)
+        for (size_t i = 0; i < MOE_ARRAY_LEN(shapes); i++)
+            for (int bf = 0; bf < 2; bf++)
+                for (int bias = 0; bias < 2; bias++)
+                    check_values(isas[s], (i & 1) ? p3 : p1, shapes[i][0], shapes[i][1],
+                                 shapes[i][2], bf, bias);
+    for (int s = 0; s < nisa; s++) {
+        check_invariance(isas[s], p1, p3, 192, 96, false);
+        check_invariance(isas[s], p1, p3, 96, 192, false);
+        check_invariance(isas[s], p1, p3, 61, 523, false);
+        check_invariance(isas[s], p1, p3, 64, 320, true);
+    }
+    /* cpu_dot is one element of the GEMM */
+    for (int s = 0; s < nisa; s++) {
+        float a[45], bb[45], y;
+        for (int i = 0; i < 45; i++) a[i] = frand(), bb[i] = frand();
+        cpu_gemm_nt(isas[s], NULL, a, bb, MOE_DT_F32, NULL, 1, 45, 1, &y);
+        float d = cpu_dot(isas[s], a, bb, 45);
+        CHECK(memcmp(&d, &y, sizeof(float)) == 0, "cpu_dot %g != gemm %g", d, y);
+    }
+    cpu_pool_destroy(p1);
+    cpu_pool_destroy(p3);
+    return t_result("test_kernels_gemm");
+}

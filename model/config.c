@@ -96,20 +96,31 @@ static enum moe_status get_pos_num(const char *what, json_t *root, const char *k
     return MOE_OK;
 }
 
-/* bos/eos: null or absent -> -1; an integer; or a list whose first entry is used. */
-static enum moe_status get_token_id(const char *what, json_t *root, const char *key, int *out)
+/* bos/eos: null or absent -> none; an integer; or a list of them (at most
+ * cap kept).  *n gets the count, ids[0..n) the values. */
+static enum moe_status get_token_ids(const char *what, json_t *root, const char *key, int *ids, int cap,
+                                     int *n)
 {
-    json_t *v = field(root, key);
-    *out = -1;
+    json_t *v = field(root, key), *x;
+    size_t i;
+    *n = 0;
     if (!v) return MOE_OK;
-    if (json_is_array(v)) {
-        if (json_array_size(v) == 0) return MOE_OK;
-        v = json_array_get(v, 0);
+    if (!json_is_array(v)) {
+        json_t *one = v;
+        v = json_array();
+        json_array_append(v, one);
+    } else {
+        json_incref(v);
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX)
-        return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be null, a non-negative integer or a list "
-                          "of them", what, key);
-    *out = (int)json_integer_value(v);
+    json_array_foreach(v, i, x) {
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > INT_MAX) {
+            json_decref(v);
+            return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be null, a non-negative integer or a "
+                              "list of them", what, key);
+        }
+        if (*n < cap) ids[(*n)++] = (int)json_integer_value(x);
+    }
+    json_decref(v);
     return MOE_OK;
 }
 
@@ -360,9 +371,14 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     c.rms_eps = (float)d;
     if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : 1e4, &d))) goto out;
     c.rope_theta = (float)d;
-    if ((st = get_token_id(what, root, "bos_token_id", &c.bos_id)) ||
-        (st = get_token_id(what, root, "eos_token_id", &c.eos_id)))
-        goto out;
+    {
+        int bos[1], nb;
+        if ((st = get_token_ids(what, root, "bos_token_id", bos, 1, &nb)) ||
+            (st = get_token_ids(what, root, "eos_token_id", c.eos_ids, MOE_MAX_EOS, &c.n_eos)))
+            goto out;
+        c.bos_id = nb ? bos[0] : -1;
+        c.eos_id = c.n_eos ? c.eos_ids[0] : -1;
+    }
 
     *out = c;
 out:

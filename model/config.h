@@ -34,6 +34,7 @@ enum moe_qk_norm {
 };
 
 #define MOE_MAX_LAYERS 256
+#define MOE_MAX_EOS 8
 
 struct moe_config {
     enum moe_family family;
@@ -58,8 +59,10 @@ struct moe_config {
     float rms_eps;
     float rope_theta;
     int max_pos;               /* max_position_embeddings */
-    int bos_id, eos_id;        /* -1 when absent */
+    int bos_id, eos_id;        /* -1 when absent; eos_id = eos_ids[0] */
     bool is_moe[MOE_MAX_LAYERS]; /* per layer: MoE (true) or dense MLP */
+    int n_eos;                 /* eos_token_id values (a list in some configs), 0 when absent */
+    int eos_ids[MOE_MAX_EOS];  /* [n_eos] */
 };
 
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what,

@@ -165,11 +165,17 @@ static enum moe_status open_index(struct moe_model *m, const char *index_path)
         k++;
     }
     m->priv->n_ents = k;
-    for (int i = 0; i < m->n_shards; i++)
-        for (size_t j = 0; j < moe_st_count(m->shards[i]); j++)
-            if (!json_object_get(map, moe_st_at(m->shards[i], j)->name))
-                MOE_WARN("%s: tensor \"%s\" is not in the index weight_map; ignored",
-                         moe_st_path(m->shards[i]), moe_st_at(m->shards[i], j)->name);
+    {
+        size_t stray = 0;
+        const char *first = NULL;
+        for (int i = 0; i < m->n_shards; i++)
+            for (size_t j = 0; j < moe_st_count(m->shards[i]); j++)
+                if (!json_object_get(map, moe_st_at(m->shards[i], j)->name) && !stray++)
+                    first = moe_st_at(m->shards[i], j)->name;
+        if (stray)
+            MOE_WARN("%s: %zu shard tensor(s) are not in weight_map (first: \"%s\"); ignored", index_path,
+                     stray, first);
+    }
     st = MOE_OK;
 out:
     json_decref(root);

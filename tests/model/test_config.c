@@ -51,7 +51,7 @@ static bool cfg_equal(const struct moe_config *a, const struct moe_config *b)
            a->norm_topk_prob == b->norm_topk_prob && a->router == b->router && a->qk_norm == b->qk_norm &&
            a->attn_qkv_bias == b->attn_qkv_bias && a->tie_embeddings == b->tie_embeddings &&
            a->rms_eps == b->rms_eps && a->rope_theta == b->rope_theta && a->max_pos == b->max_pos &&
-           a->bos_id == b->bos_id && a->eos_id == b->eos_id &&
+           a->bos_id == b->bos_id && a->eos_id == b->eos_id && a->n_eos == b->n_eos &&
            !memcmp(a->is_moe, b->is_moe, sizeof(a->is_moe));
 }
 
@@ -68,7 +68,7 @@ static void test_fixtures(void)
     CHECK(c.router == MOE_ROUTER_TOPK_SOFTMAX && c.qk_norm == MOE_QK_NORM_NONE && !c.attn_qkv_bias,
           "mixtral recipe");
     CHECK(!c.tie_embeddings && fabsf(c.rms_eps - 1e-6f) < 1e-12f && c.rope_theta == 10000.0f, "mixtral norms");
-    CHECK(c.max_pos == 512 && c.bos_id == 1 && c.eos_id == 2 && all_moe(&c), "mixtral ids");
+    CHECK(c.max_pos == 512 && c.bos_id == 1 && c.eos_id == 2 && c.n_eos == 1 && all_moe(&c), "mixtral ids");
 
     load_fixture("tests/fixtures/hf-tiny/qwen2_moe", &c);
     CHECK(c.family == MOE_FAM_QWEN2_MOE, "qwen2 family");
@@ -77,7 +77,8 @@ static void test_fixtures(void)
     CHECK(c.shared_inter == 96 && c.shared_gate && c.attn_qkv_bias, "qwen2 shared expert / bias");
     CHECK(!c.norm_topk_prob && c.router == MOE_ROUTER_SOFTMAX_TOPK && c.qk_norm == MOE_QK_NORM_NONE,
           "qwen2 router");
-    CHECK(c.bos_id == -1 && c.eos_id == -1 && all_moe(&c) && c.dense_inter == 0, "qwen2 null ids");
+    CHECK(c.bos_id == -1 && c.eos_id == -1 && c.n_eos == 0 && all_moe(&c) && c.dense_inter == 0,
+          "qwen2 null ids");
 
     load_fixture("tests/fixtures/hf-tiny/qwen3_moe", &c);
     CHECK(c.family == MOE_FAM_QWEN3_MOE, "qwen3 family");
@@ -145,7 +146,7 @@ static void test_spellings(void)
     REQUIRE(parse_obj(j, &b) == MOE_OK, "qwen2 sparse step: %s", moe_last_error());
     CHECK(!b.is_moe[0] && b.is_moe[1] && !b.is_moe[2] && !b.is_moe[3], "sparse step / mlp_only_layers");
     CHECK(b.dense_inter == 128, "dense_inter %d", b.dense_inter);
-    CHECK(b.eos_id == 5 && b.tie_embeddings, "eos list / tie");
+    CHECK(b.eos_id == 5 && b.n_eos == 2 && b.eos_ids[1] == 6 && b.tie_embeddings, "eos list / tie");
     json_decref(j);
 }
 

@@ -1,0 +1,148 @@
+/* Cache replay: Belady never misses more than LRU/LFU/predicted on the same
+ * log; perfect predictions turn misses into useful prefetches; the on-demand
+ * timeline stalls exactly one transfer per miss; runs are deterministic; the
+ * recording provider logs what the engine asks for. */
+#include "predictor/cachesim.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+
+#define M 4
+#define E 8
+#define K 2
+#define STEPS 1500
+
+static uint64_t rng = 99;
+static uint32_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 11);
+}
+
+static int route[STEPS][M][K];
+
+static void make_routes(void)
+{
+    int cur[M][K];
+    for (int l = 0; l < M; l++) { cur[l][0] = l % E; cur[l][1] = (l + 3) % E; }
+    for (int s = 0; s < STEPS; s++)
+        for (int l = 0; l < M; l++) {
+            for (int j = 0; j < K; j++) {
+                uint32_t r = rnd() % 100;
+                /* temporal locality plus a skewed popularity */
+                if (r >= 45) cur[l][j] = r < 80 ? (int)(rnd() % 3) : (int)(rnd() % E);
+            }
+            if (cur[l][1] == cur[l][0]) cur[l][1] = (cur[l][0] + 1) % E;
+            route[s][l][0] = cur[l][0];
+            route[s][l][1] = cur[l][1];
+        }
+}
+
+static void build(struct moe_evlog *lg, bool oracle)
+{
+    moe_evlog_init(lg, M, E, K);
+    for (int s = 0; s < STEPS; s++) {
+        moe_evlog_step(lg);
+        if (oracle) {
+            float sc[K] = { 1, 1 };
+            for (int l = 0; l < M; l++) moe_evlog_prefetch(lg, l, K, route[s][l], sc, l + 1);
+        }
+        for (int l = 0; l < M; l++) moe_evlog_access(lg, l, K, route[s][l]);
+    }
+}
+
+static struct moe_cachesim_stats run(const struct moe_evlog *lg, int cap, enum moe_cache_policy pol, bool pf,
+                                     double xfer, double layer)
+{
+    struct moe_cachesim_params p = { .capacity = cap, .policy = pol, .prefetch = pf, .xfer_s = xfer, .layer_s = layer };
+    struct moe_cachesim_stats st;
+    enum moe_status s = moe_cachesim_run(lg, &p, &st);
+    REQUIRE(s == MOE_OK, "run: %s", moe_last_error());
+    return st;
+}
+
+/* inner provider for the recorder */
+static int acquires;
+static enum moe_status fake_acquire(void *self, int layer, int n, const int *ids, struct moe_expert_ref *out)
+{
+    (void)self; (void)layer; (void)ids;
+    for (int i = 0; i < n; i++) out[i] = (struct moe_expert_ref){ 0 };
+    acquires++;
+    return MOE_OK;
+}
+static void fake_release(void *self, int layer) { (void)self; (void)layer; }
+static const struct moe_provider_ops fake_ops = { .acquire = fake_acquire, .release = fake_release };
+
+int main(void)
+{
+    make_routes();
+    struct moe_evlog lg, orc;
+    build(&lg, false);
+    build(&orc, true);
+    CHECK(lg.steps == STEPS, "steps %llu", (unsigned long long)lg.steps);
+    for (int cap = K; cap <= M * E; cap *= 2) {
+        struct moe_cachesim_stats b = run(&lg, cap, MOE_CACHE_BELADY, false, 0, 0);
+        struct moe_cachesim_stats l = run(&lg, cap, MOE_CACHE_LRU, false, 0, 0);
+        struct moe_cachesim_stats f = run(&lg, cap, MOE_CACHE_LFU, false, 0, 0);
+        struct moe_cachesim_stats p = run(&lg, cap, MOE_CACHE_PREDICTED, false, 0, 0);
+        printf("cap %2d: misses belady %llu lru %llu lfu %llu predicted %llu\n", cap,
+               (unsigned long long)b.transfers, (unsigned long long)l.transfers, (unsigned long long)f.transfers,
+               (unsigned long long)p.transfers);
+        CHECK(b.accesses == (uint64_t)STEPS * M * K && l.accesses == b.accesses, "accesses %llu",
+              (unsigned long long)b.accesses);
+        CHECK(b.transfers <= l.transfers && b.transfers <= f.transfers && b.transfers <= p.transfers,
+              "belady is not the minimum at capacity %d", cap);
+        CHECK(b.hits + b.transfers == b.accesses, "hits + misses != accesses");
+        if (cap == M * E) CHECK(l.transfers <= (uint64_t)M * E, "cold misses only when everything fits");
+    }
+    /* perfect predictions, instant transfers: (almost) every access hits a useful prefetch */
+    struct moe_cachesim_stats o = run(&orc, M * K, MOE_CACHE_PREDICTED, true, 0, 0);
+    printf("oracle: hits %llu/%llu transfers %llu prefetches %llu useful %llu\n", (unsigned long long)o.hits,
+           (unsigned long long)o.accesses, (unsigned long long)o.transfers, (unsigned long long)o.prefetches,
+           (unsigned long long)o.prefetch_useful);
+    CHECK(o.hits >= o.accesses * 95 / 100, "oracle hits %llu of %llu", (unsigned long long)o.hits,
+          (unsigned long long)o.accesses);
+    CHECK(o.prefetch_useful == o.prefetches, "oracle prefetches wasted: %llu useful of %llu",
+          (unsigned long long)o.prefetch_useful, (unsigned long long)o.prefetches);
+    /* on-demand timeline: each miss stalls one transfer */
+    struct moe_cachesim_stats t = run(&lg, 8, MOE_CACHE_LRU, false, 0.006, 0.0006);
+    CHECK(fabs(t.stall_s - 0.006 * (double)t.transfers) < 1e-6, "stall %.6f for %llu misses", t.stall_s,
+          (unsigned long long)t.transfers);
+    CHECK(fabs(t.compute_s - 0.0006 * STEPS * M) < 1e-6, "compute %.6f", t.compute_s);
+    /* prefetching perfect predictions with a slow link hides part of it */
+    struct moe_cachesim_stats tp = run(&orc, 8, MOE_CACHE_PREDICTED, true, 0.0006, 0.0006);
+    CHECK(tp.stall_s < t.stall_s * 0.2, "oracle prefetch stall %.4f vs on-demand %.4f (same link = compute)",
+          tp.stall_s, t.stall_s * 0.1);
+    struct moe_cachesim_stats t2 = run(&lg, 8, MOE_CACHE_LRU, false, 0.006, 0.0006);
+    CHECK(!memcmp(&t, &t2, sizeof t), "replay not deterministic");
+    struct moe_cachesim_params bad = { .capacity = K - 1, .policy = MOE_CACHE_LRU };
+    struct moe_cachesim_stats bs;
+    CHECK(moe_cachesim_run(&lg, &bad, &bs) == MOE_EINVAL, "capacity below top_k accepted");
+
+    /* recording provider */
+    struct moe_provider inner = { .ops = &fake_ops };
+    struct moe_evlog rl;
+    moe_evlog_init(&rl, 2, E, K);
+    int moe_index[3] = { 0, -1, 1 };
+    struct moe_provider *rp = moe_evlog_provider_create(&inner, &rl, moe_index, 3);
+    REQUIRE(rp, "recorder: %s", moe_last_error());
+    int ids[K] = { 3, 5 };
+    float sc[K] = { 0.9f, 0.6f };
+    struct moe_expert_ref refs[K];
+    moe_evlog_step(&rl);
+    rp->ops->prefetch(rp->self, 2, K, ids, sc, 1);
+    CHECK(rp->ops->acquire(rp->self, 0, K, ids, refs) == MOE_OK, "acquire");
+    CHECK(rp->ops->acquire(rp->self, 1, K, ids, refs) == MOE_OK, "acquire dense");
+    rp->ops->release(rp->self, 0);
+    CHECK(acquires == 2, "inner acquire calls %d", acquires);
+    CHECK(rl.n_ev == 3 && rl.ev[1].kind == MOE_EV_PREFETCH && rl.ev[1].layer == 1 && rl.ev[1].distance == 1 &&
+              rl.ev[2].kind == MOE_EV_ACCESS && rl.ev[2].layer == 0 && rl.scores[rl.ev[1].off] == 0.9f,
+          "log has %zu events", rl.n_ev);
+    rp->ops->destroy(rp->self);
+    moe_evlog_free(&rl);
+    moe_evlog_free(&lg);
+    moe_evlog_free(&orc);
+    return t_result("test_cachesim");
+}

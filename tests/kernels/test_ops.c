@@ -1,0 +1,300 @@
+/* CPU backend ops through the backend table, each against a naive loop in
+ * double precision; attention and the expert op also for bit-identity across
+ * batch composition, chunking and thread count. */
+#include "kernels/backend.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+
+static uint64_t rng = 0x1234567887654321ull;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+}
+static void fill(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = frand();
+}
+
+#define OK(call) REQUIRE((call) == MOE_OK, "%s: %s", #call, moe_last_error())
+
+static double maxdiff(const float *a, const double *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+static void test_embed_rmsnorm(struct moe_backend *be)
+{
+    const struct moe_backend_ops *o = be->ops;
+    int V = 11, H = 13;
+    float tab[11 * 13], out[4 * 13];
+    uint16_t tb[11 * 13];
+    fill(tab, MOE_ARRAY_LEN(tab));
+    for (size_t i = 0; i < MOE_ARRAY_LEN(tab); i++) tb[i] = moe_f32_to_bf16(tab[i]);
+    int32_t ids[4] = { 3, 0, 10, 11 };
+    OK(o->embed(be->ctx, tab, MOE_DT_F32, V, H, ids, 4, out));
+    CHECK(!memcmp(out, tab + 3 * H, H * sizeof(float)) && !memcmp(out + 2 * H, tab + 10 * H, H * sizeof(float)),
+          "embed F32 rows");
+    CHECK(isnan(out[3 * H]), "embed: out-of-range id gives NaN");
+    OK(o->embed(be->ctx, tb, MOE_DT_BF16, V, H, ids, 3, out));
+    CHECK(out[H + 5] == moe_bf16_to_f32(tb[5]), "embed BF16");
+
+    int rows = 5, dim = 37;
+    float x[5 * 37], w[37], y[5 * 37];
+    double ref[5 * 37];
+    fill(x, MOE_ARRAY_LEN(x));
+    fill(w, MOE_ARRAY_LEN(w));
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int d = 0; d < dim; d++) ss += (double)x[r * dim + d] * x[r * dim + d];
+        double inv = 1.0 / sqrt(ss / dim + 1e-6);
+        for (int d = 0; d < dim; d++) ref[r * dim + d] = w[d] * x[r * dim + d] * inv;
+    }
+    OK(o->rmsnorm(be->ctx, x, w, y, rows, dim, 1e-6f));
+    CHECK(maxdiff(y, ref, MOE_ARRAY_LEN(y)) < 1e-5, "rmsnorm err %g", maxdiff(y, ref, MOE_ARRAY_LEN(y)));
+    OK(o->rmsnorm(be->ctx, x, w, x, rows, dim, 1e-6f)); /* in place */
+    CHECK(!memcmp(x, y, sizeof(y)), "rmsnorm in place differs");
+}
+
+static void test_rope(struct moe_backend *be)
+{
+    int n = 3, nh = 2, hd = 8;
+    float x[3 * 2 * 8], x0[3 * 2 * 8];
+    double ref[3 * 2 * 8];
+    int32_t pos[3] = { 0, 5, 1000 };
+    fill(x, MOE_ARRAY_LEN(x));
+    memcpy(x0, x, sizeof(x));
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < hd / 2; i++) {
+                double f = pos[t] * pow(10000.0, -2.0 * i / hd);
+                const float *v = x0 + (t * nh + h) * hd;
+                ref[(t * nh + h) * hd + i] = v[i] * cos(f) - v[i + hd / 2] * sin(f);
+                ref[(t * nh + h) * hd + i + hd / 2] = v[i + hd / 2] * cos(f) + v[i] * sin(f);
+            }
+    OK(be->ops->rope(be->ctx, x, pos, n, nh, hd, 10000.0f));
+    /* F32 angles at position 1000: ~1e-4 absolute */
+    CHECK(maxdiff(x, ref, MOE_ARRAY_LEN(x)) < 3e-4, "rope err %g", maxdiff(x, ref, MOE_ARRAY_LEN(x)));
+    CHECK(!memcmp(x, x0, sizeof(float) * nh * hd), "rope at position 0 is the identity");
+}
+
+/* Naive causal GQA with a two-pass softmax in double. */
+static void attn_ref(const float *q, const float *kc, const float *vc, const int32_t *seq,
+                     const int32_t *pos, int n, int nh, int nkv, int hd, int max_ctx, double *out)
+{
+    int kvd = nkv * hd;
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < nh; h++) {
+            int g = h / (nh / nkv);
+            int len = pos[t] + 1;
+            double *s = malloc(sizeof(double) * len), m = -INFINITY, sum = 0;
+            for (int j = 0; j < len; j++) {
+                const float *k = kc + ((size_t)seq[t] * max_ctx + j) * kvd + g * hd;
+                double d = 0;
+                for (int e = 0; e < hd; e++) d += (double)q[(t * nh + h) * hd + e] * k[e];
+                s[j] = d / sqrt(hd);
+                if (s[j] > m) m = s[j];
+            }
+            for (int j = 0; j < len; j++) sum += (s[j] = exp(s[j] - m));
+            for (int e = 0; e < hd; e++) {
+                double a = 0;
+                for (int j = 0; j < len; j++)
+                    a += s[j] / sum * vc[((size_t)seq[t] * max_ctx + j) * kvd + g * hd + e];
+                out[(t * nh + h) * hd + e] = a;
+            }
+            free(s);
+        }
+}
+
+static void test_attention(struct moe_backend *be, struct moe_backend *be3)
+{
+    const struct moe_backend_ops *o = be->ops;
+    int nh = 4, nkv = 2, hd = 16, kvd = nkv * hd, max_ctx = 300, seqs = 3;
+    float *kc = calloc((size_t)seqs * max_ctx * kvd, sizeof(float));
+    float *vc = calloc((size_t)seqs * max_ctx * kvd, sizeof(float));
+    /* seq 0: prefill 0..259 (crosses key blocks); seq 2: 0..4 */
+    enum { N = 265 };
+    int32_t seq[N], pos[N];
+    for (int i = 0; i < 260; i++) seq[i] = 0, pos[i] = i;
+    for (int i = 0; i < 5; i++) seq[260 + i] = 2, pos[260 + i] = i;
+    float *k = malloc(sizeof(float) * N * kvd), *v = malloc(sizeof(float) * N * kvd);
+    float *q = malloc(sizeof(float) * N * nh * hd), *out = malloc(sizeof(float) * N * nh * hd);
+    float *one = malloc(sizeof(float) * nh * hd);
+    double *ref = malloc(sizeof(double) * N * nh * hd);
+    fill(k, (size_t)N * kvd);
+    fill(v, (size_t)N * kvd);
+    fill(q, (size_t)N * nh * hd);
+    for (int i = 0; i < N * nh * hd; i++) q[i] *= 3.0f; /* peakier softmax */
+    OK(o->kv_store(be->ctx, k, v, kc, vc, seq, pos, N, max_ctx, kvd));
+    CHECK(!memcmp(kc + (size_t)(2 * max_ctx + 3) * kvd, k + (size_t)263 * kvd, kvd * sizeof(float)),
+          "kv_store placement");
+    OK(o->attention(be->ctx, q, kc, vc, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out));
+    attn_ref(q, kc, vc, seq, pos, N, nh, nkv, hd, max_ctx, ref);
+    double e = maxdiff(out, ref, (size_t)N * nh * hd);
+    CHECK(e < 2e-5, "attention err %g", e);
+    /* a token alone (decode style) and with 3 threads: same bits */
+    int bad = 0;
+    for (int t = 0; t < N; t += 37) {
+        OK(o->attention(be->ctx, q + (size_t)t * nh * hd, kc, vc, seq + t, pos + t, 1, nh, nkv, hd,
+                        max_ctx, 0.25f, one));
+        if (memcmp(one, out + (size_t)t * nh * hd, sizeof(float) * nh * hd)) bad++;
+    }
+    float *out3 = malloc(sizeof(float) * N * nh * hd);
+    OK(be3->ops->attention(be3->ctx, q, kc, vc, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out3));
+    CHECK(bad == 0, "attention of a token alone differs from in a batch (%d)", bad);
+    CHECK(!memcmp(out3, out, sizeof(float) * N * nh * hd), "attention differs with 3 threads");
+    CHECK(o->attention(be->ctx, q, kc, vc, seq, pos, 1, 3, 2, hd, max_ctx, 0.25f, out) != MOE_OK,
+          "n_heads not a multiple of n_kv_heads is refused");
+    free(kc), free(vc), free(k), free(v), free(q), free(out), free(one), free(ref), free(out3);
+}
+
+static void test_router(struct moe_backend *be)
+{
+    const struct moe_backend_ops *o = be->ops;
+    float lg[2 * 6] = { 0.5f, 2.0f, -1.0f, 2.0f, 1.0f, 0.0f, /* tie 1 and 3 */
+                        -3.0f, -2.0f, -1.0f, 0.0f, 1.0f, 2.0f };
+    int32_t ids[2 * 3];
+    float w[2 * 3];
+    for (int kind = 0; kind < 3; kind++) {
+        enum moe_router_kind rk = kind == 0 ? MOE_ROUTER_TOPK_SOFTMAX : MOE_ROUTER_SOFTMAX_TOPK;
+        bool renorm = kind == 1;
+        OK(o->router(be->ctx, lg, 2, 6, 3, rk, renorm, ids, w));
+        CHECK(ids[0] == 1 && ids[1] == 3 && ids[2] == 4, "row 0 ids %d %d %d (ties -> lower id)", ids[0],
+              ids[1], ids[2]);
+        CHECK(ids[3] == 5 && ids[4] == 4 && ids[5] == 3, "row 1 ids %d %d %d", ids[3], ids[4], ids[5]);
+        for (int t = 0; t < 2; t++) {
+            double all = 0, top = 0;
+            for (int e = 0; e < 6; e++) all += exp(lg[t * 6 + e]);
+            for (int r = 0; r < 3; r++) top += exp(lg[t * 6 + ids[t * 3 + r]]);
+            for (int r = 0; r < 3; r++) {
+                double p = exp(lg[t * 6 + ids[t * 3 + r]]);
+                double want = kind == 2 ? p / all : p / top;
+                CHECK(fabs(w[t * 3 + r] - want) < 1e-6, "kind %d row %d rank %d: %g vs %g", kind, t, r,
+                      w[t * 3 + r], want);
+            }
+        }
+    }
+}
+
+static void test_moe(struct moe_backend *be, struct moe_backend *be3)
+{
+    const struct moe_backend_ops *o = be->ops;
+    enum { H = 24, I = 20, E = 5, n = 7, K = 2 };
+    float wts[E][3][I * H];
+    for (int e = 0; e < E; e++)
+        for (int m = 0; m < 3; m++) fill(wts[e][m], I * H);
+    struct moe_backend_expert ew[E];
+    for (int e = 0; e < E; e++) ew[e] = (struct moe_backend_expert){ wts[e][0], wts[e][1], wts[e][2] };
+    float x[n * H];
+    fill(x, n * H);
+    int32_t ids[n * K] = { 0, 2, 2, 4, 1, 0, 4, 2, 0, 1, 3, 0, 2, 4 };
+    float rw[n * K];
+    fill(rw, n * K);
+    /* plan: expert-major, (token, rank) order */
+    int32_t src[n * K], inv[n * K];
+    int off[E + 1], r = 0;
+    for (int e = 0; e < E; e++) {
+        off[e] = r;
+        for (int t = 0; t < n; t++)
+            for (int q = 0; q < K; q++)
+                if (ids[t * K + q] == e) src[r] = t, inv[t * K + q] = r, r++;
+    }
+    off[E] = r;
+    float xp[n * K * H], yp[n * K * H], yp2[n * K * H], out[n * H];
+    OK(o->gather_rows(be->ctx, x, src, n * K, H, xp));
+    CHECK(!memcmp(xp + 3 * H, x + src[3] * H, H * sizeof(float)), "gather_rows");
+    OK(o->moe_experts(be->ctx, xp, E, off, ew, MOE_DT_F32, H, I, yp));
+    /* chunked: experts {0,1} then {2,3,4}, offsets rebased; and with 3 threads */
+    OK(o->moe_experts(be->ctx, xp, 2, off, ew, MOE_DT_F32, H, I, yp2));
+    int off2[4] = { 0, off[3] - off[2], off[4] - off[2], off[5] - off[2] };
+    OK(be3->ops->moe_experts(be3->ctx, xp + (size_t)off[2] * H, 3, off2, ew + 2, MOE_DT_F32, H, I,
+                             yp2 + (size_t)off[2] * H));
+    CHECK(!memcmp(yp, yp2, sizeof(yp)), "moe_experts: chunking or threads changed the result");
+    OK(o->moe_combine(be->ctx, yp, inv, rw, n, K, H, false, out));
+    double ref[n * H];
+    for (int t = 0; t < n; t++) {
+        for (int d = 0; d < H; d++) ref[t * H + d] = 0;
+        for (int q = 0; q < K; q++) {
+            int e = ids[t * K + q];
+            double a[I];
+            for (int i = 0; i < I; i++) {
+                double g = 0, u = 0;
+                for (int h = 0; h < H; h++) {
+                    g += (double)wts[e][0][i * H + h] * x[t * H + h];
+                    u += (double)wts[e][1][i * H + h] * x[t * H + h];
+                }
+                a[i] = g / (1 + exp(-g)) * u;
+            }
+            for (int d = 0; d < H; d++) {
+                double s = 0;
+                for (int i = 0; i < I; i++) s += wts[e][2][d * I + i] * a[i];
+                ref[t * H + d] += rw[t * K + q] * s;
+            }
+        }
+    }
+    CHECK(maxdiff(out, ref, n * H) < 1e-4, "moe experts+combine err %g", maxdiff(out, ref, n * H));
+    float acc[n * H];
+    memcpy(acc, x, sizeof(acc));
+    OK(o->moe_combine(be->ctx, yp, inv, rw, n, K, H, true, acc));
+    for (int i = 0; i < n * H; i++) ref[i] += x[i];
+    CHECK(maxdiff(acc, ref, n * H) < 1e-4, "moe_combine accumulate");
+    int bad_off[3] = { 0, 4, 2 };
+    CHECK(o->moe_experts(be->ctx, xp, 2, bad_off, ew, MOE_DT_F32, H, I, yp2) == MOE_EINVAL,
+          "decreasing offsets refused");
+}
+
+static void test_small(struct moe_backend *be)
+{
+    const struct moe_backend_ops *o = be->ops;
+    float g[6] = { -20, -1, 0, 0.5f, 3, 30 }, u[6] = { 1, 2, 3, 4, 5, 6 }, out[6];
+    OK(o->swiglu(be->ctx, g, u, out, 6));
+    for (int i = 0; i < 6; i++) {
+        double want = g[i] / (1 + exp(-(double)g[i])) * u[i];
+        CHECK(fabs(out[i] - want) < 1e-5 * (1 + fabs(want)), "swiglu %d: %g vs %g", i, out[i], want);
+    }
+    float s[2] = { 0.0f, -2.0f }, y[4] = { 1, 2, 3, 4 }, acc[4] = { 1, 1, 1, 1 };
+    OK(o->sigmoid_scale_add(be->ctx, s, y, 2, 2, acc));
+    CHECK(fabs(acc[1] - 2.0) < 1e-6 && fabs(acc[3] - (1 + 4 / (1 + exp(2.0)))) < 1e-6,
+          "sigmoid_scale_add");
+    OK(o->add(be->ctx, acc, y, 4));
+    CHECK(fabs(acc[0] - 2.5) < 1e-6, "add");
+    float lg[3 * 4] = { 1, 3, 3, 0, NAN, NAN, NAN, NAN, NAN, -1, -INFINITY, -0.5f };
+    int32_t am[3];
+    OK(o->argmax(be->ctx, lg, 3, 4, am));
+    CHECK(am[0] == 1 && am[1] == 0 && am[2] == 3, "argmax %d %d %d", am[0], am[1], am[2]);
+    float *b = o->buf_alloc(be->ctx, 100, "test");
+    REQUIRE(b, "alloc");
+    OK(o->memset0(be->ctx, b, 100));
+    OK(o->copy_h2d(be->ctx, b, u, sizeof(u)));
+    OK(o->copy_d2h(be->ctx, out, b, sizeof(u)));
+    OK(o->synchronize(be->ctx));
+    CHECK(!memcmp(out, u, sizeof(u)) && b[24] == 0.0f, "copies");
+    o->buf_free(be->ctx, b);
+}
+
+int main(void)
+{
+    struct moe_backend *be = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 1 });
+    struct moe_backend *be3 = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 3 });
+    REQUIRE(be && be3, "backend: %s", moe_last_error());
+    CHECK(be->host_visible && be->weight_dtype == MOE_DT_F32, "cpu backend properties");
+    CHECK(moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = -1 }) == NULL,
+          "negative n_threads refused");
+    test_embed_rmsnorm(be);
+    test_rope(be);
+    test_attention(be, be3);
+    test_router(be);
+    test_moe(be, be3);
+    test_small(be);
+    moe_backend_destroy(be);
+    moe_backend_destroy(be3);
+    return t_result("test_kernels_ops");
+}

@@ -1,12 +1,94 @@
-/* moeflow pack: placeholder until the capability lands. */
+/* moeflow pack: write the packed expert store of a model. */
 #include "cli.h"
 
+#include "../offload/store.h"
+
+#include <getopt.h>
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static void pack_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: moeflow pack [--model DIR] [--out FILE] [--quiet]\n"
+        "\n"
+        "Writes the expert store: a header identifying the model and its layout, then one\n"
+        "4 KiB-aligned record per (MoE layer, expert) holding gate, up and down weights in their\n"
+        "stored dtype, each with an xxh3 checksum (format: docs/expert-store.md).  Use it with\n"
+        "--store FILE on generate, trace, replay and serve.\n"
+        "\n"
+        "  --model DIR   model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
+        "  --out FILE    output file (default: DIR/experts.moestore)\n"
+        "  --quiet       no progress output\n"
+        "  -h, --help    this help\n");
+}
+
+struct progress {
+    double t0, last;
+    bool tty;
+};
+
+static void on_progress(void *ud, uint32_t done, uint32_t total)
+{
+    struct progress *p = ud;
+    double now = moe_now();
+    if (done != total && now - p->last < 0.5) return;
+    p->last = now;
+    fprintf(stderr, "%spacking: %u/%u experts (%.0f %%), %.1f s%s", p->tty ? "\r" : "", done, total,
+            100.0 * done / total, now - p->t0, p->tty && done != total ? "" : "\n");
+    fflush(stderr);
+}
 
 int moe_cmd_pack(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow pack: not available in this build\n");
-    return 2;
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "out", required_argument, NULL, 'o' },
+        { "quiet", no_argument, NULL, 'q' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *dir = NULL, *out = NULL;
+    bool quiet = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:o:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'o': out = optarg; break;
+        case 'q': quiet = true; break;
+        case 'h': pack_usage(stdout); return 0;
+        default: pack_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow pack: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return 2;
+    }
+    if (!dir) dir = moe_default_model_dir();
+    char def_out[4200];
+    if (!out) {
+        snprintf(def_out, sizeof(def_out), "%s/experts.moestore", dir);
+        out = def_out;
+    }
+    struct moe_model *m = moe_model_open(dir);
+    if (!m) {
+        fprintf(stderr, "moeflow pack: %s\n", moe_last_error());
+        return 1;
+    }
+    struct progress pr = { .t0 = moe_now(), .tty = isatty(2) };
+    enum moe_status st = moe_store_pack(m, out, quiet ? NULL : on_progress, &pr);
+    if (st) {
+        fprintf(stderr, "moeflow pack: %s\n", moe_last_error());
+        moe_model_close(m);
+        return 1;
+    }
+    struct moe_store_info in;
+    moe_store_info_of(m, &in);
+    if (!quiet)
+        fprintf(stderr, "wrote %s: %u records of %llu bytes (%s), %.1f s\n", out, in.n_records,
+                (unsigned long long)in.record_bytes, moe_dtype_name(in.dtype), moe_now() - pr.t0);
+    moe_model_close(m);
+    return 0;
 }

@@ -1,0 +1,272 @@
+/* io_uring / pread reader of the expert store (see reader.h). */
+#include "reader.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+struct moe_reader {
+    char path[4096];
+    int fd;
+    int qd;
+    uint32_t max_io;
+    bool have_ring;
+    struct io_uring ring;
+    struct moe_reader_stats st;
+    uint32_t *done;           /* scratch: [cap] bytes done per request */
+    int *queue;               /* scratch: [cap] ring of request indices awaiting submission */
+    int cap;
+};
+
+/* Log the fallback once and count it. */
+static void fall_back(struct moe_reader *r, const char *why)
+{
+    if (r->st.fallbacks == 0)
+        MOE_WARN("expert store %s: %s; falling back to buffered pread", r->path, why);
+    r->st.fallbacks = 1;
+    if (r->have_ring) {
+        io_uring_queue_exit(&r->ring);
+        r->have_ring = false;
+    }
+    r->st.io_uring = false;
+    r->st.registered = false;
+    if (r->st.direct) {
+        int fd = open(r->path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            close(r->fd);
+            r->fd = fd;
+            r->st.direct = false;
+        }
+    }
+}
+
+struct moe_reader *moe_reader_open(const char *path, const struct moe_reader_params *p)
+{
+    struct moe_reader *r = calloc(1, sizeof(*r));
+    if (!r) {
+        moe_errorf(MOE_ENOMEM, "reader: out of memory");
+        return NULL;
+    }
+    int qd = p->queue_depth ? p->queue_depth : MOE_READER_DEFAULT_QD;
+    if (qd < 1 || qd > 4096 || (p->max_io_bytes % 4096)) {
+        moe_errorf(MOE_EINVAL, "reader: queue depth %d must be in [1, 4096] and max_io_bytes %u a "
+                   "multiple of 4096", qd, p->max_io_bytes);
+        free(r);
+        return NULL;
+    }
+    snprintf(r->path, sizeof(r->path), "%s", path);
+    r->qd = qd;
+    r->max_io = p->max_io_bytes;
+    r->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (r->fd >= 0) {
+        r->st.direct = true;
+    } else if (errno == EINVAL) {
+        r->fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (r->fd >= 0) fall_back(r, "O_DIRECT refused by the file system");
+    }
+    if (r->fd < 0) {
+        moe_errorf(MOE_EIO, "%s: cannot open expert store: %s", path, strerror(errno));
+        free(r);
+        return NULL;
+    }
+    if (p->no_io_uring) {
+        fall_back(r, "io_uring disabled (--no-io-uring)");
+    } else if (!r->st.fallbacks) {
+        int ret = io_uring_queue_init((unsigned)qd, &r->ring, 0);
+        if (ret < 0) {
+            char why[128];
+            snprintf(why, sizeof(why), "io_uring_queue_init failed: %s", strerror(-ret));
+            fall_back(r, why);
+        } else {
+            r->have_ring = true;
+            r->st.io_uring = true;
+        }
+    }
+    return r;
+}
+
+void moe_reader_close(struct moe_reader *r)
+{
+    if (!r) return;
+    if (r->have_ring) io_uring_queue_exit(&r->ring);
+    if (r->fd >= 0) close(r->fd);
+    free(r->done);
+    free(r->queue);
+    free(r);
+}
+
+void moe_reader_register(struct moe_reader *r, void *const *bufs, size_t len, int n)
+{
+    if (!r->have_ring || n <= 0) return;
+    struct rlimit rl;
+    uint64_t need = (uint64_t)len * (uint64_t)n;
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && need > rl.rlim_cur) {
+        MOE_INFO("expert store %s: not registering %llu buffer bytes (RLIMIT_MEMLOCK %llu)",
+                 r->path, (unsigned long long)need, (unsigned long long)rl.rlim_cur);
+        return;
+    }
+    struct iovec *iov = calloc((size_t)n, sizeof(*iov));
+    if (!iov) return;
+    for (int i = 0; i < n; i++) iov[i] = (struct iovec){ .iov_base = bufs[i], .iov_len = len };
+    int ret = io_uring_register_buffers(&r->ring, iov, (unsigned)n);
+    free(iov);
+    if (ret < 0)
+        MOE_INFO("expert store %s: buffer registration refused (%s); using plain reads", r->path,
+                 strerror(-ret));
+    else
+        r->st.registered = true;
+}
+
+static enum moe_status pread_one(struct moe_reader *r, struct moe_read *q)
+{
+    uint32_t done = 0;
+    while (done < q->len) {
+        size_t want = q->len - done;
+        if (r->max_io && want > r->max_io) want = r->max_io;
+        ssize_t got = pread(r->fd, (char *)q->buf + done, want, (off_t)(q->offset + done));
+        if (got < 0 && (errno == EINTR || errno == EAGAIN)) {
+            r->st.retries++;
+            continue;
+        }
+        if (got < 0)
+            return moe_errorf(MOE_EIO, "%s: read of %u bytes at offset %llu failed: %s", r->path,
+                              q->len, (unsigned long long)q->offset, strerror(errno));
+        if (got == 0)
+            return moe_errorf(MOE_EIO, "%s: unexpected end of file at offset %llu (truncated "
+                              "store?)", r->path, (unsigned long long)(q->offset + done));
+        done += (uint32_t)got;
+        if (done < q->len) r->st.continuations++;
+    }
+    r->st.bytes += done;
+    return MOE_OK;
+}
+
+static enum moe_status ensure_scratch(struct moe_reader *r, int n)
+{
+    if (n <= r->cap) return MOE_OK;
+    uint32_t *d = realloc(r->done, (size_t)n * sizeof(*d));
+    if (d) r->done = d;
+    int *q = realloc(r->queue, (size_t)n * sizeof(*q));
+    if (q) r->queue = q;
+    if (!d || !q) return moe_errorf(MOE_ENOMEM, "reader: out of memory for %d requests", n);
+    r->cap = n;
+    return MOE_OK;
+}
+
+/* io_uring path.  Returns MOE_ENOTSUP when O_DIRECT reads are refused at read
+ * time (-EINVAL): the caller falls back and redoes the unfinished reads. */
+static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, int n)
+{
+    enum moe_status st;
+    if ((st = ensure_scratch(r, n))) return st;
+    int head = 0, tail = 0, queued = 0, in_flight = 0;
+    bool einval = false;
+    for (int i = 0; i < n; i++) {
+        r->done[i] = 0;
+        reqs[i].st = MOE_EIO;
+        r->queue[tail] = i;
+        tail = (tail + 1) % n;
+        queued++;
+    }
+    while (queued > 0 || in_flight > 0) {
+        int prepared = 0;
+        while (queued > 0 && in_flight + prepared < r->qd) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+            if (!sqe) break;
+            int i = r->queue[head];
+            head = (head + 1) % n;
+            queued--;
+            struct moe_read *q = &reqs[i];
+            uint32_t len = q->len - r->done[i];
+            if (r->max_io && len > r->max_io) len = r->max_io;
+            char *dst = (char *)q->buf + r->done[i];
+            if (r->st.registered && q->buf_index >= 0)
+                io_uring_prep_read_fixed(sqe, r->fd, dst, len, q->offset + r->done[i], q->buf_index);
+            else
+                io_uring_prep_read(sqe, r->fd, dst, len, q->offset + r->done[i]);
+            io_uring_sqe_set_data64(sqe, (uint64_t)i);
+            prepared++;
+        }
+        int ret = io_uring_submit_and_wait(&r->ring, 1);
+        if (ret < 0 && ret != -EBUSY && ret != -EINTR && ret != -EAGAIN)
+            return moe_errorf(MOE_EIO, "%s: io_uring_submit failed: %s", r->path, strerror(-ret));
+        if (ret == -EBUSY) r->st.cq_full++;
+        if (ret == -EINTR || ret == -EAGAIN) r->st.retries++;
+        if (ret >= 0) in_flight += ret;
+        else if (prepared > 0 && ret != -EBUSY) continue; /* retry submitting what is prepared */
+        struct io_uring_cqe *cqe;
+        unsigned seen = 0, hd;
+        io_uring_for_each_cqe(&r->ring, hd, cqe) {
+            int i = (int)io_uring_cqe_get_data64(cqe);
+            int res = cqe->res;
+            struct moe_read *q = &reqs[i];
+            seen++;
+            in_flight--;
+            if (res == -EAGAIN || res == -EINTR) {
+                r->st.retries++;
+            } else if (res == -EINVAL && r->st.direct) {
+                einval = true;
+                continue;
+            } else if (res < 0) {
+                q->st = moe_errorf(MOE_EIO, "%s: read of %u bytes at offset %llu failed: %s",
+                                   r->path, q->len, (unsigned long long)q->offset, strerror(-res));
+                continue;
+            } else if (res == 0) {
+                q->st = moe_errorf(MOE_EIO, "%s: unexpected end of file at offset %llu (truncated "
+                                   "store?)", r->path, (unsigned long long)(q->offset + r->done[i]));
+                continue;
+            } else {
+                r->done[i] += (uint32_t)res;
+                r->st.bytes += (uint64_t)res;
+                if (r->done[i] >= q->len) {
+                    q->st = MOE_OK;
+                    r->st.reads++;
+                    continue;
+                }
+                r->st.continuations++;
+            }
+            r->queue[tail] = i; /* continue or retry */
+            tail = (tail + 1) % n;
+            queued++;
+        }
+        io_uring_cq_advance(&r->ring, seen);
+        if (einval && in_flight == 0) {
+            for (int i = 0; i < n; i++) r->done[i] = 0;
+            return MOE_ENOTSUP;
+        }
+        if (einval) queued = 0; /* drain what is in flight, then fall back */
+    }
+    return MOE_OK;
+}
+
+enum moe_status moe_reader_read(struct moe_reader *r, struct moe_read *reqs, int n)
+{
+    enum moe_status first = MOE_OK;
+    if (n <= 0) return MOE_OK;
+    if (r->have_ring) {
+        enum moe_status st = uring_read(r, reqs, n);
+        if (st == MOE_ENOTSUP) {
+            fall_back(r, "O_DIRECT reads refused (EINVAL)");
+        } else if (st) {
+            return st;
+        } else {
+            for (int i = 0; i < n; i++)
+                if (reqs[i].st && !first) first = reqs[i].st;
+            return first;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        reqs[i].st = pread_one(r, &reqs[i]);
+        if (reqs[i].st == MOE_OK) r->st.reads++;
+        else if (!first) first = reqs[i].st;
+    }
+    return first;
+}
+
+void moe_reader_get_stats(const struct moe_reader *r, struct moe_reader_stats *out) { *out = r->st; }

@@ -1,0 +1,62 @@
+/* Batched positional reads of the expert store: io_uring with O_DIRECT, queue
+ * depth configurable, registered buffers where RLIMIT_MEMLOCK allows.  Short
+ * reads are continued, -EAGAIN/-EINTR retried, a full completion queue drained
+ * before more is submitted.  When io_uring cannot be set up (EPERM/ENOSYS,
+ * e.g. under seccomp) or O_DIRECT is refused (tmpfs), the reader falls back to
+ * buffered pread, says so once in the log and counts it in its stats;
+ * no_io_uring forces that fallback. */
+#ifndef MOE_READER_H
+#define MOE_READER_H
+
+#include "../common/moe.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOE_READER_DEFAULT_QD 32
+
+struct moe_reader_params {
+    int queue_depth;          /* reads in flight at once (0 = MOE_READER_DEFAULT_QD), 1..4096 */
+    bool no_io_uring;         /* force the buffered-pread fallback */
+    uint32_t max_io_bytes;    /* 0 = whole request per read; else each read is cut to this many
+                                 bytes (multiple of 4096) and continued like a short read */
+};
+
+struct moe_reader_stats {
+    uint64_t reads;           /* requests completed */
+    uint64_t bytes;           /* bytes read */
+    uint64_t continuations;   /* short reads continued */
+    uint64_t retries;         /* -EAGAIN / -EINTR resubmissions */
+    uint64_t cq_full;         /* submissions deferred because the completion queue was full */
+    uint64_t fallbacks;       /* 1 when this reader fell back to buffered pread */
+    bool io_uring;            /* reads go through io_uring */
+    bool direct;              /* the file is open with O_DIRECT */
+    bool registered;          /* buffers registered with the ring */
+};
+
+struct moe_read {
+    uint64_t offset;          /* file offset (multiple of 4096 with O_DIRECT) */
+    uint32_t len;             /* bytes (multiple of 4096 with O_DIRECT) */
+    void *buf;                /* 4096-aligned */
+    int buf_index;            /* registered buffer index or -1 */
+    enum moe_status st;       /* out: this read's result */
+};
+
+struct moe_reader;
+
+struct moe_reader *moe_reader_open(const char *path, const struct moe_reader_params *p);
+void moe_reader_close(struct moe_reader *r);
+/* Register n buffers of len bytes each (io_uring fixed buffers); buf_index i
+ * then refers to bufs[i].  Skipped (not an error) when RLIMIT_MEMLOCK or the
+ * kernel refuses. */
+void moe_reader_register(struct moe_reader *r, void *const *bufs, size_t len, int n);
+/* Read all n requests; returns MOE_OK or the first failing request's status
+ * (each request's own status is in reqs[i].st). */
+enum moe_status moe_reader_read(struct moe_reader *r, struct moe_read *reqs, int n);
+void moe_reader_get_stats(const struct moe_reader *r, struct moe_reader_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

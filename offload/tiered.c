@@ -1,0 +1,636 @@
+/* Tiered expert provider (see tiered.h).
+ *
+ * Threads: the engine thread calls acquire/prefetch/release, which make every
+ * cache decision under `mu` and queue jobs; one worker thread executes jobs in
+ * FIFO order: read a record into a host slot (if the host tier missed), verify
+ * its checksum, convert it into the device slot.  FIFO order is what makes
+ * slot reuse safe: a job that overwrites a slot always runs after every job
+ * queued earlier that reads it.  Decisions never depend on timing. */
+#include "tiered.h"
+
+#include "cache.h"
+#include "store.h"
+
+#include <errno.h>
+#include <hwloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum slot_state { SLOT_EMPTY, SLOT_LOADING, SLOT_READY, SLOT_FAILED };
+
+struct dslot {
+    int key;
+    uint32_t gen;             /* bumped on every new load into the slot */
+    enum slot_state state;
+    enum moe_status err;      /* when FAILED */
+    char msg[224];            /* when FAILED: what failed, naming layer and expert */
+};
+
+struct hslot {
+    int key;                  /* key whose bytes the slot holds (worker's view) */
+    enum slot_state state;
+    enum moe_status err;
+    char msg[224];
+};
+
+struct job {
+    int key;
+    int dslot;
+    uint32_t dgen;
+    int hslot;
+    bool read;                /* fill the host slot from the lowest tier first */
+};
+
+struct pin { int layer, key; };
+
+struct tiered {
+    struct moe_provider base;
+    const struct moe_model *m;
+    int n_layers, n_experts, top_k;
+    size_t inter, hidden;
+    enum moe_dtype dtype;
+    uint64_t gate_b, up_b, down_b, rec_bytes, stride;
+    size_t dev_floats;        /* floats per device slot: 3 * inter * hidden */
+
+    struct moe_store *store;  /* NULL: safetensors */
+    struct moe_reader *reader;
+
+    struct moe_cache *dev, *host;
+    int n_dev, n_host;
+    struct dslot *ds;
+    struct hslot *hs;
+    float *dev_mem;           /* [n_dev][dev_floats] */
+    uint8_t *host_mem;        /* [n_host][stride], page-aligned */
+    size_t host_len;
+    hwloc_topology_t topo;
+    bool host_from_hwloc, numa_bound, host_pinned;
+    struct moe_offload_hooks hooks;
+
+    struct pin *pins;
+    int n_pins, cap_pins;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    pthread_t worker;
+    bool worker_started, stop;
+    struct job *q;            /* FIFO ring */
+    int q_cap, q_head, q_len;
+    int qd;
+
+    /* worker scratch */
+    struct job *batch;
+    struct moe_read *reads;
+
+    struct moe_offload_stats st;
+};
+
+static const struct moe_provider_ops tiered_ops;
+
+uint64_t moe_tiered_dev_expert_bytes(const struct moe_model *m)
+{
+    return 3ull * (uint64_t)m->cfg.expert_inter * (uint64_t)m->cfg.hidden * sizeof(float);
+}
+
+uint64_t moe_tiered_host_expert_bytes(const struct moe_model *m)
+{
+    uint64_t b = moe_model_expert_bytes(m);
+    return (b + MOE_STORE_ALIGN - 1) / MOE_STORE_ALIGN * MOE_STORE_ALIGN;
+}
+
+static void layer_expert(const struct tiered *t, int key, int *layer, int *e)
+{
+    *layer = key / t->n_experts;
+    *e = key % t->n_experts;
+}
+
+/* ---------------- worker ---------------- */
+
+static void fill_from_safetensors(struct tiered *t, int key, uint8_t *dst)
+{
+    int l, e;
+    layer_expert(t, key, &l, &e);
+    const struct moe_expert_w *x = moe_model_expert(t->m, l, e);
+    memcpy(dst, x->gate.data, t->gate_b);
+    memcpy(dst + t->gate_b, x->up.data, t->up_b);
+    memcpy(dst + t->gate_b + t->up_b, x->down.data, t->down_b);
+}
+
+static void convert(struct tiered *t, const uint8_t *src, float *dst)
+{
+    size_t ih = t->inter * t->hidden;
+    struct moe_wview g = { .dtype = t->dtype, .rows = (int64_t)t->inter, .cols = (int64_t)t->hidden,
+                           .data = src, .nbytes = t->gate_b };
+    struct moe_wview u = g, d = g;
+    u.data = src + t->gate_b;
+    u.nbytes = t->up_b;
+    d.data = src + t->gate_b + t->up_b;
+    d.rows = (int64_t)t->hidden;
+    d.cols = (int64_t)t->inter;
+    d.nbytes = t->down_b;
+    moe_wview_to_f32(&g, dst);
+    moe_wview_to_f32(&u, dst + ih);
+    moe_wview_to_f32(&d, dst + 2 * ih);
+}
+
+/* Take up to qd jobs; stop before a job that touches a host slot already in the batch. */
+static int take_batch(struct tiered *t)
+{
+    int n = 0;
+    while (t->q_len > 0 && n < t->qd) {
+        struct job *j = &t->q[t->q_head];
+        bool clash = false;
+        for (int i = 0; i < n && !clash; i++) clash = t->batch[i].hslot == j->hslot;
+        if (clash) break;
+        t->batch[n++] = *j;
+        t->q_head = (t->q_head + 1) % t->q_cap;
+        t->q_len--;
+    }
+    return n;
+}
+
+static void *worker_main(void *arg)
+{
+    struct tiered *t = arg;
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        while (t->q_len == 0 && !t->stop) pthread_cond_wait(&t->cv_work, &t->mu);
+        if (t->q_len == 0 && t->stop) break;
+        int n = take_batch(t);
+        pthread_mutex_unlock(&t->mu);
+
+        /* 1. Fill host slots from the lowest tier. */
+        int nr = 0;
+        for (int i = 0; i < n; i++) {
+            struct job *j = &t->batch[i];
+            if (!j->read) continue;
+            uint8_t *dst = t->host_mem + (size_t)j->hslot * t->stride;
+            if (t->store) {
+                int l, e;
+                layer_expert(t, j->key, &l, &e);
+                const struct moe_store_record *r = moe_store_find(t->store, l, e);
+                t->reads[nr++] = (struct moe_read){ .offset = r->offset, .len = (uint32_t)t->stride,
+                                                    .buf = dst, .buf_index = j->hslot };
+            } else {
+                fill_from_safetensors(t, j->key, dst);
+            }
+        }
+        if (nr) moe_reader_read(t->reader, t->reads, nr);
+
+        /* 2. Verify, then convert into the device slot, in FIFO order. */
+        int ri = 0;
+        for (int i = 0; i < n; i++) {
+            struct job *j = &t->batch[i];
+            struct hslot *h = &t->hs[j->hslot];
+            int l, e;
+            layer_expert(t, j->key, &l, &e);
+            const uint8_t *src = t->host_mem + (size_t)j->hslot * t->stride;
+            if (j->read) {
+                h->key = j->key;
+                h->state = SLOT_READY;
+                if (t->store) {
+                    struct moe_read *rd = &t->reads[ri++];
+                    const struct moe_store_record *r = moe_store_find(t->store, l, e);
+                    if (rd->st) {
+                        h->state = SLOT_FAILED;
+                        h->err = rd->st;
+                        snprintf(h->msg, sizeof(h->msg), "layer %d expert %d: read from %s failed",
+                                 l, e, moe_store_path(t->store));
+                    } else if (!moe_store_verify(r, src)) {
+                        h->state = SLOT_FAILED;
+                        h->err = MOE_ECHECKSUM;
+                        snprintf(h->msg, sizeof(h->msg), "layer %d expert %d: record at offset "
+                                 "%llu of %s failed its xxh3 checksum (re-run moeflow pack)", l, e,
+                                 (unsigned long long)r->offset, moe_store_path(t->store));
+                        pthread_mutex_lock(&t->mu);
+                        t->st.checksum_failures++;
+                        pthread_mutex_unlock(&t->mu);
+                    }
+                }
+            }
+            bool host_ok = h->key == j->key && h->state == SLOT_READY;
+            pthread_mutex_lock(&t->mu);
+            bool current = t->ds[j->dslot].gen == j->dgen && t->ds[j->dslot].key == j->key;
+            if (j->read) {
+                t->st.disk_reads++;
+                t->st.host.bytes += t->rec_bytes;
+            }
+            pthread_mutex_unlock(&t->mu);
+            if (current && host_ok) convert(t, src, t->dev_mem + (size_t)j->dslot * t->dev_floats);
+            pthread_mutex_lock(&t->mu);
+            struct dslot *d = &t->ds[j->dslot];
+            if (d->gen == j->dgen && d->key == j->key) {
+                if (host_ok) {
+                    d->state = SLOT_READY;
+                    t->st.device.bytes += t->dev_floats * sizeof(float);
+                } else {
+                    d->state = SLOT_FAILED;
+                    d->err = h->key == j->key ? h->err : MOE_EIO;
+                    if (h->key == j->key)
+                        snprintf(d->msg, sizeof(d->msg), "%s", h->msg);
+                    else
+                        snprintf(d->msg, sizeof(d->msg), "layer %d expert %d: host slot lost its "
+                                 "record", l, e);
+                }
+            }
+            pthread_cond_broadcast(&t->cv_done);
+            pthread_mutex_unlock(&t->mu);
+        }
+        pthread_mutex_lock(&t->mu);
+        pthread_cond_broadcast(&t->cv_done); /* wakes enqueuers waiting for queue space */
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* ---------------- engine side (mu held) ---------------- */
+
+static void enqueue(struct tiered *t, const struct job *j)
+{
+    while (t->q_len == t->q_cap) pthread_cond_wait(&t->cv_done, &t->mu);
+    t->q[(t->q_head + t->q_len) % t->q_cap] = *j;
+    t->q_len++;
+    pthread_cond_signal(&t->cv_work);
+}
+
+/* Start loading key into device slot ds: find or fill its host slot. */
+static enum moe_status start_load(struct tiered *t, int key, int ds)
+{
+    int hslot, hev;
+    bool hmiss;
+    enum moe_status st = moe_cache_acquire(t->host, key, &hslot, &hmiss, &hev);
+    if (st) return st; /* cannot happen: nothing in the host tier stays pinned */
+    moe_cache_unpin(t->host, key);
+    struct dslot *d = &t->ds[ds];
+    d->key = key;
+    d->gen++;
+    d->state = SLOT_LOADING;
+    struct job j = { .key = key, .dslot = ds, .dgen = d->gen, .hslot = hslot, .read = hmiss };
+    enqueue(t, &j);
+    return MOE_OK;
+}
+
+static enum moe_status check_id(const struct tiered *t, int layer, int id)
+{
+    if (layer < 0 || layer >= t->n_layers || !t->m->cfg.is_moe[layer])
+        return moe_errorf(MOE_EINVAL, "expert provider: layer %d is not a MoE layer", layer);
+    if (id < 0 || id >= t->n_experts)
+        return moe_errorf(MOE_EINVAL, "expert provider: layer %d has no expert %d", layer, id);
+    return MOE_OK;
+}
+
+static enum moe_status push_pin(struct tiered *t, int layer, int key)
+{
+    if (t->n_pins == t->cap_pins) {
+        int nc = t->cap_pins ? 2 * t->cap_pins : 64;
+        struct pin *p = realloc(t->pins, (size_t)nc * sizeof(*p));
+        if (!p) return moe_errorf(MOE_ENOMEM, "expert provider: out of memory for pins");
+        t->pins = p;
+        t->cap_pins = nc;
+    }
+    t->pins[t->n_pins++] = (struct pin){ layer, key };
+    return MOE_OK;
+}
+
+/* Drop the last `count` pins (an acquire that failed). */
+static void pop_pins(struct tiered *t, int count)
+{
+    for (int i = 0; i < count; i++) moe_cache_unpin(t->dev, t->pins[--t->n_pins].key);
+}
+
+static enum moe_status tiered_acquire(void *self, int layer, int n, const int *ids,
+                                      struct moe_expert_ref *out)
+{
+    struct tiered *t = self;
+    enum moe_status st = MOE_OK;
+    int pinned = 0;
+    pthread_mutex_lock(&t->mu);
+    for (int i = 0; i < n; i++) {
+        if ((st = check_id(t, layer, ids[i]))) goto fail;
+        int key = layer * t->n_experts + ids[i], slot, ev;
+        bool miss;
+        if ((st = moe_cache_acquire(t->dev, key, &slot, &miss, &ev))) {
+            moe_error_prefix(st, "layer %d expert %d: device tier has %d slots", layer, ids[i],
+                             t->n_dev);
+            goto fail;
+        }
+        if ((st = push_pin(t, layer, key))) {
+            moe_cache_unpin(t->dev, key);
+            goto fail;
+        }
+        pinned++;
+        if (miss && (st = start_load(t, key, slot))) goto fail;
+    }
+    double t0 = moe_now();
+    bool waited = false;
+    for (int i = 0; i < n; i++) {
+        int key = layer * t->n_experts + ids[i];
+        int slot = moe_cache_slot_of(t->dev, key);
+        struct dslot *d = &t->ds[slot];
+        while (d->state == SLOT_LOADING) {
+            waited = true;
+            pthread_cond_wait(&t->cv_done, &t->mu);
+        }
+        if (d->state != SLOT_READY) {
+            st = moe_errorf(d->err ? d->err : MOE_EIO, "%s", d->msg);
+            /* Forget the failed expert in both tiers so a later request retries it. */
+            for (int k = 0; k < n; k++) {
+                int kk = layer * t->n_experts + ids[k];
+                int s = moe_cache_slot_of(t->dev, kk);
+                if (s >= 0 && t->ds[s].state == SLOT_FAILED) {
+                    t->ds[s].state = SLOT_EMPTY;
+                    moe_cache_drop(t->dev, kk);
+                    moe_cache_drop(t->host, kk);
+                }
+            }
+            pop_pins(t, pinned);
+            pinned = 0;
+            /* dropped keys lost their pins already; pop_pins on them is a no-op */
+            goto out;
+        }
+        const float *base = t->dev_mem + (size_t)slot * t->dev_floats;
+        size_t ih = t->inter * t->hidden;
+        out[i] = (struct moe_expert_ref){ .gate = base, .up = base + ih, .down = base + 2 * ih,
+                                          .dtype = MOE_DT_F32 };
+    }
+    if (waited) t->st.device.stall_s += moe_now() - t0;
+    goto out;
+fail:
+    pop_pins(t, pinned);
+out:
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+
+static void tiered_release(void *self, int layer)
+{
+    struct tiered *t = self;
+    pthread_mutex_lock(&t->mu);
+    int w = 0;
+    for (int i = 0; i < t->n_pins; i++) {
+        if (t->pins[i].layer == layer) moe_cache_unpin(t->dev, t->pins[i].key);
+        else t->pins[w++] = t->pins[i];
+    }
+    t->n_pins = w;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void tiered_prefetch(void *self, int layer, int n, const int *ids, const float *scores,
+                            int distance)
+{
+    struct tiered *t = self;
+    pthread_mutex_lock(&t->mu);
+    for (int i = 0; i < n; i++) {
+        if (check_id(t, layer, ids[i])) continue;
+        int key = layer * t->n_experts + ids[i], slot, ev;
+        bool inserted;
+        if (scores) moe_cache_predict(t->dev, key, scores[i], distance);
+        if (moe_cache_prefetch(t->dev, key, &slot, &inserted, &ev) == MOE_OK && inserted)
+            start_load(t, key, slot);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int tiered_max_pinned(void *self) { return ((struct tiered *)self)->n_dev; }
+
+static void tiered_destroy(void *self)
+{
+    struct tiered *t = self;
+    if (!t) return;
+    if (t->worker_started) {
+        pthread_mutex_lock(&t->mu);
+        t->stop = true;
+        pthread_cond_broadcast(&t->cv_work);
+        pthread_mutex_unlock(&t->mu);
+        pthread_join(t->worker, NULL);
+    }
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv_work);
+    pthread_cond_destroy(&t->cv_done);
+    if (t->host_mem) {
+        if (t->host_pinned && t->hooks.host_unregister) t->hooks.host_unregister(t->hooks.ud, t->host_mem);
+        if (t->host_from_hwloc) hwloc_free(t->topo, t->host_mem, t->host_len);
+        else free(t->host_mem);
+    }
+    if (t->topo) hwloc_topology_destroy(t->topo);
+    moe_cache_destroy(t->dev);
+    moe_cache_destroy(t->host);
+    moe_reader_close(t->reader);
+    moe_store_close(t->store);
+    free(t->dev_mem);
+    free(t->ds);
+    free(t->hs);
+    free(t->pins);
+    free(t->q);
+    free(t->batch);
+    free(t->reads);
+    free(t);
+}
+
+static const struct moe_provider_ops tiered_ops = {
+    .acquire = tiered_acquire,
+    .release = tiered_release,
+    .prefetch = tiered_prefetch,
+    .destroy = tiered_destroy,
+    .max_pinned = tiered_max_pinned,
+};
+
+/* Host tier memory: bound to the NUMA node nearest the engine's CPU (or the
+ * given node) with hwloc; plain page-aligned memory when binding fails. */
+static enum moe_status host_alloc(struct tiered *t, int numa_node)
+{
+    if (hwloc_topology_init(&t->topo) == 0 && hwloc_topology_load(t->topo) == 0) {
+        hwloc_bitmap_t nodes = hwloc_bitmap_alloc(), cpus = hwloc_bitmap_alloc();
+        bool have = false;
+        if (nodes && cpus) {
+            if (numa_node >= 0) {
+                hwloc_bitmap_only(nodes, (unsigned)numa_node);
+                have = true;
+            } else if (hwloc_get_last_cpu_location(t->topo, cpus, HWLOC_CPUBIND_THREAD) == 0) {
+                hwloc_cpuset_to_nodeset(t->topo, cpus, nodes);
+                have = !hwloc_bitmap_iszero(nodes);
+            }
+        }
+        if (have) {
+            t->host_mem = hwloc_alloc_membind(t->topo, t->host_len, nodes, HWLOC_MEMBIND_BIND,
+                                              HWLOC_MEMBIND_BYNODESET);
+            t->numa_bound = t->host_mem != NULL;
+        }
+        if (!t->host_mem) t->host_mem = hwloc_alloc(t->topo, t->host_len);
+        t->host_from_hwloc = t->host_mem != NULL;
+        if (nodes) hwloc_bitmap_free(nodes);
+        if (cpus) hwloc_bitmap_free(cpus);
+    } else if (t->topo) {
+        hwloc_topology_destroy(t->topo);
+        t->topo = NULL;
+    }
+    if (!t->host_mem) {
+        void *p = NULL;
+        if (posix_memalign(&p, MOE_STORE_ALIGN, t->host_len) == 0) t->host_mem = p;
+    }
+    if (!t->host_mem)
+        return moe_errorf(MOE_ENOMEM, "host tier: cannot allocate %zu bytes (%d experts); lower "
+                          "--host-experts", t->host_len, t->n_host);
+    if (!t->numa_bound) MOE_INFO("host tier: memory not NUMA-bound (hwloc binding unavailable)");
+    if (t->hooks.host_register)
+        t->host_pinned = t->hooks.host_register(t->hooks.ud, t->host_mem, t->host_len) == 0;
+    return MOE_OK;
+}
+
+struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
+                                                const struct moe_tiered_params *p)
+{
+    const struct moe_config *c = &m->cfg;
+    struct tiered *t = calloc(1, sizeof(*t));
+    enum moe_status st = MOE_OK;
+    if (!t) {
+        moe_errorf(MOE_ENOMEM, "tiered provider: out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv_work, NULL);
+    pthread_cond_init(&t->cv_done, NULL);
+    t->m = m;
+    t->n_layers = c->n_layers;
+    t->n_experts = c->n_experts;
+    t->top_k = c->top_k;
+    t->inter = (size_t)c->expert_inter;
+    t->hidden = (size_t)c->hidden;
+    t->dev_floats = 3 * t->inter * t->hidden;
+    t->hooks = p->hooks;
+    if (p->dev_slots < c->top_k) {
+        st = moe_errorf(MOE_EINVAL, "device tier: %d expert slots is below top_k %d of %s (a layer's "
+                        "experts must fit at once); raise --gpu-experts", p->dev_slots, c->top_k, m->dir);
+        goto fail;
+    }
+    if (p->host_slots < 1) {
+        st = moe_errorf(MOE_EINVAL, "host tier: %d expert slots; --host-experts must be >= 1",
+                        p->host_slots);
+        goto fail;
+    }
+    int n_keys = c->n_layers * c->n_experts;
+    int n_moe_keys = 0;
+    for (int l = 0; l < c->n_layers; l++) n_moe_keys += c->is_moe[l] ? c->n_experts : 0;
+    if (n_moe_keys == 0) {
+        st = moe_errorf(MOE_EINVAL, "%s: model has no MoE layer", m->dir);
+        goto fail;
+    }
+    t->n_dev = p->dev_slots < n_moe_keys ? p->dev_slots : n_moe_keys;
+    t->n_host = p->host_slots < n_moe_keys ? p->host_slots : n_moe_keys;
+    if (p->store_path) {
+        t->store = moe_store_open(p->store_path, m);
+        if (!t->store) {
+            st = MOE_EFORMAT;
+            goto fail;
+        }
+        const struct moe_store_info *si = moe_store_get_info(t->store);
+        t->dtype = si->dtype;
+        t->gate_b = si->gate_bytes;
+        t->up_b = si->up_bytes;
+        t->down_b = si->down_bytes;
+        t->rec_bytes = si->record_bytes;
+        t->stride = si->record_stride;
+        t->reader = moe_reader_open(p->store_path, &p->io);
+        if (!t->reader) {
+            st = MOE_EIO;
+            goto fail;
+        }
+    } else {
+        struct moe_store_info si;
+        if ((st = moe_store_info_of(m, &si))) goto fail;
+        t->dtype = si.dtype;
+        t->gate_b = si.gate_bytes;
+        t->up_b = si.up_bytes;
+        t->down_b = si.down_bytes;
+        t->rec_bytes = si.record_bytes;
+        t->stride = si.record_stride;
+    }
+    t->qd = p->io.queue_depth > 0 ? p->io.queue_depth : MOE_READER_DEFAULT_QD;
+    struct moe_cache_params dp = { .n_keys = n_keys, .capacity = t->n_dev,
+                                   .policy = moe_policy_create(p->policy, n_keys, p->future, p->n_future) };
+    if (!dp.policy || !(t->dev = moe_cache_create(&dp))) {
+        st = MOE_EINVAL;
+        goto fail;
+    }
+    struct moe_cache_params hp = { .n_keys = n_keys, .capacity = t->n_host,
+                                   .policy = moe_policy_lru_create(n_keys) };
+    if (!hp.policy || !(t->host = moe_cache_create(&hp))) {
+        st = MOE_ENOMEM;
+        goto fail;
+    }
+    t->ds = calloc((size_t)t->n_dev, sizeof(*t->ds));
+    t->hs = calloc((size_t)t->n_host, sizeof(*t->hs));
+    t->q_cap = 2 * t->n_dev + 64;
+    t->q = calloc((size_t)t->q_cap, sizeof(*t->q));
+    t->batch = calloc((size_t)t->qd, sizeof(*t->batch));
+    t->reads = calloc((size_t)t->qd, sizeof(*t->reads));
+    size_t dev_len = (size_t)t->n_dev * t->dev_floats * sizeof(float);
+    t->dev_mem = aligned_alloc(64, (dev_len + 63) / 64 * 64);
+    if (!t->ds || !t->hs || !t->q || !t->batch || !t->reads || !t->dev_mem) {
+        st = moe_errorf(MOE_ENOMEM, "device tier: cannot allocate %zu bytes (%d experts in F32); "
+                        "lower --gpu-experts", dev_len, t->n_dev);
+        goto fail;
+    }
+    for (int i = 0; i < t->n_dev; i++) t->ds[i].key = -1;
+    for (int i = 0; i < t->n_host; i++) t->hs[i].key = -1;
+    t->host_len = (size_t)t->n_host * t->stride;
+    if ((st = host_alloc(t, p->numa_node))) goto fail;
+    if (t->reader) {
+        void **bufs = malloc((size_t)t->n_host * sizeof(void *));
+        if (bufs) {
+            for (int i = 0; i < t->n_host; i++) bufs[i] = t->host_mem + (size_t)i * t->stride;
+            moe_reader_register(t->reader, bufs, t->stride, t->n_host);
+            free(bufs);
+        }
+    }
+    if (pthread_create(&t->worker, NULL, worker_main, t) != 0) {
+        st = moe_errorf(MOE_ENOMEM, "tiered provider: cannot start the transfer thread");
+        goto fail;
+    }
+    t->worker_started = true;
+    t->st.dev_slots = t->n_dev;
+    t->st.host_slots = t->n_host;
+    t->st.dev_bytes = dev_len;
+    t->st.host_bytes = t->host_len;
+    t->st.from_store = t->store != NULL;
+    t->base.ops = &tiered_ops;
+    t->base.self = t;
+    return &t->base;
+fail:
+    (void)st;
+    tiered_destroy(t);
+    return NULL;
+}
+
+bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_stats *out)
+{
+    if (!p || p->ops != &tiered_ops) return false;
+    struct tiered *t = p->self;
+    pthread_mutex_lock(&t->mu);
+    *out = t->st;
+    struct moe_cache_stats cs;
+    moe_cache_get_stats(t->dev, &cs);
+    out->device.hits = cs.hits;
+    out->device.misses = cs.misses;
+    out->device.evictions = cs.evictions;
+    out->device.prefetches = cs.prefetches;
+    out->device.prefetch_hits = cs.prefetch_hits;
+    moe_cache_get_stats(t->host, &cs);
+    out->host.hits = cs.hits;
+    out->host.misses = cs.misses;
+    out->host.evictions = cs.evictions;
+    if (t->reader) {
+        struct moe_reader_stats rs;
+        moe_reader_get_stats(t->reader, &rs);
+        out->fallbacks = rs.fallbacks;
+        out->io_uring = rs.io_uring;
+        out->direct = rs.direct;
+        out->registered = rs.registered;
+        out->io_continuations = rs.continuations;
+    }
+    out->numa_bound = t->numa_bound;
+    out->host_pinned = t->host_pinned;
+    pthread_mutex_unlock(&t->mu);
+    return true;
+}

@@ -1,0 +1,77 @@
+/* The tiered expert provider: device tier (expert slots in the compute
+ * backend's format), host tier (raw stored records, NUMA-bound and pinned when
+ * a hook is given), lowest tier the packed store on NVMe (io_uring, O_DIRECT)
+ * or the model's safetensors files (mmap).  Residency and eviction decisions
+ * are made by the cache manager (cache.h), the same code `moeflow sim` runs;
+ * bytes move on a worker thread that overlaps the engine's compute.
+ *
+ * CPU build: the device tier is a bounded arena in RAM holding experts
+ * converted to F32 (provider.h's format); the "host -> device copy" is that
+ * conversion, so the three-tier path runs without a GPU. */
+#ifndef MOE_TIERED_H
+#define MOE_TIERED_H
+
+#include "policy.h"
+#include "provider.h"
+#include "reader.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Hooks the CUDA backend sets; all optional. */
+struct moe_offload_hooks {
+    void *ud;
+    /* Pin host-tier memory for DMA (cudaHostRegister); return 0 on success. */
+    int (*host_register)(void *ud, void *p, size_t len);
+    void (*host_unregister)(void *ud, void *p);
+};
+
+struct moe_tiered_params {
+    const char *store_path;       /* packed store (NVMe tier); NULL: the model's safetensors (mmap) */
+    int dev_slots;                /* device tier: expert slots, >= top_k */
+    int host_slots;               /* host tier: raw records, >= 1 */
+    enum moe_policy_kind policy;  /* device tier policy; the host tier is LRU */
+    const int *future;            /* Belady: every demand access to come (keys layer*E+e), */
+    size_t n_future;              /*   in order; ignored by the other policies */
+    int numa_node;                /* host tier NUMA node; -1 = nearest the calling thread's CPU */
+    struct moe_reader_params io;  /* queue depth, forced pread fallback */
+    struct moe_offload_hooks hooks;
+};
+
+/* Per-tier counters. */
+struct moe_tier_stats {
+    uint64_t hits, misses;        /* demand accesses served from / not from this tier */
+    uint64_t bytes;               /* bytes moved into this tier */
+    uint64_t evictions;
+    uint64_t prefetches;          /* loads started by prefetch */
+    uint64_t prefetch_hits;       /* demand hits on prefetched experts */
+    double stall_s;               /* seconds acquire waited on this tier's transfers */
+};
+
+struct moe_offload_stats {
+    struct moe_tier_stats device; /* device slots: bytes = F32 bytes written (CPU) */
+    struct moe_tier_stats host;   /* host pool: bytes = bytes read from the store / safetensors */
+    uint64_t disk_reads;          /* records read from the lowest tier */
+    uint64_t fallbacks;           /* 1 when the reader fell back to buffered pread */
+    uint64_t checksum_failures;   /* records that failed their xxh3 check */
+    uint64_t io_continuations;    /* short reads continued */
+    int dev_slots, host_slots;
+    uint64_t dev_bytes, host_bytes; /* memory held by each tier */
+    bool io_uring, direct, registered; /* how the store is read */
+    bool numa_bound, host_pinned;
+    bool from_store;              /* lowest tier is the packed store */
+};
+
+struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
+                                                const struct moe_tiered_params *p);
+/* False when p is not a tiered provider. */
+bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_stats *out);
+/* Bytes one expert takes in the device tier (F32) and the host tier (record stride). */
+uint64_t moe_tiered_dev_expert_bytes(const struct moe_model *m);
+uint64_t moe_tiered_host_expert_bytes(const struct moe_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

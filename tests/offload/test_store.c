@@ -1,0 +1,137 @@
+/* Expert store: pack round trip for every fixture family, refusal of a store
+ * of another model or version, damaged headers, and a record with one flipped
+ * byte failing only the requests that need it, with an error naming layer and
+ * expert. */
+#include "../../offload/tiered.h"
+#include "offload_test_common.h"
+
+#include <fcntl.h>
+
+static void flip_byte(const char *path, uint64_t off)
+{
+    int fd = open(path, O_RDWR);
+    REQUIRE(fd >= 0, "open %s", path);
+    unsigned char b;
+    REQUIRE(pread(fd, &b, 1, (off_t)off) == 1, "pread");
+    b ^= 0x10;
+    REQUIRE(pwrite(fd, &b, 1, (off_t)off) == 1, "pwrite");
+    close(fd);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    char *buf;
+    size_t len;
+    REQUIRE(moe_read_file(from, &buf, &len, 1u << 30) == MOE_OK, "read %s", from);
+    FILE *f = fopen(to, "wb");
+    REQUIRE(f && fwrite(buf, 1, len, f) == len, "write %s", to);
+    fclose(f);
+    free(buf);
+}
+
+int main(void)
+{
+    char p[512], store[600], other[600];
+    const char *dir = t_tmp_make("/tmp");
+    REQUIRE(dir, "mkdtemp");
+    struct moe_model *mx = NULL;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(t_models); i++) {
+        struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[i]));
+        REQUIRE(m, "open %s: %s", t_models[i], moe_last_error());
+        snprintf(store, sizeof(store), "%s/s%zu.moestore", dir, i);
+        REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack %s: %s", t_models[i],
+                moe_last_error());
+        struct moe_store *s = moe_store_open(store, m);
+        REQUIRE(s, "open store of %s: %s", t_models[i], moe_last_error());
+        const struct moe_store_info *in = moe_store_get_info(s);
+        CHECK(in->record_stride % MOE_STORE_ALIGN == 0 && in->data_offset % MOE_STORE_ALIGN == 0,
+              "alignment");
+        /* Every record holds gate|up|down exactly as in the safetensors files. */
+        uint8_t *buf = malloc(in->record_stride);
+        int fd = open(store, O_RDONLY);
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            for (int e = 0; e < m->cfg.n_experts; e++) {
+                const struct moe_store_record *r = moe_store_find(s, l, e);
+                if (!m->cfg.is_moe[l]) {
+                    CHECK(!r, "dense layer %d has a record", l);
+                    continue;
+                }
+                REQUIRE(r, "%s: no record for layer %d expert %d", t_models[i], l, e);
+                CHECK(r->offset % MOE_STORE_ALIGN == 0, "record offset alignment");
+                REQUIRE(pread(fd, buf, in->record_stride, (off_t)r->offset) ==
+                        (ssize_t)in->record_stride, "pread");
+                CHECK(moe_store_verify(r, buf), "%s: checksum layer %d expert %d", t_models[i], l, e);
+                const struct moe_expert_w *x = moe_model_expert(m, l, e);
+                CHECK(!memcmp(buf, x->gate.data, x->gate.nbytes) &&
+                      !memcmp(buf + x->gate.nbytes, x->up.data, x->up.nbytes) &&
+                      !memcmp(buf + x->gate.nbytes + x->up.nbytes, x->down.data, x->down.nbytes),
+                      "%s: record bytes layer %d expert %d", t_models[i], l, e);
+            }
+        }
+        close(fd);
+        free(buf);
+        moe_store_close(s);
+        if (i == 0) mx = m;
+        else moe_model_close(m);
+    }
+    /* A store written for another model is refused, naming the reason. */
+    snprintf(store, sizeof(store), "%s/s1.moestore", dir); /* qwen2_moe's */
+    CHECK(!moe_store_open(store, mx), "qwen2 store accepted for mixtral");
+    CHECK(strstr(moe_last_error(), "another model") && strstr(moe_last_error(), "moeflow pack"),
+          "error: %s", moe_last_error());
+
+    /* Another format version is refused; so is a damaged header. */
+    snprintf(store, sizeof(store), "%s/s0.moestore", dir);
+    snprintf(other, sizeof(other), "%s/v2.moestore", dir);
+    copy_file(store, other);
+    {
+        int fd = open(other, O_RDWR);
+        unsigned char v2[4] = { 2, 0, 0, 0 };
+        REQUIRE(pwrite(fd, v2, 4, 8) == 4, "pwrite");
+        close(fd);
+    }
+    CHECK(!moe_store_open(other, mx), "version 2 store accepted");
+    CHECK(strstr(moe_last_error(), "version 2"), "error: %s", moe_last_error());
+    copy_file(store, other);
+    flip_byte(other, MOE_STORE_FIXED + 8); /* first record's offset in the table */
+    CHECK(!moe_store_open(other, mx), "damaged table accepted");
+    CHECK(moe_last_error()[0], "damaged table gives an error");
+    CHECK(!moe_store_open("/nonexistent/x.moestore", mx), "missing file");
+
+    /* One flipped byte in the record of (layer 1, expert 2). */
+    copy_file(store, other);
+    struct moe_store *s = moe_store_open(other, mx);
+    REQUIRE(s, "%s", moe_last_error());
+    const struct moe_store_record *bad = moe_store_find(s, 1, 2);
+    flip_byte(other, bad->offset + bad->size / 2);
+    moe_store_close(s);
+    for (int forced = 0; forced < 2; forced++) {
+        struct moe_tiered_params tp = { .store_path = other, .dev_slots = mx->cfg.top_k,
+                                        .host_slots = 1, .numa_node = -1,
+                                        .io = { .no_io_uring = forced } };
+        struct moe_provider *prov = moe_provider_tiered_create(mx, &tp);
+        REQUIRE(prov, "tiered: %s", moe_last_error());
+        struct moe_expert_ref ref[8];
+        int need_bad[2] = { 0, 2 }, fine[2] = { 0, 1 };
+        enum moe_status st = prov->ops->acquire(prov->self, 1, 2, need_bad, ref);
+        CHECK(st == MOE_ECHECKSUM, "corrupt record: status %d", st);
+        CHECK(strstr(moe_last_error(), "layer 1 expert 2"), "error must name layer and expert: %s",
+              moe_last_error());
+        prov->ops->release(prov->self, 1);
+        st = prov->ops->acquire(prov->self, 1, 2, fine, ref);
+        CHECK(st == MOE_OK, "request without the corrupt expert: %s", moe_last_error());
+        prov->ops->release(prov->self, 1);
+        st = prov->ops->acquire(prov->self, 1, 1, &need_bad[1], ref);
+        CHECK(st == MOE_ECHECKSUM, "retry of the corrupt expert fails again: %d", st);
+        prov->ops->release(prov->self, 1);
+        struct moe_offload_stats os;
+        REQUIRE(moe_provider_tiered_stats(prov, &os), "stats");
+        CHECK(os.checksum_failures == 2, "checksum failures %llu", (unsigned long long)os.checksum_failures);
+        CHECK(os.fallbacks == (uint64_t)forced, "fallbacks %llu (forced %d)",
+              (unsigned long long)os.fallbacks, forced);
+        moe_provider_destroy(prov);
+    }
+    moe_model_close(mx);
+    t_tmp_remove(dir);
+    return t_result("test_store");
+}

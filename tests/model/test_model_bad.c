@@ -1,6 +1,8 @@
 /* Malformed checkpoints: one ctest per case (`test_model_bad CASE`).  Each
  * case builds a broken model directory in a fresh temp dir from the Mixtral
  * fixture, opens it, and asserts a refusal whose message names the problem.
+ * Cases named ok_* build legal variants (tied embeddings, a dense layer, F32
+ * weights) that must open.
  *
  * `test_model_bad --write-corpus DIR` writes the safetensors-level cases,
  * derived from a small valid image, as libFuzzer seeds. */
@@ -10,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -238,47 +241,93 @@ static void rm_tree(const char *dir)
     rmdir(dir);
 }
 
-/* Fixture's config.json, optionally without one field. */
-static void write_config(const char *dir, const char *drop_field)
+/* A fixture's config.json, without drop_field and with patch's keys set. */
+static void write_config_from(const char *dir, const char *fixture, const char *drop_field, json_t *patch)
 {
-    char path[4096];
+    char path[4096], rel[512];
     json_error_t err;
-    json_t *j = json_load_file(t_path(path, sizeof(path), FIXTURE "/config.json"), 0, &err);
+    json_t *j;
     char *s;
+    snprintf(rel, sizeof(rel), "%s/config.json", fixture);
+    j = json_load_file(t_path(path, sizeof(path), rel), 0, &err);
     REQUIRE(j != NULL, "fixture config: %s", err.text);
     if (drop_field) json_object_del(j, drop_field);
+    if (patch) json_object_update(j, patch);
     s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     write_buf(dir, "config.json", s, strlen(s));
     free(s);
     json_decref(j);
+    json_decref(patch);
+}
+
+static void write_config(const char *dir, const char *drop_field)
+{
+    write_config_from(dir, FIXTURE, drop_field, NULL);
+}
+
+/* How to rewrite a fixture checkpoint. */
+struct variant {
+    const char *fixture;        /* default FIXTURE */
+    const char *drop_prefix;    /* drop tensors whose name starts with this */
+    const char *reshape;        /* transpose this 2-D tensor's shape */
+    const char *retype;         /* reinterpret this tensor as retype_dt (same element size) */
+    enum moe_dtype retype_dt;
+    const char *to_f32_prefix;  /* convert BF16 tensors starting with this to F32 ("" = all) */
+    const struct moe_st_out *extra; /* tensors appended */
+    size_t n_extra;
+};
+
+static bool starts_with(const char *s, const char *p) { return p && !strncmp(s, p, strlen(p)); }
+
+static void write_variant_ex(const char *dir, const struct variant *v)
+{
+    char path[4200], rel[512];
+    struct moe_st_file *f;
+    struct moe_st_out *o;
+    float **conv;
+    size_t n = 0, cnt;
+    snprintf(rel, sizeof(rel), "%s/model.safetensors", v->fixture ? v->fixture : FIXTURE);
+    f = moe_st_open(t_path(path, sizeof(path), rel));
+    REQUIRE(f != NULL, "fixture: %s", moe_last_error());
+    cnt = moe_st_count(f);
+    o = calloc(cnt + v->n_extra, sizeof(*o));
+    conv = calloc(cnt, sizeof(*conv));
+    REQUIRE(o && conv, "calloc");
+    for (size_t i = 0; i < cnt; i++) {
+        const struct moe_st_tensor *t = moe_st_at(f, i);
+        if (starts_with(t->name, v->drop_prefix)) continue;
+        o[n] = (struct moe_st_out){ .name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data };
+        memcpy(o[n].shape, t->shape, sizeof(t->shape));
+        if (v->reshape && !strcmp(t->name, v->reshape)) {
+            o[n].shape[0] = t->shape[1];
+            o[n].shape[1] = t->shape[0];
+        }
+        if (v->retype && !strcmp(t->name, v->retype)) o[n].dtype = v->retype_dt;
+        if (starts_with(t->name, v->to_f32_prefix) && t->dtype == MOE_DT_BF16) {
+            struct moe_wview w = moe_wview_from_tensor(t);
+            conv[i] = malloc((size_t)t->numel * sizeof(float) + 1);
+            REQUIRE(conv[i] != NULL, "malloc");
+            moe_wview_to_f32(&w, conv[i]);
+            o[n].dtype = MOE_DT_F32;
+            o[n].data = conv[i];
+        }
+        n++;
+    }
+    for (size_t i = 0; i < v->n_extra; i++) o[n++] = v->extra[i];
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    REQUIRE(moe_st_write(path, o, n, (const char *const[]){ "format", "pt", NULL }) == MOE_OK, "write: %s",
+            moe_last_error());
+    for (size_t i = 0; i < cnt; i++) free(conv[i]);
+    free(conv);
+    free(o);
+    moe_st_close(f);
 }
 
 /* Rewrite the fixture checkpoint without `drop` and with `reshape` transposed. */
 static void write_variant(const char *dir, const char *drop, const char *reshape)
 {
-    char path[4200];
-    struct moe_st_file *f = moe_st_open(t_path(path, sizeof(path), FIXTURE "/model.safetensors"));
-    struct moe_st_out *o;
-    size_t n = 0;
-    REQUIRE(f != NULL, "fixture: %s", moe_last_error());
-    o = calloc(moe_st_count(f), sizeof(*o));
-    REQUIRE(o != NULL, "calloc");
-    for (size_t i = 0; i < moe_st_count(f); i++) {
-        const struct moe_st_tensor *t = moe_st_at(f, i);
-        if (drop && !strcmp(t->name, drop)) continue;
-        o[n] = (struct moe_st_out){ .name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data };
-        memcpy(o[n].shape, t->shape, sizeof(t->shape));
-        if (reshape && !strcmp(t->name, reshape)) {
-            o[n].shape[0] = t->shape[1];
-            o[n].shape[1] = t->shape[0];
-        }
-        n++;
-    }
-    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-    REQUIRE(moe_st_write(path, o, n, (const char *const[]){ "format", "pt", NULL }) == MOE_OK, "write: %s",
-            moe_last_error());
-    free(o);
-    moe_st_close(f);
+    struct variant v = { .drop_prefix = drop, .reshape = reshape };
+    write_variant_ex(dir, &v);
 }
 
 /* Sharded layout over a copy of the fixture; `extra` adds one weight_map entry. */
@@ -308,6 +357,58 @@ static bool has_all(const char *msg, const char *a, const char *b)
     return strstr(msg, a) && (!b || strstr(msg, b));
 }
 
+/* Legal variants that must open: tied embeddings, dense layers, F32 weights. */
+static int run_ok_case(const char *name, const char *dir)
+{
+    struct moe_model *m = NULL;
+    if (!strcmp(name, "ok_tied_embeddings")) {
+        write_config_from(dir, FIXTURE, NULL, json_pack("{s:b}", "tie_word_embeddings", 1));
+        write_variant(dir, "lm_head.weight", NULL);
+        m = moe_model_open(dir);
+        REQUIRE(m != NULL, "%s: %s", name, moe_last_error());
+        CHECK(m->cfg.tie_embeddings && m->lm_head.data == m->embed.data, "lm_head is not the embedding");
+    } else if (!strcmp(name, "ok_dense_layer")) {
+        /* Qwen2-MoE with layer 1 dense (mlp_only_layers): its mlp.* replaced by a dense MLP. */
+        static uint16_t w[128 * 64];
+        struct moe_st_out ex[3] = {
+            { .name = "model.layers.1.mlp.gate_proj.weight", .dtype = MOE_DT_BF16, .ndim = 2, .shape = { 128, 64 }, .data = w },
+            { .name = "model.layers.1.mlp.up_proj.weight", .dtype = MOE_DT_BF16, .ndim = 2, .shape = { 128, 64 }, .data = w },
+            { .name = "model.layers.1.mlp.down_proj.weight", .dtype = MOE_DT_BF16, .ndim = 2, .shape = { 64, 128 }, .data = w },
+        };
+        struct variant v = { .fixture = "tests/fixtures/hf-tiny/qwen2_moe", .drop_prefix = "model.layers.1.mlp.",
+                             .extra = ex, .n_extra = 3 };
+        for (size_t i = 0; i < MOE_ARRAY_LEN(w); i++) w[i] = moe_f32_to_bf16((float)i * 1e-4f);
+        write_config_from(dir, "tests/fixtures/hf-tiny/qwen2_moe", NULL, json_pack("{s:[i]}", "mlp_only_layers", 1));
+        write_variant_ex(dir, &v);
+        m = moe_model_open(dir);
+        REQUIRE(m != NULL, "%s: %s", name, moe_last_error());
+        CHECK(!m->cfg.is_moe[1] && m->cfg.is_moe[0] && m->cfg.dense_inter == 128, "dense layer config");
+        CHECK(m->layers[1].d_gate.rows == 128 && m->layers[1].d_down.cols == 128, "dense views");
+        CHECK(m->layers[1].router.data == NULL && moe_model_expert(m, 1, 0)->gate.data == NULL,
+              "dense layer has MoE views");
+        CHECK(m->layers[0].router.data != NULL && moe_model_expert(m, 0, 7)->down.data != NULL, "MoE layer 0");
+    } else if (!strcmp(name, "ok_f32_weights")) {
+        struct variant v = { .to_f32_prefix = "" };
+        float x[64];
+        write_config(dir, NULL);
+        write_variant_ex(dir, &v);
+        m = moe_model_open(dir);
+        REQUIRE(m != NULL, "%s: %s", name, moe_last_error());
+        CHECK(m->embed.dtype == MOE_DT_F32 && moe_model_expert(m, 2, 3)->up.dtype == MOE_DT_F32, "dtype");
+        CHECK(moe_model_expert_bytes(m) == 3u * 96u * 64u * 4u, "expert bytes %llu",
+              (unsigned long long)moe_model_expert_bytes(m));
+        moe_wview_to_f32(&m->final_norm, x);
+        for (int i = 0; i < 64; i++) CHECK(isfinite(x[i]) && x[i] != 0.0f, "norm[%d] = %g", i, x[i]);
+    } else {
+        fprintf(stderr, "unknown case \"%s\"\n", name);
+        rm_tree(dir);
+        return T_FAIL;
+    }
+    moe_model_close(m);
+    rm_tree(dir);
+    return t_result(name);
+}
+
 static int run_case(const char *name)
 {
     char tmpl[] = "/tmp/moe-model-bad-XXXXXX";
@@ -316,6 +417,7 @@ static int run_case(const char *name)
     struct buf src, bad;
 
     REQUIRE(dir != NULL, "mkdtemp: %s", strerror(errno));
+    if (!strncmp(name, "ok_", 3)) return run_ok_case(name, dir);
     src = read_rel(FIXTURE "/model.safetensors");
     if (make_bad_image(name, &src, &bad, &needle)) {
         struct moe_st_file *f;
@@ -362,6 +464,21 @@ static int run_case(const char *name)
         write_buf(dir, "pytorch_model.bin", pk, sizeof(pk) - 1);
         needle = "pytorch_model.bin";
         needle2 = "convert";
+    } else if (!strcmp(name, "weight_not_float")) {
+        struct variant v = { .retype = needle = "model.norm.weight", .retype_dt = MOE_DT_I16 };
+        write_config(dir, NULL);
+        write_variant_ex(dir, &v);
+        needle2 = "I16";
+    } else if (!strcmp(name, "expert_dtype_mixed")) {
+        struct variant v = { .to_f32_prefix = "model.layers.3.block_sparse_moe.experts.6." };
+        write_config(dir, NULL);
+        write_variant_ex(dir, &v);
+        needle = "layer 3 expert 6";
+        needle2 = "one dtype";
+    } else if (!strcmp(name, "lm_head_missing")) {
+        write_config(dir, NULL);
+        write_variant(dir, needle = "lm_head.weight", NULL);
+        needle2 = "missing";
     } else if (!strcmp(name, "no_checkpoint")) {
         write_config(dir, NULL);
         needle = "no model.safetensors";

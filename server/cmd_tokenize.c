@@ -1,12 +1,220 @@
-/* moeflow tokenize: placeholder until the capability lands. */
+/* moeflow tokenize: text to token ids (a JSON array on stdout), or with
+ * --decode a JSON array of ids back to the raw text bytes. */
 #include "cli.h"
 
+#include "common/moe.h"
+#include "model/tokenizer.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOKENIZE_MAX_INPUT (1u << 30)   /* largest --file read, bytes */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moeflow tokenize [--model DIR | --tokenizer FILE] (--text T | --file F)\n"
+            "       moeflow tokenize [--model DIR | --tokenizer FILE] --decode (--ids JSON | --file F)\n"
+            "\n"
+            "Encode UTF-8 text to token ids, printed as a JSON array; with --decode, turn a JSON\n"
+            "array of ids back into text (the exact bytes, written to stdout).  Special tokens such\n"
+            "as <|endoftext|> in the text are recognised; nothing is added.\n"
+            "\n"
+            "  --model DIR       model directory holding tokenizer.json (default %s)\n"
+            "  --tokenizer FILE  a tokenizer.json to use instead of the model's\n"
+            "  --text T          the text to encode\n"
+            "  --file F          read the text (or, with --decode, the JSON array of ids) from F; - is stdin\n"
+            "  --decode          decode ids to text\n"
+            "  --ids JSON        the ids to decode, e.g. '[31, 1066, 0]'\n"
+            "  -h, --help        this help\n",
+            moe_default_model_dir());
+}
+
+static enum moe_status read_input(const char *path, char **buf, size_t *len)
+{
+    if (strcmp(path, "-"))
+        return moe_read_file(path, buf, len, TOKENIZE_MAX_INPUT);
+    size_t cap = 1 << 16, n = 0;
+    char *p = malloc(cap);
+    if (!p)
+        return moe_errorf(MOE_ENOMEM, "stdin: out of memory");
+    for (;;) {
+        if (n + 1 == cap) {
+            if (cap >= TOKENIZE_MAX_INPUT) {
+                free(p);
+                return moe_errorf(MOE_ENOMEM, "stdin: input larger than %u bytes", TOKENIZE_MAX_INPUT);
+            }
+            char *q = realloc(p, cap * 2);
+            if (!q) {
+                free(p);
+                return moe_errorf(MOE_ENOMEM, "stdin: out of memory");
+            }
+            p = q;
+            cap *= 2;
+        }
+        size_t r = fread(p + n, 1, cap - 1 - n, stdin);
+        n += r;
+        if (r == 0) {
+            if (ferror(stdin)) {
+                free(p);
+                return moe_errorf(MOE_EIO, "stdin: read error");
+            }
+            break;
+        }
+    }
+    p[n] = 0;
+    *buf = p;
+    *len = n;
+    return MOE_OK;
+}
+
+/* Parse a JSON array of token ids. */
+static enum moe_status parse_ids(const char *json, size_t len, const char *what, int **ids, size_t *n)
+{
+    json_error_t jerr;
+    json_t *arr = json_loadb(json, len, JSON_DECODE_ANY, &jerr);
+    if (!arr)
+        return moe_errorf(MOE_EINVAL, "%s: not valid JSON at line %d column %d: %s (want an array of ids like [1, 2, 3])",
+                          what, jerr.line, jerr.column, jerr.text);
+    enum moe_status st = MOE_OK;
+    if (!json_is_array(arr)) {
+        st = moe_errorf(MOE_EINVAL, "%s: want a JSON array of token ids like [1, 2, 3]", what);
+        goto out;
+    }
+    size_t m = json_array_size(arr);
+    int *v = malloc((m ? m : 1) * sizeof(int));
+    if (!v) {
+        st = moe_errorf(MOE_ENOMEM, "%s: no memory for %zu ids", what, m);
+        goto out;
+    }
+    for (size_t i = 0; i < m; i++) {
+        json_t *e = json_array_get(arr, i);
+        if (!json_is_integer(e) || json_integer_value(e) < INT_MIN || json_integer_value(e) > INT_MAX) {
+            free(v);
+            st = moe_errorf(MOE_EINVAL, "%s: element %zu is not an integer token id", what, i);
+            goto out;
+        }
+        v[i] = (int)json_integer_value(e);
+    }
+    *ids = v;
+    *n = m;
+out:
+    json_decref(arr);
+    return st;
+}
+
+static int print_ids(const int *ids, size_t n)
+{
+    putchar('[');
+    for (size_t i = 0; i < n; i++)
+        printf(i ? ",%d" : "%d", ids[i]);
+    putchar(']');
+    putchar('\n');
+    if (fflush(stdout) || ferror(stdout)) {
+        fprintf(stderr, "moeflow tokenize: writing to stdout failed\n");
+        return 1;
+    }
+    return 0;
+}
 
 int moe_cmd_tokenize(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow tokenize: not available in this build\n");
-    return 2;
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "tokenizer", required_argument, NULL, 'k' },
+        { "text", required_argument, NULL, 't' },
+        { "file", required_argument, NULL, 'f' },
+        { "decode", no_argument, NULL, 'd' },
+        { "ids", required_argument, NULL, 'i' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model = NULL, *tok_path = NULL, *text = NULL, *file = NULL, *ids_arg = NULL;
+    bool decode = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'k': tok_path = optarg; break;
+        case 't': text = optarg; break;
+        case 'f': file = optarg; break;
+        case 'd': decode = true; break;
+        case 'i': ids_arg = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    const char *why = NULL;
+    if (optind < argc)
+        why = "unexpected argument (quote the text and pass it with --text)";
+    else if (model && tok_path)
+        why = "give --model or --tokenizer, not both";
+    else if (decode && text)
+        why = "--text is for encoding; with --decode give --ids or --file";
+    else if (!decode && ids_arg)
+        why = "--ids needs --decode";
+    else if (!!file + !!(decode ? ids_arg : text) != 1)
+        why = decode ? "give exactly one of --ids and --file" : "give exactly one of --text and --file";
+    if (why) {
+        fprintf(stderr, "moeflow tokenize: %s%s%s\n\n", why, optind < argc ? ": " : "",
+                optind < argc ? argv[optind] : "");
+        usage(stderr);
+        return 2;
+    }
+
+    struct moe_tokenizer *t = tok_path ? moe_tokenizer_load(tok_path)
+                                       : moe_tokenizer_load_dir(model ? model : moe_default_model_dir());
+    if (!t) {
+        fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
+        return 1;
+    }
+    int rc = 1;
+    char *buf = NULL;
+    size_t len = 0;
+    if (file && read_input(file, &buf, &len)) {
+        fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
+        goto out;
+    }
+    if (!decode) {
+        int *ids = NULL;
+        size_t n = 0;
+        const char *src = file ? buf : text;
+        if (moe_tokenizer_encode(t, src, file ? len : strlen(text), &ids, &n)) {
+            fprintf(stderr, "moeflow tokenize: %s: %s\n", file ? file : "--text", moe_last_error());
+            goto out;
+        }
+        rc = print_ids(ids, n);
+        free(ids);
+    } else {
+        int *ids = NULL;
+        size_t n = 0;
+        if (parse_ids(file ? buf : ids_arg, file ? len : strlen(ids_arg), file ? file : "--ids", &ids, &n)) {
+            fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
+            rc = file ? 1 : 2;
+            goto out;
+        }
+        char *out = NULL;
+        size_t olen = 0;
+        if (moe_tokenizer_decode(t, ids, n, &out, &olen)) {
+            fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
+            free(ids);
+            goto out;
+        }
+        if (fwrite(out, 1, olen, stdout) != olen || fflush(stdout)) {
+            fprintf(stderr, "moeflow tokenize: writing to stdout failed\n");
+        } else {
+            rc = 0;
+        }
+        free(out);
+        free(ids);
+    }
+out:
+    free(buf);
+    moe_tokenizer_free(t);
+    return rc;
 }

@@ -3,12 +3,20 @@
  * goes to the scheduler, then to the hooks given in the params). */
 #include "scheduler.h"
 
+#include "../predictor/predictor.h"
+
 #include <stdlib.h>
+#include <string.h>
 
 void moe_sched_own_adapter_(struct moe_sched *s, void *adapter, void (*free_fn)(void *));
 
 struct engine_adapter {
     struct moe_engine *e;
+    struct moe_predictor *pred;    /* or NULL */
+    struct moe_sched_path_source pred_src; /* regrouping on the predictor's paths */
+    int n_moe, top_k;
+    int *ids;                      /* [n_moe * top_k] */
+    struct moe_engine_hooks restore; /* hooks the caller gave (restored at destroy) */
     struct moe_engine_hooks user;  /* chained hooks */
     void (*route_cb)(void *ud, int layer, int n, const int *ids);
     void *route_ud;                /* valid during one forward() */
@@ -37,8 +45,43 @@ static void ad_on_moe_input(void *ud, int layer, int n, const float *x)
         ad->user.on_moe_input(ad->user.ud, layer, n, x);
 }
 
-static int ad_seq_alloc(void *self) { return moe_engine_seq_alloc(((struct engine_adapter *)self)->e); }
-static void ad_seq_free(void *self, int seq) { moe_engine_seq_free(((struct engine_adapter *)self)->e, seq); }
+static int ad_seq_alloc(void *self)
+{
+    struct engine_adapter *ad = self;
+    int seq = moe_engine_seq_alloc(ad->e);
+    if (seq >= 0 && ad->pred)
+        moe_predictor_seq_reset(ad->pred, seq);
+    return seq;
+}
+
+static void ad_seq_free(void *self, int seq)
+{
+    struct engine_adapter *ad = self;
+    moe_engine_seq_free(ad->e, seq);
+    if (ad->pred)
+        moe_predictor_seq_reset(ad->pred, seq);
+}
+
+/* Path source over the predictor: its step-start path for the sequence's next token. */
+static bool ad_predict(void *ud, const struct moe_sched_path_query *q, uint64_t *out)
+{
+    struct engine_adapter *ad = ud;
+    if (q->n_tokens < 1 || q->n_moe_layers != ad->n_moe)
+        return false;
+    if (moe_predictor_seq_path(ad->pred, q->slot, q->tokens[q->n_tokens - 1], ad->top_k, ad->ids) != MOE_OK)
+        return false;
+    memset(out, 0, sizeof(uint64_t) * (size_t)q->n_moe_layers * (size_t)q->words_per_layer);
+    bool any = false;
+    for (int l = 0; l < ad->n_moe; l++)
+        for (int j = 0; j < ad->top_k; j++) {
+            int e = ad->ids[l * ad->top_k + j];
+            if (e < 0 || e >= q->n_experts)
+                continue;
+            out[(size_t)l * (size_t)q->words_per_layer + (size_t)(e >> 6)] |= 1ull << (e & 63);
+            any = true;
+        }
+    return any;
+}
 
 static enum moe_status ad_forward(void *self, const struct moe_batch *b, float *logits,
                                   void (*on_route)(void *ud, int layer, int n, const int *ids), void *ud)
@@ -46,7 +89,13 @@ static enum moe_status ad_forward(void *self, const struct moe_batch *b, float *
     struct engine_adapter *ad = self;
     ad->route_cb = on_route;
     ad->route_ud = ud;
-    enum moe_status st = moe_engine_forward(ad->e, b, logits);
+    enum moe_status st = MOE_OK;
+    if (ad->pred)
+        st = moe_predictor_begin(ad->pred, b);
+    if (st == MOE_OK)
+        st = moe_engine_forward(ad->e, b, logits);
+    if (ad->pred)
+        moe_predictor_end(ad->pred, st == MOE_OK);
     ad->route_cb = NULL;
     ad->route_ud = NULL;
     return st;
@@ -55,7 +104,8 @@ static enum moe_status ad_forward(void *self, const struct moe_batch *b, float *
 static void ad_free(void *p)
 {
     struct engine_adapter *ad = p;
-    moe_engine_set_hooks(ad->e, &ad->user); /* give the engine back the chained hooks */
+    moe_engine_set_hooks(ad->e, &ad->restore); /* give the engine back the caller's hooks */
+    free(ad->ids);
     free(ad);
 }
 
@@ -101,7 +151,27 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         return NULL;
     }
     ad->e = e;
+    ad->restore = p->hooks;
     ad->user = p->hooks;
+    ad->top_k = c->top_k;
+    for (int l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++)
+        ad->n_moe += c->is_moe[l];
+    struct moe_sched_params sp = *p;
+    if (p->predictor) {
+        ad->pred = p->predictor;
+        ad->user = moe_predictor_hooks(p->predictor, &p->hooks);
+        ad->ids = malloc(sizeof(int) * (size_t)(ad->n_moe > 0 ? ad->n_moe : 1) * (size_t)(c->top_k > 0 ? c->top_k : 1));
+        if (!ad->ids) {
+            free(ad);
+            moe_errorf(MOE_ENOMEM, "scheduler: create: out of memory");
+            return NULL;
+        }
+        if (!p->path_source) {
+            ad->pred_src.predict = ad_predict;
+            ad->pred_src.ud = ad;
+            sp.path_source = &ad->pred_src;
+        }
+    }
     struct moe_sched_backend be = {
         .self = ad,
         .vocab = c->vocab,
@@ -118,12 +188,14 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         .forward = ad_forward,
     };
     if (be.max_seqs < 1) {
+        free(ad->ids);
         free(ad);
         moe_errorf(MOE_EBUSY, "scheduler: create: the engine has no free sequence slot");
         return NULL;
     }
-    struct moe_sched *s = moe_sched_create_backend(&be, p);
+    struct moe_sched *s = moe_sched_create_backend(&be, &sp);
     if (!s) {
+        free(ad->ids);
         free(ad);
         return NULL;
     }

@@ -27,6 +27,8 @@ const char *moe_finish_str(enum moe_finish f); /* "length", "stop", "cancelled",
 
 enum moe_grouping { MOE_GROUP_FCFS, MOE_GROUP_REGROUP };
 
+struct moe_predictor;
+
 /* A routing path is a bitset of experts per MoE layer: words_per_layer uint64_t
  * words per MoE layer (bit e of layer l = expert e), MoE layers in model order. */
 struct moe_sched_path_query {
@@ -67,6 +69,12 @@ struct moe_sched_params {
     struct moe_provider *provider; /* where prefetch hints go (the engine's provider); NULL = none */
     struct moe_sched_path_source *path_source; /* predicted routing paths; NULL = most recent routing */
     struct moe_engine_hooks hooks; /* engine hooks the scheduler chains to (it installs its own) */
+    /* A routing-path predictor (predictor/predictor.h), or NULL.  moe_sched_create
+     * then drives it around every forward() (begin/end, its engine hooks before
+     * `hooks`, seq_reset on slot changes) and, without path_source, regroups on
+     * moe_predictor_seq_path().  Its prefetches go where moe_predictor_set_provider
+     * says. */
+    struct moe_predictor *predictor;
     int engine_max_ctx;       /* the engine's max_ctx / max_batch_tokens as created (0 = the */
     int engine_max_batch_tokens; /* engine defaults: cfg.max_pos and 512) */
 };

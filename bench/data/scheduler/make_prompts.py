@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""64 Python-source prompts for `moeflow bench batch`, from this machine's
+Python 3.11 standard library (/usr/lib/python3.11).
+
+Only files outside the predictor's training split are used (SHA-1 of the
+path relative to the library root mod 10 in 7..9, see ../pycode/make_splits.py),
+so a learned path predictor never saw them.  Files in sorted path order, one prompt
+each: about 1200 bytes starting at the first line boundary after the middle of
+the file.  Output: one prompt per line, backslash escaped (\\n newline, \\t tab,
+\\\\ backslash).  Usage: make_prompts.py [ROOT] [OUT] [COUNT] [BYTES]
+"""
+import hashlib
+import os
+import sys
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/python3.11"
+OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts-py64.txt")
+COUNT = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+BYTES = int(sys.argv[4]) if len(sys.argv) > 4 else 1200
+
+
+def main():
+    files = []
+    for dirpath, dirnames, names in os.walk(ROOT):
+        dirnames.sort()
+        if "site-packages" in dirpath or "dist-packages" in dirpath:
+            continue
+        for n in sorted(names):
+            if n.endswith(".py"):
+                files.append(os.path.relpath(os.path.join(dirpath, n), ROOT))
+    files.sort()
+    prompts = []
+    for rel in files:
+        if int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 10 < 7:
+            continue
+        try:
+            text = open(os.path.join(ROOT, rel), encoding="utf-8").read()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if len(text) < 3 * BYTES or not text.isascii():
+            continue
+        start = text.index("\n", len(text) // 2) + 1
+        piece = text[start:start + BYTES]
+        piece = piece[:piece.rfind("\n") + 1]
+        if len(piece) < BYTES // 2:
+            continue
+        prompts.append(piece)
+        if len(prompts) == COUNT:
+            break
+    with open(OUT, "w", encoding="utf-8") as f:
+        for p in prompts:
+            f.write(p.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t") + "\n")
+    print(f"{OUT}: {len(prompts)} prompts")
+
+
+if __name__ == "__main__":
+    main()

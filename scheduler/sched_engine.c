@@ -180,6 +180,8 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         .top_k = c->top_k,
         .is_moe = c->is_moe,
         .eos_id = c->eos_id,
+        .n_eos = c->n_eos,
+        .eos_ids = c->eos_ids,
         .max_seqs = probe_max_seqs(e),
         .max_ctx = p->engine_max_ctx > 0 ? p->engine_max_ctx : c->max_pos,
         .max_batch_tokens = p->engine_max_batch_tokens > 0 ? p->engine_max_batch_tokens : 512,

@@ -289,9 +289,19 @@ static void free_grave(struct moe_sched *s)
 
 /* A sampled token for r (under s->mu): EOS ends it (not delivered), otherwise
  * it is appended, delivered, and max_tokens ends it. */
+static bool is_eos(const struct moe_sched *s, int tok)
+{
+    if (s->be.eos_id >= 0 && tok == s->be.eos_id)
+        return true;
+    for (int i = 0; i < s->be.n_eos && s->be.eos_ids; i++)
+        if (tok == s->be.eos_ids[i])
+            return true;
+    return false;
+}
+
 static void take_token(struct moe_sched *s, struct rq *r, int tok)
 {
-    if (!r->g.ignore_eos && s->be.eos_id >= 0 && tok == s->be.eos_id) {
+    if (!r->g.ignore_eos && is_eos(s, tok)) {
         rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
         return;
     }

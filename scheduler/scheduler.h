@@ -138,6 +138,8 @@ struct moe_sched_backend {
     int vocab, n_layers, n_experts, top_k; /* model shape */
     const bool *is_moe;                    /* [n_layers] */
     int eos_id;                            /* -1 = none */
+    int n_eos;                             /* further end-of-sequence ids: eos_ids[0..n_eos) */
+    const int *eos_ids;                    /*   (all of them stop a request; may be NULL) */
     int max_seqs, max_ctx, max_batch_tokens;
     int (*seq_alloc)(void *self);          /* slot or -1 */
     void (*seq_free)(void *self, int seq);

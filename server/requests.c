@@ -149,7 +149,8 @@ static enum moe_status set_prompt_text(struct moe_gen_request *r, const char *s,
     r->prompt = malloc(n + 1);
     if (!r->prompt)
         return moe_errorf(MOE_ENOMEM, "'%s': out of memory", field);
-    memcpy(r->prompt, s, n);
+    if (n)
+        memcpy(r->prompt, s, n);
     r->prompt[n] = 0;
     r->prompt_len = n;
     return MOE_OK;

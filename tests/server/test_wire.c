@@ -1,0 +1,296 @@
+/* The serving wire layer on its own: option table, OpenAI JSON and protobuf
+ * request decoders (good and malformed inputs, every numeric field's bad
+ * values), UTF-8 hold-back, chat template, Prometheus histogram text. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../test_util.h"
+#include "grpc_service.pb-c.h"
+#include "moeflow.pb-c.h"
+#include "server/metrics.h"
+#include "server/requests.h"
+#include "server/serve_config.h"
+
+static void test_config(void)
+{
+    struct moe_serve_config c;
+    moe_serve_config_defaults(&c);
+    CHECK(c.grpc_port == 50051 && c.http_port == 8000, "defaults %d %d", c.grpc_port, c.http_port);
+    CHECK(c.drain_timeout == 30.0, "drain %g", c.drain_timeout);
+    CHECK(moe_serve_config_set(&c, "max-queued", "7") == MOE_OK && c.max_queued == 7, "set");
+    CHECK(moe_serve_config_set(&c, "max_queued", "8") == MOE_OK && c.max_queued == 8, "underscore");
+    CHECK(moe_serve_config_set(&c, "grpc-port", "70000") == MOE_ERANGE, "range");
+    CHECK(strstr(moe_last_error(), "grpc-port") && strstr(moe_last_error(), "70000"), "msg: %s",
+          moe_last_error());
+    CHECK(moe_serve_config_set(&c, "drain-timeout", "nan") != MOE_OK, "nan");
+    CHECK(moe_serve_config_set(&c, "drain-timeout", "-1") != MOE_OK, "negative");
+    CHECK(moe_serve_config_set(&c, "max-running", "12x") != MOE_OK, "junk");
+    CHECK(strstr(moe_last_error(), "max-running") != NULL, "msg: %s", moe_last_error());
+    CHECK(moe_serve_config_set(&c, "no-such-key", "1") != MOE_OK, "unknown key");
+    CHECK(strstr(moe_last_error(), "no-such-key") != NULL, "msg: %s", moe_last_error());
+    CHECK(moe_serve_config_set(&c, "grouping", "random") != MOE_OK, "enum");
+    CHECK(moe_serve_config_set(&c, "max-ctx", "99999999999999999999") != MOE_OK, "huge");
+
+    char path[] = "/tmp/moe_serve_cfg_XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0, "mkstemp");
+    const char *txt = "# comment\nmax-running = 3\nhttp_port = 8123 # trailing\n\ngrouping = \"regroup\"\n";
+    REQUIRE(write(fd, txt, strlen(txt)) == (ssize_t)strlen(txt), "write");
+    close(fd);
+    moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_load(&c, path) == MOE_OK, "load: %s", moe_last_error());
+    CHECK(c.max_running == 3 && c.http_port == 8123 && !strcmp(c.grouping, "regroup"), "file values");
+    FILE *f = fopen(path, "w");
+    fputs("max-running = 3\nmax-queued = -5\n", f);
+    fclose(f);
+    CHECK(moe_serve_config_load(&c, path) != MOE_OK, "bad file");
+    CHECK(strstr(moe_last_error(), ":2") && strstr(moe_last_error(), "max-queued") &&
+          strstr(moe_last_error(), "-5"), "msg: %s", moe_last_error());
+    unlink(path);
+    moe_serve_config_defaults(&c);
+    c.max_running = c.max_seqs + 1;
+    CHECK(moe_serve_config_check(&c) != MOE_OK, "cross check");
+}
+
+static enum moe_status oai(const char *body, bool chat, struct moe_gen_request *r)
+{
+    return moe_req_parse_openai(body, strlen(body), chat, r);
+}
+
+static void expect_bad(const char *body, bool chat, const char *field)
+{
+    struct moe_gen_request r;
+    enum moe_status st = oai(body, chat, &r);
+    CHECK(st != MOE_OK, "accepted: %s", body);
+    CHECK(!field || strstr(moe_last_error(), field), "error for %s does not name %s: %s", body,
+          field, moe_last_error());
+    CHECK(r.prompt == NULL && r.prompt_ids == NULL, "left allocated");
+}
+
+static void test_openai(void)
+{
+    struct moe_gen_request r;
+    REQUIRE(oai("{\"model\":\"m\",\"prompt\":\"def f(\",\"max_tokens\":5,\"stream\":true,"
+                "\"temperature\":0,\"top_p\":0.5,\"seed\":3,\"timeout\":2.5}", false, &r) == MOE_OK,
+            "%s", moe_last_error());
+    CHECK(!strcmp(r.prompt, "def f(") && r.max_tokens == 5 && r.stream, "fields");
+    CHECK(r.sampling.top_p == 0.5f && r.sampling.seed == 3 && r.timeout_s == 2.5, "sampling");
+    CHECK(!strcmp(r.model, "m"), "model");
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":[1,2,3]}", false, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(r.n_prompt_ids == 3 && r.prompt_ids[2] == 3 && r.max_tokens == 0, "ids");
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                "{\"role\":\"user\",\"content\":\"hi\"}],\"max_completion_tokens\":4}", true, &r) == MOE_OK,
+            "%s", moe_last_error());
+    CHECK(!strcmp(r.prompt, "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n"), "template: %s",
+          r.prompt);
+    CHECK(r.max_tokens == 4, "max_completion_tokens");
+    moe_gen_request_free(&r);
+
+    expect_bad("", false, "JSON");
+    expect_bad("{\"prompt\":\"x\"", false, "JSON");
+    expect_bad("[1,2]", false, "object");
+    expect_bad("{\"prompt\":\"x\",\"prompt\":\"y\"}", false, NULL);
+    expect_bad("{}", false, "prompt");
+    expect_bad("{\"prompt\":7}", false, "prompt");
+    expect_bad("{\"prompt\":[1,-2]}", false, "prompt[1]");
+    expect_bad("{\"prompt\":\"x\",\"max_tokens\":-1}", false, "max_tokens");
+    expect_bad("{\"prompt\":\"x\",\"max_tokens\":0}", false, "max_tokens");
+    expect_bad("{\"prompt\":\"x\",\"max_tokens\":1e30}", false, "max_tokens");
+    expect_bad("{\"prompt\":\"x\",\"max_tokens\":2.5}", false, "max_tokens");
+    expect_bad("{\"prompt\":\"x\",\"max_tokens\":\"5\"}", false, "max_tokens");
+    expect_bad("{\"prompt\":\"x\",\"max_tokens\":99999999999999999999999}", false, NULL);
+    expect_bad("{\"prompt\":\"x\",\"temperature\":-0.1}", false, "temperature");
+    expect_bad("{\"prompt\":\"x\",\"temperature\":1e308}", false, "temperature");
+    expect_bad("{\"prompt\":\"x\",\"temperature\":NaN}", false, "JSON");
+    expect_bad("{\"prompt\":\"x\",\"top_p\":0}", false, "top_p");
+    expect_bad("{\"prompt\":\"x\",\"top_p\":1.5}", false, "top_p");
+    expect_bad("{\"prompt\":\"x\",\"top_k\":-5}", false, "top_k");
+    expect_bad("{\"prompt\":\"x\",\"n\":2}", false, "'n'");
+    expect_bad("{\"prompt\":\"x\",\"timeout\":-1}", false, "timeout");
+    expect_bad("{\"prompt\":\"x\",\"stream\":1}", false, "stream");
+    expect_bad("{\"prompt\":\"x\",\"stop\":[\"\\n\"]}", false, "stop");
+    expect_bad("{\"prompt\":\"\\ud800\"}", false, NULL);
+    expect_bad("{\"messages\":[]}", true, "messages");
+    expect_bad("{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", true, "role");
+    expect_bad("{\"messages\":[{\"role\":\"user\"}]}", true, "content");
+}
+
+static size_t pack_generate(const Moeflow__V1__GenerateRequest *m, uint8_t **buf)
+{
+    size_t n = moeflow__v1__generate_request__get_packed_size(m);
+    *buf = malloc(n + 1);
+    moeflow__v1__generate_request__pack(m, *buf);
+    return n;
+}
+
+static void test_generate_proto(void)
+{
+    Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;
+    m.prompt = "hello";
+    m.max_tokens = 3;
+    uint8_t *b;
+    size_t n = pack_generate(&m, &b);
+    struct moe_gen_request r;
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(!strcmp(r.prompt, "hello") && r.max_tokens == 3 && r.sampling.top_p == 1.0f, "fields");
+    moe_gen_request_free(&r);
+    free(b);
+    CHECK(moe_req_parse_generate(b ? (const uint8_t *)"\xff\xff\xff" : NULL, 3, &r) != MOE_OK,
+          "malformed accepted");
+    CHECK(strstr(moe_last_error(), "malformed") != NULL, "msg %s", moe_last_error());
+    struct { float t, p; int k, mt; const char *field; } bad[] = {
+        { NAN, 0, 0, 1, "temperature" }, { -1, 0, 0, 1, "temperature" }, { INFINITY, 0, 0, 1, "temperature" },
+        { 0, NAN, 0, 1, "top_p" }, { 0, 2, 0, 1, "top_p" }, { 0, -0.5f, 0, 1, "top_p" },
+        { 0, 0, -1, 1, "top_k" }, { 0, 0, 0, -4, "max_tokens" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        m.temperature = bad[i].t;
+        m.top_p = bad[i].p;
+        m.top_k = bad[i].k;
+        m.max_tokens = bad[i].mt;
+        n = pack_generate(&m, &b);
+        CHECK(moe_req_parse_generate(b, n, &r) != MOE_OK, "bad[%zu] accepted", i);
+        CHECK(strstr(moe_last_error(), bad[i].field), "bad[%zu]: %s", i, moe_last_error());
+        free(b);
+    }
+    Moeflow__V1__GenerateRequest e = MOEFLOW__V1__GENERATE_REQUEST__INIT;
+    n = pack_generate(&e, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) != MOE_OK, "empty prompt accepted");
+    free(b);
+}
+
+static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
+{
+    size_t n = inference__model_infer_request__get_packed_size(m);
+    *buf = malloc(n + 1);
+    inference__model_infer_request__pack(m, *buf);
+    return n;
+}
+
+static void test_kserve(void)
+{
+    Inference__ModelInferRequest m = INFERENCE__MODEL_INFER_REQUEST__INIT;
+    Inference__ModelInferRequest__InferInputTensor t[3];
+    Inference__InferTensorContents tc[3];
+    Inference__ModelInferRequest__InferInputTensor *tp[3] = { &t[0], &t[1], &t[2] };
+    int64_t shape[1] = { 1 };
+    static const char *names[3] = { "text_input", "max_tokens", "stream" };
+    static const char *types[3] = { "BYTES", "INT32", "BOOL" };
+    ProtobufCBinaryData text = { 3, (uint8_t *)"abc" };
+    int32_t mt = 6;
+    protobuf_c_boolean stream = 1;
+    for (int i = 0; i < 3; i++) {
+        inference__model_infer_request__infer_input_tensor__init(&t[i]);
+        inference__infer_tensor_contents__init(&tc[i]);
+        t[i].name = (char *)names[i];
+        t[i].datatype = (char *)types[i];
+        t[i].n_shape = 1;
+        t[i].shape = shape;
+        t[i].contents = &tc[i];
+    }
+    tc[0].n_bytes_contents = 1;
+    tc[0].bytes_contents = &text;
+    tc[1].n_int_contents = 1;
+    tc[1].int_contents = &mt;
+    tc[2].n_bool_contents = 1;
+    tc[2].bool_contents = &stream;
+    m.model_name = "pycode-moe-18m";
+    m.id = "req-1";
+    m.n_inputs = 3;
+    m.inputs = tp;
+    uint8_t *b;
+    size_t n = pack_infer(&m, &b);
+    struct moe_gen_request r;
+    REQUIRE(moe_req_parse_kserve(b, n, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(!strcmp(r.prompt, "abc") && r.max_tokens == 6 && r.stream && !strcmp(r.id, "req-1"), "fields");
+    moe_gen_request_free(&r);
+    free(b);
+
+    /* Raw contents: BYTES with its 4-byte length prefix, INT32 little-endian, BOOL one byte. */
+    for (int i = 0; i < 3; i++)
+        t[i].contents = NULL;
+    ProtobufCBinaryData raw[3] = {
+        { 7, (uint8_t *)"\x03\x00\x00\x00xyz" }, { 4, (uint8_t *)"\x02\x00\x00\x00" }, { 1, (uint8_t *)"\x00" },
+    };
+    m.n_raw_input_contents = 3;
+    m.raw_input_contents = raw;
+    n = pack_infer(&m, &b);
+    REQUIRE(moe_req_parse_kserve(b, n, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(!strcmp(r.prompt, "xyz") && r.max_tokens == 2 && !r.stream, "raw fields");
+    moe_gen_request_free(&r);
+    free(b);
+    raw[0].len = 6; /* prefix says 3, 2 bytes follow */
+    n = pack_infer(&m, &b);
+    CHECK(moe_req_parse_kserve(b, n, &r) != MOE_OK && strstr(moe_last_error(), "text_input"),
+          "short raw: %s", moe_last_error());
+    free(b);
+    raw[0].len = 7;
+    raw[1].data = (uint8_t *)"\xff\xff\xff\xff"; /* max_tokens = -1 */
+    n = pack_infer(&m, &b);
+    CHECK(moe_req_parse_kserve(b, n, &r) != MOE_OK && strstr(moe_last_error(), "max_tokens"),
+          "negative max_tokens: %s", moe_last_error());
+    free(b);
+    m.n_inputs = 1; /* only text_input, raw count mismatch */
+    n = pack_infer(&m, &b);
+    CHECK(moe_req_parse_kserve(b, n, &r) != MOE_OK, "raw count mismatch accepted");
+    free(b);
+    m.n_raw_input_contents = 0;
+    m.raw_input_contents = NULL;
+    t[0].contents = &tc[0];
+    t[0].datatype = "INT32";
+    n = pack_infer(&m, &b);
+    CHECK(moe_req_parse_kserve(b, n, &r) != MOE_OK && strstr(moe_last_error(), "BYTES"),
+          "wrong dtype: %s", moe_last_error());
+    free(b);
+    m.n_inputs = 0;
+    n = pack_infer(&m, &b);
+    CHECK(moe_req_parse_kserve(b, n, &r) != MOE_OK && strstr(moe_last_error(), "text_input"),
+          "missing input: %s", moe_last_error());
+    free(b);
+    CHECK(moe_req_parse_kserve((const uint8_t *)"\x2a\xff", 2, &r) != MOE_OK, "malformed accepted");
+}
+
+static void test_utf8(void)
+{
+    const char *e = "a\xc3\xa9"; /* a, e-acute */
+    CHECK(moe_utf8_complete_prefix(e, 3) == 3, "complete");
+    CHECK(moe_utf8_complete_prefix(e, 2) == 1, "cut 2-byte");
+    CHECK(moe_utf8_complete_prefix("\xe2\x82", 2) == 0, "cut 3-byte");
+    CHECK(moe_utf8_complete_prefix("\xf0\x9f\x98", 3) == 0, "cut 4-byte");
+    CHECK(moe_utf8_complete_prefix("ab", 2) == 2, "ascii");
+    CHECK(moe_utf8_valid(e, 3) && !moe_utf8_valid("\xc3", 1) && !moe_utf8_valid("\xed\xa0\x80", 3),
+          "valid");
+}
+
+static void test_metrics(void)
+{
+    struct moe_metrics m;
+    moe_metrics_init(&m);
+    moe_metrics_observe(&m, &m.ttft, 0.003);
+    moe_metrics_observe(&m, &m.ttft, 100);
+    struct moe_strbuf b = { 0 };
+    moe_metrics_render(&m, &b, "model_name=\"x\"");
+    CHECK(b.s && strstr(b.s, "moeflow:time_to_first_token_seconds_bucket{model_name=\"x\",le=\"0.005\"} 1"),
+          "bucket line");
+    CHECK(strstr(b.s, "moeflow:time_to_first_token_seconds_bucket{model_name=\"x\",le=\"+Inf\"} 2"),
+          "inf");
+    CHECK(strstr(b.s, "moeflow:time_to_first_token_seconds_count{model_name=\"x\"} 2"), "count");
+    moe_strbuf_free(&b);
+    moe_metrics_free(&m);
+}
+
+int main(void)
+{
+    test_config();
+    test_openai();
+    test_generate_proto();
+    test_kserve();
+    test_utf8();
+    test_metrics();
+    return t_result("test_server_wire");
+}

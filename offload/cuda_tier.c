@@ -1,0 +1,475 @@
+/* The GPU expert tier (see cuda_tier.h): device slots, a copy stream with
+ * per-slot events, and an expert provider over a model with a pinned host pool. */
+#include "cuda_tier.h"
+
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cuda/cuda_backend.h"
+#include "../kernels/cuda/cuda_check.h"
+#include "cache.h"
+
+struct moe_cuda_tier {
+    struct moe_cuda_ctx *c;
+    cudaStream_t compute;          /* the backend's stream (kernels read the slots there) */
+    cudaStream_t copy;             /* host -> device copies */
+    struct moe_cache *cache;       /* residency and eviction decisions */
+    int n_layers, n_experts, slots;
+    size_t mat_bytes[3], mat_off[3], slot_bytes;
+    char *d_pool;                  /* [slots][gate | up | down] */
+    cudaEvent_t *ready;            /* [slots] recorded on copy after the slot's last fill */
+    cudaEvent_t *freed;            /* [slots] recorded on compute at the slot's last release */
+    int *pins;                     /* keys acquired and not yet released */
+    int n_pins, pin_cap;
+    const void *(*host_mat)(void *ud, int layer, int expert, int which);
+    void *ud;
+    struct moe_cuda_tier_stats st;
+    bool poisoned;
+};
+
+/* Check a CUDA call inside a function with `st`, the tier `t` and label `out`. */
+#define TCK(call)                                                             \
+    do {                                                                      \
+        st = MOE_CUDA_CHECK(call);                                            \
+        if (st != MOE_OK) {                                                   \
+            if (moe_cuda_is_sticky(cudaPeekAtLastError())) t->poisoned = true; \
+            goto out;                                                         \
+        }                                                                     \
+    } while (0)
+
+static enum moe_status poisoned_err(const struct moe_cuda_tier *t)
+{
+    return moe_errorf(MOE_EDEVICE, "GPU expert tier: an earlier sticky CUDA error poisoned the "
+                      "device; the process must restart");
+}
+
+/* Copy key's three matrices into slot on the copy stream, after the compute
+ * stream has released the slot's previous contents. */
+static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
+{
+    enum moe_status st = MOE_OK;
+    int layer = key / t->n_experts, e = key % t->n_experts;
+    const void *src[3];
+    char *dst = t->d_pool + (size_t)slot * t->slot_bytes;
+    for (int w = 0; w < 3; w++) {
+        src[w] = t->host_mat(t->ud, layer, e, w);
+        if (!src[w])
+            return moe_errorf(MOE_ENOENT, "GPU expert tier: layer %d has no routed expert %d", layer, e);
+    }
+    TCK(cudaStreamWaitEvent(t->copy, t->freed[slot], 0));
+    for (int w = 0; w < 3; w++)
+        TCK(cudaMemcpyAsync(dst + t->mat_off[w], src[w], t->mat_bytes[w], cudaMemcpyHostToDevice, t->copy));
+    TCK(cudaEventRecord(t->ready[slot], t->copy));
+    t->st.loads++;
+    t->st.bytes_h2d += t->slot_bytes;
+out:
+    if (st != MOE_OK) moe_error_prefix(st, "loading layer %d expert %d into GPU slot %d", layer, e, slot);
+    return st;
+}
+
+static void unpin_last(struct moe_cuda_tier *t, int n)
+{
+    for (int i = 0; i < n && t->n_pins > 0; i++) moe_cache_unpin(t->cache, t->pins[--t->n_pins]);
+}
+
+enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n, const int *ids,
+                                      struct moe_expert_ref *out)
+{
+    enum moe_status st = MOE_OK;
+    int got = 0;
+    if (t->poisoned) return poisoned_err(t);
+    if (layer < 0 || layer >= t->n_layers || n < 0)
+        return moe_errorf(MOE_EINVAL, "GPU expert tier: layer %d of %d, %d experts", layer, t->n_layers, n);
+    for (int i = 0; i < n; i++) {
+        int slot, ev;
+        bool miss;
+        if (ids[i] < 0 || ids[i] >= t->n_experts) {
+            st = moe_errorf(MOE_EINVAL, "layer %d: expert id %d outside 0..%d", layer, ids[i],
+                            t->n_experts - 1);
+            goto fail;
+        }
+        int key = layer * t->n_experts + ids[i];
+        if (t->n_pins == t->pin_cap) {
+            st = moe_errorf(MOE_EBUSY, "layer %d expert %d: %d acquires without release; release "
+                            "each layer before acquiring more", layer, ids[i], t->n_pins);
+            goto fail;
+        }
+        st = moe_cache_acquire(t->cache, key, &slot, &miss, &ev);
+        if (st != MOE_OK) {
+            st = moe_errorf(st, "layer %d expert %d: all %d GPU expert slots are pinned; raise the "
+                            "GPU-tier slots (--gpu-experts) to at least the experts acquired at once",
+                            layer, ids[i], t->slots);
+            goto fail;
+        }
+        t->pins[t->n_pins++] = key;
+        got++;
+        if (miss && (st = load(t, key, slot)) != MOE_OK) {
+            moe_cache_drop(t->cache, key);
+            t->n_pins--;
+            got--;
+            goto fail;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int key = layer * t->n_experts + ids[i];
+        int slot = moe_cache_slot_of(t->cache, key);
+        cudaError_t q = cudaEventQuery(t->ready[slot]);
+        if (q == cudaErrorNotReady) {
+            /* still in flight: the compute stream (not the host) waits for it */
+            TCK(cudaStreamWaitEvent(t->compute, t->ready[slot], 0));
+            t->st.waits++;
+        } else if (q != cudaSuccess) {
+            TCK(q);
+        }
+        const char *base = t->d_pool + (size_t)slot * t->slot_bytes;
+        out[i].gate = base + t->mat_off[0];
+        out[i].up = base + t->mat_off[1];
+        out[i].down = base + t->mat_off[2];
+        out[i].dtype = MOE_DT_BF16;
+    }
+    return MOE_OK;
+out:
+fail:
+    unpin_last(t, got);
+    return st;
+}
+
+void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
+{
+    int keep = 0;
+    for (int i = 0; i < t->n_pins; i++) {
+        int key = t->pins[i];
+        if (key / t->n_experts != layer) {
+            t->pins[keep++] = key;
+            continue;
+        }
+        int slot = moe_cache_slot_of(t->cache, key);
+        if (slot >= 0 && !t->poisoned) {
+            enum moe_status st = MOE_CUDA_CHECK(cudaEventRecord(t->freed[slot], t->compute));
+            if (st != MOE_OK && moe_cuda_is_sticky(cudaPeekAtLastError())) t->poisoned = true;
+        }
+        moe_cache_unpin(t->cache, key);
+    }
+    t->n_pins = keep;
+}
+
+void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+                            int distance)
+{
+    if (t->poisoned || layer < 0 || layer >= t->n_layers) return;
+    for (int i = 0; i < n; i++) {
+        int slot, ev;
+        bool inserted;
+        if (ids[i] < 0 || ids[i] >= t->n_experts) continue;
+        int key = layer * t->n_experts + ids[i];
+        if (scores) moe_cache_predict(t->cache, key, scores[i], distance);
+        if (moe_cache_prefetch(t->cache, key, &slot, &inserted, &ev) != MOE_OK || !inserted) continue;
+        if (load(t, key, slot) != MOE_OK) {
+            MOE_WARN("prefetch: %s", moe_last_error());
+            moe_cache_drop(t->cache, key);
+        }
+    }
+}
+
+enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t)
+{
+    enum moe_status st = MOE_OK;
+    if (t->poisoned) return poisoned_err(t);
+    TCK(cudaStreamSynchronize(t->copy));
+out:
+    return st;
+}
+
+void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier_stats *out)
+{
+    struct moe_cache_stats cs;
+    moe_cache_get_stats(t->cache, &cs);
+    *out = t->st;
+    out->hits = cs.hits;
+    out->misses = cs.misses;
+    out->prefetches = cs.prefetches;
+    out->prefetch_hits = cs.prefetch_hits;
+    out->evictions = cs.evictions;
+    out->slots = t->slots;
+    out->slot_bytes = t->slot_bytes;
+}
+
+bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t) { return t->poisoned; }
+
+void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
+{
+    if (!t) return;
+    if (t->copy && !t->poisoned) (void)cudaStreamSynchronize(t->copy);
+    if (t->compute && !t->poisoned) (void)cudaStreamSynchronize(t->compute);
+    for (int i = 0; t->ready && i < t->slots; i++)
+        if (t->ready[i]) cudaEventDestroy(t->ready[i]);
+    for (int i = 0; t->freed && i < t->slots; i++)
+        if (t->freed[i]) cudaEventDestroy(t->freed[i]);
+    if (t->d_pool) cudaFree(t->d_pool);
+    if (t->copy) cudaStreamDestroy(t->copy);
+    (void)cudaGetLastError();
+    moe_cache_destroy(t->cache);
+    free(t->ready);
+    free(t->freed);
+    free(t->pins);
+    free(t);
+}
+
+struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct moe_cuda_tier_params *p)
+{
+    enum moe_status st = MOE_OK;
+    struct moe_cuda_tier *t;
+    int n_keys;
+    if (!c || !p || !p->host_mat || p->n_layers <= 0 || p->n_experts <= 0 || p->slots < 1 ||
+        !p->mat_bytes[0] || !p->mat_bytes[1] || !p->mat_bytes[2] ||
+        (int64_t)p->n_layers * p->n_experts > (1 << 28)) {
+        moe_errorf(MOE_EINVAL, "GPU expert tier: needs a context, a host source, layers >= 1, "
+                   "experts >= 1, slots >= 1 (got %d) and non-zero matrix sizes", p ? p->slots : 0);
+        return NULL;
+    }
+    n_keys = p->n_layers * p->n_experts;
+    t = calloc(1, sizeof(*t));
+    if (!t) {
+        moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory");
+        return NULL;
+    }
+    t->c = c;
+    t->compute = (cudaStream_t)moe_cuda_ctx_stream(c);
+    t->n_layers = p->n_layers;
+    t->n_experts = p->n_experts;
+    t->slots = p->slots < n_keys ? p->slots : n_keys;
+    t->host_mat = p->host_mat;
+    t->ud = p->ud;
+    for (int w = 0; w < 3; w++) {
+        t->mat_off[w] = t->slot_bytes;
+        t->mat_bytes[w] = p->mat_bytes[w];
+        t->slot_bytes += (p->mat_bytes[w] + 255) & ~(size_t)255; /* 256-byte aligned matrices */
+    }
+    struct moe_cache_params cp = {
+        .n_keys = n_keys,
+        .capacity = t->slots,
+        .group_size = p->n_experts,
+        .quota = NULL,
+        .policy = moe_policy_create(p->policy, n_keys, p->future, p->n_future),
+    };
+    if (!cp.policy) {
+        st = moe_errorf(MOE_EINVAL, "GPU expert tier: cannot create policy %s",
+                        moe_policy_name(p->policy));
+        goto out;
+    }
+    t->cache = moe_cache_create(&cp);
+    t->ready = calloc((size_t)t->slots, sizeof(cudaEvent_t));
+    t->freed = calloc((size_t)t->slots, sizeof(cudaEvent_t));
+    t->pin_cap = 2 * t->slots + 64;
+    t->pins = calloc((size_t)t->pin_cap, sizeof(int));
+    if (!t->cache || !t->ready || !t->freed || !t->pins) {
+        st = moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory for %d slots", t->slots);
+        goto out;
+    }
+    {
+        size_t total = t->slot_bytes * (size_t)t->slots;
+        cudaError_t e = cudaMalloc((void **)&t->d_pool, total);
+        if (e != cudaSuccess) {
+            size_t fr = 0, tot = 0;
+            t->d_pool = NULL;
+            (void)cudaGetLastError();
+            cudaMemGetInfo(&fr, &tot);
+            st = moe_errorf(MOE_ENOMEM, "GPU expert tier: %d slots x %zu MiB = %zu MiB do not fit on "
+                            "the device (%zu MiB free of %zu MiB): lower the GPU-tier slots "
+                            "(--gpu-experts) to at most %zu", t->slots, t->slot_bytes >> 20,
+                            total >> 20, fr >> 20, tot >> 20, fr / t->slot_bytes);
+            goto out;
+        }
+    }
+    TCK(cudaStreamCreateWithFlags(&t->copy, cudaStreamNonBlocking));
+    for (int i = 0; i < t->slots; i++) {
+        TCK(cudaEventCreateWithFlags(&t->ready[i], cudaEventDisableTiming));
+        TCK(cudaEventCreateWithFlags(&t->freed[i], cudaEventDisableTiming));
+    }
+    t->st.slots = t->slots;
+    t->st.slot_bytes = t->slot_bytes;
+out:
+    if (st != MOE_OK) {
+        char msg[1024];
+        memcpy(msg, moe_last_error(), sizeof(msg));
+        msg[sizeof(msg) - 1] = 0;
+        moe_cuda_tier_destroy(t);
+        moe_errorf(st, "%s", msg);
+        return NULL;
+    }
+    return t;
+}
+
+/* ---- expert provider over a model ---------------------------------------- */
+
+struct cprov {
+    struct moe_provider base;
+    struct moe_cuda_tier *tier;
+    uint16_t *h_pool;              /* [layers][experts][gate | up | down] BF16 */
+    bool pinned;                   /* h_pool from cudaHostAlloc (else malloc) */
+    bool *present;                 /* [layers][experts] */
+    int n_experts;
+    size_t mat_elems[3];
+};
+
+static const void *cprov_host_mat(void *ud, int layer, int e, int which)
+{
+    struct cprov *cp = ud;
+    size_t idx = (size_t)layer * (size_t)cp->n_experts + (size_t)e;
+    size_t per = cp->mat_elems[0] + cp->mat_elems[1] + cp->mat_elems[2];
+    if (!cp->present[idx]) return NULL;
+    size_t off = which == 0 ? 0 : which == 1 ? cp->mat_elems[0] : cp->mat_elems[0] + cp->mat_elems[1];
+    return cp->h_pool + idx * per + off;
+}
+
+static enum moe_status cprov_acquire(void *self, int layer, int n, const int *ids, struct moe_expert_ref *out)
+{
+    return moe_cuda_tier_acquire(((struct cprov *)self)->tier, layer, n, ids, out);
+}
+static void cprov_release(void *self, int layer) { moe_cuda_tier_release(((struct cprov *)self)->tier, layer); }
+static void cprov_prefetch(void *self, int layer, int n, const int *ids, const float *scores, int distance)
+{
+    moe_cuda_tier_prefetch(((struct cprov *)self)->tier, layer, n, ids, scores, distance);
+}
+static int cprov_max_pinned(void *self)
+{
+    struct moe_cuda_tier_stats s;
+    moe_cuda_tier_get_stats(((struct cprov *)self)->tier, &s);
+    return s.slots;
+}
+static void cprov_destroy(void *self)
+{
+    struct cprov *cp = self;
+    if (!cp) return;
+    moe_cuda_tier_destroy(cp->tier);
+    if (cp->pinned) cudaFreeHost(cp->h_pool);
+    else free(cp->h_pool);
+    free(cp->present);
+    free(cp);
+}
+
+static const struct moe_provider_ops cprov_ops = {
+    .acquire = cprov_acquire,
+    .release = cprov_release,
+    .prefetch = cprov_prefetch,
+    .destroy = cprov_destroy,
+    .max_pinned = cprov_max_pinned,
+};
+
+static void to_bf16(const struct moe_wview *w, uint16_t *dst, float *tmp)
+{
+    size_t n = (size_t)(w->rows * w->cols);
+    if (w->dtype == MOE_DT_BF16) {
+        memcpy(dst, w->data, n * 2);
+        return;
+    }
+    moe_wview_to_f32(w, tmp);
+    for (size_t i = 0; i < n; i++) dst[i] = moe_f32_to_bf16(tmp[i]);
+}
+
+struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct moe_backend *be,
+                                              const struct moe_provider_cuda_params *p)
+{
+    const struct moe_config *cfg = &m->cfg;
+    struct moe_cuda_ctx *c = moe_backend_cuda_ctx(be);
+    struct cprov *cp = NULL;
+    float *tmp = NULL;
+    size_t per, n_all = (size_t)cfg->n_layers * (size_t)cfg->n_experts, bytes;
+    int n_moe_keys = 0;
+    enum moe_status st = MOE_OK;
+
+    if (!c) {
+        moe_errorf(MOE_EINVAL, "GPU expert provider: the backend is not the CUDA backend");
+        return NULL;
+    }
+    for (int l = 0; l < cfg->n_layers; l++)
+        if (cfg->is_moe[l]) n_moe_keys += cfg->n_experts;
+    int slots = p && p->slots ? p->slots : n_moe_keys;
+    if (slots < cfg->top_k) {
+        moe_errorf(MOE_EINVAL, "GPU expert tier: %d slots is below top_k %d of %s (a token's experts "
+                   "must fit at once); raise --gpu-experts", slots, cfg->top_k, m->dir);
+        return NULL;
+    }
+    cp = calloc(1, sizeof(*cp));
+    if (!cp) goto nomem;
+    cp->n_experts = cfg->n_experts;
+    cp->mat_elems[0] = cp->mat_elems[1] = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
+    cp->mat_elems[2] = cp->mat_elems[0];
+    per = 3 * cp->mat_elems[0];
+    bytes = n_all * per * 2;
+    cp->present = calloc(n_all ? n_all : 1, sizeof(bool));
+    tmp = malloc(cp->mat_elems[0] * sizeof(float));
+    if (!cp->present || !tmp) goto nomem;
+    if (cudaHostAlloc((void **)&cp->h_pool, bytes ? bytes : 1, cudaHostAllocPortable) == cudaSuccess) {
+        cp->pinned = true;
+    } else {
+        (void)cudaGetLastError();
+        MOE_WARN("GPU expert provider: cannot pin %zu MiB of host memory; using pageable memory "
+                 "(host -> device copies will not overlap compute)", bytes >> 20);
+        cp->h_pool = malloc(bytes ? bytes : 1);
+        if (!cp->h_pool) goto nomem;
+    }
+    for (int l = 0; l < cfg->n_layers; l++) {
+        if (!cfg->is_moe[l]) continue;
+        for (int e = 0; e < cfg->n_experts; e++) {
+            size_t idx = (size_t)l * (size_t)cfg->n_experts + (size_t)e;
+            const struct moe_expert_w *x = moe_model_expert(m, l, e);
+            const struct moe_wview *mats[3] = { &x->gate, &x->up, &x->down };
+            for (int w = 0; w < 3; w++) {
+                if (!mats[w]->data || (size_t)(mats[w]->rows * mats[w]->cols) != cp->mat_elems[w]) {
+                    st = moe_errorf(MOE_EFORMAT, "%s: layer %d expert %d: matrix %d has %lld x %lld "
+                                    "elements, expected %zu", m->dir, l, e, w, (long long)mats[w]->rows,
+                                    (long long)mats[w]->cols, cp->mat_elems[w]);
+                    goto fail;
+                }
+            }
+            uint16_t *dst = cp->h_pool + idx * per;
+            to_bf16(&x->gate, dst, tmp);
+            to_bf16(&x->up, dst + cp->mat_elems[0], tmp);
+            to_bf16(&x->down, dst + 2 * cp->mat_elems[0], tmp);
+            cp->present[idx] = true;
+        }
+    }
+    {
+        struct moe_cuda_tier_params tp = {
+            .n_layers = cfg->n_layers,
+            .n_experts = cfg->n_experts,
+            .slots = slots,
+            .mat_bytes = { cp->mat_elems[0] * 2, cp->mat_elems[1] * 2, cp->mat_elems[2] * 2 },
+            .policy = p ? p->policy : MOE_POLICY_LRU,
+            .future = p ? p->future : NULL,
+            .n_future = p ? p->n_future : 0,
+            .host_mat = cprov_host_mat,
+            .ud = cp,
+        };
+        cp->tier = moe_cuda_tier_create(c, &tp);
+        if (!cp->tier) {
+            st = MOE_ENOMEM;
+            goto fail;
+        }
+    }
+    free(tmp);
+    cp->base.ops = &cprov_ops;
+    cp->base.self = cp;
+    return &cp->base;
+nomem:
+    st = moe_errorf(MOE_ENOMEM, "GPU expert provider: out of host memory for %zu experts", n_all);
+fail:
+    {
+        char msg[1024];
+        memcpy(msg, moe_last_error(), sizeof(msg));
+        msg[sizeof(msg) - 1] = 0;
+        free(tmp);
+        cprov_destroy(cp);
+        moe_errorf(st, "%s", msg);
+    }
+    return NULL;
+}
+
+bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_stats *out)
+{
+    if (!p || p->ops != &cprov_ops) return false;
+    moe_cuda_tier_get_stats(((const struct cprov *)p->self)->tier, out);
+    return true;
+}

@@ -1,0 +1,92 @@
+/* The GPU expert tier: a pool of device slots, each holding one expert's three
+ * BF16 matrices, filled from pinned host memory on a dedicated copy stream.
+ *
+ * Residency and eviction decisions come from the cache manager (cache.h) with
+ * the configured policy, the same code `moeflow sim` replays.  Ordering is
+ * kept on the GPU with events, never by blocking the host:
+ *   - a slot's copy waits for the compute stream's "free" event of that slot
+ *     (recorded at release), so an expert is never overwritten while a kernel
+ *     still reads it;
+ *   - acquire makes the compute stream wait on a slot's "ready" event only
+ *     when that expert's copy is still in flight (cudaEventQuery says so),
+ *     so nothing is computed on an expert before its bytes have landed.
+ * A CUDA failure returns MOE_EDEVICE naming layer and expert; a sticky error
+ * poisons the tier (every later call fails fast) and is reported by
+ * moe_cuda_tier_poisoned() so the server can turn readiness off and exit. */
+#ifndef MOE_CUDA_TIER_H
+#define MOE_CUDA_TIER_H
+
+#include "../kernels/cuda/cuda_ops.h"
+#include "../kernels/backend.h"
+#include "policy.h"
+#include "provider.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_cuda_tier_params {
+    int n_layers, n_experts;        /* key space: key = layer * n_experts + expert */
+    int slots;                      /* device slots (experts resident at once), >= 1 */
+    size_t mat_bytes[3];            /* bytes of gate, up, down of one expert */
+    enum moe_policy_kind policy;    /* lru, lfu, belady (with future) */
+    const int *future;              /* belady only: demand keys in order */
+    size_t n_future;
+    /* Host source: the bytes of matrix `which` (0 gate, 1 up, 2 down) of an
+     * expert, in pinned host memory for overlap (pageable works, slower);
+     * NULL when the expert does not exist (dense layer).  Pointers may alias
+     * (benchmarks replay a few payloads under many keys). */
+    const void *(*host_mat)(void *ud, int layer, int expert, int which);
+    void *ud;
+};
+
+struct moe_cuda_tier_stats {
+    uint64_t hits, misses;          /* demand acquires served from / not from the slots */
+    uint64_t prefetches;            /* loads started by prefetch */
+    uint64_t prefetch_hits;         /* demand hits on prefetched experts */
+    uint64_t evictions;
+    uint64_t loads;                 /* experts copied host -> device */
+    uint64_t bytes_h2d;             /* bytes copied host -> device */
+    uint64_t waits;                 /* acquires that had to wait on an in-flight copy */
+    int slots;
+    size_t slot_bytes;              /* bytes per slot */
+};
+
+struct moe_cuda_tier;
+
+/* Allocates slots * slot_bytes of device memory: on failure the message names
+ * the slot count to lower.  NULL with moe_last_error() set. */
+struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct moe_cuda_tier_params *p);
+void moe_cuda_tier_destroy(struct moe_cuda_tier *t);
+
+/* Device pointers of n experts of one layer; pinned until release(layer). */
+enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n, const int *ids,
+                                      struct moe_expert_ref *out);
+void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer);
+/* Start copies for these experts if they are absent (hint; drops when every slot is pinned). */
+void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+                            int distance);
+/* Wait until every copy issued so far has landed. */
+enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t);
+void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier_stats *out);
+bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t);
+
+/* Expert provider over a model: every routed expert converted once to BF16
+ * into one pinned host pool (cudaHostAlloc), the GPU tier above it holding
+ * `slots` experts (0 = all).  The backend must be the CUDA backend
+ * (moe_backend_cuda_create); compute is ordered on its stream. */
+struct moe_provider_cuda_params {
+    int slots;                      /* device slots; 0 = every routed expert; >= top_k otherwise */
+    enum moe_policy_kind policy;
+    const int *future;              /* belady */
+    size_t n_future;
+};
+struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct moe_backend *be,
+                                              const struct moe_provider_cuda_params *p);
+/* Tier stats of a provider made by moe_provider_cuda_create (false otherwise). */
+bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,168 @@
+/* The GPU expert tier: every acquired expert holds exactly its host bytes
+ * whatever the slot count, policy and prefetch pattern (copies are ordered by
+ * events, never computed on in flight); the expert FFN over tier pointers is
+ * bit-identical for every capacity; a layer needing more experts than slots
+ * is a clear error; the device pool returns to empty.  Skips (77) without a
+ * CUDA device. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../offload/cuda_tier.h"
+#include "../test_util.h"
+#include "gpu_ref.h"
+
+#define L 6
+#define E 8
+#define K 2
+#define HID 128
+#define INTER 192
+
+static uint16_t *host; /* [L][E][gate|up|down] */
+
+static const void *host_mat(void *ud, int layer, int e, int which)
+{
+    size_t m = (size_t)HID * INTER;
+    (void)ud;
+    if (layer == 3) return NULL; /* a dense layer */
+    return host + (((size_t)layer * E + e) * 3 + (size_t)which) * m;
+}
+
+static struct moe_cuda_tier *make(struct moe_cuda_ctx *c, int slots, enum moe_policy_kind pol)
+{
+    size_t mb = (size_t)HID * INTER * 2;
+    struct moe_cuda_tier_params p = {
+        .n_layers = L, .n_experts = E, .slots = slots, .mat_bytes = { mb, mb, mb },
+        .policy = pol, .host_mat = host_mat,
+    };
+    struct moe_cuda_tier *t = moe_cuda_tier_create(c, &p);
+    REQUIRE(t, "tier with %d slots: %s", slots, moe_last_error());
+    return t;
+}
+
+/* Run a routing sequence through a tier; for each step compute the expert FFN
+ * of a fixed input on the acquired pointers and append the outputs. */
+static void run(struct moe_cuda_ctx *c, int slots, enum moe_policy_kind pol, bool prefetch, const int *route,
+                int steps, float *outs, bool verify_bytes)
+{
+    struct moe_cuda_tier *t = make(c, slots, pol);
+    size_t m = (size_t)HID * INTER;
+    uint16_t *chk = malloc(m * 2);
+    float *x = malloc(sizeof(float) * K * HID);
+    struct g_rng r = { 7 };
+    void *dx, *dy;
+    g_fill(&r, x, (size_t)K * HID, 1.0f, false);
+    REQUIRE(moe_cuda_alloc(c, &dx, sizeof(float) * K * HID, "x") == MOE_OK, "alloc");
+    REQUIRE(moe_cuda_alloc(c, &dy, sizeof(float) * K * HID, "y") == MOE_OK, "alloc");
+    REQUIRE(moe_cuda_h2d(c, dx, x, sizeof(float) * K * HID) == MOE_OK, "h2d");
+    for (int s = 0; s < steps; s++) {
+        int layer = s % L;
+        if (layer == 3) continue;
+        const int *ids = route + (size_t)s * K;
+        struct moe_expert_ref ref[K];
+        struct moe_cuda_expert ex[K];
+        int off[K + 1] = { 0, 1, 2 };
+        if (prefetch && s + 1 < steps && (s + 1) % L != 3)
+            moe_cuda_tier_prefetch(t, (s + 1) % L, K, route + (size_t)(s + 1) * K, NULL, 1);
+        enum moe_status st = moe_cuda_tier_acquire(t, layer, K, ids, ref);
+        REQUIRE(st == MOE_OK, "step %d acquire: %s", s, moe_last_error());
+        for (int i = 0; i < K; i++) {
+            CHECK(ref[i].dtype == MOE_DT_BF16, "dtype");
+            ex[i].gate = ref[i].gate; ex[i].up = ref[i].up; ex[i].down = ref[i].down;
+        }
+        REQUIRE(moe_cuda_expert_ffn(c, dx, K, off, ex, MOE_DT_BF16, HID, INTER, dy) == MOE_OK, "ffn: %s",
+                moe_last_error());
+        REQUIRE(moe_cuda_d2h(c, outs + (size_t)s * K * HID, dy, sizeof(float) * K * HID) == MOE_OK, "d2h");
+        if (verify_bytes) {
+            for (int i = 0; i < K; i++)
+                for (int w = 0; w < 3; w++) {
+                    const void *dp = w == 0 ? ref[i].gate : w == 1 ? ref[i].up : ref[i].down;
+                    REQUIRE(moe_cuda_d2h(c, chk, dp, m * 2) == MOE_OK, "d2h");
+                    REQUIRE(moe_cuda_ctx_sync(c) == MOE_OK, "sync: %s", moe_last_error());
+                    CHECK(!memcmp(chk, host_mat(NULL, layer, ids[i], w), m * 2),
+                          "slots %d step %d layer %d expert %d matrix %d: device bytes differ from host",
+                          slots, s, layer, ids[i], w);
+                }
+        }
+        moe_cuda_tier_release(t, layer);
+    }
+    REQUIRE(moe_cuda_ctx_sync(c) == MOE_OK, "sync: %s", moe_last_error());
+    CHECK(moe_cuda_tier_drain(t) == MOE_OK, "drain: %s", moe_last_error());
+    struct moe_cuda_tier_stats st;
+    moe_cuda_tier_get_stats(t, &st);
+    printf("slots %2d %s%s: hits %llu misses %llu loads %llu waits %llu evictions %llu\n", slots,
+           moe_policy_name(pol), prefetch ? "+prefetch" : "", (unsigned long long)st.hits,
+           (unsigned long long)st.misses, (unsigned long long)st.loads, (unsigned long long)st.waits,
+           (unsigned long long)st.evictions);
+    if (slots >= (L - 1) * E) CHECK(st.evictions == 0, "evictions with every expert resident");
+    if (slots < 8) CHECK(st.evictions > 0, "no evictions with %d slots", slots);
+    CHECK(!moe_cuda_tier_poisoned(t), "poisoned");
+    moe_cuda_tier_destroy(t);
+    moe_cuda_free(c, dx);
+    moe_cuda_free(c, dy);
+    free(chk);
+    free(x);
+}
+
+int main(void)
+{
+    if (moe_cuda_device_count() == 0) {
+        printf("test_gpu_tier: no CUDA device, skipping\n");
+        return T_SKIP;
+    }
+    struct moe_cuda_params cp = { .device = 0, .workspace_bytes = 16u << 20 };
+    struct moe_cuda_ctx *c = moe_cuda_ctx_create(&cp);
+    REQUIRE(c, "context: %s", moe_last_error());
+    size_t m = (size_t)HID * INTER, n = (size_t)L * E * 3 * m;
+    struct g_rng r = { 12345 };
+    host = malloc(n * 2);
+    REQUIRE(host, "host pool");
+    g_fill_bf16(&r, host, n, 0.05f);
+
+    int steps = 120, route[240];
+    for (int s = 0; s < steps; s++) {
+        route[s * K] = (int)(g_next(&r) % E);
+        route[s * K + 1] = (route[s * K] + 1 + (int)(g_next(&r) % (E - 1))) % E;
+    }
+    float *ref = calloc((size_t)steps * K * HID, sizeof(float));
+    float *got = calloc((size_t)steps * K * HID, sizeof(float));
+    run(c, (L - 1) * E, MOE_POLICY_LRU, false, route, steps, ref, true);
+    static const int caps[] = { K, 3, 5, 16 };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(caps); i++)
+        for (int pol = 0; pol < 2; pol++)
+            for (int pf = 0; pf < 2; pf++) {
+                memset(got, 0, (size_t)steps * K * HID * sizeof(float));
+                run(c, caps[i], pol ? MOE_POLICY_LFU : MOE_POLICY_LRU, pf, route, steps, got, caps[i] == K);
+                CHECK(!memcmp(got, ref, (size_t)steps * K * HID * sizeof(float)),
+                      "outputs with %d slots (%s%s) differ from all-resident", caps[i], pol ? "lfu" : "lru",
+                      pf ? " + prefetch" : "");
+            }
+
+    /* errors: more experts at once than slots; a dense layer; bad id */
+    struct moe_cuda_tier *t = make(c, K, MOE_POLICY_LRU);
+    struct moe_expert_ref out[3];
+    int ids3[3] = { 0, 1, 2 }, bad[1] = { E };
+    CHECK(moe_cuda_tier_acquire(t, 0, 3, ids3, out) == MOE_EBUSY, "3 experts in 2 slots accepted");
+    CHECK(strstr(moe_last_error(), "--gpu-experts") != NULL, "message does not name the setting: %s",
+          moe_last_error());
+    CHECK(moe_cuda_tier_acquire(t, 0, 2, ids3, out) == MOE_OK, "acquire after a failed one: %s",
+          moe_last_error());
+    moe_cuda_tier_release(t, 0);
+    CHECK(moe_cuda_tier_acquire(t, 3, 1, ids3, out) == MOE_ENOENT, "dense layer accepted");
+    CHECK(moe_cuda_tier_acquire(t, 0, 1, bad, out) == MOE_EINVAL, "expert id %d accepted", E);
+    CHECK(moe_cuda_tier_acquire(t, 1, 2, ids3, out) == MOE_OK, "acquire: %s", moe_last_error());
+    moe_cuda_tier_release(t, 1);
+    moe_cuda_tier_destroy(t);
+
+    /* start-up failure names the setting to lower */
+    size_t huge = (size_t)1 << 40;
+    struct moe_cuda_tier_params hp = { .n_layers = L, .n_experts = E, .slots = 64,
+                                       .mat_bytes = { huge, huge, huge }, .host_mat = host_mat };
+    CHECK(moe_cuda_tier_create(c, &hp) == NULL, "a 192 TiB tier was created");
+    CHECK(strstr(moe_last_error(), "--gpu-experts") != NULL, "message: %s", moe_last_error());
+
+    CHECK(moe_cuda_ctx_sync(c) == MOE_OK, "sync: %s", moe_last_error());
+    moe_cuda_ctx_destroy(c);
+    free(host); free(ref); free(got);
+    return t_result("test_gpu_tier");
+}

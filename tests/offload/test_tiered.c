@@ -1,0 +1,177 @@
+/* The tiered provider hands out exactly the weights of the all-resident
+ * provider, for every fixture family and the bundled model, at the smallest
+ * tiers (device = top_k, host = 1), with each policy, through io_uring,
+ * continued short reads and the pread fallback, from the store and from the
+ * safetensors files, with and without prefetch; and its device-tier hits and
+ * misses equal the simulator's for the same routing and capacity. */
+#include "../../offload/runtime.h"
+#include "../../offload/sim.h"
+#include "offload_test_common.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static unsigned rnd(unsigned n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (unsigned)(rng % n);
+}
+
+#define STEPS 24
+
+/* A routing: STEPS tokens x MoE layers x top_k distinct experts, skewed to a few hot ones. */
+static int *make_routing(const struct moe_model *m, struct moe_trace_info *info)
+{
+    const struct moe_config *c = &m->cfg;
+    memset(info, 0, sizeof(*info));
+    info->layers = c->n_layers;
+    info->experts = c->n_experts;
+    info->top_k = c->top_k;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->is_moe[l]) info->moe_layers[info->n_moe++] = l;
+    int *r = malloc(sizeof(int) * STEPS * (size_t)info->n_moe * (size_t)c->top_k);
+    for (int s = 0; s < STEPS; s++)
+        for (int li = 0; li < info->n_moe; li++)
+            for (int j = 0; j < c->top_k; j++) {
+                int *row = r + ((size_t)s * info->n_moe + li) * c->top_k, e;
+                bool dup;
+                do {
+                    e = rnd(3) ? (int)rnd((unsigned)(c->top_k + 2 < c->n_experts ? c->top_k + 2 : c->n_experts))
+                               : (int)rnd((unsigned)c->n_experts);
+                    dup = false;
+                    for (int q = 0; q < j; q++) dup |= row[q] == e;
+                } while (dup);
+                row[j] = e;
+            }
+    return r;
+}
+
+struct cfg {
+    const char *name;
+    bool store, no_uring, prefetch;
+    uint32_t max_io;
+    enum moe_policy_kind policy;
+    int dev_extra, host_slots;
+};
+
+static void run_cfg(const struct moe_model *m, struct moe_provider *res, const char *store,
+                    const struct moe_trace_info *info, const int *routing, const int *keys,
+                    size_t n_keys, const struct cfg *cf, const char *mname)
+{
+    const struct moe_config *c = &m->cfg;
+    struct moe_tiered_params tp = {
+        .store_path = cf->store ? store : NULL, .dev_slots = c->top_k + cf->dev_extra,
+        .host_slots = cf->host_slots, .policy = cf->policy, .future = keys, .n_future = n_keys,
+        .numa_node = -1, .io = { .queue_depth = 16, .no_io_uring = cf->no_uring, .max_io_bytes = cf->max_io },
+    };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s/%s: %s", mname, cf->name, moe_last_error());
+    CHECK(p->ops->max_pinned(p->self) == tp.dev_slots, "max_pinned");
+    size_t per = 3 * (size_t)c->expert_inter * (size_t)c->hidden;
+    size_t ih = (size_t)c->expert_inter * (size_t)c->hidden;
+    struct moe_expert_ref a[64], b[64];
+    int bad = 0;
+    for (int s = 0; s < STEPS; s++) {
+        for (int li = 0; li < info->n_moe; li++) {
+            int l = info->moe_layers[li];
+            const int *ids = routing + ((size_t)s * info->n_moe + li) * c->top_k;
+            if (cf->prefetch && li + 1 < info->n_moe)
+                p->ops->prefetch(p->self, info->moe_layers[li + 1], c->top_k,
+                                 routing + ((size_t)s * info->n_moe + li + 1) * c->top_k, NULL, 1);
+            REQUIRE(p->ops->acquire(p->self, l, c->top_k, ids, a) == MOE_OK, "%s/%s: acquire: %s",
+                    mname, cf->name, moe_last_error());
+            REQUIRE(res->ops->acquire(res->self, l, c->top_k, ids, b) == MOE_OK, "resident");
+            for (int j = 0; j < c->top_k; j++)
+                if (memcmp(a[j].gate, b[j].gate, ih * 4) || memcmp(a[j].up, b[j].up, ih * 4) ||
+                    memcmp(a[j].down, b[j].down, ih * 4))
+                    bad++;
+            (void)per;
+            p->ops->release(p->self, l);
+        }
+    }
+    CHECK(bad == 0, "%s/%s: %d expert(s) differ from the resident provider", mname, cf->name, bad);
+    struct moe_offload_stats os;
+    REQUIRE(moe_provider_tiered_stats(p, &os), "stats");
+    CHECK(os.device.hits + os.device.misses == n_keys, "%s/%s: accesses %llu != %zu", mname,
+          cf->name, (unsigned long long)(os.device.hits + os.device.misses), n_keys);
+    CHECK(os.fallbacks == (cf->store && cf->no_uring ? 1u : 0u), "%s/%s: fallbacks %llu", mname,
+          cf->name, (unsigned long long)os.fallbacks);
+    printf("%-32s %-22s hits %5llu misses %5llu disk %5llu %s%s%s%s\n", mname, cf->name,
+           (unsigned long long)os.device.hits, (unsigned long long)os.device.misses,
+           (unsigned long long)os.disk_reads, os.io_uring ? "io_uring" : "pread",
+           os.direct ? " O_DIRECT" : "", os.registered ? " registered" : "",
+           os.numa_bound ? " numa-bound" : "");
+    if (cf->max_io && cf->store && !cf->no_uring)
+        CHECK(os.io_continuations > 0, "%s/%s: short-read path not exercised", mname, cf->name);
+    if (!cf->prefetch) {
+        /* Same routing, same capacity, same policy: the simulator agrees exactly. */
+        struct moe_trace t = { .info = *info, .n_tokens = STEPS, .experts = (int *)routing };
+        struct moe_sim_params sp = { .capacity = tp.dev_slots, .policy = cf->policy };
+        struct moe_sim_result r;
+        REQUIRE(moe_sim_run(&t, &sp, &r) == MOE_OK, "sim: %s", moe_last_error());
+        CHECK(r.hits == os.device.hits && r.misses == os.device.misses,
+              "%s/%s: provider %llu/%llu hits/misses, sim %llu/%llu", mname, cf->name,
+              (unsigned long long)os.device.hits, (unsigned long long)os.device.misses,
+              (unsigned long long)r.hits, (unsigned long long)r.misses);
+    }
+    moe_provider_destroy(p);
+}
+
+int main(void)
+{
+    static const struct cfg cfgs[] = {
+        { "store-min-lru", true, false, false, 0, MOE_POLICY_LRU, 0, 1 },
+        { "store-min-lfu", true, false, false, 0, MOE_POLICY_LFU, 0, 1 },
+        { "store-min-belady", true, false, false, 0, MOE_POLICY_BELADY, 0, 1 },
+        { "store-belady-wide", true, false, false, 0, MOE_POLICY_BELADY, 8, 3 },
+        { "store-lfu-wide", true, false, false, 0, MOE_POLICY_LFU, 8, 16 },
+        { "store-pread", true, true, false, 0, MOE_POLICY_LRU, 1, 2 },
+        { "store-short-reads", true, false, false, 4096, MOE_POLICY_LRU, 2, 3 },
+        { "store-prefetch", true, false, true, 0, MOE_POLICY_LRU, 3, 5 },
+        { "safetensors-lfu", false, false, false, 0, MOE_POLICY_LFU, 2, 4 },
+        { "safetensors-prefetch", false, false, true, 0, MOE_POLICY_LRU, 0, 1 },
+    };
+    char p[512], store[600];
+    const char *dir = t_tmp_make("/tmp");
+    REQUIRE(dir, "mkdtemp");
+    for (size_t i = 0; i < MOE_ARRAY_LEN(t_models); i++) {
+        struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[i]));
+        REQUIRE(m, "%s: %s", t_models[i], moe_last_error());
+        struct moe_provider *res = moe_provider_resident_create(m);
+        REQUIRE(res, "resident");
+        snprintf(store, sizeof(store), "%s/m%zu.moestore", dir, i);
+        REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+        struct moe_trace_info info;
+        int *routing = make_routing(m, &info);
+        struct moe_trace t = { .info = info, .n_tokens = STEPS, .experts = routing };
+        int *keys;
+        size_t n_keys;
+        REQUIRE(moe_trace_keys(&t, &keys, &n_keys) == MOE_OK, "keys");
+        for (size_t k = 0; k < MOE_ARRAY_LEN(cfgs); k++)
+            run_cfg(m, res, store, &info, routing, keys, n_keys, &cfgs[k], t_models[i]);
+        free(keys);
+        free(routing);
+        moe_provider_destroy(res);
+        moe_model_close(m);
+    }
+    /* Bad sizes are refused with the flag to fix. */
+    {
+        struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[0]));
+        struct moe_tiered_params tp = { .dev_slots = m->cfg.top_k - 1, .host_slots = 1, .numa_node = -1 };
+        CHECK(!moe_provider_tiered_create(m, &tp), "dev slots below top_k accepted");
+        CHECK(strstr(moe_last_error(), "--gpu-experts"), "error: %s", moe_last_error());
+        struct moe_offload_opts o;
+        moe_offload_opts_init(&o);
+        CHECK(moe_offload_opts_parse(&o, MOE_OPT_GPU_EXPERTS, "abc") < 0, "bad --gpu-experts");
+        CHECK(moe_offload_opts_parse(&o, MOE_OPT_GPU_BYTES, "64M") == 1 &&
+              o.gpu_cache_bytes == (64ull << 20), "--gpu-cache-bytes 64M");
+        CHECK(moe_offload_opts_parse(&o, MOE_OPT_POLICY, "fifo") < 0, "bad --policy");
+        CHECK(moe_offload_opts_parse(&o, 'x', NULL) == 0, "foreign flag");
+        struct moe_provider *prov = NULL;
+        o.gpu_cache_bytes = 1;
+        CHECK(moe_offload_provider_create(m, &o, &prov) == MOE_EINVAL && !prov, "tiny gpu bytes");
+        moe_model_close(m);
+    }
+    t_tmp_remove(dir);
+    return t_result("test_tiered");
+}

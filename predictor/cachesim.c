@@ -441,6 +441,9 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
         for (int j = 0; j < e->n; j++) moe_cache_unpin(s.c, keys[j]);
     }
     out->steps = step + 1 > 0 ? (uint64_t)(step + 1) : 0;
+    struct moe_cache_stats cs;
+    moe_cache_get_stats(s.c, &cs);
+    out->evictions = cs.evictions;
     out->total_s = out->stall_s + out->compute_s;
 out:
     moe_cache_destroy(s.c); /* owns the policy */

@@ -79,6 +79,7 @@ struct moe_cachesim_stats {
     uint64_t prefetches;      /* transfers started by a prefetch hint */
     uint64_t prefetch_useful; /* prefetched experts acquired before being evicted */
     uint64_t prefetch_dropped;/* hints not acted on (resident, no slot, or stale) */
+    uint64_t evictions;       /* experts evicted to make room */
     double stall_s;           /* seconds the engine waited for experts (timeline) */
     double compute_s;         /* seconds of compute (steps * moe layers * layer_s) */
     double total_s;           /* stall + compute */

@@ -1,12 +1,206 @@
-/* moeflow eval-predictor: placeholder until the capability lands. */
+/* moeflow eval-predictor: recall@K and precision@K of a routing predictor per
+ * MoE layer and lookahead distance, on a text decoded token by token through
+ * the real engine (teacher forcing). */
 #include "cli.h"
 
+#include "../predictor/drive.h"
+
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: moeflow eval-predictor [--model DIR] --text FILE --predictor SPEC [options]\n"
+        "\n"
+        "Decodes the text token by token (batch 1, teacher forcing) with the predictor attached and\n"
+        "scores every prediction against the routing that follows: recall@K = share of the actual\n"
+        "top-k experts among the K best predicted, precision@K = share of the K best predicted that\n"
+        "were used.  Distances: 'path' = predicted at step start (before layer 0), d = predicted\n"
+        "while the MoE layer d before the target was computing.  Use text the predictor was not\n"
+        "trained on.\n"
+        "\n"
+        "  --model DIR           model directory (default: the bundled model)\n"
+        "  --text FILE           UTF-8 text\n"
+        "  --predictor SPEC      gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto | none\n"
+        "  --k K                 K of recall@K (default: the model's top_k)\n"
+        "  --seq-len N           tokens per sequence (default 512)\n"
+        "  --max-tokens N        evaluate at most N tokens (default 4096)\n"
+        "  --threads N           BLAS threads (default 1)\n"
+        "  --json                one JSON object: recall_at_k and precision_at_k map a distance\n"
+        "                        (\"path\", \"1\", \"2\", ...) to one value per MoE layer (null: none)\n"
+        "  -h, --help            this help\n");
+}
+
+enum { O_MODEL = 256, O_TEXT, O_PRED, O_K, O_SEQ, O_MAXTOK, O_THREADS, O_JSON };
+
+static bool parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || end == s || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static void slot_name(int slot, char *buf, size_t cap)
+{
+    if (slot == MOE_EVAL_PATH)
+        snprintf(buf, cap, "path");
+    else
+        snprintf(buf, cap, "%d", slot);
+}
+
+static void print_json_map(const struct moe_pred_eval *ev, bool recall)
+{
+    bool first = true;
+    printf("{");
+    for (int slot = 0; slot <= MOE_PRED_MAX_DEPTH; slot++) {
+        bool any = false;
+        double r, p;
+        for (int mi = 0; mi < ev->n_moe; mi++) any |= moe_pred_eval_get(ev, slot, mi, &r, &p);
+        if (!any) continue;
+        char name[16];
+        slot_name(slot, name, sizeof name);
+        printf("%s\"%s\":[", first ? "" : ",", name);
+        first = false;
+        for (int mi = 0; mi < ev->n_moe; mi++) {
+            if (moe_pred_eval_get(ev, slot, mi, &r, &p))
+                printf("%s%.6f", mi ? "," : "", recall ? r : p);
+            else
+                printf("%snull", mi ? "," : "");
+        }
+        printf("]");
+    }
+    printf("}");
+}
 
 int moe_cmd_eval_predictor(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow eval-predictor: not available in this build\n");
-    return 2;
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, O_MODEL },
+        { "text", required_argument, NULL, O_TEXT },
+        { "predictor", required_argument, NULL, O_PRED },
+        { "k", required_argument, NULL, O_K },
+        { "seq-len", required_argument, NULL, O_SEQ },
+        { "max-tokens", required_argument, NULL, O_MAXTOK },
+        { "threads", required_argument, NULL, O_THREADS },
+        { "json", no_argument, NULL, O_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL;
+    long K = 0, seq_len = 512, max_tokens = 4096, threads = 1;
+    bool json = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_MODEL: model_dir = optarg; break;
+        case O_TEXT: text = optarg; break;
+        case O_PRED: pred_s = optarg; break;
+        case O_K:
+            if (!parse_int(optarg, 1, 1 << 16, &K)) goto bad_value;
+            break;
+        case O_SEQ:
+            if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            break;
+        case O_MAXTOK:
+            if (!parse_int(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
+            break;
+        case O_THREADS:
+            if (!parse_int(optarg, 1, 256, &threads)) goto bad_value;
+            break;
+        case O_JSON: json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        continue;
+    bad_value:
+        fprintf(stderr, "moeflow eval-predictor: --%s '%s' is out of range or not an integer (see --help)\n",
+                opts[c - O_MODEL].name, optarg);
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow eval-predictor: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!text || !pred_s) {
+        fprintf(stderr, "moeflow eval-predictor: needs --text and --predictor (see --help)\n");
+        return 2;
+    }
+    struct moe_pred_spec spec;
+    if (moe_pred_spec_parse(pred_s, model_dir, &spec)) {
+        fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
+        return 2;
+    }
+    int rc = 1;
+    int *ids = NULL;
+    size_t n = 0;
+    struct moe_pred_eval ev = { 0 };
+    struct moe_model *m = moe_model_open(model_dir);
+    if (!m) {
+        fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
+        return 1;
+    }
+    if (K == 0) K = m->cfg.top_k;
+    if (K > m->cfg.n_experts) {
+        fprintf(stderr, "moeflow eval-predictor: --k %ld exceeds the model's %d experts\n", K, m->cfg.n_experts);
+        rc = 2;
+        goto out;
+    }
+    if (moe_drive_tokenize(model_dir, text, &ids, &n)) {
+        fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
+        goto out;
+    }
+    if (n > (size_t)max_tokens) n = (size_t)max_tokens;
+    int n_moe = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
+    if (moe_pred_eval_init(&ev, n_moe, m->cfg.n_experts, m->cfg.top_k, (int)K)) {
+        fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
+        goto out;
+    }
+    struct moe_drive_params dp = { .spec = &spec, .seq_len = (int)seq_len, .n_threads = (int)threads, .eval = &ev };
+    double t0 = moe_now();
+    if (moe_drive_text(m, ids, n, &dp)) {
+        fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
+        goto out;
+    }
+    if (json) {
+        printf("{\"predictor\":\"%s\",\"k\":%ld,\"tokens\":%zu,\"moe_layers\":%d,\"recall_at_k\":", pred_s, K, n, n_moe);
+        print_json_map(&ev, true);
+        printf(",\"precision_at_k\":");
+        print_json_map(&ev, false);
+        printf("}\n");
+    } else {
+        printf("predictor %s on %s: %zu tokens in %.1f s, recall@%ld / precision@%ld per MoE layer\n", pred_s, text, n,
+               moe_now() - t0, K, K);
+        printf("%-9s", "distance");
+        for (int mi = 0; mi < n_moe; mi++) printf("  layer %-6d", mi);
+        printf("\n");
+        for (int slot = 0; slot <= MOE_PRED_MAX_DEPTH; slot++) {
+            double r, p;
+            bool any = false;
+            for (int mi = 0; mi < n_moe; mi++) any |= moe_pred_eval_get(&ev, slot, mi, &r, &p);
+            if (!any) continue;
+            char name[16];
+            slot_name(slot, name, sizeof name);
+            printf("%-9s", name);
+            for (int mi = 0; mi < n_moe; mi++) {
+                if (moe_pred_eval_get(&ev, slot, mi, &r, &p))
+                    printf("  %.3f/%.3f  ", r, p);
+                else
+                    printf("  %-11s ", "-");
+            }
+            printf("\n");
+        }
+    }
+    rc = 0;
+out:
+    moe_pred_eval_free(&ev);
+    free(ids);
+    moe_model_close(m);
+    return rc;
 }

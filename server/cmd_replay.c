@@ -1,12 +1,274 @@
-/* moeflow replay: placeholder until the capability lands. */
+/* moeflow replay: a text decoded token by token (teacher forcing, batch 1)
+ * through the real engine with a predictor attached; the expert accesses and
+ * prefetch hints it produces are replayed through the cache manager under a
+ * capacity and policy, next to Belady's optimum on the same routing. */
 #include "cli.h"
 
+#include "../predictor/drive.h"
+
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: moeflow replay [--model DIR] --text FILE (--capacity N | --capacity-frac F)\n"
+        "                      --policy P --predictor SPEC [options]\n"
+        "\n"
+        "Feeds the text token by token as batch-1 decode steps (teacher forcing) through the real\n"
+        "engine and predictor, then replays the experts it acquired and the prefetches the predictor\n"
+        "asked for through the expert cache.  Belady's optimum on the same routing is printed too.\n"
+        "\n"
+        "  --model DIR           model directory (default: the bundled model)\n"
+        "  --text FILE           UTF-8 text to decode\n"
+        "  --seq-len N           tokens per sequence; the KV cache restarts after (default 512)\n"
+        "  --max-tokens N        decode at most N tokens of the text (default 2048)\n"
+        "  --capacity N          device-tier expert slots (>= top_k)\n"
+        "  --capacity-frac F     slots = floor(F x MoE layers x experts), 0 < F <= 1\n"
+        "  --policy P            lru | lfu | predicted | belady\n"
+        "  --predictor SPEC      none | gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto\n"
+        "  --min-score S         prefetch experts predicted with at least S (default 0.5)\n"
+        "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
+        "  --expert-bytes N      bytes per expert transfer, with --link-gbps (default: this model's)\n"
+        "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps (default 0)\n"
+        "  --expert-ms T         extra compute per routed expert per token (ms) (default 0.153,\n"
+        "                        one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
+        "  --threads N           BLAS threads (default 1)\n"
+        "  --json                print one JSON object (the keys of moeflow sim, plus\n"
+        "                        prefetches, prefetch_useful_frac and belady)\n"
+        "  -h, --help            this help\n"
+        "\n"
+        "A hit is an acquire that needs no new transfer (the expert is resident or already on its\n"
+        "way); transfers count demand fetches and prefetches.  Timeline: one serial link; prefetches\n"
+        "start in order of need when the link is free; a miss is fetched next, before any queued\n"
+        "prefetch; a layer computes once its experts have landed; stall = time compute waited.\n");
+}
+
+enum { O_MODEL = 256, O_TEXT, O_SEQ, O_MAXTOK, O_CAP, O_FRAC, O_POLICY, O_PRED, O_MINSC, O_LINK, O_EB,
+       O_LAYER, O_EXPERT, O_THREADS, O_JSON };
+
+static bool parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || end == s || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_dbl(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*end || end == s || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
 
 int moe_cmd_replay(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow replay: not available in this build\n");
-    return 2;
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, O_MODEL },
+        { "text", required_argument, NULL, O_TEXT },
+        { "seq-len", required_argument, NULL, O_SEQ },
+        { "max-tokens", required_argument, NULL, O_MAXTOK },
+        { "capacity", required_argument, NULL, O_CAP },
+        { "capacity-frac", required_argument, NULL, O_FRAC },
+        { "policy", required_argument, NULL, O_POLICY },
+        { "predictor", required_argument, NULL, O_PRED },
+        { "min-score", required_argument, NULL, O_MINSC },
+        { "link-gbps", required_argument, NULL, O_LINK },
+        { "expert-bytes", required_argument, NULL, O_EB },
+        { "layer-ms", required_argument, NULL, O_LAYER },
+        { "expert-ms", required_argument, NULL, O_EXPERT },
+        { "threads", required_argument, NULL, O_THREADS },
+        { "json", no_argument, NULL, O_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL, *pol_s = NULL;
+    long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0;
+    double frac = 0, min_score = 0.5, link = 0, layer_ms = 0, expert_ms = 0.153;
+    bool json = false;
+    enum moe_cache_policy policy = MOE_CACHE_LRU;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_MODEL: model_dir = optarg; break;
+        case O_TEXT: text = optarg; break;
+        case O_SEQ:
+            if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            break;
+        case O_MAXTOK:
+            if (!parse_int(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
+            break;
+        case O_CAP:
+            if (!parse_int(optarg, 1, 1 << 24, &cap)) goto bad_value;
+            break;
+        case O_FRAC:
+            if (!parse_dbl(optarg, 1e-9, 1, &frac)) goto bad_value;
+            break;
+        case O_POLICY:
+            pol_s = optarg;
+            if (!moe_cache_policy_parse(optarg, &policy)) {
+                fprintf(stderr, "moeflow replay: --policy '%s' unknown (use lru, lfu, predicted or belady)\n", optarg);
+                return 2;
+            }
+            break;
+        case O_PRED: pred_s = optarg; break;
+        case O_MINSC:
+            if (!parse_dbl(optarg, 1e-6, 1, &min_score)) goto bad_value;
+            break;
+        case O_LINK:
+            if (!parse_dbl(optarg, 1e-6, 1e6, &link)) goto bad_value;
+            break;
+        case O_EB:
+            if (!parse_int(optarg, 1, 1L << 40, &ebytes)) goto bad_value;
+            break;
+        case O_LAYER:
+            if (!parse_dbl(optarg, 0, 1e6, &layer_ms)) goto bad_value;
+            break;
+        case O_EXPERT:
+            if (!parse_dbl(optarg, 0, 1e6, &expert_ms)) goto bad_value;
+            break;
+        case O_THREADS:
+            if (!parse_int(optarg, 1, 256, &threads)) goto bad_value;
+            break;
+        case O_JSON: json = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        continue;
+    bad_value:
+        fprintf(stderr, "moeflow replay: --%s '%s' is out of range or not a number (see --help)\n",
+                opts[c - O_MODEL].name, optarg);
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow replay: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!text || !pol_s || !pred_s || (cap > 0) == (frac > 0)) {
+        fprintf(stderr, "moeflow replay: needs --text, --policy, --predictor and exactly one of --capacity or "
+                        "--capacity-frac (see --help)\n");
+        return 2;
+    }
+    struct moe_pred_spec spec;
+    if (moe_pred_spec_parse(pred_s, model_dir, &spec)) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        return 2;
+    }
+
+    int rc = 1;
+    int *ids = NULL;
+    size_t n_ids = 0;
+    struct moe_evlog log = { 0 };
+    struct moe_model *m = moe_model_open(model_dir);
+    if (!m) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        return 1;
+    }
+    if (moe_drive_tokenize(model_dir, text, &ids, &n_ids)) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        goto out;
+    }
+    if (n_ids > (size_t)max_tokens) n_ids = (size_t)max_tokens;
+    if (n_ids == 0) {
+        fprintf(stderr, "moeflow replay: %s has no tokens\n", text);
+        goto out;
+    }
+    int n_moe = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
+    long slots = (long)n_moe * m->cfg.n_experts;
+    if (frac > 0) cap = (long)floor(frac * (double)slots);
+    if (cap < m->cfg.top_k) {
+        fprintf(stderr, "moeflow replay: capacity %ld is below top_k %d (a layer's experts must fit at once)\n", cap,
+                m->cfg.top_k);
+        rc = 2;
+        goto out;
+    }
+    struct moe_drive_params dp = {
+        .spec = &spec,
+        .prefetch = { .min_score = (float)min_score, .max_per_layer = m->cfg.top_k },
+        .seq_len = (int)seq_len,
+        .n_threads = (int)threads,
+        .log = &log,
+    };
+    double t0 = moe_now();
+    if (moe_drive_text(m, ids, n_ids, &dp)) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        goto out;
+    }
+    double decode_s = moe_now() - t0;
+    uint64_t eb = ebytes > 0 ? (uint64_t)ebytes : moe_model_expert_bytes(m);
+    struct moe_cachesim_params sp = {
+        .capacity = (int)cap,
+        .policy = policy,
+        .prefetch = spec.kind != MOE_PRED_NONE,
+        .xfer_s = link > 0 ? (double)eb / (link * 1e9) : 0,
+        .layer_s = link > 0 ? (layer_ms + expert_ms * m->cfg.top_k) * 1e-3 : 0,
+    };
+    struct moe_cachesim_stats r, b;
+    if (moe_cachesim_run(&log, &sp, &r)) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        goto out;
+    }
+    struct moe_cachesim_params bp = sp;
+    bp.policy = MOE_CACHE_BELADY;
+    bp.prefetch = false;
+    if (moe_cachesim_run(&log, &bp, &b)) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        goto out;
+    }
+    double tok = (double)r.steps;
+    double hr = r.accesses ? (double)r.hits / (double)r.accesses : 0;
+    double bhr = b.accesses ? (double)b.hits / (double)b.accesses : 0;
+    double useful = r.prefetches ? (double)r.prefetch_useful / (double)r.prefetches : 0;
+    if (json) {
+        printf("{\"policy\":\"%s\",\"predictor\":\"%s\",\"capacity\":%ld,\"slots_total\":%ld,"
+               "\"tokens\":%llu,\"accesses\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
+               "\"hit_rate\":%.6f,\"transfers_per_token\":%.6f,\"bytes_moved\":%llu,"
+               "\"prefetches\":%llu,\"prefetch_useful\":%llu,\"prefetch_useful_frac\":%.6f",
+               moe_cache_policy_name(policy), pred_s, cap, slots, (unsigned long long)r.steps,
+               (unsigned long long)r.accesses, (unsigned long long)r.hits,
+               (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
+               tok > 0 ? (double)r.transfers / tok : 0, (unsigned long long)(r.transfers * eb),
+               (unsigned long long)r.prefetches, (unsigned long long)r.prefetch_useful, useful);
+        if (link > 0)
+            printf(",\"link_gbps\":%g,\"expert_bytes\":%llu,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,"
+                   "\"stall_s\":%.6f,\"tokens_per_s\":%.4f",
+                   link, (unsigned long long)eb, layer_ms, expert_ms, r.compute_s, r.stall_s,
+                   r.total_s > 0 ? tok / r.total_s : 0);
+        printf(",\"belady\":{\"hit_rate\":%.6f,\"transfers_per_token\":%.6f", bhr,
+               tok > 0 ? (double)b.transfers / tok : 0);
+        if (link > 0) printf(",\"stall_s\":%.6f", b.stall_s);
+        printf("}}\n");
+    } else {
+        printf("text                %s (%llu tokens decoded in %.1f s)\n", text, (unsigned long long)r.steps, decode_s);
+        printf("predictor           %s\n", pred_s);
+        printf("policy              %s\n", moe_cache_policy_name(policy));
+        printf("capacity            %ld of %ld expert slots (%.1f %%)\n", cap, slots, 100.0 * (double)cap / (double)slots);
+        printf("hit rate            %.4f   (belady %.4f)\n", hr, bhr);
+        printf("transfers / token   %.3f   (belady %.3f)\n", tok > 0 ? (double)r.transfers / tok : 0,
+               tok > 0 ? (double)b.transfers / tok : 0);
+        printf("useful prefetches   %llu / %llu (%.3f)\n", (unsigned long long)r.prefetch_useful,
+               (unsigned long long)r.prefetches, useful);
+        if (link > 0) {
+            printf("timeline            link %g GB/s, %llu B per expert (%.3f ms), %.3f ms compute per MoE layer\n",
+                   link, (unsigned long long)eb, sp.xfer_s * 1e3, sp.layer_s * 1e3);
+            printf("stall               %.3f s (%.3f ms/token; belady on demand %.3f ms/token)\n", r.stall_s,
+                   tok > 0 ? r.stall_s * 1e3 / tok : 0, tok > 0 ? b.stall_s * 1e3 / tok : 0);
+            printf("compute             %.3f s; %.2f tokens/s\n", r.compute_s, r.total_s > 0 ? tok / r.total_s : 0);
+        }
+    }
+    rc = 0;
+out:
+    moe_evlog_free(&log);
+    free(ids);
+    moe_model_close(m);
+    return rc;
 }

@@ -1,12 +1,226 @@
-/* moeflow train-predictor: placeholder until the capability lands. */
+/* moeflow train-predictor: trains the routing-path predictor (an MLP from the
+ * token's embedding and the previous token's routing to every MoE layer's
+ * experts) on a routing trace, with a held-out split and early stopping, and
+ * writes it as safetensors. */
 #include "cli.h"
 
+#include "../offload/trace.h"
+#include "../predictor/drive.h"
+#include "../predictor/path_model.h"
+
+#include <cblas.h>
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: moeflow train-predictor [--model DIR] (--trace F.jsonl | --text FILE) --out P.safetensors\n"
+        "                               [options]\n"
+        "\n"
+        "Trains the path predictor: input = the token's embedding and the previous token's routing,\n"
+        "output = one sigmoid per (MoE layer, expert); multi-label cross-entropy, Adam, the last\n"
+        "--val-frac of the samples held out, the best held-out epoch kept (early stopping).\n"
+        "\n"
+        "  --model DIR           model the trace was recorded with (default: the bundled model)\n"
+        "  --trace FILE          routing trace (moeflow trace)\n"
+        "  --text FILE           or: route this text with the engine first (prefill, --seq-len)\n"
+        "  --seq-len N           tokens per sequence with --text (default 512)\n"
+        "  --out FILE            predictor file to write (safetensors)\n"
+        "  --width N             hidden units (default 384)\n"
+        "  --epochs N            at most N epochs (default 40)\n"
+        "  --batch N             samples per Adam step (default 128)\n"
+        "  --lr X                Adam step size (default 0.002)\n"
+        "  --weight-decay X      decoupled weight decay (default 0.0001)\n"
+        "  --val-frac X          held-out fraction, from the end (default 0.1)\n"
+        "  --patience N          stop after N epochs without held-out improvement (default 3)\n"
+        "  --seed N              initialisation and shuffling seed (default 1)\n"
+        "  --threads N           BLAS threads (default 2)\n"
+        "  --quiet               no per-epoch lines\n"
+        "  -h, --help            this help\n");
+}
+
+enum { O_MODEL = 256, O_TRACE, O_TEXT, O_SEQ, O_OUT, O_WIDTH, O_EPOCHS, O_BATCH, O_LR, O_WD, O_VAL, O_PAT,
+       O_SEED, O_THREADS, O_QUIET };
+
+static bool parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || end == s || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_dbl(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*end || end == s || !isfinite(v) || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
 
 int moe_cmd_train_predictor(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow train-predictor: not available in this build\n");
-    return 2;
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, O_MODEL },
+        { "trace", required_argument, NULL, O_TRACE },
+        { "text", required_argument, NULL, O_TEXT },
+        { "seq-len", required_argument, NULL, O_SEQ },
+        { "out", required_argument, NULL, O_OUT },
+        { "width", required_argument, NULL, O_WIDTH },
+        { "epochs", required_argument, NULL, O_EPOCHS },
+        { "batch", required_argument, NULL, O_BATCH },
+        { "lr", required_argument, NULL, O_LR },
+        { "weight-decay", required_argument, NULL, O_WD },
+        { "val-frac", required_argument, NULL, O_VAL },
+        { "patience", required_argument, NULL, O_PAT },
+        { "seed", required_argument, NULL, O_SEED },
+        { "threads", required_argument, NULL, O_THREADS },
+        { "quiet", no_argument, NULL, O_QUIET },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model_dir = moe_default_model_dir(), *trace_path = NULL, *text = NULL, *out_path = NULL;
+    long seq_len = 512, width = 384, epochs = 40, batch = 128, patience = 3, seed = 1, threads = 2;
+    double lr = 2e-3, wd = 1e-4, val = 0.1;
+    bool quiet = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_MODEL: model_dir = optarg; break;
+        case O_TRACE: trace_path = optarg; break;
+        case O_TEXT: text = optarg; break;
+        case O_OUT: out_path = optarg; break;
+        case O_SEQ: if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value; break;
+        case O_WIDTH: if (!parse_int(optarg, 1, 16384, &width)) goto bad_value; break;
+        case O_EPOCHS: if (!parse_int(optarg, 1, 100000, &epochs)) goto bad_value; break;
+        case O_BATCH: if (!parse_int(optarg, 1, 65536, &batch)) goto bad_value; break;
+        case O_LR: if (!parse_dbl(optarg, 1e-9, 10, &lr)) goto bad_value; break;
+        case O_WD: if (!parse_dbl(optarg, 0, 1, &wd)) goto bad_value; break;
+        case O_VAL: if (!parse_dbl(optarg, 0, 0.5, &val)) goto bad_value; break;
+        case O_PAT: if (!parse_int(optarg, 1, 1000, &patience)) goto bad_value; break;
+        case O_SEED: if (!parse_int(optarg, 0, 1L << 62, &seed)) goto bad_value; break;
+        case O_THREADS: if (!parse_int(optarg, 1, 256, &threads)) goto bad_value; break;
+        case O_QUIET: quiet = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        continue;
+    bad_value:
+        fprintf(stderr, "moeflow train-predictor: --%s '%s' is out of range or not a number (see --help)\n",
+                opts[c - O_MODEL].name, optarg);
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow train-predictor: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!out_path || (!trace_path) == (!text)) {
+        fprintf(stderr, "moeflow train-predictor: needs --out and exactly one of --trace or --text (see --help)\n");
+        return 2;
+    }
+
+    int rc = 1;
+    struct moe_trace *tr = NULL;
+    int *toks = NULL, *seqs = NULL, *poss = NULL, *experts = NULL, *prev = NULL;
+    float *emb = NULL;
+    struct moe_path_model *pm = NULL;
+    size_t n = 0;
+    struct moe_model *m = moe_model_open(model_dir);
+    if (!m) {
+        fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
+        return 1;
+    }
+    const struct moe_config *cfg = &m->cfg;
+    int n_moe = 0;
+    for (int l = 0; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];
+    openblas_set_num_threads((int)threads);
+    if (trace_path) {
+        if (moe_trace_load(trace_path, &tr)) {
+            fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
+            goto out;
+        }
+        if (tr->info.experts != cfg->n_experts || tr->info.top_k != cfg->top_k || tr->info.n_moe != n_moe) {
+            fprintf(stderr,
+                    "moeflow train-predictor: %s has %d MoE layers x %d experts, top-%d; the model %s has %d x %d, "
+                    "top-%d (record the trace with this model)\n",
+                    trace_path, tr->info.n_moe, tr->info.experts, tr->info.top_k, model_dir, n_moe, cfg->n_experts,
+                    cfg->top_k);
+            goto out;
+        }
+        n = tr->n_tokens;
+        toks = tr->token;
+        seqs = tr->seq;
+        poss = tr->pos;
+        experts = tr->experts;
+    } else {
+        if (moe_drive_tokenize(model_dir, text, &toks, &n) ||
+            moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, &experts, &seqs, &poss)) {
+            fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
+            goto out;
+        }
+    }
+    size_t row = (size_t)n_moe * (size_t)cfg->top_k;
+    prev = malloc(sizeof(int) * (n ? n : 1) * row);
+    emb = malloc(sizeof(float) * (size_t)cfg->vocab * (size_t)cfg->hidden);
+    if (!prev || !emb) {
+        fprintf(stderr, "moeflow train-predictor: out of memory for %zu samples\n", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool cont = i > 0 && seqs[i] == seqs[i - 1] && poss[i] == poss[i - 1] + 1;
+        for (size_t j = 0; j < row; j++) prev[i * row + j] = cont ? experts[(i - 1) * row + j] : -1;
+    }
+    moe_wview_to_f32(&m->embed, emb);
+    pm = moe_path_model_create(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, (uint64_t)seed);
+    if (!pm) {
+        fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
+        goto out;
+    }
+    const char *base = strrchr(m->dir, '/');
+    snprintf(pm->model_name, sizeof pm->model_name, "%.127s", base && base[1] ? base + 1 : m->dir);
+    struct moe_path_data d = { .n = (int)n, .token = toks, .prev = prev, .target = experts, .emb = emb,
+                               .vocab = cfg->vocab };
+    struct moe_path_train_params tp = { .max_epochs = (int)epochs, .batch = (int)batch, .lr = (float)lr,
+                                        .weight_decay = (float)wd, .val_frac = (float)val,
+                                        .patience = (int)patience, .seed = (uint64_t)seed, .verbose = !quiet };
+    struct moe_path_train_report rep;
+    if (n > (size_t)1 << 30 || moe_path_model_train(pm, &d, &tp, &rep)) {
+        fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
+        goto out;
+    }
+    char s_n[32], s_ep[32], s_vr[32];
+    snprintf(s_n, sizeof s_n, "%d", rep.n_train);
+    snprintf(s_ep, sizeof s_ep, "%d", rep.best_epoch);
+    snprintf(s_vr, sizeof s_vr, "%.4f", rep.val_recall);
+    const char *meta[] = { "train_samples", s_n, "best_epoch", s_ep, "val_recall_at_top_k", s_vr,
+                           "source", trace_path ? trace_path : text, NULL };
+    if (moe_path_model_save(pm, out_path, meta)) {
+        fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
+        goto out;
+    }
+    printf("trained on %d samples (%d held out): %d epochs, best %d, held-out loss %.5f, recall@%d %.4f, %.1f s\n",
+           rep.n_train, rep.n_val, rep.epochs, rep.best_epoch, rep.val_loss, cfg->top_k, rep.val_recall, rep.seconds);
+    printf("wrote %s\n", out_path);
+    rc = 0;
+out:
+    if (tr) {
+        moe_trace_free(tr);
+    } else {
+        free(toks);
+        free(seqs);
+        free(poss);
+        free(experts);
+    }
+    free(prev);
+    free(emb);
+    moe_path_model_free(pm);
+    moe_model_close(m);
+    return rc;
 }

@@ -38,6 +38,7 @@ struct rq {
     bool have_route;           /* route holds a real routing */
     uint64_t *route;           /* [n_moe * words] experts of the most recent token */
     uint64_t *pred;            /* [n_moe * words] predicted path (scratch per step) */
+    float *hist;               /* [n_moe * n_experts] decayed routing counts (path_decay > 0) */
     struct rq *next;           /* waiting list / done list link */
     /* terminal outcome, reported by on_done */
     enum moe_finish why;
@@ -117,6 +118,7 @@ static void rq_free(struct rq *r)
     free(r->tokens);
     free(r->route);
     free(r->pred);
+    free(r->hist);
     free(r);
 }
 
@@ -331,10 +333,16 @@ static void on_route(void *ud, int layer, int n, const int *ids)
     memset(s->tmp_dec, 0, sizeof(uint64_t) * (size_t)W);
     for (int i = 0; i < n; i++) {
         uint64_t *rt = NULL;
+        float *hs = NULL;
         if (s->b_route[i]) {
             rt = s->b_req[i]->route + (size_t)ord * (size_t)W;
             memset(rt, 0, sizeof(uint64_t) * (size_t)W);
             s->b_req[i]->have_route = true;
+            if (s->b_req[i]->hist) {
+                hs = s->b_req[i]->hist + (size_t)ord * (size_t)s->be.n_experts;
+                for (int e = 0; e < s->be.n_experts; e++)
+                    hs[e] *= s->p.path_decay;
+            }
         }
         for (int j = 0; j < k; j++) {
             int e = ids[(size_t)i * (size_t)k + (size_t)j];
@@ -346,6 +354,8 @@ static void on_route(void *ud, int layer, int n, const int *ids)
                 s->tmp_dec[e >> 6] |= bit;
             if (rt)
                 rt[e >> 6] |= bit;
+            if (hs)
+                hs[e] += 1.0f;
         }
     }
     int all = 0, dec = 0;
@@ -379,6 +389,25 @@ static void predict_paths(struct moe_sched *s, struct rq **v, int n)
                 .n_tokens = r->n_prompt + r->n_generated,
             };
             got = s->p.path_source->predict(s->p.path_source->ud, &q, r->pred);
+        }
+        if (!got && r->hist && r->have_route) {
+            /* top_k experts of each layer by decayed count; ties to the lower id */
+            memset(r->pred, 0, sizeof(uint64_t) * pw);
+            int E = s->be.n_experts;
+            for (int l = 0; l < s->n_moe; l++) {
+                const float *h = r->hist + (size_t)l * (size_t)E;
+                uint64_t *out = r->pred + (size_t)l * (size_t)s->words;
+                for (int j = 0; j < s->be.top_k; j++) {
+                    int best = -1;
+                    for (int e = 0; e < E; e++)
+                        if (!((out[e >> 6] >> (e & 63)) & 1u) && h[e] > 0 && (best < 0 || h[e] > h[best]))
+                            best = e;
+                    if (best < 0)
+                        break;
+                    out[best >> 6] |= 1ull << (best & 63);
+                }
+            }
+            got = true;
         }
         if (!got)
             memcpy(r->pred, r->route, sizeof(uint64_t) * pw);
@@ -669,7 +698,10 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         r->route = calloc(pw ? pw : 1, sizeof(uint64_t));
         r->pred = calloc(pw ? pw : 1, sizeof(uint64_t));
     }
-    if (!r || !r->tokens || !r->route || !r->pred) {
+    if (r && s->p.path_decay > 0)
+        r->hist = calloc((size_t)(s->n_moe > 0 ? s->n_moe : 1) * (size_t)(s->be.n_experts > 0 ? s->be.n_experts : 1),
+                         sizeof(float));
+    if (!r || !r->tokens || !r->route || !r->pred || (s->p.path_decay > 0 && !r->hist)) {
         rq_free(r);
         pthread_mutex_lock(&s->mu);
         s->st.rejected++;
@@ -901,6 +933,8 @@ static enum moe_status params_resolve(const struct moe_sched_backend *be, struct
         p->aging_steps = 64;
     if (p->aging_steps < 1)
         return moe_errorf(MOE_EINVAL, "scheduler: aging_steps = %d: must be >= 1", p->aging_steps);
+    if (!(p->path_decay >= 0 && p->path_decay < 1))
+        return moe_errorf(MOE_EINVAL, "scheduler: path_decay = %g: must be in [0, 1)", (double)p->path_decay);
     if (p->lookahead == 0)
         p->lookahead = 1;
     if (p->lookahead < -1)

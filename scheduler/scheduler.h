@@ -68,6 +68,10 @@ struct moe_sched_params {
                                  (0 = 1, -1 = no prefetch) */
     struct moe_provider *provider; /* where prefetch hints go (the engine's provider); NULL = none */
     struct moe_sched_path_source *path_source; /* predicted routing paths; NULL = most recent routing */
+    float path_decay;         /* without path_source/predictor: 0 = the path is the most recent
+                                 token's routing; in (0, 1): the top_k experts per MoE layer of
+                                 the sequence's routing history, each token weighted
+                                 path_decay^age (a longer memory of what the sequence uses) */
     struct moe_engine_hooks hooks; /* engine hooks the scheduler chains to (it installs its own) */
     /* A routing-path predictor (predictor/predictor.h), or NULL.  moe_sched_create
      * then drives it around every forward() (begin/end, its engine hooks before

@@ -26,6 +26,7 @@ static void make_prompts(void)
 struct run_cfg {
     int max_running, micro_batch, prefill_chunk;
     enum moe_grouping grouping;
+    float path_decay;
 };
 
 /* Run all requests to completion; returns the scheduler stats. */
@@ -36,6 +37,7 @@ static struct moe_sched_stats run(const struct run_cfg *rc, struct sc_req *out, 
     struct moe_sched_params p = {
         .max_running = rc->max_running, .max_queued = NREQ, .micro_batch = rc->micro_batch,
         .prefill_chunk = rc->prefill_chunk, .grouping = rc->grouping, .max_tokens_in_flight = 1 << 20,
+        .path_decay = rc->path_decay,
     };
     struct moe_sched *s = moe_sched_create_backend(&be, &p);
     REQUIRE(s, "create: %s", moe_last_error());
@@ -77,6 +79,7 @@ int main(void)
         { 16, 4, 3, MOE_GROUP_REGROUP },
         { 24, 5, 7, MOE_GROUP_REGROUP },
         { 24, 24, 1, MOE_GROUP_REGROUP },
+        { 24, 5, 7, MOE_GROUP_REGROUP, 0.8f },
     };
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
         struct sc_req *o = c == 0 ? ref : got;
@@ -101,11 +104,14 @@ int main(void)
     /* Regrouping on clusterable routing: 24 sequences in micro-batches of 6
      * need fewer distinct experts per decode layer-step than FCFS. */
     struct run_cfg f = { 24, 6, 8, MOE_GROUP_FCFS }, r = { 24, 6, 8, MOE_GROUP_REGROUP };
-    struct moe_sched_stats sf = run(&f, got, 40), sr = run(&r, got, 40);
+    struct run_cfg h = { 24, 6, 8, MOE_GROUP_REGROUP, 0.7f };
+    struct moe_sched_stats sf = run(&f, got, 40), sr = run(&r, got, 40), sh = run(&h, got, 40);
     double ef = (double)sf.decode_experts_activated / (double)sf.decode_layer_steps;
     double er = (double)sr.decode_experts_activated / (double)sr.decode_layer_steps;
-    printf("distinct experts per decode layer-step: fcfs %.2f regroup %.2f\n", ef, er);
+    double eh = (double)sh.decode_experts_activated / (double)sh.decode_layer_steps;
+    printf("distinct experts per decode layer-step: fcfs %.2f regroup %.2f regroup+history %.2f\n", ef, er, eh);
     CHECK(sf.decode_layer_steps > 0 && er < 0.9 * ef, "regroup %.2f not below 0.9 x fcfs %.2f", er, ef);
+    CHECK(eh < 0.9 * ef, "regroup with path history %.2f not below 0.9 x fcfs %.2f", eh, ef);
     CHECK(sf.generated_tokens == sr.generated_tokens, "generated %llu vs %llu",
           (unsigned long long)sf.generated_tokens, (unsigned long long)sr.generated_tokens);
     return t_result("test_sched_batching");

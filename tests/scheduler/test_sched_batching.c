@@ -73,12 +73,12 @@ int main(void)
         n_want[i] = fb_reference(prompts[i], n_prompts[i], T, (i % 3) != 0, want[i]);
 
     const struct run_cfg cfgs[] = {
-        { 1, 1, 64 - 1, MOE_GROUP_FCFS },   /* one sequence at a time, whole prompt at once */
-        { 8, 8, 5, MOE_GROUP_FCFS },
-        { 16, 4, 3, MOE_GROUP_FCFS },
-        { 16, 4, 3, MOE_GROUP_REGROUP },
-        { 24, 5, 7, MOE_GROUP_REGROUP },
-        { 24, 24, 1, MOE_GROUP_REGROUP },
+        { 1, 1, 64 - 1, MOE_GROUP_FCFS, 0 },   /* one sequence at a time, whole prompt at once */
+        { 8, 8, 5, MOE_GROUP_FCFS, 0 },
+        { 16, 4, 3, MOE_GROUP_FCFS, 0 },
+        { 16, 4, 3, MOE_GROUP_REGROUP, 0 },
+        { 24, 5, 7, MOE_GROUP_REGROUP, 0 },
+        { 24, 24, 1, MOE_GROUP_REGROUP, 0 },
         { 24, 5, 7, MOE_GROUP_REGROUP, 0.8f },
     };
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
@@ -103,7 +103,7 @@ int main(void)
 
     /* Regrouping on clusterable routing: 24 sequences in micro-batches of 6
      * need fewer distinct experts per decode layer-step than FCFS. */
-    struct run_cfg f = { 24, 6, 8, MOE_GROUP_FCFS }, r = { 24, 6, 8, MOE_GROUP_REGROUP };
+    struct run_cfg f = { 24, 6, 8, MOE_GROUP_FCFS, 0 }, r = { 24, 6, 8, MOE_GROUP_REGROUP, 0 };
     struct run_cfg h = { 24, 6, 8, MOE_GROUP_REGROUP, 0.7f };
     struct moe_sched_stats sf = run(&f, got, 40), sr = run(&r, got, 40), sh = run(&h, got, 40);
     double ef = (double)sf.decode_experts_activated / (double)sf.decode_layer_steps;

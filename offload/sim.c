@@ -13,6 +13,9 @@ enum moe_status moe_sim_run(const struct moe_trace *t, const struct moe_sim_para
     size_t n_future = 0;
     struct moe_cache *c = NULL;
     *out = (struct moe_sim_result){0};
+    if (in->top_k > MOE_SIM_MAX_K)
+        return moe_errorf(MOE_ENOTSUP, "sim: top_k %d above the supported %d", in->top_k,
+                          MOE_SIM_MAX_K);
     if (p->capacity < in->top_k)
         return moe_errorf(MOE_EINVAL, "sim: capacity %d is below top_k %d (a layer's experts must "
                           "fit at once)", p->capacity, in->top_k);
@@ -37,7 +40,8 @@ enum moe_status moe_sim_run(const struct moe_trace *t, const struct moe_sim_para
     double now = 0, link_free = 0;
     for (size_t i = 0; i < t->n_tokens; i++) {
         for (int li = 0; li < in->n_moe; li++) {
-            const int *e = moe_trace_experts(t, i, li);
+            int e[MOE_SIM_MAX_K];
+            moe_trace_layer_order(t, i, li, e);
             int base = in->moe_layers[li] * in->experts;
             double ready = now;
             for (int j = 0; j < in->top_k; j++) {

@@ -1,7 +1,8 @@
 /* Trace-driven cache simulation: replays a routing trace through the real
  * cache manager (offload/cache.h) with no model.  Sequences one after another,
  * tokens in order (batch-1 decode); each token touches each MoE layer's top-k
- * experts, which stay pinned while that layer computes.
+ * experts (in ascending id, as the engine acquires them), which stay pinned
+ * while that layer computes.
  *
  * Timeline model (when link_gbps > 0): one serial link; a layer's misses are
  * issued on demand when the layer is reached, each taking expert_bytes /
@@ -16,6 +17,8 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#define MOE_SIM_MAX_K 256 /* largest top_k replayed */
 
 struct moe_sim_params {
     int capacity;                 /* device-tier slots (>= top_k) */

@@ -210,6 +210,20 @@ out:
     return MOE_OK;
 }
 
+void moe_trace_layer_order(const struct moe_trace *t, size_t i, int li, int *out)
+{
+    const int *e = moe_trace_experts(t, i, li);
+    int k = t->info.top_k;
+    for (int j = 0; j < k; j++) {
+        int v = e[j], q = j;
+        while (q > 0 && out[q - 1] > v) {
+            out[q] = out[q - 1];
+            q--;
+        }
+        out[q] = v;
+    }
+}
+
 enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n)
 {
     size_t per = (size_t)t->info.n_moe * (size_t)t->info.top_k;
@@ -219,9 +233,10 @@ enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n)
     size_t o = 0;
     for (size_t i = 0; i < t->n_tokens; i++)
         for (int li = 0; li < t->info.n_moe; li++) {
-            const int *e = moe_trace_experts(t, i, li);
-            for (int j = 0; j < t->info.top_k; j++)
-                k[o++] = t->info.moe_layers[li] * t->info.experts + e[j];
+            int *row = k + o;
+            moe_trace_layer_order(t, i, li, row);
+            for (int j = 0; j < t->info.top_k; j++) row[j] += t->info.moe_layers[li] * t->info.experts;
+            o += (size_t)t->info.top_k;
         }
     *keys = k;
     *n = total;

@@ -45,8 +45,11 @@ static inline const int *moe_trace_experts(const struct moe_trace *t, size_t i, 
 {
     return t->experts + (i * (size_t)t->info.n_moe + (size_t)li) * (size_t)t->info.top_k;
 }
+/* The experts of token i at MoE layer index li in access order: ascending
+ * expert id, the order in which the engine acquires a layer's experts. */
+void moe_trace_layer_order(const struct moe_trace *t, size_t i, int li, int *out /* [top_k] */);
 /* Every demand access in replay order (tokens in order, MoE layers in order,
- * experts in listed order) as cache keys layer * experts + expert.  *keys malloc'd. */
+ * experts by moe_trace_layer_order) as cache keys layer * experts + expert.  *keys malloc'd. */
 enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n);
 
 struct moe_trace_writer;

@@ -42,6 +42,11 @@ static int *make_routing(const struct moe_model *m, struct moe_trace_info *info)
                     for (int q = 0; q < j; q++) dup |= row[q] == e;
                 } while (dup);
                 row[j] = e;
+                for (int q = j; q > 0 && row[q - 1] > row[q]; q--) { /* ascending, as the engine acquires */
+                    int tmp = row[q];
+                    row[q] = row[q - 1];
+                    row[q - 1] = tmp;
+                }
             }
     return r;
 }

@@ -18,6 +18,7 @@ extern "C" {
 #endif
 
 struct moe_engine;
+struct moe_backend; /* kernels/backend.h */
 
 /* Observation hooks, all optional, called synchronously inside forward(). */
 struct moe_engine_hooks {
@@ -33,18 +34,30 @@ struct moe_engine_hooks {
 };
 
 struct moe_engine_params {
-    int max_seqs;                 /* sequence slots (KV caches) */
+    int max_seqs;                 /* sequence slots (KV caches) (0 = 1) */
     int max_ctx;                  /* tokens per sequence; <= cfg.max_pos (0 = cfg.max_pos) */
     int max_batch_tokens;         /* tokens per forward() call (0 = 512) */
     int n_threads;                /* BLAS threads (0 = 1) */
     struct moe_provider *provider;/* NULL: the engine creates and owns a resident provider */
     struct moe_engine_hooks hooks;
+    /* Compute backend; NULL: the engine creates and owns the CPU backend
+     * (n_threads workers).  The provider's expert pointers must be in this
+     * backend's memory. */
+    struct moe_backend *backend;
+    bool cpu_blas;                /* CPU backend GEMMs via OpenBLAS: faster on some machines, but a
+                                     token's result then depends on its batch (not batch-invariant) */
 };
 
 struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe_engine_params *p);
 void moe_engine_destroy(struct moe_engine *e);
 const struct moe_model *moe_engine_model(const struct moe_engine *e);
+/* Replace the hooks (NULL clears them). */
 void moe_engine_set_hooks(struct moe_engine *e, const struct moe_engine_hooks *h);
+struct moe_backend *moe_engine_backend(const struct moe_engine *e);
+struct moe_provider *moe_engine_provider(const struct moe_engine *e);
+int moe_engine_max_ctx(const struct moe_engine *e);   /* tokens per sequence */
+int moe_engine_max_batch(const struct moe_engine *e); /* tokens per forward() */
+int moe_engine_max_seqs(const struct moe_engine *e);  /* sequence slots */
 
 /* Claim a free sequence slot (empty cache): slot id >= 0, or -1 when all are in use. */
 int moe_engine_seq_alloc(struct moe_engine *e);

@@ -1,0 +1,757 @@
+/* The batched forward pass (engine.h) over the backend seam (kernels/backend.h).
+ *
+ * Per decoder layer: RMSNorm -> q/k/v projections (+ biases) -> q/k norm
+ * (per head or over the projection) -> RoPE -> KV store -> causal GQA -> o
+ * projection -> residual; RMSNorm -> MoE block (router, experts through the
+ * expert provider, optional sigmoid-gated shared expert) or dense SwiGLU MLP
+ * -> residual.  Then the final norm and lm_head over the rows that want logits.
+ *
+ * Determinism: every backend op computes a row from that row alone, the
+ * experts' outputs land in one row per (token, rank) and are summed per token
+ * in routing-rank order, so a token's logits depend neither on the other
+ * tokens of the batch nor on how the layer's experts were chunked or acquired.
+ *
+ * All buffers are sized at create for max_batch_tokens; forward() allocates
+ * nothing. */
+#include "engine.h"
+
+#include "../kernels/backend.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct eng_layer {
+    float *attn_norm, *ffn_norm;          /* [H] */
+    void *wq, *wk, *wv, *wo;              /* [Q, H], [KV, H] x2, [H, Q] in wdt */
+    float *bq, *bk, *bv;                  /* [Q], [KV], [KV] or NULL */
+    float *q_norm, *k_norm;               /* [hd] (HEAD) or [Q]/[KV] (FULL) or NULL */
+    void *router;                         /* [E, H] on MoE layers */
+    void *sh_gate, *sh_up, *sh_down;      /* [S, H], [S, H], [H, S] or NULL */
+    void *sh_scale;                       /* [1, H] or NULL */
+    void *d_gate, *d_up, *d_down;         /* dense MLP [D, H], [D, H], [H, D] or NULL */
+};
+
+struct moe_engine {
+    const struct moe_model *m;
+    struct moe_config cfg;
+    struct moe_backend *be;
+    bool own_be;
+    struct moe_provider *prov;
+    bool own_prov;
+    struct moe_engine_hooks hooks;
+    enum moe_dtype wdt;                   /* matrix weights' dtype in backend memory */
+
+    int max_seqs, max_ctx, max_batch;
+    int H, Q, KV, E, K, V, I, D;          /* hidden, q dim, kv dim, experts, top-k, vocab, expert inter, max(dense, shared) inter */
+
+    /* weights (backend memory) */
+    void *embed, *lm_head;                /* [V, H] (lm_head may equal embed) */
+    float *final_norm;                    /* [H] */
+    struct eng_layer *L;                  /* [n_layers] */
+    float *kc, *vc;                       /* [layers][max_seqs][max_ctx][KV] */
+
+    /* sequences */
+    bool *seq_used;                       /* [max_seqs] */
+    int *seq_len;                         /* [max_seqs] tokens cached */
+
+    /* activations (backend memory), N = max_batch */
+    int32_t *d_tok, *d_seq, *d_pos, *d_rows; /* [N] */
+    float *h, *xn, *o;                    /* [N, H] */
+    float *q, *att;                       /* [N, Q] */
+    float *kx, *vx;                       /* [N, KV] */
+    float *rl;                            /* [N, E] router logits */
+    int32_t *d_ids, *d_src, *d_inv;       /* [N*K] */
+    float *rw;                            /* [N*K] routing weights */
+    float *xp, *yp;                       /* [N*K, H] permuted inputs / expert outputs */
+    float *mg, *mu;                       /* [N, D] */
+    float *sd;                            /* [N, H] shared expert output */
+    float *sg;                            /* [N] shared expert gate logit */
+    float *d_logits;                      /* [N, V], only when !host_visible */
+
+    /* host staging */
+    int32_t *h_tok, *h_seq, *h_pos, *h_rows; /* [N] */
+    int32_t *h_ids, *h_src, *h_inv;       /* [N*K] */
+    float *h_rw;                          /* [N*K] */
+    float *h_rl;                          /* [N*E] when !host_visible */
+    float *h_act;                         /* [N*H] when !host_visible (hooks) */
+    int *cnt, *first, *distinct, *goff;   /* [E], [E+1], [E], [E+1] */
+    struct moe_expert_ref *refs;          /* [E] */
+    struct moe_backend_expert *bexp;      /* [E] */
+    int *seen_seq;                        /* [max_seqs] scratch for validation */
+};
+
+/* ---- creation ---------------------------------------------------------------- */
+
+static void *balloc(struct moe_engine *e, size_t bytes, const char *what)
+{
+    return e->be->ops->buf_alloc(e->be->ctx, bytes ? bytes : 4, what);
+}
+
+static void bfree(struct moe_engine *e, void *p)
+{
+    if (p) e->be->ops->buf_free(e->be->ctx, p);
+}
+
+/* Upload a weight view to backend memory as dt (F32 or BF16).  Absent
+ * (optional) weights give *out = NULL. */
+static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, enum moe_dtype dt,
+                              void **out, const char *what, int layer)
+{
+    *out = NULL;
+    if (!w->data) return MOE_OK;
+    uint64_t n;
+    if (!moe_mul_u64((uint64_t)w->rows, (uint64_t)w->cols, &n) || n > SIZE_MAX / 4)
+        return moe_errorf(MOE_EFORMAT, "layer %d %s: shape %lld x %lld too large", layer, what,
+                          (long long)w->rows, (long long)w->cols);
+    size_t bytes = (size_t)n * moe_dtype_size(dt);
+    void *d = balloc(e, bytes, what);
+    if (!d) return moe_error_prefix(MOE_ENOMEM, "layer %d %s", layer, what);
+    void *host = e->be->host_visible ? d : malloc(bytes);
+    float *f32 = NULL;
+    enum moe_status st = MOE_OK;
+    if (!host) goto out_nomem;
+    if (dt == MOE_DT_F32) {
+        moe_wview_to_f32(w, host);
+    } else if (w->dtype == MOE_DT_BF16) {
+        memcpy(host, w->data, bytes);
+    } else {
+        f32 = malloc((size_t)n * sizeof(float));
+        if (!f32) goto out_nomem;
+        moe_wview_to_f32(w, f32);
+        for (size_t i = 0; i < n; i++) ((uint16_t *)host)[i] = moe_f32_to_bf16(f32[i]);
+        free(f32);
+    }
+    if (host != d) {
+        st = e->be->ops->copy_h2d(e->be->ctx, d, host, bytes);
+        if (st == MOE_OK) st = e->be->ops->synchronize(e->be->ctx);
+        free(host);
+        if (st != MOE_OK) {
+            bfree(e, d);
+            return moe_error_prefix(st, "layer %d %s: upload", layer, what);
+        }
+    }
+    *out = d;
+    return MOE_OK;
+out_nomem:
+    if (host != d) free(host);
+    bfree(e, d);
+    return moe_errorf(MOE_ENOMEM, "layer %d %s: cannot allocate %zu bytes", layer, what, bytes);
+}
+
+#define UPLOAD(wv, dt, dst, what)                                                   \
+    do {                                                                            \
+        void *_p;                                                                   \
+        if ((st = upload(e, &(wv), (dt), &_p, (what), l)) != MOE_OK) goto out_fail; \
+        (dst) = _p;                                                                 \
+    } while (0)
+#define NEED(ptr, what)                                                                    \
+    do {                                                                                   \
+        if (!(ptr)) {                                                                      \
+            st = moe_errorf(MOE_EFORMAT, "%s: layer %d has no %s weight", e->m->dir, l, what); \
+            goto out_fail;                                                                 \
+        }                                                                                  \
+    } while (0)
+
+static enum moe_status load_weights(struct moe_engine *e)
+{
+    const struct moe_model *m = e->m;
+    const struct moe_config *c = &e->cfg;
+    enum moe_status st = MOE_OK;
+    int l = -1;
+    UPLOAD(m->embed, e->wdt, e->embed, "embed_tokens");
+    NEED(e->embed, "embed_tokens");
+    UPLOAD(m->final_norm, MOE_DT_F32, e->final_norm, "final norm");
+    NEED(e->final_norm, "final norm");
+    if (c->tie_embeddings || !m->lm_head.data || m->lm_head.data == m->embed.data) {
+        e->lm_head = e->embed;
+    } else {
+        UPLOAD(m->lm_head, e->wdt, e->lm_head, "lm_head");
+    }
+    for (l = 0; l < c->n_layers; l++) {
+        const struct moe_layer_w *w = &m->layers[l];
+        struct eng_layer *d = &e->L[l];
+        UPLOAD(w->attn_norm, MOE_DT_F32, d->attn_norm, "input_layernorm");
+        UPLOAD(w->ffn_norm, MOE_DT_F32, d->ffn_norm, "post_attention_layernorm");
+        UPLOAD(w->wq, e->wdt, d->wq, "q_proj");
+        UPLOAD(w->wk, e->wdt, d->wk, "k_proj");
+        UPLOAD(w->wv, e->wdt, d->wv, "v_proj");
+        UPLOAD(w->wo, e->wdt, d->wo, "o_proj");
+        NEED(d->attn_norm, "input_layernorm");
+        NEED(d->ffn_norm, "post_attention_layernorm");
+        NEED(d->wq && d->wk && d->wv && d->wo, "q/k/v/o projection");
+        if (c->attn_qkv_bias) {
+            UPLOAD(w->bq, MOE_DT_F32, d->bq, "q_proj.bias");
+            UPLOAD(w->bk, MOE_DT_F32, d->bk, "k_proj.bias");
+            UPLOAD(w->bv, MOE_DT_F32, d->bv, "v_proj.bias");
+            NEED(d->bq && d->bk && d->bv, "q/k/v bias");
+        }
+        if (c->qk_norm != MOE_QK_NORM_NONE) {
+            UPLOAD(w->q_norm, MOE_DT_F32, d->q_norm, "q_norm");
+            UPLOAD(w->k_norm, MOE_DT_F32, d->k_norm, "k_norm");
+            NEED(d->q_norm && d->k_norm, "q_norm/k_norm");
+        }
+        if (c->is_moe[l]) {
+            UPLOAD(w->router, e->wdt, d->router, "router gate");
+            NEED(d->router, "router gate");
+            if (c->shared_inter > 0) {
+                UPLOAD(w->sh_gate, e->wdt, d->sh_gate, "shared_expert.gate_proj");
+                UPLOAD(w->sh_up, e->wdt, d->sh_up, "shared_expert.up_proj");
+                UPLOAD(w->sh_down, e->wdt, d->sh_down, "shared_expert.down_proj");
+                NEED(d->sh_gate && d->sh_up && d->sh_down, "shared expert");
+                if (c->shared_gate) {
+                    UPLOAD(w->sh_scale, e->wdt, d->sh_scale, "shared_expert_gate");
+                    NEED(d->sh_scale, "shared_expert_gate");
+                }
+            }
+        } else {
+            UPLOAD(w->d_gate, e->wdt, d->d_gate, "mlp.gate_proj");
+            UPLOAD(w->d_up, e->wdt, d->d_up, "mlp.up_proj");
+            UPLOAD(w->d_down, e->wdt, d->d_down, "mlp.down_proj");
+            NEED(d->d_gate && d->d_up && d->d_down, "dense MLP");
+        }
+    }
+    return MOE_OK;
+out_fail:
+    return st;
+}
+
+static void free_weights(struct moe_engine *e)
+{
+    if (e->lm_head != e->embed) bfree(e, e->lm_head);
+    bfree(e, e->embed);
+    bfree(e, e->final_norm);
+    if (!e->L) return;
+    for (int l = 0; l < e->cfg.n_layers; l++) {
+        struct eng_layer *d = &e->L[l];
+        void *all[] = { d->attn_norm, d->ffn_norm, d->wq, d->wk, d->wv, d->wo, d->bq, d->bk, d->bv,
+                        d->q_norm, d->k_norm, d->router, d->sh_gate, d->sh_up, d->sh_down,
+                        d->sh_scale, d->d_gate, d->d_up, d->d_down };
+        for (size_t i = 0; i < MOE_ARRAY_LEN(all); i++) bfree(e, all[i]);
+    }
+}
+
+static enum moe_status check_config(const struct moe_config *c)
+{
+    if (c->n_layers <= 0 || c->n_layers > MOE_MAX_LAYERS)
+        return moe_errorf(MOE_EINVAL, "engine: num_hidden_layers = %d", c->n_layers);
+    if (c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads)
+        return moe_errorf(MOE_EINVAL, "engine: num_attention_heads = %d is not a multiple of "
+                          "num_key_value_heads = %d", c->n_heads, c->n_kv_heads);
+    if (c->head_dim <= 0 || c->head_dim % 2 || c->head_dim > 4096)
+        return moe_errorf(MOE_EINVAL, "engine: head_dim = %d must be even and <= 4096", c->head_dim);
+    if (c->vocab <= 0) return moe_errorf(MOE_EINVAL, "engine: vocab_size = %d", c->vocab);
+    bool any_moe = false;
+    for (int l = 0; l < c->n_layers; l++) any_moe |= c->is_moe[l];
+    if (any_moe && (c->n_experts <= 0 || c->top_k <= 0 || c->top_k > c->n_experts || c->expert_inter <= 0))
+        return moe_errorf(MOE_EINVAL, "engine: num_experts = %d, num_experts_per_tok = %d, "
+                          "moe_intermediate_size = %d", c->n_experts, c->top_k, c->expert_inter);
+    return MOE_OK;
+}
+
+static size_t szmul(size_t a, size_t b, size_t c, bool *ovf)
+{
+    uint64_t r;
+    if (!moe_mul_u64(a, b, &r) || !moe_mul_u64(r, c, &r) || r > SIZE_MAX / 8) {
+        *ovf = true;
+        return 0;
+    }
+    return (size_t)r;
+}
+
+struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe_engine_params *p)
+{
+    enum moe_status st;
+    struct moe_engine *e = calloc(1, sizeof(*e));
+    if (!e) {
+        moe_errorf(MOE_ENOMEM, "engine: out of memory");
+        return NULL;
+    }
+    e->m = m;
+    e->cfg = m->cfg;
+    const struct moe_config *c = &e->cfg;
+    if ((st = check_config(c)) != MOE_OK) goto out_fail;
+    e->max_seqs = p->max_seqs > 0 ? p->max_seqs : 1;
+    e->max_ctx = p->max_ctx > 0 ? p->max_ctx : c->max_pos;
+    e->max_batch = p->max_batch_tokens > 0 ? p->max_batch_tokens : 512;
+    if (p->max_seqs < 0 || e->max_seqs > 65536) {
+        st = moe_errorf(MOE_EINVAL, "engine: max_seqs = %d (1..65536)", p->max_seqs);
+        goto out_fail;
+    }
+    if (p->max_ctx < 0 || e->max_ctx > c->max_pos || e->max_ctx <= 0) {
+        st = moe_errorf(MOE_EINVAL, "engine: max_ctx = %d must be in 1..%d (max_position_embeddings)",
+                        p->max_ctx, c->max_pos);
+        goto out_fail;
+    }
+    if (p->max_batch_tokens < 0 || e->max_batch > 1 << 20) {
+        st = moe_errorf(MOE_EINVAL, "engine: max_batch_tokens = %d (1..1048576)", p->max_batch_tokens);
+        goto out_fail;
+    }
+    if (p->n_threads < 0 || p->n_threads > 1024) {
+        st = moe_errorf(MOE_EINVAL, "engine: n_threads = %d (0..1024)", p->n_threads);
+        goto out_fail;
+    }
+    e->hooks = p->hooks;
+
+    if (p->backend) {
+        e->be = p->backend;
+    } else {
+        struct moe_backend_cpu_params bp = { .n_threads = p->n_threads, .use_blas = p->cpu_blas };
+        e->be = moe_backend_cpu_create(&bp);
+        if (!e->be) {
+            st = moe_error_prefix(MOE_ENOMEM, "engine");
+            goto out_fail;
+        }
+        e->own_be = true;
+    }
+    e->wdt = e->be->weight_dtype == MOE_DT_BF16 ? MOE_DT_BF16 : MOE_DT_F32;
+
+    e->H = c->hidden;
+    e->Q = c->n_heads * c->head_dim;
+    e->KV = c->n_kv_heads * c->head_dim;
+    e->E = c->n_experts > 0 ? c->n_experts : 1;
+    e->K = c->top_k > 0 ? c->top_k : 1;
+    e->V = c->vocab;
+    e->I = c->expert_inter > 0 ? c->expert_inter : 1;
+    e->D = c->dense_inter > c->shared_inter ? c->dense_inter : c->shared_inter;
+    if (e->D < 1) e->D = 1;
+
+    e->L = calloc((size_t)c->n_layers, sizeof(*e->L));
+    e->seq_used = calloc((size_t)e->max_seqs, sizeof(bool));
+    e->seq_len = calloc((size_t)e->max_seqs, sizeof(int));
+    e->seen_seq = calloc((size_t)e->max_seqs, sizeof(int));
+    if (!e->L || !e->seq_used || !e->seq_len || !e->seen_seq) {
+        st = moe_errorf(MOE_ENOMEM, "engine: out of memory for %d sequence slots", e->max_seqs);
+        goto out_fail;
+    }
+    if ((st = load_weights(e)) != MOE_OK) goto out_fail;
+
+    bool ovf = false;
+    size_t N = (size_t)e->max_batch, NK = N * (size_t)e->K;
+    size_t kv_bytes = szmul((size_t)c->n_layers * (size_t)e->max_seqs, (size_t)e->max_ctx,
+                            (size_t)e->KV * sizeof(float), &ovf);
+    if (ovf) {
+        st = moe_errorf(MOE_ENOMEM, "engine: KV cache size overflows (lower max_seqs or max_ctx)");
+        goto out_fail;
+    }
+    e->kc = balloc(e, kv_bytes, "K cache");
+    e->vc = balloc(e, kv_bytes, "V cache");
+    if (!e->kc || !e->vc) {
+        st = moe_errorf(MOE_ENOMEM, "engine: cannot allocate 2 x %zu bytes of KV cache "
+                        "(lower max_seqs = %d or max_ctx = %d)", kv_bytes, e->max_seqs, e->max_ctx);
+        goto out_fail;
+    }
+    struct { void **p; size_t bytes; const char *what; } bufs[] = {
+        { (void **)&e->d_tok, N * 4, "token ids" },       { (void **)&e->d_seq, N * 4, "seq ids" },
+        { (void **)&e->d_pos, N * 4, "positions" },       { (void **)&e->d_rows, N * 4, "logit rows" },
+        { (void **)&e->h, szmul(N, e->H, 4, &ovf), "hidden" },
+        { (void **)&e->xn, szmul(N, e->H, 4, &ovf), "normed hidden" },
+        { (void **)&e->o, szmul(N, e->H, 4, &ovf), "block output" },
+        { (void **)&e->q, szmul(N, e->Q, 4, &ovf), "q" },
+        { (void **)&e->att, szmul(N, e->Q, 4, &ovf), "attention output" },
+        { (void **)&e->kx, szmul(N, e->KV, 4, &ovf), "k" },
+        { (void **)&e->vx, szmul(N, e->KV, 4, &ovf), "v" },
+        { (void **)&e->rl, szmul(N, e->E, 4, &ovf), "router logits" },
+        { (void **)&e->d_ids, NK * 4, "expert ids" },     { (void **)&e->d_src, NK * 4, "permutation" },
+        { (void **)&e->d_inv, NK * 4, "inverse permutation" },
+        { (void **)&e->rw, NK * 4, "routing weights" },
+        { (void **)&e->xp, szmul(NK, e->H, 4, &ovf), "permuted tokens" },
+        { (void **)&e->yp, szmul(NK, e->H, 4, &ovf), "expert outputs" },
+        { (void **)&e->mg, szmul(N, e->D, 4, &ovf), "mlp gate" },
+        { (void **)&e->mu, szmul(N, e->D, 4, &ovf), "mlp up" },
+        { (void **)&e->sd, szmul(N, e->H, 4, &ovf), "shared expert output" },
+        { (void **)&e->sg, N * 4, "shared expert gate" },
+    };
+    if (ovf) {
+        st = moe_errorf(MOE_ENOMEM, "engine: buffer sizes overflow (lower max_batch_tokens = %d)",
+                        e->max_batch);
+        goto out_fail;
+    }
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) {
+        *bufs[i].p = balloc(e, bufs[i].bytes, bufs[i].what);
+        if (!*bufs[i].p) {
+            st = moe_error_prefix(MOE_ENOMEM, "engine (lower max_batch_tokens = %d)", e->max_batch);
+            goto out_fail;
+        }
+    }
+    if (!e->be->host_visible) {
+        e->d_logits = balloc(e, szmul(N, e->V, 4, &ovf), "logits");
+        e->h_rl = malloc(N * (size_t)e->E * 4);
+        e->h_act = malloc(N * (size_t)(e->H > e->E ? e->H : e->E) * 4);
+        if (!e->d_logits || !e->h_rl || !e->h_act) {
+            st = moe_errorf(MOE_ENOMEM, "engine: cannot allocate logits/staging for %zu tokens", N);
+            goto out_fail;
+        }
+    }
+    e->h_tok = malloc(N * 4);
+    e->h_seq = malloc(N * 4);
+    e->h_pos = malloc(N * 4);
+    e->h_rows = malloc(N * 4);
+    e->h_ids = malloc(NK * 4);
+    e->h_src = malloc(NK * 4);
+    e->h_inv = malloc(NK * 4);
+    e->h_rw = malloc(NK * 4);
+    e->cnt = malloc(sizeof(int) * (size_t)e->E);
+    e->first = malloc(sizeof(int) * ((size_t)e->E + 1));
+    e->distinct = malloc(sizeof(int) * (size_t)e->E);
+    e->goff = malloc(sizeof(int) * ((size_t)e->E + 1));
+    e->refs = malloc(sizeof(*e->refs) * (size_t)e->E);
+    e->bexp = malloc(sizeof(*e->bexp) * (size_t)e->E);
+    if (!e->h_tok || !e->h_seq || !e->h_pos || !e->h_rows || !e->h_ids || !e->h_src || !e->h_inv ||
+        !e->h_rw || !e->cnt || !e->first || !e->distinct || !e->goff || !e->refs || !e->bexp) {
+        st = moe_errorf(MOE_ENOMEM, "engine: out of memory for staging buffers");
+        goto out_fail;
+    }
+
+    if (p->provider) {
+        e->prov = p->provider;
+    } else {
+        e->prov = moe_provider_resident_create(m);
+        if (!e->prov) {
+            st = moe_error_prefix(MOE_ENOMEM, "engine");
+            goto out_fail;
+        }
+        e->own_prov = true;
+    }
+    return e;
+out_fail:
+    moe_engine_destroy(e);
+    (void)st;
+    return NULL;
+}
+
+void moe_engine_destroy(struct moe_engine *e)
+{
+    if (!e) return;
+    if (e->be) {
+        free_weights(e);
+        void *bufs[] = { e->kc, e->vc, e->d_tok, e->d_seq, e->d_pos, e->d_rows, e->h, e->xn, e->o,
+                         e->q, e->att, e->kx, e->vx, e->rl, e->d_ids, e->d_src, e->d_inv, e->rw,
+                         e->xp, e->yp, e->mg, e->mu, e->sd, e->sg, e->d_logits };
+        for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) bfree(e, bufs[i]);
+        if (e->own_be) moe_backend_destroy(e->be);
+    }
+    if (e->own_prov) moe_provider_destroy(e->prov);
+    free(e->L);
+    free(e->seq_used);
+    free(e->seq_len);
+    free(e->seen_seq);
+    free(e->h_rl);
+    free(e->h_act);
+    free(e->h_tok);
+    free(e->h_seq);
+    free(e->h_pos);
+    free(e->h_rows);
+    free(e->h_ids);
+    free(e->h_src);
+    free(e->h_inv);
+    free(e->h_rw);
+    free(e->cnt);
+    free(e->first);
+    free(e->distinct);
+    free(e->goff);
+    free(e->refs);
+    free(e->bexp);
+    free(e);
+}
+
+const struct moe_model *moe_engine_model(const struct moe_engine *e) { return e->m; }
+struct moe_backend *moe_engine_backend(const struct moe_engine *e) { return e->be; }
+struct moe_provider *moe_engine_provider(const struct moe_engine *e) { return e->prov; }
+int moe_engine_max_ctx(const struct moe_engine *e) { return e->max_ctx; }
+int moe_engine_max_batch(const struct moe_engine *e) { return e->max_batch; }
+int moe_engine_max_seqs(const struct moe_engine *e) { return e->max_seqs; }
+
+void moe_engine_set_hooks(struct moe_engine *e, const struct moe_engine_hooks *h)
+{
+    if (h)
+        e->hooks = *h;
+    else
+        memset(&e->hooks, 0, sizeof(e->hooks));
+}
+
+int moe_engine_seq_alloc(struct moe_engine *e)
+{
+    for (int s = 0; s < e->max_seqs; s++)
+        if (!e->seq_used[s]) {
+            e->seq_used[s] = true;
+            e->seq_len[s] = 0;
+            return s;
+        }
+    return -1;
+}
+
+void moe_engine_seq_free(struct moe_engine *e, int seq)
+{
+    if (seq < 0 || seq >= e->max_seqs) return;
+    e->seq_used[seq] = false;
+    e->seq_len[seq] = 0;
+}
+
+int moe_engine_seq_len(const struct moe_engine *e, int seq)
+{
+    if (seq < 0 || seq >= e->max_seqs || !e->seq_used[seq]) return 0;
+    return e->seq_len[seq];
+}
+
+/* ---- forward ------------------------------------------------------------------- */
+
+#define BE(call)                                 \
+    do {                                         \
+        if ((st = (call)) != MOE_OK) goto out;   \
+    } while (0)
+
+/* Hand x [n, dim] (backend memory) to a host hook. */
+static enum moe_status host_view(struct moe_engine *e, const float *x, size_t count, float *stage,
+                                 const float **out)
+{
+    if (e->be->host_visible) {
+        *out = x;
+        return MOE_OK;
+    }
+    enum moe_status st = e->be->ops->copy_d2h(e->be->ctx, stage, x, count * sizeof(float));
+    if (st == MOE_OK) st = e->be->ops->synchronize(e->be->ctx);
+    *out = stage;
+    return st;
+}
+
+static enum moe_status hook_hidden(struct moe_engine *e, int j, int n, const float *x)
+{
+    if (!e->hooks.on_hidden) return MOE_OK;
+    const float *h;
+    enum moe_status st = host_view(e, x, (size_t)n * e->H, e->h_act, &h);
+    if (st == MOE_OK) e->hooks.on_hidden(e->hooks.ud, j, n, h);
+    return st;
+}
+
+static enum moe_status validate_batch(struct moe_engine *e, const struct moe_batch *b)
+{
+    if (b->n < 0 || b->n > e->max_batch)
+        return moe_errorf(MOE_ERANGE, "engine: batch of %d tokens (max_batch_tokens = %d)", b->n,
+                          e->max_batch);
+    if (b->n == 0) return MOE_OK;
+    if (!b->tokens || !b->seq || !b->pos)
+        return moe_errorf(MOE_EINVAL, "engine: batch without tokens, seq or pos arrays");
+    for (int s = 0; s < e->max_seqs; s++) e->seen_seq[s] = -1; /* next expected position */
+    for (int i = 0; i < b->n; i++) {
+        int s = b->seq[i], t = b->tokens[i], p = b->pos[i];
+        if (t < 0 || t >= e->V)
+            return moe_errorf(MOE_ERANGE, "engine: batch token %d: id %d outside the vocabulary [0, %d)",
+                              i, t, e->V);
+        if (s < 0 || s >= e->max_seqs || !e->seq_used[s])
+            return moe_errorf(MOE_EINVAL, "engine: batch token %d: sequence %d is not an allocated slot",
+                              i, s);
+        int want = e->seen_seq[s] < 0 ? e->seq_len[s] : e->seen_seq[s];
+        if (p != want)
+            return moe_errorf(MOE_EINVAL, "engine: batch token %d: sequence %d position %d, expected %d "
+                              "(positions continue the cache, consecutively)", i, s, p, want);
+        if (p >= e->max_ctx)
+            return moe_errorf(MOE_ERANGE, "engine: sequence %d: position %d reaches max_ctx = %d", s, p,
+                              e->max_ctx);
+        e->seen_seq[s] = p + 1;
+    }
+    return MOE_OK;
+}
+
+/* MoE block of layer l on e->xn [n, H]; result in e->o [n, H]. */
+static enum moe_status moe_block(struct moe_engine *e, int l, int n)
+{
+    const struct moe_backend_ops *o = e->be->ops;
+    void *bc = e->be->ctx;
+    const struct eng_layer *w = &e->L[l];
+    const struct moe_config *c = &e->cfg;
+    int H = e->H, E = e->E, K = e->K, nk = n * K;
+    enum moe_status st = MOE_OK;
+
+    if (e->hooks.on_moe_input) {
+        const float *x;
+        BE(host_view(e, e->xn, (size_t)n * H, e->h_act, &x));
+        e->hooks.on_moe_input(e->hooks.ud, l, n, x);
+    }
+    BE(o->linear(bc, e->xn, w->router, e->wdt, NULL, n, H, E, e->rl));
+    BE(o->router(bc, e->rl, n, E, K, c->router, c->norm_topk_prob, e->d_ids, e->rw));
+    BE(o->copy_d2h(bc, e->h_ids, e->d_ids, (size_t)nk * 4));
+    if (e->hooks.on_route && !e->be->host_visible) {
+        BE(o->copy_d2h(bc, e->h_rw, e->rw, (size_t)nk * 4));
+        BE(o->copy_d2h(bc, e->h_rl, e->rl, (size_t)n * E * 4));
+    }
+    BE(o->synchronize(bc));
+    if (e->hooks.on_route) {
+        const float *rl = e->be->host_visible ? e->rl : e->h_rl;
+        const float *rw = e->be->host_visible ? e->rw : e->h_rw;
+        e->hooks.on_route(e->hooks.ud, l, n, rl, e->h_ids, rw);
+    }
+
+    /* Plan: experts in ascending id; within an expert, rows in (token, rank) order. */
+    memset(e->cnt, 0, sizeof(int) * (size_t)E);
+    for (int i = 0; i < nk; i++) {
+        int x = e->h_ids[i];
+        if (x < 0 || x >= E)
+            return moe_errorf(MOE_EDEVICE, "engine: layer %d router chose expert %d of %d (token %d)", l,
+                              x, E, i / K);
+        e->cnt[x]++;
+    }
+    int nd = 0;
+    e->first[0] = 0;
+    for (int x = 0; x < E; x++) {
+        e->first[x + 1] = e->first[x] + e->cnt[x];
+        if (e->cnt[x]) e->distinct[nd++] = x;
+        e->cnt[x] = e->first[x]; /* becomes the fill cursor */
+    }
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < K; r++) {
+            int x = e->h_ids[t * K + r], row = e->cnt[x]++;
+            e->h_src[row] = t;
+            e->h_inv[t * K + r] = row;
+        }
+    BE(o->copy_h2d(bc, e->d_src, e->h_src, (size_t)nk * 4));
+    BE(o->copy_h2d(bc, e->d_inv, e->h_inv, (size_t)nk * 4));
+    BE(o->gather_rows(bc, e->xn, e->d_src, nk, H, e->xp));
+
+    /* Experts through the provider, at most max_pinned at a time. */
+    int chunk = e->prov->ops->max_pinned ? e->prov->ops->max_pinned(e->prov->self) : 0;
+    if (chunk <= 0 || chunk > nd) chunk = nd;
+    for (int c0 = 0; c0 < nd; c0 += chunk) {
+        int m = nd - c0 < chunk ? nd - c0 : chunk;
+        st = e->prov->ops->acquire(e->prov->self, l, m, e->distinct + c0, e->refs);
+        if (st != MOE_OK) return moe_error_prefix(st, "layer %d experts", l);
+        /* one backend call per run of experts of the same dtype */
+        for (int g0 = 0; g0 < m;) {
+            enum moe_dtype dt = e->refs[g0].dtype;
+            int g1 = g0;
+            int row0 = e->first[e->distinct[c0 + g0]];
+            while (g1 < m && e->refs[g1].dtype == dt) {
+                e->bexp[g1 - g0] = (struct moe_backend_expert){ e->refs[g1].gate, e->refs[g1].up,
+                                                                e->refs[g1].down };
+                e->goff[g1 - g0] = e->first[e->distinct[c0 + g1]] - row0;
+                g1++;
+            }
+            e->goff[g1 - g0] = e->first[e->distinct[c0 + g1 - 1] + 1] - row0;
+            st = o->moe_experts(bc, e->xp + (size_t)row0 * H, g1 - g0, e->goff, e->bexp, dt, H, e->I,
+                                e->yp + (size_t)row0 * H);
+            if (st != MOE_OK) break;
+            g0 = g1;
+        }
+        /* the experts may be evicted after release: wait for their readers */
+        if (st == MOE_OK) st = o->synchronize(bc);
+        e->prov->ops->release(e->prov->self, l);
+        if (st != MOE_OK) goto out;
+    }
+    BE(o->moe_combine(bc, e->yp, e->d_inv, e->rw, n, K, H, false, e->o));
+
+    if (c->shared_inter > 0) {
+        int S = c->shared_inter;
+        BE(o->linear(bc, e->xn, w->sh_gate, e->wdt, NULL, n, H, S, e->mg));
+        BE(o->linear(bc, e->xn, w->sh_up, e->wdt, NULL, n, H, S, e->mu));
+        BE(o->swiglu(bc, e->mg, e->mu, e->mg, (size_t)n * S));
+        BE(o->linear(bc, e->mg, w->sh_down, e->wdt, NULL, n, S, H, e->sd));
+        if (w->sh_scale) {
+            BE(o->linear(bc, e->xn, w->sh_scale, e->wdt, NULL, n, H, 1, e->sg));
+            BE(o->sigmoid_scale_add(bc, e->sg, e->sd, n, H, e->o));
+        } else {
+            BE(o->add(bc, e->o, e->sd, (size_t)n * H));
+        }
+    }
+out:
+    return st;
+}
+
+static enum moe_status dense_mlp(struct moe_engine *e, int l, int n)
+{
+    const struct moe_backend_ops *o = e->be->ops;
+    void *bc = e->be->ctx;
+    const struct eng_layer *w = &e->L[l];
+    int H = e->H, D = e->cfg.dense_inter;
+    enum moe_status st = MOE_OK;
+    BE(o->linear(bc, e->xn, w->d_gate, e->wdt, NULL, n, H, D, e->mg));
+    BE(o->linear(bc, e->xn, w->d_up, e->wdt, NULL, n, H, D, e->mu));
+    BE(o->swiglu(bc, e->mg, e->mu, e->mg, (size_t)n * D));
+    BE(o->linear(bc, e->mg, w->d_down, e->wdt, NULL, n, D, H, e->o));
+out:
+    return st;
+}
+
+static enum moe_status attention_block(struct moe_engine *e, int l, int n)
+{
+    const struct moe_backend_ops *o = e->be->ops;
+    void *bc = e->be->ctx;
+    const struct eng_layer *w = &e->L[l];
+    const struct moe_config *c = &e->cfg;
+    int H = e->H, Q = e->Q, KV = e->KV, hd = c->head_dim;
+    enum moe_status st = MOE_OK;
+    BE(o->rmsnorm(bc, e->h, w->attn_norm, e->xn, n, H, c->rms_eps));
+    BE(o->linear(bc, e->xn, w->wq, e->wdt, w->bq, n, H, Q, e->q));
+    BE(o->linear(bc, e->xn, w->wk, e->wdt, w->bk, n, H, KV, e->kx));
+    BE(o->linear(bc, e->xn, w->wv, e->wdt, w->bv, n, H, KV, e->vx));
+    if (c->qk_norm == MOE_QK_NORM_HEAD) {
+        BE(o->rmsnorm(bc, e->q, w->q_norm, e->q, n * c->n_heads, hd, c->rms_eps));
+        BE(o->rmsnorm(bc, e->kx, w->k_norm, e->kx, n * c->n_kv_heads, hd, c->rms_eps));
+    } else if (c->qk_norm == MOE_QK_NORM_FULL) {
+        BE(o->rmsnorm(bc, e->q, w->q_norm, e->q, n, Q, c->rms_eps));
+        BE(o->rmsnorm(bc, e->kx, w->k_norm, e->kx, n, KV, c->rms_eps));
+    }
+    BE(o->rope(bc, e->q, e->d_pos, n, c->n_heads, hd, c->rope_theta));
+    BE(o->rope(bc, e->kx, e->d_pos, n, c->n_kv_heads, hd, c->rope_theta));
+    size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
+    float *kc = e->kc + layer_off, *vc = e->vc + layer_off;
+    BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
+    BE(o->attention(bc, e->q, kc, vc, e->d_seq, e->d_pos, n, c->n_heads, c->n_kv_heads, hd,
+                    e->max_ctx, 1.0f / sqrtf((float)hd), e->att));
+    BE(o->linear(bc, e->att, w->wo, e->wdt, NULL, n, Q, H, e->o));
+    BE(o->add(bc, e->h, e->o, (size_t)n * H));
+out:
+    return st;
+}
+
+enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch *b, float *logits)
+{
+    enum moe_status st = validate_batch(e, b);
+    if (st != MOE_OK || b->n == 0) return st;
+    const struct moe_backend_ops *o = e->be->ops;
+    void *bc = e->be->ctx;
+    const struct moe_config *c = &e->cfg;
+    int n = b->n, H = e->H;
+    int nwant = 0;
+    for (int i = 0; i < n; i++) {
+        e->h_tok[i] = b->tokens[i];
+        e->h_seq[i] = b->seq[i];
+        e->h_pos[i] = b->pos[i];
+        if (!b->want_logits || b->want_logits[i]) e->h_rows[nwant++] = i;
+    }
+    if (e->prov->ops->step_begin) e->prov->ops->step_begin(e->prov->self, n);
+
+    BE(o->copy_h2d(bc, e->d_tok, e->h_tok, (size_t)n * 4));
+    BE(o->copy_h2d(bc, e->d_seq, e->h_seq, (size_t)n * 4));
+    BE(o->copy_h2d(bc, e->d_pos, e->h_pos, (size_t)n * 4));
+    if (nwant < n) BE(o->copy_h2d(bc, e->d_rows, e->h_rows, (size_t)nwant * 4));
+    BE(o->embed(bc, e->embed, e->wdt, e->V, H, e->d_tok, n, e->h));
+    BE(hook_hidden(e, 0, n, e->h));
+    for (int l = 0; l < c->n_layers; l++) {
+        BE(attention_block(e, l, n));
+        BE(o->rmsnorm(bc, e->h, e->L[l].ffn_norm, e->xn, n, H, c->rms_eps));
+        if (c->is_moe[l])
+            BE(moe_block(e, l, n));
+        else
+            BE(dense_mlp(e, l, n));
+        BE(o->add(bc, e->h, e->o, (size_t)n * H));
+        if (l + 1 < c->n_layers) BE(hook_hidden(e, l + 1, n, e->h));
+    }
+    BE(o->rmsnorm(bc, e->h, e->final_norm, e->xn, n, H, c->rms_eps));
+    BE(hook_hidden(e, c->n_layers, n, e->xn));
+    if (logits && nwant > 0) {
+        const float *fin = e->xn;
+        if (nwant < n) {
+            BE(o->gather_rows(bc, e->xn, e->d_rows, nwant, H, e->o));
+            fin = e->o;
+        }
+        float *dst = e->be->host_visible ? logits : e->d_logits;
+        BE(o->linear(bc, fin, e->lm_head, e->wdt, NULL, nwant, H, e->V, dst));
+        if (!e->be->host_visible)
+            BE(o->copy_d2h(bc, logits, e->d_logits, (size_t)nwant * e->V * sizeof(float)));
+    }
+    BE(o->synchronize(bc));
+    for (int i = 0; i < n; i++) e->seq_len[b->seq[i]] = b->pos[i] + 1;
+out:
+    if (e->prov->ops->step_end) e->prov->ops->step_end(e->prov->self);
+    return st;
+}

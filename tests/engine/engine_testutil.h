@@ -1,0 +1,117 @@
+/* Helpers for the engine tests: reference tensors and capturing hooks. */
+#ifndef MOE_ENGINE_TESTUTIL_H
+#define MOE_ENGINE_TESTUTIL_H
+
+#include "engine/engine.h"
+#include "engine/sampling.h"
+#include "model/model.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+
+/* A reference tensor as malloc'd floats (any dtype); NULL if absent. */
+static float *ref_f32(struct moe_st_file *f, const char *name, int64_t *rows, int64_t *cols)
+{
+    const struct moe_st_tensor *t = moe_st_find(f, name);
+    if (!t) return NULL;
+    struct moe_wview v = moe_wview_from_tensor(t);
+    float *out = malloc(sizeof(float) * (size_t)(v.rows * v.cols > 0 ? v.rows * v.cols : 1));
+    moe_wview_to_f32(&v, out);
+    if (rows) *rows = v.rows;
+    if (cols) *cols = v.cols;
+    return out;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
+/* Everything the hooks saw during one forward of n tokens. */
+struct capture {
+    int n, H, E, K, L;
+    float *hidden[MOE_MAX_LAYERS + 1];   /* [n, H] per j */
+    float *rlogits[MOE_MAX_LAYERS];      /* [n, E] */
+    int *ids[MOE_MAX_LAYERS];            /* [n, K] */
+    float *w[MOE_MAX_LAYERS];            /* [n, K] */
+    int moe_input_calls, route_calls;
+    int last_moe_input_layer;
+    bool order_ok;                       /* on_moe_input(l) came right before on_route(l) */
+};
+
+static void cap_hidden(void *ud, int j, int n, const float *h)
+{
+    struct capture *c = ud;
+    free(c->hidden[j]);
+    c->hidden[j] = malloc(sizeof(float) * (size_t)n * c->H);
+    memcpy(c->hidden[j], h, sizeof(float) * (size_t)n * c->H);
+    c->n = n;
+}
+
+static void cap_route(void *ud, int layer, int n, const float *logits, const int *ids, const float *w)
+{
+    struct capture *c = ud;
+    c->route_calls++;
+    if (c->last_moe_input_layer != layer) c->order_ok = false;
+    free(c->rlogits[layer]);
+    free(c->ids[layer]);
+    free(c->w[layer]);
+    c->rlogits[layer] = malloc(sizeof(float) * (size_t)n * c->E);
+    c->ids[layer] = malloc(sizeof(int) * (size_t)n * c->K);
+    c->w[layer] = malloc(sizeof(float) * (size_t)n * c->K);
+    memcpy(c->rlogits[layer], logits, sizeof(float) * (size_t)n * c->E);
+    memcpy(c->ids[layer], ids, sizeof(int) * (size_t)n * c->K);
+    memcpy(c->w[layer], w, sizeof(float) * (size_t)n * c->K);
+}
+
+static void cap_moe_input(void *ud, int layer, int n, const float *x)
+{
+    struct capture *c = ud;
+    (void)n;
+    (void)x;
+    c->moe_input_calls++;
+    c->last_moe_input_layer = layer;
+}
+
+static void capture_init(struct capture *c, const struct moe_config *cfg)
+{
+    memset(c, 0, sizeof(*c));
+    c->H = cfg->hidden;
+    c->E = cfg->n_experts;
+    c->K = cfg->top_k;
+    c->L = cfg->n_layers;
+    c->order_ok = true;
+    c->last_moe_input_layer = -1;
+}
+
+static void capture_free(struct capture *c)
+{
+    for (int j = 0; j <= MOE_MAX_LAYERS; j++) free(c->hidden[j]);
+    for (int l = 0; l < MOE_MAX_LAYERS; l++) free(c->rlogits[l]), free(c->ids[l]), free(c->w[l]);
+}
+
+static struct moe_engine_hooks capture_hooks(struct capture *c)
+{
+    return (struct moe_engine_hooks){ .ud = c, .on_hidden = cap_hidden, .on_route = cap_route,
+                                      .on_moe_input = cap_moe_input };
+}
+
+/* Prefill ids[0..n) into a fresh sequence, logits of every position into out [n, V]. */
+static enum moe_status run_prompt(struct moe_engine *e, int seq, const int *ids, int n, float *out)
+{
+    int *pos = malloc(sizeof(int) * (size_t)n), *sq = malloc(sizeof(int) * (size_t)n);
+    int base = moe_engine_seq_len(e, seq);
+    for (int i = 0; i < n; i++) pos[i] = base + i, sq[i] = seq;
+    struct moe_batch b = { .n = n, .tokens = ids, .seq = sq, .pos = pos };
+    enum moe_status st = moe_engine_forward(e, &b, out);
+    free(pos);
+    free(sq);
+    return st;
+}
+
+#endif

@@ -10,7 +10,7 @@
 #include <math.h>
 
 /* A reference tensor as malloc'd floats (any dtype); NULL if absent. */
-static float *ref_f32(struct moe_st_file *f, const char *name, int64_t *rows, int64_t *cols)
+static inline float *ref_f32(struct moe_st_file *f, const char *name, int64_t *rows, int64_t *cols)
 {
     const struct moe_st_tensor *t = moe_st_find(f, name);
     if (!t) return NULL;
@@ -22,7 +22,7 @@ static float *ref_f32(struct moe_st_file *f, const char *name, int64_t *rows, in
     return out;
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n)
+static inline double max_abs_diff(const float *a, const float *b, size_t n)
 {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -44,7 +44,7 @@ struct capture {
     bool order_ok;                       /* on_moe_input(l) came right before on_route(l) */
 };
 
-static void cap_hidden(void *ud, int j, int n, const float *h)
+static inline void cap_hidden(void *ud, int j, int n, const float *h)
 {
     struct capture *c = ud;
     free(c->hidden[j]);
@@ -53,7 +53,7 @@ static void cap_hidden(void *ud, int j, int n, const float *h)
     c->n = n;
 }
 
-static void cap_route(void *ud, int layer, int n, const float *logits, const int *ids, const float *w)
+static inline void cap_route(void *ud, int layer, int n, const float *logits, const int *ids, const float *w)
 {
     struct capture *c = ud;
     c->route_calls++;
@@ -69,7 +69,7 @@ static void cap_route(void *ud, int layer, int n, const float *logits, const int
     memcpy(c->w[layer], w, sizeof(float) * (size_t)n * c->K);
 }
 
-static void cap_moe_input(void *ud, int layer, int n, const float *x)
+static inline void cap_moe_input(void *ud, int layer, int n, const float *x)
 {
     struct capture *c = ud;
     (void)n;
@@ -78,7 +78,7 @@ static void cap_moe_input(void *ud, int layer, int n, const float *x)
     c->last_moe_input_layer = layer;
 }
 
-static void capture_init(struct capture *c, const struct moe_config *cfg)
+static inline void capture_init(struct capture *c, const struct moe_config *cfg)
 {
     memset(c, 0, sizeof(*c));
     c->H = cfg->hidden;
@@ -89,20 +89,20 @@ static void capture_init(struct capture *c, const struct moe_config *cfg)
     c->last_moe_input_layer = -1;
 }
 
-static void capture_free(struct capture *c)
+static inline void capture_free(struct capture *c)
 {
     for (int j = 0; j <= MOE_MAX_LAYERS; j++) free(c->hidden[j]);
     for (int l = 0; l < MOE_MAX_LAYERS; l++) free(c->rlogits[l]), free(c->ids[l]), free(c->w[l]);
 }
 
-static struct moe_engine_hooks capture_hooks(struct capture *c)
+static inline struct moe_engine_hooks capture_hooks(struct capture *c)
 {
     return (struct moe_engine_hooks){ .ud = c, .on_hidden = cap_hidden, .on_route = cap_route,
                                       .on_moe_input = cap_moe_input };
 }
 
 /* Prefill ids[0..n) into a fresh sequence, logits of every position into out [n, V]. */
-static enum moe_status run_prompt(struct moe_engine *e, int seq, const int *ids, int n, float *out)
+static inline enum moe_status run_prompt(struct moe_engine *e, int seq, const int *ids, int n, float *out)
 {
     int *pos = malloc(sizeof(int) * (size_t)n), *sq = malloc(sizeof(int) * (size_t)n);
     int base = moe_engine_seq_len(e, seq);

@@ -1,12 +1,310 @@
-/* moeflow trace: placeholder until the capability lands. */
+/* moeflow trace: record the routing of a text (teacher-forced prefill) as a
+ * JSON Lines routing trace (docs/trace-format.md). */
 #include "cli.h"
 
+#include "../engine/engine.h"
+#include "../model/tokenizer.h"
+#include "../offload/runtime.h"
+#include "../offload/trace.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void trace_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: moeflow trace [--model DIR] (--text FILE | --ids FILE) [--seq-len N] --out F.jsonl\n"
+        "\n"
+        "Runs teacher-forced prefill over the input and writes which experts every token was routed\n"
+        "to in every MoE layer (format: docs/trace-format.md), for moeflow sim and the predictor.\n"
+        "\n"
+        "  --model DIR        model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
+        "  --text FILE        UTF-8 text, tokenized and cut into sequences of --seq-len tokens\n"
+        "  --ids FILE         JSON array of token-id arrays, one sequence each\n"
+        "  --seq-len N        tokens per sequence for --text (default 256)\n"
+        "  --max-tokens N     stop after N tokens in all (default: the whole input)\n"
+        "  --weights          also record the routing weights\n"
+        "  --threads N        compute threads (default 1)\n"
+        "  --out FILE         trace to write (JSON Lines)\n"
+        "  -h, --help         this help\n"
+        "\n%s", moe_offload_help());
+}
+
+struct rec {
+    const struct moe_config *c;
+    int li_of[MOE_MAX_LAYERS];   /* decoder layer -> MoE layer index, -1 dense */
+    int n_moe;
+    int *ids;                    /* [n][n_moe][k] */
+    float *w;                    /* [n][n_moe][k] */
+};
+
+static void on_route(void *ud, int layer, int n, const float *logits, const int *ids,
+                     const float *weights)
+{
+    struct rec *r = ud;
+    int k = r->c->top_k, li = r->li_of[layer];
+    (void)logits;
+    if (li < 0) return;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            size_t o = ((size_t)i * (size_t)r->n_moe + (size_t)li) * (size_t)k + (size_t)j;
+            r->ids[o] = ids[i * k + j];
+            r->w[o] = weights[i * k + j];
+        }
+}
+
+/* --ids FILE: [[ids...], ...] -> flat ids + sequence starts. */
+static enum moe_status load_ids(const char *path, int vocab, int **ids, size_t *n, size_t **starts,
+                                size_t *n_seq)
+{
+    json_error_t err;
+    json_t *a = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    if (!a) return moe_errorf(MOE_EFORMAT, "%s:%d: %s", path, err.line, err.text);
+    enum moe_status st = MOE_OK;
+    size_t total = 0;
+    if (!json_is_array(a) || json_array_size(a) == 0) {
+        st = moe_errorf(MOE_EFORMAT, "%s: must be a non-empty JSON array of token-id arrays", path);
+        goto out;
+    }
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *s = json_array_get(a, i);
+        if (!json_is_array(s) || json_array_size(s) == 0) {
+            st = moe_errorf(MOE_EFORMAT, "%s: sequence %zu must be a non-empty array of ids", path, i);
+            goto out;
+        }
+        total += json_array_size(s);
+    }
+    *ids = malloc(total * sizeof(int));
+    *starts = malloc((json_array_size(a) + 1) * sizeof(size_t));
+    if (!*ids || !*starts) {
+        st = moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *s = json_array_get(a, i);
+        (*starts)[i] = o;
+        for (size_t j = 0; j < json_array_size(s); j++) {
+            json_t *v = json_array_get(s, j);
+            json_int_t x = json_is_integer(v) ? json_integer_value(v) : -1;
+            if (x < 0 || x >= vocab) {
+                st = moe_errorf(MOE_ERANGE, "%s: sequence %zu token %zu must be an id in [0, %d)",
+                                path, i, j, vocab);
+                goto out;
+            }
+            (*ids)[o++] = (int)x;
+        }
+    }
+    (*starts)[json_array_size(a)] = o;
+    *n = o;
+    *n_seq = json_array_size(a);
+out:
+    json_decref(a);
+    return st;
+}
 
 int moe_cmd_trace(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow trace: not available in this build\n");
-    return 2;
+    enum { O_TEXT = 256, O_IDS, O_SEQLEN, O_MAXTOK, O_WEIGHTS, O_THREADS, O_OUT };
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "text", required_argument, NULL, O_TEXT },
+        { "ids", required_argument, NULL, O_IDS },
+        { "seq-len", required_argument, NULL, O_SEQLEN },
+        { "max-tokens", required_argument, NULL, O_MAXTOK },
+        { "weights", no_argument, NULL, O_WEIGHTS },
+        { "threads", required_argument, NULL, O_THREADS },
+        { "out", required_argument, NULL, O_OUT },
+        { "help", no_argument, NULL, 'h' },
+        MOE_OFFLOAD_LONG_OPTIONS,
+        { NULL, 0, NULL, 0 },
+    };
+    const char *dir = NULL, *text = NULL, *idsf = NULL, *out = NULL;
+    long seq_len = 256, max_tokens = 0, threads = 1;
+    bool weights = false;
+    struct moe_offload_opts oo;
+    moe_offload_opts_init(&oo);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+        long *num = NULL;
+        const char *name = NULL;
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case O_TEXT: text = optarg; break;
+        case O_IDS: idsf = optarg; break;
+        case O_SEQLEN: num = &seq_len; name = "seq-len"; break;
+        case O_MAXTOK: num = &max_tokens; name = "max-tokens"; break;
+        case O_THREADS: num = &threads; name = "threads"; break;
+        case O_WEIGHTS: weights = true; break;
+        case O_OUT: out = optarg; break;
+        case 'h': trace_usage(stdout); return 0;
+        default: {
+            int r = moe_offload_opts_parse(&oo, c, optarg);
+            if (r < 0) {
+                fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
+                return 2;
+            }
+            if (r == 0) {
+                trace_usage(stderr);
+                return 2;
+            }
+        }
+        }
+        if (num) {
+            char *end;
+            errno = 0;
+            *num = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || *num < 1 || *num > (1L << 30)) {
+                fprintf(stderr, "moeflow trace: --%s '%s' must be an integer >= 1\n", name, optarg);
+                return 2;
+            }
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow trace: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return 2;
+    }
+    if (!out || (!text == !idsf)) {
+        fprintf(stderr, "moeflow trace: needs --out and exactly one of --text or --ids (see --help)\n");
+        return 2;
+    }
+    if (!dir) dir = moe_default_model_dir();
+
+    int rc = 1;
+    struct moe_model *m = NULL;
+    struct moe_tokenizer *tok = NULL;
+    struct moe_engine *eng = NULL;
+    struct moe_provider *prov = NULL;
+    struct moe_trace_writer *w = NULL;
+    int *ids = NULL;
+    size_t n_ids = 0, *starts = NULL, n_seq = 0;
+    struct rec r = {0};
+    char *buf = NULL;
+    m = moe_model_open(dir);
+    if (!m) goto fail;
+    const struct moe_config *cfg = &m->cfg;
+    if (text) {
+        char tp[4200];
+        size_t len;
+        snprintf(tp, sizeof(tp), "%s/tokenizer.json", dir);
+        if (!(tok = moe_tokenizer_load(tp))) goto fail;
+        if (moe_read_file(text, &buf, &len, (size_t)1 << 31)) goto fail;
+        if (moe_tokenizer_encode(tok, buf, len, &ids, &n_ids)) goto fail;
+        if (n_ids == 0) {
+            moe_errorf(MOE_EINVAL, "%s: no tokens in the text", text);
+            goto fail;
+        }
+        if (seq_len > cfg->max_pos) {
+            moe_errorf(MOE_EINVAL, "--seq-len %ld is above the model's max_position_embeddings %d",
+                       seq_len, cfg->max_pos);
+            goto fail;
+        }
+        n_seq = (n_ids + (size_t)seq_len - 1) / (size_t)seq_len;
+        starts = malloc((n_seq + 1) * sizeof(size_t));
+        if (!starts) goto fail;
+        for (size_t s = 0; s < n_seq; s++) starts[s] = s * (size_t)seq_len;
+        starts[n_seq] = n_ids;
+    } else if (load_ids(idsf, cfg->vocab, &ids, &n_ids, &starts, &n_seq)) {
+        goto fail;
+    }
+    size_t longest = 0;
+    for (size_t s = 0; s < n_seq; s++)
+        if (starts[s + 1] - starts[s] > longest) longest = starts[s + 1] - starts[s];
+    if (longest > (size_t)cfg->max_pos) {
+        moe_errorf(MOE_EINVAL, "a sequence of %zu tokens is above max_position_embeddings %d; "
+                   "shorten it", longest, cfg->max_pos);
+        goto fail;
+    }
+    if (moe_offload_provider_create(m, &oo, &prov)) goto fail;
+
+    r.c = cfg;
+    for (int l = 0; l < cfg->n_layers; l++) r.li_of[l] = cfg->is_moe[l] ? r.n_moe++ : -1;
+    r.ids = malloc(longest * (size_t)r.n_moe * (size_t)cfg->top_k * sizeof(int));
+    r.w = malloc(longest * (size_t)r.n_moe * (size_t)cfg->top_k * sizeof(float));
+    int *seqv = malloc(longest * sizeof(int)), *posv = malloc(longest * sizeof(int));
+    bool *want = calloc(longest, sizeof(bool));
+    if (!r.ids || !r.w || !seqv || !posv || !want) {
+        free(seqv);
+        free(posv);
+        free(want);
+        moe_errorf(MOE_ENOMEM, "out of memory for %zu-token sequences", longest);
+        goto fail;
+    }
+    struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = (int)longest,
+                                    .max_batch_tokens = (int)longest, .n_threads = (int)threads,
+                                    .provider = prov,
+                                    .hooks = { .ud = &r, .on_route = on_route } };
+    eng = moe_engine_create(m, &ep);
+    struct moe_trace_info info = { .layers = cfg->n_layers, .experts = cfg->n_experts,
+                                   .top_k = cfg->top_k, .n_moe = r.n_moe,
+                                   .expert_bytes = moe_model_expert_bytes(m) };
+    const char *base = strrchr(dir, '/');
+    snprintf(info.model, sizeof(info.model), "%s", base && base[1] ? base + 1 : dir);
+    for (int l = 0, i = 0; l < cfg->n_layers; l++)
+        if (cfg->is_moe[l]) info.moe_layers[i++] = l;
+    if (eng) w = moe_trace_writer_open(out, &info);
+    if (!eng || !w) {
+        free(seqv);
+        free(posv);
+        free(want);
+        goto fail;
+    }
+    size_t done = 0;
+    bool tty = isatty(2);
+    double t0 = moe_now();
+    enum moe_status st = MOE_OK;
+    for (size_t s = 0; s < n_seq && !st; s++) {
+        size_t n = starts[s + 1] - starts[s];
+        if (max_tokens && done + n > (size_t)max_tokens) n = (size_t)max_tokens - done;
+        if (n == 0) break;
+        int slot = moe_engine_seq_alloc(eng);
+        for (size_t i = 0; i < n; i++) {
+            seqv[i] = slot;
+            posv[i] = (int)i;
+        }
+        struct moe_batch b = { .n = (int)n, .tokens = ids + starts[s], .seq = seqv, .pos = posv,
+                               .want_logits = want };
+        st = moe_engine_forward(eng, &b, NULL);
+        for (size_t i = 0; i < n && !st; i++) {
+            size_t o = i * (size_t)r.n_moe * (size_t)cfg->top_k;
+            st = moe_trace_writer_token(w, (int)s, (int)i, ids[starts[s] + i], r.ids + o,
+                                        weights ? r.w + o : NULL);
+        }
+        moe_engine_seq_free(eng, slot);
+        done += n;
+        if (tty || s + 1 == n_seq || (s + 1) % 50 == 0)
+            fprintf(stderr, "%strace: %zu/%zu sequences, %zu tokens, %.1f s%s", tty ? "\r" : "",
+                    s + 1, n_seq, done, moe_now() - t0, tty ? "" : "\n");
+    }
+    if (tty) fputc('\n', stderr);
+    free(seqv);
+    free(posv);
+    free(want);
+    enum moe_status cst = moe_trace_writer_close(w);
+    w = NULL;
+    if (st || cst) goto fail;
+    if (moe_offload_report(prov, &oo)) goto fail;
+    fprintf(stderr, "wrote %s: %zu tokens, %d MoE layers, top-%d\n", out, done, r.n_moe, cfg->top_k);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
+out:
+    if (w) moe_trace_writer_close(w);
+    moe_engine_destroy(eng);
+    moe_provider_destroy(prov);
+    moe_tokenizer_free(tok);
+    moe_model_close(m);
+    free(buf);
+    free(ids);
+    free(starts);
+    free(r.ids);
+    free(r.w);
+    return rc;
 }

@@ -1,0 +1,166 @@
+/* Invariant: greedy tokens and logits are bit-identical between the
+ * all-resident run and tiered runs (device tier at top_k, host tier at 1
+ * expert, experts read from the store on disk), with each policy, through
+ * io_uring and the pread fallback, for every fixture family and the bundled
+ * model; and the engine's device-tier hits and misses equal `sim` replaying
+ * the routing the engine reported for the same capacity and policy. */
+#include "../../engine/engine.h"
+#include "../../engine/sampling.h"
+#include "../../offload/runtime.h"
+#include "../../offload/sim.h"
+#include "offload_test_common.h"
+
+#define PROMPT 6
+#define GEN 6
+#define TOTAL (PROMPT + GEN)
+
+struct route_rec {
+    const struct moe_config *c;
+    int li_of[MOE_MAX_LAYERS], n_moe;
+    int n_tok;                 /* tokens recorded (token-by-token runs) */
+    int ids[TOTAL * 64 * 16];  /* [token][n_moe][k] */
+};
+
+static void on_route(void *ud, int layer, int n, const float *logits, const int *ids,
+                     const float *w)
+{
+    struct route_rec *r = ud;
+    (void)logits;
+    (void)w;
+    if (n != 1 || r->li_of[layer] < 0) return;
+    int k = r->c->top_k;
+    memcpy(&r->ids[((size_t)r->n_tok * r->n_moe + r->li_of[layer]) * k], ids, sizeof(int) * k);
+    if (r->li_of[layer] == r->n_moe - 1) r->n_tok++;
+}
+
+/* Run prompt + greedy decode; logits of every decode step into out [GEN][vocab]. */
+static enum moe_status run(const struct moe_model *m, struct moe_provider *prov, bool batched,
+                           struct route_rec *rec, int *tokens, float *out)
+{
+    const struct moe_config *c = &m->cfg;
+    struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = TOTAL + 1, .max_batch_tokens = TOTAL,
+                                    .n_threads = 1, .provider = prov };
+    if (rec) ep.hooks = (struct moe_engine_hooks){ .ud = rec, .on_route = on_route };
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    if (!e) return MOE_EINVAL;
+    enum moe_status st = MOE_OK;
+    int seq = moe_engine_seq_alloc(e), sv[TOTAL], pv[TOTAL];
+    float *lg = malloc(sizeof(float) * (size_t)c->vocab);
+    for (int i = 0; i < PROMPT; i++) tokens[i] = (i * 37 + 5) % c->vocab;
+    for (int i = 0; i < TOTAL; i++) {
+        sv[i] = seq;
+        pv[i] = i;
+    }
+    bool want[TOTAL] = { false };
+    want[PROMPT - 1] = true;
+    if (batched) {
+        struct moe_batch b = { .n = PROMPT, .tokens = tokens, .seq = sv, .pos = pv, .want_logits = want };
+        st = moe_engine_forward(e, &b, lg);
+    } else {
+        for (int i = 0; i < PROMPT && !st; i++) {
+            struct moe_batch b = { .n = 1, .tokens = &tokens[i], .seq = sv, .pos = &pv[i] };
+            st = moe_engine_forward(e, &b, lg);
+        }
+    }
+    for (int g = 0; g < GEN && !st; g++) {
+        memcpy(out + (size_t)g * c->vocab, lg, sizeof(float) * (size_t)c->vocab);
+        tokens[PROMPT + g] = moe_argmax(lg, c->vocab);
+        if (g + 1 == GEN) break;
+        struct moe_batch b = { .n = 1, .tokens = &tokens[PROMPT + g], .seq = sv, .pos = &pv[PROMPT + g] };
+        st = moe_engine_forward(e, &b, lg);
+    }
+    free(lg);
+    moe_engine_destroy(e);
+    return st;
+}
+
+struct cfg {
+    const char *name;
+    enum moe_policy_kind policy;
+    bool no_uring, batched, store;
+    int dev_extra;
+};
+
+int main(void)
+{
+    static const struct cfg cfgs[] = {
+        { "min-lru-uring-batched", MOE_POLICY_LRU, false, true, true, 0 },
+        { "min-lru-pread-batched", MOE_POLICY_LRU, true, true, true, 0 },
+        { "min-lru", MOE_POLICY_LRU, false, false, true, 0 },
+        { "min-lfu", MOE_POLICY_LFU, false, false, true, 0 },
+        { "min-belady", MOE_POLICY_BELADY, false, false, true, 0 },
+        { "wide-lfu-pread", MOE_POLICY_LFU, true, false, true, 5 },
+        { "wide-belady", MOE_POLICY_BELADY, false, false, true, 5 },
+        { "safetensors-lru", MOE_POLICY_LRU, false, true, false, 2 },
+    };
+    char p[512], store[600];
+    const char *dir = t_tmp_make("/tmp");
+    REQUIRE(dir, "mkdtemp");
+    for (size_t mi = 0; mi < MOE_ARRAY_LEN(t_models); mi++) {
+        struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[mi]));
+        REQUIRE(m, "%s: %s", t_models[mi], moe_last_error());
+        const struct moe_config *c = &m->cfg;
+        snprintf(store, sizeof(store), "%s/m%zu.moestore", dir, mi);
+        REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+        size_t nl = (size_t)GEN * (size_t)c->vocab;
+        float *ref[2] = { malloc(nl * 4), malloc(nl * 4) }, *got = malloc(nl * 4);
+        int ref_tok[2][TOTAL], tok[TOTAL];
+        static struct route_rec rec, rec2;
+        memset(&rec, 0, sizeof(rec));
+        rec.c = c;
+        for (int l = 0; l < c->n_layers; l++) rec.li_of[l] = c->is_moe[l] ? rec.n_moe++ : -1;
+        REQUIRE(rec.n_moe * c->top_k <= 64 * 16, "fixture too large for the test's buffer");
+        REQUIRE(run(m, NULL, true, NULL, ref_tok[1], ref[1]) == MOE_OK, "resident: %s", moe_last_error());
+        REQUIRE(run(m, NULL, false, &rec, ref_tok[0], ref[0]) == MOE_OK, "resident: %s", moe_last_error());
+        REQUIRE(rec.n_tok == TOTAL - 1, "recorded %d tokens", rec.n_tok);
+        struct moe_trace tr = { .n_tokens = (size_t)rec.n_tok, .experts = rec.ids };
+        tr.info = (struct moe_trace_info){ .layers = c->n_layers, .experts = c->n_experts,
+                                           .top_k = c->top_k, .n_moe = rec.n_moe };
+        for (int l = 0, i = 0; l < c->n_layers; l++)
+            if (c->is_moe[l]) tr.info.moe_layers[i++] = l;
+        int *keys;
+        size_t n_keys;
+        REQUIRE(moe_trace_keys(&tr, &keys, &n_keys) == MOE_OK, "keys");
+        for (size_t ci = 0; ci < MOE_ARRAY_LEN(cfgs); ci++) {
+            const struct cfg *cf = &cfgs[ci];
+            struct moe_tiered_params tp = {
+                .store_path = cf->store ? store : NULL, .dev_slots = c->top_k + cf->dev_extra,
+                .host_slots = 1 + cf->dev_extra, .policy = cf->policy, .future = keys,
+                .n_future = n_keys, .numa_node = -1, .io = { .no_io_uring = cf->no_uring },
+            };
+            struct moe_provider *prov = moe_provider_tiered_create(m, &tp);
+            REQUIRE(prov, "%s: %s", cf->name, moe_last_error());
+            memset(&rec2, 0, sizeof(rec2));
+            rec2.c = c;
+            memcpy(rec2.li_of, rec.li_of, sizeof(rec.li_of));
+            rec2.n_moe = rec.n_moe;
+            enum moe_status st = run(m, prov, cf->batched, &rec2, tok, got);
+            CHECK(st == MOE_OK, "%s/%s: %s", t_models[mi], cf->name, moe_last_error());
+            int b = cf->batched ? 1 : 0;
+            CHECK(!memcmp(tok, ref_tok[b], sizeof(tok)), "%s/%s: tokens differ", t_models[mi], cf->name);
+            CHECK(!memcmp(got, ref[b], nl * 4), "%s/%s: logits differ", t_models[mi], cf->name);
+            struct moe_offload_stats os;
+            moe_provider_tiered_stats(prov, &os);
+            if (!cf->batched) {
+                struct moe_sim_params sp = { .capacity = tp.dev_slots, .policy = cf->policy };
+                struct moe_sim_result r;
+                REQUIRE(moe_sim_run(&tr, &sp, &r) == MOE_OK, "sim: %s", moe_last_error());
+                CHECK(r.hits == os.device.hits && r.misses == os.device.misses,
+                      "%s/%s: engine %llu/%llu hits/misses, sim %llu/%llu", t_models[mi], cf->name,
+                      (unsigned long long)os.device.hits, (unsigned long long)os.device.misses,
+                      (unsigned long long)r.hits, (unsigned long long)r.misses);
+            }
+            printf("%-32s %-22s hits %4llu misses %4llu disk reads %4llu %s\n", t_models[mi], cf->name,
+                   (unsigned long long)os.device.hits, (unsigned long long)os.device.misses,
+                   (unsigned long long)os.disk_reads, os.io_uring ? "io_uring" : "pread");
+            moe_provider_destroy(prov);
+        }
+        free(keys);
+        free(ref[0]);
+        free(ref[1]);
+        free(got);
+        moe_model_close(m);
+    }
+    t_tmp_remove(dir);
+    return t_result("test_offload_engine");
+}

@@ -138,10 +138,13 @@ static enum moe_status detect_family(const char *what, json_t *root, struct moe_
                            ? json_string_value(json_array_get(ar, 0)) : NULL;
 
     if (mt && !type) return moe_errorf(MOE_EFORMAT, "%s: field \"model_type\" must be a string", what);
-    if (is_deepseek(type) || is_deepseek(arch))
-        return moe_errorf(MOE_ENOTSUP, "%s: DeepSeek-V3 family (model_type \"%s\", architecture \"%s\") is "
-                          "not supported yet (MLA attention and group-limited routing); supported: mixtral, "
-                          "qwen2_moe, qwen3_moe, olmoe", what, type ? type : "?", arch ? arch : "?");
+    if (is_deepseek(type) || is_deepseek(arch)) {
+        bool v3 = (type && strstr(type, "v3")) || (arch && strstr(arch, "V3"));
+        return moe_errorf(MOE_ENOTSUP, "%s: %s (model_type \"%s\", architecture \"%s\") is not supported "
+                          "yet (MLA attention, group-limited sigmoid routing); supported model_type values: "
+                          "mixtral, qwen2_moe, qwen3_moe, olmoe", what, v3 ? "DeepSeek-V3" : "DeepSeek",
+                          type ? type : "(none)", arch ? arch : "(none)");
+    }
     for (size_t i = 0; i < MOE_ARRAY_LEN(families); i++) {
         if ((type && !strcmp(type, families[i].model_type)) ||
             (!type && arch && !strcmp(arch, families[i].arch))) {
@@ -364,12 +367,16 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
                           c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ? 1e-6 : 1e-5,
                           &d)))
         goto out;
-    if (d >= 1.0) {
-        st = moe_errorf(MOE_ERANGE, "%s: field \"rms_norm_eps\" = %g must be below 1", what, d);
+    if (d < 1e-30 || d >= 1.0) {
+        st = moe_errorf(MOE_ERANGE, "%s: field \"rms_norm_eps\" = %g is out of range [1e-30, 1)", what, d);
         goto out;
     }
     c.rms_eps = (float)d;
     if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : 1e4, &d))) goto out;
+    if (d < 1.0 || d > 1e12) {
+        st = moe_errorf(MOE_ERANGE, "%s: field \"rope_theta\" = %g is out of range [1, 1e12]", what, d);
+        goto out;
+    }
     c.rope_theta = (float)d;
     {
         int bos[1], nb;

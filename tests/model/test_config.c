@@ -226,6 +226,14 @@ static void test_refusals(void)
     expect_refused(q3, j, MOE_ERANGE, "rms_norm_eps");
 
     j = load_json(q3);
+    json_object_set_new(j, "rms_norm_eps", json_real(1e-206)); /* 0 as a float */
+    expect_refused(q3, j, MOE_ERANGE, "rms_norm_eps");
+
+    j = load_json(q3);
+    json_object_set_new(j, "rope_parameters", json_pack("{s:s, s:f}", "rope_type", "default", "rope_theta", 1e300));
+    expect_refused(q3, j, MOE_ERANGE, "rope_theta");
+
+    j = load_json(q3);
     json_object_set_new(j, "decoder_sparse_step", json_integer(0));
     expect_refused(q3, j, MOE_ERANGE, "decoder_sparse_step");
 

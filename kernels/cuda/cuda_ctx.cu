@@ -214,3 +214,36 @@ extern "C" enum moe_status moe_cuda_d2d(struct moe_cuda_ctx *c, void *d_dst, con
 out:
     return st;
 }
+
+extern "C" enum moe_status moe_cuda_mem_info(struct moe_cuda_ctx *c, size_t *free_bytes, size_t *total_bytes)
+{
+    enum moe_status st = MOE_OK;
+    *free_bytes = *total_bytes = 0;
+    CK(c, cudaMemGetInfo(free_bytes, total_bytes));
+out:
+    return st;
+}
+
+extern "C" enum moe_status moe_cuda_host_alloc(void **h_ptr, size_t bytes, bool *pinned)
+{
+    if (bytes == 0) bytes = 1;
+    *pinned = false;
+    if (cudaHostAlloc(h_ptr, bytes, cudaHostAllocPortable) == cudaSuccess) {
+        *pinned = true;
+        return MOE_OK;
+    }
+    (void)cudaGetLastError();
+    MOE_WARN("cannot pin %zu MiB of host memory; using pageable memory (copies will not overlap)",
+             bytes >> 20);
+    *h_ptr = malloc(bytes);
+    if (!*h_ptr)
+        return moe_errorf(MOE_ENOMEM, "cannot allocate %zu MiB of host memory", bytes >> 20);
+    return MOE_OK;
+}
+
+extern "C" void moe_cuda_host_free(void *h_ptr, bool pinned)
+{
+    if (!h_ptr) return;
+    if (pinned) (void)cudaFreeHost(h_ptr);
+    else free(h_ptr);
+}

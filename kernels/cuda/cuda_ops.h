@@ -59,6 +59,12 @@ enum moe_cuda_gemm_mode moe_cuda_ctx_gemm_mode(const struct moe_cuda_ctx *c);
 enum moe_status moe_cuda_alloc(struct moe_cuda_ctx *c, void **d_ptr, size_t bytes, const char *what);
 void moe_cuda_free(struct moe_cuda_ctx *c, void *d_ptr);
 enum moe_status moe_cuda_memset(struct moe_cuda_ctx *c, void *d_ptr, int byte, size_t bytes);
+/* Free and total bytes of the context's device. */
+enum moe_status moe_cuda_mem_info(struct moe_cuda_ctx *c, size_t *free_bytes, size_t *total_bytes);
+/* Pinned host memory (cudaHostAlloc, portable); when pinning fails, pageable
+ * malloc memory with a warning and *pinned = false.  MOE_ENOMEM when neither. */
+enum moe_status moe_cuda_host_alloc(void **h_ptr, size_t bytes, bool *pinned);
+void moe_cuda_host_free(void *h_ptr, bool pinned);
 /* Asynchronous copies on the context's stream (host memory should be pinned
  * for overlap; pageable works but synchronises). */
 enum moe_status moe_cuda_h2d(struct moe_cuda_ctx *c, void *d_dst, const void *h_src, size_t bytes);

@@ -31,9 +31,10 @@ static const struct moe_serve_opt opts[] = {
       "waiting requests; more are refused at once (RESOURCE_EXHAUSTED / HTTP 429)" },
     { "max-tokens-in-flight", MOE_OPT_I64, OFF(max_tokens_in_flight), 0, "1048576", 1, 1e12,
       "sum of prompt + max_tokens over accepted requests" },
-    { "max-prompt", MOE_OPT_INT, OFF(max_prompt), 0, "4096", 1, 1 << 20, "tokens per prompt" },
-    { "max-output", MOE_OPT_INT, OFF(max_output), 0, "2048", 1, 1 << 20,
-      "most tokens one request may ask for (max_tokens)" },
+    { "max-prompt", MOE_OPT_INT, OFF(max_prompt), 0, "0", 0, 1 << 20,
+      "tokens per prompt (0 = context - 1)" },
+    { "max-output", MOE_OPT_INT, OFF(max_output), 0, "0", 0, 1 << 20,
+      "most tokens one request may ask for, max_tokens (0 = context - 1)" },
     { "micro-batch", MOE_OPT_INT, OFF(micro_batch), 0, "16", 1, 4096, "sequences per forward pass" },
     { "prefill-chunk", MOE_OPT_INT, OFF(prefill_chunk), 0, "128", 1, 1 << 16,
       "prompt tokens per forward pass per sequence" },
@@ -188,7 +189,7 @@ enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
     if (c->micro_batch > c->max_running)
         return moe_errorf(MOE_EINVAL, "micro-batch %d exceeds max-running %d", c->micro_batch,
                           c->max_running);
-    if (c->default_max_tokens > c->max_output)
+    if (c->max_output && c->default_max_tokens > c->max_output)
         return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d",
                           c->default_max_tokens, c->max_output);
     if (c->grpc_port && c->grpc_port == c->http_port)

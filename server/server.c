@@ -3,6 +3,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
@@ -473,14 +474,46 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
 
 /* ---- lifecycle ---- */
 
+/* SIGTERM/SIGINT reach moe_server_run through a pipe written by the handler
+ * (the one process-wide object here: a signal handler has no context
+ * argument).  A handler, not a blocked mask, so that threads started before
+ * the mask was set (BLAS pools) cannot take the default action. */
+static int sig_pipe[2] = { -1, -1 };
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (sig_pipe[1] >= 0 && write(sig_pipe[1], &b, 1) < 0) {
+    }
+    errno = saved;
+}
+
 void moe_server_block_signals(void)
 {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (sig_pipe[0] < 0 && pipe2(sig_pipe, O_CLOEXEC) != 0)
+        sig_pipe[0] = sig_pipe[1] = -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
+
+static int wait_signal(void)
+{
+    unsigned char b = 0;
+    for (;;) {
+        ssize_t n = read(sig_pipe[0], &b, 1);
+        if (n == 1)
+            return b;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return SIGTERM;
+    }
 }
 
 /* Generate a few tokens through the whole stack so the first client does not
@@ -561,6 +594,13 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     }
     int model_ctx = s->model->cfg.max_pos;
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
+    /* 0 = derived from the context. */
+    if (s->cfg.max_prompt <= 0)
+        s->cfg.max_prompt = s->max_ctx - 1;
+    if (s->cfg.max_output <= 0)
+        s->cfg.max_output = s->max_ctx - 1;
+    if (s->cfg.default_max_tokens > s->cfg.max_output)
+        s->cfg.default_max_tokens = s->cfg.max_output;
     struct moe_engine_params ep = {
         .max_seqs = cfg->max_seqs,
         .max_ctx = s->max_ctx,
@@ -576,8 +616,8 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
         .max_running = cfg->max_running,
         .max_queued = cfg->max_queued,
         .max_tokens_in_flight = cfg->max_tokens_in_flight,
-        .max_prompt = cfg->max_prompt,
-        .max_output = cfg->max_output,
+        .max_prompt = s->cfg.max_prompt,
+        .max_output = s->cfg.max_output,
         .micro_batch = cfg->micro_batch,
         .prefill_chunk = cfg->prefill_chunk,
         .grouping = strcmp(cfg->grouping, "regroup") ? MOE_GROUP_FCFS : MOE_GROUP_REGROUP,
@@ -620,13 +660,9 @@ enum moe_status moe_server_run(struct moe_server *s)
             moe_now() - s->t_start);
     fflush(stderr);
 
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    int sig = 0;
-    while (sigwait(&set, &sig) != 0) {
-    }
+    if (sig_pipe[0] < 0)
+        moe_server_block_signals();
+    int sig = wait_signal();
     fprintf(stderr, "moeflow serve: %s: draining (up to %.1f s)\n",
             sig == SIGTERM ? "SIGTERM" : "SIGINT", s->cfg.drain_timeout);
     atomic_store(&s->ready, false);

@@ -19,12 +19,11 @@ struct moe_server;
 struct moe_server *moe_server_create(const struct moe_serve_config *cfg);
 /* Open the listeners, report ready, serve until SIGTERM/SIGINT, then stop
  * admission, turn readiness off, finish in-flight work within drain-timeout
- * and close.  The caller must have blocked SIGTERM, SIGINT in every thread
- * (moe_server_block_signals) before creating the server. */
+ * and close. */
 enum moe_status moe_server_run(struct moe_server *s);
 void moe_server_destroy(struct moe_server *s);
-/* Block SIGTERM and SIGINT (delivered to moe_server_run through sigwait) and
- * ignore SIGPIPE; call before any thread is created. */
+/* Catch SIGTERM and SIGINT (handed to moe_server_run) and ignore SIGPIPE;
+ * call early, before loading (a signal during loading then waits for run). */
 void moe_server_block_signals(void);
 
 #ifdef __cplusplus

@@ -1,0 +1,164 @@
+"""Helpers for the serving integration tests: free ports, a live `moeflow serve`
+on loopback, gRPC stubs generated at test time, curl, Prometheus parsing."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import urllib.error
+
+SKIP = 77
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def gen_stubs(src):
+    """protoc --python_out + grpc_python_plugin into a temp dir; returns modules."""
+    out = tempfile.mkdtemp(prefix="moeflow_pb_")
+    protos = [os.path.join(src, "proto", p) for p in ("moeflow.proto", "grpc_service.proto", "health.proto")]
+    subprocess.run(["protoc", "-I", os.path.join(src, "proto"), "--python_out=" + out,
+                    "--grpc_out=" + out, "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin"] + protos,
+                   check=True)
+    sys.path.insert(0, out)
+    import moeflow_pb2, moeflow_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc, health_pb2, health_pb2_grpc
+    return dict(m=moeflow_pb2, mg=moeflow_pb2_grpc, k=grpc_service_pb2, kg=grpc_service_pb2_grpc,
+                h=health_pb2, hg=health_pb2_grpc)
+
+
+class Server:
+    def __init__(self, moeflow, *extra, ready_timeout=120):
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        while self.http_port == self.grpc_port:
+            self.http_port = free_port()
+        self.log = tempfile.TemporaryFile()
+        args = [moeflow, "serve", "--grpc-port", str(self.grpc_port), "--http-port",
+                str(self.http_port), "--warmup-tokens", "1"] + list(extra)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.time()
+        while time.time() - t0 < ready_timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("moeflow serve exited %d:\n%s" % (self.proc.returncode, self.output()))
+            try:
+                if self.http("/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError("moeflow serve not ready in %ds:\n%s" % (ready_timeout, self.output()))
+
+    @property
+    def target(self):
+        return "127.0.0.1:%d" % self.grpc_port
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.http_port, path)
+
+    def http(self, path, body=None, headers=None, timeout=30):
+        req = urllib.request.Request(self.url(path), data=body, headers=headers or {})
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def metrics(self):
+        code, body = self.http("/metrics")
+        assert code == 200, code
+        return parse_prometheus(body.decode())
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self, timeout=60):
+        """SIGTERM; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_line = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+
+
+def parse_prometheus(text):
+    """Strict-ish exposition parser: {(name, labels-string): value}; raises on a bad line."""
+    out = {}
+    types = {}
+    for ln in text.splitlines():
+        if not ln:
+            continue
+        if ln.startswith("# HELP "):
+            continue
+        if ln.startswith("# TYPE "):
+            _, _, name, typ = ln.split(" ", 3)
+            assert typ in ("counter", "gauge", "histogram", "summary", "untyped"), ln
+            types[name] = typ
+            continue
+        assert not ln.startswith("#"), "bad comment line: %r" % ln
+        m = _line.match(ln)
+        assert m, "bad sample line: %r" % ln
+        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        base = re.sub(r'_(bucket|sum|count)$', '', name)
+        assert name in types or base in types, "sample without TYPE: %r" % ln
+        out[(name, labels)] = float(value)
+    return out
+
+
+def metric(ms, name, **labels):
+    """Sum of the samples of name whose labels include the given ones."""
+    total = 0.0
+    for (n, lab), v in ms.items():
+        if n != name:
+            continue
+        if all(('%s="%s"' % (k, val)) in lab for k, val in labels.items()):
+            total += v
+    return total
+
+
+def curl(*args, timeout=60):
+    r = subprocess.run(["curl", "-sS", "--max-time", str(timeout)] + list(args), capture_output=True)
+    return r.returncode, r.stdout
+
+
+def read_reference_greedy(src):
+    """p0.input_ids and p0.greedy_ids from the bundled model's reference.safetensors."""
+    import struct
+    path = os.path.join(src, "models", "pycode-moe-18m", "reference.safetensors")
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        hdr = json.loads(f.read(n))
+        base = 8 + n
+
+        def i64(name):
+            t = hdr[name]
+            assert t["dtype"] == "I64"
+            a, b = t["data_offsets"]
+            f.seek(base + a)
+            raw = f.read(b - a)
+            return list(struct.unpack("<%dq" % ((b - a) // 8), raw))
+        return i64("p0.input_ids"), i64("p0.greedy_ids")

@@ -1,0 +1,175 @@
+"""Integration, faults: 32 concurrent streaming clients (8 cancelled
+mid-stream, 8 with expiring deadlines), a burst beyond the queue bound, and
+SIGTERM under load.  usage: test_serve_faults.py MOEFLOW_BINARY SOURCE_DIR"""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import Server, gen_stubs, metric, SKIP  # noqa: E402
+
+try:
+    import grpc
+except ImportError:
+    print("skip: python3-grpcio missing")
+    sys.exit(SKIP)
+
+failures = 0
+
+
+def check(cond, msg):
+    global failures
+    if not cond:
+        failures += 1
+        print("FAIL:", msg)
+
+
+def balance(srv):
+    for _ in range(100):
+        ms = srv.metrics()
+        if (metric(ms, "moeflow:num_requests_running") == 0 and metric(ms, "moeflow:num_requests_waiting") == 0
+                and metric(ms, "moeflow:live_generations") == 0):
+            break
+        time.sleep(0.05)
+    acc = metric(ms, "moeflow:requests_accepted_total")
+    done = sum(metric(ms, "moeflow:requests_%s_total" % x) for x in ("completed", "cancelled", "failed"))
+    return ms, acc, done
+
+
+def main():
+    moeflow, src = sys.argv[1], sys.argv[2]
+    pb = gen_stubs(src)
+    m = pb["m"]
+    prompts = ["def f%d(x):" % i for i in range(32)]
+    N = 12
+
+    srv = Server(moeflow, "--max-running", "32", "--max-seqs", "32", "--micro-batch", "16")
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        gen = pb["mg"].GenerationStub(ch)
+        # The greedy text of each prompt, one at a time.
+        expect = {}
+        for p in prompts[:16]:
+            expect[p] = [t for x in gen.Generate(m.GenerateRequest(prompt=p, max_tokens=N, ignore_eos=True),
+                                                 timeout=60) for t in x.token_ids]
+        results = {}
+
+        def client(i):
+            p = prompts[i]
+            kind = "ok" if i < 16 else ("cancel" if i < 24 else "deadline")
+            got = []
+            try:
+                if kind == "deadline":
+                    it = gen.Generate(m.GenerateRequest(prompt=p, max_tokens=1500, ignore_eos=True), timeout=0.3)
+                else:
+                    it = gen.Generate(m.GenerateRequest(prompt=p, max_tokens=N if kind == "ok" else 1500,
+                                                        ignore_eos=True), timeout=120)
+                for x in it:
+                    got += list(x.token_ids)
+                    if kind == "cancel" and got:
+                        it.cancel()
+                        break
+                results[i] = (kind, "ok", got)
+            except grpc.RpcError as e:
+                results[i] = (kind, e.code(), got)
+
+        ths = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(120)
+        for i in range(32):
+            kind, code, got = results.get(i, (None, None, None))
+            if kind == "ok":
+                check(code == "ok" and got == expect[prompts[i]], "client %d: %s %s" % (i, code, got))
+            elif kind == "cancel":
+                check(code in ("ok", grpc.StatusCode.CANCELLED), "cancel client %d: %s" % (i, code))
+            elif kind == "deadline":
+                check(code == grpc.StatusCode.DEADLINE_EXCEEDED, "deadline client %d: %s" % (i, code))
+            else:
+                check(False, "client %d did not finish" % i)
+        ms, acc, done = balance(srv)
+        check(acc == done, "after faults: accepted %s != terminal %s" % (acc, done))
+        check(metric(ms, "moeflow:num_requests_running") == 0 and metric(ms, "moeflow:num_requests_waiting") == 0,
+              "scheduler not back to idle")
+        check(metric(ms, "moeflow:live_generations") == 0, "generations leaked")
+        check(metric(ms, "moeflow:requests_cancelled_total") >= 16, "cancellations counted: %s" %
+              metric(ms, "moeflow:requests_cancelled_total"))
+        # Pools back at baseline: a fresh request still gets the greedy text.
+        again = [t for x in gen.Generate(m.GenerateRequest(prompt=prompts[0], max_tokens=N, ignore_eos=True),
+                                         timeout=60) for t in x.token_ids]
+        check(again == expect[prompts[0]], "after faults the greedy text changed")
+
+        # SIGTERM under load: in-flight streams finish, readiness turns off, exit 0.
+        drained = {}
+
+        def slow(i):
+            try:
+                n = sum(len(x.token_ids) for x in gen.Generate(
+                    m.GenerateRequest(prompt=prompts[i], max_tokens=40, ignore_eos=True), timeout=120))
+                drained[i] = n
+            except grpc.RpcError as e:
+                drained[i] = e.code()
+        ths = [threading.Thread(target=slow, args=(i,)) for i in range(6)]
+        for t in ths:
+            t.start()
+        time.sleep(0.3)
+        srv.proc.send_signal(15)
+        time.sleep(0.05)
+        try:
+            code = srv.http("/ready", timeout=5)[0]
+            check(code == 503, "ready while draining: %d" % code)
+        except OSError:
+            pass  # already gone
+        for t in ths:
+            t.join(120)
+        check(all(drained.get(i) == 40 for i in range(6)), "drained streams: %s" % drained)
+        rc = srv.stop()
+        check(rc == 0, "exit status %d" % rc)
+        check("accepted" in srv.output(), "drain summary printed")
+    finally:
+        srv.kill()
+        if failures:
+            print(srv.output()[-3000:])
+
+    # Burst beyond the queue bound: the excess is refused at once.
+    srv = Server(moeflow, "--max-running", "1", "--max-seqs", "1", "--micro-batch", "1", "--max-queued", "2")
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        gen = pb["mg"].GenerationStub(ch)
+        out = {}
+        base = metric(srv.metrics(), "moeflow:requests_accepted_total")  # the warm-up
+
+        def burst(i):
+            t0 = time.time()
+            try:
+                n = sum(len(x.token_ids) for x in gen.Generate(
+                    m.GenerateRequest(prompt=prompts[i], max_tokens=30, ignore_eos=True), timeout=120))
+                out[i] = ("ok", n, time.time() - t0)
+            except grpc.RpcError as e:
+                out[i] = (e.code(), 0, time.time() - t0)
+        sent = 12
+        ths = [threading.Thread(target=burst, args=(i,)) for i in range(sent)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(120)
+        ok = sum(1 for v in out.values() if v[0] == "ok")
+        rej = [v for v in out.values() if v[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        check(ok + len(rej) == sent, "success %d + rejected %d != sent %d: %s" % (ok, len(rej), sent, out))
+        check(len(rej) > 0, "no request was refused")
+        check(all(v[2] < 1.0 for v in rej), "refusals were not immediate: %s" % [v[2] for v in rej])
+        ms, acc, done = balance(srv)
+        check(acc == done == ok + base, "burst: accepted %s terminal %s ok %d + warm-up %s" % (acc, done, ok, base))
+        check(srv.stop() == 0, "exit status")
+    finally:
+        srv.kill()
+        if failures:
+            print(srv.output()[-3000:])
+    print("test_serve_faults: %s" % ("ok" if not failures else "%d failure(s)" % failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

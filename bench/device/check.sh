@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The device check, in one call on a machine with an NVIDIA GPU (H100/H200):
+#   1. the gpu-labelled tests (op parity, GPU tier, end-to-end vs HF),
+#   2. a short compute-sanitizer memcheck of the op and tier tests,
+#   3. the GPU MoE decode benchmark (Mixtral expert shapes, tier 25/50/100 %).
+# Results go under $OUT (default ./device-out): summary.json, one log per
+# step, gpu_moe_decode.json, nvidia-smi.txt.  Budget: under 6 minutes.
+#
+# Binaries come from build-device/dist (made here by bench/device/prepare.sh
+# and carried), or MOEFLOW_DIST.  Exit status: 0 when every test passed.
+set -u
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${OUT:-$root/device-out}
+dist=${MOEFLOW_DIST:-$root/build-device/dist}
+mkdir -p "$out"
+if [ ! -x "$dist/bin/test_gpu_ops" ]; then
+  echo "check.sh: $dist/bin/test_gpu_ops missing: run bench/device/prepare.sh on the build machine" \
+       "and carry build-device/dist" | tee "$out/summary.json" >&2
+  exit 2
+fi
+cuda_lib=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/lib64; do
+  [ -d "$d" ] && cuda_lib="$cuda_lib:$d"
+done
+export LD_LIBRARY_PATH="$dist/lib$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export MOEFLOW_SOURCE_DIR="$root" MOEFLOW_MODEL="$root/models/pycode-moe-18m"
+export MOEFLOW_TEST_SEED=${MOEFLOW_TEST_SEED:-$(date +%s)}
+
+(nvidia-smi; nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current \
+   --format=csv) > "$out/nvidia-smi.txt" 2>&1
+steps=()
+fails=0
+# run NAME TIMEOUT CMD... : one step, its log, its status and seconds
+run() {
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s.%N)
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  local dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  local status=pass
+  [ $rc -eq 77 ] && status=skip
+  [ $rc -ne 0 ] && [ $rc -ne 77 ] && status=fail && fails=$((fails + 1))
+  [ $rc -eq 124 ] && status=timeout
+  steps+=("{\"step\":\"$name\",\"status\":\"$status\",\"rc\":$rc,\"seconds\":$dt}")
+  echo "check.sh: $name: $status (rc $rc, ${dt}s)"
+}
+
+b=$dist/bin
+run test_gpu_ops 120 "$b/test_gpu_ops"
+run test_gpu_tier 120 "$b/test_gpu_tier"
+if [ -x "$b/test_gpu_e2e_pycode" ]; then
+  for m in pycode mixtral qwen2_moe qwen3_moe olmoe; do
+    run "test_gpu_e2e_$m" 120 "$b/test_gpu_e2e_pycode" "$m"
+  done
+fi
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$san" ]; then
+  run memcheck_gpu_ops 150 "$san" --tool memcheck --error-exitcode 1 --leak-check full "$b/test_gpu_ops"
+  run memcheck_gpu_tier 120 "$san" --tool memcheck --error-exitcode 1 "$b/test_gpu_tier"
+else
+  steps+=("{\"step\":\"memcheck\",\"status\":\"skip\",\"reason\":\"compute-sanitizer not found\"}")
+fi
+run gpu_moe_decode 210 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
+
+{
+  printf '{"seed":%s,"failures":%d,"steps":[' "$MOEFLOW_TEST_SEED" "$fails"
+  (IFS=,; printf '%s' "${steps[*]}")
+  printf ']}\n'
+} > "$out/summary.json"
+cat "$out/summary.json"
+[ $fails -eq 0 ]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build the GPU check here (Debian, nvcc 13) and bundle it for the device
+# machine, which has CUDA 13 + a C compiler but none of liburing, protobuf-c,
+# gRPC, jansson or OpenBLAS headers/libraries:
+#   build-device/dist/bin/  test_gpu_*, gpu_moe_decode (stripped)
+#   build-device/dist/lib/  every shared library they need except glibc, the
+#                           CUDA driver and cuBLAS (present there in /usr/local/cuda)
+# Then hand the device tool:  carry ["build-device/dist"], command
+#   bench/device/check.sh
+# (CUDA runtime is linked statically; cuBLAS comes from the device's CUDA 13.)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+jobs=${JOBS:-2}
+cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLOW_CUDA=ON -DMOEFLOW_SERVER=OFF >/dev/null
+targets="test_gpu_ops test_gpu_tier gpu_moe_decode"
+if grep -q "test_gpu_e2e_pycode" build-device/build.ninja; then targets="$targets test_gpu_e2e_pycode"; fi
+cmake --build build-device -j"$jobs" --target $targets
+dist=build-device/dist
+rm -rf "$dist"
+mkdir -p "$dist/bin" "$dist/lib"
+for t in $targets; do
+  f=$(find build-device -type f -name "$t" -perm -u+x | head -1)
+  cp "$f" "$dist/bin/$t"
+  strip --strip-unneeded "$dist/bin/$t"
+done
+# shared libraries to carry: not glibc/loader, not the CUDA driver, not cuBLAS, not
+# libstdc++/libgcc_s (the device has newer ones, which cuBLAS may need)
+for b in "$dist"/bin/*; do
+  ldd "$b" | awk '/=> \// {print $3}'
+done | sort -u | while read -r lib; do
+  case "$(basename "$lib")" in
+    libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libcublas*|libstdc++*|libgcc_s*) ;;
+    *) cp -L "$lib" "$dist/lib/" ;;
+  esac
+done
+du -sh "$dist"
+echo "carry: build-device/dist   command: bench/device/check.sh"

@@ -708,10 +708,11 @@ static enum moe_status parse_model(struct moe_tokenizer *t, json_t *root, const 
     if (!json_is_object(model))
         return moe_errorf(MOE_EFORMAT, "%s: \"model\" is missing or not an object", what);
     json_t *type = json_object_get(model, "type");
-    if (type && !(json_is_string(type) && !strcmp(json_string_value(type), "BPE")))
-        return moe_errorf(MOE_ENOTSUP, "%s: model.type %s%s%s is not supported (only \"BPE\")", what,
-                          json_is_string(type) ? "\"" : "", json_is_string(type) ? json_string_value(type) : "(not a string)",
-                          json_is_string(type) ? "\"" : "");
+    if (type && !json_is_string(type))
+        return moe_errorf(MOE_EFORMAT, "%s: model.type must be a string", what);
+    if (type && strcmp(json_string_value(type), "BPE"))
+        return moe_errorf(MOE_ENOTSUP, "%s: model.type \"%.64s\" is not supported (only \"BPE\")", what,
+                          json_string_value(type));
     json_t *vocab = json_object_get(model, "vocab");
     json_t *merges = json_object_get(model, "merges");
     if (!json_is_object(vocab))

@@ -575,7 +575,7 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     for (int i = 0; i < t->n_dev; i++) t->ds[i].key = -1;
     for (int i = 0; i < t->n_host; i++) t->hs[i].key = -1;
     t->host_len = (size_t)t->n_host * t->stride;
-    if ((st = host_alloc(t, p->numa_node))) goto fail;
+    if ((st = host_alloc(t, p->numa_explicit ? p->numa_node : -1))) goto fail;
     if (t->reader) {
         void **bufs = malloc((size_t)t->n_host * sizeof(void *));
         if (bufs) {

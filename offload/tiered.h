@@ -34,9 +34,11 @@ struct moe_tiered_params {
     enum moe_policy_kind policy;  /* device tier policy; the host tier is LRU */
     const int *future;            /* Belady: every demand access to come (keys layer*E+e), */
     size_t n_future;              /*   in order; ignored by the other policies */
-    int numa_node;                /* host tier NUMA node; -1 = nearest the calling thread's CPU */
+    int numa_node;                /* host tier NUMA node when numa_explicit; otherwise (and when
+                                     -1) the node nearest the calling thread's CPU */
     struct moe_reader_params io;  /* queue depth, forced pread fallback */
     struct moe_offload_hooks hooks;
+    bool numa_explicit;           /* bind the host tier to numa_node (e.g. the GPU's node) */
 };
 
 /* Per-tier counters. */

@@ -19,9 +19,16 @@ if [ ! -x "$dist/bin/test_gpu_ops" ]; then
   exit 2
 fi
 cuda_lib=""
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/lib64; do
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib \
+         /usr/local/cuda-13.0/lib64 /usr/local/cuda-13.0/lib; do
   [ -d "$d" ] && cuda_lib="$cuda_lib:$d"
 done
+# cuBLAS 13 elsewhere (a distribution package or a Python wheel)?
+if ! ls ${cuda_lib//:/ } 2>/dev/null | grep -q . || ! (IFS=:; for d in $cuda_lib; do
+      [ -n "$d" ] && [ -e "$d/libcublas.so.13" ] && exit 0; done; exit 1); then
+  found=$(find /usr /opt -maxdepth 8 -name 'libcublas.so.13' 2>/dev/null | head -1)
+  [ -n "$found" ] && cuda_lib="$cuda_lib:$(dirname "$found")"
+fi
 export LD_LIBRARY_PATH="$dist/lib$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MOEFLOW_SOURCE_DIR="$root" MOEFLOW_MODEL="$root/models/pycode-moe-18m"
 export MOEFLOW_TEST_SEED=${MOEFLOW_TEST_SEED:-$(date +%s)}

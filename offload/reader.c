@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -68,14 +69,21 @@ struct moe_reader *moe_reader_open(const char *path, const struct moe_reader_par
         r->st.direct = true;
     } else if (errno == EINVAL) {
         r->fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (r->fd >= 0) fall_back(r, "O_DIRECT refused by the file system");
+    }
+    struct stat sb;
+    if (r->fd >= 0 && (fstat(r->fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+        close(r->fd);
+        r->fd = -1;
+        errno = EISDIR;
     }
     if (r->fd < 0) {
         moe_errorf(MOE_EIO, "%s: cannot open expert store: %s", path, strerror(errno));
         free(r);
         return NULL;
     }
-    if (p->no_io_uring) {
+    if (!r->st.direct) {
+        fall_back(r, "O_DIRECT refused by the file system");
+    } else if (p->no_io_uring) {
         fall_back(r, "io_uring disabled (--no-io-uring)");
     } else if (!r->st.fallbacks) {
         int ret = io_uring_queue_init((unsigned)qd, &r->ring, 0);

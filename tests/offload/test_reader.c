@@ -1,0 +1,98 @@
+/* Store reader: batches larger than the queue depth, continued short reads,
+ * forced and automatic fallback to buffered pread (tmpfs may refuse
+ * O_DIRECT), a failing read that fails only its own request, and every
+ * record's checksum through each path. */
+#include "../../offload/reader.h"
+#include "offload_test_common.h"
+
+#include <sys/stat.h>
+
+static void check_reads(const char *store_path, const struct moe_reader_params *rp, const char *what,
+                        bool expect_fallback)
+{
+    struct moe_store *s = moe_store_open(store_path, NULL);
+    REQUIRE(s, "%s", moe_last_error());
+    const struct moe_store_info *in = moe_store_get_info(s);
+    struct moe_reader *r = moe_reader_open(store_path, rp);
+    REQUIRE(r, "%s: %s", what, moe_last_error());
+    int n = (int)in->n_records + 1;
+    struct moe_read *q = calloc((size_t)n, sizeof(*q));
+    void **bufs = calloc((size_t)n, sizeof(void *));
+    for (int i = 0; i < n; i++) REQUIRE(posix_memalign(&bufs[i], 4096, in->record_stride) == 0, "alloc");
+    moe_reader_register(r, bufs, in->record_stride, n);
+    int i = 0;
+    for (uint32_t l = 0; l < in->n_layers; l++)
+        for (uint32_t e = 0; e < in->n_experts; e++) {
+            const struct moe_store_record *rec = moe_store_find(s, (int)l, (int)e);
+            if (!rec) continue;
+            q[i] = (struct moe_read){ .offset = rec->offset, .len = (uint32_t)in->record_stride,
+                                      .buf = bufs[i], .buf_index = i };
+            i++;
+        }
+    /* one read past the end of the file */
+    struct stat sb;
+    stat(store_path, &sb);
+    q[i] = (struct moe_read){ .offset = ((uint64_t)sb.st_size + 4095) / 4096 * 4096 + 65536,
+                              .len = 4096, .buf = bufs[i], .buf_index = i };
+    enum moe_status st = moe_reader_read(r, q, n);
+    CHECK(st != MOE_OK && q[n - 1].st == MOE_EIO, "%s: read past EOF must fail (%d)", what, q[n - 1].st);
+    i = 0;
+    int bad = 0;
+    for (uint32_t l = 0; l < in->n_layers; l++)
+        for (uint32_t e = 0; e < in->n_experts; e++) {
+            const struct moe_store_record *rec = moe_store_find(s, (int)l, (int)e);
+            if (!rec) continue;
+            if (q[i].st != MOE_OK || !moe_store_verify(rec, bufs[i])) bad++;
+            i++;
+        }
+    CHECK(bad == 0, "%s: %d record(s) failed", what, bad);
+    struct moe_reader_stats rs;
+    moe_reader_get_stats(r, &rs);
+    CHECK(rs.reads == (uint64_t)(n - 1), "%s: %llu reads", what, (unsigned long long)rs.reads);
+    if (expect_fallback) CHECK(rs.fallbacks == 1 && !rs.io_uring, "%s: fallback not taken", what);
+    if (!rs.direct || !rs.io_uring) CHECK(rs.fallbacks == 1, "%s: fallback not counted", what);
+    if (rp->max_io_bytes && rp->max_io_bytes < in->record_stride)
+        CHECK(rs.continuations > 0, "%s: no continuation", what);
+    printf("%-28s reads %llu bytes %llu continuations %llu %s%s%s fallbacks %llu\n", what,
+           (unsigned long long)rs.reads, (unsigned long long)rs.bytes,
+           (unsigned long long)rs.continuations, rs.io_uring ? "io_uring" : "pread",
+           rs.direct ? " O_DIRECT" : "", rs.registered ? " registered" : "",
+           (unsigned long long)rs.fallbacks);
+    for (int k = 0; k < n; k++) free(bufs[k]);
+    free(bufs);
+    free(q);
+    moe_reader_close(r);
+    moe_store_close(s);
+}
+
+int main(void)
+{
+    char p[512], store[600];
+    struct moe_model *m = moe_model_open(t_path(p, sizeof(p), "models/pycode-moe-18m"));
+    REQUIRE(m, "%s", moe_last_error());
+    const char *bases[2] = { "/tmp", "/dev/shm" };
+    for (int b = 0; b < 2; b++) {
+        const char *dir = t_tmp_make(bases[b]);
+        if (!dir) {
+            printf("%s: not available, skipped\n", bases[b]);
+            continue;
+        }
+        snprintf(store, sizeof(store), "%s/m.moestore", dir);
+        REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+        char what[64];
+        snprintf(what, sizeof(what), "%s qd4", bases[b]);
+        check_reads(store, &(struct moe_reader_params){ .queue_depth = 4 }, what, false);
+        snprintf(what, sizeof(what), "%s qd16 short", bases[b]);
+        check_reads(store, &(struct moe_reader_params){ .queue_depth = 16, .max_io_bytes = 8192 },
+                    what, false);
+        snprintf(what, sizeof(what), "%s forced pread", bases[b]);
+        check_reads(store, &(struct moe_reader_params){ .no_io_uring = true, .max_io_bytes = 8192 },
+                    what, true);
+        t_tmp_remove(dir);
+    }
+    CHECK(!moe_reader_open("/tmp", &(struct moe_reader_params){ .queue_depth = 0 }), "directory");
+    CHECK(!moe_reader_open("/nonexistent/store", &(struct moe_reader_params){ 0 }), "missing file");
+    CHECK(!moe_reader_open(store, &(struct moe_reader_params){ .queue_depth = 5000 }), "queue depth");
+    moe_model_close(m);
+    return t_result("test_reader");
+}

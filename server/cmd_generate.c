@@ -1,12 +1,306 @@
-/* moeflow generate: placeholder until the capability lands. */
+/* moeflow generate: tokenise a prompt, prefill it, then decode one token per
+ * step, writing each token's bytes to stdout as soon as it is produced.
+ * Stops at an end-of-sequence token or after --max-tokens. */
 #include "cli.h"
 
+#include "../engine/engine.h"
+#include "../engine/sampling.h"
+#include "../model/model.h"
+#include "../model/tokenizer.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Everything the command needs at run time.  Expert placement (the provider)
+ * is decided in gen_provider_create() alone, so tiered offloading options
+ * slot in there. */
+struct gen_opts {
+    const char *model_dir;     /* --model */
+    const char *prompt;        /* --prompt */
+    int max_tokens;            /* --max-tokens, tokens generated at most */
+    struct moe_sampling samp;  /* --temperature --top-p --top-k --seed */
+    int threads;               /* --threads, CPU worker threads */
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
+            "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+            "                        [--threads N]\n"
+            "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
+            "  --model DIR        model directory (default %s)\n"
+            "  --prompt TEXT      the prompt (UTF-8)\n"
+            "  --max-tokens N     most tokens to generate (default 128)\n"
+            "  --temperature T    0 = greedy (default 0)\n"
+            "  --top-p P          nucleus sampling mass in (0, 1] (default 1 = off)\n"
+            "  --top-k K          sample among the K most likely tokens (default 0 = off)\n"
+            "  --seed S           random seed for sampling (default 0)\n"
+            "  --threads N        CPU threads (default 1)\n"
+            "  --help             this text\n",
+            moe_default_model_dir());
+}
+
+static bool parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+/* Parse argv into o; returns -1 to continue, else the exit status. */
+static int gen_parse(int argc, char **argv, struct gen_opts *o)
+{
+    enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS };
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "prompt", required_argument, NULL, 'p' },
+        { "max-tokens", required_argument, NULL, OPT_MAXTOK },
+        { "temperature", required_argument, NULL, OPT_TEMP },
+        { "top-p", required_argument, NULL, OPT_TOPP },
+        { "top-k", required_argument, NULL, OPT_TOPK },
+        { "seed", required_argument, NULL, OPT_SEED },
+        { "threads", required_argument, NULL, OPT_THREADS },
+        { "help", no_argument, NULL, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    memset(o, 0, sizeof(*o));
+    o->model_dir = moe_default_model_dir();
+    o->max_tokens = 128;
+    o->samp.top_p = 1.0f;
+    o->threads = 1;
+    optind = 1;
+    opterr = 0;
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, ":m:p:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model_dir = optarg; break;
+        case 'p': o->prompt = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case OPT_MAXTOK:
+            if (!parse_int(optarg, 1, 1 << 20, &v)) {
+                fprintf(stderr, "moeflow generate: --max-tokens '%s': expected an integer 1..1048576\n", optarg);
+                return 2;
+            }
+            o->max_tokens = (int)v;
+            break;
+        case OPT_TEMP:
+            if (!parse_float(optarg, &o->samp.temperature) || o->samp.temperature < 0) {
+                fprintf(stderr, "moeflow generate: --temperature '%s': expected a number >= 0\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_TOPP:
+            if (!parse_float(optarg, &o->samp.top_p) || !(o->samp.top_p > 0 && o->samp.top_p <= 1)) {
+                fprintf(stderr, "moeflow generate: --top-p '%s': expected a number in (0, 1]\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_TOPK:
+            if (!parse_int(optarg, 0, 1 << 30, &v)) {
+                fprintf(stderr, "moeflow generate: --top-k '%s': expected an integer >= 0\n", optarg);
+                return 2;
+            }
+            o->samp.top_k = (int)v;
+            break;
+        case OPT_SEED: {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-') {
+                fprintf(stderr, "moeflow generate: --seed '%s': expected an unsigned integer\n", optarg);
+                return 2;
+            }
+            o->samp.seed = s;
+            break;
+        }
+        case OPT_THREADS:
+            if (!parse_int(optarg, 1, 1024, &v)) {
+                fprintf(stderr, "moeflow generate: --threads '%s': expected an integer 1..1024\n", optarg);
+                return 2;
+            }
+            o->threads = (int)v;
+            break;
+        case ':':
+            fprintf(stderr, "moeflow generate: %s needs a value\n", argv[optind - 1]);
+            return 2;
+        default:
+            fprintf(stderr, "moeflow generate: unknown option '%s' (see --help)\n", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow generate: unexpected argument '%s' (the prompt goes in --prompt)\n",
+                argv[optind]);
+        return 2;
+    }
+    if (!o->prompt) {
+        fprintf(stderr, "moeflow generate: --prompt TEXT is required\n");
+        usage(stderr);
+        return 2;
+    }
+    return -1;
+}
+
+/* Where the experts live.  NULL = all resident (the engine's default). */
+static enum moe_status gen_provider_create(const struct moe_model *m, const struct gen_opts *o,
+                                           struct moe_provider **out)
+{
+    (void)m;
+    (void)o;
+    *out = NULL;
+    return MOE_OK;
+}
+
+static bool is_eos(const struct moe_config *c, int tok)
+{
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] == tok) return true;
+    return c->n_eos == 0 && c->eos_id >= 0 && tok == c->eos_id;
+}
+
+/* Prefill the prompt, then sample and stream until EOS or max_tokens. */
+static enum moe_status gen_run(struct moe_engine *e, const struct moe_tokenizer *tok,
+                               const struct gen_opts *o, const int *ids, int n_ids)
+{
+    const struct moe_config *c = &moe_engine_model(e)->cfg;
+    int V = c->vocab, chunk = moe_engine_max_batch(e);
+    enum moe_status st = MOE_OK;
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    int *pos = malloc(sizeof(int) * (size_t)chunk), *seqv = malloc(sizeof(int) * (size_t)chunk);
+    bool *want = malloc(sizeof(bool) * (size_t)chunk);
+    char buf[256];
+    if (!logits || !pos || !seqv || !want) {
+        st = moe_errorf(MOE_ENOMEM, "generate: out of memory");
+        goto out;
+    }
+    int seq = moe_engine_seq_alloc(e);
+    for (int i0 = 0; i0 < n_ids; i0 += chunk) {
+        int n = n_ids - i0 < chunk ? n_ids - i0 : chunk;
+        for (int i = 0; i < n; i++) {
+            pos[i] = i0 + i;
+            seqv[i] = seq;
+            want[i] = i0 + i == n_ids - 1;
+        }
+        struct moe_batch b = { .n = n, .tokens = ids + i0, .seq = seqv, .pos = pos, .want_logits = want };
+        if ((st = moe_engine_forward(e, &b, logits)) != MOE_OK) goto out;
+    }
+    struct moe_sampler s;
+    moe_sampler_init(&s, &o->samp);
+    for (int g = 0; g < o->max_tokens; g++) {
+        int t = moe_sampler_sample(&s, logits, V);
+        if (is_eos(c, t)) break;
+        int len = moe_tokenizer_token_bytes(tok, t, buf, sizeof(buf));
+        if (len > 0) {
+            fwrite(buf, 1, (size_t)(len < (int)sizeof(buf) ? len : (int)sizeof(buf)), stdout);
+            fflush(stdout);
+        }
+        if (g + 1 == o->max_tokens) break;
+        int p = moe_engine_seq_len(e, seq);
+        struct moe_batch b = { .n = 1, .tokens = &t, .seq = &seq, .pos = &p };
+        if ((st = moe_engine_forward(e, &b, logits)) != MOE_OK) goto out;
+    }
+    fputc('\n', stdout);
+    fflush(stdout);
+out:
+    free(logits);
+    free(pos);
+    free(seqv);
+    free(want);
+    return st;
+}
 
 int moe_cmd_generate(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow generate: not available in this build\n");
-    return 2;
+    struct gen_opts o;
+    int r = gen_parse(argc, argv, &o);
+    if (r >= 0) return r;
+    if (moe_sampling_validate(&o.samp) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        return 2;
+    }
+    int rc = 1;
+    struct moe_model *m = NULL;
+    struct moe_tokenizer *tok = NULL;
+    struct moe_provider *prov = NULL;
+    struct moe_engine *e = NULL;
+    int *ids = NULL;
+    size_t n_ids = 0;
+    char path[4200];
+
+    m = moe_model_open(o.model_dir);
+    if (!m) {
+        fprintf(stderr, "moeflow generate: %s (set --model DIR)\n", moe_last_error());
+        goto out;
+    }
+    snprintf(path, sizeof(path), "%s/tokenizer.json", o.model_dir);
+    tok = moe_tokenizer_load(path);
+    if (!tok) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        goto out;
+    }
+    if (moe_tokenizer_encode(tok, o.prompt, strlen(o.prompt), &ids, &n_ids) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: --prompt: %s\n", moe_last_error());
+        rc = 2;
+        goto out;
+    }
+    if (n_ids == 0) {
+        fprintf(stderr, "moeflow generate: --prompt is empty (give at least one token of text)\n");
+        rc = 2;
+        goto out;
+    }
+    long ctx = (long)n_ids + o.max_tokens;
+    if (ctx > m->cfg.max_pos) {
+        fprintf(stderr, "moeflow generate: prompt (%zu tokens) + --max-tokens %d exceeds the model's "
+                "context of %d tokens; lower --max-tokens or shorten --prompt\n",
+                n_ids, o.max_tokens, m->cfg.max_pos);
+        rc = 2;
+        goto out;
+    }
+    if (gen_provider_create(m, &o, &prov) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        goto out;
+    }
+    struct moe_engine_params ep = {
+        .max_seqs = 1,
+        .max_ctx = (int)ctx,
+        .max_batch_tokens = n_ids < 256 ? (int)n_ids : 256,
+        .n_threads = o.threads,
+        .provider = prov,
+    };
+    e = moe_engine_create(m, &ep);
+    if (!e) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        goto out;
+    }
+    if (gen_run(e, tok, &o, ids, (int)n_ids) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        goto out;
+    }
+    rc = 0;
+out:
+    moe_engine_destroy(e);
+    moe_provider_destroy(prov);
+    free(ids);
+    moe_tokenizer_free(tok);
+    moe_model_close(m);
+    return rc;
 }

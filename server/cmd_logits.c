@@ -1,12 +1,177 @@
-/* moeflow logits: placeholder until the capability lands. */
+/* moeflow logits: run a token sequence through the model in one prefill and
+ * write the F32 logits of every position, [T, vocab], to a safetensors file
+ * (tensor "logits"; the ids go along as I64 tensor "input_ids"). */
 #include "cli.h"
 
+#include "../engine/engine.h"
+#include "../model/model.h"
+
+#include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moeflow logits [--model DIR] --ids 1,2,3 --out F.safetensors [--threads N]\n"
+            "Write the F32 logits [T, vocab] of every position of the token ids to F.\n\n"
+            "  --model DIR      model directory (default %s)\n"
+            "  --ids LIST       comma-separated token ids\n"
+            "  --out FILE       output safetensors file (tensors \"logits\" and \"input_ids\")\n"
+            "  --threads N      CPU threads (default 1)\n"
+            "  --help           this text\n",
+            moe_default_model_dir());
+}
+
+/* "1,2,3" -> ids; false with a message naming the bad item. */
+static bool parse_ids(const char *s, int **out, int *n)
+{
+    int cap = 16, k = 0;
+    int *ids = malloc(sizeof(int) * (size_t)cap);
+    const char *p = s;
+    if (!ids) return false;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > 0x7fffffff || (*end && *end != ',')) {
+            fprintf(stderr, "moeflow logits: --ids: item %d ('%.*s') is not a non-negative integer\n",
+                    k + 1, (int)strcspn(p, ","), p);
+            free(ids);
+            return false;
+        }
+        if (k == cap) {
+            int *g = realloc(ids, sizeof(int) * (size_t)(cap *= 2));
+            if (!g) {
+                free(ids);
+                return false;
+            }
+            ids = g;
+        }
+        ids[k++] = (int)v;
+        p = *end ? end + 1 : end;
+        if (*end == ',' && !*p) {
+            fprintf(stderr, "moeflow logits: --ids ends with a comma\n");
+            free(ids);
+            return false;
+        }
+    }
+    if (k == 0) {
+        fprintf(stderr, "moeflow logits: --ids is empty\n");
+        free(ids);
+        return false;
+    }
+    *out = ids;
+    *n = k;
+    return true;
+}
 
 int moe_cmd_logits(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow logits: not available in this build\n");
-    return 2;
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' }, { "ids", required_argument, NULL, 'i' },
+        { "out", required_argument, NULL, 'o' },   { "threads", required_argument, NULL, 't' },
+        { "help", no_argument, NULL, 'h' },        { 0, 0, 0, 0 },
+    };
+    const char *model_dir = moe_default_model_dir(), *ids_arg = NULL, *out_path = NULL;
+    int threads = 1, c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:i:o:t:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'i': ids_arg = optarg; break;
+        case 'o': out_path = optarg; break;
+        case 't': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end || v < 1 || v > 1024) {
+                fprintf(stderr, "moeflow logits: --threads '%s': expected an integer 1..1024\n", optarg);
+                return 2;
+            }
+            threads = (int)v;
+            break;
+        }
+        case 'h': usage(stdout); return 0;
+        case ':': fprintf(stderr, "moeflow logits: %s needs a value\n", argv[optind - 1]); return 2;
+        default:
+            fprintf(stderr, "moeflow logits: unknown option '%s' (see --help)\n", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow logits: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!ids_arg || !out_path) {
+        fprintf(stderr, "moeflow logits: %s is required\n", !ids_arg ? "--ids LIST" : "--out FILE");
+        usage(stderr);
+        return 2;
+    }
+    int *ids = NULL, n = 0, rc = 1;
+    if (!parse_ids(ids_arg, &ids, &n)) return 2;
+
+    struct moe_model *m = NULL;
+    struct moe_engine *e = NULL;
+    float *logits = NULL;
+    int64_t *ids64 = NULL;
+    m = moe_model_open(model_dir);
+    if (!m) {
+        fprintf(stderr, "moeflow logits: %s (set --model DIR)\n", moe_last_error());
+        goto out;
+    }
+    int V = m->cfg.vocab;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= V) {
+            fprintf(stderr, "moeflow logits: --ids item %d is %d, outside the vocabulary [0, %d)\n",
+                    i + 1, ids[i], V);
+            rc = 2;
+            goto out;
+        }
+    if (n > m->cfg.max_pos) {
+        fprintf(stderr, "moeflow logits: %d ids exceed the model's context of %d\n", n, m->cfg.max_pos);
+        rc = 2;
+        goto out;
+    }
+    int chunk = n < 512 ? n : 512;
+    struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = n, .max_batch_tokens = chunk,
+                                    .n_threads = threads };
+    e = moe_engine_create(m, &ep);
+    logits = malloc(sizeof(float) * (size_t)n * (size_t)V);
+    ids64 = malloc(sizeof(int64_t) * (size_t)n);
+    int pos[512], seqv[512];
+    if (!e || !logits || !ids64) {
+        fprintf(stderr, "moeflow logits: %s\n", e ? "out of memory" : moe_last_error());
+        goto out;
+    }
+    int seq = moe_engine_seq_alloc(e);
+    for (int i0 = 0; i0 < n; i0 += chunk) {
+        int k = n - i0 < chunk ? n - i0 : chunk;
+        for (int i = 0; i < k; i++) pos[i] = i0 + i, seqv[i] = seq;
+        struct moe_batch b = { .n = k, .tokens = ids + i0, .seq = seqv, .pos = pos };
+        if (moe_engine_forward(e, &b, logits + (size_t)i0 * V) != MOE_OK) {
+            fprintf(stderr, "moeflow logits: %s\n", moe_last_error());
+            goto out;
+        }
+    }
+    for (int i = 0; i < n; i++) ids64[i] = ids[i];
+    struct moe_st_out t[2] = {
+        { .name = "input_ids", .dtype = MOE_DT_I64, .ndim = 1, .shape = { n }, .data = ids64 },
+        { .name = "logits", .dtype = MOE_DT_F32, .ndim = 2, .shape = { n, V }, .data = logits },
+    };
+    const char *meta[] = { "format", "pt", "producer", "moeflow logits", NULL };
+    if (moe_st_write(out_path, t, 2, meta) != MOE_OK) {
+        fprintf(stderr, "moeflow logits: --out %s: %s\n", out_path, moe_last_error());
+        goto out;
+    }
+    rc = 0;
+out:
+    moe_engine_destroy(e);
+    moe_model_close(m);
+    free(logits);
+    free(ids64);
+    free(ids);
+    return rc;
 }

@@ -1,0 +1,163 @@
+/* CPU throughput of the engine on a model (default: the bundled one):
+ * prefill of one 512-token prompt, and greedy decode at batch 1 and at batch
+ * 16 (16 sequences, one token each per step), all experts resident.
+ * Prints the figures and one JSON line.  A benchmark, not a test: it never
+ * fails on a timing.
+ *
+ *   cpu_bench [--model DIR] [--threads N] [--steps N] [--blas] [--reps N] */
+#include "common/moe.h"
+#include "engine/engine.h"
+#include "engine/sampling.h"
+#include "model/model.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bench_opts {
+    const char *model_dir;
+    int threads;      /* engine n_threads */
+    int steps;        /* decode steps timed */
+    int reps;         /* prefill repetitions (best is reported) */
+    bool blas;        /* GEMMs via OpenBLAS (not batch-invariant) */
+};
+
+static void fill_ids(int *ids, int n, int vocab, uint32_t seed)
+{
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        ids[i] = 1 + (int)((seed >> 8) % (uint32_t)(vocab - 1));
+    }
+}
+
+/* Prefill n tokens of one fresh sequence; returns seconds. */
+static double time_prefill(struct moe_engine *e, const int *ids, int n, float *logits)
+{
+    int seq = moe_engine_seq_alloc(e);
+    int *pos = malloc(sizeof(int) * (size_t)n), *sq = malloc(sizeof(int) * (size_t)n);
+    bool *want = calloc((size_t)n, sizeof(bool));
+    for (int i = 0; i < n; i++) pos[i] = i, sq[i] = seq;
+    want[n - 1] = true;
+    struct moe_batch b = { .n = n, .tokens = ids, .seq = sq, .pos = pos, .want_logits = want };
+    double t0 = moe_now();
+    enum moe_status st = moe_engine_forward(e, &b, logits);
+    double dt = moe_now() - t0;
+    if (st != MOE_OK) {
+        fprintf(stderr, "cpu_bench: prefill: %s\n", moe_last_error());
+        dt = -1;
+    }
+    moe_engine_seq_free(e, seq);
+    free(pos), free(sq), free(want);
+    return dt;
+}
+
+/* nseq sequences, each prefilled with plen tokens, then `steps` greedy decode
+ * steps of one token per sequence; returns decode seconds. */
+static double time_decode(struct moe_engine *e, int nseq, int plen, int steps, int vocab)
+{
+    int *slot = malloc(sizeof(int) * (size_t)nseq), *tok = malloc(sizeof(int) * (size_t)nseq);
+    int *pos = malloc(sizeof(int) * (size_t)nseq);
+    int *ids = malloc(sizeof(int) * (size_t)plen);
+    float *lg = malloc(sizeof(float) * (size_t)nseq * (size_t)vocab);
+    double dt = -1;
+    for (int s = 0; s < nseq; s++) {
+        slot[s] = moe_engine_seq_alloc(e);
+        fill_ids(ids, plen, vocab, 77u + (uint32_t)s);
+        int pp[512], sq[512];
+        bool want[512];
+        for (int i = 0; i < plen; i++) pp[i] = i, sq[i] = slot[s], want[i] = i == plen - 1;
+        struct moe_batch b = { .n = plen, .tokens = ids, .seq = sq, .pos = pp, .want_logits = want };
+        if (moe_engine_forward(e, &b, lg) != MOE_OK) goto out;
+        tok[s] = moe_argmax(lg, vocab);
+    }
+    double t0 = moe_now();
+    for (int st = 0; st < steps; st++) {
+        for (int s = 0; s < nseq; s++) pos[s] = moe_engine_seq_len(e, slot[s]);
+        struct moe_batch b = { .n = nseq, .tokens = tok, .seq = slot, .pos = pos };
+        if (moe_engine_forward(e, &b, lg) != MOE_OK) goto out;
+        for (int s = 0; s < nseq; s++) tok[s] = moe_argmax(lg + (size_t)s * vocab, vocab);
+    }
+    dt = moe_now() - t0;
+out:
+    if (dt < 0) fprintf(stderr, "cpu_bench: decode: %s\n", moe_last_error());
+    for (int s = 0; s < nseq; s++) moe_engine_seq_free(e, slot[s]);
+    free(slot), free(tok), free(pos), free(ids), free(lg);
+    return dt;
+}
+
+int main(int argc, char **argv)
+{
+    struct bench_opts o = { moe_default_model_dir(), 1, 64, 3, false };
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' }, { "threads", required_argument, NULL, 't' },
+        { "steps", required_argument, NULL, 's' }, { "reps", required_argument, NULL, 'r' },
+        { "blas", no_argument, NULL, 'b' },        { "help", no_argument, NULL, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "m:t:s:r:bh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o.model_dir = optarg; break;
+        case 't': o.threads = atoi(optarg); break;
+        case 's': o.steps = atoi(optarg); break;
+        case 'r': o.reps = atoi(optarg); break;
+        case 'b': o.blas = true; break;
+        case 'h':
+            printf("usage: cpu_bench [--model DIR] [--threads N] [--steps N] [--reps N] [--blas]\n"
+                   "Prefill of a 512-token prompt and decode at batch 1 and 16 on the CPU backend.\n");
+            return 0;
+        default: return 2;
+        }
+    }
+    if (o.threads < 1 || o.threads > 1024 || o.steps < 1 || o.reps < 1) {
+        fprintf(stderr, "cpu_bench: --threads, --steps and --reps must be >= 1\n");
+        return 2;
+    }
+    struct moe_model *m = moe_model_open(o.model_dir);
+    if (!m) {
+        fprintf(stderr, "cpu_bench: %s\n", moe_last_error());
+        return 1;
+    }
+    const int P = 512, B = 16, PL = 32;
+    int V = m->cfg.vocab;
+    int max_ctx = P + 8 > PL + o.steps + 1 ? P + 8 : PL + o.steps + 1;
+    if (max_ctx > m->cfg.max_pos) max_ctx = m->cfg.max_pos;
+    struct moe_engine_params ep = { .max_seqs = B, .max_ctx = max_ctx, .max_batch_tokens = P,
+                                    .n_threads = o.threads, .cpu_blas = o.blas };
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    if (!e) {
+        fprintf(stderr, "cpu_bench: %s\n", moe_last_error());
+        moe_model_close(m);
+        return 1;
+    }
+    int *ids = malloc(sizeof(int) * P);
+    float *lg = malloc(sizeof(float) * (size_t)V);
+    fill_ids(ids, P, V, 1234u);
+    time_prefill(e, ids, 64, lg); /* warm-up: first-touch of buffers and caches */
+    double best = -1;
+    for (int r = 0; r < o.reps; r++) {
+        double dt = time_prefill(e, ids, P, lg);
+        if (dt > 0 && (best < 0 || dt < best)) best = dt;
+    }
+    double d1 = time_decode(e, 1, PL, o.steps, V);
+    double d16 = time_decode(e, B, PL, o.steps, V);
+    double pf = best > 0 ? P / best : 0, t1 = d1 > 0 ? o.steps / d1 : 0,
+           t16 = d16 > 0 ? (double)B * o.steps / d16 : 0;
+    printf("model %s (%s, %d layers, %d experts top-%d), CPU backend, %d thread(s)%s\n", o.model_dir,
+           moe_family_name(m->cfg.family), m->cfg.n_layers, m->cfg.n_experts, m->cfg.top_k, o.threads,
+           o.blas ? ", OpenBLAS GEMMs" : "");
+    printf("prefill %d tokens      %10.1f tokens/s  (best of %d: %.3f s)\n", P, pf, o.reps, best);
+    printf("decode batch 1         %10.1f tokens/s  (%d steps, %.2f ms/token)\n", t1, o.steps,
+           d1 > 0 ? 1e3 * d1 / o.steps : 0);
+    printf("decode batch %-2d        %10.1f tokens/s  (%d steps, %.2f ms/step)\n", B, t16, o.steps,
+           d16 > 0 ? 1e3 * d16 / o.steps : 0);
+    printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"threads\":%d,\"blas\":%s,\"prefill_tokens\":%d,"
+           "\"prefill_tok_s\":%.1f,\"decode_b1_tok_s\":%.1f,\"decode_b16_tok_s\":%.1f,\"steps\":%d}\n",
+           m->cfg.model_type, o.threads, o.blas ? "true" : "false", P, pf, t1, t16, o.steps);
+    free(ids);
+    free(lg);
+    moe_engine_destroy(e);
+    moe_model_close(m);
+    return best > 0 && d1 > 0 && d16 > 0 ? 0 : 1;
+}

@@ -8,6 +8,9 @@
 
 #include "cuda_internal.h"
 
+extern "C" enum moe_status moe_cuda_gemm_inv_(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,
+                                              enum moe_dtype wdt, int n, int in, int out, bool accumulate,
+                                              float *d_y);
 extern "C" enum moe_status moe_cuda_swiglu_bf16_(struct moe_cuda_ctx *c, const float *d_gate,
                                                  const float *d_up, void *d_out, size_t n);
 
@@ -51,6 +54,8 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
     if (!dtype_ok(wdt))
         return moe_errorf(MOE_ENOTSUP, "linear: weight dtype %s (BF16 or F32)", dt_name(wdt));
     if (n == 0) return MOE_OK;
+    if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT)
+        return moe_cuda_gemm_inv_(c, d_x, d_w, wdt, n, in, out_dim, accumulate, d_y);
     if (wdt == MOE_DT_F32)
         return gemm_one(c, d_w, d_x, wdt, out_dim, n, in, accumulate ? 1.0f : 0.0f, d_y);
     size_t need = (size_t)n * (size_t)in * 2;
@@ -150,6 +155,31 @@ static enum moe_status ffn_loop_proj(struct moe_cuda_ctx *c, const void *const *
     return MOE_OK;
 }
 
+/* Invariant mode: F32 activations throughout, own GEMM kernel per expert. */
+static enum moe_status expert_ffn_inv(struct moe_cuda_ctx *c, const float *d_xp, int n_groups, const int *h_off,
+                                      const struct moe_cuda_expert *h_w, enum moe_dtype wdt, int hidden,
+                                      int inter, float *d_yp)
+{
+    int rows = h_off[n_groups];
+    size_t o_u = align256((size_t)rows * inter * 4), need = o_u + (size_t)rows * inter * 4;
+    float *g = (float *)c->ws, *u = (float *)((char *)c->ws + o_u);
+    enum moe_status st = MOE_OK;
+    if (need > c->ws_bytes) return ws_short(c, "expert_ffn", need);
+    for (int e = 0; e < n_groups && st == MOE_OK; e++) {
+        int r0 = h_off[e], m = h_off[e + 1] - r0;
+        if (m <= 0) continue;
+        const float *xe = d_xp + (size_t)r0 * hidden;
+        float *ge = g + (size_t)r0 * inter, *ue = u + (size_t)r0 * inter;
+        st = moe_cuda_gemm_inv_(c, xe, h_w[e].gate, wdt, m, hidden, inter, false, ge);
+        if (st == MOE_OK) st = moe_cuda_gemm_inv_(c, xe, h_w[e].up, wdt, m, hidden, inter, false, ue);
+        if (st == MOE_OK) st = moe_cuda_swiglu(c, ge, ue, ge, (size_t)m * inter);
+        if (st == MOE_OK)
+            st = moe_cuda_gemm_inv_(c, ge, h_w[e].down, wdt, m, inter, hidden, false, d_yp + (size_t)r0 * hidden);
+        if (st != MOE_OK) moe_error_prefix(st, "expert FFN group %d (%d rows)", e, m);
+    }
+    return st;
+}
+
 extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
                                                const int *h_off, const struct moe_cuda_expert *h_w,
                                                enum moe_dtype wdt, int hidden, int inter, float *d_yp)
@@ -178,6 +208,8 @@ extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const flo
     }
     rows = h_off[n_groups];
     if (rows == 0) return MOE_OK;
+    if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT)
+        return expert_ffn_inv(c, d_xp, n_groups, h_off, h_w, wdt, hidden, inter, d_yp);
 
     if (wdt == MOE_DT_BF16) {
         o_x = 0;

@@ -29,6 +29,9 @@ enum moe_cuda_gemm_mode {
     MOE_CUDA_GEMM_LOOP,    /* one cublasGemmEx per expert: results independent of grouping */
     MOE_CUDA_GEMM_GROUPED, /* one cublasGemmGroupedBatchedEx per projection; falls back to LOOP
                               when cuBLAS reports the type combination unsupported */
+    MOE_CUDA_GEMM_INVARIANT, /* own tiled kernel for linear and expert FFN, F32 activations (no BF16
+                              rounding), fixed reduction order: a row's result is independent of
+                              the rows around it (the backend seam's batch invariance), slower */
 };
 
 struct moe_cuda_params {

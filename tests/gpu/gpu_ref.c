@@ -240,14 +240,14 @@ static float wget(const void *w, enum moe_dtype dt, size_t i)
 }
 
 void ref_linear(const float *x, const void *w, enum moe_dtype wdt, int n, int in, int out, bool accumulate,
-                float *y)
+                bool round_x, float *y)
 {
     for (int t = 0; t < n; t++)
         for (int o = 0; o < out; o++) {
             double a = 0;
             for (int i = 0; i < in; i++) {
                 float xv = x[(size_t)t * in + i];
-                if (wdt == MOE_DT_BF16) xv = g_bf16_round(xv);
+                if (round_x && wdt == MOE_DT_BF16) xv = g_bf16_round(xv);
                 a += (double)xv * wget(w, wdt, (size_t)o * in + i);
             }
             y[(size_t)t * out + o] = accumulate ? y[(size_t)t * out + o] + (float)a : (float)a;
@@ -255,14 +255,14 @@ void ref_linear(const float *x, const void *w, enum moe_dtype wdt, int n, int in
 }
 
 void ref_expert_rows(const float *x, int rows, const void *gate, const void *up, const void *down,
-                     enum moe_dtype wdt, int hidden, int inter, float *y)
+                     enum moe_dtype wdt, int hidden, int inter, bool round_x, float *y)
 {
     float *g = malloc(sizeof(float) * (size_t)rows * inter);
     float *u = malloc(sizeof(float) * (size_t)rows * inter);
-    ref_linear(x, gate, wdt, rows, hidden, inter, false, g);
-    ref_linear(x, up, wdt, rows, hidden, inter, false, u);
+    ref_linear(x, gate, wdt, rows, hidden, inter, false, round_x, g);
+    ref_linear(x, up, wdt, rows, hidden, inter, false, round_x, u);
     ref_swiglu(g, u, g, (size_t)rows * inter);
-    ref_linear(g, down, wdt, rows, inter, hidden, false, y); /* rounds h to BF16 like the GPU */
+    ref_linear(g, down, wdt, rows, inter, hidden, false, round_x, y); /* h rounded like x */
     free(g);
     free(u);
 }

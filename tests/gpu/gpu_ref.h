@@ -46,12 +46,14 @@ void ref_combine(const float *y, const int *inv, const float *w, int n, int k, i
                  float *out);
 void ref_swiglu(const float *g, const float *u, float *o, size_t n);
 void ref_sigmoid_scale_add(const float *s, const float *y, int n, int dim, float *out);
-/* y [n, out] = bf16(x) W^T (W BF16) or x W^T (W F32), accumulated in double. */
+/* y [n, out] = x W^T, accumulated in double; x rounded to BF16 first when
+ * round_x (the cuBLAS path with BF16 weights). */
 void ref_linear(const float *x, const void *w, enum moe_dtype wdt, int n, int in, int out, bool accumulate,
-                float *y);
-/* expert FFN for rows of one expert, with the GPU's rounding points (BF16 x and h). */
+                bool round_x, float *y);
+/* expert FFN for rows of one expert; round_x: the cuBLAS path's rounding
+ * points (BF16 x and h), else F32 throughout (invariant mode). */
 void ref_expert_rows(const float *x, int rows, const void *gate, const void *up, const void *down,
-                     enum moe_dtype wdt, int hidden, int inter, float *y);
+                     enum moe_dtype wdt, int hidden, int inter, bool round_x, float *y);
 int ref_argmax(const float *x, int n);
 
 #endif

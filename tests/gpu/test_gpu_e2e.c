@@ -3,7 +3,9 @@
  * hf-tiny family) the prompt logits are within 5e-2 of the Hugging Face
  * reference and the greedy continuation equals HF's; then every GPU-tier
  * capacity (down to top_k slots) and policy gives bit-identical tokens and
- * logits to the all-resident GPU run.  Skips (77) without a CUDA device. */
+ * logits to the all-resident GPU run.  With the batch-invariant GEMM mode the
+ * same holds against HF, and the prompt fed one token at a time gives the
+ * same bits as the batch prefill.  Skips (77) without a CUDA device. */
 #include <jansson.h>
 
 #include "../../kernels/cuda/cuda_backend.h"
@@ -34,7 +36,7 @@ static int pad_id(const char *dir, const struct moe_config *cfg)
 /* Prompt logits, then G greedy tokens (prefill without pad tokens first, as
  * transformers' generate() masks them). */
 static void run(const struct moe_model *m, struct moe_backend *be, int slots, enum moe_policy_kind pol,
-                const int *ids, int T, int G, int pad, struct run_out *o)
+                const int *ids, int T, int G, int pad, bool token_by_token, struct run_out *o)
 {
     int V = m->cfg.vocab;
     struct moe_provider_cuda_params pp = { .slots = slots, .policy = pol };
@@ -49,6 +51,19 @@ static void run(const struct moe_model *m, struct moe_backend *be, int slots, en
     int seq = moe_engine_seq_alloc(e);
     REQUIRE(run_prompt(e, seq, ids, T, o->logits) == MOE_OK, "prefill: %s", moe_last_error());
     moe_engine_seq_free(e, seq);
+    if (token_by_token) {
+        float *row = malloc(sizeof(float) * V);
+        int diff = 0;
+        seq = moe_engine_seq_alloc(e);
+        for (int i = 0; i < T; i++) {
+            REQUIRE(run_prompt(e, seq, ids + i, 1, row) == MOE_OK, "step: %s", moe_last_error());
+            diff += memcmp(row, o->logits + (size_t)i * V, sizeof(float) * V) != 0;
+        }
+        CHECK(diff == 0, "invariant mode: %d of %d positions differ between prefill and token-by-token",
+              diff, T);
+        moe_engine_seq_free(e, seq);
+        free(row);
+    }
 
     int *kept = malloc(sizeof(int) * (size_t)T), nk = 0;
     for (int i = 0; i < T; i++)
@@ -73,6 +88,14 @@ static void run(const struct moe_model *m, struct moe_backend *be, int slots, en
     free(kept), free(lk), free(step);
 }
 
+/* HF greedy ids as ints (static buffer, reused per call). */
+static const int *gf_int(const float *gf, int G)
+{
+    static int buf[4096];
+    for (int g = 0; g < G && g < 4096; g++) buf[g] = (int)gf[g];
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
     char dir[4096], rel[256], rp[4200], name[64];
@@ -95,6 +118,9 @@ int main(int argc, char **argv)
     struct moe_backend_cuda_params bp = { .device = 0, .workspace_bytes = (size_t)64 << 20 };
     struct moe_backend *be = moe_backend_cuda_create(&bp);
     REQUIRE(be, "CUDA backend: %s", moe_last_error());
+    bp.gemm_mode = MOE_CUDA_GEMM_INVARIANT;
+    struct moe_backend *bi = moe_backend_cuda_create(&bp);
+    REQUIRE(bi, "CUDA backend (invariant GEMMs): %s", moe_last_error());
     int pad = pad_id(dir, &m->cfg), V = m->cfg.vocab, n_moe = 0;
     for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
 
@@ -112,7 +138,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < T; i++) ids[i] = (int)idf[i];
 
         struct run_out all;
-        run(m, be, 0, MOE_POLICY_LRU, ids, (int)T, (int)G, pad, &all);
+        run(m, be, 0, MOE_POLICY_LRU, ids, (int)T, (int)G, pad, false, &all);
         double d = max_abs_diff(all.logits, rl, (size_t)T * V);
         printf("%s p%d: GPU logits max abs diff vs transformers %.3g\n", argv[1], p, d);
         CHECK(d < LOGIT_TOL, "%s p%d: logits differ from HF by %g (tolerance %g)", argv[1], p, d, LOGIT_TOL);
@@ -126,7 +152,7 @@ int main(int argc, char **argv)
         for (int c = 0; c < 3; c++)
             for (int pol = 0; pol < 2; pol++) {
                 struct run_out r;
-                run(m, be, caps[c], pol ? MOE_POLICY_LFU : MOE_POLICY_LRU, ids, (int)T, (int)G, pad, &r);
+                run(m, be, caps[c], pol ? MOE_POLICY_LFU : MOE_POLICY_LRU, ids, (int)T, (int)G, pad, false, &r);
                 CHECK(!memcmp(r.tokens, all.tokens, sizeof(int) * (size_t)G),
                       "%s p%d: tokens with %d GPU slots (%s) differ from all-resident", argv[1], p, caps[c],
                       pol ? "lfu" : "lru");
@@ -135,8 +161,18 @@ int main(int argc, char **argv)
                       p, caps[c], pol ? "lfu" : "lru");
                 free(r.logits), free(r.tokens);
             }
+        /* batch-invariant GEMMs: HF parity and prefill == token-by-token, bit for bit */
+        struct run_out inv;
+        run(m, bi, m->cfg.top_k, MOE_POLICY_LRU, ids, (int)T, (int)G, pad, true, &inv);
+        d = max_abs_diff(inv.logits, rl, (size_t)T * V);
+        printf("%s p%d: invariant-mode logits max abs diff vs transformers %.3g\n", argv[1], p, d);
+        CHECK(d < LOGIT_TOL, "%s p%d: invariant-mode logits differ from HF by %g", argv[1], p, d);
+        CHECK(!memcmp(inv.tokens, gf_int(gf, (int)G), sizeof(int) * (size_t)G),
+              "%s p%d: invariant-mode greedy tokens differ from HF", argv[1], p);
+        free(inv.logits), free(inv.tokens);
         free(all.logits), free(all.tokens), free(ids), free(idf), free(rl), free(gf);
     }
+    moe_backend_destroy(bi);
     moe_backend_destroy(be);
     moe_st_close(ref);
     moe_model_close(m);

@@ -272,6 +272,8 @@ static void test_swiglu_gate(struct g_rng *r, bool adv)
     free(g); free(u); free(got); free(ref);
 }
 
+static bool round_x(void) { return moe_cuda_ctx_gemm_mode(ctx) != MOE_CUDA_GEMM_INVARIANT; }
+
 static void test_linear(struct g_rng *r, bool adv)
 {
     static const int shapes[][3] = { { 1, 64, 96 }, { 7, 256, 130 }, { 33, 512, 1000 } };
@@ -292,7 +294,7 @@ static void test_linear(struct g_rng *r, bool adv)
             OK(moe_cuda_linear(ctx, dx.d, dw.d, dt, n, in, out, true, dy.d));
             dl(&dy, got, "linear");
             memcpy(ref, y0, (size_t)n * out * 4);
-            ref_linear(x, w, dt, n, in, out, true, ref);
+            ref_linear(x, w, dt, n, in, out, true, round_x(), ref);
             cmp(f32 ? "linear f32" : "linear bf16", got, ref, (size_t)n * out, f32 ? 1e-4 : TOL_GEMM);
             g_buf_free(ctx, &dw); g_buf_free(ctx, &dx); g_buf_free(ctx, &dy);
             free(w); free(x); free(y0); free(got); free(ref);
@@ -328,16 +330,55 @@ static void test_expert_ffn(struct g_rng *r, bool adv, enum moe_cuda_gemm_mode m
         if (m)
             ref_expert_rows(x + (size_t)off[e] * hidden, m, w + (size_t)e * 3 * we,
                             w + (size_t)e * 3 * we + we, w + (size_t)e * 3 * we + 2 * we, MOE_DT_BF16,
-                            hidden, inter, ref + (size_t)off[e] * hidden);
+                            hidden, inter, round_x(), ref + (size_t)off[e] * hidden);
     }
-    cmp(mode == MOE_CUDA_GEMM_GROUPED ? "expert_ffn grouped" : "expert_ffn loop", got, ref,
-        (size_t)rows * hidden, TOL_FFN);
+    cmp(mode == MOE_CUDA_GEMM_GROUPED ? "expert_ffn grouped"
+        : mode == MOE_CUDA_GEMM_INVARIANT ? "expert_ffn invariant" : "expert_ffn loop", got, ref,
+        (size_t)rows * hidden, mode == MOE_CUDA_GEMM_INVARIANT ? TOL_GEMM : TOL_FFN);
     /* bad offsets are refused */
     int bad[7] = { 0, 3, 2, 9, 9, 40, 41 };
     CHECK(moe_cuda_expert_ffn(ctx, dx.d, E, bad, ex, MOE_DT_BF16, hidden, inter, dy.d) == MOE_EINVAL,
           "decreasing offsets accepted");
     g_buf_free(ctx, &dw); g_buf_free(ctx, &dx); g_buf_free(ctx, &dy);
     free(w); free(x); free(got); free(ref);
+}
+
+/* Invariant mode: a row's linear / expert-FFN output is bit-identical whether
+ * it is computed alone, at another offset, or inside a larger call. */
+static void test_batch_invariance(struct g_rng *r)
+{
+    int n = 37, in = 320, out = 200, inter = 96;
+    size_t we = (size_t)inter * in;
+    uint16_t *w = malloc(we * 3 * 2), *wl = malloc((size_t)out * in * 2);
+    float *x = malloc((size_t)n * in * 4), *all = malloc((size_t)n * out * 4), *one = malloc((size_t)out * 4);
+    float *fall = malloc((size_t)n * in * 4), *fone = malloc((size_t)in * 4);
+    struct g_buf dw, dwl, dx, dy, dy1, dfy, dfy1;
+    struct moe_cuda_expert ex;
+    g_fill_bf16(r, w, we * 3, 0.05f);
+    g_fill_bf16(r, wl, (size_t)out * in, 0.05f);
+    g_fill(r, x, (size_t)n * in, 1.0f, true);
+    UP(dw, w, we * 3 * 2); UP(dwl, wl, (size_t)out * in * 2); UP(dx, x, (size_t)n * in * 4);
+    OUT(dy, (size_t)n * out * 4); OUT(dy1, (size_t)out * 4); OUT(dfy, (size_t)n * in * 4); OUT(dfy1, (size_t)in * 4);
+    ex.gate = dw.d;
+    ex.up = (const char *)dw.d + we * 2;
+    ex.down = (const char *)dw.d + 2 * we * 2;
+    OK(moe_cuda_linear(ctx, dx.d, dwl.d, MOE_DT_BF16, n, in, out, false, dy.d));
+    int off_all[2] = { 0, n }, off_one[2] = { 0, 1 };
+    OK(moe_cuda_expert_ffn(ctx, dx.d, 1, off_all, &ex, MOE_DT_BF16, in, inter, dfy.d));
+    dl(&dy, all, "invariant linear");
+    dl(&dfy, fall, "invariant expert_ffn");
+    for (int t = 0; t < n; t += 5) {
+        OK(moe_cuda_linear(ctx, (const float *)dx.d + (size_t)t * in, dwl.d, MOE_DT_BF16, 1, in, out, false, dy1.d));
+        OK(moe_cuda_expert_ffn(ctx, (const float *)dx.d + (size_t)t * in, 1, off_one, &ex, MOE_DT_BF16, in, inter,
+                               dfy1.d));
+        dl(&dy1, one, "invariant linear row");
+        dl(&dfy1, fone, "invariant expert_ffn row");
+        CHECK(!memcmp(one, all + (size_t)t * out, (size_t)out * 4), "linear row %d alone differs from batch", t);
+        CHECK(!memcmp(fone, fall + (size_t)t * in, (size_t)in * 4), "expert_ffn row %d alone differs from batch", t);
+    }
+    g_buf_free(ctx, &dw); g_buf_free(ctx, &dwl); g_buf_free(ctx, &dx); g_buf_free(ctx, &dy);
+    g_buf_free(ctx, &dy1); g_buf_free(ctx, &dfy); g_buf_free(ctx, &dfy1);
+    free(w); free(wl); free(x); free(all); free(one); free(fall); free(fone);
 }
 
 static void test_argmax(struct g_rng *r, bool adv)
@@ -417,6 +458,18 @@ int main(void)
     printf("test_gpu_ops: grouped mode in use: %s\n",
            moe_cuda_ctx_gemm_mode(ctx) == MOE_CUDA_GEMM_GROUPED ? "cublasGemmGroupedBatchedEx"
                                                                 : "fallback to per-expert GEMMs");
+    CHECK(moe_cuda_ctx_sync(ctx) == MOE_OK, "sync: %s", moe_last_error());
+    CHECK(!moe_cuda_ctx_poisoned(ctx), "context poisoned");
+    moe_cuda_ctx_destroy(ctx);
+
+    p.gemm_mode = MOE_CUDA_GEMM_INVARIANT;
+    ctx = moe_cuda_ctx_create(&p);
+    REQUIRE(ctx, "context: %s", moe_last_error());
+    for (int adv = 0; adv < 2; adv++) {
+        test_linear(&r, adv);
+        test_expert_ffn(&r, adv, MOE_CUDA_GEMM_INVARIANT);
+    }
+    test_batch_invariance(&r);
     CHECK(moe_cuda_ctx_sync(ctx) == MOE_OK, "sync: %s", moe_last_error());
     CHECK(!moe_cuda_ctx_poisoned(ctx), "context poisoned");
     moe_cuda_ctx_destroy(ctx);

@@ -575,10 +575,19 @@ enum moe_status moe_sched_step(struct moe_sched *s)
             tmp[i] = s->dec[s->order[i]];
         memcpy(s->dec, tmp, sizeof(*s->dec) * (size_t)nd);
     }
-    int n_mb = ng > 0 ? ng : 1;
+    /* Forwards this step: the decode micro-batches, or while prompts wait, as
+     * many as a full step has (max_running / micro_batch), each carrying at most
+     * one prompt chunk: prefill fills idle capacity but never lengthens a step
+     * beyond a full one. */
+    int full = moe_regroup_count(s->p.max_running, mb);
+    int n_mb = ng;
+    if (np > n_mb)
+        n_mb = np < full ? np : full;
+    if (n_mb < 1)
+        n_mb = 1;
     for (int g = 0; g < n_mb; g++) {
         struct rq **v = s->dec + (size_t)g * (size_t)mb;
-        int size = nd > 0 ? moe_regroup_size(nd, mb, g) : 0;
+        int size = g < ng ? moe_regroup_size(nd, mb, g) : 0;
         struct rq *pf = g < np ? s->pre[g] : NULL;
         /* lookahead: what the next micro-batches will need, same for both groupings */
         for (int a = 1; a <= s->p.lookahead && g + a < ng; a++)

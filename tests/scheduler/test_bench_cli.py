@@ -1,0 +1,72 @@
+#!/usr/bin/python3
+"""moeflow bench batch: usage errors exit 2 with a message naming the flag,
+--help exits 0, and a small run prints the JSON figures, identical (except
+timings) across two runs and across both prompt file formats' loaders."""
+import json
+import os
+import subprocess
+import sys
+
+BIN = os.path.join(os.environ.get("MOEFLOW_BINARY_DIR", "."), "server", "moeflow")
+SRC = os.environ.get("MOEFLOW_SOURCE_DIR", ".")
+HERE = os.path.join(SRC, "tests", "scheduler")
+fails = 0
+
+
+def check(cond, msg):
+    global fails
+    if not cond:
+        print("FAIL:", msg, file=sys.stderr)
+        fails += 1
+
+
+def run(*args):
+    p = subprocess.run([BIN, "bench", "batch", *args], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+base = ["--prompts", os.path.join(HERE, "prompts-small.json"), "--concurrency", "8", "--micro-batch", "4",
+        "--max-tokens", "6", "--prompt-tokens", "24", "--capacity-frac", "0.25"]
+
+rc, out, err = run("--help")
+check(rc == 0 and "--grouping" in out, f"--help: rc {rc}")
+for args, needle in [
+    (["--prompts", "x"], "--concurrency"),
+    (base, "--grouping"),
+    (base + ["--grouping", "lifo"], "--grouping 'lifo'"),
+    (base + ["--grouping", "fcfs", "--capacity", "10"], "exactly one of --capacity"),
+    (base[:-2] + ["--grouping", "fcfs", "--capacity-frac", "1.5"], "--capacity-frac '1.5'"),
+    (base + ["--grouping", "fcfs", "--micro-batch", "9"], "--micro-batch 9"),
+    (base + ["--grouping", "fcfs", "--predictor", "crystal-ball"], "crystal-ball"),
+]:
+    rc, out, err = run(*args)
+    check(rc == 2 and needle in err, f"{args}: rc {rc}, stderr {err.strip()!r} lacks {needle!r}")
+
+rc, out, err = run("--prompts", "/nonexistent/prompts.txt", *base[2:], "--grouping", "fcfs")
+check(rc == 1 and "/nonexistent/prompts.txt" in err, f"missing prompts file: rc {rc} {err.strip()!r}")
+
+results = {}
+for g in ("fcfs", "regroup"):
+    runs = []
+    for _ in range(2):
+        rc, out, err = run(*base, "--grouping", g, "--json")
+        check(rc == 0, f"{g}: rc {rc} {err.strip()!r}")
+        if rc != 0:
+            continue
+        j = json.loads(out)
+        for k in ("experts_per_layer_step", "transfers_per_token", "hit_rate", "tokens_per_s"):
+            check(isinstance(j.get(k), (int, float)), f"{g}: key {k} missing or not a number")
+        check(j["generated_tokens"] == 8 * 6, f"{g}: generated {j['generated_tokens']}")
+        check(j["requests"] == 8 and j["capacity"] == 64, f"{g}: requests {j['requests']} capacity {j['capacity']}")
+        check(0 <= j["hit_rate"] <= 1 and j["experts_per_layer_step"] > 0, f"{g}: {j}")
+        runs.append(j)
+    if len(runs) == 2:
+        for k in ("experts_per_layer_step", "transfers", "hits", "misses", "steps", "forwards"):
+            check(runs[0][k] == runs[1][k], f"{g}: {k} differs across runs: {runs[0][k]} vs {runs[1][k]}")
+        results[g] = runs[0]
+
+rc, out, err = run("--prompts", os.path.join(HERE, "prompts-small.txt"), *base[2:], "--grouping", "fcfs")
+check(rc == 0 and "experts per layer-step" in out and "3 requests" in out, f"text prompts: rc {rc} {out!r} {err!r}")
+
+print("test_bench_cli:", "ok" if not fails else f"{fails} check(s) failed")
+sys.exit(1 if fails else 0)

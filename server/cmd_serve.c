@@ -37,7 +37,9 @@ int moe_cmd_serve(int argc, char **argv)
     if (!lo)
         return 1;
     for (int i = 0; i < n_opts; i++)
-        lo[i] = (struct option){ opts[i].name, required_argument, NULL, 1000 + i };
+        lo[i] = (struct option){ opts[i].name,
+                                 opts[i].type == MOE_OPT_OFFLOAD_FLAG ? no_argument : required_argument,
+                                 NULL, 1000 + i };
     lo[n_opts] = (struct option){ "config", required_argument, NULL, 'c' };
     lo[n_opts + 1] = (struct option){ "help", no_argument, NULL, 'h' };
 
@@ -69,7 +71,7 @@ int moe_cmd_serve(int argc, char **argv)
                     break;
                 }
             } else if (c >= 1000 && pass == 1) {
-                if (moe_serve_config_set(&cfg, opts[c - 1000].name, optarg) != MOE_OK) {
+                if (moe_serve_config_set(&cfg, opts[c - 1000].name, optarg ? optarg : "true") != MOE_OK) {
                     fprintf(stderr, "moeflow serve: --%s\n", moe_last_error());
                     rc = 2;
                     break;

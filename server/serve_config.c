@@ -12,47 +12,75 @@
 
 static const struct moe_serve_opt opts[] = {
     { "model", MOE_OPT_STRING, OFF(model), SZ(model), "", 0, 0,
-      "model directory (default: the bundled model, or $MOEFLOW_MODEL)" },
+      "model directory (default: the bundled model, or $MOEFLOW_MODEL)", 0 },
     { "model-name", MOE_OPT_STRING, OFF(model_name), SZ(model_name), "", 0, 0,
-      "model name served by the APIs (default: the model directory's name)" },
+      "model name served by the APIs (default: the model directory's name)", 0 },
     { "host", MOE_OPT_STRING, OFF(host), SZ(host), "127.0.0.1", 0, 0,
-      "address the gRPC and HTTP listeners bind" },
-    { "grpc-port", MOE_OPT_INT, OFF(grpc_port), 0, "50051", 0, 65535, "gRPC port (0 = off)" },
-    { "http-port", MOE_OPT_INT, OFF(http_port), 0, "8000", 0, 65535, "HTTP port (0 = off)" },
-    { "threads", MOE_OPT_INT, OFF(threads), 0, "1", 1, 256, "BLAS threads of the engine" },
-    { "max-seqs", MOE_OPT_INT, OFF(max_seqs), 0, "32", 1, 4096, "KV cache slots (sequences)" },
+      "address the gRPC and HTTP listeners bind", 0 },
+    { "grpc-port", MOE_OPT_INT, OFF(grpc_port), 0, "50051", 0, 65535, "gRPC port (0 = off)", 0 },
+    { "http-port", MOE_OPT_INT, OFF(http_port), 0, "8000", 0, 65535, "HTTP port (0 = off)", 0 },
+    { "threads", MOE_OPT_INT, OFF(threads), 0, "1", 1, 256, "BLAS threads of the engine", 0 },
+    { "max-seqs", MOE_OPT_INT, OFF(max_seqs), 0, "32", 1, 4096, "KV cache slots (sequences)", 0 },
     { "max-ctx", MOE_OPT_INT, OFF(max_ctx), 0, "0", 0, 1 << 20,
-      "tokens per sequence, prompt + output (0 = the model's maximum)" },
+      "tokens per sequence, prompt + output (0 = the model's maximum)", 0 },
     { "max-batch-tokens", MOE_OPT_INT, OFF(max_batch_tokens), 0, "512", 1, 1 << 16,
-      "tokens per forward pass" },
+      "tokens per forward pass", 0 },
     { "max-running", MOE_OPT_INT, OFF(max_running), 0, "16", 1, 4096,
-      "sequences decoding at once (<= max-seqs)" },
+      "sequences decoding at once (<= max-seqs)", 0 },
     { "max-queued", MOE_OPT_INT, OFF(max_queued), 0, "64", 0, 1 << 20,
-      "waiting requests; more are refused at once (RESOURCE_EXHAUSTED / HTTP 429)" },
+      "waiting requests; more are refused at once (RESOURCE_EXHAUSTED / HTTP 429)", 0 },
     { "max-tokens-in-flight", MOE_OPT_I64, OFF(max_tokens_in_flight), 0, "1048576", 1, 1e12,
-      "sum of prompt + max_tokens over accepted requests" },
+      "sum of prompt + max_tokens over accepted requests", 0 },
     { "max-prompt", MOE_OPT_INT, OFF(max_prompt), 0, "0", 0, 1 << 20,
-      "tokens per prompt (0 = context - 1)" },
+      "tokens per prompt (0 = context - 1)", 0 },
     { "max-output", MOE_OPT_INT, OFF(max_output), 0, "0", 0, 1 << 20,
-      "most tokens one request may ask for, max_tokens (0 = context - 1)" },
-    { "micro-batch", MOE_OPT_INT, OFF(micro_batch), 0, "16", 1, 4096, "sequences per forward pass" },
+      "most tokens one request may ask for, max_tokens (0 = context - 1)", 0 },
+    { "micro-batch", MOE_OPT_INT, OFF(micro_batch), 0, "16", 1, 4096, "sequences per forward pass", 0 },
     { "prefill-chunk", MOE_OPT_INT, OFF(prefill_chunk), 0, "128", 1, 1 << 16,
-      "prompt tokens per forward pass per sequence" },
+      "prompt tokens per forward pass per sequence", 0 },
     { "grouping", MOE_OPT_STRING, OFF(grouping), SZ(grouping), "fcfs", 0, 0,
-      "micro-batch grouping: fcfs or regroup (token regrouping by experts)" },
+      "micro-batch grouping: fcfs or regroup (token regrouping by experts)", 0 },
+    { "aging-steps", MOE_OPT_INT, OFF(aging_steps), 0, "0", 0, 1 << 20,
+      "a waiting request gains one priority level per this many steps (0 = 64)", 0 },
+    { "lookahead", MOE_OPT_INT, OFF(lookahead), 0, "0", -1, 64,
+      "micro-batches ahead whose predicted experts are prefetched (0 = 1, -1 = none)", 0 },
+    { "path-decay", MOE_OPT_DOUBLE, OFF(path_decay), 0, "0", 0, 0.999,
+      "regroup on routing history weighted decay^age when no predictor (0 = last token only)", 0 },
+    { "predictor", MOE_OPT_STRING, OFF(predictor), SZ(predictor), "none", 0, 0,
+      "routing-path predictor: none, gate[:DEPTH], path[:FILE], history, path+gate", 0 },
+    { "prefetch-min-score", MOE_OPT_DOUBLE, OFF(prefetch_min_score), 0, "0", 0, 1,
+      "prefetch predicted experts scored at least this (0 = 0.5)", 0 },
+    { "prefetch-max-per-layer", MOE_OPT_INT, OFF(prefetch_max_per_layer), 0, "0", 0, 4096,
+      "prefetch at most this many experts per layer and prediction (0 = top_k)", 0 },
+    { "store", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
+      "packed expert store (moeflow pack) as the lowest tier; default: the safetensors", MOE_OPT_STORE },
+    { "gpu-experts", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
+      "expert slots of the device tier (unset = all experts resident)", MOE_OPT_GPU_EXPERTS },
+    { "gpu-cache-bytes", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
+      "device tier size in bytes (alternative to gpu-experts)", MOE_OPT_GPU_BYTES },
+    { "host-experts", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
+      "expert records of the host tier (default: twice the device slots)", MOE_OPT_HOST_EXPERTS },
+    { "host-cache-bytes", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
+      "host tier size in bytes (alternative to host-experts)", MOE_OPT_HOST_BYTES },
+    { "policy", MOE_OPT_OFFLOAD, 0, 0, "lru", 0, 0,
+      "device tier eviction policy (see moeflow sim --help)", MOE_OPT_POLICY },
+    { "queue-depth", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0, "io_uring queue depth (default 32)",
+      MOE_OPT_QUEUE_DEPTH },
+    { "no-io-uring", MOE_OPT_OFFLOAD_FLAG, 0, 0, "", 0, 0,
+      "read the store with pread instead of io_uring (config file: true/false)", MOE_OPT_NO_IO_URING },
     { "default-max-tokens", MOE_OPT_INT, OFF(default_max_tokens), 0, "16", 1, 1 << 20,
-      "max_tokens of a request that gives none" },
+      "max_tokens of a request that gives none", 0 },
     { "request-timeout", MOE_OPT_DOUBLE, OFF(request_timeout), 0, "0", 0, 86400,
-      "seconds; default deadline of a request (0 = none)" },
+      "seconds; default deadline of a request (0 = none)", 0 },
     { "max-body-bytes", MOE_OPT_INT, OFF(max_body_bytes), 0, "1048576", 256, 1 << 30,
-      "largest HTTP request body (413 beyond)" },
+      "largest HTTP request body (413 beyond)", 0 },
     { "max-message-bytes", MOE_OPT_INT, OFF(max_message_bytes), 0, "1048576", 256, 1 << 30,
-      "largest gRPC message (RESOURCE_EXHAUSTED beyond)" },
+      "largest gRPC message (RESOURCE_EXHAUSTED beyond)", 0 },
     { "drain-timeout", MOE_OPT_DOUBLE, OFF(drain_timeout), 0, "30", 0, 86400,
-      "seconds SIGTERM waits for in-flight requests before cancelling them" },
+      "seconds SIGTERM waits for in-flight requests before cancelling them", 0 },
     { "warmup-tokens", MOE_OPT_INT, OFF(warmup_tokens), 0, "2", 0, 1024,
-      "tokens generated at start-up before readiness turns on (0 = none)" },
-    { NULL, 0, 0, 0, NULL, 0, 0, NULL },
+      "tokens generated at start-up before readiness turns on (0 = none)", 0 },
+    { NULL, 0, 0, 0, NULL, 0, 0, NULL, 0 },
 };
 
 const struct moe_serve_opt *moe_serve_opts(void) { return opts; }
@@ -75,10 +103,47 @@ static const struct moe_serve_opt *find_opt(const char *key)
     return NULL;
 }
 
+static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_serve_opt *o,
+                                   const char *value)
+{
+    if (o->type == MOE_OPT_OFFLOAD_FLAG) {
+        if (!strcmp(value, "") || !strcmp(value, "false") || !strcmp(value, "0"))
+            return MOE_OK; /* off is the default; the runtime has no "off" value */
+        if (strcmp(value, "true") && strcmp(value, "1"))
+            return moe_errorf(MOE_EINVAL, "%s: '%s' is not true or false", o->name, value);
+        if (moe_offload_opts_parse(&c->offload, o->code, NULL) < 0)
+            return moe_error_prefix(MOE_EINVAL, "%s", o->name);
+        return MOE_OK;
+    }
+    if (!value[0])
+        return MOE_OK; /* unset */
+    char *dst;
+    size_t cap;
+    if (o->code == MOE_OPT_STORE) {
+        dst = c->store_path;
+        cap = sizeof(c->store_path);
+    } else {
+        int slot = o->code - MOE_OPT_STORE;
+        if (slot < 0 || slot >= (int)MOE_ARRAY_LEN(c->offload_args))
+            return moe_errorf(MOE_EINVAL, "%s: option table error", o->name);
+        dst = c->offload_args[slot];
+        cap = sizeof(c->offload_args[slot]);
+    }
+    if (strlen(value) >= cap)
+        return moe_errorf(MOE_EINVAL, "%s: value '%.64s' is too long (at most %zu bytes)", o->name,
+                          value, cap - 1);
+    strcpy(dst, value);
+    if (moe_offload_opts_parse(&c->offload, o->code, dst) < 0)
+        return moe_error_prefix(MOE_EINVAL, "%s = '%s'", o->name, value);
+    return MOE_OK;
+}
+
 static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serve_opt *o,
                                const char *value)
 {
     char *base = (char *)c + o->offset;
+    if (o->type == MOE_OPT_OFFLOAD || o->type == MOE_OPT_OFFLOAD_FLAG)
+        return set_offload(c, o, value);
     if (o->type == MOE_OPT_STRING) {
         if (strlen(value) >= o->size)
             return moe_errorf(MOE_EINVAL, "%s: value '%.64s...' is too long (at most %zu bytes)",
@@ -110,7 +175,7 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
     case MOE_OPT_INT: *(int *)base = (int)iv; break;
     case MOE_OPT_I64: *(long long *)base = iv; break;
     case MOE_OPT_DOUBLE: *(double *)base = v; break;
-    case MOE_OPT_STRING: break;
+    default: break;
     }
     return MOE_OK;
 }
@@ -118,6 +183,7 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
 void moe_serve_config_defaults(struct moe_serve_config *c)
 {
     memset(c, 0, sizeof(*c));
+    moe_offload_opts_init(&c->offload);
     for (const struct moe_serve_opt *o = opts; o->name; o++)
         if (set_opt(c, o, o->def) != MOE_OK)
             MOE_ERR("serve option table: bad default of %s", o->name);
@@ -199,13 +265,15 @@ enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
 
 void moe_serve_config_help(FILE *f)
 {
-    static const char *tn[] = { "INT", "INT", "SECONDS", "TEXT" };
+    static const char *tn[] = { "INT", "INT", "NUM", "TEXT", "VALUE", "" };
     for (const struct moe_serve_opt *o = opts; o->name; o++) {
         char flag[64], range[64] = "";
         snprintf(flag, sizeof(flag), "--%s %s", o->name, tn[o->type]);
-        if (o->type != MOE_OPT_STRING)
+        if (o->type <= MOE_OPT_DOUBLE)
             snprintf(range, sizeof(range), ", range %.15g..%.15g", o->min, o->max);
-        fprintf(f, "  %-32s %s (default %s%s)\n", flag, o->help, o->def[0] ? o->def : "\"\"",
-                range);
+        if (o->def[0])
+            fprintf(f, "  %-32s %s (default %s%s)\n", flag, o->help, o->def, range);
+        else
+            fprintf(f, "  %-32s %s\n", flag, o->help);
     }
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "../common/moe.h"
+#include "../offload/runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,6 +35,17 @@ struct moe_serve_config {
     int micro_batch;           /* sequences per forward() */
     int prefill_chunk;         /* prompt tokens per forward() per sequence */
     char grouping[16];         /* "fcfs" or "regroup" */
+    int aging_steps;           /* steps per priority level gained while waiting (0 = default) */
+    int lookahead;             /* micro-batches ahead prefetched (0 = default 1, -1 = none) */
+    double path_decay;         /* routing-history decay for regrouping without a predictor */
+    /* routing-path predictor (predictor/predictor.h) */
+    char predictor[4200];      /* --predictor spec ("none", "gate", "path[:FILE]", ...) */
+    double prefetch_min_score; /* prefetch experts scored at least this (0 = default) */
+    int prefetch_max_per_layer;/* at most this many per layer (0 = top_k) */
+    /* expert cache tiers (offload/runtime.h flags, same names) */
+    struct moe_offload_opts offload;
+    char store_path[4096];     /* storage behind offload.store */
+    char offload_args[8][64];  /* storage behind the other offload values */
     /* requests */
     int default_max_tokens;    /* when a request gives none */
     double request_timeout;    /* seconds; default deadline of a request (0 = none) */
@@ -46,7 +58,11 @@ struct moe_serve_config {
     char model_name[128];      /* name served in APIs ("" = model directory's basename) */
 };
 
-enum moe_serve_opt_type { MOE_OPT_INT, MOE_OPT_I64, MOE_OPT_DOUBLE, MOE_OPT_STRING };
+enum moe_serve_opt_type {
+    MOE_OPT_INT, MOE_OPT_I64, MOE_OPT_DOUBLE, MOE_OPT_STRING,
+    MOE_OPT_OFFLOAD,           /* value handed to moe_offload_opts_parse(code) */
+    MOE_OPT_OFFLOAD_FLAG,      /* switch: a flag without value, or true/false in the file */
+};
 
 struct moe_serve_opt {
     const char *name;          /* flag without "--", and config-file key */
@@ -56,6 +72,7 @@ struct moe_serve_opt {
     const char *def;           /* default, as text */
     double min, max;           /* numeric range (inclusive) */
     const char *help;
+    int code;                  /* MOE_OPT_OFFLOAD*: the offload/runtime.h getopt value */
 };
 
 /* The table, terminated by an entry with name == NULL. */

@@ -458,6 +458,36 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         "# TYPE moeflow:moe_layer_steps_total counter\nmoeflow:moe_layer_steps_total{%s} %llu\n",
         lbl, (unsigned long long)ss.experts_activated, lbl, (unsigned long long)ss.layer_steps);
     moe_metrics_render(&s->metrics, &b, lbl);
+    struct moe_offload_stats os;
+    memset(&os, 0, sizeof(os));
+    bool tiered = s->provider && moe_provider_tiered_stats(s->provider, &os);
+    moe_strbuf_printf(&b,
+        "# HELP moeflow:expert_cache_hits_total Expert acquires served from the tier.\n"
+        "# TYPE moeflow:expert_cache_hits_total counter\n"
+        "moeflow:expert_cache_hits_total{%s,tier=\"device\"} %llu\n"
+        "moeflow:expert_cache_hits_total{%s,tier=\"host\"} %llu\n"
+        "# HELP moeflow:expert_cache_misses_total Expert acquires not served from the tier.\n"
+        "# TYPE moeflow:expert_cache_misses_total counter\n"
+        "moeflow:expert_cache_misses_total{%s,tier=\"device\"} %llu\n"
+        "moeflow:expert_cache_misses_total{%s,tier=\"host\"} %llu\n"
+        "# HELP moeflow:expert_cache_bytes_total Bytes moved into the tier.\n"
+        "# TYPE moeflow:expert_cache_bytes_total counter\n"
+        "moeflow:expert_cache_bytes_total{%s,tier=\"device\"} %llu\n"
+        "moeflow:expert_cache_bytes_total{%s,tier=\"host\"} %llu\n"
+        "# HELP moeflow:expert_prefetches_total Expert loads started by prefetch (device tier).\n"
+        "# TYPE moeflow:expert_prefetches_total counter\nmoeflow:expert_prefetches_total{%s} %llu\n"
+        "# HELP moeflow:expert_prefetch_hits_total Demand hits on prefetched experts (device tier).\n"
+        "# TYPE moeflow:expert_prefetch_hits_total counter\nmoeflow:expert_prefetch_hits_total{%s} %llu\n"
+        "# HELP moeflow:expert_prefetch_accuracy Prefetch hits / prefetches (0 when none).\n"
+        "# TYPE moeflow:expert_prefetch_accuracy gauge\nmoeflow:expert_prefetch_accuracy{%s} %.6f\n"
+        "# HELP moeflow:expert_cache_tiered 1 when experts are served by the tiered cache.\n"
+        "# TYPE moeflow:expert_cache_tiered gauge\nmoeflow:expert_cache_tiered{%s} %d\n",
+        lbl, (unsigned long long)os.device.hits, lbl, (unsigned long long)os.host.hits,
+        lbl, (unsigned long long)os.device.misses, lbl, (unsigned long long)os.host.misses,
+        lbl, (unsigned long long)os.device.bytes, lbl, (unsigned long long)os.host.bytes,
+        lbl, (unsigned long long)os.device.prefetches, lbl, (unsigned long long)os.device.prefetch_hits,
+        lbl, os.device.prefetches ? (double)os.device.prefetch_hits / (double)os.device.prefetches : 0.0,
+        lbl, tiered ? 1 : 0);
     moe_strbuf_printf(&b,
         "# HELP moeflow:server_ready 1 when loaded, warm and not draining.\n"
         "# TYPE moeflow:server_ready gauge\nmoeflow:server_ready{%s} %d\n"
@@ -601,11 +631,33 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
         s->cfg.max_output = s->max_ctx - 1;
     if (s->cfg.default_max_tokens > s->cfg.max_output)
         s->cfg.default_max_tokens = s->cfg.max_output;
+    if (moe_offload_provider_create(s->model, &s->cfg.offload, &s->provider) != MOE_OK) {
+        moe_error_prefix(MOE_EINVAL, "expert cache");
+        goto out_fail;
+    }
+    struct moe_pred_spec spec;
+    if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK) {
+        moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
+        goto out_fail;
+    }
+    if (spec.kind != MOE_PRED_NONE) {
+        s->predictor = moe_predictor_create(s->model, &spec, cfg->max_seqs);
+        if (!s->predictor) {
+            moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
+            goto out_fail;
+        }
+        struct moe_pred_prefetch pf = {
+            .min_score = (float)cfg->prefetch_min_score,
+            .max_per_layer = cfg->prefetch_max_per_layer,
+        };
+        moe_predictor_set_provider(s->predictor, s->provider, &pf);
+    }
     struct moe_engine_params ep = {
         .max_seqs = cfg->max_seqs,
         .max_ctx = s->max_ctx,
         .max_batch_tokens = cfg->max_batch_tokens,
         .n_threads = cfg->threads,
+        .provider = s->provider,
     };
     s->engine = moe_engine_create(s->model, &ep);
     if (!s->engine) {
@@ -621,6 +673,13 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
         .micro_batch = cfg->micro_batch,
         .prefill_chunk = cfg->prefill_chunk,
         .grouping = strcmp(cfg->grouping, "regroup") ? MOE_GROUP_FCFS : MOE_GROUP_REGROUP,
+        .aging_steps = cfg->aging_steps,
+        .lookahead = cfg->lookahead,
+        .provider = s->provider,
+        .path_decay = (float)cfg->path_decay,
+        .predictor = s->predictor,
+        .engine_max_ctx = s->max_ctx,
+        .engine_max_batch_tokens = cfg->max_batch_tokens,
     };
     s->sched = moe_sched_create(s->engine, &sp);
     if (!s->sched) {
@@ -702,6 +761,10 @@ void moe_server_destroy(struct moe_server *s)
         moe_sched_destroy(s->sched);
     if (s->engine)
         moe_engine_destroy(s->engine);
+    if (s->predictor)
+        moe_predictor_destroy(s->predictor);
+    if (s->provider)
+        moe_provider_destroy(s->provider);
     if (s->tok)
         moe_tokenizer_free(s->tok);
     if (s->model)

@@ -19,6 +19,8 @@
 #include "../engine/engine.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
+#include "../offload/runtime.h"
+#include "../predictor/predictor.h"
 #include "../scheduler/scheduler.h"
 #include "metrics.h"
 #include "requests.h"
@@ -80,6 +82,8 @@ struct moe_server {
     char model_name[128];
     struct moe_model *model;
     struct moe_tokenizer *tok;
+    struct moe_provider *provider; /* tiered expert cache, or NULL (engine's resident one) */
+    struct moe_predictor *predictor; /* or NULL */
     struct moe_engine *engine;
     struct moe_sched *sched;
     int max_ctx;                   /* tokens per sequence */

@@ -1,5 +1,7 @@
 """Integration: a live `moeflow serve` driven by python3-grpcio and curl.
-usage: test_serve_api.py MOEFLOW_BINARY SOURCE_DIR"""
+usage: test_serve_api.py MOEFLOW_BINARY SOURCE_DIR [SERVE FLAGS...]
+With serve flags that turn on the tiered expert cache, also checks the cache
+metrics (the tokens must not change: outputs do not depend on where experts are)."""
 import json
 import os
 import sys
@@ -28,7 +30,9 @@ def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
     m, k, h = pb["m"], pb["k"], pb["h"]
-    srv = Server(moeflow, "--max-body-bytes", "65536", "--max-message-bytes", "65536")
+    extra = sys.argv[3:]
+    tiered = any(a in ("--gpu-experts", "--gpu-cache-bytes", "--host-experts", "--store") for a in extra)
+    srv = Server(moeflow, "--max-body-bytes", "65536", "--max-message-bytes", "65536", *extra)
     try:
         ch = grpc.insecure_channel(srv.target)
         gen = pb["mg"].GenerationStub(ch)
@@ -160,6 +164,12 @@ def main():
         check(acc > 0 and acc == done, "accepted %s != completed+cancelled+failed %s" % (acc, done))
         check(metric(ms, "moeflow:time_to_first_token_seconds_count") > 0, "ttft histogram")
         check(metric(ms, "moeflow:request_rejected_total", reason="invalid") >= 4, "rejections counted")
+        if tiered:
+            check(metric(ms, "moeflow:expert_cache_tiered") == 1, "tiered cache not reported")
+            acq = (metric(ms, "moeflow:expert_cache_hits_total", tier="device") +
+                   metric(ms, "moeflow:expert_cache_misses_total", tier="device"))
+            check(acq > 0 and metric(ms, "moeflow:expert_cache_bytes_total", tier="device") > 0,
+                  "device tier counters: %s" % acq)
         rc = srv.stop()
         check(rc == 0, "exit status after SIGTERM %d" % rc)
     finally:

@@ -7,6 +7,7 @@
 #include "../engine/sampling.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
+#include "../offload/runtime.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -24,6 +25,7 @@ struct gen_opts {
     int max_tokens;            /* --max-tokens, tokens generated at most */
     struct moe_sampling samp;  /* --temperature --top-p --top-k --seed */
     int threads;               /* --threads, CPU worker threads */
+    struct moe_offload_opts off; /* --store --gpu-experts ... --stats (offload/runtime.h) */
 };
 
 static void usage(FILE *f)
@@ -41,8 +43,8 @@ static void usage(FILE *f)
             "  --top-k K          sample among the K most likely tokens (default 0 = off)\n"
             "  --seed S           random seed for sampling (default 0)\n"
             "  --threads N        CPU threads (default 1)\n"
-            "  --help             this text\n",
-            moe_default_model_dir());
+            "  --help             this text\n\n%s",
+            moe_default_model_dir(), moe_offload_help());
 }
 
 static bool parse_int(const char *s, long lo, long hi, long *out)
@@ -79,6 +81,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "seed", required_argument, NULL, OPT_SEED },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "help", no_argument, NULL, 'h' },
+        MOE_OFFLOAD_LONG_OPTIONS,
         { 0, 0, 0, 0 },
     };
     memset(o, 0, sizeof(*o));
@@ -86,6 +89,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     o->max_tokens = 128;
     o->samp.top_p = 1.0f;
     o->threads = 1;
+    moe_offload_opts_init(&o->off);
     optind = 1;
     opterr = 0;
     int c;
@@ -142,9 +146,16 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case ':':
             fprintf(stderr, "moeflow generate: %s needs a value\n", argv[optind - 1]);
             return 2;
-        default:
+        default: {
+            int r = moe_offload_opts_parse(&o->off, c, optarg);
+            if (r > 0) break;
+            if (r < 0) {
+                fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+                return 2;
+            }
             fprintf(stderr, "moeflow generate: unknown option '%s' (see --help)\n", argv[optind - 1]);
             return 2;
+        }
         }
     }
     if (optind < argc) {
@@ -164,10 +175,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
 static enum moe_status gen_provider_create(const struct moe_model *m, const struct gen_opts *o,
                                            struct moe_provider **out)
 {
-    (void)m;
-    (void)o;
-    *out = NULL;
-    return MOE_OK;
+    return moe_offload_provider_create(m, &o->off, out);
 }
 
 static bool is_eos(const struct moe_config *c, int tok)
@@ -292,6 +300,10 @@ int moe_cmd_generate(int argc, char **argv)
         goto out;
     }
     if (gen_run(e, tok, &o, ids, (int)n_ids) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        goto out;
+    }
+    if (moe_offload_report(prov, &o.off) != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         goto out;
     }

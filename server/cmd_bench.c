@@ -1,12 +1,522 @@
-/* moeflow bench: placeholder until the capability lands. */
+/* moeflow bench batch: requests through the real scheduler, engine and expert
+ * cache; prints distinct experts per layer-step, transfers per generated
+ * token, device-tier hit rate and tokens/s.
+ *
+ * All requests are submitted before the first step and the scheduler is
+ * stepped on this thread, so every figure except tokens/s is deterministic
+ * for the same flags. */
 #include "cli.h"
 
+#include "../model/model.h"
+#include "../model/tokenizer.h"
+#include "../offload/runtime.h"
+#include "../predictor/predictor.h"
+#include "../scheduler/scheduler.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bench_opts {
+    const char *model_dir;
+    const char *prompts;
+    int concurrency;         /* sequences decoding at once */
+    int micro_batch;         /* sequences per forward() */
+    int max_tokens;          /* new tokens per request */
+    int prefill_chunk;       /* prompt tokens per forward() */
+    int prompt_tokens;       /* prompts are cut to their first N tokens */
+    int lookahead;           /* micro-batches prefetched ahead (-1 off) */
+    int threads;             /* BLAS threads */
+    enum moe_grouping grouping;
+    int capacity;            /* device-tier expert slots (0 = unset) */
+    double capacity_frac;    /* or a fraction of MoE layers x experts (0 = unset) */
+    const char *predictor;   /* predictor spec */
+    bool json;
+    struct moe_offload_opts oo;
+};
+
+static void bench_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moeflow bench batch [--model DIR] --prompts FILE --concurrency N --micro-batch M\n"
+            "                           --max-tokens T --grouping fcfs|regroup\n"
+            "                           (--capacity N | --capacity-frac F) [--predictor SPEC] [--json]\n"
+            "\n"
+            "Runs every prompt of FILE through the scheduler (continuous batching, N sequences at\n"
+            "once in micro-batches of M), the engine and the tiered expert cache, and reports the\n"
+            "distinct experts activated per MoE layer-step, expert transfers per generated token,\n"
+            "the device-tier hit rate and tokens/s.\n"
+            "\n"
+            "  --model DIR          model directory (default: the bundled model)\n"
+            "  --prompts FILE       one prompt per line (\\n, \\t, \\\\ escaped) or a JSON array of strings\n"
+            "  --concurrency N      sequences decoding at once\n"
+            "  --micro-batch M      sequences per forward pass\n"
+            "  --max-tokens T       new tokens per request (EOS ignored, so every request makes T)\n"
+            "  --grouping G         fcfs (admission order) or regroup (by predicted routing paths)\n"
+            "  --capacity N         device-tier expert slots\n"
+            "  --capacity-frac F    device slots = floor(F x MoE layers x experts)\n"
+            "  --predictor SPEC     routing-path predictor (none, gate[:D], path[:FILE], history,\n"
+            "                       path+gate[:FILE], auto; default none): regrouping paths and prefetch\n"
+            "  --prefill-chunk N    prompt tokens per forward pass (default 256)\n"
+            "  --prompt-tokens N    cut each prompt to its first N tokens (default 256; 0 = whole)\n"
+            "  --lookahead N        micro-batches whose predicted experts are prefetched ahead\n"
+            "                       (default 1; 0 = off)\n"
+            "  --threads N          BLAS threads (default 1)\n"
+            "  --json               print one JSON object instead of text\n"
+            "offload flags (the device tier size comes from --capacity / --capacity-frac):\n%s",
+            moe_offload_help());
+}
+
+static bool parse_int(const char *flag, const char *v, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "moeflow bench batch: %s '%s': expected an integer in [%d, %d]\n", flag, v, lo, hi);
+        return false;
+    }
+    *out = (int)x;
+    return true;
+}
+
+/* Undo the line format's escapes in place. */
+static void unescape(char *s)
+{
+    char *w = s;
+    for (char *r = s; *r; r++) {
+        if (*r == '\\' && r[1]) {
+            r++;
+            *w++ = *r == 'n' ? '\n' : *r == 't' ? '\t' : *r == 'r' ? '\r' : *r;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = 0;
+}
+
+/* Prompts of FILE as malloc'd strings. */
+static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    enum moe_status st = moe_read_file(path, &buf, &len, (size_t)1 << 30);
+    if (st != MOE_OK)
+        return moe_error_prefix(st, "--prompts %s", path);
+    char **v = NULL;
+    int n = 0;
+    const char *p = buf;
+    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+        p++;
+    if (*p == '[') {
+        json_error_t je;
+        json_t *arr = json_loadb(buf, len, 0, &je);
+        if (!arr || !json_is_array(arr)) {
+            st = moe_errorf(MOE_EFORMAT, "--prompts %s: line %d: %s", path, je.line,
+                            arr ? "expected a JSON array of strings" : je.text);
+            json_decref(arr);
+            goto out;
+        }
+        size_t cnt = json_array_size(arr);
+        v = calloc(cnt ? cnt : 1, sizeof(char *));
+        for (size_t i = 0; v && i < cnt; i++) {
+            json_t *e = json_array_get(arr, i);
+            if (!json_is_string(e)) {
+                st = moe_errorf(MOE_EFORMAT, "--prompts %s: element %zu is not a string", path, i);
+                break;
+            }
+            v[n] = strdup(json_string_value(e));
+            if (!v[n]) {
+                st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
+                break;
+            }
+            n++;
+        }
+        if (!v)
+            st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
+        json_decref(arr);
+    } else {
+        int cap = 0;
+        char *save = NULL;
+        for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            size_t l = strlen(line);
+            if (l && line[l - 1] == '\r')
+                line[--l] = 0;
+            if (!l)
+                continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 64;
+                char **t = realloc(v, sizeof(char *) * (size_t)cap);
+                if (!t) {
+                    st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
+                    break;
+                }
+                v = t;
+            }
+            unescape(line);
+            v[n] = strdup(line);
+            if (!v[n]) {
+                st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
+                break;
+            }
+            n++;
+        }
+    }
+    if (st == MOE_OK && n == 0)
+        st = moe_errorf(MOE_EINVAL, "--prompts %s: no prompts (one per line, or a JSON array of strings)", path);
+out:
+    free(buf);
+    if (st != MOE_OK) {
+        for (int i = 0; i < n; i++)
+            free(v[i]);
+        free(v);
+        return st;
+    }
+    *out = v;
+    *n_out = n;
+    return MOE_OK;
+}
+
+struct bench_req {
+    int n_done;
+    enum moe_finish why;
+    char msg[256];
+};
+
+static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status st, const char *msg,
+                    int n_prompt, int n_generated)
+{
+    struct bench_req *r = ud;
+    r->n_done++;
+    r->why = why;
+    snprintf(r->msg, sizeof(r->msg), "%s", msg ? msg : "");
+    (void)id;
+    (void)st;
+    (void)n_prompt;
+    (void)n_generated;
+}
+
+static int bench_batch(int argc, char **argv)
+{
+    struct bench_opts o = { .model_dir = moe_default_model_dir(), .prefill_chunk = 256, .prompt_tokens = 256,
+                            .lookahead = 1, .threads = 1, .grouping = MOE_GROUP_FCFS, .predictor = "none" };
+    moe_offload_opts_init(&o.oo);
+    bool have_grouping = false;
+    enum {
+        O_MODEL = 0x100, O_PROMPTS, O_CONC, O_MB, O_MAXTOK, O_GROUP, O_CAP, O_CAPF, O_PRED, O_JSON, O_CHUNK,
+        O_PTOK, O_LOOK, O_THREADS, O_HELP
+    };
+    static const struct option lopts[] = {
+        { "model", required_argument, NULL, O_MODEL },
+        { "prompts", required_argument, NULL, O_PROMPTS },
+        { "concurrency", required_argument, NULL, O_CONC },
+        { "micro-batch", required_argument, NULL, O_MB },
+        { "max-tokens", required_argument, NULL, O_MAXTOK },
+        { "grouping", required_argument, NULL, O_GROUP },
+        { "capacity", required_argument, NULL, O_CAP },
+        { "capacity-frac", required_argument, NULL, O_CAPF },
+        { "predictor", required_argument, NULL, O_PRED },
+        { "json", no_argument, NULL, O_JSON },
+        { "prefill-chunk", required_argument, NULL, O_CHUNK },
+        { "prompt-tokens", required_argument, NULL, O_PTOK },
+        { "lookahead", required_argument, NULL, O_LOOK },
+        { "threads", required_argument, NULL, O_THREADS },
+        { "help", no_argument, NULL, O_HELP },
+        MOE_OFFLOAD_LONG_OPTIONS,
+        { 0, 0, 0, 0 },
+    };
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+        switch (c) {
+        case O_MODEL: o.model_dir = optarg; break;
+        case O_PROMPTS: o.prompts = optarg; break;
+        case O_CONC: if (!parse_int("--concurrency", optarg, 1, 4096, &o.concurrency)) return 2; break;
+        case O_MB: if (!parse_int("--micro-batch", optarg, 1, 4096, &o.micro_batch)) return 2; break;
+        case O_MAXTOK: if (!parse_int("--max-tokens", optarg, 1, 1 << 20, &o.max_tokens)) return 2; break;
+        case O_CHUNK: if (!parse_int("--prefill-chunk", optarg, 1, 1 << 16, &o.prefill_chunk)) return 2; break;
+        case O_PTOK: if (!parse_int("--prompt-tokens", optarg, 0, 1 << 20, &o.prompt_tokens)) return 2; break;
+        case O_LOOK: if (!parse_int("--lookahead", optarg, 0, 64, &o.lookahead)) return 2; break;
+        case O_THREADS: if (!parse_int("--threads", optarg, 1, 256, &o.threads)) return 2; break;
+        case O_CAP: if (!parse_int("--capacity", optarg, 1, 1 << 24, &o.capacity)) return 2; break;
+        case O_CAPF: {
+            char *end;
+            o.capacity_frac = strtod(optarg, &end);
+            if (end == optarg || *end || !(o.capacity_frac > 0 && o.capacity_frac <= 1)) {
+                fprintf(stderr, "moeflow bench batch: --capacity-frac '%s': expected a number in (0, 1]\n", optarg);
+                return 2;
+            }
+            break;
+        }
+        case O_GROUP:
+            if (!strcmp(optarg, "fcfs"))
+                o.grouping = MOE_GROUP_FCFS;
+            else if (!strcmp(optarg, "regroup"))
+                o.grouping = MOE_GROUP_REGROUP;
+            else {
+                fprintf(stderr, "moeflow bench batch: --grouping '%s': expected fcfs or regroup\n", optarg);
+                return 2;
+            }
+            have_grouping = true;
+            break;
+        case O_PRED: o.predictor = optarg; break;
+        case O_JSON: o.json = true; break;
+        case 'h':
+        case O_HELP: bench_usage(stdout); return 0;
+        default: {
+            int r = moe_offload_opts_parse(&o.oo, c, optarg);
+            if (r < 0) {
+                fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
+                return 2;
+            }
+            if (r == 0) {
+                bench_usage(stderr);
+                return 2;
+            }
+            if (c == MOE_OPT_GPU_EXPERTS || c == MOE_OPT_GPU_BYTES) {
+                fprintf(stderr, "moeflow bench batch: give the device tier size with --capacity or "
+                                "--capacity-frac, not --gpu-experts / --gpu-cache-bytes\n");
+                return 2;
+            }
+        }
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow bench batch: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    const char *missing = !o.prompts ? "--prompts" : !o.concurrency ? "--concurrency" : !o.micro_batch ? "--micro-batch"
+                          : !o.max_tokens ? "--max-tokens" : !have_grouping ? "--grouping" : NULL;
+    if (missing) {
+        fprintf(stderr, "moeflow bench batch: %s is required (see --help)\n", missing);
+        return 2;
+    }
+    if ((o.capacity > 0) == (o.capacity_frac > 0)) {
+        fprintf(stderr, "moeflow bench batch: give exactly one of --capacity N or --capacity-frac F\n");
+        return 2;
+    }
+    if (o.micro_batch > o.concurrency) {
+        fprintf(stderr, "moeflow bench batch: --micro-batch %d is larger than --concurrency %d\n", o.micro_batch,
+                o.concurrency);
+        return 2;
+    }
+
+    int rc = 1;
+    char **texts = NULL;
+    int n_texts = 0;
+    struct moe_model *m = NULL;
+    struct moe_tokenizer *tok = NULL;
+    struct moe_provider *prov = NULL;
+    struct moe_engine *eng = NULL;
+    struct moe_predictor *pred = NULL;
+    struct moe_sched *s = NULL;
+    int **ids = NULL;
+    int *n_ids = NULL;
+    struct bench_req *reqs = NULL;
+    char path[4200];
+
+    if (load_prompts(o.prompts, &texts, &n_texts) != MOE_OK) {
+        fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
+        return 1;
+    }
+    m = moe_model_open(o.model_dir);
+    if (!m) {
+        fprintf(stderr, "moeflow bench batch: --model %s: %s\n", o.model_dir, moe_last_error());
+        goto out;
+    }
+    snprintf(path, sizeof(path), "%s/tokenizer.json", o.model_dir);
+    tok = moe_tokenizer_load(path);
+    if (!tok) {
+        fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
+        goto out;
+    }
+    const struct moe_config *cfg = &m->cfg;
+    int n_moe = 0;
+    for (int l = 0; l < cfg->n_layers; l++)
+        n_moe += cfg->is_moe[l];
+    int slots = o.capacity > 0 ? o.capacity : (int)floor(o.capacity_frac * n_moe * cfg->n_experts);
+    if (slots < cfg->top_k) {
+        fprintf(stderr, "moeflow bench batch: capacity %d device slots is below top_k = %d; give more\n", slots,
+                cfg->top_k);
+        goto out;
+    }
+    o.oo.gpu_experts = slots;
+    if (moe_offload_provider_create(m, &o.oo, &prov) != MOE_OK) {
+        fprintf(stderr, "moeflow bench batch: expert cache: %s\n", moe_last_error());
+        goto out;
+    }
+    if (!prov) {
+        fprintf(stderr, "moeflow bench batch: expert cache: no tiered provider was built for %d slots\n", slots);
+        goto out;
+    }
+
+    /* prompts to ids */
+    ids = calloc((size_t)n_texts, sizeof(int *));
+    n_ids = calloc((size_t)n_texts, sizeof(int));
+    reqs = calloc((size_t)n_texts, sizeof(*reqs));
+    if (!ids || !n_ids || !reqs) {
+        fprintf(stderr, "moeflow bench batch: out of memory\n");
+        goto out;
+    }
+    int max_prompt = 1;
+    for (int i = 0; i < n_texts; i++) {
+        size_t n = 0;
+        if (moe_tokenizer_encode(tok, texts[i], strlen(texts[i]), &ids[i], &n) != MOE_OK) {
+            fprintf(stderr, "moeflow bench batch: prompt %d: %s\n", i + 1, moe_last_error());
+            goto out;
+        }
+        if (n == 0) {
+            fprintf(stderr, "moeflow bench batch: prompt %d encodes to no tokens\n", i + 1);
+            goto out;
+        }
+        n_ids[i] = o.prompt_tokens > 0 && (int)n > o.prompt_tokens ? o.prompt_tokens : (int)n;
+        if (n_ids[i] > max_prompt)
+            max_prompt = n_ids[i];
+    }
+    int max_ctx = max_prompt + o.max_tokens;
+    if (max_ctx > cfg->max_pos) {
+        fprintf(stderr, "moeflow bench batch: longest prompt (%d tokens) + --max-tokens %d exceeds the model's "
+                        "context of %d; lower --max-tokens or --prompt-tokens\n", max_prompt, o.max_tokens,
+                cfg->max_pos);
+        goto out;
+    }
+    int chunk = o.prefill_chunk;
+    struct moe_engine_params ep = { .max_seqs = o.concurrency, .max_ctx = max_ctx,
+                                    .max_batch_tokens = o.micro_batch + chunk, .n_threads = o.threads,
+                                    .provider = prov };
+    eng = moe_engine_create(m, &ep);
+    if (!eng) {
+        fprintf(stderr, "moeflow bench batch: engine: %s\n", moe_last_error());
+        goto out;
+    }
+    struct moe_pred_spec spec;
+    if (moe_pred_spec_parse(o.predictor, o.model_dir, &spec) != MOE_OK) {
+        fprintf(stderr, "moeflow bench batch: --predictor: %s\n", moe_last_error());
+        rc = 2;
+        goto out;
+    }
+    pred = moe_predictor_create(m, &spec, o.concurrency);
+    if (!pred) {
+        fprintf(stderr, "moeflow bench batch: --predictor %s: %s\n", o.predictor, moe_last_error());
+        goto out;
+    }
+    moe_predictor_set_provider(pred, prov, NULL);
+
+    struct moe_sched_params sp = {
+        .max_running = o.concurrency, .max_queued = n_texts, .max_tokens_in_flight = (int64_t)n_texts * max_ctx,
+        .max_prompt = max_ctx - 1, .max_output = max_ctx - 1, .micro_batch = o.micro_batch,
+        .prefill_chunk = chunk, .grouping = o.grouping, .lookahead = o.lookahead > 0 ? o.lookahead : -1,
+        .provider = prov, .predictor = pred, .engine_max_ctx = max_ctx,
+        .engine_max_batch_tokens = o.micro_batch + chunk,
+    };
+    s = moe_sched_create(eng, &sp);
+    if (!s) {
+        fprintf(stderr, "moeflow bench batch: scheduler: %s\n", moe_last_error());
+        goto out;
+    }
+    struct moe_sched_events ev = { .on_done = on_done };
+    for (int i = 0; i < n_texts; i++) {
+        struct moe_gen_params g = { .max_tokens = o.max_tokens, .ignore_eos = true };
+        g.sampling.top_p = 1.0f;
+        if (moe_sched_submit(s, ids[i], n_ids[i], &g, &ev, &reqs[i], NULL) != MOE_OK) {
+            fprintf(stderr, "moeflow bench batch: prompt %d: %s\n", i + 1, moe_last_error());
+            goto out;
+        }
+    }
+    double t0 = moe_now();
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    double wall = moe_now() - t0;
+    int failed = 0;
+    for (int i = 0; i < n_texts; i++)
+        if (reqs[i].n_done != 1 || reqs[i].why != MOE_FINISH_LENGTH) {
+            if (!failed)
+                fprintf(stderr, "moeflow bench batch: prompt %d ended %s: %s\n", i + 1,
+                        reqs[i].n_done ? moe_finish_str(reqs[i].why) : "never", reqs[i].msg);
+            failed++;
+        }
+    if (failed) {
+        fprintf(stderr, "moeflow bench batch: %d of %d requests did not complete\n", failed, n_texts);
+        goto out;
+    }
+
+    struct moe_sched_stats ss;
+    moe_sched_stats(s, &ss);
+    struct moe_offload_stats os;
+    memset(&os, 0, sizeof(os));
+    moe_provider_tiered_stats(prov, &os);
+    double gen = (double)ss.generated_tokens;
+    double eps = ss.decode_layer_steps ? (double)ss.decode_experts_activated / (double)ss.decode_layer_steps : 0;
+    double eps_all = ss.layer_steps ? (double)ss.experts_activated / (double)ss.layer_steps : 0;
+    uint64_t transfers = os.device.misses + os.device.prefetches;
+    double tpt = gen > 0 ? (double)transfers / gen : 0;
+    uint64_t acc = os.device.hits + os.device.misses;
+    double hit = acc ? (double)os.device.hits / (double)acc : 0;
+    double tps = wall > 0 ? gen / wall : 0;
+    const char *gname = o.grouping == MOE_GROUP_REGROUP ? "regroup" : "fcfs";
+    if (o.json) {
+        printf("{\"grouping\":\"%s\",\"predictor\":\"%s\",\"requests\":%d,\"concurrency\":%d,\"micro_batch\":%d,"
+               "\"max_tokens\":%d,\"capacity\":%d,\"policy\":\"%s\",\"lookahead\":%d,\"prompt_tokens\":%llu,"
+               "\"generated_tokens\":%llu,\"steps\":%llu,\"forwards\":%llu,\"layer_steps\":%llu,"
+               "\"experts_per_layer_step\":%.4f,\"experts_per_layer_step_all\":%.4f,\"transfers\":%llu,"
+               "\"transfers_per_token\":%.4f,\"hits\":%llu,\"misses\":%llu,\"prefetches\":%llu,"
+               "\"prefetch_hits\":%llu,\"hit_rate\":%.4f,\"wall_s\":%.3f,\"tokens_per_s\":%.2f}\n",
+               gname, o.predictor, n_texts, o.concurrency, o.micro_batch, o.max_tokens, slots,
+               moe_policy_name(o.oo.policy), o.lookahead, (unsigned long long)ss.prompt_tokens,
+               (unsigned long long)ss.generated_tokens, (unsigned long long)ss.steps,
+               (unsigned long long)ss.forwards, (unsigned long long)ss.decode_layer_steps, eps, eps_all,
+               (unsigned long long)transfers, tpt, (unsigned long long)os.device.hits,
+               (unsigned long long)os.device.misses, (unsigned long long)os.device.prefetches,
+               (unsigned long long)os.device.prefetch_hits, hit, wall, tps);
+    } else {
+        printf("bench batch: %d requests, concurrency %d, micro-batch %d, %d new tokens each, grouping %s, "
+               "predictor %s\n", n_texts, o.concurrency, o.micro_batch, o.max_tokens, gname, o.predictor);
+        printf("  device tier             %d expert slots of %d (%s)\n", slots, n_moe * cfg->n_experts,
+               moe_policy_name(o.oo.policy));
+        printf("  tokens                  %llu prompt, %llu generated in %llu steps, %llu forward passes\n",
+               (unsigned long long)ss.prompt_tokens, (unsigned long long)ss.generated_tokens,
+               (unsigned long long)ss.steps, (unsigned long long)ss.forwards);
+        printf("  experts per layer-step  %.3f (decode tokens), %.3f (all tokens)\n", eps, eps_all);
+        printf("  transfers per token     %.3f (%llu = %llu misses + %llu prefetches)\n", tpt,
+               (unsigned long long)transfers, (unsigned long long)os.device.misses,
+               (unsigned long long)os.device.prefetches);
+        printf("  hit rate                %.4f (%llu hits, %llu prefetch hits)\n", hit,
+               (unsigned long long)os.device.hits, (unsigned long long)os.device.prefetch_hits);
+        printf("  tokens/s                %.1f (%.2f s)\n", tps, wall);
+    }
+    rc = 0;
+out:
+    moe_sched_destroy(s);
+    moe_predictor_destroy(pred);
+    moe_engine_destroy(eng);
+    moe_provider_destroy(prov);
+    moe_tokenizer_free(tok);
+    moe_model_close(m);
+    for (int i = 0; ids && i < n_texts; i++)
+        free(ids[i]);
+    free(ids);
+    free(n_ids);
+    free(reqs);
+    for (int i = 0; i < n_texts; i++)
+        free(texts[i]);
+    free(texts);
+    return rc;
+}
 
 int moe_cmd_bench(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moeflow bench: not available in this build\n");
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        FILE *f = argc < 2 ? stderr : stdout;
+        fprintf(f, "usage: moeflow bench <benchmark> [options]\n\nbenchmarks:\n"
+                   "  batch   requests through scheduler, engine and expert cache (moeflow bench batch --help)\n");
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "batch"))
+        return bench_batch(argc - 1, argv + 1);
+    fprintf(stderr, "moeflow bench: unknown benchmark '%s' (available: batch)\n", argv[1]);
     return 2;
 }

@@ -60,6 +60,7 @@ if [ -x "$b/test_gpu_e2e_pycode" ]; then
     run "test_gpu_e2e_$m" 120 "$b/test_gpu_e2e_pycode" "$m"
   done
 fi
+[ -x "$b/test_gpu_sticky" ] && run test_gpu_sticky 60 "$b/test_gpu_sticky"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$san" ]; then
   run memcheck_gpu_ops 150 "$san" --tool memcheck --error-exitcode 1 --leak-check full "$b/test_gpu_ops"

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 jobs=${JOBS:-2}
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLOW_CUDA=ON -DMOEFLOW_SERVER=OFF >/dev/null
-targets="test_gpu_ops test_gpu_tier gpu_moe_decode"
+targets="test_gpu_ops test_gpu_tier test_gpu_sticky gpu_moe_decode"
 if grep -q "test_gpu_e2e_pycode" build-device/build.ninja; then targets="$targets test_gpu_e2e_pycode"; fi
 cmake --build build-device -j"$jobs" --target $targets
 dist=build-device/dist

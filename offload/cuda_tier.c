@@ -473,3 +473,25 @@ bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_
     moe_cuda_tier_get_stats(((const struct cprov *)p->self)->tier, out);
     return true;
 }
+
+/* ---- hooks for the tiered provider's host tier ---------------------------- */
+
+static int hook_register(void *ud, void *p, size_t len)
+{
+    (void)ud;
+    enum moe_status st = MOE_CUDA_CHECK(cudaHostRegister(p, len, cudaHostRegisterPortable));
+    return st == MOE_OK ? 0 : -1;
+}
+
+static void hook_unregister(void *ud, void *p)
+{
+    (void)ud;
+    (void)MOE_CUDA_CHECK(cudaHostUnregister(p));
+}
+
+struct moe_offload_hooks moe_cuda_offload_hooks(void)
+{
+    struct moe_offload_hooks h = { .ud = NULL, .host_register = hook_register,
+                                   .host_unregister = hook_unregister };
+    return h;
+}

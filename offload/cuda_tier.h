@@ -20,6 +20,7 @@
 #include "../kernels/backend.h"
 #include "policy.h"
 #include "provider.h"
+#include "tiered.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -85,6 +86,10 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
                                               const struct moe_provider_cuda_params *p);
 /* Tier stats of a provider made by moe_provider_cuda_create (false otherwise). */
 bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_stats *out);
+
+/* Hooks for the tiered provider (tiered.h): pin its host tier for DMA with
+ * cudaHostRegister (portable), so copies from it overlap compute. */
+struct moe_offload_hooks moe_cuda_offload_hooks(void);
 
 #ifdef __cplusplus
 }

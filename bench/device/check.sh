@@ -2,9 +2,11 @@
 # The device check, in one call on a machine with an NVIDIA GPU (H100/H200):
 #   1. the gpu-labelled tests (op parity, GPU tier, end-to-end vs HF),
 #   2. a short compute-sanitizer memcheck of the op and tier tests,
-#   3. the GPU MoE decode benchmark (Mixtral expert shapes, tier 25/50/100 %).
+#   3. the GPU benchmarks: the bundled model through the engine (batch 1/8/64, tier
+#      25/50/100 %, cuBLAS and batch-invariant GEMMs) and the MoE decode benchmark
+#      with Mixtral expert shapes (tier 25/50/100 %).
 # Results go under $OUT (default ./device-out): summary.json, one log per
-# step, gpu_moe_decode.json, nvidia-smi.txt.  Budget: under 6 minutes.
+# step, gpu_model_decode.json, gpu_moe_decode.json, nvidia-smi.txt.  Budget: under 6 minutes.
 #
 # Binaries come from build-device/dist (made here by bench/device/prepare.sh
 # and carried), or MOEFLOW_DIST.  Exit status: 0 when every test passed.
@@ -68,6 +70,8 @@ if [ -n "$san" ]; then
 else
   steps+=("{\"step\":\"memcheck\",\"status\":\"skip\",\"reason\":\"compute-sanitizer not found\"}")
 fi
+[ -x "$b/gpu_model_decode" ] && run gpu_model_decode 90 "$b/gpu_model_decode" --steps 16 \
+  --json "$out/gpu_model_decode.json"
 run gpu_moe_decode 210 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
 
 {

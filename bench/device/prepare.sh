@@ -13,7 +13,9 @@ cd "$(dirname "$0")/../.."
 jobs=${JOBS:-2}
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLOW_CUDA=ON -DMOEFLOW_SERVER=OFF >/dev/null
 targets="test_gpu_ops test_gpu_tier test_gpu_sticky gpu_moe_decode"
-if grep -q "test_gpu_e2e_pycode" build-device/build.ninja; then targets="$targets test_gpu_e2e_pycode"; fi
+for opt in test_gpu_e2e_pycode gpu_model_decode; do
+  if grep -q "$opt" build-device/build.ninja; then targets="$targets $opt"; fi
+done
 cmake --build build-device -j"$jobs" --target $targets
 dist=build-device/dist
 rm -rf "$dist"

@@ -113,8 +113,9 @@ struct moe_backend_ops {
      *                           h_off[n_groups] = rows
      *   h_w    [n_groups]       host array of expert weights in backend memory, dtype wdt
      *   yp     [rows, hidden]   out: down(silu(gate x) * up x), each row with its expert
-     * Every row's result depends only on that row and its expert's weights, so
-     * how experts are grouped into calls (chunking) never changes a bit. */
+     * Groups with zero rows are skipped.  Every row's result depends only on
+     * that row and its expert's weights, so how experts are grouped into calls
+     * (chunking) never changes a bit. */
     enum moe_status (*moe_experts)(void *ctx, const float *xp, int n_groups,
                                    const int *h_off, const struct moe_backend_expert *h_w,
                                    enum moe_dtype wdt, int hidden, int inter, float *yp);

@@ -522,7 +522,7 @@ struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *
     }
     c->isa = cpu_isa_detect();
     c->use_blas = p->use_blas;
-    if (c->use_blas) openblas_set_num_threads(nth);
+    openblas_set_num_threads(nth); /* used only with use_blas, set from the same parameter */
     c->be.ops = &cpu_ops;
     c->be.ctx = c;
     c->be.name = "cpu";

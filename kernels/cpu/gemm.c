@@ -56,11 +56,11 @@ static float dot_portable(const float *x, const void *w, bool bf16, int len)
 static void gemm_portable(const float *x, const void *w, bool bf16, const float *bias, int n,
                           int in, int out, float *y, int j0, int j1)
 {
+    size_t es = bf16 ? 2 : 4;
     for (int i = 0; i < n; i++)
         for (int j = j0; j < j1; j++) {
-            float s = dot_portable(x + (size_t)i * in, bf16 ? (const void *)((const uint16_t *)w + (size_t)j * in)
-                                                            : (const void *)((const float *)w + (size_t)j * in),
-                                   bf16, in);
+            const void *wj = (const char *)w + (size_t)j * (size_t)in * es;
+            float s = dot_portable(x + (size_t)i * in, wj, bf16, in);
             y[(size_t)i * out + j] = bias ? s + bias[j] : s;
         }
 }

@@ -18,6 +18,7 @@
 #include "../kernels/backend.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,17 +97,22 @@ static void bfree(struct moe_engine *e, void *p)
 /* Upload a weight view to backend memory as dt (F32 or BF16).  Absent
  * (optional) weights give *out = NULL. */
 static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, enum moe_dtype dt,
-                              void **out, const char *what, int layer)
+                              void **out, const char *what_, int layer)
 {
+    char what[96];
+    if (layer >= 0)
+        snprintf(what, sizeof(what), "layer %d %s", layer, what_);
+    else
+        snprintf(what, sizeof(what), "%s", what_);
     *out = NULL;
     if (!w->data) return MOE_OK;
     uint64_t n;
     if (!moe_mul_u64((uint64_t)w->rows, (uint64_t)w->cols, &n) || n > SIZE_MAX / 4)
-        return moe_errorf(MOE_EFORMAT, "layer %d %s: shape %lld x %lld too large", layer, what,
+        return moe_errorf(MOE_EFORMAT, "%s: shape %lld x %lld too large", what,
                           (long long)w->rows, (long long)w->cols);
     size_t bytes = (size_t)n * moe_dtype_size(dt);
     void *d = balloc(e, bytes, what);
-    if (!d) return moe_error_prefix(MOE_ENOMEM, "layer %d %s", layer, what);
+    if (!d) return moe_error_prefix(MOE_ENOMEM, "%s", what);
     void *host = e->be->host_visible ? d : malloc(bytes);
     float *f32 = NULL;
     enum moe_status st = MOE_OK;
@@ -128,7 +134,7 @@ static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, e
         free(host);
         if (st != MOE_OK) {
             bfree(e, d);
-            return moe_error_prefix(st, "layer %d %s: upload", layer, what);
+            return moe_error_prefix(st, "%s: upload", what);
         }
     }
     *out = d;
@@ -136,7 +142,7 @@ static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, e
 out_nomem:
     if (host != d) free(host);
     bfree(e, d);
-    return moe_errorf(MOE_ENOMEM, "layer %d %s: cannot allocate %zu bytes", layer, what, bytes);
+    return moe_errorf(MOE_ENOMEM, "%s: cannot allocate %zu bytes", what, bytes);
 }
 
 #define UPLOAD(wv, dt, dst, what)                                                   \
@@ -145,12 +151,17 @@ out_nomem:
         if ((st = upload(e, &(wv), (dt), &_p, (what), l)) != MOE_OK) goto out_fail; \
         (dst) = _p;                                                                 \
     } while (0)
-#define NEED(ptr, what)                                                                    \
-    do {                                                                                   \
-        if (!(ptr)) {                                                                      \
-            st = moe_errorf(MOE_EFORMAT, "%s: layer %d has no %s weight", e->m->dir, l, what); \
-            goto out_fail;                                                                 \
-        }                                                                                  \
+static enum moe_status missing(const struct moe_engine *e, int layer, const char *what)
+{
+    if (layer < 0) return moe_errorf(MOE_EFORMAT, "%s: the model has no %s weight", e->m->dir, what);
+    return moe_errorf(MOE_EFORMAT, "%s: layer %d has no %s weight", e->m->dir, layer, what);
+}
+#define NEED(ptr, what)                 \
+    do {                                \
+        if (!(ptr)) {                   \
+            st = missing(e, l, (what)); \
+            goto out_fail;              \
+        }                               \
     } while (0)
 
 static enum moe_status load_weights(struct moe_engine *e)

@@ -180,19 +180,27 @@ static enum moe_status expert_ffn_inv(struct moe_cuda_ctx *c, const float *d_xp,
     return st;
 }
 
+static size_t ffn_ws_need(enum moe_cuda_gemm_mode mode, enum moe_dtype wdt, size_t rows, int hidden, int inter)
+{
+    if (mode == MOE_CUDA_GEMM_INVARIANT || wdt == MOE_DT_F32)
+        return align256(rows * inter * 4) + rows * inter * 4;
+    return align256(rows * hidden * 2) + align256(rows * inter * 4) + align256(rows * inter * 4) +
+           rows * inter * 2;
+}
+
+static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
+                                       const int *h_off, const struct moe_cuda_expert *h_w,
+                                       enum moe_dtype wdt, int hidden, int inter, float *d_yp);
+
+/* Validate, then run the groups in runs whose rows fit the workspace.  Every
+ * expert's rows stay in one call, so (LOOP and INVARIANT modes) the result
+ * is the same bits as one call over all groups. */
 extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
                                                const int *h_off, const struct moe_cuda_expert *h_w,
                                                enum moe_dtype wdt, int hidden, int inter, float *d_yp)
 {
+    int *off = NULL;
     enum moe_status st = MOE_OK;
-    int rows;
-    size_t need, o_x, o_g, o_u, o_h;
-    const void **wg = NULL, **wu = NULL, **wd = NULL;
-    const void *xin;
-    const void *hin;
-    char *ws = (char *)c->ws;
-    float *g_out, *u_out;
-
     if (n_groups < 0 || hidden <= 0 || inter <= 0 || !h_off || (n_groups > 0 && !h_w))
         return moe_errorf(MOE_EINVAL, "expert_ffn: groups %d, hidden %d, inter %d", n_groups, hidden,
                           inter);
@@ -206,6 +214,43 @@ extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const flo
         if (h_off[g + 1] > h_off[g] && (!h_w[g].gate || !h_w[g].up || !h_w[g].down))
             return moe_errorf(MOE_EINVAL, "expert_ffn: group %d has rows but a NULL weight", g);
     }
+    if (n_groups == 0 || h_off[n_groups] == 0) return MOE_OK;
+    if (ffn_ws_need(c->gemm_mode, wdt, (size_t)h_off[n_groups], hidden, inter) <= c->ws_bytes)
+        return expert_ffn_part(c, d_xp, n_groups, h_off, h_w, wdt, hidden, inter, d_yp);
+    off = (int *)malloc(sizeof(int) * (size_t)(n_groups + 1));
+    if (!off) return moe_errorf(MOE_ENOMEM, "expert_ffn: out of host memory");
+    for (int g0 = 0; g0 < n_groups && st == MOE_OK;) {
+        int g1 = g0 + 1;
+        size_t need = ffn_ws_need(c->gemm_mode, wdt, (size_t)(h_off[g1] - h_off[g0]), hidden, inter);
+        if (need > c->ws_bytes) {
+            st = ws_short(c, "expert_ffn (one expert's rows)", need);
+            break;
+        }
+        while (g1 < n_groups &&
+               ffn_ws_need(c->gemm_mode, wdt, (size_t)(h_off[g1 + 1] - h_off[g0]), hidden, inter) <= c->ws_bytes)
+            g1++;
+        for (int g = g0; g <= g1; g++) off[g - g0] = h_off[g] - h_off[g0];
+        st = expert_ffn_part(c, d_xp + (size_t)h_off[g0] * hidden, g1 - g0, off, h_w + g0, wdt, hidden, inter,
+                             d_yp + (size_t)h_off[g0] * hidden);
+        g0 = g1;
+    }
+    free(off);
+    return st;
+}
+
+static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
+                                       const int *h_off, const struct moe_cuda_expert *h_w,
+                                       enum moe_dtype wdt, int hidden, int inter, float *d_yp)
+{
+    enum moe_status st = MOE_OK;
+    int rows;
+    size_t need, o_x, o_g, o_u, o_h;
+    const void **wg = NULL, **wu = NULL, **wd = NULL;
+    const void *xin;
+    const void *hin;
+    char *ws = (char *)c->ws;
+    float *g_out, *u_out;
+
     rows = h_off[n_groups];
     if (rows == 0) return MOE_OK;
     if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT)

@@ -38,8 +38,11 @@ static enum moe_status parse_header(json_t *h, const char *path, struct moe_trac
     json_t *m = json_object_get(h, "model");
     snprintf(info->model, sizeof(info->model), "%s", json_is_string(m) ? json_string_value(m) : "");
     if ((st = get_int(h, "layers", path, 1, 1, MOE_MAX_LAYERS, &info->layers))) return st;
-    if ((st = get_int(h, "experts", path, 1, 1, 1 << 20, &info->experts))) return st;
-    if ((st = get_int(h, "top_k", path, 1, 1, info->experts, &info->top_k))) return st;
+    if ((st = get_int(h, "experts", path, 1, 1, MOE_TRACE_MAX_EXPERTS, &info->experts))) return st;
+    if ((st = get_int(h, "top_k", path, 1, 1,
+                      info->experts < MOE_TRACE_MAX_K ? info->experts : MOE_TRACE_MAX_K,
+                      &info->top_k)))
+        return st;
     json_t *ml = json_object_get(h, "moe_layers");
     if (!json_is_array(ml) || json_array_size(ml) == 0 || json_array_size(ml) > (size_t)info->layers)
         return moe_errorf(MOE_EFORMAT, "%s:1: \"moe_layers\" must be a non-empty array of at most "
@@ -108,7 +111,7 @@ void moe_trace_free(struct moe_trace *t)
 
 static bool grow(struct moe_trace *t, size_t *cap, size_t per)
 {
-    size_t nc = *cap ? *cap * 2 : 1024;
+    size_t nc = *cap ? *cap * 2 : 64;
     int *s = realloc(t->seq, nc * sizeof(int));
     if (s) t->seq = s;
     int *p = realloc(t->pos, nc * sizeof(int));
@@ -124,16 +127,15 @@ static bool grow(struct moe_trace *t, size_t *cap, size_t per)
     return true;
 }
 
-enum moe_status moe_trace_load(const char *path, struct moe_trace **out)
+/* Parse a whole trace from f; path names it in errors.  Closes f. */
+static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace **out)
 {
     enum moe_status st = MOE_OK;
-    FILE *f = fopen(path, "r");
     char *line = NULL;
     size_t line_cap = 0, cap = 0, lineno = 0;
     bool any_weights = false, all_weights = true;
     struct moe_trace *t = NULL;
     *out = NULL;
-    if (!f) return moe_errorf(MOE_EIO, "%s: cannot open trace: %s", path, strerror(errno));
     t = calloc(1, sizeof(*t));
     if (!t) {
         st = moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
@@ -208,6 +210,23 @@ out:
     }
     *out = t;
     return MOE_OK;
+}
+
+enum moe_status moe_trace_load(const char *path, struct moe_trace **out)
+{
+    FILE *f = fopen(path, "r");
+    *out = NULL;
+    if (!f) return moe_errorf(MOE_EIO, "%s: cannot open trace: %s", path, strerror(errno));
+    return load_stream(f, path, out);
+}
+
+enum moe_status moe_trace_parse(const char *buf, size_t len, const char *what, struct moe_trace **out)
+{
+    *out = NULL;
+    if (len == 0) return moe_errorf(MOE_EFORMAT, "%s: empty file, not a routing trace", what);
+    FILE *f = fmemopen((void *)buf, len, "r");
+    if (!f) return moe_errorf(MOE_ENOMEM, "%s: cannot open a memory stream", what);
+    return load_stream(f, what, out);
 }
 
 void moe_trace_layer_order(const struct moe_trace *t, size_t i, int li, int *out)

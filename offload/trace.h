@@ -18,6 +18,8 @@ extern "C" {
 
 #define MOE_TRACE_FORMAT "moeflow-trace"
 #define MOE_TRACE_VERSION 1
+#define MOE_TRACE_MAX_EXPERTS 65536 /* experts per layer a trace may declare */
+#define MOE_TRACE_MAX_K 256         /* top_k a trace may declare */
 
 struct moe_trace_info {
     char model[256];               /* model name (directory base name) */
@@ -39,6 +41,8 @@ struct moe_trace {
 
 /* Read a whole trace; errors name the file, the line and the field. */
 enum moe_status moe_trace_load(const char *path, struct moe_trace **out);
+/* The same from memory (len bytes; `what` names it in errors). */
+enum moe_status moe_trace_parse(const char *buf, size_t len, const char *what, struct moe_trace **out);
 void moe_trace_free(struct moe_trace *t);
 /* Expert list of token i at MoE layer index li (0..n_moe-1): top_k ids. */
 static inline const int *moe_trace_experts(const struct moe_trace *t, size_t i, int li)

@@ -23,7 +23,10 @@ struct moe_cuda_tier {
     int *pins;                     /* keys acquired and not yet released */
     int n_pins, pin_cap;
     const void *(*host_mat)(void *ud, int layer, int expert, int which);
+    enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
+    char *h_stage;                 /* host_fill only: [slots][slot_bytes] pinned staging */
+    bool stage_pinned;
     struct moe_cuda_tier_stats st;
     bool poisoned;
 };
@@ -52,10 +55,19 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
     int layer = key / t->n_experts, e = key % t->n_experts;
     const void *src[3];
     char *dst = t->d_pool + (size_t)slot * t->slot_bytes;
-    for (int w = 0; w < 3; w++) {
-        src[w] = t->host_mat(t->ud, layer, e, w);
-        if (!src[w])
-            return moe_errorf(MOE_ENOENT, "GPU expert tier: layer %d has no routed expert %d", layer, e);
+    if (t->host_fill) {
+        char *stage = t->h_stage + (size_t)slot * t->slot_bytes;
+        void *sd[3] = { stage + t->mat_off[0], stage + t->mat_off[1], stage + t->mat_off[2] };
+        /* the slot's previous copy read this staging area: let it finish */
+        TCK(cudaEventSynchronize(t->ready[slot]));
+        if ((st = t->host_fill(t->ud, layer, e, sd)) != MOE_OK) goto out;
+        for (int w = 0; w < 3; w++) src[w] = sd[w];
+    } else {
+        for (int w = 0; w < 3; w++) {
+            src[w] = t->host_mat(t->ud, layer, e, w);
+            if (!src[w])
+                return moe_errorf(MOE_ENOENT, "GPU expert tier: layer %d has no routed expert %d", layer, e);
+        }
     }
     TCK(cudaStreamWaitEvent(t->copy, t->freed[slot], 0));
     for (int w = 0; w < 3; w++)
@@ -207,6 +219,7 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
     for (int i = 0; t->freed && i < t->slots; i++)
         if (t->freed[i]) cudaEventDestroy(t->freed[i]);
     if (t->d_pool) cudaFree(t->d_pool);
+    moe_cuda_host_free(t->h_stage, t->stage_pinned);
     if (t->copy) cudaStreamDestroy(t->copy);
     (void)cudaGetLastError();
     moe_cache_destroy(t->cache);
@@ -221,10 +234,11 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
     enum moe_status st = MOE_OK;
     struct moe_cuda_tier *t;
     int n_keys;
-    if (!c || !p || !p->host_mat || p->n_layers <= 0 || p->n_experts <= 0 || p->slots < 1 ||
+    if (!c || !p || !p->host_mat == !p->host_fill || p->n_layers <= 0 || p->n_experts <= 0 || p->slots < 1 ||
         !p->mat_bytes[0] || !p->mat_bytes[1] || !p->mat_bytes[2] ||
         (int64_t)p->n_layers * p->n_experts > (1 << 28)) {
-        moe_errorf(MOE_EINVAL, "GPU expert tier: needs a context, a host source, layers >= 1, "
+        moe_errorf(MOE_EINVAL, "GPU expert tier: needs a context, one host source (host_mat or "
+                   "host_fill), layers >= 1, "
                    "experts >= 1, slots >= 1 (got %d) and non-zero matrix sizes", p ? p->slots : 0);
         return NULL;
     }
@@ -240,6 +254,7 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
     t->n_experts = p->n_experts;
     t->slots = p->slots < n_keys ? p->slots : n_keys;
     t->host_mat = p->host_mat;
+    t->host_fill = p->host_fill;
     t->ud = p->ud;
     for (int w = 0; w < 3; w++) {
         t->mat_off[w] = t->slot_bytes;
@@ -281,6 +296,12 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
                             total >> 20, fr >> 20, tot >> 20, fr / t->slot_bytes);
             goto out;
         }
+    }
+    if (t->host_fill &&
+        (st = moe_cuda_host_alloc((void **)&t->h_stage, t->slot_bytes * (size_t)t->slots, &t->stage_pinned)) != MOE_OK) {
+        moe_error_prefix(st, "GPU expert tier staging (%d slots x %zu MiB): lower --gpu-experts", t->slots,
+                         t->slot_bytes >> 20);
+        goto out;
     }
     TCK(cudaStreamCreateWithFlags(&t->copy, cudaStreamNonBlocking));
     for (int i = 0; i < t->slots; i++) {
@@ -356,6 +377,143 @@ static const struct moe_provider_ops cprov_ops = {
     .destroy = cprov_destroy,
     .max_pinned = cprov_max_pinned,
 };
+
+/* ---- the GPU tier stacked on a host-side provider ---------------------------- */
+
+struct sprov {
+    struct moe_provider base;
+    struct moe_cuda_tier *tier;
+    struct moe_provider *lower;
+    size_t mat_elems;              /* elements of each of gate, up, down */
+};
+
+static enum moe_status sprov_fill(void *ud, int layer, int e, void *const dst[3])
+{
+    struct sprov *sp = ud;
+    struct moe_expert_ref ref;
+    enum moe_status st = sp->lower->ops->acquire(sp->lower->self, layer, 1, &e, &ref);
+    if (st != MOE_OK) return moe_error_prefix(st, "GPU tier fill from the host tier");
+    const void *src[3] = { ref.gate, ref.up, ref.down };
+    for (int w = 0; w < 3; w++) {
+        uint16_t *d = dst[w];
+        if (ref.dtype == MOE_DT_BF16) {
+            memcpy(d, src[w], sp->mat_elems * 2);
+        } else if (ref.dtype == MOE_DT_F32) {
+            const float *f = src[w];
+            for (size_t i = 0; i < sp->mat_elems; i++) d[i] = moe_f32_to_bf16(f[i]);
+        } else {
+            st = moe_errorf(MOE_ENOTSUP, "layer %d expert %d: host tier hands out dtype %d (F32 or BF16)",
+                            layer, e, (int)ref.dtype);
+            break;
+        }
+    }
+    sp->lower->ops->release(sp->lower->self, layer);
+    return st;
+}
+
+static enum moe_status sprov_acquire(void *self, int layer, int n, const int *ids, struct moe_expert_ref *out)
+{
+    return moe_cuda_tier_acquire(((struct sprov *)self)->tier, layer, n, ids, out);
+}
+static void sprov_release(void *self, int layer) { moe_cuda_tier_release(((struct sprov *)self)->tier, layer); }
+static void sprov_prefetch(void *self, int layer, int n, const int *ids, const float *scores, int distance)
+{
+    struct sprov *sp = self;
+    if (sp->lower->ops->prefetch) sp->lower->ops->prefetch(sp->lower->self, layer, n, ids, scores, distance + 1);
+}
+static void sprov_step_begin(void *self, int n_tokens)
+{
+    struct sprov *sp = self;
+    if (sp->lower->ops->step_begin) sp->lower->ops->step_begin(sp->lower->self, n_tokens);
+}
+static void sprov_step_end(void *self)
+{
+    struct sprov *sp = self;
+    if (sp->lower->ops->step_end) sp->lower->ops->step_end(sp->lower->self);
+}
+static int sprov_max_pinned(void *self)
+{
+    struct moe_cuda_tier_stats s;
+    moe_cuda_tier_get_stats(((struct sprov *)self)->tier, &s);
+    return s.slots;
+}
+static void sprov_destroy(void *self)
+{
+    struct sprov *sp = self;
+    if (!sp) return;
+    moe_cuda_tier_destroy(sp->tier);
+    moe_provider_destroy(sp->lower);
+    free(sp);
+}
+
+static const struct moe_provider_ops sprov_ops = {
+    .acquire = sprov_acquire,
+    .release = sprov_release,
+    .prefetch = sprov_prefetch,
+    .step_begin = sprov_step_begin,
+    .step_end = sprov_step_end,
+    .destroy = sprov_destroy,
+    .max_pinned = sprov_max_pinned,
+};
+
+struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, struct moe_backend *be,
+                                                    struct moe_provider *lower,
+                                                    const struct moe_provider_cuda_params *p)
+{
+    const struct moe_config *cfg = &m->cfg;
+    struct moe_cuda_ctx *c = moe_backend_cuda_ctx(be);
+    struct sprov *sp;
+    int n_moe_keys = 0;
+    if (!lower) {
+        moe_errorf(MOE_EINVAL, "GPU expert tier: no host-side provider to stack on");
+        return NULL;
+    }
+    if (!c) {
+        moe_provider_destroy(lower);
+        moe_errorf(MOE_EINVAL, "GPU expert provider: the backend is not the CUDA backend");
+        return NULL;
+    }
+    for (int l = 0; l < cfg->n_layers; l++)
+        if (cfg->is_moe[l]) n_moe_keys += cfg->n_experts;
+    int slots = p && p->slots ? p->slots : n_moe_keys;
+    if (slots < cfg->top_k) {
+        moe_provider_destroy(lower);
+        moe_errorf(MOE_EINVAL, "GPU expert tier: %d slots is below top_k %d of %s; raise --gpu-experts", slots,
+                   cfg->top_k, m->dir);
+        return NULL;
+    }
+    sp = calloc(1, sizeof(*sp));
+    if (!sp) {
+        moe_provider_destroy(lower);
+        moe_errorf(MOE_ENOMEM, "GPU expert provider: out of host memory");
+        return NULL;
+    }
+    sp->lower = lower;
+    sp->mat_elems = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
+    struct moe_cuda_tier_params tp = {
+        .n_layers = cfg->n_layers,
+        .n_experts = cfg->n_experts,
+        .slots = slots,
+        .mat_bytes = { sp->mat_elems * 2, sp->mat_elems * 2, sp->mat_elems * 2 },
+        .policy = p ? p->policy : MOE_POLICY_LRU,
+        .future = p ? p->future : NULL,
+        .n_future = p ? p->n_future : 0,
+        .host_fill = sprov_fill,
+        .ud = sp,
+    };
+    sp->tier = moe_cuda_tier_create(c, &tp);
+    if (!sp->tier) {
+        char msg[1024];
+        memcpy(msg, moe_last_error(), sizeof(msg));
+        msg[sizeof(msg) - 1] = 0;
+        sprov_destroy(sp);
+        moe_errorf(MOE_ENOMEM, "%s", msg);
+        return NULL;
+    }
+    sp->base.ops = &sprov_ops;
+    sp->base.self = sp;
+    return &sp->base;
+}
 
 static void to_bf16(const struct moe_wview *w, uint16_t *dst, float *tmp)
 {
@@ -469,9 +627,15 @@ fail:
 
 bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_stats *out)
 {
-    if (!p || p->ops != &cprov_ops) return false;
-    moe_cuda_tier_get_stats(((const struct cprov *)p->self)->tier, out);
-    return true;
+    if (p && p->ops == &cprov_ops) {
+        moe_cuda_tier_get_stats(((const struct cprov *)p->self)->tier, out);
+        return true;
+    }
+    if (p && p->ops == &sprov_ops) {
+        moe_cuda_tier_get_stats(((const struct sprov *)p->self)->tier, out);
+        return true;
+    }
+    return false;
 }
 
 /* ---- hooks for the tiered provider's host tier ---------------------------- */

@@ -38,6 +38,11 @@ struct moe_cuda_tier_params {
      * NULL when the expert does not exist (dense layer).  Pointers may alias
      * (benchmarks replay a few payloads under many keys). */
     const void *(*host_mat)(void *ud, int layer, int expert, int which);
+    /* Or (host_mat NULL): fill pinned staging memory with the expert's three
+     * matrices (dst[0..2], mat_bytes[w] each) and return MOE_OK, or an error
+     * naming layer and expert.  The tier keeps one staging area per slot and
+     * calls this only after the slot's previous copy has left it. */
+    enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
 };
 
@@ -84,7 +89,16 @@ struct moe_provider_cuda_params {
 };
 struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct moe_backend *be,
                                               const struct moe_provider_cuda_params *p);
-/* Tier stats of a provider made by moe_provider_cuda_create (false otherwise). */
+/* The GPU tier stacked on any host-side provider (the tiered NVMe -> RAM
+ * provider, or the resident one): a GPU miss acquires the expert from
+ * `lower` (one at a time, released right after), converts it to BF16 into the
+ * slot's pinned staging area and copies it up.  prefetch() is forwarded to
+ * `lower` one layer further out (its own worker moves NVMe -> RAM); GPU
+ * copies start on demand.  `lower` is owned by the new provider. */
+struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, struct moe_backend *be,
+                                                    struct moe_provider *lower,
+                                                    const struct moe_provider_cuda_params *p);
+/* Tier stats of a provider made by moe_provider_cuda_create or _stack_create (false otherwise). */
 bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_stats *out);
 
 /* Hooks for the tiered provider (tiered.h): pin its host tier for DMA with

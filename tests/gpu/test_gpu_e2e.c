@@ -3,13 +3,15 @@
  * hf-tiny family) the prompt logits are within 5e-2 of the Hugging Face
  * reference and the greedy continuation equals HF's; then every GPU-tier
  * capacity (down to top_k slots) and policy gives bit-identical tokens and
- * logits to the all-resident GPU run.  With the batch-invariant GEMM mode the
+ * logits to the all-resident GPU run, and so does the GPU tier stacked on the
+ * resident and on the tiered (mmap -> RAM) providers.  With the batch-invariant GEMM mode the
  * same holds against HF, and the prompt fed one token at a time gives the
  * same bits as the batch prefill.  Skips (77) without a CUDA device. */
 #include <jansson.h>
 
 #include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
+#include "../../offload/tiered.h"
 #include "../engine/engine_testutil.h"
 
 #define LOGIT_TOL 5e-2
@@ -35,12 +37,25 @@ static int pad_id(const char *dir, const struct moe_config *cfg)
 
 /* Prompt logits, then G greedy tokens (prefill without pad tokens first, as
  * transformers' generate() masks them). */
+enum lower { LOWER_NONE, LOWER_RESIDENT, LOWER_TIERED };
+
 static void run(const struct moe_model *m, struct moe_backend *be, int slots, enum moe_policy_kind pol,
-                const int *ids, int T, int G, int pad, bool token_by_token, struct run_out *o)
+                enum lower lw, const int *ids, int T, int G, int pad, bool token_by_token, struct run_out *o)
 {
     int V = m->cfg.vocab;
     struct moe_provider_cuda_params pp = { .slots = slots, .policy = pol };
-    struct moe_provider *prov = moe_provider_cuda_create(m, be, &pp);
+    struct moe_provider *prov;
+    if (lw == LOWER_NONE) {
+        prov = moe_provider_cuda_create(m, be, &pp);
+    } else {
+        struct moe_tiered_params tp = { .store_path = NULL, .dev_slots = m->cfg.top_k, .host_slots = 2,
+                                        .policy = MOE_POLICY_LRU, .numa_node = -1,
+                                        .hooks = moe_cuda_offload_hooks() };
+        struct moe_provider *lower = lw == LOWER_RESIDENT ? moe_provider_resident_create(m)
+                                                           : moe_provider_tiered_create(m, &tp);
+        REQUIRE(lower, "host-side provider: %s", moe_last_error());
+        prov = moe_provider_cuda_stack_create(m, be, lower, &pp);
+    }
     REQUIRE(prov, "GPU provider (%d slots): %s", slots, moe_last_error());
     struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 128, .max_batch_tokens = 64, .provider = prov,
                                     .backend = be };
@@ -138,7 +153,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < T; i++) ids[i] = (int)idf[i];
 
         struct run_out all;
-        run(m, be, 0, MOE_POLICY_LRU, ids, (int)T, (int)G, pad, false, &all);
+        run(m, be, 0, MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad, false, &all);
         double d = max_abs_diff(all.logits, rl, (size_t)T * V);
         printf("%s p%d: GPU logits max abs diff vs transformers %.3g\n", argv[1], p, d);
         CHECK(d < LOGIT_TOL, "%s p%d: logits differ from HF by %g (tolerance %g)", argv[1], p, d, LOGIT_TOL);
@@ -152,7 +167,8 @@ int main(int argc, char **argv)
         for (int c = 0; c < 3; c++)
             for (int pol = 0; pol < 2; pol++) {
                 struct run_out r;
-                run(m, be, caps[c], pol ? MOE_POLICY_LFU : MOE_POLICY_LRU, ids, (int)T, (int)G, pad, false, &r);
+                run(m, be, caps[c], pol ? MOE_POLICY_LFU : MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad,
+                    false, &r);
                 CHECK(!memcmp(r.tokens, all.tokens, sizeof(int) * (size_t)G),
                       "%s p%d: tokens with %d GPU slots (%s) differ from all-resident", argv[1], p, caps[c],
                       pol ? "lfu" : "lru");
@@ -161,9 +177,20 @@ int main(int argc, char **argv)
                       p, caps[c], pol ? "lfu" : "lru");
                 free(r.logits), free(r.tokens);
             }
+        /* the GPU tier stacked on the resident and on the tiered (mmap -> RAM) providers */
+        for (int lw = LOWER_RESIDENT; lw <= LOWER_TIERED; lw++) {
+            struct run_out r;
+            run(m, be, m->cfg.top_k + 1, MOE_POLICY_LRU, (enum lower)lw, ids, (int)T, (int)G, pad, false, &r);
+            CHECK(!memcmp(r.tokens, all.tokens, sizeof(int) * (size_t)G) &&
+                  !memcmp(r.logits, all.logits, sizeof(float) * (size_t)T * V),
+                  "%s p%d: GPU tier over the %s provider is not bit-identical to all-resident", argv[1], p,
+                  lw == LOWER_RESIDENT ? "resident" : "tiered");
+            free(r.logits), free(r.tokens);
+        }
+
         /* batch-invariant GEMMs: HF parity and prefill == token-by-token, bit for bit */
         struct run_out inv;
-        run(m, bi, m->cfg.top_k, MOE_POLICY_LRU, ids, (int)T, (int)G, pad, true, &inv);
+        run(m, bi, m->cfg.top_k, MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad, true, &inv);
         d = max_abs_diff(inv.logits, rl, (size_t)T * V);
         printf("%s p%d: invariant-mode logits max abs diff vs transformers %.3g\n", argv[1], p, d);
         CHECK(d < LOGIT_TOL, "%s p%d: invariant-mode logits differ from HF by %g", argv[1], p, d);

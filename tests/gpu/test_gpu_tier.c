@@ -28,12 +28,24 @@ static const void *host_mat(void *ud, int layer, int e, int which)
     return host + (((size_t)layer * E + e) * 3 + (size_t)which) * m;
 }
 
+static bool use_fill; /* source experts through host_fill (staging) instead of host_mat */
+
+static enum moe_status host_fill(void *ud, int layer, int e, void *const dst[3])
+{
+    for (int w = 0; w < 3; w++) {
+        const void *src = host_mat(ud, layer, e, w);
+        if (!src) return moe_errorf(MOE_ENOENT, "layer %d has no expert %d", layer, e);
+        memcpy(dst[w], src, (size_t)HID * INTER * 2);
+    }
+    return MOE_OK;
+}
+
 static struct moe_cuda_tier *make(struct moe_cuda_ctx *c, int slots, enum moe_policy_kind pol)
 {
     size_t mb = (size_t)HID * INTER * 2;
     struct moe_cuda_tier_params p = {
         .n_layers = L, .n_experts = E, .slots = slots, .mat_bytes = { mb, mb, mb },
-        .policy = pol, .host_mat = host_mat,
+        .policy = pol, .host_mat = use_fill ? NULL : host_mat, .host_fill = use_fill ? host_fill : NULL,
     };
     struct moe_cuda_tier *t = moe_cuda_tier_create(c, &p);
     REQUIRE(t, "tier with %d slots: %s", slots, moe_last_error());
@@ -137,6 +149,16 @@ int main(void)
                       "outputs with %d slots (%s%s) differ from all-resident", caps[i], pol ? "lfu" : "lru",
                       pf ? " + prefetch" : "");
             }
+
+    /* the staging path (host_fill): same bytes, same outputs */
+    use_fill = true;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(caps); i++) {
+        memset(got, 0, (size_t)steps * K * HID * sizeof(float));
+        run(c, caps[i], MOE_POLICY_LRU, true, route, steps, got, true);
+        CHECK(!memcmp(got, ref, (size_t)steps * K * HID * sizeof(float)),
+              "host_fill outputs with %d slots differ from all-resident", caps[i]);
+    }
+    use_fill = false;
 
     /* errors: more experts at once than slots; a dense layer; bad id */
     struct moe_cuda_tier *t = make(c, K, MOE_POLICY_LRU);

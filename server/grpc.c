@@ -630,6 +630,7 @@ static void on_new_call(struct gcall *c, bool ok)
         if (!grpc_slice_str_cmp(c->details.method, methods[i].path))
             c->m = methods[i].m;
     c->deadline = call_deadline(c);
+    MOE_DBG("grpc: new call %p method %d", (void *)c, (int)c->m);
     grpc_op ops[2];
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -668,6 +669,7 @@ static void on_recv(struct gcall *c, bool ok)
         return;
     }
     c->got_msg = true;
+    MOE_DBG("grpc: call %p message", (void *)c);
     grpc_byte_buffer_reader rd;
     if (!grpc_byte_buffer_reader_init(&rd, bb)) {
         grpc_byte_buffer_destroy(bb);

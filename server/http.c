@@ -2,7 +2,11 @@
  * completions (JSON or server-sent events), /v1/models, /health, /ready,
  * /metrics.  One event-loop thread; scheduler events arrive through the
  * inbox and an event made active from the scheduler thread. */
+#include <errno.h>
+#include <sys/socket.h>
+
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -34,6 +38,7 @@ struct hreq {
     char id[48];
     long long created;
     struct evbuffer *text;        /* non-streamed: the text so far */
+    struct event *watch;          /* readable socket while generating: EOF = client gone */
 };
 
 static void wake_cb(void *arg)
@@ -95,6 +100,8 @@ static void send_text(struct evhttp_request *req, int code, const char *ctype, c
 
 static void hreq_free(struct hreq *r)
 {
+    if (r->watch)
+        event_free(r->watch);
     if (r->text)
         evbuffer_free(r->text);
     free(r);
@@ -113,8 +120,49 @@ static void conn_close_cb(struct evhttp_connection *conn, void *arg)
     (void)conn;
 }
 
+/* evhttp does not read a connection while its reply is pending, so a client
+ * that goes away unnoticed would keep its sequence running.  Peek at the
+ * socket when it turns readable: end of stream or an error means the client
+ * left (the connection is freed, its close callback cancels the request);
+ * data means a pipelined request, and watching stops. */
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct hreq *r = arg;
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
+        if (n > 0)
+            event_del(r->watch);
+        return;
+    }
+    if (r->req) {
+        struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+        if (c) {
+            evhttp_connection_free(c); /* runs conn_close_cb, which frees r */
+            return;
+        }
+    }
+    (void)what;
+}
+
+static void hreq_watch(struct hreq *r)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(r->req);
+    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return;
+    r->watch = event_new(r->hf->base, fd, EV_READ | EV_PERSIST, watch_cb, r);
+    if (r->watch)
+        event_add(r->watch, NULL);
+}
+
 static void hreq_detach(struct hreq *r)
 {
+    if (r->watch) {
+        event_free(r->watch);
+        r->watch = NULL;
+    }
     if (r->req) {
         struct evhttp_connection *c = evhttp_request_get_connection(r->req);
         if (c)
@@ -326,6 +374,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         return;
     }
     evhttp_connection_set_closecb(evhttp_request_get_connection(req), conn_close_cb, r);
+    hreq_watch(r);
     if (r->stream) {
         struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
         evhttp_add_header(oh, "Content-Type", "text/event-stream");

@@ -427,6 +427,10 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         "# TYPE moeflow:num_requests_waiting gauge\nmoeflow:num_requests_waiting{%s} %d\n",
         lbl, ss.running, lbl, ss.waiting);
     moe_strbuf_printf(&b,
+        "# HELP moeflow:tokens_in_flight Prompt + max_tokens of accepted, unfinished requests (KV bound).\n"
+        "# TYPE moeflow:tokens_in_flight gauge\nmoeflow:tokens_in_flight{%s} %lld\n",
+        lbl, (long long)ss.tokens_in_flight);
+    moe_strbuf_printf(&b,
         "# HELP moeflow:prompt_tokens_total Prompt tokens of accepted requests.\n"
         "# TYPE moeflow:prompt_tokens_total counter\nmoeflow:prompt_tokens_total{%s} %llu\n"
         "# HELP moeflow:generation_tokens_total Generated tokens.\n"

@@ -1,13 +1,14 @@
 """Integration, faults: 32 concurrent streaming clients (8 cancelled
 mid-stream, 8 with expiring deadlines), a burst beyond the queue bound, and
 SIGTERM under load.  usage: test_serve_faults.py MOEFLOW_BINARY SOURCE_DIR"""
+import json
 import os
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, metric, SKIP  # noqa: E402
+from serve_util import Server, gen_stubs, metric, curl, SKIP  # noqa: E402
 
 try:
     import grpc
@@ -29,7 +30,7 @@ def balance(srv):
     for _ in range(100):
         ms = srv.metrics()
         if (metric(ms, "moeflow:num_requests_running") == 0 and metric(ms, "moeflow:num_requests_waiting") == 0
-                and metric(ms, "moeflow:live_generations") == 0):
+                and metric(ms, "moeflow:live_generations") == 0 and metric(ms, "moeflow:tokens_in_flight") == 0):
             break
         time.sleep(0.05)
     acc = metric(ms, "moeflow:requests_accepted_total")
@@ -96,6 +97,29 @@ def main():
         check(metric(ms, "moeflow:live_generations") == 0, "generations leaked")
         check(metric(ms, "moeflow:requests_cancelled_total") >= 16, "cancellations counted: %s" %
               metric(ms, "moeflow:requests_cancelled_total"))
+        check(metric(ms, "moeflow:tokens_in_flight") == 0, "KV token reservations not returned")
+
+        # HTTP: a client that disconnects (plain and streamed) is cancelled at once;
+        # a deadline from the X-Request-Timeout header ends in 504.
+        before = metric(srv.metrics(), "moeflow:requests_cancelled_total")
+        long_body = json.dumps({"prompt": "def a():", "max_tokens": 1500, "ignore_eos": True})
+        for extra in ([], ["-N"]):
+            body = long_body if not extra else long_body[:-1] + ', "stream": true}'
+            curl("--max-time", "0.3", *extra, "-H", "Content-Type: application/json", "-d", body,
+                 srv.url("/v1/completions"), timeout=0.3)
+        t0 = time.time()
+        while time.time() - t0 < 5:
+            ms = srv.metrics()
+            if metric(ms, "moeflow:requests_cancelled_total") >= before + 2 and \
+                    metric(ms, "moeflow:num_requests_running") == 0:
+                break
+            time.sleep(0.05)
+        check(metric(ms, "moeflow:requests_cancelled_total") >= before + 2 and
+              metric(ms, "moeflow:num_requests_running") == 0,
+              "HTTP disconnects not cancelled: %s running" % metric(ms, "moeflow:num_requests_running"))
+        code, out = srv.http("/v1/completions", long_body.encode(), headers={"X-Request-Timeout": "0.2"})
+        check(code == 504 and b"deadline" in out, "HTTP deadline: %d %s" % (code, out[:200]))
+
         # Pools back at baseline: a fresh request still gets the greedy text.
         again = [t for x in gen.Generate(m.GenerateRequest(prompt=prompts[0], max_tokens=N, ignore_eos=True),
                                          timeout=60) for t in x.token_ids]
@@ -162,6 +186,41 @@ def main():
         check(all(v[2] < 1.0 for v in rej), "refusals were not immediate: %s" % [v[2] for v in rej])
         ms, acc, done = balance(srv)
         check(acc == done == ok + base, "burst: accepted %s terminal %s ok %d + warm-up %s" % (acc, done, ok, base))
+
+        # HTTP gets 429 at once when the queue is full (1 running + 2 queued).
+        def long_call(p):
+            return gen.Generate(m.GenerateRequest(prompt=p, max_tokens=1500, ignore_eos=True), timeout=60)
+        holds = []
+        for i in range(3):  # one admitted to run, then two waiting
+            holds.append(long_call(prompts[20 + i]))
+            time.sleep(0.15)
+        t0 = time.time()
+        code, body = srv.http("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 2}).encode())
+        check(code == 429 and time.time() - t0 < 1.0, "HTTP queue full: %d %s" % (code, body[:200]))
+        for it in holds:
+            it.cancel()
+        ms, acc, done = balance(srv)
+        check(acc == done, "after cancelling held requests: accepted %s terminal %s" % (acc, done))
+
+        # A request cancelled while queued leaves the queue at once.
+        before = metric(srv.metrics(), "moeflow:requests_cancelled_total")
+        first = long_call(prompts[30])
+        time.sleep(0.2)
+        queued = long_call("def q():")
+        time.sleep(0.2)
+        queued.cancel()
+        t0 = time.time()
+        while time.time() - t0 < 3 and metric(srv.metrics(), "moeflow:requests_cancelled_total") < before + 1:
+            time.sleep(0.02)
+        ms = srv.metrics()
+        check(metric(ms, "moeflow:requests_cancelled_total") == before + 1 and
+              metric(ms, "moeflow:num_requests_running") == 1 and metric(ms, "moeflow:num_requests_waiting") == 0,
+              "queued cancel: cancelled %s running %s waiting %s" % (
+                  metric(ms, "moeflow:requests_cancelled_total") - before,
+                  metric(ms, "moeflow:num_requests_running"), metric(ms, "moeflow:num_requests_waiting")))
+        first.cancel()
+        ms, acc, done = balance(srv)
+        check(acc == done, "after queued cancel: accepted %s terminal %s" % (acc, done))
         check(srv.stop() == 0, "exit status")
     finally:
         srv.kill()

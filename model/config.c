@@ -210,7 +210,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     enum moe_status st;
     int inter = 0, step = 1, ne_a = -1, ne_b = -1;
     bool b;
-    double d;
+    double d = 0;
 
     memset(&c, 0, sizeof(c));
     what = what ? what : "config.json";

@@ -52,7 +52,10 @@ struct tiered {
     size_t inter, hidden;
     enum moe_dtype dtype;
     uint64_t gate_b, up_b, down_b, rec_bytes, stride;
-    size_t dev_floats;        /* floats per device slot: 3 * inter * hidden */
+    size_t dev_floats;        /* elements per device slot: 3 * inter * hidden */
+    enum moe_dtype dev_dtype; /* F32 (RAM arena or hook), or the stored dtype (hook) */
+    size_t dev_slot_bytes;    /* dev_floats x dtype size */
+    float *stage;             /* [dev_floats] F32 staging for dev_upload, or NULL */
 
     struct moe_store *store;  /* NULL: safetensors */
     struct moe_reader *reader;
@@ -61,7 +64,7 @@ struct tiered {
     int n_dev, n_host;
     struct dslot *ds;
     struct hslot *hs;
-    float *dev_mem;           /* [n_dev][dev_floats] */
+    uint8_t *dev_mem;         /* [n_dev][dev_slot_bytes], RAM or accelerator memory (hooks) */
     uint8_t *host_mem;        /* [n_host][stride], page-aligned */
     size_t host_len;
     hwloc_topology_t topo;
@@ -132,6 +135,19 @@ static void convert(struct tiered *t, const uint8_t *src, float *dst)
     moe_wview_to_f32(&g, dst);
     moe_wview_to_f32(&u, dst + ih);
     moe_wview_to_f32(&d, dst + 2 * ih);
+}
+
+/* Host record -> device slot: convert to F32 in place (RAM arena), or upload
+ * through the hook (converting on the host first when dtypes differ). */
+static enum moe_status fill_slot(struct tiered *t, const uint8_t *src, uint8_t *dst)
+{
+    if (!t->hooks.dev_upload) {
+        convert(t, src, (float *)dst);
+        return MOE_OK;
+    }
+    if (t->dev_dtype == t->dtype) return t->hooks.dev_upload(t->hooks.ud, dst, src, t->dev_slot_bytes);
+    convert(t, src, t->stage);
+    return t->hooks.dev_upload(t->hooks.ud, dst, t->stage, t->dev_slot_bytes);
 }
 
 /* Take up to qd jobs; stop before a job that touches a host slot already in the batch. */
@@ -217,13 +233,23 @@ static void *worker_main(void *arg)
                 t->st.host.bytes += t->rec_bytes;
             }
             pthread_mutex_unlock(&t->mu);
-            if (current && host_ok) convert(t, src, t->dev_mem + (size_t)j->dslot * t->dev_floats);
+            enum moe_status up = MOE_OK;
+            if (current && host_ok) up = fill_slot(t, src, t->dev_mem + (size_t)j->dslot * t->dev_slot_bytes);
+            if (up) {
+                host_ok = false;
+                h = NULL;
+            }
             pthread_mutex_lock(&t->mu);
             struct dslot *d = &t->ds[j->dslot];
             if (d->gen == j->dgen && d->key == j->key) {
                 if (host_ok) {
                     d->state = SLOT_READY;
-                    t->st.device.bytes += t->dev_floats * sizeof(float);
+                    t->st.device.bytes += t->dev_slot_bytes;
+                } else if (!h) {
+                    d->state = SLOT_FAILED;
+                    d->err = up;
+                    snprintf(d->msg, sizeof(d->msg), "layer %d expert %d: upload to the device "
+                             "tier failed: %s", l, e, moe_status_str(up));
                 } else {
                     d->state = SLOT_FAILED;
                     d->err = h->key == j->key ? h->err : MOE_EIO;
@@ -349,10 +375,10 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
             /* dropped keys lost their pins already; pop_pins on them is a no-op */
             goto out;
         }
-        const float *base = t->dev_mem + (size_t)slot * t->dev_floats;
-        size_t ih = t->inter * t->hidden;
-        out[i] = (struct moe_expert_ref){ .gate = base, .up = base + ih, .down = base + 2 * ih,
-                                          .dtype = MOE_DT_F32 };
+        const uint8_t *base = t->dev_mem + (size_t)slot * t->dev_slot_bytes;
+        size_t mat = t->inter * t->hidden * moe_dtype_size(t->dev_dtype);
+        out[i] = (struct moe_expert_ref){ .gate = base, .up = base + mat, .down = base + 2 * mat,
+                                          .dtype = t->dev_dtype };
     }
     if (waited) t->st.device.stall_s += moe_now() - t0;
     goto out;
@@ -418,7 +444,12 @@ static void tiered_destroy(void *self)
     moe_cache_destroy(t->host);
     moe_reader_close(t->reader);
     moe_store_close(t->store);
-    free(t->dev_mem);
+    if (t->dev_mem && t->hooks.dev_alloc) {
+        if (t->hooks.dev_free) t->hooks.dev_free(t->hooks.ud, t->dev_mem);
+    } else {
+        free(t->dev_mem);
+    }
+    free(t->stage);
     free(t->ds);
     free(t->hs);
     free(t->pins);
@@ -565,11 +596,32 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     t->q = calloc((size_t)t->q_cap, sizeof(*t->q));
     t->batch = calloc((size_t)t->qd, sizeof(*t->batch));
     t->reads = calloc((size_t)t->qd, sizeof(*t->reads));
-    size_t dev_len = (size_t)t->n_dev * t->dev_floats * sizeof(float);
-    t->dev_mem = aligned_alloc(64, (dev_len + 63) / 64 * 64);
+    t->dev_dtype = MOE_DT_F32;
+    if (t->hooks.dev_alloc) {
+        if (!t->hooks.dev_upload ||
+            (t->hooks.dev_dtype != MOE_DT_F32 && t->hooks.dev_dtype != t->dtype)) {
+            st = moe_errorf(MOE_EINVAL, "device tier hooks: dev_upload missing or dev_dtype %s is "
+                            "neither F32 nor the stored %s", moe_dtype_name(t->hooks.dev_dtype),
+                            moe_dtype_name(t->dtype));
+            goto fail;
+        }
+        t->dev_dtype = t->hooks.dev_dtype;
+    }
+    t->dev_slot_bytes = t->dev_floats * moe_dtype_size(t->dev_dtype);
+    size_t dev_len = (size_t)t->n_dev * t->dev_slot_bytes;
+    if (t->hooks.dev_alloc) {
+        t->dev_mem = t->hooks.dev_alloc(t->hooks.ud, dev_len);
+        if (t->dev_dtype != t->dtype && !(t->stage = malloc(t->dev_floats * sizeof(float)))) {
+            st = moe_errorf(MOE_ENOMEM, "device tier: no staging buffer");
+            goto fail;
+        }
+    } else {
+        t->hooks.dev_upload = NULL;
+        t->dev_mem = aligned_alloc(64, (dev_len + 63) / 64 * 64);
+    }
     if (!t->ds || !t->hs || !t->q || !t->batch || !t->reads || !t->dev_mem) {
-        st = moe_errorf(MOE_ENOMEM, "device tier: cannot allocate %zu bytes (%d experts in F32); "
-                        "lower --gpu-experts", dev_len, t->n_dev);
+        st = moe_errorf(MOE_ENOMEM, "device tier: cannot allocate %zu bytes (%d experts in %s); "
+                        "lower --gpu-experts", dev_len, t->n_dev, moe_dtype_name(t->dev_dtype));
         goto fail;
     }
     for (int i = 0; i < t->n_dev; i++) t->ds[i].key = -1;

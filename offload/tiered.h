@@ -25,6 +25,19 @@ struct moe_offload_hooks {
     /* Pin host-tier memory for DMA (cudaHostRegister); return 0 on success. */
     int (*host_register)(void *ud, void *p, size_t len);
     void (*host_unregister)(void *ud, void *p);
+    /* Device tier in accelerator memory.  When dev_alloc is set, the device
+     * tier is one dev_alloc(slots x slot bytes) buffer (NULL = out of memory)
+     * whose slots hold gate|up|down in dev_dtype (F32, or the stored dtype),
+     * and the transfer thread fills a slot with dev_upload(dst, h_src, bytes),
+     * which must return only once the copy has completed (use a copy stream of
+     * its own: it runs concurrently with the engine's compute).  h_src is the
+     * host-tier record (pinned) when dev_dtype is the stored dtype, else a
+     * host F32 staging buffer.  Without dev_alloc the device tier is a RAM
+     * arena of F32 experts (CPU backend). */
+    void *(*dev_alloc)(void *ud, size_t bytes);
+    void (*dev_free)(void *ud, void *p);
+    enum moe_status (*dev_upload)(void *ud, void *dst, const void *h_src, size_t bytes);
+    enum moe_dtype dev_dtype;
 };
 
 struct moe_tiered_params {
@@ -52,7 +65,7 @@ struct moe_tier_stats {
 };
 
 struct moe_offload_stats {
-    struct moe_tier_stats device; /* device slots: bytes = F32 bytes written (CPU) */
+    struct moe_tier_stats device; /* device slots: bytes = bytes written into slots */
     struct moe_tier_stats host;   /* host pool: bytes = bytes read from the store / safetensors */
     uint64_t disk_reads;          /* records read from the lowest tier */
     uint64_t fallbacks;           /* 1 when the reader fell back to buffered pread */

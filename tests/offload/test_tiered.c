@@ -122,6 +122,70 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
     moe_provider_destroy(p);
 }
 
+/* Fake accelerator for the device-tier hooks: host memory, memcpy uploads. */
+struct fake_dev {
+    int uploads, fail_after; /* fail_after < 0: never fail */
+};
+static void *fd_alloc(void *ud, size_t n) { (void)ud; return malloc(n); }
+static void fd_free(void *ud, void *p) { (void)ud; free(p); }
+static enum moe_status fd_upload(void *ud, void *dst, const void *src, size_t n)
+{
+    struct fake_dev *f = ud;
+    if (f->fail_after >= 0 && f->uploads >= f->fail_after) return MOE_EDEVICE;
+    f->uploads++;
+    memcpy(dst, src, n);
+    return MOE_OK;
+}
+
+/* Device-tier hooks: F32 and stored-dtype slots hold the right bytes; a failed
+ * upload fails the request naming layer and expert. */
+static void check_dev_hooks(const struct moe_model *m, const char *store)
+{
+    const struct moe_config *c = &m->cfg;
+    struct moe_provider *res = moe_provider_resident_create(m);
+    size_t ih = (size_t)c->expert_inter * (size_t)c->hidden;
+    int l0 = 0;
+    while (!c->is_moe[l0]) l0++;
+    for (int mode = 0; mode < 3; mode++) {
+        struct fake_dev fd = { .fail_after = mode == 2 ? 3 : -1 };
+        enum moe_dtype stored = moe_model_expert(m, l0, 0)->gate.dtype;
+        struct moe_tiered_params tp = {
+            .store_path = store, .dev_slots = c->top_k, .host_slots = 2, .numa_node = -1,
+            .hooks = { .ud = &fd, .dev_alloc = fd_alloc, .dev_free = fd_free, .dev_upload = fd_upload,
+                       .dev_dtype = mode == 1 ? stored : MOE_DT_F32 },
+        };
+        struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+        REQUIRE(p, "hooks mode %d: %s", mode, moe_last_error());
+        int bad = 0, failed = 0;
+        for (int e = 0; e < c->n_experts; e++) {
+            struct moe_expert_ref a, b;
+            enum moe_status st = p->ops->acquire(p->self, l0, 1, &e, &a);
+            if (mode == 2 && st != MOE_OK) {
+                failed++;
+                CHECK(st == MOE_EDEVICE && strstr(moe_last_error(), "expert"), "upload error: %s",
+                      moe_last_error());
+                continue;
+            }
+            REQUIRE(st == MOE_OK, "hooks acquire: %s", moe_last_error());
+            if (mode == 1) {
+                const struct moe_expert_w *x = moe_model_expert(m, l0, e);
+                bad += a.dtype != stored || memcmp(a.gate, x->gate.data, x->gate.nbytes) ||
+                       memcmp(a.up, x->up.data, x->up.nbytes) ||
+                       memcmp(a.down, x->down.data, x->down.nbytes);
+            } else {
+                res->ops->acquire(res->self, l0, 1, &e, &b);
+                bad += a.dtype != MOE_DT_F32 || memcmp(a.gate, b.gate, ih * 4) ||
+                       memcmp(a.up, b.up, ih * 4) || memcmp(a.down, b.down, ih * 4);
+            }
+            p->ops->release(p->self, l0);
+        }
+        CHECK(bad == 0, "hooks mode %d: %d experts differ", mode, bad);
+        CHECK(mode != 2 || failed == c->n_experts - 3, "hooks mode 2: %d failed", failed);
+        moe_provider_destroy(p);
+    }
+    moe_provider_destroy(res);
+}
+
 int main(void)
 {
     static const struct cfg cfgs[] = {
@@ -154,6 +218,7 @@ int main(void)
         REQUIRE(moe_trace_keys(&t, &keys, &n_keys) == MOE_OK, "keys");
         for (size_t k = 0; k < MOE_ARRAY_LEN(cfgs); k++)
             run_cfg(m, res, store, &info, routing, keys, n_keys, &cfgs[k], t_models[i]);
+        check_dev_hooks(m, store);
         free(keys);
         free(routing);
         moe_provider_destroy(res);

@@ -52,6 +52,8 @@ struct moe_tiered_params {
     struct moe_reader_params io;  /* queue depth, forced pread fallback */
     struct moe_offload_hooks hooks;
     bool numa_explicit;           /* bind the host tier to numa_node (e.g. the GPU's node) */
+    const int *dev_layer_quota;   /* [n_layers] most device slots per layer, or NULL: one pool
+                                     shared by all layers */
 };
 
 /* Per-tier counters. */

@@ -57,6 +57,7 @@ struct cfg {
     uint32_t max_io;
     enum moe_policy_kind policy;
     int dev_extra, host_slots;
+    bool quota;  /* per-layer quota of top_k + 1 slots */
 };
 
 static void run_cfg(const struct moe_model *m, struct moe_provider *res, const char *store,
@@ -69,6 +70,9 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
         .host_slots = cf->host_slots, .policy = cf->policy, .future = keys, .n_future = n_keys,
         .numa_node = -1, .io = { .queue_depth = 16, .no_io_uring = cf->no_uring, .max_io_bytes = cf->max_io },
     };
+    int quota[MOE_MAX_LAYERS];
+    for (int l = 0; l < c->n_layers; l++) quota[l] = c->top_k + 1;
+    if (cf->quota) tp.dev_layer_quota = quota;
     struct moe_provider *p = moe_provider_tiered_create(m, &tp);
     REQUIRE(p, "%s/%s: %s", mname, cf->name, moe_last_error());
     CHECK(p->ops->max_pinned(p->self) == tp.dev_slots, "max_pinned");
@@ -108,7 +112,7 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
            os.numa_bound ? " numa-bound" : "");
     if (cf->max_io && cf->store && !cf->no_uring)
         CHECK(os.io_continuations > 0, "%s/%s: short-read path not exercised", mname, cf->name);
-    if (!cf->prefetch) {
+    if (!cf->prefetch && !cf->quota) {
         /* Same routing, same capacity, same policy: the simulator agrees exactly. */
         struct moe_trace t = { .info = *info, .n_tokens = STEPS, .experts = (int *)routing };
         struct moe_sim_params sp = { .capacity = tp.dev_slots, .policy = cf->policy };
@@ -189,16 +193,17 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
 int main(void)
 {
     static const struct cfg cfgs[] = {
-        { "store-min-lru", true, false, false, 0, MOE_POLICY_LRU, 0, 1 },
-        { "store-min-lfu", true, false, false, 0, MOE_POLICY_LFU, 0, 1 },
-        { "store-min-belady", true, false, false, 0, MOE_POLICY_BELADY, 0, 1 },
-        { "store-belady-wide", true, false, false, 0, MOE_POLICY_BELADY, 8, 3 },
-        { "store-lfu-wide", true, false, false, 0, MOE_POLICY_LFU, 8, 16 },
-        { "store-pread", true, true, false, 0, MOE_POLICY_LRU, 1, 2 },
-        { "store-short-reads", true, false, false, 4096, MOE_POLICY_LRU, 2, 3 },
-        { "store-prefetch", true, false, true, 0, MOE_POLICY_LRU, 3, 5 },
-        { "safetensors-lfu", false, false, false, 0, MOE_POLICY_LFU, 2, 4 },
-        { "safetensors-prefetch", false, false, true, 0, MOE_POLICY_LRU, 0, 1 },
+        { "store-min-lru", true, false, false, 0, MOE_POLICY_LRU, 0, 1, false },
+        { "store-min-lfu", true, false, false, 0, MOE_POLICY_LFU, 0, 1, false },
+        { "store-min-belady", true, false, false, 0, MOE_POLICY_BELADY, 0, 1, false },
+        { "store-belady-wide", true, false, false, 0, MOE_POLICY_BELADY, 8, 3, false },
+        { "store-lfu-wide", true, false, false, 0, MOE_POLICY_LFU, 8, 16, false },
+        { "store-pread", true, true, false, 0, MOE_POLICY_LRU, 1, 2, false },
+        { "store-short-reads", true, false, false, 4096, MOE_POLICY_LRU, 2, 3, false },
+        { "store-prefetch", true, false, true, 0, MOE_POLICY_LRU, 3, 5, false },
+        { "store-quota-lru", true, false, false, 0, MOE_POLICY_LRU, 12, 4, true },
+        { "safetensors-lfu", false, false, false, 0, MOE_POLICY_LFU, 2, 4, false },
+        { "safetensors-prefetch", false, false, true, 0, MOE_POLICY_LRU, 0, 1, false },
     };
     char p[512], store[600];
     const char *dir = t_tmp_make("/tmp");

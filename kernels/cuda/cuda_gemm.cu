@@ -17,7 +17,6 @@ extern "C" enum moe_status moe_cuda_swiglu_bf16_(struct moe_cuda_ctx *c, const f
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 static bool dtype_ok(enum moe_dtype dt) { return dt == MOE_DT_BF16 || dt == MOE_DT_F32; }
-static size_t dt_size(enum moe_dtype dt) { return dt == MOE_DT_BF16 ? 2 : 4; }
 static const char *dt_name(enum moe_dtype dt)
 {
     return dt == MOE_DT_BF16 ? "BF16" : dt == MOE_DT_F32 ? "F32" : dt == MOE_DT_F16 ? "F16" : "non-float";
@@ -65,17 +64,39 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
     return gemm_one(c, d_w, c->ws, wdt, out_dim, n, in, accumulate ? 1.0f : 0.0f, d_y);
 }
 
-/* Grouped projection: for each nonempty group g, C_g[m x n_g] = op_T(A_g) B_g
- * with B_g = b + off[g]*k elements, C_g = y + off[g]*m.  n_w weight sets are
- * issued in one call (gate and up together): problem (w, g) uses a[w][g].
- * Returns MOE_ENOTSUP when cuBLAS refuses the type combination. */
+/* ---- the MoE expert FFN -------------------------------------------------------
+ * Workspace layout: every nonempty group gets its own 256-byte-aligned pieces
+ * (BF16 x, F32 gate, F32 up, BF16 h), so the pointers cuBLAS sees for an
+ * expert have the same alignment however the groups are split across calls
+ * (the output rows are the caller's, at the expert's absolute row).  cuBLAS
+ * may choose kernels by pointer alignment; this keeps an expert's bits
+ * independent of chunking. */
+
+struct ffn_ptrs {
+    const void *x;   /* GEMM input of gate/up: BF16 copy, or the F32 rows themselves */
+    void *xw;        /* the BF16 copy (cast only) */
+    float *g, *u;    /* [rows, inter] F32 */
+    const void *h;   /* down input: BF16 copy, or g (F32, in place) */
+    void *hw;        /* writable h */
+};
+
+static size_t group_ws(enum moe_cuda_gemm_mode mode, enum moe_dtype wdt, size_t rows, int hidden, int inter)
+{
+    if (rows == 0) return 0;
+    if (mode == MOE_CUDA_GEMM_INVARIANT || wdt == MOE_DT_F32)
+        return 2 * align256(rows * inter * 4);
+    return align256(rows * hidden * 2) + 2 * align256(rows * inter * 4) + align256(rows * inter * 2);
+}
+
+/* Grouped projection: problem (w, g) over nonempty groups computes
+ * C[m x rows_g] = op_T(A[w][g]) B_g with B_g = b[g], C = y[w][g].
+ * MOE_ENOTSUP when cuBLAS refuses the type combination. */
 static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void *const *const *a,
-                                    const void *b, enum moe_dtype dt, float *const *y, int n_groups,
-                                    const int *off, int m, int k)
+                                    const void *const *b, enum moe_dtype dt, float *const *const *y,
+                                    int n_groups, const int *rows, int m, int k)
 {
     enum moe_status st = MOE_OK;
     int cnt = 0, cap = n_w * n_groups;
-    size_t esz = dt_size(dt);
     cublasOperation_t *ta = NULL, *tb = NULL;
     int *ms = NULL, *ns = NULL, *ks = NULL, *lda = NULL, *ldb = NULL, *ldc = NULL, *gs = NULL;
     float *al = NULL, *be = NULL;
@@ -98,15 +119,14 @@ static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void 
     be = al + cap;
     for (int w = 0; w < n_w; w++) {
         for (int g = 0; g < n_groups; g++) {
-            int rows = off[g + 1] - off[g];
-            if (rows <= 0) continue;
+            if (rows[g] <= 0) continue;
             ta[cnt] = CUBLAS_OP_T; tb[cnt] = CUBLAS_OP_N;
-            ms[cnt] = m; ns[cnt] = rows; ks[cnt] = k;
+            ms[cnt] = m; ns[cnt] = rows[g]; ks[cnt] = k;
             lda[cnt] = k; ldb[cnt] = k; ldc[cnt] = m; gs[cnt] = 1;
             al[cnt] = 1.0f; be[cnt] = 0.0f;
             pa[cnt] = a[w][g];
-            pa[cap + cnt] = (const char *)b + (size_t)off[g] * (size_t)k * esz;
-            pa[2 * cap + cnt] = y[w] + (size_t)off[g] * (size_t)m;
+            pa[cap + cnt] = b[g];
+            pa[2 * cap + cnt] = y[w][g];
             cnt++;
         }
     }
@@ -125,7 +145,8 @@ static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void 
             (void *const *)(c->d_ptrs + 2 * c->ptr_cap), CUDA_R_32F, ldc, cnt, gs, CUBLAS_COMPUTE_32F);
         if (bs == CUBLAS_STATUS_NOT_SUPPORTED || bs == CUBLAS_STATUS_INVALID_VALUE ||
             bs == CUBLAS_STATUS_ARCH_MISMATCH) {
-            st = moe_errorf(MOE_ENOTSUP, "cublasGemmGroupedBatchedEx refused BF16/F32 (status %d)", (int)bs);
+            st = moe_errorf(MOE_ENOTSUP, "cublasGemmGroupedBatchedEx refused %s in, F32 out (status %d)",
+                            dt_name(dt), (int)bs);
             goto out;
         }
         CK(c, bs);
@@ -139,62 +160,146 @@ out:
     return st;
 }
 
-static enum moe_status ffn_loop_proj(struct moe_cuda_ctx *c, const void *const *w, const void *b,
-                                     enum moe_dtype dt, float *y, int n_groups, const int *off, int m,
-                                     int k)
+/* One part: groups whose workspace pieces all fit.  rows[g] from h_off. */
+static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
+                                       const int *h_off, const struct moe_cuda_expert *h_w,
+                                       enum moe_dtype wdt, int hidden, int inter, float *d_yp)
 {
-    size_t esz = dt_size(dt);
-    for (int g = 0; g < n_groups; g++) {
-        int rows = off[g + 1] - off[g];
-        if (rows <= 0) continue;
-        enum moe_status st = gemm_one(c, w[g], (const char *)b + (size_t)off[g] * (size_t)k * esz, dt,
-                                      m, rows, k, 0.0f, y + (size_t)off[g] * (size_t)m);
-        if (st != MOE_OK)
-            return moe_error_prefix(st, "expert FFN group %d (%d rows)", g, rows);
-    }
-    return MOE_OK;
-}
-
-/* Invariant mode: F32 activations throughout, own GEMM kernel per expert. */
-static enum moe_status expert_ffn_inv(struct moe_cuda_ctx *c, const float *d_xp, int n_groups, const int *h_off,
-                                      const struct moe_cuda_expert *h_w, enum moe_dtype wdt, int hidden,
-                                      int inter, float *d_yp)
-{
-    int rows = h_off[n_groups];
-    size_t o_u = align256((size_t)rows * inter * 4), need = o_u + (size_t)rows * inter * 4;
-    float *g = (float *)c->ws, *u = (float *)((char *)c->ws + o_u);
     enum moe_status st = MOE_OK;
-    if (need > c->ws_bytes) return ws_short(c, "expert_ffn", need);
-    for (int e = 0; e < n_groups && st == MOE_OK; e++) {
-        int r0 = h_off[e], m = h_off[e + 1] - r0;
-        if (m <= 0) continue;
-        const float *xe = d_xp + (size_t)r0 * hidden;
-        float *ge = g + (size_t)r0 * inter, *ue = u + (size_t)r0 * inter;
-        st = moe_cuda_gemm_inv_(c, xe, h_w[e].gate, wdt, m, hidden, inter, false, ge);
-        if (st == MOE_OK) st = moe_cuda_gemm_inv_(c, xe, h_w[e].up, wdt, m, hidden, inter, false, ue);
-        if (st == MOE_OK) st = moe_cuda_swiglu(c, ge, ue, ge, (size_t)m * inter);
-        if (st == MOE_OK)
-            st = moe_cuda_gemm_inv_(c, ge, h_w[e].down, wdt, m, inter, hidden, false, d_yp + (size_t)r0 * hidden);
-        if (st != MOE_OK) moe_error_prefix(st, "expert FFN group %d (%d rows)", e, m);
+    bool inv = c->gemm_mode == MOE_CUDA_GEMM_INVARIANT, cast = !inv && wdt == MOE_DT_BF16;
+    struct ffn_ptrs *p = (struct ffn_ptrs *)calloc((size_t)n_groups, sizeof(*p));
+    int *rows = (int *)malloc(sizeof(int) * (size_t)n_groups);
+    const void **wg = (const void **)malloc(sizeof(void *) * (size_t)n_groups * 6);
+    float **yg = (float **)malloc(sizeof(float *) * (size_t)n_groups * 3);
+    const void **xin = wg + 3 * (size_t)n_groups, **hin = xin + n_groups;
+    const void **wu = wg + n_groups, **wdn = wg + 2 * (size_t)n_groups;
+    float **gout = yg, **uout = yg + n_groups, **dout = yg + 2 * (size_t)n_groups;
+    char *ws = (char *)c->ws;
+    size_t at = 0;
+
+    if (!p || !rows || !wg || !yg) {
+        st = moe_errorf(MOE_ENOMEM, "expert_ffn: out of host memory");
+        goto out;
     }
+    for (int g = 0; g < n_groups; g++) {
+        size_t r = (size_t)(rows[g] = h_off[g + 1] - h_off[g]);
+        wg[g] = h_w[g].gate;
+        wu[g] = h_w[g].up;
+        wdn[g] = h_w[g].down;
+        dout[g] = d_yp + (size_t)h_off[g] * hidden;
+        if (!r) continue;
+        const float *xf = d_xp + (size_t)h_off[g] * hidden;
+        if (cast) {
+            p[g].x = p[g].xw = ws + at;
+            at += align256(r * hidden * 2);
+        } else {
+            p[g].x = xf;
+        }
+        p[g].g = (float *)(ws + at);
+        at += align256(r * inter * 4);
+        p[g].u = (float *)(ws + at);
+        at += align256(r * inter * 4);
+        if (cast) {
+            p[g].hw = ws + at;
+            at += align256(r * inter * 2);
+        } else {
+            p[g].hw = p[g].g;
+        }
+        p[g].h = p[g].hw;
+        xin[g] = p[g].x;
+        hin[g] = p[g].h;
+        gout[g] = p[g].g;
+        uout[g] = p[g].u;
+        if (at > c->ws_bytes) { /* the caller splits by group_ws(): a guard, before any write */
+            st = ws_short(c, "expert_ffn", at);
+            goto out;
+        }
+        if (cast) {
+            st = moe_cuda_f32_to_bf16(c, xf, (uint16_t *)p[g].xw, r * hidden);
+            if (st != MOE_OK) goto out;
+        }
+    }
+
+    if (inv) {
+        for (int g = 0; g < n_groups && st == MOE_OK; g++) {
+            if (!rows[g]) continue;
+            st = moe_cuda_gemm_inv_(c, (const float *)p[g].x, wg[g], wdt, rows[g], hidden, inter, false, p[g].g);
+            if (st == MOE_OK)
+                st = moe_cuda_gemm_inv_(c, (const float *)p[g].x, wu[g], wdt, rows[g], hidden, inter, false, p[g].u);
+            if (st == MOE_OK) st = moe_cuda_swiglu(c, p[g].g, p[g].u, p[g].g, (size_t)rows[g] * inter);
+            if (st == MOE_OK)
+                st = moe_cuda_gemm_inv_(c, p[g].g, wdn[g], wdt, rows[g], inter, hidden, false, dout[g]);
+            if (st != MOE_OK) moe_error_prefix(st, "expert FFN group %d (%d rows)", g, rows[g]);
+        }
+        goto out;
+    }
+
+    /* gate and up projections */
+    if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
+        const void *const *a2[2] = { wg, wu };
+        float *const *y2[2] = { gout, uout };
+        st = gemm_grouped(c, 2, a2, xin, cast ? MOE_DT_BF16 : wdt, y2, n_groups, rows, inter, hidden);
+        if (st == MOE_ENOTSUP) {
+            MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
+            c->gemm_mode = MOE_CUDA_GEMM_LOOP;
+            moe_error_clear();
+            st = MOE_OK;
+        } else if (st != MOE_OK) {
+            goto out;
+        }
+    }
+    if (c->gemm_mode == MOE_CUDA_GEMM_LOOP) {
+        for (int g = 0; g < n_groups && st == MOE_OK; g++) {
+            if (!rows[g]) continue;
+            st = gemm_one(c, wg[g], p[g].x, wdt, inter, rows[g], hidden, 0.0f, p[g].g);
+            if (st == MOE_OK) st = gemm_one(c, wu[g], p[g].x, wdt, inter, rows[g], hidden, 0.0f, p[g].u);
+            if (st != MOE_OK) moe_error_prefix(st, "expert FFN group %d (%d rows)", g, rows[g]);
+        }
+        if (st != MOE_OK) goto out;
+    }
+
+    /* h = silu(gate) * up, the down projection's input */
+    for (int g = 0; g < n_groups && st == MOE_OK; g++) {
+        if (!rows[g]) continue;
+        size_t n = (size_t)rows[g] * inter;
+        st = cast ? moe_cuda_swiglu_bf16_(c, p[g].g, p[g].u, p[g].hw, n)
+                  : moe_cuda_swiglu(c, p[g].g, p[g].u, p[g].g, n);
+    }
+    if (st != MOE_OK) goto out;
+
+    /* down projection */
+    if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
+        const void *const *a1[1] = { wdn };
+        float *const *y1[1] = { dout };
+        st = gemm_grouped(c, 1, a1, hin, cast ? MOE_DT_BF16 : wdt, y1, n_groups, rows, hidden, inter);
+        if (st == MOE_ENOTSUP) {
+            MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
+            c->gemm_mode = MOE_CUDA_GEMM_LOOP;
+            moe_error_clear();
+            st = MOE_OK;
+        } else if (st != MOE_OK) {
+            goto out;
+        }
+    }
+    if (c->gemm_mode == MOE_CUDA_GEMM_LOOP) {
+        for (int g = 0; g < n_groups && st == MOE_OK; g++) {
+            if (!rows[g]) continue;
+            st = gemm_one(c, wdn[g], p[g].h, wdt, hidden, rows[g], inter, 0.0f, dout[g]);
+            if (st != MOE_OK) moe_error_prefix(st, "expert FFN group %d (%d rows)", g, rows[g]);
+        }
+    }
+out:
+    free(p);
+    free(rows);
+    free(wg);
+    free(yg);
     return st;
 }
 
-static size_t ffn_ws_need(enum moe_cuda_gemm_mode mode, enum moe_dtype wdt, size_t rows, int hidden, int inter)
-{
-    if (mode == MOE_CUDA_GEMM_INVARIANT || wdt == MOE_DT_F32)
-        return align256(rows * inter * 4) + rows * inter * 4;
-    return align256(rows * hidden * 2) + align256(rows * inter * 4) + align256(rows * inter * 4) +
-           rows * inter * 2;
-}
-
-static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
-                                       const int *h_off, const struct moe_cuda_expert *h_w,
-                                       enum moe_dtype wdt, int hidden, int inter, float *d_yp);
-
-/* Validate, then run the groups in runs whose rows fit the workspace.  Every
- * expert's rows stay in one call, so (LOOP and INVARIANT modes) the result
- * is the same bits as one call over all groups. */
+/* Validate, then run the groups in runs whose workspace fits.  Every
+ * expert's rows stay in one call and its pointers keep their alignment, so
+ * (LOOP and INVARIANT modes) the result is the same bits as one call over
+ * all groups. */
 extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
                                                const int *h_off, const struct moe_cuda_expert *h_w,
                                                enum moe_dtype wdt, int hidden, int inter, float *d_yp)
@@ -215,127 +320,26 @@ extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const flo
             return moe_errorf(MOE_EINVAL, "expert_ffn: group %d has rows but a NULL weight", g);
     }
     if (n_groups == 0 || h_off[n_groups] == 0) return MOE_OK;
-    if (ffn_ws_need(c->gemm_mode, wdt, (size_t)h_off[n_groups], hidden, inter) <= c->ws_bytes)
-        return expert_ffn_part(c, d_xp, n_groups, h_off, h_w, wdt, hidden, inter, d_yp);
     off = (int *)malloc(sizeof(int) * (size_t)(n_groups + 1));
     if (!off) return moe_errorf(MOE_ENOMEM, "expert_ffn: out of host memory");
     for (int g0 = 0; g0 < n_groups && st == MOE_OK;) {
+        size_t used = group_ws(c->gemm_mode, wdt, (size_t)(h_off[g0 + 1] - h_off[g0]), hidden, inter);
         int g1 = g0 + 1;
-        size_t need = ffn_ws_need(c->gemm_mode, wdt, (size_t)(h_off[g1] - h_off[g0]), hidden, inter);
-        if (need > c->ws_bytes) {
-            st = ws_short(c, "expert_ffn (one expert's rows)", need);
+        if (used > c->ws_bytes) {
+            st = ws_short(c, "expert_ffn (one expert's rows)", used);
             break;
         }
-        while (g1 < n_groups &&
-               ffn_ws_need(c->gemm_mode, wdt, (size_t)(h_off[g1 + 1] - h_off[g0]), hidden, inter) <= c->ws_bytes)
+        while (g1 < n_groups) {
+            size_t more = group_ws(c->gemm_mode, wdt, (size_t)(h_off[g1 + 1] - h_off[g1]), hidden, inter);
+            if (used + more > c->ws_bytes) break;
+            used += more;
             g1++;
+        }
         for (int g = g0; g <= g1; g++) off[g - g0] = h_off[g] - h_off[g0];
         st = expert_ffn_part(c, d_xp + (size_t)h_off[g0] * hidden, g1 - g0, off, h_w + g0, wdt, hidden, inter,
                              d_yp + (size_t)h_off[g0] * hidden);
         g0 = g1;
     }
     free(off);
-    return st;
-}
-
-static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
-                                       const int *h_off, const struct moe_cuda_expert *h_w,
-                                       enum moe_dtype wdt, int hidden, int inter, float *d_yp)
-{
-    enum moe_status st = MOE_OK;
-    int rows;
-    size_t need, o_x, o_g, o_u, o_h;
-    const void **wg = NULL, **wu = NULL, **wd = NULL;
-    const void *xin;
-    const void *hin;
-    char *ws = (char *)c->ws;
-    float *g_out, *u_out;
-
-    rows = h_off[n_groups];
-    if (rows == 0) return MOE_OK;
-    if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT)
-        return expert_ffn_inv(c, d_xp, n_groups, h_off, h_w, wdt, hidden, inter, d_yp);
-
-    if (wdt == MOE_DT_BF16) {
-        o_x = 0;
-        o_g = align256((size_t)rows * hidden * 2);
-        o_u = o_g + align256((size_t)rows * inter * 4);
-        o_h = o_u + align256((size_t)rows * inter * 4);
-        need = o_h + (size_t)rows * inter * 2;
-    } else {
-        o_x = o_h = 0;
-        o_g = 0;
-        o_u = align256((size_t)rows * inter * 4);
-        need = o_u + (size_t)rows * inter * 4;
-    }
-    if (need > c->ws_bytes) return ws_short(c, "expert_ffn", need);
-    g_out = (float *)(ws + o_g);
-    u_out = (float *)(ws + o_u);
-
-    wg = (const void **)malloc((size_t)(n_groups ? n_groups : 1) * 3 * sizeof(void *));
-    if (!wg) return moe_errorf(MOE_ENOMEM, "expert_ffn: out of host memory");
-    wu = wg + n_groups;
-    wd = wu + n_groups;
-    for (int g = 0; g < n_groups; g++) {
-        wg[g] = h_w[g].gate;
-        wu[g] = h_w[g].up;
-        wd[g] = h_w[g].down;
-    }
-
-    if (wdt == MOE_DT_BF16) {
-        st = moe_cuda_f32_to_bf16(c, d_xp, (uint16_t *)(ws + o_x), (size_t)rows * hidden);
-        if (st != MOE_OK) goto out;
-        xin = ws + o_x;
-    } else {
-        xin = d_xp;
-    }
-
-    /* gate and up projections */
-    if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
-        const void *const *ws2[2] = { wg, wu };
-        float *ys[2] = { g_out, u_out };
-        st = gemm_grouped(c, 2, ws2, xin, wdt, ys, n_groups, h_off, inter, hidden);
-        if (st == MOE_ENOTSUP) {
-            MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
-            c->gemm_mode = MOE_CUDA_GEMM_LOOP;
-            moe_error_clear();
-        } else if (st != MOE_OK) {
-            goto out;
-        }
-    }
-    if (c->gemm_mode == MOE_CUDA_GEMM_LOOP) {
-        st = ffn_loop_proj(c, wg, xin, wdt, g_out, n_groups, h_off, inter, hidden);
-        if (st != MOE_OK) goto out;
-        st = ffn_loop_proj(c, wu, xin, wdt, u_out, n_groups, h_off, inter, hidden);
-        if (st != MOE_OK) goto out;
-    }
-
-    /* h = silu(gate) * up, as the down projection's input */
-    if (wdt == MOE_DT_BF16) {
-        st = moe_cuda_swiglu_bf16_(c, g_out, u_out, ws + o_h, (size_t)rows * inter);
-        hin = ws + o_h;
-    } else {
-        st = moe_cuda_swiglu(c, g_out, u_out, g_out, (size_t)rows * inter);
-        hin = g_out;
-    }
-    if (st != MOE_OK) goto out;
-
-    /* down projection */
-    if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
-        const void *const *ws1[1] = { wd };
-        float *ys[1] = { d_yp };
-        st = gemm_grouped(c, 1, ws1, hin, wdt, ys, n_groups, h_off, hidden, inter);
-        if (st == MOE_ENOTSUP) {
-            MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
-            c->gemm_mode = MOE_CUDA_GEMM_LOOP;
-            moe_error_clear();
-        } else if (st != MOE_OK) {
-            goto out;
-        }
-    }
-    if (c->gemm_mode == MOE_CUDA_GEMM_LOOP)
-        st = ffn_loop_proj(c, wd, hin, wdt, d_yp, n_groups, h_off, hidden, inter);
-out:
-    free(wg);
     return st;
 }

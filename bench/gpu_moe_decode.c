@@ -111,7 +111,7 @@ static void route(const struct bench *bb, int b, int s, int l, int *ids)
 }
 
 struct result {
-    double tok_s, step_s, loads_per_step, h2d_GBs, bound_tok_s, ffn_weight_GBs;
+    double tok_s, step_s, loads_per_step, h2d_GBs, h2d_busy_GBs, bound_tok_s, ffn_weight_GBs;
     unsigned long long hits, misses, waits;
 };
 
@@ -122,7 +122,7 @@ static int run(struct bench *b, int B, int slots, int warm, int steps, bool pref
     struct moe_cuda_tier_params tp = {
         .n_layers = b->L, .n_experts = b->E, .slots = slots,
         .mat_bytes = { b->mat_elems * 2, b->mat_elems * 2, b->mat_elems * 2 },
-        .policy = MOE_POLICY_LRU, .host_mat = host_mat, .ud = b,
+        .policy = MOE_POLICY_LRU, .host_mat = host_mat, .ud = b, .time_copies = true,
     };
     struct moe_cuda_tier *t = moe_cuda_tier_create(b->c, &tp);
     int rows = B * b->K, rc = 1;
@@ -201,6 +201,7 @@ static int run(struct bench *b, int B, int slots, int warm, int steps, bool pref
     if (moe_cuda_ctx_sync(b->c)) goto dev_err;
     {
         double el = moe_now() - t0;
+        if (moe_cuda_tier_drain(t)) goto dev_err;
         moe_cuda_tier_get_stats(t, &s1);
         double loads = (double)(s1.loads - s0.loads);
         double xfer_s = (double)b->slot_bytes / (b->pcie_ceiling * 1e9);
@@ -208,6 +209,8 @@ static int run(struct bench *b, int B, int slots, int warm, int steps, bool pref
         res->tok_s = (double)B * steps / el;
         res->loads_per_step = loads / steps;
         res->h2d_GBs = loads > 0 ? loads * (double)b->slot_bytes / el / 1e9 : 0;
+        res->h2d_busy_GBs = s1.copy_s > s0.copy_s ? (double)(s1.bytes_h2d - s0.bytes_h2d) / (s1.copy_s - s0.copy_s) / 1e9
+                                                  : 0;
         res->bound_tok_s = compute_step_s > 0
             ? (double)B / (res->loads_per_step * xfer_s + compute_step_s) : 0;
         res->ffn_weight_GBs = (double)ffn_bytes / el / 1e9;
@@ -402,8 +405,8 @@ int main(int argc, char **argv)
                 b.L, b.E, b.K, b.hidden, b.inter, b.slot_bytes, trace ? "trace" : "synthetic",
                 b.pinned ? "true" : "false", h2d, d2d, b.pcie_ceiling, steps);
     }
-    printf("%6s %5s %6s %9s %10s %9s %9s %11s %8s %12s %6s\n", "batch", "cap%", "slots", "prefetch",
-           "tok/s", "loads/st", "H2D GB/s", "bound tok/s", "vs bound", "FFN wt GB/s", "vs HBM");
+    printf("%6s %5s %6s %9s %10s %9s %9s %9s %11s %8s %12s %6s\n", "batch", "cap%", "slots", "prefetch",
+           "tok/s", "loads/st", "H2D GB/s", "busy GB/s", "bound tok/s", "vs bound", "FFN wt GB/s", "vs HBM");
     int rc = 0;
     for (int i = 0; i < nb; i++) {
         double compute_step = 0;
@@ -420,22 +423,24 @@ int main(int argc, char **argv)
                 if (caps[j] == 100 && !pf) r = full;
                 else if (run(&b, batches[i], slots, warm, steps, pf, compute_step, &r)) { rc = 1; continue; }
                 if (caps[j] == 100 && !pf) r.bound_tok_s = (double)batches[i] / compute_step;
-                printf("%6d %5d %6d %9s %10.2f %9.1f %9.1f %11.2f %7.0f%% %12.0f %5.0f%%\n", batches[i], caps[j],
-                       slots, pf ? "oracle" : "none", r.tok_s, r.loads_per_step, r.h2d_GBs, r.bound_tok_s,
+                printf("%6d %5d %6d %9s %10.2f %9.1f %9.1f %9.1f %11.2f %7.0f%% %12.0f %5.0f%%\n", batches[i],
+                       caps[j], slots, pf ? "oracle" : "none", r.tok_s, r.loads_per_step, r.h2d_GBs, r.h2d_busy_GBs,
+                       r.bound_tok_s,
                        r.bound_tok_s > 0 ? 100.0 * r.tok_s / r.bound_tok_s : 0, r.ffn_weight_GBs,
                        d2d > 0 ? 100.0 * r.ffn_weight_GBs / (d2d / 2) : 0);
                 if (b.json) {
                     fprintf(b.json, "%s{\"batch\":%d,\"capacity_pct\":%d,\"slots\":%d,\"prefetch\":\"%s\","
-                            "\"tok_s\":%.3f,\"step_s\":%.6f,\"loads_per_step\":%.2f,\"h2d_GBs\":%.2f,"
+                            "\"tok_s\":%.3f,\"step_s\":%.6f,\"loads_per_step\":%.2f,\"h2d_GBs\":%.2f,\"h2d_busy_GBs\":%.2f,"
                             "\"bound_tok_s\":%.3f,\"ffn_weight_GBs\":%.1f,\"hits\":%llu,\"misses\":%llu,"
                             "\"waits\":%llu}", b.json_first++ ? "," : "", batches[i], caps[j], slots,
-                            pf ? "oracle" : "none", r.tok_s, r.step_s, r.loads_per_step, r.h2d_GBs,
+                            pf ? "oracle" : "none", r.tok_s, r.step_s, r.loads_per_step, r.h2d_GBs, r.h2d_busy_GBs,
                             r.bound_tok_s, r.ffn_weight_GBs, r.hits, r.misses, r.waits);
                 }
             }
         }
     }
-    printf("bound = loads x (expert bytes / PCIe ceiling) + all-resident step time; "
+    printf("H2D GB/s = bytes loaded / wall time; busy GB/s = bytes loaded / copy-engine time (CUDA events);\n"
+           "bound = loads x (expert bytes / PCIe ceiling) + all-resident step time; "
            "vs HBM = expert weight bytes read per second / (D2D copy GB/s / 2)\n");
     if (b.json) {
         fprintf(b.json, "]}\n");

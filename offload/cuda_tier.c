@@ -25,6 +25,8 @@ struct moe_cuda_tier {
     const void *(*host_mat)(void *ud, int layer, int expert, int which);
     enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
+    cudaEvent_t *t0, *t1;          /* time_copies: [slots] timing events around the last fill */
+    bool *timed;                   /* [slots] the last fill's timing is not yet added to copy_s */
     char *h_stage;                 /* host_fill only: [slots][slot_bytes] pinned staging */
     bool stage_pinned;
     struct moe_cuda_tier_stats st;
@@ -45,6 +47,20 @@ static enum moe_status poisoned_err(const struct moe_cuda_tier *t)
 {
     return moe_errorf(MOE_EDEVICE, "GPU expert tier: an earlier sticky CUDA error poisoned the "
                       "device; the process must restart");
+}
+
+/* Add the last timed fill of slot to copy_s (waits for it to finish). */
+static enum moe_status add_copy_time(struct moe_cuda_tier *t, int slot)
+{
+    enum moe_status st = MOE_OK;
+    float ms = 0;
+    if (!t->timed || !t->timed[slot]) return MOE_OK;
+    TCK(cudaEventSynchronize(t->t1[slot]));
+    TCK(cudaEventElapsedTime(&ms, t->t0[slot], t->t1[slot]));
+    t->st.copy_s += ms * 1e-3;
+    t->timed[slot] = false;
+out:
+    return st;
 }
 
 /* Copy key's three matrices into slot on the copy stream, after the compute
@@ -70,8 +86,16 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
         }
     }
     TCK(cudaStreamWaitEvent(t->copy, t->freed[slot], 0));
+    if (t->timed) {
+        if ((st = add_copy_time(t, slot)) != MOE_OK) goto out;
+        TCK(cudaEventRecord(t->t0[slot], t->copy)); /* after the wait: only the copy is timed */
+    }
     for (int w = 0; w < 3; w++)
         TCK(cudaMemcpyAsync(dst + t->mat_off[w], src[w], t->mat_bytes[w], cudaMemcpyHostToDevice, t->copy));
+    if (t->timed) {
+        TCK(cudaEventRecord(t->t1[slot], t->copy));
+        t->timed[slot] = true;
+    }
     TCK(cudaEventRecord(t->ready[slot], t->copy));
     t->st.loads++;
     t->st.bytes_h2d += t->slot_bytes;
@@ -189,6 +213,8 @@ enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t)
     enum moe_status st = MOE_OK;
     if (t->poisoned) return poisoned_err(t);
     TCK(cudaStreamSynchronize(t->copy));
+    for (int i = 0; t->timed && i < t->slots; i++)
+        if ((st = add_copy_time(t, i)) != MOE_OK) goto out;
 out:
     return st;
 }
@@ -218,6 +244,10 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
         if (t->ready[i]) cudaEventDestroy(t->ready[i]);
     for (int i = 0; t->freed && i < t->slots; i++)
         if (t->freed[i]) cudaEventDestroy(t->freed[i]);
+    for (int i = 0; t->t0 && i < t->slots; i++)
+        if (t->t0[i]) cudaEventDestroy(t->t0[i]);
+    for (int i = 0; t->t1 && i < t->slots; i++)
+        if (t->t1[i]) cudaEventDestroy(t->t1[i]);
     if (t->d_pool) cudaFree(t->d_pool);
     moe_cuda_host_free(t->h_stage, t->stage_pinned);
     if (t->copy) cudaStreamDestroy(t->copy);
@@ -225,6 +255,9 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
     moe_cache_destroy(t->cache);
     free(t->ready);
     free(t->freed);
+    free(t->t0);
+    free(t->t1);
+    free(t->timed);
     free(t->pins);
     free(t);
 }
@@ -307,6 +340,19 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
     for (int i = 0; i < t->slots; i++) {
         TCK(cudaEventCreateWithFlags(&t->ready[i], cudaEventDisableTiming));
         TCK(cudaEventCreateWithFlags(&t->freed[i], cudaEventDisableTiming));
+    }
+    if (p->time_copies) {
+        t->t0 = calloc((size_t)t->slots, sizeof(cudaEvent_t));
+        t->t1 = calloc((size_t)t->slots, sizeof(cudaEvent_t));
+        t->timed = calloc((size_t)t->slots, sizeof(bool));
+        if (!t->t0 || !t->t1 || !t->timed) {
+            st = moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory for copy timing");
+            goto out;
+        }
+        for (int i = 0; i < t->slots; i++) {
+            TCK(cudaEventCreate(&t->t0[i]));
+            TCK(cudaEventCreate(&t->t1[i]));
+        }
     }
     t->st.slots = t->slots;
     t->st.slot_bytes = t->slot_bytes;

@@ -44,6 +44,7 @@ struct moe_cuda_tier_params {
      * calls this only after the slot's previous copy has left it. */
     enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
+    bool time_copies;               /* benchmarks: time every copy with CUDA events (copy_s) */
 };
 
 struct moe_cuda_tier_stats {
@@ -54,6 +55,9 @@ struct moe_cuda_tier_stats {
     uint64_t loads;                 /* experts copied host -> device */
     uint64_t bytes_h2d;             /* bytes copied host -> device */
     uint64_t waits;                 /* acquires that had to wait on an in-flight copy */
+    double copy_s;                  /* time_copies: seconds the copy engine spent on the loads
+                                       completed by the last drain (bytes_h2d / copy_s = GB/s
+                                       while transferring) */
     int slots;
     size_t slot_bytes;              /* bytes per slot */
 };

@@ -46,6 +46,7 @@ static struct moe_cuda_tier *make(struct moe_cuda_ctx *c, int slots, enum moe_po
     struct moe_cuda_tier_params p = {
         .n_layers = L, .n_experts = E, .slots = slots, .mat_bytes = { mb, mb, mb },
         .policy = pol, .host_mat = use_fill ? NULL : host_mat, .host_fill = use_fill ? host_fill : NULL,
+        .time_copies = slots == 3,
     };
     struct moe_cuda_tier *t = moe_cuda_tier_create(c, &p);
     REQUIRE(t, "tier with %d slots: %s", slots, moe_last_error());
@@ -106,6 +107,8 @@ static void run(struct moe_cuda_ctx *c, int slots, enum moe_policy_kind pol, boo
            moe_policy_name(pol), prefetch ? "+prefetch" : "", (unsigned long long)st.hits,
            (unsigned long long)st.misses, (unsigned long long)st.loads, (unsigned long long)st.waits,
            (unsigned long long)st.evictions);
+    if (slots == 3) CHECK(st.copy_s > 0 && st.loads > 0, "copy timing: %g s for %llu loads", st.copy_s,
+                          (unsigned long long)st.loads);
     if (slots >= (L - 1) * E) CHECK(st.evictions == 0, "evictions with every expert resident");
     if (slots < 8) CHECK(st.evictions > 0, "no evictions with %d slots", slots);
     CHECK(!moe_cuda_tier_poisoned(t), "poisoned");

@@ -194,3 +194,99 @@ out:
     free(used);
     return ok;
 }
+
+/* Gain of adding path p to a micro-batch with union u: experts shared minus
+ * experts it adds. */
+static int fill_gain(int lw, const uint64_t *p, const uint64_t *u)
+{
+    int g = 0;
+    for (int w = 0; w < lw; w++)
+        g += __builtin_popcountll(p[w] & u[w]) - __builtin_popcountll(p[w] & ~u[w]);
+    return g;
+}
+
+int moe_regroup_select(const struct moe_regroup_shape *sh, int n, const uint64_t *paths, const double *credit,
+                       int size, double lag, double lead, const uint64_t *prev, int *out)
+{
+    if (size > n)
+        size = n;
+    if (size <= 0)
+        return 0;
+    int lw = sh->n_moe * sh->words;
+    bool *taken = calloc((size_t)n, sizeof(bool));
+    uint64_t *u = calloc((size_t)(lw > 0 ? lw : 1), sizeof(uint64_t));
+    if (!taken || !u) {
+        /* no scratch: the most-owed items */
+        free(taken);
+        free(u);
+        int m = 0;
+        for (int i = 0; i < n && m < size; i++)
+            out[m++] = i;
+        return m;
+    }
+    int m = 0;
+    /* owed: credit >= 1 + lag, most owed first */
+    while (m < size) {
+        int best = -1;
+        for (int i = 0; i < n; i++)
+            if (!taken[i] && credit[i] >= 1.0 + lag && (best < 0 || credit[i] > credit[best]))
+                best = i;
+        if (best < 0)
+            break;
+        taken[best] = true;
+        out[m++] = best;
+        for (int w = 0; w < lw; w++)
+            u[w] |= paths[(size_t)best * (size_t)lw + (size_t)w];
+    }
+    /* seed when nothing is owed */
+    if (m == 0) {
+        int best = -1, best_o = -1;
+        for (int i = 0; i < n; i++) {
+            if (credit[i] < 1.0 - lead)
+                continue;
+            int o = prev ? overlap(lw, paths + (size_t)i * (size_t)lw, prev) : 0;
+            /* the most-owed item unless prev gives a reason to start elsewhere */
+            if (best < 0 || o > best_o || (o == best_o && credit[i] > credit[best])) {
+                best = i;
+                best_o = o;
+            }
+        }
+        if (best >= 0) {
+            taken[best] = true;
+            out[m++] = best;
+            for (int w = 0; w < lw; w++)
+                u[w] |= paths[(size_t)best * (size_t)lw + (size_t)w];
+        }
+    }
+    /* greedy fill among items not too far ahead */
+    while (m < size) {
+        int best = -1, best_g = 0;
+        for (int i = 0; i < n; i++) {
+            if (taken[i] || credit[i] < 1.0 - lead)
+                continue;
+            int g = fill_gain(lw, paths + (size_t)i * (size_t)lw, u);
+            if (best < 0 || g > best_g || (g == best_g && credit[i] > credit[best])) {
+                best = i;
+                best_g = g;
+            }
+        }
+        if (best < 0)
+            break;
+        taken[best] = true;
+        out[m++] = best;
+        for (int w = 0; w < lw; w++)
+            u[w] |= paths[(size_t)best * (size_t)lw + (size_t)w];
+    }
+    /* still short: the most-owed of the rest */
+    while (m < size) {
+        int best = -1;
+        for (int i = 0; i < n; i++)
+            if (!taken[i] && (best < 0 || credit[i] > credit[best]))
+                best = i;
+        taken[best] = true;
+        out[m++] = best;
+    }
+    free(taken);
+    free(u);
+    return m;
+}

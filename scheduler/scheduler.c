@@ -39,6 +39,8 @@ struct rq {
     uint64_t *route;           /* [n_moe * words] experts of the most recent token */
     uint64_t *pred;            /* [n_moe * words] predicted path (scratch per step) */
     float *hist;               /* [n_moe * n_experts] decayed routing counts (path_decay > 0) */
+    double credit;             /* regroup: fair-share credit in tokens (1 = due now) */
+    bool pred_stale;           /* pred is not for the current next token */
     struct rq *next;           /* waiting list / done list link */
     /* terminal outcome, reported by on_done */
     enum moe_finish why;
@@ -81,6 +83,8 @@ struct moe_sched {
     struct tok_event *tev;
     int n_tev, cap_tev;
     struct rq **dec, **pre;        /* [max_running] decode / prefill requests of this step */
+    struct rq **live, **grp, **next; /* [max_running] regroup: runnable now, chosen, chosen next */
+    double *cred;                  /* [max_running] */
     int *order;                    /* [max_running] */
     uint64_t *paths;               /* [max_running * n_moe * words] */
     uint64_t *prev_union;          /* [n_moe * words] experts of the last micro-batch */
@@ -308,6 +312,7 @@ static void take_token(struct moe_sched *s, struct rq *r, int tok)
         return;
     }
     r->tokens[r->n_prompt + r->n_generated++] = tok;
+    r->pred_stale = true;
     s->st.generated_tokens++;
     tev_push(s, r, tok);
     if (r->n_generated >= r->g.max_tokens)
@@ -517,12 +522,111 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         pf->n_chunks++;
         if (pf->n_prefilled == pf->n_prompt && pf->state == RQ_PREFILL) {
             pf->state = RQ_DECODE;
+            pf->credit = 1.0;
             int tok = moe_sampler_sample(&pf->sampler, s->logits + (size_t)row * (size_t)s->be.vocab,
                                          s->be.vocab);
             take_token(s, pf, tok);
         }
     }
     pthread_mutex_unlock(&s->mu);
+}
+
+/* After a micro-batch: remember its experts (ordering the next one), end
+ * what was cancelled meanwhile, deliver events. */
+static void after_micro_batch(struct moe_sched *s, struct rq **v, int size)
+{
+    if (size > 0) {
+        size_t pw = path_words(s);
+        memset(s->prev_union, 0, sizeof(uint64_t) * pw);
+        for (int i = 0; i < size; i++)
+            for (size_t w = 0; w < pw; w++)
+                s->prev_union[w] |= v[i]->route[w];
+        s->have_prev = true;
+    }
+    pthread_mutex_lock(&s->mu);
+    reap(s);
+    pthread_mutex_unlock(&s->mu);
+    dispatch(s);
+}
+
+/* FCFS: the decode requests in admission order, cut into micro-batches. */
+static void step_fcfs(struct moe_sched *s, int nd, int np, int ng, int n_mb)
+{
+    int mb = s->p.micro_batch;
+    if (s->p.lookahead >= 0 && nd > 0)
+        predict_paths(s, s->dec, nd);
+    for (int g = 0; g < n_mb; g++) {
+        struct rq **v = s->dec + (size_t)g * (size_t)mb;
+        int size = g < ng ? moe_regroup_size(nd, mb, g) : 0;
+        struct rq *pf = g < np ? s->pre[g] : NULL;
+        /* lookahead: what the next micro-batches will need */
+        for (int a = 1; a <= s->p.lookahead && g + a < ng; a++)
+            prefetch_group(s, s->dec + (size_t)(g + a) * (size_t)mb, moe_regroup_size(nd, mb, g + a), a);
+        run_micro_batch(s, v, size, pf);
+        after_micro_batch(s, v, size);
+    }
+}
+
+/* Rolling selection over the runnable requests r[0..n): n_sel chosen into out. */
+static int select_group(struct moe_sched *s, struct rq **r, int n, const double *cred, int size, struct rq **out)
+{
+    size_t pw = path_words(s);
+    for (int i = 0; i < n; i++)
+        memcpy(s->paths + (size_t)i * pw, r[i]->pred, sizeof(uint64_t) * pw);
+    struct moe_regroup_shape sh = { s->n_moe, s->be.n_experts, s->words };
+    int m = moe_regroup_select(&sh, n, s->paths, cred, size, s->p.regroup_lag, s->p.regroup_lead,
+                               s->have_prev ? s->prev_union : NULL, s->order);
+    for (int j = 0; j < m; j++)
+        out[j] = r[s->order[j]];
+    return m;
+}
+
+/* Regroup: every forward picks its micro-batch from all runnable requests by
+ * predicted routing-path overlap, within a fair-share bound (regroup_lag /
+ * regroup_lead tokens), so requests whose next tokens share experts run
+ * together; a step still computes as many decode tokens as FCFS would. */
+static void step_regroup(struct moe_sched *s, int nd, int np, int ng, int n_mb)
+{
+    for (int g = 0; g < n_mb; g++) {
+        int n_live = 0;
+        for (int i = 0; i < nd; i++)
+            if (s->dec[i]->state == RQ_DECODE)
+                s->live[n_live++] = s->dec[i];
+        int size = g < ng ? moe_regroup_size(nd, s->p.micro_batch, g) : 0;
+        if (size > n_live)
+            size = n_live;
+        int m = 0;
+        if (size > 0) {
+            int n_stale = 0;
+            for (int i = 0; i < n_live; i++)
+                if (s->live[i]->pred_stale) {
+                    s->grp[n_stale++] = s->live[i];
+                    s->live[i]->pred_stale = false;
+                }
+            if (n_stale > 0)
+                predict_paths(s, s->grp, n_stale);
+            for (int i = 0; i < n_live; i++)
+                s->cred[i] = s->live[i]->credit;
+            m = select_group(s, s->live, n_live, s->cred, size, s->grp);
+            /* fair share: every runnable request is owed m / n_live, the chosen pay 1 */
+            double share = (double)m / (double)n_live;
+            for (int i = 0; i < n_live; i++)
+                s->live[i]->credit += share;
+            for (int j = 0; j < m; j++)
+                s->grp[j]->credit -= 1.0;
+            /* lookahead: the next micro-batch as it would be chosen now */
+            if (s->p.lookahead >= 1 && g + 1 < ng) {
+                for (int i = 0; i < n_live; i++)
+                    s->cred[i] = s->live[i]->credit;
+                int nn = select_group(s, s->live, n_live, s->cred,
+                                      moe_regroup_size(nd, s->p.micro_batch, g + 1), s->next);
+                prefetch_group(s, s->next, nn, 1);
+            }
+        }
+        struct rq *pf = g < np ? s->pre[g] : NULL;
+        run_micro_batch(s, s->grp, m, pf);
+        after_micro_batch(s, s->grp, m);
+    }
 }
 
 enum moe_status moe_sched_step(struct moe_sched *s)
@@ -559,22 +663,6 @@ enum moe_status moe_sched_step(struct moe_sched *s)
 
     int mb = s->p.micro_batch;
     int ng = moe_regroup_count(nd, mb);
-    bool need_paths = s->p.grouping == MOE_GROUP_REGROUP || s->p.lookahead >= 0;
-    if (need_paths && nd > 0)
-        predict_paths(s, s->dec, nd);
-    /* Regrouping needs something to choose: several micro-batches, or an
-     * order relative to the previous micro-batch. */
-    if (s->p.grouping == MOE_GROUP_REGROUP && nd > 0) {
-        size_t pw = path_words(s);
-        for (int i = 0; i < nd; i++)
-            memcpy(s->paths + (size_t)i * pw, s->dec[i]->pred, sizeof(uint64_t) * pw);
-        struct moe_regroup_shape sh = { s->n_moe, s->be.n_experts, s->words };
-        moe_regroup_plan(&sh, nd, s->paths, mb, s->have_prev ? s->prev_union : NULL, s->order);
-        struct rq **tmp = s->pre + np; /* pre has max_running entries; np + nd <= max_running */
-        for (int i = 0; i < nd; i++)
-            tmp[i] = s->dec[s->order[i]];
-        memcpy(s->dec, tmp, sizeof(*s->dec) * (size_t)nd);
-    }
     /* Forwards this step: the decode micro-batches, or while prompts wait, as
      * many as a full step has (max_running / micro_batch), each carrying at most
      * one prompt chunk: prefill fills idle capacity but never lengthens a step
@@ -585,27 +673,10 @@ enum moe_status moe_sched_step(struct moe_sched *s)
         n_mb = np < full ? np : full;
     if (n_mb < 1)
         n_mb = 1;
-    for (int g = 0; g < n_mb; g++) {
-        struct rq **v = s->dec + (size_t)g * (size_t)mb;
-        int size = g < ng ? moe_regroup_size(nd, mb, g) : 0;
-        struct rq *pf = g < np ? s->pre[g] : NULL;
-        /* lookahead: what the next micro-batches will need, same for both groupings */
-        for (int a = 1; a <= s->p.lookahead && g + a < ng; a++)
-            prefetch_group(s, s->dec + (size_t)(g + a) * (size_t)mb, moe_regroup_size(nd, mb, g + a), a);
-        run_micro_batch(s, v, size, pf);
-        if (size > 0) {
-            size_t pw = path_words(s);
-            memset(s->prev_union, 0, sizeof(uint64_t) * pw);
-            for (int i = 0; i < size; i++)
-                for (size_t w = 0; w < pw; w++)
-                    s->prev_union[w] |= v[i]->route[w];
-            s->have_prev = true;
-        }
-        pthread_mutex_lock(&s->mu);
-        reap(s);
-        pthread_mutex_unlock(&s->mu);
-        dispatch(s);
-    }
+    if (s->p.grouping == MOE_GROUP_REGROUP)
+        step_regroup(s, nd, np, ng, n_mb);
+    else
+        step_fcfs(s, nd, np, ng, n_mb);
     free_grave(s);
     return MOE_OK;
 }
@@ -880,6 +951,10 @@ void moe_sched_destroy(struct moe_sched *s)
     free(s->tev);
     free(s->dec);
     free(s->pre);
+    free(s->live);
+    free(s->grp);
+    free(s->next);
+    free(s->cred);
     free(s->order);
     free(s->paths);
     free(s->prev_union);
@@ -944,6 +1019,13 @@ static enum moe_status params_resolve(const struct moe_sched_backend *be, struct
         return moe_errorf(MOE_EINVAL, "scheduler: aging_steps = %d: must be >= 1", p->aging_steps);
     if (!(p->path_decay >= 0 && p->path_decay < 1))
         return moe_errorf(MOE_EINVAL, "scheduler: path_decay = %g: must be in [0, 1)", (double)p->path_decay);
+    if (p->regroup_lag == 0)
+        p->regroup_lag = 2.0f;
+    if (p->regroup_lead == 0)
+        p->regroup_lead = 1.0f;
+    if (!(p->regroup_lag >= 0 && p->regroup_lag <= 1000) || !(p->regroup_lead >= 0 && p->regroup_lead <= 1000))
+        return moe_errorf(MOE_EINVAL, "scheduler: regroup_lag = %g, regroup_lead = %g: must be in [0, 1000]",
+                          (double)p->regroup_lag, (double)p->regroup_lead);
     if (p->lookahead == 0)
         p->lookahead = 1;
     if (p->lookahead < -1)
@@ -987,6 +1069,10 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->active = calloc(mr, sizeof(*s->active));
     s->dec = calloc(mr, sizeof(*s->dec));
     s->pre = calloc(2 * mr, sizeof(*s->pre));
+    s->live = calloc(mr, sizeof(*s->live));
+    s->grp = calloc(mr, sizeof(*s->grp));
+    s->next = calloc(mr, sizeof(*s->next));
+    s->cred = calloc(mr, sizeof(double));
     s->order = calloc(mr, sizeof(int));
     s->paths = calloc(mr * pw, sizeof(uint64_t));
     s->prev_union = calloc(pw, sizeof(uint64_t));
@@ -1001,7 +1087,7 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->tmp_all = calloc((size_t)s->words, sizeof(uint64_t));
     s->tmp_dec = calloc((size_t)s->words, sizeof(uint64_t));
     s->ids = calloc((size_t)s->words * 64, sizeof(int));
-    bool ok = s->moe_ord && s->active && s->dec && s->pre && s->order && s->paths && s->prev_union &&
+    bool ok = s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
               s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
               s->logits && s->tmp_all && s->tmp_dec && s->ids;
     pthread_mutex_init(&s->mu, NULL);

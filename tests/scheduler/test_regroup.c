@@ -79,5 +79,30 @@ int main(void)
         }
         CHECK(a <= b, "trial %d: regroup %d > fcfs %d", trial, a, b);
     }
+    /* rolling selection: owed items first, then the items sharing most with them */
+    {
+        double credit[N];
+        for (int i = 0; i < N; i++)
+            credit[i] = 1.0;
+        credit[5] = 3.5;  /* 2.5 tokens behind: owed with lag 2 */
+        credit[6] = 0.2;  /* ahead, but within lead 1 */
+        credit[10] = -0.5; /* 1.5 tokens ahead: not chosen while others can run */
+        int sel[N];
+        int m = moe_regroup_select(&sh, N, &paths[0][0], credit, MB, 2.0, 1.0, NULL, sel);
+        CHECK(m == MB && sel[0] == 5, "first chosen %d of %d, want the owed item 5", sel[0], m);
+        int c5 = (5 * 7) % 4, same = 0;
+        for (int j = 0; j < m; j++) {
+            same += (sel[j] * 7) % 4 == c5;
+            CHECK(sel[j] != 10, "item 10 (too far ahead) chosen");
+        }
+        CHECK(same == MB, "%d of %d chosen share item 5's cluster (it has 8 items)", same, m);
+        /* nothing owed: start from the item sharing most with prev */
+        credit[5] = 1.0;
+        m = moe_regroup_select(&sh, N, &paths[0][0], credit, 4, 2.0, 1.0, paths[2], sel);
+        CHECK(m == 4 && (sel[0] * 7) % 4 == (2 * 7) % 4, "seed %d not in prev's cluster", sel[0]);
+        /* fewer eligible than size: the rest by credit, never more than n */
+        m = moe_regroup_select(&sh, 3, &paths[0][0], credit, 8, 2.0, 1.0, NULL, sel);
+        CHECK(m == 3, "selected %d of 3 items", m);
+    }
     return t_result("test_regroup");
 }

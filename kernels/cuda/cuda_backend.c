@@ -181,3 +181,9 @@ struct moe_cuda_ctx *moe_backend_cuda_ctx(const struct moe_backend *be)
     if (!be || !be->name || be->ops != &cuda_ops) return NULL;
     return ((const struct cuda_be *)be->ctx)->c;
 }
+
+bool moe_backend_cuda_poisoned(const struct moe_backend *be)
+{
+    struct moe_cuda_ctx *c = moe_backend_cuda_ctx(be);
+    return c && moe_cuda_ctx_poisoned(c);
+}

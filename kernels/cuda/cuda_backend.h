@@ -23,6 +23,9 @@ struct moe_backend *moe_backend_cuda_create(const struct moe_backend_cuda_params
 /* The CUDA context of a backend made by moe_backend_cuda_create (the GPU
  * expert tier shares its device and orders its copies against its stream). */
 struct moe_cuda_ctx *moe_backend_cuda_ctx(const struct moe_backend *be);
+/* True when be is the CUDA backend and a sticky device error poisoned it: the
+ * server fails the requests in flight, turns readiness off and exits non-zero. */
+bool moe_backend_cuda_poisoned(const struct moe_backend *be);
 
 #ifdef __cplusplus
 }

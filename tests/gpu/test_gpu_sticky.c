@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
 #include "../test_util.h"
 
@@ -59,5 +60,12 @@ int main(void)
     CHECK(moe_cuda_tier_acquire(t, 0, 2, ids, ref) == MOE_EDEVICE, "poisoned tier served an acquire");
     moe_cuda_tier_destroy(t);
     moe_cuda_ctx_destroy(c);
+
+    /* a backend created on the poisoned device refuses or reports poisoned */
+    struct moe_backend_cuda_params bp = { .device = 0, .workspace_bytes = 1u << 20 };
+    struct moe_backend *be = moe_backend_cuda_create(&bp);
+    CHECK(!be || moe_backend_cuda_poisoned(be) || be->ops->synchronize(be->ctx) == MOE_EDEVICE,
+          "a backend on the poisoned device works");
+    if (be) moe_backend_destroy(be);
     return t_result("test_gpu_sticky");
 }

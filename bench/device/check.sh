@@ -66,7 +66,9 @@ fi
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$san" ]; then
   run memcheck_gpu_ops 150 "$san" --tool memcheck --error-exitcode 1 --leak-check full "$b/test_gpu_ops"
+  export MOEFLOW_TEST_QUICK=1
   run memcheck_gpu_tier 120 "$san" --tool memcheck --error-exitcode 1 "$b/test_gpu_tier"
+  unset MOEFLOW_TEST_QUICK
 else
   steps+=("{\"step\":\"memcheck\",\"status\":\"skip\",\"reason\":\"compute-sanitizer not found\"}")
 fi

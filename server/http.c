@@ -111,6 +111,10 @@ static void hreq_free(struct hreq *r)
 static void conn_close_cb(struct evhttp_connection *conn, void *arg)
 {
     struct hreq *r = arg;
+    /* A request whose connection failed under it is detached and left to
+     * us (libevent frees only requests still attached to the connection). */
+    if (r->req && !evhttp_request_get_connection(r->req))
+        evhttp_request_free(r->req);
     r->req = NULL;
     if (r->g) {
         srv_gen_abandon(r->g);

@@ -10,7 +10,7 @@
  * Outgoing messages wait in a per-call queue: one SEND_MESSAGE in flight at
  * a time, the status goes last.  Scheduler events reach this thread through
  * the inbox, which is drained after every completion-queue wake-up (at most
- * GRPC_POLL_MS apart). */
+ * GRPC_POLL_MS apart while any generation is alive). */
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -28,7 +28,8 @@
 #include "moeflow.pb-c.h"
 #include "srv.h"
 
-#define GRPC_POLL_MS 2
+#define GRPC_POLL_MS 2        /* completion-queue poll while tokens may be pending */
+#define GRPC_IDLE_POLL_MS 100  /* otherwise */
 #define GRPC_PENDING_ACCEPTS 8
 
 enum gmethod {
@@ -760,8 +761,10 @@ static void *grpc_thread(void *arg)
 {
     struct grpc_front *gf = arg;
     for (;;) {
+        /* Poll fast only while generations are alive; a new call wakes the queue itself. */
+        int ms = atomic_load(&gf->srv->live_gens) > 0 ? GRPC_POLL_MS : GRPC_IDLE_POLL_MS;
         gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                       gpr_time_from_millis(GRPC_POLL_MS, GPR_TIMESPAN));
+                                       gpr_time_from_millis(ms, GPR_TIMESPAN));
         grpc_event ev = grpc_completion_queue_next(gf->cq, dl, NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;

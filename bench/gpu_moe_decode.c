@@ -295,6 +295,8 @@ static void usage(FILE *f)
                "  --hidden N --inter N --experts N --top-k N   expert shape (default Mixtral-8x7B)\n"
                "  --payloads N      distinct host expert payloads (default 16; keys alias onto them)\n"
                "  --pcie GBS        PCIe ceiling for the bound (default 55, docs/hw)\n"
+               "  --gemm MODE       expert GEMMs: loop (cuBLAS, BF16 activations; default), grouped\n"
+               "                    (cublasGemmGroupedBatchedEx) or invariant (own F32-activation kernel)\n"
                "  --json FILE       also write the results as JSON\n");
 }
 
@@ -317,7 +319,7 @@ int main(int argc, char **argv)
     struct bench b = { .hidden = 4096, .inter = 14336, .E = 8, .K = 2, .n_payloads = 16, .pcie_ceiling = 55 };
     int batches[8] = { 1, 8, 64 }, nb = 3, caps[8] = { 25, 50, 100 }, nc = 3, steps = 8, warm = 2, layers = 0;
     bool prefetch = false;
-    const char *trace = NULL, *json = NULL;
+    const char *trace = NULL, *json = NULL, *gemm = "loop";
     static const struct option opts[] = {
         { "layers", required_argument, 0, 'l' }, { "batches", required_argument, 0, 'b' },
         { "capacities", required_argument, 0, 'c' }, { "steps", required_argument, 0, 's' },
@@ -326,6 +328,7 @@ int main(int argc, char **argv)
         { "inter", required_argument, 0, 'I' }, { "experts", required_argument, 0, 'E' },
         { "top-k", required_argument, 0, 'K' }, { "payloads", required_argument, 0, 'P' },
         { "pcie", required_argument, 0, 'X' }, { "json", required_argument, 0, 'j' },
+        { "gemm", required_argument, 0, 'g' },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     int o;
@@ -345,6 +348,7 @@ int main(int argc, char **argv)
         case 'P': b.n_payloads = atoi(optarg); break;
         case 'X': b.pcie_ceiling = atof(optarg); break;
         case 'j': json = optarg; break;
+        case 'g': gemm = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -360,6 +364,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "gpu_moe_decode: --capacities %d: at most 100\n", caps[i]);
             return 2;
         }
+    enum moe_cuda_gemm_mode gm;
+    if (!strcmp(gemm, "loop")) gm = MOE_CUDA_GEMM_LOOP;
+    else if (!strcmp(gemm, "grouped")) gm = MOE_CUDA_GEMM_GROUPED;
+    else if (!strcmp(gemm, "invariant")) gm = MOE_CUDA_GEMM_INVARIANT;
+    else {
+        fprintf(stderr, "gpu_moe_decode: --gemm %s: use loop, grouped or invariant\n", gemm);
+        return 2;
+    }
     if (moe_cuda_device_count() == 0) {
         fprintf(stderr, "gpu_moe_decode: no CUDA device (skipped)\n");
         return 77;
@@ -368,7 +380,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "gpu_moe_decode: %s\n", moe_last_error());
         return 1;
     }
-    struct moe_cuda_params cp = { .device = 0, .workspace_bytes = (size_t)512 << 20 };
+    struct moe_cuda_params cp = { .device = 0, .workspace_bytes = (size_t)512 << 20, .gemm_mode = gm };
     b.c = moe_cuda_ctx_create(&cp);
     if (!b.c) {
         fprintf(stderr, "gpu_moe_decode: %s\n", moe_last_error());
@@ -389,8 +401,8 @@ int main(int argc, char **argv)
     }
     b.L = layers;
     double d2d = measure_d2d(&b), h2d = measure_h2d(&b, b.E * 2 < b.L * b.E ? b.E * 2 : b.L * b.E);
-    printf("synthetic MoE: %d layers x %d experts (top-%d), expert %.1f MiB, routing %s\n", b.L, b.E, b.K,
-           (double)b.slot_bytes / 1048576.0, trace ? trace : "synthetic (Zipf + locality)");
+    printf("synthetic MoE: %d layers x %d experts (top-%d), expert %.1f MiB, routing %s, GEMMs %s\n", b.L, b.E,
+           b.K, (double)b.slot_bytes / 1048576.0, trace ? trace : "synthetic (Zipf + locality)", gemm);
     printf("host pool %s; measured: H2D %.1f GB/s (ceiling %.0f), D2D %.0f GB/s (read + write)\n",
            b.pinned ? "pinned" : "PAGEABLE", h2d, b.pcie_ceiling, d2d);
     if (json) {
@@ -401,9 +413,9 @@ int main(int argc, char **argv)
         }
         fprintf(b.json, "{\"bench\":\"gpu_moe_decode\",\"layers\":%d,\"experts\":%d,\"top_k\":%d,"
                 "\"hidden\":%d,\"inter\":%d,\"expert_bytes\":%zu,\"routing\":\"%s\",\"host_pinned\":%s,"
-                "\"h2d_GBs\":%.2f,\"d2d_GBs\":%.1f,\"pcie_ceiling_GBs\":%.1f,\"steps\":%d,\"runs\":[",
+                "\"h2d_GBs\":%.2f,\"d2d_GBs\":%.1f,\"pcie_ceiling_GBs\":%.1f,\"steps\":%d,\"gemm\":\"%s\",\"runs\":[",
                 b.L, b.E, b.K, b.hidden, b.inter, b.slot_bytes, trace ? "trace" : "synthetic",
-                b.pinned ? "true" : "false", h2d, d2d, b.pcie_ceiling, steps);
+                b.pinned ? "true" : "false", h2d, d2d, b.pcie_ceiling, steps, gemm);
     }
     printf("%6s %5s %6s %9s %10s %9s %9s %9s %11s %8s %12s %6s\n", "batch", "cap%", "slots", "prefetch",
            "tok/s", "loads/st", "H2D GB/s", "busy GB/s", "bound tok/s", "vs bound", "FFN wt GB/s", "vs HBM");

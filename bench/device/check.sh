@@ -82,7 +82,9 @@ else
 fi
 [ -x "$b/gpu_model_decode" ] && run gpu_model_decode 90 "$b/gpu_model_decode" --steps 16 \
   --json "$out/gpu_model_decode.json"
-run gpu_moe_decode 210 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
+run gpu_moe_decode 180 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
+run gpu_moe_decode_invariant 60 "$b/gpu_moe_decode" --gemm invariant --capacities 100 --steps 4 --warm 1 \
+  --json "$out/gpu_moe_decode_invariant.json"
 
 {
   printf '{"seed":%s,"failures":%d,"steps":[' "$MOEFLOW_TEST_SEED" "$fails"

@@ -146,7 +146,7 @@ _Static_assert(sizeof(struct moe_backend_expert) == sizeof(struct moe_cuda_exper
 
 struct moe_backend *moe_backend_cuda_create(const struct moe_backend_cuda_params *p)
 {
-    struct moe_cuda_params cp = { 0, 0, MOE_CUDA_GEMM_LOOP };
+    struct moe_cuda_params cp = { 0, 0, MOE_CUDA_GEMM_INVARIANT };
     struct cuda_be *b;
     if (p) {
         cp.device = p->device;

@@ -97,7 +97,7 @@ extern "C" struct moe_cuda_ctx *moe_cuda_ctx_create(const struct moe_cuda_params
         return NULL;
     }
     c->device = dev;
-    c->gemm_mode = p ? p->gemm_mode : MOE_CUDA_GEMM_LOOP;
+    c->gemm_mode = p ? p->gemm_mode : MOE_CUDA_GEMM_INVARIANT;
     c->ptr_cap = 1024;
     CK(c, cudaSetDevice(dev));
     CK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));

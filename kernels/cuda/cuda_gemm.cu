@@ -53,7 +53,7 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
     if (!dtype_ok(wdt))
         return moe_errorf(MOE_ENOTSUP, "linear: weight dtype %s (BF16 or F32)", dt_name(wdt));
     if (n == 0) return MOE_OK;
-    if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT)
+    if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT || out_dim <= MOE_CUDA_F32_LINEAR_MAX_OUT)
         return moe_cuda_gemm_inv_(c, d_x, d_w, wdt, n, in, out_dim, accumulate, d_y);
     if (wdt == MOE_DT_F32)
         return gemm_one(c, d_w, d_x, wdt, out_dim, n, in, accumulate ? 1.0f : 0.0f, d_y);

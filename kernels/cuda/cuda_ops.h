@@ -26,13 +26,19 @@ extern "C" {
 int moe_cuda_device_count(void);
 
 enum moe_cuda_gemm_mode {
-    MOE_CUDA_GEMM_LOOP,    /* one cublasGemmEx per expert: results independent of grouping */
-    MOE_CUDA_GEMM_GROUPED, /* one cublasGemmGroupedBatchedEx per projection; falls back to LOOP
-                              when cuBLAS reports the type combination unsupported */
-    MOE_CUDA_GEMM_INVARIANT, /* own tiled kernel for linear and expert FFN, F32 activations (no BF16
-                              rounding), fixed reduction order: a row's result is independent of
-                              the rows around it (the backend seam's batch invariance), slower */
+    MOE_CUDA_GEMM_INVARIANT, /* default: own tiled kernel for linear layers and the expert FFN, F32
+                              activations (no BF16 rounding) and a fixed reduction order: a row's
+                              result is independent of the rows around it (the backend seam's batch
+                              invariance) and of how experts are chunked; slower than cuBLAS */
+    MOE_CUDA_GEMM_LOOP,    /* cuBLAS, activations rounded to BF16: one cublasGemmEx per expert
+                              (results independent of chunking, not of batch size) */
+    MOE_CUDA_GEMM_GROUPED, /* cuBLAS, one cublasGemmGroupedBatchedEx per projection; falls back to
+                              LOOP when cuBLAS reports the type combination unsupported */
 };
+/* In the cuBLAS modes, linear layers with at most this many outputs (routers,
+ * gates, small projections) still use the F32 kernel: routing decisions are
+ * discrete and BF16-rounded router inputs flip near-tied experts. */
+#define MOE_CUDA_F32_LINEAR_MAX_OUT 1024
 
 struct moe_cuda_params {
     int device;                 /* CUDA device ordinal */
@@ -156,9 +162,10 @@ enum moe_status moe_cuda_sigmoid_scale_add(struct moe_cuda_ctx *c, const float *
                                            int n, int dim, float *d_out);
 
 /* Linear layer: y [n, out] = x [n, in] * W^T (+ y when accumulate), W [out, in]
- * row-major in dtype wdt (BF16: x is rounded to BF16 in the workspace first;
- * F32: exact F32 GEMM, no TF32).  Used for q/k/v/o, router, dense MLP,
- * shared expert and lm_head. */
+ * row-major in dtype wdt.  INVARIANT mode, or out <= MOE_CUDA_F32_LINEAR_MAX_OUT:
+ * the F32-activation kernel.  Otherwise cuBLAS: with BF16 weights x is rounded
+ * to BF16 in the workspace first; F32 weights give an exact F32 GEMM (no
+ * TF32).  Used for q/k/v/o, router, dense MLP, shared expert and lm_head. */
 enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,
                                 enum moe_dtype wdt, int n, int in, int out, bool accumulate,
                                 float *d_y);

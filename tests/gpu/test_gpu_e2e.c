@@ -4,9 +4,11 @@
  * reference and the greedy continuation equals HF's; then every GPU-tier
  * capacity (down to top_k slots) and policy gives bit-identical tokens and
  * logits to the all-resident GPU run, and so does the GPU tier stacked on the
- * resident and on the tiered (mmap -> RAM) providers.  With the batch-invariant GEMM mode the
- * same holds against HF, and the prompt fed one token at a time gives the
- * same bits as the batch prefill.  Skips (77) without a CUDA device. */
+ * resident and on the tiered (mmap -> RAM) providers; the prompt fed one token
+ * at a time gives the same bits as the batch prefill.  That is the default
+ * (F32-activation, batch-invariant) GEMM mode; the cuBLAS mode must give HF's
+ * greedy tokens with logits within LOOP_TOL and be chunk-invariant too.
+ * Skips (77) without a CUDA device. */
 #include <jansson.h>
 
 #include "../../kernels/cuda/cuda_backend.h"
@@ -14,7 +16,9 @@
 #include "../../offload/tiered.h"
 #include "../engine/engine_testutil.h"
 
-#define LOGIT_TOL 5e-2
+#define LOGIT_TOL 5e-2 /* default (F32-activation) GEMMs */
+#define LOOP_TOL 0.5   /* cuBLAS GEMMs with BF16 activations: CPU emulation of that rounding gives
+                          0.26 on pycode p0, <= 0.02 on hf-tiny */
 
 struct run_out {
     float *logits;   /* [T, V] prompt logits */
@@ -133,9 +137,9 @@ int main(int argc, char **argv)
     struct moe_backend_cuda_params bp = { .device = 0, .workspace_bytes = (size_t)64 << 20 };
     struct moe_backend *be = moe_backend_cuda_create(&bp);
     REQUIRE(be, "CUDA backend: %s", moe_last_error());
-    bp.gemm_mode = MOE_CUDA_GEMM_INVARIANT;
-    struct moe_backend *bi = moe_backend_cuda_create(&bp);
-    REQUIRE(bi, "CUDA backend (invariant GEMMs): %s", moe_last_error());
+    bp.gemm_mode = MOE_CUDA_GEMM_LOOP;
+    struct moe_backend *bl = moe_backend_cuda_create(&bp);
+    REQUIRE(bl, "CUDA backend (cuBLAS GEMMs): %s", moe_last_error());
     int pad = pad_id(dir, &m->cfg), V = m->cfg.vocab, n_moe = 0;
     for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
 
@@ -153,7 +157,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < T; i++) ids[i] = (int)idf[i];
 
         struct run_out all;
-        run(m, be, 0, MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad, false, &all);
+        run(m, be, 0, MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad, true, &all);
         double d = max_abs_diff(all.logits, rl, (size_t)T * V);
         printf("%s p%d: GPU logits max abs diff vs transformers %.3g\n", argv[1], p, d);
         CHECK(d < LOGIT_TOL, "%s p%d: logits differ from HF by %g (tolerance %g)", argv[1], p, d, LOGIT_TOL);
@@ -188,18 +192,25 @@ int main(int argc, char **argv)
             free(r.logits), free(r.tokens);
         }
 
-        /* batch-invariant GEMMs: HF parity and prefill == token-by-token, bit for bit */
-        struct run_out inv;
-        run(m, bi, m->cfg.top_k, MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad, true, &inv);
-        d = max_abs_diff(inv.logits, rl, (size_t)T * V);
-        printf("%s p%d: invariant-mode logits max abs diff vs transformers %.3g\n", argv[1], p, d);
-        CHECK(d < LOGIT_TOL, "%s p%d: invariant-mode logits differ from HF by %g", argv[1], p, d);
-        CHECK(!memcmp(inv.tokens, gf_int(gf, (int)G), sizeof(int) * (size_t)G),
-              "%s p%d: invariant-mode greedy tokens differ from HF", argv[1], p);
-        free(inv.logits), free(inv.tokens);
+        /* cuBLAS GEMMs (BF16 activations): HF's greedy tokens, logits within the
+         * looser LOOP_TOL, and bit-identical for a capacity that chunks experts */
+        struct run_out lp, lc;
+        run(m, bl, 0, MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad, false, &lp);
+        d = max_abs_diff(lp.logits, rl, (size_t)T * V);
+        printf("%s p%d: cuBLAS-mode logits max abs diff vs transformers %.3g\n", argv[1], p, d);
+        CHECK(d < LOOP_TOL, "%s p%d: cuBLAS-mode logits differ from HF by %g (tolerance %g)", argv[1], p, d,
+              LOOP_TOL);
+        CHECK(!memcmp(lp.tokens, gf_int(gf, (int)G), sizeof(int) * (size_t)G),
+              "%s p%d: cuBLAS-mode greedy tokens differ from HF", argv[1], p);
+        run(m, bl, m->cfg.top_k, MOE_POLICY_LRU, LOWER_NONE, ids, (int)T, (int)G, pad, false, &lc);
+        CHECK(!memcmp(lc.tokens, lp.tokens, sizeof(int) * (size_t)G) &&
+              !memcmp(lc.logits, lp.logits, sizeof(float) * (size_t)T * V),
+              "%s p%d: cuBLAS mode with %d GPU slots is not bit-identical to all-resident", argv[1], p,
+              m->cfg.top_k);
+        free(lp.logits), free(lp.tokens), free(lc.logits), free(lc.tokens);
         free(all.logits), free(all.tokens), free(ids), free(idf), free(rl), free(gf);
     }
-    moe_backend_destroy(bi);
+    moe_backend_destroy(bl);
     moe_backend_destroy(be);
     moe_st_close(ref);
     moe_model_close(m);

@@ -593,6 +593,11 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
 
 static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
 {
+    bool needs_model = c->m != GM_HEALTH && c->m != GM_LIVE && c->m != GM_READY && c->m != GM_UNKNOWN;
+    if (needs_model && !atomic_load(&c->gf->srv->loaded)) {
+        queue_status(c, GRPC_STATUS_UNAVAILABLE, "the model is still loading; retry when ready");
+        return;
+    }
     switch (c->m) {
     case GM_HEALTH: do_health(c, buf, len); break;
     case GM_TOKENIZE: do_tokenize(c, buf, len); break;

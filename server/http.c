@@ -410,6 +410,12 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         i++;
     }
     path[i] = 0;
+    bool gen_path = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions") ||
+                    !strcmp(path, "/v1/models");
+    if (gen_path && !atomic_load(&s->loaded)) {
+        send_error(req, 503, "the model is still loading; retry when /ready says ready");
+        return;
+    }
     if (!strcmp(path, "/v1/completions")) {
         handle_completion(h, req, false);
     } else if (!strcmp(path, "/v1/chat/completions")) {

@@ -311,6 +311,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         moe_metrics_count(&s->metrics, &s->metrics.rejected_draining, 1);
         return moe_errorf(MOE_ECANCELED, "the server is draining (shutting down); retry elsewhere");
     }
+    if (!atomic_load(&s->loaded))
+        return moe_errorf(MOE_ECANCELED, "the model is still loading; retry when /ready says ready");
     enum moe_status st = MOE_OK;
     if (r->model[0] && strcmp(r->model, s->model_name)) {
         st = moe_errorf(MOE_ENOENT, "model '%s' is not served here (this server serves '%s')",
@@ -419,7 +421,9 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
     char lbl[200];
     snprintf(lbl, sizeof(lbl), "model_name=\"%s\"", s->model_name);
     struct moe_sched_stats ss;
-    moe_sched_stats(s->sched, &ss);
+    memset(&ss, 0, sizeof(ss));
+    if (atomic_load(&s->loaded))
+        moe_sched_stats(s->sched, &ss);
     moe_strbuf_printf(&b,
         "# HELP moeflow:num_requests_running Requests decoding now.\n"
         "# TYPE moeflow:num_requests_running gauge\nmoeflow:num_requests_running{%s} %d\n"
@@ -604,11 +608,6 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     s->t_start = moe_now();
     moe_metrics_init(&s->metrics);
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
-    s->model = moe_model_open(dir);
-    if (!s->model) {
-        moe_error_prefix(MOE_EIO, "--model %s", dir);
-        goto out_fail;
-    }
     if (cfg->model_name[0]) {
         snprintf(s->model_name, sizeof(s->model_name), "%s", cfg->model_name);
     } else {
@@ -619,13 +618,23 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
             tmp[--n] = 0;
         snprintf(s->model_name, sizeof(s->model_name), "%s", basename(tmp));
     }
+    return s;
+}
+
+/* Load the model, tokenizer, expert cache, predictor, engine and scheduler,
+ * then warm up.  The listeners are already open (readiness off). */
+static enum moe_status server_load(struct moe_server *s)
+{
+    const struct moe_serve_config *cfg = &s->cfg;
+    const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
+    s->model = moe_model_open(dir);
+    if (!s->model)
+        return moe_error_prefix(MOE_EIO, "--model %s", dir);
     char tpath[4200];
     snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", dir);
     s->tok = moe_tokenizer_load(tpath);
-    if (!s->tok) {
-        moe_error_prefix(MOE_EIO, "tokenizer %s", tpath);
-        goto out_fail;
-    }
+    if (!s->tok)
+        return moe_error_prefix(MOE_EIO, "tokenizer %s", tpath);
     int model_ctx = s->model->cfg.max_pos;
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
     /* 0 = derived from the context. */
@@ -635,20 +644,15 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
         s->cfg.max_output = s->max_ctx - 1;
     if (s->cfg.default_max_tokens > s->cfg.max_output)
         s->cfg.default_max_tokens = s->cfg.max_output;
-    if (moe_offload_provider_create(s->model, &s->cfg.offload, &s->provider) != MOE_OK) {
-        moe_error_prefix(MOE_EINVAL, "expert cache");
-        goto out_fail;
-    }
+    if (moe_offload_provider_create(s->model, &s->cfg.offload, &s->provider) != MOE_OK)
+        return moe_error_prefix(MOE_EINVAL, "expert cache");
     struct moe_pred_spec spec;
-    if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK) {
-        moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
-        goto out_fail;
-    }
+    if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK)
+        return moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
     if (spec.kind != MOE_PRED_NONE) {
         s->predictor = moe_predictor_create(s->model, &spec, cfg->max_seqs);
         if (!s->predictor) {
-            moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
-            goto out_fail;
+            return moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
         }
         struct moe_pred_prefetch pf = {
             .min_score = (float)cfg->prefetch_min_score,
@@ -666,7 +670,7 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     s->engine = moe_engine_create(s->model, &ep);
     if (!s->engine) {
         moe_error_prefix(MOE_ENOMEM, "engine");
-        goto out_fail;
+        return MOE_EINVAL;
     }
     struct moe_sched_params sp = {
         .max_running = cfg->max_running,
@@ -688,18 +692,14 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     s->sched = moe_sched_create(s->engine, &sp);
     if (!s->sched) {
         moe_error_prefix(MOE_EINVAL, "scheduler");
-        goto out_fail;
+        return MOE_EINVAL;
     }
     if (moe_sched_start(s->sched) != MOE_OK) {
         moe_error_prefix(MOE_EINVAL, "scheduler thread");
-        goto out_fail;
+        return MOE_EINVAL;
     }
-    if (server_warmup(s) != MOE_OK)
-        goto out_fail;
-    return s;
-out_fail:
-    moe_server_destroy(s);
-    return NULL;
+    atomic_store(&s->loaded, true);
+    return server_warmup(s);
 }
 
 enum moe_status moe_server_run(struct moe_server *s)
@@ -717,6 +717,10 @@ enum moe_status moe_server_run(struct moe_server *s)
             goto out_stop;
         }
     }
+    /* Listeners first: /ready and health answer "not ready" while loading. */
+    st = server_load(s);
+    if (st != MOE_OK)
+        goto out_stop;
     atomic_store(&s->ready, true);
     fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s:%d, HTTP %s:%d (%.1f s to load and warm up)\n",
             s->model_name, s->cfg.host, s->cfg.grpc_port, s->cfg.host, s->cfg.http_port,

@@ -14,12 +14,13 @@ extern "C" {
 
 struct moe_server;
 
-/* Load the model, create engine and scheduler, warm up.  NULL with
- * moe_last_error() set on failure. */
+/* A server for cfg (nothing loaded yet).  NULL with moe_last_error() set. */
 struct moe_server *moe_server_create(const struct moe_serve_config *cfg);
-/* Open the listeners, report ready, serve until SIGTERM/SIGINT, then stop
- * admission, turn readiness off, finish in-flight work within drain-timeout
- * and close. */
+/* Open the listeners (health and /ready say "not ready"), load the model,
+ * create engine and scheduler, warm up, report ready, serve until
+ * SIGTERM/SIGINT, then stop admission, turn readiness off, finish in-flight
+ * work within drain-timeout and close.  Errors (bind, load) return with
+ * moe_last_error() set. */
 enum moe_status moe_server_run(struct moe_server *s);
 void moe_server_destroy(struct moe_server *s);
 /* Catch SIGTERM and SIGINT (handed to moe_server_run) and ignore SIGPIPE;

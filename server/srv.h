@@ -88,6 +88,7 @@ struct moe_server {
     struct moe_sched *sched;
     int max_ctx;                   /* tokens per sequence */
     struct moe_metrics metrics;
+    atomic_bool loaded;            /* model, engine and scheduler exist (set once) */
     atomic_bool ready;             /* loaded, warm, not draining */
     atomic_bool draining;
     atomic_int live_gens;          /* srv_gen objects alive */

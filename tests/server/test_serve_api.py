@@ -30,6 +30,16 @@ def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
     m, k, h = pb["m"], pb["k"], pb["h"]
+    # Command-line errors: usage errors exit 2, a model that cannot load exits 1; both say what to fix.
+    import subprocess
+    r = subprocess.run([moeflow, "serve", "--max-queued", "-5"], capture_output=True, timeout=30)
+    check(r.returncode == 2 and b"max-queued" in r.stderr and b"-5" in r.stderr, "bad flag: %d %r" % (r.returncode, r.stderr))
+    r = subprocess.run([moeflow, "serve", "--model", "/nonexistent-model-dir", "--grpc-port", "0",
+                        "--http-port", "0"], capture_output=True, timeout=30)
+    check(r.returncode == 1 and b"/nonexistent-model-dir" in r.stderr, "bad model: %d %r" % (r.returncode, r.stderr))
+    r = subprocess.run([moeflow, "serve", "--help"], capture_output=True, timeout=30)
+    check(r.returncode == 0 and b"--drain-timeout" in r.stdout and b"--gpu-experts" in r.stdout, "--help")
+
     extra = sys.argv[3:]
     tiered = any(a in ("--gpu-experts", "--gpu-cache-bytes", "--host-experts", "--store") for a in extra)
     srv = Server(moeflow, "--max-body-bytes", "65536", "--max-message-bytes", "65536", *extra)

@@ -143,11 +143,20 @@ static void on_token(void *ud, uint64_t id, int token)
         ib->wake(ib->wake_arg);
 }
 
+static void server_notify_device_error(void);
+
 static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status st, const char *msg,
                     int n_prompt, int n_generated)
 {
     struct srv_gen *g = ud;
     struct moe_server *s = g->srv;
+    if (st == MOE_EDEVICE && !atomic_exchange(&s->device_failed, true)) {
+        /* A sticky accelerator error poisons the process: readiness off, fail
+         * what is in flight, exit non-zero so a supervisor restarts us. */
+        atomic_store(&s->ready, false);
+        MOE_ERR("device error: %s", msg ? msg : "");
+        server_notify_device_error();
+    }
     moe_metrics_observe(&s->metrics, &s->metrics.e2e, moe_now() - g->t_submit);
     pthread_mutex_lock(&s->metrics.mu);
     if ((unsigned)why < MOE_ARRAY_LEN(s->by_finish))
@@ -541,6 +550,15 @@ void moe_server_block_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
+#define SIG_DEVICE_ERROR 0xff /* pipe byte: not a signal, the device failed */
+
+static void server_notify_device_error(void)
+{
+    unsigned char b = SIG_DEVICE_ERROR;
+    if (sig_pipe[1] >= 0 && write(sig_pipe[1], &b, 1) < 0) {
+    }
+}
+
 static int wait_signal(void)
 {
     unsigned char b = 0;
@@ -730,12 +748,16 @@ enum moe_status moe_server_run(struct moe_server *s)
     if (sig_pipe[0] < 0)
         moe_server_block_signals();
     int sig = wait_signal();
-    fprintf(stderr, "moeflow serve: %s: draining (up to %.1f s)\n",
-            sig == SIGTERM ? "SIGTERM" : "SIGINT", s->cfg.drain_timeout);
+    bool device = sig == SIG_DEVICE_ERROR;
+    if (device)
+        fprintf(stderr, "moeflow serve: device error: failing in-flight requests and exiting\n");
+    else
+        fprintf(stderr, "moeflow serve: %s: draining (up to %.1f s)\n",
+                sig == SIGTERM ? "SIGTERM" : "SIGINT", s->cfg.drain_timeout);
     atomic_store(&s->ready, false);
     atomic_store(&s->draining, true);
     double t0 = moe_now();
-    moe_sched_drain(s->sched, s->cfg.drain_timeout);
+    moe_sched_drain(s->sched, device ? 0 : s->cfg.drain_timeout);
     /* Let the front ends deliver the terminal statuses. */
     while (atomic_load(&s->live_gens) > 0 && moe_now() - t0 < s->cfg.drain_timeout + 5) {
         struct timespec ts = { 0, 5000000 };
@@ -747,6 +769,8 @@ enum moe_status moe_server_run(struct moe_server *s)
             "%llu + failed %llu\n", moe_now() - t0, (unsigned long long)ss.accepted,
             (unsigned long long)ss.completed, (unsigned long long)ss.cancelled,
             (unsigned long long)ss.failed);
+    if (device)
+        st = moe_errorf(MOE_EDEVICE, "stopped after a device error (see the log above)");
 out_stop:
     if (s->grpc)
         srv_grpc_stop(s->grpc);

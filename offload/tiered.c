@@ -3,9 +3,12 @@
  * Threads: the engine thread calls acquire/prefetch/release, which make every
  * cache decision under `mu` and queue jobs; one worker thread executes jobs in
  * FIFO order: read a record into a host slot (if the host tier missed), verify
- * its checksum, convert it into the device slot.  FIFO order is what makes
- * slot reuse safe: a job that overwrites a slot always runs after every job
- * queued earlier that reads it.  Decisions never depend on timing. */
+ * its checksum, convert it into the device slot.  Jobs run by priority
+ * (demand before prefetch, nearer prefetch distance first, then queue order),
+ * but a job never overtakes an earlier-queued job that uses the same host
+ * slot: that is what makes slot reuse safe (a job that overwrites a host slot
+ * runs after every earlier job that reads it; stale device-slot jobs are
+ * skipped by generation).  Decisions never depend on timing. */
 #include "tiered.h"
 
 #include "cache.h"
@@ -36,6 +39,7 @@ struct hslot {
 };
 
 struct job {
+    int prio;                 /* -1 demand, else prefetch distance (lower runs first) */
     int key;
     int dslot;
     uint32_t dgen;
@@ -79,7 +83,7 @@ struct tiered {
     pthread_t worker;
     bool worker_started, stop;
     struct job *q;            /* FIFO ring */
-    int q_cap, q_head, q_len;
+    int q_cap, q_len;         /* q[0..q_len-1] in queue order */
     int qd;
 
     /* worker scratch */
@@ -150,20 +154,35 @@ static enum moe_status fill_slot(struct tiered *t, const uint8_t *src, uint8_t *
     return t->hooks.dev_upload(t->hooks.ud, dst, t->stage, t->dev_slot_bytes);
 }
 
-/* Take up to qd jobs; stop before a job that touches a host slot already in the batch. */
+/* Take up to qd jobs, best priority first.  A job is eligible when no
+ * earlier-queued job (still queued or already in this batch) uses its host
+ * slot, so host-slot users keep their queue order. */
 static int take_batch(struct tiered *t)
 {
     int n = 0;
     while (t->q_len > 0 && n < t->qd) {
-        struct job *j = &t->q[t->q_head];
-        bool clash = false;
-        for (int i = 0; i < n && !clash; i++) clash = t->batch[i].hslot == j->hslot;
-        if (clash) break;
-        t->batch[n++] = *j;
-        t->q_head = (t->q_head + 1) % t->q_cap;
+        int best = -1;
+        for (int i = 0; i < t->q_len; i++) {
+            const struct job *j = &t->q[i];
+            if (best >= 0 && j->prio >= t->q[best].prio) continue;
+            bool blocked = false;
+            for (int q = 0; q < i && !blocked; q++) blocked = t->q[q].hslot == j->hslot;
+            for (int q = 0; q < n && !blocked; q++) blocked = t->batch[q].hslot == j->hslot;
+            if (!blocked) best = i;
+        }
+        if (best < 0) break;
+        t->batch[n++] = t->q[best];
+        memmove(&t->q[best], &t->q[best + 1], (size_t)(t->q_len - best - 1) * sizeof(*t->q));
         t->q_len--;
     }
     return n;
+}
+
+/* An acquire now needs the expert loading into dslot: run its job as demand. */
+static void promote(struct tiered *t, int dslot, uint32_t gen)
+{
+    for (int i = 0; i < t->q_len; i++)
+        if (t->q[i].dslot == dslot && t->q[i].dgen == gen) t->q[i].prio = -1;
 }
 
 static void *worker_main(void *arg)
@@ -275,13 +294,13 @@ static void *worker_main(void *arg)
 static void enqueue(struct tiered *t, const struct job *j)
 {
     while (t->q_len == t->q_cap) pthread_cond_wait(&t->cv_done, &t->mu);
-    t->q[(t->q_head + t->q_len) % t->q_cap] = *j;
-    t->q_len++;
+    t->q[t->q_len++] = *j;
     pthread_cond_signal(&t->cv_work);
 }
 
-/* Start loading key into device slot ds: find or fill its host slot. */
-static enum moe_status start_load(struct tiered *t, int key, int ds)
+/* Start loading key into device slot ds: find or fill its host slot.
+ * prio: -1 demand, else the prefetch distance. */
+static enum moe_status start_load(struct tiered *t, int key, int ds, int prio)
 {
     int hslot, hev;
     bool hmiss;
@@ -292,7 +311,8 @@ static enum moe_status start_load(struct tiered *t, int key, int ds)
     d->key = key;
     d->gen++;
     d->state = SLOT_LOADING;
-    struct job j = { .key = key, .dslot = ds, .dgen = d->gen, .hslot = hslot, .read = hmiss };
+    struct job j = { .prio = prio, .key = key, .dslot = ds, .dgen = d->gen, .hslot = hslot,
+                     .read = hmiss };
     enqueue(t, &j);
     return MOE_OK;
 }
@@ -346,7 +366,8 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
             goto fail;
         }
         pinned++;
-        if (miss && (st = start_load(t, key, slot))) goto fail;
+        if (miss && (st = start_load(t, key, slot, -1))) goto fail;
+        if (!miss && t->ds[slot].state == SLOT_LOADING) promote(t, slot, t->ds[slot].gen);
     }
     double t0 = moe_now();
     bool waited = false;
@@ -413,7 +434,7 @@ static void tiered_prefetch(void *self, int layer, int n, const int *ids, const 
         bool inserted;
         if (scores) moe_cache_predict(t->dev, key, scores[i], distance);
         if (moe_cache_prefetch(t->dev, key, &slot, &inserted, &ev) == MOE_OK && inserted)
-            start_load(t, key, slot);
+            start_load(t, key, slot, distance < 0 ? 0 : distance);
     }
     pthread_mutex_unlock(&t->mu);
 }

@@ -202,6 +202,8 @@ int main(void)
         { "store-short-reads", true, false, false, 4096, MOE_POLICY_LRU, 2, 3, false },
         { "store-prefetch", true, false, true, 0, MOE_POLICY_LRU, 3, 5, false },
         { "store-quota-lru", true, false, false, 0, MOE_POLICY_LRU, 12, 4, true },
+        { "store-prefetch-tight", true, false, true, 0, MOE_POLICY_LRU, 1, 1, false },
+        { "store-prefetch-host2", true, false, true, 8192, MOE_POLICY_LFU, 2, 2, false },
         { "safetensors-lfu", false, false, false, 0, MOE_POLICY_LFU, 2, 4, false },
         { "safetensors-prefetch", false, false, true, 0, MOE_POLICY_LRU, 0, 1, false },
     };

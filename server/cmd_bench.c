@@ -31,6 +31,7 @@ struct bench_opts {
     int prompt_tokens;       /* prompts are cut to their first N tokens */
     int lookahead;           /* micro-batches prefetched ahead (-1 off) */
     int threads;             /* BLAS threads */
+    double lag, lead;        /* regroup fair-share bounds in tokens (0 = scheduler defaults) */
     enum moe_grouping grouping;
     int capacity;            /* device-tier expert slots (0 = unset) */
     double capacity_frac;    /* or a fraction of MoE layers x experts (0 = unset) */
@@ -66,6 +67,8 @@ static void bench_usage(FILE *f)
             "  --lookahead N        micro-batches whose predicted experts are prefetched ahead\n"
             "                       (default 1; 0 = off)\n"
             "  --threads N          BLAS threads (default 1)\n"
+            "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2)\n"
+            "  --regroup-lead T     regroup: tokens a sequence may run ahead of it (default 1)\n"
             "  --json               print one JSON object instead of text\n"
             "offload flags (the device tier size comes from --capacity / --capacity-frac):\n%s",
             moe_offload_help());
@@ -208,7 +211,7 @@ static int bench_batch(int argc, char **argv)
     bool have_grouping = false;
     enum {
         O_MODEL = 0x100, O_PROMPTS, O_CONC, O_MB, O_MAXTOK, O_GROUP, O_CAP, O_CAPF, O_PRED, O_JSON, O_CHUNK,
-        O_PTOK, O_LOOK, O_THREADS, O_HELP
+        O_PTOK, O_LOOK, O_THREADS, O_LAG, O_LEAD, O_HELP
     };
     static const struct option lopts[] = {
         { "model", required_argument, NULL, O_MODEL },
@@ -225,6 +228,8 @@ static int bench_batch(int argc, char **argv)
         { "prompt-tokens", required_argument, NULL, O_PTOK },
         { "lookahead", required_argument, NULL, O_LOOK },
         { "threads", required_argument, NULL, O_THREADS },
+        { "regroup-lag", required_argument, NULL, O_LAG },
+        { "regroup-lead", required_argument, NULL, O_LEAD },
         { "help", no_argument, NULL, O_HELP },
         MOE_OFFLOAD_LONG_OPTIONS,
         { 0, 0, 0, 0 },
@@ -250,6 +255,21 @@ static int bench_batch(int argc, char **argv)
                 fprintf(stderr, "moeflow bench batch: --capacity-frac '%s': expected a number in (0, 1]\n", optarg);
                 return 2;
             }
+            break;
+        }
+        case O_LAG:
+        case O_LEAD: {
+            char *end;
+            double x = strtod(optarg, &end);
+            if (end == optarg || *end || !(x > 0 && x <= 1000)) {
+                fprintf(stderr, "moeflow bench batch: %s '%s': expected a number of tokens in (0, 1000]\n",
+                        c == O_LAG ? "--regroup-lag" : "--regroup-lead", optarg);
+                return 2;
+            }
+            if (c == O_LAG)
+                o.lag = x;
+            else
+                o.lead = x;
             break;
         }
         case O_GROUP:
@@ -411,6 +431,7 @@ static int bench_batch(int argc, char **argv)
         .max_prompt = max_ctx - 1, .max_output = max_ctx - 1, .micro_batch = o.micro_batch,
         .prefill_chunk = chunk, .grouping = o.grouping, .lookahead = o.lookahead > 0 ? o.lookahead : -1,
         .provider = prov, .predictor = pred, .engine_max_ctx = max_ctx,
+        .regroup_lag = (float)o.lag, .regroup_lead = (float)o.lead,
         .engine_max_batch_tokens = o.micro_batch + chunk,
     };
     s = moe_sched_create(eng, &sp);

@@ -109,34 +109,6 @@ static void ad_free(void *p)
     free(ad);
 }
 
-/* Sequence slots of the engine: claim until refused, then give them back. */
-static int probe_max_seqs(struct moe_engine *e)
-{
-    int cap = 64, n = 0;
-    int *slots = malloc(sizeof(int) * (size_t)cap);
-    if (!slots)
-        return 0;
-    for (;;) {
-        int id = moe_engine_seq_alloc(e);
-        if (id < 0)
-            break;
-        if (n == cap) {
-            int *t = realloc(slots, sizeof(int) * (size_t)cap * 2);
-            if (!t) {
-                moe_engine_seq_free(e, id);
-                break;
-            }
-            slots = t;
-            cap *= 2;
-        }
-        slots[n++] = id;
-    }
-    for (int i = 0; i < n; i++)
-        moe_engine_seq_free(e, slots[i]);
-    free(slots);
-    return n;
-}
-
 struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_params *p)
 {
     if (!e || !p) {
@@ -157,6 +129,8 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
     for (int l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++)
         ad->n_moe += c->is_moe[l];
     struct moe_sched_params sp = *p;
+    if (!sp.provider)
+        sp.provider = moe_engine_provider(e); /* lookahead prefetch goes to the engine's provider */
     if (p->predictor) {
         ad->pred = p->predictor;
         ad->user = moe_predictor_hooks(p->predictor, &p->hooks);
@@ -182,9 +156,9 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         .eos_id = c->eos_id,
         .n_eos = c->n_eos,
         .eos_ids = c->eos_ids,
-        .max_seqs = probe_max_seqs(e),
-        .max_ctx = p->engine_max_ctx > 0 ? p->engine_max_ctx : c->max_pos,
-        .max_batch_tokens = p->engine_max_batch_tokens > 0 ? p->engine_max_batch_tokens : 512,
+        .max_seqs = moe_engine_max_seqs(e),
+        .max_ctx = p->engine_max_ctx > 0 ? p->engine_max_ctx : moe_engine_max_ctx(e),
+        .max_batch_tokens = p->engine_max_batch_tokens > 0 ? p->engine_max_batch_tokens : moe_engine_max_batch(e),
         .seq_alloc = ad_seq_alloc,
         .seq_free = ad_seq_free,
         .forward = ad_forward,
@@ -192,7 +166,7 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
     if (be.max_seqs < 1) {
         free(ad->ids);
         free(ad);
-        moe_errorf(MOE_EBUSY, "scheduler: create: the engine has no free sequence slot");
+        moe_errorf(MOE_EINVAL, "scheduler: create: the engine has no sequence slots");
         return NULL;
     }
     struct moe_sched *s = moe_sched_create_backend(&be, &sp);

@@ -69,7 +69,8 @@ struct moe_sched_params {
     float regroup_lead;       /* regroup: tokens a sequence may run ahead of it (0 = 1) */
     int lookahead;            /* micro-batches ahead whose predicted experts are prefetched
                                  (0 = 1, -1 = no prefetch) */
-    struct moe_provider *provider; /* where prefetch hints go (the engine's provider); NULL = none */
+    struct moe_provider *provider; /* where prefetch hints go; NULL = the engine's provider
+                                      (moe_sched_create) or none (moe_sched_create_backend) */
     struct moe_sched_path_source *path_source; /* predicted routing paths; NULL = most recent routing */
     float path_decay;         /* without path_source/predictor: 0 = the path is the most recent
                                  token's routing; in (0, 1): the top_k experts per MoE layer of
@@ -82,8 +83,8 @@ struct moe_sched_params {
      * moe_predictor_seq_path().  Its prefetches go where moe_predictor_set_provider
      * says. */
     struct moe_predictor *predictor;
-    int engine_max_ctx;       /* the engine's max_ctx / max_batch_tokens as created (0 = the */
-    int engine_max_batch_tokens; /* engine defaults: cfg.max_pos and 512) */
+    int engine_max_ctx;       /* limits to assume instead of the engine's own max_ctx / */
+    int engine_max_batch_tokens; /* max_batch_tokens (0 = ask the engine) */
 };
 
 struct moe_gen_params {

@@ -3,11 +3,15 @@
  * driven by the routing-path predictor instead of the real future.
  *
  * Expected next use of key (layer t, expert e), in MoE layer-steps from now:
- *     d0 + (1 - p1) * n_moe / q
- * d0 = layer-steps until layer t next runs; p1 = probability that e is used
- * then (the latest prediction for that occurrence of t; a fraction of q when
- * t was predicted but e was not; q when t has no prediction); q = recency
- * weighted use frequency of e at t (an exponential moving average per token).
+ *     d0 + (1 - p1) * n_moe * (p2 + (1 - p2) * (1 + 1/q))
+ * d0 = layer-steps until layer t next runs; p1, p2 = probabilities that e is
+ * used at that occurrence of t and at the one after: the latest prediction for
+ * that occurrence (predictions reach a few steps ahead, keyed by the
+ * occurrence nearest to now + distance); a fraction of the fallback when t was
+ * predicted without e; else the fallback: for p1 the step-to-step transition
+ * estimate P(e | the experts t used at its latest step), learned online from
+ * the accesses; for p2 q, the recency-weighted use frequency of e at t (an
+ * exponential moving average per token).
  * A prefetched expert that its layer then did not use is thereby demoted: its
  * prediction is spent and its q decays.  Per-layer shares follow predicted
  * demand because all layers compete in one ranking.

@@ -358,7 +358,7 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
     bool use_pf = p->prefetch && p->policy != MOE_CACHE_BELADY;
     bool timeline = p->xfer_s > 0;
     double t = 0;
-    int64_t step = -1;
+    int64_t step = -1, last_pos = -1;
     int keys[64];
     for (size_t i = 0; i < l->n_ev; i++) {
         const struct moe_ev *e = &l->ev[i];
@@ -370,11 +370,17 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
         int64_t pos = step * s.M + e->layer;
         int base = moe_layers[e->layer] * l->n_experts;
         if (e->kind == MOE_EV_PREFETCH) {
+            /* needed at the occurrence of the layer nearest to now + distance */
+            int64_t need = (last_pos < 0 ? 0 : last_pos / s.M * s.M) + e->layer;
+            if (need <= last_pos) need += s.M;
+            while (need + s.M / 2 < last_pos + e->distance) need += s.M;
+            /* hints beyond this step only inform the policy */
+            bool act = use_pf && e->distance <= s.M;
             for (int j = 0; j < e->n; j++) {
                 int key = base + l->ids[e->off + j];
                 float sc = l->scores[e->off + j];
                 if (p->policy == MOE_CACHE_PREDICTED) moe_cache_predict(s.c, key, sc, e->distance);
-                if (!use_pf) continue;
+                if (!act) continue;
                 if (moe_cache_slot_of(s.c, key) >= 0 || s.queued[key]) {
                     s.st->prefetch_dropped++;
                     continue;
@@ -393,7 +399,7 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
                     s.q = q;
                     s.capq = c;
                 }
-                s.q[s.nq++] = (struct req){ .key = key, .need = pos, .score = sc, .issue = t };
+                s.q[s.nq++] = (struct req){ .key = key, .need = need, .score = sc, .issue = t };
                 s.queued[key] = true;
             }
             continue;
@@ -433,6 +439,7 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
             }
         }
         drop_stale(&s, pos);
+        last_pos = pos;
         if (timeline) {
             out->stall_s += ready - t;
             t = ready + p->layer_s;

@@ -20,9 +20,9 @@ static uint64_t splitmix(uint64_t *s)
 /* Uniform in [-1, 1). */
 static float urand(uint64_t *s) { return (float)((splitmix(s) >> 40) * (1.0 / 8388608.0) - 1.0); }
 
-static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width)
+static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width, int horizon)
 {
-    if (n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
+    if (horizon < 1 || horizon > 2 || n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
         top_k > n_experts || dim <= 0 || dim > 65536 || width <= 0 || width > 65536)
         return NULL;
     struct moe_path_model *m = calloc(1, sizeof(*m));
@@ -32,8 +32,9 @@ static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, i
     m->top_k = top_k;
     m->dim = dim;
     m->width = width;
-    m->n_out = n_moe * n_experts;
-    m->n_in = dim + m->n_out;
+    m->horizon = horizon;
+    m->n_out = horizon * n_moe * n_experts;
+    m->n_in = dim + n_moe * n_experts;
     m->w1 = calloc((size_t)width * (size_t)m->n_in, sizeof(float));
     m->b1 = calloc((size_t)width, sizeof(float));
     m->w2 = calloc((size_t)m->n_out * (size_t)width, sizeof(float));
@@ -46,12 +47,13 @@ static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, i
 }
 
 struct moe_path_model *moe_path_model_create(int n_moe, int n_experts, int top_k, int dim, int width,
-                                             uint64_t seed)
+                                             int horizon, uint64_t seed)
 {
-    struct moe_path_model *m = alloc_model(n_moe, n_experts, top_k, dim, width);
+    struct moe_path_model *m = alloc_model(n_moe, n_experts, top_k, dim, width, horizon);
     if (!m) {
-        moe_errorf(MOE_EINVAL, "path predictor: bad shape (moe layers %d, experts %d, top_k %d, dim %d, width %d)",
-                   n_moe, n_experts, top_k, dim, width);
+        moe_errorf(MOE_EINVAL,
+                   "path predictor: bad shape (moe layers %d, experts %d, top_k %d, dim %d, width %d, horizon %d)",
+                   n_moe, n_experts, top_k, dim, width, horizon);
         return NULL;
     }
     uint64_t s = seed;
@@ -81,7 +83,7 @@ void moe_path_model_features(const struct moe_path_model *m, const float *emb, c
     float inv = (float)(1.0 / sqrt(ss / m->dim + 1e-12));
     for (int i = 0; i < m->dim; i++) x[i] = emb[i] * inv;
     float *hot = x + m->dim;
-    memset(hot, 0, sizeof(float) * (size_t)m->n_out);
+    memset(hot, 0, sizeof(float) * (size_t)m->n_moe * (size_t)m->n_experts);
     if (!prev) return;
     for (int l = 0; l < m->n_moe; l++)
         for (int j = 0; j < m->top_k; j++) {
@@ -114,7 +116,8 @@ void moe_path_model_forward(const struct moe_path_model *m, int B, const float *
 enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *path,
                                     const char *const *extra_meta)
 {
-    char s_moe[16], s_e[16], s_k[16], s_dim[16], s_w[16];
+    char s_moe[16], s_e[16], s_k[16], s_dim[16], s_w[16], s_h[16];
+    snprintf(s_h, sizeof s_h, "%d", m->horizon);
     snprintf(s_moe, sizeof s_moe, "%d", m->n_moe);
     snprintf(s_e, sizeof s_e, "%d", m->n_experts);
     snprintf(s_k, sizeof s_k, "%d", m->top_k);
@@ -123,7 +126,7 @@ enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *
     const char *meta[64];
     size_t n = 0;
     const char *fixed[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", s_moe,
-                            "n_experts", s_e, "top_k", s_k, "dim", s_dim, "width", s_w,
+                            "n_experts", s_e, "top_k", s_k, "dim", s_dim, "width", s_w, "horizon", s_h,
                             "model", m->model_name, NULL };
     for (size_t i = 0; fixed[i]; i++) meta[n++] = fixed[i];
     for (size_t i = 0; extra_meta && extra_meta[i] && extra_meta[i + 1] && n + 3 < MOE_ARRAY_LEN(meta); i += 2) {
@@ -194,7 +197,12 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
                    path, fm, fe, fk, fd, n_moe, n_experts, top_k, dim);
         goto out_close;
     }
-    m = alloc_model(fm, fe, fk, fd, fw);
+    int fh = 1;
+    if (moe_st_metadata(f, "horizon") && (!meta_int(f, "horizon", &fh) || fh > 2)) {
+        moe_errorf(MOE_EFORMAT, "%s: metadata horizon must be 1 or 2", path);
+        goto out_close;
+    }
+    m = alloc_model(fm, fe, fk, fd, fw, fh);
     if (!m) {
         moe_errorf(MOE_EFORMAT, "%s: bad shape in metadata", path);
         goto out_close;
@@ -261,6 +269,18 @@ static void build_rows(const struct moe_path_model *m, const struct moe_path_dat
                 int e = t[l * m->top_k + j];
                 if (e >= 0 && e < m->n_experts) yr[l * m->n_experts + e] = 1.0f;
             }
+        if (m->horizon < 2) continue;
+        float *yn = yr + (size_t)m->n_moe * m->n_experts;
+        const int *nx = d->next ? d->next + (size_t)s * pk : NULL;
+        if (!nx || nx[0] < 0) { /* no next token: masked */
+            for (int i = 0; i < m->n_moe * m->n_experts; i++) yn[i] = -1.0f;
+            continue;
+        }
+        for (int l = 0; l < m->n_moe; l++)
+            for (int j = 0; j < m->top_k; j++) {
+                int e = nx[l * m->top_k + j];
+                if (e >= 0 && e < m->n_experts) yn[l * m->n_experts + e] = 1.0f;
+            }
     }
 }
 
@@ -284,7 +304,8 @@ static void evaluate(const struct moe_path_model *m, const struct moe_path_data 
         forward_logits(m, nb, x, h, z);
         for (int b = 0; b < nb; b++) {
             const float *zr = z + (size_t)b * m->n_out, *yr = y + (size_t)b * m->n_out;
-            for (int i = 0; i < m->n_out; i++) ls += bce(zr[i], yr[i]);
+            for (int i = 0; i < m->n_out; i++)
+                if (yr[i] >= 0) ls += bce(zr[i], yr[i]);
             for (int l = 0; l < m->n_moe; l++) {
                 const float *zl = zr + l * m->n_experts, *yl = yr + l * m->n_experts;
                 /* count targets ranked within top_k */
@@ -365,6 +386,10 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
             /* dz = (sigmoid(z) - y) / (nb * n_out): gradient of the mean BCE */
             float sc = 1.0f / (float)nb;
             for (size_t i = 0; i < (size_t)nb * m->n_out; i++) {
+                if (y[i] < 0) { /* masked */
+                    z[i] = 0;
+                    continue;
+                }
                 tl += bce(z[i], y[i]);
                 z[i] = (sigmoidf_(z[i]) - y[i]) * sc;
             }

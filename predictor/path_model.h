@@ -4,7 +4,11 @@
  *   input  x = [ rmsnormed token embedding (dim) | previous token's routing,
  *               multi-hot (n_moe * n_experts) ]
  *   h      = relu(W1 x + b1)                     W1 [width, n_in]
- *   p      = sigmoid(W2 h + b2)                  W2 [n_out, width], n_out = n_moe * n_experts
+ *   p      = sigmoid(W2 h + b2)                  W2 [n_out, width], n_out = horizon * n_moe * n_experts
+ *
+ * horizon 1: the heads score this token's routing; horizon 2: a second block
+ * of heads scores the next token's routing (used to rank evictions a step
+ * ahead; trained on the next token of the same sequence, masked otherwise).
  *
  * Trained with a multi-label (binary cross-entropy) loss and Adam on a routing
  * trace, with a held-out split and early stopping; saved as safetensors
@@ -24,7 +28,8 @@ struct moe_path_model {
     int top_k;        /* experts routed per token and layer */
     int dim;          /* token embedding width (model hidden size) */
     int width;        /* hidden units */
-    int n_in, n_out;  /* dim + n_moe*n_experts, n_moe*n_experts */
+    int horizon;      /* 1 or 2 blocks of heads (this token, next token) */
+    int n_in, n_out;  /* dim + n_moe*n_experts, horizon*n_moe*n_experts */
     float *w1, *b1;   /* [width, n_in], [width] */
     float *w2, *b2;   /* [n_out, width], [n_out] */
     char model_name[128]; /* model the predictor was trained for (metadata) */
@@ -32,7 +37,7 @@ struct moe_path_model {
 
 /* Randomly initialised (He/Xavier, seeded); NULL on bad shape or no memory. */
 struct moe_path_model *moe_path_model_create(int n_moe, int n_experts, int top_k, int dim, int width,
-                                             uint64_t seed);
+                                             int horizon, uint64_t seed);
 void moe_path_model_free(struct moe_path_model *m);
 
 /* Build one input row: emb [dim] (raw embedding, normalised here), prev
@@ -56,6 +61,7 @@ struct moe_path_data {
     const int *token;      /* [n] token id (row of emb) */
     const int *prev;       /* [n, n_moe * top_k], -1 = unknown (first token of a sequence) */
     const int *target;     /* [n, n_moe * top_k] actual experts */
+    const int *next;       /* [n, n_moe * top_k] next token's experts (-1 = none), or NULL (horizon 2 only) */
     const float *emb;      /* [vocab, dim] f32 embeddings */
     int vocab;
 };

@@ -47,6 +47,7 @@ struct moe_predictor {
     int *route;                /* [cap, n_moe * k] actual routing seen this step */
     bool *routed;              /* [n_moe] layer routed this step */
     float *pscore;             /* [cap, n_moe, E] step-start path scores */
+    float *pout;               /* [cap, path n_out] path model output (this and next token) */
     float *x;                  /* [cap, n_in] path features */
     float *hs;                 /* [cap, width] path scratch */
     float *out;                /* [cap, E] prediction being published */
@@ -162,11 +163,13 @@ static enum moe_status ensure_cap(struct moe_predictor *p, int n)
     if (out) p->out = out;
     if (!seq || !tok || !route || !ps || !out) return moe_errorf(MOE_ENOMEM, "predictor: out of memory for %d tokens", n);
     if (p->path) {
+        float *po = realloc(p->pout, sizeof(float) * (size_t)c * (size_t)p->path->n_out);
+        if (po) p->pout = po;
         float *x = realloc(p->x, sizeof(float) * (size_t)c * (size_t)p->path->n_in);
         if (x) p->x = x;
         float *hs = realloc(p->hs, sizeof(float) * (size_t)c * (size_t)p->path->width);
         if (hs) p->hs = hs;
-        if (!x || !hs) return moe_errorf(MOE_ENOMEM, "predictor: out of memory for %d tokens", n);
+        if (!po || !x || !hs) return moe_errorf(MOE_ENOMEM, "predictor: out of memory for %d tokens", n);
     }
     p->cap = c;
     return MOE_OK;
@@ -265,6 +268,7 @@ void moe_predictor_destroy(struct moe_predictor *p)
     free(p->route);
     free(p->routed);
     free(p->pscore);
+    free(p->pout);
     free(p->x);
     free(p->hs);
     free(p->out);
@@ -306,7 +310,7 @@ void moe_predictor_seq_reset(struct moe_predictor *p, int seq)
 static void publish(struct moe_predictor *p, int mi, int distance, bool step_start)
 {
     int layer = p->moe_layer[mi];
-    if (p->sink.predict) p->sink.predict(p->sink.ud, mi, distance, step_start, p->n, p->out);
+    if (p->sink.predict && distance <= p->n_moe) p->sink.predict(p->sink.ud, mi, distance, step_start, p->n, p->out);
     if (!p->prov || !p->prov->ops->prefetch) return;
     for (int e = 0; e < p->E; e++) {
         float u = 0;
@@ -419,11 +423,25 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
             for (size_t mi = 0; mi < M; mi++) history_scores(p, (int)mi, prevr, NULL, ps + mi * E);
         }
     }
-    if (uses_path(p)) moe_path_model_forward(p->path, b->n, p->x, p->pscore, p->hs);
+    if (uses_path(p)) {
+        size_t no = (size_t)p->path->n_out;
+        moe_path_model_forward(p->path, b->n, p->x, p->pout, p->hs);
+        for (int i = 0; i < b->n; i++)
+            memcpy(p->pscore + (size_t)i * M * E, p->pout + (size_t)i * no, sizeof(float) * M * E);
+    }
     for (size_t mi = 0; mi < M; mi++) {
         for (int i = 0; i < b->n; i++)
             memcpy(p->out + (size_t)i * E, p->pscore + ((size_t)i * M + mi) * E, sizeof(float) * E);
         publish(p, (int)mi, (int)mi + 1, true);
+    }
+    /* the next token's routing (horizon 2): hints a step ahead, for eviction ranking */
+    if (uses_path(p) && p->path->horizon > 1) {
+        size_t no = (size_t)p->path->n_out;
+        for (size_t mi = 0; mi < M; mi++) {
+            for (int i = 0; i < b->n; i++)
+                memcpy(p->out + (size_t)i * E, p->pout + (size_t)i * no + (M + mi) * E, sizeof(float) * E);
+            publish(p, (int)mi, (int)(M + mi) + 1, true);
+        }
     }
     return MOE_OK;
 }
@@ -540,7 +558,8 @@ enum moe_status moe_predictor_seq_path(struct moe_predictor *p, int seq, int tok
     if (token < 0 || token >= p->model->cfg.vocab)
         return moe_errorf(MOE_ERANGE, "predictor: token %d outside vocab %d", token, p->model->cfg.vocab);
     const int *prevr = seq_prev(p, seq);
-    float *sc = malloc(sizeof(float) * M * E);
+    size_t n_sc = p->path && (size_t)p->path->n_out > M * E ? (size_t)p->path->n_out : M * E;
+    float *sc = malloc(sizeof(float) * n_sc);
     if (!sc) return moe_errorf(MOE_ENOMEM, "predictor: out of memory");
     if (uses_path(p)) {
         float *x = malloc(sizeof(float) * (size_t)p->path->n_in), *hs = malloc(sizeof(float) * (size_t)p->path->width);

@@ -57,7 +57,8 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
 /* Where predictions go, besides the provider: one call per (MoE layer,
  * distance) prediction.  moe_index: 0..n_moe-1 (not the decoder layer).
  * step_start: made at begin() (the "path" prediction; distance is then
- * moe_index + 1).  scores [n_tokens, n_experts]. */
+ * moe_index + 1).  scores [n_tokens, n_experts].  Predictions for the next
+ * step (distance > n_moe, path predictors of horizon 2) go to the provider only. */
 struct moe_pred_sink {
     void *ud;
     void (*predict)(void *ud, int moe_index, int distance, bool step_start, int n_tokens,

@@ -30,7 +30,7 @@ static void usage(FILE *f)
         "  --capacity-frac F     slots = floor(F x MoE layers x experts), 0 < F <= 1\n"
         "  --policy P            lru | lfu | predicted | belady\n"
         "  --predictor SPEC      none | gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto\n"
-        "  --min-score S         prefetch experts predicted with at least S (default 0.5)\n"
+        "  --min-score S         prefetch experts predicted with at least S (default 0.8)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
         "  --expert-bytes N      bytes per expert transfer, with --link-gbps (default: this model's)\n"
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps (default 0)\n"
@@ -91,7 +91,7 @@ int moe_cmd_replay(int argc, char **argv)
     };
     const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL, *pol_s = NULL;
     long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0;
-    double frac = 0, min_score = 0.5, link = 0, layer_ms = 0, expert_ms = 0.153;
+    double frac = 0, min_score = 0.8, link = 0, layer_ms = 0, expert_ms = 0.153;
     bool json = false;
     enum moe_cache_policy policy = MOE_CACHE_LRU;
     int c;

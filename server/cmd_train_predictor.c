@@ -31,6 +31,8 @@ static void usage(FILE *f)
         "  --seq-len N           tokens per sequence with --text (default 512)\n"
         "  --out FILE            predictor file to write (safetensors)\n"
         "  --width N             hidden units (default 384)\n"
+        "  --horizon H           1: heads for this token's routing; 2: also the next token's,\n"
+        "                        which ranks evictions a step ahead (default 2)\n"
         "  --epochs N            at most N epochs (default 40)\n"
         "  --batch N             samples per Adam step (default 128)\n"
         "  --lr X                Adam step size (default 0.002)\n"
@@ -44,7 +46,7 @@ static void usage(FILE *f)
 }
 
 enum { O_MODEL = 256, O_TRACE, O_TEXT, O_SEQ, O_OUT, O_WIDTH, O_EPOCHS, O_BATCH, O_LR, O_WD, O_VAL, O_PAT,
-       O_SEED, O_THREADS, O_QUIET };
+       O_SEED, O_THREADS, O_QUIET, O_HORIZON };
 
 static bool parse_int(const char *s, long lo, long hi, long *out)
 {
@@ -82,11 +84,12 @@ int moe_cmd_train_predictor(int argc, char **argv)
         { "seed", required_argument, NULL, O_SEED },
         { "threads", required_argument, NULL, O_THREADS },
         { "quiet", no_argument, NULL, O_QUIET },
+        { "horizon", required_argument, NULL, O_HORIZON },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *trace_path = NULL, *text = NULL, *out_path = NULL;
-    long seq_len = 512, width = 384, epochs = 40, batch = 128, patience = 3, seed = 1, threads = 2;
+    long seq_len = 512, width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1, threads = 2;
     double lr = 2e-3, wd = 1e-4, val = 0.1;
     bool quiet = false;
     int c;
@@ -99,6 +102,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_OUT: out_path = optarg; break;
         case O_SEQ: if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value; break;
         case O_WIDTH: if (!parse_int(optarg, 1, 16384, &width)) goto bad_value; break;
+        case O_HORIZON: if (!parse_int(optarg, 1, 2, &horizon)) goto bad_value; break;
         case O_EPOCHS: if (!parse_int(optarg, 1, 100000, &epochs)) goto bad_value; break;
         case O_BATCH: if (!parse_int(optarg, 1, 65536, &batch)) goto bad_value; break;
         case O_LR: if (!parse_dbl(optarg, 1e-9, 10, &lr)) goto bad_value; break;
@@ -128,7 +132,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
 
     int rc = 1;
     struct moe_trace *tr = NULL;
-    int *toks = NULL, *seqs = NULL, *poss = NULL, *experts = NULL, *prev = NULL;
+    int *toks = NULL, *seqs = NULL, *poss = NULL, *experts = NULL, *prev = NULL, *next = NULL;
     float *emb = NULL;
     struct moe_path_model *pm = NULL;
     size_t n = 0;
@@ -177,15 +181,24 @@ int moe_cmd_train_predictor(int argc, char **argv)
         bool cont = i > 0 && seqs[i] == seqs[i - 1] && poss[i] == poss[i - 1] + 1;
         for (size_t j = 0; j < row; j++) prev[i * row + j] = cont ? experts[(i - 1) * row + j] : -1;
     }
+    /* the next token's routing: the previous-routing array shifted by one */
+    next = malloc(sizeof(int) * (n ? n : 1) * row);
+    if (!next) {
+        fprintf(stderr, "moeflow train-predictor: out of memory for %zu samples\n", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < row; j++) next[i * row + j] = i + 1 < n ? prev[(i + 1) * row + j] : -1;
     moe_wview_to_f32(&m->embed, emb);
-    pm = moe_path_model_create(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, (uint64_t)seed);
+    pm = moe_path_model_create(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, (int)horizon,
+                               (uint64_t)seed);
     if (!pm) {
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;
     }
     const char *base = strrchr(m->dir, '/');
     snprintf(pm->model_name, sizeof pm->model_name, "%.127s", base && base[1] ? base + 1 : m->dir);
-    struct moe_path_data d = { .n = (int)n, .token = toks, .prev = prev, .target = experts, .emb = emb,
+    struct moe_path_data d = { .n = (int)n, .token = toks, .prev = prev, .target = experts, .next = next, .emb = emb,
                                .vocab = cfg->vocab };
     struct moe_path_train_params tp = { .max_epochs = (int)epochs, .batch = (int)batch, .lr = (float)lr,
                                         .weight_decay = (float)wd, .val_frac = (float)val,
@@ -219,6 +232,7 @@ out:
         free(experts);
     }
     free(prev);
+    free(next);
     free(emb);
     moe_path_model_free(pm);
     moe_model_close(m);

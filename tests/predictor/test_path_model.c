@@ -46,7 +46,7 @@ int main(void)
             if (t[1] == t[0]) t[1] = (t[0] + 4) % E;
         }
     }
-    struct moe_path_model *m = moe_path_model_create(M, E, K, DIM, 64, 7);
+    struct moe_path_model *m = moe_path_model_create(M, E, K, DIM, 64, 1, 7);
     REQUIRE(m, "create: %s", moe_last_error());
     struct moe_path_data d = { .n = N, .token = token, .prev = prev, .target = target, .emb = emb, .vocab = VOCAB };
     struct moe_path_train_params tp = { .max_epochs = 40, .batch = 64, .lr = 3e-3f, .val_frac = 0.2f,

@@ -1,0 +1,151 @@
+/* Tokens and logits do not depend on the predictor or on where experts live:
+ * the bundled model decodes a Python snippet (teacher forcing, batch 1) with
+ * no predictor through the resident provider, then with every predictor kind
+ * (prefetch hints into the recording provider), and with path+gate driving a
+ * tiered provider at 25 % device capacity under each eviction policy; every
+ * logit must be bit-identical. */
+#include "engine/sampling.h"
+#include "model/tokenizer.h"
+#include "offload/tiered.h"
+#include "predictor/drive.h"
+#include "predictor/path_model.h"
+#include "tests/test_util.h"
+
+#include <unistd.h>
+
+#define N_TOK 24
+
+static const char *snippet =
+    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n";
+
+static enum moe_status decode(const struct moe_model *m, struct moe_provider *prov, struct moe_predictor *pred,
+                              const int *toks, int n, float *logits)
+{
+    struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = 64, .max_batch_tokens = 8, .n_threads = 1,
+                                    .provider = prov };
+    if (pred) ep.hooks = moe_predictor_hooks(pred, NULL);
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    if (!e) return MOE_EINVAL;
+    int seq = moe_engine_seq_alloc(e);
+    enum moe_status st = MOE_OK;
+    for (int i = 0; i < n && !st; i++) {
+        struct moe_batch b = { .n = 1, .tokens = &toks[i], .seq = &seq, .pos = &i };
+        if (pred && (st = moe_predictor_begin(pred, &b))) break;
+        st = moe_engine_forward(e, &b, logits + (size_t)i * m->cfg.vocab);
+        if (pred) moe_predictor_end(pred, st == MOE_OK);
+    }
+    moe_engine_destroy(e);
+    return st;
+}
+
+int main(void)
+{
+    char dir[4096], pfile[] = "/tmp/moeflow-test-pred-XXXXXX";
+    t_path(dir, sizeof dir, "models/pycode-moe-18m");
+    struct moe_model *m = moe_model_open(dir);
+    REQUIRE(m, "open: %s", moe_last_error());
+    char tkp[4200];
+    snprintf(tkp, sizeof tkp, "%s/tokenizer.json", dir);
+    struct moe_tokenizer *tk = moe_tokenizer_load(tkp);
+    REQUIRE(tk, "tokenizer: %s", moe_last_error());
+    int *toks;
+    size_t nt;
+    REQUIRE(moe_tokenizer_encode(tk, snippet, strlen(snippet), &toks, &nt) == MOE_OK && nt >= N_TOK, "encode");
+    moe_tokenizer_free(tk);
+    size_t V = (size_t)m->cfg.vocab;
+    float *ref = malloc(sizeof(float) * V * N_TOK), *got = malloc(sizeof(float) * V * N_TOK);
+    REQUIRE(ref && got, "oom");
+    REQUIRE(decode(m, NULL, NULL, toks, N_TOK, ref) == MOE_OK, "reference decode: %s", moe_last_error());
+
+    /* a small path predictor trained on the snippet's own routing */
+    int *ex, *sq, *ps;
+    REQUIRE(moe_drive_route(m, toks, nt, 64, 16, 1, &ex, &sq, &ps) == MOE_OK, "route: %s", moe_last_error());
+    int n_moe = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
+    size_t row = (size_t)n_moe * m->cfg.top_k;
+    int *prev = malloc(sizeof(int) * nt * row);
+    float *emb = malloc(sizeof(float) * V * (size_t)m->cfg.hidden);
+    REQUIRE(prev && emb, "oom");
+    for (size_t i = 0; i < nt * row; i++) prev[i] = i < row ? -1 : ex[i - row];
+    moe_wview_to_f32(&m->embed, emb);
+    struct moe_path_model *pm = moe_path_model_create(n_moe, m->cfg.n_experts, m->cfg.top_k, m->cfg.hidden, 32, 2, 3);
+    REQUIRE(pm, "path model");
+    struct moe_path_data d = { .n = (int)nt, .token = toks, .prev = prev, .target = ex, .emb = emb,
+                               .vocab = m->cfg.vocab };
+    struct moe_path_train_params tp = { .max_epochs = 3, .batch = 8, .lr = 1e-2f, .val_frac = 0.2f, .patience = 3,
+                                        .seed = 1 };
+    struct moe_path_train_report rep;
+    REQUIRE(moe_path_model_train(pm, &d, &tp, &rep) == MOE_OK, "train: %s", moe_last_error());
+    int fd = mkstemp(pfile);
+    REQUIRE(fd >= 0, "mkstemp");
+    close(fd);
+    REQUIRE(moe_path_model_save(pm, pfile, NULL) == MOE_OK, "save: %s", moe_last_error());
+
+    char specs[5][4200];
+    snprintf(specs[0], sizeof specs[0], "none");
+    snprintf(specs[1], sizeof specs[1], "gate:3");
+    snprintf(specs[2], sizeof specs[2], "history");
+    snprintf(specs[3], sizeof specs[3], "path:%s", pfile);
+    snprintf(specs[4], sizeof specs[4], "path+gate:%s", pfile);
+    for (int s = 0; s < 5; s++) {
+        struct moe_pred_spec sp;
+        REQUIRE(moe_pred_spec_parse(specs[s], dir, &sp) == MOE_OK, "spec %s: %s", specs[s], moe_last_error());
+        struct moe_evlog log;
+        struct moe_drive_params dp = { .spec = &sp, .prefetch = { .min_score = 0.3f }, .seq_len = 64,
+                                       .n_threads = 1, .log = &log, .logits = got };
+        REQUIRE(moe_drive_text(m, toks, N_TOK, &dp) == MOE_OK, "%s: %s", specs[s], moe_last_error());
+        CHECK(!memcmp(ref, got, sizeof(float) * V * N_TOK), "predictor %s changed the logits", specs[s]);
+        CHECK(log.steps == N_TOK, "%s: %llu steps logged", specs[s], (unsigned long long)log.steps);
+        moe_evlog_free(&log);
+    }
+
+    /* tiered provider at 25 % of the experts, prefetches from path+gate */
+    /* Belady's future: every access in the engine's order (layers in order, a
+     * layer's experts ascending) */
+    int K = m->cfg.top_k, *future = malloc(sizeof(int) * N_TOK * row);
+    REQUIRE(future, "oom");
+    for (int i = 0; i < N_TOK; i++)
+        for (int li = 0; li < n_moe; li++) {
+            int *f = future + ((size_t)i * n_moe + li) * K;
+            memcpy(f, ex + ((size_t)i * n_moe + li) * K, sizeof(int) * K);
+            for (int a = 1; a < K; a++)
+                for (int b = a; b > 0 && f[b] < f[b - 1]; b--) {
+                    int t = f[b]; f[b] = f[b - 1]; f[b - 1] = t;
+                }
+            for (int j = 0; j < K; j++) f[j] += li * m->cfg.n_experts; /* every layer of this model is MoE */
+        }
+    enum moe_policy_kind pols[3] = { MOE_POLICY_LRU, MOE_POLICY_LFU, MOE_POLICY_BELADY };
+    for (int pi = 0; pi < 3; pi++) {
+        struct moe_tiered_params tpp = { .dev_slots = n_moe * m->cfg.n_experts / 4, .host_slots = 16,
+                                         .policy = pols[pi], .numa_node = -1, .future = future,
+                                         .n_future = (size_t)N_TOK * row };
+        struct moe_provider *tiered = moe_provider_tiered_create(m, &tpp);
+        if (!tiered) {
+            fprintf(stderr, "tiered provider unavailable (%s): skipping that part\n", moe_last_error());
+            break;
+        }
+        struct moe_pred_spec sp;
+        moe_pred_spec_parse(specs[4], dir, &sp);
+        struct moe_predictor *pred = moe_predictor_create(m, &sp, 1);
+        REQUIRE(pred, "predictor: %s", moe_last_error());
+        moe_predictor_set_provider(pred, tiered, NULL);
+        CHECK(decode(m, tiered, pred, toks, N_TOK, got) == MOE_OK, "tiered decode: %s", moe_last_error());
+        CHECK(!memcmp(ref, got, sizeof(float) * V * N_TOK), "tiered provider (%s) + path+gate changed the logits",
+              moe_policy_name(pols[pi]));
+        moe_predictor_destroy(pred);
+        moe_provider_destroy(tiered);
+    }
+    free(future);
+    unlink(pfile);
+    moe_path_model_free(pm);
+    free(prev);
+    free(emb);
+    free(ex);
+    free(sq);
+    free(ps);
+    free(toks);
+    free(ref);
+    free(got);
+    moe_model_close(m);
+    return t_result("test_pred_parity");
+}

@@ -17,6 +17,8 @@ struct moe_reader {
     int fd;
     int qd;
     uint32_t max_io;
+    uint32_t fault_every;     /* fault injection: every Nth completion -> -EAGAIN */
+    uint64_t n_comp;          /* completions seen (fault injection) */
     bool have_ring;
     struct io_uring ring;
     struct moe_reader_stats st;
@@ -55,15 +57,17 @@ struct moe_reader *moe_reader_open(const char *path, const struct moe_reader_par
         return NULL;
     }
     int qd = p->queue_depth ? p->queue_depth : MOE_READER_DEFAULT_QD;
-    if (qd < 1 || qd > 4096 || (p->max_io_bytes % 4096)) {
-        moe_errorf(MOE_EINVAL, "reader: queue depth %d must be in [1, 4096] and max_io_bytes %u a "
-                   "multiple of 4096", qd, p->max_io_bytes);
+    if (qd < 1 || qd > 4096 || (p->max_io_bytes % 4096) || p->fault_eagain_every == 1) {
+        moe_errorf(MOE_EINVAL, "reader: queue depth %d must be in [1, 4096], max_io_bytes %u a "
+                   "multiple of 4096 and fault_eagain_every %u not 1", qd, p->max_io_bytes,
+                   p->fault_eagain_every);
         free(r);
         return NULL;
     }
     snprintf(r->path, sizeof(r->path), "%s", path);
     r->qd = qd;
     r->max_io = p->max_io_bytes;
+    r->fault_every = p->fault_eagain_every;
     r->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (r->fd >= 0) {
         r->st.direct = true;
@@ -138,6 +142,10 @@ static enum moe_status pread_one(struct moe_reader *r, struct moe_read *q)
         size_t want = q->len - done;
         if (r->max_io && want > r->max_io) want = r->max_io;
         ssize_t got = pread(r->fd, (char *)q->buf + done, want, (off_t)(q->offset + done));
+        if (got > 0 && r->fault_every && ++r->n_comp % r->fault_every == 0) {
+            got = -1;
+            errno = EAGAIN;
+        }
         if (got < 0 && (errno == EINTR || errno == EAGAIN)) {
             r->st.retries++;
             continue;
@@ -213,6 +221,7 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
         io_uring_for_each_cqe(&r->ring, hd, cqe) {
             int i = (int)io_uring_cqe_get_data64(cqe);
             int res = cqe->res;
+            if (res > 0 && r->fault_every && ++r->n_comp % r->fault_every == 0) res = -EAGAIN;
             struct moe_read *q = &reqs[i];
             seen++;
             in_flight--;

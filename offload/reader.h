@@ -21,6 +21,8 @@ struct moe_reader_params {
     bool no_io_uring;         /* force the buffered-pread fallback */
     uint32_t max_io_bytes;    /* 0 = whole request per read; else each read is cut to this many
                                  bytes (multiple of 4096) and continued like a short read */
+    uint32_t fault_eagain_every; /* testing: every Nth completion (N >= 2) is treated as -EAGAIN
+                                    (its bytes discarded and the read resubmitted); 0 = off */
 };
 
 struct moe_reader_stats {

@@ -96,9 +96,9 @@ const char *moe_offload_help(void)
         "expert offloading (any of these turns on the tiered expert cache):\n"
         "  --store FILE            packed expert store (moeflow pack) as the NVMe tier; without it\n"
         "                          the lowest tier is the model's safetensors files (mmap)\n"
-        "  --gpu-experts N         device-tier expert slots (>= top_k; default top_k)\n"
+        "  --gpu-experts N         device-tier expert slots (>= top_k; default: every expert)\n"
         "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G suffix)\n"
-        "  --host-experts N        host-tier (RAM) expert records (default 2 x device slots)\n"
+        "  --host-experts N        host-tier (RAM) expert records (default: as many as device slots)\n"
         "  --host-cache-bytes B    host tier size in bytes instead\n"
         "  --policy P              device-tier eviction: lru (default), lfu, belady\n"
         "  --belady-trace F        routing trace of exactly this run (needed by --policy belady)\n"
@@ -122,19 +122,21 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
         .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
     };
     uint64_t dev_b = moe_tiered_dev_expert_bytes(m), host_b = moe_tiered_host_expert_bytes(m);
+    int n_moe = 0;
+    for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
     if (o->gpu_experts && o->gpu_cache_bytes)
         return moe_errorf(MOE_EINVAL, "give --gpu-experts or --gpu-cache-bytes, not both");
     if (o->host_experts && o->host_cache_bytes)
         return moe_errorf(MOE_EINVAL, "give --host-experts or --host-cache-bytes, not both");
     tp.dev_slots = o->gpu_experts ? o->gpu_experts
-                   : o->gpu_cache_bytes ? (int)(o->gpu_cache_bytes / dev_b) : c->top_k;
+                   : o->gpu_cache_bytes ? (int)(o->gpu_cache_bytes / dev_b) : n_moe * c->n_experts;
     if (o->gpu_cache_bytes && o->gpu_cache_bytes / dev_b < (uint64_t)c->top_k)
         return moe_errorf(MOE_EINVAL, "--gpu-cache-bytes %llu holds %llu experts of %llu bytes; "
                           "top_k %d need at least %llu bytes", (unsigned long long)o->gpu_cache_bytes,
                           (unsigned long long)(o->gpu_cache_bytes / dev_b), (unsigned long long)dev_b,
                           c->top_k, (unsigned long long)dev_b * (uint64_t)c->top_k);
     tp.host_slots = o->host_experts ? o->host_experts
-                    : o->host_cache_bytes ? (int)(o->host_cache_bytes / host_b) : 2 * tp.dev_slots;
+                    : o->host_cache_bytes ? (int)(o->host_cache_bytes / host_b) : tp.dev_slots;
     if (o->host_cache_bytes && o->host_cache_bytes < host_b)
         return moe_errorf(MOE_EINVAL, "--host-cache-bytes %llu is below one expert record (%llu "
                           "bytes)", (unsigned long long)o->host_cache_bytes, (unsigned long long)host_b);

@@ -68,8 +68,9 @@ bool moe_offload_opts_tiered(const struct moe_offload_opts *o);
 const char *moe_offload_help(void);
 
 /* Build the provider: *out NULL (and MOE_OK) means all-resident, the engine's
- * default.  Device slots default to top_k when only a lower tier is asked for;
- * host slots default to twice the device slots. */
+ * default.  Without --gpu-experts/--gpu-cache-bytes the device tier holds
+ * every expert (loaded on first use); the host tier defaults to as many
+ * records as device slots. */
 enum moe_status moe_offload_provider_create(const struct moe_model *m,
                                             const struct moe_offload_opts *o,
                                             struct moe_provider **out);

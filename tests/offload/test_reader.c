@@ -51,11 +51,12 @@ static void check_reads(const char *store_path, const struct moe_reader_params *
     CHECK(rs.reads == (uint64_t)(n - 1), "%s: %llu reads", what, (unsigned long long)rs.reads);
     if (expect_fallback) CHECK(rs.fallbacks == 1 && !rs.io_uring, "%s: fallback not taken", what);
     if (!rs.direct || !rs.io_uring) CHECK(rs.fallbacks == 1, "%s: fallback not counted", what);
+    if (rp->fault_eagain_every) CHECK(rs.retries > 0, "%s: no retry", what);
     if (rp->max_io_bytes && rp->max_io_bytes < in->record_stride)
         CHECK(rs.continuations > 0, "%s: no continuation", what);
-    printf("%-28s reads %llu bytes %llu continuations %llu %s%s%s fallbacks %llu\n", what,
-           (unsigned long long)rs.reads, (unsigned long long)rs.bytes,
-           (unsigned long long)rs.continuations, rs.io_uring ? "io_uring" : "pread",
+    printf("%-28s reads %llu bytes %llu continuations %llu retries %llu %s%s%s fallbacks %llu\n",
+           what, (unsigned long long)rs.reads, (unsigned long long)rs.bytes,
+           (unsigned long long)rs.continuations, (unsigned long long)rs.retries, rs.io_uring ? "io_uring" : "pread",
            rs.direct ? " O_DIRECT" : "", rs.registered ? " registered" : "",
            (unsigned long long)rs.fallbacks);
     for (int k = 0; k < n; k++) free(bufs[k]);
@@ -85,6 +86,12 @@ int main(void)
         snprintf(what, sizeof(what), "%s qd16 short", bases[b]);
         check_reads(store, &(struct moe_reader_params){ .queue_depth = 16, .max_io_bytes = 8192 },
                     what, false);
+        snprintf(what, sizeof(what), "%s EAGAIN every 3", bases[b]);
+        check_reads(store, &(struct moe_reader_params){ .queue_depth = 8, .max_io_bytes = 16384,
+                                                        .fault_eagain_every = 3 }, what, false);
+        snprintf(what, sizeof(what), "%s pread EAGAIN every 2", bases[b]);
+        check_reads(store, &(struct moe_reader_params){ .no_io_uring = true, .fault_eagain_every = 2 },
+                    what, true);
         snprintf(what, sizeof(what), "%s forced pread", bases[b]);
         check_reads(store, &(struct moe_reader_params){ .no_io_uring = true, .max_io_bytes = 8192 },
                     what, true);

@@ -567,6 +567,25 @@ static void step_fcfs(struct moe_sched *s, int nd, int np, int ng, int n_mb)
     }
 }
 
+/* Regroup with strict steps (regroup_lag < 0): every decode request runs once
+ * per step; the step's requests are partitioned into micro-batches by
+ * predicted-path overlap and the micro-batches chained by shared experts. */
+static void step_partition(struct moe_sched *s, int nd, int np, int ng, int n_mb)
+{
+    if (nd > 0) {
+        predict_paths(s, s->dec, nd);
+        size_t pw = path_words(s);
+        for (int i = 0; i < nd; i++)
+            memcpy(s->paths + (size_t)i * pw, s->dec[i]->pred, sizeof(uint64_t) * pw);
+        struct moe_regroup_shape sh = { s->n_moe, s->be.n_experts, s->words };
+        moe_regroup_plan(&sh, nd, s->paths, s->p.micro_batch, s->have_prev ? s->prev_union : NULL, s->order);
+        for (int i = 0; i < nd; i++)
+            s->live[i] = s->dec[s->order[i]];
+        memcpy(s->dec, s->live, sizeof(*s->dec) * (size_t)nd);
+    }
+    step_fcfs(s, nd, np, ng, n_mb);
+}
+
 /* Rolling selection over the runnable requests r[0..n): n_sel chosen into out. */
 static int select_group(struct moe_sched *s, struct rq **r, int n, const double *cred, int size, struct rq **out)
 {
@@ -673,7 +692,9 @@ enum moe_status moe_sched_step(struct moe_sched *s)
         n_mb = np < full ? np : full;
     if (n_mb < 1)
         n_mb = 1;
-    if (s->p.grouping == MOE_GROUP_REGROUP)
+    if (s->p.grouping == MOE_GROUP_REGROUP && s->p.regroup_lag < 0)
+        step_partition(s, nd, np, ng, n_mb);
+    else if (s->p.grouping == MOE_GROUP_REGROUP)
         step_regroup(s, nd, np, ng, n_mb);
     else
         step_fcfs(s, nd, np, ng, n_mb);
@@ -1023,8 +1044,9 @@ static enum moe_status params_resolve(const struct moe_sched_backend *be, struct
         p->regroup_lag = 2.0f;
     if (p->regroup_lead == 0)
         p->regroup_lead = 1.0f;
-    if (!(p->regroup_lag >= 0 && p->regroup_lag <= 1000) || !(p->regroup_lead >= 0 && p->regroup_lead <= 1000))
-        return moe_errorf(MOE_EINVAL, "scheduler: regroup_lag = %g, regroup_lead = %g: must be in [0, 1000]",
+    if (!(p->regroup_lag >= -1 && p->regroup_lag <= 1000) || !(p->regroup_lead >= 0 && p->regroup_lead <= 1000))
+        return moe_errorf(MOE_EINVAL, "scheduler: regroup_lag = %g, regroup_lead = %g: must be in [0, 1000] "
+                          "(regroup_lag -1: strict steps)",
                           (double)p->regroup_lag, (double)p->regroup_lead);
     if (p->lookahead == 0)
         p->lookahead = 1;

@@ -65,7 +65,9 @@ struct moe_sched_params {
     int aging_steps;          /* a waiting request gains one priority level per this many
                                  steps waited (0 = 64): no request starves */
     float regroup_lag;        /* regroup: tokens a sequence may fall behind its fair share
-                                 while others that fit a micro-batch better run (0 = 2) */
+                                 while others that fit a micro-batch better run (0 = 2);
+                                 -1 = strict steps: each sequence once per step, the step's
+                                 sequences partitioned by path overlap */
     float regroup_lead;       /* regroup: tokens a sequence may run ahead of it (0 = 1) */
     int lookahead;            /* micro-batches ahead whose predicted experts are prefetched
                                  (0 = 1, -1 = no prefetch) */

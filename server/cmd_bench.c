@@ -67,7 +67,8 @@ static void bench_usage(FILE *f)
             "  --lookahead N        micro-batches whose predicted experts are prefetched ahead\n"
             "                       (default 1; 0 = off)\n"
             "  --threads N          BLAS threads (default 1)\n"
-            "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2)\n"
+            "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2;\n"
+            "                       -1: strict steps, each step's sequences partitioned by path overlap)\n"
             "  --regroup-lead T     regroup: tokens a sequence may run ahead of it (default 1)\n"
             "  --json               print one JSON object instead of text\n"
             "offload flags (the device tier size comes from --capacity / --capacity-frac):\n%s",
@@ -261,9 +262,9 @@ static int bench_batch(int argc, char **argv)
         case O_LEAD: {
             char *end;
             double x = strtod(optarg, &end);
-            if (end == optarg || *end || !(x > 0 && x <= 1000)) {
-                fprintf(stderr, "moeflow bench batch: %s '%s': expected a number of tokens in (0, 1000]\n",
-                        c == O_LAG ? "--regroup-lag" : "--regroup-lead", optarg);
+            if (end == optarg || *end || !((x > 0 && x <= 1000) || (c == O_LAG && x == -1))) {
+                fprintf(stderr, "moeflow bench batch: %s '%s': expected a number of tokens in (0, 1000]%s\n",
+                        c == O_LAG ? "--regroup-lag" : "--regroup-lead", optarg, c == O_LAG ? " or -1" : "");
                 return 2;
             }
             if (c == O_LAG)

@@ -27,6 +27,7 @@ struct run_cfg {
     int max_running, micro_batch, prefill_chunk;
     enum moe_grouping grouping;
     float path_decay;
+    float lag; /* regroup_lag (-1: strict steps) */
 };
 
 /* Run all requests to completion; returns the scheduler stats. */
@@ -37,7 +38,7 @@ static struct moe_sched_stats run(const struct run_cfg *rc, struct sc_req *out, 
     struct moe_sched_params p = {
         .max_running = rc->max_running, .max_queued = NREQ, .micro_batch = rc->micro_batch,
         .prefill_chunk = rc->prefill_chunk, .grouping = rc->grouping, .max_tokens_in_flight = 1 << 20,
-        .path_decay = rc->path_decay,
+        .path_decay = rc->path_decay, .regroup_lag = rc->lag,
     };
     struct moe_sched *s = moe_sched_create_backend(&be, &p);
     REQUIRE(s, "create: %s", moe_last_error());
@@ -73,13 +74,14 @@ int main(void)
         n_want[i] = fb_reference(prompts[i], n_prompts[i], T, (i % 3) != 0, want[i]);
 
     const struct run_cfg cfgs[] = {
-        { 1, 1, 64 - 1, MOE_GROUP_FCFS, 0 },   /* one sequence at a time, whole prompt at once */
-        { 8, 8, 5, MOE_GROUP_FCFS, 0 },
-        { 16, 4, 3, MOE_GROUP_FCFS, 0 },
-        { 16, 4, 3, MOE_GROUP_REGROUP, 0 },
-        { 24, 5, 7, MOE_GROUP_REGROUP, 0 },
-        { 24, 24, 1, MOE_GROUP_REGROUP, 0 },
-        { 24, 5, 7, MOE_GROUP_REGROUP, 0.8f },
+        { 1, 1, 64 - 1, MOE_GROUP_FCFS, 0, 0 },   /* one sequence at a time, whole prompt at once */
+        { 8, 8, 5, MOE_GROUP_FCFS, 0, 0 },
+        { 16, 4, 3, MOE_GROUP_FCFS, 0, 0 },
+        { 16, 4, 3, MOE_GROUP_REGROUP, 0, 0 },
+        { 24, 5, 7, MOE_GROUP_REGROUP, 0, 0 },
+        { 24, 24, 1, MOE_GROUP_REGROUP, 0, 0 },
+        { 24, 5, 7, MOE_GROUP_REGROUP, 0.8f, 0 },
+        { 16, 4, 3, MOE_GROUP_REGROUP, 0, -1 },
     };
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++) {
         struct sc_req *o = c == 0 ? ref : got;
@@ -103,13 +105,19 @@ int main(void)
 
     /* Regrouping on clusterable routing: 24 sequences in micro-batches of 6
      * need fewer distinct experts per decode layer-step than FCFS. */
-    struct run_cfg f = { 24, 6, 8, MOE_GROUP_FCFS, 0 }, r = { 24, 6, 8, MOE_GROUP_REGROUP, 0 };
-    struct run_cfg h = { 24, 6, 8, MOE_GROUP_REGROUP, 0.7f };
-    struct moe_sched_stats sf = run(&f, got, 40), sr = run(&r, got, 40), sh = run(&h, got, 40);
+    struct run_cfg f = { 24, 6, 8, MOE_GROUP_FCFS, 0, 0 }, r = { 24, 6, 8, MOE_GROUP_REGROUP, 0, 0 };
+    struct run_cfg h = { 24, 6, 8, MOE_GROUP_REGROUP, 0.7f, 0 }, st = { 24, 6, 8, MOE_GROUP_REGROUP, 0, -1 };
+    struct moe_sched_stats sf = run(&f, got, 40), sr = run(&r, got, 40), sh = run(&h, got, 40),
+                           ss = run(&st, got, 40);
     double ef = (double)sf.decode_experts_activated / (double)sf.decode_layer_steps;
     double er = (double)sr.decode_experts_activated / (double)sr.decode_layer_steps;
     double eh = (double)sh.decode_experts_activated / (double)sh.decode_layer_steps;
-    printf("distinct experts per decode layer-step: fcfs %.2f regroup %.2f regroup+history %.2f\n", ef, er, eh);
+    double es = (double)ss.decode_experts_activated / (double)ss.decode_layer_steps;
+    printf("distinct experts per decode layer-step: fcfs %.2f regroup %.2f regroup+history %.2f "
+           "regroup strict steps %.2f\n", ef, er, eh, es);
+    CHECK(es < 0.95 * ef, "regroup with strict steps %.2f not below 0.95 x fcfs %.2f", es, ef);
+    CHECK(ss.steps == sf.steps, "strict steps: %llu steps, fcfs %llu", (unsigned long long)ss.steps,
+          (unsigned long long)sf.steps);
     CHECK(sf.decode_layer_steps > 0 && er < 0.9 * ef, "regroup %.2f not below 0.9 x fcfs %.2f", er, ef);
     CHECK(eh < 0.9 * ef, "regroup with path history %.2f not below 0.9 x fcfs %.2f", eh, ef);
     CHECK(sf.generated_tokens == sr.generated_tokens, "generated %llu vs %llu",

@@ -66,6 +66,7 @@ struct cfg {
     int max_running, micro_batch, prefill_chunk;
     enum moe_grouping grouping;
     int gpu_experts; /* 0 = all resident */
+    float lag;       /* regroup_lag */
 };
 
 static void run(const struct moe_model *m, const struct cfg *c, int ci)
@@ -85,7 +86,7 @@ static void run(const struct moe_model *m, const struct cfg *c, int ci)
     struct moe_sched_params sp = { .max_running = c->max_running, .micro_batch = c->micro_batch,
                                    .prefill_chunk = c->prefill_chunk, .grouping = c->grouping,
                                    .provider = prov, .engine_max_ctx = 256, .engine_max_batch_tokens = mbt,
-                                   .max_tokens_in_flight = 1 << 20 };
+                                   .max_tokens_in_flight = 1 << 20, .regroup_lag = c->lag };
     struct moe_sched *s = moe_sched_create(e, &sp);
     REQUIRE(s, "scheduler: %s", moe_last_error());
     static struct sc_req r[NP];
@@ -138,11 +139,12 @@ int main(void)
         reference(m, i);
     }
     const struct cfg cfgs[] = {
-        { 1, 1, 64, MOE_GROUP_FCFS, 0 },
-        { 8, 8, 5, MOE_GROUP_FCFS, 0 },
-        { 8, 3, 7, MOE_GROUP_REGROUP, 0 },
-        { 8, 2, 16, MOE_GROUP_REGROUP, 48 },
-        { 8, 4, 3, MOE_GROUP_FCFS, 48 },
+        { 1, 1, 64, MOE_GROUP_FCFS, 0, 0 },
+        { 8, 8, 5, MOE_GROUP_FCFS, 0, 0 },
+        { 8, 3, 7, MOE_GROUP_REGROUP, 0, 0 },
+        { 8, 2, 16, MOE_GROUP_REGROUP, 48, 0 },
+        { 8, 4, 3, MOE_GROUP_FCFS, 48, 0 },
+        { 8, 3, 5, MOE_GROUP_REGROUP, 48, -1 },
     };
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++)
         run(m, &cfgs[c], (int)c);

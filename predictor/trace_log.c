@@ -1,6 +1,7 @@
 /* Shape-only predictors over a routing trace (see trace_log.h). */
 #include "trace_log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,4 +74,77 @@ out:
     if (rec) rec->ops->destroy(rec->self);
     free(m);
     return st;
+}
+
+int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const char *pol, long capacity,
+                           uint64_t expert_bytes, double link_gbps, double layer_ms, double expert_ms, bool json)
+{
+    const struct moe_trace_info *in = &t->info;
+    struct moe_pred_spec spec;
+    enum moe_cache_policy cp;
+    if (!moe_cache_policy_parse(pol, &cp)) {
+        fprintf(stderr, "moeflow sim: --policy '%s' unknown (use lru, lfu, predicted or belady)\n", pol);
+        return 2;
+    }
+    if (moe_pred_spec_parse(spec_s ? spec_s : "none", ".", &spec)) {
+        fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
+        return 2;
+    }
+    struct moe_evlog log;
+    struct moe_pred_prefetch pf = { .min_score = 0.8f, .max_per_layer = in->top_k };
+    if (moe_trace_pred_log(t, &spec, &pf, &log)) {
+        fprintf(stderr, "moeflow sim: --predictor %s: %s\n", spec_s, moe_last_error());
+        moe_evlog_free(&log);
+        return spec.kind == MOE_PRED_NONE || spec.kind == MOE_PRED_HISTORY ? 1 : 2;
+    }
+    uint64_t eb = expert_bytes ? expert_bytes : in->expert_bytes;
+    struct moe_cachesim_params p = {
+        .capacity = (int)capacity,
+        .policy = cp,
+        .prefetch = spec.kind != MOE_PRED_NONE,
+        .xfer_s = link_gbps > 0 ? (double)eb / (link_gbps * 1e9) : 0,
+        .layer_s = link_gbps > 0 ? (layer_ms + expert_ms * in->top_k) * 1e-3 : 0,
+    };
+    struct moe_cachesim_stats r;
+    enum moe_status st = moe_cachesim_run_layers(&log, in->moe_layers, in->layers, &p, &r);
+    moe_evlog_free(&log);
+    if (st) {
+        fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
+        return 1;
+    }
+    long slots = (long)in->n_moe * in->experts;
+    double tok = (double)r.steps, hr = r.accesses ? (double)r.hits / (double)r.accesses : 0;
+    double useful = r.prefetches ? (double)r.prefetch_useful / (double)r.prefetches : 0;
+    double total = r.stall_s + r.compute_s;
+    if (json) {
+        printf("{\"policy\":\"%s\",\"predictor\":\"%s\",\"capacity\":%ld,\"slots_total\":%ld,"
+               "\"tokens\":%llu,\"accesses\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
+               "\"hit_rate\":%.6f,\"transfers_per_token\":%.6f,\"bytes_moved\":%llu,"
+               "\"prefetches\":%llu,\"prefetch_useful\":%llu,\"prefetch_useful_frac\":%.6f",
+               pol, spec_s ? spec_s : "none", capacity, slots, (unsigned long long)r.steps,
+               (unsigned long long)r.accesses, (unsigned long long)r.hits,
+               (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
+               tok > 0 ? (double)r.transfers / tok : 0, (unsigned long long)(r.transfers * eb),
+               (unsigned long long)r.prefetches, (unsigned long long)r.prefetch_useful, useful);
+        if (link_gbps > 0)
+            printf(",\"link_gbps\":%g,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,\"stall_s\":%.6f,"
+                   "\"tokens_per_s\":%.4f",
+                   link_gbps, layer_ms, expert_ms, r.compute_s, r.stall_s, total > 0 ? tok / total : 0);
+        printf("}\n");
+    } else {
+        printf("predictor           %s\n", spec_s ? spec_s : "none");
+        printf("policy              %s\n", pol);
+        printf("capacity            %ld of %ld expert slots (%.1f %%)\n", capacity, slots,
+               100.0 * (double)capacity / (double)slots);
+        printf("hit rate            %.4f\n", hr);
+        printf("transfers/token     %.4f\n", tok > 0 ? (double)r.transfers / tok : 0);
+        printf("useful prefetches   %llu / %llu\n", (unsigned long long)r.prefetch_useful,
+               (unsigned long long)r.prefetches);
+        if (link_gbps > 0) {
+            printf("compute             %.3f s\n", r.compute_s);
+            printf("stall               %.3f s\n", r.stall_s);
+            printf("tokens/s            %.3f\n", total > 0 ? tok / total : 0);
+        }
+    }
+    return 0;
 }

@@ -18,6 +18,14 @@ extern "C" {
 enum moe_status moe_trace_pred_log(const struct moe_trace *t, const struct moe_pred_spec *spec,
                                    const struct moe_pred_prefetch *pf, struct moe_evlog *log);
 
+/* `moeflow sim --predictor SPEC` / `--policy predicted`: replay trace t with
+ * predictor spec (none or history) under policy pol ("lru", "lfu",
+ * "predicted" or "belady") and print the result (JSON with the keys of
+ * moeflow sim plus prefetches and prefetch_useful_frac, or text).  link_gbps
+ * 0 = no timeline.  Returns the process exit status (0, 1 runtime, 2 usage). */
+int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec, const char *pol, long capacity,
+                           uint64_t expert_bytes, double link_gbps, double layer_ms, double expert_ms, bool json);
+
 #ifdef __cplusplus
 }
 #endif

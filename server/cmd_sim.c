@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "../offload/sim.h"
+#include "../predictor/trace_log.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -22,6 +23,9 @@ static void sim_usage(FILE *f)
         "  --capacity N          device-tier expert slots (>= top_k)\n"
         "  --capacity-frac F     slots = floor(F x MoE layers x experts), 0 < F <= 1\n"
         "  --policy P            lru | lfu | belady (offline optimum, reads the future from the trace)\n"
+        "                        | predicted (prediction-aware, offload/policy_predicted.h)\n"
+        "  --predictor SPEC      none | history: prefetch what the history predictor expects\n"
+        "                        (the other predictors need hidden states: moeflow replay)\n"
         "  --expert-bytes B      bytes per expert transfer (default: the trace header's expert_bytes)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps\n"
@@ -56,7 +60,7 @@ static bool parse_u64(const char *s, uint64_t *out)
 
 int moe_cmd_sim(int argc, char **argv)
 {
-    enum { O_TRACE = 256, O_CAP, O_FRAC, O_POLICY, O_EB, O_LINK, O_LAYER, O_EXPERT, O_JSON };
+    enum { O_TRACE = 256, O_CAP, O_FRAC, O_POLICY, O_EB, O_LINK, O_LAYER, O_EXPERT, O_JSON, O_PRED };
     static const struct option opts[] = {
         { "trace", required_argument, NULL, O_TRACE },
         { "capacity", required_argument, NULL, O_CAP },
@@ -67,6 +71,7 @@ int moe_cmd_sim(int argc, char **argv)
         { "layer-ms", required_argument, NULL, O_LAYER },
         { "expert-ms", required_argument, NULL, O_EXPERT },
         { "json", no_argument, NULL, O_JSON },
+        { "predictor", required_argument, NULL, O_PRED },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -74,6 +79,7 @@ int moe_cmd_sim(int argc, char **argv)
     long capacity = -1;
     double frac = -1;
     bool have_policy = false, json = false;
+    const char *pred_spec = NULL, *pol_name = NULL;
     struct moe_sim_params sp = {0};
     int c;
     optind = 1;
@@ -96,9 +102,11 @@ int moe_cmd_sim(int argc, char **argv)
                 return 2;
             }
             break;
+        case O_PRED: pred_spec = optarg; break;
         case O_POLICY:
-            if (!moe_policy_parse(optarg, &sp.policy)) {
-                fprintf(stderr, "moeflow sim: --policy '%s' unknown (use lru, lfu or belady)\n", optarg);
+            pol_name = optarg;
+            if (strcmp(optarg, "predicted") && !moe_policy_parse(optarg, &sp.policy)) {
+                fprintf(stderr, "moeflow sim: --policy '%s' unknown (use lru, lfu, predicted or belady)\n", optarg);
                 return 2;
             }
             have_policy = true;
@@ -153,6 +161,12 @@ int moe_cmd_sim(int argc, char **argv)
     if (!sp.expert_bytes && !t->info.expert_bytes)
         fprintf(stderr, "moeflow sim: note: no --expert-bytes and none in the trace header; "
                         "bytes moved count 0\n");
+    if (pred_spec || !strcmp(pol_name, "predicted")) {
+        int rc = moe_trace_pred_sim_cmd(t, pred_spec, pol_name, capacity, sp.expert_bytes, sp.link_gbps,
+                                        sp.layer_ms, sp.expert_ms, json);
+        moe_trace_free(t);
+        return rc;
+    }
     struct moe_sim_result r;
     if (moe_sim_run(t, &sp, &r)) {
         fprintf(stderr, "moeflow sim: %s: %s\n", trace_path, moe_last_error());

@@ -37,6 +37,7 @@ struct bench_opts {
     double capacity_frac;    /* or a fraction of MoE layers x experts (0 = unset) */
     const char *predictor;   /* predictor spec */
     bool json;
+    bool no_pred_prefetch;   /* the predictor only steers regrouping; it issues no prefetches */
     struct moe_offload_opts oo;
 };
 
@@ -70,6 +71,7 @@ static void bench_usage(FILE *f)
             "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2;\n"
             "                       -1: strict steps, each step's sequences partitioned by path overlap)\n"
             "  --regroup-lead T     regroup: tokens a sequence may run ahead of it (default 1)\n"
+            "  --no-predictor-prefetch  the predictor steers regrouping only and prefetches nothing\n"
             "  --json               print one JSON object instead of text\n"
             "offload flags (the device tier size comes from --capacity / --capacity-frac):\n%s",
             moe_offload_help());
@@ -212,7 +214,7 @@ static int bench_batch(int argc, char **argv)
     bool have_grouping = false;
     enum {
         O_MODEL = 0x100, O_PROMPTS, O_CONC, O_MB, O_MAXTOK, O_GROUP, O_CAP, O_CAPF, O_PRED, O_JSON, O_CHUNK,
-        O_PTOK, O_LOOK, O_THREADS, O_LAG, O_LEAD, O_HELP
+        O_PTOK, O_LOOK, O_THREADS, O_LAG, O_LEAD, O_NOPF, O_HELP
     };
     static const struct option lopts[] = {
         { "model", required_argument, NULL, O_MODEL },
@@ -231,6 +233,7 @@ static int bench_batch(int argc, char **argv)
         { "threads", required_argument, NULL, O_THREADS },
         { "regroup-lag", required_argument, NULL, O_LAG },
         { "regroup-lead", required_argument, NULL, O_LEAD },
+        { "no-predictor-prefetch", no_argument, NULL, O_NOPF },
         { "help", no_argument, NULL, O_HELP },
         MOE_OFFLOAD_LONG_OPTIONS,
         { 0, 0, 0, 0 },
@@ -286,6 +289,7 @@ static int bench_batch(int argc, char **argv)
             break;
         case O_PRED: o.predictor = optarg; break;
         case O_JSON: o.json = true; break;
+        case O_NOPF: o.no_pred_prefetch = true; break;
         case 'h':
         case O_HELP: bench_usage(stdout); return 0;
         default: {
@@ -425,7 +429,8 @@ static int bench_batch(int argc, char **argv)
         fprintf(stderr, "moeflow bench batch: --predictor %s: %s\n", o.predictor, moe_last_error());
         goto out;
     }
-    moe_predictor_set_provider(pred, prov, NULL);
+    if (!o.no_pred_prefetch)
+        moe_predictor_set_provider(pred, prov, NULL);
 
     struct moe_sched_params sp = {
         .max_running = o.concurrency, .max_queued = n_texts, .max_tokens_in_flight = (int64_t)n_texts * max_ctx,
@@ -482,13 +487,15 @@ static int bench_batch(int argc, char **argv)
     const char *gname = o.grouping == MOE_GROUP_REGROUP ? "regroup" : "fcfs";
     if (o.json) {
         printf("{\"grouping\":\"%s\",\"predictor\":\"%s\",\"requests\":%d,\"concurrency\":%d,\"micro_batch\":%d,"
-               "\"max_tokens\":%d,\"capacity\":%d,\"policy\":\"%s\",\"lookahead\":%d,\"prompt_tokens\":%llu,"
+               "\"max_tokens\":%d,\"capacity\":%d,\"policy\":\"%s\",\"lookahead\":%d,\"predictor_prefetch\":%s,"
+               "\"prompt_tokens\":%llu,"
                "\"generated_tokens\":%llu,\"steps\":%llu,\"forwards\":%llu,\"layer_steps\":%llu,"
                "\"experts_per_layer_step\":%.4f,\"experts_per_layer_step_all\":%.4f,\"transfers\":%llu,"
                "\"transfers_per_token\":%.4f,\"hits\":%llu,\"misses\":%llu,\"prefetches\":%llu,"
                "\"prefetch_hits\":%llu,\"hit_rate\":%.4f,\"wall_s\":%.3f,\"tokens_per_s\":%.2f}\n",
                gname, o.predictor, n_texts, o.concurrency, o.micro_batch, o.max_tokens, slots,
-               moe_policy_name(o.oo.policy), o.lookahead, (unsigned long long)ss.prompt_tokens,
+               moe_policy_name(o.oo.policy), o.lookahead, o.no_pred_prefetch ? "false" : "true",
+               (unsigned long long)ss.prompt_tokens,
                (unsigned long long)ss.generated_tokens, (unsigned long long)ss.steps,
                (unsigned long long)ss.forwards, (unsigned long long)ss.decode_layer_steps, eps, eps_all,
                (unsigned long long)transfers, tpt, (unsigned long long)os.device.hits,

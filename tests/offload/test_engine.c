@@ -81,6 +81,103 @@ struct cfg {
     int dev_extra;
 };
 
+/* Layer-0 routing of a one-token sequence (token id tok at position 0). */
+struct first_route {
+    int l0;
+    int ids[64];
+    int k;
+};
+static void on_route_first(void *ud, int layer, int n, const float *logits, const int *ids,
+                           const float *w)
+{
+    struct first_route *f = ud;
+    (void)logits;
+    (void)w;
+    (void)n;
+    if (layer == f->l0) memcpy(f->ids, ids, sizeof(int) * (size_t)f->k);
+}
+
+static enum moe_status one_token(struct moe_engine *e, int tok, float *logits)
+{
+    int seq = moe_engine_seq_alloc(e), pos = 0;
+    struct moe_batch b = { .n = 1, .tokens = &tok, .seq = &seq, .pos = &pos };
+    enum moe_status st = moe_engine_forward(e, &b, logits);
+    moe_engine_seq_free(e, seq);
+    return st;
+}
+
+/* A flipped byte in one record: the request whose token routes to that expert
+ * fails naming layer and expert; a following request that does not need it
+ * succeeds with the all-resident logits. */
+static void check_corrupt_request(const char *dir)
+{
+    char p[512], store[600];
+    struct moe_model *m = moe_model_open(t_path(p, sizeof(p), "models/pycode-moe-18m"));
+    REQUIRE(m, "%s", moe_last_error());
+    const struct moe_config *c = &m->cfg;
+    snprintf(store, sizeof(store), "%s/corrupt.moestore", dir);
+    REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+    struct first_route fr = { .k = c->top_k };
+    while (!c->is_moe[fr.l0]) fr.l0++;
+    struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = 4, .max_batch_tokens = 1,
+                                    .hooks = { .ud = &fr, .on_route = on_route_first } };
+    struct moe_engine *res = moe_engine_create(m, &ep);
+    REQUIRE(res, "%s", moe_last_error());
+    float *want = malloc(sizeof(float) * (size_t)c->vocab), *got = malloc(sizeof(float) * (size_t)c->vocab);
+    int t1 = 11;
+    REQUIRE(one_token(res, t1, got) == MOE_OK, "%s", moe_last_error());
+    int bad_e = fr.ids[0], t2 = -1;
+    for (int cand = 12; cand < 200 && t2 < 0; cand++) {
+        REQUIRE(one_token(res, cand, want) == MOE_OK, "%s", moe_last_error());
+        bool uses = false;
+        for (int j = 0; j < c->top_k; j++) uses |= fr.ids[j] == bad_e;
+        if (!uses) t2 = cand;
+    }
+    REQUIRE(t2 >= 0, "no token avoids layer %d expert %d", fr.l0, bad_e);
+    /* want = resident logits of t2 (last forward) */
+    moe_engine_destroy(res);
+
+    struct moe_store *s = moe_store_open(store, m);
+    REQUIRE(s, "%s", moe_last_error());
+    const struct moe_store_record *r = moe_store_find(s, fr.l0, bad_e);
+    FILE *f = fopen(store, "r+b");
+    REQUIRE(f && fseek(f, (long)(r->offset + 100), SEEK_SET) == 0, "seek");
+    int ch = fgetc(f);
+    fseek(f, (long)(r->offset + 100), SEEK_SET);
+    fputc(ch ^ 0x01, f);
+    fclose(f);
+    moe_store_close(s);
+
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = 1,
+                                    .numa_node = -1 };
+    struct moe_provider *prov = moe_provider_tiered_create(m, &tp);
+    REQUIRE(prov, "%s", moe_last_error());
+    ep.provider = prov;
+    ep.hooks = (struct moe_engine_hooks){ 0 };
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    REQUIRE(e, "%s", moe_last_error());
+    char needle[64];
+    snprintf(needle, sizeof(needle), "layer %d expert %d", fr.l0, bad_e);
+    enum moe_status st = one_token(e, t1, got);
+    CHECK(st == MOE_ECHECKSUM, "request needing the corrupt expert: status %d", st);
+    CHECK(strstr(moe_last_error(), needle) && strstr(moe_last_error(), "checksum"),
+          "error must name %s: %s", needle, moe_last_error());
+    st = one_token(e, t2, got);
+    CHECK(st == MOE_OK, "following request without the corrupt expert: %s", moe_last_error());
+    CHECK(st != MOE_OK || !memcmp(got, want, sizeof(float) * (size_t)c->vocab),
+          "following request's logits differ from the resident run");
+    CHECK(one_token(e, t1, got) == MOE_ECHECKSUM, "the corrupt expert fails again");
+    struct moe_offload_stats os;
+    moe_provider_tiered_stats(prov, &os);
+    CHECK(os.checksum_failures == 2, "checksum failures %llu", (unsigned long long)os.checksum_failures);
+    printf("corrupt layer %d expert %d: token %d fails, token %d ok\n", fr.l0, bad_e, t1, t2);
+    moe_engine_destroy(e);
+    moe_provider_destroy(prov);
+    free(want);
+    free(got);
+    moe_model_close(m);
+}
+
 int main(void)
 {
     static const struct cfg cfgs[] = {
@@ -161,6 +258,7 @@ int main(void)
         free(got);
         moe_model_close(m);
     }
+    check_corrupt_request(dir);
     t_tmp_remove(dir);
     return t_result("test_offload_engine");
 }

@@ -99,6 +99,29 @@ def main():
               metric(ms, "moeflow:requests_cancelled_total"))
         check(metric(ms, "moeflow:tokens_in_flight") == 0, "KV token reservations not returned")
 
+        # Cancel in prefill (a long prompt in small chunks) and a KServe decoupled stream mid-way.
+        before = metric(srv.metrics(), "moeflow:requests_cancelled_total")
+        it = gen.Generate(m.GenerateRequest(prompt_ids=[(i * 7919) % 8000 + 1 for i in range(1800)],
+                                            max_tokens=10, ignore_eos=True), timeout=60)
+        time.sleep(0.02)
+        it.cancel()
+        k = pb["k"]
+        req = k.ModelInferRequest(model_name="pycode-moe-18m", id="c1")
+        t = req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+        t.contents.bytes_contents.append(b"def f():")
+        t = req.inputs.add(name="max_tokens", datatype="INT32", shape=[1])
+        t.contents.int_contents.append(1500)
+        t = req.inputs.add(name="stream", datatype="BOOL", shape=[1])
+        t.contents.bool_contents.append(True)
+        ks = pb["kg"].GRPCInferenceServiceStub(ch).ModelStreamInfer(iter([req]), timeout=60)
+        for r in ks:
+            ks.cancel()
+            break
+        ms, acc, done = balance(srv)
+        check(acc == done and metric(ms, "moeflow:requests_cancelled_total") >= before + 1,
+              "prefill / KServe cancel: accepted %s terminal %s cancelled +%s" % (
+                  acc, done, metric(ms, "moeflow:requests_cancelled_total") - before))
+
         # HTTP: a client that disconnects (plain and streamed) is cancelled at once;
         # a deadline from the X-Request-Timeout header ends in 504.
         before = metric(srv.metrics(), "moeflow:requests_cancelled_total")

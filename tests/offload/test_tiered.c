@@ -190,6 +190,34 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
     moe_provider_destroy(res);
 }
 
+/* A prefetch in flight and the acquire that needs the same expert share one
+ * transfer; an acquire of a resident expert moves nothing. */
+static void check_shared_transfer(const struct moe_model *m, const char *store)
+{
+    const struct moe_config *c = &m->cfg;
+    int l0 = 0;
+    while (!c->is_moe[l0]) l0++;
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k + 2, .host_slots = 2,
+                                    .numa_node = -1 };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    int id = 1;
+    struct moe_expert_ref a;
+    p->ops->prefetch(p->self, l0, 1, &id, NULL, 1);
+    REQUIRE(p->ops->acquire(p->self, l0, 1, &id, &a) == MOE_OK, "%s", moe_last_error());
+    p->ops->release(p->self, l0);
+    REQUIRE(p->ops->acquire(p->self, l0, 1, &id, &a) == MOE_OK, "%s", moe_last_error());
+    p->ops->release(p->self, l0);
+    struct moe_offload_stats os;
+    moe_provider_tiered_stats(p, &os);
+    CHECK(os.disk_reads == 1 && os.device.hits == 2 && os.device.misses == 0 &&
+          os.device.prefetches == 1 && os.device.prefetch_hits == 1,
+          "shared transfer: %llu reads, %llu hits, %llu misses, %llu prefetch hits",
+          (unsigned long long)os.disk_reads, (unsigned long long)os.device.hits,
+          (unsigned long long)os.device.misses, (unsigned long long)os.device.prefetch_hits);
+    moe_provider_destroy(p);
+}
+
 int main(void)
 {
     static const struct cfg cfgs[] = {
@@ -226,6 +254,7 @@ int main(void)
         for (size_t k = 0; k < MOE_ARRAY_LEN(cfgs); k++)
             run_cfg(m, res, store, &info, routing, keys, n_keys, &cfgs[k], t_models[i]);
         check_dev_hooks(m, store);
+        check_shared_transfer(m, store);
         free(keys);
         free(routing);
         moe_provider_destroy(res);

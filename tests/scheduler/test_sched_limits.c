@@ -219,12 +219,12 @@ static void test_deadline(void)
     struct moe_sched_params p = { .max_running = 4, .micro_batch = 4, .prefill_chunk = 8 };
     struct moe_sched *s = moe_sched_create_backend(&be, &p);
     REQUIRE(s, "create: %s", moe_last_error());
-    fb.delay_s = 0.002;
+    fb.delay_s = 0.005; /* 200 tokens take >= 1 s: the 0.3 s deadline ends b mid-decode */
     struct sc_req a = { 0 }, b = { 0 }, c = { 0 };
     struct moe_gen_params g = gen(200);
     g.deadline = moe_now() - 1.0;
     REQUIRE(moe_sched_submit(s, prompt_of(5, 1), 5, &g, &sc_events, &a, &a.id) == MOE_OK, "submit a");
-    g.deadline = moe_now() + 0.05;
+    g.deadline = moe_now() + 0.3;
     REQUIRE(moe_sched_submit(s, prompt_of(5, 2), 5, &g, &sc_events, &b, &b.id) == MOE_OK, "submit b");
     g.deadline = 0;
     g.max_tokens = 10;

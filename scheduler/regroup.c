@@ -238,15 +238,15 @@ int moe_regroup_select(const struct moe_regroup_shape *sh, int n, const uint64_t
         for (int w = 0; w < lw; w++)
             u[w] |= paths[(size_t)best * (size_t)lw + (size_t)w];
     }
-    /* seed when nothing is owed */
+    /* seed when nothing is owed: the most-owed item; among equals (new
+     * sequences all start owed one token), the one sharing most with prev */
     if (m == 0) {
         int best = -1, best_o = -1;
         for (int i = 0; i < n; i++) {
             if (credit[i] < 1.0 - lead)
                 continue;
             int o = prev ? overlap(lw, paths + (size_t)i * (size_t)lw, prev) : 0;
-            /* the most-owed item unless prev gives a reason to start elsewhere */
-            if (best < 0 || o > best_o || (o == best_o && credit[i] > credit[best])) {
+            if (best < 0 || credit[i] > credit[best] || (credit[i] == credit[best] && o > best_o)) {
                 best = i;
                 best_o = o;
             }

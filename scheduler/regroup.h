@@ -49,9 +49,9 @@ bool moe_regroup_plan(const struct moe_regroup_shape *sh, int n, const uint64_t 
  * item with credit >= 1 + lag has fallen lag tokens behind its share and must
  * run now; items with credit < 1 - lead are that far ahead and may not run
  * unless nothing else can.  The rest are chosen greedily by routing-path
- * overlap with the micro-batch so far, starting from the most-owed item, or
- * from the one sharing most with prev (e.g. the experts of the micro-batch
- * just run, or the ones resident) when no item is owed.  Writes up to size
+ * overlap with the micro-batch so far, starting from the most-owed item
+ * (among equally owed ones, the one sharing most with prev: e.g. the experts
+ * of the micro-batch just run, or the ones resident).  Writes up to size
  * item indices to out and returns how many.  Deterministic. */
 int moe_regroup_select(const struct moe_regroup_shape *sh, int n, const uint64_t *paths, const double *credit,
                        int size, double lag, double lead, const uint64_t *prev, int *out);

@@ -81,6 +81,47 @@ void moe_evlog_access(struct moe_evlog *l, int moe_layer, int n, const int *ids)
     if (!push(l, MOE_EV_ACCESS, moe_layer, 0, n, ids, NULL)) l->oom = true;
 }
 
+enum moe_status moe_evlog_oracle(const struct moe_evlog *src, int horizon, struct moe_evlog *dst)
+{
+    int M = src->n_moe, K = src->top_k;
+    moe_evlog_init(dst, M, src->n_experts, K);
+    if (horizon < 0 || K > 64) return moe_errorf(MOE_EINVAL, "oracle: horizon %d, top_k %d", horizon, K);
+    size_t nst = (size_t)src->steps;
+    int *r = malloc(sizeof(int) * (nst ? nst : 1) * (size_t)M * (size_t)K);
+    if (!r) return moe_errorf(MOE_ENOMEM, "oracle: out of memory");
+    for (size_t i = 0; i < nst * (size_t)M * (size_t)K; i++) r[i] = -1;
+    size_t st = 0;
+    bool started = false;
+    for (size_t i = 0; i < src->n_ev; i++) {
+        const struct moe_ev *e = &src->ev[i];
+        if (e->kind == MOE_EV_STEP) {
+            st += started;
+            started = true;
+        } else if (e->kind == MOE_EV_ACCESS && started && e->n == K) {
+            memcpy(r + (st * (size_t)M + (size_t)e->layer) * (size_t)K, src->ids + e->off, sizeof(int) * (size_t)K);
+        }
+    }
+    float one[64];
+    for (int i = 0; i < 64; i++) one[i] = 1.0f;
+    for (size_t s = 0; s < nst; s++) {
+        moe_evlog_step(dst);
+        for (int h = 0; h <= horizon; h++) {
+            if (s + (size_t)h >= nst) break;
+            for (int l = 0; l < M; l++) {
+                const int *ids = r + ((s + (size_t)h) * (size_t)M + (size_t)l) * (size_t)K;
+                if (ids[0] >= 0) moe_evlog_prefetch(dst, l, K, ids, one, h * M + l + 1);
+            }
+        }
+        for (int l = 0; l < M; l++) {
+            const int *ids = r + (s * (size_t)M + (size_t)l) * (size_t)K;
+            if (ids[0] >= 0) moe_evlog_access(dst, l, K, ids);
+        }
+    }
+    free(r);
+    if (dst->oom) return moe_errorf(MOE_ENOMEM, "oracle: out of memory");
+    return MOE_OK;
+}
+
 /* ---- recording provider ---- */
 
 struct recorder {

@@ -47,6 +47,11 @@ void moe_evlog_prefetch(struct moe_evlog *l, int moe_layer, int n, const int *id
                         int distance);
 void moe_evlog_access(struct moe_evlog *l, int moe_layer, int n, const int *ids);
 
+/* An oracle log for upper bounds: src's steps and accesses, with hints (score
+ * 1) of the true routing of each step and the `horizon` steps after it,
+ * issued at step start in place of src's hints.  dst is initialised here. */
+enum moe_status moe_evlog_oracle(const struct moe_evlog *src, int horizon, struct moe_evlog *dst);
+
 /* Provider wrapper: records acquire() as accesses and prefetch() as hints
  * into log (model layers mapped with moe_index [n_layers], -1 = dense) and
  * forwards acquire/release to inner.  Destroying it does not destroy inner. */

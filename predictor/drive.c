@@ -59,7 +59,7 @@ enum moe_status moe_drive_text(const struct moe_model *m, const int *tokens, siz
     for (int l = 0; l < cfg->n_layers; l++) moe_index[l] = cfg->is_moe[l] ? n_moe++ : -1;
     moe_evlog_init(log, n_moe, cfg->n_experts, cfg->top_k);
 
-    res = moe_provider_resident_create(m);
+    res = p->provider ? p->provider : moe_provider_resident_create(m);
     if (!res) {
         st = moe_errorf(MOE_ENOMEM, "cannot create the resident expert provider");
         goto out;
@@ -88,6 +88,7 @@ enum moe_status moe_drive_text(const struct moe_model *m, const int *tokens, siz
         .max_batch_tokens = 16,
         .n_threads = p->n_threads > 0 ? p->n_threads : 1,
         .provider = rec,
+        .backend = p->backend,
     };
     ep.hooks = moe_predictor_hooks(pred, &next);
     eng = moe_engine_create(m, &ep);
@@ -130,7 +131,7 @@ out:
     if (eng) moe_engine_destroy(eng);
     moe_predictor_destroy(pred);
     if (rec) rec->ops->destroy(rec->self);
-    moe_provider_destroy(res);
+    if (res != p->provider) moe_provider_destroy(res);
     free(lg);
     if (!p->log) moe_evlog_free(&scratch_log);
     return st;

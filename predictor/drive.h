@@ -24,6 +24,9 @@ struct moe_drive_params {
     struct moe_pred_eval *eval;        /* NULL: no recall/precision */
     float *logits;                     /* NULL or [n_tokens, vocab]: every step's logits */
     int *argmax;                       /* NULL or [n_tokens]: greedy token of every step */
+    struct moe_backend *backend;       /* NULL: the engine's CPU backend; else (e.g. CUDA) borrowed */
+    struct moe_provider *provider;     /* NULL: a resident provider made here; else borrowed (its
+                                          expert pointers must be in backend memory) */
 };
 
 /* Decode tokens[0..n) through engine + predictor.  The log (if any) is

@@ -37,6 +37,10 @@ static void usage(FILE *f)
         "  --expert-ms T         extra compute per routed expert per token (ms) (default 0.153,\n"
         "                        one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
         "  --threads N           BLAS threads (default 1)\n"
+        "  --no-prefetch         predictions only rank evictions (policy predicted); nothing is\n"
+        "                        moved ahead of need\n"
+        "  --oracle-horizon H    upper bound: replace the predictor's hints by the true routing of\n"
+        "                        each step and the H steps after it (score 1), at step start\n"
         "  --json                print one JSON object (the keys of moeflow sim, plus\n"
         "                        prefetches, prefetch_useful_frac and belady)\n"
         "  -h, --help            this help\n"
@@ -48,7 +52,7 @@ static void usage(FILE *f)
 }
 
 enum { O_MODEL = 256, O_TEXT, O_SEQ, O_MAXTOK, O_CAP, O_FRAC, O_POLICY, O_PRED, O_MINSC, O_LINK, O_EB,
-       O_LAYER, O_EXPERT, O_THREADS, O_JSON };
+       O_LAYER, O_EXPERT, O_THREADS, O_JSON, O_ORACLE, O_NOPF };
 
 static bool parse_int(const char *s, long lo, long hi, long *out)
 {
@@ -86,13 +90,15 @@ int moe_cmd_replay(int argc, char **argv)
         { "expert-ms", required_argument, NULL, O_EXPERT },
         { "threads", required_argument, NULL, O_THREADS },
         { "json", no_argument, NULL, O_JSON },
+        { "oracle-horizon", required_argument, NULL, O_ORACLE },
+        { "no-prefetch", no_argument, NULL, O_NOPF },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL, *pol_s = NULL;
-    long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0;
+    long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0, oracle = -1;
     double frac = 0, min_score = 0.8, link = 0, layer_ms = 0, expert_ms = 0.153;
-    bool json = false;
+    bool json = false, no_prefetch = false;
     enum moe_cache_policy policy = MOE_CACHE_LRU;
     int c;
     optind = 1;
@@ -139,6 +145,13 @@ int moe_cmd_replay(int argc, char **argv)
             if (!parse_int(optarg, 1, 256, &threads)) goto bad_value;
             break;
         case O_JSON: json = true; break;
+        case O_NOPF: no_prefetch = true; break;
+        case O_ORACLE:
+            if (!parse_int(optarg, 0, 64, &oracle)) {
+                fprintf(stderr, "moeflow replay: --oracle-horizon '%s' must be an integer 0..64\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -204,11 +217,22 @@ int moe_cmd_replay(int argc, char **argv)
         goto out;
     }
     double decode_s = moe_now() - t0;
+    if (oracle >= 0) {
+        struct moe_evlog orc;
+        if (moe_evlog_oracle(&log, (int)oracle, &orc)) {
+            fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+            moe_evlog_free(&orc);
+            goto out;
+        }
+        moe_evlog_free(&log);
+        log = orc;
+        spec.kind = MOE_PRED_PATH; /* hints present: act on them */
+    }
     uint64_t eb = ebytes > 0 ? (uint64_t)ebytes : moe_model_expert_bytes(m);
     struct moe_cachesim_params sp = {
         .capacity = (int)cap,
         .policy = policy,
-        .prefetch = spec.kind != MOE_PRED_NONE,
+        .prefetch = spec.kind != MOE_PRED_NONE && !no_prefetch,
         .xfer_s = link > 0 ? (double)eb / (link * 1e9) : 0,
         .layer_s = link > 0 ? (layer_ms + expert_ms * m->cfg.top_k) * 1e-3 : 0,
     };

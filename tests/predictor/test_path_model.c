@@ -1,6 +1,7 @@
 /* Path predictor MLP: learns a synthetic routing rule from embeddings and the
  * previous token's routing well above chance, keeps the best held-out epoch,
  * and survives a safetensors round trip bit for bit. */
+#include "model/safetensors.h"
 #include "predictor/path_model.h"
 #include "tests/test_util.h"
 
@@ -84,6 +85,25 @@ int main(void)
     CHECK(!m3 && strstr(moe_last_error(), "moeflow train-predictor"), "shape mismatch not refused: %s",
           moe_last_error());
     moe_path_model_free(m3);
+    /* malformed predictor files are refused with a reason, not crashed on */
+    {
+        float w[4] = { 0 };
+        struct moe_st_out bad[1] = { { .name = "w1", .dtype = MOE_DT_F32, .ndim = 1, .shape = { 4 }, .data = w } };
+        const char *meta_fmt[] = { "format", "something-else", NULL };
+        REQUIRE(moe_st_write(path, bad, 1, meta_fmt) == MOE_OK, "write: %s", moe_last_error());
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "moeflow-path-predictor"),
+              "wrong format accepted: %s", moe_last_error());
+        const char *meta_h[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
+                                 "2", "dim", "16", "width", "64", "horizon", "3", NULL };
+        REQUIRE(moe_st_write(path, bad, 1, meta_h) == MOE_OK, "write: %s", moe_last_error());
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "horizon"), "horizon 3 accepted: %s",
+              moe_last_error());
+        const char *meta_s[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
+                                 "2", "dim", "16", "width", "64", NULL };
+        REQUIRE(moe_st_write(path, bad, 1, meta_s) == MOE_OK, "write: %s", moe_last_error());
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "w1"), "bad w1 shape accepted: %s",
+              moe_last_error());
+    }
     unlink(path);
     moe_path_model_free(m2);
     moe_path_model_free(m);

@@ -684,6 +684,17 @@ bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_
     return false;
 }
 
+const struct moe_provider *moe_provider_cuda_lower(const struct moe_provider *p)
+{
+    return p && p->ops == &sprov_ops ? ((const struct sprov *)p->self)->lower : NULL;
+}
+
+uint64_t moe_provider_cuda_slot_bytes(const struct moe_model *m)
+{
+    uint64_t mat = (uint64_t)m->cfg.expert_inter * (uint64_t)m->cfg.hidden * 2;
+    return 3 * ((mat + 255) & ~(uint64_t)255);
+}
+
 /* ---- hooks for the tiered provider's host tier ---------------------------- */
 
 static int hook_register(void *ud, void *p, size_t len)

@@ -104,6 +104,11 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
                                                     const struct moe_provider_cuda_params *p);
 /* Tier stats of a provider made by moe_provider_cuda_create or _stack_create (false otherwise). */
 bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_stats *out);
+/* The host-side provider under a provider made by _stack_create (NULL otherwise). */
+const struct moe_provider *moe_provider_cuda_lower(const struct moe_provider *p);
+/* Bytes of one GPU-tier slot for this model's routed experts (gate|up|down in
+ * BF16, each 256-byte aligned): --gpu-cache-bytes / this = slots. */
+uint64_t moe_provider_cuda_slot_bytes(const struct moe_model *m);
 
 /* Hooks for the tiered provider (tiered.h): pin its host tier for DMA with
  * cudaHostRegister (portable), so copies from it overlap compute. */

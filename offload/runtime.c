@@ -1,7 +1,13 @@
-/* Offload options, provider factory and stats reporting (see runtime.h). */
+/* Offload options, backend and provider factory, stats reporting (see runtime.h). */
 #include "runtime.h"
 
+#include "../kernels/backend.h"
 #include "trace.h"
+
+#ifdef MOEFLOW_HAVE_CUDA
+#include "../kernels/cuda/cuda_backend.h"
+#include "cuda_tier.h"
+#endif
 
 #include <errno.h>
 #include <stdio.h>
@@ -79,6 +85,16 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
     case MOE_OPT_STATS: o->stats = true; return 1;
     case MOE_OPT_STATS_JSON: o->stats_json = arg; return 1;
     case MOE_OPT_BELADY_TRACE: o->belady_trace = arg; return 1;
+    case MOE_OPT_BACKEND:
+        if (!strcmp(arg, "cpu")) {
+            o->backend = MOE_COMPUTE_CPU;
+        } else if (!strcmp(arg, "cuda")) {
+            o->backend = MOE_COMPUTE_CUDA;
+        } else {
+            moe_errorf(MOE_EINVAL, "--backend '%s' unknown (use cpu or cuda)", arg);
+            return -1;
+        }
+        return 1;
     default: return 0;
     }
 }
@@ -90,14 +106,33 @@ bool moe_offload_opts_tiered(const struct moe_offload_opts *o)
            o->stats || o->stats_json;
 }
 
+#define BACKEND_HELP                                                                              \
+    "  --backend B             compute backend: cpu (default) or cuda (the engine on GPU 0, routed\n" \
+    "                          experts in a GPU tier over the host tier; needs a build with CUDA\n" \
+    "                          and a visible device)\n"
+
+bool moe_offload_have_cuda(void)
+{
+#ifdef MOEFLOW_HAVE_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+const char *moe_offload_backend_help(void) { return BACKEND_HELP; }
+
 const char *moe_offload_help(void)
 {
     return
-        "expert offloading (any of these turns on the tiered expert cache):\n"
+        BACKEND_HELP
+        "expert offloading (any of these turns on the tiered expert cache; with --backend cuda\n"
+        "the device tier is the GPU's memory):\n"
         "  --store FILE            packed expert store (moeflow pack) as the NVMe tier; without it\n"
         "                          the lowest tier is the model's safetensors files (mmap)\n"
         "  --gpu-experts N         device-tier expert slots (>= top_k; default: every expert)\n"
-        "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G suffix)\n"
+        "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G suffix; F32 experts on\n"
+        "                          the cpu backend, BF16 on cuda)\n"
         "  --host-experts N        host-tier (RAM) expert records (default: as many as device slots)\n"
         "  --host-cache-bytes B    host tier size in bytes instead\n"
         "  --policy P              device-tier eviction: lru (default), lfu, belady\n"
@@ -108,40 +143,43 @@ const char *moe_offload_help(void)
         "  --stats-json FILE       write them as JSON\n";
 }
 
-enum moe_status moe_offload_provider_create(const struct moe_model *m,
-                                            const struct moe_offload_opts *o,
-                                            struct moe_provider **out)
+/* Tier sizes from the flags and the future of --policy belady (malloc'd
+ * keys, caller frees).  dev_b: bytes of one device-tier expert (F32 on the
+ * CPU backend, a BF16 slot on CUDA), for --gpu-cache-bytes. */
+struct tier_plan {
+    int dev_slots, host_slots;
+    int *future;
+    size_t n_future;
+};
+
+static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_offload_opts *o, uint64_t dev_b,
+                                  struct tier_plan *pl)
 {
-    *out = NULL;
-    if (!moe_offload_opts_tiered(o)) return MOE_OK;
     const struct moe_config *c = &m->cfg;
-    struct moe_tiered_params tp = {
-        .store_path = o->store,
-        .policy = o->policy,
-        .numa_node = -1,
-        .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
-    };
-    uint64_t dev_b = moe_tiered_dev_expert_bytes(m), host_b = moe_tiered_host_expert_bytes(m);
+    uint64_t host_b = moe_tiered_host_expert_bytes(m);
     int n_moe = 0;
+    memset(pl, 0, sizeof(*pl));
     for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
     if (o->gpu_experts && o->gpu_cache_bytes)
         return moe_errorf(MOE_EINVAL, "give --gpu-experts or --gpu-cache-bytes, not both");
     if (o->host_experts && o->host_cache_bytes)
         return moe_errorf(MOE_EINVAL, "give --host-experts or --host-cache-bytes, not both");
-    tp.dev_slots = o->gpu_experts ? o->gpu_experts
-                   : o->gpu_cache_bytes ? (int)(o->gpu_cache_bytes / dev_b) : n_moe * c->n_experts;
     if (o->gpu_cache_bytes && o->gpu_cache_bytes / dev_b < (uint64_t)c->top_k)
         return moe_errorf(MOE_EINVAL, "--gpu-cache-bytes %llu holds %llu experts of %llu bytes; "
                           "top_k %d need at least %llu bytes", (unsigned long long)o->gpu_cache_bytes,
                           (unsigned long long)(o->gpu_cache_bytes / dev_b), (unsigned long long)dev_b,
                           c->top_k, (unsigned long long)dev_b * (uint64_t)c->top_k);
-    tp.host_slots = o->host_experts ? o->host_experts
-                    : o->host_cache_bytes ? (int)(o->host_cache_bytes / host_b) : tp.dev_slots;
     if (o->host_cache_bytes && o->host_cache_bytes < host_b)
         return moe_errorf(MOE_EINVAL, "--host-cache-bytes %llu is below one expert record (%llu "
                           "bytes)", (unsigned long long)o->host_cache_bytes, (unsigned long long)host_b);
-    int *future = NULL;
-    size_t n_future = 0;
+    uint64_t dev_fit = o->gpu_cache_bytes ? o->gpu_cache_bytes / dev_b : 0;
+    uint64_t host_fit = o->host_cache_bytes ? o->host_cache_bytes / host_b : 0;
+    pl->dev_slots = o->gpu_experts ? o->gpu_experts
+                    : o->gpu_cache_bytes ? (int)(dev_fit < (1u << 24) ? dev_fit : (1u << 24))
+                    : n_moe * c->n_experts;
+    pl->host_slots = o->host_experts ? o->host_experts
+                     : o->host_cache_bytes ? (int)(host_fit < (1u << 24) ? host_fit : (1u << 24))
+                     : pl->dev_slots;
     if (o->policy == MOE_POLICY_BELADY) {
         if (!o->belady_trace)
             return moe_errorf(MOE_EINVAL, "--policy belady needs --belady-trace F.jsonl (the "
@@ -150,20 +188,182 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
         enum moe_status st = moe_trace_load(o->belady_trace, &tr);
         if (st) return st;
         if (tr->info.experts != c->n_experts || tr->info.layers != c->n_layers) {
+            st = moe_errorf(MOE_EINVAL, "%s: trace is for %d layers x %d experts, the model has "
+                            "%d x %d", o->belady_trace, tr->info.layers, tr->info.experts,
+                            c->n_layers, c->n_experts);
             moe_trace_free(tr);
-            return moe_errorf(MOE_EINVAL, "%s: trace is for %d layers x %d experts, the model has "
-                              "%d x %d", o->belady_trace, tr->info.layers, tr->info.experts,
-                              c->n_layers, c->n_experts);
+            return st;
         }
-        st = moe_trace_keys(tr, &future, &n_future);
+        st = moe_trace_keys(tr, &pl->future, &pl->n_future);
         moe_trace_free(tr);
         if (st) return st;
     }
-    tp.future = future;
-    tp.n_future = n_future;
+    return MOE_OK;
+}
+
+enum moe_status moe_offload_provider_create(const struct moe_model *m,
+                                            const struct moe_offload_opts *o,
+                                            struct moe_provider **out)
+{
+    *out = NULL;
+    if (!moe_offload_opts_tiered(o)) return MOE_OK;
+    struct tier_plan pl;
+    enum moe_status st = plan_tiers(m, o, moe_tiered_dev_expert_bytes(m), &pl);
+    if (st) return st;
+    struct moe_tiered_params tp = {
+        .store_path = o->store,
+        .dev_slots = pl.dev_slots,
+        .host_slots = pl.host_slots,
+        .policy = o->policy,
+        .future = pl.future,
+        .n_future = pl.n_future,
+        .numa_node = -1,
+        .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
+    };
     *out = moe_provider_tiered_create(m, &tp);
-    free(future);
+    free(pl.future);
     return *out ? MOE_OK : (moe_last_error()[0] ? MOE_EINVAL : MOE_ENOMEM);
+}
+
+#define NO_CUDA_MSG "--backend cuda: this build has no CUDA backend: rebuild with -DMOEFLOW_CUDA=ON on a " \
+                    "machine with nvcc (or use --backend cpu)"
+
+#ifdef MOEFLOW_HAVE_CUDA
+/* The CUDA backend on device 0 and the GPU tier over the tiered provider. */
+static enum moe_status cuda_runtime_create(const struct moe_model *m, const struct moe_offload_opts *o,
+                                           struct moe_backend **be, struct moe_provider **prov)
+{
+    const struct moe_config *c = &m->cfg;
+    struct tier_plan pl;
+    enum moe_status st;
+    struct moe_provider *lower = NULL;
+    if (moe_cuda_device_count() == 0)
+        return moe_errorf(MOE_ENOTSUP, "--backend cuda: no CUDA device is visible (driver missing, no "
+                          "GPU, or CUDA_VISIBLE_DEVICES empty): run with --backend cpu");
+    if ((st = plan_tiers(m, o, moe_provider_cuda_slot_bytes(m), &pl))) return st;
+    struct moe_backend_cuda_params bp = { .device = 0 };
+    *be = moe_backend_cuda_create(&bp);
+    if (!*be) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", moe_last_error());
+        if (strstr(msg, "allocate"))
+            st = moe_errorf(MOE_ENOMEM, "--backend cuda: %s (the GPU tier is not allocated yet: other "
+                            "processes hold the device's memory, see nvidia-smi)", msg);
+        else
+            st = moe_errorf(MOE_EDEVICE, "--backend cuda: %s", msg);
+        goto fail;
+    }
+    /* The host side: records read from the store or the safetensors into a
+     * host tier pinned for DMA; its own (F32, RAM) device tier only stages
+     * one expert at a time on the way to the GPU, so top_k slots do. */
+    struct moe_tiered_params tp = {
+        .store_path = o->store,
+        .dev_slots = c->top_k,
+        .host_slots = pl.host_slots,
+        .policy = MOE_POLICY_LRU,
+        .numa_node = -1,
+        .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
+        .hooks = moe_cuda_offload_hooks(),
+    };
+    lower = moe_provider_tiered_create(m, &tp);
+    if (!lower) {
+        st = moe_error_prefix(MOE_ENOMEM, "--backend cuda: host tier");
+        goto fail;
+    }
+    struct moe_provider_cuda_params pp = {
+        .slots = pl.dev_slots,
+        .policy = o->policy,
+        .future = pl.future,
+        .n_future = pl.n_future,
+    };
+    *prov = moe_provider_cuda_stack_create(m, *be, lower, &pp); /* owns lower, even on failure */
+    lower = NULL;
+    if (!*prov) {
+        st = moe_error_prefix(MOE_ENOMEM, "--backend cuda");
+        goto fail;
+    }
+    free(pl.future);
+    return MOE_OK;
+fail:
+    moe_provider_destroy(lower);
+    moe_backend_destroy(*be);
+    *be = NULL;
+    free(pl.future);
+    return st;
+}
+#endif
+
+enum moe_status moe_offload_runtime_create(const struct moe_model *m,
+                                           const struct moe_offload_opts *o,
+                                           struct moe_backend **be, struct moe_provider **prov)
+{
+    *be = NULL;
+    *prov = NULL;
+    if (o->backend == MOE_COMPUTE_CPU) return moe_offload_provider_create(m, o, prov);
+#ifdef MOEFLOW_HAVE_CUDA
+    return cuda_runtime_create(m, o, be, prov);
+#else
+    return moe_errorf(MOE_ENOTSUP, NO_CUDA_MSG);
+#endif
+}
+
+bool moe_offload_backend_poisoned(const struct moe_backend *be)
+{
+#ifdef MOEFLOW_HAVE_CUDA
+    return be && moe_backend_cuda_poisoned(be);
+#else
+    (void)be;
+    return false;
+#endif
+}
+
+enum moe_status moe_offload_explain(enum moe_status st, const struct moe_backend *be,
+                                    const struct moe_provider *prov)
+{
+#ifdef MOEFLOW_HAVE_CUDA
+    if (!be || !moe_backend_cuda_ctx(be)) return st;
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "%s", moe_last_error());
+    if (st == MOE_EDEVICE || moe_backend_cuda_poisoned(be))
+        return moe_errorf(MOE_EDEVICE, "device error: %s; the CUDA context is unusable: restart the "
+                          "process (or run with --backend cpu)", msg);
+    struct moe_cuda_tier_stats cs;
+    if ((st == MOE_ENOMEM || strstr(msg, "allocate") || strstr(msg, "out of memory")) &&
+        moe_provider_cuda_stats(prov, &cs)) {
+        uint64_t mib = ((uint64_t)cs.slots * cs.slot_bytes) >> 20;
+        return moe_errorf(MOE_ENOMEM, "%s (the GPU expert tier already holds %d slots x %llu KiB = "
+                          "%llu MiB: lower --gpu-experts to leave room)", msg, cs.slots,
+                          (unsigned long long)(cs.slot_bytes >> 10), (unsigned long long)mib);
+    }
+    return st;
+#else
+    (void)be;
+    (void)prov;
+    return st;
+#endif
+}
+
+bool moe_offload_stats_get(const struct moe_provider *p, struct moe_offload_stats *out)
+{
+    if (moe_provider_tiered_stats(p, out)) return true;
+#ifdef MOEFLOW_HAVE_CUDA
+    struct moe_cuda_tier_stats cs;
+    const struct moe_provider *lower = moe_provider_cuda_lower(p);
+    if (!lower || !moe_provider_cuda_stats(p, &cs) || !moe_provider_tiered_stats(lower, out)) return false;
+    /* device = the GPU tier (the tiered provider's own device tier only stages) */
+    memset(&out->device, 0, sizeof(out->device));
+    out->device.hits = cs.hits;
+    out->device.misses = cs.misses;
+    out->device.bytes = cs.bytes_h2d;
+    out->device.evictions = cs.evictions;
+    out->device.prefetches = cs.prefetches;
+    out->device.prefetch_hits = cs.prefetch_hits;
+    out->dev_slots = cs.slots;
+    out->dev_bytes = (uint64_t)cs.slots * cs.slot_bytes;
+    return true;
+#else
+    return false;
+#endif
 }
 
 static void tier_json(FILE *f, const char *name, const struct moe_tier_stats *t)
@@ -225,7 +425,7 @@ void moe_offload_stats_print(const struct moe_offload_stats *s, FILE *f)
 enum moe_status moe_offload_report(const struct moe_provider *p, const struct moe_offload_opts *o)
 {
     struct moe_offload_stats s;
-    if (!(o->stats || o->stats_json) || !moe_provider_tiered_stats(p, &s)) return MOE_OK;
+    if (!(o->stats || o->stats_json) || !moe_offload_stats_get(p, &s)) return MOE_OK;
     if (o->stats) moe_offload_stats_print(&s, stderr);
     return o->stats_json ? moe_offload_stats_write_json(&s, o->stats_json) : MOE_OK;
 }

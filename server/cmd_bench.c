@@ -7,6 +7,7 @@
  * for the same flags. */
 #include "cli.h"
 
+#include "../kernels/backend.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
 #include "../offload/runtime.h"
@@ -336,6 +337,7 @@ static int bench_batch(int argc, char **argv)
     struct moe_model *m = NULL;
     struct moe_tokenizer *tok = NULL;
     struct moe_provider *prov = NULL;
+    struct moe_backend *be = NULL;
     struct moe_engine *eng = NULL;
     struct moe_predictor *pred = NULL;
     struct moe_sched *s = NULL;
@@ -370,7 +372,7 @@ static int bench_batch(int argc, char **argv)
         goto out;
     }
     o.oo.gpu_experts = slots;
-    if (moe_offload_provider_create(m, &o.oo, &prov) != MOE_OK) {
+    if (moe_offload_runtime_create(m, &o.oo, &be, &prov) != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: expert cache: %s\n", moe_last_error());
         goto out;
     }
@@ -412,9 +414,10 @@ static int bench_batch(int argc, char **argv)
     int chunk = o.prefill_chunk;
     struct moe_engine_params ep = { .max_seqs = o.concurrency, .max_ctx = max_ctx,
                                     .max_batch_tokens = o.micro_batch + chunk, .n_threads = o.threads,
-                                    .provider = prov };
+                                    .provider = prov, .backend = be };
     eng = moe_engine_create(m, &ep);
     if (!eng) {
+        moe_offload_explain(MOE_EINVAL, be, prov);
         fprintf(stderr, "moeflow bench batch: engine: %s\n", moe_last_error());
         goto out;
     }
@@ -467,6 +470,9 @@ static int bench_batch(int argc, char **argv)
             failed++;
         }
     if (failed) {
+        if (moe_offload_backend_poisoned(be))
+            fprintf(stderr, "moeflow bench batch: device error: the CUDA context is unusable; restart the "
+                            "process (or run with --backend cpu)\n");
         fprintf(stderr, "moeflow bench batch: %d of %d requests did not complete\n", failed, n_texts);
         goto out;
     }
@@ -475,7 +481,7 @@ static int bench_batch(int argc, char **argv)
     moe_sched_stats(s, &ss);
     struct moe_offload_stats os;
     memset(&os, 0, sizeof(os));
-    moe_provider_tiered_stats(prov, &os);
+    moe_offload_stats_get(prov, &os);
     double gen = (double)ss.generated_tokens;
     double eps = ss.decode_layer_steps ? (double)ss.decode_experts_activated / (double)ss.decode_layer_steps : 0;
     double eps_all = ss.layer_steps ? (double)ss.experts_activated / (double)ss.layer_steps : 0;
@@ -523,6 +529,7 @@ out:
     moe_predictor_destroy(pred);
     moe_engine_destroy(eng);
     moe_provider_destroy(prov);
+    moe_backend_destroy(be);
     moe_tokenizer_free(tok);
     moe_model_close(m);
     for (int i = 0; ids && i < n_texts; i++)

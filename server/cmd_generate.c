@@ -5,6 +5,7 @@
 
 #include "../engine/engine.h"
 #include "../engine/sampling.h"
+#include "../kernels/backend.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
 #include "../offload/runtime.h"
@@ -16,9 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Everything the command needs at run time.  Expert placement (the provider)
- * is decided in gen_provider_create() alone, so tiered offloading options
- * slot in there. */
+/* Everything the command needs at run time.  The compute backend and the
+ * expert placement (the provider) come from moe_offload_runtime_create(). */
 struct gen_opts {
     const char *model_dir;     /* --model */
     const char *prompt;        /* --prompt */
@@ -33,7 +33,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
             "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-            "                        [--threads N]\n"
+            "                        [--threads N] [--backend cpu|cuda]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -171,13 +171,6 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     return -1;
 }
 
-/* Where the experts live.  NULL = all resident (the engine's default). */
-static enum moe_status gen_provider_create(const struct moe_model *m, const struct gen_opts *o,
-                                           struct moe_provider **out)
-{
-    return moe_offload_provider_create(m, &o->off, out);
-}
-
 static bool is_eos(const struct moe_config *c, int tok)
 {
     for (int i = 0; i < c->n_eos; i++)
@@ -249,6 +242,7 @@ int moe_cmd_generate(int argc, char **argv)
     struct moe_model *m = NULL;
     struct moe_tokenizer *tok = NULL;
     struct moe_provider *prov = NULL;
+    struct moe_backend *be = NULL;
     struct moe_engine *e = NULL;
     int *ids = NULL;
     size_t n_ids = 0;
@@ -283,7 +277,7 @@ int moe_cmd_generate(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    if (gen_provider_create(m, &o, &prov) != MOE_OK) {
+    if (moe_offload_runtime_create(m, &o.off, &be, &prov) != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         goto out;
     }
@@ -293,13 +287,19 @@ int moe_cmd_generate(int argc, char **argv)
         .max_batch_tokens = n_ids < 256 ? (int)n_ids : 256,
         .n_threads = o.threads,
         .provider = prov,
+        .backend = be,
     };
     e = moe_engine_create(m, &ep);
     if (!e) {
+        moe_offload_explain(MOE_EINVAL, be, prov);
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         goto out;
     }
-    if (gen_run(e, tok, &o, ids, (int)n_ids) != MOE_OK) {
+    enum moe_status st = gen_run(e, tok, &o, ids, (int)n_ids);
+    if (st != MOE_OK) {
+        /* a sticky device error says so and that the process must restart */
+        moe_offload_explain(st, be, prov);
+        fflush(stdout);
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         goto out;
     }
@@ -311,6 +311,7 @@ int moe_cmd_generate(int argc, char **argv)
 out:
     moe_engine_destroy(e);
     moe_provider_destroy(prov);
+    moe_backend_destroy(be);
     free(ids);
     moe_tokenizer_free(tok);
     moe_model_close(m);

@@ -4,6 +4,8 @@
  * capacity and policy, next to Belady's optimum on the same routing. */
 #include "cli.h"
 
+#include "../kernels/backend.h"
+#include "../offload/runtime.h"
 #include "../predictor/drive.h"
 
 #include <getopt.h>
@@ -41,6 +43,7 @@ static void usage(FILE *f)
         "                        moved ahead of need\n"
         "  --oracle-horizon H    upper bound: replace the predictor's hints by the true routing of\n"
         "                        each step and the H steps after it (score 1), at step start\n"
+        "%s"
         "  --json                print one JSON object (the keys of moeflow sim, plus\n"
         "                        prefetches, prefetch_useful_frac and belady)\n"
         "  -h, --help            this help\n"
@@ -48,7 +51,8 @@ static void usage(FILE *f)
         "A hit is an acquire that needs no new transfer (the expert is resident or already on its\n"
         "way); transfers count demand fetches and prefetches.  Timeline: one serial link; prefetches\n"
         "start in order of need when the link is free; a miss is fetched next, before any queued\n"
-        "prefetch; a layer computes once its experts have landed; stall = time compute waited.\n");
+        "prefetch; a layer computes once its experts have landed; stall = time compute waited.\n",
+        moe_offload_backend_help());
 }
 
 enum { O_MODEL = 256, O_TEXT, O_SEQ, O_MAXTOK, O_CAP, O_FRAC, O_POLICY, O_PRED, O_MINSC, O_LINK, O_EB,
@@ -92,6 +96,7 @@ int moe_cmd_replay(int argc, char **argv)
         { "json", no_argument, NULL, O_JSON },
         { "oracle-horizon", required_argument, NULL, O_ORACLE },
         { "no-prefetch", no_argument, NULL, O_NOPF },
+        MOE_BACKEND_LONG_OPTION,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -100,6 +105,8 @@ int moe_cmd_replay(int argc, char **argv)
     double frac = 0, min_score = 0.8, link = 0, layer_ms = 0, expert_ms = 0.153;
     bool json = false, no_prefetch = false;
     enum moe_cache_policy policy = MOE_CACHE_LRU;
+    struct moe_offload_opts oo; /* --backend only */
+    moe_offload_opts_init(&oo);
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -152,6 +159,12 @@ int moe_cmd_replay(int argc, char **argv)
                 return 2;
             }
             break;
+        case MOE_OPT_BACKEND:
+            if (moe_offload_opts_parse(&oo, c, optarg) < 0) {
+                fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -180,6 +193,8 @@ int moe_cmd_replay(int argc, char **argv)
     int *ids = NULL;
     size_t n_ids = 0;
     struct moe_evlog log = { 0 };
+    struct moe_backend *be = NULL;
+    struct moe_provider *prov = NULL;
     struct moe_model *m = moe_model_open(model_dir);
     if (!m) {
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
@@ -204,15 +219,23 @@ int moe_cmd_replay(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (moe_offload_runtime_create(m, &oo, &be, &prov)) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        goto out;
+    }
     struct moe_drive_params dp = {
         .spec = &spec,
         .prefetch = { .min_score = (float)min_score, .max_per_layer = m->cfg.top_k },
         .seq_len = (int)seq_len,
         .n_threads = (int)threads,
         .log = &log,
+        .backend = be,
+        .provider = prov,
     };
     double t0 = moe_now();
-    if (moe_drive_text(m, ids, n_ids, &dp)) {
+    enum moe_status dst = moe_drive_text(m, ids, n_ids, &dp);
+    if (dst) {
+        moe_offload_explain(dst, be, prov);
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         goto out;
     }
@@ -293,6 +316,8 @@ int moe_cmd_replay(int argc, char **argv)
 out:
     moe_evlog_free(&log);
     free(ids);
+    moe_provider_destroy(prov);
+    moe_backend_destroy(be);
     moe_model_close(m);
     return rc;
 }

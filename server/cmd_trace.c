@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include "../engine/engine.h"
+#include "../kernels/backend.h"
 #include "../model/tokenizer.h"
 #include "../offload/runtime.h"
 #include "../offload/trace.h"
@@ -181,6 +182,7 @@ int moe_cmd_trace(int argc, char **argv)
     struct moe_tokenizer *tok = NULL;
     struct moe_engine *eng = NULL;
     struct moe_provider *prov = NULL;
+    struct moe_backend *be = NULL;
     struct moe_trace_writer *w = NULL;
     int *ids = NULL;
     size_t n_ids = 0, *starts = NULL, n_seq = 0;
@@ -221,7 +223,7 @@ int moe_cmd_trace(int argc, char **argv)
                    "shorten it", longest, cfg->max_pos);
         goto fail;
     }
-    if (moe_offload_provider_create(m, &oo, &prov)) goto fail;
+    if (moe_offload_runtime_create(m, &oo, &be, &prov)) goto fail;
 
     r.c = cfg;
     for (int l = 0; l < cfg->n_layers; l++) r.li_of[l] = cfg->is_moe[l] ? r.n_moe++ : -1;
@@ -238,9 +240,10 @@ int moe_cmd_trace(int argc, char **argv)
     }
     struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = (int)longest,
                                     .max_batch_tokens = (int)longest, .n_threads = (int)threads,
-                                    .provider = prov,
+                                    .provider = prov, .backend = be,
                                     .hooks = { .ud = &r, .on_route = on_route } };
     eng = moe_engine_create(m, &ep);
+    if (!eng) moe_offload_explain(MOE_EINVAL, be, prov);
     struct moe_trace_info info = { .layers = cfg->n_layers, .experts = cfg->n_experts,
                                    .top_k = cfg->top_k, .n_moe = r.n_moe,
                                    .expert_bytes = moe_model_expert_bytes(m) };
@@ -271,6 +274,7 @@ int moe_cmd_trace(int argc, char **argv)
         struct moe_batch b = { .n = (int)n, .tokens = ids + starts[s], .seq = seqv, .pos = posv,
                                .want_logits = want };
         st = moe_engine_forward(eng, &b, NULL);
+        if (st) st = moe_offload_explain(st, be, prov);
         for (size_t i = 0; i < n && !st; i++) {
             size_t o = i * (size_t)r.n_moe * (size_t)cfg->top_k;
             st = moe_trace_writer_token(w, (int)s, (int)i, ids[starts[s] + i], r.ids + o,
@@ -299,6 +303,7 @@ out:
     if (w) moe_trace_writer_close(w);
     moe_engine_destroy(eng);
     moe_provider_destroy(prov);
+    moe_backend_destroy(be);
     moe_tokenizer_free(tok);
     moe_model_close(m);
     free(buf);

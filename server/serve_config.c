@@ -52,6 +52,8 @@ static const struct moe_serve_opt opts[] = {
       "prefetch predicted experts scored at least this (0 = 0.5)", 0 },
     { "prefetch-max-per-layer", MOE_OPT_INT, OFF(prefetch_max_per_layer), 0, "0", 0, 4096,
       "prefetch at most this many experts per layer and prediction (0 = top_k)", 0 },
+    { "backend", MOE_OPT_OFFLOAD, 0, 0, "cpu", 0, 0,
+      "compute backend: cpu or cuda (GPU 0; gpu-experts sizes its expert tier)", MOE_OPT_BACKEND },
     { "store", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
       "packed expert store (moeflow pack) as the lowest tier; default: the safetensors", MOE_OPT_STORE },
     { "gpu-experts", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
@@ -117,6 +119,11 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
     }
     if (!value[0])
         return MOE_OK; /* unset */
+    if (o->code == MOE_OPT_BACKEND) { /* parsed to an enum: nothing to keep */
+        if (moe_offload_opts_parse(&c->offload, o->code, value) < 0)
+            return moe_error_prefix(MOE_EINVAL, "%s = '%s'", o->name, value);
+        return MOE_OK;
+    }
     char *dst;
     size_t cap;
     if (o->code == MOE_OPT_STORE) {

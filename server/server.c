@@ -15,6 +15,7 @@
 #include <grpc/status.h>
 
 #include "srv.h"
+#include "../kernels/backend.h"
 
 /* ---- status maps ---- */
 
@@ -477,7 +478,7 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
     moe_metrics_render(&s->metrics, &b, lbl);
     struct moe_offload_stats os;
     memset(&os, 0, sizeof(os));
-    bool tiered = s->provider && moe_provider_tiered_stats(s->provider, &os);
+    bool tiered = s->provider && moe_offload_stats_get(s->provider, &os);
     moe_strbuf_printf(&b,
         "# HELP moeflow:expert_cache_hits_total Expert acquires served from the tier.\n"
         "# TYPE moeflow:expert_cache_hits_total counter\n"
@@ -662,7 +663,7 @@ static enum moe_status server_load(struct moe_server *s)
         s->cfg.max_output = s->max_ctx - 1;
     if (s->cfg.default_max_tokens > s->cfg.max_output)
         s->cfg.default_max_tokens = s->cfg.max_output;
-    if (moe_offload_provider_create(s->model, &s->cfg.offload, &s->provider) != MOE_OK)
+    if (moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider) != MOE_OK)
         return moe_error_prefix(MOE_EINVAL, "expert cache");
     struct moe_pred_spec spec;
     if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK)
@@ -684,9 +685,11 @@ static enum moe_status server_load(struct moe_server *s)
         .max_batch_tokens = cfg->max_batch_tokens,
         .n_threads = cfg->threads,
         .provider = s->provider,
+        .backend = s->backend,
     };
     s->engine = moe_engine_create(s->model, &ep);
     if (!s->engine) {
+        moe_offload_explain(MOE_EINVAL, s->backend, s->provider);
         moe_error_prefix(MOE_ENOMEM, "engine");
         return MOE_EINVAL;
     }
@@ -797,6 +800,7 @@ void moe_server_destroy(struct moe_server *s)
         moe_predictor_destroy(s->predictor);
     if (s->provider)
         moe_provider_destroy(s->provider);
+    moe_backend_destroy(s->backend);
     if (s->tok)
         moe_tokenizer_free(s->tok);
     if (s->model)

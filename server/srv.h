@@ -83,6 +83,7 @@ struct moe_server {
     struct moe_model *model;
     struct moe_tokenizer *tok;
     struct moe_provider *provider; /* tiered expert cache, or NULL (engine's resident one) */
+    struct moe_backend *backend;   /* --backend cuda, or NULL (the engine's CPU backend) */
     struct moe_predictor *predictor; /* or NULL */
     struct moe_engine *engine;
     struct moe_sched *sched;

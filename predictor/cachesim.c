@@ -157,7 +157,9 @@ static void rec_prefetch(void *self, int layer, int n, const int *ids, const flo
     struct recorder *r = self;
     int mi = rec_mi(r, layer);
     if (mi >= 0 && n > 0) moe_evlog_prefetch(r->log, mi, n, ids, scores, distance);
-    if (r->inner->ops->prefetch) r->inner->ops->prefetch(r->inner->self, layer, n, ids, scores, distance);
+    /* hints beyond this step rank the replay's evictions only; a real inner cache gets this step's */
+    if (r->inner->ops->prefetch && distance <= r->log->n_moe)
+        r->inner->ops->prefetch(r->inner->self, layer, n, ids, scores, distance);
 }
 
 static void rec_step_begin(void *self, int n_tokens)

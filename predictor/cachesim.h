@@ -54,7 +54,8 @@ enum moe_status moe_evlog_oracle(const struct moe_evlog *src, int horizon, struc
 
 /* Provider wrapper: records acquire() as accesses and prefetch() as hints
  * into log (model layers mapped with moe_index [n_layers], -1 = dense) and
- * forwards acquire/release to inner.  Destroying it does not destroy inner. */
+ * forwards acquire/release, and prefetches of this step (distance <= n_moe),
+ * to inner.  Destroying it does not destroy inner. */
 struct moe_provider *moe_evlog_provider_create(struct moe_provider *inner, struct moe_evlog *log,
                                                const int *moe_index, int n_layers);
 

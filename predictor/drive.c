@@ -74,7 +74,10 @@ enum moe_status moe_drive_text(const struct moe_model *m, const int *tokens, siz
         st = MOE_EINVAL;
         goto out;
     }
-    moe_predictor_set_provider(pred, rec, &p->prefetch);
+    struct moe_pred_prefetch pf = p->prefetch;
+    pf.next_step = true; /* the replay's policy ranks evictions with them; the cache replay never
+                            moves an expert for a hint beyond the step */
+    moe_predictor_set_provider(pred, rec, &pf);
     struct moe_pred_sink sink;
     if (p->eval) {
         sink = moe_pred_eval_sink(p->eval);

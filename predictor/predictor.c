@@ -435,7 +435,7 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
         publish(p, (int)mi, (int)mi + 1, true);
     }
     /* the next token's routing (horizon 2): hints a step ahead, for eviction ranking */
-    if (uses_path(p) && p->path->horizon > 1) {
+    if (uses_path(p) && p->path->horizon > 1 && p->prov && p->pf.next_step) {
         size_t no = (size_t)p->path->n_out;
         for (size_t mi = 0; mi < M; mi++) {
             for (int i = 0; i < b->n; i++)

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The device check, in one call on a machine with an NVIDIA GPU (H100/H200):
-#   1. the gpu-labelled tests (op parity, GPU tier, end-to-end vs HF),
-#   2. a short compute-sanitizer memcheck of the op and tier tests,
-#   3. the GPU benchmarks: the bundled model through the engine (batch 1/8/64, tier
+#   1. the gpu-labelled tests (op parity, GPU tier, end-to-end vs HF, the --backend
+#      factory, sticky errors),
+#   2. the CLI end to end: `moeflow generate --backend cuda --temperature 0` prints the
+#      CPU backend's text (all experts on the GPU, and the GPU tier at 25 %),
+#   3. a short compute-sanitizer memcheck of the op and tier tests,
+#   4. the GPU benchmarks: the bundled model through the engine (batch 1/8/64, tier
 #      25/50/100 %, cuBLAS and batch-invariant GEMMs) and the MoE decode benchmark
 #      with Mixtral expert shapes (tier 25/50/100 %).
-# Results go under $OUT (default ./device-out): summary.json, one log per
-# step, gpu_model_decode.json, gpu_moe_decode.json, nvidia-smi.txt.  Budget: under 6 minutes.
+# Results go under $OUT (default ./device-out): summary.json (every step's status; the
+# CLI step lists its cases), logs.tar.gz (one log per step), gpu_model_decode.json,
+# gpu_moe_decode.json, gpu_moe_decode_invariant.json, nvidia-smi.txt.  The tails of
+# failing steps' logs are printed before the summary.  Budget: under 6 minutes.
 #
 # Binaries come from build-device/dist (made here by bench/device/prepare.sh
 # and carried), or MOEFLOW_DIST.  Exit status: 0 when every test passed.
@@ -70,7 +75,19 @@ if [ -x "$b/test_gpu_e2e_pycode" ]; then
     run "test_gpu_e2e_$m" 60 "$b/test_gpu_e2e_pycode" "$m"
   done
 fi
+[ -x "$b/test_gpu_runtime" ] && run test_gpu_runtime 90 "$b/test_gpu_runtime"
 [ -x "$b/test_gpu_sticky" ] && run test_gpu_sticky 60 "$b/test_gpu_sticky"
+if [ -x "$b/moeflow" ]; then
+  run cli_generate_cuda_vs_cpu 150 bash "$root/bench/device/cli_generate.sh" "$b/moeflow"
+  # the cases ("case NAME pass|fail" lines) go into the step's summary entry
+  cases=$(awk '$1 == "case" && NF == 3 { printf "%s\"%s\":\"%s\"", n++ ? "," : "", $2, $3 }' \
+          "$out/cli_generate_cuda_vs_cpu.log" 2>/dev/null)
+  last=${steps[${#steps[@]}-1]}
+  steps[${#steps[@]}-1]="${last%\}},\"cases\":{$cases}}"
+else
+  steps+=("{\"step\":\"cli_generate_cuda_vs_cpu\",\"status\":\"fail\",\"reason\":\"moeflow not in the bundle\"}")
+  fails=$((fails + 1))
+fi
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$san" ]; then
   run memcheck_gpu_ops 150 "$san" --tool memcheck --error-exitcode 1 --leak-check full "$b/test_gpu_ops"
@@ -86,6 +103,16 @@ run gpu_moe_decode 180 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_m
 run gpu_moe_decode_invariant 60 "$b/gpu_moe_decode" --gemm invariant --capacities 100 --steps 4 --warm 1 \
   --json "$out/gpu_moe_decode_invariant.json"
 
+# the tails of failing steps' logs, then every log in one archive (the device tool
+# brings back at most 8 files)
+for s in "${steps[@]}"; do
+  case "$s" in
+    *'"status":"fail"'*|*'"status":"timeout"'*)
+      n=${s#*\"step\":\"}; n=${n%%\"*}
+      [ -f "$out/$n.log" ] && { echo "=== $n.log (last 25 lines)"; tail -n 25 "$out/$n.log"; } ;;
+  esac
+done
+(cd "$out" && ls *.log >/dev/null 2>&1 && tar -czf logs.tar.gz *.log && rm -f *.log)
 {
   printf '{"seed":%s,"failures":%d,"steps":[' "$MOEFLOW_TEST_SEED" "$fails"
   (IFS=,; printf '%s' "${steps[*]}")

@@ -2,26 +2,30 @@
 # Build the GPU check here (Debian, nvcc 13) and bundle it for the device
 # machine, which has CUDA 13 + a C compiler but none of liburing, protobuf-c,
 # gRPC, jansson or OpenBLAS headers/libraries:
-#   build-device/dist/bin/  test_gpu_*, gpu_moe_decode (stripped)
+#   build-device/dist/bin/  test_gpu_*, gpu_moe_decode, gpu_model_decode, moeflow (stripped;
+#                           moeflow without the server, for the CLI check)
 #   build-device/dist/lib/  every shared library they need except glibc, the
 #                           CUDA driver and cuBLAS (present there in /usr/local/cuda)
 # Then hand the device tool:  carry ["build-device/dist"], command
 #   bench/device/check.sh
 # (CUDA runtime is linked statically; cuBLAS comes from the device's CUDA 13.)
+# MOEFLOW_DEVICE_BUILD=DIR builds in DIR instead of build-device (then carry DIR/dist
+# and run check.sh with MOEFLOW_DIST=DIR/dist).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 jobs=${JOBS:-2}
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLOW_CUDA=ON -DMOEFLOW_SERVER=OFF >/dev/null
+bdir=${MOEFLOW_DEVICE_BUILD:-build-device}
+cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLOW_CUDA=ON -DMOEFLOW_SERVER=OFF >/dev/null
 targets="test_gpu_ops test_gpu_tier test_gpu_sticky gpu_moe_decode"
-for opt in test_gpu_e2e_pycode gpu_model_decode; do
-  if grep -q "$opt" build-device/build.ninja; then targets="$targets $opt"; fi
+for opt in test_gpu_e2e_pycode test_gpu_runtime gpu_model_decode moeflow; do
+  if grep -q "$opt" "$bdir/build.ninja"; then targets="$targets $opt"; fi
 done
-cmake --build build-device -j"$jobs" --target $targets
-dist=build-device/dist
+cmake --build "$bdir" -j"$jobs" --target $targets
+dist=$bdir/dist
 rm -rf "$dist"
 mkdir -p "$dist/bin" "$dist/lib"
 for t in $targets; do
-  f=$(find build-device -type f -name "$t" -perm -u+x | head -1)
+  f=$(find "$bdir" -path "$bdir/dist" -prune -o -type f -name "$t" -perm -u+x -print | head -1)
   cp "$f" "$dist/bin/$t"
   strip --strip-unneeded "$dist/bin/$t"
 done
@@ -36,4 +40,4 @@ done | sort -u | while read -r lib; do
   esac
 done
 du -sh "$dist"
-echo "carry: build-device/dist   command: bench/device/check.sh"
+echo "carry: $dist   command: bench/device/check.sh$([ "$bdir" = build-device ] || echo " (with MOEFLOW_DIST=$dist)")"

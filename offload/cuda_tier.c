@@ -299,7 +299,8 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
         .capacity = t->slots,
         .group_size = p->n_experts,
         .quota = NULL,
-        .policy = moe_policy_create(p->policy, n_keys, p->future, p->n_future),
+        .policy = moe_policy_create_model(p->policy, p->n_layers, p->n_experts, p->is_moe, p->future,
+                                          p->n_future),
     };
     if (!cp.policy) {
         st = moe_errorf(MOE_EINVAL, "GPU expert tier: cannot create policy %s",
@@ -544,6 +545,7 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
         .policy = p ? p->policy : MOE_POLICY_LRU,
         .future = p ? p->future : NULL,
         .n_future = p ? p->n_future : 0,
+        .is_moe = cfg->is_moe,
         .host_fill = sprov_fill,
         .ud = sp,
     };
@@ -644,6 +646,7 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
             .policy = p ? p->policy : MOE_POLICY_LRU,
             .future = p ? p->future : NULL,
             .n_future = p ? p->n_future : 0,
+            .is_moe = cfg->is_moe,
             .host_mat = cprov_host_mat,
             .ud = cp,
         };

@@ -30,9 +30,10 @@ struct moe_cuda_tier_params {
     int n_layers, n_experts;        /* key space: key = layer * n_experts + expert */
     int slots;                      /* device slots (experts resident at once), >= 1 */
     size_t mat_bytes[3];            /* bytes of gate, up, down of one expert */
-    enum moe_policy_kind policy;    /* lru, lfu, belady (with future) */
+    enum moe_policy_kind policy;    /* lru, lfu, belady (with future), predicted (prefetch hints) */
     const int *future;              /* belady only: demand keys in order */
     size_t n_future;
+    const bool *is_moe;             /* [n_layers] MoE layers (predicted policy), NULL = every layer */
     /* Host source: the bytes of matrix `which` (0 gate, 1 up, 2 down) of an
      * expert, in pinned host memory for overlap (pageable works, slower);
      * NULL when the expert does not exist (dense layer).  Pointers may alias

@@ -1,6 +1,8 @@
 /* LRU, LFU and Belady eviction policies (see policy.h). */
 #include "policy.h"
 
+#include "policy_predicted.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +12,7 @@ bool moe_policy_parse(const char *name, enum moe_policy_kind *out)
     if (!strcmp(name, "lru")) *out = MOE_POLICY_LRU;
     else if (!strcmp(name, "lfu")) *out = MOE_POLICY_LFU;
     else if (!strcmp(name, "belady")) *out = MOE_POLICY_BELADY;
+    else if (!strcmp(name, "predicted")) *out = MOE_POLICY_PREDICTED;
     else return false;
     return true;
 }
@@ -20,6 +23,7 @@ const char *moe_policy_name(enum moe_policy_kind k)
     case MOE_POLICY_LRU: return "lru";
     case MOE_POLICY_LFU: return "lfu";
     case MOE_POLICY_BELADY: return "belady";
+    case MOE_POLICY_PREDICTED: return "predicted";
     }
     return "?";
 }
@@ -213,9 +217,33 @@ struct moe_policy *moe_policy_create(enum moe_policy_kind k, int n_keys, const i
             return NULL;
         }
         return moe_policy_belady_create(n_keys, future, n_future);
+    case MOE_POLICY_PREDICTED:
+        moe_errorf(MOE_EINVAL, "policy predicted needs the model's layers (moe_policy_create_model)");
+        return NULL;
     }
     moe_errorf(MOE_EINVAL, "unknown policy kind %d", (int)k);
     return NULL;
+}
+
+struct moe_policy *moe_policy_create_model(enum moe_policy_kind k, int n_layers, int n_experts,
+                                           const bool *is_moe, const int *future, size_t n_future)
+{
+    if (n_layers <= 0 || n_experts <= 0 || (int64_t)n_layers * n_experts > (1 << 28)) {
+        moe_errorf(MOE_EINVAL, "%s policy: bad shape (%d layers x %d experts)", moe_policy_name(k),
+                   n_layers, n_experts);
+        return NULL;
+    }
+    if (k != MOE_POLICY_PREDICTED) return moe_policy_create(k, n_layers * n_experts, future, n_future);
+    int *moe_layers = malloc(sizeof(int) * (size_t)n_layers), n_moe = 0;
+    if (!moe_layers) {
+        moe_errorf(MOE_ENOMEM, "predicted policy: out of memory");
+        return NULL;
+    }
+    for (int l = 0; l < n_layers; l++)
+        if (!is_moe || is_moe[l]) moe_layers[n_moe++] = l;
+    struct moe_policy *p = moe_policy_predicted_create(n_layers, n_experts, moe_layers, n_moe);
+    free(moe_layers);
+    return p;
 }
 
 void moe_policy_destroy(struct moe_policy *p)

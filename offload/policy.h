@@ -40,9 +40,11 @@ enum moe_policy_kind {
     MOE_POLICY_LRU,     /* least recently accessed (or inserted) */
     MOE_POLICY_LFU,     /* fewest demand accesses since start (kept across evictions); ties LRU */
     MOE_POLICY_BELADY,  /* furthest next use in a known future access sequence (offline) */
+    MOE_POLICY_PREDICTED, /* farthest predicted next use (policy_predicted.h), fed by a predictor's
+                             prefetch hints through on_prediction; needs the model's MoE layers */
 };
 
-/* "lru", "lfu", "belady" -> kind; false for anything else. */
+/* "lru", "lfu", "belady", "predicted" -> kind; false for anything else. */
 bool moe_policy_parse(const char *name, enum moe_policy_kind *out);
 const char *moe_policy_name(enum moe_policy_kind k);
 
@@ -53,9 +55,16 @@ struct moe_policy *moe_policy_lfu_create(int n_keys);
  * on_access(key) consumes that key's next occurrence; keys accessed beyond the
  * future (or not in it) count as never used again. */
 struct moe_policy *moe_policy_belady_create(int n_keys, const int *future, size_t n_future);
-/* LRU or LFU by kind (Belady needs its future: use moe_policy_belady_create). */
+/* LRU, LFU or Belady (with its future) by kind; predicted needs the layer
+ * structure: use moe_policy_create_model (here it fails with MOE_EINVAL). */
 struct moe_policy *moe_policy_create(enum moe_policy_kind k, int n_keys, const int *future,
                                      size_t n_future);
+/* Any kind for a model of n_layers decoder layers x n_experts routed experts
+ * (keys layer * n_experts + expert); is_moe[0..n_layers-1] marks the MoE
+ * layers (NULL: every layer), used by the predicted policy; future as for
+ * Belady.  NULL with the error set on bad input or no memory. */
+struct moe_policy *moe_policy_create_model(enum moe_policy_kind k, int n_layers, int n_experts,
+                                           const bool *is_moe, const int *future, size_t n_future);
 void moe_policy_destroy(struct moe_policy *p);
 
 #ifdef __cplusplus

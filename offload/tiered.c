@@ -601,7 +601,8 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     t->qd = p->io.queue_depth > 0 ? p->io.queue_depth : MOE_READER_DEFAULT_QD;
     struct moe_cache_params dp = { .n_keys = n_keys, .capacity = t->n_dev,
                                    .group_size = c->n_experts, .quota = p->dev_layer_quota,
-                                   .policy = moe_policy_create(p->policy, n_keys, p->future, p->n_future) };
+                                   .policy = moe_policy_create_model(p->policy, c->n_layers, c->n_experts,
+                                                                     c->is_moe, p->future, p->n_future) };
     for (int l = 0; p->dev_layer_quota && l < c->n_layers; l++)
         if (c->is_moe[l] && p->dev_layer_quota[l] < c->top_k) {
             moe_policy_destroy(dp.policy);

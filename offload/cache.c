@@ -208,5 +208,6 @@ int moe_cache_key_at(const struct moe_cache *c, int slot)
     return slot >= 0 && slot < c->capacity ? c->slot_key[slot] : -1;
 }
 int moe_cache_capacity(const struct moe_cache *c) { return c->capacity; }
+const struct moe_policy *moe_cache_policy(const struct moe_cache *c) { return c->policy; }
 int moe_cache_pinned(const struct moe_cache *c) { return c->n_pinned; }
 void moe_cache_get_stats(const struct moe_cache *c, struct moe_cache_stats *out) { *out = c->st; }

@@ -57,6 +57,8 @@ int moe_cache_key_at(const struct moe_cache *c, int slot);   /* -1 when empty */
 int moe_cache_capacity(const struct moe_cache *c);
 int moe_cache_pinned(const struct moe_cache *c);             /* keys pinned now */
 void moe_cache_get_stats(const struct moe_cache *c, struct moe_cache_stats *out);
+/* The policy the cache consults (owned by the cache). */
+const struct moe_policy *moe_cache_policy(const struct moe_cache *c);
 
 #ifdef __cplusplus
 }

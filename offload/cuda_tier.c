@@ -9,6 +9,7 @@
 #include "../kernels/cuda/cuda_backend.h"
 #include "../kernels/cuda/cuda_check.h"
 #include "cache.h"
+#include "policy_predicted.h"
 
 struct moe_cuda_tier {
     struct moe_cuda_ctx *c;
@@ -200,6 +201,7 @@ void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int
         if (ids[i] < 0 || ids[i] >= t->n_experts) continue;
         int key = layer * t->n_experts + ids[i];
         if (scores) moe_cache_predict(t->cache, key, scores[i], distance);
+        if (moe_cache_slot_of(t->cache, key) < 0 && !moe_policy_predicted_admit(t->cache, key)) continue;
         if (moe_cache_prefetch(t->cache, key, &slot, &inserted, &ev) != MOE_OK || !inserted) continue;
         if (load(t, key, slot) != MOE_OK) {
             MOE_WARN("prefetch: %s", moe_last_error());

@@ -1,6 +1,8 @@
 /* Prediction-aware eviction policy (see policy_predicted.h). */
 #include "policy_predicted.h"
 
+#include "cache.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,4 +277,19 @@ fail:
     if (s) pp_destroy(s);
     moe_errorf(MOE_ENOMEM, "predicted policy: out of memory for %zu keys", nk);
     return NULL;
+}
+
+bool moe_policy_predicted_admit(const struct moe_cache *c, int key)
+{
+    const struct moe_policy *p = moe_cache_policy(c);
+    if (!p || p->ops != &predicted_ops) return true;
+    int cap = moe_cache_capacity(c);
+    double worst = -1;
+    for (int sl = 0; sl < cap; sl++) {
+        int k = moe_cache_key_at(c, sl);
+        if (k < 0) return true;
+        double v = moe_policy_predicted_next_use(p, k);
+        if (v > worst) worst = v;
+    }
+    return moe_policy_predicted_next_use(p, key) < worst;
 }

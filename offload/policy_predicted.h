@@ -35,6 +35,13 @@ struct moe_policy *moe_policy_predicted_create(int n_layers, int n_experts, cons
 /* Expected MoE layer-steps until key is used again (see above). */
 double moe_policy_predicted_next_use(const struct moe_policy *p, int key);
 
+struct moe_cache; /* cache.h */
+/* Admission of a prefetch of key into cache c: under the predicted policy,
+ * true only when c has a free slot or key is predicted to be needed sooner
+ * than the resident expert needed last (a prefetch never evicts an expert
+ * needed before it); true for every other policy. */
+bool moe_policy_predicted_admit(const struct moe_cache *c, int key);
+
 #ifdef __cplusplus
 }
 #endif

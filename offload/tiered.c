@@ -12,6 +12,7 @@
 #include "tiered.h"
 
 #include "cache.h"
+#include "policy_predicted.h"
 #include "store.h"
 
 #include <errno.h>
@@ -433,6 +434,8 @@ static void tiered_prefetch(void *self, int layer, int n, const int *ids, const 
         int key = layer * t->n_experts + ids[i], slot, ev;
         bool inserted;
         if (scores) moe_cache_predict(t->dev, key, scores[i], distance);
+        /* --policy predicted: never evict an expert needed before this one */
+        if (moe_cache_slot_of(t->dev, key) < 0 && !moe_policy_predicted_admit(t->dev, key)) continue;
         if (moe_cache_prefetch(t->dev, key, &slot, &inserted, &ev) == MOE_OK && inserted)
             start_load(t, key, slot, distance < 0 ? 0 : distance);
     }

@@ -74,7 +74,7 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
     case MOE_OPT_HOST_BYTES: return parse_bytes("host-cache-bytes", arg, &o->host_cache_bytes);
     case MOE_OPT_POLICY:
         if (!moe_policy_parse(arg, &o->policy)) {
-            moe_errorf(MOE_EINVAL, "--policy '%s' unknown (use lru, lfu or belady)", arg);
+            moe_errorf(MOE_EINVAL, "--policy '%s' unknown (use lru, lfu, belady or predicted)", arg);
             return -1;
         }
         return 1;
@@ -94,6 +94,14 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
             moe_errorf(MOE_EINVAL, "--backend '%s' unknown (use cpu or cuda)", arg);
             return -1;
         }
+        return 1;
+    case MOE_OPT_PREDICTOR:
+        if (!*arg) {
+            moe_errorf(MOE_EINVAL, "--predictor '' is empty (use none, gate[:D], path[:FILE], history, "
+                       "path+gate[:FILE] or auto)");
+            return -1;
+        }
+        o->predictor = arg;
         return 1;
     default: return 0;
     }
@@ -122,6 +130,23 @@ bool moe_offload_have_cuda(void)
 
 const char *moe_offload_backend_help(void) { return BACKEND_HELP; }
 
+const char *moe_offload_predictor_spec(const struct moe_offload_opts *o)
+{
+    if (o->predictor) return o->predictor;
+    return o->backend == MOE_COMPUTE_CUDA || moe_offload_opts_tiered(o) ? "auto" : "none";
+}
+
+const char *moe_offload_predictor_help(void)
+{
+    return
+        "  --predictor SPEC        routing predictor whose predictions prefetch experts in order of\n"
+        "                          need and feed --policy predicted: none, gate[:D], path[:FILE],\n"
+        "                          history, path+gate[:FILE], auto (path+gate when the model has\n"
+        "                          predictor.safetensors, else gate); default auto when experts are\n"
+        "                          offloaded (any offload flag or --backend cuda), else none (with\n"
+        "                          every expert resident there is nothing to prefetch)\n";
+}
+
 const char *moe_offload_help(void)
 {
     return
@@ -135,7 +160,8 @@ const char *moe_offload_help(void)
         "                          the cpu backend, BF16 on cuda)\n"
         "  --host-experts N        host-tier (RAM) expert records (default: as many as device slots)\n"
         "  --host-cache-bytes B    host tier size in bytes instead\n"
-        "  --policy P              device-tier eviction: lru (default), lfu, belady\n"
+        "  --policy P              device-tier eviction: lru (default), lfu, belady, predicted\n"
+        "                          (farthest predicted next use, from the predictor's hints)\n"
         "  --belady-trace F        routing trace of exactly this run (needed by --policy belady)\n"
         "  --queue-depth N         store reads in flight (default 32)\n"
         "  --no-io-uring           read the store with buffered pread instead of io_uring+O_DIRECT\n"

@@ -35,8 +35,13 @@ struct moe_backend; /* kernels/backend.h */
 enum {
     MOE_OPT_STORE = 0x4f00, MOE_OPT_GPU_EXPERTS, MOE_OPT_GPU_BYTES, MOE_OPT_HOST_EXPERTS,
     MOE_OPT_HOST_BYTES, MOE_OPT_POLICY, MOE_OPT_QUEUE_DEPTH, MOE_OPT_NO_IO_URING, MOE_OPT_STATS,
-    MOE_OPT_STATS_JSON, MOE_OPT_BELADY_TRACE, MOE_OPT_BACKEND,
+    MOE_OPT_STATS_JSON, MOE_OPT_BELADY_TRACE, MOE_OPT_BACKEND, MOE_OPT_PREDICTOR,
 };
+
+/* --predictor SPEC, for commands that drive a routing predictor over the
+ * provider themselves (generate); not part of MOE_OFFLOAD_LONG_OPTIONS since
+ * bench batch and serve define their own --predictor with default none. */
+#define MOE_PREDICTOR_LONG_OPTION { "predictor", required_argument, NULL, MOE_OPT_PREDICTOR }
 
 /* --backend alone, for commands that do not take the offload flags (replay). */
 #define MOE_BACKEND_LONG_OPTION { "backend", required_argument, NULL, MOE_OPT_BACKEND }
@@ -74,6 +79,8 @@ struct moe_offload_opts {
     const char *stats_json;       /* --stats-json FILE */
     const char *belady_trace;     /* --belady-trace F.jsonl: future of --policy belady */
     enum moe_compute_kind backend;/* --backend cpu|cuda (default cpu) */
+    const char *predictor;        /* --predictor SPEC (predictor/predictor.h), NULL = default
+                                     (moe_offload_predictor_spec) */
 };
 
 void moe_offload_opts_init(struct moe_offload_opts *o);
@@ -84,6 +91,13 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
 bool moe_offload_opts_tiered(const struct moe_offload_opts *o);
 /* Help lines for the flags (to append to a command's --help). */
 const char *moe_offload_help(void);
+/* The --predictor spec to use: the flag's value, else "auto" when experts
+ * are offloaded (tiered cache or --backend cuda: predictions prefetch and,
+ * with --policy predicted, rank evictions), else "none".  Parse it with
+ * moe_pred_spec_parse (predictor/predictor.h). */
+const char *moe_offload_predictor_spec(const struct moe_offload_opts *o);
+/* Help lines of --predictor (commands with MOE_PREDICTOR_LONG_OPTION). */
+const char *moe_offload_predictor_help(void);
 /* The --backend help line alone (commands with MOE_BACKEND_LONG_OPTION only). */
 const char *moe_offload_backend_help(void);
 /* True when this build has the CUDA backend. */

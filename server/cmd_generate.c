@@ -9,6 +9,7 @@
 #include "../model/model.h"
 #include "../model/tokenizer.h"
 #include "../offload/runtime.h"
+#include "../predictor/predictor.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -25,7 +26,7 @@ struct gen_opts {
     int max_tokens;            /* --max-tokens, tokens generated at most */
     struct moe_sampling samp;  /* --temperature --top-p --top-k --seed */
     int threads;               /* --threads, CPU worker threads */
-    struct moe_offload_opts off; /* --store --gpu-experts ... --stats (offload/runtime.h) */
+    struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
 
 static void usage(FILE *f)
@@ -33,7 +34,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
             "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-            "                        [--threads N] [--backend cpu|cuda]\n"
+            "                        [--threads N] [--backend cpu|cuda] [--predictor SPEC]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -43,8 +44,8 @@ static void usage(FILE *f)
             "  --top-k K          sample among the K most likely tokens (default 0 = off)\n"
             "  --seed S           random seed for sampling (default 0)\n"
             "  --threads N        CPU threads (default 1)\n"
-            "  --help             this text\n\n%s",
-            moe_default_model_dir(), moe_offload_help());
+            "  --help             this text\n\n%s%s",
+            moe_default_model_dir(), moe_offload_help(), moe_offload_predictor_help());
 }
 
 static bool parse_int(const char *s, long lo, long hi, long *out)
@@ -82,6 +83,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "threads", required_argument, NULL, OPT_THREADS },
         { "help", no_argument, NULL, 'h' },
         MOE_OFFLOAD_LONG_OPTIONS,
+        MOE_PREDICTOR_LONG_OPTION,
         { 0, 0, 0, 0 },
     };
     memset(o, 0, sizeof(*o));
@@ -178,8 +180,19 @@ static bool is_eos(const struct moe_config *c, int tok)
     return c->n_eos == 0 && c->eos_id >= 0 && tok == c->eos_id;
 }
 
+/* One forward step, with the predictor (or NULL) told where it begins and ends. */
+static enum moe_status gen_forward(struct moe_engine *e, struct moe_predictor *pred, const struct moe_batch *b,
+                                   float *logits)
+{
+    enum moe_status st;
+    if (pred && (st = moe_predictor_begin(pred, b)) != MOE_OK) return st;
+    st = moe_engine_forward(e, b, logits);
+    if (pred) moe_predictor_end(pred, st == MOE_OK);
+    return st;
+}
+
 /* Prefill the prompt, then sample and stream until EOS or max_tokens. */
-static enum moe_status gen_run(struct moe_engine *e, const struct moe_tokenizer *tok,
+static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred, const struct moe_tokenizer *tok,
                                const struct gen_opts *o, const int *ids, int n_ids)
 {
     const struct moe_config *c = &moe_engine_model(e)->cfg;
@@ -194,6 +207,7 @@ static enum moe_status gen_run(struct moe_engine *e, const struct moe_tokenizer 
         goto out;
     }
     int seq = moe_engine_seq_alloc(e);
+    if (pred) moe_predictor_seq_reset(pred, seq);
     for (int i0 = 0; i0 < n_ids; i0 += chunk) {
         int n = n_ids - i0 < chunk ? n_ids - i0 : chunk;
         for (int i = 0; i < n; i++) {
@@ -202,7 +216,7 @@ static enum moe_status gen_run(struct moe_engine *e, const struct moe_tokenizer 
             want[i] = i0 + i == n_ids - 1;
         }
         struct moe_batch b = { .n = n, .tokens = ids + i0, .seq = seqv, .pos = pos, .want_logits = want };
-        if ((st = moe_engine_forward(e, &b, logits)) != MOE_OK) goto out;
+        if ((st = gen_forward(e, pred, &b, logits)) != MOE_OK) goto out;
     }
     struct moe_sampler s;
     moe_sampler_init(&s, &o->samp);
@@ -217,7 +231,7 @@ static enum moe_status gen_run(struct moe_engine *e, const struct moe_tokenizer 
         if (g + 1 == o->max_tokens) break;
         int p = moe_engine_seq_len(e, seq);
         struct moe_batch b = { .n = 1, .tokens = &t, .seq = &seq, .pos = &p };
-        if ((st = moe_engine_forward(e, &b, logits)) != MOE_OK) goto out;
+        if ((st = gen_forward(e, pred, &b, logits)) != MOE_OK) goto out;
     }
     fputc('\n', stdout);
     fflush(stdout);
@@ -244,6 +258,7 @@ int moe_cmd_generate(int argc, char **argv)
     struct moe_provider *prov = NULL;
     struct moe_backend *be = NULL;
     struct moe_engine *e = NULL;
+    struct moe_predictor *pred = NULL;
     int *ids = NULL;
     size_t n_ids = 0;
     char path[4200];
@@ -277,9 +292,26 @@ int moe_cmd_generate(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    const char *pspec = moe_offload_predictor_spec(&o.off);
+    struct moe_pred_spec spec;
+    if (moe_pred_spec_parse(pspec, o.model_dir, &spec) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        rc = 2;
+        goto out;
+    }
     if (moe_offload_runtime_create(m, &o.off, &be, &prov) != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         goto out;
+    }
+    /* Predictions only matter where experts move: with every expert resident
+     * (no provider) the predictor would have nothing to prefetch into. */
+    if (spec.kind != MOE_PRED_NONE && prov) {
+        pred = moe_predictor_create(m, &spec, 1);
+        if (!pred) {
+            fprintf(stderr, "moeflow generate: --predictor %s: %s\n", pspec, moe_last_error());
+            goto out;
+        }
+        moe_predictor_set_provider(pred, prov, NULL);
     }
     struct moe_engine_params ep = {
         .max_seqs = 1,
@@ -289,13 +321,14 @@ int moe_cmd_generate(int argc, char **argv)
         .provider = prov,
         .backend = be,
     };
+    if (pred) ep.hooks = moe_predictor_hooks(pred, NULL);
     e = moe_engine_create(m, &ep);
     if (!e) {
         moe_offload_explain(MOE_EINVAL, be, prov);
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         goto out;
     }
-    enum moe_status st = gen_run(e, tok, &o, ids, (int)n_ids);
+    enum moe_status st = gen_run(e, pred, tok, &o, ids, (int)n_ids);
     if (st != MOE_OK) {
         /* a sticky device error says so and that the process must restart */
         moe_offload_explain(st, be, prov);
@@ -310,6 +343,7 @@ int moe_cmd_generate(int argc, char **argv)
     rc = 0;
 out:
     moe_engine_destroy(e);
+    moe_predictor_destroy(pred);
     moe_provider_destroy(prov);
     moe_backend_destroy(be);
     free(ids);

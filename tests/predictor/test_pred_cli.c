@@ -1,9 +1,14 @@
 /* The predictor commands end to end on the bundled model: eval-predictor's
  * and replay's --json carry the documented keys, usage errors exit 2 with a
- * message naming the option, and a replay figure is deterministic. */
+ * message naming the option, and a replay figure is deterministic.
+ * `moeflow generate --gpu-experts 64 --policy predicted --predictor path+gate
+ * --temperature 0` (and with gate, the default predictor, and a packed store
+ * with small tiers) prints exactly the all-resident text, and its predictions
+ * reach the live cache. */
 #include "tests/test_util.h"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 static char out[1 << 16];
 
@@ -20,8 +25,84 @@ static int run(const char *args)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* Run moeflow with args; stdout only into buf (stderr discarded). */
+static int run_stdout(const char *args, char *buf, size_t cap)
+{
+    char cmd[8192];
+    const char *bin = getenv("MOEFLOW_BINARY_DIR"), *src = getenv("MOEFLOW_SOURCE_DIR");
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/server/moeflow' %s 2>/dev/null", src ? src : ".", bin ? bin : ".", args);
+    FILE *f = popen(cmd, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = 0;
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Device-tier "key" counter from a --stats-json file, or -1. */
+static long long stats_field(const char *path, const char *key)
+{
+    static char js[8192];
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(js, 1, sizeof js - 1, f);
+    fclose(f);
+    js[n] = 0;
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *dev = strstr(js, "\"device\":{"), *p = dev ? strstr(dev, pat) : NULL;
+    return p ? atoll(p + strlen(pat)) : -1;
+}
+
+static void check_generate(void)
+{
+    static char ref[1 << 14], got[1 << 14];
+    const char *G = "generate --prompt 'def fibonacci(n):' --max-tokens 40 --temperature 0";
+    char a[2048], store[] = "/tmp/moeflow-test-predcli-XXXXXX", sj[] = "/tmp/moeflow-test-predcli-json-XXXXXX";
+    CHECK(run_stdout(G, ref, sizeof ref) == 0 && strlen(ref) > 10, "all-resident generate: '%s'", ref);
+    int fd = mkstemp(store), jfd = mkstemp(sj);
+    REQUIRE(fd >= 0 && jfd >= 0, "mkstemp");
+    close(fd);
+    close(jfd);
+    snprintf(a, sizeof a, "pack --out %s", store);
+    CHECK(run(a) == 0, "pack: %s", out);
+    const char *flags[] = {
+        "--gpu-experts 64 --policy predicted --predictor path+gate",
+        "--gpu-experts 64 --policy predicted --predictor gate",
+        "--gpu-experts 64 --policy predicted",                 /* default: auto */
+        "--gpu-experts 6 --host-experts 6 --policy predicted --predictor path+gate --store",
+        "--gpu-experts 32 --host-experts 16 --policy predicted --predictor gate:2 --store",
+    };
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        int st = strstr(flags[i], "--store") != NULL;
+        snprintf(a, sizeof a, "%s %s %s --stats-json %s", G, flags[i], st ? store : "", sj);
+        memset(got, 0, sizeof got);
+        CHECK(run_stdout(a, got, sizeof got) == 0, "generate %s failed", flags[i]);
+        CHECK(!strcmp(ref, got), "generate %s printed\n%s\ninstead of the all-resident\n%s", flags[i], got, ref);
+        CHECK(stats_field(sj, "prefetches") > 0, "generate %s: no prefetch reached the device tier", flags[i]);
+    }
+    /* predictions make the cache hit more than on-demand LRU (deterministic counts) */
+    snprintf(a, sizeof a, "%s --gpu-experts 64 --policy lru --predictor none --stats-json %s", G, sj);
+    CHECK(run_stdout(a, got, sizeof got) == 0 && !strcmp(ref, got), "generate lru/none: %s", got);
+    long long h_lru = stats_field(sj, "hits"), pf_none = stats_field(sj, "prefetches");
+    snprintf(a, sizeof a, "%s --gpu-experts 64 --policy predicted --predictor path+gate --stats-json %s", G, sj);
+    CHECK(run_stdout(a, got, sizeof got) == 0, "generate predicted/path+gate");
+    long long h_pred = stats_field(sj, "hits");
+    CHECK(pf_none == 0 && h_lru >= 0 && h_pred > h_lru, "device hits: lru/none %lld, predicted/path+gate %lld "
+          "(prefetches without predictor %lld)", h_lru, h_pred, pf_none);
+    CHECK(run("generate --prompt x --gpu-experts 64 --policy bogus") == 2 && strstr(out, "predicted"),
+          "bad policy: %s", out);
+    CHECK(run("generate --prompt x --gpu-experts 64 --predictor gate:99") == 2 && strstr(out, "gate:99"),
+          "bad predictor: %s", out);
+    CHECK(run("generate --help") == 0 && strstr(out, "--predictor SPEC") && strstr(out, "predicted"),
+          "generate help: %s", out);
+    unlink(store);
+    unlink(sj);
+}
+
 int main(void)
 {
+    check_generate();
     const char *T = "--text bench/data/pycode/eval.txt";
     char a[1024];
     snprintf(a, sizeof a, "eval-predictor %s --predictor path+gate --max-tokens 48 --json", T);

@@ -3,9 +3,14 @@
  * no predictor through the resident provider, then with every predictor kind
  * (prefetch hints into the recording provider), and with path+gate driving a
  * tiered provider at 25 % device capacity under each eviction policy; every
- * logit must be bit-identical. */
+ * logit must be bit-identical.  Then the live prediction-aware cache:
+ * --policy predicted in the tiered provider over a packed store on disk, a
+ * small device tier and host tier, fed by path+gate and by gate: the same
+ * tokens and logits, and the predictions did reach the cache (prefetches). */
 #include "engine/sampling.h"
 #include "model/tokenizer.h"
+#include "offload/policy_predicted.h"
+#include "offload/store.h"
 #include "offload/tiered.h"
 #include "predictor/drive.h"
 #include "predictor/path_model.h"
@@ -136,6 +141,58 @@ int main(void)
         moe_provider_destroy(tiered);
     }
     free(future);
+
+    /* the predicted policy needs the model's layers */
+    enum moe_policy_kind pk;
+    CHECK(moe_policy_parse("predicted", &pk) && pk == MOE_POLICY_PREDICTED &&
+              !strcmp(moe_policy_name(pk), "predicted"), "policy name predicted");
+    CHECK(moe_policy_create(MOE_POLICY_PREDICTED, 16, NULL, 0) == NULL, "predicted without layers accepted");
+    struct moe_policy *pp = moe_policy_create_model(MOE_POLICY_PREDICTED, m->cfg.n_layers, m->cfg.n_experts,
+                                                    m->cfg.is_moe, NULL, 0);
+    CHECK(pp && !strcmp(pp->ops->name, "predicted") && pp->ops->on_prediction, "create_model predicted: %s",
+          moe_last_error());
+    moe_policy_destroy(pp);
+
+    /* live tiered provider under --policy predicted: store on disk, small tiers */
+    char store[] = "/tmp/moeflow-test-pred-store-XXXXXX";
+    int sfd = mkstemp(store);
+    REQUIRE(sfd >= 0, "mkstemp");
+    close(sfd);
+    REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+    snprintf(specs[1], sizeof specs[1], "gate:2");
+    const int live_specs[2] = { 4, 1 }; /* path+gate, gate */
+    const int dev_slots[2] = { m->cfg.top_k + 2, n_moe * m->cfg.n_experts / 8 };
+    for (int si = 0; si < 2; si++)
+        for (int di = 0; di < 2; di++) {
+            const char *spec = specs[live_specs[si]];
+            struct moe_tiered_params tpp = { .store_path = store, .dev_slots = dev_slots[di], .host_slots = 6,
+                                             .policy = MOE_POLICY_PREDICTED, .numa_node = -1 };
+            struct moe_provider *tiered = moe_provider_tiered_create(m, &tpp);
+            CHECK(tiered, "tiered provider with policy predicted: %s", moe_last_error());
+            if (!tiered) continue;
+            struct moe_pred_spec sp;
+            REQUIRE(moe_pred_spec_parse(spec, dir, &sp) == MOE_OK, "spec %s", spec);
+            struct moe_predictor *pred = moe_predictor_create(m, &sp, 1);
+            REQUIRE(pred, "predictor: %s", moe_last_error());
+            moe_predictor_set_provider(pred, tiered, NULL);
+            memset(got, 0, sizeof(float) * V * N_TOK);
+            CHECK(decode(m, tiered, pred, toks, N_TOK, got) == MOE_OK, "predicted/%s decode: %s", spec,
+                  moe_last_error());
+            CHECK(!memcmp(ref, got, sizeof(float) * V * N_TOK),
+                  "policy predicted + %s (%d device slots) changed the logits", spec, dev_slots[di]);
+            int same_tokens = 1;
+            for (int i = 0; i < N_TOK; i++)
+                same_tokens &= moe_argmax(ref + (size_t)i * V, (int)V) == moe_argmax(got + (size_t)i * V, (int)V);
+            CHECK(same_tokens, "policy predicted + %s changed a greedy token", spec);
+            struct moe_offload_stats os;
+            CHECK(moe_provider_tiered_stats(tiered, &os) && os.device.prefetches > 0 && os.from_store &&
+                      os.dev_slots == dev_slots[di],
+                  "policy predicted + %s: %llu prefetches reached the device tier", spec,
+                  (unsigned long long)os.device.prefetches);
+            moe_predictor_destroy(pred);
+            moe_provider_destroy(tiered);
+        }
+    unlink(store);
     unlink(pfile);
     moe_path_model_free(pm);
     free(prev);

@@ -468,6 +468,12 @@ static void sprov_release(void *self, int layer) { moe_cuda_tier_release(((struc
 static void sprov_prefetch(void *self, int layer, int n, const int *ids, const float *scores, int distance)
 {
     struct sprov *sp = self;
+    struct moe_cuda_tier *t = sp->tier;
+    /* GPU copies start on demand, but the predictions still reach the GPU
+     * tier's policy (--policy predicted ranks evictions by them) */
+    for (int i = 0; scores && !t->poisoned && layer >= 0 && layer < t->n_layers && i < n; i++)
+        if (ids[i] >= 0 && ids[i] < t->n_experts)
+            moe_cache_predict(t->cache, layer * t->n_experts + ids[i], scores[i], distance);
     if (sp->lower->ops->prefetch) sp->lower->ops->prefetch(sp->lower->self, layer, n, ids, scores, distance + 1);
 }
 static void sprov_step_begin(void *self, int n_tokens)

@@ -99,7 +99,8 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
  * `lower` (one at a time, released right after), converts it to BF16 into the
  * slot's pinned staging area and copies it up.  prefetch() is forwarded to
  * `lower` one layer further out (its own worker moves NVMe -> RAM); GPU
- * copies start on demand.  `lower` is owned by the new provider. */
+ * copies start on demand, and the hints' scores reach the GPU tier's policy
+ * (--policy predicted).  `lower` is owned by the new provider. */
 struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, struct moe_backend *be,
                                                     struct moe_provider *lower,
                                                     const struct moe_provider_cuda_params *p);

@@ -36,6 +36,8 @@ prompts=(
   $'import numpy as np\n\ndef normalize(x):'
   $'class Stack:\n    def __init__(self):'
 )
+modes="all quarter"
+"$bin" generate --help 2>/dev/null | grep -q -- --predictor && modes="$modes quarter_nopred"
 fails=0
 gen() { "$bin" generate --model "$model" --temperature 0 --max-tokens "$max_tokens" "$@"; }
 for i in "${!prompts[@]}"; do
@@ -45,9 +47,11 @@ for i in "${!prompts[@]}"; do
     fails=$((fails + 1))
     continue
   fi
-  for mode in all quarter; do
+  for mode in $modes; do
     extra=()
     [ $mode = quarter ] && extra=(--gpu-experts "$quarter" --stats)
+    # the same without the routing predictor (generate's default is auto when experts are offloaded)
+    [ $mode = quarter_nopred ] && extra=(--gpu-experts "$quarter" --predictor none)
     name="p${i}_cuda_${mode}"
     gpu=$(gen --backend cuda "${extra[@]}" --prompt "$p")
     rc=$?

@@ -86,6 +86,7 @@ struct tiered {
     struct job *q;            /* FIFO ring */
     int q_cap, q_len;         /* q[0..q_len-1] in queue order */
     int qd;
+    int n_active;             /* jobs the worker took and has not finished (under mu) */
 
     /* worker scratch */
     struct job *batch;
@@ -194,6 +195,7 @@ static void *worker_main(void *arg)
         while (t->q_len == 0 && !t->stop) pthread_cond_wait(&t->cv_work, &t->mu);
         if (t->q_len == 0 && t->stop) break;
         int n = take_batch(t);
+        t->n_active = n;
         pthread_mutex_unlock(&t->mu);
 
         /* 1. Fill host slots from the lowest tier. */
@@ -280,6 +282,7 @@ static void *worker_main(void *arg)
                                  "record", l, e);
                 }
             }
+            t->n_active--;
             pthread_cond_broadcast(&t->cv_done);
             pthread_mutex_unlock(&t->mu);
         }
@@ -716,6 +719,12 @@ bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_
     }
     out->numa_bound = t->numa_bound;
     out->host_pinned = t->host_pinned;
+    out->dev_pinned = moe_cache_pinned(t->dev);
+    out->host_pinned_records = moe_cache_pinned(t->host);
+    out->dev_resident = out->host_resident = 0;
+    for (int i = 0; i < t->n_dev; i++) out->dev_resident += moe_cache_key_at(t->dev, i) >= 0;
+    for (int i = 0; i < t->n_host; i++) out->host_resident += moe_cache_key_at(t->host, i) >= 0;
+    out->transfers_in_flight = t->q_len + t->n_active;
     pthread_mutex_unlock(&t->mu);
     return true;
 }

@@ -78,6 +78,14 @@ struct moe_offload_stats {
     bool io_uring, direct, registered; /* how the store is read */
     bool numa_bound, host_pinned;
     bool from_store;              /* lowest tier is the packed store */
+    /* Occupancy now (gauges, unlike the totals above).  Under --backend cuda
+     * these describe the tiered provider below the GPU tier (its device tier
+     * only stages). */
+    int dev_pinned;               /* device-tier experts pinned: acquired, not yet released */
+    int dev_resident;             /* device slots holding an expert (loaded or loading) */
+    int host_pinned_records;      /* host-tier records pinned by an acquire */
+    int host_resident;            /* host slots holding a record */
+    int transfers_in_flight;      /* loads queued for or running on the transfer thread */
 };
 
 struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,

@@ -505,6 +505,20 @@ int moe_engine_seq_len(const struct moe_engine *e, int seq)
     return e->seq_len[seq];
 }
 
+void moe_engine_kv_usage(const struct moe_engine *e, int *seqs_used, int64_t *tokens_cached)
+{
+    /* Relaxed atomic loads: the slot table is written by the engine's thread. */
+    int n = 0;
+    int64_t tok = 0;
+    for (int s = 0; s < e->max_seqs; s++)
+        if (__atomic_load_n(&e->seq_used[s], __ATOMIC_RELAXED)) {
+            n++;
+            tok += __atomic_load_n(&e->seq_len[s], __ATOMIC_RELAXED);
+        }
+    if (seqs_used) *seqs_used = n;
+    if (tokens_cached) *tokens_cached = tok;
+}
+
 /* ---- forward ------------------------------------------------------------------- */
 
 #define BE(call)                                 \

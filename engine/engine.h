@@ -65,6 +65,10 @@ int moe_engine_seq_alloc(struct moe_engine *e);
 void moe_engine_seq_free(struct moe_engine *e, int seq);
 /* Tokens currently cached for seq. */
 int moe_engine_seq_len(const struct moe_engine *e, int seq);
+/* KV occupancy now: sequence slots in use and tokens cached over them (either
+ * may be NULL).  Safe to call from another thread while the engine runs (e.g.
+ * a metrics endpoint); the value is then a momentary snapshot. */
+void moe_engine_kv_usage(const struct moe_engine *e, int *seqs_used, int64_t *tokens_cached);
 
 struct moe_batch {
     int n;              /* tokens */

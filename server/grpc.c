@@ -355,6 +355,12 @@ static void do_model_info(struct gcall *c)
     rs.eos_token_id = mc->eos_id;
     rs.max_output = s->cfg.max_output;
     rs.max_prompt = s->cfg.max_prompt;
+    rs.kv_slots = moe_engine_max_seqs(s->engine);
+    struct moe_offload_stats os;
+    if (s->provider && moe_offload_stats_get(s->provider, &os)) {
+        rs.device_expert_slots = os.dev_slots;
+        rs.host_expert_slots = os.host_slots;
+    }
     QUEUE_MSG(c, moeflow__v1__model_info_response, &rs);
     queue_status(c, GRPC_STATUS_OK, NULL);
 }

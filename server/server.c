@@ -507,6 +507,41 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         lbl, os.device.prefetches ? (double)os.device.prefetch_hits / (double)os.device.prefetches : 0.0,
         lbl, tiered ? 1 : 0);
     moe_strbuf_printf(&b,
+        "# HELP moeflow:expert_pins Experts pinned now (acquired by a forward pass, not yet released).\n"
+        "# TYPE moeflow:expert_pins gauge\n"
+        "moeflow:expert_pins{%s,tier=\"device\"} %d\n"
+        "moeflow:expert_pins{%s,tier=\"host\"} %d\n"
+        "# HELP moeflow:expert_transfers_in_flight Expert loads queued or running on the transfer thread.\n"
+        "# TYPE moeflow:expert_transfers_in_flight gauge\nmoeflow:expert_transfers_in_flight{%s} %d\n"
+        "# HELP moeflow:expert_cache_resident Slots of the tier holding an expert now.\n"
+        "# TYPE moeflow:expert_cache_resident gauge\n"
+        "moeflow:expert_cache_resident{%s,tier=\"device\"} %d\n"
+        "moeflow:expert_cache_resident{%s,tier=\"host\"} %d\n"
+        "# HELP moeflow:expert_cache_slots Expert slots of the tier (0 when all experts are resident).\n"
+        "# TYPE moeflow:expert_cache_slots gauge\n"
+        "moeflow:expert_cache_slots{%s,tier=\"device\"} %d\n"
+        "moeflow:expert_cache_slots{%s,tier=\"host\"} %d\n",
+        lbl, os.dev_pinned, lbl, os.host_pinned_records, lbl, os.transfers_in_flight,
+        lbl, os.dev_resident, lbl, os.host_resident, lbl, os.dev_slots, lbl, os.host_slots);
+    int kv_slots = 0, kv_total = 0;
+    int64_t kv_tokens = 0;
+    if (atomic_load(&s->loaded)) {
+        moe_engine_kv_usage(s->engine, &kv_slots, &kv_tokens);
+        kv_total = moe_engine_max_seqs(s->engine);
+    }
+    double kv_cap = (double)kv_total * (double)s->max_ctx;
+    moe_strbuf_printf(&b,
+        "# HELP moeflow:kv_slots_used KV cache sequence slots in use now.\n"
+        "# TYPE moeflow:kv_slots_used gauge\nmoeflow:kv_slots_used{%s} %d\n"
+        "# HELP moeflow:kv_slots_total KV cache sequence slots (max-seqs).\n"
+        "# TYPE moeflow:kv_slots_total gauge\nmoeflow:kv_slots_total{%s} %d\n"
+        "# HELP moeflow:kv_tokens_used Tokens cached now over the KV slots in use.\n"
+        "# TYPE moeflow:kv_tokens_used gauge\nmoeflow:kv_tokens_used{%s} %lld\n"
+        "# HELP moeflow:kv_cache_usage_perc Cached tokens / (slots x context), 0..1.\n"
+        "# TYPE moeflow:kv_cache_usage_perc gauge\nmoeflow:kv_cache_usage_perc{%s} %.6f\n",
+        lbl, kv_slots, lbl, kv_total, lbl, (long long)kv_tokens,
+        lbl, kv_cap > 0 ? (double)kv_tokens / kv_cap : 0.0);
+    moe_strbuf_printf(&b,
         "# HELP moeflow:server_ready 1 when loaded, warm and not draining.\n"
         "# TYPE moeflow:server_ready gauge\nmoeflow:server_ready{%s} %d\n"
         "# HELP moeflow:live_generations Generation objects alive (requests in the front ends).\n"

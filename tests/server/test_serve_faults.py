@@ -1,6 +1,9 @@
 """Integration, faults: 32 concurrent streaming clients (8 cancelled
 mid-stream, 8 with expiring deadlines), a burst beyond the queue bound, and
-SIGTERM under load.  usage: test_serve_faults.py MOEFLOW_BINARY SOURCE_DIR"""
+SIGTERM under load, over a small tiered expert cache (16 device slots of 256
+experts, so expert pins and transfers are real).  After each fault mix the
+KV slots, expert pins and transfers in flight return to the idle baseline and
+the counters balance.  usage: test_serve_faults.py MOEFLOW_BINARY SOURCE_DIR"""
 import json
 import os
 import sys
@@ -26,16 +29,94 @@ def check(cond, msg):
         print("FAIL:", msg)
 
 
+# Gauges that must read 0 on an idle server: requests, front-end objects, KV
+# reservations and slots, cached tokens, expert pins (both tiers), transfers.
+IDLE_ZERO = ("moeflow:num_requests_running", "moeflow:num_requests_waiting", "moeflow:live_generations",
+             "moeflow:tokens_in_flight", "moeflow:kv_slots_used", "moeflow:kv_tokens_used",
+             "moeflow:expert_pins", "moeflow:expert_transfers_in_flight")
+# Gauges an idle server may legitimately hold (cache contents) and capacities: compared
+# with the idle baseline taken right after start-up, never above capacity.
+RESIDENT = (("device", 16), ("host", 32))
+SERVE_CACHE = ("--gpu-experts", "16", "--host-experts", "32", "--predictor", "gate")
+
+
+def idle(ms):
+    return all(metric(ms, g) == 0 for g in IDLE_ZERO)
+
+
 def balance(srv):
     for _ in range(100):
         ms = srv.metrics()
-        if (metric(ms, "moeflow:num_requests_running") == 0 and metric(ms, "moeflow:num_requests_waiting") == 0
-                and metric(ms, "moeflow:live_generations") == 0 and metric(ms, "moeflow:tokens_in_flight") == 0):
+        if idle(ms):
             break
         time.sleep(0.05)
     acc = metric(ms, "moeflow:requests_accepted_total")
     done = sum(metric(ms, "moeflow:requests_%s_total" % x) for x in ("completed", "cancelled", "failed"))
     return ms, acc, done
+
+
+def check_baseline(srv, where):
+    """The pools are back at the idle baseline and the counters balance."""
+    ms, acc, done = balance(srv)
+    for g in IDLE_ZERO:
+        check(metric(ms, g) == 0, "%s: %s = %s, not back to 0" % (where, g, metric(ms, g)))
+    check(metric(ms, "moeflow:expert_cache_tiered") == 1, "%s: the tiered expert cache is not in use" % where)
+    for tier, cap in RESIDENT:
+        check(metric(ms, "moeflow:expert_cache_slots", tier=tier) == cap and
+              0 < metric(ms, "moeflow:expert_cache_resident", tier=tier) <= cap,
+              "%s: %s tier resident %s of %s slots" % (where, tier, metric(ms, "moeflow:expert_cache_resident",
+                                                                          tier=tier),
+                                                       metric(ms, "moeflow:expert_cache_slots", tier=tier)))
+    check(metric(ms, "moeflow:kv_cache_usage_perc") == 0, "%s: KV usage %s" % (
+        where, metric(ms, "moeflow:kv_cache_usage_perc")))
+    # accepted = completed + cancelled + failed, and the same by finish reason.
+    check(acc == done, "%s: accepted %s != terminal %s" % (where, acc, done))
+    fin = {r: metric(ms, "moeflow:request_success_total", finished_reason=r)
+           for r in ("length", "stop", "cancelled", "deadline", "error")}
+    check(metric(ms, "moeflow:requests_completed_total") == fin["length"] + fin["stop"] and
+          metric(ms, "moeflow:requests_cancelled_total") == fin["cancelled"] + fin["deadline"] and
+          metric(ms, "moeflow:requests_failed_total") == fin["error"],
+          "%s: finish reasons %s do not add up to completed/cancelled/failed" % (where, fin))
+    check(metric(ms, "moeflow:e2e_request_latency_seconds_count") == acc,
+          "%s: %s end-to-end latencies for %s accepted" % (
+              where, metric(ms, "moeflow:e2e_request_latency_seconds_count"), acc))
+    # Every demand expert access was a hit or a miss of the device tier, and
+    # every device miss went to the host tier.
+    dev = metric(ms, "moeflow:expert_cache_hits_total", tier="device") + \
+        metric(ms, "moeflow:expert_cache_misses_total", tier="device")
+    host = metric(ms, "moeflow:expert_cache_hits_total", tier="host") + \
+        metric(ms, "moeflow:expert_cache_misses_total", tier="host")
+    check(dev > 0 and metric(ms, "moeflow:expert_cache_misses_total", tier="device") > 0,
+          "%s: device tier saw no traffic" % where)
+    check(host <= metric(ms, "moeflow:expert_cache_misses_total", tier="device") +
+          metric(ms, "moeflow:expert_prefetches_total"),
+          "%s: host-tier accesses %s exceed device misses + prefetches" % (where, host))
+    return ms
+
+
+class Sampler:
+    """Polls /metrics while clients run; keeps the peak of each occupancy gauge."""
+
+    def __init__(self, srv):
+        self.srv, self.peak, self.stop = srv, {}, threading.Event()
+        self.th = threading.Thread(target=self.run)
+        self.th.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                ms = self.srv.metrics()
+            except Exception:  # noqa: BLE001 - the server may be busy; try again
+                continue
+            for g in ("moeflow:kv_slots_used", "moeflow:kv_tokens_used", "moeflow:expert_pins",
+                      "moeflow:num_requests_running"):
+                self.peak[g] = max(self.peak.get(g, 0), metric(ms, g))
+            time.sleep(0.02)
+
+    def done(self):
+        self.stop.set()
+        self.th.join(30)
+        return self.peak
 
 
 def main():
@@ -45,10 +126,17 @@ def main():
     prompts = ["def f%d(x):" % i for i in range(32)]
     N = 12
 
-    srv = Server(moeflow, "--max-running", "32", "--max-seqs", "32", "--micro-batch", "16")
+    srv = Server(moeflow, "--max-running", "32", "--max-seqs", "32", "--micro-batch", "16", *SERVE_CACHE)
     try:
+        ms0 = srv.metrics()  # idle baseline after the warm-up
+        check(idle(ms0), "idle server: %s" % {g: metric(ms0, g) for g in IDLE_ZERO})
+        check(metric(ms0, "moeflow:kv_slots_total") == 32, "kv_slots_total %s != --max-seqs 32" %
+              metric(ms0, "moeflow:kv_slots_total"))
         ch = grpc.insecure_channel(srv.target)
         gen = pb["mg"].GenerationStub(ch)
+        info = gen.ModelInfo(m.ModelInfoRequest(), timeout=10)
+        check(info.kv_slots == 32 and info.device_expert_slots == 16 and info.host_expert_slots == 32,
+              "ModelInfo capacities: %s" % info)
         # The greedy text of each prompt, one at a time.
         expect = {}
         for p in prompts[:16]:
@@ -76,10 +164,16 @@ def main():
                 results[i] = (kind, e.code(), got)
 
         ths = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+        sampler = Sampler(srv)
         for t in ths:
             t.start()
         for t in ths:
             t.join(120)
+        peak = sampler.done()
+        print("peaks under the fault mix:", peak)
+        check(peak.get("moeflow:kv_slots_used", 0) > 0 and peak.get("moeflow:kv_tokens_used", 0) > 0,
+              "KV use never seen while 32 clients ran: %s" % peak)
+        check(peak.get("moeflow:kv_slots_used", 0) <= 32, "more KV slots than --max-seqs: %s" % peak)
         for i in range(32):
             kind, code, got = results.get(i, (None, None, None))
             if kind == "ok":
@@ -98,6 +192,7 @@ def main():
         check(metric(ms, "moeflow:requests_cancelled_total") >= 16, "cancellations counted: %s" %
               metric(ms, "moeflow:requests_cancelled_total"))
         check(metric(ms, "moeflow:tokens_in_flight") == 0, "KV token reservations not returned")
+        check_baseline(srv, "after the 32-client fault mix")
 
         # Cancel in prefill (a long prompt in small chunks) and a KServe decoupled stream mid-way.
         before = metric(srv.metrics(), "moeflow:requests_cancelled_total")
@@ -147,6 +242,7 @@ def main():
         again = [t for x in gen.Generate(m.GenerateRequest(prompt=prompts[0], max_tokens=N, ignore_eos=True),
                                          timeout=60) for t in x.token_ids]
         check(again == expect[prompts[0]], "after faults the greedy text changed")
+        check_baseline(srv, "after the cancels, disconnects and deadlines")
 
         # SIGTERM under load: in-flight streams finish, readiness turns off, exit 0.
         drained = {}
@@ -181,7 +277,8 @@ def main():
             print(srv.output()[-3000:])
 
     # Burst beyond the queue bound: the excess is refused at once.
-    srv = Server(moeflow, "--max-running", "1", "--max-seqs", "1", "--micro-batch", "1", "--max-queued", "2")
+    srv = Server(moeflow, "--max-running", "1", "--max-seqs", "1", "--micro-batch", "1", "--max-queued", "2",
+                 *SERVE_CACHE)
     try:
         ch = grpc.insecure_channel(srv.target)
         gen = pb["mg"].GenerationStub(ch)
@@ -209,6 +306,7 @@ def main():
         check(all(v[2] < 1.0 for v in rej), "refusals were not immediate: %s" % [v[2] for v in rej])
         ms, acc, done = balance(srv)
         check(acc == done == ok + base, "burst: accepted %s terminal %s ok %d + warm-up %s" % (acc, done, ok, base))
+        check_baseline(srv, "after the burst")
 
         # HTTP gets 429 at once when the queue is full (1 running + 2 queued).
         def long_call(p):
@@ -244,6 +342,7 @@ def main():
         first.cancel()
         ms, acc, done = balance(srv)
         check(acc == done, "after queued cancel: accepted %s terminal %s" % (acc, done))
+        check_baseline(srv, "after the held and queued cancels")
         check(srv.stop() == 0, "exit status")
     finally:
         srv.kill()

@@ -17,4 +17,20 @@ int moe_cmd_replay(int argc, char **argv);
 int moe_cmd_bench(int argc, char **argv);
 int moe_cmd_serve(int argc, char **argv);
 
+/* Shared by the subcommands (server/cli_util.c, library moe_cli). */
+#include <stdbool.h>
+#include <stdio.h>
+
+struct moe_model;
+struct moe_tokenizer;
+
+/* Open the model in dir and, when tok is not NULL, dir/tokenizer.json.  On
+ * failure prints "moeflow CMD: <reason> (set --model DIR ...)" to stderr and
+ * returns false with nothing left open. */
+bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok);
+
+/* Write every byte of token id to f, however long the token; false for a bad
+ * id, out of memory or a write error. */
+bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id);
+
 #endif

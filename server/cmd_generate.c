@@ -201,12 +201,15 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     float *logits = malloc(sizeof(float) * (size_t)V);
     int *pos = malloc(sizeof(int) * (size_t)chunk), *seqv = malloc(sizeof(int) * (size_t)chunk);
     bool *want = malloc(sizeof(bool) * (size_t)chunk);
-    char buf[256];
     if (!logits || !pos || !seqv || !want) {
         st = moe_errorf(MOE_ENOMEM, "generate: out of memory");
         goto out;
     }
     int seq = moe_engine_seq_alloc(e);
+    if (seq < 0) {
+        st = moe_errorf(MOE_EINVAL, "generate: the engine has no free sequence slot");
+        goto out;
+    }
     if (pred) moe_predictor_seq_reset(pred, seq);
     for (int i0 = 0; i0 < n_ids; i0 += chunk) {
         int n = n_ids - i0 < chunk ? n_ids - i0 : chunk;
@@ -223,9 +226,8 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     for (int g = 0; g < o->max_tokens; g++) {
         int t = moe_sampler_sample(&s, logits, V);
         if (is_eos(c, t)) break;
-        int len = moe_tokenizer_token_bytes(tok, t, buf, sizeof(buf));
-        if (len > 0) {
-            fwrite(buf, 1, (size_t)(len < (int)sizeof(buf) ? len : (int)sizeof(buf)), stdout);
+        if (moe_tokenizer_token_bytes(tok, t, NULL, 0) > 0) {
+            moe_cli_write_token(stdout, tok, t); /* every byte, however long the token */
             fflush(stdout);
         }
         if (g + 1 == o->max_tokens) break;
@@ -261,19 +263,8 @@ int moe_cmd_generate(int argc, char **argv)
     struct moe_predictor *pred = NULL;
     int *ids = NULL;
     size_t n_ids = 0;
-    char path[4200];
 
-    m = moe_model_open(o.model_dir);
-    if (!m) {
-        fprintf(stderr, "moeflow generate: %s (set --model DIR)\n", moe_last_error());
-        goto out;
-    }
-    snprintf(path, sizeof(path), "%s/tokenizer.json", o.model_dir);
-    tok = moe_tokenizer_load(path);
-    if (!tok) {
-        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
-        goto out;
-    }
+    if (!moe_cli_open_model("generate", o.model_dir, &m, &tok)) goto out;
     if (moe_tokenizer_encode(tok, o.prompt, strlen(o.prompt), &ids, &n_ids) != MOE_OK) {
         fprintf(stderr, "moeflow generate: --prompt: %s\n", moe_last_error());
         rc = 2;

@@ -1,0 +1,45 @@
+/* Pieces shared by the moeflow subcommands: opening a model directory with
+ * its tokenizer, and streaming a token's bytes. */
+#include "cli.h"
+
+#include "../common/moe.h"
+#include "../model/model.h"
+#include "../model/tokenizer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok)
+{
+    *m = moe_model_open(dir);
+    if (!*m) {
+        fprintf(stderr, "moeflow %s: %s (set --model DIR)\n", cmd, moe_last_error());
+        return false;
+    }
+    if (!tok) return true;
+    *tok = moe_tokenizer_load_dir(dir);
+    if (!*tok) {
+        fprintf(stderr, "moeflow %s: %s (set --model DIR to a model with its tokenizer.json)\n", cmd,
+                moe_last_error());
+        moe_model_close(*m);
+        *m = NULL;
+        return false;
+    }
+    return true;
+}
+
+bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id)
+{
+    char small[256];
+    int len = moe_tokenizer_token_bytes(t, id, small, sizeof(small));
+    if (len <= 0) return len == 0;
+    char *buf = small;
+    if ((size_t)len > sizeof(small)) {
+        /* a long token (an added token may be any length): never cut it */
+        if (!(buf = malloc((size_t)len))) return false;
+        moe_tokenizer_token_bytes(t, id, buf, (size_t)len);
+    }
+    bool ok = fwrite(buf, 1, (size_t)len, f) == (size_t)len;
+    if (buf != small) free(buf);
+    return ok;
+}

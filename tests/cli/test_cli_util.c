@@ -1,0 +1,112 @@
+/* server/cli_util.c:
+ * - moe_cli_write_token writes every byte of a token, also one longer than
+ *   any fixed streaming buffer (an added token of 300 bytes), and refuses a
+ *   bad id without writing;
+ * - moe_cli_open_model opens the bundled model with its tokenizer, and on a
+ *   missing directory or tokenizer.json says what to fix and leaves nothing open. */
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "server/cli.h"
+#include "tests/test_util.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#define LONG_TOKEN 300
+
+/* A tokenizer.json whose id 3 is an added token of LONG_TOKEN 'x' bytes. */
+static int write_tokenizer(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":3,\"content\":\"");
+    for (int i = 0; i < LONG_TOKEN; i++) fputc('x', f);
+    fprintf(f, "\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,"
+               "\"special\":true}],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\","
+               "\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true},\"post_processor\":null,"
+               "\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,"
+               "\"use_regex\":true},\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,"
+               "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},\"merges\":[\"a b\"]}}");
+    return fclose(f);
+}
+
+static void test_write_token(void)
+{
+    char dir[] = "/tmp/moe_cli_util_XXXXXX", path[64];
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    REQUIRE(write_tokenizer(path) == 0, "write %s", path);
+    struct moe_tokenizer *t = moe_tokenizer_load(path);
+    REQUIRE(t, "load %s: %s", path, moe_last_error());
+    CHECK(moe_tokenizer_token_bytes(t, 3, NULL, 0) == LONG_TOKEN, "added token length %d",
+          moe_tokenizer_token_bytes(t, 3, NULL, 0));
+
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    REQUIRE(f, "open_memstream");
+    CHECK(moe_cli_write_token(f, t, 2), "token 'ab'");
+    CHECK(moe_cli_write_token(f, t, 3), "long token");
+    CHECK(!moe_cli_write_token(f, t, 99) && !moe_cli_write_token(f, t, -1), "bad ids accepted");
+    fclose(f);
+    CHECK(len == 2 + LONG_TOKEN, "wrote %zu bytes, want %d", len, 2 + LONG_TOKEN);
+    bool all_x = len == 2 + LONG_TOKEN && !memcmp(out, "ab", 2);
+    for (size_t i = 2; all_x && i < len; i++) all_x = out[i] == 'x';
+    CHECK(all_x, "bytes written are not 'ab' and %d 'x'", LONG_TOKEN);
+    free(out);
+    moe_tokenizer_free(t);
+
+    /* a model directory without a model: the message names what to set */
+    struct moe_model *m = (struct moe_model *)1;
+    struct moe_tokenizer *tk = (struct moe_tokenizer *)1;
+    FILE *saved = stderr;
+    char *err = NULL;
+    size_t elen = 0;
+    stderr = open_memstream(&err, &elen);
+    bool ok = moe_cli_open_model("test", dir, &m, &tk);
+    fclose(stderr);
+    stderr = saved;
+    CHECK(!ok && !m, "opened a model from %s", dir);
+    CHECK(err && strstr(err, "moeflow test: ") && strstr(err, "--model DIR"), "message: %s", err ? err : "");
+    free(err);
+    unlink(path);
+    rmdir(dir);
+}
+
+static void test_open_model(void)
+{
+    char dir[512];
+    t_path(dir, sizeof(dir), "models/pycode-moe-18m");
+    struct moe_model *m = NULL;
+    struct moe_tokenizer *t = NULL;
+    REQUIRE(moe_cli_open_model("test", dir, &m, &t), "open %s", dir);
+    CHECK(m && t && moe_tokenizer_vocab_size(t) > 0 && moe_tokenizer_vocab_size(t) <= m->cfg.vocab,
+          "model and tokenizer");
+    moe_tokenizer_free(t);
+    moe_model_close(m);
+    m = NULL;
+    REQUIRE(moe_cli_open_model("test", dir, &m, NULL) && m, "open %s without its tokenizer", dir);
+    moe_model_close(m);
+
+    /* a model directory without tokenizer.json: fails with nothing left open */
+    t_path(dir, sizeof(dir), "tests/fixtures/hf-tiny/mixtral");
+    m = NULL;
+    t = NULL;
+    FILE *saved = stderr;
+    char *err = NULL;
+    size_t elen = 0;
+    stderr = open_memstream(&err, &elen);
+    bool ok = moe_cli_open_model("test", dir, &m, &t);
+    fclose(stderr);
+    stderr = saved;
+    CHECK(!ok && !m && !t, "%s has no tokenizer.json: opened, or left open after the failure", dir);
+    CHECK(err && strstr(err, "tokenizer.json"), "message: %s", err ? err : "");
+    free(err);
+}
+
+int main(void)
+{
+    test_write_token();
+    test_open_model();
+    return t_result("test_cli_util");
+}

@@ -344,23 +344,12 @@ static int bench_batch(int argc, char **argv)
     int **ids = NULL;
     int *n_ids = NULL;
     struct bench_req *reqs = NULL;
-    char path[4200];
 
     if (load_prompts(o.prompts, &texts, &n_texts) != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
         return 1;
     }
-    m = moe_model_open(o.model_dir);
-    if (!m) {
-        fprintf(stderr, "moeflow bench batch: --model %s: %s\n", o.model_dir, moe_last_error());
-        goto out;
-    }
-    snprintf(path, sizeof(path), "%s/tokenizer.json", o.model_dir);
-    tok = moe_tokenizer_load(path);
-    if (!tok) {
-        fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
-        goto out;
-    }
+    if (!moe_cli_open_model("bench batch", o.model_dir, &m, &tok)) goto out;
     const struct moe_config *cfg = &m->cfg;
     int n_moe = 0;
     for (int l = 0; l < cfg->n_layers; l++)

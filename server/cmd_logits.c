@@ -117,11 +117,7 @@ int moe_cmd_logits(int argc, char **argv)
     struct moe_engine *e = NULL;
     float *logits = NULL;
     int64_t *ids64 = NULL;
-    m = moe_model_open(model_dir);
-    if (!m) {
-        fprintf(stderr, "moeflow logits: %s (set --model DIR)\n", moe_last_error());
-        goto out;
-    }
+    if (!moe_cli_open_model("logits", model_dir, &m, NULL)) goto out;
     int V = m->cfg.vocab;
     for (int i = 0; i < n; i++)
         if (ids[i] >= V) {
@@ -147,6 +143,10 @@ int moe_cmd_logits(int argc, char **argv)
         goto out;
     }
     int seq = moe_engine_seq_alloc(e);
+    if (seq < 0) {
+        fprintf(stderr, "moeflow logits: the engine has no free sequence slot\n");
+        goto out;
+    }
     for (int i0 = 0; i0 < n; i0 += chunk) {
         int k = n - i0 < chunk ? n - i0 : chunk;
         for (int i = 0; i < k; i++) pos[i] = i0 + i, seqv[i] = seq;

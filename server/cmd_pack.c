@@ -72,11 +72,8 @@ int moe_cmd_pack(int argc, char **argv)
         snprintf(def_out, sizeof(def_out), "%s/experts.moestore", dir);
         out = def_out;
     }
-    struct moe_model *m = moe_model_open(dir);
-    if (!m) {
-        fprintf(stderr, "moeflow pack: %s\n", moe_last_error());
-        return 1;
-    }
+    struct moe_model *m = NULL;
+    if (!moe_cli_open_model("pack", dir, &m, NULL)) return 1;
     struct progress pr = { .t0 = moe_now(), .tty = isatty(2) };
     enum moe_status st = moe_store_pack(m, out, quiet ? NULL : on_progress, &pr);
     if (st) {

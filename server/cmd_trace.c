@@ -188,14 +188,10 @@ int moe_cmd_trace(int argc, char **argv)
     size_t n_ids = 0, *starts = NULL, n_seq = 0;
     struct rec r = {0};
     char *buf = NULL;
-    m = moe_model_open(dir);
-    if (!m) goto fail;
+    if (!moe_cli_open_model("trace", dir, &m, text ? &tok : NULL)) goto out;
     const struct moe_config *cfg = &m->cfg;
     if (text) {
-        char tp[4200];
         size_t len;
-        snprintf(tp, sizeof(tp), "%s/tokenizer.json", dir);
-        if (!(tok = moe_tokenizer_load(tp))) goto fail;
         if (moe_read_file(text, &buf, &len, (size_t)1 << 31)) goto fail;
         if (moe_tokenizer_encode(tok, buf, len, &ids, &n_ids)) goto fail;
         if (n_ids == 0) {
@@ -267,6 +263,10 @@ int moe_cmd_trace(int argc, char **argv)
         if (max_tokens && done + n > (size_t)max_tokens) n = (size_t)max_tokens - done;
         if (n == 0) break;
         int slot = moe_engine_seq_alloc(eng);
+        if (slot < 0) {
+            st = moe_errorf(MOE_EINVAL, "trace: the engine has no free sequence slot for sequence %zu", s);
+            break;
+        }
         for (size_t i = 0; i < n; i++) {
             seqv[i] = slot;
             posv[i] = (int)i;

@@ -233,6 +233,9 @@ void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier
     out->evictions = cs.evictions;
     out->slots = t->slots;
     out->slot_bytes = t->slot_bytes;
+    out->pinned = moe_cache_pinned(t->cache);
+    out->resident = 0;
+    for (int i = 0; i < t->slots; i++) out->resident += moe_cache_key_at(t->cache, i) >= 0;
 }
 
 bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t) { return t->poisoned; }

@@ -61,6 +61,8 @@ struct moe_cuda_tier_stats {
                                        while transferring) */
     int slots;
     size_t slot_bytes;              /* bytes per slot */
+    int pinned;                     /* experts acquired and not yet released (now) */
+    int resident;                   /* slots holding an expert (now) */
 };
 
 struct moe_cuda_tier;

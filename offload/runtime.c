@@ -386,6 +386,10 @@ bool moe_offload_stats_get(const struct moe_provider *p, struct moe_offload_stat
     out->device.prefetch_hits = cs.prefetch_hits;
     out->dev_slots = cs.slots;
     out->dev_bytes = (uint64_t)cs.slots * cs.slot_bytes;
+    /* occupancy of the GPU tier; its copies complete inside acquire/prefetch,
+     * so only the staging provider below can have transfers in flight */
+    out->dev_pinned = cs.pinned;
+    out->dev_resident = cs.resident;
     return true;
 #else
     return false;

@@ -93,6 +93,8 @@ struct tiered {
     struct moe_read *reads;
 
     struct moe_offload_stats st;
+    struct moe_reader_stats rstats; /* the reader's counters after its last batch (under mu): the
+                                       reader itself is the worker's alone */
 };
 
 static const struct moe_provider_ops tiered_ops;
@@ -214,7 +216,12 @@ static void *worker_main(void *arg)
                 fill_from_safetensors(t, j->key, dst);
             }
         }
-        if (nr) moe_reader_read(t->reader, t->reads, nr);
+        if (nr) {
+            moe_reader_read(t->reader, t->reads, nr);
+            pthread_mutex_lock(&t->mu);
+            moe_reader_get_stats(t->reader, &t->rstats);
+            pthread_mutex_unlock(&t->mu);
+        }
 
         /* 2. Verify, then convert into the device slot, in FIFO order. */
         int ri = 0;
@@ -671,6 +678,7 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
             moe_reader_register(t->reader, bufs, t->stride, t->n_host);
             free(bufs);
         }
+        moe_reader_get_stats(t->reader, &t->rstats); /* before the worker starts */
     }
     if (pthread_create(&t->worker, NULL, worker_main, t) != 0) {
         st = moe_errorf(MOE_ENOMEM, "tiered provider: cannot start the transfer thread");
@@ -709,8 +717,7 @@ bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_
     out->host.misses = cs.misses;
     out->host.evictions = cs.evictions;
     if (t->reader) {
-        struct moe_reader_stats rs;
-        moe_reader_get_stats(t->reader, &rs);
+        const struct moe_reader_stats rs = t->rstats;
         out->fallbacks = rs.fallbacks;
         out->io_uring = rs.io_uring;
         out->direct = rs.direct;

@@ -2,6 +2,7 @@
 #ifndef MOE_TEST_UTIL_H
 #define MOE_TEST_UTIL_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,15 @@ static int t_failures;
             exit(T_FAIL);                                                       \
         }                                                                       \
     } while (0)
+
+/* One xorshift64 step of *state (non-zero): the tests' reproducible random stream. */
+static inline uint64_t t_xorshift(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
 
 /* Path under the source tree: t_path(buf, "tests/fixtures/hf-tiny/mixtral"). */
 static inline const char *t_path(char *buf, size_t cap, const char *rel)

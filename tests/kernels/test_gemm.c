@@ -10,10 +10,7 @@
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+    return (float)((t_xorshift(&rng) >> 40) & 0xffffff) / 16777216.0f - 0.5f;
 }
 
 static void naive(const float *x, const void *w, bool bf16, const float *b, int n, int in, int out,

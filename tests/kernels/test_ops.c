@@ -9,10 +9,7 @@
 static uint64_t rng = 0x1234567887654321ull;
 static float frand(void)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+    return (float)((t_xorshift(&rng) >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
 }
 static void fill(float *x, size_t n)
 {

@@ -41,10 +41,7 @@ static int opt(int i, unsigned set, int cap)
 static uint64_t rng = 88172645463325252ull;
 static unsigned rnd(unsigned n)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned)(rng % n);
+    return (unsigned)(t_xorshift(&rng) % n);
 }
 
 static uint64_t run_cache(enum moe_policy_kind k, int cap, int kk)

@@ -17,21 +17,32 @@ BUDGET = {"train": 400_000, "eval": 60_000}
 SEP = "<|endoftext|>"
 
 
+def split_digit(rel):
+    """0..9 from the SHA-1 of a path relative to the library root."""
+    return int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 10
+
+
 def split_of(rel):
-    d = int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 10
+    d = split_digit(rel)
     return "train" if d <= 6 else "eval" if d == 9 else None
 
 
-def main():
+def py_files(root):
+    """The .py files under root outside site-/dist-packages, relative to root, sorted."""
     files = []
-    for dirpath, dirnames, names in os.walk(ROOT):
+    for dirpath, dirnames, names in os.walk(root):
         dirnames.sort()
         if "site-packages" in dirpath or "dist-packages" in dirpath:
             continue
         for n in sorted(names):
             if n.endswith(".py"):
-                files.append(os.path.relpath(os.path.join(dirpath, n), ROOT))
+                files.append(os.path.relpath(os.path.join(dirpath, n), root))
     files.sort()
+    return files
+
+
+def main():
+    files = py_files(ROOT)
     parts = {"train": [], "eval": []}
     size = {"train": 0, "eval": 0}
     for rel in files:

@@ -9,9 +9,11 @@ each: about 1200 bytes starting at the first line boundary after the middle of
 the file.  Output: one prompt per line, backslash escaped (\\n newline, \\t tab,
 \\\\ backslash).  Usage: make_prompts.py [ROOT] [OUT] [COUNT] [BYTES]
 """
-import hashlib
 import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pycode"))
+from make_splits import py_files, split_digit  # noqa: E402  (the same files and split digits)
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/python3.11"
 OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts-py64.txt")
@@ -20,18 +22,9 @@ BYTES = int(sys.argv[4]) if len(sys.argv) > 4 else 1200
 
 
 def main():
-    files = []
-    for dirpath, dirnames, names in os.walk(ROOT):
-        dirnames.sort()
-        if "site-packages" in dirpath or "dist-packages" in dirpath:
-            continue
-        for n in sorted(names):
-            if n.endswith(".py"):
-                files.append(os.path.relpath(os.path.join(dirpath, n), ROOT))
-    files.sort()
     prompts = []
-    for rel in files:
-        if int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 10 < 7:
+    for rel in py_files(ROOT):
+        if split_digit(rel) < 7:
             continue
         try:
             text = open(os.path.join(ROOT, rel), encoding="utf-8").read()

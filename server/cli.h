@@ -19,10 +19,18 @@ int moe_cmd_serve(int argc, char **argv);
 
 /* Shared by the subcommands (server/cli_util.c, library moe_cli). */
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 struct moe_model;
 struct moe_tokenizer;
+
+/* Strict parsing of an option's value: the whole string, base 10, no
+ * overflow; false leaves *out untouched.  long: in [lo, hi]; u64: no sign;
+ * double: finite and >= lo. */
+bool moe_cli_parse_long(const char *s, long lo, long hi, long *out);
+bool moe_cli_parse_u64(const char *s, uint64_t *out);
+bool moe_cli_parse_double(const char *s, double lo, double *out);
 
 /* Open the model in dir and, when tok is not NULL, dir/tokenizer.json.  On
  * failure prints "moeflow CMD: <reason> (set --model DIR ...)" to stderr and

@@ -1,13 +1,47 @@
-/* Pieces shared by the moeflow subcommands: opening a model directory with
- * its tokenizer, and streaming a token's bytes. */
+/* Pieces shared by the moeflow subcommands: strict number parsing of option
+ * values, opening a model directory with its tokenizer, and streaming a
+ * token's bytes. */
 #include "cli.h"
 
 #include "../common/moe.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+bool moe_cli_parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+bool moe_cli_parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (*s == '-') return false; /* strtoull would wrap it */
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end) return false;
+    *out = v;
+    return true;
+}
+
+bool moe_cli_parse_double(const char *s, double lo, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < lo) return false;
+    *out = v;
+    return true;
+}
 
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok)
 {

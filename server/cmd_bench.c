@@ -80,10 +80,8 @@ static void bench_usage(FILE *f)
 
 static bool parse_int(const char *flag, const char *v, int lo, int hi, int *out)
 {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) {
+    long x;
+    if (!moe_cli_parse_long(v, lo, hi, &x)) {
         fprintf(stderr, "moeflow bench batch: %s '%s': expected an integer in [%d, %d]\n", flag, v, lo, hi);
         return false;
     }

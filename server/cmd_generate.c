@@ -48,16 +48,6 @@ static void usage(FILE *f)
             moe_default_model_dir(), moe_offload_help(), moe_offload_predictor_help());
 }
 
-static bool parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
 static bool parse_float(const char *s, float *out)
 {
     char *end;
@@ -102,7 +92,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case 'p': o->prompt = optarg; break;
         case 'h': usage(stdout); return 0;
         case OPT_MAXTOK:
-            if (!parse_int(optarg, 1, 1 << 20, &v)) {
+            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &v)) {
                 fprintf(stderr, "moeflow generate: --max-tokens '%s': expected an integer 1..1048576\n", optarg);
                 return 2;
             }
@@ -121,17 +111,15 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             }
             break;
         case OPT_TOPK:
-            if (!parse_int(optarg, 0, 1 << 30, &v)) {
+            if (!moe_cli_parse_long(optarg, 0, 1 << 30, &v)) {
                 fprintf(stderr, "moeflow generate: --top-k '%s': expected an integer >= 0\n", optarg);
                 return 2;
             }
             o->samp.top_k = (int)v;
             break;
         case OPT_SEED: {
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(optarg, &end, 10);
-            if (errno || end == optarg || *end || optarg[0] == '-') {
+            uint64_t s;
+            if (!moe_cli_parse_u64(optarg, &s)) {
                 fprintf(stderr, "moeflow generate: --seed '%s': expected an unsigned integer\n", optarg);
                 return 2;
             }
@@ -139,7 +127,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             break;
         }
         case OPT_THREADS:
-            if (!parse_int(optarg, 1, 1024, &v)) {
+            if (!moe_cli_parse_long(optarg, 1, 1024, &v)) {
                 fprintf(stderr, "moeflow generate: --threads '%s': expected an integer 1..1024\n", optarg);
                 return 2;
             }

@@ -85,9 +85,8 @@ int moe_cmd_logits(int argc, char **argv)
         case 'i': ids_arg = optarg; break;
         case 'o': out_path = optarg; break;
         case 't': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (end == optarg || *end || v < 1 || v > 1024) {
+            long v;
+            if (!moe_cli_parse_long(optarg, 1, 1024, &v)) {
                 fprintf(stderr, "moeflow logits: --threads '%s': expected an integer 1..1024\n", optarg);
                 return 2;
             }

@@ -37,27 +37,6 @@ static void sim_usage(FILE *f)
         "time on the link; the layer computes once its last expert has landed (no prefetch).\n");
 }
 
-static bool parse_double(const char *s, double lo, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    if (*s == '-') return false;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end) return false;
-    *out = v;
-    return true;
-}
-
 int moe_cmd_sim(int argc, char **argv)
 {
     enum { O_TRACE = 256, O_CAP, O_FRAC, O_POLICY, O_EB, O_LINK, O_LAYER, O_EXPERT, O_JSON, O_PRED };
@@ -87,17 +66,14 @@ int moe_cmd_sim(int argc, char **argv)
         switch (c) {
         case O_TRACE: trace_path = optarg; break;
         case O_CAP: {
-            char *end;
-            errno = 0;
-            capacity = strtol(optarg, &end, 10);
-            if (errno || end == optarg || *end || capacity < 1 || capacity > (1L << 30)) {
+            if (!moe_cli_parse_long(optarg, 1, 1L << 30, &capacity)) {
                 fprintf(stderr, "moeflow sim: --capacity '%s' must be an integer >= 1\n", optarg);
                 return 2;
             }
             break;
         }
         case O_FRAC:
-            if (!parse_double(optarg, 0, &frac) || frac <= 0 || frac > 1) {
+            if (!moe_cli_parse_double(optarg, 0, &frac) || frac <= 0 || frac > 1) {
                 fprintf(stderr, "moeflow sim: --capacity-frac '%s' must be in (0, 1]\n", optarg);
                 return 2;
             }
@@ -112,25 +88,25 @@ int moe_cmd_sim(int argc, char **argv)
             have_policy = true;
             break;
         case O_EB:
-            if (!parse_u64(optarg, &sp.expert_bytes) || sp.expert_bytes == 0) {
+            if (!moe_cli_parse_u64(optarg, &sp.expert_bytes) || sp.expert_bytes == 0) {
                 fprintf(stderr, "moeflow sim: --expert-bytes '%s' must be an integer >= 1\n", optarg);
                 return 2;
             }
             break;
         case O_LINK:
-            if (!parse_double(optarg, 0, &sp.link_gbps) || sp.link_gbps <= 0) {
+            if (!moe_cli_parse_double(optarg, 0, &sp.link_gbps) || sp.link_gbps <= 0) {
                 fprintf(stderr, "moeflow sim: --link-gbps '%s' must be a number > 0\n", optarg);
                 return 2;
             }
             break;
         case O_LAYER:
-            if (!parse_double(optarg, 0, &sp.layer_ms)) {
+            if (!moe_cli_parse_double(optarg, 0, &sp.layer_ms)) {
                 fprintf(stderr, "moeflow sim: --layer-ms '%s' must be a number >= 0\n", optarg);
                 return 2;
             }
             break;
         case O_EXPERT:
-            if (!parse_double(optarg, 0, &sp.expert_ms)) {
+            if (!moe_cli_parse_double(optarg, 0, &sp.expert_ms)) {
                 fprintf(stderr, "moeflow sim: --expert-ms '%s' must be a number >= 0\n", optarg);
                 return 2;
             }

@@ -158,11 +158,9 @@ int moe_cmd_trace(int argc, char **argv)
         }
         }
         if (num) {
-            char *end;
-            errno = 0;
-            *num = strtol(optarg, &end, 10);
-            if (errno || end == optarg || *end || *num < 1 || *num > (1L << 30)) {
-                fprintf(stderr, "moeflow trace: --%s '%s' must be an integer >= 1\n", name, optarg);
+            if (!moe_cli_parse_long(optarg, 1, 1L << 30, num)) {
+                fprintf(stderr, "moeflow trace: --%s '%s' must be an integer in 1..%ld\n", name, optarg,
+                        1L << 30);
                 return 2;
             }
         }

@@ -7,8 +7,10 @@
  * d0 = layer-steps until layer t next runs; p1, p2 = probabilities that e is
  * used at that occurrence of t and at the one after: the latest prediction for
  * that occurrence (predictions reach a few steps ahead, keyed by the
- * occurrence nearest to now + distance); a fraction of the fallback when t was
- * predicted without e; else the fallback: for p1 the step-to-step transition
+ * occurrence nearest to now + distance), blended with the fallback (weights
+ * PRED_WEIGHT_NOW for p1, PRED_WEIGHT_NEXT for p2 in policy_predicted.c); a
+ * fraction of the fallback when t was predicted without e; else the
+ * fallback: for p1 the step-to-step transition
  * estimate P(e | the experts t used at its latest step), learned online from
  * the accesses; for p2 q, the recency-weighted use frequency of e at t (an
  * exponential moving average per token).

@@ -423,7 +423,7 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
                 int key = base + l->ids[e->off + j];
                 float sc = l->scores[e->off + j];
                 if (p->policy == MOE_CACHE_PREDICTED) moe_cache_predict(s.c, key, sc, e->distance);
-                if (!act) continue;
+                if (!act || sc < p->act_min_score) continue;
                 if (moe_cache_slot_of(s.c, key) >= 0 || s.queued[key]) {
                     s.st->prefetch_dropped++;
                     continue;

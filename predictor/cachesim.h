@@ -72,6 +72,8 @@ struct moe_cachesim_params {
     int capacity;         /* device-tier expert slots (all layers together), >= top_k */
     enum moe_cache_policy policy;
     bool prefetch;        /* act on prefetch hints (ignored by belady) */
+    float act_min_score;  /* move only hinted experts scored at least this (0: every hint);
+                             every hint still reaches the predicted policy's ranking */
     double xfer_s;        /* seconds per expert transfer over the link; 0 = no timeline */
     double layer_s;       /* compute seconds per MoE layer and step */
 };

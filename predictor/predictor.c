@@ -320,14 +320,15 @@ static void publish(struct moe_predictor *p, int mi, int distance, bool step_sta
         }
         p->un[e] = u;
     }
-    int cap = p->pf.max_per_layer * p->n;
+    int cap = p->pf.all_scores ? p->E : p->pf.max_per_layer * p->n;
     if (cap > p->E) cap = p->E;
+    float min_score = p->pf.all_scores ? 0.0f : p->pf.min_score;
     int cnt = 0;
     /* selection by descending score, ties to the lower id */
     while (cnt < cap) {
         int best = -1;
         for (int e = 0; e < p->E; e++)
-            if (p->un[e] >= p->pf.min_score && (best < 0 || p->un[e] > p->un[best])) best = e;
+            if (p->un[e] >= min_score && (best < 0 || p->un[e] > p->un[best])) best = e;
         if (best < 0) break;
         p->ids[cnt++] = best;
         p->un[best] = -1.0f;

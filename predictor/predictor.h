@@ -72,6 +72,9 @@ struct moe_pred_prefetch {
     int max_per_layer;    /* at most this many per layer and prediction (0 = top_k) */
     bool next_step;       /* also hint the next token's experts (path predictors of horizon 2,
                              distance > n_moe): for policies that rank evictions with them */
+    bool all_scores;      /* publish every expert's score, whatever min_score and max_per_layer
+                             say (best first): for a receiver that ranks evictions with the whole
+                             distribution and applies its own prefetch threshold (replay) */
 };
 
 struct moe_predictor;

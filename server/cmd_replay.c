@@ -225,7 +225,8 @@ int moe_cmd_replay(int argc, char **argv)
     }
     struct moe_drive_params dp = {
         .spec = &spec,
-        .prefetch = { .min_score = (float)min_score, .max_per_layer = m->cfg.top_k },
+        .prefetch = { .min_score = (float)min_score, .max_per_layer = m->cfg.top_k,
+                      .all_scores = policy == MOE_CACHE_PREDICTED },
         .seq_len = (int)seq_len,
         .n_threads = (int)threads,
         .log = &log,
@@ -256,6 +257,7 @@ int moe_cmd_replay(int argc, char **argv)
         .capacity = (int)cap,
         .policy = policy,
         .prefetch = spec.kind != MOE_PRED_NONE && !no_prefetch,
+        .act_min_score = policy == MOE_CACHE_PREDICTED ? (float)min_score : 0,
         .xfer_s = link > 0 ? (double)eb / (link * 1e9) : 0,
         .layer_s = link > 0 ? (layer_ms + expert_ms * m->cfg.top_k) * 1e-3 : 0,
     };

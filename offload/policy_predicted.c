@@ -17,7 +17,7 @@
  * estimate) and the one after (p2, against the use frequency).  Picked on the
  * train split's tail (replay of its last 2048 tokens, path+gate hints with
  * every expert's score): p1 0 / 0.15 / 0.3 / 0.5 / 0.6 / 1, p2 0 / 0.3 / 0.6 /
- * 0.8 / 1. */
+ * 0.8 / 1.  A hint of score 1 (certain) is not blended. */
 #define PRED_WEIGHT_NOW 0.3
 #define PRED_WEIGHT_NEXT 1.0
 /* predictions kept per key: for this step and the next PRED_SLOTS - 1 */
@@ -72,7 +72,11 @@ static double pred_at(const struct predicted *s, int key, int mi, int64_t o, dou
 {
     size_t nk = (size_t)s->n_layers * (size_t)s->n_experts;
     int sl = (int)((o / s->n_moe) % PRED_SLOTS);
-    if (s->pred_pos[sl * nk + (size_t)key] == o)         return w * s->pred_score[sl * nk + (size_t)key] + (1.0 - w) * fallback;
+    if (s->pred_pos[sl * nk + (size_t)key] == o) {
+        double sc = s->pred_score[sl * nk + (size_t)key];
+        /* a certain hint (score 1: an oracle, a saturated gate) is taken as is */
+        return sc >= 1.0 ? 1.0 : w * sc + (1.0 - w) * fallback;
+    }
     if (s->layer_pred_pos[sl * s->n_moe + mi] == o) return PRED_UNPREDICTED_FRAC * fallback;
     return fallback;
 }

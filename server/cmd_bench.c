@@ -354,8 +354,9 @@ static int bench_batch(int argc, char **argv)
         n_moe += cfg->is_moe[l];
     int slots = o.capacity > 0 ? o.capacity : (int)floor(o.capacity_frac * n_moe * cfg->n_experts);
     if (slots < cfg->top_k) {
-        fprintf(stderr, "moeflow bench batch: capacity %d device slots is below top_k = %d; give more\n", slots,
-                cfg->top_k);
+        fprintf(stderr, "moeflow bench batch: capacity %d device slots is below top_k = %d; raise --capacity or "
+                        "--capacity-frac\n", slots, cfg->top_k);
+        rc = 2;
         goto out;
     }
     o.oo.gpu_experts = slots;
@@ -396,6 +397,7 @@ static int bench_batch(int argc, char **argv)
         fprintf(stderr, "moeflow bench batch: longest prompt (%d tokens) + --max-tokens %d exceeds the model's "
                         "context of %d; lower --max-tokens or --prompt-tokens\n", max_prompt, o.max_tokens,
                 cfg->max_pos);
+        rc = 2;
         goto out;
     }
     int chunk = o.prefill_chunk;

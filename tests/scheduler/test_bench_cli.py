@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""moeflow bench batch: usage errors exit 2 with a message naming the flag,
+"""moeflow bench batch: usage errors (also a capacity below top_k, a prompt +
+--max-tokens beyond the model's context) exit 2 with a message naming the flag,
 --help exits 0, and a small run prints the JSON figures, identical (except
 timings) across two runs and across both prompt file formats' loaders."""
 import json
@@ -38,6 +39,8 @@ for args, needle in [
     (base[:-2] + ["--grouping", "fcfs", "--capacity-frac", "1.5"], "--capacity-frac '1.5'"),
     (base + ["--grouping", "fcfs", "--micro-batch", "9"], "--micro-batch 9"),
     (base + ["--grouping", "fcfs", "--predictor", "crystal-ball"], "crystal-ball"),
+    (base[:-2] + ["--grouping", "fcfs", "--capacity", "1"], "--capacity"),
+    (base[:6] + ["--max-tokens", "1000000"] + base[8:] + ["--grouping", "fcfs"], "--max-tokens"),
 ]:
     rc, out, err = run(*args)
     check(rc == 2 and needle in err, f"{args}: rc {rc}, stderr {err.strip()!r} lacks {needle!r}")

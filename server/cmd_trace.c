@@ -190,15 +190,16 @@ int moe_cmd_trace(int argc, char **argv)
     const struct moe_config *cfg = &m->cfg;
     if (text) {
         size_t len;
+        if (seq_len > cfg->max_pos) {
+            fprintf(stderr, "moeflow trace: --seq-len %ld is above the model's max_position_embeddings %d; "
+                            "lower it\n", seq_len, cfg->max_pos);
+            rc = 2;
+            goto out;
+        }
         if (moe_read_file(text, &buf, &len, (size_t)1 << 31)) goto fail;
         if (moe_tokenizer_encode(tok, buf, len, &ids, &n_ids)) goto fail;
         if (n_ids == 0) {
             moe_errorf(MOE_EINVAL, "%s: no tokens in the text", text);
-            goto fail;
-        }
-        if (seq_len > cfg->max_pos) {
-            moe_errorf(MOE_EINVAL, "--seq-len %ld is above the model's max_position_embeddings %d",
-                       seq_len, cfg->max_pos);
             goto fail;
         }
         n_seq = (n_ids + (size_t)seq_len - 1) / (size_t)seq_len;

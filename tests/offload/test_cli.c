@@ -98,6 +98,10 @@ int main(void)
     REQUIRE(moe_trace_load(p, &t) == MOE_OK, "%s", moe_last_error());
     CHECK(t->n_tokens > 8 && t->seq[8] == 1 && t->pos[8] == 0, "cut into 8-token sequences");
     moe_trace_free(t);
+    CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", bundled, "--text", txt, "--seq-len",
+                  "1000000", "--out", p) == 2, "--seq-len beyond the context is a usage error");
+    REQUIRE(moe_trace_load(p, &t) == MOE_OK, "the refused run spoiled %s: %s", p, moe_last_error());
+    moe_trace_free(t);
 
     /* sim */
     CHECK(run_cmd(moe_cmd_sim, NULL, 2, "sim", "--help") == 0, "sim --help");

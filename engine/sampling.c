@@ -76,13 +76,18 @@ int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab)
     if (!c) return moe_argmax(logits, vocab); /* out of memory: degrade to greedy, never crash */
     int n = 0;
     float inv_t = 1.0f / s->p.temperature;
+    float vmax = -INFINITY;
     for (int i = 0; i < vocab; i++) {
         if (isnan(logits[i]) || logits[i] == -INFINITY) continue;
         c[n].v = logits[i] * inv_t;
         c[n].id = i;
+        if (c[n].v > vmax) vmax = c[n].v;
         n++;
     }
-    if (n == 0) {
+    /* The largest logit / T beyond float (a tiny T or an infinite logit): the
+     * softmax would be NaN; its limit puts all the mass on the argmax.  Other
+     * logits that reach -inf just get probability 0. */
+    if (n == 0 || isinf(vmax)) {
         free(c);
         return moe_argmax(logits, vocab);
     }

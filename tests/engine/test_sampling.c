@@ -28,6 +28,34 @@ int main(void)
     moe_sampler_init(&s, &(struct moe_sampling){ 0, 1, 0, 0 });
     CHECK(moe_sampler_sample(&s, lg, 6) == 1, "temperature 0 is greedy");
 
+    /* a temperature so small that logit / T overflows (a valid, finite
+     * temperature) is the greedy limit, and so is an infinite logit */
+    float big[4] = { 100.0f, 300.0f, -200.0f, 0.0f };
+    float tiny_t[] = { 1e-39f, 1e-37f, 1e-30f };
+    for (size_t t = 0; t < sizeof(tiny_t) / sizeof(tiny_t[0]); t++)
+        for (uint64_t seed = 0; seed < 8; seed++) {
+            struct moe_sampling tp = { tiny_t[t], seed & 1 ? 0.9f : 1.0f, seed & 2 ? 3 : 0, seed };
+            CHECK(moe_sampling_validate(&tp) == MOE_OK, "temperature %g refused", (double)tiny_t[t]);
+            moe_sampler_init(&s, &tp);
+            int got = moe_sampler_sample(&s, big, 4);
+            CHECK(got == 1, "temperature %g, seed %llu: token %d, not the argmax 1", (double)tiny_t[t],
+                  (unsigned long long)seed, got);
+        }
+    float inf_lg[3] = { 1.0f, INFINITY, 2.0f };
+    moe_sampler_init(&s, &(struct moe_sampling){ 1.0f, 1.0f, 0, 5 });
+    CHECK(moe_sampler_sample(&s, inf_lg, 3) == 1, "an infinite logit is not the one drawn");
+    /* one logit / T underflowing to -inf only drops that token */
+    float low[3] = { -3e38f, 0.0f, 0.0f };
+    int seen01[2] = { 0, 0 };
+    moe_sampler_init(&s, &(struct moe_sampling){ 0.5f, 1.0f, 0, 9 });
+    for (int i = 0; i < 64; i++) {
+        int x = moe_sampler_sample(&s, low, 3);
+        CHECK(x == 1 || x == 2, "drew token %d of probability 0", x);
+        if (x == 1 || x == 2) seen01[x - 1]++;
+    }
+    CHECK(seen01[0] > 0 && seen01[1] > 0, "tokens 1 and 2 (equal logits) drawn %d and %d times", seen01[0],
+          seen01[1]);
+
     /* reproducible draws */
     enum { V = 50, N = 200 };
     float l2[V];

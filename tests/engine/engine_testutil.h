@@ -114,4 +114,26 @@ static inline enum moe_status run_prompt(struct moe_engine *e, int seq, const in
     return st;
 }
 
+/* Greedy decode of one sequence alone: prefill prompt[0..n) into seq, then
+ * out[0..steps) where out[t] is the argmax of the logits after out[t - 1]
+ * (after the prompt for t = 0); steps - 1 decode forwards.  The prompt's
+ * logits [n, V] go to prompt_logits unless it is NULL. */
+static inline enum moe_status t_greedy(struct moe_engine *e, int seq, const int *prompt, int n, int steps,
+                                       int *out, float *prompt_logits)
+{
+    int V = moe_engine_model(e)->cfg.vocab;
+    float *lg = prompt_logits ? prompt_logits : malloc(sizeof(float) * (size_t)n * (size_t)V);
+    float *next = malloc(sizeof(float) * (size_t)V);
+    enum moe_status st = lg && next ? run_prompt(e, seq, prompt, n, lg) : MOE_ENOMEM;
+    const float *last = lg + (size_t)(n - 1) * (size_t)V;
+    for (int t = 0; t < steps && st == MOE_OK; t++) {
+        out[t] = moe_argmax(last, V);
+        if (t + 1 < steps) st = run_prompt(e, seq, &out[t], 1, next);
+        last = next;
+    }
+    if (lg != prompt_logits) free(lg);
+    free(next);
+    return st;
+}
+
 #endif

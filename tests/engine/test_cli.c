@@ -49,23 +49,20 @@ int main(void)
     struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = 128, .max_batch_tokens = 64 };
     struct moe_engine *e = moe_engine_create(m, &ep);
     REQUIRE(e, "%s", moe_last_error());
-    int V = m->cfg.vocab, seq = moe_engine_seq_alloc(e);
+    int V = m->cfg.vocab, greedy[64];
     float *lg = malloc(sizeof(float) * (size_t)n * V);
-    REQUIRE(run_prompt(e, seq, ids, (int)n, lg) == MOE_OK, "%s", moe_last_error());
-    float *last = malloc(sizeof(float) * V);
-    memcpy(last, lg + (n - 1) * (size_t)V, sizeof(float) * V);
+    REQUIRE(lg && t_greedy(e, moe_engine_seq_alloc(e), ids, (int)n, 64, greedy, lg) == MOE_OK, "%s",
+            moe_last_error());
     char want[65536];
     size_t wl = 0;
     for (int g = 0; g < 64; g++) {
-        int t = moe_argmax(last, V);
+        int t = greedy[g];
         bool eos = false;
         for (int i = 0; i < m->cfg.n_eos; i++) eos |= t == m->cfg.eos_ids[i];
         if (eos) break;
         int k = moe_tokenizer_token_bytes(tok, t, want + wl, sizeof(want) - wl - 2);
         REQUIRE(k >= 0, "token bytes");
         wl += (size_t)k;
-        if (g == 63) break;
-        REQUIRE(run_prompt(e, seq, &t, 1, last) == MOE_OK, "%s", moe_last_error());
     }
     want[wl++] = '\n';
     want[wl] = 0;
@@ -121,7 +118,7 @@ int main(void)
     free(run(cmd, &status));
     CHECK(status == 0, "--help exits 0");
 
-    free(lg), free(last), free(ids);
+    free(lg), free(ids);
     moe_engine_destroy(e);
     moe_tokenizer_free(tok);
     moe_model_close(m);

@@ -2,14 +2,11 @@
  * greedy tokens are identical whatever batch, micro-batch, prefill chunk and
  * grouping it ran in, with the all-resident and with a small tiered expert
  * cache fed by lookahead prefetch; and equal to a plain one-sequence decode. */
-#include "engine/engine.h"
-#include "engine/sampling.h"
-#include "model/model.h"
+#include "../engine/engine_testutil.h"
 #include "model/tokenizer.h"
 #include "offload/runtime.h"
 #include "scheduler/scheduler.h"
 #include "sched_collect.h"
-#include "../test_util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -38,27 +35,8 @@ static void reference(const struct moe_model *m, int i)
     struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = 256, .max_batch_tokens = 256 };
     struct moe_engine *e = moe_engine_create(m, &ep);
     REQUIRE(e, "engine: %s", moe_last_error());
-    int seq = moe_engine_seq_alloc(e);
-    int vocab = m->cfg.vocab;
-    float *lg = malloc(sizeof(float) * (size_t)vocab);
-    int pos[256], sq[256];
-    for (int j = 0; j < n_ids[i]; j++) {
-        pos[j] = j;
-        sq[j] = seq;
-    }
-    bool wl[256] = { 0 };
-    wl[n_ids[i] - 1] = true;
-    struct moe_batch b = { .n = n_ids[i], .tokens = ids[i], .seq = sq, .pos = pos, .want_logits = wl };
-    REQUIRE(moe_engine_forward(e, &b, lg) == MOE_OK, "forward: %s", moe_last_error());
-    for (int t = 0; t < T; t++) {
-        want[i][t] = moe_argmax(lg, vocab);
-        if (t == T - 1)
-            break;
-        int p = n_ids[i] + t;
-        struct moe_batch d = { .n = 1, .tokens = &want[i][t], .seq = &seq, .pos = &p, .want_logits = NULL };
-        REQUIRE(moe_engine_forward(e, &d, lg) == MOE_OK, "forward: %s", moe_last_error());
-    }
-    free(lg);
+    REQUIRE(t_greedy(e, moe_engine_seq_alloc(e), ids[i], n_ids[i], T, want[i], NULL) == MOE_OK, "forward: %s",
+            moe_last_error());
     moe_engine_destroy(e);
 }
 

@@ -32,6 +32,20 @@ static int write_tokenizer(const char *path)
     return fclose(f);
 }
 
+/* moe_cli_open_model with what it prints to stderr caught in *err (malloc'd). */
+static bool open_quiet(const char *dir, struct moe_model **m, struct moe_tokenizer **t, char **err)
+{
+    FILE *saved = stderr;
+    size_t elen = 0;
+    FILE *f = open_memstream(err, &elen);
+    REQUIRE(f, "open_memstream");
+    stderr = f;
+    bool ok = moe_cli_open_model("test", dir, m, t);
+    fclose(stderr);
+    stderr = saved;
+    return ok;
+}
+
 static void test_write_token(void)
 {
     char dir[] = "/tmp/moe_cli_util_XXXXXX", path[64];
@@ -61,13 +75,8 @@ static void test_write_token(void)
     /* a model directory without a model: the message names what to set */
     struct moe_model *m = (struct moe_model *)1;
     struct moe_tokenizer *tk = (struct moe_tokenizer *)1;
-    FILE *saved = stderr;
     char *err = NULL;
-    size_t elen = 0;
-    stderr = open_memstream(&err, &elen);
-    bool ok = moe_cli_open_model("test", dir, &m, &tk);
-    fclose(stderr);
-    stderr = saved;
+    bool ok = open_quiet(dir, &m, &tk, &err);
     CHECK(!ok && !m, "opened a model from %s", dir);
     CHECK(err && strstr(err, "moeflow test: ") && strstr(err, "--model DIR"), "message: %s", err ? err : "");
     free(err);
@@ -94,13 +103,8 @@ static void test_open_model(void)
     t_path(dir, sizeof(dir), "tests/fixtures/hf-tiny/mixtral");
     m = NULL;
     t = NULL;
-    FILE *saved = stderr;
     char *err = NULL;
-    size_t elen = 0;
-    stderr = open_memstream(&err, &elen);
-    bool ok = moe_cli_open_model("test", dir, &m, &t);
-    fclose(stderr);
-    stderr = saved;
+    bool ok = open_quiet(dir, &m, &t, &err);
     CHECK(!ok && !m && !t, "%s has no tokenizer.json: opened, or left open after the failure", dir);
     CHECK(err && strstr(err, "tokenizer.json"), "message: %s", err ? err : "");
     free(err);

@@ -112,12 +112,19 @@ double moe_policy_predicted_next_use(const struct moe_policy *p, int key)
     if (q < 1e-3) q = 1e-3;
     if (q > 1) q = 1;
     double pt = transition_p(s, mi, key % s->n_experts, q);
-    double p1 = pred_at(s, key, mi, o, pt, PRED_WEIGHT_NOW);
-    double p2 = pred_at(s, key, mi, o + s->n_moe, q, PRED_WEIGHT_NEXT);
-    if (p1 > 1) p1 = 1;
-    if (p2 > 1) p2 = 1;
-    /* unused at o: used at the occurrence after with p2, else geometric with q */
-    return d0 + (1.0 - p1) * (double)s->n_moe * (p2 + (1.0 - p2) * (1.0 + 1.0 / q));
+    /* p_j: used at the j-th occurrence of the layer from o (j < PRED_SLOTS: a
+     * prediction for it, else the fallback); unused at all of them: geometric
+     * with q after.  Equal to d0 + (1-p1) M (p2 + (1-p2)(1 + 1/q)) when
+     * nothing is predicted beyond the occurrence after o. */
+    double surv = 1.0, wait = 0.0;
+    for (int j = 0; j < PRED_SLOTS; j++) {
+        double pj = pred_at(s, key, mi, o + (int64_t)j * s->n_moe, j == 0 ? pt : q,
+                            j == 0 ? PRED_WEIGHT_NOW : PRED_WEIGHT_NEXT);
+        if (pj > 1) pj = 1;
+        surv *= 1.0 - pj;
+        wait += j + 1 < PRED_SLOTS ? surv : surv / q;
+    }
+    return d0 + (double)s->n_moe * wait;
 }
 
 static void pp_on_insert(void *self, int key) { (void)self; (void)key; }

@@ -30,7 +30,7 @@ static enum moe_status parse_header(json_t *h, const char *path, struct moe_trac
     if (!json_is_string(f) || strcmp(json_string_value(f), MOE_TRACE_FORMAT))
         return moe_errorf(MOE_EFORMAT, "%s:1: not a routing trace (\"format\" must be \"%s\")",
                           path, MOE_TRACE_FORMAT);
-    int version;
+    int version = 0; /* set by get_int; initialised for -O3 -Wmaybe-uninitialized */
     if ((st = get_int(h, "version", path, 1, 0, 1 << 30, &version))) return st;
     if (version != MOE_TRACE_VERSION)
         return moe_errorf(MOE_EFORMAT, "%s:1: trace version %d, this build reads version %d "

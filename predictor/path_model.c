@@ -22,7 +22,7 @@ static float urand(uint64_t *s) { return (float)((splitmix(s) >> 40) * (1.0 / 83
 
 static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width, int horizon)
 {
-    if (horizon < 1 || horizon > 2 || n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
+    if (horizon < 1 || horizon > MOE_PATH_MAX_HORIZON || n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
         top_k > n_experts || dim <= 0 || dim > 65536 || width <= 0 || width > 65536)
         return NULL;
     struct moe_path_model *m = calloc(1, sizeof(*m));
@@ -198,8 +198,8 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
         goto out_close;
     }
     int fh = 1;
-    if (moe_st_metadata(f, "horizon") && (!meta_int(f, "horizon", &fh) || fh > 2)) {
-        moe_errorf(MOE_EFORMAT, "%s: metadata horizon must be 1 or 2", path);
+    if (moe_st_metadata(f, "horizon") && (!meta_int(f, "horizon", &fh) || fh < 1 || fh > MOE_PATH_MAX_HORIZON)) {
+        moe_errorf(MOE_EFORMAT, "%s: metadata horizon must be 1..%d", path, MOE_PATH_MAX_HORIZON);
         goto out_close;
     }
     m = alloc_model(fm, fe, fk, fd, fw, fh);
@@ -269,18 +269,22 @@ static void build_rows(const struct moe_path_model *m, const struct moe_path_dat
                 int e = t[l * m->top_k + j];
                 if (e >= 0 && e < m->n_experts) yr[l * m->n_experts + e] = 1.0f;
             }
-        if (m->horizon < 2) continue;
-        float *yn = yr + (size_t)m->n_moe * m->n_experts;
-        const int *nx = d->next ? d->next + (size_t)s * pk : NULL;
-        if (!nx || nx[0] < 0) { /* no next token: masked */
-            for (int i = 0; i < m->n_moe * m->n_experts; i++) yn[i] = -1.0f;
-            continue;
-        }
-        for (int l = 0; l < m->n_moe; l++)
-            for (int j = 0; j < m->top_k; j++) {
-                int e = nx[l * m->top_k + j];
-                if (e >= 0 && e < m->n_experts) yn[l * m->n_experts + e] = 1.0f;
+        bool ok = d->next != NULL;
+        for (int hz = 1; hz < m->horizon; hz++) {
+            float *yn = yr + (size_t)hz * m->n_moe * m->n_experts;
+            /* token s+hz continues the sequence when s..s+hz-1 all have a next token */
+            ok = ok && s + hz - 1 < d->n && d->next[(size_t)(s + hz - 1) * pk] >= 0;
+            if (!ok) { /* the sequence ended before it: masked */
+                for (int i = 0; i < m->n_moe * m->n_experts; i++) yn[i] = -1.0f;
+                continue;
             }
+            const int *nx = d->next + (size_t)(s + hz - 1) * pk;
+            for (int l = 0; l < m->n_moe; l++)
+                for (int j = 0; j < m->top_k; j++) {
+                    int e = nx[l * m->top_k + j];
+                    if (e >= 0 && e < m->n_experts) yn[l * m->n_experts + e] = 1.0f;
+                }
+        }
     }
 }
 

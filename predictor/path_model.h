@@ -6,9 +6,10 @@
  *   h      = relu(W1 x + b1)                     W1 [width, n_in]
  *   p      = sigmoid(W2 h + b2)                  W2 [n_out, width], n_out = horizon * n_moe * n_experts
  *
- * horizon 1: the heads score this token's routing; horizon 2: a second block
- * of heads scores the next token's routing (used to rank evictions a step
- * ahead; trained on the next token of the same sequence, masked otherwise).
+ * horizon 1: the heads score this token's routing; horizon H > 1: block h
+ * (1..H-1) of heads scores the routing of the h-th token after this one (used
+ * to rank evictions steps ahead; trained on that token of the same sequence,
+ * masked when the sequence ends before it).
  *
  * Trained with a multi-label (binary cross-entropy) loss and Adam on a routing
  * trace, with a held-out split and early stopping; saved as safetensors
@@ -22,13 +23,16 @@
 extern "C" {
 #endif
 
+/* Blocks of heads at most: this token and the MOE_PATH_MAX_HORIZON - 1 after it. */
+#define MOE_PATH_MAX_HORIZON 4
+
 struct moe_path_model {
     int n_moe;        /* MoE layers */
     int n_experts;    /* experts per MoE layer */
     int top_k;        /* experts routed per token and layer */
     int dim;          /* token embedding width (model hidden size) */
     int width;        /* hidden units */
-    int horizon;      /* 1 or 2 blocks of heads (this token, next token) */
+    int horizon;      /* 1..MOE_PATH_MAX_HORIZON blocks of heads (this token, the next, ...) */
     int n_in, n_out;  /* dim + n_moe*n_experts, horizon*n_moe*n_experts */
     float *w1, *b1;   /* [width, n_in], [width] */
     float *w2, *b2;   /* [n_out, width], [n_out] */
@@ -61,7 +65,9 @@ struct moe_path_data {
     const int *token;      /* [n] token id (row of emb) */
     const int *prev;       /* [n, n_moe * top_k], -1 = unknown (first token of a sequence) */
     const int *target;     /* [n, n_moe * top_k] actual experts */
-    const int *next;       /* [n, n_moe * top_k] next token's experts (-1 = none), or NULL (horizon 2 only) */
+    const int *next;       /* [n, n_moe * top_k] next token's experts (-1 = none: the sequence ends), or
+                              NULL (horizon >= 2 only; token s+h's routing is next[s+h-1] when
+                              next[s..s+h-1] are all present) */
     const float *emb;      /* [vocab, dim] f32 embeddings */
     int vocab;
 };

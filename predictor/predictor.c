@@ -435,14 +435,15 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
             memcpy(p->out + (size_t)i * E, p->pscore + ((size_t)i * M + mi) * E, sizeof(float) * E);
         publish(p, (int)mi, (int)mi + 1, true);
     }
-    /* the next token's routing (horizon 2): hints a step ahead, for eviction ranking */
+    /* the routing of the next horizon-1 tokens: hints steps ahead, for eviction ranking */
     if (uses_path(p) && p->path->horizon > 1 && p->prov && p->pf.next_step) {
         size_t no = (size_t)p->path->n_out;
-        for (size_t mi = 0; mi < M; mi++) {
-            for (int i = 0; i < b->n; i++)
-                memcpy(p->out + (size_t)i * E, p->pout + (size_t)i * no + (M + mi) * E, sizeof(float) * E);
-            publish(p, (int)mi, (int)(M + mi) + 1, true);
-        }
+        for (size_t hz = 1; hz < (size_t)p->path->horizon; hz++)
+            for (size_t mi = 0; mi < M; mi++) {
+                for (int i = 0; i < b->n; i++)
+                    memcpy(p->out + (size_t)i * E, p->pout + (size_t)i * no + (hz * M + mi) * E, sizeof(float) * E);
+                publish(p, (int)mi, (int)(hz * M + mi) + 1, true);
+            }
     }
     return MOE_OK;
 }

@@ -31,8 +31,8 @@ static void usage(FILE *f)
         "  --seq-len N           tokens per sequence with --text (default 512)\n"
         "  --out FILE            predictor file to write (safetensors)\n"
         "  --width N             hidden units (default 384)\n"
-        "  --horizon H           1: heads for this token's routing; 2: also the next token's,\n"
-        "                        which ranks evictions a step ahead (default 2)\n"
+        "  --horizon H           1: heads for this token's routing; 2..4: also those of the next\n"
+        "                        H-1 tokens, which rank evictions steps ahead (default 2)\n"
         "  --epochs N            at most N epochs (default 40)\n"
         "  --batch N             samples per Adam step (default 128)\n"
         "  --lr X                Adam step size (default 0.002)\n"
@@ -102,7 +102,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_OUT: out_path = optarg; break;
         case O_SEQ: if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value; break;
         case O_WIDTH: if (!parse_int(optarg, 1, 16384, &width)) goto bad_value; break;
-        case O_HORIZON: if (!parse_int(optarg, 1, 2, &horizon)) goto bad_value; break;
+        case O_HORIZON: if (!parse_int(optarg, 1, MOE_PATH_MAX_HORIZON, &horizon)) goto bad_value; break;
         case O_EPOCHS: if (!parse_int(optarg, 1, 100000, &epochs)) goto bad_value; break;
         case O_BATCH: if (!parse_int(optarg, 1, 65536, &batch)) goto bad_value; break;
         case O_LR: if (!parse_dbl(optarg, 1e-9, 10, &lr)) goto bad_value; break;

@@ -60,6 +60,27 @@ int main(void)
     CHECK(rep.val_recall > 0.8, "held-out recall@%d %.3f (chance %.3f)", K, rep.val_recall, (double)K / E);
     CHECK(rep.best_epoch >= 1 && rep.best_epoch <= rep.epochs, "best epoch %d of %d", rep.best_epoch, rep.epochs);
 
+    /* horizon 3: blocks for the next two tokens, trained where the sequence
+     * goes on (a new sequence starts every 50 samples), masked after it ends */
+    {
+        static int next[N * M * K];
+        for (int s2 = 0; s2 < N; s2++)
+            for (int j = 0; j < M * K; j++)
+                next[s2 * M * K + j] = s2 + 1 < N && (s2 + 1) % 50 != 0 ? target[(s2 + 1) * M * K + j] : -1;
+        struct moe_path_model *mh = moe_path_model_create(M, E, K, DIM, 32, 3, 7);
+        REQUIRE(mh && mh->n_out == 3 * M * E, "create horizon 3: %s", moe_last_error());
+        struct moe_path_data dh = d;
+        dh.next = next;
+        struct moe_path_train_params tph = tp;
+        tph.max_epochs = 3;
+        struct moe_path_train_report rh;
+        CHECK(moe_path_model_train(mh, &dh, &tph, &rh) == MOE_OK, "train horizon 3: %s", moe_last_error());
+        CHECK(isfinite(rh.val_loss) && rh.val_loss > 0, "horizon 3 held-out loss %f", rh.val_loss);
+        CHECK(rh.val_recall > 0.6, "horizon 3 block 0 recall %.3f", rh.val_recall);
+        moe_path_model_free(mh);
+        CHECK(!moe_path_model_create(M, E, K, DIM, 32, MOE_PATH_MAX_HORIZON + 1, 7), "horizon above the maximum");
+    }
+
     /* bad input is refused, not crashed on */
     int bad_tok[4] = { 0, 1, VOCAB, 2 };
     struct moe_path_data bd = d;
@@ -94,9 +115,9 @@ int main(void)
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "moeflow-path-predictor"),
               "wrong format accepted: %s", moe_last_error());
         const char *meta_h[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
-                                 "2", "dim", "16", "width", "64", "horizon", "3", NULL };
+                                 "2", "dim", "16", "width", "64", "horizon", "5", NULL };
         REQUIRE(moe_st_write(path, bad, 1, meta_h) == MOE_OK, "write: %s", moe_last_error());
-        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "horizon"), "horizon 3 accepted: %s",
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "horizon"), "horizon 5 accepted: %s",
               moe_last_error());
         const char *meta_s[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
                                  "2", "dim", "16", "width", "64", NULL };

@@ -581,9 +581,20 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         return moe_errorf(MOE_EFORMAT, "ModelInferRequest: malformed protobuf message (%zu bytes)",
                           len);
     enum moe_status st = MOE_OK;
-    if (m->model_name && strlen(m->model_name) < sizeof(out->model))
+    /* Too long to hold is refused, never dropped: an empty model would match
+     * any model, and a lost id would not be echoed. */
+    if (m->model_name && strlen(m->model_name) >= sizeof(out->model)) {
+        st = moe_errorf(MOE_EINVAL, "model_name must be at most %zu bytes (got %zu)", sizeof(out->model) - 1,
+                        strlen(m->model_name));
+        goto out;
+    }
+    if (m->id && strlen(m->id) >= sizeof(out->id)) {
+        st = moe_errorf(MOE_EINVAL, "id must be at most %zu bytes (got %zu)", sizeof(out->id) - 1, strlen(m->id));
+        goto out;
+    }
+    if (m->model_name)
         strcpy(out->model, m->model_name);
-    if (m->id && strlen(m->id) < sizeof(out->id))
+    if (m->id)
         strcpy(out->id, m->id);
     if (m->n_raw_input_contents && m->n_raw_input_contents != m->n_inputs) {
         st = moe_errorf(MOE_EINVAL, "raw_input_contents has %zu entries for %zu inputs",

@@ -241,12 +241,9 @@ char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t
     for (int i = 0; i < n; i++) {
         if (toks[i] == eos && !g->ignore_eos)
             continue; /* the end-of-sequence marker carries no text */
-        char tb[256];
-        int k = moe_tokenizer_token_bytes(s->tok, toks[i], tb, sizeof(tb));
+        int k = moe_tokenizer_token_bytes(s->tok, toks[i], NULL, 0); /* its full length */
         if (k < 0)
             continue;
-        if ((size_t)k > sizeof(tb))
-            k = (int)sizeof(tb);
         if (off + (size_t)k > cap) {
             size_t nc = (off + (size_t)k) * 2;
             char *r2 = realloc(raw, nc);
@@ -260,7 +257,7 @@ char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t
             out = o2;
             cap = nc;
         }
-        memcpy(raw + off, tb, (size_t)k);
+        moe_tokenizer_token_bytes(s->tok, toks[i], raw + off, (size_t)k);
         off += (size_t)k;
     }
     size_t keep = final ? off : moe_utf8_complete_prefix(raw, off);

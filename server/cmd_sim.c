@@ -133,6 +133,13 @@ int moe_cmd_sim(int argc, char **argv)
     long slots = (long)t->info.n_moe * t->info.experts;
     if (frac > 0) capacity = (long)floor(frac * (double)slots);
     if (capacity > slots) capacity = slots;
+    if (capacity < t->info.top_k) {
+        fprintf(stderr, "moeflow sim: %s gives %ld expert slots, fewer than the %d experts one token "
+                        "needs per layer (top_k): raise --capacity or --capacity-frac\n",
+                frac > 0 ? "--capacity-frac" : "--capacity", capacity, t->info.top_k);
+        moe_trace_free(t);
+        return 2;
+    }
     sp.capacity = (int)capacity;
     if (!sp.expert_bytes && !t->info.expert_bytes)
         fprintf(stderr, "moeflow sim: note: no --expert-bytes and none in the trace header; "

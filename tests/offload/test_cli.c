@@ -110,8 +110,8 @@ int main(void)
                   "1.5") == 2, "bad frac");
     CHECK(run_cmd(moe_cmd_sim, NULL, 7, "sim", "--trace", p, "--policy", "mru", "--capacity", "8") == 2,
           "bad policy");
-    CHECK(run_cmd(moe_cmd_sim, NULL, 7, "sim", "--trace", p, "--policy", "lru", "--capacity", "2") == 1,
-          "capacity below top_k");
+    CHECK(run_cmd(moe_cmd_sim, NULL, 7, "sim", "--trace", p, "--policy", "lru", "--capacity", "2") == 2,
+          "capacity below top_k is a usage error");
     CHECK(run_cmd(moe_cmd_sim, NULL, 7, "sim", "--trace", "/nonexistent.jsonl", "--policy", "lru",
                   "--capacity", "8") == 1, "missing trace");
     CHECK(run_cmd(moe_cmd_sim, out, 12, "sim", "--trace", p, "--policy", "belady", "--capacity-frac",

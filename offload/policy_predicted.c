@@ -17,11 +17,13 @@
  * estimate) and the one after (p2, against the use frequency).  Picked on the
  * train split's tail (replay of its last 2048 tokens, path+gate hints with
  * every expert's score): p1 0 / 0.15 / 0.3 / 0.5 / 0.6 / 1, p2 0 / 0.3 / 0.6 /
- * 0.8 / 1.  A hint of score 1 (certain) is not blended. */
+ * 0.8 / 1; re-checked with the horizon-8 predictor (p1 0.15 / 0.3 / 0.6 / 1,
+ * p2 0.8 / 1, and 0.3 / 0.6 / 1 for the occurrences after: PRED_WEIGHT_NEXT
+ * is used for all of them).  A hint of score 1 (certain) is not blended. */
 #define PRED_WEIGHT_NOW 0.3
 #define PRED_WEIGHT_NEXT 1.0
 /* predictions kept per key: for this step and the next PRED_SLOTS - 1 */
-#define PRED_SLOTS 4
+#define PRED_SLOTS 8
 
 struct predicted {
     struct moe_policy base;

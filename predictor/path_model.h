@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Blocks of heads at most: this token and the MOE_PATH_MAX_HORIZON - 1 after it. */
-#define MOE_PATH_MAX_HORIZON 4
+#define MOE_PATH_MAX_HORIZON 8
 
 struct moe_path_model {
     int n_moe;        /* MoE layers */

@@ -58,7 +58,7 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
  * distance) prediction.  moe_index: 0..n_moe-1 (not the decoder layer).
  * step_start: made at begin() (the "path" prediction; distance is then
  * moe_index + 1).  scores [n_tokens, n_experts].  Predictions for the next
- * step (distance > n_moe, path predictors of horizon 2, with prefetch.next_step)
+ * steps (distance > n_moe, path predictors of horizon >= 2, with prefetch.next_step)
  * go to the provider only. */
 struct moe_pred_sink {
     void *ud;
@@ -70,7 +70,7 @@ struct moe_pred_sink {
 struct moe_pred_prefetch {
     float min_score;      /* only experts scored at least this (0 = 0.5 default) */
     int max_per_layer;    /* at most this many per layer and prediction (0 = top_k) */
-    bool next_step;       /* also hint the next token's experts (path predictors of horizon 2,
+    bool next_step;       /* also hint the next tokens' experts (path predictors of horizon >= 2,
                              distance > n_moe): for policies that rank evictions with them */
     bool all_scores;      /* publish every expert's score, whatever min_score and max_per_layer
                              say (best first): for a receiver that ranks evictions with the whole

@@ -31,7 +31,7 @@ static void usage(FILE *f)
         "  --seq-len N           tokens per sequence with --text (default 512)\n"
         "  --out FILE            predictor file to write (safetensors)\n"
         "  --width N             hidden units (default 384)\n"
-        "  --horizon H           1: heads for this token's routing; 2..4: also those of the next\n"
+        "  --horizon H           1: heads for this token's routing; 2..8: also those of the next\n"
         "                        H-1 tokens, which rank evictions steps ahead (default 2)\n"
         "  --epochs N            at most N epochs (default 40)\n"
         "  --batch N             samples per Adam step (default 128)\n"

@@ -115,9 +115,9 @@ int main(void)
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "moeflow-path-predictor"),
               "wrong format accepted: %s", moe_last_error());
         const char *meta_h[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
-                                 "2", "dim", "16", "width", "64", "horizon", "5", NULL };
+                                 "2", "dim", "16", "width", "64", "horizon", "9", NULL };
         REQUIRE(moe_st_write(path, bad, 1, meta_h) == MOE_OK, "write: %s", moe_last_error());
-        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "horizon"), "horizon 5 accepted: %s",
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "horizon"), "horizon 9 accepted: %s",
               moe_last_error());
         const char *meta_s[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
                                  "2", "dim", "16", "width", "64", NULL };

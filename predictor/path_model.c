@@ -20,9 +20,10 @@ static uint64_t splitmix(uint64_t *s)
 /* Uniform in [-1, 1). */
 static float urand(uint64_t *s) { return (float)((splitmix(s) >> 40) * (1.0 / 8388608.0) - 1.0); }
 
-static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width, int horizon)
+static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width, int horizon,
+                                          float hist_decay)
 {
-    if (horizon < 1 || horizon > MOE_PATH_MAX_HORIZON || n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
+    if (!(hist_decay >= 0 && hist_decay < 1) || horizon < 1 || horizon > MOE_PATH_MAX_HORIZON || n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
         top_k > n_experts || dim <= 0 || dim > 65536 || width <= 0 || width > 65536)
         return NULL;
     struct moe_path_model *m = calloc(1, sizeof(*m));
@@ -34,7 +35,8 @@ static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, i
     m->width = width;
     m->horizon = horizon;
     m->n_out = horizon * n_moe * n_experts;
-    m->n_in = dim + n_moe * n_experts;
+    m->hist_decay = hist_decay;
+    m->n_in = dim + n_moe * n_experts * (hist_decay > 0 ? 2 : 1);
     m->w1 = calloc((size_t)width * (size_t)m->n_in, sizeof(float));
     m->b1 = calloc((size_t)width, sizeof(float));
     m->w2 = calloc((size_t)m->n_out * (size_t)width, sizeof(float));
@@ -49,11 +51,18 @@ static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, i
 struct moe_path_model *moe_path_model_create(int n_moe, int n_experts, int top_k, int dim, int width,
                                              int horizon, uint64_t seed)
 {
-    struct moe_path_model *m = alloc_model(n_moe, n_experts, top_k, dim, width, horizon);
+    return moe_path_model_create_hist(n_moe, n_experts, top_k, dim, width, horizon, 0.0f, seed);
+}
+
+struct moe_path_model *moe_path_model_create_hist(int n_moe, int n_experts, int top_k, int dim, int width,
+                                                  int horizon, float hist_decay, uint64_t seed)
+{
+    struct moe_path_model *m = alloc_model(n_moe, n_experts, top_k, dim, width, horizon, hist_decay);
     if (!m) {
         moe_errorf(MOE_EINVAL,
-                   "path predictor: bad shape (moe layers %d, experts %d, top_k %d, dim %d, width %d, horizon %d)",
-                   n_moe, n_experts, top_k, dim, width, horizon);
+                   "path predictor: bad shape (moe layers %d, experts %d, top_k %d, dim %d, width %d, horizon %d, "
+                   "history decay %g: 0 <= decay < 1)",
+                   n_moe, n_experts, top_k, dim, width, horizon, (double)hist_decay);
         return NULL;
     }
     uint64_t s = seed;
@@ -78,6 +87,32 @@ void moe_path_model_free(struct moe_path_model *m)
 
 void moe_path_model_features(const struct moe_path_model *m, const float *emb, const int *prev, float *x)
 {
+    moe_path_model_features_hist(m, emb, prev, NULL, x);
+}
+
+void moe_path_model_hist_update(const struct moe_path_model *m, float *hist, const int *routing)
+{
+    size_t ne = (size_t)m->n_moe * (size_t)m->n_experts;
+    float d = m->hist_decay;
+    for (size_t i = 0; i < ne; i++) hist[i] *= d;
+    for (int l = 0; l < m->n_moe; l++)
+        for (int j = 0; j < m->top_k; j++) {
+            int e = routing[l * m->top_k + j];
+            if (e >= 0 && e < m->n_experts) hist[l * m->n_experts + e] += 1.0f - d;
+        }
+}
+
+void moe_path_model_features_hist(const struct moe_path_model *m, const float *emb, const int *prev,
+                                  const float *hist, float *x)
+{
+    size_t ne = (size_t)m->n_moe * (size_t)m->n_experts;
+    if (m->hist_decay > 0) {
+        float *hb = x + m->dim + ne;
+        if (hist)
+            memcpy(hb, hist, sizeof(float) * ne);
+        else
+            memset(hb, 0, sizeof(float) * ne);
+    }
     double ss = 0;
     for (int i = 0; i < m->dim; i++) ss += (double)emb[i] * emb[i];
     float inv = (float)(1.0 / sqrt(ss / m->dim + 1e-12));
@@ -116,8 +151,9 @@ void moe_path_model_forward(const struct moe_path_model *m, int B, const float *
 enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *path,
                                     const char *const *extra_meta)
 {
-    char s_moe[16], s_e[16], s_k[16], s_dim[16], s_w[16], s_h[16];
+    char s_moe[16], s_e[16], s_k[16], s_dim[16], s_w[16], s_h[16], s_hd[32];
     snprintf(s_h, sizeof s_h, "%d", m->horizon);
+    snprintf(s_hd, sizeof s_hd, "%.9g", (double)m->hist_decay);
     snprintf(s_moe, sizeof s_moe, "%d", m->n_moe);
     snprintf(s_e, sizeof s_e, "%d", m->n_experts);
     snprintf(s_k, sizeof s_k, "%d", m->top_k);
@@ -127,7 +163,7 @@ enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *
     size_t n = 0;
     const char *fixed[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", s_moe,
                             "n_experts", s_e, "top_k", s_k, "dim", s_dim, "width", s_w, "horizon", s_h,
-                            "model", m->model_name, NULL };
+                            "model", m->model_name, m->hist_decay > 0 ? "hist_decay" : NULL, s_hd, NULL };
     for (size_t i = 0; fixed[i]; i++) meta[n++] = fixed[i];
     for (size_t i = 0; extra_meta && extra_meta[i] && extra_meta[i + 1] && n + 3 < MOE_ARRAY_LEN(meta); i += 2) {
         meta[n++] = extra_meta[i];
@@ -202,7 +238,17 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
         moe_errorf(MOE_EFORMAT, "%s: metadata horizon must be 1..%d", path, MOE_PATH_MAX_HORIZON);
         goto out_close;
     }
-    m = alloc_model(fm, fe, fk, fd, fw, fh);
+    float fhd = 0;
+    const char *hd = moe_st_metadata(f, "hist_decay");
+    if (hd) {
+        char *end;
+        fhd = strtof(hd, &end);
+        if (*end || end == hd || !(fhd > 0 && fhd < 1)) {
+            moe_errorf(MOE_EFORMAT, "%s: metadata hist_decay '%s' must be a number in (0, 1)", path, hd);
+            goto out_close;
+        }
+    }
+    m = alloc_model(fm, fe, fk, fd, fw, fh, fhd);
     if (!m) {
         moe_errorf(MOE_EFORMAT, "%s: bad shape in metadata", path);
         goto out_close;
@@ -258,8 +304,9 @@ static void build_rows(const struct moe_path_model *m, const struct moe_path_dat
     int pk = m->n_moe * m->top_k;
     for (int b = 0; b < B; b++) {
         int s = idx[b];
-        moe_path_model_features(m, d->emb + (size_t)d->token[s] * (size_t)m->dim, d->prev + (size_t)s * pk,
-                                x + (size_t)b * m->n_in);
+        moe_path_model_features_hist(m, d->emb + (size_t)d->token[s] * (size_t)m->dim, d->prev + (size_t)s * pk,
+                                     d->hist ? d->hist + (size_t)s * m->n_moe * m->n_experts : NULL,
+                                     x + (size_t)b * m->n_in);
         if (!y) continue;
         float *yr = y + (size_t)b * m->n_out;
         memset(yr, 0, sizeof(float) * (size_t)m->n_out);

@@ -40,6 +40,7 @@ struct moe_predictor {
 
     int *prev;                 /* [max_seqs, n_moe * k] previous token's routing */
     bool *prev_ok;             /* [max_seqs] */
+    float *hist;               /* [max_seqs, n_moe * E] path model history block per sequence (hist_decay > 0) */
 
     /* current step */
     int n, cap;                /* tokens in the step, capacity of the arrays below */
@@ -234,11 +235,12 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
     p->freq = calloc(M * E, sizeof(uint32_t));
     p->prev = malloc(sizeof(int) * (size_t)max_seqs * M * (size_t)p->k);
     p->prev_ok = calloc((size_t)max_seqs, sizeof(bool));
+    p->hist = calloc((size_t)max_seqs * M * E, sizeof(float));
     p->routed = calloc(M, sizeof(bool));
     p->un = malloc(sizeof(float) * E);
     p->ids = malloc(sizeof(int) * E);
     if (!p->emb_row || !p->trans || !p->trans_n || !p->rec || !p->rec_n || !p->freq || !p->prev || !p->prev_ok ||
-        !p->routed || !p->un || !p->ids || ensure_cap(p, 16))
+        !p->hist || !p->routed || !p->un || !p->ids || ensure_cap(p, 16))
         goto fail_nomem;
     return p;
 fail_nomem:
@@ -263,6 +265,7 @@ void moe_predictor_destroy(struct moe_predictor *p)
     free(p->freq);
     free(p->prev);
     free(p->prev_ok);
+    free(p->hist);
     free(p->seq);
     free(p->tok);
     free(p->route);
@@ -384,6 +387,13 @@ static const int *seq_prev(const struct moe_predictor *p, int seq)
     return p->prev + (size_t)seq * (size_t)p->n_moe * (size_t)p->k;
 }
 
+/* The sequence's history block for the path model when its previous token is known. */
+static const float *seq_hist(const struct moe_predictor *p, int seq, const int *prevr)
+{
+    if (!prevr || !p->path || !(p->path->hist_decay > 0)) return NULL;
+    return p->hist + (size_t)seq * (size_t)p->n_moe * (size_t)p->E;
+}
+
 static void embed_row(struct moe_predictor *p, int token)
 {
     const struct moe_wview *w = &p->model->embed;
@@ -419,7 +429,8 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
         float *ps = p->pscore + (size_t)i * M * E;
         if (uses_path(p)) {
             embed_row(p, b->tokens[i]);
-            moe_path_model_features(p->path, p->emb_row, prevr, p->x + (size_t)i * p->path->n_in);
+            moe_path_model_features_hist(p->path, p->emb_row, prevr, seq_hist(p, b->seq[i], prevr),
+                                         p->x + (size_t)i * p->path->n_in);
         } else {
             for (size_t mi = 0; mi < M; mi++) history_scores(p, (int)mi, prevr, NULL, ps + mi * E);
         }
@@ -547,6 +558,11 @@ void moe_predictor_end(struct moe_predictor *p, bool ok)
     for (int i = 0; i < p->n; i++) {
         int s = p->seq[i];
         if (s < 0 || s >= p->max_seqs) continue;
+        if (p->path && p->path->hist_decay > 0) {
+            float *h = p->hist + (size_t)s * M * E;
+            if (!p->prev_ok[s]) memset(h, 0, sizeof(float) * M * E); /* a new sequence */
+            moe_path_model_hist_update(p->path, h, p->route + (size_t)i * M * K);
+        }
         memcpy(p->prev + (size_t)s * M * K, p->route + (size_t)i * M * K, sizeof(int) * M * K);
         p->prev_ok[s] = true;
     }
@@ -572,7 +588,7 @@ enum moe_status moe_predictor_seq_path(struct moe_predictor *p, int seq, int tok
             return moe_errorf(MOE_ENOMEM, "predictor: out of memory");
         }
         embed_row(p, token);
-        moe_path_model_features(p->path, p->emb_row, prevr, x);
+        moe_path_model_features_hist(p->path, p->emb_row, prevr, seq_hist(p, seq, prevr), x);
         moe_path_model_forward(p->path, 1, x, sc, hs);
         free(x);
         free(hs);

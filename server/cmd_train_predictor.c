@@ -33,6 +33,8 @@ static void usage(FILE *f)
         "  --width N             hidden units (default 384)\n"
         "  --horizon H           1: heads for this token's routing; 2..8: also those of the next\n"
         "                        H-1 tokens, which rank evictions steps ahead (default 2)\n"
+        "  --hist-decay D        0 < D < 1: also input the sequence's recent routing, a moving average\n"
+        "                        of the earlier tokens' experts decayed by D per token (default 0: none)\n"
         "  --epochs N            at most N epochs (default 40)\n"
         "  --batch N             samples per Adam step (default 128)\n"
         "  --lr X                Adam step size (default 0.002)\n"
@@ -46,7 +48,7 @@ static void usage(FILE *f)
 }
 
 enum { O_MODEL = 256, O_TRACE, O_TEXT, O_SEQ, O_OUT, O_WIDTH, O_EPOCHS, O_BATCH, O_LR, O_WD, O_VAL, O_PAT,
-       O_SEED, O_THREADS, O_QUIET, O_HORIZON };
+       O_SEED, O_THREADS, O_QUIET, O_HORIZON, O_HIST };
 
 static bool parse_int(const char *s, long lo, long hi, long *out)
 {
@@ -85,12 +87,13 @@ int moe_cmd_train_predictor(int argc, char **argv)
         { "threads", required_argument, NULL, O_THREADS },
         { "quiet", no_argument, NULL, O_QUIET },
         { "horizon", required_argument, NULL, O_HORIZON },
+        { "hist-decay", required_argument, NULL, O_HIST },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *trace_path = NULL, *text = NULL, *out_path = NULL;
     long seq_len = 512, width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1, threads = 2;
-    double lr = 2e-3, wd = 1e-4, val = 0.1;
+    double lr = 2e-3, wd = 1e-4, val = 0.1, hist_decay = 0;
     bool quiet = false;
     int c;
     optind = 1;
@@ -108,6 +111,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_LR: if (!parse_dbl(optarg, 1e-9, 10, &lr)) goto bad_value; break;
         case O_WD: if (!parse_dbl(optarg, 0, 1, &wd)) goto bad_value; break;
         case O_VAL: if (!parse_dbl(optarg, 0, 0.5, &val)) goto bad_value; break;
+        case O_HIST: if (!parse_dbl(optarg, 0, 0.999, &hist_decay)) goto bad_value; break;
         case O_PAT: if (!parse_int(optarg, 1, 1000, &patience)) goto bad_value; break;
         case O_SEED: if (!parse_int(optarg, 0, 1L << 62, &seed)) goto bad_value; break;
         case O_THREADS: if (!parse_int(optarg, 1, 256, &threads)) goto bad_value; break;
@@ -133,7 +137,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
     int rc = 1;
     struct moe_trace *tr = NULL;
     int *toks = NULL, *seqs = NULL, *poss = NULL, *experts = NULL, *prev = NULL, *next = NULL;
-    float *emb = NULL;
+    float *emb = NULL, *hist = NULL;
     struct moe_path_model *pm = NULL;
     size_t n = 0;
     struct moe_model *m = moe_model_open(model_dir);
@@ -190,15 +194,29 @@ int moe_cmd_train_predictor(int argc, char **argv)
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < row; j++) next[i * row + j] = i + 1 < n ? prev[(i + 1) * row + j] : -1;
     moe_wview_to_f32(&m->embed, emb);
-    pm = moe_path_model_create(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, (int)horizon,
-                               (uint64_t)seed);
+    pm = moe_path_model_create_hist(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, (int)horizon,
+                                    (float)hist_decay, (uint64_t)seed);
     if (!pm) {
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;
     }
     const char *base = strrchr(m->dir, '/');
     snprintf(pm->model_name, sizeof pm->model_name, "%.127s", base && base[1] ? base + 1 : m->dir);
-    struct moe_path_data d = { .n = (int)n, .token = toks, .prev = prev, .target = experts, .next = next, .emb = emb,
+    if (hist_decay > 0) {
+        /* each sample's history block: the moving average of its sequence's earlier routing */
+        size_t ne = (size_t)n_moe * (size_t)cfg->n_experts;
+        hist = calloc((n ? n : 1) * ne, sizeof(float));
+        if (!hist) {
+            fprintf(stderr, "moeflow train-predictor: out of memory for %zu history rows\n", n);
+            goto out;
+        }
+        for (size_t i = 1; i < n; i++)
+            if (prev[i * row] >= 0 || prev[i * row + 1] >= 0) {
+                memcpy(hist + i * ne, hist + (i - 1) * ne, sizeof(float) * ne);
+                moe_path_model_hist_update(pm, hist + i * ne, prev + i * row);
+            }
+    }
+    struct moe_path_data d = { .n = (int)n, .hist = hist, .token = toks, .prev = prev, .target = experts, .next = next, .emb = emb,
                                .vocab = cfg->vocab };
     struct moe_path_train_params tp = { .max_epochs = (int)epochs, .batch = (int)batch, .lr = (float)lr,
                                         .weight_decay = (float)wd, .val_frac = (float)val,
@@ -233,6 +251,7 @@ out:
     }
     free(prev);
     free(next);
+    free(hist);
     free(emb);
     moe_path_model_free(pm);
     moe_model_close(m);

@@ -80,6 +80,30 @@ int main(void)
         moe_path_model_free(mh);
         CHECK(!moe_path_model_create(M, E, K, DIM, 32, MOE_PATH_MAX_HORIZON + 1, 7), "horizon above the maximum");
     }
+    /* the history input block: a moving average of the sequence's routing, kept across a save/load */
+    {
+        struct moe_path_model *mh = moe_path_model_create_hist(M, E, K, DIM, 16, 2, 0.5f, 3);
+        REQUIRE(mh && mh->n_in == DIM + 2 * M * E, "create with history: %s", moe_last_error());
+        CHECK(!moe_path_model_create_hist(M, E, K, DIM, 16, 2, 1.0f, 3), "history decay 1 accepted");
+        float hist[M * E] = { 0 }, xh[DIM + 2 * M * E];
+        moe_path_model_hist_update(mh, hist, target);
+        moe_path_model_hist_update(mh, hist, target + M * K);
+        int e0 = target[M * K]; /* layer 0 of sample 1, used last: weight 0.5 at least */
+        CHECK(hist[e0] >= 0.5f - 1e-6f && hist[e0] <= 0.75f + 1e-6f, "history weight %f", hist[e0]);
+        moe_path_model_features_hist(mh, emb, prev + 7 * M * K, hist, xh);
+        CHECK(!memcmp(xh + DIM + M * E, hist, sizeof hist), "history block not in the input row");
+        char hp[] = "/tmp/moeflow-test-pathh-XXXXXX";
+        int hfd = mkstemp(hp);
+        REQUIRE(hfd >= 0, "mkstemp");
+        close(hfd);
+        REQUIRE(moe_path_model_save(mh, hp, NULL) == MOE_OK, "save: %s", moe_last_error());
+        struct moe_path_model *ml = moe_path_model_load(hp, M, E, K, DIM);
+        CHECK(ml && ml->hist_decay == 0.5f && ml->n_in == mh->n_in, "history decay lost on load: %s",
+              ml ? "" : moe_last_error());
+        unlink(hp);
+        moe_path_model_free(ml);
+        moe_path_model_free(mh);
+    }
 
     /* bad input is refused, not crashed on */
     int bad_tok[4] = { 0, 1, VOCAB, 2 };

@@ -86,6 +86,24 @@ out:
     return dt;
 }
 
+/* Multiply-adds of the weight matrices one token goes through (projections,
+ * router, its top-k experts, shared expert or dense MLP, lm_head); attention
+ * scores over the context are left out.  2 x this = matmul FLOPs per token. */
+static double token_macs(const struct moe_config *c)
+{
+    double H = c->hidden, Q = (double)c->n_heads * c->head_dim, KV = (double)c->n_kv_heads * c->head_dim;
+    double macs = (double)c->vocab * H;
+    for (int l = 0; l < c->n_layers; l++) {
+        macs += 2 * Q * H + 2 * KV * H;
+        if (c->is_moe[l])
+            macs += (double)c->n_experts * H + (double)c->top_k * 3 * c->expert_inter * H +
+                    3.0 * c->shared_inter * H;
+        else
+            macs += 3.0 * c->dense_inter * H;
+    }
+    return macs;
+}
+
 int main(int argc, char **argv)
 {
     struct bench_opts o = { moe_default_model_dir(), 1, 64, 3, false };
@@ -152,9 +170,15 @@ int main(int argc, char **argv)
            d1 > 0 ? 1e3 * d1 / o.steps : 0);
     printf("decode batch %-2d        %10.1f tokens/s  (%d steps, %.2f ms/step)\n", B, t16, o.steps,
            d16 > 0 ? 1e3 * d16 / o.steps : 0);
+    double gf = 2e-9 * token_macs(&m->cfg);
+    printf("matmul work          %10.2f MFLOP/token: prefill %.1f, decode b1 %.1f, b16 %.1f GFLOP/s\n",
+           gf * 1e3, gf * pf, gf * t1, gf * t16);
     printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"threads\":%d,\"blas\":%s,\"prefill_tokens\":%d,"
-           "\"prefill_tok_s\":%.1f,\"decode_b1_tok_s\":%.1f,\"decode_b16_tok_s\":%.1f,\"steps\":%d}\n",
-           m->cfg.model_type, o.threads, o.blas ? "true" : "false", P, pf, t1, t16, o.steps);
+           "\"prefill_tok_s\":%.1f,\"decode_b1_tok_s\":%.1f,\"decode_b16_tok_s\":%.1f,\"steps\":%d,"
+           "\"mflop_per_token\":%.3f,\"prefill_gflops\":%.2f,\"decode_b1_gflops\":%.2f,"
+           "\"decode_b16_gflops\":%.2f}\n",
+           m->cfg.model_type, o.threads, o.blas ? "true" : "false", P, pf, t1, t16, o.steps, gf * 1e3,
+           gf * pf, gf * t1, gf * t16);
     free(ids);
     free(lg);
     moe_engine_destroy(e);

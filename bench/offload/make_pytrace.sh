@@ -1,6 +1,6 @@
 #!/bin/sh
 # Records the routing trace of the bundled model over Python source text and
-# replays it through `moeflow sim` for docs/results/offload.md.
+# replays it through `moeflow sim` for docs/results.md (section 3).
 #
 # usage: bench/offload/make_pytrace.sh BUILD_DIR OUT_DIR
 #   BUILD_DIR: a configured and built moeflow build (holds server/moeflow)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Figures of docs/results/predictor.md: predictor recall and cache replay on
+# Figures of docs/results.md (section 4): predictor recall and cache replay on
 # the eval split (never used to train or tune the predictor or the policy).
 # Usage: bench/data/pycode/measure.sh BUILD_DIR [EVAL_TOKENS] [REPLAY_TOKENS]   (from the repository root)
 set -euo pipefail

@@ -26,6 +26,7 @@ struct gen_opts {
     int max_tokens;            /* --max-tokens, tokens generated at most */
     struct moe_sampling samp;  /* --temperature --top-p --top-k --seed */
     int threads;               /* --threads, CPU worker threads */
+    bool blas;                 /* --blas: OpenBLAS GEMMs on the CPU backend */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
 
@@ -34,7 +35,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
             "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-            "                        [--threads N] [--backend cpu|cuda] [--predictor SPEC]\n"
+            "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -44,6 +45,8 @@ static void usage(FILE *f)
             "  --top-k K          sample among the K most likely tokens (default 0 = off)\n"
             "  --seed S           random seed for sampling (default 0)\n"
             "  --threads N        CPU threads (default 1)\n"
+            "  --blas             CPU GEMMs through OpenBLAS instead of the batch-invariant\n"
+            "                     kernel (a row's result then depends on the batch and threads)\n"
             "  --help             this text\n\n%s%s",
             moe_default_model_dir(), moe_offload_help(), moe_offload_predictor_help());
 }
@@ -61,7 +64,7 @@ static bool parse_float(const char *s, float *out)
 /* Parse argv into o; returns -1 to continue, else the exit status. */
 static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
-    enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS };
+    enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -71,6 +74,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "top-k", required_argument, NULL, OPT_TOPK },
         { "seed", required_argument, NULL, OPT_SEED },
         { "threads", required_argument, NULL, OPT_THREADS },
+        { "blas", no_argument, NULL, OPT_BLAS },
         { "help", no_argument, NULL, 'h' },
         MOE_OFFLOAD_LONG_OPTIONS,
         MOE_PREDICTOR_LONG_OPTION,
@@ -132,6 +136,9 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
                 return 2;
             }
             o->threads = (int)v;
+            break;
+        case OPT_BLAS:
+            o->blas = true;
             break;
         case ':':
             fprintf(stderr, "moeflow generate: %s needs a value\n", argv[optind - 1]);
@@ -297,6 +304,7 @@ int moe_cmd_generate(int argc, char **argv)
         .max_ctx = (int)ctx,
         .max_batch_tokens = n_ids < 256 ? (int)n_ids : 256,
         .n_threads = o.threads,
+        .cpu_blas = o.blas,
         .provider = prov,
         .backend = be,
     };

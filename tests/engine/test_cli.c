@@ -77,6 +77,15 @@ int main(void)
     CHECK(strstr(got, "return") || strstr(got, "fibonacci"), "output does not look like Python code");
     free(got);
 
+    /* --blas runs the same model through OpenBLAS GEMMs: not bit-identical by
+     * design, but it must run and produce Python-looking text */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt '%s' --max-tokens 64 --temperature 0 --blas",
+             exe, dir, prompt);
+    got = run(cmd, &status);
+    CHECK(status == 0 && strlen(got) > 16, "generate --blas exit %d, output '%s'", status, got);
+    CHECK(strstr(got, "return") || strstr(got, "fibonacci"), "--blas output does not look like Python code");
+    free(got);
+
     /* sampling is reproducible for a seed */
     snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt 'import os' --max-tokens 24 "
              "--temperature 0.9 --top-p 0.95 --top-k 40 --seed 11", exe, dir);

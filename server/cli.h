@@ -31,6 +31,8 @@ struct moe_tokenizer;
 bool moe_cli_parse_long(const char *s, long lo, long hi, long *out);
 bool moe_cli_parse_u64(const char *s, uint64_t *out);
 bool moe_cli_parse_double(const char *s, double lo, double *out);
+/* The same, also refusing values above hi. */
+bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out);
 
 /* Open the model in dir and, when tok is not NULL, dir/tokenizer.json.  On
  * failure prints "moeflow CMD: <reason> (set --model DIR ...)" to stderr and

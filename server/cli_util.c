@@ -33,14 +33,19 @@ bool moe_cli_parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
-bool moe_cli_parse_double(const char *s, double lo, double *out)
+bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out)
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo) return false;
+    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) return false;
     *out = v;
     return true;
+}
+
+bool moe_cli_parse_double(const char *s, double lo, double *out)
+{
+    return moe_cli_parse_double_in(s, lo, INFINITY, out);
 }
 
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok)

@@ -36,15 +36,6 @@ static void usage(FILE *f)
 
 enum { O_MODEL = 256, O_TEXT, O_PRED, O_K, O_SEQ, O_MAXTOK, O_THREADS, O_JSON };
 
-static bool parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || end == s || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
 static void slot_name(int slot, char *buf, size_t cap)
 {
     if (slot == MOE_EVAL_PATH)
@@ -102,16 +93,16 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         case O_TEXT: text = optarg; break;
         case O_PRED: pred_s = optarg; break;
         case O_K:
-            if (!parse_int(optarg, 1, 1 << 16, &K)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 1 << 16, &K)) goto bad_value;
             break;
         case O_SEQ:
-            if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
             break;
         case O_MAXTOK:
-            if (!parse_int(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
             break;
         case O_THREADS:
-            if (!parse_int(optarg, 1, 256, &threads)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value;
             break;
         case O_JSON: json = true; break;
         case 'h': usage(stdout); return 0;

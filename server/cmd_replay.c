@@ -58,24 +58,6 @@ static void usage(FILE *f)
 enum { O_MODEL = 256, O_TEXT, O_SEQ, O_MAXTOK, O_CAP, O_FRAC, O_POLICY, O_PRED, O_MINSC, O_LINK, O_EB,
        O_LAYER, O_EXPERT, O_THREADS, O_JSON, O_ORACLE, O_NOPF };
 
-static bool parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || end == s || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_dbl(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || end == s || !isfinite(v) || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
 int moe_cmd_replay(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -114,16 +96,16 @@ int moe_cmd_replay(int argc, char **argv)
         case O_MODEL: model_dir = optarg; break;
         case O_TEXT: text = optarg; break;
         case O_SEQ:
-            if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
             break;
         case O_MAXTOK:
-            if (!parse_int(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
             break;
         case O_CAP:
-            if (!parse_int(optarg, 1, 1 << 24, &cap)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 1 << 24, &cap)) goto bad_value;
             break;
         case O_FRAC:
-            if (!parse_dbl(optarg, 1e-9, 1, &frac)) goto bad_value;
+            if (!moe_cli_parse_double_in(optarg, 1e-9, 1, &frac)) goto bad_value;
             break;
         case O_POLICY:
             pol_s = optarg;
@@ -134,27 +116,27 @@ int moe_cmd_replay(int argc, char **argv)
             break;
         case O_PRED: pred_s = optarg; break;
         case O_MINSC:
-            if (!parse_dbl(optarg, 1e-6, 1, &min_score)) goto bad_value;
+            if (!moe_cli_parse_double_in(optarg, 1e-6, 1, &min_score)) goto bad_value;
             break;
         case O_LINK:
-            if (!parse_dbl(optarg, 1e-6, 1e6, &link)) goto bad_value;
+            if (!moe_cli_parse_double_in(optarg, 1e-6, 1e6, &link)) goto bad_value;
             break;
         case O_EB:
-            if (!parse_int(optarg, 1, 1L << 40, &ebytes)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 1L << 40, &ebytes)) goto bad_value;
             break;
         case O_LAYER:
-            if (!parse_dbl(optarg, 0, 1e6, &layer_ms)) goto bad_value;
+            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &layer_ms)) goto bad_value;
             break;
         case O_EXPERT:
-            if (!parse_dbl(optarg, 0, 1e6, &expert_ms)) goto bad_value;
+            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &expert_ms)) goto bad_value;
             break;
         case O_THREADS:
-            if (!parse_int(optarg, 1, 256, &threads)) goto bad_value;
+            if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value;
             break;
         case O_JSON: json = true; break;
         case O_NOPF: no_prefetch = true; break;
         case O_ORACLE:
-            if (!parse_int(optarg, 0, 64, &oracle)) {
+            if (!moe_cli_parse_long(optarg, 0, 64, &oracle)) {
                 fprintf(stderr, "moeflow replay: --oracle-horizon '%s' must be an integer 0..64\n", optarg);
                 return 2;
             }

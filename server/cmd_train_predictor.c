@@ -50,24 +50,6 @@ static void usage(FILE *f)
 enum { O_MODEL = 256, O_TRACE, O_TEXT, O_SEQ, O_OUT, O_WIDTH, O_EPOCHS, O_BATCH, O_LR, O_WD, O_VAL, O_PAT,
        O_SEED, O_THREADS, O_QUIET, O_HORIZON, O_HIST };
 
-static bool parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || end == s || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_dbl(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || end == s || !isfinite(v) || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
 int moe_cmd_train_predictor(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -103,18 +85,18 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_TRACE: trace_path = optarg; break;
         case O_TEXT: text = optarg; break;
         case O_OUT: out_path = optarg; break;
-        case O_SEQ: if (!parse_int(optarg, 1, 1 << 20, &seq_len)) goto bad_value; break;
-        case O_WIDTH: if (!parse_int(optarg, 1, 16384, &width)) goto bad_value; break;
-        case O_HORIZON: if (!parse_int(optarg, 1, MOE_PATH_MAX_HORIZON, &horizon)) goto bad_value; break;
-        case O_EPOCHS: if (!parse_int(optarg, 1, 100000, &epochs)) goto bad_value; break;
-        case O_BATCH: if (!parse_int(optarg, 1, 65536, &batch)) goto bad_value; break;
-        case O_LR: if (!parse_dbl(optarg, 1e-9, 10, &lr)) goto bad_value; break;
-        case O_WD: if (!parse_dbl(optarg, 0, 1, &wd)) goto bad_value; break;
-        case O_VAL: if (!parse_dbl(optarg, 0, 0.5, &val)) goto bad_value; break;
-        case O_HIST: if (!parse_dbl(optarg, 0, 0.999, &hist_decay)) goto bad_value; break;
-        case O_PAT: if (!parse_int(optarg, 1, 1000, &patience)) goto bad_value; break;
-        case O_SEED: if (!parse_int(optarg, 0, 1L << 62, &seed)) goto bad_value; break;
-        case O_THREADS: if (!parse_int(optarg, 1, 256, &threads)) goto bad_value; break;
+        case O_SEQ: if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value; break;
+        case O_WIDTH: if (!moe_cli_parse_long(optarg, 1, 16384, &width)) goto bad_value; break;
+        case O_HORIZON: if (!moe_cli_parse_long(optarg, 1, MOE_PATH_MAX_HORIZON, &horizon)) goto bad_value; break;
+        case O_EPOCHS: if (!moe_cli_parse_long(optarg, 1, 100000, &epochs)) goto bad_value; break;
+        case O_BATCH: if (!moe_cli_parse_long(optarg, 1, 65536, &batch)) goto bad_value; break;
+        case O_LR: if (!moe_cli_parse_double_in(optarg, 1e-9, 10, &lr)) goto bad_value; break;
+        case O_WD: if (!moe_cli_parse_double_in(optarg, 0, 1, &wd)) goto bad_value; break;
+        case O_VAL: if (!moe_cli_parse_double_in(optarg, 0, 0.5, &val)) goto bad_value; break;
+        case O_HIST: if (!moe_cli_parse_double_in(optarg, 0, 0.999, &hist_decay)) goto bad_value; break;
+        case O_PAT: if (!moe_cli_parse_long(optarg, 1, 1000, &patience)) goto bad_value; break;
+        case O_SEED: if (!moe_cli_parse_long(optarg, 0, 1L << 62, &seed)) goto bad_value; break;
+        case O_THREADS: if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value; break;
         case O_QUIET: quiet = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

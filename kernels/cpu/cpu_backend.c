@@ -221,8 +221,9 @@ static void attn_one(const struct attn_job *j, int t, int h)
     for (int b0 = 0; b0 < len; b0 += ATTN_BLOCK) {
         int nb = len - b0 < ATTN_BLOCK ? len - b0 : ATTN_BLOCK;
         float bm = -INFINITY;
+        cpu_dot_rows(j->c->isa, q, kb + (size_t)b0 * kvd, (size_t)kvd, nb, hd, s);
         for (int i = 0; i < nb; i++) {
-            s[i] = cpu_dot(j->c->isa, q, kb + (size_t)(b0 + i) * kvd, hd) * j->scale;
+            s[i] *= j->scale;
             if (s[i] > bm) bm = s[i];
         }
         if (bm > m) {

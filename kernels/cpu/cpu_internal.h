@@ -34,4 +34,9 @@ void cpu_gemm_nt(enum cpu_isa isa, struct cpu_pool *pool, const float *x, const 
 /* The same dot product as one element of cpu_gemm_nt (F32 operands). */
 float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len);
 
+/* out[i] = cpu_dot(isa, q, k + i * ldk, len) for i = 0..nk-1, bit for bit
+ * (several keys in flight at once). */
+void cpu_dot_rows(enum cpu_isa isa, const float *q, const float *k, size_t ldk, int nk, int len,
+                  float *out);
+
 #endif

@@ -141,6 +141,97 @@ AVX2_INLINE void block_avx2(int MR, int NR, bool bf16, const float *x, int in, c
 BLOCK_CASES(false)
 BLOCK_CASES(true)
 
+/* The reduction of hsum8 for eight accumulators at once: r[j] = hsum8(a[j]),
+ * each with the same additions in the same order (IEEE addition commutes). */
+AVX2_INLINE __m256 hsum8x8(const __m256 a[8])
+{
+    __m256 w[4];
+    for (int p = 0; p < 4; p++) /* [lo+hi of a[2p], lo+hi of a[2p+1]]: l0+l4 .. l3+l7 */
+        w[p] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * p], a[2 * p + 1], 0x20),
+                             _mm256_permute2f128_ps(a[2 * p], a[2 * p + 1], 0x31));
+    __m256 z[2];
+    for (int p = 0; p < 2; p++) /* per 128-bit lane: (s0+s2), (s1+s3) of two accumulators */
+        z[p] = _mm256_add_ps(_mm256_shuffle_ps(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 h = _mm256_hadd_ps(z[0], z[1]); /* lanes: a0 a2 a4 a6 | a1 a3 a5 a7 */
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Eight outputs of one row: y[j] = x . w[j * ldw ..] (+ bias[j]), j = 0..7, each
+ * with exactly the chain of block_avx2 (one accumulator per output, k in steps of
+ * 8, zero-padded tail, hsum8), but eight independent chains in flight. */
+AVX2_INLINE void row8_avx2(bool bf16, const float *x, int in, const void *w, size_t ldw,
+                           const float *bias, float *y)
+{
+    __m256 acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    int k8 = in & ~7;
+    for (int k = 0; k < k8; k += 8) {
+        __m256 xv = _mm256_loadu_ps(x + k);
+        for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_fmadd_ps(xv, load_w8(w, bf16, (size_t)j * ldw + (size_t)k), acc[j]);
+    }
+    if (k8 < in) {
+        float xt[8] = { 0 }, wt[8][8];
+        memset(wt, 0, sizeof(wt));
+        for (int t = 0; k8 + t < in; t++) {
+            xt[t] = x[k8 + t];
+            for (int j = 0; j < 8; j++) wt[j][t] = w_at(w, bf16, (size_t)j * ldw + (size_t)(k8 + t));
+        }
+        __m256 xv = _mm256_loadu_ps(xt);
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wt[j]), acc[j]);
+    }
+    __m256 r = hsum8x8(acc);
+    if (bias) r = _mm256_add_ps(r, _mm256_loadu_ps(bias));
+    _mm256_storeu_ps(y, r);
+}
+
+static AVX2_FN void row8_f32(const float *x, int in, const void *w, size_t ldw, const float *bias,
+                             float *y)
+{
+    row8_avx2(false, x, in, w, ldw, bias, y);
+}
+
+static AVX2_FN void row8_bf16(const float *x, int in, const void *w, size_t ldw, const float *bias,
+                              float *y)
+{
+    row8_avx2(true, x, in, w, ldw, bias, y);
+}
+
+/* One row of y (GEMV): columns j0..j1-1 eight at a time, the rest as block_avx2. */
+static AVX2_FN void gemv_avx2(const float *x, const void *w, bool bf16, const float *bias, int in,
+                              float *y, int j0, int j1)
+{
+    size_t es = bf16 ? 2 : 4;
+    int j = j0;
+    for (; j1 - j >= 8; j += 8) {
+        const void *wj = (const char *)w + (size_t)j * (size_t)in * es;
+        const float *bj = bias ? bias + j : NULL;
+        if (bf16)
+            row8_bf16(x, in, wj, (size_t)in, bj, y + j);
+        else
+            row8_f32(x, in, wj, (size_t)in, bj, y + j);
+    }
+    for (; j < j1;) {
+        int nr = j1 - j >= 4 ? 4 : 1;
+        const void *wj = (const char *)w + (size_t)j * (size_t)in * es;
+        const float *bj = bias ? bias + j : NULL;
+        if (bf16)
+            block_true(1, nr, x, in, wj, bj, y + j, 1);
+        else
+            block_false(1, nr, x, in, wj, bj, y + j, 1);
+        j += nr;
+    }
+}
+
+static AVX2_FN void dot_rows_avx2(const float *q, const float *k, size_t ldk, int nk, int len,
+                                  float *out)
+{
+    int i = 0;
+    for (; nk - i >= 8; i += 8) row8_f32(q, len, k + (size_t)i * ldk, ldk, NULL, out + i);
+    for (; i < nk; i++) block_false(1, 1, q, len, k + (size_t)i * ldk, NULL, out + i, 1);
+}
+
 static AVX2_FN float dot_avx2(const float *a, const float *b, int len)
 {
     float r;
@@ -152,11 +243,18 @@ static AVX2_FN void gemm_avx2(const float *x, const void *w, bool bf16, const fl
                               int in, int out, float *y, int j0, int j1)
 {
     /* Rows in blocks that stay in L2 while the 4-row weight panels stream. */
+    if (n == 1) {
+        gemv_avx2(x, w, bf16, bias, in, y, j0, j1);
+        return;
+    }
     int rb = (32768 / (in > 0 ? in : 1)) / 3 * 3;
     if (rb < 3) rb = 3;
     size_t es = bf16 ? 2 : 4;
-    for (int i0 = 0; i0 < n; i0 += rb) {
-        int i1 = i0 + rb < n ? i0 + rb : n;
+    /* A last single row (n = 3q + 1) goes through the GEMV path: more chains in flight. */
+    int nb = n % 3 == 1 ? n - 1 : n;
+    if (nb < n) gemv_avx2(x + (size_t)nb * in, w, bf16, bias, in, y + (size_t)nb * out, j0, j1);
+    for (int i0 = 0; i0 < nb; i0 += rb) {
+        int i1 = i0 + rb < nb ? i0 + rb : nb;
         for (int j = j0; j < j1;) {
             int nr = j1 - j >= 4 ? 4 : 1;
             const void *wj = (const char *)w + (size_t)j * (size_t)in * es;
@@ -183,6 +281,18 @@ float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len)
     if (isa == CPU_ISA_AVX2) return dot_avx2(a, b, len);
 #endif
     return dot_portable(a, b, false, len);
+}
+
+void cpu_dot_rows(enum cpu_isa isa, const float *q, const float *k, size_t ldk, int nk, int len,
+                  float *out)
+{
+#ifdef MOE_HAVE_X86
+    if (isa == CPU_ISA_AVX2) {
+        dot_rows_avx2(q, k, ldk, nk, len, out);
+        return;
+    }
+#endif
+    for (int i = 0; i < nk; i++) out[i] = dot_portable(q, k + (size_t)i * ldk, false, len);
 }
 
 struct gemm_job {

@@ -183,6 +183,10 @@ AVX2_INLINE void row8_avx2(bool bf16, const float *x, int in, const void *w, siz
     int k8 = in & ~7;
     for (int k = 0; k < k8; k += 8) {
         __m256 xv = _mm256_loadu_ps(x + k);
+        if (!(k & 15)) /* the panel after next, one line per output row per 16 k (prefetch never faults) */
+            for (int j = 0; j < 8; j++)
+                _mm_prefetch((const char *)w + ((size_t)(j + 16) * ldw + (size_t)k) * (bf16 ? 2 : 4),
+                             _MM_HINT_T0);
         for (int j = 0; j < 8; j++)
             acc[j] = _mm256_fmadd_ps(xv, load_w8(w, bf16, (size_t)j * ldw + (size_t)k), acc[j]);
     }

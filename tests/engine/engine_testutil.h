@@ -7,7 +7,25 @@
 #include "model/model.h"
 #include "tests/test_util.h"
 
+#include <jansson.h>
 #include <math.h>
+
+/* pad_token_id of config.json when it differs from every eos id, else -1:
+ * transformers' generate() masks such prompt tokens, so greedy references
+ * are compared without them. */
+static inline int t_generate_pad_id(const char *dir, const struct moe_config *cfg)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    json_t *j = json_load_file(path, 0, NULL);
+    REQUIRE(j, "cannot parse %s", path);
+    json_t *pad = json_object_get(j, "pad_token_id");
+    int id = json_is_integer(pad) ? (int)json_integer_value(pad) : -1;
+    json_decref(j);
+    for (int i = 0; i < cfg->n_eos; i++)
+        if (cfg->eos_ids[i] == id) return -1;
+    return id;
+}
 
 /* A reference tensor as malloc'd floats (any dtype); NULL if absent. */
 static inline float *ref_f32(struct moe_st_file *f, const char *name, int64_t *rows, int64_t *cols)

@@ -12,22 +12,6 @@
  * as leaving it out, so the greedy check leaves such tokens out too. */
 #include "engine_testutil.h"
 
-#include <jansson.h>
-
-/* pad_token_id of config.json when it differs from every eos id, else -1. */
-static int generate_pad_id(const char *dir, const struct moe_config *cfg)
-{
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/config.json", dir);
-    json_t *j = json_load_file(path, 0, NULL);
-    REQUIRE(j, "cannot parse %s", path);
-    json_t *pad = json_object_get(j, "pad_token_id");
-    int id = json_is_integer(pad) ? (int)json_integer_value(pad) : -1;
-    json_decref(j);
-    for (int i = 0; i < cfg->n_eos; i++)
-        if (cfg->eos_ids[i] == id) return -1;
-    return id;
-}
 
 static void check_prompt(struct moe_engine *e, struct moe_st_file *ref, const struct moe_config *cfg,
                          const char *fam, const char *p, int pad)
@@ -167,7 +151,7 @@ int main(int argc, char **argv)
     struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 64, .max_batch_tokens = 32 };
     struct moe_engine *e = moe_engine_create(m, &ep);
     REQUIRE(e, "engine: %s", moe_last_error());
-    int pad = generate_pad_id(dir, &m->cfg);
+    int pad = t_generate_pad_id(dir, &m->cfg);
     check_prompt(e, ref, &m->cfg, argv[1], "p0", pad);
     check_prompt(e, ref, &m->cfg, argv[1], "p1", pad);
     moe_engine_destroy(e);

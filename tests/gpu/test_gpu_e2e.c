@@ -9,7 +9,6 @@
  * (F32-activation, batch-invariant) GEMM mode; the cuBLAS mode must give HF's
  * greedy tokens with logits within LOOP_TOL and be chunk-invariant too.
  * Skips (77) without a CUDA device. */
-#include <jansson.h>
 
 #include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
@@ -24,20 +23,6 @@ struct run_out {
     float *logits;   /* [T, V] prompt logits */
     int *tokens;     /* [G] greedy tokens */
 };
-
-static int pad_id(const char *dir, const struct moe_config *cfg)
-{
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/config.json", dir);
-    json_t *j = json_load_file(path, 0, NULL);
-    REQUIRE(j, "cannot parse %s", path);
-    json_t *pad = json_object_get(j, "pad_token_id");
-    int id = json_is_integer(pad) ? (int)json_integer_value(pad) : -1;
-    json_decref(j);
-    for (int i = 0; i < cfg->n_eos; i++)
-        if (cfg->eos_ids[i] == id) return -1;
-    return id;
-}
 
 /* Prompt logits, then G greedy tokens (prefill without pad tokens first, as
  * transformers' generate() masks them). */
@@ -140,7 +125,7 @@ int main(int argc, char **argv)
     bp.gemm_mode = MOE_CUDA_GEMM_LOOP;
     struct moe_backend *bl = moe_backend_cuda_create(&bp);
     REQUIRE(bl, "CUDA backend (cuBLAS GEMMs): %s", moe_last_error());
-    int pad = pad_id(dir, &m->cfg), V = m->cfg.vocab, n_moe = 0;
+    int pad = t_generate_pad_id(dir, &m->cfg), V = m->cfg.vocab, n_moe = 0;
     for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
 
     for (int p = 0; p < 2; p++) {

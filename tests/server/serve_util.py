@@ -15,6 +15,28 @@ import urllib.error
 SKIP = 77
 
 
+def require_grpc():
+    """The grpc module, or exit with the skip status when python3-grpcio is missing."""
+    try:
+        import grpc
+    except ImportError:
+        print("skip: python3-grpcio missing")
+        sys.exit(SKIP)
+    return grpc
+
+
+class Checks:
+    """check(cond, msg): count and print a failure instead of stopping the test."""
+
+    def __init__(self):
+        self.failures = 0
+
+    def __call__(self, cond, msg):
+        if not cond:
+            self.failures += 1
+            print("FAIL:", msg)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

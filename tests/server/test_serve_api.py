@@ -8,22 +8,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, curl, metric, read_reference_greedy, SKIP  # noqa: E402
+from serve_util import Server, gen_stubs, curl, metric, read_reference_greedy, Checks, require_grpc  # noqa: E402
 
-try:
-    import grpc
-except ImportError:
-    print("skip: python3-grpcio missing")
-    sys.exit(SKIP)
-
-failures = 0
-
-
-def check(cond, msg):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", msg)
+grpc = require_grpc()
+check = Checks()
 
 
 def main():
@@ -197,10 +185,10 @@ def main():
         check(rc == 0, "exit status after SIGTERM %d" % rc)
     finally:
         srv.kill()
-        if failures:
+        if check.failures:
             print(srv.output()[-4000:])
-    print("test_serve_api: %s" % ("ok" if not failures else "%d failure(s)" % failures))
-    return 1 if failures else 0
+    print("test_serve_api: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
+    return 1 if check.failures else 0
 
 
 if __name__ == "__main__":

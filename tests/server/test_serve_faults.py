@@ -11,22 +11,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, metric, curl, SKIP  # noqa: E402
+from serve_util import Server, gen_stubs, metric, curl, Checks, require_grpc  # noqa: E402
 
-try:
-    import grpc
-except ImportError:
-    print("skip: python3-grpcio missing")
-    sys.exit(SKIP)
-
-failures = 0
-
-
-def check(cond, msg):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL:", msg)
+grpc = require_grpc()
+check = Checks()
 
 
 # Gauges that must read 0 on an idle server: requests, front-end objects, KV
@@ -273,7 +261,7 @@ def main():
         check("accepted" in srv.output(), "drain summary printed")
     finally:
         srv.kill()
-        if failures:
+        if check.failures:
             print(srv.output()[-3000:])
 
     # Burst beyond the queue bound: the excess is refused at once.
@@ -346,10 +334,10 @@ def main():
         check(srv.stop() == 0, "exit status")
     finally:
         srv.kill()
-        if failures:
+        if check.failures:
             print(srv.output()[-3000:])
-    print("test_serve_faults: %s" % ("ok" if not failures else "%d failure(s)" % failures))
-    return 1 if failures else 0
+    print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
+    return 1 if check.failures else 0
 
 
 if __name__ == "__main__":

@@ -13,16 +13,21 @@
 # gpu_moe_decode.json, gpu_moe_decode_invariant.json, nvidia-smi.txt.  The tails of
 # failing steps' logs are printed before the summary.  Budget: under 6 minutes.
 #
-# Binaries come from build-device/dist (made here by bench/device/prepare.sh
-# and carried), or MOEFLOW_DIST.  Exit status: 0 when every test passed.
+# Binaries come from build-device/dist.tar.xz (made here by bench/device/prepare.sh
+# and carried; unpacked under /tmp), an unpacked build-device/dist, or MOEFLOW_DIST.
+# Exit status: 0 when every test passed.
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/device-out}
 dist=${MOEFLOW_DIST:-$root/build-device/dist}
 mkdir -p "$out"
+if [ -z "${MOEFLOW_DIST:-}" ] && [ ! -x "$dist/bin/test_gpu_ops" ] && [ -f "$root/build-device/dist.tar.xz" ]; then
+  unpack=$(mktemp -d /tmp/moeflow-dist.XXXXXX)
+  tar -C "$unpack" -xJf "$root/build-device/dist.tar.xz" && dist=$unpack/dist
+fi
 if [ ! -x "$dist/bin/test_gpu_ops" ]; then
   echo "check.sh: $dist/bin/test_gpu_ops missing: run bench/device/prepare.sh on the build machine" \
-       "and carry build-device/dist" | tee "$out/summary.json" >&2
+       "and carry build-device/dist.tar.xz" | tee "$out/summary.json" >&2
   exit 2
 fi
 cuda_lib=""

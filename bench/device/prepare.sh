@@ -6,8 +6,8 @@
 #                           moeflow without the server, for the CLI check)
 #   build-device/dist/lib/  every shared library they need except glibc, the
 #                           CUDA driver and cuBLAS (present there in /usr/local/cuda)
-# Then hand the device tool:  carry ["build-device/dist"], command
-#   bench/device/check.sh
+# Then hand the device tool:  carry ["build-device/dist.tar.xz"], command
+#   bench/device/check.sh   (it unpacks the bundle under /tmp)
 # (CUDA runtime is linked statically; cuBLAS comes from the device's CUDA 13.)
 # MOEFLOW_DEVICE_BUILD=DIR builds in DIR instead of build-device (then carry DIR/dist
 # and run check.sh with MOEFLOW_DIST=DIR/dist).
@@ -39,5 +39,12 @@ done | sort -u | while read -r lib; do
     *) cp -L "$lib" "$dist/lib/" ;;
   esac
 done
-du -sh "$dist"
-echo "carry: $dist   command: bench/device/check.sh$([ "$bdir" = build-device ] || echo " (with MOEFLOW_DIST=$dist)")"
+# The device tool carries at most 64 MiB with the working tree (about 55 MB of it is the
+# tracked model and fixtures), so the bundle travels compressed (~6 MB).
+tar -C "$bdir" -cJf "$bdir/dist.tar.xz" dist
+du -sh "$dist" "$bdir/dist.tar.xz"
+if [ "$bdir" = build-device ]; then
+  echo "carry: build-device/dist.tar.xz   command: bench/device/check.sh"
+else
+  echo "carry: $dist   command: MOEFLOW_DIST=$dist bench/device/check.sh"
+fi

@@ -160,6 +160,18 @@ out:
     return st;
 }
 
+/* A grouped GEMM that cuBLAS refused for these types (MOE_ENOTSUP) switches the
+ * context to one cublasGemmEx per expert for good; the caller's LOOP branch then
+ * runs.  Any other status passes through. */
+static enum moe_status loop_if_unsupported(struct moe_cuda_ctx *c, enum moe_status st)
+{
+    if (st != MOE_ENOTSUP) return st;
+    MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
+    c->gemm_mode = MOE_CUDA_GEMM_LOOP;
+    moe_error_clear();
+    return MOE_OK;
+}
+
 /* One part: groups whose workspace pieces all fit.  rows[g] from h_off. */
 static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
                                        const int *h_off, const struct moe_cuda_expert *h_w,
@@ -238,15 +250,9 @@ static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp
     if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
         const void *const *a2[2] = { wg, wu };
         float *const *y2[2] = { gout, uout };
-        st = gemm_grouped(c, 2, a2, xin, cast ? MOE_DT_BF16 : wdt, y2, n_groups, rows, inter, hidden);
-        if (st == MOE_ENOTSUP) {
-            MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
-            c->gemm_mode = MOE_CUDA_GEMM_LOOP;
-            moe_error_clear();
-            st = MOE_OK;
-        } else if (st != MOE_OK) {
-            goto out;
-        }
+        st = loop_if_unsupported(c, gemm_grouped(c, 2, a2, xin, cast ? MOE_DT_BF16 : wdt, y2, n_groups,
+                                                 rows, inter, hidden));
+        if (st != MOE_OK) goto out;
     }
     if (c->gemm_mode == MOE_CUDA_GEMM_LOOP) {
         for (int g = 0; g < n_groups && st == MOE_OK; g++) {
@@ -271,15 +277,9 @@ static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp
     if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
         const void *const *a1[1] = { wdn };
         float *const *y1[1] = { dout };
-        st = gemm_grouped(c, 1, a1, hin, cast ? MOE_DT_BF16 : wdt, y1, n_groups, rows, hidden, inter);
-        if (st == MOE_ENOTSUP) {
-            MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
-            c->gemm_mode = MOE_CUDA_GEMM_LOOP;
-            moe_error_clear();
-            st = MOE_OK;
-        } else if (st != MOE_OK) {
-            goto out;
-        }
+        st = loop_if_unsupported(c, gemm_grouped(c, 1, a1, hin, cast ? MOE_DT_BF16 : wdt, y1, n_groups,
+                                                 rows, hidden, inter));
+        if (st != MOE_OK) goto out;
     }
     if (c->gemm_mode == MOE_CUDA_GEMM_LOOP) {
         for (int g = 0; g < n_groups && st == MOE_OK; g++) {

@@ -142,9 +142,16 @@ out:
 
 struct route_ctx {
     const int *moe_index;
-    int k, n_moe;
+    int k, n_moe, n_layers, hidden;
     int *dst;     /* experts of the current chunk's first token, [chunk][n_moe][k] */
+    float *hdst;  /* final hidden states of the chunk, [chunk][hidden], or NULL */
 };
+
+static void rt_hidden(void *ud, int j, int n, const float *h)
+{
+    struct route_ctx *c = ud;
+    if (c->hdst && j == c->n_layers) memcpy(c->hdst, h, sizeof(float) * (size_t)n * (size_t)c->hidden);
+}
 
 static void rt_route(void *ud, int layer, int n, const float *logits, const int *ids, const float *w)
 {
@@ -158,7 +165,7 @@ static void rt_route(void *ud, int layer, int n, const float *logits, const int 
 }
 
 enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, size_t n, int seq_len, int chunk,
-                                int n_threads, int **experts, int **seq_out, int **pos_out)
+                                int n_threads, int **experts, int **seq_out, int **pos_out, float **final_hidden)
 {
     const struct moe_config *cfg = &m->cfg;
     enum moe_status st = MOE_OK;
@@ -169,18 +176,20 @@ enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, si
     int *ex = malloc(sizeof(int) * (n ? n : 1) * row);
     int *sq = malloc(sizeof(int) * (n ? n : 1)), *ps = malloc(sizeof(int) * (n ? n : 1));
     int *bseq = malloc(sizeof(int) * (size_t)chunk), *bpos = malloc(sizeof(int) * (size_t)chunk);
+    float *fh = final_hidden ? malloc(sizeof(float) * (n ? n : 1) * (size_t)cfg->hidden) : NULL;
     struct moe_engine *eng = NULL;
-    if (!ex || !sq || !ps || !bseq || !bpos) {
+    if (!ex || !sq || !ps || !bseq || !bpos || (final_hidden && !fh)) {
         st = moe_errorf(MOE_ENOMEM, "out of memory for %zu tokens", n);
         goto out;
     }
-    struct route_ctx rc = { .moe_index = moe_index, .k = cfg->top_k, .n_moe = n_moe };
+    struct route_ctx rc = { .moe_index = moe_index, .k = cfg->top_k, .n_moe = n_moe, .n_layers = cfg->n_layers,
+                            .hidden = cfg->hidden };
     struct moe_engine_params ep = {
         .max_seqs = 1,
         .max_ctx = seq_len,
         .max_batch_tokens = chunk,
         .n_threads = n_threads > 0 ? n_threads : 1,
-        .hooks = { .ud = &rc, .on_route = rt_route },
+        .hooks = { .ud = &rc, .on_route = rt_route, .on_hidden = final_hidden ? rt_hidden : NULL },
     };
     eng = moe_engine_create(m, &ep);
     if (!eng) {
@@ -210,6 +219,7 @@ enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, si
         }
         struct moe_batch b = { .n = nb, .tokens = tokens + i, .seq = bseq, .pos = bpos };
         rc.dst = ex + i * row;
+        rc.hdst = fh ? fh + i * (size_t)cfg->hidden : NULL;
         if ((st = moe_engine_forward(eng, &b, NULL))) {
             moe_error_prefix(st, "routing tokens %zu..%zu", i, i + (size_t)nb);
             goto out;
@@ -225,8 +235,10 @@ out:
         free(ex);
         free(sq);
         free(ps);
+        free(fh);
         return st;
     }
+    if (final_hidden) *final_hidden = fh;
     *experts = ex;
     *seq_out = sq;
     *pos_out = ps;

@@ -20,9 +20,11 @@ static uint64_t splitmix(uint64_t *s)
 /* Uniform in [-1, 1). */
 static float urand(uint64_t *s) { return (float)((splitmix(s) >> 40) * (1.0 / 8388608.0) - 1.0); }
 
-static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width, int horizon,
-                                          float hist_decay)
+static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width,
+                                          const struct moe_path_opts *o)
 {
+    int horizon = o->horizon;
+    float hist_decay = o->hist_decay;
     if (!(hist_decay >= 0 && hist_decay < 1) || horizon < 1 || horizon > MOE_PATH_MAX_HORIZON || n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
         top_k > n_experts || dim <= 0 || dim > 65536 || width <= 0 || width > 65536)
         return NULL;
@@ -36,7 +38,8 @@ static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, i
     m->horizon = horizon;
     m->n_out = horizon * n_moe * n_experts;
     m->hist_decay = hist_decay;
-    m->n_in = dim + n_moe * n_experts * (hist_decay > 0 ? 2 : 1);
+    m->context = o->context;
+    m->n_in = dim + n_moe * n_experts * (hist_decay > 0 ? 2 : 1) + (o->context ? dim : 0);
     m->w1 = calloc((size_t)width * (size_t)m->n_in, sizeof(float));
     m->b1 = calloc((size_t)width, sizeof(float));
     m->w2 = calloc((size_t)m->n_out * (size_t)width, sizeof(float));
@@ -51,18 +54,19 @@ static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, i
 struct moe_path_model *moe_path_model_create(int n_moe, int n_experts, int top_k, int dim, int width,
                                              int horizon, uint64_t seed)
 {
-    return moe_path_model_create_hist(n_moe, n_experts, top_k, dim, width, horizon, 0.0f, seed);
+    struct moe_path_opts o = { .horizon = horizon };
+    return moe_path_model_create_ex(n_moe, n_experts, top_k, dim, width, &o, seed);
 }
 
-struct moe_path_model *moe_path_model_create_hist(int n_moe, int n_experts, int top_k, int dim, int width,
-                                                  int horizon, float hist_decay, uint64_t seed)
+struct moe_path_model *moe_path_model_create_ex(int n_moe, int n_experts, int top_k, int dim, int width,
+                                                const struct moe_path_opts *o, uint64_t seed)
 {
-    struct moe_path_model *m = alloc_model(n_moe, n_experts, top_k, dim, width, horizon, hist_decay);
+    struct moe_path_model *m = alloc_model(n_moe, n_experts, top_k, dim, width, o);
     if (!m) {
         moe_errorf(MOE_EINVAL,
                    "path predictor: bad shape (moe layers %d, experts %d, top_k %d, dim %d, width %d, horizon %d, "
                    "history decay %g: 0 <= decay < 1)",
-                   n_moe, n_experts, top_k, dim, width, horizon, (double)hist_decay);
+                   n_moe, n_experts, top_k, dim, width, o->horizon, (double)o->hist_decay);
         return NULL;
     }
     uint64_t s = seed;
@@ -87,7 +91,16 @@ void moe_path_model_free(struct moe_path_model *m)
 
 void moe_path_model_features(const struct moe_path_model *m, const float *emb, const int *prev, float *x)
 {
-    moe_path_model_features_hist(m, emb, prev, NULL, x);
+    moe_path_model_features_ex(m, emb, prev, NULL, NULL, x);
+}
+
+/* dst = src scaled to unit root-mean-square. */
+static void rms_unit(const float *src, int n, float *dst)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)src[i] * src[i];
+    float inv = (float)(1.0 / sqrt(ss / n + 1e-12));
+    for (int i = 0; i < n; i++) dst[i] = src[i] * inv;
 }
 
 void moe_path_model_hist_update(const struct moe_path_model *m, float *hist, const int *routing)
@@ -102,21 +115,25 @@ void moe_path_model_hist_update(const struct moe_path_model *m, float *hist, con
         }
 }
 
-void moe_path_model_features_hist(const struct moe_path_model *m, const float *emb, const int *prev,
-                                  const float *hist, float *x)
+void moe_path_model_features_ex(const struct moe_path_model *m, const float *emb, const int *prev,
+                                const float *hist, const float *ctx, float *x)
 {
     size_t ne = (size_t)m->n_moe * (size_t)m->n_experts;
+    float *tail = x + m->dim + ne;
     if (m->hist_decay > 0) {
-        float *hb = x + m->dim + ne;
         if (hist)
-            memcpy(hb, hist, sizeof(float) * ne);
+            memcpy(tail, hist, sizeof(float) * ne);
         else
-            memset(hb, 0, sizeof(float) * ne);
+            memset(tail, 0, sizeof(float) * ne);
+        tail += ne;
     }
-    double ss = 0;
-    for (int i = 0; i < m->dim; i++) ss += (double)emb[i] * emb[i];
-    float inv = (float)(1.0 / sqrt(ss / m->dim + 1e-12));
-    for (int i = 0; i < m->dim; i++) x[i] = emb[i] * inv;
+    if (m->context) {
+        if (ctx)
+            rms_unit(ctx, m->dim, tail);
+        else
+            memset(tail, 0, sizeof(float) * (size_t)m->dim);
+    }
+    rms_unit(emb, m->dim, x);
     float *hot = x + m->dim;
     memset(hot, 0, sizeof(float) * (size_t)m->n_moe * (size_t)m->n_experts);
     if (!prev) return;
@@ -163,8 +180,17 @@ enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *
     size_t n = 0;
     const char *fixed[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", s_moe,
                             "n_experts", s_e, "top_k", s_k, "dim", s_dim, "width", s_w, "horizon", s_h,
-                            "model", m->model_name, m->hist_decay > 0 ? "hist_decay" : NULL, s_hd, NULL };
+                            "model", m->model_name, NULL };
     for (size_t i = 0; fixed[i]; i++) meta[n++] = fixed[i];
+    if (m->hist_decay > 0) {
+        meta[n++] = "hist_decay";
+        meta[n++] = s_hd;
+    }
+    if (m->context) {
+        meta[n++] = "context";
+        meta[n++] = "final_hidden";
+    }
+
     for (size_t i = 0; extra_meta && extra_meta[i] && extra_meta[i + 1] && n + 3 < MOE_ARRAY_LEN(meta); i += 2) {
         meta[n++] = extra_meta[i];
         meta[n++] = extra_meta[i + 1];
@@ -248,7 +274,13 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
             goto out_close;
         }
     }
-    m = alloc_model(fm, fe, fk, fd, fw, fh, fhd);
+    const char *cx = moe_st_metadata(f, "context");
+    if (cx && strcmp(cx, "final_hidden") != 0) {
+        moe_errorf(MOE_EFORMAT, "%s: metadata context '%s' is not 'final_hidden' (a newer format?)", path, cx);
+        goto out_close;
+    }
+    struct moe_path_opts o = { .horizon = fh, .hist_decay = fhd, .context = cx != NULL };
+    m = alloc_model(fm, fe, fk, fd, fw, &o);
     if (!m) {
         moe_errorf(MOE_EFORMAT, "%s: bad shape in metadata", path);
         goto out_close;
@@ -304,9 +336,9 @@ static void build_rows(const struct moe_path_model *m, const struct moe_path_dat
     int pk = m->n_moe * m->top_k;
     for (int b = 0; b < B; b++) {
         int s = idx[b];
-        moe_path_model_features_hist(m, d->emb + (size_t)d->token[s] * (size_t)m->dim, d->prev + (size_t)s * pk,
-                                     d->hist ? d->hist + (size_t)s * m->n_moe * m->n_experts : NULL,
-                                     x + (size_t)b * m->n_in);
+        moe_path_model_features_ex(m, d->emb + (size_t)d->token[s] * (size_t)m->dim, d->prev + (size_t)s * pk,
+                                   d->hist ? d->hist + (size_t)s * m->n_moe * m->n_experts : NULL,
+                                   d->ctx ? d->ctx + (size_t)s * m->dim : NULL, x + (size_t)b * m->n_in);
         if (!y) continue;
         float *yr = y + (size_t)b * m->n_out;
         memset(yr, 0, sizeof(float) * (size_t)m->n_out);

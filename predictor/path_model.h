@@ -36,7 +36,11 @@ struct moe_path_model {
     float hist_decay; /* > 0: a third input block, the sequence's recent use of each expert: an
                          exponential moving average of the earlier tokens' routing, multi-hot,
                          this decay per token (0: no such block) */
-    int n_in, n_out;  /* dim + n_moe*n_experts (x2 with hist_decay), horizon*n_moe*n_experts */
+    bool context;     /* a fourth input block: the previous token's final hidden state (after the
+                         model's final norm, the state its logits came from), unit RMS; zeros
+                         when unknown (first token of a sequence, inside a prefill chunk) */
+    int n_in, n_out;  /* dim + n_moe*n_experts (x2 with hist_decay) (+ dim with context),
+                         horizon*n_moe*n_experts */
     float *w1, *b1;   /* [width, n_in], [width] */
     float *w2, *b2;   /* [n_out, width], [n_out] */
     char model_name[128]; /* model the predictor was trained for (metadata) */
@@ -45,19 +49,25 @@ struct moe_path_model {
 /* Randomly initialised (He/Xavier, seeded); NULL on bad shape or no memory. */
 struct moe_path_model *moe_path_model_create(int n_moe, int n_experts, int top_k, int dim, int width,
                                              int horizon, uint64_t seed);
-/* The same with the history input block (hist_decay in (0, 1); 0 = none). */
-struct moe_path_model *moe_path_model_create_hist(int n_moe, int n_experts, int top_k, int dim, int width,
-                                                  int horizon, float hist_decay, uint64_t seed);
+/* Shape options beyond the required blocks. */
+struct moe_path_opts {
+    int horizon;      /* blocks of heads, 1..MOE_PATH_MAX_HORIZON */
+    float hist_decay; /* history input block: decay in (0, 1); 0 = none */
+    bool context;     /* context input block (previous token's final hidden state) */
+};
+struct moe_path_model *moe_path_model_create_ex(int n_moe, int n_experts, int top_k, int dim, int width,
+                                                const struct moe_path_opts *o, uint64_t seed);
 void moe_path_model_free(struct moe_path_model *m);
 
 /* Build one input row: emb [dim] (raw embedding, normalised here), prev
  * [n_moe * top_k] expert ids of the previous token (NULL or -1 = unknown). */
 void moe_path_model_features(const struct moe_path_model *m, const float *emb, const int *prev,
                              float *x /* [n_in] */);
-/* The same with the history block: hist [n_moe * n_experts] (NULL = no history
- * yet); ignored unless m->hist_decay > 0. */
-void moe_path_model_features_hist(const struct moe_path_model *m, const float *emb, const int *prev,
-                                  const float *hist, float *x /* [n_in] */);
+/* The same with the optional blocks: hist [n_moe * n_experts] (NULL = no
+ * history yet; ignored unless m->hist_decay > 0), ctx [dim] the previous
+ * token's final hidden state (NULL = unknown; ignored unless m->context). */
+void moe_path_model_features_ex(const struct moe_path_model *m, const float *emb, const int *prev,
+                                const float *hist, const float *ctx, float *x /* [n_in] */);
 /* hist = decay * hist + (1 - decay) * multi-hot(routing [n_moe * top_k], -1 = none). */
 void moe_path_model_hist_update(const struct moe_path_model *m, float *hist, const int *routing);
 /* Probabilities for B rows: x [B, n_in] -> p [B, n_out].  scratch [B, width]. */
@@ -81,6 +91,7 @@ struct moe_path_data {
                               NULL (horizon >= 2 only; token s+h's routing is next[s+h-1] when
                               next[s..s+h-1] are all present) */
     const float *hist;     /* [n, n_moe * n_experts] history block of each sample, or NULL (zeros) */
+    const float *ctx;      /* [n, dim] previous token's final hidden state per sample, or NULL (zeros) */
     const float *emb;      /* [vocab, dim] f32 embeddings */
     int vocab;
 };

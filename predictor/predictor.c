@@ -41,6 +41,8 @@ struct moe_predictor {
     int *prev;                 /* [max_seqs, n_moe * k] previous token's routing */
     bool *prev_ok;             /* [max_seqs] */
     float *hist;               /* [max_seqs, n_moe * E] path model history block per sequence (hist_decay > 0) */
+    float *ctxh;               /* [max_seqs, hidden] final hidden state of the sequence's previous token
+                                  (path model with context) */
 
     /* current step */
     int n, cap;                /* tokens in the step, capacity of the arrays below */
@@ -51,6 +53,8 @@ struct moe_predictor {
     float *pout;               /* [cap, path n_out] path model output (this and next token) */
     float *x;                  /* [cap, n_in] path features */
     float *hs;                 /* [cap, width] path scratch */
+    float *fin;                /* [cap, hidden] this step's final hidden states (path model with context) */
+    bool fin_ok;               /* fin holds this step's rows */
     float *out;                /* [cap, E] prediction being published */
     float *un;                 /* [E] batch union */
     int *ids;                  /* [E] */
@@ -171,6 +175,11 @@ static enum moe_status ensure_cap(struct moe_predictor *p, int n)
         float *hs = realloc(p->hs, sizeof(float) * (size_t)c * (size_t)p->path->width);
         if (hs) p->hs = hs;
         if (!po || !x || !hs) return moe_errorf(MOE_ENOMEM, "predictor: out of memory for %d tokens", n);
+        if (p->path->context) {
+            float *fin = realloc(p->fin, sizeof(float) * (size_t)c * (size_t)p->hidden);
+            if (!fin) return moe_errorf(MOE_ENOMEM, "predictor: out of memory for %d tokens", n);
+            p->fin = fin;
+        }
     }
     p->cap = c;
     return MOE_OK;
@@ -236,11 +245,12 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
     p->prev = malloc(sizeof(int) * (size_t)max_seqs * M * (size_t)p->k);
     p->prev_ok = calloc((size_t)max_seqs, sizeof(bool));
     p->hist = calloc((size_t)max_seqs * M * E, sizeof(float));
+    p->ctxh = calloc((size_t)max_seqs * (size_t)p->hidden, sizeof(float));
     p->routed = calloc(M, sizeof(bool));
     p->un = malloc(sizeof(float) * E);
     p->ids = malloc(sizeof(int) * E);
     if (!p->emb_row || !p->trans || !p->trans_n || !p->rec || !p->rec_n || !p->freq || !p->prev || !p->prev_ok ||
-        !p->hist || !p->routed || !p->un || !p->ids || ensure_cap(p, 16))
+        !p->hist || !p->ctxh || !p->routed || !p->un || !p->ids || ensure_cap(p, 16))
         goto fail_nomem;
     return p;
 fail_nomem:
@@ -266,6 +276,8 @@ void moe_predictor_destroy(struct moe_predictor *p)
     free(p->prev);
     free(p->prev_ok);
     free(p->hist);
+    free(p->ctxh);
+    free(p->fin);
     free(p->seq);
     free(p->tok);
     free(p->route);
@@ -387,6 +399,13 @@ static const int *seq_prev(const struct moe_predictor *p, int seq)
     return p->prev + (size_t)seq * (size_t)p->n_moe * (size_t)p->k;
 }
 
+/* The sequence's previous final hidden state for the path model when its previous token is known. */
+static const float *seq_ctx(const struct moe_predictor *p, int seq, const int *prevr)
+{
+    if (!prevr || !p->path || !p->path->context) return NULL;
+    return p->ctxh + (size_t)seq * (size_t)p->hidden;
+}
+
 /* The sequence's history block for the path model when its previous token is known. */
 static const float *seq_hist(const struct moe_predictor *p, int seq, const int *prevr)
 {
@@ -417,6 +436,7 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
         p->tok[i] = b->tokens[i];
     }
     memset(p->routed, 0, sizeof(bool) * M);
+    p->fin_ok = false;
     for (size_t i = 0; i < (size_t)b->n * M * (size_t)p->k; i++) p->route[i] = -1;
     if (p->kind == MOE_PRED_NONE || p->kind == MOE_PRED_GATE) return MOE_OK;
 
@@ -429,8 +449,8 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
         float *ps = p->pscore + (size_t)i * M * E;
         if (uses_path(p)) {
             embed_row(p, b->tokens[i]);
-            moe_path_model_features_hist(p->path, p->emb_row, prevr, seq_hist(p, b->seq[i], prevr),
-                                         p->x + (size_t)i * p->path->n_in);
+            moe_path_model_features_ex(p->path, p->emb_row, prevr, seq_hist(p, b->seq[i], prevr),
+                                       seq_ctx(p, b->seq[i], prevr), p->x + (size_t)i * p->path->n_in);
         } else {
             for (size_t mi = 0; mi < M; mi++) history_scores(p, (int)mi, prevr, NULL, ps + mi * E);
         }
@@ -565,6 +585,12 @@ void moe_predictor_end(struct moe_predictor *p, bool ok)
         }
         memcpy(p->prev + (size_t)s * M * K, p->route + (size_t)i * M * K, sizeof(int) * M * K);
         p->prev_ok[s] = true;
+        /* a step that ran without the final hidden state leaves the context unknown (zeros) */
+        float *cx = p->ctxh + (size_t)s * (size_t)p->hidden;
+        if (p->fin_ok)
+            memcpy(cx, p->fin + (size_t)i * (size_t)p->hidden, sizeof(float) * (size_t)p->hidden);
+        else
+            memset(cx, 0, sizeof(float) * (size_t)p->hidden);
     }
     p->n = 0;
 }
@@ -588,7 +614,7 @@ enum moe_status moe_predictor_seq_path(struct moe_predictor *p, int seq, int tok
             return moe_errorf(MOE_ENOMEM, "predictor: out of memory");
         }
         embed_row(p, token);
-        moe_path_model_features_hist(p->path, p->emb_row, prevr, seq_hist(p, seq, prevr), x);
+        moe_path_model_features_ex(p->path, p->emb_row, prevr, seq_hist(p, seq, prevr), seq_ctx(p, seq, prevr), x);
         moe_path_model_forward(p->path, 1, x, sc, hs);
         free(x);
         free(hs);
@@ -624,6 +650,10 @@ static void hk_hidden(void *ud, int j, int n, const float *h)
 {
     struct moe_predictor *p = ud;
     if (p->next.on_hidden) p->next.on_hidden(p->next.ud, j, n, h);
+    if (j == p->model->cfg.n_layers && n == p->n && p->fin) {
+        memcpy(p->fin, h, sizeof(float) * (size_t)n * (size_t)p->hidden);
+        p->fin_ok = true;
+    }
 }
 
 static void hk_route(void *ud, int layer, int n, const float *logits, const int *ids, const float *w)
@@ -646,6 +676,9 @@ struct moe_engine_hooks moe_predictor_hooks(struct moe_predictor *p, const struc
         p->next = *next;
     else
         memset(&p->next, 0, sizeof(p->next));
-    struct moe_engine_hooks h = { .ud = p, .on_hidden = hk_hidden, .on_route = hk_route, .on_moe_input = hk_moe_input };
+    /* hidden states only when something wants them: on a GPU each one is a copy to the host */
+    bool hidden = p->next.on_hidden || (p->path && p->path->context);
+    struct moe_engine_hooks h = { .ud = p, .on_hidden = hidden ? hk_hidden : NULL, .on_route = hk_route,
+                                  .on_moe_input = uses_gate(p) || p->next.on_moe_input ? hk_moe_input : NULL };
     return h;
 }

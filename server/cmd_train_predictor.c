@@ -35,6 +35,8 @@ static void usage(FILE *f)
         "                        H-1 tokens, which rank evictions steps ahead (default 2)\n"
         "  --hist-decay D        0 < D < 1: also input the sequence's recent routing, a moving average\n"
         "                        of the earlier tokens' experts decayed by D per token (default 0: none)\n"
+        "  --context             also input the previous token's final hidden state (the model's state\n"
+        "                        its logits came from); needs --text (traces hold no hidden states)\n"
         "  --epochs N            at most N epochs (default 40)\n"
         "  --batch N             samples per Adam step (default 128)\n"
         "  --lr X                Adam step size (default 0.002)\n"
@@ -48,7 +50,7 @@ static void usage(FILE *f)
 }
 
 enum { O_MODEL = 256, O_TRACE, O_TEXT, O_SEQ, O_OUT, O_WIDTH, O_EPOCHS, O_BATCH, O_LR, O_WD, O_VAL, O_PAT,
-       O_SEED, O_THREADS, O_QUIET, O_HORIZON, O_HIST };
+       O_SEED, O_THREADS, O_QUIET, O_HORIZON, O_HIST, O_CONTEXT };
 
 int moe_cmd_train_predictor(int argc, char **argv)
 {
@@ -70,13 +72,14 @@ int moe_cmd_train_predictor(int argc, char **argv)
         { "quiet", no_argument, NULL, O_QUIET },
         { "horizon", required_argument, NULL, O_HORIZON },
         { "hist-decay", required_argument, NULL, O_HIST },
+        { "context", no_argument, NULL, O_CONTEXT },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *trace_path = NULL, *text = NULL, *out_path = NULL;
     long seq_len = 512, width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1, threads = 2;
     double lr = 2e-3, wd = 1e-4, val = 0.1, hist_decay = 0;
-    bool quiet = false;
+    bool quiet = false, context = false;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -98,6 +101,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_SEED: if (!moe_cli_parse_long(optarg, 0, 1L << 62, &seed)) goto bad_value; break;
         case O_THREADS: if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value; break;
         case O_QUIET: quiet = true; break;
+        case O_CONTEXT: context = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -115,11 +119,15 @@ int moe_cmd_train_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow train-predictor: needs --out and exactly one of --trace or --text (see --help)\n");
         return 2;
     }
+    if (context && !text) {
+        fprintf(stderr, "moeflow train-predictor: --context needs --text (a routing trace holds no hidden states)\n");
+        return 2;
+    }
 
     int rc = 1;
     struct moe_trace *tr = NULL;
     int *toks = NULL, *seqs = NULL, *poss = NULL, *experts = NULL, *prev = NULL, *next = NULL;
-    float *emb = NULL, *hist = NULL;
+    float *emb = NULL, *hist = NULL, *fin = NULL, *ctx = NULL;
     struct moe_path_model *pm = NULL;
     size_t n = 0;
     struct moe_model *m = moe_model_open(model_dir);
@@ -151,7 +159,8 @@ int moe_cmd_train_predictor(int argc, char **argv)
         experts = tr->experts;
     } else {
         if (moe_drive_tokenize(model_dir, text, &toks, &n) ||
-            moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, &experts, &seqs, &poss)) {
+            moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, &experts, &seqs, &poss,
+                            context ? &fin : NULL)) {
             fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
             goto out;
         }
@@ -176,8 +185,8 @@ int moe_cmd_train_predictor(int argc, char **argv)
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < row; j++) next[i * row + j] = i + 1 < n ? prev[(i + 1) * row + j] : -1;
     moe_wview_to_f32(&m->embed, emb);
-    pm = moe_path_model_create_hist(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, (int)horizon,
-                                    (float)hist_decay, (uint64_t)seed);
+    struct moe_path_opts po = { .horizon = (int)horizon, .hist_decay = (float)hist_decay, .context = context };
+    pm = moe_path_model_create_ex(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, &po, (uint64_t)seed);
     if (!pm) {
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;
@@ -198,7 +207,18 @@ int moe_cmd_train_predictor(int argc, char **argv)
                 moe_path_model_hist_update(pm, hist + i * ne, prev + i * row);
             }
     }
-    struct moe_path_data d = { .n = (int)n, .hist = hist, .token = toks, .prev = prev, .target = experts, .next = next, .emb = emb,
+    if (context) {
+        /* each sample's context block: the final hidden state of its sequence's previous token */
+        size_t H = (size_t)cfg->hidden;
+        ctx = calloc((n ? n : 1) * H, sizeof(float));
+        if (!ctx) {
+            fprintf(stderr, "moeflow train-predictor: out of memory for %zu context rows\n", n);
+            goto out;
+        }
+        for (size_t i = 1; i < n; i++)
+            if (prev[i * row] >= 0) memcpy(ctx + i * H, fin + (i - 1) * H, sizeof(float) * H);
+    }
+    struct moe_path_data d = { .n = (int)n, .hist = hist, .ctx = ctx, .token = toks, .prev = prev, .target = experts, .next = next, .emb = emb,
                                .vocab = cfg->vocab };
     struct moe_path_train_params tp = { .max_epochs = (int)epochs, .batch = (int)batch, .lr = (float)lr,
                                         .weight_decay = (float)wd, .val_frac = (float)val,
@@ -234,6 +254,8 @@ out:
     free(prev);
     free(next);
     free(hist);
+    free(fin);
+    free(ctx);
     free(emb);
     moe_path_model_free(pm);
     moe_model_close(m);

@@ -1,6 +1,7 @@
 /* Path predictor MLP: learns a synthetic routing rule from embeddings and the
  * previous token's routing well above chance, keeps the best held-out epoch,
- * and survives a safetensors round trip bit for bit. */
+ * builds its optional history and context input blocks, and survives a
+ * safetensors round trip bit for bit. */
 #include "model/safetensors.h"
 #include "predictor/path_model.h"
 #include "tests/test_util.h"
@@ -82,15 +83,15 @@ int main(void)
     }
     /* the history input block: a moving average of the sequence's routing, kept across a save/load */
     {
-        struct moe_path_model *mh = moe_path_model_create_hist(M, E, K, DIM, 16, 2, 0.5f, 3);
+        struct moe_path_model *mh = moe_path_model_create_ex(M, E, K, DIM, 16, &(struct moe_path_opts){ .horizon = 2, .hist_decay = 0.5f }, 3);
         REQUIRE(mh && mh->n_in == DIM + 2 * M * E, "create with history: %s", moe_last_error());
-        CHECK(!moe_path_model_create_hist(M, E, K, DIM, 16, 2, 1.0f, 3), "history decay 1 accepted");
+        CHECK(!moe_path_model_create_ex(M, E, K, DIM, 16, &(struct moe_path_opts){ .horizon = 2, .hist_decay = 1.0f }, 3), "history decay 1 accepted");
         float hist[M * E] = { 0 }, xh[DIM + 2 * M * E];
         moe_path_model_hist_update(mh, hist, target);
         moe_path_model_hist_update(mh, hist, target + M * K);
         int e0 = target[M * K]; /* layer 0 of sample 1, used last: weight 0.5 at least */
         CHECK(hist[e0] >= 0.5f - 1e-6f && hist[e0] <= 0.75f + 1e-6f, "history weight %f", hist[e0]);
-        moe_path_model_features_hist(mh, emb, prev + 7 * M * K, hist, xh);
+        moe_path_model_features_ex(mh, emb, prev + 7 * M * K, hist, NULL, xh);
         CHECK(!memcmp(xh + DIM + M * E, hist, sizeof hist), "history block not in the input row");
         char hp[] = "/tmp/moeflow-test-pathh-XXXXXX";
         int hfd = mkstemp(hp);
@@ -103,6 +104,36 @@ int main(void)
         unlink(hp);
         moe_path_model_free(ml);
         moe_path_model_free(mh);
+    }
+
+    /* the context block: the previous token's final hidden state at unit RMS after the other blocks,
+     * zeros when unknown; kept across a save/load */
+    {
+        struct moe_path_model *mc = moe_path_model_create_ex(M, E, K, DIM, 16, &(struct moe_path_opts){ .horizon = 2, .hist_decay = 0.5f, .context = true }, 5);
+        REQUIRE(mc && mc->context && mc->n_in == 2 * DIM + 2 * M * E, "create with context: %s", moe_last_error());
+        float ctx[DIM], xc[2 * DIM + 2 * M * E];
+        for (int i = 0; i < DIM; i++) ctx[i] = 3.0f * (float)(i - 5);
+        moe_path_model_features_ex(mc, emb, prev + 7 * M * K, NULL, ctx, xc);
+        const float *cb = xc + DIM + 2 * M * E;
+        double ss = 0;
+        for (int i = 0; i < DIM; i++) ss += (double)cb[i] * cb[i];
+        CHECK(fabs(ss / DIM - 1.0) < 1e-4 && cb[5] == 0.0f && cb[6] > 0 && cb[0] < 0,
+              "context block not the unit-RMS hidden state (mean square %f)", ss / DIM);
+        moe_path_model_features_ex(mc, emb, prev + 7 * M * K, NULL, NULL, xc);
+        bool zero = true;
+        for (int i = 0; i < DIM; i++) zero = zero && cb[i] == 0.0f;
+        CHECK(zero, "unknown context is not zeros");
+        char cp[] = "/tmp/moeflow-test-pathc-XXXXXX";
+        int cfd = mkstemp(cp);
+        REQUIRE(cfd >= 0, "mkstemp");
+        close(cfd);
+        REQUIRE(moe_path_model_save(mc, cp, NULL) == MOE_OK, "save: %s", moe_last_error());
+        struct moe_path_model *ml = moe_path_model_load(cp, M, E, K, DIM);
+        CHECK(ml && ml->context && ml->hist_decay == 0.5f && ml->n_in == mc->n_in, "context lost on load: %s",
+              ml ? "" : moe_last_error());
+        moe_path_model_free(ml);
+        unlink(cp);
+        moe_path_model_free(mc);
     }
 
     /* bad input is refused, not crashed on */
@@ -143,6 +174,11 @@ int main(void)
         REQUIRE(moe_st_write(path, bad, 1, meta_h) == MOE_OK, "write: %s", moe_last_error());
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "horizon"), "horizon 9 accepted: %s",
               moe_last_error());
+        const char *meta_c[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
+                                 "2", "dim", "16", "width", "64", "context", "attention", NULL };
+        REQUIRE(moe_st_write(path, bad, 1, meta_c) == MOE_OK, "write: %s", moe_last_error());
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "context"),
+              "unknown context kind accepted: %s", moe_last_error());
         const char *meta_s[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
                                  "2", "dim", "16", "width", "64", NULL };
         REQUIRE(moe_st_write(path, bad, 1, meta_s) == MOE_OK, "write: %s", moe_last_error());

@@ -5,7 +5,11 @@ standard library sources (/usr/lib/python3.11), for the routing-path predictor.
 Each .py file goes to one split by the SHA-1 of its path relative to the
 library root: digest mod 10 in 0..6 -> train, 9 -> eval (7, 8 unused).  Files
 are taken in sorted path order, joined with <|endoftext|>, until the split's
-byte budget is reached.  Usage: make_splits.py [ROOT] [OUTDIR]
+byte budget is reached.  Usage: make_splits.py [ROOT] [OUTDIR] [TRAIN_BYTES]
+
+TRAIN_BYTES (default 400000) only lengthens or shortens train.txt: a larger
+budget gives the committed train.txt followed by more files; eval.txt is the
+same whatever it is.
 """
 import hashlib
 import os
@@ -13,7 +17,7 @@ import sys
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/python3.11"
 OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
-BUDGET = {"train": 400_000, "eval": 60_000}
+BUDGET = {"train": int(sys.argv[3]) if len(sys.argv) > 3 else 400_000, "eval": 60_000}
 SEP = "<|endoftext|>"
 
 

@@ -190,7 +190,15 @@ out:
 
 /* ---- RoPE --------------------------------------------------------------- */
 
-__global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int head_dim, float theta)
+/* inv_freq of every pair, computed on the host (moe_rope_inv_freq): device
+ * powf and glibc powf differ in the last bit.  Passed by value (2 KiB of
+ * kernel parameters), so no upload and no buffer to keep alive. */
+struct rope_freq {
+    float f[512]; /* [head_dim / 2] */
+};
+
+__global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int head_dim,
+                              const struct rope_freq fr)
 {
     int half = head_dim / 2;
     size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
@@ -199,9 +207,7 @@ __global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int 
         int j = (int)(i % (size_t)half);
         size_t th = i / (size_t)half; /* token * n_heads + head */
         size_t t = th / (size_t)n_heads;
-        /* inv_freq in double then rounded: the same float on every backend */
-        float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)head_dim));
-        float ang = (float)pos[t] * inv_freq;
+        float ang = (float)pos[t] * fr.f[j];
         float cs = cosf(ang), sn = sinf(ang);
         float *h = x + th * (size_t)head_dim;
         float a = h[j], b = h[j + half];
@@ -215,12 +221,14 @@ extern "C" enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, con
 {
     enum moe_status st = MOE_OK;
     size_t total = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
+    struct rope_freq fr;
     if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > 1024 || !(theta > 0.0f))
         return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d (even, <= 1024), theta %g",
                           n, n_heads, head_dim, (double)theta);
     if (total == 0) return MOE_OK;
+    moe_rope_inv_freq(theta, head_dim, fr.f);
     k_rope<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_x, d_pos, n, n_heads,
-                                                                      head_dim, theta);
+                                                                      head_dim, fr);
     CK_LAUNCH(c);
 out:
     return st;

@@ -109,7 +109,8 @@ enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const
                                  float *d_y, int rows, int dim, float eps);
 
 /* Rotary embedding, rotate-half (NeoX) layout, in place on x [n, n_heads, head_dim]:
- * for i < head_dim/2, angle = (float)pos * (float)(theta^(-2i/head_dim) in double),
+ * for i < head_dim/2, angle = (float)pos * inv_freq[i] with inv_freq from moe_rope_inv_freq
+ * (the CPU backend's float formula, evaluated on the host),
  * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin).
  * d_pos [n] positions.  head_dim even, <= 1024. */
 enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
@@ -195,7 +196,12 @@ enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const float *d_xp, i
 enum moe_status moe_cuda_argmax(struct moe_cuda_ctx *c, const float *d_logits, int rows, int vocab,
                                 int *d_out);
 
-/* ---- host-side MoE plan (no CUDA) -------------------------------------- */
+/* ---- host-side helpers (no CUDA) ---------------------------------------- */
+
+/* RoPE inverse frequencies as the CPU backend and Hugging Face compute them:
+ * inv_freq[i] = 1.0f / powf(theta, (float)(2i) / (float)head_dim), i < head_dim/2,
+ * in float on the host (device powf differs from glibc's in the last bit). */
+void moe_rope_inv_freq(float theta, int head_dim, float *inv_freq);
 
 /* From ids [n, k] (expert per token slot, each in [0, E)), the stable
  * expert-major permutation shared by the CPU and CUDA paths:

@@ -134,7 +134,8 @@ void ref_rope(float *x, const int *pos, int n, int n_heads, int head_dim, float 
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * head_dim;
             for (int j = 0; j < half; j++) {
-                float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)head_dim));
+                /* the CPU backend's and Hugging Face's float formula */
+                float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
                 float ang = (float)pos[t] * inv_freq;
                 float cs = cosf(ang), sn = sinf(ang), a = v[j], b = v[j + half];
                 v[j] = a * cs - b * sn;

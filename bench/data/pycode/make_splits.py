@@ -3,7 +3,8 @@
 standard library sources (/usr/lib/python3.11), for the routing-path predictor.
 
 Each .py file goes to one split by the SHA-1 of its path relative to the
-library root: digest mod 10 in 0..6 -> train, 9 -> eval (7, 8 unused).  Files
+library root: digest mod 10 in 0..6 -> train, 7 -> dev (model selection
+between predictors, never trained on), 9 -> eval (8 unused).  Files
 are taken in sorted path order, joined with <|endoftext|>, until the split's
 byte budget is reached.  Usage: make_splits.py [ROOT] [OUTDIR] [TRAIN_BYTES]
 
@@ -17,7 +18,7 @@ import sys
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/python3.11"
 OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
-BUDGET = {"train": int(sys.argv[3]) if len(sys.argv) > 3 else 400_000, "eval": 60_000}
+BUDGET = {"train": int(sys.argv[3]) if len(sys.argv) > 3 else 400_000, "dev": 60_000, "eval": 60_000}
 SEP = "<|endoftext|>"
 
 
@@ -28,7 +29,7 @@ def split_digit(rel):
 
 def split_of(rel):
     d = split_digit(rel)
-    return "train" if d <= 6 else "eval" if d == 9 else None
+    return "train" if d <= 6 else "dev" if d == 7 else "eval" if d == 9 else None
 
 
 def py_files(root):
@@ -47,8 +48,8 @@ def py_files(root):
 
 def main():
     files = py_files(ROOT)
-    parts = {"train": [], "eval": []}
-    size = {"train": 0, "eval": 0}
+    parts = {s: [] for s in BUDGET}
+    size = {s: 0 for s in BUDGET}
     for rel in files:
         s = split_of(rel)
         if s is None or size[s] >= BUDGET[s]:

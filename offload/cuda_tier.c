@@ -154,6 +154,7 @@ enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n,
         cudaError_t q = cudaEventQuery(t->ready[slot]);
         if (q == cudaErrorNotReady) {
             /* still in flight: the compute stream (not the host) waits for it */
+            (void)moe_cuda_drop_error(q);
             TCK(cudaStreamWaitEvent(t->compute, t->ready[slot], 0));
             t->st.waits++;
         } else if (q != cudaSuccess) {
@@ -328,7 +329,7 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
             size_t fr = 0, tot = 0;
             t->d_pool = NULL;
             (void)cudaGetLastError();
-            cudaMemGetInfo(&fr, &tot);
+            if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) t->poisoned = true;
             st = moe_errorf(MOE_ENOMEM, "GPU expert tier: %d slots x %zu MiB = %zu MiB do not fit on "
                             "the device (%zu MiB free of %zu MiB): lower the GPU-tier slots "
                             "(--gpu-experts) to at most %zu", t->slots, t->slot_bytes >> 20,
@@ -416,7 +417,7 @@ static void cprov_destroy(void *self)
     struct cprov *cp = self;
     if (!cp) return;
     moe_cuda_tier_destroy(cp->tier);
-    if (cp->pinned) cudaFreeHost(cp->h_pool);
+    if (cp->pinned) (void)moe_cuda_drop_error(cudaFreeHost(cp->h_pool));
     else free(cp->h_pool);
     free(cp->present);
     free(cp);

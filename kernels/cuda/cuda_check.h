@@ -22,6 +22,12 @@ extern "C" {
 
 /* True for errors after which the CUDA context cannot be used again. */
 bool moe_cuda_is_sticky(cudaError_t e);
+/* For a call whose failure is deliberately ignored (cleanup, a query on an
+ * error path, cudaErrorNotReady): clears a non-sticky error so that a later
+ * cudaGetLastError() does not report it against another statement.  True when
+ * e is sticky: the caller marks its context poisoned (sticky errors are never
+ * hidden; the driver keeps returning them). */
+bool moe_cuda_drop_error(cudaError_t e);
 enum moe_status moe_cuda_check_rt(cudaError_t e, const char *stmt, const char *file, int line);
 
 #ifdef __cplusplus

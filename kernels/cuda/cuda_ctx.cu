@@ -27,6 +27,14 @@ extern "C" bool moe_cuda_is_sticky(cudaError_t e)
     }
 }
 
+extern "C" bool moe_cuda_drop_error(cudaError_t e)
+{
+    if (e == cudaSuccess) return false;
+    if (moe_cuda_is_sticky(e)) return true;
+    (void)cudaGetLastError();
+    return false;
+}
+
 extern "C" enum moe_status moe_cuda_check_rt(cudaError_t e, const char *stmt, const char *file,
                                              int line)
 {
@@ -107,7 +115,7 @@ extern "C" struct moe_cuda_ctx *moe_cuda_ctx_create(const struct moe_cuda_params
     if (cudaMalloc(&c->ws, ws) != cudaSuccess) {
         (void)cudaGetLastError();
         size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
+        if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) c->poisoned = true;
         st = moe_errorf(MOE_ENOMEM, "CUDA workspace: cannot allocate %zu MiB on device %d (%zu MiB "
                         "free of %zu MiB): lower workspace_bytes or the GPU-tier capacity",
                         ws >> 20, dev, fr >> 20, tot >> 20);
@@ -170,14 +178,14 @@ extern "C" enum moe_status moe_cuda_alloc(struct moe_cuda_ctx *c, void **d_ptr, 
         return moe_cuda_ctx_note(c, MOE_CUDA_CHECK(e));
     (void)cudaGetLastError();
     size_t fr = 0, tot = 0;
-    cudaMemGetInfo(&fr, &tot);
+    if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) c->poisoned = true;
     return moe_errorf(MOE_ENOMEM, "%s: cannot allocate %zu MiB on CUDA device %d (%zu MiB free of "
                       "%zu MiB)", what, bytes >> 20, c->device, fr >> 20, tot >> 20);
 }
 
 extern "C" void moe_cuda_free(struct moe_cuda_ctx *c, void *d_ptr)
 {
-    if (d_ptr) (void)cudaFree(d_ptr);
+    if (d_ptr && moe_cuda_drop_error(cudaFree(d_ptr)) && c) c->poisoned = true;
 }
 
 extern "C" enum moe_status moe_cuda_memset(struct moe_cuda_ctx *c, void *d_ptr, int byte, size_t bytes)
@@ -244,6 +252,6 @@ extern "C" enum moe_status moe_cuda_host_alloc(void **h_ptr, size_t bytes, bool 
 extern "C" void moe_cuda_host_free(void *h_ptr, bool pinned)
 {
     if (!h_ptr) return;
-    if (pinned) (void)cudaFreeHost(h_ptr);
+    if (pinned) (void)moe_cuda_drop_error(cudaFreeHost(h_ptr));
     else free(h_ptr);
 }

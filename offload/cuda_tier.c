@@ -34,12 +34,20 @@ struct moe_cuda_tier {
     bool poisoned;
 };
 
+/* A sticky error poisons the tier and the backend context it shares (the
+ * device is unusable for both: moe_backend_cuda_poisoned() turns true too). */
+static void poison(struct moe_cuda_tier *t)
+{
+    t->poisoned = true;
+    moe_cuda_ctx_mark_poisoned(t->c);
+}
+
 /* Check a CUDA call inside a function with `st`, the tier `t` and label `out`. */
 #define TCK(call)                                                             \
     do {                                                                      \
         st = MOE_CUDA_CHECK(call);                                            \
         if (st != MOE_OK) {                                                   \
-            if (moe_cuda_is_sticky(cudaPeekAtLastError())) t->poisoned = true; \
+            if (moe_cuda_is_sticky(cudaPeekAtLastError())) poison(t);         \
             goto out;                                                         \
         }                                                                     \
     } while (0)
@@ -115,7 +123,7 @@ enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n,
 {
     enum moe_status st = MOE_OK;
     int got = 0;
-    if (t->poisoned) return poisoned_err(t);
+    if (moe_cuda_tier_poisoned(t)) return poisoned_err(t);
     if (layer < 0 || layer >= t->n_layers || n < 0)
         return moe_errorf(MOE_EINVAL, "GPU expert tier: layer %d of %d, %d experts", layer, t->n_layers, n);
     for (int i = 0; i < n; i++) {
@@ -183,9 +191,9 @@ void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
             continue;
         }
         int slot = moe_cache_slot_of(t->cache, key);
-        if (slot >= 0 && !t->poisoned) {
+        if (slot >= 0 && !moe_cuda_tier_poisoned(t)) {
             enum moe_status st = MOE_CUDA_CHECK(cudaEventRecord(t->freed[slot], t->compute));
-            if (st != MOE_OK && moe_cuda_is_sticky(cudaPeekAtLastError())) t->poisoned = true;
+            if (st != MOE_OK && moe_cuda_is_sticky(cudaPeekAtLastError())) poison(t);
         }
         moe_cache_unpin(t->cache, key);
     }
@@ -195,7 +203,7 @@ void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
 void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
                             int distance)
 {
-    if (t->poisoned || layer < 0 || layer >= t->n_layers) return;
+    if (moe_cuda_tier_poisoned(t) || layer < 0 || layer >= t->n_layers) return;
     for (int i = 0; i < n; i++) {
         int slot, ev;
         bool inserted;
@@ -214,7 +222,7 @@ void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int
 enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t)
 {
     enum moe_status st = MOE_OK;
-    if (t->poisoned) return poisoned_err(t);
+    if (moe_cuda_tier_poisoned(t)) return poisoned_err(t);
     TCK(cudaStreamSynchronize(t->copy));
     for (int i = 0; t->timed && i < t->slots; i++)
         if ((st = add_copy_time(t, i)) != MOE_OK) goto out;
@@ -239,13 +247,16 @@ void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier
     for (int i = 0; i < t->slots; i++) out->resident += moe_cache_key_at(t->cache, i) >= 0;
 }
 
-bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t) { return t->poisoned; }
+bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t)
+{
+    return t->poisoned || moe_cuda_ctx_poisoned(t->c);
+}
 
 void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
 {
     if (!t) return;
-    if (t->copy && !t->poisoned) (void)cudaStreamSynchronize(t->copy);
-    if (t->compute && !t->poisoned) (void)cudaStreamSynchronize(t->compute);
+    if (t->copy && !moe_cuda_tier_poisoned(t)) (void)cudaStreamSynchronize(t->copy);
+    if (t->compute && !moe_cuda_tier_poisoned(t)) (void)cudaStreamSynchronize(t->compute);
     for (int i = 0; t->ready && i < t->slots; i++)
         if (t->ready[i]) cudaEventDestroy(t->ready[i]);
     for (int i = 0; t->freed && i < t->slots; i++)
@@ -329,7 +340,7 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
             size_t fr = 0, tot = 0;
             t->d_pool = NULL;
             (void)cudaGetLastError();
-            if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) t->poisoned = true;
+            if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) poison(t);
             st = moe_errorf(MOE_ENOMEM, "GPU expert tier: %d slots x %zu MiB = %zu MiB do not fit on "
                             "the device (%zu MiB free of %zu MiB): lower the GPU-tier slots "
                             "(--gpu-experts) to at most %zu", t->slots, t->slot_bytes >> 20,

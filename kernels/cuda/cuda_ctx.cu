@@ -153,6 +153,7 @@ extern "C" void moe_cuda_ctx_destroy(struct moe_cuda_ctx *c)
 extern "C" void *moe_cuda_ctx_stream(const struct moe_cuda_ctx *c) { return (void *)c->stream; }
 extern "C" int moe_cuda_ctx_device(const struct moe_cuda_ctx *c) { return c->device; }
 extern "C" bool moe_cuda_ctx_poisoned(const struct moe_cuda_ctx *c) { return c->poisoned; }
+extern "C" void moe_cuda_ctx_mark_poisoned(struct moe_cuda_ctx *c) { c->poisoned = true; }
 extern "C" enum moe_cuda_gemm_mode moe_cuda_ctx_gemm_mode(const struct moe_cuda_ctx *c)
 {
     return c->gemm_mode;

@@ -59,6 +59,10 @@ int moe_cuda_ctx_device(const struct moe_cuda_ctx *c);
  * seen: the CUDA context is unusable; the process must fail what is in
  * flight, turn readiness off and exit non-zero. */
 bool moe_cuda_ctx_poisoned(const struct moe_cuda_ctx *c);
+/* Record a sticky error seen outside the context's own calls (the GPU expert
+ * tier's copy stream), so moe_cuda_ctx_poisoned() and
+ * moe_backend_cuda_poisoned() report it. */
+void moe_cuda_ctx_mark_poisoned(struct moe_cuda_ctx *c);
 /* Wait for the context's stream; MOE_EDEVICE on an asynchronous error. */
 enum moe_status moe_cuda_ctx_sync(struct moe_cuda_ctx *c);
 /* Which GEMM path expert_ffn really uses (GROUPED may have fallen back). */

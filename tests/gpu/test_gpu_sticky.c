@@ -1,11 +1,13 @@
 /* A device fault (an out-of-bounds read inside a kernel) is a sticky CUDA
- * error: the next synchronisation returns MOE_EDEVICE with a message that says
- * the process must restart, the context reports itself poisoned, and the GPU
- * expert tier fails every later acquire with MOE_EDEVICE instead of computing
- * on anything.  Runs last in its own process (the context cannot recover).
- * Skips (77) without a CUDA device. */
+ * error: the next CUDA call returns MOE_EDEVICE with a message that says the
+ * process must restart, the context reports itself poisoned (also when the
+ * GPU expert tier is the first to see the error), and the tier fails every
+ * later acquire with MOE_EDEVICE instead of computing on anything.  Runs last
+ * in its own process (the context cannot recover).  Skips (77) without a
+ * CUDA device. */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
@@ -47,13 +49,28 @@ int main(void)
     REQUIRE(moe_cuda_alloc(c, &out, 1024 * 4, "out") == MOE_OK, "alloc");
     REQUIRE(moe_cuda_h2d(c, rows, &bad, 4) == MOE_OK, "h2d");
     enum moe_status st = moe_cuda_gather_rows(c, x, rows, 1, 1024, out);
+    /* give the fault time to land, then let the tier see it first: its misses
+     * call the device (copy stream) and get the sticky error */
+    nanosleep(&(struct timespec){ .tv_sec = 0, .tv_nsec = 500 * 1000 * 1000 }, NULL);
+    ids[0] = 2, ids[1] = 3;
+    if (st == MOE_OK) {
+        st = moe_cuda_tier_acquire(t, 1, 2, ids, ref);
+        if (st == MOE_OK) {
+            printf("the tier did not see the fault yet; the context's sync will\n");
+            moe_cuda_tier_release(t, 1);
+        } else {
+            printf("the tier saw the fault first: %s\n", moe_last_error());
+            CHECK(moe_cuda_tier_poisoned(t), "tier not marked poisoned");
+            CHECK(moe_cuda_ctx_poisoned(c), "the tier's sticky error did not poison the backend context");
+        }
+    }
     if (st == MOE_OK) st = moe_cuda_ctx_sync(c);
     printf("after the fault: %s: %s\n", moe_status_str(st), moe_last_error());
     CHECK(st == MOE_EDEVICE, "fault returned %s", moe_status_str(st));
     CHECK(strstr(moe_last_error(), "restart") != NULL, "message does not say to restart: %s", moe_last_error());
     CHECK(moe_cuda_ctx_poisoned(c), "context not marked poisoned");
 
-    ids[0] = 2, ids[1] = 3; /* misses: the tier must try the device and fail */
+    ids[0] = 0, ids[1] = 2;
     st = moe_cuda_tier_acquire(t, 1, 2, ids, ref);
     CHECK(st == MOE_EDEVICE, "tier acquire after the fault returned %s", moe_status_str(st));
     CHECK(moe_cuda_tier_poisoned(t), "tier not marked poisoned");

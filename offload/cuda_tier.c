@@ -126,6 +126,7 @@ enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n,
     if (moe_cuda_tier_poisoned(t)) return poisoned_err(t);
     if (layer < 0 || layer >= t->n_layers || n < 0)
         return moe_errorf(MOE_EINVAL, "GPU expert tier: layer %d of %d, %d experts", layer, t->n_layers, n);
+    if ((st = moe_cuda_ctx_bind(t->c)) != MOE_OK) return st; /* the caller's thread may be new */
     for (int i = 0; i < n; i++) {
         int slot, ev;
         bool miss;
@@ -184,6 +185,7 @@ fail:
 void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
 {
     int keep = 0;
+    (void)moe_cuda_ctx_bind(t->c); /* a failure shows in the event record below */
     for (int i = 0; i < t->n_pins; i++) {
         int key = t->pins[i];
         if (key / t->n_experts != layer) {
@@ -204,6 +206,7 @@ void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int
                             int distance)
 {
     if (moe_cuda_tier_poisoned(t) || layer < 0 || layer >= t->n_layers) return;
+    if (moe_cuda_ctx_bind(t->c) != MOE_OK) return;
     for (int i = 0; i < n; i++) {
         int slot, ev;
         bool inserted;
@@ -223,6 +226,7 @@ enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t)
 {
     enum moe_status st = MOE_OK;
     if (moe_cuda_tier_poisoned(t)) return poisoned_err(t);
+    if ((st = moe_cuda_ctx_bind(t->c)) != MOE_OK) return st;
     TCK(cudaStreamSynchronize(t->copy));
     for (int i = 0; t->timed && i < t->slots; i++)
         if ((st = add_copy_time(t, i)) != MOE_OK) goto out;
@@ -255,6 +259,7 @@ bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t)
 void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
 {
     if (!t) return;
+    (void)moe_cuda_ctx_bind(t->c);
     if (t->copy && !moe_cuda_tier_poisoned(t)) (void)cudaStreamSynchronize(t->copy);
     if (t->compute && !moe_cuda_tier_poisoned(t)) (void)cudaStreamSynchronize(t->compute);
     for (int i = 0; t->ready && i < t->slots; i++)
@@ -300,6 +305,7 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
     }
     t->c = c;
     t->compute = (cudaStream_t)moe_cuda_ctx_stream(c);
+    if ((st = moe_cuda_ctx_bind(c)) != MOE_OK) goto out;
     t->n_layers = p->n_layers;
     t->n_experts = p->n_experts;
     t->slots = p->slots < n_keys ? p->slots : n_keys;

@@ -10,29 +10,51 @@ struct cuda_be {
 
 static struct moe_cuda_ctx *C(void *ctx) { return ((struct cuda_be *)ctx)->c; }
 
+/* Every op first makes the context's device current on the calling thread:
+ * the engine may run forward passes on another thread than the one that
+ * created the backend, and the current device is per thread. */
+#define BIND(ctx)                                                    \
+    do {                                                             \
+        enum moe_status bst_ = moe_cuda_ctx_bind(C(ctx));            \
+        if (bst_ != MOE_OK) return bst_;                             \
+    } while (0)
+
 static void *cb_alloc(void *ctx, size_t bytes, const char *what)
 {
     void *p = NULL;
+    if (moe_cuda_ctx_bind(C(ctx)) != MOE_OK) return NULL;
     return moe_cuda_alloc(C(ctx), &p, bytes, what) == MOE_OK ? p : NULL;
 }
-static void cb_free(void *ctx, void *buf) { moe_cuda_free(C(ctx), buf); }
+static void cb_free(void *ctx, void *buf)
+{
+    (void)moe_cuda_ctx_bind(C(ctx));
+    moe_cuda_free(C(ctx), buf);
+}
 static enum moe_status cb_h2d(void *ctx, void *dst, const void *src, size_t bytes)
 {
+    BIND(ctx);
     return moe_cuda_h2d(C(ctx), dst, src, bytes);
 }
 static enum moe_status cb_d2h(void *ctx, void *dst, const void *src, size_t bytes)
 {
+    BIND(ctx);
     return moe_cuda_d2h(C(ctx), dst, src, bytes);
 }
 static enum moe_status cb_d2d(void *ctx, void *dst, const void *src, size_t bytes)
 {
+    BIND(ctx);
     return moe_cuda_d2d(C(ctx), dst, src, bytes);
 }
 static enum moe_status cb_memset0(void *ctx, void *dst, size_t bytes)
 {
+    BIND(ctx);
     return moe_cuda_memset(C(ctx), dst, 0, bytes);
 }
-static enum moe_status cb_sync(void *ctx) { return moe_cuda_ctx_sync(C(ctx)); }
+static enum moe_status cb_sync(void *ctx)
+{
+    BIND(ctx);
+    return moe_cuda_ctx_sync(C(ctx));
+}
 static void cb_destroy(void *ctx)
 {
     struct cuda_be *b = ctx;
@@ -44,16 +66,19 @@ static void cb_destroy(void *ctx)
 static enum moe_status cb_embed(void *ctx, const void *table, enum moe_dtype dt, int vocab, int hidden,
                                 const int32_t *ids, int n, float *out)
 {
+    BIND(ctx);
     return moe_cuda_embed(C(ctx), table, dt, vocab, hidden, ids, n, out);
 }
 static enum moe_status cb_rmsnorm(void *ctx, const float *x, const float *w, float *y, int rows, int dim,
                                   float eps)
 {
+    BIND(ctx);
     return moe_cuda_rmsnorm(C(ctx), x, w, y, rows, dim, eps);
 }
 static enum moe_status cb_linear(void *ctx, const float *x, const void *w, enum moe_dtype wdt,
                                  const float *bias, int n, int in, int out, float *y)
 {
+    BIND(ctx);
     enum moe_status st = moe_cuda_linear(C(ctx), x, w, wdt, n, in, out, false, y);
     if (st == MOE_OK && bias) st = moe_cuda_add_bias(C(ctx), y, bias, n, out);
     return st;
@@ -61,34 +86,40 @@ static enum moe_status cb_linear(void *ctx, const float *x, const void *w, enum 
 static enum moe_status cb_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                                float theta)
 {
+    BIND(ctx);
     return moe_cuda_rope(C(ctx), x, pos, n, n_heads, head_dim, theta);
 }
 static enum moe_status cb_kv_store(void *ctx, const float *k, const float *v, float *kcache, float *vcache,
                                    const int32_t *seq, const int32_t *pos, int n, int max_ctx, int kv_dim)
 {
+    BIND(ctx);
     return moe_cuda_kv_store(C(ctx), k, v, kcache, vcache, seq, pos, n, max_ctx, kv_dim);
 }
 static enum moe_status cb_attention(void *ctx, const float *q, const float *kcache, const float *vcache,
                                     const int32_t *seq, const int32_t *pos, int n, int n_heads,
                                     int n_kv_heads, int head_dim, int max_ctx, float scale, float *out)
 {
+    BIND(ctx);
     return moe_cuda_attention(C(ctx), q, kcache, vcache, seq, pos, n, n_heads, n_kv_heads, head_dim,
                               max_ctx, scale, out);
 }
 static enum moe_status cb_router(void *ctx, const float *logits, int n, int E, int k,
                                  enum moe_router_kind kind, bool renorm, int32_t *ids, float *w)
 {
+    BIND(ctx);
     return moe_cuda_router(C(ctx), logits, n, E, k, kind == MOE_ROUTER_SOFTMAX_TOPK, renorm, ids, w);
 }
 static enum moe_status cb_gather(void *ctx, const float *x, const int32_t *rows, int n_rows, int dim,
                                  float *out)
 {
+    BIND(ctx);
     return moe_cuda_gather_rows(C(ctx), x, rows, n_rows, dim, out);
 }
 static enum moe_status cb_moe_experts(void *ctx, const float *xp, int n_groups, const int *h_off,
                                       const struct moe_backend_expert *h_w, enum moe_dtype wdt, int hidden,
                                       int inter, float *yp)
 {
+    BIND(ctx);
     /* struct moe_backend_expert and struct moe_cuda_expert have the same layout */
     return moe_cuda_expert_ffn(C(ctx), xp, n_groups, h_off, (const struct moe_cuda_expert *)h_w, wdt,
                                hidden, inter, yp);
@@ -96,23 +127,28 @@ static enum moe_status cb_moe_experts(void *ctx, const float *xp, int n_groups, 
 static enum moe_status cb_combine(void *ctx, const float *yp, const int32_t *inv, const float *w, int n,
                                   int k, int dim, bool accumulate, float *out)
 {
+    BIND(ctx);
     return moe_cuda_moe_combine(C(ctx), yp, inv, w, n, k, dim, accumulate, out);
 }
 static enum moe_status cb_swiglu(void *ctx, const float *gate, const float *up, float *out, size_t count)
 {
+    BIND(ctx);
     return moe_cuda_swiglu(C(ctx), gate, up, out, count);
 }
 static enum moe_status cb_sigmoid_scale_add(void *ctx, const float *s, const float *y, int n, int dim,
                                             float *out)
 {
+    BIND(ctx);
     return moe_cuda_sigmoid_scale_add(C(ctx), s, y, n, dim, out);
 }
 static enum moe_status cb_add(void *ctx, float *y, const float *x, size_t count)
 {
+    BIND(ctx);
     return moe_cuda_add(C(ctx), y, x, count);
 }
 static enum moe_status cb_argmax(void *ctx, const float *x, int rows, int dim, int32_t *out)
 {
+    BIND(ctx);
     return moe_cuda_argmax(C(ctx), x, rows, dim, out);
 }
 

@@ -141,6 +141,7 @@ out:
 extern "C" void moe_cuda_ctx_destroy(struct moe_cuda_ctx *c)
 {
     if (!c) return;
+    if (c->stream) (void)moe_cuda_ctx_bind(c); /* may run on another thread than create */
     if (c->stream && !c->poisoned) (void)cudaStreamSynchronize(c->stream);
     if (c->d_ptrs) cudaFree(c->d_ptrs);
     if (c->ws) cudaFree(c->ws);
@@ -157,6 +158,18 @@ extern "C" void moe_cuda_ctx_mark_poisoned(struct moe_cuda_ctx *c) { c->poisoned
 extern "C" enum moe_cuda_gemm_mode moe_cuda_ctx_gemm_mode(const struct moe_cuda_ctx *c)
 {
     return c->gemm_mode;
+}
+
+extern "C" enum moe_status moe_cuda_ctx_bind(struct moe_cuda_ctx *c)
+{
+    enum moe_status st = MOE_OK;
+    int cur = -1;
+    cudaError_t e = cudaGetDevice(&cur);
+    if (e == cudaSuccess && cur == c->device) return MOE_OK;
+    if (moe_cuda_drop_error(e)) c->poisoned = true;
+    CK(c, cudaSetDevice(c->device));
+out:
+    return st;
 }
 
 extern "C" enum moe_status moe_cuda_ctx_sync(struct moe_cuda_ctx *c)

@@ -63,6 +63,12 @@ bool moe_cuda_ctx_poisoned(const struct moe_cuda_ctx *c);
  * tier's copy stream), so moe_cuda_ctx_poisoned() and
  * moe_backend_cuda_poisoned() report it. */
 void moe_cuda_ctx_mark_poisoned(struct moe_cuda_ctx *c);
+/* Make the context's device current on the calling thread (cudaSetDevice only
+ * when another device is current; cudaGetDevice is a thread-local read).
+ * The launchers below use whatever device is current: the backend op table
+ * (cuda_backend.h) and the GPU expert tier call this at every entry, so the
+ * engine may run them on any thread. */
+enum moe_status moe_cuda_ctx_bind(struct moe_cuda_ctx *c);
 /* Wait for the context's stream; MOE_EDEVICE on an asynchronous error. */
 enum moe_status moe_cuda_ctx_sync(struct moe_cuda_ctx *c);
 /* Which GEMM path expert_ffn really uses (GROUPED may have fallen back). */

@@ -423,12 +423,7 @@ static void cprov_prefetch(void *self, int layer, int n, const int *ids, const f
 {
     moe_cuda_tier_prefetch(((struct cprov *)self)->tier, layer, n, ids, scores, distance);
 }
-static int cprov_max_pinned(void *self)
-{
-    struct moe_cuda_tier_stats s;
-    moe_cuda_tier_get_stats(((struct cprov *)self)->tier, &s);
-    return s.slots;
-}
+static int cprov_max_pinned(void *self) { return ((struct cprov *)self)->tier->slots; }
 static void cprov_destroy(void *self)
 {
     struct cprov *cp = self;
@@ -507,12 +502,7 @@ static void sprov_step_end(void *self)
     struct sprov *sp = self;
     if (sp->lower->ops->step_end) sp->lower->ops->step_end(sp->lower->self);
 }
-static int sprov_max_pinned(void *self)
-{
-    struct moe_cuda_tier_stats s;
-    moe_cuda_tier_get_stats(((struct sprov *)self)->tier, &s);
-    return s.slots;
-}
+static int sprov_max_pinned(void *self) { return ((struct sprov *)self)->tier->slots; }
 static void sprov_destroy(void *self)
 {
     struct sprov *sp = self;

@@ -25,6 +25,19 @@ static uint32_t rnd(void)
     return (uint32_t)(rng >> 11);
 }
 
+/* m written to a temporary file and loaded back (expected shape of m), or NULL. */
+static struct moe_path_model *round_trip(const struct moe_path_model *m)
+{
+    char p[] = "/tmp/moeflow-test-pathrt-XXXXXX";
+    int fd = mkstemp(p);
+    if (fd < 0) return NULL;
+    close(fd);
+    struct moe_path_model *l = NULL;
+    if (moe_path_model_save(m, p, NULL) == MOE_OK) l = moe_path_model_load(p, m->n_moe, m->n_experts, m->top_k, m->dim);
+    unlink(p);
+    return l;
+}
+
 int main(void)
 {
     static float emb[VOCAB * DIM];
@@ -83,9 +96,10 @@ int main(void)
     }
     /* the history input block: a moving average of the sequence's routing, kept across a save/load */
     {
-        struct moe_path_model *mh = moe_path_model_create_ex(M, E, K, DIM, 16, &(struct moe_path_opts){ .horizon = 2, .hist_decay = 0.5f }, 3);
+        struct moe_path_opts ho = { .horizon = 2, .hist_decay = 0.5f }, bad = { .horizon = 2, .hist_decay = 1.0f };
+        struct moe_path_model *mh = moe_path_model_create_ex(M, E, K, DIM, 16, &ho, 3);
         REQUIRE(mh && mh->n_in == DIM + 2 * M * E, "create with history: %s", moe_last_error());
-        CHECK(!moe_path_model_create_ex(M, E, K, DIM, 16, &(struct moe_path_opts){ .horizon = 2, .hist_decay = 1.0f }, 3), "history decay 1 accepted");
+        CHECK(!moe_path_model_create_ex(M, E, K, DIM, 16, &bad, 3), "history decay 1 accepted");
         float hist[M * E] = { 0 }, xh[DIM + 2 * M * E];
         moe_path_model_hist_update(mh, hist, target);
         moe_path_model_hist_update(mh, hist, target + M * K);
@@ -93,15 +107,9 @@ int main(void)
         CHECK(hist[e0] >= 0.5f - 1e-6f && hist[e0] <= 0.75f + 1e-6f, "history weight %f", hist[e0]);
         moe_path_model_features_ex(mh, emb, prev + 7 * M * K, hist, NULL, xh);
         CHECK(!memcmp(xh + DIM + M * E, hist, sizeof hist), "history block not in the input row");
-        char hp[] = "/tmp/moeflow-test-pathh-XXXXXX";
-        int hfd = mkstemp(hp);
-        REQUIRE(hfd >= 0, "mkstemp");
-        close(hfd);
-        REQUIRE(moe_path_model_save(mh, hp, NULL) == MOE_OK, "save: %s", moe_last_error());
-        struct moe_path_model *ml = moe_path_model_load(hp, M, E, K, DIM);
+        struct moe_path_model *ml = round_trip(mh);
         CHECK(ml && ml->hist_decay == 0.5f && ml->n_in == mh->n_in, "history decay lost on load: %s",
               ml ? "" : moe_last_error());
-        unlink(hp);
         moe_path_model_free(ml);
         moe_path_model_free(mh);
     }
@@ -109,7 +117,8 @@ int main(void)
     /* the context block: the previous token's final hidden state at unit RMS after the other blocks,
      * zeros when unknown; kept across a save/load */
     {
-        struct moe_path_model *mc = moe_path_model_create_ex(M, E, K, DIM, 16, &(struct moe_path_opts){ .horizon = 2, .hist_decay = 0.5f, .context = true }, 5);
+        struct moe_path_opts co = { .horizon = 2, .hist_decay = 0.5f, .context = true };
+        struct moe_path_model *mc = moe_path_model_create_ex(M, E, K, DIM, 16, &co, 5);
         REQUIRE(mc && mc->context && mc->n_in == 2 * DIM + 2 * M * E, "create with context: %s", moe_last_error());
         float ctx[DIM], xc[2 * DIM + 2 * M * E];
         for (int i = 0; i < DIM; i++) ctx[i] = 3.0f * (float)(i - 5);
@@ -123,16 +132,10 @@ int main(void)
         bool zero = true;
         for (int i = 0; i < DIM; i++) zero = zero && cb[i] == 0.0f;
         CHECK(zero, "unknown context is not zeros");
-        char cp[] = "/tmp/moeflow-test-pathc-XXXXXX";
-        int cfd = mkstemp(cp);
-        REQUIRE(cfd >= 0, "mkstemp");
-        close(cfd);
-        REQUIRE(moe_path_model_save(mc, cp, NULL) == MOE_OK, "save: %s", moe_last_error());
-        struct moe_path_model *ml = moe_path_model_load(cp, M, E, K, DIM);
+        struct moe_path_model *ml = round_trip(mc);
         CHECK(ml && ml->context && ml->hist_decay == 0.5f && ml->n_in == mc->n_in, "context lost on load: %s",
               ml ? "" : moe_last_error());
         moe_path_model_free(ml);
-        unlink(cp);
         moe_path_model_free(mc);
     }
 

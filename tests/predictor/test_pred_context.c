@@ -6,10 +6,9 @@
  * routing, the running history and the previous token's final hidden state
  * (taken from an all-resident routing pass), and must differ from the one
  * without context once a previous token exists. */
-#include "model/tokenizer.h"
 #include "predictor/drive.h"
 #include "predictor/path_model.h"
-#include "tests/test_util.h"
+#include "tests/predictor/pred_testutil.h"
 
 #include <math.h>
 #include <unistd.h>
@@ -34,17 +33,10 @@ static void on_predict(void *ud, int mi, int distance, bool step_start, int n, c
 int main(void)
 {
     char dir[4096], pfile[] = "/tmp/moeflow-test-predctx-XXXXXX";
-    t_path(dir, sizeof dir, "models/pycode-moe-18m");
-    struct moe_model *m = moe_model_open(dir);
-    REQUIRE(m, "open: %s", moe_last_error());
-    char tkp[4200];
-    snprintf(tkp, sizeof tkp, "%s/tokenizer.json", dir);
-    struct moe_tokenizer *tk = moe_tokenizer_load(tkp);
-    REQUIRE(tk, "tokenizer: %s", moe_last_error());
     int *toks;
     size_t nt;
-    REQUIRE(moe_tokenizer_encode(tk, snippet, strlen(snippet), &toks, &nt) == MOE_OK && nt >= N_TOK, "encode");
-    moe_tokenizer_free(tk);
+    struct moe_model *m = t_bundled_encode(dir, sizeof dir, snippet, &toks, &nt);
+    REQUIRE(m && nt >= N_TOK, "bundled model and snippet (%zu tokens)", m ? nt : 0);
     const struct moe_config *cfg = &m->cfg;
     int n_moe = 0;
     for (int l = 0; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];

@@ -8,13 +8,12 @@
  * small device tier and host tier, fed by path+gate and by gate: the same
  * tokens and logits, and the predictions did reach the cache (prefetches). */
 #include "engine/sampling.h"
-#include "model/tokenizer.h"
 #include "offload/policy_predicted.h"
 #include "offload/store.h"
 #include "offload/tiered.h"
 #include "predictor/drive.h"
 #include "predictor/path_model.h"
-#include "tests/test_util.h"
+#include "tests/predictor/pred_testutil.h"
 
 #include <unistd.h>
 
@@ -46,17 +45,10 @@ static enum moe_status decode(const struct moe_model *m, struct moe_provider *pr
 int main(void)
 {
     char dir[4096], pfile[] = "/tmp/moeflow-test-pred-XXXXXX";
-    t_path(dir, sizeof dir, "models/pycode-moe-18m");
-    struct moe_model *m = moe_model_open(dir);
-    REQUIRE(m, "open: %s", moe_last_error());
-    char tkp[4200];
-    snprintf(tkp, sizeof tkp, "%s/tokenizer.json", dir);
-    struct moe_tokenizer *tk = moe_tokenizer_load(tkp);
-    REQUIRE(tk, "tokenizer: %s", moe_last_error());
     int *toks;
     size_t nt;
-    REQUIRE(moe_tokenizer_encode(tk, snippet, strlen(snippet), &toks, &nt) == MOE_OK && nt >= N_TOK, "encode");
-    moe_tokenizer_free(tk);
+    struct moe_model *m = t_bundled_encode(dir, sizeof dir, snippet, &toks, &nt);
+    REQUIRE(m && nt >= N_TOK, "bundled model and snippet (%zu tokens)", m ? nt : 0);
     size_t V = (size_t)m->cfg.vocab;
     float *ref = malloc(sizeof(float) * V * N_TOK), *got = malloc(sizeof(float) * V * N_TOK);
     REQUIRE(ref && got, "oom");

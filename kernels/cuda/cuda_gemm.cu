@@ -296,10 +296,35 @@ out:
     return st;
 }
 
-/* Validate, then run the groups in runs whose workspace fits.  Every
- * expert's rows stay in one call and its pointers keep their alignment, so
- * (LOOP and INVARIANT modes) the result is the same bits as one call over
- * all groups. */
+/* One expert whose rows alone exceed the workspace: the largest row chunks
+ * that fit, one call each (input and output advance by the chunk).  Rows are
+ * independent, so INVARIANT mode gives the bits of one call; in the cuBLAS
+ * modes a chunk's row count may select another cuBLAS kernel. */
+static enum moe_status expert_ffn_rows(struct moe_cuda_ctx *c, const float *d_x, int rows,
+                                       const struct moe_cuda_expert *w, enum moe_dtype wdt, int hidden,
+                                       int inter, float *d_y)
+{
+    enum moe_status st = MOE_OK;
+    int lo = 0, hi = rows; /* the largest chunk whose workspace fits lies in [lo, hi] */
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (group_ws(c->gemm_mode, wdt, (size_t)mid, hidden, inter) <= c->ws_bytes) lo = mid;
+        else hi = mid - 1;
+    }
+    if (lo == 0) return ws_short(c, "expert_ffn (one row)", group_ws(c->gemm_mode, wdt, 1, hidden, inter));
+    for (int r0 = 0; r0 < rows && st == MOE_OK; r0 += lo) {
+        int off[2] = { 0, rows - r0 < lo ? rows - r0 : lo };
+        st = expert_ffn_part(c, d_x + (size_t)r0 * hidden, 1, off, w, wdt, hidden, inter,
+                             d_y + (size_t)r0 * hidden);
+    }
+    return st;
+}
+
+/* Validate, then run the groups in runs whose workspace fits.  An expert's
+ * rows stay in one call when they fit and its pointers keep their alignment,
+ * so (LOOP and INVARIANT modes) the result is the same bits as one call over
+ * all groups; an expert too large for the workspace alone runs in row chunks
+ * (expert_ffn_rows). */
 extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
                                                const int *h_off, const struct moe_cuda_expert *h_w,
                                                enum moe_dtype wdt, int hidden, int inter, float *d_yp)
@@ -326,8 +351,10 @@ extern "C" enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const flo
         size_t used = group_ws(c->gemm_mode, wdt, (size_t)(h_off[g0 + 1] - h_off[g0]), hidden, inter);
         int g1 = g0 + 1;
         if (used > c->ws_bytes) {
-            st = ws_short(c, "expert_ffn (one expert's rows)", used);
-            break;
+            st = expert_ffn_rows(c, d_xp + (size_t)h_off[g0] * hidden, h_off[g0 + 1] - h_off[g0], &h_w[g0], wdt,
+                                 hidden, inter, d_yp + (size_t)h_off[g0] * hidden);
+            g0 = g1;
+            continue;
         }
         while (g1 < n_groups) {
             size_t more = group_ws(c->gemm_mode, wdt, (size_t)(h_off[g1 + 1] - h_off[g1]), hidden, inter);

@@ -31,7 +31,9 @@ enum moe_cuda_gemm_mode {
                               result is independent of the rows around it (the backend seam's batch
                               invariance) and of how experts are chunked; slower than cuBLAS */
     MOE_CUDA_GEMM_LOOP,    /* cuBLAS, activations rounded to BF16: one cublasGemmEx per expert
-                              (results independent of chunking, not of batch size) */
+                              (results independent of how groups are split across calls, not of
+                              batch size, nor when one expert's rows exceed the workspace and
+                              are split into row chunks) */
     MOE_CUDA_GEMM_GROUPED, /* cuBLAS, one cublasGemmGroupedBatchedEx per projection; falls back to
                               LOOP when cuBLAS reports the type combination unsupported */
 };
@@ -194,8 +196,11 @@ struct moe_cuda_expert {
  *   h_off  [n_groups + 1]  HOST row offsets, h_off[0] = 0, non-decreasing, h_off[n_groups] = rows
  *   h_w    [n_groups]      HOST array of device weight pointers, all in dtype wdt
  *   d_yp   [rows, hidden]  out: down(silu(gate x) * up x) for each row with its expert
- * Workspace needed: rows * (hidden*2 + inter*(4+4+2)) bytes (BF16) or
- * rows * inter * 8 bytes (F32); MOE_ENOMEM names workspace_bytes if short.
+ * Workspace: rows * (hidden*2 + inter*(4+4+2)) bytes (cuBLAS modes, BF16) or
+ * rows * inter * 8 bytes (INVARIANT, or F32 weights), plus 256-byte alignment
+ * per group.  When short, the groups run in several calls, and an expert whose
+ * rows alone do not fit runs in row chunks that do; MOE_ENOMEM naming
+ * workspace_bytes only when one row does not fit.
  * Groups with zero rows are skipped. */
 enum moe_status moe_cuda_expert_ffn(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
                                     const int *h_off, const struct moe_cuda_expert *h_w,

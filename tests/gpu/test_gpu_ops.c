@@ -384,28 +384,31 @@ static void test_batch_invariance(struct g_rng *r)
     free(w); free(wl); free(x); free(all); free(one); free(fall); free(fone);
 }
 
-/* A workspace too small for all rows: the groups run in several calls, with
- * the same bits as one call (LOOP mode); one expert's rows that cannot fit
- * are an error naming workspace_bytes. */
-static void test_ffn_chunked(struct g_rng *r)
+/* A workspace too small for all rows (`ctx` and the small context both in
+ * `mode`): the groups run in several calls with the same bits as one call; an
+ * expert whose rows alone exceed the workspace runs in row chunks (INVARIANT:
+ * the same bits as one call; LOOP: within the GEMM tolerance, and no row left
+ * unwritten); a workspace without room for one row is an error naming
+ * workspace_bytes. */
+static void test_ffn_chunked(struct g_rng *r, enum moe_cuda_gemm_mode mode, size_t ws)
 {
     int E = 6, hidden = 256, inter = 384, off[7] = { 0, 0, 1, 9, 9, 40, 41 }, rows = 41;
-    size_t we = (size_t)inter * hidden;
-    struct moe_cuda_params sp = { .device = 0, .workspace_bytes = 160u << 10, .gemm_mode = MOE_CUDA_GEMM_LOOP };
+    size_t we = (size_t)inter * hidden, ybytes = (size_t)rows * hidden * 4;
+    struct moe_cuda_params sp = { .device = 0, .workspace_bytes = ws, .gemm_mode = mode };
     struct moe_cuda_ctx *small = moe_cuda_ctx_create(&sp);
     REQUIRE(small, "small context: %s", moe_last_error());
     uint16_t *w = malloc(we * 3 * E * 2);
-    float *x = malloc((size_t)rows * hidden * 4), *a = malloc((size_t)rows * hidden * 4),
-          *b = malloc((size_t)rows * hidden * 4);
+    float *x = malloc(ybytes), *a = malloc(ybytes), *b = malloc(ybytes);
     void *dw, *dx, *dy;
     struct moe_cuda_expert ex[6];
+    bool inv = mode == MOE_CUDA_GEMM_INVARIANT;
     g_fill_bf16(r, w, we * 3 * E, 0.06f);
     g_fill(r, x, (size_t)rows * hidden, 1.0f, false);
     OK(moe_cuda_alloc(ctx, &dw, we * 3 * E * 2, "w"));
-    OK(moe_cuda_alloc(ctx, &dx, (size_t)rows * hidden * 4, "x"));
-    OK(moe_cuda_alloc(ctx, &dy, (size_t)rows * hidden * 4, "y"));
+    OK(moe_cuda_alloc(ctx, &dx, ybytes, "x"));
+    OK(moe_cuda_alloc(ctx, &dy, ybytes, "y"));
     OK(moe_cuda_h2d(ctx, dw, w, we * 3 * E * 2));
-    OK(moe_cuda_h2d(ctx, dx, x, (size_t)rows * hidden * 4));
+    OK(moe_cuda_h2d(ctx, dx, x, ybytes));
     OK(moe_cuda_ctx_sync(ctx));
     for (int e = 0; e < E; e++) {
         ex[e].gate = (const char *)dw + (size_t)e * 3 * we * 2;
@@ -413,19 +416,37 @@ static void test_ffn_chunked(struct g_rng *r)
         ex[e].down = (const char *)ex[e].up + we * 2;
     }
     OK(moe_cuda_expert_ffn(ctx, dx, E, off, ex, MOE_DT_BF16, hidden, inter, dy));
-    OK(moe_cuda_d2h(ctx, a, dy, (size_t)rows * hidden * 4));
+    OK(moe_cuda_d2h(ctx, a, dy, ybytes));
     OK(moe_cuda_ctx_sync(ctx));
-    OK(moe_cuda_memset(small, dy, 0, (size_t)rows * hidden * 4));
+    OK(moe_cuda_memset(small, dy, 0xff, ybytes)); /* NaN: an unwritten row shows */
     OK(moe_cuda_expert_ffn(small, dx, E, off, ex, MOE_DT_BF16, hidden, inter, dy));
-    OK(moe_cuda_d2h(small, b, dy, (size_t)rows * hidden * 4));
+    OK(moe_cuda_d2h(small, b, dy, ybytes));
     OK(moe_cuda_ctx_sync(small));
-    CHECK(!memcmp(a, b, (size_t)rows * hidden * 4), "expert_ffn in workspace-sized runs differs from one call");
-    int big[3] = { 0, 1, 41 }; /* 40 rows of one expert: more than 160 KiB */
-    CHECK(moe_cuda_expert_ffn(small, dx, 2, big, ex, MOE_DT_BF16, hidden, inter, dy) == MOE_ENOMEM,
-          "an expert larger than the workspace was accepted");
-    CHECK(strstr(moe_last_error(), "workspace_bytes") != NULL, "message: %s", moe_last_error());
-    moe_cuda_free(ctx, dw); moe_cuda_free(ctx, dx); moe_cuda_free(ctx, dy);
+    /* LOOP at 160 KiB: every group fits whole; INVARIANT at 64 KiB: the 31-row group is chunked */
+    CHECK(!memcmp(a, b, ybytes), "expert_ffn in workspace-sized runs differs from one call");
+
+    int big[3] = { 0, 1, 41 }; /* 40 rows of one expert: more than the small workspace */
+    OK(moe_cuda_expert_ffn(ctx, dx, 2, big, ex, MOE_DT_BF16, hidden, inter, dy));
+    OK(moe_cuda_d2h(ctx, a, dy, ybytes));
+    OK(moe_cuda_ctx_sync(ctx));
+    OK(moe_cuda_memset(small, dy, 0xff, ybytes));
+    OK(moe_cuda_expert_ffn(small, dx, 2, big, ex, MOE_DT_BF16, hidden, inter, dy));
+    OK(moe_cuda_d2h(small, b, dy, ybytes));
+    OK(moe_cuda_ctx_sync(small));
+    if (inv)
+        CHECK(!memcmp(a, b, ybytes), "invariant expert_ffn in row chunks differs from one call");
+    else
+        cmp("expert_ffn in row chunks", b, a, (size_t)rows * hidden, TOL_GEMM);
     moe_cuda_ctx_destroy(small);
+
+    sp.workspace_bytes = 2048; /* not one row */
+    small = moe_cuda_ctx_create(&sp);
+    REQUIRE(small, "tiny context: %s", moe_last_error());
+    CHECK(moe_cuda_expert_ffn(small, dx, 2, big, ex, MOE_DT_BF16, hidden, inter, dy) == MOE_ENOMEM,
+          "a workspace without room for one row was accepted");
+    CHECK(strstr(moe_last_error(), "workspace_bytes") != NULL, "message: %s", moe_last_error());
+    moe_cuda_ctx_destroy(small);
+    moe_cuda_free(ctx, dw); moe_cuda_free(ctx, dx); moe_cuda_free(ctx, dy);
     free(w); free(x); free(a); free(b);
 }
 
@@ -497,7 +518,7 @@ int main(void)
         test_argmax(&r, adv);
     }
     test_bad_args();
-    test_ffn_chunked(&r);
+    test_ffn_chunked(&r, MOE_CUDA_GEMM_LOOP, 160u << 10);
     moe_cuda_ctx_destroy(ctx);
 
     p.gemm_mode = MOE_CUDA_GEMM_GROUPED;
@@ -520,6 +541,7 @@ int main(void)
         test_expert_ffn(&r, adv, MOE_CUDA_GEMM_INVARIANT);
     }
     test_batch_invariance(&r);
+    test_ffn_chunked(&r, MOE_CUDA_GEMM_INVARIANT, 64u << 10);
     CHECK(moe_cuda_ctx_sync(ctx) == MOE_OK, "sync: %s", moe_last_error());
     CHECK(!moe_cuda_ctx_poisoned(ctx), "context poisoned");
     moe_cuda_ctx_destroy(ctx);

@@ -145,7 +145,8 @@ static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void 
             (void *const *)(c->d_ptrs + 2 * c->ptr_cap), CUDA_R_32F, ldc, cnt, gs, CUBLAS_COMPUTE_32F);
         if (bs == CUBLAS_STATUS_NOT_SUPPORTED || bs == CUBLAS_STATUS_INVALID_VALUE ||
             bs == CUBLAS_STATUS_ARCH_MISMATCH) {
-            st = moe_errorf(MOE_ENOTSUP, "cublasGemmGroupedBatchedEx refused %s in, F32 out (status %d)",
+            st = moe_errorf(MOE_ENOTSUP, "cublasGemmGroupedBatchedEx refused %s in, F32 out (status %d; "
+                            "its types are 16BF->16BF, 16F->16F, 32F->32F and the outputs here stay F32)",
                             dt_name(dt), (int)bs);
             goto out;
         }
@@ -160,13 +161,17 @@ out:
     return st;
 }
 
-/* A grouped GEMM that cuBLAS refused for these types (MOE_ENOTSUP) switches the
- * context to one cublasGemmEx per expert for good; the caller's LOOP branch then
- * runs.  Any other status passes through. */
+/* A grouped GEMM that cuBLAS refused (MOE_ENOTSUP) switches the context to
+ * one cublasGemmEx per expert for good, logged once; the caller's LOOP branch
+ * then runs and moe_cuda_ctx_gemm_mode() reports LOOP.  The expected case:
+ * cublasGemmGroupedBatchedEx has no BF16-in/F32-out combination (its table:
+ * 16BF->16BF, 16F->16F, 32F->32F), and our outputs stay F32, so BF16 weights
+ * always run per expert.  Any other status passes through. */
 static enum moe_status loop_if_unsupported(struct moe_cuda_ctx *c, enum moe_status st)
 {
     if (st != MOE_ENOTSUP) return st;
-    MOE_WARN("%s; using one cublasGemmEx per expert", moe_last_error());
+    MOE_INFO("grouped GEMM mode: %s: the expert GEMMs run as one cublasGemmEx per expert (LOOP mode) "
+             "from now on", moe_last_error());
     c->gemm_mode = MOE_CUDA_GEMM_LOOP;
     moe_error_clear();
     return MOE_OK;

@@ -34,8 +34,12 @@ enum moe_cuda_gemm_mode {
                               (results independent of how groups are split across calls, not of
                               batch size, nor when one expert's rows exceed the workspace and
                               are split into row chunks) */
-    MOE_CUDA_GEMM_GROUPED, /* cuBLAS, one cublasGemmGroupedBatchedEx per projection; falls back to
-                              LOOP when cuBLAS reports the type combination unsupported */
+    MOE_CUDA_GEMM_GROUPED, /* cuBLAS, one cublasGemmGroupedBatchedEx per projection.  Needs a
+                              type combination that call supports (16BF->16BF, 16F->16F,
+                              32F->32F): F32 weights run grouped; BF16 weights with our F32
+                              outputs do not exist there, so the first call is refused and the
+                              context switches to LOOP for good (logged once, at info level;
+                              moe_cuda_ctx_gemm_mode() then says LOOP) */
 };
 /* In the cuBLAS modes, linear layers with at most this many outputs (routers,
  * gates, small projections) still use the F32 kernel: routing decisions are

@@ -185,7 +185,8 @@ fail:
 void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
 {
     int keep = 0;
-    (void)moe_cuda_ctx_bind(t->c); /* a failure shows in the event record below */
+    bool live = !moe_cuda_tier_poisoned(t);
+    if (live) (void)moe_cuda_ctx_bind(t->c); /* a failure shows in the event record below */
     for (int i = 0; i < t->n_pins; i++) {
         int key = t->pins[i];
         if (key / t->n_experts != layer) {
@@ -193,7 +194,7 @@ void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
             continue;
         }
         int slot = moe_cache_slot_of(t->cache, key);
-        if (slot >= 0 && !moe_cuda_tier_poisoned(t)) {
+        if (slot >= 0 && live && !t->poisoned) {
             enum moe_status st = MOE_CUDA_CHECK(cudaEventRecord(t->freed[slot], t->compute));
             if (st != MOE_OK && moe_cuda_is_sticky(cudaPeekAtLastError())) poison(t);
         }
@@ -259,9 +260,11 @@ bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t)
 void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
 {
     if (!t) return;
-    (void)moe_cuda_ctx_bind(t->c);
-    if (t->copy && !moe_cuda_tier_poisoned(t)) (void)cudaStreamSynchronize(t->copy);
-    if (t->compute && !moe_cuda_tier_poisoned(t)) (void)cudaStreamSynchronize(t->compute);
+    if (!moe_cuda_tier_poisoned(t)) {
+        (void)moe_cuda_ctx_bind(t->c);
+        if (t->copy) (void)cudaStreamSynchronize(t->copy);
+        if (t->compute) (void)cudaStreamSynchronize(t->compute);
+    }
     for (int i = 0; t->ready && i < t->slots; i++)
         if (t->ready[i]) cudaEventDestroy(t->ready[i]);
     for (int i = 0; t->freed && i < t->slots; i++)

@@ -141,8 +141,10 @@ out:
 extern "C" void moe_cuda_ctx_destroy(struct moe_cuda_ctx *c)
 {
     if (!c) return;
-    if (c->stream) (void)moe_cuda_ctx_bind(c); /* may run on another thread than create */
-    if (c->stream && !c->poisoned) (void)cudaStreamSynchronize(c->stream);
+    if (c->stream && !c->poisoned) {
+        (void)moe_cuda_ctx_bind(c); /* may run on another thread than create */
+        (void)cudaStreamSynchronize(c->stream);
+    }
     if (c->d_ptrs) cudaFree(c->d_ptrs);
     if (c->ws) cudaFree(c->ws);
     if (c->blas) cublasDestroy(c->blas);

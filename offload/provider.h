@@ -42,6 +42,11 @@ struct moe_provider_ops {
      * NULL or 0 = unlimited.  The engine acquires a layer's experts in chunks
      * of at most this many, and its result must not depend on the chunking. */
     int (*max_pinned)(void *self);
+    /* Optional: rank-only predictions, every expert's score for `layer` at
+     * `distance` MoE layers ahead (possibly beyond this step: the next tokens'
+     * routing), for a policy that orders evictions by predicted next use.  The
+     * provider moves nothing for them. */
+    void (*hint)(void *self, int layer, int n, const int *ids, const float *scores, int distance);
 };
 
 struct moe_provider {

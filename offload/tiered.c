@@ -452,6 +452,17 @@ static void tiered_prefetch(void *self, int layer, int n, const int *ids, const 
     pthread_mutex_unlock(&t->mu);
 }
 
+/* Rank-only predictions: the device tier's policy (--policy predicted) orders
+ * evictions with them; nothing moves. */
+static void tiered_hint(void *self, int layer, int n, const int *ids, const float *scores, int distance)
+{
+    struct tiered *t = self;
+    pthread_mutex_lock(&t->mu);
+    for (int i = 0; i < n; i++)
+        if (!check_id(t, layer, ids[i])) moe_cache_predict(t->dev, layer * t->n_experts + ids[i], scores[i], distance);
+    pthread_mutex_unlock(&t->mu);
+}
+
 static int tiered_max_pinned(void *self) { return ((struct tiered *)self)->n_dev; }
 
 static void tiered_destroy(void *self)
@@ -499,6 +510,7 @@ static const struct moe_provider_ops tiered_ops = {
     .prefetch = tiered_prefetch,
     .destroy = tiered_destroy,
     .max_pinned = tiered_max_pinned,
+    .hint = tiered_hint,
 };
 
 /* Host tier memory: bound to the NUMA node nearest the engine's CPU (or the

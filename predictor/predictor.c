@@ -326,7 +326,7 @@ static void publish(struct moe_predictor *p, int mi, int distance, bool step_sta
 {
     int layer = p->moe_layer[mi];
     if (p->sink.predict && distance <= p->n_moe) p->sink.predict(p->sink.ud, mi, distance, step_start, p->n, p->out);
-    if (!p->prov || !p->prov->ops->prefetch) return;
+    if (!p->prov) return;
     for (int e = 0; e < p->E; e++) {
         float u = 0;
         for (int i = 0; i < p->n; i++) {
@@ -335,6 +335,13 @@ static void publish(struct moe_predictor *p, int mi, int distance, bool step_sta
         }
         p->un[e] = u;
     }
+    /* a provider that ranks with hints gets every score; the next tokens' only as hints */
+    if (p->prov->ops->hint) {
+        for (int e = 0; e < p->E; e++) p->ids[e] = e;
+        p->prov->ops->hint(p->prov->self, layer, p->E, p->ids, p->un, distance);
+        if (distance > p->n_moe) return;
+    }
+    if (!p->prov->ops->prefetch) return;
     int cap = p->pf.all_scores ? p->E : p->pf.max_per_layer * p->n;
     if (cap > p->E) cap = p->E;
     float min_score = p->pf.all_scores ? 0.0f : p->pf.min_score;
@@ -467,7 +474,7 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
         publish(p, (int)mi, (int)mi + 1, true);
     }
     /* the routing of the next horizon-1 tokens: hints steps ahead, for eviction ranking */
-    if (uses_path(p) && p->path->horizon > 1 && p->prov && p->pf.next_step) {
+    if (uses_path(p) && p->path->horizon > 1 && p->prov && (p->pf.next_step || p->prov->ops->hint)) {
         size_t no = (size_t)p->path->n_out;
         for (size_t hz = 1; hz < (size_t)p->path->horizon; hz++)
             for (size_t mi = 0; mi < M; mi++) {

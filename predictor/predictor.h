@@ -58,8 +58,9 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
  * distance) prediction.  moe_index: 0..n_moe-1 (not the decoder layer).
  * step_start: made at begin() (the "path" prediction; distance is then
  * moe_index + 1).  scores [n_tokens, n_experts].  Predictions for the next
- * steps (distance > n_moe, path predictors of horizon >= 2, with prefetch.next_step)
- * go to the provider only. */
+ * steps (distance > n_moe, path predictors of horizon >= 2) go to the provider
+ * only: to its hint() op when it has one (every expert's score, rank-only),
+ * else to prefetch() with prefetch.next_step. */
 struct moe_pred_sink {
     void *ud;
     void (*predict)(void *ud, int moe_index, int distance, bool step_start, int n_tokens,

@@ -103,6 +103,9 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
         }
         o->predictor = arg;
         return 1;
+    case MOE_OPT_NO_PREFETCH:
+        o->no_prefetch = true;
+        return 1;
     default: return 0;
     }
 }
@@ -144,7 +147,10 @@ const char *moe_offload_predictor_help(void)
         "                          history, path+gate[:FILE], auto (path+gate when the model has\n"
         "                          predictor.safetensors, else gate); default auto when experts are\n"
         "                          offloaded (any offload flag or --backend cuda), else none (with\n"
-        "                          every expert resident there is nothing to prefetch)\n";
+        "                          every expert resident there is nothing to prefetch)\n"
+        "  --no-prefetch           predictions move nothing ahead of need; they only rank the\n"
+        "                          device tier's evictions (--policy predicted): fewer transfers\n"
+        "                          where the link, not latency, is the limit\n";
 }
 
 const char *moe_offload_help(void)

@@ -35,13 +35,14 @@ struct moe_backend; /* kernels/backend.h */
 enum {
     MOE_OPT_STORE = 0x4f00, MOE_OPT_GPU_EXPERTS, MOE_OPT_GPU_BYTES, MOE_OPT_HOST_EXPERTS,
     MOE_OPT_HOST_BYTES, MOE_OPT_POLICY, MOE_OPT_QUEUE_DEPTH, MOE_OPT_NO_IO_URING, MOE_OPT_STATS,
-    MOE_OPT_STATS_JSON, MOE_OPT_BELADY_TRACE, MOE_OPT_BACKEND, MOE_OPT_PREDICTOR,
+    MOE_OPT_STATS_JSON, MOE_OPT_BELADY_TRACE, MOE_OPT_BACKEND, MOE_OPT_PREDICTOR, MOE_OPT_NO_PREFETCH,
 };
 
 /* --predictor SPEC, for commands that drive a routing predictor over the
  * provider themselves (generate); not part of MOE_OFFLOAD_LONG_OPTIONS since
  * bench batch and serve define their own --predictor with default none. */
-#define MOE_PREDICTOR_LONG_OPTION { "predictor", required_argument, NULL, MOE_OPT_PREDICTOR }
+#define MOE_PREDICTOR_LONG_OPTION { "predictor", required_argument, NULL, MOE_OPT_PREDICTOR }, \
+    { "no-prefetch", no_argument, NULL, MOE_OPT_NO_PREFETCH }
 
 /* --backend alone, for commands that do not take the offload flags (replay). */
 #define MOE_BACKEND_LONG_OPTION { "backend", required_argument, NULL, MOE_OPT_BACKEND }
@@ -81,6 +82,8 @@ struct moe_offload_opts {
     enum moe_compute_kind backend;/* --backend cpu|cuda (default cpu) */
     const char *predictor;        /* --predictor SPEC (predictor/predictor.h), NULL = default
                                      (moe_offload_predictor_spec) */
+    bool no_prefetch;             /* --no-prefetch: predictions only rank evictions (the
+                                     predictor's prefetch rank_only) */
 };
 
 void moe_offload_opts_init(struct moe_offload_opts *o);

@@ -341,7 +341,7 @@ static void publish(struct moe_predictor *p, int mi, int distance, bool step_sta
         p->prov->ops->hint(p->prov->self, layer, p->E, p->ids, p->un, distance);
         if (distance > p->n_moe) return;
     }
-    if (!p->prov->ops->prefetch) return;
+    if (!p->prov->ops->prefetch || p->pf.rank_only) return;
     int cap = p->pf.all_scores ? p->E : p->pf.max_per_layer * p->n;
     if (cap > p->E) cap = p->E;
     float min_score = p->pf.all_scores ? 0.0f : p->pf.min_score;

@@ -76,6 +76,8 @@ struct moe_pred_prefetch {
     bool all_scores;      /* publish every expert's score, whatever min_score and max_per_layer
                              say (best first): for a receiver that ranks evictions with the whole
                              distribution and applies its own prefetch threshold (replay) */
+    bool rank_only;       /* no prefetches: predictions only reach the provider's hint op, to
+                             rank evictions (--no-prefetch); nothing moves ahead of need */
 };
 
 struct moe_predictor;

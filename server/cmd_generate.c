@@ -297,7 +297,8 @@ int moe_cmd_generate(int argc, char **argv)
             fprintf(stderr, "moeflow generate: --predictor %s: %s\n", pspec, moe_last_error());
             goto out;
         }
-        moe_predictor_set_provider(pred, prov, NULL);
+        struct moe_pred_prefetch pf = { .rank_only = o.off.no_prefetch };
+        moe_predictor_set_provider(pred, prov, &pf);
     }
     struct moe_engine_params ep = {
         .max_seqs = 1,

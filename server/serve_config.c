@@ -52,6 +52,8 @@ static const struct moe_serve_opt opts[] = {
       "prefetch predicted experts scored at least this (0 = 0.5)", 0 },
     { "prefetch-max-per-layer", MOE_OPT_INT, OFF(prefetch_max_per_layer), 0, "0", 0, 4096,
       "prefetch at most this many experts per layer and prediction (0 = top_k)", 0 },
+    { "prefetch", MOE_OPT_INT, OFF(prefetch), 0, "1", 0, 1,
+      "1: predictions prefetch experts; 0: they only rank evictions (policy predicted)", 0 },
     { "backend", MOE_OPT_OFFLOAD, 0, 0, "cpu", 0, 0,
       "compute backend: cpu or cuda (GPU 0; gpu-experts sizes its expert tier)", MOE_OPT_BACKEND },
     { "store", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,

@@ -42,6 +42,7 @@ struct moe_serve_config {
     char predictor[4200];      /* --predictor spec ("none", "gate", "path[:FILE]", ...) */
     double prefetch_min_score; /* prefetch experts scored at least this (0 = default) */
     int prefetch_max_per_layer;/* at most this many per layer (0 = top_k) */
+    int prefetch;              /* 1: predictions prefetch experts; 0: they only rank evictions */
     /* expert cache tiers (offload/runtime.h flags, same names) */
     struct moe_offload_opts offload;
     char store_path[4096];     /* storage behind offload.store */

@@ -708,6 +708,7 @@ static enum moe_status server_load(struct moe_server *s)
         struct moe_pred_prefetch pf = {
             .min_score = (float)cfg->prefetch_min_score,
             .max_per_layer = cfg->prefetch_max_per_layer,
+            .rank_only = !cfg->prefetch,
         };
         moe_predictor_set_provider(s->predictor, s->provider, &pf);
     }

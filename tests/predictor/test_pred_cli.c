@@ -90,11 +90,22 @@ static void check_generate(void)
     long long h_pred = stats_field(sj, "hits");
     CHECK(pf_none == 0 && h_lru >= 0 && h_pred > h_lru, "device hits: lru/none %lld, predicted/path+gate %lld "
           "(prefetches without predictor %lld)", h_lru, h_pred, pf_none);
+    /* --no-prefetch: the horizon-8 predictions only rank evictions: nothing prefetched, the same
+     * text, and still more hits than on-demand LRU */
+    snprintf(a, sizeof a,
+             "%s --gpu-experts 64 --policy predicted --no-prefetch --stats-json %s "
+             "--predictor path+gate:%s/models/pycode-moe-18m/predictor-h8.safetensors",
+             G, sj, getenv("MOEFLOW_SOURCE_DIR") ? getenv("MOEFLOW_SOURCE_DIR") : ".");
+    CHECK(run_stdout(a, got, sizeof got) == 0 && !strcmp(ref, got), "generate --no-prefetch: %s", got);
+    long long h_rank = stats_field(sj, "hits"), pf_rank = stats_field(sj, "prefetches");
+    CHECK(pf_rank == 0 && h_rank > h_lru, "--no-prefetch: %lld prefetches, %lld hits (lru %lld)", pf_rank, h_rank,
+          h_lru);
     CHECK(run("generate --prompt x --gpu-experts 64 --policy bogus") == 2 && strstr(out, "predicted"),
           "bad policy: %s", out);
     CHECK(run("generate --prompt x --gpu-experts 64 --predictor gate:99") == 2 && strstr(out, "gate:99"),
           "bad predictor: %s", out);
-    CHECK(run("generate --help") == 0 && strstr(out, "--predictor SPEC") && strstr(out, "predicted"),
+    CHECK(run("generate --help") == 0 && strstr(out, "--predictor SPEC") && strstr(out, "predicted") &&
+              strstr(out, "--no-prefetch"),
           "generate help: %s", out);
     unlink(store);
     unlink(sj);

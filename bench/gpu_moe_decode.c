@@ -282,6 +282,12 @@ out:
     return gbs;
 }
 
+/* The --gemm spelling of a mode. */
+static const char *gemm_name(enum moe_cuda_gemm_mode m)
+{
+    return m == MOE_CUDA_GEMM_LOOP ? "loop" : m == MOE_CUDA_GEMM_GROUPED ? "grouped" : "invariant";
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: gpu_moe_decode [options]\n"
@@ -296,7 +302,9 @@ static void usage(FILE *f)
                "  --payloads N      distinct host expert payloads (default 16; keys alias onto them)\n"
                "  --pcie GBS        PCIe ceiling for the bound (default 55, docs/hw)\n"
                "  --gemm MODE       expert GEMMs: loop (cuBLAS, BF16 activations; default), grouped\n"
-               "                    (cublasGemmGroupedBatchedEx) or invariant (own F32-activation kernel)\n"
+               "                    (cublasGemmGroupedBatchedEx; refused for BF16 weights, then loop runs: the\n"
+               "                    output and the JSON \"gemm\" say which ran) or invariant (own F32-activation\n"
+               "                    kernel, one grouped launch per projection)\n"
                "  --json FILE       also write the results as JSON\n");
 }
 
@@ -401,7 +409,7 @@ int main(int argc, char **argv)
     }
     b.L = layers;
     double d2d = measure_d2d(&b), h2d = measure_h2d(&b, b.E * 2 < b.L * b.E ? b.E * 2 : b.L * b.E);
-    printf("synthetic MoE: %d layers x %d experts (top-%d), expert %.1f MiB, routing %s, GEMMs %s\n", b.L, b.E,
+    printf("synthetic MoE: %d layers x %d experts (top-%d), expert %.1f MiB, routing %s, GEMMs %s (asked)\n", b.L, b.E,
            b.K, (double)b.slot_bytes / 1048576.0, trace ? trace : "synthetic (Zipf + locality)", gemm);
     printf("host pool %s; measured: H2D %.1f GB/s (ceiling %.0f), D2D %.0f GB/s (read + write)\n",
            b.pinned ? "pinned" : "PAGEABLE", h2d, b.pcie_ceiling, d2d);
@@ -413,7 +421,7 @@ int main(int argc, char **argv)
         }
         fprintf(b.json, "{\"bench\":\"gpu_moe_decode\",\"layers\":%d,\"experts\":%d,\"top_k\":%d,"
                 "\"hidden\":%d,\"inter\":%d,\"expert_bytes\":%zu,\"routing\":\"%s\",\"host_pinned\":%s,"
-                "\"h2d_GBs\":%.2f,\"d2d_GBs\":%.1f,\"pcie_ceiling_GBs\":%.1f,\"steps\":%d,\"gemm\":\"%s\",\"runs\":[",
+                "\"h2d_GBs\":%.2f,\"d2d_GBs\":%.1f,\"pcie_ceiling_GBs\":%.1f,\"steps\":%d,\"gemm_asked\":\"%s\",\"runs\":[",
                 b.L, b.E, b.K, b.hidden, b.inter, b.slot_bytes, trace ? "trace" : "synthetic",
                 b.pinned ? "true" : "false", h2d, d2d, b.pcie_ceiling, steps, gemm);
     }
@@ -451,11 +459,14 @@ int main(int argc, char **argv)
             }
         }
     }
+    /* GROUPED with BF16 weights falls back to LOOP at its first call: report what ran */
+    const char *ran = gemm_name(moe_cuda_ctx_gemm_mode(b.c));
+    printf("GEMMs run: %s%s\n", ran, strcmp(ran, gemm) ? " (the context fell back from the mode asked)" : "");
     printf("H2D GB/s = bytes loaded / wall time; busy GB/s = bytes loaded / copy-engine time (CUDA events);\n"
            "bound = loads x (expert bytes / PCIe ceiling) + all-resident step time; "
            "vs HBM = expert weight bytes read per second / (D2D copy GB/s / 2)\n");
     if (b.json) {
-        fprintf(b.json, "]}\n");
+        fprintf(b.json, "],\"gemm\":\"%s\"}\n", ran);
         fclose(b.json);
     }
     moe_cuda_host_free(b.h_payload, b.pinned);

@@ -17,6 +17,7 @@ struct moe_cuda_tier {
     cudaStream_t copy;             /* host -> device copies */
     struct moe_cache *cache;       /* residency and eviction decisions */
     int n_layers, n_experts, slots;
+    bool *is_moe;                  /* [n_layers] MoE layers, copied from the params (NULL = every layer) */
     size_t mat_bytes[3], mat_off[3], slot_bytes;
     char *d_pool;                  /* [slots][gate | up | down] */
     cudaEvent_t *ready;            /* [slots] recorded on copy after the slot's last fill */
@@ -223,6 +224,21 @@ void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int
     }
 }
 
+/* As the tiered provider's hint: each id of a MoE layer goes to the policy's
+ * prediction ranking (moe_cache_predict); ids outside the layer's experts
+ * and dense layers are skipped.  Host bookkeeping only: no CUDA call, so no
+ * device binding; no lock, since the tier's entries all run on the engine's
+ * thread. */
+void moe_cuda_tier_hint(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+                        int distance)
+{
+    if (!scores || moe_cuda_tier_poisoned(t) || layer < 0 || layer >= t->n_layers) return;
+    if (t->is_moe && !t->is_moe[layer]) return;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= 0 && ids[i] < t->n_experts)
+            moe_cache_predict(t->cache, layer * t->n_experts + ids[i], scores[i], distance);
+}
+
 enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t)
 {
     enum moe_status st = MOE_OK;
@@ -284,6 +300,7 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
     free(t->t1);
     free(t->timed);
     free(t->pins);
+    free(t->is_moe);
     free(t);
 }
 
@@ -311,6 +328,13 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
     if ((st = moe_cuda_ctx_bind(c)) != MOE_OK) goto out;
     t->n_layers = p->n_layers;
     t->n_experts = p->n_experts;
+    if (p->is_moe) {
+        if (!(t->is_moe = malloc(sizeof(bool) * (size_t)p->n_layers))) {
+            st = moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory");
+            goto out;
+        }
+        memcpy(t->is_moe, p->is_moe, sizeof(bool) * (size_t)p->n_layers);
+    }
     t->slots = p->slots < n_keys ? p->slots : n_keys;
     t->host_mat = p->host_mat;
     t->host_fill = p->host_fill;
@@ -426,6 +450,10 @@ static void cprov_prefetch(void *self, int layer, int n, const int *ids, const f
 {
     moe_cuda_tier_prefetch(((struct cprov *)self)->tier, layer, n, ids, scores, distance);
 }
+static void cprov_hint(void *self, int layer, int n, const int *ids, const float *scores, int distance)
+{
+    moe_cuda_tier_hint(((struct cprov *)self)->tier, layer, n, ids, scores, distance);
+}
 static int cprov_max_pinned(void *self) { return ((struct cprov *)self)->tier->slots; }
 static void cprov_destroy(void *self)
 {
@@ -444,6 +472,7 @@ static const struct moe_provider_ops cprov_ops = {
     .prefetch = cprov_prefetch,
     .destroy = cprov_destroy,
     .max_pinned = cprov_max_pinned,
+    .hint = cprov_hint,
 };
 
 /* ---- the GPU tier stacked on a host-side provider ---------------------------- */
@@ -495,6 +524,14 @@ static void sprov_prefetch(void *self, int layer, int n, const int *ids, const f
             moe_cache_predict(t->cache, layer * t->n_experts + ids[i], scores[i], distance);
     if (sp->lower->ops->prefetch) sp->lower->ops->prefetch(sp->lower->self, layer, n, ids, scores, distance + 1);
 }
+/* The GPU tier's policy ranks with the hints; the lower provider gets them one
+ * layer further out, as its prefetches. */
+static void sprov_hint(void *self, int layer, int n, const int *ids, const float *scores, int distance)
+{
+    struct sprov *sp = self;
+    moe_cuda_tier_hint(sp->tier, layer, n, ids, scores, distance);
+    if (sp->lower->ops->hint) sp->lower->ops->hint(sp->lower->self, layer, n, ids, scores, distance + 1);
+}
 static void sprov_step_begin(void *self, int n_tokens)
 {
     struct sprov *sp = self;
@@ -523,6 +560,7 @@ static const struct moe_provider_ops sprov_ops = {
     .step_end = sprov_step_end,
     .destroy = sprov_destroy,
     .max_pinned = sprov_max_pinned,
+    .hint = sprov_hint,
 };
 
 struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, struct moe_backend *be,

@@ -80,6 +80,12 @@ void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer);
 /* Start copies for these experts if they are absent (hint; drops when every slot is pinned). */
 void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
                             int distance);
+/* Rank-only predictions (the provider's hint op): scores of these experts
+ * `distance` MoE layers ahead go to the policy (--policy predicted orders
+ * evictions by them); nothing moves, no CUDA call.  Dense layers and ids
+ * outside 0..n_experts-1 are skipped. */
+void moe_cuda_tier_hint(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+                        int distance);
 /* Wait until every copy issued so far has landed. */
 enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t);
 void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier_stats *out);
@@ -102,8 +108,10 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
  * `lower` (one at a time, released right after), converts it to BF16 into the
  * slot's pinned staging area and copies it up.  prefetch() is forwarded to
  * `lower` one layer further out (its own worker moves NVMe -> RAM); GPU
- * copies start on demand, and the hints' scores reach the GPU tier's policy
- * (--policy predicted).  `lower` is owned by the new provider. */
+ * copies start on demand, and the prefetches' scores reach the GPU tier's
+ * policy (--policy predicted).  hint() feeds the GPU tier's policy and is
+ * forwarded to `lower` one layer further out.  `lower` is owned by the new
+ * provider. */
 struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, struct moe_backend *be,
                                                     struct moe_provider *lower,
                                                     const struct moe_provider_cuda_params *p);

@@ -164,6 +164,49 @@ int main(void)
     }
     use_fill = false;
 
+    /* hints (the provider's hint op): host bookkeeping only, no copy and no
+     * pin; out-of-range layers and ids and NULL scores are skipped; LRU ranks
+     * as without them; the predicted policy takes them */
+    for (int pol = 0; pol < 2; pol++) {
+        static const int seq[4][2] = { { 0, 1 }, { 2, 3 }, { 4, 5 }, { 6, 7 } };
+        uint64_t miss[2] = { 0, 0 };
+        for (int h = 0; h < 2; h++) {
+            struct moe_cuda_tier *ht = make(c, 4, pol ? MOE_POLICY_PREDICTED : MOE_POLICY_LRU);
+            struct moe_cuda_tier_stats s0, s1;
+            struct moe_expert_ref o[2];
+            for (int i = 0; i < 4; i++) {
+                CHECK(moe_cuda_tier_acquire(ht, 0, 2, seq[i], o) == MOE_OK, "acquire: %s", moe_last_error());
+                moe_cuda_tier_release(ht, 0);
+            }
+            moe_cuda_tier_get_stats(ht, &s0);
+            if (h) {
+                int ids[E + 2];
+                float sc[E + 2];
+                for (int e = 0; e < E + 2; e++) {
+                    ids[e] = e < E ? e : e == E ? E : -1;
+                    sc[e] = e < 2 ? 1.0f : 0.0f;
+                }
+                moe_cuda_tier_hint(ht, 0, E + 2, ids, sc, L); /* layer 0 of the next step */
+                moe_cuda_tier_hint(ht, L, E, ids, sc, 1);
+                moe_cuda_tier_hint(ht, -1, E, ids, sc, 1);
+                moe_cuda_tier_hint(ht, 0, E, ids, NULL, 1);
+            }
+            moe_cuda_tier_get_stats(ht, &s1);
+            CHECK(s1.bytes_h2d == s0.bytes_h2d && s1.loads == s0.loads, "a hint moved %llu bytes",
+                  (unsigned long long)(s1.bytes_h2d - s0.bytes_h2d));
+            CHECK(s1.pinned == 0, "a hint pinned %d experts", s1.pinned);
+            CHECK(moe_cuda_tier_acquire(ht, 0, 2, seq[0], o) == MOE_OK, "acquire: %s", moe_last_error());
+            moe_cuda_tier_release(ht, 0);
+            moe_cuda_tier_get_stats(ht, &s1);
+            miss[h] = s1.misses - s0.misses;
+            moe_cuda_tier_destroy(ht);
+        }
+        if (!pol) CHECK(miss[0] == miss[1], "LRU with hints: %llu misses, without %llu", (unsigned long long)miss[1],
+                        (unsigned long long)miss[0]);
+        else printf("test_gpu_tier: predicted policy, experts 0, 1 hinted: %llu misses, not hinted %llu\n",
+                    (unsigned long long)miss[1], (unsigned long long)miss[0]);
+    }
+
     /* errors: more experts at once than slots; a dense layer; bad id */
     struct moe_cuda_tier *t = make(c, K, MOE_POLICY_LRU);
     struct moe_expert_ref out[3];

@@ -11,6 +11,10 @@
 extern "C" enum moe_status moe_cuda_gemm_inv_(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,
                                               enum moe_dtype wdt, int n, int in, int out, bool accumulate,
                                               float *d_y);
+extern "C" enum moe_status moe_cuda_gemm_inv_grouped_(struct moe_cuda_ctx *c, const float *d_x, int n_groups,
+                                                      const int *h_off, int n_w, const void *const *h_w0,
+                                                      const void *const *h_w1, enum moe_dtype wdt, int in,
+                                                      int out, float *d_y0, float *d_y1);
 extern "C" enum moe_status moe_cuda_swiglu_bf16_(struct moe_cuda_ctx *c, const float *d_gate,
                                                  const float *d_up, void *d_out, size_t n);
 
@@ -65,7 +69,7 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
 }
 
 /* ---- the MoE expert FFN -------------------------------------------------------
- * Workspace layout: every nonempty group gets its own 256-byte-aligned pieces
+ * Workspace layout in the cuBLAS modes (INVARIANT: expert_ffn_inv): every nonempty group gets its own 256-byte-aligned pieces
  * (BF16 x, F32 gate, F32 up, BF16 h), so the pointers cuBLAS sees for an
  * expert have the same alignment however the groups are split across calls
  * (the output rows are the caller's, at the expert's absolute row).  cuBLAS
@@ -177,13 +181,50 @@ static enum moe_status loop_if_unsupported(struct moe_cuda_ctx *c, enum moe_stat
     return MOE_OK;
 }
 
-/* One part: groups whose workspace pieces all fit.  rows[g] from h_off. */
+/* INVARIANT mode, one part: gate and up of every group with rows in one
+ * grouped launch, SwiGLU over all rows in one, down in one grouped launch.
+ * Workspace: F32 gate [rows, inter] then F32 up, each 256-byte aligned, rows
+ * in the part's order (group_ws's per-group sum covers it).  Every output is
+ * the arithmetic of the plain invariant kernel over its group's rows, so the
+ * bits do not depend on grouping, chunking or the rows around it. */
+static enum moe_status expert_ffn_inv(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
+                                      const int *h_off, const struct moe_cuda_expert *h_w,
+                                      enum moe_dtype wdt, int hidden, int inter, float *d_yp)
+{
+    enum moe_status st = MOE_OK;
+    size_t rows = (size_t)h_off[n_groups], gb = align256(rows * (size_t)inter * 4);
+    const void **w;
+    float *g = (float *)c->ws, *u = (float *)((char *)c->ws + gb);
+
+    if (rows == 0) return MOE_OK;
+    if (2 * gb > c->ws_bytes) return ws_short(c, "expert_ffn", 2 * gb); /* the caller splits: a guard */
+    w = (const void **)malloc(sizeof(void *) * (size_t)n_groups * 3);
+    if (!w) return moe_errorf(MOE_ENOMEM, "expert_ffn: out of host memory");
+    for (int e = 0; e < n_groups; e++) {
+        w[e] = h_w[e].gate;
+        w[n_groups + e] = h_w[e].up;
+        w[2 * (size_t)n_groups + e] = h_w[e].down;
+    }
+    st = moe_cuda_gemm_inv_grouped_(c, d_xp, n_groups, h_off, 2, w, w + n_groups, wdt, hidden, inter, g, u);
+    if (st == MOE_OK) st = moe_cuda_swiglu(c, g, u, g, rows * (size_t)inter);
+    if (st == MOE_OK)
+        st = moe_cuda_gemm_inv_grouped_(c, g, n_groups, h_off, 1, w + 2 * (size_t)n_groups, NULL, wdt, inter,
+                                        hidden, d_yp, NULL);
+    if (st != MOE_OK) moe_error_prefix(st, "expert FFN (%d groups, %zu rows)", n_groups, rows);
+    free(w);
+    return st;
+}
+
+/* One part: groups whose workspace pieces all fit.  rows[g] from h_off.
+ * The cuBLAS modes here; INVARIANT runs expert_ffn_inv. */
 static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp, int n_groups,
                                        const int *h_off, const struct moe_cuda_expert *h_w,
                                        enum moe_dtype wdt, int hidden, int inter, float *d_yp)
 {
+    if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT)
+        return expert_ffn_inv(c, d_xp, n_groups, h_off, h_w, wdt, hidden, inter, d_yp);
     enum moe_status st = MOE_OK;
-    bool inv = c->gemm_mode == MOE_CUDA_GEMM_INVARIANT, cast = !inv && wdt == MOE_DT_BF16;
+    bool cast = wdt == MOE_DT_BF16;
     struct ffn_ptrs *p = (struct ffn_ptrs *)calloc((size_t)n_groups, sizeof(*p));
     int *rows = (int *)malloc(sizeof(int) * (size_t)n_groups);
     const void **wg = (const void **)malloc(sizeof(void *) * (size_t)n_groups * 6);
@@ -235,20 +276,6 @@ static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp
             st = moe_cuda_f32_to_bf16(c, xf, (uint16_t *)p[g].xw, r * hidden);
             if (st != MOE_OK) goto out;
         }
-    }
-
-    if (inv) {
-        for (int g = 0; g < n_groups && st == MOE_OK; g++) {
-            if (!rows[g]) continue;
-            st = moe_cuda_gemm_inv_(c, (const float *)p[g].x, wg[g], wdt, rows[g], hidden, inter, false, p[g].g);
-            if (st == MOE_OK)
-                st = moe_cuda_gemm_inv_(c, (const float *)p[g].x, wu[g], wdt, rows[g], hidden, inter, false, p[g].u);
-            if (st == MOE_OK) st = moe_cuda_swiglu(c, p[g].g, p[g].u, p[g].g, (size_t)rows[g] * inter);
-            if (st == MOE_OK)
-                st = moe_cuda_gemm_inv_(c, p[g].g, wdn[g], wdt, rows[g], inter, hidden, false, dout[g]);
-            if (st != MOE_OK) moe_error_prefix(st, "expert FFN group %d (%d rows)", g, rows[g]);
-        }
-        goto out;
     }
 
     /* gate and up projections */

@@ -26,10 +26,12 @@ extern "C" {
 int moe_cuda_device_count(void);
 
 enum moe_cuda_gemm_mode {
-    MOE_CUDA_GEMM_INVARIANT, /* default: own tiled kernel for linear layers and the expert FFN, F32
-                              activations (no BF16 rounding) and a fixed reduction order: a row's
-                              result is independent of the rows around it (the backend seam's batch
-                              invariance) and of how experts are chunked; slower than cuBLAS */
+    MOE_CUDA_GEMM_INVARIANT, /* default: own tiled kernel for linear layers and the expert FFN (one
+                              grouped launch for gate and up of all experts, one SwiGLU, one grouped
+                              launch for down), F32 activations (no BF16 rounding) and a fixed
+                              reduction order: a row's result is independent of the rows around it
+                              (the backend seam's batch invariance) and of how experts are grouped
+                              or chunked; slower than cuBLAS */
     MOE_CUDA_GEMM_LOOP,    /* cuBLAS, activations rounded to BF16: one cublasGemmEx per expert
                               (results independent of how groups are split across calls, not of
                               batch size, nor when one expert's rows exceed the workspace and

@@ -84,6 +84,7 @@ run() {
 
 b=$dist/bin
 run test_gpu_ops 120 "$b/test_gpu_ops"
+run test_gpu_grouped 120 "$b/test_gpu_grouped"
 run test_gpu_tier 120 "$b/test_gpu_tier"
 if [ -x "$b/test_gpu_e2e_pycode" ]; then
   for m in pycode mixtral qwen2_moe qwen3_moe olmoe; do

@@ -516,12 +516,9 @@ static void sprov_release(void *self, int layer) { moe_cuda_tier_release(((struc
 static void sprov_prefetch(void *self, int layer, int n, const int *ids, const float *scores, int distance)
 {
     struct sprov *sp = self;
-    struct moe_cuda_tier *t = sp->tier;
     /* GPU copies start on demand, but the predictions still reach the GPU
      * tier's policy (--policy predicted ranks evictions by them) */
-    for (int i = 0; scores && !t->poisoned && layer >= 0 && layer < t->n_layers && i < n; i++)
-        if (ids[i] >= 0 && ids[i] < t->n_experts)
-            moe_cache_predict(t->cache, layer * t->n_experts + ids[i], scores[i], distance);
+    moe_cuda_tier_hint(sp->tier, layer, n, ids, scores, distance);
     if (sp->lower->ops->prefetch) sp->lower->ops->prefetch(sp->lower->self, layer, n, ids, scores, distance + 1);
 }
 /* The GPU tier's policy ranks with the hints; the lower provider gets them one

@@ -326,7 +326,7 @@ static void publish(struct moe_predictor *p, int mi, int distance, bool step_sta
 {
     int layer = p->moe_layer[mi];
     if (p->sink.predict && distance <= p->n_moe) p->sink.predict(p->sink.ud, mi, distance, step_start, p->n, p->out);
-    if (!p->prov) return;
+    if (!p->prov || (!p->prov->ops->prefetch && !p->prov->ops->hint)) return;
     for (int e = 0; e < p->E; e++) {
         float u = 0;
         for (int i = 0; i < p->n; i++) {

@@ -299,6 +299,19 @@ out_close:
 
 /* ---- training ---- */
 
+void moe_path_neighbours(const int *experts, const int *seq, const int *pos, size_t n, size_t row, int *prev,
+                         int *next)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool before = i > 0 && seq[i - 1] == seq[i] && pos[i - 1] + 1 == pos[i];
+        bool after = i + 1 < n && seq[i + 1] == seq[i] && pos[i + 1] == pos[i] + 1;
+        for (size_t j = 0; j < row; j++) {
+            if (prev) prev[i * row + j] = before ? experts[(i - 1) * row + j] : -1;
+            if (next) next[i * row + j] = after ? experts[(i + 1) * row + j] : -1;
+        }
+    }
+}
+
 struct adam {
     float *m, *v;
     size_t n;

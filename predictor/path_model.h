@@ -117,6 +117,13 @@ struct moe_path_train_report {
     double seconds;        /* wall time */
 };
 
+/* The routing around each token of a routed text (experts [n, row], row =
+ * n_moe * top_k; seq and pos [n] as moeflow trace records them): prev[i] =
+ * token i-1's experts and next[i] = token i+1's, where that token is in i's
+ * sequence at the adjacent position, else -1s.  prev or next may be NULL. */
+void moe_path_neighbours(const int *experts, const int *seq, const int *pos, size_t n, size_t row, int *prev,
+                         int *next);
+
 /* Train in place; on return m holds the weights of the best held-out epoch. */
 enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_path_data *d,
                                      const struct moe_path_train_params *tp,

@@ -172,18 +172,12 @@ int moe_cmd_train_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow train-predictor: out of memory for %zu samples\n", n);
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        bool cont = i > 0 && seqs[i] == seqs[i - 1] && poss[i] == poss[i - 1] + 1;
-        for (size_t j = 0; j < row; j++) prev[i * row + j] = cont ? experts[(i - 1) * row + j] : -1;
-    }
-    /* the next token's routing: the previous-routing array shifted by one */
     next = malloc(sizeof(int) * (n ? n : 1) * row);
     if (!next) {
         fprintf(stderr, "moeflow train-predictor: out of memory for %zu samples\n", n);
         goto out;
     }
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < row; j++) next[i * row + j] = i + 1 < n ? prev[(i + 1) * row + j] : -1;
+    moe_path_neighbours(experts, seqs, poss, n, row, prev, next);
     moe_wview_to_f32(&m->embed, emb);
     struct moe_path_opts po = { .horizon = (int)horizon, .hist_decay = (float)hist_decay, .context = context };
     pm = moe_path_model_create_ex(n_moe, cfg->n_experts, cfg->top_k, cfg->hidden, (int)width, &po, (uint64_t)seed);

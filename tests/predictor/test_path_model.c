@@ -77,10 +77,25 @@ int main(void)
     /* horizon 3: blocks for the next two tokens, trained where the sequence
      * goes on (a new sequence starts every 50 samples), masked after it ends */
     {
-        static int next[N * M * K];
+        static int next[N * M * K], seqno[N], pos[N], prev2[N * M * K];
+        for (int s2 = 0; s2 < N; s2++) {
+            seqno[s2] = s2 / 50;
+            pos[s2] = s2 % 50;
+        }
+        moe_path_neighbours(target, seqno, pos, N, M * K, prev2, next);
+        CHECK(!memcmp(prev2, prev, sizeof prev), "moe_path_neighbours: prev is not the previous token's routing");
+        bool next_ok = true;
         for (int s2 = 0; s2 < N; s2++)
             for (int j = 0; j < M * K; j++)
-                next[s2 * M * K + j] = s2 + 1 < N && (s2 + 1) % 50 != 0 ? target[(s2 + 1) * M * K + j] : -1;
+                next_ok = next_ok && next[s2 * M * K + j] ==
+                                         (s2 + 1 < N && (s2 + 1) % 50 != 0 ? target[(s2 + 1) * M * K + j] : -1);
+        CHECK(next_ok, "moe_path_neighbours: next is not the next token's routing");
+        /* a gap in the positions (a lost token) ends the sequence on both sides */
+        pos[120] = 71;
+        moe_path_neighbours(target, seqno, pos, N, M * K, prev2, NULL);
+        CHECK(prev2[120 * M * K] == -1 && prev2[121 * M * K] == -1 && prev2[122 * M * K] == target[121 * M * K],
+              "moe_path_neighbours: a position gap is not a sequence break");
+        pos[120] = 20;
         struct moe_path_model *mh = moe_path_model_create(M, E, K, DIM, 32, 3, 7);
         REQUIRE(mh && mh->n_out == 3 * M * E, "create horizon 3: %s", moe_last_error());
         struct moe_path_data dh = d;

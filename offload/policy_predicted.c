@@ -12,16 +12,15 @@
 #define PRED_EMA_RATE 0.05
 /* p1 of an expert left out of its layer's prediction, as a fraction of q. */
 #define PRED_UNPREDICTED_FRAC 0.35
-/* Weight of a prediction against the online estimate it is blended with: for
- * the layer's next occurrence (p1, against the step-to-step transition
- * estimate) and the one after (p2, against the use frequency).  Picked on the
- * train split's tail (replay of its last 2048 tokens, path+gate hints with
- * every expert's score): p1 0 / 0.15 / 0.3 / 0.5 / 0.6 / 1, p2 0 / 0.3 / 0.6 /
- * 0.8 / 1; re-checked with the horizon-8 predictor (p1 0.15 / 0.3 / 0.6 / 1,
- * p2 0.8 / 1, and 0.3 / 0.6 / 1 for the occurrences after: PRED_WEIGHT_NEXT
- * is used for all of them).  A hint of score 1 (certain) is not blended. */
-#define PRED_WEIGHT_NOW 0.3
-#define PRED_WEIGHT_NEXT 1.0
+/* A prediction for a key is taken as its probability of use, in place of the
+ * online estimate (step-to-step transitions for the layer's next occurrence,
+ * use frequency after).  Blending the two was measured on the first 8192
+ * tokens of bench/data/pycode/dev.txt (replay at 25 %, path+gate hints with
+ * every expert's score, --no-prefetch): weight 0.3 / 1 on the prediction for
+ * the next occurrence gave 7.31 / 7.12 transfers per token with the horizon-8
+ * file and 8.07 / 7.84 with the horizon-2 file, 0.8 on the later ones 7.19
+ * against 7.12.  (Before the files' next-token blocks were trained on the
+ * right tokens, 0.3 had ranked best.) */
 /* predictions kept per key: for this step and the next PRED_SLOTS - 1 */
 #define PRED_SLOTS 8
 
@@ -70,15 +69,11 @@ static int64_t next_pos(const struct predicted *s, int mi)
 
 /* Prediction probability for key at position o: the stored score, a fraction
  * of the fallback when its layer was predicted without it, else the fallback. */
-static double pred_at(const struct predicted *s, int key, int mi, int64_t o, double fallback, double w)
+static double pred_at(const struct predicted *s, int key, int mi, int64_t o, double fallback)
 {
     size_t nk = (size_t)s->n_layers * (size_t)s->n_experts;
     int sl = (int)((o / s->n_moe) % PRED_SLOTS);
-    if (s->pred_pos[sl * nk + (size_t)key] == o) {
-        double sc = s->pred_score[sl * nk + (size_t)key];
-        /* a certain hint (score 1: an oracle, a saturated gate) is taken as is */
-        return sc >= 1.0 ? 1.0 : w * sc + (1.0 - w) * fallback;
-    }
+    if (s->pred_pos[sl * nk + (size_t)key] == o) return s->pred_score[sl * nk + (size_t)key];
     if (s->layer_pred_pos[sl * s->n_moe + mi] == o) return PRED_UNPREDICTED_FRAC * fallback;
     return fallback;
 }
@@ -120,9 +115,7 @@ double moe_policy_predicted_next_use(const struct moe_policy *p, int key)
      * nothing is predicted beyond the occurrence after o. */
     double surv = 1.0, wait = 0.0;
     for (int j = 0; j < PRED_SLOTS; j++) {
-        double pj = pred_at(s, key, mi, o + (int64_t)j * s->n_moe, j == 0 ? pt : q,
-                            j == 0 ? PRED_WEIGHT_NOW : PRED_WEIGHT_NEXT);
-        if (pj > 1) pj = 1;
+        double pj = pred_at(s, key, mi, o + (int64_t)j * s->n_moe, j == 0 ? pt : q);
         surv *= 1.0 - pj;
         wait += j + 1 < PRED_SLOTS ? surv : surv / q;
     }

@@ -325,8 +325,11 @@ void moe_predictor_seq_reset(struct moe_predictor *p, int seq)
 static void publish(struct moe_predictor *p, int mi, int distance, bool step_start)
 {
     int layer = p->moe_layer[mi];
-    if (p->sink.predict && distance <= p->n_moe) p->sink.predict(p->sink.ud, mi, distance, step_start, p->n, p->out);
+    if (p->sink.predict && (distance <= p->n_moe || p->sink.ahead))
+        p->sink.predict(p->sink.ud, mi, distance, step_start, p->n, p->out);
     if (!p->prov || (!p->prov->ops->prefetch && !p->prov->ops->hint)) return;
+    /* the next tokens' routing reaches a provider only when it asked for it */
+    if (distance > p->n_moe && !p->pf.next_step && !p->prov->ops->hint) return;
     for (int e = 0; e < p->E; e++) {
         float u = 0;
         for (int i = 0; i < p->n; i++) {
@@ -474,7 +477,8 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
         publish(p, (int)mi, (int)mi + 1, true);
     }
     /* the routing of the next horizon-1 tokens: hints steps ahead, for eviction ranking */
-    if (uses_path(p) && p->path->horizon > 1 && p->prov && (p->pf.next_step || p->prov->ops->hint)) {
+    bool to_prov = p->prov && (p->pf.next_step || p->prov->ops->hint);
+    if (uses_path(p) && p->path->horizon > 1 && (to_prov || (p->sink.predict && p->sink.ahead))) {
         size_t no = (size_t)p->path->n_out;
         for (size_t hz = 1; hz < (size_t)p->path->horizon; hz++)
             for (size_t mi = 0; mi < M; mi++) {

@@ -58,13 +58,16 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
  * distance) prediction.  moe_index: 0..n_moe-1 (not the decoder layer).
  * step_start: made at begin() (the "path" prediction; distance is then
  * moe_index + 1).  scores [n_tokens, n_experts].  Predictions for the next
- * steps (distance > n_moe, path predictors of horizon >= 2) go to the provider
- * only: to its hint() op when it has one (every expert's score, rank-only),
- * else to prefetch() with prefetch.next_step. */
+ * steps (path predictors of horizon >= 2: the routing of the token h steps
+ * after this one, made at begin() with distance h * n_moe + moe_index + 1)
+ * reach the sink only when it sets `ahead`; they always go to the provider: to
+ * its hint() op when it has one (every expert's score, rank-only), else to
+ * prefetch() with prefetch.next_step. */
 struct moe_pred_sink {
     void *ud;
     void (*predict)(void *ud, int moe_index, int distance, bool step_start, int n_tokens,
                     const float *scores);
+    bool ahead;           /* also the next tokens' predictions (distance > n_moe) */
 };
 
 /* How predictions become prefetches. */

@@ -19,7 +19,8 @@ static void usage(FILE *f)
         "scores every prediction against the routing that follows: recall@K = share of the actual\n"
         "top-k experts among the K best predicted, precision@K = share of the K best predicted that\n"
         "were used.  Distances: 'path' = predicted at step start (before layer 0), d = predicted\n"
-        "while the MoE layer d before the target was computing.  Use text the predictor was not\n"
+        "while the MoE layer d before the target was computing, 'path+h' = predicted at step start\n"
+        "for the token h steps later (path files of horizon > h).  Use text the predictor was not\n"
         "trained on.\n"
         "\n"
         "  --model DIR           model directory (default: the bundled model)\n"
@@ -30,31 +31,24 @@ static void usage(FILE *f)
         "  --max-tokens N        evaluate at most N tokens (default 4096)\n"
         "  --threads N           BLAS threads (default 1)\n"
         "  --json                one JSON object: recall_at_k and precision_at_k map a distance\n"
-        "                        (\"path\", \"1\", \"2\", ...) to one value per MoE layer (null: none)\n"
+        "                        (\"path\", \"1\", \"2\", ..., \"path+1\", ...) to one value per MoE layer\n"
+        "                        (null: none)\n"
         "  -h, --help            this help\n");
 }
 
 enum { O_MODEL = 256, O_TEXT, O_PRED, O_K, O_SEQ, O_MAXTOK, O_THREADS, O_JSON };
 
-static void slot_name(int slot, char *buf, size_t cap)
-{
-    if (slot == MOE_EVAL_PATH)
-        snprintf(buf, cap, "path");
-    else
-        snprintf(buf, cap, "%d", slot);
-}
-
 static void print_json_map(const struct moe_pred_eval *ev, bool recall)
 {
     bool first = true;
     printf("{");
-    for (int slot = 0; slot <= MOE_PRED_MAX_DEPTH; slot++) {
+    for (int slot = 0; slot < MOE_EVAL_SLOTS; slot++) {
         bool any = false;
         double r, p;
         for (int mi = 0; mi < ev->n_moe; mi++) any |= moe_pred_eval_get(ev, slot, mi, &r, &p);
         if (!any) continue;
         char name[16];
-        slot_name(slot, name, sizeof name);
+        moe_pred_eval_slot_name(slot, name, sizeof name);
         printf("%s\"%s\":[", first ? "" : ",", name);
         first = false;
         for (int mi = 0; mi < ev->n_moe; mi++) {
@@ -171,13 +165,13 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         printf("%-9s", "distance");
         for (int mi = 0; mi < n_moe; mi++) printf("  layer %-6d", mi);
         printf("\n");
-        for (int slot = 0; slot <= MOE_PRED_MAX_DEPTH; slot++) {
+        for (int slot = 0; slot < MOE_EVAL_SLOTS; slot++) {
             double r, p;
             bool any = false;
             for (int mi = 0; mi < n_moe; mi++) any |= moe_pred_eval_get(&ev, slot, mi, &r, &p);
             if (!any) continue;
             char name[16];
-            slot_name(slot, name, sizeof name);
+            moe_pred_eval_slot_name(slot, name, sizeof name);
             printf("%-9s", name);
             for (int mi = 0; mi < n_moe; mi++) {
                 if (moe_pred_eval_get(&ev, slot, mi, &r, &p))

@@ -121,6 +121,28 @@ int main(void)
     CHECK(strstr(out, "\"recall_at_k\":{\"path\":[") && strstr(out, "\"precision_at_k\":") &&
               strstr(out, "\"1\":[null,") && strstr(out, "\"3\":[null,null,null,"),
           "eval-predictor json: %s", out);
+    /* the shipped files' blocks for later tokens predict those tokens: the horizon-8 file's
+     * next-token block reaches well above the ~0.37 recall that this token's routing scores
+     * on the next token (what a block trained one token early gives) */
+    CHECK(run("eval-predictor --text bench/data/pycode/dev.txt --predictor "
+              "path:models/pycode-moe-18m/predictor-h8.safetensors --max-tokens 384 --json") == 0,
+          "eval-predictor h8 failed: %s", out);
+    {
+        const char *p1 = strstr(out, "\"path+1\":[");
+        double sum = 0;
+        int nv = 0;
+        for (const char *c = p1 ? p1 + 10 : NULL; c && nv < 8; nv++) {
+            char *end;
+            sum += strtod(c, &end);
+            if (end == c) break;
+            c = *end == ',' ? end + 1 : NULL;
+        }
+        CHECK(p1 && nv == 8 && sum / 8 > 0.5 && strstr(out, "\"path+7\":[") && !strstr(out, "\"path+8\""),
+              "horizon-8 file: next-token recall %.3f over %d layers: %s", nv ? sum / nv : 0.0, nv, out);
+    }
+    CHECK(run("eval-predictor --text bench/data/pycode/dev.txt --predictor path --max-tokens 16 --json") == 0 &&
+              strstr(out, "\"path+1\":[") && !strstr(out, "\"path+2\""),
+          "horizon-2 file: %s", out);
     snprintf(a, sizeof a,
              "replay %s --max-tokens 48 --capacity-frac 0.25 --policy predicted --predictor path+gate "
              "--link-gbps 55 --expert-bytes 352321536 --json", T);

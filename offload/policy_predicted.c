@@ -14,13 +14,10 @@
 #define PRED_UNPREDICTED_FRAC 0.35
 /* A prediction for a key is taken as its probability of use, in place of the
  * online estimate (step-to-step transitions for the layer's next occurrence,
- * use frequency after).  Blending the two was measured on the first 8192
- * tokens of bench/data/pycode/dev.txt (replay at 25 %, path+gate hints with
- * every expert's score, --no-prefetch): weight 0.3 / 1 on the prediction for
- * the next occurrence gave 7.31 / 7.12 transfers per token with the horizon-8
- * file and 8.07 / 7.84 with the horizon-2 file, 0.8 on the later ones 7.19
- * against 7.12.  (Before the files' next-token blocks were trained on the
- * right tokens, 0.3 had ranked best.) */
+ * use frequency after).  Blending the two (weight 0.3 on the prediction for
+ * the next occurrence) transferred more on dev text once the predictor files'
+ * next-token blocks were trained on the right tokens: docs/results.md,
+ * section 4, "Data". */
 /* predictions kept per key: for this step and the next PRED_SLOTS - 1 */
 #define PRED_SLOTS 8
 

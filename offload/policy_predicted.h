@@ -3,17 +3,16 @@
  * driven by the routing-path predictor instead of the real future.
  *
  * Expected next use of key (layer t, expert e), in MoE layer-steps from now:
- *     d0 + (1 - p1) * n_moe * (p2 + (1 - p2) * (1 + 1/q))
- * d0 = layer-steps until layer t next runs; p1, p2 = probabilities that e is
- * used at that occurrence of t and at the one after: the latest prediction for
- * that occurrence (predictions reach a few steps ahead, keyed by the
- * occurrence nearest to now + distance), blended with the fallback (weights
- * PRED_WEIGHT_NOW for p1, PRED_WEIGHT_NEXT for p2 in policy_predicted.c); a
- * fraction of the fallback when t was predicted without e; else the
- * fallback: for p1 the step-to-step transition
- * estimate P(e | the experts t used at its latest step), learned online from
- * the accesses; for p2 q, the recency-weighted use frequency of e at t (an
- * exponential moving average per token).
+ *     d0 + n_moe * (S_0 + S_1 + ... + S_{P-2} + S_{P-1} / q),  S_j = prod_{i<=j} (1 - p_i)
+ * d0 = layer-steps until layer t next runs; p_j = probability that e is used
+ * at the j-th occurrence of t from then, j < P = PRED_SLOTS: the latest
+ * prediction for that occurrence, taken as is (predictions reach P steps
+ * ahead, keyed by the occurrence nearest to now + distance); a fraction of the
+ * fallback when t was predicted without e; else the fallback: for p_0 the
+ * step-to-step transition estimate P(e | the experts t used at its latest
+ * step), learned online from the accesses; for the later ones q, the
+ * recency-weighted use frequency of e at t (an exponential moving average per
+ * token), which also sets the geometric tail after occurrence P.
  * A prefetched expert that its layer then did not use is thereby demoted: its
  * prediction is spent and its q decays.  Per-layer shares follow predicted
  * demand because all layers compete in one ranking.

@@ -542,7 +542,7 @@ static enum moe_status host_view(struct moe_engine *e, const float *x, size_t co
 
 static enum moe_status hook_hidden(struct moe_engine *e, int j, int n, const float *x)
 {
-    if (!e->hooks.on_hidden) return MOE_OK;
+    if (!e->hooks.on_hidden || (e->hooks.hidden_final_only && j != e->cfg.n_layers)) return MOE_OK;
     const float *h;
     enum moe_status st = host_view(e, x, (size_t)n * e->H, e->h_act, &h);
     if (st == MOE_OK) e->hooks.on_hidden(e->hooks.ud, j, n, h);

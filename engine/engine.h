@@ -31,6 +31,9 @@ struct moe_engine_hooks {
     /* Input of layer's MoE block (after post-attention norm), [n, hidden], before
      * the router runs: predictors (pre-gating) issue prefetches from here. */
     void (*on_moe_input)(void *ud, int layer, int n, const float *x);
+    /* on_hidden only for j = L (after the final norm): on a GPU backend each
+     * hidden state reported is a copy to the host and a synchronisation. */
+    bool hidden_final_only;
 };
 
 struct moe_engine_params {

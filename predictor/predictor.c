@@ -690,6 +690,8 @@ struct moe_engine_hooks moe_predictor_hooks(struct moe_predictor *p, const struc
     /* hidden states only when something wants them: on a GPU each one is a copy to the host */
     bool hidden = p->next.on_hidden || (p->path && p->path->context);
     struct moe_engine_hooks h = { .ud = p, .on_hidden = hidden ? hk_hidden : NULL, .on_route = hk_route,
-                                  .on_moe_input = uses_gate(p) || p->next.on_moe_input ? hk_moe_input : NULL };
+                                  .on_moe_input = uses_gate(p) || p->next.on_moe_input ? hk_moe_input : NULL,
+                                  /* the context block needs only the final hidden state */
+                                  .hidden_final_only = !p->next.on_hidden || p->next.hidden_final_only };
     return h;
 }

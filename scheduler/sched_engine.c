@@ -175,8 +175,10 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         free(ad);
         return NULL;
     }
-    struct moe_engine_hooks h = { .ud = ad, .on_hidden = ad_on_hidden, .on_route = ad_on_route,
-                                  .on_moe_input = ad_on_moe_input };
+    struct moe_engine_hooks h = { .ud = ad, .on_hidden = ad->user.on_hidden ? ad_on_hidden : NULL,
+                                  .on_route = ad_on_route,
+                                  .on_moe_input = ad->user.on_moe_input ? ad_on_moe_input : NULL,
+                                  .hidden_final_only = ad->user.hidden_final_only };
     moe_engine_set_hooks(e, &h);
     moe_sched_own_adapter_(s, ad, ad_free);
     return s;

@@ -51,6 +51,25 @@ static void check_prompt(struct moe_engine *e, struct moe_st_file *ref, const st
         CHECK(dh < 1e-3, "%s %s hidden.%d differs by %g", fam, p, j, dh);
         free(rh);
     }
+    /* hidden_final_only: only the state after the final norm is reported, the same one */
+    {
+        struct capture fin;
+        capture_init(&fin, cfg);
+        struct moe_engine_hooks hf = capture_hooks(&fin);
+        hf.hidden_final_only = true;
+        moe_engine_set_hooks(e, &hf);
+        int s2 = moe_engine_seq_alloc(e);
+        REQUIRE(s2 >= 0 && run_prompt(e, s2, ids, (int)T, lg) == MOE_OK, "%s %s final-only forward: %s", fam, p,
+                moe_last_error());
+        moe_engine_set_hooks(e, NULL);
+        moe_engine_seq_free(e, s2);
+        bool others = false;
+        for (int j = 0; j < cfg->n_layers; j++) others |= fin.hidden[j] != NULL;
+        CHECK(!others && fin.hidden[cfg->n_layers] &&
+                  !memcmp(fin.hidden[cfg->n_layers], cap.hidden[cfg->n_layers], sizeof(float) * (size_t)T * H),
+              "%s %s: hidden_final_only reported other layers or a different final state", fam, p);
+        capture_free(&fin);
+    }
 
     int n_moe = 0;
     for (int l = 0; l < cfg->n_layers; l++) {

@@ -118,7 +118,7 @@ int main(int argc, char **argv)
         }
         for (int p = 0; p < 2; p++) {
             char nm[64];
-            int64_t T, G;
+            int64_t T = 0, G = 0;
             snprintf(nm, sizeof nm, "p%d.input_ids", p);
             float *idf = ref_f32(ref, nm, &T);
             if (!idf) break;

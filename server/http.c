@@ -39,6 +39,10 @@ struct hreq {
     long long created;
     struct evbuffer *text;        /* non-streamed: the text so far */
     struct event *watch;          /* readable socket while generating: EOF = client gone */
+    char *stop[MOE_REQ_MAX_STOP]; /* the request's stop sequences */
+    int n_stop;
+    struct moe_stop_scan scan;
+    int n_tokens;                 /* tokens turned into text so far */
 };
 
 static void wake_cb(void *arg)
@@ -104,6 +108,9 @@ static void hreq_free(struct hreq *r)
         event_free(r->watch);
     if (r->text)
         evbuffer_free(r->text);
+    moe_stop_scan_free(&r->scan);
+    for (int i = 0; i < r->n_stop; i++)
+        free(r->stop[i]);
     free(r);
 }
 
@@ -230,51 +237,67 @@ static void sse_done(struct hreq *r)
     evhttp_send_reply_end(r->req);
 }
 
-/* Deliver new events of one generation to its HTTP request. */
-static void hreq_progress(struct hreq *r)
+/* Text for the client: a streamed chunk (one per token, possibly empty) or
+ * the reply's text so far. */
+static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
+{
+    if (r->stream) {
+        if (chunk || len) {
+            sse_send(r, chunk_json(r, t, len, NULL));
+            r->started = true;
+        }
+    } else if (len) {
+        evbuffer_add(r->text, t, len);
+    }
+}
+
+/* t (malloc'd, *len bytes) through the stop scanner when the request has stop
+ * sequences: replaced by what may go out now.  1 = a stop sequence completed,
+ * 0 = not, -1 = out of memory (t freed, NULL). */
+static int stop_filter(struct hreq *r, char **t, size_t *len, bool flush)
+{
+    if (!r->n_stop || !*t)
+        return *t ? 0 : -1;
+    char *o;
+    size_t n;
+    int m = moe_stop_scan_feed(&r->scan, *t, *len, &o, &n);
+    free(*t);
+    *t = o;
+    *len = n;
+    if (m == 0 && flush && o) {
+        size_t n2;
+        char *rest = moe_stop_scan_flush(&r->scan, &n2);
+        char *all = rest ? realloc(o, n + n2 + 1) : NULL;
+        if (!all) {
+            free(rest);
+            free(o);
+            *t = NULL;
+            return -1;
+        }
+        memcpy(all + n, rest, n2 + 1);
+        free(rest);
+        *t = all;
+        *len = n + n2;
+    }
+    return m;
+}
+
+/* The generation ended (why/st/emsg): send the final chunk or the reply, let go of it. */
+static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st, const char *emsg, int n_prompt,
+                        int n_generated, bool stopped)
 {
     struct srv_gen *g = r->g;
-    struct srv_events ev;
-    srv_gen_events(g, &ev);
-    size_t len = 0;
-    if (r->stream) {
-        for (int i = 0; i < ev.n_toks; i++) {
-            bool last = ev.done && i == ev.n_toks - 1;
-            char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len);
-            sse_send(r, chunk_json(r, t ? t : "", t ? len : 0, NULL));
-            r->started = true;
-            free(t);
-        }
-    } else if (ev.n_toks) {
-        char *t = srv_gen_text(g, ev.toks, ev.n_toks, ev.done, &len);
-        if (t)
-            evbuffer_add(r->text, t, len);
-        free(t);
-    }
-    free(ev.toks);
-    if (!ev.done)
-        return;
-    if (ev.n_toks == 0 || !r->stream) {
-        char *t = srv_gen_text(g, NULL, 0, true, &len); /* flush held-back bytes */
-        if (t && len) {
-            if (r->stream)
-                sse_send(r, chunk_json(r, t, len, NULL));
-            else
-                evbuffer_add(r->text, t, len);
-        }
-        free(t);
-    }
-    bool ok = ev.why == MOE_FINISH_LENGTH || ev.why == MOE_FINISH_STOP;
-    const char *finish = moe_finish_str(ev.why);
+    bool ok = why == MOE_FINISH_LENGTH || why == MOE_FINISH_STOP;
+    const char *finish = moe_finish_str(why);
     char msg[320];
-    snprintf(msg, sizeof(msg), "request %s%s%s", finish, ev.msg[0] ? ": " : "", ev.msg);
+    snprintf(msg, sizeof(msg), "request %s%s%s", finish, emsg[0] ? ": " : "", emsg);
     if (r->stream) {
         if (ok) {
             json_t *j = chunk_json(r, "", 0, finish);
-            json_object_set_new(j, "usage", usage_json(ev.n_prompt, ev.n_generated));
+            json_object_set_new(j, "usage", usage_json(n_prompt, n_generated));
             sse_send(r, j);
         } else {
-            sse_send(r, err_json(srv_finish_http_status(ev.why, ev.st), msg));
+            sse_send(r, err_json(srv_finish_http_status(why, st), msg));
         }
         sse_done(r);
     } else if (ok) {
@@ -289,16 +312,64 @@ static void hreq_progress(struct hreq *r)
                                "logprobs", "finish_reason", finish);
         json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object", obj_name(r),
                               "created", (json_int_t)r->created, "model", r->hf->srv->model_name,
-                              "choices", choice, "usage", usage_json(ev.n_prompt, ev.n_generated));
+                              "choices", choice, "usage", usage_json(n_prompt, n_generated));
         send_json(r->req, 200, j);
         json_decref(j);
     } else {
-        send_error(r->req, srv_finish_http_status(ev.why, ev.st), msg);
+        send_error(r->req, srv_finish_http_status(why, st), msg);
     }
     hreq_detach(r);
     r->g = NULL;
-    srv_gen_abandon(g); /* done: only drops the ref */
+    if (stopped)
+        srv_gen_abandon_stopped(g); /* the rest of the generation is not wanted */
+    else
+        srv_gen_abandon(g); /* done, or failed here: cancels what still runs */
     hreq_free(r);
+}
+
+/* Deliver new events of one generation to its HTTP request. */
+static void hreq_progress(struct hreq *r)
+{
+    struct srv_gen *g = r->g;
+    struct srv_events ev;
+    srv_gen_events(g, &ev);
+    int m = 0;
+    for (int i = 0; i < ev.n_toks && m == 0; i++) {
+        bool last = ev.done && i == ev.n_toks - 1;
+        size_t len = 0;
+        char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len);
+        m = stop_filter(r, &t, &len, last);
+        r->n_tokens++;
+        if (t)
+            emit_text(r, t, len, true);
+        free(t);
+    }
+    free(ev.toks);
+    if (m == 1) {
+        hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", ev.n_prompt, r->n_tokens, true);
+        return;
+    }
+    if (m < 0) {
+        hreq_finish(r, MOE_FINISH_ERROR, MOE_ENOMEM, "out of memory", ev.n_prompt, r->n_tokens, false);
+        return;
+    }
+    if (!ev.done)
+        return;
+    if (ev.n_toks == 0) {
+        size_t len = 0;
+        char *t = srv_gen_text(g, NULL, 0, true, &len); /* flush held-back bytes */
+        if (stop_filter(r, &t, &len, true) == 1) {
+            if (t)
+                emit_text(r, t, len, false);
+            free(t);
+            hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", ev.n_prompt, r->n_tokens, true);
+            return;
+        }
+        if (t)
+            emit_text(r, t, len, false);
+        free(t);
+    }
+    hreq_finish(r, ev.why, ev.st, ev.msg, ev.n_prompt, ev.n_generated, false);
 }
 
 static void wake_event_cb(evutil_socket_t fd, short what, void *arg)
@@ -370,6 +441,13 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     r->created = (long long)time(NULL);
     snprintf(r->id, sizeof(r->id), "%s-%llu", chat ? "chatcmpl" : "cmpl",
              (unsigned long long)++h->next_id);
+    for (int i = 0; i < gr.n_stop; i++) { /* the request keeps its stop sequences */
+        r->stop[i] = gr.stop[i];
+        gr.stop[i] = NULL;
+    }
+    r->n_stop = gr.n_stop;
+    gr.n_stop = 0;
+    moe_stop_scan_init(&r->scan, (const char *const *)r->stop, r->n_stop);
     st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);
     moe_gen_request_free(&gr);
     if (st != MOE_OK) {

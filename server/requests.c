@@ -17,6 +17,8 @@ void moe_gen_request_free(struct moe_gen_request *r)
         return;
     free(r->prompt);
     free(r->prompt_ids);
+    for (int i = 0; i < r->n_stop; i++)
+        free(r->stop[i]);
     memset(r, 0, sizeof(*r));
 }
 
@@ -243,6 +245,34 @@ out:
     return st;
 }
 
+/* "stop": a string or an array of up to MOE_REQ_MAX_STOP strings. */
+static enum moe_status parse_stop(json_t *root, struct moe_gen_request *out)
+{
+    json_t *stop = json_object_get(root, "stop");
+    if (!stop || json_is_null(stop))
+        return MOE_OK;
+    size_t n = json_is_array(stop) ? json_array_size(stop) : 1;
+    if (!json_is_string(stop) && !json_is_array(stop))
+        return moe_errorf(MOE_EINVAL, "'stop' must be a string or an array of strings");
+    if (n > MOE_REQ_MAX_STOP)
+        return moe_errorf(MOE_EINVAL, "'stop' has %zu sequences, at most %d are accepted", n, MOE_REQ_MAX_STOP);
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_is_array(stop) ? json_array_get(stop, i) : stop;
+        if (!json_is_string(e))
+            return moe_errorf(MOE_EINVAL, "'stop'[%zu] must be a string", i);
+        size_t len = json_string_length(e);
+        const char *v = json_string_value(e);
+        if (len == 0 || len > MOE_REQ_MAX_STOP_BYTES || memchr(v, 0, len))
+            return moe_errorf(MOE_EINVAL, "'stop'[%zu] must be 1..%d bytes of text without NUL", i,
+                              MOE_REQ_MAX_STOP_BYTES);
+        out->stop[out->n_stop] = strdup(v);
+        if (!out->stop[out->n_stop])
+            return moe_errorf(MOE_ENOMEM, "'stop': out of memory");
+        out->n_stop++;
+    }
+    return MOE_OK;
+}
+
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
                                      struct moe_gen_request *out)
 {
@@ -334,11 +364,8 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
         if ((st = json_get_bool(so, "include_usage", &out->include_usage)) != MOE_OK)
             goto out;
     }
-    json_t *stop = json_object_get(root, "stop");
-    if (stop && !json_is_null(stop) && !(json_is_array(stop) && json_array_size(stop) == 0)) {
-        st = moe_errorf(MOE_ENOTSUP, "'stop' sequences are not supported; omit 'stop'");
+    if ((st = parse_stop(root, out)) != MOE_OK)
         goto out;
-    }
 out:
     json_decref(root);
     if (st != MOE_OK)
@@ -695,4 +722,88 @@ out:
     if (st != MOE_OK)
         moe_gen_request_free(out);
     return st;
+}
+
+/* ---- stop sequences ---- */
+
+void moe_stop_scan_init(struct moe_stop_scan *s, const char *const *seq, int n)
+{
+    memset(s, 0, sizeof(*s));
+    s->seq = seq;
+    s->n = n;
+}
+
+void moe_stop_scan_free(struct moe_stop_scan *s)
+{
+    free(s->held);
+    memset(s, 0, sizeof(*s));
+}
+
+static char *dup_bytes(const char *p, size_t n)
+{
+    char *o = malloc(n + 1);
+    if (o) {
+        memcpy(o, p, n);
+        o[n] = 0;
+    }
+    return o;
+}
+
+int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, char **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    if (s->n_held + n + 1 > s->cap) {
+        size_t c = (s->n_held + n + 1) * 2;
+        char *h = realloc(s->held, c);
+        if (!h)
+            return -1;
+        s->held = h;
+        s->cap = c;
+    }
+    memcpy(s->held + s->n_held, text, n);
+    size_t len = s->n_held + n;
+    /* the earliest completed stop sequence; only one that ends in the new text can be new */
+    size_t best = SIZE_MAX;
+    for (int i = 0; i < s->n; i++) {
+        size_t k = strlen(s->seq[i]);
+        for (size_t p = 0; p + k <= len && p < best; p++)
+            if (!memcmp(s->held + p, s->seq[i], k)) {
+                best = p;
+                break;
+            }
+    }
+    if (best != SIZE_MAX) {
+        *out = dup_bytes(s->held, best);
+        *out_len = best;
+        s->n_held = 0;
+        return *out ? 1 : -1;
+    }
+    /* hold back the longest tail that a stop sequence starts with */
+    size_t keep = 0;
+    for (int i = 0; i < s->n; i++) {
+        size_t k = strlen(s->seq[i]);
+        for (size_t t = k - 1 < len ? k - 1 : len; t > keep; t--)
+            if (!memcmp(s->held + len - t, s->seq[i], t)) {
+                keep = t;
+                break;
+            }
+    }
+    *out = dup_bytes(s->held, len - keep);
+    if (!*out) {
+        s->n_held = len;
+        return -1;
+    }
+    *out_len = len - keep;
+    memmove(s->held, s->held + len - keep, keep);
+    s->n_held = keep;
+    return 0;
+}
+
+char *moe_stop_scan_flush(struct moe_stop_scan *s, size_t *out_len)
+{
+    char *o = dup_bytes(s->held ? s->held : "", s->n_held);
+    *out_len = o ? s->n_held : 0;
+    s->n_held = 0;
+    return o;
 }

@@ -21,6 +21,8 @@ extern "C" {
 
 #define MOE_REQ_MAX_PROMPT_BYTES (1u << 24) /* 16 MiB of prompt text at most */
 #define MOE_REQ_MAX_IDS (1 << 20)           /* prompt ids at most */
+#define MOE_REQ_MAX_STOP 4                  /* stop sequences per request (OpenAI's limit) */
+#define MOE_REQ_MAX_STOP_BYTES 256          /* bytes per stop sequence */
 
 struct moe_gen_request {
     char *prompt;               /* UTF-8 text, NUL-terminated, owned (NULL when ids given) */
@@ -36,6 +38,9 @@ struct moe_gen_request {
     double timeout_s;           /* seconds from arrival; 0 = none */
     char model[128];            /* model named by the request ("" = any) */
     char id[128];               /* client's request id (KServe), echoed back */
+    char *stop[MOE_REQ_MAX_STOP]; /* stop sequences (owned, non-empty UTF-8): the output ends
+                                     before the first occurrence of any */
+    int n_stop;
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);
@@ -52,6 +57,26 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
  * element), optional max_tokens (INT32), stream (BOOL); also accepted as
  * request parameters of the same names. */
 enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_gen_request *out);
+
+/* Stop-sequence scanner over text produced piece by piece: holds back the
+ * tail that could still begin a stop sequence, and reports the first
+ * completed one.  Text is passed through unchanged otherwise. */
+struct moe_stop_scan {
+    const char *const *seq;     /* borrowed */
+    int n;
+    char *held;                 /* text not yet released */
+    size_t n_held, cap;
+};
+void moe_stop_scan_init(struct moe_stop_scan *s, const char *const *seq, int n);
+void moe_stop_scan_free(struct moe_stop_scan *s);
+/* Feed text[0..n).  Returns 1 when a stop sequence completed: *out is the
+ * text before it (everything after is dropped); 0 when not: *out is what can
+ * be released now; -1 out of memory.  *out is malloc'd (NUL-terminated,
+ * *out_len bytes), the caller frees it. */
+int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, char **out, size_t *out_len);
+/* The text held back, released at the end of a generation that matched no
+ * stop sequence (malloc'd; NULL on out of memory). */
+char *moe_stop_scan_flush(struct moe_stop_scan *s, size_t *out_len);
 
 /* The chat prompt template (the bundled model has none): for each message
  * "<|role|>\n" + content + "\n", then "<|assistant|>\n".  roles[i] is one of

@@ -1,7 +1,10 @@
 /* libFuzzer: OpenAI completions / chat JSON request decoding.  The first
- * byte picks the endpoint (odd = chat); the rest is the body. */
+ * byte picks the endpoint (odd = chat); the rest is the body.  A decoded
+ * prompt is then run through the stop-sequence scanner in pieces: what it
+ * releases must be a prefix of the prompt, and all of it without a match. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "server/requests.h"
 
@@ -15,6 +18,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort(); /* a decoded prompt is always valid UTF-8 */
         if (r.max_tokens < 0 || !(r.sampling.top_p > 0 && r.sampling.top_p <= 1))
             abort();
+        if (r.prompt && r.n_stop > 0) {
+            struct moe_stop_scan sc;
+            moe_stop_scan_init(&sc, (const char *const *)r.stop, r.n_stop);
+            size_t done = 0, piece = 1 + (size_t)(data[0] >> 1) % 7;
+            int m = 0;
+            while (done < r.prompt_len && m == 0) {
+                size_t k = r.prompt_len - done < piece ? r.prompt_len - done : piece;
+                char *o;
+                size_t n, before = sc.n_held;
+                m = moe_stop_scan_feed(&sc, r.prompt + done, k, &o, &n);
+                /* released text continues the prompt where the previous release ended */
+                if (m >= 0 && (n > before + k || memcmp(o, r.prompt + done - before, n)))
+                    abort();
+                free(o);
+                done += k;
+            }
+            if (m == 0) {
+                size_t n;
+                char *f = moe_stop_scan_flush(&sc, &n);
+                free(f);
+            }
+            moe_stop_scan_free(&sc);
+        }
         moe_gen_request_free(&r);
     }
     return 0;

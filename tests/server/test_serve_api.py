@@ -114,6 +114,29 @@ def main():
         check(streamed == plain, "streamed %r != plain %r" % (streamed, plain))
         check(sum(1 for c in chunks if c["choices"][0]["finish_reason"] is None) == n, "one chunk per token")
         check(chunks[-1].get("usage", {}).get("completion_tokens") == n, "usage in the last chunk")
+        # stop sequences: the text ends right before the first one, finish_reason "stop",
+        # streamed or not; the generation is cut short (fewer completion tokens)
+        cut = next((i for i in range(4, len(plain) - 2) if plain.find(plain[i:i + 2]) == i), None)
+        check(cut is not None, "no stop candidate in %r" % plain)
+        if cut is not None:
+            stop = plain[cut:cut + 2]
+            body = json.dumps({"prompt": "def add(a, b):", "max_tokens": n, "stop": ["@@never@@", stop]})
+            code, out = srv.http("/v1/completions", body.encode())
+            js = json.loads(out) if code == 200 else {}
+            c0 = js.get("choices", [{}])[0]
+            check(code == 200 and c0.get("text") == plain[:cut] and c0.get("finish_reason") == "stop",
+                  "stop %r: %d %r (want %r)" % (stop, code, c0, plain[:cut]))
+            check(js.get("usage", {}).get("completion_tokens", n) < n, "stopped early: %s" % js.get("usage"))
+            body = json.dumps({"prompt": "def add(a, b):", "max_tokens": n, "stop": stop, "stream": True})
+            rc, out = curl("-N", "-H", "Content-Type: application/json", "-d", body, srv.url("/v1/completions"))
+            events = [ln[6:] for ln in out.decode().split("\n") if ln.startswith("data: ")]
+            chunks = [json.loads(e) for e in events[:-1]]
+            streamed = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+            check(events and events[-1] == "[DONE]" and streamed == plain[:cut] and
+                  chunks[-1]["choices"][0]["finish_reason"] == "stop",
+                  "streamed stop %r: %r (want %r), last %r" % (stop, streamed, plain[:cut], chunks[-1:]))
+            code, out = srv.http("/v1/completions", json.dumps({"prompt": "x", "stop": [""]}).encode())
+            check(code == 400 and b"stop" in out, "empty stop: %d %r" % (code, out))
         body = json.dumps({"messages": [{"role": "user", "content": "write add"}], "max_tokens": 4})
         code, out = srv.http("/v1/chat/completions", body.encode())
         check(code == 200 and json.loads(out)["choices"][0]["message"]["role"] == "assistant", "chat %d" % code)

@@ -113,7 +113,11 @@ static void test_openai(void)
     expect_bad("{\"prompt\":\"x\",\"n\":2}", false, "'n'");
     expect_bad("{\"prompt\":\"x\",\"timeout\":-1}", false, "timeout");
     expect_bad("{\"prompt\":\"x\",\"stream\":1}", false, "stream");
-    expect_bad("{\"prompt\":\"x\",\"stop\":[\"\\n\"]}", false, "stop");
+    expect_bad("{\"prompt\":\"x\",\"stop\":[\"\"]}", false, "stop");
+    expect_bad("{\"prompt\":\"x\",\"stop\":5}", false, "stop");
+    expect_bad("{\"prompt\":\"x\",\"stop\":[\"a\",7]}", false, "stop");
+    expect_bad("{\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", false, "stop");
+    expect_bad("{\"prompt\":\"x\",\"stop\":\"a\\u0000b\"}", false, NULL);
     expect_bad("{\"prompt\":\"\\ud800\"}", false, NULL);
     expect_bad("{\"messages\":[]}", true, "messages");
     expect_bad("{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", true, "role");
@@ -126,6 +130,70 @@ static size_t pack_generate(const Moeflow__V1__GenerateRequest *m, uint8_t **buf
     *buf = malloc(n + 1);
     moeflow__v1__generate_request__pack(m, *buf);
     return n;
+}
+
+/* stop: parsed as a string or a list; the scanner releases text up to the
+ * first completed stop sequence, holding back what could still begin one */
+static void test_stop(void)
+{
+    struct moe_gen_request r;
+    CHECK(oai("{\"prompt\":\"x\",\"stop\":\"\\n\\n\"}", false, &r) == MOE_OK && r.n_stop == 1 &&
+              !strcmp(r.stop[0], "\n\n"),
+          "stop string: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    CHECK(oai("{\"prompt\":\"x\",\"stop\":[\"def \",\"\\nclass\"]}", false, &r) == MOE_OK && r.n_stop == 2 &&
+              !strcmp(r.stop[1], "\nclass"),
+          "stop list: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    CHECK(oai("{\"prompt\":\"x\",\"stop\":[]}", false, &r) == MOE_OK && r.n_stop == 0, "empty stop list");
+    moe_gen_request_free(&r);
+
+    const char *seq[] = { "END", "\n\n" };
+    struct moe_stop_scan sc;
+    moe_stop_scan_init(&sc, seq, 2);
+    const char *pieces[] = { "a = 1", "\n", "b = E", "N", "x\n", "\nrest" };
+    char got[256] = "";
+    int m = 0;
+    size_t i;
+    for (i = 0; i < sizeof pieces / sizeof pieces[0] && m == 0; i++) {
+        char *o;
+        size_t n;
+        m = moe_stop_scan_feed(&sc, pieces[i], strlen(pieces[i]), &o, &n);
+        CHECK(o && strlen(o) == n, "feed %zu", i);
+        if (i == 1)
+            CHECK(n == 0, "a newline that may begin \\n\\n is held back");
+        if (i == 3)
+            CHECK(n == 0, "'EN' is held back");
+        if (i == 4)
+            CHECK(!strcmp(o, "ENx"), "'EN' released once it cannot be END: '%s'", o);
+        strncat(got, o ? o : "", sizeof got - strlen(got) - 1);
+        free(o);
+    }
+    CHECK(m == 1 && i == 6 && !strcmp(got, "a = 1\nb = ENx"), "stopped at \\n\\n: m %d after %zu, '%s'", m, i,
+          got);
+    moe_stop_scan_free(&sc);
+
+    /* no match: everything comes out, the tail at the end */
+    moe_stop_scan_init(&sc, seq, 2);
+    char *o, *f;
+    size_t n, nf;
+    CHECK(moe_stop_scan_feed(&sc, "xE", 2, &o, &n) == 0 && !strcmp(o, "x"), "tail E held");
+    f = moe_stop_scan_flush(&sc, &nf);
+    CHECK(f && nf == 1 && !strcmp(f, "E"), "flush releases the tail");
+    free(o);
+    free(f);
+    /* a stop sequence inside one piece, and one spanning three */
+    CHECK(moe_stop_scan_feed(&sc, "abENDcd", 7, &o, &n) == 1 && !strcmp(o, "ab"), "inside one piece");
+    free(o);
+    moe_stop_scan_free(&sc);
+    moe_stop_scan_init(&sc, seq, 2);
+    CHECK(moe_stop_scan_feed(&sc, "qE", 2, &o, &n) == 0 && n == 1, "piece 1");
+    free(o);
+    CHECK(moe_stop_scan_feed(&sc, "N", 1, &o, &n) == 0 && n == 0, "piece 2");
+    free(o);
+    CHECK(moe_stop_scan_feed(&sc, "D!", 2, &o, &n) == 1 && n == 0, "END across three pieces");
+    free(o);
+    moe_stop_scan_free(&sc);
 }
 
 static void test_generate_proto(void)
@@ -288,6 +356,7 @@ int main(void)
 {
     test_config();
     test_openai();
+    test_stop();
     test_generate_proto();
     test_kserve();
     test_utf8();

@@ -8,7 +8,10 @@
  * call and completes early with cancelled=1 when the client cancels, goes
  * away or the deadline passes (then the generation is cancelled at once).
  * Outgoing messages wait in a per-call queue: one SEND_MESSAGE in flight at
- * a time, the status goes last.  Scheduler events reach this thread through
+ * a time, the status goes last.  A decoupled ModelStreamInfer stream keeps
+ * receiving while its requests generate (up to GRPC_STREAM_GENS at once; past
+ * that it reads the next request when one finishes), each response naming
+ * its request's id.  Scheduler events reach this thread through
  * the inbox, which is drained after every completion-queue wake-up (at most
  * GRPC_POLL_MS apart while any generation is alive). */
 #include <grpc/byte_buffer.h>
@@ -31,6 +34,7 @@
 #define GRPC_POLL_MS 2        /* completion-queue poll while tokens may be pending */
 #define GRPC_IDLE_POLL_MS 100  /* otherwise */
 #define GRPC_PENDING_ACCEPTS 8
+#define GRPC_STREAM_GENS 32    /* requests of one ModelStreamInfer stream generating at once */
 
 enum gmethod {
     GM_UNKNOWN,
@@ -56,6 +60,18 @@ static const struct { const char *path; enum gmethod m; } methods[] = {
 enum gop { GOP_NEW, GOP_RECV, GOP_SEND, GOP_CLOSE, GOP_STATUS, GOP_SHUTDOWN };
 
 struct gcall;
+
+/* One generation of a call: a unary call has at most one, a decoupled
+ * ModelStreamInfer stream up to GRPC_STREAM_GENS. */
+struct cgen {
+    struct gcall *c;
+    struct srv_gen *g;
+    bool kstream;                  /* ModelStreamInfer: one response per token */
+    char kid[128];                 /* KServe request id */
+    struct moe_strbuf acc;         /* ModelInfer / non-streamed: text so far */
+    struct cgen *next;
+};
+
 struct gtag {
     struct gcall *c;
     enum gop op;
@@ -78,14 +94,12 @@ struct gcall {
     int cancelled;                 /* set by RECV_CLOSE_ON_SERVER */
     int pending;                   /* batches in flight */
     bool started;                  /* NEW completed: the call exists */
-    bool close_done, send_busy, status_queued, status_started, recv_eof, got_msg;
+    bool close_done, send_busy, status_queued, status_started, recv_eof, got_msg, recv_busy;
     struct gmsg *q_head, *q_tail;
     grpc_status_code code;
     char status_msg[512];
-    struct srv_gen *g;             /* active generation */
-    bool kstream;                  /* ModelStreamInfer: one response per token */
-    char kid[128];                 /* KServe request id */
-    struct moe_strbuf acc;         /* ModelInfer / non-streamed: text so far */
+    struct cgen *gens;             /* generations in progress */
+    int n_gens;
     double deadline;               /* moe_now() seconds, 0 = none */
     struct gcall *next_live, *prev_live;
 };
@@ -134,12 +148,31 @@ static void gcall_drop_queue(struct gcall *c)
     c->q_tail = NULL;
 }
 
+/* Unlink k from its call and free it; a generation still running is cancelled. */
+static void cgen_drop(struct cgen *k)
+{
+    struct gcall *c = k->c;
+    for (struct cgen **pp = &c->gens; *pp; pp = &(*pp)->next)
+        if (*pp == k) {
+            *pp = k->next;
+            c->n_gens--;
+            break;
+        }
+    if (k->g)
+        srv_gen_abandon(k->g); /* frees KV and pins at once when still running */
+    moe_strbuf_free(&k->acc);
+    free(k);
+}
+
+static void gcall_drop_gens(struct gcall *c)
+{
+    while (c->gens)
+        cgen_drop(c->gens);
+}
+
 static void gcall_free(struct gcall *c)
 {
-    if (c->g) {
-        srv_gen_abandon(c->g);
-        c->g = NULL;
-    }
+    gcall_drop_gens(c);
     gcall_drop_queue(c);
     if (c->recv_bb)
         grpc_byte_buffer_destroy(c->recv_bb);
@@ -147,7 +180,6 @@ static void gcall_free(struct gcall *c)
         grpc_call_unref(c->call);
     grpc_call_details_destroy(&c->details);
     grpc_metadata_array_destroy(&c->md);
-    moe_strbuf_free(&c->acc);
     c->gf->n_calls--;
     free(c);
 }
@@ -254,11 +286,25 @@ static void queue_status(struct gcall *c, grpc_status_code code, const char *msg
 
 static void post_recv(struct gcall *c)
 {
+    if (c->recv_busy || c->recv_eof || c->cancelled)
+        return;
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_MESSAGE;
     op.data.recv_message.recv_message = &c->recv_bb;
-    start_batch(c, &op, 1, &c->t_recv);
+    c->recv_busy = start_batch(c, &op, 1, &c->t_recv);
+}
+
+/* A decoupled stream reads its next request while it has room for one more
+ * generation; once the client half-closed and nothing generates, it ends. */
+static void stream_next(struct gcall *c)
+{
+    if (c->recv_eof) {
+        if (!c->gens)
+            queue_status(c, GRPC_STATUS_OK, NULL);
+    } else if (c->n_gens < GRPC_STREAM_GENS) {
+        post_recv(c);
+    }
 }
 
 static double call_deadline(const struct gcall *c)
@@ -456,13 +502,14 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
 
 /* ---- generation ---- */
 
-static void kserve_send(struct gcall *c, const char *text, size_t len, bool final, const char *err)
+static void kserve_send(struct gcall *c, const char *kid, const char *text, size_t len, bool final,
+                        const char *err)
 {
     struct moe_server *s = c->gf->srv;
     Inference__ModelInferResponse ir = INFERENCE__MODEL_INFER_RESPONSE__INIT;
     ir.model_name = s->model_name;
     ir.model_version = "1";
-    ir.id = c->kid;
+    ir.id = (char *)kid;
     Inference__InferParameter fp = INFERENCE__INFER_PARAMETER__INIT;
     fp.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
     fp.bool_param = final;
@@ -499,9 +546,10 @@ static void kserve_send(struct gcall *c, const char *text, size_t len, bool fina
     QUEUE_MSG(c, inference__model_stream_infer_response, &sr);
 }
 
-static void gen_progress(struct gcall *c)
+static void gen_progress(struct cgen *k)
 {
-    struct srv_gen *g = c->g;
+    struct gcall *c = k->c;
+    struct srv_gen *g = k->g;
     struct srv_events ev;
     srv_gen_events(g, &ev);
     size_t len = 0;
@@ -525,17 +573,17 @@ static void gen_progress(struct gcall *c)
             QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
             free(ids);
         }
-    } else if (c->kstream) {
+    } else if (k->kstream) {
         if (ev.n_toks > 0 || ev.done) {
             if (ev.done && !ok) {
                 if (len)
-                    kserve_send(c, text, len, false, NULL);
+                    kserve_send(c, k->kid, text, len, false, NULL);
             } else {
-                kserve_send(c, text ? text : "", text ? len : 0, ev.done, NULL);
+                kserve_send(c, k->kid, text ? text : "", text ? len : 0, ev.done, NULL);
             }
         }
     } else if (text && len) {
-        moe_strbuf_printf(&c->acc, "%.*s", (int)len, text);
+        moe_strbuf_printf(&k->acc, "%.*s", (int)len, text);
     }
     free(text);
     free(ev.toks);
@@ -544,25 +592,21 @@ static void gen_progress(struct gcall *c)
     char msg[400];
     snprintf(msg, sizeof(msg), "request %s%s%s", moe_finish_str(ev.why), ev.msg[0] ? ": " : "",
              ev.msg);
-    c->g = NULL;
-    srv_gen_abandon(g);
     if (c->m == GM_GENERATE || c->m == GM_INFER) {
         if (ok && c->m == GM_INFER)
-            kserve_send(c, c->acc.s ? c->acc.s : "", c->acc.len, true, NULL);
+            kserve_send(c, k->kid, k->acc.s ? k->acc.s : "", k->acc.len, true, NULL);
+        cgen_drop(k);
         queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st),
                      ok ? NULL : msg);
         return;
     }
-    /* ModelStreamInfer: report, then take the next request of the stream. */
-    if (!c->kstream && ok)
-        kserve_send(c, c->acc.s ? c->acc.s : "", c->acc.len, true, NULL);
+    /* ModelStreamInfer: this request's last response; the stream goes on. */
+    if (!k->kstream && ok)
+        kserve_send(c, k->kid, k->acc.s ? k->acc.s : "", k->acc.len, true, NULL);
     else if (!ok)
-        kserve_send(c, NULL, 0, true, msg);
-    moe_strbuf_free(&c->acc);
-    if (c->recv_eof)
-        queue_status(c, GRPC_STATUS_OK, NULL);
-    else if (!c->cancelled)
-        post_recv(c);
+        kserve_send(c, k->kid, NULL, 0, true, msg);
+    cgen_drop(k);
+    stream_next(c);
 }
 
 static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
@@ -574,26 +618,46 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
         st = moe_req_parse_generate(buf, len, &r);
     else
         st = moe_req_parse_kserve(buf, len, &r);
+    char kid[128] = "";
     if (st == MOE_OK) {
-        if (c->m != GM_GENERATE)
-            snprintf(c->kid, sizeof(c->kid), "%s", r.id);
-        c->kstream = c->m == GM_STREAM_INFER && r.stream;
-        st = srv_gen_submit(s, &c->gf->inbox, c, &r, c->deadline, &c->g);
+        struct cgen *k = calloc(1, sizeof(*k));
+        if (k) {
+            k->c = c;
+            if (c->m != GM_GENERATE)
+                snprintf(k->kid, sizeof(k->kid), "%s", r.id);
+            snprintf(kid, sizeof(kid), "%s", k->kid);
+            k->kstream = c->m == GM_STREAM_INFER && r.stream;
+            st = srv_gen_submit(s, &c->gf->inbox, k, &r, c->deadline, &k->g);
+            if (st == MOE_OK) {
+                k->next = c->gens;
+                c->gens = k;
+                c->n_gens++;
+            } else {
+                free(k);
+            }
+        } else {
+            st = moe_errorf(MOE_ENOMEM, "out of memory");
+        }
         moe_gen_request_free(&r);
     } else {
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+        if (c->m == GM_STREAM_INFER) { /* answer under the request's id when the message has one */
+            Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, len, buf);
+            if (m && m->id)
+                snprintf(kid, sizeof(kid), "%s", m->id);
+            if (m)
+                inference__model_infer_request__free_unpacked(m, NULL);
+        }
+    }
+    if (c->m == GM_STREAM_INFER) {
+        /* Decoupled stream: an error is a response; the stream stays open. */
+        if (st != MOE_OK)
+            kserve_send(c, kid, NULL, 0, true, moe_last_error());
+        stream_next(c);
+        return;
     }
     if (st == MOE_OK)
         return;
-    if (c->m == GM_STREAM_INFER) {
-        /* Decoupled stream: the error is a response; the stream stays open. */
-        kserve_send(c, NULL, 0, true, moe_last_error());
-        if (c->recv_eof)
-            queue_status(c, GRPC_STATUS_OK, NULL);
-        else
-            post_recv(c);
-        return;
-    }
     queue_status(c, (grpc_status_code)srv_grpc_code(st), moe_last_error());
 }
 
@@ -649,6 +713,7 @@ static void on_new_call(struct gcall *c, bool ok)
     ops[1].op = GRPC_OP_RECV_MESSAGE;
     ops[1].data.recv_message.recv_message = &c->recv_bb;
     bool a = start_batch(c, ops, 2, &c->t_recv);
+    c->recv_busy = a;
     grpc_op cl;
     memset(&cl, 0, sizeof(cl));
     cl.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
@@ -663,6 +728,7 @@ static void on_new_call(struct gcall *c, bool ok)
 static void on_recv(struct gcall *c, bool ok)
 {
     c->pending--;
+    c->recv_busy = false;
     grpc_byte_buffer *bb = c->recv_bb;
     c->recv_bb = NULL;
     if (!ok || c->cancelled) {
@@ -673,8 +739,7 @@ static void on_recv(struct gcall *c, bool ok)
     if (!bb) {
         c->recv_eof = true;
         if (c->m == GM_STREAM_INFER) {
-            if (!c->g)
-                queue_status(c, GRPC_STATUS_OK, NULL);
+            stream_next(c);
         } else if (!c->got_msg) {
             queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "no request message");
         }
@@ -705,10 +770,7 @@ static void on_close(struct gcall *c)
     c->pending--;
     c->close_done = true;
     if (c->cancelled) {
-        if (c->g) { /* client cancel, disconnect or deadline: free KV and pins now */
-            srv_gen_abandon(c->g);
-            c->g = NULL;
-        }
+        gcall_drop_gens(c); /* client cancel, disconnect or deadline: free KV and pins now */
         gcall_drop_queue(c);
     }
 }
@@ -744,10 +806,11 @@ static void drain_inbox(struct grpc_front *gf)
     for (struct srv_gen *g = srv_inbox_take(&gf->inbox), *n; g; g = n) {
         n = g->next;
         pthread_mutex_lock(&gf->inbox.mu);
-        struct gcall *c = g->owner;
+        struct cgen *k = g->owner;
         pthread_mutex_unlock(&gf->inbox.mu);
-        if (c && c->g == g) {
-            gen_progress(c);
+        if (k && k->g == g) {
+            struct gcall *c = k->c;
+            gen_progress(k); /* may free k */
             gcall_maybe_free(c);
         }
         srv_gen_put(g);

@@ -97,6 +97,38 @@ def main():
         one = kstub.ModelInfer(kreq("def add(a, b):", n, False), timeout=60)
         check(one.outputs[0].contents.bytes_contents[0].decode() == stream_text, "ModelInfer text")
 
+        # one decoupled stream carries several requests at once: each answered under its id,
+        # with the text it gets alone, the responses interleaved; a bad one errs alone
+        prompts = {"s1": "def add(a, b):", "s2": "class Stack:", "s3": "import os\n"}
+        alone = {}
+        for rid, pr in prompts.items():
+            one = kstub.ModelInfer(kreq(pr, 24, False), timeout=60)
+            alone[rid] = one.outputs[0].contents.bytes_contents[0].decode()
+        reqs = []
+        for rid, pr in prompts.items():
+            q = kreq(pr, 24, rid != "s3")  # s3 non-streamed: one final response
+            q.id = rid
+            reqs.append(q)
+        badq = k.ModelInferRequest(model_name=info.name, id="bad")
+        reqs.insert(1, badq)
+        resps = list(kstub.ModelStreamInfer(iter(reqs), timeout=60))
+        order = [r.infer_response.id for r in resps]
+        texts, finals = {}, {}
+        for r in resps:
+            rid = r.infer_response.id
+            texts[rid] = texts.get(rid, "") + "".join(o.contents.bytes_contents[0].decode()
+                                                      for o in r.infer_response.outputs
+                                                      if o.name == "text_output")
+            if r.infer_response.parameters["triton_final_response"].bool_param:
+                finals[rid] = finals.get(rid, 0) + 1
+        check(all(texts.get(rid) == alone[rid] for rid in prompts), "multiplexed texts %r != %r" % (texts, alone))
+        check(finals == {"s1": 1, "s2": 1, "s3": 1, "bad": 1}, "one final response per request: %r" % finals)
+        check(any(r.error_message for r in resps if r.infer_response.id == "bad") and
+              not any(r.error_message for r in resps if r.infer_response.id != "bad"), "errors %r" % order)
+        s1_last = max(i for i, rid in enumerate(order) if rid == "s1")
+        s2_first = min(i for i, rid in enumerate(order) if rid == "s2")
+        check(s2_first < s1_last, "requests of one stream ran one after another: %r" % order)
+
         # HTTP via curl: streamed and non-streamed give the same text
         body = json.dumps({"model": info.name, "prompt": "def add(a, b):", "max_tokens": n})
         rc, out = curl("-H", "Content-Type: application/json", "-d", body, srv.url("/v1/completions"))

@@ -69,6 +69,10 @@ struct cgen {
     bool kstream;                  /* ModelStreamInfer: one response per token */
     char kid[128];                 /* KServe request id */
     struct moe_strbuf acc;         /* ModelInfer / non-streamed: text so far */
+    char *stop[MOE_REQ_MAX_STOP];  /* Generate: stop sequences */
+    int n_stop;
+    struct moe_stop_scan scan;
+    int n_out;                     /* Generate with stop: tokens turned into text */
     struct cgen *next;
 };
 
@@ -161,6 +165,9 @@ static void cgen_drop(struct cgen *k)
     if (k->g)
         srv_gen_abandon(k->g); /* frees KV and pins at once when still running */
     moe_strbuf_free(&k->acc);
+    moe_stop_scan_free(&k->scan);
+    for (int i = 0; i < k->n_stop; i++)
+        free(k->stop[i]);
     free(k);
 }
 
@@ -546,8 +553,94 @@ static void kserve_send(struct gcall *c, const char *kid, const char *text, size
     QUEUE_MSG(c, inference__model_stream_infer_response, &sr);
 }
 
+/* Generate with stop sequences: token by token through the scanner, the text
+ * held back while it could begin one; at a stop sequence the final message
+ * goes out and the rest of the generation is cancelled. */
+static void generate_stop_progress(struct cgen *k)
+{
+    struct gcall *c = k->c;
+    struct srv_gen *g = k->g;
+    struct srv_events ev;
+    srv_gen_events(g, &ev);
+    struct moe_strbuf text = { 0 };
+    int32_t *ids = malloc(((size_t)ev.n_toks + 1) * sizeof(int32_t));
+    int n_ids = 0, m = ids ? 0 : -1;
+    for (int i = 0; i < ev.n_toks && m == 0; i++) {
+        bool last = ev.done && i == ev.n_toks - 1;
+        size_t len = 0, ol = 0;
+        char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len), *o = NULL;
+        m = t ? moe_stop_scan_feed(&k->scan, t, len, &o, &ol) : -1;
+        free(t);
+        ids[n_ids++] = ev.toks[i];
+        k->n_out++;
+        if (o && ol)
+            moe_strbuf_printf(&text, "%.*s", (int)ol, o);
+        free(o);
+    }
+    bool ok = ev.why == MOE_FINISH_LENGTH || ev.why == MOE_FINISH_STOP;
+    if (m == 0 && ev.done && ok) { /* ended without a stop sequence: release what was held */
+        size_t len = 0, fl = 0;
+        char *t = srv_gen_text(g, NULL, 0, true, &len), *f = NULL;
+        if (t && len) {
+            m = moe_stop_scan_feed(&k->scan, t, len, &f, &fl);
+            if (f && fl)
+                moe_strbuf_printf(&text, "%.*s", (int)fl, f);
+            free(f);
+        }
+        free(t);
+        if (m == 0) {
+            f = moe_stop_scan_flush(&k->scan, &fl);
+            if (f && fl)
+                moe_strbuf_printf(&text, "%.*s", (int)fl, f);
+            free(f);
+        }
+    }
+    free(ev.toks);
+    if (m < 0) {
+        free(ids);
+        moe_strbuf_free(&text);
+        cgen_drop(k);
+        queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    bool fin = m == 1 || (ev.done && ok);
+    if (n_ids || fin) {
+        Moeflow__V1__GenerateResponse rs = MOEFLOW__V1__GENERATE_RESPONSE__INIT;
+        rs.n_token_ids = (size_t)n_ids;
+        rs.token_ids = ids;
+        rs.text = text.s ? text.s : "";
+        if (fin) {
+            rs.finished = true;
+            rs.finish_reason = (char *)moe_finish_str(m == 1 ? MOE_FINISH_STOP : ev.why);
+            rs.prompt_tokens = ev.n_prompt;
+            rs.completion_tokens = m == 1 ? k->n_out : ev.n_generated;
+        }
+        QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
+    }
+    free(ids);
+    moe_strbuf_free(&text);
+    if (m == 1) {
+        srv_gen_abandon_stopped(k->g); /* the rest of the generation is not wanted */
+        k->g = NULL;
+        cgen_drop(k);
+        queue_status(c, GRPC_STATUS_OK, NULL);
+        return;
+    }
+    if (!ev.done)
+        return;
+    char msg[400];
+    snprintf(msg, sizeof(msg), "request %s%s%s", moe_finish_str(ev.why), ev.msg[0] ? ": " : "",
+             ev.msg);
+    cgen_drop(k);
+    queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st), ok ? NULL : msg);
+}
+
 static void gen_progress(struct cgen *k)
 {
+    if (k->n_stop) {
+        generate_stop_progress(k);
+        return;
+    }
     struct gcall *c = k->c;
     struct srv_gen *g = k->g;
     struct srv_events ev;
@@ -627,6 +720,13 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
                 snprintf(k->kid, sizeof(k->kid), "%s", r.id);
             snprintf(kid, sizeof(kid), "%s", k->kid);
             k->kstream = c->m == GM_STREAM_INFER && r.stream;
+            for (int i = 0; i < r.n_stop; i++) { /* the generation keeps the stop sequences */
+                k->stop[i] = r.stop[i];
+                r.stop[i] = NULL;
+            }
+            k->n_stop = r.n_stop;
+            r.n_stop = 0;
+            moe_stop_scan_init(&k->scan, (const char *const *)k->stop, k->n_stop);
             st = srv_gen_submit(s, &c->gf->inbox, k, &r, c->deadline, &k->g);
             if (st == MOE_OK) {
                 k->next = c->gens;

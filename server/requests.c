@@ -245,30 +245,39 @@ out:
     return st;
 }
 
+/* Add stop sequence number i (v, len bytes) to out. */
+static enum moe_status add_stop(struct moe_gen_request *out, size_t i, const char *v, size_t len)
+{
+    if (out->n_stop >= MOE_REQ_MAX_STOP)
+        return moe_errorf(MOE_EINVAL, "'stop' has more than %d sequences", MOE_REQ_MAX_STOP);
+    if (len == 0 || len > MOE_REQ_MAX_STOP_BYTES || memchr(v, 0, len) || !moe_utf8_valid(v, len))
+        return moe_errorf(MOE_EINVAL, "'stop'[%zu] must be 1..%d bytes of UTF-8 text without NUL", i,
+                          MOE_REQ_MAX_STOP_BYTES);
+    out->stop[out->n_stop] = strndup(v, len);
+    if (!out->stop[out->n_stop])
+        return moe_errorf(MOE_ENOMEM, "'stop': out of memory");
+    out->n_stop++;
+    return MOE_OK;
+}
+
 /* "stop": a string or an array of up to MOE_REQ_MAX_STOP strings. */
 static enum moe_status parse_stop(json_t *root, struct moe_gen_request *out)
 {
     json_t *stop = json_object_get(root, "stop");
     if (!stop || json_is_null(stop))
         return MOE_OK;
-    size_t n = json_is_array(stop) ? json_array_size(stop) : 1;
     if (!json_is_string(stop) && !json_is_array(stop))
         return moe_errorf(MOE_EINVAL, "'stop' must be a string or an array of strings");
+    size_t n = json_is_array(stop) ? json_array_size(stop) : 1;
     if (n > MOE_REQ_MAX_STOP)
         return moe_errorf(MOE_EINVAL, "'stop' has %zu sequences, at most %d are accepted", n, MOE_REQ_MAX_STOP);
     for (size_t i = 0; i < n; i++) {
         json_t *e = json_is_array(stop) ? json_array_get(stop, i) : stop;
         if (!json_is_string(e))
             return moe_errorf(MOE_EINVAL, "'stop'[%zu] must be a string", i);
-        size_t len = json_string_length(e);
-        const char *v = json_string_value(e);
-        if (len == 0 || len > MOE_REQ_MAX_STOP_BYTES || memchr(v, 0, len))
-            return moe_errorf(MOE_EINVAL, "'stop'[%zu] must be 1..%d bytes of text without NUL", i,
-                              MOE_REQ_MAX_STOP_BYTES);
-        out->stop[out->n_stop] = strdup(v);
-        if (!out->stop[out->n_stop])
-            return moe_errorf(MOE_ENOMEM, "'stop': out of memory");
-        out->n_stop++;
+        enum moe_status st = add_stop(out, i, json_string_value(e), json_string_length(e));
+        if (st != MOE_OK)
+            return st;
     }
     return MOE_OK;
 }
@@ -436,6 +445,13 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     out->ignore_eos = m->ignore_eos;
     out->priority = m->priority;
     out->stream = true;
+    if (m->n_stop > MOE_REQ_MAX_STOP) {
+        st = moe_errorf(MOE_EINVAL, "stop has %zu sequences, at most %d are accepted", m->n_stop, MOE_REQ_MAX_STOP);
+        goto out;
+    }
+    for (size_t i = 0; i < m->n_stop; i++)
+        if ((st = add_stop(out, i, m->stop[i] ? m->stop[i] : "", m->stop[i] ? strlen(m->stop[i]) : 0)) != MOE_OK)
+            goto out;
 out:
     moeflow__v1__generate_request__free_unpacked(m, NULL);
     if (st != MOE_OK)

@@ -167,6 +167,18 @@ def main():
             check(events and events[-1] == "[DONE]" and streamed == plain[:cut] and
                   chunks[-1]["choices"][0]["finish_reason"] == "stop",
                   "streamed stop %r: %r (want %r), last %r" % (stop, streamed, plain[:cut], chunks[-1:]))
+            msgs = list(gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=n,
+                                                       stop=["@@never@@", stop]), timeout=60))
+            gtext = "".join(x.text for x in msgs)
+            check(gtext == plain[:cut] and msgs and msgs[-1].finished and msgs[-1].finish_reason == "stop"
+                  and msgs[-1].completion_tokens < n,
+                  "Generate stop %r: %r (want %r), last %s" % (stop, gtext, plain[:cut], msgs[-1:]))
+            try:
+                list(gen.Generate(m.GenerateRequest(prompt="x", stop=["a", ""]), timeout=10))
+                check(False, "Generate accepted an empty stop sequence")
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "stop" in e.details(),
+                      "empty stop: %s %s" % (e.code(), e.details()))
             code, out = srv.http("/v1/completions", json.dumps({"prompt": "x", "stop": [""]}).encode())
             check(code == 400 and b"stop" in out, "empty stop: %d %r" % (code, out))
         body = json.dumps({"messages": [{"role": "user", "content": "write add"}], "max_tokens": 4})

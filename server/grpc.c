@@ -69,9 +69,7 @@ struct cgen {
     bool kstream;                  /* ModelStreamInfer: one response per token */
     char kid[128];                 /* KServe request id */
     struct moe_strbuf acc;         /* ModelInfer / non-streamed: text so far */
-    char *stop[MOE_REQ_MAX_STOP];  /* Generate: stop sequences */
-    int n_stop;
-    struct moe_stop_scan scan;
+    struct moe_stop_scan scan;     /* Generate: stop sequences (scan.n = 0: none) */
     int n_out;                     /* Generate with stop: tokens turned into text */
     struct cgen *next;
 };
@@ -166,8 +164,6 @@ static void cgen_drop(struct cgen *k)
         srv_gen_abandon(k->g); /* frees KV and pins at once when still running */
     moe_strbuf_free(&k->acc);
     moe_stop_scan_free(&k->scan);
-    for (int i = 0; i < k->n_stop; i++)
-        free(k->stop[i]);
     free(k);
 }
 
@@ -637,7 +633,7 @@ static void generate_stop_progress(struct cgen *k)
 
 static void gen_progress(struct cgen *k)
 {
-    if (k->n_stop) {
+    if (k->scan.n) {
         generate_stop_progress(k);
         return;
     }
@@ -720,19 +716,15 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
                 snprintf(k->kid, sizeof(k->kid), "%s", r.id);
             snprintf(kid, sizeof(kid), "%s", k->kid);
             k->kstream = c->m == GM_STREAM_INFER && r.stream;
-            for (int i = 0; i < r.n_stop; i++) { /* the generation keeps the stop sequences */
-                k->stop[i] = r.stop[i];
-                r.stop[i] = NULL;
-            }
-            k->n_stop = r.n_stop;
-            r.n_stop = 0;
-            moe_stop_scan_init(&k->scan, (const char *const *)k->stop, k->n_stop);
-            st = srv_gen_submit(s, &c->gf->inbox, k, &r, c->deadline, &k->g);
+            st = moe_stop_scan_init(&k->scan, r.stop, r.n_stop);
+            if (st == MOE_OK)
+                st = srv_gen_submit(s, &c->gf->inbox, k, &r, c->deadline, &k->g);
             if (st == MOE_OK) {
                 k->next = c->gens;
                 c->gens = k;
                 c->n_gens++;
             } else {
+                moe_stop_scan_free(&k->scan);
                 free(k);
             }
         } else {

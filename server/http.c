@@ -39,9 +39,7 @@ struct hreq {
     long long created;
     struct evbuffer *text;        /* non-streamed: the text so far */
     struct event *watch;          /* readable socket while generating: EOF = client gone */
-    char *stop[MOE_REQ_MAX_STOP]; /* the request's stop sequences */
-    int n_stop;
-    struct moe_stop_scan scan;
+    struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
 };
 
@@ -109,8 +107,6 @@ static void hreq_free(struct hreq *r)
     if (r->text)
         evbuffer_free(r->text);
     moe_stop_scan_free(&r->scan);
-    for (int i = 0; i < r->n_stop; i++)
-        free(r->stop[i]);
     free(r);
 }
 
@@ -256,7 +252,7 @@ static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
  * 0 = not, -1 = out of memory (t freed, NULL). */
 static int stop_filter(struct hreq *r, char **t, size_t *len, bool flush)
 {
-    if (!r->n_stop || !*t)
+    if (!r->scan.n || !*t)
         return *t ? 0 : -1;
     char *o;
     size_t n;
@@ -441,14 +437,9 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     r->created = (long long)time(NULL);
     snprintf(r->id, sizeof(r->id), "%s-%llu", chat ? "chatcmpl" : "cmpl",
              (unsigned long long)++h->next_id);
-    for (int i = 0; i < gr.n_stop; i++) { /* the request keeps its stop sequences */
-        r->stop[i] = gr.stop[i];
-        gr.stop[i] = NULL;
-    }
-    r->n_stop = gr.n_stop;
-    gr.n_stop = 0;
-    moe_stop_scan_init(&r->scan, (const char *const *)r->stop, r->n_stop);
-    st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);
+    st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
+    if (st == MOE_OK)
+        st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);
     moe_gen_request_free(&gr);
     if (st != MOE_OK) {
         send_error(req, srv_http_status(st), moe_last_error());

@@ -742,15 +742,23 @@ out:
 
 /* ---- stop sequences ---- */
 
-void moe_stop_scan_init(struct moe_stop_scan *s, const char *const *seq, int n)
+enum moe_status moe_stop_scan_init(struct moe_stop_scan *s, char *const *seq, int n)
 {
     memset(s, 0, sizeof(*s));
-    s->seq = seq;
-    s->n = n;
+    for (int i = 0; i < n && i < MOE_REQ_MAX_STOP; i++) {
+        if (!(s->seq[i] = strdup(seq[i]))) {
+            moe_stop_scan_free(s);
+            return moe_errorf(MOE_ENOMEM, "stop sequences: out of memory");
+        }
+        s->n = i + 1;
+    }
+    return MOE_OK;
 }
 
 void moe_stop_scan_free(struct moe_stop_scan *s)
 {
+    for (int i = 0; i < s->n; i++)
+        free(s->seq[i]);
     free(s->held);
     memset(s, 0, sizeof(*s));
 }

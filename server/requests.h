@@ -62,12 +62,13 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
  * tail that could still begin a stop sequence, and reports the first
  * completed one.  Text is passed through unchanged otherwise. */
 struct moe_stop_scan {
-    const char *const *seq;     /* borrowed */
+    char *seq[MOE_REQ_MAX_STOP]; /* copies of the stop sequences */
     int n;
     char *held;                 /* text not yet released */
     size_t n_held, cap;
 };
-void moe_stop_scan_init(struct moe_stop_scan *s, const char *const *seq, int n);
+/* Copies seq[0..n) (n <= MOE_REQ_MAX_STOP); MOE_ENOMEM leaves s empty. */
+enum moe_status moe_stop_scan_init(struct moe_stop_scan *s, char *const *seq, int n);
 void moe_stop_scan_free(struct moe_stop_scan *s);
 /* Feed text[0..n).  Returns 1 when a stop sequence completed: *out is the
  * text before it (everything after is dropped); 0 when not: *out is what can

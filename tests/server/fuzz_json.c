@@ -20,7 +20,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         if (r.prompt && r.n_stop > 0) {
             struct moe_stop_scan sc;
-            moe_stop_scan_init(&sc, (const char *const *)r.stop, r.n_stop);
+            if (moe_stop_scan_init(&sc, r.stop, r.n_stop) != MOE_OK)
+                abort();
             size_t done = 0, piece = 1 + (size_t)(data[0] >> 1) % 7;
             int m = 0;
             while (done < r.prompt_len && m == 0) {

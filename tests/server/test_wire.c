@@ -148,9 +148,9 @@ static void test_stop(void)
     CHECK(oai("{\"prompt\":\"x\",\"stop\":[]}", false, &r) == MOE_OK && r.n_stop == 0, "empty stop list");
     moe_gen_request_free(&r);
 
-    const char *seq[] = { "END", "\n\n" };
+    char *const seq[] = { "END", "\n\n" };
     struct moe_stop_scan sc;
-    moe_stop_scan_init(&sc, seq, 2);
+    CHECK(moe_stop_scan_init(&sc, seq, 2) == MOE_OK, "scan init");
     const char *pieces[] = { "a = 1", "\n", "b = E", "N", "x\n", "\nrest" };
     char got[256] = "";
     int m = 0;

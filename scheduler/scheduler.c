@@ -35,6 +35,7 @@ struct rq {
     int slot;                  /* engine slot, -1 while waiting */
     uint64_t submit_step;      /* s->steps when submitted (aging) */
     bool cancel;               /* cancel() asked for it */
+    bool stop;                 /* ... as finish(): it ends as finished by a stop sequence */
     bool have_route;           /* route holds a real routing */
     uint64_t *route;           /* [n_moe * words] experts of the most recent token */
     uint64_t *pred;            /* [n_moe * words] predicted path (scratch per step) */
@@ -191,7 +192,9 @@ static void reap(struct moe_sched *s)
     double now = moe_now();
     for (struct rq *r = s->wait_head, *nx; r; r = nx) {
         nx = r->next;
-        if (r->cancel)
+        if (r->cancel && r->stop)
+            rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
+        else if (r->cancel)
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, "cancelled while queued");
         else if (r->g.deadline > 0 && now >= r->g.deadline)
             rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, "deadline expired while queued");
@@ -200,7 +203,9 @@ static void reap(struct moe_sched *s)
         struct rq *r = s->active[i];
         const char *where = r->state == RQ_PREFILL ? "prefill" : "decode";
         char msg[64];
-        if (r->cancel) {
+        if (r->cancel && r->stop) {
+            rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
+        } else if (r->cancel) {
             snprintf(msg, sizeof(msg), "cancelled during %s", where);
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
         } else if (r->g.deadline > 0 && now >= r->g.deadline) {
@@ -855,10 +860,10 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     return MOE_OK;
 }
 
-enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id)
+static enum moe_status end_early(struct moe_sched *s, uint64_t id, bool stop, const char *what)
 {
     if (!s)
-        return moe_errorf(MOE_EINVAL, "scheduler: cancel: NULL scheduler");
+        return moe_errorf(MOE_EINVAL, "scheduler: %s: NULL scheduler", what);
     struct rq *found = NULL;
     pthread_mutex_lock(&s->mu);
     for (struct rq *r = s->wait_head; r && !found; r = r->next)
@@ -869,13 +874,24 @@ enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id)
             found = s->active[i];
     if (found) {
         found->cancel = true;
+        found->stop = stop;
         pthread_cond_signal(&s->wake);
     }
     pthread_mutex_unlock(&s->mu);
     if (!found)
-        return moe_errorf(MOE_ENOENT, "scheduler: cancel: no queued or running request with id %llu",
+        return moe_errorf(MOE_ENOENT, "scheduler: %s: no queued or running request with id %llu", what,
                           (unsigned long long)id);
     return MOE_OK;
+}
+
+enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id)
+{
+    return end_early(s, id, false, "cancel");
+}
+
+enum moe_status moe_sched_finish(struct moe_sched *s, uint64_t id)
+{
+    return end_early(s, id, true, "finish");
 }
 
 static void cancel_all_locked(struct moe_sched *s)

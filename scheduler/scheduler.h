@@ -130,6 +130,9 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
                                  const struct moe_gen_params *g,
                                  const struct moe_sched_events *ev, void *ud, uint64_t *id);
 enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id);
+/* End a request early as finished by a stop sequence (the client found one in
+ * the text): like cancel, but counted as completed, finish reason stop. */
+enum moe_status moe_sched_finish(struct moe_sched *s, uint64_t id);
 /* Stop admission; wait up to timeout_s for in-flight work; cancel the rest. */
 enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s);
 void moe_sched_stats(struct moe_sched *s, struct moe_sched_stats *out);

@@ -159,10 +159,6 @@ static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status 
         server_notify_device_error();
     }
     moe_metrics_observe(&s->metrics, &s->metrics.e2e, moe_now() - g->t_submit);
-    pthread_mutex_lock(&g->inbox->mu);
-    if (why == MOE_FINISH_CANCELLED && g->stop_hit)
-        why = MOE_FINISH_STOP; /* cancelled by its front end at a stop sequence */
-    pthread_mutex_unlock(&g->inbox->mu);
     pthread_mutex_lock(&s->metrics.mu);
     if ((unsigned)why < MOE_ARRAY_LEN(s->by_finish))
         s->by_finish[why]++;
@@ -316,9 +312,12 @@ void srv_gen_abandon(struct srv_gen *g)
 void srv_gen_abandon_stopped(struct srv_gen *g)
 {
     pthread_mutex_lock(&g->inbox->mu);
-    g->stop_hit = !g->done;
+    bool running = !g->done;
+    g->owner = NULL;
     pthread_mutex_unlock(&g->inbox->mu);
-    srv_gen_abandon(g);
+    if (running)
+        moe_sched_finish(g->srv->sched, g->id); /* frees KV and pins at once; on_done (stop) follows */
+    srv_gen_put(g);
 }
 
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,

@@ -52,7 +52,6 @@ struct srv_gen {
     int n_toks, cap_toks;
     bool toks_oom;                 /* a token could not be buffered: fail the request */
     bool done;                     /* on_done arrived */
-    bool stop_hit;                 /* the front end ended it at a stop sequence */
     enum moe_finish why;
     enum moe_status st;
     char msg[256];
@@ -125,8 +124,8 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev);
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len);
 /* The front end lets go: cancel in the scheduler if still running, drop its ref. */
 void srv_gen_abandon(struct srv_gen *g);
-/* The front end found a stop sequence in the text: cancel the rest of the
- * generation, counted as finished by a stop, and drop the front end's ref. */
+/* The front end found a stop sequence in the text: end the generation now as
+ * finished by a stop (moe_sched_finish) and drop the front end's ref. */
 void srv_gen_abandon_stopped(struct srv_gen *g);
 /* Drop one ref (front end or inbox list). */
 void srv_gen_put(struct srv_gen *g);

@@ -211,6 +211,37 @@ static void test_cancel(void)
     moe_sched_destroy(s);
 }
 
+/* finish(): a decoding request ends at once as finished by a stop sequence,
+ * counted as completed; its slot is freed. */
+static void test_finish(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 8 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    struct sc_req a = { 0 };
+    struct moe_gen_params g = gen(100);
+    REQUIRE(moe_sched_submit(s, prompt_of(4, 1), 4, &g, &sc_events, &a, &a.id) == MOE_OK, "submit a");
+    moe_sched_step(s);
+    moe_sched_step(s);
+    int at = a.n_tokens;
+    CHECK(at > 0 && fb.n_used == 1, "a decoding: %d tokens, %d slots", at, fb.n_used);
+    CHECK(moe_sched_finish(s, a.id) == MOE_OK, "finish: %s", moe_last_error());
+    moe_sched_step(s);
+    CHECK(a.n_done == 1 && a.why == MOE_FINISH_STOP && a.st == MOE_OK && a.n_tokens == at && fb.n_used == 0,
+          "a: done %d why %s st %d tokens %d (was %d), slots %d", a.n_done, moe_finish_str(a.why), (int)a.st,
+          a.n_tokens, at, fb.n_used);
+    CHECK(moe_sched_finish(s, a.id) == MOE_ENOENT && strstr(moe_last_error(), "finish"), "finish again: %s",
+          moe_last_error());
+    check_accounting(s, "finish");
+    struct moe_sched_stats st;
+    moe_sched_stats(s, &st);
+    CHECK(st.completed == 1 && st.cancelled == 0 && st.by_finish[MOE_FINISH_STOP] == 1, "completed %llu cancelled %llu",
+          (unsigned long long)st.completed, (unsigned long long)st.cancelled);
+    moe_sched_destroy(s);
+}
+
 /* Deadlines: already past (ends before any work), and expiring mid-decode. */
 static void test_deadline(void)
 {
@@ -371,6 +402,7 @@ int main(void)
     test_bounds();
     test_mixed_threaded();
     test_cancel();
+    test_finish();
     test_deadline();
     test_failure();
     test_priority();

@@ -230,6 +230,11 @@ def main():
         check(acc > 0 and acc == done, "accepted %s != completed+cancelled+failed %s" % (acc, done))
         check(metric(ms, "moeflow:time_to_first_token_seconds_count") > 0, "ttft histogram")
         check(metric(ms, "moeflow:request_rejected_total", reason="invalid") >= 4, "rejections counted")
+        fin = {r: metric(ms, "moeflow:request_success_total", finished_reason=r) for r in ("length", "stop")}
+        # (a stop-sequence end counts as a completed stop, or as length when generation had ended first)
+        check(metric(ms, "moeflow:requests_completed_total") == fin["length"] + fin["stop"],
+              "completed != length + stop: %s, completed %s" %
+              (fin, metric(ms, "moeflow:requests_completed_total")))
         # Idle: no KV slot, cached token, expert pin or transfer held; capacities as ModelInfo says.
         for g in ("moeflow:kv_slots_used", "moeflow:kv_tokens_used", "moeflow:expert_pins",
                   "moeflow:expert_transfers_in_flight"):

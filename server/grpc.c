@@ -565,7 +565,7 @@ static void generate_stop_progress(struct cgen *k)
         bool last = ev.done && i == ev.n_toks - 1;
         size_t len = 0, ol = 0;
         char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len), *o = NULL;
-        m = t ? moe_stop_scan_feed(&k->scan, t, len, &o, &ol) : -1;
+        m = t ? moe_stop_scan_feed(&k->scan, t, len, last, &o, &ol) : -1;
         free(t);
         ids[n_ids++] = ev.toks[i];
         k->n_out++;
@@ -577,19 +577,11 @@ static void generate_stop_progress(struct cgen *k)
     if (m == 0 && ev.done && ok) { /* ended without a stop sequence: release what was held */
         size_t len = 0, fl = 0;
         char *t = srv_gen_text(g, NULL, 0, true, &len), *f = NULL;
-        if (t && len) {
-            m = moe_stop_scan_feed(&k->scan, t, len, &f, &fl);
-            if (f && fl)
-                moe_strbuf_printf(&text, "%.*s", (int)fl, f);
-            free(f);
-        }
+        m = t ? moe_stop_scan_feed(&k->scan, t, len, true, &f, &fl) : -1;
+        if (f && fl)
+            moe_strbuf_printf(&text, "%.*s", (int)fl, f);
         free(t);
-        if (m == 0) {
-            f = moe_stop_scan_flush(&k->scan, &fl);
-            if (f && fl)
-                moe_strbuf_printf(&text, "%.*s", (int)fl, f);
-            free(f);
-        }
+        free(f);
     }
     free(ev.toks);
     if (m < 0) {

@@ -248,33 +248,18 @@ static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
 }
 
 /* t (malloc'd, *len bytes) through the stop scanner when the request has stop
- * sequences: replaced by what may go out now.  1 = a stop sequence completed,
- * 0 = not, -1 = out of memory (t freed, NULL). */
-static int stop_filter(struct hreq *r, char **t, size_t *len, bool flush)
+ * sequences: replaced by what may go out now (all of it when last).  1 = a
+ * stop sequence completed, 0 = not, -1 = out of memory (t freed, NULL). */
+static int stop_filter(struct hreq *r, char **t, size_t *len, bool last)
 {
     if (!r->scan.n || !*t)
         return *t ? 0 : -1;
     char *o;
     size_t n;
-    int m = moe_stop_scan_feed(&r->scan, *t, *len, &o, &n);
+    int m = moe_stop_scan_feed(&r->scan, *t, *len, last, &o, &n);
     free(*t);
     *t = o;
     *len = n;
-    if (m == 0 && flush && o) {
-        size_t n2;
-        char *rest = moe_stop_scan_flush(&r->scan, &n2);
-        char *all = rest ? realloc(o, n + n2 + 1) : NULL;
-        if (!all) {
-            free(rest);
-            free(o);
-            *t = NULL;
-            return -1;
-        }
-        memcpy(all + n, rest, n2 + 1);
-        free(rest);
-        *t = all;
-        *len = n + n2;
-    }
     return m;
 }
 

@@ -773,7 +773,8 @@ static char *dup_bytes(const char *p, size_t n)
     return o;
 }
 
-int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, char **out, size_t *out_len)
+int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, bool last, char **out,
+                       size_t *out_len)
 {
     *out = NULL;
     *out_len = 0;
@@ -805,7 +806,7 @@ int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, char
     }
     /* hold back the longest tail that a stop sequence starts with */
     size_t keep = 0;
-    for (int i = 0; i < s->n; i++) {
+    for (int i = 0; i < s->n && !last; i++) {
         size_t k = strlen(s->seq[i]);
         for (size_t t = k - 1 < len ? k - 1 : len; t > keep; t--)
             if (!memcmp(s->held + len - t, s->seq[i], t)) {
@@ -822,12 +823,4 @@ int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, char
     memmove(s->held, s->held + len - keep, keep);
     s->n_held = keep;
     return 0;
-}
-
-char *moe_stop_scan_flush(struct moe_stop_scan *s, size_t *out_len)
-{
-    char *o = dup_bytes(s->held ? s->held : "", s->n_held);
-    *out_len = o ? s->n_held : 0;
-    s->n_held = 0;
-    return o;
 }

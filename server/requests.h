@@ -70,14 +70,13 @@ struct moe_stop_scan {
 /* Copies seq[0..n) (n <= MOE_REQ_MAX_STOP); MOE_ENOMEM leaves s empty. */
 enum moe_status moe_stop_scan_init(struct moe_stop_scan *s, char *const *seq, int n);
 void moe_stop_scan_free(struct moe_stop_scan *s);
-/* Feed text[0..n).  Returns 1 when a stop sequence completed: *out is the
- * text before it (everything after is dropped); 0 when not: *out is what can
- * be released now; -1 out of memory.  *out is malloc'd (NUL-terminated,
- * *out_len bytes), the caller frees it. */
-int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, char **out, size_t *out_len);
-/* The text held back, released at the end of a generation that matched no
- * stop sequence (malloc'd; NULL on out of memory). */
-char *moe_stop_scan_flush(struct moe_stop_scan *s, size_t *out_len);
+/* Feed text[0..n); last: the generation's text ends here, so nothing is held
+ * back.  Returns 1 when a stop sequence completed: *out is the text before it
+ * (everything after is dropped); 0 when not: *out is what can be released
+ * now; -1 out of memory.  *out is malloc'd (NUL-terminated, *out_len bytes),
+ * the caller frees it. */
+int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, bool last, char **out,
+                       size_t *out_len);
 
 /* The chat prompt template (the bundled model has none): for each message
  * "<|role|>\n" + content + "\n", then "<|assistant|>\n".  roles[i] is one of

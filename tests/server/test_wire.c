@@ -158,7 +158,7 @@ static void test_stop(void)
     for (i = 0; i < sizeof pieces / sizeof pieces[0] && m == 0; i++) {
         char *o;
         size_t n;
-        m = moe_stop_scan_feed(&sc, pieces[i], strlen(pieces[i]), &o, &n);
+        m = moe_stop_scan_feed(&sc, pieces[i], strlen(pieces[i]), false, &o, &n);
         CHECK(o && strlen(o) == n, "feed %zu", i);
         if (i == 1)
             CHECK(n == 0, "a newline that may begin \\n\\n is held back");
@@ -177,21 +177,21 @@ static void test_stop(void)
     moe_stop_scan_init(&sc, seq, 2);
     char *o, *f;
     size_t n, nf;
-    CHECK(moe_stop_scan_feed(&sc, "xE", 2, &o, &n) == 0 && !strcmp(o, "x"), "tail E held");
-    f = moe_stop_scan_flush(&sc, &nf);
-    CHECK(f && nf == 1 && !strcmp(f, "E"), "flush releases the tail");
+    CHECK(moe_stop_scan_feed(&sc, "xE", 2, false, &o, &n) == 0 && !strcmp(o, "x"), "tail E held");
+    CHECK(moe_stop_scan_feed(&sc, "", 0, true, &f, &nf) == 0 && nf == 1 && !strcmp(f, "E"),
+          "the last piece releases the tail");
     free(o);
     free(f);
     /* a stop sequence inside one piece, and one spanning three */
-    CHECK(moe_stop_scan_feed(&sc, "abENDcd", 7, &o, &n) == 1 && !strcmp(o, "ab"), "inside one piece");
+    CHECK(moe_stop_scan_feed(&sc, "abENDcd", 7, false, &o, &n) == 1 && !strcmp(o, "ab"), "inside one piece");
     free(o);
     moe_stop_scan_free(&sc);
     moe_stop_scan_init(&sc, seq, 2);
-    CHECK(moe_stop_scan_feed(&sc, "qE", 2, &o, &n) == 0 && n == 1, "piece 1");
+    CHECK(moe_stop_scan_feed(&sc, "qE", 2, false, &o, &n) == 0 && n == 1, "piece 1");
     free(o);
-    CHECK(moe_stop_scan_feed(&sc, "N", 1, &o, &n) == 0 && n == 0, "piece 2");
+    CHECK(moe_stop_scan_feed(&sc, "N", 1, false, &o, &n) == 0 && n == 0, "piece 2");
     free(o);
-    CHECK(moe_stop_scan_feed(&sc, "D!", 2, &o, &n) == 1 && n == 0, "END across three pieces");
+    CHECK(moe_stop_scan_feed(&sc, "D!", 2, false, &o, &n) == 1 && n == 0, "END across three pieces");
     free(o);
     moe_stop_scan_free(&sc);
 }

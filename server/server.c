@@ -298,27 +298,22 @@ void srv_gen_put(struct srv_gen *g)
         gen_free(g);
 }
 
-void srv_gen_abandon(struct srv_gen *g)
+/* The front end lets go; a generation still running ends at once (KV and pins
+ * freed before the next step; on_done follows): cancelled, or finished by a
+ * stop sequence. */
+static void gen_let_go(struct srv_gen *g, bool at_stop)
 {
     pthread_mutex_lock(&g->inbox->mu);
     bool running = !g->done;
     g->owner = NULL;
     pthread_mutex_unlock(&g->inbox->mu);
     if (running)
-        moe_sched_cancel(g->srv->sched, g->id); /* frees KV and pins at once; on_done follows */
+        (at_stop ? moe_sched_finish : moe_sched_cancel)(g->srv->sched, g->id);
     srv_gen_put(g);
 }
 
-void srv_gen_abandon_stopped(struct srv_gen *g)
-{
-    pthread_mutex_lock(&g->inbox->mu);
-    bool running = !g->done;
-    g->owner = NULL;
-    pthread_mutex_unlock(&g->inbox->mu);
-    if (running)
-        moe_sched_finish(g->srv->sched, g->id); /* frees KV and pins at once; on_done (stop) follows */
-    srv_gen_put(g);
-}
+void srv_gen_abandon(struct srv_gen *g) { gen_let_go(g, false); }
+void srv_gen_abandon_stopped(struct srv_gen *g) { gen_let_go(g, true); }
 
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
                                const struct moe_gen_request *r, double deadline,

@@ -167,16 +167,13 @@ int moe_cmd_train_predictor(int argc, char **argv)
     }
     size_t row = (size_t)n_moe * (size_t)cfg->top_k;
     prev = malloc(sizeof(int) * (n ? n : 1) * row);
-    emb = malloc(sizeof(float) * (size_t)cfg->vocab * (size_t)cfg->hidden);
-    if (!prev || !emb) {
-        fprintf(stderr, "moeflow train-predictor: out of memory for %zu samples\n", n);
-        goto out;
-    }
     next = malloc(sizeof(int) * (n ? n : 1) * row);
-    if (!next) {
+    emb = malloc(sizeof(float) * (size_t)cfg->vocab * (size_t)cfg->hidden);
+    if (!prev || !next || !emb) {
         fprintf(stderr, "moeflow train-predictor: out of memory for %zu samples\n", n);
         goto out;
     }
+    /* a token continues its sequence when its previous token is known: prev[i * row] >= 0 */
     moe_path_neighbours(experts, seqs, poss, n, row, prev, next);
     moe_wview_to_f32(&m->embed, emb);
     struct moe_path_opts po = { .horizon = (int)horizon, .hist_decay = (float)hist_decay, .context = context };
@@ -196,7 +193,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
             goto out;
         }
         for (size_t i = 1; i < n; i++)
-            if (prev[i * row] >= 0 || prev[i * row + 1] >= 0) {
+            if (prev[i * row] >= 0) {
                 memcpy(hist + i * ne, hist + (i - 1) * ne, sizeof(float) * ne);
                 moe_path_model_hist_update(pm, hist + i * ne, prev + i * row);
             }

@@ -106,8 +106,9 @@ enum moe_status moe_drive_text(const struct moe_model *m, const int *tokens, siz
     }
     int seq = -1, pos = 0;
     for (size_t i = 0; i < n; i++) {
-        if (p->eval) moe_pred_eval_step(p->eval, seq < 0 || pos >= p->seq_len);
-        if (seq < 0 || pos >= p->seq_len) {
+        bool new_seq = seq < 0 || pos >= p->seq_len;
+        if (p->eval) moe_pred_eval_step(p->eval, new_seq);
+        if (new_seq) {
             if (seq >= 0) moe_engine_seq_free(eng, seq);
             seq = moe_engine_seq_alloc(eng);
             if (seq < 0) {

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The horizon-8 predictor's table of docs/results.md (section 4): cache replay
+# One path predictor file's table of docs/results.md (section 4): cache replay
 # on a text at 12.5 / 25 / 50 % capacity, path and path+gate, with and without
 # prefetching, on the timeline at the H100 ratio; prints a markdown table.
-# Usage: bench/data/pycode/measure_h8.sh BUILD_DIR [PREDICTOR_FILE] [TEXT] [TOKENS]   (from the repository root)
+# Usage: bench/data/pycode/measure_file.sh BUILD_DIR [PREDICTOR_FILE] [TEXT] [TOKENS]   (from the repository root)
 set -euo pipefail
 B=${1:?build dir}
-F=${2:-models/pycode-moe-18m/predictor-h8.safetensors}
+F=${2:-models/pycode-moe-18m/predictor.safetensors}
 T=${3:-bench/data/pycode/eval.txt}
 N=${4:-2048}
 M="$B/server/moeflow"
-echo "| capacity | predictor (horizon 8) | prefetching | hit rate | transfers/token | useful prefetches | stall ms/token | Belady transfers/token |"
+echo "| capacity | predictor | prefetching | hit rate | transfers/token | useful prefetches | stall ms/token | Belady transfers/token |"
 echo "|---|---|---|---|---|---|---|---|"
 for f in 0.125 0.25 0.5; do
   for p in path path+gate; do

@@ -5,8 +5,15 @@
  * promise.  Tiles: 16 rows x 64 outputs x 32 k; 256 threads, 4 outputs each.
  * The expert FFN runs it grouped: one launch per projection over every
  * expert with rows, each block running the same tile body as the plain
- * kernel, so an output has the same bits either way. */
+ * kernel, so an output has the same bits either way.
+ *
+ * Decode calls (at most GV_ROWS rows per weight) take a streaming kernel
+ * instead: the same chain of fmaf per output, so the same bits, but shaped
+ * for reading the weights at memory speed (see gemv_inv_body). */
+#include <stdint.h>
 #include <stdlib.h>
+
+#include <cuda_pipeline_primitives.h>
 
 #include "cuda_internal.h"
 
@@ -72,6 +79,126 @@ k_gemm_inv(const float *x, const T *w, int n, int in, int out, bool accumulate, 
     gemm_inv_tile<T>(x, w, n, in, out, accumulate, y, blockIdx.y * IB_M, blockIdx.x * IB_N);
 }
 
+/* ---- few rows: streaming the weights ------------------------------------
+ * A tile of 16 rows wastes 15/16 of its lanes on one row and keeps only a
+ * few KiB of weights in flight per SM, far from the bandwidth a decode step
+ * needs.  Here a warp (one block) owns GV_N = 32 outputs, one lane each, and
+ * streams their weight rows through shared memory GV_KB bytes per row at a
+ * time with cp.async, GV_STAGES - 1 stages in flight while it computes one.
+ * Each lane runs the tile body's arithmetic for its output: for every row,
+ * acc = fmaf(x[k], w[k], acc) for k = 0, 1, ... in - 1 from 0.0f, then y =
+ * acc (or y + acc).  The bits are the tile kernel's; only the schedule
+ * differs.  Needs 16-byte aligned weight rows and x rows (in * sizeof(T) and
+ * in * 4 multiples of 16, base pointers aligned); the callers check with
+ * gv_ok() and take the tile kernel otherwise. */
+#define GV_ROWS 4                 /* most rows per weight on this path */
+#define GV_N 32                   /* outputs per warp */
+#define GV_KB 256                 /* bytes of each weight row per stage */
+#define GV_STAGES 4               /* shared-memory stages (GV_STAGES - 1 copies ahead) */
+#define GV_PITCH (GV_KB + 16)     /* padded row pitch: lanes' 16-byte reads hit distinct banks */
+
+/* 16 bytes of weights as floats (exact conversions, as wload). */
+template <typename T> __device__ static inline void wunpack16(const unsigned char *p, float *v);
+template <> __device__ inline void wunpack16<float>(const unsigned char *p, float *v)
+{
+    float4 f = *(const float4 *)p;
+    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+}
+template <> __device__ inline void wunpack16<__nv_bfloat16>(const unsigned char *p, float *v)
+{
+    uint4 u = *(const uint4 *)p;
+    const unsigned q[4] = { u.x, u.y, u.z, u.w };
+#pragma unroll
+    for (int i = 0; i < 4; i++) { /* little-endian: the element at the lower address in the low half */
+        v[2 * i] = __uint_as_float(q[i] << 16);
+        v[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
+    }
+}
+
+/* Issue the cp.async copies of stage t (k from t * KS) of the warp's 32 rows
+ * into buffer buf: 16 bytes per copy, a row's copies on consecutive lanes. */
+template <typename T>
+__device__ static inline void gv_issue(unsigned char (*buf)[GV_PITCH], const T *w, int in, int out, int col0, int t)
+{
+    constexpr int EPC = 16 / (int)sizeof(T), CPR = GV_KB / 16, KS = GV_KB / (int)sizeof(T);
+    for (int i = (int)threadIdx.x; i < GV_N * CPR; i += 32) {
+        int r = i / CPR, c = i % CPR;
+        int gc = col0 + r, gk = t * KS + c * EPC;
+        if (gc < out && gk < in) /* in is a multiple of EPC: a copy is whole or absent */
+            __pipeline_memcpy_async(&buf[r][c * 16], w + (size_t)gc * in + gk, 16);
+    }
+}
+
+/* y[n, out] (+)= x[n, in] W^T for outputs col0 .. col0 + 31, n <= GV_ROWS;
+ * one warp. */
+template <typename T>
+__device__ static inline void gemv_inv_body(const float *x, const T *w, int n, int in, int out, bool accumulate,
+                                            float *y, int col0)
+{
+    constexpr int EPC = 16 / (int)sizeof(T), KS = GV_KB / (int)sizeof(T);
+    __shared__ __align__(16) unsigned char ws[GV_STAGES][GV_N][GV_PITCH];
+    const int lane = (int)threadIdx.x, gc = col0 + lane, nst = (in + KS - 1) / KS;
+    float acc[GV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GV_ROWS; r++) acc[r] = 0.0f;
+
+    for (int s = 0; s < GV_STAGES - 1; s++) {
+        if (s < nst) gv_issue<T>(ws[s], w, in, out, col0, s);
+        __pipeline_commit(); /* an empty group keeps the count of groups per stage */
+    }
+    for (int t = 0; t < nst; t++) {
+        int ahead = t + GV_STAGES - 1;
+        if (ahead < nst) gv_issue<T>(ws[ahead % GV_STAGES], w, in, out, col0, ahead);
+        __pipeline_commit();
+        __pipeline_wait_prior(GV_STAGES - 1); /* this lane's copies of stage t have landed */
+        __syncwarp();                         /* ... and every lane's are visible */
+        if (gc < out) {
+            const unsigned char *row = ws[t % GV_STAGES][lane];
+            int k0 = t * KS, kn = in - k0 < KS ? in - k0 : KS;
+            for (int c = 0; c < kn / EPC; c++) {
+                float wv[EPC];
+                wunpack16<T>(row + c * 16, wv);
+#pragma unroll
+                for (int r = 0; r < GV_ROWS; r++) {
+                    if (r >= n) break;
+                    const float *xr = x + (size_t)r * in + k0 + c * EPC;
+#pragma unroll
+                    for (int e = 0; e < EPC; e += 4) {
+                        float4 xv = __ldg((const float4 *)(xr + e));
+                        acc[r] = fmaf(xv.x, wv[e], acc[r]);
+                        acc[r] = fmaf(xv.y, wv[e + 1], acc[r]);
+                        acc[r] = fmaf(xv.z, wv[e + 2], acc[r]);
+                        acc[r] = fmaf(xv.w, wv[e + 3], acc[r]);
+                    }
+                }
+            }
+        }
+        __syncwarp(); /* stage t's buffer is refilled next iteration */
+    }
+    if (gc >= out) return;
+#pragma unroll
+    for (int r = 0; r < GV_ROWS; r++) {
+        if (r >= n) break;
+        float *dst = y + (size_t)r * out + gc;
+        *dst = accumulate ? *dst + acc[r] : acc[r];
+    }
+}
+
+template <typename T>
+__global__ static void __launch_bounds__(32)
+k_gemv_inv(const float *x, const T *w, int n, int in, int out, bool accumulate, float *y)
+{
+    gemv_inv_body<T>(x, w, n, in, out, accumulate, y, (int)blockIdx.x * GV_N);
+}
+
+/* The streaming kernel's alignment needs for one weight and its x rows. */
+static bool gv_ok(const void *w, const float *x, enum moe_dtype wdt, int in)
+{
+    size_t es = wdt == MOE_DT_BF16 ? 2 : 4;
+    return ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0 && ((size_t)in * es) % 16 == 0 &&
+           ((size_t)in * 4) % 16 == 0;
+}
+
 /* Groups per grouped launch: the table travels as a kernel parameter
  * (14 KB; sm_70+ with CUDA 12.1+ take up to 32764 bytes). */
 #define INV_MAX_GROUPS 512
@@ -105,16 +232,34 @@ k_gemm_inv_grouped(const float *x, const __grid_constant__ struct inv_groups g, 
                      g.y[z] + (size_t)r0 * out, (bt - g.tile[lo]) * IB_M, (int)blockIdx.y * IB_N);
 }
 
+/* Few rows per group: group blockIdx.y, projection blockIdx.z, outputs from
+ * blockIdx.x * GV_N; the streaming body over the group's rows. */
+template <typename T>
+__global__ static void __launch_bounds__(32)
+k_gemv_inv_grouped(const float *x, const __grid_constant__ struct inv_groups g, int in, int out)
+{
+    int j = (int)blockIdx.y, z = (int)blockIdx.z, r0 = g.off[j];
+    gemv_inv_body<T>(x + (size_t)r0 * in, (const T *)g.w[z][j], g.off[j + 1] - r0, in, out, false,
+                     g.y[z] + (size_t)r0 * out, (int)blockIdx.x * GV_N);
+}
+
 extern "C" enum moe_status moe_cuda_gemm_inv_(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,
                                               enum moe_dtype wdt, int n, int in, int out, bool accumulate,
                                               float *d_y)
 {
     enum moe_status st = MOE_OK;
     if (n <= 0) return MOE_OK;
-    if ((n + IB_M - 1) / IB_M > 65535)
+    bool gv = n <= GV_ROWS && gv_ok(d_w, d_x, wdt, in); /* decode: the streaming kernel */
+    if (!gv && (n + IB_M - 1) / IB_M > 65535)
         return moe_errorf(MOE_EINVAL, "invariant GEMM: %d rows exceed %d per call", n, 65535 * IB_M);
-    dim3 grid((unsigned)((out + IB_N - 1) / IB_N), (unsigned)((n + IB_M - 1) / IB_M));
-    if (wdt == MOE_DT_BF16)
+    dim3 grid = gv ? dim3((unsigned)((out + GV_N - 1) / GV_N))
+                   : dim3((unsigned)((out + IB_N - 1) / IB_N), (unsigned)((n + IB_M - 1) / IB_M));
+    if (gv && wdt == MOE_DT_BF16)
+        k_gemv_inv<__nv_bfloat16><<<grid, 32, 0, c->stream>>>(d_x, (const __nv_bfloat16 *)d_w, n, in, out,
+                                                               accumulate, d_y);
+    else if (gv)
+        k_gemv_inv<float><<<grid, 32, 0, c->stream>>>(d_x, (const float *)d_w, n, in, out, accumulate, d_y);
+    else if (wdt == MOE_DT_BF16)
         k_gemm_inv<__nv_bfloat16><<<grid, 256, 0, c->stream>>>(d_x, (const __nv_bfloat16 *)d_w, n, in, out,
                                                                 accumulate, d_y);
     else
@@ -164,11 +309,24 @@ extern "C" enum moe_status moe_cuda_gemm_inv_grouped_(struct moe_cuda_ctx *c, co
         t->off[ng] = end;
         t->tile[ng] = (int)tiles;
         t->ng = ng;
-        dim3 grid((unsigned)tiles, col_tiles, (unsigned)(n_w > 1 ? 2 : 1));
-        if (wdt == MOE_DT_BF16)
-            k_gemm_inv_grouped<__nv_bfloat16><<<grid, 256, 0, c->stream>>>(d_x, *t, in, out);
-        else
-            k_gemm_inv_grouped<float><<<grid, 256, 0, c->stream>>>(d_x, *t, in, out);
+        bool gv = true; /* decode: every group's rows few and aligned for the streaming kernel */
+        for (int j = 0; j < ng && gv; j++)
+            gv = t->off[j + 1] - t->off[j] <= GV_ROWS && gv_ok(t->w[0][j], d_x + (size_t)t->off[j] * in, wdt, in) &&
+                 gv_ok(t->w[1][j], d_x + (size_t)t->off[j] * in, wdt, in);
+        unsigned nz = (unsigned)(n_w > 1 ? 2 : 1);
+        if (gv) {
+            dim3 grid((unsigned)((out + GV_N - 1) / GV_N), (unsigned)ng, nz);
+            if (wdt == MOE_DT_BF16)
+                k_gemv_inv_grouped<__nv_bfloat16><<<grid, 32, 0, c->stream>>>(d_x, *t, in, out);
+            else
+                k_gemv_inv_grouped<float><<<grid, 32, 0, c->stream>>>(d_x, *t, in, out);
+        } else {
+            dim3 grid((unsigned)tiles, col_tiles, nz);
+            if (wdt == MOE_DT_BF16)
+                k_gemm_inv_grouped<__nv_bfloat16><<<grid, 256, 0, c->stream>>>(d_x, *t, in, out);
+            else
+                k_gemm_inv_grouped<float><<<grid, 256, 0, c->stream>>>(d_x, *t, in, out);
+        }
         CK_LAUNCH(c);
     }
 out:

@@ -379,6 +379,25 @@ static void test_batch_invariance(struct g_rng *r)
         CHECK(!memcmp(one, all + (size_t)t * out, (size_t)out * 4), "linear row %d alone differs from batch", t);
         CHECK(!memcmp(fone, fall + (size_t)t * in, (size_t)in * 4), "expert_ffn row %d alone differs from batch", t);
     }
+    /* three rows at once: the decode kernel with several rows (one row and the
+     * whole batch above run different kernels too) */
+    float *three = malloc((size_t)3 * out * 4), *fthree = malloc((size_t)3 * in * 4);
+    struct g_buf dy3, dfy3;
+    int off_three[2] = { 0, 3 };
+    OUT(dy3, (size_t)3 * out * 4); OUT(dfy3, (size_t)3 * in * 4);
+    for (int t = 1; t + 3 <= n; t += 11) {
+        OK(moe_cuda_linear(ctx, (const float *)dx.d + (size_t)t * in, dwl.d, MOE_DT_BF16, 3, in, out, false, dy3.d));
+        OK(moe_cuda_expert_ffn(ctx, (const float *)dx.d + (size_t)t * in, 1, off_three, &ex, MOE_DT_BF16, in, inter,
+                               dfy3.d));
+        dl(&dy3, three, "invariant linear rows");
+        dl(&dfy3, fthree, "invariant expert_ffn rows");
+        CHECK(!memcmp(three, all + (size_t)t * out, (size_t)3 * out * 4), "linear rows %d..%d differ from batch", t,
+              t + 2);
+        CHECK(!memcmp(fthree, fall + (size_t)t * in, (size_t)3 * in * 4), "expert_ffn rows %d..%d differ from batch",
+              t, t + 2);
+    }
+    g_buf_free(ctx, &dy3); g_buf_free(ctx, &dfy3);
+    free(three); free(fthree);
     g_buf_free(ctx, &dw); g_buf_free(ctx, &dwl); g_buf_free(ctx, &dx); g_buf_free(ctx, &dy);
     g_buf_free(ctx, &dy1); g_buf_free(ctx, &dfy); g_buf_free(ctx, &dfy1);
     free(w); free(wl); free(x); free(all); free(one); free(fall); free(fone);

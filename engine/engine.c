@@ -417,7 +417,7 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
     if (p->provider) {
         e->prov = p->provider;
     } else {
-        e->prov = moe_provider_resident_create(m);
+        e->prov = moe_provider_resident_create(m, e->wdt);
         if (!e->prov) {
             st = moe_error_prefix(MOE_ENOMEM, "engine");
             goto out_fail;

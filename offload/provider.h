@@ -54,8 +54,11 @@ struct moe_provider {
     void *self;
 };
 
-/* Every expert converted to F32 once and kept in RAM. */
-struct moe_provider *moe_provider_resident_create(const struct moe_model *m);
+/* Every expert in RAM.  dt MOE_DT_BF16: when the model stores every routed
+ * expert in BF16, the experts are used where the model holds them (no copy);
+ * otherwise (or dt MOE_DT_F32) each is converted to F32 once at creation.
+ * The model must outlive the provider. */
+struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enum moe_dtype dt);
 void moe_provider_destroy(struct moe_provider *p);
 
 #ifdef __cplusplus

@@ -1,5 +1,6 @@
-/* The all-resident expert provider: every routed expert converted to F32 once
- * at creation and kept in RAM.  acquire never waits and never fails. */
+/* The all-resident expert provider: every routed expert in RAM, either where
+ * the model holds it (BF16, no copy) or converted to F32 once at creation.
+ * acquire never waits and never fails. */
 #include "provider.h"
 
 #include <stdlib.h>
@@ -8,8 +9,9 @@ struct resident {
     struct moe_provider base;
     int n_experts;
     size_t inter, hidden;
-    float *w;      /* [layers][experts][gate | up | down] */
-    bool *present; /* [layers][experts]: false on dense layers */
+    float *w;                       /* F32 copies: [layers][experts][gate | up | down], or NULL */
+    const struct moe_model *m;      /* no copies: the model's own BF16 tensors */
+    bool *present;                  /* [layers][experts]: false on dense layers */
 };
 
 static size_t expert_floats(const struct resident *r) { return 3 * r->inter * r->hidden; }
@@ -23,6 +25,12 @@ static enum moe_status res_acquire(void *self, int layer, int n, const int *ids,
         size_t idx = (size_t)layer * (size_t)r->n_experts + (size_t)ids[i];
         if (ids[i] < 0 || ids[i] >= r->n_experts || !r->present[idx])
             return moe_errorf(MOE_EINVAL, "layer %d has no expert %d", layer, ids[i]);
+        if (!r->w) {
+            const struct moe_expert_w *x = moe_model_expert(r->m, layer, ids[i]);
+            out[i] = (struct moe_expert_ref){ .gate = x->gate.data, .up = x->up.data, .down = x->down.data,
+                                              .dtype = MOE_DT_BF16 };
+            continue;
+        }
         const float *base = r->w + idx * per;
         out[i].gate = base;
         out[i].up = base + r->inter * r->hidden;
@@ -48,28 +56,46 @@ static const struct moe_provider_ops resident_ops = {
     .destroy = res_destroy,
 };
 
-struct moe_provider *moe_provider_resident_create(const struct moe_model *m)
+/* Every routed expert's three matrices stored in BF16. */
+static bool all_bf16(const struct moe_model *m)
+{
+    const struct moe_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!c->is_moe[l]) continue;
+        for (int e = 0; e < c->n_experts; e++) {
+            const struct moe_expert_w *x = moe_model_expert(m, l, e);
+            if (x->gate.dtype != MOE_DT_BF16 || x->up.dtype != MOE_DT_BF16 || x->down.dtype != MOE_DT_BF16)
+                return false;
+        }
+    }
+    return true;
+}
+
+struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enum moe_dtype dt)
 {
     const struct moe_config *c = &m->cfg;
     struct resident *r = calloc(1, sizeof(*r));
     size_t n_all = (size_t)c->n_layers * (size_t)c->n_experts;
+    bool copy = dt != MOE_DT_BF16 || !all_bf16(m);
     if (!r) goto fail;
     r->n_experts = c->n_experts;
     r->inter = (size_t)c->expert_inter;
     r->hidden = (size_t)c->hidden;
-    r->w = malloc(n_all * expert_floats(r) * sizeof(float));
+    r->m = m;
     r->present = calloc(n_all, sizeof(bool));
-    if (!r->w || !r->present) goto fail;
+    if (copy) r->w = malloc(n_all * expert_floats(r) * sizeof(float));
+    if (!r->present || (copy && !r->w)) goto fail;
     for (int l = 0; l < c->n_layers; l++) {
         if (!c->is_moe[l]) continue;
         for (int e = 0; e < c->n_experts; e++) {
             size_t idx = (size_t)l * (size_t)c->n_experts + (size_t)e;
+            r->present[idx] = true;
+            if (!copy) continue;
             const struct moe_expert_w *x = moe_model_expert(m, l, e);
             float *base = r->w + idx * expert_floats(r);
             moe_wview_to_f32(&x->gate, base);
             moe_wview_to_f32(&x->up, base + r->inter * r->hidden);
             moe_wview_to_f32(&x->down, base + 2 * r->inter * r->hidden);
-            r->present[idx] = true;
         }
     }
     r->base.ops = &resident_ops;

@@ -58,7 +58,7 @@ struct tiered {
     enum moe_dtype dtype;
     uint64_t gate_b, up_b, down_b, rec_bytes, stride;
     size_t dev_floats;        /* elements per device slot: 3 * inter * hidden */
-    enum moe_dtype dev_dtype; /* F32 (RAM arena or hook), or the stored dtype (hook) */
+    enum moe_dtype dev_dtype; /* RAM arena: BF16 when stored so, else F32; hook: F32 or the stored dtype */
     size_t dev_slot_bytes;    /* dev_floats x dtype size */
     float *stage;             /* [dev_floats] F32 staging for dev_upload, or NULL */
 
@@ -101,7 +101,9 @@ static const struct moe_provider_ops tiered_ops;
 
 uint64_t moe_tiered_dev_expert_bytes(const struct moe_model *m)
 {
-    return 3ull * (uint64_t)m->cfg.expert_inter * (uint64_t)m->cfg.hidden * sizeof(float);
+    struct moe_store_info si;
+    size_t es = moe_store_info_of(m, &si) == MOE_OK && si.dtype == MOE_DT_BF16 ? 2 : sizeof(float);
+    return 3ull * (uint64_t)m->cfg.expert_inter * (uint64_t)m->cfg.hidden * es;
 }
 
 uint64_t moe_tiered_host_expert_bytes(const struct moe_model *m)
@@ -145,12 +147,14 @@ static void convert(struct tiered *t, const uint8_t *src, float *dst)
     moe_wview_to_f32(&d, dst + 2 * ih);
 }
 
-/* Host record -> device slot: convert to F32 in place (RAM arena), or upload
- * through the hook (converting on the host first when dtypes differ). */
+/* Host record -> device slot: a copy (RAM arena, BF16 records) or F32
+ * conversion (RAM arena, other dtypes), or an upload through the hook
+ * (converting on the host first when dtypes differ). */
 static enum moe_status fill_slot(struct tiered *t, const uint8_t *src, uint8_t *dst)
 {
     if (!t->hooks.dev_upload) {
-        convert(t, src, (float *)dst);
+        if (t->dev_dtype == t->dtype) memcpy(dst, src, t->dev_slot_bytes);
+        else convert(t, src, (float *)dst);
         return MOE_OK;
     }
     if (t->dev_dtype == t->dtype) return t->hooks.dev_upload(t->hooks.ud, dst, src, t->dev_slot_bytes);
@@ -651,7 +655,8 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     t->q = calloc((size_t)t->q_cap, sizeof(*t->q));
     t->batch = calloc((size_t)t->qd, sizeof(*t->batch));
     t->reads = calloc((size_t)t->qd, sizeof(*t->reads));
-    t->dev_dtype = MOE_DT_F32;
+    /* RAM arena: BF16 records as they are (the CPU kernels take BF16), others in F32 */
+    t->dev_dtype = t->dtype == MOE_DT_BF16 ? MOE_DT_BF16 : MOE_DT_F32;
     if (t->hooks.dev_alloc) {
         if (!t->hooks.dev_upload ||
             (t->hooks.dev_dtype != MOE_DT_F32 && t->hooks.dev_dtype != t->dtype)) {

@@ -92,7 +92,8 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
                                                 const struct moe_tiered_params *p);
 /* False when p is not a tiered provider. */
 bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_stats *out);
-/* Bytes one expert takes in the device tier (F32) and the host tier (record stride). */
+/* Bytes one expert takes in the RAM device tier (BF16 when stored so, else F32) and in the host
+ * tier (record stride). */
 uint64_t moe_tiered_dev_expert_bytes(const struct moe_model *m);
 uint64_t moe_tiered_host_expert_bytes(const struct moe_model *m);
 

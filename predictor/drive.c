@@ -2,6 +2,7 @@
 #include "drive.h"
 
 #include "../engine/sampling.h"
+#include "../kernels/backend.h"
 #include "../model/tokenizer.h"
 
 #include <stdio.h>
@@ -59,7 +60,8 @@ enum moe_status moe_drive_text(const struct moe_model *m, const int *tokens, siz
     for (int l = 0; l < cfg->n_layers; l++) moe_index[l] = cfg->is_moe[l] ? n_moe++ : -1;
     moe_evlog_init(log, n_moe, cfg->n_experts, cfg->top_k);
 
-    res = p->provider ? p->provider : moe_provider_resident_create(m);
+    res = p->provider ? p->provider
+                      : moe_provider_resident_create(m, p->backend ? p->backend->weight_dtype : MOE_DT_BF16);
     if (!res) {
         st = moe_errorf(MOE_ENOMEM, "cannot create the resident expert provider");
         goto out;

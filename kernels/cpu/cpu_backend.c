@@ -1,5 +1,5 @@
 /* The CPU reference backend: every op of kernels/backend.h in C11 over host
- * memory, F32 arithmetic.  Ops run synchronously; copies are memcpy.
+ * memory, F32 arithmetic (BF16 weights are widened exactly as they are read).  Ops run synchronously; copies are memcpy.
  * GEMMs use the deterministic kernel of gemm.c (or cblas_sgemm when the
  * caller trades batch invariance for speed, use_blas). */
 #include "cpu_internal.h"
@@ -528,7 +528,9 @@ struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *
     c->be.ctx = c;
     c->be.name = "cpu";
     c->be.host_visible = true;
-    c->be.weight_dtype = MOE_DT_F32;
+    /* BF16 matrices (half the bytes a decode step reads; the kernels widen
+     * them exactly), F32 for OpenBLAS, which takes F32 only */
+    c->be.weight_dtype = c->use_blas ? MOE_DT_F32 : MOE_DT_BF16;
     return &c->be;
 }
 

@@ -130,7 +130,7 @@ int main(void)
     for (int s = 0; s < NSEQ; s++)
         for (int i = 0; i < plen[s]; i++) x = x * 1103515245u + 12345u, toks[s][i] = 1 + (int)((x >> 8) % 3000);
 
-    struct moe_provider *res = moe_provider_resident_create(m);
+    struct moe_provider *res = moe_provider_resident_create(m, MOE_DT_F32);
     REQUIRE(res, "%s", moe_last_error());
     struct moe_engine_params ep = { .max_seqs = 4, .max_ctx = 64, .max_batch_tokens = 48, .provider = res };
     struct moe_engine *e1 = moe_engine_create(m, &ep);

@@ -40,7 +40,7 @@ static void run(const struct moe_model *m, struct moe_backend *be, int slots, en
         struct moe_tiered_params tp = { .store_path = NULL, .dev_slots = m->cfg.top_k, .host_slots = 2,
                                         .policy = MOE_POLICY_LRU, .numa_node = -1,
                                         .hooks = moe_cuda_offload_hooks() };
-        struct moe_provider *lower = lw == LOWER_RESIDENT ? moe_provider_resident_create(m)
+        struct moe_provider *lower = lw == LOWER_RESIDENT ? moe_provider_resident_create(m, MOE_DT_F32)
                                                            : moe_provider_tiered_create(m, &tp);
         REQUIRE(lower, "host-side provider: %s", moe_last_error());
         prov = moe_provider_cuda_stack_create(m, be, lower, &pp);

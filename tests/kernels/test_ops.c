@@ -282,7 +282,10 @@ int main(void)
     struct moe_backend *be = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 1 });
     struct moe_backend *be3 = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 3 });
     REQUIRE(be && be3, "backend: %s", moe_last_error());
-    CHECK(be->host_visible && be->weight_dtype == MOE_DT_F32, "cpu backend properties");
+    CHECK(be->host_visible && be->weight_dtype == MOE_DT_BF16, "cpu backend properties");
+    struct moe_backend *bb = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 1, .use_blas = true });
+    CHECK(bb && bb->weight_dtype == MOE_DT_F32, "cpu backend with OpenBLAS: F32 weights");
+    moe_backend_destroy(bb);
     CHECK(moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = -1 }) == NULL,
           "negative n_threads refused");
     test_embed_rmsnorm(be);

@@ -87,10 +87,12 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
             REQUIRE(p->ops->acquire(p->self, l, c->top_k, ids, a) == MOE_OK, "%s/%s: acquire: %s",
                     mname, cf->name, moe_last_error());
             REQUIRE(res->ops->acquire(res->self, l, c->top_k, ids, b) == MOE_OK, "resident");
-            for (int j = 0; j < c->top_k; j++)
-                if (memcmp(a[j].gate, b[j].gate, ih * 4) || memcmp(a[j].up, b[j].up, ih * 4) ||
-                    memcmp(a[j].down, b[j].down, ih * 4))
+            for (int j = 0; j < c->top_k; j++) {
+                size_t mb = ih * moe_dtype_size(a[j].dtype);
+                if (a[j].dtype != b[j].dtype || memcmp(a[j].gate, b[j].gate, mb) || memcmp(a[j].up, b[j].up, mb) ||
+                    memcmp(a[j].down, b[j].down, mb))
                     bad++;
+            }
             (void)per;
             p->ops->release(p->self, l);
         }
@@ -143,7 +145,7 @@ static enum moe_status fd_upload(void *ud, void *dst, const void *src, size_t n)
 static void check_dev_hooks(const struct moe_model *m, const char *store)
 {
     const struct moe_config *c = &m->cfg;
-    struct moe_provider *res = moe_provider_resident_create(m);
+    struct moe_provider *res = moe_provider_resident_create(m, MOE_DT_F32);
     size_t ih = (size_t)c->expert_inter * (size_t)c->hidden;
     int l0 = 0;
     while (!c->is_moe[l0]) l0++;
@@ -238,7 +240,7 @@ int main(void)
     for (size_t i = 0; i < MOE_ARRAY_LEN(t_models); i++) {
         struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[i]));
         REQUIRE(m, "%s: %s", t_models[i], moe_last_error());
-        struct moe_provider *res = moe_provider_resident_create(m);
+        struct moe_provider *res = moe_provider_resident_create(m, MOE_DT_BF16);
         REQUIRE(res, "resident");
         snprintf(store, sizeof(store), "%s/m%zu.moestore", dir, i);
         REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());

@@ -2,6 +2,7 @@
 #include "path_model.h"
 
 #include "../model/safetensors.h"
+#include "../kernels/backend.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -147,21 +148,32 @@ void moe_path_model_features_ex(const struct moe_path_model *m, const float *emb
 static float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 
 /* z1 [B, width] pre-activations -> relu in place; p [B, n_out] logits (no sigmoid). */
+static void relu_rows(const struct moe_path_model *m, int B, float *h)
+{
+    for (size_t i = 0; i < (size_t)B * (size_t)m->width; i++)
+        if (h[i] < 0) h[i] = 0;
+}
+
 static void forward_logits(const struct moe_path_model *m, int B, const float *x, float *h, float *z2)
 {
     for (int b = 0; b < B; b++) memcpy(h + (size_t)b * m->width, m->b1, sizeof(float) * (size_t)m->width);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, m->width, m->n_in, 1.0f, x, m->n_in, m->w1,
                 m->n_in, 1.0f, h, m->width);
-    for (size_t i = 0; i < (size_t)B * (size_t)m->width; i++)
-        if (h[i] < 0) h[i] = 0;
+    relu_rows(m, B, h);
     for (int b = 0; b < B; b++) memcpy(z2 + (size_t)b * m->n_out, m->b2, sizeof(float) * (size_t)m->n_out);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, m->n_out, m->width, 1.0f, h, m->width, m->w2,
                 m->width, 1.0f, z2, m->n_out);
 }
 
-void moe_path_model_forward(const struct moe_path_model *m, int B, const float *x, float *p, float *scratch)
+void moe_path_model_forward(const struct moe_path_model *m, struct moe_backend *be, int B, const float *x,
+                            float *p, float *scratch)
 {
-    forward_logits(m, B, x, scratch, p);
+    bool done = be && be->ops->linear(be->ctx, x, m->w1, MOE_DT_F32, m->b1, B, m->n_in, m->width, scratch) == MOE_OK;
+    if (done) {
+        relu_rows(m, B, scratch);
+        done = be->ops->linear(be->ctx, scratch, m->w2, MOE_DT_F32, m->b2, B, m->width, m->n_out, p) == MOE_OK;
+    }
+    if (!done) forward_logits(m, B, x, scratch, p);
     for (size_t i = 0; i < (size_t)B * (size_t)m->n_out; i++) p[i] = sigmoidf_(p[i]);
 }
 

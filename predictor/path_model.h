@@ -70,9 +70,13 @@ void moe_path_model_features_ex(const struct moe_path_model *m, const float *emb
                                 const float *hist, const float *ctx, float *x /* [n_in] */);
 /* hist = decay * hist + (1 - decay) * multi-hot(routing [n_moe * top_k], -1 = none). */
 void moe_path_model_hist_update(const struct moe_path_model *m, float *hist, const int *routing);
-/* Probabilities for B rows: x [B, n_in] -> p [B, n_out].  scratch [B, width]. */
-void moe_path_model_forward(const struct moe_path_model *m, int B, const float *x, float *p,
-                            float *scratch);
+/* Probabilities for B rows: x [B, n_in] -> p [B, n_out].  scratch [B, width].
+ * be: a CPU backend whose linear op computes the two layers (each row's
+ * scores then do not depend on the rows around it), or NULL for OpenBLAS (as
+ * in training). */
+struct moe_backend;
+void moe_path_model_forward(const struct moe_path_model *m, struct moe_backend *be, int B, const float *x,
+                            float *p, float *scratch);
 
 enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *path,
                                     const char *const *extra_meta /* key,value,...,NULL or NULL */);

@@ -4,6 +4,7 @@
 #include "predictor.h"
 
 #include "path_model.h"
+#include "../kernels/backend.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -28,6 +29,8 @@ struct moe_predictor {
 
     float *router;             /* [n_moe, E, hidden] f32 (gate kinds) */
     struct moe_path_model *path;
+    struct moe_backend *cpu;   /* matrix products of the gates and the path model: the CPU
+                                  backend's kernel, so a row's scores do not depend on the batch */
     float *emb_row;            /* [hidden] scratch */
 
     /* history statistics (counts since creation) */
@@ -215,6 +218,9 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
         goto fail;
     }
     size_t E = (size_t)p->E, M = (size_t)p->n_moe;
+    if ((uses_gate(p) || uses_path(p)) &&
+        !(p->cpu = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 1 })))
+        goto fail;
     if (uses_gate(p)) {
         p->router = malloc(sizeof(float) * M * E * (size_t)p->hidden);
         if (!p->router) goto fail_nomem;
@@ -267,6 +273,7 @@ void moe_predictor_destroy(struct moe_predictor *p)
     free(p->moe_index);
     free(p->router);
     moe_path_model_free(p->path);
+    moe_backend_destroy(p->cpu);
     free(p->emb_row);
     free(p->trans);
     free(p->trans_n);
@@ -467,7 +474,7 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
     }
     if (uses_path(p)) {
         size_t no = (size_t)p->path->n_out;
-        moe_path_model_forward(p->path, b->n, p->x, p->pout, p->hs);
+        moe_path_model_forward(p->path, p->cpu, b->n, p->x, p->pout, p->hs);
         for (int i = 0; i < b->n; i++)
             memcpy(p->pscore + (size_t)i * M * E, p->pout + (size_t)i * no, sizeof(float) * M * E);
     }
@@ -499,16 +506,13 @@ void moe_predictor_on_moe_input(struct moe_predictor *p, int layer, int n, const
     for (int d = 1; d <= p->depth && mi + d < p->n_moe; d++) {
         int t = mi + d;
         const float *R = p->router + (size_t)t * E * H;
+        /* router logits of every row: p->out [n, E] */
+        if (p->cpu->ops->linear(p->cpu->ctx, x, R, MOE_DT_F32, NULL, n, (int)H, (int)E, p->out)) return;
         for (int i = 0; i < n; i++) {
             float *o = p->out + (size_t)i * E;
-            const float *xi = x + (size_t)i * H;
             float mx = -INFINITY;
-            for (size_t e = 0; e < E; e++) {
-                float s = 0;
-                for (size_t h = 0; h < H; h++) s += R[e * H + h] * xi[h];
-                o[e] = s;
-                if (s > mx) mx = s;
-            }
+            for (size_t e = 0; e < E; e++)
+                if (o[e] > mx) mx = o[e];
             float sum = 0;
             for (size_t e = 0; e < E; e++) sum += (o[e] = expf(o[e] - mx));
             for (size_t e = 0; e < E; e++) {
@@ -626,7 +630,7 @@ enum moe_status moe_predictor_seq_path(struct moe_predictor *p, int seq, int tok
         }
         embed_row(p, token);
         moe_path_model_features_ex(p->path, p->emb_row, prevr, seq_hist(p, seq, prevr), seq_ctx(p, seq, prevr), x);
-        moe_path_model_forward(p->path, 1, x, sc, hs);
+        moe_path_model_forward(p->path, p->cpu, 1, x, sc, hs);
         free(x);
         free(hs);
     } else if (p->kind == MOE_PRED_HISTORY) {

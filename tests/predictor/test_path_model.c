@@ -4,6 +4,7 @@
  * safetensors round trip bit for bit. */
 #include "model/safetensors.h"
 #include "predictor/path_model.h"
+#include "kernels/backend.h"
 #include "tests/test_util.h"
 
 #include <math.h>
@@ -172,9 +173,25 @@ int main(void)
     CHECK(!strcmp(m2->model_name, "synthetic"), "model name '%s'", m2->model_name);
     float x[M * E + DIM], p1[M * E], p2[M * E], hs[64];
     moe_path_model_features(m, emb + 5 * DIM, prev + 7 * M * K, x);
-    moe_path_model_forward(m, 1, x, p1, hs);
-    moe_path_model_forward(m2, 1, x, p2, hs);
+    moe_path_model_forward(m, NULL, 1, x, p1, hs);
+    moe_path_model_forward(m2, NULL, 1, x, p2, hs);
     CHECK(!memcmp(p1, p2, sizeof p1), "loaded model predicts differently");
+    /* through the CPU backend's kernel: close to OpenBLAS, and a row's scores
+     * are the same bits alone or among other rows */
+    {
+        struct moe_backend *be = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 1 });
+        REQUIRE(be, "cpu backend: %s", moe_last_error());
+        float x3[3 * (M * E + DIM)], p3[3 * M * E], pb[M * E], hs3[3 * 64], worst = 0;
+        for (int r = 0; r < 3; r++) moe_path_model_features(m, emb + (size_t)(4 + r) * DIM, prev + (size_t)(6 + r) * M * K,
+                                                            x3 + (size_t)r * m->n_in);
+        moe_path_model_forward(m, be, 3, x3, p3, hs3);
+        moe_path_model_forward(m, be, 1, x3 + m->n_in, pb, hs);
+        CHECK(!memcmp(pb, p3 + m->n_out, sizeof pb), "path scores of a row depend on the rows around it");
+        moe_path_model_forward(m, NULL, 1, x3 + m->n_in, p1, hs);
+        for (int j = 0; j < M * E; j++) worst = fabsf(p1[j] - pb[j]) > worst ? fabsf(p1[j] - pb[j]) : worst;
+        CHECK(worst < 1e-5f, "CPU-kernel path scores differ from OpenBLAS by %g", (double)worst);
+        moe_backend_destroy(be);
+    }
     struct moe_path_model *m3 = moe_path_model_load(path, M, E + 1, K, DIM);
     CHECK(!m3 && strstr(moe_last_error(), "moeflow train-predictor"), "shape mismatch not refused: %s",
           moe_last_error());

@@ -8,6 +8,7 @@
  * without context once a previous token exists. */
 #include "predictor/drive.h"
 #include "predictor/path_model.h"
+#include "kernels/backend.h"
 #include "tests/predictor/pred_testutil.h"
 
 #include <math.h>
@@ -83,6 +84,8 @@ int main(void)
     float *emb = malloc(sizeof(float) * (size_t)cfg->vocab * H), *hist = calloc((size_t)n_moe * E, sizeof(float));
     float *x = malloc(sizeof(float) * (size_t)pm->n_in), *p = malloc(sizeof(float) * (size_t)pm->n_out);
     float *p0 = malloc(sizeof(float) * (size_t)pm->n_out), *hs = malloc(sizeof(float) * (size_t)pm->width);
+    struct moe_backend *be = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 1 });
+    REQUIRE(be, "cpu backend: %s", moe_last_error());
     REQUIRE(emb && hist && x && p && p0 && hs, "oom");
     moe_wview_to_f32(&m->embed, emb);
     int differs = 0;
@@ -91,9 +94,9 @@ int main(void)
         if (prev) moe_path_model_hist_update(pm, hist, prev);
         const float *e_row = emb + (size_t)toks[i] * H;
         moe_path_model_features_ex(pm, e_row, prev, prev ? hist : NULL, i > 0 ? fin + (size_t)(i - 1) * H : NULL, x);
-        moe_path_model_forward(pm, 1, x, p, hs);
+        moe_path_model_forward(pm, be, 1, x, p, hs);
         moe_path_model_features_ex(pm, e_row, prev, prev ? hist : NULL, NULL, x);
-        moe_path_model_forward(pm, 1, x, p0, hs);
+        moe_path_model_forward(pm, be, 1, x, p0, hs);
         double worst = 0, gap = 0;
         for (size_t j = 0; j < (size_t)n_moe * E; j++) {
             double dlt = fabs((double)p[j] - cap.scores[(size_t)i * n_moe * E + j]);
@@ -108,6 +111,7 @@ int main(void)
     moe_engine_destroy(e);
     moe_predictor_destroy(pred);
     moe_path_model_free(pm);
+    moe_backend_destroy(be);
     unlink(pfile);
     free(emb);
     free(hist);

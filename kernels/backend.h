@@ -165,7 +165,8 @@ struct moe_backend_cpu_params {
                         result then depends on the batch around it: breaks batch invariance) */
 };
 
-/* F32 weights, host-visible buffers.  NULL with moe_last_error() set on failure. */
+/* BF16 matrix weights (F32 with use_blas), host-visible buffers.  NULL with
+ * moe_last_error() set on failure. */
 struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *p);
 
 #ifdef __cplusplus

@@ -96,6 +96,23 @@ static void bfree(struct moe_engine *e, void *p)
 
 /* Upload a weight view to backend memory as dt (F32 or BF16).  Absent
  * (optional) weights give *out = NULL. */
+/* Every matrix the engine stores in wdt (embedding, lm_head, attention,
+ * router, shared and dense MLPs) is BF16 in the checkpoint. */
+static bool matrices_bf16(const struct moe_model *m)
+{
+    const struct moe_wview *top[] = { &m->embed, &m->lm_head };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(top); i++)
+        if (top[i]->data && top[i]->dtype != MOE_DT_BF16) return false;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const struct moe_layer_w *w = &m->layers[l];
+        const struct moe_wview *v[] = { &w->wq, &w->wk, &w->wv, &w->wo, &w->router, &w->sh_gate, &w->sh_up,
+                                        &w->sh_down, &w->sh_scale, &w->d_gate, &w->d_up, &w->d_down };
+        for (size_t i = 0; i < MOE_ARRAY_LEN(v); i++)
+            if (v[i]->data && v[i]->dtype != MOE_DT_BF16) return false;
+    }
+    return true;
+}
+
 static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, enum moe_dtype dt,
                               void **out, const char *what_, int layer)
 {
@@ -316,6 +333,7 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         e->own_be = true;
     }
     e->wdt = e->be->weight_dtype == MOE_DT_BF16 ? MOE_DT_BF16 : MOE_DT_F32;
+    if (e->wdt == MOE_DT_BF16 && e->be->exact_weights && !matrices_bf16(m)) e->wdt = MOE_DT_F32;
 
     e->H = c->hidden;
     e->Q = c->n_heads * c->head_dim;

@@ -151,6 +151,8 @@ struct moe_backend {
     const char *name;          /* "cpu", "cuda" */
     bool host_visible;         /* buffers are plain host memory (the host may read/write them) */
     enum moe_dtype weight_dtype; /* dtype the engine stores matrix weights in (F32 or BF16) */
+    bool exact_weights;        /* BF16 weight_dtype only for checkpoints whose matrices are BF16:
+                                  others are kept in F32 rather than rounded */
 };
 
 /* ops->destroy(ctx): frees the context and the struct moe_backend (which a

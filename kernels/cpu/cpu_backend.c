@@ -531,6 +531,7 @@ struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *
     /* BF16 matrices (half the bytes a decode step reads; the kernels widen
      * them exactly), F32 for OpenBLAS, which takes F32 only */
     c->be.weight_dtype = c->use_blas ? MOE_DT_F32 : MOE_DT_BF16;
+    c->be.exact_weights = true;
     return &c->be;
 }
 

@@ -154,27 +154,40 @@ static void relu_rows(const struct moe_path_model *m, int B, float *h)
         if (h[i] < 0) h[i] = 0;
 }
 
-static void forward_logits(const struct moe_path_model *m, int B, const float *x, float *h, float *z2)
+/* Logits of the first n outputs of every row (z2 [B, n]); h [B, width] gets the hidden layer. */
+static void forward_logits_n(const struct moe_path_model *m, int B, const float *x, float *h, float *z2, int n)
 {
     for (int b = 0; b < B; b++) memcpy(h + (size_t)b * m->width, m->b1, sizeof(float) * (size_t)m->width);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, m->width, m->n_in, 1.0f, x, m->n_in, m->w1,
                 m->n_in, 1.0f, h, m->width);
     relu_rows(m, B, h);
-    for (int b = 0; b < B; b++) memcpy(z2 + (size_t)b * m->n_out, m->b2, sizeof(float) * (size_t)m->n_out);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, m->n_out, m->width, 1.0f, h, m->width, m->w2,
-                m->width, 1.0f, z2, m->n_out);
+    for (int b = 0; b < B; b++) memcpy(z2 + (size_t)b * n, m->b2, sizeof(float) * (size_t)n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, n, m->width, 1.0f, h, m->width, m->w2, m->width, 1.0f,
+                z2, n);
+}
+
+static void forward_logits(const struct moe_path_model *m, int B, const float *x, float *h, float *z2)
+{
+    forward_logits_n(m, B, x, h, z2, m->n_out);
+}
+
+void moe_path_model_forward_first(const struct moe_path_model *m, struct moe_backend *be, int B, const float *x,
+                                  int n_first, float *p, float *scratch)
+{
+    if (n_first <= 0 || n_first > m->n_out) n_first = m->n_out;
+    bool done = be && be->ops->linear(be->ctx, x, m->w1, MOE_DT_F32, m->b1, B, m->n_in, m->width, scratch) == MOE_OK;
+    if (done) {
+        relu_rows(m, B, scratch);
+        done = be->ops->linear(be->ctx, scratch, m->w2, MOE_DT_F32, m->b2, B, m->width, n_first, p) == MOE_OK;
+    }
+    if (!done) forward_logits_n(m, B, x, scratch, p, n_first);
+    for (size_t i = 0; i < (size_t)B * (size_t)n_first; i++) p[i] = sigmoidf_(p[i]);
 }
 
 void moe_path_model_forward(const struct moe_path_model *m, struct moe_backend *be, int B, const float *x,
                             float *p, float *scratch)
 {
-    bool done = be && be->ops->linear(be->ctx, x, m->w1, MOE_DT_F32, m->b1, B, m->n_in, m->width, scratch) == MOE_OK;
-    if (done) {
-        relu_rows(m, B, scratch);
-        done = be->ops->linear(be->ctx, scratch, m->w2, MOE_DT_F32, m->b2, B, m->width, m->n_out, p) == MOE_OK;
-    }
-    if (!done) forward_logits(m, B, x, scratch, p);
-    for (size_t i = 0; i < (size_t)B * (size_t)m->n_out; i++) p[i] = sigmoidf_(p[i]);
+    moe_path_model_forward_first(m, be, B, x, m->n_out, p, scratch);
 }
 
 enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *path,

@@ -77,6 +77,11 @@ void moe_path_model_hist_update(const struct moe_path_model *m, float *hist, con
 struct moe_backend;
 void moe_path_model_forward(const struct moe_path_model *m, struct moe_backend *be, int B, const float *x,
                             float *p, float *scratch);
+/* The same for the first n_first outputs of each row only (p [B, n_first];
+ * n_first = n_moe * n_experts: this token's routing), with the bits the full
+ * forward gives them when be is set. */
+void moe_path_model_forward_first(const struct moe_path_model *m, struct moe_backend *be, int B, const float *x,
+                                  int n_first, float *p, float *scratch);
 
 enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *path,
                                     const char *const *extra_meta /* key,value,...,NULL or NULL */);

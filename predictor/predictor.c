@@ -630,7 +630,7 @@ enum moe_status moe_predictor_seq_path(struct moe_predictor *p, int seq, int tok
         }
         embed_row(p, token);
         moe_path_model_features_ex(p->path, p->emb_row, prevr, seq_hist(p, seq, prevr), seq_ctx(p, seq, prevr), x);
-        moe_path_model_forward(p->path, p->cpu, 1, x, sc, hs);
+        moe_path_model_forward_first(p->path, p->cpu, 1, x, (int)(M * E), sc, hs); /* this token only */
         free(x);
         free(hs);
     } else if (p->kind == MOE_PRED_HISTORY) {

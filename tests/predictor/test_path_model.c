@@ -107,6 +107,19 @@ int main(void)
         CHECK(moe_path_model_train(mh, &dh, &tph, &rh) == MOE_OK, "train horizon 3: %s", moe_last_error());
         CHECK(isfinite(rh.val_loss) && rh.val_loss > 0, "horizon 3 held-out loss %f", rh.val_loss);
         CHECK(rh.val_recall > 0.6, "horizon 3 block 0 recall %.3f", rh.val_recall);
+        /* this token's block alone: the bits of the full forward's first block */
+        struct moe_backend *be = moe_backend_cpu_create(&(struct moe_backend_cpu_params){ .n_threads = 1 });
+        REQUIRE(be, "cpu backend: %s", moe_last_error());
+        float xh[2 * (M * E + DIM)], full[2 * 3 * M * E], first[2 * M * E], hsh[2 * 32];
+        for (int r = 0; r < 2; r++)
+            moe_path_model_features(mh, emb + (size_t)(3 + r) * DIM, prev + (size_t)(5 + r) * M * K,
+                                    xh + (size_t)r * mh->n_in);
+        moe_path_model_forward(mh, be, 2, xh, full, hsh);
+        moe_path_model_forward_first(mh, be, 2, xh, M * E, first, hsh);
+        CHECK(!memcmp(first, full, sizeof(float) * M * E) &&
+                  !memcmp(first + M * E, full + 3 * M * E, sizeof(float) * M * E),
+              "the first block alone differs from the full forward's");
+        moe_backend_destroy(be);
         moe_path_model_free(mh);
         CHECK(!moe_path_model_create(M, E, K, DIM, 32, MOE_PATH_MAX_HORIZON + 1, 7), "horizon above the maximum");
     }

@@ -94,8 +94,6 @@ static void bfree(struct moe_engine *e, void *p)
     if (p) e->be->ops->buf_free(e->be->ctx, p);
 }
 
-/* Upload a weight view to backend memory as dt (F32 or BF16).  Absent
- * (optional) weights give *out = NULL. */
 /* Every matrix the engine stores in wdt (embedding, lm_head, attention,
  * router, shared and dense MLPs) is BF16 in the checkpoint. */
 static bool matrices_bf16(const struct moe_model *m)
@@ -113,6 +111,8 @@ static bool matrices_bf16(const struct moe_model *m)
     return true;
 }
 
+/* Upload a weight view to backend memory as dt (F32 or BF16).  Absent
+ * (optional) weights give *out = NULL. */
 static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, enum moe_dtype dt,
                               void **out, const char *what_, int layer)
 {

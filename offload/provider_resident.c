@@ -3,6 +3,7 @@
  * acquire never waits and never fails. */
 #include "provider.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 
 struct resident {
@@ -56,7 +57,8 @@ static const struct moe_provider_ops resident_ops = {
     .destroy = res_destroy,
 };
 
-/* Every routed expert's three matrices stored in BF16. */
+/* Every routed expert's three matrices stored in BF16, 2-byte aligned (the
+ * kernels read them in place). */
 static bool all_bf16(const struct moe_model *m)
 {
     const struct moe_config *c = &m->cfg;
@@ -64,8 +66,9 @@ static bool all_bf16(const struct moe_model *m)
         if (!c->is_moe[l]) continue;
         for (int e = 0; e < c->n_experts; e++) {
             const struct moe_expert_w *x = moe_model_expert(m, l, e);
-            if (x->gate.dtype != MOE_DT_BF16 || x->up.dtype != MOE_DT_BF16 || x->down.dtype != MOE_DT_BF16)
-                return false;
+            const struct moe_wview *v[] = { &x->gate, &x->up, &x->down };
+            for (int i = 0; i < 3; i++)
+                if (v[i]->dtype != MOE_DT_BF16 || ((uintptr_t)v[i]->data & 1)) return false;
         }
     }
     return true;

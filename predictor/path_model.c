@@ -147,7 +147,7 @@ void moe_path_model_features_ex(const struct moe_path_model *m, const float *emb
 
 static float sigmoidf_(float z) { return 1.0f / (1.0f + expf(-z)); }
 
-/* z1 [B, width] pre-activations -> relu in place; p [B, n_out] logits (no sigmoid). */
+/* The hidden layer's ReLU, in place on h [B, width]. */
 static void relu_rows(const struct moe_path_model *m, int B, float *h)
 {
     for (size_t i = 0; i < (size_t)B * (size_t)m->width; i++)

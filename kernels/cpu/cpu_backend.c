@@ -1,5 +1,6 @@
 /* The CPU reference backend: every op of kernels/backend.h in C11 over host
- * memory, F32 arithmetic (BF16 weights are widened exactly as they are read).  Ops run synchronously; copies are memcpy.
+ * memory, F32 arithmetic (BF16 weights are widened exactly as they are
+ * read).  Ops run synchronously; copies are memcpy.
  * GEMMs use the deterministic kernel of gemm.c (or cblas_sgemm when the
  * caller trades batch invariance for speed, use_blas). */
 #include "cpu_internal.h"

@@ -524,7 +524,9 @@ struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *
     }
     c->isa = cpu_isa_detect();
     c->use_blas = p->use_blas;
-    openblas_set_num_threads(nth); /* used only with use_blas, set from the same parameter */
+    /* OpenBLAS's thread count is process-wide: only a backend that uses it sets it (another
+     * backend in the process, such as a predictor's, must not change it) */
+    if (c->use_blas) openblas_set_num_threads(nth);
     c->be.ops = &cpu_ops;
     c->be.ctx = c;
     c->be.name = "cpu";

@@ -162,8 +162,9 @@ const char *moe_offload_help(void)
         "  --store FILE            packed expert store (moeflow pack) as the NVMe tier; without it\n"
         "                          the lowest tier is the model's safetensors files (mmap)\n"
         "  --gpu-experts N         device-tier expert slots (>= top_k; default: every expert)\n"
-        "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G suffix; F32 experts on\n"
-        "                          the cpu backend, BF16 on cuda)\n"
+        "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G suffix; an expert takes\n"
+        "                          its BF16 size, or its F32 size on the cpu backend when not stored\n"
+        "                          in BF16)\n"
         "  --host-experts N        host-tier (RAM) expert records (default: as many as device slots)\n"
         "  --host-cache-bytes B    host tier size in bytes instead\n"
         "  --policy P              device-tier eviction: lru (default), lfu, belady, predicted\n"
@@ -176,8 +177,8 @@ const char *moe_offload_help(void)
 }
 
 /* Tier sizes from the flags and the future of --policy belady (malloc'd
- * keys, caller frees).  dev_b: bytes of one device-tier expert (F32 on the
- * CPU backend, a BF16 slot on CUDA), for --gpu-cache-bytes. */
+ * keys, caller frees).  dev_b: bytes of one device-tier expert (BF16 as
+ * stored or F32 on the CPU backend, a BF16 slot on CUDA), for --gpu-cache-bytes. */
 struct tier_plan {
     int dev_slots, host_slots;
     int *future;
@@ -286,7 +287,7 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
         goto fail;
     }
     /* The host side: records read from the store or the safetensors into a
-     * host tier pinned for DMA; its own (F32, RAM) device tier only stages
+     * host tier pinned for DMA; its own (RAM) device tier only stages
      * one expert at a time on the way to the GPU, so top_k slots do. */
     struct moe_tiered_params tp = {
         .store_path = o->store,

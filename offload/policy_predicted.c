@@ -12,12 +12,6 @@
 #define PRED_EMA_RATE 0.05
 /* p1 of an expert left out of its layer's prediction, as a fraction of q. */
 #define PRED_UNPREDICTED_FRAC 0.35
-/* A prediction for a key is taken as its probability of use, in place of the
- * online estimate (step-to-step transitions for the layer's next occurrence,
- * use frequency after).  Blending the two (weight 0.3 on the prediction for
- * the next occurrence) transferred more on dev text once the predictor files'
- * next-token blocks were trained on the right tokens: docs/results.md,
- * section 4, "Data". */
 /* predictions kept per key: for this step and the next PRED_SLOTS - 1 */
 #define PRED_SLOTS 8
 
@@ -65,7 +59,13 @@ static int64_t next_pos(const struct predicted *s, int mi)
 }
 
 /* Prediction probability for key at position o: the stored score, a fraction
- * of the fallback when its layer was predicted without it, else the fallback. */
+ * of the fallback when its layer was predicted without it, else the fallback.
+ * A stored score is taken as the probability of use in place of the online
+ * estimate (the fallback: step-to-step transitions for the layer's next
+ * occurrence, use frequency after).  Blending the two (weight 0.3 on the
+ * prediction for the next occurrence) transferred more on dev text once the
+ * predictor files' next-token blocks were trained on the right tokens:
+ * docs/results.md, section 4, "Data". */
 static double pred_at(const struct predicted *s, int key, int mi, int64_t o, double fallback)
 {
     size_t nk = (size_t)s->n_layers * (size_t)s->n_experts;

@@ -69,12 +69,12 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
 }
 
 /* ---- the MoE expert FFN -------------------------------------------------------
- * Workspace layout in the cuBLAS modes (INVARIANT: expert_ffn_inv): every nonempty group gets its own 256-byte-aligned pieces
- * (BF16 x, F32 gate, F32 up, BF16 h), so the pointers cuBLAS sees for an
- * expert have the same alignment however the groups are split across calls
- * (the output rows are the caller's, at the expert's absolute row).  cuBLAS
- * may choose kernels by pointer alignment; this keeps an expert's bits
- * independent of chunking. */
+ * Workspace layout in the cuBLAS modes (INVARIANT: expert_ffn_inv): every
+ * nonempty group gets its own 256-byte-aligned pieces (BF16 x, F32 gate, F32
+ * up, BF16 h), so the pointers cuBLAS sees for an expert have the same
+ * alignment however the groups are split across calls (the output rows are
+ * the caller's, at the expert's absolute row).  cuBLAS may choose kernels by
+ * pointer alignment; this keeps an expert's bits independent of chunking. */
 
 struct ffn_ptrs {
     const void *x;   /* GEMM input of gate/up: BF16 copy, or the F32 rows themselves */

@@ -32,6 +32,8 @@ struct moe_predictor {
     struct moe_backend *cpu;   /* matrix products of the gates and the path model: the CPU
                                   backend's kernel, so a row's scores do not depend on the batch */
     float *emb_row;            /* [hidden] scratch */
+    float *q_sc;               /* [max(n_moe * E, path n_out)] moe_predictor_seq_path scores */
+    float *q_x, *q_hs;         /* [path n_in], [path width] its path model row */
 
     /* history statistics (counts since creation) */
     uint32_t *trans;           /* [n_moe-1, E, E] layer m expert f -> layer m+1 expert e, same token */
@@ -243,6 +245,13 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
         }
     }
     p->emb_row = malloc(sizeof(float) * (size_t)p->hidden);
+    size_t n_sc = p->path && (size_t)p->path->n_out > M * E ? (size_t)p->path->n_out : M * E;
+    p->q_sc = malloc(sizeof(float) * n_sc);
+    if (p->path) {
+        p->q_x = malloc(sizeof(float) * (size_t)p->path->n_in);
+        p->q_hs = malloc(sizeof(float) * (size_t)p->path->width);
+        if (!p->q_x || !p->q_hs) goto fail_nomem;
+    }
     p->trans = calloc((M > 1 ? M - 1 : 1) * E * E, sizeof(uint32_t));
     p->trans_n = calloc((M > 1 ? M - 1 : 1) * E, sizeof(uint32_t));
     p->rec = calloc(M * E * E, sizeof(uint32_t));
@@ -255,7 +264,7 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
     p->routed = calloc(M, sizeof(bool));
     p->un = malloc(sizeof(float) * E);
     p->ids = malloc(sizeof(int) * E);
-    if (!p->emb_row || !p->trans || !p->trans_n || !p->rec || !p->rec_n || !p->freq || !p->prev || !p->prev_ok ||
+    if (!p->emb_row || !p->q_sc || !p->trans || !p->trans_n || !p->rec || !p->rec_n || !p->freq || !p->prev || !p->prev_ok ||
         !p->hist || !p->ctxh || !p->routed || !p->un || !p->ids || ensure_cap(p, 16))
         goto fail_nomem;
     return p;
@@ -275,6 +284,9 @@ void moe_predictor_destroy(struct moe_predictor *p)
     moe_path_model_free(p->path);
     moe_backend_destroy(p->cpu);
     free(p->emb_row);
+    free(p->q_sc);
+    free(p->q_x);
+    free(p->q_hs);
     free(p->trans);
     free(p->trans_n);
     free(p->rec);
@@ -617,22 +629,12 @@ enum moe_status moe_predictor_seq_path(struct moe_predictor *p, int seq, int tok
     if (token < 0 || token >= p->model->cfg.vocab)
         return moe_errorf(MOE_ERANGE, "predictor: token %d outside vocab %d", token, p->model->cfg.vocab);
     const int *prevr = seq_prev(p, seq);
-    size_t n_sc = p->path && (size_t)p->path->n_out > M * E ? (size_t)p->path->n_out : M * E;
-    float *sc = malloc(sizeof(float) * n_sc);
-    if (!sc) return moe_errorf(MOE_ENOMEM, "predictor: out of memory");
+    float *sc = p->q_sc;
     if (uses_path(p)) {
-        float *x = malloc(sizeof(float) * (size_t)p->path->n_in), *hs = malloc(sizeof(float) * (size_t)p->path->width);
-        if (!x || !hs) {
-            free(x);
-            free(hs);
-            free(sc);
-            return moe_errorf(MOE_ENOMEM, "predictor: out of memory");
-        }
         embed_row(p, token);
-        moe_path_model_features_ex(p->path, p->emb_row, prevr, seq_hist(p, seq, prevr), seq_ctx(p, seq, prevr), x);
-        moe_path_model_forward_first(p->path, p->cpu, 1, x, (int)(M * E), sc, hs); /* this token only */
-        free(x);
-        free(hs);
+        moe_path_model_features_ex(p->path, p->emb_row, prevr, seq_hist(p, seq, prevr), seq_ctx(p, seq, prevr),
+                                   p->q_x);
+        moe_path_model_forward_first(p->path, p->cpu, 1, p->q_x, (int)(M * E), sc, p->q_hs); /* this token only */
     } else if (p->kind == MOE_PRED_HISTORY) {
         for (size_t mi = 0; mi < M; mi++) history_scores(p, (int)mi, prevr, NULL, sc + mi * E);
     } else {
@@ -655,7 +657,6 @@ enum moe_status moe_predictor_seq_path(struct moe_predictor *p, int seq, int tok
             if (best >= 0) s[best] = -1.0f;
         }
     }
-    free(sc);
     return MOE_OK;
 }
 

@@ -24,7 +24,8 @@ static const struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moeflow <command> [options]   (moeflow <command> --help for its options)\n\n"
+    fprintf(f, "usage: moeflow <command> [options]   (moeflow <command> --help for its options)\n"
+               "       moeflow --version\n\n"
                "commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].help);

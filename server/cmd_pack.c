@@ -16,7 +16,7 @@ static void pack_usage(FILE *f)
         "Writes the expert store: a header identifying the model and its layout, then one\n"
         "4 KiB-aligned record per (MoE layer, expert) holding gate, up and down weights in their\n"
         "stored dtype, each with an xxh3 checksum (format: docs/expert-store.md).  Use it with\n"
-        "--store FILE on generate, trace, replay and serve.\n"
+        "--store FILE on generate, trace, bench batch and serve.\n"
         "\n"
         "  --model DIR   model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
         "  --out FILE    output file (default: DIR/experts.moestore)\n"

@@ -59,7 +59,7 @@ run() {
   local name=$1 limit=$2; shift 2
   local left=$(( budget_end - $(date +%s) )) cut=0
   if [ $left -le 5 ]; then
-    steps+=("{\"step\":\"$name\",\"status\":\"skip\",\"reason\":\"time budget spent\"}")
+    steps+=("{\"step\":\"$name\",\"status\":\"skip\",\"reason\":\"time budget\"}")
     echo "check.sh: $name: skipped (time budget spent)"
     return
   fi

@@ -2,8 +2,8 @@
  * and replay's --json carry the documented keys, usage errors exit 2 with a
  * message naming the option, and a replay figure is deterministic.
  * `moeflow generate --gpu-experts 64 --policy predicted --predictor path+gate
- * --temperature 0` (and with gate, the default predictor, and a packed store
- * with small tiers) prints exactly the all-resident text, and its predictions
+ * --temperature 0` (and with gate, with the default predictor auto, and with a
+ * packed store and small tiers) prints exactly the all-resident text, and its predictions
  * reach the live cache. */
 #include "tests/test_util.h"
 

@@ -121,7 +121,7 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
         if (arg) {
             char *end;
             long d = strtol(arg, &end, 10);
-            if (*end || end == arg || d < 1 || d > MOE_PRED_MAX_DEPTH)
+            if (*end || end == arg || *arg < '0' || *arg > '9' || d < 1 || d > MOE_PRED_MAX_DEPTH)
                 return moe_errorf(MOE_EINVAL, "--predictor %s: lookahead D must be an integer 1..%d", s,
                                   MOE_PRED_MAX_DEPTH);
             out->depth = (int)d;

@@ -39,6 +39,10 @@ bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out);
  * returns false with nothing left open. */
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok);
 
+/* s as a JSON string literal: quotes, backslashes and control bytes escaped,
+ * other bytes as they are. */
+void moe_cli_json_string(FILE *f, const char *s);
+
 /* Write every byte of token id to f, however long the token; false for a bad
  * id, out of memory or a write error. */
 bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id);

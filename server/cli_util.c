@@ -12,9 +12,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* A value starts with its number: strto* would also skip blanks and take a '+'. */
+static bool starts_number(const char *s)
+{
+    return (*s >= '0' && *s <= '9') || *s == '-' || *s == '.';
+}
+
 bool moe_cli_parse_long(const char *s, long lo, long hi, long *out)
 {
     char *end;
+    if (!starts_number(s)) return false;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi) return false;
@@ -25,7 +32,7 @@ bool moe_cli_parse_long(const char *s, long lo, long hi, long *out)
 bool moe_cli_parse_u64(const char *s, uint64_t *out)
 {
     char *end;
-    if (*s == '-') return false; /* strtoull would wrap it */
+    if (!starts_number(s) || *s == '-') return false; /* strtoull would wrap a '-' */
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || end == s || *end) return false;
@@ -36,6 +43,7 @@ bool moe_cli_parse_u64(const char *s, uint64_t *out)
 bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out)
 {
     char *end;
+    if (!starts_number(s)) return false;
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) return false;
@@ -81,4 +89,15 @@ bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id)
     bool ok = fwrite(buf, 1, (size_t)len, f) == (size_t)len;
     if (buf != small) free(buf);
     return ok;
+}
+
+void moe_cli_json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
 }

@@ -154,7 +154,9 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         goto out;
     }
     if (json) {
-        printf("{\"predictor\":\"%s\",\"k\":%ld,\"tokens\":%zu,\"moe_layers\":%d,\"recall_at_k\":", pred_s, K, n, n_moe);
+        printf("{\"predictor\":");
+        moe_cli_json_string(stdout, pred_s);
+        printf(",\"k\":%ld,\"tokens\":%zu,\"moe_layers\":%d,\"recall_at_k\":", K, n, n_moe);
         print_json_map(&ev, true);
         printf(",\"precision_at_k\":");
         print_json_map(&ev, false);

@@ -36,7 +36,7 @@ static bool parse_ids(const char *s, int **out, int *n)
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 0 || v > 0x7fffffff || (*end && *end != ',')) {
+        if (*p < '0' || *p > '9' || end == p || errno || v < 0 || v > 0x7fffffff || (*end && *end != ',')) {
             fprintf(stderr, "moeflow logits: --ids: item %d ('%.*s') is not a non-negative integer\n",
                     k + 1, (int)strcspn(p, ","), p);
             free(ids);

@@ -260,11 +260,13 @@ int moe_cmd_replay(int argc, char **argv)
     double bhr = b.accesses ? (double)b.hits / (double)b.accesses : 0;
     double useful = r.prefetches ? (double)r.prefetch_useful / (double)r.prefetches : 0;
     if (json) {
-        printf("{\"policy\":\"%s\",\"predictor\":\"%s\",\"capacity\":%ld,\"slots_total\":%ld,"
+        printf("{\"policy\":\"%s\",\"predictor\":", moe_cache_policy_name(policy));
+        moe_cli_json_string(stdout, pred_s);
+        printf(",\"capacity\":%ld,\"slots_total\":%ld,"
                "\"tokens\":%llu,\"accesses\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
                "\"hit_rate\":%.6f,\"transfers_per_token\":%.6f,\"bytes_moved\":%llu,"
                "\"prefetches\":%llu,\"prefetch_useful\":%llu,\"prefetch_useful_frac\":%.6f",
-               moe_cache_policy_name(policy), pred_s, cap, slots, (unsigned long long)r.steps,
+               cap, slots, (unsigned long long)r.steps,
                (unsigned long long)r.accesses, (unsigned long long)r.hits,
                (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
                tok > 0 ? (double)r.transfers / tok : 0, (unsigned long long)(r.transfers * eb),

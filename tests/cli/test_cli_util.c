@@ -118,20 +118,33 @@ static void test_parse(void)
     l = 7;
     CHECK(!moe_cli_parse_long("0", 1, 100, &l) && !moe_cli_parse_long("101", 1, 100, &l) &&
           !moe_cli_parse_long("", 1, 100, &l) && !moe_cli_parse_long("12x", 1, 100, &l) &&
-          !moe_cli_parse_long("1.5", 1, 100, &l) && !moe_cli_parse_long("99999999999999999999", 1, 100, &l),
+          !moe_cli_parse_long("1.5", 1, 100, &l) && !moe_cli_parse_long("99999999999999999999", 1, 100, &l) &&
+          !moe_cli_parse_long(" 5", 1, 100, &l) && !moe_cli_parse_long("+5", 1, 100, &l),
           "bad longs accepted");
     CHECK(l == 7, "a refused value changed the output to %ld", l);
 
     uint64_t u = 0;
     CHECK(moe_cli_parse_u64("18446744073709551615", &u) && u == UINT64_MAX, "max u64");
     CHECK(!moe_cli_parse_u64("-1", &u) && !moe_cli_parse_u64("18446744073709551616", &u) &&
-          !moe_cli_parse_u64("", &u) && !moe_cli_parse_u64("5 ", &u), "bad u64 accepted");
+          !moe_cli_parse_u64("", &u) && !moe_cli_parse_u64("5 ", &u) && !moe_cli_parse_u64(" 5", &u) &&
+          !moe_cli_parse_u64("+5", &u), "bad u64 accepted");
 
     double d = 0;
     CHECK(moe_cli_parse_double("0.25", 0, &d) && d == 0.25, "0.25 -> %g", d);
     CHECK(!moe_cli_parse_double("-0.5", 0, &d) && !moe_cli_parse_double("nan", 0, &d) &&
           !moe_cli_parse_double("inf", 0, &d) && !moe_cli_parse_double("1e999", 0, &d) &&
-          !moe_cli_parse_double("0.5s", 0, &d) && !moe_cli_parse_double("", 0, &d), "bad doubles accepted");
+          !moe_cli_parse_double("0.5s", 0, &d) && !moe_cli_parse_double("", 0, &d) &&
+          !moe_cli_parse_double(" 0.5", 0, &d) && !moe_cli_parse_double("+0.5", 0, &d), "bad doubles accepted");
+    CHECK(moe_cli_parse_double(".5", 0, &d) && d == 0.5, ".5 -> %g", d);
+
+    char *js = NULL;
+    size_t jlen = 0;
+    FILE *jf = open_memstream(&js, &jlen);
+    REQUIRE(jf, "open_memstream");
+    moe_cli_json_string(jf, "path:a\"b\\c\n\x01");
+    fclose(jf);
+    CHECK(!strcmp(js, "\"path:a\\\"b\\\\c\\u000a\\u0001\""), "json string %s", js);
+    free(js);
 }
 
 int main(void)

@@ -184,8 +184,10 @@ int moe_cmd_tokenize(int argc, char **argv)
         int *ids = NULL;
         size_t n = 0;
         const char *src = file ? buf : text;
-        if (moe_tokenizer_encode(t, src, file ? len : strlen(text), &ids, &n)) {
+        enum moe_status st = moe_tokenizer_encode(t, src, file ? len : strlen(text), &ids, &n);
+        if (st) {
             fprintf(stderr, "moeflow tokenize: %s: %s\n", file ? file : "--text", moe_last_error());
+            rc = file || st == MOE_ENOMEM ? 1 : 2; /* a bad --text is a usage error */
             goto out;
         }
         rc = print_ids(ids, n);
@@ -200,8 +202,10 @@ int moe_cmd_tokenize(int argc, char **argv)
         }
         char *out = NULL;
         size_t olen = 0;
-        if (moe_tokenizer_decode(t, ids, n, &out, &olen)) {
+        enum moe_status st = moe_tokenizer_decode(t, ids, n, &out, &olen);
+        if (st) {
             fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
+            rc = file || st == MOE_ENOMEM ? 1 : 2; /* an id outside the vocabulary in --ids */
             free(ids);
             goto out;
         }

@@ -127,10 +127,10 @@ int main(int argc, char **argv)
     CHECK(r.rc == 0 && r.out_len == tlen && !memcmp(r.out, text, tlen), "--decode --file: exit %d", r.rc);
     run_free(&r);
 
-    /* errors */
+    /* errors: a bad value of an option exits 2 */
     char *e1[] = { bin, "tokenize", "--decode", "--ids", "[5, 8192]", NULL };
     r = run_cmd(e1);
-    CHECK(r.rc == 1 && strstr(r.err, "token id 8192 at position 1 is out of range"), "bad id: exit %d, %s", r.rc,
+    CHECK(r.rc == 2 && strstr(r.err, "token id 8192 at position 1 is out of range"), "bad id: exit %d, %s", r.rc,
           r.err);
     run_free(&r);
     char *e2[] = { bin, "tokenize", "--text", "x", "--file", tf, NULL };
@@ -146,6 +146,11 @@ int main(int argc, char **argv)
     r = run_cmd(e4);
     CHECK(r.rc == 1 && strstr(r.err, "not valid UTF-8") && strstr(r.err, "byte offset 2"), "bad UTF-8: exit %d, %s",
           r.rc, r.err);
+    run_free(&r);
+    char *e4t[] = { bin, "tokenize", "--text", "ok\xc3(", NULL };
+    r = run_cmd(e4t);
+    CHECK(r.rc == 2 && strstr(r.err, "--text: text is not valid UTF-8"), "bad UTF-8 in --text: exit %d, %s", r.rc,
+          r.err);
     run_free(&r);
     char *e5[] = { bin, "tokenize", "--model", "/nonexistent-model", "--text", "x", NULL };
     r = run_cmd(e5);

@@ -110,6 +110,24 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
     }
 }
 
+enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
+{
+    if (o->gpu_experts && o->gpu_cache_bytes)
+        return moe_errorf(MOE_EINVAL, "give --gpu-experts or --gpu-cache-bytes, not both");
+    if (o->host_experts && o->host_cache_bytes)
+        return moe_errorf(MOE_EINVAL, "give --host-experts or --host-cache-bytes, not both");
+    if (o->policy == MOE_POLICY_BELADY && !o->belady_trace)
+        return moe_errorf(MOE_EINVAL, "--policy belady needs --belady-trace F.jsonl (the routing of this "
+                          "very run, recorded with moeflow trace)");
+    if (o->belady_trace && o->policy != MOE_POLICY_BELADY)
+        return moe_errorf(MOE_EINVAL, "--belady-trace is read only by --policy belady; add it or drop the trace");
+    if ((o->predictor || o->no_prefetch) && o->backend != MOE_COMPUTE_CUDA && !moe_offload_opts_tiered(o))
+        return moe_errorf(MOE_EINVAL, "%s with every expert resident: nothing to predict or prefetch; offload "
+                          "experts (--gpu-experts N, --store FILE, ...) or drop it",
+                          o->predictor ? "--predictor" : "--no-prefetch");
+    return MOE_OK;
+}
+
 bool moe_offload_opts_tiered(const struct moe_offload_opts *o)
 {
     return o->store || o->gpu_experts || o->gpu_cache_bytes || o->host_experts ||
@@ -193,10 +211,8 @@ static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_of
     int n_moe = 0;
     memset(pl, 0, sizeof(*pl));
     for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
-    if (o->gpu_experts && o->gpu_cache_bytes)
-        return moe_errorf(MOE_EINVAL, "give --gpu-experts or --gpu-cache-bytes, not both");
-    if (o->host_experts && o->host_cache_bytes)
-        return moe_errorf(MOE_EINVAL, "give --host-experts or --host-cache-bytes, not both");
+    enum moe_status st = moe_offload_opts_check(o);
+    if (st) return st;
     if (o->gpu_cache_bytes && o->gpu_cache_bytes / dev_b < (uint64_t)c->top_k)
         return moe_errorf(MOE_EINVAL, "--gpu-cache-bytes %llu holds %llu experts of %llu bytes; "
                           "top_k %d need at least %llu bytes", (unsigned long long)o->gpu_cache_bytes,
@@ -214,11 +230,8 @@ static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_of
                      : o->host_cache_bytes ? (int)(host_fit < (1u << 24) ? host_fit : (1u << 24))
                      : pl->dev_slots;
     if (o->policy == MOE_POLICY_BELADY) {
-        if (!o->belady_trace)
-            return moe_errorf(MOE_EINVAL, "--policy belady needs --belady-trace F.jsonl (the "
-                              "routing of this very run, recorded with moeflow trace)");
         struct moe_trace *tr;
-        enum moe_status st = moe_trace_load(o->belady_trace, &tr);
+        st = moe_trace_load(o->belady_trace, &tr);
         if (st) return st;
         if (tr->info.experts != c->n_experts || tr->info.layers != c->n_layers) {
             st = moe_errorf(MOE_EINVAL, "%s: trace is for %d layers x %d experts, the model has "

@@ -90,6 +90,11 @@ void moe_offload_opts_init(struct moe_offload_opts *o);
 /* Handle one getopt_long result: 1 consumed, 0 not an offload flag, -1 bad
  * value (moe_last_error() names the flag and the value). */
 int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg);
+/* The checks the flags allow without a model: pairs given together that
+ * exclude each other, --policy belady without its trace (or a trace without
+ * the policy), --predictor / --no-prefetch with every expert resident.
+ * MOE_EINVAL with moe_last_error() naming the flags: a usage error (exit 2). */
+enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o);
 /* True when any flag asks for the tiered provider. */
 bool moe_offload_opts_tiered(const struct moe_offload_opts *o);
 /* Help lines for the flags (to append to a command's --help). */

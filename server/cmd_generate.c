@@ -165,6 +165,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         usage(stderr);
         return 2;
     }
+    if (moe_offload_opts_check(&o->off) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        return 2;
+    }
     return -1;
 }
 
@@ -285,8 +289,10 @@ int moe_cmd_generate(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    if (moe_offload_runtime_create(m, &o.off, &be, &prov) != MOE_OK) {
+    enum moe_status st = moe_offload_runtime_create(m, &o.off, &be, &prov);
+    if (st != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        rc = st == MOE_EINVAL ? 2 : 1; /* a tier size or trace that does not fit this model */
         goto out;
     }
     /* Predictions only matter where experts move: with every expert resident
@@ -316,7 +322,7 @@ int moe_cmd_generate(int argc, char **argv)
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         goto out;
     }
-    enum moe_status st = gen_run(e, pred, tok, &o, ids, (int)n_ids);
+    st = gen_run(e, pred, tok, &o, ids, (int)n_ids);
     if (st != MOE_OK) {
         /* a sticky device error says so and that the process must restart */
         moe_offload_explain(st, be, prov);

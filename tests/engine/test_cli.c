@@ -115,7 +115,15 @@ int main(void)
     /* usage errors */
     static const char *bad[] = { "generate", "generate --prompt x --top-p 1.5", "generate --prompt x --max-tokens -3",
                                  "generate --prompt x --temperature nan", "generate --prompt x --nope",
-                                 "logits --ids 1,,2 --out /tmp/x", "logits --ids 1,2", "logits --ids 99999 --out /tmp/x" };
+                                 "logits --ids 1,,2 --out /tmp/x", "logits --ids 1,2", "logits --ids 99999 --out /tmp/x",
+                                 "logits --ids ' 1' --out /tmp/x", "logits --ids +1 --out /tmp/x",
+                                 /* offload flags that cannot work together or with this model */
+                                 "generate --prompt x --predictor gate", "generate --prompt x --no-prefetch",
+                                 "generate --prompt x --belady-trace /tmp/x.jsonl --gpu-experts 8",
+                                 "generate --prompt x --policy belady --gpu-experts 8",
+                                 "generate --prompt x --gpu-experts 8 --gpu-cache-bytes 1M",
+                                 "generate --prompt x --gpu-experts 3", "generate --prompt x --host-cache-bytes 1K",
+                                 "generate --prompt x --gpu-experts 8 --predictor gate:+1" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' %s --model '%s' 2>&1", exe, bad[i], dir);
         char *o = run(cmd, &status);

@@ -171,28 +171,40 @@ const char *moe_offload_predictor_help(void)
         "                          where the link, not latency, is the limit\n";
 }
 
+#define STORE_HELP                                                                                \
+    "  --store FILE            packed expert store (moeflow pack) as the NVMe tier; without it\n"      \
+    "                          the lowest tier is the model's safetensors files (mmap)\n"
+#define BELOW_DEVICE_HELP                                                                         \
+    "  --host-experts N        host-tier (RAM) expert records (default: as many as device slots)\n"    \
+    "  --host-cache-bytes B    host tier size in bytes instead\n"                                       \
+    "  --policy P              device-tier eviction: lru (default), lfu, belady, predicted\n"           \
+    "                          (farthest predicted next use, from the predictor's hints)\n"             \
+    "  --belady-trace F        routing trace of exactly this run (needed by --policy belady)\n"         \
+    "  --queue-depth N         store reads in flight (default 32)\n"                                    \
+    "  --no-io-uring           read the store with buffered pread instead of io_uring+O_DIRECT\n"       \
+    "  --stats                 print per-tier cache stats to stderr at the end\n"                       \
+    "  --stats-json FILE       write them as JSON\n"
+
+const char *moe_offload_help_below_device(void)
+{
+    return BACKEND_HELP "expert offloading:\n" STORE_HELP BELOW_DEVICE_HELP;
+}
+
 const char *moe_offload_help(void)
 {
     return
         BACKEND_HELP
         "expert offloading (any of these turns on the tiered expert cache; with --backend cuda\n"
         "the device tier is the GPU's memory):\n"
-        "  --store FILE            packed expert store (moeflow pack) as the NVMe tier; without it\n"
-        "                          the lowest tier is the model's safetensors files (mmap)\n"
+        STORE_HELP
         "  --gpu-experts N         device-tier expert slots (>= top_k; default: every expert)\n"
         "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G suffix; an expert takes\n"
         "                          its BF16 size, or its F32 size on the cpu backend when not stored\n"
         "                          in BF16)\n"
-        "  --host-experts N        host-tier (RAM) expert records (default: as many as device slots)\n"
-        "  --host-cache-bytes B    host tier size in bytes instead\n"
-        "  --policy P              device-tier eviction: lru (default), lfu, belady, predicted\n"
-        "                          (farthest predicted next use, from the predictor's hints)\n"
-        "  --belady-trace F        routing trace of exactly this run (needed by --policy belady)\n"
-        "  --queue-depth N         store reads in flight (default 32)\n"
-        "  --no-io-uring           read the store with buffered pread instead of io_uring+O_DIRECT\n"
-        "  --stats                 print per-tier cache stats to stderr at the end\n"
-        "  --stats-json FILE       write them as JSON\n";
+        BELOW_DEVICE_HELP;
 }
+#undef STORE_HELP
+#undef BELOW_DEVICE_HELP
 
 /* Tier sizes from the flags and the future of --policy belady (malloc'd
  * keys, caller frees).  dev_b: bytes of one device-tier expert (BF16 as

@@ -99,6 +99,9 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o);
 bool moe_offload_opts_tiered(const struct moe_offload_opts *o);
 /* Help lines for the flags (to append to a command's --help). */
 const char *moe_offload_help(void);
+/* The same without --gpu-experts / --gpu-cache-bytes (bench batch sizes the
+ * device tier itself). */
+const char *moe_offload_help_below_device(void);
 /* The --predictor spec to use: the flag's value, else "auto" when experts
  * are offloaded (tiered cache or --backend cuda: predictions prefetch and,
  * with --policy predicted, rank evictions), else "none".  Parse it with

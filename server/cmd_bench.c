@@ -39,6 +39,7 @@ struct bench_opts {
     const char *predictor;   /* predictor spec */
     bool json;
     bool no_pred_prefetch;   /* the predictor only steers regrouping; it issues no prefetches */
+    bool rank_only;          /* its predictions rank the device tier's evictions, move nothing */
     struct moe_offload_opts oo;
 };
 
@@ -72,10 +73,13 @@ static void bench_usage(FILE *f)
             "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2;\n"
             "                       -1: strict steps, each step's sequences partitioned by path overlap)\n"
             "  --regroup-lead T     regroup: tokens a sequence may run ahead of it (default 1)\n"
-            "  --no-predictor-prefetch  the predictor steers regrouping only and prefetches nothing\n"
+            "  --no-prefetch        nothing moves ahead of need (no --lookahead either): the\n"
+            "                       predictor's predictions rank the device tier's evictions\n"
+            "                       (--policy predicted) and steer regrouping\n"
+            "  --no-predictor-prefetch  the predictor steers regrouping only: no prefetches, no hints\n"
             "  --json               print one JSON object instead of text\n"
-            "offload flags (the device tier size comes from --capacity / --capacity-frac):\n%s",
-            moe_offload_help());
+            "%s",
+            moe_offload_help_below_device());
 }
 
 static bool parse_int(const char *flag, const char *v, int lo, int hi, int *out)
@@ -210,10 +214,10 @@ static int bench_batch(int argc, char **argv)
     struct bench_opts o = { .model_dir = moe_default_model_dir(), .prefill_chunk = 256, .prompt_tokens = 256,
                             .lookahead = 1, .threads = 1, .grouping = MOE_GROUP_FCFS, .predictor = "none" };
     moe_offload_opts_init(&o.oo);
-    bool have_grouping = false;
+    bool have_grouping = false, have_lookahead = false;
     enum {
         O_MODEL = 0x100, O_PROMPTS, O_CONC, O_MB, O_MAXTOK, O_GROUP, O_CAP, O_CAPF, O_PRED, O_JSON, O_CHUNK,
-        O_PTOK, O_LOOK, O_THREADS, O_LAG, O_LEAD, O_NOPF, O_HELP
+        O_PTOK, O_LOOK, O_THREADS, O_LAG, O_LEAD, O_NOPF, O_RANK, O_HELP
     };
     static const struct option lopts[] = {
         { "model", required_argument, NULL, O_MODEL },
@@ -233,6 +237,7 @@ static int bench_batch(int argc, char **argv)
         { "regroup-lag", required_argument, NULL, O_LAG },
         { "regroup-lead", required_argument, NULL, O_LEAD },
         { "no-predictor-prefetch", no_argument, NULL, O_NOPF },
+        { "no-prefetch", no_argument, NULL, O_RANK },
         { "help", no_argument, NULL, O_HELP },
         MOE_OFFLOAD_LONG_OPTIONS,
         { 0, 0, 0, 0 },
@@ -248,7 +253,10 @@ static int bench_batch(int argc, char **argv)
         case O_MAXTOK: if (!parse_int("--max-tokens", optarg, 1, 1 << 20, &o.max_tokens)) return 2; break;
         case O_CHUNK: if (!parse_int("--prefill-chunk", optarg, 1, 1 << 16, &o.prefill_chunk)) return 2; break;
         case O_PTOK: if (!parse_int("--prompt-tokens", optarg, 0, 1 << 20, &o.prompt_tokens)) return 2; break;
-        case O_LOOK: if (!parse_int("--lookahead", optarg, 0, 64, &o.lookahead)) return 2; break;
+        case O_LOOK:
+            if (!parse_int("--lookahead", optarg, 0, 64, &o.lookahead)) return 2;
+            have_lookahead = true;
+            break;
         case O_THREADS: if (!parse_int("--threads", optarg, 1, 256, &o.threads)) return 2; break;
         case O_CAP: if (!parse_int("--capacity", optarg, 1, 1 << 24, &o.capacity)) return 2; break;
         case O_CAPF: {
@@ -289,6 +297,7 @@ static int bench_batch(int argc, char **argv)
         case O_PRED: o.predictor = optarg; break;
         case O_JSON: o.json = true; break;
         case O_NOPF: o.no_pred_prefetch = true; break;
+        case O_RANK: o.rank_only = true; break;
         case 'h':
         case O_HELP: bench_usage(stdout); return 0;
         default: {
@@ -323,6 +332,22 @@ static int bench_batch(int argc, char **argv)
         fprintf(stderr, "moeflow bench batch: give exactly one of --capacity N or --capacity-frac F\n");
         return 2;
     }
+    if (o.no_pred_prefetch && o.rank_only) {
+        fprintf(stderr, "moeflow bench batch: give --no-prefetch (predictions rank evictions) or "
+                        "--no-predictor-prefetch (they do not reach the cache), not both\n");
+        return 2;
+    }
+    if (o.rank_only && have_lookahead && o.lookahead > 0) {
+        fprintf(stderr, "moeflow bench batch: --no-prefetch moves nothing ahead of need, so it takes no "
+                        "--lookahead %d\n", o.lookahead);
+        return 2;
+    }
+    if (o.rank_only)
+        o.lookahead = 0; /* the scheduler's lookahead prefetch is a prefetch too */
+    if (moe_offload_opts_check(&o.oo) != MOE_OK) {
+        fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
+        return 2;
+    }
     if (o.micro_batch > o.concurrency) {
         fprintf(stderr, "moeflow bench batch: --micro-batch %d is larger than --concurrency %d\n", o.micro_batch,
                 o.concurrency);
@@ -353,6 +378,8 @@ static int bench_batch(int argc, char **argv)
     for (int l = 0; l < cfg->n_layers; l++)
         n_moe += cfg->is_moe[l];
     int slots = o.capacity > 0 ? o.capacity : (int)floor(o.capacity_frac * n_moe * cfg->n_experts);
+    if (slots > n_moe * cfg->n_experts)
+        slots = n_moe * cfg->n_experts; /* room for every expert: more slots change nothing */
     if (slots < cfg->top_k) {
         fprintf(stderr, "moeflow bench batch: capacity %d device slots is below top_k = %d; raise --capacity or "
                         "--capacity-frac\n", slots, cfg->top_k);
@@ -360,8 +387,10 @@ static int bench_batch(int argc, char **argv)
         goto out;
     }
     o.oo.gpu_experts = slots;
-    if (moe_offload_runtime_create(m, &o.oo, &be, &prov) != MOE_OK) {
+    enum moe_status st = moe_offload_runtime_create(m, &o.oo, &be, &prov);
+    if (st != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: expert cache: %s\n", moe_last_error());
+        rc = st == MOE_EINVAL ? 2 : 1; /* a tier size or trace that does not fit this model */
         goto out;
     }
     if (!prov) {
@@ -422,7 +451,7 @@ static int bench_batch(int argc, char **argv)
         goto out;
     }
     if (!o.no_pred_prefetch)
-        moe_predictor_set_provider(pred, prov, NULL);
+        moe_predictor_set_provider(pred, prov, &(struct moe_pred_prefetch){ .rank_only = o.rank_only });
 
     struct moe_sched_params sp = {
         .max_running = o.concurrency, .max_queued = n_texts, .max_tokens_in_flight = (int64_t)n_texts * max_ctx,
@@ -481,15 +510,19 @@ static int bench_batch(int argc, char **argv)
     double tps = wall > 0 ? gen / wall : 0;
     const char *gname = o.grouping == MOE_GROUP_REGROUP ? "regroup" : "fcfs";
     if (o.json) {
-        printf("{\"grouping\":\"%s\",\"predictor\":\"%s\",\"requests\":%d,\"concurrency\":%d,\"micro_batch\":%d,"
+        printf("{\"grouping\":\"%s\",\"predictor\":", gname);
+        moe_cli_json_string(stdout, o.predictor);
+        printf(",\"requests\":%d,\"concurrency\":%d,\"micro_batch\":%d,"
                "\"max_tokens\":%d,\"capacity\":%d,\"policy\":\"%s\",\"lookahead\":%d,\"predictor_prefetch\":%s,"
+               "\"predictor_rank_only\":%s,"
                "\"prompt_tokens\":%llu,"
                "\"generated_tokens\":%llu,\"steps\":%llu,\"forwards\":%llu,\"layer_steps\":%llu,"
                "\"experts_per_layer_step\":%.4f,\"experts_per_layer_step_all\":%.4f,\"transfers\":%llu,"
                "\"transfers_per_token\":%.4f,\"hits\":%llu,\"misses\":%llu,\"prefetches\":%llu,"
                "\"prefetch_hits\":%llu,\"hit_rate\":%.4f,\"wall_s\":%.3f,\"tokens_per_s\":%.2f}\n",
-               gname, o.predictor, n_texts, o.concurrency, o.micro_batch, o.max_tokens, slots,
-               moe_policy_name(o.oo.policy), o.lookahead, o.no_pred_prefetch ? "false" : "true",
+               n_texts, o.concurrency, o.micro_batch, o.max_tokens, slots,
+               moe_policy_name(o.oo.policy), o.lookahead, o.no_pred_prefetch || o.rank_only ? "false" : "true",
+               o.rank_only ? "true" : "false",
                (unsigned long long)ss.prompt_tokens,
                (unsigned long long)ss.generated_tokens, (unsigned long long)ss.steps,
                (unsigned long long)ss.forwards, (unsigned long long)ss.decode_layer_steps, eps, eps_all,
@@ -498,7 +531,8 @@ static int bench_batch(int argc, char **argv)
                (unsigned long long)os.device.prefetch_hits, hit, wall, tps);
     } else {
         printf("bench batch: %d requests, concurrency %d, micro-batch %d, %d new tokens each, grouping %s, "
-               "predictor %s\n", n_texts, o.concurrency, o.micro_batch, o.max_tokens, gname, o.predictor);
+               "predictor %s%s\n", n_texts, o.concurrency, o.micro_batch, o.max_tokens, gname, o.predictor,
+               o.rank_only ? " (ranking evictions only)" : o.no_pred_prefetch ? " (regrouping only)" : "");
         printf("  device tier             %d expert slots of %d (%s)\n", slots, n_moe * cfg->n_experts,
                moe_policy_name(o.oo.policy));
         printf("  tokens                  %llu prompt, %llu generated in %llu steps, %llu forward passes\n",
@@ -511,6 +545,10 @@ static int bench_batch(int argc, char **argv)
         printf("  hit rate                %.4f (%llu hits, %llu prefetch hits)\n", hit,
                (unsigned long long)os.device.hits, (unsigned long long)os.device.prefetch_hits);
         printf("  tokens/s                %.1f (%.2f s)\n", tps, wall);
+    }
+    if (moe_offload_report(prov, &o.oo) != MOE_OK) { /* --stats, --stats-json */
+        fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
+        goto out;
     }
     rc = 0;
 out:

@@ -41,6 +41,9 @@ for args, needle in [
     (base + ["--grouping", "fcfs", "--predictor", "crystal-ball"], "crystal-ball"),
     (base[:-2] + ["--grouping", "fcfs", "--capacity", "1"], "--capacity"),
     (base[:6] + ["--max-tokens", "1000000"] + base[8:] + ["--grouping", "fcfs"], "--max-tokens"),
+    (base + ["--grouping", "fcfs", "--no-prefetch", "--no-predictor-prefetch"], "not both"),
+    (base + ["--grouping", "fcfs", "--policy", "belady"], "--belady-trace"),
+    (base + ["--grouping", "fcfs", "--no-prefetch", "--lookahead", "2"], "--lookahead 2"),
 ]:
     rc, out, err = run(*args)
     check(rc == 2 and needle in err, f"{args}: rc {rc}, stderr {err.strip()!r} lacks {needle!r}")
@@ -67,6 +70,22 @@ for g in ("fcfs", "regroup"):
         for k in ("experts_per_layer_step", "transfers", "hits", "misses", "steps", "forwards"):
             check(runs[0][k] == runs[1][k], f"{g}: {k} differs across runs: {runs[0][k]} vs {runs[1][k]}")
         results[g] = runs[0]
+
+# --no-prefetch: predictions rank evictions and move nothing; --stats-json is written; a capacity
+# above the number of experts is every expert
+stats = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_cli_stats_{os.getpid()}.json")
+rc, out, err = run(*base[:-2], "--capacity", "100000", "--grouping", "fcfs", "--predictor", "path+gate",
+                   "--policy", "predicted", "--no-prefetch", "--stats-json", stats, "--json")
+check(rc == 0, f"--no-prefetch: rc {rc} {err.strip()!r}")
+if rc == 0:
+    j = json.loads(out)
+    check(j["capacity"] == 256 and j["prefetches"] == 0 and j["predictor_rank_only"] is True
+          and j["predictor_prefetch"] is False, f"--no-prefetch: {j}")
+    with open(stats) as f:
+        sj = json.load(f)
+    check(sj["device"]["misses"] == j["misses"], f"--stats-json device misses {sj['device']} vs {j['misses']}")
+if os.path.exists(stats):
+    os.unlink(stats)
 
 rc, out, err = run("--prompts", os.path.join(HERE, "prompts-small.txt"), *base[2:], "--grouping", "fcfs")
 check(rc == 0 and "experts per layer-step" in out and "3 requests" in out, f"text prompts: rc {rc} {out!r} {err!r}")

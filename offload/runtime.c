@@ -468,14 +468,15 @@ void moe_offload_stats_print(const struct moe_offload_stats *s, FILE *f)
     const struct moe_tier_stats *t[2] = { &s->device, &s->host };
     const char *name[2] = { "device", "host" };
     int slots[2] = { s->dev_slots, s->host_slots };
-    fprintf(f, "%-8s %6s %10s %10s %8s %14s %10s %9s\n", "tier", "slots", "hits", "misses",
-            "hit%", "bytes_moved", "evictions", "stall_s");
+    fprintf(f, "%-8s %6s %10s %10s %8s %14s %10s %10s %9s\n", "tier", "slots", "hits", "misses",
+            "hit%", "bytes_moved", "evictions", "prefetches", "stall_s");
     for (int i = 0; i < 2; i++) {
         uint64_t acc = t[i]->hits + t[i]->misses;
-        fprintf(f, "%-8s %6d %10llu %10llu %8.2f %14llu %10llu %9.4f\n", name[i], slots[i],
+        fprintf(f, "%-8s %6d %10llu %10llu %8.2f %14llu %10llu %10llu %9.4f\n", name[i], slots[i],
                 (unsigned long long)t[i]->hits, (unsigned long long)t[i]->misses,
                 acc ? 100.0 * (double)t[i]->hits / (double)acc : 0.0,
-                (unsigned long long)t[i]->bytes, (unsigned long long)t[i]->evictions, t[i]->stall_s);
+                (unsigned long long)t[i]->bytes, (unsigned long long)t[i]->evictions,
+                (unsigned long long)t[i]->prefetches, t[i]->stall_s);
     }
     fprintf(f, "%-8s reads %llu from %s (%s%s%s), fallbacks %llu, checksum failures %llu\n", "disk",
             (unsigned long long)s->disk_reads, s->from_store ? "store" : "safetensors mmap",

@@ -39,6 +39,10 @@ bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out);
  * returns false with nothing left open. */
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok);
 
+/* --seq-len against the model's context (max_position_embeddings): false
+ * after printing "moeflow CMD: --seq-len N exceeds ..." (a usage error). */
+bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m);
+
 /* s as a JSON string literal: quotes, backslashes and control bytes escaped,
  * other bytes as they are. */
 void moe_cli_json_string(FILE *f, const char *s);

@@ -91,6 +91,14 @@ bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id)
     return ok;
 }
 
+bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m)
+{
+    if (seq_len <= m->cfg.max_pos) return true;
+    fprintf(stderr, "moeflow %s: --seq-len %ld exceeds the model's context of %d tokens; lower it\n", cmd, seq_len,
+            m->cfg.max_pos);
+    return false;
+}
+
 void moe_cli_json_string(FILE *f, const char *s)
 {
     fputc('"', f);

@@ -130,6 +130,10 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
         return 1;
     }
+    if (!moe_cli_check_seq_len("eval-predictor", seq_len, m)) {
+        rc = 2;
+        goto out;
+    }
     if (K == 0) K = m->cfg.top_k;
     if (K > m->cfg.n_experts) {
         fprintf(stderr, "moeflow eval-predictor: --k %ld exceeds the model's %d experts\n", K, m->cfg.n_experts);
@@ -141,6 +145,10 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         goto out;
     }
     if (n > (size_t)max_tokens) n = (size_t)max_tokens;
+    if (n == 0) {
+        fprintf(stderr, "moeflow eval-predictor: %s has no tokens\n", text);
+        goto out;
+    }
     int n_moe = 0;
     for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
     if (moe_pred_eval_init(&ev, n_moe, m->cfg.n_experts, m->cfg.top_k, (int)K)) {

@@ -86,6 +86,7 @@ int moe_cmd_replay(int argc, char **argv)
     long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0, oracle = -1;
     double frac = 0, min_score = 0.8, link = 0, layer_ms = 0, expert_ms = 0.153;
     bool json = false, no_prefetch = false;
+    const char *timeline_opt = NULL; /* an option that only shapes the --link-gbps timeline */
     enum moe_cache_policy policy = MOE_CACHE_LRU;
     struct moe_offload_opts oo; /* --backend only */
     moe_offload_opts_init(&oo);
@@ -123,12 +124,15 @@ int moe_cmd_replay(int argc, char **argv)
             break;
         case O_EB:
             if (!moe_cli_parse_long(optarg, 1, 1L << 40, &ebytes)) goto bad_value;
+            timeline_opt = "--expert-bytes";
             break;
         case O_LAYER:
             if (!moe_cli_parse_double_in(optarg, 0, 1e6, &layer_ms)) goto bad_value;
+            timeline_opt = "--layer-ms";
             break;
         case O_EXPERT:
             if (!moe_cli_parse_double_in(optarg, 0, 1e6, &expert_ms)) goto bad_value;
+            timeline_opt = "--expert-ms";
             break;
         case O_THREADS:
             if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value;
@@ -165,6 +169,10 @@ int moe_cmd_replay(int argc, char **argv)
                         "--capacity-frac (see --help)\n");
         return 2;
     }
+    if (timeline_opt && !(link > 0)) {
+        fprintf(stderr, "moeflow replay: %s shapes the simulated timeline; give --link-gbps B too\n", timeline_opt);
+        return 2;
+    }
     struct moe_pred_spec spec;
     if (moe_pred_spec_parse(pred_s, model_dir, &spec)) {
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
@@ -182,6 +190,10 @@ int moe_cmd_replay(int argc, char **argv)
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         return 1;
     }
+    if (!moe_cli_check_seq_len("replay", seq_len, m)) {
+        rc = 2;
+        goto out;
+    }
     if (moe_drive_tokenize(model_dir, text, &ids, &n_ids)) {
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         goto out;
@@ -195,6 +207,7 @@ int moe_cmd_replay(int argc, char **argv)
     for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
     long slots = (long)n_moe * m->cfg.n_experts;
     if (frac > 0) cap = (long)floor(frac * (double)slots);
+    if (cap > slots) cap = slots; /* room for every expert: more slots change nothing */
     if (cap < m->cfg.top_k) {
         fprintf(stderr, "moeflow replay: capacity %ld is below top_k %d (a layer's experts must fit at once)\n", cap,
                 m->cfg.top_k);

@@ -41,7 +41,7 @@ static void usage(FILE *f)
         "  --batch N             samples per Adam step (default 128)\n"
         "  --lr X                Adam step size (default 0.002)\n"
         "  --weight-decay X      decoupled weight decay (default 0.0001)\n"
-        "  --val-frac X          held-out fraction, from the end (default 0.1)\n"
+        "  --val-frac X          held-out fraction, from the end, 0 < X <= 0.5 (default 0.1)\n"
         "  --patience N          stop after N epochs without held-out improvement (default 3)\n"
         "  --seed N              initialisation and shuffling seed (default 1)\n"
         "  --threads N           BLAS threads (default 2)\n"
@@ -77,6 +77,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *trace_path = NULL, *text = NULL, *out_path = NULL;
+    bool have_seq_len = false;
     long seq_len = 512, width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1, threads = 2;
     double lr = 2e-3, wd = 1e-4, val = 0.1, hist_decay = 0;
     bool quiet = false, context = false;
@@ -88,14 +89,17 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_TRACE: trace_path = optarg; break;
         case O_TEXT: text = optarg; break;
         case O_OUT: out_path = optarg; break;
-        case O_SEQ: if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value; break;
+        case O_SEQ:
+            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            have_seq_len = true;
+            break;
         case O_WIDTH: if (!moe_cli_parse_long(optarg, 1, 16384, &width)) goto bad_value; break;
         case O_HORIZON: if (!moe_cli_parse_long(optarg, 1, MOE_PATH_MAX_HORIZON, &horizon)) goto bad_value; break;
         case O_EPOCHS: if (!moe_cli_parse_long(optarg, 1, 100000, &epochs)) goto bad_value; break;
         case O_BATCH: if (!moe_cli_parse_long(optarg, 1, 65536, &batch)) goto bad_value; break;
         case O_LR: if (!moe_cli_parse_double_in(optarg, 1e-9, 10, &lr)) goto bad_value; break;
         case O_WD: if (!moe_cli_parse_double_in(optarg, 0, 1, &wd)) goto bad_value; break;
-        case O_VAL: if (!moe_cli_parse_double_in(optarg, 0, 0.5, &val)) goto bad_value; break;
+        case O_VAL: if (!moe_cli_parse_double_in(optarg, 0, 0.5, &val) || !(val > 0)) goto bad_value; break;
         case O_HIST: if (!moe_cli_parse_double_in(optarg, 0, 0.999, &hist_decay)) goto bad_value; break;
         case O_PAT: if (!moe_cli_parse_long(optarg, 1, 1000, &patience)) goto bad_value; break;
         case O_SEED: if (!moe_cli_parse_long(optarg, 0, 1L << 62, &seed)) goto bad_value; break;
@@ -119,6 +123,10 @@ int moe_cmd_train_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow train-predictor: needs --out and exactly one of --trace or --text (see --help)\n");
         return 2;
     }
+    if (have_seq_len && !text) {
+        fprintf(stderr, "moeflow train-predictor: --seq-len cuts --text into sequences; a --trace keeps its own\n");
+        return 2;
+    }
     if (context && !text) {
         fprintf(stderr, "moeflow train-predictor: --context needs --text (a routing trace holds no hidden states)\n");
         return 2;
@@ -138,6 +146,10 @@ int moe_cmd_train_predictor(int argc, char **argv)
     const struct moe_config *cfg = &m->cfg;
     int n_moe = 0;
     for (int l = 0; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];
+    if (!moe_cli_check_seq_len("train-predictor", seq_len, m)) {
+        rc = 2;
+        goto out;
+    }
     openblas_set_num_threads((int)threads);
     if (trace_path) {
         if (moe_trace_load(trace_path, &tr)) {

@@ -157,5 +157,18 @@ int main(void)
     CHECK(run("eval-predictor --text x --predictor gate:99") == 2 && strstr(out, "gate:99"), "bad spec: %s", out);
     CHECK(run("train-predictor --out /tmp/x.safetensors") == 2, "train without input accepted: %s", out);
     CHECK(run("train-predictor --help") == 0 && strstr(out, "--val-frac"), "train help: %s", out);
+    /* options that would be ignored or fail late are refused up front */
+    snprintf(a, sizeof a, "replay %s --capacity 8 --policy lru --predictor none --layer-ms 3", T);
+    CHECK(run(a) == 2 && strstr(out, "--layer-ms") && strstr(out, "--link-gbps"), "timeline option alone: %s", out);
+    snprintf(a, sizeof a, "replay %s --capacity 8 --policy lru --predictor none --seq-len 4096", T);
+    CHECK(run(a) == 2 && strstr(out, "--seq-len 4096 exceeds"), "replay seq-len: %s", out);
+    snprintf(a, sizeof a, "eval-predictor %s --predictor gate --seq-len 4096", T);
+    CHECK(run(a) == 2 && strstr(out, "--seq-len 4096 exceeds"), "eval seq-len: %s", out);
+    CHECK(run("train-predictor --trace x.jsonl --out /tmp/x.safetensors --seq-len 7") == 2 && strstr(out, "--seq-len"),
+          "train --seq-len with --trace: %s", out);
+    CHECK(run("train-predictor --text x --out /tmp/x.safetensors --val-frac 0") == 2 && strstr(out, "--val-frac"),
+          "train --val-frac 0: %s", out);
+    snprintf(a, sizeof a, "replay %s --max-tokens 8 --capacity 100000 --policy lru --predictor none --json", T);
+    CHECK(run(a) == 0 && strstr(out, "\"capacity\":256,"), "replay capacity above the experts: %s", out);
     return t_result("test_pred_cli");
 }

@@ -269,6 +269,12 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
         moe_errorf(MOE_EFORMAT, "%s: not a path predictor (metadata format must be moeflow-path-predictor)", path);
         goto out_close;
     }
+    const char *ver = moe_st_metadata(f, "version");
+    if (!ver || strcmp(ver, "1") != 0) {
+        moe_errorf(MOE_EFORMAT, "%s: path predictor format version %s; this build reads version 1 (retrain it "
+                   "with this build's moeflow train-predictor)", path, ver ? ver : "missing");
+        goto out_close;
+    }
     int fm, fe, fk, fd, fw;
     if (!meta_int(f, "n_moe_layers", &fm) || !meta_int(f, "n_experts", &fe) || !meta_int(f, "top_k", &fk) ||
         !meta_int(f, "dim", &fd) || !meta_int(f, "width", &fw)) {

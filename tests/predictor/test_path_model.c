@@ -217,18 +217,23 @@ int main(void)
         REQUIRE(moe_st_write(path, bad, 1, meta_fmt) == MOE_OK, "write: %s", moe_last_error());
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "moeflow-path-predictor"),
               "wrong format accepted: %s", moe_last_error());
-        const char *meta_h[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
-                                 "2", "dim", "16", "width", "64", "horizon", "9", NULL };
+        const char *meta_v[] = { "format", "moeflow-path-predictor", "version", "2", NULL };
+        REQUIRE(moe_st_write(path, bad, 1, meta_v) == MOE_OK, "write: %s", moe_last_error());
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "version 2"),
+              "format version 2 accepted: %s", moe_last_error());
+        const char *meta_h[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", "3",
+                                 "n_experts", "8", "top_k", "2", "dim", "16", "width", "64", "horizon", "9", NULL };
         REQUIRE(moe_st_write(path, bad, 1, meta_h) == MOE_OK, "write: %s", moe_last_error());
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "horizon"), "horizon 9 accepted: %s",
               moe_last_error());
-        const char *meta_c[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
-                                 "2", "dim", "16", "width", "64", "context", "attention", NULL };
+        const char *meta_c[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", "3",
+                                 "n_experts", "8", "top_k", "2", "dim", "16", "width", "64", "context", "attention",
+                                 NULL };
         REQUIRE(moe_st_write(path, bad, 1, meta_c) == MOE_OK, "write: %s", moe_last_error());
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "context"),
               "unknown context kind accepted: %s", moe_last_error());
-        const char *meta_s[] = { "format", "moeflow-path-predictor", "n_moe_layers", "3", "n_experts", "8", "top_k",
-                                 "2", "dim", "16", "width", "64", NULL };
+        const char *meta_s[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", "3",
+                                 "n_experts", "8", "top_k", "2", "dim", "16", "width", "64", NULL };
         REQUIRE(moe_st_write(path, bad, 1, meta_s) == MOE_OK, "write: %s", moe_last_error());
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "w1"), "bad w1 shape accepted: %s",
               moe_last_error());

@@ -836,7 +836,7 @@ struct moe_tokenizer *moe_tokenizer_load(const char *path)
     size_t len;
     enum moe_status st = moe_read_file(path, &buf, &len, TOK_MAX_JSON);
     if (st) {
-        moe_error_prefix(st, "tokenizer %s", path);
+        moe_error_prefix(st, "tokenizer"); /* the message names the file */
         return NULL;
     }
     struct moe_tokenizer *t = moe_tokenizer_parse(buf, len, path);

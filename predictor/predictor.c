@@ -133,6 +133,10 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
         if (arg && !*arg) return moe_errorf(MOE_EINVAL, "--predictor %s: empty file name after ':'", s);
         if (snprintf(out->path, sizeof out->path, "%s", arg ? arg : defpath) >= (int)sizeof out->path)
             return moe_errorf(MOE_EINVAL, "--predictor %s: file name too long", s);
+        struct stat sb;
+        if (stat(out->path, &sb) == 0 && S_ISDIR(sb.st_mode))
+            return moe_errorf(MOE_EINVAL, "--predictor %s: %s is a directory; name the predictor file in it", s,
+                              out->path);
         if (!file_exists(out->path))
             return moe_errorf(MOE_ENOENT,
                               "--predictor %s: predictor file %s not found (train one with moeflow train-predictor)",

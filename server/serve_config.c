@@ -27,8 +27,9 @@ static const struct moe_serve_opt opts[] = {
       "tokens per forward pass", 0 },
     { "max-running", MOE_OPT_INT, OFF(max_running), 0, "16", 1, 4096,
       "sequences decoding at once (<= max-seqs)", 0 },
-    { "max-queued", MOE_OPT_INT, OFF(max_queued), 0, "64", 0, 1 << 20,
-      "waiting requests; more are refused at once (RESOURCE_EXHAUSTED / HTTP 429)", 0 },
+    { "max-queued", MOE_OPT_INT, OFF(max_queued), 0, "64", 1, 1 << 20,
+      "waiting requests, including those about to start; more are refused at once "
+      "(RESOURCE_EXHAUSTED / HTTP 429)", 0 },
     { "max-tokens-in-flight", MOE_OPT_I64, OFF(max_tokens_in_flight), 0, "1048576", 1, 1e12,
       "sum of prompt + max_tokens over accepted requests", 0 },
     { "max-prompt", MOE_OPT_INT, OFF(max_prompt), 0, "0", 0, 1 << 20,
@@ -42,12 +43,13 @@ static const struct moe_serve_opt opts[] = {
       "micro-batch grouping: fcfs or regroup (token regrouping by experts)", 0 },
     { "aging-steps", MOE_OPT_INT, OFF(aging_steps), 0, "0", 0, 1 << 20,
       "a waiting request gains one priority level per this many steps (0 = 64)", 0 },
-    { "lookahead", MOE_OPT_INT, OFF(lookahead), 0, "0", -1, 64,
-      "micro-batches ahead whose predicted experts are prefetched (0 = 1, -1 = none)", 0 },
+    { "lookahead", MOE_OPT_INT, OFF(lookahead), 0, "1", 0, 64,
+      "micro-batches ahead whose predicted experts are prefetched (0 = none)", 0 },
     { "path-decay", MOE_OPT_DOUBLE, OFF(path_decay), 0, "0", 0, 0.999,
       "regroup on routing history weighted decay^age when no predictor (0 = last token only)", 0 },
     { "predictor", MOE_OPT_STRING, OFF(predictor), SZ(predictor), "none", 0, 0,
-      "routing-path predictor: none, gate[:DEPTH], path[:FILE], history, path+gate", 0 },
+      "routing-path predictor: none, gate[:D], path[:FILE], history, path+gate[:FILE], auto (path+gate "
+      "with the model's predictor.safetensors, else gate)", 0 },
     { "prefetch-min-score", MOE_OPT_DOUBLE, OFF(prefetch_min_score), 0, "0", 0, 1,
       "prefetch predicted experts scored at least this (0 = 0.5)", 0 },
     { "prefetch-max-per-layer", MOE_OPT_INT, OFF(prefetch_max_per_layer), 0, "0", 0, 4096,
@@ -63,7 +65,7 @@ static const struct moe_serve_opt opts[] = {
     { "gpu-cache-bytes", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
       "device tier size in bytes (alternative to gpu-experts)", MOE_OPT_GPU_BYTES },
     { "host-experts", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
-      "expert records of the host tier (default: twice the device slots)", MOE_OPT_HOST_EXPERTS },
+      "expert records of the host tier (default: as many as the device slots)", MOE_OPT_HOST_EXPERTS },
     { "host-cache-bytes", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
       "host tier size in bytes (alternative to host-experts)", MOE_OPT_HOST_BYTES },
     { "policy", MOE_OPT_OFFLOAD, 0, 0, "lru", 0, 0,
@@ -269,7 +271,12 @@ enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
                           c->default_max_tokens, c->max_output);
     if (c->grpc_port && c->grpc_port == c->http_port)
         return moe_errorf(MOE_EINVAL, "grpc-port and http-port are both %d", c->grpc_port);
-    return MOE_OK;
+    if (!c->grpc_port && !c->http_port)
+        return moe_errorf(MOE_EINVAL, "grpc-port and http-port are both 0 (off): nothing to serve");
+    if (c->offload.policy == MOE_POLICY_BELADY)
+        return moe_errorf(MOE_EINVAL, "policy belady needs the routing of requests not yet sent; use lru, lfu or "
+                          "predicted");
+    return moe_offload_opts_check(&c->offload);
 }
 
 void moe_serve_config_help(FILE *f)

@@ -742,7 +742,7 @@ static enum moe_status server_load(struct moe_server *s)
         .prefill_chunk = cfg->prefill_chunk,
         .grouping = strcmp(cfg->grouping, "regroup") ? MOE_GROUP_FCFS : MOE_GROUP_REGROUP,
         .aging_steps = cfg->aging_steps,
-        .lookahead = cfg->lookahead,
+        .lookahead = cfg->lookahead > 0 ? cfg->lookahead : -1, /* the scheduler's 0 means 1 */
         .provider = s->provider,
         .path_decay = (float)cfg->path_decay,
         .predictor = s->predictor,
@@ -782,9 +782,11 @@ enum moe_status moe_server_run(struct moe_server *s)
     if (st != MOE_OK)
         goto out_stop;
     atomic_store(&s->ready, true);
-    fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s:%d, HTTP %s:%d (%.1f s to load and warm up)\n",
-            s->model_name, s->cfg.host, s->cfg.grpc_port, s->cfg.host, s->cfg.http_port,
-            moe_now() - s->t_start);
+    char grpc_at[300] = "off", http_at[300] = "off";
+    if (s->cfg.grpc_port) snprintf(grpc_at, sizeof(grpc_at), "%s:%d", s->cfg.host, s->cfg.grpc_port);
+    if (s->cfg.http_port) snprintf(http_at, sizeof(http_at), "%s:%d", s->cfg.host, s->cfg.http_port);
+    fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s, HTTP %s (%.1f s to load and warm up)\n",
+            s->model_name, grpc_at, http_at, moe_now() - s->t_start);
     fflush(stderr);
 
     if (sig_pipe[0] < 0)

@@ -14,6 +14,8 @@
 #endif
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -56,6 +58,19 @@ static void run_free(struct run *r)
     free(r->err);
 }
 
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(a);
+    REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+                getsockname(fd, (struct sockaddr *)&a, &len) == 0,
+            "free port");
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
 static void write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "w");
@@ -96,7 +111,12 @@ int main(int argc, char **argv)
     snprintf(conf, sizeof(conf), "%s/serve.conf", tmpdir);
     write_text(text, "def add(a, b):\n    return a + b\n\nclass Point:\n    pass\n");
     write_text(prompts, "def f(x):\nimport os\n");
-    write_text(conf, "# the GPU\nbackend = cuda\ngrpc-port = 0\nhttp-port = 0\nwarmup-tokens = 0\n");
+    /* serve needs a listener; the HTTP one binds a port the kernel just had free */
+    char port[16], conf_text[200];
+    snprintf(port, sizeof(port), "%d", free_port());
+    snprintf(conf_text, sizeof(conf_text),
+             "# the GPU\nbackend = cuda\ngrpc-port = 0\nhttp-port = %s\nwarmup-tokens = 0\n", port);
+    write_text(conf, conf_text);
 
     {
         char *a[] = { bin, "generate", "--prompt", "def f(x):", "--max-tokens", "4", "--backend", "cuda", NULL };
@@ -130,12 +150,12 @@ int main(int argc, char **argv)
         CHECK(!have_server || strstr(r.out, "--backend"), "serve --help does not list --backend");
         run_free(&r);
         if (have_server) {
-            char *a[] = { bin, "serve", "--backend", "cuda", "--grpc-port", "0", "--http-port", "0",
+            char *a[] = { bin, "serve", "--backend", "cuda", "--grpc-port", "0", "--http-port", port,
                           "--warmup-tokens", "0", NULL };
             expect(a, 1, want, "serve --backend cuda");
             char *c[] = { bin, "serve", "--config", conf, NULL };
             expect(c, 1, want, "serve --config (backend = cuda)");
-            char *u[] = { bin, "serve", "--backend", "tpu", "--grpc-port", "0", "--http-port", "0", NULL };
+            char *u[] = { bin, "serve", "--backend", "tpu", "--grpc-port", "0", "--http-port", port, NULL };
             expect(u, 2, "--backend 'tpu' unknown (use cpu or cuda)", "serve --backend tpu");
         }
     }

@@ -8,7 +8,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, curl, metric, read_reference_greedy, Checks, require_grpc  # noqa: E402
+from serve_util import Server, gen_stubs, curl, metric, read_reference_greedy, Checks, require_grpc, free_port  # noqa: E402
 
 grpc = require_grpc()
 check = Checks()
@@ -23,7 +23,7 @@ def main():
     r = subprocess.run([moeflow, "serve", "--max-queued", "-5"], capture_output=True, timeout=30)
     check(r.returncode == 2 and b"max-queued" in r.stderr and b"-5" in r.stderr, "bad flag: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--model", "/nonexistent-model-dir", "--grpc-port", "0",
-                        "--http-port", "0"], capture_output=True, timeout=30)
+                        "--http-port", str(free_port())], capture_output=True, timeout=30)
     check(r.returncode == 1 and b"/nonexistent-model-dir" in r.stderr, "bad model: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--help"], capture_output=True, timeout=30)
     check(r.returncode == 0 and b"--drain-timeout" in r.stdout and b"--gpu-experts" in r.stdout, "--help")

@@ -53,6 +53,15 @@ static void test_config(void)
     moe_serve_config_defaults(&c);
     c.max_running = c.max_seqs + 1;
     CHECK(moe_serve_config_check(&c) != MOE_OK, "cross check");
+    moe_serve_config_defaults(&c);
+    c.grpc_port = c.http_port = 0;
+    CHECK(moe_serve_config_check(&c) != MOE_OK && strstr(moe_last_error(), "nothing to serve"), "no listener: %s",
+          moe_last_error());
+    moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_set(&c, "max-queued", "0") != MOE_OK, "max-queued 0 accepted");
+    CHECK(moe_serve_config_set(&c, "policy", "belady") == MOE_OK && moe_serve_config_check(&c) != MOE_OK &&
+              strstr(moe_last_error(), "belady"),
+          "policy belady accepted: %s", moe_last_error());
 }
 
 static enum moe_status oai(const char *body, bool chat, struct moe_gen_request *r)

@@ -277,6 +277,10 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
             json_t *j = chunk_json(r, "", 0, finish);
             json_object_set_new(j, "usage", usage_json(n_prompt, n_generated));
             sse_send(r, j);
+            if (r->include_usage) /* OpenAI's usage chunk: no choices, the whole request's usage */
+                sse_send(r, json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", r->id, "object", obj_name(r), "created",
+                                      (json_int_t)r->created, "model", r->hf->srv->model_name, "choices", "usage",
+                                      usage_json(n_prompt, n_generated)));
         } else {
             sse_send(r, err_json(srv_finish_http_status(why, st), msg));
         }

@@ -146,6 +146,15 @@ def main():
         check(streamed == plain, "streamed %r != plain %r" % (streamed, plain))
         check(sum(1 for c in chunks if c["choices"][0]["finish_reason"] is None) == n, "one chunk per token")
         check(chunks[-1].get("usage", {}).get("completion_tokens") == n, "usage in the last chunk")
+        # stream_options.include_usage: one more chunk, no choices, the request's usage
+        body = json.dumps({"prompt": "def add(a, b):", "max_tokens": n, "stream": True,
+                           "stream_options": {"include_usage": True}})
+        rc, out = curl("-N", "-H", "Content-Type: application/json", "-d", body, srv.url("/v1/completions"))
+        events = [ln[6:] for ln in out.decode().split("\n") if ln.startswith("data: ")]
+        uchunks = [json.loads(e) for e in events[:-1]]
+        check(len(uchunks) == len(chunks) + 1 and uchunks[-1]["choices"] == [] and
+              uchunks[-1]["usage"]["completion_tokens"] == n and uchunks[-2]["choices"][0]["finish_reason"] == "length",
+              "include_usage: %r" % uchunks[-2:])
         # stop sequences: the text ends right before the first one, finish_reason "stop",
         # streamed or not; the generation is cut short (fewer completion tokens)
         cut = next((i for i in range(4, len(plain) - 2) if plain.find(plain[i:i + 2]) == i), None)

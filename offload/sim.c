@@ -20,6 +20,9 @@ enum moe_status moe_sim_run(const struct moe_trace *t, const struct moe_sim_para
         return moe_errorf(MOE_EINVAL, "sim: capacity %d is below top_k %d (a layer's experts must "
                           "fit at once)", p->capacity, in->top_k);
     uint64_t eb = p->expert_bytes ? p->expert_bytes : in->expert_bytes;
+    if (eb > MOE_TRACE_MAX_EXPERT_BYTES)
+        return moe_errorf(MOE_EINVAL, "sim: expert_bytes %llu above the %llu-byte (1 TiB) limit",
+                          (unsigned long long)eb, MOE_TRACE_MAX_EXPERT_BYTES);
     if (p->policy == MOE_POLICY_BELADY && (st = moe_trace_keys(t, &future, &n_future))) return st;
     struct moe_cache_params cp = {
         .n_keys = n_keys,
@@ -69,7 +72,12 @@ enum moe_status moe_sim_run(const struct moe_trace *t, const struct moe_sim_para
     out->accesses = cs.hits + cs.misses;
     out->hit_rate = out->accesses ? (double)cs.hits / (double)out->accesses : 0;
     out->transfers_per_token = t->n_tokens ? (double)cs.misses / (double)t->n_tokens : 0;
-    out->bytes_moved = cs.misses * eb;
+    if (!moe_mul_u64(cs.misses, eb, &out->bytes_moved)) {
+        st = moe_errorf(MOE_ERANGE, "sim: bytes moved (%llu misses x %llu bytes) overflows 64 bits; "
+                        "give a smaller --expert-bytes", (unsigned long long)cs.misses,
+                        (unsigned long long)eb);
+        goto out;
+    }
     out->timeline = p->link_gbps > 0;
     if (out->timeline && now > 0) out->tokens_per_s = (double)t->n_tokens / now;
     if (!out->timeline) out->stall_s = out->compute_s = 0;

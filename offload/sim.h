@@ -23,7 +23,7 @@ extern "C" {
 struct moe_sim_params {
     int capacity;                 /* device-tier slots (>= top_k) */
     enum moe_policy_kind policy;
-    uint64_t expert_bytes;        /* bytes per transfer; 0 = trace header's */
+    uint64_t expert_bytes;        /* bytes per transfer, <= MOE_TRACE_MAX_EXPERT_BYTES; 0 = trace header's */
     double link_gbps;             /* link rate in GB/s (1e9 B/s); 0 = no timeline */
     double layer_ms;              /* compute per MoE layer per token, ms */
     double expert_ms;             /* extra compute per routed expert per token, ms */
@@ -34,7 +34,7 @@ struct moe_sim_result {
     uint64_t hits, misses, evictions;
     double hit_rate;              /* hits / accesses */
     double transfers_per_token;   /* misses / tokens */
-    uint64_t bytes_moved;         /* misses x expert_bytes */
+    uint64_t bytes_moved;         /* misses x expert_bytes (MOE_ERANGE if that overflows) */
     bool timeline;                /* the fields below are set */
     double compute_s;             /* total compute time, s */
     double stall_s;               /* total time compute waited on the link, s */

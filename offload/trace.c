@@ -5,6 +5,8 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_LINE (1u << 24) /* bytes per line */
 
@@ -56,9 +58,19 @@ static enum moe_status parse_header(json_t *h, const char *path, struct moe_trac
                               "in [0, %d)", path, i, info->layers);
         info->moe_layers[i] = (int)x;
     }
+    /* optional, but when present it must be usable: a bad value is an error, not "unknown" */
     json_t *eb = json_object_get(h, "expert_bytes");
-    info->expert_bytes = json_is_integer(eb) && json_integer_value(eb) > 0
-                             ? (uint64_t)json_integer_value(eb) : 0;
+    info->expert_bytes = 0;
+    if (eb) {
+        if (!json_is_integer(eb))
+            return moe_errorf(MOE_EFORMAT, "%s:1: field \"expert_bytes\" must be an integer number of "
+                              "bytes in [1, %llu] (or absent)", path, MOE_TRACE_MAX_EXPERT_BYTES);
+        json_int_t x = json_integer_value(eb);
+        if (x < 1 || (unsigned long long)x > MOE_TRACE_MAX_EXPERT_BYTES)
+            return moe_errorf(MOE_EFORMAT, "%s:1: field \"expert_bytes\" = %lld outside [1, %llu] "
+                              "(1 TiB per expert at most)", path, (long long)x, MOE_TRACE_MAX_EXPERT_BYTES);
+        info->expert_bytes = (uint64_t)x;
+    }
     return MOE_OK;
 }
 
@@ -127,6 +139,31 @@ static bool grow(struct moe_trace *t, size_t *cap, size_t per)
     return true;
 }
 
+/* Token i's seq and pos against the token before it (docs/trace-format.md):
+ * sequences are numbered 0, 1, ... in file order and each one's positions
+ * run 0, 1, ... (what moeflow trace writes).  So the first token is seq 0
+ * pos 0, and every later one either continues its sequence (same seq, pos
+ * + 1) or starts the next one (seq + 1, pos 0). */
+static enum moe_status check_order(const struct moe_trace *t, size_t i, const char *path, size_t line)
+{
+    int s = t->seq[i], p = t->pos[i];
+    int ps = i ? t->seq[i - 1] : -1, pp = i ? t->pos[i - 1] : -1;
+    if (s == ps && p == pp + 1) return MOE_OK;
+    if (s == ps + 1 && p == 0) return MOE_OK;
+    if (s == ps)
+        return moe_errorf(MOE_EFORMAT, "%s:%zu: \"pos\" = %d, but the token before is pos %d of the "
+                          "same sequence %d (positions run 0, 1, ... within a sequence)", path, line, p,
+                          pp, s);
+    if (s == ps + 1)
+        return moe_errorf(MOE_EFORMAT, "%s:%zu: \"pos\" = %d at the start of sequence %d (a sequence "
+                          "starts at pos 0)", path, line, p, s);
+    if (i == 0)
+        return moe_errorf(MOE_EFORMAT, "%s:%zu: \"seq\" = %d on the first token (sequences are "
+                          "numbered 0, 1, ... in file order)", path, line, s);
+    return moe_errorf(MOE_EFORMAT, "%s:%zu: \"seq\" = %d after sequence %d (sequences are numbered "
+                      "0, 1, ... in file order: the same or the next one)", path, line, s, ps);
+}
+
 /* Parse a whole trace from f; path names it in errors.  Closes f. */
 static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace **out)
 {
@@ -174,6 +211,7 @@ static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace *
         if ((st = get_int(o, "seq", path, lineno, 0, 1 << 30, &t->seq[i])) ||
             (st = get_int(o, "pos", path, lineno, 0, 1 << 30, &t->pos[i])) ||
             (st = get_int(o, "token", path, lineno, 0, 1 << 30, &t->token[i])) ||
+            (st = check_order(t, i, path, lineno)) ||
             (st = parse_grid(json_object_get(o, "experts"), "experts", &t->info, path, lineno,
                              t->experts + i * per, NULL))) {
             json_decref(o);
@@ -192,6 +230,10 @@ static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace *
         }
         json_decref(o);
         t->n_tokens++;
+    }
+    if (ferror(f)) {
+        st = moe_errorf(MOE_EIO, "%s:%zu: read failed: %s", path, lineno + 1, strerror(errno));
+        goto out;
     }
     if (lineno == 0) {
         st = moe_errorf(MOE_EFORMAT, "%s: empty file, not a routing trace", path);
@@ -215,8 +257,14 @@ out:
 enum moe_status moe_trace_load(const char *path, struct moe_trace **out)
 {
     FILE *f = fopen(path, "r");
+    struct stat sb;
     *out = NULL;
     if (!f) return moe_errorf(MOE_EIO, "%s: cannot open trace: %s", path, strerror(errno));
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return moe_errorf(MOE_EINVAL, "%s: is a directory, not a routing trace (give the .jsonl file "
+                          "moeflow trace wrote)", path);
+    }
     return load_stream(f, path, out);
 }
 
@@ -264,7 +312,10 @@ enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n)
 
 struct moe_trace_writer {
     FILE *f;
-    char path[4096];
+    char path[4096];               /* where the trace goes on a successful close */
+    char tmp[4100];                /* path.tmp, written until then (path itself when direct) */
+    bool direct;                   /* path is an existing non-regular file (a pipe, /dev/stdout):
+                                      written in place, never renamed or removed */
     struct moe_trace_info info;
 };
 
@@ -275,13 +326,20 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
         moe_errorf(MOE_ENOMEM, "trace writer: out of memory");
         return NULL;
     }
-    w->f = fopen(path, "w");
-    if (!w->f) {
-        moe_errorf(MOE_EIO, "%s: cannot create trace: %s", path, strerror(errno));
+    if ((size_t)snprintf(w->path, sizeof(w->path), "%s", path) >= sizeof(w->path)) {
+        moe_errorf(MOE_EINVAL, "%s: path longer than %zu bytes; use a shorter one", path, sizeof(w->path) - 1);
         free(w);
         return NULL;
     }
-    snprintf(w->path, sizeof(w->path), "%s", path);
+    struct stat sb;
+    w->direct = stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
+    snprintf(w->tmp, sizeof(w->tmp), w->direct ? "%s" : "%s.tmp", path);
+    w->f = fopen(w->tmp, "w");
+    if (!w->f) {
+        moe_errorf(MOE_EIO, "%s: cannot create trace: %s", w->tmp, strerror(errno));
+        free(w);
+        return NULL;
+    }
     w->info = *info;
     json_t *h = json_object();
     json_t *ml = json_array();
@@ -296,7 +354,13 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
     if (info->expert_bytes) json_object_set_new(h, "expert_bytes", json_integer((json_int_t)info->expert_bytes));
     char *s = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(h);
-    if (s) fprintf(w->f, "%s\n", s);
+    if (!s || fprintf(w->f, "%s\n", s) < 0) {
+        moe_errorf(s ? MOE_EIO : MOE_ENOMEM, "%s: cannot write the trace header%s", w->tmp,
+                   s ? "" : " (out of memory)");
+        free(s);
+        moe_trace_writer_abort(w);
+        return NULL;
+    }
     free(s);
     return w;
 }
@@ -305,6 +369,7 @@ enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int 
                                        const int *experts, const float *weights)
 {
     const struct moe_trace_info *in = &w->info;
+    errno = 0;
     fprintf(w->f, "{\"seq\":%d,\"pos\":%d,\"token\":%d,\"experts\":[", seq, pos, token);
     for (int li = 0; li < in->n_moe; li++) {
         fputs(li ? ",[" : "[", w->f);
@@ -324,15 +389,34 @@ enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int 
         fputc(']', w->f);
     }
     fputs("}\n", w->f);
-    return ferror(w->f) ? moe_errorf(MOE_EIO, "%s: write failed", w->path) : MOE_OK;
+    return ferror(w->f) ? moe_errorf(MOE_EIO, "%s: write failed: %s", w->tmp,
+                                     errno ? strerror(errno) : "stream error")
+                        : MOE_OK;
 }
 
 enum moe_status moe_trace_writer_close(struct moe_trace_writer *w)
 {
     if (!w) return MOE_OK;
-    bool bad = ferror(w->f) != 0;
-    if (fclose(w->f) != 0) bad = true;
-    enum moe_status st = bad ? moe_errorf(MOE_EIO, "%s: write failed (disk full?)", w->path) : MOE_OK;
+    enum moe_status st = MOE_OK;
+    int err = 0;
+    errno = 0;
+    if (fflush(w->f) != 0 || ferror(w->f)) err = errno ? errno : EIO;
+    if (fclose(w->f) != 0 && !err) err = errno ? errno : EIO;
+    w->f = NULL;
+    if (err)
+        st = moe_errorf(MOE_EIO, "%s: write failed (%s)%s%s", w->tmp, strerror(err),
+                        w->direct ? "" : "; nothing written to ", w->direct ? "" : w->path);
+    else if (!w->direct && rename(w->tmp, w->path) != 0)
+        st = moe_errorf(MOE_EIO, "%s: cannot rename %s into place: %s", w->path, w->tmp, strerror(errno));
+    if (st && !w->direct) unlink(w->tmp);
     free(w);
     return st;
+}
+
+void moe_trace_writer_abort(struct moe_trace_writer *w)
+{
+    if (!w) return;
+    if (w->f) fclose(w->f);
+    if (!w->direct) unlink(w->tmp);
+    free(w);
 }

@@ -20,6 +20,8 @@ extern "C" {
 #define MOE_TRACE_VERSION 1
 #define MOE_TRACE_MAX_EXPERTS 65536 /* experts per layer a trace may declare */
 #define MOE_TRACE_MAX_K 256         /* top_k a trace may declare */
+#define MOE_TRACE_MAX_EXPERT_BYTES (1ull << 40) /* bytes of one expert (1 TiB) a trace header or
+                                                   moeflow sim --expert-bytes may give */
 
 struct moe_trace_info {
     char model[256];               /* model name (directory base name) */
@@ -28,13 +30,14 @@ struct moe_trace_info {
     int top_k;                     /* experts per token per MoE layer */
     int n_moe;                     /* MoE layers */
     int moe_layers[MOE_MAX_LAYERS];/* [n_moe] their decoder-layer indices, ascending */
-    uint64_t expert_bytes;         /* bytes of one expert as stored, 0 = unknown */
+    uint64_t expert_bytes;         /* bytes of one expert as stored, 1..MOE_TRACE_MAX_EXPERT_BYTES;
+                                      0 = unknown (absent from the header) */
 };
 
 struct moe_trace {
     struct moe_trace_info info;
     size_t n_tokens;
-    int *seq, *pos, *token;        /* [n_tokens] */
+    int *seq, *pos, *token;        /* [n_tokens]; seq 0, 1, ... and pos 0, 1, ... within a seq */
     int *experts;                  /* [n_tokens][n_moe][top_k], descending routing weight */
     float *weights;                /* same shape, or NULL when the trace has none */
 };
@@ -56,13 +59,20 @@ void moe_trace_layer_order(const struct moe_trace *t, size_t i, int li, int *out
  * experts by moe_trace_layer_order) as cache keys layer * experts + expert.  *keys malloc'd. */
 enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n);
 
+/* The writer writes PATH.tmp and renames it to PATH on a successful close, so
+ * a failed or interrupted run never leaves a partial trace that reads as a
+ * whole one (an existing PATH stays as it was). */
 struct moe_trace_writer;
 struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct moe_trace_info *info);
-/* experts: [n_moe][top_k]; weights: same or NULL. */
+/* experts: [n_moe][top_k]; weights: same or NULL.  seq and pos must follow the
+ * format's order (seq 0, 1, ...; pos 0, 1, ... within a seq). */
 enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int pos, int token,
                                        const int *experts, const float *weights);
-/* Flush and close; reports a write error (disk full) as MOE_EIO. */
+/* Flush, close and rename PATH.tmp to PATH; a write error (disk full) or a
+ * failed rename is MOE_EIO, and PATH.tmp is removed.  Frees w either way. */
 enum moe_status moe_trace_writer_close(struct moe_trace_writer *w);
+/* Give up: close and remove PATH.tmp, leave PATH as it was, free w (NULL ok). */
+void moe_trace_writer_abort(struct moe_trace_writer *w);
 
 #ifdef __cplusplus
 }

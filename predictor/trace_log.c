@@ -62,9 +62,13 @@ enum moe_status moe_trace_pred_log(const struct moe_trace *t, const struct moe_p
         moe_evlog_step(log);
         if ((st = moe_predictor_begin(p, &b))) goto out;
         for (int li = 0; li < in->n_moe; li++) {
-            const int *e = moe_trace_experts(t, i, li);
-            rec->ops->acquire(rec->self, in->moe_layers[li], in->top_k, e, refs);
-            moe_predictor_on_route(p, in->moe_layers[li], 1, e);
+            /* as the engine does: on_route gets the router's order (descending weight), the
+             * provider the layer's experts in ascending id, so the cache sees the accesses
+             * of moeflow sim without a predictor (moe_sim_run) */
+            int order[MOE_TRACE_MAX_K];
+            moe_trace_layer_order(t, i, li, order);
+            rec->ops->acquire(rec->self, in->moe_layers[li], in->top_k, order, refs);
+            moe_predictor_on_route(p, in->moe_layers[li], 1, moe_trace_experts(t, i, li));
         }
         moe_predictor_end(p, true);
     }
@@ -97,7 +101,12 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         moe_evlog_free(&log);
         return spec.kind == MOE_PRED_NONE || spec.kind == MOE_PRED_HISTORY ? 1 : 2;
     }
-    uint64_t eb = expert_bytes ? expert_bytes : in->expert_bytes;
+    uint64_t eb = expert_bytes ? expert_bytes : in->expert_bytes, bytes_moved = 0;
+    if (eb > MOE_TRACE_MAX_EXPERT_BYTES) {
+        fprintf(stderr, "moeflow sim: --expert-bytes %llu is above the %llu-byte (1 TiB) limit\n",
+                (unsigned long long)eb, MOE_TRACE_MAX_EXPERT_BYTES);
+        return 2;
+    }
     struct moe_cachesim_params p = {
         .capacity = (int)capacity,
         .policy = cp,
@@ -112,6 +121,11 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
         return 1;
     }
+    if (!moe_mul_u64(r.transfers, eb, &bytes_moved)) {
+        fprintf(stderr, "moeflow sim: bytes moved (%llu transfers x %llu bytes) overflows 64 bits; give a "
+                        "smaller --expert-bytes\n", (unsigned long long)r.transfers, (unsigned long long)eb);
+        return 1;
+    }
     long slots = (long)in->n_moe * in->experts;
     double tok = (double)r.steps, hr = r.accesses ? (double)r.hits / (double)r.accesses : 0;
     double useful = r.prefetches ? (double)r.prefetch_useful / (double)r.prefetches : 0;
@@ -124,7 +138,7 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
                pol, spec_s ? spec_s : "none", capacity, slots, (unsigned long long)r.steps,
                (unsigned long long)r.accesses, (unsigned long long)r.hits,
                (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
-               tok > 0 ? (double)r.transfers / tok : 0, (unsigned long long)(r.transfers * eb),
+               tok > 0 ? (double)r.transfers / tok : 0, (unsigned long long)bytes_moved,
                (unsigned long long)r.prefetches, (unsigned long long)r.prefetch_useful, useful);
         if (link_gbps > 0)
             printf(",\"link_gbps\":%g,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,\"stall_s\":%.6f,"

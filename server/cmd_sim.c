@@ -26,7 +26,8 @@ static void sim_usage(FILE *f)
         "                        | predicted (prediction-aware, offload/policy_predicted.h)\n"
         "  --predictor SPEC      none | history: prefetch what the history predictor expects\n"
         "                        (the other predictors need hidden states: moeflow replay)\n"
-        "  --expert-bytes B      bytes per expert transfer (default: the trace header's expert_bytes)\n"
+        "  --expert-bytes B      bytes per expert transfer, at most 1 TiB (default: the trace header's\n"
+        "                        expert_bytes)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps\n"
         "  --expert-ms T         extra compute per routed expert per token (ms), with --link-gbps\n"
@@ -58,6 +59,7 @@ int moe_cmd_sim(int argc, char **argv)
     long capacity = -1;
     double frac = -1;
     bool have_policy = false, json = false;
+    const char *timeline_opt = NULL; /* a timeline-only option given, which needs --link-gbps */
     const char *pred_spec = NULL, *pol_name = NULL;
     struct moe_sim_params sp = {0};
     int c;
@@ -78,7 +80,14 @@ int moe_cmd_sim(int argc, char **argv)
                 return 2;
             }
             break;
-        case O_PRED: pred_spec = optarg; break;
+        case O_PRED:
+            if (!*optarg) {
+                fprintf(stderr, "moeflow sim: --predictor '' is empty (use none or history; gate, path and "
+                                "path+gate need hidden states: moeflow replay)\n");
+                return 2;
+            }
+            pred_spec = optarg;
+            break;
         case O_POLICY:
             pol_name = optarg;
             if (strcmp(optarg, "predicted") && !moe_policy_parse(optarg, &sp.policy)) {
@@ -88,8 +97,10 @@ int moe_cmd_sim(int argc, char **argv)
             have_policy = true;
             break;
         case O_EB:
-            if (!moe_cli_parse_u64(optarg, &sp.expert_bytes) || sp.expert_bytes == 0) {
-                fprintf(stderr, "moeflow sim: --expert-bytes '%s' must be an integer >= 1\n", optarg);
+            if (!moe_cli_parse_u64(optarg, &sp.expert_bytes) || sp.expert_bytes == 0 ||
+                sp.expert_bytes > MOE_TRACE_MAX_EXPERT_BYTES) {
+                fprintf(stderr, "moeflow sim: --expert-bytes '%s' must be an integer in 1..%llu (1 TiB per "
+                                "expert)\n", optarg, MOE_TRACE_MAX_EXPERT_BYTES);
                 return 2;
             }
             break;
@@ -104,12 +115,14 @@ int moe_cmd_sim(int argc, char **argv)
                 fprintf(stderr, "moeflow sim: --layer-ms '%s' must be a number >= 0\n", optarg);
                 return 2;
             }
+            timeline_opt = "--layer-ms";
             break;
         case O_EXPERT:
             if (!moe_cli_parse_double(optarg, 0, &sp.expert_ms)) {
                 fprintf(stderr, "moeflow sim: --expert-ms '%s' must be a number >= 0\n", optarg);
                 return 2;
             }
+            timeline_opt = "--expert-ms";
             break;
         case O_JSON: json = true; break;
         case 'h': sim_usage(stdout); return 0;
@@ -123,6 +136,11 @@ int moe_cmd_sim(int argc, char **argv)
     if (!trace_path || !have_policy || (capacity < 0) == (frac < 0)) {
         fprintf(stderr, "moeflow sim: needs --trace, --policy and exactly one of --capacity or "
                         "--capacity-frac (see --help)\n");
+        return 2;
+    }
+    if (timeline_opt && !(sp.link_gbps > 0)) {
+        fprintf(stderr, "moeflow sim: %s needs --link-gbps (it sets the compute of the simulated "
+                        "timeline, which only runs with a link rate)\n", timeline_opt);
         return 2;
     }
     struct moe_trace *t = NULL;

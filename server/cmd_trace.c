@@ -127,21 +127,21 @@ int moe_cmd_trace(int argc, char **argv)
     };
     const char *dir = NULL, *text = NULL, *idsf = NULL, *out = NULL;
     long seq_len = 256, max_tokens = 0, threads = 1;
-    bool weights = false;
+    bool weights = false, have_seq_len = false;
     struct moe_offload_opts oo;
     moe_offload_opts_init(&oo);
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
-        long *num = NULL;
+        long *num = NULL, hi = 1L << 30;
         const char *name = NULL;
         switch (c) {
         case 'm': dir = optarg; break;
         case O_TEXT: text = optarg; break;
         case O_IDS: idsf = optarg; break;
-        case O_SEQLEN: num = &seq_len; name = "seq-len"; break;
+        case O_SEQLEN: num = &seq_len; name = "seq-len"; have_seq_len = true; break;
         case O_MAXTOK: num = &max_tokens; name = "max-tokens"; break;
-        case O_THREADS: num = &threads; name = "threads"; break;
+        case O_THREADS: num = &threads; name = "threads"; hi = 1024; break;
         case O_WEIGHTS: weights = true; break;
         case O_OUT: out = optarg; break;
         case 'h': trace_usage(stdout); return 0;
@@ -158,9 +158,8 @@ int moe_cmd_trace(int argc, char **argv)
         }
         }
         if (num) {
-            if (!moe_cli_parse_long(optarg, 1, 1L << 30, num)) {
-                fprintf(stderr, "moeflow trace: --%s '%s' must be an integer in 1..%ld\n", name, optarg,
-                        1L << 30);
+            if (!moe_cli_parse_long(optarg, 1, hi, num)) {
+                fprintf(stderr, "moeflow trace: --%s '%s' must be an integer in 1..%ld\n", name, optarg, hi);
                 return 2;
             }
         }
@@ -171,6 +170,15 @@ int moe_cmd_trace(int argc, char **argv)
     }
     if (!out || (!text == !idsf)) {
         fprintf(stderr, "moeflow trace: needs --out and exactly one of --text or --ids (see --help)\n");
+        return 2;
+    }
+    if (moe_offload_opts_check(&oo) != MOE_OK) {
+        fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
+        return 2;
+    }
+    if (idsf && have_seq_len) {
+        fprintf(stderr, "moeflow trace: --seq-len applies to --text only; with --ids each array is one "
+                        "sequence (drop --seq-len, or split the arrays)\n");
         return 2;
     }
     if (!dir) dir = moe_default_model_dir();
@@ -197,7 +205,10 @@ int moe_cmd_trace(int argc, char **argv)
             goto out;
         }
         if (moe_read_file(text, &buf, &len, (size_t)1 << 31)) goto fail;
-        if (moe_tokenizer_encode(tok, buf, len, &ids, &n_ids)) goto fail;
+        if (moe_tokenizer_encode(tok, buf, len, &ids, &n_ids)) {
+            moe_error_prefix(MOE_EINVAL, "--text %s", text);
+            goto fail;
+        }
         if (n_ids == 0) {
             moe_errorf(MOE_EINVAL, "%s: no tokens in the text", text);
             goto fail;
@@ -218,7 +229,11 @@ int moe_cmd_trace(int argc, char **argv)
                    "shorten it", longest, cfg->max_pos);
         goto fail;
     }
-    if (moe_offload_runtime_create(m, &oo, &be, &prov)) goto fail;
+    enum moe_status ost = moe_offload_runtime_create(m, &oo, &be, &prov);
+    if (ost) {
+        if (ost == MOE_EINVAL) rc = 2; /* a tier size or trace that does not fit this model */
+        goto fail;
+    }
 
     r.c = cfg;
     for (int l = 0; l < cfg->n_layers; l++) r.li_of[l] = cfg->is_moe[l] ? r.n_moe++ : -1;
@@ -276,12 +291,13 @@ int moe_cmd_trace(int argc, char **argv)
         if (st) st = moe_offload_explain(st, be, prov);
         for (size_t i = 0; i < n && !st; i++) {
             size_t o = i * (size_t)r.n_moe * (size_t)cfg->top_k;
+            /* seq s and pos i: the order docs/trace-format.md promises and moe_trace_load checks */
             st = moe_trace_writer_token(w, (int)s, (int)i, ids[starts[s] + i], r.ids + o,
                                         weights ? r.w + o : NULL);
         }
         moe_engine_seq_free(eng, slot);
         done += n;
-        if (tty || s + 1 == n_seq || (s + 1) % 50 == 0)
+        if (!st && (tty || s + 1 == n_seq || (s + 1) % 50 == 0))
             fprintf(stderr, "%strace: %zu/%zu sequences, %zu tokens, %.1f s%s", tty ? "\r" : "",
                     s + 1, n_seq, done, moe_now() - t0, tty ? "" : "\n");
     }
@@ -289,17 +305,18 @@ int moe_cmd_trace(int argc, char **argv)
     free(seqv);
     free(posv);
     free(want);
+    if (st) goto fail; /* w is aborted below: no partial trace at --out */
+    if (moe_offload_report(prov, &oo)) goto fail;
     enum moe_status cst = moe_trace_writer_close(w);
     w = NULL;
-    if (st || cst) goto fail;
-    if (moe_offload_report(prov, &oo)) goto fail;
+    if (cst) goto fail;
     fprintf(stderr, "wrote %s: %zu tokens, %d MoE layers, top-%d\n", out, done, r.n_moe, cfg->top_k);
     rc = 0;
     goto out;
 fail:
     fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
 out:
-    if (w) moe_trace_writer_close(w);
+    moe_trace_writer_abort(w); /* every failure: PATH.tmp removed, --out left as it was */
     moe_engine_destroy(eng);
     moe_provider_destroy(prov);
     moe_backend_destroy(be);

@@ -6,7 +6,11 @@
 
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <jansson.h>
+
+static char err_path[600];   /* stderr of run_cmd goes here, then into errbuf and back to stderr */
+static char errbuf[1 << 14];
 
 static int run_cmd(int (*fn)(int, char **), const char *out_path, int n, ...)
 {
@@ -17,16 +21,33 @@ static int run_cmd(int (*fn)(int, char **), const char *out_path, int n, ...)
     va_end(ap);
     argv[n] = NULL;
     fflush(stdout);
-    int saved = dup(1);
+    fflush(stderr);
+    int saved = dup(1), saved_err = dup(2);
     if (out_path) {
         int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 1);
         close(fd);
     }
+    int efd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (efd >= 0) {
+        dup2(efd, 2);
+        close(efd);
+    }
     int rc = fn(n, argv);
     fflush(stdout);
+    fflush(stderr);
     dup2(saved, 1);
     close(saved);
+    dup2(saved_err, 2);
+    close(saved_err);
+    errbuf[0] = 0;
+    FILE *f = fopen(err_path, "r");
+    if (f) {
+        size_t got = fread(errbuf, 1, sizeof(errbuf) - 1, f);
+        errbuf[got] = 0;
+        fclose(f);
+    }
+    fputs(errbuf, stderr);
     return rc;
 }
 
@@ -48,6 +69,49 @@ static void expect_trace_error(const char *dir, const char *body, const char *ne
     CHECK(strstr(moe_last_error(), needle), "error '%s' lacks '%s'", moe_last_error(), needle);
 }
 
+/* PATH.tmp, the name the trace writer uses until a successful close. */
+static const char *tr_tmp(const char *path)
+{
+    static char buf[700];
+    snprintf(buf, sizeof(buf), "%s.tmp", path);
+    return buf;
+}
+
+static bool file_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+/* JSON integer key of a sim --json output file, or -1. */
+static long long json_key(const char *path, const char *key)
+{
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    long long v = json_is_integer(json_object_get(j, key)) ? json_integer_value(json_object_get(j, key)) : -1;
+    json_decref(j);
+    return v;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    REQUIRE(moe_read_file(from, &buf, &len, (size_t)1 << 30) == MOE_OK, "%s", moe_last_error());
+    FILE *f = fopen(to, "wb");
+    REQUIRE(f && fwrite(buf, 1, len, f) == len && fclose(f) == 0, "copy to %s", to);
+    free(buf);
+}
+
+static void flip_byte(const char *path, uint64_t off)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char b = 0;
+    REQUIRE(fd >= 0 && pread(fd, &b, 1, (off_t)off) == 1, "read %s", path);
+    b ^= 0x5a;
+    REQUIRE(pwrite(fd, &b, 1, (off_t)off) == 1, "write %s", path);
+    close(fd);
+}
+
 #define HDR "{\"format\":\"moeflow-trace\",\"version\":1,\"model\":\"x\",\"layers\":2,\"experts\":4,\"top_k\":2,\"moe_layers\":[0,1]}\n"
 
 int main(void)
@@ -61,6 +125,7 @@ int main(void)
     snprintf(tr, sizeof(tr), "%s/t.jsonl", dir);
     snprintf(out, sizeof(out), "%s/out.txt", dir);
     snprintf(txt, sizeof(txt), "%s/t.txt", dir);
+    snprintf(err_path, sizeof(err_path), "%s/stderr.txt", dir);
 
     /* pack */
     CHECK(run_cmd(moe_cmd_pack, out, 2, "pack", "--help") == 0, "pack --help");
@@ -83,7 +148,63 @@ int main(void)
     CHECK(t->n_tokens == 10 && t->weights && t->info.top_k == 2 && t->info.expert_bytes > 0,
           "trace: %zu tokens", t->n_tokens);
     CHECK(t->seq[6] == 1 && t->pos[6] == 0 && t->token[6] == 4, "second sequence");
+    CHECK(!file_exists(tr_tmp(tr)), "trace left its .tmp behind");
+
+    /* A trace that fails part-way (a record of an expert only the second sequence
+     * routes to fails its checksum) leaves neither a trace nor its .tmp, and an
+     * existing --out as it was. */
+    {
+        char bad[600], part[600];
+        snprintf(bad, sizeof(bad), "%s/bad.moestore", dir);
+        snprintf(part, sizeof(part), "%s/part.jsonl", dir);
+        copy_file(store, bad);
+        int layer = -1, expert = -1;
+        for (int li = 0; li < t->info.n_moe && layer < 0; li++)
+            for (size_t i = 6; i < t->n_tokens && layer < 0; i++)
+                for (int j = 0; j < t->info.top_k && layer < 0; j++) {
+                    int e = moe_trace_experts(t, i, li)[j];
+                    bool in_first = false;
+                    for (size_t q = 0; q < 6; q++)
+                        for (int r = 0; r < t->info.top_k; r++)
+                            in_first |= moe_trace_experts(t, q, li)[r] == e;
+                    if (!in_first) {
+                        layer = t->info.moe_layers[li];
+                        expert = e;
+                    }
+                }
+        if (layer < 0) { /* every expert of sequence 1 also in sequence 0: fail in sequence 0 */
+            layer = t->info.moe_layers[0];
+            expert = moe_trace_experts(t, 0, 0)[0];
+        }
+        struct moe_store *ms = moe_store_open(bad, NULL);
+        REQUIRE(ms, "%s", moe_last_error());
+        const struct moe_store_record *rec = moe_store_find(ms, layer, expert);
+        REQUIRE(rec, "record of layer %d expert %d", layer, expert);
+        flip_byte(bad, rec->offset + rec->size / 2);
+        moe_store_close(ms);
+        CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", part,
+                      "--store", bad) == 1, "trace over a corrupt store must fail");
+        CHECK(strstr(errbuf, "checksum"), "failure reason: %s", errbuf);
+        CHECK(!file_exists(part), "a failed trace left %s", part);
+        CHECK(!file_exists(tr_tmp(part)), "a failed trace left %s", tr_tmp(part));
+        write_text(part, "keep me\n");
+        CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", part,
+                      "--store", bad) == 1, "trace over a corrupt store must fail");
+        char *kept = NULL;
+        REQUIRE(moe_read_file(part, &kept, NULL, 1 << 20) == MOE_OK, "%s", moe_last_error());
+        CHECK(!strcmp(kept, "keep me\n"), "a failed trace overwrote %s: %s", part, kept);
+        free(kept);
+        CHECK(!file_exists(tr_tmp(part)), "a failed trace left %s", tr_tmp(part));
+        unlink(bad);
+        unlink(part);
+    }
     moe_trace_free(t);
+
+    /* --seq-len means nothing with --ids; --threads is checked when parsed */
+    CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", tr,
+                  "--seq-len", "4") == 2 && strstr(errbuf, "--seq-len"), "--ids with --seq-len: %s", errbuf);
+    CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", tr,
+                  "--threads", "100000") == 2 && strstr(errbuf, "1..1024"), "--threads 100000: %s", errbuf);
     write_text(ids, "[[1, 99999]]");
     CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", model, "--ids", ids, "--out", tr) == 1,
           "out-of-range id must fail");
@@ -101,6 +222,38 @@ int main(void)
     CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", bundled, "--text", txt, "--seq-len",
                   "1000000", "--out", p) == 2, "--seq-len beyond the context is a usage error");
     REQUIRE(moe_trace_load(p, &t) == MOE_OK, "the refused run spoiled %s: %s", p, moe_last_error());
+    moe_trace_free(t);
+    {   /* text that is not UTF-8: the message names the option and the file */
+        char bad_txt[600], o2[600];
+        snprintf(bad_txt, sizeof(bad_txt), "%s/bad.txt", dir);
+        snprintf(o2, sizeof(o2), "%s/bad-text.jsonl", dir);
+        write_text(bad_txt, "def f():\n    return '\xff\xfe'\n");
+        CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", bundled, "--text", bad_txt, "--out", o2) == 1,
+              "invalid UTF-8 must fail");
+        char want[700];
+        snprintf(want, sizeof(want), "--text %s", bad_txt);
+        CHECK(strstr(errbuf, want), "UTF-8 error does not name the file: %s", errbuf);
+        CHECK(!file_exists(o2) && !file_exists(tr_tmp(o2)), "failed trace left a file");
+        unlink(bad_txt);
+    }
+
+    /* a longer trace, sequences of 64: several sequences, experts not in id order */
+    char py[512], pyt[600];
+    t_path(py, sizeof(py), "bench/data/pycode/eval.txt");
+    snprintf(pyt, sizeof(pyt), "%s/py.jsonl", dir);
+    CHECK(run_cmd(moe_cmd_trace, NULL, 11, "trace", "--model", bundled, "--text", py, "--seq-len", "64",
+                  "--max-tokens", "300", "--out", pyt) == 0, "trace of eval.txt");
+    REQUIRE(moe_trace_load(pyt, &t) == MOE_OK, "%s", moe_last_error());
+    {
+        bool unsorted = false;
+        for (size_t i = 0; i < t->n_tokens && !unsorted; i++)
+            for (int li = 0; li < t->info.n_moe && !unsorted; li++) {
+                const int *e = moe_trace_experts(t, i, li);
+                for (int j = 1; j < t->info.top_k; j++) unsorted |= e[j] < e[j - 1];
+            }
+        CHECK(t->n_tokens == 300 && t->seq[299] == 4 && t->pos[299] == 299 - 256, "300 tokens in 5 sequences");
+        CHECK(unsorted, "every layer's experts already in id order: the check below would prove nothing");
+    }
     moe_trace_free(t);
 
     /* sim */
@@ -126,6 +279,58 @@ int main(void)
     CHECK(json_integer_value(json_object_get(j, "capacity")) == 64, "floor(0.25 x 8 x 32) = 64");
     json_decref(j);
 
+    /* --predictor none replays the same accesses in the same order as plain sim:
+     * identical figures, for LFU (order-sensitive ties) and LRU, at several capacities */
+    {
+        static const char *const pols[] = { "lfu", "lru" };
+        static const char *const caps[] = { "16", "33", "64", "128" };
+        static const char *const fig[] = { "hits", "misses", "evictions", "bytes_moved" };
+        char out2[600];
+        snprintf(out2, sizeof(out2), "%s/out2.txt", dir);
+        for (size_t a = 0; a < MOE_ARRAY_LEN(pols); a++)
+            for (size_t b = 0; b < MOE_ARRAY_LEN(caps); b++) {
+                CHECK(run_cmd(moe_cmd_sim, out, 8, "sim", "--trace", pyt, "--policy", pols[a], "--capacity",
+                              caps[b], "--json") == 0, "sim %s", pols[a]);
+                CHECK(run_cmd(moe_cmd_sim, out2, 10, "sim", "--trace", pyt, "--policy", pols[a], "--capacity",
+                              caps[b], "--json", "--predictor", "none") == 0, "sim %s --predictor none", pols[a]);
+                for (size_t k = 0; k < MOE_ARRAY_LEN(fig); k++) {
+                    long long x = json_key(out, fig[k]), y = json_key(out2, fig[k]);
+                    CHECK(x >= 0 && x == y, "--policy %s --capacity %s: %s %lld, with --predictor none %lld",
+                          pols[a], caps[b], fig[k], x, y);
+                }
+            }
+    }
+
+    /* bytes moved: --expert-bytes bounded to 1 TiB, no wrap-around at the bound */
+    CHECK(run_cmd(moe_cmd_sim, NULL, 9, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
+                  "--expert-bytes", "18446744073709551615") == 2 && strstr(errbuf, "1099511627776"),
+          "--expert-bytes 2^64-1: %s", errbuf);
+    CHECK(run_cmd(moe_cmd_sim, NULL, 9, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
+                  "--expert-bytes", "1099511627777") == 2, "--expert-bytes 1 TiB + 1");
+    for (int pred = 0; pred < 2; pred++) {
+        CHECK(run_cmd(moe_cmd_sim, out, pred ? 12 : 10, "sim", "--trace", pyt, "--policy", "lru", "--capacity",
+                      "16", "--expert-bytes", "1099511627776", "--json", "--predictor", "none") == 0,
+              "--expert-bytes 1 TiB");
+        long long mv = json_key(out, "bytes_moved"), miss = json_key(out, "misses");
+        CHECK(miss > 0 && mv == miss * (1LL << 40), "bytes_moved %lld for %lld misses of 1 TiB", mv, miss);
+    }
+
+    /* timeline-only options need --link-gbps; an empty --predictor; a directory */
+    CHECK(run_cmd(moe_cmd_sim, NULL, 9, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
+                  "--layer-ms", "5") == 2 && strstr(errbuf, "--layer-ms needs --link-gbps"),
+          "--layer-ms without --link-gbps: %s", errbuf);
+    CHECK(run_cmd(moe_cmd_sim, NULL, 9, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
+                  "--expert-ms", "0.1") == 2 && strstr(errbuf, "--expert-ms needs --link-gbps"),
+          "--expert-ms without --link-gbps: %s", errbuf);
+    CHECK(run_cmd(moe_cmd_sim, out, 12, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
+                  "--layer-ms", "5", "--link-gbps", "10", "--json") == 0 && json_key(out, "tokens") == 300,
+          "--layer-ms with --link-gbps");
+    CHECK(run_cmd(moe_cmd_sim, NULL, 9, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
+                  "--predictor", "") == 2 && strstr(errbuf, "--predictor '' is empty"),
+          "--predictor '': %s", errbuf);
+    CHECK(run_cmd(moe_cmd_sim, NULL, 7, "sim", "--trace", dir, "--policy", "lru", "--capacity", "16") == 1 &&
+              strstr(errbuf, "is a directory"), "--trace DIR: %s", errbuf);
+
     /* trace reader errors name the line and the field */
     expect_trace_error(dir, "", "empty");
     expect_trace_error(dir, "{\"format\":\"other\"}\n", "format");
@@ -135,6 +340,63 @@ int main(void)
     expect_trace_error(dir, HDR "{\"seq\":0,\"pos\":0,\"token\":1,\"experts\":[[0,1],[2,9]]}\n", "experts[1][1]");
     expect_trace_error(dir, HDR "{\"seq\":0,\"pos\":0,\"experts\":[[0,1],[2,3]]}\n", "token");
     expect_trace_error(dir, HDR "not json\n", ":2:");
+    /* expert_bytes, when present, is an integer in [1, 1 TiB] */
+#define HDR_EB(v) "{\"format\":\"moeflow-trace\",\"version\":1,\"model\":\"x\",\"layers\":2,\"experts\":4," \
+                  "\"top_k\":2,\"moe_layers\":[0,1],\"expert_bytes\":" v "}\n"
+    static const char *const bad_eb[] = { HDR_EB("-1"), HDR_EB("1.5"), HDR_EB("0"), HDR_EB("\"100\""),
+                                          HDR_EB("null"), HDR_EB("9223372036854775807"),
+                                          HDR_EB("1099511627777") };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad_eb); i++) expect_trace_error(dir, bad_eb[i], ":1: field \"expert_bytes\"");
+    {
+        char path[600];
+        snprintf(path, sizeof(path), "%s/eb.jsonl", dir);
+        write_text(path, HDR_EB("1099511627776") "{\"seq\":0,\"pos\":0,\"token\":1,\"experts\":[[0,1],[2,3]]}\n");
+        REQUIRE(moe_trace_load(path, &t) == MOE_OK, "expert_bytes 1 TiB refused: %s", moe_last_error());
+        CHECK(t->info.expert_bytes == 1ull << 40, "expert_bytes %llu", (unsigned long long)t->info.expert_bytes);
+        moe_trace_free(t);
+    }
+    /* seq 0, 1, ... in file order; pos 0, 1, ... within a seq */
+#define TOK(s, p) "{\"seq\":" #s ",\"pos\":" #p ",\"token\":1,\"experts\":[[0,1],[2,3]]}\n"
+    expect_trace_error(dir, HDR TOK(0, 0) TOK(5, 0), ":3: \"seq\" = 5 after sequence 0");
+    expect_trace_error(dir, HDR TOK(0, 0) TOK(1, 0) TOK(0, 0), ":4: \"seq\" = 0 after sequence 1");
+    expect_trace_error(dir, HDR TOK(1, 0), ":2: \"seq\" = 1 on the first token");
+    expect_trace_error(dir, HDR TOK(0, 1), ":2: \"pos\" = 1 at the start of sequence 0");
+    expect_trace_error(dir, HDR TOK(0, 0) TOK(0, 1) TOK(0, 0), ":4: \"pos\" = 0");
+    expect_trace_error(dir, HDR TOK(0, 0) TOK(0, 2), ":3: \"pos\" = 2");
+    expect_trace_error(dir, HDR TOK(0, 0) TOK(1, 3), ":3: \"pos\" = 3 at the start of sequence 1");
+    {
+        char path[600];
+        snprintf(path, sizeof(path), "%s/order.jsonl", dir);
+        write_text(path, HDR TOK(0, 0) TOK(0, 1) TOK(1, 0) TOK(2, 0) TOK(2, 1) "\n");
+        REQUIRE(moe_trace_load(path, &t) == MOE_OK, "a well-ordered trace refused: %s", moe_last_error());
+        CHECK(t->n_tokens == 5 && t->seq[4] == 2 && t->pos[4] == 1, "order.jsonl");
+        moe_trace_free(t);
+    }
+    /* the fuzz corpus holds these malformed cases; each is refused with its line */
+    static const char *const bad_seed[][2] = {
+        { "seq_jump.jsonl", ":3: \"seq\" = 5" }, { "pos_reset.jsonl", ":4: \"pos\" = 0" },
+        { "expert_bytes_neg.jsonl", ":1: field \"expert_bytes\"" },
+        { "expert_bytes_frac.jsonl", ":1: field \"expert_bytes\"" },
+        { "expert_bytes_huge.jsonl", ":1: field \"expert_bytes\"" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad_seed); i++) {
+        char rel[128], path[600];
+        snprintf(rel, sizeof(rel), "tests/offload/corpus_trace/%s", bad_seed[i][0]);
+        t_path(path, sizeof(path), rel);
+        CHECK(moe_trace_load(path, &t) != MOE_OK && strstr(moe_last_error(), bad_seed[i][1]),
+              "%s: '%s' lacks '%s'", rel, moe_last_error(), bad_seed[i][1]);
+        moe_trace_free(t);
+        t = NULL;
+    }
+    /* the committed corpus traces that are valid still load */
+    static const char *const good[] = { "valid.jsonl", "pycode.jsonl" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(good); i++) {
+        char rel[128], path[600];
+        snprintf(rel, sizeof(rel), "tests/offload/corpus_trace/%s", good[i]);
+        t_path(path, sizeof(path), rel);
+        CHECK(moe_trace_load(path, &t) == MOE_OK, "%s: %s", rel, moe_last_error());
+        moe_trace_free(t);
+    }
 
     t_tmp_remove(dir);
     return t_result("test_cli");

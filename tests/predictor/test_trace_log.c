@@ -1,6 +1,8 @@
 /* History predictions over a routing trace (no model): hints are logged in
- * order with the accesses, a learnable routing gets useful prefetches, and
- * predictors that need hidden states are refused with an explanation. */
+ * order with the accesses, a learnable routing gets useful prefetches, with no
+ * predictor the cache figures equal moe_sim_run's, and predictors that need
+ * hidden states are refused with an explanation. */
+#include "offload/sim.h"
 #include "predictor/trace_log.h"
 #include "tests/test_util.h"
 
@@ -58,6 +60,36 @@ int main(void)
     CHECK(st.prefetch_useful * 2 > st.prefetches, "most prefetches wasted");
     CHECK(st.hits > lru.hits, "prediction did not beat on-demand LRU");
     moe_evlog_free(&log);
+
+    /* With no predictor the logged accesses are those moeflow sim replays (a
+     * layer's experts in ascending id, moe_trace_layer_order), although the
+     * trace lists them by weight: LFU, whose ties depend on the order, and LRU
+     * give moe_sim_run's figures at every capacity. */
+    {
+        int unsorted = 0;
+        for (int i = 0; i < T * NM; i++) unsorted += ex[i * K] > ex[i * K + 1];
+        REQUIRE(unsorted > T / 4, "the synthetic trace must list experts out of id order (%d rows)", unsorted);
+    }
+    sp.kind = MOE_PRED_NONE;
+    REQUIRE(moe_trace_pred_log(&t, &sp, &(struct moe_pred_prefetch){ .min_score = 0.8f, .max_per_layer = K }, &log) ==
+                MOE_OK, "log: %s", moe_last_error());
+    for (int pol = 0; pol < 2; pol++)
+        for (int cap = K; cap <= NM * E; cap += 3) {
+            struct moe_sim_params smp = { .capacity = cap, .policy = pol ? MOE_POLICY_LRU : MOE_POLICY_LFU };
+            struct moe_sim_result sr;
+            REQUIRE(moe_sim_run(&t, &smp, &sr) == MOE_OK, "moe_sim_run: %s", moe_last_error());
+            struct moe_cachesim_params cp = { .capacity = cap, .policy = pol ? MOE_CACHE_LRU : MOE_CACHE_LFU };
+            struct moe_cachesim_stats cs;
+            REQUIRE(moe_cachesim_run_layers(&log, ml, 4, &cp, &cs) == MOE_OK, "cachesim: %s", moe_last_error());
+            CHECK(cs.accesses == sr.accesses && cs.hits == sr.hits && cs.evictions == sr.evictions &&
+                      cs.transfers == sr.misses,
+                  "%s capacity %d: --predictor none hits %llu evictions %llu transfers %llu, plain sim hits %llu "
+                  "evictions %llu misses %llu", pol ? "lru" : "lfu", cap, (unsigned long long)cs.hits,
+                  (unsigned long long)cs.evictions, (unsigned long long)cs.transfers, (unsigned long long)sr.hits,
+                  (unsigned long long)sr.evictions, (unsigned long long)sr.misses);
+        }
+    moe_evlog_free(&log);
+
     sp.kind = MOE_PRED_GATE;
     CHECK(moe_trace_pred_log(&t, &sp, NULL, &log) == MOE_ENOTSUP && strstr(moe_last_error(), "replay"),
           "gate on a trace: %s", moe_last_error());

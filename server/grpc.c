@@ -887,8 +887,7 @@ static void handle_event(struct grpc_front *gf, struct gtag *t, bool ok)
 
 static void drain_inbox(struct grpc_front *gf)
 {
-    for (struct srv_gen *g = srv_inbox_take(&gf->inbox), *n; g; g = n) {
-        n = g->next;
+    for (struct srv_gen *g; (g = srv_inbox_pop(&gf->inbox));) {
         pthread_mutex_lock(&gf->inbox.mu);
         struct cgen *k = g->owner;
         pthread_mutex_unlock(&gf->inbox.mu);

@@ -360,8 +360,7 @@ static void hreq_progress(struct hreq *r)
 static void wake_event_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct http_front *h = arg;
-    for (struct srv_gen *g = srv_inbox_take(&h->inbox), *n; g; g = n) {
-        n = g->next;
+    for (struct srv_gen *g; (g = srv_inbox_pop(&h->inbox));) {
         pthread_mutex_lock(&h->inbox.mu);
         struct hreq *r = g->owner;
         pthread_mutex_unlock(&h->inbox.mu);

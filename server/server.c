@@ -80,12 +80,8 @@ void srv_inbox_init(struct srv_inbox *ib, void (*wake)(void *), void *arg)
 
 void srv_inbox_free(struct srv_inbox *ib)
 {
-    struct srv_gen *g = srv_inbox_take(ib);
-    while (g) {
-        struct srv_gen *n = g->next;
+    for (struct srv_gen *g; (g = srv_inbox_pop(ib));)
         srv_gen_put(g);
-        g = n;
-    }
     pthread_mutex_destroy(&ib->mu);
 }
 
@@ -181,13 +177,17 @@ static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status 
         ib->wake(ib->wake_arg);
 }
 
-struct srv_gen *srv_inbox_take(struct srv_inbox *ib)
+struct srv_gen *srv_inbox_pop(struct srv_inbox *ib)
 {
     pthread_mutex_lock(&ib->mu);
     struct srv_gen *g = ib->head;
-    ib->head = ib->tail = NULL;
-    for (struct srv_gen *p = g; p; p = p->next)
-        p->queued = false;
+    if (g) {
+        ib->head = g->next;
+        if (!ib->head)
+            ib->tail = NULL;
+        g->next = NULL;
+        g->queued = false;
+    }
     pthread_mutex_unlock(&ib->mu);
     return g;
 }
@@ -637,8 +637,7 @@ static enum moe_status server_warmup(struct moe_server *s)
     while (!done) {
         struct timespec ts = { 0, 2000000 };
         nanosleep(&ts, NULL);
-        for (struct srv_gen *p = srv_inbox_take(&ib), *n; p; p = n) {
-            n = p->next;
+        for (struct srv_gen *p; (p = srv_inbox_pop(&ib));) {
             srv_gen_events(p, &ev);
             free(ev.toks);
             if (ev.done) {

@@ -114,9 +114,11 @@ int srv_finish_grpc_code(enum moe_finish why, enum moe_status st);
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
                                const struct moe_gen_request *r, double deadline,
                                struct srv_gen **out);
-/* Take the generations with unread events off the inbox (a list linked by
- * ->next; each holds a ref that srv_gen_put drops). */
-struct srv_gen *srv_inbox_take(struct srv_inbox *ib);
+/* Take the first generation with unread events off the inbox, or NULL: it
+ * holds a ref that srv_gen_put drops.  One at a time, so the scheduler may
+ * queue it again (new events) while its consumer works: the inbox's links
+ * are only ever followed under its lock. */
+struct srv_gen *srv_inbox_pop(struct srv_inbox *ib);
 /* Move g's unread events into ev (caller frees ev->toks). */
 void srv_gen_events(struct srv_gen *g, struct srv_events *ev);
 /* Text of tokens, UTF-8 complete characters only unless final (then flushed,

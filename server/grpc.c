@@ -966,12 +966,14 @@ struct grpc_front *srv_grpc_start(struct moe_server *s)
     gf->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(gf->server, gf->cq, NULL);
     char addr[300];
-    snprintf(addr, sizeof(addr), "%s:%d", s->cfg.host, s->cfg.grpc_port);
+    /* an IPv6 literal goes in brackets before the port */
+    bool v6 = strchr(s->cfg.host, ':') && s->cfg.host[0] != '[';
+    snprintf(addr, sizeof(addr), v6 ? "[%s]:%d" : "%s:%d", s->cfg.host, s->cfg.grpc_port);
     grpc_server_credentials *cred = grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(gf->server, addr, cred);
     grpc_server_credentials_release(cred);
     if (port == 0) {
-        moe_errorf(MOE_EIO, "cannot bind %s (in use? pick another --grpc-port)", addr);
+        moe_errorf(MOE_EIO, "cannot bind %s (in use? pick another --grpc-port; or check --host)", addr);
         grpc_server_destroy(gf->server);
         grpc_completion_queue_shutdown(gf->cq);
         while (grpc_completion_queue_next(gf->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=

@@ -10,6 +10,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -502,6 +503,45 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     }
 }
 
+static void resume_accept_cb(evutil_socket_t fd, short what, void *lev)
+{
+    evconnlistener_enable(lev);
+    (void)fd;
+    (void)what;
+}
+
+/* accept() failed (the listener's own argument is libevent's evhttp, so this
+ * keeps no front-end state).  Out of descriptors, the pending connection stays
+ * in the backlog and accept would fail again at once: stop listening for
+ * 100 ms instead of spinning, and say so once in 10 s. */
+static void accept_error_cb(struct evconnlistener *lev, void *unused)
+{
+    static _Atomic double warned_at = -1e9;
+    int err = EVUTIL_SOCKET_ERROR();
+    double now = moe_now();
+    if (now - atomic_load(&warned_at) >= 10) {
+        atomic_store(&warned_at, now);
+        MOE_WARN("HTTP: cannot accept connections: %s%s", evutil_socket_error_to_string(err),
+                 err == EMFILE || err == ENFILE ? " (raise the open-file limit, ulimit -n, or close idle clients)"
+                                                : "");
+    }
+    if ((err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) &&
+        event_base_once(evconnlistener_get_base(lev), -1, EV_TIMEOUT, resume_accept_cb, lev,
+                        &(struct timeval){ 0, 100000 }) == 0)
+        evconnlistener_disable(lev);
+    (void)unused;
+}
+
+/* --host as libevent takes it: an IPv6 literal without the brackets of "[::1]". */
+static void bare_host(const char *host, char *out, size_t cap)
+{
+    size_t n = strlen(host);
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']')
+        snprintf(out, cap, "%.*s", (int)(n - 2), host + 1);
+    else
+        snprintf(out, cap, "%s", host);
+}
+
 static void *http_thread(void *arg)
 {
     struct http_front *h = arg;
@@ -532,11 +572,17 @@ struct http_front *srv_http_start(struct moe_server *s)
     evhttp_set_timeout(h->http, 600);
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
     evhttp_set_gencb(h->http, gen_cb, h);
-    if (evhttp_bind_socket(h->http, s->cfg.host, (ev_uint16_t)s->cfg.http_port) != 0) {
-        moe_errorf(MOE_EIO, "cannot bind %s:%d (in use? pick another --http-port)", s->cfg.host,
-                   s->cfg.http_port);
+    char host[sizeof(s->cfg.host)];
+    bare_host(s->cfg.host, host, sizeof(host));
+    errno = 0;
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)s->cfg.http_port);
+    if (!bs) {
+        moe_errorf(MOE_EIO, "cannot bind: %s",
+                   errno == EADDRINUSE ? "in use; pick another --http-port"
+                                       : "check --host (an address of this machine) and --http-port");
         goto out_fail;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bs), accept_error_cb);
     if (pthread_create(&h->thread, NULL, http_thread, h) != 0) {
         moe_errorf(MOE_EIO, "cannot start the HTTP thread");
         goto out_fail;

@@ -3,6 +3,7 @@ on loopback, gRPC stubs generated at test time, curl, Prometheus parsing."""
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -59,7 +60,7 @@ def gen_stubs(src):
 
 
 class Server:
-    def __init__(self, moeflow, *extra, ready_timeout=120):
+    def __init__(self, moeflow, *extra, ready_timeout=120, nofile=None):
         self.grpc_port = free_port()
         self.http_port = free_port()
         while self.http_port == self.grpc_port:
@@ -67,7 +68,8 @@ class Server:
         self.log = tempfile.TemporaryFile()
         args = [moeflow, "serve", "--grpc-port", str(self.grpc_port), "--http-port",
                 str(self.http_port), "--warmup-tokens", "1"] + list(extra)
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit)
         t0 = time.time()
         while time.time() - t0 < ready_timeout:
             if self.proc.poll() is not None:

@@ -375,6 +375,41 @@ def main():
         srv.kill()
         if check.failures:
             print(srv.output()[-3000:])
+    # Out of file descriptors (128 for the whole process, 250 clients connecting): the HTTP
+    # listener backs off instead of spinning on accept, warns a bounded number of times,
+    # and serves again once the clients leave.
+    srv = Server(moeflow, nofile=128)
+    try:
+        socks = []
+        for _ in range(250):
+            sk = socket.socket()
+            sk.setblocking(False)
+            try:
+                sk.connect(("127.0.0.1", srv.http_port))
+            except BlockingIOError:
+                pass
+            socks.append(sk)
+        time.sleep(0.5)
+
+        def cpu_s():
+            with open("/proc/%d/stat" % srv.proc.pid) as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+        c0 = cpu_s()
+        time.sleep(2)
+        busy = cpu_s() - c0
+        for sk in socks:
+            sk.close()
+        time.sleep(1)
+        code = srv.http("/health", timeout=10)[0]
+        warns = srv.output().count("cannot accept connections")
+        check(busy < 1.0 and code == 200 and 1 <= warns <= 3,
+              "out of descriptors: %.2f s CPU in 2 s, /health %d after, %d warnings" % (busy, code, warns))
+        check(srv.stop() == 0, "exit status")
+    finally:
+        srv.kill()
+        if check.failures:
+            print(srv.output()[-3000:])
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

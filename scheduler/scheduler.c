@@ -35,6 +35,7 @@ struct rq {
     int slot;                  /* engine slot, -1 while waiting */
     uint64_t submit_step;      /* s->steps when submitted (aging) */
     bool cancel;               /* cancel() asked for it */
+    bool shutdown;             /* ... as the drain's time ran out */
     bool stop;                 /* ... as finish(): it ends as finished by a stop sequence */
     bool have_route;           /* route holds a real routing */
     uint64_t *route;           /* [n_moe * words] experts of the most recent token */
@@ -195,18 +196,21 @@ static void reap(struct moe_sched *s)
         if (r->cancel && r->stop)
             rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
         else if (r->cancel)
-            rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, "cancelled while queued");
+            rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED,
+                      r->shutdown ? "shutting down: the drain timeout passed while queued; retry elsewhere"
+                                  : "cancelled while queued");
         else if (r->g.deadline > 0 && now >= r->g.deadline)
             rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, "deadline expired while queued");
     }
     for (int i = s->n_active - 1; i >= 0; i--) {
         struct rq *r = s->active[i];
         const char *where = r->state == RQ_PREFILL ? "prefill" : "decode";
-        char msg[64];
+        char msg[128];
         if (r->cancel && r->stop) {
             rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
         } else if (r->cancel) {
-            snprintf(msg, sizeof(msg), "cancelled during %s", where);
+            snprintf(msg, sizeof(msg), r->shutdown ? "shutting down: the drain timeout passed during %s; retry "
+                                                     "elsewhere" : "cancelled during %s", where);
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
         } else if (r->g.deadline > 0 && now >= r->g.deadline) {
             snprintf(msg, sizeof(msg), "deadline expired during %s", where);
@@ -894,12 +898,13 @@ enum moe_status moe_sched_finish(struct moe_sched *s, uint64_t id)
     return end_early(s, id, true, "finish");
 }
 
+/* The drain's time ran out: cancel everything, saying why. */
 static void cancel_all_locked(struct moe_sched *s)
 {
     for (struct rq *r = s->wait_head; r; r = r->next)
-        r->cancel = true;
+        r->cancel = r->shutdown = true;
     for (int i = 0; i < s->n_active; i++)
-        s->active[i]->cancel = true;
+        s->active[i]->cancel = s->active[i]->shutdown = true;
 }
 
 enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s)

@@ -61,7 +61,9 @@ int srv_finish_grpc_code(enum moe_finish why, enum moe_status st)
 {
     switch (why) {
     case MOE_FINISH_LENGTH: case MOE_FINISH_STOP: return GRPC_STATUS_OK;
-    case MOE_FINISH_CANCELLED: return GRPC_STATUS_CANCELLED;
+    /* the client that cancelled sees its own CANCELLED; a status that reaches a client
+     * is the server's: the drain's time ran out, so retry elsewhere */
+    case MOE_FINISH_CANCELLED: return GRPC_STATUS_UNAVAILABLE;
     case MOE_FINISH_DEADLINE: return GRPC_STATUS_DEADLINE_EXCEEDED;
     case MOE_FINISH_ERROR: return st == MOE_OK ? GRPC_STATUS_INTERNAL : srv_grpc_code(st);
     }

@@ -430,11 +430,29 @@ out_reject:
 
 /* ---- metrics ---- */
 
+/* model_name="..." with the exposition format's escapes (backslash, quote, newline). */
+static void model_label(const char *name, char *out, size_t cap)
+{
+    size_t o = (size_t)snprintf(out, cap, "model_name=\"");
+    for (const char *p = name; *p && o + 4 < cap; p++) {
+        if (*p == '\\' || *p == '"') {
+            out[o++] = '\\';
+            out[o++] = *p;
+        } else if (*p == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        } else {
+            out[o++] = *p;
+        }
+    }
+    snprintf(out + o, cap - o, "\"");
+}
+
 char *srv_metrics_text(struct moe_server *s, size_t *len)
 {
     struct moe_strbuf b = { 0 };
-    char lbl[200];
-    snprintf(lbl, sizeof(lbl), "model_name=\"%s\"", s->model_name);
+    char lbl[2 * sizeof(s->model_name) + 16];
+    model_label(s->model_name, lbl, sizeof(lbl));
     struct moe_sched_stats ss;
     memset(&ss, 0, sizeof(ss));
     if (atomic_load(&s->loaded))

@@ -28,6 +28,16 @@ def main():
     r = subprocess.run([moeflow, "serve", "--help"], capture_output=True, timeout=30)
     check(r.returncode == 0 and b"--drain-timeout" in r.stdout and b"--gpu-experts" in r.stdout, "--help")
 
+    # A model name with a quote, a backslash and a newline stays one label in the exposition format.
+    odd = Server(moeflow, "--model-name", 'my"model\\x\ny')
+    try:
+        text = odd.http("/metrics")[1].decode()
+        check('moeflow:num_requests_running{model_name="my\\"model\\\\x\\ny"} 0' in text,
+              "model name label not escaped: %r" % [ln for ln in text.splitlines() if "num_requests_running" in ln])
+        check(odd.stop() == 0, "odd model name: exit status")
+    finally:
+        odd.kill()
+
     extra = sys.argv[3:]
     tiered = any(a in ("--gpu-experts", "--gpu-cache-bytes", "--host-experts", "--store") for a in extra)
     srv = Server(moeflow, "--max-body-bytes", "65536", "--max-message-bytes", "65536", *extra)

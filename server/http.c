@@ -68,6 +68,7 @@ static const char *err_type(int code)
     switch (code) {
     case 400: return "invalid_request_error";
     case 404: return "not_found_error";
+    case 405: return "method_not_allowed";
     case 413: return "request_too_large";
     case 429: return "rate_limit_error";
     case 503: return "unavailable";
@@ -388,10 +389,6 @@ static double header_timeout(struct evhttp_request *req)
 static void handle_completion(struct http_front *h, struct evhttp_request *req, bool chat)
 {
     struct moe_server *s = h->srv;
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        send_error(req, 405, "use POST");
-        return;
-    }
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     const char *body = (const char *)evbuffer_pullup(in, -1);
@@ -468,8 +465,18 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         i++;
     }
     path[i] = 0;
-    bool gen_path = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions") ||
-                    !strcmp(path, "/v1/models");
+    bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions");
+    bool get = !strcmp(path, "/v1/models") || !strcmp(path, "/health") || !strcmp(path, "/ready") ||
+               !strcmp(path, "/metrics");
+    bool gen_path = post || !strcmp(path, "/v1/models");
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if ((post && cmd != EVHTTP_REQ_POST) || (get && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)) {
+        char msg[320];
+        snprintf(msg, sizeof(msg), "%.200s takes %s", path, post ? "POST" : "GET");
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", post ? "POST" : "GET, HEAD");
+        send_error(req, 405, msg);
+        return;
+    }
     if (gen_path && !atomic_load(&s->loaded)) {
         send_error(req, 503, "the model is still loading; retry when /ready says ready");
         return;
@@ -570,7 +577,10 @@ struct http_front *srv_http_start(struct moe_server *s)
     evhttp_set_max_body_size(h->http, (ev_ssize_t)s->cfg.max_body_bytes);
     evhttp_set_max_headers_size(h->http, 64 * 1024);
     evhttp_set_timeout(h->http, 600);
-    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+    /* every method reaches gen_cb, which answers the wrong one with a JSON 405 and Allow */
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     evhttp_set_gencb(h->http, gen_cb, h);
     char host[sizeof(s->cfg.host)];
     bare_host(s->cfg.host, host, sizeof(host));

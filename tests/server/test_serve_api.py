@@ -156,6 +156,17 @@ def main():
         check(streamed == plain, "streamed %r != plain %r" % (streamed, plain))
         check(sum(1 for c in chunks if c["choices"][0]["finish_reason"] is None) == n, "one chunk per token")
         check(chunks[-1].get("usage", {}).get("completion_tokens") == n, "usage in the last chunk")
+        # a wrong method is a JSON 405 naming the right one, with Allow
+        for method, path, allow in (("PUT", "/v1/completions", "POST"), ("GET", "/v1/chat/completions", "POST"),
+                                    ("DELETE", "/health", "GET, HEAD")):
+            rc, out = curl("-i", "-X", method, srv.url(path))
+            head, _, body = out.decode().partition("\r\n\r\n")
+            ok = rc == 0 and " 405 " in head.splitlines()[0] and ("Allow: %s" % allow) in head
+            try:
+                ok = ok and json.loads(body)["error"]["type"] == "method_not_allowed"
+            except ValueError:
+                ok = False
+            check(ok, "%s %s: %r" % (method, path, out[:300]))
         # stream_options.include_usage: one more chunk, no choices, the request's usage
         body = json.dumps({"prompt": "def add(a, b):", "max_tokens": n, "stream": True,
                            "stream_options": {"include_usage": True}})

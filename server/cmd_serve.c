@@ -11,6 +11,7 @@
 #ifdef MOEFLOW_HAVE_SERVER
 #include "server.h"
 #include "serve_config.h"
+#include "../predictor/predictor.h"
 
 static void serve_usage(FILE *f)
 {
@@ -86,7 +87,9 @@ int moe_cmd_serve(int argc, char **argv)
     free(lo);
     if (rc)
         return rc;
-    if (moe_serve_config_check(&cfg) != MOE_OK) {
+    struct moe_pred_spec spec; /* a spec that cannot name a predictor is a usage error too */
+    if (moe_serve_config_check(&cfg) != MOE_OK ||
+        moe_pred_spec_parse(cfg.predictor, cfg.model[0] ? cfg.model : moe_default_model_dir(), &spec) != MOE_OK) {
         fprintf(stderr, "moeflow serve: %s\n", moe_last_error());
         return 2;
     }

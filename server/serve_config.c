@@ -36,7 +36,8 @@ static const struct moe_serve_opt opts[] = {
       "tokens per prompt (0 = context - 1)", 0 },
     { "max-output", MOE_OPT_INT, OFF(max_output), 0, "0", 0, 1 << 20,
       "most tokens one request may ask for, max_tokens (0 = context - 1)", 0 },
-    { "micro-batch", MOE_OPT_INT, OFF(micro_batch), 0, "16", 1, 4096, "sequences per forward pass", 0 },
+    { "micro-batch", MOE_OPT_INT, OFF(micro_batch), 0, "0", 0, 4096,
+      "sequences per forward pass (0 = max-running)", 0 },
     { "prefill-chunk", MOE_OPT_INT, OFF(prefill_chunk), 0, "128", 1, 1 << 16,
       "prompt tokens per forward pass per sequence", 0 },
     { "grouping", MOE_OPT_STRING, OFF(grouping), SZ(grouping), "fcfs", 0, 0,
@@ -74,8 +75,8 @@ static const struct moe_serve_opt opts[] = {
       MOE_OPT_QUEUE_DEPTH },
     { "no-io-uring", MOE_OPT_OFFLOAD_FLAG, 0, 0, "", 0, 0,
       "read the store with pread instead of io_uring (config file: true/false)", MOE_OPT_NO_IO_URING },
-    { "default-max-tokens", MOE_OPT_INT, OFF(default_max_tokens), 0, "16", 1, 1 << 20,
-      "max_tokens of a request that gives none", 0 },
+    { "default-max-tokens", MOE_OPT_INT, OFF(default_max_tokens), 0, "0", 0, 1 << 20,
+      "max_tokens of a request that gives none (0 = 16, or max-output when smaller)", 0 },
     { "request-timeout", MOE_OPT_DOUBLE, OFF(request_timeout), 0, "0", 0, 86400,
       "seconds; default deadline of a request (0 = none)", 0 },
     { "max-body-bytes", MOE_OPT_INT, OFF(max_body_bytes), 0, "1048576", 256, 1 << 30,
@@ -264,10 +265,10 @@ enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
         return moe_errorf(MOE_EINVAL, "max-running %d exceeds max-seqs %d: raise max-seqs",
                           c->max_running, c->max_seqs);
     if (c->micro_batch > c->max_running)
-        return moe_errorf(MOE_EINVAL, "micro-batch %d exceeds max-running %d", c->micro_batch,
-                          c->max_running);
+        return moe_errorf(MOE_EINVAL, "micro-batch %d exceeds max-running %d: lower micro-batch or raise "
+                          "max-running", c->micro_batch, c->max_running);
     if (c->max_output && c->default_max_tokens > c->max_output)
-        return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d",
+        return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d: lower one or raise the other",
                           c->default_max_tokens, c->max_output);
     if (c->grpc_port && c->grpc_port == c->http_port)
         return moe_errorf(MOE_EINVAL, "grpc-port and http-port are both %d", c->grpc_port);

@@ -718,13 +718,13 @@ static enum moe_status server_load(struct moe_server *s)
         s->cfg.max_prompt = s->max_ctx - 1;
     if (s->cfg.max_output <= 0)
         s->cfg.max_output = s->max_ctx - 1;
-    if (s->cfg.default_max_tokens > s->cfg.max_output)
-        s->cfg.default_max_tokens = s->cfg.max_output;
+    if (s->cfg.default_max_tokens <= 0) /* 0 = 16, within max-output */
+        s->cfg.default_max_tokens = s->cfg.max_output < 16 ? s->cfg.max_output : 16;
     if (moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider) != MOE_OK)
         return moe_error_prefix(MOE_EINVAL, "expert cache");
     struct moe_pred_spec spec;
     if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK)
-        return moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
+        return MOE_EINVAL; /* the message names --predictor and the spec */
     if (spec.kind != MOE_PRED_NONE) {
         s->predictor = moe_predictor_create(s->model, &spec, cfg->max_seqs);
         if (!s->predictor) {

@@ -53,6 +53,16 @@ static void test_config(void)
     moe_serve_config_defaults(&c);
     c.max_running = c.max_seqs + 1;
     CHECK(moe_serve_config_check(&c) != MOE_OK, "cross check");
+    /* one flag changed from the defaults is a valid configuration */
+    moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_set(&c, "max-running", "8") == MOE_OK && moe_serve_config_check(&c) == MOE_OK,
+          "max-running 8 alone: %s", moe_last_error());
+    moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_set(&c, "max-output", "8") == MOE_OK && moe_serve_config_check(&c) == MOE_OK,
+          "max-output 8 alone: %s", moe_last_error());
+    CHECK(moe_serve_config_set(&c, "default-max-tokens", "9") == MOE_OK && moe_serve_config_check(&c) != MOE_OK &&
+              strstr(moe_last_error(), "max-output"),
+          "default-max-tokens above max-output: %s", moe_last_error());
     moe_serve_config_defaults(&c);
     c.grpc_port = c.http_port = 0;
     CHECK(moe_serve_config_check(&c) != MOE_OK && strstr(moe_last_error(), "nothing to serve"), "no listener: %s",

@@ -315,6 +315,9 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
             p = json_array_get(p, 0);
         if (json_is_string(p)) {
             st = set_prompt_text(out, json_string_value(p), json_string_length(p), "prompt");
+        } else if (json_is_array(p) && json_array_size(p) > 1 && json_is_string(json_array_get(p, 0))) {
+            st = moe_errorf(MOE_EINVAL, "'prompt' holds %zu strings: one prompt per request (send one "
+                            "request each)", json_array_size(p));
         } else if (json_is_array(p) && json_array_size(p) > 0) {
             st = set_prompt_ids_json(out, p);
         } else {

@@ -102,6 +102,10 @@ static void test_openai(void)
     REQUIRE(oai("{\"prompt\":[1,2,3]}", false, &r) == MOE_OK, "%s", moe_last_error());
     CHECK(r.n_prompt_ids == 3 && r.prompt_ids[2] == 3 && r.max_tokens == 0, "ids");
     moe_gen_request_free(&r);
+    CHECK(oai("{\"prompt\":[\"a\",\"b\"]}", false, &r) == MOE_EINVAL &&
+              strstr(moe_last_error(), "one prompt per request"),
+          "two prompts: %s", moe_last_error());
+    moe_gen_request_free(&r);
     REQUIRE(oai("{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
                 "{\"role\":\"user\",\"content\":\"hi\"}],\"max_completion_tokens\":4}", true, &r) == MOE_OK,
             "%s", moe_last_error());

@@ -135,6 +135,13 @@ void moe_reader_register(struct moe_reader *r, void *const *bufs, size_t len, in
         r->st.registered = true;
 }
 
+/* q failed with st: keep the message moe_errorf just set (this thread's) with it. */
+static enum moe_status read_failed(struct moe_read *q, enum moe_status st)
+{
+    snprintf(q->msg, sizeof(q->msg), "%s", moe_last_error());
+    return st;
+}
+
 static enum moe_status pread_one(struct moe_reader *r, struct moe_read *q)
 {
     uint32_t done = 0;
@@ -186,6 +193,7 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
     for (int i = 0; i < n; i++) {
         r->done[i] = 0;
         reqs[i].st = MOE_EIO;
+        reqs[i].msg[0] = 0;
         r->queue[tail] = i;
         tail = (tail + 1) % n;
         queued++;
@@ -231,12 +239,14 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
                 einval = true;
                 continue;
             } else if (res < 0) {
-                q->st = moe_errorf(MOE_EIO, "%s: read of %u bytes at offset %llu failed: %s",
-                                   r->path, q->len, (unsigned long long)q->offset, strerror(-res));
+                q->st = read_failed(q, moe_errorf(MOE_EIO, "%s: read of %u bytes at offset %llu failed: %s",
+                                                  r->path, q->len, (unsigned long long)q->offset,
+                                                  strerror(-res)));
                 continue;
             } else if (res == 0) {
-                q->st = moe_errorf(MOE_EIO, "%s: unexpected end of file at offset %llu (truncated "
-                                   "store?)", r->path, (unsigned long long)(q->offset + r->done[i]));
+                q->st = read_failed(q, moe_errorf(MOE_EIO, "%s: unexpected end of file at offset %llu "
+                                                  "(truncated store?)", r->path,
+                                                  (unsigned long long)(q->offset + r->done[i])));
                 continue;
             } else {
                 r->done[i] += (uint32_t)res;
@@ -279,9 +289,14 @@ enum moe_status moe_reader_read(struct moe_reader *r, struct moe_read *reqs, int
         }
     }
     for (int i = 0; i < n; i++) {
+        reqs[i].msg[0] = 0;
         reqs[i].st = pread_one(r, &reqs[i]);
-        if (reqs[i].st == MOE_OK) r->st.reads++;
-        else if (!first) first = reqs[i].st;
+        if (reqs[i].st == MOE_OK) {
+            r->st.reads++;
+        } else {
+            read_failed(&reqs[i], reqs[i].st);
+            if (!first) first = reqs[i].st;
+        }
     }
     return first;
 }

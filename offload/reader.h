@@ -43,6 +43,7 @@ struct moe_read {
     void *buf;                /* 4096-aligned */
     int buf_index;            /* registered buffer index or -1 */
     enum moe_status st;       /* out: this read's result */
+    char msg[200];            /* out: why it failed ("" when it did not, or no reason is known) */
 };
 
 struct moe_reader;

@@ -29,14 +29,14 @@ struct dslot {
     uint32_t gen;             /* bumped on every new load into the slot */
     enum slot_state state;
     enum moe_status err;      /* when FAILED */
-    char msg[224];            /* when FAILED: what failed, naming layer and expert */
+    char msg[256];            /* when FAILED: what failed, naming layer and expert */
 };
 
 struct hslot {
     int key;                  /* key whose bytes the slot holds (worker's view) */
     enum slot_state state;
     enum moe_status err;
-    char msg[224];
+    char msg[256];
 };
 
 struct job {
@@ -208,6 +208,9 @@ static void *worker_main(void *arg)
         int nr = 0;
         for (int i = 0; i < n; i++) {
             struct job *j = &t->batch[i];
+            const struct hslot *h = &t->hs[j->hslot]; /* written by this thread only */
+            if (!j->read && h->key == j->key && h->state == SLOT_FAILED)
+                j->read = true; /* its last read failed: read it again (the store may be mended) */
             if (!j->read) continue;
             uint8_t *dst = t->host_mem + (size_t)j->hslot * t->stride;
             if (t->store) {
@@ -244,8 +247,11 @@ static void *worker_main(void *arg)
                     if (rd->st) {
                         h->state = SLOT_FAILED;
                         h->err = rd->st;
-                        snprintf(h->msg, sizeof(h->msg), "layer %d expert %d: read from %s failed",
-                                 l, e, moe_store_path(t->store));
+                        if (rd->msg[0]) /* the reader's reason names the store and offset */
+                            snprintf(h->msg, sizeof(h->msg), "layer %d expert %d: %s", l, e, rd->msg);
+                        else
+                            snprintf(h->msg, sizeof(h->msg), "layer %d expert %d: read from %s failed",
+                                     l, e, moe_store_path(t->store));
                     } else if (!moe_store_verify(r, src)) {
                         h->state = SLOT_FAILED;
                         h->err = MOE_ECHECKSUM;
@@ -381,7 +387,9 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
             goto fail;
         }
         pinned++;
-        if (miss && (st = start_load(t, key, slot, -1))) goto fail;
+        /* a slot whose load failed (another acquire's, still loading when that one gave
+         * up) is loaded again, as a miss would be */
+        if ((miss || t->ds[slot].state == SLOT_FAILED) && (st = start_load(t, key, slot, -1))) goto fail;
         if (!miss && t->ds[slot].state == SLOT_LOADING) promote(t, slot, t->ds[slot].gen);
     }
     double t0 = moe_now();

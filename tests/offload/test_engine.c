@@ -108,7 +108,19 @@ static enum moe_status one_token(struct moe_engine *e, int tok, float *logits)
 
 /* A flipped byte in one record: the request whose token routes to that expert
  * fails naming layer and expert; a following request that does not need it
- * succeeds with the all-resident logits. */
+ * succeeds with the all-resident logits.  Then every record of that layer is
+ * corrupt (the layer's other experts fail while the first failure is being
+ * reported) and mended again: the next request reads them anew and succeeds. */
+static void flip_byte(const char *path, uint64_t off)
+{
+    FILE *f = fopen(path, "r+b");
+    REQUIRE(f && fseek(f, (long)off, SEEK_SET) == 0, "seek %s", path);
+    int ch = fgetc(f);
+    fseek(f, (long)off, SEEK_SET);
+    fputc(ch ^ 0x01, f);
+    fclose(f);
+}
+
 static void check_corrupt_request(const char *dir)
 {
     char p[512], store[600];
@@ -124,8 +136,9 @@ static void check_corrupt_request(const char *dir)
     struct moe_engine *res = moe_engine_create(m, &ep);
     REQUIRE(res, "%s", moe_last_error());
     float *want = malloc(sizeof(float) * (size_t)c->vocab), *got = malloc(sizeof(float) * (size_t)c->vocab);
+    float *want1 = malloc(sizeof(float) * (size_t)c->vocab);
     int t1 = 11;
-    REQUIRE(one_token(res, t1, got) == MOE_OK, "%s", moe_last_error());
+    REQUIRE(one_token(res, t1, want1) == MOE_OK, "%s", moe_last_error());
     int bad_e = fr.ids[0], t2 = -1;
     for (int cand = 12; cand < 200 && t2 < 0; cand++) {
         REQUIRE(one_token(res, cand, want) == MOE_OK, "%s", moe_last_error());
@@ -139,14 +152,11 @@ static void check_corrupt_request(const char *dir)
 
     struct moe_store *s = moe_store_open(store, m);
     REQUIRE(s, "%s", moe_last_error());
-    const struct moe_store_record *r = moe_store_find(s, fr.l0, bad_e);
-    FILE *f = fopen(store, "r+b");
-    REQUIRE(f && fseek(f, (long)(r->offset + 100), SEEK_SET) == 0, "seek");
-    int ch = fgetc(f);
-    fseek(f, (long)(r->offset + 100), SEEK_SET);
-    fputc(ch ^ 0x01, f);
-    fclose(f);
+    uint64_t offs[256];
+    REQUIRE(c->n_experts <= 256, "experts");
+    for (int x = 0; x < c->n_experts; x++) offs[x] = moe_store_find(s, fr.l0, x)->offset + 100;
     moe_store_close(s);
+    flip_byte(store, offs[bad_e]);
 
     struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = 1,
                                     .numa_node = -1 };
@@ -171,9 +181,18 @@ static void check_corrupt_request(const char *dir)
     moe_provider_tiered_stats(prov, &os);
     CHECK(os.checksum_failures == 2, "checksum failures %llu", (unsigned long long)os.checksum_failures);
     printf("corrupt layer %d expert %d: token %d fails, token %d ok\n", fr.l0, bad_e, t1, t2);
+    for (int x = 0; x < c->n_experts; x++)
+        if (x != bad_e) flip_byte(store, offs[x]); /* now every record of the layer is bad */
+    CHECK(one_token(e, t1, got) == MOE_ECHECKSUM, "a layer of corrupt records: %s", moe_last_error());
+    for (int x = 0; x < c->n_experts; x++) flip_byte(store, offs[x]); /* mended */
+    st = one_token(e, t1, got);
+    CHECK(st == MOE_OK && !memcmp(got, want1, sizeof(float) * (size_t)c->vocab),
+          "after the store is mended, the request must read the records anew: %s",
+          st ? moe_last_error() : "logits differ");
     moe_engine_destroy(e);
     moe_provider_destroy(prov);
     free(want);
+    free(want1);
     free(got);
     moe_model_close(m);
 }

@@ -8,6 +8,9 @@
 #include "../../offload/sim.h"
 #include "offload_test_common.h"
 
+#include <stdatomic.h>
+#include <time.h>
+
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static unsigned rnd(unsigned n)
 {
@@ -128,12 +131,18 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
 /* Fake accelerator for the device-tier hooks: host memory, memcpy uploads. */
 struct fake_dev {
     int uploads, fail_after; /* fail_after < 0: never fail */
+    _Atomic int slow_failures; /* the first this many uploads take 20 ms and fail */
 };
 static void *fd_alloc(void *ud, size_t n) { (void)ud; return malloc(n); }
 static void fd_free(void *ud, void *p) { (void)ud; free(p); }
 static enum moe_status fd_upload(void *ud, void *dst, const void *src, size_t n)
 {
     struct fake_dev *f = ud;
+    if (atomic_load(&f->slow_failures) > 0) {
+        nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+        atomic_fetch_sub(&f->slow_failures, 1);
+        return MOE_EDEVICE;
+    }
     if (f->fail_after >= 0 && f->uploads >= f->fail_after) return MOE_EDEVICE;
     f->uploads++;
     memcpy(dst, src, n);
@@ -187,6 +196,36 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
         moe_provider_destroy(p);
     }
     moe_provider_destroy(res);
+}
+
+/* Failures that land after the acquire has given up (the first of its experts
+ * failed while the others were still loading) are not served from the cache
+ * afterwards: once the device works again, the same acquire loads them anew. */
+static void check_late_failures(const struct moe_model *m, const char *store)
+{
+    const struct moe_config *c = &m->cfg;
+    int l0 = 0;
+    while (!c->is_moe[l0]) l0++;
+    struct fake_dev fd = { .fail_after = -1, .slow_failures = c->top_k };
+    struct moe_tiered_params tp = {
+        .store_path = store, .dev_slots = c->top_k, .host_slots = c->top_k, .numa_node = -1,
+        .hooks = { .ud = &fd, .dev_alloc = fd_alloc, .dev_free = fd_free, .dev_upload = fd_upload,
+                   .dev_dtype = MOE_DT_F32 },
+    };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    int ids[64];
+    struct moe_expert_ref refs[64];
+    for (int j = 0; j < c->top_k; j++) ids[j] = j;
+    CHECK(p->ops->acquire(p->self, l0, c->top_k, ids, refs) == MOE_EDEVICE, "failing uploads: %s",
+          moe_last_error());
+    /* let the queued uploads fail too, then the device works again */
+    for (int w = 0; w < 500 && atomic_load(&fd.slow_failures) > 0; w++) nanosleep(&(struct timespec){ 0, 2000000 }, NULL);
+    nanosleep(&(struct timespec){ 0, 30000000 }, NULL);
+    enum moe_status st = p->ops->acquire(p->self, l0, c->top_k, ids, refs);
+    CHECK(st == MOE_OK, "after the device recovered the acquire must load anew: %s", moe_last_error());
+    if (st == MOE_OK) p->ops->release(p->self, l0);
+    moe_provider_destroy(p);
 }
 
 /* A prefetch in flight and the acquire that needs the same expert share one
@@ -253,6 +292,7 @@ int main(void)
         for (size_t k = 0; k < MOE_ARRAY_LEN(cfgs); k++)
             run_cfg(m, res, store, &info, routing, keys, n_keys, &cfgs[k], t_models[i]);
         check_dev_hooks(m, store);
+        check_late_failures(m, store);
         check_shared_transfer(m, store);
         free(keys);
         free(routing);

@@ -309,7 +309,9 @@ int moe_cmd_generate(int argc, char **argv)
     struct moe_engine_params ep = {
         .max_seqs = 1,
         .max_ctx = (int)ctx,
-        .max_batch_tokens = n_ids < 256 ? (int)n_ids : 256,
+        /* --policy belady follows its trace, which lists accesses token by token: prefill
+         * one token per forward so the device tier sees them in that order */
+        .max_batch_tokens = o.off.policy == MOE_POLICY_BELADY ? 1 : n_ids < 256 ? (int)n_ids : 256,
         .n_threads = o.threads,
         .cpu_blas = o.blas,
         .provider = prov,

@@ -109,9 +109,61 @@ static void check_generate(void)
     unlink(sj);
 }
 
+/* --policy belady in generate, with the trace of exactly that run (prompt and output, less the
+ * last output token, which is never fed back): a prompt of several tokens is prefilled one token
+ * per forward, so the live device tier makes the simulator's decisions on that trace. */
+static void check_belady_live(void)
+{
+    static char text[1 << 14], ids[1 << 14], js[1 << 14];
+    char tf[] = "/tmp/moe_bel_XXXXXX", idf[64], tr[64], sj[64], a[1024];
+    int fd = mkstemp(tf);
+    REQUIRE(fd >= 0, "mkstemp");
+    close(fd);
+    snprintf(idf, sizeof idf, "%s.json", tf);
+    snprintf(tr, sizeof tr, "%s.jsonl", tf);
+    snprintf(sj, sizeof sj, "%s.stats", tf);
+    const char *G = "generate --prompt 'def fibonacci(n):' --max-tokens 12 --temperature 0";
+    REQUIRE(run_stdout(G, text, sizeof text) == 0, "generate");
+    size_t n = strlen(text);
+    if (n && text[n - 1] == '\n') text[--n] = 0; /* generate ends its output with a newline */
+    FILE *f = fopen(tf, "w");
+    REQUIRE(f, "%s", tf);
+    fprintf(f, "def fibonacci(n):%s", text);
+    fclose(f);
+    snprintf(a, sizeof a, "tokenize --file %s", tf);
+    REQUIRE(run_stdout(a, ids, sizeof ids) == 0, "tokenize");
+    char *last = strrchr(ids, ',');
+    REQUIRE(last, "ids %s", ids);
+    f = fopen(idf, "w");
+    REQUIRE(f, "%s", idf);
+    fprintf(f, "[%.*s]]", (int)(last - ids), ids); /* all but the last token, one sequence */
+    fclose(f);
+    snprintf(a, sizeof a, "trace --ids %s --out %s", idf, tr);
+    REQUIRE(run(a) == 0, "trace: %s", out);
+    for (int cap = 16; cap <= 64; cap *= 4) {
+        snprintf(a, sizeof a, "%s --gpu-experts %d --policy belady --belady-trace %s --predictor none --stats-json %s",
+                 G, cap, tr, sj);
+        static char got[1 << 14];
+        CHECK(run_stdout(a, got, sizeof got) == 0 && !strncmp(got, text, n) && got[n] == '\n' && !got[n + 1],
+              "belady generate printed other text: %s", got);
+        snprintf(a, sizeof a, "sim --trace %s --capacity %d --policy belady --json", tr, cap);
+        REQUIRE(run_stdout(a, js, sizeof js) == 0, "sim");
+        const char *h = strstr(js, "\"hits\":"), *mi = strstr(js, "\"misses\":");
+        long long sh = h ? atoll(h + 7) : -1, sm = mi ? atoll(mi + 9) : -1;
+        CHECK(stats_field(sj, "hits") == sh && stats_field(sj, "misses") == sm,
+              "belady at %d slots: generate %lld hits / %lld misses, sim %lld / %lld", cap, stats_field(sj, "hits"),
+              stats_field(sj, "misses"), sh, sm);
+    }
+    unlink(tf);
+    unlink(idf);
+    unlink(tr);
+    unlink(sj);
+}
+
 int main(void)
 {
     check_generate();
+    check_belady_live();
     const char *T = "--text bench/data/pycode/eval.txt";
     char a[1024];
     snprintf(a, sizeof a, "eval-predictor %s --predictor path+gate --max-tokens 48 --json", T);

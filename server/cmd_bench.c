@@ -492,6 +492,7 @@ static int bench_batch(int argc, char **argv)
             fprintf(stderr, "moeflow bench batch: device error: the CUDA context is unusable; restart the "
                             "process (or run with --backend cpu)\n");
         fprintf(stderr, "moeflow bench batch: %d of %d requests did not complete\n", failed, n_texts);
+        moe_offload_report(prov, &o.oo); /* --stats: what the tiers did up to the failure */
         goto out;
     }
 

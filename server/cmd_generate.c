@@ -330,6 +330,7 @@ int moe_cmd_generate(int argc, char **argv)
         moe_offload_explain(st, be, prov);
         fflush(stdout);
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        moe_offload_report(prov, &o.off); /* --stats: what the tiers did up to the failure */
         goto out;
     }
     if (moe_offload_report(prov, &o.off) != MOE_OK) {

@@ -305,7 +305,11 @@ int moe_cmd_trace(int argc, char **argv)
     free(seqv);
     free(posv);
     free(want);
-    if (st) goto fail; /* w is aborted below: no partial trace at --out */
+    if (st) { /* w is aborted below: no partial trace at --out */
+        fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
+        moe_offload_report(prov, &oo); /* --stats: what the tiers did up to the failure */
+        goto out;
+    }
     if (moe_offload_report(prov, &oo)) goto fail;
     enum moe_status cst = moe_trace_writer_close(w);
     w = NULL;

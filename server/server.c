@@ -530,6 +530,17 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         lbl, os.device.prefetches ? (double)os.device.prefetch_hits / (double)os.device.prefetches : 0.0,
         lbl, tiered ? 1 : 0);
     moe_strbuf_printf(&b,
+        "# HELP moeflow:expert_store_reads_total Expert records read from the lowest tier.\n"
+        "# TYPE moeflow:expert_store_reads_total counter\nmoeflow:expert_store_reads_total{%s} %llu\n"
+        "# HELP moeflow:expert_store_checksum_failures_total Records that failed their checksum (re-read "
+        "when next needed).\n"
+        "# TYPE moeflow:expert_store_checksum_failures_total counter\n"
+        "moeflow:expert_store_checksum_failures_total{%s} %llu\n"
+        "# HELP moeflow:expert_store_fallback 1 when the store reader fell back to buffered pread.\n"
+        "# TYPE moeflow:expert_store_fallback gauge\nmoeflow:expert_store_fallback{%s} %llu\n",
+        lbl, (unsigned long long)os.disk_reads, lbl, (unsigned long long)os.checksum_failures, lbl,
+        (unsigned long long)os.fallbacks);
+    moe_strbuf_printf(&b,
         "# HELP moeflow:expert_pins Experts pinned now (acquired by a forward pass, not yet released).\n"
         "# TYPE moeflow:expert_pins gauge\n"
         "moeflow:expert_pins{%s,tier=\"device\"} %d\n"

@@ -182,9 +182,18 @@ int main(void)
         REQUIRE(rec, "record of layer %d expert %d", layer, expert);
         flip_byte(bad, rec->offset + rec->size / 2);
         moe_store_close(ms);
-        CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", part,
-                      "--store", bad) == 1, "trace over a corrupt store must fail");
+        char sj[700];
+        snprintf(sj, sizeof(sj), "%s.stats.json", part);
+        CHECK(run_cmd(moe_cmd_trace, NULL, 11, "trace", "--model", model, "--ids", ids, "--out", part,
+                      "--store", bad, "--stats-json", sj) == 1, "trace over a corrupt store must fail");
         CHECK(strstr(errbuf, "checksum"), "failure reason: %s", errbuf);
+        {   /* --stats-json still tells what the tiers did, the checksum failure included */
+            char *js = NULL;
+            CHECK(moe_read_file(sj, &js, NULL, 1 << 20) == MOE_OK && strstr(js, "\"checksum_failures\":1"),
+                  "stats of the failed run: %s", js ? js : moe_last_error());
+            free(js);
+            unlink(sj);
+        }
         CHECK(!file_exists(part), "a failed trace left %s", part);
         CHECK(!file_exists(tr_tmp(part)), "a failed trace left %s", tr_tmp(part));
         write_text(part, "keep me\n");

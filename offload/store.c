@@ -232,7 +232,12 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         goto out;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || pread(fd, fixed, sizeof(fixed), 0) != (ssize_t)sizeof(fixed)) {
+    bool have_sb = fstat(fd, &sb) == 0;
+    if (have_sb && S_ISDIR(sb.st_mode)) {
+        st = moe_errorf(MOE_EINVAL, "%s: is a directory; give the store file (moeflow pack --out FILE)", path);
+        goto out;
+    }
+    if (!have_sb || pread(fd, fixed, sizeof(fixed), 0) != (ssize_t)sizeof(fixed)) {
         st = moe_errorf(MOE_EFORMAT, "%s: too short for an expert store header", path);
         goto out;
     }

@@ -11,6 +11,8 @@
 #include "cache.h"
 #include "policy_predicted.h"
 
+#define CUDA_TIER_STAGES 4 /* pinned staging buffers of host_fill, each one expert */
+
 struct moe_cuda_tier {
     struct moe_cuda_ctx *c;
     cudaStream_t compute;          /* the backend's stream (kernels read the slots there) */
@@ -29,8 +31,10 @@ struct moe_cuda_tier {
     void *ud;
     cudaEvent_t *t0, *t1;          /* time_copies: [slots] timing events around the last fill */
     bool *timed;                   /* [slots] the last fill's timing is not yet added to copy_s */
-    char *h_stage;                 /* host_fill only: [slots][slot_bytes] pinned staging */
+    char *h_stage;                 /* host_fill only: [n_stage][slot_bytes] pinned staging, a ring */
     bool stage_pinned;
+    int n_stage, stage_next;       /* buffers in the ring, the one the next fill uses */
+    cudaEvent_t *stage_done;       /* [n_stage] recorded on copy after the copies out of the buffer */
     struct moe_cuda_tier_stats st;
     bool poisoned;
 };
@@ -81,11 +85,14 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
     int layer = key / t->n_experts, e = key % t->n_experts;
     const void *src[3];
     char *dst = t->d_pool + (size_t)slot * t->slot_bytes;
+    int b = -1; /* staging buffer */
     if (t->host_fill) {
-        char *stage = t->h_stage + (size_t)slot * t->slot_bytes;
+        b = t->stage_next;
+        t->stage_next = (b + 1) % t->n_stage;
+        char *stage = t->h_stage + (size_t)b * t->slot_bytes;
         void *sd[3] = { stage + t->mat_off[0], stage + t->mat_off[1], stage + t->mat_off[2] };
-        /* the slot's previous copy read this staging area: let it finish */
-        TCK(cudaEventSynchronize(t->ready[slot]));
+        /* the buffer's previous copy read it: let that one finish */
+        TCK(cudaEventSynchronize(t->stage_done[b]));
         if ((st = t->host_fill(t->ud, layer, e, sd)) != MOE_OK) goto out;
         for (int w = 0; w < 3; w++) src[w] = sd[w];
     } else {
@@ -106,6 +113,7 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
         TCK(cudaEventRecord(t->t1[slot], t->copy));
         t->timed[slot] = true;
     }
+    if (b >= 0) TCK(cudaEventRecord(t->stage_done[b], t->copy));
     TCK(cudaEventRecord(t->ready[slot], t->copy));
     t->st.loads++;
     t->st.bytes_h2d += t->slot_bytes;
@@ -289,6 +297,8 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
         if (t->t0[i]) cudaEventDestroy(t->t0[i]);
     for (int i = 0; t->t1 && i < t->slots; i++)
         if (t->t1[i]) cudaEventDestroy(t->t1[i]);
+    for (int i = 0; t->stage_done && i < t->n_stage; i++)
+        if (t->stage_done[i]) cudaEventDestroy(t->stage_done[i]);
     if (t->d_pool) cudaFree(t->d_pool);
     moe_cuda_host_free(t->h_stage, t->stage_pinned);
     if (t->copy) cudaStreamDestroy(t->copy);
@@ -298,6 +308,7 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
     free(t->freed);
     free(t->t0);
     free(t->t1);
+    free(t->stage_done);
     free(t->timed);
     free(t->pins);
     free(t->is_moe);
@@ -381,13 +392,24 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
             goto out;
         }
     }
-    if (t->host_fill &&
-        (st = moe_cuda_host_alloc((void **)&t->h_stage, t->slot_bytes * (size_t)t->slots, &t->stage_pinned)) != MOE_OK) {
-        moe_error_prefix(st, "GPU expert tier staging (%d slots x %zu MiB): lower --gpu-experts", t->slots,
-                         t->slot_bytes >> 20);
-        goto out;
+    /* host_fill stages each expert in pinned memory: a small ring (a fill waits only for the copy
+     * out of the buffer it reuses), not one buffer per slot, which would pin a second copy of every
+     * expert the tier holds */
+    t->n_stage = t->slots < CUDA_TIER_STAGES ? t->slots : CUDA_TIER_STAGES;
+    if (t->host_fill) {
+        if (!(t->stage_done = calloc((size_t)t->n_stage, sizeof(cudaEvent_t)))) {
+            st = moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory");
+            goto out;
+        }
+        if ((st = moe_cuda_host_alloc((void **)&t->h_stage, t->slot_bytes * (size_t)t->n_stage,
+                                      &t->stage_pinned)) != MOE_OK) {
+            moe_error_prefix(st, "GPU expert tier staging (%d x %zu MiB)", t->n_stage, t->slot_bytes >> 20);
+            goto out;
+        }
     }
     TCK(cudaStreamCreateWithFlags(&t->copy, cudaStreamNonBlocking));
+    for (int i = 0; t->stage_done && i < t->n_stage; i++)
+        TCK(cudaEventCreateWithFlags(&t->stage_done[i], cudaEventDisableTiming));
     for (int i = 0; i < t->slots; i++) {
         TCK(cudaEventCreateWithFlags(&t->ready[i], cudaEventDisableTiming));
         TCK(cudaEventCreateWithFlags(&t->freed[i], cudaEventDisableTiming));

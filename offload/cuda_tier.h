@@ -42,8 +42,9 @@ struct moe_cuda_tier_params {
     const void *(*host_mat)(void *ud, int layer, int expert, int which);
     /* Or (host_mat NULL): fill pinned staging memory with the expert's three
      * matrices (dst[0..2], mat_bytes[w] each) and return MOE_OK, or an error
-     * naming layer and expert.  The tier keeps one staging area per slot and
-     * calls this only after the slot's previous copy has left it. */
+     * naming layer and expert.  The tier keeps a ring of a few staging
+     * buffers (one expert each) and calls this only after the previous copy
+     * out of the buffer it hands over has left it. */
     enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
     bool time_copies;               /* benchmarks: time every copy with CUDA events (copy_s) */
@@ -105,8 +106,8 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
                                               const struct moe_provider_cuda_params *p);
 /* The GPU tier stacked on any host-side provider (the tiered NVMe -> RAM
  * provider, or the resident one): a GPU miss acquires the expert from
- * `lower` (one at a time, released right after), converts it to BF16 into the
- * slot's pinned staging area and copies it up.  prefetch() is forwarded to
+ * `lower` (one at a time, released right after), converts it to BF16 into a
+ * pinned staging buffer and copies it up.  prefetch() is forwarded to
  * `lower` one layer further out (its own worker moves NVMe -> RAM); GPU
  * copies start on demand, and the prefetches' scores reach the GPU tier's
  * policy (--policy predicted).  hint() feeds the GPU tier's policy and is

@@ -26,6 +26,9 @@ static inline enum moe_status moe_cuda_ctx_note(struct moe_cuda_ctx *c, enum moe
 {
     if (st != MOE_OK && c) {
         cudaError_t e = cudaPeekAtLastError();
+        /* cuBLAS carries its own copy of the runtime, so a fault it met first may not show in
+         * our last error: ask the driver through the stream */
+        if (!moe_cuda_is_sticky(e)) e = cudaStreamQuery(c->stream);
         if (moe_cuda_is_sticky(e)) c->poisoned = true;
     }
     return st;

@@ -4,11 +4,12 @@
 #      factory, sticky errors),
 #   2. the CLI end to end: `moeflow generate --backend cuda --temperature 0` prints the
 #      CPU backend's text (all experts on the GPU, and the GPU tier at 25 %),
-#   3. a short compute-sanitizer memcheck of the op and tier tests (skips where the
-#      sanitizer refuses the device, as on gVisor machines),
-#   4. the GPU benchmarks: the bundled model through the engine (batch 1/8/64, tier
+#   3. the GPU benchmarks: the bundled model through the engine (batch 1/8/64, tier
 #      25/50/100 %, cuBLAS and batch-invariant GEMMs) and the MoE decode benchmark
-#      with Mixtral expert shapes (tier 25/50/100 %).
+#      with Mixtral expert shapes (tier 25/50/100 %),
+#   4. a short compute-sanitizer memcheck of the op and tier tests (skips where the
+#      sanitizer refuses the device, as on gVisor machines); last, so that a slow
+#      sanitizer cannot cost the benchmarks their time.
 # Results go under $OUT (default ./device-out): summary.json (every step's status; the
 # CLI step lists its cases), logs.tar.gz (one log per step), gpu_model_decode.json,
 # gpu_moe_decode.json, gpu_moe_decode_invariant.json, nvidia-smi.txt.  The tails of
@@ -65,13 +66,13 @@ run() {
   fi
   [ "$limit" -gt "$left" ] && limit=$left && cut=1
   local t0=$(date +%s.%N)
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   local dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   local status=pass reason=""
-  if [ $rc -eq 124 ] && [ $cut -eq 1 ]; then
+  if { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && [ $cut -eq 1 ]; then
     status=skip reason=',"reason":"time budget"'
-  elif [ $rc -eq 124 ]; then
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
     status=timeout && fails=$((fails + 1))
   elif [ $rc -eq 77 ]; then
     status=skip
@@ -90,9 +91,19 @@ if [ -x "$b/test_gpu_e2e_pycode" ]; then
   for m in pycode mixtral qwen2_moe qwen3_moe olmoe; do
     run "test_gpu_e2e_$m" 60 "$b/test_gpu_e2e_pycode" "$m"
   done
+else
+  steps+=("{\"step\":\"test_gpu_e2e\",\"status\":\"fail\",\"reason\":\"not in the bundle\"}")
+  fails=$((fails + 1))
 fi
-[ -x "$b/test_gpu_runtime" ] && run test_gpu_runtime 90 "$b/test_gpu_runtime"
-[ -x "$b/test_gpu_sticky" ] && run test_gpu_sticky 60 "$b/test_gpu_sticky"
+# a test the bundle lacks is a failure (prepare.sh builds them all), not a silent gap
+for t in test_gpu_runtime:90 test_gpu_sticky:60; do
+  if [ -x "$b/${t%%:*}" ]; then
+    run "${t%%:*}" "${t##*:}" "$b/${t%%:*}"
+  else
+    steps+=("{\"step\":\"${t%%:*}\",\"status\":\"fail\",\"reason\":\"not in the bundle\"}")
+    fails=$((fails + 1))
+  fi
+done
 if [ -x "$b/moeflow" ]; then
   run cli_generate_cuda_vs_cpu 150 bash "$root/bench/device/cli_generate.sh" "$b/moeflow"
   # the cases ("case NAME pass|fail" lines) go into the step's summary entry
@@ -104,6 +115,11 @@ else
   steps+=("{\"step\":\"cli_generate_cuda_vs_cpu\",\"status\":\"fail\",\"reason\":\"moeflow not in the bundle\"}")
   fails=$((fails + 1))
 fi
+[ -x "$b/gpu_model_decode" ] && run gpu_model_decode 90 "$b/gpu_model_decode" --steps 16 \
+  --json "$out/gpu_model_decode.json"
+run gpu_moe_decode 180 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
+run gpu_moe_decode_invariant 60 "$b/gpu_moe_decode" --gemm invariant --capacities 100 --steps 4 --warm 1 \
+  --json "$out/gpu_moe_decode_invariant.json"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 # --report-api-errors no: test_gpu_tier asks for an impossible cudaMalloc on purpose (its
 # error message is tested); memcheck would otherwise report that API error and fail the step.
@@ -112,7 +128,7 @@ memcheck=("$san" --tool memcheck --error-exitcode 1 --report-api-errors no)
 # error 999 at the first allocation).  Probe once, on the quick tier test (killed after
 # 20 s: a run that gets that far works); on refusal both memcheck steps are skips.
 san_refused=""
-if [ -n "$san" ] && [ -x "$b/test_gpu_tier" ]; then
+if [ -n "$san" ] && [ -x "$b/test_gpu_tier" ] && [ $(( budget_end - $(date +%s) )) -gt 60 ]; then
   MOEFLOW_TEST_QUICK=1 timeout -k 5 20 "${memcheck[@]}" "$b/test_gpu_tier" > "$out/memcheck_probe.log" 2>&1
   grep -qE 'Device not supported|error 999' "$out/memcheck_probe.log" &&
     san_refused="compute-sanitizer does not support this device (Device not supported, error 999)"
@@ -130,11 +146,6 @@ else
   run memcheck_gpu_tier 120 "${memcheck[@]}" "$b/test_gpu_tier"
   unset MOEFLOW_TEST_QUICK
 fi
-[ -x "$b/gpu_model_decode" ] && run gpu_model_decode 90 "$b/gpu_model_decode" --steps 16 \
-  --json "$out/gpu_model_decode.json"
-run gpu_moe_decode 180 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
-run gpu_moe_decode_invariant 60 "$b/gpu_moe_decode" --gemm invariant --capacities 100 --steps 4 --warm 1 \
-  --json "$out/gpu_moe_decode_invariant.json"
 
 # the tails of failing steps' logs, then every log in one archive (the device tool
 # brings back at most 8 files)

@@ -312,8 +312,10 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
         goto fail;
     }
     /* The host side: records read from the store or the safetensors into a
-     * host tier pinned for DMA; its own (RAM) device tier only stages
-     * one expert at a time on the way to the GPU, so top_k slots do. */
+     * host tier; its own (RAM) device tier only stages one expert at a time
+     * on the way to the GPU, so top_k slots do.  The host tier is not pinned:
+     * the GPU tier copies from its own pinned staging ring, never from it,
+     * and page-locking tens of GB would cost seconds at start-up for nothing. */
     struct moe_tiered_params tp = {
         .store_path = o->store,
         .dev_slots = c->top_k,
@@ -321,7 +323,6 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
         .policy = MOE_POLICY_LRU,
         .numa_node = -1,
         .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
-        .hooks = moe_cuda_offload_hooks(),
     };
     lower = moe_provider_tiered_create(m, &tp);
     if (!lower) {

@@ -131,8 +131,8 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
  *                   --gpu-experts slots (or --gpu-cache-bytes / BF16 slot
  *                   bytes; default every routed expert) under --policy, over
  *                   the tiered provider (--store or the safetensors, host tier
- *                   of --host-experts records, default as many as GPU slots,
- *                   pinned with moe_cuda_offload_hooks()).
+ *                   of --host-experts records, default as many as GPU slots;
+ *                   the GPU tier copies through its own pinned staging).
  * Errors (nothing is left allocated): a build without CUDA or no visible
  * device (MOE_ENOTSUP), allocation failures naming the flag to lower.  The
  * caller destroys the engine first, then *prov, then *be. */

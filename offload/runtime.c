@@ -9,6 +9,7 @@
 #include "cuda_tier.h"
 #endif
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,8 @@ static int parse_count(const char *flag, const char *arg, long lo, long hi, long
     char *end;
     errno = 0;
     long v = strtol(arg, &end, 10);
-    if (errno || end == arg || *end || v < lo || v > hi) {
+    /* the value starts with its digits: strtol would also skip blanks and take a sign */
+    if (!isdigit((unsigned char)arg[0]) || errno || end == arg || *end || v < lo || v > hi) {
         moe_errorf(MOE_EINVAL, "--%s '%s' must be an integer in [%ld, %ld]", flag, arg, lo, hi);
         return -1;
     }
@@ -38,7 +40,7 @@ static int parse_bytes(const char *flag, const char *arg, uint64_t *out)
 {
     char *end;
     errno = 0;
-    if (*arg == '-') goto bad;
+    if (!isdigit((unsigned char)*arg)) goto bad; /* no blank, sign or '-' (strtoull would wrap it) */
     unsigned long long v = strtoull(arg, &end, 10);
     if (errno || end == arg) goto bad;
     uint64_t mul = 1;

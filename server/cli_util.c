@@ -11,11 +11,13 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-/* A value starts with its number: strto* would also skip blanks and take a '+'. */
+/* A value starts with its number: strto* would also skip blanks and take a '+'
+ * (and strtod a hexadecimal "0x..."). */
 static bool starts_number(const char *s)
 {
-    return (*s >= '0' && *s <= '9') || *s == '-' || *s == '.';
+    return ((*s >= '0' && *s <= '9') || *s == '-' || *s == '.') && !strpbrk(s, "xX");
 }
 
 bool moe_cli_parse_long(const char *s, long lo, long hi, long *out)

@@ -260,9 +260,7 @@ static int bench_batch(int argc, char **argv)
         case O_THREADS: if (!parse_int("--threads", optarg, 1, 256, &o.threads)) return 2; break;
         case O_CAP: if (!parse_int("--capacity", optarg, 1, 1 << 24, &o.capacity)) return 2; break;
         case O_CAPF: {
-            char *end;
-            o.capacity_frac = strtod(optarg, &end);
-            if (end == optarg || *end || !(o.capacity_frac > 0 && o.capacity_frac <= 1)) {
+            if (!moe_cli_parse_double_in(optarg, 0, 1, &o.capacity_frac) || !(o.capacity_frac > 0)) {
                 fprintf(stderr, "moeflow bench batch: --capacity-frac '%s': expected a number in (0, 1]\n", optarg);
                 return 2;
             }
@@ -270,9 +268,9 @@ static int bench_batch(int argc, char **argv)
         }
         case O_LAG:
         case O_LEAD: {
-            char *end;
-            double x = strtod(optarg, &end);
-            if (end == optarg || *end || !((x > 0 && x <= 1000) || (c == O_LAG && x == -1))) {
+            double x = 0;
+            bool ok = moe_cli_parse_double_in(optarg, -1, 1000, &x);
+            if (!ok || !((x > 0 && x <= 1000) || (c == O_LAG && x == -1))) {
                 fprintf(stderr, "moeflow bench batch: %s '%s': expected a number of tokens in (0, 1000]%s\n",
                         c == O_LAG ? "--regroup-lag" : "--regroup-lead", optarg, c == O_LAG ? " or -1" : "");
                 return 2;

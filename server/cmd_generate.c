@@ -12,6 +12,7 @@
 #include "../predictor/predictor.h"
 
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -53,11 +54,9 @@ static void usage(FILE *f)
 
 static bool parse_float(const char *s, float *out)
 {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return false;
-    *out = v;
+    double v;
+    if (!moe_cli_parse_double_in(s, -FLT_MAX, FLT_MAX, &v)) return false;
+    *out = (float)v;
     return true;
 }
 

@@ -175,9 +175,9 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
         iv = strtoll(value, &end, 10);
         v = (double)iv;
     }
-    while (end && isspace((unsigned char)*end))
-        end++;
-    if (!*value || !end || *end || errno == ERANGE || !isfinite(v))
+    /* the value is the number alone: strto* would skip blanks and take a '+' or a hex "0x" */
+    bool starts = isdigit((unsigned char)value[0]) || value[0] == '-' || value[0] == '.';
+    if (!starts || strpbrk(value, "xX") || !end || *end || errno == ERANGE || !isfinite(v))
         return moe_errorf(MOE_EINVAL, "%s: '%s' is not a %s", o->name, value,
                           o->type == MOE_OPT_DOUBLE ? "number" : "whole number");
     if (v < o->min || v > o->max)

@@ -134,7 +134,8 @@ static void test_parse(void)
     CHECK(!moe_cli_parse_double("-0.5", 0, &d) && !moe_cli_parse_double("nan", 0, &d) &&
           !moe_cli_parse_double("inf", 0, &d) && !moe_cli_parse_double("1e999", 0, &d) &&
           !moe_cli_parse_double("0.5s", 0, &d) && !moe_cli_parse_double("", 0, &d) &&
-          !moe_cli_parse_double(" 0.5", 0, &d) && !moe_cli_parse_double("+0.5", 0, &d), "bad doubles accepted");
+          !moe_cli_parse_double(" 0.5", 0, &d) && !moe_cli_parse_double("+0.5", 0, &d) &&
+          !moe_cli_parse_double("0x10", 0, &d) && !moe_cli_parse_double("0x0.8p0", 0, &d), "bad doubles accepted");
     CHECK(moe_cli_parse_double(".5", 0, &d) && d == 0.5, ".5 -> %g", d);
 
     char *js = NULL;

@@ -123,7 +123,9 @@ int main(void)
                                  "generate --prompt x --policy belady --gpu-experts 8",
                                  "generate --prompt x --gpu-experts 8 --gpu-cache-bytes 1M",
                                  "generate --prompt x --gpu-experts 3", "generate --prompt x --host-cache-bytes 1K",
-                                 "generate --prompt x --gpu-experts 8 --predictor gate:+1" };
+                                 "generate --prompt x --gpu-experts 8 --predictor gate:+1",
+                                 "generate --prompt x --gpu-experts ' 8'", "generate --prompt x --gpu-cache-bytes +64M",
+                                 "generate --prompt x --top-p ' 0.5'", "generate --prompt x --temperature 0x1" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' %s --model '%s' 2>&1", exe, bad[i], dir);
         char *o = run(cmd, &status);

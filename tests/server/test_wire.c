@@ -22,6 +22,12 @@ static void test_config(void)
     CHECK(c.drain_timeout == 30.0, "drain %g", c.drain_timeout);
     CHECK(moe_serve_config_set(&c, "max-queued", "7") == MOE_OK && c.max_queued == 7, "set");
     CHECK(moe_serve_config_set(&c, "max_queued", "8") == MOE_OK && c.max_queued == 8, "underscore");
+    static const char *not_numbers[] = { " 5", "+5", "5 ", "0x10", "5x" };
+    for (size_t i = 0; i < sizeof(not_numbers) / sizeof(not_numbers[0]); i++)
+        CHECK(moe_serve_config_set(&c, "max-seqs", not_numbers[i]) != MOE_OK &&
+                  moe_serve_config_set(&c, "drain-timeout", not_numbers[i]) != MOE_OK &&
+                  moe_serve_config_set(&c, "gpu-experts", not_numbers[i]) != MOE_OK,
+              "'%s' taken as a number", not_numbers[i]);
     CHECK(moe_serve_config_set(&c, "grpc-port", "70000") == MOE_ERANGE, "range");
     CHECK(strstr(moe_last_error(), "grpc-port") && strstr(moe_last_error(), "70000"), "msg: %s",
           moe_last_error());

@@ -716,12 +716,12 @@ static enum moe_status server_load(struct moe_server *s)
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
     s->model = moe_model_open(dir);
     if (!s->model)
-        return moe_error_prefix(MOE_EIO, "--model %s", dir);
+        return moe_error_prefix(MOE_EIO, "--model"); /* the message names the directory */
     char tpath[4200];
     snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", dir);
     s->tok = moe_tokenizer_load(tpath);
     if (!s->tok)
-        return moe_error_prefix(MOE_EIO, "tokenizer %s", tpath);
+        return MOE_EIO; /* the message names the tokenizer's file */
     int model_ctx = s->model->cfg.max_pos;
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
     /* 0 = derived from the context. */
@@ -731,8 +731,9 @@ static enum moe_status server_load(struct moe_server *s)
         s->cfg.max_output = s->max_ctx - 1;
     if (s->cfg.default_max_tokens <= 0) /* 0 = 16, within max-output */
         s->cfg.default_max_tokens = s->cfg.max_output < 16 ? s->cfg.max_output : 16;
-    if (moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider) != MOE_OK)
-        return moe_error_prefix(MOE_EINVAL, "expert cache");
+    enum moe_status st = moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider);
+    if (st != MOE_OK) /* MOE_EINVAL: a tier size or trace that does not fit this model */
+        return moe_error_prefix(st, "expert cache");
     struct moe_pred_spec spec;
     if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK)
         return MOE_EINVAL; /* the message names --predictor and the spec */

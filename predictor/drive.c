@@ -15,12 +15,12 @@ enum moe_status moe_drive_tokenize(const char *model_dir, const char *text_path,
     char *text = NULL;
     size_t len = 0;
     enum moe_status st = moe_read_file(text_path, &text, &len, (size_t)1 << 30);
-    if (st) return moe_error_prefix(st, "--text %s", text_path);
+    if (st) return moe_error_prefix(st, "--text"); /* the message names the file */
     snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
     struct moe_tokenizer *tk = moe_tokenizer_load(path);
     if (!tk) {
         free(text);
-        return moe_error_prefix(MOE_EIO, "model tokenizer");
+        return MOE_EIO; /* the message names the tokenizer's file */
     }
     st = moe_tokenizer_encode(tk, text, len, ids, n);
     if (st) moe_error_prefix(st, "--text %s", text_path);

@@ -115,7 +115,7 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
     size_t len = 0;
     enum moe_status st = moe_read_file(path, &buf, &len, (size_t)1 << 30);
     if (st != MOE_OK)
-        return moe_error_prefix(st, "--prompts %s", path);
+        return moe_error_prefix(st, "--prompts"); /* the message names the file */
     char **v = NULL;
     int n = 0;
     const char *p = buf;

@@ -162,7 +162,7 @@ int moe_cmd_logits(int argc, char **argv)
     };
     const char *meta[] = { "format", "pt", "producer", "moeflow logits", NULL };
     if (moe_st_write(out_path, t, 2, meta) != MOE_OK) {
-        fprintf(stderr, "moeflow logits: --out %s: %s\n", out_path, moe_last_error());
+        fprintf(stderr, "moeflow logits: --out: %s\n", moe_last_error()); /* the message names the file */
         goto out;
     }
     rc = 0;

@@ -225,7 +225,7 @@ enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *pa
     size_t len = 0;
     enum moe_status st = moe_read_file(path, &text, &len, 1 << 20);
     if (st != MOE_OK)
-        return moe_error_prefix(st, "config file %s", path);
+        return moe_error_prefix(st, "config file"); /* the message names the file */
     int lineno = 0;
     char *save = NULL;
     for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {

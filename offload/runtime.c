@@ -156,6 +156,9 @@ const char *moe_offload_backend_help(void) { return BACKEND_HELP; }
 const char *moe_offload_predictor_spec(const struct moe_offload_opts *o)
 {
     if (o->predictor) return o->predictor;
+    /* Belady follows its trace; prefetches would put experts in the tier that the trace's
+     * decisions do not account for */
+    if (o->policy == MOE_POLICY_BELADY) return "none";
     return o->backend == MOE_COMPUTE_CUDA || moe_offload_opts_tiered(o) ? "auto" : "none";
 }
 
@@ -167,7 +170,8 @@ const char *moe_offload_predictor_help(void)
         "                          history, path+gate[:FILE], auto (path+gate when the model has\n"
         "                          predictor.safetensors, else gate); default auto when experts are\n"
         "                          offloaded (any offload flag or --backend cuda), else none (with\n"
-        "                          every expert resident there is nothing to prefetch)\n"
+        "                          every expert resident there is nothing to prefetch; with --policy\n"
+        "                          belady, which follows its trace, none too)\n"
         "  --no-prefetch           predictions move nothing ahead of need; they only rank the\n"
         "                          device tier's evictions (--policy predicted): fewer transfers\n"
         "                          where the link, not latency, is the limit\n";

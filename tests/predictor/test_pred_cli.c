@@ -111,7 +111,8 @@ static void check_generate(void)
 
 /* --policy belady in generate, with the trace of exactly that run (prompt and output, less the
  * last output token, which is never fed back): a prompt of several tokens is prefilled one token
- * per forward, so the live device tier makes the simulator's decisions on that trace. */
+ * per forward and nothing is prefetched by default, so the live device tier makes the simulator's
+ * decisions on that trace. */
 static void check_belady_live(void)
 {
     static char text[1 << 14], ids[1 << 14], js[1 << 14];
@@ -141,8 +142,8 @@ static void check_belady_live(void)
     snprintf(a, sizeof a, "trace --ids %s --out %s", idf, tr);
     REQUIRE(run(a) == 0, "trace: %s", out);
     for (int cap = 16; cap <= 64; cap *= 4) {
-        snprintf(a, sizeof a, "%s --gpu-experts %d --policy belady --belady-trace %s --predictor none --stats-json %s",
-                 G, cap, tr, sj);
+        snprintf(a, sizeof a, "%s --gpu-experts %d --policy belady --belady-trace %s --stats-json %s", G, cap, tr,
+                 sj); /* the default predictor is none under belady: nothing is prefetched */
         static char got[1 << 14];
         CHECK(run_stdout(a, got, sizeof got) == 0 && !strncmp(got, text, n) && got[n] == '\n' && !got[n + 1],
               "belady generate printed other text: %s", got);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 void moe_offload_opts_init(struct moe_offload_opts *o)
 {
@@ -123,6 +124,10 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
                           "very run, recorded with moeflow trace)");
     if (o->belady_trace && o->policy != MOE_POLICY_BELADY)
         return moe_errorf(MOE_EINVAL, "--belady-trace is read only by --policy belady; add it or drop the trace");
+    struct stat sb;
+    if (o->stats_json && (!*o->stats_json || (stat(o->stats_json, &sb) == 0 && S_ISDIR(sb.st_mode))))
+        return moe_errorf(MOE_EINVAL, "--stats-json '%s' is %s: name the file to write", o->stats_json,
+                          *o->stats_json ? "a directory" : "empty");
     if ((o->predictor || o->no_prefetch) && o->backend != MOE_COMPUTE_CUDA && !moe_offload_opts_tiered(o))
         return moe_errorf(MOE_EINVAL, "%s with every expert resident: nothing to predict or prefetch; offload "
                           "experts (--gpu-experts N, --store FILE, ...) or drop it",

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* A value starts with its number: strto* would also skip blanks and take a '+'
  * (and strtod a hexadecimal "0x..."). */
@@ -98,6 +99,18 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
     if (seq_len <= m->cfg.max_pos) return true;
     fprintf(stderr, "moeflow %s: --seq-len %ld exceeds the model's context of %d tokens; lower it\n", cmd, seq_len,
             m->cfg.max_pos);
+    return false;
+}
+
+bool moe_cli_check_out(const char *cmd, const char *flag, const char *path)
+{
+    struct stat sb;
+    if (!*path)
+        fprintf(stderr, "moeflow %s: %s is empty: name the file to write\n", cmd, flag);
+    else if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        fprintf(stderr, "moeflow %s: %s %s is a directory: name a file in it\n", cmd, flag, path);
+    else
+        return true;
     return false;
 }
 

@@ -125,7 +125,11 @@ int main(void)
                                  "generate --prompt x --gpu-experts 3", "generate --prompt x --host-cache-bytes 1K",
                                  "generate --prompt x --gpu-experts 8 --predictor gate:+1",
                                  "generate --prompt x --gpu-experts ' 8'", "generate --prompt x --gpu-cache-bytes +64M",
-                                 "generate --prompt x --top-p ' 0.5'", "generate --prompt x --temperature 0x1" };
+                                 "generate --prompt x --top-p ' 0.5'", "generate --prompt x --temperature 0x1",
+                                 /* an output path that is empty or a directory, refused before any work */
+                                 "logits --ids 1 --out /tmp", "logits --ids 1 --out ''", "pack --out /tmp",
+                                 "trace --ids /dev/null --out /tmp", "train-predictor --text x --out /tmp",
+                                 "generate --prompt x --gpu-experts 8 --stats-json /tmp" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' %s --model '%s' 2>&1", exe, bad[i], dir);
         char *o = run(cmd, &status);

@@ -43,6 +43,9 @@ enum moe_status moe_error_prefix(enum moe_status st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Detail of the last error on this thread ("" if none). */
 const char *moe_last_error(void);
+/* Status of the last moe_errorf on this thread (the cause, whatever prefixes
+ * came after; MOE_OK if none): for constructors that return NULL. */
+enum moe_status moe_last_status(void);
 void moe_error_clear(void);
 
 /* Logging to stderr. Level from MOEFLOW_LOG (error|warn|info|debug), default warn. */

@@ -31,9 +31,11 @@ const char *moe_status_str(enum moe_status st)
 }
 
 static _Thread_local char err_msg[1024];
+static _Thread_local enum moe_status err_st;
 
 enum moe_status moe_errorf(enum moe_status st, const char *fmt, ...)
 {
+    err_st = st;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err_msg, sizeof(err_msg), fmt, ap);
@@ -57,7 +59,12 @@ enum moe_status moe_error_prefix(enum moe_status st, const char *fmt, ...)
 }
 
 const char *moe_last_error(void) { return err_msg; }
-void moe_error_clear(void) { err_msg[0] = 0; }
+enum moe_status moe_last_status(void) { return err_st; }
+void moe_error_clear(void)
+{
+    err_msg[0] = 0;
+    err_st = MOE_OK;
+}
 
 static int log_level = -1;
 

@@ -289,9 +289,11 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
         .numa_node = -1,
         .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
     };
+    moe_error_clear();
     *out = moe_provider_tiered_create(m, &tp);
     free(pl.future);
-    return *out ? MOE_OK : (moe_last_error()[0] ? MOE_EINVAL : MOE_ENOMEM);
+    if (*out) return MOE_OK;
+    return moe_last_status() != MOE_OK ? moe_last_status() : MOE_ENOMEM; /* EINVAL: sizes; store errors */
 }
 
 #define NO_CUDA_MSG "--backend cuda: this build has no CUDA backend: rebuild with -DMOEFLOW_CUDA=ON on a " \

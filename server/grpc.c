@@ -954,14 +954,17 @@ struct grpc_front *srv_grpc_start(struct moe_server *s)
     gf->t_shutdown.op = GOP_SHUTDOWN;
     srv_inbox_init(&gf->inbox, NULL, NULL);
     grpc_init();
-    grpc_arg args[2];
+    grpc_arg args[3];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = s->cfg.max_message_bytes;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = s->cfg.max_message_bytes;
-    grpc_channel_args ca = { 2, args };
+    args[2].type = GRPC_ARG_INTEGER; /* a port in use is an error, not a share with another server */
+    args[2].key = GRPC_ARG_ALLOW_REUSEPORT;
+    args[2].value.integer = 0;
+    grpc_channel_args ca = { 3, args };
     gf->server = grpc_server_create(&ca, NULL);
     gf->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(gf->server, gf->cq, NULL);

@@ -57,6 +57,11 @@ def main():
         check(r.status == h.HealthCheckResponse.SERVING, "health: %s" % r.status)
         check(kstub.ServerLive(k.ServerLiveRequest(), timeout=10).live, "ServerLive")
         check(kstub.ServerReady(k.ServerReadyRequest(), timeout=10).ready, "ServerReady")
+        # a second server on the same gRPC port is refused, not given a share of its clients
+        r = subprocess.run([moeflow, "serve", "--grpc-port", str(srv.grpc_port), "--http-port", str(free_port())],
+                           capture_output=True, timeout=30)
+        check(r.returncode == 1 and b"in use" in r.stderr,
+              "gRPC port taken twice: %d %r" % (r.returncode, r.stderr[-300:]))
         info = gen.ModelInfo(m.ModelInfoRequest(), timeout=10)
         check(info.name == "pycode-moe-18m" and info.vocab_size == 8192, "ModelInfo: %s" % info)
         check(kstub.ModelReady(k.ModelReadyRequest(name=info.name), timeout=10).ready, "ModelReady")

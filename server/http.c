@@ -50,17 +50,31 @@ static void wake_cb(void *arg)
     event_active(h->wake_ev, EV_READ, 0);
 }
 
-static void send_json(struct evhttp_request *req, int code, json_t *j)
+/* A whole reply.  HEAD gets the headers GET would, Content-Length included, and no body (libevent
+ * would send the body and drop the length, which breaks the next reply on the connection). */
+static void send_text(struct evhttp_request *req, int code, const char *ctype, const char *body,
+                      size_t len)
 {
-    struct evbuffer *b = evbuffer_new();
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (b && s)
-        evbuffer_add(b, s, strlen(s));
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
+    evhttp_add_header(hd, "Content-Type", ctype);
+    struct evbuffer *b = NULL;
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        char n[32];
+        snprintf(n, sizeof(n), "%zu", len);
+        evhttp_add_header(hd, "Content-Length", n);
+    } else if ((b = evbuffer_new())) {
+        evbuffer_add(b, body, len);
+    }
     evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
-    free(s);
     if (b)
         evbuffer_free(b);
+}
+
+static void send_json(struct evhttp_request *req, int code, json_t *j)
+{
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    send_text(req, code, "application/json", s ? s : "", s ? strlen(s) : 0);
+    free(s);
 }
 
 static const char *err_type(int code)
@@ -90,17 +104,6 @@ static void send_error(struct evhttp_request *req, int code, const char *msg)
     json_decref(j);
 }
 
-static void send_text(struct evhttp_request *req, int code, const char *ctype, const char *body,
-                      size_t len)
-{
-    struct evbuffer *b = evbuffer_new();
-    if (b)
-        evbuffer_add(b, body, len);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
-    if (b)
-        evbuffer_free(b);
-}
 
 static void hreq_free(struct hreq *r)
 {

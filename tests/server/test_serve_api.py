@@ -177,6 +177,22 @@ def main():
             except ValueError:
                 ok = False
             check(ok, "%s %s: %r" % (method, path, out[:300]))
+        # HEAD: the headers of GET with its Content-Length and no body, so the next reply on the
+        # same connection still parses
+        import socket
+        sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=30)
+        sk.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while True:
+            x = sk.recv(65536)
+            if not x:
+                break
+            raw += x
+        sk.close()
+        first, _, rest = raw.partition(b"\r\n\r\n")
+        check(b"Content-Length: " in first and rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"\r\n\r\nok\n"),
+              "HEAD then GET on one connection: %r" % raw[:400])
         # stream_options.include_usage: one more chunk, no choices, the request's usage
         body = json.dumps({"prompt": "def add(a, b):", "max_tokens": n, "stream": True,
                            "stream_options": {"include_usage": True}})

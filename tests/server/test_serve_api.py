@@ -4,6 +4,7 @@ With serve flags that turn on the tiered expert cache, also checks the cache
 metrics (the tokens must not change: outputs do not depend on where experts are)."""
 import json
 import os
+import socket
 import sys
 import time
 
@@ -179,7 +180,6 @@ def main():
             check(ok, "%s %s: %r" % (method, path, out[:300]))
         # HEAD: the headers of GET with its Content-Length and no body, so the next reply on the
         # same connection still parses
-        import socket
         sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=30)
         sk.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
                    b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

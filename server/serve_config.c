@@ -25,8 +25,8 @@ static const struct moe_serve_opt opts[] = {
       "tokens per sequence, prompt + output (0 = the model's maximum)", 0 },
     { "max-batch-tokens", MOE_OPT_INT, OFF(max_batch_tokens), 0, "512", 1, 1 << 16,
       "tokens per forward pass", 0 },
-    { "max-running", MOE_OPT_INT, OFF(max_running), 0, "16", 1, 4096,
-      "sequences decoding at once (<= max-seqs)", 0 },
+    { "max-running", MOE_OPT_INT, OFF(max_running), 0, "0", 0, 4096,
+      "sequences decoding at once, <= max-seqs (0 = 16, or max-seqs when smaller)", 0 },
     { "max-queued", MOE_OPT_INT, OFF(max_queued), 0, "64", 1, 1 << 20,
       "waiting requests, including those about to start; more are refused at once "
       "(RESOURCE_EXHAUSTED / HTTP 429)", 0 },
@@ -259,14 +259,20 @@ out:
     return st;
 }
 
+int moe_serve_max_running(const struct moe_serve_config *c)
+{
+    if (c->max_running > 0) return c->max_running;
+    return c->max_seqs < 16 ? c->max_seqs : 16;
+}
+
 enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
 {
-    if (c->max_running > c->max_seqs)
-        return moe_errorf(MOE_EINVAL, "max-running %d exceeds max-seqs %d: raise max-seqs",
-                          c->max_running, c->max_seqs);
-    if (c->micro_batch > c->max_running)
+    int running = moe_serve_max_running(c);
+    if (running > c->max_seqs)
+        return moe_errorf(MOE_EINVAL, "max-running %d exceeds max-seqs %d: raise max-seqs", running, c->max_seqs);
+    if (c->micro_batch > running)
         return moe_errorf(MOE_EINVAL, "micro-batch %d exceeds max-running %d: lower micro-batch or raise "
-                          "max-running", c->micro_batch, c->max_running);
+                          "max-running", c->micro_batch, running);
     if (c->max_output && c->default_max_tokens > c->max_output)
         return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d: lower one or raise the other",
                           c->default_max_tokens, c->max_output);

@@ -87,6 +87,8 @@ enum moe_status moe_serve_config_set(struct moe_serve_config *c, const char *key
 enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *path);
 /* Cross-field checks (e.g. max_running <= max_seqs). */
 enum moe_status moe_serve_config_check(const struct moe_serve_config *c);
+/* max-running in effect: the option, or 16 (at most max-seqs) when it is 0. */
+int moe_serve_max_running(const struct moe_serve_config *c);
 /* One line per option: flag, type, default, range, help. */
 void moe_serve_config_help(FILE *f);
 

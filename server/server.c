@@ -731,6 +731,9 @@ static enum moe_status server_load(struct moe_server *s)
         s->cfg.max_output = s->max_ctx - 1;
     if (s->cfg.default_max_tokens <= 0) /* 0 = 16, within max-output */
         s->cfg.default_max_tokens = s->cfg.max_output < 16 ? s->cfg.max_output : 16;
+    if (s->cfg.default_max_tokens > s->cfg.max_output) /* max-output derived from the context */
+        return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d (the context less one): "
+                          "lower it", s->cfg.default_max_tokens, s->cfg.max_output);
     enum moe_status st = moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider);
     if (st != MOE_OK) /* MOE_EINVAL: a tier size or trace that does not fit this model */
         return moe_error_prefix(st, "expert cache");
@@ -764,7 +767,7 @@ static enum moe_status server_load(struct moe_server *s)
         return MOE_EINVAL;
     }
     struct moe_sched_params sp = {
-        .max_running = cfg->max_running,
+        .max_running = moe_serve_max_running(cfg),
         .max_queued = cfg->max_queued,
         .max_tokens_in_flight = cfg->max_tokens_in_flight,
         .max_prompt = s->cfg.max_prompt,
@@ -781,10 +784,8 @@ static enum moe_status server_load(struct moe_server *s)
         .engine_max_batch_tokens = cfg->max_batch_tokens,
     };
     s->sched = moe_sched_create(s->engine, &sp);
-    if (!s->sched) {
-        moe_error_prefix(MOE_EINVAL, "scheduler");
-        return MOE_EINVAL;
-    }
+    if (!s->sched)
+        return MOE_EINVAL; /* the scheduler's message names it */
     if (moe_sched_start(s->sched) != MOE_OK) {
         moe_error_prefix(MOE_EINVAL, "scheduler thread");
         return MOE_EINVAL;

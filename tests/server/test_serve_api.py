@@ -29,6 +29,10 @@ def main():
     r = subprocess.run([moeflow, "serve", "--gpu-experts", "3", "--grpc-port", "0", "--http-port", str(free_port())],
                        capture_output=True, timeout=30)
     check(r.returncode == 2 and b"--gpu-experts" in r.stderr, "tier below top_k: %d %r" % (r.returncode, r.stderr))
+    r = subprocess.run([moeflow, "serve", "--default-max-tokens", "5000", "--grpc-port", "0", "--http-port",
+                        str(free_port())], capture_output=True, timeout=30)
+    check(r.returncode == 2 and b"max-output" in r.stderr, "default-max-tokens over the context: %d %r" % (
+        r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--predictor", "crystal-ball"], capture_output=True, timeout=30)
     check(r.returncode == 2 and b"crystal-ball" in r.stderr, "bad predictor: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--help"], capture_output=True, timeout=30)

@@ -64,6 +64,10 @@ static void test_config(void)
     CHECK(moe_serve_config_set(&c, "max-running", "8") == MOE_OK && moe_serve_config_check(&c) == MOE_OK,
           "max-running 8 alone: %s", moe_last_error());
     moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_set(&c, "max-seqs", "4") == MOE_OK && moe_serve_config_check(&c) == MOE_OK &&
+              moe_serve_max_running(&c) == 4,
+          "max-seqs 4 alone: %s", moe_last_error());
+    moe_serve_config_defaults(&c);
     CHECK(moe_serve_config_set(&c, "max-output", "8") == MOE_OK && moe_serve_config_check(&c) == MOE_OK,
           "max-output 8 alone: %s", moe_last_error());
     CHECK(moe_serve_config_set(&c, "default-max-tokens", "9") == MOE_OK && moe_serve_config_check(&c) != MOE_OK &&

@@ -311,12 +311,15 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
             goto out;
     } else {
         json_t *p = json_object_get(root, "prompt");
-        if (json_is_array(p) && json_array_size(p) == 1 && json_is_string(json_array_get(p, 0)))
-            p = json_array_get(p, 0);
+        if (json_is_array(p) && json_array_size(p) == 1 &&
+            (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+            p = json_array_get(p, 0); /* a batch of one prompt: that prompt */
         if (json_is_string(p)) {
             st = set_prompt_text(out, json_string_value(p), json_string_length(p), "prompt");
-        } else if (json_is_array(p) && json_array_size(p) > 1 && json_is_string(json_array_get(p, 0))) {
-            st = moe_errorf(MOE_EINVAL, "'prompt' holds %zu strings: one prompt per request (send one "
+        } else if (json_is_array(p) && (json_is_string(json_array_get(p, 0)) ||
+                                        json_is_array(json_array_get(p, 0)))) {
+            /* a list of texts or of token-id lists: OpenAI's batch of prompts */
+            st = moe_errorf(MOE_EINVAL, "'prompt' holds %zu prompts: one prompt per request (send one "
                             "request each)", json_array_size(p));
         } else if (json_is_array(p) && json_array_size(p) > 0) {
             st = set_prompt_ids_json(out, p);

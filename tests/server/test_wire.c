@@ -116,6 +116,12 @@ static void test_openai(void)
               strstr(moe_last_error(), "one prompt per request"),
           "two prompts: %s", moe_last_error());
     moe_gen_request_free(&r);
+    CHECK(oai("{\"prompt\":[[1,2],[3]]}", false, &r) == MOE_EINVAL && strstr(moe_last_error(), "2 prompts"),
+          "two token-id prompts: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    CHECK(oai("{\"prompt\":[[4,5,6]]}", false, &r) == MOE_OK && r.n_prompt_ids == 3 && r.prompt_ids[0] == 4,
+          "one token-id prompt in a batch of one: %s", moe_last_error());
+    moe_gen_request_free(&r);
     REQUIRE(oai("{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
                 "{\"role\":\"user\",\"content\":\"hi\"}],\"max_completion_tokens\":4}", true, &r) == MOE_OK,
             "%s", moe_last_error());

@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include <getopt.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,13 @@ int moe_cmd_serve(int argc, char **argv)
         moe_pred_spec_parse(cfg.predictor, cfg.model[0] ? cfg.model : moe_default_model_dir(), &spec) != MOE_OK) {
         fprintf(stderr, "moeflow serve: %s\n", moe_last_error());
         return 2;
+    }
+    /* every connection takes a descriptor: use all the hard limit allows (1024 soft is common) */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            MOE_WARN("serve: cannot raise the open-file limit to %llu", (unsigned long long)rl.rlim_max);
     }
     moe_server_block_signals();
     struct moe_server *s = moe_server_create(&cfg);

@@ -815,8 +815,11 @@ enum moe_status moe_server_run(struct moe_server *s)
         goto out_stop;
     atomic_store(&s->ready, true);
     char grpc_at[300] = "off", http_at[300] = "off";
-    if (s->cfg.grpc_port) snprintf(grpc_at, sizeof(grpc_at), "%s:%d", s->cfg.host, s->cfg.grpc_port);
-    if (s->cfg.http_port) snprintf(http_at, sizeof(http_at), "%s:%d", s->cfg.host, s->cfg.http_port);
+    bool v6 = strchr(s->cfg.host, ':') && s->cfg.host[0] != '['; /* an IPv6 literal goes in brackets */
+    if (s->cfg.grpc_port)
+        snprintf(grpc_at, sizeof(grpc_at), "%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->cfg.grpc_port);
+    if (s->cfg.http_port)
+        snprintf(http_at, sizeof(http_at), "%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->cfg.http_port);
     fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s, HTTP %s (%.1f s to load and warm up)\n",
             s->model_name, grpc_at, http_at, moe_now() - s->t_start);
     fflush(stderr);

@@ -26,6 +26,7 @@ struct http_front {
     struct event_base *base;
     struct evhttp *http;
     struct event *wake_ev;
+    struct evhttp_bound_socket *listener; /* NULL once closed for the drain */
     struct srv_inbox inbox;
     pthread_t thread;
     uint64_t next_id;
@@ -589,6 +590,7 @@ struct http_front *srv_http_start(struct moe_server *s)
     bare_host(s->cfg.host, host, sizeof(host));
     errno = 0;
     struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)s->cfg.http_port);
+    h->listener = bs;
     if (!bs) {
         moe_errorf(MOE_EIO, "cannot bind: %s",
                    errno == EADDRINUSE ? "in use; pick another --http-port"
@@ -615,10 +617,25 @@ out_fail:
     return NULL;
 }
 
+/* On the HTTP thread (libevent's evhttp is not thread-safe). */
+static void close_listener_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_front *h = arg;
+    if (h->listener)
+        evhttp_del_accept_socket(h->http, h->listener);
+    h->listener = NULL;
+    (void)fd;
+    (void)what;
+}
+
 void srv_http_stop(struct http_front *h)
 {
     if (!h)
         return;
+    /* Refuse new connections first, and give the loop a moment to answer (503, draining) what it
+     * has already read, so a request that raced the exit gets a reply rather than a closed socket. */
+    if (event_base_once(h->base, -1, EV_TIMEOUT, close_listener_cb, h, &(struct timeval){ 0, 0 }) == 0)
+        nanosleep(&(struct timespec){ 0, 50000000 }, NULL);
     event_base_loopexit(h->base, NULL);
     pthread_join(h->thread, NULL);
     evhttp_free(h->http); /* closes connections: their close callbacks abandon what is left */

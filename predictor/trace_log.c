@@ -150,8 +150,11 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         printf("policy              %s\n", pol);
         printf("capacity            %ld of %ld expert slots (%.1f %%)\n", capacity, slots,
                100.0 * (double)capacity / (double)slots);
+        printf("hits                %llu\n", (unsigned long long)r.hits);
+        printf("misses              %llu\n", (unsigned long long)(r.accesses - r.hits));
         printf("hit rate            %.4f\n", hr);
         printf("transfers/token     %.4f\n", tok > 0 ? (double)r.transfers / tok : 0);
+        printf("bytes moved         %llu (%.3f GB)\n", (unsigned long long)bytes_moved, (double)bytes_moved / 1e9);
         printf("useful prefetches   %llu / %llu\n", (unsigned long long)r.prefetch_useful,
                (unsigned long long)r.prefetches);
         if (link_gbps > 0) {

@@ -22,8 +22,15 @@ int moe_cmd_serve(int argc, char **argv);
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../common/moe.h"
+
 struct moe_model;
 struct moe_tokenizer;
+
+/* The exit status of a command whose setup failed with st: MOE_EINVAL is an
+ * option the model cannot take (a tier size, a trace for another model), a
+ * usage error (2); anything else is a runtime failure (1). */
+static inline int moe_cli_failure_exit(enum moe_status st) { return st == MOE_EINVAL ? 2 : 1; }
 
 /* Strict parsing of an option's value: the whole string, base 10, no
  * overflow; false leaves *out untouched.  long: in [lo, hi]; u64: no sign;

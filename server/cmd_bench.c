@@ -388,7 +388,7 @@ static int bench_batch(int argc, char **argv)
     enum moe_status st = moe_offload_runtime_create(m, &o.oo, &be, &prov);
     if (st != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: expert cache: %s\n", moe_last_error());
-        rc = st == MOE_EINVAL ? 2 : 1; /* a tier size or trace that does not fit this model */
+        rc = moe_cli_failure_exit(st);
         goto out;
     }
     if (!prov) {

@@ -291,7 +291,7 @@ int moe_cmd_generate(int argc, char **argv)
     enum moe_status st = moe_offload_runtime_create(m, &o.off, &be, &prov);
     if (st != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
-        rc = st == MOE_EINVAL ? 2 : 1; /* a tier size or trace that does not fit this model */
+        rc = moe_cli_failure_exit(st);
         goto out;
     }
     /* Predictions only matter where experts move: with every expert resident

@@ -111,9 +111,7 @@ int moe_cmd_serve(int argc, char **argv)
     if (st != MOE_OK)
         fprintf(stderr, "moeflow serve: %s\n", moe_last_error());
     moe_server_destroy(s);
-    /* MOE_EINVAL: options the model cannot take (tier sizes, a predictor file for another
-     * model): a usage error, as in the other commands */
-    return st == MOE_OK ? 0 : st == MOE_EINVAL ? 2 : 1;
+    return st == MOE_OK ? 0 : moe_cli_failure_exit(st);
 }
 
 #else

@@ -232,7 +232,7 @@ int moe_cmd_trace(int argc, char **argv)
     }
     enum moe_status ost = moe_offload_runtime_create(m, &oo, &be, &prov);
     if (ost) {
-        if (ost == MOE_EINVAL) rc = 2; /* a tier size or trace that does not fit this model */
+        rc = moe_cli_failure_exit(ost);
         goto fail;
     }
 

@@ -105,7 +105,6 @@ static void send_error(struct evhttp_request *req, int code, const char *msg)
     json_decref(j);
 }
 
-
 static void hreq_free(struct hreq *r)
 {
     if (r->watch)

@@ -126,6 +126,7 @@ struct belady {
     size_t *start;   /* [n_keys + 1] CSR offsets into pos */
     size_t *pos;     /* [n_future] access positions grouped by key, ascending */
     size_t *cursor;  /* [n_keys] next unconsumed entry of the key (absolute index into pos) */
+    bool warned;     /* an access the future did not list was reported */
 };
 
 static uint64_t bel_next_use(const struct belady *b, int key)
@@ -141,7 +142,14 @@ static void bel_on_access(void *self, int key, bool hit)
 {
     struct belady *b = self;
     (void)hit;
-    if (b->cursor[key] < b->start[key + 1]) b->cursor[key]++;
+    if (b->cursor[key] < b->start[key + 1]) {
+        b->cursor[key]++;
+    } else if (!b->warned) {
+        b->warned = true;
+        MOE_WARN("belady policy: an expert is used more often than the future it was given lists: the "
+                 "trace is not of this run (record it with moeflow trace from this run's tokens), so the "
+                 "evictions are not the optimum");
+    }
 }
 
 static int bel_victim(void *self, int n, const int *cand)

@@ -155,6 +155,11 @@ static void check_belady_live(void)
               "belady at %d slots: generate %lld hits / %lld misses, sim %lld / %lld", cap, stats_field(sj, "hits"),
               stats_field(sj, "misses"), sh, sm);
     }
+    /* a run longer than its trace is told that Belady's choices are not the optimum any more */
+    snprintf(a, sizeof a, "%s --max-tokens 30 --gpu-experts 16 --policy belady --belady-trace %s", G, tr);
+    CHECK(run(a) == 0 && strstr(out, "not of this run"), "a trace shorter than the run: %s", out);
+    snprintf(a, sizeof a, "%s --gpu-experts 16 --policy belady --belady-trace %s", G, tr);
+    CHECK(run(a) == 0 && !strstr(out, "not of this run"), "the run's own trace warned: %s", out);
     unlink(tf);
     unlink(idf);
     unlink(tr);

@@ -20,6 +20,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -117,6 +118,23 @@ struct grpc_front {
     struct gtag t_shutdown;
     int n_calls;                   /* gcall objects alive (including pending accepts) */
 };
+
+/* ---- gRPC core's log ---- */
+
+static _Atomic(struct moe_server *) log_srv; /* the server whose listener the log speaks of */
+
+/* gRPC core's messages go to stderr as before.  One of them matters to readiness: after an
+ * accept() fails (out of file descriptors) gRPC core never accepts on the port again, so the
+ * server is no longer ready; a supervisor should restart it. */
+static void grpc_log(gpr_log_func_args *a)
+{
+    const char *file = strrchr(a->file, '/') ? strrchr(a->file, '/') + 1 : a->file;
+    fprintf(stderr, "grpc %s %s:%d] %s\n", gpr_log_severity_string(a->severity), file, a->line, a->message);
+    struct moe_server *s = atomic_load(&log_srv);
+    if (s && strstr(a->message, "Failed accept4") && atomic_exchange(&s->ready, false))
+        MOE_ERR("the gRPC listener stopped accepting connections (%s) and gRPC core does not resume it: "
+                "not ready any more; restart the server (and raise its open-file limit)", a->message);
+}
 
 /* ---- calls ---- */
 
@@ -953,6 +971,8 @@ struct grpc_front *srv_grpc_start(struct moe_server *s)
     gf->srv = s;
     gf->t_shutdown.op = GOP_SHUTDOWN;
     srv_inbox_init(&gf->inbox, NULL, NULL);
+    atomic_store(&log_srv, s);
+    gpr_set_log_function(grpc_log);
     grpc_init();
     grpc_arg args[3];
     args[0].type = GRPC_ARG_INTEGER;

@@ -405,6 +405,24 @@ def main():
         warns = srv.output().count("cannot accept connections")
         check(busy < 1.0 and code == 200 and 1 <= warns <= 3,
               "out of descriptors: %.2f s CPU in 2 s, /health %d after, %d warnings" % (busy, code, warns))
+        # The same on the gRPC port: gRPC core stops accepting there for good, so the server
+        # turns not ready (a supervisor restarts it) and says why.
+        socks = []
+        for _ in range(250):
+            sk = socket.socket()
+            sk.setblocking(False)
+            try:
+                sk.connect(("127.0.0.1", srv.grpc_port))
+            except BlockingIOError:
+                pass
+            socks.append(sk)
+        time.sleep(1)
+        for sk in socks:
+            sk.close()
+        time.sleep(0.5)
+        code = srv.http("/ready", timeout=10)[0]
+        check(code == 503 and "gRPC listener stopped accepting" in srv.output(),
+              "gRPC out of descriptors: /ready %d; log %r" % (code, srv.output()[-600:]))
         check(srv.stop() == 0, "exit status")
     finally:
         srv.kill()

@@ -84,6 +84,20 @@ def check_baseline(srv, where):
     return ms
 
 
+def connect_many(port, n):
+    """n connections to port, opened without waiting for the server to accept them."""
+    socks = []
+    for _ in range(n):
+        sk = socket.socket()
+        sk.setblocking(False)
+        try:
+            sk.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        socks.append(sk)
+    return socks
+
+
 class Sampler:
     """Polls /metrics while clients run; keeps the peak of each occupancy gauge."""
 
@@ -380,15 +394,7 @@ def main():
     # and serves again once the clients leave.
     srv = Server(moeflow, nofile=128)
     try:
-        socks = []
-        for _ in range(250):
-            sk = socket.socket()
-            sk.setblocking(False)
-            try:
-                sk.connect(("127.0.0.1", srv.http_port))
-            except BlockingIOError:
-                pass
-            socks.append(sk)
+        socks = connect_many(srv.http_port, 250)
         time.sleep(0.5)
 
         def cpu_s():
@@ -407,15 +413,7 @@ def main():
               "out of descriptors: %.2f s CPU in 2 s, /health %d after, %d warnings" % (busy, code, warns))
         # The same on the gRPC port: gRPC core stops accepting there for good, so the server
         # turns not ready (a supervisor restarts it) and says why.
-        socks = []
-        for _ in range(250):
-            sk = socket.socket()
-            sk.setblocking(False)
-            try:
-                sk.connect(("127.0.0.1", srv.grpc_port))
-            except BlockingIOError:
-                pass
-            socks.append(sk)
+        socks = connect_many(srv.grpc_port, 250)
         time.sleep(1)
         for sk in socks:
             sk.close()

@@ -89,6 +89,13 @@ static inline bool moe_add_u64(uint64_t a, uint64_t b, uint64_t *out)
 /* Whole-file read into a NUL-terminated malloc'd buffer (caller frees). */
 enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len);
 
+/* Create a new, empty file beside path to write it under, named
+ * "path.tmp.<pid>.<n>" (never an existing file; mode 0644 less the umask), for
+ * the write-then-rename of a whole output.  Writes the name into tmp (cap
+ * bytes) and returns an fd opened for writing, or -1 with errno set
+ * (ENAMETOOLONG when the name does not fit). */
+int moe_create_tmp(const char *path, char *tmp, size_t cap);
+
 /* Directory of the bundled default model (MOEFLOW_MODEL overrides). */
 const char *moe_default_model_dir(void);
 

@@ -3,12 +3,14 @@
 #include "moe.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *moe_status_str(enum moe_status st)
 {
@@ -160,6 +162,21 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
     *out = buf;
     if (len) *len = (size_t)sb.st_size;
     return MOE_OK;
+}
+
+int moe_create_tmp(const char *path, char *tmp, size_t cap)
+{
+    static _Atomic unsigned serial;
+    for (int tries = 0; tries < 100; tries++) {
+        int n = snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), serial++);
+        if (n < 0 || (size_t)n >= cap) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd >= 0 || errno != EEXIST) return fd;
+    }
+    return -1;
 }
 
 const char *moe_default_model_dir(void)

@@ -430,8 +430,8 @@ const char *moe_st_metadata(const struct moe_st_file *f, const char *key)
 }
 
 /* Writer: header JSON in the given order, padded with spaces to a multiple of
- * 8 bytes, then the tensors back to back.  Written to path.tmp and renamed, so
- * a reader never sees a half-written file. */
+ * 8 bytes, then the tensors back to back.  Written to a new path.tmp.* file
+ * and renamed, so a reader never sees a half-written file. */
 enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_t n,
                              const char *const *meta_kv)
 {
@@ -506,15 +506,19 @@ enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_
     }
     hlen = strlen(hdr);
     plen = (hlen + 7) / 8 * 8;
-    tmp = malloc(strlen(path) + 5);
+    size_t tcap = strlen(path) + 48;
+    tmp = malloc(tcap);
     if (!tmp) {
         st = moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
         goto out;
     }
-    sprintf(tmp, "%s.tmp", path);
-    fp = fopen(tmp, "wb");
-    if (!fp) {
-        st = moe_errorf(MOE_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    int fd = moe_create_tmp(path, tmp, tcap);
+    if (fd < 0 || !(fp = fdopen(fd, "wb"))) {
+        st = moe_errorf(MOE_EIO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
         goto out;
     }
     {

@@ -138,8 +138,7 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
     struct moe_store_info in;
     enum moe_status st = moe_store_info_of(m, &in);
     if (st) return st;
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    char tmp[4200] = ""; /* the file being written, once created */
     struct moe_store_record *rec = calloc(in.n_records, sizeof(*rec));
     uint8_t *buf = calloc(1, in.record_stride);
     uint8_t *hdr = calloc(1, in.data_offset);
@@ -149,9 +148,10 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
                         (unsigned long long)in.record_stride);
         goto out;
     }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = moe_create_tmp(path, tmp, sizeof(tmp));
     if (fd < 0) {
-        st = moe_errorf(MOE_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        st = moe_errorf(MOE_EIO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
+        tmp[0] = 0;
         goto out;
     }
     uint32_t i = 0;
@@ -193,7 +193,7 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
                                                 strerror(errno));
 out:
     if (fd >= 0) close(fd);
-    if (st) unlink(tmp);
+    if (st && tmp[0]) unlink(tmp);
     free(rec);
     free(buf);
     free(hdr);

@@ -313,7 +313,7 @@ enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n)
 struct moe_trace_writer {
     FILE *f;
     char path[4096];               /* where the trace goes on a successful close */
-    char tmp[4100];                /* path.tmp, written until then (path itself when direct) */
+    char tmp[4140];                /* path.tmp.*, written until then (path itself when direct) */
     bool direct;                   /* path is an existing non-regular file (a pipe, /dev/stdout):
                                       written in place, never renamed or removed */
     struct moe_trace_info info;
@@ -333,10 +333,18 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
     }
     struct stat sb;
     w->direct = stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
-    snprintf(w->tmp, sizeof(w->tmp), w->direct ? "%s" : "%s.tmp", path);
-    w->f = fopen(w->tmp, "w");
+    int fd = -1;
+    if (w->direct) {
+        snprintf(w->tmp, sizeof(w->tmp), "%s", path);
+        w->f = fopen(w->tmp, "w");
+    } else if ((fd = moe_create_tmp(path, w->tmp, sizeof(w->tmp))) >= 0 && !(w->f = fdopen(fd, "w"))) {
+        int e = errno;
+        close(fd);
+        unlink(w->tmp);
+        errno = e;
+    }
     if (!w->f) {
-        moe_errorf(MOE_EIO, "%s: cannot create trace: %s", w->tmp, strerror(errno));
+        moe_errorf(MOE_EIO, "%s: cannot create trace: %s", path, strerror(errno));
         free(w);
         return NULL;
     }

@@ -59,7 +59,7 @@ void moe_trace_layer_order(const struct moe_trace *t, size_t i, int li, int *out
  * experts by moe_trace_layer_order) as cache keys layer * experts + expert.  *keys malloc'd. */
 enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n);
 
-/* The writer writes PATH.tmp and renames it to PATH on a successful close, so
+/* The writer writes a new PATH.tmp.* file and renames it to PATH on a successful close, so
  * a failed or interrupted run never leaves a partial trace that reads as a
  * whole one (an existing PATH stays as it was). */
 struct moe_trace_writer;
@@ -68,10 +68,10 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
  * format's order (seq 0, 1, ...; pos 0, 1, ... within a seq). */
 enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int pos, int token,
                                        const int *experts, const float *weights);
-/* Flush, close and rename PATH.tmp to PATH; a write error (disk full) or a
- * failed rename is MOE_EIO, and PATH.tmp is removed.  Frees w either way. */
+/* Flush, close and rename PATH.tmp.* to PATH; a write error (disk full) or a
+ * failed rename is MOE_EIO, and PATH.tmp.* is removed.  Frees w either way. */
 enum moe_status moe_trace_writer_close(struct moe_trace_writer *w);
-/* Give up: close and remove PATH.tmp, leave PATH as it was, free w (NULL ok). */
+/* Give up: close and remove PATH.tmp.*, leave PATH as it was, free w (NULL ok). */
 void moe_trace_writer_abort(struct moe_trace_writer *w);
 
 #ifdef __cplusplus

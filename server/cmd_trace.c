@@ -321,7 +321,7 @@ int moe_cmd_trace(int argc, char **argv)
 fail:
     fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
 out:
-    moe_trace_writer_abort(w); /* every failure: PATH.tmp removed, --out left as it was */
+    moe_trace_writer_abort(w); /* every failure: PATH.tmp.* removed, --out left as it was */
     moe_engine_destroy(eng);
     moe_provider_destroy(prov);
     moe_backend_destroy(be);

@@ -4,6 +4,7 @@
 #include "../../server/cli.h"
 #include "offload_test_common.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -69,12 +70,22 @@ static void expect_trace_error(const char *dir, const char *body, const char *ne
     CHECK(strstr(moe_last_error(), needle), "error '%s' lacks '%s'", moe_last_error(), needle);
 }
 
-/* PATH.tmp, the name the trace writer uses until a successful close. */
-static const char *tr_tmp(const char *path)
+/* Whether a PATH.tmp* file (what the writer writes until a successful close)
+ * is left beside path. */
+static bool tmp_left(const char *path)
 {
-    static char buf[700];
-    snprintf(buf, sizeof(buf), "%s.tmp", path);
-    return buf;
+    char dir[700];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : path;
+    size_t blen = strlen(base);
+    if (slash) *slash = 0;
+    DIR *d = opendir(slash ? dir : ".");
+    bool found = false;
+    for (struct dirent *e; d && !found && (e = readdir(d));)
+        found = !strncmp(e->d_name, base, blen) && !strncmp(e->d_name + blen, ".tmp", 4);
+    if (d) closedir(d);
+    return found;
 }
 
 static bool file_exists(const char *path)
@@ -148,7 +159,19 @@ int main(void)
     CHECK(t->n_tokens == 10 && t->weights && t->info.top_k == 2 && t->info.expert_bytes > 0,
           "trace: %zu tokens", t->n_tokens);
     CHECK(t->seq[6] == 1 && t->pos[6] == 0 && t->token[6] == 4, "second sequence");
-    CHECK(!file_exists(tr_tmp(tr)), "trace left its .tmp behind");
+    CHECK(!tmp_left(tr), "trace left its .tmp behind");
+    {   /* a file named like the writer's work file is someone else's: left alone */
+        char decoy[700], *body = NULL;
+        size_t n = 0;
+        snprintf(decoy, sizeof(decoy), "%s.tmp", tr);
+        write_text(decoy, "not the trace's");
+        CHECK(run_cmd(moe_cmd_trace, NULL, 10, "trace", "--model", model, "--ids", ids, "--out", tr,
+                      "--store", store, "--weights") == 0, "trace beside a .tmp file");
+        CHECK(moe_read_file(decoy, &body, &n, 100) == MOE_OK && !strcmp(body, "not the trace's"),
+              "trace overwrote %s", decoy);
+        free(body);
+        unlink(decoy);
+    }
 
     /* A trace that fails part-way (a record of an expert only the second sequence
      * routes to fails its checksum) leaves neither a trace nor its .tmp, and an
@@ -195,7 +218,7 @@ int main(void)
             unlink(sj);
         }
         CHECK(!file_exists(part), "a failed trace left %s", part);
-        CHECK(!file_exists(tr_tmp(part)), "a failed trace left %s", tr_tmp(part));
+        CHECK(!tmp_left(part), "a failed trace left %s.tmp*", part);
         write_text(part, "keep me\n");
         CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", part,
                       "--store", bad) == 1, "trace over a corrupt store must fail");
@@ -203,7 +226,7 @@ int main(void)
         REQUIRE(moe_read_file(part, &kept, NULL, 1 << 20) == MOE_OK, "%s", moe_last_error());
         CHECK(!strcmp(kept, "keep me\n"), "a failed trace overwrote %s: %s", part, kept);
         free(kept);
-        CHECK(!file_exists(tr_tmp(part)), "a failed trace left %s", tr_tmp(part));
+        CHECK(!tmp_left(part), "a failed trace left %s.tmp*", part);
         unlink(bad);
         unlink(part);
     }
@@ -242,7 +265,7 @@ int main(void)
         char want[700];
         snprintf(want, sizeof(want), "--text %s", bad_txt);
         CHECK(strstr(errbuf, want), "UTF-8 error does not name the file: %s", errbuf);
-        CHECK(!file_exists(o2) && !file_exists(tr_tmp(o2)), "failed trace left a file");
+        CHECK(!file_exists(o2) && !tmp_left(o2), "failed trace left a file");
         unlink(bad_txt);
     }
 

@@ -234,11 +234,10 @@ static void attn_one(const struct attn_job *j, int t, int h)
             m = bm;
         }
         for (int i = 0; i < nb; i++) {
-            float p = expf(s[i] - m);
-            l += p;
-            const float *vr = vb + (size_t)(b0 + i) * kvd;
-            for (int d = 0; d < hd; d++) o[d] += p * vr[d];
+            s[i] = expf(s[i] - m);
+            l += s[i];
         }
+        cpu_axpy_rows(j->c->isa, o, s, vb + (size_t)b0 * kvd, (size_t)kvd, nb, hd);
     }
     float inv = 1.0f / l;
     for (int d = 0; d < hd; d++) o[d] *= inv;

@@ -39,4 +39,9 @@ float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len);
 void cpu_dot_rows(enum cpu_isa isa, const float *q, const float *k, size_t ldk, int nk, int len,
                   float *out);
 
+/* o[d] = o[d] + p[i] * v[i * ldv + d] for i = 0..n-1 in order, d = 0..len-1:
+ * a multiply, then an add (never fused), the same rounding on every ISA. */
+void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const float *v, size_t ldv, int n,
+                   int len);
+
 #endif

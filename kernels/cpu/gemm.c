@@ -251,6 +251,26 @@ static AVX2_FN void dot_rows_avx2(const float *q, const float *k, size_t ldk, in
     for (; i < nk; i++) block_false(1, 1, q, len, k + (size_t)i * ldk, NULL, out + i, 1);
 }
 
+/* 8 columns of o at a time held in a register through all n rows; each lane
+ * does the scalar code's multiply and add (separate instructions: no FMA). */
+static AVX2_FN void axpy_rows_avx2(float *o, const float *p, const float *v, size_t ldv, int n,
+                                   int len)
+{
+    int d = 0;
+    for (; len - d >= 8; d += 8) {
+        __m256 acc = _mm256_loadu_ps(o + d);
+        for (int i = 0; i < n; i++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(p[i]),
+                                                   _mm256_loadu_ps(v + (size_t)i * ldv + (size_t)d)));
+        _mm256_storeu_ps(o + d, acc);
+    }
+    for (; d < len; d++)
+        for (int i = 0; i < n; i++) {
+            float t = p[i] * v[(size_t)i * ldv + (size_t)d];
+            o[d] = o[d] + t;
+        }
+}
+
 static AVX2_FN float dot_avx2(const float *a, const float *b, int len)
 {
     float r;
@@ -312,6 +332,22 @@ void cpu_dot_rows(enum cpu_isa isa, const float *q, const float *k, size_t ldk, 
     }
 #endif
     for (int i = 0; i < nk; i++) out[i] = dot_portable(q, k + (size_t)i * ldk, false, len);
+}
+
+void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const float *v, size_t ldv, int n,
+                   int len)
+{
+#ifdef MOE_HAVE_X86
+    if (isa == CPU_ISA_AVX2) {
+        axpy_rows_avx2(o, p, v, ldv, n, len);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < len; d++) {
+            float t = p[i] * v[(size_t)i * ldv + (size_t)d];
+            o[d] = o[d] + t;
+        }
 }
 
 struct gemm_job {

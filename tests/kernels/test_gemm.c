@@ -1,7 +1,8 @@
 /* The CPU backend's deterministic GEMM: values against a double-precision
  * naive loop (F32 and BF16 weights, with and without bias, odd sizes), and
  * bit-identity of every row whatever the number of rows in the call, the
- * row's place, the column range and the thread count. */
+ * row's place, the column range and the thread count; attention's weighted
+ * sum (cpu_axpy_rows) bit for bit against its scalar loop. */
 #include "kernels/cpu/cpu_internal.h"
 #include "tests/test_util.h"
 
@@ -110,6 +111,28 @@ int main(void)
         check_invariance(isas[s], p1, p3, 96, 192, false);
         check_invariance(isas[s], p1, p3, 61, 523, false);
         check_invariance(isas[s], p1, p3, 64, 320, true);
+    }
+    /* cpu_axpy_rows: the multiply-then-add loop, bit for bit on every ISA */
+    {
+        enum { N = 37, LD = 53, LEN = 45 };
+        float p[N], v[N * LD], o[2][LEN + 1], ref[LEN];
+        for (int i = 0; i < N; i++) p[i] = frand();
+        for (int i = 0; i < N * LD; i++) v[i] = frand();
+        for (int d = 0; d < LEN; d++) ref[d] = frand();
+        for (int s = 0; s < nisa; s++) {
+            memcpy(o[s], ref, sizeof(ref));
+            o[s][LEN] = 12345.0f;
+            cpu_axpy_rows(isas[s], o[s], p, v, LD, N, LEN);
+            CHECK(o[s][LEN] == 12345.0f, "axpy_rows wrote past len");
+        }
+        for (int i = 0; i < N; i++)
+            for (int d = 0; d < LEN; d++) {
+                volatile float t = p[i] * v[i * LD + d];
+                ref[d] = ref[d] + t;
+            }
+        for (int s = 0; s < nisa; s++)
+            CHECK(!memcmp(o[s], ref, sizeof(ref)), "%s axpy_rows differs from the scalar loop",
+                  cpu_isa_name(isas[s]));
     }
     /* cpu_dot is one element of the GEMM */
     for (int s = 0; s < nisa; s++) {

@@ -278,6 +278,17 @@ static AVX2_FN float dot_avx2(const float *a, const float *b, int len)
     return r;
 }
 
+/* Widest row of a BF16 weight panel widened to F32 (4 rows, 64 KiB per thread). */
+#define PANEL_MAX_IN 4096
+static _Thread_local float panel[4 * PANEL_MAX_IN] __attribute__((aligned(64)));
+
+static AVX2_FN void widen_panel(const void *w, size_t n, float *dst)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_store_ps(dst + i, load_w8(w, true, i));
+    for (; i < n; i++) dst[i] = w_at(w, true, i);
+}
+
 static AVX2_FN void gemm_avx2(const float *x, const void *w, bool bf16, const float *bias, int n,
                               int in, int out, float *y, int j0, int j1)
 {
@@ -294,13 +305,20 @@ static AVX2_FN void gemm_avx2(const float *x, const void *w, bool bf16, const fl
     if (nb < n) gemv_avx2(x + (size_t)nb * in, w, bf16, bias, in, y + (size_t)nb * out, j0, j1);
     for (int i0 = 0; i0 < nb; i0 += rb) {
         int i1 = i0 + rb < nb ? i0 + rb : nb;
+        /* BF16 panels that several row blocks read are widened once: the
+         * block kernel then reads the same values as F32 */
+        bool widen = bf16 && i1 - i0 > 3 && in <= PANEL_MAX_IN;
         for (int j = j0; j < j1;) {
             int nr = j1 - j >= 4 ? 4 : 1;
             const void *wj = (const char *)w + (size_t)j * (size_t)in * es;
             const float *bj = bias ? bias + j : NULL;
+            if (widen) {
+                widen_panel(wj, (size_t)nr * (size_t)in, panel);
+                wj = panel;
+            }
             for (int i = i0; i < i1;) {
                 int mr = i1 - i >= 3 ? 3 : i1 - i;
-                if (bf16)
+                if (bf16 && !widen)
                     block_true(mr, nr, x + (size_t)i * in, in, wj, bj, y + (size_t)i * out + j, out);
                 else
                     block_false(mr, nr, x + (size_t)i * in, in, wj, bj, y + (size_t)i * out + j, out);

@@ -111,6 +111,8 @@ int main(void)
         check_invariance(isas[s], p1, p3, 96, 192, false);
         check_invariance(isas[s], p1, p3, 61, 523, false);
         check_invariance(isas[s], p1, p3, 64, 320, true);
+        check_invariance(isas[s], p1, p3, 4096, 9, true); /* the widest panel widened to F32 */
+        check_invariance(isas[s], p1, p3, 4100, 9, true); /* wider: read as BF16 */
     }
     /* cpu_axpy_rows: the multiply-then-add loop, bit for bit on every ISA */
     {

@@ -11,6 +11,7 @@
 #include "model/model.h"
 
 #include <getopt.h>
+#include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,13 +87,13 @@ out:
     return dt;
 }
 
-/* Multiply-adds of the weight matrices one token goes through (projections,
- * router, its top-k experts, shared expert or dense MLP, lm_head); attention
- * scores over the context are left out.  2 x this = matmul FLOPs per token. */
-static double token_macs(const struct moe_config *c)
+/* Multiply-adds of the weight matrices one token goes through below the
+ * lm_head (projections, router, its top-k experts, shared expert or dense
+ * MLP).  2 x this = matmul FLOPs. */
+static double body_macs(const struct moe_config *c)
 {
     double H = c->hidden, Q = (double)c->n_heads * c->head_dim, KV = (double)c->n_kv_heads * c->head_dim;
-    double macs = (double)c->vocab * H;
+    double macs = 0;
     for (int l = 0; l < c->n_layers; l++) {
         macs += 2 * Q * H + 2 * KV * H;
         if (c->is_moe[l])
@@ -102,6 +103,73 @@ static double token_macs(const struct moe_config *c)
             macs += 3.0 * c->dense_inter * H;
     }
     return macs;
+}
+
+/* ... of the lm_head, for a token whose logits are wanted */
+static double head_macs(const struct moe_config *c)
+{
+    return (double)c->vocab * c->hidden;
+}
+
+/* ... of attention (scores and the weighted sum) for a token seeing ctx positions */
+static double attn_macs(const struct moe_config *c, double ctx)
+{
+    return 2.0 * c->n_layers * c->n_heads * c->head_dim * ctx;
+}
+
+/* Bytes of BF16 weight matrices of the whole model (every expert): the
+ * working set decode reads from, token by token. */
+static double model_weight_bytes(const struct moe_config *c)
+{
+    struct moe_config all = *c;
+    all.top_k = c->n_experts;
+    return 2.0 * (body_macs(&all) + head_macs(c));
+}
+
+/* The machine's ceilings for this work, measured on the thread that runs
+ * the engine: how fast one core reads a buffer the size of the model's
+ * weights (AVX2 loads, best of 20 passes), and its peak of F32 FMAs (ten
+ * independent chains, enough to fill two FMA ports of latency 4-5). */
+__attribute__((target("avx2,fma"))) static double read_ceiling_gbs(size_t bytes)
+{
+    size_t n = bytes / 32 * 32;
+    __m256i *buf = aligned_alloc(64, n);
+    if (!buf) return 0;
+    memset(buf, 1, n);
+    double best = 0;
+    for (int pass = 0; pass < 21; pass++) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        double t0 = moe_now();
+        for (size_t i = 0; i + 4 <= n / 32; i += 4) {
+            a0 = _mm256_xor_si256(a0, _mm256_load_si256(buf + i));
+            a1 = _mm256_xor_si256(a1, _mm256_load_si256(buf + i + 1));
+            a2 = _mm256_xor_si256(a2, _mm256_load_si256(buf + i + 2));
+            a3 = _mm256_xor_si256(a3, _mm256_load_si256(buf + i + 3));
+        }
+        double dt = moe_now() - t0;
+        volatile int sink = _mm256_extract_epi32(_mm256_xor_si256(_mm256_xor_si256(a0, a1),
+                                                                  _mm256_xor_si256(a2, a3)), 0);
+        (void)sink;
+        if (pass > 0 && dt > 0 && n / dt > best) best = (double)n / dt; /* pass 0 warms the caches */
+    }
+    free(buf);
+    return best * 1e-9;
+}
+
+__attribute__((target("avx2,fma"))) static double fma_peak_gflops(void)
+{
+    __m256 acc[10], x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-3f);
+    for (int i = 0; i < 10; i++) acc[i] = _mm256_set1_ps((float)i);
+    const long iters = 20000000;
+    double t0 = moe_now();
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 10; i++) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+    double dt = moe_now() - t0;
+    float sum = 0;
+    for (int i = 0; i < 10; i++) sum += _mm256_cvtss_f32(acc[i]);
+    volatile float sink = sum;
+    (void)sink;
+    return dt > 0 ? 10.0 * 16.0 * (double)iters / dt * 1e-9 : 0;
 }
 
 int main(int argc, char **argv)
@@ -170,15 +238,32 @@ int main(int argc, char **argv)
            d1 > 0 ? 1e3 * d1 / o.steps : 0);
     printf("decode batch %-2d        %10.1f tokens/s  (%d steps, %.2f ms/step)\n", B, t16, o.steps,
            d16 > 0 ? 1e3 * d16 / o.steps : 0);
-    double gf = 2e-9 * token_macs(&m->cfg);
-    printf("matmul work          %10.2f MFLOP/token: prefill %.1f, decode b1 %.1f, b16 %.1f GFLOP/s\n",
-           gf * 1e3, gf * pf, gf * t1, gf * t16);
+    /* FLOPs of the work done: prefill computes the logits of its last token
+     * only; decode steps see PL + 1 .. PL + steps positions */
+    const struct moe_config *cf = &m->cfg;
+    double f_pre = 2 * (P * body_macs(cf) + head_macs(cf) + attn_macs(cf, (P + 1) / 2.0 * P));
+    double f_dec = 2 * (o.steps * (body_macs(cf) + head_macs(cf)) + attn_macs(cf, (PL + 1 + PL + o.steps) / 2.0 * o.steps));
+    double g_pre = best > 0 ? f_pre / best * 1e-9 : 0, g1 = d1 > 0 ? f_dec / d1 * 1e-9 : 0,
+           g16 = d16 > 0 ? B * f_dec / d16 * 1e-9 : 0;
+    printf("work                 %.2f MFLOP/token of matrices (%.2f of them lm_head) + attention; "
+           "GFLOP/s: prefill %.1f, decode b1 %.1f, b16 %.1f\n", 2e-6 * (body_macs(cf) + head_macs(cf)),
+           2e-6 * head_macs(cf), g_pre, g1, g16);
+    /* decode at batch 1 reads each weight of its token's matrices once, as
+     * BF16 (2 bytes per multiply-add); prefill is bound by the FMAs */
+    double wb = model_weight_bytes(cf), rc = read_ceiling_gbs((size_t)wb), peak = fma_peak_gflops();
+    double b1_gbs = 2.0 * (body_macs(cf) + head_macs(cf)) * t1 * 1e-9;
+    printf("ceilings, one core   read %.1f GB/s over %.1f MB (the model's weights); F32 FMA peak %.1f GFLOP/s\n",
+           rc, wb * 1e-6, peak);
+    printf("against them         decode b1 reads %.1f GB/s of weights = %.0f %% of the read ceiling; "
+           "prefill %.0f %% of the FMA peak%s\n", b1_gbs, rc > 0 ? 100 * b1_gbs / rc : 0,
+           peak > 0 ? 100 * g_pre / (peak * o.threads) : 0, o.threads > 1 ? " x threads" : "");
     printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"threads\":%d,\"blas\":%s,\"prefill_tokens\":%d,"
            "\"prefill_tok_s\":%.1f,\"decode_b1_tok_s\":%.1f,\"decode_b16_tok_s\":%.1f,\"steps\":%d,"
            "\"mflop_per_token\":%.3f,\"prefill_gflops\":%.2f,\"decode_b1_gflops\":%.2f,"
-           "\"decode_b16_gflops\":%.2f}\n",
-           m->cfg.model_type, o.threads, o.blas ? "true" : "false", P, pf, t1, t16, o.steps, gf * 1e3,
-           gf * pf, gf * t1, gf * t16);
+           "\"decode_b16_gflops\":%.2f,\"decode_b1_weight_gbs\":%.2f,\"read_ceiling_gbs\":%.2f,"
+           "\"fma_peak_gflops\":%.2f}\n",
+           cf->model_type, o.threads, o.blas ? "true" : "false", P, pf, t1, t16, o.steps,
+           2e-6 * (body_macs(cf) + head_macs(cf)), g_pre, g1, g16, b1_gbs, rc, peak);
     free(ids);
     free(lg);
     moe_engine_destroy(e);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* A value starts with its number: strto* would also skip blanks and take a '+'
  * (and strtod a hexadecimal "0x..."). */
@@ -63,7 +64,11 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
 {
     *m = moe_model_open(dir);
     if (!*m) {
-        fprintf(stderr, "moeflow %s: %s (set --model DIR)\n", cmd, moe_last_error());
+        /* point at --model only when dir is not a model directory at all */
+        char cfg[4200];
+        snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
+        fprintf(stderr, "moeflow %s: %s%s\n", cmd, moe_last_error(),
+                access(cfg, F_OK) == 0 ? "" : " (set --model DIR)");
         return false;
     }
     if (!tok) return true;
@@ -71,11 +76,18 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
     if (!*tok) {
         fprintf(stderr, "moeflow %s: %s (set --model DIR to a model with its tokenizer.json)\n", cmd,
                 moe_last_error());
-        moe_model_close(*m);
-        *m = NULL;
-        return false;
+    } else if (moe_tokenizer_vocab_size(*tok) > (*m)->cfg.vocab) {
+        fprintf(stderr, "moeflow %s: %s/tokenizer.json has %d tokens, more than the model's vocabulary of %d "
+                "(vocab_size in %s/config.json): the two files are not of the same model\n", cmd, dir,
+                moe_tokenizer_vocab_size(*tok), (*m)->cfg.vocab, dir);
+        moe_tokenizer_free(*tok);
+        *tok = NULL;
+    } else {
+        return true;
     }
-    return true;
+    moe_model_close(*m);
+    *m = NULL;
+    return false;
 }
 
 bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id)

@@ -722,6 +722,10 @@ static enum moe_status server_load(struct moe_server *s)
     s->tok = moe_tokenizer_load(tpath);
     if (!s->tok)
         return MOE_EIO; /* the message names the tokenizer's file */
+    if (moe_tokenizer_vocab_size(s->tok) > s->model->cfg.vocab)
+        return moe_errorf(MOE_EFORMAT, "%s has %d tokens, more than the model's vocabulary of %d (vocab_size "
+                          "in %s/config.json): the two files are not of the same model", tpath,
+                          moe_tokenizer_vocab_size(s->tok), s->model->cfg.vocab, dir);
     int model_ctx = s->model->cfg.max_pos;
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
     /* 0 = derived from the context. */

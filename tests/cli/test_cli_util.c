@@ -5,7 +5,8 @@
  *   any fixed streaming buffer (an added token of 300 bytes), and refuses a
  *   bad id without writing;
  * - moe_cli_open_model opens the bundled model with its tokenizer, and on a
- *   missing directory or tokenizer.json says what to fix and leaves nothing open. */
+ *   missing directory or tokenizer.json, or a tokenizer larger than the
+ *   model's vocabulary, says what to fix and leaves nothing open. */
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "server/cli.h"
@@ -108,6 +109,50 @@ static void test_open_model(void)
     CHECK(!ok && !m && !t, "%s has no tokenizer.json: opened, or left open after the failure", dir);
     CHECK(err && strstr(err, "tokenizer.json"), "message: %s", err ? err : "");
     free(err);
+
+    /* a tokenizer with more tokens than the model's vocabulary (the bundled
+     * model's beside a tiny model's weights): refused at once, naming both */
+    char tmp[] = "/tmp/moe_cli_vocab_XXXXXX", src[512], dst[600];
+    REQUIRE(mkdtemp(tmp), "mkdtemp");
+    static const char *const files[][2] = { { "tests/fixtures/hf-tiny/mixtral", "config.json" },
+                                            { "tests/fixtures/hf-tiny/mixtral", "model.safetensors" },
+                                            { "models/pycode-moe-18m", "tokenizer.json" } };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(files); i++) {
+        t_path(src, sizeof(src), files[i][0]);
+        snprintf(src + strlen(src), sizeof(src) - strlen(src), "/%s", files[i][1]);
+        snprintf(dst, sizeof(dst), "%s/%s", tmp, files[i][1]);
+        char *abs = realpath(src, NULL);
+        REQUIRE(abs && symlink(abs, dst) == 0, "symlink %s -> %s", dst, src);
+        free(abs);
+    }
+    err = NULL;
+    ok = open_quiet(tmp, &m, &t, &err);
+    CHECK(!ok && !m && !t, "a tokenizer larger than the vocabulary was accepted");
+    CHECK(err && strstr(err, "8192 tokens") && strstr(err, "vocabulary of 320") && !strstr(err, "--model"),
+          "message: %s", err ? err : "");
+    free(err);
+
+    /* a broken config.json is the file's fault, not --model's */
+    snprintf(dst, sizeof(dst), "%s/config.json", tmp);
+    unlink(dst);
+    FILE *f = fopen(dst, "w");
+    REQUIRE(f, "write %s", dst);
+    fputs("{\"model_type\": \"mixtral\"}", f);
+    fclose(f);
+    err = NULL;
+    ok = open_quiet(tmp, &m, &t, &err);
+    CHECK(!ok && !m && err && !strstr(err, "(set --model DIR)"), "message: %s", err ? err : "");
+    free(err);
+    err = NULL;
+    ok = open_quiet("/nonexistent/model", &m, &t, &err);
+    CHECK(!ok && !m && err && strstr(err, "(set --model DIR)"), "message: %s", err ? err : "");
+    free(err);
+    static const char *const names[] = { "config.json", "model.safetensors", "tokenizer.json" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(names); i++) {
+        snprintf(dst, sizeof(dst), "%s/%s", tmp, names[i]);
+        unlink(dst);
+    }
+    rmdir(tmp);
 }
 
 static void test_parse(void)

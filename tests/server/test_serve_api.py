@@ -26,6 +26,18 @@ def main():
     r = subprocess.run([moeflow, "serve", "--model", "/nonexistent-model-dir", "--grpc-port", "0",
                         "--http-port", str(free_port())], capture_output=True, timeout=30)
     check(r.returncode == 1 and b"/nonexistent-model-dir" in r.stderr, "bad model: %d %r" % (r.returncode, r.stderr))
+    # a tokenizer with more tokens than the model's vocabulary: refused at load, naming both files
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        for sub, f in (("tests/fixtures/hf-tiny/mixtral", "config.json"),
+                       ("tests/fixtures/hf-tiny/mixtral", "model.safetensors"),
+                       ("models/pycode-moe-18m", "tokenizer.json")):
+            os.symlink(os.path.abspath(os.path.join(src, sub, f)), os.path.join(d, f))
+        r = subprocess.run([moeflow, "serve", "--model", d, "--grpc-port", "0", "--http-port", str(free_port())],
+                           capture_output=True, timeout=30)
+        check(r.returncode == 1 and b"8192 tokens" in r.stderr and b"vocabulary of 320" in r.stderr,
+              "tokenizer larger than the vocabulary: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--gpu-experts", "3", "--grpc-port", "0", "--http-port", str(free_port())],
                        capture_output=True, timeout=30)
     check(r.returncode == 2 and b"--gpu-experts" in r.stderr, "tier below top_k: %d %r" % (r.returncode, r.stderr))

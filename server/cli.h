@@ -51,7 +51,8 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
 bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m);
 
 /* An output file's path, before any work: false after printing "moeflow CMD:
- * FLAG ..." when it is empty or names a directory (a usage error). */
+ * FLAG ..." when it is empty, names a directory, or no file can be created
+ * beside it (a usage error). */
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path);
 
 /* s as a JSON string literal: quotes, backslashes and control bytes escaped,

@@ -117,13 +117,26 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path)
 {
     struct stat sb;
-    if (!*path)
+    bool exists = *path && stat(path, &sb) == 0;
+    if (!*path) {
         fprintf(stderr, "moeflow %s: %s is empty: name the file to write\n", cmd, flag);
-    else if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return false;
+    }
+    if (exists && S_ISDIR(sb.st_mode)) {
         fprintf(stderr, "moeflow %s: %s %s is a directory: name a file in it\n", cmd, flag, path);
-    else
-        return true;
-    return false;
+        return false;
+    }
+    if (exists && !S_ISREG(sb.st_mode)) return true; /* a pipe or a device, written in place */
+    /* the output is written beside path and renamed: try that now, not after the work */
+    char tmp[4200];
+    int fd = moe_create_tmp(path, tmp, sizeof(tmp));
+    if (fd < 0) {
+        fprintf(stderr, "moeflow %s: %s %s: cannot create a file there: %s\n", cmd, flag, path, strerror(errno));
+        return false;
+    }
+    close(fd);
+    unlink(tmp);
+    return true;
 }
 
 void moe_cli_json_string(FILE *f, const char *s)

@@ -6,12 +6,14 @@
  *   bad id without writing;
  * - moe_cli_open_model opens the bundled model with its tokenizer, and on a
  *   missing directory or tokenizer.json, or a tokenizer larger than the
- *   model's vocabulary, says what to fix and leaves nothing open. */
+ *   model's vocabulary, says what to fix and leaves nothing open;
+ * - moe_cli_check_out refuses an output path no file can be written to. */
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "server/cli.h"
 #include "tests/test_util.h"
 
+#include <dirent.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -193,10 +195,54 @@ static void test_parse(void)
     free(js);
 }
 
+/* moe_cli_check_out(out) with its message caught in *err (malloc'd) */
+static bool check_out_quiet(const char *out, char **err)
+{
+    FILE *saved = stderr;
+    size_t elen = 0;
+    FILE *f = open_memstream(err, &elen);
+    REQUIRE(f, "open_memstream");
+    stderr = f;
+    bool ok = moe_cli_check_out("test", "--out", out);
+    fclose(stderr);
+    stderr = saved;
+    return ok;
+}
+
+/* An output path is checked before any work: empty, a directory, or a place
+ * where no file can be created is refused with the reason; a good one is
+ * accepted and nothing is left behind. */
+static void test_check_out(void)
+{
+    char dir[] = "/tmp/moe_cli_out_XXXXXX", out[64];
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(out, sizeof(out), "%s/x.st", dir);
+    char *err = NULL;
+    CHECK(check_out_quiet(out, &err) && !*err, "good path refused: %s", err);
+    free(err);
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
+    if (d) closedir(d);
+    CHECK(n == 0, "the check left %d file(s) in %s", n, dir);
+    static const char *const bad[][2] = { { "", "is empty" }, { "/tmp", "is a directory" },
+                                          { "/nonexistent-dir/x.st", "No such file or directory" } };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        err = NULL;
+        CHECK(!check_out_quiet(bad[i][0], &err) && strstr(err, bad[i][1]), "'%s': %s", bad[i][0], err);
+        free(err);
+    }
+    err = NULL;
+    CHECK(check_out_quiet("/dev/null", &err), "/dev/null (written in place) refused: %s", err);
+    free(err);
+    rmdir(dir);
+}
+
 int main(void)
 {
     test_parse();
     test_write_token();
     test_open_model();
+    test_check_out();
     return t_result("test_cli_util");
 }

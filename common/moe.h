@@ -93,8 +93,15 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
  * "path.tmp.<pid>.<n>" (never an existing file; mode 0644 less the umask), for
  * the write-then-rename of a whole output.  Writes the name into tmp (cap
  * bytes) and returns an fd opened for writing, or -1 with errno set
- * (ENAMETOOLONG when the name does not fit). */
+ * (ENAMETOOLONG when the name does not fit).  The name is remembered until
+ * moe_tmp_release, so that moe_tmp_remove_all can clean up after an
+ * interrupt. */
 int moe_create_tmp(const char *path, char *tmp, size_t cap);
+/* The file of moe_create_tmp was renamed into place or removed: forget it. */
+void moe_tmp_release(const char *tmp);
+/* Remove every file of moe_create_tmp not yet released: for a handler of a
+ * signal that ends the process (async-signal-safe). */
+void moe_tmp_remove_all(void);
 
 /* Directory of the bundled default model (MOEFLOW_MODEL overrides). */
 const char *moe_default_model_dir(void);

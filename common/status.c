@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +165,26 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
     return MOE_OK;
 }
 
+/* Files of moe_create_tmp being written: a slot is claimed (BUSY) while its
+ * name is copied in, and only a LIVE name is read by moe_tmp_remove_all. */
+#define TMP_SLOTS 8
+enum { TMP_FREE, TMP_BUSY, TMP_LIVE };
+static char tmp_names[TMP_SLOTS][4200];
+static _Atomic int tmp_state[TMP_SLOTS];
+
+static void tmp_remember(const char *tmp)
+{
+    if (strlen(tmp) >= sizeof(tmp_names[0])) return;
+    for (int i = 0; i < TMP_SLOTS; i++) {
+        int want = TMP_FREE;
+        if (atomic_compare_exchange_strong(&tmp_state[i], &want, TMP_BUSY)) {
+            strcpy(tmp_names[i], tmp);
+            atomic_store(&tmp_state[i], TMP_LIVE);
+            return;
+        }
+    }
+}
+
 int moe_create_tmp(const char *path, char *tmp, size_t cap)
 {
     static _Atomic unsigned serial;
@@ -174,9 +195,25 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
             return -1;
         }
         int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd >= 0) tmp_remember(tmp);
         if (fd >= 0 || errno != EEXIST) return fd;
     }
     return -1;
+}
+
+void moe_tmp_release(const char *tmp)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_state[i]) == TMP_LIVE && !strcmp(tmp_names[i], tmp)) {
+            atomic_store(&tmp_state[i], TMP_FREE);
+            return;
+        }
+}
+
+void moe_tmp_remove_all(void)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_state[i]) == TMP_LIVE) unlink(tmp_names[i]);
 }
 
 const char *moe_default_model_dir(void)

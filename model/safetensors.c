@@ -548,6 +548,7 @@ out_werr:
     fp = NULL;
     unlink(tmp);
 out:
+    if (tmp) moe_tmp_release(tmp); /* renamed into place or removed */
     free(tmp);
     free(hdr);
     free(sizes);

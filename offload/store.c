@@ -194,6 +194,7 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
 out:
     if (fd >= 0) close(fd);
     if (st && tmp[0]) unlink(tmp);
+    if (tmp[0]) moe_tmp_release(tmp);
     free(rec);
     free(buf);
     free(hdr);

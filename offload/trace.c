@@ -341,6 +341,7 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
         int e = errno;
         close(fd);
         unlink(w->tmp);
+        moe_tmp_release(w->tmp);
         errno = e;
     }
     if (!w->f) {
@@ -417,6 +418,7 @@ enum moe_status moe_trace_writer_close(struct moe_trace_writer *w)
     else if (!w->direct && rename(w->tmp, w->path) != 0)
         st = moe_errorf(MOE_EIO, "%s: cannot rename %s into place: %s", w->path, w->tmp, strerror(errno));
     if (st && !w->direct) unlink(w->tmp);
+    if (!w->direct) moe_tmp_release(w->tmp);
     free(w);
     return st;
 }
@@ -425,6 +427,9 @@ void moe_trace_writer_abort(struct moe_trace_writer *w)
 {
     if (!w) return;
     if (w->f) fclose(w->f);
-    if (!w->direct) unlink(w->tmp);
+    if (!w->direct) {
+        unlink(w->tmp);
+        moe_tmp_release(w->tmp);
+    }
     free(w);
 }

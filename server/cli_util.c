@@ -136,6 +136,7 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path)
     }
     close(fd);
     unlink(tmp);
+    moe_tmp_release(tmp);
     return true;
 }
 

@@ -35,17 +35,30 @@ static int write_tokenizer(const char *path)
     return fclose(f);
 }
 
+/* stderr caught into a malloc'd string between the two calls */
+static FILE *saved_stderr;
+static size_t caught_len;
+
+static void catch_stderr(char **err)
+{
+    FILE *f = open_memstream(err, &caught_len);
+    REQUIRE(f, "open_memstream");
+    saved_stderr = stderr;
+    stderr = f;
+}
+
+static void release_stderr(void)
+{
+    fclose(stderr);
+    stderr = saved_stderr;
+}
+
 /* moe_cli_open_model with what it prints to stderr caught in *err (malloc'd). */
 static bool open_quiet(const char *dir, struct moe_model **m, struct moe_tokenizer **t, char **err)
 {
-    FILE *saved = stderr;
-    size_t elen = 0;
-    FILE *f = open_memstream(err, &elen);
-    REQUIRE(f, "open_memstream");
-    stderr = f;
+    catch_stderr(err);
     bool ok = moe_cli_open_model("test", dir, m, t);
-    fclose(stderr);
-    stderr = saved;
+    release_stderr();
     return ok;
 }
 
@@ -198,14 +211,9 @@ static void test_parse(void)
 /* moe_cli_check_out(out) with its message caught in *err (malloc'd) */
 static bool check_out_quiet(const char *out, char **err)
 {
-    FILE *saved = stderr;
-    size_t elen = 0;
-    FILE *f = open_memstream(err, &elen);
-    REQUIRE(f, "open_memstream");
-    stderr = f;
+    catch_stderr(err);
     bool ok = moe_cli_check_out("test", "--out", out);
-    fclose(stderr);
-    stderr = saved;
+    release_stderr();
     return ok;
 }
 

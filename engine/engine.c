@@ -596,6 +596,15 @@ static enum moe_status validate_batch(struct moe_engine *e, const struct moe_bat
     return MOE_OK;
 }
 
+/* A provider's failure at layer l, named by layer unless its message already is. */
+static enum moe_status layer_error(enum moe_status st, int l)
+{
+    char named[32];
+    int n = snprintf(named, sizeof(named), "layer %d ", l);
+    if (!strncmp(moe_last_error(), named, (size_t)n)) return st;
+    return moe_error_prefix(st, "layer %d experts", l);
+}
+
 /* MoE block of layer l on e->xn [n, H]; result in e->o [n, H]. */
 static enum moe_status moe_block(struct moe_engine *e, int l, int n)
 {
@@ -657,7 +666,7 @@ static enum moe_status moe_block(struct moe_engine *e, int l, int n)
     for (int c0 = 0; c0 < nd; c0 += chunk) {
         int m = nd - c0 < chunk ? nd - c0 : chunk;
         st = e->prov->ops->acquire(e->prov->self, l, m, e->distinct + c0, e->refs);
-        if (st != MOE_OK) return moe_error_prefix(st, "layer %d experts", l);
+        if (st != MOE_OK) return layer_error(st, l);
         /* one backend call per run of experts of the same dtype */
         for (int g0 = 0; g0 < m;) {
             enum moe_dtype dt = e->refs[g0].dtype;

@@ -251,18 +251,41 @@ static AVX2_FN void dot_rows_avx2(const float *q, const float *k, size_t ldk, in
     for (; i < nk; i++) block_false(1, 1, q, len, k + (size_t)i * ldk, NULL, out + i, 1);
 }
 
-/* 8 columns of o at a time held in a register through all n rows; each lane
- * does the scalar code's multiply and add (separate instructions: no FMA). */
+/* NC x 8 columns of o held in registers through all n rows: NC independent
+ * add chains in flight.  Each lane does the scalar code's multiply and add
+ * (separate instructions: no FMA). */
+AVX2_INLINE void axpy_block(int NC, float *o, const float *p, const float *v, size_t ldv, int n)
+{
+    __m256 acc[8];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_loadu_ps(o + 8 * c);
+    for (int i = 0; i < n; i++) {
+        __m256 pi = _mm256_set1_ps(p[i]);
+        const float *vr = v + (size_t)i * ldv;
+        for (int c = 0; c < NC; c++) acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(pi, _mm256_loadu_ps(vr + 8 * c)));
+    }
+    for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
+}
+
 static AVX2_FN void axpy_rows_avx2(float *o, const float *p, const float *v, size_t ldv, int n,
                                    int len)
 {
     int d = 0;
-    for (; len - d >= 8; d += 8) {
-        __m256 acc = _mm256_loadu_ps(o + d);
-        for (int i = 0; i < n; i++)
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(p[i]),
-                                                   _mm256_loadu_ps(v + (size_t)i * ldv + (size_t)d)));
-        _mm256_storeu_ps(o + d, acc);
+    for (; len - d >= 8; d += 64) {
+        int nc = (len - d) / 8 < 8 ? (len - d) / 8 : 8;
+        switch (nc) {
+        case 8: axpy_block(8, o + d, p, v + d, ldv, n); break;
+        case 7: axpy_block(7, o + d, p, v + d, ldv, n); break;
+        case 6: axpy_block(6, o + d, p, v + d, ldv, n); break;
+        case 5: axpy_block(5, o + d, p, v + d, ldv, n); break;
+        case 4: axpy_block(4, o + d, p, v + d, ldv, n); break;
+        case 3: axpy_block(3, o + d, p, v + d, ldv, n); break;
+        case 2: axpy_block(2, o + d, p, v + d, ldv, n); break;
+        default: axpy_block(1, o + d, p, v + d, ldv, n); break;
+        }
+        if (nc < 8) {
+            d += 8 * nc;
+            break;
+        }
     }
     for (; d < len; d++)
         for (int i = 0; i < n; i++) {

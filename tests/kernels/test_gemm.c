@@ -114,27 +114,30 @@ int main(void)
         check_invariance(isas[s], p1, p3, 4096, 9, true); /* the widest panel widened to F32 */
         check_invariance(isas[s], p1, p3, 4100, 9, true); /* wider: read as BF16 */
     }
-    /* cpu_axpy_rows: the multiply-then-add loop, bit for bit on every ISA */
-    {
-        enum { N = 37, LD = 53, LEN = 45 };
-        float p[N], v[N * LD], o[2][LEN + 1], ref[LEN];
+    /* cpu_axpy_rows: the multiply-then-add loop, bit for bit on every ISA
+     * (lengths with a partial block of columns, several blocks and a tail) */
+    static const int lens[] = { 45, 72, 131 };
+    for (size_t li = 0; li < MOE_ARRAY_LEN(lens); li++) {
+        enum { N = 37, LD = 140, MAXLEN = 131 };
+        int len = lens[li];
+        float p[N], v[N * LD], o[2][MAXLEN + 1], ref[MAXLEN];
         for (int i = 0; i < N; i++) p[i] = frand();
         for (int i = 0; i < N * LD; i++) v[i] = frand();
-        for (int d = 0; d < LEN; d++) ref[d] = frand();
+        for (int d = 0; d < len; d++) ref[d] = frand();
         for (int s = 0; s < nisa; s++) {
-            memcpy(o[s], ref, sizeof(ref));
-            o[s][LEN] = 12345.0f;
-            cpu_axpy_rows(isas[s], o[s], p, v, LD, N, LEN);
-            CHECK(o[s][LEN] == 12345.0f, "axpy_rows wrote past len");
+            memcpy(o[s], ref, sizeof(float) * (size_t)len);
+            o[s][len] = 12345.0f;
+            cpu_axpy_rows(isas[s], o[s], p, v, LD, N, len);
+            CHECK(o[s][len] == 12345.0f, "axpy_rows wrote past len %d", len);
         }
         for (int i = 0; i < N; i++)
-            for (int d = 0; d < LEN; d++) {
+            for (int d = 0; d < len; d++) {
                 volatile float t = p[i] * v[i * LD + d];
                 ref[d] = ref[d] + t;
             }
         for (int s = 0; s < nisa; s++)
-            CHECK(!memcmp(o[s], ref, sizeof(ref)), "%s axpy_rows differs from the scalar loop",
-                  cpu_isa_name(isas[s]));
+            CHECK(!memcmp(o[s], ref, sizeof(float) * (size_t)len), "%s axpy_rows (len %d) differs from "
+                  "the scalar loop", cpu_isa_name(isas[s]), len);
     }
     /* cpu_dot is one element of the GEMM */
     for (int s = 0; s < nisa; s++) {

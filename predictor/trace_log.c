@@ -18,6 +18,7 @@ enum moe_status moe_trace_pred_log(const struct moe_trace *t, const struct moe_p
                                    const struct moe_pred_prefetch *pf, struct moe_evlog *log)
 {
     const struct moe_trace_info *in = &t->info;
+    moe_evlog_init(log, in->n_moe, in->experts, in->top_k); /* freeable whatever happens below */
     if (spec->kind != MOE_PRED_NONE && spec->kind != MOE_PRED_HISTORY)
         return moe_errorf(MOE_ENOTSUP, "predictor %s needs the model's hidden states; on a trace only none and "
                           "history work (use moeflow replay for the others)", moe_pred_kind_name(spec->kind));
@@ -42,7 +43,6 @@ enum moe_status moe_trace_pred_log(const struct moe_trace *t, const struct moe_p
 
     enum moe_status st = MOE_OK;
     struct moe_provider nop = { .ops = &nop_ops };
-    moe_evlog_init(log, in->n_moe, in->experts, in->top_k);
     struct moe_provider *rec = moe_evlog_provider_create(&nop, log, moe_index, in->layers);
     struct moe_predictor *p = moe_predictor_create(m, spec, 1);
     if (!rec || !p) {

@@ -86,6 +86,12 @@ int moe_cmd_sim(int argc, char **argv)
                                 "path+gate need hidden states: moeflow replay)\n");
                 return 2;
             }
+            if (strcmp(optarg, "none") && strcmp(optarg, "history")) {
+                fprintf(stderr, "moeflow sim: --predictor %s: sim supports only none and history (gate, path, "
+                                "path+gate and auto need the model's hidden states: use moeflow replay)\n",
+                        optarg);
+                return 2;
+            }
             pred_spec = optarg;
             break;
         case O_POLICY:

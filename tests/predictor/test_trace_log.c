@@ -91,8 +91,10 @@ int main(void)
     moe_evlog_free(&log);
 
     sp.kind = MOE_PRED_GATE;
+    memset(&log, 0xa5, sizeof log); /* a refusal still leaves the log initialised: the caller frees it */
     CHECK(moe_trace_pred_log(&t, &sp, NULL, &log) == MOE_ENOTSUP && strstr(moe_last_error(), "replay"),
           "gate on a trace: %s", moe_last_error());
+    CHECK(!log.ev && !log.ids && !log.scores && log.n_ev == 0, "a refused log is not initialised");
     moe_evlog_free(&log);
     return t_result("test_trace_log");
 }

@@ -1,0 +1,57 @@
+/* The predictor commands' failures and warnings end to end: what each refuses
+ * and with which exit status (2 usage, 1 runtime), and what it warns about
+ * while it still runs. */
+#include "tests/test_util.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char out[1 << 16];
+
+/* Run moeflow with args (a shell command line) from the source tree; stdout
+ * and stderr into out; the exit status, or -1 when it did not exit. */
+static int run(const char *args)
+{
+    char cmd[8192];
+    const char *bin = getenv("MOEFLOW_BINARY_DIR"), *src = getenv("MOEFLOW_SOURCE_DIR");
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/server/moeflow' %s 2>&1", src ? src : ".", bin ? bin : ".", args);
+    FILE *f = popen(cmd, "r");
+    if (!f) return -1;
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = 0;
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char dir[] = "/tmp/moeflow-test-prederr-XXXXXX";
+static char trace[256];
+
+/* sim runs only the predictors that need no hidden states; the others are
+ * refused up front as a usage error that points to replay. */
+static void check_sim(void)
+{
+    static const char *const kinds[] = { "gate", "path", "path+gate", "auto", "gate:2", "bogus" };
+    char a[1024];
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        snprintf(a, sizeof a, "sim --trace %s --capacity 16 --policy lru --predictor %s", trace, kinds[i]);
+        int rc = run(a);
+        CHECK(rc == 2 && strstr(out, "only none and history") && strstr(out, "moeflow replay") &&
+                  !strstr(out, "not found"),
+              "sim --predictor %s: exit %d: %s", kinds[i], rc, out);
+    }
+    snprintf(a, sizeof a, "sim --trace %s --capacity 16 --policy lru --predictor history --json", trace);
+    CHECK(run(a) == 0 && strstr(out, "\"predictor\":\"history\""), "sim --predictor history: %s", out);
+}
+
+int main(void)
+{
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(trace, sizeof trace, "%s/t.jsonl", dir);
+    char a[1024];
+    snprintf(a, sizeof a, "trace --text bench/data/pycode/eval.txt --max-tokens 200 --seq-len 128 --out %s", trace);
+    REQUIRE(run(a) == 0, "trace: %s", out);
+    check_sim();
+    snprintf(a, sizeof a, "rm -rf '%s'", dir);
+    if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
+    return t_result("test_pred_errors");
+}

@@ -438,11 +438,12 @@ static void evaluate(const struct moe_path_model *m, const struct moe_path_data 
                 /* count targets ranked within top_k */
                 for (int e = 0; e < m->n_experts; e++) {
                     if (yl[e] == 0) continue;
+                    tot += 1;
+                    if (!isfinite(zl[e])) continue; /* a non-finite score is never a hit */
                     int better = 0;
                     for (int f = 0; f < m->n_experts; f++)
-                        if (zl[f] > zl[e] || (zl[f] == zl[e] && f < e)) better++;
+                        if (zl[f] > zl[e] || (zl[f] == zl[e] && f < e) || isnan(zl[f])) better++;
                     hit += better < m->top_k;
-                    tot += 1;
                 }
             }
         }
@@ -492,6 +493,11 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
         st = moe_errorf(MOE_ENOMEM, "path predictor training: out of memory");
         goto out_free;
     }
+    /* the weights kept: the initial ones until an epoch ends with a finite held-out loss */
+    memcpy(best1, m->w1, sizeof(float) * n_w1);
+    memcpy(bestb1, m->b1, sizeof(float) * (size_t)m->width);
+    memcpy(best2, m->w2, sizeof(float) * n_w2);
+    memcpy(bestb2, m->b2, sizeof(float) * (size_t)m->n_out);
     for (int i = 0; i < n_tr; i++) perm[i] = i;
     uint64_t rng = tp->seed;
     double best_val = INFINITY;
@@ -548,6 +554,11 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
         if (tp->verbose)
             fprintf(stderr, "epoch %d: train loss %.5f, held-out loss %.5f, recall@%d %.4f (%.1f s)\n", ep,
                     rep->train_loss, vl, m->top_k, vr, moe_now() - t0);
+        if (!isfinite(vl)) { /* the weights overflowed: nothing after this epoch can be kept */
+            st = moe_errorf(MOE_ERANGE, "path predictor training diverged: held-out loss %g at epoch %d (use a "
+                            "lower --lr or --weight-decay)", vl, ep);
+            break;
+        }
         if (vl < best_val) {
             best_val = vl;
             rep->val_loss = vl;

@@ -175,6 +175,46 @@ int main(void)
     bd.token = bad_tok;
     CHECK(moe_path_model_train(m, &bd, &tp, &rep) == MOE_ERANGE, "token outside vocab accepted");
 
+    /* a diverging run (weights overflow to NaN) fails, keeps finite weights and
+     * never scores NaN as a hit in its epoch lines */
+    {
+        struct moe_path_model *md = moe_path_model_create(M, E, K, DIM, 32, 1, 7);
+        REQUIRE(md, "create: %s", moe_last_error());
+        size_t nw1 = (size_t)md->width * md->n_in;
+        float *w1 = malloc(sizeof(float) * nw1);
+        REQUIRE(w1, "malloc");
+        memcpy(w1, md->w1, sizeof(float) * nw1);
+        struct moe_path_data dd = d;
+        dd.n = 200;
+        struct moe_path_train_params tpd = { .max_epochs = 2, .batch = 1, .lr = 10, .weight_decay = 1,
+                                             .val_frac = 0.2f, .patience = 3, .seed = 1, .verbose = true };
+        char lp[] = "/tmp/moeflow-test-pathlog-XXXXXX";
+        int lfd = mkstemp(lp), saved = dup(2);
+        REQUIRE(lfd >= 0 && saved >= 0, "mkstemp/dup");
+        fflush(stderr);
+        dup2(lfd, 2);
+        enum moe_status sd = moe_path_model_train(md, &dd, &tpd, &rep);
+        fflush(stderr);
+        dup2(saved, 2);
+        close(saved);
+        static char lines[4096];
+        ssize_t nl = pread(lfd, lines, sizeof lines - 1, 0);
+        lines[nl > 0 ? nl : 0] = 0;
+        close(lfd);
+        unlink(lp);
+        CHECK(sd == MOE_ERANGE && strstr(moe_last_error(), "diverged") && strstr(moe_last_error(), "--lr"),
+              "a diverging run: status %d: %s", (int)sd, moe_last_error());
+        CHECK(strstr(lines, "nan, recall@2 0.0000") && !strstr(lines, "recall@2 1.0000"),
+              "NaN scores counted as hits: %s", lines);
+        bool finite = true;
+        for (size_t i = 0; i < nw1; i++) finite = finite && isfinite(md->w1[i]);
+        for (int i = 0; i < md->n_out; i++) finite = finite && isfinite(md->b2[i]);
+        CHECK(finite && !memcmp(w1, md->w1, sizeof(float) * nw1),
+              "a run with no finite epoch does not keep the initial weights");
+        free(w1);
+        moe_path_model_free(md);
+    }
+
     char path[] = "/tmp/moeflow-test-path-XXXXXX";
     int fd = mkstemp(path);
     REQUIRE(fd >= 0, "mkstemp");

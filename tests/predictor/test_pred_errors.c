@@ -43,6 +43,18 @@ static void check_sim(void)
     CHECK(run(a) == 0 && strstr(out, "\"predictor\":\"history\""), "sim --predictor history: %s", out);
 }
 
+/* a run whose weights overflow fails and writes nothing */
+static void check_train_diverges(void)
+{
+    char a[1024], st[300];
+    snprintf(st, sizeof st, "%s/nan.safetensors", dir);
+    snprintf(a, sizeof a, "train-predictor --trace %s --out %s --lr 10 --weight-decay 1 --epochs 2 --width 32 "
+                          "--batch 1 --quiet", trace, st);
+    int rc = run(a);
+    CHECK(rc == 1 && strstr(out, "diverged") && strstr(out, "--lr") && access(st, F_OK) != 0,
+          "a diverging train-predictor: exit %d: %s", rc, out);
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -51,6 +63,7 @@ int main(void)
     snprintf(a, sizeof a, "trace --text bench/data/pycode/eval.txt --max-tokens 200 --seq-len 128 --out %s", trace);
     REQUIRE(run(a) == 0, "trace: %s", out);
     check_sim();
+    check_train_diverges();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

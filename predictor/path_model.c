@@ -249,10 +249,16 @@ static enum moe_status load_tensor(struct moe_st_file *f, const char *path, cons
     bool ok = t->dtype == MOE_DT_F32 &&
               ((c == 0 && t->ndim == 1 && t->shape[0] == r) ||
                (c > 0 && t->ndim == 2 && t->shape[0] == r && t->shape[1] == c));
-    if (!ok)
-        return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' must be F32 [%lld%s%lld]", path, name, (long long)r,
-                          c ? ", " : "", (long long)c);
+    if (!ok) {
+        if (c == 0) return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' must be F32 [%lld]", path, name, (long long)r);
+        return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' must be F32 [%lld, %lld]", path, name, (long long)r,
+                          (long long)c);
+    }
     memcpy(dst, t->data, t->nbytes);
+    size_t n = t->nbytes / sizeof(float);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(dst[i]))
+            return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' has non-finite values (retrain it)", path, name);
     return MOE_OK;
 }
 

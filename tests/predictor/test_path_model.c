@@ -278,6 +278,34 @@ int main(void)
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "w1"), "bad w1 shape accepted: %s",
               moe_last_error());
     }
+    /* a tensor of the wrong shape says the shape it must have; NaN or Inf weights are refused */
+    {
+        struct moe_st_out t4[4] = {
+            { .name = "w1", .dtype = MOE_DT_F32, .ndim = 2, .shape = { m->width, m->n_in }, .data = m->w1 },
+            { .name = "b1", .dtype = MOE_DT_F32, .ndim = 1, .shape = { m->width - 1 }, .data = m->b1 },
+            { .name = "w2", .dtype = MOE_DT_F32, .ndim = 2, .shape = { m->n_out, m->width }, .data = m->w2 },
+            { .name = "b2", .dtype = MOE_DT_F32, .ndim = 1, .shape = { m->n_out }, .data = m->b2 },
+        };
+        const char *meta_s[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", "3",
+                                 "n_experts", "8", "top_k", "2", "dim", "16", "width", "64", NULL };
+        REQUIRE(moe_st_write(path, t4, 4, meta_s) == MOE_OK, "write: %s", moe_last_error());
+        CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "'b1' must be F32 [64]") &&
+                  !strstr(moe_last_error(), "[640]"),
+              "b1 of the wrong shape: %s", moe_last_error());
+        static const char *const which[] = { "b1", "w2" };
+        for (int i = 0; i < 2; i++) {
+            float *v = i ? &m2->w2[5] : &m2->b1[3], keep = *v;
+            *v = i ? INFINITY : NAN;
+            REQUIRE(moe_path_model_save(m2, path, NULL) == MOE_OK, "save: %s", moe_last_error());
+            *v = keep;
+            char want[64];
+            snprintf(want, sizeof want, "tensor '%s' has non-finite values (retrain it)", which[i]);
+            struct moe_path_model *mn = moe_path_model_load(path, M, E, K, DIM);
+            CHECK(!mn && strstr(moe_last_error(), want) && strstr(moe_last_error(), path),
+                  "a non-finite %s loaded: %s", which[i], mn ? "" : moe_last_error());
+            moe_path_model_free(mn);
+        }
+    }
     unlink(path);
     moe_path_model_free(m2);
     moe_path_model_free(m);

@@ -13,7 +13,7 @@
 /* p1 of an expert left out of its layer's prediction, as a fraction of q. */
 #define PRED_UNPREDICTED_FRAC 0.35
 /* predictions kept per key: for this step and the next PRED_SLOTS - 1 */
-#define PRED_SLOTS 8
+#define PRED_SLOTS MOE_POLICY_PREDICTED_SLOTS
 
 struct predicted {
     struct moe_policy base;
@@ -175,8 +175,10 @@ static void pp_on_prediction(void *self, int key, float score, int distance)
     /* the occurrence of the layer nearest to now + distance: the distance is
      * counted from the layer computing, which may not have been accessed yet */
     int64_t now = (s->cur < 0 ? -1 : s->step * s->n_moe + s->cur);
-    int64_t o = next_pos(s, mi), want = now + distance;
+    int64_t first = next_pos(s, mi), o = first, want = now + distance;
     while (o + s->n_moe / 2 < want) o += s->n_moe;
+    /* beyond the occurrences kept: its slot holds a nearer occurrence's prediction */
+    if (o - first >= (int64_t)PRED_SLOTS * s->n_moe) return;
     size_t nk = (size_t)s->n_layers * (size_t)s->n_experts;
     int sl = (int)((o / s->n_moe) % PRED_SLOTS);
     s->pred_pos[sl * nk + (size_t)key] = o;

@@ -29,6 +29,11 @@
 extern "C" {
 #endif
 
+/* Occurrences of a layer a prediction can be kept for: its next one and the
+ * MOE_POLICY_PREDICTED_SLOTS - 1 after it.  A prediction for a later one is
+ * dropped (it would take the place of a nearer one). */
+#define MOE_POLICY_PREDICTED_SLOTS 8
+
 /* Keys are layer * n_experts + expert over n_layers decoder layers;
  * moe_layers[0..n_moe-1] are the MoE layers in order.  NULL on bad input
  * (error set) or no memory. */

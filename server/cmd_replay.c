@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include "../kernels/backend.h"
+#include "../offload/policy_predicted.h"
 #include "../offload/runtime.h"
 #include "../predictor/drive.h"
 
@@ -42,7 +43,8 @@ static void usage(FILE *f)
         "  --no-prefetch         predictions only rank evictions (policy predicted); nothing is\n"
         "                        moved ahead of need\n"
         "  --oracle-horizon H    upper bound: replace the predictor's hints by the true routing of\n"
-        "                        each step and the H steps after it (score 1), at step start\n"
+        "                        each step and the H steps after it (score 1), at step start;\n"
+        "                        0 <= H <= 7 (the predicted policy keeps 8 steps of predictions)\n"
         "%s"
         "  --json                print one JSON object (the keys of moeflow sim, plus\n"
         "                        prefetches, prefetch_useful_frac and belady)\n"
@@ -140,8 +142,11 @@ int moe_cmd_replay(int argc, char **argv)
         case O_JSON: json = true; break;
         case O_NOPF: no_prefetch = true; break;
         case O_ORACLE:
-            if (!moe_cli_parse_long(optarg, 0, 64, &oracle)) {
-                fprintf(stderr, "moeflow replay: --oracle-horizon '%s' must be an integer 0..64\n", optarg);
+            if (!moe_cli_parse_long(optarg, 0, MOE_POLICY_PREDICTED_SLOTS - 1, &oracle)) {
+                fprintf(stderr, "moeflow replay: --oracle-horizon '%s' must be an integer 0..%d (the predicted "
+                                "policy keeps predictions for %d steps: this one and the next %d)\n",
+                        optarg, MOE_POLICY_PREDICTED_SLOTS - 1, MOE_POLICY_PREDICTED_SLOTS,
+                        MOE_POLICY_PREDICTED_SLOTS - 1);
                 return 2;
             }
             break;

@@ -55,6 +55,15 @@ static void check_train_diverges(void)
           "a diverging train-predictor: exit %d: %s", rc, out);
 }
 
+/* the oracle's hints reach as far as the predicted policy keeps predictions */
+static void check_oracle_horizon(void)
+{
+    CHECK(run("replay --text x --capacity 8 --policy predicted --predictor none --oracle-horizon 8") == 2 &&
+              strstr(out, "0..7"),
+          "--oracle-horizon 8: %s", out);
+    CHECK(run("replay --help") == 0 && strstr(out, "0 <= H <= 7"), "replay --help: %s", out);
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -64,6 +73,7 @@ int main(void)
     REQUIRE(run(a) == 0, "trace: %s", out);
     check_sim();
     check_train_diverges();
+    check_oracle_horizon();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

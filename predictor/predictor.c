@@ -243,6 +243,13 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
     if (uses_path(p)) {
         p->path = moe_path_model_load(spec->path, p->n_moe, p->E, p->k, p->hidden);
         if (!p->path) goto fail;
+        /* the shapes match (checked by the load); a copy of the model may carry another name */
+        if (moe_path_model_other_model(p->path->model_name, m->dir)) {
+            char name[4096];
+            moe_path_model_dir_name(m->dir, name, sizeof name);
+            MOE_WARN("predictor %s was trained for %s; the model is %s (its predictions are only as good as "
+                     "the two models' routing is alike)", spec->path, p->path->model_name, name);
+        }
         if (!m->embed.data || m->embed.cols != p->hidden) {
             moe_errorf(MOE_EFORMAT, "predictor: model %s has no [vocab, %d] embedding", m->dir, p->hidden);
             goto fail;

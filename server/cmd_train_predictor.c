@@ -165,6 +165,13 @@ int moe_cmd_train_predictor(int argc, char **argv)
                     cfg->top_k);
             goto out;
         }
+        if (moe_path_model_other_model(tr->info.model, model_dir)) {
+            char name[4096];
+            moe_path_model_dir_name(model_dir, name, sizeof name);
+            fprintf(stderr, "moeflow train-predictor: warning: trace %s was recorded with %s; the model is %s "
+                            "(the shapes match; --model names the model the trace was recorded with)\n",
+                    trace_path, tr->info.model, name);
+        }
         n = tr->n_tokens;
         toks = tr->token;
         seqs = tr->seq;

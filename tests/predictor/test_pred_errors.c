@@ -1,6 +1,7 @@
 /* The predictor commands' failures and warnings end to end: what each refuses
  * and with which exit status (2 usage, 1 runtime), and what it warns about
  * while it still runs. */
+#include "predictor/path_model.h"
 #include "tests/test_util.h"
 
 #include <sys/wait.h>
@@ -64,6 +65,65 @@ static void check_oracle_horizon(void)
     CHECK(run("replay --help") == 0 && strstr(out, "0 <= H <= 7"), "replay --help: %s", out);
 }
 
+/* f's text with the first `from` replaced by `to` written to g */
+static bool copy_replacing(const char *f, const char *g, const char *from, const char *to)
+{
+    static char buf[1 << 20];
+    FILE *in = fopen(f, "rb");
+    if (!in) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, in);
+    fclose(in);
+    buf[n] = 0;
+    char *at = strstr(buf, from);
+    FILE *o = fopen(g, "wb");
+    if (!at || !o) {
+        if (o) fclose(o);
+        return false;
+    }
+    fwrite(buf, 1, (size_t)(at - buf), o);
+    fputs(to, o);
+    fputs(at + strlen(from), o);
+    return fclose(o) == 0;
+}
+
+/* a predictor or trace recorded for another model of the same shapes is used,
+ * with a warning naming both */
+static void check_other_model(void)
+{
+    char a[2048], pf[300], tf[300], src[4200];
+    snprintf(pf, sizeof pf, "%s/other.safetensors", dir);
+    snprintf(tf, sizeof tf, "%s/other.jsonl", dir);
+    struct moe_path_model *pm =
+        moe_path_model_load(t_path(src, sizeof src, "models/pycode-moe-18m/predictor-h2.safetensors"), 0, 0, 0, 0);
+    REQUIRE(pm, "load: %s", moe_last_error());
+    CHECK(!strcmp(pm->model_name, "pycode-moe-18m"), "shipped file's model '%s'", pm->model_name);
+    snprintf(pm->model_name, sizeof pm->model_name, "mixtral-8x7b");
+    REQUIRE(moe_path_model_save(pm, pf, NULL) == MOE_OK, "save: %s", moe_last_error());
+    moe_path_model_free(pm);
+    snprintf(a, sizeof a, "eval-predictor --text bench/data/pycode/eval.txt --predictor path:%s --max-tokens 8", pf);
+    int rc = run(a);
+    CHECK(rc == 0 && strstr(out, "was trained for mixtral-8x7b; the model is pycode-moe-18m"),
+          "a predictor of another model: exit %d: %s", rc, out);
+    CHECK(run("eval-predictor --text bench/data/pycode/eval.txt --predictor path --max-tokens 8 "
+              "--model models/pycode-moe-18m/") == 0 && !strstr(out, "trained for"),
+          "the shipped predictor warned: %s", out);
+    CHECK(moe_path_model_other_model("mixtral-8x7b", "models/pycode-moe-18m") &&
+              !moe_path_model_other_model("pycode-moe-18m", "./models/pycode-moe-18m//") &&
+              !moe_path_model_other_model("models/pycode-moe-18m/", "/x/pycode-moe-18m") &&
+              !moe_path_model_other_model("", "models/pycode-moe-18m"),
+          "model names compared wrong");
+
+    REQUIRE(copy_replacing(trace, tf, "\"model\":\"pycode-moe-18m\"", "\"model\":\"mixtral-8x7b\""),
+            "copy of %s", trace);
+    snprintf(a, sizeof a, "train-predictor --trace %s --out %s/o.safetensors --epochs 1 --width 8 --quiet", tf, dir);
+    rc = run(a);
+    CHECK(rc == 0 && strstr(out, "recorded with mixtral-8x7b; the model is pycode-moe-18m"),
+          "a trace of another model: exit %d: %s", rc, out);
+    snprintf(a, sizeof a, "train-predictor --trace %s --out %s/o.safetensors --epochs 1 --width 8 --quiet", trace,
+             dir);
+    CHECK(run(a) == 0 && !strstr(out, "recorded with"), "the model's own trace warned: %s", out);
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -74,6 +134,7 @@ int main(void)
     check_sim();
     check_train_diverges();
     check_oracle_horizon();
+    check_other_model();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

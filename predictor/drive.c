@@ -169,7 +169,8 @@ static void rt_route(void *ud, int layer, int n, const float *logits, const int 
 }
 
 enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, size_t n, int seq_len, int chunk,
-                                int n_threads, int **experts, int **seq_out, int **pos_out, float **final_hidden)
+                                int n_threads, double progress_s, int **experts, int **seq_out, int **pos_out,
+                                float **final_hidden)
 {
     const struct moe_config *cfg = &m->cfg;
     enum moe_status st = MOE_OK;
@@ -201,6 +202,7 @@ enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, si
         goto out;
     }
     int seq = -1, pos = 0, seq_no = -1;
+    double t0 = moe_now(), shown = t0;
     for (size_t i = 0; i < n;) {
         if (seq < 0 || pos >= seq_len) {
             if (seq >= 0) moe_engine_seq_free(eng, seq);
@@ -230,6 +232,13 @@ enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, si
         }
         i += (size_t)nb;
         pos += nb;
+        if (progress_s > 0) {
+            double now = moe_now();
+            if (i == n || now - shown >= progress_s) {
+                fprintf(stderr, "routing: %zu / %zu tokens (%.0f s)\n", i, n, now - t0);
+                shown = now;
+            }
+        }
     }
 out:
     if (eng) moe_engine_destroy(eng);

@@ -37,9 +37,11 @@ enum moe_status moe_drive_text(const struct moe_model *m, const int *tokens, siz
 /* Routing of tokens[0..n) with the all-resident engine, in prefill chunks of
  * up to `chunk` tokens, sequences of seq_len: experts [n, n_moe, top_k] and
  * seq/pos [n] (malloc'd); with final_hidden non-NULL also each token's hidden
- * state after the final norm, [n, hidden] (malloc'd). */
+ * state after the final norm, [n, hidden] (malloc'd).  progress_s > 0: a line
+ * "routing: N / n tokens" on stderr every progress_s seconds and at the end. */
 enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, size_t n, int seq_len, int chunk,
-                                int n_threads, int **experts, int **seq, int **pos, float **final_hidden);
+                                int n_threads, double progress_s, int **experts, int **seq, int **pos,
+                                float **final_hidden);
 
 /* Tokenize a text file with the model's tokenizer.json; *ids malloc'd. */
 enum moe_status moe_drive_tokenize(const char *model_dir, const char *text_path, int **ids, size_t *n);

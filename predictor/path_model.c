@@ -536,8 +536,12 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
             perm[i] = perm[j];
             perm[j] = t;
         }
-        double tl = 0;
+        double tl = 0, shown = moe_now();
         for (int s = 0; s < n_tr; s += B) {
+            if (tp->verbose && s > 0 && moe_now() - shown >= 10) { /* a long epoch says how far it is */
+                shown = moe_now();
+                fprintf(stderr, "epoch %d: %d / %d samples (%.1f s)\n", ep, s, n_tr, shown - t0);
+            }
             int nb = n_tr - s < B ? n_tr - s : B;
             build_rows(m, d, perm + s, nb, x, y);
             forward_logits(m, nb, x, h, z);

@@ -45,7 +45,7 @@ static void usage(FILE *f)
         "  --patience N          stop after N epochs without held-out improvement (default 3)\n"
         "  --seed N              initialisation and shuffling seed (default 1)\n"
         "  --threads N           BLAS threads (default 2)\n"
-        "  --quiet               no per-epoch lines\n"
+        "  --quiet               no progress lines (routing the text, epochs)\n"
         "  -h, --help            this help\n");
 }
 
@@ -179,7 +179,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         experts = tr->experts;
     } else {
         if (moe_drive_tokenize(model_dir, text, &toks, &n) ||
-            moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, &experts, &seqs, &poss,
+            moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, quiet ? 0 : 5, &experts, &seqs, &poss,
                             context ? &fin : NULL)) {
             fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
             goto out;

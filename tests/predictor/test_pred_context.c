@@ -45,7 +45,7 @@ int main(void)
 
     int *ex, *sq, *ps;
     float *fin;
-    REQUIRE(moe_drive_route(m, toks, N_TOK, 64, 5, 1, &ex, &sq, &ps, &fin) == MOE_OK, "route: %s",
+    REQUIRE(moe_drive_route(m, toks, N_TOK, 64, 5, 1, 0, &ex, &sq, &ps, &fin) == MOE_OK, "route: %s",
             moe_last_error());
     struct moe_path_model *pm =
         moe_path_model_create_ex(n_moe, (int)E, cfg->top_k, (int)H, 24,

@@ -124,6 +124,25 @@ static void check_other_model(void)
     CHECK(run(a) == 0 && !strstr(out, "recorded with"), "the model's own trace warned: %s", out);
 }
 
+/* routing a text says how far it got, unless --quiet */
+static void check_route_progress(void)
+{
+    char a[6000], txt[300], src[4200];
+    snprintf(txt, sizeof txt, "%s/small.txt", dir);
+    snprintf(a, sizeof a, "head -c 3000 '%s' > %s", t_path(src, sizeof src, "bench/data/pycode/eval.txt"), txt);
+    REQUIRE(system(a) == 0, "%s", a);
+    snprintf(a, sizeof a, "train-predictor --text %s --seq-len 128 --out %s/r.safetensors --epochs 1 --width 8", txt,
+             dir);
+    int rc = run(a);
+    const char *line = strstr(out, "routing: ");
+    long done = -1, total = -2;
+    if (line) sscanf(line, "routing: %ld / %ld tokens", &done, &total);
+    CHECK(rc == 0 && line && done == total && total > 100, "train-predictor --text: exit %d: %s", rc, out);
+    snprintf(a, sizeof a, "train-predictor --text %s --seq-len 128 --out %s/r.safetensors --epochs 1 --width 8 "
+                          "--quiet", txt, dir);
+    CHECK(run(a) == 0 && !strstr(out, "routing:"), "train-predictor --quiet: %s", out);
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -135,6 +154,7 @@ int main(void)
     check_train_diverges();
     check_oracle_horizon();
     check_other_model();
+    check_route_progress();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

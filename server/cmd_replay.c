@@ -33,7 +33,7 @@ static void usage(FILE *f)
         "  --capacity-frac F     slots = floor(F x MoE layers x experts), 0 < F <= 1\n"
         "  --policy P            lru | lfu | predicted | belady\n"
         "  --predictor SPEC      none | gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto\n"
-        "  --min-score S         prefetch experts predicted with at least S (default 0.8)\n"
+        "  --min-score S         prefetch experts predicted with at least S, 0 < S <= 1 (default 0.8)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
         "  --expert-bytes N      bytes per expert transfer, with --link-gbps (default: this model's)\n"
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps (default 0)\n"
@@ -41,7 +41,8 @@ static void usage(FILE *f)
         "                        one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
         "  --threads N           BLAS threads (default 1)\n"
         "  --no-prefetch         predictions only rank evictions (policy predicted); nothing is\n"
-        "                        moved ahead of need\n"
+        "                        moved ahead of need.  lru and lfu use predictions only to prefetch,\n"
+        "                        belady not at all\n"
         "  --oracle-horizon H    upper bound: replace the predictor's hints by the true routing of\n"
         "                        each step and the H steps after it (score 1), at step start;\n"
         "                        0 <= H <= 7 (the predicted policy keeps 8 steps of predictions)\n"
@@ -183,6 +184,25 @@ int moe_cmd_replay(int argc, char **argv)
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         return 2;
     }
+
+    /* say once when what was asked for changes nothing: only the predicted policy ranks evictions
+     * with the predictions; lru and lfu only prefetch them, belady neither */
+    bool predicts = spec.kind != MOE_PRED_NONE || oracle >= 0;
+    const char *pn = moe_cache_policy_name(policy);
+    if (!predicts && no_prefetch)
+        fprintf(stderr, "moeflow replay: warning: --no-prefetch changes nothing with --predictor none (nothing is "
+                        "predicted)\n");
+    else if (predicts && policy == MOE_CACHE_BELADY)
+        fprintf(stderr, "moeflow replay: warning: --policy belady evicts by the true future and prefetches "
+                        "nothing: the predictions are not used (the figures are those of --predictor none)\n");
+    else if (predicts && policy != MOE_CACHE_PREDICTED && no_prefetch)
+        fprintf(stderr, "moeflow replay: warning: --policy %s uses the predictions only to prefetch, which "
+                        "--no-prefetch turns off: they are not used (the figures are those of --predictor none; "
+                        "--policy predicted ranks evictions with them)\n", pn);
+    else if (predicts && policy != MOE_CACHE_PREDICTED)
+        fprintf(stderr, "moeflow replay: warning: --policy %s uses the predictions only to prefetch (scores >= "
+                        "--min-score); it evicts by %s alone (--policy predicted ranks evictions with them)\n",
+                pn, pn);
 
     int rc = 1;
     int *ids = NULL;

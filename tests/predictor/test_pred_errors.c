@@ -143,6 +143,50 @@ static void check_route_progress(void)
     CHECK(run(a) == 0 && !strstr(out, "routing:"), "train-predictor --quiet: %s", out);
 }
 
+/* transfers_per_token of a replay's --json in out, or -1 */
+static double transfers(void)
+{
+    const char *p = strstr(out, "\"transfers_per_token\":");
+    return p ? atof(p + strlen("\"transfers_per_token\":")) : -1;
+}
+
+/* replay says once when a predictor or --no-prefetch changes nothing, and
+ * what the predictions are used for under the policy */
+static void check_replay_warnings(void)
+{
+    const char *R = "replay --text bench/data/pycode/eval.txt --max-tokens 32 --capacity-frac 0.25 --json";
+    char a[1024];
+    snprintf(a, sizeof a, "%s --policy lru --predictor none", R);
+    CHECK(run(a) == 0 && !strstr(out, "warning"), "lru, none: %s", out);
+    double lru = transfers();
+    snprintf(a, sizeof a, "%s --policy lru --predictor path+gate --no-prefetch", R);
+    CHECK(run(a) == 0 && strstr(out, "warning: --policy lru uses the predictions only to prefetch, which "
+                                     "--no-prefetch turns off") && transfers() == lru,
+          "lru --no-prefetch (none: %g): %s", lru, out);
+    snprintf(a, sizeof a, "%s --policy lfu --predictor gate", R);
+    CHECK(run(a) == 0 && strstr(out, "--policy lfu uses the predictions only to prefetch") &&
+              strstr(out, "evicts by lfu alone") && strstr(out, "\"prefetches\":") &&
+              !strstr(out, "\"prefetches\":0,"),
+          "lfu with a predictor: %s", out);
+    snprintf(a, sizeof a, "%s --policy belady --predictor none", R);
+    CHECK(run(a) == 0 && !strstr(out, "warning"), "belady, none: %s", out);
+    double bel = transfers();
+    snprintf(a, sizeof a, "%s --policy belady --predictor gate", R);
+    CHECK(run(a) == 0 && strstr(out, "the predictions are not used") && transfers() == bel,
+          "belady with a predictor (none: %g): %s", bel, out);
+    snprintf(a, sizeof a, "%s --policy predicted --predictor none --no-prefetch", R);
+    CHECK(run(a) == 0 && strstr(out, "--no-prefetch changes nothing with --predictor none"), "none --no-prefetch: %s",
+          out);
+    snprintf(a, sizeof a, "%s --policy predicted --predictor gate --no-prefetch", R);
+    CHECK(run(a) == 0 && !strstr(out, "warning"), "predicted --no-prefetch: %s", out);
+    int n = 0;
+    snprintf(a, sizeof a, "%s --policy lru --predictor path+gate --no-prefetch", R);
+    run(a);
+    for (const char *p = out; (p = strstr(p, "warning")); p++) n++;
+    CHECK(n == 1, "warned %d times: %s", n, out);
+    CHECK(run("replay --help") == 0 && strstr(out, "0 < S <= 1"), "--min-score range: %s", out);
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -155,6 +199,7 @@ int main(void)
     check_oracle_horizon();
     check_other_model();
     check_route_progress();
+    check_replay_warnings();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

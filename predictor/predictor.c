@@ -135,7 +135,7 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
             return moe_errorf(MOE_EINVAL, "--predictor %s: file name too long", s);
         struct stat sb;
         if (stat(out->path, &sb) == 0 && S_ISDIR(sb.st_mode))
-            return moe_errorf(MOE_EINVAL, "--predictor %s: %s is a directory; name the predictor file in it", s,
+            return moe_errorf(MOE_EIO, "--predictor %s: %s is a directory; name the predictor file in it", s,
                               out->path);
         if (!file_exists(out->path))
             return moe_errorf(MOE_ENOENT,

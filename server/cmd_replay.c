@@ -180,9 +180,10 @@ int moe_cmd_replay(int argc, char **argv)
         return 2;
     }
     struct moe_pred_spec spec;
-    if (moe_pred_spec_parse(pred_s, model_dir, &spec)) {
+    enum moe_status pst = moe_pred_spec_parse(pred_s, model_dir, &spec);
+    if (pst) { /* a malformed spec is a usage error; a predictor file that cannot be read a runtime one */
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
-        return 2;
+        return pst == MOE_EINVAL ? 2 : 1;
     }
 
     /* say once when what was asked for changes nothing: only the predicted policy ranks evictions

@@ -61,6 +61,9 @@ int main(void)
     CHECK(moe_pred_spec_parse("bogus", "/x", &sp) == MOE_EINVAL && strstr(moe_last_error(), "history"),
           "bogus: %s", moe_last_error());
     CHECK(moe_pred_spec_parse("path:/nonexistent/p.safetensors", "/x", &sp) == MOE_ENOENT, "missing path file");
+    CHECK(moe_pred_spec_parse("path:/tmp", "/x", &sp) == MOE_EIO && strstr(moe_last_error(), "is a directory"),
+          "a directory as the path file: %s", moe_last_error());
+    CHECK(moe_pred_spec_parse("path:", "/x", &sp) == MOE_EINVAL, "an empty path file name accepted");
     CHECK(moe_pred_spec_parse("auto", "/nonexistent", &sp) == MOE_OK && sp.kind == MOE_PRED_GATE, "auto w/o file");
     CHECK(moe_pred_spec_parse("history", "/x", &sp) == MOE_OK && sp.kind == MOE_PRED_HISTORY, "history");
 

@@ -4,6 +4,7 @@
 #include "predictor/path_model.h"
 #include "tests/test_util.h"
 
+#include <math.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -187,6 +188,46 @@ static void check_replay_warnings(void)
     CHECK(run("replay --help") == 0 && strstr(out, "0 < S <= 1"), "--min-score range: %s", out);
 }
 
+/* a predictor file that cannot be read or loaded is a runtime failure (exit
+ * 1), a malformed --predictor spec a usage error (exit 2) */
+static void check_predictor_files(void)
+{
+    char nan_f[300], junk[300], a[1024], src[4200];
+    snprintf(nan_f, sizeof nan_f, "%s/nan.safetensors", dir);
+    snprintf(junk, sizeof junk, "%s/junk.safetensors", dir);
+    FILE *f = fopen(junk, "w");
+    REQUIRE(f && fputs("not a predictor", f) >= 0 && fclose(f) == 0, "write %s", junk);
+    struct moe_path_model *pm =
+        moe_path_model_load(t_path(src, sizeof src, "models/pycode-moe-18m/predictor-h2.safetensors"), 0, 0, 0, 0);
+    REQUIRE(pm, "load: %s", moe_last_error());
+    pm->b2[0] = NAN;
+    REQUIRE(moe_path_model_save(pm, nan_f, NULL) == MOE_OK, "save: %s", moe_last_error());
+    moe_path_model_free(pm);
+    struct {
+        const char *spec, *says;
+        int rc;
+    } cases[] = {
+        { "path:/nonexistent/p.safetensors", "not found", 1 },
+        { "path:/tmp", "is a directory", 1 },
+        { junk, "junk.safetensors", 1 },
+        { nan_f, "non-finite", 1 },
+        { "path:", "empty file name", 2 },
+        { "gate:99", "gate:99", 2 },
+    };
+    static const char *const cmds[] = {
+        "eval-predictor --text bench/data/pycode/eval.txt --max-tokens 4",
+        "replay --text bench/data/pycode/eval.txt --max-tokens 4 --capacity 64 --policy predicted",
+    };
+    for (size_t c = 0; c < 2; c++)
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            bool file = cases[i].spec[0] == '/';
+            snprintf(a, sizeof a, "%s --predictor %s%s", cmds[c], file ? "path:" : "", cases[i].spec);
+            int rc = run(a);
+            CHECK(rc == cases[i].rc && strstr(out, cases[i].says), "%s: exit %d (want %d): %s", a, rc, cases[i].rc,
+                  out);
+        }
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -200,6 +241,7 @@ int main(void)
     check_other_model();
     check_route_progress();
     check_replay_warnings();
+    check_predictor_files();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

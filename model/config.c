@@ -96,14 +96,15 @@ static enum moe_status get_pos_num(const char *what, json_t *root, const char *k
     return MOE_OK;
 }
 
-/* bos/eos: null or absent -> none; an integer; or a list of them (at most
- * cap kept).  *n gets the count, ids[0..n) the values. */
+/* bos/eos: null or absent -> none; an integer; or a list of them.  The
+ * distinct values are appended to ids[0..*n) (which already holds *n; a value
+ * there is not repeated); more than cap distinct values in all is an error,
+ * `also` naming where the ones already held came from (NULL: nowhere). */
 static enum moe_status get_token_ids(const char *what, json_t *root, const char *key, int *ids, int cap,
-                                     int *n)
+                                     int *n, const char *also)
 {
     json_t *v = field(root, key), *x;
     size_t i;
-    *n = 0;
     if (!v) return MOE_OK;
     if (!json_is_array(v)) {
         json_t *one = v;
@@ -113,12 +114,22 @@ static enum moe_status get_token_ids(const char *what, json_t *root, const char 
         json_incref(v);
     }
     json_array_foreach(v, i, x) {
+        int id, k;
         if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > INT_MAX) {
             json_decref(v);
             return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be null, a non-negative integer or a "
                               "list of them", what, key);
         }
-        if (*n < cap) ids[(*n)++] = (int)json_integer_value(x);
+        id = (int)json_integer_value(x);
+        for (k = 0; k < *n && ids[k] != id; k++) {}
+        if (k < *n) continue;
+        if (*n == cap) {
+            json_decref(v);
+            return moe_errorf(MOE_ERANGE, "%s: field \"%s\"%s%s lists more than %d distinct token ids, the "
+                              "most supported; list only the ids that end a sequence", what, key,
+                              also ? " together with " : "", also ? also : "", cap);
+        }
+        ids[(*n)++] = id;
     }
     json_decref(v);
     return MOE_OK;
@@ -379,9 +390,9 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     }
     c.rope_theta = (float)d;
     {
-        int bos[1], nb;
-        if ((st = get_token_ids(what, root, "bos_token_id", bos, 1, &nb)) ||
-            (st = get_token_ids(what, root, "eos_token_id", c.eos_ids, MOE_MAX_EOS, &c.n_eos)))
+        int bos[MOE_MAX_EOS], nb = 0;
+        if ((st = get_token_ids(what, root, "bos_token_id", bos, MOE_MAX_EOS, &nb, NULL)) ||
+            (st = get_token_ids(what, root, "eos_token_id", c.eos_ids, MOE_MAX_EOS, &c.n_eos, NULL)))
             goto out;
         c.bos_id = nb ? bos[0] : -1;
         c.eos_id = c.n_eos ? c.eos_ids[0] : -1;
@@ -393,19 +404,54 @@ out:
     return st;
 }
 
+/* generation_config.json, when the model directory has one: its eos_token_id
+ * values (what transformers' generate stops on) are added to config.json's. */
+static enum moe_status merge_generation_config(const char *model_dir, struct moe_config *c)
+{
+    char path[4200];
+    char *buf;
+    size_t len;
+    json_error_t jerr;
+    json_t *root;
+    enum moe_status st;
+    snprintf(path, sizeof(path), "%s/generation_config.json", model_dir);
+    if ((st = moe_read_file(path, &buf, &len, 16u << 20)) != MOE_OK) {
+        if (st == MOE_ENOENT) {
+            moe_error_clear();
+            return MOE_OK;
+        }
+        return st;
+    }
+    root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    free(buf);
+    if (!root)
+        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
+                          jerr.line, jerr.column);
+    if (!json_is_object(root))
+        st = moe_errorf(MOE_EFORMAT, "%s: top level must be a JSON object", path);
+    else
+        st = get_token_ids(path, root, "eos_token_id", c->eos_ids, MOE_MAX_EOS, &c->n_eos,
+                           "config.json's");
+    if (st == MOE_OK) c->eos_id = c->n_eos ? c->eos_ids[0] : -1;
+    json_decref(root);
+    return st;
+}
+
 enum moe_status moe_config_load(const char *model_dir, struct moe_config *out)
 {
     char path[4200];
     char *buf;
     size_t len;
     enum moe_status st;
+    struct moe_config c;
     snprintf(path, sizeof(path), "%s/config.json", model_dir);
     if ((st = moe_read_file(path, &buf, &len, 16u << 20)) != MOE_OK) {
         if (st == MOE_ENOENT)
             return moe_errorf(st, "%s: no config.json (is this a Hugging Face model directory?)", model_dir);
         return st;
     }
-    st = moe_config_parse(buf, len, path, out);
+    st = moe_config_parse(buf, len, path, &c);
     free(buf);
+    if (st == MOE_OK && (st = merge_generation_config(model_dir, &c)) == MOE_OK) *out = c;
     return st;
 }

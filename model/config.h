@@ -61,12 +61,16 @@ struct moe_config {
     int max_pos;               /* max_position_embeddings */
     int bos_id, eos_id;        /* -1 when absent; eos_id = eos_ids[0] */
     bool is_moe[MOE_MAX_LAYERS]; /* per layer: MoE (true) or dense MLP */
-    int n_eos;                 /* eos_token_id values (a list in some configs), 0 when absent */
+    int n_eos;                 /* distinct eos_token_id values (a list in some configs), 0 when absent;
+                                  moe_config_load adds generation_config.json's; more than
+                                  MOE_MAX_EOS is an error */
     int eos_ids[MOE_MAX_EOS];  /* [n_eos] */
 };
 
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
                                  struct moe_config *out);
+/* model_dir/config.json, plus the eos_token_id of model_dir/generation_config.json
+ * when there is one (the ids transformers' generate stops on). */
 enum moe_status moe_config_load(const char *model_dir, struct moe_config *out);
 
 #ifdef __cplusplus

@@ -4,8 +4,10 @@
 #include "../test_util.h"
 #include "model/config.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <unistd.h>
 
 static json_t *load_json(const char *rel)
 {
@@ -262,10 +264,85 @@ static void test_refusals(void)
           strstr(moe_last_error(), "config.json"), "no config.json: %s", moe_last_error());
 }
 
+static void write_text(const char *dir, const char *name, const char *text)
+{
+    char path[4200];
+    FILE *f;
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    f = fopen(path, "w");
+    REQUIRE(f != NULL, "%s: %s", path, strerror(errno));
+    fputs(text, f);
+    REQUIRE(fclose(f) == 0, "%s: %s", path, strerror(errno));
+}
+
+/* A model directory: the qwen3 fixture's config.json with eos_token_id = eos
+ * (a JSON value), and generation_config.json = gen (NULL: none). */
+static enum moe_status load_with_eos(const char *dir, const char *eos, const char *gen, struct moe_config *c)
+{
+    char path[4200];
+    json_t *j = load_json("tests/fixtures/hf-tiny/qwen3_moe/config.json");
+    char *s;
+    json_object_set_new(j, "eos_token_id", json_loads(eos, JSON_DECODE_ANY, NULL));
+    s = json_dumps(j, JSON_COMPACT);
+    REQUIRE(s != NULL, "json_dumps");
+    write_text(dir, "config.json", s);
+    free(s);
+    json_decref(j);
+    snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+    unlink(path);
+    if (gen) write_text(dir, "generation_config.json", gen);
+    return moe_config_load(dir, c);
+}
+
+/* eos_token_id: every distinct id up to MOE_MAX_EOS kept, more refused by
+ * name; generation_config.json's ids added to config.json's. */
+static void test_eos_ids(void)
+{
+    char tmpl[] = "/tmp/moe-config-XXXXXX", path[4200];
+    const char *dir = mkdtemp(tmpl);
+    struct moe_config c;
+    enum moe_status st;
+    REQUIRE(dir != NULL, "mkdtemp: %s", strerror(errno));
+
+    st = load_with_eos(dir, "[1, 2, 3, 4, 5, 6, 7, 8, 8, 1]", NULL, &c);
+    CHECK(st == MOE_OK && c.n_eos == 8 && c.eos_id == 1 && c.eos_ids[7] == 8, "8 eos ids: %s n_eos %d",
+          moe_last_error(), c.n_eos);
+    st = load_with_eos(dir, "[1, 2, 3, 4, 5, 6, 7, 8, 9]", NULL, &c);
+    CHECK(st == MOE_ERANGE && strstr(moe_last_error(), "eos_token_id") && strstr(moe_last_error(), " 8 "),
+          "9 eos ids: %s %s", moe_status_str(st), moe_last_error());
+
+    /* Qwen3: config.json 151645, generation_config.json [151645, 151643]. */
+    st = load_with_eos(dir, "151645", "{\"eos_token_id\": [151645, 151643], \"bos_token_id\": 7}", &c);
+    CHECK(st == MOE_OK && c.n_eos == 2 && c.eos_id == 151645 && c.eos_ids[1] == 151643 && c.bos_id == -1,
+          "generation_config union: %s n_eos %d", moe_last_error(), c.n_eos);
+    st = load_with_eos(dir, "null", "{\"eos_token_id\": 4}", &c);
+    CHECK(st == MOE_OK && c.n_eos == 1 && c.eos_id == 4, "generation_config only: %s", moe_last_error());
+    st = load_with_eos(dir, "[1, 2]", "{\"do_sample\": true}", &c);
+    CHECK(st == MOE_OK && c.n_eos == 2 && c.eos_id == 1, "generation_config without eos: %s",
+          moe_last_error());
+    st = load_with_eos(dir, "[1, 2, 3, 4, 5]", "{\"eos_token_id\": [5, 6, 7, 8, 9]}", &c);
+    CHECK(st == MOE_ERANGE && strstr(moe_last_error(), "generation_config.json") &&
+          strstr(moe_last_error(), "eos_token_id") && strstr(moe_last_error(), " 8 "),
+          "union of 9: %s %s", moe_status_str(st), moe_last_error());
+    st = load_with_eos(dir, "1", "{\"eos_token_id\": \"</s>\"}", &c);
+    CHECK(st == MOE_EFORMAT && strstr(moe_last_error(), "generation_config.json") &&
+          strstr(moe_last_error(), "eos_token_id"), "string eos: %s", moe_last_error());
+    st = load_with_eos(dir, "1", "{\"eos_token_id\": ", &c);
+    CHECK(st == MOE_EFORMAT && strstr(moe_last_error(), "generation_config.json"), "bad JSON: %s",
+          moe_last_error());
+
+    snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     test_fixtures();
     test_spellings();
     test_refusals();
+    test_eos_ids();
     return t_result("test_config");
 }

@@ -61,6 +61,16 @@ static bool file_exists(const char *path)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
+/* Something other than a regular file at path (a directory, a FIFO, ...):
+ * "a directory, " (or "" for anything else) to put before "not a regular
+ * file" in a message; NULL when nothing or a regular file is there. */
+static const char *non_file_kind(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0 || S_ISREG(sb.st_mode)) return NULL;
+    return S_ISDIR(sb.st_mode) ? "a directory, " : "";
+}
+
 static bool ends_with(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
@@ -111,7 +121,7 @@ static enum moe_status open_index(struct moe_model *m, const char *index_path)
     size_t len, n_map, k = 0;
     json_error_t jerr;
     json_t *root = NULL, *map, *v;
-    const char *name;
+    const char *name, *kind;
     enum moe_status st;
 
     if ((st = moe_read_file(index_path, &buf, &len, INDEX_MAX_BYTES)) != MOE_OK) return st;
@@ -144,6 +154,11 @@ static enum moe_status open_index(struct moe_model *m, const char *index_path)
         for (int i = 0; i < m->n_shards; i++)
             if (!strcmp(moe_st_path(m->shards[i]), path)) f = m->shards[i];
         if (!f) {
+            if ((kind = non_file_kind(path))) {
+                st = moe_errorf(MOE_EIO, "%s: shard \"%s\" in %s is %snot a regular file", index_path, shard,
+                                m->dir, kind);
+                goto out;
+            }
             if (!file_exists(path)) {
                 st = moe_errorf(MOE_ENOENT, "%s: shard \"%s\" (holding \"%s\") does not exist in %s",
                                 index_path, shard, name, m->dir);
@@ -366,6 +381,7 @@ struct moe_model *moe_model_open(const char *model_dir)
     struct moe_model *m = NULL;
     char path[8400];
     enum moe_status st;
+    const char *kind;
     size_t n_all;
 
     if (!model_dir || !model_dir[0]) {
@@ -398,9 +414,16 @@ struct moe_model *moe_model_open(const char *model_dir)
     snprintf(path, sizeof(path), "%s/model.safetensors.index.json", model_dir);
     if (file_exists(path)) {
         st = open_index(m, path);
+    } else if ((kind = non_file_kind(path))) {
+        st = moe_errorf(MOE_EIO, "%s: is %snot a regular file (a sharded checkpoint's index must be a JSON "
+                        "file)", path, kind);
     } else {
         snprintf(path, sizeof(path), "%s/model.safetensors", model_dir);
-        st = file_exists(path) ? open_single(m, path) : no_checkpoint(model_dir);
+        if ((kind = non_file_kind(path)))
+            st = moe_errorf(MOE_EIO, "%s: is %snot a regular file (a single-file checkpoint must be a "
+                            "safetensors file)", path, kind);
+        else
+            st = file_exists(path) ? open_single(m, path) : no_checkpoint(model_dir);
     }
     if (st != MOE_OK) goto out_close;
     qsort(m->priv->ents, m->priv->n_ents, sizeof(*m->priv->ents), cmp_ent);

@@ -235,7 +235,7 @@ static void rm_tree(const char *dir)
     while ((de = readdir(d))) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
         snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        unlink(path);
+        if (unlink(path) != 0) rmdir(path); /* the *_is_dir cases' empty directories */
     }
     closedir(d);
     rmdir(dir);
@@ -450,6 +450,20 @@ static int run_case(const char *name)
         write_config(dir, NULL);
         write_index(dir, "model.layers.9.extra.weight", needle = "model-00002-of-00002.safetensors");
         needle2 = "does not exist";
+    } else if (!strcmp(name, "shard_is_dir")) {
+        char path[4200];
+        write_config(dir, NULL);
+        write_index(dir, "model.layers.9.extra.weight", needle = "model-00002-of-00002.safetensors");
+        snprintf(path, sizeof(path), "%s/%s", dir, needle);
+        REQUIRE(mkdir(path, 0700) == 0, "mkdir %s: %s", path, strerror(errno));
+        needle2 = "is a directory, not a regular file";
+    } else if (!strcmp(name, "checkpoint_is_dir") || !strcmp(name, "index_is_dir")) {
+        char path[4200];
+        write_config(dir, NULL);
+        needle = name[0] == 'c' ? "/model.safetensors:" : "/model.safetensors.index.json:";
+        snprintf(path, sizeof(path), "%s%.*s", dir, (int)strlen(needle) - 1, needle);
+        REQUIRE(mkdir(path, 0700) == 0, "mkdir %s: %s", path, strerror(errno));
+        needle2 = "is a directory, not a regular file";
     } else if (!strcmp(name, "index_tensor_not_in_shard")) {
         write_config(dir, NULL);
         write_index(dir, needle = "model.layers.9.extra.weight", "model-00001-of-00002.safetensors");

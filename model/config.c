@@ -186,16 +186,16 @@ static enum moe_status get_rope(const char *what, json_t *root, double def, doub
     }
     for (size_t i = 0; i < MOE_ARRAY_LEN(holders); i++) {
         json_t *h = field(root, holders[i]), *ty;
-        const char *tys;
+        const char *tys, *tykey = "rope_type";
         if (!h) continue;
         if (!json_is_object(h))
             return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" must be an object or null", what, holders[i]);
-        ty = field(h, "rope_type");
-        if (!ty) ty = field(h, "type");
+        ty = field(h, tykey);
+        if (!ty) ty = field(h, tykey = "type"); /* older transformers' spelling */
         tys = json_is_string(ty) ? json_string_value(ty) : NULL;
         if (ty && (!tys || strcmp(tys, "default")))
-            return moe_errorf(MOE_ENOTSUP, "%s: field \"%s.rope_type\" = \"%s\": only \"default\" RoPE is "
-                              "supported", what, holders[i], tys ? tys : "(not a string)");
+            return moe_errorf(MOE_ENOTSUP, "%s: field \"%s.%s\" = \"%s\": only \"default\" RoPE is "
+                              "supported", what, holders[i], tykey, tys ? tys : "(not a string)");
         if (field(h, "rope_theta")) {
             double t;
             char key[64];

@@ -224,6 +224,10 @@ static void test_refusals(void)
     expect_refused(q3, j, MOE_ENOTSUP, "rope_type");
 
     j = load_json(q3);
+    json_object_set_new(j, "rope_scaling", json_pack("{s:s, s:f}", "type", "linear", "factor", 2.0));
+    expect_refused(q3, j, MOE_ENOTSUP, "\"rope_scaling.type\" = \"linear\"");
+
+    j = load_json(q3);
     json_object_set_new(j, "rms_norm_eps", json_real(-1.0));
     expect_refused(q3, j, MOE_ERANGE, "rms_norm_eps");
 

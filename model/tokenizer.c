@@ -2,7 +2,8 @@
  * runs it for GPT-2 style models:
  *
  *   text ─▶ added tokens matched verbatim (leftmost-longest; first the
- *           non-normalized ones, then the normalized ones in the gaps)
+ *           non-normalized ones, then the normalized ones in the gaps),
+ *           found by walking a byte trie of their contents
  *        ─▶ ByteLevel pre-tokenizer: the GPT-2 split regex
  *             's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  *           (hand-written matcher below), each piece's bytes mapped to the
@@ -129,6 +130,18 @@ struct added_token {
     bool single_word, lstrip, rstrip, normalized, special;
 };
 
+/* Byte trie of the added tokens' contents: node 0 is the root; the path to a
+ * node spells a prefix of one or more contents.  Edges out of the root are a
+ * table, the others an open-addressing map from (node, byte). */
+struct added_trie {
+    uint32_t root[256];  /* child of the root per byte, 0 = none */
+    uint64_t *key;       /* [cap] (node << 8 | byte) + 1, 0 = empty */
+    uint32_t *child;     /* [cap] */
+    size_t cap;          /* power of two */
+    uint32_t *term;      /* [n_nodes] index in added[] + 1 of the token the node spells, 0 = none */
+    uint32_t n_nodes;
+};
+
 struct moe_tokenizer {
     struct bytebuf pool;        /* all token strings, back to back */
 
@@ -140,9 +153,9 @@ struct moe_tokenizer {
     uint32_t *dec_off, *dec_len; /* [n_ids] decoded bytes of each id in pool; len UINT32_MAX = no token */
     uint32_t *str_off, *str_len; /* [n_ids] token string of each id in pool */
 
-    struct added_token *added;  /* [n_added], sorted by first byte then length descending */
+    struct added_token *added;  /* [n_added], in file order */
     size_t n_added;
-    uint32_t added_first[257];  /* bucket start in added[] per first byte */
+    struct added_trie trie;     /* of the added tokens' contents */
 
     int byte_id[256];           /* id of the byte-level char of each byte, -1 if absent */
     int byte_fb_id[256][2];     /* <0xXX> fallback ids of the char's UTF-8 bytes (-1 absent) */
@@ -386,6 +399,9 @@ void moe_tokenizer_free(struct moe_tokenizer *t)
     free(t->str_off);
     free(t->str_len);
     free(t->added);
+    free(t->trie.key);
+    free(t->trie.child);
+    free(t->trie.term);
     free(t);
 }
 
@@ -501,30 +517,60 @@ out:
     return st;
 }
 
-static int cmp_added(const void *pa, const void *pb, void *pool)
+static uint32_t trie_next(const struct added_trie *tr, uint32_t node, unsigned char c)
 {
-    const struct added_token *a = pa, *b = pb;
-    const unsigned char *p = pool;
-    unsigned fa = a->len ? p[a->off] : 0, fb = b->len ? p[b->off] : 0;
-    if (fa != fb)
-        return fa < fb ? -1 : 1;
-    if (a->len != b->len)
-        return a->len > b->len ? -1 : 1;
-    return a->id < b->id ? -1 : a->id > b->id;
+    if (node == 0)
+        return tr->root[c];
+    uint64_t k = ((uint64_t)node << 8 | c) + 1;
+    size_t mask = tr->cap - 1;
+    for (size_t i = hash_u64(k) & mask; tr->key[i]; i = (i + 1) & mask)
+        if (tr->key[i] == k)
+            return tr->child[i];
+    return 0;
 }
 
-/* Insertion sort (added tokens are few) with the pool as context. */
-static void sort_added(struct added_token *v, size_t n, void *pool)
+/* The trie of added[0..n_added): at most one node per content byte. */
+static enum moe_status build_added_trie(struct moe_tokenizer *t, const char *what)
 {
-    for (size_t i = 1; i < n; i++) {
-        struct added_token x = v[i];
-        size_t j = i;
-        while (j > 0 && cmp_added(&v[j - 1], &x, pool) > 0) {
-            v[j] = v[j - 1];
-            j--;
+    struct added_trie *tr = &t->trie;
+    size_t bytes = 0, cap = 16;
+    for (size_t i = 0; i < t->n_added; i++)
+        bytes += t->added[i].len;
+    if (bytes >= UINT32_MAX || bytes > SIZE_MAX / 64)
+        return moe_errorf(MOE_EFORMAT, "%s: added tokens hold %zu bytes in all, more than supported", what,
+                          bytes);
+    while (cap < 2 * bytes)
+        cap *= 2;
+    tr->key = calloc(cap, sizeof(*tr->key));
+    tr->child = calloc(cap, sizeof(*tr->child));
+    tr->term = calloc(bytes + 1, sizeof(*tr->term));
+    if (!tr->key || !tr->child || !tr->term)
+        return moe_errorf(MOE_ENOMEM, "%s: no memory for the added tokens' trie (%zu bytes)", what, bytes);
+    tr->cap = cap;
+    tr->n_nodes = 1;
+    for (size_t i = 0; i < t->n_added; i++) {
+        const unsigned char *c = (const unsigned char *)t->pool.p + t->added[i].off;
+        uint32_t node = 0;
+        for (uint32_t j = 0; j < t->added[i].len; j++) {
+            uint32_t next = trie_next(tr, node, c[j]);
+            if (!next) {
+                next = tr->n_nodes++;
+                if (node == 0) {
+                    tr->root[c[j]] = next;
+                } else {
+                    uint64_t k = ((uint64_t)node << 8 | c[j]) + 1;
+                    size_t mask = tr->cap - 1, h = hash_u64(k) & mask;
+                    while (tr->key[h])
+                        h = (h + 1) & mask;
+                    tr->key[h] = k;
+                    tr->child[h] = next;
+                }
+            }
+            node = next;
         }
-        v[j] = x;
+        tr->term[node] = (uint32_t)i + 1;   /* contents are distinct (added_map) */
     }
+    return MOE_OK;
 }
 
 static enum moe_status parse_added(struct moe_tokenizer *t, json_t *arr, const char *what)
@@ -576,15 +622,7 @@ static enum moe_status parse_added(struct moe_tokenizer *t, json_t *arr, const c
             t->n_ids = a->id + 1;
         t->n_added++;
     }
-    sort_added(t->added, t->n_added, t->pool.p);
-    size_t k = 0;
-    for (unsigned b = 0; b < 256; b++) {
-        t->added_first[b] = (uint32_t)k;
-        while (k < t->n_added && (unsigned char)t->pool.p[t->added[k].off] == b)
-            k++;
-    }
-    t->added_first[256] = (uint32_t)k;
-    return MOE_OK;
+    return build_added_trie(t, what);
 }
 
 /* Decoded bytes of a token string under the ByteLevel decoder: each char maps
@@ -1123,14 +1161,14 @@ static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode
     enum moe_status st;
     size_t done = 0;   /* bytes before this are handled */
     for (size_t i = 0; i < n; i++) {
-        unsigned b = (unsigned char)s[i];
         const struct added_token *hit = NULL;
-        for (uint32_t k = t->added_first[b]; k < t->added_first[b + 1]; k++) {
-            const struct added_token *a = &t->added[k];
-            if (a->normalized == (pass == 1) && a->len <= n - i && !memcmp(t->pool.p + a->off, s + i, a->len)) {
-                hit = a;   /* longest first: the leftmost-longest match */
-                break;
-            }
+        /* The longest token of this pass starting at i: the deepest of its
+         * nodes on the path spelling s[i..]. */
+        for (uint32_t node = t->trie.root[(unsigned char)s[i]], j = 1; node;
+             node = i + j < n ? trie_next(&t->trie, node, (unsigned char)s[i + j]) : 0, j++) {
+            uint32_t k = t->trie.term[node];
+            if (k && t->added[k - 1].normalized == (pass == 1))
+                hit = &t->added[k - 1];
         }
         if (!hit)
             continue;

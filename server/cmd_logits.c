@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,19 +19,66 @@ static void usage(FILE *f)
             "usage: moeflow logits [--model DIR] --ids 1,2,3 --out F.safetensors [--threads N]\n"
             "Write the F32 logits [T, vocab] of every position of the token ids to F.\n\n"
             "  --model DIR      model directory (default %s)\n"
-            "  --ids LIST       comma-separated token ids\n"
+            "  --ids LIST       token ids, comma-separated (1,2,3) or a JSON array ([1, 2, 3]) as\n"
+            "                   moeflow tokenize prints: --ids \"$(moeflow tokenize --text hi)\"\n"
             "  --out FILE       output safetensors file (tensors \"logits\" and \"input_ids\")\n"
             "  --threads N      CPU threads (default 1)\n"
             "  --help           this text\n",
             moe_default_model_dir());
 }
 
-/* "1,2,3" -> ids; false with a message naming the bad item. */
+/* "[1, 2, 3]" (what moeflow tokenize prints) -> ids; false with a message. */
+static bool parse_json_ids(const char *s, int **out, int *n)
+{
+    json_error_t jerr;
+    json_t *a = json_loads(s, 0, &jerr), *x;
+    int *ids;
+    size_t i;
+    if (!json_is_array(a)) {
+        if (a)
+            fprintf(stderr, "moeflow logits: --ids: want a JSON array of token ids like [1, 2, 3]\n");
+        else
+            fprintf(stderr, "moeflow logits: --ids: not valid JSON at column %d: %s (want an array of ids "
+                    "like [1, 2, 3], or 1,2,3)\n", jerr.column, jerr.text);
+        json_decref(a);
+        return false;
+    }
+    if (json_array_size(a) == 0 || json_array_size(a) > 0x7fffffff) {
+        fprintf(stderr, "moeflow logits: --ids is %s\n", json_array_size(a) ? "too long" : "an empty array");
+        json_decref(a);
+        return false;
+    }
+    if (!(ids = malloc(sizeof(int) * json_array_size(a)))) {
+        fprintf(stderr, "moeflow logits: out of memory for %zu ids\n", json_array_size(a));
+        json_decref(a);
+        return false;
+    }
+    json_array_foreach(a, i, x) {
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 0x7fffffff) {
+            fprintf(stderr, "moeflow logits: --ids: item %zu of the array is not a non-negative integer\n",
+                    i + 1);
+            free(ids);
+            json_decref(a);
+            return false;
+        }
+        ids[i] = (int)json_integer_value(x);
+    }
+    *out = ids;
+    *n = (int)json_array_size(a);
+    json_decref(a);
+    return true;
+}
+
+/* "1,2,3" or "[1, 2, 3]" -> ids; false with a message naming the bad item. */
 static bool parse_ids(const char *s, int **out, int *n)
 {
     int cap = 16, k = 0;
     int *ids = malloc(sizeof(int) * (size_t)cap);
     const char *p = s;
+    if (*s == '[') {
+        free(ids);
+        return parse_json_ids(s, out, n);
+    }
     if (!ids) return false;
     while (*p) {
         char *end;

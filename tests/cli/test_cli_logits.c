@@ -1,0 +1,96 @@
+/* `moeflow logits --ids` through the built binary: a JSON array (what
+ * `moeflow tokenize` prints) gives the same file as the comma list, the
+ * output of tokenize can be passed as it is, and a malformed array is a usage
+ * error (exit 2) naming --ids. */
+#include "model/safetensors.h"
+#include "tests/test_util.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char exe[4200], model[4096];
+
+/* Run a shell command; its status, and its stdout+stderr in out (NUL-terminated). */
+static int run(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    size_t len = 0, r;
+    int st;
+    REQUIRE(p != NULL, "popen %s", cmd);
+    while (len + 1 < cap && (r = fread(out + len, 1, cap - 1 - len, p)) > 0) len += r;
+    out[len] = 0;
+    st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The logits tensor of a file `logits` wrote, malloc'd; *n floats. */
+static float *read_logits(const char *path, size_t *n)
+{
+    struct moe_st_file *f = moe_st_open(path);
+    const struct moe_st_tensor *t;
+    float *v;
+    REQUIRE(f, "%s", moe_last_error());
+    t = moe_st_find(f, "logits");
+    REQUIRE(t && t->dtype == MOE_DT_F32 && t->ndim == 2, "%s: no F32 [T, vocab] logits", path);
+    *n = (size_t)(t->shape[0] * t->shape[1]);
+    v = malloc(*n * sizeof(float));
+    REQUIRE(v, "malloc");
+    memcpy(v, t->data, *n * sizeof(float));
+    moe_st_close(f);
+    return v;
+}
+
+int main(void)
+{
+    char dir_t[] = "/tmp/moe-cli-logits-XXXXXX", cmd[32768], out[8192], a[4300], b[4300], c[4300];
+    const char *bin = getenv("MOEFLOW_BINARY_DIR"), *dir = mkdtemp(dir_t);
+    static const char *bad[] = { "'[1,'", "'[]'", "'[1, -2]'", "'[1.5]'", "'[\"1\"]'", "'[[1]]'", "'[1] 2'" };
+    size_t na, nb, nc;
+    float *la, *lb, *lc;
+    int st;
+
+    REQUIRE(dir != NULL, "mkdtemp");
+    snprintf(exe, sizeof(exe), "%s/server/moeflow", bin ? bin : ".");
+    REQUIRE(access(exe, X_OK) == 0, "%s not built", exe);
+    t_path(model, sizeof(model), "models/pycode-moe-18m");
+    snprintf(a, sizeof(a), "%s/comma.safetensors", dir);
+    snprintf(b, sizeof(b), "%s/json.safetensors", dir);
+    snprintf(c, sizeof(c), "%s/tokenize.safetensors", dir);
+
+    /* "def f" is [324, 285] with this tokenizer. */
+    snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids 324,285 --out '%s' 2>&1", exe, model, a);
+    st = run(cmd, out, sizeof(out));
+    CHECK(st == 0, "comma list: exit %d: %s", st, out);
+    snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids '[324, 285]' --out '%s' 2>&1", exe, model, b);
+    st = run(cmd, out, sizeof(out));
+    CHECK(st == 0, "JSON array: exit %d: %s", st, out);
+    snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids \"$('%s' tokenize --model '%s' --text 'def f')\" "
+             "--out '%s' 2>&1", exe, model, exe, model, c);
+    st = run(cmd, out, sizeof(out));
+    CHECK(st == 0, "tokenize's output: exit %d: %s", st, out);
+    if (!t_failures) {
+        la = read_logits(a, &na);
+        lb = read_logits(b, &nb);
+        lc = read_logits(c, &nc);
+        CHECK(na == nb && !memcmp(la, lb, na * sizeof(float)), "JSON array and comma list give different logits");
+        CHECK(na == nc && !memcmp(la, lc, na * sizeof(float)), "tokenize's ids give different logits");
+        free(la);
+        free(lb);
+        free(lc);
+    }
+    unlink(a);
+    unlink(b);
+    unlink(c);
+
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids %s --out '%s' 2>&1", exe, model, bad[i], a);
+        st = run(cmd, out, sizeof(out));
+        CHECK(st == 2 && strstr(out, "--ids"), "--ids %s: exit %d, want 2 naming --ids: %s", bad[i], st, out);
+        CHECK(access(a, F_OK) != 0, "--ids %s: wrote %s", bad[i], a);
+    }
+    snprintf(cmd, sizeof(cmd), "'%s' logits --help", exe);
+    st = run(cmd, out, sizeof(out));
+    CHECK(st == 0 && strstr(out, "JSON array"), "--help does not mention the JSON array: %s", out);
+    rmdir(dir);
+    return t_result("test_cli_logits");
+}

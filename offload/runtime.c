@@ -128,6 +128,16 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
     if (o->stats_json && (!*o->stats_json || (stat(o->stats_json, &sb) == 0 && S_ISDIR(sb.st_mode))))
         return moe_errorf(MOE_EINVAL, "--stats-json '%s' is %s: name the file to write", o->stats_json,
                           *o->stats_json ? "a directory" : "empty");
+    bool predicts = o->predictor && strcmp(o->predictor, "none");
+    if (predicts && o->policy == MOE_POLICY_BELADY)
+        return moe_errorf(MOE_EINVAL, "--predictor %s with --policy belady: Belady follows its trace and "
+                          "prefetches nothing, so the predictions would not be used; drop --predictor",
+                          o->predictor);
+    if (predicts && o->no_prefetch && o->policy != MOE_POLICY_PREDICTED)
+        return moe_errorf(MOE_EINVAL, "--predictor %s with --no-prefetch under --policy %s: that policy uses "
+                          "the predictions only to prefetch, so they would not be used; use --policy "
+                          "predicted (which ranks evictions with them) or drop one of the two",
+                          o->predictor, o->policy == MOE_POLICY_LFU ? "lfu" : "lru");
     if ((o->predictor || o->no_prefetch) && o->backend != MOE_COMPUTE_CUDA && !moe_offload_opts_tiered(o))
         return moe_errorf(MOE_EINVAL, "%s with every expert resident: nothing to predict or prefetch; offload "
                           "experts (--gpu-experts N, --store FILE, ...) or drop it",

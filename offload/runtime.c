@@ -129,10 +129,6 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
         return moe_errorf(MOE_EINVAL, "--stats-json '%s' is %s: name the file to write", o->stats_json,
                           *o->stats_json ? "a directory" : "empty");
     bool predicts = o->predictor && strcmp(o->predictor, "none");
-    if (predicts && o->policy == MOE_POLICY_BELADY)
-        return moe_errorf(MOE_EINVAL, "--predictor %s with --policy belady: Belady follows its trace and "
-                          "prefetches nothing, so the predictions would not be used; drop --predictor",
-                          o->predictor);
     if (predicts && o->no_prefetch && o->policy != MOE_POLICY_PREDICTED)
         return moe_errorf(MOE_EINVAL, "--predictor %s with --no-prefetch under --policy %s: that policy uses "
                           "the predictions only to prefetch, so they would not be used; use --policy "

@@ -127,7 +127,6 @@ int main(void)
                                  /* predictions that would not be used */
                                  "generate --prompt x --gpu-experts 8 --predictor gate --no-prefetch",
                                  "generate --prompt x --gpu-experts 8 --policy lfu --predictor history --no-prefetch",
-                                 "generate --prompt x --gpu-experts 8 --predictor gate --policy belady --belady-trace x",
                                  "generate --prompt x --gpu-experts ' 8'", "generate --prompt x --gpu-cache-bytes +64M",
                                  "generate --prompt x --top-p ' 0.5'", "generate --prompt x --temperature 0x1",
                                  /* an output path that is empty or a directory, refused before any work */

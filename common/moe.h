@@ -90,7 +90,8 @@ static inline bool moe_add_u64(uint64_t a, uint64_t b, uint64_t *out)
 enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len);
 
 /* Create a new, empty file beside path to write it under, named
- * "path.tmp.<pid>.<n>" (never an existing file; mode 0644 less the umask), for
+ * "path.tmp.<pid>.<n>" (or, when that name is too long, ".moeflow.<pid>.<n>.tmp"
+ * in path's directory; never an existing file; mode 0644 less the umask), for
  * the write-then-rename of a whole output.  Writes the name into tmp (cap
  * bytes) and returns an fd opened for writing, or -1 with errno set
  * (ENAMETOOLONG when the name does not fit).  The name is remembered until

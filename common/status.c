@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,7 +169,7 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
 
 /* Files of moe_create_tmp being written: a slot is claimed (BUSY) while its
  * name is copied in, and only a LIVE name is read by moe_tmp_remove_all. */
-#define TMP_SLOTS 8
+#define TMP_SLOTS 16
 enum { TMP_FREE, TMP_BUSY, TMP_LIVE };
 static char tmp_names[TMP_SLOTS][4200];
 static _Atomic int tmp_state[TMP_SLOTS];
@@ -188,17 +190,41 @@ static void tmp_remember(const char *tmp)
 int moe_create_tmp(const char *path, char *tmp, size_t cap)
 {
     static _Atomic unsigned serial;
+    /* a signal that ends the process must not come between the file's creation
+     * and its registration, or moe_tmp_remove_all would miss it */
+    sigset_t ending, old;
+    sigemptyset(&ending);
+    sigaddset(&ending, SIGINT);
+    sigaddset(&ending, SIGTERM);
+    sigaddset(&ending, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &ending, &old);
+    int fd = -1;
     for (int tries = 0; tries < 100; tries++) {
-        int n = snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), serial++);
-        if (n < 0 || (size_t)n >= cap) {
-            errno = ENAMETOOLONG;
-            return -1;
+        unsigned k = serial++;
+        int n = snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(), k);
+        errno = ENAMETOOLONG;
+        if (n >= 0 && (size_t)n < cap)
+            fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno == ENAMETOOLONG) {
+            /* path's name leaves no room for the suffix: a short hidden name beside it */
+            const char *slash = strrchr(path, '/');
+            n = snprintf(tmp, cap, "%.*s.moeflow.%ld.%u.tmp", slash ? (int)(slash - path + 1) : 0, path,
+                         (long)getpid(), k);
+            if (n < 0 || (size_t)n >= cap)
+                break;
+            fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         }
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd >= 0) tmp_remember(tmp);
-        if (fd >= 0 || errno != EEXIST) return fd;
+        if (fd >= 0) {
+            tmp_remember(tmp);
+            break;
+        }
+        if (errno != EEXIST)
+            break;
     }
-    return -1;
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return fd;
 }
 
 void moe_tmp_release(const char *tmp)

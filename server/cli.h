@@ -52,8 +52,10 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
 
 /* An output file's path, before any work: false after printing "moeflow CMD:
  * FLAG ..." when it is empty, names a directory, or no file can be created
- * beside it (a usage error). */
-bool moe_cli_check_out(const char *cmd, const char *flag, const char *path);
+ * beside it (a usage error).  An existing pipe or device is accepted only when
+ * the command writes it in place (in_place); otherwise the rename that puts the
+ * output into place would replace it. */
+bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place);
 
 /* s as a JSON string literal: quotes, backslashes and control bytes escaped,
  * other bytes as they are. */

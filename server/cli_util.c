@@ -114,7 +114,7 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
     return false;
 }
 
-bool moe_cli_check_out(const char *cmd, const char *flag, const char *path)
+bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place)
 {
     struct stat sb;
     bool exists = *path && stat(path, &sb) == 0;
@@ -126,7 +126,12 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path)
         fprintf(stderr, "moeflow %s: %s %s is a directory: name a file in it\n", cmd, flag, path);
         return false;
     }
-    if (exists && !S_ISREG(sb.st_mode)) return true; /* a pipe or a device, written in place */
+    if (exists && !S_ISREG(sb.st_mode)) {
+        if (in_place) return true; /* a pipe or a device, written in place */
+        fprintf(stderr, "moeflow %s: %s %s is not a regular file (the output is written beside it and renamed "
+                "over it): name a regular file\n", cmd, flag, path);
+        return false;
+    }
     /* the output is written beside path and renamed: try that now, not after the work */
     char tmp[4200];
     int fd = moe_create_tmp(path, tmp, sizeof(tmp));

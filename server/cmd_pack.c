@@ -66,7 +66,7 @@ int moe_cmd_pack(int argc, char **argv)
         fprintf(stderr, "moeflow pack: unexpected argument '%s' (see --help)\n", argv[optind]);
         return 2;
     }
-    if (out && !moe_cli_check_out("pack", "--out", out)) return 2;
+    if (out && !moe_cli_check_out("pack", "--out", out, false)) return 2;
     if (!dir) dir = moe_default_model_dir();
     char def_out[4200];
     if (!out) {

@@ -168,7 +168,7 @@ int moe_cmd_trace(int argc, char **argv)
         fprintf(stderr, "moeflow trace: unexpected argument '%s' (see --help)\n", argv[optind]);
         return 2;
     }
-    if (out && !moe_cli_check_out("trace", "--out", out)) return 2;
+    if (out && !moe_cli_check_out("trace", "--out", out, true)) return 2;
     if (!out || (!text == !idsf)) {
         fprintf(stderr, "moeflow trace: needs --out and exactly one of --text or --ids (see --help)\n");
         return 2;

@@ -119,7 +119,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow train-predictor: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (out_path && !moe_cli_check_out("train-predictor", "--out", out_path)) return 2;
+    if (out_path && !moe_cli_check_out("train-predictor", "--out", out_path, false)) return 2;
     if (!out_path || (!trace_path) == (!text)) {
         fprintf(stderr, "moeflow train-predictor: needs --out and exactly one of --trace or --text (see --help)\n");
         return 2;

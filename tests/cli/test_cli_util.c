@@ -209,39 +209,49 @@ static void test_parse(void)
 }
 
 /* moe_cli_check_out(out) with its message caught in *err (malloc'd) */
-static bool check_out_quiet(const char *out, char **err)
+static bool check_out_quiet(const char *out, bool in_place, char **err)
 {
     catch_stderr(err);
-    bool ok = moe_cli_check_out("test", "--out", out);
+    bool ok = moe_cli_check_out("test", "--out", out, in_place);
     release_stderr();
     return ok;
 }
 
-/* An output path is checked before any work: empty, a directory, or a place
- * where no file can be created is refused with the reason; a good one is
- * accepted and nothing is left behind. */
+/* An output path is checked before any work: empty, a directory, a place
+ * where no file can be created, or a device the output would be renamed over
+ * is refused with the reason; a good one is accepted and nothing is left
+ * behind. */
 static void test_check_out(void)
 {
     char dir[] = "/tmp/moe_cli_out_XXXXXX", out[64];
     REQUIRE(mkdtemp(dir), "mkdtemp");
     snprintf(out, sizeof(out), "%s/x.st", dir);
     char *err = NULL;
-    CHECK(check_out_quiet(out, &err) && !*err, "good path refused: %s", err);
+    CHECK(check_out_quiet(out, false, &err) && !*err, "good path refused: %s", err);
+    free(err);
+    /* a name with no room for the work file's suffix: a short name beside it is used */
+    char longname[400];
+    snprintf(longname, sizeof(longname), "%s/%0250d", dir, 0);
+    err = NULL;
+    CHECK(check_out_quiet(longname, false, &err) && !*err, "a 250-byte file name refused: %s", err);
     free(err);
     DIR *d = opendir(dir);
     int n = 0;
-    for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
+    for (struct dirent *e; d && (e = readdir(d));) n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
     if (d) closedir(d);
-    CHECK(n == 0, "the check left %d file(s) in %s", n, dir);
+    CHECK(n == 0, "the checks left %d file(s) in %s", n, dir);
     static const char *const bad[][2] = { { "", "is empty" }, { "/tmp", "is a directory" },
                                           { "/nonexistent-dir/x.st", "No such file or directory" } };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         err = NULL;
-        CHECK(!check_out_quiet(bad[i][0], &err) && strstr(err, bad[i][1]), "'%s': %s", bad[i][0], err);
+        CHECK(!check_out_quiet(bad[i][0], false, &err) && strstr(err, bad[i][1]), "'%s': %s", bad[i][0], err);
         free(err);
     }
     err = NULL;
-    CHECK(check_out_quiet("/dev/null", &err), "/dev/null (written in place) refused: %s", err);
+    CHECK(check_out_quiet("/dev/null", true, &err), "/dev/null (written in place) refused: %s", err);
+    free(err);
+    err = NULL; /* a device the output would be renamed over */
+    CHECK(!check_out_quiet("/dev/null", false, &err) && strstr(err, "not a regular file"), "/dev/null: %s", err);
     free(err);
     rmdir(dir);
 }

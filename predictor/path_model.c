@@ -232,12 +232,16 @@ enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *
 
 void moe_path_model_dir_name(const char *dir, char *out, size_t cap)
 {
+    char *abs = realpath(dir, NULL); /* "." or "../m" name the directory they resolve to */
+    if (abs)
+        dir = abs;
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/') n--;
     size_t b = n;
     while (b > 0 && dir[b - 1] != '/') b--;
     if (b == n && n > 0) b = 0; /* "/" */
     snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
+    free(abs);
 }
 
 bool moe_path_model_other_model(const char *recorded, const char *model_dir)

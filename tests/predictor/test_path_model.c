@@ -309,5 +309,11 @@ int main(void)
     unlink(path);
     moe_path_model_free(m2);
     moe_path_model_free(m);
+    /* the recorded model name against a model directory given as "." or with a
+     * trailing "/.": the directory it resolves to */
+    char dot[4200];
+    t_path(dot, sizeof(dot), "models/pycode-moe-18m/.");
+    CHECK(!moe_path_model_other_model("pycode-moe-18m", dot), "%s taken for another model", dot);
+    CHECK(moe_path_model_other_model("mixtral-8x7b", dot), "%s taken for mixtral-8x7b", dot);
     return t_result("test_path_model");
 }

@@ -135,7 +135,8 @@ static void check_route_progress(void)
     snprintf(a, sizeof a, "train-predictor --text %s --seq-len 128 --out %s/r.safetensors --epochs 1 --width 8", txt,
              dir);
     int rc = run(a);
-    const char *line = strstr(out, "routing: ");
+    const char *line = NULL; /* the last progress line (a slow machine may print more than one) */
+    for (const char *p = strstr(out, "routing: "); p; p = strstr(p + 1, "routing: ")) line = p;
     long done = -1, total = -2;
     if (line) sscanf(line, "routing: %ld / %ld tokens", &done, &total);
     CHECK(rc == 0 && line && done == total && total > 100, "train-predictor --text: exit %d: %s", rc, out);

@@ -156,18 +156,27 @@ __attribute__((target("avx2,fma"))) static double read_ceiling_gbs(size_t bytes)
     return best * 1e-9;
 }
 
+/* ten named accumulators: an array could be kept in memory at -O2, and the
+ * chains would then wait on loads and stores, not on the FMA units */
 __attribute__((target("avx2,fma"))) static double fma_peak_gflops(void)
 {
-    __m256 acc[10], x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-3f);
-    for (int i = 0; i < 10; i++) acc[i] = _mm256_set1_ps((float)i);
+    __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-3f);
+    __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2), a3 = _mm256_set1_ps(3),
+           a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5), a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7),
+           a8 = _mm256_set1_ps(8), a9 = _mm256_set1_ps(9);
     const long iters = 20000000;
     double t0 = moe_now();
-    for (long it = 0; it < iters; it++)
-        for (int i = 0; i < 10; i++) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+    for (long it = 0; it < iters; it++) {
+        a0 = _mm256_fmadd_ps(a0, x, y), a1 = _mm256_fmadd_ps(a1, x, y), a2 = _mm256_fmadd_ps(a2, x, y);
+        a3 = _mm256_fmadd_ps(a3, x, y), a4 = _mm256_fmadd_ps(a4, x, y), a5 = _mm256_fmadd_ps(a5, x, y);
+        a6 = _mm256_fmadd_ps(a6, x, y), a7 = _mm256_fmadd_ps(a7, x, y), a8 = _mm256_fmadd_ps(a8, x, y);
+        a9 = _mm256_fmadd_ps(a9, x, y);
+    }
     double dt = moe_now() - t0;
-    float sum = 0;
-    for (int i = 0; i < 10; i++) sum += _mm256_cvtss_f32(acc[i]);
-    volatile float sink = sum;
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)),
+                                           _mm256_add_ps(a8, a9)));
+    volatile float sink = _mm256_cvtss_f32(s);
     (void)sink;
     return dt > 0 ? 10.0 * 16.0 * (double)iters / dt * 1e-9 : 0;
 }

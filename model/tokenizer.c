@@ -1,13 +1,15 @@
 /* tokenizer.json byte-level BPE, as the Hugging Face `tokenizers` library
- * runs it for GPT-2 style models:
+ * runs it for GPT-2 style models (and the NFC + Qwen2 split of the Qwen and
+ * GPT-NeoX tokenizers):
  *
  *   text ─▶ added tokens matched verbatim (leftmost-longest; first the
- *           non-normalized ones, then the normalized ones in the gaps),
- *           found by walking a byte trie of their contents
- *        ─▶ ByteLevel pre-tokenizer: the GPT-2 split regex
+ *           non-normalized ones, then, in the gaps after the normalizer (none
+ *           or NFC), the normalized ones), found by walking a byte trie of
+ *           their contents
+ *        ─▶ pre-tokenizer: the GPT-2 split regex of ByteLevel
  *             's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
- *           (hand-written matcher below), each piece's bytes mapped to the
- *           printable "byte-level" alphabet
+ *           or Qwen2's Split regex (both hand-written matchers below), each
+ *           piece's bytes mapped to the printable "byte-level" alphabet
  *        ─▶ BPE: merges applied lowest rank first (ties: leftmost), exactly
  *           like tokenizers' Word::merge_all
  *   ids  ─▶ ByteLevel decoder: token characters mapped back to bytes.
@@ -16,6 +18,7 @@
  * byte pool.  Encoding keeps its scratch in a per-call workspace, so a loaded
  * tokenizer is immutable and can be shared between threads. */
 #include "tokenizer.h"
+#include "tokenizer_nfc.h"
 #include "tokenizer_unicode.h"
 
 #include <jansson.h>
@@ -142,6 +145,13 @@ struct added_trie {
     uint32_t n_nodes;
 };
 
+/* The pre-tokenizer's regex, hand-compiled (tokenizer.json names it). */
+enum split_rule {
+    SPLIT_NONE,   /* ByteLevel with use_regex false alone: the whole segment is one piece */
+    SPLIT_GPT2,   /* ByteLevel's own regex (GPT-2's) */
+    SPLIT_QWEN2,  /* Split with Qwen2's regex, then ByteLevel without its regex */
+};
+
 struct moe_tokenizer {
     struct bytebuf pool;        /* all token strings, back to back */
 
@@ -155,6 +165,7 @@ struct moe_tokenizer {
 
     struct added_token *added;  /* [n_added], in file order */
     size_t n_added;
+    size_t n_added_raw, n_added_normalized; /* of them: matched before / after the normalizer */
     struct added_trie trie;     /* of the added tokens' contents */
 
     int byte_id[256];           /* id of the byte-level char of each byte, -1 if absent */
@@ -163,7 +174,8 @@ struct moe_tokenizer {
     int unk_id;                 /* -1 when the model has no unk token */
     bool fuse_unk, byte_fallback, ignore_merges;
     bool add_prefix_space;      /* ByteLevel pre-tokenizer option */
-    bool use_regex;             /* ByteLevel pre-tokenizer option */
+    bool nfc;                   /* normalizer NFC: text between added tokens is NFC'd first */
+    enum split_rule split;      /* how text is cut into pieces before BPE */
 };
 
 /* ---- byte-level alphabet ----------------------------------------------- */
@@ -621,6 +633,10 @@ static enum moe_status parse_added(struct moe_tokenizer *t, json_t *arr, const c
         if (a->id >= t->n_ids)
             t->n_ids = a->id + 1;
         t->n_added++;
+        if (a->normalized)
+            t->n_added_normalized++;
+        else
+            t->n_added_raw++;
     }
     return build_added_trie(t, what);
 }
@@ -791,6 +807,68 @@ static enum moe_status parse_model(struct moe_tokenizer *t, json_t *root, const 
     return MOE_OK;
 }
 
+/* Qwen2's split regex, as its tokenizer.json spells it (Qwen2-MoE, Qwen3-MoE). */
+static const char QWEN2_REGEX[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+/* ByteLevel's options into t; its regex is the split unless an earlier Split
+ * did it (then use_regex must be false: one split only). */
+static enum moe_status parse_byte_level(struct moe_tokenizer *t, json_t *obj, bool after_split, const char *what)
+{
+    bool use_regex = true;
+    enum moe_status st;
+    if ((st = opt_bool(obj, "add_prefix_space", &t->add_prefix_space, what, "pre_tokenizer")) ||
+        (st = opt_bool(obj, "use_regex", &use_regex, what, "pre_tokenizer")))
+        return st;
+    if (after_split && use_regex)
+        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer ByteLevel after a Split must have use_regex false "
+                          "(two regex splits in a row are not supported)", what);
+    if (!after_split)
+        t->split = use_regex ? SPLIT_GPT2 : SPLIT_NONE;
+    return MOE_OK;
+}
+
+/* Split: the Qwen2 regex, each match a piece of its own ("Isolated"). */
+static enum moe_status parse_split(struct moe_tokenizer *t, json_t *obj, const char *what)
+{
+    json_t *pat = json_object_get(obj, "pattern");
+    json_t *re = json_is_object(pat) ? json_object_get(pat, "Regex") : NULL;
+    json_t *beh = json_object_get(obj, "behavior"), *inv = json_object_get(obj, "invert");
+    if (!json_is_string(re) || strcmp(json_string_value(re), QWEN2_REGEX))
+        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer Split: only the pattern {\"Regex\": ...} of Qwen2's "
+                          "tokenizer is supported, not %.120s", what,
+                          json_is_string(re) ? json_string_value(re) : "this pattern");
+    if (!json_is_string(beh) || strcmp(json_string_value(beh), "Isolated") || (inv && !json_is_false(inv)))
+        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer Split: only behavior \"Isolated\" without invert is "
+                          "supported", what);
+    t->split = SPLIT_QWEN2;
+    return MOE_OK;
+}
+
+/* ByteLevel alone, or Sequence[Split(Qwen2), ByteLevel(use_regex false)]. */
+static enum moe_status parse_pre_tokenizer(struct moe_tokenizer *t, json_t *root, const char *what)
+{
+    const char *type;
+    json_t *obj;
+    enum moe_status st;
+    if ((st = component_type(root, "pre_tokenizer", &type, &obj, what)))
+        return st;
+    if (type && !strcmp(type, "ByteLevel"))
+        return parse_byte_level(t, obj, false, what);
+    json_t *seq = type && !strcmp(type, "Sequence") ? json_object_get(obj, "pretokenizers") : NULL;
+    json_t *a = json_array_get(seq, 0), *b = json_array_get(seq, 1);
+    const char *ta = json_string_value(json_object_get(a, "type")), *tb = json_string_value(json_object_get(b, "type"));
+    if (json_array_size(seq) == 2 && ta && tb && !strcmp(ta, "Split") && !strcmp(tb, "ByteLevel")) {
+        if ((st = parse_split(t, a, what)))
+            return st;
+        return parse_byte_level(t, b, true, what);
+    }
+    return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer %s%s%s is not supported (only \"ByteLevel\", or "
+                      "\"Sequence\" of Qwen2's \"Split\" and \"ByteLevel\")", what, type ? "\"" : "",
+                      type ? type : "null", type ? "\"" : "");
+}
+
 static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const char *what)
 {
     if (!json_is_object(root))
@@ -803,17 +881,12 @@ static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const c
 
     if ((st = component_type(root, "normalizer", &type, &obj, what)))
         return st;
-    if (type)
-        return moe_errorf(MOE_ENOTSUP, "%s: normalizer \"%s\" is not supported (only null)", what, type);
+    if (type && strcmp(type, "NFC"))
+        return moe_errorf(MOE_ENOTSUP, "%s: normalizer \"%s\" is not supported (only null or \"NFC\")", what,
+                          type);
+    t->nfc = type != NULL;
 
-    if ((st = component_type(root, "pre_tokenizer", &type, &obj, what)))
-        return st;
-    if (!type || strcmp(type, "ByteLevel"))
-        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer %s%s%s is not supported (only \"ByteLevel\")", what,
-                          type ? "\"" : "", type ? type : "null", type ? "\"" : "");
-    t->use_regex = true;
-    if ((st = opt_bool(obj, "add_prefix_space", &t->add_prefix_space, what, "pre_tokenizer")) ||
-        (st = opt_bool(obj, "use_regex", &t->use_regex, what, "pre_tokenizer")))
+    if ((st = parse_pre_tokenizer(t, root, what)))
         return st;
 
     if ((st = component_type(root, "decoder", &type, &obj, what)))
@@ -1104,18 +1177,113 @@ static size_t gpt2_match(const char *s, size_t i, size_t end)
     return j - i;                /* \s+ */
 }
 
+static bool is_crlf(uint32_t c)
+{
+    return c == '\r' || c == '\n';
+}
+
+/* Length of Qwen2's regex match at s[i..end) (never 0 when i < end):
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N} |
+ *    ?[^\s\p{L}\p{N}]+[\r\n]* | \s*[\r\n]+ | \s+(?!\S) | \s+
+ * tried in that order, as a backtracking engine does. */
+static size_t qwen2_match(const char *s, size_t i, size_t end)
+{
+    size_t l0, l1 = 0, l;
+    uint32_t c0 = utf8_at(s, end, i, &l0), c1 = i + l0 < end ? utf8_at(s, end, i + l0, &l1) : 0;
+    if (c0 == '\'' && i + 1 < end) { /* contractions, case folded ('\u017f' LONG S folds to 's') */
+        uint32_t a = c1 < 0x80 ? (c1 | 0x20) : c1 == 0x17f ? 's' : 0;
+        uint32_t b = i + 1 + l1 < end ? (uint32_t)((unsigned char)s[i + 1 + l1] | 0x20) : 0;
+        if (a == 's' || a == 't' || a == 'm' || a == 'd')
+            return 1 + l1;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+            return 1 + l1 + 1;
+    }
+    enum moe_tok_class k0 = cp_class(c0), k1 = i + l0 < end ? cp_class(c1) : MOE_TOK_CLASS_OTHER;
+    bool has1 = i + l0 < end;
+    size_t j;
+    /* [^\r\n\p{L}\p{N}]?\p{L}+: one char that is no letter, number or line break, then letters */
+    if (k0 == MOE_TOK_CLASS_LETTER || (has1 && k1 == MOE_TOK_CLASS_LETTER && !is_crlf(c0) &&
+                                       k0 != MOE_TOK_CLASS_NUMBER)) {
+        j = k0 == MOE_TOK_CLASS_LETTER ? i : i + l0;
+        while (j < end && cp_class(utf8_at(s, end, j, &l)) == MOE_TOK_CLASS_LETTER)
+            j += l;
+        return j - i;
+    }
+    if (k0 == MOE_TOK_CLASS_NUMBER)
+        return l0;
+    /*  ?[^\s\p{L}\p{N}]+[\r\n]*: other chars (after one optional space), then line breaks */
+    bool sp = c0 == ' ' && has1 && k1 == MOE_TOK_CLASS_OTHER;
+    if (k0 == MOE_TOK_CLASS_OTHER || sp) {
+        j = sp ? i + l0 : i;
+        while (j < end && cp_class(utf8_at(s, end, j, &l)) == MOE_TOK_CLASS_OTHER)
+            j += l;
+        while (j < end && is_crlf(utf8_at(s, end, j, &l)))
+            j += l;
+        return j - i;
+    }
+    /* whitespace run [i, j) */
+    size_t last = i, brk = 0;      /* start of its last char; end of its last line break (0: none) */
+    j = i;
+    while (j < end) {
+        uint32_t c = utf8_at(s, end, j, &l);
+        if (cp_class(c) != MOE_TOK_CLASS_SPACE)
+            break;
+        last = j;
+        j += l;
+        if (is_crlf(c))
+            brk = j;
+    }
+    if (brk)
+        return brk - i;            /* \s*[\r\n]+: up to the run's last line break */
+    if (j == end)
+        return j - i;              /* \s+(?!\S) up to the end */
+    if (last > i)
+        return last - i;           /* \s+(?!\S): leave the last space for the next word */
+    return j - i;                  /* \s+ */
+}
+
 /* Pre-tokenize one segment (no added tokens inside) and BPE each piece. */
 static enum moe_status encode_pieces(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n)
 {
     enum moe_status st;
-    if (!t->use_regex)
+    if (t->split == SPLIT_NONE)
         return bpe_piece(t, w, s, n);
     for (size_t i = 0; i < n;) {
-        size_t m = gpt2_match(s, i, n);
+        size_t m = t->split == SPLIT_QWEN2 ? qwen2_match(s, i, n) : gpt2_match(s, i, n);
         if ((st = bpe_piece(t, w, s + i, m)))
             return st;
         i += m;
     }
+    return MOE_OK;
+}
+
+enum moe_status moe_tokenizer_pretokenize(const struct moe_tokenizer *t, const char *text, size_t len,
+                                          size_t **lens, size_t *n)
+{
+    if (!t || !lens || !n || (!text && len))
+        return moe_errorf(MOE_EINVAL, "tokenizer pretokenize: missing tokenizer, text or output");
+    size_t cap = 16, k = 0;
+    size_t *out = malloc(cap * sizeof(*out));
+    for (size_t i = 0; out && i < len;) {
+        size_t m = t->split == SPLIT_QWEN2 ? qwen2_match(text, i, len)
+                   : t->split == SPLIT_GPT2 ? gpt2_match(text, i, len) : len - i;
+        if (k == cap) {
+            size_t *grown = realloc(out, 2 * cap * sizeof(*out));
+            if (!grown) {
+                free(out);
+                out = NULL;
+                break;
+            }
+            out = grown;
+            cap *= 2;
+        }
+        out[k++] = m;
+        i += m;
+    }
+    if (!out)
+        return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to pre-tokenize");
+    *lens = out;
+    *n = k;
     return MOE_OK;
 }
 
@@ -1151,6 +1319,27 @@ static uint32_t utf8_before(const char *s, size_t i, size_t *n)
     return utf8_at(s, i, k, n);
 }
 
+static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n,
+                                    int pass);
+
+/* Text between non-normalized added tokens: through the normalizer, then the
+ * normalized added tokens, then pre-tokenizer and BPE. */
+static enum moe_status encode_normalized(const struct moe_tokenizer *t, struct encode_ws *w, const char *s,
+                                         size_t n)
+{
+    int pass = t->n_added_normalized ? 1 : 2;
+    if (!t->nfc || moe_tok_nfc_quick(s, n))
+        return encode_added(t, w, s, n, pass);
+    char *norm;
+    size_t len;
+    enum moe_status st = moe_tok_nfc(s, n, &norm, &len);
+    if (st)
+        return st;
+    st = encode_added(t, w, norm, len, pass);
+    free(norm);
+    return st;
+}
+
 /* Split s[0..n) at added tokens of one pass (pass 0: normalized == false,
  * pass 1: normalized == true), leftmost-longest; gaps go to the next pass. */
 static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n,
@@ -1158,6 +1347,8 @@ static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode
 {
     if (pass == 2)
         return encode_plain(t, w, s, n);
+    if (pass == 0 && !t->n_added_raw)
+        return encode_normalized(t, w, s, n);
     enum moe_status st;
     size_t done = 0;   /* bytes before this are handled */
     for (size_t i = 0; i < n; i++) {
@@ -1185,14 +1376,15 @@ static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode
         if (hit->rstrip)
             while (stop < n && cp_class(utf8_at(s, n, stop, &l)) == MOE_TOK_CLASS_SPACE)
                 stop += l;
-        if ((st = encode_added(t, w, s + done, start - done, pass + 1)))
+        if ((st = pass == 0 ? encode_normalized(t, w, s + done, start - done)
+                            : encode_added(t, w, s + done, start - done, pass + 1)))
             return st;
         if (!idbuf_push(w->out, hit->id))
             return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
         done = stop;
         i = stop - 1;
     }
-    return encode_added(t, w, s + done, n - done, pass + 1);
+    return pass == 0 ? encode_normalized(t, w, s + done, n - done) : encode_added(t, w, s + done, n - done, 2);
 }
 
 enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *text, size_t len, int **ids,
@@ -1212,7 +1404,7 @@ enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *
     }
     struct idbuf out = { 0 };
     struct encode_ws w = { .out = &out };
-    enum moe_status st = encode_added(t, &w, text ? text : "", len, t->n_added ? 0 : 2);
+    enum moe_status st = encode_added(t, &w, text ? text : "", len, 0);
     free(w.sym);
     free(w.heap);
     free(w.scratch.p);

@@ -27,6 +27,12 @@ int moe_tokenizer_token_id(const struct moe_tokenizer *t, const char *token);
  * tokens in the text are recognised.  Invalid UTF-8 is an error. */
 enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *text, size_t len,
                                      int **ids, size_t *n_ids);
+/* The pieces the pre-tokenizer cuts text into before BPE: text is len bytes
+ * of valid UTF-8, already normalized, without added tokens (none are looked
+ * for), and ByteLevel's add_prefix_space is not applied.  *lens (malloc'd)
+ * gets each piece's length in bytes, *n their number. */
+enum moe_status moe_tokenizer_pretokenize(const struct moe_tokenizer *t, const char *text, size_t len,
+                                          size_t **lens, size_t *n);
 /* Decode ids to bytes; *text malloc'd and NUL-terminated.  Out-of-range ids are an error. */
 enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *ids, size_t n,
                                      char **text, size_t *len);

@@ -48,7 +48,7 @@ static void test_malformed(void)
         { "bad-vocab-id.json", "model.vocab[\"b\"]" },
         { "bad-vocab-dup-id.json", "gives id 0 to both" },
         { "bad-model-type.json", "\"WordPiece\" is not supported" },
-        { "bad-normalizer.json", "normalizer \"NFC\" is not supported" },
+        { "bad-normalizer.json", "normalizer \"NFKC\" is not supported" },
         { "bad-added-id.json", "added_tokens[0] \"<s>\" has id 2" },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(cases); i++) {

@@ -1,0 +1,124 @@
+/* The tokenizer.json kinds of other model families, on the bundled model's
+ * vocabulary and merges: every line of
+ * tests/fixtures/tokenizer/variant-vectors.jsonl (written by
+ * gen_variant_vectors.py from Python's regex module and unicodedata, with a
+ * BPE checked against the Hugging Face library's vectors) encodes to its ids,
+ * the ids decode to the NFC'd text, and the pre-tokenizer cuts the NFC'd text
+ * into the reference pieces:
+ *   nfc-bytelevel  normalizer NFC + ByteLevel (GPT-NeoX, OLMoE)
+ *   qwen2          normalizer NFC + Sequence[Split(Qwen2 regex), ByteLevel]
+ * Pre-tokenizers and normalizers of other kinds are refused by name. */
+#include "model/tokenizer.h"
+#include "model/tokenizer_nfc.h"
+#include "tests/test_util.h"
+
+#include <jansson.h>
+
+/* The bundled tokenizer.json with its normalizer and pre_tokenizer replaced. */
+static struct moe_tokenizer *variant(json_t *base, json_t *norm, json_t *pre)
+{
+    json_t *root = json_deep_copy(base);
+    json_object_set(root, "normalizer", norm);
+    json_object_set(root, "pre_tokenizer", pre);
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    struct moe_tokenizer *t = moe_tokenizer_parse(s, strlen(s), "variant tokenizer.json");
+    free(s);
+    return t;
+}
+
+/* One vector: ids, decode, pieces.  Returns whether all matched. */
+static bool check_vector(const struct moe_tokenizer *t, const char *name, json_t *v, size_t line)
+{
+    const char *text = json_string_value(json_object_get(v, "text"));
+    size_t tlen = json_string_length(json_object_get(v, "text"));
+    json_t *jids = json_object_get(v, "ids"), *jp = json_object_get(v, "pieces");
+    int *ids = NULL;
+    size_t n = 0;
+    bool ok = moe_tokenizer_encode(t, text, tlen, &ids, &n) == MOE_OK && n == json_array_size(jids);
+    for (size_t i = 0; ok && i < n; i++) ok = ids[i] == json_integer_value(json_array_get(jids, i));
+    CHECK(ok, "%s line %zu: ids differ for \"%.60s\"", name, line, text);
+    char *norm = NULL, *dec = NULL;
+    size_t nlen = 0, dlen = 0;
+    REQUIRE(moe_tok_nfc(text, tlen, &norm, &nlen) == MOE_OK, "nfc: %s", moe_last_error());
+    if (ok) {
+        ok = moe_tokenizer_decode(t, ids, n, &dec, &dlen) == MOE_OK && dlen == nlen && !memcmp(dec, norm, nlen);
+        CHECK(ok, "%s line %zu: ids do not decode to the NFC'd text \"%.60s\"", name, line, text);
+    }
+    if (jp) {
+        size_t *lens = NULL, np = 0, off = 0;
+        bool same = moe_tokenizer_pretokenize(t, norm, nlen, &lens, &np) == MOE_OK && np == json_array_size(jp);
+        for (size_t i = 0; same && i < np; i++) {
+            json_t *p = json_array_get(jp, i);
+            same = lens[i] == json_string_length(p) && !memcmp(norm + off, json_string_value(p), lens[i]);
+            off += lens[i];
+        }
+        CHECK(same, "%s line %zu: pieces differ for \"%.60s\"", name, line, text);
+        ok = ok && same;
+        free(lens);
+    }
+    free(ids);
+    free(norm);
+    free(dec);
+    return ok;
+}
+
+static void check_refused(json_t *base, const char *norm, const char *pre, const char *needle)
+{
+    json_t *jn = json_loads(norm, JSON_DECODE_ANY, NULL), *jp = json_loads(pre, 0, NULL);
+    REQUIRE(jn && jp, "bad test JSON");
+    struct moe_tokenizer *t = variant(base, jn, jp);
+    CHECK(!t && strstr(moe_last_error(), needle), "%s / %s: %s", norm, pre, t ? "accepted" : moe_last_error());
+    moe_tokenizer_free(t);
+    json_decref(jn);
+    json_decref(jp);
+}
+
+int main(void)
+{
+    char path[4096];
+    json_error_t jerr;
+    json_t *base = json_load_file(t_path(path, sizeof(path), "models/pycode-moe-18m/tokenizer.json"), 0, &jerr);
+    REQUIRE(base, "%s: %s", path, jerr.text);
+    char *buf;
+    size_t len;
+    REQUIRE(moe_read_file(t_path(path, sizeof(path), "tests/fixtures/tokenizer/variant-vectors.jsonl"), &buf, &len,
+                          16u << 20) == MOE_OK, "%s", moe_last_error());
+    struct moe_tokenizer *t = NULL;
+    char name[64] = "";
+    size_t line = 0, n_vec = 0, n_ok = 0, n_pieces = 0, n_variants = 0;
+    for (char *p = buf, *end; p < buf + len; p = end + 1) {
+        end = memchr(p, '\n', (size_t)(buf + len - p));
+        if (!end) end = buf + len;
+        line++;
+        json_t *v = json_loadb(p, (size_t)(end - p), JSON_ALLOW_NUL, &jerr);
+        REQUIRE(v, "line %zu: %s", line, jerr.text);
+        if (json_object_get(v, "pre_tokenizer")) {
+            moe_tokenizer_free(t);
+            t = variant(base, json_object_get(v, "normalizer"), json_object_get(v, "pre_tokenizer"));
+            REQUIRE(t, "line %zu: variant refused: %s", line, moe_last_error());
+            snprintf(name, sizeof(name), "%s", json_string_value(json_object_get(v, "variant")));
+            n_variants++;
+        } else {
+            REQUIRE(t, "line %zu: a vector before its variant", line);
+            n_vec++;
+            n_pieces += json_object_get(v, "pieces") != NULL;
+            n_ok += check_vector(t, name, v, line);
+        }
+        json_decref(v);
+    }
+    printf("%zu variants, %zu of %zu vectors match (%zu with pieces)\n", n_variants, n_ok, n_vec, n_pieces);
+    CHECK(n_variants == 2 && n_vec > 600 && n_pieces > 500, "the vector file is incomplete");
+    moe_tokenizer_free(t);
+    free(buf);
+
+    check_refused(base, "{\"type\": \"NFD\"}", "{\"type\": \"ByteLevel\"}", "normalizer \"NFD\"");
+    check_refused(base, "null", "{\"type\": \"Metaspace\"}", "pre_tokenizer \"Metaspace\"");
+    check_refused(base, "null", "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+                  "{\"Regex\": \"\\\\s+\"}, \"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", "
+                  "\"use_regex\": false}]}", "only the pattern");
+    check_refused(base, "null", "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+                  "{\"String\": \" \"}, \"behavior\": \"Isolated\"}, {\"type\": \"ByteLevel\"}]}", "only the pattern");
+    json_decref(base);
+    return t_result("test_tokenizer_variants");
+}

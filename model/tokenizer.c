@@ -20,6 +20,7 @@
 #include "tokenizer.h"
 #include "tokenizer_nfc.h"
 #include "tokenizer_unicode.h"
+#include "utf8.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -193,69 +194,11 @@ static uint32_t byte_to_cp(unsigned b)
     return 256 + n;
 }
 
-static size_t utf8_put(uint32_t cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
-/* Length of the valid UTF-8 sequence at s[0..n) (RFC 3629: no overlongs, no
- * surrogates, <= U+10FFFF), 0 if invalid; *cp gets the code point. */
-static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    unsigned c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf) {
-        if (n < 2 || (s[1] & 0xc0) != 0x80)
-            return 0;
-        *cp = ((c & 0x1fu) << 6) | (s[1] & 0x3fu);
-        return 2;
-    }
-    if (c >= 0xe0 && c <= 0xef) {
-        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0))
-            return 0;   /* overlong / surrogate */
-        *cp = ((c & 0x0fu) << 12) | ((s[1] & 0x3fu) << 6) | (s[2] & 0x3fu);
-        return 3;
-    }
-    if (c >= 0xf0 && c <= 0xf4) {
-        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))
-            return 0;   /* overlong / above U+10FFFF */
-        *cp = ((c & 0x07u) << 18) | ((s[1] & 0x3fu) << 12) | ((s[2] & 0x3fu) << 6) | (s[3] & 0x3fu);
-        return 4;
-    }
-    return 0;
-}
-
 /* Code point at s[i] of already-validated UTF-8; *n gets its length. */
 static uint32_t utf8_at(const char *s, size_t end, size_t i, size_t *n)
 {
     uint32_t cp = 0;
-    *n = utf8_next((const unsigned char *)s + i, end - i, &cp);
+    *n = moe_utf8_next((const unsigned char *)s + i, end - i, &cp);
     if (!*n) {          /* cannot happen on validated text; step one byte */
         *n = 1;
         return 0xfffd;
@@ -649,7 +592,7 @@ static bool decode_token_string(const char *s, size_t n, const int16_t *cp_byte,
     size_t start = out->len;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        size_t l = utf8_next((const unsigned char *)s + i, n - i, &cp);
+        size_t l = moe_utf8_next((const unsigned char *)s + i, n - i, &cp);
         if (!l || cp > 0x143 || cp_byte[cp] < 0) {
             out->len = start;
             return bytebuf_append(out, s, n);
@@ -729,7 +672,7 @@ static void build_byte_ids(struct moe_tokenizer *t)
 {
     for (unsigned b = 0; b < 256; b++) {
         char u[4], fb[8];
-        size_t n = utf8_put(byte_to_cp(b), u);
+        size_t n = moe_utf8_put(byte_to_cp(b), u);
         t->byte_id[b] = strmap_get(t, &t->vocab, u, n);
         t->byte_fb_n[b] = (int)n;
         for (size_t k = 0; k < n; k++) {
@@ -1069,7 +1012,7 @@ static enum moe_status bpe_piece(const struct moe_tokenizer *t, struct encode_ws
         s->len = 0;
         for (size_t i = 0; i < n; i++) {
             char u[4];
-            if (!bytebuf_append(s, u, utf8_put(byte_to_cp((unsigned char)p[i]), u)))
+            if (!bytebuf_append(s, u, moe_utf8_put(byte_to_cp((unsigned char)p[i]), u)))
                 return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
         }
         int id = strmap_get(t, &t->vocab, s->p, s->len);
@@ -1396,7 +1339,7 @@ enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *
     *n_ids = 0;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
-        size_t l = utf8_next((const unsigned char *)text + i, len - i, &cp);
+        size_t l = moe_utf8_next((const unsigned char *)text + i, len - i, &cp);
         if (!l)
             return moe_errorf(MOE_EINVAL, "text is not valid UTF-8: bad byte 0x%02x at byte offset %zu",
                               (unsigned char)text[i], i);

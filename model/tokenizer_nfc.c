@@ -20,6 +20,7 @@
  *
  * and written out; the bytes between such segments are copied as they are. */
 #include "tokenizer_nfc.h"
+#include "utf8.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -108,64 +109,6 @@ static uint32_t compose_pair(uint32_t a, uint32_t b)
             return (uint32_t)(e >> 42);
     }
     return 0;
-}
-
-/* Length of the valid UTF-8 sequence at s[0..n) (no overlongs, no surrogates,
- * <= U+10FFFF), 0 if invalid; *cp gets the code point. */
-static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    unsigned c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf) {
-        if (n < 2 || (s[1] & 0xc0) != 0x80)
-            return 0;
-        *cp = ((c & 0x1fu) << 6) | (s[1] & 0x3fu);
-        return 2;
-    }
-    if (c >= 0xe0 && c <= 0xef) {
-        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0))
-            return 0;
-        *cp = ((c & 0x0fu) << 12) | ((s[1] & 0x3fu) << 6) | (s[2] & 0x3fu);
-        return 3;
-    }
-    if (c >= 0xf0 && c <= 0xf4) {
-        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))
-            return 0;
-        *cp = ((c & 0x07u) << 18) | ((s[1] & 0x3fu) << 12) | ((s[2] & 0x3fu) << 6) | (s[3] & 0x3fu);
-        return 4;
-    }
-    return 0;
-}
-
-static size_t utf8_put(uint32_t cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
 }
 
 /* Length of the run of ASCII bytes at s[0..n), 8 bytes at a time. */
@@ -352,7 +295,7 @@ static bool seg_normalize(struct nfc_ctx *c, const unsigned char *s, size_t n)
     c->len = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        i += utf8_next(s + i, n - i, &cp);   /* segments hold only valid sequences */
+        i += moe_utf8_next(s + i, n - i, &cp);   /* segments hold only valid sequences */
         if (!seg_decompose(c, cp))
             return false;
     }
@@ -361,7 +304,7 @@ static bool seg_normalize(struct nfc_ctx *c, const unsigned char *s, size_t n)
     if (!out_reserve(c, 4 * m))
         return false;
     for (size_t i = 0; i < m; i++)
-        c->out_len += utf8_put(c->cp[i], c->out + c->out_len);
+        c->out_len += moe_utf8_put(c->cp[i], c->out + c->out_len);
     return true;
 }
 
@@ -381,7 +324,7 @@ enum moe_status moe_tok_nfc(const char *str, size_t n, char **out, size_t *out_n
             continue;
         }
         uint32_t cp;
-        size_t l = utf8_next(s + i, n - i, &cp);
+        size_t l = moe_utf8_next(s + i, n - i, &cp);
         if (l == 0) {   /* not UTF-8: kept as it is, and nothing combines across it */
             boundary = ++i;
             continue;
@@ -396,7 +339,7 @@ enum moe_status moe_tok_nfc(const char *str, size_t n, char **out, size_t *out_n
         bool work = false;
         unsigned last = 0;
         while (j < n) {
-            l = utf8_next(s + j, n - j, &cp);
+            l = moe_utf8_next(s + j, n - j, &cp);
             unsigned p = l && cp >= 0x300 ? nfc_props(cp) : 0;
             if (!(p & NFC_NOT_INERT))
                 break;
@@ -456,7 +399,7 @@ bool moe_tok_nfc_quick(const char *str, size_t n)
             continue;
         }
         uint32_t cp;
-        size_t l = utf8_next(s + i, n - i, &cp);
+        size_t l = moe_utf8_next(s + i, n - i, &cp);
         if (l == 0) {   /* as moe_tok_nfc: passed through, a barrier */
             i++;
             last = 0;

@@ -9,35 +9,12 @@
  *   - moe_tok_nfc_quick never says "NFC" of a string that NFC changes;
  *   - edges: empty input, invalid bytes passed through, a long run of marks. */
 #include "model/tokenizer_nfc.h"
+#include "model/utf8.h"
 #include "tests/test_util.h"
 
 #include <jansson.h>
 
 #define PROBE 0x334u
-
-static size_t put_utf8(uint32_t cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
 
 static void print_hex(const char *label, const char *s, size_t n)
 {
@@ -144,7 +121,7 @@ static void test_code_points(void)
         while (*p) {
             unsigned long x = strtoul(p, &p, 16);
             REQUIRE(x < 0x110000 && e->n + 4 <= sizeof(e->s), "bad line: %s", line);
-            e->n += put_utf8((uint32_t)x, e->s + e->n);
+            e->n += moe_utf8_put((uint32_t)x, e->s + e->n);
         }
     }
     REQUIRE(n_c > 300 && n_n > 1000 && n_p > 100, "nfc-codepoints.txt: %zu/%zu/%zu lines", n_c, n_n, n_p);
@@ -159,7 +136,7 @@ static void test_code_points(void)
         CHECK(moe_tok_nfc_ccc(cp) == ccc[cp], "ccc(U+%04X) = %u, want %u", cp, moe_tok_nfc_ccc(cp), ccc[cp]);
 
         char s[8], want[48], what[48];
-        size_t n = put_utf8(cp, s), want_n;
+        size_t n = moe_utf8_put(cp, s), want_n;
         if (in_n < n_n && nl[in_n].cp == cp) {
             memcpy(want, nl[in_n].s, nl[in_n].n);
             want_n = nl[in_n++].n;
@@ -171,12 +148,12 @@ static void test_code_points(void)
         check_nfc(what, s, n, want, want_n);
 
         /* with the probe: NFC(cp) U+0334 unless listed */
-        size_t n2 = n + put_utf8(PROBE, s + n);
+        size_t n2 = n + moe_utf8_put(PROBE, s + n);
         if (ip < n_p && pl[ip].cp == cp) {
             memcpy(want, pl[ip].s, pl[ip].n);
             want_n = pl[ip++].n;
         } else {
-            want_n += put_utf8(PROBE, want + want_n);
+            want_n += moe_utf8_put(PROBE, want + want_n);
         }
         snprintf(what, sizeof(what), "NFC(U+%04X U+%04X)", cp, PROBE);
         check_nfc(what, s, n2, want, want_n);
@@ -222,11 +199,11 @@ static void test_edges(void)
     in[0] = 'a';
     for (size_t i = 0; i < PAIRS; i++)
         memcpy(in + 1 + 4 * i, "\xcc\x81\xcc\x96", 4);
-    size_t w = put_utf8(0xE1, want);
+    size_t w = moe_utf8_put(0xE1, want);
     for (size_t i = 0; i < PAIRS; i++)
-        w += put_utf8(0x316, want + w);
+        w += moe_utf8_put(0x316, want + w);
     for (size_t i = 1; i < PAIRS; i++)
-        w += put_utf8(0x301, want + w);
+        w += moe_utf8_put(0x301, want + w);
     double t0 = moe_now();
     check_nfc("long run of marks", in, n, want, w);
     double dt = moe_now() - t0;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #define T_PASS 0
 #define T_FAIL 1
@@ -48,6 +49,30 @@ static inline const char *t_path(char *buf, size_t cap, const char *rel)
     const char *root = getenv("MOEFLOW_SOURCE_DIR");
     snprintf(buf, cap, "%s/%s", root ? root : ".", rel);
     return buf;
+}
+
+/* Run a shell command: its exit status (-1 when it did not exit), and what it
+ * printed on stdout (and stderr, if cmd redirects it) in out, NUL-terminated. */
+static inline int t_run(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    size_t len = 0, r;
+    if (!p) return -1;
+    while (len + 1 < cap && (r = fread(out + len, 1, cap - 1 - len, p)) > 0) len += r;
+    out[len] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Run the built moeflow with args (a shell command line) from the source tree,
+ * stderr with stdout ("2>&1") or discarded (NULL); as t_run. */
+static inline int t_moeflow(const char *args, const char *err, char *out, size_t cap)
+{
+    char cmd[8192];
+    const char *bin = getenv("MOEFLOW_BINARY_DIR"), *src = getenv("MOEFLOW_SOURCE_DIR");
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/server/moeflow' %s %s", src ? src : ".", bin ? bin : ".", args,
+             err ? err : "2>/dev/null");
+    return t_run(cmd, out, cap);
 }
 
 static inline int t_result(const char *name)

@@ -10,18 +10,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int run(const char *cmd, char *out, size_t cap)
-{
-    FILE *p = popen(cmd, "r");
-    size_t len = 0, r;
-    int st;
-    REQUIRE(p != NULL, "popen %s", cmd);
-    while (len + 1 < cap && (r = fread(out + len, 1, cap - 1 - len, p)) > 0) len += r;
-    out[len] = 0;
-    st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* dir: the bundled model's files as links, and its tokenizer.json with key = val. */
 static void make_model(const char *dir, const char *key, json_t *val)
 {
@@ -75,18 +63,18 @@ int main(void)
                                                "prepend_scheme", "first"));
     snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids 324,285 --out '%s/out.safetensors' 2>&1", exe, dir,
              dir);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0, "logits --ids: exit %d: %s", st, out);
     snprintf(p, sizeof(p), "%s/ids.json", dir);
     REQUIRE((f = fopen(p, "w")) && fputs("[[324, 285]]\n", f) >= 0 && fclose(f) == 0, "write %s", p);
     snprintf(cmd, sizeof(cmd), "'%s' trace --model '%s' --ids '%s' --out '%s/trace.jsonl' 2>&1", exe, dir, p, dir);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0, "trace --ids: exit %d: %s", st, out);
     snprintf(cmd, sizeof(cmd), "'%s' tokenize --model '%s' --text hi 2>&1", exe, dir);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 1 && strstr(out, "pre_tokenizer \"Metaspace\" is not supported"), "tokenize: exit %d: %s", st, out);
     snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt hi --max-tokens 1 2>&1", exe, dir);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 1 && strstr(out, "pre_tokenizer \"Metaspace\" is not supported"), "generate: exit %d: %s", st, out);
 
     /* A TemplateProcessing BOS is not added: "hi" encodes as without a post_processor. */
@@ -96,7 +84,7 @@ int main(void)
                          "Sequence", "id", "A", "type_id", 0, "pair", "special_tokens", "<|endoftext|>", "id",
                          "<|endoftext|>", "ids", 0, "tokens", "<|endoftext|>"));
     snprintf(cmd, sizeof(cmd), "'%s' tokenize --model '%s' --text 'def f' 2>&1", exe, dir);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0 && !strcmp(out, "[324,285]\n"), "tokenize with a post_processor: exit %d: %s", st, out);
     rm_model(dir);
     return t_result("test_cli_foreign_tokenizer");

@@ -10,19 +10,6 @@
 
 static char exe[4200], model[4096];
 
-/* Run a shell command; its status, and its stdout+stderr in out (NUL-terminated). */
-static int run(const char *cmd, char *out, size_t cap)
-{
-    FILE *p = popen(cmd, "r");
-    size_t len = 0, r;
-    int st;
-    REQUIRE(p != NULL, "popen %s", cmd);
-    while (len + 1 < cap && (r = fread(out + len, 1, cap - 1 - len, p)) > 0) len += r;
-    out[len] = 0;
-    st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* The logits tensor of a file `logits` wrote, malloc'd; *n floats. */
 static float *read_logits(const char *path, size_t *n)
 {
@@ -59,14 +46,14 @@ int main(void)
 
     /* "def f" is [324, 285] with this tokenizer. */
     snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids 324,285 --out '%s' 2>&1", exe, model, a);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0, "comma list: exit %d: %s", st, out);
     snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids '[324, 285]' --out '%s' 2>&1", exe, model, b);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0, "JSON array: exit %d: %s", st, out);
     snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids \"$('%s' tokenize --model '%s' --text 'def f')\" "
              "--out '%s' 2>&1", exe, model, exe, model, c);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0, "tokenize's output: exit %d: %s", st, out);
     if (!t_failures) {
         la = read_logits(a, &na);
@@ -84,12 +71,12 @@ int main(void)
 
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids %s --out '%s' 2>&1", exe, model, bad[i], a);
-        st = run(cmd, out, sizeof(out));
+        st = t_run(cmd, out, sizeof(out));
         CHECK(st == 2 && strstr(out, "--ids"), "--ids %s: exit %d, want 2 naming --ids: %s", bad[i], st, out);
         CHECK(access(a, F_OK) != 0, "--ids %s: wrote %s", bad[i], a);
     }
     snprintf(cmd, sizeof(cmd), "'%s' logits --help", exe);
-    st = run(cmd, out, sizeof(out));
+    st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0 && strstr(out, "JSON array"), "--help does not mention the JSON array: %s", out);
     rmdir(dir);
     return t_result("test_cli_logits");

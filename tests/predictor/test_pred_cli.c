@@ -12,31 +12,16 @@
 
 static char out[1 << 16];
 
+/* moeflow with args, stdout and stderr into out; its exit status */
 static int run(const char *args)
 {
-    char cmd[8192];
-    const char *bin = getenv("MOEFLOW_BINARY_DIR"), *src = getenv("MOEFLOW_SOURCE_DIR");
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/server/moeflow' %s 2>&1", src ? src : ".", bin ? bin : ".", args);
-    FILE *f = popen(cmd, "r");
-    if (!f) return -1;
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return t_moeflow(args, "2>&1", out, sizeof out);
 }
 
-/* Run moeflow with args; stdout only into buf (stderr discarded). */
+/* moeflow with args; stdout only into buf (stderr discarded) */
 static int run_stdout(const char *args, char *buf, size_t cap)
 {
-    char cmd[8192];
-    const char *bin = getenv("MOEFLOW_BINARY_DIR"), *src = getenv("MOEFLOW_SOURCE_DIR");
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/server/moeflow' %s 2>/dev/null", src ? src : ".", bin ? bin : ".", args);
-    FILE *f = popen(cmd, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, cap - 1, f);
-    buf[n] = 0;
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return t_moeflow(args, NULL, buf, cap);
 }
 
 /* Device-tier "key" counter from a --stats-json file, or -1. */

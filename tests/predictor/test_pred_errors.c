@@ -10,19 +10,10 @@
 
 static char out[1 << 16];
 
-/* Run moeflow with args (a shell command line) from the source tree; stdout
- * and stderr into out; the exit status, or -1 when it did not exit. */
+/* moeflow with args, stdout and stderr into out; its exit status */
 static int run(const char *args)
 {
-    char cmd[8192];
-    const char *bin = getenv("MOEFLOW_BINARY_DIR"), *src = getenv("MOEFLOW_SOURCE_DIR");
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/server/moeflow' %s 2>&1", src ? src : ".", bin ? bin : ".", args);
-    FILE *f = popen(cmd, "r");
-    if (!f) return -1;
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return t_moeflow(args, "2>&1", out, sizeof out);
 }
 
 static char dir[] = "/tmp/moeflow-test-prederr-XXXXXX";

@@ -67,6 +67,14 @@ struct moe_config {
     int eos_ids[MOE_MAX_EOS];  /* [n_eos] */
 };
 
+/* Whether tok is one of the model's end-of-sequence ids. */
+static inline bool moe_config_is_eos(const struct moe_config *c, int tok)
+{
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] == tok) return true;
+    return c->eos_id >= 0 && tok == c->eos_id;
+}
+
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
                                  struct moe_config *out);
 /* model_dir/config.json, plus the eos_token_id of model_dir/generation_config.json

@@ -28,19 +28,21 @@ struct gen_opts {
     struct moe_sampling samp;  /* --temperature --top-p --top-k --seed */
     int threads;               /* --threads, CPU worker threads */
     bool blas;                 /* --blas: OpenBLAS GEMMs on the CPU backend */
+    bool ignore_eos;           /* --ignore-eos: always max_tokens tokens */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
+            "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N] [--ignore-eos]\n"
             "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
             "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
             "  --max-tokens N     most tokens to generate (default 128)\n"
+            "  --ignore-eos       do not stop at an end-of-sequence token: generate N tokens\n"
             "  --temperature T    0 = greedy (default 0)\n"
             "  --top-p P          nucleus sampling mass in (0, 1] (default 1 = off)\n"
             "  --top-k K          sample among the K most likely tokens (default 0 = off)\n"
@@ -63,7 +65,7 @@ static bool parse_float(const char *s, float *out)
 /* Parse argv into o; returns -1 to continue, else the exit status. */
 static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
-    enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS };
+    enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -74,6 +76,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "seed", required_argument, NULL, OPT_SEED },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
+        { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
         { "help", no_argument, NULL, 'h' },
         MOE_OFFLOAD_LONG_OPTIONS,
         MOE_PREDICTOR_LONG_OPTION,
@@ -139,6 +142,9 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_BLAS:
             o->blas = true;
             break;
+        case OPT_IGNORE_EOS:
+            o->ignore_eos = true;
+            break;
         case ':':
             fprintf(stderr, "moeflow generate: %s needs a value\n", argv[optind - 1]);
             return 2;
@@ -169,13 +175,6 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         return 2;
     }
     return -1;
-}
-
-static bool is_eos(const struct moe_config *c, int tok)
-{
-    for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_ids[i] == tok) return true;
-    return c->n_eos == 0 && c->eos_id >= 0 && tok == c->eos_id;
 }
 
 /* One forward step, with the predictor (or NULL) told where it begins and ends. */
@@ -223,7 +222,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     moe_sampler_init(&s, &o->samp);
     for (int g = 0; g < o->max_tokens; g++) {
         int t = moe_sampler_sample(&s, logits, V);
-        if (is_eos(c, t)) break;
+        if (moe_config_is_eos(c, t) && !o->ignore_eos) break;
         if (moe_tokenizer_token_bytes(tok, t, NULL, 0) > 0) {
             moe_cli_write_token(stdout, tok, t); /* every byte, however long the token */
             fflush(stdout);

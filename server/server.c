@@ -239,10 +239,9 @@ char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t
     }
     memcpy(raw, g->pend, (size_t)g->n_pend);
     off = (size_t)g->n_pend;
-    int eos = s->model->cfg.eos_id;
     for (int i = 0; i < n; i++) {
-        if (toks[i] == eos && !g->ignore_eos)
-            continue; /* the end-of-sequence marker carries no text */
+        if (!g->ignore_eos && moe_config_is_eos(&s->model->cfg, toks[i]))
+            continue; /* an end-of-sequence marker carries no text */
         int k = moe_tokenizer_token_bytes(s->tok, toks[i], NULL, 0); /* its full length */
         if (k < 0)
             continue;

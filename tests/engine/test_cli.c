@@ -112,6 +112,17 @@ int main(void)
     moe_st_close(f);
     unlink(tmpl);
 
+    /* after "<|endoftext|>" the model ends at once; --ignore-eos generates on */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt '<|endoftext|>' --max-tokens 5", exe, dir);
+    got = run(cmd, &status);
+    CHECK(status == 0 && !strcmp(got, "\n"), "generate stopped at EOS: exit %d, '%s'", status, got);
+    free(got);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt '<|endoftext|>' --max-tokens 5 --ignore-eos", exe,
+             dir);
+    got = run(cmd, &status);
+    CHECK(status == 0 && strlen(got) > 1, "generate --ignore-eos: exit %d, '%s'", status, got);
+    free(got);
+
     /* usage errors */
     static const char *bad[] = { "generate", "generate --prompt x --top-p 1.5", "generate --prompt x --max-tokens -3",
                                  "generate --prompt x --temperature nan", "generate --prompt x --nope",

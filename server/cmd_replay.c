@@ -33,7 +33,7 @@ static void usage(FILE *f)
         "  --capacity-frac F     slots = floor(F x MoE layers x experts), 0 < F <= 1\n"
         "  --policy P            lru | lfu | predicted | belady\n"
         "  --predictor SPEC      none | gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto\n"
-        "  --min-score S         prefetch experts predicted with at least S, 0 < S <= 1 (default 0.8)\n"
+        "  --min-score S         prefetch experts predicted with at least S, 1e-6 <= S <= 1 (default 0.8)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
         "  --expert-bytes N      bytes per expert transfer, with --link-gbps (default: this model's)\n"
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps (default 0)\n"

@@ -177,7 +177,7 @@ static void check_replay_warnings(void)
     run(a);
     for (const char *p = out; (p = strstr(p, "warning")); p++) n++;
     CHECK(n == 1, "warned %d times: %s", n, out);
-    CHECK(run("replay --help") == 0 && strstr(out, "0 < S <= 1"), "--min-score range: %s", out);
+    CHECK(run("replay --help") == 0 && strstr(out, "1e-6 <= S <= 1"), "--min-score range: %s", out);
 }
 
 /* a predictor file that cannot be read or loaded is a runtime failure (exit

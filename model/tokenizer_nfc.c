@@ -294,7 +294,7 @@ static bool seg_normalize(struct nfc_ctx *c, const unsigned char *s, size_t n)
 {
     c->len = 0;
     for (size_t i = 0; i < n;) {
-        uint32_t cp;
+        uint32_t cp = 0;
         i += moe_utf8_next(s + i, n - i, &cp);   /* segments hold only valid sequences */
         if (!seg_decompose(c, cp))
             return false;

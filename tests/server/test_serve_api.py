@@ -50,6 +50,28 @@ def main():
     r = subprocess.run([moeflow, "serve", "--help"], capture_output=True, timeout=30)
     check(r.returncode == 0 and b"--drain-timeout" in r.stdout and b"--gpu-experts" in r.stdout, "--help")
 
+    # An end-of-sequence id that only generation_config.json lists ends a generation ("stop", no text):
+    # config.json's eos here is token 5; the model answers "<|endoftext|>" (id 0) with id 0.
+    with tempfile.TemporaryDirectory() as d:
+        mdir = os.path.join(src, "models", "pycode-moe-18m")
+        for f in os.listdir(mdir):
+            if f not in ("config.json", "generation_config.json"):
+                os.symlink(os.path.abspath(os.path.join(mdir, f)), os.path.join(d, f))
+        cfg = json.load(open(os.path.join(mdir, "config.json")))
+        cfg["eos_token_id"] = 5
+        json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+        json.dump({"eos_token_id": 0}, open(os.path.join(d, "generation_config.json"), "w"))
+        eos = Server(moeflow, "--model", d)
+        try:
+            st, body = eos.http("/v1/completions", json.dumps({"prompt": "<|endoftext|>", "max_tokens": 5}).encode())
+            js = json.loads(body) if st == 200 else {}
+            ch = js.get("choices", [{}])[0]
+            check(st == 200 and ch.get("finish_reason") == "stop" and ch.get("text") == "",
+                  "a second eos id: %d %r" % (st, body))
+            check(eos.stop() == 0, "second eos id: exit status")
+        finally:
+            eos.kill()
+
     # A model name with a quote, a backslash and a newline stays one label in the exposition format.
     odd = Server(moeflow, "--model-name", 'my"model\\x\ny')
     try:

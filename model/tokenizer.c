@@ -750,6 +750,30 @@ static enum moe_status parse_model(struct moe_tokenizer *t, json_t *root, const 
     return MOE_OK;
 }
 
+/* A normalized added token is matched in normalized text; one whose content
+ * the normalizer would change (not NFC) could only match as tokenizers does,
+ * by its normalized form, which the trie of contents does not hold. */
+static enum moe_status check_normalized_added(const struct moe_tokenizer *t, const char *what)
+{
+    for (size_t i = 0; t->nfc && i < t->n_added; i++) {
+        const struct added_token *a = &t->added[i];
+        const char *c = t->pool.p + a->off;
+        if (!a->normalized || moe_tok_nfc_quick(c, a->len))
+            continue;
+        char *norm;
+        size_t len;
+        if (moe_tok_nfc(c, a->len, &norm, &len))
+            return moe_error_prefix(MOE_ENOMEM, "%s", what);
+        bool same = len == a->len && !memcmp(norm, c, len);
+        free(norm);
+        if (!same)
+            return moe_errorf(MOE_ENOTSUP, "%s: added token %d \"%.*s\" is normalized but not in NFC: matching it "
+                              "by its NFC form is not supported (mark it \"normalized\": false)", what, a->id,
+                              (int)(a->len < 64 ? a->len : 64), c);
+    }
+    return MOE_OK;
+}
+
 /* Qwen2's split regex, as its tokenizer.json spells it (Qwen2-MoE, Qwen3-MoE). */
 static const char QWEN2_REGEX[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
@@ -767,6 +791,9 @@ static enum moe_status parse_byte_level(struct moe_tokenizer *t, json_t *obj, bo
     if (after_split && use_regex)
         return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer ByteLevel after a Split must have use_regex false "
                           "(two regex splits in a row are not supported)", what);
+    if (after_split && t->add_prefix_space)
+        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer ByteLevel after a Split must have add_prefix_space "
+                          "false (a space before every piece is not supported)", what);
     if (!after_split)
         t->split = use_regex ? SPLIT_GPT2 : SPLIT_NONE;
     return MOE_OK;
@@ -846,6 +873,8 @@ static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const c
     if (added && !json_is_null(added) && !json_is_array(added))
         return moe_errorf(MOE_EFORMAT, "%s: added_tokens must be an array", what);
     if ((st = parse_added(t, json_is_array(added) ? added : NULL, what)))
+        return st;
+    if ((st = check_normalized_added(t, what)))
         return st;
 
     if ((st = build_id_tables(t, byte_level_decoder, what)))

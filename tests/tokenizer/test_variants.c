@@ -119,6 +119,37 @@ int main(void)
                   "\"use_regex\": false}]}", "only the pattern");
     check_refused(base, "null", "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
                   "{\"String\": \" \"}, \"behavior\": \"Isolated\"}, {\"type\": \"ByteLevel\"}]}", "only the pattern");
+    check_refused(base, "{\"type\": \"NFC\"}", "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", "
+                  "\"pattern\": {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}| "
+                  "?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}, \"behavior\": "
+                  "\"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"add_prefix_space\": true, "
+                  "\"use_regex\": false}]}", "add_prefix_space");
+
+    /* normalized added tokens are matched in the NFC'd text: "cafe" + U+0301 finds
+     * the token "caf\u00e9"; one whose content is not NFC is refused */
+    json_t *nfc = json_pack("{s:s}", "type", "NFC"), *bl = json_pack("{s:s}", "type", "ByteLevel");
+    json_t *with = json_deep_copy(base);
+    json_array_append_new(json_object_get(with, "added_tokens"),
+                          json_pack("{s:i, s:s, s:b, s:b}", "id", 8192, "content", "caf\u00e9", "normalized", 1,
+                                    "special", 0));
+    t = variant(with, nfc, bl);
+    REQUIRE(t, "normalized added token: %s", moe_last_error());
+    int *ids = NULL;
+    size_t n = 0;
+    CHECK(moe_tokenizer_encode(t, "x caf" "e\xcc\x81", 8, &ids, &n) == MOE_OK && n >= 2 && ids[n - 1] == 8192,
+          "the normalized token was not found after NFC (%zu ids, last %d)", n, n ? ids[n - 1] : -1);
+    free(ids);
+    moe_tokenizer_free(t);
+    json_object_set_new(json_array_get(json_object_get(with, "added_tokens"),
+                                       json_array_size(json_object_get(with, "added_tokens")) - 1),
+                        "content", json_string("\u212b"));
+    t = variant(with, nfc, bl);
+    CHECK(!t && strstr(moe_last_error(), "not in NFC"), "a normalized token not in NFC: %s",
+          t ? "accepted" : moe_last_error());
+    moe_tokenizer_free(t);
+    json_decref(with);
+    json_decref(nfc);
+    json_decref(bl);
     json_decref(base);
     return t_result("test_tokenizer_variants");
 }

@@ -4,10 +4,17 @@
  *   the input itself and a fixed sample are encoded with it and the ids decoded.
  * - Every input is encoded with the bundled model's tokenizer (loaded once);
  *   valid UTF-8 must encode, and its ids must decode to the same bytes.
+ * - And with the bundled vocabulary under the Qwen2 kind (the normalizer and
+ *   pre_tokenizer of corpus/valid-qwen2-nfc.json: NFC + Qwen2's Split): its ids
+ *   must decode to the input's NFC, whose pre-tokenizer pieces must be non-empty
+ *   and cover it exactly.
  *
  * The bundled tokenizer is found through MOEFLOW_SOURCE_DIR (set by ctest),
  * else the source directory this was built from. */
 #include "model/tokenizer.h"
+#include "model/tokenizer_nfc.h"
+
+#include <jansson.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +23,30 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-static struct moe_tokenizer *real;
+static struct moe_tokenizer *real, *qwen2;
+
+/* The bundled tokenizer.json with the normalizer and pre_tokenizer of kind. */
+static struct moe_tokenizer *load_kind(const char *root, const char *kind)
+{
+    char path[4096];
+    json_error_t err;
+    snprintf(path, sizeof(path), "%s/models/pycode-moe-18m/tokenizer.json", root);
+    json_t *base = json_load_file(path, 0, &err);
+    snprintf(path, sizeof(path), "%s/tests/tokenizer/corpus/%s", root, kind);
+    json_t *k = json_load_file(path, 0, &err);
+    if (!base || !k) {
+        fprintf(stderr, "fuzz_tokenizer: %s: %s\n", path, err.text);
+        exit(1);
+    }
+    json_object_set(base, "normalizer", json_object_get(k, "normalizer"));
+    json_object_set(base, "pre_tokenizer", json_object_get(k, "pre_tokenizer"));
+    char *text = json_dumps(base, JSON_COMPACT);
+    struct moe_tokenizer *t = text ? moe_tokenizer_parse(text, strlen(text), kind) : NULL;
+    free(text);
+    json_decref(base);
+    json_decref(k);
+    return t;
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -26,7 +56,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char path[4096];
     snprintf(path, sizeof(path), "%s/models/pycode-moe-18m", root ? root : MOEFLOW_SOURCE_DIR_DEFAULT);
     real = moe_tokenizer_load_dir(path);
-    if (!real) {
+    qwen2 = load_kind(root ? root : MOEFLOW_SOURCE_DIR_DEFAULT, "valid-qwen2-nfc.json");
+    if (!real || !qwen2) {
         fprintf(stderr, "fuzz_tokenizer: %s\n", moe_last_error());
         exit(1);
     }
@@ -58,6 +89,39 @@ static void round_trip(const struct moe_tokenizer *t, const char *text, size_t l
     free(ids);
 }
 
+/* Under the Qwen2 kind: ids decode to NFC(text); the pieces of NFC(text) cover it. */
+static void check_qwen2(const char *text, size_t len)
+{
+    int *ids = NULL;
+    size_t n = 0, nlen = 0, blen = 0, np = 0, sum = 0;
+    char *norm = NULL, *back = NULL;
+    size_t *lens = NULL;
+    if (moe_tokenizer_encode(qwen2, text, len, &ids, &n) != MOE_OK)
+        return;   /* invalid UTF-8 */
+    if (moe_tok_nfc(text, len, &norm, &nlen) != MOE_OK || moe_tokenizer_decode(qwen2, ids, n, &back, &blen) != MOE_OK ||
+        blen != nlen || memcmp(back, norm, nlen)) {
+        fprintf(stderr, "fuzz_tokenizer: qwen2 kind: ids do not decode to the NFC of %zu bytes\n", len);
+        abort();
+    }
+    if (moe_tokenizer_pretokenize(qwen2, norm, nlen, &lens, &np) != MOE_OK)
+        abort();
+    for (size_t i = 0; i < np; i++) {
+        if (!lens[i]) {
+            fprintf(stderr, "fuzz_tokenizer: qwen2 kind: empty piece %zu\n", i);
+            abort();
+        }
+        sum += lens[i];
+    }
+    if (sum != nlen) {
+        fprintf(stderr, "fuzz_tokenizer: qwen2 kind: pieces cover %zu of %zu bytes\n", sum, nlen);
+        abort();
+    }
+    free(lens);
+    free(back);
+    free(norm);
+    free(ids);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = (const char *)data;
@@ -72,5 +136,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     round_trip(real, text, size, true);
+    check_qwen2(text, size);
     return 0;
 }

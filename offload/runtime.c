@@ -19,7 +19,7 @@
 void moe_offload_opts_init(struct moe_offload_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->policy = MOE_POLICY_LRU;
+    o->policy = MOE_POLICY_PREDICTED;
 }
 
 static int parse_count(const char *flag, const char *arg, long lo, long hi, long *out)
@@ -77,9 +77,10 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
     case MOE_OPT_HOST_BYTES: return parse_bytes("host-cache-bytes", arg, &o->host_cache_bytes);
     case MOE_OPT_POLICY:
         if (!moe_policy_parse(arg, &o->policy)) {
-            moe_errorf(MOE_EINVAL, "--policy '%s' unknown (use lru, lfu, belady or predicted)", arg);
+            moe_errorf(MOE_EINVAL, "--policy '%s' unknown (use predicted, lru, lfu or belady)", arg);
             return -1;
         }
+        o->policy_given = true;
         return 1;
     case MOE_OPT_QUEUE_DEPTH:
         if ((r = parse_count("queue-depth", arg, 1, 4096, &v)) > 0) o->queue_depth = (int)v;
@@ -144,7 +145,7 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
 bool moe_offload_opts_tiered(const struct moe_offload_opts *o)
 {
     return o->store || o->gpu_experts || o->gpu_cache_bytes || o->host_experts ||
-           o->host_cache_bytes || o->policy != MOE_POLICY_LRU || o->no_io_uring || o->queue_depth ||
+           o->host_cache_bytes || o->policy_given || o->no_io_uring || o->queue_depth ||
            o->stats || o->stats_json;
 }
 
@@ -194,8 +195,9 @@ const char *moe_offload_predictor_help(void)
 #define BELOW_DEVICE_HELP                                                                         \
     "  --host-experts N        host-tier (RAM) expert records (default: as many as device slots)\n"    \
     "  --host-cache-bytes B    host tier size in bytes instead\n"                                       \
-    "  --policy P              device-tier eviction: lru (default), lfu, belady, predicted\n"           \
-    "                          (farthest predicted next use, from the predictor's hints)\n"             \
+    "  --policy P              device-tier eviction: predicted (default: farthest predicted next\n"     \
+    "                          use, from the predictor's hints and the routing seen), lru, lfu,\n"     \
+    "                          belady\n"                                                                \
     "  --belady-trace F        routing trace of exactly this run (needed by --policy belady)\n"         \
     "  --queue-depth N         store reads in flight (default 32)\n"                                    \
     "  --no-io-uring           read the store with buffered pread instead of io_uring+O_DIRECT\n"       \

@@ -69,7 +69,7 @@ static const struct moe_serve_opt opts[] = {
       "expert records of the host tier (default: as many as the device slots)", MOE_OPT_HOST_EXPERTS },
     { "host-cache-bytes", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
       "host tier size in bytes (alternative to host-experts)", MOE_OPT_HOST_BYTES },
-    { "policy", MOE_OPT_OFFLOAD, 0, 0, "lru", 0, 0,
+    { "policy", MOE_OPT_OFFLOAD, 0, 0, "predicted", 0, 0,
       "device tier eviction policy (see moeflow sim --help)", MOE_OPT_POLICY },
     { "queue-depth", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0, "io_uring queue depth (default 32)",
       MOE_OPT_QUEUE_DEPTH },
@@ -199,6 +199,7 @@ void moe_serve_config_defaults(struct moe_serve_config *c)
     for (const struct moe_serve_opt *o = opts; o->name; o++)
         if (set_opt(c, o, o->def) != MOE_OK)
             MOE_ERR("serve option table: bad default of %s", o->name);
+    c->offload.policy_given = false; /* a default turns nothing on */
 }
 
 enum moe_status moe_serve_config_set(struct moe_serve_config *c, const char *key, const char *value)

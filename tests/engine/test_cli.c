@@ -136,7 +136,7 @@ int main(void)
                                  "generate --prompt x --gpu-experts 3", "generate --prompt x --host-cache-bytes 1K",
                                  "generate --prompt x --gpu-experts 8 --predictor gate:+1",
                                  /* predictions that would not be used */
-                                 "generate --prompt x --gpu-experts 8 --predictor gate --no-prefetch",
+                                 "generate --prompt x --gpu-experts 8 --policy lru --predictor gate --no-prefetch",
                                  "generate --prompt x --gpu-experts 8 --policy lfu --predictor history --no-prefetch",
                                  "generate --prompt x --gpu-experts ' 8'", "generate --prompt x --gpu-cache-bytes +64M",
                                  "generate --prompt x --top-p ' 0.5'", "generate --prompt x --temperature 0x1",

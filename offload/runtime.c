@@ -134,7 +134,10 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
         return moe_errorf(MOE_EINVAL, "--predictor %s with --no-prefetch under --policy %s: that policy uses "
                           "the predictions only to prefetch, so they would not be used; use --policy "
                           "predicted (which ranks evictions with them) or drop one of the two",
-                          o->predictor, o->policy == MOE_POLICY_LFU ? "lfu" : "lru");
+                          o->predictor, moe_policy_name(o->policy));
+    if (o->policy_given && o->backend != MOE_COMPUTE_CUDA && !moe_offload_opts_tiered(o))
+        return moe_errorf(MOE_EINVAL, "--policy %s with every expert resident: nothing is evicted; offload "
+                          "experts (--gpu-experts N, --store FILE, ...) or drop it", moe_policy_name(o->policy));
     if ((o->predictor || o->no_prefetch) && o->backend != MOE_COMPUTE_CUDA && !moe_offload_opts_tiered(o))
         return moe_errorf(MOE_EINVAL, "%s with every expert resident: nothing to predict or prefetch; offload "
                           "experts (--gpu-experts N, --store FILE, ...) or drop it",
@@ -145,7 +148,7 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
 bool moe_offload_opts_tiered(const struct moe_offload_opts *o)
 {
     return o->store || o->gpu_experts || o->gpu_cache_bytes || o->host_experts ||
-           o->host_cache_bytes || o->policy_given || o->no_io_uring || o->queue_depth ||
+           o->host_cache_bytes || o->no_io_uring || o->queue_depth ||
            o->stats || o->stats_json;
 }
 

@@ -75,7 +75,7 @@ struct moe_offload_opts {
     uint64_t host_cache_bytes;    /* --host-cache-bytes B (0 = unset) */
     enum moe_policy_kind policy;  /* --policy (default predicted: the fewest transfers at every
                                      device-tier size, docs/results.md section 4) */
-    bool policy_given;            /* --policy was given: like any cache flag, it turns offloading on */
+    bool policy_given;            /* --policy was given (refused when nothing is offloaded) */
     int queue_depth;              /* --queue-depth (0 = default 32) */
     bool no_io_uring;             /* --no-io-uring */
     bool stats;                   /* --stats: print tier stats to stderr at exit */

@@ -130,6 +130,7 @@ int main(void)
                                  "logits --ids ' 1' --out /tmp/x", "logits --ids +1 --out /tmp/x",
                                  /* offload flags that cannot work together or with this model */
                                  "generate --prompt x --predictor gate", "generate --prompt x --no-prefetch",
+                                 "generate --prompt x --policy lru",
                                  "generate --prompt x --belady-trace /tmp/x.jsonl --gpu-experts 8",
                                  "generate --prompt x --policy belady --gpu-experts 8",
                                  "generate --prompt x --gpu-experts 8 --gpu-cache-bytes 1M",

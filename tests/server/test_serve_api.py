@@ -45,6 +45,10 @@ def main():
                         str(free_port())], capture_output=True, timeout=30)
     check(r.returncode == 2 and b"max-output" in r.stderr, "default-max-tokens over the context: %d %r" % (
         r.returncode, r.stderr))
+    r = subprocess.run([moeflow, "serve", "--policy", "lru", "--grpc-port", "0", "--http-port", str(free_port())],
+                       capture_output=True, timeout=30)
+    check(r.returncode == 2 and b"--policy lru with every expert resident" in r.stderr,
+          "a policy with nothing offloaded: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--predictor", "crystal-ball"], capture_output=True, timeout=30)
     check(r.returncode == 2 and b"crystal-ball" in r.stderr, "bad predictor: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--help"], capture_output=True, timeout=30)

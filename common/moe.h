@@ -95,14 +95,18 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
  * the write-then-rename of a whole output.  Writes the name into tmp (cap
  * bytes) and returns an fd opened for writing, or -1 with errno set
  * (ENAMETOOLONG when the name does not fit).  The name is remembered until
- * moe_tmp_release, so that moe_tmp_remove_all can clean up after an
- * interrupt. */
+ * moe_tmp_commit or moe_tmp_discard, so that a signal that ends the process
+ * removes the file (moe_tmp_remove_on_signals). */
 int moe_create_tmp(const char *path, char *tmp, size_t cap);
-/* The file of moe_create_tmp was renamed into place or removed: forget it. */
-void moe_tmp_release(const char *tmp);
-/* Remove every file of moe_create_tmp not yet released: for a handler of a
- * signal that ends the process (async-signal-safe). */
-void moe_tmp_remove_all(void);
+/* Rename the whole output tmp to path; 0, or -1 with errno set (tmp is then
+ * still there: discard it). */
+int moe_tmp_commit(const char *tmp, const char *path);
+/* Remove tmp, an output given up. */
+void moe_tmp_discard(const char *tmp);
+/* From now on SIGINT, SIGTERM or SIGHUP (unless ignored already) removes every
+ * file of moe_create_tmp not committed or discarded, then ends the process as
+ * the signal would. */
+void moe_tmp_remove_on_signals(void);
 
 /* Directory of the bundled default model (MOEFLOW_MODEL overrides). */
 const char *moe_default_model_dir(void);

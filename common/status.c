@@ -168,11 +168,13 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
 }
 
 /* Files of moe_create_tmp being written: a slot is claimed (BUSY) while its
- * name is copied in, and only a LIVE name is read by moe_tmp_remove_all. */
+ * name is copied in, and only a LIVE name is read by the signal handler. */
 #define TMP_SLOTS 16
 enum { TMP_FREE, TMP_BUSY, TMP_LIVE };
 static char tmp_names[TMP_SLOTS][4200];
 static _Atomic int tmp_state[TMP_SLOTS];
+/* the signals that end a command; moe_create_tmp holds them off while it registers */
+static const int ending_signals[] = { SIGINT, SIGTERM, SIGHUP };
 
 static void tmp_remember(const char *tmp)
 {
@@ -187,16 +189,23 @@ static void tmp_remember(const char *tmp)
     }
 }
 
+static void tmp_forget(const char *tmp)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (atomic_load(&tmp_state[i]) == TMP_LIVE && !strcmp(tmp_names[i], tmp)) {
+            atomic_store(&tmp_state[i], TMP_FREE);
+            return;
+        }
+}
+
 int moe_create_tmp(const char *path, char *tmp, size_t cap)
 {
     static _Atomic unsigned serial;
     /* a signal that ends the process must not come between the file's creation
-     * and its registration, or moe_tmp_remove_all would miss it */
+     * and its registration, or the handler would miss it */
     sigset_t ending, old;
     sigemptyset(&ending);
-    sigaddset(&ending, SIGINT);
-    sigaddset(&ending, SIGTERM);
-    sigaddset(&ending, SIGHUP);
+    for (size_t i = 0; i < MOE_ARRAY_LEN(ending_signals); i++) sigaddset(&ending, ending_signals[i]);
     pthread_sigmask(SIG_BLOCK, &ending, &old);
     int fd = -1;
     for (int tries = 0; tries < 100; tries++) {
@@ -227,19 +236,39 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
     return fd;
 }
 
-void moe_tmp_release(const char *tmp)
+int moe_tmp_commit(const char *tmp, const char *path)
 {
-    for (int i = 0; i < TMP_SLOTS; i++)
-        if (atomic_load(&tmp_state[i]) == TMP_LIVE && !strcmp(tmp_names[i], tmp)) {
-            atomic_store(&tmp_state[i], TMP_FREE);
-            return;
-        }
+    if (rename(tmp, path) != 0) return -1;
+    tmp_forget(tmp);
+    return 0;
 }
 
-void moe_tmp_remove_all(void)
+void moe_tmp_discard(const char *tmp)
+{
+    unlink(tmp);
+    tmp_forget(tmp);
+}
+
+static void on_ending_signal(int sig)
 {
     for (int i = 0; i < TMP_SLOTS; i++)
         if (atomic_load(&tmp_state[i]) == TMP_LIVE) unlink(tmp_names[i]);
+    raise(sig); /* SA_RESETHAND: the default action now */
+}
+
+void moe_tmp_remove_on_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_ending_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < MOE_ARRAY_LEN(ending_signals); i++) {
+        struct sigaction old;
+        /* a signal ignored by the parent (nohup, a shell's background job) stays ignored */
+        if (sigaction(ending_signals[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(ending_signals[i], &sa, NULL);
+    }
 }
 
 const char *moe_default_model_dir(void)

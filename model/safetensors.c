@@ -517,7 +517,7 @@ enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_
         st = moe_errorf(MOE_EIO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
         if (fd >= 0) {
             close(fd);
-            unlink(tmp);
+            moe_tmp_discard(tmp);
         }
         goto out;
     }
@@ -536,9 +536,9 @@ enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_
         goto out_werr;
     }
     fp = NULL;
-    if (rename(tmp, path) != 0) {
+    if (moe_tmp_commit(tmp, path) != 0) {
         st = moe_errorf(MOE_EIO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-        unlink(tmp);
+        moe_tmp_discard(tmp);
     }
     goto out;
 
@@ -546,9 +546,8 @@ out_werr:
     st = moe_errorf(MOE_EIO, "%s: write failed: %s", tmp, strerror(errno));
     if (fp) fclose(fp);
     fp = NULL;
-    unlink(tmp);
+    moe_tmp_discard(tmp);
 out:
-    if (tmp) moe_tmp_release(tmp); /* renamed into place or removed */
     free(tmp);
     free(hdr);
     free(sizes);

@@ -189,12 +189,11 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
         goto out;
     }
     fd = -1;
-    if (rename(tmp, path) != 0) st = moe_errorf(MOE_EIO, "%s: cannot rename to %s: %s", tmp, path,
+    if (moe_tmp_commit(tmp, path) != 0) st = moe_errorf(MOE_EIO, "%s: cannot rename to %s: %s", tmp, path,
                                                 strerror(errno));
 out:
     if (fd >= 0) close(fd);
-    if (st && tmp[0]) unlink(tmp);
-    if (tmp[0]) moe_tmp_release(tmp);
+    if (st && tmp[0]) moe_tmp_discard(tmp);
     free(rec);
     free(buf);
     free(hdr);

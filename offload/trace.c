@@ -340,8 +340,7 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
     } else if ((fd = moe_create_tmp(path, w->tmp, sizeof(w->tmp))) >= 0 && !(w->f = fdopen(fd, "w"))) {
         int e = errno;
         close(fd);
-        unlink(w->tmp);
-        moe_tmp_release(w->tmp);
+        moe_tmp_discard(w->tmp);
         errno = e;
     }
     if (!w->f) {
@@ -415,10 +414,9 @@ enum moe_status moe_trace_writer_close(struct moe_trace_writer *w)
     if (err)
         st = moe_errorf(MOE_EIO, "%s: write failed (%s)%s%s", w->tmp, strerror(err),
                         w->direct ? "" : "; nothing written to ", w->direct ? "" : w->path);
-    else if (!w->direct && rename(w->tmp, w->path) != 0)
+    else if (!w->direct && moe_tmp_commit(w->tmp, w->path) != 0)
         st = moe_errorf(MOE_EIO, "%s: cannot rename %s into place: %s", w->path, w->tmp, strerror(errno));
-    if (st && !w->direct) unlink(w->tmp);
-    if (!w->direct) moe_tmp_release(w->tmp);
+    if (st && !w->direct) moe_tmp_discard(w->tmp);
     free(w);
     return st;
 }
@@ -427,9 +425,6 @@ void moe_trace_writer_abort(struct moe_trace_writer *w)
 {
     if (!w) return;
     if (w->f) fclose(w->f);
-    if (!w->direct) {
-        unlink(w->tmp);
-        moe_tmp_release(w->tmp);
-    }
+    if (!w->direct) moe_tmp_discard(w->tmp);
     free(w);
 }

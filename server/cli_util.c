@@ -116,12 +116,12 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
 
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place)
 {
-    struct stat sb;
-    bool exists = *path && stat(path, &sb) == 0;
     if (!*path) {
         fprintf(stderr, "moeflow %s: %s is empty: name the file to write\n", cmd, flag);
         return false;
     }
+    struct stat sb;
+    bool exists = stat(path, &sb) == 0;
     if (exists && S_ISDIR(sb.st_mode)) {
         fprintf(stderr, "moeflow %s: %s %s is a directory: name a file in it\n", cmd, flag, path);
         return false;
@@ -140,8 +140,7 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool
         return false;
     }
     close(fd);
-    unlink(tmp);
-    moe_tmp_release(tmp);
+    moe_tmp_discard(tmp);
     return true;
 }
 

@@ -3,7 +3,6 @@
 
 #include "../common/moe.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -35,32 +34,9 @@ static void usage(FILE *f)
     fprintf(f, "\nenvironment: MOEFLOW_MODEL (default model directory), MOEFLOW_LOG (error|warn|info|debug)\n");
 }
 
-/* SIGINT, SIGTERM or SIGHUP ends a command as the signal would, without the
- * half-written output it was writing beside --out (serve installs its own). */
-static void on_fatal_signal(int sig)
-{
-    moe_tmp_remove_all();
-    raise(sig); /* SA_RESETHAND: the default action now */
-}
-
-static void remove_outputs_on_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_fatal_signal;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    static const int sigs[] = { SIGINT, SIGTERM, SIGHUP };
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
-        struct sigaction old;
-        /* a signal ignored by the parent (nohup, a shell's background job) stays ignored */
-        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(sigs[i], &sa, NULL);
-    }
-}
-
 int main(int argc, char **argv)
 {
-    remove_outputs_on_signals();
+    moe_tmp_remove_on_signals(); /* no half-written output left behind (serve installs its own) */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

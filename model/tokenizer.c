@@ -472,16 +472,23 @@ out:
     return st;
 }
 
+/* Slot of the edge (node, c) (node > 0) in the map: its own, or the empty one
+ * where it would go. */
+static size_t trie_slot(const struct added_trie *tr, uint32_t node, unsigned char c)
+{
+    uint64_t k = ((uint64_t)node << 8 | c) + 1;
+    size_t mask = tr->cap - 1, i = hash_u64(k) & mask;
+    while (tr->key[i] && tr->key[i] != k)
+        i = (i + 1) & mask;
+    return i;
+}
+
 static uint32_t trie_next(const struct added_trie *tr, uint32_t node, unsigned char c)
 {
     if (node == 0)
         return tr->root[c];
-    uint64_t k = ((uint64_t)node << 8 | c) + 1;
-    size_t mask = tr->cap - 1;
-    for (size_t i = hash_u64(k) & mask; tr->key[i]; i = (i + 1) & mask)
-        if (tr->key[i] == k)
-            return tr->child[i];
-    return 0;
+    size_t i = trie_slot(tr, node, c);
+    return tr->key[i] ? tr->child[i] : 0;
 }
 
 /* The trie of added[0..n_added): at most one node per content byte. */
@@ -513,11 +520,8 @@ static enum moe_status build_added_trie(struct moe_tokenizer *t, const char *wha
                 if (node == 0) {
                     tr->root[c[j]] = next;
                 } else {
-                    uint64_t k = ((uint64_t)node << 8 | c[j]) + 1;
-                    size_t mask = tr->cap - 1, h = hash_u64(k) & mask;
-                    while (tr->key[h])
-                        h = (h + 1) & mask;
-                    tr->key[h] = k;
+                    size_t h = trie_slot(tr, node, c[j]);
+                    tr->key[h] = ((uint64_t)node << 8 | c[j]) + 1;
                     tr->child[h] = next;
                 }
             }
@@ -1214,14 +1218,22 @@ static size_t qwen2_match(const char *s, size_t i, size_t end)
     return j - i;                  /* \s+ */
 }
 
+/* Length of the pre-tokenizer's piece at s[i..n) (never 0 when i < n). */
+static size_t split_match(const struct moe_tokenizer *t, const char *s, size_t i, size_t n)
+{
+    switch (t->split) {
+    case SPLIT_QWEN2: return qwen2_match(s, i, n);
+    case SPLIT_GPT2: return gpt2_match(s, i, n);
+    default: return n - i;
+    }
+}
+
 /* Pre-tokenize one segment (no added tokens inside) and BPE each piece. */
 static enum moe_status encode_pieces(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n)
 {
     enum moe_status st;
-    if (t->split == SPLIT_NONE)
-        return bpe_piece(t, w, s, n);
     for (size_t i = 0; i < n;) {
-        size_t m = t->split == SPLIT_QWEN2 ? qwen2_match(s, i, n) : gpt2_match(s, i, n);
+        size_t m = split_match(t, s, i, n);
         if ((st = bpe_piece(t, w, s + i, m)))
             return st;
         i += m;
@@ -1237,8 +1249,7 @@ enum moe_status moe_tokenizer_pretokenize(const struct moe_tokenizer *t, const c
     size_t cap = 16, k = 0;
     size_t *out = malloc(cap * sizeof(*out));
     for (size_t i = 0; out && i < len;) {
-        size_t m = t->split == SPLIT_QWEN2 ? qwen2_match(text, i, len)
-                   : t->split == SPLIT_GPT2 ? gpt2_match(text, i, len) : len - i;
+        size_t m = split_match(t, text, i, len);
         if (k == cap) {
             size_t *grown = realloc(out, 2 * cap * sizeof(*out));
             if (!grown) {

@@ -65,6 +65,17 @@ static void gemm_portable(const float *x, const void *w, bool bf16, const float 
         }
 }
 
+/* cpu_axpy_rows without SIMD: a multiply, then an add (separate statements,
+ * so no compiler fuses them). */
+static void axpy_rows_portable(float *o, const float *p, const float *v, size_t ldv, int n, int len)
+{
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < len; d++) {
+            float t = p[i] * v[(size_t)i * ldv + (size_t)d];
+            o[d] = o[d] + t;
+        }
+}
+
 /* ---- AVX2 + FMA path ------------------------------------------------------- */
 #ifdef MOE_HAVE_X86
 #define AVX2_FN __attribute__((target("avx2,fma")))
@@ -287,11 +298,7 @@ static AVX2_FN void axpy_rows_avx2(float *o, const float *p, const float *v, siz
             break;
         }
     }
-    for (; d < len; d++)
-        for (int i = 0; i < n; i++) {
-            float t = p[i] * v[(size_t)i * ldv + (size_t)d];
-            o[d] = o[d] + t;
-        }
+    axpy_rows_portable(o + d, p, v + d, ldv, n, len - d); /* the last len % 8 columns */
 }
 
 static AVX2_FN float dot_avx2(const float *a, const float *b, int len)
@@ -384,11 +391,7 @@ void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const float *v, s
         return;
     }
 #endif
-    for (int i = 0; i < n; i++)
-        for (int d = 0; d < len; d++) {
-            float t = p[i] * v[(size_t)i * ldv + (size_t)d];
-            o[d] = o[d] + t;
-        }
+    axpy_rows_portable(o, p, v, ldv, n, len);
 }
 
 struct gemm_job {

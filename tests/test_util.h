@@ -2,6 +2,7 @@
 #ifndef MOE_TEST_UTIL_H
 #define MOE_TEST_UTIL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,18 @@ static inline const char *t_path(char *buf, size_t cap, const char *rel)
     const char *root = getenv("MOEFLOW_SOURCE_DIR");
     snprintf(buf, cap, "%s/%s", root ? root : ".", rel);
     return buf;
+}
+
+/* The line at *pos of buf[0..len) (without its '\n') into *line and *n,
+ * *pos moved past it; false after the last line. */
+static inline bool t_next_line(const char *buf, size_t len, size_t *pos, const char **line, size_t *n)
+{
+    if (*pos >= len) return false;
+    const char *s = buf + *pos, *e = memchr(s, '\n', len - *pos);
+    *line = s;
+    *n = e ? (size_t)(e - s) : len - *pos;
+    *pos += *n + 1;
+    return true;
 }
 
 /* Run a shell command: its exit status (-1 when it did not exit), and what it

@@ -53,15 +53,14 @@ static void test_vectors(void)
     REQUIRE(moe_read_file(file, &buf, &len, 16u << 20) == MOE_OK,
             "%s", moe_last_error());
     size_t n_lines = 0, n_ok = 0;
-    for (char *line = buf, *end; line < buf + len; line = end + 1) {
-        end = memchr(line, '\n', (size_t)(buf + len - line));
-        if (!end)
-            end = buf + len;
-        if (end == line)
+    const char *line;
+    size_t ll;
+    for (size_t pos = 0; t_next_line(buf, len, &pos, &line, &ll);) {
+        if (!ll)
             continue;
         n_lines++;
         json_error_t jerr;
-        json_t *o = json_loadb(line, (size_t)(end - line), JSON_ALLOW_NUL, &jerr);
+        json_t *o = json_loadb(line, ll, JSON_ALLOW_NUL, &jerr);
         REQUIRE(o, "nfc-vectors.jsonl line %zu: %s", n_lines, jerr.text);
         json_t *ji = json_object_get(o, "in"), *jn = json_object_get(o, "nfc");
         REQUIRE(json_is_string(ji) && json_is_string(jn), "nfc-vectors.jsonl line %zu: bad vector", n_lines);

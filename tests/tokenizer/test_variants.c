@@ -87,11 +87,11 @@ int main(void)
     struct moe_tokenizer *t = NULL;
     char name[64] = "";
     size_t line = 0, n_vec = 0, n_ok = 0, n_pieces = 0, n_variants = 0;
-    for (char *p = buf, *end; p < buf + len; p = end + 1) {
-        end = memchr(p, '\n', (size_t)(buf + len - p));
-        if (!end) end = buf + len;
+    const char *text;
+    size_t tl;
+    for (size_t pos = 0; t_next_line(buf, len, &pos, &text, &tl);) {
         line++;
-        json_t *v = json_loadb(p, (size_t)(end - p), JSON_ALLOW_NUL, &jerr);
+        json_t *v = json_loadb(text, tl, JSON_ALLOW_NUL, &jerr);
         REQUIRE(v, "line %zu: %s", line, jerr.text);
         if (json_object_get(v, "pre_tokenizer")) {
             moe_tokenizer_free(t);

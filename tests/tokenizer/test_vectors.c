@@ -32,15 +32,14 @@ int main(void)
 
     struct { char *p; size_t len, cap; } all = { 0 };
     size_t n_lines = 0, n_ok = 0, n_ids_total = 0;
-    for (char *line = buf, *end; line < buf + len; line = end + 1) {
-        end = memchr(line, '\n', (size_t)(buf + len - line));
-        if (!end)
-            end = buf + len;
-        if (end == line)
+    const char *line;
+    size_t ll;
+    for (size_t pos = 0; t_next_line(buf, len, &pos, &line, &ll);) {
+        if (!ll)
             continue;
         n_lines++;
         json_error_t jerr;
-        json_t *o = json_loadb(line, (size_t)(end - line), JSON_ALLOW_NUL, &jerr);
+        json_t *o = json_loadb(line, ll, JSON_ALLOW_NUL, &jerr);
         REQUIRE(o, "line %zu: %s", n_lines, jerr.text);
         json_t *jt = json_object_get(o, "text"), *ji = json_object_get(o, "ids");
         REQUIRE(json_is_string(jt) && json_is_array(ji), "line %zu: bad vector", n_lines);

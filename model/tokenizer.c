@@ -151,6 +151,22 @@ enum split_rule {
     SPLIT_NONE,   /* ByteLevel with use_regex false alone: the whole segment is one piece */
     SPLIT_GPT2,   /* ByteLevel's own regex (GPT-2's) */
     SPLIT_QWEN2,  /* Split with Qwen2's regex, then ByteLevel without its regex */
+    SPLIT_METASPACE, /* Metaspace with split: a piece starts at every "\u2581" */
+};
+
+/* When the Metaspace pre-tokenizer puts "\u2581" before a segment that does
+ * not start with one. */
+enum prepend_scheme {
+    PREPEND_ALWAYS,
+    PREPEND_FIRST,  /* only before the segment at the start of the input */
+    PREPEND_NEVER,
+};
+
+/* How ids decode (the decoder of tokenizer.json). */
+enum decoder_kind {
+    DEC_RAW,        /* null: a token decodes to its string */
+    DEC_BYTE_LEVEL, /* ByteLevel: each char maps back to its byte */
+    DEC_METASPACE,  /* "\u2581" -> " ", with byte fallback and strips (SentencePiece kinds) */
 };
 
 struct moe_tokenizer {
@@ -177,6 +193,19 @@ struct moe_tokenizer {
     bool add_prefix_space;      /* ByteLevel pre-tokenizer option */
     bool nfc;                   /* normalizer NFC: text between added tokens is NFC'd first */
     enum split_rule split;      /* how text is cut into pieces before BPE */
+
+    /* SentencePiece-style BPE (Llama, Mixtral): no ByteLevel anywhere */
+    bool char_level;            /* BPE starts from the text's characters, not its bytes */
+    int raw_fb_id[256];         /* <0xXX> id of each byte, -1 absent */
+    bool sp_normalizer;         /* normalizer Sequence[Prepend("\u2581"), Replace(" ", "\u2581")] */
+    bool metaspace;             /* pre-tokenizer Metaspace: " " -> "\u2581", then prepend_scheme */
+    enum prepend_scheme prepend;
+    enum decoder_kind decoder;
+    bool dec_replace, dec_byte_fallback; /* DEC_METASPACE: "\u2581" -> " ", <0xXX> -> the byte */
+    bool dec_first_drops_mark;  /* Metaspace decoder: the first token loses its "\u2581"s */
+    int dec_strip_start, dec_strip_stop; /* Fuse + Strip: spaces cut from the decoded text's ends */
+    int tmpl_pre[4], tmpl_post[4]; /* post_processor TemplateProcessing: ids around a text */
+    int n_tmpl_pre, n_tmpl_post;
 };
 
 /* ---- byte-level alphabet ----------------------------------------------- */
@@ -609,7 +638,52 @@ static bool decode_token_string(const char *s, size_t n, const int16_t *cp_byte,
     return true;
 }
 
-static enum moe_status build_id_tables(struct moe_tokenizer *t, bool byte_level_decoder, const char *what)
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* The byte a "<0xXX>" token stands for (ByteFallback), -1 for any other string. */
+static int fallback_byte(const char *s, size_t n)
+{
+    if (n != 6 || memcmp(s, "<0x", 3) || s[5] != '>' || hex_digit(s[3]) < 0 || hex_digit(s[4]) < 0)
+        return -1;
+    return hex_digit(s[3]) * 16 + hex_digit(s[4]);
+}
+
+#define METASPACE "\xe2\x96\x81"   /* U+2581, SentencePiece's word mark */
+#define METASPACE_LEN 3
+
+/* Decoded bytes of a token string under a SentencePiece decoder: a byte
+ * fallback token is its byte, every other token its string with each mark
+ * replaced by mark_to (" ", or "" for the first token of a Metaspace decoder). */
+static bool decode_metaspace_string(const struct moe_tokenizer *t, const char *s, size_t n, const char *mark_to,
+                                    struct bytebuf *out)
+{
+    int b = t->dec_byte_fallback ? fallback_byte(s, n) : -1;
+    if (b >= 0) {
+        char c = (char)b;
+        return bytebuf_append(out, &c, 1);
+    }
+    for (size_t i = 0; i < n;) {
+        if (mark_to && i + METASPACE_LEN <= n && !memcmp(s + i, METASPACE, METASPACE_LEN)) {
+            if (!bytebuf_append(out, mark_to, strlen(mark_to)))
+                return false;
+            i += METASPACE_LEN;
+        } else {
+            if (!bytebuf_append(out, s + i, 1))
+                return false;
+            i++;
+        }
+    }
+    return true;
+}
+
+static enum moe_status build_id_tables(struct moe_tokenizer *t, const char *what)
 {
     size_t n = (size_t)t->n_ids;
     t->str_off = malloc(n * sizeof(uint32_t));
@@ -652,8 +726,14 @@ static enum moe_status build_id_tables(struct moe_tokenizer *t, bool byte_level_
             continue;
         size_t before = dec.len;
         const char *s = t->pool.p + t->str_off[id];
-        bool ok = byte_level_decoder ? decode_token_string(s, t->str_len[id], cp_byte, &dec)
-                                     : bytebuf_append(&dec, s, t->str_len[id]);
+        bool ok;
+        switch (t->decoder) {
+        case DEC_BYTE_LEVEL: ok = decode_token_string(s, t->str_len[id], cp_byte, &dec); break;
+        case DEC_METASPACE:
+            ok = decode_metaspace_string(t, s, t->str_len[id], t->dec_replace ? " " : NULL, &dec);
+            break;
+        default: ok = bytebuf_append(&dec, s, t->str_len[id]); break;
+        }
         if (!ok) {
             free(dec.p);
             return moe_errorf(MOE_ENOMEM, "%s: no memory for decoded tokens", what);
@@ -676,6 +756,8 @@ static void build_byte_ids(struct moe_tokenizer *t)
 {
     for (unsigned b = 0; b < 256; b++) {
         char u[4], fb[8];
+        snprintf(fb, sizeof(fb), "<0x%02X>", b);
+        t->raw_fb_id[b] = strmap_get(t, &t->vocab, fb, strlen(fb));
         size_t n = moe_utf8_put(byte_to_cp(b), u);
         t->byte_id[b] = strmap_get(t, &t->vocab, u, n);
         t->byte_fb_n[b] = (int)n;
@@ -729,7 +811,7 @@ static enum moe_status parse_model(struct moe_tokenizer *t, json_t *root, const 
     for (size_t i = 0; i < 2; i++) {
         json_t *v = json_object_get(model, affix[i]);
         if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
-            return moe_errorf(MOE_ENOTSUP, "%s: model.%s is not supported with byte-level BPE (set it to null)",
+            return moe_errorf(MOE_ENOTSUP, "%s: model.%s is not supported (set it to null)",
                               what, affix[i]);
     }
     enum moe_status st;
@@ -759,6 +841,11 @@ static enum moe_status parse_model(struct moe_tokenizer *t, json_t *root, const 
  * by its normalized form, which the trie of contents does not hold. */
 static enum moe_status check_normalized_added(const struct moe_tokenizer *t, const char *what)
 {
+    for (size_t i = 0; t->sp_normalizer && i < t->n_added; i++)
+        if (t->added[i].normalized) /* its content would be matched "\u2581"-prefixed, as the normalizer makes it */
+            return moe_errorf(MOE_ENOTSUP, "%s: added token %d \"%.*s\" is normalized, which the Prepend/Replace "
+                              "normalizer does not support (mark it \"normalized\": false)", what, t->added[i].id,
+                              (int)(t->added[i].len < 64 ? t->added[i].len : 64), t->pool.p + t->added[i].off);
     for (size_t i = 0; t->nfc && i < t->n_added; i++) {
         const struct added_token *a = &t->added[i];
         const char *c = t->pool.p + a->off;
@@ -820,6 +907,224 @@ static enum moe_status parse_split(struct moe_tokenizer *t, json_t *obj, const c
     return MOE_OK;
 }
 
+/* An optional string field that, when present, must equal want. */
+static enum moe_status want_string(json_t *obj, const char *key, const char *want, const char *what,
+                                   const char *where)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return MOE_OK;
+    if (!json_is_string(v) || strcmp(json_string_value(v), want))
+        return moe_errorf(MOE_ENOTSUP, "%s: %s.%s must be \"%s\" (other values are not supported)", what, where,
+                          key, want);
+    return MOE_OK;
+}
+
+/* Metaspace (as pre-tokenizer or decoder): replacement "\u2581", prepend_scheme
+ * (or the older add_prefix_space), split (default true). */
+static enum moe_status parse_metaspace(struct moe_tokenizer *t, json_t *obj, const char *where, const char *what)
+{
+    enum moe_status st;
+    if ((st = want_string(obj, "replacement", METASPACE, what, where)) ||
+        (st = want_string(obj, "str_rep", METASPACE, what, where)))
+        return st;
+    bool prefix = true, split = true;
+    if ((st = opt_bool(obj, "add_prefix_space", &prefix, what, where)) ||
+        (st = opt_bool(obj, "split", &split, what, where)))
+        return st;
+    enum prepend_scheme ps = prefix ? PREPEND_ALWAYS : PREPEND_NEVER;
+    json_t *v = json_object_get(obj, "prepend_scheme");
+    if (v && !json_is_null(v)) {
+        const char *x = json_string_value(v);
+        if (x && !strcmp(x, "always"))
+            ps = PREPEND_ALWAYS;
+        else if (x && !strcmp(x, "first"))
+            ps = PREPEND_FIRST;
+        else if (x && !strcmp(x, "never"))
+            ps = PREPEND_NEVER;
+        else
+            return moe_errorf(MOE_EFORMAT, "%s: %s.prepend_scheme must be \"always\", \"first\" or \"never\"",
+                              what, where);
+    }
+    if (!strcmp(where, "decoder")) {
+        t->decoder = DEC_METASPACE;
+        t->dec_replace = true;
+        t->dec_first_drops_mark = ps != PREPEND_NEVER;
+        return MOE_OK;
+    }
+    t->char_level = true;
+    t->metaspace = true;
+    t->prepend = ps;
+    t->split = split ? SPLIT_METASPACE : SPLIT_NONE;
+    return MOE_OK;
+}
+
+/* Replace of one plain string by another ({"String": from} -> to). */
+static bool is_replace(json_t *o, const char *from, const char *to)
+{
+    json_t *pat = json_object_get(o, "pattern");
+    const char *p = json_string_value(json_object_get(pat, "String"));
+    const char *c = json_string_value(json_object_get(o, "content"));
+    return json_is_object(pat) && json_object_size(pat) == 1 && p && c && !strcmp(p, from) && !strcmp(c, to);
+}
+
+static const char *type_of(json_t *o)
+{
+    return json_string_value(json_object_get(o, "type"));
+}
+
+/* null, NFC, or SentencePiece's Sequence[Prepend("\u2581"), Replace(" ", "\u2581")]
+ * (either order: the same text either way). */
+static enum moe_status parse_normalizer(struct moe_tokenizer *t, json_t *root, const char *what)
+{
+    const char *type;
+    json_t *obj;
+    enum moe_status st;
+    if ((st = component_type(root, "normalizer", &type, &obj, what)))
+        return st;
+    if (!type)
+        return MOE_OK;
+    if (!strcmp(type, "NFC")) {
+        t->nfc = true;
+        return MOE_OK;
+    }
+    json_t *seq = !strcmp(type, "Sequence") ? json_object_get(obj, "normalizers") : NULL;
+    if (json_array_size(seq) == 2) {
+        json_t *a = json_array_get(seq, 0), *b = json_array_get(seq, 1);
+        json_t *pre = type_of(a) && !strcmp(type_of(a), "Prepend") ? a : b, *rep = pre == a ? b : a;
+        const char *pc = json_string_value(json_object_get(pre, "prepend"));
+        if (type_of(pre) && !strcmp(type_of(pre), "Prepend") && pc && !strcmp(pc, METASPACE) &&
+            type_of(rep) && !strcmp(type_of(rep), "Replace") && is_replace(rep, " ", METASPACE)) {
+            t->sp_normalizer = true;
+            return MOE_OK;
+        }
+    }
+    return moe_errorf(MOE_ENOTSUP, "%s: normalizer \"%s\" is not supported (only null, \"NFC\", or the "
+                      "\"Sequence\" of Prepend(\"\u2581\") and Replace(\" \", \"\u2581\") of SentencePiece-style "
+                      "tokenizers)", what, type);
+}
+
+/* null, ByteLevel, Metaspace, or SentencePiece's Sequence of Replace("\u2581",
+ * " "), ByteFallback, Fuse and Strip(" ", start, stop), in that order, each
+ * at most once (Strip after Fuse, so that it cuts the text's ends). */
+static enum moe_status parse_decoder(struct moe_tokenizer *t, json_t *root, const char *what)
+{
+    const char *type;
+    json_t *obj;
+    enum moe_status st;
+    if ((st = component_type(root, "decoder", &type, &obj, what)))
+        return st;
+    if (!type)
+        return MOE_OK;
+    if (!strcmp(type, "ByteLevel")) {
+        t->decoder = DEC_BYTE_LEVEL;
+        return MOE_OK;
+    }
+    if (!strcmp(type, "Metaspace"))
+        return parse_metaspace(t, obj, "decoder", what);
+    json_t *seq = !strcmp(type, "Sequence") ? json_object_get(obj, "decoders") : NULL;
+    static const char *const order[] = { "Replace", "ByteFallback", "Fuse", "Strip" };
+    size_t next = 0;
+    for (size_t i = 0; seq && i < json_array_size(seq); i++) {
+        json_t *d = json_array_get(seq, i);
+        const char *dt = type_of(d);
+        size_t k = next;
+        while (k < 4 && dt && strcmp(dt, order[k]))
+            k++;
+        json_t *cont = json_object_get(d, "content");
+        json_t *ja = json_object_get(d, "start"), *jb = json_object_get(d, "stop");
+        json_int_t a = json_integer_value(ja), b = json_integer_value(jb);
+        bool ok = k < 4;
+        if (k == 0)
+            ok = is_replace(d, METASPACE, " ");
+        if (k == 3)
+            ok = next == 3 && json_is_string(cont) && !strcmp(json_string_value(cont), " ") && json_is_integer(ja) &&
+                 json_is_integer(jb) && a >= 0 && a <= 64 && b >= 0 && b <= 64;
+        if (!ok)
+            return moe_errorf(MOE_ENOTSUP, "%s: decoder Sequence: member %zu (%s) is not supported: only "
+                              "Replace(\"\u2581\", \" \"), ByteFallback, Fuse and Strip(\" \") after Fuse, in "
+                              "that order", what, i, dt ? dt : "no type");
+        t->dec_replace |= k == 0;
+        t->dec_byte_fallback |= k == 1;
+        if (k == 3) {
+            t->dec_strip_start = (int)a;
+            t->dec_strip_stop = (int)b;
+        }
+        next = k + 1;
+    }
+    if (!seq)
+        return moe_errorf(MOE_ENOTSUP, "%s: decoder \"%s\" is not supported (only null, \"ByteLevel\", "
+                          "\"Metaspace\", or the \"Sequence\" of Replace, ByteFallback, Fuse and Strip of "
+                          "SentencePiece-style tokenizers)", what, type);
+    t->decoder = DEC_METASPACE;
+    return MOE_OK;
+}
+
+/* TemplateProcessing whose "single" template is special tokens, the text
+ * ("Sequence" A), special tokens: their ids go around an encoded prompt
+ * (moe_tokenizer_encode_prompt). */
+static enum moe_status parse_template(struct moe_tokenizer *t, json_t *obj, const char *what)
+{
+    if (t->n_tmpl_pre || t->n_tmpl_post)
+        return moe_errorf(MOE_ENOTSUP, "%s: post_processor has more than one TemplateProcessing", what);
+    json_t *single = json_object_get(obj, "single"), *specials = json_object_get(obj, "special_tokens");
+    bool seen_text = false;
+    for (size_t i = 0; i < json_array_size(single); i++) {
+        json_t *item = json_array_get(single, i);
+        json_t *sp = json_object_get(item, "SpecialToken"), *sq = json_object_get(item, "Sequence");
+        if (sq && !sp && !seen_text) {
+            seen_text = true;
+            continue;
+        }
+        json_t *def = json_object_get(specials, json_string_value(json_object_get(sp, "id")));
+        json_t *ids = json_object_get(def, "ids");
+        int *dst = seen_text ? t->tmpl_post : t->tmpl_pre, *n = seen_text ? &t->n_tmpl_post : &t->n_tmpl_pre;
+        if (!sp || !json_is_array(ids))
+            return moe_errorf(MOE_EFORMAT, "%s: post_processor.single[%zu] must be a SpecialToken listed in "
+                              "special_tokens with its ids, or the one Sequence", what, i);
+        for (size_t k = 0; k < json_array_size(ids); k++) {
+            json_t *id = json_array_get(ids, k);
+            if (*n == (int)MOE_ARRAY_LEN(t->tmpl_pre))
+                return moe_errorf(MOE_ENOTSUP, "%s: post_processor.single puts more than %zu ids on one side of "
+                                  "the text", what, MOE_ARRAY_LEN(t->tmpl_pre));
+            if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= TOK_MAX_ID)
+                return moe_errorf(MOE_EFORMAT, "%s: post_processor special token ids must be integers in [0, %d)",
+                                  what, TOK_MAX_ID);
+            dst[(*n)++] = (int)json_integer_value(id);
+        }
+    }
+    if (!seen_text)
+        return moe_errorf(MOE_EFORMAT, "%s: post_processor.single has no {\"Sequence\": ...} for the text", what);
+    return MOE_OK;
+}
+
+/* post_processor: null, ByteLevel (offsets only), TemplateProcessing, or a
+ * Sequence of them (Llama 3's layout). */
+static enum moe_status parse_post_processor(struct moe_tokenizer *t, json_t *root, const char *what)
+{
+    const char *type;
+    json_t *obj;
+    enum moe_status st;
+    if ((st = component_type(root, "post_processor", &type, &obj, what)))
+        return st;
+    json_t *seq = type && !strcmp(type, "Sequence") ? json_object_get(obj, "processors") : NULL;
+    size_t n = seq ? json_array_size(seq) : 1;
+    for (size_t i = 0; type && i < n; i++) {
+        json_t *p = seq ? json_array_get(seq, i) : obj;
+        const char *pt = seq ? type_of(p) : type;
+        if (pt && !strcmp(pt, "ByteLevel"))
+            continue;
+        if (pt && !strcmp(pt, "TemplateProcessing")) {
+            if ((st = parse_template(t, p, what)))
+                return st;
+            continue;
+        }
+        return moe_errorf(MOE_ENOTSUP, "%s: post_processor \"%s\" is not supported (only null, \"ByteLevel\", "
+                          "\"TemplateProcessing\" or a \"Sequence\" of them)", what, pt ? pt : "without a type");
+    }
+    return MOE_OK;
+}
+
 /* ByteLevel alone, or Sequence[Split(Qwen2), ByteLevel(use_regex false)]. */
 static enum moe_status parse_pre_tokenizer(struct moe_tokenizer *t, json_t *root, const char *what)
 {
@@ -828,8 +1133,15 @@ static enum moe_status parse_pre_tokenizer(struct moe_tokenizer *t, json_t *root
     enum moe_status st;
     if ((st = component_type(root, "pre_tokenizer", &type, &obj, what)))
         return st;
-    if (type && !strcmp(type, "ByteLevel"))
+    if (!type) { /* the whole segment is one piece of characters */
+        t->char_level = true;
+        t->split = SPLIT_NONE;
+        return MOE_OK;
+    }
+    if (!strcmp(type, "ByteLevel"))
         return parse_byte_level(t, obj, false, what);
+    if (!strcmp(type, "Metaspace"))
+        return parse_metaspace(t, obj, "pre_tokenizer", what);
     json_t *seq = type && !strcmp(type, "Sequence") ? json_object_get(obj, "pretokenizers") : NULL;
     json_t *a = json_array_get(seq, 0), *b = json_array_get(seq, 1);
     const char *ta = json_string_value(json_object_get(a, "type")), *tb = json_string_value(json_object_get(b, "type"));
@@ -838,9 +1150,8 @@ static enum moe_status parse_pre_tokenizer(struct moe_tokenizer *t, json_t *root
             return st;
         return parse_byte_level(t, b, true, what);
     }
-    return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer %s%s%s is not supported (only \"ByteLevel\", or "
-                      "\"Sequence\" of Qwen2's \"Split\" and \"ByteLevel\")", what, type ? "\"" : "",
-                      type ? type : "null", type ? "\"" : "");
+    return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer \"%s\" is not supported (only null, \"ByteLevel\", "
+                      "\"Metaspace\", or \"Sequence\" of Qwen2's \"Split\" and \"ByteLevel\")", what, type);
 }
 
 static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const char *what)
@@ -849,26 +1160,18 @@ static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const c
         return moe_errorf(MOE_EFORMAT, "%s: the top level must be a JSON object", what);
     if (!json_is_object(json_object_get(root, "model")))
         return moe_errorf(MOE_EFORMAT, "%s: \"model\" is missing or not an object", what);
-    const char *type;
-    json_t *obj;
     enum moe_status st;
-
-    if ((st = component_type(root, "normalizer", &type, &obj, what)))
+    if ((st = parse_normalizer(t, root, what)) || (st = parse_pre_tokenizer(t, root, what)) ||
+        (st = parse_decoder(t, root, what)) || (st = parse_post_processor(t, root, what)))
         return st;
-    if (type && strcmp(type, "NFC"))
-        return moe_errorf(MOE_ENOTSUP, "%s: normalizer \"%s\" is not supported (only null or \"NFC\")", what,
-                          type);
-    t->nfc = type != NULL;
-
-    if ((st = parse_pre_tokenizer(t, root, what)))
-        return st;
-
-    if ((st = component_type(root, "decoder", &type, &obj, what)))
-        return st;
-    if (type && strcmp(type, "ByteLevel"))
-        return moe_errorf(MOE_ENOTSUP, "%s: decoder \"%s\" is not supported (only \"ByteLevel\" or null)", what,
-                          type);
-    bool byte_level_decoder = type != NULL;
+    /* the two families do not mix: bytes mapped to printable chars, or characters and "\u2581" */
+    if (t->sp_normalizer && !t->char_level)
+        return moe_errorf(MOE_ENOTSUP, "%s: the Prepend/Replace normalizer goes with no pre_tokenizer or "
+                          "Metaspace, not ByteLevel", what);
+    if ((t->decoder == DEC_BYTE_LEVEL && t->char_level) || (t->decoder == DEC_METASPACE && !t->char_level))
+        return moe_errorf(MOE_ENOTSUP, "%s: a %s decoder with a %s pre_tokenizer is not supported", what,
+                          t->decoder == DEC_BYTE_LEVEL ? "ByteLevel" : "SentencePiece-style",
+                          t->char_level ? "null or Metaspace" : "ByteLevel");
 
     if ((st = parse_model(t, root, what)))
         return st;
@@ -881,9 +1184,14 @@ static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const c
     if ((st = check_normalized_added(t, what)))
         return st;
 
-    if ((st = build_id_tables(t, byte_level_decoder, what)))
+    if ((st = build_id_tables(t, what)))
         return st;
     build_byte_ids(t);
+    for (int i = 0; i < t->n_tmpl_pre + t->n_tmpl_post; i++) {
+        int id = i < t->n_tmpl_pre ? t->tmpl_pre[i] : t->tmpl_post[i - t->n_tmpl_pre];
+        if (id >= t->n_ids || t->str_len[id] == UINT32_MAX)
+            return moe_errorf(MOE_EFORMAT, "%s: post_processor names token id %d, which has no token", what, id);
+    }
     return MOE_OK;
 }
 
@@ -976,6 +1284,7 @@ struct encode_ws {
     struct bpe_cand *heap;
     size_t heap_len, heap_cap;
     struct bytebuf scratch;
+    struct bytebuf marked;  /* a segment with its spaces as "\u2581" (Metaspace) */
 };
 
 static bool cand_less(const struct bpe_cand *a, const struct bpe_cand *b)
@@ -1036,11 +1345,55 @@ static bool push_pair(const struct moe_tokenizer *t, struct encode_ws *w, int le
     return heap_push(w, (struct bpe_cand){ rank, (uint32_t)left, new_id });
 }
 
+/* First symbols of a piece of characters (SentencePiece kinds), as tokenizers'
+ * BPE::merge_word makes them: a character in the vocab is its token; else its
+ * UTF-8 bytes' <0xXX> tokens under byte fallback; else unk, a run of them one
+ * unk with fuse_unk.  As there, an unk is only written when the next
+ * character found in the vocab comes (or the piece ends), so the byte
+ * fallback tokens of characters in between come before it.  sym has room for
+ * n symbols. */
+static size_t char_symbols(const struct moe_tokenizer *t, struct bpe_sym *sym, const char *p, size_t n)
+{
+    size_t ns = 0, l;
+    bool unk = false;
+    for (size_t i = 0; i < n; i += l) {
+        utf8_at(p, n, i, &l);
+        int id = strmap_get(t, &t->vocab, p + i, l);
+        if (id >= 0) {
+            if (unk)
+                sym[ns++] = (struct bpe_sym){ t->unk_id, 0, 0, false };
+            unk = false;
+            sym[ns++] = (struct bpe_sym){ id, 0, 0, false };
+            continue;
+        }
+        bool fallback = t->byte_fallback;
+        for (size_t k = 0; k < l; k++)
+            fallback = fallback && t->raw_fb_id[(unsigned char)p[i + k]] >= 0;
+        if (fallback) {
+            for (size_t k = 0; k < l; k++)
+                sym[ns++] = (struct bpe_sym){ t->raw_fb_id[(unsigned char)p[i + k]], 0, 0, false };
+        } else if (t->unk_id >= 0) {
+            if (unk && !t->fuse_unk)
+                sym[ns++] = (struct bpe_sym){ t->unk_id, 0, 0, false };
+            unk = true;
+        }
+        /* else: no token and no unk token: dropped, as tokenizers does */
+    }
+    if (unk)
+        sym[ns++] = (struct bpe_sym){ t->unk_id, 0, 0, false };
+    return ns;
+}
+
 /* BPE over one pre-tokenized piece (raw bytes): symbols start as the
- * piece's byte-level chars and merge by rank (tokenizers' Word::merge_all). */
+ * piece's byte-level chars (or its characters, char_level) and merge by rank
+ * (tokenizers' Word::merge_all). */
 static enum moe_status bpe_piece(const struct moe_tokenizer *t, struct encode_ws *w, const char *p, size_t n)
 {
-    if (t->ignore_merges) {
+    if (t->ignore_merges && t->char_level) {
+        int id = strmap_get(t, &t->vocab, p, n);
+        if (id >= 0)
+            return idbuf_push(w->out, id) ? MOE_OK : moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    } else if (t->ignore_merges) {
         struct bytebuf *s = &w->scratch;
         s->len = 0;
         for (size_t i = 0; i < n; i++) {
@@ -1062,7 +1415,9 @@ static enum moe_status bpe_piece(const struct moe_tokenizer *t, struct encode_ws
     }
     size_t ns = 0;
     bool last_unk = false;
-    for (size_t i = 0; i < n; i++) {
+    if (t->char_level)
+        ns = char_symbols(t, w->sym, p, n);
+    for (size_t i = 0; !t->char_level && i < n; i++) {
         unsigned b = (unsigned char)p[i];
         int id = t->byte_id[b];
         if (id >= 0) {
@@ -1218,12 +1573,28 @@ static size_t qwen2_match(const char *s, size_t i, size_t end)
     return j - i;                  /* \s+ */
 }
 
+static bool is_mark(const char *s, size_t i, size_t n)
+{
+    return i + METASPACE_LEN <= n && !memcmp(s + i, METASPACE, METASPACE_LEN);
+}
+
+/* Metaspace's split ("MergedWithNext"): a piece runs from a "\u2581" (or a
+ * space, in text not yet marked) up to the next one. */
+static size_t metaspace_match(const char *s, size_t i, size_t n)
+{
+    size_t j = i + (s[i] == ' ' ? 1 : is_mark(s, i, n) ? METASPACE_LEN : 0);
+    while (j < n && s[j] != ' ' && !is_mark(s, j, n))
+        j++;
+    return j > i ? j - i : n - i;
+}
+
 /* Length of the pre-tokenizer's piece at s[i..n) (never 0 when i < n). */
 static size_t split_match(const struct moe_tokenizer *t, const char *s, size_t i, size_t n)
 {
     switch (t->split) {
     case SPLIT_QWEN2: return qwen2_match(s, i, n);
     case SPLIT_GPT2: return gpt2_match(s, i, n);
+    case SPLIT_METASPACE: return metaspace_match(s, i, n);
     default: return n - i;
     }
 }
@@ -1270,10 +1641,36 @@ enum moe_status moe_tokenizer_pretokenize(const struct moe_tokenizer *t, const c
     return MOE_OK;
 }
 
-static enum moe_status encode_plain(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n)
+/* s[0..n) with each space as "\u2581" into dst, after a "\u2581" when pre
+ * (SentencePiece's word mark: the Metaspace pre-tokenizer and the
+ * Prepend/Replace normalizer both make it). */
+static bool mark_spaces(struct bytebuf *dst, const char *s, size_t n, bool pre)
+{
+    dst->len = 0;
+    if (pre && !bytebuf_append(dst, METASPACE, METASPACE_LEN))
+        return false;
+    for (size_t i = 0, j; i < n; i = j + 1) {
+        for (j = i; j < n && s[j] != ' ';)
+            j++;
+        if (!bytebuf_append(dst, s + i, j - i) || (j < n && !bytebuf_append(dst, METASPACE, METASPACE_LEN)))
+            return false;
+    }
+    return true;
+}
+
+/* Pre-tokenize and BPE a segment without added tokens; at0: it starts the input. */
+static enum moe_status encode_plain(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n,
+                                    bool at0)
 {
     if (n == 0)
         return MOE_OK;
+    if (t->metaspace) { /* prepended unless the segment starts with a space (or mark) already */
+        bool pre = (t->prepend == PREPEND_ALWAYS || (t->prepend == PREPEND_FIRST && at0)) && s[0] != ' ' &&
+                   !is_mark(s, 0, n);
+        if (!mark_spaces(&w->marked, s, n, pre))
+            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+        return encode_pieces(t, w, w->marked.p, w->marked.len);
+    }
     if (!t->add_prefix_space || s[0] == ' ')
         return encode_pieces(t, w, s, n);
     /* ByteLevel add_prefix_space: the segment is encoded as if it began with a space */
@@ -1303,35 +1700,43 @@ static uint32_t utf8_before(const char *s, size_t i, size_t *n)
 }
 
 static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n,
-                                    int pass);
+                                    int pass, bool at0);
 
 /* Text between non-normalized added tokens: through the normalizer, then the
  * normalized added tokens, then pre-tokenizer and BPE. */
 static enum moe_status encode_normalized(const struct moe_tokenizer *t, struct encode_ws *w, const char *s,
-                                         size_t n)
+                                         size_t n, bool at0)
 {
     int pass = t->n_added_normalized ? 1 : 2;
+    if (t->sp_normalizer && n) { /* normalized into a buffer of its own: encode_plain reuses w->marked */
+        struct bytebuf b = { 0 };
+        enum moe_status st = mark_spaces(&b, s, n, true) ? encode_added(t, w, b.p, b.len, pass, at0)
+                                                          : moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+        free(b.p);
+        return st;
+    }
     if (!t->nfc || moe_tok_nfc_quick(s, n))
-        return encode_added(t, w, s, n, pass);
+        return encode_added(t, w, s, n, pass, at0);
     char *norm;
     size_t len;
     enum moe_status st = moe_tok_nfc(s, n, &norm, &len);
     if (st)
         return st;
-    st = encode_added(t, w, norm, len, pass);
+    st = encode_added(t, w, norm, len, pass, at0);
     free(norm);
     return st;
 }
 
 /* Split s[0..n) at added tokens of one pass (pass 0: normalized == false,
- * pass 1: normalized == true), leftmost-longest; gaps go to the next pass. */
+ * pass 1: normalized == true), leftmost-longest; gaps go to the next pass.
+ * at0: s starts the input. */
 static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n,
-                                    int pass)
+                                    int pass, bool at0)
 {
     if (pass == 2)
-        return encode_plain(t, w, s, n);
+        return encode_plain(t, w, s, n, at0);
     if (pass == 0 && !t->n_added_raw)
-        return encode_normalized(t, w, s, n);
+        return encode_normalized(t, w, s, n, at0);
     enum moe_status st;
     size_t done = 0;   /* bytes before this are handled */
     for (size_t i = 0; i < n; i++) {
@@ -1359,15 +1764,18 @@ static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode
         if (hit->rstrip)
             while (stop < n && cp_class(utf8_at(s, n, stop, &l)) == MOE_TOK_CLASS_SPACE)
                 stop += l;
-        if ((st = pass == 0 ? encode_normalized(t, w, s + done, start - done)
-                            : encode_added(t, w, s + done, start - done, pass + 1)))
+        bool first = at0 && done == 0;
+        if ((st = pass == 0 ? encode_normalized(t, w, s + done, start - done, first)
+                            : encode_added(t, w, s + done, start - done, pass + 1, first)))
             return st;
         if (!idbuf_push(w->out, hit->id))
             return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
         done = stop;
         i = stop - 1;
     }
-    return pass == 0 ? encode_normalized(t, w, s + done, n - done) : encode_added(t, w, s + done, n - done, 2);
+    bool first = at0 && done == 0;
+    return pass == 0 ? encode_normalized(t, w, s + done, n - done, first)
+                     : encode_added(t, w, s + done, n - done, 2, first);
 }
 
 enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *text, size_t len, int **ids,
@@ -1387,10 +1795,11 @@ enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *
     }
     struct idbuf out = { 0 };
     struct encode_ws w = { .out = &out };
-    enum moe_status st = encode_added(t, &w, text ? text : "", len, 0);
+    enum moe_status st = encode_added(t, &w, text ? text : "", len, 0, true);
     free(w.sym);
     free(w.heap);
     free(w.scratch.p);
+    free(w.marked.p);
     if (st) {
         free(out.p);
         return st;
@@ -1399,6 +1808,28 @@ enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *
         return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
     *ids = out.p;
     *n_ids = out.len;
+    return MOE_OK;
+}
+
+enum moe_status moe_tokenizer_encode_prompt(const struct moe_tokenizer *t, const char *text, size_t len, int **ids,
+                                            size_t *n_ids)
+{
+    enum moe_status st = moe_tokenizer_encode(t, text, len, ids, n_ids);
+    if (st || (!t->n_tmpl_pre && !t->n_tmpl_post))
+        return st;
+    size_t pre = (size_t)t->n_tmpl_pre, n = *n_ids + pre + (size_t)t->n_tmpl_post;
+    int *all = realloc(*ids, n * sizeof(int));
+    if (!all) {
+        free(*ids);
+        *ids = NULL;
+        *n_ids = 0;
+        return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    }
+    memmove(all + pre, all, *n_ids * sizeof(int));
+    memcpy(all, t->tmpl_pre, pre * sizeof(int));
+    memcpy(all + pre + *n_ids, t->tmpl_post, (size_t)t->n_tmpl_post * sizeof(int));
+    *ids = all;
+    *n_ids = n;
     return MOE_OK;
 }
 
@@ -1435,11 +1866,24 @@ enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *i
         return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to decode %zu bytes", total);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
+        if (i == 0 && t->dec_first_drops_mark) { /* Metaspace decoder: the first token's marks vanish */
+            struct bytebuf first = { out, 0, total + 1 };
+            decode_metaspace_string(t, t->pool.p + t->str_off[ids[0]], t->str_len[ids[0]], "", &first);
+            k = first.len;  /* never grows: "" is shorter than " " */
+            continue;
+        }
         memcpy(out + k, t->pool.p + t->dec_off[ids[i]], t->dec_len[ids[i]]);
         k += t->dec_len[ids[i]];
     }
-    out[k] = 0;
+    /* Fuse + Strip: up to dec_strip_start spaces off the front, dec_strip_stop off the back */
+    size_t a = 0, b = k;
+    while (a < b && a < (size_t)t->dec_strip_start && out[a] == ' ')
+        a++;
+    while (b > a && k - b < (size_t)t->dec_strip_stop && out[b - 1] == ' ')
+        b--;
+    memmove(out, out + a, b - a);
+    out[b - a] = 0;
     *text = out;
-    *len = k;
+    *len = b - a;
     return MOE_OK;
 }

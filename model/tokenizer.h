@@ -1,7 +1,8 @@
-/* tokenizer.json byte-level BPE (GPT-2 style): the ByteLevel pre-tokenizer
- * with its regex, merges by rank, added/special tokens matched verbatim
- * before pre-tokenisation.  Encodes UTF-8 text to ids and decodes ids back
- * to the exact bytes. */
+/* tokenizer.json BPE: byte-level (GPT-2 style: the ByteLevel pre-tokenizer
+ * with its regex, or Qwen2's split) or SentencePiece-style (Llama, Mixtral:
+ * spaces as "\u2581", BPE over characters with byte fallback); merges by rank,
+ * added/special tokens matched verbatim before pre-tokenisation.  Encodes
+ * UTF-8 text to ids and decodes ids back to bytes. */
 #ifndef MOE_TOKENIZER_H
 #define MOE_TOKENIZER_H
 
@@ -27,16 +28,26 @@ int moe_tokenizer_token_id(const struct moe_tokenizer *t, const char *token);
  * tokens in the text are recognised.  Invalid UTF-8 is an error. */
 enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *text, size_t len,
                                      int **ids, size_t *n_ids);
+/* As moe_tokenizer_encode, with the ids that the post_processor's
+ * TemplateProcessing puts around a single text (a Llama/Mixtral BOS), as the
+ * Hugging Face library does with add_special_tokens: a prompt to generate from. */
+enum moe_status moe_tokenizer_encode_prompt(const struct moe_tokenizer *t, const char *text, size_t len,
+                                            int **ids, size_t *n_ids);
 /* The pieces the pre-tokenizer cuts text into before BPE: text is len bytes
  * of valid UTF-8, already normalized, without added tokens (none are looked
- * for), and ByteLevel's add_prefix_space is not applied.  *lens (malloc'd)
+ * for), and ByteLevel's add_prefix_space is not applied.  Metaspace's pieces
+ * are cut at spaces (each starts one) and are given in the bytes of text,
+ * before spaces become "\u2581" and one is put in front.  *lens (malloc'd)
  * gets each piece's length in bytes, *n their number. */
 enum moe_status moe_tokenizer_pretokenize(const struct moe_tokenizer *t, const char *text, size_t len,
                                           size_t **lens, size_t *n);
-/* Decode ids to bytes; *text malloc'd and NUL-terminated.  Out-of-range ids are an error. */
+/* Decode ids to bytes; *text malloc'd and NUL-terminated.  Out-of-range ids are an error.
+ * Decoders that strip the text's first space (SentencePiece kinds) do so here,
+ * not in moe_tokenizer_token_bytes. */
 enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *ids, size_t n,
                                      char **text, size_t *len);
-/* Bytes of one token as decoded (for streaming); returns length, or -1 for a bad id.
+/* Bytes of one token as decoded (for streaming, where a token continues the
+ * text before it: a "\u2581" is always a space); returns length, or -1 for a bad id.
  * buf gets at most cap bytes (the first min(length, cap)); buf may be NULL to ask the length.
  * A token may hold part of a UTF-8 character: join bytes before printing text. */
 int moe_tokenizer_token_bytes(const struct moe_tokenizer *t, int id, char *buf, size_t cap);

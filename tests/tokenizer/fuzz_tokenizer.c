@@ -8,6 +8,10 @@
  *   pre_tokenizer of corpus/valid-qwen2-nfc.json: NFC + Qwen2's Split): its ids
  *   must decode to the input's NFC, whose pre-tokenizer pieces must be non-empty
  *   and cover it exactly.
+ * - And with the SentencePiece-style tokenizer of Mixtral's layout
+ *   (tests/fixtures/tokenizer/spm-legacy.json: byte fallback, so every
+ *   character encodes): text without added tokens or "\u2581" in it must
+ *   decode to itself, and as a prompt it gets the BOS in front.
  *
  * The bundled tokenizer is found through MOEFLOW_SOURCE_DIR (set by ctest),
  * else the source directory this was built from. */
@@ -23,7 +27,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-static struct moe_tokenizer *real, *qwen2;
+static struct moe_tokenizer *real, *qwen2, *spm;
 
 /* The bundled tokenizer.json with the normalizer and pre_tokenizer of kind. */
 static struct moe_tokenizer *load_kind(const char *root, const char *kind)
@@ -57,7 +61,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(path, sizeof(path), "%s/models/pycode-moe-18m", root ? root : MOEFLOW_SOURCE_DIR_DEFAULT);
     real = moe_tokenizer_load_dir(path);
     qwen2 = load_kind(root ? root : MOEFLOW_SOURCE_DIR_DEFAULT, "valid-qwen2-nfc.json");
-    if (!real || !qwen2) {
+    snprintf(path, sizeof(path), "%s/tests/fixtures/tokenizer/spm-legacy.json",
+             root ? root : MOEFLOW_SOURCE_DIR_DEFAULT);
+    spm = moe_tokenizer_load(path);
+    if (!real || !qwen2 || !spm) {
         fprintf(stderr, "fuzz_tokenizer: %s\n", moe_last_error());
         exit(1);
     }
@@ -122,6 +129,34 @@ static void check_qwen2(const char *text, size_t len)
     free(ids);
 }
 
+static bool contains(const char *s, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (!memcmp(s + i, needle, k))
+            return true;
+    return false;
+}
+
+/* SentencePiece kind: plain text round-trips; a prompt is BOS + the text's ids. */
+static void check_spm(const char *text, size_t len)
+{
+    bool plain = !contains(text, len, "<s>") && !contains(text, len, "</s>") && !contains(text, len, "<unk>") &&
+                 !contains(text, len, "\xe2\x96\x81");
+    round_trip(spm, text, len, plain);
+    int *ids = NULL, *pids = NULL;
+    size_t n = 0, pn = 0;
+    if (moe_tokenizer_encode(spm, text, len, &ids, &n) != MOE_OK)
+        return;
+    if (moe_tokenizer_encode_prompt(spm, text, len, &pids, &pn) != MOE_OK || pn != n + 1 || pids[0] != 1 ||
+        memcmp(pids + 1, ids, n * sizeof(int))) {
+        fprintf(stderr, "fuzz_tokenizer: spm kind: the prompt of %zu bytes is not <s> + its ids\n", len);
+        abort();
+    }
+    free(ids);
+    free(pids);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = (const char *)data;
@@ -137,5 +172,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     round_trip(real, text, size, true);
     check_qwen2(text, size);
+    check_spm(text, size);
     return 0;
 }

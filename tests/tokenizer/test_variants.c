@@ -113,7 +113,8 @@ int main(void)
     free(buf);
 
     check_refused(base, "{\"type\": \"NFD\"}", "{\"type\": \"ByteLevel\"}", "normalizer \"NFD\"");
-    check_refused(base, "null", "{\"type\": \"Metaspace\"}", "pre_tokenizer \"Metaspace\"");
+    check_refused(base, "null", "{\"type\": \"Metaspace\"}", "ByteLevel decoder with a null or Metaspace");
+    check_refused(base, "null", "{\"type\": \"Whitespace\"}", "pre_tokenizer \"Whitespace\"");
     check_refused(base, "null", "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
                   "{\"Regex\": \"\\\\s+\"}, \"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", "
                   "\"use_regex\": false}]}", "only the pattern");

@@ -407,7 +407,7 @@ static int bench_batch(int argc, char **argv)
     int max_prompt = 1;
     for (int i = 0; i < n_texts; i++) {
         size_t n = 0;
-        if (moe_tokenizer_encode(tok, texts[i], strlen(texts[i]), &ids[i], &n) != MOE_OK) {
+        if (moe_tokenizer_encode_prompt(tok, texts[i], strlen(texts[i]), &ids[i], &n) != MOE_OK) {
             fprintf(stderr, "moeflow bench batch: prompt %d: %s\n", i + 1, moe_last_error());
             goto out;
         }

@@ -262,7 +262,7 @@ int moe_cmd_generate(int argc, char **argv)
     size_t n_ids = 0;
 
     if (!moe_cli_open_model("generate", o.model_dir, &m, &tok)) goto out;
-    if (moe_tokenizer_encode(tok, o.prompt, strlen(o.prompt), &ids, &n_ids) != MOE_OK) {
+    if (moe_tokenizer_encode_prompt(tok, o.prompt, strlen(o.prompt), &ids, &n_ids) != MOE_OK) {
         fprintf(stderr, "moeflow generate: --prompt: %s\n", moe_last_error());
         rc = 2;
         goto out;

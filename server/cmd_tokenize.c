@@ -17,17 +17,20 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: moeflow tokenize [--model DIR | --tokenizer FILE] (--text T | --file F)\n"
+            "usage: moeflow tokenize [--model DIR | --tokenizer FILE] [--prompt] (--text T | --file F)\n"
             "       moeflow tokenize [--model DIR | --tokenizer FILE] --decode (--ids JSON | --file F)\n"
             "\n"
             "Encode UTF-8 text to token ids, printed as a JSON array; with --decode, turn a JSON\n"
             "array of ids back into text (the exact bytes, written to stdout).  Special tokens such\n"
-            "as <|endoftext|> in the text are recognised; nothing is added.\n"
+            "as <|endoftext|> in the text are recognised; nothing is added unless --prompt.\n"
             "\n"
             "  --model DIR       model directory holding tokenizer.json (default %s)\n"
             "  --tokenizer FILE  a tokenizer.json to use instead of the model's\n"
             "  --text T          the text to encode\n"
             "  --file F          read the text (or, with --decode, the JSON array of ids) from F; - is stdin\n"
+            "  --prompt          encode as generate and serve encode a prompt: with the ids that the\n"
+            "                    tokenizer's post_processor template puts around a text (the BOS of\n"
+            "                    Llama/Mixtral tokenizers; none for the bundled model)\n"
             "  --decode          decode ids to text\n"
             "  --ids JSON        the ids to decode, e.g. '[31, 1066, 0]'\n"
             "  -h, --help        this help\n",
@@ -129,12 +132,13 @@ int moe_cmd_tokenize(int argc, char **argv)
         { "text", required_argument, NULL, 't' },
         { "file", required_argument, NULL, 'f' },
         { "decode", no_argument, NULL, 'd' },
+        { "prompt", no_argument, NULL, 'p' },
         { "ids", required_argument, NULL, 'i' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *model = NULL, *tok_path = NULL, *text = NULL, *file = NULL, *ids_arg = NULL;
-    bool decode = false;
+    bool decode = false, prompt = false;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -144,6 +148,7 @@ int moe_cmd_tokenize(int argc, char **argv)
         case 't': text = optarg; break;
         case 'f': file = optarg; break;
         case 'd': decode = true; break;
+        case 'p': prompt = true; break;
         case 'i': ids_arg = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -158,6 +163,8 @@ int moe_cmd_tokenize(int argc, char **argv)
         why = "--text is for encoding; with --decode give --ids or --file";
     else if (!decode && ids_arg)
         why = "--ids needs --decode";
+    else if (decode && prompt)
+        why = "--prompt is for encoding, not with --decode";
     else if (!!file + !!(decode ? ids_arg : text) != 1)
         why = decode ? "give exactly one of --ids and --file" : "give exactly one of --text and --file";
     if (why) {
@@ -184,7 +191,9 @@ int moe_cmd_tokenize(int argc, char **argv)
         int *ids = NULL;
         size_t n = 0;
         const char *src = file ? buf : text;
-        enum moe_status st = moe_tokenizer_encode(t, src, file ? len : strlen(text), &ids, &n);
+        size_t slen = file ? len : strlen(text);
+        enum moe_status st = prompt ? moe_tokenizer_encode_prompt(t, src, slen, &ids, &n)
+                                    : moe_tokenizer_encode(t, src, slen, &ids, &n);
         if (st) {
             fprintf(stderr, "moeflow tokenize: %s: %s\n", file ? file : "--text", moe_last_error());
             rc = file || st == MOE_ENOMEM ? 1 : 2; /* a bad --text is a usage error */

@@ -382,7 +382,7 @@ static void do_tokenize(struct gcall *c, const uint8_t *buf, size_t len)
     size_t n = 0;
     const char *text = rq->text ? rq->text : "";
     enum moe_status st = moe_utf8_valid(text, strlen(text)) ?
-                             moe_tokenizer_encode(s->tok, text, strlen(text), &ids, &n) :
+                             moe_tokenizer_encode_prompt(s->tok, text, strlen(text), &ids, &n) :
                              moe_errorf(MOE_EINVAL, "text is not valid UTF-8");
     if (st != MOE_OK) {
         char msg[512];

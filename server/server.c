@@ -351,7 +351,7 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
                 goto out_ids;
             }
     } else {
-        st = moe_tokenizer_encode(s->tok, r->prompt ? r->prompt : "", r->prompt_len, &ids, &n_ids);
+        st = moe_tokenizer_encode_prompt(s->tok, r->prompt ? r->prompt : "", r->prompt_len, &ids, &n_ids);
         if (st != MOE_OK) {
             moe_error_prefix(MOE_EINVAL, "prompt");
             st = MOE_EINVAL;

@@ -2,7 +2,8 @@
  * an unsupported kind (here the bundled model with BERT's Whitespace
  * pre-tokenizer): `logits --ids` and `trace --ids` run on token ids, while
  * `tokenize` and `generate` stop with a message naming the pre-tokenizer; a
- * TemplateProcessing post_processor adds no BOS. */
+ * TemplateProcessing post_processor's BOS goes before a prompt (generate,
+ * tokenize --prompt), not before plain text (tokenize). */
 #include "common/moe.h"
 #include "tests/test_util.h"
 
@@ -76,7 +77,7 @@ int main(void)
     st = t_run(cmd, out, sizeof(out));
     CHECK(st == 1 && strstr(out, "pre_tokenizer \"Whitespace\" is not supported"), "generate: exit %d: %s", st, out);
 
-    /* A TemplateProcessing BOS is not added: "hi" encodes as without a post_processor. */
+    /* A TemplateProcessing BOS: "def f" is [324,285] as text, [0,324,285] as a prompt. */
     make_model(dir, "post_processor",
                json_pack("{s:s, s:[{s:{s:s, s:i}}, {s:{s:s, s:i}}], s:[], s:{s:{s:s, s:[i], s:[s]}}}", "type",
                          "TemplateProcessing", "single", "SpecialToken", "id", "<|endoftext|>", "type_id", 0,
@@ -85,6 +86,13 @@ int main(void)
     snprintf(cmd, sizeof(cmd), "'%s' tokenize --model '%s' --text 'def f' 2>&1", exe, dir);
     st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0 && !strcmp(out, "[324,285]\n"), "tokenize with a post_processor: exit %d: %s", st, out);
+    snprintf(cmd, sizeof(cmd), "'%s' tokenize --model '%s' --prompt --text 'def f' 2>&1", exe, dir);
+    st = t_run(cmd, out, sizeof(out));
+    CHECK(st == 0 && !strcmp(out, "[0,324,285]\n"), "tokenize --prompt with a post_processor: exit %d: %s", st, out);
+    /* generate counts the BOS in its prompt (the context check says how many tokens) */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt 'def f' --max-tokens 2047 2>&1", exe, dir);
+    st = t_run(cmd, out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "prompt (3 tokens)"), "generate with a post_processor: exit %d: %s", st, out);
     rm_model(dir);
     return t_result("test_cli_foreign_tokenizer");
 }

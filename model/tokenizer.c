@@ -973,6 +973,12 @@ static const char *type_of(json_t *o)
     return json_string_value(json_object_get(o, "type"));
 }
 
+static bool is_type(json_t *o, const char *type)
+{
+    const char *t = type_of(o);
+    return t && !strcmp(t, type);
+}
+
 /* null, NFC, or SentencePiece's Sequence[Prepend("\u2581"), Replace(" ", "\u2581")]
  * (either order: the same text either way). */
 static enum moe_status parse_normalizer(struct moe_tokenizer *t, json_t *root, const char *what)
@@ -991,10 +997,10 @@ static enum moe_status parse_normalizer(struct moe_tokenizer *t, json_t *root, c
     json_t *seq = !strcmp(type, "Sequence") ? json_object_get(obj, "normalizers") : NULL;
     if (json_array_size(seq) == 2) {
         json_t *a = json_array_get(seq, 0), *b = json_array_get(seq, 1);
-        json_t *pre = type_of(a) && !strcmp(type_of(a), "Prepend") ? a : b, *rep = pre == a ? b : a;
+        json_t *pre = is_type(a, "Prepend") ? a : b, *rep = pre == a ? b : a;
         const char *pc = json_string_value(json_object_get(pre, "prepend"));
-        if (type_of(pre) && !strcmp(type_of(pre), "Prepend") && pc && !strcmp(pc, METASPACE) &&
-            type_of(rep) && !strcmp(type_of(rep), "Replace") && is_replace(rep, " ", METASPACE)) {
+        if (is_type(pre, "Prepend") && pc && !strcmp(pc, METASPACE) && is_type(rep, "Replace") &&
+            is_replace(rep, " ", METASPACE)) {
             t->sp_normalizer = true;
             return MOE_OK;
         }
@@ -1111,10 +1117,10 @@ static enum moe_status parse_post_processor(struct moe_tokenizer *t, json_t *roo
     size_t n = seq ? json_array_size(seq) : 1;
     for (size_t i = 0; type && i < n; i++) {
         json_t *p = seq ? json_array_get(seq, i) : obj;
-        const char *pt = seq ? type_of(p) : type;
-        if (pt && !strcmp(pt, "ByteLevel"))
+        const char *pt = type_of(p);
+        if (is_type(p, "ByteLevel"))
             continue;
-        if (pt && !strcmp(pt, "TemplateProcessing")) {
+        if (is_type(p, "TemplateProcessing")) {
             if ((st = parse_template(t, p, what)))
                 return st;
             continue;
@@ -1144,8 +1150,7 @@ static enum moe_status parse_pre_tokenizer(struct moe_tokenizer *t, json_t *root
         return parse_metaspace(t, obj, "pre_tokenizer", what);
     json_t *seq = type && !strcmp(type, "Sequence") ? json_object_get(obj, "pretokenizers") : NULL;
     json_t *a = json_array_get(seq, 0), *b = json_array_get(seq, 1);
-    const char *ta = json_string_value(json_object_get(a, "type")), *tb = json_string_value(json_object_get(b, "type"));
-    if (json_array_size(seq) == 2 && ta && tb && !strcmp(ta, "Split") && !strcmp(tb, "ByteLevel")) {
+    if (json_array_size(seq) == 2 && is_type(a, "Split") && is_type(b, "ByteLevel")) {
         if ((st = parse_split(t, a, what)))
             return st;
         return parse_byte_level(t, b, true, what);

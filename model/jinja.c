@@ -1,0 +1,3118 @@
+/* Chat-template interpreter: the Jinja2 subset of jinja.h.
+ *
+ *   source ─▶ newlines normalized, one trailing newline dropped (as Jinja2)
+ *          ─▶ lexer: text / {{ / {% / {# with -, + and trim/lstrip_blocks,
+ *             expression tokens inside tags
+ *          ─▶ recursive-descent parser (Jinja2's precedence) ─▶ AST
+ *   render ─▶ tree walk over values converted from the JSON variables.
+ *
+ * Parse and render keep everything in arenas and leave on an error by
+ * longjmp to their entry point, which frees what the arena does not hold
+ * (the output buffer).  A compiled template is immutable and can be rendered
+ * from several threads at once. */
+#include "jinja.h"
+#include "utf8.h"
+
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define JJ_MAX_SRC (1u << 20)       /* template bytes */
+#define JJ_MAX_DEPTH 64             /* nesting of blocks and expressions */
+#define JJ_MAX_STEPS 5000000L       /* evaluation steps per render (test_jinja renders 4096 messages within it) */
+#define JJ_MAX_ARENA (256u << 20)   /* bytes of values per render */
+
+/* ---- arena --------------------------------------------------------------- */
+
+struct chunk {
+    struct chunk *next;
+    size_t used, cap;
+    _Alignas(16) unsigned char data[];
+};
+
+struct arena {
+    struct chunk *head;
+    size_t total;
+};
+
+/* Zeroed memory, NULL when out of memory or past JJ_MAX_ARENA. */
+static void *arena_alloc(struct arena *a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    if (!a->head || a->head->cap - a->head->used < n) {
+        size_t cap = n > (64u << 10) ? n : (64u << 10);
+        if (a->total + cap > JJ_MAX_ARENA)
+            return NULL;
+        struct chunk *c = malloc(sizeof(*c) + cap);
+        if (!c)
+            return NULL;
+        c->next = a->head;
+        c->used = 0;
+        c->cap = cap;
+        a->head = c;
+        a->total += cap;
+    }
+    void *p = a->head->data + a->head->used;
+    a->head->used += n;
+    memset(p, 0, n);
+    return p;
+}
+
+/* A point to release back to: what was allocated after it is freed. */
+struct arena_mark {
+    struct chunk *head;
+    size_t used, total;
+};
+
+static struct arena_mark arena_mark(const struct arena *a)
+{
+    return (struct arena_mark){ a->head, a->head ? a->head->used : 0, a->total };
+}
+
+static void arena_release(struct arena *a, struct arena_mark m)
+{
+    while (a->head != m.head) {
+        struct chunk *c = a->head;
+        a->head = c->next;
+        free(c);
+    }
+    if (a->head)
+        a->head->used = m.used;
+    a->total = m.total;
+}
+
+static void arena_free(struct arena *a)
+{
+    for (struct chunk *c = a->head, *n; c; c = n) {
+        n = c->next;
+        free(c);
+    }
+    a->head = NULL;
+    a->total = 0;
+}
+
+/* ---- values -------------------------------------------------------------- */
+
+enum vtype { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_FUNC, V_MACRO };
+
+struct str {
+    size_t n;
+    char p[];   /* n bytes + NUL */
+};
+
+struct val;
+
+struct list {
+    size_t n;
+    struct val *v;
+    bool tuple;  /* written (a, b): printed with parentheses */
+};
+
+struct dict {
+    size_t n, cap;
+    const struct str **k;
+    struct val *v;
+    bool ns;    /* namespace(): attributes can be set */
+    bool loop;  /* a for loop's `loop`: has cycle() */
+};
+
+enum builtin { FN_RANGE, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_DICT };
+
+struct node;
+
+struct val {
+    uint8_t t;  /* enum vtype */
+    union {
+        bool b;
+        int64_t i;
+        double f;
+        const struct str *s;   /* V_STR; V_UNDEF: the name, or NULL */
+        const struct list *l;
+        struct dict *d;
+        int fn;                /* enum builtin */
+        const struct node *macro;
+    };
+};
+
+/* ---- AST ----------------------------------------------------------------- */
+
+enum nkind {
+    /* statements */
+    N_BLOCK, N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_BREAK, N_CONTINUE,
+    /* expressions */
+    E_LIT, E_VAR, E_ATTR, E_INDEX, E_SLICE, E_CALL, E_FILTER, E_TEST, E_NOT, E_NEG, E_BIN, E_AND, E_OR,
+    E_COND, E_LIST, E_DICT, E_CMP,
+};
+
+enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_CONCAT };
+enum cmpop { C_EQ, C_NE, C_LT, C_LE, C_GT, C_GE, C_IN, C_NOTIN };
+
+struct node {
+    uint8_t k;          /* enum nkind */
+    uint8_t op;         /* enum binop for E_BIN */
+    bool neg;           /* E_TEST: "is not" */
+    int line;
+    struct val lit;     /* E_LIT; N_TEXT: the text */
+    const char *name;   /* E_VAR, E_ATTR, E_FILTER, E_TEST, N_SET, N_MACRO, N_FOR first target */
+    const char *name2;  /* N_SET: the attribute (ns.attr); N_FOR: the second target */
+    struct node *a, *b, *c, *d; /* operands; N_IF: cond, then, else; N_FOR: iter, body, else, filter */
+    struct node **args;  /* call / filter / test arguments, list items, dict keys, block statements,
+                            E_CMP operands, N_MACRO parameter defaults (NULL: none) */
+    int nargs;
+    const char **kwnames; /* keyword arguments; N_MACRO: parameter names */
+    struct node **kwargs; /* their values; E_DICT: the values */
+    int nkw;
+    uint8_t *ops;        /* E_CMP: nargs - 1 comparisons */
+};
+
+/* ---- errors ---------------------------------------------------------------- */
+
+struct fail {
+    jmp_buf jb;
+    enum moe_status st;
+};
+
+__attribute__((format(printf, 4, 5))) static _Noreturn void fail_at(struct fail *f, enum moe_status st, int line,
+                                                                    const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (line > 0)
+        moe_errorf(st, "chat template line %d: %s", line, msg);
+    else
+        moe_errorf(st, "chat template: %s", msg);
+    f->st = st;
+    longjmp(f->jb, 1);
+}
+
+/* ---- lexer ----------------------------------------------------------------- */
+
+enum tkind {
+    T_EOF, T_TEXT, T_VAR_BEGIN, T_VAR_END, T_BLOCK_BEGIN, T_BLOCK_END,
+    T_NAME, T_STRING, T_INT, T_FLOAT, T_OP,
+};
+
+struct token {
+    uint8_t k;        /* enum tkind */
+    int line;
+    const char *s;    /* T_TEXT, T_NAME, T_STRING (decoded, NUL-terminated), T_OP */
+    size_t n;         /* bytes of s */
+    int64_t i;
+    double f;
+};
+
+struct compiler {
+    struct fail f;
+    struct arena *arena;
+    const char *src;  /* normalized source */
+    size_t len;
+    struct token *tok;
+    size_t ntok, cap;
+    size_t pos;       /* parser position in tok */
+    int depth;
+    size_t line_pos;  /* line_of's memo: src[0..line_pos) holds line - 1 newlines */
+    int line;
+};
+
+static void *c_alloc(struct compiler *c, size_t n)
+{
+    void *p = arena_alloc(c->arena, n);
+    if (!p)
+        fail_at(&c->f, MOE_ENOMEM, 0, "out of memory");
+    return p;
+}
+
+static struct token *push_tok(struct compiler *c, enum tkind k, int line)
+{
+    if (c->ntok == c->cap) {
+        size_t cap = c->cap ? 2 * c->cap : 256;
+        struct token *t = c_alloc(c, cap * sizeof(*t));
+        if (c->ntok)
+            memcpy(t, c->tok, c->ntok * sizeof(*t));
+        c->tok = t;
+        c->cap = cap;
+    }
+    struct token *t = &c->tok[c->ntok++];
+    memset(t, 0, sizeof(*t));
+    t->k = (uint8_t)k;
+    t->line = line;
+    return t;
+}
+
+static bool is_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' || ch == '\f';
+}
+
+static bool is_name_start(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
+}
+
+static bool is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
+/* Line of offset pos (lexing moves forwards, so counting resumes where it stopped). */
+static int line_of(struct compiler *c, size_t pos)
+{
+    if (pos < c->line_pos) {
+        c->line_pos = 0;
+        c->line = 1;
+    }
+    for (; c->line_pos < pos && c->line_pos < c->len; c->line_pos++)
+        c->line += c->src[c->line_pos] == '\n';
+    return c->line;
+}
+
+/* A string literal at s[*i] (the quote): its decoded bytes into the arena. */
+static void lex_string(struct compiler *c, size_t *i, size_t end, struct token *t)
+{
+    char q = c->src[*i];
+    size_t j = *i + 1;
+    char *out = c_alloc(c, end - *i + 1);
+    size_t n = 0;
+    while (j < end && c->src[j] != q) {
+        char ch = c->src[j++];
+        if (ch != '\\' || j >= end) {
+            out[n++] = ch;
+            continue;
+        }
+        char e = c->src[j++];
+        uint32_t cp = 0;
+        int hex = e == 'x' ? 2 : e == 'u' ? 4 : e == 'U' ? 8 : 0;
+        switch (e) {
+        case 'n': out[n++] = '\n'; break;
+        case 't': out[n++] = '\t'; break;
+        case 'r': out[n++] = '\r'; break;
+        case '0': out[n++] = '\0'; break;
+        case 'a': out[n++] = '\a'; break;
+        case 'b': out[n++] = '\b'; break;
+        case 'f': out[n++] = '\f'; break;
+        case 'v': out[n++] = '\v'; break;
+        case '\\': case '\'': case '"': out[n++] = e; break;
+        case '\n': break; /* line continuation */
+        default:
+            if (!hex) { /* unknown escapes stay as written, as in Python */
+                out[n++] = '\\';
+                out[n++] = e;
+                break;
+            }
+            for (int k = 0; k < hex; k++, j++) {
+                char h = j < end ? c->src[j] : 0;
+                int v = is_digit(h) ? h - '0' : (h | 0x20) >= 'a' && (h | 0x20) <= 'f' ? (h | 0x20) - 'a' + 10 : -1;
+                if (v < 0)
+                    fail_at(&c->f, MOE_EFORMAT, t->line, "bad \\%c escape in a string", e);
+                cp = cp * 16 + (uint32_t)v;
+            }
+            if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                fail_at(&c->f, MOE_EFORMAT, t->line, "\\%c escape is not a Unicode scalar value", e);
+            n += moe_utf8_put(cp, out + n);
+        }
+    }
+    if (j >= end)
+        fail_at(&c->f, MOE_EFORMAT, t->line, "unterminated string");
+    out[n] = 0;
+    t->k = T_STRING;
+    t->s = out;
+    t->n = n;
+    *i = j + 1;
+}
+
+static const char *const OPS2[] = { "==", "!=", "<=", ">=", "//", "**" };
+static const char OPS1[] = "+-*/%~|.,:()[]{}<>=";
+
+/* Tokens of a tag's inside, from *i up to its closing delimiter ("}}" or
+ * "%}", possibly with - or + before it); *i ends after the delimiter, *strip
+ * says whether it had "-" and *plus whether it had "+". */
+static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *strip, bool *plus)
+{
+    size_t end = c->len;
+    *strip = *plus = false;
+    for (;;) {
+        while (*i < end && is_space(c->src[*i]))
+            (*i)++;
+        if (*i >= end)
+            fail_at(&c->f, MOE_EFORMAT, line_of(c, *i), "a tag is not closed by %s", close);
+        const char *s = c->src + *i;
+        if ((s[0] == '-' || s[0] == '+') && *i + 2 < end && s[1] == close[0] && s[2] == close[1]) {
+            *strip = s[0] == '-';
+            *plus = s[0] == '+';
+            *i += 3;
+            return;
+        }
+        if (*i + 1 < end && s[0] == close[0] && s[1] == close[1]) {
+            *i += 2;
+            return;
+        }
+        struct token *t = push_tok(c, T_OP, line_of(c, *i));
+        if (s[0] == '\'' || s[0] == '"') {
+            lex_string(c, i, end, t);
+        } else if (is_name_start(s[0])) {
+            size_t j = *i;
+            while (j < end && (is_name_start(c->src[j]) || is_digit(c->src[j])))
+                j++;
+            t->k = T_NAME;
+            t->s = s;
+            t->n = j - *i;
+            *i = j;
+        } else if (is_digit(s[0])) {
+            size_t j = *i;
+            bool fl = false;
+            while (j < end && (is_digit(c->src[j]) || c->src[j] == '_'))
+                j++;
+            if (j + 1 < end && c->src[j] == '.' && is_digit(c->src[j + 1])) {
+                fl = true;
+                for (j++; j < end && (is_digit(c->src[j]) || c->src[j] == '_');)
+                    j++;
+            }
+            if (j < end && (c->src[j] == 'e' || c->src[j] == 'E')) {
+                size_t k = j + 1;
+                if (k < end && (c->src[k] == '+' || c->src[k] == '-'))
+                    k++;
+                if (k < end && is_digit(c->src[k])) {
+                    fl = true;
+                    for (j = k; j < end && is_digit(c->src[j]);)
+                        j++;
+                }
+            }
+            char buf[64];
+            size_t n = 0;
+            for (size_t k = *i; k < j && n + 1 < sizeof(buf); k++)
+                if (c->src[k] != '_')
+                    buf[n++] = c->src[k];
+            buf[n] = 0;
+            if (fl) {
+                t->k = T_FLOAT;
+                t->f = strtod(buf, NULL);
+            } else {
+                t->k = T_INT;
+                errno = 0;
+                long long v = strtoll(buf, NULL, 10);
+                if (errno || n >= sizeof(buf) - 1)
+                    fail_at(&c->f, MOE_ENOTSUP, t->line, "integer literal %s is too large", buf);
+                t->i = v;
+            }
+            *i = j;
+        } else {
+            size_t k;
+            for (k = 0; k < MOE_ARRAY_LEN(OPS2); k++)
+                if (*i + 1 < end && !memcmp(s, OPS2[k], 2))
+                    break;
+            if (k < MOE_ARRAY_LEN(OPS2)) {
+                t->s = OPS2[k];
+                t->n = 2;
+                *i += 2;
+            } else if (strchr(OPS1, s[0]) && s[0]) {
+                t->s = strchr(OPS1, s[0]);
+                t->n = 1;
+                *i += 1;
+            } else {
+                fail_at(&c->f, MOE_EFORMAT, t->line, "unexpected character '%c' in a tag", s[0]);
+            }
+        }
+    }
+}
+
+/* Start of the tag or comment after i: its offset, or len. */
+static size_t next_tag(const struct compiler *c, size_t i)
+{
+    for (; i + 1 < c->len; i++)
+        if (c->src[i] == '{' && (c->src[i + 1] == '{' || c->src[i + 1] == '%' || c->src[i + 1] == '#'))
+            return i;
+    return c->len;
+}
+
+/* Text src[a..b) as a T_TEXT token, after the whitespace rules of the tag
+ * that follows it: strip all trailing whitespace ("{%-"), or with
+ * lstrip_blocks the spaces and tabs between the line's start and a block or
+ * comment tag. */
+static void emit_text(struct compiler *c, size_t a, size_t b, bool strip, bool lstrip)
+{
+    if (strip) {
+        while (b > a && is_space(c->src[b - 1]))
+            b--;
+    } else if (lstrip) {
+        size_t k = b;
+        while (k > a && (c->src[k - 1] == ' ' || c->src[k - 1] == '\t'))
+            k--;
+        if ((k > a && c->src[k - 1] == '\n') || (k == a && (a == 0 || c->src[a - 1] == '\n')))
+            b = k;
+    }
+    if (b > a) {
+        struct token *t = push_tok(c, T_TEXT, line_of(c, a));
+        t->s = c->src + a;
+        t->n = b - a;
+    }
+}
+
+/* {% raw %} at i (the "{%"): whether it is one; if so its text up to
+ * {% endraw %} is emitted verbatim and *i moves past the end tag. */
+static bool lex_raw(struct compiler *c, size_t *i, size_t text_start)
+{
+    size_t j = *i + 2;
+    bool strip_before = j < c->len && c->src[j] == '-';
+    if (j < c->len && (c->src[j] == '-' || c->src[j] == '+'))
+        j++;
+    while (j < c->len && is_space(c->src[j]))
+        j++;
+    if (c->len - j < 3 || memcmp(c->src + j, "raw", 3) || (j + 3 < c->len && is_name_start(c->src[j + 3])))
+        return false;
+    j += 3;
+    while (j < c->len && is_space(c->src[j]))
+        j++;
+    if (j < c->len && (c->src[j] == '-' || c->src[j] == '+'))
+        j++;
+    if (c->len - j < 2 || memcmp(c->src + j, "%}", 2))
+        return false;
+    emit_text(c, text_start, *i, strip_before, !strip_before);
+    size_t body = j + 2;
+    for (size_t k = body; (k = next_tag(c, k)) < c->len; k++) {
+        size_t e = k + 2;
+        if (c->src[k + 1] != '%')
+            continue;
+        if (e < c->len && (c->src[e] == '-' || c->src[e] == '+'))
+            e++;
+        while (e < c->len && is_space(c->src[e]))
+            e++;
+        if (c->len - e < 6 || memcmp(c->src + e, "endraw", 6))
+            continue;
+        e += 6;
+        while (e < c->len && is_space(c->src[e]))
+            e++;
+        bool strip_after = e < c->len && c->src[e] == '-';
+        if (e < c->len && (c->src[e] == '-' || c->src[e] == '+'))
+            e++;
+        if (c->len - e < 2 || memcmp(c->src + e, "%}", 2))
+            continue;
+        if (k > body) {
+            struct token *t = push_tok(c, T_TEXT, line_of(c, body));
+            t->s = c->src + body;
+            t->n = k - body;
+        }
+        *i = e + 2;
+        if (strip_after)
+            while (*i < c->len && is_space(c->src[*i]))
+                (*i)++;
+        else if (*i < c->len && c->src[*i] == '\n')
+            (*i)++;
+        return true;
+    }
+    fail_at(&c->f, MOE_EFORMAT, line_of(c, *i), "{%% raw %%} without {%% endraw %%}");
+}
+
+static void lex(struct compiler *c)
+{
+    size_t i = 0, text = 0;
+    for (;;) {
+        size_t t = next_tag(c, i);
+        if (t >= c->len) {
+            emit_text(c, text, c->len, false, false);
+            break;
+        }
+        char kind = c->src[t + 1];
+        bool strip_before = t + 2 < c->len && c->src[t + 2] == '-';
+        bool plus_before = t + 2 < c->len && c->src[t + 2] == '+';
+        if (kind == '%' && lex_raw(c, &t, text)) {
+            i = text = t;
+            continue;
+        }
+        emit_text(c, text, t, strip_before, kind != '{' && !plus_before);
+        i = t + 2 + (strip_before || plus_before);
+        bool strip_after, plus_after;
+        if (kind == '#') {
+            size_t e = i;
+            while (e + 1 < c->len && !(c->src[e] == '#' && c->src[e + 1] == '}'))
+                e++;
+            if (e + 1 >= c->len)
+                fail_at(&c->f, MOE_EFORMAT, line_of(c, t), "a comment is not closed by #}");
+            strip_after = e > i && c->src[e - 1] == '-';
+            plus_after = e > i && c->src[e - 1] == '+';
+            i = e + 2;
+        } else {
+            int line = line_of(c, t);
+            push_tok(c, kind == '{' ? T_VAR_BEGIN : T_BLOCK_BEGIN, line);
+            lex_tag(c, &i, kind == '{' ? "}}" : "%}", &strip_after, &plus_after);
+            push_tok(c, kind == '{' ? T_VAR_END : T_BLOCK_END, line_of(c, i));
+        }
+        if (strip_after) {
+            while (i < c->len && is_space(c->src[i]))
+                i++;
+        } else if (kind != '{' && !plus_after && i < c->len && c->src[i] == '\n') {
+            i++; /* trim_blocks */
+        }
+        text = i;
+    }
+    push_tok(c, T_EOF, line_of(c, c->len));
+}
+
+/* ---- parser ---------------------------------------------------------------- */
+
+static struct token *peek(struct compiler *c)
+{
+    return &c->tok[c->pos];
+}
+
+static struct token *next(struct compiler *c)
+{
+    struct token *t = &c->tok[c->pos];
+    if (t->k != T_EOF)
+        c->pos++;
+    return t;
+}
+
+static bool is_op(const struct token *t, const char *op)
+{
+    return t->k == T_OP && t->n == strlen(op) && !memcmp(t->s, op, t->n);
+}
+
+static bool is_name(const struct token *t, const char *name)
+{
+    return t->k == T_NAME && t->n == strlen(name) && !memcmp(t->s, name, t->n);
+}
+
+static bool accept_op(struct compiler *c, const char *op)
+{
+    if (!is_op(peek(c), op))
+        return false;
+    next(c);
+    return true;
+}
+
+static bool accept_name(struct compiler *c, const char *name)
+{
+    if (!is_name(peek(c), name))
+        return false;
+    next(c);
+    return true;
+}
+
+static const char *describe(const struct token *t, char *buf, size_t cap)
+{
+    switch (t->k) {
+    case T_EOF: return "the end of the template";
+    case T_TEXT: return "text";
+    case T_VAR_END: return "'}}'";
+    case T_BLOCK_END: return "'%}'";
+    case T_VAR_BEGIN: return "'{{'";
+    case T_BLOCK_BEGIN: return "'{%'";
+    default: snprintf(buf, cap, "'%.*s'", (int)(t->n < 40 ? t->n : 40), t->s ? t->s : "?"); return buf;
+    }
+}
+
+static _Noreturn void expected(struct compiler *c, const char *what)
+{
+    char buf[64];
+    struct token *t = peek(c);
+    fail_at(&c->f, MOE_EFORMAT, t->line, "expected %s, found %s", what, describe(t, buf, sizeof(buf)));
+}
+
+static void expect_op(struct compiler *c, const char *op)
+{
+    if (!accept_op(c, op)) {
+        char w[16];
+        snprintf(w, sizeof(w), "'%s'", op);
+        expected(c, w);
+    }
+}
+
+static const char *expect_name(struct compiler *c)
+{
+    struct token *t = peek(c);
+    if (t->k != T_NAME)
+        expected(c, "a name");
+    next(c);
+    char *s = c_alloc(c, t->n + 1);
+    memcpy(s, t->s, t->n);
+    return s;
+}
+
+static struct node *new_node(struct compiler *c, enum nkind k, int line)
+{
+    struct node *n = c_alloc(c, sizeof(*n));
+    n->k = (uint8_t)k;
+    n->line = line;
+    return n;
+}
+
+/* A growable array of node pointers in the arena. */
+struct nodes {
+    struct node **v;
+    int n, cap;
+};
+
+static void nodes_push(struct compiler *c, struct nodes *a, struct node *x)
+{
+    if (a->n == a->cap) {
+        int cap = a->cap ? 2 * a->cap : 8;
+        struct node **v = c_alloc(c, (size_t)cap * sizeof(*v));
+        if (a->n)
+            memcpy(v, a->v, (size_t)a->n * sizeof(*v));
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+}
+
+static struct node *parse_expr(struct compiler *c, bool with_cond);
+static struct node *parse_unary(struct compiler *c, bool with_filter);
+
+static void enter(struct compiler *c)
+{
+    if (++c->depth > JJ_MAX_DEPTH)
+        fail_at(&c->f, MOE_ENOTSUP, peek(c)->line, "nested deeper than %d", JJ_MAX_DEPTH);
+}
+
+/* (args, name=value, ...) after the '(' */
+static void parse_call_args(struct compiler *c, struct node *n)
+{
+    struct nodes args = { 0 }, kw = { 0 };
+    struct { const char **v; int n, cap; } names = { 0 };
+    while (!accept_op(c, ")")) {
+        if (args.n + kw.n)
+            expect_op(c, ",");
+        if (accept_op(c, ")"))
+            break;
+        if (peek(c)->k == T_NAME && is_op(&c->tok[c->pos + 1], "=")) {
+            const char *name = expect_name(c);
+            next(c);
+            nodes_push(c, &kw, parse_expr(c, true));
+            if (names.n == names.cap) {
+                int cap = names.cap ? 2 * names.cap : 8;
+                const char **v = c_alloc(c, (size_t)cap * sizeof(*v));
+                if (names.n)
+                    memcpy(v, names.v, (size_t)names.n * sizeof(*v));
+                names.v = v;
+                names.cap = cap;
+            }
+            names.v[names.n++] = name;
+        } else {
+            if (kw.n)
+                fail_at(&c->f, MOE_EFORMAT, peek(c)->line, "a positional argument after a keyword argument");
+            nodes_push(c, &args, parse_expr(c, true));
+        }
+    }
+    n->args = args.v;
+    n->nargs = args.n;
+    n->kwargs = kw.v;
+    n->kwnames = names.v;
+    n->nkw = kw.n;
+}
+
+static struct node *literal(struct compiler *c, int line, struct val v)
+{
+    struct node *n = new_node(c, E_LIT, line);
+    n->lit = v;
+    return n;
+}
+
+static struct str *c_str(struct compiler *c, const char *s, size_t n)
+{
+    struct str *r = c_alloc(c, sizeof(*r) + n + 1);
+    r->n = n;
+    memcpy(r->p, s, n);
+    return r;
+}
+
+static struct node *parse_primary(struct compiler *c)
+{
+    struct token *t = peek(c);
+    int line = t->line;
+    if (t->k == T_STRING) { /* adjacent strings join */
+        size_t n = 0, p0 = c->pos;
+        while (peek(c)->k == T_STRING)
+            n += next(c)->n;
+        struct str *s = c_alloc(c, sizeof(*s) + n + 1);
+        for (size_t k = p0; k < c->pos; k++) {
+            memcpy(s->p + s->n, c->tok[k].s, c->tok[k].n);
+            s->n += c->tok[k].n;
+        }
+        return literal(c, line, (struct val){ .t = V_STR, .s = s });
+    }
+    if (t->k == T_INT) {
+        next(c);
+        return literal(c, line, (struct val){ .t = V_INT, .i = t->i });
+    }
+    if (t->k == T_FLOAT) {
+        next(c);
+        return literal(c, line, (struct val){ .t = V_FLOAT, .f = t->f });
+    }
+    if (t->k == T_NAME) {
+        if (is_name(t, "true") || is_name(t, "True") || is_name(t, "false") || is_name(t, "False")) {
+            next(c);
+            return literal(c, line, (struct val){ .t = V_BOOL, .b = t->s[0] == 't' || t->s[0] == 'T' });
+        }
+        if (is_name(t, "none") || is_name(t, "None")) {
+            next(c);
+            return literal(c, line, (struct val){ .t = V_NONE });
+        }
+        struct node *n = new_node(c, E_VAR, line);
+        n->name = expect_name(c);
+        return n;
+    }
+    if (accept_op(c, "(")) { /* parenthesized expression or tuple (a list here) */
+        enter(c);
+        if (accept_op(c, ")")) {
+            c->depth--;
+            struct node *n = new_node(c, E_LIST, line);
+            n->op = 1;
+            return n;
+        }
+        struct node *first = parse_expr(c, true);
+        if (accept_op(c, ")")) {
+            c->depth--;
+            return first;
+        }
+        struct nodes items = { 0 };
+        nodes_push(c, &items, first);
+        while (accept_op(c, ",")) {
+            if (is_op(peek(c), ")"))
+                break;
+            nodes_push(c, &items, parse_expr(c, true));
+        }
+        expect_op(c, ")");
+        c->depth--;
+        struct node *n = new_node(c, E_LIST, line);
+        n->op = 1; /* a tuple */
+        n->args = items.v;
+        n->nargs = items.n;
+        return n;
+    }
+    if (accept_op(c, "[")) {
+        enter(c);
+        struct nodes items = { 0 };
+        while (!accept_op(c, "]")) {
+            if (items.n)
+                expect_op(c, ",");
+            if (accept_op(c, "]"))
+                break;
+            nodes_push(c, &items, parse_expr(c, true));
+        }
+        c->depth--;
+        struct node *n = new_node(c, E_LIST, line);
+        n->args = items.v;
+        n->nargs = items.n;
+        return n;
+    }
+    if (accept_op(c, "{")) {
+        enter(c);
+        struct nodes keys = { 0 }, vals = { 0 };
+        while (!accept_op(c, "}")) {
+            if (keys.n)
+                expect_op(c, ",");
+            if (accept_op(c, "}"))
+                break;
+            nodes_push(c, &keys, parse_expr(c, true));
+            expect_op(c, ":");
+            nodes_push(c, &vals, parse_expr(c, true));
+        }
+        c->depth--;
+        struct node *n = new_node(c, E_DICT, line);
+        n->args = keys.v;
+        n->kwargs = vals.v;
+        n->nargs = keys.n;
+        return n;
+    }
+    expected(c, "an expression");
+}
+
+static struct node *parse_postfix(struct compiler *c, struct node *n)
+{
+    for (;;) {
+        int line = peek(c)->line;
+        if (accept_op(c, ".")) {
+            struct token *t = peek(c);
+            struct node *m = new_node(c, E_ATTR, line);
+            m->a = n;
+            if (t->k == T_INT) { /* x.0 is x[0] */
+                next(c);
+                m->k = E_INDEX;
+                m->b = literal(c, line, (struct val){ .t = V_INT, .i = t->i });
+            } else {
+                m->name = expect_name(c);
+            }
+            n = m;
+        } else if (accept_op(c, "[")) {
+            enter(c);
+            struct node *parts[3] = { NULL, NULL, NULL };
+            int np = 0;
+            bool slice = false;
+            for (;;) {
+                if (!is_op(peek(c), ":") && !is_op(peek(c), "]"))
+                    parts[np] = parse_expr(c, true);
+                if (accept_op(c, ":")) {
+                    slice = true;
+                    if (++np > 2)
+                        expected(c, "']'");
+                    continue;
+                }
+                expect_op(c, "]");
+                break;
+            }
+            c->depth--;
+            struct node *m = new_node(c, slice ? E_SLICE : E_INDEX, line);
+            m->a = n;
+            if (slice) {
+                m->b = parts[0];
+                m->c = parts[1];
+                m->d = parts[2];
+            } else {
+                if (!parts[0])
+                    expected(c, "an index");
+                m->b = parts[0];
+            }
+            n = m;
+        } else if (accept_op(c, "(")) {
+            enter(c);
+            struct node *m = new_node(c, E_CALL, line);
+            m->a = n;
+            parse_call_args(c, m);
+            c->depth--;
+            n = m;
+        } else {
+            return n;
+        }
+    }
+}
+
+static const char *const FILTERS[] = {
+    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "int", "items", "join", "last",
+    "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round",
+    "safe", "select", "selectattr", "string", "sum", "title", "tojson", "trim", "unique", "upper",
+};
+static const char *const TESTS[] = {
+    "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
+    "ge", "gt", "in", "integer", "iterable", "le", "lower", "lt", "mapping", "ne", "none", "number", "odd",
+    "sameas", "sequence", "string", "true", "undefined", "upper",
+};
+
+static bool in_list(const char *const *list, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(list[i], name))
+            return true;
+    return false;
+}
+
+/* Filters (| name(args)) and tests (is [not] name args) after a unary expression. */
+static struct node *parse_filter_expr(struct compiler *c, struct node *n)
+{
+    for (;;) {
+        int line = peek(c)->line;
+        if (accept_op(c, "|")) {
+            struct node *m = new_node(c, E_FILTER, line);
+            m->name = expect_name(c);
+            if (!in_list(FILTERS, MOE_ARRAY_LEN(FILTERS), m->name))
+                fail_at(&c->f, MOE_ENOTSUP, line, "filter '%s' is not supported", m->name);
+            m->a = n;
+            if (accept_op(c, "(")) {
+                enter(c);
+                parse_call_args(c, m);
+                c->depth--;
+            }
+            n = m;
+        } else if (accept_name(c, "is")) {
+            struct node *m = new_node(c, E_TEST, line);
+            m->neg = accept_name(c, "not");
+            m->name = expect_name(c);
+            if (!in_list(TESTS, MOE_ARRAY_LEN(TESTS), m->name))
+                fail_at(&c->f, MOE_ENOTSUP, line, "test '%s' is not supported", m->name);
+            m->a = n;
+            struct token *t = peek(c);
+            if (accept_op(c, "(")) {
+                enter(c);
+                parse_call_args(c, m);
+                c->depth--;
+            } else if ((t->k == T_STRING || t->k == T_INT || t->k == T_FLOAT ||
+                        (t->k == T_NAME && !is_name(t, "and") && !is_name(t, "or") && !is_name(t, "else") &&
+                         !is_name(t, "if") && !is_name(t, "in") && !is_name(t, "is") && !is_name(t, "not"))) ||
+                       is_op(t, "[") || is_op(t, "{")) {
+                struct node *arg = parse_postfix(c, parse_primary(c));
+                m->args = c_alloc(c, sizeof(*m->args));
+                m->args[0] = arg;
+                m->nargs = 1;
+            }
+            n = m;
+        } else {
+            return n;
+        }
+    }
+}
+
+static struct node *parse_unary(struct compiler *c, bool with_filter)
+{
+    enter(c);
+    int line = peek(c)->line;
+    struct node *n;
+    if (accept_op(c, "-")) {
+        n = new_node(c, E_NEG, line);
+        n->a = parse_unary(c, false);
+    } else if (accept_op(c, "+")) {
+        n = parse_unary(c, false);
+    } else {
+        n = parse_postfix(c, parse_primary(c));
+    }
+    if (with_filter)
+        n = parse_filter_expr(c, n);
+    c->depth--;
+    return n;
+}
+
+static struct node *binary(struct compiler *c, enum binop op, struct node *a, struct node *b, int line)
+{
+    struct node *n = new_node(c, E_BIN, line);
+    n->op = (uint8_t)op;
+    n->a = a;
+    n->b = b;
+    return n;
+}
+
+static struct node *parse_pow(struct compiler *c)
+{
+    struct node *n = parse_unary(c, true);
+    while (is_op(peek(c), "**")) {
+        int line = next(c)->line;
+        n = binary(c, OP_POW, n, parse_unary(c, true), line);
+    }
+    return n;
+}
+
+static struct node *parse_math2(struct compiler *c)
+{
+    struct node *n = parse_pow(c);
+    for (;;) {
+        struct token *t = peek(c);
+        enum binop op = is_op(t, "*") ? OP_MUL : is_op(t, "/") ? OP_DIV : is_op(t, "//") ? OP_FLOORDIV
+                      : is_op(t, "%") ? OP_MOD : OP_CONCAT;
+        if (op == OP_CONCAT)
+            return n;
+        next(c);
+        n = binary(c, op, n, parse_pow(c), t->line);
+    }
+}
+
+static struct node *parse_concat(struct compiler *c)
+{
+    struct node *n = parse_math2(c);
+    while (is_op(peek(c), "~")) {
+        int line = next(c)->line;
+        n = binary(c, OP_CONCAT, n, parse_math2(c), line);
+    }
+    return n;
+}
+
+static struct node *parse_math1(struct compiler *c)
+{
+    struct node *n = parse_concat(c);
+    for (;;) {
+        struct token *t = peek(c);
+        if (!is_op(t, "+") && !is_op(t, "-"))
+            return n;
+        next(c);
+        n = binary(c, is_op(t, "+") ? OP_ADD : OP_SUB, n, parse_concat(c), t->line);
+    }
+}
+
+static struct node *parse_compare(struct compiler *c)
+{
+    struct node *first = parse_math1(c);
+    struct nodes operands = { 0 };
+    uint8_t ops[64];
+    int nops = 0;
+    int line = peek(c)->line;
+    for (;;) {
+        struct token *t = peek(c);
+        int op = -1;
+        if (is_op(t, "==")) op = C_EQ;
+        else if (is_op(t, "!=")) op = C_NE;
+        else if (is_op(t, "<")) op = C_LT;
+        else if (is_op(t, "<=")) op = C_LE;
+        else if (is_op(t, ">")) op = C_GT;
+        else if (is_op(t, ">=")) op = C_GE;
+        else if (is_name(t, "in")) op = C_IN;
+        else if (is_name(t, "not") && is_name(&c->tok[c->pos + 1], "in")) op = C_NOTIN;
+        if (op < 0)
+            break;
+        next(c);
+        if (op == C_NOTIN)
+            next(c);
+        if (nops == (int)sizeof(ops))
+            fail_at(&c->f, MOE_ENOTSUP, t->line, "more than %zu chained comparisons", sizeof(ops));
+        if (!operands.n)
+            nodes_push(c, &operands, first);
+        ops[nops++] = (uint8_t)op;
+        nodes_push(c, &operands, parse_math1(c));
+    }
+    if (!nops)
+        return first;
+    struct node *n = new_node(c, E_CMP, line);
+    n->args = operands.v;
+    n->nargs = operands.n;
+    n->ops = c_alloc(c, (size_t)nops);
+    memcpy(n->ops, ops, (size_t)nops);
+    return n;
+}
+
+static struct node *parse_not(struct compiler *c)
+{
+    int line = peek(c)->line;
+    if (is_name(peek(c), "not")) {
+        next(c);
+        enter(c);
+        struct node *n = new_node(c, E_NOT, line);
+        n->a = parse_not(c);
+        c->depth--;
+        return n;
+    }
+    return parse_compare(c);
+}
+
+static struct node *parse_and(struct compiler *c)
+{
+    struct node *n = parse_not(c);
+    while (is_name(peek(c), "and")) {
+        struct node *m = new_node(c, E_AND, next(c)->line);
+        m->a = n;
+        m->b = parse_not(c);
+        n = m;
+    }
+    return n;
+}
+
+static struct node *parse_or(struct compiler *c)
+{
+    struct node *n = parse_and(c);
+    while (is_name(peek(c), "or")) {
+        struct node *m = new_node(c, E_OR, next(c)->line);
+        m->a = n;
+        m->b = parse_and(c);
+        n = m;
+    }
+    return n;
+}
+
+/* An expression; with_cond: "a if b else c" allowed (not in a for's iterable). */
+static struct node *parse_expr(struct compiler *c, bool with_cond)
+{
+    enter(c);
+    struct node *n = parse_or(c);
+    while (with_cond && is_name(peek(c), "if")) {
+        struct node *m = new_node(c, E_COND, next(c)->line);
+        m->a = parse_or(c);
+        m->b = n;
+        m->c = accept_name(c, "else") ? parse_expr(c, true) : NULL;
+        n = m;
+    }
+    c->depth--;
+    return n;
+}
+
+/* ---- statements ---- */
+
+static void expect_block_end(struct compiler *c)
+{
+    if (peek(c)->k != T_BLOCK_END)
+        expected(c, "'%}'");
+    next(c);
+}
+
+/* Statements up to a {% name %} among ends (returned, its name consumed). */
+static struct node *parse_body(struct compiler *c, const char *const *ends, int nends, const char **which);
+
+static struct node *parse_if(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_IF, line);
+    n->a = parse_expr(c, true);
+    expect_block_end(c);
+    static const char *const ends[] = { "elif", "else", "endif" };
+    const char *which;
+    n->b = parse_body(c, ends, 3, &which);
+    if (!strcmp(which, "elif")) {
+        n->c = parse_if(c, peek(c)->line); /* consumes through endif */
+        return n;
+    }
+    if (!strcmp(which, "else")) {
+        expect_block_end(c);
+        static const char *const end[] = { "endif" };
+        n->c = parse_body(c, end, 1, &which);
+    }
+    expect_block_end(c);
+    return n;
+}
+
+static struct node *parse_for(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_FOR, line);
+    n->name = expect_name(c);
+    if (accept_op(c, ","))
+        n->name2 = expect_name(c);
+    if (!accept_name(c, "in"))
+        expected(c, "'in'");
+    n->a = parse_expr(c, false);
+    if (accept_name(c, "if"))
+        n->d = parse_expr(c, false);
+    if (is_name(peek(c), "recursive"))
+        fail_at(&c->f, MOE_ENOTSUP, line, "recursive for loops are not supported");
+    expect_block_end(c);
+    static const char *const ends[] = { "else", "endfor" };
+    const char *which;
+    n->b = parse_body(c, ends, 2, &which);
+    if (!strcmp(which, "else")) {
+        expect_block_end(c);
+        static const char *const end[] = { "endfor" };
+        n->c = parse_body(c, end, 1, &which);
+    }
+    expect_block_end(c);
+    return n;
+}
+
+static struct node *parse_set(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_SET, line);
+    n->name = expect_name(c);
+    if (accept_op(c, "."))
+        n->name2 = expect_name(c);
+    if (is_op(peek(c), ","))
+        fail_at(&c->f, MOE_ENOTSUP, line, "setting several names at once is not supported");
+    if (accept_op(c, "=")) {
+        n->a = parse_expr(c, true);
+        expect_block_end(c);
+        return n;
+    }
+    if (n->name2)
+        expected(c, "'='");
+    expect_block_end(c);
+    n->k = N_SETBLOCK;
+    static const char *const end[] = { "endset" };
+    const char *which;
+    n->b = parse_body(c, end, 1, &which);
+    expect_block_end(c);
+    return n;
+}
+
+static struct node *parse_macro(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_MACRO, line);
+    n->name = expect_name(c);
+    expect_op(c, "(");
+    struct nodes defs = { 0 };
+    struct { const char **v; int n, cap; } names = { 0 };
+    while (!accept_op(c, ")")) {
+        if (names.n)
+            expect_op(c, ",");
+        if (accept_op(c, ")"))
+            break;
+        if (names.n == names.cap) {
+            int cap = names.cap ? 2 * names.cap : 8;
+            const char **v = c_alloc(c, (size_t)cap * sizeof(*v));
+            if (names.n)
+                memcpy(v, names.v, (size_t)names.n * sizeof(*v));
+            names.v = v;
+            names.cap = cap;
+        }
+        names.v[names.n++] = expect_name(c);
+        nodes_push(c, &defs, accept_op(c, "=") ? parse_expr(c, true) : NULL);
+    }
+    n->kwnames = names.v;
+    n->args = defs.v;
+    n->nargs = names.n;
+    expect_block_end(c);
+    static const char *const end[] = { "endmacro" };
+    const char *which;
+    n->b = parse_body(c, end, 1, &which);
+    expect_block_end(c);
+    return n;
+}
+
+static struct node *parse_statement(struct compiler *c)
+{
+    int line = peek(c)->line;
+    struct token *t = peek(c);
+    if (t->k != T_NAME)
+        expected(c, "a statement name");
+    if (accept_name(c, "if"))
+        return parse_if(c, line);
+    if (accept_name(c, "for"))
+        return parse_for(c, line);
+    if (accept_name(c, "set"))
+        return parse_set(c, line);
+    if (accept_name(c, "macro"))
+        return parse_macro(c, line);
+    if (accept_name(c, "break") || accept_name(c, "continue")) {
+        struct node *n = new_node(c, t->s[0] == 'b' ? N_BREAK : N_CONTINUE, line);
+        expect_block_end(c);
+        return n;
+    }
+    if (accept_name(c, "generation")) { /* the assistant-mask marker of apply_chat_template: just its body */
+        expect_block_end(c);
+        static const char *const end[] = { "endgeneration" };
+        const char *which;
+        struct node *body = parse_body(c, end, 1, &which);
+        expect_block_end(c);
+        return body;
+    }
+    fail_at(&c->f, MOE_ENOTSUP, line, "statement '%.*s' is not supported", (int)(t->n < 40 ? t->n : 40), t->s);
+}
+
+static struct node *parse_body(struct compiler *c, const char *const *ends, int nends, const char **which)
+{
+    enter(c);
+    struct node *blk = new_node(c, N_BLOCK, peek(c)->line);
+    struct nodes stmts = { 0 };
+    for (;;) {
+        struct token *t = peek(c);
+        if (t->k == T_EOF) {
+            if (!nends)
+                break;
+            fail_at(&c->f, MOE_EFORMAT, t->line, "missing {%% %s %%}", ends[nends - 1]);
+        }
+        if (t->k == T_TEXT) {
+            next(c);
+            struct node *n = new_node(c, N_TEXT, t->line);
+            n->lit = (struct val){ .t = V_STR, .s = c_str(c, t->s, t->n) };
+            nodes_push(c, &stmts, n);
+        } else if (t->k == T_VAR_BEGIN) {
+            next(c);
+            struct node *n = new_node(c, N_OUT, t->line);
+            n->a = parse_expr(c, true);
+            if (peek(c)->k != T_VAR_END)
+                expected(c, "'}}'");
+            next(c);
+            nodes_push(c, &stmts, n);
+        } else if (t->k == T_BLOCK_BEGIN) {
+            next(c);
+            for (int e = 0; e < nends; e++)
+                if (is_name(peek(c), ends[e])) {
+                    next(c);
+                    *which = ends[e];
+                    goto done;
+                }
+            struct token *s = peek(c);
+            if (s->k == T_NAME && (is_name(s, "endif") || is_name(s, "endfor") || is_name(s, "else") ||
+                                   is_name(s, "elif") || is_name(s, "endset") || is_name(s, "endmacro") ||
+                                   is_name(s, "endgeneration") || is_name(s, "endraw")))
+                fail_at(&c->f, MOE_EFORMAT, s->line, "unexpected {%% %.*s %%}", (int)s->n, s->s);
+            nodes_push(c, &stmts, parse_statement(c));
+        } else {
+            char buf[64];
+            fail_at(&c->f, MOE_EFORMAT, t->line, "unexpected %s", describe(t, buf, sizeof(buf)));
+        }
+    }
+done:
+    blk->args = stmts.v;
+    blk->nargs = stmts.n;
+    c->depth--;
+    return blk;
+}
+
+struct moe_jinja {
+    struct arena arena;
+    struct node *root;
+};
+
+/* Jinja2's newline handling of the source: \r\n, \r and the other line
+ * separators of Python's splitlines become \n, and one trailing newline goes. */
+static char *normalize_source(struct compiler *c, const char *src, size_t len, size_t *out_len)
+{
+    char *o = c_alloc(c, len + 1);
+    size_t n = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char ch = (unsigned char)src[i];
+        if (ch == '\r') {
+            o[n++] = '\n';
+            i += i + 1 < len && src[i + 1] == '\n' ? 2 : 1;
+        } else if (ch == '\v' || ch == '\f' || ch == 0x1c || ch == 0x1d || ch == 0x1e) {
+            o[n++] = '\n';
+            i++;
+        } else if (ch == 0xc2 && i + 1 < len && (unsigned char)src[i + 1] == 0x85) {
+            o[n++] = '\n';
+            i += 2;
+        } else if (ch == 0xe2 && i + 2 < len && (unsigned char)src[i + 1] == 0x80 &&
+                   ((unsigned char)src[i + 2] == 0xa8 || (unsigned char)src[i + 2] == 0xa9)) {
+            o[n++] = '\n';
+            i += 3;
+        } else {
+            o[n++] = (char)ch;
+            i++;
+        }
+    }
+    if (n && o[n - 1] == '\n')
+        n--;
+    o[n] = 0;
+    *out_len = n;
+    return o;
+}
+
+struct moe_jinja *moe_jinja_compile(const char *src, size_t len)
+{
+    if (!src && len) {
+        moe_errorf(MOE_EINVAL, "chat template: no text given");
+        return NULL;
+    }
+    if (len > JJ_MAX_SRC) {
+        moe_errorf(MOE_ERANGE, "chat template: %zu bytes, more than the %u supported", len, JJ_MAX_SRC);
+        return NULL;
+    }
+    size_t l = 0;
+    for (size_t i = 0; i < len; i += l)
+        if (!(l = moe_utf8_next((const unsigned char *)src + i, len - i, &(uint32_t){ 0 })))
+            break;
+    if (len && !l) {
+        moe_errorf(MOE_EFORMAT, "chat template: not valid UTF-8");
+        return NULL;
+    }
+    struct moe_jinja *t = calloc(1, sizeof(*t));
+    if (!t) {
+        moe_errorf(MOE_ENOMEM, "chat template: out of memory");
+        return NULL;
+    }
+    struct compiler c = { .arena = &t->arena, .line = 1 };
+    if (setjmp(c.f.jb)) {
+        moe_jinja_free(t);
+        return NULL;
+    }
+    c.src = normalize_source(&c, src ? src : "", len, &c.len);
+    lex(&c);
+    t->root = parse_body(&c, NULL, 0, NULL);
+    return t;
+}
+
+void moe_jinja_free(struct moe_jinja *t)
+{
+    if (!t)
+        return;
+    arena_free(&t->arena);
+    free(t);
+}
+
+/* ---- render: context ------------------------------------------------------------- */
+
+struct frame {
+    struct frame *up;
+    struct dict vars;
+};
+
+struct render {
+    struct fail f;
+    struct arena arena;
+    char *heap_out;      /* the output buffer (malloc'd, freed on failure) */
+    long escapes;        /* namespace writes and arena buffer growth: values that outlive a loop iteration */
+    long steps;
+    int depth;
+    int flow;            /* 1 break, 2 continue, while unwinding a loop body */
+    struct frame *root;  /* the template's variables */
+    struct frame *cur;   /* the innermost scope of the statement being run */
+};
+
+static void *r_alloc(struct render *r, size_t n)
+{
+    void *p = arena_alloc(&r->arena, n);
+    if (!p)
+        fail_at(&r->f, MOE_ERANGE, 0, "rendering needs more than %u MiB of memory", JJ_MAX_ARENA >> 20);
+    return p;
+}
+
+static void step(struct render *r, int line)
+{
+    if (++r->steps > JJ_MAX_STEPS)
+        fail_at(&r->f, MOE_ERANGE, line, "rendering takes more than %ld steps", JJ_MAX_STEPS);
+}
+
+struct buf {
+    char *p;
+    size_t n, cap;
+    bool heap;  /* grown with realloc (the render's output), else in the arena */
+};
+
+static void buf_add(struct render *r, struct buf *b, const char *s, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        if (b->n + n + 1 > MOE_JINJA_MAX_OUTPUT + 1)
+            fail_at(&r->f, MOE_ERANGE, 0, "output longer than %u bytes", MOE_JINJA_MAX_OUTPUT);
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *p;
+        if (b->heap) {
+            p = realloc(b->p, cap);
+            if (!p)
+                fail_at(&r->f, MOE_ENOMEM, 0, "out of memory for %zu bytes of output", cap);
+            r->heap_out = p;
+        } else {
+            p = r_alloc(r, cap);
+            if (b->n)
+                memcpy(p, b->p, b->n);
+            r->escapes++;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void buf_adds(struct render *r, struct buf *b, const char *s)
+{
+    buf_add(r, b, s, strlen(s));
+}
+
+__attribute__((format(printf, 3, 4))) static void buf_addf(struct render *r, struct buf *b, const char *fmt, ...)
+{
+    char tmp[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    buf_add(r, b, tmp, (size_t)(n < (int)sizeof(tmp) ? n : (int)sizeof(tmp) - 1));
+}
+
+static const struct str *r_str(struct render *r, const char *s, size_t n)
+{
+    struct str *o = r_alloc(r, sizeof(*o) + n + 1);
+    o->n = n;
+    memcpy(o->p, s, n);
+    return o;
+}
+
+static struct val vstr(struct render *r, const char *s, size_t n)
+{
+    return (struct val){ .t = V_STR, .s = r_str(r, s, n) };
+}
+
+static struct val vbuf(struct render *r, const struct buf *b)
+{
+    return vstr(r, b->p ? b->p : "", b->n);
+}
+
+static struct val vbool(bool b)
+{
+    return (struct val){ .t = V_BOOL, .b = b };
+}
+
+static struct val vint(int64_t i)
+{
+    return (struct val){ .t = V_INT, .i = i };
+}
+
+static struct val vundef(const struct str *name)
+{
+    return (struct val){ .t = V_UNDEF, .s = name };
+}
+
+static struct list *new_list(struct render *r, size_t n)
+{
+    struct list *l = r_alloc(r, sizeof(*l));
+    l->n = n;
+    l->v = n ? r_alloc(r, n * sizeof(*l->v)) : NULL;
+    return l;
+}
+
+static struct dict *new_dict(struct render *r)
+{
+    return r_alloc(r, sizeof(struct dict));
+}
+
+static const struct val *dict_get(const struct dict *d, const char *k, size_t n)
+{
+    for (size_t i = 0; i < d->n; i++)
+        if (d->k[i]->n == n && !memcmp(d->k[i]->p, k, n))
+            return &d->v[i];
+    return NULL;
+}
+
+static void dict_set(struct render *r, struct dict *d, const struct str *k, struct val v)
+{
+    for (size_t i = 0; i < d->n; i++)
+        if (d->k[i]->n == k->n && !memcmp(d->k[i]->p, k->p, k->n)) {
+            d->v[i] = v;
+            return;
+        }
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? 2 * d->cap : 8;
+        const struct str **kk = r_alloc(r, cap * sizeof(*kk));
+        struct val *vv = r_alloc(r, cap * sizeof(*vv));
+        if (d->n) {
+            memcpy(kk, d->k, d->n * sizeof(*kk));
+            memcpy(vv, d->v, d->n * sizeof(*vv));
+        }
+        d->k = kk;
+        d->v = vv;
+        d->cap = cap;
+    }
+    d->k[d->n] = k;
+    d->v[d->n++] = v;
+}
+
+static void dict_sets(struct render *r, struct dict *d, const char *k, struct val v)
+{
+    dict_set(r, d, r_str(r, k, strlen(k)), v);
+}
+
+static struct val from_json(struct render *r, json_t *j)
+{
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        struct dict *d = new_dict(r);
+        const char *k;
+        json_t *v;
+        json_object_foreach(j, k, v) dict_set(r, d, r_str(r, k, strlen(k)), from_json(r, v));
+        return (struct val){ .t = V_DICT, .d = d };
+    }
+    case JSON_ARRAY: {
+        struct list *l = new_list(r, json_array_size(j));
+        for (size_t i = 0; i < l->n; i++) l->v[i] = from_json(r, json_array_get(j, i));
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    case JSON_STRING: return vstr(r, json_string_value(j), json_string_length(j));
+    case JSON_INTEGER: return vint(json_integer_value(j));
+    case JSON_REAL: return (struct val){ .t = V_FLOAT, .f = json_real_value(j) };
+    case JSON_TRUE: return vbool(true);
+    case JSON_FALSE: return vbool(false);
+    default: return (struct val){ .t = V_NONE };
+    }
+}
+
+/* ---- render: Python semantics of values ------------------------------------------ */
+
+static const char *type_name(const struct val *v)
+{
+    static const char *const names[] = { "undefined", "none", "bool", "int", "float", "string", "list", "dict",
+                                         "function", "macro" };
+    return v->t == V_DICT && v->d->ns ? "namespace" : names[v->t];
+}
+
+static bool truthy(const struct val *v)
+{
+    switch (v->t) {
+    case V_BOOL: return v->b;
+    case V_INT: return v->i != 0;
+    case V_FLOAT: return v->f != 0;
+    case V_STR: return v->s->n > 0;
+    case V_LIST: return v->l->n > 0;
+    case V_DICT: return v->d->ns || v->d->n > 0;
+    case V_FUNC: case V_MACRO: return true;
+    default: return false;
+    }
+}
+
+static bool is_num(const struct val *v)
+{
+    return v->t == V_INT || v->t == V_FLOAT || v->t == V_BOOL;
+}
+
+static double num(const struct val *v)
+{
+    return v->t == V_FLOAT ? v->f : v->t == V_INT ? (double)v->i : v->b;
+}
+
+static int64_t inum(const struct val *v)
+{
+    return v->t == V_INT ? v->i : v->b;
+}
+
+static bool equal(const struct val *a, const struct val *b)
+{
+    if (is_num(a) && is_num(b))
+        return (a->t == V_FLOAT || b->t == V_FLOAT) ? num(a) == num(b) : inum(a) == inum(b);
+    if (a->t != b->t)
+        return false;
+    switch (a->t) {
+    case V_UNDEF: case V_NONE: return true;
+    case V_STR: return a->s->n == b->s->n && !memcmp(a->s->p, b->s->p, a->s->n);
+    case V_LIST:
+        if (a->l->n != b->l->n || a->l->tuple != b->l->tuple)
+            return false;
+        for (size_t i = 0; i < a->l->n; i++)
+            if (!equal(&a->l->v[i], &b->l->v[i]))
+                return false;
+        return true;
+    case V_DICT:
+        if (a->d->ns || b->d->ns)
+            return a->d == b->d;
+        if (a->d->n != b->d->n)
+            return false;
+        for (size_t i = 0; i < a->d->n; i++) {
+            const struct val *o = dict_get(b->d, a->d->k[i]->p, a->d->k[i]->n);
+            if (!o || !equal(&a->d->v[i], o))
+                return false;
+        }
+        return true;
+    case V_FUNC: return a->fn == b->fn;
+    case V_MACRO: return a->macro == b->macro;
+    default: return false;
+    }
+}
+
+/* a < b for numbers and strings (bytes of UTF-8 order as code points). */
+static int compare(struct render *r, const struct val *a, const struct val *b, int line)
+{
+    if (is_num(a) && is_num(b)) {
+        double x = num(a), y = num(b);
+        return x < y ? -1 : x > y;
+    }
+    if (a->t == V_STR && b->t == V_STR) {
+        size_t n = a->s->n < b->s->n ? a->s->n : b->s->n;
+        int c = memcmp(a->s->p, b->s->p, n);
+        return c ? (c < 0 ? -1 : 1) : (a->s->n < b->s->n ? -1 : a->s->n > b->s->n);
+    }
+    if (a->t == V_LIST && b->t == V_LIST) {
+        for (size_t i = 0; i < a->l->n && i < b->l->n; i++) {
+            if (equal(&a->l->v[i], &b->l->v[i]))
+                continue;
+            return compare(r, &a->l->v[i], &b->l->v[i], line);
+        }
+        return a->l->n < b->l->n ? -1 : a->l->n > b->l->n;
+    }
+    fail_at(&r->f, MOE_EINVAL, line, "cannot order %s and %s", type_name(a), type_name(b));
+}
+
+static void repr(struct render *r, struct buf *b, const struct val *v, int line);
+
+/* Python's repr() of a float: the shortest digits that read back, in its
+ * notation (1.0, 0.1, 1e+20, 1.5e-07, inf, nan). */
+static void float_repr(struct render *r, struct buf *b, double f)
+{
+    if (isnan(f)) {
+        buf_adds(r, b, "nan");
+        return;
+    }
+    if (isinf(f)) {
+        buf_adds(r, b, f < 0 ? "-inf" : "inf");
+        return;
+    }
+    char tmp[64];
+    int p;
+    for (p = 1; p < 17; p++) {
+        snprintf(tmp, sizeof(tmp), "%.*e", p - 1, f);
+        if (strtod(tmp, NULL) == f)
+            break;
+    }
+    snprintf(tmp, sizeof(tmp), "%.*e", p - 1, f);
+    /* tmp: [-]d[.ddd]e[+-]XX */
+    char digits[32];
+    int nd = 0;
+    bool neg = tmp[0] == '-';
+    const char *s = tmp + neg;
+    for (; *s && *s != 'e'; s++)
+        if (*s != '.')
+            digits[nd++] = *s;
+    int exp10 = atoi(s + 1);
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
+    if (neg)
+        buf_adds(r, b, "-");
+    if (exp10 < -4 || exp10 >= 16) {
+        buf_add(r, b, digits, 1);
+        if (nd > 1) {
+            buf_adds(r, b, ".");
+            buf_add(r, b, digits + 1, (size_t)nd - 1);
+        }
+        buf_addf(r, b, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
+    } else if (exp10 < 0) {
+        buf_adds(r, b, "0.");
+        for (int k = 0; k < -exp10 - 1; k++)
+            buf_adds(r, b, "0");
+        buf_add(r, b, digits, (size_t)nd);
+    } else {
+        for (int k = 0; k <= exp10; k++)
+            buf_add(r, b, k < nd ? digits + k : "0", 1);
+        buf_adds(r, b, ".");
+        if (nd > exp10 + 1)
+            buf_add(r, b, digits + exp10 + 1, (size_t)(nd - exp10 - 1));
+        else
+            buf_adds(r, b, "0");
+    }
+}
+
+/* A code point Python's repr() writes escaped (not isprintable()). */
+static bool py_unprintable(uint32_t cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0xa0) || cp == 0xad || (cp >= 0x2000 && cp <= 0x200f) ||
+           (cp >= 0x2028 && cp <= 0x202f) || (cp >= 0x205f && cp <= 0x2064) || cp == 0x3000 || cp == 0xfeff ||
+           cp == 0x1680;
+}
+
+static void str_repr(struct render *r, struct buf *b, const struct str *s)
+{
+    bool sq = memchr(s->p, '\'', s->n) != NULL, dq = memchr(s->p, '"', s->n) != NULL;
+    char q = sq && !dq ? '"' : '\'';
+    buf_add(r, b, &q, 1);
+    for (size_t i = 0; i < s->n;) {
+        uint32_t cp;
+        size_t l = moe_utf8_next((const unsigned char *)s->p + i, s->n - i, &cp);
+        if (!l) {
+            cp = (unsigned char)s->p[i];
+            l = 1;
+        }
+        if (cp == '\\' || cp == (uint32_t)q) {
+            buf_adds(r, b, "\\");
+            buf_add(r, b, s->p + i, 1);
+        } else if (cp == '\n') {
+            buf_adds(r, b, "\\n");
+        } else if (cp == '\r') {
+            buf_adds(r, b, "\\r");
+        } else if (cp == '\t') {
+            buf_adds(r, b, "\\t");
+        } else if (py_unprintable(cp)) {
+            buf_addf(r, b, cp < 0x100 ? "\\x%02x" : "\\u%04x", cp);
+        } else {
+            buf_add(r, b, s->p + i, l);
+        }
+        i += l;
+    }
+    buf_add(r, b, &q, 1);
+}
+
+/* Python's str() of a value, as {{ }} prints it. */
+static void to_str(struct render *r, struct buf *b, const struct val *v, int line)
+{
+    switch (v->t) {
+    case V_UNDEF: break;
+    case V_STR: buf_add(r, b, v->s->p, v->s->n); break;
+    default: repr(r, b, v, line); break;
+    }
+}
+
+static void repr(struct render *r, struct buf *b, const struct val *v, int line)
+{
+    step(r, line);
+    switch (v->t) {
+    case V_UNDEF: break;
+    case V_NONE: buf_adds(r, b, "None"); break;
+    case V_BOOL: buf_adds(r, b, v->b ? "True" : "False"); break;
+    case V_INT: buf_addf(r, b, "%lld", (long long)v->i); break;
+    case V_FLOAT: float_repr(r, b, v->f); break;
+    case V_STR: str_repr(r, b, v->s); break;
+    case V_LIST:
+        buf_adds(r, b, v->l->tuple ? "(" : "[");
+        for (size_t i = 0; i < v->l->n; i++) {
+            if (i)
+                buf_adds(r, b, ", ");
+            repr(r, b, &v->l->v[i], line);
+        }
+        buf_adds(r, b, v->l->tuple ? (v->l->n == 1 ? ",)" : ")") : "]");
+        break;
+    case V_DICT:
+        buf_adds(r, b, v->d->ns ? "<Namespace {" : "{");
+        for (size_t i = 0; i < v->d->n; i++) {
+            if (i)
+                buf_adds(r, b, ", ");
+            str_repr(r, b, v->d->k[i]);
+            buf_adds(r, b, ": ");
+            repr(r, b, &v->d->v[i], line);
+        }
+        buf_adds(r, b, v->d->ns ? "}>" : "}");
+        break;
+    case V_FUNC: buf_adds(r, b, "<built-in function>"); break;
+    default: buf_adds(r, b, "<macro>"); break;
+    }
+}
+
+static struct val stringify(struct render *r, const struct val *v, int line)
+{
+    if (v->t == V_STR)
+        return *v;
+    struct buf b = { 0 };
+    to_str(r, &b, v, line);
+    return vbuf(r, &b);
+}
+
+/* json.dumps(v, ensure_ascii=False, indent=indent) */
+static void to_json(struct render *r, struct buf *b, const struct val *v, int indent, int level, int line)
+{
+    step(r, line);
+    switch (v->t) {
+    case V_NONE: buf_adds(r, b, "null"); return;
+    case V_BOOL: buf_adds(r, b, v->b ? "true" : "false"); return;
+    case V_INT: buf_addf(r, b, "%lld", (long long)v->i); return;
+    case V_FLOAT:
+        if (isnan(v->f))
+            buf_adds(r, b, "NaN");
+        else if (isinf(v->f))
+            buf_adds(r, b, v->f < 0 ? "-Infinity" : "Infinity");
+        else
+            float_repr(r, b, v->f);
+        return;
+    case V_STR:
+        buf_adds(r, b, "\"");
+        for (size_t i = 0; i < v->s->n; i++) {
+            unsigned char ch = (unsigned char)v->s->p[i];
+            if (ch == '"') buf_adds(r, b, "\\\"");
+            else if (ch == '\\') buf_adds(r, b, "\\\\");
+            else if (ch == '\n') buf_adds(r, b, "\\n");
+            else if (ch == '\r') buf_adds(r, b, "\\r");
+            else if (ch == '\t') buf_adds(r, b, "\\t");
+            else if (ch == '\b') buf_adds(r, b, "\\b");
+            else if (ch == '\f') buf_adds(r, b, "\\f");
+            else if (ch < 0x20) buf_addf(r, b, "\\u%04x", ch);
+            else buf_add(r, b, v->s->p + i, 1);
+        }
+        buf_adds(r, b, "\"");
+        return;
+    case V_LIST:
+    case V_DICT: {
+        bool list = v->t == V_LIST;
+        if (!list && v->d->ns)
+            break;
+        size_t n = list ? v->l->n : v->d->n;
+        buf_adds(r, b, list ? "[" : "{");
+        if (!n) {
+            buf_adds(r, b, list ? "]" : "}");
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                buf_adds(r, b, indent >= 0 ? "," : ", ");
+            if (indent >= 0) {
+                buf_adds(r, b, "\n");
+                for (int k = 0; k < indent * (level + 1); k++)
+                    buf_adds(r, b, " ");
+            }
+            if (!list) {
+                struct val k = { .t = V_STR, .s = v->d->k[i] };
+                to_json(r, b, &k, indent, level + 1, line);
+                buf_adds(r, b, ": ");
+            }
+            to_json(r, b, list ? &v->l->v[i] : &v->d->v[i], indent, level + 1, line);
+        }
+        if (indent >= 0) {
+            buf_adds(r, b, "\n");
+            for (int k = 0; k < indent * level; k++)
+                buf_adds(r, b, " ");
+        }
+        buf_adds(r, b, list ? "]" : "}");
+        return;
+    }
+    default: break;
+    }
+    fail_at(&r->f, MOE_EINVAL, line, "tojson: a %s is not JSON serializable", type_name(v));
+}
+
+/* ---- render: strings by code point ------------------------------------------- */
+
+/* First occurrence of needle in hay, or NULL. */
+static const char *find_bytes(const char *hay, size_t n, const char *needle, size_t k)
+{
+    if (k == 0)
+        return hay;
+    for (size_t i = 0; i + k <= n; i++)
+        if (hay[i] == needle[0] && !memcmp(hay + i + 1, needle + 1, k - 1))
+            return hay + i;
+    return NULL;
+}
+
+static size_t cp_count(const struct str *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++)
+        n += ((unsigned char)s->p[i] & 0xc0) != 0x80;
+    return n;
+}
+
+/* Byte offset of code point k of s (k <= count). */
+static size_t cp_offset(const struct str *s, size_t k)
+{
+    size_t i = 0;
+    for (; i < s->n && k; k--)
+        for (i++; i < s->n && ((unsigned char)s->p[i] & 0xc0) == 0x80;)
+            i++;
+    return i;
+}
+
+static bool py_space(uint32_t cp)
+{
+    return cp == ' ' || (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x1f) || cp == 0x85 || cp == 0xa0 ||
+           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
+           cp == 0x205f || cp == 0x3000;
+}
+
+/* strip / lstrip / rstrip (which: 1 left, 2 right, 3 both) of whitespace, or of the characters of chars. */
+static struct val strip(struct render *r, const struct str *s, const struct str *chars, int which)
+{
+    size_t a = 0, b = s->n;
+    for (;;) { /* from the left */
+        if (!(which & 1) || a >= b)
+            break;
+        uint32_t cp;
+        size_t l = moe_utf8_next((const unsigned char *)s->p + a, b - a, &cp);
+        bool drop = chars ? l && find_bytes(chars->p, chars->n, s->p + a, l) != NULL : l && py_space(cp);
+        if (!drop)
+            break;
+        a += l;
+    }
+    while ((which & 2) && b > a) {
+        size_t k = b - 1;
+        while (k > a && ((unsigned char)s->p[k] & 0xc0) == 0x80)
+            k--;
+        uint32_t cp;
+        size_t l = moe_utf8_next((const unsigned char *)s->p + k, b - k, &cp);
+        bool drop = chars ? l && find_bytes(chars->p, chars->n, s->p + k, l) != NULL : l && py_space(cp);
+        if (!drop)
+            break;
+        b = k;
+    }
+    return vstr(r, s->p + a, b - a);
+}
+
+/* Simple case mapping of the scripts chat text is mostly in: ASCII, Latin-1,
+ * Latin Extended-A, Greek and Cyrillic; other characters stay as they are
+ * (and 'ß' does not become "SS" as in Python). */
+static uint32_t to_upper(uint32_t c)
+{
+    if (c >= 'a' && c <= 'z') return c - 32;
+    if (c < 0x80) return c;
+    if ((c >= 0xe0 && c <= 0xfe && c != 0xf7)) return c - 32;
+    if (c == 0xff) return 0x178;
+    if (c >= 0x100 && c <= 0x17f && c != 0x130 && c != 0x131 && c != 0x138 && c != 0x149 && c != 0x17f) {
+        bool odd_lower = (c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e);
+        return odd_lower ? (c & 1 ? c : c - 1) : (c & 1 ? c - 1 : c);
+    }
+    if (c >= 0x3b1 && c <= 0x3c9) return c == 0x3c2 ? 0x3a3 : c - 32;
+    if (c >= 0x430 && c <= 0x44f) return c - 32;
+    if (c >= 0x450 && c <= 0x45f) return c - 80;
+    return c;
+}
+
+static uint32_t to_lower(uint32_t c)
+{
+    if (c >= 'A' && c <= 'Z') return c + 32;
+    if (c < 0x80) return c;
+    if (c >= 0xc0 && c <= 0xde && c != 0xd7) return c + 32;
+    if (c == 0x178) return 0xff;
+    if (c >= 0x100 && c <= 0x17f && c != 0x130 && c != 0x131 && c != 0x138 && c != 0x149 && c != 0x17f) {
+        bool odd_lower = (c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e);
+        return odd_lower ? (c & 1 ? c + 1 : c) : (c & 1 ? c : c + 1);
+    }
+    if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) return c + 32;
+    if (c >= 0x410 && c <= 0x42f) return c + 32;
+    if (c >= 0x400 && c <= 0x40f) return c + 80;
+    return c;
+}
+
+static bool is_cased(uint32_t c)
+{
+    return to_upper(c) != c || to_lower(c) != c;
+}
+
+enum case_mode {
+    CASE_LOWER, CASE_UPPER,
+    CASE_TITLE,      /* str.title(): a word starts after any uncased character */
+    CASE_CAPITALIZE, /* the first character upper, the rest lower */
+    CASE_JTITLE,     /* Jinja's title filter: a word starts after whitespace or -({[< */
+};
+
+static struct val str_case(struct render *r, const struct str *s, enum case_mode mode)
+{
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    bool start = true;
+    for (size_t i = 0; i < s->n;) {
+        uint32_t cp;
+        size_t l = moe_utf8_next((const unsigned char *)s->p + i, s->n - i, &cp);
+        if (!l) {
+            cp = (unsigned char)s->p[i];
+            l = 1;
+        }
+        bool up = mode == CASE_UPPER || (mode != CASE_LOWER && start);
+        uint32_t o = up ? to_upper(cp) : to_lower(cp);
+        char enc[4];
+        buf_add(r, &b, enc, moe_utf8_put(o, enc));
+        if (mode == CASE_TITLE)
+            start = !is_cased(cp);
+        else if (mode == CASE_JTITLE)
+            start = py_space(cp) || (cp < 0x80 && strchr("-({[<", (int)cp));
+        else
+            start = false;
+        i += l;
+    }
+    return vbuf(r, &b);
+}
+
+static struct val split(struct render *r, const struct str *s, const struct str *sep, int64_t maxsplit)
+{
+    size_t cap = 8, n = 0;
+    struct val *v = r_alloc(r, cap * sizeof(*v));
+    size_t i = 0;
+    for (;;) {
+        if (n + 1 >= cap) {
+            struct val *w = r_alloc(r, 2 * cap * sizeof(*w));
+            memcpy(w, v, n * sizeof(*v));
+            v = w;
+            cap *= 2;
+        }
+        if (!sep) { /* runs of whitespace; no empty pieces */
+            uint32_t cp;
+            size_t l;
+            while (i < s->n && (l = moe_utf8_next((const unsigned char *)s->p + i, s->n - i, &cp)) && py_space(cp))
+                i += l;
+            if (i >= s->n)
+                break;
+            size_t j = i;
+            if (maxsplit >= 0 && (int64_t)n >= maxsplit) { /* the rest, trailing whitespace kept */
+                v[n++] = vstr(r, s->p + j, s->n - j);
+                break;
+            }
+            while (j < s->n && (l = moe_utf8_next((const unsigned char *)s->p + j, s->n - j, &cp)) && !py_space(cp))
+                j += l;
+            v[n++] = vstr(r, s->p + i, j - i);
+            i = j;
+            continue;
+        }
+        const char *hit = (maxsplit < 0 || (int64_t)n < maxsplit) ? find_bytes(s->p + i, s->n - i, sep->p, sep->n) : NULL;
+        if (!hit) {
+            v[n++] = vstr(r, s->p + i, s->n - i);
+            break;
+        }
+        v[n++] = vstr(r, s->p + i, (size_t)(hit - (s->p + i)));
+        i = (size_t)(hit - s->p) + sep->n;
+    }
+    struct list *l = new_list(r, 0);
+    l->v = v;
+    l->n = n;
+    return (struct val){ .t = V_LIST, .l = l };
+}
+
+static struct val replace(struct render *r, const struct str *s, const struct str *old, const struct str *new_,
+                          int64_t count)
+{
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    size_t i = 0;
+    int64_t done = 0;
+    if (!old->n) { /* Python: the new string between every character and at both ends */
+        for (size_t k = 0; k <= s->n; k++) {
+            if (k == s->n || ((unsigned char)s->p[k] & 0xc0) != 0x80) {
+                if (count < 0 || done < count) {
+                    buf_add(r, &b, new_->p, new_->n);
+                    done++;
+                }
+            }
+            if (k < s->n)
+                buf_add(r, &b, s->p + k, 1);
+        }
+        return vbuf(r, &b);
+    }
+    while (i <= s->n) {
+        const char *hit = (count < 0 || done < count) ? find_bytes(s->p + i, s->n - i, old->p, old->n) : NULL;
+        if (!hit) {
+            buf_add(r, &b, s->p + i, s->n - i);
+            break;
+        }
+        buf_add(r, &b, s->p + i, (size_t)(hit - (s->p + i)));
+        buf_add(r, &b, new_->p, new_->n);
+        i = (size_t)(hit - s->p) + old->n;
+        done++;
+    }
+    return vbuf(r, &b);
+}
+
+/* ---- render: evaluation -------------------------------------------------------- */
+
+static struct val eval(struct render *r, const struct node *n);
+static void exec(struct render *r, struct frame *fr, const struct node *n, struct buf *out);
+
+static struct val lookup(struct render *r, struct frame *fr, const char *name)
+{
+    size_t n = strlen(name);
+    for (; fr; fr = fr->up) {
+        const struct val *v = dict_get(&fr->vars, name, n);
+        if (v)
+            return *v;
+    }
+    static const struct { const char *name; int fn; } builtins[] = {
+        { "range", FN_RANGE }, { "namespace", FN_NAMESPACE }, { "raise_exception", FN_RAISE },
+        { "strftime_now", FN_STRFTIME }, { "dict", FN_DICT },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(builtins); i++)
+        if (!strcmp(name, builtins[i].name))
+            return (struct val){ .t = V_FUNC, .fn = builtins[i].fn };
+    return vundef(r_str(r, name, n));
+}
+
+static _Noreturn void undefined_error(struct render *r, const struct val *v, int line)
+{
+    if (v->s)
+        fail_at(&r->f, MOE_EINVAL, line, "'%.*s' is undefined", (int)(v->s->n < 80 ? v->s->n : 80), v->s->p);
+    fail_at(&r->f, MOE_EINVAL, line, "a value is undefined");
+}
+
+/* obj.name or obj[key]: an item of a dict, else undefined (named for errors). */
+static struct val get_item(struct render *r, const struct val *obj, const struct val *key, int line)
+{
+    if (obj->t == V_UNDEF)
+        undefined_error(r, obj, line);
+    if (obj->t == V_DICT && key->t == V_STR) {
+        const struct val *v = dict_get(obj->d, key->s->p, key->s->n);
+        if (v)
+            return *v;
+    } else if ((obj->t == V_LIST || obj->t == V_STR) && (key->t == V_INT || key->t == V_BOOL)) {
+        int64_t len = obj->t == V_LIST ? (int64_t)obj->l->n : (int64_t)cp_count(obj->s), i = inum(key);
+        if (i < 0)
+            i += len;
+        if (i >= 0 && i < len) {
+            if (obj->t == V_LIST)
+                return obj->l->v[i];
+            size_t a = cp_offset(obj->s, (size_t)i), b = cp_offset(obj->s, (size_t)i + 1);
+            return vstr(r, obj->s->p + a, b - a);
+        }
+    }
+    struct buf b = { 0 };
+    to_str(r, &b, key, line);
+    return vundef(r_str(r, b.p ? b.p : "", b.n));
+}
+
+static int64_t slice_index(struct render *r, const struct node *n, int64_t dflt)
+{
+    if (!n)
+        return dflt;
+    struct val v = eval(r, n);
+    if (v.t == V_NONE)
+        return dflt;
+    if (v.t != V_INT && v.t != V_BOOL)
+        fail_at(&r->f, MOE_EINVAL, n->line, "slice indices must be integers, not %s", type_name(&v));
+    return inum(&v);
+}
+
+static struct val do_slice(struct render *r, const struct node *n)
+{
+    struct val obj = eval(r, n->a);
+    if (obj.t != V_LIST && obj.t != V_STR)
+        fail_at(&r->f, MOE_EINVAL, n->line, "cannot slice a %s", type_name(&obj));
+    int64_t len = obj.t == V_LIST ? (int64_t)obj.l->n : (int64_t)cp_count(obj.s);
+    int64_t stepv = slice_index(r, n->d, 1);
+    if (stepv == 0)
+        fail_at(&r->f, MOE_EINVAL, n->line, "slice step cannot be zero");
+    int64_t lo = stepv > 0 ? 0 : -1, hi = stepv > 0 ? len : len - 1;
+    int64_t a = slice_index(r, n->b, stepv > 0 ? 0 : len - 1), b = slice_index(r, n->c, stepv > 0 ? len : -len - 1);
+    /* Python's PySlice_AdjustIndices */
+    if (a < 0) a = a + len < lo ? lo : a + len;
+    else if (a > hi) a = hi;
+    if (b < 0) b = b + len < lo ? lo : b + len;
+    else if (b > hi) b = hi;
+    int64_t cnt = stepv > 0 ? (b > a ? (b - a + stepv - 1) / stepv : 0) : (a > b ? (a - b - stepv - 1) / -stepv : 0);
+    if (obj.t == V_LIST) {
+        struct list *l = new_list(r, (size_t)cnt);
+        for (int64_t k = 0; k < cnt; k++) l->v[k] = obj.l->v[a + k * stepv];
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    struct buf b2 = { 0 };
+    buf_add(r, &b2, "", 0);
+    for (int64_t k = 0; k < cnt; k++) {
+        size_t x = cp_offset(obj.s, (size_t)(a + k * stepv)), y = cp_offset(obj.s, (size_t)(a + k * stepv) + 1);
+        buf_add(r, &b2, obj.s->p + x, y - x);
+    }
+    return vbuf(r, &b2);
+}
+
+/* Items to iterate: a list's values, a dict's keys, a string's characters. */
+static struct list *iter_list(struct render *r, const struct val *v, int line)
+{
+    if (v->t == V_LIST)
+        return (struct list *)v->l;
+    if (v->t == V_UNDEF || v->t == V_NONE) {
+        if (v->t == V_NONE)
+            fail_at(&r->f, MOE_EINVAL, line, "'NoneType' object is not iterable");
+        return new_list(r, 0);
+    }
+    if (v->t == V_DICT && !v->d->ns) {
+        struct list *l = new_list(r, v->d->n);
+        for (size_t i = 0; i < v->d->n; i++) l->v[i] = (struct val){ .t = V_STR, .s = v->d->k[i] };
+        return l;
+    }
+    if (v->t == V_STR) {
+        struct list *l = new_list(r, cp_count(v->s));
+        for (size_t i = 0; i < l->n; i++) {
+            size_t a = cp_offset(v->s, i), b = cp_offset(v->s, i + 1);
+            l->v[i] = vstr(r, v->s->p + a, b - a);
+        }
+        return l;
+    }
+    fail_at(&r->f, MOE_EINVAL, line, "a %s is not iterable", type_name(v));
+}
+
+static bool contains(struct render *r, const struct val *item, const struct val *in, int line)
+{
+    if (in->t == V_STR) {
+        if (item->t != V_STR)
+            fail_at(&r->f, MOE_EINVAL, line, "'in <string>' needs a string on the left, not %s", type_name(item));
+        return item->s->n == 0 || find_bytes(in->s->p, in->s->n, item->s->p, item->s->n) != NULL;
+    }
+    if (in->t == V_DICT && !in->d->ns)
+        return item->t == V_STR && dict_get(in->d, item->s->p, item->s->n) != NULL;
+    const struct list *l = iter_list(r, in, line);
+    for (size_t i = 0; i < l->n; i++)
+        if (equal(item, &l->v[i]))
+            return true;
+    return false;
+}
+
+/* Arguments of a call: positional values and named ones. */
+struct args {
+    struct val pos[8];
+    int npos;
+    const char *names[8];
+    struct val kw[8];
+    int nkw;
+};
+
+static void eval_args(struct render *r, const struct node *n, struct args *a)
+{
+    if (n->nargs > 8 || n->nkw > 8)
+        fail_at(&r->f, MOE_ENOTSUP, n->line, "more than 8 arguments");
+    a->npos = n->nargs;
+    a->nkw = n->nkw;
+    for (int i = 0; i < n->nargs; i++) a->pos[i] = eval(r, n->args[i]);
+    for (int i = 0; i < n->nkw; i++) {
+        a->names[i] = n->kwnames[i];
+        a->kw[i] = eval(r, n->kwargs[i]);
+    }
+}
+
+/* Argument i, or the one named name, or NULL. */
+static const struct val *arg(const struct args *a, int i, const char *name)
+{
+    if (i >= 0 && i < a->npos)
+        return &a->pos[i];
+    for (int k = 0; name && k < a->nkw; k++)
+        if (!strcmp(a->names[k], name))
+            return &a->kw[k];
+    return NULL;
+}
+
+static const struct str *arg_str(struct render *r, const struct args *a, int i, const char *name, const char *what,
+                                 int line)
+{
+    const struct val *v = arg(a, i, name);
+    if (!v || v->t == V_NONE)
+        return NULL;
+    if (v->t != V_STR)
+        fail_at(&r->f, MOE_EINVAL, line, "%s: argument %d must be a string, not %s", what, i + 1, type_name(v));
+    return v->s;
+}
+
+static int64_t arg_int(struct render *r, const struct args *a, int i, const char *name, int64_t dflt,
+                       const char *what, int line)
+{
+    const struct val *v = arg(a, i, name);
+    if (!v || v->t == V_NONE)
+        return dflt;
+    if (v->t != V_INT && v->t != V_BOOL)
+        fail_at(&r->f, MOE_EINVAL, line, "%s: argument %d must be an integer, not %s", what, i + 1, type_name(v));
+    return inum(v);
+}
+
+static bool run_test(struct render *r, const char *name, const struct val *v, const struct args *a, int line);
+
+static struct val call_builtin(struct render *r, int fn, const struct args *a, int line)
+{
+    switch (fn) {
+    case FN_RANGE: {
+        int64_t start = 0, stop, stepv = 1;
+        if (a->npos == 1) {
+            stop = arg_int(r, a, 0, NULL, 0, "range", line);
+        } else if (a->npos == 2 || a->npos == 3) {
+            start = arg_int(r, a, 0, NULL, 0, "range", line);
+            stop = arg_int(r, a, 1, NULL, 0, "range", line);
+            stepv = arg_int(r, a, 2, NULL, 1, "range", line);
+        } else {
+            fail_at(&r->f, MOE_EINVAL, line, "range() takes 1 to 3 arguments");
+        }
+        if (!stepv)
+            fail_at(&r->f, MOE_EINVAL, line, "range() step must not be zero");
+        int64_t cnt = stepv > 0 ? (stop > start ? (stop - start + stepv - 1) / stepv : 0)
+                                : (start > stop ? (start - stop - stepv - 1) / -stepv : 0);
+        if (cnt > 1000000)
+            fail_at(&r->f, MOE_ERANGE, line, "range() of %lld items is too long", (long long)cnt);
+        struct list *l = new_list(r, (size_t)cnt);
+        for (int64_t k = 0; k < cnt; k++) l->v[k] = vint(start + k * stepv);
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    case FN_NAMESPACE:
+    case FN_DICT: {
+        struct dict *d = new_dict(r);
+        d->ns = fn == FN_NAMESPACE;
+        for (int i = 0; i < a->npos; i++) { /* namespace(a_dict) copies its items */
+            if (a->pos[i].t != V_DICT)
+                fail_at(&r->f, MOE_EINVAL, line, "%s() takes a dict or names=values",
+                        fn == FN_NAMESPACE ? "namespace" : "dict");
+            for (size_t k = 0; k < a->pos[i].d->n; k++) dict_set(r, d, a->pos[i].d->k[k], a->pos[i].d->v[k]);
+        }
+        for (int i = 0; i < a->nkw; i++) dict_sets(r, d, a->names[i], a->kw[i]);
+        return (struct val){ .t = V_DICT, .d = d };
+    }
+    case FN_RAISE: {
+        struct buf b = { 0 };
+        if (a->npos)
+            to_str(r, &b, &a->pos[0], line);
+        fail_at(&r->f, MOE_EINVAL, 0, "%s", b.p ? b.p : "raise_exception()");
+    }
+    case FN_STRFTIME: {
+        const struct str *fmt = arg_str(r, a, 0, NULL, "strftime_now", line);
+        char tmp[256] = "";
+        time_t now = time(NULL);
+        struct tm tm;
+        if (fmt && localtime_r(&now, &tm)) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral" /* the template's own format, as Python's strftime */
+            if (!strftime(tmp, sizeof(tmp), fmt->p, &tm))
+                tmp[0] = 0;
+#pragma GCC diagnostic pop
+        }
+        return vstr(r, tmp, strlen(tmp));
+    }
+    default: fail_at(&r->f, MOE_EINVAL, line, "not callable");
+    }
+}
+
+static struct val call_macro(struct render *r, const struct node *m, const struct args *a, int line)
+{
+    if (++r->depth > JJ_MAX_DEPTH)
+        fail_at(&r->f, MOE_ERANGE, line, "macros call each other deeper than %d", JJ_MAX_DEPTH);
+    if (a->npos > m->nargs)
+        fail_at(&r->f, MOE_EINVAL, line, "macro '%s' takes %d arguments, not %d", m->name, m->nargs, a->npos);
+    struct frame fr = { .up = r->root };
+    for (int i = 0; i < m->nargs; i++) {
+        const struct val *v = arg(a, i, m->kwnames[i]);
+        struct val x = v ? *v : m->args[i] ? eval(r, m->args[i]) : vundef(r_str(r, m->kwnames[i], strlen(m->kwnames[i])));
+        dict_sets(r, &fr.vars, m->kwnames[i], x);
+    }
+    for (int k = 0; k < a->nkw; k++) {
+        bool known = false;
+        for (int i = 0; i < m->nargs; i++) known |= !strcmp(a->names[k], m->kwnames[i]);
+        if (!known)
+            fail_at(&r->f, MOE_EINVAL, line, "macro '%s' has no argument '%s'", m->name, a->names[k]);
+    }
+    struct buf out = { 0 };
+    buf_add(r, &out, "", 0);
+    exec(r, &fr, m->b, &out);
+    r->depth--;
+    return vbuf(r, &out);
+}
+
+/* obj.name(args): the string, dict and loop methods. */
+static struct val call_method(struct render *r, const struct val *obj, const char *name, const struct args *a,
+                              int line)
+{
+    if (obj->t == V_STR) {
+        const struct str *s = obj->s;
+        if (!strcmp(name, "startswith") || !strcmp(name, "endswith")) {
+            const struct val *p = arg(a, 0, NULL);
+            bool start = name[0] == 's';
+            const struct val *cands = p;
+            size_t nc = 1;
+            if (p && p->t == V_LIST) {
+                cands = p->l->v;
+                nc = p->l->n;
+            }
+            for (size_t i = 0; p && i < nc; i++) {
+                if (cands[i].t != V_STR)
+                    fail_at(&r->f, MOE_EINVAL, line, "%s: the argument must be a string", name);
+                const struct str *x = cands[i].s;
+                if (x->n <= s->n && !memcmp(start ? s->p : s->p + s->n - x->n, x->p, x->n))
+                    return vbool(true);
+            }
+            if (!p)
+                fail_at(&r->f, MOE_EINVAL, line, "%s() needs an argument", name);
+            return vbool(false);
+        }
+        if (!strcmp(name, "strip") || !strcmp(name, "lstrip") || !strcmp(name, "rstrip"))
+            return strip(r, s, arg_str(r, a, 0, "chars", name, line), name[0] == 'l' ? 1 : name[0] == 'r' ? 2 : 3);
+        if (!strcmp(name, "split"))
+            return split(r, s, arg_str(r, a, 0, "sep", name, line), arg_int(r, a, 1, "maxsplit", -1, name, line));
+        if (!strcmp(name, "lower") || !strcmp(name, "upper") || !strcmp(name, "title") || !strcmp(name, "capitalize"))
+            return str_case(r, s, name[0] == 'l' ? CASE_LOWER : name[0] == 'u' ? CASE_UPPER
+                                  : name[0] == 't' ? CASE_TITLE : CASE_CAPITALIZE);
+        if (!strcmp(name, "replace")) {
+            const struct str *o = arg_str(r, a, 0, NULL, name, line), *nw = arg_str(r, a, 1, NULL, name, line);
+            if (!o || !nw)
+                fail_at(&r->f, MOE_EINVAL, line, "replace() needs two strings");
+            return replace(r, s, o, nw, arg_int(r, a, 2, "count", -1, name, line));
+        }
+        if (!strcmp(name, "find") || !strcmp(name, "count")) {
+            const struct str *x = arg_str(r, a, 0, NULL, name, line);
+            if (!x)
+                fail_at(&r->f, MOE_EINVAL, line, "%s() needs a string", name);
+            if (name[0] == 'f') {
+                const char *hit = x->n ? find_bytes(s->p, s->n, x->p, x->n) : s->p;
+                if (!hit)
+                    return vint(-1);
+                int64_t k = 0;
+                for (const char *q = s->p; q < hit; q++) k += ((unsigned char)*q & 0xc0) != 0x80;
+                return vint(k);
+            }
+            if (!x->n)
+                return vint((int64_t)cp_count(s) + 1);
+            int64_t k = 0;
+            for (const char *q = s->p; (q = find_bytes(q, s->n - (size_t)(q - s->p), x->p, x->n)); q += x->n) k++;
+            return vint(k);
+        }
+    } else if (obj->t == V_DICT && !obj->d->ns) {
+        const struct dict *d = obj->d;
+        if (!strcmp(name, "items") || !strcmp(name, "keys") || !strcmp(name, "values")) {
+            struct list *l = new_list(r, d->n);
+            for (size_t i = 0; i < d->n; i++) {
+                struct val k = { .t = V_STR, .s = d->k[i] };
+                if (name[0] == 'i') {
+                    struct list *p = new_list(r, 2);
+                    p->v[0] = k;
+                    p->v[1] = d->v[i];
+                    l->v[i] = (struct val){ .t = V_LIST, .l = p };
+                } else {
+                    l->v[i] = name[0] == 'k' ? k : d->v[i];
+                }
+            }
+            return (struct val){ .t = V_LIST, .l = l };
+        }
+        if (!strcmp(name, "get")) {
+            const struct val *k = arg(a, 0, NULL), *dflt = arg(a, 1, "default");
+            const struct val *v = k && k->t == V_STR ? dict_get(d, k->s->p, k->s->n) : NULL;
+            return v ? *v : dflt ? *dflt : (struct val){ .t = V_NONE };
+        }
+        if (d->loop && !strcmp(name, "cycle")) {
+            if (!a->npos)
+                fail_at(&r->f, MOE_EINVAL, line, "loop.cycle() needs arguments");
+            const struct val *i0 = dict_get(d, "index0", 6);
+            return a->pos[i0 ? inum(i0) % a->npos : 0];
+        }
+    }
+    fail_at(&r->f, MOE_ENOTSUP, line, "a %s has no method '%s' here", type_name(obj), name);
+}
+
+static struct val call(struct render *r, const struct node *n)
+{
+    struct args a;
+    if (n->a->k == E_ATTR) { /* a method wins over an item of the same name, as attributes do in Jinja2 */
+        struct val obj = eval(r, n->a->a);
+        const char *m = n->a->name;
+        if (obj.t == V_STR || (obj.t == V_DICT && !obj.d->ns &&
+                               (!strcmp(m, "items") || !strcmp(m, "keys") || !strcmp(m, "values") ||
+                                !strcmp(m, "get") || (obj.d->loop && !strcmp(m, "cycle"))))) {
+            eval_args(r, n, &a);
+            return call_method(r, &obj, m, &a, n->line);
+        }
+    }
+    struct val f = eval(r, n->a);
+    eval_args(r, n, &a);
+    if (f.t == V_FUNC)
+        return call_builtin(r, f.fn, &a, n->line);
+    if (f.t == V_MACRO)
+        return call_macro(r, f.macro, &a, n->line);
+    if (f.t == V_UNDEF)
+        undefined_error(r, &f, n->line);
+    fail_at(&r->f, MOE_EINVAL, n->line, "a %s is not callable", type_name(&f));
+}
+
+static int64_t length(struct render *r, const struct val *v, int line)
+{
+    switch (v->t) {
+    case V_STR: return (int64_t)cp_count(v->s);
+    case V_LIST: return (int64_t)v->l->n;
+    case V_DICT: return (int64_t)v->d->n;
+    case V_UNDEF: return 0;
+    default: fail_at(&r->f, MOE_EINVAL, line, "a %s has no length", type_name(v));
+    }
+}
+
+/* The attribute named by a filter argument ("a.b" walks dicts). */
+static struct val attr_path(struct render *r, const struct val *v, const struct str *path)
+{
+    struct val cur = *v;
+    const char *p = path->p, *end = path->p + path->n;
+    while (p <= end) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p);
+        if (cur.t != V_DICT)
+            return vundef(NULL);
+        const struct val *x = dict_get(cur.d, p, n);
+        if (!x)
+            return vundef(NULL);
+        cur = *x;
+        if (!dot)
+            break;
+        p = dot + 1;
+    }
+    return cur;
+}
+
+static struct val filter(struct render *r, const struct node *n)
+{
+    struct val v = eval(r, n->a);
+    struct args a;
+    eval_args(r, n, &a);
+    const char *f = n->name;
+    int line = n->line;
+    if (!strcmp(f, "length") || !strcmp(f, "count"))
+        return vint(length(r, &v, line));
+    if (!strcmp(f, "safe"))
+        return v;
+    if (!strcmp(f, "string"))
+        return stringify(r, &v, line);
+    if (!strcmp(f, "tojson")) {
+        struct buf b = { 0 };
+        buf_add(r, &b, "", 0);
+        const struct val *ind = arg(&a, 0, "indent");
+        to_json(r, &b, &v, ind && ind->t != V_NONE ? (int)arg_int(r, &a, 0, "indent", 0, f, line) : -1, 0, line);
+        return vbuf(r, &b);
+    }
+    if (!strcmp(f, "default") || !strcmp(f, "d")) {
+        const struct val *dv = arg(&a, 0, "default_value");
+        const struct val *boolean = arg(&a, 1, "boolean");
+        bool use = v.t == V_UNDEF || (boolean && truthy(boolean) && !truthy(&v));
+        return use ? (dv ? *dv : vstr(r, "", 0)) : v;
+    }
+    if (!strcmp(f, "items")) {
+        if (v.t == V_UNDEF)
+            return (struct val){ .t = V_LIST, .l = new_list(r, 0) };
+        if (v.t != V_DICT)
+            fail_at(&r->f, MOE_EINVAL, line, "items: a %s is not a mapping", type_name(&v));
+        return call_method(r, &v, "items", &a, line);
+    }
+    if (!strcmp(f, "dictsort")) {
+        if (v.t != V_DICT)
+            fail_at(&r->f, MOE_EINVAL, line, "dictsort: a %s is not a mapping", type_name(&v));
+        struct val items = call_method(r, &v, "items", &a, line);
+        struct list *l = (struct list *)items.l;
+        for (size_t i = 1; i < l->n; i++) /* insertion sort by key */
+            for (size_t j = i; j > 0 && compare(r, &l->v[j - 1].l->v[0], &l->v[j].l->v[0], line) > 0; j--) {
+                struct val t = l->v[j];
+                l->v[j] = l->v[j - 1];
+                l->v[j - 1] = t;
+            }
+        return items;
+    }
+    if (!strcmp(f, "trim")) {
+        struct val s = stringify(r, &v, line);
+        return strip(r, s.s, arg_str(r, &a, 0, "chars", f, line), 3);
+    }
+    if (!strcmp(f, "upper") || !strcmp(f, "lower") || !strcmp(f, "title") || !strcmp(f, "capitalize")) {
+        struct val s = stringify(r, &v, line);
+        return str_case(r, s.s, f[0] == 'l' ? CASE_LOWER : f[0] == 'u' ? CASE_UPPER
+                              : f[0] == 't' ? CASE_JTITLE : CASE_CAPITALIZE);
+    }
+    if (!strcmp(f, "replace")) {
+        struct val s = stringify(r, &v, line);
+        const struct str *o = arg_str(r, &a, 0, "old", f, line), *nw = arg_str(r, &a, 1, "new", f, line);
+        if (!o || !nw)
+            fail_at(&r->f, MOE_EINVAL, line, "replace needs two strings");
+        return replace(r, s.s, o, nw, arg_int(r, &a, 2, "count", -1, f, line));
+    }
+    if (!strcmp(f, "int")) {
+        if (v.t == V_INT || v.t == V_BOOL)
+            return vint(inum(&v));
+        if (v.t == V_FLOAT)
+            return vint((int64_t)v.f);
+        if (v.t == V_STR) {
+            char *e;
+            long long x = strtoll(v.s->p, &e, 10);
+            return e != v.s->p && !*e ? vint(x) : vint(arg_int(r, &a, 0, "default", 0, f, line));
+        }
+        return vint(arg_int(r, &a, 0, "default", 0, f, line));
+    }
+    if (!strcmp(f, "float")) {
+        if (is_num(&v))
+            return (struct val){ .t = V_FLOAT, .f = num(&v) };
+        char *e;
+        double x = v.t == V_STR ? strtod(v.s->p, &e) : 0;
+        return (struct val){ .t = V_FLOAT, .f = v.t == V_STR && e != v.s->p && !*e ? x : 0.0 };
+    }
+    if (!strcmp(f, "abs")) {
+        if (v.t == V_INT || v.t == V_BOOL)
+            return vint(inum(&v) < 0 ? -inum(&v) : inum(&v));
+        if (v.t == V_FLOAT)
+            return (struct val){ .t = V_FLOAT, .f = fabs(v.f) };
+        fail_at(&r->f, MOE_EINVAL, line, "abs: a %s is not a number", type_name(&v));
+    }
+    if (!strcmp(f, "round")) {
+        if (!is_num(&v))
+            fail_at(&r->f, MOE_EINVAL, line, "round: a %s is not a number", type_name(&v));
+        double p = pow(10, (double)arg_int(r, &a, 0, "precision", 0, f, line));
+        return (struct val){ .t = V_FLOAT, .f = round(num(&v) * p) / p };
+    }
+    /* the rest work on sequences */
+    if (!strcmp(f, "first") || !strcmp(f, "last")) {
+        const struct list *l = iter_list(r, &v, line);
+        if (!l->n)
+            return vundef(NULL);
+        return l->v[f[0] == 'f' ? 0 : l->n - 1];
+    }
+    if (!strcmp(f, "list"))
+        return (struct val){ .t = V_LIST, .l = iter_list(r, &v, line) };
+    if (!strcmp(f, "reverse")) {
+        if (v.t == V_STR) {
+            struct list *l = iter_list(r, &v, line);
+            struct buf b = { 0 };
+            buf_add(r, &b, "", 0);
+            for (size_t i = l->n; i-- > 0;) buf_add(r, &b, l->v[i].s->p, l->v[i].s->n);
+            return vbuf(r, &b);
+        }
+        const struct list *src = iter_list(r, &v, line);
+        struct list *l = new_list(r, src->n);
+        for (size_t i = 0; i < src->n; i++) l->v[i] = src->v[src->n - 1 - i];
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    if (!strcmp(f, "join")) {
+        const struct list *l = iter_list(r, &v, line);
+        const struct str *sep = arg_str(r, &a, 0, "d", f, line);
+        const struct str *attr = arg_str(r, &a, 1, "attribute", f, line);
+        struct buf b = { 0 };
+        buf_add(r, &b, "", 0);
+        for (size_t i = 0; i < l->n; i++) {
+            if (i && sep)
+                buf_add(r, &b, sep->p, sep->n);
+            struct val x = attr ? attr_path(r, &l->v[i], attr) : l->v[i];
+            to_str(r, &b, &x, line);
+        }
+        return vbuf(r, &b);
+    }
+    if (!strcmp(f, "unique")) {
+        const struct list *src = iter_list(r, &v, line);
+        struct list *l = new_list(r, src->n);
+        l->n = 0;
+        for (size_t i = 0; i < src->n; i++) {
+            bool seen = false;
+            for (size_t k = 0; k < l->n && !seen; k++) seen = equal(&l->v[k], &src->v[i]);
+            if (!seen)
+                l->v[l->n++] = src->v[i];
+        }
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    if (!strcmp(f, "sum") || !strcmp(f, "min") || !strcmp(f, "max")) {
+        const struct list *l = iter_list(r, &v, line);
+        if (f[1] == 'u') {
+            struct val acc = vint(0);
+            for (size_t i = 0; i < l->n; i++) {
+                if (!is_num(&l->v[i]))
+                    fail_at(&r->f, MOE_EINVAL, line, "sum: a %s is not a number", type_name(&l->v[i]));
+                acc = acc.t == V_FLOAT || l->v[i].t == V_FLOAT ? (struct val){ .t = V_FLOAT, .f = num(&acc) + num(&l->v[i]) }
+                                                              : vint(acc.i + inum(&l->v[i]));
+            }
+            return acc;
+        }
+        if (!l->n)
+            return vundef(NULL);
+        size_t best = 0;
+        for (size_t i = 1; i < l->n; i++) {
+            int c = compare(r, &l->v[i], &l->v[best], line);
+            if (f[1] == 'i' ? c < 0 : c > 0)
+                best = i;
+        }
+        return l->v[best];
+    }
+    if (!strcmp(f, "map") || !strcmp(f, "select") || !strcmp(f, "reject") || !strcmp(f, "selectattr") ||
+        !strcmp(f, "rejectattr")) {
+        const struct list *src = iter_list(r, &v, line);
+        struct list *l = new_list(r, src->n);
+        l->n = 0;
+        bool attr = !strcmp(f + strlen(f) - 4, "attr"), sel = f[0] == 's', map = f[0] == 'm';
+        const struct str *attribute = map ? arg_str(r, &a, -1, "attribute", f, line) : NULL;
+        int first = attr ? 1 : 0; /* selectattr(attr, test, args...) */
+        const struct str *an = attr ? arg_str(r, &a, 0, NULL, f, line) : NULL;
+        const struct str *tname = map ? NULL : arg_str(r, &a, first, NULL, f, line);
+        if (attr && !an)
+            fail_at(&r->f, MOE_EINVAL, line, "%s needs an attribute name", f);
+        if (map && !attribute) { /* map('filter') */
+            const struct str *fname = arg_str(r, &a, 0, NULL, f, line);
+            if (!fname || (strcmp(fname->p, "upper") && strcmp(fname->p, "lower") && strcmp(fname->p, "string") &&
+                           strcmp(fname->p, "trim") && strcmp(fname->p, "length") && strcmp(fname->p, "tojson")))
+                fail_at(&r->f, MOE_ENOTSUP, line, "map: only attribute= or the filters upper, lower, string, trim, "
+                                                  "length and tojson are supported");
+            struct node fake = { .k = E_FILTER, .name = fname->p, .line = line };
+            struct node lit = { .k = E_LIT, .line = line };
+            fake.a = &lit;
+            for (size_t i = 0; i < src->n; i++) {
+                lit.lit = src->v[i];
+                l->v[l->n++] = filter(r, &fake);
+            }
+            return (struct val){ .t = V_LIST, .l = l };
+        }
+        struct args targs = { 0 };
+        for (int i = first + 1; i < a.npos; i++) targs.pos[targs.npos++] = a.pos[i];
+        for (size_t i = 0; i < src->n; i++) {
+            if (map) {
+                l->v[l->n++] = attr_path(r, &src->v[i], attribute);
+                continue;
+            }
+            struct val x = attr ? attr_path(r, &src->v[i], an) : src->v[i];
+            bool ok = tname ? run_test(r, tname->p, &x, &targs, line) : truthy(&x);
+            if (ok == sel)
+                l->v[l->n++] = src->v[i];
+        }
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    fail_at(&r->f, MOE_ENOTSUP, line, "filter '%s' is not supported", f);
+}
+
+static bool run_test(struct render *r, const char *t, const struct val *v, const struct args *a, int line)
+{
+    const struct val *x = arg(a, 0, NULL);
+    if (!strcmp(t, "defined")) return v->t != V_UNDEF;
+    if (!strcmp(t, "undefined")) return v->t == V_UNDEF;
+    if (!strcmp(t, "none")) return v->t == V_NONE;
+    if (!strcmp(t, "boolean")) return v->t == V_BOOL;
+    if (!strcmp(t, "true")) return v->t == V_BOOL && v->b;
+    if (!strcmp(t, "false")) return v->t == V_BOOL && !v->b;
+    if (!strcmp(t, "integer")) return v->t == V_INT;
+    if (!strcmp(t, "float")) return v->t == V_FLOAT;
+    if (!strcmp(t, "number")) return is_num(v);
+    if (!strcmp(t, "string")) return v->t == V_STR;
+    if (!strcmp(t, "mapping")) return v->t == V_DICT;
+    if (!strcmp(t, "iterable")) return v->t == V_LIST || v->t == V_STR || (v->t == V_DICT && !v->d->ns);
+    if (!strcmp(t, "sequence")) return v->t == V_LIST || v->t == V_STR || (v->t == V_DICT && !v->d->ns);
+    if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO;
+    if (!strcmp(t, "escaped")) return false;
+    if (!strcmp(t, "lower") || !strcmp(t, "upper")) {
+        if (v->t != V_STR)
+            return false;
+        struct val c = str_case(r, v->s, t[0] == 'l' ? CASE_LOWER : CASE_UPPER);
+        return c.s->n == v->s->n && !memcmp(c.s->p, v->s->p, c.s->n);
+    }
+    if (!strcmp(t, "odd") || !strcmp(t, "even") || !strcmp(t, "divisibleby")) {
+        if (v->t != V_INT && v->t != V_BOOL)
+            fail_at(&r->f, MOE_EINVAL, line, "test %s: a %s is not an integer", t, type_name(v));
+        int64_t d = t[0] == 'd' ? arg_int(r, a, 0, "num", 1, t, line) : 2;
+        if (!d)
+            fail_at(&r->f, MOE_EINVAL, line, "divisibleby 0");
+        int64_t m = inum(v) % d;
+        return t[0] == 'o' ? m != 0 : m == 0;
+    }
+    if (!x)
+        fail_at(&r->f, MOE_EINVAL, line, "test %s needs an argument", t);
+    if (!strcmp(t, "eq") || !strcmp(t, "equalto") || !strcmp(t, "sameas")) return equal(v, x);
+    if (!strcmp(t, "ne")) return !equal(v, x);
+    if (!strcmp(t, "lt")) return compare(r, v, x, line) < 0;
+    if (!strcmp(t, "le")) return compare(r, v, x, line) <= 0;
+    if (!strcmp(t, "gt")) return compare(r, v, x, line) > 0;
+    if (!strcmp(t, "ge")) return compare(r, v, x, line) >= 0;
+    if (!strcmp(t, "in")) return contains(r, v, x, line);
+    fail_at(&r->f, MOE_ENOTSUP, line, "test '%s' is not supported", t);
+}
+
+static struct val arith(struct render *r, int op, struct val a, struct val b, int line)
+{
+    if (op == OP_CONCAT) {
+        struct buf o = { 0 };
+        buf_add(r, &o, "", 0);
+        to_str(r, &o, &a, line);
+        to_str(r, &o, &b, line);
+        return vbuf(r, &o);
+    }
+    if (a.t == V_UNDEF)
+        undefined_error(r, &a, line);
+    if (b.t == V_UNDEF)
+        undefined_error(r, &b, line);
+    if (op == OP_ADD && a.t == V_STR && b.t == V_STR) {
+        struct buf o = { 0 };
+        buf_add(r, &o, a.s->p, a.s->n);
+        buf_add(r, &o, b.s->p, b.s->n);
+        return vbuf(r, &o);
+    }
+    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST) {
+        struct list *l = new_list(r, a.l->n + b.l->n);
+        for (size_t i = 0; i < a.l->n; i++) l->v[i] = a.l->v[i];
+        for (size_t i = 0; i < b.l->n; i++) l->v[a.l->n + i] = b.l->v[i];
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    if (op == OP_MUL && ((a.t == V_STR && (b.t == V_INT || b.t == V_BOOL)) || (b.t == V_STR && (a.t == V_INT || a.t == V_BOOL)))) {
+        const struct str *s = a.t == V_STR ? a.s : b.s;
+        int64_t k = a.t == V_STR ? inum(&b) : inum(&a);
+        struct buf o = { 0 };
+        buf_add(r, &o, "", 0);
+        for (int64_t i = 0; i < k; i++) buf_add(r, &o, s->p, s->n);
+        return vbuf(r, &o);
+    }
+    if (!is_num(&a) || !is_num(&b))
+        fail_at(&r->f, MOE_EINVAL, line, "unsupported operand types %s and %s", type_name(&a), type_name(&b));
+    bool fl = a.t == V_FLOAT || b.t == V_FLOAT || op == OP_DIV;
+    if (op == OP_POW && !fl && inum(&b) < 0)
+        fl = true;
+    if (fl) {
+        double x = num(&a), y = num(&b), z;
+        switch (op) {
+        case OP_ADD: z = x + y; break;
+        case OP_SUB: z = x - y; break;
+        case OP_MUL: z = x * y; break;
+        case OP_POW: z = pow(x, y); break;
+        default:
+            if (y == 0)
+                fail_at(&r->f, MOE_EINVAL, line, "division by zero");
+            z = op == OP_DIV ? x / y : op == OP_FLOORDIV ? floor(x / y) : x - y * floor(x / y);
+        }
+        return (struct val){ .t = V_FLOAT, .f = z };
+    }
+    int64_t x = inum(&a), y = inum(&b), z = 0;
+    bool ovf = false;
+    switch (op) {
+    case OP_ADD: ovf = __builtin_add_overflow(x, y, &z); break;
+    case OP_SUB: ovf = __builtin_sub_overflow(x, y, &z); break;
+    case OP_MUL: ovf = __builtin_mul_overflow(x, y, &z); break;
+    case OP_POW:
+        z = 1;
+        for (int64_t k = 0; k < y && !ovf; k++) ovf = __builtin_mul_overflow(z, x, &z);
+        break;
+    default:
+        if (y == 0)
+            fail_at(&r->f, MOE_EINVAL, line, "division by zero");
+        if (x == INT64_MIN && y == -1)
+            ovf = true;
+        else if (op == OP_FLOORDIV)
+            z = x / y - ((x % y != 0) && ((x < 0) != (y < 0)));
+        else
+            z = x % y + (((x % y != 0) && ((x < 0) != (y < 0))) ? y : 0);
+    }
+    if (ovf)
+        fail_at(&r->f, MOE_ERANGE, line, "integer overflow");
+    return vint(z);
+}
+
+static struct val eval(struct render *r, const struct node *n)
+{
+    step(r, n->line);
+    switch (n->k) {
+    case E_LIT: return n->lit;
+    case E_VAR: return lookup(r, r->cur, n->name);
+    case E_ATTR: {
+        struct val o = eval(r, n->a);
+        struct val k = vstr(r, n->name, strlen(n->name));
+        return get_item(r, &o, &k, n->line);
+    }
+    case E_INDEX: {
+        struct val o = eval(r, n->a), k = eval(r, n->b);
+        return get_item(r, &o, &k, n->line);
+    }
+    case E_SLICE: return do_slice(r, n);
+    case E_CALL: return call(r, n);
+    case E_FILTER: return filter(r, n);
+    case E_TEST: {
+        struct val v = eval(r, n->a);
+        struct args a;
+        eval_args(r, n, &a);
+        return vbool(run_test(r, n->name, &v, &a, n->line) != n->neg);
+    }
+    case E_NOT: {
+        struct val v = eval(r, n->a);
+        return vbool(!truthy(&v));
+    }
+    case E_NEG: {
+        struct val v = eval(r, n->a);
+        if (v.t == V_FLOAT)
+            return (struct val){ .t = V_FLOAT, .f = -v.f };
+        if ((v.t != V_INT && v.t != V_BOOL) || inum(&v) == INT64_MIN)
+            fail_at(&r->f, MOE_EINVAL, n->line, "cannot negate a %s", type_name(&v));
+        return vint(-inum(&v));
+    }
+    case E_BIN: return arith(r, n->op, eval(r, n->a), eval(r, n->b), n->line);
+    case E_AND: {
+        struct val a = eval(r, n->a);
+        return truthy(&a) ? eval(r, n->b) : a;
+    }
+    case E_OR: {
+        struct val a = eval(r, n->a);
+        return truthy(&a) ? a : eval(r, n->b);
+    }
+    case E_COND: {
+        struct val c = eval(r, n->a);
+        if (truthy(&c))
+            return eval(r, n->b);
+        return n->c ? eval(r, n->c) : vundef(NULL);
+    }
+    case E_LIST: {
+        struct list *l = new_list(r, (size_t)n->nargs);
+        l->tuple = n->op == 1;
+        for (int i = 0; i < n->nargs; i++) l->v[i] = eval(r, n->args[i]);
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    case E_DICT: {
+        struct dict *d = new_dict(r);
+        for (int i = 0; i < n->nargs; i++) {
+            struct val k = eval(r, n->args[i]);
+            if (k.t != V_STR)
+                fail_at(&r->f, MOE_ENOTSUP, n->line, "dict keys must be strings here");
+            dict_set(r, d, k.s, eval(r, n->kwargs[i]));
+        }
+        return (struct val){ .t = V_DICT, .d = d };
+    }
+    case E_CMP: {
+        struct val a = eval(r, n->args[0]);
+        for (int i = 1; i < n->nargs; i++) {
+            struct val b = eval(r, n->args[i]);
+            bool ok;
+            switch (n->ops[i - 1]) {
+            case C_EQ: ok = equal(&a, &b); break;
+            case C_NE: ok = !equal(&a, &b); break;
+            case C_LT: ok = compare(r, &a, &b, n->line) < 0; break;
+            case C_LE: ok = compare(r, &a, &b, n->line) <= 0; break;
+            case C_GT: ok = compare(r, &a, &b, n->line) > 0; break;
+            case C_GE: ok = compare(r, &a, &b, n->line) >= 0; break;
+            case C_IN: ok = contains(r, &a, &b, n->line); break;
+            default: ok = !contains(r, &a, &b, n->line); break;
+            }
+            if (!ok)
+                return vbool(false);
+            a = b;
+        }
+        return vbool(true);
+    }
+    default: fail_at(&r->f, MOE_EINVAL, n->line, "not an expression");
+    }
+}
+
+#define LOOP_KEYS 11
+
+static void exec_for(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
+{
+    struct val it = eval(r, n->a);
+    const struct list *src = iter_list(r, &it, n->line);
+    const struct list *items = src;
+    if (n->d) { /* for x in y if cond: filter first, so loop.* counts what is kept */
+        struct list *kept = new_list(r, src->n);
+        kept->n = 0;
+        for (size_t i = 0; i < src->n; i++) {
+            struct frame tmp = { .up = fr };
+            dict_sets(r, &tmp.vars, n->name, src->v[i]);
+            r->cur = &tmp;
+            struct val c = eval(r, n->d);
+            r->cur = fr;
+            if (truthy(&c))
+                kept->v[kept->n++] = src->v[i];
+        }
+        items = kept;
+    }
+    if (!items->n) {
+        if (n->c)
+            exec(r, fr, n->c, out);
+        return;
+    }
+    static const char *const names[LOOP_KEYS] = { "index", "index0", "revindex", "revindex0", "first", "last",
+                                                  "length", "depth", "depth0", "previtem", "nextitem" };
+    const struct str **loop_keys = r_alloc(r, sizeof(*loop_keys) * LOOP_KEYS);
+    for (int k = 0; k < LOOP_KEYS; k++) loop_keys[k] = r_str(r, names[k], strlen(names[k]));
+    const struct str *key_loop = r_str(r, "loop", 4), *key1 = r_str(r, n->name, strlen(n->name));
+    const struct str *key2 = n->name2 ? r_str(r, n->name2, strlen(n->name2)) : NULL;
+    for (size_t i = 0; i < items->n; i++) {
+        step(r, n->line);
+        struct arena_mark mark = arena_mark(&r->arena);
+        long escapes = r->escapes;
+        struct frame it_fr = { .up = fr };
+        struct val x = items->v[i];
+        if (key2) {
+            if (x.t != V_LIST || x.l->n != 2)
+                fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack a %s into 2 names", type_name(&x));
+            dict_set(r, &it_fr.vars, key1, x.l->v[0]);
+            dict_set(r, &it_fr.vars, key2, x.l->v[1]);
+        } else {
+            dict_set(r, &it_fr.vars, key1, x);
+        }
+        int64_t len = (int64_t)items->n, k = (int64_t)i;
+        struct val lv[LOOP_KEYS] = { vint(k + 1), vint(k), vint(len - k), vint(len - k - 1), vbool(k == 0),
+                                     vbool(k == len - 1), vint(len), vint(1), vint(0),
+                                     k > 0 ? items->v[k - 1] : vundef(NULL),
+                                     k + 1 < len ? items->v[k + 1] : vundef(NULL) };
+        struct dict *loop = new_dict(r);
+        loop->loop = true;
+        loop->k = loop_keys;   /* shared by every iteration: a loop object is never assigned to */
+        loop->n = loop->cap = LOOP_KEYS;
+        loop->v = r_alloc(r, sizeof(lv));
+        memcpy(loop->v, lv, sizeof(lv));
+        dict_set(r, &it_fr.vars, key_loop, (struct val){ .t = V_DICT, .d = loop });
+        exec(r, &it_fr, n->b, out);
+        if (r->escapes == escapes) /* nothing made in this iteration is reachable any more */
+            arena_release(&r->arena, mark);
+        if (r->flow == 1) {
+            r->flow = 0;
+            break;
+        }
+        r->flow = 0;
+    }
+}
+
+static void exec(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
+{
+    struct frame *saved = r->cur;
+    r->cur = fr;
+    step(r, n->line);
+    switch (n->k) {
+    case N_BLOCK:
+        for (int i = 0; i < n->nargs && !r->flow; i++) exec(r, fr, n->args[i], out);
+        break;
+    case N_TEXT: buf_add(r, out, n->lit.s->p, n->lit.s->n); break;
+    case N_OUT: {
+        struct val v = eval(r, n->a);
+        to_str(r, out, &v, n->line);
+        break;
+    }
+    case N_IF: {
+        struct val c = eval(r, n->a);
+        if (truthy(&c))
+            exec(r, fr, n->b, out);
+        else if (n->c)
+            exec(r, fr, n->c, out);
+        break;
+    }
+    case N_FOR: exec_for(r, fr, n, out); break;
+    case N_SET:
+    case N_SETBLOCK: {
+        struct val v;
+        if (n->k == N_SET) {
+            v = eval(r, n->a);
+        } else {
+            struct buf b = { 0 };
+            buf_add(r, &b, "", 0);
+            exec(r, fr, n->b, &b);
+            v = vbuf(r, &b);
+        }
+        if (n->name2) {
+            struct val ns = lookup(r, fr, n->name);
+            if (ns.t != V_DICT || !ns.d->ns)
+                fail_at(&r->f, MOE_EINVAL, n->line, "cannot set an attribute of '%s', a %s (only of a namespace())",
+                        n->name, type_name(&ns));
+            dict_sets(r, ns.d, n->name2, v);
+            r->escapes++;
+        } else {
+            dict_sets(r, &fr->vars, n->name, v);
+        }
+        break;
+    }
+    case N_MACRO: dict_sets(r, &fr->vars, n->name, (struct val){ .t = V_MACRO, .macro = n }); break;
+    case N_BREAK: r->flow = 1; break;
+    case N_CONTINUE: r->flow = 2; break;
+    default: fail_at(&r->f, MOE_EINVAL, n->line, "not a statement");
+    }
+    r->cur = saved;
+}
+
+enum moe_status moe_jinja_render(const struct moe_jinja *t, json_t *vars, char **out, size_t *out_len)
+{
+    if (!t || !out || !out_len || (vars && !json_is_object(vars)))
+        return moe_errorf(MOE_EINVAL, "chat template: render needs a template, an object of variables and an output");
+    *out = NULL;
+    *out_len = 0;
+    struct render r = { 0 };
+    struct frame root = { 0 };
+    struct buf b = { .heap = true };
+    if (setjmp(r.f.jb)) {
+        free(r.heap_out);
+        arena_free(&r.arena);
+        return r.f.st;
+    }
+    r.root = &root;
+    if (vars) {
+        struct val v = from_json(&r, vars);
+        root.vars = *v.d;
+    }
+    buf_add(&r, &b, "", 0);
+    exec(&r, &root, t->root, &b);
+    *out = b.p;
+    *out_len = b.n;
+    arena_free(&r.arena);
+    return MOE_OK;
+}

@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Reference renders for the chat-template interpreter (model/jinja.c), by
+Jinja2 set up as the Hugging Face library sets it up for apply_chat_template:
+an ImmutableSandboxedEnvironment with trim_blocks, lstrip_blocks and the
+loopcontrols extension, a tojson filter that is json.dumps(ensure_ascii=False,
+indent, separators, sort_keys), and the globals raise_exception() and
+strftime_now().
+
+    python3 tests/model/gen_jinja_vectors.py > tests/fixtures/jinja/vectors.jsonl
+
+Needs jinja2 (3.x).  Every template here is this project's own.  One JSON
+object per line: {"name", "template", "vars", "out"} or, where Jinja2 fails,
+"error" (its exception class) instead of "out".
+"""
+import json
+import sys
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+ENV.filters["tojson"] = tojson
+ENV.globals["raise_exception"] = raise_exception
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hello, \"world\" \u00e9\u00e8 \U0001f600"},
+    {"role": "assistant", "content": "  Hi there!\n"},
+    {"role": "user", "content": "What is 2+2?"},
+]
+NO_SYSTEM = CHAT[1:]
+BAD_ORDER = [CHAT[1], CHAT[1]]
+TOOLS = [{"type": "function", "function": {"name": "add", "description": "Add two numbers",
+                                            "parameters": {"type": "object", "properties": {
+                                                "a": {"type": "number"}, "b": {"type": "integer"}},
+                                                "required": ["a", "b"]}}}]
+BASE = {"bos_token": "<s>", "eos_token": "</s>", "add_generation_prompt": True}
+
+# ChatML style, with a default system prompt and tools
+CHATML = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content.strip() + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# [INST] style with strict alternation and a folded system prompt
+INST = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message['role'] == 'user' %}
+        {%- if loop.first and system_message is defined %}
+            {{- ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}
+        {%- else %}
+            {{- ' [INST] ' + message['content'] + ' [/INST]' }}
+        {%- endif %}
+    {%- elif message['role'] == 'assistant' %}
+        {{- ' ' + message['content'] + eos_token}}
+    {%- else %}
+        {{- raise_exception('Only user and assistant roles are supported!') }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+# role markers, a namespace for the last user turn, reversed iteration
+MARKERS = """{% set ns = namespace(last_user=-1, n=0) %}
+{% for m in messages[::-1] %}
+  {% if ns.last_user < 0 and m.role == 'user' %}{% set ns.last_user = messages|length - 1 - loop.index0 %}{% endif %}
+{% endfor %}
+{% for m in messages %}
+<|{{ m.role }}|>
+{{ m.content | trim }}{% if loop.index0 == ns.last_user %} (last question){% endif %}
+
+{% set ns.n = ns.n + 1 %}
+{% endfor %}
+{% if add_generation_prompt %}<|assistant|>
+{% endif %}{# {{ ns.n }} messages #}"""
+
+CASES = [
+    ("chatml", CHATML, dict(BASE, messages=CHAT)),
+    ("chatml-no-system", CHATML, dict(BASE, messages=NO_SYSTEM)),
+    ("chatml-no-prompt", CHATML, dict(BASE, messages=CHAT, add_generation_prompt=False)),
+    ("chatml-tools", CHATML, dict(BASE, messages=CHAT, tools=TOOLS)),
+    ("inst", INST, dict(BASE, messages=CHAT)),
+    ("inst-no-system", INST, dict(BASE, messages=NO_SYSTEM)),
+    ("inst-bad-order", INST, dict(BASE, messages=BAD_ORDER)),
+    ("markers", MARKERS, dict(BASE, messages=CHAT)),
+    ("markers-one", MARKERS, dict(BASE, messages=[CHAT[1]])),
+    # whitespace control
+    ("ws-trim-lstrip", "a\n  {% if true %}\n  b\n  {% endif %}\nc\n", {}),
+    ("ws-minus", "a  {%- if true -%}  b  {%- endif -%}  c", {}),
+    ("ws-plus", "a\n  {%+ if true +%}\nb{% endif %}", {}),
+    ("ws-comment", "a\n  {# note #}\nb {#- x -#} c", {}),
+    ("ws-var", "  {{ 1 }}  \n{{- 2 -}}\n  {{ 3 }}\n", {}),
+    ("ws-trailing-newlines", "x\n\n", {}),
+    ("ws-crlf", "a\r\n{% if 1 %}\r\nb\r\n{% endif %}\r\n", {}),
+    ("raw", "{% raw %}{{ not parsed }}{% endraw %}!", {}),
+    # expressions
+    ("arith", "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} "
+     "{{ 2 ** 10 }} {{ 2 ** -1 }} {{ 1.5 * 2 }} {{ -3 }} {{ - 2.5 }}", {}),
+    ("floats", "{{ 0.1 + 0.2 }} {{ 1e20 }} {{ 1.5e-7 }} {{ 100.0 }} {{ 1/3 }} {{ 123456789012345678.0 }} {{ 0.0001 }}",
+     {}),
+    ("concat", "{{ 'a' ~ 1 ~ none ~ true ~ [1, 'b'] ~ {'k': 'v'} }}|{{ x ~ 'y' }}", {}),
+    ("compare", "{{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 'a' < 'b' }} {{ 1 == 1.0 }} {{ true == 1 }} {{ [1,2] == [1,2] }} "
+     "{{ 'a' != 'a' }} {{ 2 >= 2 }} {{ none == none }}", {}),
+    ("in", "{{ 'b' in 'abc' }} {{ 'x' not in 'abc' }} {{ 2 in [1,2] }} {{ 'k' in {'k': 1} }} {{ '' in 'a' }}", {}),
+    ("logic", "{{ 0 or 'x' }} {{ 1 and 'y' }} {{ not 0 }} {{ not 'a' == 'b' }} {{ none or [] or 'z' }}", {}),
+    ("cond", "{{ 'yes' if 1 else 'no' }} {{ 'yes' if 0 else 'no' }} [{{ 'only' if 0 }}]", {}),
+    ("print", "{{ none }} {{ true }} {{ [1, 'a', none, 2.0, [true]] }} {{ {'a': 1, 'b': 'c\\'d'} }} {{ \"it's\" }} "
+     "{{ ['q\"', \"both'\\\"\"] }}", {}),
+    ("strings", "{{ 'a\\tb\\n' }}{{ \"x\\\\y\" }}{{ '\\u00e9\\x41' }}{{ 'ab' 'cd' }}", {}),
+    ("index", "{{ [1,2,3][0] }} {{ [1,2,3][-1] }} {{ 'h\u00e9llo'[1] }} {{ 'abc'[-1] }} {{ d.a }} {{ d['b'] }} "
+     "{{ d.missing }}|{{ [1][5] }}|{{ t.0 }}", {"d": {"a": 1, "b": 2}, "t": [9]}),
+    ("slices", "{{ [1,2,3,4][1:3] }} {{ [1,2,3,4][::-1] }} {{ [1,2,3,4][::2] }} {{ 'h\u00e9llo'[1:] }} "
+     "{{ 'abc'[:-1] }} {{ [1,2,3][5:] }} {{ [1,2,3,4,5][-2:] }} {{ 'abcdef'[4:1:-1] }}", {}),
+    ("undefined", "[{{ nothing }}] {{ nothing is defined }} {{ nothing is undefined }} {{ nothing | default('d') }} "
+     "{{ '' | default('e') }} {{ '' | default('f', true) }} {{ nothing | length }}", {}),
+    ("undefined-attr", "{{ nothing.attr }}", {}),
+    ("undefined-add", "{{ nothing + 1 }}", {}),
+    ("none-attr", "[{{ n.attr }}]", {"n": None}),
+    ("tests", "{{ 1 is odd }} {{ 4 is even }} {{ 9 is divisibleby 3 }} {{ 'a' is string }} {{ 1 is number }} "
+     "{{ {} is mapping }} {{ [] is iterable }} {{ none is none }} {{ 1 is not none }} {{ 'x' is equalto 'x' }} "
+     "{{ 2 is gt 1 }} {{ 'a' is in 'abc' }} {{ true is true }} {{ 0 is false }} {{ 1.0 is float }} "
+     "{{ 1 is integer }} {{ 'abc' is lower }} {{ 'ABC' is upper }}", {}),
+    # filters
+    ("filters-str", "{{ ' x ' | trim }}|{{ 'ab' | upper }}|{{ 'AB' | lower }}|{{ 'hello world' | title }}|"
+     "{{ 'hello World' | capitalize }}|{{ 'aXbX' | replace('X', '-') }}|{{ 'abc' | reverse }}|{{ 42 | string }}|"
+     "{{ 'abc' | length }}|{{ 'h\u00e9' | length }}|{{ '--x--' | trim('-') }}", {}),
+    ("filters-list", "{{ [3,1,2] | first }} {{ [3,1,2] | last }} {{ [1,2] | join(', ') }} {{ ['a','b'] | join }} "
+     "{{ [1,2,2,3,1] | unique | list }} {{ [1,2,3] | sum }} {{ [3,1,2] | min }} {{ [3,1,2] | max }} "
+     "{{ [1,2] | reverse | list }} {{ 'ab' | list }} {{ [1,2,3] | count }}", {}),
+    ("filters-num", "{{ '12' | int }} {{ 'x' | int }} {{ 'x' | int(7) }} {{ 3.9 | int }} {{ '2.5' | float }} "
+     "{{ -3 | abs }} {{ 2.567 | round(2) }} {{ 2 | float }}", {}),
+    ("filters-attr", "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' / ') }}|"
+     "{{ messages | rejectattr('role', 'equalto', 'user') | list | length }}|"
+     "{{ messages | map(attribute='role') | list }}|{{ [0, 1, '', 'a'] | select | list }}|"
+     "{{ [1, 2, 3, 4] | select('odd') | list }}|{{ [1, 2, 3, 4] | reject('odd') | list }}|"
+     "{{ ['a', 'B'] | map('upper') | list }}", dict(messages=CHAT)),
+    ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
+     "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
+    ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"
+     "\n{{ [] | tojson(indent=2) }}\n{{ {} | tojson }}", {"x": {"a": [1, 2.5, None, True, "s"], "b": {}}}),
+    ("methods", "{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ '  x y  '.split(None, 1) }} "
+     "{{ 'xxabxx'.strip('x') }} {{ '  a '.lstrip() }}| {{ ' a  '.rstrip() }}| {{ 'abc'.startswith('ab') }} "
+     "{{ 'abc'.endswith(('x', 'bc')) }} {{ 'aaa'.replace('a', 'b', 2) }} {{ 'abc'.upper() }} {{ 'h\u00e9llo'.find('l') }} "
+     "{{ 'banana'.count('an') }} {{ 'x'.find('y') }} {{ 'hello world'.title() }}", {}),
+    ("dict-methods", "{{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.keys() | list }} "
+     "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}", {"d": {"a": 1, "b": "x"}}),
+    # statements
+    ("for-loop", "{% for x in [10, 20, 30] %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/"
+     "{{ loop.first }}/{{ loop.last }}/{{ loop.length }}/{{ loop.previtem }}/{{ loop.nextitem }}/{{ loop.cycle('a', 'b') }};"
+     "{% endfor %}", {}),
+    ("for-else", "{% for x in [] %}x{% else %}empty{% endfor %}|{% for x in nothing %}x{% else %}none{% endfor %}", {}),
+    ("for-if", "{% for x in range(10) if x is odd %}{{ x }}{{ ',' if not loop.last }}{% endfor %}", {}),
+    ("for-break", "{% for x in range(10) %}{% if x == 3 %}{% break %}{% endif %}{% if x == 1 %}{% continue %}{% endif %}"
+     "{{ x }}{% endfor %}", {}),
+    ("for-scope", "{% set x = 1 %}{% for i in [1, 2] %}{% set x = x + i %}{{ x }}{% endfor %}|{{ x }}", {}),
+    ("for-nested", "{% for a in [1, 2] %}{% for b in 'xy' %}{{ a }}{{ b }}{{ loop.index }}{% endfor %}"
+     "{{ loop.index }} {% endfor %}", {}),
+    ("for-dict", "{% for k in {'b': 1, 'a': 2} %}{{ k }}{% endfor %}", {}),
+    ("range", "{{ range(3) | list }} {{ range(1, 7, 2) | list }} {{ range(5, 0, -2) | list }} {{ range(0) | list }}", {}),
+    ("set-if-scope", "{% if true %}{% set y = 'in' %}{% endif %}{{ y }}", {}),
+    ("set-block", "{% set v %}  block {{ 1 + 1 }}{% endset %}[{{ v }}]", {}),
+    ("namespace", "{% set ns = namespace(a=1, items=[]) %}{% for i in range(3) %}{% set ns.a = ns.a * 2 %}{% endfor %}"
+     "{{ ns.a }} {{ ns.items }}", {}),
+    ("macro", "{% macro tag(name, body='-') %}<{{ name }}>{{ body }}</{{ name }}>{% endmacro %}"
+     "{{ tag('b') }}{{ tag('i', 'x') }}{{ tag(name='u', body=3) }}", {}),
+    ("elif", "{% for x in [1, 2, 3] %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
+    ("raise", "{{ raise_exception('no ' ~ 'way') }}", {}),
+    ("list-concat", "{{ [1] + [2, 3] }} {{ 'ab' * 3 }} {{ (1, 2) }} {{ () }}", {}),
+    ("unicode", "{{ s }}|{{ s | length }}|{{ s[::-1] }}|{{ s | upper }}", {"s": "\u00e9t\u00e9 \U0001f600 \u65e5"}),
+    ("errors-type", "{{ 'a' + 1 }}", {}),
+    ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),
+    ("errors-div", "{{ 1 // 0 }}", {}),
+]
+
+out = sys.stdout
+for name, tmpl, vars_ in CASES:
+    v = {"name": name, "template": tmpl, "vars": vars_}
+    try:
+        v["out"] = ENV.from_string(tmpl).render(**vars_)
+    except Exception as e:  # noqa: BLE001 - the class is the reference
+        v["error"] = type(e).__name__
+    out.write(json.dumps(v, ensure_ascii=False) + "\n")

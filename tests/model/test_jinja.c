@@ -1,0 +1,163 @@
+/* The chat-template interpreter against Jinja2: every line of
+ * tests/fixtures/jinja/vectors.jsonl (gen_jinja_vectors.py: templates
+ * rendered by Jinja2 as the Hugging Face library sets it up) renders to the
+ * same text, or fails where Jinja2 raised.  Then what is refused at compile
+ * time, the bounds, and a render shared by two threads. */
+#include "model/jinja.h"
+#include "tests/test_util.h"
+
+#include <pthread.h>
+
+static bool check_vector(json_t *v, size_t line)
+{
+    const char *name = json_string_value(json_object_get(v, "name"));
+    json_t *tmpl = json_object_get(v, "template"), *out = json_object_get(v, "out");
+    struct moe_jinja *t = moe_jinja_compile(json_string_value(tmpl), json_string_length(tmpl));
+    if (!t && out) {
+        CHECK(false, "line %zu (%s): compile failed: %s", line, name, moe_last_error());
+        return false;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    enum moe_status st = t ? moe_jinja_render(t, json_object_get(v, "vars"), &text, &len) : MOE_EFORMAT;
+    bool ok;
+    if (out) {
+        ok = st == MOE_OK && len == json_string_length(out) && !memcmp(text, json_string_value(out), len);
+        CHECK(ok, "line %zu (%s): rendered\n  \"%s\"\nnot\n  \"%s\"\n  (%s)", line, name, text ? text : "",
+              json_string_value(out), st ? moe_last_error() : "ok");
+    } else {
+        ok = st != MOE_OK;
+        CHECK(ok, "line %zu (%s): rendered \"%.80s\" where Jinja2 raised %s", line, name, text ? text : "",
+              json_string_value(json_object_get(v, "error")));
+    }
+    free(text);
+    moe_jinja_free(t);
+    return ok;
+}
+
+static void check_refused(const char *src, enum moe_status want, const char *needle)
+{
+    struct moe_jinja *t = moe_jinja_compile(src, strlen(src));
+    CHECK(!t && moe_last_status() == want && strstr(moe_last_error(), needle), "\"%s\": %s", src,
+          t ? "compiled" : moe_last_error());
+    moe_jinja_free(t);
+}
+
+static void check_render_fails(const char *src, enum moe_status want, const char *needle)
+{
+    struct moe_jinja *t = moe_jinja_compile(src, strlen(src));
+    REQUIRE(t, "\"%s\": %s", src, moe_last_error());
+    char *out = NULL;
+    size_t n = 0;
+    enum moe_status st = moe_jinja_render(t, NULL, &out, &n);
+    CHECK(st == want && !out && strstr(moe_last_error(), needle), "\"%.60s\": status %d, %s", src, st,
+          st ? moe_last_error() : "rendered");
+    free(out);
+    moe_jinja_free(t);
+}
+
+struct shared {
+    const struct moe_jinja *t;
+    json_t *vars;
+    char *out;
+};
+
+static void *render_thread(void *p)
+{
+    struct shared *s = p;
+    size_t n;
+    if (moe_jinja_render(s->t, s->vars, &s->out, &n) != MOE_OK)
+        s->out = NULL;
+    return NULL;
+}
+
+int main(void)
+{
+    char path[4096];
+    char *buf;
+    size_t len;
+    REQUIRE(moe_read_file(t_path(path, sizeof(path), "tests/fixtures/jinja/vectors.jsonl"), &buf, &len, 4u << 20) ==
+                MOE_OK, "%s", moe_last_error());
+    size_t line = 0, n_ok = 0;
+    const char *text;
+    size_t tl;
+    for (size_t pos = 0; t_next_line(buf, len, &pos, &text, &tl);) {
+        line++;
+        json_error_t jerr;
+        json_t *v = json_loadb(text, tl, 0, &jerr);
+        REQUIRE(v, "line %zu: %s", line, jerr.text);
+        n_ok += check_vector(v, line);
+        json_decref(v);
+    }
+    free(buf);
+    printf("%zu of %zu templates render as Jinja2 does\n", n_ok, line);
+    CHECK(line >= 60, "the vector file is incomplete (%zu lines)", line);
+
+    check_refused("{% include 'x' %}", MOE_ENOTSUP, "statement 'include'");
+    check_refused("{{ x | wordwrap }}", MOE_ENOTSUP, "filter 'wordwrap'");
+    check_refused("{{ x is foo }}", MOE_ENOTSUP, "test 'foo'");
+    check_refused("{% if x %}", MOE_EFORMAT, "missing {% endif %}");
+    check_refused("{% endfor %}", MOE_EFORMAT, "unexpected {% endfor %}");
+    check_refused("{{ 'abc }}", MOE_EFORMAT, "unterminated string");
+    check_refused("{{ x", MOE_EFORMAT, "not closed");
+    check_refused("{# x", MOE_EFORMAT, "comment is not closed");
+    check_refused("{{ 1 + }}", MOE_EFORMAT, "expected an expression");
+    check_refused("a\n\n{{ ) }}", MOE_EFORMAT, "line 3");
+    check_refused("{% for x in y recursive %}{% endfor %}", MOE_ENOTSUP, "recursive");
+    check_refused("\xff", MOE_EFORMAT, "UTF-8");
+    char deep[400];
+    size_t k = 0;
+    for (int i = 0; i < 100; i++) deep[k++] = '(';
+    deep[k++] = '1';
+    for (int i = 0; i < 100; i++) deep[k++] = ')';
+    deep[k] = 0;
+    char tmpl[512];
+    snprintf(tmpl, sizeof(tmpl), "{{ %s }}", deep);
+    check_refused(tmpl, MOE_ENOTSUP, "nested deeper");
+
+    check_render_fails("{% for i in range(2000) %}{% for j in range(2000) %}{{ i if j < 0 }}{% endfor %}{% endfor %}"
+                       "{% for i in range(2000) %}{% for j in range(2000) %}{{ i if j < 0 }}{% endfor %}{% endfor %}",
+                       MOE_ERANGE, "steps");
+    check_render_fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", MOE_ERANGE, "output longer");
+    check_render_fails("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", MOE_ERANGE, "deeper");
+    check_render_fails("{{ 9223372036854775807 + 1 }}", MOE_ERANGE, "overflow");
+    check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
+    check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
+
+    /* the bounds leave room for the longest conversation a request may carry (4096 messages) */
+    const char *chatml = "{% for m in messages %}{% if m.role == 'user' and not loop.first %}{{ '<|im_start|>' + "
+                         "m.role + '\\n' + m.content | trim + '<|im_end|>\\n' }}{% elif m.role == 'assistant' %}"
+                         "{{ m.content.strip() }}{% else %}{{ m.content }}{% endif %}{% endfor %}";
+    struct moe_jinja *big = moe_jinja_compile(chatml, strlen(chatml));
+    REQUIRE(big, "%s", moe_last_error());
+    json_t *many = json_array();
+    for (int i = 0; i < 4096; i++)
+        json_array_append_new(many, json_pack("{s:s, s:s}", "role", i % 2 ? "assistant" : "user", "content",
+                                              "a message of some forty characters, or so"));
+    json_t *mv = json_pack("{s:o}", "messages", many);
+    char *bo = NULL;
+    size_t bn = 0;
+    CHECK(moe_jinja_render(big, mv, &bo, &bn) == MOE_OK && bn > 4096 * 40, "4096 messages: %s",
+          bo ? "short" : moe_last_error());
+    free(bo);
+    json_decref(mv);
+    moe_jinja_free(big);
+
+    /* one compiled template, two renders at once */
+    const char *chat = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}";
+    struct moe_jinja *t = moe_jinja_compile(chat, strlen(chat));
+    REQUIRE(t, "%s", moe_last_error());
+    json_t *vars = json_pack("{s:[{s:s, s:s}, {s:s, s:s}]}", "messages", "role", "user", "content", "hi", "role",
+                             "assistant", "content", "yo");
+    struct shared s[2] = { { t, vars, NULL }, { t, vars, NULL } };
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) REQUIRE(pthread_create(&th[i], NULL, render_thread, &s[i]) == 0, "pthread_create");
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) {
+        CHECK(s[i].out && !strcmp(s[i].out, "<user>hi<assistant>yo"), "thread %d: %s", i, s[i].out ? s[i].out : "failed");
+        free(s[i].out);
+    }
+    json_decref(vars);
+    moe_jinja_free(t);
+    return t_result("test_jinja");
+}

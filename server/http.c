@@ -396,7 +396,9 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     size_t n = evbuffer_get_length(in);
     const char *body = (const char *)evbuffer_pullup(in, -1);
     struct moe_gen_request gr;
-    enum moe_status st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, &gr);
+    /* the template is set while loading; a request before then is refused as not ready anyway */
+    const struct moe_chat *tmpl = atomic_load(&s->loaded) ? s->chat : NULL;
+    enum moe_status st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, tmpl, &gr);
     if (st != MOE_OK) {
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
         send_error(req, srv_http_status(st), moe_last_error());

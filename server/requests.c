@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../model/chat.h"
 #include "grpc_service.pb-c.h"
 #include "moeflow.pb-c.h"
 
@@ -200,6 +201,37 @@ char *moe_chat_template(int n, const char *const *roles, const char *const *cont
     return out;
 }
 
+/* Messages through the model's chat template: each an object with a string
+ * role and a string (or null / absent) content; the template sees them as
+ * they are, with every other field. */
+static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *msgs, const struct moe_chat *tmpl,
+                                            json_t *kwargs)
+{
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+        return moe_errorf(MOE_EINVAL, "'messages' must be a non-empty array of {role, content}");
+    size_t n = json_array_size(msgs);
+    if (n > 4096)
+        return moe_errorf(MOE_ERANGE, "'messages' has %zu entries, more than 4096", n);
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(msgs, i), *content = json_object_get(m, "content");
+        if (!json_is_object(m) || !json_is_string(json_object_get(m, "role")))
+            return moe_errorf(MOE_EINVAL, "'messages[%zu].role' must be a string", i);
+        if (content && !json_is_string(content) && !json_is_null(content))
+            return moe_errorf(MOE_EINVAL, "'messages[%zu].content' must be a string or null", i);
+    }
+    if (kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
+        return moe_errorf(MOE_EINVAL, "'chat_template_kwargs' must be an object");
+    char *text;
+    size_t len;
+    enum moe_status st = moe_chat_render(tmpl, msgs, json_is_object(kwargs) ? kwargs : NULL, &text, &len);
+    if (st)
+        return moe_error_prefix(st == MOE_ENOMEM ? st : MOE_EINVAL, "'messages'");
+    st = set_prompt_text(r, text, len, "messages");
+    free(text);
+    r->templated = true;
+    return st;
+}
+
 static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *msgs)
 {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
@@ -282,7 +314,7 @@ static enum moe_status parse_stop(json_t *root, struct moe_gen_request *out)
     return MOE_OK;
 }
 
-enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
+enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out)
 {
     req_init(out);
@@ -306,7 +338,9 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
         strcpy(out->model, json_string_value(model));
     }
     if (chat) {
-        st = parse_chat_messages(out, json_object_get(root, "messages"));
+        json_t *msgs = json_object_get(root, "messages");
+        st = tmpl ? render_chat_messages(out, msgs, tmpl, json_object_get(root, "chat_template_kwargs"))
+                  : parse_chat_messages(out, msgs);
         if (st != MOE_OK)
             goto out;
     } else {

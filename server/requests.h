@@ -41,13 +41,19 @@ struct moe_gen_request {
     char *stop[MOE_REQ_MAX_STOP]; /* stop sequences (owned, non-empty UTF-8): the output ends
                                      before the first occurrence of any */
     int n_stop;
+    bool templated;             /* prompt rendered by the model's chat template, which writes its
+                                   own special tokens: encode it without the post-processor's */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);
 
+struct moe_chat;
+
 /* OpenAI /v1/completions (chat = false) or /v1/chat/completions (chat = true)
- * JSON body.  Chat messages are rendered with moe_chat_template(). */
-enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat,
+ * JSON body.  Chat messages are rendered with the model's template tmpl
+ * (model/chat.h; any role, content a string or null, chat_template_kwargs as
+ * more variables), or with moe_chat_template() when tmpl is NULL. */
+enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out);
 
 /* moeflow.v1.GenerateRequest protobuf. */

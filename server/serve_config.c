@@ -87,6 +87,9 @@ static const struct moe_serve_opt opts[] = {
       "seconds SIGTERM waits for in-flight requests before cancelling them", 0 },
     { "warmup-tokens", MOE_OPT_INT, OFF(warmup_tokens), 0, "2", 0, 1024,
       "tokens generated at start-up before readiness turns on (0 = none)", 0 },
+    { "chat-template", MOE_OPT_STRING, OFF(chat_template), SZ(chat_template), "auto", 0, 0,
+      "how chat messages become a prompt: auto (the model's tokenizer_config.json chat_template, else "
+      "markers), markers (moeflow's <|role|> lines), or a Jinja template file", 0 },
     { NULL, 0, 0, 0, NULL, 0, 0, NULL, 0 },
 };
 

@@ -57,6 +57,7 @@ struct moe_serve_config {
     double drain_timeout;      /* seconds SIGTERM waits for in-flight work */
     int warmup_tokens;         /* tokens generated before reporting ready (0 = no warm-up) */
     char model_name[128];      /* name served in APIs ("" = model directory's basename) */
+    char chat_template[4096];  /* "auto", "markers" or a template file (chat prompts) */
 };
 
 enum moe_serve_opt_type {

@@ -16,6 +16,7 @@
 
 #include "srv.h"
 #include "../kernels/backend.h"
+#include "../model/chat.h"
 
 /* ---- status maps ---- */
 
@@ -351,7 +352,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
                 goto out_ids;
             }
     } else {
-        st = moe_tokenizer_encode_prompt(s->tok, r->prompt ? r->prompt : "", r->prompt_len, &ids, &n_ids);
+        st = (r->templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(s->tok, r->prompt ? r->prompt : "",
+                                                                                 r->prompt_len, &ids, &n_ids);
         if (st != MOE_OK) {
             moe_error_prefix(MOE_EINVAL, "prompt");
             st = MOE_EINVAL;
@@ -707,6 +709,30 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     return s;
 }
 
+/* --chat-template: auto takes the model's template when it has one (a
+ * template moeflow cannot run is said and the markers are used), markers
+ * none, anything else is a file that must compile. */
+static enum moe_status load_chat_template(struct moe_server *s, const char *dir)
+{
+    const char *spec = s->cfg.chat_template[0] ? s->cfg.chat_template : "auto";
+    enum moe_status st = MOE_OK;
+    if (!strcmp(spec, "markers"))
+        return MOE_OK;
+    if (strcmp(spec, "auto")) {
+        st = moe_chat_load_file(spec, dir, &s->chat);
+        return st ? moe_error_prefix(st, "--chat-template") : MOE_OK;
+    }
+    st = moe_chat_load_dir(dir, &s->chat);
+    if (st == MOE_ENOMEM)
+        return st;
+    if (st)
+        fprintf(stderr, "moeflow serve: warning: %s; chat prompts use moeflow's <|role|> markers instead (give "
+                "--chat-template FILE with a template of the supported subset, or markers)\n", moe_last_error());
+    else if (s->chat)
+        fprintf(stderr, "moeflow serve: chat prompts follow the chat template of %s\n", moe_chat_source(s->chat));
+    return MOE_OK;
+}
+
 /* Load the model, tokenizer, expert cache, predictor, engine and scheduler,
  * then warm up.  The listeners are already open (readiness off). */
 static enum moe_status server_load(struct moe_server *s)
@@ -725,6 +751,9 @@ static enum moe_status server_load(struct moe_server *s)
         return moe_errorf(MOE_EFORMAT, "%s has %d tokens, more than the model's vocabulary of %d (vocab_size "
                           "in %s/config.json): the two files are not of the same model", tpath,
                           moe_tokenizer_vocab_size(s->tok), s->model->cfg.vocab, dir);
+    enum moe_status cst = load_chat_template(s, dir);
+    if (cst)
+        return cst;
     int model_ctx = s->model->cfg.max_pos;
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
     /* 0 = derived from the context. */
@@ -882,6 +911,7 @@ void moe_server_destroy(struct moe_server *s)
     moe_backend_destroy(s->backend);
     if (s->tok)
         moe_tokenizer_free(s->tok);
+    moe_chat_free(s->chat);
     if (s->model)
         moe_model_close(s->model);
     moe_metrics_free(&s->metrics);

@@ -82,6 +82,7 @@ struct moe_server {
     char model_name[128];
     struct moe_model *model;
     struct moe_tokenizer *tok;
+    struct moe_chat *chat;         /* the chat template, or NULL (moeflow's markers) */
     struct moe_provider *provider; /* tiered expert cache, or NULL (engine's resident one) */
     struct moe_backend *backend;   /* --backend cuda, or NULL (the engine's CPU backend) */
     struct moe_predictor *predictor; /* or NULL */

@@ -1,19 +1,45 @@
 /* libFuzzer: OpenAI completions / chat JSON request decoding.  The first
- * byte picks the endpoint (odd = chat); the rest is the body.  A decoded
+ * byte picks the endpoint (odd = chat) and whether chat messages go through a
+ * model chat template (bit 1: a ChatML-style one); the rest is the body.  A decoded
  * prompt is then run through the stop-sequence scanner in pieces: what it
  * releases must be a prefix of the prompt, and all of it without a match. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/chat.h"
 #include "server/requests.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+/* A ChatML-style template as a model would ship it (compiled once). */
+static struct moe_chat *chatml(void)
+{
+    static struct moe_chat *c;
+    static const char src[] = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + (m.content or '') + "
+                              "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                              "{% endif %}{{ extra | default('') }}";
+    if (!c) {
+        char path[] = "/tmp/fuzz-json-chat-XXXXXX";
+        int fd = mkstemp(path);
+        if (fd < 0 || write(fd, src, sizeof(src) - 1) != (ssize_t)(sizeof(src) - 1) || close(fd) ||
+            moe_chat_load_file(path, NULL, &c))
+            abort();
+        unlink(path);
+    }
+    return c;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
     struct moe_gen_request r;
-    if (moe_req_parse_openai((const char *)data + 1, size - 1, data[0] & 1, &r) == MOE_OK) {
+    const struct moe_chat *tmpl = data[0] & 2 ? chatml() : NULL;
+    if (moe_req_parse_openai((const char *)data + 1, size - 1, data[0] & 1, tmpl, &r) == MOE_OK) {
+        if ((data[0] & 3) == 3 && !r.templated)
+            abort(); /* a chat through a template says so, so that no second BOS is added */
         if (r.prompt && !moe_utf8_valid(r.prompt, r.prompt_len))
             abort(); /* a decoded prompt is always valid UTF-8 */
         if (r.max_tokens < 0 || !(r.sampling.top_p > 0 && r.sampling.top_p <= 1))

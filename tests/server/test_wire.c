@@ -86,7 +86,7 @@ static void test_config(void)
 
 static enum moe_status oai(const char *body, bool chat, struct moe_gen_request *r)
 {
-    return moe_req_parse_openai(body, strlen(body), chat, r);
+    return moe_req_parse_openai(body, strlen(body), chat, NULL, r);
 }
 
 static void expect_bad(const char *body, bool chat, const char *field)

@@ -1,0 +1,154 @@
+/* A model's chat template (see chat.h). */
+#include "chat.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHAT_MAX_CONFIG (16u << 20) /* largest tokenizer_config.json read, bytes */
+
+struct moe_chat {
+    struct moe_jinja *tmpl;
+    json_t *tokens;      /* {"bos_token": "<s>", ...}: the special tokens as strings */
+    char source[4200];
+};
+
+/* tokenizer_config.json of dir: *root NULL when there is none. */
+static enum moe_status load_config(const char *dir, json_t **root, char *path, size_t cap)
+{
+    *root = NULL;
+    if (!dir)
+        return MOE_OK;
+    if (snprintf(path, cap, "%s/tokenizer_config.json", dir) >= (int)cap)
+        return moe_errorf(MOE_EINVAL, "model directory path is too long");
+    char *buf;
+    size_t len;
+    enum moe_status st = moe_read_file(path, &buf, &len, CHAT_MAX_CONFIG);
+    if (st == MOE_ENOENT)
+        return MOE_OK;
+    if (st)
+        return moe_error_prefix(st, "chat template");
+    json_error_t jerr;
+    *root = json_loadb(buf, len, 0, &jerr);
+    free(buf);
+    if (!*root || !json_is_object(*root)) {
+        json_decref(*root);
+        *root = NULL;
+        return moe_errorf(MOE_EFORMAT, "%s: not a JSON object (%s at line %d)", path, jerr.text, jerr.line);
+    }
+    return MOE_OK;
+}
+
+/* The special tokens of tokenizer_config.json as strings. */
+static json_t *special_tokens(json_t *root)
+{
+    static const char *const keys[] = { "bos_token", "eos_token", "unk_token", "pad_token" };
+    json_t *t = json_object();
+    for (size_t i = 0; t && i < MOE_ARRAY_LEN(keys); i++) {
+        json_t *v = json_object_get(root, keys[i]);
+        if (json_is_object(v)) /* an AddedToken: {"content": ...} */
+            v = json_object_get(v, "content");
+        json_object_set_new(t, keys[i], json_string(json_is_string(v) ? json_string_value(v) : ""));
+    }
+    return t;
+}
+
+static enum moe_status compile_into(struct moe_chat **out, const char *src, size_t len, json_t *root,
+                                    const char *source)
+{
+    struct moe_chat *c = calloc(1, sizeof(*c));
+    if (!c)
+        return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
+    snprintf(c->source, sizeof(c->source), "%s", source);
+    c->tmpl = moe_jinja_compile(src, len);
+    c->tokens = special_tokens(root);
+    if (!c->tmpl || !c->tokens) {
+        enum moe_status st = c->tmpl ? moe_errorf(MOE_ENOMEM, "chat template: out of memory")
+                                     : moe_error_prefix(moe_last_status(), "%s", source);
+        moe_chat_free(c);
+        return st;
+    }
+    *out = c;
+    return MOE_OK;
+}
+
+enum moe_status moe_chat_load_dir(const char *dir, struct moe_chat **out)
+{
+    *out = NULL;
+    char path[4200];
+    json_t *root;
+    enum moe_status st = load_config(dir, &root, path, sizeof(path));
+    if (st || !root)
+        return st;
+    json_t *tmpl = json_object_get(root, "chat_template");
+    if (json_is_array(tmpl)) { /* named templates: the default one */
+        json_t *pick = NULL;
+        for (size_t i = 0; i < json_array_size(tmpl); i++) {
+            json_t *e = json_array_get(tmpl, i);
+            const char *name = json_string_value(json_object_get(e, "name"));
+            if (name && !strcmp(name, "default"))
+                pick = json_object_get(e, "template");
+        }
+        tmpl = pick;
+    }
+    if (!tmpl || json_is_null(tmpl)) {
+        json_decref(root);
+        return MOE_OK;
+    }
+    if (!json_is_string(tmpl)) {
+        json_decref(root);
+        return moe_errorf(MOE_EFORMAT, "%s: \"chat_template\" must be a string or a list of {\"name\", "
+                          "\"template\"} with one named \"default\"", path);
+    }
+    st = compile_into(out, json_string_value(tmpl), json_string_length(tmpl), root, path);
+    json_decref(root);
+    return st;
+}
+
+enum moe_status moe_chat_load_file(const char *path, const char *dir, struct moe_chat **out)
+{
+    *out = NULL;
+    char *buf;
+    size_t len;
+    enum moe_status st = moe_read_file(path, &buf, &len, CHAT_MAX_CONFIG);
+    if (st)
+        return moe_error_prefix(st, "chat template");
+    char cpath[4200];
+    json_t *root = NULL;
+    if ((st = load_config(dir, &root, cpath, sizeof(cpath))) == MOE_OK)
+        st = compile_into(out, buf, len, root, path);
+    json_decref(root);
+    free(buf);
+    return st;
+}
+
+void moe_chat_free(struct moe_chat *c)
+{
+    if (!c)
+        return;
+    moe_jinja_free(c->tmpl);
+    json_decref(c->tokens);
+    free(c);
+}
+
+const char *moe_chat_source(const struct moe_chat *c)
+{
+    return c ? c->source : "";
+}
+
+enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json_t *extra, char **out, size_t *len)
+{
+    if (!c || !json_is_array(messages) || (extra && !json_is_object(extra)))
+        return moe_errorf(MOE_EINVAL, "chat template: render needs a template, an array of messages and an "
+                          "object of extra variables");
+    json_t *vars = json_deep_copy(c->tokens);
+    if (!vars || (extra && json_object_update(vars, extra)) ||
+        json_object_set(vars, "messages", messages) ||
+        json_object_set_new(vars, "add_generation_prompt", json_true())) {
+        json_decref(vars);
+        return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
+    }
+    enum moe_status st = moe_jinja_render(c->tmpl, vars, out, len);
+    json_decref(vars);
+    return st;
+}

@@ -1,0 +1,38 @@
+/* A model's chat template: tokenizer_config.json's "chat_template" (a
+ * string, or a list of {"name", "template"} whose "default" is used) with the
+ * special tokens it may print (bos_token, eos_token, unk_token, pad_token:
+ * strings or {"content": ...}), rendered as the Hugging Face library's
+ * apply_chat_template(messages, add_generation_prompt=True) renders it
+ * (model/jinja.h). */
+#ifndef MOE_CHAT_H
+#define MOE_CHAT_H
+
+#include "jinja.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_chat;
+
+/* dir/tokenizer_config.json's template.  *out is NULL, with MOE_OK, when the
+ * model has none (no such file, or no "chat_template" in it); a template that
+ * does not compile is an error naming the file. */
+enum moe_status moe_chat_load_dir(const char *dir, struct moe_chat **out);
+/* A template file (Jinja text), with the special tokens of dir's
+ * tokenizer_config.json when it has one (dir may be NULL). */
+enum moe_status moe_chat_load_file(const char *path, const char *dir, struct moe_chat **out);
+void moe_chat_free(struct moe_chat *c);
+
+/* Where the template came from ("m/tokenizer_config.json", or the file). */
+const char *moe_chat_source(const struct moe_chat *c);
+
+/* The prompt for messages (a JSON array of message objects) with
+ * add_generation_prompt true; extra (a JSON object, or NULL) adds variables,
+ * as chat_template_kwargs do.  *out malloc'd, NUL-terminated. */
+enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json_t *extra, char **out, size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

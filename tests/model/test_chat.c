@@ -1,0 +1,82 @@
+/* A model's chat template from tokenizer_config.json: the file's forms (a
+ * string, a list of named templates, special tokens as strings or
+ * AddedToken objects), a model without one, and files that are refused. */
+#include "model/chat.h"
+#include "tests/test_util.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+static char dir[] = "/tmp/moe-chat-XXXXXX";
+
+static void write_config(const char *json)
+{
+    char p[256];
+    snprintf(p, sizeof(p), "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(p, "w");
+    REQUIRE(f && fputs(json, f) >= 0 && fclose(f) == 0, "write %s", p);
+}
+
+/* Render [user: hi] with dir's template; NULL when it fails or there is none. */
+static char *render_hi(enum moe_status *st)
+{
+    struct moe_chat *c = NULL;
+    *st = moe_chat_load_dir(dir, &c);
+    if (*st || !c)
+        return NULL;
+    json_t *msgs = json_pack("[{s:s, s:s}]", "role", "user", "content", "hi");
+    char *out = NULL;
+    size_t n;
+    *st = moe_chat_render(c, msgs, NULL, &out, &n);
+    json_decref(msgs);
+    moe_chat_free(c);
+    return out;
+}
+
+int main(void)
+{
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    enum moe_status st;
+    char *out = render_hi(&st);
+    CHECK(st == MOE_OK && !out, "no tokenizer_config.json: status %d", st);
+
+    write_config("{\"bos_token\": \"<s>\"}");
+    out = render_hi(&st);
+    CHECK(st == MOE_OK && !out, "no chat_template: status %d", st);
+
+    write_config("{\"bos_token\": {\"content\": \"<s>\", \"special\": true}, \"eos_token\": \"</s>\", "
+                 "\"chat_template\": \"{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}"
+                 "{{ eos_token }}{% endfor %}{{ unk_token }}{% if add_generation_prompt %}>{% endif %}\"}");
+    out = render_hi(&st);
+    CHECK(st == MOE_OK && out && !strcmp(out, "<s>[user]hi</s>>"), "string template: %s", out ? out : moe_last_error());
+    free(out);
+
+    write_config("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"default\", "
+                 "\"template\": \"D{{ messages | length }}\"}]}");
+    out = render_hi(&st);
+    CHECK(st == MOE_OK && out && !strcmp(out, "D1"), "named templates: %s", out ? out : moe_last_error());
+    free(out);
+
+    write_config("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}]}");
+    out = render_hi(&st);
+    CHECK(st == MOE_OK && !out, "no default among named templates: status %d", st);
+
+    write_config("{\"chat_template\": 5}");
+    out = render_hi(&st);
+    CHECK(st == MOE_EFORMAT && strstr(moe_last_error(), "chat_template"), "a number: %s", moe_last_error());
+
+    write_config("{\"chat_template\": \"{% if x %}\"}");
+    out = render_hi(&st);
+    CHECK(st == MOE_EFORMAT && strstr(moe_last_error(), "tokenizer_config.json") &&
+          strstr(moe_last_error(), "endif"), "unclosed if: %s", moe_last_error());
+
+    write_config("[1, 2]");
+    out = render_hi(&st);
+    CHECK(st == MOE_EFORMAT && strstr(moe_last_error(), "not a JSON object"), "an array: %s", moe_last_error());
+
+    char p[256];
+    snprintf(p, sizeof(p), "%s/tokenizer_config.json", dir);
+    unlink(p);
+    rmdir(dir);
+    return t_result("test_chat");
+}

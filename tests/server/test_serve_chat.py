@@ -1,0 +1,141 @@
+"""Integration: chat prompts through a model's chat template.
+usage: test_serve_chat.py MOEFLOW_BINARY SOURCE_DIR
+
+A copy of the bundled model (links) gets a tokenizer_config.json with a
+ChatML-style template of this test's own; /v1/chat/completions must then run
+on exactly the text that template makes (its token count is compared with
+`moeflow tokenize` of the expected text), pass chat_template_kwargs to it,
+turn its raise_exception() into a 400 that keeps the server serving, and
+`--chat-template markers` / FILE / a template outside the subset must do what
+`moeflow serve --help` says."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import Server, Checks, free_port  # noqa: E402
+
+check = Checks()
+
+TEMPLATE = (
+    "{%- for m in messages %}"
+    "{%- if m.role not in ['system', 'user', 'assistant'] %}"
+    "{{- raise_exception('role ' ~ m.role ~ ' is not allowed') }}"
+    "{%- endif %}"
+    "{{- '<|' ~ m.role ~ '|>\\n' ~ m.content | trim ~ eos_token ~ '\\n' }}"
+    "{%- endfor %}"
+    "{%- if greeting is defined %}{{ greeting }}{% endif %}"
+    "{%- if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+
+
+def model_copy(src, tmp, config):
+    d = os.path.join(tmp, "model")
+    os.mkdir(d)
+    base = os.path.join(os.path.abspath(src), "models", "pycode-moe-18m")
+    for f in os.listdir(base):
+        if f != "tokenizer_config.json":  # written below: never through a link into the bundled model
+            os.symlink(os.path.join(base, f), os.path.join(d, f))
+    if config is not None:
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f)
+    return d
+
+
+def n_tokens(moeflow, model, text):
+    r = subprocess.run([moeflow, "tokenize", "--model", model, "--text", text], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return len(json.loads(r.stdout))
+
+
+def chat(srv, messages, **extra):
+    body = dict(messages=messages, max_tokens=2, **extra)
+    code, out = srv.http("/v1/chat/completions", json.dumps(body).encode())
+    return code, json.loads(out)
+
+
+def main():
+    moeflow, src = sys.argv[1], sys.argv[2]
+    tmp = tempfile.mkdtemp(prefix="moeflow_chat_")
+    try:
+        model = model_copy(src, tmp, {"chat_template": TEMPLATE, "eos_token": {"content": "<|endoftext|>"}})
+        msgs = [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "def add(a, b):"}]
+        want = "<|system|>\nBe brief.<|endoftext|>\n<|user|>\ndef add(a, b):<|endoftext|>\n<|assistant|>\n"
+        srv = Server(moeflow, "--model", model)
+        try:
+            check("chat template of" in srv.output() and "tokenizer_config.json" in srv.output(),
+                  "start-up does not name the chat template: %s" % srv.output())
+            code, out = chat(srv, msgs)
+            check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, want),
+                  "templated prompt: %d %s (want %d tokens)" % (code, out, n_tokens(moeflow, model, want)))
+            code, out = chat(srv, msgs, chat_template_kwargs={"greeting": "Hello there"})
+            check(code == 200 and out["usage"]["prompt_tokens"] ==
+                  n_tokens(moeflow, model, want.replace("<|assistant|>", "Hello there<|assistant|>")),
+                  "chat_template_kwargs: %d %s" % (code, out))
+            code, out = chat(srv, [{"role": "tool", "content": "42"}])
+            check(code == 400 and "role tool is not allowed" in out["error"]["message"],
+                  "raise_exception: %d %s" % (code, out))
+            code, out = chat(srv, msgs, chat_template_kwargs=["x"])
+            check(code == 400 and "chat_template_kwargs" in out["error"]["message"], "bad kwargs: %d %s" % (code, out))
+            code, out = chat(srv, [{"role": "user", "content": 5}])
+            check(code == 400 and "content" in out["error"]["message"], "bad content: %d %s" % (code, out))
+            code, out = chat(srv, msgs)
+            check(code == 200, "still serving after the errors: %d" % code)
+        finally:
+            check(srv.stop() == 0, "exit status")
+
+        # markers: moeflow's own lines, whatever the model has
+        srv = Server(moeflow, "--model", model, "--chat-template", "markers")
+        try:
+            code, out = chat(srv, msgs)
+            markers = "<|system|>\nBe brief. \n<|user|>\ndef add(a, b):\n<|assistant|>\n"
+            check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, markers),
+                  "markers: %d %s" % (code, out))
+        finally:
+            srv.stop()
+
+        # a template file, with the model's special tokens
+        path = os.path.join(tmp, "t.jinja")
+        with open(path, "w") as f:
+            f.write("{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}\n")
+        srv = Server(moeflow, "--model", model, "--chat-template", path)
+        try:
+            code, out = chat(srv, msgs)
+            text = "[system] Be brief. <|endoftext|>[user] def add(a, b):<|endoftext|>"
+            check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, text),
+                  "template file: %d %s" % (code, out))
+        finally:
+            srv.stop()
+
+        # a file that does not compile, or is missing: no start, the message names it
+        with open(path, "w") as f:
+            f.write("{% for m in messages %}")
+        for bad in (path, os.path.join(tmp, "missing.jinja")):
+            r = subprocess.run([moeflow, "serve", "--model", model, "--chat-template", bad, "--grpc-port", "0",
+                                "--http-port", str(free_port())], capture_output=True, timeout=60)
+            check(r.returncode != 0 and b"--chat-template" in r.stderr and bad.encode() in r.stderr,
+                  "bad --chat-template %s: %d %r" % (bad, r.returncode, r.stderr))
+
+        # the model's template outside the subset: a warning, and the markers
+        shutil.rmtree(os.path.join(tmp, "model"))
+        model = model_copy(src, tmp, {"chat_template": "{% include 'other.jinja' %}"})
+        srv = Server(moeflow, "--model", model)
+        try:
+            check("warning" in srv.output() and "include" in srv.output(), "no warning: %s" % srv.output())
+            code, out = chat(srv, msgs)
+            check(code == 200, "markers after the warning: %d %s" % (code, out))
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if check.failures:
+        print("%d check(s) failed" % check.failures)
+        return 1
+    print("test_serve_chat: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2068,7 +2068,8 @@ static struct val split(struct render *r, const struct str *s, const struct str 
             i = j;
             continue;
         }
-        const char *hit = (maxsplit < 0 || (int64_t)n < maxsplit) ? find_bytes(s->p + i, s->n - i, sep->p, sep->n) : NULL;
+        bool more = maxsplit < 0 || (int64_t)n < maxsplit;
+        const char *hit = more ? find_bytes(s->p + i, s->n - i, sep->p, sep->n) : NULL;
         if (!hit) {
             v[n++] = vstr(r, s->p + i, s->n - i);
             break;
@@ -2383,7 +2384,8 @@ static struct val call_macro(struct render *r, const struct node *m, const struc
     struct frame fr = { .up = r->root };
     for (int i = 0; i < m->nargs; i++) {
         const struct val *v = arg(a, i, m->kwnames[i]);
-        struct val x = v ? *v : m->args[i] ? eval(r, m->args[i]) : vundef(r_str(r, m->kwnames[i], strlen(m->kwnames[i])));
+        const char *p = m->kwnames[i];
+        struct val x = v ? *v : m->args[i] ? eval(r, m->args[i]) : vundef(r_str(r, p, strlen(p)));
         dict_sets(r, &fr.vars, m->kwnames[i], x);
     }
     for (int k = 0; k < a->nkw; k++) {
@@ -2693,8 +2695,10 @@ static struct val filter(struct render *r, const struct node *n)
             for (size_t i = 0; i < l->n; i++) {
                 if (!is_num(&l->v[i]))
                     fail_at(&r->f, MOE_EINVAL, line, "sum: a %s is not a number", type_name(&l->v[i]));
-                acc = acc.t == V_FLOAT || l->v[i].t == V_FLOAT ? (struct val){ .t = V_FLOAT, .f = num(&acc) + num(&l->v[i]) }
-                                                              : vint(acc.i + inum(&l->v[i]));
+                if (acc.t == V_FLOAT || l->v[i].t == V_FLOAT)
+                    acc = (struct val){ .t = V_FLOAT, .f = num(&acc) + num(&l->v[i]) };
+                else if (__builtin_add_overflow(acc.i, inum(&l->v[i]), &acc.i))
+                    fail_at(&r->f, MOE_ERANGE, line, "integer overflow");
             }
             return acc;
         }
@@ -2822,7 +2826,8 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         for (size_t i = 0; i < b.l->n; i++) l->v[a.l->n + i] = b.l->v[i];
         return (struct val){ .t = V_LIST, .l = l };
     }
-    if (op == OP_MUL && ((a.t == V_STR && (b.t == V_INT || b.t == V_BOOL)) || (b.t == V_STR && (a.t == V_INT || a.t == V_BOOL)))) {
+    bool ai = a.t == V_INT || a.t == V_BOOL, bi = b.t == V_INT || b.t == V_BOOL;
+    if (op == OP_MUL && ((a.t == V_STR && bi) || (b.t == V_STR && ai))) {
         const struct str *s = a.t == V_STR ? a.s : b.s;
         int64_t k = a.t == V_STR ? inum(&b) : inum(&a);
         struct buf o = { 0 };

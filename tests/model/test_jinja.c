@@ -154,7 +154,8 @@ int main(void)
     for (int i = 0; i < 2; i++) REQUIRE(pthread_create(&th[i], NULL, render_thread, &s[i]) == 0, "pthread_create");
     for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
     for (int i = 0; i < 2; i++) {
-        CHECK(s[i].out && !strcmp(s[i].out, "<user>hi<assistant>yo"), "thread %d: %s", i, s[i].out ? s[i].out : "failed");
+        CHECK(s[i].out && !strcmp(s[i].out, "<user>hi<assistant>yo"), "thread %d: %s", i,
+              s[i].out ? s[i].out : "failed");
         free(s[i].out);
     }
     json_decref(vars);

@@ -1128,6 +1128,23 @@ static void expect_block_end(struct compiler *c)
 /* Statements up to a {% name %} among ends (returned, its name consumed). */
 static struct node *parse_body(struct compiler *c, const char *const *ends, int nends, const char **which);
 
+/* Statements up to {% end %}, consumed with its %}. */
+static struct node *parse_until(struct compiler *c, const char *end)
+{
+    const char *const ends[] = { end };
+    const char *which;
+    struct node *body = parse_body(c, ends, 1, &which);
+    expect_block_end(c);
+    return body;
+}
+
+/* After a body that ended at {% else %} or at end: the else body, through end. */
+static struct node *parse_else(struct compiler *c, const char *which, const char *end)
+{
+    expect_block_end(c);
+    return strcmp(which, "else") ? NULL : parse_until(c, end);
+}
+
 static struct node *parse_if(struct compiler *c, int line)
 {
     struct node *n = new_node(c, N_IF, line);
@@ -1136,16 +1153,10 @@ static struct node *parse_if(struct compiler *c, int line)
     static const char *const ends[] = { "elif", "else", "endif" };
     const char *which;
     n->b = parse_body(c, ends, 3, &which);
-    if (!strcmp(which, "elif")) {
+    if (!strcmp(which, "elif"))
         n->c = parse_if(c, peek(c)->line); /* consumes through endif */
-        return n;
-    }
-    if (!strcmp(which, "else")) {
-        expect_block_end(c);
-        static const char *const end[] = { "endif" };
-        n->c = parse_body(c, end, 1, &which);
-    }
-    expect_block_end(c);
+    else
+        n->c = parse_else(c, which, "endif");
     return n;
 }
 
@@ -1166,12 +1177,7 @@ static struct node *parse_for(struct compiler *c, int line)
     static const char *const ends[] = { "else", "endfor" };
     const char *which;
     n->b = parse_body(c, ends, 2, &which);
-    if (!strcmp(which, "else")) {
-        expect_block_end(c);
-        static const char *const end[] = { "endfor" };
-        n->c = parse_body(c, end, 1, &which);
-    }
-    expect_block_end(c);
+    n->c = parse_else(c, which, "endfor");
     return n;
 }
 
@@ -1192,10 +1198,7 @@ static struct node *parse_set(struct compiler *c, int line)
         expected(c, "'='");
     expect_block_end(c);
     n->k = N_SETBLOCK;
-    static const char *const end[] = { "endset" };
-    const char *which;
-    n->b = parse_body(c, end, 1, &which);
-    expect_block_end(c);
+    n->b = parse_until(c, "endset");
     return n;
 }
 
@@ -1226,10 +1229,7 @@ static struct node *parse_macro(struct compiler *c, int line)
     n->args = defs.v;
     n->nargs = names.n;
     expect_block_end(c);
-    static const char *const end[] = { "endmacro" };
-    const char *which;
-    n->b = parse_body(c, end, 1, &which);
-    expect_block_end(c);
+    n->b = parse_until(c, "endmacro");
     return n;
 }
 
@@ -1254,11 +1254,7 @@ static struct node *parse_statement(struct compiler *c)
     }
     if (accept_name(c, "generation")) { /* the assistant-mask marker of apply_chat_template: just its body */
         expect_block_end(c);
-        static const char *const end[] = { "endgeneration" };
-        const char *which;
-        struct node *body = parse_body(c, end, 1, &which);
-        expect_block_end(c);
-        return body;
+        return parse_until(c, "endgeneration");
     }
     fail_at(&c->f, MOE_ENOTSUP, line, "statement '%.*s' is not supported", (int)(t->n < 40 ? t->n : 40), t->s);
 }

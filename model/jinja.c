@@ -839,6 +839,7 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
                 m->b = literal(c, line, (struct val){ .t = V_INT, .i = t->i });
             } else {
                 m->name = expect_name(c);
+                m->lit = (struct val){ .t = V_STR, .s = c_str(c, m->name, strlen(m->name)) }; /* the key, made once */
             }
             n = m;
         } else if (accept_op(c, "[")) {
@@ -2883,8 +2884,7 @@ static struct val eval(struct render *r, const struct node *n)
     case E_VAR: return lookup(r, r->cur, n->name);
     case E_ATTR: {
         struct val o = eval(r, n->a);
-        struct val k = vstr(r, n->name, strlen(n->name));
-        return get_item(r, &o, &k, n->line);
+        return get_item(r, &o, &n->lit, n->line);
     }
     case E_INDEX: {
         struct val o = eval(r, n->a), k = eval(r, n->b);

@@ -119,6 +119,78 @@ MARKERS = """{% set ns = namespace(last_user=-1, n=0) %}
 {% if add_generation_prompt %}<|assistant|>
 {% endif %}{# {{ ns.n }} messages #}"""
 
+# reasoning split, tool calls and tool results, as recent templates handle them
+REASONING = """{%- set ns = namespace(last_query=messages|length - 1, multi=true) %}
+{%- for m in messages[::-1] %}
+    {%- set i = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi and m.role == "user" and not (m.content.startswith('<result>') and m.content.endswith('</result>')) %}
+        {%- set ns.multi = false %}
+        {%- set ns.last_query = i %}
+    {%- endif %}
+{%- endfor %}
+{%- for m in messages %}
+    {%- set content = m.content if m.content is string else '' %}
+    {%- if m.role == "user" or m.role == "system" %}
+        {{- '<|' + m.role + '|>' + content + '\n' }}
+    {%- elif m.role == "assistant" %}
+        {%- set reasoning = '' %}
+        {%- if m.reasoning_content is string %}
+            {%- set reasoning = m.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query and (loop.last or reasoning) %}
+            {{- '<|assistant|><think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+        {%- else %}
+            {{- '<|assistant|>' + content }}
+        {%- endif %}
+        {%- if m.tool_calls %}
+            {%- for tc in m.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}{{- '\n' }}{%- endif %}
+                {%- if tc.function %}{%- set tc = tc.function %}{%- endif %}
+                {{- '<call>{"name": "' }}{{- tc.name }}{{- '", "arguments": ' }}
+                {%- if tc.arguments is string %}{{- tc.arguments }}{%- else %}{{- tc.arguments | tojson }}{%- endif %}
+                {{- '}</call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|end|>\n' }}
+    {%- elif m.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}{{- '<|user|>' }}{%- endif %}
+        {{- '\n<result>\n' + content + '\n</result>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}{{- '<|end|>\n' }}{%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|assistant|>' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}
+{%- endif %}"""
+TOOL_CHAT = [
+    {"role": "system", "content": "sys"},
+    {"role": "user", "content": "add 2 and 3"},
+    {"role": "assistant", "content": "<think>\nadding\n</think>\n\nLet me call it.",
+     "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}},
+                    {"name": "log", "arguments": "{\"x\": 1}"}]},
+    {"role": "tool", "content": "5"},
+    {"role": "tool", "content": "ok"},
+    {"role": "assistant", "content": "It is 5.", "reasoning_content": "\nsimple\n"},
+    {"role": "user", "content": "thanks"},
+]
+# a date line, tools as indented JSON, ids checked by length
+DATED = """{{- bos_token }}
+{%- if not date_string is defined %}{%- set date_string = "26 Jul 2024" %}{%- endif %}
+{{- "Today: " + date_string + "\n" }}
+{%- if tools is not none and tools is defined %}
+    {{- "Tools:\n" }}
+    {%- for t in tools %}{{- t | tojson(indent=4) }}{{- "\n\n" }}{%- endfor %}
+{%- endif %}
+{%- for m in messages %}
+    {%- if m.tool_call_id is defined and m.tool_call_id | length != 9 %}
+        {{- raise_exception("tool_call_id must be 9 characters, not " ~ m.tool_call_id | length) }}
+    {%- endif %}
+    {{- '[' ~ m.role | upper ~ '] ' ~ (m.content or '') | trim ~ '\n' }}
+{%- endfor %}"""
+
 CASES = [
     ("chatml", CHATML, dict(BASE, messages=CHAT)),
     ("chatml-no-system", CHATML, dict(BASE, messages=NO_SYSTEM)),
@@ -128,6 +200,11 @@ CASES = [
     ("inst-no-system", INST, dict(BASE, messages=NO_SYSTEM)),
     ("inst-bad-order", INST, dict(BASE, messages=BAD_ORDER)),
     ("markers", MARKERS, dict(BASE, messages=CHAT)),
+    ("reasoning-tools", REASONING, dict(BASE, messages=TOOL_CHAT)),
+    ("reasoning-no-thinking", REASONING, dict(BASE, messages=TOOL_CHAT[:2], enable_thinking=False)),
+    ("dated-tools", DATED, dict(BASE, messages=CHAT, tools=TOOLS)),
+    ("dated-date", DATED, dict(BASE, messages=CHAT[:2], date_string="1 Jan 2030", tools=None)),
+    ("dated-bad-id", DATED, dict(BASE, messages=[{"role": "tool", "content": "x", "tool_call_id": "abc"}])),
     ("markers-one", MARKERS, dict(BASE, messages=[CHAT[1]])),
     # whitespace control
     ("ws-trim-lstrip", "a\n  {% if true %}\n  b\n  {% endif %}\nc\n", {}),

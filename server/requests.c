@@ -201,17 +201,58 @@ char *moe_chat_template(int n, const char *const *roles, const char *const *cont
     return out;
 }
 
-/* Messages through the model's chat template: each an object with a string
- * role and a string (or null / absent) content; the template sees them as
- * they are, with every other field. */
-static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *msgs, const struct moe_chat *tmpl,
-                                            json_t *kwargs)
+/* The messages array's shape, and content given as OpenAI's list of parts
+ * ([{"type": "text", "text": ...}, ...]) joined into one string, parts
+ * separated by a newline (as vLLM does for text-only models). */
+static enum moe_status check_messages(json_t *msgs)
 {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return moe_errorf(MOE_EINVAL, "'messages' must be a non-empty array of {role, content}");
     size_t n = json_array_size(msgs);
     if (n > 4096)
         return moe_errorf(MOE_ERANGE, "'messages' has %zu entries, more than 4096", n);
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(msgs, i), *parts = json_object_get(m, "content");
+        if (!json_is_array(parts))
+            continue;
+        size_t len = 0, np = json_array_size(parts);
+        for (size_t k = 0; k < np; k++) {
+            json_t *p = json_array_get(parts, k), *t = json_object_get(p, "text");
+            const char *type = json_string_value(json_object_get(p, "type"));
+            if (!type || strcmp(type, "text") || !json_is_string(t))
+                return moe_errorf(MOE_EINVAL, "'messages[%zu].content[%zu]' must be {\"type\": \"text\", \"text\": "
+                                  "string}: this model takes text only", i, k);
+            len += json_string_length(t) + 1;
+        }
+        char *joined = malloc(len + 1);
+        if (!joined)
+            return moe_errorf(MOE_ENOMEM, "'messages': out of memory");
+        size_t off = 0;
+        for (size_t k = 0; k < np; k++) {
+            json_t *t = json_object_get(json_array_get(parts, k), "text");
+            if (k)
+                joined[off++] = '\n';
+            memcpy(joined + off, json_string_value(t), json_string_length(t));
+            off += json_string_length(t);
+        }
+        json_t *str = json_stringn_nocheck(joined, off);
+        free(joined);
+        if (!str || json_object_set_new(m, "content", str))
+            return moe_errorf(MOE_ENOMEM, "'messages': out of memory");
+    }
+    return MOE_OK;
+}
+
+/* Messages through the model's chat template: each an object with a string
+ * role and a string (or null / absent) content; the template sees them as
+ * they are, with every other field. */
+static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *msgs, const struct moe_chat *tmpl,
+                                            json_t *kwargs)
+{
+    enum moe_status st = check_messages(msgs);
+    if (st)
+        return st;
+    size_t n = json_array_size(msgs);
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i), *content = json_object_get(m, "content");
         if (!json_is_object(m) || !json_is_string(json_object_get(m, "role")))
@@ -223,7 +264,7 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
         return moe_errorf(MOE_EINVAL, "'chat_template_kwargs' must be an object");
     char *text;
     size_t len;
-    enum moe_status st = moe_chat_render(tmpl, msgs, json_is_object(kwargs) ? kwargs : NULL, &text, &len);
+    st = moe_chat_render(tmpl, msgs, json_is_object(kwargs) ? kwargs : NULL, &text, &len);
     if (st)
         return moe_error_prefix(st == MOE_ENOMEM ? st : MOE_EINVAL, "'messages'");
     st = set_prompt_text(r, text, len, "messages");
@@ -234,13 +275,11 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
 
 static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *msgs)
 {
-    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
-        return moe_errorf(MOE_EINVAL, "'messages' must be a non-empty array of {role, content}");
+    enum moe_status st = check_messages(msgs);
+    if (st)
+        return st;
     size_t n = json_array_size(msgs);
-    if (n > 4096)
-        return moe_errorf(MOE_ERANGE, "'messages' has %zu entries, more than 4096", n);
     const char **roles = calloc(n, sizeof(*roles)), **contents = calloc(n, sizeof(*contents));
-    enum moe_status st = MOE_OK;
     if (!roles || !contents) {
         st = moe_errorf(MOE_ENOMEM, "'messages': out of memory");
         goto out;

@@ -70,6 +70,12 @@ def main():
             code, out = chat(srv, msgs)
             check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, want),
                   "templated prompt: %d %s (want %d tokens)" % (code, out, n_tokens(moeflow, model, want)))
+            parts = [{"role": "system", "content": [{"type": "text", "text": "Be"}, {"type": "text", "text": "brief. "}]},
+                     msgs[1]]
+            code, out = chat(srv, parts)
+            check(code == 200 and out["usage"]["prompt_tokens"] ==
+                  n_tokens(moeflow, model, want.replace("Be brief.", "Be\nbrief.")),
+                  "content parts: %d %s" % (code, out))
             code, out = chat(srv, msgs, chat_template_kwargs={"greeting": "Hello there"})
             check(code == 200 and out["usage"]["prompt_tokens"] ==
                   n_tokens(moeflow, model, want.replace("<|assistant|>", "Hello there<|assistant|>")),

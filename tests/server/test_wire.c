@@ -129,6 +129,16 @@ static void test_openai(void)
           r.prompt);
     CHECK(r.max_tokens == 4, "max_completion_tokens");
     moe_gen_request_free(&r);
+    /* content as OpenAI's list of text parts: joined with newlines */
+    REQUIRE(oai("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
+                "{\"type\":\"text\",\"text\":\"b\u00e9\"}]}]}", true, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(!strcmp(r.prompt, "<|user|>\na\nb\xc3\xa9\n<|assistant|>\n"), "text parts: %s", r.prompt);
+    CHECK(!r.templated, "the markers are not the model's template");
+    moe_gen_request_free(&r);
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{}}]}]}",
+               true, "content[0]");
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":5}]}]}", true,
+               "text only");
 
     expect_bad("", false, "JSON");
     expect_bad("{\"prompt\":\"x\"", false, "JSON");

@@ -1359,11 +1359,7 @@ struct moe_jinja *moe_jinja_compile(const char *src, size_t len)
         moe_errorf(MOE_ERANGE, "chat template: %zu bytes, more than the %u supported", len, JJ_MAX_SRC);
         return NULL;
     }
-    size_t l = 0;
-    for (size_t i = 0; i < len; i += l)
-        if (!(l = moe_utf8_next((const unsigned char *)src + i, len - i, &(uint32_t){ 0 })))
-            break;
-    if (len && !l) {
+    if (!moe_utf8_valid(src, len)) {
         moe_errorf(MOE_EFORMAT, "chat template: not valid UTF-8");
         return NULL;
     }

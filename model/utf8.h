@@ -1,8 +1,9 @@
-/* UTF-8 decoding and encoding of one code point, shared by the tokenizer and
- * its normalizer. */
+/* UTF-8 decoding, validation and encoding, shared by the tokenizer, its
+ * normalizer, the chat templates and the request decoders. */
 #ifndef MOE_UTF8_H
 #define MOE_UTF8_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,16 @@ static inline size_t moe_utf8_next(const unsigned char *s, size_t n, uint32_t *c
         return 4;
     }
     return 0;
+}
+
+/* Whether s[0..n) is valid UTF-8 throughout. */
+static inline bool moe_utf8_valid(const char *s, size_t n)
+{
+    uint32_t cp;
+    for (size_t i = 0, l; i < n; i += l)
+        if (!(l = moe_utf8_next((const unsigned char *)s + i, n - i, &cp)))
+            return false;
+    return true;
 }
 
 /* cp (<= U+10FFFF) as UTF-8 into out (room for 4 bytes); returns its length. */

@@ -41,35 +41,6 @@ static int utf8_seq_len(unsigned char c)
     return 0;
 }
 
-/* Valid sequence of length k at s (all k bytes present)? */
-static bool utf8_seq_ok(const unsigned char *s, int k)
-{
-    for (int i = 1; i < k; i++)
-        if ((s[i] & 0xc0) != 0x80)
-            return false;
-    if (k == 3) {
-        if (s[0] == 0xe0 && s[1] < 0xa0) return false;        /* overlong */
-        if (s[0] == 0xed && s[1] > 0x9f) return false;        /* surrogates */
-    } else if (k == 4) {
-        if (s[0] == 0xf0 && s[1] < 0x90) return false;        /* overlong */
-        if (s[0] == 0xf4 && s[1] > 0x8f) return false;        /* > U+10FFFF */
-    }
-    return true;
-}
-
-bool moe_utf8_valid(const char *buf, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)buf;
-    size_t i = 0;
-    while (i < n) {
-        int k = utf8_seq_len(s[i]);
-        if (!k || i + (size_t)k > n || !utf8_seq_ok(s + i, k))
-            return false;
-        i += (size_t)k;
-    }
-    return true;
-}
-
 size_t moe_utf8_complete_prefix(const char *buf, size_t n)
 {
     const unsigned char *s = (const unsigned char *)buf;

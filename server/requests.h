@@ -14,6 +14,7 @@
 
 #include "../common/moe.h"
 #include "../engine/sampling.h"
+#include "../model/utf8.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -92,8 +93,7 @@ char *moe_chat_template(int n, const char *const *roles, const char *const *cont
 /* Length of the longest prefix of buf[0..n) that is complete UTF-8 (an
  * incomplete multi-byte sequence at the end is held back for streaming). */
 size_t moe_utf8_complete_prefix(const char *buf, size_t n);
-/* true when buf[0..n) is valid UTF-8. */
-bool moe_utf8_valid(const char *buf, size_t n);
+/* moe_utf8_valid(): model/utf8.h */
 
 #ifdef __cplusplus
 }

@@ -2,10 +2,12 @@
  * step, writing each token's bytes to stdout as soon as it is produced.
  * Stops at an end-of-sequence token or after --max-tokens. */
 #include "cli.h"
+#include "requests.h"
 
 #include "../engine/engine.h"
 #include "../engine/sampling.h"
 #include "../kernels/backend.h"
+#include "../model/chat.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
 #include "../offload/runtime.h"
@@ -29,18 +31,25 @@ struct gen_opts {
     int threads;               /* --threads, CPU worker threads */
     bool blas;                 /* --blas: OpenBLAS GEMMs on the CPU backend */
     bool ignore_eos;           /* --ignore-eos: always max_tokens tokens */
+    bool chat;                 /* --chat: the prompt is a user message, through the chat template */
+    const char *system;        /* --system: a system message before it, or NULL */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N] [--ignore-eos]\n"
+            "usage: moeflow generate [--model DIR] --prompt TEXT [--chat [--system TEXT]] [--max-tokens N]\n"
+            "                        [--ignore-eos]\n"
             "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
             "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
+            "  --chat             TEXT is a user message: the prompt is the model's chat template\n"
+            "                     (tokenizer_config.json) of it, as serve's /v1/chat/completions makes it,\n"
+            "                     or moeflow's <|role|> markers for a model without one\n"
+            "  --system TEXT      with --chat: a system message before the user's\n"
             "  --max-tokens N     most tokens to generate (default 128)\n"
             "  --ignore-eos       do not stop at an end-of-sequence token: generate N tokens\n"
             "  --temperature T    0 = greedy (default 0)\n"
@@ -54,6 +63,34 @@ static void usage(FILE *f)
             moe_default_model_dir(), moe_offload_help(), moe_offload_predictor_help());
 }
 
+/* --chat: [system,] user message through the model's chat template, or the
+ * markers of moe_chat_template() when it has none.  malloc'd, NULL on error. */
+static char *chat_prompt(const struct gen_opts *o, bool *templated)
+{
+    struct moe_chat *tmpl = NULL;
+    if (moe_chat_load_dir(o->model_dir, &tmpl))
+        return NULL;
+    const char *roles[2] = { "system", "user" }, *contents[2] = { o->system, o->prompt };
+    int first = o->system ? 0 : 1;
+    char *text = NULL;
+    *templated = tmpl != NULL;
+    if (tmpl) {
+        json_t *msgs = json_array();
+        for (int i = first; msgs && i < 2; i++)
+            json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", roles[i], "content", contents[i]));
+        size_t len;
+        if (msgs && moe_chat_render(tmpl, msgs, NULL, &text, &len))
+            text = NULL;
+        else if (!msgs)
+            moe_errorf(MOE_ENOMEM, "out of memory");
+        json_decref(msgs);
+        moe_chat_free(tmpl);
+    } else if (!(text = moe_chat_template(2 - first, roles + first, contents + first))) {
+        moe_errorf(MOE_ENOMEM, "out of memory");
+    }
+    return text;
+}
+
 static bool parse_float(const char *s, float *out)
 {
     double v;
@@ -65,7 +102,8 @@ static bool parse_float(const char *s, float *out)
 /* Parse argv into o; returns -1 to continue, else the exit status. */
 static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
-    enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS };
+    enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
+           OPT_CHAT, OPT_SYSTEM };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -77,6 +115,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
+        { "chat", no_argument, NULL, OPT_CHAT },
+        { "system", required_argument, NULL, OPT_SYSTEM },
         { "help", no_argument, NULL, 'h' },
         MOE_OFFLOAD_LONG_OPTIONS,
         MOE_PREDICTOR_LONG_OPTION,
@@ -145,6 +185,12 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_IGNORE_EOS:
             o->ignore_eos = true;
             break;
+        case OPT_CHAT:
+            o->chat = true;
+            break;
+        case OPT_SYSTEM:
+            o->system = optarg;
+            break;
         case ':':
             fprintf(stderr, "moeflow generate: %s needs a value\n", argv[optind - 1]);
             return 2;
@@ -168,6 +214,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     if (!o->prompt) {
         fprintf(stderr, "moeflow generate: --prompt TEXT is required\n");
         usage(stderr);
+        return 2;
+    }
+    if (o->system && !o->chat) {
+        fprintf(stderr, "moeflow generate: --system goes with --chat (a plain prompt has no messages)\n");
         return 2;
     }
     if (moe_offload_opts_check(&o->off) != MOE_OK) {
@@ -262,7 +312,21 @@ int moe_cmd_generate(int argc, char **argv)
     size_t n_ids = 0;
 
     if (!moe_cli_open_model("generate", o.model_dir, &m, &tok)) goto out;
-    if (moe_tokenizer_encode_prompt(tok, o.prompt, strlen(o.prompt), &ids, &n_ids) != MOE_OK) {
+    enum moe_status est;
+    if (o.chat) {
+        bool templated;
+        char *text = chat_prompt(&o, &templated);
+        if (!text) {
+            fprintf(stderr, "moeflow generate: --chat: %s\n", moe_last_error());
+            goto out;
+        }
+        /* a model's template writes its own special tokens (BOS included) */
+        est = (templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(tok, text, strlen(text), &ids, &n_ids);
+        free(text);
+    } else {
+        est = moe_tokenizer_encode_prompt(tok, o.prompt, strlen(o.prompt), &ids, &n_ids);
+    }
+    if (est != MOE_OK) {
         fprintf(stderr, "moeflow generate: --prompt: %s\n", moe_last_error());
         rc = 2;
         goto out;

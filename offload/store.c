@@ -336,11 +336,23 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         else if (in->dtype != want_in.dtype) st = mismatch(path, "dtype code", (unsigned)in->dtype, (unsigned)want_in.dtype, md);
         else if (in->n_records != want_in.n_records) st = mismatch(path, "records", in->n_records, want_in.n_records, md);
         else if (in->record_bytes != want_in.record_bytes) st = mismatch(path, "record bytes", in->record_bytes, want_in.record_bytes, md);
+        /* the split of a record, not only its sum (which wraps): convert() reads each part where it says */
+        else if (in->gate_bytes != want_in.gate_bytes) st = mismatch(path, "gate bytes", in->gate_bytes, want_in.gate_bytes, md);
+        else if (in->up_bytes != want_in.up_bytes) st = mismatch(path, "up bytes", in->up_bytes, want_in.up_bytes, md);
+        else if (in->down_bytes != want_in.down_bytes) st = mismatch(path, "down bytes", in->down_bytes, want_in.down_bytes, md);
         else if (in->fingerprint != want_in.fingerprint)
             st = moe_errorf(MOE_EFORMAT, "%s: expert store was written for other weights (router "
                             "fingerprint %016llx, the model in %s has %016llx): re-run `moeflow "
                             "pack --model %s`", path, (unsigned long long)in->fingerprint, md,
                             (unsigned long long)want_in.fingerprint, md);
+        if (st) goto out;
+        /* every MoE expert needs its record: the count matches, so a record on a dense layer leaves
+         * an expert without one, which moe_store_find would not find when it is needed */
+        for (int l = 0; l < m->cfg.n_layers && !st; l++)
+            for (int e = 0; m->cfg.is_moe[l] && e < m->cfg.n_experts && !st; e++)
+                if (s->index[(size_t)l * in->n_experts + (size_t)e] < 0)
+                    st = moe_errorf(MOE_EFORMAT, "%s: no record for layer %d expert %d (the table lists a layer "
+                                    "without experts instead): re-run `moeflow pack --model %s`", path, l, e, md);
         if (st) goto out;
     }
 out:

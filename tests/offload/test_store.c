@@ -1,11 +1,14 @@
 /* Expert store: pack round trip for every fixture family, refusal of a store
  * of another model or version, damaged headers, and a record with one flipped
  * byte failing only the requests that need it, with an error naming layer and
- * expert. */
+ * expert.  Headers whose checksum was recomputed after an edit (a buggy
+ * writer's, or a crafted one) are checked field by field: a record split that
+ * wraps to the right sum, a record table listing a layer without experts. */
 #include "../../offload/tiered.h"
 #include "offload_test_common.h"
 
 #include <fcntl.h>
+#include <xxhash.h>
 
 static void flip_byte(const char *path, uint64_t off)
 {
@@ -15,6 +18,27 @@ static void flip_byte(const char *path, uint64_t off)
     REQUIRE(pread(fd, &b, 1, (off_t)off) == 1, "pread");
     b ^= 0x10;
     REQUIRE(pwrite(fd, &b, 1, (off_t)off) == 1, "pwrite");
+    close(fd);
+}
+
+/* Set the n-byte little-endian field at off of the store's header (the
+ * record table included) to v, and recompute the header checksum. */
+static void set_field(const char *path, uint64_t off, int n, uint64_t v)
+{
+    int fd = open(path, O_RDWR);
+    REQUIRE(fd >= 0, "open %s", path);
+    uint8_t fixed[MOE_STORE_FIXED];
+    REQUIRE(pread(fd, fixed, sizeof(fixed), 0) == (ssize_t)sizeof(fixed), "pread");
+    uint32_t hb = (uint32_t)fixed[12] | (uint32_t)fixed[13] << 8 | (uint32_t)fixed[14] << 16 |
+                  (uint32_t)fixed[15] << 24;
+    uint8_t *h = malloc(hb);
+    REQUIRE(h && pread(fd, h, hb, 0) == (ssize_t)hb && off + (uint64_t)n <= hb, "header");
+    for (int i = 0; i < n; i++) h[off + (uint64_t)i] = (uint8_t)(v >> (8 * i));
+    memset(h + 168, 0, 8);
+    uint64_t sum = XXH3_64bits(h, hb);
+    for (int i = 0; i < 8; i++) h[168 + i] = (uint8_t)(sum >> (8 * i));
+    REQUIRE(pwrite(fd, h, hb, 0) == (ssize_t)hb, "pwrite");
+    free(h);
     close(fd);
 }
 
@@ -131,6 +155,41 @@ int main(void)
               (unsigned long long)os.fallbacks, forced);
         moe_provider_destroy(prov);
     }
+
+    /* gate and up bytes that still sum to the record size, modulo 2^64 */
+    snprintf(store, sizeof(store), "%s/s0.moestore", dir);
+    copy_file(store, other);
+    s = moe_store_open(other, mx);
+    REQUIRE(s, "%s", moe_last_error());
+    uint64_t gate = moe_store_get_info(s)->gate_bytes, up = moe_store_get_info(s)->up_bytes;
+    moe_store_close(s);
+    set_field(other, 120, 8, (uint64_t)0 - 4096);
+    set_field(other, 128, 8, up + gate + 4096);
+    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "gate bytes"), "wrapped split accepted: %s",
+          moe_last_error());
+
+    /* The right number of records, one layer's on a layer without experts.  Made by packing the
+     * model with layer 1 taken as dense (its experts are then not stored) and moving layer 3's
+     * records to layer 1. */
+    mx->cfg.is_moe[1] = false;
+    snprintf(other, sizeof(other), "%s/dense1.moestore", dir);
+    REQUIRE(moe_store_pack(mx, other, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+    s = moe_store_open(other, mx);
+    REQUIRE(s, "store of the model with a dense layer: %s", moe_last_error());
+    uint32_t nrec = moe_store_get_info(s)->n_records;
+    moe_store_close(s);
+    for (uint32_t i = 0; i < nrec; i++) {
+        int fd = open(other, O_RDONLY);
+        uint8_t layer[4];
+        REQUIRE(fd >= 0 && pread(fd, layer, 4, MOE_STORE_FIXED + (off_t)i * MOE_STORE_ENTRY) == 4, "read table");
+        close(fd);
+        if (layer[0] == 3)
+            set_field(other, MOE_STORE_FIXED + (uint64_t)i * MOE_STORE_ENTRY, 4, 1);
+    }
+    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "no record for layer 3 expert 0"),
+          "a record table with a dense layer's records accepted: %s", moe_last_error());
+    mx->cfg.is_moe[1] = true;
+
     moe_model_close(mx);
     t_tmp_remove(dir);
     return t_result("test_store");

@@ -170,7 +170,7 @@ static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace *
     enum moe_status st = MOE_OK;
     char *line = NULL;
     size_t line_cap = 0, cap = 0, lineno = 0;
-    bool any_weights = false, all_weights = true;
+    bool any_weights = false, all_weights = true, have_header = false;
     struct moe_trace *t = NULL;
     *out = NULL;
     t = calloc(1, sizeof(*t));
@@ -195,7 +195,8 @@ static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace *
                             o ? "other JSON value" : jerr.text);
             goto out;
         }
-        if (lineno == 1) {
+        if (!have_header) { /* the first line that is not blank */
+            have_header = true;
             st = parse_header(o, path, &t->info);
             json_decref(o);
             if (st) goto out;
@@ -235,7 +236,7 @@ static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace *
         st = moe_errorf(MOE_EIO, "%s:%zu: read failed: %s", path, lineno + 1, strerror(errno));
         goto out;
     }
-    if (lineno == 0) {
+    if (!have_header) {
         st = moe_errorf(MOE_EFORMAT, "%s: empty file, not a routing trace", path);
         goto out;
     }

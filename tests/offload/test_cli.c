@@ -403,7 +403,15 @@ int main(void)
         REQUIRE(moe_trace_load(path, &t) == MOE_OK, "a well-ordered trace refused: %s", moe_last_error());
         CHECK(t->n_tokens == 5 && t->seq[4] == 2 && t->pos[4] == 1, "order.jsonl");
         moe_trace_free(t);
+        /* blank lines are skipped, before the header too: its first non-blank line is the header */
+        write_text(path, "\n\n" HDR "\n" TOK(0, 0) TOK(0, 1));
+        CHECK(moe_trace_load(path, &t) == MOE_OK && t->n_tokens == 2 && t->info.top_k == 2,
+              "blank lines before the header: %s", moe_last_error());
+        moe_trace_free(t);
+        t = NULL;
     }
+    expect_trace_error(dir, "\n\n", "empty");
+    expect_trace_error(dir, "\n{\"seq\":0,\"pos\":0,\"token\":1,\"experts\":[]}\n", "format");
     /* the fuzz corpus holds these malformed cases; each is refused with its line */
     static const char *const bad_seed[][2] = {
         { "seq_jump.jsonl", ":3: \"seq\" = 5" }, { "pos_reset.jsonl", ":4: \"pos\" = 0" },

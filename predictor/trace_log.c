@@ -90,7 +90,9 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         fprintf(stderr, "moeflow sim: --policy '%s' unknown (use lru, lfu, predicted or belady)\n", pol);
         return 2;
     }
-    if (moe_pred_spec_parse(spec_s ? spec_s : "none", ".", &spec)) {
+    if (!spec_s)
+        spec_s = "none";
+    if (moe_pred_spec_parse(spec_s, ".", &spec)) {
         fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
         return 2;
     }

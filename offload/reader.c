@@ -19,6 +19,9 @@ struct moe_reader {
     uint32_t max_io;
     uint32_t fault_every;     /* fault injection: every Nth completion -> -EAGAIN */
     uint64_t n_comp;          /* completions seen (fault injection) */
+    uint32_t fault_submit;    /* fault injection: this submit fails with -ENOMEM */
+    uint64_t n_submit;        /* submits made (fault injection) */
+    char ring_failed[256];    /* why uring_read gave up on the ring (for the fallback's message) */
     bool have_ring;
     struct io_uring ring;
     struct moe_reader_stats st;
@@ -68,6 +71,7 @@ struct moe_reader *moe_reader_open(const char *path, const struct moe_reader_par
     r->qd = qd;
     r->max_io = p->max_io_bytes;
     r->fault_every = p->fault_eagain_every;
+    r->fault_submit = p->fault_submit_at;
     r->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (r->fd >= 0) {
         r->st.direct = true;
@@ -182,12 +186,32 @@ static enum moe_status ensure_scratch(struct moe_reader *r, int n)
     return MOE_OK;
 }
 
-/* io_uring path.  Returns MOE_ENOTSUP when O_DIRECT reads are refused at read
- * time (-EINVAL): the caller falls back and redoes the unfinished reads. */
+/* Wait for n reads in flight on a ring that is being given up: the kernel
+ * writes into the callers' buffers until they complete.  If waiting fails,
+ * tearing the ring down (fall_back) cancels what is left. */
+static void drain_in_flight(struct moe_reader *r, int n)
+{
+    while (n > 0) {
+        struct io_uring_cqe *cqe;
+        int ret = io_uring_wait_cqe(&r->ring, &cqe);
+        if (ret == -EINTR)
+            continue;
+        if (ret < 0)
+            return;
+        io_uring_cqe_seen(&r->ring, cqe);
+        n--;
+    }
+}
+
+/* io_uring path.  Returns MOE_ENOTSUP when the ring cannot do the reads: O_DIRECT
+ * refused at read time (-EINVAL), or a submit failed for another reason than a
+ * full queue or an interruption; r->ring_failed says which.  The caller then
+ * falls back and redoes every read of the batch. */
 static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, int n)
 {
     enum moe_status st;
     if ((st = ensure_scratch(r, n))) return st;
+    uint64_t reads0 = r->st.reads, bytes0 = r->st.bytes; /* a batch given up is counted when redone */
     int head = 0, tail = 0, queued = 0, in_flight = 0;
     bool einval = false;
     for (int i = 0; i < n; i++) {
@@ -217,9 +241,16 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
             io_uring_sqe_set_data64(sqe, (uint64_t)i);
             prepared++;
         }
-        int ret = io_uring_submit_and_wait(&r->ring, 1);
-        if (ret < 0 && ret != -EBUSY && ret != -EINTR && ret != -EAGAIN)
-            return moe_errorf(MOE_EIO, "%s: io_uring_submit failed: %s", r->path, strerror(-ret));
+        int ret = r->fault_submit && ++r->n_submit == r->fault_submit ? -ENOMEM
+                                                                        : io_uring_submit_and_wait(&r->ring, 1);
+        if (ret < 0 && ret != -EBUSY && ret != -EINTR && ret != -EAGAIN) {
+            snprintf(r->ring_failed, sizeof(r->ring_failed), "io_uring_submit failed (%s)", strerror(-ret));
+            drain_in_flight(r, in_flight);
+            for (int i = 0; i < n; i++) r->done[i] = 0;
+            r->st.reads = reads0;
+            r->st.bytes = bytes0;
+            return MOE_ENOTSUP;
+        }
         if (ret == -EBUSY) r->st.cq_full++;
         if (ret == -EINTR || ret == -EAGAIN) r->st.retries++;
         if (ret >= 0) in_flight += ret;
@@ -265,6 +296,9 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
         io_uring_cq_advance(&r->ring, seen);
         if (einval && in_flight == 0) {
             for (int i = 0; i < n; i++) r->done[i] = 0;
+            r->st.reads = reads0;
+            r->st.bytes = bytes0;
+            snprintf(r->ring_failed, sizeof(r->ring_failed), "O_DIRECT reads refused (EINVAL)");
             return MOE_ENOTSUP;
         }
         if (einval) queued = 0; /* drain what is in flight, then fall back */
@@ -279,7 +313,7 @@ enum moe_status moe_reader_read(struct moe_reader *r, struct moe_read *reqs, int
     if (r->have_ring) {
         enum moe_status st = uring_read(r, reqs, n);
         if (st == MOE_ENOTSUP) {
-            fall_back(r, "O_DIRECT reads refused (EINVAL)");
+            fall_back(r, r->ring_failed);
         } else if (st) {
             return st;
         } else {

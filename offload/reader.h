@@ -23,6 +23,9 @@ struct moe_reader_params {
                                  bytes (multiple of 4096) and continued like a short read */
     uint32_t fault_eagain_every; /* testing: every Nth completion (N >= 2) is treated as -EAGAIN
                                     (its bytes discarded and the read resubmitted); 0 = off */
+    uint32_t fault_submit_at; /* testing: the Nth io_uring submit fails with -ENOMEM, as a broken
+                                 ring would (the reads in flight are waited for, the rest are
+                                 done with pread); 0 = off */
 };
 
 struct moe_reader_stats {

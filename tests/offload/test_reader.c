@@ -89,6 +89,8 @@ int main(void)
         snprintf(what, sizeof(what), "%s EAGAIN every 3", bases[b]);
         check_reads(store, &(struct moe_reader_params){ .queue_depth = 8, .max_io_bytes = 16384,
                                                         .fault_eagain_every = 3 }, what, false);
+        snprintf(what, sizeof(what), "%s submit fails", bases[b]); /* after the first: reads in flight */
+        check_reads(store, &(struct moe_reader_params){ .queue_depth = 2, .fault_submit_at = 2 }, what, true);
         snprintf(what, sizeof(what), "%s pread EAGAIN every 2", bases[b]);
         check_reads(store, &(struct moe_reader_params){ .no_io_uring = true, .fault_eagain_every = 2 },
                     what, true);

@@ -24,6 +24,7 @@
 
 #define JJ_MAX_SRC (1u << 20)       /* template bytes */
 #define JJ_MAX_DEPTH 64             /* nesting of blocks and expressions */
+#define JJ_MAX_EVAL_DEPTH 1024      /* expression tree depth evaluated (a+b+...+z chains are left-deep) */
 #define JJ_MAX_STEPS 5000000L       /* evaluation steps per render (test_jinja renders 4096 messages within it) */
 #define JJ_MAX_ARENA (256u << 20)   /* bytes of values per render */
 
@@ -1401,6 +1402,7 @@ struct render {
     long escapes;        /* namespace writes and arena buffer growth: values that outlive a loop iteration */
     long steps;
     int depth;
+    int edepth;          /* eval recursion */
     int flow;            /* 1 break, 2 continue, while unwinding a loop body */
     struct frame *root;  /* the template's variables */
     struct frame *cur;   /* the innermost scope of the statement being run */
@@ -2457,8 +2459,9 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             struct list *l = new_list(r, d->n);
             for (size_t i = 0; i < d->n; i++) {
                 struct val k = { .t = V_STR, .s = d->k[i] };
-                if (name[0] == 'i') {
+                if (name[0] == 'i') { /* (key, value) tuples, as Python prints them */
                     struct list *p = new_list(r, 2);
+                    p->tuple = true;
                     p->v[0] = k;
                     p->v[1] = d->v[i];
                     l->v[i] = (struct val){ .t = V_LIST, .l = p };
@@ -2601,16 +2604,23 @@ static struct val filter(struct render *r, const struct node *n)
             fail_at(&r->f, MOE_EINVAL, line, "replace needs two strings");
         return replace(r, s.s, o, nw, arg_int(r, &a, 2, "count", -1, f, line));
     }
-    if (!strcmp(f, "int")) {
+    if (!strcmp(f, "int")) { /* Jinja2: int(value), else int(float(value)), else the default */
         if (v.t == V_INT || v.t == V_BOOL)
             return vint(inum(&v));
-        if (v.t == V_FLOAT)
-            return vint((int64_t)v.f);
+        double x = v.t == V_FLOAT ? v.f : NAN;
         if (v.t == V_STR) {
+            struct val t = strip(r, v.s, NULL, 3);
             char *e;
-            long long x = strtoll(v.s->p, &e, 10);
-            return e != v.s->p && !*e ? vint(x) : vint(arg_int(r, &a, 0, "default", 0, f, line));
+            errno = 0;
+            long long i = strtoll(t.s->p, &e, 10);
+            if (t.s->n && !*e && !errno)
+                return vint(i);
+            x = t.s->n ? strtod(t.s->p, &e) : NAN;
+            if (*e)
+                x = NAN;
         }
+        if (isfinite(x) && fabs(x) < 0x1p63)
+            return vint((int64_t)x);
         return vint(arg_int(r, &a, 0, "default", 0, f, line));
     }
     if (!strcmp(f, "float")) {
@@ -2872,7 +2882,18 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
     return vint(z);
 }
 
+static struct val eval_node(struct render *r, const struct node *n);
+
 static struct val eval(struct render *r, const struct node *n)
+{
+    if (++r->edepth > JJ_MAX_EVAL_DEPTH)
+        fail_at(&r->f, MOE_ERANGE, n->line, "expression nested deeper than %d", JJ_MAX_EVAL_DEPTH);
+    struct val v = eval_node(r, n);
+    r->edepth--;
+    return v;
+}
+
+static struct val eval_node(struct render *r, const struct node *n)
 {
     step(r, n->line);
     switch (n->k) {

@@ -249,7 +249,8 @@ CASES = [
     ("filters-list", "{{ [3,1,2] | first }} {{ [3,1,2] | last }} {{ [1,2] | join(', ') }} {{ ['a','b'] | join }} "
      "{{ [1,2,2,3,1] | unique | list }} {{ [1,2,3] | sum }} {{ [3,1,2] | min }} {{ [3,1,2] | max }} "
      "{{ [1,2] | reverse | list }} {{ 'ab' | list }} {{ [1,2,3] | count }}", {}),
-    ("filters-num", "{{ '12' | int }} {{ 'x' | int }} {{ 'x' | int(7) }} {{ 3.9 | int }} {{ '2.5' | float }} "
+    ("filters-num", "{{ '12' | int }} {{ 'x' | int }} {{ 'x' | int(7) }} {{ 3.9 | int }} {{ '  12 ' | int }} "
+     "{{ '3.7' | int }} {{ '-4e2' | int }} {{ '' | int(5) }} {{ '2.5' | float }} "
      "{{ -3 | abs }} {{ 2.567 | round(2) }} {{ 2 | float }}", {}),
     ("filters-attr", "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' / ') }}|"
      "{{ messages | rejectattr('role', 'equalto', 'user') | list | length }}|"
@@ -265,7 +266,8 @@ CASES = [
      "{{ 'abc'.endswith(('x', 'bc')) }} {{ 'aaa'.replace('a', 'b', 2) }} {{ 'abc'.upper() }} {{ 'h\u00e9llo'.find('l') }} "
      "{{ 'banana'.count('an') }} {{ 'x'.find('y') }} {{ 'hello world'.title() }}", {}),
     ("dict-methods", "{{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.keys() | list }} "
-     "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}", {"d": {"a": 1, "b": "x"}}),
+     "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}{{ d.items() | list }} "
+     "{{ d | items | list }} {{ d | dictsort }}", {"d": {"b": "x", "a": 1}}),
     # statements
     ("for-loop", "{% for x in [10, 20, 30] %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/"
      "{{ loop.first }}/{{ loop.last }}/{{ loop.length }}/{{ loop.previtem }}/{{ loop.nextitem }}/{{ loop.cycle('a', 'b') }};"

@@ -121,6 +121,16 @@ int main(void)
     check_render_fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", MOE_ERANGE, "output longer");
     check_render_fails("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", MOE_ERANGE, "deeper");
     check_render_fails("{{ 9223372036854775807 + 1 }}", MOE_ERANGE, "overflow");
+    { /* a chain of 20000 operators: a tree deeper than the stack would take, refused while rendering */
+        size_t cap = 20000 * 4 + 16, clen = 0;
+        char *chain = malloc(cap);
+        REQUIRE(chain, "malloc");
+        clen += (size_t)snprintf(chain, cap, "{{ 1");
+        for (int i = 0; i < 20000; i++) clen += (size_t)snprintf(chain + clen, cap - clen, " + 1");
+        snprintf(chain + clen, cap - clen, " }}");
+        check_render_fails(chain, MOE_ERANGE, "nested deeper");
+        free(chain);
+    }
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
 

@@ -76,7 +76,8 @@ static enum moe_status json_get_int(json_t *o, const char *key, long long lo, lo
         return moe_errorf(MOE_EINVAL, "'%s' must be an integer", key);
     if (!isfinite(d) || d != floor(d))
         return moe_errorf(MOE_EINVAL, "'%s' must be an integer, got %.17g", key, d);
-    if (d < (double)lo || d > (double)hi)
+    /* (double)INT64_MAX rounds up to 2^63: a real 2^63 passes d > hi and its cast overflows */
+    if (d < (double)lo || d > (double)hi || (!json_is_integer(v) && d >= 0x1p63))
         return moe_errorf(MOE_ERANGE, "'%s' = %.17g is outside [%lld, %lld]", key, d, lo, hi);
     *out = json_is_integer(v) ? (long long)json_integer_value(v) : (long long)d;
     *present = true;

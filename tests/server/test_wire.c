@@ -148,6 +148,7 @@ static void test_openai(void)
     expect_bad("{\"prompt\":7}", false, "prompt");
     expect_bad("{\"prompt\":[1,-2]}", false, "prompt[1]");
     expect_bad("{\"prompt\":\"x\",\"max_tokens\":-1}", false, "max_tokens");
+    expect_bad("{\"prompt\":\"x\",\"seed\":9.223372036854775807e18}", false, "seed"); /* 2^63 as a real */
     expect_bad("{\"prompt\":\"x\",\"max_tokens\":0}", false, "max_tokens");
     expect_bad("{\"prompt\":\"x\",\"max_tokens\":1e30}", false, "max_tokens");
     expect_bad("{\"prompt\":\"x\",\"max_tokens\":2.5}", false, "max_tokens");

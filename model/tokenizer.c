@@ -1034,8 +1034,8 @@ static enum moe_status parse_decoder(struct moe_tokenizer *t, json_t *root, cons
     for (size_t i = 0; seq && i < json_array_size(seq); i++) {
         json_t *d = json_array_get(seq, i);
         const char *dt = type_of(d);
-        size_t k = next;
-        while (k < 4 && dt && strcmp(dt, order[k]))
+        size_t k = dt ? next : 4; /* a member without a type is no step at all */
+        while (k < 4 && strcmp(dt, order[k]))
             k++;
         json_t *cont = json_object_get(d, "content");
         json_t *ja = json_object_get(d, "start"), *jb = json_object_get(d, "stop");

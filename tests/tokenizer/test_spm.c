@@ -195,6 +195,8 @@ int main(void)
                   "member 1 (Replace)");
     check_refused("spm-legacy.json", "decoder", "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Strip\", "
                   "\"content\": \" \", \"start\": 1, \"stop\": 0}]}", "member 0 (Strip)");
+    check_refused("spm-legacy.json", "decoder", "{\"type\": \"Sequence\", \"decoders\": [{\"content\": \" \"}]}",
+                  "member 0 (no type)");
     check_refused("spm-metaspace.json", "pre_tokenizer", "{\"type\": \"Metaspace\", \"replacement\": \"_\"}",
                   "replacement must be");
     check_refused("spm-metaspace.json", "pre_tokenizer", "{\"type\": \"Metaspace\", \"prepend_scheme\": \"once\"}",

@@ -25,6 +25,7 @@
 #define JJ_MAX_SRC (1u << 20)       /* template bytes */
 #define JJ_MAX_DEPTH 64             /* nesting of blocks and expressions */
 #define JJ_MAX_EVAL_DEPTH 1024      /* expression tree depth evaluated (a+b+...+z chains are left-deep) */
+#define JJ_MAX_VALUE_DEPTH 512      /* nesting of lists and dicts that printing and comparing walk */
 #define JJ_MAX_STEPS 5000000L       /* evaluation steps per render (test_jinja renders 4096 messages within it) */
 #define JJ_MAX_ARENA (256u << 20)   /* bytes of values per render */
 
@@ -1403,6 +1404,7 @@ struct render {
     long steps;
     int depth;
     int edepth;          /* eval recursion */
+    int vdepth;          /* nesting of the value being printed or compared */
     int flow;            /* 1 break, 2 continue, while unwinding a loop body */
     struct frame *root;  /* the template's variables */
     struct frame *cur;   /* the innermost scope of the statement being run */
@@ -1615,7 +1617,17 @@ static int64_t inum(const struct val *v)
     return v->t == V_INT ? v->i : v->b;
 }
 
-static bool equal(const struct val *a, const struct val *b)
+/* One more level of a nested value walked by printing or comparing (a
+ * template can nest a list in itself in a loop): bounded. */
+static void value_enter(struct render *r, int line)
+{
+    if (++r->vdepth > JJ_MAX_VALUE_DEPTH)
+        fail_at(&r->f, MOE_ERANGE, line, "a value nested deeper than %d lists or dicts", JJ_MAX_VALUE_DEPTH);
+}
+
+static bool equal(struct render *r, const struct val *a, const struct val *b);
+
+static bool equal_rec(struct render *r, const struct val *a, const struct val *b)
 {
     if (is_num(a) && is_num(b))
         return (a->t == V_FLOAT || b->t == V_FLOAT) ? num(a) == num(b) : inum(a) == inum(b);
@@ -1628,7 +1640,7 @@ static bool equal(const struct val *a, const struct val *b)
         if (a->l->n != b->l->n || a->l->tuple != b->l->tuple)
             return false;
         for (size_t i = 0; i < a->l->n; i++)
-            if (!equal(&a->l->v[i], &b->l->v[i]))
+            if (!equal(r, &a->l->v[i], &b->l->v[i]))
                 return false;
         return true;
     case V_DICT:
@@ -1638,7 +1650,7 @@ static bool equal(const struct val *a, const struct val *b)
             return false;
         for (size_t i = 0; i < a->d->n; i++) {
             const struct val *o = dict_get(b->d, a->d->k[i]->p, a->d->k[i]->n);
-            if (!o || !equal(&a->d->v[i], o))
+            if (!o || !equal(r, &a->d->v[i], o))
                 return false;
         }
         return true;
@@ -1648,8 +1660,18 @@ static bool equal(const struct val *a, const struct val *b)
     }
 }
 
+static bool equal(struct render *r, const struct val *a, const struct val *b)
+{
+    value_enter(r, 0);
+    bool e = equal_rec(r, a, b);
+    r->vdepth--;
+    return e;
+}
+
 /* a < b for numbers and strings (bytes of UTF-8 order as code points). */
-static int compare(struct render *r, const struct val *a, const struct val *b, int line)
+static int compare(struct render *r, const struct val *a, const struct val *b, int line);
+
+static int compare_rec(struct render *r, const struct val *a, const struct val *b, int line)
 {
     if (is_num(a) && is_num(b)) {
         double x = num(a), y = num(b);
@@ -1662,13 +1684,21 @@ static int compare(struct render *r, const struct val *a, const struct val *b, i
     }
     if (a->t == V_LIST && b->t == V_LIST) {
         for (size_t i = 0; i < a->l->n && i < b->l->n; i++) {
-            if (equal(&a->l->v[i], &b->l->v[i]))
+            if (equal(r, &a->l->v[i], &b->l->v[i]))
                 continue;
             return compare(r, &a->l->v[i], &b->l->v[i], line);
         }
         return a->l->n < b->l->n ? -1 : a->l->n > b->l->n;
     }
     fail_at(&r->f, MOE_EINVAL, line, "cannot order %s and %s", type_name(a), type_name(b));
+}
+
+static int compare(struct render *r, const struct val *a, const struct val *b, int line)
+{
+    value_enter(r, line);
+    int c = compare_rec(r, a, b, line);
+    r->vdepth--;
+    return c;
 }
 
 static void repr(struct render *r, struct buf *b, const struct val *v, int line);
@@ -1781,6 +1811,7 @@ static void to_str(struct render *r, struct buf *b, const struct val *v, int lin
 static void repr(struct render *r, struct buf *b, const struct val *v, int line)
 {
     step(r, line);
+    value_enter(r, line);
     switch (v->t) {
     case V_UNDEF: break;
     case V_NONE: buf_adds(r, b, "None"); break;
@@ -1811,6 +1842,7 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
     case V_FUNC: buf_adds(r, b, "<built-in function>"); break;
     default: buf_adds(r, b, "<macro>"); break;
     }
+    r->vdepth--;
 }
 
 static struct val stringify(struct render *r, const struct val *v, int line)
@@ -1826,6 +1858,8 @@ static struct val stringify(struct render *r, const struct val *v, int line)
 static void to_json(struct render *r, struct buf *b, const struct val *v, int indent, int level, int line)
 {
     step(r, line);
+    if (level > JJ_MAX_VALUE_DEPTH)
+        fail_at(&r->f, MOE_ERANGE, line, "a value nested deeper than %d lists or dicts", JJ_MAX_VALUE_DEPTH);
     switch (v->t) {
     case V_NONE: buf_adds(r, b, "null"); return;
     case V_BOOL: buf_adds(r, b, v->b ? "true" : "false"); return;
@@ -2247,7 +2281,7 @@ static bool contains(struct render *r, const struct val *item, const struct val 
         return item->t == V_STR && dict_get(in->d, item->s->p, item->s->n) != NULL;
     const struct list *l = iter_list(r, in, line);
     for (size_t i = 0; i < l->n; i++)
-        if (equal(item, &l->v[i]))
+        if (equal(r, item, &l->v[i]))
             return true;
     return false;
 }
@@ -2685,7 +2719,7 @@ static struct val filter(struct render *r, const struct node *n)
         l->n = 0;
         for (size_t i = 0; i < src->n; i++) {
             bool seen = false;
-            for (size_t k = 0; k < l->n && !seen; k++) seen = equal(&l->v[k], &src->v[i]);
+            for (size_t k = 0; k < l->n && !seen; k++) seen = equal(r, &l->v[k], &src->v[i]);
             if (!seen)
                 l->v[l->n++] = src->v[i];
         }
@@ -2794,8 +2828,8 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     }
     if (!x)
         fail_at(&r->f, MOE_EINVAL, line, "test %s needs an argument", t);
-    if (!strcmp(t, "eq") || !strcmp(t, "equalto") || !strcmp(t, "sameas")) return equal(v, x);
-    if (!strcmp(t, "ne")) return !equal(v, x);
+    if (!strcmp(t, "eq") || !strcmp(t, "equalto") || !strcmp(t, "sameas")) return equal(r, v, x);
+    if (!strcmp(t, "ne")) return !equal(r, v, x);
     if (!strcmp(t, "lt")) return compare(r, v, x, line) < 0;
     if (!strcmp(t, "le")) return compare(r, v, x, line) <= 0;
     if (!strcmp(t, "gt")) return compare(r, v, x, line) > 0;
@@ -2965,8 +2999,8 @@ static struct val eval_node(struct render *r, const struct node *n)
             struct val b = eval(r, n->args[i]);
             bool ok;
             switch (n->ops[i - 1]) {
-            case C_EQ: ok = equal(&a, &b); break;
-            case C_NE: ok = !equal(&a, &b); break;
+            case C_EQ: ok = equal(r, &a, &b); break;
+            case C_NE: ok = !equal(r, &a, &b); break;
             case C_LT: ok = compare(r, &a, &b, n->line) < 0; break;
             case C_LE: ok = compare(r, &a, &b, n->line) <= 0; break;
             case C_GT: ok = compare(r, &a, &b, n->line) > 0; break;

@@ -131,6 +131,14 @@ int main(void)
         check_render_fails(chain, MOE_ERANGE, "nested deeper");
         free(chain);
     }
+    /* a value nested in itself, 200000 deep: printing, JSON and comparing it are refused, not a crash */
+    static const char *const nest[] = { "{{ ns.x }}", "{{ ns.x | tojson }}", "{{ ns.x == ns.x }}", "{{ ns.x < ns.x }}" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(nest); i++) {
+        char nested[256];
+        snprintf(nested, sizeof(nested), "{%% set ns = namespace(x=1) %%}{%% for i in range(200000) %%}{%% set ns.x = "
+                 "[ns.x] %%}{%% endfor %%}%s", nest[i]);
+        check_render_fails(nested, MOE_ERANGE, "nested deeper");
+    }
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
 

@@ -1148,19 +1148,29 @@ static struct node *parse_else(struct compiler *c, const char *which, const char
     return strcmp(which, "else") ? NULL : parse_until(c, end);
 }
 
+/* if / elif ... / else / endif: an elif is an N_IF in its predecessor's else
+ * slot, built in a loop (a template may chain thousands of them). */
 static struct node *parse_if(struct compiler *c, int line)
 {
-    struct node *n = new_node(c, N_IF, line);
-    n->a = parse_expr(c, true);
-    expect_block_end(c);
     static const char *const ends[] = { "elif", "else", "endif" };
-    const char *which;
-    n->b = parse_body(c, ends, 3, &which);
-    if (!strcmp(which, "elif"))
-        n->c = parse_if(c, peek(c)->line); /* consumes through endif */
-    else
-        n->c = parse_else(c, which, "endif");
-    return n;
+    struct node *first = NULL, *prev = NULL;
+    for (;;) {
+        struct node *n = new_node(c, N_IF, line);
+        n->a = parse_expr(c, true);
+        expect_block_end(c);
+        const char *which;
+        n->b = parse_body(c, ends, 3, &which);
+        if (prev)
+            prev->c = n;
+        else
+            first = n;
+        prev = n;
+        if (strcmp(which, "elif")) {
+            n->c = parse_else(c, which, "endif");
+            return first;
+        }
+        line = peek(c)->line;
+    }
 }
 
 static struct node *parse_for(struct compiler *c, int line)
@@ -3102,14 +3112,21 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         to_str(r, out, &v, n->line);
         break;
     }
-    case N_IF: {
-        struct val c = eval(r, n->a);
-        if (truthy(&c))
-            exec(r, fr, n->b, out);
-        else if (n->c)
-            exec(r, fr, n->c, out);
+    case N_IF: /* the elif chain in a loop: an else that is itself an N_IF is an elif */
+        for (const struct node *x = n;;) {
+            struct val c = eval(r, x->a);
+            if (truthy(&c)) {
+                exec(r, fr, x->b, out);
+            } else if (x->c && x->c->k == N_IF) {
+                x = x->c;
+                step(r, x->line);
+                continue;
+            } else if (x->c) {
+                exec(r, fr, x->c, out);
+            }
+            break;
+        }
         break;
-    }
     case N_FOR: exec_for(r, fr, n, out); break;
     case N_SET:
     case N_SETBLOCK: {

@@ -131,6 +131,22 @@ int main(void)
         check_render_fails(chain, MOE_ERANGE, "nested deeper");
         free(chain);
     }
+    { /* 100000 elifs (1 MB of template): a chain, not a nesting */
+        size_t cap = 100000 * 10 + 64, clen = 0;
+        char *elifs = malloc(cap);
+        REQUIRE(elifs, "malloc");
+        clen += (size_t)snprintf(elifs, cap, "{%%if 0%%}");
+        for (int i = 1; i < 100000; i++) clen += (size_t)snprintf(elifs + clen, cap - clen, "{%%elif 0%%}");
+        snprintf(elifs + clen, cap - clen, "{%%elif 1%%}yes{%%else%%}no{%%endif%%}");
+        struct moe_jinja *t = moe_jinja_compile(elifs, strlen(elifs));
+        char *out = NULL;
+        size_t n = 0;
+        CHECK(t && moe_jinja_render(t, NULL, &out, &n) == MOE_OK && !strcmp(out, "yes"), "elif chain: %s",
+              out ? out : moe_last_error());
+        free(out);
+        moe_jinja_free(t);
+        free(elifs);
+    }
     /* a value nested in itself, 200000 deep: printing, JSON and comparing it are refused, not a crash */
     static const char *const nest[] = { "{{ ns.x }}", "{{ ns.x | tojson }}", "{{ ns.x == ns.x }}", "{{ ns.x < ns.x }}" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(nest); i++) {

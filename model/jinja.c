@@ -1079,28 +1079,28 @@ static struct node *parse_not(struct compiler *c)
     return parse_compare(c);
 }
 
-static struct node *parse_and(struct compiler *c)
+/* operand (word operand)*, left-deep nodes of kind k */
+static struct node *parse_chain(struct compiler *c, const char *word, enum nkind k,
+                                struct node *(*operand)(struct compiler *))
 {
-    struct node *n = parse_not(c);
-    while (is_name(peek(c), "and")) {
-        struct node *m = new_node(c, E_AND, next(c)->line);
+    struct node *n = operand(c);
+    while (is_name(peek(c), word)) {
+        struct node *m = new_node(c, k, next(c)->line);
         m->a = n;
-        m->b = parse_not(c);
+        m->b = operand(c);
         n = m;
     }
     return n;
 }
 
+static struct node *parse_and(struct compiler *c)
+{
+    return parse_chain(c, "and", E_AND, parse_not);
+}
+
 static struct node *parse_or(struct compiler *c)
 {
-    struct node *n = parse_and(c);
-    while (is_name(peek(c), "or")) {
-        struct node *m = new_node(c, E_OR, next(c)->line);
-        m->a = n;
-        m->b = parse_and(c);
-        n = m;
-    }
-    return n;
+    return parse_chain(c, "or", E_OR, parse_and);
 }
 
 /* An expression; with_cond: "a if b else c" allowed (not in a for's iterable). */

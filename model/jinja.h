@@ -13,9 +13,11 @@
  * and string/dict methods (moe_jinja_compile names what it does not support).
  * Printing follows Python: None, True, 1.0, lists as [1, 'a'].
  *
- * Bounds: a template of at most 1 MiB, nesting 64 deep, output of at most
- * MOE_JINJA_MAX_OUTPUT bytes, a bounded number of evaluation steps and of
- * memory per render; past any of them render fails with a message. */
+ * Bounds: a template of at most 1 MiB, blocks and parenthesised expressions
+ * nested 64 deep; per render an expression tree evaluated at most 1024 deep,
+ * values (lists in lists) printed or compared at most 512 deep, output of at
+ * most MOE_JINJA_MAX_OUTPUT bytes, a bounded number of evaluation steps and of
+ * memory; past any of them compile or render fails with a message. */
 #ifndef MOE_JINJA_H
 #define MOE_JINJA_H
 

@@ -890,7 +890,7 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 static const char *const FILTERS[] = {
     "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "int", "items", "join", "last",
     "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round",
-    "safe", "select", "selectattr", "string", "sum", "title", "tojson", "trim", "unique", "upper",
+    "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2479,6 +2479,22 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
                 fail_at(&r->f, MOE_EINVAL, line, "replace() needs two strings");
             return replace(r, s, o, nw, arg_int(r, a, 2, "count", -1, name, line));
         }
+        if (!strcmp(name, "join")) { /* sep.join(strings) */
+            const struct val *it = arg(a, 0, NULL);
+            if (!it)
+                fail_at(&r->f, MOE_EINVAL, line, "join() needs an iterable");
+            const struct list *l = iter_list(r, it, line);
+            struct buf b = { 0 };
+            buf_add(r, &b, "", 0);
+            for (size_t i = 0; i < l->n; i++) {
+                if (l->v[i].t != V_STR)
+                    fail_at(&r->f, MOE_EINVAL, line, "join(): item %zu is a %s, not a string", i, type_name(&l->v[i]));
+                if (i)
+                    buf_add(r, &b, s->p, s->n);
+                buf_add(r, &b, l->v[i].s->p, l->v[i].s->n);
+            }
+            return vbuf(r, &b);
+        }
         if (!strcmp(name, "find") || !strcmp(name, "count")) {
             const struct str *x = arg_str(r, a, 0, NULL, name, line);
             if (!x)
@@ -2625,7 +2641,8 @@ static struct val filter(struct render *r, const struct node *n)
         struct val items = call_method(r, &v, "items", &a, line);
         struct list *l = (struct list *)items.l;
         for (size_t i = 1; i < l->n; i++) /* insertion sort by key */
-            for (size_t j = i; j > 0 && compare(r, &l->v[j - 1].l->v[0], &l->v[j].l->v[0], line) > 0; j--) {
+            for (size_t j = i; j > 0 && (step(r, line), compare(r, &l->v[j - 1].l->v[0], &l->v[j].l->v[0], line) > 0);
+                 j--) {
                 struct val t = l->v[j];
                 l->v[j] = l->v[j - 1];
                 l->v[j - 1] = t;
@@ -2723,13 +2740,43 @@ static struct val filter(struct render *r, const struct node *n)
         }
         return vbuf(r, &b);
     }
+    if (!strcmp(f, "sort")) { /* sort(reverse=false, case_sensitive=false, attribute=none), stable */
+        const struct list *src = iter_list(r, &v, line);
+        const struct val *rv = arg(&a, 0, "reverse");
+        const struct str *attr = arg_str(r, &a, 2, "attribute", f, line);
+        bool rev = rv && truthy(rv);
+        struct list *l = new_list(r, src->n);
+        struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
+        for (size_t i = 0; i < src->n; i++) {
+            l->v[i] = src->v[i];
+            keys[i] = attr ? attr_path(r, &src->v[i], attr) : src->v[i];
+            if (keys[i].t == V_STR) /* case_sensitive=false: compared lowercased */
+                keys[i] = str_case(r, keys[i].s, CASE_LOWER);
+        }
+        for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
+            for (size_t j = i; j > 0; j--) {
+                step(r, line);
+                int c = compare(r, &keys[j - 1], &keys[j], line);
+                if (rev ? c >= 0 : c <= 0)
+                    break;
+                struct val t = l->v[j], k = keys[j];
+                l->v[j] = l->v[j - 1];
+                keys[j] = keys[j - 1];
+                l->v[j - 1] = t;
+                keys[j - 1] = k;
+            }
+        return (struct val){ .t = V_LIST, .l = l };
+    }
     if (!strcmp(f, "unique")) {
         const struct list *src = iter_list(r, &v, line);
         struct list *l = new_list(r, src->n);
         l->n = 0;
         for (size_t i = 0; i < src->n; i++) {
             bool seen = false;
-            for (size_t k = 0; k < l->n && !seen; k++) seen = equal(r, &l->v[k], &src->v[i]);
+            for (size_t k = 0; k < l->n && !seen; k++) {
+                step(r, line);
+                seen = equal(r, &l->v[k], &src->v[i]);
+            }
             if (!seen)
                 l->v[l->n++] = src->v[i];
         }

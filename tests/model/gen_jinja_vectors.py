@@ -265,6 +265,9 @@ CASES = [
      "{{ 'xxabxx'.strip('x') }} {{ '  a '.lstrip() }}| {{ ' a  '.rstrip() }}| {{ 'abc'.startswith('ab') }} "
      "{{ 'abc'.endswith(('x', 'bc')) }} {{ 'aaa'.replace('a', 'b', 2) }} {{ 'abc'.upper() }} {{ 'h\u00e9llo'.find('l') }} "
      "{{ 'banana'.count('an') }} {{ 'x'.find('y') }} {{ 'hello world'.title() }}", {}),
+    ("sort-join", "{{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ [3, 1, 2] | sort(reverse=true) }} "
+     "{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }} {{ ', '.join(['x', 'y', 'z']) }} "
+     "{{ ''.join('abc' | list | reverse) }}", dict(messages=CHAT)),
     ("dict-methods", "{{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.keys() | list }} "
      "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}{{ d.items() | list }} "
      "{{ d | items | list }} {{ d | dictsort }}", {"d": {"b": "x", "a": 1}}),

@@ -3,6 +3,7 @@
 #include "cuda_tier.h"
 
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,7 @@ struct moe_cuda_tier {
     cudaEvent_t *stage_done;       /* [n_stage] recorded on copy after the copies out of the buffer */
     struct moe_cuda_tier_stats st;
     bool poisoned;
+    pthread_mutex_t mu;            /* cache and st: get_stats runs on the server's threads */
 };
 
 /* A sticky error poisons the tier and the backend context it shares (the
@@ -127,7 +129,7 @@ static void unpin_last(struct moe_cuda_tier *t, int n)
     for (int i = 0; i < n && t->n_pins > 0; i++) moe_cache_unpin(t->cache, t->pins[--t->n_pins]);
 }
 
-enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n, const int *ids,
+static enum moe_status acquire_locked(struct moe_cuda_tier *t, int layer, int n, const int *ids,
                                       struct moe_expert_ref *out)
 {
     enum moe_status st = MOE_OK;
@@ -191,7 +193,7 @@ fail:
     return st;
 }
 
-void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
+static void release_locked(struct moe_cuda_tier *t, int layer)
 {
     int keep = 0;
     bool live = !moe_cuda_tier_poisoned(t);
@@ -212,7 +214,7 @@ void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
     t->n_pins = keep;
 }
 
-void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+static void prefetch_locked(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
                             int distance)
 {
     if (moe_cuda_tier_poisoned(t) || layer < 0 || layer >= t->n_layers) return;
@@ -235,9 +237,10 @@ void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int
 /* As the tiered provider's hint: each id of a MoE layer goes to the policy's
  * prediction ranking (moe_cache_predict); ids outside the layer's experts
  * and dense layers are skipped.  Host bookkeeping only: no CUDA call, so no
- * device binding; no lock, since the tier's entries all run on the engine's
- * thread. */
-void moe_cuda_tier_hint(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+ * device binding.  The *_locked functions run under the tier's mutex, taken by
+ * their public wrappers: the entries run on the engine's thread, but the stats
+ * are read from the server's threads (/metrics, ModelInfo). */
+static void hint_locked(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
                         int distance)
 {
     if (!scores || moe_cuda_tier_poisoned(t) || layer < 0 || layer >= t->n_layers) return;
@@ -247,7 +250,36 @@ void moe_cuda_tier_hint(struct moe_cuda_tier *t, int layer, int n, const int *id
             moe_cache_predict(t->cache, layer * t->n_experts + ids[i], scores[i], distance);
 }
 
-enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t)
+enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n, const int *ids,
+                                      struct moe_expert_ref *out)
+{
+    pthread_mutex_lock(&t->mu);
+    enum moe_status st = acquire_locked(t, layer, n, ids, out);
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer)
+{
+    pthread_mutex_lock(&t->mu);
+    release_locked(t, layer);
+    pthread_mutex_unlock(&t->mu);
+}
+void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+                            int distance)
+{
+    pthread_mutex_lock(&t->mu);
+    prefetch_locked(t, layer, n, ids, scores, distance);
+    pthread_mutex_unlock(&t->mu);
+}
+void moe_cuda_tier_hint(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
+                        int distance)
+{
+    pthread_mutex_lock(&t->mu);
+    hint_locked(t, layer, n, ids, scores, distance);
+    pthread_mutex_unlock(&t->mu);
+}
+
+static enum moe_status drain_locked(struct moe_cuda_tier *t)
 {
     enum moe_status st = MOE_OK;
     if (moe_cuda_tier_poisoned(t)) return poisoned_err(t);
@@ -259,9 +291,19 @@ out:
     return st;
 }
 
+enum moe_status moe_cuda_tier_drain(struct moe_cuda_tier *t)
+{
+    pthread_mutex_lock(&t->mu);
+    enum moe_status st = drain_locked(t);
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+
 void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier_stats *out)
 {
     struct moe_cache_stats cs;
+    pthread_mutex_t *mu = (pthread_mutex_t *)&t->mu;
+    pthread_mutex_lock(mu);
     moe_cache_get_stats(t->cache, &cs);
     *out = t->st;
     out->hits = cs.hits;
@@ -274,6 +316,7 @@ void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier
     out->pinned = moe_cache_pinned(t->cache);
     out->resident = 0;
     for (int i = 0; i < t->slots; i++) out->resident += moe_cache_key_at(t->cache, i) >= 0;
+    pthread_mutex_unlock(mu);
 }
 
 bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t)
@@ -312,6 +355,7 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
     free(t->timed);
     free(t->pins);
     free(t->is_moe);
+    pthread_mutex_destroy(&t->mu);
     free(t);
 }
 
@@ -334,6 +378,7 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
         moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory");
         return NULL;
     }
+    pthread_mutex_init(&t->mu, NULL);
     t->c = c;
     t->compute = (cudaStream_t)moe_cuda_ctx_stream(c);
     if ((st = moe_cuda_ctx_bind(c)) != MOE_OK) goto out;

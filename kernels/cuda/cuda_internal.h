@@ -28,8 +28,14 @@ static inline enum moe_status moe_cuda_ctx_note(struct moe_cuda_ctx *c, enum moe
         cudaError_t e = cudaPeekAtLastError();
         /* cuBLAS carries its own copy of the runtime, so a fault it met first may not show in
          * our last error: ask the driver through the stream */
-        if (!moe_cuda_is_sticky(e)) e = cudaStreamQuery(c->stream);
-        if (moe_cuda_is_sticky(e)) c->poisoned = true;
+        if (!moe_cuda_is_sticky(e)) {
+            e = cudaStreamQuery(c->stream);
+            /* the query's own answer (cudaErrorNotReady, an old non-sticky error) must not be
+             * reported against the next launch's cudaGetLastError() */
+            if (moe_cuda_drop_error(e)) c->poisoned = true;
+        } else {
+            c->poisoned = true;
+        }
     }
     return st;
 }

@@ -61,6 +61,28 @@ static void usage(FILE *f)
 enum { O_MODEL = 256, O_TEXT, O_SEQ, O_MAXTOK, O_CAP, O_FRAC, O_POLICY, O_PRED, O_MINSC, O_LINK, O_EB,
        O_LAYER, O_EXPERT, O_THREADS, O_JSON, O_ORACLE, O_NOPF };
 
+/* Say once when what was asked for changes nothing: only the predicted policy
+ * ranks evictions with the predictions; lru and lfu only prefetch them,
+ * belady neither.  After the files load, so that a bad file is the first thing said. */
+static void warn_unused(bool predicts, bool no_prefetch, enum moe_cache_policy policy)
+{
+    const char *pn = moe_cache_policy_name(policy);
+    if (!predicts && no_prefetch)
+        fprintf(stderr, "moeflow replay: warning: --no-prefetch changes nothing with --predictor none (nothing is "
+                        "predicted)\n");
+    else if (predicts && policy == MOE_CACHE_BELADY)
+        fprintf(stderr, "moeflow replay: warning: --policy belady evicts by the true future and prefetches "
+                        "nothing: the predictions are not used (the figures are those of --predictor none)\n");
+    else if (predicts && policy != MOE_CACHE_PREDICTED && no_prefetch)
+        fprintf(stderr, "moeflow replay: warning: --policy %s uses the predictions only to prefetch, which "
+                        "--no-prefetch turns off: they are not used (the figures are those of --predictor none; "
+                        "--policy predicted ranks evictions with them)\n", pn);
+    else if (predicts && policy != MOE_CACHE_PREDICTED)
+        fprintf(stderr, "moeflow replay: warning: --policy %s uses the predictions only to prefetch (scores >= "
+                        "--min-score); it evicts by %s alone (--policy predicted ranks evictions with them)\n",
+                pn, pn);
+}
+
 int moe_cmd_replay(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -186,25 +208,6 @@ int moe_cmd_replay(int argc, char **argv)
         return pst == MOE_EINVAL ? 2 : 1;
     }
 
-    /* say once when what was asked for changes nothing: only the predicted policy ranks evictions
-     * with the predictions; lru and lfu only prefetch them, belady neither */
-    bool predicts = spec.kind != MOE_PRED_NONE || oracle >= 0;
-    const char *pn = moe_cache_policy_name(policy);
-    if (!predicts && no_prefetch)
-        fprintf(stderr, "moeflow replay: warning: --no-prefetch changes nothing with --predictor none (nothing is "
-                        "predicted)\n");
-    else if (predicts && policy == MOE_CACHE_BELADY)
-        fprintf(stderr, "moeflow replay: warning: --policy belady evicts by the true future and prefetches "
-                        "nothing: the predictions are not used (the figures are those of --predictor none)\n");
-    else if (predicts && policy != MOE_CACHE_PREDICTED && no_prefetch)
-        fprintf(stderr, "moeflow replay: warning: --policy %s uses the predictions only to prefetch, which "
-                        "--no-prefetch turns off: they are not used (the figures are those of --predictor none; "
-                        "--policy predicted ranks evictions with them)\n", pn);
-    else if (predicts && policy != MOE_CACHE_PREDICTED)
-        fprintf(stderr, "moeflow replay: warning: --policy %s uses the predictions only to prefetch (scores >= "
-                        "--min-score); it evicts by %s alone (--policy predicted ranks evictions with them)\n",
-                pn, pn);
-
     int rc = 1;
     int *ids = NULL;
     size_t n_ids = 0;
@@ -240,6 +243,7 @@ int moe_cmd_replay(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    warn_unused(spec.kind != MOE_PRED_NONE || oracle >= 0, no_prefetch, policy);
     if (moe_offload_runtime_create(m, &oo, &be, &prov)) {
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         goto out;

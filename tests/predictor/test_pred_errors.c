@@ -55,6 +55,10 @@ static void check_oracle_horizon(void)
               strstr(out, "0..7"),
           "--oracle-horizon 8: %s", out);
     CHECK(run("replay --help") == 0 && strstr(out, "0 <= H <= 7"), "replay --help: %s", out);
+    /* a file that cannot be read is said first, without the warning about what the flags change */
+    CHECK(run("replay --model /nonexistent-model --text x --capacity 8 --policy belady --predictor gate") == 1 &&
+              strstr(out, "/nonexistent-model") && !strstr(out, "warning"),
+          "replay of a missing model: %s", out);
 }
 
 /* f's text with the first `from` replaced by `to` written to g */

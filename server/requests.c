@@ -217,9 +217,10 @@ static enum moe_status check_messages(json_t *msgs)
 
 /* Messages through the model's chat template: each an object with a string
  * role and a string (or null / absent) content; the template sees them as
- * they are, with every other field. */
+ * they are, with every other field, and the request's tools (OpenAI's list of
+ * function definitions) as `tools`, as vLLM passes them. */
 static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *msgs, const struct moe_chat *tmpl,
-                                            json_t *kwargs)
+                                            json_t *kwargs, json_t *tools)
 {
     enum moe_status st = check_messages(msgs);
     if (st)
@@ -234,9 +235,17 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
     }
     if (kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
         return moe_errorf(MOE_EINVAL, "'chat_template_kwargs' must be an object");
+    if (tools && !json_is_null(tools) && !json_is_array(tools))
+        return moe_errorf(MOE_EINVAL, "'tools' must be an array of tool definitions");
+    json_t *extra = json_is_object(kwargs) ? json_deep_copy(kwargs) : json_object();
+    if (!extra || (json_is_array(tools) && json_object_set(extra, "tools", tools))) {
+        json_decref(extra);
+        return moe_errorf(MOE_ENOMEM, "'messages': out of memory");
+    }
     char *text;
     size_t len;
-    st = moe_chat_render(tmpl, msgs, json_is_object(kwargs) ? kwargs : NULL, &text, &len);
+    st = moe_chat_render(tmpl, msgs, extra, &text, &len);
+    json_decref(extra);
     if (st)
         return moe_error_prefix(st == MOE_ENOMEM ? st : MOE_EINVAL, "'messages'");
     st = set_prompt_text(r, text, len, "messages");
@@ -350,7 +359,8 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     }
     if (chat) {
         json_t *msgs = json_object_get(root, "messages");
-        st = tmpl ? render_chat_messages(out, msgs, tmpl, json_object_get(root, "chat_template_kwargs"))
+        st = tmpl ? render_chat_messages(out, msgs, tmpl, json_object_get(root, "chat_template_kwargs"),
+                                         json_object_get(root, "tools"))
                   : parse_chat_messages(out, msgs);
         if (st != MOE_OK)
             goto out;

@@ -28,6 +28,7 @@ TEMPLATE = (
     "{{- '<|' ~ m.role ~ '|>\\n' ~ m.content | trim ~ eos_token ~ '\\n' }}"
     "{%- endfor %}"
     "{%- if greeting is defined %}{{ greeting }}{% endif %}"
+    "{%- if tools %}{{ tools | length }} tools: {{ tools | map(attribute='function') | map(attribute='name') | join(',') }}{% endif %}"
     "{%- if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 
 
@@ -80,6 +81,14 @@ def main():
             check(code == 200 and out["usage"]["prompt_tokens"] ==
                   n_tokens(moeflow, model, want.replace("<|assistant|>", "Hello there<|assistant|>")),
                   "chat_template_kwargs: %d %s" % (code, out))
+            tools = [{"type": "function", "function": {"name": "add", "parameters": {}}},
+                     {"type": "function", "function": {"name": "mul", "parameters": {}}}]
+            code, out = chat(srv, msgs, tools=tools)
+            check(code == 200 and out["usage"]["prompt_tokens"] ==
+                  n_tokens(moeflow, model, want.replace("<|assistant|>", "2 tools: add,mul<|assistant|>")),
+                  "tools: %d %s" % (code, out))
+            code, out = chat(srv, msgs, tools={"add": 1})
+            check(code == 400 and "tools" in out["error"]["message"], "bad tools: %d %s" % (code, out))
             code, out = chat(srv, [{"role": "tool", "content": "42"}])
             check(code == 400 and "role tool is not allowed" in out["error"]["message"],
                   "raise_exception: %d %s" % (code, out))

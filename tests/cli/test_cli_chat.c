@@ -61,10 +61,11 @@ int main(void)
     }
     closedir(d);
     snprintf(dst, sizeof(dst), "%s/tokenizer_config.json", dir);
+    static const char config[] = "{\"bos_token\": \"<|endoftext|>\", \"chat_template\": \"{{ bos_token }}{% for m in "
+                                 "messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}>"
+                                 "{% endif %}\"}";
     FILE *f = fopen(dst, "w");
-    REQUIRE(f && fputs("{\"bos_token\": \"<|endoftext|>\", \"chat_template\": \"{{ bos_token }}{% for m in messages "
-                       "%}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}>{% endif %}\"}", f) >= 0 &&
-                fclose(f) == 0, "write %s", dst);
+    REQUIRE(f && fputs(config, f) >= 0 && fclose(f) == 0, "write %s", dst);
     n = prompt_tokens(dir, "--chat --system S --prompt 'def f'");
     CHECK(n == n_tokens(dir, "<|endoftext|>[system]S[user]def f>"), "template: %d", n);
 

@@ -133,6 +133,31 @@ def main():
             check(r.returncode != 0 and b"--chat-template" in r.stderr and bad.encode() in r.stderr,
                   "bad --chat-template %s: %d %r" % (bad, r.returncode, r.stderr))
 
+        # a Mixtral checkpoint whose tokenizer adds <s> to prompts: a completion prompt gets it once, a
+        # chat prompt through a template that writes {{ bos_token }} itself gets it once too
+        mix = os.path.join(tmp, "mixtral")
+        os.mkdir(mix)
+        fix = os.path.join(os.path.abspath(src), "tests", "fixtures")
+        for f in ("config.json", "generation_config.json", "model.safetensors"):
+            os.symlink(os.path.join(fix, "hf-tiny", "mixtral", f), os.path.join(mix, f))
+        os.symlink(os.path.join(fix, "tokenizer", "spm-tiny.json"), os.path.join(mix, "tokenizer.json"))
+        with open(os.path.join(mix, "tokenizer_config.json"), "w") as f:
+            json.dump({"bos_token": "<s>", "eos_token": "</s>",
+                       "chat_template": "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]"
+                                        "{% endfor %}"}, f)
+        srv = Server(moeflow, "--model", mix)
+        try:
+            code, out = srv.http("/v1/completions", json.dumps({"prompt": "def f", "max_tokens": 1}).encode())
+            want_n = 1 + n_tokens(moeflow, mix, "def f")
+            check(code == 200 and json.loads(out)["usage"]["prompt_tokens"] == want_n,
+                  "completion prompt with <s>: %d %s" % (code, out))
+            code, out = chat(srv, [{"role": "user", "content": "def f"}])
+            want_n = n_tokens(moeflow, mix, "<s>[INST] def f [/INST]")
+            check(code == 200 and out["usage"]["prompt_tokens"] == want_n,
+                  "templated chat prompt with one <s>: %d %s" % (code, out))
+        finally:
+            srv.stop()
+
         # the model's template outside the subset: a warning, and the markers
         shutil.rmtree(os.path.join(tmp, "model"))
         model = model_copy(src, tmp, {"chat_template": "{% include 'other.jinja' %}"})

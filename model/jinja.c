@@ -113,6 +113,8 @@ struct list {
     size_t n;
     struct val *v;
     bool tuple;  /* written (a, b): printed with parentheses */
+    bool gen;    /* made by select, reject, map, unique or reverse, which Jinja2 makes generators:
+                    always true, no length or index, not printable; |list makes it a list */
 };
 
 struct dict {
@@ -333,12 +335,15 @@ static void lex_string(struct compiler *c, size_t *i, size_t end, struct token *
 static const char *const OPS2[] = { "==", "!=", "<=", ">=", "//", "**" };
 static const char OPS1[] = "+-*/%~|.,:()[]{}<>=";
 
+static bool is_op(const struct token *t, const char *op);
+
 /* Tokens of a tag's inside, from *i up to its closing delimiter ("}}" or
  * "%}", possibly with - or + before it); *i ends after the delimiter, *strip
  * says whether it had "-" and *plus whether it had "+". */
 static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *strip, bool *plus)
 {
     size_t end = c->len;
+    int open = 0; /* brackets open: inside them "}}" closes a dict, not the tag (as Jinja2's balancing) */
     *strip = *plus = false;
     for (;;) {
         while (*i < end && is_space(c->src[*i]))
@@ -346,16 +351,20 @@ static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *stri
         if (*i >= end)
             fail_at(&c->f, MOE_EFORMAT, line_of(c, *i), "a tag is not closed by %s", close);
         const char *s = c->src + *i;
-        if ((s[0] == '-' || s[0] == '+') && *i + 2 < end && s[1] == close[0] && s[2] == close[1]) {
+        if (!open && (s[0] == '-' || s[0] == '+') && *i + 2 < end && s[1] == close[0] && s[2] == close[1]) {
             *strip = s[0] == '-';
             *plus = s[0] == '+';
             *i += 3;
             return;
         }
-        if (*i + 1 < end && s[0] == close[0] && s[1] == close[1]) {
+        if (!open && *i + 1 < end && s[0] == close[0] && s[1] == close[1]) {
             *i += 2;
             return;
         }
+        if (s[0] == '(' || s[0] == '[' || s[0] == '{')
+            open++;
+        else if ((s[0] == ')' || s[0] == ']' || s[0] == '}') && open > 0)
+            open--;
         struct token *t = push_tok(c, T_OP, line_of(c, *i));
         if (s[0] == '\'' || s[0] == '"') {
             lex_string(c, i, end, t);
@@ -370,14 +379,16 @@ static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *stri
         } else if (is_digit(s[0])) {
             size_t j = *i;
             bool fl = false;
+            /* after a '.', an index: x.0.1 is x[0][1], not x[0.1] */
+            bool index = c->ntok >= 2 && is_op(&c->tok[c->ntok - 2], ".");
             while (j < end && (is_digit(c->src[j]) || c->src[j] == '_'))
                 j++;
-            if (j + 1 < end && c->src[j] == '.' && is_digit(c->src[j + 1])) {
+            if (!index && j + 1 < end && c->src[j] == '.' && is_digit(c->src[j + 1])) {
                 fl = true;
                 for (j++; j < end && (is_digit(c->src[j]) || c->src[j] == '_');)
                     j++;
             }
-            if (j < end && (c->src[j] == 'e' || c->src[j] == 'E')) {
+            if (!index && j < end && (c->src[j] == 'e' || c->src[j] == 'E')) {
                 size_t k = j + 1;
                 if (k < end && (c->src[k] == '+' || c->src[k] == '-'))
                     k++;
@@ -472,16 +483,21 @@ static bool lex_raw(struct compiler *c, size_t *i, size_t text_start)
     j += 3;
     while (j < c->len && is_space(c->src[j]))
         j++;
+    bool strip_body_start = j < c->len && c->src[j] == '-';
     if (j < c->len && (c->src[j] == '-' || c->src[j] == '+'))
         j++;
     if (c->len - j < 2 || memcmp(c->src + j, "%}", 2))
         return false;
     emit_text(c, text_start, *i, strip_before, !strip_before);
     size_t body = j + 2;
+    if (strip_body_start)
+        while (body < c->len && is_space(c->src[body]))
+            body++;
     for (size_t k = body; (k = next_tag(c, k)) < c->len; k++) {
         size_t e = k + 2;
         if (c->src[k + 1] != '%')
             continue;
+        bool strip_body_end = e < c->len && c->src[e] == '-';
         if (e < c->len && (c->src[e] == '-' || c->src[e] == '+'))
             e++;
         while (e < c->len && is_space(c->src[e]))
@@ -496,10 +512,13 @@ static bool lex_raw(struct compiler *c, size_t *i, size_t text_start)
             e++;
         if (c->len - e < 2 || memcmp(c->src + e, "%}", 2))
             continue;
-        if (k > body) {
+        size_t stop = k;
+        while (strip_body_end && stop > body && is_space(c->src[stop - 1]))
+            stop--;
+        if (stop > body) {
             struct token *t = push_tok(c, T_TEXT, line_of(c, body));
             t->s = c->src + body;
-            t->n = k - body;
+            t->n = stop - body;
         }
         *i = e + 2;
         if (strip_after)
@@ -960,7 +979,9 @@ static struct node *parse_unary(struct compiler *c, bool with_filter)
         n = new_node(c, E_NEG, line);
         n->a = parse_unary(c, false);
     } else if (accept_op(c, "+")) {
-        n = parse_unary(c, false);
+        n = new_node(c, E_NEG, line);
+        n->op = 1; /* +x: a number, as it is */
+        n->a = parse_unary(c, false);
     } else {
         n = parse_postfix(c, parse_primary(c));
     }
@@ -1605,7 +1626,7 @@ static bool truthy(const struct val *v)
     case V_INT: return v->i != 0;
     case V_FLOAT: return v->f != 0;
     case V_STR: return v->s->n > 0;
-    case V_LIST: return v->l->n > 0;
+    case V_LIST: return v->l->gen || v->l->n > 0;
     case V_DICT: return v->d->ns || v->d->n > 0;
     case V_FUNC: case V_MACRO: return true;
     default: return false;
@@ -1647,6 +1668,8 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
     case V_UNDEF: case V_NONE: return true;
     case V_STR: return a->s->n == b->s->n && !memcmp(a->s->p, b->s->p, a->s->n);
     case V_LIST:
+        if (a->l->gen || b->l->gen)
+            return a->l == b->l;
         if (a->l->n != b->l->n || a->l->tuple != b->l->tuple)
             return false;
         for (size_t i = 0; i < a->l->n; i++)
@@ -1823,13 +1846,16 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
     step(r, line);
     value_enter(r, line);
     switch (v->t) {
-    case V_UNDEF: break;
+    case V_UNDEF: buf_adds(r, b, "Undefined"); break; /* inside a printed container, as Python's repr */
     case V_NONE: buf_adds(r, b, "None"); break;
     case V_BOOL: buf_adds(r, b, v->b ? "True" : "False"); break;
     case V_INT: buf_addf(r, b, "%lld", (long long)v->i); break;
     case V_FLOAT: float_repr(r, b, v->f); break;
     case V_STR: str_repr(r, b, v->s); break;
     case V_LIST:
+        if (v->l->gen)
+            fail_at(&r->f, MOE_EINVAL, line, "printing a generator (select, map, unique, reverse): apply |list "
+                    "or |join first");
         buf_adds(r, b, v->l->tuple ? "(" : "[");
         for (size_t i = 0; i < v->l->n; i++) {
             if (i)
@@ -1839,6 +1865,11 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
         buf_adds(r, b, v->l->tuple ? (v->l->n == 1 ? ",)" : ")") : "]");
         break;
     case V_DICT:
+        if (v->d->loop) { /* Jinja2's LoopContext prints its position */
+            const struct val *i = dict_get(v->d, "index", 5), *n = dict_get(v->d, "length", 6);
+            buf_addf(r, b, "<LoopContext %lld/%lld>", (long long)(i ? i->i : 0), (long long)(n ? n->i : 0));
+            break;
+        }
         buf_adds(r, b, v->d->ns ? "<Namespace {" : "{");
         for (size_t i = 0; i < v->d->n; i++) {
             if (i)
@@ -1864,8 +1895,50 @@ static struct val stringify(struct render *r, const struct val *v, int line)
     return vbuf(r, &b);
 }
 
-/* json.dumps(v, ensure_ascii=False, indent=indent) */
-static void to_json(struct render *r, struct buf *b, const struct val *v, int indent, int level, int line)
+/* The options of json.dumps that the tojson filter takes. */
+struct json_opts {
+    const struct str *indent;   /* NULL: one line; else the string per level (an int n: n spaces) */
+    const struct str *item_sep, *key_sep;
+    bool sort_keys, ensure_ascii;
+};
+
+static void json_quote(struct render *r, struct buf *b, const struct str *s, bool ascii)
+{
+    buf_adds(r, b, "\"");
+    for (size_t i = 0; i < s->n;) {
+        unsigned char ch = (unsigned char)s->p[i];
+        uint32_t cp = ch;
+        size_t l = ch < 0x80 ? 1 : moe_utf8_next((const unsigned char *)s->p + i, s->n - i, &cp);
+        if (!l)
+            l = 1;
+        if (ch == '"') buf_adds(r, b, "\\\"");
+        else if (ch == '\\') buf_adds(r, b, "\\\\");
+        else if (ch == '\n') buf_adds(r, b, "\\n");
+        else if (ch == '\r') buf_adds(r, b, "\\r");
+        else if (ch == '\t') buf_adds(r, b, "\\t");
+        else if (ch == '\b') buf_adds(r, b, "\\b");
+        else if (ch == '\f') buf_adds(r, b, "\\f");
+        else if (ch < 0x20 || (ascii && ch == 0x7f)) buf_addf(r, b, "\\u%04x", ch);
+        else if (ascii && ch >= 0x80 && cp >= 0x10000) /* a surrogate pair, as Python writes it */
+            buf_addf(r, b, "\\u%04x\\u%04x", 0xd800 + ((cp - 0x10000) >> 10), 0xdc00 + ((cp - 0x10000) & 0x3ff));
+        else if (ascii && ch >= 0x80) buf_addf(r, b, "\\u%04x", cp);
+        else buf_add(r, b, s->p + i, l);
+        i += l;
+    }
+    buf_adds(r, b, "\"");
+}
+
+static void json_newline(struct render *r, struct buf *b, const struct json_opts *o, int level)
+{
+    buf_adds(r, b, "\n");
+    for (int k = 0; k < level; k++)
+        buf_add(r, b, o->indent->p, o->indent->n);
+}
+
+/* json.dumps(v, ensure_ascii, indent, separators, sort_keys), as the
+ * tojson filter of apply_chat_template calls it. */
+static void to_json(struct render *r, struct buf *b, const struct val *v, const struct json_opts *o, int level,
+                    int line)
 {
     step(r, line);
     if (level > JJ_MAX_VALUE_DEPTH)
@@ -1882,26 +1955,11 @@ static void to_json(struct render *r, struct buf *b, const struct val *v, int in
         else
             float_repr(r, b, v->f);
         return;
-    case V_STR:
-        buf_adds(r, b, "\"");
-        for (size_t i = 0; i < v->s->n; i++) {
-            unsigned char ch = (unsigned char)v->s->p[i];
-            if (ch == '"') buf_adds(r, b, "\\\"");
-            else if (ch == '\\') buf_adds(r, b, "\\\\");
-            else if (ch == '\n') buf_adds(r, b, "\\n");
-            else if (ch == '\r') buf_adds(r, b, "\\r");
-            else if (ch == '\t') buf_adds(r, b, "\\t");
-            else if (ch == '\b') buf_adds(r, b, "\\b");
-            else if (ch == '\f') buf_adds(r, b, "\\f");
-            else if (ch < 0x20) buf_addf(r, b, "\\u%04x", ch);
-            else buf_add(r, b, v->s->p + i, 1);
-        }
-        buf_adds(r, b, "\"");
-        return;
+    case V_STR: json_quote(r, b, v->s, o->ensure_ascii); return;
     case V_LIST:
     case V_DICT: {
         bool list = v->t == V_LIST;
-        if (!list && v->d->ns)
+        if ((!list && v->d->ns) || (list && v->l->gen))
             break;
         size_t n = list ? v->l->n : v->d->n;
         buf_adds(r, b, list ? "[" : "{");
@@ -1909,26 +1967,38 @@ static void to_json(struct render *r, struct buf *b, const struct val *v, int in
             buf_adds(r, b, list ? "]" : "}");
             return;
         }
+        size_t *order = NULL; /* sort_keys: the dict's entries by key */
+        if (!list && o->sort_keys) {
+            order = r_alloc(r, n * sizeof(*order));
+            for (size_t i = 0; i < n; i++) {
+                order[i] = i;
+                for (size_t j = i; j > 0; j--) {
+                    const struct str *x = v->d->k[order[j - 1]], *y = v->d->k[order[j]];
+                    size_t m = x->n < y->n ? x->n : y->n;
+                    int c = memcmp(x->p, y->p, m);
+                    if (c < 0 || (c == 0 && x->n <= y->n))
+                        break;
+                    size_t t = order[j];
+                    order[j] = order[j - 1];
+                    order[j - 1] = t;
+                    step(r, line);
+                }
+            }
+        }
         for (size_t i = 0; i < n; i++) {
+            size_t e = order ? order[i] : i;
             if (i)
-                buf_adds(r, b, indent >= 0 ? "," : ", ");
-            if (indent >= 0) {
-                buf_adds(r, b, "\n");
-                for (int k = 0; k < indent * (level + 1); k++)
-                    buf_adds(r, b, " ");
-            }
+                buf_add(r, b, o->item_sep->p, o->item_sep->n);
+            if (o->indent)
+                json_newline(r, b, o, level + 1);
             if (!list) {
-                struct val k = { .t = V_STR, .s = v->d->k[i] };
-                to_json(r, b, &k, indent, level + 1, line);
-                buf_adds(r, b, ": ");
+                json_quote(r, b, v->d->k[e], o->ensure_ascii);
+                buf_add(r, b, o->key_sep->p, o->key_sep->n);
             }
-            to_json(r, b, list ? &v->l->v[i] : &v->d->v[i], indent, level + 1, line);
+            to_json(r, b, list ? &v->l->v[e] : &v->d->v[e], o, level + 1, line);
         }
-        if (indent >= 0) {
-            buf_adds(r, b, "\n");
-            for (int k = 0; k < indent * level; k++)
-                buf_adds(r, b, " ");
-        }
+        if (o->indent)
+            json_newline(r, b, o, level);
         buf_adds(r, b, list ? "]" : "}");
         return;
     }
@@ -2195,7 +2265,7 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
         const struct val *v = dict_get(obj->d, key->s->p, key->s->n);
         if (v)
             return *v;
-    } else if ((obj->t == V_LIST || obj->t == V_STR) && (key->t == V_INT || key->t == V_BOOL)) {
+    } else if (((obj->t == V_LIST && !obj->l->gen) || obj->t == V_STR) && (key->t == V_INT || key->t == V_BOOL)) {
         int64_t len = obj->t == V_LIST ? (int64_t)obj->l->n : (int64_t)cp_count(obj->s), i = inum(key);
         if (i < 0)
             i += len;
@@ -2226,8 +2296,10 @@ static int64_t slice_index(struct render *r, const struct node *n, int64_t dflt)
 static struct val do_slice(struct render *r, const struct node *n)
 {
     struct val obj = eval(r, n->a);
-    if (obj.t != V_LIST && obj.t != V_STR)
-        fail_at(&r->f, MOE_EINVAL, n->line, "cannot slice a %s", type_name(&obj));
+    if (obj.t == V_UNDEF)
+        undefined_error(r, &obj, n->line);
+    if ((obj.t != V_LIST && obj.t != V_STR) || (obj.t == V_LIST && obj.l->gen))
+        return vundef(NULL); /* as Jinja2's failed subscript */
     int64_t len = obj.t == V_LIST ? (int64_t)obj.l->n : (int64_t)cp_count(obj.s);
     int64_t stepv = slice_index(r, n->d, 1);
     if (stepv == 0)
@@ -2242,6 +2314,7 @@ static struct val do_slice(struct render *r, const struct node *n)
     int64_t cnt = stepv > 0 ? (b > a ? (b - a + stepv - 1) / stepv : 0) : (a > b ? (a - b - stepv - 1) / -stepv : 0);
     if (obj.t == V_LIST) {
         struct list *l = new_list(r, (size_t)cnt);
+        l->tuple = obj.l->tuple;
         for (int64_t k = 0; k < cnt; k++) l->v[k] = obj.l->v[a + k * stepv];
         return (struct val){ .t = V_LIST, .l = l };
     }
@@ -2452,6 +2525,8 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             const struct val *cands = p;
             size_t nc = 1;
             if (p && p->t == V_LIST) {
+                if (!p->l->tuple)
+                    fail_at(&r->f, MOE_EINVAL, line, "%s: the argument must be a string or a tuple of strings", name);
                 cands = p->l->v;
                 nc = p->l->n;
             }
@@ -2574,7 +2649,10 @@ static int64_t length(struct render *r, const struct val *v, int line)
 {
     switch (v->t) {
     case V_STR: return (int64_t)cp_count(v->s);
-    case V_LIST: return (int64_t)v->l->n;
+    case V_LIST:
+        if (v->l->gen)
+            fail_at(&r->f, MOE_EINVAL, line, "a generator has no length (apply |list first)");
+        return (int64_t)v->l->n;
     case V_DICT: return (int64_t)v->d->n;
     case V_UNDEF: return 0;
     default: fail_at(&r->f, MOE_EINVAL, line, "a %s has no length", type_name(v));
@@ -2602,6 +2680,14 @@ static struct val attr_path(struct render *r, const struct val *v, const struct 
     return cur;
 }
 
+static struct val arith(struct render *r, int op, struct val a, struct val b, int line);
+
+/* What sorting, min, max and unique compare: strings lowercased unless case_sensitive. */
+static struct val sort_key(struct render *r, struct val v, bool case_sensitive)
+{
+    return v.t == V_STR && !case_sensitive ? str_case(r, v.s, CASE_LOWER) : v;
+}
+
 static struct val filter(struct render *r, const struct node *n)
 {
     struct val v = eval(r, n->a);
@@ -2611,15 +2697,34 @@ static struct val filter(struct render *r, const struct node *n)
     int line = n->line;
     if (!strcmp(f, "length") || !strcmp(f, "count"))
         return vint(length(r, &v, line));
-    if (!strcmp(f, "safe"))
-        return v;
+    if (!strcmp(f, "safe")) /* Markup(str(value)): a string */
+        return stringify(r, &v, line);
     if (!strcmp(f, "string"))
         return stringify(r, &v, line);
-    if (!strcmp(f, "tojson")) {
+    if (!strcmp(f, "tojson")) { /* tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False) */
+        const struct val *asc = arg(&a, 0, "ensure_ascii"), *ind = arg(&a, 1, "indent");
+        const struct val *sep = arg(&a, 2, "separators"), *sk = arg(&a, 3, "sort_keys");
+        struct json_opts o = { .ensure_ascii = asc && truthy(asc), .sort_keys = sk && truthy(sk) };
+        if (ind && ind->t == V_STR) {
+            o.indent = ind->s;
+        } else if (ind && ind->t != V_NONE) {
+            int64_t k = arg_int(r, &a, 1, "indent", 0, f, line);
+            struct buf sp = { 0 };
+            buf_add(r, &sp, "", 0);
+            for (int64_t i = 0; i < k && i < 64; i++) buf_adds(r, &sp, " ");
+            o.indent = vbuf(r, &sp).s;
+        }
+        o.item_sep = vstr(r, o.indent ? "," : ", ", o.indent ? 1 : 2).s;
+        o.key_sep = vstr(r, ": ", 2).s;
+        if (sep && sep->t != V_NONE) {
+            if (sep->t != V_LIST || sep->l->n != 2 || sep->l->v[0].t != V_STR || sep->l->v[1].t != V_STR)
+                fail_at(&r->f, MOE_EINVAL, line, "tojson: separators must be two strings");
+            o.item_sep = sep->l->v[0].s;
+            o.key_sep = sep->l->v[1].s;
+        }
         struct buf b = { 0 };
         buf_add(r, &b, "", 0);
-        const struct val *ind = arg(&a, 0, "indent");
-        to_json(r, &b, &v, ind && ind->t != V_NONE ? (int)arg_int(r, &a, 0, "indent", 0, f, line) : -1, 0, line);
+        to_json(r, &b, &v, &o, 0, line);
         return vbuf(r, &b);
     }
     if (!strcmp(f, "default") || !strcmp(f, "d")) {
@@ -2635,14 +2740,25 @@ static struct val filter(struct render *r, const struct node *n)
             fail_at(&r->f, MOE_EINVAL, line, "items: a %s is not a mapping", type_name(&v));
         return call_method(r, &v, "items", &a, line);
     }
-    if (!strcmp(f, "dictsort")) {
+    if (!strcmp(f, "dictsort")) { /* dictsort(case_sensitive=False, by='key', reverse=False) */
         if (v.t != V_DICT)
             fail_at(&r->f, MOE_EINVAL, line, "dictsort: a %s is not a mapping", type_name(&v));
-        struct val items = call_method(r, &v, "items", &a, line);
+        const struct val *cs = arg(&a, 0, "case_sensitive"), *rv = arg(&a, 2, "reverse");
+        const struct str *by = arg_str(r, &a, 1, "by", f, line);
+        if (by && strcmp(by->p, "key") && strcmp(by->p, "value"))
+            fail_at(&r->f, MOE_EINVAL, line, "dictsort: by must be 'key' or 'value'");
+        int at = by && by->p[0] == 'v';
+        bool sens = cs && truthy(cs), rev = rv && truthy(rv);
+        struct args none = { 0 };
+        struct val items = call_method(r, &v, "items", &none, line);
         struct list *l = (struct list *)items.l;
-        for (size_t i = 1; i < l->n; i++) /* insertion sort by key */
-            for (size_t j = i; j > 0 && (step(r, line), compare(r, &l->v[j - 1].l->v[0], &l->v[j].l->v[0], line) > 0);
-                 j--) {
+        for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
+            for (size_t j = i; j > 0; j--) {
+                step(r, line);
+                struct val x = sort_key(r, l->v[j - 1].l->v[at], sens), y = sort_key(r, l->v[j].l->v[at], sens);
+                int c = compare(r, &x, &y, line);
+                if (rev ? c >= 0 : c <= 0)
+                    break;
                 struct val t = l->v[j];
                 l->v[j] = l->v[j - 1];
                 l->v[j - 1] = t;
@@ -2665,31 +2781,51 @@ static struct val filter(struct render *r, const struct node *n)
             fail_at(&r->f, MOE_EINVAL, line, "replace needs two strings");
         return replace(r, s.s, o, nw, arg_int(r, &a, 2, "count", -1, f, line));
     }
-    if (!strcmp(f, "int")) { /* Jinja2: int(value), else int(float(value)), else the default */
+    if (!strcmp(f, "int")) { /* int(value, base), else int(float(value)), else the default */
+        if (v.t == V_UNDEF)
+            undefined_error(r, &v, line);
         if (v.t == V_INT || v.t == V_BOOL)
             return vint(inum(&v));
         double x = v.t == V_FLOAT ? v.f : NAN;
         if (v.t == V_STR) {
             struct val t = strip(r, v.s, NULL, 3);
-            char *e;
+            char digits[128], *e;
+            size_t k = 0; /* Python allows an underscore between digits */
+            for (size_t i = 0; i < t.s->n && k + 1 < sizeof(digits); i++)
+                if (t.s->p[i] != '_' || i == 0 || i + 1 == t.s->n)
+                    digits[k++] = t.s->p[i];
+            digits[k] = 0;
+            int64_t base = arg_int(r, &a, 1, "base", 10, f, line);
             errno = 0;
-            long long i = strtoll(t.s->p, &e, 10);
-            if (t.s->n && !*e && !errno)
+            long long i = base >= 2 && base <= 36 ? strtoll(digits, &e, (int)base) : 0;
+            if (base >= 2 && base <= 36 && k && !*e && !errno)
                 return vint(i);
-            x = t.s->n ? strtod(t.s->p, &e) : NAN;
-            if (*e)
+            if (errno == ERANGE)
+                fail_at(&r->f, MOE_ERANGE, line, "int: %.40s is beyond 64 bits", t.s->p);
+            x = k && base == 10 ? strtod(digits, &e) : NAN;
+            if ((k && base == 10 && *e) || strpbrk(digits, "xXpP"))
                 x = NAN;
         }
-        if (isfinite(x) && fabs(x) < 0x1p63)
+        if (isfinite(x) && fabs(x) >= 0x1p63)
+            fail_at(&r->f, MOE_ERANGE, line, "int: %g is beyond 64 bits", x);
+        if (isfinite(x))
             return vint((int64_t)x);
         return vint(arg_int(r, &a, 0, "default", 0, f, line));
     }
-    if (!strcmp(f, "float")) {
+    if (!strcmp(f, "float")) { /* float(value), else the default (0.0) */
+        if (v.t == V_UNDEF)
+            undefined_error(r, &v, line);
         if (is_num(&v))
             return (struct val){ .t = V_FLOAT, .f = num(&v) };
-        char *e;
-        double x = v.t == V_STR ? strtod(v.s->p, &e) : 0;
-        return (struct val){ .t = V_FLOAT, .f = v.t == V_STR && e != v.s->p && !*e ? x : 0.0 };
+        if (v.t == V_STR) {
+            struct val t = strip(r, v.s, NULL, 3);
+            char *e;
+            double x = strtod(t.s->p, &e);
+            if (t.s->n && !*e && !strpbrk(t.s->p, "xXpP"))
+                return (struct val){ .t = V_FLOAT, .f = x };
+        }
+        const struct val *dv = arg(&a, 0, "default");
+        return dv ? *dv : (struct val){ .t = V_FLOAT, .f = 0.0 };
     }
     if (!strcmp(f, "abs")) {
         if (v.t == V_INT || v.t == V_BOOL)
@@ -2698,21 +2834,51 @@ static struct val filter(struct render *r, const struct node *n)
             return (struct val){ .t = V_FLOAT, .f = fabs(v.f) };
         fail_at(&r->f, MOE_EINVAL, line, "abs: a %s is not a number", type_name(&v));
     }
-    if (!strcmp(f, "round")) {
+    if (!strcmp(f, "round")) { /* round(precision=0, method='common'|'ceil'|'floor') */
+        if (v.t == V_UNDEF)
+            undefined_error(r, &v, line);
         if (!is_num(&v))
             fail_at(&r->f, MOE_EINVAL, line, "round: a %s is not a number", type_name(&v));
-        double p = pow(10, (double)arg_int(r, &a, 0, "precision", 0, f, line));
-        return (struct val){ .t = V_FLOAT, .f = round(num(&v) * p) / p };
+        int64_t prec = arg_int(r, &a, 0, "precision", 0, f, line);
+        const struct str *method = arg_str(r, &a, 1, "method", f, line);
+        const char *m = method ? method->p : "common";
+        if (strcmp(m, "common") && strcmp(m, "ceil") && strcmp(m, "floor"))
+            fail_at(&r->f, MOE_EINVAL, line, "round: method must be common, ceil or floor");
+        if (prec < -300 || prec > 300)
+            fail_at(&r->f, MOE_EINVAL, line, "round: precision %lld is out of range", (long long)prec);
+        if (!strcmp(m, "common")) {
+            if (v.t != V_FLOAT && prec >= 0) /* Python's round of an int is the int */
+                return vint(inum(&v));
+            if (prec >= 0 && isfinite(num(&v))) { /* correctly rounded, halves to even, as Python */
+                char tmp[400];
+                snprintf(tmp, sizeof(tmp), "%.*f", (int)prec, num(&v));
+                return (struct val){ .t = V_FLOAT, .f = strtod(tmp, NULL) };
+            }
+            double p = pow(10, (double)prec);
+            double y = nearbyint(num(&v) * p) / p;
+            return v.t == V_FLOAT ? (struct val){ .t = V_FLOAT, .f = y } : vint((int64_t)y);
+        }
+        double p = pow(10, (double)prec), y = num(&v) * p;
+        return (struct val){ .t = V_FLOAT, .f = (m[0] == 'c' ? ceil(y) : floor(y)) / p };
     }
     /* the rest work on sequences */
     if (!strcmp(f, "first") || !strcmp(f, "last")) {
+        if (f[0] == 'l' && v.t == V_LIST && v.l->gen)
+            fail_at(&r->f, MOE_EINVAL, line, "last: a generator cannot be reversed (apply |list first)");
         const struct list *l = iter_list(r, &v, line);
         if (!l->n)
             return vundef(NULL);
         return l->v[f[0] == 'f' ? 0 : l->n - 1];
     }
-    if (!strcmp(f, "list"))
-        return (struct val){ .t = V_LIST, .l = iter_list(r, &v, line) };
+    if (!strcmp(f, "list")) {
+        const struct list *src = iter_list(r, &v, line);
+        if (!src->gen && !src->tuple)
+            return (struct val){ .t = V_LIST, .l = src };
+        struct list *l = new_list(r, src->n);
+        if (src->n)
+            memcpy(l->v, src->v, src->n * sizeof(*l->v));
+        return (struct val){ .t = V_LIST, .l = l };
+    }
     if (!strcmp(f, "reverse")) {
         if (v.t == V_STR) {
             struct list *l = iter_list(r, &v, line);
@@ -2723,6 +2889,7 @@ static struct val filter(struct render *r, const struct node *n)
         }
         const struct list *src = iter_list(r, &v, line);
         struct list *l = new_list(r, src->n);
+        l->gen = true; /* reversed() */
         for (size_t i = 0; i < src->n; i++) l->v[i] = src->v[src->n - 1 - i];
         return (struct val){ .t = V_LIST, .l = l };
     }
@@ -2742,16 +2909,14 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "sort")) { /* sort(reverse=false, case_sensitive=false, attribute=none), stable */
         const struct list *src = iter_list(r, &v, line);
-        const struct val *rv = arg(&a, 0, "reverse");
+        const struct val *rv = arg(&a, 0, "reverse"), *cs = arg(&a, 1, "case_sensitive");
         const struct str *attr = arg_str(r, &a, 2, "attribute", f, line);
-        bool rev = rv && truthy(rv);
+        bool rev = rv && truthy(rv), sens = cs && truthy(cs);
         struct list *l = new_list(r, src->n);
         struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
         for (size_t i = 0; i < src->n; i++) {
             l->v[i] = src->v[i];
-            keys[i] = attr ? attr_path(r, &src->v[i], attr) : src->v[i];
-            if (keys[i].t == V_STR) /* case_sensitive=false: compared lowercased */
-                keys[i] = str_case(r, keys[i].s, CASE_LOWER);
+            keys[i] = sort_key(r, attr ? attr_path(r, &src->v[i], attr) : src->v[i], sens);
         }
         for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
             for (size_t j = i; j > 0; j--) {
@@ -2767,42 +2932,53 @@ static struct val filter(struct render *r, const struct node *n)
             }
         return (struct val){ .t = V_LIST, .l = l };
     }
-    if (!strcmp(f, "unique")) {
+    if (!strcmp(f, "unique")) { /* unique(case_sensitive=False, attribute=None): a generator */
         const struct list *src = iter_list(r, &v, line);
+        const struct val *cs = arg(&a, 0, "case_sensitive");
+        const struct str *attr = arg_str(r, &a, 1, "attribute", f, line);
+        bool sens = cs && truthy(cs);
         struct list *l = new_list(r, src->n);
+        struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
         l->n = 0;
+        l->gen = true;
         for (size_t i = 0; i < src->n; i++) {
+            struct val k = sort_key(r, attr ? attr_path(r, &src->v[i], attr) : src->v[i], sens);
             bool seen = false;
-            for (size_t k = 0; k < l->n && !seen; k++) {
+            for (size_t j = 0; j < l->n && !seen; j++) {
                 step(r, line);
-                seen = equal(r, &l->v[k], &src->v[i]);
+                seen = equal(r, &keys[j], &k);
             }
-            if (!seen)
+            if (!seen) {
+                keys[l->n] = k;
                 l->v[l->n++] = src->v[i];
+            }
         }
         return (struct val){ .t = V_LIST, .l = l };
     }
     if (!strcmp(f, "sum") || !strcmp(f, "min") || !strcmp(f, "max")) {
         const struct list *l = iter_list(r, &v, line);
-        if (f[1] == 'u') {
-            struct val acc = vint(0);
-            for (size_t i = 0; i < l->n; i++) {
-                if (!is_num(&l->v[i]))
-                    fail_at(&r->f, MOE_EINVAL, line, "sum: a %s is not a number", type_name(&l->v[i]));
-                if (acc.t == V_FLOAT || l->v[i].t == V_FLOAT)
-                    acc = (struct val){ .t = V_FLOAT, .f = num(&acc) + num(&l->v[i]) };
-                else if (__builtin_add_overflow(acc.i, inum(&l->v[i]), &acc.i))
-                    fail_at(&r->f, MOE_ERANGE, line, "integer overflow");
-            }
+        if (f[1] == 'u') { /* sum(attribute=None, start=0) */
+            const struct str *attr = arg_str(r, &a, 0, "attribute", f, line);
+            const struct val *start = arg(&a, 1, "start");
+            struct val acc = start ? *start : vint(0);
+            for (size_t i = 0; i < l->n; i++)
+                acc = arith(r, OP_ADD, acc, attr ? attr_path(r, &l->v[i], attr) : l->v[i], line);
             return acc;
         }
-        if (!l->n)
+        if (!l->n) /* min/max(case_sensitive=False, attribute=None) */
             return vundef(NULL);
+        const struct val *cs = arg(&a, 0, "case_sensitive");
+        const struct str *attr = arg_str(r, &a, 1, "attribute", f, line);
+        bool sens = cs && truthy(cs);
         size_t best = 0;
+        struct val bk = sort_key(r, attr ? attr_path(r, &l->v[0], attr) : l->v[0], sens);
         for (size_t i = 1; i < l->n; i++) {
-            int c = compare(r, &l->v[i], &l->v[best], line);
-            if (f[1] == 'i' ? c < 0 : c > 0)
+            struct val k = sort_key(r, attr ? attr_path(r, &l->v[i], attr) : l->v[i], sens);
+            int c = compare(r, &k, &bk, line);
+            if (f[1] == 'i' ? c < 0 : c > 0) {
                 best = i;
+                bk = k;
+            }
         }
         return l->v[best];
     }
@@ -2831,6 +3007,7 @@ static struct val filter(struct render *r, const struct node *n)
                 lit.lit = src->v[i];
                 l->v[l->n++] = filter(r, &fake);
             }
+            l->gen = true;
             return (struct val){ .t = V_LIST, .l = l };
         }
         struct args targs = { 0 };
@@ -2845,6 +3022,7 @@ static struct val filter(struct render *r, const struct node *n)
             if (ok == sel)
                 l->v[l->n++] = src->v[i];
         }
+        l->gen = true;
         return (struct val){ .t = V_LIST, .l = l };
     }
     fail_at(&r->f, MOE_ENOTSUP, line, "filter '%s' is not supported", f);
@@ -2864,28 +3042,40 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     if (!strcmp(t, "number")) return is_num(v);
     if (!strcmp(t, "string")) return v->t == V_STR;
     if (!strcmp(t, "mapping")) return v->t == V_DICT;
-    if (!strcmp(t, "iterable")) return v->t == V_LIST || v->t == V_STR || (v->t == V_DICT && !v->d->ns);
-    if (!strcmp(t, "sequence")) return v->t == V_LIST || v->t == V_STR || (v->t == V_DICT && !v->d->ns);
-    if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO;
+    /* Jinja2's Undefined iterates (as nothing), has a length (0) and can be called (it raises) */
+    if (!strcmp(t, "iterable"))
+        return v->t == V_LIST || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
+    if (!strcmp(t, "sequence"))
+        return (v->t == V_LIST && !v->l->gen) || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
+    if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO || v->t == V_UNDEF;
     if (!strcmp(t, "escaped")) return false;
     if (!strcmp(t, "lower") || !strcmp(t, "upper")) {
         if (v->t != V_STR)
             return false;
         struct val c = str_case(r, v->s, t[0] == 'l' ? CASE_LOWER : CASE_UPPER);
-        return c.s->n == v->s->n && !memcmp(c.s->p, v->s->p, c.s->n);
+        bool cased = false; /* str.islower/isupper: at least one cased character */
+        uint32_t cp;
+        for (size_t i = 0, l; i < v->s->n && !cased; i += l ? l : 1)
+            cased = (l = moe_utf8_next((const unsigned char *)v->s->p + i, v->s->n - i, &cp)) && is_cased(cp);
+        return cased && c.s->n == v->s->n && !memcmp(c.s->p, v->s->p, c.s->n);
     }
     if (!strcmp(t, "odd") || !strcmp(t, "even") || !strcmp(t, "divisibleby")) {
-        if (v->t != V_INT && v->t != V_BOOL)
-            fail_at(&r->f, MOE_EINVAL, line, "test %s: a %s is not an integer", t, type_name(v));
+        if (!is_num(v))
+            fail_at(&r->f, MOE_EINVAL, line, "test %s: a %s is not a number", t, type_name(v));
         int64_t d = t[0] == 'd' ? arg_int(r, a, 0, "num", 1, t, line) : 2;
         if (!d)
             fail_at(&r->f, MOE_EINVAL, line, "divisibleby 0");
-        int64_t m = inum(v) % d;
-        return t[0] == 'o' ? m != 0 : m == 0;
+        bool zero = v->t == V_FLOAT ? fmod(v->f, (double)d) == 0 : inum(v) % d == 0;
+        return t[0] == 'o' ? !zero : zero;
     }
     if (!x)
         fail_at(&r->f, MOE_EINVAL, line, "test %s needs an argument", t);
-    if (!strcmp(t, "eq") || !strcmp(t, "equalto") || !strcmp(t, "sameas")) return equal(r, v, x);
+    if (!strcmp(t, "sameas")) /* Python's `is`: the same object; equal scalars of one type count as that */
+        return v->t != x->t ? false
+             : v->t == V_LIST ? v->l == x->l
+             : v->t == V_DICT ? v->d == x->d
+             : equal(r, v, x);
+    if (!strcmp(t, "eq") || !strcmp(t, "equalto")) return equal(r, v, x);
     if (!strcmp(t, "ne")) return !equal(r, v, x);
     if (!strcmp(t, "lt")) return compare(r, v, x, line) < 0;
     if (!strcmp(t, "le")) return compare(r, v, x, line) <= 0;
@@ -2914,8 +3104,12 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         buf_add(r, &o, b.s->p, b.s->n);
         return vbuf(r, &o);
     }
-    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST) {
+    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.l->gen && !b.l->gen) {
+        if (a.l->tuple != b.l->tuple)
+            fail_at(&r->f, MOE_EINVAL, line, "can only concatenate a %s to a %s", a.l->tuple ? "tuple" : "list",
+                    a.l->tuple ? "tuple" : "list");
         struct list *l = new_list(r, a.l->n + b.l->n);
+        l->tuple = a.l->tuple;
         for (size_t i = 0; i < a.l->n; i++) l->v[i] = a.l->v[i];
         for (size_t i = 0; i < b.l->n; i++) l->v[a.l->n + i] = b.l->v[i];
         return (struct val){ .t = V_LIST, .l = l };
@@ -2926,9 +3120,23 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         int64_t k = a.t == V_STR ? inum(&b) : inum(&a);
         struct buf o = { 0 };
         buf_add(r, &o, "", 0);
-        for (int64_t i = 0; i < k; i++) buf_add(r, &o, s->p, s->n);
+        for (int64_t i = 0; s->n && i < k; i++) buf_add(r, &o, s->p, s->n); /* the output bound stops it */
         return vbuf(r, &o);
     }
+    if (op == OP_MUL && ((a.t == V_LIST && bi && !a.l->gen) || (b.t == V_LIST && ai && !b.l->gen))) {
+        const struct list *src = a.t == V_LIST ? a.l : b.l;
+        int64_t k = a.t == V_LIST ? inum(&b) : inum(&a);
+        if (k < 0 || !src->n)
+            k = 0;
+        if (k && (uint64_t)k * src->n > 1000000)
+            fail_at(&r->f, MOE_ERANGE, line, "a list of %llu items is too long", (unsigned long long)k * src->n);
+        struct list *l = new_list(r, (size_t)k * src->n);
+        l->tuple = src->tuple;
+        for (size_t i = 0; i < l->n; i++) l->v[i] = src->v[i % src->n];
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    if (op == OP_MOD && a.t == V_STR)
+        fail_at(&r->f, MOE_ENOTSUP, line, "string %% formatting is not supported (build the text with ~)");
     if (!is_num(&a) || !is_num(&b))
         fail_at(&r->f, MOE_EINVAL, line, "unsupported operand types %s and %s", type_name(&a), type_name(&b));
     bool fl = a.t == V_FLOAT || b.t == V_FLOAT || op == OP_DIV;
@@ -2940,11 +3148,17 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         case OP_ADD: z = x + y; break;
         case OP_SUB: z = x - y; break;
         case OP_MUL: z = x * y; break;
-        case OP_POW: z = pow(x, y); break;
+        case OP_POW:
+            if (x == 0 && y < 0)
+                fail_at(&r->f, MOE_EINVAL, line, "0 cannot be raised to a negative power");
+            z = pow(x, y);
+            break;
         default:
             if (y == 0)
                 fail_at(&r->f, MOE_EINVAL, line, "division by zero");
             z = op == OP_DIV ? x / y : op == OP_FLOORDIV ? floor(x / y) : x - y * floor(x / y);
+            if (op == OP_MOD && z == 0)
+                z = copysign(0.0, y); /* Python: a zero remainder has the divisor's sign */
         }
         return (struct val){ .t = V_FLOAT, .f = z };
     }
@@ -2954,10 +3168,17 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
     case OP_ADD: ovf = __builtin_add_overflow(x, y, &z); break;
     case OP_SUB: ovf = __builtin_sub_overflow(x, y, &z); break;
     case OP_MUL: ovf = __builtin_mul_overflow(x, y, &z); break;
-    case OP_POW:
-        z = 1;
-        for (int64_t k = 0; k < y && !ovf; k++) ovf = __builtin_mul_overflow(z, x, &z);
+    case OP_POW: { /* y >= 0 here; |x| >= 2 overflows within 63 factors */
+        int64_t p = 1;
+        if (x == 0 && y > 0)
+            p = 0;
+        else if (x == -1)
+            p = y % 2 ? -1 : 1;
+        else if (x != 1)
+            for (int64_t k = 0; k < y && !ovf; k++) ovf = __builtin_mul_overflow(p, x, &p);
+        z = p;
         break;
+    }
     default:
         if (y == 0)
             fail_at(&r->f, MOE_EINVAL, line, "division by zero");
@@ -3011,13 +3232,13 @@ static struct val eval_node(struct render *r, const struct node *n)
         struct val v = eval(r, n->a);
         return vbool(!truthy(&v));
     }
-    case E_NEG: {
+    case E_NEG: { /* op 1: unary plus */
         struct val v = eval(r, n->a);
         if (v.t == V_FLOAT)
-            return (struct val){ .t = V_FLOAT, .f = -v.f };
-        if ((v.t != V_INT && v.t != V_BOOL) || inum(&v) == INT64_MIN)
-            fail_at(&r->f, MOE_EINVAL, n->line, "cannot negate a %s", type_name(&v));
-        return vint(-inum(&v));
+            return (struct val){ .t = V_FLOAT, .f = n->op ? v.f : -v.f };
+        if ((v.t != V_INT && v.t != V_BOOL) || (!n->op && inum(&v) == INT64_MIN))
+            fail_at(&r->f, MOE_EINVAL, n->line, "bad operand type for unary %c: %s", n->op ? '+' : '-', type_name(&v));
+        return vint(n->op ? inum(&v) : -inum(&v));
     }
     case E_BIN: return arith(r, n->op, eval(r, n->a), eval(r, n->b), n->line);
     case E_AND: {
@@ -3096,11 +3317,7 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         }
         items = kept;
     }
-    if (!items->n) {
-        if (n->c)
-            exec(r, fr, n->c, out);
-        return;
-    }
+    bool finished = false; /* a body ran to its end (not left by break or continue): else is skipped */
     static const char *const names[LOOP_KEYS] = { "index", "index0", "revindex", "revindex0", "first", "last",
                                                   "length", "depth", "depth0", "previtem", "nextitem" };
     const struct str **loop_keys = r_alloc(r, sizeof(*loop_keys) * LOOP_KEYS);
@@ -3136,12 +3353,15 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         exec(r, &it_fr, n->b, out);
         if (r->escapes == escapes) /* nothing made in this iteration is reachable any more */
             arena_release(&r->arena, mark);
+        finished |= r->flow == 0;
         if (r->flow == 1) {
             r->flow = 0;
             break;
         }
         r->flow = 0;
     }
+    if (!finished && n->c) /* as Jinja2: else also when every body was left early */
+        exec(r, fr, n->c, out);
 }
 
 static void exec(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
@@ -3180,10 +3400,11 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         struct val v;
         if (n->k == N_SET) {
             v = eval(r, n->a);
-        } else {
+        } else { /* the block's own sets stay inside it, as in Jinja2 */
             struct buf b = { 0 };
+            struct frame inner = { .up = fr };
             buf_add(r, &b, "", 0);
-            exec(r, fr, n->b, &b);
+            exec(r, &inner, n->b, &b);
             v = vbuf(r, &b);
         }
         if (n->name2) {

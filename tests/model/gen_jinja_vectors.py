@@ -268,6 +268,29 @@ CASES = [
     ("sort-join", "{{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ [3, 1, 2] | sort(reverse=true) }} "
      "{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }} {{ ', '.join(['x', 'y', 'z']) }} "
      "{{ ''.join('abc' | list | reverse) }}", dict(messages=CHAT)),
+    # behaviours checked against Jinja2 by differential testing
+    ("tojson-options", "{{ x|tojson(separators=(',', ':')) }}|{{ x|tojson(sort_keys=true) }}|"
+     "{{ 'é😀'|tojson(ensure_ascii=true) }}|{{ x|tojson(indent='  ') }}|{{ x|tojson(indent=0) }}|"
+     "{{ {'n': {'m': [1]}}|tojson }}", {"x": {"b": 1, "a": [1, 2]}}),
+    ("generators", "{% if messages|selectattr('role', 'equalto', 'system') %}Y{% else %}N{% endif %}|"
+     "{{ (messages|selectattr('role', 'equalto', 'user'))[0] }}|{{ messages|map(attribute='role')|first }}|"
+     "{{ [3, 1]|reverse|list }}", {"messages": [{"role": "user", "content": "x"}]}),
+    ("case-insensitive", "{{ d|dictsort }} {{ d|dictsort(by='value', reverse=true) }} {{ l|max }} {{ l|min }} "
+     "{{ l|max(case_sensitive=true) }} {{ ['a', 'A']|unique|list }} {{ ['b', 'A']|sort(case_sensitive=true) }}",
+     {"d": {"a": 1, "B": 2}, "l": ["a", "B"]}),
+    ("numeric-filters", "{{ 'abc'|float(5) }} {{ []|sum(start=1) }} {{ m|sum(attribute='n') }} "
+     "{{ 2.567|round(1, 'floor') }} {{ 2.561|round(1, 'ceil') }} {{ 3|round }} {{ 2.5|round }} {{ 3.5|round }} "
+     "{{ 2.675|round(2) }} {{ 'ff'|int(base=16) }} {{ '1_000'|int }}", {"m": [{"n": 1}, {"n": 2.5}]}),
+    ("for-else-break", "{% for x in l %}{% break %}{% else %}E{% endfor %}|{% for x in l %}{% continue %}"
+     "{% else %}E{% endfor %}|{% for x in l %}{% if x > 1 %}{% continue %}{% endif %}{{ x }}{% else %}E{% endfor %}",
+     {"l": [1, 2]}),
+    ("python-ops", "{{ [1]*2 }} {{ 2*[1] }} {{ (1,)*2 }} {{ +true }} {{ +2.5 }} {{ 1 % -0.5 }} {{ ()[:] }} "
+     "{{ 2.0 is even }} {{ 1 is sameas true }} {{ true is sameas true }} {{ '' is lower }} {{ 'a1' is lower }} "
+     "{{ u is sequence }} {{ u is iterable }} {{ ((1, 2),).0.1 }} {{ 11[:2] }}", {}),
+    ("printing", "{{ (u, [1, u]) }} {% for x in [7, 8] %}{{ loop }}{% endfor %} {{ not ({}|safe) }} "
+     "{{ [1]|safe }}", {}),
+    ("set-block-scope", "{% set k %}{% set acc = 4 %}in{% endset %}[{{ acc }}{{ k }}]", {}),
+    ("raw-trim", "a {% raw -%}  {{x}}  {%- endraw %} b", {}),
     ("dict-methods", "{{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.keys() | list }} "
      "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}{{ d.items() | list }} "
      "{{ d | items | list }} {{ d | dictsort }}", {"d": {"b": "x", "a": 1}}),

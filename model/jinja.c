@@ -468,49 +468,48 @@ static void emit_text(struct compiler *c, size_t a, size_t b, bool strip, bool l
     }
 }
 
-/* {% raw %} at i (the "{%"): whether it is one; if so its text up to
- * {% endraw %} is emitted verbatim and *i moves past the end tag. */
-static bool lex_raw(struct compiler *c, size_t *i, size_t text_start)
+/* The block tag at i (its "{%") holds just the word `name`: then true, with
+ * whether it has "-" after its "{%" and before its "%}", and *end after it. */
+static bool bare_tag(const struct compiler *c, size_t i, const char *name, bool *strip_open, bool *strip_close,
+                     size_t *end)
 {
-    size_t j = *i + 2;
-    bool strip_before = j < c->len && c->src[j] == '-';
+    size_t j = i + 2, n = strlen(name);
+    if (c->src[i + 1] != '%')
+        return false;
+    *strip_open = j < c->len && c->src[j] == '-';
     if (j < c->len && (c->src[j] == '-' || c->src[j] == '+'))
         j++;
     while (j < c->len && is_space(c->src[j]))
         j++;
-    if (c->len - j < 3 || memcmp(c->src + j, "raw", 3) || (j + 3 < c->len && is_name_start(c->src[j + 3])))
+    if (c->len - j < n || memcmp(c->src + j, name, n) ||
+        (j + n < c->len && (is_name_start(c->src[j + n]) || is_digit(c->src[j + n]))))
         return false;
-    j += 3;
+    j += n;
     while (j < c->len && is_space(c->src[j]))
         j++;
-    bool strip_body_start = j < c->len && c->src[j] == '-';
+    *strip_close = j < c->len && c->src[j] == '-';
     if (j < c->len && (c->src[j] == '-' || c->src[j] == '+'))
         j++;
     if (c->len - j < 2 || memcmp(c->src + j, "%}", 2))
         return false;
+    *end = j + 2;
+    return true;
+}
+
+/* {% raw %} at i (the "{%"): whether it is one; if so its text up to
+ * {% endraw %} is emitted verbatim and *i moves past the end tag. */
+static bool lex_raw(struct compiler *c, size_t *i, size_t text_start)
+{
+    bool strip_before, strip_body_start, strip_body_end, strip_after;
+    size_t body, e;
+    if (!bare_tag(c, *i, "raw", &strip_before, &strip_body_start, &body))
+        return false;
     emit_text(c, text_start, *i, strip_before, !strip_before);
-    size_t body = j + 2;
     if (strip_body_start)
         while (body < c->len && is_space(c->src[body]))
             body++;
     for (size_t k = body; (k = next_tag(c, k)) < c->len; k++) {
-        size_t e = k + 2;
-        if (c->src[k + 1] != '%')
-            continue;
-        bool strip_body_end = e < c->len && c->src[e] == '-';
-        if (e < c->len && (c->src[e] == '-' || c->src[e] == '+'))
-            e++;
-        while (e < c->len && is_space(c->src[e]))
-            e++;
-        if (c->len - e < 6 || memcmp(c->src + e, "endraw", 6))
-            continue;
-        e += 6;
-        while (e < c->len && is_space(c->src[e]))
-            e++;
-        bool strip_after = e < c->len && c->src[e] == '-';
-        if (e < c->len && (c->src[e] == '-' || c->src[e] == '+'))
-            e++;
-        if (c->len - e < 2 || memcmp(c->src + e, "%}", 2))
+        if (!bare_tag(c, k, "endraw", &strip_body_end, &strip_after, &e))
             continue;
         size_t stop = k;
         while (strip_body_end && stop > body && is_space(c->src[stop - 1]))
@@ -520,11 +519,11 @@ static bool lex_raw(struct compiler *c, size_t *i, size_t text_start)
             t->s = c->src + body;
             t->n = stop - body;
         }
-        *i = e + 2;
+        *i = e;
         if (strip_after)
             while (*i < c->len && is_space(c->src[*i]))
                 (*i)++;
-        else if (*i < c->len && c->src[*i] == '\n')
+        else if (c->src[e - 3] != '+' && *i < c->len && c->src[*i] == '\n') /* trim_blocks, unless "+%}" */
             (*i)++;
         return true;
     }

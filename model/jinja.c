@@ -683,6 +683,25 @@ static void nodes_push(struct compiler *c, struct nodes *a, struct node *x)
     a->v[a->n++] = x;
 }
 
+/* A growable array of names in the arena (keyword arguments, macro parameters). */
+struct names {
+    const char **v;
+    int n, cap;
+};
+
+static void names_push(struct compiler *c, struct names *a, const char *name)
+{
+    if (a->n == a->cap) {
+        int cap = a->cap ? 2 * a->cap : 8;
+        const char **v = c_alloc(c, (size_t)cap * sizeof(*v));
+        if (a->n)
+            memcpy(v, a->v, (size_t)a->n * sizeof(*v));
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = name;
+}
+
 static struct node *parse_expr(struct compiler *c, bool with_cond);
 static struct node *parse_unary(struct compiler *c, bool with_filter);
 
@@ -696,7 +715,7 @@ static void enter(struct compiler *c)
 static void parse_call_args(struct compiler *c, struct node *n)
 {
     struct nodes args = { 0 }, kw = { 0 };
-    struct { const char **v; int n, cap; } names = { 0 };
+    struct names names = { 0 };
     while (!accept_op(c, ")")) {
         if (args.n + kw.n)
             expect_op(c, ",");
@@ -706,15 +725,7 @@ static void parse_call_args(struct compiler *c, struct node *n)
             const char *name = expect_name(c);
             next(c);
             nodes_push(c, &kw, parse_expr(c, true));
-            if (names.n == names.cap) {
-                int cap = names.cap ? 2 * names.cap : 8;
-                const char **v = c_alloc(c, (size_t)cap * sizeof(*v));
-                if (names.n)
-                    memcpy(v, names.v, (size_t)names.n * sizeof(*v));
-                names.v = v;
-                names.cap = cap;
-            }
-            names.v[names.n++] = name;
+            names_push(c, &names, name);
         } else {
             if (kw.n)
                 fail_at(&c->f, MOE_EFORMAT, peek(c)->line, "a positional argument after a keyword argument");
@@ -1241,21 +1252,13 @@ static struct node *parse_macro(struct compiler *c, int line)
     n->name = expect_name(c);
     expect_op(c, "(");
     struct nodes defs = { 0 };
-    struct { const char **v; int n, cap; } names = { 0 };
+    struct names names = { 0 };
     while (!accept_op(c, ")")) {
         if (names.n)
             expect_op(c, ",");
         if (accept_op(c, ")"))
             break;
-        if (names.n == names.cap) {
-            int cap = names.cap ? 2 * names.cap : 8;
-            const char **v = c_alloc(c, (size_t)cap * sizeof(*v));
-            if (names.n)
-                memcpy(v, names.v, (size_t)names.n * sizeof(*v));
-            names.v = v;
-            names.cap = cap;
-        }
-        names.v[names.n++] = expect_name(c);
+        names_push(c, &names, expect_name(c));
         nodes_push(c, &defs, accept_op(c, "=") ? parse_expr(c, true) : NULL);
     }
     n->kwnames = names.v;

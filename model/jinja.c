@@ -664,41 +664,41 @@ static struct node *new_node(struct compiler *c, enum nkind k, int line)
     return n;
 }
 
-/* A growable array of node pointers in the arena. */
+/* v (n of *cap slots of elem bytes in use) with room for one more: copied
+ * into a twice larger arena block when full. */
+static void *arena_grow(struct compiler *c, void *v, int n, int *cap, size_t elem)
+{
+    if (n < *cap)
+        return v;
+    int grown = *cap ? 2 * *cap : 8;
+    void *w = c_alloc(c, (size_t)grown * elem);
+    if (n)
+        memcpy(w, v, (size_t)n * elem);
+    *cap = grown;
+    return w;
+}
+
+/* Growable arrays in the arena: node pointers, and names (keyword arguments,
+ * macro parameters). */
 struct nodes {
     struct node **v;
     int n, cap;
 };
 
-static void nodes_push(struct compiler *c, struct nodes *a, struct node *x)
-{
-    if (a->n == a->cap) {
-        int cap = a->cap ? 2 * a->cap : 8;
-        struct node **v = c_alloc(c, (size_t)cap * sizeof(*v));
-        if (a->n)
-            memcpy(v, a->v, (size_t)a->n * sizeof(*v));
-        a->v = v;
-        a->cap = cap;
-    }
-    a->v[a->n++] = x;
-}
-
-/* A growable array of names in the arena (keyword arguments, macro parameters). */
 struct names {
     const char **v;
     int n, cap;
 };
 
+static void nodes_push(struct compiler *c, struct nodes *a, struct node *x)
+{
+    a->v = arena_grow(c, a->v, a->n, &a->cap, sizeof(*a->v));
+    a->v[a->n++] = x;
+}
+
 static void names_push(struct compiler *c, struct names *a, const char *name)
 {
-    if (a->n == a->cap) {
-        int cap = a->cap ? 2 * a->cap : 8;
-        const char **v = c_alloc(c, (size_t)cap * sizeof(*v));
-        if (a->n)
-            memcpy(v, a->v, (size_t)a->n * sizeof(*v));
-        a->v = v;
-        a->cap = cap;
-    }
+    a->v = arena_grow(c, (void *)a->v, a->n, &a->cap, sizeof(*a->v));
     a->v[a->n++] = name;
 }
 

@@ -702,6 +702,17 @@ static void names_push(struct compiler *c, struct names *a, const char *name)
     a->v[a->n++] = name;
 }
 
+/* In a comma-separated list closed by `close` (its opener read), `done`
+ * items in: whether another item follows (a trailing comma is allowed). */
+static bool list_more(struct compiler *c, const char *close, int done)
+{
+    if (accept_op(c, close))
+        return false;
+    if (done)
+        expect_op(c, ",");
+    return !accept_op(c, close);
+}
+
 static struct node *parse_expr(struct compiler *c, bool with_cond);
 static struct node *parse_unary(struct compiler *c, bool with_filter);
 
@@ -716,11 +727,7 @@ static void parse_call_args(struct compiler *c, struct node *n)
 {
     struct nodes args = { 0 }, kw = { 0 };
     struct names names = { 0 };
-    while (!accept_op(c, ")")) {
-        if (args.n + kw.n)
-            expect_op(c, ",");
-        if (accept_op(c, ")"))
-            break;
+    while (list_more(c, ")", args.n + kw.n)) {
         if (peek(c)->k == T_NAME && is_op(&c->tok[c->pos + 1], "=")) {
             const char *name = expect_name(c);
             next(c);
@@ -821,13 +828,8 @@ static struct node *parse_primary(struct compiler *c)
     if (accept_op(c, "[")) {
         enter(c);
         struct nodes items = { 0 };
-        while (!accept_op(c, "]")) {
-            if (items.n)
-                expect_op(c, ",");
-            if (accept_op(c, "]"))
-                break;
+        while (list_more(c, "]", items.n))
             nodes_push(c, &items, parse_expr(c, true));
-        }
         c->depth--;
         struct node *n = new_node(c, E_LIST, line);
         n->args = items.v;
@@ -837,11 +839,7 @@ static struct node *parse_primary(struct compiler *c)
     if (accept_op(c, "{")) {
         enter(c);
         struct nodes keys = { 0 }, vals = { 0 };
-        while (!accept_op(c, "}")) {
-            if (keys.n)
-                expect_op(c, ",");
-            if (accept_op(c, "}"))
-                break;
+        while (list_more(c, "}", keys.n)) {
             nodes_push(c, &keys, parse_expr(c, true));
             expect_op(c, ":");
             nodes_push(c, &vals, parse_expr(c, true));
@@ -1253,11 +1251,7 @@ static struct node *parse_macro(struct compiler *c, int line)
     expect_op(c, "(");
     struct nodes defs = { 0 };
     struct names names = { 0 };
-    while (!accept_op(c, ")")) {
-        if (names.n)
-            expect_op(c, ",");
-        if (accept_op(c, ")"))
-            break;
+    while (list_more(c, ")", names.n)) {
         names_push(c, &names, expect_name(c));
         nodes_push(c, &defs, accept_op(c, "=") ? parse_expr(c, true) : NULL);
     }

@@ -625,6 +625,8 @@ static const char *describe(const struct token *t, char *buf, size_t cap)
     case T_BLOCK_END: return "'%}'";
     case T_VAR_BEGIN: return "'{{'";
     case T_BLOCK_BEGIN: return "'{%'";
+    case T_INT: snprintf(buf, cap, "the number %lld", (long long)t->i); return buf;
+    case T_FLOAT: snprintf(buf, cap, "the number %g", t->f); return buf;
     default: snprintf(buf, cap, "'%.*s'", (int)(t->n < 40 ? t->n : 40), t->s ? t->s : "?"); return buf;
     }
 }

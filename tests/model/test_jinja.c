@@ -102,6 +102,7 @@ int main(void)
     check_refused("{{ x", MOE_EFORMAT, "not closed");
     check_refused("{# x", MOE_EFORMAT, "comment is not closed");
     check_refused("{{ 1 + }}", MOE_EFORMAT, "expected an expression");
+    check_refused("{{ [1 2] }}", MOE_EFORMAT, "expected ',', found the number 2");
     check_refused("a\n\n{{ ) }}", MOE_EFORMAT, "line 3");
     check_refused("{% for x in y recursive %}{% endfor %}", MOE_ENOTSUP, "recursive");
     check_refused("\xff", MOE_EFORMAT, "UTF-8");

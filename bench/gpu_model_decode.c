@@ -84,8 +84,7 @@ int main(int argc, char **argv)
         return 1;
     }
     const struct moe_config *cfg = &m->cfg;
-    int n_moe = 0, maxb = 0, V = cfg->vocab;
-    for (int l = 0; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];
+    int n_moe = moe_config_n_moe(cfg), maxb = 0, V = cfg->vocab;
     for (int i = 0; i < nb; i++) maxb = batches[i] > maxb ? batches[i] : maxb;
     FILE *jf = json ? fopen(json, "w") : NULL;
     if (json && !jf) {

@@ -75,6 +75,14 @@ static inline bool moe_config_is_eos(const struct moe_config *c, int tok)
     return c->eos_id >= 0 && tok == c->eos_id;
 }
 
+/* Number of MoE layers (dense-MLP layers excluded). */
+static inline int moe_config_n_moe(const struct moe_config *c)
+{
+    int n = 0;
+    for (int l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++) n += c->is_moe[l];
+    return n;
+}
+
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
                                  struct moe_config *out);
 /* model_dir/config.json, plus the eos_token_id of model_dir/generation_config.json

@@ -242,9 +242,8 @@ static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_of
 {
     const struct moe_config *c = &m->cfg;
     uint64_t host_b = moe_tiered_host_expert_bytes(m);
-    int n_moe = 0;
+    int n_moe = moe_config_n_moe(c);
     memset(pl, 0, sizeof(*pl));
-    for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
     enum moe_status st = moe_offload_opts_check(o);
     if (st) return st;
     if (o->gpu_cache_bytes && o->gpu_cache_bytes / dev_b < (uint64_t)c->top_k)

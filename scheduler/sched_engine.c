@@ -126,8 +126,7 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
     ad->restore = p->hooks;
     ad->user = p->hooks;
     ad->top_k = c->top_k;
-    for (int l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++)
-        ad->n_moe += c->is_moe[l];
+    ad->n_moe = moe_config_n_moe(c);
     struct moe_sched_params sp = *p;
     if (!sp.provider)
         sp.provider = moe_engine_provider(e); /* lookahead prefetch goes to the engine's provider */

@@ -372,9 +372,7 @@ static int bench_batch(int argc, char **argv)
     }
     if (!moe_cli_open_model("bench batch", o.model_dir, &m, &tok)) goto out;
     const struct moe_config *cfg = &m->cfg;
-    int n_moe = 0;
-    for (int l = 0; l < cfg->n_layers; l++)
-        n_moe += cfg->is_moe[l];
+    int n_moe = moe_config_n_moe(cfg);
     int slots = o.capacity > 0 ? o.capacity : (int)floor(o.capacity_frac * n_moe * cfg->n_experts);
     if (slots > n_moe * cfg->n_experts)
         slots = n_moe * cfg->n_experts; /* room for every expert: more slots change nothing */

@@ -150,8 +150,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow eval-predictor: %s has no tokens\n", text);
         goto out;
     }
-    int n_moe = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
+    int n_moe = moe_config_n_moe(&m->cfg);
     if (moe_pred_eval_init(&ev, n_moe, m->cfg.n_experts, m->cfg.top_k, (int)K)) {
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
         goto out;

@@ -232,8 +232,7 @@ int moe_cmd_replay(int argc, char **argv)
         fprintf(stderr, "moeflow replay: %s has no tokens\n", text);
         goto out;
     }
-    int n_moe = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
+    int n_moe = moe_config_n_moe(&m->cfg);
     long slots = (long)n_moe * m->cfg.n_experts;
     if (frac > 0) cap = (long)floor(frac * (double)slots);
     if (cap > slots) cap = slots; /* room for every expert: more slots change nothing */

@@ -145,8 +145,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         return 1;
     }
     const struct moe_config *cfg = &m->cfg;
-    int n_moe = 0;
-    for (int l = 0; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];
+    int n_moe = moe_config_n_moe(cfg);
     if (!moe_cli_check_seq_len("train-predictor", seq_len, m)) {
         rc = 2;
         goto out;

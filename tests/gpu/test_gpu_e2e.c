@@ -125,8 +125,7 @@ int main(int argc, char **argv)
     bp.gemm_mode = MOE_CUDA_GEMM_LOOP;
     struct moe_backend *bl = moe_backend_cuda_create(&bp);
     REQUIRE(bl, "CUDA backend (cuBLAS GEMMs): %s", moe_last_error());
-    int pad = t_generate_pad_id(dir, &m->cfg), V = m->cfg.vocab, n_moe = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
+    int pad = t_generate_pad_id(dir, &m->cfg), V = m->cfg.vocab, n_moe = moe_config_n_moe(&m->cfg);
 
     for (int p = 0; p < 2; p++) {
         int64_t one, T, G;

@@ -126,8 +126,7 @@ int main(void)
     struct moe_model *m = moe_model_open(dir);
     REQUIRE(m, "open %s: %s", dir, moe_last_error());
     const struct moe_config *c = &m->cfg;
-    int V = c->vocab, n_moe = 0;
-    for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
+    int V = c->vocab, n_moe = moe_config_n_moe(c);
     int all = n_moe * c->n_experts, quarter = all / 4;
     size_t lbytes = sizeof(float) * (size_t)N_GEN * (size_t)V;
     struct run_out cpu = { .logits = malloc(lbytes) }, gpu = { .logits = malloc(lbytes) },

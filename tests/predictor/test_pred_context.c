@@ -39,8 +39,7 @@ int main(void)
     struct moe_model *m = t_bundled_encode(dir, sizeof dir, snippet, &toks, &nt);
     REQUIRE(m && nt >= N_TOK, "bundled model and snippet (%zu tokens)", m ? nt : 0);
     const struct moe_config *cfg = &m->cfg;
-    int n_moe = 0;
-    for (int l = 0; l < cfg->n_layers; l++) n_moe += cfg->is_moe[l];
+    int n_moe = moe_config_n_moe(cfg);
     size_t E = (size_t)cfg->n_experts, H = (size_t)cfg->hidden, row = (size_t)n_moe * (size_t)cfg->top_k;
 
     int *ex, *sq, *ps;

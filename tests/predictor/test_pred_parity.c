@@ -57,8 +57,7 @@ int main(void)
     /* a small path predictor trained on the snippet's own routing */
     int *ex, *sq, *ps;
     REQUIRE(moe_drive_route(m, toks, nt, 64, 16, 1, 0, &ex, &sq, &ps, NULL) == MOE_OK, "route: %s", moe_last_error());
-    int n_moe = 0;
-    for (int l = 0; l < m->cfg.n_layers; l++) n_moe += m->cfg.is_moe[l];
+    int n_moe = moe_config_n_moe(&m->cfg);
     size_t row = (size_t)n_moe * m->cfg.top_k;
     int *prev = malloc(sizeof(int) * nt * row);
     float *emb = malloc(sizeof(float) * V * (size_t)m->cfg.hidden);

@@ -3,31 +3,10 @@
 
 #include "../engine/sampling.h"
 #include "../kernels/backend.h"
-#include "../model/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-enum moe_status moe_drive_tokenize(const char *model_dir, const char *text_path, int **ids, size_t *n)
-{
-    char path[4200];
-    char *text = NULL;
-    size_t len = 0;
-    enum moe_status st = moe_read_file(text_path, &text, &len, (size_t)1 << 30);
-    if (st) return moe_error_prefix(st, "--text"); /* the message names the file */
-    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
-    struct moe_tokenizer *tk = moe_tokenizer_load(path);
-    if (!tk) {
-        free(text);
-        return MOE_EIO; /* the message names the tokenizer's file */
-    }
-    st = moe_tokenizer_encode(tk, text, len, ids, n);
-    if (st) moe_error_prefix(st, "--text %s", text_path);
-    moe_tokenizer_free(tk);
-    free(text);
-    return st;
-}
 
 struct drive_ctx {
     struct moe_predictor *pred;

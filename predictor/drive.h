@@ -43,9 +43,6 @@ enum moe_status moe_drive_route(const struct moe_model *m, const int *tokens, si
                                 int n_threads, double progress_s, int **experts, int **seq, int **pos,
                                 float **final_hidden);
 
-/* Tokenize a text file with the model's tokenizer.json; *ids malloc'd. */
-enum moe_status moe_drive_tokenize(const char *model_dir, const char *text_path, int **ids, size_t *n);
-
 #ifdef __cplusplus
 }
 #endif

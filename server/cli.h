@@ -50,6 +50,13 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
  * after printing "moeflow CMD: --seq-len N exceeds ..." (a usage error). */
 bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m);
 
+/* The token ids of the text file path (--text), encoded by tok without
+ * special tokens, cut to the first max_tokens (0: all); *ids malloc'd.  False
+ * after printing "moeflow CMD: --text ..." when the file cannot be read or
+ * encoded or holds no token. */
+bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const char *path, size_t max_tokens,
+                       int **ids, size_t *n);
+
 /* An output file's path, before any work: false after printing "moeflow CMD:
  * FLAG ..." when it is empty, names a directory, or no file can be created
  * beside it (a usage error).  An existing pipe or device is accepted only when

@@ -114,6 +114,33 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
     return false;
 }
 
+bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const char *path, size_t max_tokens,
+                       int **ids, size_t *n)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *ids = NULL;
+    *n = 0;
+    if (moe_read_file(path, &text, &len, (size_t)1 << 30)) { /* the message names the file */
+        fprintf(stderr, "moeflow %s: --text %s\n", cmd, moe_last_error());
+        return false;
+    }
+    enum moe_status st = moe_tokenizer_encode(tok, text, len, ids, n);
+    free(text);
+    if (st) {
+        fprintf(stderr, "moeflow %s: --text %s: %s\n", cmd, path, moe_last_error());
+        return false;
+    }
+    if (*n == 0) {
+        fprintf(stderr, "moeflow %s: --text %s holds no token\n", cmd, path);
+        free(*ids);
+        *ids = NULL;
+        return false;
+    }
+    if (max_tokens && *n > max_tokens) *n = max_tokens;
+    return true;
+}
+
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place)
 {
     if (!*path) {

@@ -3,6 +3,7 @@
  * the real engine (teacher forcing). */
 #include "cli.h"
 
+#include "../model/tokenizer.h"
 #include "../predictor/drive.h"
 
 #include <getopt.h>
@@ -126,11 +127,9 @@ int moe_cmd_eval_predictor(int argc, char **argv)
     int *ids = NULL;
     size_t n = 0;
     struct moe_pred_eval ev = { 0 };
-    struct moe_model *m = moe_model_open(model_dir);
-    if (!m) {
-        fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
-        return 1;
-    }
+    struct moe_tokenizer *tok = NULL;
+    struct moe_model *m = NULL;
+    if (!moe_cli_open_model("eval-predictor", model_dir, &m, &tok)) return 1;
     if (!moe_cli_check_seq_len("eval-predictor", seq_len, m)) {
         rc = 2;
         goto out;
@@ -141,15 +140,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    if (moe_drive_tokenize(model_dir, text, &ids, &n)) {
-        fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
-        goto out;
-    }
-    if (n > (size_t)max_tokens) n = (size_t)max_tokens;
-    if (n == 0) {
-        fprintf(stderr, "moeflow eval-predictor: %s has no tokens\n", text);
-        goto out;
-    }
+    if (!moe_cli_read_text("eval-predictor", tok, text, (size_t)max_tokens, &ids, &n)) goto out;
     int n_moe = moe_config_n_moe(&m->cfg);
     if (moe_pred_eval_init(&ev, n_moe, m->cfg.n_experts, m->cfg.top_k, (int)K)) {
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
@@ -196,6 +187,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
 out:
     moe_pred_eval_free(&ev);
     free(ids);
+    moe_tokenizer_free(tok);
     moe_model_close(m);
     return rc;
 }

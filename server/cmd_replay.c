@@ -7,6 +7,7 @@
 #include "../kernels/backend.h"
 #include "../offload/policy_predicted.h"
 #include "../offload/runtime.h"
+#include "../model/tokenizer.h"
 #include "../predictor/drive.h"
 
 #include <getopt.h>
@@ -214,24 +215,14 @@ int moe_cmd_replay(int argc, char **argv)
     struct moe_evlog log = { 0 };
     struct moe_backend *be = NULL;
     struct moe_provider *prov = NULL;
-    struct moe_model *m = moe_model_open(model_dir);
-    if (!m) {
-        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
-        return 1;
-    }
+    struct moe_tokenizer *tok = NULL;
+    struct moe_model *m = NULL;
+    if (!moe_cli_open_model("replay", model_dir, &m, &tok)) return 1;
     if (!moe_cli_check_seq_len("replay", seq_len, m)) {
         rc = 2;
         goto out;
     }
-    if (moe_drive_tokenize(model_dir, text, &ids, &n_ids)) {
-        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
-        goto out;
-    }
-    if (n_ids > (size_t)max_tokens) n_ids = (size_t)max_tokens;
-    if (n_ids == 0) {
-        fprintf(stderr, "moeflow replay: %s has no tokens\n", text);
-        goto out;
-    }
+    if (!moe_cli_read_text("replay", tok, text, (size_t)max_tokens, &ids, &n_ids)) goto out;
     int n_moe = moe_config_n_moe(&m->cfg);
     long slots = (long)n_moe * m->cfg.n_experts;
     if (frac > 0) cap = (long)floor(frac * (double)slots);
@@ -297,7 +288,7 @@ int moe_cmd_replay(int argc, char **argv)
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         goto out;
     }
-    double tok = (double)r.steps;
+    double steps = (double)r.steps;
     double hr = r.accesses ? (double)r.hits / (double)r.accesses : 0;
     double bhr = b.accesses ? (double)b.hits / (double)b.accesses : 0;
     double useful = r.prefetches ? (double)r.prefetch_useful / (double)r.prefetches : 0;
@@ -311,15 +302,15 @@ int moe_cmd_replay(int argc, char **argv)
                cap, slots, (unsigned long long)r.steps,
                (unsigned long long)r.accesses, (unsigned long long)r.hits,
                (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
-               tok > 0 ? (double)r.transfers / tok : 0, (unsigned long long)(r.transfers * eb),
+               steps > 0 ? (double)r.transfers / steps : 0, (unsigned long long)(r.transfers * eb),
                (unsigned long long)r.prefetches, (unsigned long long)r.prefetch_useful, useful);
         if (link > 0)
             printf(",\"link_gbps\":%g,\"expert_bytes\":%llu,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,"
                    "\"stall_s\":%.6f,\"tokens_per_s\":%.4f",
                    link, (unsigned long long)eb, layer_ms, expert_ms, r.compute_s, r.stall_s,
-                   r.total_s > 0 ? tok / r.total_s : 0);
+                   r.total_s > 0 ? steps / r.total_s : 0);
         printf(",\"belady\":{\"hit_rate\":%.6f,\"transfers_per_token\":%.6f", bhr,
-               tok > 0 ? (double)b.transfers / tok : 0);
+               steps > 0 ? (double)b.transfers / steps : 0);
         if (link > 0) printf(",\"stall_s\":%.6f", b.stall_s);
         printf("}}\n");
     } else {
@@ -328,22 +319,23 @@ int moe_cmd_replay(int argc, char **argv)
         printf("policy              %s\n", moe_cache_policy_name(policy));
         printf("capacity            %ld of %ld expert slots (%.1f %%)\n", cap, slots, 100.0 * (double)cap / (double)slots);
         printf("hit rate            %.4f   (belady %.4f)\n", hr, bhr);
-        printf("transfers / token   %.3f   (belady %.3f)\n", tok > 0 ? (double)r.transfers / tok : 0,
-               tok > 0 ? (double)b.transfers / tok : 0);
+        printf("transfers / token   %.3f   (belady %.3f)\n", steps > 0 ? (double)r.transfers / steps : 0,
+               steps > 0 ? (double)b.transfers / steps : 0);
         printf("useful prefetches   %llu / %llu (%.3f)\n", (unsigned long long)r.prefetch_useful,
                (unsigned long long)r.prefetches, useful);
         if (link > 0) {
             printf("timeline            link %g GB/s, %llu B per expert (%.3f ms), %.3f ms compute per MoE layer\n",
                    link, (unsigned long long)eb, sp.xfer_s * 1e3, sp.layer_s * 1e3);
             printf("stall               %.3f s (%.3f ms/token; belady on demand %.3f ms/token)\n", r.stall_s,
-                   tok > 0 ? r.stall_s * 1e3 / tok : 0, tok > 0 ? b.stall_s * 1e3 / tok : 0);
-            printf("compute             %.3f s; %.2f tokens/s\n", r.compute_s, r.total_s > 0 ? tok / r.total_s : 0);
+                   steps > 0 ? r.stall_s * 1e3 / steps : 0, steps > 0 ? b.stall_s * 1e3 / steps : 0);
+            printf("compute             %.3f s; %.2f tokens/s\n", r.compute_s, r.total_s > 0 ? steps / r.total_s : 0);
         }
     }
     rc = 0;
 out:
     moe_evlog_free(&log);
     free(ids);
+    moe_tokenizer_free(tok);
     moe_provider_destroy(prov);
     moe_backend_destroy(be);
     moe_model_close(m);

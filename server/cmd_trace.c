@@ -194,26 +194,14 @@ int moe_cmd_trace(int argc, char **argv)
     int *ids = NULL;
     size_t n_ids = 0, *starts = NULL, n_seq = 0;
     struct rec r = {0};
-    char *buf = NULL;
     if (!moe_cli_open_model("trace", dir, &m, text ? &tok : NULL)) goto out;
     const struct moe_config *cfg = &m->cfg;
     if (text) {
-        size_t len;
-        if (seq_len > cfg->max_pos) {
-            fprintf(stderr, "moeflow trace: --seq-len %ld is above the model's max_position_embeddings %d; "
-                            "lower it\n", seq_len, cfg->max_pos);
+        if (!moe_cli_check_seq_len("trace", seq_len, m)) {
             rc = 2;
             goto out;
         }
-        if (moe_read_file(text, &buf, &len, (size_t)1 << 31)) goto fail;
-        if (moe_tokenizer_encode(tok, buf, len, &ids, &n_ids)) {
-            moe_error_prefix(MOE_EINVAL, "--text %s", text);
-            goto fail;
-        }
-        if (n_ids == 0) {
-            moe_errorf(MOE_EINVAL, "%s: no tokens in the text", text);
-            goto fail;
-        }
+        if (!moe_cli_read_text("trace", tok, text, 0, &ids, &n_ids)) goto out;
         n_seq = (n_ids + (size_t)seq_len - 1) / (size_t)seq_len;
         starts = malloc((n_seq + 1) * sizeof(size_t));
         if (!starts) goto fail;
@@ -327,7 +315,6 @@ out:
     moe_backend_destroy(be);
     moe_tokenizer_free(tok);
     moe_model_close(m);
-    free(buf);
     free(ids);
     free(starts);
     free(r.ids);

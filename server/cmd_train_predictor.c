@@ -4,6 +4,7 @@
  * writes it as safetensors. */
 #include "cli.h"
 
+#include "../model/tokenizer.h"
 #include "../offload/trace.h"
 #include "../predictor/drive.h"
 #include "../predictor/path_model.h"
@@ -139,11 +140,9 @@ int moe_cmd_train_predictor(int argc, char **argv)
     float *emb = NULL, *hist = NULL, *fin = NULL, *ctx = NULL;
     struct moe_path_model *pm = NULL;
     size_t n = 0;
-    struct moe_model *m = moe_model_open(model_dir);
-    if (!m) {
-        fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
-        return 1;
-    }
+    struct moe_tokenizer *tok = NULL;
+    struct moe_model *m = NULL;
+    if (!moe_cli_open_model("train-predictor", model_dir, &m, text ? &tok : NULL)) return 1;
     const struct moe_config *cfg = &m->cfg;
     int n_moe = moe_config_n_moe(cfg);
     if (!moe_cli_check_seq_len("train-predictor", seq_len, m)) {
@@ -177,8 +176,8 @@ int moe_cmd_train_predictor(int argc, char **argv)
         poss = tr->pos;
         experts = tr->experts;
     } else {
-        if (moe_drive_tokenize(model_dir, text, &toks, &n) ||
-            moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, quiet ? 0 : 5, &experts, &seqs, &poss,
+        if (!moe_cli_read_text("train-predictor", tok, text, 0, &toks, &n)) goto out;
+        if (moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, quiet ? 0 : 5, &experts, &seqs, &poss,
                             context ? &fin : NULL)) {
             fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
             goto out;
@@ -268,6 +267,7 @@ out:
     free(ctx);
     free(emb);
     moe_path_model_free(pm);
+    moe_tokenizer_free(tok);
     moe_model_close(m);
     return rc;
 }

@@ -224,6 +224,36 @@ static void check_predictor_files(void)
         }
 }
 
+/* the four commands that read --text say the same of a text they cannot use */
+static void check_text_files(void)
+{
+    char empty[300], a[1024];
+    snprintf(empty, sizeof empty, "%s/empty.txt", dir);
+    FILE *f = fopen(empty, "w");
+    REQUIRE(f && fclose(f) == 0, "write %s", empty);
+    static const char *const cmds[] = {
+        "eval-predictor --predictor gate --text",
+        "replay --capacity 64 --policy lru --predictor none --text",
+        "trace --out /tmp/moeflow-never-written.jsonl --text",
+        "train-predictor --out /tmp/moeflow-never-written.safetensors --text",
+    };
+    for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++) {
+        snprintf(a, sizeof a, "%s %s", cmds[c], empty);
+        int rc = run(a);
+        CHECK(rc == 1 && strstr(out, "holds no token") && strstr(out, empty), "%s: exit %d: %s", a, rc, out);
+        snprintf(a, sizeof a, "%s %s/none.txt", cmds[c], dir);
+        rc = run(a);
+        CHECK(rc == 1 && strstr(out, "--text") && strstr(out, "none.txt: No such file"), "%s: exit %d: %s", a, rc,
+              out);
+        snprintf(a, sizeof a, "%s %s --seq-len 1000000", cmds[c], empty);
+        rc = run(a);
+        CHECK(rc == 2 && strstr(out, "exceeds the model's context"), "%s: exit %d: %s", a, rc, out);
+    }
+    CHECK(access("/tmp/moeflow-never-written.jsonl", F_OK) != 0 &&
+              access("/tmp/moeflow-never-written.safetensors", F_OK) != 0,
+          "a failed command wrote its --out");
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -238,6 +268,7 @@ int main(void)
     check_route_progress();
     check_replay_warnings();
     check_predictor_files();
+    check_text_files();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

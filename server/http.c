@@ -447,14 +447,35 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     }
 }
 
-static void handle_models(struct http_front *h, struct evhttp_request *req)
+static json_t *model_json(const struct moe_server *s)
+{
+    return json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", s->model_name, "object", "model", "created",
+                     (json_int_t)time(NULL), "owned_by", "moeflow", "max_model_len", s->max_ctx);
+}
+
+/* GET /v1/models lists the served model; GET /v1/models/{id} (id URL-encoded, as OpenAI's clients
+ * send it) is that model, or a 404 for any other id. */
+static void handle_models(struct http_front *h, struct evhttp_request *req, const char *id)
 {
     struct moe_server *s = h->srv;
-    json_t *j = json_pack("{s:s,s:[{s:s,s:s,s:I,s:s,s:i}]}", "object", "list", "data", "id",
-                          s->model_name, "object", "model", "created", (json_int_t)time(NULL),
-                          "owned_by", "moeflow", "max_model_len", s->max_ctx);
-    send_json(req, 200, j);
-    json_decref(j);
+    if (!id) {
+        json_t *j = json_pack("{s:s,s:[o]}", "object", "list", "data", model_json(s));
+        send_json(req, 200, j);
+        json_decref(j);
+        return;
+    }
+    char *name = evhttp_uridecode(id, 0, NULL);
+    if (name && !strcmp(name, s->model_name)) {
+        json_t *j = model_json(s);
+        send_json(req, 200, j);
+        json_decref(j);
+    } else {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "model '%.200s' is not served here (this server serves '%s')",
+                 name ? name : id, s->model_name);
+        send_error(req, 404, msg);
+    }
+    free(name);
 }
 
 static void gen_cb(struct evhttp_request *req, void *arg)
@@ -463,7 +484,7 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     struct moe_server *s = h->srv;
     moe_metrics_count(&s->metrics, &s->metrics.http_requests, 1);
     const char *uri = evhttp_request_get_uri(req);
-    char path[256];
+    char path[512]; /* a model id of 127 bytes, URL-encoded, fits */
     size_t i = 0;
     while (uri[i] && uri[i] != '?' && i < sizeof(path) - 1) {
         path[i] = uri[i];
@@ -471,9 +492,10 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     }
     path[i] = 0;
     bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions");
-    bool get = !strcmp(path, "/v1/models") || !strcmp(path, "/health") || !strcmp(path, "/ready") ||
-               !strcmp(path, "/metrics");
-    bool gen_path = post || !strcmp(path, "/v1/models");
+    const char *model_id = !strncmp(path, "/v1/models/", 11) ? path + 11 : NULL;
+    bool models = !strcmp(path, "/v1/models") || model_id;
+    bool get = models || !strcmp(path, "/health") || !strcmp(path, "/ready") || !strcmp(path, "/metrics");
+    bool gen_path = post || models;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if ((post && cmd != EVHTTP_REQ_POST) || (get && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)) {
         char msg[320];
@@ -490,8 +512,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         handle_completion(h, req, false);
     } else if (!strcmp(path, "/v1/chat/completions")) {
         handle_completion(h, req, true);
-    } else if (!strcmp(path, "/v1/models")) {
-        handle_models(h, req);
+    } else if (models) {
+        handle_models(h, req, model_id);
     } else if (!strcmp(path, "/health")) {
         send_text(req, 200, "text/plain", "ok\n", 3);
     } else if (!strcmp(path, "/ready")) {

@@ -279,8 +279,11 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     snprintf(msg, sizeof(msg), "request %s%s%s", finish, emsg[0] ? ": " : "", emsg);
     if (r->stream) {
         if (ok) {
+            /* usage goes out once: in the finishing chunk, or with include_usage in OpenAI's usage
+             * chunk after it (clients that add up the usage of every chunk would count it twice) */
             json_t *j = chunk_json(r, "", 0, finish);
-            json_object_set_new(j, "usage", usage_json(n_prompt, n_generated));
+            if (!r->include_usage)
+                json_object_set_new(j, "usage", usage_json(n_prompt, n_generated));
             sse_send(r, j);
             if (r->include_usage) /* OpenAI's usage chunk: no choices, the whole request's usage */
                 sse_send(r, json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", r->id, "object", obj_name(r), "created",

@@ -242,7 +242,8 @@ def main():
         events = [ln[6:] for ln in out.decode().split("\n") if ln.startswith("data: ")]
         uchunks = [json.loads(e) for e in events[:-1]]
         check(len(uchunks) == len(chunks) + 1 and uchunks[-1]["choices"] == [] and
-              uchunks[-1]["usage"]["completion_tokens"] == n and uchunks[-2]["choices"][0]["finish_reason"] == "length",
+              uchunks[-1]["usage"]["completion_tokens"] == n and uchunks[-2]["choices"][0]["finish_reason"] == "length"
+              and "usage" not in uchunks[-2],
               "include_usage: %r" % uchunks[-2:])
         # stop sequences: the text ends right before the first one, finish_reason "stop",
         # streamed or not; the generation is cut short (fewer completion tokens)

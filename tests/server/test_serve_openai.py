@@ -3,11 +3,13 @@ usage: test_serve_openai.py MOEFLOW_BINARY SOURCE_DIR [SERVE FLAGS...]
 
 Drives `moeflow serve` (served under a model name with a slash, as Hugging Face
 names are) with the requests the official OpenAI clients send and checks the
-replies against what they parse: model retrieval by URL-encoded id."""
+replies against what they parse: model retrieval by URL-encoded id, and streams
+whose usage, added up over the chunks as LangChain does, is the request's."""
 import json
 import os
 import sys
 import urllib.parse
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_util import Server, Checks  # noqa: E402
@@ -31,6 +33,58 @@ def error_ok(code, js, status, word):
     e = js.get("error") if isinstance(js, dict) else None
     return (code == status and isinstance(e, dict) and isinstance(e.get("message"), str) and
             word in e["message"] and isinstance(e.get("type"), str))
+
+
+def sse(srv, path, body):
+    """(Content-Type, [parsed chunks], ended with [DONE]) of a streamed request; every event is
+    one 'data: ' line and a blank line."""
+    req = urllib.request.Request(srv.url(path), data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        ctype, raw = r.headers.get("Content-Type"), r.read().decode()
+    events = raw.split("\n\n")
+    framed = events[-1] == "" and all(e.startswith("data: ") and "\n" not in e for e in events[:-1])
+    data = [e[6:] for e in events[:-1]]
+    done = framed and data[-1:] == ["[DONE]"]
+    return ctype, [json.loads(d) for d in data if d != "[DONE]"], done
+
+
+def usage_sum(chunks):
+    """The chunks' usage added up, as LangChain's chunk aggregation does."""
+    total = {}
+    for c in chunks:
+        for k, v in (c.get("usage") or {}).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def check_stream_usage(srv):
+    for path, req in (("/v1/completions", {"prompt": "def add(a, b):"}),
+                      ("/v1/chat/completions", {"messages": [{"role": "user", "content": "def add(a, b):"}]})):
+        req = dict(req, model=NAME, max_tokens=6)
+        code, plain = post(srv, path, req)
+        check(code == 200, "%s: %d %r" % (path, code, plain))
+        if code != 200:
+            continue
+        for opts in (None, {"include_usage": False}, {"include_usage": True}):
+            body = dict(req, stream=True)
+            if opts is not None:
+                body["stream_options"] = opts
+            ctype, chunks, done = sse(srv, path, body)
+            what = "%s stream_options %r" % (path, opts)
+            check(ctype == "text/event-stream" and done, "%s: %s, framing/[DONE] %s" % (what, ctype, done))
+            check(usage_sum(chunks) == plain["usage"], "%s: usage over the chunks %r, request's %r" %
+                  (what, usage_sum(chunks), plain["usage"]))
+            finishing = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+            check(len(finishing) == 1 and finishing[0]["choices"][0]["finish_reason"] == "length",
+                  "%s: finishing chunks %r" % (what, finishing))
+            inc = bool(opts and opts["include_usage"])
+            check(not inc or (chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"] and
+                              chunks[-2] is finishing[0] and "usage" not in finishing[0]),
+                  "%s: the usage chunk %r" % (what, chunks[-2:]))
+            check(all(c["id"] == chunks[0]["id"] and c["model"] == NAME and isinstance(c["created"], int) and
+                      c["object"] == ("chat.completion.chunk" if "chat" in path else "text_completion")
+                      for c in chunks), "%s: chunk id/object/created/model %r" % (what, chunks[:1]))
 
 
 def check_models(srv):
@@ -59,6 +113,7 @@ def main():
     srv = Server(moeflow, "--model-name", NAME, *sys.argv[3:])
     try:
         check_models(srv)
+        check_stream_usage(srv)
         rc = srv.stop()
         check(rc == 0, "exit status after SIGTERM %d" % rc)
     finally:

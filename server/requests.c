@@ -388,8 +388,9 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     long long iv;
     double dv;
     bool have;
-    const char *mt_key = chat && json_object_get(root, "max_completion_tokens") ?
-                             "max_completion_tokens" : "max_tokens";
+    /* chat: max_completion_tokens, OpenAI's name now, over max_tokens; a null one is not given */
+    json_t *mct = chat ? json_object_get(root, "max_completion_tokens") : NULL;
+    const char *mt_key = mct && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
     if ((st = json_get_int(root, mt_key, 1, INT32_MAX, &iv, &have)) != MOE_OK)
         goto out;
     if (have)

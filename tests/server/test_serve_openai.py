@@ -4,7 +4,9 @@ usage: test_serve_openai.py MOEFLOW_BINARY SOURCE_DIR [SERVE FLAGS...]
 Drives `moeflow serve` (served under a model name with a slash, as Hugging Face
 names are) with the requests the official OpenAI clients send and checks the
 replies against what they parse: model retrieval by URL-encoded id, and streams
-whose usage, added up over the chunks as LangChain does, is the request's."""
+whose usage, added up over the chunks as LangChain does, is the request's;
+request fields as clients fill them in (nulls for what is not set, fields
+moeflow does not use)."""
 import json
 import os
 import sys
@@ -87,6 +89,26 @@ def check_stream_usage(srv):
                       for c in chunks), "%s: chunk id/object/created/model %r" % (what, chunks[:1]))
 
 
+def check_params(srv):
+    chat = {"model": NAME, "messages": [{"role": "user", "content": "def add(a, b):"}]}
+    # clients that send every field write null for those not set: a null is not given
+    for extra, want in (({"max_completion_tokens": 3}, 3), ({"max_tokens": 3}, 3),
+                        ({"max_completion_tokens": None, "max_tokens": 3}, 3),
+                        ({"max_completion_tokens": 2, "max_tokens": 5}, 2),
+                        ({"max_completion_tokens": 3, "max_tokens": None}, 3)):
+        code, js = post(srv, "/v1/chat/completions", dict(chat, **extra))
+        got = js.get("usage", {}).get("completion_tokens")
+        check(code == 200 and got == want, "chat %r: %d, %r tokens (want %d)" % (extra, code, got, want))
+    # fields moeflow does not use (user, penalties, metadata, ...) are accepted
+    code, js = post(srv, "/v1/chat/completions", dict(chat, max_tokens=2, user="u-1", presence_penalty=0,
+                                                     frequency_penalty=0, logit_bias={}, metadata={"a": "b"},
+                                                     n=1, seed=7, temperature=0.5, top_p=0.9, stop=None,
+                                                     stream=False, stream_options=None, x_unknown={"y": 1}))
+    check(code == 200 and js["choices"][0]["finish_reason"] == "length", "extra fields: %d %r" % (code, js))
+    code, js = post(srv, "/v1/completions", {"model": NAME, "prompt": "x", "n": 2})
+    check(error_ok(code, js, 400, "'n'"), "n = 2: %d %r" % (code, js))
+
+
 def check_models(srv):
     # GET /v1/models/{id}: client.models.retrieve(id), the id URL-encoded ('/' as %2F)
     code, out = srv.http("/v1/models")
@@ -114,6 +136,7 @@ def main():
     try:
         check_models(srv)
         check_stream_usage(srv)
+        check_params(srv)
         rc = srv.stop()
         check(rc == 0, "exit status after SIGTERM %d" % rc)
     finally:

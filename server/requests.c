@@ -334,6 +334,34 @@ static enum moe_status parse_stop(json_t *root, struct moe_gen_request *out)
     return MOE_OK;
 }
 
+/* OpenAI fields asking for output moeflow does not produce (log probabilities, the prompt echoed,
+ * several candidates): refused by name rather than left out of a reply the client then misreads.
+ * Their off values pass: null, false, and top_logprobs 0 or best_of 1. */
+static enum moe_status check_unsupported(json_t *root)
+{
+    static const struct {
+        const char *key;
+        double off;          /* the number that asks for nothing; NAN: none does */
+        const char *why;
+    } f[] = {
+        { "logprobs", NAN, "moeflow returns no log probabilities" },
+        { "top_logprobs", 0, "moeflow returns no log probabilities" },
+        { "echo", NAN, "the reply holds the completion only" },
+        { "best_of", 1, "one completion per request" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++) {
+        json_t *v = json_object_get(root, f[i].key);
+        if (!v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == f[i].off))
+            continue;
+        char *txt = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        enum moe_status st = moe_errorf(MOE_ENOTSUP, "'%s' = %.40s is not supported: %s", f[i].key,
+                                        txt ? txt : "?", f[i].why);
+        free(txt);
+        return st;
+    }
+    return MOE_OK;
+}
+
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out)
 {
@@ -419,6 +447,8 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         moe_errorf(MOE_EINVAL, "'n' must be 1 (one completion per request)");
         goto out;
     }
+    if ((st = check_unsupported(root)) != MOE_OK)
+        goto out;
     if ((st = json_get_num(root, "timeout", 0, 86400, true, &dv, &have)) != MOE_OK)
         goto out;
     if (have)

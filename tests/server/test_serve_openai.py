@@ -6,7 +6,8 @@ names are) with the requests the official OpenAI clients send and checks the
 replies against what they parse: model retrieval by URL-encoded id, and streams
 whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
-moeflow does not use)."""
+moeflow does not use) and a 400 naming the field for output it does not
+produce (logprobs, echo, best_of)."""
 import json
 import os
 import sys
@@ -107,6 +108,26 @@ def check_params(srv):
     check(code == 200 and js["choices"][0]["finish_reason"] == "length", "extra fields: %d %r" % (code, js))
     code, js = post(srv, "/v1/completions", {"model": NAME, "prompt": "x", "n": 2})
     check(error_ok(code, js, 400, "'n'"), "n = 2: %d %r" % (code, js))
+    # output moeflow does not produce is refused by name, not left out of the reply (a client
+    # reading choices[0].logprobs.token_logprobs would fail on the null); off values pass
+    cmpl = {"model": NAME, "prompt": "x", "max_tokens": 2}
+    for path, base, extra, refused in (
+            ("/v1/completions", cmpl, {"logprobs": 2}, "logprobs"),
+            ("/v1/completions", cmpl, {"logprobs": 0}, "logprobs"),
+            ("/v1/completions", cmpl, {"echo": True}, "echo"),
+            ("/v1/completions", cmpl, {"best_of": 3}, "best_of"),
+            ("/v1/chat/completions", chat, {"logprobs": True}, "logprobs"),
+            ("/v1/chat/completions", chat, {"logprobs": True, "top_logprobs": 3}, "logprobs"),
+            ("/v1/chat/completions", chat, {"top_logprobs": 2}, "top_logprobs"),
+            ("/v1/completions", cmpl, {"logprobs": None, "echo": False, "best_of": 1}, None),
+            ("/v1/chat/completions", chat, {"logprobs": False, "top_logprobs": 0}, None),
+            ("/v1/chat/completions", chat, {"logprobs": None, "top_logprobs": None}, None)):
+        code, js = post(srv, path, dict(base, max_tokens=2, **extra))
+        if refused:
+            check(error_ok(code, js, 400, "'%s'" % refused) and "not supported" in js["error"]["message"],
+                  "%s %r: %d %r" % (path, extra, code, js))
+        else:
+            check(code == 200 and js["choices"][0].get("logprobs") is None, "%s %r: %d %r" % (path, extra, code, js))
 
 
 def check_models(srv):

@@ -92,10 +92,11 @@ static const char *err_type(int code)
     }
 }
 
+/* OpenAI's error object; param (the field at fault) is null: the message names the field. */
 static json_t *err_json(int code, const char *msg)
 {
-    return json_pack("{s:{s:s,s:s,s:i}}", "error", "message", msg, "type", err_type(code), "code",
-                     code);
+    return json_pack("{s:{s:s,s:s,s:n,s:i}}", "error", "message", msg, "type", err_type(code), "param",
+                     "code", code);
 }
 
 static void send_error(struct evhttp_request *req, int code, const char *msg)

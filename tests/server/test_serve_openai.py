@@ -34,8 +34,8 @@ def post(srv, path, body):
 def error_ok(code, js, status, word):
     """An OpenAI error body with the given status whose message names word."""
     e = js.get("error") if isinstance(js, dict) else None
-    return (code == status and isinstance(e, dict) and isinstance(e.get("message"), str) and
-            word in e["message"] and isinstance(e.get("type"), str))
+    return (code == status and isinstance(e, dict) and set(e) == {"message", "type", "param", "code"} and
+            isinstance(e["message"], str) and word in e["message"] and isinstance(e["type"], str))
 
 
 def sse(srv, path, body):

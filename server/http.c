@@ -205,7 +205,7 @@ static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const ch
             json_object_set_new(delta, "role", json_string("assistant"));
         if (len || !finish)
             json_object_set_new(delta, "content", json_stringn(text, len));
-        choice = json_pack("{s:i,s:o,s:o}", "index", 0, "delta", delta, "finish_reason", fr);
+        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason", fr);
     } else {
         choice = json_pack("{s:i,s:s%,s:n,s:o}", "index", 0, "text", text, len, "logprobs",
                            "finish_reason", fr);
@@ -299,8 +299,8 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
         const char *txt = (const char *)evbuffer_pullup(r->text, -1);
         json_t *choice;
         if (r->chat)
-            choice = json_pack("{s:i,s:{s:s,s:s%},s:s}", "index", 0, "message", "role", "assistant",
-                               "content", txt ? txt : "", n, "finish_reason", finish);
+            choice = json_pack("{s:i,s:{s:s,s:s%},s:n,s:s}", "index", 0, "message", "role", "assistant",
+                               "content", txt ? txt : "", n, "logprobs", "finish_reason", finish);
         else
             choice = json_pack("{s:i,s:s%,s:n,s:s}", "index", 0, "text", txt ? txt : "", n,
                                "logprobs", "finish_reason", finish);

@@ -66,7 +66,8 @@ def check_stream_usage(srv):
                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "def add(a, b):"}]})):
         req = dict(req, model=NAME, max_tokens=6)
         code, plain = post(srv, path, req)
-        check(code == 200, "%s: %d %r" % (path, code, plain))
+        check(code == 200 and "logprobs" in plain["choices"][0] and plain["choices"][0]["logprobs"] is None,
+              "%s: %d %r" % (path, code, plain))
         if code != 200:
             continue
         for opts in (None, {"include_usage": False}, {"include_usage": True}):
@@ -85,6 +86,8 @@ def check_stream_usage(srv):
             check(not inc or (chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"] and
                               chunks[-2] is finishing[0] and "usage" not in finishing[0]),
                   "%s: the usage chunk %r" % (what, chunks[-2:]))
+            check(all("logprobs" in ch and ch["logprobs"] is None for c in chunks for ch in c["choices"]),
+                  "%s: choices without logprobs: null %r" % (what, chunks[:1]))
             check(all(c["id"] == chunks[0]["id"] and c["model"] == NAME and isinstance(c["created"], int) and
                       c["object"] == ("chat.completion.chunk" if "chat" in path else "text_completion")
                       for c in chunks), "%s: chunk id/object/created/model %r" % (what, chunks[:1]))

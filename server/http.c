@@ -3,6 +3,7 @@
  * /metrics.  One event-loop thread; scheduler events arrive through the
  * inbox and an event made active from the scheduler thread. */
 #include <errno.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "srv.h"
 
@@ -30,6 +32,7 @@ struct http_front {
     struct srv_inbox inbox;
     pthread_t thread;
     uint64_t next_id;
+    char id_tag[16];              /* random per start: ids differ across restarts and replicas */
 };
 
 struct hreq {
@@ -430,7 +433,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     r->chat = chat;
     r->include_usage = gr.include_usage;
     r->created = (long long)time(NULL);
-    snprintf(r->id, sizeof(r->id), "%s-%llu", chat ? "chatcmpl" : "cmpl",
+    snprintf(r->id, sizeof(r->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
              (unsigned long long)++h->next_id);
     st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
     if (st == MOE_OK)
@@ -454,7 +457,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
 static json_t *model_json(const struct moe_server *s)
 {
     return json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", s->model_name, "object", "model", "created",
-                     (json_int_t)time(NULL), "owned_by", "moeflow", "max_model_len", s->max_ctx);
+                     (json_int_t)s->created, "owned_by", "moeflow", "max_model_len", s->max_ctx);
 }
 
 /* GET /v1/models lists the served model; GET /v1/models/{id} (id URL-encoded, as OpenAI's clients
@@ -597,6 +600,10 @@ struct http_front *srv_http_start(struct moe_server *s)
         return NULL;
     }
     h->srv = s;
+    uint64_t tag = 0;
+    if (getrandom(&tag, sizeof tag, GRND_NONBLOCK) != sizeof tag) /* no entropy yet: time and pid */
+        tag = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() << 32;
+    snprintf(h->id_tag, sizeof(h->id_tag), "%012llx", (unsigned long long)(tag & 0xffffffffffffull));
     srv_inbox_init(&h->inbox, wake_cb, h);
     h->base = event_base_new();
     if (!h->base)

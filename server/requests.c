@@ -149,9 +149,13 @@ static enum moe_status set_prompt_ids_json(struct moe_gen_request *r, json_t *ar
     return MOE_OK;
 }
 
+/* The marker of a message's role: OpenAI's developer messages, the newer
+ * name of system messages, are marked as system. */
 static const char *chat_role_ok(const char *role)
 {
     static const char *roles[] = { "system", "user", "assistant" };
+    if (!strcmp(role, "developer"))
+        return roles[0];
     for (size_t i = 0; i < MOE_ARRAY_LEN(roles); i++)
         if (!strcmp(role, roles[i]))
             return roles[i];
@@ -274,7 +278,7 @@ static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *ms
         }
         roles[i] = chat_role_ok(json_string_value(role));
         if (!roles[i]) {
-            st = moe_errorf(MOE_EINVAL, "'messages[%zu].role' = '%.32s' is not system, user or assistant",
+            st = moe_errorf(MOE_EINVAL, "'messages[%zu].role' = '%.32s' is not system, developer, user or assistant",
                             i, json_string_value(role));
             goto out;
         }
@@ -349,6 +353,15 @@ static enum moe_status check_unsupported(json_t *root)
         { "echo", NAN, "the reply holds the completion only" },
         { "best_of", 1, "one completion per request" },
     };
+    json_t *rf = json_object_get(root, "response_format");
+    if (rf && !json_is_null(rf)) {
+        const char *type = json_string_value(json_object_get(rf, "type"));
+        if (!json_is_object(rf) || !type)
+            return moe_errorf(MOE_EINVAL, "'response_format' must be an object with a string 'type'");
+        if (strcmp(type, "text"))
+            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported: moeflow does not "
+                              "constrain its output (only {\"type\": \"text\"})", type);
+    }
     for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++) {
         json_t *v = json_object_get(root, f[i].key);
         if (!v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == f[i].off))
@@ -460,6 +473,10 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) {
             st = moe_errorf(MOE_EINVAL, "'stream_options' must be an object");
+            goto out;
+        }
+        if (!out->stream) {
+            st = moe_errorf(MOE_EINVAL, "'stream_options' is only allowed with \"stream\": true");
             goto out;
         }
         if ((st = json_get_bool(so, "include_usage", &out->include_usage)) != MOE_OK)

@@ -694,6 +694,7 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     }
     s->cfg = *cfg;
     s->t_start = moe_now();
+    s->created = (long long)time(NULL);
     moe_metrics_init(&s->metrics);
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
     if (cfg->model_name[0]) {

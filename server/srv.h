@@ -97,6 +97,7 @@ struct moe_server {
     atomic_int live_gens;          /* srv_gen objects alive */
     uint64_t by_finish[5];         /* terminal statuses seen in on_done (metrics.mu) */
     double t_start;
+    long long created;             /* wall-clock start, seconds since the epoch (/v1/models) */
     struct http_front *http;
     struct grpc_front *grpc;
 };

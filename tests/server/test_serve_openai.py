@@ -7,10 +7,13 @@ replies against what they parse: model retrieval by URL-encoded id, and streams
 whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
-produce (logprobs, echo, best_of)."""
+produce (logprobs, echo, best_of, structured output); developer messages;
+ids unique to the server's start."""
 import json
 import os
+import re
 import sys
+import time
 import urllib.parse
 import urllib.request
 
@@ -131,6 +134,31 @@ def check_params(srv):
                   "%s %r: %d %r" % (path, extra, code, js))
         else:
             check(code == 200 and js["choices"][0].get("logprobs") is None, "%s %r: %d %r" % (path, extra, code, js))
+    # structured output is refused by name; {"type": "text"} is plain text and passes
+    for rf, ok in (({"type": "json_object"}, False), ({"type": "json_schema", "json_schema": {"name": "x"}}, False),
+                   ({"type": "text"}, True), (None, True)):
+        code, js = post(srv, "/v1/chat/completions", dict(chat, max_tokens=2, response_format=rf))
+        check(code == 200 if ok else error_ok(code, js, 400, "'response_format'"),
+              "response_format %r: %d %r" % (rf, code, js))
+    # stream_options only with stream, as OpenAI answers
+    for stream in (False, None):
+        body = dict(chat, max_tokens=2, stream_options={"include_usage": True})
+        if stream is not None:
+            body["stream"] = stream
+        code, js = post(srv, "/v1/chat/completions", body)
+        check(error_ok(code, js, 400, "'stream_options'"), "stream_options, stream %r: %d %r" % (stream, code, js))
+    # a developer message (OpenAI's newer name for system) is marked as system
+    said = {}
+    for role in ("system", "developer"):
+        code, js = post(srv, "/v1/chat/completions", dict(max_tokens=2, temperature=0, messages=[
+            {"role": role, "content": "You write Python."}, {"role": "user", "content": "def add(a, b):"}]))
+        said[role] = (code, js.get("usage", {}).get("prompt_tokens"), js.get("choices", [{}])[0].get("message"))
+    check(said["developer"][0] == 200 and said["developer"] == said["system"], "developer vs system: %r" % said)
+    # ids: chatcmpl-/cmpl-, a random tag of this start, then a count; never the same twice
+    ids = [post(srv, path, dict(base, max_tokens=1))[1].get("id", "") for path, base in (
+        ("/v1/chat/completions", chat), ("/v1/completions", cmpl), ("/v1/completions", cmpl))]
+    check(re.fullmatch(r"chatcmpl-[0-9a-f]{12}[0-9]+", ids[0]) and re.fullmatch(r"cmpl-[0-9a-f]{12}[0-9]+", ids[1])
+          and ids[1][5:17] == ids[0][9:21] and len(set(ids)) == 3, "ids %r" % ids)
 
 
 def check_models(srv):
@@ -144,6 +172,11 @@ def check_models(srv):
         check(code == 200 and js.get("id") == NAME and js.get("object") == "model" and
               isinstance(js.get("created"), int) and js.get("owned_by") == "moeflow",
               "models retrieve %s: %d %r" % (path, code, out[:300]))
+    # created: when the server started, the same on every call
+    time.sleep(1.1)
+    code, again = srv.http("/v1/models")
+    check(code == 200 and json.loads(again)["data"][0]["created"] == listed[0]["created"] <= time.time(),
+          "models created: %r then %r" % (out[:200], again[:200]))
     code, out = srv.http("/v1/models/gpt-4")
     try:
         js = json.loads(out)

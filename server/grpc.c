@@ -10,7 +10,8 @@
  * Outgoing messages wait in a per-call queue: one SEND_MESSAGE in flight at
  * a time, the status goes last.  A decoupled ModelStreamInfer stream keeps
  * receiving while its requests generate (up to GRPC_STREAM_GENS at once; past
- * that it reads the next request when one finishes), each response naming
+ * that it reads the next request when one finishes, and not while
+ * GRPC_STREAM_BACKLOG responses wait for the client), each response naming
  * its request's id.  Scheduler events reach this thread through
  * the inbox, which is drained after every completion-queue wake-up (at most
  * GRPC_POLL_MS apart while any generation is alive). */
@@ -36,6 +37,8 @@
 #define GRPC_IDLE_POLL_MS 100  /* otherwise */
 #define GRPC_PENDING_ACCEPTS 8
 #define GRPC_STREAM_GENS 32    /* requests of one ModelStreamInfer stream generating at once */
+#define GRPC_STREAM_BACKLOG 64 /* responses a ModelStreamInfer stream may hold unsent before it stops
+                                  reading requests (a client that does not read holds up its own stream) */
 
 enum gmethod {
     GM_UNKNOWN,
@@ -99,6 +102,7 @@ struct gcall {
     bool started;                  /* NEW completed: the call exists */
     bool close_done, send_busy, status_queued, status_started, recv_eof, got_msg, recv_busy;
     struct gmsg *q_head, *q_tail;
+    int n_queued;                  /* messages on q_head */
     grpc_status_code code;
     char status_msg[512];
     struct cgen *gens;             /* generations in progress */
@@ -166,6 +170,7 @@ static void gcall_drop_queue(struct gcall *c)
         free(m);
     }
     c->q_tail = NULL;
+    c->n_queued = 0;
 }
 
 /* Unlink k from its call and free it; a generation still running is cancelled. */
@@ -248,6 +253,7 @@ static void pump_send(struct gcall *c)
         c->q_head = m->next;
         if (!c->q_head)
             c->q_tail = NULL;
+        c->n_queued--;
         grpc_op op;
         memset(&op, 0, sizeof(op));
         op.op = GRPC_OP_SEND_MESSAGE;
@@ -281,6 +287,7 @@ static void queue_bytes(struct gcall *c, const uint8_t *buf, size_t len)
     else
         c->q_head = m;
     c->q_tail = m;
+    c->n_queued++;
     pump_send(c);
 }
 
@@ -317,13 +324,15 @@ static void post_recv(struct gcall *c)
 }
 
 /* A decoupled stream reads its next request while it has room for one more
- * generation; once the client half-closed and nothing generates, it ends. */
+ * generation and the client keeps up with the responses (otherwise the
+ * responses of request after request would pile up here); once the client
+ * half-closed and nothing generates, it ends. */
 static void stream_next(struct gcall *c)
 {
     if (c->recv_eof) {
         if (!c->gens)
             queue_status(c, GRPC_STATUS_OK, NULL);
-    } else if (c->n_gens < GRPC_STREAM_GENS) {
+    } else if (c->n_gens < GRPC_STREAM_GENS && c->n_queued < GRPC_STREAM_BACKLOG) {
         post_recv(c);
     }
 }
@@ -895,6 +904,8 @@ static void handle_event(struct grpc_front *gf, struct gtag *t, bool ok)
         if (!ok)
             gcall_drop_queue(c);
         pump_send(c);
+        if (ok && c->m == GM_STREAM_INFER)
+            stream_next(c); /* the client took a response: room for its next request */
         break;
     case GOP_STATUS: c->pending--; break;
     case GOP_CLOSE: on_close(c); break;

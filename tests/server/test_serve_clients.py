@@ -1,0 +1,83 @@
+"""Integration, misbehaving clients: each gets a clear answer (or its own back-pressure) and
+leaves the server as it was for everyone else.  usage: test_serve_clients.py MOEFLOW_BINARY SOURCE_DIR"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import Server, gen_stubs, metric, Checks, require_grpc  # noqa: E402
+
+grpc = require_grpc()
+check = Checks()
+
+
+def settled(srv):
+    """Metrics once nothing runs or waits and the accepted count has not moved for a second."""
+    last, since = None, time.time()
+    while True:
+        ms = srv.metrics()
+        acc = metric(ms, "moeflow:requests_accepted_total")
+        busy = metric(ms, "moeflow:num_requests_running") + metric(ms, "moeflow:num_requests_waiting")
+        if acc != last or busy:
+            last, since = acc, time.time()
+        elif time.time() - since >= 1:
+            return ms
+        time.sleep(0.05)
+
+
+def stream_backlog(srv, pb):
+    """A ModelStreamInfer client that sends request after request and reads no response: the
+    stream stops taking requests once its responses wait unsent (the server does not queue the
+    output of every request the client sends), and a client that then reads gets them all."""
+    k = pb["k"]
+    n_req, n_tok = 200, 20
+
+    def reqs():
+        for i in range(n_req):
+            req = k.ModelInferRequest(model_name="pycode-moe-18m", id="r%d" % i)
+            t = req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+            t.contents.bytes_contents.append(b"def f():")
+            t = req.inputs.add(name="max_tokens", datatype="INT32", shape=[1])
+            t.contents.int_contents.append(n_tok)
+            t = req.inputs.add(name="ignore_eos", datatype="BOOL", shape=[1])
+            t.contents.bool_contents.append(True)
+            t = req.inputs.add(name="stream", datatype="BOOL", shape=[1])
+            t.contents.bool_contents.append(True)
+            yield req
+
+    base = metric(srv.metrics(), "moeflow:requests_accepted_total")
+    # no window growth on the client: what it leaves unread stays within HTTP/2's 64 KiB window
+    ch = grpc.insecure_channel(srv.target, options=[("grpc.http2.bdp_probe", 0)])
+    it = pb["kg"].GRPCInferenceServiceStub(ch).ModelStreamInfer(reqs(), timeout=120)
+    taken = metric(settled(srv), "moeflow:requests_accepted_total") - base
+    print("a stream whose client reads nothing took %d of %d requests" % (taken, n_req))
+    check(0 < taken < n_req, "a stream whose client reads nothing took %d of %d requests" % (taken, n_req))
+    finals = set()
+    for r in it:
+        check(not r.error_message, "stream response error: %s" % r.error_message)
+        if r.infer_response.parameters["triton_final_response"].bool_param:
+            finals.add(r.infer_response.id)
+    check(len(finals) == n_req, "after reading: final responses for %d requests of %d" % (len(finals), n_req))
+    ch.close()
+
+
+def main():
+    moeflow, src = sys.argv[1], sys.argv[2]
+    pb = gen_stubs(src)
+    srv = Server(moeflow)
+    try:
+        stream_backlog(srv, pb)
+        ms = settled(srv)
+        check(metric(ms, "moeflow:live_generations") == 0, "generations left: %s" %
+              metric(ms, "moeflow:live_generations"))
+        check(srv.stop() == 0, "exit status")
+    finally:
+        srv.kill()
+        if check.failures:
+            print(srv.output()[-3000:])
+    print("test_serve_clients: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
+    return 1 if check.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

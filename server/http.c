@@ -447,6 +447,14 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     evhttp_connection_set_closecb(evhttp_request_get_connection(req), conn_close_cb, r);
     hreq_watch(r);
     if (r->stream) {
+        /* The stream's length is unknown: HTTP/1.1 gets it chunked, and an HTTP/1.0 client reads until
+         * the connection closes.  libevent would answer an HTTP/1.0 keep-alive request with
+         * "Content-Length: 0" before the events and keep the connection, so the client would take the
+         * events for its next reply: the stream ends the connection instead. */
+        struct evkeyvalq *ih = evhttp_request_get_input_headers(req);
+        for (const char *conn; (conn = evhttp_find_header(ih, "Connection")) &&
+                               !evutil_ascii_strcasecmp(conn, "keep-alive");)
+            evhttp_remove_header(ih, "Connection");
         struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
         evhttp_add_header(oh, "Content-Type", "text/event-stream");
         evhttp_add_header(oh, "Cache-Control", "no-cache");

@@ -1,6 +1,8 @@
 """Integration, misbehaving clients: each gets a clear answer (or its own back-pressure) and
 leaves the server as it was for everyone else.  usage: test_serve_clients.py MOEFLOW_BINARY SOURCE_DIR"""
+import json
 import os
+import socket
 import sys
 import time
 
@@ -23,6 +25,37 @@ def settled(srv):
         elif time.time() - since >= 1:
             return ms
         time.sleep(0.05)
+
+
+def exchange(srv, data, timeout=30):
+    """Send raw bytes on a new HTTP connection; everything the server sends until it closes the
+    connection, and whether it did close it within timeout seconds."""
+    sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=timeout)
+    sk.sendall(data)
+    out, closed = b"", False
+    try:
+        while True:
+            x = sk.recv(65536)
+            if not x:
+                closed = True
+                break
+            out += x
+    except socket.timeout:
+        pass
+    sk.close()
+    return out, closed
+
+
+def http10_keepalive_stream(srv):
+    """An HTTP/1.0 keep-alive client asks for a stream: the events come as the body of a reply
+    that ends with the connection (not after a "Content-Length: 0" on a connection kept open)."""
+    body = json.dumps({"prompt": "def f():", "max_tokens": 4, "ignore_eos": True, "stream": True}).encode()
+    out, closed = exchange(srv, b"POST /v1/completions HTTP/1.0\r\nConnection: keep-alive\r\n"
+                                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    head, _, events = out.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.0 200") and b"content-length" not in head.lower() and closed and
+          events.count(b"data: {") == 5 and events.endswith(b"data: [DONE]\n\n"),
+          "HTTP/1.0 keep-alive stream: closed %s, %r" % (closed, out[:300]))
 
 
 def stream_backlog(srv, pb):
@@ -67,6 +100,7 @@ def main():
     srv = Server(moeflow)
     try:
         stream_backlog(srv, pb)
+        http10_keepalive_stream(srv)
         ms = settled(srv)
         check(metric(ms, "moeflow:live_generations") == 0, "generations left: %s" %
               metric(ms, "moeflow:live_generations"))

@@ -54,21 +54,20 @@ static void wake_cb(void *arg)
     event_active(h->wake_ev, EV_READ, 0);
 }
 
-/* A whole reply.  HEAD gets the headers GET would, Content-Length included, and no body (libevent
- * would send the body and drop the length, which breaks the next reply on the connection). */
+/* A whole reply, its Content-Length always given: libevent leaves it out for HEAD and CONNECT (and
+ * would send HEAD the body), which breaks the next reply on the connection.  HEAD gets the headers
+ * GET would and no body; CONNECT (never a tunnel here) its error with the body framed. */
 static void send_text(struct evhttp_request *req, int code, const char *ctype, const char *body,
                       size_t len)
 {
     struct evkeyvalq *hd = evhttp_request_get_output_headers(req);
     evhttp_add_header(hd, "Content-Type", ctype);
+    char n[32];
+    snprintf(n, sizeof(n), "%zu", len);
+    evhttp_add_header(hd, "Content-Length", n);
     struct evbuffer *b = NULL;
-    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
-        char n[32];
-        snprintf(n, sizeof(n), "%zu", len);
-        evhttp_add_header(hd, "Content-Length", n);
-    } else if ((b = evbuffer_new())) {
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD && (b = evbuffer_new()))
         evbuffer_add(b, body, len);
-    }
     evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
     if (b)
         evbuffer_free(b);

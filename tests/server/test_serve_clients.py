@@ -58,6 +58,37 @@ def http10_keepalive_stream(srv):
           "HTTP/1.0 keep-alive stream: closed %s, %r" % (closed, out[:300]))
 
 
+def read_reply(f):
+    """One reply from a file over the socket: status line, headers (lower-case names), body
+    (framed by Content-Length; None when the reply has none)."""
+    status = f.readline()
+    hd = {}
+    for ln in iter(f.readline, b"\r\n"):
+        name, _, v = ln.decode().partition(":")
+        hd[name.strip().lower()] = v.strip()
+    n = hd.get("content-length")
+    return status, hd, f.read(int(n)) if n is not None else None
+
+
+def connect_method(srv):
+    """CONNECT (no tunnels here) gets a JSON error with its length, and the connection goes on
+    to serve the next request."""
+    sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=30)
+    f = sk.makefile("rb")
+    for target in (b"/health", b"127.0.0.1:443"):
+        sk.sendall(b"CONNECT %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        status, hd, body = read_reply(f)
+        check(status.split()[1:2] in ([b"404"], [b"405"]) and body is not None and b'"error"' in body,
+              "CONNECT %s: %r %r %r" % (target, status, hd, body))
+        if body is None:
+            sk.close()
+            return
+    sk.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, hd, body = read_reply(f)
+    check(status.startswith(b"HTTP/1.1 200") and body == b"ok\n", "GET after CONNECT: %r %r" % (status, body))
+    sk.close()
+
+
 def stream_backlog(srv, pb):
     """A ModelStreamInfer client that sends request after request and reads no response: the
     stream stops taking requests once its responses wait unsent (the server does not queue the
@@ -101,6 +132,7 @@ def main():
     try:
         stream_backlog(srv, pb)
         http10_keepalive_stream(srv)
+        connect_method(srv)
         ms = settled(srv)
         check(metric(ms, "moeflow:live_generations") == 0, "generations left: %s" %
               metric(ms, "moeflow:live_generations"))

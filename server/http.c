@@ -492,6 +492,26 @@ static void handle_models(struct http_front *h, struct evhttp_request *req, cons
     free(name);
 }
 
+/* A body whose length the headers do not settle, or NULL: libevent takes the first of several
+ * Content-Length headers and reads a body under a Transfer-Encoding other than chunked as none, so
+ * a proxy in front that reads them otherwise would see other requests on the connection than we do. */
+static const char *ambiguous_body(struct evhttp_request *req)
+{
+    const char *cl = NULL;
+    int n_te = 0;
+    for (struct evkeyval *kv = evhttp_request_get_input_headers(req)->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (!evutil_ascii_strcasecmp(kv->key, "Content-Length")) {
+            if (cl && strcmp(cl, kv->value))
+                return "the request has Content-Length headers that differ";
+            cl = kv->value;
+        } else if (!evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding")) {
+            if (++n_te > 1 || evutil_ascii_strcasecmp(kv->value, "chunked"))
+                return "Transfer-Encoding other than one 'chunked' is not supported";
+        }
+    }
+    return NULL;
+}
+
 static void gen_cb(struct evhttp_request *req, void *arg)
 {
     struct http_front *h = arg;
@@ -505,6 +525,12 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         i++;
     }
     path[i] = 0;
+    const char *framing = ambiguous_body(req);
+    if (framing) { /* what follows on the connection cannot be told apart: answer and close it */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        send_error(req, 400, framing);
+        return;
+    }
     bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions");
     const char *model_id = !strncmp(path, "/v1/models/", 11) ? path + 11 : NULL;
     bool models = !strcmp(path, "/v1/models") || model_id;

@@ -89,6 +89,27 @@ def connect_method(srv):
     sk.close()
 
 
+def ambiguous_body(srv):
+    """A request whose body length the headers do not settle (Content-Length headers that differ,
+    a Transfer-Encoding other than chunked) gets a 400 naming why, and the connection closes: the
+    bytes after it, here a request of their own, are not served."""
+    inner = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+    base = metric(srv.metrics(), "moeflow:requests_accepted_total")
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
+    for hd, body, why in (
+            (b"Content-Length: 0\r\nContent-Length: %d\r\n" % len(inner), inner, b"Content-Length"),
+            (b"Content-Length: %d\r\nContent-Length: 0\r\n" % len(inner), inner, b"Content-Length"),
+            (b"Transfer-Encoding: gzip\r\n", inner, b"Transfer-Encoding"),
+            (b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n", chunked, b"Transfer-Encoding")):
+        out, closed = exchange(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + hd + b"\r\n" + body)
+        check(out.startswith(b"HTTP/1.1 400") and out.count(b"HTTP/1.1") == 1 and why in out and closed,
+              "ambiguous body %r: closed %s, %r" % (hd, closed, out[:400]))
+    out, closed = exchange(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                                b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+    check(out.startswith(b"HTTP/1.1 400") and b"prompt" in out, "repeated equal Content-Length: %r" % out[:300])
+    check(metric(srv.metrics(), "moeflow:requests_accepted_total") == base, "an ambiguous request was admitted")
+
+
 def stream_backlog(srv, pb):
     """A ModelStreamInfer client that sends request after request and reads no response: the
     stream stops taking requests once its responses wait unsent (the server does not queue the
@@ -133,6 +154,7 @@ def main():
         stream_backlog(srv, pb)
         http10_keepalive_stream(srv)
         connect_method(srv)
+        ambiguous_body(srv)
         ms = settled(srv)
         check(metric(ms, "moeflow:live_generations") == 0, "generations left: %s" %
               metric(ms, "moeflow:live_generations"))

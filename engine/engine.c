@@ -2,8 +2,9 @@
  *
  * Per decoder layer: RMSNorm -> q/k/v projections (+ biases) -> q/k norm
  * (per head or over the projection) -> RoPE -> KV store -> causal GQA -> o
- * projection -> residual; RMSNorm -> MoE block (router, experts through the
- * expert provider, optional sigmoid-gated shared expert) or dense SwiGLU MLP
+ * projection -> residual (DeepSeek-V3: multi-head latent attention, see
+ * mla_block); RMSNorm -> MoE block (router, experts through the expert
+ * provider, optional shared expert, sigmoid-gated or not) or dense SwiGLU MLP
  * -> residual.  Then the final norm and lm_head over the rows that want logits.
  *
  * Determinism: every backend op computes a row from that row alone, the
@@ -31,6 +32,12 @@ struct eng_layer {
     void *sh_gate, *sh_up, *sh_down;      /* [S, H], [S, H], [H, S] or NULL */
     void *sh_scale;                       /* [1, H] or NULL */
     void *d_gate, *d_up, *d_down;         /* dense MLP [D, H], [D, H], [H, D] or NULL */
+    /* MLA: wq = q_b_proj (or q_proj), wo [H, nh*v]; rope rows de-interleaved when rope_interleave */
+    void *q_a;                            /* [q_lora_rank, H] or NULL */
+    float *q_a_norm, *kv_a_norm;          /* [q_lora_rank], [kv_lora_rank] */
+    void *kv_a_c, *kv_a_r;                /* kv_a_proj_with_mqa split: [kv_lora_rank, H], [rope, H] */
+    void *kv_b;                           /* [nh*(nope + v), kv_lora_rank] */
+    float *router_bias;                   /* [E] e_score_correction_bias or NULL */
 };
 
 struct moe_engine {
@@ -69,6 +76,9 @@ struct moe_engine {
     float *sd;                            /* [N, H] shared expert output */
     float *sg;                            /* [N] shared expert gate logit */
     float *d_logits;                      /* [N, V], only when !host_visible */
+    float *mq_a, *mq_rope;                /* MLA: [N, q_lora_rank], [N, nh*rope] */
+    float *m_ckv, *m_krope;               /* MLA: [N, kv_lora_rank], [N, rope] */
+    float *m_kvb, *m_attv;                /* MLA: [N, nh*(nope + v)], [N, nh*v] */
 
     /* host staging */
     int32_t *h_tok, *h_seq, *h_pos, *h_rows; /* [N] */
@@ -104,7 +114,8 @@ static bool matrices_bf16(const struct moe_model *m)
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const struct moe_layer_w *w = &m->layers[l];
         const struct moe_wview *v[] = { &w->wq, &w->wk, &w->wv, &w->wo, &w->router, &w->sh_gate, &w->sh_up,
-                                        &w->sh_down, &w->sh_scale, &w->d_gate, &w->d_up, &w->d_down };
+                                        &w->sh_down, &w->sh_scale, &w->d_gate, &w->d_up, &w->d_down,
+                                        &w->q_a, &w->kv_a, &w->kv_b };
         for (size_t i = 0; i < MOE_ARRAY_LEN(v); i++)
             if (v[i]->data && v[i]->dtype != MOE_DT_BF16) return false;
     }
@@ -162,6 +173,66 @@ out_nomem:
     return moe_errorf(MOE_ENOMEM, "%s: cannot allocate %zu bytes", what, bytes);
 }
 
+static enum moe_status missing(const struct moe_engine *e, int layer, const char *what);
+
+/* Upload the rows idx[0..n) of w, in that order, as one [n, cols] matrix. */
+static enum moe_status upload_rows(struct moe_engine *e, const struct moe_wview *w, const int *idx, int n,
+                                   enum moe_dtype dt, void **out, const char *what, int layer)
+{
+    size_t row = (size_t)w->cols * moe_dtype_size(w->dtype);
+    char *tmp = malloc(row * (size_t)n);
+    if (!tmp) return moe_errorf(MOE_ENOMEM, "layer %d %s: cannot allocate %zu bytes", layer, what, row * (size_t)n);
+    for (int r = 0; r < n; r++) memcpy(tmp + (size_t)r * row, (const char *)w->data + (size_t)idx[r] * row, row);
+    struct moe_wview v = { .dtype = w->dtype, .rows = n, .cols = w->cols, .data = tmp, .nbytes = row * (size_t)n };
+    enum moe_status st = upload(e, &v, dt, out, what, layer);
+    free(tmp);
+    return st;
+}
+
+/* The order of a head's rope rows in the matrices that produce them:
+ * transformers' rope_interleave rotates adjacent pairs (x0, x1), (x2, x3), ...
+ * by first gathering the even then the odd dims, which puts the pairs where
+ * the rotate-half rope op expects them: row j of the result is row perm[j]. */
+static void rope_rows(const struct moe_config *c, int base, int *rows)
+{
+    int d = c->qk_rope_dim;
+    for (int j = 0; j < d; j++)
+        rows[j] = base + (!c->rope_interleave ? j : j < d / 2 ? 2 * j : 2 * (j - d / 2) + 1);
+}
+
+/* MLA weights: q (rope rows reordered), the latent's two parts, its norms, kv_b. */
+static enum moe_status load_mla(struct moe_engine *e, int l)
+{
+    const struct moe_config *c = &e->cfg;
+    const struct moe_layer_w *w = &e->m->layers[l];
+    struct eng_layer *d = &e->L[l];
+    int nh = c->n_heads, hd = c->head_dim, kvr = c->kv_lora_rank, rd = c->qk_rope_dim;
+    int *rows = malloc(sizeof(int) * (size_t)(nh * hd > kvr ? nh * hd : kvr));
+    if (!rows) return moe_errorf(MOE_ENOMEM, "layer %d: out of memory", l);
+    for (int h = 0; h < nh; h++) {
+        for (int j = 0; j < c->qk_nope_dim; j++) rows[h * hd + j] = h * hd + j;
+        rope_rows(c, h * hd + c->qk_nope_dim, rows + h * hd + c->qk_nope_dim);
+    }
+    enum moe_status st = upload_rows(e, &w->wq, rows, nh * hd, e->wdt, &d->wq, "q projection", l);
+    for (int j = 0; j < kvr; j++) rows[j] = j;
+    if (st == MOE_OK) st = upload_rows(e, &w->kv_a, rows, kvr, e->wdt, &d->kv_a_c, "kv_a_proj_with_mqa", l);
+    rope_rows(c, kvr, rows);
+    if (st == MOE_OK) st = upload_rows(e, &w->kv_a, rows, rd, e->wdt, &d->kv_a_r, "kv_a_proj_with_mqa", l);
+    free(rows);
+    void *qn = NULL, *kvn = NULL;
+    if (st == MOE_OK) st = upload(e, &w->q_a, e->wdt, &d->q_a, "q_a_proj", l);
+    if (st == MOE_OK) st = upload(e, &w->q_a_norm, MOE_DT_F32, &qn, "q_a_layernorm", l);
+    d->q_a_norm = qn;
+    if (st == MOE_OK) st = upload(e, &w->kv_a_norm, MOE_DT_F32, &kvn, "kv_a_layernorm", l);
+    d->kv_a_norm = kvn;
+    if (st == MOE_OK) st = upload(e, &w->kv_b, e->wdt, &d->kv_b, "kv_b_proj", l);
+    if (st == MOE_OK) st = upload(e, &w->wo, e->wdt, &d->wo, "o_proj", l);
+    bool have_q = d->wq && (!c->q_lora_rank || (d->q_a && d->q_a_norm));
+    if (st == MOE_OK && (!have_q || !d->kv_a_norm || !d->kv_b || !d->wo))
+        st = missing(e, l, "MLA projection");
+    return st;
+}
+
 #define UPLOAD(wv, dt, dst, what)                                                   \
     do {                                                                            \
         void *_p;                                                                   \
@@ -201,13 +272,17 @@ static enum moe_status load_weights(struct moe_engine *e)
         struct eng_layer *d = &e->L[l];
         UPLOAD(w->attn_norm, MOE_DT_F32, d->attn_norm, "input_layernorm");
         UPLOAD(w->ffn_norm, MOE_DT_F32, d->ffn_norm, "post_attention_layernorm");
-        UPLOAD(w->wq, e->wdt, d->wq, "q_proj");
-        UPLOAD(w->wk, e->wdt, d->wk, "k_proj");
-        UPLOAD(w->wv, e->wdt, d->wv, "v_proj");
-        UPLOAD(w->wo, e->wdt, d->wo, "o_proj");
         NEED(d->attn_norm, "input_layernorm");
         NEED(d->ffn_norm, "post_attention_layernorm");
-        NEED(d->wq && d->wk && d->wv && d->wo, "q/k/v/o projection");
+        if (c->mla) {
+            if ((st = load_mla(e, l)) != MOE_OK) goto out_fail;
+        } else {
+            UPLOAD(w->wq, e->wdt, d->wq, "q_proj");
+            UPLOAD(w->wk, e->wdt, d->wk, "k_proj");
+            UPLOAD(w->wv, e->wdt, d->wv, "v_proj");
+            UPLOAD(w->wo, e->wdt, d->wo, "o_proj");
+            NEED(d->wq && d->wk && d->wv && d->wo, "q/k/v/o projection");
+        }
         if (c->attn_qkv_bias) {
             UPLOAD(w->bq, MOE_DT_F32, d->bq, "q_proj.bias");
             UPLOAD(w->bk, MOE_DT_F32, d->bk, "k_proj.bias");
@@ -222,6 +297,10 @@ static enum moe_status load_weights(struct moe_engine *e)
         if (c->is_moe[l]) {
             UPLOAD(w->router, e->wdt, d->router, "router gate");
             NEED(d->router, "router gate");
+            if (c->router == MOE_ROUTER_SIGMOID_GROUP) {
+                UPLOAD(w->router_bias, MOE_DT_F32, d->router_bias, "e_score_correction_bias");
+                NEED(d->router_bias, "e_score_correction_bias");
+            }
             if (c->shared_inter > 0) {
                 UPLOAD(w->sh_gate, e->wdt, d->sh_gate, "shared_expert.gate_proj");
                 UPLOAD(w->sh_up, e->wdt, d->sh_up, "shared_expert.up_proj");
@@ -254,7 +333,8 @@ static void free_weights(struct moe_engine *e)
         struct eng_layer *d = &e->L[l];
         void *all[] = { d->attn_norm, d->ffn_norm, d->wq, d->wk, d->wv, d->wo, d->bq, d->bk, d->bv,
                         d->q_norm, d->k_norm, d->router, d->sh_gate, d->sh_up, d->sh_down,
-                        d->sh_scale, d->d_gate, d->d_up, d->d_down };
+                        d->sh_scale, d->d_gate, d->d_up, d->d_down, d->q_a, d->q_a_norm, d->kv_a_norm,
+                        d->kv_a_c, d->kv_a_r, d->kv_b, d->router_bias };
         for (size_t i = 0; i < MOE_ARRAY_LEN(all); i++) bfree(e, all[i]);
     }
 }
@@ -332,6 +412,12 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         }
         e->own_be = true;
     }
+    if ((c->mla && !e->be->ops->copy_blocks) ||
+        (c->router == MOE_ROUTER_SIGMOID_GROUP && !e->be->ops->router_grouped)) {
+        st = moe_errorf(MOE_ENOTSUP, "engine: the %s backend does not run %s (multi-head latent attention, "
+                        "grouped sigmoid routing) yet; use the cpu backend", e->be->name, c->model_type);
+        goto out_fail;
+    }
     e->wdt = e->be->weight_dtype == MOE_DT_BF16 ? MOE_DT_BF16 : MOE_DT_F32;
     if (e->wdt == MOE_DT_BF16 && e->be->exact_weights && !matrices_bf16(m)) e->wdt = MOE_DT_F32;
 
@@ -391,14 +477,26 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         { (void **)&e->sd, szmul(N, e->H, 4, &ovf), "shared expert output" },
         { (void **)&e->sg, N * 4, "shared expert gate" },
     };
+    /* MLA scratch (one float when the model has no MLA) */
+    int nh = c->n_heads, rd = c->qk_rope_dim;
+    struct { void **p; size_t bytes; const char *what; } mla[] = {
+        { (void **)&e->mq_a, szmul(N, c->q_lora_rank, 4, &ovf), "q latent" },
+        { (void **)&e->mq_rope, szmul(N, (size_t)nh * rd, 4, &ovf), "q rope" },
+        { (void **)&e->m_ckv, szmul(N, c->kv_lora_rank, 4, &ovf), "kv latent" },
+        { (void **)&e->m_krope, szmul(N, rd, 4, &ovf), "k rope" },
+        { (void **)&e->m_kvb, szmul(N, (size_t)nh * (c->qk_nope_dim + c->v_head_dim), 4, &ovf), "k and v" },
+        { (void **)&e->m_attv, szmul(N, (size_t)nh * c->v_head_dim, 4, &ovf), "attention values" },
+    };
     if (ovf) {
         st = moe_errorf(MOE_ENOMEM, "engine: buffer sizes overflow (lower max_batch_tokens = %d)",
                         e->max_batch);
         goto out_fail;
     }
-    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) {
-        *bufs[i].p = balloc(e, bufs[i].bytes, bufs[i].what);
-        if (!*bufs[i].p) {
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs) + (c->mla ? MOE_ARRAY_LEN(mla) : 0); i++) {
+        void **slot = i < MOE_ARRAY_LEN(bufs) ? bufs[i].p : mla[i - MOE_ARRAY_LEN(bufs)].p;
+        size_t bytes = i < MOE_ARRAY_LEN(bufs) ? bufs[i].bytes : mla[i - MOE_ARRAY_LEN(bufs)].bytes;
+        *slot = balloc(e, bytes, i < MOE_ARRAY_LEN(bufs) ? bufs[i].what : mla[i - MOE_ARRAY_LEN(bufs)].what);
+        if (!*slot) {
             st = moe_error_prefix(MOE_ENOMEM, "engine (lower max_batch_tokens = %d)", e->max_batch);
             goto out_fail;
         }
@@ -456,7 +554,8 @@ void moe_engine_destroy(struct moe_engine *e)
         free_weights(e);
         void *bufs[] = { e->kc, e->vc, e->d_tok, e->d_seq, e->d_pos, e->d_rows, e->h, e->xn, e->o,
                          e->q, e->att, e->kx, e->vx, e->rl, e->d_ids, e->d_src, e->d_inv, e->rw,
-                         e->xp, e->yp, e->mg, e->mu, e->sd, e->sg, e->d_logits };
+                         e->xp, e->yp, e->mg, e->mu, e->sd, e->sg, e->d_logits, e->mq_a, e->mq_rope,
+                         e->m_ckv, e->m_krope, e->m_kvb, e->m_attv };
         for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) bfree(e, bufs[i]);
         if (e->own_be) moe_backend_destroy(e->be);
     }
@@ -621,7 +720,11 @@ static enum moe_status moe_block(struct moe_engine *e, int l, int n)
         e->hooks.on_moe_input(e->hooks.ud, l, n, x);
     }
     BE(o->linear(bc, e->xn, w->router, e->wdt, NULL, n, H, E, e->rl));
-    BE(o->router(bc, e->rl, n, E, K, c->router, c->norm_topk_prob, e->d_ids, e->rw));
+    if (c->router == MOE_ROUTER_SIGMOID_GROUP)
+        BE(o->router_grouped(bc, e->rl, w->router_bias, n, E, K, c->n_group, c->topk_group, c->norm_topk_prob,
+                             c->routed_scale, e->d_ids, e->rw));
+    else
+        BE(o->router(bc, e->rl, n, E, K, c->router, c->norm_topk_prob, e->d_ids, e->rw));
     BE(o->copy_d2h(bc, e->h_ids, e->d_ids, (size_t)nk * 4));
     if (e->hooks.on_route && !e->be->host_visible) {
         BE(o->copy_d2h(bc, e->h_rw, e->rw, (size_t)nk * 4));
@@ -755,6 +858,55 @@ out:
     return st;
 }
 
+/* transformers' q_a_layernorm and kv_a_layernorm keep RMSNorm's default epsilon */
+#define MLA_NORM_EPS 1e-6f
+
+/* DeepSeek-V3's multi-head latent attention, in the expanded form transformers
+ * computes: every head's key [k_nope | k_rope] (k_rope shared by the heads) and
+ * value (zero-padded to the key width) are built from the token's latent and
+ * cached as for multi-head attention; the padding adds exact zeros. */
+static enum moe_status mla_block(struct moe_engine *e, int l, int n)
+{
+    const struct moe_backend_ops *o = e->be->ops;
+    void *bc = e->be->ctx;
+    const struct eng_layer *w = &e->L[l];
+    const struct moe_config *c = &e->cfg;
+    int H = e->H, Q = e->Q, KV = e->KV, nh = c->n_heads, hd = c->head_dim, nope = c->qk_nope_dim;
+    int rd = c->qk_rope_dim, vd = c->v_head_dim, qr = c->q_lora_rank, kvr = c->kv_lora_rank, kvw = nope + vd;
+    enum moe_status st = MOE_OK;
+    BE(o->rmsnorm(bc, e->h, w->attn_norm, e->xn, n, H, c->rms_eps));
+    if (qr) {
+        BE(o->linear(bc, e->xn, w->q_a, e->wdt, NULL, n, H, qr, e->mq_a));
+        BE(o->rmsnorm(bc, e->mq_a, w->q_a_norm, e->mq_a, n, qr, MLA_NORM_EPS));
+        BE(o->linear(bc, e->mq_a, w->wq, e->wdt, NULL, n, qr, Q, e->q));
+    } else {
+        BE(o->linear(bc, e->xn, w->wq, e->wdt, NULL, n, H, Q, e->q));
+    }
+    /* RoPE on the last rd dims of every head, through a packed copy */
+    BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->mq_rope, nh * rd, rd, n, nh, rd));
+    BE(o->rope(bc, e->mq_rope, e->d_pos, n, nh, rd, c->rope_theta));
+    BE(o->copy_blocks(bc, e->mq_rope, nh * rd, rd, e->q + nope, Q, hd, n, nh, rd));
+    BE(o->linear(bc, e->xn, w->kv_a_c, e->wdt, NULL, n, H, kvr, e->m_ckv));
+    BE(o->linear(bc, e->xn, w->kv_a_r, e->wdt, NULL, n, H, rd, e->m_krope));
+    BE(o->rmsnorm(bc, e->m_ckv, w->kv_a_norm, e->m_ckv, n, kvr, MLA_NORM_EPS));
+    BE(o->rope(bc, e->m_krope, e->d_pos, n, 1, rd, c->rope_theta));
+    BE(o->linear(bc, e->m_ckv, w->kv_b, e->wdt, NULL, n, kvr, nh * kvw, e->m_kvb));
+    BE(o->copy_blocks(bc, e->m_kvb, nh * kvw, kvw, e->kx, KV, hd, n, nh, nope));
+    BE(o->copy_blocks(bc, e->m_krope, rd, 0, e->kx + nope, KV, hd, n, nh, rd));
+    BE(o->memset0(bc, e->vx, (size_t)n * KV * sizeof(float)));
+    BE(o->copy_blocks(bc, e->m_kvb + nope, nh * kvw, kvw, e->vx, KV, hd, n, nh, vd));
+    size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
+    float *kc = e->kc + layer_off, *vc = e->vc + layer_off;
+    BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
+    BE(o->attention(bc, e->q, kc, vc, e->d_seq, e->d_pos, n, nh, nh, hd, e->max_ctx, 1.0f / sqrtf((float)hd),
+                    e->att));
+    BE(o->copy_blocks(bc, e->att, Q, hd, e->m_attv, nh * vd, vd, n, nh, vd));
+    BE(o->linear(bc, e->m_attv, w->wo, e->wdt, NULL, n, nh * vd, H, e->o));
+    BE(o->add(bc, e->h, e->o, (size_t)n * H));
+out:
+    return st;
+}
+
 enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch *b, float *logits)
 {
     enum moe_status st = validate_batch(e, b);
@@ -779,7 +931,7 @@ enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch 
     BE(o->embed(bc, e->embed, e->wdt, e->V, H, e->d_tok, n, e->h));
     BE(hook_hidden(e, 0, n, e->h));
     for (int l = 0; l < c->n_layers; l++) {
-        BE(attention_block(e, l, n));
+        BE(c->mla ? mla_block(e, l, n) : attention_block(e, l, n));
         BE(o->rmsnorm(bc, e->h, e->L[l].ffn_norm, e->xn, n, H, c->rms_eps));
         if (c->is_moe[l])
             BE(moe_block(e, l, n));

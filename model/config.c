@@ -1,4 +1,4 @@
-/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE.
+/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3.
  *
  * Fields are read with the spellings of different transformers versions and
  * the defaults of each family's transformers config class; every size is
@@ -13,6 +13,7 @@
 #include <string.h>
 
 #define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
+#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3"
 
 const char *moe_family_name(enum moe_family f)
 {
@@ -21,6 +22,7 @@ const char *moe_family_name(enum moe_family f)
     case MOE_FAM_QWEN2_MOE: return "qwen2_moe";
     case MOE_FAM_QWEN3_MOE: return "qwen3_moe";
     case MOE_FAM_OLMOE: return "olmoe";
+    case MOE_FAM_DEEPSEEK_V3: return "deepseek_v3";
     }
     return "unknown";
 }
@@ -33,6 +35,7 @@ static const struct {
     { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE },
     { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE },
     { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE },
+    { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3 },
 };
 
 /* A field that is absent or JSON null counts as missing. */
@@ -149,13 +152,6 @@ static enum moe_status detect_family(const char *what, json_t *root, struct moe_
                            ? json_string_value(json_array_get(ar, 0)) : NULL;
 
     if (mt && !type) return moe_errorf(MOE_EFORMAT, "%s: field \"model_type\" must be a string", what);
-    if (is_deepseek(type) || is_deepseek(arch)) {
-        bool v3 = (type && strstr(type, "v3")) || (arch && strstr(arch, "V3"));
-        return moe_errorf(MOE_ENOTSUP, "%s: %s (model_type \"%s\", architecture \"%s\") is not supported "
-                          "yet (MLA attention, group-limited sigmoid routing); supported model_type values: "
-                          "mixtral, qwen2_moe, qwen3_moe, olmoe", what, v3 ? "DeepSeek-V3" : "DeepSeek",
-                          type ? type : "(none)", arch ? arch : "(none)");
-    }
     for (size_t i = 0; i < MOE_ARRAY_LEN(families); i++) {
         if ((type && !strcmp(type, families[i].model_type)) ||
             (!type && arch && !strcmp(arch, families[i].arch))) {
@@ -167,8 +163,12 @@ static enum moe_status detect_family(const char *what, json_t *root, struct moe_
     if (!type && !arch)
         return moe_errorf(MOE_EFORMAT, "%s: required field \"model_type\" is missing (and no "
                           "\"architectures\")", what);
+    if (is_deepseek(type) || is_deepseek(arch))
+        return moe_errorf(MOE_ENOTSUP, "%s: DeepSeek before V3 (model_type \"%s\", architecture \"%s\") is "
+                          "not supported (its routing differs); supported model_type values: " SUPPORTED_TYPES,
+                          what, type ? type : "(none)", arch ? arch : "(none)");
     return moe_errorf(MOE_ENOTSUP, "%s: unsupported architecture: model_type \"%s\", architectures[0] "
-                      "\"%s\"; supported model_type values: mixtral, qwen2_moe, qwen3_moe, olmoe", what,
+                      "\"%s\"; supported model_type values: " SUPPORTED_TYPES, what,
                       type ? type : "(none)", arch ? arch : "(none)");
 }
 
@@ -213,6 +213,90 @@ static enum moe_status get_rope(const char *what, json_t *root, double def, doub
     return MOE_OK;
 }
 
+/* head_dim: given, or hidden_size / num_attention_heads; GQA groups whole. */
+static enum moe_status parse_head_dim(const char *what, json_t *root, struct moe_config *c)
+{
+    if (c->n_heads % c->n_kv_heads)
+        return moe_errorf(MOE_ERANGE, "%s: num_attention_heads = %d is not a multiple of num_key_value_heads "
+                          "= %d", what, c->n_heads, c->n_kv_heads);
+    if (field(root, "head_dim")) return get_int(what, root, "head_dim", true, 1, 4096, 0, &c->head_dim);
+    if (c->hidden % c->n_heads)
+        return moe_errorf(MOE_ERANGE, "%s: no \"head_dim\" and hidden_size = %d is not a multiple of "
+                          "num_attention_heads = %d", what, c->hidden, c->n_heads);
+    c->head_dim = c->hidden / c->n_heads;
+    return MOE_OK;
+}
+
+/* An integer field that may be null for "none" (0); absent: def. */
+static enum moe_status get_int_or_null(const char *what, json_t *root, const char *key, long long max, int def,
+                                       int *out)
+{
+    json_t *v = json_object_get(root, key);
+    if (v && json_is_null(v)) {
+        *out = 0;
+        return MOE_OK;
+    }
+    return get_int(what, root, key, false, 1, max, def, out);
+}
+
+/* DeepSeek-V3's MLA attention (transformers' DeepseekV3Config defaults). */
+static enum moe_status parse_mla(const char *what, json_t *root, struct moe_config *c)
+{
+    enum moe_status st;
+    c->mla = true;
+    if ((st = get_int_or_null(what, root, "q_lora_rank", CFG_MAX_SIZE, 1536, &c->q_lora_rank)) ||
+        (st = get_int(what, root, "kv_lora_rank", false, 1, CFG_MAX_SIZE, 512, &c->kv_lora_rank)) ||
+        (st = get_int(what, root, "qk_nope_head_dim", false, 0, 4096, 128, &c->qk_nope_dim)) ||
+        (st = get_int(what, root, "qk_rope_head_dim", false, 2, 4096, 64, &c->qk_rope_dim)) ||
+        (st = get_int(what, root, "v_head_dim", false, 1, 4096, 128, &c->v_head_dim)) ||
+        (st = get_bool(what, root, "rope_interleave", true, &c->rope_interleave)))
+        return st;
+    if (c->qk_rope_dim % 2)
+        return moe_errorf(MOE_ERANGE, "%s: field \"qk_rope_head_dim\" = %d must be even", what, c->qk_rope_dim);
+    c->head_dim = c->qk_nope_dim + c->qk_rope_dim;
+    if (c->head_dim > 4096)
+        return moe_errorf(MOE_ERANGE, "%s: qk_nope_head_dim + qk_rope_head_dim = %d is above 4096", what,
+                          c->head_dim);
+    if (c->v_head_dim > c->head_dim) /* values are kept padded to the key width */
+        return moe_errorf(MOE_ENOTSUP, "%s: field \"v_head_dim\" = %d above qk_nope_head_dim + qk_rope_head_dim "
+                          "= %d is not supported", what, c->v_head_dim, c->head_dim);
+    c->n_kv_heads = c->n_heads; /* every head gets its own k and v from the shared latent */
+    return MOE_OK;
+}
+
+/* DeepSeek-V3's routing: sigmoid scores, group-limited top-k (noaux_tc). */
+static enum moe_status parse_deepseek_routing(const char *what, json_t *root, struct moe_config *c)
+{
+    static const struct { const char *key, *want; } fixed[] = {
+        { "topk_method", "noaux_tc" }, { "scoring_func", "sigmoid" },
+    };
+    enum moe_status st;
+    int n_shared;
+    double scale = 2.5;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(fixed); i++) {
+        json_t *v = field(root, fixed[i].key);
+        if (v && (!json_is_string(v) || strcmp(json_string_value(v), fixed[i].want)))
+            return moe_errorf(MOE_ENOTSUP, "%s: field \"%s\" = \"%s\": only \"%s\" is supported", what,
+                              fixed[i].key, json_is_string(v) ? json_string_value(v) : "(not a string)",
+                              fixed[i].want);
+    }
+    if ((st = get_int(what, root, "n_group", false, 1, c->n_experts, 8, &c->n_group)) ||
+        (st = get_int(what, root, "topk_group", false, 1, c->n_group, 4, &c->topk_group)) ||
+        (st = get_int_or_null(what, root, "n_shared_experts", 64, 1, &n_shared)) ||
+        (st = get_pos_num(what, root, "routed_scaling_factor", 2.5, &scale)))
+        return st;
+    int per = c->n_experts / c->n_group;
+    if (c->n_experts % c->n_group || per < 2)
+        return moe_errorf(MOE_ERANGE, "%s: n_routed_experts = %d must split into n_group = %d groups of at least "
+                          "2 experts", what, c->n_experts, c->n_group);
+    if (c->top_k > c->topk_group * per)
+        return moe_errorf(MOE_ERANGE, "%s: num_experts_per_tok = %d is more than the %d experts of topk_group = %d "
+                          "groups", what, c->top_k, c->topk_group * per, c->topk_group);
+    c->routed_scale = (float)scale;
+    c->shared_inter = n_shared * c->expert_inter;
+    return MOE_OK;
+}
+
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what, struct moe_config *out)
 {
     struct moe_config c;
@@ -241,37 +325,28 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         (st = get_int(what, root, "num_key_value_heads", false, 1, 4096, c.n_heads, &c.n_kv_heads)) ||
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
         (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
-                      c.family == MOE_FAM_MIXTRAL ? 4096 * 32 : c.family == MOE_FAM_OLMOE ? 4096 : 32768,
+                      c.family == MOE_FAM_MIXTRAL ? 4096 * 32
+                      : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_DEEPSEEK_V3 ? 4096 : 32768,
                       &c.max_pos)))
         goto out;
-    if (c.n_heads % c.n_kv_heads) {
-        st = moe_errorf(MOE_ERANGE, "%s: num_attention_heads = %d is not a multiple of num_key_value_heads "
-                        "= %d", what, c.n_heads, c.n_kv_heads);
+    if (c.family == MOE_FAM_DEEPSEEK_V3) {
+        if ((st = parse_mla(what, root, &c))) goto out;
+    } else if ((st = parse_head_dim(what, root, &c))) {
         goto out;
     }
-    if (field(root, "head_dim")) {
-        if ((st = get_int(what, root, "head_dim", true, 1, 4096, 0, &c.head_dim))) goto out;
-    } else {
-        if (c.hidden % c.n_heads) {
-            st = moe_errorf(MOE_ERANGE, "%s: no \"head_dim\" and hidden_size = %d is not a multiple of "
-                            "num_attention_heads = %d", what, c.hidden, c.n_heads);
-            goto out;
-        }
-        c.head_dim = c.hidden / c.n_heads;
-    }
-
     /* Experts: num_experts (Qwen/OLMoE) or num_local_experts (Mixtral, some exports). */
-    if ((st = get_int(what, root, "num_experts", false, 1, 65536, -1, &ne_a)) ||
+    if ((st = get_int(what, root, c.family == MOE_FAM_DEEPSEEK_V3 ? "n_routed_experts" : "num_experts", false, 1,
+                      65536, -1, &ne_a)) ||
         (st = get_int(what, root, "num_local_experts", false, 1, 65536, -1, &ne_b)))
         goto out;
     if (ne_a < 0 && ne_b < 0) {
-        st = moe_errorf(MOE_EFORMAT, "%s: required field \"num_experts\" (or \"num_local_experts\") is "
-                        "missing", what);
+        st = moe_errorf(MOE_EFORMAT, "%s: required field \"%s\" (or \"num_local_experts\") is missing", what,
+                        c.family == MOE_FAM_DEEPSEEK_V3 ? "n_routed_experts" : "num_experts");
         goto out;
     }
     if (ne_a > 0 && ne_b > 0 && ne_a != ne_b) {
-        st = moe_errorf(MOE_EFORMAT, "%s: \"num_experts\" = %d and \"num_local_experts\" = %d disagree",
-                        what, ne_a, ne_b);
+        st = moe_errorf(MOE_EFORMAT, "%s: \"%s\" = %d and \"num_local_experts\" = %d disagree", what,
+                        c.family == MOE_FAM_DEEPSEEK_V3 ? "n_routed_experts" : "num_experts", ne_a, ne_b);
         goto out;
     }
     c.n_experts = ne_a > 0 ? ne_a : ne_b;
@@ -290,7 +365,16 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
 
     /* Which layers are MoE (Qwen: decoder_sparse_step and mlp_only_layers). */
     for (int l = 0; l < c.n_layers; l++) c.is_moe[l] = true;
-    if (c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE) {
+    if (c.family == MOE_FAM_DEEPSEEK_V3) {
+        /* the first first_k_dense_replace layers are dense; the rest MoE */
+        int dense_first, freq;
+        if ((st = get_int(what, root, "first_k_dense_replace", false, 0, c.n_layers, 3, &dense_first)) ||
+            (st = get_int(what, root, "moe_layer_freq", false, 1, 1, 1, &freq)))
+            goto out;
+        for (int l = 0; l < dense_first; l++) c.is_moe[l] = false;
+        if (dense_first > 0) c.dense_inter = inter;
+        if ((st = parse_deepseek_routing(what, root, &c))) goto out;
+    } else if (c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE) {
         size_t i;
         json_t *x;
         if ((st = get_int(what, root, "decoder_sparse_step", false, 1, MOE_MAX_LAYERS, 1, &step))) goto out;
@@ -321,12 +405,13 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     }
 
     /* Family specifics: router, q/k norm, biases, shared expert. */
-    c.router = c.family == MOE_FAM_MIXTRAL ? MOE_ROUTER_TOPK_SOFTMAX : MOE_ROUTER_SOFTMAX_TOPK;
+    c.router = c.family == MOE_FAM_MIXTRAL ? MOE_ROUTER_TOPK_SOFTMAX
+             : c.family == MOE_FAM_DEEPSEEK_V3 ? MOE_ROUTER_SIGMOID_GROUP : MOE_ROUTER_SOFTMAX_TOPK;
     c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
               : c.family == MOE_FAM_OLMOE ? MOE_QK_NORM_FULL : MOE_QK_NORM_NONE;
     if (c.family == MOE_FAM_MIXTRAL) {
         c.norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
-    } else if ((st = get_bool(what, root, "norm_topk_prob", false, &c.norm_topk_prob))) {
+    } else if ((st = get_bool(what, root, "norm_topk_prob", c.family == MOE_FAM_DEEPSEEK_V3, &c.norm_topk_prob))) {
         goto out;
     }
     if (c.family == MOE_FAM_QWEN2_MOE) {
@@ -375,7 +460,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
 
     if ((st = get_bool(what, root, "tie_word_embeddings", false, &c.tie_embeddings))) goto out;
     if ((st = get_pos_num(what, root, "rms_norm_eps",
-                          c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ? 1e-6 : 1e-5,
+                          c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ||
+                          c.family == MOE_FAM_DEEPSEEK_V3 ? 1e-6 : 1e-5,
                           &d)))
         goto out;
     if (d < 1e-30 || d >= 1.0) {

@@ -3,8 +3,8 @@
  * Accepts the spellings of different transformers versions: rope_theta at top
  * level or inside rope_parameters / rope_scaling; num_experts or
  * num_local_experts; head_dim present or derived; etc.  Unknown architectures
- * (and DeepSeek-V3, not yet supported) are refused with an error naming them;
- * a missing or out-of-range field is an error naming the field. */
+ * (and DeepSeek before V3) are refused with an error naming them; a missing
+ * or out-of-range field is an error naming the field. */
 #ifndef MOE_CONFIG_H
 #define MOE_CONFIG_H
 
@@ -19,12 +19,15 @@ enum moe_family {
     MOE_FAM_QWEN2_MOE,
     MOE_FAM_QWEN3_MOE,
     MOE_FAM_OLMOE,
+    MOE_FAM_DEEPSEEK_V3,
 };
 const char *moe_family_name(enum moe_family f);
 
 enum moe_router_kind {
     MOE_ROUTER_TOPK_SOFTMAX,  /* Mixtral: top-k on logits, softmax over the k */
     MOE_ROUTER_SOFTMAX_TOPK,  /* Qwen/OLMoE: softmax over all, top-k, renormalise if norm_topk_prob */
+    MOE_ROUTER_SIGMOID_GROUP, /* DeepSeek-V3: sigmoid scores, group-limited top-k on score + bias,
+                                 weights renormalised if norm_topk_prob, times routed_scale */
 };
 
 enum moe_qk_norm {
@@ -65,6 +68,17 @@ struct moe_config {
                                   moe_config_load adds generation_config.json's; more than
                                   MOE_MAX_EOS is an error */
     int eos_ids[MOE_MAX_EOS];  /* [n_eos] */
+
+    /* DeepSeek-V3 only (zero for the other families).  MLA attention: q from
+     * hidden through a rank-q_lora_rank bottleneck (0: q_proj straight), k and v
+     * from a shared rank-kv_lora_rank latent plus one RoPE key shared by all
+     * heads; head_dim = qk_nope_dim + qk_rope_dim, n_kv_heads = n_heads. */
+    bool mla;
+    int q_lora_rank, kv_lora_rank;
+    int qk_nope_dim, qk_rope_dim, v_head_dim;
+    bool rope_interleave;      /* RoPE over adjacent pairs of the rope dims (transformers' default) */
+    int n_group, topk_group;   /* MOE_ROUTER_SIGMOID_GROUP: expert groups, groups kept per token */
+    float routed_scale;        /* routed_scaling_factor */
 };
 
 /* Whether tok is one of the model's end-of-sequence ids. */

@@ -268,18 +268,14 @@ static enum moe_status bind(struct moe_model *m, struct moe_wview *w, const char
         if ((st = bind(m, (w), nm, (rows), (cols), (req))) != MOE_OK) return st;   \
     } while (0)
 
-static enum moe_status bind_layer(struct moe_model *m, int l)
+/* Grouped-query attention: q/k/v/o projections, optional biases and q/k norms. */
+static enum moe_status bind_gqa(struct moe_model *m, int l)
 {
     const struct moe_config *c = &m->cfg;
     struct moe_layer_w *L = &m->layers[l];
     int64_t H = c->hidden, q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    const char *moe = c->family == MOE_FAM_MIXTRAL ? "block_sparse_moe" : "mlp";
-    bool mix = c->family == MOE_FAM_MIXTRAL;
     enum moe_status st;
     char nm[256];
-
-    BINDF(&L->attn_norm, 0, H, true, "model.layers.%d.input_layernorm.weight", l);
-    BINDF(&L->ffn_norm, 0, H, true, "model.layers.%d.post_attention_layernorm.weight", l);
     BINDF(&L->wq, q, H, true, "model.layers.%d.self_attn.q_proj.weight", l);
     BINDF(&L->wk, kv, H, true, "model.layers.%d.self_attn.k_proj.weight", l);
     BINDF(&L->wv, kv, H, true, "model.layers.%d.self_attn.v_proj.weight", l);
@@ -296,6 +292,47 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
         BINDF(&L->q_norm, 0, q, true, "model.layers.%d.self_attn.q_norm.weight", l);
         BINDF(&L->k_norm, 0, kv, true, "model.layers.%d.self_attn.k_norm.weight", l);
     }
+    return MOE_OK;
+}
+
+/* DeepSeek-V3's multi-head latent attention. */
+static enum moe_status bind_mla(struct moe_model *m, int l)
+{
+    const struct moe_config *c = &m->cfg;
+    struct moe_layer_w *L = &m->layers[l];
+    int64_t H = c->hidden, nh = c->n_heads, qr = c->q_lora_rank, kvr = c->kv_lora_rank;
+    enum moe_status st;
+    char nm[256];
+    if (qr) {
+        BINDF(&L->q_a, qr, H, true, "model.layers.%d.self_attn.q_a_proj.weight", l);
+        BINDF(&L->q_a_norm, 0, qr, true, "model.layers.%d.self_attn.q_a_layernorm.weight", l);
+        BINDF(&L->wq, nh * c->head_dim, qr, true, "model.layers.%d.self_attn.q_b_proj.weight", l);
+    } else {
+        BINDF(&L->wq, nh * c->head_dim, H, true, "model.layers.%d.self_attn.q_proj.weight", l);
+    }
+    BINDF(&L->kv_a, kvr + c->qk_rope_dim, H, true, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l);
+    BINDF(&L->kv_a_norm, 0, kvr, true, "model.layers.%d.self_attn.kv_a_layernorm.weight", l);
+    BINDF(&L->kv_b, nh * (c->qk_nope_dim + c->v_head_dim), kvr, true, "model.layers.%d.self_attn.kv_b_proj.weight",
+          l);
+    BINDF(&L->wo, H, nh * c->v_head_dim, true, "model.layers.%d.self_attn.o_proj.weight", l);
+    return MOE_OK;
+}
+
+static enum moe_status bind_layer(struct moe_model *m, int l)
+{
+    const struct moe_config *c = &m->cfg;
+    struct moe_layer_w *L = &m->layers[l];
+    int64_t H = c->hidden;
+    const char *moe = c->family == MOE_FAM_MIXTRAL ? "block_sparse_moe" : "mlp";
+    const char *shared = c->family == MOE_FAM_DEEPSEEK_V3 ? "shared_experts" : "shared_expert";
+    bool mix = c->family == MOE_FAM_MIXTRAL;
+    enum moe_status st;
+    char nm[256];
+
+    BINDF(&L->attn_norm, 0, H, true, "model.layers.%d.input_layernorm.weight", l);
+    BINDF(&L->ffn_norm, 0, H, true, "model.layers.%d.post_attention_layernorm.weight", l);
+    st = c->mla ? bind_mla(m, l) : bind_gqa(m, l);
+    if (st != MOE_OK) return st;
     if (!c->is_moe[l]) {
         BINDF(&L->d_gate, c->dense_inter, H, true, "model.layers.%d.mlp.gate_proj.weight", l);
         BINDF(&L->d_up, c->dense_inter, H, true, "model.layers.%d.mlp.up_proj.weight", l);
@@ -303,10 +340,12 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
         return MOE_OK;
     }
     BINDF(&L->router, c->n_experts, H, true, "model.layers.%d.%s.gate.weight", l, moe);
+    if (c->router == MOE_ROUTER_SIGMOID_GROUP)
+        BINDF(&L->router_bias, 0, c->n_experts, true, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
     if (c->shared_inter > 0) {
-        BINDF(&L->sh_gate, c->shared_inter, H, true, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
-        BINDF(&L->sh_up, c->shared_inter, H, true, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
-        BINDF(&L->sh_down, H, c->shared_inter, true, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
+        BINDF(&L->sh_gate, c->shared_inter, H, true, "model.layers.%d.mlp.%s.gate_proj.weight", l, shared);
+        BINDF(&L->sh_up, c->shared_inter, H, true, "model.layers.%d.mlp.%s.up_proj.weight", l, shared);
+        BINDF(&L->sh_down, H, c->shared_inter, true, "model.layers.%d.mlp.%s.down_proj.weight", l, shared);
         if (c->shared_gate)
             BINDF(&L->sh_scale, 1, H, true, "model.layers.%d.mlp.shared_expert_gate.weight", l);
     }

@@ -32,6 +32,12 @@ struct moe_layer_w {
     struct moe_wview sh_gate, sh_up, sh_down;        /* shared expert, when shared_inter > 0 */
     struct moe_wview sh_scale;                       /* [1, hidden] shared_expert_gate */
     struct moe_wview d_gate, d_up, d_down;           /* dense MLP on non-MoE layers */
+    /* MLA (DeepSeek-V3): wq is q_b_proj [nh*hd, q_lora_rank] (q_proj [nh*hd, hidden] without
+     * the q bottleneck), wk/wv are unused, wo is [hidden, nh*v_head_dim] */
+    struct moe_wview q_a, q_a_norm;                  /* [q_lora_rank, hidden], [q_lora_rank] */
+    struct moe_wview kv_a, kv_a_norm;                /* [kv_lora_rank + qk_rope, hidden], [kv_lora_rank] */
+    struct moe_wview kv_b;                           /* [nh*(qk_nope + v_head_dim), kv_lora_rank] */
+    struct moe_wview router_bias;                    /* [n_experts] e_score_correction_bias */
 };
 
 /* One routed expert: SwiGLU down(silu(gate x) * up x). */

@@ -319,6 +319,69 @@ static enum moe_status cpu_router(void *ctx, const float *logits, int n, int E, 
     return MOE_OK;
 }
 
+static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const float *bias, int n, int E, int k,
+                                          int n_group, int topk_group, bool renorm, float scale, int32_t *ids,
+                                          float *w)
+{
+    (void)ctx;
+    if (k <= 0 || k > E) return bad("router_grouped", "k", k);
+    if (n_group <= 0 || E % n_group || E / n_group < 2) return bad("router_grouped", "n_group", n_group);
+    if (topk_group <= 0 || topk_group > n_group) return bad("router_grouped", "topk_group", topk_group);
+    int per = E / n_group;
+    float *s = malloc(sizeof(float) * (2 * (size_t)E + (size_t)n_group));
+    int32_t *gk = malloc(sizeof(int32_t) * (size_t)n_group), top2[2] = { 0, 1 };
+    if (!s || !gk) {
+        free(s);
+        free(gk);
+        return moe_errorf(MOE_ENOMEM, "cpu backend router_grouped: out of memory for %d experts", E);
+    }
+    float *c = s + E, *gs = c + E;
+    for (int t = 0; t < n; t++) {
+        const float *x = logits + (size_t)t * E;
+        for (int e = 0; e < E; e++) {
+            s[e] = 1.0f / (1.0f + expf(-x[e]));
+            c[e] = s[e] + bias[e];
+        }
+        for (int g = 0; g < n_group; g++) {
+            topk_row(c + (size_t)g * per, per, 2, top2);
+            gs[g] = c[g * per + top2[0]] + c[g * per + top2[1]];
+        }
+        topk_row(gs, n_group, topk_group, gk);
+        for (int g = 0; g < n_group; g++) {
+            bool kept = false;
+            for (int q = 0; q < topk_group; q++) kept |= gk[q] == g;
+            if (!kept)
+                for (int e = g * per; e < (g + 1) * per; e++) c[e] = 0.0f;
+        }
+        int32_t *id = ids + (size_t)t * k;
+        float *wt = w + (size_t)t * k, sum = 0.0f;
+        topk_row(c, E, k, id);
+        for (int r = 1; r < k; r++) /* by descending weight, ties to the lower id, as every router orders */
+            for (int q = r; q > 0; q--) {
+                int32_t a = id[q - 1], b = id[q];
+                if (s[b] < s[a] || (s[b] == s[a] && b > a)) break;
+                id[q - 1] = b;
+                id[q] = a;
+            }
+        for (int r = 0; r < k; r++) sum += (wt[r] = s[id[r]]);
+        for (int r = 0; r < k; r++) wt[r] = (renorm ? wt[r] / (sum + 1e-20f) : wt[r]) * scale;
+    }
+    free(s);
+    free(gk);
+    return MOE_OK;
+}
+
+static enum moe_status cpu_copy_blocks(void *ctx, const float *x, int x_row, int x_group, float *y, int y_row,
+                                       int y_group, int rows, int groups, int width)
+{
+    (void)ctx;
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++)
+            memcpy(y + (size_t)r * y_row + (size_t)g * y_group, x + (size_t)r * x_row + (size_t)g * x_group,
+                   (size_t)width * sizeof(float));
+    return MOE_OK;
+}
+
 static enum moe_status cpu_gather_rows(void *ctx, const float *x, const int32_t *rows, int n_rows,
                                        int dim, float *out)
 {
@@ -493,6 +556,8 @@ static const struct moe_backend_ops cpu_ops = {
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .router = cpu_router,
+    .router_grouped = cpu_router_grouped,
+    .copy_blocks = cpu_copy_blocks,
     .gather_rows = cpu_gather_rows,
     .moe_experts = cpu_moe_experts,
     .moe_combine = cpu_moe_combine,

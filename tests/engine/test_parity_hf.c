@@ -1,5 +1,5 @@
 /* Parity with Hugging Face transformers on a tiny checkpoint of one family
- * (argv[1]: mixtral, qwen2_moe, qwen3_moe or olmoe under tests/fixtures/hf-tiny):
+ * (argv[1]: mixtral, qwen2_moe, qwen3_moe, olmoe or deepseek_v3 under tests/fixtures/hf-tiny):
  * for prompts p0 and p1, logits at every position and every hidden state
  * within 1e-3 (max abs), each MoE layer's experts equal as sets with weights
  * within 1e-4, router logits within 1e-3; the prompt fed one token at a

@@ -95,6 +95,17 @@ static void test_fixtures(void)
           "olmoe recipe");
     CHECK(c.bos_id == -1 && c.eos_id == 50279, "olmoe ids %d %d", c.bos_id, c.eos_id);
 
+    load_fixture("tests/fixtures/hf-tiny/deepseek_v3", &c);
+    CHECK(c.family == MOE_FAM_DEEPSEEK_V3 && !strcmp(c.model_type, "deepseek_v3"), "deepseek family");
+    CHECK(c.mla && c.q_lora_rank == 32 && c.kv_lora_rank == 32 && c.qk_nope_dim == 16 && c.qk_rope_dim == 8 &&
+              c.v_head_dim == 16 && c.head_dim == 24 && c.n_kv_heads == c.n_heads && c.rope_interleave,
+          "deepseek MLA dims: head_dim %d", c.head_dim);
+    CHECK(c.n_experts == 16 && c.top_k == 4 && c.expert_inter == 32 && c.shared_inter == 32 && !c.shared_gate &&
+              c.dense_inter == 128, "deepseek experts");
+    CHECK(c.router == MOE_ROUTER_SIGMOID_GROUP && c.n_group == 4 && c.topk_group == 2 && c.norm_topk_prob &&
+              c.routed_scale == 2.5f, "deepseek router");
+    CHECK(!c.is_moe[0] && c.is_moe[1] && c.is_moe[2] && c.is_moe[3], "deepseek first_k_dense_replace");
+
     load_fixture("models/pycode-moe-18m", &c);
     CHECK(c.family == MOE_FAM_QWEN3_MOE && c.n_layers == 8 && c.hidden == 192 && c.head_dim == 48,
           "pycode dims");
@@ -172,10 +183,31 @@ static void test_refusals(void)
     struct moe_config c;
     char dir[4096];
 
-    CHECK(moe_config_load(t_path(dir, sizeof(dir), "tests/fixtures/hf-tiny/deepseek_v3"), &c) == MOE_ENOTSUP,
-          "deepseek accepted");
-    CHECK(strstr(moe_last_error(), "DeepSeek-V3") && strstr(moe_last_error(), "deepseek_v3"),
-          "deepseek error: %s", moe_last_error());
+    const char *ds = "tests/fixtures/hf-tiny/deepseek_v3/config.json";
+    j = load_json(ds);
+    json_object_set_new(j, "model_type", json_string("deepseek_v2"));
+    json_object_set_new(j, "architectures", json_pack("[s]", "DeepseekV2ForCausalLM"));
+    expect_refused(ds, j, MOE_ENOTSUP, "DeepSeek before V3");
+    j = load_json(ds);
+    json_object_set_new(j, "rope_scaling", json_pack("{s:s,s:f}", "type", "yarn", "factor", 40.0));
+    expect_refused(ds, j, MOE_ENOTSUP, "yarn");
+    j = load_json(ds);
+    json_object_set_new(j, "n_group", json_integer(3));
+    expect_refused(ds, j, MOE_ERANGE, "n_group");
+    j = load_json(ds);
+    json_object_set_new(j, "topk_group", json_integer(5));
+    expect_refused(ds, j, MOE_ERANGE, "topk_group");
+    j = load_json(ds);
+    json_object_set_new(j, "scoring_func", json_string("softmax"));
+    expect_refused(ds, j, MOE_ENOTSUP, "scoring_func");
+    j = load_json(ds);
+    json_object_set_new(j, "v_head_dim", json_integer(32));
+    expect_refused(ds, j, MOE_ENOTSUP, "v_head_dim");
+    j = load_json(ds);
+    json_object_set_new(j, "q_lora_rank", json_null());
+    CHECK(parse_obj(j, &c) == MOE_OK && c.q_lora_rank == 0, "q_lora_rank null: %s", moe_last_error());
+    json_decref(j);
+    (void)dir;
 
     j = load_json(q3);
     json_object_set_new(j, "model_type", json_string("llama"));

@@ -10,7 +10,8 @@
 
 static const char *const t_models[] = {
     "tests/fixtures/hf-tiny/mixtral", "tests/fixtures/hf-tiny/qwen2_moe",
-    "tests/fixtures/hf-tiny/qwen3_moe", "tests/fixtures/hf-tiny/olmoe", "models/pycode-moe-18m",
+    "tests/fixtures/hf-tiny/qwen3_moe", "tests/fixtures/hf-tiny/olmoe", "tests/fixtures/hf-tiny/deepseek_v3",
+    "models/pycode-moe-18m",
 };
 
 static char t_tmpdir[256];

@@ -28,6 +28,9 @@ struct moe_predictor {
     int E, k, hidden, max_seqs;
 
     float *router;             /* [n_moe, E, hidden] f32 (gate kinds) */
+    float *router_bias;        /* [n_moe, E] e_score_correction_bias (grouped sigmoid routers), else NULL */
+    int32_t *gate_ids;         /* [k] scratch: a grouped router's choice */
+    float *gate_w;             /* [k] */
     struct moe_path_model *path;
     struct moe_backend *cpu;   /* matrix products of the gates and the path model: the CPU
                                   backend's kernel, so a row's scores do not depend on the batch */
@@ -239,6 +242,14 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
             }
             moe_wview_to_f32(w, p->router + i * E * (size_t)p->hidden);
         }
+        if (m->cfg.router == MOE_ROUTER_SIGMOID_GROUP) {
+            p->router_bias = malloc(sizeof(float) * M * E);
+            p->gate_ids = malloc(sizeof(int32_t) * (size_t)p->k);
+            p->gate_w = malloc(sizeof(float) * (size_t)p->k);
+            if (!p->router_bias || !p->gate_ids || !p->gate_w) goto fail_nomem;
+            for (size_t i = 0; i < M; i++)
+                moe_wview_to_f32(&m->layers[p->moe_layer[i]].router_bias, p->router_bias + i * E);
+        }
     }
     if (uses_path(p)) {
         p->path = moe_path_model_load(spec->path, p->n_moe, p->E, p->k, p->hidden);
@@ -292,6 +303,9 @@ void moe_predictor_destroy(struct moe_predictor *p)
     free(p->moe_layer);
     free(p->moe_index);
     free(p->router);
+    free(p->router_bias);
+    free(p->gate_ids);
+    free(p->gate_w);
     moe_path_model_free(p->path);
     moe_backend_destroy(p->cpu);
     free(p->emb_row);
@@ -520,6 +534,20 @@ enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_ba
     return MOE_OK;
 }
 
+/* Router logits o [E] -> k x softmax, capped at 1: each expert's chance of being among the k. */
+static void gate_probs(float *o, size_t E, int k)
+{
+    float mx = -INFINITY;
+    for (size_t e = 0; e < E; e++)
+        if (o[e] > mx) mx = o[e];
+    float sum = 0;
+    for (size_t e = 0; e < E; e++) sum += (o[e] = expf(o[e] - mx));
+    for (size_t e = 0; e < E; e++) {
+        float pr = (float)k * o[e] / sum;
+        o[e] = pr > 1.0f ? 1.0f : pr;
+    }
+}
+
 void moe_predictor_on_moe_input(struct moe_predictor *p, int layer, int n, const float *x)
 {
     if (!uses_gate(p) || layer < 0 || layer >= p->model->cfg.n_layers || n != p->n) return;
@@ -533,14 +561,16 @@ void moe_predictor_on_moe_input(struct moe_predictor *p, int layer, int n, const
         if (p->cpu->ops->linear(p->cpu->ctx, x, R, MOE_DT_F32, NULL, n, (int)H, (int)E, p->out)) return;
         for (int i = 0; i < n; i++) {
             float *o = p->out + (size_t)i * E;
-            float mx = -INFINITY;
-            for (size_t e = 0; e < E; e++)
-                if (o[e] > mx) mx = o[e];
-            float sum = 0;
-            for (size_t e = 0; e < E; e++) sum += (o[e] = expf(o[e] - mx));
-            for (size_t e = 0; e < E; e++) {
-                float pr = (float)p->k * o[e] / sum;
-                o[e] = pr > 1.0f ? 1.0f : pr;
+            if (p->router_bias) { /* the layer's own rule (sigmoid, bias, groups) picks its k: score 1 */
+                const struct moe_config *c = &p->model->cfg;
+                if (p->cpu->ops->router_grouped(p->cpu->ctx, o, p->router_bias + (size_t)t * E, 1, (int)E, p->k,
+                                                c->n_group, c->topk_group, c->norm_topk_prob, c->routed_scale,
+                                                p->gate_ids, p->gate_w))
+                    return;
+                memset(o, 0, sizeof(float) * E);
+                for (int r = 0; r < p->k; r++) o[p->gate_ids[r]] = 1.0f;
+            } else {
+                gate_probs(o, E, p->k);
             }
             if (p->kind == MOE_PRED_PATH_GATE) {
                 float w = gate_weight_by_dist[d];

@@ -109,6 +109,19 @@ static enum moe_status cb_router(void *ctx, const float *logits, int n, int E, i
     BIND(ctx);
     return moe_cuda_router(C(ctx), logits, n, E, k, kind == MOE_ROUTER_SOFTMAX_TOPK, renorm, ids, w);
 }
+static enum moe_status cb_router_grouped(void *ctx, const float *logits, const float *bias, int n, int E, int k,
+                                         int n_group, int topk_group, bool renorm, float scale, int32_t *ids,
+                                         float *w)
+{
+    BIND(ctx);
+    return moe_cuda_router_grouped(C(ctx), logits, bias, n, E, k, n_group, topk_group, renorm, scale, ids, w);
+}
+static enum moe_status cb_copy_blocks(void *ctx, const float *x, int x_row, int x_group, float *y, int y_row,
+                                      int y_group, int rows, int groups, int width)
+{
+    BIND(ctx);
+    return moe_cuda_copy_blocks(C(ctx), x, x_row, x_group, y, y_row, y_group, rows, groups, width);
+}
 static enum moe_status cb_gather(void *ctx, const float *x, const int32_t *rows, int n_rows, int dim,
                                  float *out)
 {
@@ -168,6 +181,8 @@ static const struct moe_backend_ops cuda_ops = {
     .kv_store = cb_kv_store,
     .attention = cb_attention,
     .router = cb_router,
+    .router_grouped = cb_router_grouped,
+    .copy_blocks = cb_copy_blocks,
     .gather_rows = cb_gather,
     .moe_experts = cb_moe_experts,
     .moe_combine = cb_combine,

@@ -410,7 +410,119 @@ out:
     return st;
 }
 
+#define ROUTER_MAX_GROUPS 64
+
+/* Index of the largest of x[0..n) not in `taken` (bit set), as the C twin's
+ * top-k scan picks it: strictly greater wins (ties to the lower index), NaN
+ * only while nothing else is left. */
+__device__ static int pick_max(const float *x, int n, const unsigned *taken)
+{
+    int best = -1;
+    for (int e = 0; e < n; e++) {
+        if (taken && (taken[e >> 5] & (1u << (e & 31)))) continue;
+        if (best < 0 || x[e] > x[best] || (isnan(x[best]) && !isnan(x[e]))) best = e;
+    }
+    return best;
+}
+
+/* DeepSeek-V3's grouped sigmoid router, one thread per token, in the C twin's
+ * order of operations (kernels/backend.h, router_grouped). */
+__global__ static void k_router_grouped(const float *logits, const float *bias, int n, int E, int k, int n_group,
+                                        int topk_group, bool renorm, float scale, int *ids, float *weights)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    const float *lg = logits + (size_t)t * E;
+    float s[ROUTER_MAX_E], c[ROUTER_MAX_E], gs[ROUTER_MAX_GROUPS];
+    unsigned taken[ROUTER_MAX_E / 32], gtaken[ROUTER_MAX_GROUPS / 32 + 1];
+    int per = E / n_group, id[ROUTER_MAX_K];
+    for (int e = 0; e < E; e++) {
+        s[e] = 1.0f / (1.0f + expf(-lg[e]));
+        c[e] = s[e] + bias[e];
+    }
+    for (int g = 0; g < n_group; g++) {
+        unsigned one[ROUTER_MAX_E / 32] = { 0 };
+        int a = pick_max(c + g * per, per, NULL);
+        one[a >> 5] |= 1u << (a & 31);
+        int b = pick_max(c + g * per, per, one);
+        gs[g] = c[g * per + a] + c[g * per + b];
+    }
+    for (int i = 0; i < ROUTER_MAX_GROUPS / 32 + 1; i++) gtaken[i] = 0;
+    for (int q = 0; q < topk_group; q++) {
+        int g = pick_max(gs, n_group, gtaken);
+        gtaken[g >> 5] |= 1u << (g & 31);
+    }
+    for (int g = 0; g < n_group; g++)
+        if (!(gtaken[g >> 5] & (1u << (g & 31))))
+            for (int e = g * per; e < (g + 1) * per; e++) c[e] = 0.0f;
+    for (int i = 0; i < (E + 31) / 32; i++) taken[i] = 0;
+    for (int r = 0; r < k; r++) {
+        id[r] = pick_max(c, E, taken);
+        taken[id[r] >> 5] |= 1u << (id[r] & 31);
+    }
+    for (int r = 1; r < k; r++) /* by descending weight, ties to the lower id */
+        for (int q = r; q > 0; q--) {
+            int x = id[q - 1], y = id[q];
+            if (s[y] < s[x] || (s[y] == s[x] && y > x)) break;
+            id[q - 1] = y;
+            id[q] = x;
+        }
+    float sum = 0.0f;
+    for (int r = 0; r < k; r++) sum += s[id[r]];
+    for (int r = 0; r < k; r++) {
+        ids[(size_t)t * k + r] = id[r];
+        weights[(size_t)t * k + r] = (renorm ? s[id[r]] / (sum + 1e-20f) : s[id[r]]) * scale;
+    }
+}
+
+extern "C" enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const float *d_logits,
+                                                   const float *d_bias, int n, int E, int k, int n_group,
+                                                   int topk_group, bool renorm, float scale, int *d_ids,
+                                                   float *d_weights)
+{
+    enum moe_status st = MOE_OK;
+    if (n < 0 || E <= 0 || E > ROUTER_MAX_E || k <= 0 || k > ROUTER_MAX_K || k > E || n_group <= 0 ||
+        n_group > ROUTER_MAX_GROUPS || E % n_group || E / n_group < 2 || topk_group <= 0 || topk_group > n_group)
+        return moe_errorf(MOE_EINVAL, "router_grouped: n %d, experts %d (<= %d), top_k %d (1..%d), %d groups "
+                          "(<= %d, of 2 or more experts), %d kept", n, E, ROUTER_MAX_E, k, ROUTER_MAX_K, n_group,
+                          ROUTER_MAX_GROUPS, topk_group);
+    if (n == 0) return MOE_OK;
+    k_router_grouped<<<(unsigned)((n + 31) / 32), 32, 0, c->stream>>>(d_logits, d_bias, n, E, k, n_group,
+                                                                      topk_group, renorm, scale, d_ids, d_weights);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
 /* ---- permute / combine ---------------------------------------------------- */
+
+__global__ static void k_copy_blocks(const float *x, int x_row, int x_group, float *y, int y_row, int y_group,
+                                     int rows, int groups, int width)
+{
+    size_t total = (size_t)rows * (size_t)groups * (size_t)width;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t j = i % (size_t)width, g = i / (size_t)width % (size_t)groups, r = i / ((size_t)width * groups);
+        y[r * (size_t)y_row + g * (size_t)y_group + j] = x[r * (size_t)x_row + g * (size_t)x_group + j];
+    }
+}
+
+extern "C" enum moe_status moe_cuda_copy_blocks(struct moe_cuda_ctx *c, const float *d_x, int x_row, int x_group,
+                                                float *d_y, int y_row, int y_group, int rows, int groups,
+                                                int width)
+{
+    enum moe_status st = MOE_OK;
+    if (rows < 0 || groups < 0 || width < 0 || x_row < 0 || x_group < 0 || y_row < 0 || y_group < 0)
+        return moe_errorf(MOE_EINVAL, "copy_blocks: rows %d, groups %d, width %d, strides %d %d %d %d", rows,
+                          groups, width, x_row, x_group, y_row, y_group);
+    size_t total = (size_t)rows * (size_t)groups * (size_t)width;
+    if (total == 0) return MOE_OK;
+    k_copy_blocks<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_x, x_row, x_group, d_y, y_row,
+                                                                             y_group, rows, groups, width);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
 
 __global__ static void k_gather_rows(const float *x, const int *rows, int n_rows, int dim, float *out)
 {

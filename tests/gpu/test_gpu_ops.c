@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../../kernels/backend.h"
 #include "../test_util.h"
 #include "gpu_ref.h"
 
@@ -209,6 +210,60 @@ static void test_router(struct g_rng *r, bool adv)
             free(lg); free(w); free(rw); free(ids); free(rid);
         }
     }
+}
+
+/* DeepSeek-V3's two ops against the CPU backend's (their C twins): the grouped
+ * router's ids exactly and weights within 1e-5; strided block copies exactly. */
+static void test_deepseek_ops(struct g_rng *r, bool adv)
+{
+    struct moe_backend *cpu = moe_backend_cpu_create(NULL);
+    REQUIRE(cpu, "cpu backend: %s", moe_last_error());
+    static const int Es[] = { 16, 64, 256 }, ks[] = { 4, 6, 8 }, groups[] = { 4, 1, 8 }, kept[] = { 2, 1, 4 };
+    for (size_t v = 0; v < MOE_ARRAY_LEN(Es); v++) {
+        int n = 33, E = Es[v], k = ks[v];
+        float *lg = malloc((size_t)n * E * 4), *bias = malloc((size_t)E * 4), *w = malloc((size_t)n * k * 4);
+        float *rw = malloc((size_t)n * k * 4);
+        int32_t *ids = malloc((size_t)n * k * 4), *rid = malloc((size_t)n * k * 4);
+        struct g_buf dl_, db, di, dw;
+        g_fill(r, lg, (size_t)n * E, 2.0f, false);
+        g_fill(r, bias, (size_t)E, 0.3f, false);
+        if (adv) {
+            for (int e = 0; e < E; e++) lg[e] = 1.0f;          /* all tied */
+            lg[E + 3] = NAN;                                   /* a NaN logit */
+            for (int e = 0; e < E; e++) lg[2 * E + e] = -30.0f; /* scores near 0: the bias decides */
+        }
+        UP(dl_, lg, (size_t)n * E * 4); UP(db, bias, (size_t)E * 4);
+        OUT(di, (size_t)n * k * 4); OUT(dw, (size_t)n * k * 4);
+        OK(moe_cuda_router_grouped(ctx, dl_.d, db.d, n, E, k, groups[v], kept[v], v != 1, 2.5f, di.d, dw.d));
+        dl(&di, ids, "grouped router ids");
+        dl(&dw, w, "grouped router weights");
+        OK(cpu->ops->router_grouped(cpu->ctx, lg, bias, n, E, k, groups[v], kept[v], v != 1, 2.5f, rid, rw));
+        for (int i = 0; i < n * k; i++)
+            CHECK(ids[i] == rid[i], "grouped router E=%d: token %d slot %d expert %d want %d", E, i / k, i % k,
+                  ids[i], rid[i]);
+        cmp("grouped router weights", w, rw, (size_t)n * k, 1e-5);
+        g_buf_free(ctx, &dl_); g_buf_free(ctx, &db); g_buf_free(ctx, &di); g_buf_free(ctx, &dw);
+        free(lg); free(bias); free(w); free(rw); free(ids); free(rid);
+    }
+    /* MLA's copies: a head's block out of a wider row, and one block repeated in every head */
+    int rows = 7, heads = 5, xw = 32, yw = 24, width = 16;
+    size_t nx = (size_t)rows * heads * xw, ny = (size_t)rows * heads * yw;
+    float *x = malloc(nx * 4), *y = malloc(ny * 4), *ry = malloc(ny * 4);
+    g_fill(r, x, nx, 1.0f, adv);
+    for (int bcast = 0; bcast < 2; bcast++) {
+        struct g_buf dx, dy;
+        memset(ry, 0, ny * 4);
+        UP(dx, x, nx * 4); UP(dy, ry, ny * 4);
+        int xg = bcast ? 0 : xw, xr = bcast ? xw : heads * xw;
+        OK(moe_cuda_copy_blocks(ctx, (const float *)dx.d + 3, xr, xg, (float *)dy.d + 8, heads * yw, yw, rows,
+                                heads, width));
+        dl(&dy, y, "copy_blocks");
+        OK(cpu->ops->copy_blocks(cpu->ctx, x + 3, xr, xg, ry + 8, heads * yw, yw, rows, heads, width));
+        CHECK(!memcmp(y, ry, ny * 4), "copy_blocks (broadcast %d) differs from the C twin", bcast);
+        g_buf_free(ctx, &dx); g_buf_free(ctx, &dy);
+    }
+    free(x); free(y); free(ry);
+    moe_backend_destroy(cpu);
 }
 
 static void test_permute_combine(struct g_rng *r, bool adv)
@@ -530,6 +585,7 @@ int main(void)
         test_rope(&r, adv);
         test_attention(&r, adv);
         test_router(&r, adv);
+        test_deepseek_ops(&r, adv);
         test_permute_combine(&r, adv);
         test_swiglu_gate(&r, adv);
         test_linear(&r, adv);

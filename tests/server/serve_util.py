@@ -38,6 +38,22 @@ class Checks:
             print("FAIL:", msg)
 
 
+def run_server_test(name, srv, check, *steps):
+    """Run each step(srv) in order, then stop the server with SIGTERM (it must exit 0); on a
+    failure print the end of its output.  Prints the verdict; returns the exit status."""
+    try:
+        for step in steps:
+            step(srv)
+        rc = srv.stop()
+        check(rc == 0, "exit status after SIGTERM %d" % rc)
+    finally:
+        srv.kill()
+        if check.failures:
+            print(srv.output()[-4000:])
+    print("%s: %s" % (name, "ok" if not check.failures else "%d failure(s)" % check.failures))
+    return 1 if check.failures else 0
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, metric, Checks, require_grpc  # noqa: E402
+from serve_util import Server, gen_stubs, metric, Checks, require_grpc, run_server_test  # noqa: E402
 
 grpc = require_grpc()
 check = Checks()
@@ -150,21 +150,14 @@ def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
     srv = Server(moeflow)
-    try:
-        stream_backlog(srv, pb)
-        http10_keepalive_stream(srv)
-        connect_method(srv)
-        ambiguous_body(srv)
+
+    def no_generation_left(srv):
         ms = settled(srv)
         check(metric(ms, "moeflow:live_generations") == 0, "generations left: %s" %
               metric(ms, "moeflow:live_generations"))
-        check(srv.stop() == 0, "exit status")
-    finally:
-        srv.kill()
-        if check.failures:
-            print(srv.output()[-3000:])
-    print("test_serve_clients: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
-    return 1 if check.failures else 0
+
+    return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
+                           http10_keepalive_stream, connect_method, ambiguous_body, no_generation_left)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, Checks  # noqa: E402
+from serve_util import Server, Checks, run_server_test  # noqa: E402
 
 NAME = "acme/pycode-moe-18m"
 
@@ -188,21 +188,9 @@ def check_models(srv):
 
 
 def main():
-    moeflow, src = sys.argv[1], sys.argv[2]
+    moeflow = sys.argv[1]
     srv = Server(moeflow, "--model-name", NAME, *sys.argv[3:])
-    try:
-        check_models(srv)
-        check_stream_usage(srv)
-        check_params(srv)
-        rc = srv.stop()
-        check(rc == 0, "exit status after SIGTERM %d" % rc)
-    finally:
-        srv.kill()
-        if check.failures:
-            print(srv.output()[-4000:])
-    print("test_serve_openai: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
-    return 1 if check.failures else 0
-
+    return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -88,7 +88,7 @@ run test_gpu_ops 120 "$b/test_gpu_ops"
 run test_gpu_grouped 120 "$b/test_gpu_grouped"
 run test_gpu_tier 120 "$b/test_gpu_tier"
 if [ -x "$b/test_gpu_e2e_pycode" ]; then
-  for m in pycode mixtral qwen2_moe qwen3_moe olmoe; do
+  for m in pycode mixtral qwen2_moe qwen3_moe olmoe deepseek_v3; do
     run "test_gpu_e2e_$m" 60 "$b/test_gpu_e2e_pycode" "$m"
   done
 else

@@ -342,6 +342,9 @@ static int bench_batch(int argc, char **argv)
     }
     if (o.rank_only)
         o.lookahead = 0; /* the scheduler's lookahead prefetch is a prefetch too */
+    /* The device tier is always on here (--capacity / --capacity-frac); its slot count is set once
+     * the model is open, so mark it now or the check refuses --policy as "every expert resident". */
+    o.oo.gpu_experts = o.capacity > 0 ? o.capacity : 1;
     if (moe_offload_opts_check(&o.oo) != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
         return 2;

@@ -2,7 +2,8 @@
 """moeflow bench batch: usage errors (also a capacity below top_k, a prompt +
 --max-tokens beyond the model's context) exit 2 with a message naming the flag,
 --help exits 0, and a small run prints the JSON figures, identical (except
-timings) across two runs and across both prompt file formats' loaders."""
+timings) across two runs and across both prompt file formats' loaders, and
+--policy needs no cache flag beyond the device tier's size."""
 import json
 import os
 import subprocess
@@ -86,6 +87,10 @@ if rc == 0:
     check(sj["device"]["misses"] == j["misses"], f"--stats-json device misses {sj['device']} vs {j['misses']}")
 if os.path.exists(stats):
     os.unlink(stats)
+
+# --policy alone: the device tier of --capacity-frac is offloading enough (no other cache flag needed)
+rc, out, err = run(*base, "--grouping", "fcfs", "--policy", "lfu", "--json")
+check(rc == 0 and json.loads(out or "{}").get("policy") == "lfu", f"--policy lfu: rc {rc} {err.strip()!r}")
 
 rc, out, err = run("--prompts", os.path.join(HERE, "prompts-small.txt"), *base[2:], "--grouping", "fcfs")
 check(rc == 0 and "experts per layer-step" in out and "3 requests" in out, f"text prompts: rc {rc} {out!r} {err!r}")

@@ -62,6 +62,7 @@ def main():
             continue
         parts[s].append(text)
         size[s] += len(text.encode()) + len(SEP)
+    os.makedirs(OUT, exist_ok=True)
     for s in parts:
         with open(os.path.join(OUT, s + ".txt"), "w", encoding="utf-8") as f:
             f.write(SEP.join(parts[s]))

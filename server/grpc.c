@@ -70,7 +70,7 @@ struct gcall;
 struct cgen {
     struct gcall *c;
     struct srv_gen *g;
-    bool kstream;                  /* ModelStreamInfer: one response per token */
+    bool kstream;                  /* ModelStreamInfer: one response per batch of new tokens */
     char kid[128];                 /* KServe request id */
     struct moe_strbuf acc;         /* ModelInfer / non-streamed: text so far */
     struct moe_stop_scan scan;     /* Generate: stop sequences (scan.n = 0: none) */

@@ -227,16 +227,16 @@ static enum moe_status parse_head_dim(const char *what, json_t *root, struct moe
     return MOE_OK;
 }
 
-/* An integer field that may be null for "none" (0); absent: def. */
-static enum moe_status get_int_or_null(const char *what, json_t *root, const char *key, long long max, int def,
-                                       int *out)
+/* An integer field in [min, max] that may be null for "none" (0); absent: def. */
+static enum moe_status get_int_or_null(const char *what, json_t *root, const char *key, long long min,
+                                       long long max, int def, int *out)
 {
     json_t *v = json_object_get(root, key);
     if (v && json_is_null(v)) {
         *out = 0;
         return MOE_OK;
     }
-    return get_int(what, root, key, false, 1, max, def, out);
+    return get_int(what, root, key, false, min, max, def, out);
 }
 
 /* DeepSeek-V3's MLA attention (transformers' DeepseekV3Config defaults). */
@@ -244,7 +244,7 @@ static enum moe_status parse_mla(const char *what, json_t *root, struct moe_conf
 {
     enum moe_status st;
     c->mla = true;
-    if ((st = get_int_or_null(what, root, "q_lora_rank", CFG_MAX_SIZE, 1536, &c->q_lora_rank)) ||
+    if ((st = get_int_or_null(what, root, "q_lora_rank", 1, CFG_MAX_SIZE, 1536, &c->q_lora_rank)) ||
         (st = get_int(what, root, "kv_lora_rank", false, 1, CFG_MAX_SIZE, 512, &c->kv_lora_rank)) ||
         (st = get_int(what, root, "qk_nope_head_dim", false, 0, 4096, 128, &c->qk_nope_dim)) ||
         (st = get_int(what, root, "qk_rope_head_dim", false, 2, 4096, 64, &c->qk_rope_dim)) ||
@@ -282,7 +282,8 @@ static enum moe_status parse_deepseek_routing(const char *what, json_t *root, st
     }
     if ((st = get_int(what, root, "n_group", false, 1, c->n_experts, 8, &c->n_group)) ||
         (st = get_int(what, root, "topk_group", false, 1, c->n_group, 4, &c->topk_group)) ||
-        (st = get_int_or_null(what, root, "n_shared_experts", 64, 1, &n_shared)) ||
+        /* 0: transformers builds a zero-width shared MLP, which adds nothing */
+        (st = get_int_or_null(what, root, "n_shared_experts", 0, 64, 1, &n_shared)) ||
         (st = get_pos_num(what, root, "routed_scaling_factor", 2.5, &scale)))
         return st;
     int per = c->n_experts / c->n_group;

@@ -207,6 +207,13 @@ static void test_refusals(void)
     json_object_set_new(j, "q_lora_rank", json_null());
     CHECK(parse_obj(j, &c) == MOE_OK && c.q_lora_rank == 0, "q_lora_rank null: %s", moe_last_error());
     json_decref(j);
+    j = load_json(ds);
+    json_object_set_new(j, "n_shared_experts", json_integer(0));
+    CHECK(parse_obj(j, &c) == MOE_OK && c.shared_inter == 0, "n_shared_experts 0: %s", moe_last_error());
+    json_decref(j);
+    j = load_json(ds);
+    json_object_set_new(j, "n_shared_experts", json_integer(-1));
+    expect_refused(ds, j, MOE_ERANGE, "n_shared_experts");
     (void)dir;
 
     j = load_json(q3);

@@ -286,6 +286,9 @@ static enum moe_status parse_deepseek_routing(const char *what, json_t *root, st
         (st = get_int_or_null(what, root, "n_shared_experts", 0, 64, 1, &n_shared)) ||
         (st = get_pos_num(what, root, "routed_scaling_factor", 2.5, &scale)))
         return st;
+    if (c->topk_group > c->n_group) /* the defaults (8 and 4) are not range-checked against each other */
+        return moe_errorf(MOE_ERANGE, "%s: topk_group = %d%s is more than n_group = %d", what, c->topk_group,
+                          field(root, "topk_group") ? "" : " (the default)", c->n_group);
     int per = c->n_experts / c->n_group;
     if (c->n_experts % c->n_group || per < 2)
         return moe_errorf(MOE_ERANGE, "%s: n_routed_experts = %d must split into n_group = %d groups of at least "

@@ -198,6 +198,10 @@ static void test_refusals(void)
     json_object_set_new(j, "topk_group", json_integer(5));
     expect_refused(ds, j, MOE_ERANGE, "topk_group");
     j = load_json(ds);
+    json_object_set_new(j, "n_group", json_integer(2));
+    json_object_del(j, "topk_group");
+    expect_refused(ds, j, MOE_ERANGE, "topk_group = 4 (the default) is more than n_group = 2");
+    j = load_json(ds);
     json_object_set_new(j, "scoring_func", json_string("softmax"));
     expect_refused(ds, j, MOE_ENOTSUP, "scoring_func");
     j = load_json(ds);

@@ -346,7 +346,11 @@ static enum moe_status check_config(const struct moe_config *c)
     if (c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads)
         return moe_errorf(MOE_EINVAL, "engine: num_attention_heads = %d is not a multiple of "
                           "num_key_value_heads = %d", c->n_heads, c->n_kv_heads);
-    if (c->head_dim <= 0 || c->head_dim % 2 || c->head_dim > 4096)
+    if (c->mla && (c->head_dim <= 0 || c->head_dim > 4096 || c->qk_rope_dim <= 0 || c->qk_rope_dim % 2))
+        return moe_errorf(MOE_EINVAL, "engine: qk_rope_head_dim = %d must be even and qk_nope_head_dim + "
+                          "qk_rope_head_dim = %d <= 4096", c->qk_rope_dim, c->head_dim);
+    /* RoPE turns the whole head, except under MLA, which turns only its last qk_rope_dim dims */
+    if (!c->mla && (c->head_dim <= 0 || c->head_dim % 2 || c->head_dim > 4096))
         return moe_errorf(MOE_EINVAL, "engine: head_dim = %d must be even and <= 4096", c->head_dim);
     if (c->vocab <= 0) return moe_errorf(MOE_EINVAL, "engine: vocab_size = %d", c->vocab);
     bool any_moe = false;

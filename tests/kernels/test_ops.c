@@ -181,6 +181,48 @@ static void test_router(struct moe_backend *be)
     }
 }
 
+/* DeepSeek-V3's grouped sigmoid router on rows whose answer is known:
+ * kept experts scoring below 0 lose to the masked ones (transformers masks
+ * with 0.0), tied groups and experts go to the lower id, a NaN logit is
+ * never chosen while a number is left, one group, no renormalisation. */
+static void test_router_grouped(struct moe_backend *be)
+{
+    const struct moe_backend_ops *o = be->ops;
+    enum { E = 8 };
+    static const float lg[3 * E] = {
+        0, 0, 0, 0, 0, 0, 0, 0,           /* the bias decides: kept groups 0, 1 score below 0 */
+        1, 0, 2, -1, 1, 0, 3, 1,          /* groups 0 and 2 tie for the second place */
+        1, 0, 2, -1, 1, 0, NAN, 1,        /* group 3 holds a NaN */
+    };
+    static const float zero[E], neg[E] = { -0.6f, -0.7f, -0.55f, -0.9f, -2, -2, -2, -2 };
+    int32_t ids[2];
+    float w[2];
+    double s[E];
+    struct { int row; const float *bias; int n_group, topk_group; bool renorm; float scale; int want[2]; } cs[] = {
+        { 0, neg, 4, 2, true, 2.0f, { 4, 5 } },   /* masked 0.0 beats kept -0.05 */
+        { 1, zero, 4, 2, true, 2.0f, { 6, 0 } },  /* group 0 kept over group 2; expert 0 over 7 */
+        { 2, zero, 4, 2, true, 2.0f, { 0, 4 } },  /* group 3's score is NaN: groups 0 and 2 */
+        { 1, zero, 1, 1, false, 1.5f, { 6, 2 } }, /* one group: plain top-k of s, weights s x scale */
+        { 0, neg, 4, 4, false, 1.0f, { 0, 2 } },  /* every group kept: the largest s + bias, equal s by id */
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(cs); i++) {
+        const float *x = lg + cs[i].row * E;
+        OK(o->router_grouped(be->ctx, x, cs[i].bias, 1, E, 2, cs[i].n_group, cs[i].topk_group, cs[i].renorm,
+                             cs[i].scale, ids, w));
+        CHECK(ids[0] == cs[i].want[0] && ids[1] == cs[i].want[1], "case %zu: ids %d %d, want %d %d", i, ids[0],
+              ids[1], cs[i].want[0], cs[i].want[1]);
+        for (int e = 0; e < E; e++) s[e] = 1.0 / (1.0 + exp(-(double)x[e]));
+        double sum = s[cs[i].want[0]] + s[cs[i].want[1]];
+        for (int r = 0; r < 2; r++) {
+            double want = (cs[i].renorm ? s[cs[i].want[r]] / sum : s[cs[i].want[r]]) * cs[i].scale;
+            CHECK(fabs(w[r] - want) < 1e-6, "case %zu rank %d: weight %g, want %g", i, r, w[r], want);
+        }
+    }
+    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, 3, 1, true, 1.0f, ids, w) != MOE_OK, "8 experts in 3 groups");
+    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, 8, 1, true, 1.0f, ids, w) != MOE_OK, "groups of 1 expert");
+    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, 4, 5, true, 1.0f, ids, w) != MOE_OK, "topk_group > n_group");
+}
+
 static void test_moe(struct moe_backend *be, struct moe_backend *be3)
 {
     const struct moe_backend_ops *o = be->ops;
@@ -292,6 +334,7 @@ int main(void)
     test_rope(be);
     test_attention(be, be3);
     test_router(be);
+    test_router_grouped(be);
     test_moe(be, be3);
     test_small(be);
     moe_backend_destroy(be);

@@ -16,6 +16,12 @@ import hashlib
 import os
 import sys
 
+if any(a.startswith("-") for a in sys.argv[1:]):  # --help and the like: usage, touching no file
+    print(__doc__)
+    sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
+if len(sys.argv) > 1 and not os.path.isdir(sys.argv[1]):
+    sys.exit("%s: ROOT %s is not a directory (usage in --help)" % (os.path.basename(sys.argv[0]), sys.argv[1]))
+
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/usr/lib/python3.11"
 OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(os.path.abspath(__file__))
 BUDGET = {"train": int(sys.argv[3]) if len(sys.argv) > 3 else 400_000, "dev": 60_000, "eval": 60_000}

@@ -12,6 +12,12 @@ the file.  Output: one prompt per line, backslash escaped (\\n newline, \\t tab,
 import os
 import sys
 
+if any(a.startswith("-") for a in sys.argv[1:]):  # --help and the like: usage, touching no file
+    print(__doc__)
+    sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
+if len(sys.argv) > 1 and not os.path.isdir(sys.argv[1]):
+    sys.exit("%s: ROOT %s is not a directory (usage in --help)" % (os.path.basename(sys.argv[0]), sys.argv[1]))
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pycode"))
 from make_splits import py_files, split_digit  # noqa: E402  (the same files and split digits)
 
@@ -40,6 +46,8 @@ def main():
         prompts.append(piece)
         if len(prompts) == COUNT:
             break
+    if not prompts:
+        sys.exit(f"no prompt found under {ROOT}: {OUT} left as it was")
     with open(OUT, "w", encoding="utf-8") as f:
         for p in prompts:
             f.write(p.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t") + "\n")

@@ -51,7 +51,9 @@ struct moe_engine {
     enum moe_dtype wdt;                   /* matrix weights' dtype in backend memory */
 
     int max_seqs, max_ctx, max_batch;
-    int H, Q, KV, E, K, V, I, D;          /* hidden, q dim, kv dim, experts, top-k, vocab, expert inter, max(dense, shared) inter */
+    int H, Q, KV, E, K, V, I, D;
+    float rope_inv_freq[2048];            /* per rotated pair (head_dim, or qk_rope_dim under MLA) */
+    float rope_scale, attn_scale;         /* on cos/sin (YaRN), softmax scale */          /* hidden, q dim, kv dim, experts, top-k, vocab, expert inter, max(dense, shared) inter */
 
     /* weights (backend memory) */
     void *embed, *lm_head;                /* [V, H] (lm_head may equal embed) */
@@ -434,6 +436,9 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
     e->I = c->expert_inter > 0 ? c->expert_inter : 1;
     e->D = c->dense_inter > c->shared_inter ? c->dense_inter : c->shared_inter;
     if (e->D < 1) e->D = 1;
+
+    moe_config_rope(c, c->mla ? c->qk_rope_dim : c->head_dim, e->rope_inv_freq, &e->rope_scale);
+    e->attn_scale = moe_config_attn_scale(c);
 
     e->L = calloc((size_t)c->n_layers, sizeof(*e->L));
     e->seq_used = calloc((size_t)e->max_seqs, sizeof(bool));
@@ -849,13 +854,13 @@ static enum moe_status attention_block(struct moe_engine *e, int l, int n)
         BE(o->rmsnorm(bc, e->q, w->q_norm, e->q, n, Q, c->rms_eps));
         BE(o->rmsnorm(bc, e->kx, w->k_norm, e->kx, n, KV, c->rms_eps));
     }
-    BE(o->rope(bc, e->q, e->d_pos, n, c->n_heads, hd, c->rope_theta));
-    BE(o->rope(bc, e->kx, e->d_pos, n, c->n_kv_heads, hd, c->rope_theta));
+    BE(o->rope(bc, e->q, e->d_pos, n, c->n_heads, hd, e->rope_inv_freq, e->rope_scale));
+    BE(o->rope(bc, e->kx, e->d_pos, n, c->n_kv_heads, hd, e->rope_inv_freq, e->rope_scale));
     size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
     float *kc = e->kc + layer_off, *vc = e->vc + layer_off;
     BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
     BE(o->attention(bc, e->q, kc, vc, e->d_seq, e->d_pos, n, c->n_heads, c->n_kv_heads, hd,
-                    e->max_ctx, 1.0f / sqrtf((float)hd), e->att));
+                    e->max_ctx, e->attn_scale, e->att));
     BE(o->linear(bc, e->att, w->wo, e->wdt, NULL, n, Q, H, e->o));
     BE(o->add(bc, e->h, e->o, (size_t)n * H));
 out:
@@ -888,12 +893,12 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
     }
     /* RoPE on the last rd dims of every head, through a packed copy */
     BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->mq_rope, nh * rd, rd, n, nh, rd));
-    BE(o->rope(bc, e->mq_rope, e->d_pos, n, nh, rd, c->rope_theta));
+    BE(o->rope(bc, e->mq_rope, e->d_pos, n, nh, rd, e->rope_inv_freq, e->rope_scale));
     BE(o->copy_blocks(bc, e->mq_rope, nh * rd, rd, e->q + nope, Q, hd, n, nh, rd));
     BE(o->linear(bc, e->xn, w->kv_a_c, e->wdt, NULL, n, H, kvr, e->m_ckv));
     BE(o->linear(bc, e->xn, w->kv_a_r, e->wdt, NULL, n, H, rd, e->m_krope));
     BE(o->rmsnorm(bc, e->m_ckv, w->kv_a_norm, e->m_ckv, n, kvr, MLA_NORM_EPS));
-    BE(o->rope(bc, e->m_krope, e->d_pos, n, 1, rd, c->rope_theta));
+    BE(o->rope(bc, e->m_krope, e->d_pos, n, 1, rd, e->rope_inv_freq, e->rope_scale));
     BE(o->linear(bc, e->m_ckv, w->kv_b, e->wdt, NULL, n, kvr, nh * kvw, e->m_kvb));
     BE(o->copy_blocks(bc, e->m_kvb, nh * kvw, kvw, e->kx, KV, hd, n, nh, nope));
     BE(o->copy_blocks(bc, e->m_krope, rd, 0, e->kx + nope, KV, hd, n, nh, rd));
@@ -902,8 +907,7 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
     size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
     float *kc = e->kc + layer_off, *vc = e->vc + layer_off;
     BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
-    BE(o->attention(bc, e->q, kc, vc, e->d_seq, e->d_pos, n, nh, nh, hd, e->max_ctx, 1.0f / sqrtf((float)hd),
-                    e->att));
+    BE(o->attention(bc, e->q, kc, vc, e->d_seq, e->d_pos, n, nh, nh, hd, e->max_ctx, e->attn_scale, e->att));
     BE(o->copy_blocks(bc, e->att, Q, hd, e->m_attv, nh * vd, vd, n, nh, vd));
     BE(o->linear(bc, e->m_attv, w->wo, e->wdt, NULL, n, nh * vd, H, e->o));
     BE(o->add(bc, e->h, e->o, (size_t)n * H));

@@ -71,11 +71,12 @@ struct moe_backend_ops {
                               const float *bias, int n, int in, int out, float *y);
 
     /* Rotary embedding, rotate-half layout, in place on x [n, n_heads, head_dim]:
-     * for i < head_dim/2, inv_freq_i = 1 / theta^(2i/head_dim) (F32),
-     * angle = pos[i] * inv_freq_i (F32), and
-     * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin). */
+     * for i < head_dim/2, angle = pos[t] * h_inv_freq[i] (F32; the table from
+     * moe_config_rope), c = cos(angle) * scale, s = sin(angle) * scale, and
+     * (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s).  scale is
+     * YaRN's attention factor (1 for the default RoPE). */
     enum moe_status (*rope)(void *ctx, float *x, const int32_t *pos, int n, int n_heads,
-                            int head_dim, float theta);
+                            int head_dim, const float *h_inv_freq, float scale);
 
     /* KV cache of one layer: F32 kcache/vcache [max_seqs, max_ctx, kv_dim]
      * (kv_dim = n_kv_heads*head_dim).  cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,9 +173,46 @@ static enum moe_status detect_family(const char *what, json_t *root, struct moe_
                       type ? type : "(none)", arch ? arch : "(none)");
 }
 
-/* rope_theta at top level, in rope_parameters, or in rope_scaling; only the
- * default (unscaled) RoPE is implemented. */
-static enum moe_status get_rope(const char *what, json_t *root, double def, double *theta)
+/* YaRN's fields of a rope_parameters / rope_scaling object h (transformers'
+ * _compute_yarn_parameters: factor, original_max_position_embeddings,
+ * beta_fast, beta_slow, attention_factor, mscale, mscale_all_dim, truncate). */
+static enum moe_status get_yarn(const char *what, json_t *h, const char *holder, struct moe_yarn *y)
+{
+    static const struct { const char *key; size_t off; double def; } nums[] = {
+        { "factor", offsetof(struct moe_yarn, factor), 0 },
+        { "beta_fast", offsetof(struct moe_yarn, beta_fast), 32 },
+        { "beta_slow", offsetof(struct moe_yarn, beta_slow), 1 },
+        { "attention_factor", offsetof(struct moe_yarn, attention_factor), 0 },
+        { "mscale", offsetof(struct moe_yarn, mscale), 0 },
+        { "mscale_all_dim", offsetof(struct moe_yarn, mscale_all_dim), 0 },
+    };
+    char key[96];
+    enum moe_status st;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(nums); i++) {
+        snprintf(key, sizeof(key), "%s.%s", holder, nums[i].key);
+        json_t *v = field(h, nums[i].key);
+        double *out = (double *)((char *)y + nums[i].off), x;
+        if (!v) {
+            *out = nums[i].def;
+            continue;
+        }
+        if (!json_is_number(v) || !isfinite(x = json_number_value(v)) || x < 0 || x > 1e6)
+            return moe_errorf(MOE_ERANGE, "%s: field \"%s\" must be a number in [0, 1e6]", what, key);
+        *out = x;
+    }
+    if (y->beta_fast == 0) y->beta_fast = 32; /* transformers: `or 32`, `or 1` */
+    if (y->beta_slow == 0) y->beta_slow = 1;
+    if (y->factor != 0 && y->factor < 1)
+        return moe_errorf(MOE_ERANGE, "%s: field \"%s.factor\" = %g must be at least 1", what, holder, y->factor);
+    snprintf(key, sizeof(key), "%s.original_max_position_embeddings", holder);
+    if ((st = get_int(what, h, "original_max_position_embeddings", true, 1, INT_MAX, 0, &y->orig_max_pos)))
+        return moe_error_prefix(st, "YaRN RoPE (%s)", key);
+    return get_bool(what, h, "truncate", true, &y->truncate);
+}
+
+/* rope_theta at top level, in rope_parameters, or in rope_scaling; the default
+ * RoPE or YaRN (into c->rope_kind and c->yarn). */
+static enum moe_status get_rope(const char *what, json_t *root, double def, double *theta, struct moe_config *c)
 {
     static const char *const holders[] = { "rope_parameters", "rope_scaling" };
     enum moe_status st;
@@ -193,9 +231,13 @@ static enum moe_status get_rope(const char *what, json_t *root, double def, doub
         ty = field(h, tykey);
         if (!ty) ty = field(h, tykey = "type"); /* older transformers' spelling */
         tys = json_is_string(ty) ? json_string_value(ty) : NULL;
-        if (ty && (!tys || strcmp(tys, "default")))
-            return moe_errorf(MOE_ENOTSUP, "%s: field \"%s.%s\" = \"%s\": only \"default\" RoPE is "
-                              "supported", what, holders[i], tykey, tys ? tys : "(not a string)");
+        if (tys && !strcmp(tys, "yarn")) {
+            c->rope_kind = MOE_ROPE_YARN;
+            if ((st = get_yarn(what, h, holders[i], &c->yarn)) != MOE_OK) return st;
+        } else if (ty && (!tys || strcmp(tys, "default"))) {
+            return moe_errorf(MOE_ENOTSUP, "%s: field \"%s.%s\" = \"%s\": only \"default\" and \"yarn\" RoPE "
+                              "are supported", what, holders[i], tykey, tys ? tys : "(not a string)");
+        }
         if (field(h, "rope_theta")) {
             double t;
             char key[64];
@@ -473,7 +515,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     c.rms_eps = (float)d;
-    if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : 1e4, &d))) goto out;
+    if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : 1e4, &d, &c))) goto out;
     if (d < 1.0 || d > 1e12) {
         st = moe_errorf(MOE_ERANGE, "%s: field \"rope_theta\" = %g is out of range [1, 1e12]", what, d);
         goto out;
@@ -544,4 +586,67 @@ enum moe_status moe_config_load(const char *model_dir, struct moe_config *out)
     free(buf);
     if (st == MOE_OK && (st = merge_generation_config(model_dir, &c)) == MOE_OK) *out = c;
     return st;
+}
+
+/* ---- RoPE frequencies ------------------------------------------------------ */
+
+/* YaRN's attention factor (transformers' get_mscale). */
+static double yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+static double yarn_factor(const struct moe_config *c)
+{
+    return c->yarn.factor > 0 ? c->yarn.factor : (double)c->max_pos / c->yarn.orig_max_pos;
+}
+
+/* transformers' find_correction_dim: the dimension that turns num_rot times over max_pos positions. */
+static double yarn_corr_dim(double num_rot, int dim, double base, int max_pos)
+{
+    return dim * log(max_pos / (num_rot * 2 * M_PI)) / (2 * log(base));
+}
+
+void moe_config_rope(const struct moe_config *c, int dim, float *inv_freq, float *cs_scale)
+{
+    /* the default table: 1 / theta^(2i/dim) in F32, as transformers (and the backends) compute it */
+    for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)dim);
+    *cs_scale = 1.0f;
+    if (c->rope_kind != MOE_ROPE_YARN) return;
+    const struct moe_yarn *y = &c->yarn;
+    double factor = yarn_factor(c), base = c->rope_theta;
+    double low = yarn_corr_dim(y->beta_fast, dim, base, y->orig_max_pos);
+    double high = yarn_corr_dim(y->beta_slow, dim, base, y->orig_max_pos);
+    if (y->truncate) {
+        low = floor(low);
+        high = ceil(high);
+    }
+    low = low > 0 ? low : 0;
+    high = high < dim - 1 ? high : dim - 1;
+    if (low == high) high += 0.001; /* as transformers avoids the division by zero */
+    for (int i = 0; i < dim / 2; i++) {
+        float pos_freq = powf(c->rope_theta, (float)(2 * i) / (float)dim);
+        float extrapolation = 1.0f / pos_freq, interpolation = 1.0f / ((float)factor * pos_freq);
+        float ramp = ((float)i - (float)low) / (float)(high - low);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float extra = 1.0f - ramp;
+        inv_freq[i] = interpolation * (1.0f - extra) + extrapolation * extra;
+    }
+    if (y->attention_factor > 0)
+        *cs_scale = (float)y->attention_factor;
+    else if (y->mscale > 0 && y->mscale_all_dim > 0)
+        *cs_scale = (float)(yarn_mscale(factor, y->mscale) / yarn_mscale(factor, y->mscale_all_dim));
+    else
+        *cs_scale = (float)yarn_mscale(factor, 1);
+}
+
+float moe_config_attn_scale(const struct moe_config *c)
+{
+    float s = 1.0f / sqrtf((float)c->head_dim);
+    if (c->mla && c->rope_kind == MOE_ROPE_YARN && c->yarn.mscale_all_dim > 0) {
+        /* DeepseekV3Attention: softmax scale times mscale^2 */
+        double m = yarn_mscale(yarn_factor(c), c->yarn.mscale_all_dim);
+        s = s * (float)m * (float)m;
+    }
+    return s;
 }

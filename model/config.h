@@ -36,6 +36,21 @@ enum moe_qk_norm {
     MOE_QK_NORM_FULL,   /* OLMoE: RMSNorm over the whole q (n_heads*head_dim) / k projection */
 };
 
+enum moe_rope_kind {
+    MOE_ROPE_DEFAULT,
+    MOE_ROPE_YARN,            /* rope_type "yarn": transformers' _compute_yarn_parameters */
+};
+
+/* YaRN's parameters, as config.json gives them (0 where absent and derived). */
+struct moe_yarn {
+    double factor;            /* 0: max_position_embeddings / original_max_position_embeddings */
+    double beta_fast, beta_slow;
+    double attention_factor;  /* 0: from mscale / mscale_all_dim, or get_mscale(factor) */
+    double mscale, mscale_all_dim;
+    int orig_max_pos;         /* original_max_position_embeddings */
+    bool truncate;
+};
+
 #define MOE_MAX_LAYERS 256
 #define MOE_MAX_EOS 8
 
@@ -61,6 +76,8 @@ struct moe_config {
     bool tie_embeddings;       /* lm_head shares embed_tokens */
     float rms_eps;
     float rope_theta;
+    enum moe_rope_kind rope_kind;
+    struct moe_yarn yarn;      /* MOE_ROPE_YARN */
     int max_pos;               /* max_position_embeddings */
     int bos_id, eos_id;        /* -1 when absent; eos_id = eos_ids[0] */
     bool is_moe[MOE_MAX_LAYERS]; /* per layer: MoE (true) or dense MLP */
@@ -96,6 +113,15 @@ static inline int moe_config_n_moe(const struct moe_config *c)
     for (int l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++) n += c->is_moe[l];
     return n;
 }
+
+/* The inverse frequency of each of the dim/2 rotated pairs, and the factor
+ * that multiplies cos and sin, as transformers computes them for c's RoPE
+ * (default or YaRN); dim is the rotated width (head_dim, or qk_rope_dim under
+ * MLA), even and at most 4096. */
+void moe_config_rope(const struct moe_config *c, int dim, float *inv_freq, float *cs_scale);
+/* The attention softmax scale: 1/sqrt(head_dim), times DeepSeek-V3's YaRN
+ * mscale^2 (mscale_all_dim) under MLA. */
+float moe_config_attn_scale(const struct moe_config *c);
 
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
                                  struct moe_config *out);

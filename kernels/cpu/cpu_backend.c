@@ -155,19 +155,17 @@ static enum moe_status cpu_linear(void *ctx, const float *x, const void *w, enum
 }
 
 static enum moe_status cpu_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads,
-                                int head_dim, float theta)
+                                int head_dim, const float *inv_freq, float scale)
 {
     (void)ctx;
     if (head_dim <= 0 || head_dim % 2 || head_dim > 4096) return bad("rope", "head_dim", head_dim);
     int half = head_dim / 2;
-    float inv_freq[2048], cs[2048], sn[2048];
-    for (int i = 0; i < half; i++)
-        inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+    float cs[2048], sn[2048];
     for (int t = 0; t < n; t++) {
         for (int i = 0; i < half; i++) {
             float a = (float)pos[t] * inv_freq[i];
-            cs[i] = cosf(a);
-            sn[i] = sinf(a);
+            cs[i] = cosf(a) * scale;
+            sn[i] = sinf(a) * scale;
         }
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * head_dim;

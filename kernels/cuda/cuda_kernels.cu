@@ -3,6 +3,7 @@
  * every launcher validates its sizes and returns a status. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cuda_internal.h"
 
@@ -195,6 +196,7 @@ out:
  * kernel parameters), so no upload and no buffer to keep alive. */
 struct rope_freq {
     float f[512]; /* [head_dim / 2] */
+    float scale;  /* on cos and sin (YaRN's attention factor; 1 by default) */
 };
 
 __global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int head_dim,
@@ -208,7 +210,7 @@ __global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int 
         size_t th = i / (size_t)half; /* token * n_heads + head */
         size_t t = th / (size_t)n_heads;
         float ang = (float)pos[t] * fr.f[j];
-        float cs = cosf(ang), sn = sinf(ang);
+        float cs = cosf(ang) * fr.scale, sn = sinf(ang) * fr.scale;
         float *h = x + th * (size_t)head_dim;
         float a = h[j], b = h[j + half];
         h[j] = a * cs - b * sn;
@@ -216,22 +218,34 @@ __global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int 
     }
 }
 
-extern "C" enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
-                                         int n_heads, int head_dim, float theta)
+extern "C" enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
+                                               int n_heads, int head_dim, const float *h_inv_freq, float scale)
 {
     enum moe_status st = MOE_OK;
     size_t total = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
     struct rope_freq fr;
-    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > 1024 || !(theta > 0.0f))
-        return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d (even, <= 1024), theta %g",
-                          n, n_heads, head_dim, (double)theta);
+    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > 1024 || !h_inv_freq)
+        return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d (even, <= 1024), frequency table %s",
+                          n, n_heads, head_dim, h_inv_freq ? "given" : "missing");
     if (total == 0) return MOE_OK;
-    moe_rope_inv_freq(theta, head_dim, fr.f);
+    memcpy(fr.f, h_inv_freq, sizeof(float) * (size_t)(head_dim / 2));
+    fr.scale = scale;
     k_rope<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_x, d_pos, n, n_heads,
                                                                       head_dim, fr);
     CK_LAUNCH(c);
 out:
     return st;
+}
+
+extern "C" enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
+                                         int n_heads, int head_dim, float theta)
+{
+    float f[512];
+    if (head_dim <= 0 || head_dim % 2 || head_dim > 1024 || !(theta > 0.0f))
+        return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d (even, <= 1024), theta %g",
+                          n, n_heads, head_dim, (double)theta);
+    moe_rope_inv_freq(theta, head_dim, f);
+    return moe_cuda_rope_table(c, d_x, d_pos, n, n_heads, head_dim, f, 1.0f);
 }
 
 /* ---- KV cache and attention ---------------------------------------------- */

@@ -133,6 +133,10 @@ enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const
  * d_pos [n] positions.  head_dim even, <= 1024. */
 enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
                               int n_heads, int head_dim, float theta);
+/* The same with a given frequency table h_inv_freq [head_dim/2] (host memory, read before the
+ * call returns) and cos and sin multiplied by scale (kernels/backend.h, rope). */
+enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n, int n_heads,
+                                    int head_dim, const float *h_inv_freq, float scale);
 
 /* KV cache: F32 [max_seqs, max_ctx, kv_dim] for K and for V (kv_dim = n_kv*head_dim).
  * store: cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */

@@ -3,13 +3,14 @@
  * (tests/fixtures/deepseek-v3-variants, generate.py there): no q bottleneck
  * (q_proj), rotate-half RoPE without interleave, one expert group, all groups
  * kept, weights not renormalised, no shared expert, every layer MoE or dense,
- * odd head sizes and v narrower than k.  For each, the prompt's logits at
+ * odd head sizes and v narrower than k, YaRN RoPE with and without DeepSeek's
+ * mscale.  For each, the prompt's logits at
  * every position within 1e-4 (max abs) of the reference, prefilled in one
  * batch, in two chunks through the KV cache, and one token at a time. */
 #include "engine_testutil.h"
 
 static const char *const variants[] = {
-    "q_proj", "rope_flat", "one_group", "no_norm_no_shared", "all_moe", "all_dense", "odd_dims",
+    "q_proj", "rope_flat", "one_group", "no_norm_no_shared", "all_moe", "all_dense", "odd_dims", "yarn", "yarn_plain",
 };
 
 #define TOL 1e-4

@@ -77,7 +77,10 @@ static void test_rope(struct moe_backend *be)
                 ref[(t * nh + h) * hd + i] = v[i] * cos(f) - v[i + hd / 2] * sin(f);
                 ref[(t * nh + h) * hd + i + hd / 2] = v[i + hd / 2] * cos(f) + v[i] * sin(f);
             }
-    OK(be->ops->rope(be->ctx, x, pos, n, nh, hd, 10000.0f));
+    float inv_freq[64], cs_scale;
+    struct moe_config rc = { .rope_theta = 10000.0f };
+    moe_config_rope(&rc, hd, inv_freq, &cs_scale);
+    OK(be->ops->rope(be->ctx, x, pos, n, nh, hd, inv_freq, cs_scale));
     /* F32 angles at position 1000: ~1e-4 absolute */
     CHECK(maxdiff(x, ref, MOE_ARRAY_LEN(x)) < 3e-4, "rope err %g", maxdiff(x, ref, MOE_ARRAY_LEN(x)));
     CHECK(!memcmp(x, x0, sizeof(float) * nh * hd), "rope at position 0 is the identity");

@@ -175,6 +175,58 @@ static void expect_refused(const char *rel, json_t *j, enum moe_status want, con
     json_decref(j);
 }
 
+/* YaRN: the frequency table and attention factor of transformers' _compute_yarn_parameters
+ * (values from its formulas in double precision: low 11, high 20 for these settings), and
+ * DeepSeek-V3's mscale^2 on the softmax scale. */
+static void test_yarn(void)
+{
+    static const double want[32] = {
+        1, 0.649381632, 0.421696503, 0.273841963, 0.177827941, 0.115478198, 0.0749894209, 0.0486967525,
+        0.0316227766, 0.0205352503, 0.0133352143, 0.00865964323, 0.00515479548, 0.00304311773,
+        0.00177853028, 0.00102661768, 0.000583333333, 0.000324690816, 0.000175706876, 9.12806545e-05,
+        4.44569853e-05, 2.88695496e-05, 1.87473552e-05, 1.21741881e-05, 7.90569415e-06, 5.13381257e-06,
+        3.33380358e-06, 2.16491081e-06, 1.40585331e-06, 9.12935318e-07, 5.92843426e-07, 3.84981632e-07,
+    };
+    const char *q3 = "tests/fixtures/hf-tiny/qwen3_moe/config.json";
+    struct moe_config c;
+    json_t *j = load_json(q3);
+    json_object_del(j, "rope_parameters");
+    json_object_set_new(j, "rope_theta", json_real(1e6));
+    json_object_set_new(j, "rope_scaling", json_pack("{s:s,s:f,s:i}", "rope_type", "yarn", "factor", 4.0,
+                                                     "original_max_position_embeddings", 32768));
+    REQUIRE(parse_obj(j, &c) == MOE_OK, "yarn config: %s", moe_last_error());
+    json_decref(j);
+    CHECK(c.rope_kind == MOE_ROPE_YARN && c.yarn.factor == 4 && c.yarn.orig_max_pos == 32768 &&
+              c.yarn.beta_fast == 32 && c.yarn.beta_slow == 1 && c.yarn.truncate, "yarn fields");
+    float f[32], scale;
+    moe_config_rope(&c, 64, f, &scale);
+    for (int i = 0; i < 32; i++)
+        CHECK(fabs(f[i] - want[i]) <= 2e-6 * want[i], "yarn inv_freq[%d] = %.9g, want %.9g", i, f[i], want[i]);
+    CHECK(fabsf(scale - 1.138629436f) < 1e-6f, "yarn attention factor %.9g", scale);
+    CHECK(moe_config_attn_scale(&c) == 1.0f / sqrtf((float)c.head_dim), "qwen3 yarn changes the softmax scale");
+
+    /* the default RoPE: the table every backend used before, factor 1 */
+    load_fixture("tests/fixtures/hf-tiny/qwen3_moe", &c);
+    moe_config_rope(&c, 16, f, &scale);
+    for (int i = 0; i < 8; i++)
+        CHECK(f[i] == 1.0f / powf(c.rope_theta, (float)(2 * i) / 16.0f), "default inv_freq[%d] = %g", i, f[i]);
+    CHECK(scale == 1.0f && c.rope_kind == MOE_ROPE_DEFAULT, "default rope scale %g", scale);
+
+    /* DeepSeek-V3 as published: mscale = mscale_all_dim = 1, factor 40 -> cos/sin x 1, softmax x m^2 */
+    j = load_json("tests/fixtures/hf-tiny/deepseek_v3/config.json");
+    json_object_set_new(j, "rope_parameters", json_pack("{s:s,s:f,s:i,s:f,s:f,s:f,s:f,s:f}", "rope_type", "yarn",
+                                                        "rope_theta", 10000.0, "original_max_position_embeddings",
+                                                        64, "factor", 40.0, "mscale", 1.0, "mscale_all_dim", 1.0,
+                                                        "beta_fast", 32.0, "beta_slow", 1.0));
+    REQUIRE(parse_obj(j, &c) == MOE_OK, "deepseek yarn config: %s", moe_last_error());
+    json_decref(j);
+    moe_config_rope(&c, c.qk_rope_dim, f, &scale);
+    double m = 0.1 * log(40.0) + 1.0;
+    CHECK(scale == 1.0f, "deepseek yarn cos/sin factor %g", scale);
+    CHECK(fabs(moe_config_attn_scale(&c) - m * m / sqrt(24.0)) < 1e-6, "deepseek yarn softmax scale %.9g",
+          moe_config_attn_scale(&c));
+}
+
 static void test_refusals(void)
 {
     const char *q3 = "tests/fixtures/hf-tiny/qwen3_moe/config.json";
@@ -189,8 +241,11 @@ static void test_refusals(void)
     json_object_set_new(j, "architectures", json_pack("[s]", "DeepseekV2ForCausalLM"));
     expect_refused(ds, j, MOE_ENOTSUP, "DeepSeek before V3");
     j = load_json(ds);
+    json_object_set_new(j, "rope_scaling", json_pack("{s:s,s:f}", "type", "linear", "factor", 4.0));
+    expect_refused(ds, j, MOE_ENOTSUP, "linear");
+    j = load_json(ds);
     json_object_set_new(j, "rope_scaling", json_pack("{s:s,s:f}", "type", "yarn", "factor", 40.0));
-    expect_refused(ds, j, MOE_ENOTSUP, "yarn");
+    expect_refused(ds, j, MOE_EFORMAT, "original_max_position_embeddings");
     j = load_json(ds);
     json_object_set_new(j, "n_group", json_integer(3));
     expect_refused(ds, j, MOE_ERANGE, "n_group");
@@ -263,7 +318,7 @@ static void test_refusals(void)
     expect_refused(q3, j, MOE_EFORMAT, "num_local_experts");
 
     j = load_json(q3);
-    json_object_set_new(j, "rope_parameters", json_pack("{s:s, s:f}", "rope_type", "yarn", "rope_theta", 1e4));
+    json_object_set_new(j, "rope_parameters", json_pack("{s:s, s:f}", "rope_type", "dynamic", "rope_theta", 1e4));
     expect_refused(q3, j, MOE_ENOTSUP, "rope_type");
 
     j = load_json(q3);
@@ -390,6 +445,7 @@ int main(void)
     test_fixtures();
     test_spellings();
     test_refusals();
+    test_yarn();
     test_eos_ids();
     return t_result("test_config");
 }

@@ -399,8 +399,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if ((st = get_int(what, root, "num_experts_per_tok", true, 1, c.n_experts, 0, &c.top_k))) goto out;
 
     /* Intermediate sizes. */
-    if ((st = get_int(what, root, "intermediate_size", c.family != MOE_FAM_QWEN2_MOE &&
-                      c.family != MOE_FAM_QWEN3_MOE, 1, CFG_MAX_SIZE, 0, &inter)))
+    if ((st = get_int(what, root, "intermediate_size", c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_OLMOE, 1,
+                      CFG_MAX_SIZE, 0, &inter)))
         goto out;
     if (c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_OLMOE) {
         c.expert_inter = inter;
@@ -418,6 +418,11 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
             (st = get_int(what, root, "moe_layer_freq", false, 1, 1, 1, &freq)))
             goto out;
         for (int l = 0; l < dense_first; l++) c.is_moe[l] = false;
+        if (dense_first > 0 && !inter) {
+            st = moe_errorf(MOE_EFORMAT, "%s: layers 0..%d are dense (first_k_dense_replace = %d) but "
+                            "\"intermediate_size\" is missing", what, dense_first - 1, dense_first);
+            goto out;
+        }
         if (dense_first > 0) c.dense_inter = inter;
         if ((st = parse_deepseek_routing(what, root, &c))) goto out;
     } else if (c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE) {

@@ -254,6 +254,7 @@ static void test_refusals(void)
         { "{\"scoring_func\": \"softmax\"}", MOE_ENOTSUP, "scoring_func" },
         { "{\"v_head_dim\": 32}", MOE_ENOTSUP, "v_head_dim" },
         { "{\"n_shared_experts\": -1}", MOE_ERANGE, "n_shared_experts" },
+        { "{\"intermediate_size\": null}", MOE_EFORMAT, "first_k_dense_replace = 1) but \"intermediate_size\"" },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(ds_bad); i++) {
         json_t *ch = json_loads(ds_bad[i].change, 0, NULL), *v;
@@ -272,6 +273,12 @@ static void test_refusals(void)
     j = load_json(ds);
     json_object_set_new(j, "q_lora_rank", json_null());
     CHECK(parse_obj(j, &c) == MOE_OK && c.q_lora_rank == 0, "q_lora_rank null: %s", moe_last_error());
+    json_decref(j);
+    j = load_json(ds); /* every layer MoE: no dense size needed */
+    json_object_set_new(j, "first_k_dense_replace", json_integer(0));
+    json_object_del(j, "intermediate_size");
+    CHECK(parse_obj(j, &c) == MOE_OK && c.dense_inter == 0, "all-MoE without intermediate_size: %s",
+          moe_last_error());
     json_decref(j);
     j = load_json(ds);
     json_object_set_new(j, "n_shared_experts", json_integer(0));

@@ -33,6 +33,7 @@ struct gen_opts {
     bool ignore_eos;           /* --ignore-eos: always max_tokens tokens */
     bool chat;                 /* --chat: the prompt is a user message, through the chat template */
     const char *system;        /* --system: a system message before it, or NULL */
+    const char *ids_out;       /* --ids-out: the token ids fed through the model, for trace --ids */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
 
@@ -43,6 +44,7 @@ static void usage(FILE *f)
             "                        [--ignore-eos]\n"
             "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
             "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
+            "                        [--ids-out FILE]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -59,6 +61,9 @@ static void usage(FILE *f)
             "  --threads N        CPU threads (default 1)\n"
             "  --blas             CPU GEMMs through OpenBLAS instead of the batch-invariant\n"
             "                     kernel (a row's result then depends on the batch and threads)\n"
+            "  --ids-out FILE     write the token ids this run fed through the model (the prompt's and\n"
+            "                     the output's but the last) as [[...]]: `moeflow trace --ids FILE` then\n"
+            "                     records exactly this run's routing, e.g. for --belady-trace\n"
             "  --help             this text\n\n%s%s",
             moe_default_model_dir(), moe_offload_help(), moe_offload_predictor_help());
 }
@@ -103,7 +108,7 @@ static bool parse_float(const char *s, float *out)
 static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
-           OPT_CHAT, OPT_SYSTEM };
+           OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -117,6 +122,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
         { "chat", no_argument, NULL, OPT_CHAT },
         { "system", required_argument, NULL, OPT_SYSTEM },
+        { "ids-out", required_argument, NULL, OPT_IDS_OUT },
         { "help", no_argument, NULL, 'h' },
         MOE_OFFLOAD_LONG_OPTIONS,
         MOE_PREDICTOR_LONG_OPTION,
@@ -191,6 +197,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_SYSTEM:
             o->system = optarg;
             break;
+        case OPT_IDS_OUT:
+            if (!moe_cli_check_out("generate", "--ids-out", optarg, true)) return 2;
+            o->ids_out = optarg;
+            break;
         case ':':
             fprintf(stderr, "moeflow generate: %s needs a value\n", argv[optind - 1]);
             return 2;
@@ -239,6 +249,18 @@ static enum moe_status gen_forward(struct moe_engine *e, struct moe_predictor *p
 }
 
 /* Prefill the prompt, then sample and stream until EOS or max_tokens. */
+/* --ids-out: the fed ids as one sequence of `trace --ids` (a JSON array of arrays). */
+static enum moe_status write_ids(const char *path, const int *ids, int n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return moe_errorf(MOE_EIO, "--ids-out %s: %s", path, strerror(errno));
+    fputs("[[", f);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%d", i ? "," : "", ids[i]);
+    fputs("]]\n", f);
+    if (ferror(f) | fclose(f)) return moe_errorf(MOE_EIO, "--ids-out %s: write failed", path);
+    return MOE_OK;
+}
+
 static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred, const struct moe_tokenizer *tok,
                                const struct gen_opts *o, const int *ids, int n_ids)
 {
@@ -248,7 +270,8 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     float *logits = malloc(sizeof(float) * (size_t)V);
     int *pos = malloc(sizeof(int) * (size_t)chunk), *seqv = malloc(sizeof(int) * (size_t)chunk);
     bool *want = malloc(sizeof(bool) * (size_t)chunk);
-    if (!logits || !pos || !seqv || !want) {
+    int *fed = o->ids_out ? malloc(sizeof(int) * ((size_t)n_ids + (size_t)o->max_tokens)) : NULL, n_fed = n_ids;
+    if (!logits || !pos || !seqv || !want || (o->ids_out && !fed)) {
         st = moe_errorf(MOE_ENOMEM, "generate: out of memory");
         goto out;
     }
@@ -258,6 +281,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         goto out;
     }
     if (pred) moe_predictor_seq_reset(pred, seq);
+    if (fed) memcpy(fed, ids, sizeof(int) * (size_t)n_ids);
     for (int i0 = 0; i0 < n_ids; i0 += chunk) {
         int n = n_ids - i0 < chunk ? n_ids - i0 : chunk;
         for (int i = 0; i < n; i++) {
@@ -281,10 +305,13 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         int p = moe_engine_seq_len(e, seq);
         struct moe_batch b = { .n = 1, .tokens = &t, .seq = &seq, .pos = &p };
         if ((st = gen_forward(e, pred, &b, logits)) != MOE_OK) goto out;
+        if (fed) fed[n_fed++] = t;
     }
     fputc('\n', stdout);
     fflush(stdout);
+    if (fed) st = write_ids(o->ids_out, fed, n_fed);
 out:
+    free(fed);
     free(logits);
     free(pos);
     free(seqv);

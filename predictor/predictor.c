@@ -356,7 +356,7 @@ void moe_predictor_set_provider(struct moe_predictor *p, struct moe_provider *pr
     p->prov = prov;
     memset(&p->pf, 0, sizeof(p->pf));
     if (pf) p->pf = *pf;
-    if (!(p->pf.min_score > 0)) p->pf.min_score = 0.5f;
+    if (!(p->pf.min_score > 0)) p->pf.min_score = MOE_PRED_MIN_SCORE;
     if (p->pf.max_per_layer <= 0) p->pf.max_per_layer = p->k;
 }
 

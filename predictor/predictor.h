@@ -72,9 +72,13 @@ struct moe_pred_sink {
     bool ahead;           /* also the next tokens' predictions (distance > n_moe) */
 };
 
+/* The default prefetch threshold of generate, serve, bench and replay: the
+ * value a sweep on the training split's tail picked (docs/results.md, section 4). */
+#define MOE_PRED_MIN_SCORE 0.8f
+
 /* How predictions become prefetches. */
 struct moe_pred_prefetch {
-    float min_score;      /* only experts scored at least this (0 = 0.5 default) */
+    float min_score;      /* only experts scored at least this (0 = MOE_PRED_MIN_SCORE) */
     int max_per_layer;    /* at most this many per layer and prediction (0 = top_k) */
     bool next_step;       /* also hint the next tokens' experts (path predictors of horizon >= 2,
                              distance > n_moe): for policies that rank evictions with them */

@@ -97,7 +97,7 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         return 2;
     }
     struct moe_evlog log;
-    struct moe_pred_prefetch pf = { .min_score = 0.8f, .max_per_layer = in->top_k };
+    struct moe_pred_prefetch pf = { .min_score = MOE_PRED_MIN_SCORE, .max_per_layer = in->top_k };
     if (moe_trace_pred_log(t, &spec, &pf, &log)) {
         fprintf(stderr, "moeflow sim: --predictor %s: %s\n", spec_s, moe_last_error());
         moe_evlog_free(&log);

@@ -110,7 +110,7 @@ int moe_cmd_replay(int argc, char **argv)
     };
     const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL, *pol_s = NULL;
     long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0, oracle = -1;
-    double frac = 0, min_score = 0.8, link = 0, layer_ms = 0, expert_ms = 0.153;
+    double frac = 0, min_score = MOE_PRED_MIN_SCORE, link = 0, layer_ms = 0, expert_ms = 0.153;
     bool json = false, no_prefetch = false;
     const char *timeline_opt = NULL; /* an option that only shapes the --link-gbps timeline */
     enum moe_cache_policy policy = MOE_CACHE_LRU;

@@ -52,7 +52,7 @@ static const struct moe_serve_opt opts[] = {
       "routing-path predictor: none, gate[:D], path[:FILE], history, path+gate[:FILE], auto (path+gate "
       "with the model's predictor.safetensors, else gate)", 0 },
     { "prefetch-min-score", MOE_OPT_DOUBLE, OFF(prefetch_min_score), 0, "0", 0, 1,
-      "prefetch predicted experts scored at least this (0 = 0.5)", 0 },
+      "prefetch predicted experts scored at least this (0 = 0.8)", 0 },
     { "prefetch-max-per-layer", MOE_OPT_INT, OFF(prefetch_max_per_layer), 0, "0", 0, 4096,
       "prefetch at most this many experts per layer and prediction (0 = top_k)", 0 },
     { "prefetch", MOE_OPT_INT, OFF(prefetch), 0, "1", 0, 1,

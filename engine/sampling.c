@@ -130,3 +130,31 @@ int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab)
     free(c);
     return pick;
 }
+
+void moe_token_logprobs(const float *logits, int vocab, int tok, int n, struct moe_token_logprobs *out)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < vocab; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab; i++)
+        if (!isnan(logits[i])) sum += exp((double)logits[i] - mx);
+    double log_z = mx + log(sum);
+    out->logprob = (float)(logits[tok] - log_z);
+    if (n > MOE_MAX_TOP_LOGPROBS) n = MOE_MAX_TOP_LOGPROBS;
+    if (n > vocab) n = vocab;
+    out->n = 0;
+    for (int r = 0; r < n; r++) { /* n small: one scan per rank */
+        int best = -1;
+        for (int i = 0; i < vocab; i++) {
+            if (isnan(logits[i])) continue;
+            bool taken = false;
+            for (int q = 0; q < r && !taken; q++) taken = out->ids[q] == i;
+            if (!taken && (best < 0 || logits[i] > logits[best])) best = i;
+        }
+        if (best < 0) break;
+        out->ids[r] = best;
+        out->logprobs[r] = (float)(logits[best] - log_z);
+        out->n = r + 1;
+    }
+}

@@ -27,6 +27,21 @@ void moe_sampler_init(struct moe_sampler *s, const struct moe_sampling *p);
 int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab);
 int moe_argmax(const float *x, int n);
 
+#define MOE_MAX_TOP_LOGPROBS 20
+
+/* A token's log-probability under the distribution of logits (their
+ * log-softmax: before temperature, top-k and top-p), and the n most likely
+ * tokens with theirs, most likely first (ties: lower id; NaN logits never). */
+struct moe_token_logprobs {
+    float logprob;
+    int n;
+    int32_t ids[MOE_MAX_TOP_LOGPROBS];
+    float logprobs[MOE_MAX_TOP_LOGPROBS];
+};
+
+/* out for token tok of logits[vocab], n alternatives (0..MOE_MAX_TOP_LOGPROBS, at most vocab). */
+void moe_token_logprobs(const float *logits, int vocab, int tok, int n, struct moe_token_logprobs *out);
+
 #ifdef __cplusplus
 }
 #endif

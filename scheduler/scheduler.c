@@ -53,6 +53,8 @@ struct rq {
 struct tok_event {
     struct rq *r;
     int token;
+    bool has_lp;                   /* the request asked for log-probabilities: lp */
+    struct moe_token_logprobs lp;
 };
 
 struct moe_sched {
@@ -245,7 +247,7 @@ static void admit(struct moe_sched *s)
     }
 }
 
-static void tev_push(struct moe_sched *s, struct rq *r, int token)
+static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *logits)
 {
     if (s->n_tev == s->cap_tev) {
         int cap = s->cap_tev ? 2 * s->cap_tev : 64;
@@ -255,7 +257,12 @@ static void tev_push(struct moe_sched *s, struct rq *r, int token)
         s->tev = t;
         s->cap_tev = cap;
     }
-    s->tev[s->n_tev++] = (struct tok_event){ r, token };
+    struct tok_event *ev = &s->tev[s->n_tev++];
+    ev->r = r;
+    ev->token = token;
+    ev->has_lp = r->g.logprobs;
+    if (ev->has_lp)
+        moe_token_logprobs(logits, s->be.vocab, token, r->g.top_logprobs, &ev->lp);
 }
 
 /* Deliver queued on_token and on_done events (without the lock). */
@@ -263,6 +270,8 @@ static void dispatch(struct moe_sched *s)
 {
     for (int i = 0; i < s->n_tev; i++) {
         struct rq *r = s->tev[i].r;
+        if (s->tev[i].has_lp && r->ev.on_logprobs)
+            r->ev.on_logprobs(r->ud, r->id, &s->tev[i].lp);
         if (r->ev.on_token)
             r->ev.on_token(r->ud, r->id, s->tev[i].token);
     }
@@ -314,7 +323,8 @@ static bool is_eos(const struct moe_sched *s, int tok)
     return false;
 }
 
-static void take_token(struct moe_sched *s, struct rq *r, int tok)
+/* tok, sampled from logits [vocab], continues r (or ends it as EOS). */
+static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *logits)
 {
     if (!r->g.ignore_eos && is_eos(s, tok)) {
         rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
@@ -323,7 +333,7 @@ static void take_token(struct moe_sched *s, struct rq *r, int tok)
     r->tokens[r->n_prompt + r->n_generated++] = tok;
     r->pred_stale = true;
     s->st.generated_tokens++;
-    tev_push(s, r, tok);
+    tev_push(s, r, tok, logits);
     if (r->n_generated >= r->g.max_tokens)
         rq_finish(s, r, MOE_FINISH_LENGTH, MOE_OK, "");
 }
@@ -520,9 +530,10 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     int row = 0;
     for (int i = 0; i < n_dec; i++, row++) {
         struct rq *r = s->b_req[i];
-        int tok = moe_sampler_sample(&r->sampler, s->logits + (size_t)row * (size_t)s->be.vocab, s->be.vocab);
+        const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
+        int tok = moe_sampler_sample(&r->sampler, lg, s->be.vocab);
         if (r->state == RQ_DECODE)
-            take_token(s, r, tok);
+            take_token(s, r, tok, lg);
     }
     if (chunk > 0) {
         s->st.prefill_chunks++;
@@ -532,9 +543,8 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         if (pf->n_prefilled == pf->n_prompt && pf->state == RQ_PREFILL) {
             pf->state = RQ_DECODE;
             pf->credit = 1.0;
-            int tok = moe_sampler_sample(&pf->sampler, s->logits + (size_t)row * (size_t)s->be.vocab,
-                                         s->be.vocab);
-            take_token(s, pf, tok);
+            const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
+            take_token(s, pf, moe_sampler_sample(&pf->sampler, lg, s->be.vocab), lg);
         }
     }
     pthread_mutex_unlock(&s->mu);
@@ -786,6 +796,9 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         st = moe_error_prefix(st, "request: sampling");
     else if (g->deadline != g->deadline)
         st = moe_errorf(MOE_EINVAL, "request: deadline is NaN");
+    else if (g->logprobs && (g->top_logprobs < 0 || g->top_logprobs > MOE_MAX_TOP_LOGPROBS))
+        st = moe_errorf(MOE_ERANGE, "request: top_logprobs = %d is out of range [0, %d]", g->top_logprobs,
+                        MOE_MAX_TOP_LOGPROBS);
     if (st == MOE_OK) {
         for (int i = 0; i < n_prompt; i++)
             if (prompt[i] < 0 || prompt[i] >= s->be.vocab) {

@@ -95,12 +95,16 @@ struct moe_gen_params {
     int priority;             /* higher first; FCFS within a priority */
     double deadline;          /* moe_now() seconds; 0 = none */
     bool ignore_eos;
+    bool logprobs;            /* report each token's log-probability (on_logprobs) */
+    int top_logprobs;         /* ... and this many most likely tokens, 0..MOE_MAX_TOP_LOGPROBS */
 };
 
 struct moe_sched_events {
     void (*on_token)(void *ud, uint64_t id, int token);
     void (*on_done)(void *ud, uint64_t id, enum moe_finish why, enum moe_status st,
                     const char *msg, int n_prompt, int n_generated);
+    /* With moe_gen_params.logprobs: the token's log-probabilities, just before its on_token. */
+    void (*on_logprobs)(void *ud, uint64_t id, const struct moe_token_logprobs *lp);
 };
 
 struct moe_sched_stats {

@@ -611,6 +611,7 @@ static void generate_stop_progress(struct cgen *k)
         free(f);
     }
     free(ev.toks);
+    free(ev.lps);
     if (m < 0) {
         free(ids);
         moe_strbuf_free(&text);
@@ -695,6 +696,7 @@ static void gen_progress(struct cgen *k)
     }
     free(text);
     free(ev.toks);
+    free(ev.lps);
     if (!ev.done)
         return;
     char msg[400];

@@ -46,6 +46,9 @@ struct hreq {
     struct event *watch;          /* readable socket while generating: EOF = client gone */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
+    json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
+                                     chat, {"content": [...]}; completions, OpenAI's four arrays */
+    size_t lp_offset;             /* completions: characters of the tokens so far (text_offset) */
 };
 
 static void wake_cb(void *arg)
@@ -75,7 +78,7 @@ static void send_text(struct evhttp_request *req, int code, const char *ctype, c
 
 static void send_json(struct evhttp_request *req, int code, json_t *j)
 {
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     send_text(req, code, "application/json", s ? s : "", s ? strlen(s) : 0);
     free(s);
 }
@@ -115,6 +118,7 @@ static void hreq_free(struct hreq *r)
     if (r->text)
         evbuffer_free(r->text);
     moe_stop_scan_free(&r->scan);
+    json_decref(r->lp);
     free(r);
 }
 
@@ -197,6 +201,82 @@ static json_t *usage_json(int p, int c)
     return json_pack("{s:i,s:i,s:i}", "prompt_tokens", p, "completion_tokens", c, "total_tokens", p + c);
 }
 
+/* ---- log-probabilities ---- */
+
+static json_t *lp_new(bool chat)
+{
+    if (chat)
+        return json_pack("{s:[]}", "content");
+    return json_pack("{s:[],s:[],s:[],s:[]}", "tokens", "token_logprobs", "top_logprobs", "text_offset");
+}
+
+/* Token id as text (invalid UTF-8 as U+FFFD) and, for chat, its bytes; *chars: its characters. */
+static json_t *token_text(const struct hreq *r, int id, json_t **bytes, size_t *chars)
+{
+    const struct moe_tokenizer *tok = r->hf->srv->tok;
+    int n = moe_tokenizer_token_bytes(tok, id, NULL, 0);
+    n = n < 0 ? 0 : n;
+    char *b = malloc((size_t)n + 1), *u = malloc(3 * (size_t)n + 1);
+    json_t *s = NULL;
+    if (b && u) {
+        moe_tokenizer_token_bytes(tok, id, b, (size_t)n);
+        size_t un = srv_utf8_sanitize(b, (size_t)n, u);
+        s = json_stringn(u, un);
+        *chars = 0;
+        for (size_t i = 0; i < un; i++)
+            *chars += ((unsigned char)u[i] & 0xc0) != 0x80;
+        if (bytes && (*bytes = json_array()))
+            for (int i = 0; i < n; i++)
+                json_array_append_new(*bytes, json_integer((unsigned char)b[i]));
+    }
+    free(b);
+    free(u);
+    return s ? s : json_string("");
+}
+
+/* One generated token's entry: chat {token, logprob, bytes, top_logprobs: [...]}, completions a
+ * step of each of the four arrays (the top ones as an object token -> logprob). */
+static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *lp)
+{
+    size_t chars = 0, ignored;
+    if (r->chat) {
+        json_t *bytes = NULL, *top = json_array();
+        json_t *t = token_text(r, token, &bytes, &chars);
+        for (int i = 0; i < lp->n; i++) {
+            json_t *tb = NULL, *tt = token_text(r, lp->ids[i], &tb, &ignored);
+            json_array_append_new(top, json_pack("{s:o,s:f,s:o}", "token", tt, "logprob", (double)lp->logprobs[i],
+                                                 "bytes", tb ? tb : json_array()));
+        }
+        json_array_append_new(json_object_get(r->lp, "content"),
+                              json_pack("{s:o,s:f,s:o,s:o}", "token", t, "logprob", (double)lp->logprob, "bytes",
+                                        bytes ? bytes : json_array(), "top_logprobs", top));
+        return;
+    }
+    json_t *top = json_object();
+    for (int i = 0; i < lp->n; i++) {
+        json_t *tt = token_text(r, lp->ids[i], NULL, &ignored);
+        json_object_set_new(top, json_string_value(tt), json_real(lp->logprobs[i]));
+        json_decref(tt);
+    }
+    json_array_append_new(json_object_get(r->lp, "tokens"), token_text(r, token, NULL, &chars));
+    json_array_append_new(json_object_get(r->lp, "token_logprobs"), json_real(lp->logprob));
+    json_array_append_new(json_object_get(r->lp, "top_logprobs"), top);
+    json_array_append_new(json_object_get(r->lp, "text_offset"), json_integer((json_int_t)r->lp_offset));
+    r->lp_offset += chars;
+}
+
+/* The choice's "logprobs": what was collected since the last chunk (then a fresh collection), or
+ * null when the request did not ask. */
+static json_t *lp_take(struct hreq *r)
+{
+    json_t *first = r->lp ? json_object_iter_value(json_object_iter(r->lp)) : NULL;
+    if (!first || !json_array_size(first)) /* nothing asked, or nothing new since the last chunk */
+        return json_null();
+    json_t *j = r->lp;
+    r->lp = lp_new(r->chat);
+    return j;
+}
+
 static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const char *finish)
 {
     json_t *choice;
@@ -207,9 +287,10 @@ static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const ch
             json_object_set_new(delta, "role", json_string("assistant"));
         if (len || !finish)
             json_object_set_new(delta, "content", json_stringn(text, len));
-        choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason", fr);
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", lp_take(r),
+                           "finish_reason", fr);
     } else {
-        choice = json_pack("{s:i,s:s%,s:n,s:o}", "index", 0, "text", text, len, "logprobs",
+        choice = json_pack("{s:i,s:s%,s:o,s:o}", "index", 0, "text", text, len, "logprobs", lp_take(r),
                            "finish_reason", fr);
     }
     return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->id, "object", obj_name(r), "created",
@@ -218,7 +299,7 @@ static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const ch
 
 static void sse_send(struct hreq *r, json_t *j)
 {
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     struct evbuffer *b = evbuffer_new();
     if (s && b) {
         evbuffer_add_printf(b, "data: %s\n\n", s);
@@ -301,11 +382,11 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
         const char *txt = (const char *)evbuffer_pullup(r->text, -1);
         json_t *choice;
         if (r->chat)
-            choice = json_pack("{s:i,s:{s:s,s:s%},s:n,s:s}", "index", 0, "message", "role", "assistant",
-                               "content", txt ? txt : "", n, "logprobs", "finish_reason", finish);
+            choice = json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", 0, "message", "role", "assistant",
+                               "content", txt ? txt : "", n, "logprobs", lp_take(r), "finish_reason", finish);
         else
-            choice = json_pack("{s:i,s:s%,s:n,s:s}", "index", 0, "text", txt ? txt : "", n,
-                               "logprobs", "finish_reason", finish);
+            choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", 0, "text", txt ? txt : "", n,
+                               "logprobs", lp_take(r), "finish_reason", finish);
         json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object", obj_name(r),
                               "created", (json_int_t)r->created, "model", r->hf->srv->model_name,
                               "choices", choice, "usage", usage_json(n_prompt, n_generated));
@@ -336,11 +417,14 @@ static void hreq_progress(struct hreq *r)
         char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len);
         m = stop_filter(r, &t, &len, last);
         r->n_tokens++;
+        if (r->lp && ev.lps)
+            lp_add(r, ev.toks[i], &ev.lps[i]);
         if (t)
             emit_text(r, t, len, true);
         free(t);
     }
     free(ev.toks);
+    free(ev.lps);
     if (m == 1) {
         hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", ev.n_prompt, r->n_tokens, true);
         return;
@@ -432,6 +516,12 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     r->chat = chat;
     r->include_usage = gr.include_usage;
     r->created = (long long)time(NULL);
+    if (gr.logprobs && !(r->lp = lp_new(chat))) {
+        hreq_free(r);
+        moe_gen_request_free(&gr);
+        send_error(req, 500, "out of memory");
+        return;
+    }
     snprintf(r->id, sizeof(r->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
              (unsigned long long)++h->next_id);
     st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);

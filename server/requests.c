@@ -338,9 +338,33 @@ static enum moe_status parse_stop(json_t *root, struct moe_gen_request *out)
     return MOE_OK;
 }
 
-/* OpenAI fields asking for output moeflow does not produce (log probabilities, the prompt echoed,
- * several candidates): refused by name rather than left out of a reply the client then misreads.
- * Their off values pass: null, false, and top_logprobs 0 or best_of 1. */
+/* OpenAI's log-probability fields.  Completions: logprobs = N (0..20), the
+ * token's and the N most likely; chat: logprobs true, and top_logprobs N with
+ * it.  null or false is off. */
+static enum moe_status parse_logprobs(json_t *root, bool chat, struct moe_gen_request *out)
+{
+    long long n;
+    bool have;
+    enum moe_status st;
+    if (!chat) {
+        if ((st = json_get_int(root, "logprobs", 0, MOE_MAX_TOP_LOGPROBS, &n, &have)) != MOE_OK)
+            return st;
+        out->logprobs = have;
+        out->top_logprobs = have ? (int)n : 0;
+        return MOE_OK;
+    }
+    if ((st = json_get_bool(root, "logprobs", &out->logprobs)) != MOE_OK ||
+        (st = json_get_int(root, "top_logprobs", 0, MOE_MAX_TOP_LOGPROBS, &n, &have)) != MOE_OK)
+        return st;
+    if (have && n > 0 && !out->logprobs)
+        return moe_errorf(MOE_EINVAL, "'top_logprobs' needs \"logprobs\": true");
+    out->top_logprobs = have ? (int)n : 0;
+    return MOE_OK;
+}
+
+/* OpenAI fields asking for output moeflow does not produce (the prompt echoed, several
+ * candidates, constrained output): refused by name rather than left out of a reply the client
+ * then misreads.  Their off values pass: null, false, and best_of 1. */
 static enum moe_status check_unsupported(json_t *root)
 {
     static const struct {
@@ -348,8 +372,6 @@ static enum moe_status check_unsupported(json_t *root)
         double off;          /* the number that asks for nothing; NAN: none does */
         const char *why;
     } f[] = {
-        { "logprobs", NAN, "moeflow returns no log probabilities" },
-        { "top_logprobs", 0, "moeflow returns no log probabilities" },
         { "echo", NAN, "the reply holds the completion only" },
         { "best_of", 1, "one completion per request" },
     };
@@ -460,7 +482,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         moe_errorf(MOE_EINVAL, "'n' must be 1 (one completion per request)");
         goto out;
     }
-    if ((st = check_unsupported(root)) != MOE_OK)
+    if ((st = check_unsupported(root)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK)
         goto out;
     if ((st = json_get_num(root, "timeout", 0, 86400, true, &dv, &have)) != MOE_OK)
         goto out;

@@ -44,6 +44,8 @@ struct moe_gen_request {
     int n_stop;
     bool templated;             /* prompt rendered by the model's chat template, which writes its
                                    own special tokens: encode it without the post-processor's */
+    bool logprobs;              /* reply with each generated token's log-probability */
+    int top_logprobs;           /* ... and this many most likely tokens (0..20) */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

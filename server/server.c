@@ -92,6 +92,7 @@ static void gen_free(struct srv_gen *g)
 {
     atomic_fetch_sub(&g->srv->live_gens, 1);
     free(g->toks);
+    free(g->lps);
     free(g);
 }
 
@@ -127,20 +128,33 @@ static void on_token(void *ud, uint64_t id, int token)
     if (g->n_toks == g->cap_toks) {
         int cap = g->cap_toks ? g->cap_toks * 2 : 16;
         int *t = realloc(g->toks, (size_t)cap * sizeof(int));
-        if (t) {
+        if (t)
             g->toks = t;
+        struct moe_token_logprobs *l = g->want_lp ? realloc(g->lps, (size_t)cap * sizeof(*l)) : NULL;
+        if (l)
+            g->lps = l;
+        if (t && (l || !g->want_lp))
             g->cap_toks = cap;
-        }
     }
-    if (g->n_toks < g->cap_toks)
+    if (g->n_toks < g->cap_toks) {
+        if (g->want_lp)
+            g->lps[g->n_toks] = g->lp_next;
         g->toks[g->n_toks++] = token;
-    else
+    } else {
         g->toks_oom = true;
+    }
     bool wake = gen_queue_locked(g);
     pthread_mutex_unlock(&ib->mu);
     (void)id;
     if (wake && ib->wake)
         ib->wake(ib->wake_arg);
+}
+
+static void on_logprobs(void *ud, uint64_t id, const struct moe_token_logprobs *lp)
+{
+    struct srv_gen *g = ud;
+    g->lp_next = *lp; /* the scheduler thread's: on_token, next, files it with its token */
+    (void)id;
 }
 
 static void server_notify_device_error(void);
@@ -201,10 +215,17 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
     pthread_mutex_lock(&g->inbox->mu);
     if (g->n_toks) {
         ev->toks = malloc((size_t)g->n_toks * sizeof(int));
-        if (ev->toks) {
+        ev->lps = g->want_lp ? malloc((size_t)g->n_toks * sizeof(*ev->lps)) : NULL;
+        if (ev->toks && (ev->lps || !g->want_lp)) {
             memcpy(ev->toks, g->toks, (size_t)g->n_toks * sizeof(int));
+            if (ev->lps)
+                memcpy(ev->lps, g->lps, (size_t)g->n_toks * sizeof(*ev->lps));
             ev->n_toks = g->n_toks;
         } else {
+            free(ev->toks);
+            free(ev->lps);
+            ev->toks = NULL;
+            ev->lps = NULL;
             g->toks_oom = true;
         }
         g->n_toks = 0;
@@ -224,6 +245,26 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
     ev->n_prompt = g->n_prompt;
     pthread_mutex_unlock(&g->inbox->mu);
     g->n_streamed += ev->n_toks;
+}
+
+size_t srv_utf8_sanitize(const char *in, size_t n, char *out)
+{
+    size_t o = 0, i = 0;
+    while (i < n) {
+        size_t j = i + 1;
+        while (j <= n && j - i <= 4 && !moe_utf8_valid(in + i, j - i))
+            j++;
+        if (j <= n && j - i <= 4) {
+            memcpy(out + o, in + i, j - i);
+            o += j - i;
+            i = j;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    return o;
 }
 
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len)
@@ -269,22 +310,7 @@ char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t
         g->n_pend = 0;
     }
     memcpy(g->pend, raw + keep, (size_t)g->n_pend);
-    /* Copy, replacing any invalid byte with U+FFFD so the text is valid UTF-8. */
-    size_t o = 0, i = 0;
-    while (i < keep) {
-        size_t j = i + 1;
-        while (j <= keep && j - i <= 4 && !moe_utf8_valid(raw + i, j - i))
-            j++;
-        if (j <= keep && j - i <= 4) {
-            memcpy(out + o, raw + i, j - i);
-            o += j - i;
-            i = j;
-        } else {
-            memcpy(out + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        }
-    }
+    size_t o = srv_utf8_sanitize(raw, keep, out);
     out[o] = 0;
     free(raw);
     *len = o;
@@ -401,7 +427,10 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .priority = r->priority,
         .deadline = deadline,
         .ignore_eos = r->ignore_eos,
+        .logprobs = r->logprobs,
+        .top_logprobs = r->top_logprobs,
     };
+    g->want_lp = r->logprobs;
     if (r->timeout_s > 0) {
         double d = g->t_submit + r->timeout_s;
         if (!gp.deadline || d < gp.deadline)
@@ -409,7 +438,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
     } else if (!gp.deadline && s->cfg.request_timeout > 0) {
         gp.deadline = g->t_submit + s->cfg.request_timeout;
     }
-    static const struct moe_sched_events ev = { on_token, on_done };
+    static const struct moe_sched_events ev = { .on_token = on_token, .on_done = on_done,
+                                                .on_logprobs = on_logprobs };
     st = moe_sched_submit(s->sched, ids, (int)n_ids, &gp, &ev, g, &g->id);
     free(ids);
     if (st != MOE_OK) {
@@ -672,6 +702,7 @@ static enum moe_status server_warmup(struct moe_server *s)
         for (struct srv_gen *p; (p = srv_inbox_pop(&ib));) {
             srv_gen_events(p, &ev);
             free(ev.toks);
+            free(ev.lps);
             if (ev.done) {
                 done = true;
                 if (ev.why == MOE_FINISH_ERROR || ev.why == MOE_FINISH_DEADLINE)

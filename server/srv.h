@@ -49,6 +49,7 @@ struct srv_gen {
     bool queued;                   /* on the inbox list */
     struct srv_gen *next;
     int *toks;                     /* tokens not yet taken by the front end */
+    struct moe_token_logprobs *lps; /* their log-probabilities (requests that asked), else NULL */
     int n_toks, cap_toks;
     bool toks_oom;                 /* a token could not be buffered: fail the request */
     bool done;                     /* on_done arrived */
@@ -59,6 +60,8 @@ struct srv_gen {
     /* scheduler thread only */
     double t_submit, t_last;       /* moe_now() seconds */
     int n_seen;
+    bool want_lp;                  /* the request asked for log-probabilities */
+    struct moe_token_logprobs lp_next; /* on_logprobs' value for the on_token that follows */
     /* front-end thread only */
     char pend[8];                  /* UTF-8 bytes held back until their character completes */
     int n_pend;
@@ -69,6 +72,7 @@ struct srv_gen {
 /* What a front end takes from one generation per wake-up. */
 struct srv_events {
     int *toks;                     /* malloc'd, n_toks */
+    struct moe_token_logprobs *lps; /* malloc'd, n_toks, when the request asked for them; else NULL */
     int n_toks;
     bool done;
     enum moe_finish why;
@@ -126,6 +130,10 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev);
 /* Text of tokens, UTF-8 complete characters only unless final (then flushed,
  * invalid bytes replaced by U+FFFD).  malloc'd NUL-terminated; *len bytes. */
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len);
+
+/* in[0..n) into out as valid UTF-8, each invalid byte replaced by U+FFFD; out
+ * holds 3n bytes.  Returns the bytes written. */
+size_t srv_utf8_sanitize(const char *in, size_t n, char *out);
 /* The front end lets go: cancel in the scheduler if still running, drop its ref. */
 void srv_gen_abandon(struct srv_gen *g);
 /* The front end found a stop sequence in the text: end the generation now as

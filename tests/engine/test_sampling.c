@@ -1,7 +1,8 @@
 /* Sampling: parameter validation names the field; greedy picks the lowest id
  * among ties and skips NaN; a seed reproduces its draws; top-k = 1 and a tiny
  * top-p reduce to greedy; top-k/top-p never pick outside their set; at
- * temperature 1 the frequencies follow the softmax. */
+ * temperature 1 the frequencies follow the softmax; token log-probabilities are
+ * the logits' log-softmax, alternatives most likely first, NaN never. */
 #include "engine/sampling.h"
 #include "tests/test_util.h"
 
@@ -116,5 +117,21 @@ int main(void)
     for (int i = 0; i < 2000; i++) cnt[moe_sampler_sample(&a, l3, 4)]++;
     CHECK(cnt[0] == 0 && cnt[3] == 0 && cnt[1] > 0 && cnt[2] > 0, "top_p 0.7 counts %d %d %d %d", cnt[0],
           cnt[1], cnt[2], cnt[3]);
+
+    /* log-probabilities: logits 1, 3, 2, NaN, 3 (NaN counts for nothing) */
+    float l4[5] = { 1.0f, 3.0f, 2.0f, NAN, 3.0f };
+    double lz = log(exp(1.0) + 2 * exp(3.0) + exp(2.0));
+    struct moe_token_logprobs lp;
+    moe_token_logprobs(l4, 5, 2, 3, &lp);
+    CHECK(fabs(lp.logprob - (2.0 - lz)) < 1e-6, "logprob %.7f, want %.7f", lp.logprob, 2.0 - lz);
+    CHECK(lp.n == 3 && lp.ids[0] == 1 && lp.ids[1] == 4 && lp.ids[2] == 2, "top ids %d: %d %d %d", lp.n, lp.ids[0],
+          lp.ids[1], lp.ids[2]);
+    CHECK(fabs(lp.logprobs[0] - (3.0 - lz)) < 1e-6 && lp.logprobs[1] == lp.logprobs[0] &&
+              fabs(lp.logprobs[2] - (2.0 - lz)) < 1e-6, "top logprobs %g %g %g", lp.logprobs[0], lp.logprobs[1],
+          lp.logprobs[2]);
+    moe_token_logprobs(l4, 5, 0, 20, &lp); /* more than the numbers there are: only those */
+    CHECK(lp.n == 4 && lp.ids[3] == 0, "all alternatives: %d, last %d", lp.n, lp.ids[3]);
+    moe_token_logprobs(l4, 5, 1, 0, &lp);
+    CHECK(lp.n == 0 && fabs(lp.logprob - (3.0 - lz)) < 1e-6, "no alternatives: %d %g", lp.n, lp.logprob);
     return t_result("test_engine_sampling");
 }

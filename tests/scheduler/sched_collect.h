@@ -49,6 +49,6 @@ static void sc_on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_stat
     if (r->mu) pthread_mutex_unlock(r->mu);
 }
 
-static const struct moe_sched_events sc_events = { sc_on_token, sc_on_done };
+static const struct moe_sched_events sc_events = { .on_token = sc_on_token, .on_done = sc_on_done };
 
 #endif

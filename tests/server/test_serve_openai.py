@@ -7,7 +7,7 @@ replies against what they parse: model retrieval by URL-encoded id, and streams
 whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
-produce (logprobs, echo, best_of, structured output); developer messages;
+produce (echo, best_of, structured output); log-probabilities; developer messages;
 ids unique to the server's start."""
 import json
 import os
@@ -114,24 +114,20 @@ def check_params(srv):
     check(code == 200 and js["choices"][0]["finish_reason"] == "length", "extra fields: %d %r" % (code, js))
     code, js = post(srv, "/v1/completions", {"model": NAME, "prompt": "x", "n": 2})
     check(error_ok(code, js, 400, "'n'"), "n = 2: %d %r" % (code, js))
-    # output moeflow does not produce is refused by name, not left out of the reply (a client
-    # reading choices[0].logprobs.token_logprobs would fail on the null); off values pass
+    # output moeflow does not produce is refused by name, not left out of the reply; off values pass
     cmpl = {"model": NAME, "prompt": "x", "max_tokens": 2}
     for path, base, extra, refused in (
-            ("/v1/completions", cmpl, {"logprobs": 2}, "logprobs"),
-            ("/v1/completions", cmpl, {"logprobs": 0}, "logprobs"),
             ("/v1/completions", cmpl, {"echo": True}, "echo"),
             ("/v1/completions", cmpl, {"best_of": 3}, "best_of"),
-            ("/v1/chat/completions", chat, {"logprobs": True}, "logprobs"),
-            ("/v1/chat/completions", chat, {"logprobs": True, "top_logprobs": 3}, "logprobs"),
+            ("/v1/completions", cmpl, {"logprobs": 21}, "logprobs"),
             ("/v1/chat/completions", chat, {"top_logprobs": 2}, "top_logprobs"),
+            ("/v1/chat/completions", chat, {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
             ("/v1/completions", cmpl, {"logprobs": None, "echo": False, "best_of": 1}, None),
             ("/v1/chat/completions", chat, {"logprobs": False, "top_logprobs": 0}, None),
             ("/v1/chat/completions", chat, {"logprobs": None, "top_logprobs": None}, None)):
         code, js = post(srv, path, dict(base, max_tokens=2, **extra))
         if refused:
-            check(error_ok(code, js, 400, "'%s'" % refused) and "not supported" in js["error"]["message"],
-                  "%s %r: %d %r" % (path, extra, code, js))
+            check(error_ok(code, js, 400, "'%s'" % refused), "%s %r: %d %r" % (path, extra, code, js))
         else:
             check(code == 200 and js["choices"][0].get("logprobs") is None, "%s %r: %d %r" % (path, extra, code, js))
     # structured output is refused by name; {"type": "text"} is plain text and passes
@@ -159,6 +155,47 @@ def check_params(srv):
         ("/v1/chat/completions", chat), ("/v1/completions", cmpl), ("/v1/completions", cmpl))]
     check(re.fullmatch(r"chatcmpl-[0-9a-f]{12}[0-9]+", ids[0]) and re.fullmatch(r"cmpl-[0-9a-f]{12}[0-9]+", ids[1])
           and ids[1][5:17] == ids[0][9:21] and len(set(ids)) == 3, "ids %r" % ids)
+
+
+def check_logprobs(srv):
+    """Log-probabilities as OpenAI's clients read them, greedy so the chosen token is the top one."""
+    body = {"model": NAME, "prompt": "def add(a, b):", "max_tokens": 6, "temperature": 0, "logprobs": 3}
+    code, js = post(srv, "/v1/completions", body)
+    ch = js.get("choices", [{}])[0]
+    lp, n = ch.get("logprobs") or {}, js.get("usage", {}).get("completion_tokens")
+    ok = code == 200 and set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"} and all(
+        len(lp[k]) == n for k in lp)
+    check(ok, "completions logprobs: %d %r" % (code, js))
+    if ok:
+        check("".join(lp["tokens"]) == ch["text"], "tokens %r do not make the text %r" % (lp["tokens"], ch["text"]))
+        check(all(len(t) == 3 and max(t.values()) == v and v <= 0 for t, v in zip(lp["top_logprobs"],
+                                                                                 lp["token_logprobs"])),
+              "top_logprobs / token_logprobs: %r / %r" % (lp["top_logprobs"], lp["token_logprobs"]))
+        check(lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(n)],
+              "text_offset %r" % lp["text_offset"])
+    chat = {"model": NAME, "messages": [{"role": "user", "content": "def add(a, b):"}], "max_tokens": 6,
+            "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    code, js = post(srv, "/v1/chat/completions", chat)
+    ch = js.get("choices", [{}])[0]
+    content, n = (ch.get("logprobs") or {}).get("content"), js.get("usage", {}).get("completion_tokens")
+    ok = code == 200 and isinstance(content, list) and len(content) == n
+    check(ok, "chat logprobs: %d %r" % (code, js))
+    if ok:
+        check(bytes(b for e in content for b in e["bytes"]).decode() == ch["message"]["content"],
+              "chat logprobs bytes do not make the content: %r" % content)
+        check(all(len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["token"] == e["token"] and
+                  e["top_logprobs"][0]["logprob"] == e["logprob"] >= e["top_logprobs"][1]["logprob"] for e in content),
+              "chat top_logprobs: %r" % content)
+        # streamed: the chunks' entries, in order, are the reply's
+        _, chunks, done = sse(srv, "/v1/chat/completions", dict(chat, stream=True))
+        streamed = [e for c in chunks for ch2 in c["choices"] for e in ((ch2.get("logprobs") or {}).get("content")
+                                                                         or [])]
+        check(done and streamed == content, "streamed logprobs differ: %r vs %r" % (streamed, content))
+    # without logprobs: 0 alternatives still gives each token's own
+    code, js = post(srv, "/v1/chat/completions", dict(chat, top_logprobs=0))
+    content = ((js.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or []
+    check(code == 200 and content and all(e["top_logprobs"] == [] and e["logprob"] <= 0 for e in content),
+          "top_logprobs 0: %d %r" % (code, js))
 
 
 def check_models(srv):
@@ -190,7 +227,8 @@ def check_models(srv):
 def main():
     moeflow = sys.argv[1]
     srv = Server(moeflow, "--model-name", NAME, *sys.argv[3:])
-    return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params)
+    return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
+                           check_logprobs)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -576,6 +576,48 @@ static void kserve_send(struct gcall *c, const char *kid, const char *text, size
     QUEUE_MSG(c, inference__model_stream_infer_response, &sr);
 }
 
+/* A GenerateResponse's logprobs for tokens toks[0..n) with lps[0..n) (NULL: the request did not
+ * ask: none).  The arrays live in *o until gen_lps_free. */
+struct gen_lps {
+    Moeflow__V1__TokenLogprob *items, **ptrs;
+    int32_t *ids;
+};
+
+static bool gen_lps_fill(struct gen_lps *o, Moeflow__V1__GenerateResponse *rs, const int *toks,
+                         struct moe_token_logprobs *lps, int n)
+{
+    memset(o, 0, sizeof(*o));
+    if (!lps || n <= 0)
+        return true;
+    o->items = calloc((size_t)n, sizeof(*o->items));
+    o->ptrs = calloc((size_t)n, sizeof(*o->ptrs));
+    o->ids = calloc((size_t)n * MOE_MAX_TOP_LOGPROBS, sizeof(*o->ids));
+    if (!o->items || !o->ptrs || !o->ids)
+        return false;
+    for (int i = 0; i < n; i++) {
+        Moeflow__V1__TokenLogprob *t = &o->items[i];
+        moeflow__v1__token_logprob__init(t);
+        t->token_id = toks[i];
+        t->logprob = lps[i].logprob;
+        t->n_top_token_ids = t->n_top_logprobs = (size_t)lps[i].n;
+        t->top_token_ids = o->ids + (size_t)i * MOE_MAX_TOP_LOGPROBS;
+        for (int j = 0; j < lps[i].n; j++)
+            t->top_token_ids[j] = lps[i].ids[j];
+        t->top_logprobs = lps[i].logprobs;
+        o->ptrs[i] = t;
+    }
+    rs->n_logprobs = (size_t)n;
+    rs->logprobs = o->ptrs;
+    return true;
+}
+
+static void gen_lps_free(struct gen_lps *o)
+{
+    free(o->items);
+    free(o->ptrs);
+    free(o->ids);
+}
+
 /* Generate with stop sequences: token by token through the scanner, the text
  * held back while it could begin one; at a stop sequence the final message
  * goes out and the rest of the generation is cancelled. */
@@ -611,8 +653,8 @@ static void generate_stop_progress(struct cgen *k)
         free(f);
     }
     free(ev.toks);
-    free(ev.lps);
     if (m < 0) {
+        free(ev.lps);
         free(ids);
         moe_strbuf_free(&text);
         cgen_drop(k);
@@ -620,11 +662,14 @@ static void generate_stop_progress(struct cgen *k)
         return;
     }
     bool fin = m == 1 || (ev.done && ok);
+    struct gen_lps lp = { 0 };
     if (n_ids || fin) {
         Moeflow__V1__GenerateResponse rs = MOEFLOW__V1__GENERATE_RESPONSE__INIT;
         rs.n_token_ids = (size_t)n_ids;
         rs.token_ids = ids;
         rs.text = text.s ? text.s : "";
+        if (!gen_lps_fill(&lp, &rs, ids, ev.lps, n_ids))
+            rs.n_logprobs = 0; /* out of memory: the tokens still go out */
         if (fin) {
             rs.finished = true;
             rs.finish_reason = (char *)moe_finish_str(m == 1 ? MOE_FINISH_STOP : ev.why);
@@ -633,6 +678,8 @@ static void generate_stop_progress(struct cgen *k)
         }
         QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
     }
+    gen_lps_free(&lp);
+    free(ev.lps);
     free(ids);
     moe_strbuf_free(&text);
     if (m == 1) {
@@ -673,6 +720,9 @@ static void gen_progress(struct cgen *k)
             rs.n_token_ids = ids ? (size_t)ev.n_toks : 0;
             rs.token_ids = ids;
             rs.text = text ? text : "";
+            struct gen_lps lp;
+            if (!gen_lps_fill(&lp, &rs, ev.toks, ids ? ev.lps : NULL, ev.n_toks))
+                rs.n_logprobs = 0; /* out of memory: the tokens still go out */
             if (ev.done && ok) {
                 rs.finished = true;
                 rs.finish_reason = (char *)moe_finish_str(ev.why);
@@ -680,6 +730,7 @@ static void gen_progress(struct cgen *k)
                 rs.completion_tokens = ev.n_generated;
             }
             QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
+            gen_lps_free(&lp);
             free(ids);
         }
     } else if (k->kstream) {

@@ -583,6 +583,13 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     for (size_t i = 0; i < m->n_stop; i++)
         if ((st = add_stop(out, i, m->stop[i] ? m->stop[i] : "", m->stop[i] ? strlen(m->stop[i]) : 0)) != MOE_OK)
             goto out;
+    if (m->top_logprobs < 0 || m->top_logprobs > MOE_MAX_TOP_LOGPROBS || (m->top_logprobs && !m->logprobs)) {
+        st = moe_errorf(MOE_EINVAL, "top_logprobs = %d: it takes 0..%d, with logprobs set", m->top_logprobs,
+                        MOE_MAX_TOP_LOGPROBS);
+        goto out;
+    }
+    out->logprobs = m->logprobs;
+    out->top_logprobs = m->top_logprobs;
 out:
     moeflow__v1__generate_request__free_unpacked(m, NULL);
     if (st != MOE_OK)

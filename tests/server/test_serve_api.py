@@ -272,6 +272,23 @@ def main():
             check(gtext == plain[:cut] and msgs and msgs[-1].finished and msgs[-1].finish_reason == "stop"
                   and msgs[-1].completion_tokens < n,
                   "Generate stop %r: %r (want %r), last %s" % (stop, gtext, plain[:cut], msgs[-1:]))
+            # log-probabilities, with and without stop sequences: one per token, greedy = the top one
+            for stops in ([], ["@@never@@", stop]):
+                lmsgs = list(gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=n, stop=stops,
+                                                            logprobs=True, top_logprobs=2), timeout=60))
+                toks = [t for x in lmsgs for t in x.token_ids]
+                lps = [lp for x in lmsgs for lp in x.logprobs]
+                check(lmsgs and [lp.token_id for lp in lps] == toks and len(toks) == lmsgs[-1].completion_tokens
+                      and all(len(lp.top_token_ids) == 2 and lp.top_token_ids[0] == lp.token_id and
+                              lp.top_logprobs[0] == lp.logprob <= 0 and lp.top_logprobs[1] <= lp.logprob
+                              for lp in lps), "Generate logprobs (stop %r): %s" % (stops, lmsgs[-1:]))
+            check(not any(x.logprobs for x in msgs), "Generate sent logprobs unasked")
+            try:
+                list(gen.Generate(m.GenerateRequest(prompt="x", top_logprobs=3), timeout=10))
+                check(False, "Generate accepted top_logprobs without logprobs")
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_logprobs" in e.details(),
+                      "top_logprobs alone: %s %s" % (e.code(), e.details()))
             try:
                 list(gen.Generate(m.GenerateRequest(prompt="x", stop=["a", ""]), timeout=10))
                 check(False, "Generate accepted an empty stop sequence")

@@ -1850,6 +1850,12 @@ int moe_tokenizer_token_bytes(const struct moe_tokenizer *t, int id, char *buf, 
     return (int)n;
 }
 
+/* Whether id is a <0xXX> token that a ByteFallback decoder turns into its byte. */
+static bool is_fallback_token(const struct moe_tokenizer *t, int id)
+{
+    return fallback_byte(t->pool.p + t->str_off[id], t->str_len[id]) >= 0;
+}
+
 enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *ids, size_t n, char **text,
                                      size_t *len)
 {
@@ -1866,13 +1872,29 @@ enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *i
             return moe_errorf(MOE_ERANGE, "token id %d at position %zu has no token in the vocab", id, i);
         total += t->dec_len[id];
     }
-    char *out = malloc(total + 1);
+    size_t cap = t->dec_byte_fallback ? 3 * total + 1 : total + 1; /* U+FFFD for a byte takes 3 */
+    char *out = malloc(cap);
     if (!out)
         return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to decode %zu bytes", total);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
+        if (t->dec_byte_fallback && is_fallback_token(t, ids[i])) {
+            /* ByteFallback: a run of <0xXX> tokens is its bytes when they are UTF-8, else one U+FFFD
+             * per byte, as the Hugging Face library decodes it */
+            size_t j = i;
+            for (; j < n && is_fallback_token(t, ids[j]); j++)
+                out[k + j - i] = t->pool.p[t->dec_off[ids[j]]];
+            if (moe_utf8_valid(out + k, j - i)) {
+                k += j - i;
+            } else {
+                for (size_t b = i; b < j; b++, k += 3)
+                    memcpy(out + k, "\xef\xbf\xbd", 3);
+            }
+            i = j - 1;
+            continue;
+        }
         if (i == 0 && t->dec_first_drops_mark) { /* Metaspace decoder: the first token's marks vanish */
-            struct bytebuf first = { out, 0, total + 1 };
+            struct bytebuf first = { out, 0, cap };
             decode_metaspace_string(t, t->pool.p + t->str_off[ids[0]], t->str_len[ids[0]], "", &first);
             k = first.len;  /* never grows: "" is shorter than " " */
             continue;

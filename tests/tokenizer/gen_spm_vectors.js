@@ -13,7 +13,9 @@
 // for spm-tiny.json).  One JSON
 // object per line: {"tokenizer", "text", "ids" (no special tokens added),
 // "decoded" (ids decoded, special tokens kept)}, and for the edge cases
-// "with_special" (the ids with the post-processor's template applied).
+// "with_special" (the ids with the post-processor's template applied).  Then, for the
+// files with byte fallback, decode-only lines {"tokenizer", "ids", "decoded"}: runs of
+// <0xXX> tokens that are and are not UTF-8, alone and between other tokens.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -37,6 +39,16 @@ const edge = ['', ' ', '  ', '   ', 'a', ' a', '  a', 'a ', 'a  ', 'a  b', '\n',
       const v = { tokenizer: name, text, ids, decoded: await tok.decode(ids, false) };
       if (edge.includes(text)) v.with_special = (await tok.encode(text, null, { addSpecialTokens: true })).getIds();
       process.stdout.write(JSON.stringify(v) + '\n');
+    }
+  }
+  const runs = [['E2', '82'], ['E2', '82', 'AC'], ['FF'], ['41', 'E2'], ['E2', '41'], ['C3', 'A9', 'FF'],
+      ['F0', '9F', '98', '80'], ['F0', '9F', '98'], ['E2', 'ab', '82'], ['ab', 'E2', '82', 'AC', 'ab', 'C3']];
+  for (const name of ['spm-legacy.json', 'spm-tiny.json']) {
+    const tok = Tokenizer.fromString(fs.readFileSync(path.join(dir, name), 'utf8'));
+    const ab = (await tok.encode('ab', null, { addSpecialTokens: false })).getIds();
+    for (const run of runs) {
+      const ids = [].concat(...run.map((b) => (b == 'ab' ? ab : [tok.tokenToId('<0x' + b + '>')])));
+      process.stdout.write(JSON.stringify({ tokenizer: name, ids, decoded: await tok.decode(ids, false) }) + '\n');
     }
   }
 })();

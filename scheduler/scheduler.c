@@ -53,6 +53,7 @@ struct rq {
 struct tok_event {
     struct rq *r;
     int token;
+    int prompt_pos;                /* >= 1: the log-probabilities of prompt token prompt_pos (no token) */
     bool has_lp;                   /* the request asked for log-probabilities: lp */
     struct moe_token_logprobs lp;
 };
@@ -98,7 +99,8 @@ struct moe_sched {
     struct rq **b_req;             /* [max_batch_tokens] request of each row */
     bool *b_route;                 /* row's routing becomes the request's recent routing */
     bool *b_dec;                   /* row is a decode token */
-    float *logits;                 /* [(micro_batch + 1) * vocab] */
+    float *logits;                 /* [logits_rows * vocab] */
+    int logits_rows;               /* rows logits has room for */
     uint64_t *tmp_all, *tmp_dec;   /* [words] */
     int *ids;                      /* [n_experts] prefetch id list */
 };
@@ -247,7 +249,8 @@ static void admit(struct moe_sched *s)
     }
 }
 
-static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *logits)
+/* The event of a generated token (prompt_pos 0) or of prompt token prompt_pos's log-probabilities. */
+static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *logits, int prompt_pos)
 {
     if (s->n_tev == s->cap_tev) {
         int cap = s->cap_tev ? 2 * s->cap_tev : 64;
@@ -260,7 +263,8 @@ static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *
     struct tok_event *ev = &s->tev[s->n_tev++];
     ev->r = r;
     ev->token = token;
-    ev->has_lp = r->g.logprobs;
+    ev->prompt_pos = prompt_pos;
+    ev->has_lp = r->g.logprobs || prompt_pos > 0;
     if (ev->has_lp)
         moe_token_logprobs(logits, s->be.vocab, token, r->g.top_logprobs, &ev->lp);
 }
@@ -270,6 +274,11 @@ static void dispatch(struct moe_sched *s)
 {
     for (int i = 0; i < s->n_tev; i++) {
         struct rq *r = s->tev[i].r;
+        if (s->tev[i].prompt_pos > 0) {
+            if (r->ev.on_prompt_logprobs)
+                r->ev.on_prompt_logprobs(r->ud, r->id, s->tev[i].prompt_pos, &s->tev[i].lp);
+            continue;
+        }
         if (s->tev[i].has_lp && r->ev.on_logprobs)
             r->ev.on_logprobs(r->ud, r->id, &s->tev[i].lp);
         if (r->ev.on_token)
@@ -333,7 +342,7 @@ static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *
     r->tokens[r->n_prompt + r->n_generated++] = tok;
     r->pred_stale = true;
     s->st.generated_tokens++;
-    tev_push(s, r, tok, logits);
+    tev_push(s, r, tok, logits, 0);
     if (r->n_generated >= r->g.max_tokens)
         rq_finish(s, r, MOE_FINISH_LENGTH, MOE_OK, "");
 }
@@ -498,7 +507,9 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
             s->b_tok[n] = pf->tokens[pf->n_prefilled + c];
             s->b_seq[n] = pf->slot;
             s->b_pos[n] = pf->n_prefilled + c;
-            s->b_want[n] = last && c == chunk - 1;
+            /* the chunk's last row samples the first token; every row gives the next prompt token's
+             * log-probability when the request wants them */
+            s->b_want[n] = (last && c == chunk - 1) || pf->g.prompt_logprobs;
             s->b_req[n] = pf;
             s->b_route[n] = c == chunk - 1;
             s->b_dec[n] = false;
@@ -509,6 +520,18 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     pthread_mutex_unlock(&s->mu);
     if (n == 0)
         return;
+    if (nwant > s->logits_rows) { /* a prompt chunk whose every row's logits are wanted */
+        float *l = realloc(s->logits, (size_t)nwant * (size_t)s->be.vocab * sizeof(float));
+        if (!l) {
+            pthread_mutex_lock(&s->mu);
+            for (int i = 0; i < n; i++)
+                rq_finish(s, s->b_req[i], MOE_FINISH_ERROR, MOE_ENOMEM, "out of memory for prompt logits");
+            pthread_mutex_unlock(&s->mu);
+            return;
+        }
+        s->logits = l;
+        s->logits_rows = nwant;
+    }
 
     struct moe_batch b = { .n = n, .tokens = s->b_tok, .seq = s->b_seq, .pos = s->b_pos,
                            .want_logits = s->b_want };
@@ -538,13 +561,25 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     if (chunk > 0) {
         s->st.prefill_chunks++;
         s->st.prompt_tokens += (uint64_t)chunk;
+        if (pf->g.prompt_logprobs && pf->state == RQ_PREFILL) {
+            for (int c = 0; c < chunk; c++) { /* row c predicts prompt token n_prefilled + c + 1 */
+                int p = pf->n_prefilled + c + 1;
+                if (p < pf->n_prompt)
+                    tev_push(s, pf, pf->tokens[p], s->logits + (size_t)(row + c) * (size_t)s->be.vocab, p);
+            }
+            row += chunk - 1;
+        }
         pf->n_prefilled += chunk;
         pf->n_chunks++;
         if (pf->n_prefilled == pf->n_prompt && pf->state == RQ_PREFILL) {
-            pf->state = RQ_DECODE;
-            pf->credit = 1.0;
-            const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
-            take_token(s, pf, moe_sampler_sample(&pf->sampler, lg, s->be.vocab), lg);
+            if (pf->g.max_tokens == 0) { /* the prompt's log-probabilities only */
+                rq_finish(s, pf, MOE_FINISH_LENGTH, MOE_OK, "");
+            } else {
+                pf->state = RQ_DECODE;
+                pf->credit = 1.0;
+                const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
+                take_token(s, pf, moe_sampler_sample(&pf->sampler, lg, s->be.vocab), lg);
+            }
         }
     }
     pthread_mutex_unlock(&s->mu);
@@ -778,8 +813,9 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         return moe_errorf(MOE_EINVAL, "scheduler: submit: NULL %s", s ? "generation params" : "scheduler");
     if (n_prompt < 1 || !prompt)
         st = moe_errorf(MOE_EINVAL, "request: empty prompt (n_prompt = %d): send at least one token", n_prompt);
-    else if (g->max_tokens < 1)
-        st = moe_errorf(MOE_EINVAL, "request: max_tokens = %d: must be >= 1", g->max_tokens);
+    else if (g->max_tokens < (g->prompt_logprobs ? 0 : 1))
+        st = moe_errorf(MOE_EINVAL, "request: max_tokens = %d: must be >= %d", g->max_tokens,
+                        g->prompt_logprobs ? 0 : 1);
     else if (n_prompt > s->p.max_prompt)
         st = moe_errorf(MOE_ERANGE, "request: prompt of %d tokens exceeds max_prompt = %d", n_prompt,
                         s->p.max_prompt);
@@ -1139,7 +1175,8 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->b_req = calloc(bt, sizeof(*s->b_req));
     s->b_route = calloc(bt, sizeof(bool));
     s->b_dec = calloc(bt, sizeof(bool));
-    s->logits = calloc(((size_t)p.micro_batch + 1) * (size_t)be->vocab, sizeof(float));
+    s->logits_rows = p.micro_batch + 1; /* grown for prompt log-probabilities (a whole chunk's rows) */
+    s->logits = calloc((size_t)s->logits_rows * (size_t)be->vocab, sizeof(float));
     s->tmp_all = calloc((size_t)s->words, sizeof(uint64_t));
     s->tmp_dec = calloc((size_t)s->words, sizeof(uint64_t));
     s->ids = calloc((size_t)s->words * 64, sizeof(int));

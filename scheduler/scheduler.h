@@ -97,6 +97,8 @@ struct moe_gen_params {
     bool ignore_eos;
     bool logprobs;            /* report each token's log-probability (on_logprobs) */
     int top_logprobs;         /* ... and this many most likely tokens, 0..MOE_MAX_TOP_LOGPROBS */
+    bool prompt_logprobs;     /* also every prompt token's after the first (on_prompt_logprobs);
+                                 max_tokens may then be 0: the prompt only */
 };
 
 struct moe_sched_events {
@@ -105,6 +107,9 @@ struct moe_sched_events {
                     const char *msg, int n_prompt, int n_generated);
     /* With moe_gen_params.logprobs: the token's log-probabilities, just before its on_token. */
     void (*on_logprobs)(void *ud, uint64_t id, const struct moe_token_logprobs *lp);
+    /* With moe_gen_params.prompt_logprobs: prompt token pos's (pos >= 1, in order, all before the
+     * first generated token). */
+    void (*on_prompt_logprobs)(void *ud, uint64_t id, int pos, const struct moe_token_logprobs *lp);
 };
 
 struct moe_sched_stats {

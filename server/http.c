@@ -49,6 +49,8 @@ struct hreq {
     json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
                                      chat, {"content": [...]}; completions, OpenAI's four arrays */
     size_t lp_offset;             /* completions: characters of the tokens so far (text_offset) */
+    char *echo;                   /* completions' echo: the prompt's text, until it is sent (then NULL) */
+    size_t echo_len;
 };
 
 static void wake_cb(void *arg)
@@ -119,6 +121,7 @@ static void hreq_free(struct hreq *r)
         evbuffer_free(r->text);
     moe_stop_scan_free(&r->scan);
     json_decref(r->lp);
+    free(r->echo);
     free(r);
 }
 
@@ -265,6 +268,17 @@ static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *l
     r->lp_offset += chars;
 }
 
+/* Completions' echo: the first prompt token, which has no log-probability (null, as OpenAI sends). */
+static void lp_add_first(struct hreq *r, int token)
+{
+    size_t chars = 0;
+    json_array_append_new(json_object_get(r->lp, "tokens"), token_text(r, token, NULL, &chars));
+    json_array_append_new(json_object_get(r->lp, "token_logprobs"), json_null());
+    json_array_append_new(json_object_get(r->lp, "top_logprobs"), json_null());
+    json_array_append_new(json_object_get(r->lp, "text_offset"), json_integer((json_int_t)r->lp_offset));
+    r->lp_offset += chars;
+}
+
 /* The choice's "logprobs": what was collected since the last chunk (then a fresh collection), or
  * null when the request did not ask. */
 static json_t *lp_take(struct hreq *r)
@@ -404,12 +418,30 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     hreq_free(r);
 }
 
+/* Completions' echo, once the prompt has run: its text first, and its tokens' log-probabilities. */
+static void echo_prompt(struct hreq *r)
+{
+    struct srv_gen *g = r->g;
+    if (r->lp)
+        for (int i = 0; i < g->n_prompt; i++) {
+            if (i == 0)
+                lp_add_first(r, g->prompt_ids[0]);
+            else
+                lp_add(r, g->prompt_ids[i], &g->prompt_lps[i]);
+        }
+    emit_text(r, r->echo, r->echo_len, true);
+    free(r->echo);
+    r->echo = NULL;
+}
+
 /* Deliver new events of one generation to its HTTP request. */
 static void hreq_progress(struct hreq *r)
 {
     struct srv_gen *g = r->g;
     struct srv_events ev;
     srv_gen_events(g, &ev);
+    if (r->echo && (ev.n_toks > 0 || ev.done))
+        echo_prompt(r); /* every prompt log-probability came before the first token or the end */
     int m = 0;
     for (int i = 0; i < ev.n_toks && m == 0; i++) {
         bool last = ev.done && i == ev.n_toks - 1;
@@ -524,6 +556,23 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     }
     snprintf(r->id, sizeof(r->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
              (unsigned long long)++h->next_id);
+    if (gr.echo) { /* the prompt as sent: its text, or its ids decoded */
+        if (gr.prompt) {
+            r->echo = malloc(gr.prompt_len + 1);
+            if (r->echo)
+                memcpy(r->echo, gr.prompt, gr.prompt_len + 1);
+            r->echo_len = gr.prompt_len;
+        } else if (moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &r->echo,
+                                        &r->echo_len) != MOE_OK) {
+            r->echo = NULL;
+        }
+        if (!r->echo) {
+            hreq_free(r);
+            moe_gen_request_free(&gr);
+            send_error(req, 500, "out of memory for the echoed prompt");
+            return;
+        }
+    }
     st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
     if (st == MOE_OK)
         st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);

@@ -365,14 +365,14 @@ static enum moe_status parse_logprobs(json_t *root, bool chat, struct moe_gen_re
 /* OpenAI fields asking for output moeflow does not produce (the prompt echoed, several
  * candidates, constrained output): refused by name rather than left out of a reply the client
  * then misreads.  Their off values pass: null, false, and best_of 1. */
-static enum moe_status check_unsupported(json_t *root)
+static enum moe_status check_unsupported(json_t *root, bool chat)
 {
     static const struct {
         const char *key;
         double off;          /* the number that asks for nothing; NAN: none does */
         const char *why;
     } f[] = {
-        { "echo", NAN, "the reply holds the completion only" },
+        { "echo", NAN, "chat replies hold the completion only (/v1/completions echoes its prompt)" },
         { "best_of", 1, "one completion per request" },
     };
     json_t *rf = json_object_get(root, "response_format");
@@ -384,7 +384,7 @@ static enum moe_status check_unsupported(json_t *root)
             return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported: moeflow does not "
                               "constrain its output (only {\"type\": \"text\"})", type);
     }
-    for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++) {
+    for (size_t i = !chat; i < MOE_ARRAY_LEN(f); i++) { /* echo (first) is refused for chat only */
         json_t *v = json_object_get(root, f[i].key);
         if (!v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == f[i].off))
             continue;
@@ -454,10 +454,14 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     /* chat: max_completion_tokens, OpenAI's name now, over max_tokens; a null one is not given */
     json_t *mct = chat ? json_object_get(root, "max_completion_tokens") : NULL;
     const char *mt_key = mct && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
-    if ((st = json_get_int(root, mt_key, 1, INT32_MAX, &iv, &have)) != MOE_OK)
+    /* completions' echo: the prompt comes back first, and max_tokens may be 0 (the prompt only) */
+    if (!chat && (st = json_get_bool(root, "echo", &out->echo)) != MOE_OK)
+        goto out;
+    if ((st = json_get_int(root, mt_key, out->echo ? 0 : 1, INT32_MAX, &iv, &have)) != MOE_OK)
         goto out;
     if (have)
         out->max_tokens = (int)iv;
+    out->prompt_only = have && iv == 0;
     if ((st = json_get_num(root, "temperature", 0, TEMP_MAX, false, &dv, &have)) != MOE_OK)
         goto out;
     if (have)
@@ -482,7 +486,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         moe_errorf(MOE_EINVAL, "'n' must be 1 (one completion per request)");
         goto out;
     }
-    if ((st = check_unsupported(root)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK)
+    if ((st = check_unsupported(root, chat)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK)
         goto out;
     if ((st = json_get_num(root, "timeout", 0, 86400, true, &dv, &have)) != MOE_OK)
         goto out;

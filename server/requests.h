@@ -46,6 +46,9 @@ struct moe_gen_request {
                                    own special tokens: encode it without the post-processor's */
     bool logprobs;              /* reply with each generated token's log-probability */
     int top_logprobs;           /* ... and this many most likely tokens (0..20) */
+    bool echo;                  /* completions: the reply starts with the prompt (its log-probabilities
+                                   too, with logprobs) */
+    bool prompt_only;           /* echo with max_tokens 0: nothing is generated */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

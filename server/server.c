@@ -93,6 +93,8 @@ static void gen_free(struct srv_gen *g)
     atomic_fetch_sub(&g->srv->live_gens, 1);
     free(g->toks);
     free(g->lps);
+    free(g->prompt_ids);
+    free(g->prompt_lps);
     free(g);
 }
 
@@ -148,6 +150,14 @@ static void on_token(void *ud, uint64_t id, int token)
     (void)id;
     if (wake && ib->wake)
         ib->wake(ib->wake_arg);
+}
+
+static void on_prompt_logprobs(void *ud, uint64_t id, int pos, const struct moe_token_logprobs *lp)
+{
+    struct srv_gen *g = ud;
+    if (g->prompt_lps && pos > 0 && pos < g->n_prompt)
+        g->prompt_lps[pos] = *lp; /* published to the front end by on_token's or on_done's lock */
+    (void)id;
 }
 
 static void on_logprobs(void *ud, uint64_t id, const struct moe_token_logprobs *lp)
@@ -390,7 +400,7 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         st = moe_errorf(MOE_EINVAL, "the prompt is empty");
         goto out_ids;
     }
-    int max_tokens = r->max_tokens > 0 ? r->max_tokens : s->cfg.default_max_tokens;
+    int max_tokens = r->prompt_only ? 0 : r->max_tokens > 0 ? r->max_tokens : s->cfg.default_max_tokens;
     if (max_tokens > s->cfg.max_output) {
         st = moe_errorf(MOE_ERANGE, "max_tokens = %d exceeds this server's limit %d (max-output)",
                         max_tokens, s->cfg.max_output);
@@ -429,8 +439,19 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .ignore_eos = r->ignore_eos,
         .logprobs = r->logprobs,
         .top_logprobs = r->top_logprobs,
+        .prompt_logprobs = r->echo && r->logprobs,
     };
     g->want_lp = r->logprobs;
+    if (r->echo) {
+        g->prompt_ids = malloc(n_ids * sizeof(int));
+        g->prompt_lps = r->logprobs ? calloc(n_ids, sizeof(*g->prompt_lps)) : NULL;
+        if (!g->prompt_ids || (r->logprobs && !g->prompt_lps)) {
+            gen_free(g);
+            free(ids);
+            return moe_errorf(MOE_ENOMEM, "out of memory for the echoed prompt");
+        }
+        memcpy(g->prompt_ids, ids, n_ids * sizeof(int));
+    }
     if (r->timeout_s > 0) {
         double d = g->t_submit + r->timeout_s;
         if (!gp.deadline || d < gp.deadline)
@@ -439,7 +460,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         gp.deadline = g->t_submit + s->cfg.request_timeout;
     }
     static const struct moe_sched_events ev = { .on_token = on_token, .on_done = on_done,
-                                                .on_logprobs = on_logprobs };
+                                                .on_logprobs = on_logprobs,
+                                                .on_prompt_logprobs = on_prompt_logprobs };
     st = moe_sched_submit(s->sched, ids, (int)n_ids, &gp, &ev, g, &g->id);
     free(ids);
     if (st != MOE_OK) {

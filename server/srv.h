@@ -61,6 +61,11 @@ struct srv_gen {
     double t_submit, t_last;       /* moe_now() seconds */
     int n_seen;
     bool want_lp;                  /* the request asked for log-probabilities */
+    /* echo: the prompt's ids and (with logprobs) its tokens' log-probabilities, [n_prompt]
+     * (entry 0 unused): written by the scheduler thread before the first token or on_done, read by
+     * the front end after it saw either */
+    int *prompt_ids;
+    struct moe_token_logprobs *prompt_lps;
     struct moe_token_logprobs lp_next; /* on_logprobs' value for the on_token that follows */
     /* front-end thread only */
     char pend[8];                  /* UTF-8 bytes held back until their character completes */

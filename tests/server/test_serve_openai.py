@@ -7,7 +7,7 @@ replies against what they parse: model retrieval by URL-encoded id, and streams
 whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
-produce (echo, best_of, structured output); log-probabilities; developer messages;
+produce (best_of, structured output); log-probabilities and echo; developer messages;
 ids unique to the server's start."""
 import json
 import os
@@ -117,7 +117,6 @@ def check_params(srv):
     # output moeflow does not produce is refused by name, not left out of the reply; off values pass
     cmpl = {"model": NAME, "prompt": "x", "max_tokens": 2}
     for path, base, extra, refused in (
-            ("/v1/completions", cmpl, {"echo": True}, "echo"),
             ("/v1/completions", cmpl, {"best_of": 3}, "best_of"),
             ("/v1/completions", cmpl, {"logprobs": 21}, "logprobs"),
             ("/v1/chat/completions", chat, {"top_logprobs": 2}, "top_logprobs"),
@@ -198,6 +197,64 @@ def check_logprobs(srv):
           "top_logprobs 0: %d %r" % (code, js))
 
 
+def model_logprobs(moeflow, ids):
+    """log_softmax of `moeflow logits` at every position of ids (the engine outside the server)."""
+    import math
+    import struct
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "l.safetensors")
+        subprocess.run([moeflow, "logits", "--ids", ",".join(map(str, ids)), "--out", out], check=True,
+                       capture_output=True)
+        b = open(out, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    t = json.loads(b[8:8 + n])["logits"]
+    rows, vocab = t["shape"]
+    flat = struct.unpack("<%df" % (rows * vocab), b[8 + n + t["data_offsets"][0]:8 + n + t["data_offsets"][1]])
+    res = []
+    for r in range(rows):
+        row = flat[r * vocab:(r + 1) * vocab]
+        mx = max(row)
+        lz = mx + math.log(sum(math.exp(v - mx) for v in row))
+        res.append([v - lz for v in row])
+    return res
+
+
+def check_echo(srv, moeflow):
+    """echo: the prompt comes back first, with its tokens' log-probabilities (the first null), which are
+    the model's own: log-softmax of the logits at the position before each token.  The prompt is longer
+    than a prefill chunk, so the values cross chunks."""
+    ids = ([324, 285, 2974, 263, 1132, 1301, 8, 78] * 20)[:150]
+    lsm = model_logprobs(moeflow, ids)
+    code, js = post(srv, "/v1/completions", {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1})
+    ch, usage = js.get("choices", [{}])[0], js.get("usage", {})
+    lp = ch.get("logprobs") or {}
+    ok = code == 200 and usage.get("completion_tokens") == 0 and usage.get("prompt_tokens") == len(ids) and len(
+        lp.get("token_logprobs", [])) == len(ids) and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    check(ok, "echo, max_tokens 0: %d %r" % (code, str(js)[:400]))
+    if ok:
+        worst = max(abs(lp["token_logprobs"][i] - lsm[i - 1][ids[i]]) for i in range(1, len(ids)))
+        check(worst < 1e-4, "echoed prompt log-probabilities differ from the logits' by %g" % worst)
+        check("".join(lp["tokens"]) == ch["text"], "echoed tokens do not make the text")
+    body = {"prompt": "def add(a, b):", "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 2}
+    code, js = post(srv, "/v1/completions", body)
+    plain = post(srv, "/v1/completions", dict(body, echo=False))[1]
+    ch, usage = js.get("choices", [{}])[0], js.get("usage", {})
+    lp = ch.get("logprobs") or {}
+    check(code == 200 and ch.get("text") == "def add(a, b):" + plain["choices"][0]["text"] and
+          len(lp.get("tokens", [])) == usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0) and
+          lp["token_logprobs"][usage["prompt_tokens"]:] == plain["choices"][0]["logprobs"]["token_logprobs"],
+          "echo with a continuation: %d %r / %r" % (code, str(js)[:300], str(plain)[:300]))
+    _, chunks, done = sse(srv, "/v1/completions", dict(body, stream=True))
+    check(done and "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")) == ch.get("text"),
+          "streamed echo: %r" % chunks[:2])
+    code, js = post(srv, "/v1/completions", {"prompt": "def", "max_tokens": 0})
+    check(error_ok(code, js, 400, "'max_tokens'"), "max_tokens 0 without echo: %d %r" % (code, js))
+    code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True})
+    check(error_ok(code, js, 400, "'echo'"), "chat echo: %d %r" % (code, js))
+
+
 def check_models(srv):
     # GET /v1/models/{id}: client.models.retrieve(id), the id URL-encoded ('/' as %2F)
     code, out = srv.http("/v1/models")
@@ -228,7 +285,7 @@ def main():
     moeflow = sys.argv[1]
     srv = Server(moeflow, "--model-name", NAME, *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_logprobs)
+                           check_logprobs, lambda s: check_echo(s, moeflow))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -439,7 +439,7 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .ignore_eos = r->ignore_eos,
         .logprobs = r->logprobs,
         .top_logprobs = r->top_logprobs,
-        .prompt_logprobs = r->echo && r->logprobs,
+        .prompt_logprobs = r->echo && (r->logprobs || r->prompt_only), /* the scheduler's prompt-only mode */
     };
     g->want_lp = r->logprobs;
     if (r->echo) {

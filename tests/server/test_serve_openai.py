@@ -249,6 +249,15 @@ def check_echo(srv, moeflow):
     _, chunks, done = sse(srv, "/v1/completions", dict(body, stream=True))
     check(done and "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")) == ch.get("text"),
           "streamed echo: %r" % chunks[:2])
+    for stream in (False, True):  # the prompt alone, without log-probabilities
+        b = {"prompt": "def add", "max_tokens": 0, "echo": True, "stream": stream}
+        if stream:
+            _, chunks, done = sse(srv, "/v1/completions", b)
+            text, fin = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")), done
+        else:
+            code, js = post(srv, "/v1/completions", b)
+            text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
+        check(fin and text == "def add", "echo alone (stream %s): %r" % (stream, text))
     code, js = post(srv, "/v1/completions", {"prompt": "def", "max_tokens": 0})
     check(error_ok(code, js, 400, "'max_tokens'"), "max_tokens 0 without echo: %d %r" % (code, js))
     code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True})

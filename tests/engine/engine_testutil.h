@@ -40,6 +40,21 @@ static inline float *ref_f32(struct moe_st_file *f, const char *name, int64_t *r
     return out;
 }
 
+/* The model in the source tree's rel (its directory into dir) and its reference.safetensors;
+ * the test stops with a message when either does not open. */
+static inline struct moe_model *t_open_with_reference(const char *rel, char *dir, size_t cap,
+                                                       struct moe_st_file **ref)
+{
+    char rp[4200];
+    t_path(dir, cap, rel);
+    struct moe_model *m = moe_model_open(dir);
+    REQUIRE(m, "open %s: %s", dir, moe_last_error());
+    snprintf(rp, sizeof(rp), "%s/reference.safetensors", dir);
+    *ref = moe_st_open(rp);
+    REQUIRE(*ref, "open %s: %s", rp, moe_last_error());
+    return m;
+}
+
 static inline double max_abs_diff(const float *a, const float *b, size_t n)
 {
     double m = 0;

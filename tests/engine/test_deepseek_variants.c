@@ -17,14 +17,10 @@ static const char *const variants[] = {
 
 static void check_variant(const char *name)
 {
-    char rel[256], dir[4096], rp[4200];
+    char rel[256], dir[4096];
     snprintf(rel, sizeof(rel), "tests/fixtures/deepseek-v3-variants/%s", name);
-    t_path(dir, sizeof(dir), rel);
-    struct moe_model *m = moe_model_open(dir);
-    REQUIRE(m, "open %s: %s", dir, moe_last_error());
-    snprintf(rp, sizeof(rp), "%s/reference.safetensors", dir);
-    struct moe_st_file *ref = moe_st_open(rp);
-    REQUIRE(ref, "open %s: %s", rp, moe_last_error());
+    struct moe_st_file *ref;
+    struct moe_model *m = t_open_with_reference(rel, dir, sizeof(dir), &ref);
     int64_t one = 0, T = 0, rows = 0, V = m->cfg.vocab;
     float *idf = ref_f32(ref, "input_ids", &one, &T), *want = ref_f32(ref, "logits", &rows, NULL);
     REQUIRE(idf && want && rows == T, "%s: reference input_ids / logits", name);

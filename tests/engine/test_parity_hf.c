@@ -159,14 +159,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s FAMILY\n", argv[0]);
         return T_FAIL;
     }
-    char dir[4096], rel[256], rp[4200];
+    char dir[4096], rel[256];
     snprintf(rel, sizeof(rel), "tests/fixtures/hf-tiny/%s", argv[1]);
-    t_path(dir, sizeof(dir), rel);
-    struct moe_model *m = moe_model_open(dir);
-    REQUIRE(m, "open %s: %s", dir, moe_last_error());
-    snprintf(rp, sizeof(rp), "%s/reference.safetensors", dir);
-    struct moe_st_file *ref = moe_st_open(rp);
-    REQUIRE(ref, "open %s: %s", rp, moe_last_error());
+    struct moe_st_file *ref;
+    struct moe_model *m = t_open_with_reference(rel, dir, sizeof(dir), &ref);
     struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 64, .max_batch_tokens = 32 };
     struct moe_engine *e = moe_engine_create(m, &ep);
     REQUIRE(e, "engine: %s", moe_last_error());

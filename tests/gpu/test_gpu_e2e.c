@@ -102,7 +102,7 @@ static const int *gf_int(const float *gf, int G)
 
 int main(int argc, char **argv)
 {
-    char dir[4096], rel[256], rp[4200], name[64];
+    char dir[4096], rel[256], name[64];
     if (argc < 2) {
         fprintf(stderr, "usage: %s pycode|FAMILY\n", argv[0]);
         return T_FAIL;
@@ -113,12 +113,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "pycode")) snprintf(rel, sizeof(rel), "models/pycode-moe-18m");
     else snprintf(rel, sizeof(rel), "tests/fixtures/hf-tiny/%s", argv[1]);
-    t_path(dir, sizeof(dir), rel);
-    struct moe_model *m = moe_model_open(dir);
-    REQUIRE(m, "open %s: %s", dir, moe_last_error());
-    snprintf(rp, sizeof(rp), "%s/reference.safetensors", dir);
-    struct moe_st_file *ref = moe_st_open(rp);
-    REQUIRE(ref, "open %s: %s", rp, moe_last_error());
+    struct moe_st_file *ref;
+    struct moe_model *m = t_open_with_reference(rel, dir, sizeof(dir), &ref);
     struct moe_backend_cuda_params bp = { .device = 0, .workspace_bytes = (size_t)64 << 20 };
     struct moe_backend *be = moe_backend_cuda_create(&bp);
     REQUIRE(be, "CUDA backend: %s", moe_last_error());

@@ -562,9 +562,18 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
             if (r->echo)
                 memcpy(r->echo, gr.prompt, gr.prompt_len + 1);
             r->echo_len = gr.prompt_len;
-        } else if (moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &r->echo,
-                                        &r->echo_len) != MOE_OK) {
-            r->echo = NULL;
+        } else {
+            /* the ids' bytes need not be UTF-8 (a character split at the prompt's end, or ids that
+             * make none): invalid bytes become U+FFFD, as in generated text */
+            char *raw = NULL, *u = NULL;
+            size_t n = 0;
+            if (moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &raw, &n) == MOE_OK &&
+                (u = malloc(3 * n + 1))) {
+                r->echo_len = srv_utf8_sanitize(raw, n, u);
+                u[r->echo_len] = 0;
+                r->echo = u;
+            }
+            free(raw);
         }
         if (!r->echo) {
             hreq_free(r);

@@ -258,6 +258,17 @@ def check_echo(srv, moeflow):
             code, js = post(srv, "/v1/completions", b)
             text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
         check(fin and text == "def add", "echo alone (stream %s): %r" % (stream, text))
+    # a token-id prompt whose bytes are not UTF-8 (160 is the byte 0xe3, a character's first byte alone):
+    # its echo is valid JSON, the byte as U+FFFD, streamed or not
+    for stream in (False, True):
+        b = {"prompt": [160], "max_tokens": 0, "echo": True, "logprobs": 0, "stream": stream}
+        if stream:
+            _, chunks, done = sse(srv, "/v1/completions", b)
+            text, fin = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")), done
+        else:
+            code, js = post(srv, "/v1/completions", b)
+            text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
+        check(fin and text == "\ufffd", "echo of a partial character (stream %s): %r" % (stream, text))
     code, js = post(srv, "/v1/completions", {"prompt": "def", "max_tokens": 0})
     check(error_ok(code, js, 400, "'max_tokens'"), "max_tokens 0 without echo: %d %r" % (code, js))
     code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True})

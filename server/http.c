@@ -557,6 +557,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     snprintf(r->id, sizeof(r->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
              (unsigned long long)++h->next_id);
     if (gr.echo) { /* the prompt as sent: its text, or its ids decoded */
+        enum moe_status est = MOE_ENOMEM;
         if (gr.prompt) {
             r->echo = malloc(gr.prompt_len + 1);
             if (r->echo)
@@ -567,18 +568,23 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
              * make none): invalid bytes become U+FFFD, as in generated text */
             char *raw = NULL, *u = NULL;
             size_t n = 0;
-            if (moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &raw, &n) == MOE_OK &&
-                (u = malloc(3 * n + 1))) {
+            est = moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &raw, &n);
+            if (est == MOE_OK && !(u = malloc(3 * n + 1)))
+                est = MOE_ENOMEM;
+            if (u) {
                 r->echo_len = srv_utf8_sanitize(raw, n, u);
                 u[r->echo_len] = 0;
                 r->echo = u;
             }
             free(raw);
         }
-        if (!r->echo) {
+        if (!r->echo) { /* out of memory, or an id outside the vocabulary (400, as without echo) */
+            char msg[320];
+            snprintf(msg, sizeof(msg), "%s", est == MOE_ENOMEM ? "out of memory for the echoed prompt"
+                                                               : moe_last_error());
             hreq_free(r);
             moe_gen_request_free(&gr);
-            send_error(req, 500, "out of memory for the echoed prompt");
+            send_error(req, srv_http_status(est), msg);
             return;
         }
     }

@@ -269,6 +269,9 @@ def check_echo(srv, moeflow):
             code, js = post(srv, "/v1/completions", b)
             text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
         check(fin and text == "\ufffd", "echo of a partial character (stream %s): %r" % (stream, text))
+    # an id outside the vocabulary is the client's error, as without echo
+    code, js = post(srv, "/v1/completions", {"prompt": [5, 99999999], "max_tokens": 1, "echo": True})
+    check(error_ok(code, js, 400, "99999999"), "echo of an id outside the vocabulary: %d %r" % (code, js))
     code, js = post(srv, "/v1/completions", {"prompt": "def", "max_tokens": 0})
     check(error_ok(code, js, 400, "'max_tokens'"), "max_tokens 0 without echo: %d %r" % (code, js))
     code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True})

@@ -440,8 +440,10 @@ static void hreq_progress(struct hreq *r)
     struct srv_gen *g = r->g;
     struct srv_events ev;
     srv_gen_events(g, &ev);
-    if (r->echo && (ev.n_toks > 0 || ev.done))
-        echo_prompt(r); /* every prompt log-probability came before the first token or the end */
+    /* every prompt log-probability came before the first token or a successful end; a request that
+     * failed before then has not scored its prompt, and its client gets the error alone */
+    if (r->echo && (ev.n_toks > 0 || (ev.done && (ev.why == MOE_FINISH_LENGTH || ev.why == MOE_FINISH_STOP))))
+        echo_prompt(r);
     int m = 0;
     for (int i = 0; i < ev.n_toks && m == 0; i++) {
         bool last = ev.done && i == ev.n_toks - 1;

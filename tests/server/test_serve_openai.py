@@ -269,6 +269,13 @@ def check_echo(srv, moeflow):
             code, js = post(srv, "/v1/completions", b)
             text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
         check(fin and text == "\ufffd", "echo of a partial character (stream %s): %r" % (stream, text))
+    # a request that fails before its prompt is scored (its deadline passes in the prefill of a long
+    # prompt) streams the error alone, not the prompt with log-probabilities it never computed
+    _, chunks, done = sse(srv, "/v1/completions", {"prompt": "def add(a, b):\n    return a + b\n" * 40,
+                                                    "max_tokens": 2, "echo": True, "logprobs": 1, "stream": True,
+                                                    "timeout": 0.001})
+    check(done and [c.get("error", {}).get("code") for c in chunks] == [504],
+          "echo, deadline in the prefill: %r" % [str(c)[:200] for c in chunks])
     # an id outside the vocabulary is the client's error, as without echo
     code, js = post(srv, "/v1/completions", {"prompt": [5, 99999999], "max_tokens": 1, "echo": True})
     check(error_ok(code, js, 400, "99999999"), "echo of an id outside the vocabulary: %d %r" % (code, js))

@@ -394,13 +394,16 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     } else if (ok) {
         size_t n = evbuffer_get_length(r->text);
         const char *txt = (const char *)evbuffer_pullup(r->text, -1);
-        json_t *choice;
+        /* the request's log-probabilities: all of them, an empty collection when nothing was generated
+         * (EOS first), null only when the request did not ask */
+        json_t *lp = r->lp ? r->lp : json_null(), *choice;
+        r->lp = NULL;
         if (r->chat)
             choice = json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", 0, "message", "role", "assistant",
-                               "content", txt ? txt : "", n, "logprobs", lp_take(r), "finish_reason", finish);
+                               "content", txt ? txt : "", n, "logprobs", lp, "finish_reason", finish);
         else
             choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", 0, "text", txt ? txt : "", n,
-                               "logprobs", lp_take(r), "finish_reason", finish);
+                               "logprobs", lp, "finish_reason", finish);
         json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object", obj_name(r),
                               "created", (json_int_t)r->created, "model", r->hf->srv->model_name,
                               "choices", choice, "usage", usage_json(n_prompt, n_generated));

@@ -190,6 +190,15 @@ def check_logprobs(srv):
         streamed = [e for c in chunks for ch2 in c["choices"] for e in ((ch2.get("logprobs") or {}).get("content")
                                                                          or [])]
         check(done and streamed == content, "streamed logprobs differ: %r vs %r" % (streamed, content))
+    # nothing generated (the model's greedy first token here is EOS): the reply still has the collection,
+    # empty, not null, which clients reading choices[0].logprobs.tokens would fail on
+    eos_first = "if __name__ == \"__main__\":\n    main()\n"
+    code, js = post(srv, "/v1/completions", {"model": NAME, "prompt": eos_first, "max_tokens": 4, "temperature": 0,
+                                             "logprobs": 2})
+    ch = (js.get("choices") or [{}])[0]
+    check(code == 200 and js["usage"]["completion_tokens"] == 0 and ch.get("logprobs") == {
+        "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []},
+        "completions, nothing generated: %d %r" % (code, js))
     # without logprobs: 0 alternatives still gives each token's own
     code, js = post(srv, "/v1/chat/completions", dict(chat, top_logprobs=0))
     content = ((js.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or []

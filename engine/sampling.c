@@ -143,18 +143,23 @@ void moe_token_logprobs(const float *logits, int vocab, int tok, int n, struct m
     out->logprob = (float)(logits[tok] - log_z);
     if (n > MOE_MAX_TOP_LOGPROBS) n = MOE_MAX_TOP_LOGPROBS;
     if (n > vocab) n = vocab;
-    out->n = 0;
-    for (int r = 0; r < n; r++) { /* n small: one scan per rank */
-        int best = -1;
-        for (int i = 0; i < vocab; i++) {
-            if (isnan(logits[i])) continue;
-            bool taken = false;
-            for (int q = 0; q < r && !taken; q++) taken = out->ids[q] == i;
-            if (!taken && (best < 0 || logits[i] > logits[best])) best = i;
+    /* the n largest in one pass, kept sorted (descending; an equal value goes after, so ties keep the
+     * lower id): vocab comparisons, not n * vocab scans, as this runs for every prompt row of an echo */
+    float top[MOE_MAX_TOP_LOGPROBS];
+    int k = 0;
+    for (int i = 0; i < vocab && n > 0; i++) {
+        float v = logits[i];
+        if (isnan(v) || (k == n && !(v > top[n - 1])))
+            continue;
+        int j = k < n ? k++ : n - 1;
+        for (; j > 0 && v > top[j - 1]; j--) {
+            top[j] = top[j - 1];
+            out->ids[j] = out->ids[j - 1];
         }
-        if (best < 0) break;
-        out->ids[r] = best;
-        out->logprobs[r] = (float)(logits[best] - log_z);
-        out->n = r + 1;
+        top[j] = v;
+        out->ids[j] = i;
     }
+    for (int r = 0; r < k; r++)
+        out->logprobs[r] = (float)(top[r] - log_z);
+    out->n = k;
 }

@@ -2,7 +2,8 @@
  * among ties and skips NaN; a seed reproduces its draws; top-k = 1 and a tiny
  * top-p reduce to greedy; top-k/top-p never pick outside their set; at
  * temperature 1 the frequencies follow the softmax; token log-probabilities are
- * the logits' log-softmax, alternatives most likely first, NaN never. */
+ * the logits' log-softmax, alternatives most likely first, NaN never (the
+ * one-pass selection against a plain scan). */
 #include "engine/sampling.h"
 #include "tests/test_util.h"
 
@@ -133,5 +134,30 @@ int main(void)
     CHECK(lp.n == 4 && lp.ids[3] == 0, "all alternatives: %d, last %d", lp.n, lp.ids[3]);
     moe_token_logprobs(l4, 5, 1, 0, &lp);
     CHECK(lp.n == 0 && fabs(lp.logprob - (3.0 - lz)) < 1e-6, "no alternatives: %d %g", lp.n, lp.logprob);
+
+    /* the alternatives against a plain scan, on logits with many ties and NaNs */
+    enum { BV = 1000 };
+    static float lr[BV];
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < BV; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        lr[i] = x % 37 == 0 ? NAN : (float)(x % 50) * 0.25f;
+    }
+    for (int n = 0; n <= MOE_MAX_TOP_LOGPROBS; n++) {
+        moe_token_logprobs(lr, BV, 7, n, &lp);
+        int want[MOE_MAX_TOP_LOGPROBS], wrong = lp.n != n;
+        for (int r = 0; r < n && !wrong; r++) {
+            int best = -1;
+            for (int i = 0; i < BV; i++) {
+                bool taken = false;
+                for (int q = 0; q < r; q++) taken |= want[q] == i;
+                if (!isnan(lr[i]) && !taken && (best < 0 || lr[i] > lr[best])) best = i;
+            }
+            want[r] = best;
+            wrong = lp.ids[r] != best || fabs(lp.logprobs[r] - (lr[best] - (lr[7] - lp.logprob))) > 1e-5;
+        }
+        CHECK(!wrong, "top %d alternatives differ from a plain scan", n);
+    }
+
     return t_result("test_engine_sampling");
 }

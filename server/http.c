@@ -572,12 +572,12 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
             /* the ids' bytes need not be UTF-8 (a character split at the prompt's end, or ids that
              * make none): invalid bytes become U+FFFD, as in generated text */
             char *raw = NULL, *u = NULL;
-            size_t n = 0;
-            est = moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &raw, &n);
-            if (est == MOE_OK && !(u = malloc(3 * n + 1)))
+            size_t raw_len = 0;
+            est = moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &raw, &raw_len);
+            if (est == MOE_OK && !(u = malloc(3 * raw_len + 1)))
                 est = MOE_ENOMEM;
             if (u) {
-                r->echo_len = srv_utf8_sanitize(raw, n, u);
+                r->echo_len = srv_utf8_sanitize(raw, raw_len, u);
                 u[r->echo_len] = 0;
                 r->echo = u;
             }

@@ -258,26 +258,18 @@ def check_echo(srv, moeflow):
     _, chunks, done = sse(srv, "/v1/completions", dict(body, stream=True))
     check(done and "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")) == ch.get("text"),
           "streamed echo: %r" % chunks[:2])
-    for stream in (False, True):  # the prompt alone, without log-probabilities
-        b = {"prompt": "def add", "max_tokens": 0, "echo": True, "stream": stream}
-        if stream:
-            _, chunks, done = sse(srv, "/v1/completions", b)
-            text, fin = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")), done
-        else:
-            code, js = post(srv, "/v1/completions", b)
-            text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
-        check(fin and text == "def add", "echo alone (stream %s): %r" % (stream, text))
-    # a token-id prompt whose bytes are not UTF-8 (160 is the byte 0xe3, a character's first byte alone):
-    # its echo is valid JSON, the byte as U+FFFD, streamed or not
-    for stream in (False, True):
-        b = {"prompt": [160], "max_tokens": 0, "echo": True, "logprobs": 0, "stream": stream}
-        if stream:
-            _, chunks, done = sse(srv, "/v1/completions", b)
-            text, fin = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")), done
-        else:
-            code, js = post(srv, "/v1/completions", b)
-            text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
-        check(fin and text == "\ufffd", "echo of a partial character (stream %s): %r" % (stream, text))
+    # the prompt alone without log-probabilities; and a token-id prompt whose bytes are not UTF-8 (160 is
+    # the byte 0xe3, a character's first byte alone): its echo is valid JSON, the byte as U+FFFD
+    for prompt, extra, want in (("def add", {}, "def add"), ([160], {"logprobs": 0}, "\ufffd")):
+        for stream in (False, True):
+            b = dict({"prompt": prompt, "max_tokens": 0, "echo": True, "stream": stream}, **extra)
+            if stream:
+                _, chunks, done = sse(srv, "/v1/completions", b)
+                text, fin = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices")), done
+            else:
+                code, js = post(srv, "/v1/completions", b)
+                text, fin = (js.get("choices") or [{}])[0].get("text"), code == 200
+            check(fin and text == want, "echo of %r (stream %s): %r" % (prompt, stream, text))
     # a request that fails before its prompt is scored (its deadline passes in the prefill of a long
     # prompt) streams the error alone, not the prompt with log-probabilities it never computed
     _, chunks, done = sse(srv, "/v1/completions", {"prompt": "def add(a, b):\n    return a + b\n" * 40,

@@ -152,3 +152,18 @@ enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json
     json_decref(vars);
     return st;
 }
+
+char *moe_chat_markers(int n, const char *const *roles, const char *const *contents)
+{
+    size_t total = 32;
+    for (int i = 0; i < n; i++)
+        total += strlen(roles[i]) + strlen(contents[i]) + 8;
+    char *out = malloc(total);
+    if (!out)
+        return NULL;
+    size_t off = 0;
+    for (int i = 0; i < n; i++)
+        off += (size_t)snprintf(out + off, total - off, "<|%s|>\n%s\n", roles[i], contents[i]);
+    snprintf(out + off, total - off, "<|assistant|>\n");
+    return out;
+}

@@ -24,6 +24,11 @@ enum moe_status moe_chat_load_dir(const char *dir, struct moe_chat **out);
 enum moe_status moe_chat_load_file(const char *path, const char *dir, struct moe_chat **out);
 void moe_chat_free(struct moe_chat *c);
 
+/* moeflow's own chat prompt, for a model without a template (the bundled
+ * model): for each message "<|role|>\n" + content + "\n", then
+ * "<|assistant|>\n".  Returns malloc'd text or NULL. */
+char *moe_chat_markers(int n, const char *const *roles, const char *const *contents);
+
 /* Where the template came from ("m/tokenizer_config.json", or the file). */
 const char *moe_chat_source(const struct moe_chat *c);
 

@@ -69,7 +69,7 @@ static void usage(FILE *f)
 }
 
 /* --chat: [system,] user message through the model's chat template, or the
- * markers of moe_chat_template() when it has none.  malloc'd, NULL on error. */
+ * markers of moe_chat_markers() when it has none.  malloc'd, NULL on error. */
 static char *chat_prompt(const struct gen_opts *o, bool *templated)
 {
     struct moe_chat *tmpl = NULL;
@@ -90,7 +90,7 @@ static char *chat_prompt(const struct gen_opts *o, bool *templated)
             moe_errorf(MOE_ENOMEM, "out of memory");
         json_decref(msgs);
         moe_chat_free(tmpl);
-    } else if (!(text = moe_chat_template(2 - first, roles + first, contents + first))) {
+    } else if (!(text = moe_chat_markers(2 - first, roles + first, contents + first))) {
         moe_errorf(MOE_ENOMEM, "out of memory");
     }
     return text;

@@ -162,21 +162,6 @@ static const char *chat_role_ok(const char *role)
     return NULL;
 }
 
-char *moe_chat_template(int n, const char *const *roles, const char *const *contents)
-{
-    size_t total = 32;
-    for (int i = 0; i < n; i++)
-        total += strlen(roles[i]) + strlen(contents[i]) + 8;
-    char *out = malloc(total);
-    if (!out)
-        return NULL;
-    size_t off = 0;
-    for (int i = 0; i < n; i++)
-        off += (size_t)snprintf(out + off, total - off, "<|%s|>\n%s\n", roles[i], contents[i]);
-    snprintf(out + off, total - off, "<|assistant|>\n");
-    return out;
-}
-
 /* The messages array's shape, and content given as OpenAI's list of parts
  * ([{"type": "text", "text": ...}, ...]) joined into one string, parts
  * separated by a newline (as vLLM does for text-only models). */
@@ -288,7 +273,7 @@ static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *ms
         }
         contents[i] = json_string_value(content);
     }
-    char *text = moe_chat_template((int)n, roles, contents);
+    char *text = moe_chat_markers((int)n, roles, contents);
     if (!text) {
         st = moe_errorf(MOE_ENOMEM, "'messages': out of memory");
         goto out;

@@ -58,7 +58,7 @@ struct moe_chat;
 /* OpenAI /v1/completions (chat = false) or /v1/chat/completions (chat = true)
  * JSON body.  Chat messages are rendered with the model's template tmpl
  * (model/chat.h; any role, content a string or null, chat_template_kwargs as
- * more variables), or with moe_chat_template() when tmpl is NULL. */
+ * more variables), or with moe_chat_markers() (model/chat.h) when tmpl is NULL. */
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out);
 
@@ -89,11 +89,6 @@ void moe_stop_scan_free(struct moe_stop_scan *s);
  * the caller frees it. */
 int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, bool last, char **out,
                        size_t *out_len);
-
-/* The chat prompt template (the bundled model has none): for each message
- * "<|role|>\n" + content + "\n", then "<|assistant|>\n".  roles[i] is one of
- * system, user, assistant.  Returns malloc'd text or NULL. */
-char *moe_chat_template(int n, const char *const *roles, const char *const *contents);
 
 /* Length of the longest prefix of buf[0..n) that is complete UTF-8 (an
  * incomplete multi-byte sequence at the end is held back for streaming). */

@@ -522,10 +522,10 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         return;
     if (nwant > s->logits_rows) { /* a prompt chunk whose every row's logits are wanted */
         float *l = realloc(s->logits, (size_t)nwant * (size_t)s->be.vocab * sizeof(float));
-        if (!l) {
+        if (!l) { /* only the request that asked fails; the decode rows run again next step */
             pthread_mutex_lock(&s->mu);
-            for (int i = 0; i < n; i++)
-                rq_finish(s, s->b_req[i], MOE_FINISH_ERROR, MOE_ENOMEM, "out of memory for prompt logits");
+            if (pf)
+                rq_finish(s, pf, MOE_FINISH_ERROR, MOE_ENOMEM, "out of memory for the prompt's logits");
             pthread_mutex_unlock(&s->mu);
             return;
         }

@@ -1798,6 +1798,18 @@ static bool py_unprintable(uint32_t cp)
            cp == 0x1680;
 }
 
+/* The code point at s[i] and its length; a byte that starts no valid UTF-8
+ * sequence stands for itself, length 1. */
+static size_t str_cp(const struct str *s, size_t i, uint32_t *cp)
+{
+    size_t l = moe_utf8_next((const unsigned char *)s->p + i, s->n - i, cp);
+    if (!l) {
+        *cp = (unsigned char)s->p[i];
+        l = 1;
+    }
+    return l;
+}
+
 static void str_repr(struct render *r, struct buf *b, const struct str *s)
 {
     bool sq = memchr(s->p, '\'', s->n) != NULL, dq = memchr(s->p, '"', s->n) != NULL;
@@ -1805,11 +1817,7 @@ static void str_repr(struct render *r, struct buf *b, const struct str *s)
     buf_add(r, b, &q, 1);
     for (size_t i = 0; i < s->n;) {
         uint32_t cp;
-        size_t l = moe_utf8_next((const unsigned char *)s->p + i, s->n - i, &cp);
-        if (!l) {
-            cp = (unsigned char)s->p[i];
-            l = 1;
-        }
+        size_t l = str_cp(s, i, &cp);
         if (cp == '\\' || cp == (uint32_t)q) {
             buf_adds(r, b, "\\");
             buf_add(r, b, s->p + i, 1);
@@ -1905,10 +1913,8 @@ static void json_quote(struct render *r, struct buf *b, const struct str *s, boo
     buf_adds(r, b, "\"");
     for (size_t i = 0; i < s->n;) {
         unsigned char ch = (unsigned char)s->p[i];
-        uint32_t cp = ch;
-        size_t l = ch < 0x80 ? 1 : moe_utf8_next((const unsigned char *)s->p + i, s->n - i, &cp);
-        if (!l)
-            l = 1;
+        uint32_t cp;
+        size_t l = str_cp(s, i, &cp);
         if (ch == '"') buf_adds(r, b, "\\\"");
         else if (ch == '\\') buf_adds(r, b, "\\\\");
         else if (ch == '\n') buf_adds(r, b, "\\n");
@@ -2125,11 +2131,7 @@ static struct val str_case(struct render *r, const struct str *s, enum case_mode
     bool start = true;
     for (size_t i = 0; i < s->n;) {
         uint32_t cp;
-        size_t l = moe_utf8_next((const unsigned char *)s->p + i, s->n - i, &cp);
-        if (!l) {
-            cp = (unsigned char)s->p[i];
-            l = 1;
-        }
+        size_t l = str_cp(s, i, &cp);
         bool up = mode == CASE_UPPER || (mode != CASE_LOWER && start);
         uint32_t o = up ? to_upper(cp) : to_lower(cp);
         char enc[4];

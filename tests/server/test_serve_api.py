@@ -9,7 +9,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, curl, metric, read_reference_greedy, Checks, require_grpc, free_port  # noqa: E402
+from serve_util import (Server, gen_stubs, curl, metric, read_reference_greedy, Checks, require_grpc,  # noqa: E402
+                        free_port, run_server_test)
 
 grpc = require_grpc()
 check = Checks()
@@ -89,7 +90,7 @@ def main():
     extra = sys.argv[3:]
     tiered = any(a in ("--gpu-experts", "--gpu-cache-bytes", "--host-experts", "--store") for a in extra)
     srv = Server(moeflow, "--max-body-bytes", "65536", "--max-message-bytes", "65536", *extra)
-    try:
+    def checks(srv):
         ch = grpc.insecure_channel(srv.target)
         gen = pb["mg"].GenerationStub(ch)
         kstub = pb["kg"].GRPCInferenceServiceStub(ch)
@@ -128,7 +129,6 @@ def main():
         check(len(tok.token_ids) > 0, "Tokenize")
         stream_text = "".join(x.text for x in gen.Generate(
             m.GenerateRequest(prompt="def add(a, b):", max_tokens=n), timeout=60))
-        import subprocess
         g = subprocess.run([moeflow, "generate", "--prompt", "def add(a, b):", "--max-tokens", str(n)],
                            capture_output=True, timeout=120)
         if g.returncode == 0:
@@ -369,14 +369,7 @@ def main():
                    metric(ms, "moeflow:expert_cache_misses_total", tier="device"))
             check(acq > 0 and metric(ms, "moeflow:expert_cache_bytes_total", tier="device") > 0,
                   "device tier counters: %s" % acq)
-        rc = srv.stop()
-        check(rc == 0, "exit status after SIGTERM %d" % rc)
-    finally:
-        srv.kill()
-        if check.failures:
-            print(srv.output()[-4000:])
-    print("test_serve_api: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
-    return 1 if check.failures else 0
+    return run_server_test("test_serve_api", srv, check, checks)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ out:
 
 /* ---- RoPE --------------------------------------------------------------- */
 
-/* inv_freq of every pair, computed on the host (moe_rope_inv_freq): device
+/* inv_freq of every pair, computed on the host (moe_config_rope): device
  * powf and glibc powf differ in the last bit.  Passed by value (2 KiB of
  * kernel parameters), so no upload and no buffer to keep alive. */
 struct rope_freq {
@@ -235,17 +235,6 @@ extern "C" enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_
     CK_LAUNCH(c);
 out:
     return st;
-}
-
-extern "C" enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
-                                         int n_heads, int head_dim, float theta)
-{
-    float f[512];
-    if (head_dim <= 0 || head_dim % 2 || head_dim > 1024 || !(theta > 0.0f))
-        return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d (even, <= 1024), theta %g",
-                          n, n_heads, head_dim, (double)theta);
-    moe_rope_inv_freq(theta, head_dim, f);
-    return moe_cuda_rope_table(c, d_x, d_pos, n, n_heads, head_dim, f, 1.0f);
 }
 
 /* ---- KV cache and attention ---------------------------------------------- */

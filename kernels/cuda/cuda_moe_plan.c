@@ -1,17 +1,6 @@
-/* Host-side helpers of the CUDA backend: the stable expert-major permutation
- * of (token, slot) pairs shared by the CPU and CUDA paths, and the RoPE
- * frequency table. */
-#include <math.h>
-
+/* Host-side helper of the CUDA backend: the stable expert-major permutation
+ * of (token, slot) pairs shared by the CPU and CUDA paths. */
 #include "cuda_ops.h"
-
-/* The same expression as the CPU backend's rope (kernels/cpu), compiled by
- * the same C compiler with the same flags: the same bits. */
-void moe_rope_inv_freq(float theta, int head_dim, float *inv_freq)
-{
-    for (int i = 0; i < head_dim / 2; i++)
-        inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-}
 
 enum moe_status moe_moe_plan(const int *ids, int n, int k, int E, int *counts, int *offsets, int *rows,
                              int *inv)

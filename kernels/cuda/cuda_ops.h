@@ -127,14 +127,11 @@ enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const
                                  float *d_y, int rows, int dim, float eps);
 
 /* Rotary embedding, rotate-half (NeoX) layout, in place on x [n, n_heads, head_dim]:
- * for i < head_dim/2, angle = (float)pos * inv_freq[i] with inv_freq from moe_rope_inv_freq
- * (the CPU backend's float formula, evaluated on the host),
- * (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin).
+ * for i < head_dim/2, angle = (float)pos * h_inv_freq[i] (the table of moe_config_rope, host
+ * memory, read before the call returns; computed on the host because device powf differs from
+ * glibc's in the last bit), c = cos(angle) * scale, s = sin(angle) * scale,
+ * (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s).
  * d_pos [n] positions.  head_dim even, <= 1024. */
-enum moe_status moe_cuda_rope(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
-                              int n_heads, int head_dim, float theta);
-/* The same with a given frequency table h_inv_freq [head_dim/2] (host memory, read before the
- * call returns) and cos and sin multiplied by scale (kernels/backend.h, rope). */
 enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n, int n_heads,
                                     int head_dim, const float *h_inv_freq, float scale);
 
@@ -232,11 +229,6 @@ enum moe_status moe_cuda_argmax(struct moe_cuda_ctx *c, const float *d_logits, i
                                 int *d_out);
 
 /* ---- host-side helpers (no CUDA) ---------------------------------------- */
-
-/* RoPE inverse frequencies as the CPU backend and Hugging Face compute them:
- * inv_freq[i] = 1.0f / powf(theta, (float)(2i) / (float)head_dim), i < head_dim/2,
- * in float on the host (device powf differs from glibc's in the last bit). */
-void moe_rope_inv_freq(float theta, int head_dim, float *inv_freq);
 
 /* From ids [n, k] (expert per token slot, each in [0, E)), the stable
  * expert-major permutation shared by the CPU and CUDA paths:

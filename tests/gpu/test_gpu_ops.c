@@ -115,7 +115,9 @@ static void test_rope(struct g_rng *r, bool adv)
     if (adv) { pos[0] = 0; pos[1] = 32767; }
     memcpy(ref, x, sz * 4);
     UP(dx, x, sz * 4); UP(dp, pos, sizeof(pos));
-    OK(moe_cuda_rope(ctx, dx.d, dp.d, n, nh, hd, 1e6f));
+    float inv_freq[32], scale;
+    moe_config_rope(&(struct moe_config){ .rope_theta = 1e6f }, hd, inv_freq, &scale);
+    OK(moe_cuda_rope_table(ctx, dx.d, dp.d, n, nh, hd, inv_freq, scale));
     dl(&dx, got, "rope");
     ref_rope(ref, pos, n, nh, hd, 1e6f);
     cmp("rope", got, ref, sz, 1e-5); /* sinf/cosf: <= 2 ulp apart between libm and CUDA */
@@ -556,7 +558,8 @@ static void test_bad_args(void)
     CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, NULL, NULL, 1, 8, 2, 512, 16, 1, NULL) == MOE_EINVAL,
           "attention accepted head_dim 512");
     CHECK(moe_cuda_router(ctx, NULL, 1, 4, 5, true, true, NULL, NULL) == MOE_EINVAL, "router accepted k > E");
-    CHECK(moe_cuda_rope(ctx, NULL, NULL, 1, 1, 63, 1e4f) == MOE_EINVAL, "rope accepted odd head_dim");
+    float f[32] = { 0 };
+    CHECK(moe_cuda_rope_table(ctx, NULL, NULL, 1, 1, 63, f, 1.0f) == MOE_EINVAL, "rope accepted odd head_dim");
     CHECK(moe_cuda_linear(ctx, NULL, NULL, MOE_DT_I8, 1, 4, 4, false, NULL) == MOE_ENOTSUP,
           "linear accepted I8 weights");
     CHECK(strlen(moe_last_error()) > 0, "no error detail");

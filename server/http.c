@@ -237,6 +237,17 @@ static json_t *token_text(const struct hreq *r, int id, json_t **bytes, size_t *
     return s ? s : json_string("");
 }
 
+/* Completions: one step of the four arrays for token, with its logprob and top (both taken). */
+static void lp_step(struct hreq *r, int token, json_t *logprob, json_t *top)
+{
+    size_t chars = 0;
+    json_array_append_new(json_object_get(r->lp, "tokens"), token_text(r, token, NULL, &chars));
+    json_array_append_new(json_object_get(r->lp, "token_logprobs"), logprob);
+    json_array_append_new(json_object_get(r->lp, "top_logprobs"), top);
+    json_array_append_new(json_object_get(r->lp, "text_offset"), json_integer((json_int_t)r->lp_offset));
+    r->lp_offset += chars;
+}
+
 /* One generated token's entry: chat {token, logprob, bytes, top_logprobs: [...]}, completions a
  * step of each of the four arrays (the top ones as an object token -> logprob). */
 static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *lp)
@@ -261,22 +272,13 @@ static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *l
         json_object_set_new(top, json_string_value(tt), json_real(lp->logprobs[i]));
         json_decref(tt);
     }
-    json_array_append_new(json_object_get(r->lp, "tokens"), token_text(r, token, NULL, &chars));
-    json_array_append_new(json_object_get(r->lp, "token_logprobs"), json_real(lp->logprob));
-    json_array_append_new(json_object_get(r->lp, "top_logprobs"), top);
-    json_array_append_new(json_object_get(r->lp, "text_offset"), json_integer((json_int_t)r->lp_offset));
-    r->lp_offset += chars;
+    lp_step(r, token, json_real(lp->logprob), top);
 }
 
 /* Completions' echo: the first prompt token, which has no log-probability (null, as OpenAI sends). */
 static void lp_add_first(struct hreq *r, int token)
 {
-    size_t chars = 0;
-    json_array_append_new(json_object_get(r->lp, "tokens"), token_text(r, token, NULL, &chars));
-    json_array_append_new(json_object_get(r->lp, "token_logprobs"), json_null());
-    json_array_append_new(json_object_get(r->lp, "top_logprobs"), json_null());
-    json_array_append_new(json_object_get(r->lp, "text_offset"), json_integer((json_int_t)r->lp_offset));
-    r->lp_offset += chars;
+    lp_step(r, token, json_null(), json_null());
 }
 
 /* The choice's "logprobs": what was collected since the last chunk (then a fresh collection), or

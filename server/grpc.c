@@ -577,45 +577,40 @@ static void kserve_send(struct gcall *c, const char *kid, const char *text, size
 }
 
 /* A GenerateResponse's logprobs for tokens toks[0..n) with lps[0..n) (NULL: the request did not
- * ask: none).  The arrays live in *o until gen_lps_free. */
+ * ask: none).  The entries point into lps, which must outlive the message; out of memory leaves
+ * the response without them (its tokens still go out).  Freed by gen_lps_free. */
 struct gen_lps {
     Moeflow__V1__TokenLogprob *items, **ptrs;
-    int32_t *ids;
 };
 
-static bool gen_lps_fill(struct gen_lps *o, Moeflow__V1__GenerateResponse *rs, const int *toks,
+static void gen_lps_fill(struct gen_lps *o, Moeflow__V1__GenerateResponse *rs, const int *toks,
                          struct moe_token_logprobs *lps, int n)
 {
     memset(o, 0, sizeof(*o));
     if (!lps || n <= 0)
-        return true;
+        return;
     o->items = calloc((size_t)n, sizeof(*o->items));
     o->ptrs = calloc((size_t)n, sizeof(*o->ptrs));
-    o->ids = calloc((size_t)n * MOE_MAX_TOP_LOGPROBS, sizeof(*o->ids));
-    if (!o->items || !o->ptrs || !o->ids)
-        return false;
+    if (!o->items || !o->ptrs)
+        return;
     for (int i = 0; i < n; i++) {
         Moeflow__V1__TokenLogprob *t = &o->items[i];
         moeflow__v1__token_logprob__init(t);
         t->token_id = toks[i];
         t->logprob = lps[i].logprob;
         t->n_top_token_ids = t->n_top_logprobs = (size_t)lps[i].n;
-        t->top_token_ids = o->ids + (size_t)i * MOE_MAX_TOP_LOGPROBS;
-        for (int j = 0; j < lps[i].n; j++)
-            t->top_token_ids[j] = lps[i].ids[j];
+        t->top_token_ids = lps[i].ids;
         t->top_logprobs = lps[i].logprobs;
         o->ptrs[i] = t;
     }
     rs->n_logprobs = (size_t)n;
     rs->logprobs = o->ptrs;
-    return true;
 }
 
 static void gen_lps_free(struct gen_lps *o)
 {
     free(o->items);
     free(o->ptrs);
-    free(o->ids);
 }
 
 /* Generate with stop sequences: token by token through the scanner, the text
@@ -668,8 +663,7 @@ static void generate_stop_progress(struct cgen *k)
         rs.n_token_ids = (size_t)n_ids;
         rs.token_ids = ids;
         rs.text = text.s ? text.s : "";
-        if (!gen_lps_fill(&lp, &rs, ids, ev.lps, n_ids))
-            rs.n_logprobs = 0; /* out of memory: the tokens still go out */
+        gen_lps_fill(&lp, &rs, ids, ev.lps, n_ids);
         if (fin) {
             rs.finished = true;
             rs.finish_reason = (char *)moe_finish_str(m == 1 ? MOE_FINISH_STOP : ev.why);
@@ -721,8 +715,7 @@ static void gen_progress(struct cgen *k)
             rs.token_ids = ids;
             rs.text = text ? text : "";
             struct gen_lps lp;
-            if (!gen_lps_fill(&lp, &rs, ev.toks, ids ? ev.lps : NULL, ev.n_toks))
-                rs.n_logprobs = 0; /* out of memory: the tokens still go out */
+            gen_lps_fill(&lp, &rs, ev.toks, ids ? ev.lps : NULL, ev.n_toks);
             if (ev.done && ok) {
                 rs.finished = true;
                 rs.finish_reason = (char *)moe_finish_str(ev.why);

@@ -485,27 +485,23 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         { (void **)&e->mu, szmul(N, e->D, 4, &ovf), "mlp up" },
         { (void **)&e->sd, szmul(N, e->H, 4, &ovf), "shared expert output" },
         { (void **)&e->sg, N * 4, "shared expert gate" },
-    };
-    /* MLA scratch (one float when the model has no MLA) */
-    int nh = c->n_heads, rd = c->qk_rope_dim;
-    struct { void **p; size_t bytes; const char *what; } mla[] = {
+        /* MLA scratch (sizes 0, so a few bytes each, without MLA) */
         { (void **)&e->mq_a, szmul(N, c->q_lora_rank, 4, &ovf), "q latent" },
-        { (void **)&e->mq_rope, szmul(N, (size_t)nh * rd, 4, &ovf), "q rope" },
+        { (void **)&e->mq_rope, szmul(N, (size_t)c->n_heads * c->qk_rope_dim, 4, &ovf), "q rope" },
         { (void **)&e->m_ckv, szmul(N, c->kv_lora_rank, 4, &ovf), "kv latent" },
-        { (void **)&e->m_krope, szmul(N, rd, 4, &ovf), "k rope" },
-        { (void **)&e->m_kvb, szmul(N, (size_t)nh * (c->qk_nope_dim + c->v_head_dim), 4, &ovf), "k and v" },
-        { (void **)&e->m_attv, szmul(N, (size_t)nh * c->v_head_dim, 4, &ovf), "attention values" },
+        { (void **)&e->m_krope, szmul(N, c->qk_rope_dim, 4, &ovf), "k rope" },
+        { (void **)&e->m_kvb, szmul(N, (size_t)c->n_heads * (c->qk_nope_dim + c->v_head_dim), 4, &ovf),
+          "k and v" },
+        { (void **)&e->m_attv, szmul(N, (size_t)c->n_heads * c->v_head_dim, 4, &ovf), "attention values" },
     };
     if (ovf) {
         st = moe_errorf(MOE_ENOMEM, "engine: buffer sizes overflow (lower max_batch_tokens = %d)",
                         e->max_batch);
         goto out_fail;
     }
-    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs) + (c->mla ? MOE_ARRAY_LEN(mla) : 0); i++) {
-        void **slot = i < MOE_ARRAY_LEN(bufs) ? bufs[i].p : mla[i - MOE_ARRAY_LEN(bufs)].p;
-        size_t bytes = i < MOE_ARRAY_LEN(bufs) ? bufs[i].bytes : mla[i - MOE_ARRAY_LEN(bufs)].bytes;
-        *slot = balloc(e, bytes, i < MOE_ARRAY_LEN(bufs) ? bufs[i].what : mla[i - MOE_ARRAY_LEN(bufs)].what);
-        if (!*slot) {
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) {
+        *bufs[i].p = balloc(e, bufs[i].bytes, bufs[i].what);
+        if (!*bufs[i].p) {
             st = moe_error_prefix(MOE_ENOMEM, "engine (lower max_batch_tokens = %d)", e->max_batch);
             goto out_fail;
         }

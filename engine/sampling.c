@@ -1,12 +1,14 @@
-/* Token sampling: greedy, or temperature -> top-k -> top-p -> seeded draw.
+/* Token sampling: logit bias and penalties, then greedy, or temperature -> top-k -> top-p -> min-p ->
+ * seeded draw.
  * Candidates are ordered by (logit descending, id ascending), a total order,
  * so a seed gives the same tokens on every run. */
 #include "sampling.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
-enum moe_status moe_sampling_validate(const struct moe_sampling *p)
+enum moe_status moe_sampling_validate(const struct moe_sampling *p, int vocab)
 {
     if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))
         return moe_errorf(MOE_EINVAL, "sampling: temperature = %g must be finite and >= 0",
@@ -15,6 +17,32 @@ enum moe_status moe_sampling_validate(const struct moe_sampling *p)
         return moe_errorf(MOE_EINVAL, "sampling: top_p = %g must be in (0, 1]", (double)p->top_p);
     if (p->top_k < 0)
         return moe_errorf(MOE_EINVAL, "sampling: top_k = %d must be >= 0 (0 = off)", p->top_k);
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return moe_errorf(MOE_EINVAL, "sampling: min_p = %g must be in [0, 1]", (double)p->min_p);
+    if (!(fabsf(p->presence_penalty) <= MOE_MAX_PENALTY))
+        return moe_errorf(MOE_EINVAL, "sampling: presence_penalty = %g must be in [-%g, %g]",
+                          (double)p->presence_penalty, (double)MOE_MAX_PENALTY, (double)MOE_MAX_PENALTY);
+    if (!(fabsf(p->frequency_penalty) <= MOE_MAX_PENALTY))
+        return moe_errorf(MOE_EINVAL, "sampling: frequency_penalty = %g must be in [-%g, %g]",
+                          (double)p->frequency_penalty, (double)MOE_MAX_PENALTY, (double)MOE_MAX_PENALTY);
+    if (!(p->repetition_penalty >= 0.0f && p->repetition_penalty <= MOE_MAX_REPETITION_PENALTY))
+        return moe_errorf(MOE_EINVAL, "sampling: repetition_penalty = %g must be in (0, %g] (1 = off)",
+                          (double)p->repetition_penalty, (double)MOE_MAX_REPETITION_PENALTY);
+    if (p->n_logit_bias < 0 || p->n_logit_bias > MOE_MAX_LOGIT_BIAS)
+        return moe_errorf(MOE_EINVAL, "sampling: logit_bias has %d entries, at most %d are accepted",
+                          p->n_logit_bias, MOE_MAX_LOGIT_BIAS);
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        const struct moe_logit_bias *b = &p->logit_bias[i];
+        if (b->id < 0 || (vocab > 0 && b->id >= vocab))
+            return moe_errorf(MOE_EINVAL, "sampling: logit_bias token %d is outside the vocabulary [0, %d)",
+                              (int)b->id, vocab);
+        if (!(b->bias >= -100.0f && b->bias <= 100.0f))
+            return moe_errorf(MOE_EINVAL, "sampling: logit_bias of token %d = %g must be in [-100, 100]",
+                              (int)b->id, (double)b->bias);
+        for (int j = 0; j < i; j++)
+            if (p->logit_bias[j].id == b->id)
+                return moe_errorf(MOE_EINVAL, "sampling: logit_bias names token %d twice", (int)b->id);
+    }
     return MOE_OK;
 }
 
@@ -68,12 +96,51 @@ static int cand_cmp(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
-int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab)
+static bool penalized(const struct moe_sampling *p)
 {
-    if (vocab <= 0) return 0;
+    return p->n_logit_bias > 0 || p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f ||
+           (p->repetition_penalty != 0.0f && p->repetition_penalty != 1.0f);
+}
+
+/* w = logits with logit_bias and the penalties of p applied; cnt[vocab] is zero on entry and on
+ * return.  History ids outside [0, vocab) are skipped. */
+static void apply_penalties(const struct moe_sampling *p, const float *logits, int vocab, const int *ids,
+                            int n_prompt, int n_ids, float *w, uint32_t *cnt)
+{
+    memcpy(w, logits, sizeof(float) * (size_t)vocab);
+    for (int i = 0; i < p->n_logit_bias; i++)
+        w[p->logit_bias[i].id] += p->logit_bias[i].bias;
+    float rp = p->repetition_penalty;
+    if (rp != 0.0f && rp != 1.0f) { /* once per distinct token of the prompt and the output */
+        for (int i = 0; i < n_ids; i++) {
+            int t = ids[i];
+            if (t < 0 || t >= vocab || cnt[t]) continue;
+            cnt[t] = 1;
+            w[t] = w[t] > 0.0f ? w[t] / rp : w[t] * rp;
+        }
+        for (int i = 0; i < n_ids; i++)
+            if (ids[i] >= 0 && ids[i] < vocab) cnt[ids[i]] = 0;
+    }
+    if (p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f) return;
+    for (int i = n_prompt; i < n_ids; i++) /* the output only, as OpenAI counts */
+        if (ids[i] >= 0 && ids[i] < vocab) cnt[ids[i]]++;
+    for (int i = n_prompt; i < n_ids; i++) {
+        int t = ids[i];
+        if (t < 0 || t >= vocab || !cnt[t]) continue;
+        w[t] -= p->frequency_penalty * (float)cnt[t];
+        w[t] -= p->presence_penalty;
+        cnt[t] = 0;
+    }
+}
+
+static int sample_from(struct moe_sampler *s, const float *logits, int vocab)
+{
     if (s->p.temperature == 0.0f) return moe_argmax(logits, vocab);
     struct cand *c = malloc(sizeof(*c) * (size_t)vocab);
-    if (!c) return moe_argmax(logits, vocab); /* out of memory: degrade to greedy, never crash */
+    if (!c) {
+        moe_errorf(MOE_ENOMEM, "sampling: out of memory for %d candidates", vocab);
+        return -1;
+    }
     int n = 0;
     float inv_t = 1.0f / s->p.temperature;
     float vmax = -INFINITY;
@@ -94,13 +161,9 @@ int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab)
     bool ordered = s->p.top_k > 0 || s->p.top_p < 1.0f;
     if (ordered) qsort(c, (size_t)n, sizeof(*c), cand_cmp);
     if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
-    float m = c[0].v;
-    if (!ordered)
-        for (int i = 1; i < n; i++)
-            if (c[i].v > m) m = c[i].v;
     double sum = 0;
     for (int i = 0; i < n; i++) {
-        c[i].v = expf(c[i].v - m);
+        c[i].v = expf(c[i].v - vmax); /* the most likely token gets 1 */
         sum += c[i].v;
     }
     if (s->p.top_p < 1.0f) {
@@ -118,6 +181,16 @@ int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab)
         sum = 0;
         for (int i = 0; i < n; i++) sum += c[i].v;
     }
+    if (s->p.min_p > 0.0f) { /* relative to the most likely token, whose weight is 1 */
+        int kept = 0;
+        sum = 0;
+        for (int i = 0; i < n; i++)
+            if (c[i].v >= s->p.min_p) {
+                c[kept++] = c[i];
+                sum += c[i].v;
+            }
+        n = kept; /* >= 1: the most likely token stays */
+    }
     double u = next_unit(s) * sum, acc = 0;
     int pick = c[n - 1].id;
     for (int i = 0; i < n; i++) {
@@ -129,6 +202,25 @@ int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab)
     }
     free(c);
     return pick;
+}
+
+int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab, const int *ids, int n_prompt,
+                       int n_ids)
+{
+    if (vocab <= 0) return 0;
+    if (!penalized(&s->p)) return sample_from(s, logits, vocab);
+    float *w = malloc(sizeof(float) * (size_t)vocab);
+    uint32_t *cnt = calloc((size_t)vocab, sizeof(uint32_t));
+    int tok = -1;
+    if (w && cnt) {
+        apply_penalties(&s->p, logits, vocab, ids, n_prompt, n_ids, w, cnt);
+        tok = sample_from(s, w, vocab);
+    } else {
+        moe_errorf(MOE_ENOMEM, "sampling: out of memory for the penalties of a %d-token vocabulary", vocab);
+    }
+    free(w);
+    free(cnt);
+    return tok;
 }
 
 void moe_token_logprobs(const float *logits, int vocab, int tok, int n, struct moe_token_logprobs *out)

@@ -1,4 +1,5 @@
-/* Token sampling: greedy, temperature, top-k, top-p, seeded. Deterministic for a seed. */
+/* Token sampling: logit bias and repetition, frequency and presence penalties, then greedy or
+ * temperature, top-k, top-p, min-p and a seeded draw.  Deterministic for a seed. */
 #ifndef MOE_SAMPLING_H
 #define MOE_SAMPLING_H
 
@@ -8,11 +9,28 @@
 extern "C" {
 #endif
 
+#define MOE_MAX_LOGIT_BIAS 300   /* logit_bias entries per request */
+#define MOE_MAX_PENALTY 2.0f      /* |presence_penalty|, |frequency_penalty| (OpenAI's range) */
+#define MOE_MAX_REPETITION_PENALTY 10.0f
+
+struct moe_logit_bias {
+    int32_t id;
+    float bias;        /* [-100, 100], added to the token's logit */
+};
+
+/* Every field's zero is "off", so {temperature, top_p, top_k, seed} initialisers keep working. */
 struct moe_sampling {
     float temperature; /* 0 = greedy */
     float top_p;       /* (0, 1]; 1 = off */
     int top_k;         /* 0 = off */
     uint64_t seed;
+    float min_p;              /* [0, 1]: drop tokens less likely than min_p x the most likely; 0 = off */
+    float presence_penalty;   /* [-2, 2]: subtracted once from every token generated so far */
+    float frequency_penalty;  /* [-2, 2]: subtracted per time a token was generated */
+    float repetition_penalty; /* (0, 10]: a logit of a token in the prompt or output is divided by it
+                                 when positive, multiplied when not; 0 or 1 = off */
+    int n_logit_bias;
+    struct moe_logit_bias logit_bias[MOE_MAX_LOGIT_BIAS]; /* distinct ids */
 };
 
 struct moe_sampler {
@@ -20,11 +38,18 @@ struct moe_sampler {
     uint64_t rng;      /* xorshift/splitmix state, derived from seed */
 };
 
-/* Check ranges; error names the field (temperature >= 0 and finite, 0 < top_p <= 1, top_k >= 0). */
-enum moe_status moe_sampling_validate(const struct moe_sampling *p);
+/* Check ranges; the error names the field (temperature >= 0 and finite, 0 < top_p <= 1, top_k >= 0,
+ * the penalties', min_p's and logit_bias' ranges above, logit_bias ids distinct and, when vocab > 0,
+ * below vocab). */
+enum moe_status moe_sampling_validate(const struct moe_sampling *p, int vocab);
 void moe_sampler_init(struct moe_sampler *s, const struct moe_sampling *p);
-/* Pick a token from logits[vocab]; scratch may be NULL (allocates). Ties -> lowest id. */
-int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab);
+/* Pick a token from logits[vocab] (left unchanged).  ids[0..n_prompt) is the prompt and
+ * ids[n_prompt..n_ids) the tokens generated so far, which the penalties look at (ids may be NULL
+ * when n_ids is 0).  In order, as vLLM applies them: logit_bias, the repetition penalty, the
+ * frequency and presence penalties; then greedy (ties -> lowest id) or temperature, top-k, top-p,
+ * min-p and the draw.  Returns -1 (moe_last_error() set) only when out of memory. */
+int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab, const int *ids, int n_prompt,
+                       int n_ids);
 int moe_argmax(const float *x, int n);
 
 #define MOE_MAX_TOP_LOGPROBS 20

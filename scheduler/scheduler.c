@@ -477,6 +477,17 @@ static void prefetch_group(struct moe_sched *s, struct rq **v, int n, int ahead)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* The next token of r from its logits row lg (s->mu held); a request the sampler cannot serve
+ * (out of memory) fails alone. */
+static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
+{
+    int tok = moe_sampler_sample(&r->sampler, lg, s->be.vocab, r->tokens, r->n_prompt, r->n_prompt + r->n_generated);
+    if (tok < 0)
+        rq_finish(s, r, MOE_FINISH_ERROR, MOE_ENOMEM, moe_last_error());
+    else
+        take_token(s, r, tok, lg);
+}
+
 /* One forward() over decode requests v[0..nd) plus, when pf != NULL, the next
  * prompt chunk of pf; then sampling and bookkeeping. */
 static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct rq *pf)
@@ -554,9 +565,8 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     for (int i = 0; i < n_dec; i++, row++) {
         struct rq *r = s->b_req[i];
         const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
-        int tok = moe_sampler_sample(&r->sampler, lg, s->be.vocab);
         if (r->state == RQ_DECODE)
-            take_token(s, r, tok, lg);
+            sample_token(s, r, lg);
     }
     if (chunk > 0) {
         s->st.prefill_chunks++;
@@ -578,7 +588,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
                 pf->state = RQ_DECODE;
                 pf->credit = 1.0;
                 const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
-                take_token(s, pf, moe_sampler_sample(&pf->sampler, lg, s->be.vocab), lg);
+                sample_token(s, pf, lg);
             }
         }
     }
@@ -828,7 +838,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     else if ((int64_t)n_prompt + g->max_tokens > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) exceeds max_tokens_in_flight = %lld",
                         n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight);
-    else if ((st = moe_sampling_validate(&g->sampling)) != MOE_OK)
+    else if ((st = moe_sampling_validate(&g->sampling, s->be.vocab)) != MOE_OK)
         st = moe_error_prefix(st, "request: sampling");
     else if (g->deadline != g->deadline)
         st = moe_errorf(MOE_EINVAL, "request: deadline is NaN");

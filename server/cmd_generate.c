@@ -27,7 +27,7 @@ struct gen_opts {
     const char *model_dir;     /* --model */
     const char *prompt;        /* --prompt */
     int max_tokens;            /* --max-tokens, tokens generated at most */
-    struct moe_sampling samp;  /* --temperature --top-p --top-k --seed */
+    struct moe_sampling samp;  /* --temperature --top-p --top-k --min-p --seed, the penalties, --logit-bias */
     int threads;               /* --threads, CPU worker threads */
     bool blas;                 /* --blas: OpenBLAS GEMMs on the CPU backend */
     bool ignore_eos;           /* --ignore-eos: always max_tokens tokens */
@@ -42,7 +42,9 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: moeflow generate [--model DIR] --prompt TEXT [--chat [--system TEXT]] [--max-tokens N]\n"
             "                        [--ignore-eos]\n"
-            "                        [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+            "                        [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
+            "                        [--presence-penalty X] [--frequency-penalty X]\n"
+            "                        [--repetition-penalty X] [--logit-bias ID:BIAS]...\n"
             "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
             "                        [--ids-out FILE]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
@@ -57,7 +59,19 @@ static void usage(FILE *f)
             "  --temperature T    0 = greedy (default 0)\n"
             "  --top-p P          nucleus sampling mass in (0, 1] (default 1 = off)\n"
             "  --top-k K          sample among the K most likely tokens (default 0 = off)\n"
+            "  --min-p P          drop tokens less likely than P x the most likely, in [0, 1] (default 0 = off)\n"
             "  --seed S           random seed for sampling (default 0)\n"
+            "  --presence-penalty X\n"
+            "                     subtracted from the logit of every token generated so far, in [-2, 2]\n"
+            "                     (default 0)\n"
+            "  --frequency-penalty X\n"
+            "                     subtracted per time a token was generated, in [-2, 2] (default 0)\n"
+            "  --repetition-penalty X\n"
+            "                     the logit of a token of the prompt or output is divided by X when\n"
+            "                     positive, multiplied when not; X in (0, 10] (default 1 = off)\n"
+            "  --logit-bias ID:BIAS\n"
+            "                     add BIAS in [-100, 100] to token ID's logit (repeatable, up to %d tokens)\n"
+            "                     (bias and penalties apply before greedy or temperature sampling)\n"
             "  --threads N        CPU threads (default 1)\n"
             "  --blas             CPU GEMMs through OpenBLAS instead of the batch-invariant\n"
             "                     kernel (a row's result then depends on the batch and threads)\n"
@@ -65,7 +79,7 @@ static void usage(FILE *f)
             "                     the output's but the last) as [[...]]: `moeflow trace --ids FILE` then\n"
             "                     records exactly this run's routing, e.g. for --belady-trace\n"
             "  --help             this text\n\n%s%s",
-            moe_default_model_dir(), moe_offload_help(), moe_offload_predictor_help());
+            moe_default_model_dir(), MOE_MAX_LOGIT_BIAS, moe_offload_help(), moe_offload_predictor_help());
 }
 
 /* --chat: [system,] user message through the model's chat template, or the
@@ -104,11 +118,36 @@ static bool parse_float(const char *s, float *out)
     return true;
 }
 
+/* --logit-bias ID:BIAS, appended to p; -1 (message printed) when malformed or one too many. */
+static int parse_bias(const char *arg, struct moe_sampling *p)
+{
+    const char *colon = strchr(arg, ':');
+    char id_txt[32];
+    long id;
+    float bias;
+    if (!colon || (size_t)(colon - arg) >= sizeof(id_txt)) goto bad;
+    memcpy(id_txt, arg, (size_t)(colon - arg));
+    id_txt[colon - arg] = 0;
+    if (!moe_cli_parse_long(id_txt, 0, INT32_MAX, &id) || !parse_float(colon + 1, &bias) ||
+        !(bias >= -100 && bias <= 100))
+        goto bad;
+    if (p->n_logit_bias == MOE_MAX_LOGIT_BIAS) {
+        fprintf(stderr, "moeflow generate: --logit-bias: at most %d tokens\n", MOE_MAX_LOGIT_BIAS);
+        return -1;
+    }
+    p->logit_bias[p->n_logit_bias++] = (struct moe_logit_bias){ (int32_t)id, bias };
+    return 0;
+bad:
+    fprintf(stderr, "moeflow generate: --logit-bias '%s': expected ID:BIAS, a token id and a number in "
+            "[-100, 100]\n", arg);
+    return -1;
+}
+
 /* Parse argv into o; returns -1 to continue, else the exit status. */
 static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
-           OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT };
+           OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -117,6 +156,11 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "top-p", required_argument, NULL, OPT_TOPP },
         { "top-k", required_argument, NULL, OPT_TOPK },
         { "seed", required_argument, NULL, OPT_SEED },
+        { "min-p", required_argument, NULL, OPT_MINP },
+        { "presence-penalty", required_argument, NULL, OPT_PRESENCE },
+        { "frequency-penalty", required_argument, NULL, OPT_FREQUENCY },
+        { "repetition-penalty", required_argument, NULL, OPT_REPETITION },
+        { "logit-bias", required_argument, NULL, OPT_BIAS },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
@@ -178,6 +222,34 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             o->samp.seed = s;
             break;
         }
+        case OPT_MINP:
+            if (!parse_float(optarg, &o->samp.min_p) || !(o->samp.min_p >= 0 && o->samp.min_p <= 1)) {
+                fprintf(stderr, "moeflow generate: --min-p '%s': expected a number in [0, 1]\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_PRESENCE:
+        case OPT_FREQUENCY: {
+            float *x = c == OPT_PRESENCE ? &o->samp.presence_penalty : &o->samp.frequency_penalty;
+            if (!parse_float(optarg, x) || !(fabsf(*x) <= MOE_MAX_PENALTY)) {
+                fprintf(stderr, "moeflow generate: --%s-penalty '%s': expected a number in [-2, 2]\n",
+                        c == OPT_PRESENCE ? "presence" : "frequency", optarg);
+                return 2;
+            }
+            break;
+        }
+        case OPT_REPETITION:
+            if (!parse_float(optarg, &o->samp.repetition_penalty) ||
+                !(o->samp.repetition_penalty > 0 && o->samp.repetition_penalty <= MOE_MAX_REPETITION_PENALTY)) {
+                fprintf(stderr, "moeflow generate: --repetition-penalty '%s': expected a number in (0, 10]\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case OPT_BIAS:
+            if (parse_bias(optarg, &o->samp) < 0)
+                return 2;
+            break;
         case OPT_THREADS:
             if (!moe_cli_parse_long(optarg, 1, 1024, &v)) {
                 fprintf(stderr, "moeflow generate: --threads '%s': expected an integer 1..1024\n", optarg);
@@ -248,7 +320,6 @@ static enum moe_status gen_forward(struct moe_engine *e, struct moe_predictor *p
     return st;
 }
 
-/* Prefill the prompt, then sample and stream until EOS or max_tokens. */
 /* --ids-out: the fed ids as one sequence of `trace --ids` (a JSON array of arrays). */
 static enum moe_status write_ids(const char *path, const int *ids, int n)
 {
@@ -261,6 +332,7 @@ static enum moe_status write_ids(const char *path, const int *ids, int n)
     return MOE_OK;
 }
 
+/* Prefill the prompt, then sample and stream until EOS or max_tokens. */
 static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred, const struct moe_tokenizer *tok,
                                const struct gen_opts *o, const int *ids, int n_ids)
 {
@@ -270,8 +342,9 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     float *logits = malloc(sizeof(float) * (size_t)V);
     int *pos = malloc(sizeof(int) * (size_t)chunk), *seqv = malloc(sizeof(int) * (size_t)chunk);
     bool *want = malloc(sizeof(bool) * (size_t)chunk);
-    int *fed = o->ids_out ? malloc(sizeof(int) * ((size_t)n_ids + (size_t)o->max_tokens)) : NULL, n_fed = n_ids;
-    if (!logits || !pos || !seqv || !want || (o->ids_out && !fed)) {
+    /* the prompt, then the output: what the penalties look at; its first n_fed went through the model */
+    int *hist = malloc(sizeof(int) * ((size_t)n_ids + (size_t)o->max_tokens)), n_hist = n_ids, n_fed = n_ids;
+    if (!logits || !pos || !seqv || !want || !hist) {
         st = moe_errorf(MOE_ENOMEM, "generate: out of memory");
         goto out;
     }
@@ -281,7 +354,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         goto out;
     }
     if (pred) moe_predictor_seq_reset(pred, seq);
-    if (fed) memcpy(fed, ids, sizeof(int) * (size_t)n_ids);
+    memcpy(hist, ids, sizeof(int) * (size_t)n_ids);
     for (int i0 = 0; i0 < n_ids; i0 += chunk) {
         int n = n_ids - i0 < chunk ? n_ids - i0 : chunk;
         for (int i = 0; i < n; i++) {
@@ -295,8 +368,13 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     struct moe_sampler s;
     moe_sampler_init(&s, &o->samp);
     for (int g = 0; g < o->max_tokens; g++) {
-        int t = moe_sampler_sample(&s, logits, V);
+        int t = moe_sampler_sample(&s, logits, V, hist, n_ids, n_hist);
+        if (t < 0) {
+            st = MOE_ENOMEM;
+            goto out;
+        }
         if (moe_config_is_eos(c, t) && !o->ignore_eos) break;
+        hist[n_hist++] = t;
         if (moe_tokenizer_token_bytes(tok, t, NULL, 0) > 0) {
             moe_cli_write_token(stdout, tok, t); /* every byte, however long the token */
             fflush(stdout);
@@ -305,13 +383,13 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         int p = moe_engine_seq_len(e, seq);
         struct moe_batch b = { .n = 1, .tokens = &t, .seq = &seq, .pos = &p };
         if ((st = gen_forward(e, pred, &b, logits)) != MOE_OK) goto out;
-        if (fed) fed[n_fed++] = t;
+        n_fed++;
     }
     fputc('\n', stdout);
     fflush(stdout);
-    if (fed) st = write_ids(o->ids_out, fed, n_fed);
+    if (o->ids_out) st = write_ids(o->ids_out, hist, n_fed);
 out:
-    free(fed);
+    free(hist);
     free(logits);
     free(pos);
     free(seqv);
@@ -324,7 +402,7 @@ int moe_cmd_generate(int argc, char **argv)
     struct gen_opts o;
     int r = gen_parse(argc, argv, &o);
     if (r >= 0) return r;
-    if (moe_sampling_validate(&o.samp) != MOE_OK) {
+    if (moe_sampling_validate(&o.samp, 0) != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         return 2;
     }
@@ -339,6 +417,11 @@ int moe_cmd_generate(int argc, char **argv)
     size_t n_ids = 0;
 
     if (!moe_cli_open_model("generate", o.model_dir, &m, &tok)) goto out;
+    if (moe_sampling_validate(&o.samp, m->cfg.vocab) != MOE_OK) { /* the bias ids against the vocabulary */
+        fprintf(stderr, "moeflow generate: --logit-bias: %s\n", moe_last_error());
+        rc = 2;
+        goto out;
+    }
     enum moe_status est;
     if (o.chat) {
         bool templated;

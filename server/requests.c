@@ -3,6 +3,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -347,6 +348,74 @@ static enum moe_status parse_logprobs(json_t *root, bool chat, struct moe_gen_re
     return MOE_OK;
 }
 
+/* The penalties and min_p (OpenAI's and vLLM's names and ranges), as JSON fields and GenerateRequest's. */
+static const struct {
+    const char *key;
+    double lo, hi;
+    bool lo_open;
+    size_t off;
+} penalty_fields[] = {
+    { "presence_penalty", -MOE_MAX_PENALTY, MOE_MAX_PENALTY, false, offsetof(struct moe_sampling, presence_penalty) },
+    { "frequency_penalty", -MOE_MAX_PENALTY, MOE_MAX_PENALTY, false, offsetof(struct moe_sampling, frequency_penalty) },
+    { "repetition_penalty", 0, MOE_MAX_REPETITION_PENALTY, true, offsetof(struct moe_sampling, repetition_penalty) },
+    { "min_p", 0, 1, false, offsetof(struct moe_sampling, min_p) },
+};
+
+static float *penalty_field(struct moe_sampling *p, size_t i)
+{
+    return (float *)((char *)p + penalty_fields[i].off);
+}
+
+/* One logit_bias entry appended to p: the bias in [-100, 100], the id not given before (its bound
+ * is the vocabulary, which the server checks). */
+static enum moe_status add_logit_bias(struct moe_sampling *p, long long id, double bias)
+{
+    if (id < 0 || id > INT32_MAX)
+        return moe_errorf(MOE_EINVAL, "logit_bias token %lld is not a token id", id);
+    if (!(bias >= -100 && bias <= 100))
+        return moe_errorf(MOE_ERANGE, "logit_bias of token %lld = %g must be in [-100, 100]", id, bias);
+    if (p->n_logit_bias == MOE_MAX_LOGIT_BIAS)
+        return moe_errorf(MOE_EINVAL, "logit_bias has more than %d entries", MOE_MAX_LOGIT_BIAS);
+    for (int i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].id == id)
+            return moe_errorf(MOE_EINVAL, "logit_bias names token %lld twice", id);
+    p->logit_bias[p->n_logit_bias++] = (struct moe_logit_bias){ (int32_t)id, (float)bias };
+    return MOE_OK;
+}
+
+/* The penalties, min_p and logit_bias ({"token id": bias, ...}: OpenAI's map of decimal ids). */
+static enum moe_status parse_penalties(json_t *root, struct moe_sampling *p)
+{
+    enum moe_status st;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(penalty_fields); i++) {
+        double d;
+        bool have;
+        if ((st = json_get_num(root, penalty_fields[i].key, penalty_fields[i].lo, penalty_fields[i].hi,
+                               penalty_fields[i].lo_open, &d, &have)) != MOE_OK)
+            return st;
+        if (have)
+            *penalty_field(p, i) = (float)d;
+    }
+    json_t *lb = json_object_get(root, "logit_bias");
+    if (!lb || json_is_null(lb))
+        return MOE_OK;
+    if (!json_is_object(lb))
+        return moe_errorf(MOE_EINVAL, "'logit_bias' must be an object mapping token ids to numbers");
+    const char *key;
+    json_t *v;
+    json_object_foreach(lb, key, v) {
+        size_t n = strlen(key);
+        if (!n || n > 10 || strspn(key, "0123456789") != n)
+            return moe_errorf(MOE_EINVAL, "'logit_bias' key '%.32s' is not a token id (a non-negative "
+                              "decimal integer)", key);
+        if (!json_is_number(v))
+            return moe_errorf(MOE_EINVAL, "'logit_bias' of token %s must be a number", key);
+        if ((st = add_logit_bias(p, strtoll(key, NULL, 10), json_number_value(v))) != MOE_OK)
+            return st;
+    }
+    return MOE_OK;
+}
+
 /* OpenAI fields asking for output moeflow does not produce (the prompt echoed, several
  * candidates, constrained output): refused by name rather than left out of a reply the client
  * then misreads.  Their off values pass: null, false, and best_of 1. */
@@ -471,7 +540,8 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         moe_errorf(MOE_EINVAL, "'n' must be 1 (one completion per request)");
         goto out;
     }
-    if ((st = check_unsupported(root, chat)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK)
+    if ((st = check_unsupported(root, chat)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK ||
+        (st = parse_penalties(root, &out->sampling)) != MOE_OK)
         goto out;
     if ((st = json_get_num(root, "timeout", 0, 86400, true, &dv, &have)) != MOE_OK)
         goto out;
@@ -562,6 +632,21 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     if ((st = check_sampling(out, m->temperature, m->top_p, m->top_k)) != MOE_OK)
         goto out;
     out->sampling.seed = m->seed;
+    out->sampling.presence_penalty = m->presence_penalty;
+    out->sampling.frequency_penalty = m->frequency_penalty;
+    out->sampling.repetition_penalty = m->repetition_penalty;
+    out->sampling.min_p = m->min_p;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(penalty_fields); i++) { /* 0 is every field's "off" here */
+        float v = *penalty_field(&out->sampling, i);
+        if (v != 0 && !(v >= penalty_fields[i].lo && v <= penalty_fields[i].hi)) {
+            st = moe_errorf(MOE_ERANGE, "%s = %g is outside [%g, %g]", penalty_fields[i].key, (double)v,
+                            penalty_fields[i].lo, penalty_fields[i].hi);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < m->n_logit_bias; i++)
+        if ((st = add_logit_bias(&out->sampling, m->logit_bias[i]->token_id, m->logit_bias[i]->bias)) != MOE_OK)
+            goto out;
     out->ignore_eos = m->ignore_eos;
     out->priority = m->priority;
     out->stream = true;

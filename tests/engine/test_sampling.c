@@ -3,32 +3,40 @@
  * top-p reduce to greedy; top-k/top-p never pick outside their set; at
  * temperature 1 the frequencies follow the softmax; token log-probabilities are
  * the logits' log-softmax, alternatives most likely first, NaN never (the
- * one-pass selection against a plain scan). */
+ * one-pass selection against a plain scan); min-p keeps the tokens at least that
+ * likely relative to the most likely; logit bias, repetition, frequency and presence
+ * penalties change the logits as vLLM applies them (repetition once per distinct
+ * token of prompt and output, frequency and presence on the output only), leave
+ * the caller's logits alone, and compose with the seeded draw. */
 #include "engine/sampling.h"
 #include "tests/test_util.h"
 
 #include <math.h>
 
+/* temperature, top_p, top_k, seed, then any other fields by name: an initialiser, and a value */
+#define SPI(t, p, k, ...) { .temperature = (t), .top_p = (p), .top_k = (k), .seed = __VA_ARGS__ }
+#define SP(...) ((struct moe_sampling)SPI(__VA_ARGS__))
+
 int main(void)
 {
-    struct moe_sampling bad[] = { { -1, 1, 0, 0 }, { NAN, 1, 0, 0 }, { 1, 0, 0, 0 }, { 1, 1.5f, 0, 0 },
-                                  { 1, 1, -2, 0 } };
+    struct moe_sampling bad[] = { SPI(-1, 1, 0, 0), SPI(NAN, 1, 0, 0), SPI(1, 0, 0, 0), SPI(1, 1.5f, 0, 0),
+                                  SPI(1, 1, -2, 0) };
     const char *field[] = { "temperature", "temperature", "top_p", "top_p", "top_k" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
-        CHECK(moe_sampling_validate(&bad[i]) == MOE_EINVAL, "case %zu accepted", i);
+        CHECK(moe_sampling_validate(&bad[i], 0) == MOE_EINVAL, "case %zu accepted", i);
         CHECK(strstr(moe_last_error(), field[i]) != NULL, "case %zu: '%s' does not name %s", i,
               moe_last_error(), field[i]);
     }
-    struct moe_sampling ok = { 0.7f, 0.9f, 5, 1 };
-    CHECK(moe_sampling_validate(&ok) == MOE_OK, "valid parameters refused");
+    struct moe_sampling ok = SPI(0.7f, 0.9f, 5, 1);
+    CHECK(moe_sampling_validate(&ok, 0) == MOE_OK, "valid parameters refused");
 
     float lg[6] = { 1.0f, 3.0f, NAN, 3.0f, -INFINITY, 2.0f };
     CHECK(moe_argmax(lg, 6) == 1, "argmax ties -> lowest id");
     float nan3[3] = { NAN, NAN, NAN };
     CHECK(moe_argmax(nan3, 3) == 0, "all-NaN row -> 0");
     struct moe_sampler s;
-    moe_sampler_init(&s, &(struct moe_sampling){ 0, 1, 0, 0 });
-    CHECK(moe_sampler_sample(&s, lg, 6) == 1, "temperature 0 is greedy");
+    moe_sampler_init(&s, &SP(0, 1, 0, 0));
+    CHECK(moe_sampler_sample(&s, lg, 6, NULL, 0, 0) == 1, "temperature 0 is greedy");
 
     /* a temperature so small that logit / T overflows (a valid, finite
      * temperature) is the greedy limit, and so is an infinite logit */
@@ -36,22 +44,22 @@ int main(void)
     float tiny_t[] = { 1e-39f, 1e-37f, 1e-30f };
     for (size_t t = 0; t < sizeof(tiny_t) / sizeof(tiny_t[0]); t++)
         for (uint64_t seed = 0; seed < 8; seed++) {
-            struct moe_sampling tp = { tiny_t[t], seed & 1 ? 0.9f : 1.0f, seed & 2 ? 3 : 0, seed };
-            CHECK(moe_sampling_validate(&tp) == MOE_OK, "temperature %g refused", (double)tiny_t[t]);
+            struct moe_sampling tp = SPI(tiny_t[t], seed & 1 ? 0.9f : 1.0f, seed & 2 ? 3 : 0, seed);
+            CHECK(moe_sampling_validate(&tp, 0) == MOE_OK, "temperature %g refused", (double)tiny_t[t]);
             moe_sampler_init(&s, &tp);
-            int got = moe_sampler_sample(&s, big, 4);
+            int got = moe_sampler_sample(&s, big, 4, NULL, 0, 0);
             CHECK(got == 1, "temperature %g, seed %llu: token %d, not the argmax 1", (double)tiny_t[t],
                   (unsigned long long)seed, got);
         }
     float inf_lg[3] = { 1.0f, INFINITY, 2.0f };
-    moe_sampler_init(&s, &(struct moe_sampling){ 1.0f, 1.0f, 0, 5 });
-    CHECK(moe_sampler_sample(&s, inf_lg, 3) == 1, "an infinite logit is not the one drawn");
+    moe_sampler_init(&s, &SP(1.0f, 1.0f, 0, 5));
+    CHECK(moe_sampler_sample(&s, inf_lg, 3, NULL, 0, 0) == 1, "an infinite logit is not the one drawn");
     /* one logit / T underflowing to -inf only drops that token */
     float low[3] = { -3e38f, 0.0f, 0.0f };
     int seen01[2] = { 0, 0 };
-    moe_sampler_init(&s, &(struct moe_sampling){ 0.5f, 1.0f, 0, 9 });
+    moe_sampler_init(&s, &SP(0.5f, 1.0f, 0, 9));
     for (int i = 0; i < 64; i++) {
-        int x = moe_sampler_sample(&s, low, 3);
+        int x = moe_sampler_sample(&s, low, 3, NULL, 0, 0);
         CHECK(x == 1 || x == 2, "drew token %d of probability 0", x);
         if (x == 1 || x == 2) seen01[x - 1]++;
     }
@@ -62,13 +70,13 @@ int main(void)
     enum { V = 50, N = 200 };
     float l2[V];
     for (int i = 0; i < V; i++) l2[i] = sinf((float)i) * 2.0f;
-    struct moe_sampling sp = { 1.0f, 1.0f, 0, 42 };
+    struct moe_sampling sp = SPI(1.0f, 1.0f, 0, 42);
     struct moe_sampler a, b;
     moe_sampler_init(&a, &sp);
     moe_sampler_init(&b, &sp);
     int same = 0, distinct = 0, seen[V] = { 0 };
     for (int i = 0; i < N; i++) {
-        int x = moe_sampler_sample(&a, l2, V), y = moe_sampler_sample(&b, l2, V);
+        int x = moe_sampler_sample(&a, l2, V, NULL, 0, 0), y = moe_sampler_sample(&b, l2, V, NULL, 0, 0);
         same += x == y;
         if (!seen[x]++) distinct++;
     }
@@ -76,17 +84,17 @@ int main(void)
     CHECK(distinct > 5, "temperature 1 sampled only %d distinct tokens", distinct);
     sp.seed = 43;
     moe_sampler_init(&b, &sp);
-    moe_sampler_init(&a, &(struct moe_sampling){ 1.0f, 1.0f, 0, 42 });
+    moe_sampler_init(&a, &SP(1.0f, 1.0f, 0, 42));
     same = 0;
-    for (int i = 0; i < N; i++) same += moe_sampler_sample(&a, l2, V) == moe_sampler_sample(&b, l2, V);
+    for (int i = 0; i < N; i++) same += moe_sampler_sample(&a, l2, V, NULL, 0, 0) == moe_sampler_sample(&b, l2, V, NULL, 0, 0);
     CHECK(same < N, "different seeds gave identical draws");
 
     int g = moe_argmax(l2, V);
-    moe_sampler_init(&a, &(struct moe_sampling){ 5.0f, 1.0f, 1, 3 });
-    moe_sampler_init(&b, &(struct moe_sampling){ 5.0f, 1e-6f, 0, 3 });
+    moe_sampler_init(&a, &SP(5.0f, 1.0f, 1, 3));
+    moe_sampler_init(&b, &SP(5.0f, 1e-6f, 0, 3));
     for (int i = 0; i < 50; i++) {
-        CHECK(moe_sampler_sample(&a, l2, V) == g, "top_k = 1 is not greedy");
-        CHECK(moe_sampler_sample(&b, l2, V) == g, "tiny top_p is not greedy");
+        CHECK(moe_sampler_sample(&a, l2, V, NULL, 0, 0) == g, "top_k = 1 is not greedy");
+        CHECK(moe_sampler_sample(&b, l2, V, NULL, 0, 0) == g, "tiny top_p is not greedy");
     }
     /* top-k = 3: only the 3 most likely */
     int top3[3] = { -1, -1, -1 };
@@ -95,9 +103,9 @@ int main(void)
             if (i == top3[0] || i == top3[1]) continue;
             if (top3[r] < 0 || l2[i] > l2[top3[r]]) top3[r] = i;
         }
-    moe_sampler_init(&a, &(struct moe_sampling){ 3.0f, 1.0f, 3, 9 });
+    moe_sampler_init(&a, &SP(3.0f, 1.0f, 3, 9));
     for (int i = 0; i < 200; i++) {
-        int x = moe_sampler_sample(&a, l2, V);
+        int x = moe_sampler_sample(&a, l2, V, NULL, 0, 0);
         CHECK(x == top3[0] || x == top3[1] || x == top3[2], "top_k = 3 picked %d", x);
     }
 
@@ -106,18 +114,98 @@ int main(void)
     double p[4], z = 0;
     for (int i = 0; i < 4; i++) z += (p[i] = exp(l3[i]));
     int cnt[4] = { 0 }, M = 40000;
-    moe_sampler_init(&a, &(struct moe_sampling){ 1.0f, 1.0f, 0, 7 });
-    for (int i = 0; i < M; i++) cnt[moe_sampler_sample(&a, l3, 4)]++;
+    moe_sampler_init(&a, &SP(1.0f, 1.0f, 0, 7));
+    for (int i = 0; i < M; i++) cnt[moe_sampler_sample(&a, l3, 4, NULL, 0, 0)]++;
     for (int i = 0; i < 4; i++) {
         double f = (double)cnt[i] / M, want = p[i] / z;
         CHECK(fabs(f - want) < 0.01, "token %d frequency %.4f, softmax %.4f", i, f, want);
     }
     /* top-p = 0.7: tokens 2 (0.64) and 1 (0.24) reach 0.7; 0 and 3 never */
-    moe_sampler_init(&a, &(struct moe_sampling){ 1.0f, 0.7f, 0, 7 });
+    moe_sampler_init(&a, &SP(1.0f, 0.7f, 0, 7));
     memset(cnt, 0, sizeof(cnt));
-    for (int i = 0; i < 2000; i++) cnt[moe_sampler_sample(&a, l3, 4)]++;
+    for (int i = 0; i < 2000; i++) cnt[moe_sampler_sample(&a, l3, 4, NULL, 0, 0)]++;
     CHECK(cnt[0] == 0 && cnt[3] == 0 && cnt[1] > 0 && cnt[2] > 0, "top_p 0.7 counts %d %d %d %d", cnt[0],
           cnt[1], cnt[2], cnt[3]);
+
+    /* min-p 0.2: weights relative to token 2 are e^-2 = 0.135, e^-1 = 0.368, 1, e^-3 = 0.050 */
+    moe_sampler_init(&a, &SP(1.0f, 1.0f, 0, 7, .min_p = 0.2f));
+    memset(cnt, 0, sizeof(cnt));
+    for (int i = 0; i < 2000; i++) cnt[moe_sampler_sample(&a, l3, 4, NULL, 0, 0)]++;
+    CHECK(cnt[0] == 0 && cnt[3] == 0 && cnt[1] > 0 && cnt[2] > 0, "min_p 0.2 counts %d %d %d %d", cnt[0],
+          cnt[1], cnt[2], cnt[3]);
+
+    /* penalties and logit bias: ranges named */
+    struct moe_sampling pbad[] = { SPI(1, 1, 0, 0, .min_p = 1.5f), SPI(1, 1, 0, 0, .presence_penalty = 2.5f),
+                                   SPI(1, 1, 0, 0, .frequency_penalty = -3), SPI(1, 1, 0, 0, .repetition_penalty = -1),
+                                   SPI(1, 1, 0, 0, .repetition_penalty = 11), SPI(1, 1, 0, 0, .presence_penalty = NAN),
+                                   SPI(1, 1, 0, 0, .n_logit_bias = 1, .logit_bias = { { 6, 1 } }),
+                                   SPI(1, 1, 0, 0, .n_logit_bias = 1, .logit_bias = { { 2, 101 } }),
+                                   SPI(1, 1, 0, 0, .n_logit_bias = 2, .logit_bias = { { 2, 1 }, { 2, 3 } }),
+                                   SPI(1, 1, 0, 0, .n_logit_bias = MOE_MAX_LOGIT_BIAS + 1) };
+    const char *pfield[] = { "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+                             "repetition_penalty", "presence_penalty", "vocabulary", "[-100, 100]", "twice",
+                             "at most" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(pbad); i++) {
+        CHECK(moe_sampling_validate(&pbad[i], 6) == MOE_EINVAL, "penalty case %zu accepted", i);
+        CHECK(strstr(moe_last_error(), pfield[i]) != NULL, "penalty case %zu: '%s' does not say %s", i,
+              moe_last_error(), pfield[i]);
+    }
+    struct moe_sampling pok = SPI(0, 1, 0, 0, .min_p = 1, .presence_penalty = -2, .frequency_penalty = 2,
+                                .repetition_penalty = 10, .n_logit_bias = 1, .logit_bias = { { 5, -100 } });
+    CHECK(moe_sampling_validate(&pok, 6) == MOE_OK, "limits refused: %s", moe_last_error());
+
+    /* greedy with a bias: token 5 (2 + 1.5) overtakes 1 and 3 (3); -100 on 1 leaves 3 */
+    moe_sampler_init(&s, &SP(0, 1, 0, 0, .n_logit_bias = 1, .logit_bias = { { 5, 1.5f } }));
+    CHECK(moe_sampler_sample(&s, lg, 6, NULL, 0, 0) == 5, "logit_bias +1.5 on token 5 not taken");
+    moe_sampler_init(&s, &SP(0, 1, 0, 0, .n_logit_bias = 1, .logit_bias = { { 1, -100 } }));
+    CHECK(moe_sampler_sample(&s, lg, 6, NULL, 0, 0) == 3, "logit_bias -100 on token 1 not taken");
+    CHECK(lg[5] == 2.0f && lg[1] == 3.0f, "the caller's logits changed");
+
+    /* repetition 1.25, once per distinct token: 2 / 1.25 = 1.6 beats 1.55 (twice: 1.28 would not) */
+    float lr2[3] = { 2.0f, 1.55f, -1.0f };
+    int hist[6] = { 0, 0, 0, 2, 0, 0 };
+    moe_sampler_init(&s, &SP(0, 1, 0, 0, .repetition_penalty = 1.25f));
+    CHECK(moe_sampler_sample(&s, lr2, 3, hist, 3, 3) == 0, "repetition penalty applied more than once");
+    float lr3[3] = { 2.0f, 1.65f, -1.0f };
+    CHECK(moe_sampler_sample(&s, lr3, 3, hist, 3, 3) == 1, "repetition penalty of a prompt token missing");
+    float ln[3] = { -1.0f, -1.1f, -5.0f }; /* a negative logit is multiplied: -1.25 < -1.1 */
+    CHECK(moe_sampler_sample(&s, ln, 3, hist, 1, 1) == 1, "negative logit not multiplied");
+
+    /* frequency 0.6 per generated time: one 0 in the output gives 2.4 > 2; two give 1.8 < 2; the
+     * prompt's three 0s count for nothing.  Presence 0.6 subtracts once: 2.4 with two. */
+    float lf[3] = { 3.0f, 2.0f, 1.0f };
+    moe_sampler_init(&s, &SP(0, 1, 0, 0, .frequency_penalty = 0.6f));
+    CHECK(moe_sampler_sample(&s, lf, 3, hist, 3, 3) == 0, "frequency penalty counted the prompt");
+    CHECK(moe_sampler_sample(&s, lf, 3, hist, 3, 4) == 0, "frequency penalty: one output token, 2.4 > 2");
+    CHECK(moe_sampler_sample(&s, lf, 3, hist, 3, 6) == 1, "frequency penalty: two output tokens, 1.8 < 2");
+    moe_sampler_init(&s, &SP(0, 1, 0, 0, .presence_penalty = 0.6f));
+    CHECK(moe_sampler_sample(&s, lf, 3, hist, 3, 6) == 0, "presence penalty subtracted more than once");
+    moe_sampler_init(&s, &SP(0, 1, 0, 0, .presence_penalty = 1.1f));
+    CHECK(moe_sampler_sample(&s, lf, 3, hist, 3, 5) == 1, "presence penalty missing");
+
+    /* composed with the draw: the same seed on hand-penalised logits draws the same tokens */
+    {
+        float base[4] = { 0.5f, 1.0f, 0.2f, -0.3f };
+        int h[5] = { 3, 1, 1, 0, 1 }; /* prompt 3 1; output 1 0 1 */
+        struct moe_sampling pp = SPI(0.8f, 0.95f, 0, 11, .presence_penalty = 0.3f, .frequency_penalty = 0.2f,
+                                   .repetition_penalty = 1.3f, .n_logit_bias = 1, .logit_bias = { { 2, 0.4f } });
+        float w[4];
+        memcpy(w, base, sizeof(w));
+        w[2] += 0.4f;
+        for (int t = 0; t < 4; t++) /* tokens 0, 1, 3 appear */
+            if (t != 2) w[t] = w[t] > 0 ? w[t] / 1.3f : w[t] * 1.3f;
+        w[1] -= 0.2f * 2;
+        w[1] -= 0.3f;
+        w[0] -= 0.2f;
+        w[0] -= 0.3f;
+        struct moe_sampling plain = SPI(0.8f, 0.95f, 0, 11);
+        moe_sampler_init(&a, &pp);
+        moe_sampler_init(&b, &plain);
+        for (int i = 0; i < 500; i++) {
+            int x = moe_sampler_sample(&a, base, 4, h, 2, 5), y = moe_sampler_sample(&b, w, 4, NULL, 0, 0);
+            CHECK(x == y, "draw %d: penalised %d, by hand %d", i, x, y);
+        }
+    }
 
     /* log-probabilities: logits 1, 3, 2, NaN, 3 (NaN counts for nothing) */
     float l4[5] = { 1.0f, 3.0f, 2.0f, NAN, 3.0f };

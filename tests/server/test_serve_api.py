@@ -297,6 +297,44 @@ def main():
                       "empty stop: %s %s" % (e.code(), e.details()))
             code, out = srv.http("/v1/completions", json.dumps({"prompt": "x", "stop": [""]}).encode())
             check(code == 400 and b"stop" in out, "empty stop: %d %r" % (code, out))
+        # logit bias and penalties reach the sampler: +100 forces a token, -100 bans the greedy one;
+        # penalised greedy text is the same over gRPC, HTTP and `moeflow generate`, and not the plain text
+        forced = [t for x in gen.Generate(m.GenerateRequest(prompt_ids=ids, max_tokens=4, ignore_eos=True,
+                                                             logit_bias=[m.LogitBias(token_id=42, bias=100)]),
+                                          timeout=60) for t in x.token_ids]
+        check(forced == [42] * 4, "logit_bias +100 on token 42: %s" % forced)
+        banned = [t for x in gen.Generate(m.GenerateRequest(prompt_ids=ids, max_tokens=1, ignore_eos=True,
+                                                             logit_bias=[m.LogitBias(token_id=greedy[0],
+                                                                                     bias=-100)]),
+                                          timeout=60) for t in x.token_ids]
+        check(len(banned) == 1 and banned[0] != greedy[0], "logit_bias -100 on the greedy token: %s" % banned)
+        pen = dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3)
+        ptext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=24,
+                                                                       **pen), timeout=60))
+        code, out = srv.http("/v1/completions", json.dumps(dict(prompt="def add(a, b):", max_tokens=24,
+                                                                **pen)).encode())
+        check(code == 200 and json.loads(out)["choices"][0]["text"] == ptext,
+              "penalised HTTP text differs from gRPC's %r: %d %r" % (ptext, code, out[:300]))
+        plain24 = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=24),
+                                                       timeout=60))
+        check(ptext != plain24, "penalties changed nothing: %r" % ptext)
+        g = subprocess.run([moeflow, "generate", "--prompt", "def add(a, b):", "--max-tokens", "24",
+                            "--presence-penalty", "1.5", "--frequency-penalty", "0.5", "--repetition-penalty", "1.3"],
+                           capture_output=True, timeout=120)
+        if g.returncode == 0:
+            check(g.stdout.decode(errors="replace") in (ptext, ptext + "\n"),
+                  "penalised generate %r != Generate %r" % (g.stdout[:300], ptext))
+        for extra, word in (({"logit_bias": {"8192": 1}}, b"vocabulary"), ({"presence_penalty": 3}, b"presence_penalty"),
+                            ({"logit_bias": {"x": 1}}, b"logit_bias")):
+            code, out = srv.http("/v1/completions", json.dumps(dict(prompt="x", **extra)).encode())
+            check(code == 400 and word in out, "%r: %d %r" % (extra, code, out))
+        try:
+            list(gen.Generate(m.GenerateRequest(prompt="x", logit_bias=[m.LogitBias(token_id=9000, bias=1)]),
+                              timeout=10))
+            check(False, "Generate accepted a logit_bias token outside the vocabulary")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "vocabulary" in e.details(),
+                  "logit_bias outside the vocabulary: %s %s" % (e.code(), e.details()))
         body = json.dumps({"messages": [{"role": "user", "content": "write add"}], "max_tokens": 4})
         code, out = srv.http("/v1/chat/completions", body.encode())
         check(code == 200 and json.loads(out)["choices"][0]["message"]["role"] == "assistant", "chat %d" % code)

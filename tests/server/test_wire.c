@@ -282,6 +282,85 @@ static void test_generate_proto(void)
     free(b);
 }
 
+/* penalties, min_p and logit_bias: JSON values kept, bad ones named; the proto's fields likewise
+ * (0 = off there), and its logit_bias entries read as OpenAI's map */
+static void test_penalties(void)
+{
+    struct moe_gen_request r;
+    REQUIRE(oai("{\"prompt\":\"x\",\"presence_penalty\":0.5,\"frequency_penalty\":-1.25,"
+                "\"repetition_penalty\":1.2,\"min_p\":0.05,\"logit_bias\":{\"7\":-100,\"12\":2.5}}",
+                false, &r) == MOE_OK, "penalties refused: %s", moe_last_error());
+    CHECK(r.sampling.presence_penalty == 0.5f && r.sampling.frequency_penalty == -1.25f &&
+              r.sampling.repetition_penalty == 1.2f && r.sampling.min_p == 0.05f,
+          "penalties %g %g %g %g", r.sampling.presence_penalty, r.sampling.frequency_penalty,
+          r.sampling.repetition_penalty, r.sampling.min_p);
+    CHECK(r.sampling.n_logit_bias == 2 && r.sampling.logit_bias[0].id == 7 &&
+              r.sampling.logit_bias[0].bias == -100.0f && r.sampling.logit_bias[1].id == 12 &&
+              r.sampling.logit_bias[1].bias == 2.5f,
+          "logit_bias %d entries", r.sampling.n_logit_bias);
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":\"x\",\"logit_bias\":null,\"presence_penalty\":null}", false, &r) == MOE_OK &&
+                r.sampling.n_logit_bias == 0 && r.sampling.presence_penalty == 0,
+            "null penalties: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    expect_bad("{\"prompt\":\"x\",\"presence_penalty\":2.5}", false, "presence_penalty");
+    expect_bad("{\"prompt\":\"x\",\"frequency_penalty\":\"1\"}", false, "frequency_penalty");
+    expect_bad("{\"prompt\":\"x\",\"repetition_penalty\":0}", false, "repetition_penalty");
+    expect_bad("{\"prompt\":\"x\",\"min_p\":-0.1}", false, "min_p");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":[1]}", false, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"abc\":1}}", false, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"-1\":1}}", false, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"99999999999\":1}}", false, "logit_bias");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"5\":101}}", false, "[-100, 100]");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"5\":\"1\"}}", false, "number");
+    expect_bad("{\"prompt\":\"x\",\"logit_bias\":{\"5\":1,\"05\":2}}", false, "twice");
+    char big[8192] = "{\"prompt\":\"x\",\"logit_bias\":{";
+    for (int i = 0; i <= MOE_MAX_LOGIT_BIAS; i++)
+        snprintf(big + strlen(big), sizeof(big) - strlen(big), "%s\"%d\":1", i ? "," : "", i);
+    strcat(big, "}}");
+    expect_bad(big, false, "entries");
+
+    Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;
+    Moeflow__V1__LogitBias lb[2], *lbp[2] = { &lb[0], &lb[1] };
+    for (int i = 0; i < 2; i++)
+        moeflow__v1__logit_bias__init(&lb[i]);
+    lb[0].token_id = 3;
+    lb[0].bias = 4.5f;
+    lb[1].token_id = 9;
+    lb[1].bias = -2;
+    m.prompt = "hello";
+    m.presence_penalty = -0.5f;
+    m.repetition_penalty = 1.5f;
+    m.min_p = 0.1f;
+    m.n_logit_bias = 2;
+    m.logit_bias = lbp;
+    uint8_t *b;
+    size_t n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK, "proto penalties: %s", moe_last_error());
+    CHECK(r.sampling.presence_penalty == -0.5f && r.sampling.repetition_penalty == 1.5f && r.sampling.min_p == 0.1f &&
+              r.sampling.n_logit_bias == 2 && r.sampling.logit_bias[1].id == 9 && r.sampling.logit_bias[1].bias == -2,
+          "proto fields");
+    moe_gen_request_free(&r);
+    free(b);
+    struct { float pres, rep, minp; int32_t id0, id1; float bias; const char *field; } bad[] = {
+        { 3, 0, 0, 3, 9, 1, "presence_penalty" }, { 0, -1, 0, 3, 9, 1, "repetition_penalty" },
+        { 0, 0, 2, 3, 9, 1, "min_p" }, { 0, 0, NAN, 3, 9, 1, "min_p" }, { 0, 0, 0, 3, 3, 1, "twice" },
+        { 0, 0, 0, -3, 9, 1, "token id" }, { 0, 0, 0, 3, 9, 200, "[-100, 100]" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        m.presence_penalty = bad[i].pres;
+        m.repetition_penalty = bad[i].rep;
+        m.min_p = bad[i].minp;
+        lb[0].token_id = bad[i].id0;
+        lb[1].token_id = bad[i].id1;
+        lb[1].bias = bad[i].bias;
+        n = pack_generate(&m, &b);
+        CHECK(moe_req_parse_generate(b, n, &r) != MOE_OK, "proto bad[%zu] accepted", i);
+        CHECK(strstr(moe_last_error(), bad[i].field), "proto bad[%zu]: %s", i, moe_last_error());
+        free(b);
+    }
+}
+
 static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
 {
     size_t n = inference__model_infer_request__get_packed_size(m);
@@ -408,6 +487,7 @@ int main(void)
     test_openai();
     test_stop();
     test_generate_proto();
+    test_penalties();
     test_kserve();
     test_utf8();
     test_metrics();

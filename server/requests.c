@@ -474,6 +474,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         }
         strcpy(out->model, json_string_value(model));
     }
+    out->chat = chat;
     if (chat) {
         json_t *msgs = json_object_get(root, "messages");
         st = tmpl ? render_chat_messages(out, msgs, tmpl, json_object_get(root, "chat_template_kwargs"),

@@ -49,6 +49,7 @@ struct moe_gen_request {
     bool echo;                  /* completions: the reply starts with the prompt (its log-probabilities
                                    too, with logprobs) */
     bool prompt_only;           /* echo with max_tokens 0: nothing is generated */
+    bool chat;                  /* a chat completion: without max_tokens it may fill the context */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

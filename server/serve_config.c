@@ -76,7 +76,8 @@ static const struct moe_serve_opt opts[] = {
     { "no-io-uring", MOE_OPT_OFFLOAD_FLAG, 0, 0, "", 0, 0,
       "read the store with pread instead of io_uring (config file: true/false)", MOE_OPT_NO_IO_URING },
     { "default-max-tokens", MOE_OPT_INT, OFF(default_max_tokens), 0, "0", 0, 1 << 20,
-      "max_tokens of a request that gives none (0 = 16, or max-output when smaller)", 0 },
+      "max_tokens of a request that gives none (0 = 16, or max-output when smaller, and chat requests "
+      "run to max-output or the end of the context)", 0 },
     { "request-timeout", MOE_OPT_DOUBLE, OFF(request_timeout), 0, "0", 0, 86400,
       "seconds; default deadline of a request (0 = none)", 0 },
     { "max-body-bytes", MOE_OPT_INT, OFF(max_body_bytes), 0, "1048576", 256, 1 << 30,

@@ -401,6 +401,16 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         goto out_ids;
     }
     int max_tokens = r->prompt_only ? 0 : r->max_tokens > 0 ? r->max_tokens : s->cfg.default_max_tokens;
+    if (!r->prompt_only && r->max_tokens == 0 && r->chat && s->chat_fills) {
+        /* as OpenAI's chat API: no max_tokens = until the end of the sequence or of the context */
+        int64_t room = (int64_t)s->max_ctx - (int64_t)n_ids;
+        max_tokens = room < s->cfg.max_output ? (int)(room > 0 ? room : 0) : s->cfg.max_output;
+        if (max_tokens < 1) {
+            st = moe_errorf(MOE_ERANGE, "the prompt (%zu tokens) fills the context of %d tokens: no room for "
+                            "a reply; shorten the messages", n_ids, s->max_ctx);
+            goto out_ids;
+        }
+    }
     if (max_tokens > s->cfg.max_output) {
         st = moe_errorf(MOE_ERANGE, "max_tokens = %d exceeds this server's limit %d (max-output)",
                         max_tokens, s->cfg.max_output);
@@ -815,6 +825,7 @@ static enum moe_status server_load(struct moe_server *s)
         s->cfg.max_prompt = s->max_ctx - 1;
     if (s->cfg.max_output <= 0)
         s->cfg.max_output = s->max_ctx - 1;
+    s->chat_fills = s->cfg.default_max_tokens <= 0;
     if (s->cfg.default_max_tokens <= 0) /* 0 = 16, within max-output */
         s->cfg.default_max_tokens = s->cfg.max_output < 16 ? s->cfg.max_output : 16;
     if (s->cfg.default_max_tokens > s->cfg.max_output) /* max-output derived from the context */

@@ -98,6 +98,8 @@ struct moe_server {
     struct moe_engine *engine;
     struct moe_sched *sched;
     int max_ctx;                   /* tokens per sequence */
+    bool chat_fills;               /* no default-max-tokens configured: a chat request without
+                                      max_tokens runs to max-output or the context's end */
     struct moe_metrics metrics;
     atomic_bool loaded;            /* model, engine and scheduler exist (set once) */
     atomic_bool ready;             /* loaded, warm, not draining */

@@ -8,7 +8,8 @@ whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, structured output); log-probabilities and echo; developer messages;
-ids unique to the server's start."""
+ids unique to the server's start; the default max_tokens of completions (16) and chat (the
+context's end)."""
 import json
 import os
 import re
@@ -312,11 +313,37 @@ def check_models(srv):
     check(code == 405, "POST to a model: %d" % code)
 
 
+def check_default_max_tokens(srv, moeflow, src):
+    """Without max_tokens: completions get OpenAI's 16; chat runs to the end of the context (as OpenAI's
+    chat API has no default cap), unless the server sets default-max-tokens, which then holds for both."""
+    ctx = json.load(open(os.path.join(src, "models", "pycode-moe-18m", "config.json")))["max_position_embeddings"]
+    code, js = post(srv, "/v1/completions", {"prompt": "def add(a, b):", "ignore_eos": True})
+    check(code == 200 and js["usage"]["completion_tokens"] == 16, "completions default: %d %r" % (code, js.get("usage")))
+    chat = {"messages": [{"role": "user", "content": "def add(a, b):"}], "ignore_eos": True}
+    code, js = post(srv, "/v1/chat/completions", chat)
+    u = js.get("usage", {})
+    check(code == 200 and u.get("total_tokens") == ctx and js["choices"][0]["finish_reason"] == "length",
+          "chat without max_tokens: %d %r (context %d)" % (code, u, ctx))
+    code, js = post(srv, "/v1/chat/completions", dict(chat, max_completion_tokens=None, max_tokens=None))
+    check(code == 200 and js.get("usage", {}).get("total_tokens") == ctx, "chat with null max_tokens: %d %r" % (
+        code, js.get("usage")))
+    capped = Server(moeflow, "--default-max-tokens", "5")
+    try:
+        for path, body in (("/v1/chat/completions", chat), ("/v1/completions", {"prompt": "x", "ignore_eos": True})):
+            code, js = post(capped, path, body)
+            check(code == 200 and js.get("usage", {}).get("completion_tokens") == 5,
+                  "default-max-tokens 5, %s: %d %r" % (path, code, js.get("usage")))
+        check(capped.stop() == 0, "default-max-tokens server: exit status")
+    finally:
+        capped.kill()
+
+
 def main():
     moeflow = sys.argv[1]
     srv = Server(moeflow, "--model-name", NAME, *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_logprobs, lambda s: check_echo(s, moeflow))
+                           check_logprobs, lambda s: check_echo(s, moeflow),
+                           lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -89,6 +89,7 @@ static const char *err_type(int code)
 {
     switch (code) {
     case 400: return "invalid_request_error";
+    case 403: return "permission_error";
     case 404: return "not_found_error";
     case 405: return "method_not_allowed";
     case 413: return "request_too_large";
@@ -673,6 +674,43 @@ static const char *ambiguous_body(struct evhttp_request *req)
     return NULL;
 }
 
+/* A header value a preflight may echo: a list of header names (token characters, commas, spaces). */
+static bool header_list_ok(const char *v)
+{
+    size_t n = strlen(v);
+    return n <= 1024 && strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ") == n;
+}
+
+/* CORS (cors-origin set, a known path): the reply to a browser request from an allowed origin says
+ * so; an OPTIONS preflight is answered here (true returned): 204 with the methods and the headers it
+ * asked for, or 403 when its origin is not allowed. */
+static bool cors(struct moe_server *s, struct evhttp_request *req, bool post, bool preflight)
+{
+    struct evkeyvalq *ih = evhttp_request_get_input_headers(req), *oh = evhttp_request_get_output_headers(req);
+    const char *origin = evhttp_find_header(ih, "Origin");
+    bool any = !strcmp(s->cfg.cors_origin, "*");
+    if (moe_serve_cors_allows(s->cfg.cors_origin, origin)) {
+        evhttp_add_header(oh, "Access-Control-Allow-Origin", any ? "*" : origin);
+        if (!any)
+            evhttp_add_header(oh, "Vary", "Origin");
+    } else if (preflight) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "origin '%.200s' is not allowed to call this server from a browser (see "
+                 "cors-origin)", origin ? origin : "(none)");
+        send_error(req, 403, msg);
+        return true;
+    }
+    if (!preflight)
+        return false;
+    evhttp_add_header(oh, "Access-Control-Allow-Methods", post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS");
+    const char *want = evhttp_find_header(ih, "Access-Control-Request-Headers");
+    if (want && header_list_ok(want))
+        evhttp_add_header(oh, "Access-Control-Allow-Headers", want);
+    evhttp_add_header(oh, "Access-Control-Max-Age", "600");
+    evhttp_send_reply(req, 204, "No Content", NULL);
+    return true;
+}
+
 static void gen_cb(struct evhttp_request *req, void *arg)
 {
     struct http_front *h = arg;
@@ -698,6 +736,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     bool get = models || !strcmp(path, "/health") || !strcmp(path, "/ready") || !strcmp(path, "/metrics");
     bool gen_path = post || models;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (s->cfg.cors_origin[0] && (post || get) && cors(s, req, post, cmd == EVHTTP_REQ_OPTIONS))
+        return; /* a preflight, answered */
     if ((post && cmd != EVHTTP_REQ_POST) || (get && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)) {
         char msg[320];
         snprintf(msg, sizeof(msg), "%.200s takes %s", path, post ? "POST" : "GET");

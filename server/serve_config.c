@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define OFF(f) offsetof(struct moe_serve_config, f)
 #define SZ(f) sizeof(((struct moe_serve_config *)0)->f)
@@ -91,6 +92,9 @@ static const struct moe_serve_opt opts[] = {
     { "chat-template", MOE_OPT_STRING, OFF(chat_template), SZ(chat_template), "auto", 0, 0,
       "how chat messages become a prompt: auto (the model's tokenizer_config.json chat_template, else "
       "markers), markers (moeflow's <|role|> lines), or a Jinja template file", 0 },
+    { "cors-origin", MOE_OPT_STRING, OFF(cors_origin), SZ(cors_origin), "", 0, 0,
+      "web origins allowed to call the HTTP API from a browser (CORS): *, or a comma-separated list such "
+      "as https://a.example,http://localhost:3000 (default: none)", 0 },
     { NULL, 0, 0, 0, NULL, 0, 0, NULL, 0 },
 };
 
@@ -270,6 +274,57 @@ int moe_serve_max_running(const struct moe_serve_config *c)
     return c->max_seqs < 16 ? c->max_seqs : 16;
 }
 
+/* The entry of a comma-separated cors-origin list that starts at *p (its length in *n), p moved past it. */
+static const char *cors_next(const char **p, size_t *n)
+{
+    const char *s = *p;
+    while (*s == ' ')
+        s++;
+    const char *e = strchr(s, ',');
+    if (!e)
+        e = s + strlen(s);
+    *p = *e ? e + 1 : e;
+    while (e > s && e[-1] == ' ')
+        e--;
+    *n = (size_t)(e - s);
+    return s;
+}
+
+static enum moe_status cors_check(const char *list)
+{
+    if (!list[0] || !strcmp(list, "*"))
+        return MOE_OK;
+    for (const char *p = list; *p;) {
+        size_t n;
+        const char *o = cors_next(&p, &n);
+        size_t scheme = !strncmp(o, "http://", 7) ? 7 : !strncmp(o, "https://", 8) ? 8 : 0;
+        bool ok = scheme && n > scheme;
+        for (size_t i = scheme; ok && i < n; i++) /* a host and a port: no path, space or wildcard */
+            ok = o[i] > ' ' && o[i] < 0x7f && o[i] != '/' && o[i] != '*' && o[i] != '"';
+        if (!ok)
+            return moe_errorf(MOE_EINVAL, "cors-origin: '%.*s' is not an origin: give * alone, or origins such as "
+                              "https://app.example or http://localhost:3000 (scheme, host, optional port; no path), "
+                              "separated by commas", (int)(n > 200 ? 200 : n), o);
+    }
+    return MOE_OK;
+}
+
+bool moe_serve_cors_allows(const char *list, const char *origin)
+{
+    if (!list[0] || !origin)
+        return false;
+    if (!strcmp(list, "*"))
+        return true;
+    size_t len = strlen(origin);
+    for (const char *p = list; *p;) {
+        size_t n;
+        const char *o = cors_next(&p, &n);
+        if (n == len && !strncasecmp(o, origin, n))
+            return true;
+    }
+    return false;
+}
+
 enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
 {
     int running = moe_serve_max_running(c);
@@ -285,6 +340,8 @@ enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
         return moe_errorf(MOE_EINVAL, "grpc-port and http-port are both %d", c->grpc_port);
     if (!c->grpc_port && !c->http_port)
         return moe_errorf(MOE_EINVAL, "grpc-port and http-port are both 0 (off): nothing to serve");
+    if (cors_check(c->cors_origin) != MOE_OK)
+        return MOE_EINVAL;
     if (c->offload.policy == MOE_POLICY_BELADY)
         return moe_errorf(MOE_EINVAL, "policy belady needs the routing of requests not yet sent; use lru, lfu or "
                           "predicted");

@@ -58,6 +58,9 @@ struct moe_serve_config {
     int warmup_tokens;         /* tokens generated before reporting ready (0 = no warm-up) */
     char model_name[128];      /* name served in APIs ("" = model directory's basename) */
     char chat_template[4096];  /* "auto", "markers" or a template file (chat prompts) */
+    /* browsers */
+    char cors_origin[1024];    /* origins allowed to call the HTTP API from a web page: "*", or a
+                                  comma-separated list of exact origins ("" = none, no CORS headers) */
 };
 
 enum moe_serve_opt_type {
@@ -88,6 +91,9 @@ enum moe_status moe_serve_config_set(struct moe_serve_config *c, const char *key
 enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *path);
 /* Cross-field checks (e.g. max_running <= max_seqs). */
 enum moe_status moe_serve_config_check(const struct moe_serve_config *c);
+/* Whether a browser request from origin (its Origin header, NULL when none) may be answered with
+ * CORS headers under cors-origin list ("" = no origin, "*" = any). */
+bool moe_serve_cors_allows(const char *list, const char *origin);
 /* max-running in effect: the option, or 16 (at most max-seqs) when it is 0. */
 int moe_serve_max_running(const struct moe_serve_config *c);
 /* One line per option: flag, type, default, range, help. */

@@ -9,7 +9,7 @@ request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, structured output); log-probabilities and echo; developer messages;
 ids unique to the server's start; the default max_tokens of completions (16) and chat (the
-context's end)."""
+context's end); CORS for browser clients."""
 import json
 import os
 import re
@@ -287,6 +287,50 @@ def check_echo(srv, moeflow):
     check(error_ok(code, js, 400, "'echo'"), "chat echo: %d %r" % (code, js))
 
 
+def raw(srv, method, path, headers, body=None):
+    """(status, headers dict with lower-case names, body) of one request."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=60)
+    c.request(method, path, body=body, headers=headers)
+    r = c.getresponse()
+    out = (r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    c.close()
+    return out
+
+
+def check_cors(srv):
+    """cors-origin (this server: two origins): browser requests from them are answered with
+    Access-Control-Allow-Origin (and Vary), preflights get the methods and the headers asked for; other
+    origins get no CORS header and a 403 preflight; requests without Origin are as before."""
+    allowed, other = "http://localhost:3000", "https://evil.example"
+    body = json.dumps({"prompt": "x", "max_tokens": 2})
+    for origin, want in ((allowed, allowed), ("https://APP.example", "https://APP.example"), (other, None),
+                         (None, None)):
+        hd = {"Content-Type": "application/json"}
+        if origin:
+            hd["Origin"] = origin
+        code, h, out = raw(srv, "POST", "/v1/completions", hd, body)
+        check(code == 200 and h.get("access-control-allow-origin") == want and
+              (h.get("vary") == "Origin") == (want is not None),
+              "POST from %r: %d %r" % (origin, code, h))
+    code, h, out = raw(srv, "POST", "/v1/chat/completions", {"Origin": allowed}, json.dumps(
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "stream": True}))
+    check(code == 200 and h.get("access-control-allow-origin") == allowed and out.endswith(b"data: [DONE]\n\n"),
+          "streamed from an allowed origin: %d %r" % (code, h))
+    asked = "content-type, authorization, x-stainless-os"
+    code, h, out = raw(srv, "OPTIONS", "/v1/chat/completions", {
+        "Origin": allowed, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked})
+    check(code == 204 and h.get("access-control-allow-origin") == allowed and
+          h.get("access-control-allow-methods") == "POST, OPTIONS" and h.get("access-control-allow-headers") == asked
+          and "content-length" not in h and out == b"", "preflight: %d %r %r" % (code, h, out))
+    code, h, _ = raw(srv, "OPTIONS", "/v1/models", {"Origin": allowed, "Access-Control-Request-Method": "GET"})
+    check(code == 204 and h.get("access-control-allow-methods") == "GET, HEAD, OPTIONS", "models preflight: %d %r" % (
+        code, h))
+    code, h, out = raw(srv, "OPTIONS", "/v1/chat/completions", {"Origin": other, "Access-Control-Request-Method": "POST"})
+    check(code == 403 and "access-control-allow-origin" not in h and b"cors-origin" in out,
+          "preflight from another origin: %d %r %r" % (code, h, out))
+
+
 def check_models(srv):
     # GET /v1/models/{id}: client.models.retrieve(id), the id URL-encoded ('/' as %2F)
     code, out = srv.http("/v1/models")
@@ -333,6 +377,10 @@ def check_default_max_tokens(srv, moeflow, src):
             code, js = post(capped, path, body)
             check(code == 200 and js.get("usage", {}).get("completion_tokens") == 5,
                   "default-max-tokens 5, %s: %d %r" % (path, code, js.get("usage")))
+        # without cors-origin a browser's preflight is a method the path does not take
+        code, h, _ = raw(capped, "OPTIONS", "/v1/completions", {"Origin": "https://app.example",
+                                                                 "Access-Control-Request-Method": "POST"})
+        check(code == 405 and "access-control-allow-origin" not in h, "preflight without cors-origin: %d %r" % (code, h))
         check(capped.stop() == 0, "default-max-tokens server: exit status")
     finally:
         capped.kill()
@@ -340,10 +388,11 @@ def check_default_max_tokens(srv, moeflow, src):
 
 def main():
     moeflow = sys.argv[1]
-    srv = Server(moeflow, "--model-name", NAME, *sys.argv[3:])
+    srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
+                 *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
                            check_logprobs, lambda s: check_echo(s, moeflow),
-                           lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]))
+                           lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -56,6 +56,26 @@ static void test_config(void)
     CHECK(strstr(moe_last_error(), ":2") && strstr(moe_last_error(), "max-queued") &&
           strstr(moe_last_error(), "-5"), "msg: %s", moe_last_error());
     unlink(path);
+    /* cors-origin: "*", or exact origins (scheme and host case-insensitive); anything else refused by name */
+    CHECK(!moe_serve_cors_allows("", "https://a.example") && moe_serve_cors_allows("*", "https://a.example") &&
+              !moe_serve_cors_allows("*", NULL),
+          "cors: off / any");
+    const char *list = "https://a.example, http://localhost:3000";
+    CHECK(moe_serve_cors_allows(list, "https://a.example") && moe_serve_cors_allows(list, "http://localhost:3000") &&
+              moe_serve_cors_allows(list, "HTTPS://A.example") && !moe_serve_cors_allows(list, "https://a.example:1") &&
+              !moe_serve_cors_allows(list, "http://localhost") && !moe_serve_cors_allows(list, "https://b.example"),
+          "cors: list matching");
+    static const char *bad_cors[] = { "a.example", "https://a.example/path", "https://", "*, https://a.example",
+                                      "https://a.example,,", "https://*.example", "ftp://a.example" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad_cors); i++) {
+        moe_serve_config_defaults(&c);
+        CHECK(moe_serve_config_set(&c, "cors-origin", bad_cors[i]) == MOE_OK, "cors-origin not settable");
+        CHECK(moe_serve_config_check(&c) == MOE_EINVAL && strstr(moe_last_error(), "cors-origin"),
+              "cors-origin '%s' accepted: %s", bad_cors[i], moe_last_error());
+    }
+    moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_set(&c, "cors-origin", list) == MOE_OK && moe_serve_config_check(&c) == MOE_OK,
+          "a good cors-origin list refused: %s", moe_last_error());
     moe_serve_config_defaults(&c);
     c.max_running = c.max_seqs + 1;
     CHECK(moe_serve_config_check(&c) != MOE_OK, "cross check");

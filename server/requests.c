@@ -533,6 +533,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         goto out;
     if (have)
         out->sampling.seed = (uint64_t)iv;
+    out->has_seed = have;
     if ((st = json_get_int(root, "priority", -1000000, 1000000, &iv, &have)) != MOE_OK)
         goto out;
     if (have)
@@ -633,6 +634,7 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     if ((st = check_sampling(out, m->temperature, m->top_p, m->top_k)) != MOE_OK)
         goto out;
     out->sampling.seed = m->seed;
+    out->has_seed = m->seed != 0; /* proto3 cannot tell an unset seed from 0: 0 = none */
     out->sampling.presence_penalty = m->presence_penalty;
     out->sampling.frequency_penalty = m->frequency_penalty;
     out->sampling.repetition_penalty = m->repetition_penalty;

@@ -50,6 +50,7 @@ struct moe_gen_request {
                                    too, with logprobs) */
     bool prompt_only;           /* echo with max_tokens 0: nothing is generated */
     bool chat;                  /* a chat completion: without max_tokens it may fill the context */
+    bool has_seed;              /* sampling.seed was given; else the server draws one per request */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

@@ -6,10 +6,12 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <grpc/status.h>
@@ -86,6 +88,18 @@ void srv_inbox_free(struct srv_inbox *ib)
     for (struct srv_gen *g; (g = srv_inbox_pop(ib));)
         srv_gen_put(g);
     pthread_mutex_destroy(&ib->mu);
+}
+
+/* A sampling seed for a request that gives none: the kernel's random bytes, else time and a count. */
+static uint64_t draw_seed(void)
+{
+    static _Atomic uint64_t n;
+    uint64_t x;
+    if (getrandom(&x, sizeof x, GRND_NONBLOCK) == sizeof x)
+        return x;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_sec * 1000000007u ^ (uint64_t)ts.tv_nsec) + 0x9E3779B97F4A7C15ull * ++n;
 }
 
 static void gen_free(struct srv_gen *g)
@@ -451,6 +465,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .top_logprobs = r->top_logprobs,
         .prompt_logprobs = r->echo && (r->logprobs || r->prompt_only), /* the scheduler's prompt-only mode */
     };
+    if (!r->has_seed) /* as OpenAI: without a seed, every request draws anew */
+        gp.sampling.seed = draw_seed();
     g->want_lp = r->logprobs;
     if (r->echo) {
         g->prompt_ids = malloc(n_ids * sizeof(int));

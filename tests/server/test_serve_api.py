@@ -324,6 +324,21 @@ def main():
         if g.returncode == 0:
             check(g.stdout.decode(errors="replace") in (ptext, ptext + "\n"),
                   "penalised generate %r != Generate %r" % (g.stdout[:300], ptext))
+        # without a seed every sampled request draws anew (gRPC: seed 0 is none); a seed repeats
+        def sampled(seed):
+            return "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=32,
+                                                                          temperature=1.5, seed=seed), timeout=60))
+        unseeded = [sampled(0) for _ in range(3)]
+        check(len(set(unseeded)) > 1, "Generate without a seed repeated itself: %r" % unseeded)
+        check(sampled(77) == sampled(77), "Generate with seed 77 differs between runs")
+        def sampled_http(**seed):
+            code, out = srv.http("/v1/completions", json.dumps(dict(prompt="def add(a, b):", max_tokens=32,
+                                                                    temperature=1.5, **seed)).encode())
+            return json.loads(out)["choices"][0]["text"] if code == 200 else "error %d" % code
+        unseeded = [sampled_http() for _ in range(3)]
+        check(len(set(unseeded)) > 1, "completions without a seed repeated themselves: %r" % unseeded)
+        check(sampled_http(seed=0) == sampled_http(seed=0), "completions with seed 0 differ between runs")
+        check(sampled_http(seed=77) == sampled(77), "seed 77: HTTP and gRPC draw differently")
         for extra, word in (({"logit_bias": {"8192": 1}}, b"vocabulary"), ({"presence_penalty": 3}, b"presence_penalty"),
                             ({"logit_bias": {"x": 1}}, b"logit_bias")):
             code, out = srv.http("/v1/completions", json.dumps(dict(prompt="x", **extra)).encode())

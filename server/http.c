@@ -23,6 +23,19 @@
 
 #include "srv.h"
 
+/* An open HTTP connection.  libevent 2.1's evhttp neither caps its connections nor bounds how long
+ * one may take over a request (its timeout restarts on every byte), so slow clients could hold
+ * descriptors without end.  The front end makes each connection's bufferevent itself
+ * (evhttp_set_bevcb) and holds a reference to it: evhttp clears a bufferevent's callbacks when it
+ * lets the connection go (its event callback is set for as long as it owns it), which ends the entry. */
+struct hconn {
+    struct bufferevent *bev;      /* our reference */
+    double t0;                    /* opened, or its previous reply went out */
+    bool busy;                    /* a whole request has arrived and is being answered */
+    bool over;                    /* opened beyond max-http-connections: answered 503 and closed */
+    bool closing;                 /* shut down by the front end */
+};
+
 struct http_front {
     struct moe_server *srv;
     struct event_base *base;
@@ -33,6 +46,9 @@ struct http_front {
     pthread_t thread;
     uint64_t next_id;
     char id_tag[16];              /* random per start: ids differ across restarts and replicas */
+    struct hconn *conns;          /* open connections (HTTP thread only) */
+    int n_conns, cap_conns;
+    struct event *sweep_ev;       /* every second, and at once for a connection beyond the cap */
 };
 
 struct hreq {
@@ -674,6 +690,113 @@ static const char *ambiguous_body(struct evhttp_request *req)
     return NULL;
 }
 
+/* ---- connections: a cap, and a deadline for each request ---- */
+
+static struct hconn *conn_find(struct http_front *h, struct evhttp_request *req)
+{
+    struct evhttp_connection *ec = evhttp_request_get_connection(req);
+    struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
+    for (int i = 0; bev && i < h->n_conns; i++)
+        if (h->conns[i].bev == bev)
+            return &h->conns[i];
+    return NULL;
+}
+
+static void conn_gauge(struct http_front *h)
+{
+    struct moe_metrics *m = &h->srv->metrics;
+    pthread_mutex_lock(&m->mu);
+    m->http_connections = (uint64_t)h->n_conns;
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* Drop the connections evhttp has let go; answer those beyond the cap (503) and close them, and with
+ * deadlines, close those that have not sent a whole request in http-read-timeout. */
+static void conns_sweep(struct http_front *h, bool deadlines)
+{
+    struct moe_server *s = h->srv;
+    double now = moe_now();
+    for (int i = 0; i < h->n_conns;) {
+        struct hconn *c = &h->conns[i];
+        bufferevent_event_cb ecb = NULL;
+        bufferevent_getcb(c->bev, NULL, NULL, &ecb, NULL);
+        if (!ecb) { /* evhttp has let it go: our reference is the last, and closes the socket */
+            bufferevent_decref(c->bev);
+            h->conns[i] = h->conns[--h->n_conns];
+            continue;
+        }
+        evutil_socket_t fd = bufferevent_getfd(c->bev);
+        bool late = deadlines && !c->busy && now - c->t0 > s->cfg.http_read_timeout;
+        if (!c->closing && fd >= 0 && (c->over || late)) {
+            if (c->over) { /* no request read yet: the reply goes out on the socket directly */
+                static const char body[] = "{\"error\":{\"message\":\"too many connections open "
+                                           "(max-http-connections): retry later\",\"type\":\"unavailable\","
+                                           "\"param\":null,\"code\":503}}";
+                char msg[512];
+                int n = snprintf(msg, sizeof(msg), "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                                 "application/json\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                                 sizeof(body) - 1, body);
+                ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+                (void)w; /* a client that cannot take it just sees the connection close */
+            }
+            shutdown(fd, SHUT_RDWR); /* evhttp reads the end and lets the connection go */
+            c->closing = true;
+            moe_metrics_count(&s->metrics, c->over ? &s->metrics.http_closed_limit : &s->metrics.http_closed_timeout, 1);
+        }
+        i++;
+    }
+    conn_gauge(h);
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    conns_sweep(arg, true);
+    (void)fd;
+    (void)what;
+}
+
+/* evhttp's bufferevent for a new connection (its socket is set after): tracked, and marked when it
+ * is beyond the cap.  A NULL return makes evhttp create one itself, untracked. */
+static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
+{
+    struct http_front *h = arg;
+    /* BEV_OPT_CLOSE_ON_FREE, as evhttp makes them: the socket closes when the last reference (ours,
+     * dropped by the sweep) goes.  Were evhttp to close it while our reference keeps the bufferevent's
+     * read event registered, a new connection given the same descriptor would have its bytes read by
+     * that event. */
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev)
+        return NULL;
+    int max = h->srv->cfg.max_http_connections;
+    if (h->n_conns >= max)
+        conns_sweep(h, false); /* count only those still open */
+    if (h->n_conns == h->cap_conns) {
+        int cap = h->cap_conns ? 2 * h->cap_conns : 64;
+        struct hconn *c = realloc(h->conns, sizeof(*c) * (size_t)cap);
+        if (!c)
+            return bev; /* out of memory: served, not tracked */
+        h->conns = c;
+        h->cap_conns = cap;
+    }
+    bool over = h->n_conns >= max;
+    bufferevent_incref(bev);
+    h->conns[h->n_conns++] = (struct hconn){ .bev = bev, .t0 = moe_now(), .over = over };
+    conn_gauge(h);
+    if (over)
+        event_active(h->sweep_ev, EV_TIMEOUT, 1); /* next turn of the loop: evhttp has set its socket */
+    return bev;
+}
+
+/* A reply went out: the connection's clock for its next request starts now. */
+static void conn_reply_done_cb(struct evhttp_request *req, void *arg)
+{
+    struct hconn *c = conn_find(arg, req);
+    if (c) {
+        c->busy = false;
+        c->t0 = moe_now();
+    }
+}
+
 /* A header value a preflight may echo: a list of header names (token characters, commas, spaces). */
 static bool header_list_ok(const char *v)
 {
@@ -724,6 +847,18 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         i++;
     }
     path[i] = 0;
+    struct hconn *conn = conn_find(h, req);
+    if (conn) {
+        conn->busy = true;
+        evhttp_request_set_on_complete_cb(req, conn_reply_done_cb, h);
+        if (conn->over) { /* the request came in before the sweep answered the connection */
+            conn->closing = true;
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+            moe_metrics_count(&s->metrics, &s->metrics.http_closed_limit, 1);
+            send_error(req, 503, "too many connections open (max-http-connections): retry later");
+            return;
+        }
+    }
     const char *framing = ambiguous_body(req);
     if (framing) { /* what follows on the connection cannot be told apart: answer and close it */
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
@@ -844,8 +979,10 @@ struct http_front *srv_http_start(struct moe_server *s)
         goto out_fail;
     h->http = evhttp_new(h->base);
     h->wake_ev = event_new(h->base, -1, EV_PERSIST, wake_event_cb, h);
-    if (!h->http || !h->wake_ev)
+    h->sweep_ev = event_new(h->base, -1, EV_PERSIST, sweep_cb, h);
+    if (!h->http || !h->wake_ev || !h->sweep_ev || event_add(h->sweep_ev, &(struct timeval){ 1, 0 }))
         goto out_fail;
+    evhttp_set_bevcb(h->http, conn_new_cb, h);
     evhttp_set_max_body_size(h->http, (ev_ssize_t)s->cfg.max_body_bytes);
     evhttp_set_max_headers_size(h->http, 64 * 1024);
     evhttp_set_timeout(h->http, 600);
@@ -876,6 +1013,8 @@ out_fail:
         moe_errorf(MOE_EIO, "libevent setup failed");
     if (h->wake_ev)
         event_free(h->wake_ev);
+    if (h->sweep_ev)
+        event_free(h->sweep_ev);
     if (h->http)
         evhttp_free(h->http);
     if (h->base)
@@ -907,6 +1046,10 @@ void srv_http_stop(struct http_front *h)
     event_base_loopexit(h->base, NULL);
     pthread_join(h->thread, NULL);
     evhttp_free(h->http); /* closes connections: their close callbacks abandon what is left */
+    for (int i = 0; i < h->n_conns; i++)
+        bufferevent_decref(h->conns[i].bev);
+    free(h->conns);
+    event_free(h->sweep_ev);
     event_free(h->wake_ev);
     event_base_free(h->base);
     srv_inbox_free(&h->inbox);

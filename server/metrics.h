@@ -32,6 +32,9 @@ struct moe_metrics {
     uint64_t rejected_busy;    /* refused by the scheduler: queue or token bound */
     uint64_t rejected_draining;/* refused while draining */
     uint64_t http_requests, grpc_calls; /* front-end traffic (all endpoints) */
+    uint64_t http_connections;          /* HTTP connections open now */
+    uint64_t http_closed_limit;         /* ... refused: max-http-connections were open */
+    uint64_t http_closed_timeout;       /* ... closed: no whole request within http-read-timeout */
 };
 
 void moe_metrics_init(struct moe_metrics *m);

@@ -81,6 +81,11 @@ static const struct moe_serve_opt opts[] = {
       "run to max-output or the end of the context)", 0 },
     { "request-timeout", MOE_OPT_DOUBLE, OFF(request_timeout), 0, "0", 0, 86400,
       "seconds; default deadline of a request (0 = none)", 0 },
+    { "max-http-connections", MOE_OPT_INT, OFF(max_http_connections), 0, "4096", 1, 1 << 20,
+      "HTTP connections open at once; one more is answered 503 and closed", 0 },
+    { "http-read-timeout", MOE_OPT_DOUBLE, OFF(http_read_timeout), 0, "60", 0.1, 3600,
+      "seconds an HTTP connection has to send a whole request, from its opening or its previous reply; "
+      "then it is closed (slow or idle clients)", 0 },
     { "max-body-bytes", MOE_OPT_INT, OFF(max_body_bytes), 0, "1048576", 256, 1 << 30,
       "largest HTTP request body (413 beyond)", 0 },
     { "max-message-bytes", MOE_OPT_INT, OFF(max_message_bytes), 0, "1048576", 256, 1 << 30,

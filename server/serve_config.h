@@ -52,6 +52,9 @@ struct moe_serve_config {
     double request_timeout;    /* seconds; default deadline of a request (0 = none) */
     /* limits */
     int max_body_bytes;        /* HTTP request body */
+    int max_http_connections;  /* HTTP connections open at once; more are answered 503 and closed */
+    double http_read_timeout;  /* seconds a connection has to send a whole request (after opening or
+                                  after its previous reply) before it is closed */
     int max_message_bytes;     /* gRPC message, either direction */
     /* lifecycle */
     double drain_timeout;      /* seconds SIGTERM waits for in-flight work */

@@ -146,6 +146,62 @@ def stream_backlog(srv, pb):
     ch.close()
 
 
+def connection_limits(moeflow):
+    """max-http-connections and http-read-timeout (a server of its own with small values): one
+    connection beyond the cap is answered 503 and closed; connections that do not send a whole request
+    in time (silent, a header cut short, idle after a reply) are closed; a stream that outlasts the
+    timeout is not cut; the server serves again once they are gone, and counts what it closed."""
+    srv = Server(moeflow, "--max-http-connections", "4", "--http-read-timeout", "0.5")
+    try:
+        def conn():
+            sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=30)
+            return sk
+        def drained(sk):
+            """Everything until the server closes the connection (30 s at most)."""
+            out = b""
+            try:
+                while True:
+                    x = sk.recv(65536)
+                    if not x:
+                        return out, True
+                    out += x
+            except socket.timeout:
+                return out, False
+        idle = [conn() for _ in range(3)]
+        idle[1].sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")  # headers cut short
+        idle[2].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")                # a reply, then idle
+        time.sleep(0.3)
+        extra = [conn(), conn()]  # the fourth is within the cap, the fifth beyond it
+        out, closed = drained(extra[1])
+        check(closed and out.startswith(b"HTTP/1.1 503 ") and b"max-http-connections" in out,
+              "a connection beyond the cap: %r (closed %s)" % (out[:200], closed))
+        for i, sk in enumerate(idle + extra[:1]):
+            out, closed = drained(sk)
+            check(closed and (i != 2 or out.startswith(b"HTTP/1.1 200 ")),
+                  "connection %d not closed after http-read-timeout: %r" % (i, out[:100]))
+        # a stream of several seconds on a 0.5 s read timeout runs to its end
+        body = json.dumps({"prompt": "def add(a, b):", "max_tokens": 2000, "stream": True, "ignore_eos": True,
+                           "temperature": 0}).encode()
+        sk = conn()
+        t0 = time.time()
+        sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        out, closed = drained(sk)
+        check(closed and out.count(b"data: ") == 2002 and out.rstrip().endswith(b"0"),
+              "a stream was cut: %d events in %.1f s" % (out.count(b"data: "), time.time() - t0))
+        code, _ = srv.http("/health")
+        ms = srv.metrics()
+        check(code == 200 and metric(ms, "moeflow:http_connections_closed_total", reason="limit") >= 1 and
+              metric(ms, "moeflow:http_connections_closed_total", reason="read_timeout") >= 4,
+              "after the limits: %d, closed %r / %r" % (code, metric(ms, "moeflow:http_connections_closed_total",
+                                                                     reason="limit"),
+                                                        metric(ms, "moeflow:http_connections_closed_total",
+                                                               reason="read_timeout")))
+        check(srv.stop() == 0, "connection limits server: exit status")
+    finally:
+        srv.kill()
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -157,7 +213,8 @@ def main():
               metric(ms, "moeflow:live_generations"))
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
-                           http10_keepalive_stream, connect_method, ambiguous_body, no_generation_left)
+                           http10_keepalive_stream, connect_method, ambiguous_body, no_generation_left,
+                           lambda s: connection_limits(moeflow))
 
 
 if __name__ == "__main__":

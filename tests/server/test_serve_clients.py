@@ -149,7 +149,7 @@ def stream_backlog(srv, pb):
 def connection_limits(moeflow):
     """max-http-connections and http-read-timeout (a server of its own with small values): one
     connection beyond the cap is answered 503 and closed; connections that do not send a whole request
-    in time (silent, a header cut short, idle after a reply) are closed; a stream that outlasts the
+    in time (silent, a header cut short or trickling, idle after a reply) are closed; a stream that outlasts the
     timeout is not cut; the server serves again once they are gone, and counts what it closed."""
     srv = Server(moeflow, "--max-http-connections", "4", "--http-read-timeout", "0.5")
     try:
@@ -179,6 +179,21 @@ def connection_limits(moeflow):
             out, closed = drained(sk)
             check(closed and (i != 2 or out.startswith(b"HTTP/1.1 200 ")),
                   "connection %d not closed after http-read-timeout: %r" % (i, out[:100]))
+        # a header sent a byte at a time, each within libevent's own timeout, is closed all the same
+        sk, sent, t0 = conn(), 0, time.time()
+        sk.settimeout(0.1)
+        header = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+        closed = False
+        while not closed and time.time() - t0 < 30:
+            try:
+                sk.sendall(header[sent % len(header):sent % len(header) + 1])
+                sent += 1
+                closed = sk.recv(100) == b""
+            except socket.timeout:
+                pass
+            except OSError:
+                closed = True
+        check(closed, "a header trickling a byte per 0.1 s kept its connection for %.0f s" % (time.time() - t0))
         # a stream of several seconds on a 0.5 s read timeout runs to its end
         body = json.dumps({"prompt": "def add(a, b):", "max_tokens": 2000, "stream": True, "ignore_eos": True,
                            "temperature": 0}).encode()
@@ -192,7 +207,7 @@ def connection_limits(moeflow):
         code, _ = srv.http("/health")
         ms = srv.metrics()
         check(code == 200 and metric(ms, "moeflow:http_connections_closed_total", reason="limit") >= 1 and
-              metric(ms, "moeflow:http_connections_closed_total", reason="read_timeout") >= 4,
+              metric(ms, "moeflow:http_connections_closed_total", reason="read_timeout") >= 5,
               "after the limits: %d, closed %r / %r" % (code, metric(ms, "moeflow:http_connections_closed_total",
                                                                      reason="limit"),
                                                         metric(ms, "moeflow:http_connections_closed_total",

@@ -51,15 +51,27 @@ struct http_front {
     struct event *sweep_ev;       /* every second, and at once for a connection beyond the cap */
 };
 
-struct hreq {
+/* One HTTP completion call: its connection and reply, shared by its n choices. */
+struct hcall {
     struct http_front *hf;
     struct evhttp_request *req;   /* NULL once the connection is gone */
-    struct srv_gen *g;
-    bool stream, chat, include_usage, started;
+    struct event *watch;          /* readable socket while generating: EOF = client gone */
+    bool stream, chat, include_usage;
     char id[48];
     long long created;
+    int n, n_open;                /* choices; those still generating */
+    struct hreq **ch;             /* [n]: each choice's state, NULL once it has finished */
+    json_t *choices;              /* non-streamed: the finished choices, by index */
+    int n_prompt, n_generated;    /* usage: the prompt once, the choices' tokens added up */
+};
+
+/* One choice of a call: its generation and what it has sent. */
+struct hreq {
+    struct hcall *c;
+    int index;
+    struct srv_gen *g;
+    bool started;                 /* chat: the choice's first chunk (with its role) went out */
     struct evbuffer *text;        /* non-streamed: the text so far */
-    struct event *watch;          /* readable socket while generating: EOF = client gone */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
     json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
@@ -132,8 +144,6 @@ static void send_error(struct evhttp_request *req, int code, const char *msg)
 
 static void hreq_free(struct hreq *r)
 {
-    if (r->watch)
-        event_free(r->watch);
     if (r->text)
         evbuffer_free(r->text);
     moe_stop_scan_free(&r->scan);
@@ -142,20 +152,41 @@ static void hreq_free(struct hreq *r)
     free(r);
 }
 
-/* The client went away: cancel the generation at once, forget the request. */
+/* Every choice still generating is cancelled and forgotten. */
+static void hcall_abandon(struct hcall *c)
+{
+    for (int i = 0; i < c->n; i++) {
+        struct hreq *r = c->ch[i];
+        if (!r)
+            continue;
+        if (r->g)
+            srv_gen_abandon(r->g);
+        hreq_free(r);
+        c->ch[i] = NULL;
+    }
+    c->n_open = 0;
+}
+
+static void hcall_free(struct hcall *c)
+{
+    hcall_abandon(c);
+    if (c->watch)
+        event_free(c->watch);
+    json_decref(c->choices);
+    free(c->ch);
+    free(c);
+}
+
+/* The client went away: cancel the generations at once, forget the call. */
 static void conn_close_cb(struct evhttp_connection *conn, void *arg)
 {
-    struct hreq *r = arg;
+    struct hcall *c = arg;
     /* A request whose connection failed under it is detached and left to
      * us (libevent frees only requests still attached to the connection). */
-    if (r->req && !evhttp_request_get_connection(r->req))
-        evhttp_request_free(r->req);
-    r->req = NULL;
-    if (r->g) {
-        srv_gen_abandon(r->g);
-        r->g = NULL;
-    }
-    hreq_free(r);
+    if (c->req && !evhttp_request_get_connection(c->req))
+        evhttp_request_free(c->req);
+    c->req = NULL;
+    hcall_free(c);
     (void)conn;
 }
 
@@ -166,53 +197,53 @@ static void conn_close_cb(struct evhttp_connection *conn, void *arg)
  * data means a pipelined request, and watching stops. */
 static void watch_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct hreq *r = arg;
+    struct hcall *c = arg;
     char b;
     ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
         if (n > 0)
-            event_del(r->watch);
+            event_del(c->watch);
         return;
     }
-    if (r->req) {
-        struct evhttp_connection *c = evhttp_request_get_connection(r->req);
-        if (c) {
-            evhttp_connection_free(c); /* runs conn_close_cb, which frees r */
+    if (c->req) {
+        struct evhttp_connection *ec = evhttp_request_get_connection(c->req);
+        if (ec) {
+            evhttp_connection_free(ec); /* runs conn_close_cb, which frees c */
             return;
         }
     }
     (void)what;
 }
 
-static void hreq_watch(struct hreq *r)
+static void hcall_watch(struct hcall *c)
 {
-    struct evhttp_connection *c = evhttp_request_get_connection(r->req);
-    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+    struct evhttp_connection *ec = evhttp_request_get_connection(c->req);
+    struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd < 0)
         return;
-    r->watch = event_new(r->hf->base, fd, EV_READ | EV_PERSIST, watch_cb, r);
-    if (r->watch)
-        event_add(r->watch, NULL);
+    c->watch = event_new(c->hf->base, fd, EV_READ | EV_PERSIST, watch_cb, c);
+    if (c->watch)
+        event_add(c->watch, NULL);
 }
 
-static void hreq_detach(struct hreq *r)
+static void hcall_detach(struct hcall *c)
 {
-    if (r->watch) {
-        event_free(r->watch);
-        r->watch = NULL;
+    if (c->watch) {
+        event_free(c->watch);
+        c->watch = NULL;
     }
-    if (r->req) {
-        struct evhttp_connection *c = evhttp_request_get_connection(r->req);
-        if (c)
-            evhttp_connection_set_closecb(c, NULL, NULL);
+    if (c->req) {
+        struct evhttp_connection *ec = evhttp_request_get_connection(c->req);
+        if (ec)
+            evhttp_connection_set_closecb(ec, NULL, NULL);
     }
 }
 
-static const char *obj_name(const struct hreq *r)
+static const char *obj_name(const struct hcall *c)
 {
-    if (r->chat)
-        return r->stream ? "chat.completion.chunk" : "chat.completion";
+    if (c->chat)
+        return c->stream ? "chat.completion.chunk" : "chat.completion";
     return "text_completion";
 }
 
@@ -233,7 +264,7 @@ static json_t *lp_new(bool chat)
 /* Token id as text (invalid UTF-8 as U+FFFD) and, for chat, its bytes; *chars: its characters. */
 static json_t *token_text(const struct hreq *r, int id, json_t **bytes, size_t *chars)
 {
-    const struct moe_tokenizer *tok = r->hf->srv->tok;
+    const struct moe_tokenizer *tok = r->c->hf->srv->tok;
     int n = moe_tokenizer_token_bytes(tok, id, NULL, 0);
     n = n < 0 ? 0 : n;
     char *b = malloc((size_t)n + 1), *u = malloc(3 * (size_t)n + 1);
@@ -270,7 +301,7 @@ static void lp_step(struct hreq *r, int token, json_t *logprob, json_t *top)
 static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *lp)
 {
     size_t chars = 0, ignored;
-    if (r->chat) {
+    if (r->c->chat) {
         json_t *bytes = NULL, *top = json_array();
         json_t *t = token_text(r, token, &bytes, &chars);
         for (int i = 0; i < lp->n; i++) {
@@ -306,7 +337,17 @@ static json_t *lp_take(struct hreq *r)
     if (!first || !json_array_size(first)) /* nothing asked, or nothing new since the last chunk */
         return json_null();
     json_t *j = r->lp;
-    r->lp = lp_new(r->chat);
+    r->lp = lp_new(r->c->chat);
+    return j;
+}
+
+/* The call's reply object around choices (a new reference taken), with usage when not NULL. */
+static json_t *reply_json(const struct hcall *c, json_t *choices, json_t *usage)
+{
+    json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", c->id, "object", obj_name(c), "created",
+                          (json_int_t)c->created, "model", c->hf->srv->model_name, "choices", choices);
+    if (usage)
+        json_object_set_new(j, "usage", usage);
     return j;
 }
 
@@ -314,29 +355,28 @@ static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const ch
 {
     json_t *choice;
     json_t *fr = finish ? json_string(finish) : json_null();
-    if (r->chat) {
+    if (r->c->chat) {
         json_t *delta = json_object();
         if (!r->started)
             json_object_set_new(delta, "role", json_string("assistant"));
         if (len || !finish)
             json_object_set_new(delta, "content", json_stringn(text, len));
-        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs", lp_take(r),
+        choice = json_pack("{s:i,s:o,s:o,s:o}", "index", r->index, "delta", delta, "logprobs", lp_take(r),
                            "finish_reason", fr);
     } else {
-        choice = json_pack("{s:i,s:s%,s:o,s:o}", "index", 0, "text", text, len, "logprobs", lp_take(r),
+        choice = json_pack("{s:i,s:s%,s:o,s:o}", "index", r->index, "text", text, len, "logprobs", lp_take(r),
                            "finish_reason", fr);
     }
-    return json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", r->id, "object", obj_name(r), "created",
-                     (json_int_t)r->created, "model", r->hf->srv->model_name, "choices", choice);
+    return reply_json(r->c, json_pack("[o]", choice), NULL);
 }
 
-static void sse_send(struct hreq *r, json_t *j)
+static void sse_send(struct hcall *c, json_t *j)
 {
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     struct evbuffer *b = evbuffer_new();
     if (s && b) {
         evbuffer_add_printf(b, "data: %s\n\n", s);
-        evhttp_send_reply_chunk(r->req, b);
+        evhttp_send_reply_chunk(c->req, b);
     }
     free(s);
     if (b)
@@ -344,24 +384,24 @@ static void sse_send(struct hreq *r, json_t *j)
     json_decref(j);
 }
 
-static void sse_done(struct hreq *r)
+static void sse_done(struct hcall *c)
 {
     struct evbuffer *b = evbuffer_new();
     if (b) {
         evbuffer_add_printf(b, "data: [DONE]\n\n");
-        evhttp_send_reply_chunk(r->req, b);
+        evhttp_send_reply_chunk(c->req, b);
         evbuffer_free(b);
     }
-    evhttp_send_reply_end(r->req);
+    evhttp_send_reply_end(c->req);
 }
 
 /* Text for the client: a streamed chunk (one per token, possibly empty) or
- * the reply's text so far. */
+ * the choice's text so far. */
 static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
 {
-    if (r->stream) {
+    if (r->c->stream) {
         if (chunk || len) {
-            sse_send(r, chunk_json(r, t, len, NULL));
+            sse_send(r->c, chunk_json(r, t, len, NULL));
             r->started = true;
         }
     } else if (len) {
@@ -385,59 +425,70 @@ static int stop_filter(struct hreq *r, char **t, size_t *len, bool last)
     return m;
 }
 
-/* The generation ended (why/st/emsg): send the final chunk or the reply, let go of it. */
+/* A choice's generation ended (why/st/emsg): its final chunk goes out, or its choice is kept for the
+ * reply; a failure ends the whole call with the error.  When no choice is left, the call ends. */
 static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st, const char *emsg, int n_prompt,
                         int n_generated, bool stopped)
 {
+    struct hcall *c = r->c;
     struct srv_gen *g = r->g;
     bool ok = why == MOE_FINISH_LENGTH || why == MOE_FINISH_STOP;
     const char *finish = moe_finish_str(why);
     char msg[320];
     snprintf(msg, sizeof(msg), "request %s%s%s", finish, emsg[0] ? ": " : "", emsg);
-    if (r->stream) {
-        if (ok) {
-            /* usage goes out once: in the finishing chunk, or with include_usage in OpenAI's usage
-             * chunk after it (clients that add up the usage of every chunk would count it twice) */
-            json_t *j = chunk_json(r, "", 0, finish);
-            if (!r->include_usage)
-                json_object_set_new(j, "usage", usage_json(n_prompt, n_generated));
-            sse_send(r, j);
-            if (r->include_usage) /* OpenAI's usage chunk: no choices, the whole request's usage */
-                sse_send(r, json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", r->id, "object", obj_name(r), "created",
-                                      (json_int_t)r->created, "model", r->hf->srv->model_name, "choices", "usage",
-                                      usage_json(n_prompt, n_generated)));
-        } else {
-            sse_send(r, err_json(srv_finish_http_status(why, st), msg));
-        }
-        sse_done(r);
+    bool last = c->n_open == 1;
+    if (ok) {
+        c->n_prompt = n_prompt;
+        c->n_generated += n_generated;
+    }
+    if (ok && c->stream) {
+        /* usage goes out once: in the last finishing chunk, or with include_usage in OpenAI's usage
+         * chunk after it (clients that add up the usage of every chunk would count it twice) */
+        json_t *j = chunk_json(r, "", 0, finish);
+        if (last && !c->include_usage)
+            json_object_set_new(j, "usage", usage_json(c->n_prompt, c->n_generated));
+        sse_send(c, j);
     } else if (ok) {
         size_t n = evbuffer_get_length(r->text);
         const char *txt = (const char *)evbuffer_pullup(r->text, -1);
-        /* the request's log-probabilities: all of them, an empty collection when nothing was generated
+        /* the choice's log-probabilities: all of them, an empty collection when nothing was generated
          * (EOS first), null only when the request did not ask */
         json_t *lp = r->lp ? r->lp : json_null(), *choice;
         r->lp = NULL;
-        if (r->chat)
-            choice = json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", 0, "message", "role", "assistant",
+        if (c->chat)
+            choice = json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", r->index, "message", "role", "assistant",
                                "content", txt ? txt : "", n, "logprobs", lp, "finish_reason", finish);
         else
-            choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", 0, "text", txt ? txt : "", n,
+            choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", r->index, "text", txt ? txt : "", n,
                                "logprobs", lp, "finish_reason", finish);
-        json_t *j = json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", r->id, "object", obj_name(r),
-                              "created", (json_int_t)r->created, "model", r->hf->srv->model_name,
-                              "choices", choice, "usage", usage_json(n_prompt, n_generated));
-        send_json(r->req, 200, j);
-        json_decref(j);
+        json_array_set_new(c->choices, (size_t)r->index, choice);
+    } else if (c->stream) {
+        sse_send(c, err_json(srv_finish_http_status(why, st), msg));
     } else {
-        send_error(r->req, srv_finish_http_status(why, st), msg);
+        send_error(c->req, srv_finish_http_status(why, st), msg);
     }
-    hreq_detach(r);
     r->g = NULL;
+    c->ch[r->index] = NULL;
+    c->n_open--;
+    hreq_free(r);
     if (stopped)
         srv_gen_abandon_stopped(g); /* the rest of the generation is not wanted */
     else
         srv_gen_abandon(g); /* done, or failed here: cancels what still runs */
-    hreq_free(r);
+    if (ok && !last)
+        return;
+    hcall_abandon(c); /* after a failure: the other choices are not wanted */
+    if (c->stream) {
+        if (ok && c->include_usage) /* OpenAI's usage chunk: no choices, the whole call's usage */
+            sse_send(c, reply_json(c, json_array(), usage_json(c->n_prompt, c->n_generated)));
+        sse_done(c);
+    } else if (ok) {
+        json_t *j = reply_json(c, json_incref(c->choices), usage_json(c->n_prompt, c->n_generated));
+        send_json(c->req, 200, j);
+        json_decref(j);
+    }
+    hcall_detach(c);
+    hcall_free(c);
 }
 
 /* Completions' echo, once the prompt has run: its text first, and its tokens' log-probabilities. */
@@ -559,71 +610,94 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     }
     if (ht > 0 && (gr.timeout_s == 0 || ht < gr.timeout_s))
         gr.timeout_s = ht;
-    struct hreq *r = calloc(1, sizeof(*r));
-    if (!r || !(r->text = evbuffer_new())) {
-        free(r);
-        moe_gen_request_free(&gr);
-        send_error(req, 500, "out of memory");
-        return;
-    }
-    r->hf = h;
-    r->req = req;
-    r->stream = gr.stream;
-    r->chat = chat;
-    r->include_usage = gr.include_usage;
-    r->created = (long long)time(NULL);
-    if (gr.logprobs && !(r->lp = lp_new(chat))) {
-        hreq_free(r);
-        moe_gen_request_free(&gr);
-        send_error(req, 500, "out of memory");
-        return;
-    }
-    snprintf(r->id, sizeof(r->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
-             (unsigned long long)++h->next_id);
+    char *echo = NULL;
+    size_t echo_len = 0;
     if (gr.echo) { /* the prompt as sent: its text, or its ids decoded */
         enum moe_status est = MOE_ENOMEM;
         if (gr.prompt) {
-            r->echo = malloc(gr.prompt_len + 1);
-            if (r->echo)
-                memcpy(r->echo, gr.prompt, gr.prompt_len + 1);
-            r->echo_len = gr.prompt_len;
+            echo = malloc(gr.prompt_len + 1);
+            if (echo)
+                memcpy(echo, gr.prompt, gr.prompt_len + 1);
+            echo_len = gr.prompt_len;
         } else {
             /* the ids' bytes need not be UTF-8 (a character split at the prompt's end, or ids that
              * make none): invalid bytes become U+FFFD, as in generated text */
-            char *raw = NULL, *u = NULL;
+            char *raw = NULL;
             size_t raw_len = 0;
             est = moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &raw, &raw_len);
-            if (est == MOE_OK && !(u = malloc(3 * raw_len + 1)))
+            if (est == MOE_OK && !(echo = malloc(3 * raw_len + 1)))
                 est = MOE_ENOMEM;
-            if (u) {
-                r->echo_len = srv_utf8_sanitize(raw, raw_len, u);
-                u[r->echo_len] = 0;
-                r->echo = u;
+            if (echo) {
+                echo_len = srv_utf8_sanitize(raw, raw_len, echo);
+                echo[echo_len] = 0;
             }
             free(raw);
         }
-        if (!r->echo) { /* out of memory, or an id outside the vocabulary (400, as without echo) */
+        if (!echo) { /* out of memory, or an id outside the vocabulary (400, as without echo) */
             char msg[320];
             snprintf(msg, sizeof(msg), "%s", est == MOE_ENOMEM ? "out of memory for the echoed prompt"
                                                                : moe_last_error());
-            hreq_free(r);
             moe_gen_request_free(&gr);
             send_error(req, srv_http_status(est), msg);
             return;
         }
     }
-    st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
-    if (st == MOE_OK)
-        st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);
-    moe_gen_request_free(&gr);
-    if (st != MOE_OK) {
-        send_error(req, srv_http_status(st), moe_last_error());
-        hreq_free(r);
+    struct hcall *c = calloc(1, sizeof(*c));
+    if (c && (!(c->ch = calloc((size_t)gr.n, sizeof(*c->ch))) || !(c->choices = json_array()))) {
+        free(c->ch);
+        free(c);
+        c = NULL;
+    }
+    if (!c) {
+        free(echo);
+        moe_gen_request_free(&gr);
+        send_error(req, 500, "out of memory");
         return;
     }
-    evhttp_connection_set_closecb(evhttp_request_get_connection(req), conn_close_cb, r);
-    hreq_watch(r);
-    if (r->stream) {
+    c->hf = h;
+    c->req = req;
+    c->stream = gr.stream;
+    c->chat = chat;
+    c->include_usage = gr.include_usage;
+    c->created = (long long)time(NULL);
+    c->n = gr.n;
+    snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
+             (unsigned long long)++h->next_id);
+    /* the choices: one generation each, seeds seed, seed + 1, ... (or each its own random one) */
+    uint64_t seed = gr.sampling.seed;
+    for (int i = 0; i < gr.n && st == MOE_OK; i++) {
+        json_array_append_new(c->choices, json_null());
+        struct hreq *r = calloc(1, sizeof(*r));
+        if (!r || !(r->text = evbuffer_new()) || (gr.logprobs && !(r->lp = lp_new(chat))) ||
+            (echo && !(r->echo = malloc(echo_len + 1)))) {
+            if (r)
+                hreq_free(r);
+            st = moe_errorf(MOE_ENOMEM, "out of memory");
+            break;
+        }
+        r->c = c;
+        r->index = i;
+        if (echo) {
+            memcpy(r->echo, echo, echo_len + 1);
+            r->echo_len = echo_len;
+        }
+        c->ch[i] = r;
+        c->n_open++;
+        gr.sampling.seed = seed + (uint64_t)i;
+        st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
+        if (st == MOE_OK)
+            st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);
+    }
+    free(echo);
+    moe_gen_request_free(&gr);
+    if (st != MOE_OK) { /* the choices submitted so far are cancelled with the call */
+        send_error(req, srv_http_status(st), moe_last_error());
+        hcall_free(c);
+        return;
+    }
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), conn_close_cb, c);
+    hcall_watch(c);
+    if (c->stream) {
         /* The stream's length is unknown: HTTP/1.1 gets it chunked, and an HTTP/1.0 client reads until
          * the connection closes.  libevent would answer an HTTP/1.0 keep-alive request with
          * "Content-Length: 0" before the events and keep the connection, so the client would take the

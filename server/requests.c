@@ -28,6 +28,7 @@ static void req_init(struct moe_gen_request *r)
 {
     memset(r, 0, sizeof(*r));
     r->sampling.top_p = 1.0f;
+    r->n = 1;
 }
 
 /* ---- UTF-8 ---- */
@@ -538,10 +539,10 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         goto out;
     if (have)
         out->priority = (int)iv;
-    if ((st = json_get_int(root, "n", 1, 1, &iv, &have)) != MOE_OK) {
-        moe_errorf(MOE_EINVAL, "'n' must be 1 (one completion per request)");
+    if ((st = json_get_int(root, "n", 1, MOE_REQ_MAX_N, &iv, &have)) != MOE_OK)
         goto out;
-    }
+    if (have)
+        out->n = (int)iv;
     if ((st = check_unsupported(root, chat)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK ||
         (st = parse_penalties(root, &out->sampling)) != MOE_OK)
         goto out;

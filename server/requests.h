@@ -24,6 +24,7 @@ extern "C" {
 #define MOE_REQ_MAX_IDS (1 << 20)           /* prompt ids at most */
 #define MOE_REQ_MAX_STOP 4                  /* stop sequences per request (OpenAI's limit) */
 #define MOE_REQ_MAX_STOP_BYTES 256          /* bytes per stop sequence */
+#define MOE_REQ_MAX_N 16                    /* OpenAI's n: completions per request */
 
 struct moe_gen_request {
     char *prompt;               /* UTF-8 text, NUL-terminated, owned (NULL when ids given) */
@@ -51,6 +52,7 @@ struct moe_gen_request {
     bool prompt_only;           /* echo with max_tokens 0: nothing is generated */
     bool chat;                  /* a chat completion: without max_tokens it may fill the context */
     bool has_seed;              /* sampling.seed was given; else the server draws one per request */
+    int n;                      /* OpenAI's n: choices of one request (HTTP), 1..MOE_REQ_MAX_N */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

@@ -146,6 +146,23 @@ def stream_backlog(srv, pb):
     ch.close()
 
 
+def n_choices_gone(srv):
+    """A client of an n = 3 stream that leaves mid-stream, and an n = 2 request whose deadline passes:
+    every choice's generation ends (no_generation_left, after, sees none left), the deadline once as 504."""
+    body = json.dumps({"prompt": "def add(a, b):", "max_tokens": 2000, "n": 3, "stream": True,
+                       "ignore_eos": True}).encode()
+    sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=30)
+    sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    got = b""
+    while got.count(b"data: ") < 10:
+        got += sk.recv(65536)
+    sk.close()
+    code, out = srv.http("/v1/completions", json.dumps({"prompt": "def add(a, b):", "max_tokens": 2000, "n": 2,
+                                                        "ignore_eos": True, "timeout": 0.3}).encode())
+    check(code == 504 and out.count(b"error") == 1, "n = 2 past its deadline: %d %r" % (code, out[:300]))
+
+
 def connection_limits(moeflow):
     """max-http-connections and http-read-timeout (a server of its own with small values): one
     connection beyond the cap is answered 503 and closed; connections that do not send a whole request
@@ -228,7 +245,8 @@ def main():
               metric(ms, "moeflow:live_generations"))
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
-                           http10_keepalive_stream, connect_method, ambiguous_body, no_generation_left,
+                           http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
+                           no_generation_left,
                            lambda s: connection_limits(moeflow))
 
 

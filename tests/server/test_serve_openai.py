@@ -8,7 +8,7 @@ whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, structured output); log-probabilities and echo; developer messages;
-ids unique to the server's start; the default max_tokens of completions (16) and chat (the
+ids unique to the server's start; n choices; the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
 import os
@@ -113,8 +113,8 @@ def check_params(srv):
                                                      n=1, seed=7, temperature=0.5, top_p=0.9, stop=None,
                                                      stream=False, stream_options=None, x_unknown={"y": 1}))
     check(code == 200 and js["choices"][0]["finish_reason"] == "length", "extra fields: %d %r" % (code, js))
-    code, js = post(srv, "/v1/completions", {"model": NAME, "prompt": "x", "n": 2})
-    check(error_ok(code, js, 400, "'n'"), "n = 2: %d %r" % (code, js))
+    code, js = post(srv, "/v1/completions", {"model": NAME, "prompt": "x", "n": 17})
+    check(error_ok(code, js, 400, "'n'"), "n = 17: %d %r" % (code, js))
     # output moeflow does not produce is refused by name, not left out of the reply; off values pass
     cmpl = {"model": NAME, "prompt": "x", "max_tokens": 2}
     for path, base, extra, refused in (
@@ -155,6 +155,45 @@ def check_params(srv):
         ("/v1/chat/completions", chat), ("/v1/completions", cmpl), ("/v1/completions", cmpl))]
     check(re.fullmatch(r"chatcmpl-[0-9a-f]{12}[0-9]+", ids[0]) and re.fullmatch(r"cmpl-[0-9a-f]{12}[0-9]+", ids[1])
           and ids[1][5:17] == ids[0][9:21] and len(set(ids)) == 3, "ids %r" % ids)
+
+
+def check_n(srv):
+    """n choices per request: indexes 0..n-1, usage with the prompt once and the choices' tokens added
+    up; with a seed, choice i draws as a request with seed + i; streamed, each choice's chunks carry
+    its index (chat: its role first), one finishing chunk each, one [DONE]."""
+    body = {"prompt": "def add(a, b):", "max_tokens": 8, "temperature": 1.5, "ignore_eos": True}
+    code, js = post(srv, "/v1/completions", dict(body, n=3))
+    ch = js.get("choices", [])
+    check(code == 200 and [c["index"] for c in ch] == [0, 1, 2] and js["usage"]["completion_tokens"] == 24 and
+          js["usage"]["prompt_tokens"] == post(srv, "/v1/completions", dict(body, max_tokens=1))[1]["usage"][
+              "prompt_tokens"], "n = 3: %d %r" % (code, js))
+    check(len(set(c["text"] for c in ch)) > 1, "n = 3 without a seed: the choices are the same %r" % ch)
+    code, js = post(srv, "/v1/completions", dict(body, n=3, seed=40, logprobs=1))
+    alone = [post(srv, "/v1/completions", dict(body, seed=40 + i, logprobs=1))[1]["choices"][0] for i in range(3)]
+    check(code == 200 and [c["text"] for c in js["choices"]] == [a["text"] for a in alone] and
+          [c["logprobs"]["token_logprobs"] for c in js["choices"]] == [a["logprobs"]["token_logprobs"] for a in alone],
+          "n = 3, seed 40: %r, alone %r" % (js.get("choices"), alone))
+    chat = {"messages": [{"role": "user", "content": "def add(a, b):"}], "max_tokens": 6, "temperature": 1.5,
+            "seed": 7, "n": 2, "ignore_eos": True}
+    code, plain = post(srv, "/v1/chat/completions", chat)
+    for opts in (None, {"include_usage": True}):
+        body = dict(chat, stream=True)
+        if opts:
+            body["stream_options"] = opts
+        _, chunks, done = sse(srv, "/v1/chat/completions", body)
+        per = {0: "", 1: ""}
+        first, finishing = {}, {0: 0, 1: 0}
+        for c in chunks:
+            for x in c["choices"]:
+                i = x["index"]
+                first.setdefault(i, x["delta"].get("role"))
+                per[i] += x["delta"].get("content", "")
+                finishing[i] += x["finish_reason"] is not None
+        check(done and first == {0: "assistant", 1: "assistant"} and finishing == {0: 1, 1: 1} and
+              [per[0], per[1]] == [c["message"]["content"] for c in plain["choices"]] and
+              usage_sum(chunks) == plain["usage"] and plain["usage"]["completion_tokens"] == 12,
+              "streamed n = 2 %r: %r / %r, usage %r vs %r" % (opts, per, plain.get("choices"), usage_sum(chunks),
+                                                          plain.get("usage")))
 
 
 def check_logprobs(srv):
@@ -391,7 +430,7 @@ def main():
     srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_logprobs, lambda s: check_echo(s, moeflow),
+                           check_n, check_logprobs, lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":

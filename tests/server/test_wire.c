@@ -180,7 +180,13 @@ static void test_openai(void)
     expect_bad("{\"prompt\":\"x\",\"top_p\":0}", false, "top_p");
     expect_bad("{\"prompt\":\"x\",\"top_p\":1.5}", false, "top_p");
     expect_bad("{\"prompt\":\"x\",\"top_k\":-5}", false, "top_k");
-    expect_bad("{\"prompt\":\"x\",\"n\":2}", false, "'n'");
+    expect_bad("{\"prompt\":\"x\",\"n\":17}", false, "'n'");
+    expect_bad("{\"prompt\":\"x\",\"n\":0}", false, "'n'");
+    struct moe_gen_request rn;
+    CHECK(oai("{\"prompt\":\"x\",\"n\":16}", false, &rn) == MOE_OK && rn.n == 16, "n = 16: %s", moe_last_error());
+    moe_gen_request_free(&rn);
+    CHECK(oai("{\"prompt\":\"x\"}", false, &rn) == MOE_OK && rn.n == 1, "n defaults to 1");
+    moe_gen_request_free(&rn);
     expect_bad("{\"prompt\":\"x\",\"timeout\":-1}", false, "timeout");
     expect_bad("{\"prompt\":\"x\",\"stream\":1}", false, "stream");
     expect_bad("{\"prompt\":\"x\",\"stop\":[\"\"]}", false, "stop");

@@ -306,6 +306,37 @@ static enum moe_status parse_mla(const char *what, json_t *root, struct moe_conf
     return MOE_OK;
 }
 
+/* quantization_config: only block-wise FP8 (DeepSeek-V3's and Qwen3's FP8 checkpoints). */
+static enum moe_status parse_quantization(const char *what, json_t *root, struct moe_config *c)
+{
+    json_t *q = field(root, "quantization_config");
+    if (!q)
+        return MOE_OK;
+    const char *method = json_string_value(json_object_get(q, "quant_method"));
+    if (!json_is_object(q) || !method)
+        return moe_errorf(MOE_EFORMAT, "%s: \"quantization_config\" must be an object with a string "
+                          "\"quant_method\"", what);
+    if (strcmp(method, "fp8"))
+        return moe_errorf(MOE_ENOTSUP, "%s: quantization_config quant_method \"%.40s\" is not supported (only "
+                          "\"fp8\" with weight_block_size; use a BF16, F16 or F32 checkpoint)", what, method);
+    json_t *fmt = field(q, "fmt");
+    if (fmt && (!json_is_string(fmt) || strcmp(json_string_value(fmt), "e4m3")))
+        return moe_errorf(MOE_ENOTSUP, "%s: quantization_config fmt must be \"e4m3\" (float8_e4m3fn weights)", what);
+    json_t *bs = field(q, "weight_block_size");
+    if (!json_is_array(bs) || json_array_size(bs) != 2 || !json_is_integer(json_array_get(bs, 0)) ||
+        !json_is_integer(json_array_get(bs, 1)))
+        return moe_errorf(MOE_ENOTSUP, "%s: quantization_config needs \"weight_block_size\": [rows, columns] "
+                          "(per-tensor FP8 scales are not supported)", what);
+    for (int i = 0; i < 2; i++) {
+        json_int_t b = json_integer_value(json_array_get(bs, (size_t)i));
+        if (b < 1 || b > CFG_MAX_SIZE)
+            return moe_errorf(MOE_ERANGE, "%s: quantization_config weight_block_size[%d] = %lld must be in [1, %d]",
+                              what, i, (long long)b, CFG_MAX_SIZE);
+        c->fp8_block[i] = (int)b;
+    }
+    return MOE_OK;
+}
+
 /* DeepSeek-V3's routing: sigmoid scores, group-limited top-k (noaux_tc). */
 static enum moe_status parse_deepseek_routing(const char *what, json_t *root, struct moe_config *c)
 {
@@ -364,6 +395,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     if ((st = detect_family(what, root, &c)) != MOE_OK) goto out;
+    if ((st = parse_quantization(what, root, &c)) != MOE_OK) goto out;
 
     if ((st = get_int(what, root, "num_hidden_layers", true, 1, MOE_MAX_LAYERS, 0, &c.n_layers)) ||
         (st = get_int(what, root, "hidden_size", true, 1, CFG_MAX_SIZE, 0, &c.hidden)) ||

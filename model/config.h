@@ -96,6 +96,11 @@ struct moe_config {
     bool rope_interleave;      /* RoPE over adjacent pairs of the rope dims (transformers' default) */
     int n_group, topk_group;   /* MOE_ROUTER_SIGMOID_GROUP: expert groups, groups kept per token */
     float routed_scale;        /* routed_scaling_factor */
+
+    /* FP8 checkpoints (quantization_config quant_method "fp8", fmt "e4m3"): weights stored as
+     * float8_e4m3fn, each block of fp8_block[0] rows x fp8_block[1] columns with an F32 factor in
+     * "<weight>_scale_inv"; 0 = not quantized. */
+    int fp8_block[2];
 };
 
 /* Whether tok is one of the model's end-of-sequence ids. */

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@ struct name_ent {
 struct moe_model_priv {
     struct name_ent *ents; /* [n_ents] sorted by name */
     size_t n_ents;
+    void **owned;          /* [n_owned] weights made at load (FP8 checkpoints' BF16 matrices) */
+    size_t n_owned, cap_owned;
 };
 
 static int cmp_ent(const void *a, const void *b)
@@ -48,7 +51,11 @@ void moe_model_close(struct moe_model *m)
     if (!m) return;
     for (int i = 0; i < m->n_shards; i++) moe_st_close(m->shards[i]);
     free(m->shards);
-    if (m->priv) free(m->priv->ents);
+    if (m->priv) {
+        free(m->priv->ents);
+        for (size_t i = 0; i < m->priv->n_owned; i++) free(m->priv->owned[i]);
+        free(m->priv->owned);
+    }
     free(m->priv);
     free(m->layers);
     free(m->experts);
@@ -228,6 +235,74 @@ struct moe_wview moe_wview_from_tensor(const struct moe_st_tensor *t)
     return w;
 }
 
+/* float8_e4m3fn (bias 7, no infinities, S.1111.111 NaN) and float8_e5m2 (bias 15, IEEE-like). */
+static float f8_e4m3_to_f32(uint8_t b)
+{
+    int e = (b >> 3) & 15, mant = b & 7;
+    float v = e == 15 && mant == 7 ? NAN : e ? ldexpf(1.0f + (float)mant / 8.0f, e - 7) : ldexpf((float)mant / 8.0f, -6);
+    return b & 0x80 ? -v : v;
+}
+
+static float f8_e5m2_to_f32(uint8_t b)
+{
+    int e = (b >> 2) & 31, mant = b & 3;
+    float v = e == 31 ? (mant ? NAN : INFINITY) : e ? ldexpf(1.0f + (float)mant / 4.0f, e - 15)
+                                                    : ldexpf((float)mant / 4.0f, -14);
+    return b & 0x80 ? -v : v;
+}
+
+/* An FP8 matrix t ([rows, cols], float8_e4m3fn) as BF16: each element times its block's factor in
+ * "<name>_scale_inv" (F32 [ceil(rows / br), ceil(cols / bc)]), in F32 and rounded to BF16, as
+ * DeepSeek's FP8-to-BF16 conversion computes it.  The buffer is the model's (freed at close). */
+static enum moe_status dequant_fp8(struct moe_model *m, const char *name, const struct moe_st_tensor *t,
+                                   int64_t rows, int64_t cols, struct moe_wview *w)
+{
+    const int br = m->cfg.fp8_block[0], bc = m->cfg.fp8_block[1];
+    if (!br)
+        return moe_errorf(MOE_EFORMAT, "%s: tensor \"%s\" is FP8 but config.json has no quantization_config "
+                          "with weight_block_size: the factors to read it with are unknown", m->dir, name);
+    char sname[512];
+    snprintf(sname, sizeof(sname), "%s_scale_inv", name);
+    struct name_ent *se = ent_find(m, sname);
+    const int64_t sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
+    if (!se)
+        return moe_errorf(MOE_ENOENT, "%s: FP8 tensor \"%s\" has no block factors \"%s\"", m->dir, name, sname);
+    const struct moe_st_tensor *s = se->t;
+    se->used = true;
+    if (s->dtype != MOE_DT_F32 || s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc)
+        return moe_errorf(MOE_EFORMAT, "%s: \"%s\" must be F32 [%lld, %lld] (blocks of %d x %d over [%lld, %lld])",
+                          m->dir, sname, (long long)sr, (long long)sc, br, bc, (long long)rows, (long long)cols);
+    struct moe_model_priv *p = m->priv;
+    if (p->n_owned == p->cap_owned) {
+        size_t cap = p->cap_owned ? 2 * p->cap_owned : 64;
+        void **o = realloc(p->owned, cap * sizeof(*o));
+        if (!o) return moe_errorf(MOE_ENOMEM, "%s: out of memory", m->dir);
+        p->owned = o;
+        p->cap_owned = cap;
+    }
+    uint16_t *out = malloc((size_t)rows * (size_t)cols * sizeof(uint16_t) + 1);
+    if (!out)
+        return moe_errorf(MOE_ENOMEM, "%s: out of memory for the BF16 copy of FP8 tensor \"%s\" (%lld x %lld)",
+                          m->dir, name, (long long)rows, (long long)cols);
+    p->owned[p->n_owned++] = out;
+    float lut[256];
+    for (int i = 0; i < 256; i++) lut[i] = f8_e4m3_to_f32((uint8_t)i);
+    const uint8_t *q = t->data;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *srow = (const uint8_t *)s->data + (size_t)(r / br) * (size_t)sc * 4;
+        for (int64_t c0 = 0; c0 < cols; c0 += bc) {
+            float f;
+            memcpy(&f, srow + (size_t)(c0 / bc) * 4, 4); /* mapped data need not be aligned */
+            int64_t c1 = c0 + bc < cols ? c0 + bc : cols;
+            for (int64_t c = c0; c < c1; c++)
+                out[(size_t)r * (size_t)cols + (size_t)c] = moe_f32_to_bf16(lut[q[(size_t)r * (size_t)cols + (size_t)c]] * f);
+        }
+    }
+    *w = (struct moe_wview){ .dtype = MOE_DT_BF16, .data = out, .nbytes = (uint64_t)rows * (uint64_t)cols * 2,
+                             .rows = rows, .cols = cols };
+    return MOE_OK;
+}
+
 /* Bind the weight `name` with shape [rows, cols] (rows == 0: 1-D [cols]). */
 static enum moe_status bind(struct moe_model *m, struct moe_wview *w, const char *name, int64_t rows,
                             int64_t cols, bool required)
@@ -242,9 +317,10 @@ static enum moe_status bind(struct moe_model *m, struct moe_wview *w, const char
                           "model_type %s requires it)", m->dir, name, m->cfg.model_type);
     }
     t = e->t;
-    if (t->dtype != MOE_DT_BF16 && t->dtype != MOE_DT_F16 && t->dtype != MOE_DT_F32)
-        return moe_errorf(MOE_ENOTSUP, "%s: tensor \"%s\" has dtype %s; weights must be BF16, F16 or F32",
-                          m->dir, name, moe_dtype_name(t->dtype));
+    if (t->dtype != MOE_DT_BF16 && t->dtype != MOE_DT_F16 && t->dtype != MOE_DT_F32 &&
+        !(t->dtype == MOE_DT_F8_E4M3 && nd == 2))
+        return moe_errorf(MOE_ENOTSUP, "%s: tensor \"%s\" has dtype %s; weights must be BF16, F16 or F32 (or "
+                          "F8_E4M3 matrices with block factors)", m->dir, name, moe_dtype_name(t->dtype));
     if (t->ndim != nd || (nd == 2 && (t->shape[0] != rows || t->shape[1] != cols)) ||
         (nd == 1 && t->shape[0] != cols)) {
         char got[160] = "[", *p = got + 1;
@@ -257,8 +333,10 @@ static enum moe_status bind(struct moe_model *m, struct moe_wview *w, const char
         return moe_errorf(MOE_EFORMAT, "%s: tensor \"%s\" has shape %s, config.json implies [%lld]", m->dir,
                           name, got, (long long)cols);
     }
-    *w = moe_wview_from_tensor(t);
     e->used = true;
+    if (t->dtype == MOE_DT_F8_E4M3)
+        return dequant_fp8(m, name, t, rows, cols, w);
+    *w = moe_wview_from_tensor(t);
     return MOE_OK;
 }
 
@@ -553,6 +631,12 @@ void moe_wview_to_f32(const struct moe_wview *w, float *out)
     case MOE_DT_U8:
     case MOE_DT_BOOL:
         for (size_t i = 0; i < n; i++) out[i] = (float)p[i];
+        break;
+    case MOE_DT_F8_E4M3: /* the stored values, without any block factor */
+        for (size_t i = 0; i < n; i++) out[i] = f8_e4m3_to_f32(p[i]);
+        break;
+    case MOE_DT_F8_E5M2:
+        for (size_t i = 0; i < n; i++) out[i] = f8_e5m2_to_f32(p[i]);
         break;
     case MOE_DT_COUNT:
         break;

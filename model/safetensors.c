@@ -27,6 +27,7 @@ static const struct {
     [MOE_DT_F64] = { "F64", 8 },  [MOE_DT_I64] = { "I64", 8 }, [MOE_DT_I32] = { "I32", 4 },
     [MOE_DT_I16] = { "I16", 2 },  [MOE_DT_I8] = { "I8", 1 },   [MOE_DT_U8] = { "U8", 1 },
     [MOE_DT_BOOL] = { "BOOL", 1 },
+    [MOE_DT_F8_E4M3] = { "F8_E4M3", 1 }, [MOE_DT_F8_E5M2] = { "F8_E5M2", 1 },
 };
 
 size_t moe_dtype_size(enum moe_dtype dt)

@@ -21,6 +21,7 @@ extern "C" {
 enum moe_dtype {
     MOE_DT_F32, MOE_DT_F16, MOE_DT_BF16, MOE_DT_F64,
     MOE_DT_I64, MOE_DT_I32, MOE_DT_I16, MOE_DT_I8, MOE_DT_U8, MOE_DT_BOOL,
+    MOE_DT_F8_E4M3, MOE_DT_F8_E5M2, /* FP8 (torch's float8_e4m3fn, float8_e5m2) */
     MOE_DT_COUNT
 };
 size_t moe_dtype_size(enum moe_dtype dt);           /* bytes per element */

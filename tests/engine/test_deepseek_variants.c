@@ -4,13 +4,18 @@
  * (q_proj), rotate-half RoPE without interleave, one expert group, all groups
  * kept, weights not renormalised, no shared expert, every layer MoE or dense,
  * odd head sizes and v narrower than k, YaRN RoPE with and without DeepSeek's
- * mscale.  For each, the prompt's logits at
+ * mscale, FP8 weights with block factors (blocks that do not divide every matrix; an FP8
+ * checkpoint whose config lacks or misstates its quantization is refused by name).  For each, the prompt's logits at
  * every position within 1e-4 (max abs) of the reference, prefilled in one
  * batch, in two chunks through the KV cache, and one token at a time. */
 #include "engine_testutil.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
 static const char *const variants[] = {
     "q_proj", "rope_flat", "one_group", "no_norm_no_shared", "all_moe", "all_dense", "odd_dims", "yarn", "yarn_plain",
+    "fp8",
 };
 
 #define TOL 1e-4
@@ -63,8 +68,49 @@ static void check_variant(const char *name)
     moe_model_close(m);
 }
 
+/* The FP8 checkpoint under a config.json changed by `change` (fields as JSON, null deletes): refused,
+ * the message naming `says`. */
+static void fp8_refused(const char *change, const char *says)
+{
+    char src[4096], tmpl[] = "/tmp/moe-fp8-XXXXXX", path[4200], target[4200];
+    const char *dir = mkdtemp(tmpl);
+    REQUIRE(dir, "mkdtemp");
+    char rel[4096];
+    REQUIRE(realpath(t_path(rel, sizeof(rel), "tests/fixtures/deepseek-v3-variants/fp8"), src), "realpath");
+    snprintf(path, sizeof(path), "%s/config.json", src);
+    json_t *cfg = json_load_file(path, 0, NULL), *ch = json_loads(change, 0, NULL), *v;
+    REQUIRE(cfg && ch, "fp8 config / change");
+    const char *k;
+    json_object_foreach(ch, k, v) {
+        if (json_is_null(v)) json_object_del(cfg, k);
+        else json_object_set(cfg, k, v);
+    }
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    REQUIRE(json_dump_file(cfg, path, 0) == 0, "write %s", path);
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    snprintf(target, sizeof(target), "%s/model.safetensors", src);
+    REQUIRE(symlink(target, path) == 0, "symlink %s", path);
+    struct moe_model *m = moe_model_open(dir);
+    CHECK(!m && strstr(moe_last_error(), says), "fp8 with %s: %s (want \"%s\")", change,
+          m ? "opened" : moe_last_error(), says);
+    moe_model_close(m);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+    json_decref(cfg);
+    json_decref(ch);
+}
+
 int main(void)
 {
     for (size_t i = 0; i < MOE_ARRAY_LEN(variants); i++) check_variant(variants[i]);
+    fp8_refused("{\"quantization_config\": null}", "no quantization_config");
+    fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\", \"weight_block_size\": [8, 32]}}",
+                "_scale_inv\" must be F32 [");
+    fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\"}}", "weight_block_size");
+    fp8_refused("{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}}", "\"gptq\" is not supported");
+    fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": \"e5m2\", "
+                "\"weight_block_size\": [16, 32]}}", "e4m3");
     return t_result("test_engine_deepseek_variants");
 }

@@ -252,8 +252,9 @@ static float f8_e5m2_to_f32(uint8_t b)
 }
 
 /* An FP8 matrix t ([rows, cols], float8_e4m3fn) as BF16: each element times its block's factor in
- * "<name>_scale_inv" (F32 [ceil(rows / br), ceil(cols / bc)]), in F32 and rounded to BF16, as
- * DeepSeek's FP8-to-BF16 conversion computes it.  The buffer is the model's (freed at close). */
+ * "<name>_scale_inv" ([ceil(rows / br), ceil(cols / bc)]: F32 as DeepSeek-V3 stores them, BF16 or
+ * F16 as Qwen3's FP8 checkpoints do), in F32 and rounded to BF16, as DeepSeek's FP8-to-BF16
+ * conversion computes it.  The buffer is the model's (freed at close). */
 static enum moe_status dequant_fp8(struct moe_model *m, const char *name, const struct moe_st_tensor *t,
                                    int64_t rows, int64_t cols, struct moe_wview *w)
 {
@@ -269,9 +270,11 @@ static enum moe_status dequant_fp8(struct moe_model *m, const char *name, const 
         return moe_errorf(MOE_ENOENT, "%s: FP8 tensor \"%s\" has no block factors \"%s\"", m->dir, name, sname);
     const struct moe_st_tensor *s = se->t;
     se->used = true;
-    if (s->dtype != MOE_DT_F32 || s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc)
-        return moe_errorf(MOE_EFORMAT, "%s: \"%s\" must be F32 [%lld, %lld] (blocks of %d x %d over [%lld, %lld])",
-                          m->dir, sname, (long long)sr, (long long)sc, br, bc, (long long)rows, (long long)cols);
+    if ((s->dtype != MOE_DT_F32 && s->dtype != MOE_DT_BF16 && s->dtype != MOE_DT_F16) || s->ndim != 2 ||
+        s->shape[0] != sr || s->shape[1] != sc)
+        return moe_errorf(MOE_EFORMAT, "%s: \"%s\" must be F32, BF16 or F16 [%lld, %lld] (blocks of %d x %d over "
+                          "[%lld, %lld])", m->dir, sname, (long long)sr, (long long)sc, br, bc, (long long)rows,
+                          (long long)cols);
     struct moe_model_priv *p = m->priv;
     if (p->n_owned == p->cap_owned) {
         size_t cap = p->cap_owned ? 2 * p->cap_owned : 64;
@@ -285,19 +288,21 @@ static enum moe_status dequant_fp8(struct moe_model *m, const char *name, const 
         return moe_errorf(MOE_ENOMEM, "%s: out of memory for the BF16 copy of FP8 tensor \"%s\" (%lld x %lld)",
                           m->dir, name, (long long)rows, (long long)cols);
     p->owned[p->n_owned++] = out;
-    float lut[256];
+    float lut[256], *fac = malloc(sizeof(float) * (size_t)(sr * sc));
+    if (!fac) return moe_errorf(MOE_ENOMEM, "%s: out of memory", m->dir);
+    struct moe_wview sv = moe_wview_from_tensor(s);
+    moe_wview_to_f32(&sv, fac); /* exact for each of the three dtypes */
     for (int i = 0; i < 256; i++) lut[i] = f8_e4m3_to_f32((uint8_t)i);
     const uint8_t *q = t->data;
     for (int64_t r = 0; r < rows; r++) {
-        const uint8_t *srow = (const uint8_t *)s->data + (size_t)(r / br) * (size_t)sc * 4;
         for (int64_t c0 = 0; c0 < cols; c0 += bc) {
-            float f;
-            memcpy(&f, srow + (size_t)(c0 / bc) * 4, 4); /* mapped data need not be aligned */
+            float f = fac[(size_t)(r / br) * (size_t)sc + (size_t)(c0 / bc)];
             int64_t c1 = c0 + bc < cols ? c0 + bc : cols;
             for (int64_t c = c0; c < c1; c++)
                 out[(size_t)r * (size_t)cols + (size_t)c] = moe_f32_to_bf16(lut[q[(size_t)r * (size_t)cols + (size_t)c]] * f);
         }
     }
+    free(fac);
     *w = (struct moe_wview){ .dtype = MOE_DT_BF16, .data = out, .nbytes = (uint64_t)rows * (uint64_t)cols * 2,
                              .rows = rows, .cols = cols };
     return MOE_OK;

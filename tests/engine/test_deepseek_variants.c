@@ -107,7 +107,7 @@ int main(void)
     for (size_t i = 0; i < MOE_ARRAY_LEN(variants); i++) check_variant(variants[i]);
     fp8_refused("{\"quantization_config\": null}", "no quantization_config");
     fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\", \"weight_block_size\": [8, 32]}}",
-                "_scale_inv\" must be F32 [");
+                "_scale_inv\" must be F32, BF16 or F16 [");
     fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\"}}", "weight_block_size");
     fp8_refused("{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}}", "\"gptq\" is not supported");
     fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": \"e5m2\", "

@@ -941,6 +941,30 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         }
         out->timeout_s = v;
     }
+    for (size_t i = 0; i < MOE_ARRAY_LEN(penalty_fields); i++) { /* the penalties and min_p, as over HTTP */
+        if ((st = kparam_num(m, penalty_fields[i].key, &v, &have)) != MOE_OK)
+            goto out;
+        if (have && (!(v >= penalty_fields[i].lo && v <= penalty_fields[i].hi) ||
+                     (penalty_fields[i].lo_open && v == penalty_fields[i].lo))) {
+            st = moe_errorf(MOE_ERANGE, "parameter '%s' = %g is outside %s%g, %g]", penalty_fields[i].key, v,
+                            penalty_fields[i].lo_open ? "(" : "[", penalty_fields[i].lo, penalty_fields[i].hi);
+            goto out;
+        }
+        if (have)
+            *penalty_field(&out->sampling, i) = (float)v;
+    }
+    const Inference__InferParameter *seed = kparam(m, "seed");
+    if (seed) { /* exactly: any 64-bit value */
+        if (seed->parameter_choice_case == INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM)
+            out->sampling.seed = (uint64_t)seed->int64_param;
+        else if (seed->parameter_choice_case == INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_UINT64_PARAM)
+            out->sampling.seed = seed->uint64_param;
+        else {
+            st = moe_errorf(MOE_EINVAL, "parameter 'seed' must be an integer (int64_param or uint64_param)");
+            goto out;
+        }
+        out->has_seed = true;
+    }
     const Inference__InferParameter *sp = kparam(m, "stream");
     if (sp) {
         if (sp->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {

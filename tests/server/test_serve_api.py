@@ -318,6 +318,18 @@ def main():
         plain24 = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=24),
                                                        timeout=60))
         check(ptext != plain24, "penalties changed nothing: %r" % ptext)
+        kq = kreq("def add(a, b):", 24, False)
+        for key, val in pen.items():
+            kq.parameters[key].double_param = val
+        ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
+        check(ktext == ptext, "penalised KServe text %r differs from gRPC's %r" % (ktext, ptext))
+        kq = kreq("def add(a, b):", 24, False)
+        kq.parameters["min_p"].double_param = 2
+        try:
+            kstub.ModelInfer(kq, timeout=10)
+            check(False, "KServe accepted min_p 2")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "min_p" in e.details(), "KServe min_p 2: %s" % e)
         g = subprocess.run([moeflow, "generate", "--prompt", "def add(a, b):", "--max-tokens", "24",
                             "--presence-penalty", "1.5", "--frequency-penalty", "0.5", "--repetition-penalty", "1.3"],
                            capture_output=True, timeout=120)
@@ -339,6 +351,12 @@ def main():
         check(len(set(unseeded)) > 1, "completions without a seed repeated themselves: %r" % unseeded)
         check(sampled_http(seed=0) == sampled_http(seed=0), "completions with seed 0 differ between runs")
         check(sampled_http(seed=77) == sampled(77), "seed 77: HTTP and gRPC draw differently")
+        kq = kreq("def add(a, b):", 32, False)
+        t = kq.inputs.add(name="temperature", datatype="FP32", shape=[1])
+        t.contents.fp32_contents.append(1.5)
+        kq.parameters["seed"].int64_param = 77
+        check(kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode() == sampled(77),
+              "seed 77: KServe and gRPC draw differently")
         for extra, word in (({"logit_bias": {"8192": 1}}, b"vocabulary"), ({"presence_penalty": 3}, b"presence_penalty"),
                             ({"logit_bias": {"x": 1}}, b"logit_bias")):
             code, out = srv.http("/v1/completions", json.dumps(dict(prompt="x", **extra)).encode())

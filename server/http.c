@@ -713,6 +713,84 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     }
 }
 
+/* POST /tokenize ({"prompt": text} or chat {"messages": [...]}, as a completion request would run them)
+ * -> {"count", "max_model_len", "tokens"}; POST /detokenize ({"tokens": [ids]}) -> {"prompt": text}
+ * (bytes that are not UTF-8 as U+FFFD).  vLLM's endpoints. */
+static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bool detok)
+{
+    struct moe_server *s = h->srv;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = (const char *)evbuffer_pullup(in, -1);
+    json_t *root = json_loadb(body ? body : "", body ? n : 0, JSON_REJECT_DUPLICATES, NULL), *out = NULL;
+    int *ids = NULL;
+    size_t n_ids = 0;
+    char msg[400] = "";
+    int code = 400;
+    if (!json_is_object(root)) {
+        snprintf(msg, sizeof(msg), "the body must be a JSON object");
+    } else if (detok) {
+        json_t *t = json_object_get(root, "tokens"), *v;
+        size_t i;
+        if (!json_is_array(t)) {
+            snprintf(msg, sizeof(msg), "'tokens' must be an array of token ids");
+        } else if (!(ids = malloc((json_array_size(t) + 1) * sizeof(int)))) {
+            code = 500, snprintf(msg, sizeof(msg), "out of memory");
+        } else {
+            json_array_foreach(t, i, v) {
+                json_int_t id = json_integer_value(v);
+                if (!json_is_integer(v) || id < 0 || id >= s->model->cfg.vocab) {
+                    snprintf(msg, sizeof(msg), "'tokens'[%zu] is not a token id in [0, %d)", i, s->model->cfg.vocab);
+                    break;
+                }
+                ids[n_ids++] = (int)id;
+            }
+            char *raw = NULL, *u = NULL;
+            size_t raw_len = 0;
+            if (!msg[0] && moe_tokenizer_decode(s->tok, ids, n_ids, &raw, &raw_len) != MOE_OK)
+                snprintf(msg, sizeof(msg), "%s", moe_last_error());
+            else if (!msg[0] && !(u = malloc(3 * raw_len + 1)))
+                code = 500, snprintf(msg, sizeof(msg), "out of memory");
+            if (u)
+                out = json_pack("{s:s%}", "prompt", u, srv_utf8_sanitize(raw, raw_len, u));
+            free(raw);
+            free(u);
+        }
+    } else {
+        bool chat = json_object_get(root, "messages") != NULL;
+        struct moe_gen_request gr;
+        const struct moe_chat *tmpl = s->chat;
+        if (!chat && !json_is_string(json_object_get(root, "prompt")))
+            snprintf(msg, sizeof(msg), "give 'prompt' (a string) or 'messages' (a chat)");
+        else if (moe_req_parse_openai(body, n, chat, tmpl, &gr) != MOE_OK)
+            code = srv_http_status(moe_last_status()), snprintf(msg, sizeof(msg), "%s", moe_last_error());
+        else {
+            if ((gr.templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(s->tok, gr.prompt, gr.prompt_len,
+                                                                                   &ids, &n_ids) != MOE_OK)
+                snprintf(msg, sizeof(msg), "prompt: %s", moe_last_error());
+            moe_gen_request_free(&gr);
+        }
+        if (!msg[0]) {
+            json_t *arr = json_array();
+            for (size_t i = 0; arr && i < n_ids; i++)
+                json_array_append_new(arr, json_integer(ids[i]));
+            out = arr ? json_pack("{s:I,s:i,s:o}", "count", (json_int_t)n_ids, "max_model_len", s->max_ctx,
+                                  "tokens", arr) : NULL;
+        }
+    }
+    if (!msg[0] && !out)
+        code = 500, snprintf(msg, sizeof(msg), "out of memory");
+    if (msg[0]) {
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, code == 400);
+        send_error(req, code, msg);
+    } else {
+        send_json(req, 200, out);
+    }
+    json_decref(out);
+    json_decref(root);
+    free(ids);
+}
+
 static json_t *model_json(const struct moe_server *s)
 {
     return json_pack("{s:s,s:s,s:I,s:s,s:i}", "id", s->model_name, "object", "model", "created",
@@ -939,11 +1017,12 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         send_error(req, 400, framing);
         return;
     }
-    bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions");
+    bool tok_path = !strcmp(path, "/tokenize") || !strcmp(path, "/detokenize");
+    bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions") || tok_path;
     const char *model_id = !strncmp(path, "/v1/models/", 11) ? path + 11 : NULL;
     bool models = !strcmp(path, "/v1/models") || model_id;
     bool get = models || !strcmp(path, "/health") || !strcmp(path, "/ready") || !strcmp(path, "/metrics");
-    bool gen_path = post || models;
+    bool gen_path = post || models; /* tokenizing needs the model's tokenizer, loaded with it */
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (s->cfg.cors_origin[0] && (post || get) && cors(s, req, post, cmd == EVHTTP_REQ_OPTIONS))
         return; /* a preflight, answered */
@@ -962,6 +1041,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         handle_completion(h, req, false);
     } else if (!strcmp(path, "/v1/chat/completions")) {
         handle_completion(h, req, true);
+    } else if (tok_path) {
+        handle_tokenize(h, req, path[1] == 'd');
     } else if (models) {
         handle_models(h, req, model_id);
     } else if (!strcmp(path, "/health")) {

@@ -8,7 +8,7 @@ whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, structured output); log-probabilities and echo; developer messages;
-ids unique to the server's start; n choices; the default max_tokens of completions (16) and chat (the
+ids unique to the server's start; n choices; /tokenize and /detokenize; the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
 import os
@@ -194,6 +194,29 @@ def check_n(srv):
               usage_sum(chunks) == plain["usage"] and plain["usage"]["completion_tokens"] == 12,
               "streamed n = 2 %r: %r / %r, usage %r vs %r" % (opts, per, plain.get("choices"), usage_sum(chunks),
                                                           plain.get("usage")))
+
+
+def check_tokenize(srv):
+    """vLLM's /tokenize and /detokenize: the ids a completion or chat request runs on (its usage's
+    prompt_tokens), and back to the text; bad input is a 400 naming what to fix."""
+    code, js = post(srv, "/tokenize", {"prompt": "def add(a, b):"})
+    _, c = post(srv, "/v1/completions", {"prompt": "def add(a, b):", "max_tokens": 1})
+    check(code == 200 and js.get("count") == len(js.get("tokens", [])) == c["usage"]["prompt_tokens"] and
+          js.get("max_model_len", 0) > 0, "tokenize: %d %r" % (code, js))
+    code, back = post(srv, "/detokenize", {"tokens": js.get("tokens", [])})
+    check(code == 200 and back == {"prompt": "def add(a, b):"}, "detokenize: %d %r" % (code, back))
+    msgs = [{"role": "user", "content": "def add(a, b):"}]
+    code, tj = post(srv, "/tokenize", {"messages": msgs})
+    _, cc = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1})
+    check(code == 200 and tj.get("count") == cc["usage"]["prompt_tokens"] and tj["count"] > js["count"],
+          "tokenize messages: %d %r vs %r" % (code, tj, cc.get("usage")))
+    for path, body, word in (("/tokenize", {}, "'prompt'"), ("/tokenize", {"prompt": 5}, "'prompt'"),
+                             ("/detokenize", {"tokens": [1, 99999]}, "'tokens'[1]"),
+                             ("/detokenize", {"tokens": "x"}, "'tokens'"), ("/tokenize", [1], "object")):
+        code, out = post(srv, path, body)
+        check(error_ok(code, out, 400, word), "%s %r: %d %r" % (path, body, code, out))
+    code, _ = srv.http("/tokenize")
+    check(code == 405, "GET /tokenize: %d" % code)
 
 
 def check_logprobs(srv):
@@ -430,7 +453,7 @@ def main():
     srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_n, check_logprobs, lambda s: check_echo(s, moeflow),
+                           check_n, check_tokenize, check_logprobs, lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":

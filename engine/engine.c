@@ -63,7 +63,7 @@ struct moe_engine {
 
     /* sequences */
     bool *seq_used;                       /* [max_seqs] */
-    int *seq_len;                         /* [max_seqs] tokens cached */
+    int *seq_len;                         /* [max_seqs] tokens cached (of a free slot: those it held) */
 
     /* activations (backend memory), N = max_batch */
     int32_t *d_tok, *d_seq, *d_pos, *d_rows; /* [N] */
@@ -617,8 +617,15 @@ int moe_engine_seq_alloc(struct moe_engine *e)
 void moe_engine_seq_free(struct moe_engine *e, int seq)
 {
     if (seq < 0 || seq >= e->max_seqs) return;
-    e->seq_used[seq] = false;
-    e->seq_len[seq] = 0;
+    e->seq_used[seq] = false; /* seq_len stays: what moe_engine_seq_claim may keep */
+}
+
+int moe_engine_seq_claim(struct moe_engine *e, int seq, int keep)
+{
+    if (seq < 0 || seq >= e->max_seqs || e->seq_used[seq] || keep < 0 || keep > e->seq_len[seq]) return -1;
+    e->seq_used[seq] = true;
+    e->seq_len[seq] = keep;
+    return seq;
 }
 
 int moe_engine_seq_len(const struct moe_engine *e, int seq)

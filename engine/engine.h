@@ -64,8 +64,12 @@ int moe_engine_max_seqs(const struct moe_engine *e);  /* sequence slots */
 
 /* Claim a free sequence slot (empty cache): slot id >= 0, or -1 when all are in use. */
 int moe_engine_seq_alloc(struct moe_engine *e);
-/* Drop a sequence's cache and free its slot. */
+/* Free a sequence's slot.  Its cache stays where it is until the slot is claimed again. */
 void moe_engine_seq_free(struct moe_engine *e, int seq);
+/* Claim free slot seq keeping the first `keep` tokens its previous sequence cached (0 = empty), so a
+ * sequence that begins with the same tokens at the same positions computes only the rest: seq, or
+ * -1 when seq is in use, out of range, or held fewer than keep tokens. */
+int moe_engine_seq_claim(struct moe_engine *e, int seq, int keep);
 /* Tokens currently cached for seq. */
 int moe_engine_seq_len(const struct moe_engine *e, int seq);
 /* KV occupancy now: sequence slots in use and tokens cached over them (either

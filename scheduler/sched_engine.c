@@ -54,6 +54,15 @@ static int ad_seq_alloc(void *self)
     return seq;
 }
 
+static int ad_seq_claim(void *self, int seq, int keep)
+{
+    struct engine_adapter *ad = self;
+    int got = moe_engine_seq_claim(ad->e, seq, keep);
+    if (got >= 0 && ad->pred)
+        moe_predictor_seq_reset(ad->pred, got);
+    return got;
+}
+
 static void ad_seq_free(void *self, int seq)
 {
     struct engine_adapter *ad = self;
@@ -160,6 +169,7 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         .max_batch_tokens = p->engine_max_batch_tokens > 0 ? p->engine_max_batch_tokens : moe_engine_max_batch(e),
         .seq_alloc = ad_seq_alloc,
         .seq_free = ad_seq_free,
+        .seq_claim = ad_seq_claim,
         .forward = ad_forward,
     };
     if (be.max_seqs < 1) {

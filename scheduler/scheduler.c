@@ -94,6 +94,12 @@ struct moe_sched {
     uint64_t *paths;               /* [max_running * n_moe * words] */
     uint64_t *prev_union;          /* [n_moe * words] experts of the last micro-batch */
     bool have_prev;
+    /* prefix_cache: what each slot's cache holds, kept when its request ends */
+    bool *slot_busy;               /* [max_seqs] */
+    int **slot_tok;                /* [max_seqs] the tokens cached (NULL until a request ends there) */
+    int *slot_ntok;                /* [max_seqs] */
+    uint64_t *slot_freed;          /* [max_seqs] when it was freed (free_clock), 0 = never used */
+    uint64_t free_clock;
     int *b_tok, *b_seq, *b_pos;    /* [max_batch_tokens] */
     bool *b_want;
     struct rq **b_req;             /* [max_batch_tokens] request of each row */
@@ -159,6 +165,49 @@ static void active_remove(struct moe_sched *s, struct rq *r)
     }
 }
 
+/* prefix_cache: remember what r leaves in its slot's cache (nothing after an error: a failed forward
+ * may have written part of it): the prompt and the generated tokens fed back so far. */
+static void slot_keep(struct moe_sched *s, struct rq *r, bool valid)
+{
+    if (!s->slot_busy)
+        return;
+    int slot = r->slot, n = 0;
+    s->slot_busy[slot] = false;
+    s->slot_freed[slot] = ++s->free_clock;
+    if (valid)
+        n = r->state == RQ_PREFILL ? r->n_prefilled : r->n_prompt + (r->n_generated > 0 ? r->n_generated - 1 : 0);
+    if (n > 0 && !s->slot_tok[slot] && !(s->slot_tok[slot] = malloc(sizeof(int) * (size_t)s->max_ctx)))
+        n = 0;
+    if (n > s->max_ctx)
+        n = s->max_ctx;
+    if (n > 0)
+        memcpy(s->slot_tok[slot], r->tokens, sizeof(int) * (size_t)n);
+    s->slot_ntok[slot] = n;
+}
+
+/* prefix_cache: a free slot for r and how many of its prompt tokens the slot's cache already holds:
+ * the longest beginning shared with what a slot keeps (the last prompt token is always computed, for
+ * its logits), else the slot freed longest ago.  -1 when none is free. */
+static int slot_pick(struct moe_sched *s, const struct rq *r, int *keep)
+{
+    int best = -1, best_n = -1;
+    for (int slot = 0; slot < s->be.max_seqs; slot++) {
+        if (s->slot_busy[slot])
+            continue;
+        int n = 0, lim = r->g.prompt_logprobs ? 0 : r->n_prompt - 1;
+        if (lim > s->slot_ntok[slot])
+            lim = s->slot_ntok[slot];
+        while (n < lim && s->slot_tok[slot][n] == r->tokens[n])
+            n++;
+        if (best < 0 || n > best_n || (n == best_n && s->slot_freed[slot] < s->slot_freed[best])) {
+            best = slot;
+            best_n = n;
+        }
+    }
+    *keep = best_n;
+    return best;
+}
+
 /* End r with its terminal outcome: leave the queues, free the slot, release
  * its tokens-in-flight, count it, and queue its on_done. */
 static void rq_finish(struct moe_sched *s, struct rq *r, enum moe_finish why, enum moe_status st,
@@ -171,6 +220,7 @@ static void rq_finish(struct moe_sched *s, struct rq *r, enum moe_finish why, en
     else
         active_remove(s, r);
     if (r->slot >= 0) {
+        slot_keep(s, r, why != MOE_FINISH_ERROR);
         s->be.seq_free(s->be.self, r->slot);
         r->slot = -1;
     }
@@ -238,13 +288,26 @@ static void admit(struct moe_sched *s)
                 best_key = key;
             }
         }
-        int slot = s->be.seq_alloc(s->be.self);
+        int keep = 0, slot;
+        if (s->slot_busy) {
+            slot = slot_pick(s, best, &keep);
+            if (slot >= 0 && s->be.seq_claim(s->be.self, slot, keep) != slot) {
+                keep = 0; /* the backend disagrees: an empty slot then */
+                slot = s->be.seq_claim(s->be.self, slot, 0);
+            }
+            if (slot >= 0)
+                s->slot_busy[slot] = true;
+        } else {
+            slot = s->be.seq_alloc(s->be.self);
+        }
         if (slot < 0)
             break;
         wait_remove(s, best);
         best->slot = slot;
         best->state = RQ_PREFILL;
-        best->n_prefilled = 0;
+        best->n_prefilled = keep;
+        s->st.prefix_hit_tokens += (uint64_t)keep;
+        s->st.prompt_tokens += (uint64_t)keep;
         s->active[s->n_active++] = best;
     }
 }
@@ -1070,6 +1133,12 @@ void moe_sched_destroy(struct moe_sched *s)
     free(s->tmp_all);
     free(s->tmp_dec);
     free(s->ids);
+    for (int i = 0; s->slot_tok && i < s->be.max_seqs; i++)
+        free(s->slot_tok[i]);
+    free(s->slot_busy);
+    free(s->slot_tok);
+    free(s->slot_ntok);
+    free(s->slot_freed);
     free(s);
 }
 
@@ -1190,7 +1259,16 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->tmp_all = calloc((size_t)s->words, sizeof(uint64_t));
     s->tmp_dec = calloc((size_t)s->words, sizeof(uint64_t));
     s->ids = calloc((size_t)s->words * 64, sizeof(int));
-    bool ok = s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
+    bool slots_ok = true;
+    if (p.prefix_cache && be->seq_claim) {
+        size_t ms = (size_t)be->max_seqs;
+        s->slot_busy = calloc(ms, sizeof(bool));
+        s->slot_tok = calloc(ms, sizeof(int *));
+        s->slot_ntok = calloc(ms, sizeof(int));
+        s->slot_freed = calloc(ms, sizeof(uint64_t));
+        slots_ok = s->slot_busy && s->slot_tok && s->slot_ntok && s->slot_freed;
+    }
+    bool ok = slots_ok && s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
               s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
               s->logits && s->tmp_all && s->tmp_dec && s->ids;
     pthread_mutex_init(&s->mu, NULL);

@@ -74,6 +74,9 @@ struct moe_sched_params {
     struct moe_provider *provider; /* where prefetch hints go; NULL = the engine's provider
                                       (moe_sched_create) or none (moe_sched_create_backend) */
     struct moe_sched_path_source *path_source; /* predicted routing paths; NULL = most recent routing */
+    bool prefix_cache;        /* a new request takes the free slot whose previous sequence shares the
+                                 longest beginning with its prompt and computes only the rest
+                                 (needs the backend's seq_claim; not with prompt_logprobs) */
     float path_decay;         /* without path_source/predictor: 0 = the path is the most recent
                                  token's routing; in (0, 1): the top_k experts per MoE layer of
                                  the sequence's routing history, each token weighted
@@ -126,6 +129,8 @@ struct moe_sched_stats {
                                                       summed over decode_layer_steps */
     uint64_t decode_tokens;                        /* decode rows computed */
     uint64_t prefill_chunks;                       /* prompt chunks computed */
+    uint64_t prefix_hit_tokens;                    /* prompt tokens taken from a slot's cache (prefix_cache);
+                                                      prompt_tokens counts them too */
     uint64_t prefetch_hints;                       /* expert ids passed to provider prefetch */
     int64_t tokens_in_flight;                      /* now: prompt + max_tokens of accepted, unfinished */
 };
@@ -165,6 +170,9 @@ struct moe_sched_backend {
     int max_seqs, max_ctx, max_batch_tokens;
     int (*seq_alloc)(void *self);          /* slot or -1 */
     void (*seq_free)(void *self, int seq);
+    /* Optional (prefix_cache): claim free slot seq keeping its first keep cached tokens; seq or -1
+     * (moe_engine_seq_claim). */
+    int (*seq_claim)(void *self, int seq, int keep);
     enum moe_status (*forward)(void *self, const struct moe_batch *b, float *logits,
                                void (*on_route)(void *ud, int layer, int n, const int *ids),
                                void *route_ud);

@@ -47,6 +47,10 @@ static const struct moe_serve_opt opts[] = {
       "a waiting request gains one priority level per this many steps (0 = 64)", 0 },
     { "lookahead", MOE_OPT_INT, OFF(lookahead), 0, "1", 0, 64,
       "micro-batches ahead whose predicted experts are prefetched (0 = none)", 0 },
+    { "prefix-cache", MOE_OPT_INT, OFF(prefix_cache), 0, "1", 0, 1,
+      "1: a request starts from the KV cache a finished request left in its sequence slot, for as many "
+      "leading prompt tokens as they share (repeated system prompts, chat turns); 0: every prompt is "
+      "computed whole", 0 },
     { "path-decay", MOE_OPT_DOUBLE, OFF(path_decay), 0, "0", 0, 0.999,
       "regroup on routing history weighted decay^age when no predictor (0 = last token only)", 0 },
     { "predictor", MOE_OPT_STRING, OFF(predictor), SZ(predictor), "none", 0, 0,

@@ -38,6 +38,7 @@ struct moe_serve_config {
     int aging_steps;           /* steps per priority level gained while waiting (0 = default) */
     int lookahead;             /* micro-batches ahead prefetched (0 = default 1, -1 = none) */
     double path_decay;         /* routing-history decay for regrouping without a predictor */
+    int prefix_cache;          /* 1: a request reuses the cache of a finished one that began alike */
     /* routing-path predictor (predictor/predictor.h) */
     char predictor[4200];      /* --predictor spec ("none", "gate", "path[:FILE]", ...) */
     double prefetch_min_score; /* prefetch experts scored at least this (0 = default) */

@@ -549,9 +549,12 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
     moe_strbuf_printf(&b,
         "# HELP moeflow:prompt_tokens_total Prompt tokens of accepted requests.\n"
         "# TYPE moeflow:prompt_tokens_total counter\nmoeflow:prompt_tokens_total{%s} %llu\n"
+        "# HELP moeflow:prefix_cache_hit_tokens_total Prompt tokens taken from a slot's cache, not computed.\n"
+        "# TYPE moeflow:prefix_cache_hit_tokens_total counter\nmoeflow:prefix_cache_hit_tokens_total{%s} %llu\n"
         "# HELP moeflow:generation_tokens_total Generated tokens.\n"
         "# TYPE moeflow:generation_tokens_total counter\nmoeflow:generation_tokens_total{%s} %llu\n",
-        lbl, (unsigned long long)ss.prompt_tokens, lbl, (unsigned long long)ss.generated_tokens);
+        lbl, (unsigned long long)ss.prompt_tokens, lbl, (unsigned long long)ss.prefix_hit_tokens, lbl,
+        (unsigned long long)ss.generated_tokens);
     moe_strbuf_printf(&b,
         "# HELP moeflow:requests_accepted_total Requests admitted by the scheduler.\n"
         "# TYPE moeflow:requests_accepted_total counter\nmoeflow:requests_accepted_total{%s} %llu\n"
@@ -892,6 +895,7 @@ static enum moe_status server_load(struct moe_server *s)
         .lookahead = cfg->lookahead > 0 ? cfg->lookahead : -1, /* the scheduler's 0 means 1 */
         .provider = s->provider,
         .path_decay = (float)cfg->path_decay,
+        .prefix_cache = cfg->prefix_cache != 0,
         .predictor = s->predictor,
         .engine_max_ctx = s->max_ctx,
         .engine_max_batch_tokens = cfg->max_batch_tokens,

@@ -1,7 +1,10 @@
 /* Batch invariance on the real engine and bundled model: each sequence's
  * greedy tokens are identical whatever batch, micro-batch, prefill chunk and
  * grouping it ran in, with the all-resident and with a small tiered expert
- * cache fed by lookahead prefetch; and equal to a plain one-sequence decode. */
+ * cache fed by lookahead prefetch; and equal to a plain one-sequence decode.
+ * With prefix_cache, a request that begins as a finished one did (the same
+ * prompt, the prompt and its answer as a longer prompt) starts from the slot's
+ * cache and still decodes exactly those tokens. */
 #include "../engine/engine_testutil.h"
 #include "model/tokenizer.h"
 #include "offload/runtime.h"
@@ -100,6 +103,59 @@ static void run(const struct moe_model *m, const struct cfg *c, int ci)
     moe_provider_destroy(prov);
 }
 
+/* One request through s, to its end; its greedy tokens must be want[0..T). */
+static void prefix_one(struct moe_sched *s, const int *p, int n, const int *want_t, const char *what)
+{
+    static struct sc_req r;
+    memset(&r, 0, sizeof(r));
+    struct moe_gen_params g = { .max_tokens = T, .ignore_eos = true };
+    g.sampling.top_p = 1.0f;
+    REQUIRE(moe_sched_submit(s, p, n, &g, &sc_events, &r, &r.id) == MOE_OK, "submit: %s", moe_last_error());
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    CHECK(r.n_done == 1 && r.n_tokens == T && !memcmp(r.tokens, want_t, sizeof(int) * T),
+          "prefix cache, %s: %d tokens, first %d (want %d)", what, r.n_tokens, r.tokens[0], want_t[0]);
+}
+
+static void prefix_cache(const struct moe_model *m)
+{
+    struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 256, .max_batch_tokens = 16 };
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    REQUIRE(e, "engine: %s", moe_last_error());
+    struct moe_sched_params sp = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 7, .prefix_cache = true,
+                                   .engine_max_ctx = 256, .engine_max_batch_tokens = 16,
+                                   .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create(e, &sp);
+    REQUIRE(s, "scheduler: %s", moe_last_error());
+    struct moe_sched_stats st;
+    const int a = 4, n = n_ids[a];
+    prefix_one(s, ids[a], n, want[a], "first run");
+    moe_sched_stats(s, &st);
+    CHECK(st.prefix_hit_tokens == 0, "nothing cached yet, %llu tokens reused", (unsigned long long)st.prefix_hit_tokens);
+    prefix_one(s, ids[a], n, want[a], "the same prompt again");
+    moe_sched_stats(s, &st);
+    CHECK(st.prefix_hit_tokens == (uint64_t)(n - 1), "the same prompt: %llu tokens reused, want %d",
+          (unsigned long long)st.prefix_hit_tokens, n - 1);
+    /* the prompt and its answer but the last token, as the next turn's prompt (the cache holds them all) */
+    int longer[256], want_l[T];
+    memcpy(longer, ids[a], sizeof(int) * (size_t)n);
+    memcpy(longer + n, want[a], sizeof(int) * (T - 1));
+    struct moe_engine *e1 = moe_engine_create(m, &(struct moe_engine_params){ .max_seqs = 1, .max_ctx = 256,
+                                                                             .max_batch_tokens = 256 });
+    REQUIRE(e1 && t_greedy(e1, moe_engine_seq_alloc(e1), longer, n + T - 1, T, want_l, NULL) == MOE_OK,
+            "reference: %s", moe_last_error());
+    moe_engine_destroy(e1);
+    uint64_t before = st.prefix_hit_tokens;
+    prefix_one(s, longer, n + T - 1, want_l, "prompt and answer as the next prompt");
+    moe_sched_stats(s, &st);
+    CHECK(st.prefix_hit_tokens - before == (uint64_t)(n + T - 2), "the next turn: %llu tokens reused, want %d",
+          (unsigned long long)(st.prefix_hit_tokens - before), n + T - 2);
+    for (int i = 0; i < NP; i++) /* other prompts in turn: each decodes as alone */
+        prefix_one(s, ids[i], n_ids[i], want[i], texts[i]);
+    moe_sched_destroy(s);
+    moe_engine_destroy(e);
+}
+
 int main(void)
 {
     char mdir[4096], tpath[4200];
@@ -126,6 +182,7 @@ int main(void)
     };
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++)
         run(m, &cfgs[c], (int)c);
+    prefix_cache(m);
     for (int i = 0; i < NP; i++)
         free(ids[i]);
     moe_tokenizer_free(tk);

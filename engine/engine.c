@@ -628,6 +628,25 @@ int moe_engine_seq_claim(struct moe_engine *e, int seq, int keep)
     return seq;
 }
 
+enum moe_status moe_engine_seq_fork(struct moe_engine *e, int dst, int src, int n)
+{
+    if (dst < 0 || dst >= e->max_seqs || src < 0 || src >= e->max_seqs || dst == src || !e->seq_used[dst] ||
+        !e->seq_used[src] || e->seq_len[dst] != 0 || n < 0 || n > e->seq_len[src])
+        return moe_errorf(MOE_EINVAL, "engine: fork of %d tokens from sequence %d (%d cached) into %d", n, src,
+                          src >= 0 && src < e->max_seqs ? e->seq_len[src] : -1, dst);
+    const struct moe_backend_ops *o = e->be->ops;
+    size_t row = (size_t)e->KV * sizeof(float), bytes = (size_t)n * row;
+    for (int l = 0; l < e->cfg.n_layers && bytes; l++)
+        for (int kv = 0; kv < 2; kv++) {
+            char *base = (char *)(kv ? e->vc : e->kc) + (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * row;
+            enum moe_status st = o->copy_d2d(e->be->ctx, base + (size_t)dst * (size_t)e->max_ctx * row,
+                                             base + (size_t)src * (size_t)e->max_ctx * row, bytes);
+            if (st != MOE_OK) return moe_error_prefix(st, "engine: fork of sequence %d into %d", src, dst);
+        }
+    e->seq_len[dst] = n;
+    return MOE_OK;
+}
+
 int moe_engine_seq_len(const struct moe_engine *e, int seq)
 {
     if (seq < 0 || seq >= e->max_seqs || !e->seq_used[seq]) return 0;

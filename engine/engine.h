@@ -70,6 +70,9 @@ void moe_engine_seq_free(struct moe_engine *e, int seq);
  * sequence that begins with the same tokens at the same positions computes only the rest: seq, or
  * -1 when seq is in use, out of range, or held fewer than keep tokens. */
 int moe_engine_seq_claim(struct moe_engine *e, int seq, int keep);
+/* Copy the first n tokens of sequence src's cache into sequence dst, which must be allocated and
+ * empty (a sequence that begins as src does then computes only the rest). */
+enum moe_status moe_engine_seq_fork(struct moe_engine *e, int dst, int src, int n);
 /* Tokens currently cached for seq. */
 int moe_engine_seq_len(const struct moe_engine *e, int seq);
 /* KV occupancy now: sequence slots in use and tokens cached over them (either

@@ -63,6 +63,11 @@ static int ad_seq_claim(void *self, int seq, int keep)
     return got;
 }
 
+static enum moe_status ad_seq_fork(void *self, int dst, int src, int n)
+{
+    return moe_engine_seq_fork(((struct engine_adapter *)self)->e, dst, src, n);
+}
+
 static void ad_seq_free(void *self, int seq)
 {
     struct engine_adapter *ad = self;
@@ -170,6 +175,7 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         .seq_alloc = ad_seq_alloc,
         .seq_free = ad_seq_free,
         .seq_claim = ad_seq_claim,
+        .seq_fork = ad_seq_fork,
         .forward = ad_forward,
     };
     if (be.max_seqs < 1) {

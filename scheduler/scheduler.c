@@ -43,6 +43,7 @@ struct rq {
     float *hist;               /* [n_moe * n_experts] decayed routing counts (path_decay > 0) */
     double credit;             /* regroup: fair-share credit in tokens (1 = due now) */
     bool pred_stale;           /* pred is not for the current next token */
+    uint64_t wait_pass;        /* prefix_cache: the admit() pass in which it waits for a prefill */
     struct rq *next;           /* waiting list / done list link */
     /* terminal outcome, reported by on_done */
     enum moe_finish why;
@@ -100,6 +101,7 @@ struct moe_sched {
     int *slot_ntok;                /* [max_seqs] */
     uint64_t *slot_freed;          /* [max_seqs] when it was freed (free_clock), 0 = never used */
     uint64_t free_clock;
+    uint64_t admit_pass;           /* admit() calls; a request that waits for a prefill skips one */
     int *b_tok, *b_seq, *b_pos;    /* [max_batch_tokens] */
     bool *b_want;
     struct rq **b_req;             /* [max_batch_tokens] request of each row */
@@ -165,6 +167,22 @@ static void active_remove(struct moe_sched *s, struct rq *r)
     }
 }
 
+/* Tokens of r's cache computed so far: its prompt's prefilled part, or its prompt and the generated
+ * tokens fed back. */
+static int rq_cached(const struct rq *r)
+{
+    return r->state == RQ_PREFILL ? r->n_prefilled : r->n_prompt + (r->n_generated > 0 ? r->n_generated - 1 : 0);
+}
+
+/* How many of the first lim tokens a and b share. */
+static int common_prefix(const int *a, const int *b, int lim)
+{
+    int n = 0;
+    while (n < lim && a[n] == b[n])
+        n++;
+    return n;
+}
+
 /* prefix_cache: remember what r leaves in its slot's cache (nothing after an error: a failed forward
  * may have written part of it): the prompt and the generated tokens fed back so far. */
 static void slot_keep(struct moe_sched *s, struct rq *r, bool valid)
@@ -175,7 +193,7 @@ static void slot_keep(struct moe_sched *s, struct rq *r, bool valid)
     s->slot_busy[slot] = false;
     s->slot_freed[slot] = ++s->free_clock;
     if (valid)
-        n = r->state == RQ_PREFILL ? r->n_prefilled : r->n_prompt + (r->n_generated > 0 ? r->n_generated - 1 : 0);
+        n = rq_cached(r);
     if (n > 0 && !s->slot_tok[slot] && !(s->slot_tok[slot] = malloc(sizeof(int) * (size_t)s->max_ctx)))
         n = 0;
     if (n > s->max_ctx)
@@ -194,11 +212,8 @@ static int slot_pick(struct moe_sched *s, const struct rq *r, int *keep)
     for (int slot = 0; slot < s->be.max_seqs; slot++) {
         if (s->slot_busy[slot])
             continue;
-        int n = 0, lim = r->g.prompt_logprobs ? 0 : r->n_prompt - 1;
-        if (lim > s->slot_ntok[slot])
-            lim = s->slot_ntok[slot];
-        while (n < lim && s->slot_tok[slot][n] == r->tokens[n])
-            n++;
+        int lim = r->g.prompt_logprobs ? 0 : r->n_prompt - 1;
+        int n = common_prefix(s->slot_tok[slot], r->tokens, lim < s->slot_ntok[slot] ? lim : s->slot_ntok[slot]);
         if (best < 0 || n > best_n || (n == best_n && s->slot_freed[slot] < s->slot_freed[best])) {
             best = slot;
             best_n = n;
@@ -273,14 +288,65 @@ static void reap(struct moe_sched *s)
     }
 }
 
+#define PREFIX_WAIT_MIN 16 /* prompt tokens a prefill under way must share to make a request wait for it */
+
+/* prefix_cache: take a slot for r, starting from what a cache already holds of its prompt: a free
+ * slot's (slot_pick), or a running request's, copied (seq_fork).  A request that shares
+ * PREFIX_WAIT_MIN or more prompt tokens with a prefill under way, more than any cache holds now,
+ * waits for it: -2.  -1 when no slot is free; else the slot, with *keep the prompt tokens already in
+ * its cache. */
+static int prefix_slot(struct moe_sched *s, struct rq *r, int *keep)
+{
+    int keep_free, slot = slot_pick(s, r, &keep_free);
+    if (slot < 0)
+        return -1;
+    int lim = r->g.prompt_logprobs ? 0 : r->n_prompt - 1, share = 0, coming = 0;
+    struct rq *src = NULL;
+    for (int i = 0; s->be.seq_fork && i < s->n_active; i++) {
+        struct rq *a = s->active[i];
+        if (a->slot < 0 || (a->state != RQ_PREFILL && a->state != RQ_DECODE))
+            continue;
+        int cached = rq_cached(a), n = common_prefix(a->tokens, r->tokens, lim < cached ? lim : cached);
+        if (n > share) {
+            share = n;
+            src = a;
+        }
+        if (a->state == RQ_PREFILL) {
+            int later = common_prefix(a->tokens, r->tokens, lim < a->n_prompt ? lim : a->n_prompt);
+            if (later > coming)
+                coming = later;
+        }
+    }
+    int have = share > keep_free ? share : keep_free;
+    if (coming >= PREFIX_WAIT_MIN && coming > have)
+        return -2;
+    *keep = keep_free;
+    if (src && share > keep_free) { /* copy the running request's cache into an emptied slot */
+        *keep = 0;
+        if (s->be.seq_claim(s->be.self, slot, 0) != slot)
+            return -1;
+        if (s->be.seq_fork(s->be.self, slot, src->slot, share) == MOE_OK)
+            *keep = share;
+    } else if (s->be.seq_claim(s->be.self, slot, keep_free) != slot) {
+        *keep = 0; /* the backend disagrees: an empty slot then */
+        slot = s->be.seq_claim(s->be.self, slot, 0);
+    }
+    if (slot >= 0)
+        s->slot_busy[slot] = true;
+    return slot;
+}
+
 /* Admit waiting requests into free engine slots: highest effective priority
  * first (priority + one level per aging_steps waited), FCFS among equals. */
 static void admit(struct moe_sched *s)
 {
+    s->admit_pass++;
     while (s->n_waiting > 0 && s->n_active < s->p.max_running) {
         struct rq *best = NULL;
         int64_t best_key = 0;
         for (struct rq *r = s->wait_head; r; r = r->next) {
+            if (r->wait_pass == s->admit_pass)
+                continue; /* waits this time for a prefill under way */
             int64_t key = (int64_t)r->g.priority + (int64_t)((s->st.steps - r->submit_step) /
                                                              (uint64_t)s->p.aging_steps);
             if (!best || key > best_key) {
@@ -288,17 +354,12 @@ static void admit(struct moe_sched *s)
                 best_key = key;
             }
         }
-        int keep = 0, slot;
-        if (s->slot_busy) {
-            slot = slot_pick(s, best, &keep);
-            if (slot >= 0 && s->be.seq_claim(s->be.self, slot, keep) != slot) {
-                keep = 0; /* the backend disagrees: an empty slot then */
-                slot = s->be.seq_claim(s->be.self, slot, 0);
-            }
-            if (slot >= 0)
-                s->slot_busy[slot] = true;
-        } else {
-            slot = s->be.seq_alloc(s->be.self);
+        if (!best)
+            break;
+        int keep = 0, slot = s->slot_busy ? prefix_slot(s, best, &keep) : s->be.seq_alloc(s->be.self);
+        if (slot == -2) {
+            best->wait_pass = s->admit_pass;
+            continue;
         }
         if (slot < 0)
             break;

@@ -173,6 +173,9 @@ struct moe_sched_backend {
     /* Optional (prefix_cache): claim free slot seq keeping its first keep cached tokens; seq or -1
      * (moe_engine_seq_claim). */
     int (*seq_claim)(void *self, int seq, int keep);
+    /* Optional (prefix_cache): copy the first n cached tokens of seq src into the empty, claimed dst
+     * (moe_engine_seq_fork). */
+    enum moe_status (*seq_fork)(void *self, int dst, int src, int n);
     enum moe_status (*forward)(void *self, const struct moe_batch *b, float *logits,
                                void (*on_route)(void *ud, int layer, int n, const int *ids),
                                void *route_ud);

@@ -4,7 +4,8 @@
  * cache fed by lookahead prefetch; and equal to a plain one-sequence decode.
  * With prefix_cache, a request that begins as a finished one did (the same
  * prompt, the prompt and its answer as a longer prompt) starts from the slot's
- * cache and still decodes exactly those tokens. */
+ * cache, and requests sent together with one prompt copy the first one's, and
+ * each still decodes exactly those tokens. */
 #include "../engine/engine_testutil.h"
 #include "model/tokenizer.h"
 #include "offload/runtime.h"
@@ -152,6 +153,31 @@ static void prefix_cache(const struct moe_model *m)
           (unsigned long long)(st.prefix_hit_tokens - before), n + T - 2);
     for (int i = 0; i < NP; i++) /* other prompts in turn: each decodes as alone */
         prefix_one(s, ids[i], n_ids[i], want[i], texts[i]);
+    moe_sched_destroy(s);
+    moe_engine_destroy(e);
+
+    /* three requests with one prompt at once: two wait for the first one's prefill and copy its cache */
+    ep.max_seqs = 3;
+    sp.max_running = 3;
+    e = moe_engine_create(m, &ep);
+    REQUIRE(e && (s = moe_sched_create(e, &sp)), "engine / scheduler: %s", moe_last_error());
+    REQUIRE(n > 17, "prompt %d is too short (%d tokens) to wait for", a, n);
+    static struct sc_req r3[3];
+    memset(r3, 0, sizeof(r3));
+    for (int i = 0; i < 3; i++) {
+        struct moe_gen_params g = { .max_tokens = T, .ignore_eos = true };
+        g.sampling.top_p = 1.0f;
+        REQUIRE(moe_sched_submit(s, ids[a], n, &g, &sc_events, &r3[i], &r3[i].id) == MOE_OK, "submit: %s",
+                moe_last_error());
+    }
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    moe_sched_stats(s, &st);
+    for (int i = 0; i < 3; i++)
+        CHECK(r3[i].n_done == 1 && r3[i].n_tokens == T && !memcmp(r3[i].tokens, want[a], sizeof(int) * T),
+              "prefix cache, three at once, request %d: %d tokens", i, r3[i].n_tokens);
+    CHECK(st.prefix_hit_tokens == (uint64_t)(2 * (n - 1)), "three at once: %llu tokens copied, want %d",
+          (unsigned long long)st.prefix_hit_tokens, 2 * (n - 1));
     moe_sched_destroy(s);
     moe_engine_destroy(e);
 }

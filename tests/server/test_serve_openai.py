@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, Checks, run_server_test  # noqa: E402
+from serve_util import Server, Checks, metric, run_server_test  # noqa: E402
 
 NAME = "acme/pycode-moe-18m"
 
@@ -173,6 +173,20 @@ def check_n(srv):
     check(code == 200 and [c["text"] for c in js["choices"]] == [a["text"] for a in alone] and
           [c["logprobs"]["token_logprobs"] for c in js["choices"]] == [a["logprobs"]["token_logprobs"] for a in alone],
           "n = 3, seed 40: %r, alone %r" % (js.get("choices"), alone))
+    # a longer prompt, seen by no earlier request: choices 1 and 2 copy choice 0's cache once its prefill
+    # is done (the prefix cache), and still draw as requests of their own
+    long_prompt = "# choices sharing one prompt\n" + "def add(a, b):\n    return a + b\n\n" * 4
+    hits = lambda: metric(srv.metrics(), "moeflow:prefix_cache_hit_tokens_total")  # noqa: E731
+    before = hits()
+    body = {"prompt": long_prompt, "max_tokens": 8, "temperature": 1.5, "ignore_eos": True, "seed": 90}
+    code, js = post(srv, "/v1/completions", dict(body, n=3))
+    copied = hits() - before
+    n_p = js.get("usage", {}).get("prompt_tokens", 0)
+    alone = [post(srv, "/v1/completions", dict(body, seed=90 + i))[1]["choices"][0]["text"] for i in range(3)]
+    check(code == 200 and n_p > 17 and copied == 2 * (n_p - 1) and
+          [c["text"] for c in js["choices"]] == alone,
+          "n = 3 on a %d-token prompt: %d tokens copied (want %d), %r vs %r" % (
+              n_p, copied, 2 * (n_p - 1), js.get("choices"), alone))
     chat = {"messages": [{"role": "user", "content": "def add(a, b):"}], "max_tokens": 6, "temperature": 1.5,
             "seed": 7, "n": 2, "ignore_eos": True}
     code, plain = post(srv, "/v1/chat/completions", chat)

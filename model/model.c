@@ -26,6 +26,7 @@ struct moe_model_priv {
     size_t n_ents;
     void **owned;          /* [n_owned] weights made at load (FP8 checkpoints' BF16 matrices) */
     size_t n_owned, cap_owned;
+    bool binding_experts;  /* bind() is binding routed experts (FP8 ones stay FP8) */
 };
 
 static int cmp_ent(const void *a, const void *b)
@@ -251,12 +252,11 @@ static float f8_e5m2_to_f32(uint8_t b)
     return b & 0x80 ? -v : v;
 }
 
-/* An FP8 matrix t ([rows, cols], float8_e4m3fn) as BF16: each element times its block's factor in
+/* The FP8 matrix t ([rows, cols], float8_e4m3fn) as a view with its block factors in
  * "<name>_scale_inv" ([ceil(rows / br), ceil(cols / bc)]: F32 as DeepSeek-V3 stores them, BF16 or
- * F16 as Qwen3's FP8 checkpoints do), in F32 and rounded to BF16, as DeepSeek's FP8-to-BF16
- * conversion computes it.  The buffer is the model's (freed at close). */
-static enum moe_status dequant_fp8(struct moe_model *m, const char *name, const struct moe_st_tensor *t,
-                                   int64_t rows, int64_t cols, struct moe_wview *w)
+ * F16 as Qwen3's FP8 checkpoints do). */
+static enum moe_status fp8_view(struct moe_model *m, const char *name, const struct moe_st_tensor *t,
+                                int64_t rows, int64_t cols, struct moe_wview *w)
 {
     const int br = m->cfg.fp8_block[0], bc = m->cfg.fp8_block[1];
     if (!br)
@@ -275,6 +275,68 @@ static enum moe_status dequant_fp8(struct moe_model *m, const char *name, const 
         return moe_errorf(MOE_EFORMAT, "%s: \"%s\" must be F32, BF16 or F16 [%lld, %lld] (blocks of %d x %d over "
                           "[%lld, %lld])", m->dir, sname, (long long)sr, (long long)sc, br, bc, (long long)rows,
                           (long long)cols);
+    *w = moe_wview_from_tensor(t);
+    w->scale = s->data;
+    w->scale_dtype = s->dtype;
+    w->block_rows = br;
+    w->block_cols = bc;
+    return MOE_OK;
+}
+
+/* The values of an FP8 view with block factors: code value x factor in F32, rounded to BF16; into
+ * out (BF16) or, when out is NULL, into f (those BF16 values as F32). */
+static void fp8_values(const struct moe_wview *w, uint16_t *out, float *fo)
+{
+    float lut[256];
+    for (int i = 0; i < 256; i++) lut[i] = f8_e4m3_to_f32((uint8_t)i);
+    const int64_t sc = (w->cols + w->block_cols - 1) / w->block_cols;
+    const uint8_t *q = w->data, *sp = w->scale;
+    size_t es = moe_dtype_size(w->scale_dtype);
+    for (int64_t r = 0; r < w->rows; r++) {
+        for (int64_t c0 = 0; c0 < w->cols; c0 += w->block_cols) {
+            const uint8_t *fp = sp + ((size_t)(r / w->block_rows) * (size_t)sc + (size_t)(c0 / w->block_cols)) * es;
+            float f;
+            uint16_t h;
+            if (w->scale_dtype == MOE_DT_F32) {
+                memcpy(&f, fp, 4); /* mapped data need not be aligned */
+            } else {
+                memcpy(&h, fp, 2);
+                f = w->scale_dtype == MOE_DT_BF16 ? moe_bf16_to_f32(h) : moe_f16_to_f32(h);
+            }
+            int64_t c1 = c0 + w->block_cols < w->cols ? c0 + w->block_cols : w->cols;
+            for (int64_t c = c0; c < c1; c++) {
+                size_t i = (size_t)r * (size_t)w->cols + (size_t)c;
+                uint16_t b = moe_f32_to_bf16(lut[q[i]] * f);
+                if (out)
+                    out[i] = b;
+                else
+                    fo[i] = moe_bf16_to_f32(b);
+            }
+        }
+    }
+}
+
+enum moe_dtype moe_wview_stored_dtype(const struct moe_wview *w)
+{
+    return w->scale ? MOE_DT_BF16 : w->dtype;
+}
+
+uint64_t moe_wview_stored_bytes(const struct moe_wview *w)
+{
+    return w->scale ? (uint64_t)w->rows * (uint64_t)w->cols * 2 : w->nbytes;
+}
+
+void moe_wview_copy_stored(const struct moe_wview *w, void *dst)
+{
+    if (w->scale)
+        fp8_values(w, dst, NULL);
+    else if (w->nbytes)
+        memcpy(dst, w->data, w->nbytes);
+}
+
+/* A non-expert FP8 matrix widened to BF16 once, at load: the buffer is the model's (freed at close). */
+static enum moe_status widen_fp8(struct moe_model *m, const char *name, struct moe_wview *w)
+{
     struct moe_model_priv *p = m->priv;
     if (p->n_owned == p->cap_owned) {
         size_t cap = p->cap_owned ? 2 * p->cap_owned : 64;
@@ -283,28 +345,14 @@ static enum moe_status dequant_fp8(struct moe_model *m, const char *name, const 
         p->owned = o;
         p->cap_owned = cap;
     }
-    uint16_t *out = malloc((size_t)rows * (size_t)cols * sizeof(uint16_t) + 1);
+    uint16_t *out = malloc((size_t)moe_wview_stored_bytes(w) + 1);
     if (!out)
         return moe_errorf(MOE_ENOMEM, "%s: out of memory for the BF16 copy of FP8 tensor \"%s\" (%lld x %lld)",
-                          m->dir, name, (long long)rows, (long long)cols);
+                          m->dir, name, (long long)w->rows, (long long)w->cols);
     p->owned[p->n_owned++] = out;
-    float lut[256], *fac = malloc(sizeof(float) * (size_t)(sr * sc));
-    if (!fac) return moe_errorf(MOE_ENOMEM, "%s: out of memory", m->dir);
-    struct moe_wview sv = moe_wview_from_tensor(s);
-    moe_wview_to_f32(&sv, fac); /* exact for each of the three dtypes */
-    for (int i = 0; i < 256; i++) lut[i] = f8_e4m3_to_f32((uint8_t)i);
-    const uint8_t *q = t->data;
-    for (int64_t r = 0; r < rows; r++) {
-        for (int64_t c0 = 0; c0 < cols; c0 += bc) {
-            float f = fac[(size_t)(r / br) * (size_t)sc + (size_t)(c0 / bc)];
-            int64_t c1 = c0 + bc < cols ? c0 + bc : cols;
-            for (int64_t c = c0; c < c1; c++)
-                out[(size_t)r * (size_t)cols + (size_t)c] = moe_f32_to_bf16(lut[q[(size_t)r * (size_t)cols + (size_t)c]] * f);
-        }
-    }
-    free(fac);
-    *w = (struct moe_wview){ .dtype = MOE_DT_BF16, .data = out, .nbytes = (uint64_t)rows * (uint64_t)cols * 2,
-                             .rows = rows, .cols = cols };
+    fp8_values(w, out, NULL);
+    *w = (struct moe_wview){ .dtype = MOE_DT_BF16, .data = out, .nbytes = moe_wview_stored_bytes(w),
+                             .rows = w->rows, .cols = w->cols };
     return MOE_OK;
 }
 
@@ -339,8 +387,10 @@ static enum moe_status bind(struct moe_model *m, struct moe_wview *w, const char
                           name, got, (long long)cols);
     }
     e->used = true;
-    if (t->dtype == MOE_DT_F8_E4M3)
-        return dequant_fp8(m, name, t, rows, cols, w);
+    if (t->dtype == MOE_DT_F8_E4M3) { /* experts stay FP8 (widened where they are read), the rest now */
+        enum moe_status st = fp8_view(m, name, t, rows, cols, w);
+        return st == MOE_OK && !m->priv->binding_experts ? widen_fp8(m, name, w) : st;
+    }
     *w = moe_wview_from_tensor(t);
     return MOE_OK;
 }
@@ -432,6 +482,7 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
         if (c->shared_gate)
             BINDF(&L->sh_scale, 1, H, true, "model.layers.%d.mlp.shared_expert_gate.weight", l);
     }
+    m->priv->binding_experts = true;
     for (int e = 0; e < c->n_experts; e++) {
         struct moe_expert_w *x = &m->experts[(size_t)l * (size_t)c->n_experts + (size_t)e];
         int64_t I = c->expert_inter;
@@ -442,6 +493,7 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
         BINDF(&x->down, H, I, true, "model.layers.%d.%s.experts.%d.%s.weight", l, moe, e,
               mix ? "w2" : "down_proj");
     }
+    m->priv->binding_experts = false; /* (an error above fails the whole open) */
     return MOE_OK;
 }
 
@@ -570,7 +622,8 @@ uint64_t moe_model_expert_bytes(const struct moe_model *m)
     for (int l = 0; l < m->cfg.n_layers; l++) {
         if (m->cfg.is_moe[l]) {
             const struct moe_expert_w *x = moe_model_expert(m, l, 0);
-            return x->gate.nbytes + x->up.nbytes + x->down.nbytes;
+            return moe_wview_stored_bytes(&x->gate) + moe_wview_stored_bytes(&x->up) +
+                   moe_wview_stored_bytes(&x->down);
         }
     }
     return 0;
@@ -637,8 +690,11 @@ void moe_wview_to_f32(const struct moe_wview *w, float *out)
     case MOE_DT_BOOL:
         for (size_t i = 0; i < n; i++) out[i] = (float)p[i];
         break;
-    case MOE_DT_F8_E4M3: /* the stored values, without any block factor */
-        for (size_t i = 0; i < n; i++) out[i] = f8_e4m3_to_f32(p[i]);
+    case MOE_DT_F8_E4M3: /* with block factors: the BF16 values they make; else the bare code values */
+        if (w->scale)
+            fp8_values(w, NULL, out);
+        else
+            for (size_t i = 0; i < n; i++) out[i] = f8_e4m3_to_f32(p[i]);
         break;
     case MOE_DT_F8_E5M2:
         for (size_t i = 0; i < n; i++) out[i] = f8_e5m2_to_f32(p[i]);

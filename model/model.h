@@ -21,6 +21,13 @@ struct moe_wview {
     int64_t rows, cols;        /* 1-D: rows = 1, cols = n */
     const void *data;          /* NULL when the tensor is absent (optional weight) */
     uint64_t nbytes;
+    /* An FP8 expert matrix (dtype F8_E4M3, left as the checkpoint stores it, so that experts
+     * served from a packed store are never widened in RAM): its block factors, [ceil(rows /
+     * block_rows), ceil(cols / block_cols)] of scale_dtype.  Its stored form, for records, packing
+     * and compute, is BF16 (moe_wview_stored_*); NULL for every other view. */
+    const void *scale;
+    enum moe_dtype scale_dtype;
+    int block_rows, block_cols;
 };
 
 struct moe_layer_w {
@@ -74,11 +81,21 @@ static inline const struct moe_expert_w *moe_model_expert(const struct moe_model
 /* Bytes of one expert's three matrices in their stored dtype. */
 uint64_t moe_model_expert_bytes(const struct moe_model *m);
 
+/* A view's dtype and bytes as records and kernels take it: BF16 for an FP8 matrix with block
+ * factors, else its own. */
+enum moe_dtype moe_wview_stored_dtype(const struct moe_wview *w);
+uint64_t moe_wview_stored_bytes(const struct moe_wview *w);
+/* The view's elements in their stored form (moe_wview_stored_bytes bytes at dst): a copy, or an FP8
+ * matrix's values times their block factors in F32, rounded to BF16 (DeepSeek's FP8-to-BF16
+ * conversion). */
+void moe_wview_copy_stored(const struct moe_wview *w, void *dst);
+
 /* Find a tensor in any shard by its checkpoint name (NULL if absent). */
 const struct moe_st_tensor *moe_model_tensor(const struct moe_model *m, const char *name);
 
-/* Convert the rows*cols elements of a view to f32 (BF16, F16, F32; also F64
- * and integer dtypes, for reference tensors).  out holds rows*cols floats. */
+/* Convert the rows*cols elements of a view to f32 (BF16, F16, F32, an FP8 matrix with block factors
+ * as its BF16 values; also F64, integer and bare FP8 dtypes, for reference tensors).  out holds
+ * rows*cols floats. */
 void moe_wview_to_f32(const struct moe_wview *w, float *out);
 
 /* View of any checkpoint tensor: cols = last dimension, rows = product of the

@@ -1,6 +1,7 @@
 /* The all-resident expert provider: every routed expert in RAM, either where
- * the model holds it (BF16, no copy) or converted to F32 once at creation.
- * acquire never waits and never fails. */
+ * the model holds it (BF16, no copy), widened to BF16 once at creation (FP8
+ * checkpoints), or converted to F32 once at creation.  acquire never waits and
+ * never fails. */
 #include "provider.h"
 
 #include <stdint.h>
@@ -11,6 +12,7 @@ struct resident {
     int n_experts;
     size_t inter, hidden;
     float *w;                       /* F32 copies: [layers][experts][gate | up | down], or NULL */
+    uint16_t *wb;                   /* BF16 copies of FP8 experts, the same layout, or NULL */
     const struct moe_model *m;      /* no copies: the model's own BF16 tensors */
     bool *present;                  /* [layers][experts]: false on dense layers */
 };
@@ -26,6 +28,12 @@ static enum moe_status res_acquire(void *self, int layer, int n, const int *ids,
         size_t idx = (size_t)layer * (size_t)r->n_experts + (size_t)ids[i];
         if (ids[i] < 0 || ids[i] >= r->n_experts || !r->present[idx])
             return moe_errorf(MOE_EINVAL, "layer %d has no expert %d", layer, ids[i]);
+        if (r->wb) {
+            const uint16_t *base = r->wb + idx * per;
+            out[i] = (struct moe_expert_ref){ .gate = base, .up = base + r->inter * r->hidden,
+                                              .down = base + 2 * r->inter * r->hidden, .dtype = MOE_DT_BF16 };
+            continue;
+        }
         if (!r->w) {
             const struct moe_expert_w *x = moe_model_expert(r->m, layer, ids[i]);
             out[i] = (struct moe_expert_ref){ .gate = x->gate.data, .up = x->up.data, .down = x->down.data,
@@ -47,6 +55,7 @@ static void res_destroy(void *self)
 {
     struct resident *r = self;
     free(r->w);
+    free(r->wb);
     free(r->present);
     free(r);
 }
@@ -79,7 +88,11 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
     const struct moe_config *c = &m->cfg;
     struct resident *r = calloc(1, sizeof(*r));
     size_t n_all = (size_t)c->n_layers * (size_t)c->n_experts;
-    bool copy = dt != MOE_DT_BF16 || !all_bf16(m);
+    int l0 = 0;
+    while (l0 < c->n_layers && !c->is_moe[l0]) l0++;
+    /* FP8 experts (their stored form is BF16) widen to BF16 copies, unless F32 is asked for */
+    bool widen = dt == MOE_DT_BF16 && l0 < c->n_layers && moe_model_expert(m, l0, 0)->gate.scale;
+    bool copy = !widen && (dt != MOE_DT_BF16 || !all_bf16(m));
     if (!r) goto fail;
     r->n_experts = c->n_experts;
     r->inter = (size_t)c->expert_inter;
@@ -87,14 +100,21 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
     r->m = m;
     r->present = calloc(n_all, sizeof(bool));
     if (copy) r->w = malloc(n_all * expert_floats(r) * sizeof(float));
-    if (!r->present || (copy && !r->w)) goto fail;
+    if (widen) r->wb = malloc(n_all * expert_floats(r) * sizeof(uint16_t));
+    if (!r->present || (copy && !r->w) || (widen && !r->wb)) goto fail;
     for (int l = 0; l < c->n_layers; l++) {
         if (!c->is_moe[l]) continue;
         for (int e = 0; e < c->n_experts; e++) {
             size_t idx = (size_t)l * (size_t)c->n_experts + (size_t)e;
             r->present[idx] = true;
-            if (!copy) continue;
             const struct moe_expert_w *x = moe_model_expert(m, l, e);
+            if (widen) {
+                uint16_t *wb = r->wb + idx * expert_floats(r);
+                moe_wview_copy_stored(&x->gate, wb);
+                moe_wview_copy_stored(&x->up, wb + r->inter * r->hidden);
+                moe_wview_copy_stored(&x->down, wb + 2 * r->inter * r->hidden);
+            }
+            if (!copy) continue;
             float *base = r->w + idx * expert_floats(r);
             moe_wview_to_f32(&x->gate, base);
             moe_wview_to_f32(&x->up, base + r->inter * r->hidden);
@@ -107,10 +127,12 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
 fail:
     if (r) {
         free(r->w);
+        free(r->wb);
         free(r->present);
         free(r);
     }
-    moe_errorf(MOE_ENOMEM, "resident expert provider: cannot allocate %zu experts in F32", n_all);
+    moe_errorf(MOE_ENOMEM, "resident expert provider: cannot allocate %zu experts in %s", n_all,
+               dt == MOE_DT_BF16 ? "BF16" : "F32");
     return NULL;
 }
 

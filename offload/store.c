@@ -64,11 +64,11 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
         const struct moe_wview *r = &m->layers[l].router;
         if (r->data) XXH3_64bits_update(xs, r->data, (size_t)r->nbytes);
         const struct moe_expert_w *x = moe_model_expert(m, l, 0);
-        if (first) {
-            out->dtype = x->gate.dtype;
-            out->gate_bytes = x->gate.nbytes;
-            out->up_bytes = x->up.nbytes;
-            out->down_bytes = x->down.nbytes;
+        if (first) { /* as the records hold them: an FP8 checkpoint's experts in BF16 */
+            out->dtype = moe_wview_stored_dtype(&x->gate);
+            out->gate_bytes = moe_wview_stored_bytes(&x->gate);
+            out->up_bytes = moe_wview_stored_bytes(&x->up);
+            out->down_bytes = moe_wview_stored_bytes(&x->down);
             first = false;
         }
     }
@@ -160,15 +160,15 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
         if (!m->cfg.is_moe[l]) continue;
         for (int e = 0; e < m->cfg.n_experts; e++, i++) {
             const struct moe_expert_w *x = moe_model_expert(m, l, e);
-            if (x->gate.nbytes != in.gate_bytes || x->up.nbytes != in.up_bytes ||
-                x->down.nbytes != in.down_bytes || x->gate.dtype != in.dtype) {
+            if (moe_wview_stored_bytes(&x->gate) != in.gate_bytes || moe_wview_stored_bytes(&x->up) != in.up_bytes ||
+                moe_wview_stored_bytes(&x->down) != in.down_bytes || moe_wview_stored_dtype(&x->gate) != in.dtype) {
                 st = moe_errorf(MOE_EFORMAT, "pack: layer %d expert %d differs in size or dtype "
                                 "from the first expert", l, e);
                 goto out;
             }
-            memcpy(buf, x->gate.data, in.gate_bytes);
-            memcpy(buf + in.gate_bytes, x->up.data, in.up_bytes);
-            memcpy(buf + in.gate_bytes + in.up_bytes, x->down.data, in.down_bytes);
+            moe_wview_copy_stored(&x->gate, buf);
+            moe_wview_copy_stored(&x->up, buf + in.gate_bytes);
+            moe_wview_copy_stored(&x->down, buf + in.gate_bytes + in.up_bytes);
             rec[i] = (struct moe_store_record){ .layer = (uint32_t)l, .expert = (uint32_t)e,
                                                 .offset = off, .size = in.record_bytes,
                                                 .checksum = XXH3_64bits(buf, in.record_bytes) };

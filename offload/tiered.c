@@ -125,9 +125,9 @@ static void fill_from_safetensors(struct tiered *t, int key, uint8_t *dst)
     int l, e;
     layer_expert(t, key, &l, &e);
     const struct moe_expert_w *x = moe_model_expert(t->m, l, e);
-    memcpy(dst, x->gate.data, t->gate_b);
-    memcpy(dst + t->gate_b, x->up.data, t->up_b);
-    memcpy(dst + t->gate_b + t->up_b, x->down.data, t->down_b);
+    moe_wview_copy_stored(&x->gate, dst); /* an FP8 checkpoint's expert widened to BF16 here */
+    moe_wview_copy_stored(&x->up, dst + t->gate_b);
+    moe_wview_copy_stored(&x->down, dst + t->gate_b + t->up_b);
 }
 
 static void convert(struct tiered *t, const uint8_t *src, float *dst)

@@ -85,11 +85,24 @@ int main(void)
                 REQUIRE(pread(fd, buf, in->record_stride, (off_t)r->offset) ==
                         (ssize_t)in->record_stride, "pread");
                 CHECK(moe_store_verify(r, buf), "%s: checksum layer %d expert %d", t_models[i], l, e);
+                /* the record is the expert's matrices as stored (an FP8 checkpoint's widened to BF16) */
                 const struct moe_expert_w *x = moe_model_expert(m, l, e);
-                CHECK(!memcmp(buf, x->gate.data, x->gate.nbytes) &&
-                      !memcmp(buf + x->gate.nbytes, x->up.data, x->up.nbytes) &&
-                      !memcmp(buf + x->gate.nbytes + x->up.nbytes, x->down.data, x->down.nbytes),
-                      "%s: record bytes layer %d expert %d", t_models[i], l, e);
+                uint64_t gb = moe_wview_stored_bytes(&x->gate), ub = moe_wview_stored_bytes(&x->up);
+                uint8_t *want = malloc(in->record_bytes);
+                REQUIRE(want, "out of memory");
+                moe_wview_copy_stored(&x->gate, want);
+                moe_wview_copy_stored(&x->up, want + gb);
+                moe_wview_copy_stored(&x->down, want + gb + ub);
+                CHECK(!memcmp(buf, want, in->record_bytes), "%s: record bytes layer %d expert %d", t_models[i], l, e);
+                if (!x->gate.scale) /* BF16 / F32 checkpoints: their bytes as they are */
+                    CHECK(!memcmp(buf, x->gate.data, x->gate.nbytes), "%s: gate bytes layer %d expert %d",
+                          t_models[i], l, e);
+                else if (l == 2 && e == 0) /* FP8: the values the loader widens non-expert matrices to */
+                    CHECK(in->dtype == MOE_DT_BF16 && in->record_bytes == 3 * (uint64_t)x->gate.rows *
+                                                                          (uint64_t)x->gate.cols * 2,
+                          "%s: FP8 record dtype %d, %llu bytes", t_models[i], (int)in->dtype,
+                          (unsigned long long)in->record_bytes);
+                free(want);
             }
         }
         close(fd);

@@ -112,7 +112,7 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
            (unsigned long long)os.disk_reads, os.io_uring ? "io_uring" : "pread",
            os.direct ? " O_DIRECT" : "", os.registered ? " registered" : "",
            os.numa_bound ? " numa-bound" : "");
-    if (cf->max_io && cf->store && !cf->no_uring)
+    if (cf->max_io && cf->store && !cf->no_uring && 3 * ih * moe_dtype_size(a[0].dtype) > (size_t)cf->max_io)
         CHECK(os.io_continuations > 0, "%s/%s: short-read path not exercised", mname, cf->name);
     if (!cf->prefetch && !cf->quota) {
         /* Same routing, same capacity, same policy: the simulator agrees exactly. */
@@ -160,7 +160,7 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
     while (!c->is_moe[l0]) l0++;
     for (int mode = 0; mode < 3; mode++) {
         struct fake_dev fd = { .fail_after = mode == 2 ? 3 : -1 };
-        enum moe_dtype stored = moe_model_expert(m, l0, 0)->gate.dtype;
+        enum moe_dtype stored = moe_wview_stored_dtype(&moe_model_expert(m, l0, 0)->gate);
         struct moe_tiered_params tp = {
             .store_path = store, .dev_slots = c->top_k, .host_slots = 2, .numa_node = -1,
             .hooks = { .ud = &fd, .dev_alloc = fd_alloc, .dev_free = fd_free, .dev_upload = fd_upload,
@@ -179,11 +179,17 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
                 continue;
             }
             REQUIRE(st == MOE_OK, "hooks acquire: %s", moe_last_error());
-            if (mode == 1) {
+            if (mode == 1) { /* the matrices as stored (an FP8 checkpoint's widened to BF16) */
                 const struct moe_expert_w *x = moe_model_expert(m, l0, e);
-                bad += a.dtype != stored || memcmp(a.gate, x->gate.data, x->gate.nbytes) ||
-                       memcmp(a.up, x->up.data, x->up.nbytes) ||
-                       memcmp(a.down, x->down.data, x->down.nbytes);
+                size_t mb = (size_t)moe_wview_stored_bytes(&x->gate);
+                uint8_t *want = malloc(3 * mb);
+                REQUIRE(want, "out of memory");
+                moe_wview_copy_stored(&x->gate, want);
+                moe_wview_copy_stored(&x->up, want + mb);
+                moe_wview_copy_stored(&x->down, want + 2 * mb);
+                bad += a.dtype != stored || memcmp(a.gate, want, mb) || memcmp(a.up, want + mb, mb) ||
+                       memcmp(a.down, want + 2 * mb, mb);
+                free(want);
             } else {
                 res->ops->acquire(res->self, l0, 1, &e, &b);
                 bad += a.dtype != MOE_DT_F32 || memcmp(a.gate, b.gate, ih * 4) ||

@@ -15,6 +15,20 @@ static const char *const t_models[] = {
     "tests/fixtures/deepseek-v3-variants/fp8", /* FP8 experts: widened when packed or read from safetensors */
 };
 
+/* An expert's gate | up | down as records hold them (an FP8 checkpoint's widened to BF16): malloc'd,
+ * *mat: bytes of one matrix. */
+static inline uint8_t *t_expert_stored(const struct moe_model *m, int l, int e, size_t *mat)
+{
+    const struct moe_expert_w *x = moe_model_expert(m, l, e);
+    *mat = (size_t)moe_wview_stored_bytes(&x->gate);
+    uint8_t *b = malloc(3 * *mat + 1);
+    REQUIRE(b, "out of memory");
+    moe_wview_copy_stored(&x->gate, b);
+    moe_wview_copy_stored(&x->up, b + *mat);
+    moe_wview_copy_stored(&x->down, b + 2 * *mat);
+    return b;
+}
+
 static char t_tmpdir[256];
 
 static const char *t_tmp_make(const char *base)

@@ -87,13 +87,10 @@ int main(void)
                 CHECK(moe_store_verify(r, buf), "%s: checksum layer %d expert %d", t_models[i], l, e);
                 /* the record is the expert's matrices as stored (an FP8 checkpoint's widened to BF16) */
                 const struct moe_expert_w *x = moe_model_expert(m, l, e);
-                uint64_t gb = moe_wview_stored_bytes(&x->gate), ub = moe_wview_stored_bytes(&x->up);
-                uint8_t *want = malloc(in->record_bytes);
-                REQUIRE(want, "out of memory");
-                moe_wview_copy_stored(&x->gate, want);
-                moe_wview_copy_stored(&x->up, want + gb);
-                moe_wview_copy_stored(&x->down, want + gb + ub);
-                CHECK(!memcmp(buf, want, in->record_bytes), "%s: record bytes layer %d expert %d", t_models[i], l, e);
+                size_t mb;
+                uint8_t *want = t_expert_stored(m, l, e, &mb);
+                CHECK(3 * mb == in->record_bytes && !memcmp(buf, want, in->record_bytes),
+                      "%s: record bytes layer %d expert %d", t_models[i], l, e);
                 if (!x->gate.scale) /* BF16 / F32 checkpoints: their bytes as they are */
                     CHECK(!memcmp(buf, x->gate.data, x->gate.nbytes), "%s: gate bytes layer %d expert %d",
                           t_models[i], l, e);

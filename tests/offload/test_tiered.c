@@ -180,13 +180,8 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
             }
             REQUIRE(st == MOE_OK, "hooks acquire: %s", moe_last_error());
             if (mode == 1) { /* the matrices as stored (an FP8 checkpoint's widened to BF16) */
-                const struct moe_expert_w *x = moe_model_expert(m, l0, e);
-                size_t mb = (size_t)moe_wview_stored_bytes(&x->gate);
-                uint8_t *want = malloc(3 * mb);
-                REQUIRE(want, "out of memory");
-                moe_wview_copy_stored(&x->gate, want);
-                moe_wview_copy_stored(&x->up, want + mb);
-                moe_wview_copy_stored(&x->down, want + 2 * mb);
+                size_t mb;
+                uint8_t *want = t_expert_stored(m, l0, e, &mb);
                 bad += a.dtype != stored || memcmp(a.gate, want, mb) || memcmp(a.up, want + mb, mb) ||
                        memcmp(a.down, want + 2 * mb, mb);
                 free(want);

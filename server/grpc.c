@@ -1031,7 +1031,7 @@ struct grpc_front *srv_grpc_start(struct moe_server *s)
     atomic_store(&log_srv, s);
     gpr_set_log_function(grpc_log);
     grpc_init();
-    grpc_arg args[3];
+    grpc_arg args[4];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = s->cfg.max_message_bytes;
@@ -1041,7 +1041,10 @@ struct grpc_front *srv_grpc_start(struct moe_server *s)
     args[2].type = GRPC_ARG_INTEGER; /* a port in use is an error, not a share with another server */
     args[2].key = GRPC_ARG_ALLOW_REUSEPORT;
     args[2].value.integer = 0;
-    grpc_channel_args ca = { 3, args };
+    args[3].type = GRPC_ARG_INTEGER; /* one connection cannot hold calls without bound */
+    args[3].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
+    args[3].value.integer = s->cfg.grpc_max_streams;
+    grpc_channel_args ca = { 4, args };
     gf->server = grpc_server_create(&ca, NULL);
     gf->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(gf->server, gf->cq, NULL);

@@ -94,6 +94,8 @@ static const struct moe_serve_opt opts[] = {
       "largest HTTP request body (413 beyond)", 0 },
     { "max-message-bytes", MOE_OPT_INT, OFF(max_message_bytes), 0, "1048576", 256, 1 << 30,
       "largest gRPC message (RESOURCE_EXHAUSTED beyond)", 0 },
+    { "grpc-max-streams", MOE_OPT_INT, OFF(grpc_max_streams), 0, "256", 1, 1 << 20,
+      "calls open at once on one gRPC connection; a client's further calls wait until one ends", 0 },
     { "drain-timeout", MOE_OPT_DOUBLE, OFF(drain_timeout), 0, "30", 0, 86400,
       "seconds SIGTERM waits for in-flight requests before cancelling them", 0 },
     { "warmup-tokens", MOE_OPT_INT, OFF(warmup_tokens), 0, "2", 0, 1024,

@@ -57,6 +57,7 @@ struct moe_serve_config {
     double http_read_timeout;  /* seconds a connection has to send a whole request (after opening or
                                   after its previous reply) before it is closed */
     int max_message_bytes;     /* gRPC message, either direction */
+    int grpc_max_streams;      /* calls open at once on one gRPC connection (HTTP/2 streams) */
     /* lifecycle */
     double drain_timeout;      /* seconds SIGTERM waits for in-flight work */
     int warmup_tokens;         /* tokens generated before reporting ready (0 = no warm-up) */

@@ -234,6 +234,42 @@ def connection_limits(moeflow):
         srv.kill()
 
 
+def grpc_stream_cap(moeflow, pb):
+    """grpc-max-streams: one connection's calls beyond the cap wait for one to end (HTTP/2 flow
+    control, not an error): with a cap of 2, three long streams on one channel all finish, and the
+    server never holds more than two of them at once."""
+    import threading
+    srv = Server(moeflow, "--grpc-max-streams", "2")
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        gen = pb["mg"].GenerationStub(ch)
+        counts, errors = [], []
+
+        def call():
+            try:
+                n = sum(len(x.token_ids) for x in gen.Generate(pb["m"].GenerateRequest(
+                    prompt="def add(a, b):", max_tokens=600, ignore_eos=True), timeout=120))
+                counts.append(n)
+            except grpc.RpcError as e:
+                errors.append(e.code())
+        ths = [threading.Thread(target=call) for _ in range(3)]
+        for t in ths:
+            t.start()
+        most = 0
+        while any(t.is_alive() for t in ths):
+            ms = srv.metrics()
+            most = max(most, metric(ms, "moeflow:num_requests_running") + metric(ms, "moeflow:num_requests_waiting"))
+            time.sleep(0.02)
+        for t in ths:
+            t.join()
+        check(not errors and counts == [600] * 3 and 1 <= most <= 2,
+              "three streams under a cap of two: %r, errors %r, at most %d held at once" % (counts, errors, most))
+        ch.close()
+        check(srv.stop() == 0, "stream cap server: exit status")
+    finally:
+        srv.kill()
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -247,7 +283,7 @@ def main():
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
                            no_generation_left,
-                           lambda s: connection_limits(moeflow))
+                           lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 
 #include "regroup.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ struct rq {
     double credit;             /* regroup: fair-share credit in tokens (1 = due now) */
     bool pred_stale;           /* pred is not for the current next token */
     uint64_t wait_pass;        /* prefix_cache: the admit() pass in which it waits for a prefill */
+    struct moe_json_state json;/* g.json: the output so far, as the beginning of an object */
     struct rq *next;           /* waiting list / done list link */
     /* terminal outcome, reported by on_done */
     enum moe_finish why;
@@ -102,6 +104,7 @@ struct moe_sched {
     uint64_t *slot_freed;          /* [max_seqs] when it was freed (free_clock), 0 = never used */
     uint64_t free_clock;
     uint64_t admit_pass;           /* admit() calls; a request that waits for a prefill skips one */
+    float *masked;                 /* [vocab] JSON mode: the logits of the tokens that may come next */
     int *b_tok, *b_seq, *b_pos;    /* [max_batch_tokens] */
     bool *b_want;
     struct rq **b_req;             /* [max_batch_tokens] request of each row */
@@ -605,11 +608,39 @@ static void prefetch_group(struct moe_sched *s, struct rq **v, int n, int ahead)
  * (out of memory) fails alone. */
 static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
 {
-    int tok = moe_sampler_sample(&r->sampler, lg, s->be.vocab, r->tokens, r->n_prompt, r->n_prompt + r->n_generated);
-    if (tok < 0)
+    const float *from = lg;
+    const struct moe_token_bytes *tb = r->g.json;
+    if (tb) { /* JSON mode: the tokens that keep the output an object's beginning, the rest -inf */
+        if (!s->masked && !(s->masked = malloc(sizeof(float) * (size_t)s->be.vocab))) {
+            rq_finish(s, r, MOE_FINISH_ERROR, MOE_ENOMEM, "JSON mode: out of memory");
+            return;
+        }
+        int allowed = 0;
+        for (int id = 0; id < s->be.vocab; id++) {
+            struct moe_json_state js = r->json;
+            uint32_t a = id < tb->n ? tb->off[id] : 0, b = id < tb->n ? tb->off[id + 1] : 0;
+            /* an end-of-sequence token would end the text before the object: never one */
+            bool ok = b > a && !is_eos(s, id) && moe_json_feed(&js, tb->blob + a, b - a);
+            s->masked[id] = ok ? lg[id] : -INFINITY;
+            allowed += ok;
+        }
+        if (!allowed) {
+            rq_finish(s, r, MOE_FINISH_ERROR, MOE_EINVAL, "JSON mode: no token of the vocabulary continues the "
+                      "object");
+            return;
+        }
+        from = s->masked;
+    }
+    int tok = moe_sampler_sample(&r->sampler, from, s->be.vocab, r->tokens, r->n_prompt, r->n_prompt + r->n_generated);
+    if (tok < 0) {
         rq_finish(s, r, MOE_FINISH_ERROR, MOE_ENOMEM, moe_last_error());
-    else
-        take_token(s, r, tok, lg);
+        return;
+    }
+    if (tb)
+        moe_json_feed(&r->json, tb->blob + tb->off[tok], tb->off[tok + 1] - tb->off[tok]);
+    take_token(s, r, tok, lg); /* log-probabilities from the model's own logits */
+    if (tb && r->state != RQ_DONE && moe_json_done(&r->json))
+        rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, ""); /* the object is whole */
 }
 
 /* One forward() over decode requests v[0..nd) plus, when pf != NULL, the next
@@ -1009,6 +1040,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         r->ev = *ev;
     r->ud = ud;
     moe_sampler_init(&r->sampler, &g->sampling);
+    moe_json_init(&r->json);
     r->state = RQ_WAITING;
     r->slot = -1;
 
@@ -1194,6 +1226,7 @@ void moe_sched_destroy(struct moe_sched *s)
     free(s->tmp_all);
     free(s->tmp_dec);
     free(s->ids);
+    free(s->masked);
     for (int i = 0; s->slot_tok && i < s->be.max_seqs; i++)
         free(s->slot_tok[i]);
     free(s->slot_busy);

@@ -10,6 +10,7 @@
 
 #include "../common/moe.h"
 #include "../engine/engine.h"
+#include "../engine/json_guide.h"
 #include "../engine/sampling.h"
 
 #ifdef __cplusplus
@@ -102,6 +103,10 @@ struct moe_gen_params {
     int top_logprobs;         /* ... and this many most likely tokens, 0..MOE_MAX_TOP_LOGPROBS */
     bool prompt_logprobs;     /* also every prompt token's after the first (on_prompt_logprobs);
                                  max_tokens may then be 0: the prompt only */
+    /* JSON mode (engine/json_guide.h): only tokens that keep the output the beginning of one JSON
+     * object are sampled, and the request ends (stop) when the object is whole; the vocabulary's
+     * bytes, or NULL for free text.  Must outlive the request. */
+    const struct moe_token_bytes *json;
 };
 
 struct moe_sched_events {

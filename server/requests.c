@@ -420,7 +420,7 @@ static enum moe_status parse_penalties(json_t *root, struct moe_sampling *p)
 /* OpenAI fields asking for output moeflow does not produce (the prompt echoed, several
  * candidates, constrained output): refused by name rather than left out of a reply the client
  * then misreads.  Their off values pass: null, false, and best_of 1. */
-static enum moe_status check_unsupported(json_t *root, bool chat)
+static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen_request *out)
 {
     static const struct {
         const char *key;
@@ -435,9 +435,10 @@ static enum moe_status check_unsupported(json_t *root, bool chat)
         const char *type = json_string_value(json_object_get(rf, "type"));
         if (!json_is_object(rf) || !type)
             return moe_errorf(MOE_EINVAL, "'response_format' must be an object with a string 'type'");
-        if (strcmp(type, "text"))
-            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported: moeflow does not "
-                              "constrain its output (only {\"type\": \"text\"})", type);
+        out->json_object = !strcmp(type, "json_object");
+        if (strcmp(type, "text") && !out->json_object)
+            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported: moeflow constrains "
+                              "output to one JSON object ({\"type\": \"json_object\"}), not to a schema", type);
     }
     for (size_t i = !chat; i < MOE_ARRAY_LEN(f); i++) { /* echo (first) is refused for chat only */
         json_t *v = json_object_get(root, f[i].key);
@@ -543,7 +544,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         goto out;
     if (have)
         out->n = (int)iv;
-    if ((st = check_unsupported(root, chat)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK ||
+    if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK ||
         (st = parse_penalties(root, &out->sampling)) != MOE_OK)
         goto out;
     if ((st = json_get_num(root, "timeout", 0, 86400, true, &dv, &have)) != MOE_OK)
@@ -652,6 +653,7 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
         if ((st = add_logit_bias(&out->sampling, m->logit_bias[i]->token_id, m->logit_bias[i]->bias)) != MOE_OK)
             goto out;
     out->ignore_eos = m->ignore_eos;
+    out->json_object = m->json_object;
     out->priority = m->priority;
     out->stream = true;
     if (m->n_stop > MOE_REQ_MAX_STOP) {

@@ -53,6 +53,7 @@ struct moe_gen_request {
     bool chat;                  /* a chat completion: without max_tokens it may fill the context */
     bool has_seed;              /* sampling.seed was given; else the server draws one per request */
     int n;                      /* OpenAI's n: choices of one request (HTTP), 1..MOE_REQ_MAX_N */
+    bool json_object;           /* JSON mode: the output is one JSON object */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

@@ -8,7 +8,7 @@ whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, structured output); log-probabilities and echo; developer messages;
-ids unique to the server's start; n choices; /tokenize and /detokenize; the default max_tokens of completions (16) and chat (the
+ids unique to the server's start; n choices; /tokenize and /detokenize; JSON mode; the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
 import os
@@ -130,8 +130,8 @@ def check_params(srv):
             check(error_ok(code, js, 400, "'%s'" % refused), "%s %r: %d %r" % (path, extra, code, js))
         else:
             check(code == 200 and js["choices"][0].get("logprobs") is None, "%s %r: %d %r" % (path, extra, code, js))
-    # structured output is refused by name; {"type": "text"} is plain text and passes
-    for rf, ok in (({"type": "json_object"}, False), ({"type": "json_schema", "json_schema": {"name": "x"}}, False),
+    # a schema is refused by name; {"type": "text"} is plain text; json_object is JSON mode (check_json)
+    for rf, ok in (({"type": "json_object"}, True), ({"type": "json_schema", "json_schema": {"name": "x"}}, False),
                    ({"type": "text"}, True), (None, True)):
         code, js = post(srv, "/v1/chat/completions", dict(chat, max_tokens=2, response_format=rf))
         check(code == 200 if ok else error_ok(code, js, 400, "'response_format'"),
@@ -208,6 +208,121 @@ def check_n(srv):
               usage_sum(chunks) == plain["usage"] and plain["usage"]["completion_tokens"] == 12,
               "streamed n = 2 %r: %r / %r, usage %r vs %r" % (opts, per, plain.get("choices"), usage_sum(chunks),
                                                           plain.get("usage")))
+
+
+def json_prefix_ok(t):
+    """Whether t is the beginning of one JSON object (whitespace, then '{'...), nothing after it."""
+    stack, i, n = [], 0, len(t)
+    expect = "start"  # start, value, key, key_or_end, colon, next, value_or_end, done
+
+    def skip_ws(j):
+        while j < n and t[j] in " \t\n\r":
+            j += 1
+        return j
+    while True:
+        i = skip_ws(i)
+        if i == n:
+            return True
+        c = t[i]
+        if expect == "done":
+            return False
+        if expect == "colon":
+            if c != ":":
+                return False
+            i, expect = i + 1, "value"
+            continue
+        if expect == "next":
+            if c == ",":
+                i, expect = i + 1, "key" if stack[-1] == "{" else "value"
+                continue
+            if c != ("}" if stack[-1] == "{" else "]"):
+                return False
+            stack.pop()
+            i, expect = i + 1, "next" if stack else "done"
+            continue
+        if expect in ("key_or_end", "value_or_end") and c == ("}" if expect == "key_or_end" else "]"):
+            stack.pop()
+            i, expect = i + 1, "next" if stack else "done"
+            continue
+        if expect == "start":
+            if c != "{":
+                return False
+            stack.append("{")
+            i, expect = i + 1, "key_or_end"
+            continue
+        if expect in ("key", "key_or_end") and c != '"':
+            return False
+        # a value (or a key string)
+        m = {"{": "key_or_end", "[": "value_or_end"}.get(c)
+        if m and expect in ("value", "value_or_end"):
+            stack.append(c)
+            i, expect = i + 1, m
+            continue
+        if c == '"':
+            j = i + 1
+            while j < n and t[j] != '"':
+                if ord(t[j]) < 0x20:
+                    return False
+                if t[j] == "\\":
+                    if j + 1 == n:
+                        return True
+                    if t[j + 1] == "u":
+                        h = t[j + 2:j + 6]
+                        if not all(x in "0123456789abcdefABCDEF" for x in h):
+                            return False
+                        j += 6
+                        continue
+                    if t[j + 1] not in '"\\/bfnrt':
+                        return False
+                    j += 2
+                    continue
+                j += 1
+            if j >= n:
+                return True
+            i, expect = j + 1, "colon" if expect in ("key", "key_or_end") else ("next" if stack else "done")
+            continue
+        import re
+        mt = re.match(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?|true|false|null", t[i:])
+        whole = mt.group(0) if mt else ""
+        rest = t[i + len(whole):]
+        tail = t[i:]  # the text ends inside a number or literal that can still be completed
+        if re.fullmatch(r"-?(0|[1-9][0-9]*)?(\.[0-9]*)?([eE][+-]?[0-9]*)?", tail) or any(
+                w.startswith(tail) for w in ("true", "false", "null")):
+            return True
+        if not whole:
+            return False
+        i, expect = i + len(whole), "next"
+        if rest[:1] and rest[0] not in " \t\n\r,}]":
+            return False
+
+
+def check_json(srv):
+    """JSON mode (response_format json_object): the output is always the beginning of one JSON object,
+    and a generation that stops (not at max_tokens) is one object, whole; biased toward '{' and '}' it
+    is "{}" at once; streamed, the same text."""
+    for body in ({"prompt": "def add(a, b):", "max_tokens": 48, "temperature": 0},
+                 {"prompt": "x = ", "max_tokens": 48, "temperature": 1.0, "seed": 3},
+                 {"prompt": "import json\ndata = ", "max_tokens": 64, "temperature": 0.8, "seed": 5}):
+        body = dict(body, response_format={"type": "json_object"})
+        code, js = post(srv, "/v1/completions", body)
+        ch = (js.get("choices") or [{}])[0]
+        text = ch.get("text", "")
+        check(code == 200 and json_prefix_ok(text), "JSON mode %r: %d %r" % (body, code, js))
+        if ch.get("finish_reason") == "stop":
+            check(isinstance(json.loads(text), dict), "JSON mode stopped on %r" % text)
+        _, chunks, done = sse(srv, "/v1/completions", dict(body, stream=True))
+        streamed = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+        check(done and streamed == text, "JSON mode streamed %r vs %r" % (streamed, text))
+    code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "an empty object"}],
+                                                  "response_format": {"type": "json_object"},
+                                                  "logit_bias": {"91": 100, "93": 100}})
+    ch = (js.get("choices") or [{}])[0]
+    check(code == 200 and ch.get("message", {}).get("content") == "{}" and ch.get("finish_reason") == "stop",
+          "JSON mode with '{' and '}' biased: %d %r" % (code, js))
+    for bad in ("[1]", '{"a" 1', "{}x"):
+        check(not json_prefix_ok(bad), "the test's own checker accepts %r" % bad)
+    for good in ('{"a": [1, 2.5, {"b": null}], "c": "x\\"', " {", '{"a": tr', '{"a": -1.5e'):
+        check(json_prefix_ok(good), "the test's own checker refuses %r" % good)
 
 
 def check_tokenize(srv):
@@ -467,7 +582,7 @@ def main():
     srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_n, check_tokenize, check_logprobs, lambda s: check_echo(s, moeflow),
+                           check_n, check_tokenize, check_json, check_logprobs, lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":

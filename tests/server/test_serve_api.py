@@ -308,6 +308,12 @@ def main():
                                                                                      bias=-100)]),
                                           timeout=60) for t in x.token_ids]
         check(len(banned) == 1 and banned[0] != greedy[0], "logit_bias -100 on the greedy token: %s" % banned)
+        # JSON mode over gRPC: '{' and '}' favoured make "{}" at once, and the call stops there
+        msgs = list(gen.Generate(m.GenerateRequest(prompt="x", max_tokens=20, json_object=True,
+                                                   logit_bias=[m.LogitBias(token_id=91, bias=100),
+                                                               m.LogitBias(token_id=93, bias=100)]), timeout=60))
+        check("".join(x.text for x in msgs) == "{}" and msgs[-1].finish_reason == "stop" and
+              msgs[-1].completion_tokens == 2, "Generate json_object: %s" % msgs[-1:])
         pen = dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3)
         ptext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=24,
                                                                        **pen), timeout=60))

@@ -1,5 +1,11 @@
-/* A byte-at-a-time JSON recognizer (RFC 8259) for one top-level object. */
+/* A byte-at-a-time JSON recognizer (RFC 8259) for one top-level object, and
+ * the vocabulary masks of JSON mode built on it. */
 #include "json_guide.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "../model/tokenizer.h"
 
 enum {
     J_START,      /* '{' */
@@ -238,4 +244,59 @@ bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n)
         if (s->ws > MOE_JSON_MAX_WS) return false;
     }
     return true;
+}
+
+enum moe_status moe_token_bytes_build(const struct moe_tokenizer *tok, int vocab, struct moe_token_bytes *t)
+{
+    int nt = moe_tokenizer_vocab_size(tok);
+    size_t total = 0;
+    for (int id = 0; id < nt && id < vocab; id++) {
+        int k = moe_tokenizer_token_bytes(tok, id, NULL, 0);
+        total += k > 0 ? (size_t)k : 0;
+    }
+    if (total > UINT32_MAX)
+        return moe_errorf(MOE_ERANGE, "the vocabulary's text is %zu bytes, more than JSON mode's table holds", total);
+    char *blob = malloc(total + 1);
+    uint32_t *off = malloc(sizeof(uint32_t) * ((size_t)vocab + 1));
+    if (!blob || !off) {
+        free(blob);
+        free(off);
+        return moe_errorf(MOE_ENOMEM, "out of memory for the vocabulary's text (%zu bytes)", total);
+    }
+    uint32_t at = 0;
+    for (int id = 0; id < vocab; id++) {
+        off[id] = at;
+        int k = id < nt ? moe_tokenizer_token_bytes(tok, id, blob + at, total - at) : 0;
+        at += k > 0 ? (uint32_t)k : 0;
+    }
+    off[vocab] = at;
+    *t = (struct moe_token_bytes){ .n = vocab, .blob = blob, .off = off };
+    return MOE_OK;
+}
+
+void moe_token_bytes_free(struct moe_token_bytes *t)
+{
+    free((char *)t->blob);
+    free((uint32_t *)t->off);
+    *t = (struct moe_token_bytes){ 0 };
+}
+
+int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
+                  bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
+{
+    int allowed = 0;
+    for (int id = 0; id < vocab; id++) {
+        struct moe_json_state js = *s;
+        uint32_t a = id < t->n ? t->off[id] : 0, b = id < t->n ? t->off[id + 1] : 0;
+        /* an end-of-sequence token would end the text before the object: never one */
+        bool ok = b > a && !(is_eos && is_eos(ud, id)) && moe_json_feed(&js, t->blob + a, b - a);
+        out[id] = ok ? logits[id] : -INFINITY;
+        allowed += ok;
+    }
+    return allowed;
+}
+
+void moe_json_take(struct moe_json_state *s, const struct moe_token_bytes *t, int id)
+{
+    if (id >= 0 && id < t->n) moe_json_feed(s, t->blob + t->off[id], t->off[id + 1] - t->off[id]);
 }

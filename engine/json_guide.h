@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/moe.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -34,12 +36,26 @@ bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n);
 bool moe_json_done(const struct moe_json_state *s);
 
 /* Every token's bytes (the vocabulary as text), for masking candidates: token id's bytes are
- * blob[off[id] .. off[id + 1]) (none for special tokens). */
+ * blob[off[id] .. off[id + 1]) (none past the tokenizer's vocabulary). */
 struct moe_token_bytes {
     int n;
     const char *blob;
     const uint32_t *off; /* [n + 1] */
 };
+
+struct moe_tokenizer;
+/* Build t for a model vocabulary of vocab ids from the tokenizer (streamed text's bytes); free with
+ * moe_token_bytes_free. */
+enum moe_status moe_token_bytes_build(const struct moe_tokenizer *tok, int vocab, struct moe_token_bytes *t);
+void moe_token_bytes_free(struct moe_token_bytes *t);
+
+/* JSON mode's step: out[id] = logits[id] for every token whose bytes continue the object from s and
+ * that is not an end-of-sequence token (is_eos(ud, id)), else -inf.  Returns how many are allowed
+ * (0: none continues the object). */
+int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
+                  bool (*is_eos)(const void *ud, int id), const void *ud, float *out);
+/* Advance s by token id's bytes (one moe_json_mask allowed). */
+void moe_json_take(struct moe_json_state *s, const struct moe_token_bytes *t, int id);
 
 #ifdef __cplusplus
 }

@@ -604,6 +604,8 @@ static void prefetch_group(struct moe_sched *s, struct rq **v, int n, int ahead)
     pthread_mutex_unlock(&s->mu);
 }
 
+static bool sched_is_eos(const void *ud, int id) { return is_eos(ud, id); }
+
 /* The next token of r from its logits row lg (s->mu held); a request the sampler cannot serve
  * (out of memory) fails alone. */
 static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
@@ -615,16 +617,7 @@ static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
             rq_finish(s, r, MOE_FINISH_ERROR, MOE_ENOMEM, "JSON mode: out of memory");
             return;
         }
-        int allowed = 0;
-        for (int id = 0; id < s->be.vocab; id++) {
-            struct moe_json_state js = r->json;
-            uint32_t a = id < tb->n ? tb->off[id] : 0, b = id < tb->n ? tb->off[id + 1] : 0;
-            /* an end-of-sequence token would end the text before the object: never one */
-            bool ok = b > a && !is_eos(s, id) && moe_json_feed(&js, tb->blob + a, b - a);
-            s->masked[id] = ok ? lg[id] : -INFINITY;
-            allowed += ok;
-        }
-        if (!allowed) {
+        if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, s->masked)) {
             rq_finish(s, r, MOE_FINISH_ERROR, MOE_EINVAL, "JSON mode: no token of the vocabulary continues the "
                       "object");
             return;
@@ -637,7 +630,7 @@ static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
         return;
     }
     if (tb)
-        moe_json_feed(&r->json, tb->blob + tb->off[tok], tb->off[tok + 1] - tb->off[tok]);
+        moe_json_take(&r->json, tb, tok);
     take_token(s, r, tok, lg); /* log-probabilities from the model's own logits */
     if (tb && r->state != RQ_DONE && moe_json_done(&r->json))
         rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, ""); /* the object is whole */

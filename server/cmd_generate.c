@@ -5,6 +5,7 @@
 #include "requests.h"
 
 #include "../engine/engine.h"
+#include "../engine/json_guide.h"
 #include "../engine/sampling.h"
 #include "../kernels/backend.h"
 #include "../model/chat.h"
@@ -34,6 +35,7 @@ struct gen_opts {
     bool chat;                 /* --chat: the prompt is a user message, through the chat template */
     const char *system;        /* --system: a system message before it, or NULL */
     const char *ids_out;       /* --ids-out: the token ids fed through the model, for trace --ids */
+    bool json;                 /* --json: JSON mode (one JSON object, stopping when it is whole) */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
 
@@ -46,7 +48,7 @@ static void usage(FILE *f)
             "                        [--presence-penalty X] [--frequency-penalty X]\n"
             "                        [--repetition-penalty X] [--logit-bias ID:BIAS]...\n"
             "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
-            "                        [--ids-out FILE]\n"
+            "                        [--ids-out FILE] [--json]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -75,6 +77,8 @@ static void usage(FILE *f)
             "  --threads N        CPU threads (default 1)\n"
             "  --blas             CPU GEMMs through OpenBLAS instead of the batch-invariant\n"
             "                     kernel (a row's result then depends on the batch and threads)\n"
+            "  --json             JSON mode: only tokens that keep the output the beginning of one JSON\n"
+            "                     object, stopping when it is whole (serve's response_format json_object)\n"
             "  --ids-out FILE     write the token ids this run fed through the model (the prompt's and\n"
             "                     the output's but the last) as [[...]]: `moeflow trace --ids FILE` then\n"
             "                     records exactly this run's routing, e.g. for --belady-trace\n"
@@ -147,7 +151,8 @@ bad:
 static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
-           OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS };
+           OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS,
+           OPT_JSON };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -161,6 +166,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "frequency-penalty", required_argument, NULL, OPT_FREQUENCY },
         { "repetition-penalty", required_argument, NULL, OPT_REPETITION },
         { "logit-bias", required_argument, NULL, OPT_BIAS },
+        { "json", no_argument, NULL, OPT_JSON },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
@@ -266,6 +272,9 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_CHAT:
             o->chat = true;
             break;
+        case OPT_JSON:
+            o->json = true;
+            break;
         case OPT_SYSTEM:
             o->system = optarg;
             break;
@@ -332,7 +341,10 @@ static enum moe_status write_ids(const char *path, const int *ids, int n)
     return MOE_OK;
 }
 
-/* Prefill the prompt, then sample and stream until EOS or max_tokens. */
+static bool gen_is_eos(const void *cfg, int id) { return moe_config_is_eos(cfg, id); }
+
+/* Prefill the prompt, then sample and stream until EOS or max_tokens (or, with --json, until the
+ * object is whole). */
 static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred, const struct moe_tokenizer *tok,
                                const struct gen_opts *o, const int *ids, int n_ids)
 {
@@ -344,10 +356,15 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     bool *want = malloc(sizeof(bool) * (size_t)chunk);
     /* the prompt, then the output: what the penalties look at; its first n_fed went through the model */
     int *hist = malloc(sizeof(int) * ((size_t)n_ids + (size_t)o->max_tokens)), n_hist = n_ids, n_fed = n_ids;
-    if (!logits || !pos || !seqv || !want || !hist) {
+    struct moe_token_bytes tb = { 0 };
+    struct moe_json_state js;
+    moe_json_init(&js);
+    float *masked = o->json ? malloc(sizeof(float) * (size_t)V) : NULL;
+    if (!logits || !pos || !seqv || !want || !hist || (o->json && !masked)) {
         st = moe_errorf(MOE_ENOMEM, "generate: out of memory");
         goto out;
     }
+    if (o->json && (st = moe_token_bytes_build(tok, V, &tb)) != MOE_OK) goto out;
     int seq = moe_engine_seq_alloc(e);
     if (seq < 0) {
         st = moe_errorf(MOE_EINVAL, "generate: the engine has no free sequence slot");
@@ -368,18 +385,23 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     struct moe_sampler s;
     moe_sampler_init(&s, &o->samp);
     for (int g = 0; g < o->max_tokens; g++) {
-        int t = moe_sampler_sample(&s, logits, V, hist, n_ids, n_hist);
+        if (o->json && !moe_json_mask(&js, &tb, logits, V, gen_is_eos, c, masked)) {
+            st = moe_errorf(MOE_EINVAL, "generate --json: no token of the vocabulary continues the object");
+            goto out;
+        }
+        int t = moe_sampler_sample(&s, o->json ? masked : logits, V, hist, n_ids, n_hist);
         if (t < 0) {
             st = MOE_ENOMEM;
             goto out;
         }
         if (moe_config_is_eos(c, t) && !o->ignore_eos) break;
+        if (o->json) moe_json_take(&js, &tb, t);
         hist[n_hist++] = t;
         if (moe_tokenizer_token_bytes(tok, t, NULL, 0) > 0) {
             moe_cli_write_token(stdout, tok, t); /* every byte, however long the token */
             fflush(stdout);
         }
-        if (g + 1 == o->max_tokens) break;
+        if (g + 1 == o->max_tokens || (o->json && moe_json_done(&js))) break;
         int p = moe_engine_seq_len(e, seq);
         struct moe_batch b = { .n = 1, .tokens = &t, .seq = &seq, .pos = &p };
         if ((st = gen_forward(e, pred, &b, logits)) != MOE_OK) goto out;
@@ -389,6 +411,8 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     fflush(stdout);
     if (o->ids_out) st = write_ids(o->ids_out, hist, n_fed);
 out:
+    moe_token_bytes_free(&tb);
+    free(masked);
     free(hist);
     free(logits);
     free(pos);

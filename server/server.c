@@ -796,33 +796,6 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
 /* --chat-template: auto takes the model's template when it has one (a
  * template moeflow cannot run is said and the markers are used), markers
  * none, anything else is a file that must compile. */
-/* Every token's bytes as streamed text shows them, for JSON mode's masks (tokens past the
- * tokenizer's have none). */
-static enum moe_status load_token_bytes(struct moe_server *s)
-{
-    int V = s->model->cfg.vocab, nt = moe_tokenizer_vocab_size(s->tok);
-    size_t total = 0;
-    for (int id = 0; id < nt; id++) {
-        int k = moe_tokenizer_token_bytes(s->tok, id, NULL, 0);
-        total += k > 0 ? (size_t)k : 0;
-    }
-    if (total > UINT32_MAX)
-        return moe_errorf(MOE_ERANGE, "the vocabulary's text is %zu bytes, more than JSON mode's table holds", total);
-    s->json_blob = malloc(total + 1);
-    s->json_off = malloc(sizeof(uint32_t) * ((size_t)V + 1));
-    if (!s->json_blob || !s->json_off)
-        return moe_errorf(MOE_ENOMEM, "out of memory for the vocabulary's text (%zu bytes)", total);
-    uint32_t at = 0;
-    for (int id = 0; id < V; id++) {
-        s->json_off[id] = at;
-        int k = id < nt ? moe_tokenizer_token_bytes(s->tok, id, s->json_blob + at, total - at) : 0;
-        at += k > 0 ? (uint32_t)k : 0;
-    }
-    s->json_off[V] = at;
-    s->json_vocab = (struct moe_token_bytes){ .n = V, .blob = s->json_blob, .off = s->json_off };
-    return MOE_OK;
-}
-
 static enum moe_status load_chat_template(struct moe_server *s, const char *dir)
 {
     const char *spec = s->cfg.chat_template[0] ? s->cfg.chat_template : "auto";
@@ -865,7 +838,7 @@ static enum moe_status server_load(struct moe_server *s)
     enum moe_status cst = load_chat_template(s, dir);
     if (cst)
         return cst;
-    if ((cst = load_token_bytes(s)) != MOE_OK)
+    if ((cst = moe_token_bytes_build(s->tok, s->model->cfg.vocab, &s->json_vocab)) != MOE_OK)
         return cst;
     int model_ctx = s->model->cfg.max_pos;
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
@@ -1026,8 +999,7 @@ void moe_server_destroy(struct moe_server *s)
     moe_backend_destroy(s->backend);
     if (s->tok)
         moe_tokenizer_free(s->tok);
-    free(s->json_blob);
-    free(s->json_off);
+    moe_token_bytes_free(&s->json_vocab);
     moe_chat_free(s->chat);
     if (s->model)
         moe_model_close(s->model);

@@ -93,8 +93,6 @@ struct moe_server {
     struct moe_tokenizer *tok;
     struct moe_chat *chat;         /* the chat template, or NULL (moeflow's markers) */
     struct moe_token_bytes json_vocab; /* every token's bytes, for JSON mode */
-    char *json_blob;
-    uint32_t *json_off;
     struct moe_provider *provider; /* tiered expert cache, or NULL (engine's resident one) */
     struct moe_backend *backend;   /* --backend cuda, or NULL (the engine's CPU backend) */
     struct moe_predictor *predictor; /* or NULL */

@@ -296,10 +296,19 @@ def json_prefix_ok(t):
             return False
 
 
-def check_json(srv):
+def check_json(srv, moeflow):
     """JSON mode (response_format json_object): the output is always the beginning of one JSON object,
     and a generation that stops (not at max_tokens) is one object, whole; biased toward '{' and '}' it
-    is "{}" at once; streamed, the same text."""
+    is "{}" at once; streamed, the same text; `moeflow generate --json` writes what the server does."""
+    import subprocess
+    for prompt in ("config = ", "def add(a, b):"):
+        code, js = post(srv, "/v1/completions", {"prompt": prompt, "max_tokens": 40, "temperature": 0,
+                                                 "response_format": {"type": "json_object"}})
+        g = subprocess.run([moeflow, "generate", "--prompt", prompt, "--json", "--max-tokens", "40"],
+                           capture_output=True, timeout=120)
+        text = (js.get("choices") or [{}])[0].get("text")
+        check(code == 200 and g.returncode == 0 and g.stdout.decode() == text + "\n",
+              "generate --json %r vs the server's %r" % (g.stdout[:200], text))
     for body in ({"prompt": "def add(a, b):", "max_tokens": 48, "temperature": 0},
                  {"prompt": "x = ", "max_tokens": 48, "temperature": 1.0, "seed": 3},
                  {"prompt": "import json\ndata = ", "max_tokens": 64, "temperature": 0.8, "seed": 5}):
@@ -582,7 +591,7 @@ def main():
     srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_n, check_tokenize, check_json, check_logprobs, lambda s: check_echo(s, moeflow),
+                           check_n, check_tokenize, lambda s: check_json(s, moeflow), check_logprobs, lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":

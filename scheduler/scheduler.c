@@ -470,7 +470,9 @@ static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *
     r->pred_stale = true;
     s->st.generated_tokens++;
     tev_push(s, r, tok, logits, 0);
-    if (r->n_generated >= r->g.max_tokens)
+    if (r->g.json && moe_json_done(&r->json)) /* JSON mode: the object is whole, even at max_tokens */
+        rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
+    else if (r->n_generated >= r->g.max_tokens)
         rq_finish(s, r, MOE_FINISH_LENGTH, MOE_OK, "");
 }
 
@@ -631,9 +633,7 @@ static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
     }
     if (tb)
         moe_json_take(&r->json, tb, tok);
-    take_token(s, r, tok, lg); /* log-probabilities from the model's own logits */
-    if (tb && r->state != RQ_DONE && moe_json_done(&r->json))
-        rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, ""); /* the object is whole */
+    take_token(s, r, tok, lg); /* log-probabilities from the model's own logits; a whole object stops */
 }
 
 /* One forward() over decode requests v[0..nd) plus, when pf != NULL, the next

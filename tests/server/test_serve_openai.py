@@ -328,6 +328,11 @@ def check_json(srv, moeflow):
     ch = (js.get("choices") or [{}])[0]
     check(code == 200 and ch.get("message", {}).get("content") == "{}" and ch.get("finish_reason") == "stop",
           "JSON mode with '{' and '}' biased: %d %r" % (code, js))
+    code, js = post(srv, "/v1/completions", {"prompt": "x", "max_tokens": 2, "response_format": {"type": "json_object"},
+                                             "logit_bias": {"91": 100, "93": 100}})  # whole at the last token
+    ch = (js.get("choices") or [{}])[0]
+    check(code == 200 and ch.get("text") == "{}" and ch.get("finish_reason") == "stop",
+          "JSON mode, object whole at max_tokens: %d %r" % (code, js))
     for bad in ("[1]", '{"a" 1', "{}x"):
         check(not json_prefix_ok(bad), "the test's own checker accepts %r" % bad)
     for good in ('{"a": [1, 2.5, {"b": null}], "c": "x\\"', " {", '{"a": tr', '{"a": -1.5e'):

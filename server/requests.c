@@ -86,6 +86,12 @@ static enum moe_status json_get_int(json_t *o, const char *key, long long lo, lo
     return MOE_OK;
 }
 
+/* d in [lo, hi], or (lo, hi] when lo_open; never NaN. */
+static bool in_range(double d, double lo, double hi, bool lo_open)
+{
+    return d >= lo && d <= hi && !(lo_open && d == lo);
+}
+
 static enum moe_status json_get_num(json_t *o, const char *key, double lo, double hi, bool lo_open,
                                     double *out, bool *present)
 {
@@ -96,7 +102,7 @@ static enum moe_status json_get_num(json_t *o, const char *key, double lo, doubl
     if (!json_is_number(v))
         return moe_errorf(MOE_EINVAL, "'%s' must be a number", key);
     double d = json_number_value(v);
-    if (!isfinite(d) || d < lo || d > hi || (lo_open && d == lo))
+    if (!in_range(d, lo, hi, lo_open))
         return moe_errorf(MOE_ERANGE, "'%s' = %.17g is outside %s%g, %g]", key, d,
                           lo_open ? "(" : "[", lo, hi);
     *out = d;
@@ -643,7 +649,7 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     out->sampling.min_p = m->min_p;
     for (size_t i = 0; i < MOE_ARRAY_LEN(penalty_fields); i++) { /* 0 is every field's "off" here */
         float v = *penalty_field(&out->sampling, i);
-        if (v != 0 && !(v >= penalty_fields[i].lo && v <= penalty_fields[i].hi)) {
+        if (v != 0 && !in_range(v, penalty_fields[i].lo, penalty_fields[i].hi, false)) {
             st = moe_errorf(MOE_ERANGE, "%s = %g is outside [%g, %g]", penalty_fields[i].key, (double)v,
                             penalty_fields[i].lo, penalty_fields[i].hi);
             goto out;
@@ -946,8 +952,7 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
     for (size_t i = 0; i < MOE_ARRAY_LEN(penalty_fields); i++) { /* the penalties and min_p, as over HTTP */
         if ((st = kparam_num(m, penalty_fields[i].key, &v, &have)) != MOE_OK)
             goto out;
-        if (have && (!(v >= penalty_fields[i].lo && v <= penalty_fields[i].hi) ||
-                     (penalty_fields[i].lo_open && v == penalty_fields[i].lo))) {
+        if (have && !in_range(v, penalty_fields[i].lo, penalty_fields[i].hi, penalty_fields[i].lo_open)) {
             st = moe_errorf(MOE_ERANGE, "parameter '%s' = %g is outside %s%g, %g]", penalty_fields[i].key, v,
                             penalty_fields[i].lo_open ? "(" : "[", penalty_fields[i].lo, penalty_fields[i].hi);
             goto out;

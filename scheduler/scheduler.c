@@ -11,7 +11,6 @@
 
 #include "regroup.h"
 
-#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,7 +3,6 @@
  * /metrics.  One event-loop thread; scheduler events arrive through the
  * inbox and an event made active from the scheduler thread. */
 #include <errno.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -1124,9 +1123,7 @@ struct http_front *srv_http_start(struct moe_server *s)
         return NULL;
     }
     h->srv = s;
-    uint64_t tag = 0;
-    if (getrandom(&tag, sizeof tag, GRND_NONBLOCK) != sizeof tag) /* no entropy yet: time and pid */
-        tag = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() << 32;
+    uint64_t tag = srv_random64();
     snprintf(h->id_tag, sizeof(h->id_tag), "%012llx", (unsigned long long)(tag & 0xffffffffffffull));
     srv_inbox_init(&h->inbox, wake_cb, h);
     h->base = event_base_new();

@@ -90,8 +90,7 @@ void srv_inbox_free(struct srv_inbox *ib)
     pthread_mutex_destroy(&ib->mu);
 }
 
-/* A sampling seed for a request that gives none: the kernel's random bytes, else time and a count. */
-static uint64_t draw_seed(void)
+uint64_t srv_random64(void)
 {
     static _Atomic uint64_t n;
     uint64_t x;
@@ -99,7 +98,8 @@ static uint64_t draw_seed(void)
         return x;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return ((uint64_t)ts.tv_sec * 1000000007u ^ (uint64_t)ts.tv_nsec) + 0x9E3779B97F4A7C15ull * ++n;
+    return ((uint64_t)ts.tv_sec * 1000000007u ^ (uint64_t)ts.tv_nsec ^ (uint64_t)getpid() << 32) +
+           0x9E3779B97F4A7C15ull * ++n;
 }
 
 static void gen_free(struct srv_gen *g)
@@ -467,7 +467,7 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .json = r->json_object ? &s->json_vocab : NULL,
     };
     if (!r->has_seed) /* as OpenAI: without a seed, every request draws anew */
-        gp.sampling.seed = draw_seed();
+        gp.sampling.seed = srv_random64();
     g->want_lp = r->logprobs;
     if (r->echo) {
         g->prompt_ids = malloc(n_ids * sizeof(int));

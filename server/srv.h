@@ -151,6 +151,9 @@ void srv_gen_abandon_stopped(struct srv_gen *g);
 void srv_gen_put(struct srv_gen *g);
 
 void srv_inbox_init(struct srv_inbox *ib, void (*wake)(void *), void *arg);
+/* 64 random bits (the kernel's; before it has entropy, the time, the pid and a count): request
+ * seeds and the per-start id tag. */
+uint64_t srv_random64(void);
 void srv_inbox_free(struct srv_inbox *ib);
 
 /* Prometheus text of all metrics (malloc'd). */

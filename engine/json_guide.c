@@ -1,15 +1,19 @@
-/* A byte-at-a-time JSON recognizer (RFC 8259) for one top-level object, and
- * the vocabulary masks of JSON mode built on it. */
+/* A byte-at-a-time JSON recognizer (RFC 8259) for one value of a compiled
+ * schema (any object in JSON mode), and the vocabulary masks built on it. */
 #include "json_guide.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "json_schema_int.h"
 
 #include "../model/tokenizer.h"
 
 enum {
-    J_START,      /* '{' */
-    J_VALUE,      /* a value (after ':' or ',' in an array, or first in an array) */
+    J_START,      /* the value, no whitespace before it */
+    J_VALUE,      /* a value of node cur (after ':' or ',' in an array) */
     J_ARR_FIRST,  /* a value or ']' */
     J_KEY_FIRST,  /* a key string or '}' */
     J_KEY,        /* a key string (after ',') */
@@ -27,11 +31,31 @@ enum {
     J_EXP,        /* after 'e' */
     J_EXP_SIGN,   /* after 'e+' / 'e-' */
     J_EXP_DIGITS, /* exponent digits */
-    J_LIT,        /* inside true / false / null */
-    J_DONE,       /* the object is complete */
+    J_LIT,        /* inside one of a node's literals (cand, pos) */
+    J_DONE,       /* the value is complete */
 };
 
-static const char *const lits[3] = { "true", "false", "null" };
+/* ---- JSON mode's schema: any object ------------------------------------------ */
+
+static const struct json_node any_nodes[N_BUILTIN] = {
+    [N_ANY] = { .kind = K_ANY },
+    [N_ANY_OBJECT] = { .kind = K_OBJECT, .extra = N_ANY },
+    [N_ANY_ARRAY] = { .kind = K_ARRAY, .extra = N_ANY, .max_items = UINT32_MAX },
+    [N_ANY_LITERAL] = { .kind = K_LITERALS, .n = 3 },
+    [N_ANY_STRING] = { .kind = K_STRING },
+    [N_ANY_NUMBER] = { .kind = K_NUMBER },
+};
+static const struct json_str any_lits[JSON_BUILTIN_LITS] = { { 0, 4 }, { 4, 5 }, { 9, 4 } };
+
+const struct moe_json_schema moe_json_any_object = {
+    .nodes = any_nodes,
+    .lits = any_lits,
+    .pool = "truefalsenull",
+    .n_nodes = N_BUILTIN,
+    .root = N_ANY_OBJECT,
+};
+
+/* ---- the recognizer ------------------------------------------------------------ */
 
 static bool is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 static bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
@@ -40,125 +64,322 @@ static bool is_hex(unsigned char c)
     return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-void moe_json_init(struct moe_json_state *s)
+void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc)
 {
-    *s = (struct moe_json_state){ .mode = J_START };
+    if (!sc) sc = &moe_json_any_object;
+    s->sc = sc;
+    s->cand = 0;
+    s->pos = 0;
+    s->cur = sc->root;
+    s->depth = 0;
+    s->mode = J_START;
+    s->aux = s->ws = s->nl = 0;
+    s->lo = 0x80;
+    s->hi = 0xbf;
+    s->key = s->integer = false;
+}
+
+void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
+{
+    memcpy(dst, src, offsetof(struct moe_json_state, f) + sizeof(src->f[0]) * src->depth);
 }
 
 bool moe_json_done(const struct moe_json_state *s) { return s->mode == J_DONE; }
 
+static const struct json_node *node(const struct moe_json_state *s, unsigned i) { return &s->sc->nodes[i]; }
+static struct moe_json_frame *top(struct moe_json_state *s) { return &s->f[s->depth - 1]; }
+
+/* Bits 0..n-1. */
+static uint64_t all_bits(unsigned n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+/* The byte of literal or property name str at s->pos, or -1 past its end. */
+static int str_at(const struct moe_json_state *s, struct json_str str)
+{
+    return s->pos < str.len ? (unsigned char)s->sc->pool[str.off + s->pos] : -1;
+}
+
 /* A value ended: what may follow it. */
 static void value_done(struct moe_json_state *s)
 {
-    s->mode = s->depth == 0 ? J_DONE : J_NEXT;
+    if (s->depth == 0) {
+        s->mode = J_DONE;
+        return;
+    }
+    struct moe_json_frame *f = top(s);
+    if (node(s, f->node)->kind == K_ARRAY) f->count++;
+    s->mode = J_NEXT;
 }
 
-static bool open_container(struct moe_json_state *s, bool object)
+static bool open_container(struct moe_json_state *s, unsigned nd, bool object)
 {
     if (s->depth >= MOE_JSON_MAX_DEPTH) return false;
-    if (object) s->stack |= 1ull << s->depth;
-    else s->stack &= ~(1ull << s->depth);
-    s->depth++;
+    s->f[s->depth++] = (struct moe_json_frame){ .node = (uint16_t)nd };
     s->mode = object ? J_KEY_FIRST : J_ARR_FIRST;
     return true;
 }
 
-static bool top_is_object(const struct moe_json_state *s) { return (s->stack >> (s->depth - 1)) & 1; }
+static void close_container(struct moe_json_state *s)
+{
+    s->depth--;
+    value_done(s);
+}
 
-/* The start of a value (after any whitespace). */
+/* Candidates of a literal node whose next byte (at s->pos) is c. */
+static uint64_t lits_with(const struct moe_json_state *s, const struct json_node *n, uint64_t cand, int c)
+{
+    uint64_t out = 0;
+    for (uint64_t m = cand; m; m &= m - 1) {
+        int i = __builtin_ctzll(m);
+        if (str_at(s, s->sc->lits[n->first + i]) == c) out |= 1ull << i;
+    }
+    return out;
+}
+
+/* Whether one of the candidates is complete, and whether one goes on. */
+static void lits_state(const struct moe_json_state *s, const struct json_node *n, bool *complete, bool *longer)
+{
+    *complete = *longer = false;
+    for (uint64_t m = s->cand; m; m &= m - 1) {
+        uint32_t len = s->sc->lits[n->first + __builtin_ctzll(m)].len;
+        if (len == s->pos) *complete = true;
+        else *longer = true;
+    }
+}
+
+/* The node a union (or any value) takes for a value beginning with c; -1: none. */
+static int select_branch(const struct moe_json_state *s, unsigned nd, unsigned char c)
+{
+    const struct json_node *n = node(s, nd);
+    if (n->kind == K_ANY) {
+        switch (c) {
+        case '{': return N_ANY_OBJECT;
+        case '[': return N_ANY_ARRAY;
+        case '"': return N_ANY_STRING;
+        case 't': case 'f': case 'n': return N_ANY_LITERAL;
+        default: return c == '-' || is_digit(c) ? N_ANY_NUMBER : -1;
+        }
+    }
+    if (n->kind != K_UNION) return (int)nd;
+    for (unsigned i = 0; i < n->n; i++) { /* the compiler made the branches' first bytes disjoint */
+        unsigned b = s->sc->branch[n->first + i];
+        const struct json_node *bn = node(s, b);
+        bool ok;
+        switch (bn->kind) {
+        case K_OBJECT: ok = c == '{'; break;
+        case K_ARRAY: ok = c == '['; break;
+        case K_STRING: ok = c == '"'; break;
+        case K_NUMBER: case K_INTEGER: ok = c == '-' || is_digit(c); break;
+        case K_LITERALS:
+            ok = false;
+            for (unsigned k = 0; k < bn->n; k++) ok |= (unsigned char)s->sc->pool[s->sc->lits[bn->first + k].off] == c;
+            break;
+        default: ok = false;
+        }
+        if (ok) return (int)b;
+    }
+    return -1;
+}
+
+/* The start of a value of node cur (after any whitespace). */
 static bool value_start(struct moe_json_state *s, unsigned char c)
 {
-    switch (c) {
-    case '{': return open_container(s, true);
-    case '[': return open_container(s, false);
-    case '"': s->mode = J_STRING; s->key = false; return true;
-    case '-': s->mode = J_MINUS; return true;
-    case '0': s->mode = J_ZERO; return true;
-    case 't': case 'f': case 'n':
-        s->lit = c == 't' ? 0 : c == 'f' ? 1 : 2;
-        s->aux = 1;
-        s->mode = J_LIT;
+    int nd = select_branch(s, s->cur, c);
+    if (nd < 0) return false;
+    const struct json_node *n = node(s, (unsigned)nd);
+    switch (n->kind) {
+    case K_OBJECT: return c == '{' && open_container(s, (unsigned)nd, true);
+    case K_ARRAY: return c == '[' && open_container(s, (unsigned)nd, false);
+    case K_STRING:
+        if (c != '"') return false;
+        s->mode = J_STRING;
+        s->key = false;
         return true;
+    case K_NUMBER:
+    case K_INTEGER:
+        s->integer = n->kind == K_INTEGER;
+        if (c == '-') s->mode = J_MINUS;
+        else if (c == '0') s->mode = J_ZERO;
+        else if (c >= '1' && c <= '9') s->mode = J_INT;
+        else return false;
+        return true;
+    case K_LITERALS: {
+        s->cur = (uint16_t)nd;
+        s->pos = 0;
+        s->cand = lits_with(s, n, all_bits(n->n), c);
+        if (!s->cand) return false;
+        s->pos = 1;
+        s->mode = J_LIT;
+        bool complete, longer;
+        lits_state(s, n, &complete, &longer);
+        if (!longer) value_done(s);
+        return true;
+    }
     default:
-        if (c >= '1' && c <= '9') {
-            s->mode = J_INT;
-            return true;
-        }
         return false;
     }
+}
+
+/* A key's opening quote in the object on top. */
+static bool key_start(struct moe_json_state *s)
+{
+    const struct json_node *n = node(s, top(s)->node);
+    s->cand = all_bits(n->n);
+    if (n->extra < 0 && !(s->cand & ~top(s)->seen)) return false; /* every property written */
+    s->pos = 0;
+    s->key = true;
+    s->mode = J_STRING;
+    return true;
+}
+
+/* One byte of a key (inside its quotes, closing = its closing quote): which declared property it
+ * can still be; without other properties allowed, one not yet written. */
+static bool key_byte(struct moe_json_state *s, unsigned char c, bool closing)
+{
+    struct moe_json_frame *f = top(s);
+    const struct json_node *n = node(s, f->node);
+    uint64_t keep = 0;
+    for (uint64_t m = s->cand; m; m &= m - 1) {
+        int i = __builtin_ctzll(m);
+        int b = str_at(s, s->sc->props[n->first + (unsigned)i].name);
+        if (closing ? b < 0 : b == c) keep |= 1ull << i;
+    }
+    s->cand = keep;
+    if (!closing) {
+        if (keep) s->pos++;
+        return keep & ~f->seen || n->extra >= 0;
+    }
+    if (keep) { /* names are distinct: one property */
+        if (keep & f->seen) return false; /* a key written twice */
+        f->seen |= keep;
+        f->value = s->sc->props[n->first + (unsigned)__builtin_ctzll(keep)].node;
+        return true;
+    }
+    if (n->extra < 0) return false;
+    f->value = (uint16_t)n->extra;
+    return true;
+}
+
+static bool required_done(struct moe_json_state *s)
+{
+    struct moe_json_frame *f = top(s);
+    uint64_t req = node(s, f->node)->required;
+    return (f->seen & req) == req;
+}
+
+/* Whether another key may follow (',' in an object). */
+static bool more_keys(struct moe_json_state *s)
+{
+    struct moe_json_frame *f = top(s);
+    const struct json_node *n = node(s, f->node);
+    uint64_t all = all_bits(n->n);
+    return n->extra >= 0 || (all & ~f->seen);
 }
 
 /* A number ends at c: c goes on in the context after the value. */
 static bool number_end(struct moe_json_state *s, unsigned char c);
 
+static bool string_byte(struct moe_json_state *s, unsigned char c)
+{
+    if (c == '"') {
+        if (s->key) {
+            if (!key_byte(s, c, true)) return false;
+            s->mode = J_COLON;
+        } else {
+            value_done(s);
+        }
+        return true;
+    }
+    if (s->key && !key_byte(s, c, false)) return false;
+    if (c == '\\') {
+        s->mode = J_ESC;
+        return true;
+    }
+    if (c < 0x20) return false; /* control characters must be escaped */
+    if (c < 0x80) return true;
+    /* UTF-8 (RFC 3629): a lead byte and its continuation bytes, the first of which is narrower after
+     * E0 and F0 (no overlong forms), ED (no surrogates) and F4 (nothing above U+10FFFF) */
+    s->lo = 0x80;
+    s->hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) s->aux = 1;
+    else if (c >= 0xe0 && c <= 0xef) s->aux = 2;
+    else if (c >= 0xf0 && c <= 0xf4) s->aux = 3;
+    else return false;
+    if (c == 0xe0) s->lo = 0xa0;
+    else if (c == 0xed) s->hi = 0x9f;
+    else if (c == 0xf0) s->lo = 0x90;
+    else if (c == 0xf4) s->hi = 0x8f;
+    s->mode = J_UTF8;
+    return true;
+}
+
 static bool step(struct moe_json_state *s, unsigned char c)
 {
     switch (s->mode) {
     case J_START:
-        return c == '{' && open_container(s, true);
+        return value_start(s, c);
     case J_VALUE:
         return is_ws(c) || value_start(s, c);
-    case J_ARR_FIRST:
+    case J_ARR_FIRST: {
         if (is_ws(c)) return true;
+        const struct json_node *n = node(s, top(s)->node);
         if (c == ']') {
-            s->depth--;
-            value_done(s);
+            if (n->min_items > 0) return false;
+            close_container(s);
             return true;
         }
+        if (n->max_items == 0) return false;
+        s->cur = (uint16_t)n->extra;
         return value_start(s, c);
+    }
     case J_KEY_FIRST:
     case J_KEY:
         if (is_ws(c)) return true;
         if (c == '}' && s->mode == J_KEY_FIRST) {
-            s->depth--;
-            value_done(s);
+            if (!required_done(s)) return false;
+            close_container(s);
             return true;
         }
-        if (c != '"') return false;
-        s->mode = J_STRING;
-        s->key = true;
-        return true;
+        return c == '"' && key_start(s);
     case J_COLON:
         if (is_ws(c)) return true;
         if (c != ':') return false;
+        s->cur = top(s)->value;
         s->mode = J_VALUE;
         return true;
-    case J_NEXT:
+    case J_NEXT: {
         if (is_ws(c)) return true;
+        struct moe_json_frame *f = top(s);
+        const struct json_node *n = node(s, f->node);
+        bool object = n->kind == K_OBJECT;
         if (c == ',') {
-            s->mode = top_is_object(s) ? J_KEY : J_VALUE;
+            if (object) {
+                if (!more_keys(s)) return false;
+                s->mode = J_KEY;
+            } else {
+                if (f->count >= n->max_items) return false;
+                s->cur = (uint16_t)n->extra;
+                s->mode = J_VALUE;
+            }
             return true;
         }
-        if (c == (top_is_object(s) ? '}' : ']')) {
-            s->depth--;
-            value_done(s);
+        if (c == (object ? '}' : ']')) {
+            if (object ? !required_done(s) : f->count < n->min_items) return false;
+            close_container(s);
             return true;
         }
         return false;
+    }
     case J_STRING:
-        if (c == '"') {
-            if (s->key) s->mode = J_COLON;
-            else value_done(s);
-            return true;
-        }
-        if (c == '\\') {
-            s->mode = J_ESC;
-            return true;
-        }
-        if (c < 0x20) return false; /* control characters must be escaped */
-        if (c < 0x80) return true;
-        /* UTF-8: a lead byte and its continuation bytes */
-        if (c >= 0xc2 && c <= 0xdf) s->aux = 1;
-        else if (c >= 0xe0 && c <= 0xef) s->aux = 2;
-        else if (c >= 0xf0 && c <= 0xf4) s->aux = 3;
-        else return false;
-        s->mode = J_UTF8;
-        return true;
+        return string_byte(s, c);
     case J_UTF8:
-        if ((c & 0xc0) != 0x80) return false;
+        if (c < s->lo || c > s->hi) return false;
+        s->lo = 0x80;
+        s->hi = 0xbf;
+        if (s->key && !key_byte(s, c, false)) return false;
         if (--s->aux == 0) s->mode = J_STRING;
         return true;
     case J_ESC:
+        if (s->key && !key_byte(s, c, false)) return false;
         if (c == 'u') {
             s->mode = J_HEX;
             s->aux = 4;
@@ -171,6 +392,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
         return false;
     case J_HEX:
         if (!is_hex(c)) return false;
+        if (s->key && !key_byte(s, c, false)) return false;
         if (--s->aux == 0) s->mode = J_STRING;
         return true;
     case J_MINUS:
@@ -179,14 +401,10 @@ static bool step(struct moe_json_state *s, unsigned char c)
         else return false;
         return true;
     case J_ZERO:
-        if (c == '.') s->mode = J_DOT;
-        else if (c == 'e' || c == 'E') s->mode = J_EXP;
-        else return number_end(s, c);
-        return true;
     case J_INT:
-        if (is_digit(c)) return true;
-        if (c == '.') s->mode = J_DOT;
-        else if (c == 'e' || c == 'E') s->mode = J_EXP;
+        if (is_digit(c) && s->mode == J_INT) return true;
+        if (c == '.' && !s->integer) s->mode = J_DOT;
+        else if ((c == 'e' || c == 'E') && !s->integer) s->mode = J_EXP;
         else return number_end(s, c);
         return true;
     case J_DOT:
@@ -212,13 +430,26 @@ static bool step(struct moe_json_state *s, unsigned char c)
     case J_EXP_DIGITS:
         if (is_digit(c)) return true;
         return number_end(s, c);
-    case J_LIT:
-        if (c != (unsigned char)lits[s->lit][s->aux]) return false;
-        if (!lits[s->lit][++s->aux]) value_done(s);
-        return true;
+    case J_LIT: {
+        const struct json_node *n = node(s, s->cur);
+        uint64_t ext = lits_with(s, n, s->cand, c);
+        if (ext) {
+            s->cand = ext;
+            s->pos++;
+            bool complete, longer;
+            lits_state(s, n, &complete, &longer);
+            if (!longer) value_done(s);
+            return true;
+        }
+        bool complete, longer;
+        lits_state(s, n, &complete, &longer);
+        if (!complete) return false;
+        value_done(s); /* a literal that another one extends (1 before 10) ends at c */
+        return step(s, c);
+    }
     case J_DONE:
     default:
-        return false; /* nothing follows the object */
+        return false; /* nothing follows the value */
     }
 }
 
@@ -228,10 +459,19 @@ static bool number_end(struct moe_json_state *s, unsigned char c)
     return step(s, c);
 }
 
-/* Whitespace between tokens (not inside a string or a number) counts toward MOE_JSON_MAX_WS. */
+/* Whitespace inside a string or a literal is text, not whitespace between tokens. */
 static bool in_token(const struct moe_json_state *s)
 {
-    return s->mode == J_STRING || s->mode == J_ESC || s->mode == J_HEX || s->mode == J_UTF8;
+    return s->mode == J_STRING || s->mode == J_ESC || s->mode == J_HEX || s->mode == J_UTF8 || s->mode == J_LIT;
+}
+
+/* Whitespace between tokens: a run holds at most two line breaks and 2 + 4 x depth bytes (room for
+ * a line break and indentation of up to four per level, the layouts JSON is printed in), and never
+ * more than MOE_JSON_MAX_WS. */
+static bool ws_ok(const struct moe_json_state *s)
+{
+    unsigned lim = 2u + 4u * s->depth;
+    return s->nl <= 2 && s->ws <= (lim < MOE_JSON_MAX_WS ? lim : MOE_JSON_MAX_WS);
 }
 
 bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n)
@@ -240,10 +480,95 @@ bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n)
         unsigned char c = (unsigned char)b[i];
         bool ws = is_ws(c) && !in_token(s);
         if (!step(s, c)) return false;
-        s->ws = ws ? (uint8_t)(s->ws + 1) : 0;
-        if (s->ws > MOE_JSON_MAX_WS) return false;
+        if (!ws) {
+            s->ws = s->nl = 0;
+            continue;
+        }
+        s->ws++;
+        s->nl += c == '\n' || c == '\r';
+        if (!ws_ok(s)) return false;
     }
     return true;
+}
+
+/* Whether bytes b[0..n) are whole characters of a string's text (no quote, backslash or control
+ * character; valid UTF-8): inside a string they are text and leave the recognizer as it was. */
+static bool string_text(const char *b, size_t n)
+{
+    struct moe_json_state s = { .sc = &moe_json_any_object, .mode = J_STRING };
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)b[i];
+        if ((s.mode == J_STRING && (c == '"' || c == '\\')) || !step(&s, c)) return false;
+    }
+    return s.mode == J_STRING;
+}
+
+/* Whether s is inside a string whose text string_text() bytes cannot change: a value, or a key
+ * that no declared property constrains. */
+static bool in_free_string(const struct moe_json_state *s)
+{
+    if (s->mode != J_STRING) return false;
+    if (!s->key) return true;
+    return s->cand == 0 && node(s, s->f[s->depth - 1].node)->extra >= 0;
+}
+
+/* Token ids by their bytes: tokens that share a beginning sit together, so the mask feeds a shared
+ * beginning once and skips every token under a refused one. */
+struct tok_key {
+    const char *b;
+    uint32_t len;
+    int id;
+};
+
+static int tok_cmp(const void *x, const void *y)
+{
+    const struct tok_key *a = x, *b = y;
+    uint32_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->b, b->b, n);
+    if (c) return c;
+    return a->len != b->len ? (a->len < b->len ? -1 : 1) : (a->id > b->id) - (a->id < b->id);
+}
+
+enum moe_status moe_token_bytes_make(const char *blob, const uint32_t *off, int n, struct moe_token_bytes *t)
+{
+    *t = (struct moe_token_bytes){ 0 };
+    size_t total = off[n];
+    char *b = malloc(total + 1);
+    uint32_t *o = malloc(sizeof(uint32_t) * ((size_t)n + 1));
+    struct tok_key *keys = malloc(sizeof(*keys) * ((size_t)n + 1));
+    int *order = malloc(sizeof(int) * ((size_t)n + 1));
+    uint32_t *lcp = malloc(sizeof(uint32_t) * ((size_t)n + 1));
+    bool *plain = malloc(sizeof(bool) * ((size_t)n + 1));
+    if (!b || !o || !keys || !order || !lcp || !plain) {
+        free(plain);
+        free(b);
+        free(o);
+        free(keys);
+        free(order);
+        free(lcp);
+        return moe_errorf(MOE_ENOMEM, "out of memory for the vocabulary's text (%zu bytes)", total);
+    }
+    memcpy(b, blob, total);
+    memcpy(o, off, sizeof(uint32_t) * ((size_t)n + 1));
+    for (int id = 0; id < n; id++)
+        plain[id] = o[id + 1] > o[id] && string_text(b + o[id], o[id + 1] - o[id]);
+    int m = 0;
+    for (int id = 0; id < n; id++)
+        if (o[id + 1] > o[id]) keys[m++] = (struct tok_key){ b + o[id], o[id + 1] - o[id], id };
+    qsort(keys, (size_t)m, sizeof(*keys), tok_cmp);
+    for (int i = 0; i < m; i++) {
+        order[i] = keys[i].id;
+        uint32_t l = 0;
+        if (i > 0) {
+            uint32_t lim = keys[i].len < keys[i - 1].len ? keys[i].len : keys[i - 1].len;
+            while (l < lim && keys[i].b[l] == keys[i - 1].b[l]) l++;
+        }
+        lcp[i] = l;
+    }
+    free(keys);
+    *t = (struct moe_token_bytes){ .n = n, .blob = b, .off = o, .n_sorted = m, .order = order, .lcp = lcp,
+                                   .plain = plain };
+    return MOE_OK;
 }
 
 enum moe_status moe_token_bytes_build(const struct moe_tokenizer *tok, int vocab, struct moe_token_bytes *t)
@@ -270,28 +595,70 @@ enum moe_status moe_token_bytes_build(const struct moe_tokenizer *tok, int vocab
         at += k > 0 ? (uint32_t)k : 0;
     }
     off[vocab] = at;
-    *t = (struct moe_token_bytes){ .n = vocab, .blob = blob, .off = off };
-    return MOE_OK;
+    enum moe_status st = moe_token_bytes_make(blob, off, vocab, t);
+    free(blob);
+    free(off);
+    return st;
 }
 
 void moe_token_bytes_free(struct moe_token_bytes *t)
 {
     free((char *)t->blob);
     free((uint32_t *)t->off);
+    free((int *)t->order);
+    free((uint32_t *)t->lcp);
+    free((bool *)t->plain);
     *t = (struct moe_token_bytes){ 0 };
 }
+
+#define MASK_DEPTH 24 /* the states after a token's first bytes kept for the next tokens */
 
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
 {
     int allowed = 0;
+    /* inside a free string, a token of plain text continues it and changes nothing */
+    bool text = in_free_string(s);
     for (int id = 0; id < vocab; id++) {
-        struct moe_json_state js = *s;
-        uint32_t a = id < t->n ? t->off[id] : 0, b = id < t->n ? t->off[id + 1] : 0;
-        /* an end-of-sequence token would end the text before the object: never one */
-        bool ok = b > a && !(is_eos && is_eos(ud, id)) && moe_json_feed(&js, t->blob + a, b - a);
+        bool ok = text && id < t->n && t->plain[id] && !(is_eos && is_eos(ud, id));
         out[id] = ok ? logits[id] : -INFINITY;
         allowed += ok;
+    }
+    /* st[k]: the state after the last token fed's first k bytes, for k <= have */
+    struct moe_json_state st[MASK_DEPTH + 1], tail;
+    moe_json_copy(&st[0], s);
+    uint32_t have = 0, shared = 0; /* the bytes this token shares with the last one fed */
+    uint32_t refused = 0;          /* > 0: the last one fed failed at byte refused - 1 */
+    for (int i = 0; i < t->n_sorted; i++) {
+        int id = t->order[i];
+        uint32_t l = t->lcp[i];
+        shared = i == 0 ? 0 : l < shared ? l : shared;
+        if ((refused && shared >= refused) || (text && t->plain[id])) continue;
+        const char *b = t->blob + t->off[id];
+        uint32_t len = t->off[id + 1] - t->off[id], k = shared < have ? shared : have;
+        shared = UINT32_MAX; /* from here on, relative to this token */
+        refused = 0;
+        bool ok = true;
+        for (; k < len && k < MASK_DEPTH; k++) {
+            moe_json_copy(&st[k + 1], &st[k]);
+            if (!moe_json_feed(&st[k + 1], b + k, 1)) {
+                ok = false;
+                break;
+            }
+        }
+        have = k;
+        if (!ok) {
+            refused = k + 1;
+            continue;
+        }
+        if (len > MASK_DEPTH) { /* a long token's rest, not kept */
+            moe_json_copy(&tail, &st[MASK_DEPTH]);
+            if (!moe_json_feed(&tail, b + MASK_DEPTH, len - MASK_DEPTH)) continue;
+        }
+        /* an end-of-sequence token would end the text before the value: never one */
+        if (id >= vocab || (is_eos && is_eos(ud, id))) continue;
+        out[id] = logits[id];
+        allowed++;
     }
     return allowed;
 }

@@ -1,6 +1,8 @@
-/* JSON mode: a byte-level recognizer of one JSON object (RFC 8259), fed the
- * bytes of each candidate token, so decoding can be kept to text that is, at
- * every step, the beginning of a valid object, and stop when it is whole. */
+/* JSON mode and JSON schemas: a byte-level recognizer of one JSON value (RFC
+ * 8259) that follows a compiled schema, fed the bytes of each candidate token,
+ * so decoding can be kept to text that is, at every step, the beginning of a
+ * valid value, and stop when it is whole.  Without a schema the value is any
+ * JSON object. */
 #ifndef MOE_JSON_GUIDE_H
 #define MOE_JSON_GUIDE_H
 
@@ -14,25 +16,59 @@
 extern "C" {
 #endif
 
-#define MOE_JSON_MAX_DEPTH 64 /* nested objects and arrays */
-#define MOE_JSON_MAX_WS 32    /* whitespace bytes in a row between tokens (a model that would
-                                 write whitespace without end cannot) */
+#define MOE_JSON_MAX_DEPTH 64      /* nested objects and arrays */
+#define MOE_JSON_MAX_WS 32         /* whitespace bytes in a row between tokens, at most (a model that
+                                      would write whitespace without end cannot); fewer near the top:
+                                      2 + 4 per open object or array, two line breaks */
+#define MOE_JSON_MAX_PROPS 64      /* properties of one object schema */
+#define MOE_JSON_MAX_ENUM 64       /* values of one enum */
+#define MOE_JSON_MAX_NODES 4096    /* compiled schema nodes */
+#define MOE_JSON_MAX_SCHEMA 262144 /* bytes of a schema's text */
 
-struct moe_json_state {
-    uint64_t stack;   /* bit d: level d is an object (1) or an array (0) */
-    uint8_t depth;    /* open containers */
-    uint8_t mode;     /* what the next byte may be (json_guide.c) */
-    uint8_t aux;      /* literal position, \u hex digits left, or UTF-8 continuation bytes left */
-    uint8_t lit;      /* which literal (true, false, null) */
-    bool key;         /* the string being read is an object key */
-    uint8_t ws;       /* whitespace bytes in a row */
+/* A compiled schema (json_schema.c), shared by reference: immutable once made. */
+struct moe_json_schema;
+
+/* Compile a JSON Schema given as JSON text.  Supported: type (one or a list), properties,
+ * required, additionalProperties, items, minItems, maxItems, enum, const, anyOf / oneOf whose
+ * branches begin with different characters, $ref to "#", "#/$defs/..." or "#/definitions/...",
+ * and the annotations (title, description, default, examples, ...), which are ignored.  Any other
+ * keyword is refused by name (MOE_ENOTSUP), as is a root the output could not end with (a bare
+ * number).  The result has one reference; moe_json_schema_unref frees it. */
+enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out);
+struct moe_json_schema *moe_json_schema_ref(struct moe_json_schema *sc);
+void moe_json_schema_unref(struct moe_json_schema *sc);
+
+struct moe_json_frame {   /* an object or array being read */
+    uint64_t seen;        /* object: the declared properties written */
+    uint32_t count;       /* array: the values written */
+    uint16_t node;        /* its schema node */
+    uint16_t value;       /* object: the node of the value after the current key */
 };
 
-/* Expect an object: '{' first (no whitespace before it), nothing after its '}'. */
-void moe_json_init(struct moe_json_state *s);
-/* Feed n bytes; false (s then undefined: feed a copy) when they cannot continue the object. */
+struct moe_json_state {
+    const struct moe_json_schema *sc;
+    uint64_t cand;        /* the key's or literal's candidates still matching */
+    uint32_t pos;         /* bytes of the key or literal read */
+    uint16_t cur;         /* the node of the value expected or being read */
+    uint8_t depth;        /* open containers */
+    uint8_t mode;         /* what the next byte may be (json_guide.c) */
+    uint8_t aux;          /* \u hex digits or UTF-8 continuation bytes left */
+    uint8_t ws;           /* whitespace bytes in a row */
+    uint8_t nl;           /* ... of which line breaks */
+    uint8_t lo, hi;       /* the range of the next UTF-8 continuation byte */
+    bool key;             /* the string being read is an object key */
+    bool integer;         /* the number being read is an integer */
+    struct moe_json_frame f[MOE_JSON_MAX_DEPTH];
+};
+
+/* Expect one value of the schema sc (NULL: any JSON object); its first byte is not whitespace,
+ * nothing follows it.  sc must outlive s. */
+void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc);
+/* Copy src to dst (only the frames in use). */
+void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src);
+/* Feed n bytes; false (s then undefined: feed a copy) when they cannot continue the value. */
 bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n);
-/* Whether the object is complete. */
+/* Whether the value is complete. */
 bool moe_json_done(const struct moe_json_state *s);
 
 /* Every token's bytes (the vocabulary as text), for masking candidates: token id's bytes are
@@ -41,17 +77,23 @@ struct moe_token_bytes {
     int n;
     const char *blob;
     const uint32_t *off; /* [n + 1] */
+    int n_sorted;        /* the ids with bytes, ... */
+    const int *order;    /* [n_sorted] ... in the order of their bytes */
+    const uint32_t *lcp; /* [n_sorted]: bytes order[i] shares with order[i - 1] at its start */
+    const bool *plain;   /* [n]: the token is whole characters of text, no quote or backslash */
 };
 
 struct moe_tokenizer;
 /* Build t for a model vocabulary of vocab ids from the tokenizer (streamed text's bytes); free with
  * moe_token_bytes_free. */
 enum moe_status moe_token_bytes_build(const struct moe_tokenizer *tok, int vocab, struct moe_token_bytes *t);
+/* Build t from n tokens' bytes (token id's are blob[off[id] .. off[id + 1])), copied. */
+enum moe_status moe_token_bytes_make(const char *blob, const uint32_t *off, int n, struct moe_token_bytes *t);
 void moe_token_bytes_free(struct moe_token_bytes *t);
 
-/* JSON mode's step: out[id] = logits[id] for every token whose bytes continue the object from s and
+/* One guided step: out[id] = logits[id] for every token whose bytes continue the value from s and
  * that is not an end-of-sequence token (is_eos(ud, id)), else -inf.  Returns how many are allowed
- * (0: none continues the object). */
+ * (0: none continues the value). */
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out);
 /* Advance s by token id's bytes (one moe_json_mask allowed). */

@@ -44,7 +44,7 @@ struct rq {
     double credit;             /* regroup: fair-share credit in tokens (1 = due now) */
     bool pred_stale;           /* pred is not for the current next token */
     uint64_t wait_pass;        /* prefix_cache: the admit() pass in which it waits for a prefill */
-    struct moe_json_state json;/* g.json: the output so far, as the beginning of an object */
+    struct moe_json_state json;/* g.json: the output so far, as the beginning of a value */
     struct rq *next;           /* waiting list / done list link */
     /* terminal outcome, reported by on_done */
     enum moe_finish why;
@@ -139,6 +139,7 @@ static void rq_free(struct rq *r)
     free(r->route);
     free(r->pred);
     free(r->hist);
+    moe_json_schema_unref(r->g.json_schema);
     free(r);
 }
 
@@ -620,7 +621,7 @@ static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
         }
         if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, s->masked)) {
             rq_finish(s, r, MOE_FINISH_ERROR, MOE_EINVAL, "JSON mode: no token of the vocabulary continues the "
-                      "object");
+                      "value");
             return;
         }
         from = s->masked;
@@ -1032,7 +1033,8 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         r->ev = *ev;
     r->ud = ud;
     moe_sampler_init(&r->sampler, &g->sampling);
-    moe_json_init(&r->json);
+    moe_json_schema_ref(r->g.json_schema);
+    moe_json_init(&r->json, r->g.json_schema);
     r->state = RQ_WAITING;
     r->slot = -1;
 

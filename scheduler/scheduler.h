@@ -104,9 +104,12 @@ struct moe_gen_params {
     bool prompt_logprobs;     /* also every prompt token's after the first (on_prompt_logprobs);
                                  max_tokens may then be 0: the prompt only */
     /* JSON mode (engine/json_guide.h): only tokens that keep the output the beginning of one JSON
-     * object are sampled, and the request ends (stop) when the object is whole; the vocabulary's
+     * value are sampled, and the request ends (stop) when the value is whole; the vocabulary's
      * bytes, or NULL for free text.  Must outlive the request. */
     const struct moe_token_bytes *json;
+    /* With json: the value's schema (moe_json_schema_parse), NULL for any object; the scheduler
+     * holds its own reference while the request lives. */
+    struct moe_json_schema *json_schema;
 };
 
 struct moe_sched_events {

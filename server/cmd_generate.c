@@ -36,6 +36,8 @@ struct gen_opts {
     const char *system;        /* --system: a system message before it, or NULL */
     const char *ids_out;       /* --ids-out: the token ids fed through the model, for trace --ids */
     bool json;                 /* --json: JSON mode (one JSON object, stopping when it is whole) */
+    const char *schema_path;   /* --json-schema FILE: one value of this JSON Schema instead */
+    struct moe_json_schema *schema; /* ... compiled */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
 
@@ -48,7 +50,7 @@ static void usage(FILE *f)
             "                        [--presence-penalty X] [--frequency-penalty X]\n"
             "                        [--repetition-penalty X] [--logit-bias ID:BIAS]...\n"
             "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
-            "                        [--ids-out FILE] [--json]\n"
+            "                        [--ids-out FILE] [--json | --json-schema FILE]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -79,6 +81,8 @@ static void usage(FILE *f)
             "                     kernel (a row's result then depends on the batch and threads)\n"
             "  --json             JSON mode: only tokens that keep the output the beginning of one JSON\n"
             "                     object, stopping when it is whole (serve's response_format json_object)\n"
+            "  --json-schema FILE JSON mode for one value of the JSON Schema in FILE (serve's response_format\n"
+            "                     json_schema; docs/api.md lists the keywords followed)\n"
             "  --ids-out FILE     write the token ids this run fed through the model (the prompt's and\n"
             "                     the output's but the last) as [[...]]: `moeflow trace --ids FILE` then\n"
             "                     records exactly this run's routing, e.g. for --belady-trace\n"
@@ -152,7 +156,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
            OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS,
-           OPT_JSON };
+           OPT_JSON, OPT_SCHEMA };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -167,6 +171,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "repetition-penalty", required_argument, NULL, OPT_REPETITION },
         { "logit-bias", required_argument, NULL, OPT_BIAS },
         { "json", no_argument, NULL, OPT_JSON },
+        { "json-schema", required_argument, NULL, OPT_SCHEMA },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
@@ -275,6 +280,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_JSON:
             o->json = true;
             break;
+        case OPT_SCHEMA:
+            o->json = true;
+            o->schema_path = optarg;
+            break;
         case OPT_SYSTEM:
             o->system = optarg;
             break;
@@ -358,7 +367,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     int *hist = malloc(sizeof(int) * ((size_t)n_ids + (size_t)o->max_tokens)), n_hist = n_ids, n_fed = n_ids;
     struct moe_token_bytes tb = { 0 };
     struct moe_json_state js;
-    moe_json_init(&js);
+    moe_json_init(&js, o->schema);
     float *masked = o->json ? malloc(sizeof(float) * (size_t)V) : NULL;
     if (!logits || !pos || !seqv || !want || !hist || (o->json && !masked)) {
         st = moe_errorf(MOE_ENOMEM, "generate: out of memory");
@@ -386,7 +395,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     moe_sampler_init(&s, &o->samp);
     for (int g = 0; g < o->max_tokens; g++) {
         if (o->json && !moe_json_mask(&js, &tb, logits, V, gen_is_eos, c, masked)) {
-            st = moe_errorf(MOE_EINVAL, "generate --json: no token of the vocabulary continues the object");
+            st = moe_errorf(MOE_EINVAL, "generate --json: no token of the vocabulary continues the value");
             goto out;
         }
         int t = moe_sampler_sample(&s, o->json ? masked : logits, V, hist, n_ids, n_hist);
@@ -440,6 +449,17 @@ int moe_cmd_generate(int argc, char **argv)
     int *ids = NULL;
     size_t n_ids = 0;
 
+    if (o.schema_path) {
+        char *text = NULL;
+        size_t len = 0;
+        enum moe_status sst = moe_read_file(o.schema_path, &text, &len, MOE_JSON_MAX_SCHEMA);
+        if (sst == MOE_OK) sst = moe_json_schema_parse(text, len, &o.schema);
+        free(text);
+        if (sst != MOE_OK) {
+            fprintf(stderr, "moeflow generate: --json-schema %s: %s\n", o.schema_path, moe_last_error());
+            return 2;
+        }
+    }
     if (!moe_cli_open_model("generate", o.model_dir, &m, &tok)) goto out;
     if (moe_sampling_validate(&o.samp, m->cfg.vocab) != MOE_OK) { /* the bias ids against the vocabulary */
         fprintf(stderr, "moeflow generate: --logit-bias: %s\n", moe_last_error());
@@ -542,5 +562,6 @@ out:
     free(ids);
     moe_tokenizer_free(tok);
     moe_model_close(m);
+    moe_json_schema_unref(o.schema);
     return rc;
 }

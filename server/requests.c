@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/json_guide.h"
 #include "../model/chat.h"
 #include "grpc_service.pb-c.h"
 #include "moeflow.pb-c.h"
@@ -21,6 +22,7 @@ void moe_gen_request_free(struct moe_gen_request *r)
     free(r->prompt_ids);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
+    moe_json_schema_unref(r->json_schema);
     memset(r, 0, sizeof(*r));
 }
 
@@ -426,6 +428,26 @@ static enum moe_status parse_penalties(json_t *root, struct moe_sampling *p)
 /* OpenAI fields asking for output moeflow does not produce (the prompt echoed, several
  * candidates, constrained output): refused by name rather than left out of a reply the client
  * then misreads.  Their off values pass: null, false, and best_of 1. */
+
+/* response_format {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": ...}}:
+ * the schema compiled (engine/json_guide.h). */
+static enum moe_status openai_schema(const json_t *js, struct moe_gen_request *out)
+{
+    const json_t *schema = json_object_get(js, "schema");
+    if (!json_is_object(js) || !(json_is_object(schema) || json_is_boolean(schema)))
+        return moe_errorf(MOE_EINVAL, "'response_format' json_schema needs \"json_schema\": {\"name\": ..., "
+                          "\"schema\": {...}}");
+    const json_t *name = json_object_get(js, "name");
+    if (name && !json_is_string(name))
+        return moe_errorf(MOE_EINVAL, "'response_format' json_schema 'name' must be a string");
+    char *text = json_dumps(schema, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (!text) return moe_errorf(MOE_ENOMEM, "out of memory reading 'response_format'");
+    enum moe_status st = moe_json_schema_parse(text, strlen(text), &out->json_schema);
+    free(text);
+    if (st != MOE_OK) moe_error_prefix(st, "'response_format' json_schema");
+    return st;
+}
+
 static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen_request *out)
 {
     static const struct {
@@ -442,9 +464,13 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
         if (!json_is_object(rf) || !type)
             return moe_errorf(MOE_EINVAL, "'response_format' must be an object with a string 'type'");
         out->json_object = !strcmp(type, "json_object");
-        if (strcmp(type, "text") && !out->json_object)
-            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported: moeflow constrains "
-                              "output to one JSON object ({\"type\": \"json_object\"}), not to a schema", type);
+        if (!strcmp(type, "json_schema")) {
+            enum moe_status st = openai_schema(json_object_get(rf, "json_schema"), out);
+            if (st != MOE_OK) return st;
+        } else if (strcmp(type, "text") && !out->json_object) {
+            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported (text, json_object or "
+                              "json_schema)", type);
+        }
     }
     for (size_t i = !chat; i < MOE_ARRAY_LEN(f); i++) { /* echo (first) is refused for chat only */
         json_t *v = json_object_get(root, f[i].key);
@@ -660,6 +686,12 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
             goto out;
     out->ignore_eos = m->ignore_eos;
     out->json_object = m->json_object;
+    if (m->json_schema && m->json_schema[0] &&
+        (st = moe_json_schema_parse(m->json_schema, strlen(m->json_schema), &out->json_schema)) != MOE_OK) {
+        if (st != MOE_ENOMEM) st = MOE_EINVAL; /* the argument's fault: INVALID_ARGUMENT, not UNIMPLEMENTED */
+        moe_error_prefix(st, "json_schema");
+        goto out;
+    }
     out->priority = m->priority;
     out->stream = true;
     if (m->n_stop > MOE_REQ_MAX_STOP) {

@@ -26,6 +26,8 @@ extern "C" {
 #define MOE_REQ_MAX_STOP_BYTES 256          /* bytes per stop sequence */
 #define MOE_REQ_MAX_N 16                    /* OpenAI's n: completions per request */
 
+struct moe_json_schema;
+
 struct moe_gen_request {
     char *prompt;               /* UTF-8 text, NUL-terminated, owned (NULL when ids given) */
     size_t prompt_len;          /* bytes */
@@ -54,6 +56,7 @@ struct moe_gen_request {
     bool has_seed;              /* sampling.seed was given; else the server draws one per request */
     int n;                      /* OpenAI's n: choices of one request (HTTP), 1..MOE_REQ_MAX_N */
     bool json_object;           /* JSON mode: the output is one JSON object */
+    struct moe_json_schema *json_schema; /* ... or one value of this schema (owned reference; NULL: none) */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

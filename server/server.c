@@ -464,7 +464,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .logprobs = r->logprobs,
         .top_logprobs = r->top_logprobs,
         .prompt_logprobs = r->echo && (r->logprobs || r->prompt_only), /* the scheduler's prompt-only mode */
-        .json = r->json_object ? &s->json_vocab : NULL,
+        .json = r->json_object || r->json_schema ? &s->json_vocab : NULL,
+        .json_schema = r->json_schema,
     };
     if (!r->has_seed) /* as OpenAI: without a seed, every request draws anew */
         gp.sampling.seed = srv_random64();

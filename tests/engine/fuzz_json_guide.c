@@ -1,21 +1,28 @@
-/* libFuzzer: JSON mode's recognizer over arbitrary bytes.  Fed whole, byte by
- * byte and in pieces of 1-7 bytes (the first byte picks the size), it must
- * accept the same prefix and reach the same completion; a refused byte stays
- * refused with more bytes after it. */
+/* libFuzzer: the JSON recognizer over arbitrary bytes.  Input: [schema NUL]
+ * piece-size byte, document.  Without a NUL the document is read in JSON mode
+ * (any object); with one, the bytes before it are compiled as a JSON schema
+ * (refusals are fine).  Fed whole, byte by byte and in pieces of 1-7 bytes
+ * (the piece-size byte picks the size), the document must be accepted to the
+ * same byte and reach the same completion; a refused byte stays refused with
+ * more bytes after it; a whole value must be JSON that jansson reads (but for
+ * numbers beyond its range and lone surrogates in \u escapes, which RFC 8259's
+ * grammar allows). */
+#include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/json_guide.h"
 
-/* The bytes accepted before the first refusal (n when none), and whether the object is then whole. */
-static size_t accepted(const uint8_t *d, size_t n, size_t piece, bool *done)
+/* The bytes accepted before the first refusal (n when none), and whether the value is then whole. */
+static size_t accepted(const struct moe_json_schema *sc, const uint8_t *d, size_t n, size_t piece, bool *done)
 {
-    struct moe_json_state s;
-    moe_json_init(&s);
+    static struct moe_json_state s, t;
+    moe_json_init(&s, sc);
     size_t i = 0;
     for (; i < n; i += piece) {
         size_t m = i + piece < n ? piece : n - i;
-        struct moe_json_state t = s;
+        moe_json_copy(&t, &s);
         if (!moe_json_feed(&t, (const char *)d + i, m)) { /* find the byte inside the piece */
             for (size_t j = 0; j < m; j++)
                 if (!moe_json_feed(&s, (const char *)d + i + j, 1)) {
@@ -24,7 +31,7 @@ static size_t accepted(const uint8_t *d, size_t n, size_t piece, bool *done)
                 }
             abort(); /* a piece refused whose bytes one by one are not */
         }
-        s = t;
+        moe_json_copy(&s, &t);
         if (s.depth > MOE_JSON_MAX_DEPTH) abort();
     }
     *done = moe_json_done(&s);
@@ -33,12 +40,29 @@ static size_t accepted(const uint8_t *d, size_t n, size_t piece, bool *done)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1) return 0;
-    size_t piece = (size_t)(data[0] % 7) + 1;
-    const uint8_t *d = data + 1;
-    size_t n = size - 1;
-    bool d1, d2, d3;
-    size_t a1 = accepted(d, n, n ? n : 1, &d1), a2 = accepted(d, n, 1, &d2), a3 = accepted(d, n, piece, &d3);
-    if (a1 != a2 || a2 != a3 || d1 != d2 || d2 != d3) abort();
+    struct moe_json_schema *sc = NULL;
+    const uint8_t *nul = memchr(data, 0, size);
+    if (nul) {
+        if (moe_json_schema_parse((const char *)data, (size_t)(nul - data), &sc) != MOE_OK) return 0;
+        size -= (size_t)(nul - data) + 1;
+        data = nul + 1;
+    }
+    if (size >= 1) {
+        size_t piece = (size_t)(data[0] % 7) + 1;
+        const uint8_t *d = data + 1;
+        size_t n = size - 1;
+        bool d1, d2, d3;
+        size_t a1 = accepted(sc, d, n, n ? n : 1, &d1), a2 = accepted(sc, d, n, 1, &d2),
+               a3 = accepted(sc, d, n, piece, &d3);
+        if (a1 != a2 || a2 != a3 || d1 != d2 || d2 != d3) abort();
+        if (d1) { /* the value is whole: valid JSON */
+            json_error_t e;
+            json_t *j = json_loadb((const char *)d, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+            if (!j && !strstr(e.text, "overflow") && !strstr(e.text, "too big") && !strstr(e.text, "Unicode"))
+                abort();
+            json_decref(j);
+        }
+    }
+    moe_json_schema_unref(sc);
     return 0;
 }

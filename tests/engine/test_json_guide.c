@@ -1,8 +1,8 @@
 /* JSON mode's recognizer: whole objects are accepted and complete; every
  * beginning of one is accepted and not complete; anything else (another
- * top-level value, whitespace before the object or after it or more than
- * MOE_JSON_MAX_WS in a row, bad escapes, numbers, literals, control characters,
- * invalid UTF-8, nesting beyond the limit) is refused at the byte where it goes
+ * top-level value, whitespace before the object or after it or runs of it
+ * beyond the limits, bad escapes, numbers, literals, control characters,
+ * invalid UTF-8 (overlong forms, surrogates, beyond U+10FFFF), nesting beyond the limit) is refused at the byte where it goes
  * wrong; token-sized pieces give the same verdict as bytes. */
 #include "common/moe.h"
 #include "engine/json_guide.h"
@@ -13,7 +13,7 @@
 static bool whole(const char *t)
 {
     struct moe_json_state s;
-    moe_json_init(&s);
+    moe_json_init(&s, NULL);
     return moe_json_feed(&s, t, strlen(t)) && moe_json_done(&s);
 }
 
@@ -21,7 +21,7 @@ static bool whole(const char *t)
 static bool pieces(const char *t, size_t k)
 {
     struct moe_json_state s;
-    moe_json_init(&s);
+    moe_json_init(&s, NULL);
     size_t n = strlen(t);
     for (size_t i = 0; i < n; i += k) {
         size_t m = i + k < n ? k : n - i;
@@ -34,7 +34,7 @@ static bool pieces(const char *t, size_t k)
 static int refused_at(const char *t)
 {
     struct moe_json_state s;
-    moe_json_init(&s);
+    moe_json_init(&s, NULL);
     for (size_t i = 0; t[i]; i++)
         if (!moe_json_feed(&s, t + i, 1)) return (int)i;
     return -1;
@@ -46,7 +46,7 @@ int main(void)
         "{}", "{ \n\t }", "{\"a\":1}", "{\"a\": -0.5e+10, \"b\": [1, 2.25, -3, 0, 1E5]}",
         "{\"s\": \"x\\\"y\\\\z\\/\\b\\f\\n\\r\\t\\u00e9\\uD83D\\uDE00\"}", "{\"k\": true, \"f\": false, \"n\": null}",
         "{\"nested\": {\"a\": [[], {}, [{\"b\": []}]]}}", "{\"utf8\": \"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80\"}",
-        "{\"a\":\"}\",\"b\":\"{[\"}", "{\"\":\"\"}",
+        "{\"a\":\"}\",\"b\":\"{[\"}", "{\"\":\"\"}", "{\"edge\":\"\xed\x9f\xbf \xf4\x8f\xbf\xbf \xe0\xa0\x80\"}",
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(good); i++) {
         CHECK(whole(good[i]), "refused: %s", good[i]);
@@ -54,7 +54,7 @@ int main(void)
         struct moe_json_state s; /* every proper prefix accepted and incomplete */
         size_t n = strlen(good[i]);
         for (size_t j = 0; j + 1 < n; j++) {
-            moe_json_init(&s);
+            moe_json_init(&s, NULL);
             bool ok = moe_json_feed(&s, good[i], j);
             CHECK(ok, "prefix %zu of %s refused", j, good[i]);
             if (ok && j > 0 && good[i][j] != ' ' && good[i][j] != '\n')
@@ -70,17 +70,30 @@ int main(void)
         { "{\"a\":\"\\x\"}", 7 }, { "{\"a\":\"\\u12g4\"}", 10 }, { "{\"a\":\"\t\"}", 6 }, { "{a:1}", 1 },
         { "{\"a\":1,}", 7 }, { "{\"a\":[1,]}", 8 }, { "{\"a\":[1}", 7 }, { "{\"a\":\"\xff\"}", 6 },
         { "{\"a\":\"\xc3x\"}", 7 }, { "{\"a\":1e}", 7 }, { "{\"a\":nul1}", 8 },
+        { "{\"a\":\"\xe0\x9f\xbf\"}", 7 }, { "{\"a\":\"\xed\xa0\x80\"}", 7 },     /* overlong, surrogate */
+        { "{\"a\":\"\xf0\x8f\xbf\xbf\"}", 7 }, { "{\"a\":\"\xf4\x90\x80\x80\"}", 7 }, /* overlong, > U+10FFFF */
+        { "{\"a\":\"\xc0\xaf\"}", 6 },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++)
         CHECK(refused_at(bad[i].text) == bad[i].at, "%s: refused at %d, want %d", bad[i].text, refused_at(bad[i].text),
               bad[i].at);
-    char ws[MOE_JSON_MAX_WS + 16] = "{\"a\":";
-    size_t w = strlen(ws);
-    memset(ws + w, ' ', MOE_JSON_MAX_WS);
-    ws[w + MOE_JSON_MAX_WS] = 0;
-    CHECK(refused_at(ws) == -1, "%d spaces in a row refused", MOE_JSON_MAX_WS);
-    strcat(ws, " ");
-    CHECK(refused_at(ws) == (int)(w + MOE_JSON_MAX_WS), "%d spaces in a row accepted", MOE_JSON_MAX_WS + 1);
+    /* whitespace runs: 2 + 4 per open container (at most MOE_JSON_MAX_WS), two line breaks */
+    char ws[256];
+    for (int depth = 1; depth <= 10; depth++) {
+        int lim = 2 + 4 * depth < MOE_JSON_MAX_WS ? 2 + 4 * depth : MOE_JSON_MAX_WS;
+        size_t w = 0;
+        ws[w++] = '{';
+        for (int d = 1; d < depth; d++) w += (size_t)sprintf(ws + w, "\"a\":{");
+        w += (size_t)sprintf(ws + w, "\"a\":");
+        memset(ws + w, ' ', (size_t)lim);
+        ws[w + (size_t)lim] = 0;
+        CHECK(refused_at(ws) == -1, "%d spaces in a row refused at depth %d", lim, depth);
+        strcat(ws, " ");
+        CHECK(refused_at(ws) == (int)w + lim, "%d spaces in a row accepted at depth %d", lim + 1, depth);
+    }
+    CHECK(whole("{\r\n  \"a\": [\n    1,\n    {\n\t\t\"b\": null\n    }\n  ]\n}"), "pretty-printed refused");
+    CHECK(refused_at("{\"a\":\n\n\n1}") == 7, "three line breaks in a row accepted");
+    size_t w;
     strcpy(ws, "{\"a\":\"");
     w = strlen(ws);
     memset(ws + w, ' ', MOE_JSON_MAX_WS + 4); /* inside a string: text, not whitespace between tokens */

@@ -314,6 +314,22 @@ def main():
                                                                m.LogitBias(token_id=93, bias=100)]), timeout=60))
         check("".join(x.text for x in msgs) == "{}" and msgs[-1].finish_reason == "stop" and
               msgs[-1].completion_tokens == 2, "Generate json_object: %s" % msgs[-1:])
+        # a JSON schema over gRPC: the same greedy text as over HTTP; a bad schema is INVALID_ARGUMENT
+        schema = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "n": {"type": "integer"}},
+                  "required": ["kind", "n"], "additionalProperties": False}
+        stext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="pet = ", max_tokens=48,
+                                                                       json_schema=json.dumps(schema)), timeout=60))
+        code, out = srv.http("/v1/completions", json.dumps(dict(prompt="pet = ", max_tokens=48, response_format={
+            "type": "json_schema", "json_schema": {"name": "pet", "schema": schema}})).encode())
+        check(code == 200 and json.loads(out)["choices"][0]["text"] == stext and stext.startswith('{"'),
+              "json_schema over gRPC %r and HTTP: %d %r" % (stext, code, out[:300]))
+        try:
+            list(gen.Generate(m.GenerateRequest(prompt="x", json_schema='{"type": "string", "format": "email"}'),
+                              timeout=60))
+            check(False, "a json_schema with 'format' was accepted")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "'format' is not supported" in e.details(),
+                  "bad json_schema: %s %s" % (e.code(), e.details()))
         pen = dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3)
         ptext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=24,
                                                                        **pen), timeout=60))

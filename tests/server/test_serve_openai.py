@@ -7,8 +7,8 @@ replies against what they parse: model retrieval by URL-encoded id, and streams
 whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
-produce (best_of, structured output); log-probabilities and echo; developer messages;
-ids unique to the server's start; n choices; /tokenize and /detokenize; JSON mode; the default max_tokens of completions (16) and chat (the
+produce (best_of, an unsupported response_format); log-probabilities and echo; developer messages;
+ids unique to the server's start; n choices; /tokenize and /detokenize; JSON mode and JSON schemas; the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
 import os
@@ -130,9 +130,10 @@ def check_params(srv):
             check(error_ok(code, js, 400, "'%s'" % refused), "%s %r: %d %r" % (path, extra, code, js))
         else:
             check(code == 200 and js["choices"][0].get("logprobs") is None, "%s %r: %d %r" % (path, extra, code, js))
-    # a schema is refused by name; {"type": "text"} is plain text; json_object is JSON mode (check_json)
+    # {"type": "text"} is plain text; json_object and json_schema are JSON mode (check_json,
+    # check_json_schema); a json_schema without its schema is a 400, as is another type
     for rf, ok in (({"type": "json_object"}, True), ({"type": "json_schema", "json_schema": {"name": "x"}}, False),
-                   ({"type": "text"}, True), (None, True)):
+                   ({"type": "grammar"}, False), ({"type": "text"}, True), (None, True)):
         code, js = post(srv, "/v1/chat/completions", dict(chat, max_tokens=2, response_format=rf))
         check(code == 200 if ok else error_ok(code, js, 400, "'response_format'"),
               "response_format %r: %d %r" % (rf, code, js))
@@ -337,6 +338,84 @@ def check_json(srv, moeflow):
         check(not json_prefix_ok(bad), "the test's own checker accepts %r" % bad)
     for good in ('{"a": [1, 2.5, {"b": null}], "c": "x\\"', " {", '{"a": tr', '{"a": -1.5e'):
         check(json_prefix_ok(good), "the test's own checker refuses %r" % good)
+
+
+PET = {
+    "$defs": {"Owner": {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
+                        "additionalProperties": False}},
+    "type": "object", "title": "Pet",
+    "properties": {"name": {"type": "string", "description": "what it is called"},
+                   "kind": {"enum": ["cat", "dog", "bird"]}, "age": {"type": "integer"},
+                   "weight": {"type": "number"}, "indoor": {"type": "boolean"},
+                   "tags": {"type": "array", "items": {"enum": ["small", "big", "old"]}, "maxItems": 3},
+                   "owner": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/Owner"}]}},
+    "required": ["name", "kind", "age"], "additionalProperties": False}
+
+
+def check_json_schema(srv, moeflow):
+    """response_format json_schema: every output is the beginning of JSON text, one that stops is
+    valid under the schema (checked by the jsonschema package), streamed text and every choice of n
+    as well, gRPC's json_schema and `moeflow generate --json-schema` write the server's greedy text;
+    keywords outside the supported set and bad schemas are a 400 naming them."""
+    import subprocess
+    import tempfile
+    import jsonschema
+    rf = {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET, "strict": True}}
+    stopped = 0
+    for body in ({"prompt": "pet = ", "max_tokens": 256, "temperature": 0},
+                 {"prompt": "def add(a, b):", "max_tokens": 256, "temperature": 0},
+                 {"prompt": "x = ", "max_tokens": 256, "temperature": 1.0, "seed": 3},
+                 {"prompt": "import json\ndata = ", "max_tokens": 256, "temperature": 0.8, "seed": 5, "n": 3}):
+        body = dict(body, response_format=rf)
+        code, js = post(srv, "/v1/completions", body)
+        check(code == 200 and len(js.get("choices", [])) == body.get("n", 1), "json_schema %r: %d %r" % (body, code, js))
+        for ch in js.get("choices", []):
+            text = ch.get("text", "")
+            check(json_prefix_ok(text), "json_schema %r: not JSON: %r" % (body, text))
+            if ch.get("finish_reason") == "stop":
+                stopped += 1
+                try:
+                    jsonschema.validate(json.loads(text), PET)
+                except Exception as e:  # noqa: BLE001
+                    check(False, "json_schema %r: %r breaks the schema: %s" % (body, text, e))
+        if body.get("n", 1) == 1:
+            _, chunks, done = sse(srv, "/v1/completions", dict(body, stream=True))
+            streamed = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+            check(done and streamed == js["choices"][0]["text"], "json_schema streamed %r vs %r" %
+                  (streamed, js["choices"][0]["text"]))
+    check(stopped >= 2, "only %d of 6 schema outputs ended within 256 tokens" % stopped)
+    try:  # the validator itself refuses what breaks the schema
+        jsonschema.validate({"name": "a", "kind": "fish", "age": 1}, PET)
+        check(False, "jsonschema accepts a kind outside the enum")
+    except jsonschema.ValidationError:
+        pass
+    code, js = post(srv, "/v1/completions", {"prompt": "pet = ", "max_tokens": 160, "temperature": 0,
+                                             "response_format": rf})
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(PET, f)
+        f.flush()
+        g = subprocess.run([moeflow, "generate", "--prompt", "pet = ", "--json-schema", f.name, "--max-tokens",
+                            "160"], capture_output=True, timeout=120)
+    text = (js.get("choices") or [{}])[0].get("text")
+    check(g.returncode == 0 and g.stdout.decode() == text + "\n",
+          "generate --json-schema %r vs the server's %r (%s)" % (g.stdout[:200], text, g.stderr[-300:]))
+    # a chat answer, the model writing an enum of its choice
+    code, js = post(srv, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "yes or no?"}], "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"enum": ["yes", "no"]}}}})
+    content = (js.get("choices") or [{}])[0].get("message", {}).get("content")
+    check(code == 200 and content in ('"yes"', '"no"'), "chat json_schema enum: %d %r" % (code, js))
+    for schema, word in (({"type": "string", "pattern": "^a"}, "'pattern' is not supported"),
+                         ({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}},
+                          "/properties/d"),
+                         ({"type": "number"}, "bare number"),
+                         ({"type": "object", "required": ["x"]}, "required property 'x'"),
+                         ({"$ref": "#/$defs/Nope"}, "names nothing"),
+                         ({"anyOf": [{"type": "object"}, {"type": "object"}]}, "both begin with")):
+        code, js = post(srv, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+        check(error_ok(code, js, 400, word), "json_schema %r: %d %r" % (schema, code, js))
 
 
 def check_tokenize(srv):
@@ -596,7 +675,8 @@ def main():
     srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_n, check_tokenize, lambda s: check_json(s, moeflow), check_logprobs, lambda s: check_echo(s, moeflow),
+                           check_n, check_tokenize, lambda s: check_json(s, moeflow),
+                           lambda s: check_json_schema(s, moeflow), check_logprobs, lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":

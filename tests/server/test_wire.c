@@ -387,6 +387,46 @@ static void test_penalties(void)
     }
 }
 
+/* response_format and GenerateRequest.json_schema: a schema compiled onto the request (freed with it), a
+ * bad one refused with the place and keyword named. */
+static void test_response_format(void)
+{
+    struct moe_gen_request r;
+    REQUIRE(oai("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"p\","
+                "\"strict\":true,\"schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}}}",
+                false, &r) == MOE_OK, "json_schema refused: %s", moe_last_error());
+    CHECK(r.json_schema && !r.json_object, "json_schema not compiled");
+    moe_gen_request_free(&r);
+    CHECK(!r.json_schema, "json_schema left after free");
+    REQUIRE(oai("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}", false, &r) == MOE_OK,
+            "json_object refused: %s", moe_last_error());
+    CHECK(r.json_object && !r.json_schema, "json_object");
+    moe_gen_request_free(&r);
+    expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\"}}", false, "\"schema\"");
+    expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":"
+               "{\"type\":\"object\",\"properties\":{\"e\":{\"type\":\"string\",\"format\":\"email\"}}}}}}",
+               false, "at '/properties/e': 'format' is not supported");
+    expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":3,"
+               "\"schema\":{\"type\":\"object\"}}}}", false, "'name'");
+    expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"regex\"}}", false, "'regex' is not supported");
+
+    Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;
+    m.prompt = "hello";
+    m.json_schema = "{\"enum\":[\"yes\",\"no\"]}";
+    uint8_t *b;
+    size_t n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK, "proto json_schema: %s", moe_last_error());
+    CHECK(r.json_schema != NULL, "proto json_schema not compiled");
+    moe_gen_request_free(&r);
+    free(b);
+    m.json_schema = "{\"type\":\"integer\"}";
+    n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "json_schema: ") &&
+              strstr(moe_last_error(), "bare number"),
+          "proto bad json_schema: %s", moe_last_error());
+    free(b);
+}
+
 static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
 {
     size_t n = inference__model_infer_request__get_packed_size(m);
@@ -514,6 +554,7 @@ int main(void)
     test_stop();
     test_generate_proto();
     test_penalties();
+    test_response_format();
     test_kserve();
     test_utf8();
     test_metrics();

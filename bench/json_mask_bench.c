@@ -1,0 +1,114 @@
+/* JSON mode's cost per generated token: moe_json_mask over a model's whole
+ * vocabulary, at every token of a JSON document as the model's tokenizer
+ * splits it, with and without a schema, against feeding every token on its
+ * own (the reference the mask must equal).  Prints one JSON line per case.
+ *
+ * usage: json_mask_bench [--model DIR] [--reps N] */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/moe.h"
+#include "engine/json_guide.h"
+#include "model/tokenizer.h"
+
+static const char *doc =
+    "{\"name\": \"Rex\", \"kind\": \"dog\", \"age\": 7, \"weight\": 31.5, \"indoor\": false,\n"
+    "  \"tags\": [\"big\", \"old\"], \"owner\": {\"id\": 1024}}";
+
+static const char *schema =
+    "{\"$defs\":{\"Owner\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"}},"
+    "\"required\":[\"id\"],\"additionalProperties\":false}},\"type\":\"object\",\"properties\":{"
+    "\"name\":{\"type\":\"string\"},\"kind\":{\"enum\":[\"cat\",\"dog\",\"bird\"]},\"age\":{\"type\":\"integer\"},"
+    "\"weight\":{\"type\":\"number\"},\"indoor\":{\"type\":\"boolean\"},\"tags\":{\"type\":\"array\",\"items\":"
+    "{\"enum\":[\"small\",\"big\",\"old\"]},\"maxItems\":3},\"owner\":{\"anyOf\":[{\"type\":\"null\"},"
+    "{\"$ref\":\"#/$defs/Owner\"}]}},\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
+
+/* Every token fed on its own: the reference. */
+static int mask_each(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int V,
+                     float *out)
+{
+    int allowed = 0;
+    for (int id = 0; id < V; id++) {
+        struct moe_json_state c;
+        moe_json_copy(&c, s);
+        uint32_t a = t->off[id], b = t->off[id + 1];
+        bool ok = b > a && moe_json_feed(&c, t->blob + a, b - a);
+        out[id] = ok ? logits[id] : -INFINITY;
+        allowed += ok;
+    }
+    return allowed;
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = getenv("MOEFLOW_MODEL") ? getenv("MOEFLOW_MODEL") : "models/pycode-moe-18m";
+    int reps = 20;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) dir = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: json_mask_bench [--model DIR] [--reps N]\n");
+            return 2;
+        }
+    }
+    if (reps < 1) reps = 1;
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    struct moe_tokenizer *tok = moe_tokenizer_load(path);
+    if (!tok) {
+        fprintf(stderr, "json_mask_bench: %s\n", moe_last_error());
+        return 1;
+    }
+    int V = moe_tokenizer_vocab_size(tok);
+    struct moe_token_bytes tb;
+    struct moe_json_schema *sc = NULL;
+    int *ids = NULL;
+    size_t n = 0;
+    if (moe_token_bytes_build(tok, V, &tb) != MOE_OK ||
+        moe_json_schema_parse(schema, strlen(schema), &sc) != MOE_OK ||
+        moe_tokenizer_encode(tok, doc, strlen(doc), &ids, &n) != MOE_OK) {
+        fprintf(stderr, "json_mask_bench: %s\n", moe_last_error());
+        return 1;
+    }
+    float *logits = malloc(sizeof(float) * (size_t)V), *a = malloc(sizeof(float) * (size_t)V),
+          *b = malloc(sizeof(float) * (size_t)V);
+    if (!logits || !a || !b) return 1;
+    for (int i = 0; i < V; i++) logits[i] = (float)i;
+    for (int with_schema = 0; with_schema <= 1; with_schema++) {
+        double t_mask = 0, t_each = 0;
+        long allowed = 0, differ = 0;
+        for (int r = 0; r < reps; r++) {
+            struct moe_json_state s;
+            moe_json_init(&s, with_schema ? sc : NULL);
+            for (size_t k = 0; k < n; k++) {
+                double t0 = moe_now();
+                int na = moe_json_mask(&s, &tb, logits, V, NULL, NULL, a);
+                double t1 = moe_now();
+                int nb = mask_each(&s, &tb, logits, V, b);
+                double t2 = moe_now();
+                t_mask += t1 - t0;
+                t_each += t2 - t1;
+                if (r == 0) {
+                    allowed += na;
+                    differ += na != nb || memcmp(a, b, sizeof(float) * (size_t)V);
+                }
+                moe_json_take(&s, &tb, ids[k]);
+            }
+        }
+        double calls = (double)reps * (double)n;
+        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,"
+               "\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,\"steps_differing\":%ld}\n",
+               with_schema ? "true" : "false", V, n, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls,
+               t_each / t_mask, (double)allowed / (double)n, differ);
+    }
+    free(logits);
+    free(a);
+    free(b);
+    free(ids);
+    moe_json_schema_unref(sc);
+    moe_token_bytes_free(&tb);
+    moe_tokenizer_free(tok);
+    return 0;
+}

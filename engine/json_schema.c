@@ -1,0 +1,702 @@
+/* JSON Schema to the recognizer's nodes (json_schema_int.h): the subset a
+ * byte-at-a-time recognizer can follow without looking back, every other
+ * keyword refused by name. */
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json_schema_int.h"
+
+#define MAX_NEST 64 /* schemas inside schemas */
+
+struct ref {
+    const json_t *target;
+    int node;
+};
+
+struct cc {
+    struct json_node *nodes;
+    int n_nodes, cap_nodes;
+    struct json_prop *props;
+    size_t n_props, cap_props;
+    struct json_str *lits;
+    size_t n_lits, cap_lits;
+    uint16_t *branch;
+    size_t n_branch, cap_branch;
+    char *pool;
+    size_t n_pool, cap_pool;
+    struct ref *refs;
+    int n_refs, cap_refs;
+    const json_t *doc;
+    int integer, boolean, null; /* shared nodes, 0 until made */
+    char path[256];             /* where in the schema, for messages */
+};
+
+#define PENDING 0xff /* a node reserved for a $ref target still being compiled */
+
+static const char *const annotations[] = {
+    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
+    "readOnly", "writeOnly", "$defs", "definitions",
+};
+static const char *const keywords[] = {
+    "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+    "enum", "const", "anyOf", "oneOf", "$ref",
+};
+#define SUPPORTED "type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, " \
+                  "anyOf, oneOf and $ref"
+
+static bool in_list(const char *k, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(k, list[i])) return true;
+    return false;
+}
+
+static enum moe_status fail(struct cc *c, enum moe_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum moe_status fail(struct cc *c, enum moe_status st, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return moe_errorf(st, "JSON schema at '%s': %s", c->path[0] ? c->path : "/", msg);
+}
+
+/* Append "/seg" to the path; returns the length to restore. */
+static size_t path_push(struct cc *c, const char *a, const char *b)
+{
+    size_t at = strlen(c->path);
+    snprintf(c->path + at, sizeof(c->path) - at, "/%s%s%s", a, b ? "/" : "", b ? b : "");
+    return at;
+}
+
+static bool grow(void **p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap) return true;
+    size_t n = *cap ? *cap * 2 : 16;
+    while (n < need) n *= 2;
+    void *q = realloc(*p, n * size);
+    if (!q) return false;
+    *p = q;
+    *cap = n;
+    return true;
+}
+
+static int new_node(struct cc *c, struct json_node n)
+{
+    if (c->n_nodes >= MOE_JSON_MAX_NODES) {
+        fail(c, MOE_ERANGE, "the schema needs more than %d nodes", MOE_JSON_MAX_NODES);
+        return -1;
+    }
+    size_t cap = (size_t)c->cap_nodes;
+    if (!grow((void **)&c->nodes, &cap, (size_t)c->n_nodes + 1, sizeof(*c->nodes))) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return -1;
+    }
+    c->cap_nodes = (int)cap;
+    c->nodes[c->n_nodes] = n;
+    return c->n_nodes++;
+}
+
+/* Bytes into the pool; false when out of memory. */
+static bool pool_add(struct cc *c, const char *b, size_t n, struct json_str *out)
+{
+    if (c->n_pool + n > UINT32_MAX || !grow((void **)&c->pool, &c->cap_pool, c->n_pool + n, 1)) return false;
+    memcpy(c->pool + c->n_pool, b, n);
+    *out = (struct json_str){ (uint32_t)c->n_pool, (uint32_t)n };
+    c->n_pool += n;
+    return true;
+}
+
+/* A literal value as the output must write it: compact, numbers in their shortest form. */
+static char *literal_text(const json_t *v)
+{
+    if (json_is_real(v)) {
+        double x = json_real_value(v);
+        char buf[64];
+        for (int p = 1; p <= 17; p++) {
+            snprintf(buf, sizeof(buf), "%.*g", p, x);
+            if (strtod(buf, NULL) == x) break;
+        }
+        return strdup(buf);
+    }
+    return json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
+}
+
+static const char *type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "number";
+    case JSON_TRUE: case JSON_FALSE: return "boolean";
+    default: return "null";
+    }
+}
+
+/* A literal node of values v[0..n) (enum or const). */
+static int literals(struct cc *c, json_t *const *v, size_t n)
+{
+    if (n == 0) {
+        fail(c, MOE_EINVAL, "an empty enum: no value can be written");
+        return -1;
+    }
+    if (n > MOE_JSON_MAX_ENUM) {
+        fail(c, MOE_ERANGE, "an enum of %zu values; at most %d are supported", n, MOE_JSON_MAX_ENUM);
+        return -1;
+    }
+    if (!grow((void **)&c->lits, &c->cap_lits, c->n_lits + n, sizeof(*c->lits))) goto oom;
+    size_t first = c->n_lits;
+    for (size_t i = 0; i < n; i++) {
+        char *t = literal_text(v[i]);
+        if (!t) goto oom;
+        bool ok = pool_add(c, t, strlen(t), &c->lits[c->n_lits]);
+        free(t);
+        if (!ok) goto oom;
+        c->n_lits++;
+    }
+    return new_node(c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)first });
+oom:
+    moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+    return -1;
+}
+
+/* The first bytes a value of node i can begin with (bit b of set[b / 64]). */
+static void first_bytes(const struct cc *c, int i, uint64_t set[4])
+{
+    const struct json_node *n = &c->nodes[i];
+    memset(set, 0, 4 * sizeof(uint64_t));
+#define ADD(b) (set[(unsigned char)(b) / 64] |= 1ull << ((unsigned char)(b) % 64))
+    switch (n->kind) {
+    case K_OBJECT: ADD('{'); break;
+    case K_ARRAY: ADD('['); break;
+    case K_STRING: ADD('"'); break;
+    case K_NUMBER:
+    case K_INTEGER:
+        ADD('-');
+        for (char d = '0'; d <= '9'; d++) ADD(d);
+        break;
+    case K_LITERALS:
+        for (unsigned k = 0; k < n->n; k++) ADD(c->pool[c->lits[n->first + k].off]);
+        break;
+    case K_UNION:
+        for (unsigned k = 0; k < n->n; k++) {
+            uint64_t b[4];
+            first_bytes(c, c->branch[n->first + k], b);
+            for (int w = 0; w < 4; w++) set[w] |= b[w];
+        }
+        break;
+    default: memset(set, 0xff, 4 * sizeof(uint64_t));
+    }
+#undef ADD
+}
+
+/* A union of the nodes b[0..n): nested unions flattened, integer dropped beside number, and
+ * every branch's first bytes apart from the others'. */
+static int make_union(struct cc *c, const int *b, int n, const char *what)
+{
+    int flat[64], nf = 0;
+    for (int i = 0; i < n; i++) {
+        const struct json_node *bn = &c->nodes[b[i]];
+        if (bn->kind == PENDING) {
+            fail(c, MOE_ENOTSUP, "%s: a branch that refers back to a schema around it is not supported", what);
+            return -1;
+        }
+        int m = bn->kind == K_UNION ? bn->n : 1;
+        for (int k = 0; k < m; k++) {
+            if (nf == 64) {
+                fail(c, MOE_ERANGE, "%s: more than 64 branches", what);
+                return -1;
+            }
+            flat[nf++] = bn->kind == K_UNION ? c->branch[bn->first + k] : b[i];
+        }
+    }
+    bool number = false;
+    for (int i = 0; i < nf; i++) number |= c->nodes[flat[i]].kind == K_NUMBER;
+    int k = 0;
+    for (int i = 0; i < nf; i++) /* integer values are numbers */
+        if (!(number && c->nodes[flat[i]].kind == K_INTEGER)) flat[k++] = flat[i];
+    nf = k;
+    for (int i = 0; i < nf; i++) {
+        if (c->nodes[flat[i]].kind == K_ANY) {
+            fail(c, MOE_ENOTSUP, "%s: a branch that allows any value cannot be told apart from the others", what);
+            return -1;
+        }
+        uint64_t a[4];
+        first_bytes(c, flat[i], a);
+        for (int j = 0; j < i; j++) {
+            uint64_t o[4];
+            first_bytes(c, flat[j], o);
+            for (int w = 0; w < 4; w++)
+                if (a[w] & o[w]) {
+                    int ch = w * 64 + __builtin_ctzll(a[w] & o[w]);
+                    fail(c, MOE_ENOTSUP, "%s: two branches can both begin with '%c'; the branches must begin "
+                         "with different characters (an object, an array, a string, a number, true/false, null "
+                         "or enums of distinct first characters)", what, ch);
+                    return -1;
+                }
+        }
+    }
+    if (nf == 1) return flat[0];
+    if (!grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)nf, sizeof(*c->branch))) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return -1;
+    }
+    size_t first = c->n_branch;
+    for (int i = 0; i < nf; i++) c->branch[c->n_branch++] = (uint16_t)flat[i];
+    return new_node(c, (struct json_node){ .kind = K_UNION, .n = (uint16_t)nf, .first = (uint32_t)first });
+}
+
+static int compile(struct cc *c, const json_t *v, int depth);
+
+/* The node of the schema inside v at key (a sub-path for messages). */
+static int compile_at(struct cc *c, const json_t *v, const char *a, const char *b, int depth)
+{
+    size_t at = path_push(c, a, b);
+    int r = compile(c, v, depth + 1);
+    if (r >= 0) c->path[at] = 0;
+    return r;
+}
+
+static bool count_of(struct cc *c, const json_t *o, const char *key, uint32_t *out)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!v) return true;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX - 1) {
+        fail(c, MOE_EINVAL, "'%s' must be a non-negative integer", key);
+        return false;
+    }
+    *out = (uint32_t)json_integer_value(v);
+    return true;
+}
+
+static int object_node(struct cc *c, const json_t *o, int depth)
+{
+    const json_t *props = json_object_get(o, "properties"), *req = json_object_get(o, "required"),
+                 *add = json_object_get(o, "additionalProperties");
+    if (props && !json_is_object(props)) {
+        fail(c, MOE_EINVAL, "'properties' must be an object of schemas");
+        return -1;
+    }
+    size_t n = props ? json_object_size(props) : 0;
+    if (n > MOE_JSON_MAX_PROPS) {
+        fail(c, MOE_ERANGE, "%zu properties; at most %d are supported in one object", n, MOE_JSON_MAX_PROPS);
+        return -1;
+    }
+    int extra = N_ANY;
+    if (add && json_is_false(add)) extra = -1;
+    else if (add && (extra = compile_at(c, add, "additionalProperties", NULL, depth)) < 0) return -1;
+    /* the property nodes first: the object's props[] must be contiguous */
+    int nodes[MOE_JSON_MAX_PROPS];
+    const char *names[MOE_JSON_MAX_PROPS];
+    size_t i = 0;
+    const char *k;
+    json_t *pv;
+    json_object_foreach((json_t *)props, k, pv) {
+        names[i] = k;
+        if ((nodes[i] = compile_at(c, pv, "properties", k, depth)) < 0) return -1;
+        i++;
+    }
+    if (!grow((void **)&c->props, &c->cap_props, c->n_props + n, sizeof(*c->props))) goto oom;
+    size_t first = c->n_props;
+    for (i = 0; i < n; i++) {
+        json_t *js = json_string(names[i]);
+        char *t = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+        json_decref(js);
+        if (!t) goto oom;
+        bool ok = pool_add(c, t + 1, strlen(t) - 2, &c->props[c->n_props].name); /* without the quotes */
+        free(t);
+        if (!ok) goto oom;
+        c->props[c->n_props++].node = (uint16_t)nodes[i];
+    }
+    uint64_t required = 0;
+    if (req) {
+        size_t ri;
+        json_t *rv;
+        if (!json_is_array(req)) {
+            fail(c, MOE_EINVAL, "'required' must be an array of property names");
+            return -1;
+        }
+        json_array_foreach(req, ri, rv) {
+            if (!json_is_string(rv)) {
+                fail(c, MOE_EINVAL, "'required' must be an array of property names");
+                return -1;
+            }
+            for (i = 0; i < n && strcmp(names[i], json_string_value(rv)); i++) {}
+            if (i == n) {
+                fail(c, MOE_ENOTSUP, "required property '%.64s' is not among 'properties' (name it there, with "
+                     "its schema)", json_string_value(rv));
+                return -1;
+            }
+            required |= 1ull << i;
+        }
+    }
+    return new_node(c, (struct json_node){ .kind = K_OBJECT, .n = (uint16_t)n, .first = (uint32_t)first,
+                                           .extra = extra, .required = required });
+oom:
+    moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+    return -1;
+}
+
+static int array_node(struct cc *c, const json_t *o, int depth)
+{
+    const json_t *items = json_object_get(o, "items");
+    struct json_node n = { .kind = K_ARRAY, .extra = N_ANY, .max_items = UINT32_MAX };
+    if (!count_of(c, o, "minItems", &n.min_items) || !count_of(c, o, "maxItems", &n.max_items)) return -1;
+    if (n.min_items > n.max_items) {
+        fail(c, MOE_EINVAL, "minItems %u is above maxItems %u", n.min_items, n.max_items);
+        return -1;
+    }
+    if (items && json_is_false(items)) {
+        if (n.min_items > 0) {
+            fail(c, MOE_EINVAL, "'items': false with minItems %u: no array can be written", n.min_items);
+            return -1;
+        }
+        n.max_items = 0;
+    } else if (items && (n.extra = compile_at(c, items, "items", NULL, depth)) < 0) {
+        return -1;
+    }
+    return new_node(c, n);
+}
+
+/* A shared node made on first use. */
+static int shared(struct cc *c, int *slot, struct json_node n)
+{
+    if (!*slot) *slot = new_node(c, n);
+    return *slot;
+}
+
+static const char *const object_words[] = { "properties", "required", "additionalProperties" };
+static const char *const array_words[] = { "items", "minItems", "maxItems" };
+
+static int typed_node(struct cc *c, const json_t *o, const char *type, int depth)
+{
+    if (!strcmp(type, "object")) return object_node(c, o, depth);
+    if (!strcmp(type, "array")) return array_node(c, o, depth);
+    if (!strcmp(type, "string")) return N_ANY_STRING;
+    if (!strcmp(type, "number")) return N_ANY_NUMBER;
+    if (!strcmp(type, "integer")) return shared(c, &c->integer, (struct json_node){ .kind = K_INTEGER });
+    if (!strcmp(type, "boolean"))
+        return shared(c, &c->boolean, (struct json_node){ .kind = K_LITERALS, .n = 2, .first = 0 });
+    if (!strcmp(type, "null"))
+        return shared(c, &c->null, (struct json_node){ .kind = K_LITERALS, .n = 1, .first = 2 });
+    fail(c, MOE_EINVAL, "unknown type '%.32s' (object, array, string, number, integer, boolean or null)", type);
+    return -1;
+}
+
+static bool has_any(const json_t *o, const char *const *words, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (json_object_get(o, words[i])) return true;
+    return false;
+}
+
+/* A JSON pointer ("#", "#/$defs/name", ...) into the document. */
+static const json_t *resolve(struct cc *c, const char *ref)
+{
+    if (ref[0] != '#') return NULL;
+    const json_t *at = c->doc;
+    const char *p = ref + 1;
+    while (*p == '/' && at) {
+        char seg[256];
+        size_t n = 0;
+        for (p++; *p && *p != '/'; p++) {
+            char ch = *p;
+            if (ch == '~' && (p[1] == '0' || p[1] == '1')) ch = *++p == '0' ? '~' : '/';
+            if (n + 1 < sizeof(seg)) seg[n++] = ch;
+        }
+        seg[n] = 0;
+        if (json_is_object(at)) {
+            at = json_object_get(at, seg);
+        } else if (json_is_array(at)) {
+            char *end;
+            long i = strtol(seg, &end, 10);
+            at = *end || !n ? NULL : json_array_get(at, (size_t)i);
+        } else {
+            at = NULL;
+        }
+    }
+    return *p ? NULL : at;
+}
+
+static int ref_node(struct cc *c, const char *ref, int depth)
+{
+    const json_t *t = resolve(c, ref);
+    if (!t) {
+        fail(c, MOE_EINVAL, "'$ref' '%.64s' names nothing in this schema (only references inside it, such as "
+             "'#/$defs/Name', are followed)", ref);
+        return -1;
+    }
+    for (int i = 0; i < c->n_refs; i++)
+        if (c->refs[i].target == t) return c->refs[i].node;
+    int slot = new_node(c, (struct json_node){ .kind = PENDING });
+    size_t cap = (size_t)c->cap_refs;
+    if (slot < 0) return -1;
+    if (!grow((void **)&c->refs, &cap, (size_t)c->n_refs + 1, sizeof(*c->refs))) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return -1;
+    }
+    c->cap_refs = (int)cap;
+    c->refs[c->n_refs++] = (struct ref){ t, slot };
+    char save[sizeof(c->path)];
+    memcpy(save, c->path, sizeof(save));
+    snprintf(c->path, sizeof(c->path), "%s", ref + 1);
+    int r = compile(c, t, depth + 1);
+    if (r < 0) return -1;
+    memcpy(c->path, save, sizeof(save));
+    c->nodes[slot] = c->nodes[r];
+    return slot;
+}
+
+static int compile(struct cc *c, const json_t *v, int depth)
+{
+    if (json_is_true(v)) return N_ANY;
+    if (json_is_false(v)) {
+        fail(c, MOE_EINVAL, "the schema false allows no value");
+        return -1;
+    }
+    if (!json_is_object(v)) {
+        fail(c, MOE_EINVAL, "a schema must be an object (or true)");
+        return -1;
+    }
+    if (depth > MAX_NEST) {
+        fail(c, MOE_ERANGE, "schemas nested more than %d deep", MAX_NEST);
+        return -1;
+    }
+    const char *k;
+    json_t *x;
+    int constraints = 0;
+    json_object_foreach((json_t *)v, k, x) {
+        if (in_list(k, annotations, MOE_ARRAY_LEN(annotations))) continue;
+        if (!in_list(k, keywords, MOE_ARRAY_LEN(keywords))) {
+            fail(c, MOE_ENOTSUP, "'%.64s' is not supported (supported: " SUPPORTED ")", k);
+            return -1;
+        }
+        constraints++;
+    }
+    const json_t *ref = json_object_get(v, "$ref");
+    if (ref) {
+        if (!json_is_string(ref)) {
+            fail(c, MOE_EINVAL, "'$ref' must be a string");
+            return -1;
+        }
+        if (constraints > 1) {
+            fail(c, MOE_ENOTSUP, "'$ref' with other keywords beside it is not supported");
+            return -1;
+        }
+        return ref_node(c, json_string_value(ref), depth);
+    }
+    const json_t *any = json_object_get(v, "anyOf"), *one = json_object_get(v, "oneOf");
+    if (any || one) {
+        const char *what = any ? "anyOf" : "oneOf";
+        const json_t *list = any ? any : one;
+        if (constraints > 1) {
+            fail(c, MOE_ENOTSUP, "'%s' with other keywords beside it is not supported", what);
+            return -1;
+        }
+        if (!json_is_array(list) || json_array_size(list) == 0 || json_array_size(list) > 64) {
+            fail(c, MOE_EINVAL, "'%s' must be an array of 1 to 64 schemas", what);
+            return -1;
+        }
+        int b[64];
+        size_t i;
+        json_t *bv;
+        json_array_foreach(list, i, bv) {
+            char idx[24];
+            snprintf(idx, sizeof(idx), "%zu", i);
+            if ((b[i] = compile_at(c, bv, what, idx, depth)) < 0) return -1;
+        }
+        return make_union(c, b, (int)json_array_size(list), what);
+    }
+    const json_t *type = json_object_get(v, "type");
+    const char *types[8];
+    int nt = 0;
+    if (json_is_string(type)) {
+        types[nt++] = json_string_value(type);
+    } else if (json_is_array(type) && json_array_size(type) > 0 && json_array_size(type) <= 8) {
+        size_t i;
+        json_t *tv;
+        json_array_foreach(type, i, tv) {
+            if (!json_is_string(tv)) break;
+            types[nt++] = json_string_value(tv);
+        }
+        if ((size_t)nt != json_array_size(type)) nt = -1;
+    } else if (type) {
+        nt = -1;
+    }
+    if (nt < 0) {
+        fail(c, MOE_EINVAL, "'type' must be a type name or an array of 1 to 8 of them");
+        return -1;
+    }
+    const json_t *en = json_object_get(v, "enum"), *cn = json_object_get(v, "const");
+    if (en || cn) {
+        if (en && cn) {
+            fail(c, MOE_ENOTSUP, "'enum' and 'const' together are not supported");
+            return -1;
+        }
+        if (en && !json_is_array(en)) {
+            fail(c, MOE_EINVAL, "'enum' must be an array of values");
+            return -1;
+        }
+        size_t n = en ? json_array_size(en) : 1;
+        json_t *const *vals = en ? NULL : (json_t *const *)&cn;
+        json_t *tmp[MOE_JSON_MAX_ENUM];
+        if (en) {
+            for (size_t i = 0; i < n && i < MOE_JSON_MAX_ENUM; i++) tmp[i] = json_array_get(en, i);
+            vals = tmp;
+        }
+        for (size_t i = 0; i < n && i < MOE_JSON_MAX_ENUM && nt > 0; i++) { /* each value of the type */
+            const char *tn = type_name(vals[i]);
+            bool ok = false;
+            for (int t = 0; t < nt; t++)
+                ok |= !strcmp(types[t], tn) || (!strcmp(types[t], "number") && !strcmp(tn, "integer"));
+            if (!ok) {
+                fail(c, MOE_EINVAL, "enum value %zu is of type %s, which 'type' does not allow", i, tn);
+                return -1;
+            }
+        }
+        return literals(c, vals, n);
+    }
+    bool obj = has_any(v, object_words, MOE_ARRAY_LEN(object_words));
+    bool arr = has_any(v, array_words, MOE_ARRAY_LEN(array_words));
+    if (nt == 0) { /* no type: what its keywords describe, else any value */
+        if (obj && arr) {
+            fail(c, MOE_ENOTSUP, "object and array keywords without a 'type' are not supported");
+            return -1;
+        }
+        if (!obj && !arr) return N_ANY;
+        types[nt++] = obj ? "object" : "array";
+    }
+    bool has_obj = false, has_arr = false;
+    for (int t = 0; t < nt; t++) {
+        has_obj |= !strcmp(types[t], "object");
+        has_arr |= !strcmp(types[t], "array");
+    }
+    if ((obj && !has_obj) || (arr && !has_arr)) {
+        fail(c, MOE_EINVAL, "%s keywords (%s) with a 'type' that is not %s", obj && !has_obj ? "object" : "array",
+             obj && !has_obj ? "properties, required, additionalProperties" : "items, minItems, maxItems",
+             obj && !has_obj ? "object" : "array");
+        return -1;
+    }
+    int b[8];
+    for (int t = 0; t < nt; t++)
+        if ((b[t] = typed_node(c, v, types[t], depth)) < 0) return -1;
+    return make_union(c, b, nt, "type");
+}
+
+/* The value must be able to end: a bare number, or a literal that another extends, at the root
+ * would have no character to end it. */
+static enum moe_status check_root(struct cc *c, int root)
+{
+    const struct json_node *n = &c->nodes[root];
+    int m = n->kind == K_UNION ? n->n : 1;
+    for (int i = 0; i < m; i++) {
+        const struct json_node *b = n->kind == K_UNION ? &c->nodes[c->branch[n->first + i]] : n;
+        if (b->kind == K_ANY || b->kind == K_NUMBER || b->kind == K_INTEGER)
+            return fail(c, MOE_ENOTSUP, "the root allows a bare number, whose end the output could not mark: "
+                        "give the root a type of object, array, string, boolean or null (or an enum)");
+        if (b->kind != K_LITERALS) continue;
+        for (unsigned x = 0; x < b->n; x++)
+            for (unsigned y = 0; y < b->n; y++) {
+                struct json_str sx = c->lits[b->first + x], sy = c->lits[b->first + y];
+                if (x != y && sx.len < sy.len && !memcmp(c->pool + sx.off, c->pool + sy.off, sx.len))
+                    return fail(c, MOE_ENOTSUP, "root enum value %.*s begins another (%.*s), so the output "
+                                "could not end after it", (int)sx.len, c->pool + sx.off, (int)sy.len,
+                                c->pool + sy.off);
+            }
+    }
+    return MOE_OK;
+}
+
+static void cc_free(struct cc *c)
+{
+    free(c->nodes);
+    free(c->props);
+    free(c->lits);
+    free(c->branch);
+    free(c->pool);
+    free(c->refs);
+}
+
+enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out)
+{
+    *out = NULL;
+    if (len > MOE_JSON_MAX_SCHEMA)
+        return moe_errorf(MOE_ERANGE, "JSON schema of %zu bytes; at most %d are accepted", len, MOE_JSON_MAX_SCHEMA);
+    json_error_t jerr;
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!doc)
+        return moe_errorf(MOE_EFORMAT, "JSON schema is not valid JSON: %s at line %d column %d", jerr.text,
+                          jerr.line, jerr.column);
+    struct cc c = { .doc = doc };
+    enum moe_status st = MOE_ENOMEM;
+    const struct moe_json_schema *any = &moe_json_any_object;
+    struct json_str skip;
+    if (!grow((void **)&c.lits, &c.cap_lits, JSON_BUILTIN_LITS, sizeof(*c.lits)) ||
+        !pool_add(&c, any->pool, JSON_BUILTIN_POOL, &skip)) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        goto out;
+    }
+    memcpy(c.lits, any->lits, sizeof(*c.lits) * JSON_BUILTIN_LITS);
+    c.n_lits = JSON_BUILTIN_LITS;
+    for (int i = 0; i < N_BUILTIN; i++)
+        if (new_node(&c, any->nodes[i]) < 0) goto out;
+    int root = compile(&c, doc, 0);
+    if (root < 0) {
+        st = moe_last_status();
+        goto out;
+    }
+    for (int i = 0; i < c.n_nodes; i++)
+        if (c.nodes[i].kind == PENDING) {
+            st = moe_errorf(MOE_EINVAL, "JSON schema: a '$ref' refers to itself without a schema in between");
+            goto out;
+        }
+    if ((st = check_root(&c, root)) != MOE_OK) goto out;
+    struct moe_json_schema *sc = malloc(sizeof(*sc));
+    if (!sc) {
+        st = moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        goto out;
+    }
+    atomic_init(&sc->refs, 1);
+    sc->nodes = c.nodes;
+    sc->props = c.props;
+    sc->lits = c.lits;
+    sc->branch = c.branch;
+    sc->pool = c.pool;
+    sc->n_nodes = c.n_nodes;
+    sc->root = (uint16_t)root;
+    c.nodes = NULL;
+    c.props = NULL;
+    c.lits = NULL;
+    c.branch = NULL;
+    c.pool = NULL;
+    *out = sc;
+    st = MOE_OK;
+out:
+    cc_free(&c);
+    json_decref(doc);
+    return st;
+}
+
+struct moe_json_schema *moe_json_schema_ref(struct moe_json_schema *sc)
+{
+    if (sc && atomic_load(&sc->refs) > 0) atomic_fetch_add(&sc->refs, 1);
+    return sc;
+}
+
+void moe_json_schema_unref(struct moe_json_schema *sc)
+{
+    if (!sc || atomic_load(&sc->refs) == 0 || atomic_fetch_sub(&sc->refs, 1) != 1) return;
+    free((void *)sc->nodes);
+    free((void *)sc->props);
+    free((void *)sc->lits);
+    free((void *)sc->branch);
+    free((void *)sc->pool);
+    free(sc);
+}

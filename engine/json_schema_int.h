@@ -1,0 +1,66 @@
+/* The compiled form of a JSON schema, shared by the compiler (json_schema.c)
+ * and the recognizer (json_guide.c). */
+#ifndef MOE_JSON_SCHEMA_INT_H
+#define MOE_JSON_SCHEMA_INT_H
+
+#include <stdatomic.h>
+
+#include "json_guide.h"
+
+enum json_kind {
+    K_ANY,      /* any value */
+    K_OBJECT,   /* props[first .. first + n), other keys' values: extra (-1: none) */
+    K_ARRAY,    /* values of node extra, min_items .. max_items of them */
+    K_STRING,
+    K_NUMBER,
+    K_INTEGER,
+    K_LITERALS, /* exactly one of lits[first .. first + n) (enum, const, boolean, null) */
+    K_UNION,    /* the one of branch[first .. first + n) that the first byte selects */
+};
+
+struct json_node {
+    uint8_t kind;
+    uint16_t n;
+    uint32_t first;
+    int32_t extra;
+    uint64_t required;   /* object: bits of the properties that must be written */
+    uint32_t min_items, max_items;
+};
+
+struct json_str {        /* bytes pool[off .. off + len) */
+    uint32_t off, len;
+};
+
+struct json_prop {
+    struct json_str name; /* the key as written, escaped, without its quotes */
+    uint16_t node;
+};
+
+struct moe_json_schema {
+    atomic_int refs;     /* 0: static, never freed */
+    const struct json_node *nodes;
+    const struct json_prop *props;
+    const struct json_str *lits;
+    const uint16_t *branch;
+    const char *pool;
+    int n_nodes;
+    uint16_t root;
+};
+
+/* Nodes every schema begins with (the "any value" grammar). */
+enum {
+    N_ANY,
+    N_ANY_OBJECT,
+    N_ANY_ARRAY,
+    N_ANY_LITERAL, /* true, false, null */
+    N_ANY_STRING,
+    N_ANY_NUMBER,
+    N_BUILTIN,
+};
+
+/* The schema of JSON mode (any object): its nodes, literals and pool begin every compiled schema. */
+extern const struct moe_json_schema moe_json_any_object;
+#define JSON_BUILTIN_LITS 3
+#define JSON_BUILTIN_POOL 13 /* "truefalsenull" */
+
+#endif

@@ -1,0 +1,337 @@
+/* JSON schemas: what compiles and what is refused (by name, with the place in
+ * the schema); documents that follow a schema are accepted whole, in pieces
+ * and at every prefix; documents that break it are refused at the byte where
+ * they go wrong; masks over a small vocabulary allow exactly the tokens that
+ * can continue, and on the bundled model's vocabulary exactly those that fed one
+ * by one continue the value. */
+#include "common/moe.h"
+#include "engine/json_guide.h"
+#include "model/tokenizer.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct moe_json_schema *compile(const char *text)
+{
+    struct moe_json_schema *sc = NULL;
+    enum moe_status st = moe_json_schema_parse(text, strlen(text), &sc);
+    CHECK(st == MOE_OK && sc, "%s: refused: %s", text, moe_last_error());
+    return sc;
+}
+
+/* The byte at which t is refused, -1 when all is accepted and the value is whole, -2 when it is
+ * accepted but not whole. */
+static int verdict(const struct moe_json_schema *sc, const char *t)
+{
+    struct moe_json_state s;
+    moe_json_init(&s, sc);
+    for (size_t i = 0; t[i]; i++)
+        if (!moe_json_feed(&s, t + i, 1)) return (int)i;
+    return moe_json_done(&s) ? -1 : -2;
+}
+
+/* Accepted whole, in pieces of 2..5 bytes, and every proper prefix accepted and not whole. */
+static void good(const struct moe_json_schema *sc, const char *t)
+{
+    CHECK(verdict(sc, t) == -1, "%s: verdict %d", t, verdict(sc, t));
+    size_t n = strlen(t);
+    for (size_t k = 2; k <= 5; k++) {
+        struct moe_json_state s, c;
+        moe_json_init(&s, sc);
+        bool ok = true;
+        for (size_t i = 0; i < n && ok; i += k) {
+            moe_json_copy(&c, &s); /* the copy carries the frames in use */
+            ok = moe_json_feed(&c, t + i, i + k < n ? k : n - i);
+            moe_json_copy(&s, &c);
+        }
+        CHECK(ok && moe_json_done(&s), "%s: refused in pieces of %zu", t, k);
+    }
+    for (size_t j = 1; j < n; j++) {
+        char p[512];
+        snprintf(p, sizeof(p), "%.*s", (int)j, t);
+        bool trailing_ws = strspn(t + j, " \n") == n - j;
+        if (!trailing_ws) CHECK(verdict(sc, p) == -2, "%s: prefix %zu verdict %d", t, j, verdict(sc, p));
+    }
+}
+
+static void bad(const struct moe_json_schema *sc, const char *t, int at)
+{
+    CHECK(verdict(sc, t) == at, "%s: verdict %d, want %d", t, verdict(sc, t), at);
+}
+
+static void refused(const char *text, enum moe_status want, const char *needle)
+{
+    struct moe_json_schema *sc = NULL;
+    enum moe_status st = moe_json_schema_parse(text, strlen(text), &sc);
+    CHECK(st == want && !sc, "%s: status %d, want %d", text, st, want);
+    CHECK(strstr(moe_last_error(), needle), "%s: message '%s' lacks '%s'", text, moe_last_error(), needle);
+    moe_json_schema_unref(sc);
+}
+
+static const char *owner =
+    "{\"$defs\":{\"Pet\":{\"type\":\"object\",\"title\":\"Pet\",\"properties\":{\"name\":{\"type\":\"string\"},"
+    "\"kind\":{\"enum\":[\"cat\",\"dog\"]}},\"required\":[\"name\",\"kind\"],\"additionalProperties\":false}},"
+    "\"type\":\"object\",\"title\":\"Owner\",\"description\":\"d\",\"properties\":{\"id\":{\"type\":\"integer\"},"
+    "\"score\":{\"type\":\"number\"},\"pets\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/Pet\"},"
+    "\"maxItems\":2},\"nick\":{\"type\":[\"string\",\"null\"]},\"ok\":{\"type\":\"boolean\"}},"
+    "\"required\":[\"id\",\"pets\"],\"additionalProperties\":false}";
+
+static void test_owner(void)
+{
+    struct moe_json_schema *sc = compile(owner);
+    if (!sc) return;
+    good(sc, "{\"id\":7,\"pets\":[]}");
+    good(sc, "{\"pets\":[{\"name\":\"a\",\"kind\":\"dog\"}],\"id\":-3,\"nick\":null,\"ok\":true,\"score\":1.5e3}");
+    good(sc, "{ \"id\" : 0 , \"pets\" : [ { \"kind\":\"cat\" , \"name\":\"x\\\"y\" } ] , \"nick\":\"n\" }");
+    bad(sc, "[", 0);
+    bad(sc, " {", 0);
+    bad(sc, "{\"id\":1.5", 7);                    /* an integer */
+    bad(sc, "{\"id\":1e3", 7);
+    bad(sc, "{\"id\":1}", 7);                     /* pets is required */
+    bad(sc, "{\"pets\":[],\"pets\"", 12);         /* written twice */
+    bad(sc, "{\"id\":1,\"pets\":[{\"name\":\"a\",\"kind\":\"bird\"", 36);
+    bad(sc, "{\"id\":1,\"pets\":[{\"name\":\"a\"}", 27); /* kind is required */
+    bad(sc, "{\"id\":1,\"pets\":[],\"extra\":1", 19);  /* no other properties */
+    bad(sc, "{\"id\":1,\"pets\":[],\"i\"", 19);        /* "id" again */
+    bad(sc, "{\"id\":1,\"pets\":[{\"name\":\"a\",\"kind\":\"cat\"},{\"name\":\"b\",\"kind\":\"cat\"},", 67);
+    bad(sc, "{\"id\":1,\"pets\":[],\"nick\":5", 25);
+    bad(sc, "{\"id\":1,\"pets\":[],\"ok\":tru}", 26);
+    bad(sc, "{\"id\":1,\"pets\":[],\"ok\":true,\"nick\":null,\"score\":1,", 49); /* no property left */
+    CHECK(verdict(sc, "{\"id\":1,\"pets\":[],\"nick\":null,\"ok\":true,\"score\":2") == -2, "score incomplete");
+    moe_json_schema_unref(sc);
+}
+
+static void test_literals(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"object\",\"properties\":{\"n\":{\"enum\":[1,10,\"a\",null,"
+                                         "{\"x\":[1]},2.5,0.1]}}}");
+    if (!sc) return;
+    good(sc, "{\"n\":1}");
+    good(sc, "{\"n\":10}");
+    good(sc, "{\"n\":1 }");
+    good(sc, "{\"n\":\"a\"}");
+    good(sc, "{\"n\":null}");
+    good(sc, "{\"n\":{\"x\":[1]}}");
+    good(sc, "{\"n\":2.5}");
+    good(sc, "{\"n\":0.1}");                  /* the shortest form of 0.1 */
+    good(sc, "{\"m\":[true,{\"q\":-1}],\"n\":1}"); /* other properties: any value */
+    bad(sc, "{\"n\":2}", 6);
+    bad(sc, "{\"n\":100", 7);
+    bad(sc, "{\"n\":\"b\"", 6);
+    bad(sc, "{\"n\":{\"x\": [1]}}", 10);    /* an enum value is written compactly */
+    bad(sc, "{\"n\":1,\"n\"", 9);             /* a declared property twice */
+    moe_json_schema_unref(sc);
+
+    sc = compile("{\"enum\":[\"yes\",\"no\"]}");
+    if (sc) {
+        good(sc, "\"yes\"");
+        good(sc, "\"no\"");
+        bad(sc, "\"ye\"", 3);
+        bad(sc, "\"yes\" ", 5);
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"const\":true}");
+    if (sc) {
+        good(sc, "true");
+        bad(sc, "false", 0);
+    }
+    moe_json_schema_unref(sc);
+}
+
+static void test_arrays_unions_refs(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"integer\"},\"minItems\":1,"
+                                         "\"maxItems\":3}");
+    if (sc) {
+        good(sc, "[1]");
+        good(sc, "[1, 2,3]");
+        bad(sc, "[]", 1);
+        bad(sc, "[1.0", 2);
+        bad(sc, "[1,2,3,", 6);
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"object\",\"properties\":{\"a\":{\"const\":true}},"
+                 "\"required\":[\"a\"]},{\"type\":\"array\",\"items\":false}]}");
+    if (sc) {
+        good(sc, "\"x\"");
+        good(sc, "{\"a\":true}");
+        good(sc, "[]");
+        bad(sc, "[1", 1);
+        bad(sc, "{}", 1);
+        bad(sc, "null", 0);
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"object\",\"properties\":{\"child\":{\"$ref\":\"#\"},\"v\":{\"type\":[\"integer\","
+                 "\"number\",\"boolean\"]}},\"additionalProperties\":false}");
+    if (sc) { /* recursive: a tree of any depth up to the limit */
+        good(sc, "{\"child\":{\"child\":{\"v\":1.5}},\"v\":false}");
+        bad(sc, "{\"child\":[", 9);
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"object\",\"properties\":{\"a\\\"b\":{\"type\":\"null\"}},\"additionalProperties\":false}");
+    if (sc) { /* a key with an escape is written as the schema's JSON writes it */
+        good(sc, "{\"a\\\"b\":null}");
+        bad(sc, "{\"a\\u0022b\":null}", 4);
+    }
+    moe_json_schema_unref(sc);
+}
+
+static void test_refused(void)
+{
+    refused("{\"type\":\"string\",\"pattern\":\"^a\"}", MOE_ENOTSUP, "'pattern' is not supported");
+    refused("{\"type\":\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"date\"}}}", MOE_ENOTSUP,
+            "at '/properties/d': 'format' is not supported");
+    refused("{\"type\":\"number\"}", MOE_ENOTSUP, "bare number");
+    refused("{}", MOE_ENOTSUP, "bare number");
+    refused("true", MOE_ENOTSUP, "bare number");
+    refused("{\"type\":[\"string\",\"integer\"]}", MOE_ENOTSUP, "bare number");
+    refused("{\"anyOf\":[{\"type\":\"object\"},{\"type\":\"object\",\"properties\":{}}]}", MOE_ENOTSUP,
+            "both begin with '{'");
+    refused("{\"oneOf\":[{\"enum\":[\"a\"]},{\"type\":\"string\"}]}", MOE_ENOTSUP, "both begin with '\"'");
+    refused("{\"type\":\"object\",\"required\":[\"x\"]}", MOE_ENOTSUP, "required property 'x'");
+    refused("{\"$ref\":\"#/$defs/Nope\"}", MOE_EINVAL, "names nothing");
+    refused("{\"$ref\":\"https://example.com/s.json\"}", MOE_EINVAL, "names nothing");
+    refused("{\"type\":\"object\",\"properties\":{\"a\":{\"enum\":[]}}}", MOE_EINVAL, "empty enum");
+    refused("{\"type\":\"objekt\"}", MOE_EINVAL, "unknown type 'objekt'");
+    refused("{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#/properties/a\"}}}", MOE_EINVAL,
+            "refers to itself");
+    refused("not json", MOE_EFORMAT, "not valid JSON");
+    refused("{\"type\":\"string\",\"items\":{}}", MOE_EINVAL, "array keywords");
+    refused("{\"enum\":[1,10]}", MOE_ENOTSUP, "begins another");
+    refused("{\"type\":\"array\",\"minItems\":3,\"maxItems\":2}", MOE_EINVAL, "minItems 3 is above maxItems 2");
+    refused("{\"type\":\"array\",\"minItems\":-1}", MOE_EINVAL, "non-negative integer");
+    refused("false", MOE_EINVAL, "allows no value");
+    refused("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"enum\":[1]}}}", MOE_EINVAL,
+            "enum value 0 is of type integer");
+    refused("{\"type\":\"object\",\"allOf\":[]}", MOE_ENOTSUP, "'allOf' is not supported");
+    refused("{\"$ref\":\"#\",\"type\":\"object\"}", MOE_ENOTSUP, "'$ref' with other keywords");
+    char big[4096] = "{\"type\":\"object\",\"properties\":{";
+    for (int i = 0; i <= MOE_JSON_MAX_PROPS; i++)
+        snprintf(big + strlen(big), sizeof(big) - strlen(big), "%s\"p%d\":{}", i ? "," : "", i);
+    strcat(big, "}}");
+    refused(big, MOE_ERANGE, "65 properties");
+    char deep[4096] = "";
+    for (int i = 0; i < 70; i++) strcat(deep, "{\"type\":\"array\",\"items\":");
+    strcat(deep, "true");
+    for (int i = 0; i < 70; i++) strcat(deep, "}");
+    refused(deep, MOE_ERANGE, "nested more than");
+}
+
+/* Masks over a toy vocabulary. */
+static void test_mask(void)
+{
+    static const char *toks[] = { "{", "}", "\"", "id", "\":", "7", ".5", " ", ",", "\"pets\":[]", "[]" };
+    enum { V = (int)MOE_ARRAY_LEN(toks) };
+    char blob[128];
+    uint32_t off[V + 1];
+    uint32_t at = 0;
+    for (int i = 0; i < V; i++) {
+        off[i] = at;
+        memcpy(blob + at, toks[i], strlen(toks[i]));
+        at += (uint32_t)strlen(toks[i]);
+    }
+    off[V] = at;
+    struct moe_token_bytes tb;
+    REQUIRE(moe_token_bytes_make(blob, off, V, &tb) == MOE_OK, "%s", moe_last_error());
+    struct moe_json_schema *sc = compile(owner);
+    if (!sc) {
+        moe_token_bytes_free(&tb);
+        return;
+    }
+    float logits[V], out[V];
+    for (int i = 0; i < V; i++) logits[i] = (float)i;
+    struct moe_json_state s;
+    moe_json_init(&s, sc);
+    int n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out);
+    CHECK(n == 1 && out[0] == 0.0f, "start: %d allowed", n);
+    const int path[] = { 0, 2, 3, 4, 5 }; /* {"id":7 */
+    for (size_t i = 0; i < MOE_ARRAY_LEN(path); i++) moe_json_take(&s, &tb, path[i]);
+    n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out);
+    /* more digits, whitespace or ',': not '}' (pets is required), not ".5" (an integer) */
+    bool want[V] = { [5] = true, [7] = true, [8] = true };
+    for (int i = 0; i < V; i++)
+        CHECK((isinf(out[i]) != 0) == !want[i], "after {\"id\":7 token %d ('%s') allowed %d", i, toks[i], !isinf(out[i]));
+    CHECK(n == 3, "after {\"id\":7: %d allowed", n);
+    moe_json_take(&s, &tb, 8);
+    moe_json_take(&s, &tb, 9);
+    n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out);
+    CHECK(!isinf(out[1]) && n == 3, "after the required properties: '}' allowed, %d in all", n);
+    moe_json_take(&s, &tb, 1);
+    CHECK(moe_json_done(&s), "not done after '}'");
+    moe_json_schema_unref(sc);
+    moe_token_bytes_free(&tb);
+}
+
+/* The bundled model's vocabulary: at every step of random walks through JSON text (any object, and
+ * two schemas), moe_json_mask allows exactly the tokens that fed one by one continue the value. */
+static void test_mask_vocab(void)
+{
+    char path[512];
+    t_path(path, sizeof(path), "models/pycode-moe-18m/tokenizer.json");
+    struct moe_tokenizer *tok = moe_tokenizer_load(path);
+    REQUIRE(tok, "%s: %s", path, moe_last_error());
+    int V = moe_tokenizer_vocab_size(tok);
+    struct moe_token_bytes tb;
+    REQUIRE(moe_token_bytes_build(tok, V, &tb) == MOE_OK, "%s", moe_last_error());
+    float *logits = malloc(sizeof(float) * (size_t)V), *out = malloc(sizeof(float) * (size_t)V);
+    int *ok = malloc(sizeof(int) * (size_t)V);
+    REQUIRE(logits && out && ok, "out of memory");
+    for (int i = 0; i < V; i++) logits[i] = (float)(i % 97);
+    const char *schemas[] = { NULL, owner, "{\"type\":\"array\",\"items\":{\"type\":[\"string\",\"number\","
+                              "\"null\"]},\"maxItems\":6}" };
+    uint64_t rng = 12345;
+    int steps = 0, mismatches = 0;
+    for (size_t k = 0; k < MOE_ARRAY_LEN(schemas); k++) {
+        struct moe_json_schema *sc = schemas[k] ? compile(schemas[k]) : NULL;
+        if (schemas[k] && !sc) continue;
+        for (int walk = 0; walk < 4; walk++) {
+            struct moe_json_state s;
+            moe_json_init(&s, sc);
+            for (int step = 0; step < 120 && !moe_json_done(&s); step++, steps++) {
+                int n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out), m = 0;
+                for (int id = 0; id < V; id++) { /* the reference: each token fed on its own */
+                    struct moe_json_state c;
+                    moe_json_copy(&c, &s);
+                    uint32_t a = tb.off[id], b = tb.off[id + 1];
+                    bool want = b > a && moe_json_feed(&c, tb.blob + a, b - a);
+                    if (want != !isinf(out[id]) || (want && out[id] != logits[id])) mismatches++;
+                    if (want) ok[m++] = id;
+                }
+                CHECK(n == m, "schema %zu walk %d step %d: %d allowed, %d by the reference", k, walk, step, n, m);
+                if (m == 0) break;
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                int pick = ok[(rng >> 33) % (uint64_t)m];
+                /* lean toward structure so walks finish: a token that closes or separates, half the time */
+                for (int j = 0; j < m && (rng >> 20) & 1; j++) {
+                    char c0 = tb.blob[tb.off[ok[j]]];
+                    if (c0 == '}' || c0 == ']' || c0 == ',' || c0 == '"') {
+                        pick = ok[j];
+                        break;
+                    }
+                }
+                moe_json_take(&s, &tb, pick);
+            }
+        }
+        moe_json_schema_unref(sc);
+    }
+    CHECK(mismatches == 0, "%d token verdicts differ from the reference over %d steps", mismatches, steps);
+    CHECK(steps > 100, "only %d steps walked", steps);
+    free(logits);
+    free(out);
+    free(ok);
+    moe_token_bytes_free(&tb);
+    moe_tokenizer_free(tok);
+}
+
+int main(void)
+{
+    test_owner();
+    test_literals();
+    test_arrays_unions_refs();
+    test_refused();
+    test_mask();
+    test_mask_vocab();
+    return t_result("test_engine_json_schema");
+}

@@ -96,6 +96,91 @@ static int cand_cmp(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+static void cand_swap(struct cand *a, struct cand *b)
+{
+    struct cand t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Partition c[lo..hi) (hi - lo >= 2) around a median-of-three pivot in cand_cmp's order: returns p
+ * with c[lo..p) better than c[p] and c(p..hi) worse; *mass is the weight (v) of c[lo..p). */
+static int partition(struct cand *c, int lo, int hi, double *mass)
+{
+    int mid = lo + (hi - lo) / 2, last = hi - 1;
+    if (cand_cmp(&c[mid], &c[lo]) < 0) cand_swap(&c[mid], &c[lo]);
+    if (cand_cmp(&c[last], &c[lo]) < 0) cand_swap(&c[last], &c[lo]);
+    if (cand_cmp(&c[mid], &c[last]) < 0) cand_swap(&c[mid], &c[last]);
+    int p = lo;
+    double m = 0;
+    for (int i = lo; i < last; i++)
+        if (cand_cmp(&c[i], &c[last]) < 0) {
+            m += c[i].v;
+            cand_swap(&c[i], &c[p++]);
+        }
+    cand_swap(&c[p], &c[last]);
+    *mass = m;
+    return p;
+}
+
+/* Restore the heap c[0..k) below i: each parent worse (cand_cmp > 0) than its children. */
+static void sift_down(struct cand *c, int k, int i)
+{
+    for (;;) {
+        int w = i, l = 2 * i + 1, r = l + 1;
+        if (l < k && cand_cmp(&c[l], &c[w]) > 0) w = l;
+        if (r < k && cand_cmp(&c[r], &c[w]) > 0) w = r;
+        if (w == i) return;
+        cand_swap(&c[i], &c[w]);
+        i = w;
+    }
+}
+
+/* Reorder c[0..n) so that its first k are the k best in cand_cmp's order (a total order: ids are
+ * distinct), in no particular order.  A small k keeps a heap of the best so far, its worst on top,
+ * which most candidates fail against at one comparison; a large one, quickselect: both O(n). */
+static void best_k(struct cand *c, int n, int k)
+{
+    if (k <= 1024) {
+        for (int i = k / 2 - 1; i >= 0; i--) sift_down(c, k, i);
+        for (int i = k; i < n; i++)
+            if (cand_cmp(&c[i], &c[0]) < 0) {
+                cand_swap(&c[i], &c[0]);
+                sift_down(c, k, 0);
+            }
+        return;
+    }
+    int lo = 0, hi = n;
+    double unused;
+    while (hi - lo > 1 && k > lo && k < hi) {
+        int p = partition(c, lo, hi, &unused);
+        if (p == k || p + 1 == k) return;
+        if (p > k) hi = p;
+        else lo = p + 1;
+    }
+}
+
+/* Reorder c[0..n) (weights v) so that c[0..k) is the shortest prefix of the best-first order whose
+ * weight reaches target, in no particular order, and return k (n when the whole falls short): a
+ * quickselect on weight, O(n), where sorting would be O(n log n). */
+static int best_mass(struct cand *c, int n, double target)
+{
+    int lo = 0, hi = n; /* c[0..lo) is in, c[hi..n) out; acc = the weight of c[0..lo) */
+    double acc = 0;
+    while (hi - lo > 1) {
+        double m;
+        int p = partition(c, lo, hi, &m);
+        if (acc + m >= target) { /* the prefix ends before the pivot */
+            hi = p;
+            continue;
+        }
+        acc += m + c[p].v;
+        if (acc >= target) return p + 1;
+        lo = p + 1;
+    }
+    return hi - lo == 1 ? lo + 1 : lo > 0 ? lo : n;
+}
+
 static bool penalized(const struct moe_sampling *p)
 {
     return p->n_logit_bias > 0 || p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f ||
@@ -158,26 +243,17 @@ static int sample_from(struct moe_sampler *s, const float *logits, int vocab)
         free(c);
         return moe_argmax(logits, vocab);
     }
-    bool ordered = s->p.top_k > 0 || s->p.top_p < 1.0f;
-    if (ordered) qsort(c, (size_t)n, sizeof(*c), cand_cmp);
-    if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
+    if (s->p.top_k > 0 && s->p.top_k < n) { /* the top_k most likely */
+        best_k(c, n, s->p.top_k);
+        n = s->p.top_k;
+    }
     double sum = 0;
     for (int i = 0; i < n; i++) {
         c[i].v = expf(c[i].v - vmax); /* the most likely token gets 1 */
         sum += c[i].v;
     }
-    if (s->p.top_p < 1.0f) {
-        /* smallest prefix (most likely first) whose mass reaches top_p */
-        double acc = 0;
-        int keep = n;
-        for (int i = 0; i < n; i++) {
-            acc += c[i].v / sum;
-            if (acc >= s->p.top_p) {
-                keep = i + 1;
-                break;
-            }
-        }
-        n = keep;
+    if (s->p.top_p < 1.0f) { /* the fewest most likely tokens whose mass reaches top_p */
+        n = best_mass(c, n, s->p.top_p * sum);
         sum = 0;
         for (int i = 0; i < n; i++) sum += c[i].v;
     }

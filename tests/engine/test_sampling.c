@@ -134,6 +134,51 @@ int main(void)
     CHECK(cnt[0] == 0 && cnt[3] == 0 && cnt[1] > 0 && cnt[2] > 0, "min_p 0.2 counts %d %d %d %d", cnt[0],
           cnt[1], cnt[2], cnt[3]);
 
+    /* a large vocabulary, ordered only as far as needed: 300 tokens at logit 5 (every fourth id from
+     * 17), 4700 at 0.  top_p 0.8 keeps the first 266 of the 300 by id (ties go to the lower id):
+     * 266 e^5 / (300 e^5 + 4700) >= 0.8 > 265 e^5 / (...); more than the first 64 or 256 looked at.
+     * top_k 100 keeps the first 100 of them; top_k 280 then top_p 0.81 the first 227 (0.81 x 280 =
+     * 226.8 of the 280's mass). */
+    {
+        enum { NV = 5000, HI = 300 };
+        static float lv[NV];
+        int rank[NV];
+        for (int i = 0; i < NV; i++) rank[i] = -1;
+        for (int i = 0, h = 0; i < NV; i++) {
+            bool hi = i >= 17 && (i - 17) % 4 == 0 && h < HI;
+            lv[i] = hi ? 5.0f : 0.0f;
+            if (hi) rank[i] = h++;
+        }
+        double tot = HI * exp(5.0) + (NV - HI);
+        int nucleus = (int)ceil(0.8 * tot / exp(5.0));
+        CHECK(nucleus == 266, "nucleus %d", nucleus);
+        struct { float top_p; int top_k, limit; } cases[] = { { 0.8f, 0, 266 }, { 1.0f, 100, 100 }, { 0.81f, 280, 227 } };
+        for (size_t k = 0; k < MOE_ARRAY_LEN(cases); k++) {
+            moe_sampler_init(&a, &SP(1.0f, cases[k].top_p, cases[k].top_k, 11));
+            static bool drawn[NV];
+            memset(drawn, 0, sizeof(drawn));
+            int n_drawn = 0, outside = 0;
+            for (int i = 0; i < 6000; i++) {
+                int x = moe_sampler_sample(&a, lv, NV, NULL, 0, 0);
+                if (x < 0 || rank[x] < 0 || rank[x] >= cases[k].limit) outside++;
+                else if (!drawn[x]) drawn[x] = true, n_drawn++;
+            }
+            CHECK(outside == 0, "case %zu: %d picks outside the first %d", k, outside, cases[k].limit);
+            CHECK(n_drawn > cases[k].limit * 9 / 10, "case %zu: only %d of %d drawn", k, n_drawn, cases[k].limit);
+        }
+        /* top_k 2000 (past the heap, by quickselect): the 300 and the 1700 lowest ids of the rest */
+        int low_rank[NV];
+        for (int i = 0, r = 0; i < NV; i++) low_rank[i] = rank[i] < 0 ? r++ : -1;
+        moe_sampler_init(&a, &SP(1.0f, 1.0f, 2000, 5));
+        int outside = 0, lows = 0;
+        for (int i = 0; i < 6000; i++) {
+            int x = moe_sampler_sample(&a, lv, NV, NULL, 0, 0);
+            if (x < 0 || (rank[x] < 0 && low_rank[x] >= 1700)) outside++;
+            lows += x >= 0 && rank[x] < 0;
+        }
+        CHECK(outside == 0 && lows > 0, "top_k 2000: %d picks outside, %d of the rest", outside, lows);
+    }
+
     /* penalties and logit bias: ranges named */
     struct moe_sampling pbad[] = { SPI(1, 1, 0, 0, .min_p = 1.5f), SPI(1, 1, 0, 0, .presence_penalty = 2.5f),
                                    SPI(1, 1, 0, 0, .frequency_penalty = -3), SPI(1, 1, 0, 0, .repetition_penalty = -1),

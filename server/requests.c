@@ -1012,6 +1012,25 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         }
         out->stream = sp->bool_param;
     }
+    const Inference__InferParameter *jo = kparam(m, "json_object"), *js = kparam(m, "json_schema");
+    if (jo) { /* JSON mode, as GenerateRequest's fields of the same names */
+        if (jo->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {
+            st = moe_errorf(MOE_EINVAL, "parameter 'json_object' must be a bool");
+            goto out;
+        }
+        out->json_object = jo->bool_param;
+    }
+    if (js) {
+        if (js->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM) {
+            st = moe_errorf(MOE_EINVAL, "parameter 'json_schema' must be a string (the schema as JSON text)");
+            goto out;
+        }
+        if ((st = moe_json_schema_parse(js->string_param, strlen(js->string_param), &out->json_schema)) != MOE_OK) {
+            if (st != MOE_ENOMEM) st = MOE_EINVAL;
+            moe_error_prefix(st, "parameter 'json_schema'");
+            goto out;
+        }
+    }
 out:
     inference__model_infer_request__free_unpacked(m, NULL);
     if (st != MOE_OK)

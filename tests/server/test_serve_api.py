@@ -323,6 +323,24 @@ def main():
             "type": "json_schema", "json_schema": {"name": "pet", "schema": schema}})).encode())
         check(code == 200 and json.loads(out)["choices"][0]["text"] == stext and stext.startswith('{"'),
               "json_schema over gRPC %r and HTTP: %d %r" % (stext, code, out[:300]))
+        kq = kreq("pet = ", 48, False)
+        kq.parameters["json_schema"].string_param = json.dumps(schema)
+        ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
+        check(ktext == stext, "json_schema over KServe %r, gRPC %r" % (ktext, stext))
+        kq = kreq("config = ", 16, False)
+        kq.parameters["json_object"].bool_param = True
+        ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
+        gtext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="config = ", max_tokens=16,
+                                                                       json_object=True), timeout=60))
+        check(ktext == gtext and ktext.startswith("{"), "json_object over KServe %r, gRPC %r" % (ktext, gtext))
+        kq = kreq("x", 8, False)
+        kq.parameters["json_schema"].string_param = '{"type": "string", "minLength": 2}'
+        try:
+            kstub.ModelInfer(kq, timeout=10)
+            check(False, "KServe accepted a json_schema with minLength")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "'minLength' is not supported" in e.details(),
+                  "KServe bad json_schema: %s" % e)
         try:
             list(gen.Generate(m.GenerateRequest(prompt="x", json_schema='{"type": "string", "format": "email"}'),
                               timeout=60))

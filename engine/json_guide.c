@@ -98,6 +98,21 @@ static int str_at(const struct moe_json_state *s, struct json_str str)
     return s->pos < str.len ? (unsigned char)s->sc->pool[str.off + s->pos] : -1;
 }
 
+/* A tagged object's tag value ended (s->cand: the one it is): the object goes on as that branch,
+ * its tag property written. */
+static void tag_done(struct moe_json_state *s, struct moe_json_frame *f, const struct json_node *n)
+{
+    unsigned obj = s->sc->branch[n->first + (unsigned)__builtin_ctzll(s->cand)];
+    const struct json_node *o = node(s, obj);
+    f->node = (uint16_t)obj;
+    f->seen = 0;
+    for (unsigned q = 0; q < o->n; q++) {
+        struct json_str name = s->sc->props[o->first + q].name;
+        if (name.len == n->key.len && !memcmp(s->sc->pool + name.off, s->sc->pool + n->key.off, name.len))
+            f->seen = 1ull << q;
+    }
+}
+
 /* A value ended: what may follow it. */
 static void value_done(struct moe_json_state *s)
 {
@@ -106,7 +121,9 @@ static void value_done(struct moe_json_state *s)
         return;
     }
     struct moe_json_frame *f = top(s);
-    if (node(s, f->node)->kind == K_ARRAY) f->count++;
+    const struct json_node *n = node(s, f->node);
+    if (n->kind == K_ARRAY) f->count++;
+    else if (n->kind == K_TAGGED) tag_done(s, f, n);
     s->mode = J_NEXT;
 }
 
@@ -165,7 +182,7 @@ static int select_branch(const struct moe_json_state *s, unsigned nd, unsigned c
         const struct json_node *bn = node(s, b);
         bool ok;
         switch (bn->kind) {
-        case K_OBJECT: ok = c == '{'; break;
+        case K_OBJECT: case K_TAGGED: ok = c == '{'; break;
         case K_ARRAY: ok = c == '['; break;
         case K_STRING: ok = c == '"'; break;
         case K_NUMBER: case K_INTEGER: ok = c == '-' || is_digit(c); break;
@@ -187,7 +204,8 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
     if (nd < 0) return false;
     const struct json_node *n = node(s, (unsigned)nd);
     switch (n->kind) {
-    case K_OBJECT: return c == '{' && open_container(s, (unsigned)nd, true);
+    case K_OBJECT:
+    case K_TAGGED: return c == '{' && open_container(s, (unsigned)nd, true);
     case K_ARRAY: return c == '[' && open_container(s, (unsigned)nd, false);
     case K_STRING:
         if (c != '"') return false;
@@ -223,7 +241,7 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
 static bool key_start(struct moe_json_state *s)
 {
     const struct json_node *n = node(s, top(s)->node);
-    s->cand = all_bits(n->n);
+    s->cand = n->kind == K_TAGGED ? 1 : all_bits(n->n); /* a tagged object's tag comes first */
     if (n->extra < 0 && !(s->cand & ~top(s)->seen)) return false; /* every property written */
     s->pos = 0;
     s->key = true;
@@ -240,7 +258,7 @@ static bool key_byte(struct moe_json_state *s, unsigned char c, bool closing)
     uint64_t keep = 0;
     for (uint64_t m = s->cand; m; m &= m - 1) {
         int i = __builtin_ctzll(m);
-        int b = str_at(s, s->sc->props[n->first + (unsigned)i].name);
+        int b = str_at(s, n->kind == K_TAGGED ? n->key : s->sc->props[n->first + (unsigned)i].name);
         if (closing ? b < 0 : b == c) keep |= 1ull << i;
     }
     s->cand = keep;
@@ -251,7 +269,7 @@ static bool key_byte(struct moe_json_state *s, unsigned char c, bool closing)
     if (keep) { /* names are distinct: one property */
         if (keep & f->seen) return false; /* a key written twice */
         f->seen |= keep;
-        f->value = s->sc->props[n->first + (unsigned)__builtin_ctzll(keep)].node;
+        f->value = n->kind == K_TAGGED ? (uint16_t)n->tags : s->sc->props[n->first + (unsigned)__builtin_ctzll(keep)].node;
         return true;
     }
     if (n->extra < 0) return false;

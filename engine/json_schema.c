@@ -38,7 +38,7 @@ struct cc {
 
 static const char *const annotations[] = {
     "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
-    "readOnly", "writeOnly", "$defs", "definitions",
+    "readOnly", "writeOnly", "$defs", "definitions", "discriminator",
 };
 static const char *const keywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
@@ -174,7 +174,8 @@ static void first_bytes(const struct cc *c, int i, uint64_t set[4])
     memset(set, 0, 4 * sizeof(uint64_t));
 #define ADD(b) (set[(unsigned char)(b) / 64] |= 1ull << ((unsigned char)(b) % 64))
     switch (n->kind) {
-    case K_OBJECT: ADD('{'); break;
+    case K_OBJECT:
+    case K_TAGGED: ADD('{'); break;
     case K_ARRAY: ADD('['); break;
     case K_STRING: ADD('"'); break;
     case K_NUMBER:
@@ -195,6 +196,53 @@ static void first_bytes(const struct cc *c, int i, uint64_t set[4])
     default: memset(set, 0xff, 4 * sizeof(uint64_t));
     }
 #undef ADD
+}
+
+static bool same_str(const struct cc *c, struct json_str a, struct json_str b)
+{
+    return a.len == b.len && !memcmp(c->pool + a.off, c->pool + b.off, a.len);
+}
+
+/* Objects obj[0..n) told apart by a tag: a property every one requires and fixes to a string of
+ * its own (const, or an enum of one).  Returns the tagged node; -1 with *none set when they have no
+ * tag, -1 alone on an error. */
+static int make_tagged(struct cc *c, const int *obj, int n, bool *none)
+{
+    *none = false;
+    const struct json_node first = c->nodes[obj[0]];
+    for (unsigned p = 0; p < first.n; p++) {
+        struct json_str name = c->props[first.first + p].name;
+        struct json_str tag[64];
+        bool ok = true;
+        for (int i = 0; i < n && ok; i++) {
+            const struct json_node *o = &c->nodes[obj[i]];
+            int at = -1;
+            for (unsigned q = 0; q < o->n; q++)
+                if (same_str(c, c->props[o->first + q].name, name)) at = (int)q;
+            const struct json_node *v = at >= 0 ? &c->nodes[c->props[o->first + (unsigned)at].node] : NULL;
+            ok = v && ((o->required >> at) & 1) && v->kind == K_LITERALS && v->n == 1 &&
+                 c->pool[c->lits[v->first].off] == '"';
+            if (ok) tag[i] = c->lits[v->first];
+            for (int j = 0; j < i && ok; j++) ok = !same_str(c, tag[i], tag[j]);
+        }
+        if (!ok) continue;
+        if (!grow((void **)&c->lits, &c->cap_lits, c->n_lits + (size_t)n, sizeof(*c->lits)) ||
+            !grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)n, sizeof(*c->branch))) {
+            moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+            return -1;
+        }
+        size_t lit0 = c->n_lits, br0 = c->n_branch;
+        for (int i = 0; i < n; i++) {
+            c->lits[c->n_lits++] = tag[i];
+            c->branch[c->n_branch++] = (uint16_t)obj[i];
+        }
+        int tags = new_node(c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)lit0 });
+        if (tags < 0) return -1;
+        return new_node(c, (struct json_node){ .kind = K_TAGGED, .n = (uint16_t)n, .first = (uint32_t)br0,
+                                               .extra = -1, .required = 1, .tags = (uint32_t)tags, .key = name });
+    }
+    *none = true;
+    return -1;
 }
 
 /* A union of the nodes b[0..n): nested unions flattened, integer dropped beside number, and
@@ -223,6 +271,26 @@ static int make_union(struct cc *c, const int *b, int n, const char *what)
     for (int i = 0; i < nf; i++) /* integer values are numbers */
         if (!(number && c->nodes[flat[i]].kind == K_INTEGER)) flat[k++] = flat[i];
     nf = k;
+    int objs[64], no = 0;
+    for (int i = 0; i < nf; i++)
+        if (c->nodes[flat[i]].kind == K_OBJECT) objs[no++] = flat[i];
+    if (no >= 2) { /* objects apart: by a tag, as one branch */
+        bool none;
+        int t = make_tagged(c, objs, no, &none);
+        if (t < 0 && !none) return -1;
+        if (t >= 0) {
+            k = 0;
+            for (int i = 0; i < nf; i++)
+                if (c->nodes[flat[i]].kind != K_OBJECT) flat[k++] = flat[i];
+            flat[k++] = t;
+            nf = k;
+        } else {
+            fail(c, MOE_ENOTSUP, "%s: %d branches are objects; objects are told apart only by a tag: a property "
+                 "every one requires and fixes to a string of its own (\"type\": {\"const\": \"cat\"}), written "
+                 "first", what, no);
+            return -1;
+        }
+    }
     for (int i = 0; i < nf; i++) {
         if (c->nodes[flat[i]].kind == K_ANY) {
             fail(c, MOE_ENOTSUP, "%s: a branch that allows any value cannot be told apart from the others", what);

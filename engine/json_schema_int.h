@@ -16,6 +16,12 @@ enum json_kind {
     K_INTEGER,
     K_LITERALS, /* exactly one of lits[first .. first + n) (enum, const, boolean, null) */
     K_UNION,    /* the one of branch[first .. first + n) that the first byte selects */
+    K_TAGGED,   /* one of the objects branch[first .. first + n), told apart by the value of their
+                   property key, written first: one of the literals of node tags, in branch order */
+};
+
+struct json_str {        /* bytes pool[off .. off + len) */
+    uint32_t off, len;
 };
 
 struct json_node {
@@ -25,10 +31,8 @@ struct json_node {
     int32_t extra;
     uint64_t required;   /* object: bits of the properties that must be written */
     uint32_t min_items, max_items;
-};
-
-struct json_str {        /* bytes pool[off .. off + len) */
-    uint32_t off, len;
+    uint32_t tags;       /* tagged: the literal node of the tag values */
+    struct json_str key; /* tagged: the tag property's name, as written */
 };
 
 struct json_prop {

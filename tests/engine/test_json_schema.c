@@ -178,6 +178,30 @@ static void test_arrays_unions_refs(void)
     moe_json_schema_unref(sc);
 }
 
+/* Objects told apart by a tag (a discriminated union, as pydantic writes one): the tag first. */
+static void test_tagged(void)
+{
+    struct moe_json_schema *sc = compile(
+        "{\"$defs\":{\"Cat\":{\"type\":\"object\",\"properties\":{\"pet_type\":{\"const\":\"cat\"},"
+        "\"lives\":{\"type\":\"integer\"}},\"required\":[\"pet_type\",\"lives\"],\"additionalProperties\":false},"
+        "\"Dog\":{\"type\":\"object\",\"properties\":{\"good\":{\"type\":\"boolean\"},\"pet_type\":{\"enum\":[\"dog\"]}},"
+        "\"required\":[\"pet_type\"]}},\"type\":\"object\",\"properties\":{\"pet\":{\"oneOf\":[{\"$ref\":\"#/$defs/Cat\"},"
+        "{\"$ref\":\"#/$defs/Dog\"},{\"type\":\"null\"}],\"discriminator\":{\"propertyName\":\"pet_type\"}}},"
+        "\"required\":[\"pet\"],\"additionalProperties\":false}");
+    if (!sc) return;
+    good(sc, "{\"pet\":{\"pet_type\":\"cat\",\"lives\":9}}");
+    good(sc, "{\"pet\": { \"pet_type\": \"dog\" }}");
+    good(sc, "{\"pet\":{\"pet_type\":\"dog\",\"good\":true,\"x\":[1]}}"); /* Dog takes other keys */
+    good(sc, "{\"pet\":null}");
+    bad(sc, "{\"pet\":{\"lives\":9", 9);                      /* the tag comes first */
+    bad(sc, "{\"pet\":{}", 8);
+    bad(sc, "{\"pet\":{\"pet_type\":\"cow\"", 21);
+    bad(sc, "{\"pet\":{\"pet_type\":\"cat\"}", 24);          /* lives is required */
+    bad(sc, "{\"pet\":{\"pet_type\":\"cat\",\"good\"", 26);   /* Cat takes no other keys */
+    bad(sc, "{\"pet\":{\"pet_type\":\"dog\",\"pet_type\"", 34); /* the tag once */
+    moe_json_schema_unref(sc);
+}
+
 static void test_refused(void)
 {
     refused("{\"type\":\"string\",\"pattern\":\"^a\"}", MOE_ENOTSUP, "'pattern' is not supported");
@@ -188,7 +212,13 @@ static void test_refused(void)
     refused("true", MOE_ENOTSUP, "bare number");
     refused("{\"type\":[\"string\",\"integer\"]}", MOE_ENOTSUP, "bare number");
     refused("{\"anyOf\":[{\"type\":\"object\"},{\"type\":\"object\",\"properties\":{}}]}", MOE_ENOTSUP,
-            "both begin with '{'");
+            "told apart only by a tag");
+    refused("{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"const\":\"a\"}},\"required\":[\"t\"]},"
+            "{\"type\":\"object\",\"properties\":{\"t\":{\"const\":\"a\"}},\"required\":[\"t\"]}]}", MOE_ENOTSUP,
+            "told apart only by a tag"); /* the same tag twice */
+    refused("{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"const\":\"a\"}}},"
+            "{\"type\":\"object\",\"properties\":{\"t\":{\"const\":\"b\"}},\"required\":[\"t\"]}]}", MOE_ENOTSUP,
+            "told apart only by a tag"); /* not required in one */
     refused("{\"oneOf\":[{\"enum\":[\"a\"]},{\"type\":\"string\"}]}", MOE_ENOTSUP, "both begin with '\"'");
     refused("{\"type\":\"object\",\"required\":[\"x\"]}", MOE_ENOTSUP, "required property 'x'");
     refused("{\"$ref\":\"#/$defs/Nope\"}", MOE_EINVAL, "names nothing");
@@ -280,7 +310,11 @@ static void test_mask_vocab(void)
     REQUIRE(logits && out && ok, "out of memory");
     for (int i = 0; i < V; i++) logits[i] = (float)(i % 97);
     const char *schemas[] = { NULL, owner, "{\"type\":\"array\",\"items\":{\"type\":[\"string\",\"number\","
-                              "\"null\"]},\"maxItems\":6}" };
+                              "\"null\"]},\"maxItems\":6}",
+                              "{\"type\":\"array\",\"items\":{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"k\":"
+                              "{\"const\":\"a\"},\"v\":{\"type\":\"integer\"}},\"required\":[\"k\",\"v\"]},{\"type\":"
+                              "\"object\",\"properties\":{\"k\":{\"const\":\"b\"}},\"required\":[\"k\"],"
+                              "\"additionalProperties\":false}]},\"maxItems\":4}" };
     uint64_t rng = 12345;
     int steps = 0, mismatches = 0;
     for (size_t k = 0; k < MOE_ARRAY_LEN(schemas); k++) {
@@ -330,6 +364,7 @@ int main(void)
     test_owner();
     test_literals();
     test_arrays_unions_refs();
+    test_tagged();
     test_refused();
     test_mask();
     test_mask_vocab();

@@ -485,9 +485,10 @@ static bool in_token(const struct moe_json_state *s)
 
 /* Whitespace between tokens: a run holds at most two line breaks and 2 + 4 x depth bytes (room for
  * a line break and indentation of up to four per level, the layouts JSON is printed in), and never
- * more than MOE_JSON_MAX_WS. */
+ * more than MOE_JSON_MAX_WS; in a compact schema, one space. */
 static bool ws_ok(const struct moe_json_state *s)
 {
+    if (s->sc->compact) return s->ws <= 1 && s->nl == 0;
     unsigned lim = 2u + 4u * s->depth;
     return s->nl <= 2 && s->ws <= (lim < MOE_JSON_MAX_WS ? lim : MOE_JSON_MAX_WS);
 }

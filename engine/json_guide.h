@@ -35,6 +35,9 @@ struct moe_json_schema;
  * keyword is refused by name (MOE_ENOTSUP), as is a root the output could not end with (a bare
  * number).  The result has one reference; moe_json_schema_unref frees it. */
 enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out);
+/* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls).
+ * Only before sc is shared. */
+void moe_json_schema_compact(struct moe_json_schema *sc);
 struct moe_json_schema *moe_json_schema_ref(struct moe_json_schema *sc);
 void moe_json_schema_unref(struct moe_json_schema *sc);
 

@@ -739,6 +739,7 @@ enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_j
     sc->pool = c.pool;
     sc->n_nodes = c.n_nodes;
     sc->root = (uint16_t)root;
+    sc->compact = false;
     c.nodes = NULL;
     c.props = NULL;
     c.lits = NULL;
@@ -750,6 +751,11 @@ out:
     cc_free(&c);
     json_decref(doc);
     return st;
+}
+
+void moe_json_schema_compact(struct moe_json_schema *sc)
+{
+    if (sc && atomic_load(&sc->refs) > 0) sc->compact = true;
 }
 
 struct moe_json_schema *moe_json_schema_ref(struct moe_json_schema *sc)

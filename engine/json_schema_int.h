@@ -49,6 +49,7 @@ struct moe_json_schema {
     const char *pool;
     int n_nodes;
     uint16_t root;
+    bool compact;        /* whitespace between tokens: one space at most, no line break */
 };
 
 /* Nodes every schema begins with (the "any value" grammar). */

@@ -56,6 +56,7 @@ struct hcall {
     struct evhttp_request *req;   /* NULL once the connection is gone */
     struct event *watch;          /* readable socket while generating: EOF = client gone */
     bool stream, chat, include_usage;
+    bool tool_call;               /* the reply is a tool call (tool_choice): text held, sent as tool_calls */
     char id[48];
     long long created;
     int n, n_open;                /* choices; those still generating */
@@ -398,7 +399,7 @@ static void sse_done(struct hcall *c)
  * the choice's text so far. */
 static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
 {
-    if (r->c->stream) {
+    if (r->c->stream && !r->c->tool_call) {
         if (chunk || len) {
             sse_send(r->c, chunk_json(r, t, len, NULL));
             r->started = true;
@@ -424,6 +425,26 @@ static int stop_filter(struct hreq *r, char **t, size_t *len, bool last)
     return m;
 }
 
+/* The tool call a choice's text holds ({"name": ..., "arguments": {...}}, as its schema made it):
+ * OpenAI's tool_calls entry, or NULL when the text is not one (cut short). */
+static json_t *tool_call_json(const struct hreq *r, const char *txt, size_t n)
+{
+    json_t *call = json_loadb(txt ? txt : "", n, 0, NULL), *out = NULL;
+    const char *name = json_string_value(json_object_get(call, "name"));
+    char *args = json_is_object(json_object_get(call, "arguments"))
+                     ? json_dumps(json_object_get(call, "arguments"), JSON_COMPACT) : NULL;
+    if (name && args) {
+        char id[96];
+        const char *dash = strchr(r->c->id, '-');
+        snprintf(id, sizeof(id), "call_%s_%d", dash ? dash + 1 : r->c->id, r->index);
+        out = json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id, "type", "function", "function", "name", name,
+                        "arguments", args);
+    }
+    free(args);
+    json_decref(call);
+    return out;
+}
+
 /* A choice's generation ended (why/st/emsg): its final chunk goes out, or its choice is kept for the
  * reply; a failure ends the whole call with the error.  When no choice is left, the call ends. */
 static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st, const char *emsg, int n_prompt,
@@ -440,6 +461,24 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
         c->n_prompt = n_prompt;
         c->n_generated += n_generated;
     }
+    json_t *call = NULL;
+    if (ok && c->tool_call) { /* the held text: a whole call, or (cut short) plain content */
+        size_t n = evbuffer_get_length(r->text);
+        const char *txt = (const char *)evbuffer_pullup(r->text, -1);
+        if (why == MOE_FINISH_STOP && (call = tool_call_json(r, txt, n)) != NULL) finish = "tool_calls";
+        if (c->stream && call) {
+            json_t *j = chunk_json(r, "", 0, NULL);
+            json_t *delta = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "delta");
+            json_object_del(delta, "content");
+            json_object_set_new(call, "index", json_integer(0)); /* a streamed call's place in the list */
+            json_object_set_new(delta, "tool_calls", json_pack("[O]", call));
+            sse_send(c, j);
+            r->started = true;
+        } else if (c->stream && n) {
+            sse_send(c, chunk_json(r, txt, n, NULL));
+            r->started = true;
+        }
+    }
     if (ok && c->stream) {
         /* usage goes out once: in the last finishing chunk, or with include_usage in OpenAI's usage
          * chunk after it (clients that add up the usage of every chunk would count it twice) */
@@ -454,7 +493,10 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
          * (EOS first), null only when the request did not ask */
         json_t *lp = r->lp ? r->lp : json_null(), *choice;
         r->lp = NULL;
-        if (c->chat)
+        if (c->chat && call) {
+            choice = json_pack("{s:i,s:{s:s,s:n,s:[O]},s:o,s:s}", "index", r->index, "message", "role", "assistant",
+                               "content", "tool_calls", call, "logprobs", lp, "finish_reason", finish);
+        } else if (c->chat)
             choice = json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", r->index, "message", "role", "assistant",
                                "content", txt ? txt : "", n, "logprobs", lp, "finish_reason", finish);
         else
@@ -466,6 +508,7 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     } else {
         send_error(c->req, srv_finish_http_status(why, st), msg);
     }
+    json_decref(call);
     r->g = NULL;
     c->ch[r->index] = NULL;
     c->n_open--;
@@ -658,6 +701,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     c->stream = gr.stream;
     c->chat = chat;
     c->include_usage = gr.include_usage;
+    c->tool_call = gr.tool_call;
     c->created = (long long)time(NULL);
     c->n = gr.n;
     snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,

@@ -448,6 +448,101 @@ static enum moe_status openai_schema(const json_t *js, struct moe_gen_request *o
     return st;
 }
 
+/* tool_choice "required" or {"type": "function", "function": {"name": N}} (chat): the reply is a call
+ * of one of the request's tools (of N), generated as {"name": ..., "arguments": {...}} under a schema
+ * made of the tools' parameters; "auto" and "none" leave the reply text. */
+static enum moe_status parse_tool_choice(json_t *root, bool chat, struct moe_gen_request *out)
+{
+    json_t *tc = json_object_get(root, "tool_choice"), *tools = json_object_get(root, "tools");
+    if (!tc || json_is_null(tc)) return MOE_OK;
+    const char *mode = json_string_value(tc), *want = NULL;
+    if (mode && (!strcmp(mode, "auto") || !strcmp(mode, "none"))) return MOE_OK;
+    if (!mode) {
+        json_t *fn = json_object_get(tc, "function");
+        want = json_string_value(json_object_get(fn, "name"));
+        if (!json_is_object(tc) || !want || strcmp(json_string_value(json_object_get(tc, "type")) ?
+                                                   json_string_value(json_object_get(tc, "type")) : "", "function"))
+            return moe_errorf(MOE_EINVAL, "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                              "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+    } else if (strcmp(mode, "required")) {
+        return moe_errorf(MOE_EINVAL, "'tool_choice' \"%.40s\" is not one of none, auto, required", mode);
+    }
+    if (!chat) return moe_errorf(MOE_EINVAL, "'tool_choice' is for chat completions");
+    if (out->json_object || out->json_schema)
+        return moe_errorf(MOE_EINVAL, "'tool_choice' %s and 'response_format' %s: a reply is a tool call or "
+                          "JSON of the format, not both", mode ? mode : "(a function)",
+                          out->json_object ? "json_object" : "json_schema");
+    if (!json_is_array(tools) || json_array_size(tools) == 0)
+        return moe_errorf(MOE_EINVAL, "'tool_choice' needs 'tools': the functions the reply may call");
+    json_t *any = json_array(), *defs = json_object(), *schema = NULL;
+    size_t i;
+    json_t *t;
+    enum moe_status st = MOE_OK;
+    if (!any || !defs) {
+        st = moe_errorf(MOE_ENOMEM, "out of memory reading 'tools'");
+        goto out;
+    }
+    json_array_foreach(tools, i, t) {
+        json_t *fn = json_object_get(t, "function"), *params = json_object_get(fn, "parameters");
+        const char *name = json_string_value(json_object_get(fn, "name"));
+        const char *type = json_string_value(json_object_get(t, "type"));
+        if (!type || strcmp(type, "function") || !name || (params && !json_is_object(params))) {
+            st = moe_errorf(MOE_EINVAL, "'tools'[%zu] must be {\"type\": \"function\", \"function\": {\"name\": "
+                            "..., \"parameters\": {...}}}", i);
+            goto out;
+        }
+        if (want && strcmp(want, name)) continue;
+        json_t *args = params ? json_incref(params) : json_pack("{s:s}", "type", "object");
+        json_t *b = json_pack("{s:s,s:{s:{s:s},s:o},s:[s,s],s:b}", "type", "object", "properties", "name", "const",
+                              name, "arguments", args, "required", "name", "arguments", "additionalProperties", 0);
+        if (!b || json_array_append_new(any, b)) {
+            st = moe_errorf(MOE_ENOMEM, "out of memory reading 'tools'");
+            goto out;
+        }
+        /* the parameters' definitions, where their "#/$defs/..." references look */
+        for (int d = 0; d < 2 && params; d++) {
+            const char *dk = d ? "definitions" : "$defs";
+            json_t *src = json_object_get(params, dk), *dst = json_object_get(defs, dk), *v;
+            const char *k;
+            if (!json_is_object(src)) continue;
+            if (!dst) json_object_set_new(defs, dk, dst = json_object());
+            json_object_foreach(src, k, v) {
+                json_t *have = json_object_get(dst, k);
+                if (have && !json_equal(have, v)) {
+                    st = moe_errorf(MOE_ENOTSUP, "'tools': two functions' parameters define '%s/%.64s' differently; "
+                                    "give the definitions distinct names", dk, k);
+                    goto out;
+                }
+                json_object_set(dst, k, v);
+            }
+        }
+    }
+    if (json_array_size(any) == 0) {
+        st = moe_errorf(MOE_EINVAL, "'tool_choice' names function '%.64s', which is not among 'tools'", want);
+        goto out;
+    }
+    schema = json_deep_copy(defs);
+    if (schema) json_object_set(schema, "anyOf", any);
+    char *text = schema ? json_dumps(schema, JSON_COMPACT) : NULL;
+    if (!text) {
+        st = moe_errorf(MOE_ENOMEM, "out of memory reading 'tools'");
+        goto out;
+    }
+    st = moe_json_schema_parse(text, strlen(text), &out->json_schema);
+    free(text);
+    if (st != MOE_OK) {
+        moe_error_prefix(st, "'tools' parameters");
+        goto out;
+    }
+    moe_json_schema_compact(out->json_schema); /* calls as clients see them: no layout to spend tokens on */
+    out->tool_call = true;
+out:
+    json_decref(schema);
+    json_decref(defs);
+    json_decref(any);
+    return st;
+}
+
 static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen_request *out)
 {
     static const struct {
@@ -576,7 +671,8 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         goto out;
     if (have)
         out->n = (int)iv;
-    if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_logprobs(root, chat, out)) != MOE_OK ||
+    if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_tool_choice(root, chat, out)) != MOE_OK ||
+        (st = parse_logprobs(root, chat, out)) != MOE_OK ||
         (st = parse_penalties(root, &out->sampling)) != MOE_OK)
         goto out;
     if ((st = json_get_num(root, "timeout", 0, 86400, true, &dv, &have)) != MOE_OK)

@@ -57,6 +57,8 @@ struct moe_gen_request {
     int n;                      /* OpenAI's n: choices of one request (HTTP), 1..MOE_REQ_MAX_N */
     bool json_object;           /* JSON mode: the output is one JSON object */
     struct moe_json_schema *json_schema; /* ... or one value of this schema (owned reference; NULL: none) */
+    bool tool_call;             /* chat tool_choice: the reply is {"name": ..., "arguments": {...}}, a call of
+                                   one of the request's tools (json_schema holds their schema) */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);

@@ -202,6 +202,19 @@ static void test_tagged(void)
     moe_json_schema_unref(sc);
 }
 
+/* A compact schema (tool calls): one space between tokens at most, no line break. */
+static void test_compact(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"object\"}");
+    if (!sc) return;
+    moe_json_schema_compact(sc);
+    good(sc, "{\"a\": 1, \"b\": [true, null]}");
+    bad(sc, "{\"a\":  1", 6);
+    bad(sc, "{\n", 1);
+    good(sc, "{\"a\":\"x  \\n  y\"}"); /* inside a string: text */
+    moe_json_schema_unref(sc);
+}
+
 static void test_refused(void)
 {
     refused("{\"type\":\"string\",\"pattern\":\"^a\"}", MOE_ENOTSUP, "'pattern' is not supported");
@@ -365,6 +378,7 @@ int main(void)
     test_literals();
     test_arrays_unions_refs();
     test_tagged();
+    test_compact();
     test_refused();
     test_mask();
     test_mask_vocab();

@@ -8,7 +8,7 @@ whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, an unsupported response_format); log-probabilities and echo; developer messages;
-ids unique to the server's start; n choices; /tokenize and /detokenize; JSON mode and JSON schemas; the default max_tokens of completions (16) and chat (the
+ids unique to the server's start; n choices; /tokenize and /detokenize; JSON mode and JSON schemas; tool calls (tool_choice); the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
 import os
@@ -419,6 +419,73 @@ def check_json_schema(srv, moeflow):
         check(error_ok(code, js, 400, word), "json_schema %r: %d %r" % (schema, code, js))
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"enum": ["Paris", "Oslo"]}, "unit": {"enum": ["c", "f"]}},
+                                                "required": ["city", "unit"], "additionalProperties": False}}}
+CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"tz": {"enum": ["UTC", "CET"]}}, "required": ["tz"],
+    "additionalProperties": False}}}
+
+
+def check_tools(srv):
+    """tool_choice naming a function or "required": the reply is a call of a request's tool, its
+    arguments valid under the function's parameters (jsonschema), as OpenAI's tool_calls, streamed as
+    one tool_calls delta; "auto" leaves text; bad choices are a 400 naming what to fix."""
+    import jsonschema
+    msgs = [{"role": "user", "content": "weather in Paris?"}]
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, CLOCK)}
+    calls = {}
+    for tc in ({"type": "function", "function": {"name": "get_weather"}}, "required"):
+        body = {"messages": msgs, "tools": [WEATHER, CLOCK], "tool_choice": tc, "max_tokens": 120,
+                "temperature": 0}
+        code, js = post(srv, "/v1/chat/completions", body)
+        ch = (js.get("choices") or [{}])[0]
+        msg = ch.get("message", {})
+        call = (msg.get("tool_calls") or [{}])[0]
+        fn = call.get("function", {})
+        ok = (code == 200 and ch.get("finish_reason") == "tool_calls" and msg.get("content") is None and
+              call.get("type") == "function" and call.get("id", "").startswith("call_") and
+              fn.get("name") in params and isinstance(fn.get("arguments"), str))
+        check(ok, "tool_choice %r: %d %r" % (tc, code, js))
+        if not ok:
+            continue
+        if isinstance(tc, dict):
+            check(fn["name"] == "get_weather", "tool_choice named get_weather, called %r" % fn["name"])
+        try:
+            jsonschema.validate(json.loads(fn["arguments"]), params[fn["name"]])
+        except Exception as e:  # noqa: BLE001
+            check(False, "tool_choice %r: arguments %r: %s" % (tc, fn["arguments"], e))
+        calls[json.dumps(tc)] = call
+        _, chunks, done = sse(srv, "/v1/chat/completions", dict(body, stream=True))
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        streamed = [d["tool_calls"] for d in deltas if "tool_calls" in d]
+        finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1:]
+        check(done and len(streamed) == 1 and streamed[0][0]["index"] == 0 and
+              streamed[0][0]["function"] == call["function"] and finish == ["tool_calls"] and
+              not any(d.get("content") for d in deltas),
+              "tool_choice %r streamed: %r" % (tc, chunks[:3]))
+    code, js = post(srv, "/v1/chat/completions", {"messages": msgs, "tools": [WEATHER], "tool_choice": "auto",
+                                                  "max_tokens": 4})
+    msg = (js.get("choices") or [{}])[0].get("message", {})
+    check(code == 200 and "tool_calls" not in msg and isinstance(msg.get("content"), str),
+          "tool_choice auto: %d %r" % (code, js))
+    for body, word in (({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+                        "'nope'"),
+                       ({"tool_choice": "required"}, "'tools'"),
+                       ({"tools": [WEATHER], "tool_choice": "sometimes"}, "'tool_choice'"),
+                       ({"tools": [{"type": "function", "function": {}}], "tool_choice": "required"}, "'tools'[0]"),
+                       ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
+                        "not both"),
+                       ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                           "type": "object", "properties": {"d": {"type": "string", "format": "date"}}}}}],
+                         "tool_choice": "required"}, "'format' is not supported")):
+        code, js = post(srv, "/v1/chat/completions", dict(body, messages=msgs))
+        check(error_ok(code, js, 400, word), "tools %r: %d %r" % (body, code, js))
+    code, js = post(srv, "/v1/completions", {"prompt": "x", "tools": [WEATHER], "tool_choice": "required"})
+    check(error_ok(code, js, 400, "chat completions"), "tool_choice on completions: %d %r" % (code, js))
+
+
 def check_tokenize(srv):
     """vLLM's /tokenize and /detokenize: the ids a completion or chat request runs on (its usage's
     prompt_tokens), and back to the text; bad input is a 400 naming what to fix."""
@@ -677,7 +744,7 @@ def main():
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
                            check_n, check_tokenize, lambda s: check_json(s, moeflow),
-                           lambda s: check_json_schema(s, moeflow), check_logprobs, lambda s: check_echo(s, moeflow),
+                           lambda s: check_json_schema(s, moeflow), check_tools, check_logprobs, lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":

@@ -427,6 +427,33 @@ static void test_response_format(void)
     free(b);
 }
 
+/* tool_choice: a named function or "required" compiles the tools into the request's schema (their
+ * $defs merged), auto leaves the text; conflicts are named. */
+static void test_tool_choice(void)
+{
+    const char *tools = "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"$defs\":"
+                        "{\"U\":{\"enum\":[\"c\",\"f\"]}},\"type\":\"object\",\"properties\":{\"u\":{\"$ref\":"
+                        "\"#/$defs/U\"}}}}},{\"type\":\"function\",\"function\":{\"name\":\"g\"}}]";
+    char body[1024];
+    struct moe_gen_request r;
+    const char *choices[] = { "\"required\"", "{\"type\":\"function\",\"function\":{\"name\":\"f\"}}", "\"auto\"",
+                              "\"none\"" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(choices); i++) {
+        snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s,\"tool_choice\":%s}",
+                 tools, choices[i]);
+        REQUIRE(oai(body, true, &r) == MOE_OK, "tool_choice %s: %s", choices[i], moe_last_error());
+        CHECK(r.tool_call == (i < 2) && (r.json_schema != NULL) == (i < 2), "tool_choice %s", choices[i]);
+        moe_gen_request_free(&r);
+    }
+    snprintf(body, sizeof(body), "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":"
+             "\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"$defs\":{\"U\":{\"type\":\"string\"}}}}},"
+             "{\"type\":\"function\",\"function\":{\"name\":\"g\",\"parameters\":{\"$defs\":{\"U\":{\"type\":"
+             "\"integer\"}}}}}],\"tool_choice\":\"required\"}");
+    expect_bad(body, true, "define '$defs/U' differently");
+    snprintf(body, sizeof(body), "{\"prompt\":\"x\",%s,\"tool_choice\":\"required\"}", tools);
+    expect_bad(body, false, "chat completions");
+}
+
 static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
 {
     size_t n = inference__model_infer_request__get_packed_size(m);
@@ -555,6 +582,7 @@ int main(void)
     test_generate_proto();
     test_penalties();
     test_response_format();
+    test_tool_choice();
     test_kserve();
     test_utf8();
     test_metrics();

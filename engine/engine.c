@@ -603,12 +603,24 @@ void moe_engine_set_hooks(struct moe_engine *e, const struct moe_engine_hooks *h
         memset(&e->hooks, 0, sizeof(e->hooks));
 }
 
+/* The slot table is read by moe_engine_kv_usage from other threads (metrics): its writes are
+ * relaxed atomic stores. */
+static void set_used(struct moe_engine *e, int seq, bool used)
+{
+    __atomic_store_n(&e->seq_used[seq], used, __ATOMIC_RELAXED);
+}
+
+static void set_len(struct moe_engine *e, int seq, int len)
+{
+    __atomic_store_n(&e->seq_len[seq], len, __ATOMIC_RELAXED);
+}
+
 int moe_engine_seq_alloc(struct moe_engine *e)
 {
     for (int s = 0; s < e->max_seqs; s++)
         if (!e->seq_used[s]) {
-            e->seq_used[s] = true;
-            e->seq_len[s] = 0;
+            set_used(e, s, true);
+            set_len(e, s, 0);
             return s;
         }
     return -1;
@@ -617,14 +629,14 @@ int moe_engine_seq_alloc(struct moe_engine *e)
 void moe_engine_seq_free(struct moe_engine *e, int seq)
 {
     if (seq < 0 || seq >= e->max_seqs) return;
-    e->seq_used[seq] = false; /* seq_len stays: what moe_engine_seq_claim may keep */
+    set_used(e, seq, false); /* seq_len stays: what moe_engine_seq_claim may keep */
 }
 
 int moe_engine_seq_claim(struct moe_engine *e, int seq, int keep)
 {
     if (seq < 0 || seq >= e->max_seqs || e->seq_used[seq] || keep < 0 || keep > e->seq_len[seq]) return -1;
-    e->seq_used[seq] = true;
-    e->seq_len[seq] = keep;
+    set_used(e, seq, true);
+    set_len(e, seq, keep);
     return seq;
 }
 
@@ -643,7 +655,7 @@ enum moe_status moe_engine_seq_fork(struct moe_engine *e, int dst, int src, int 
                                              base + (size_t)src * (size_t)e->max_ctx * row, bytes);
             if (st != MOE_OK) return moe_error_prefix(st, "engine: fork of sequence %d into %d", src, dst);
         }
-    e->seq_len[dst] = n;
+    set_len(e, dst, n);
     return MOE_OK;
 }
 
@@ -984,7 +996,7 @@ enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch 
             BE(o->copy_d2h(bc, logits, e->d_logits, (size_t)nwant * e->V * sizeof(float)));
     }
     BE(o->synchronize(bc));
-    for (int i = 0; i < n; i++) e->seq_len[b->seq[i]] = b->pos[i] + 1;
+    for (int i = 0; i < n; i++) set_len(e, b->seq[i], b->pos[i] + 1);
 out:
     if (e->prov->ops->step_end) e->prov->ops->step_end(e->prov->self);
     return st;

@@ -269,7 +269,8 @@ static bool key_byte(struct moe_json_state *s, unsigned char c, bool closing)
     if (keep) { /* names are distinct: one property */
         if (keep & f->seen) return false; /* a key written twice */
         f->seen |= keep;
-        f->value = n->kind == K_TAGGED ? (uint16_t)n->tags : s->sc->props[n->first + (unsigned)__builtin_ctzll(keep)].node;
+        unsigned i = (unsigned)__builtin_ctzll(keep);
+        f->value = n->kind == K_TAGGED ? (uint16_t)n->tags : s->sc->props[n->first + i].node;
         return true;
     }
     if (n->extra < 0) return false;

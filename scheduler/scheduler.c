@@ -10,12 +10,14 @@
 #include "scheduler.h"
 
 #include "regroup.h"
+#include "../kernels/pool.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum rq_state { RQ_WAITING, RQ_PREFILL, RQ_DECODE, RQ_DONE };
 
@@ -103,7 +105,12 @@ struct moe_sched {
     uint64_t *slot_freed;          /* [max_seqs] when it was freed (free_clock), 0 = never used */
     uint64_t free_clock;
     uint64_t admit_pass;           /* admit() calls; a request that waits for a prefill skips one */
-    float *masked;                 /* [vocab] JSON mode: the logits of the tokens that may come next */
+    struct cpu_pool *pool;         /* the threads that sample a micro-batch's rows (NULL: this thread) */
+    int n_pool;
+    float **masked;                /* [n_pool][vocab] JSON mode: the logits of the tokens that may come next */
+    int *b_pick;                   /* [max_batch_tokens] a decode row's next token, -1: failed */
+    enum moe_status *b_pick_st;    /* ... why */
+    const char **b_pick_msg;
     int *b_tok, *b_seq, *b_pos;    /* [max_batch_tokens] */
     bool *b_want;
     struct rq **b_req;             /* [max_batch_tokens] request of each row */
@@ -608,32 +615,70 @@ static void prefetch_group(struct moe_sched *s, struct rq **v, int n, int ahead)
 
 static bool sched_is_eos(const void *ud, int id) { return is_eos(ud, id); }
 
-/* The next token of r from its logits row lg (s->mu held); a request the sampler cannot serve
- * (out of memory) fails alone. */
-static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
+/* The next token of r from its logits row lg, on sampling thread tid.  Runs without the lock: while
+ * a step runs, r's sampler, JSON state and tokens are this thread's alone (other threads only
+ * change r->state, and r is freed at step end).  -1 with *st and *msg when r cannot go on. */
+static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int tid, enum moe_status *st,
+                      const char **msg)
 {
     const float *from = lg;
     const struct moe_token_bytes *tb = r->g.json;
-    if (tb) { /* JSON mode: the tokens that keep the output an object's beginning, the rest -inf */
-        if (!s->masked && !(s->masked = malloc(sizeof(float) * (size_t)s->be.vocab))) {
-            rq_finish(s, r, MOE_FINISH_ERROR, MOE_ENOMEM, "JSON mode: out of memory");
-            return;
+    if (tb) { /* JSON mode: the tokens that keep the output a value's beginning, the rest -inf */
+        if (!s->masked[tid] && !(s->masked[tid] = malloc(sizeof(float) * (size_t)s->be.vocab))) {
+            *st = MOE_ENOMEM;
+            *msg = "JSON mode: out of memory";
+            return -1;
         }
-        if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, s->masked)) {
-            rq_finish(s, r, MOE_FINISH_ERROR, MOE_EINVAL, "JSON mode: no token of the vocabulary continues the "
-                      "value");
-            return;
+        if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, s->masked[tid])) {
+            *st = MOE_EINVAL;
+            *msg = "JSON mode: no token of the vocabulary continues the value";
+            return -1;
         }
-        from = s->masked;
+        from = s->masked[tid];
     }
     int tok = moe_sampler_sample(&r->sampler, from, s->be.vocab, r->tokens, r->n_prompt, r->n_prompt + r->n_generated);
     if (tok < 0) {
-        rq_finish(s, r, MOE_FINISH_ERROR, MOE_ENOMEM, moe_last_error());
-        return;
+        *st = MOE_ENOMEM;
+        *msg = "sampling: out of memory";
+        return -1;
     }
     if (tb)
         moe_json_take(&r->json, tb, tok);
-    take_token(s, r, tok, lg); /* log-probabilities from the model's own logits; a whole object stops */
+    return tok;
+}
+
+/* A picked token (or its failure) taken by r (s->mu held). */
+static void apply_pick(struct moe_sched *s, struct rq *r, int tok, enum moe_status st, const char *msg,
+                       const float *lg)
+{
+    if (tok < 0)
+        rq_finish(s, r, MOE_FINISH_ERROR, st, msg); /* it fails alone */
+    else
+        take_token(s, r, tok, lg); /* log-probabilities from the model's own logits; a whole value stops */
+}
+
+/* The next token of r, picked and taken on this thread (s->mu held). */
+static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
+{
+    enum moe_status st = MOE_OK;
+    const char *msg = "";
+    int tok = pick_token(s, r, lg, 0, &st, &msg);
+    apply_pick(s, r, tok, st, msg, lg);
+}
+
+struct pick_job {
+    struct moe_sched *s;
+    int n;                         /* decode rows 0..n) */
+};
+
+/* Sampling thread tid of nth: every nth decode row from tid. */
+static void pick_rows(void *arg, int tid, int nth)
+{
+    struct pick_job *j = arg;
+    struct moe_sched *s = j->s;
+    for (int i = tid; i < j->n; i += nth)
+        s->b_pick[i] = pick_token(s, s->b_req[i], s->logits + (size_t)i * (size_t)s->be.vocab, tid,
+                                  &s->b_pick_st[i], &s->b_pick_msg[i]);
 }
 
 /* One forward() over decode requests v[0..nd) plus, when pf != NULL, the next
@@ -700,6 +745,11 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     if (st != MOE_OK)
         snprintf(err, sizeof(err), "forward failed: %s", moe_last_error()[0] ? moe_last_error() : moe_status_str(st));
 
+    if (st == MOE_OK && n_dec > 0) { /* the decode rows' next tokens, in parallel and unlocked */
+        struct pick_job job = { s, n_dec };
+        cpu_pool_run(s->pool, pick_rows, &job);
+    }
+
     pthread_mutex_lock(&s->mu);
     s->st.forwards++;
     if (st != MOE_OK) {
@@ -712,9 +762,9 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     int row = 0;
     for (int i = 0; i < n_dec; i++, row++) {
         struct rq *r = s->b_req[i];
-        const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
-        if (r->state == RQ_DECODE)
-            sample_token(s, r, lg);
+        if (r->state == RQ_DECODE) /* cancelled since the plan: its pick is dropped */
+            apply_pick(s, r, s->b_pick[i], s->b_pick_st[i], s->b_pick_msg[i],
+                       s->logits + (size_t)row * (size_t)s->be.vocab);
     }
     if (chunk > 0) {
         s->st.prefill_chunks++;
@@ -1220,7 +1270,13 @@ void moe_sched_destroy(struct moe_sched *s)
     free(s->tmp_all);
     free(s->tmp_dec);
     free(s->ids);
+    for (int i = 0; s->masked && i < s->n_pool; i++)
+        free(s->masked[i]);
     free(s->masked);
+    free(s->b_pick);
+    free(s->b_pick_st);
+    free(s->b_pick_msg);
+    cpu_pool_destroy(s->pool);
     for (int i = 0; s->slot_tok && i < s->be.max_seqs; i++)
         free(s->slot_tok[i]);
     free(s->slot_busy);
@@ -1257,6 +1313,13 @@ static enum moe_status params_resolve(const struct moe_sched_backend *be, struct
     if (p->max_tokens_in_flight < 2)
         return moe_errorf(MOE_EINVAL, "scheduler: max_tokens_in_flight = %lld: must be >= 2",
                           (long long)p->max_tokens_in_flight);
+    if (p->sample_threads == 0) { /* the online CPUs, up to 8 */
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        p->sample_threads = n < 1 ? 1 : n > 8 ? 8 : (int)n;
+    }
+    if (p->sample_threads < 1 || p->sample_threads > 64)
+        return moe_errorf(MOE_EINVAL, "scheduler: sample_threads = %d: must be in [1, 64] (0 = the CPUs, up to 8)",
+                          p->sample_threads);
     if (p->micro_batch == 0)
         p->micro_batch = p->max_running;
     if (p->micro_batch < 1 || p->micro_batch > p->max_running)
@@ -1342,6 +1405,12 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->b_req = calloc(bt, sizeof(*s->b_req));
     s->b_route = calloc(bt, sizeof(bool));
     s->b_dec = calloc(bt, sizeof(bool));
+    s->b_pick = calloc(bt, sizeof(int));
+    s->b_pick_st = calloc(bt, sizeof(*s->b_pick_st));
+    s->b_pick_msg = calloc(bt, sizeof(*s->b_pick_msg));
+    s->n_pool = p.sample_threads;
+    s->masked = calloc((size_t)s->n_pool, sizeof(float *));
+    s->pool = s->n_pool > 1 ? cpu_pool_create(s->n_pool) : NULL;
     s->logits_rows = p.micro_batch + 1; /* grown for prompt log-probabilities (a whole chunk's rows) */
     s->logits = calloc((size_t)s->logits_rows * (size_t)be->vocab, sizeof(float));
     s->tmp_all = calloc((size_t)s->words, sizeof(uint64_t));
@@ -1358,6 +1427,7 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     }
     bool ok = slots_ok && s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
               s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
+              s->b_pick && s->b_pick_st && s->b_pick_msg && s->masked && (s->n_pool == 1 || s->pool) &&
               s->logits && s->tmp_all && s->tmp_dec && s->ids;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);

@@ -89,6 +89,8 @@ struct moe_sched_params {
      * moe_predictor_seq_path().  Its prefetches go where moe_predictor_set_provider
      * says. */
     struct moe_predictor *predictor;
+    int sample_threads;       /* threads that sample a micro-batch's decode rows (0 = the online CPUs,
+                                 up to 8; 1 = the scheduler thread alone); outputs do not depend on it */
     int engine_max_ctx;       /* limits to assume instead of the engine's own max_ctx / */
     int engine_max_batch_tokens; /* max_batch_tokens (0 = ask the engine) */
 };

@@ -39,6 +39,8 @@ static const struct moe_serve_opt opts[] = {
       "most tokens one request may ask for, max_tokens (0 = context - 1)", 0 },
     { "micro-batch", MOE_OPT_INT, OFF(micro_batch), 0, "0", 0, 4096,
       "sequences per forward pass (0 = max-running)", 0 },
+    { "sample-threads", MOE_OPT_INT, OFF(sample_threads), 0, "0", 0, 64,
+      "threads that sample a micro-batch's sequences (0 = the CPUs, up to 8); outputs do not depend on it", 0 },
     { "prefill-chunk", MOE_OPT_INT, OFF(prefill_chunk), 0, "128", 1, 1 << 16,
       "prompt tokens per forward pass per sequence", 0 },
     { "grouping", MOE_OPT_STRING, OFF(grouping), SZ(grouping), "fcfs", 0, 0,

@@ -33,6 +33,7 @@ struct moe_serve_config {
     int max_prompt;            /* tokens per prompt */
     int max_output;            /* max_tokens per request */
     int micro_batch;           /* sequences per forward() */
+    int sample_threads;        /* threads sampling a micro-batch's rows (0 = the CPUs, up to 8) */
     int prefill_chunk;         /* prompt tokens per forward() per sequence */
     char grouping[16];         /* "fcfs" or "regroup" */
     int aging_steps;           /* steps per priority level gained while waiting (0 = default) */

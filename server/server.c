@@ -893,6 +893,7 @@ static enum moe_status server_load(struct moe_server *s)
         .max_prompt = s->cfg.max_prompt,
         .max_output = s->cfg.max_output,
         .micro_batch = cfg->micro_batch,
+        .sample_threads = cfg->sample_threads,
         .prefill_chunk = cfg->prefill_chunk,
         .grouping = strcmp(cfg->grouping, "regroup") ? MOE_GROUP_FCFS : MOE_GROUP_REGROUP,
         .aging_steps = cfg->aging_steps,

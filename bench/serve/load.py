@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (no --trace)")
     ap.add_argument("--shared-prefix", type=int, default=0,
                     help="tokens every prompt begins with (a common system prompt), before its own")
+    ap.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    ap.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling (0 = off)")
     ap.add_argument("--trace", help="Azure-format CSV: TIMESTAMP,ContextTokens,GeneratedTokens")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply trace arrival gaps")
     ap.add_argument("--max-prompt", type=int, default=512, help="cap on trace prompt lengths")
@@ -95,7 +97,8 @@ def main():
     def one(i, plen, ntok):
         start = a.shared_prefix + (i * 997) % max(1, len(pool) - plen - a.shared_prefix)
         req = pb["m"].GenerateRequest(prompt_ids=pool[:a.shared_prefix] + pool[start:start + plen], max_tokens=ntok,
-                                      temperature=0, ignore_eos=True)
+                                      temperature=a.temperature, top_p=a.top_p, seed=i + 1,
+                                      ignore_eos=True)
         t0 = time.monotonic()
         last, first, n, reason = t0, None, 0, "?"
         gaps = []
@@ -162,6 +165,7 @@ def main():
         "e2e_ms_p50": ms(pct(e2e, 50)), "e2e_ms_p99": ms(pct(e2e, 99)),
         "finish_reasons": reasons, "mode": "trace" if a.trace else "closed-loop",
         "concurrency": None if a.trace else a.concurrency, "shared_prefix": a.shared_prefix,
+        "temperature": a.temperature, "top_p": a.top_p,
     }
     for k in ("tokens_per_s", "requests_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50",
               "itl_ms_p99", "e2e_ms_p50", "e2e_ms_p99"):

@@ -3,16 +3,7 @@
 #define MOE_CPU_INTERNAL_H
 
 #include "../backend.h"
-
-/* A fixed set of worker threads; the calling thread is worker 0. */
-struct cpu_pool;
-
-struct cpu_pool *cpu_pool_create(int n_threads); /* NULL with moe_last_error() on failure */
-void cpu_pool_destroy(struct cpu_pool *p);
-int cpu_pool_size(const struct cpu_pool *p);     /* 1 for a NULL pool */
-/* Run fn(arg, tid, nth) for tid = 0..nth-1 concurrently and wait for all.
- * A NULL pool, or a call from inside a task, runs fn(arg, 0, 1) inline. */
-void cpu_pool_run(struct cpu_pool *p, void (*fn)(void *arg, int tid, int nth), void *arg);
+#include "../pool.h"
 
 /* Instruction set of the arithmetic kernels, chosen once per backend. */
 enum cpu_isa {

@@ -104,6 +104,44 @@ static void run(const struct moe_model *m, const struct cfg *c, int ci)
     moe_provider_destroy(prov);
 }
 
+/* Sampled requests (temperature, top-k, top-p, seeds; two in JSON mode) through micro-batches whose
+ * rows are sampled by 1 and by 3 threads: the same tokens, whatever the threads. */
+static void sample_threads(const struct moe_model *m, const struct moe_token_bytes *tb)
+{
+    static struct sc_req r[2][NP + 2];
+    memset(r, 0, sizeof(r));
+    const int threads[2] = { 1, 3 };
+    for (int k = 0; k < 2; k++) {
+        struct moe_engine_params ep = { .max_seqs = NP + 2, .max_ctx = 256, .max_batch_tokens = NP + 2 + 16 };
+        struct moe_engine *e = moe_engine_create(m, &ep);
+        REQUIRE(e, "engine: %s", moe_last_error());
+        struct moe_sched_params sp = { .max_running = NP + 2, .micro_batch = NP + 2, .prefill_chunk = 16,
+                                       .engine_max_ctx = 256, .engine_max_batch_tokens = NP + 2 + 16,
+                                       .max_tokens_in_flight = 1 << 20, .sample_threads = threads[k] };
+        struct moe_sched *s = moe_sched_create(e, &sp);
+        REQUIRE(s, "scheduler: %s", moe_last_error());
+        for (int i = 0; i < NP + 2; i++) {
+            struct moe_gen_params g = { .max_tokens = T, .ignore_eos = i < NP };
+            g.sampling = (struct moe_sampling){ .temperature = 0.9f, .top_p = 0.9f, .top_k = 50,
+                                                .seed = (uint64_t)i + 1 };
+            if (i >= NP) g.json = tb;
+            REQUIRE(moe_sched_submit(s, ids[i % NP], n_ids[i % NP], &g, &sc_events, &r[k][i], &r[k][i].id) == MOE_OK,
+                    "submit: %s", moe_last_error());
+        }
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        moe_sched_destroy(s);
+        moe_engine_destroy(e);
+    }
+    for (int i = 0; i < NP + 2; i++) {
+        CHECK(r[0][i].n_done == 1 && r[1][i].n_done == 1 && r[0][i].n_tokens > 0 &&
+                  r[0][i].n_tokens == r[1][i].n_tokens && r[0][i].why == r[1][i].why &&
+                  !memcmp(r[0][i].tokens, r[1][i].tokens, sizeof(int) * (size_t)r[0][i].n_tokens),
+              "request %d: %d tokens (%s) with 1 sampling thread, %d (%s) with 3", i, r[0][i].n_tokens,
+              moe_finish_str(r[0][i].why), r[1][i].n_tokens, moe_finish_str(r[1][i].why));
+    }
+}
+
 /* One request through s, to its end; its greedy tokens must be want[0..T). */
 static void prefix_one(struct moe_sched *s, const int *p, int n, const int *want_t, const char *what)
 {
@@ -209,6 +247,10 @@ int main(void)
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++)
         run(m, &cfgs[c], (int)c);
     prefix_cache(m);
+    struct moe_token_bytes tb;
+    REQUIRE(moe_token_bytes_build(tk, m->cfg.vocab, &tb) == MOE_OK, "token bytes: %s", moe_last_error());
+    sample_threads(m, &tb);
+    moe_token_bytes_free(&tb);
     for (int i = 0; i < NP; i++)
         free(ids[i]);
     moe_tokenizer_free(tk);

@@ -111,6 +111,7 @@ struct moe_sched {
     int *b_pick;                   /* [max_batch_tokens] a decode row's next token, -1: failed */
     enum moe_status *b_pick_st;    /* ... why */
     const char **b_pick_msg;
+    struct moe_token_logprobs *b_lp; /* [max_batch_tokens] ... its log-probabilities, when wanted */
     int *b_tok, *b_seq, *b_pos;    /* [max_batch_tokens] */
     bool *b_want;
     struct rq **b_req;             /* [max_batch_tokens] request of each row */
@@ -384,7 +385,9 @@ static void admit(struct moe_sched *s)
 }
 
 /* The event of a generated token (prompt_pos 0) or of prompt token prompt_pos's log-probabilities. */
-static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *logits, int prompt_pos)
+/* lp: the token's log-probabilities when already computed (NULL: from logits, when wanted). */
+static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *logits, int prompt_pos,
+                     const struct moe_token_logprobs *lp)
 {
     if (s->n_tev == s->cap_tev) {
         int cap = s->cap_tev ? 2 * s->cap_tev : 64;
@@ -399,7 +402,9 @@ static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *
     ev->token = token;
     ev->prompt_pos = prompt_pos;
     ev->has_lp = r->g.logprobs || prompt_pos > 0;
-    if (ev->has_lp)
+    if (ev->has_lp && lp)
+        ev->lp = *lp;
+    else if (ev->has_lp)
         moe_token_logprobs(logits, s->be.vocab, token, r->g.top_logprobs, &ev->lp);
 }
 
@@ -467,7 +472,8 @@ static bool is_eos(const struct moe_sched *s, int tok)
 }
 
 /* tok, sampled from logits [vocab], continues r (or ends it as EOS). */
-static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *logits)
+static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *logits,
+                       const struct moe_token_logprobs *lp)
 {
     if (!r->g.ignore_eos && is_eos(s, tok)) {
         rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
@@ -476,7 +482,7 @@ static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *
     r->tokens[r->n_prompt + r->n_generated++] = tok;
     r->pred_stale = true;
     s->st.generated_tokens++;
-    tev_push(s, r, tok, logits, 0);
+    tev_push(s, r, tok, logits, 0, lp);
     if (r->g.json && moe_json_done(&r->json)) /* JSON mode: the object is whole, even at max_tokens */
         rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
     else if (r->n_generated >= r->g.max_tokens)
@@ -649,12 +655,12 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
 
 /* A picked token (or its failure) taken by r (s->mu held). */
 static void apply_pick(struct moe_sched *s, struct rq *r, int tok, enum moe_status st, const char *msg,
-                       const float *lg)
+                       const float *lg, const struct moe_token_logprobs *lp)
 {
     if (tok < 0)
         rq_finish(s, r, MOE_FINISH_ERROR, st, msg); /* it fails alone */
     else
-        take_token(s, r, tok, lg); /* log-probabilities from the model's own logits; a whole value stops */
+        take_token(s, r, tok, lg, lp); /* log-probabilities from the model's own logits; a whole value stops */
 }
 
 /* The next token of r, picked and taken on this thread (s->mu held). */
@@ -663,7 +669,7 @@ static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
     enum moe_status st = MOE_OK;
     const char *msg = "";
     int tok = pick_token(s, r, lg, 0, &st, &msg);
-    apply_pick(s, r, tok, st, msg, lg);
+    apply_pick(s, r, tok, st, msg, lg, NULL);
 }
 
 struct pick_job {
@@ -676,9 +682,13 @@ static void pick_rows(void *arg, int tid, int nth)
 {
     struct pick_job *j = arg;
     struct moe_sched *s = j->s;
-    for (int i = tid; i < j->n; i += nth)
-        s->b_pick[i] = pick_token(s, s->b_req[i], s->logits + (size_t)i * (size_t)s->be.vocab, tid,
-                                  &s->b_pick_st[i], &s->b_pick_msg[i]);
+    for (int i = tid; i < j->n; i += nth) {
+        struct rq *r = s->b_req[i];
+        const float *lg = s->logits + (size_t)i * (size_t)s->be.vocab;
+        s->b_pick[i] = pick_token(s, r, lg, tid, &s->b_pick_st[i], &s->b_pick_msg[i]);
+        if (s->b_pick[i] >= 0 && r->g.logprobs) /* O(vocab) too: here rather than under the lock */
+            moe_token_logprobs(lg, s->be.vocab, s->b_pick[i], r->g.top_logprobs, &s->b_lp[i]);
+    }
 }
 
 /* One forward() over decode requests v[0..nd) plus, when pf != NULL, the next
@@ -764,7 +774,8 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         struct rq *r = s->b_req[i];
         if (r->state == RQ_DECODE) /* cancelled since the plan: its pick is dropped */
             apply_pick(s, r, s->b_pick[i], s->b_pick_st[i], s->b_pick_msg[i],
-                       s->logits + (size_t)row * (size_t)s->be.vocab);
+                       s->logits + (size_t)row * (size_t)s->be.vocab,
+                       s->b_pick[i] >= 0 && r->g.logprobs ? &s->b_lp[i] : NULL);
     }
     if (chunk > 0) {
         s->st.prefill_chunks++;
@@ -773,7 +784,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
             for (int c = 0; c < chunk; c++) { /* row c predicts prompt token n_prefilled + c + 1 */
                 int p = pf->n_prefilled + c + 1;
                 if (p < pf->n_prompt)
-                    tev_push(s, pf, pf->tokens[p], s->logits + (size_t)(row + c) * (size_t)s->be.vocab, p);
+                    tev_push(s, pf, pf->tokens[p], s->logits + (size_t)(row + c) * (size_t)s->be.vocab, p, NULL);
             }
             row += chunk - 1;
         }
@@ -1276,6 +1287,7 @@ void moe_sched_destroy(struct moe_sched *s)
     free(s->b_pick);
     free(s->b_pick_st);
     free(s->b_pick_msg);
+    free(s->b_lp);
     cpu_pool_destroy(s->pool);
     for (int i = 0; s->slot_tok && i < s->be.max_seqs; i++)
         free(s->slot_tok[i]);
@@ -1408,6 +1420,7 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->b_pick = calloc(bt, sizeof(int));
     s->b_pick_st = calloc(bt, sizeof(*s->b_pick_st));
     s->b_pick_msg = calloc(bt, sizeof(*s->b_pick_msg));
+    s->b_lp = calloc(bt, sizeof(*s->b_lp));
     s->n_pool = p.sample_threads;
     s->masked = calloc((size_t)s->n_pool, sizeof(float *));
     s->pool = s->n_pool > 1 ? cpu_pool_create(s->n_pool) : NULL;
@@ -1427,7 +1440,7 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     }
     bool ok = slots_ok && s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
               s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
-              s->b_pick && s->b_pick_st && s->b_pick_msg && s->masked && (s->n_pool == 1 || s->pool) &&
+              s->b_pick && s->b_pick_st && s->b_pick_msg && s->b_lp && s->masked && (s->n_pool == 1 || s->pool) &&
               s->logits && s->tmp_all && s->tmp_dec && s->ids;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);

@@ -144,7 +144,10 @@ int main(void)
                                  /* an output path that is empty or a directory, refused before any work */
                                  "logits --ids 1 --out /tmp", "logits --ids 1 --out ''", "pack --out /tmp",
                                  "trace --ids /dev/null --out /tmp", "train-predictor --text x --out /tmp",
-                                 "generate --prompt x --gpu-experts 8 --stats-json /tmp" };
+                                 "generate --prompt x --gpu-experts 8 --stats-json /tmp",
+                                 /* a JSON schema that cannot be read or followed */
+                                 "generate --prompt x --json-schema /nonexistent.json",
+                                 "generate --prompt x --json-schema /dev/null" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' %s --model '%s' 2>&1", exe, bad[i], dir);
         char *o = run(cmd, &status);
@@ -152,6 +155,19 @@ int main(void)
         CHECK(strstr(o, "--") != NULL, "'%s': message names no flag: %s", bad[i], o);
         free(o);
     }
+    /* a schema with a keyword not followed: exit 2 naming it */
+    char schema[64];
+    snprintf(schema, sizeof(schema), "/tmp/moeflow-test-schema-%d.json", (int)getpid());
+    FILE *sf = fopen(schema, "w");
+    REQUIRE(sf, "%s", schema);
+    fputs("{\"type\": \"string\", \"format\": \"email\"}", sf);
+    fclose(sf);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --json-schema %s --model '%s' 2>&1", exe, schema, dir);
+    char *so = run(cmd, &status);
+    CHECK(status == 2 && strstr(so, "--json-schema") && strstr(so, "'format' is not supported"),
+          "bad schema: exit %d: %s", status, so);
+    free(so);
+    unlink(schema);
     snprintf(cmd, sizeof(cmd), "'%s' generate --help", exe);
     free(run(cmd, &status));
     CHECK(status == 0, "--help exits 0");

@@ -11,6 +11,7 @@ struct moe_chat {
     struct moe_jinja *tmpl;
     json_t *tokens;      /* {"bos_token": "<s>", ...}: the special tokens as strings */
     char source[4200];
+    bool tool_tags;      /* the template asks for <tool_call> blocks (Hermes, Qwen) */
 };
 
 /* tokenizer_config.json of dir: *root NULL when there is none. */
@@ -60,6 +61,8 @@ static enum moe_status compile_into(struct moe_chat **out, const char *src, size
     if (!c)
         return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
     snprintf(c->source, sizeof(c->source), "%s", source);
+    for (size_t i = 0; i + 11 <= len && !c->tool_tags; i++)
+        c->tool_tags = !memcmp(src + i, "<tool_call>", 11);
     c->tmpl = moe_jinja_compile(src, len);
     c->tokens = special_tokens(root);
     if (!c->tmpl || !c->tokens) {
@@ -134,6 +137,11 @@ void moe_chat_free(struct moe_chat *c)
 const char *moe_chat_source(const struct moe_chat *c)
 {
     return c ? c->source : "";
+}
+
+bool moe_chat_tool_tags(const struct moe_chat *c)
+{
+    return c && c->tool_tags;
 }
 
 enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json_t *extra, char **out, size_t *len)

@@ -31,6 +31,9 @@ char *moe_chat_markers(int n, const char *const *roles, const char *const *conte
 
 /* Where the template came from ("m/tokenizer_config.json", or the file). */
 const char *moe_chat_source(const struct moe_chat *c);
+/* Whether the template asks the model for tool calls in <tool_call> blocks (as Hermes and Qwen
+ * templates do): replies are then searched for them. */
+bool moe_chat_tool_tags(const struct moe_chat *c);
 
 /* The prompt for messages (a JSON array of message objects) with
  * add_generation_prompt true; extra (a JSON object, or NULL) adds variables,

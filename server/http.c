@@ -57,6 +57,7 @@ struct hcall {
     struct event *watch;          /* readable socket while generating: EOF = client gone */
     bool stream, chat, include_usage;
     bool tool_call;               /* the reply is a tool call (tool_choice): text held, sent as tool_calls */
+    bool tool_parse;              /* <tool_call> blocks in the reply become tool_calls (tool_choice auto) */
     char id[48];
     long long created;
     int n, n_open;                /* choices; those still generating */
@@ -71,6 +72,7 @@ struct hreq {
     int index;
     struct srv_gen *g;
     bool started;                 /* chat: the choice's first chunk (with its role) went out */
+    bool in_call;                 /* streamed tool_parse: a <tool_call> began, the rest is held */
     struct evbuffer *text;        /* non-streamed: the text so far */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
@@ -399,7 +401,19 @@ static void sse_done(struct hcall *c)
  * the choice's text so far. */
 static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
 {
-    if (r->c->stream && !r->c->tool_call) {
+    if (r->c->stream && r->c->tool_parse) { /* content until a <tool_call> tag, which is held with the rest */
+        evbuffer_add(r->text, t, len);
+        if (r->in_call)
+            return;
+        size_t n = evbuffer_get_length(r->text);
+        const char *held = (const char *)evbuffer_pullup(r->text, -1);
+        size_t out = held ? moe_tool_calls_release(held, n, &r->in_call) : 0;
+        if (out || (chunk && !n)) {
+            sse_send(r->c, chunk_json(r, held, out, NULL));
+            r->started = true;
+            evbuffer_drain(r->text, out);
+        }
+    } else if (r->c->stream && !r->c->tool_call) {
         if (chunk || len) {
             sse_send(r->c, chunk_json(r, t, len, NULL));
             r->started = true;
@@ -425,24 +439,27 @@ static int stop_filter(struct hreq *r, char **t, size_t *len, bool last)
     return m;
 }
 
-/* The tool call a choice's text holds ({"name": ..., "arguments": {...}}, as its schema made it):
- * OpenAI's tool_calls entry, or NULL when the text is not one (cut short). */
-static json_t *tool_call_json(const struct hreq *r, const char *txt, size_t n)
+/* The id prefix of a choice's tool calls: call_<the request id's tail>_<choice>. */
+static void call_id(const struct hreq *r, char *id, size_t cap)
 {
-    json_t *call = json_loadb(txt ? txt : "", n, 0, NULL), *out = NULL;
-    const char *name = json_string_value(json_object_get(call, "name"));
-    char *args = json_is_object(json_object_get(call, "arguments"))
-                     ? json_dumps(json_object_get(call, "arguments"), JSON_COMPACT) : NULL;
-    if (name && args) {
-        char id[96];
-        const char *dash = strchr(r->c->id, '-');
-        snprintf(id, sizeof(id), "call_%s_%d", dash ? dash + 1 : r->c->id, r->index);
-        out = json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id, "type", "function", "function", "name", name,
-                        "arguments", args);
-    }
-    free(args);
-    json_decref(call);
-    return out;
+    const char *dash = strchr(r->c->id, '-');
+    snprintf(id, cap, "call_%s_%d", dash ? dash + 1 : r->c->id, r->index);
+}
+
+/* The tool calls a finished choice's text holds: its whole text as one call (tool_choice), or its
+ * <tool_call> blocks (tool_parse, *content_len = the text before them); NULL when there are none. */
+static json_t *choice_calls(const struct hreq *r, const char *txt, size_t n, enum moe_finish why, size_t *content_len)
+{
+    char id[128];
+    call_id(r, id, sizeof(id));
+    *content_len = 0;
+    if (r->c->tool_parse)
+        return moe_tool_calls_parse(txt ? txt : "", n, id, content_len);
+    if (!r->c->tool_call || why != MOE_FINISH_STOP)
+        return NULL;
+    strcat(id, "_0");
+    json_t *one = moe_tool_call_entry(txt, n, id);
+    return one ? json_pack("[o]", one) : NULL;
 }
 
 /* A choice's generation ended (why/st/emsg): its final chunk goes out, or its choice is kept for the
@@ -461,17 +478,22 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
         c->n_prompt = n_prompt;
         c->n_generated += n_generated;
     }
-    json_t *call = NULL;
-    if (ok && c->tool_call) { /* the held text: a whole call, or (cut short) plain content */
+    json_t *calls = NULL;
+    size_t content_n = 0;
+    if (ok && (c->tool_call || c->tool_parse)) { /* the held text: calls, or (none) plain content */
         size_t n = evbuffer_get_length(r->text);
         const char *txt = (const char *)evbuffer_pullup(r->text, -1);
-        if (why == MOE_FINISH_STOP && (call = tool_call_json(r, txt, n)) != NULL) finish = "tool_calls";
-        if (c->stream && call) {
+        if ((calls = choice_calls(r, txt, n, why, &content_n)) != NULL) finish = "tool_calls";
+        if (c->stream && calls) {
+            if (content_n) /* text before the first call that was still held */
+                sse_send(c, chunk_json(r, txt, content_n, NULL));
             json_t *j = chunk_json(r, "", 0, NULL);
             json_t *delta = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "delta");
             json_object_del(delta, "content");
-            json_object_set_new(call, "index", json_integer(0)); /* a streamed call's place in the list */
-            json_object_set_new(delta, "tool_calls", json_pack("[O]", call));
+            json_t *streamed = json_deep_copy(calls);
+            for (size_t i = 0; i < json_array_size(streamed); i++) /* a streamed call's place in the list */
+                json_object_set_new(json_array_get(streamed, i), "index", json_integer((json_int_t)i));
+            json_object_set_new(delta, "tool_calls", streamed);
             sse_send(c, j);
             r->started = true;
         } else if (c->stream && n) {
@@ -493,9 +515,10 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
          * (EOS first), null only when the request did not ask */
         json_t *lp = r->lp ? r->lp : json_null(), *choice;
         r->lp = NULL;
-        if (c->chat && call) {
-            choice = json_pack("{s:i,s:{s:s,s:n,s:[O]},s:o,s:s}", "index", r->index, "message", "role", "assistant",
-                               "content", "tool_calls", call, "logprobs", lp, "finish_reason", finish);
+        if (c->chat && calls) {
+            json_t *content = content_n ? json_stringn(txt, content_n) : json_null();
+            choice = json_pack("{s:i,s:{s:s,s:o,s:O},s:o,s:s}", "index", r->index, "message", "role", "assistant",
+                               "content", content, "tool_calls", calls, "logprobs", lp, "finish_reason", finish);
         } else if (c->chat)
             choice = json_pack("{s:i,s:{s:s,s:s%},s:o,s:s}", "index", r->index, "message", "role", "assistant",
                                "content", txt ? txt : "", n, "logprobs", lp, "finish_reason", finish);
@@ -508,7 +531,7 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     } else {
         send_error(c->req, srv_finish_http_status(why, st), msg);
     }
-    json_decref(call);
+    json_decref(calls);
     r->g = NULL;
     c->ch[r->index] = NULL;
     c->n_open--;
@@ -702,6 +725,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     c->chat = chat;
     c->include_usage = gr.include_usage;
     c->tool_call = gr.tool_call;
+    c->tool_parse = gr.tool_parse;
     c->created = (long long)time(NULL);
     c->n = gr.n;
     snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,

@@ -451,12 +451,17 @@ static enum moe_status openai_schema(const json_t *js, struct moe_gen_request *o
 /* tool_choice "required" or {"type": "function", "function": {"name": N}} (chat): the reply is a call
  * of one of the request's tools (of N), generated as {"name": ..., "arguments": {...}} under a schema
  * made of the tools' parameters; "auto" and "none" leave the reply text. */
-static enum moe_status parse_tool_choice(json_t *root, bool chat, struct moe_gen_request *out)
+static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct moe_chat *tmpl,
+                                         struct moe_gen_request *out)
 {
     json_t *tc = json_object_get(root, "tool_choice"), *tools = json_object_get(root, "tools");
-    if (!tc || json_is_null(tc)) return MOE_OK;
     const char *mode = json_string_value(tc), *want = NULL;
-    if (mode && (!strcmp(mode, "auto") || !strcmp(mode, "none"))) return MOE_OK;
+    if (!tc || json_is_null(tc) || (mode && !strcmp(mode, "auto"))) {
+        /* the model may call a tool in its own words: <tool_call> blocks, when its template asks for them */
+        out->tool_parse = chat && json_is_array(tools) && json_array_size(tools) > 0 && moe_chat_tool_tags(tmpl);
+        return MOE_OK;
+    }
+    if (mode && !strcmp(mode, "none")) return MOE_OK;
     if (!mode) {
         json_t *fn = json_object_get(tc, "function");
         want = json_string_value(json_object_get(fn, "name"));
@@ -671,7 +676,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         goto out;
     if (have)
         out->n = (int)iv;
-    if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_tool_choice(root, chat, out)) != MOE_OK ||
+    if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_tool_choice(root, chat, tmpl, out)) != MOE_OK ||
         (st = parse_logprobs(root, chat, out)) != MOE_OK ||
         (st = parse_penalties(root, &out->sampling)) != MOE_OK)
         goto out;
@@ -1132,6 +1137,66 @@ out:
     if (st != MOE_OK)
         moe_gen_request_free(out);
     return st;
+}
+
+/* ---- tool calls ---- */
+
+#define TOOL_OPEN "<tool_call>"
+#define TOOL_CLOSE "</tool_call>"
+
+json_t *moe_tool_call_entry(const char *txt, size_t n, const char *id)
+{
+    json_t *call = json_loadb(txt ? txt : "", n, 0, NULL), *out = NULL;
+    const char *name = json_string_value(json_object_get(call, "name"));
+    json_t *a = json_object_get(call, "arguments");
+    char *args = json_is_object(a) ? json_dumps(a, JSON_COMPACT) : json_is_string(a) ? strdup(json_string_value(a))
+                                                                                    : NULL;
+    if (name && args)
+        out = json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id, "type", "function", "function", "name", name,
+                        "arguments", args);
+    free(args);
+    json_decref(call);
+    return out;
+}
+
+static const char *find(const char *h, size_t n, const char *needle)
+{
+    size_t m = strlen(needle);
+    for (size_t i = 0; i + m <= n; i++)
+        if (!memcmp(h + i, needle, m)) return h + i;
+    return NULL;
+}
+
+json_t *moe_tool_calls_parse(const char *text, size_t len, const char *id_prefix, size_t *content_len)
+{
+    const char *at = find(text, len, TOOL_OPEN), *end = text + len;
+    if (!at) return NULL;
+    *content_len = (size_t)(at - text);
+    json_t *calls = json_array();
+    for (int k = 0; calls && at; k++) {
+        const char *b = at + strlen(TOOL_OPEN), *e = find(b, (size_t)(end - b), TOOL_CLOSE);
+        const char *stop = e ? e : end; /* the last block may be cut short of its closing tag */
+        char id[160];
+        snprintf(id, sizeof(id), "%s_%d", id_prefix, k);
+        json_t *one = moe_tool_call_entry(b, (size_t)(stop - b), id);
+        if (!one || json_array_append_new(calls, one)) { /* not a call after all: the text stays text */
+            json_decref(calls);
+            return NULL;
+        }
+        at = e ? find(e, (size_t)(end - e), TOOL_OPEN) : NULL;
+    }
+    return calls;
+}
+
+size_t moe_tool_calls_release(const char *text, size_t len, bool *found)
+{
+    const char *at = find(text, len, TOOL_OPEN);
+    *found = at != NULL;
+    if (at) return (size_t)(at - text);
+    size_t m = strlen(TOOL_OPEN) - 1; /* hold back a tail that could begin the tag */
+    for (m = m < len ? m : len; m > 0; m--)
+        if (!memcmp(text + len - m, TOOL_OPEN, m)) return len - m;
+    return len;
 }
 
 /* ---- stop sequences ---- */

@@ -124,6 +124,32 @@ def main():
         finally:
             srv.stop()
 
+        # a template that asks for <tool_call> blocks: with tools and tool_choice auto the reply is searched
+        # for them; this model, '<' favoured, copies the tag from its prompt but writes no call after it, so
+        # the reply is its text, streamed alike (the tag's text held, then sent)
+        with open(path, "w") as f:
+            f.write("{% if tools %}Call a tool as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>\n"
+                    "{% endif %}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}\n[assistant] ")
+        srv = Server(moeflow, "--model", model, "--chat-template", path)
+        try:
+            tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+            body = {"messages": [msgs[1]], "tools": tools, "max_tokens": 48, "temperature": 0, "ignore_eos": True,
+                    "logit_bias": {"28": 4, "766": 4}}  # '<' and ' <'
+
+            code, raw = srv.http("/v1/chat/completions", json.dumps(body).encode())
+            out = json.loads(raw)
+            m = (out.get("choices") or [{}])[0].get("message", {})
+            text = m.get("content") or ""
+            check(code == 200 and "tool_calls" not in m and "<tool_call>" in text and
+                  out["choices"][0]["finish_reason"] == "length", "tool_choice auto, no call: %d %s" % (code, out))
+            code, raw = srv.http("/v1/chat/completions", json.dumps(dict(body, stream=True)).encode())
+            chunks = [json.loads(line[6:]) for line in raw.decode().split("\n")
+                      if line.startswith("data: {")]
+            streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            check(code == 200 and streamed == text, "streamed %r, whole %r" % (streamed, text))
+        finally:
+            check(srv.stop() == 0, "exit status")
+
         # a file that does not compile, or is missing: no start, the message names it
         with open(path, "w") as f:
             f.write("{% for m in messages %}")

@@ -454,6 +454,43 @@ static void test_tool_choice(void)
     expect_bad(body, false, "chat completions");
 }
 
+/* <tool_call> blocks in a reply: parsed into tool_calls with the content before them; text that is
+ * not a call stays text; the streaming release holds back what could begin the tag. */
+static void test_tool_blocks(void)
+{
+    const char *t = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
+                    "</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": \"{\\\"tz\\\": \\\"CET\\\"}\"}";
+    size_t content = 99;
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), "call_x_0", &content);
+    REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
+    json_t *f0 = json_object_get(json_array_get(calls, 0), "function"), *f1 = json_object_get(json_array_get(calls, 1), "function");
+    CHECK(content == strlen("Let me check.\n"), "content %zu", content);
+    CHECK(!strcmp(json_string_value(json_object_get(f0, "name")), "get_weather") &&
+              !strcmp(json_string_value(json_object_get(f0, "arguments")), "{\"city\":\"Paris\"}") &&
+              !strcmp(json_string_value(json_object_get(json_array_get(calls, 0), "id")), "call_x_0_0"),
+          "first call");
+    CHECK(!strcmp(json_string_value(json_object_get(f1, "name")), "get_time") && /* no closing tag: cut short */
+              !strcmp(json_string_value(json_object_get(f1, "arguments")), "{\"tz\": \"CET\"}") &&
+              !strcmp(json_string_value(json_object_get(json_array_get(calls, 1), "id")), "call_x_0_1"),
+          "second call");
+    json_decref(calls);
+    const char *not_calls[] = { "no tags here", "<tool_call>{\"name\": 3}</tool_call>",
+                                "<tool_call>not json</tool_call>", "<tool_call>{\"name\": \"f\"}</tool_call>" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), "c", &content), "'%s' parsed", not_calls[i]);
+    static const struct {
+        const char *text;
+        size_t out;
+        bool found;
+    } rel[] = { { "hello", 5, false }, { "hello <", 6, false }, { "hello <tool_ca", 6, false },
+                { "hello <tool_call>{", 6, true }, { "a < b", 5, false }, { "<|RE|>", 6, false }, { "", 0, false } };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(rel); i++) {
+        bool found = !rel[i].found;
+        size_t out = moe_tool_calls_release(rel[i].text, strlen(rel[i].text), &found);
+        CHECK(out == rel[i].out && found == rel[i].found, "release '%s': %zu %d", rel[i].text, out, found);
+    }
+}
+
 static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
 {
     size_t n = inference__model_infer_request__get_packed_size(m);
@@ -583,6 +620,7 @@ int main(void)
     test_penalties();
     test_response_format();
     test_tool_choice();
+    test_tool_blocks();
     test_kserve();
     test_utf8();
     test_metrics();

@@ -163,7 +163,7 @@ static void best_k(struct cand *c, int n, int k)
 /* Reorder c[0..n) (weights v) so that c[0..k) is the shortest prefix of the best-first order whose
  * weight reaches target, in no particular order, and return k (n when the whole falls short): a
  * quickselect on weight, O(n), where sorting would be O(n log n). */
-static int best_mass(struct cand *c, int n, double target)
+static int select_mass(struct cand *c, int n, double target)
 {
     int lo = 0, hi = n; /* c[0..lo) is in, c[hi..n) out; acc = the weight of c[0..lo) */
     double acc = 0;
@@ -179,6 +179,36 @@ static int best_mass(struct cand *c, int n, double target)
         lo = p + 1;
     }
     return hi - lo == 1 ? lo + 1 : lo > 0 ? lo : n;
+}
+
+/* A weight's binade: 0 for 1, k for [2^-k, 2^-k+1), up to 127 for the smallest (from its bits, so
+ * higher weights never land in higher binades). */
+static int binade(float w)
+{
+    uint32_t b;
+    memcpy(&b, &w, sizeof(b));
+    int e = 127 - (int)((b >> 23) & 0xff);
+    return e < 0 ? 0 : e > 127 ? 127 : e;
+}
+
+/* As select_mass, weights in (0, 1]: one pass sums the weight of each binade, which finds the binade
+ * where the prefix ends; the binades above it are in, and the quickselect runs on that binade alone
+ * (where sorting or a quickselect on all would move every candidate several times). */
+static int best_mass(struct cand *c, int n, double target)
+{
+    double mass[128] = { 0 };
+    for (int i = 0; i < n; i++) mass[binade(c[i].v)] += c[i].v;
+    double acc = 0;
+    int cut = 0;
+    while (cut < 128 && acc + mass[cut] < target) acc += mass[cut++];
+    if (cut == 128) return n; /* the whole falls short (rounding) */
+    int lo = 0;
+    for (int i = 0; i < n; i++) /* the binades above the cut first, then the cut's */
+        if (binade(c[i].v) < cut) cand_swap(&c[i], &c[lo++]);
+    int hi = lo;
+    for (int i = lo; i < n; i++)
+        if (binade(c[i].v) == cut) cand_swap(&c[i], &c[hi++]);
+    return lo + select_mass(c + lo, hi - lo, target - acc);
 }
 
 static bool penalized(const struct moe_sampling *p)

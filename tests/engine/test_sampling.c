@@ -179,6 +179,52 @@ int main(void)
         CHECK(outside == 0 && lows > 0, "top_k 2000: %d picks outside, %d of the rest", outside, lows);
     }
 
+    /* random logits (roughly normal), top_p 0.3 / 0.9 / 0.99: every draw lies in the nucleus computed
+     * here by sorting (a hair wider, for summation order), and more than one token is drawn */
+    {
+        enum { RV = 3000 };
+        static float rl[RV], w[RV];
+        static int ord[RV];
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        for (int rep = 0; rep < 6; rep++) {
+            for (int i = 0; i < RV; i++) {
+                double u = 0;
+                for (int k = 0; k < 4; k++) {
+                    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                    u += (double)(x >> 11) / 9007199254740992.0;
+                }
+                rl[i] = (float)((u - 2.0) * (2.0 + rep));
+            }
+            float mx = rl[0];
+            for (int i = 1; i < RV; i++) mx = rl[i] > mx ? rl[i] : mx;
+            double tot = 0;
+            for (int i = 0; i < RV; i++) tot += (w[i] = expf(rl[i] - mx)), ord[i] = i;
+            for (int i = 1; i < RV; i++) /* insertion sort by weight, ties to the lower id */
+                for (int j = i; j > 0 && (w[ord[j]] > w[ord[j - 1]] ||
+                                          (w[ord[j]] == w[ord[j - 1]] && ord[j] < ord[j - 1])); j--) {
+                    int t = ord[j];
+                    ord[j] = ord[j - 1], ord[j - 1] = t;
+                }
+            const float tops[3] = { 0.3f, 0.9f, 0.99f };
+            for (int k = 0; k < 3; k++) {
+                static bool in[RV];
+                memset(in, 0, sizeof(in));
+                double acc = 0;
+                for (int i = 0; i < RV && acc < (tops[k] + 1e-6) * tot; i++) acc += w[ord[i]], in[ord[i]] = true;
+                moe_sampler_init(&a, &SP(1.0f, tops[k], 0, (uint64_t)(rep * 3 + k + 1)));
+                int outside = 0, first = -1, others = 0;
+                for (int d = 0; d < 300; d++) {
+                    int t = moe_sampler_sample(&a, rl, RV, NULL, 0, 0);
+                    outside += t < 0 || !in[t];
+                    if (first < 0) first = t;
+                    else others += t != first;
+                }
+                CHECK(outside == 0 && others > 0, "random logits %d, top_p %.2f: %d draws outside the nucleus",
+                      rep, tops[k], outside);
+            }
+        }
+    }
+
     /* penalties and logit bias: ranges named */
     struct moe_sampling pbad[] = { SPI(1, 1, 0, 0, .min_p = 1.5f), SPI(1, 1, 0, 0, .presence_penalty = 2.5f),
                                    SPI(1, 1, 0, 0, .frequency_penalty = -3), SPI(1, 1, 0, 0, .repetition_penalty = -1),

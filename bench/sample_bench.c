@@ -52,10 +52,12 @@ int main(int argc, char **argv)
                                       .min_p = cases[c].min_p, .seed = 1 };
             struct moe_sampler s;
             moe_sampler_init(&s, &p);
+            struct moe_sample_buf buf = { 0 }; /* as the scheduler's threads keep one */
             long sum = 0;
             double t0 = moe_now();
-            for (int r = 0; r < reps; r++) sum += moe_sampler_sample(&s, logits, V, NULL, 0, 0);
+            for (int r = 0; r < reps; r++) sum += moe_sampler_sample_buf(&s, &buf, logits, V, NULL, 0, 0);
             double dt = moe_now() - t0;
+            moe_sample_buf_free(&buf);
             printf("{\"bench\":\"sample\",\"vocab\":%d,\"case\":\"%s\",\"reps\":%d,\"us_per_token\":%.1f,"
                    "\"checksum\":%ld}\n", V, cases[c].name, reps, 1e6 * dt / reps, sum);
         }

@@ -248,14 +248,9 @@ static void apply_penalties(const struct moe_sampling *p, const float *logits, i
     }
 }
 
-static int sample_from(struct moe_sampler *s, const float *logits, int vocab)
+static int sample_from(struct moe_sampler *s, const float *logits, int vocab, struct cand *c)
 {
     if (s->p.temperature == 0.0f) return moe_argmax(logits, vocab);
-    struct cand *c = malloc(sizeof(*c) * (size_t)vocab);
-    if (!c) {
-        moe_errorf(MOE_ENOMEM, "sampling: out of memory for %d candidates", vocab);
-        return -1;
-    }
     int n = 0;
     float inv_t = 1.0f / s->p.temperature;
     float vmax = -INFINITY;
@@ -269,10 +264,8 @@ static int sample_from(struct moe_sampler *s, const float *logits, int vocab)
     /* The largest logit / T beyond float (a tiny T or an infinite logit): the
      * softmax would be NaN; its limit puts all the mass on the argmax.  Other
      * logits that reach -inf just get probability 0. */
-    if (n == 0 || isinf(vmax)) {
-        free(c);
+    if (n == 0 || isinf(vmax))
         return moe_argmax(logits, vocab);
-    }
     if (s->p.top_k > 0 && s->p.top_k < n) { /* the top_k most likely */
         best_k(c, n, s->p.top_k);
         n = s->p.top_k;
@@ -306,26 +299,59 @@ static int sample_from(struct moe_sampler *s, const float *logits, int vocab)
             break;
         }
     }
-    free(c);
     return pick;
+}
+
+void moe_sample_buf_free(struct moe_sample_buf *b)
+{
+    free(b->cand);
+    free(b->w);
+    free(b->cnt);
+    *b = (struct moe_sample_buf){ 0 };
+}
+
+/* b holding a vocabulary of vocab (the penalties' arrays only when asked). */
+static bool buf_fit(struct moe_sample_buf *b, int vocab, bool penalties)
+{
+    if (b->cap < vocab) {
+        moe_sample_buf_free(b);
+        if (!(b->cand = malloc(sizeof(struct cand) * (size_t)vocab))) return false;
+        b->cap = vocab;
+    }
+    if (penalties && !b->w) {
+        b->w = malloc(sizeof(float) * (size_t)b->cap);
+        b->cnt = calloc((size_t)b->cap, sizeof(uint32_t));
+        if (!b->w || !b->cnt) {
+            free(b->w), free(b->cnt);
+            b->w = NULL, b->cnt = NULL;
+            return false;
+        }
+    }
+    return true;
+}
+
+int moe_sampler_sample_buf(struct moe_sampler *s, struct moe_sample_buf *b, const float *logits, int vocab,
+                           const int *ids, int n_prompt, int n_ids)
+{
+    if (vocab <= 0) return 0;
+    bool pen = penalized(&s->p);
+    if (!buf_fit(b, vocab, pen)) {
+        moe_errorf(MOE_ENOMEM, "sampling: out of memory for a %d-token vocabulary", vocab);
+        return -1;
+    }
+    if (!pen) return sample_from(s, logits, vocab, b->cand);
+    apply_penalties(&s->p, logits, vocab, ids, n_prompt, n_ids, b->w, b->cnt);
+    return sample_from(s, b->w, vocab, b->cand);
 }
 
 int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab, const int *ids, int n_prompt,
                        int n_ids)
 {
     if (vocab <= 0) return 0;
-    if (!penalized(&s->p)) return sample_from(s, logits, vocab);
-    float *w = malloc(sizeof(float) * (size_t)vocab);
-    uint32_t *cnt = calloc((size_t)vocab, sizeof(uint32_t));
-    int tok = -1;
-    if (w && cnt) {
-        apply_penalties(&s->p, logits, vocab, ids, n_prompt, n_ids, w, cnt);
-        tok = sample_from(s, w, vocab);
-    } else {
-        moe_errorf(MOE_ENOMEM, "sampling: out of memory for the penalties of a %d-token vocabulary", vocab);
-    }
-    free(w);
-    free(cnt);
+    if (s->p.temperature == 0.0f && !penalized(&s->p)) return moe_argmax(logits, vocab); /* no memory needed */
+    struct moe_sample_buf b = { 0 };
+    int tok = moe_sampler_sample_buf(s, &b, logits, vocab, ids, n_prompt, n_ids);
+    moe_sample_buf_free(&b);
     return tok;
 }
 

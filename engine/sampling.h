@@ -50,6 +50,19 @@ void moe_sampler_init(struct moe_sampler *s, const struct moe_sampling *p);
  * min-p and the draw.  Returns -1 (moe_last_error() set) only when out of memory. */
 int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab, const int *ids, int n_prompt,
                        int n_ids);
+
+/* Working memory of the sampler, kept from one token to the next (one per thread that samples):
+ * grown to the vocabulary on first use, freed with moe_sample_buf_free.  Zero-initialise it. */
+struct moe_sample_buf {
+    void *cand;        /* candidates */
+    float *w;          /* logits after the penalties */
+    uint32_t *cnt;     /* per-token counts, all zero between calls */
+    int cap;           /* vocabulary they hold */
+};
+void moe_sample_buf_free(struct moe_sample_buf *b);
+/* As moe_sampler_sample, with b's memory instead of allocations of its own. */
+int moe_sampler_sample_buf(struct moe_sampler *s, struct moe_sample_buf *b, const float *logits, int vocab,
+                           const int *ids, int n_prompt, int n_ids);
 int moe_argmax(const float *x, int n);
 
 #define MOE_MAX_TOP_LOGPROBS 20

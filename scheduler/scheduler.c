@@ -108,6 +108,7 @@ struct moe_sched {
     struct cpu_pool *pool;         /* the threads that sample a micro-batch's rows (NULL: this thread) */
     int n_pool;
     float **masked;                /* [n_pool][vocab] JSON mode: the logits of the tokens that may come next */
+    struct moe_sample_buf *sbuf;   /* [n_pool] the sampler's working memory */
     int *b_pick;                   /* [max_batch_tokens] a decode row's next token, -1: failed */
     enum moe_status *b_pick_st;    /* ... why */
     const char **b_pick_msg;
@@ -642,7 +643,8 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
         }
         from = s->masked[tid];
     }
-    int tok = moe_sampler_sample(&r->sampler, from, s->be.vocab, r->tokens, r->n_prompt, r->n_prompt + r->n_generated);
+    int tok = moe_sampler_sample_buf(&r->sampler, &s->sbuf[tid], from, s->be.vocab, r->tokens, r->n_prompt,
+                                     r->n_prompt + r->n_generated);
     if (tok < 0) {
         *st = MOE_ENOMEM;
         *msg = "sampling: out of memory";
@@ -1284,6 +1286,9 @@ void moe_sched_destroy(struct moe_sched *s)
     for (int i = 0; s->masked && i < s->n_pool; i++)
         free(s->masked[i]);
     free(s->masked);
+    for (int i = 0; s->sbuf && i < s->n_pool; i++)
+        moe_sample_buf_free(&s->sbuf[i]);
+    free(s->sbuf);
     free(s->b_pick);
     free(s->b_pick_st);
     free(s->b_pick_msg);
@@ -1423,6 +1428,7 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->b_lp = calloc(bt, sizeof(*s->b_lp));
     s->n_pool = p.sample_threads;
     s->masked = calloc((size_t)s->n_pool, sizeof(float *));
+    s->sbuf = calloc((size_t)s->n_pool, sizeof(*s->sbuf));
     s->pool = s->n_pool > 1 ? cpu_pool_create(s->n_pool) : NULL;
     s->logits_rows = p.micro_batch + 1; /* grown for prompt log-probabilities (a whole chunk's rows) */
     s->logits = calloc((size_t)s->logits_rows * (size_t)be->vocab, sizeof(float));
@@ -1440,7 +1446,7 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     }
     bool ok = slots_ok && s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
               s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
-              s->b_pick && s->b_pick_st && s->b_pick_msg && s->b_lp && s->masked && (s->n_pool == 1 || s->pool) &&
+              s->b_pick && s->b_pick_st && s->b_pick_msg && s->b_lp && s->masked && s->sbuf && (s->n_pool == 1 || s->pool) &&
               s->logits && s->tmp_all && s->tmp_dec && s->ids;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);

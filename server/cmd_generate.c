@@ -366,6 +366,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     /* the prompt, then the output: what the penalties look at; its first n_fed went through the model */
     int *hist = malloc(sizeof(int) * ((size_t)n_ids + (size_t)o->max_tokens)), n_hist = n_ids, n_fed = n_ids;
     struct moe_token_bytes tb = { 0 };
+    struct moe_sample_buf sbuf = { 0 };
     struct moe_json_state js;
     moe_json_init(&js, o->schema);
     float *masked = o->json ? malloc(sizeof(float) * (size_t)V) : NULL;
@@ -398,7 +399,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
             st = moe_errorf(MOE_EINVAL, "generate --json: no token of the vocabulary continues the value");
             goto out;
         }
-        int t = moe_sampler_sample(&s, o->json ? masked : logits, V, hist, n_ids, n_hist);
+        int t = moe_sampler_sample_buf(&s, &sbuf, o->json ? masked : logits, V, hist, n_ids, n_hist);
         if (t < 0) {
             st = MOE_ENOMEM;
             goto out;
@@ -420,6 +421,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     fflush(stdout);
     if (o->ids_out) st = write_ids(o->ids_out, hist, n_fed);
 out:
+    moe_sample_buf_free(&sbuf);
     moe_token_bytes_free(&tb);
     free(masked);
     free(hist);

@@ -225,6 +225,34 @@ int main(void)
         }
     }
 
+    /* a kept buffer (the scheduler's per-thread one) draws what fresh memory does: penalties over a
+     * growing history (its counts must come back to zero), every mode, a vocabulary that grows */
+    {
+        static float lb[6000];
+        static int hist[700];
+        for (int i = 0; i < 6000; i++) lb[i] = (float)((i * 7919) % 613) / 97.0f;
+        struct moe_sampling modes[] = { SPI(0, 1, 0, 3, .presence_penalty = 1.0f, .repetition_penalty = 1.3f),
+                                        SPI(0.8f, 0.9f, 0, 4, .frequency_penalty = 0.7f),
+                                        SPI(1.1f, 1, 40, 5, .min_p = 0.02f), SPI(0.7f, 0.5f, 0, 6) };
+        struct moe_sample_buf buf = { 0 };
+        int differ = 0;
+        for (size_t k = 0; k < MOE_ARRAY_LEN(modes); k++) {
+            struct moe_sampler x, y;
+            moe_sampler_init(&x, &modes[k]);
+            moe_sampler_init(&y, &modes[k]);
+            int nv = k < 2 ? 3000 : 6000, n = 0;
+            for (int i = 0; i < 200; i++) hist[n++] = (i * 31) % nv; /* a prompt */
+            for (int step = 0; step < 300; step++) {
+                int a1 = moe_sampler_sample(&x, lb, nv, hist, 200, n);
+                int a2 = moe_sampler_sample_buf(&y, &buf, lb, nv, hist, 200, n);
+                differ += a1 != a2;
+                hist[n++] = a1 >= 0 ? a1 : 0;
+            }
+        }
+        moe_sample_buf_free(&buf);
+        CHECK(differ == 0, "%d draws differ between a kept buffer and fresh memory", differ);
+    }
+
     /* penalties and logit bias: ranges named */
     struct moe_sampling pbad[] = { SPI(1, 1, 0, 0, .min_p = 1.5f), SPI(1, 1, 0, 0, .presence_penalty = 2.5f),
                                    SPI(1, 1, 0, 0, .frequency_penalty = -3), SPI(1, 1, 0, 0, .repetition_penalty = -1),

@@ -73,7 +73,7 @@ struct hreq {
     struct srv_gen *g;
     bool started;                 /* chat: the choice's first chunk (with its role) went out */
     bool in_call;                 /* streamed tool_parse: a <tool_call> began, the rest is held */
-    struct evbuffer *text;        /* non-streamed: the text so far */
+    struct evbuffer *text;        /* non-streamed: the text so far; streamed tool calls: the text held */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
     json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
@@ -409,7 +409,7 @@ static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
         const char *held = (const char *)evbuffer_pullup(r->text, -1);
         size_t out = held ? moe_tool_calls_release(held, n, &r->in_call) : 0;
         if (out || (chunk && !n)) {
-            sse_send(r->c, chunk_json(r, held, out, NULL));
+            sse_send(r->c, chunk_json(r, held ? held : "", out, NULL));
             r->started = true;
             evbuffer_drain(r->text, out);
         }

@@ -35,6 +35,11 @@ struct moe_json_schema;
  * keyword is refused by name (MOE_ENOTSUP), as is a root the output could not end with (a bare
  * number).  The result has one reference; moe_json_schema_unref frees it. */
 enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out);
+/* A "schema" whose value is exactly one of n texts, as they are (not JSON: vLLM's guided_choice):
+ * 1..MOE_JSON_MAX_ENUM non-empty texts, none the beginning of another (the output could not end
+ * after it).  One reference, as moe_json_schema_parse. */
+enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *lens, int n,
+                                       struct moe_json_schema **out);
 /* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls).
  * Only before sc is shared. */
 void moe_json_schema_compact(struct moe_json_schema *sc);

@@ -692,6 +692,51 @@ static void cc_free(struct cc *c)
     free(c->refs);
 }
 
+/* c with the "any value" grammar's nodes, literals and pool, as every schema begins. */
+static bool cc_begin(struct cc *c)
+{
+    const struct moe_json_schema *any = &moe_json_any_object;
+    struct json_str skip;
+    if (!grow((void **)&c->lits, &c->cap_lits, JSON_BUILTIN_LITS, sizeof(*c->lits)) ||
+        !pool_add(c, any->pool, JSON_BUILTIN_POOL, &skip)) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return false;
+    }
+    memcpy(c->lits, any->lits, sizeof(*c->lits) * JSON_BUILTIN_LITS);
+    c->n_lits = JSON_BUILTIN_LITS;
+    for (int i = 0; i < N_BUILTIN; i++)
+        if (new_node(c, any->nodes[i]) < 0) return false;
+    return true;
+}
+
+/* The schema of c's nodes, rooted at root (c's arrays move into it). */
+static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema **out)
+{
+    for (int i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i].kind == PENDING)
+            return moe_errorf(MOE_EINVAL, "JSON schema: a '$ref' refers to itself without a schema in between");
+    enum moe_status st = check_root(c, root);
+    if (st != MOE_OK) return st;
+    struct moe_json_schema *sc = malloc(sizeof(*sc));
+    if (!sc) return moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+    atomic_init(&sc->refs, 1);
+    sc->nodes = c->nodes;
+    sc->props = c->props;
+    sc->lits = c->lits;
+    sc->branch = c->branch;
+    sc->pool = c->pool;
+    sc->n_nodes = c->n_nodes;
+    sc->root = (uint16_t)root;
+    sc->compact = false;
+    c->nodes = NULL;
+    c->props = NULL;
+    c->lits = NULL;
+    c->branch = NULL;
+    c->pool = NULL;
+    *out = sc;
+    return MOE_OK;
+}
+
 enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out)
 {
     *out = NULL;
@@ -704,52 +749,48 @@ enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_j
                           jerr.line, jerr.column);
     struct cc c = { .doc = doc };
     enum moe_status st = MOE_ENOMEM;
-    const struct moe_json_schema *any = &moe_json_any_object;
-    struct json_str skip;
-    if (!grow((void **)&c.lits, &c.cap_lits, JSON_BUILTIN_LITS, sizeof(*c.lits)) ||
-        !pool_add(&c, any->pool, JSON_BUILTIN_POOL, &skip)) {
-        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
-        goto out;
+    if (cc_begin(&c)) {
+        int root = compile(&c, doc, 0);
+        st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
     }
-    memcpy(c.lits, any->lits, sizeof(*c.lits) * JSON_BUILTIN_LITS);
-    c.n_lits = JSON_BUILTIN_LITS;
-    for (int i = 0; i < N_BUILTIN; i++)
-        if (new_node(&c, any->nodes[i]) < 0) goto out;
-    int root = compile(&c, doc, 0);
-    if (root < 0) {
-        st = moe_last_status();
-        goto out;
-    }
-    for (int i = 0; i < c.n_nodes; i++)
-        if (c.nodes[i].kind == PENDING) {
-            st = moe_errorf(MOE_EINVAL, "JSON schema: a '$ref' refers to itself without a schema in between");
-            goto out;
-        }
-    if ((st = check_root(&c, root)) != MOE_OK) goto out;
-    struct moe_json_schema *sc = malloc(sizeof(*sc));
-    if (!sc) {
-        st = moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
-        goto out;
-    }
-    atomic_init(&sc->refs, 1);
-    sc->nodes = c.nodes;
-    sc->props = c.props;
-    sc->lits = c.lits;
-    sc->branch = c.branch;
-    sc->pool = c.pool;
-    sc->n_nodes = c.n_nodes;
-    sc->root = (uint16_t)root;
-    sc->compact = false;
-    c.nodes = NULL;
-    c.props = NULL;
-    c.lits = NULL;
-    c.branch = NULL;
-    c.pool = NULL;
-    *out = sc;
-    st = MOE_OK;
-out:
     cc_free(&c);
     json_decref(doc);
+    return st;
+}
+
+enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *lens, int n,
+                                       struct moe_json_schema **out)
+{
+    *out = NULL;
+    if (n < 1 || n > MOE_JSON_MAX_ENUM)
+        return moe_errorf(MOE_EINVAL, "a choice of %d texts: give 1 to %d", n, MOE_JSON_MAX_ENUM);
+    struct cc c = { 0 };
+    enum moe_status st = MOE_ENOMEM;
+    if (!cc_begin(&c) || !grow((void **)&c.lits, &c.cap_lits, c.n_lits + (size_t)n, sizeof(*c.lits)))
+        goto out;
+    size_t first = c.n_lits;
+    for (int i = 0; i < n; i++) {
+        if (!lens[i]) {
+            st = moe_errorf(MOE_EINVAL, "choice %d is empty", i);
+            goto out;
+        }
+        for (int j = 0; j < n; j++)
+            if (lens[i] < lens[j] && !memcmp(texts[i], texts[j], lens[i])) {
+                st = moe_errorf(MOE_EINVAL, "choice '%.*s' begins another ('%.*s'): the output could not end "
+                                "after it", (int)(lens[i] < 64 ? lens[i] : 64), texts[i],
+                                (int)(lens[j] < 64 ? lens[j] : 64), texts[j]);
+                goto out;
+            }
+        if (!pool_add(&c, texts[i], lens[i], &c.lits[c.n_lits])) {
+            st = moe_errorf(MOE_ENOMEM, "out of memory for the choices");
+            goto out;
+        }
+        c.n_lits++;
+    }
+    int root = new_node(&c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)first });
+    st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
+out:
+    cc_free(&c);
     return st;
 }
 

@@ -548,6 +548,72 @@ out:
     return st;
 }
 
+/* vLLM's structured outputs: "structured_outputs": {"json": schema, "choice": [texts]} or the older
+ * "guided_json" / "guided_choice"; a JSON schema (an object, or JSON text) or a choice among texts,
+ * as JSON mode holds the output to them. */
+static enum moe_status parse_structured(json_t *root, struct moe_gen_request *out)
+{
+    json_t *so = json_object_get(root, "structured_outputs");
+    if (so && !json_is_null(so) && !json_is_object(so))
+        return moe_errorf(MOE_EINVAL, "'structured_outputs' must be an object ({\"json\": ...} or "
+                          "{\"choice\": [...]})");
+    static const char *const kinds[][2] = { /* structured_outputs' key, the older field */
+        { "json", "guided_json" }, { "choice", "guided_choice" }, { "regex", "guided_regex" },
+        { "grammar", "guided_grammar" }, { "structural_tag", "structural_tag" },
+    };
+    json_t *js = NULL, *ch = NULL;
+    const char *from = NULL;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(kinds); i++) {
+        json_t *a = so ? json_object_get(so, kinds[i][0]) : NULL, *b = json_object_get(root, kinds[i][1]);
+        json_t *v = a && !json_is_null(a) ? a : b && !json_is_null(b) ? b : NULL;
+        if (!v) continue;
+        const char *name = v == a ? kinds[i][0] : kinds[i][1];
+        if (i >= 2)
+            return moe_errorf(MOE_ENOTSUP, "'%s' is not supported: outputs are held to a JSON schema (json, "
+                              "guided_json) or a choice of texts (choice, guided_choice)", name);
+        if (from)
+            return moe_errorf(MOE_EINVAL, "'%s' and '%s' together: give one", from, name);
+        from = name;
+        if (i == 0) js = v;
+        else ch = v;
+    }
+    if (!from) return MOE_OK;
+    if (out->json_object || out->json_schema)
+        return moe_errorf(MOE_EINVAL, "'%s' and 'response_format' together: give one", from);
+    enum moe_status st;
+    if (js) {
+        char *text;
+        if (json_is_string(js))
+            text = strdup(json_string_value(js));
+        else if (json_is_object(js) || json_is_boolean(js))
+            text = json_dumps(js, JSON_COMPACT | JSON_ENCODE_ANY);
+        else
+            return moe_errorf(MOE_EINVAL, "'%s' must be a JSON schema (an object, or its JSON text)", from);
+        if (!text) return moe_errorf(MOE_ENOMEM, "out of memory reading '%s'", from);
+        st = moe_json_schema_parse(text, strlen(text), &out->json_schema);
+        free(text);
+    } else {
+        size_t n = json_is_array(ch) ? json_array_size(ch) : 0;
+        const char *texts[MOE_JSON_MAX_ENUM];
+        size_t lens[MOE_JSON_MAX_ENUM];
+        if (n < 1 || n > MOE_JSON_MAX_ENUM)
+            return moe_errorf(MOE_EINVAL, "'%s' must be an array of 1 to %d strings", from, MOE_JSON_MAX_ENUM);
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_array_get(ch, i);
+            if (!json_is_string(t))
+                return moe_errorf(MOE_EINVAL, "'%s'[%zu] must be a string", from, i);
+            texts[i] = json_string_value(t);
+            lens[i] = json_string_length(t);
+        }
+        st = moe_json_schema_choice(texts, lens, (int)n, &out->json_schema);
+    }
+    if (st != MOE_OK) {
+        if (st != MOE_ENOMEM) st = MOE_EINVAL;
+        moe_error_prefix(st, "'%s'", from);
+    }
+    return st;
+}
+
 static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen_request *out)
 {
     static const struct {
@@ -676,7 +742,8 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         goto out;
     if (have)
         out->n = (int)iv;
-    if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_tool_choice(root, chat, tmpl, out)) != MOE_OK ||
+    if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_structured(root, out)) != MOE_OK ||
+        (st = parse_tool_choice(root, chat, tmpl, out)) != MOE_OK ||
         (st = parse_logprobs(root, chat, out)) != MOE_OK ||
         (st = parse_penalties(root, &out->sampling)) != MOE_OK)
         goto out;

@@ -215,6 +215,30 @@ static void test_compact(void)
     moe_json_schema_unref(sc);
 }
 
+/* A choice among texts as they are (vLLM's guided_choice). */
+static void test_choice(void)
+{
+    const char *texts[] = { "yes", "no", "maybe later", "{raw}" };
+    size_t lens[] = { 3, 2, 11, 5 };
+    struct moe_json_schema *sc = NULL;
+    REQUIRE(moe_json_schema_choice(texts, lens, 4, &sc) == MOE_OK && sc, "%s", moe_last_error());
+    good(sc, "yes");
+    good(sc, "maybe later");
+    good(sc, "{raw}");
+    good(sc, "no");
+    bad(sc, "\"yes\"", 0);
+    bad(sc, "ye ", 2);
+    bad(sc, "yes ", 3);
+    moe_json_schema_unref(sc);
+    const char *pre[] = { "a", "ab" };
+    size_t plen[] = { 1, 2 };
+    CHECK(moe_json_schema_choice(pre, plen, 2, &sc) != MOE_OK && !sc && strstr(moe_last_error(), "begins another"),
+          "a choice that begins another: %s", moe_last_error());
+    CHECK(moe_json_schema_choice(pre, (size_t[]){ 0, 2 }, 2, &sc) != MOE_OK && strstr(moe_last_error(), "empty"),
+          "an empty choice: %s", moe_last_error());
+    CHECK(moe_json_schema_choice(pre, plen, 0, &sc) != MOE_OK, "no choices accepted");
+}
+
 static void test_refused(void)
 {
     refused("{\"type\":\"string\",\"pattern\":\"^a\"}", MOE_ENOTSUP, "'pattern' is not supported");
@@ -379,6 +403,7 @@ int main(void)
     test_arrays_unions_refs();
     test_tagged();
     test_compact();
+    test_choice();
     test_refused();
     test_mask();
     test_mask_vocab();

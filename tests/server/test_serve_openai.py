@@ -419,6 +419,42 @@ def check_json_schema(srv, moeflow):
         check(error_ok(code, js, 400, word), "json_schema %r: %d %r" % (schema, code, js))
 
 
+def check_structured(srv):
+    """vLLM's structured outputs: structured_outputs.choice / guided_choice give one of the texts as
+    it is, structured_outputs.json / guided_json (an object or its text) what response_format's
+    json_schema gives; regex and grammar, a choice that begins another and two at once are a 400."""
+    base = {"prompt": "answer = ", "max_tokens": 16, "temperature": 0}
+    choices = ["yes", "no", "maybe"]
+    texts = []
+    for extra in ({"guided_choice": choices}, {"structured_outputs": {"choice": choices}}):
+        code, js = post(srv, "/v1/completions", dict(base, **extra))
+        ch = (js.get("choices") or [{}])[0]
+        texts.append(ch.get("text"))
+        check(code == 200 and ch.get("text") in choices and ch.get("finish_reason") == "stop",
+              "%r: %d %r" % (extra, code, js))
+    check(texts[0] == texts[1], "guided_choice %r, structured_outputs.choice %r" % tuple(texts))
+    schema = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "n": {"type": "integer"}},
+              "required": ["kind", "n"], "additionalProperties": False}
+    want = None
+    for extra in ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}},
+                  {"guided_json": schema}, {"guided_json": json.dumps(schema)},
+                  {"structured_outputs": {"json": schema}}):
+        code, js = post(srv, "/v1/completions", dict(base, max_tokens=48, **extra))
+        text = (js.get("choices") or [{}])[0].get("text")
+        want = text if want is None else want
+        check(code == 200 and text == want and text.startswith("{"), "%r: %d %r (want %r)" % (extra, code, js, want))
+    for extra, word in (({"guided_regex": "a+"}, "'guided_regex' is not supported"),
+                        ({"structured_outputs": {"grammar": "root ::= x"}}, "'grammar' is not supported"),
+                        ({"guided_choice": ["a", "ab"]}, "begins another"),
+                        ({"guided_choice": []}, "'guided_choice'"),
+                        ({"guided_choice": ["a"], "guided_json": schema}, "together"),
+                        ({"guided_json": schema, "response_format": {"type": "json_object"}}, "together"),
+                        ({"guided_json": 5}, "'guided_json' must be"),
+                        ({"structured_outputs": "json"}, "'structured_outputs' must be")):
+        code, js = post(srv, "/v1/completions", dict(base, **extra))
+        check(error_ok(code, js, 400, word), "%r: %d %r" % (extra, code, js))
+
+
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",
                                             "parameters": {"type": "object", "properties": {
                                                 "city": {"enum": ["Paris", "Oslo"]}, "unit": {"enum": ["c", "f"]}},
@@ -744,7 +780,7 @@ def main():
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
                            check_n, check_tokenize, lambda s: check_json(s, moeflow),
-                           lambda s: check_json_schema(s, moeflow), check_tools, check_logprobs, lambda s: check_echo(s, moeflow),
+                           lambda s: check_json_schema(s, moeflow), check_structured, check_tools, check_logprobs, lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
 
 if __name__ == "__main__":

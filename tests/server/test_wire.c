@@ -409,6 +409,23 @@ static void test_response_format(void)
     expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":3,"
                "\"schema\":{\"type\":\"object\"}}}}", false, "'name'");
     expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"regex\"}}", false, "'regex' is not supported");
+    /* vLLM's structured outputs */
+    const char *so_ok[] = { "\"guided_json\":{\"type\":\"object\"}", "\"guided_json\":\"{\\\"enum\\\":[1,2]}\"",
+                            "\"structured_outputs\":{\"json\":{\"type\":\"array\"}}", "\"guided_choice\":[\"a\",\"b\"]",
+                            "\"structured_outputs\":{\"choice\":[\"yes\"]}" };
+    char body[256];
+    for (size_t i = 0; i < MOE_ARRAY_LEN(so_ok); i++) {
+        snprintf(body, sizeof(body), "{\"prompt\":\"x\",%s}", so_ok[i]);
+        REQUIRE(oai(body, false, &r) == MOE_OK, "%s: %s", so_ok[i], moe_last_error());
+        CHECK(r.json_schema && !r.json_object, "%s: no schema", so_ok[i]);
+        moe_gen_request_free(&r);
+    }
+    expect_bad("{\"prompt\":\"x\",\"guided_regex\":\"a\"}", false, "'guided_regex' is not supported");
+    expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",\"ab\"]}", false, "begins another");
+    expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",3]}", false, "'guided_choice'[1]");
+    expect_bad("{\"prompt\":\"x\",\"guided_json\":{\"type\":\"string\",\"format\":\"uri\"}}", false,
+               "'guided_json': JSON schema at '/': 'format'");
+    expect_bad("{\"prompt\":\"x\",\"guided_json\":{},\"structured_outputs\":{\"choice\":[\"a\"]}}", false, "together");
 
     Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;
     m.prompt = "hello";

@@ -106,11 +106,8 @@ static void tag_done(struct moe_json_state *s, struct moe_json_frame *f, const s
     const struct json_node *o = node(s, obj);
     f->node = (uint16_t)obj;
     f->seen = 0;
-    for (unsigned q = 0; q < o->n; q++) {
-        struct json_str name = s->sc->props[o->first + q].name;
-        if (name.len == n->key.len && !memcmp(s->sc->pool + name.off, s->sc->pool + n->key.off, name.len))
-            f->seen = 1ull << q;
-    }
+    for (unsigned q = 0; q < o->n; q++)
+        if (json_str_eq(s->sc->pool, s->sc->props[o->first + q].name, n->key)) f->seen = 1ull << q;
 }
 
 /* A value ended: what may follow it. */

@@ -198,11 +198,6 @@ static void first_bytes(const struct cc *c, int i, uint64_t set[4])
 #undef ADD
 }
 
-static bool same_str(const struct cc *c, struct json_str a, struct json_str b)
-{
-    return a.len == b.len && !memcmp(c->pool + a.off, c->pool + b.off, a.len);
-}
-
 /* Objects obj[0..n) told apart by a tag: a property every one requires and fixes to a string of
  * its own (const, or an enum of one).  Returns the tagged node; -1 with *none set when they have no
  * tag, -1 alone on an error. */
@@ -218,12 +213,12 @@ static int make_tagged(struct cc *c, const int *obj, int n, bool *none)
             const struct json_node *o = &c->nodes[obj[i]];
             int at = -1;
             for (unsigned q = 0; q < o->n; q++)
-                if (same_str(c, c->props[o->first + q].name, name)) at = (int)q;
+                if (json_str_eq(c->pool, c->props[o->first + q].name, name)) at = (int)q;
             const struct json_node *v = at >= 0 ? &c->nodes[c->props[o->first + (unsigned)at].node] : NULL;
             ok = v && ((o->required >> at) & 1) && v->kind == K_LITERALS && v->n == 1 &&
                  c->pool[c->lits[v->first].off] == '"';
             if (ok) tag[i] = c->lits[v->first];
-            for (int j = 0; j < i && ok; j++) ok = !same_str(c, tag[i], tag[j]);
+            for (int j = 0; j < i && ok; j++) ok = !json_str_eq(c->pool, tag[i], tag[j]);
         }
         if (!ok) continue;
         if (!grow((void **)&c->lits, &c->cap_lits, c->n_lits + (size_t)n, sizeof(*c->lits)) ||
@@ -658,6 +653,16 @@ static int compile(struct cc *c, const json_t *v, int depth)
     return make_union(c, b, nt, "type");
 }
 
+/* Whether one of the texts s[0..n) begins another (s[*x] the beginning of s[*y]): after it the
+ * output could not tell whether it has ended. */
+static bool begins_another(const char *pool, const struct json_str *s, unsigned n, unsigned *x, unsigned *y)
+{
+    for (*x = 0; *x < n; (*x)++)
+        for (*y = 0; *y < n; (*y)++)
+            if (s[*x].len < s[*y].len && !memcmp(pool + s[*x].off, pool + s[*y].off, s[*x].len)) return true;
+    return false;
+}
+
 /* The value must be able to end: a bare number, or a literal that another extends, at the root
  * would have no character to end it. */
 static enum moe_status check_root(struct cc *c, int root)
@@ -669,15 +674,12 @@ static enum moe_status check_root(struct cc *c, int root)
         if (b->kind == K_ANY || b->kind == K_NUMBER || b->kind == K_INTEGER)
             return fail(c, MOE_ENOTSUP, "the root allows a bare number, whose end the output could not mark: "
                         "give the root a type of object, array, string, boolean or null (or an enum)");
-        if (b->kind != K_LITERALS) continue;
-        for (unsigned x = 0; x < b->n; x++)
-            for (unsigned y = 0; y < b->n; y++) {
-                struct json_str sx = c->lits[b->first + x], sy = c->lits[b->first + y];
-                if (x != y && sx.len < sy.len && !memcmp(c->pool + sx.off, c->pool + sy.off, sx.len))
-                    return fail(c, MOE_ENOTSUP, "root enum value %.*s begins another (%.*s), so the output "
-                                "could not end after it", (int)sx.len, c->pool + sx.off, (int)sy.len,
-                                c->pool + sy.off);
-            }
+        unsigned x, y;
+        if (b->kind == K_LITERALS && begins_another(c->pool, c->lits + b->first, b->n, &x, &y)) {
+            struct json_str sx = c->lits[b->first + x], sy = c->lits[b->first + y];
+            return fail(c, MOE_ENOTSUP, "root enum value %.*s begins another (%.*s), so the output could not "
+                        "end after it", (int)sx.len, c->pool + sx.off, (int)sy.len, c->pool + sy.off);
+        }
     }
     return MOE_OK;
 }
@@ -774,18 +776,17 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
             st = moe_errorf(MOE_EINVAL, "choice %d is empty", i);
             goto out;
         }
-        for (int j = 0; j < n; j++)
-            if (lens[i] < lens[j] && !memcmp(texts[i], texts[j], lens[i])) {
-                st = moe_errorf(MOE_EINVAL, "choice '%.*s' begins another ('%.*s'): the output could not end "
-                                "after it", (int)(lens[i] < 64 ? lens[i] : 64), texts[i],
-                                (int)(lens[j] < 64 ? lens[j] : 64), texts[j]);
-                goto out;
-            }
         if (!pool_add(&c, texts[i], lens[i], &c.lits[c.n_lits])) {
             st = moe_errorf(MOE_ENOMEM, "out of memory for the choices");
             goto out;
         }
         c.n_lits++;
+    }
+    unsigned x, y;
+    if (begins_another(c.pool, c.lits + first, (unsigned)n, &x, &y)) { /* named as the caller gave them */
+        st = moe_errorf(MOE_EINVAL, "choice '%.*s' begins another ('%.*s'): the output could not end after it",
+                        (int)(lens[x] < 64 ? lens[x] : 64), texts[x], (int)(lens[y] < 64 ? lens[y] : 64), texts[y]);
+        goto out;
     }
     int root = new_node(&c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)first });
     st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);

@@ -4,6 +4,7 @@
 #define MOE_JSON_SCHEMA_INT_H
 
 #include <stdatomic.h>
+#include <string.h>
 
 #include "json_guide.h"
 
@@ -23,6 +24,11 @@ enum json_kind {
 struct json_str {        /* bytes pool[off .. off + len) */
     uint32_t off, len;
 };
+
+static inline bool json_str_eq(const char *pool, struct json_str a, struct json_str b)
+{
+    return a.len == b.len && !memcmp(pool + a.off, pool + b.off, a.len);
+}
 
 struct json_node {
     uint8_t kind;

@@ -61,8 +61,7 @@ static enum moe_status compile_into(struct moe_chat **out, const char *src, size
     if (!c)
         return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
     snprintf(c->source, sizeof(c->source), "%s", source);
-    for (size_t i = 0; i + 11 <= len && !c->tool_tags; i++)
-        c->tool_tags = !memcmp(src + i, "<tool_call>", 11);
+    c->tool_tags = memmem(src, len, "<tool_call>", 11) != NULL;
     c->tmpl = moe_jinja_compile(src, len);
     c->tokens = special_tokens(root);
     if (!c->tmpl || !c->tokens) {

@@ -1226,22 +1226,14 @@ json_t *moe_tool_call_entry(const char *txt, size_t n, const char *id)
     return out;
 }
 
-static const char *find(const char *h, size_t n, const char *needle)
-{
-    size_t m = strlen(needle);
-    for (size_t i = 0; i + m <= n; i++)
-        if (!memcmp(h + i, needle, m)) return h + i;
-    return NULL;
-}
-
 json_t *moe_tool_calls_parse(const char *text, size_t len, const char *id_prefix, size_t *content_len)
 {
-    const char *at = find(text, len, TOOL_OPEN), *end = text + len;
+    const char *at = memmem(text, len, TOOL_OPEN, strlen(TOOL_OPEN)), *end = text + len;
     if (!at) return NULL;
     *content_len = (size_t)(at - text);
     json_t *calls = json_array();
     for (int k = 0; calls && at; k++) {
-        const char *b = at + strlen(TOOL_OPEN), *e = find(b, (size_t)(end - b), TOOL_CLOSE);
+        const char *b = at + strlen(TOOL_OPEN), *e = memmem(b, (size_t)(end - b), TOOL_CLOSE, strlen(TOOL_CLOSE));
         const char *stop = e ? e : end; /* the last block may be cut short of its closing tag */
         char id[160];
         snprintf(id, sizeof(id), "%s_%d", id_prefix, k);
@@ -1250,14 +1242,14 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, const char *id_prefix
             json_decref(calls);
             return NULL;
         }
-        at = e ? find(e, (size_t)(end - e), TOOL_OPEN) : NULL;
+        at = e ? memmem(e, (size_t)(end - e), TOOL_OPEN, strlen(TOOL_OPEN)) : NULL;
     }
     return calls;
 }
 
 size_t moe_tool_calls_release(const char *text, size_t len, bool *found)
 {
-    const char *at = find(text, len, TOOL_OPEN);
+    const char *at = memmem(text, len, TOOL_OPEN, strlen(TOOL_OPEN));
     *found = at != NULL;
     if (at) return (size_t)(at - text);
     size_t m = strlen(TOOL_OPEN) - 1; /* hold back a tail that could begin the tag */

@@ -62,6 +62,20 @@ struct tok_event {
     struct moe_token_logprobs lp;
 };
 
+/* A sampling thread's working memory. */
+struct sample_ws {
+    float *masked;                 /* [vocab] JSON mode: the logits of the tokens that may come next */
+    struct moe_sample_buf buf;     /* the sampler's */
+};
+
+/* A decode row's next token, picked without the lock. */
+struct pick {
+    int tok;                       /* -1: r cannot go on (st, msg) */
+    enum moe_status st;
+    const char *msg;
+    struct moe_token_logprobs lp;  /* its log-probabilities, when the request wants them */
+};
+
 struct moe_sched {
     struct moe_sched_backend be;
     struct moe_sched_params p;
@@ -107,12 +121,8 @@ struct moe_sched {
     uint64_t admit_pass;           /* admit() calls; a request that waits for a prefill skips one */
     struct cpu_pool *pool;         /* the threads that sample a micro-batch's rows (NULL: this thread) */
     int n_pool;
-    float **masked;                /* [n_pool][vocab] JSON mode: the logits of the tokens that may come next */
-    struct moe_sample_buf *sbuf;   /* [n_pool] the sampler's working memory */
-    int *b_pick;                   /* [max_batch_tokens] a decode row's next token, -1: failed */
-    enum moe_status *b_pick_st;    /* ... why */
-    const char **b_pick_msg;
-    struct moe_token_logprobs *b_lp; /* [max_batch_tokens] ... its log-probabilities, when wanted */
+    struct sample_ws *ws;          /* [n_pool] each sampling thread's working memory */
+    struct pick *b_pick;           /* [max_batch_tokens] each decode row's next token */
     int *b_tok, *b_seq, *b_pos;    /* [max_batch_tokens] */
     bool *b_want;
     struct rq **b_req;             /* [max_batch_tokens] request of each row */
@@ -631,19 +641,20 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
     const float *from = lg;
     const struct moe_token_bytes *tb = r->g.json;
     if (tb) { /* JSON mode: the tokens that keep the output a value's beginning, the rest -inf */
-        if (!s->masked[tid] && !(s->masked[tid] = malloc(sizeof(float) * (size_t)s->be.vocab))) {
+        struct sample_ws *w = &s->ws[tid];
+        if (!w->masked && !(w->masked = malloc(sizeof(float) * (size_t)s->be.vocab))) {
             *st = MOE_ENOMEM;
             *msg = "JSON mode: out of memory";
             return -1;
         }
-        if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, s->masked[tid])) {
+        if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, w->masked)) {
             *st = MOE_EINVAL;
             *msg = "JSON mode: no token of the vocabulary continues the value";
             return -1;
         }
-        from = s->masked[tid];
+        from = w->masked;
     }
-    int tok = moe_sampler_sample_buf(&r->sampler, &s->sbuf[tid], from, s->be.vocab, r->tokens, r->n_prompt,
+    int tok = moe_sampler_sample_buf(&r->sampler, &s->ws[tid].buf, from, s->be.vocab, r->tokens, r->n_prompt,
                                      r->n_prompt + r->n_generated);
     if (tok < 0) {
         *st = MOE_ENOMEM;
@@ -687,9 +698,10 @@ static void pick_rows(void *arg, int tid, int nth)
     for (int i = tid; i < j->n; i += nth) {
         struct rq *r = s->b_req[i];
         const float *lg = s->logits + (size_t)i * (size_t)s->be.vocab;
-        s->b_pick[i] = pick_token(s, r, lg, tid, &s->b_pick_st[i], &s->b_pick_msg[i]);
-        if (s->b_pick[i] >= 0 && r->g.logprobs) /* O(vocab) too: here rather than under the lock */
-            moe_token_logprobs(lg, s->be.vocab, s->b_pick[i], r->g.top_logprobs, &s->b_lp[i]);
+        struct pick *p = &s->b_pick[i];
+        p->tok = pick_token(s, r, lg, tid, &p->st, &p->msg);
+        if (p->tok >= 0 && r->g.logprobs) /* O(vocab) too: here rather than under the lock */
+            moe_token_logprobs(lg, s->be.vocab, p->tok, r->g.top_logprobs, &p->lp);
     }
 }
 
@@ -775,9 +787,9 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     for (int i = 0; i < n_dec; i++, row++) {
         struct rq *r = s->b_req[i];
         if (r->state == RQ_DECODE) /* cancelled since the plan: its pick is dropped */
-            apply_pick(s, r, s->b_pick[i], s->b_pick_st[i], s->b_pick_msg[i],
+            apply_pick(s, r, s->b_pick[i].tok, s->b_pick[i].st, s->b_pick[i].msg,
                        s->logits + (size_t)row * (size_t)s->be.vocab,
-                       s->b_pick[i] >= 0 && r->g.logprobs ? &s->b_lp[i] : NULL);
+                       s->b_pick[i].tok >= 0 && r->g.logprobs ? &s->b_pick[i].lp : NULL);
     }
     if (chunk > 0) {
         s->st.prefill_chunks++;
@@ -1283,16 +1295,12 @@ void moe_sched_destroy(struct moe_sched *s)
     free(s->tmp_all);
     free(s->tmp_dec);
     free(s->ids);
-    for (int i = 0; s->masked && i < s->n_pool; i++)
-        free(s->masked[i]);
-    free(s->masked);
-    for (int i = 0; s->sbuf && i < s->n_pool; i++)
-        moe_sample_buf_free(&s->sbuf[i]);
-    free(s->sbuf);
+    for (int i = 0; s->ws && i < s->n_pool; i++) {
+        free(s->ws[i].masked);
+        moe_sample_buf_free(&s->ws[i].buf);
+    }
+    free(s->ws);
     free(s->b_pick);
-    free(s->b_pick_st);
-    free(s->b_pick_msg);
-    free(s->b_lp);
     cpu_pool_destroy(s->pool);
     for (int i = 0; s->slot_tok && i < s->be.max_seqs; i++)
         free(s->slot_tok[i]);
@@ -1422,13 +1430,9 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->b_req = calloc(bt, sizeof(*s->b_req));
     s->b_route = calloc(bt, sizeof(bool));
     s->b_dec = calloc(bt, sizeof(bool));
-    s->b_pick = calloc(bt, sizeof(int));
-    s->b_pick_st = calloc(bt, sizeof(*s->b_pick_st));
-    s->b_pick_msg = calloc(bt, sizeof(*s->b_pick_msg));
-    s->b_lp = calloc(bt, sizeof(*s->b_lp));
+    s->b_pick = calloc(bt, sizeof(*s->b_pick));
     s->n_pool = p.sample_threads;
-    s->masked = calloc((size_t)s->n_pool, sizeof(float *));
-    s->sbuf = calloc((size_t)s->n_pool, sizeof(*s->sbuf));
+    s->ws = calloc((size_t)s->n_pool, sizeof(*s->ws));
     s->pool = s->n_pool > 1 ? cpu_pool_create(s->n_pool) : NULL;
     s->logits_rows = p.micro_batch + 1; /* grown for prompt log-probabilities (a whole chunk's rows) */
     s->logits = calloc((size_t)s->logits_rows * (size_t)be->vocab, sizeof(float));
@@ -1446,7 +1450,7 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     }
     bool ok = slots_ok && s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
               s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
-              s->b_pick && s->b_pick_st && s->b_pick_msg && s->b_lp && s->masked && s->sbuf && (s->n_pool == 1 || s->pool) &&
+              s->b_pick && s->ws && (s->n_pool == 1 || s->pool) &&
               s->logits && s->tmp_all && s->tmp_dec && s->ids;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);

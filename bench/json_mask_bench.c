@@ -1,6 +1,7 @@
 /* JSON mode's cost per generated token: moe_json_mask over a model's whole
  * vocabulary, at every token of a JSON document as the model's tokenizer
- * splits it, with and without a schema, against feeding every token on its
+ * splits it, with no schema, a schema and the schema with lengths and ranges,
+ * against feeding every token on its
  * own (the reference the mask must equal).  Prints one JSON line per case.
  *
  * usage: json_mask_bench [--model DIR] [--reps N] */
@@ -22,6 +23,16 @@ static const char *schema =
     "\"required\":[\"id\"],\"additionalProperties\":false}},\"type\":\"object\",\"properties\":{"
     "\"name\":{\"type\":\"string\"},\"kind\":{\"enum\":[\"cat\",\"dog\",\"bird\"]},\"age\":{\"type\":\"integer\"},"
     "\"weight\":{\"type\":\"number\"},\"indoor\":{\"type\":\"boolean\"},\"tags\":{\"type\":\"array\",\"items\":"
+    "{\"enum\":[\"small\",\"big\",\"old\"]},\"maxItems\":3},\"owner\":{\"anyOf\":[{\"type\":\"null\"},"
+    "{\"$ref\":\"#/$defs/Owner\"}]}},\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
+
+/* The same schema with lengths and ranges, which the document meets. */
+static const char *bounded =
+    "{\"$defs\":{\"Owner\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\",\"minimum\":1,"
+    "\"maximum\":99999}},\"required\":[\"id\"],\"additionalProperties\":false}},\"type\":\"object\",\"properties\":{"
+    "\"name\":{\"type\":\"string\",\"minLength\":1,\"maxLength\":16},\"kind\":{\"enum\":[\"cat\",\"dog\",\"bird\"]},"
+    "\"age\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":30},\"weight\":{\"type\":\"number\",\"exclusiveMinimum\":0,"
+    "\"maximum\":100},\"indoor\":{\"type\":\"boolean\"},\"tags\":{\"type\":\"array\",\"items\":"
     "{\"enum\":[\"small\",\"big\",\"old\"]},\"maxItems\":3},\"owner\":{\"anyOf\":[{\"type\":\"null\"},"
     "{\"$ref\":\"#/$defs/Owner\"}]}},\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
 
@@ -63,11 +74,12 @@ int main(int argc, char **argv)
     }
     int V = moe_tokenizer_vocab_size(tok);
     struct moe_token_bytes tb;
-    struct moe_json_schema *sc = NULL;
+    struct moe_json_schema *sc[3] = { NULL };
     int *ids = NULL;
     size_t n = 0;
     if (moe_token_bytes_build(tok, V, &tb) != MOE_OK ||
-        moe_json_schema_parse(schema, strlen(schema), &sc) != MOE_OK ||
+        moe_json_schema_parse(schema, strlen(schema), &sc[1]) != MOE_OK ||
+        moe_json_schema_parse(bounded, strlen(bounded), &sc[2]) != MOE_OK ||
         moe_tokenizer_encode(tok, doc, strlen(doc), &ids, &n) != MOE_OK) {
         fprintf(stderr, "json_mask_bench: %s\n", moe_last_error());
         return 1;
@@ -76,13 +88,13 @@ int main(int argc, char **argv)
           *b = malloc(sizeof(float) * (size_t)V);
     if (!logits || !a || !b) return 1;
     for (int i = 0; i < V; i++) logits[i] = (float)i;
-    for (int with_schema = 0; with_schema <= 1; with_schema++) {
+    for (int k = 0; k < 3; k++) { /* any object, the schema, the schema with bounds */
         double t_mask = 0, t_each = 0;
         long allowed = 0, differ = 0;
         for (int r = 0; r < reps; r++) {
             struct moe_json_state s;
-            moe_json_init(&s, with_schema ? sc : NULL);
-            for (size_t k = 0; k < n; k++) {
+            moe_json_init(&s, sc[k]);
+            for (size_t i = 0; i < n; i++) {
                 double t0 = moe_now();
                 int na = moe_json_mask(&s, &tb, logits, V, NULL, NULL, a);
                 double t1 = moe_now();
@@ -94,20 +106,20 @@ int main(int argc, char **argv)
                     allowed += na;
                     differ += na != nb || memcmp(a, b, sizeof(float) * (size_t)V);
                 }
-                moe_json_take(&s, &tb, ids[k]);
+                moe_json_take(&s, &tb, ids[i]);
             }
         }
         double calls = (double)reps * (double)n;
-        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,"
+        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,"
                "\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,\"steps_differing\":%ld}\n",
-               with_schema ? "true" : "false", V, n, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls,
+               k ? "true" : "false", k == 2 ? "true" : "false", V, n, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls,
                t_each / t_mask, (double)allowed / (double)n, differ);
     }
     free(logits);
     free(a);
     free(b);
     free(ids);
-    moe_json_schema_unref(sc);
+    for (int k = 0; k < 3; k++) moe_json_schema_unref(sc[k]);
     moe_token_bytes_free(&tb);
     moe_tokenizer_free(tok);
     return 0;

@@ -76,12 +76,14 @@ void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc)
     s->aux = s->ws = s->nl = 0;
     s->lo = 0x80;
     s->hi = 0xbf;
-    s->key = s->integer = false;
+    s->key = s->integer = s->bounded = false;
+    s->nlen = 0;
 }
 
 void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
 {
     memcpy(dst, src, offsetof(struct moe_json_state, f) + sizeof(src->f[0]) * src->depth);
+    if (src->bounded) memcpy(dst->num, src->num, src->nlen);
 }
 
 bool moe_json_done(const struct moe_json_state *s) { return s->mode == J_DONE; }
@@ -160,6 +162,134 @@ static void lits_state(const struct moe_json_state *s, const struct json_node *n
     }
 }
 
+/* ---- bounded numbers and strings ------------------------------------------------- */
+
+static const double pow10d[MOE_JSON_MAX_NUM + 1] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28, 1e29, 1e30, 1e31, 1e32,
+};
+#define INT_DIGITS 18 /* of a bounded integer: below 10^18, so every sum here fits an int64 */
+
+/* Whether an integer in [a, b] is in r (and a multiple of r->mult). */
+static bool int_meets(const struct json_range *r, int64_t a, int64_t b)
+{
+    if (a < r->ilo) a = r->ilo;
+    if (b > r->ihi) b = r->ihi;
+    if (a > b) return false;
+    int64_t q = b / r->mult - (b % r->mult < 0); /* the floor of b / mult */
+    return q * r->mult >= a;
+}
+
+/* The integer of text t[0..len) (a sign and digits, at most INT_DIGITS of them). */
+static int64_t int_of(const char *t, int len)
+{
+    int64_t m = 0;
+    for (int i = t[0] == '-'; i < len; i++) m = m * 10 + (t[i] - '0');
+    return t[0] == '-' ? -m : m;
+}
+
+/* Whether the integer begun by t[0..len) can still end in r: its digits so far followed by up to
+ * INT_DIGITS of them in all (none after a leading zero). */
+static bool int_viable(const struct json_range *r, const char *t, int len)
+{
+    bool neg = t[0] == '-';
+    int d = len - neg;
+    if (d > INT_DIGITS) return false;
+    int64_t top = (int64_t)pow10d[INT_DIGITS] - 1;
+    if (d == 0) return int_meets(r, -top, 0); /* '-' alone */
+    int64_t m = neg ? -int_of(t, len) : int_of(t, len);
+    for (int k = 0; k <= INT_DIGITS - d && (k == 0 || m > 0); k++) {
+        int64_t a = m * (int64_t)pow10d[k], b = a + (int64_t)pow10d[k] - 1;
+        if (neg ? int_meets(r, -b, -a) : int_meets(r, a, b)) return true;
+    }
+    return false;
+}
+
+/* Whether some x between a and b (a <= b; an end left out where a_open / b_open) is in r. */
+static bool num_meets(const struct json_range *r, double a, bool a_open, double b, bool b_open)
+{
+    double lo = a > r->lo ? a : r->lo, hi = b < r->hi ? b : r->hi;
+    bool lo_open = (lo == a && a_open) || (lo == r->lo && r->lo_excl);
+    bool hi_open = (hi == b && b_open) || (hi == r->hi && r->hi_excl);
+    return lo < hi || (lo == hi && !lo_open && !hi_open);
+}
+
+static bool num_in(const struct json_range *r, double x) { return num_meets(r, x, false, x, false); }
+
+/* Whether the number begun by t[0..len) (a sign, digits and a point: no exponent) can still end in
+ * r within MOE_JSON_MAX_NUM bytes; the magnitudes it can reach, as intervals, tested one by one. */
+static bool num_viable(const struct json_range *r, const char *t, int len)
+{
+    if (len > MOE_JSON_MAX_NUM) return false;
+    bool neg = t[0] == '-';
+    int room = MOE_JSON_MAX_NUM - len;
+    char buf[MOE_JSON_MAX_NUM + 1];
+    memcpy(buf, t, (size_t)len);
+    buf[len] = 0;
+    const char *dot = memchr(t, '.', (size_t)len);
+    double x = len > neg ? fabs(strtod(buf, NULL)) : 0;
+    for (int k = 0;; k++) {
+        double a, b;
+        bool b_open;
+        if (len == neg) { /* '-' alone: any magnitude */
+            a = 0, b = pow10d[room - 1], b_open = true;
+        } else if (dot) { /* digits after the point so far: the magnitude is x and up to the next step */
+            int f = len - (int)(dot - t) - 1;
+            if (f == 0 && room == 0) return false;
+            a = x, b = room ? x + 1 / pow10d[f > 0 ? f : 0] : x, b_open = room > 0;
+        } else { /* k more digits before the point, then a fraction where there is room for one */
+            if (k > room || (k > 0 && t[neg] == '0')) return false;
+            a = x * pow10d[k];
+            b_open = room - k >= 2;
+            b = (x + 1) * pow10d[k] - (b_open ? 0 : 1);
+        }
+        if (neg ? num_meets(r, -b, b_open, -a, false) : num_meets(r, a, false, b, b_open)) return true;
+        if (len == neg || dot) return false;
+    }
+}
+
+/* One more byte of the number being read, for a bounded node: kept while the number can still end in
+ * range (within its length). */
+static bool num_push(struct moe_json_state *s, unsigned char c)
+{
+    if (!s->bounded) return true;
+    const struct json_node *n = node(s, s->cur);
+    if (s->nlen >= MOE_JSON_MAX_NUM) return false;
+    s->num[s->nlen++] = (char)c;
+    return n->kind == K_INTEGER ? int_viable(&n->range, s->num, s->nlen) : num_viable(&n->range, s->num, s->nlen);
+}
+
+/* Whether the number read may end here. */
+static bool num_ends(const struct moe_json_state *s)
+{
+    if (!s->bounded) return true;
+    const struct json_node *n = node(s, s->cur);
+    if (n->kind == K_INTEGER) {
+        int64_t v = int_of(s->num, s->nlen);
+        return int_meets(&n->range, v, v);
+    }
+    char buf[MOE_JSON_MAX_NUM + 1];
+    memcpy(buf, s->num, s->nlen);
+    buf[s->nlen] = 0;
+    return num_in(&n->range, strtod(buf, NULL));
+}
+
+static bool bounded_string(const struct moe_json_state *s) { return !s->key && s->bounded; }
+
+/* The characters a string value may still take (UINT32_MAX: any number); keys are not bounded. */
+static uint32_t string_room(const struct moe_json_state *s)
+{
+    return bounded_string(s) ? node(s, s->cur)->max_items - s->pos : UINT32_MAX;
+}
+
+/* A character of a string value begins: one more, if its bounds allow it. */
+static bool string_char(struct moe_json_state *s)
+{
+    if (string_room(s) == 0) return false;
+    if (!s->key) s->pos++;
+    return true;
+}
+
 /* The node a union (or any value) takes for a value beginning with c; -1: none. */
 static int select_branch(const struct moe_json_state *s, unsigned nd, unsigned char c)
 {
@@ -208,15 +338,21 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
         if (c != '"') return false;
         s->mode = J_STRING;
         s->key = false;
+        s->cur = (uint16_t)nd;
+        s->bounded = n->bounded;
+        s->pos = 0; /* characters written */
         return true;
     case K_NUMBER:
     case K_INTEGER:
         s->integer = n->kind == K_INTEGER;
+        s->cur = (uint16_t)nd;
+        s->bounded = n->bounded;
+        s->nlen = 0;
         if (c == '-') s->mode = J_MINUS;
         else if (c == '0') s->mode = J_ZERO;
         else if (c >= '1' && c <= '9') s->mode = J_INT;
         else return false;
-        return true;
+        return num_push(s, c);
     case K_LITERALS: {
         s->cur = (uint16_t)nd;
         s->pos = 0;
@@ -275,6 +411,12 @@ static bool key_byte(struct moe_json_state *s, unsigned char c, bool closing)
     return true;
 }
 
+/* The node of an array's value i: its prefixItems schema, else its items schema. */
+static uint16_t item_node(const struct moe_json_state *s, const struct json_node *n, uint32_t i)
+{
+    return i < n->n ? s->sc->branch[n->first + i] : (uint16_t)n->extra;
+}
+
 static bool required_done(struct moe_json_state *s)
 {
     struct moe_json_frame *f = top(s);
@@ -301,16 +443,18 @@ static bool string_byte(struct moe_json_state *s, unsigned char c)
             if (!key_byte(s, c, true)) return false;
             s->mode = J_COLON;
         } else {
+            if (s->bounded && s->pos < node(s, s->cur)->min_items) return false;
             value_done(s);
         }
         return true;
     }
     if (s->key && !key_byte(s, c, false)) return false;
+    if (c < 0x20) return false; /* control characters must be escaped */
+    if ((c < 0x80 || (c >= 0xc2 && c <= 0xf4)) && !string_char(s)) return false; /* a character begins */
     if (c == '\\') {
         s->mode = J_ESC;
         return true;
     }
-    if (c < 0x20) return false; /* control characters must be escaped */
     if (c < 0x80) return true;
     /* UTF-8 (RFC 3629): a lead byte and its continuation bytes, the first of which is narrower after
      * E0 and F0 (no overlong forms), ED (no surrogates) and F4 (nothing above U+10FFFF) */
@@ -344,7 +488,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
             return true;
         }
         if (n->max_items == 0) return false;
-        s->cur = (uint16_t)n->extra;
+        s->cur = item_node(s, n, 0);
         return value_start(s, c);
     }
     case J_KEY_FIRST:
@@ -373,7 +517,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
                 s->mode = J_KEY;
             } else {
                 if (f->count >= n->max_items) return false;
-                s->cur = (uint16_t)n->extra;
+                s->cur = item_node(s, n, f->count);
                 s->mode = J_VALUE;
             }
             return true;
@@ -409,27 +553,36 @@ static bool step(struct moe_json_state *s, unsigned char c)
     case J_HEX:
         if (!is_hex(c)) return false;
         if (s->key && !key_byte(s, c, false)) return false;
+        /* a bounded string counts a \u escape as one character: no surrogate, which a pair of escapes
+         * writes as one */
+        if (s->aux == 3 && (s->hex0 | 0x20) == 'd' && c >= '8' && bounded_string(s)) return false;
+        s->hex0 = c;
         if (--s->aux == 0) s->mode = J_STRING;
         return true;
     case J_MINUS:
         if (c == '0') s->mode = J_ZERO;
         else if (c >= '1' && c <= '9') s->mode = J_INT;
         else return false;
-        return true;
+        return num_push(s, c);
     case J_ZERO:
     case J_INT:
-        if (is_digit(c) && s->mode == J_INT) return true;
-        if (c == '.' && !s->integer) s->mode = J_DOT;
-        else if ((c == 'e' || c == 'E') && !s->integer) s->mode = J_EXP;
-        else return number_end(s, c);
-        return true;
+        if (is_digit(c) && s->mode == J_INT) return num_push(s, c);
+        if (c == '.' && !s->integer) {
+            s->mode = J_DOT;
+            return num_push(s, c);
+        }
+        if ((c == 'e' || c == 'E') && !s->integer && !s->bounded) {
+            s->mode = J_EXP;
+            return true;
+        }
+        return number_end(s, c);
     case J_DOT:
         if (!is_digit(c)) return false;
         s->mode = J_FRAC;
-        return true;
+        return num_push(s, c);
     case J_FRAC:
-        if (is_digit(c)) return true;
-        if (c == 'e' || c == 'E') {
+        if (is_digit(c)) return num_push(s, c);
+        if ((c == 'e' || c == 'E') && !s->bounded) {
             s->mode = J_EXP;
             return true;
         }
@@ -471,6 +624,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
 
 static bool number_end(struct moe_json_state *s, unsigned char c)
 {
+    if (!num_ends(s)) return false;
     value_done(s);
     return step(s, c);
 }
@@ -520,8 +674,8 @@ static bool string_text(const char *b, size_t n)
     return s.mode == J_STRING;
 }
 
-/* Whether s is inside a string whose text string_text() bytes cannot change: a value, or a key
- * that no declared property constrains. */
+/* Whether s is inside a string whose text string_text() bytes cannot change (but for its length): a
+ * value, or a key that no declared property constrains. */
 static bool in_free_string(const struct moe_json_state *s)
 {
     if (s->mode != J_STRING) return false;
@@ -556,7 +710,9 @@ enum moe_status moe_token_bytes_make(const char *blob, const uint32_t *off, int 
     int *order = malloc(sizeof(int) * ((size_t)n + 1));
     uint32_t *lcp = malloc(sizeof(uint32_t) * ((size_t)n + 1));
     bool *plain = malloc(sizeof(bool) * ((size_t)n + 1));
-    if (!b || !o || !keys || !order || !lcp || !plain) {
+    uint32_t *chars = calloc((size_t)n + 1, sizeof(uint32_t));
+    if (!b || !o || !keys || !order || !lcp || !plain || !chars) {
+        free(chars);
         free(plain);
         free(b);
         free(o);
@@ -567,8 +723,10 @@ enum moe_status moe_token_bytes_make(const char *blob, const uint32_t *off, int 
     }
     memcpy(b, blob, total);
     memcpy(o, off, sizeof(uint32_t) * ((size_t)n + 1));
-    for (int id = 0; id < n; id++)
+    for (int id = 0; id < n; id++) {
         plain[id] = o[id + 1] > o[id] && string_text(b + o[id], o[id + 1] - o[id]);
+        for (uint32_t i = o[id]; plain[id] && i < o[id + 1]; i++) chars[id] += ((unsigned char)b[i] & 0xc0) != 0x80;
+    }
     int m = 0;
     for (int id = 0; id < n; id++)
         if (o[id + 1] > o[id]) keys[m++] = (struct tok_key){ b + o[id], o[id + 1] - o[id], id };
@@ -584,7 +742,7 @@ enum moe_status moe_token_bytes_make(const char *blob, const uint32_t *off, int 
     }
     free(keys);
     *t = (struct moe_token_bytes){ .n = n, .blob = b, .off = o, .n_sorted = m, .order = order, .lcp = lcp,
-                                   .plain = plain };
+                                   .plain = plain, .chars = chars };
     return MOE_OK;
 }
 
@@ -625,6 +783,7 @@ void moe_token_bytes_free(struct moe_token_bytes *t)
     free((int *)t->order);
     free((uint32_t *)t->lcp);
     free((bool *)t->plain);
+    free((uint32_t *)t->chars);
     *t = (struct moe_token_bytes){ 0 };
 }
 
@@ -634,10 +793,12 @@ int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
 {
     int allowed = 0;
-    /* inside a free string, a token of plain text continues it and changes nothing */
+    /* inside a free string, a token of plain text continues it and changes nothing but the count of
+     * characters, which a bounded string holds to its room */
     bool text = in_free_string(s);
+    uint32_t room = text ? string_room(s) : 0;
     for (int id = 0; id < vocab; id++) {
-        bool ok = text && id < t->n && t->plain[id] && !(is_eos && is_eos(ud, id));
+        bool ok = text && id < t->n && t->plain[id] && t->chars[id] <= room && !(is_eos && is_eos(ud, id));
         out[id] = ok ? logits[id] : -INFINITY;
         allowed += ok;
     }

@@ -24,16 +24,20 @@ extern "C" {
 #define MOE_JSON_MAX_ENUM 64       /* values of one enum */
 #define MOE_JSON_MAX_NODES 4096    /* compiled schema nodes */
 #define MOE_JSON_MAX_SCHEMA 262144 /* bytes of a schema's text */
+#define MOE_JSON_MAX_NUM 32        /* bytes of a number with bounds (minimum, maximum, ...), sign and
+                                      point included; an integer with bounds has up to 18 digits */
 
 /* A compiled schema (json_schema.c), shared by reference: immutable once made. */
 struct moe_json_schema;
 
 /* Compile a JSON Schema given as JSON text.  Supported: type (one or a list), properties,
- * required, additionalProperties, items, minItems, maxItems, enum, const, anyOf / oneOf whose
- * branches begin with different characters, $ref to "#", "#/$defs/..." or "#/definitions/...",
- * and the annotations (title, description, default, examples, ...), which are ignored.  Any other
- * keyword is refused by name (MOE_ENOTSUP), as is a root the output could not end with (a bare
- * number).  The result has one reference; moe_json_schema_unref frees it. */
+ * required, additionalProperties, items, prefixItems, minItems, maxItems, minLength, maxLength,
+ * minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf (integers), enum, const,
+ * anyOf / oneOf whose branches begin with different characters, allOf of one schema, $ref to
+ * any JSON pointer inside the schema, and the annotations (title, description, default,
+ * examples, ...), which are ignored.  Any other keyword is refused by name (MOE_ENOTSUP), as is
+ * a root the output could not end with (a bare number).  The result has one reference;
+ * moe_json_schema_unref frees it. */
 enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out);
 /* A "schema" whose value is exactly one of n texts, as they are (not JSON: vLLM's guided_choice):
  * 1..MOE_JSON_MAX_ENUM non-empty texts, none the beginning of another (the output could not end
@@ -64,15 +68,20 @@ struct moe_json_state {
     uint8_t ws;           /* whitespace bytes in a row */
     uint8_t nl;           /* ... of which line breaks */
     uint8_t lo, hi;       /* the range of the next UTF-8 continuation byte */
+    uint8_t nlen;         /* bytes of num */
+    uint8_t hex0;         /* the first hex digit of a \u escape */
     bool key;             /* the string being read is an object key */
     bool integer;         /* the number being read is an integer */
+    bool bounded;         /* the string or number being read has bounds (its node: cur) */
     struct moe_json_frame f[MOE_JSON_MAX_DEPTH];
+    char num[MOE_JSON_MAX_NUM]; /* a bounded number's text so far (after the frames: copied only
+                                   while in use) */
 };
 
 /* Expect one value of the schema sc (NULL: any JSON object); its first byte is not whitespace,
  * nothing follows it.  sc must outlive s. */
 void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc);
-/* Copy src to dst (only the frames in use). */
+/* Copy src to dst (only the frames and number text in use). */
 void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src);
 /* Feed n bytes; false (s then undefined: feed a copy) when they cannot continue the value. */
 bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n);
@@ -89,6 +98,7 @@ struct moe_token_bytes {
     const int *order;    /* [n_sorted] ... in the order of their bytes */
     const uint32_t *lcp; /* [n_sorted]: bytes order[i] shares with order[i - 1] at its start */
     const bool *plain;   /* [n]: the token is whole characters of text, no quote or backslash */
+    const uint32_t *chars; /* [n]: a plain token's characters (code points) */
 };
 
 struct moe_tokenizer;

@@ -2,6 +2,7 @@
  * byte-at-a-time recognizer can follow without looking back, every other
  * keyword refused by name. */
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,11 +42,13 @@ static const char *const annotations[] = {
     "readOnly", "writeOnly", "$defs", "definitions", "discriminator",
 };
 static const char *const keywords[] = {
-    "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-    "enum", "const", "anyOf", "oneOf", "$ref",
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
 };
-#define SUPPORTED "type, properties, required, additionalProperties, items, minItems, maxItems, enum, const, " \
-                  "anyOf, oneOf and $ref"
+#define SUPPORTED "type, properties, required, additionalProperties, items, prefixItems, minItems, maxItems, " \
+                  "minLength, maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
+                  "(integers), enum, const, anyOf, oneOf, allOf (of one schema) and $ref"
 
 static bool in_list(const char *k, const char *const *list, size_t n)
 {
@@ -260,8 +263,8 @@ static int make_union(struct cc *c, const int *b, int n, const char *what)
             flat[nf++] = bn->kind == K_UNION ? c->branch[bn->first + k] : b[i];
         }
     }
-    bool number = false;
-    for (int i = 0; i < nf; i++) number |= c->nodes[flat[i]].kind == K_NUMBER;
+    bool number = false; /* any number: integers are among them */
+    for (int i = 0; i < nf; i++) number |= c->nodes[flat[i]].kind == K_NUMBER && !c->nodes[flat[i]].bounded;
     int k = 0;
     for (int i = 0; i < nf; i++) /* integer values are numbers */
         if (!(number && c->nodes[flat[i]].kind == K_INTEGER)) flat[k++] = flat[i];
@@ -407,27 +410,6 @@ oom:
     return -1;
 }
 
-static int array_node(struct cc *c, const json_t *o, int depth)
-{
-    const json_t *items = json_object_get(o, "items");
-    struct json_node n = { .kind = K_ARRAY, .extra = N_ANY, .max_items = UINT32_MAX };
-    if (!count_of(c, o, "minItems", &n.min_items) || !count_of(c, o, "maxItems", &n.max_items)) return -1;
-    if (n.min_items > n.max_items) {
-        fail(c, MOE_EINVAL, "minItems %u is above maxItems %u", n.min_items, n.max_items);
-        return -1;
-    }
-    if (items && json_is_false(items)) {
-        if (n.min_items > 0) {
-            fail(c, MOE_EINVAL, "'items': false with minItems %u: no array can be written", n.min_items);
-            return -1;
-        }
-        n.max_items = 0;
-    } else if (items && (n.extra = compile_at(c, items, "items", NULL, depth)) < 0) {
-        return -1;
-    }
-    return new_node(c, n);
-}
-
 /* A shared node made on first use. */
 static int shared(struct cc *c, int *slot, struct json_node n)
 {
@@ -435,29 +417,198 @@ static int shared(struct cc *c, int *slot, struct json_node n)
     return *slot;
 }
 
+static bool has_any(const json_t *o, const char *const *words, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (json_object_get(o, words[i])) return true;
+    return false;
+}
+
+/* prefixItems (or draft 7's items as an array): the schemas of the first values, in n's branches. */
+static bool prefix_items(struct cc *c, const json_t *list, const char *key, struct json_node *n, int depth)
+{
+    if (!json_is_array(list) || json_array_size(list) == 0 || json_array_size(list) > 64) {
+        fail(c, MOE_EINVAL, "'%s' must be an array of 1 to 64 schemas", key);
+        return false;
+    }
+    int b[64];
+    size_t i;
+    json_t *bv;
+    json_array_foreach(list, i, bv) {
+        char idx[24];
+        snprintf(idx, sizeof(idx), "%zu", i);
+        if ((b[i] = compile_at(c, bv, key, idx, depth)) < 0) return false;
+    }
+    if (!grow((void **)&c->branch, &c->cap_branch, c->n_branch + i, sizeof(*c->branch))) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return false;
+    }
+    n->first = (uint32_t)c->n_branch;
+    n->n = (uint16_t)i;
+    for (size_t k = 0; k < i; k++) c->branch[c->n_branch++] = (uint16_t)b[k];
+    return true;
+}
+
+static int array_node(struct cc *c, const json_t *o, int depth)
+{
+    const json_t *items = json_object_get(o, "items"), *prefix = json_object_get(o, "prefixItems");
+    struct json_node n = { .kind = K_ARRAY, .extra = N_ANY, .max_items = UINT32_MAX };
+    if (!count_of(c, o, "minItems", &n.min_items) || !count_of(c, o, "maxItems", &n.max_items)) return -1;
+    if (n.min_items > n.max_items) {
+        fail(c, MOE_EINVAL, "minItems %u is above maxItems %u", n.min_items, n.max_items);
+        return -1;
+    }
+    if (prefix && !prefix_items(c, prefix, "prefixItems", &n, depth)) return -1;
+    if (!prefix && json_is_array(items)) { /* draft 7's tuples; the other values: any */
+        if (!prefix_items(c, items, "items", &n, depth)) return -1;
+        items = NULL;
+    }
+    if (items && json_is_false(items)) {
+        if (n.min_items > n.n) {
+            fail(c, MOE_EINVAL, "'items': false with minItems %u: at most %u values (prefixItems) can be written",
+                 n.min_items, n.n);
+            return -1;
+        }
+        if (n.max_items > n.n) n.max_items = n.n;
+    } else if (items && (n.extra = compile_at(c, items, "items", NULL, depth)) < 0) {
+        return -1;
+    }
+    return new_node(c, n);
+}
+
+static int string_node(struct cc *c, const json_t *o)
+{
+    struct json_node n = { .kind = K_STRING, .max_items = UINT32_MAX };
+    if (!json_object_get(o, "minLength") && !json_object_get(o, "maxLength")) return N_ANY_STRING;
+    if (!count_of(c, o, "minLength", &n.min_items) || !count_of(c, o, "maxLength", &n.max_items)) return -1;
+    if (n.min_items > n.max_items) {
+        fail(c, MOE_EINVAL, "minLength %u is above maxLength %u: no string can be written", n.min_items, n.max_items);
+        return -1;
+    }
+    n.bounded = true;
+    return new_node(c, n);
+}
+
+#define INT_TOP 999999999999999999LL /* a bounded integer has at most 18 digits */
+
+/* The least integer above (excl) or at least v, or the greatest below or at most v (up), held to
+ * one past INT_TOP. */
+static int64_t int_bound(const json_t *v, bool excl, bool up)
+{
+    const int64_t lim = INT_TOP + 1;
+    if (json_is_integer(v)) {
+        json_int_t x = json_integer_value(v);
+        x = x < -lim ? -lim : x > lim ? lim : x;
+        return excl ? (up ? x - 1 : x + 1) : x;
+    }
+    double d = json_real_value(v);
+    d = d < (double)-lim ? (double)-lim : d > (double)lim ? (double)lim : d;
+    double r = up ? floor(d) : ceil(d);
+    if (excl && r == d) r += up ? -1 : 1;
+    return (int64_t)r;
+}
+
+/* One end of a range: the inclusive and exclusive keywords (draft 4's boolean form too), the tighter
+ * winning; false on a malformed value. */
+static bool range_end(struct cc *c, const json_t *o, bool upper, const json_t **at, bool *excl)
+{
+    const char *inc = upper ? "maximum" : "minimum", *exc = upper ? "exclusiveMaximum" : "exclusiveMinimum";
+    const json_t *vi = json_object_get(o, inc), *ve = json_object_get(o, exc);
+    *at = NULL;
+    *excl = false;
+    if ((vi && !json_is_number(vi)) || (ve && !json_is_number(ve) && !json_is_boolean(ve))) {
+        fail(c, MOE_EINVAL, "'%s' must be a number%s", vi && !json_is_number(vi) ? inc : exc,
+             vi && !json_is_number(vi) ? "" : " (or, beside the other, a boolean)");
+        return false;
+    }
+    if (ve && json_is_boolean(ve)) { /* draft 4: whether the other keyword's bound is excluded */
+        *at = vi;
+        *excl = vi && json_is_true(ve);
+        return true;
+    }
+    *at = vi;
+    if (ve) {
+        double e = json_number_value(ve), i = vi ? json_number_value(vi) : 0;
+        if (!vi || (upper ? e <= i : e >= i)) {
+            *at = ve;
+            *excl = true;
+        }
+    }
+    return true;
+}
+
+static const char *const number_words[] = { "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                                            "multipleOf" };
+
+static int number_node(struct cc *c, const json_t *o, bool integer)
+{
+    if (!has_any(o, number_words, MOE_ARRAY_LEN(number_words)))
+        return integer ? shared(c, &c->integer, (struct json_node){ .kind = K_INTEGER }) : N_ANY_NUMBER;
+    const json_t *lo, *hi, *mult = json_object_get(o, "multipleOf");
+    bool lo_x, hi_x;
+    if (!range_end(c, o, false, &lo, &lo_x) || !range_end(c, o, true, &hi, &hi_x)) return -1;
+    struct json_range r = { .lo = lo ? json_number_value(lo) : -INFINITY, .hi = hi ? json_number_value(hi) : INFINITY,
+                            .lo_excl = lo_x, .hi_excl = hi_x, .ilo = -INT_TOP, .ihi = INT_TOP, .mult = 1 };
+    if (mult) {
+        if (!integer) {
+            fail(c, MOE_ENOTSUP, "'multipleOf' is supported for integers only (give the type integer)");
+            return -1;
+        }
+        if (!json_is_number(mult) || json_number_value(mult) <= 0 || json_number_value(mult) != floor(json_number_value(mult)) ||
+            json_number_value(mult) > (double)INT_TOP) {
+            fail(c, MOE_EINVAL, "'multipleOf' of an integer must be a whole number from 1 to %lld", INT_TOP);
+            return -1;
+        }
+        r.mult = (int64_t)json_number_value(mult);
+    }
+    if (integer) {
+        if (lo) r.ilo = int_bound(lo, lo_x, false);
+        if (hi) r.ihi = int_bound(hi, hi_x, true);
+        if (r.ilo < -INT_TOP) r.ilo = -INT_TOP;
+        if (r.ihi > INT_TOP) r.ihi = INT_TOP;
+        int64_t q = r.ihi / r.mult - (r.ihi % r.mult < 0);
+        if (r.ilo > r.ihi || q * r.mult < r.ilo) {
+            fail(c, MOE_EINVAL, "no integer of at most 18 digits meets these bounds%s", mult ? " and multipleOf" : "");
+            return -1;
+        }
+    } else if (r.lo > r.hi || (r.lo == r.hi && (r.lo_excl || r.hi_excl))) {
+        fail(c, MOE_EINVAL, "no number meets these bounds (%g to %g)", r.lo, r.hi);
+        return -1;
+    }
+    return new_node(c, (struct json_node){ .kind = integer ? K_INTEGER : K_NUMBER, .bounded = true, .range = r });
+}
+
 static const char *const object_words[] = { "properties", "required", "additionalProperties" };
-static const char *const array_words[] = { "items", "minItems", "maxItems" };
+static const char *const array_words[] = { "items", "prefixItems", "minItems", "maxItems" };
+static const char *const string_words[] = { "minLength", "maxLength" };
+
+/* The keywords of each type, which tell the type of a schema without one. */
+static const struct word_group {
+    const char *type;
+    const char *const *words;
+    size_t n;
+    const char *list; /* for messages */
+} groups[] = {
+    { "object", object_words, MOE_ARRAY_LEN(object_words), "properties, required, additionalProperties" },
+    { "array", array_words, MOE_ARRAY_LEN(array_words), "items, prefixItems, minItems, maxItems" },
+    { "string", string_words, MOE_ARRAY_LEN(string_words), "minLength, maxLength" },
+    { "number", number_words, MOE_ARRAY_LEN(number_words),
+      "minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf" },
+};
 
 static int typed_node(struct cc *c, const json_t *o, const char *type, int depth)
 {
     if (!strcmp(type, "object")) return object_node(c, o, depth);
     if (!strcmp(type, "array")) return array_node(c, o, depth);
-    if (!strcmp(type, "string")) return N_ANY_STRING;
-    if (!strcmp(type, "number")) return N_ANY_NUMBER;
-    if (!strcmp(type, "integer")) return shared(c, &c->integer, (struct json_node){ .kind = K_INTEGER });
+    if (!strcmp(type, "string")) return string_node(c, o);
+    if (!strcmp(type, "number")) return number_node(c, o, false);
+    if (!strcmp(type, "integer")) return number_node(c, o, true);
     if (!strcmp(type, "boolean"))
         return shared(c, &c->boolean, (struct json_node){ .kind = K_LITERALS, .n = 2, .first = 0 });
     if (!strcmp(type, "null"))
         return shared(c, &c->null, (struct json_node){ .kind = K_LITERALS, .n = 1, .first = 2 });
     fail(c, MOE_EINVAL, "unknown type '%.32s' (object, array, string, number, integer, boolean or null)", type);
     return -1;
-}
-
-static bool has_any(const json_t *o, const char *const *words, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (json_object_get(o, words[i])) return true;
-    return false;
 }
 
 /* A JSON pointer ("#", "#/$defs/name", ...) into the document. */
@@ -555,6 +706,19 @@ static int compile(struct cc *c, const json_t *v, int depth)
         }
         return ref_node(c, json_string_value(ref), depth);
     }
+    const json_t *all = json_object_get(v, "allOf");
+    if (all) { /* of one schema: pydantic's way to put a description beside a reference */
+        if (!json_is_array(all) || json_array_size(all) == 0) {
+            fail(c, MOE_EINVAL, "'allOf' must be an array of schemas");
+            return -1;
+        }
+        if (json_array_size(all) > 1 || constraints > 1) {
+            fail(c, MOE_ENOTSUP, "'allOf' is supported only of one schema, with no other keywords beside it (write "
+                 "the schemas as one)");
+            return -1;
+        }
+        return compile_at(c, json_array_get(all, 0), "allOf", "0", depth);
+    }
     const json_t *any = json_object_get(v, "anyOf"), *one = json_object_get(v, "oneOf");
     if (any || one) {
         const char *what = any ? "anyOf" : "oneOf";
@@ -607,6 +771,12 @@ static int compile(struct cc *c, const json_t *v, int depth)
             fail(c, MOE_EINVAL, "'enum' must be an array of values");
             return -1;
         }
+        if (has_any(v, string_words, MOE_ARRAY_LEN(string_words)) ||
+            has_any(v, number_words, MOE_ARRAY_LEN(number_words))) {
+            fail(c, MOE_ENOTSUP, "length or range keywords beside '%s' are not supported (list only the values "
+                 "that meet them)", en ? "enum" : "const");
+            return -1;
+        }
         size_t n = en ? json_array_size(en) : 1;
         json_t *const *vals = en ? NULL : (json_t *const *)&cn;
         json_t *tmp[MOE_JSON_MAX_ENUM];
@@ -626,26 +796,26 @@ static int compile(struct cc *c, const json_t *v, int depth)
         }
         return literals(c, vals, n);
     }
-    bool obj = has_any(v, object_words, MOE_ARRAY_LEN(object_words));
-    bool arr = has_any(v, array_words, MOE_ARRAY_LEN(array_words));
-    if (nt == 0) { /* no type: what its keywords describe, else any value */
-        if (obj && arr) {
-            fail(c, MOE_ENOTSUP, "object and array keywords without a 'type' are not supported");
+    const struct word_group *used = NULL;
+    for (size_t g = 0; g < MOE_ARRAY_LEN(groups); g++) {
+        const struct word_group *w = &groups[g];
+        if (!has_any(v, w->words, w->n)) continue;
+        if (nt == 0 && used) { /* no type: what its keywords describe, else any value */
+            fail(c, MOE_ENOTSUP, "%s and %s keywords without a 'type' are not supported", used->type, w->type);
             return -1;
         }
-        if (!obj && !arr) return N_ANY;
-        types[nt++] = obj ? "object" : "array";
+        used = w;
+        bool typed = false;
+        for (int t = 0; t < nt; t++)
+            typed |= !strcmp(types[t], w->type) || (w->words == number_words && !strcmp(types[t], "integer"));
+        if (nt > 0 && !typed) {
+            fail(c, MOE_EINVAL, "%s keywords (%s) with a 'type' that is not %s", w->type, w->list, w->type);
+            return -1;
+        }
     }
-    bool has_obj = false, has_arr = false;
-    for (int t = 0; t < nt; t++) {
-        has_obj |= !strcmp(types[t], "object");
-        has_arr |= !strcmp(types[t], "array");
-    }
-    if ((obj && !has_obj) || (arr && !has_arr)) {
-        fail(c, MOE_EINVAL, "%s keywords (%s) with a 'type' that is not %s", obj && !has_obj ? "object" : "array",
-             obj && !has_obj ? "properties, required, additionalProperties" : "items, minItems, maxItems",
-             obj && !has_obj ? "object" : "array");
-        return -1;
+    if (nt == 0) {
+        if (!used) return N_ANY;
+        types[nt++] = used->type;
     }
     int b[8];
     for (int t = 0; t < nt; t++)

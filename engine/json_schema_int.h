@@ -11,10 +11,11 @@
 enum json_kind {
     K_ANY,      /* any value */
     K_OBJECT,   /* props[first .. first + n), other keys' values: extra (-1: none) */
-    K_ARRAY,    /* values of node extra, min_items .. max_items of them */
-    K_STRING,
-    K_NUMBER,
-    K_INTEGER,
+    K_ARRAY,    /* min_items .. max_items values: the first n of nodes branch[first .. first + n)
+                   (prefixItems), the others of node extra */
+    K_STRING,   /* bounded: min_items .. max_items characters (code points) */
+    K_NUMBER,   /* bounded: in range, written without an exponent */
+    K_INTEGER,  /* bounded: in range (and a multiple of range.mult) */
     K_LITERALS, /* exactly one of lits[first .. first + n) (enum, const, boolean, null) */
     K_UNION,    /* the one of branch[first .. first + n) that the first byte selects */
     K_TAGGED,   /* one of the objects branch[first .. first + n), told apart by the value of their
@@ -30,8 +31,17 @@ static inline bool json_str_eq(const char *pool, struct json_str a, struct json_
     return a.len == b.len && !memcmp(pool + a.off, pool + b.off, a.len);
 }
 
+/* The bounds of a number or an integer node. */
+struct json_range {
+    double lo, hi;         /* number: lo <= x <= hi; < and > where lo_excl / hi_excl */
+    bool lo_excl, hi_excl;
+    int64_t ilo, ihi;      /* integer: ilo <= x <= ihi, |x| < 10^18 (18 digits at most) */
+    int64_t mult;          /* integer: a multiple of mult (1: any) */
+};
+
 struct json_node {
     uint8_t kind;
+    bool bounded;        /* string, number, integer: min_items / max_items or range hold */
     uint16_t n;
     uint32_t first;
     int32_t extra;
@@ -39,6 +49,7 @@ struct json_node {
     uint32_t min_items, max_items;
     uint32_t tags;       /* tagged: the literal node of the tag values */
     struct json_str key; /* tagged: the tag property's name, as written */
+    struct json_range range;
 };
 
 struct json_prop {

@@ -272,7 +272,33 @@ static void test_refused(void)
     refused("false", MOE_EINVAL, "allows no value");
     refused("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"enum\":[1]}}}", MOE_EINVAL,
             "enum value 0 is of type integer");
-    refused("{\"type\":\"object\",\"allOf\":[]}", MOE_ENOTSUP, "'allOf' is not supported");
+    refused("{\"type\":\"object\",\"allOf\":[]}", MOE_EINVAL, "'allOf' must be an array of schemas");
+    refused("{\"allOf\":[{\"type\":\"object\"},{\"required\":[]}]}", MOE_ENOTSUP, "'allOf' is supported only of one");
+    refused("{\"type\":\"object\",\"allOf\":[{\"type\":\"object\"}]}", MOE_ENOTSUP, "'allOf' is supported only of one");
+    refused("{\"type\":\"string\",\"minLength\":3,\"maxLength\":2}", MOE_EINVAL, "minLength 3 is above maxLength 2");
+    refused("{\"type\":\"string\",\"maxLength\":1.5}", MOE_EINVAL, "'maxLength' must be a non-negative integer");
+    refused("[{\"type\":\"number\",\"multipleOf\":0.5}]", MOE_EINVAL, "a schema must be an object");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"number\",\"multipleOf\":2}}", MOE_ENOTSUP,
+            "for integers only");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"multipleOf\":0.5}}", MOE_EINVAL,
+            "whole number");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}}", MOE_EINVAL,
+            "no integer");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":4,\"multipleOf\":5}}",
+            MOE_EINVAL, "no integer");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"exclusiveMinimum\":0.5,\"exclusiveMaximum\":1}}",
+            MOE_EINVAL, "no integer");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"minimum\":1e19}}", MOE_EINVAL, "no integer");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"number\",\"exclusiveMinimum\":1,\"maximum\":1}}",
+            MOE_EINVAL, "no number meets");
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"number\",\"minimum\":\"1\"}}", MOE_EINVAL,
+            "'minimum' must be a number");
+    refused("{\"type\":\"string\",\"minimum\":1}", MOE_EINVAL, "number keywords (minimum, maximum");
+    refused("{\"minLength\":1,\"minimum\":1}", MOE_ENOTSUP, "string and number keywords without a 'type'");
+    refused("{\"enum\":[\"a\"],\"maxLength\":3}", MOE_ENOTSUP, "beside 'enum'");
+    refused("{\"type\":\"array\",\"prefixItems\":[]}", MOE_EINVAL, "'prefixItems' must be an array of 1 to 64");
+    refused("{\"type\":\"array\",\"prefixItems\":[true],\"items\":false,\"minItems\":2}", MOE_EINVAL,
+            "at most 1 values");
     refused("{\"$ref\":\"#\",\"type\":\"object\"}", MOE_ENOTSUP, "'$ref' with other keywords");
     char big[4096] = "{\"type\":\"object\",\"properties\":{";
     for (int i = 0; i <= MOE_JSON_MAX_PROPS; i++)
@@ -284,6 +310,213 @@ static void test_refused(void)
     strcat(deep, "true");
     for (int i = 0; i < 70; i++) strcat(deep, "}");
     refused(deep, MOE_ERANGE, "nested more than");
+}
+
+/* Refused exactly where the text breaks: after prefix, at rest's first byte. */
+static void bad_at(const struct moe_json_schema *sc, const char *prefix, const char *rest)
+{
+    char t[256];
+    snprintf(t, sizeof(t), "%s%s", prefix, rest);
+    bad(sc, t, (int)strlen(prefix));
+}
+
+/* minLength / maxLength count characters: UTF-8 sequences and escapes as one, no surrogate escapes. */
+static void test_string_bounds(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"object\",\"properties\":{\"s\":{\"type\":\"string\","
+                                         "\"minLength\":2,\"maxLength\":4},\"k\":{\"type\":[\"string\",\"null\"],"
+                                         "\"maxLength\":0}},\"required\":[\"s\"]}");
+    if (!sc) return;
+    good(sc, "{\"s\":\"ab\"}");
+    good(sc, "{\"s\":\"abcd\"}");
+    good(sc, "{\"s\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\\n\"}"); /* é € 😀 \n: four characters */
+    good(sc, "{\"s\":\"\\u00e9\\\"\"}");
+    good(sc, "{\"s\":\"ab\",\"k\":\"\",\"longer key\":\"free text of any length\"}");
+    good(sc, "{\"s\":\"ab\",\"k\":null}");
+    bad_at(sc, "{\"s\":\"a", "\"}");
+    bad_at(sc, "{\"s\":\"abcd", "e");
+    bad_at(sc, "{\"s\":\"abc\xc3\xa9", "\xc3\xa9");
+    bad_at(sc, "{\"s\":\"abcd", "\\n");
+    bad_at(sc, "{\"s\":\"\\ud", "83d\\ude00\"}"); /* a surrogate escape */
+    bad_at(sc, "{\"s\":\"ab\",\"k\":\"", "x");
+    moe_json_schema_unref(sc);
+}
+
+/* An integer range: every value in a window is taken exactly when it is in range (and a multiple). */
+static void test_integer_bounds(void)
+{
+    const struct {
+        const char *kw;
+        long lo, hi, mult;
+    } cases[] = {
+        { "\"minimum\":-5,\"exclusiveMaximum\":100,\"multipleOf\":5", -5, 99, 5 },
+        { "\"exclusiveMinimum\":-1.5,\"maximum\":7.9", -1, 7, 1 },
+        { "\"minimum\":12,\"maximum\":12", 12, 12, 1 },
+        { "\"minimum\":0,\"exclusiveMinimum\":true,\"maximum\":130", 1, 130, 1 }, /* draft 4 */
+        { "\"maximum\":-100,\"multipleOf\":7", -1000000, -100, 7 },
+        { "\"minimum\":-3,\"exclusiveMinimum\":-3", -2, 1000000, 1 }, /* the tighter end */
+    };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(cases); k++) {
+        char schema[256];
+        snprintf(schema, sizeof(schema), "{\"type\":\"array\",\"items\":{\"type\":\"integer\",%s}}", cases[k].kw);
+        struct moe_json_schema *sc = compile(schema);
+        if (!sc) continue;
+        int taken = 0;
+        for (long v = -160; v <= 160; v++) {
+            char t[32];
+            snprintf(t, sizeof(t), "[%ld]", v);
+            bool want = v >= cases[k].lo && v <= cases[k].hi && v % cases[k].mult == 0;
+            int got = verdict(sc, t);
+            CHECK((got == -1) == want, "%s: %s verdict %d, want %s", cases[k].kw, t, got, want ? "taken" : "refused");
+            taken += got == -1;
+        }
+        CHECK(taken > 0, "%s: nothing taken", cases[k].kw);
+        moe_json_schema_unref(sc);
+    }
+    struct moe_json_schema *sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"minimum\":0}}");
+    if (sc) {
+        good(sc, "[999999999999999999,-0,0]");
+        bad_at(sc, "[999999999999999999", "9");
+        bad_at(sc, "[-", "1"); /* -0 is 0 */
+        bad_at(sc, "[1", ".0]");
+    }
+    moe_json_schema_unref(sc);
+}
+
+/* A number range: quarters in a window are taken exactly when in range; no exponent. */
+static void test_number_bounds(void)
+{
+    const struct {
+        const char *kw;
+        double lo, hi;
+        bool lo_x, hi_x;
+    } cases[] = {
+        { "\"minimum\":-2.5,\"maximum\":3", -2.5, 3, false, false },
+        { "\"exclusiveMinimum\":0,\"exclusiveMaximum\":1.25", 0, 1.25, true, true },
+        { "\"minimum\":0.75,\"maximum\":0.75", 0.75, 0.75, false, false },
+        { "\"maximum\":-10", -INFINITY, -10, false, false },
+        { "\"minimum\":5,\"exclusiveMinimum\":5.5", 5.5, INFINITY, true, false },
+    };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(cases); k++) {
+        char schema[256];
+        snprintf(schema, sizeof(schema), "{\"type\":\"array\",\"items\":{\"type\":\"number\",%s}}", cases[k].kw);
+        struct moe_json_schema *sc = compile(schema);
+        if (!sc) continue;
+        for (int q = -60; q <= 60; q++) {
+            double v = q / 4.0;
+            char t[64];
+            snprintf(t, sizeof(t), "[%g]", v);
+            bool want = (cases[k].lo_x ? v > cases[k].lo : v >= cases[k].lo) &&
+                        (cases[k].hi_x ? v < cases[k].hi : v <= cases[k].hi);
+            int got = verdict(sc, t);
+            CHECK((got == -1) == want, "%s: %s verdict %d, want %s", cases[k].kw, t, got, want ? "taken" : "refused");
+        }
+        moe_json_schema_unref(sc);
+    }
+    struct moe_json_schema *sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"number\",\"minimum\":0.1,"
+                                         "\"maximum\":0.3}}");
+    if (sc) {
+        good(sc, "[0.1,0.3,0.2999,0.10000]");
+        bad_at(sc, "[0.", "09"); /* no 0.0... reaches 0.1 */
+        bad_at(sc, "[0.3000", "1");
+        bad_at(sc, "[0.2", "e1");
+        bad_at(sc, "[0.3", "1]");
+    }
+    moe_json_schema_unref(sc);
+}
+
+/* Random walks through bounded numbers: at every byte some byte continues the value (no dead end),
+ * and every number written is in range. */
+static void test_bounds_walk(void)
+{
+    static const char *const ends[] = { "-1000", "-3.25", "-0.5", "0", "0.1", "0.001", "7", "12.5", "1000", "1e15" };
+    enum { E = (int)MOE_ARRAY_LEN(ends) };
+    uint64_t rng = 99;
+    int walks = 0, numbers = 0;
+    for (int lo = 0; lo < E; lo++)
+        for (int hi = lo; hi < E; hi++)
+            for (int mode = 0; mode < 3; mode++) { /* 0: number, 1: number with exclusive ends, 2: integer */
+                char schema[256];
+                bool excl = mode == 1, integer = mode == 2;
+                if (excl && lo == hi) continue;
+                snprintf(schema, sizeof(schema), "{\"type\":\"array\",\"items\":{\"type\":\"%s\",\"%s\":%s,\"%s\":%s%s},"
+                         "\"minItems\":1,\"maxItems\":4}", integer ? "integer" : "number",
+                         excl ? "exclusiveMinimum" : "minimum", ends[lo], excl ? "exclusiveMaximum" : "maximum",
+                         ends[hi], integer && hi > lo + 2 ? ",\"multipleOf\":3" : "");
+                struct moe_json_schema *sc = NULL;
+                if (moe_json_schema_parse(schema, strlen(schema), &sc) != MOE_OK) continue; /* no integer in range */
+                double l = strtod(ends[lo], NULL), h = strtod(ends[hi], NULL);
+                for (int w = 0; w < 6; w++, walks++) {
+                    struct moe_json_state s;
+                    moe_json_init(&s, sc);
+                    char text[512];
+                    size_t len = 0;
+                    while (!moe_json_done(&s) && len < sizeof(text) - 1) {
+                        static const char bytes[] = "0123456789.-,]e[";
+                        char ok[sizeof(bytes)];
+                        int m = 0;
+                        for (const char *b = bytes; *b; b++) {
+                            struct moe_json_state c;
+                            moe_json_copy(&c, &s);
+                            if (moe_json_feed(&c, b, 1)) ok[m++] = *b;
+                        }
+                        if (m == 0) break;
+                        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                        char pick = ok[(rng >> 33) % (uint64_t)m];
+                        for (int j = 0; j < m && (rng >> 17) % 4 == 0; j++) /* end a number now and then */
+                            if (ok[j] == ',' || ok[j] == ']') pick = ok[j];
+                        moe_json_feed(&s, &pick, 1);
+                        text[len++] = pick;
+                    }
+                    text[len] = 0;
+                    CHECK(moe_json_done(&s), "%s: a dead end after '%s'", schema, text);
+                    for (char *p = text + 1; moe_json_done(&s) && *p && *p != ']'; numbers++) {
+                        char *e;
+                        double v = strtod(p, &e);
+                        bool in = (excl ? v > l : v >= l) && (excl ? v < h : v <= h) &&
+                                  (!integer || (v == floor(v) && !memchr(p, '.', (size_t)(e - p))));
+                        CHECK(in, "%s: %.*s out of range", schema, (int)(e - p), p);
+                        p = *e == ',' ? e + 1 : e;
+                    }
+                }
+                moe_json_schema_unref(sc);
+            }
+    CHECK(walks > 300 && numbers > 500, "%d walks, %d numbers", walks, numbers);
+}
+
+/* prefixItems (and draft 7's items as a list), allOf of one schema. */
+static void test_tuples_allof(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"array\",\"prefixItems\":[{\"type\":\"integer\"},{\"type\":"
+                                         "\"string\"}],\"items\":false,\"minItems\":2}");
+    if (sc) {
+        good(sc, "[1,\"a\"]");
+        bad_at(sc, "[1,", "2");
+        bad_at(sc, "[1", "]");
+        bad_at(sc, "[1,\"a\"", ",");
+        bad_at(sc, "[", "\"a\"");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"array\",\"prefixItems\":[{\"const\":\"x\"}],\"items\":{\"type\":\"boolean\"}}");
+    if (sc) {
+        good(sc, "[]");
+        good(sc, "[\"x\",true,false]");
+        bad_at(sc, "[\"x\",", "\"x\"");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"array\",\"items\":[{\"type\":\"boolean\"}]}");
+    if (sc) {
+        good(sc, "[true,1,\"x\"]");
+        bad_at(sc, "[", "1");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"$defs\":{\"P\":{\"enum\":[\"a\",\"b\"]}},\"type\":\"object\",\"properties\":{\"p\":{\"allOf\":"
+                 "[{\"$ref\":\"#/$defs/P\"}],\"description\":\"the p\"}},\"additionalProperties\":false}");
+    if (sc) {
+        good(sc, "{\"p\":\"b\"}");
+        bad_at(sc, "{\"p\":\"", "c");
+    }
+    moe_json_schema_unref(sc);
 }
 
 /* Masks over a toy vocabulary. */
@@ -351,7 +584,12 @@ static void test_mask_vocab(void)
                               "{\"type\":\"array\",\"items\":{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"k\":"
                               "{\"const\":\"a\"},\"v\":{\"type\":\"integer\"}},\"required\":[\"k\",\"v\"]},{\"type\":"
                               "\"object\",\"properties\":{\"k\":{\"const\":\"b\"}},\"required\":[\"k\"],"
-                              "\"additionalProperties\":false}]},\"maxItems\":4}" };
+                              "\"additionalProperties\":false}]},\"maxItems\":4}",
+                              "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":\"string\",\"minLength\":2,\"maxLength\":5},"
+                              "\"i\":{\"type\":\"integer\",\"minimum\":-20,\"maximum\":300,\"multipleOf\":3},\"x\":"
+                              "{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":2.5},\"t\":{\"type\":\"array\","
+                              "\"prefixItems\":[{\"type\":\"boolean\"},{\"type\":\"string\",\"maxLength\":1}],"
+                              "\"items\":false}},\"additionalProperties\":false}" };
     uint64_t rng = 12345;
     int steps = 0, mismatches = 0;
     for (size_t k = 0; k < MOE_ARRAY_LEN(schemas); k++) {
@@ -405,6 +643,11 @@ int main(void)
     test_compact();
     test_choice();
     test_refused();
+    test_string_bounds();
+    test_integer_bounds();
+    test_number_bounds();
+    test_bounds_walk();
+    test_tuples_allof();
     test_mask();
     test_mask_vocab();
     return t_result("test_engine_json_schema");

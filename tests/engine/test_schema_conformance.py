@@ -1,7 +1,7 @@
 """JSON schemas against an independent validator: `moeflow generate --json-schema` samples
-(temperature 1.2) under seven schemas (nested objects, enums of mixed values, nullable $refs,
-recursion, bounded arrays, a tagged union, a root enum); every output that ends must validate under
-the jsonschema package, and some must end.
+(temperature 1.2) under eight schemas (nested objects, enums of mixed values, nullable $refs,
+recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples);
+every output that ends must validate under the jsonschema package, and some must end.
 usage: test_schema_conformance.py MOEFLOW_BINARY SOURCE_DIR [--seeds N] (default 5; 25 for a longer run)"""
 import json
 import os
@@ -32,6 +32,15 @@ SCHEMAS = [
         {"type": "object", "properties": {"pet_type": {"enum": ["dog"]}, "good": {"type": "boolean"}},
          "required": ["pet_type"], "additionalProperties": False},
         {"type": "null"}]}}}, "required": ["pets"], "additionalProperties": False},
+    {"$defs": {"K": {"enum": ["a", "b"]}}, "type": "object", "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "step": {"type": "integer", "multipleOf": 5, "minimum": -50, "exclusiveMaximum": 50},
+        "pair": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 1, "maximum": 9},
+                                                  {"type": "string", "maxLength": 3}], "items": False, "minItems": 2},
+        "kind": {"allOf": [{"$ref": "#/$defs/K"}], "description": "a kind"}},
+     "required": ["name", "age", "score", "step", "pair", "kind"], "additionalProperties": False},
 ]
 
 

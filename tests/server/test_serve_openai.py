@@ -341,12 +341,12 @@ def check_json(srv, moeflow):
 
 
 PET = {
-    "$defs": {"Owner": {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
-                        "additionalProperties": False}},
+    "$defs": {"Owner": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1}},
+                        "required": ["id"], "additionalProperties": False}},
     "type": "object", "title": "Pet",
-    "properties": {"name": {"type": "string", "description": "what it is called"},
-                   "kind": {"enum": ["cat", "dog", "bird"]}, "age": {"type": "integer"},
-                   "weight": {"type": "number"}, "indoor": {"type": "boolean"},
+    "properties": {"name": {"type": "string", "description": "what it is called", "minLength": 1, "maxLength": 24},
+                   "kind": {"enum": ["cat", "dog", "bird"]}, "age": {"type": "integer", "minimum": 0, "maximum": 40},
+                   "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 200}, "indoor": {"type": "boolean"},
                    "tags": {"type": "array", "items": {"enum": ["small", "big", "old"]}, "maxItems": 3},
                    "owner": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/Owner"}]}},
     "required": ["name", "kind", "age"], "additionalProperties": False}

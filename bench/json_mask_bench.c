@@ -1,6 +1,7 @@
 /* JSON mode's cost per generated token: moe_json_mask over a model's whole
  * vocabulary, at every token of a JSON document as the model's tokenizer
- * splits it, with no schema, a schema and the schema with lengths and ranges,
+ * splits it, with no schema, a schema, the schema with lengths and ranges and
+ * one with patterns on its strings,
  * against feeding every token on its
  * own (the reference the mask must equal).  Prints one JSON line per case.
  *
@@ -35,6 +36,14 @@ static const char *bounded =
     "\"maximum\":100},\"indoor\":{\"type\":\"boolean\"},\"tags\":{\"type\":\"array\",\"items\":"
     "{\"enum\":[\"small\",\"big\",\"old\"]},\"maxItems\":3},\"owner\":{\"anyOf\":[{\"type\":\"null\"},"
     "{\"$ref\":\"#/$defs/Owner\"}]}},\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
+
+/* ... and with patterns on the strings. */
+static const char *patterned =
+    "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"pattern\":\"^[A-Z][a-z]{1,15}$\"},"
+    "\"kind\":{\"enum\":[\"cat\",\"dog\",\"bird\"]},\"age\":{\"type\":\"integer\"},\"weight\":{\"type\":\"number\"},"
+    "\"indoor\":{\"type\":\"boolean\"},\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"pattern\":"
+    "\"^[a-z]+$\"},\"maxItems\":3},\"owner\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"}}}},"
+    "\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
 
 /* Every token fed on its own: the reference. */
 static int mask_each(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int V,
@@ -74,12 +83,13 @@ int main(int argc, char **argv)
     }
     int V = moe_tokenizer_vocab_size(tok);
     struct moe_token_bytes tb;
-    struct moe_json_schema *sc[3] = { NULL };
+    struct moe_json_schema *sc[4] = { NULL };
     int *ids = NULL;
     size_t n = 0;
     if (moe_token_bytes_build(tok, V, &tb) != MOE_OK ||
         moe_json_schema_parse(schema, strlen(schema), &sc[1]) != MOE_OK ||
         moe_json_schema_parse(bounded, strlen(bounded), &sc[2]) != MOE_OK ||
+        moe_json_schema_parse(patterned, strlen(patterned), &sc[3]) != MOE_OK ||
         moe_tokenizer_encode(tok, doc, strlen(doc), &ids, &n) != MOE_OK) {
         fprintf(stderr, "json_mask_bench: %s\n", moe_last_error());
         return 1;
@@ -88,7 +98,7 @@ int main(int argc, char **argv)
           *b = malloc(sizeof(float) * (size_t)V);
     if (!logits || !a || !b) return 1;
     for (int i = 0; i < V; i++) logits[i] = (float)i;
-    for (int k = 0; k < 3; k++) { /* any object, the schema, the schema with bounds */
+    for (int k = 0; k < 4; k++) { /* any object, the schema, with bounds, with patterns */
         double t_mask = 0, t_each = 0;
         long allowed = 0, differ = 0;
         for (int r = 0; r < reps; r++) {
@@ -110,16 +120,16 @@ int main(int argc, char **argv)
             }
         }
         double calls = (double)reps * (double)n;
-        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,"
+        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"patterns\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,"
                "\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,\"steps_differing\":%ld}\n",
-               k ? "true" : "false", k == 2 ? "true" : "false", V, n, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls,
+               k ? "true" : "false", k == 2 ? "true" : "false", k == 3 ? "true" : "false", V, n, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls,
                t_each / t_mask, (double)allowed / (double)n, differ);
     }
     free(logits);
     free(a);
     free(b);
     free(ids);
-    for (int k = 0; k < 3; k++) moe_json_schema_unref(sc[k]);
+    for (int k = 0; k < 4; k++) moe_json_schema_unref(sc[k]);
     moe_token_bytes_free(&tb);
     moe_tokenizer_free(tok);
     return 0;

@@ -32,6 +32,7 @@ enum {
     J_EXP_SIGN,   /* after 'e+' / 'e-' */
     J_EXP_DIGITS, /* exponent digits */
     J_LIT,        /* inside one of a node's literals (cand, pos) */
+    J_TEXT,       /* raw text of a K_TEXT root: UTF-8, each character through its automaton */
     J_DONE,       /* the value is complete */
 };
 
@@ -78,6 +79,14 @@ void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc)
     s->hi = 0xbf;
     s->key = s->integer = s->bounded = false;
     s->nlen = 0;
+    s->dfa = s->ucp = 0;
+    s->text = false;
+    const struct json_node *n = &sc->nodes[sc->root];
+    if (n->kind == K_TEXT) {
+        s->text = true;
+        s->dfa = n->pattern;
+        s->mode = sc->dfa[s->dfa].open ? J_TEXT : J_DONE;
+    }
 }
 
 void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
@@ -87,6 +96,11 @@ void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
 }
 
 bool moe_json_done(const struct moe_json_state *s) { return s->mode == J_DONE; }
+
+bool moe_json_may_end(const struct moe_json_state *s)
+{
+    return s->mode == J_DONE || (s->mode == J_TEXT && s->sc->dfa[s->dfa].accept);
+}
 
 static const struct json_node *node(const struct moe_json_state *s, unsigned i) { return &s->sc->nodes[i]; }
 static struct moe_json_frame *top(struct moe_json_state *s) { return &s->f[s->depth - 1]; }
@@ -290,6 +304,83 @@ static bool string_char(struct moe_json_state *s)
     return true;
 }
 
+/* ---- patterns: each character of a string (or raw text) through an automaton ----------- */
+
+/* The state after code point cp from state st (0: none). */
+static uint32_t dfa_step(const struct moe_json_schema *sc, uint32_t st, uint32_t cp)
+{
+    const struct json_dfa_range *r = sc->dfa_ranges + sc->dfa[st].first;
+    uint32_t lo = 0, hi = sc->dfa[st].n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (r[mid].hi < cp) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < sc->dfa[st].n && r[lo].lo <= cp ? r[lo].next : 0;
+}
+
+/* Whether a string in automaton state st, with the characters counted so far (the one being read
+ * too), can still match within its length bounds: a match some number of characters on lands in
+ * minLength .. maxLength. */
+static bool reach(const struct moe_json_state *s, uint32_t st)
+{
+    if (!st) return false; /* every other state reaches a match (json_regex.c cut the rest) */
+    if (s->text || !s->bounded) return true;
+    const struct json_node *n = node(s, s->cur);
+    const struct json_dfa_state *d = &s->sc->dfa[st];
+    uint32_t lo = n->min_items > s->pos ? n->min_items - s->pos : 0, hi = n->max_items - s->pos;
+    for (uint32_t k = lo; k < JSON_DFA_LENS && k <= hi; k++)
+        if (d->lens[k / 64] >> (k % 64) & 1) return true;
+    return hi >= JSON_DFA_LENS && d->inf; /* the compiler holds bounded lengths below JSON_DFA_LENS */
+}
+
+/* Whether some code point in lo .. hi (surrogates aside) leads on from the automaton's state. */
+static bool cp_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
+{
+    if (!s->dfa) return true;
+    const struct json_dfa_state *st = &s->sc->dfa[s->dfa];
+    const struct json_dfa_range *r = s->sc->dfa_ranges + st->first;
+    for (uint32_t i = 0; i < st->n; i++) /* the automaton's ranges hold no surrogates */
+        if (r[i].hi >= lo && r[i].lo <= hi && reach(s, r[i].next)) return true;
+    return false;
+}
+
+/* A character ends: on through the automaton. */
+static bool cp_done(struct moe_json_state *s, uint32_t cp)
+{
+    if (!s->dfa) return true;
+    uint32_t next = dfa_step(s->sc, s->dfa, cp);
+    if (!reach(s, next)) return false;
+    s->dfa = next;
+    if (s->text && !s->sc->dfa[next].open) s->mode = J_DONE; /* raw text that cannot go on: whole */
+    return true;
+}
+
+/* The code points a character begun by k of its bits (v) with r groups of 6 left can be. */
+static bool cp_may_partial(const struct moe_json_state *s, uint32_t v, unsigned r)
+{
+    return cp_may(s, v << (6 * r), (v << (6 * r)) | ((1u << (6 * r)) - 1));
+}
+
+/* A UTF-8 lead byte (RFC 3629): its continuation bytes, the first of which is narrower after E0 and
+ * F0 (no overlong forms), ED (no surrogates) and F4 (nothing above U+10FFFF); false if c is none. */
+static bool utf8_lead(struct moe_json_state *s, unsigned char c)
+{
+    s->lo = 0x80;
+    s->hi = 0xbf;
+    uint32_t lo, hi;
+    if (c >= 0xc2 && c <= 0xdf) s->aux = 1, s->ucp = c & 0x1f, lo = s->ucp << 6, hi = lo | 0x3f;
+    else if (c >= 0xe0 && c <= 0xef) s->aux = 2, s->ucp = c & 0x0f, lo = s->ucp << 12, hi = lo | 0xfff;
+    else if (c >= 0xf0 && c <= 0xf4) s->aux = 3, s->ucp = c & 0x07, lo = s->ucp << 18, hi = lo | 0x3ffff;
+    else return false;
+    if (c == 0xe0) s->lo = 0xa0, lo = 0x800;
+    else if (c == 0xed) s->hi = 0x9f, hi = 0xd7ff;
+    else if (c == 0xf0) s->lo = 0x90, lo = 0x10000;
+    else if (c == 0xf4) s->hi = 0x8f, hi = 0x10ffff;
+    s->mode = J_UTF8;
+    return cp_may(s, lo, hi);
+}
+
 /* The node a union (or any value) takes for a value beginning with c; -1: none. */
 static int select_branch(const struct moe_json_state *s, unsigned nd, unsigned char c)
 {
@@ -340,6 +431,7 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
         s->key = false;
         s->cur = (uint16_t)nd;
         s->bounded = n->bounded;
+        s->dfa = n->pattern;
         s->pos = 0; /* characters written */
         return true;
     case K_NUMBER:
@@ -378,6 +470,7 @@ static bool key_start(struct moe_json_state *s)
     if (n->extra < 0 && !(s->cand & ~top(s)->seen)) return false; /* every property written */
     s->pos = 0;
     s->key = true;
+    s->dfa = 0;
     s->mode = J_STRING;
     return true;
 }
@@ -444,6 +537,7 @@ static bool string_byte(struct moe_json_state *s, unsigned char c)
             s->mode = J_COLON;
         } else {
             if (s->bounded && s->pos < node(s, s->cur)->min_items) return false;
+            if (s->dfa && !s->sc->dfa[s->dfa].accept) return false; /* the pattern unmatched */
             value_done(s);
         }
         return true;
@@ -451,25 +545,26 @@ static bool string_byte(struct moe_json_state *s, unsigned char c)
     if (s->key && !key_byte(s, c, false)) return false;
     if (c < 0x20) return false; /* control characters must be escaped */
     if ((c < 0x80 || (c >= 0xc2 && c <= 0xf4)) && !string_char(s)) return false; /* a character begins */
-    if (c == '\\') {
+    if (c == '\\') { /* an escape: any character of the first plane */
         s->mode = J_ESC;
-        return true;
+        return cp_may(s, 0, 0xd7ff) || cp_may(s, 0xe000, 0xffff);
     }
-    if (c < 0x80) return true;
-    /* UTF-8 (RFC 3629): a lead byte and its continuation bytes, the first of which is narrower after
-     * E0 and F0 (no overlong forms), ED (no surrogates) and F4 (nothing above U+10FFFF) */
-    s->lo = 0x80;
-    s->hi = 0xbf;
-    if (c >= 0xc2 && c <= 0xdf) s->aux = 1;
-    else if (c >= 0xe0 && c <= 0xef) s->aux = 2;
-    else if (c >= 0xf0 && c <= 0xf4) s->aux = 3;
-    else return false;
-    if (c == 0xe0) s->lo = 0xa0;
-    else if (c == 0xed) s->hi = 0x9f;
-    else if (c == 0xf0) s->lo = 0x90;
-    else if (c == 0xf4) s->hi = 0x8f;
-    s->mode = J_UTF8;
-    return true;
+    if (c < 0x80) return cp_done(s, c);
+    return utf8_lead(s, c);
+}
+
+/* The character of a one-letter escape (after '\'), -1 for none. */
+static int escaped(unsigned char c)
+{
+    switch (c) {
+    case '"': case '\\': case '/': return c;
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    default: return -1;
+    }
 }
 
 static bool step(struct moe_json_state *s, unsigned char c)
@@ -536,29 +631,39 @@ static bool step(struct moe_json_state *s, unsigned char c)
         s->lo = 0x80;
         s->hi = 0xbf;
         if (s->key && !key_byte(s, c, false)) return false;
-        if (--s->aux == 0) s->mode = J_STRING;
-        return true;
+        s->ucp = s->ucp << 6 | (c & 0x3f);
+        if (--s->aux > 0) return cp_may_partial(s, s->ucp, s->aux);
+        s->mode = s->text ? J_TEXT : J_STRING;
+        return cp_done(s, s->ucp);
     case J_ESC:
         if (s->key && !key_byte(s, c, false)) return false;
         if (c == 'u') {
             s->mode = J_HEX;
             s->aux = 4;
+            s->ucp = 0;
             return true;
         }
-        if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
-            s->mode = J_STRING;
-            return true;
-        }
-        return false;
-    case J_HEX:
+        if (escaped(c) < 0) return false;
+        s->mode = J_STRING;
+        return cp_done(s, (uint32_t)escaped(c));
+    case J_HEX: {
         if (!is_hex(c)) return false;
         if (s->key && !key_byte(s, c, false)) return false;
         /* a bounded string counts a \u escape as one character: no surrogate, which a pair of escapes
          * writes as one */
         if (s->aux == 3 && (s->hex0 | 0x20) == 'd' && c >= '8' && bounded_string(s)) return false;
         s->hex0 = c;
-        if (--s->aux == 0) s->mode = J_STRING;
-        return true;
+        s->ucp = s->ucp << 4 | (uint32_t)(is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
+        if (--s->aux == 0) {
+            s->mode = J_STRING;
+            return cp_done(s, s->ucp);
+        }
+        uint32_t lo = s->ucp << (4 * s->aux), hi = lo | ((1u << (4 * s->aux)) - 1);
+        return cp_may(s, lo, hi < 0xd800 ? hi : 0xd7ff) || (hi > 0xdfff && cp_may(s, lo > 0xe000 ? lo : 0xe000, hi));
+    }
+    case J_TEXT:
+        if (c < 0x80) return cp_done(s, c);
+        return utf8_lead(s, c);
     case J_MINUS:
         if (c == '0') s->mode = J_ZERO;
         else if (c >= '1' && c <= '9') s->mode = J_INT;
@@ -632,7 +737,8 @@ static bool number_end(struct moe_json_state *s, unsigned char c)
 /* Whitespace inside a string or a literal is text, not whitespace between tokens. */
 static bool in_token(const struct moe_json_state *s)
 {
-    return s->mode == J_STRING || s->mode == J_ESC || s->mode == J_HEX || s->mode == J_UTF8 || s->mode == J_LIT;
+    return s->mode == J_STRING || s->mode == J_ESC || s->mode == J_HEX || s->mode == J_UTF8 || s->mode == J_LIT ||
+           s->mode == J_TEXT;
 }
 
 /* Whitespace between tokens: a run holds at most two line breaks and 2 + 4 x depth bytes (room for
@@ -678,7 +784,7 @@ static bool string_text(const char *b, size_t n)
  * value, or a key that no declared property constrains. */
 static bool in_free_string(const struct moe_json_state *s)
 {
-    if (s->mode != J_STRING) return false;
+    if (s->mode != J_STRING || s->dfa) return false; /* a pattern sees every character */
     if (!s->key) return true;
     return s->cand == 0 && node(s, s->f[s->depth - 1].node)->extra >= 0;
 }
@@ -838,6 +944,12 @@ int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *
         out[id] = logits[id];
         allowed++;
     }
+    if (is_eos && moe_json_may_end(s) && !moe_json_done(s)) /* raw text that matches: it may end */
+        for (int id = 0; id < vocab; id++)
+            if (is_eos(ud, id) && isinf(out[id])) {
+                out[id] = logits[id];
+                allowed++;
+            }
     return allowed;
 }
 

@@ -32,7 +32,7 @@ struct moe_json_schema;
 
 /* Compile a JSON Schema given as JSON text.  Supported: type (one or a list), properties,
  * required, additionalProperties, items, prefixItems, minItems, maxItems, minLength, maxLength,
- * minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf (integers), enum, const,
+ * pattern (json_regex.c), minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf (integers), enum, const,
  * anyOf / oneOf whose branches begin with different characters, allOf of one schema, $ref to
  * any JSON pointer inside the schema, and the annotations (title, description, default,
  * examples, ...), which are ignored.  Any other keyword is refused by name (MOE_ENOTSUP), as is
@@ -44,6 +44,10 @@ enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_j
  * after it).  One reference, as moe_json_schema_parse. */
 enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *lens, int n,
                                        struct moe_json_schema **out);
+/* A "schema" whose value is raw text (not JSON) that the regular expression pat[0..len) (UTF-8,
+ * ECMA-262 syntax as for a schema's pattern) matches as a whole: vLLM's guided_regex.  One
+ * reference, as moe_json_schema_parse. */
+enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_json_schema **out);
 /* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls).
  * Only before sc is shared. */
 void moe_json_schema_compact(struct moe_json_schema *sc);
@@ -61,6 +65,8 @@ struct moe_json_state {
     const struct moe_json_schema *sc;
     uint64_t cand;        /* the key's or literal's candidates still matching */
     uint32_t pos;         /* bytes of the key or literal read */
+    uint32_t dfa;         /* the pattern's automaton state in the string or text being read (0: none) */
+    uint32_t ucp;         /* the bits of the character being read (UTF-8 or \u escape) */
     uint16_t cur;         /* the node of the value expected or being read */
     uint8_t depth;        /* open containers */
     uint8_t mode;         /* what the next byte may be (json_guide.c) */
@@ -73,6 +79,7 @@ struct moe_json_state {
     bool key;             /* the string being read is an object key */
     bool integer;         /* the number being read is an integer */
     bool bounded;         /* the string or number being read has bounds (its node: cur) */
+    bool text;            /* raw text, not JSON (moe_json_schema_regex) */
     struct moe_json_frame f[MOE_JSON_MAX_DEPTH];
     char num[MOE_JSON_MAX_NUM]; /* a bounded number's text so far (after the frames: copied only
                                    while in use) */
@@ -85,8 +92,11 @@ void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc);
 void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src);
 /* Feed n bytes; false (s then undefined: feed a copy) when they cannot continue the value. */
 bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n);
-/* Whether the value is complete. */
+/* Whether the value is complete: nothing can follow. */
 bool moe_json_done(const struct moe_json_state *s);
+/* Whether the output may end here: the value is complete, or raw text matches its pattern (and
+ * could also go on); an end-of-sequence token is then allowed. */
+bool moe_json_may_end(const struct moe_json_state *s);
 
 /* Every token's bytes (the vocabulary as text), for masking candidates: token id's bytes are
  * blob[off[id] .. off[id + 1]) (none past the tokenizer's vocabulary). */
@@ -110,7 +120,8 @@ enum moe_status moe_token_bytes_make(const char *blob, const uint32_t *off, int 
 void moe_token_bytes_free(struct moe_token_bytes *t);
 
 /* One guided step: out[id] = logits[id] for every token whose bytes continue the value from s and
- * that is not an end-of-sequence token (is_eos(ud, id)), else -inf.  Returns how many are allowed
+ * that is not an end-of-sequence token (is_eos(ud, id)), and for the end-of-sequence tokens where
+ * the output may end (moe_json_may_end) but could go on, else -inf.  Returns how many are allowed
  * (0: none continues the value). */
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out);

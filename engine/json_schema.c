@@ -30,6 +30,7 @@ struct cc {
     size_t n_pool, cap_pool;
     struct ref *refs;
     int n_refs, cap_refs;
+    struct json_dfa_build dfa;  /* the patterns' automata */
     const json_t *doc;
     int integer, boolean, null; /* shared nodes, 0 until made */
     char path[256];             /* where in the schema, for messages */
@@ -43,11 +44,11 @@ static const char *const annotations[] = {
 };
 static const char *const keywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-    "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
     "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
 };
 #define SUPPORTED "type, properties, required, additionalProperties, items, prefixItems, minItems, maxItems, " \
-                  "minLength, maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
+                  "minLength, maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
                   "(integers), enum, const, anyOf, oneOf, allOf (of one schema) and $ref"
 
 static bool in_list(const char *k, const char *const *list, size_t n)
@@ -476,14 +477,52 @@ static int array_node(struct cc *c, const json_t *o, int depth)
     return new_node(c, n);
 }
 
+/* A pattern's automaton (whole: matching the whole text, else anywhere unless anchored); its start
+ * state, 0 on an error. */
+static uint32_t pattern_dfa(struct cc *c, const char *pat, size_t len, bool whole)
+{
+    char err[256];
+    uint32_t start = json_regex_compile(pat, len, whole, &c->dfa, err, sizeof(err));
+    if (!start) {
+        fail(c, MOE_EINVAL, "%s", err);
+        return 0;
+    }
+    if (c->dfa.n_states > JSON_DFA_MAX_ALL) {
+        fail(c, MOE_ERANGE, "the schema's patterns need more than %d automaton states in all", JSON_DFA_MAX_ALL);
+        return 0;
+    }
+    return start;
+}
+
 static int string_node(struct cc *c, const json_t *o)
 {
     struct json_node n = { .kind = K_STRING, .max_items = UINT32_MAX };
-    if (!json_object_get(o, "minLength") && !json_object_get(o, "maxLength")) return N_ANY_STRING;
+    const json_t *pat = json_object_get(o, "pattern");
+    if (!json_object_get(o, "minLength") && !json_object_get(o, "maxLength") && !pat) return N_ANY_STRING;
+    if (pat && !json_is_string(pat)) {
+        fail(c, MOE_EINVAL, "'pattern' must be a string (a regular expression)");
+        return -1;
+    }
+    if (pat && !(n.pattern = pattern_dfa(c, json_string_value(pat), json_string_length(pat), false))) return -1;
     if (!count_of(c, o, "minLength", &n.min_items) || !count_of(c, o, "maxLength", &n.max_items)) return -1;
     if (n.min_items > n.max_items) {
         fail(c, MOE_EINVAL, "minLength %u is above maxLength %u: no string can be written", n.min_items, n.max_items);
         return -1;
+    }
+    if (n.pattern && (n.min_items >= JSON_DFA_LENS || (n.max_items != UINT32_MAX && n.max_items >= JSON_DFA_LENS))) {
+        fail(c, MOE_ENOTSUP, "minLength or maxLength of %d or more beside 'pattern' is not supported (give the "
+             "lengths in the pattern, or leave them out)", JSON_DFA_LENS);
+        return -1;
+    }
+    if (n.pattern) { /* some match of the pattern within the lengths */
+        const struct json_dfa_state *d = &c->dfa.states[n.pattern];
+        bool some = n.max_items == UINT32_MAX && d->inf;
+        for (uint32_t k = n.min_items; k < JSON_DFA_LENS && k <= n.max_items && !some; k++)
+            some = d->lens[k / 64] >> (k % 64) & 1;
+        if (!some) {
+            fail(c, MOE_EINVAL, "no string of %u to %u characters matches the pattern", n.min_items, n.max_items);
+            return -1;
+        }
     }
     n.bounded = true;
     return new_node(c, n);
@@ -580,7 +619,7 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
 
 static const char *const object_words[] = { "properties", "required", "additionalProperties" };
 static const char *const array_words[] = { "items", "prefixItems", "minItems", "maxItems" };
-static const char *const string_words[] = { "minLength", "maxLength" };
+static const char *const string_words[] = { "minLength", "maxLength", "pattern" };
 
 /* The keywords of each type, which tell the type of a schema without one. */
 static const struct word_group {
@@ -591,7 +630,7 @@ static const struct word_group {
 } groups[] = {
     { "object", object_words, MOE_ARRAY_LEN(object_words), "properties, required, additionalProperties" },
     { "array", array_words, MOE_ARRAY_LEN(array_words), "items, prefixItems, minItems, maxItems" },
-    { "string", string_words, MOE_ARRAY_LEN(string_words), "minLength, maxLength" },
+    { "string", string_words, MOE_ARRAY_LEN(string_words), "minLength, maxLength, pattern" },
     { "number", number_words, MOE_ARRAY_LEN(number_words),
       "minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf" },
 };
@@ -862,6 +901,8 @@ static void cc_free(struct cc *c)
     free(c->branch);
     free(c->pool);
     free(c->refs);
+    free(c->dfa.states);
+    free(c->dfa.ranges);
 }
 
 /* c with the "any value" grammar's nodes, literals and pool, as every schema begins. */
@@ -897,6 +938,8 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     sc->lits = c->lits;
     sc->branch = c->branch;
     sc->pool = c->pool;
+    sc->dfa = c->dfa.states;
+    sc->dfa_ranges = c->dfa.ranges;
     sc->n_nodes = c->n_nodes;
     sc->root = (uint16_t)root;
     sc->compact = false;
@@ -905,6 +948,8 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     c->lits = NULL;
     c->branch = NULL;
     c->pool = NULL;
+    c->dfa.states = NULL;
+    c->dfa.ranges = NULL;
     *out = sc;
     return MOE_OK;
 }
@@ -965,6 +1010,22 @@ out:
     return st;
 }
 
+enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_json_schema **out)
+{
+    *out = NULL;
+    struct cc c = { 0 };
+    enum moe_status st = MOE_ENOMEM;
+    char err[256];
+    if (cc_begin(&c)) {
+        uint32_t start = json_regex_compile(pat, len, true, &c.dfa, err, sizeof(err));
+        int root = start ? new_node(&c, (struct json_node){ .kind = K_TEXT, .pattern = start }) : -1;
+        if (!start) st = moe_errorf(MOE_EINVAL, "%s", err);
+        else st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
+    }
+    cc_free(&c);
+    return st;
+}
+
 void moe_json_schema_compact(struct moe_json_schema *sc)
 {
     if (sc && atomic_load(&sc->refs) > 0) sc->compact = true;
@@ -984,5 +1045,7 @@ void moe_json_schema_unref(struct moe_json_schema *sc)
     free((void *)sc->lits);
     free((void *)sc->branch);
     free((void *)sc->pool);
+    free((void *)sc->dfa);
+    free((void *)sc->dfa_ranges);
     free(sc);
 }

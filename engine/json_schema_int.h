@@ -20,6 +20,7 @@ enum json_kind {
     K_UNION,    /* the one of branch[first .. first + n) that the first byte selects */
     K_TAGGED,   /* one of the objects branch[first .. first + n), told apart by the value of their
                    property key, written first: one of the literals of node tags, in branch order */
+    K_TEXT,     /* raw text (not JSON), the whole of which matches automaton pattern */
 };
 
 struct json_str {        /* bytes pool[off .. off + len) */
@@ -39,9 +40,40 @@ struct json_range {
     int64_t mult;          /* integer: a multiple of mult (1: any) */
 };
 
+/* A regular expression as a DFA over code points: state 0 is dead (no way on). */
+struct json_dfa_range {      /* code points lo .. hi go to state next */
+    uint32_t lo, hi, next;
+};
+#define JSON_DFA_LENS 256      /* accepting path lengths kept per state: 0 .. 255 */
+#define JSON_DFA_LW (JSON_DFA_LENS / 64)
+struct json_dfa_state {      /* ranges[first .. first + n), sorted and disjoint; a range to a state
+                                from which nothing can match goes to 0 */
+    uint32_t first, n;
+    bool accept;             /* the text so far matches */
+    bool open;               /* some character leads on */
+    bool inf;                /* matches are reachable with more than JSON_DFA_LENS - 1 characters */
+    uint64_t lens[JSON_DFA_LW]; /* bit k: a match is reachable with exactly k more characters */
+};
+struct json_dfa_build {
+    struct json_dfa_state *states;
+    size_t n_states, cap_states;
+    struct json_dfa_range *ranges;
+    size_t n_ranges, cap_ranges;
+};
+#define JSON_DFA_MAX 2048        /* states of one pattern's automaton */
+#define JSON_DFA_MAX_TEXT "2048"
+#define JSON_DFA_MAX_ALL 65536   /* states of one schema's automata */
+
+bool json_dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges);
+/* Compile pattern pat[0..len) (UTF-8) into automaton states appended to b: matched anywhere in the
+ * text unless anchored by '^' / '$' (JSON Schema's pattern), or by the whole text (whole).  Returns
+ * the start state; 0 on an error, described in err. */
+uint32_t json_regex_compile(const char *pat, size_t len, bool whole, struct json_dfa_build *b, char *err,
+                            size_t errlen);
+
 struct json_node {
     uint8_t kind;
-    bool bounded;        /* string, number, integer: min_items / max_items or range hold */
+    bool bounded;        /* string: min_items / max_items or pattern hold; number, integer: range */
     uint16_t n;
     uint32_t first;
     int32_t extra;
@@ -49,6 +81,7 @@ struct json_node {
     uint32_t min_items, max_items;
     uint32_t tags;       /* tagged: the literal node of the tag values */
     struct json_str key; /* tagged: the tag property's name, as written */
+    uint32_t pattern;    /* string, text: the automaton's start state (0: none) */
     struct json_range range;
 };
 
@@ -64,6 +97,8 @@ struct moe_json_schema {
     const struct json_str *lits;
     const uint16_t *branch;
     const char *pool;
+    const struct json_dfa_state *dfa;
+    const struct json_dfa_range *dfa_ranges;
     int n_nodes;
     uint16_t root;
     bool compact;        /* whitespace between tokens: one space at most, no line break */

@@ -37,6 +37,7 @@ struct gen_opts {
     const char *ids_out;       /* --ids-out: the token ids fed through the model, for trace --ids */
     bool json;                 /* --json: JSON mode (one JSON object, stopping when it is whole) */
     const char *schema_path;   /* --json-schema FILE: one value of this JSON Schema instead */
+    const char *regex;         /* --regex PATTERN: raw text that the pattern matches as a whole */
     struct moe_json_schema *schema; /* ... compiled */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
@@ -50,7 +51,7 @@ static void usage(FILE *f)
             "                        [--presence-penalty X] [--frequency-penalty X]\n"
             "                        [--repetition-penalty X] [--logit-bias ID:BIAS]...\n"
             "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
-            "                        [--ids-out FILE] [--json | --json-schema FILE]\n"
+            "                        [--ids-out FILE] [--json | --json-schema FILE | --regex PATTERN]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -83,6 +84,8 @@ static void usage(FILE *f)
             "                     object, stopping when it is whole (serve's response_format json_object)\n"
             "  --json-schema FILE JSON mode for one value of the JSON Schema in FILE (serve's response_format\n"
             "                     json_schema; docs/api.md lists the keywords followed)\n"
+            "  --regex PATTERN    text that the regular expression matches as a whole (ECMA-262 syntax, as a\n"
+            "                     schema's pattern; serve's guided_regex): it may end wherever it matches\n"
             "  --ids-out FILE     write the token ids this run fed through the model (the prompt's and\n"
             "                     the output's but the last) as [[...]]: `moeflow trace --ids FILE` then\n"
             "                     records exactly this run's routing, e.g. for --belady-trace\n"
@@ -156,7 +159,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
            OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS,
-           OPT_JSON, OPT_SCHEMA };
+           OPT_JSON, OPT_SCHEMA, OPT_REGEX };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -172,6 +175,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "logit-bias", required_argument, NULL, OPT_BIAS },
         { "json", no_argument, NULL, OPT_JSON },
         { "json-schema", required_argument, NULL, OPT_SCHEMA },
+        { "regex", required_argument, NULL, OPT_REGEX },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
@@ -278,11 +282,22 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             o->chat = true;
             break;
         case OPT_JSON:
-            o->json = true;
-            break;
         case OPT_SCHEMA:
+            if (o->regex) {
+                fprintf(stderr, "moeflow generate: --regex goes without --json and --json-schema (give one)\n");
+                return 2;
+            }
             o->json = true;
+            if (c == OPT_JSON) break;
             o->schema_path = optarg;
+            break;
+        case OPT_REGEX:
+            if (o->json) {
+                fprintf(stderr, "moeflow generate: --regex goes without --json and --json-schema (give one)\n");
+                return 2;
+            }
+            o->json = true;
+            o->regex = optarg;
             break;
         case OPT_SYSTEM:
             o->system = optarg;
@@ -461,6 +476,10 @@ int moe_cmd_generate(int argc, char **argv)
             fprintf(stderr, "moeflow generate: --json-schema %s: %s\n", o.schema_path, moe_last_error());
             return 2;
         }
+    }
+    if (o.regex && moe_json_schema_regex(o.regex, strlen(o.regex), &o.schema) != MOE_OK) {
+        fprintf(stderr, "moeflow generate: --regex: %s\n", moe_last_error());
+        return 2;
     }
     if (!moe_cli_open_model("generate", o.model_dir, &m, &tok)) goto out;
     if (moe_sampling_validate(&o.samp, m->cfg.vocab) != MOE_OK) { /* the bias ids against the vocabulary */

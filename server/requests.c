@@ -548,9 +548,10 @@ out:
     return st;
 }
 
-/* vLLM's structured outputs: "structured_outputs": {"json": schema, "choice": [texts]} or the older
- * "guided_json" / "guided_choice"; a JSON schema (an object, or JSON text) or a choice among texts,
- * as JSON mode holds the output to them. */
+/* vLLM's structured outputs: "structured_outputs": {"json": schema, "choice": [texts], "regex":
+ * pattern} or the older "guided_json" / "guided_choice" / "guided_regex"; a JSON schema (an object,
+ * or JSON text), a choice among texts or a regular expression the whole output matches, as JSON
+ * mode holds the output to them. */
 static enum moe_status parse_structured(json_t *root, struct moe_gen_request *out)
 {
     json_t *so = json_object_get(root, "structured_outputs");
@@ -561,21 +562,23 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         { "json", "guided_json" }, { "choice", "guided_choice" }, { "regex", "guided_regex" },
         { "grammar", "guided_grammar" }, { "structural_tag", "structural_tag" },
     };
-    json_t *js = NULL, *ch = NULL;
+    json_t *js = NULL, *ch = NULL, *rx = NULL;
     const char *from = NULL;
     for (size_t i = 0; i < MOE_ARRAY_LEN(kinds); i++) {
         json_t *a = so ? json_object_get(so, kinds[i][0]) : NULL, *b = json_object_get(root, kinds[i][1]);
         json_t *v = a && !json_is_null(a) ? a : b && !json_is_null(b) ? b : NULL;
         if (!v) continue;
         const char *name = v == a ? kinds[i][0] : kinds[i][1];
-        if (i >= 2)
+        if (i >= 3)
             return moe_errorf(MOE_ENOTSUP, "'%s' is not supported: outputs are held to a JSON schema (json, "
-                              "guided_json) or a choice of texts (choice, guided_choice)", name);
+                              "guided_json), a choice of texts (choice, guided_choice) or a regular expression "
+                              "(regex, guided_regex)", name);
         if (from)
             return moe_errorf(MOE_EINVAL, "'%s' and '%s' together: give one", from, name);
         from = name;
         if (i == 0) js = v;
-        else ch = v;
+        else if (i == 1) ch = v;
+        else rx = v;
     }
     if (!from) return MOE_OK;
     if (out->json_object || out->json_schema)
@@ -592,6 +595,10 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         if (!text) return moe_errorf(MOE_ENOMEM, "out of memory reading '%s'", from);
         st = moe_json_schema_parse(text, strlen(text), &out->json_schema);
         free(text);
+    } else if (rx) {
+        if (!json_is_string(rx))
+            return moe_errorf(MOE_EINVAL, "'%s' must be a string (a regular expression)", from);
+        st = moe_json_schema_regex(json_string_value(rx), json_string_length(rx), &out->json_schema);
     } else {
         size_t n = json_is_array(ch) ? json_array_size(ch) : 0;
         const char *texts[MOE_JSON_MAX_ENUM];

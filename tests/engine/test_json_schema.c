@@ -241,7 +241,7 @@ static void test_choice(void)
 
 static void test_refused(void)
 {
-    refused("{\"type\":\"string\",\"pattern\":\"^a\"}", MOE_ENOTSUP, "'pattern' is not supported");
+    refused("{\"not\":{\"type\":\"string\"}}", MOE_ENOTSUP, "'not' is not supported");
     refused("{\"type\":\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"date\"}}}", MOE_ENOTSUP,
             "at '/properties/d': 'format' is not supported");
     refused("{\"type\":\"number\"}", MOE_ENOTSUP, "bare number");
@@ -519,6 +519,190 @@ static void test_tuples_allof(void)
     moe_json_schema_unref(sc);
 }
 
+/* pattern: a string's characters (escapes decoded) through the regular expression's automaton;
+ * found anywhere unless anchored. */
+static void test_patterns(void)
+{
+    struct moe_json_schema *sc = compile(
+        "{\"type\":\"object\",\"properties\":{\"zip\":{\"type\":\"string\",\"pattern\":\"^[0-9]{5}(-[0-9]{4})?$\"},"
+        "\"code\":{\"type\":\"string\",\"pattern\":\"[A-Z]{2}\"},\"word\":{\"type\":\"string\",\"pattern\":"
+        "\"^\\\\w+$\",\"maxLength\":5},\"e\":{\"pattern\":\"^\xc3\xa9+\\\\.?$\"}},\"additionalProperties\":false}");
+    if (!sc) return;
+    good(sc, "{\"zip\":\"12345\"}");
+    good(sc, "{\"zip\":\"12345-6789\"}");
+    good(sc, "{\"zip\":\"\\u0031\\u0032345\"}"); /* escapes are their characters */
+    good(sc, "{\"code\":\"xxABy\"}");
+    good(sc, "{\"code\":\"AB\"}");
+    good(sc, "{\"word\":\"ab_1\"}");
+    good(sc, "{\"e\":\"\xc3\xa9\xc3\xa9.\"}");
+    bad_at(sc, "{\"zip\":\"1234", "\"}");
+    bad_at(sc, "{\"zip\":\"12", "a");
+    bad_at(sc, "{\"zip\":\"12345", "6");
+    bad_at(sc, "{\"zip\":\"12345-", "\"");
+    bad_at(sc, "{\"zip\":\"\\u00", "41"); /* no digit lies in U+0040..U+004F */
+    bad_at(sc, "{\"code\":\"aB", "\"");
+    bad_at(sc, "{\"word\":\"abcde", "f");
+    bad_at(sc, "{\"word\":\"a", " ");
+    bad_at(sc, "{\"e\":\"\xc3", "\xa8");   /* U+00E8: the lead byte could begin U+00E9 */
+    bad_at(sc, "{\"e\":\"", "\xc4");        /* no character of U+0100..U+013F is é */
+    bad_at(sc, "{\"e\":\"\xc3\xa9.", ".");
+    moe_json_schema_unref(sc);
+
+    static const struct {
+        const char *pattern, *needle;
+    } no[] = {
+        { "(?=a)b", "lookaround" },
+        { "(a)\\\\1", "back-references" },
+        { "\\\\bfoo", "word boundaries" },
+        { "a{2,1}", "out of order" },
+        { "[z-a]", "out of order" },
+        { "(a", "without its ')'" },
+        { "a)", "without its '('" },
+        { "^a|b$", "write '^(a|b)$'" },
+        { "a{1001}", "above 1000" },
+        { "[]", "empty class" },
+        { "a**", "after a quantifier" },
+        { "*a", "nothing to repeat" },
+        { "x{", "not a count" },
+        { "a^b", "start and end" },
+        { "\\\\p{L}", "property escapes" },
+        { "\\\\q", "unknown escape" },
+        { "(a|b)*a(a|b){12}", "more than 2048 automaton states" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(no); i++) {
+        char schema[256];
+        snprintf(schema, sizeof(schema), "{\"type\":\"string\",\"pattern\":\"%s\"}", no[i].pattern);
+        refused(schema, MOE_EINVAL, no[i].needle);
+    }
+    refused("{\"type\":\"string\",\"pattern\":5}", MOE_EINVAL, "'pattern' must be a string");
+    refused("{\"type\":\"string\",\"pattern\":\"a[^\\\\s\\\\S]\"}", MOE_EINVAL, "matches no text");
+    refused("{\"type\":\"string\",\"pattern\":\"a\",\"maxLength\":300}", MOE_ENOTSUP, "beside 'pattern'");
+
+    /* a pattern and lengths together: only what meets both (here "abab") */
+    sc = compile("{\"type\":\"string\",\"pattern\":\"^(ab)+$\",\"minLength\":3,\"maxLength\":5}");
+    if (sc) {
+        good(sc, "\"abab\"");
+        bad_at(sc, "\"ab", "\"");
+        bad_at(sc, "\"abab", "a");
+    }
+    moe_json_schema_unref(sc);
+}
+
+/* Random walks through strings under a pattern and lengths: at every byte some byte continues the
+ * value (the automaton and the lengths never leave a string that cannot be finished). */
+static void test_pattern_walk(void)
+{
+    static const char *const patterns[] = {
+        "^[ab]+-[0-9]{2,3}$", "a|b", "^(ab|ba)*$", "^\\\\w+@\\\\w+\\\\.(com|org)$", "\\\\d\\\\.\\\\d", "^\\\\u00e9?[a-z]{1,4}$",
+    };
+    static const char bytes[] = "ab0123456789-.@comrgdef\"\\u\xc3\xa9 "; /* hex digits enough for any escape */
+    uint64_t rng = 7;
+    int walks = 0, ended = 0;
+    for (size_t k = 0; k < MOE_ARRAY_LEN(patterns); k++)
+        for (int lo = 0; lo <= 6; lo += 3)
+            for (int hi = lo; hi <= lo + 12; hi += 4) {
+                char schema[256];
+                snprintf(schema, sizeof(schema), "{\"type\":\"string\",\"pattern\":\"%s\",\"minLength\":%d,"
+                         "\"maxLength\":%d}", patterns[k], lo, hi);
+                struct moe_json_schema *sc = NULL;
+                if (moe_json_schema_parse(schema, strlen(schema), &sc) != MOE_OK) { /* lengths no match has */
+                    CHECK(strstr(moe_last_error(), "matches the pattern"), "%s: %s", schema, moe_last_error());
+                    continue;
+                }
+                for (int w = 0; w < 8; w++, walks++) {
+                    struct moe_json_state s;
+                    moe_json_init(&s, sc);
+                    char text[256];
+                    size_t len = 0;
+                    bool stuck = false;
+                    while (!moe_json_done(&s) && len < 200) {
+                        char ok[sizeof(bytes)];
+                        int m = 0;
+                        for (const char *b = bytes; *b; b++) {
+                            struct moe_json_state c;
+                            moe_json_copy(&c, &s);
+                            if (moe_json_feed(&c, b, 1)) ok[m++] = *b;
+                        }
+                        if (m == 0) {
+                            stuck = true;
+                            break;
+                        }
+                        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                        char pick = ok[(rng >> 33) % (uint64_t)m];
+                        moe_json_feed(&s, &pick, 1);
+                        text[len++] = pick;
+                    }
+                    text[len] = 0;
+                    CHECK(!stuck, "%s: a dead end after %s", schema, text);
+                    ended += moe_json_done(&s);
+                }
+                moe_json_schema_unref(sc);
+            }
+    CHECK(walks > 200 && ended > walks / 2, "%d walks, %d ended", walks, ended);
+}
+
+/* A regular expression over raw text (vLLM's guided_regex): the whole output matches; it may end
+ * wherever it matches, and is done where nothing can follow. */
+static void test_regex_text(void)
+{
+    struct moe_json_schema *sc = NULL;
+    const char *pat = "[0-9]{3}-[a-z]+( ok)?";
+    REQUIRE(moe_json_schema_regex(pat, strlen(pat), &sc) == MOE_OK && sc, "%s", moe_last_error());
+    struct moe_json_state s;
+    moe_json_init(&s, sc);
+    CHECK(!moe_json_may_end(&s), "the empty text matches");
+    CHECK(moe_json_feed(&s, "123", 3) && !moe_json_may_end(&s), "123: refused, or may end");
+    CHECK(moe_json_feed(&s, "-ab", 3) && moe_json_may_end(&s) && !moe_json_done(&s), "123-ab: may not end");
+    CHECK(moe_json_feed(&s, " ok", 3) && moe_json_done(&s), "123-ab ok: not done");
+    CHECK(verdict(sc, "12a") == 2 && verdict(sc, "123-ab o ") == 8 && verdict(sc, "123-ab ok!") == 9,
+          "refused at the wrong byte");
+    moe_json_schema_unref(sc);
+    pat = "(yes|no)\\.";
+    REQUIRE(moe_json_schema_regex(pat, strlen(pat), &sc) == MOE_OK && sc, "%s", moe_last_error());
+    good(sc, "yes.");
+    good(sc, "no.");
+    bad(sc, "maybe", 0);
+    moe_json_schema_unref(sc);
+    CHECK(moe_json_schema_regex("(a", 2, &sc) == MOE_EINVAL && !sc && strstr(moe_last_error(), "without its ')'"),
+          "a bad regex: %s", moe_last_error());
+}
+
+static bool toy_eos(const void *ud, int id)
+{
+    (void)ud;
+    return id == 3;
+}
+
+/* The mask allows an end-of-sequence token exactly where raw text may end. */
+static void test_regex_mask(void)
+{
+    static const char *toks[] = { "1", "2", "a", "</s>", "b" };
+    char blob[32];
+    uint32_t off[6], at = 0;
+    for (int i = 0; i < 5; i++) {
+        off[i] = at;
+        memcpy(blob + at, toks[i], strlen(toks[i]));
+        at += (uint32_t)strlen(toks[i]);
+    }
+    off[5] = at;
+    struct moe_token_bytes tb;
+    REQUIRE(moe_token_bytes_make(blob, off, 5, &tb) == MOE_OK, "%s", moe_last_error());
+    struct moe_json_schema *sc = NULL;
+    REQUIRE(moe_json_schema_regex("1+a?", 4, &sc) == MOE_OK, "%s", moe_last_error());
+    float logits[5] = { 1, 2, 3, 4, 5 }, out[5];
+    struct moe_json_state s;
+    moe_json_init(&s, sc);
+    int n = moe_json_mask(&s, &tb, logits, 5, toy_eos, NULL, out);
+    CHECK(n == 1 && !isinf(out[0]) && isinf(out[3]), "start: %d allowed, eos %g", n, out[3]);
+    moe_json_take(&s, &tb, 0);
+    n = moe_json_mask(&s, &tb, logits, 5, toy_eos, NULL, out);
+    CHECK(n == 3 && !isinf(out[0]) && !isinf(out[2]) && out[3] == 4 && isinf(out[1]), "after 1: %d allowed", n);
+    moe_json_take(&s, &tb, 2);
+    CHECK(moe_json_done(&s), "1a: not done");
+    moe_json_schema_unref(sc);
+    moe_token_bytes_free(&tb);
+}
+
 /* Masks over a toy vocabulary. */
 static void test_mask(void)
 {
@@ -648,6 +832,10 @@ int main(void)
     test_number_bounds();
     test_bounds_walk();
     test_tuples_allof();
+    test_patterns();
+    test_pattern_walk();
+    test_regex_text();
+    test_regex_mask();
     test_mask();
     test_mask_vocab();
     return t_result("test_engine_json_schema");

@@ -1,10 +1,13 @@
 """JSON schemas against an independent validator: `moeflow generate --json-schema` samples
-(temperature 1.2) under eight schemas (nested objects, enums of mixed values, nullable $refs,
-recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples);
-every output that ends must validate under the jsonschema package, and some must end.
+(temperature 1.2) under nine schemas (nested objects, enums of mixed values, nullable $refs,
+recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples;
+patterns): every output that ends must validate under the jsonschema package, and some must end;
+and `generate --regex` under four regular expressions: every output that ends must match whole
+under Python's re.
 usage: test_schema_conformance.py MOEFLOW_BINARY SOURCE_DIR [--seeds N] (default 5; 25 for a longer run)"""
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,7 +44,17 @@ SCHEMAS = [
                                                   {"type": "string", "maxLength": 3}], "items": False, "minItems": 2},
         "kind": {"allOf": [{"$ref": "#/$defs/K"}], "description": "a kind"}},
      "required": ["name", "age", "score", "step", "pair", "kind"], "additionalProperties": False},
+    {"type": "object", "properties": {
+        "id": {"type": "string", "pattern": "^[a-z]{2,4}-[0-9]{1,3}$"},
+        "mail": {"type": "string", "pattern": "^[\\w.]+@(example|test)\\.(com|org)$", "maxLength": 20},
+        "note": {"type": "string", "pattern": "[A-Z]\\d"},
+        "path": {"type": "string", "pattern": "^(/[^/\\s]+)+/?$"}},
+     "required": ["id", "mail", "note", "path"], "additionalProperties": False},
 ]
+
+# Regular expressions over raw text (`generate --regex`): every output that ends must match whole.
+REGEXES = [r"[0-9]{3}-[a-z]+( ok)?", r"(def|class) [A-Za-z_]\w{0,12}\((self)?\):", r"-?\d{1,4}(\.\d{1,2})?",
+           r"(True|False|None|'[^'\n]{0,8}')\n"]
 
 
 def main():
@@ -75,8 +88,27 @@ def main():
                     except jsonschema.ValidationError as e:
                         invalid += 1
                         print("FAIL: schema %d seed %d: %r: %s" % (k, seed, text[:300], e.message[:200]))
-    print("test_schema_conformance: %d ended, %d invalid or failed, %d unfinished" % (ended, invalid, unfinished))
-    ok = invalid == 0 and ended >= len(SCHEMAS) * seeds
+    r_ended = 0
+    for k, pattern in enumerate(REGEXES):
+        for seed in range(1, seeds + 1):
+            r = subprocess.run([moeflow, "generate", "--prompt", "x = ", "--regex", pattern, "--max-tokens", "60",
+                                "--temperature", "1.2", "--seed", str(seed)], capture_output=True, timeout=120)
+            if r.returncode != 0:
+                print("FAIL: regex %d seed %d: exit %d: %s" % (k, seed, r.returncode, r.stderr[-300:]))
+                invalid += 1
+                continue
+            text = r.stdout.decode("utf-8")[:-1]
+            if re.fullmatch(pattern, text):
+                r_ended += 1
+            elif not any(re.fullmatch(pattern, text + tail) for tail in ("", "a", "0", " ok", "):", "\n")):
+                # a text cut by --max-tokens is a prefix of a match; anything else breaks the pattern
+                prefix = any(re.match("(?:%s)" % pattern, text[:i]) for i in range(len(text) + 1))
+                if not prefix:
+                    invalid += 1
+                    print("FAIL: regex %d seed %d: %r does not match %r" % (k, seed, text, pattern))
+    print("test_schema_conformance: %d ended, %d invalid or failed, %d unfinished; %d regex texts matched" %
+          (ended, invalid, unfinished, r_ended))
+    ok = invalid == 0 and ended >= len(SCHEMAS) * seeds and r_ended >= len(REGEXES) * seeds // 2
     print("test_schema_conformance: %s" % ("ok" if ok else "FAILED"))
     return 0 if ok else 1
 

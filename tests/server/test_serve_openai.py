@@ -405,7 +405,7 @@ def check_json_schema(srv, moeflow):
         "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"enum": ["yes", "no"]}}}})
     content = (js.get("choices") or [{}])[0].get("message", {}).get("content")
     check(code == 200 and content in ('"yes"', '"no"'), "chat json_schema enum: %d %r" % (code, js))
-    for schema, word in (({"type": "string", "pattern": "^a"}, "'pattern' is not supported"),
+    for schema, word in (({"type": "string", "pattern": "(?=a)"}, "lookaround"),
                          ({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}},
                           "/properties/d"),
                          ({"type": "number"}, "bare number"),
@@ -443,7 +443,17 @@ def check_structured(srv):
         text = (js.get("choices") or [{}])[0].get("text")
         want = text if want is None else want
         check(code == 200 and text == want and text.startswith("{"), "%r: %d %r (want %r)" % (extra, code, js, want))
-    for extra, word in (({"guided_regex": "a+"}, "'guided_regex' is not supported"),
+    # a regular expression: the whole text matches where it ends with "stop"; the same both ways
+    texts = []
+    for extra in ({"guided_regex": r"[a-z_]{1,8} = [0-9]{1,3}\n"},
+                  {"structured_outputs": {"regex": r"[a-z_]{1,8} = [0-9]{1,3}\n"}}):
+        code, js = post(srv, "/v1/completions", dict(base, max_tokens=24, **extra))
+        ch = (js.get("choices") or [{}])[0]
+        texts.append(ch.get("text"))
+        check(code == 200 and ch.get("finish_reason") == "stop" and
+              re.fullmatch(r"[a-z_]{1,8} = [0-9]{1,3}\n", ch.get("text") or ""), "%r: %d %r" % (extra, code, js))
+    check(texts[0] == texts[1], "guided_regex %r, structured_outputs.regex %r" % tuple(texts))
+    for extra, word in (({"guided_regex": "a("}, "'guided_regex': pattern 'a('"),
                         ({"structured_outputs": {"grammar": "root ::= x"}}, "'grammar' is not supported"),
                         ({"guided_choice": ["a", "ab"]}, "begins another"),
                         ({"guided_choice": []}, "'guided_choice'"),

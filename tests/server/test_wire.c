@@ -412,7 +412,8 @@ static void test_response_format(void)
     /* vLLM's structured outputs */
     const char *so_ok[] = { "\"guided_json\":{\"type\":\"object\"}", "\"guided_json\":\"{\\\"enum\\\":[1,2]}\"",
                             "\"structured_outputs\":{\"json\":{\"type\":\"array\"}}", "\"guided_choice\":[\"a\",\"b\"]",
-                            "\"structured_outputs\":{\"choice\":[\"yes\"]}" };
+                            "\"structured_outputs\":{\"choice\":[\"yes\"]}", "\"guided_regex\":\"[a-z]+\\\\d\"",
+                            "\"structured_outputs\":{\"regex\":\"(yes|no)!\"}" };
     char body[256];
     for (size_t i = 0; i < MOE_ARRAY_LEN(so_ok); i++) {
         snprintf(body, sizeof(body), "{\"prompt\":\"x\",%s}", so_ok[i]);
@@ -420,7 +421,10 @@ static void test_response_format(void)
         CHECK(r.json_schema && !r.json_object, "%s: no schema", so_ok[i]);
         moe_gen_request_free(&r);
     }
-    expect_bad("{\"prompt\":\"x\",\"guided_regex\":\"a\"}", false, "'guided_regex' is not supported");
+    expect_bad("{\"prompt\":\"x\",\"guided_regex\":\"(a\"}", false, "'guided_regex': pattern '(a': a '(' without");
+    expect_bad("{\"prompt\":\"x\",\"guided_regex\":[\"a\"]}", false, "'guided_regex' must be a string");
+    expect_bad("{\"prompt\":\"x\",\"structured_outputs\":{\"grammar\":\"root ::= x\"}}", false,
+               "'grammar' is not supported");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",\"ab\"]}", false, "begins another");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",3]}", false, "'guided_choice'[1]");
     expect_bad("{\"prompt\":\"x\",\"guided_json\":{\"type\":\"string\",\"format\":\"uri\"}}", false,

@@ -1,0 +1,849 @@
+/* Regular expressions (the ECMA-262 subset a JSON Schema "pattern" is
+ * written in) to deterministic automata over Unicode code points, which the
+ * recognizer (json_guide.c) steps one character at a time.  Pattern text ->
+ * syntax tree -> Thompson NFA -> DFA by subset construction; every limit is a
+ * clear error, never an automaton that is cut short. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json_schema_int.h"
+
+#define RX_MAX_TEXT 4096   /* bytes of a pattern */
+#define RX_MAX_NEST 64     /* groups inside groups */
+#define RX_MAX_REPEAT 1000 /* the largest count in {n,m} */
+#define RX_MAX_NFA 4096    /* NFA states of one pattern */
+#define CP_MAX 0x10ffffu
+#define SUR_LO 0xd800u     /* surrogates: never characters of a string */
+#define SUR_HI 0xdfffu
+
+struct rng {
+    uint32_t lo, hi;
+};
+
+enum { A_SET, A_CAT, A_ALT, A_REP, A_EMPTY };
+
+struct ast {
+    int kind;
+    int a, b;     /* CAT, ALT: the two sides; REP: a, the repeated node */
+    int min, max; /* REP: counts, max -1 for no bound */
+    int rf, rn;   /* SET: ranges rs[rf .. rf + rn), sorted, disjoint, without surrogates */
+};
+
+struct rx {
+    const char *p, *end;
+    struct ast *n;
+    int nn, cap;
+    struct rng *rs; /* every set's ranges */
+    int nr, capr;
+    int depth;
+    const char *err; /* the first error, with where (p) it was found */
+    const char *err_at;
+    char msg[160];
+};
+
+static bool fail_rx(struct rx *x, const char *msg)
+{
+    if (!x->err) {
+        x->err = msg;
+        x->err_at = x->p;
+    }
+    return false;
+}
+
+static bool grow_to(void **p, int *cap, int need, size_t size)
+{
+    if (need <= *cap) return true;
+    int n = *cap ? *cap * 2 : 64;
+    while (n < need) n *= 2;
+    void *q = realloc(*p, (size_t)n * size);
+    if (!q) return false;
+    *p = q;
+    *cap = n;
+    return true;
+}
+
+/* fail_rx for functions that return a node: -1. */
+static int fail_node(struct rx *x, const char *msg)
+{
+    fail_rx(x, msg);
+    return -1;
+}
+
+static int new_ast(struct rx *x, struct ast a)
+{
+    if (!grow_to((void **)&x->n, &x->cap, x->nn + 1, sizeof(*x->n))) {
+        fail_rx(x, "out of memory");
+        return -1;
+    }
+    x->n[x->nn] = a;
+    return x->nn++;
+}
+
+/* ---- character sets -------------------------------------------------------------- */
+
+/* A set being built: ranges in any order, normalised by set_done. */
+struct set {
+    struct rng r[512];
+    int n;
+    bool full; /* more ranges than fit */
+};
+
+static void set_add(struct set *s, uint32_t lo, uint32_t hi)
+{
+    if (s->n == (int)(sizeof(s->r) / sizeof(s->r[0]))) s->full = true;
+    else s->r[s->n++] = (struct rng){ lo, hi };
+}
+
+static int rng_cmp(const void *a, const void *b)
+{
+    const struct rng *x = a, *y = b;
+    return (x->lo > y->lo) - (x->lo < y->lo);
+}
+
+/* Sorted, merged, negated if asked, surrogates taken out; into x's pool as a SET node. */
+static int set_done(struct rx *x, struct set *s, bool negate)
+{
+    if (s->full) {
+        fail_rx(x, "a character class of more than 512 ranges");
+        return -1;
+    }
+    qsort(s->r, (size_t)s->n, sizeof(s->r[0]), rng_cmp);
+    struct rng m[513];
+    int k = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (k && s->r[i].lo <= m[k - 1].hi + 1) {
+            if (s->r[i].hi > m[k - 1].hi) m[k - 1].hi = s->r[i].hi;
+        } else {
+            m[k++] = s->r[i];
+        }
+    }
+    if (negate) {
+        struct rng c[514];
+        int kc = 0;
+        uint32_t at = 0;
+        for (int i = 0; i < k; i++) {
+            if (m[i].lo > at) c[kc++] = (struct rng){ at, m[i].lo - 1 };
+            at = m[i].hi + 1;
+        }
+        if (at <= CP_MAX) c[kc++] = (struct rng){ at, CP_MAX };
+        memcpy(m, c, sizeof(c[0]) * (size_t)kc);
+        k = kc;
+    }
+    if (!grow_to((void **)&x->rs, &x->capr, x->nr + k + 1, sizeof(*x->rs))) {
+        fail_rx(x, "out of memory");
+        return -1;
+    }
+    int rf = x->nr;
+    for (int i = 0; i < k; i++) { /* without the surrogates */
+        struct rng r = m[i];
+        if (r.lo < SUR_LO && r.hi > SUR_HI) {
+            x->rs[x->nr++] = (struct rng){ r.lo, SUR_LO - 1 };
+            r.lo = SUR_HI + 1;
+        } else if (r.lo >= SUR_LO && r.lo <= SUR_HI) {
+            r.lo = SUR_HI + 1;
+        } else if (r.hi >= SUR_LO && r.hi <= SUR_HI) {
+            r.hi = SUR_LO - 1;
+        }
+        if (r.lo <= r.hi) x->rs[x->nr++] = r;
+    }
+    return new_ast(x, (struct ast){ .kind = A_SET, .rf = rf, .rn = x->nr - rf });
+}
+
+/* \d \w \s and their negations (ASCII digits and word characters, ECMA-262's white space). */
+static void class_escape(struct set *s, char c)
+{
+    switch (c | 0x20) {
+    case 'd': set_add(s, '0', '9'); break;
+    case 'w':
+        set_add(s, '0', '9');
+        set_add(s, 'A', 'Z');
+        set_add(s, 'a', 'z');
+        set_add(s, '_', '_');
+        break;
+    default: /* s */
+        set_add(s, '\t', '\r');
+        set_add(s, ' ', ' ');
+        set_add(s, 0xa0, 0xa0);
+        set_add(s, 0x1680, 0x1680);
+        set_add(s, 0x2000, 0x200a);
+        set_add(s, 0x2028, 0x2029);
+        set_add(s, 0x202f, 0x202f);
+        set_add(s, 0x205f, 0x205f);
+        set_add(s, 0x3000, 0x3000);
+        set_add(s, 0xfeff, 0xfeff);
+    }
+}
+
+/* The complement of a class escape's set, added to s (for [\D] and the like). */
+static void class_escape_neg(struct set *s, char c)
+{
+    struct set t = { .n = 0 };
+    class_escape(&t, c);
+    qsort(t.r, (size_t)t.n, sizeof(t.r[0]), rng_cmp);
+    uint32_t at = 0;
+    for (int i = 0; i < t.n; i++) {
+        if (t.r[i].lo > at) set_add(s, at, t.r[i].lo - 1);
+        if (t.r[i].hi + 1 > at) at = t.r[i].hi + 1;
+    }
+    set_add(s, at, CP_MAX);
+}
+
+/* One UTF-8 character of the pattern (jansson has checked the text is UTF-8). */
+static uint32_t next_cp(struct rx *x)
+{
+    const unsigned char *p = (const unsigned char *)x->p;
+    uint32_t c = p[0];
+    int n = c < 0x80 ? 0 : c < 0xe0 ? 1 : c < 0xf0 ? 2 : 3;
+    if (x->p + n >= x->end) n = (int)(x->end - x->p) - 1;
+    if (n > 0) c &= 0x3fu >> n;
+    for (int i = 1; i <= n; i++) c = c << 6 | (p[i] & 0x3f);
+    x->p += n + 1;
+    return c;
+}
+
+static int hex_val(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') return (c | 0x20) - 'a' + 10;
+    return -1;
+}
+
+/* \xHH or \uHHHH after the x / u: the code point, -1 when malformed. */
+static int32_t hex_escape(struct rx *x, int digits)
+{
+    int32_t v = 0;
+    for (int i = 0; i < digits; i++) {
+        if (x->p >= x->end || hex_val(*x->p) < 0) return -1;
+        v = v * 16 + hex_val(*x->p++);
+    }
+    return v;
+}
+
+/* An escape after '\' (x->p past it): one code point into *cp, or a class into s (returns 2);
+ * 1 for a code point, 0 on an error. */
+static int escape(struct rx *x, struct set *s, uint32_t *cp, bool in_class)
+{
+    if (x->p >= x->end) return fail_rx(x, "a pattern that ends with '\\'");
+    char c = *x->p++;
+    switch (c) {
+    case 'd': case 'w': case 's':
+        class_escape(s, c);
+        return 2;
+    case 'D': case 'W': case 'S':
+        class_escape_neg(s, c);
+        return 2;
+    case 't': *cp = '\t'; return 1;
+    case 'n': *cp = '\n'; return 1;
+    case 'r': *cp = '\r'; return 1;
+    case 'f': *cp = '\f'; return 1;
+    case 'v': *cp = '\v'; return 1;
+    case '0':
+        if (x->p < x->end && *x->p >= '0' && *x->p <= '9') return fail_rx(x, "octal escapes are not supported");
+        *cp = 0;
+        return 1;
+    case 'x':
+    case 'u': {
+        int32_t v = hex_escape(x, c == 'x' ? 2 : 4);
+        if (v < 0) return fail_rx(x, c == 'x' ? "'\\x' needs two hex digits" : "'\\u' needs four hex digits");
+        if (v >= (int32_t)SUR_LO && v <= (int32_t)SUR_HI)
+            return fail_rx(x, "a surrogate ('\\uD800'-'\\uDFFF') cannot be matched: write the character itself");
+        *cp = (uint32_t)v;
+        return 1;
+    }
+    case 'b':
+        if (in_class) {
+            *cp = '\b';
+            return 1;
+        }
+        return fail_rx(x, "word boundaries ('\\b', '\\B') are not supported");
+    default:
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+            return fail_rx(x, c == 'p' || c == 'P' ? "Unicode property escapes ('\\p{...}') are not supported"
+                              : c == 'k' ? "named back-references are not supported"
+                                         : "an unknown escape (only \\d \\w \\s \\D \\W \\S \\t \\n \\r \\f \\v \\0 "
+                                           "\\xHH \\uHHHH and escaped punctuation)");
+        if (c >= '1' && c <= '9') return fail_rx(x, "back-references ('\\1') are not supported");
+        x->p--;
+        *cp = next_cp(x); /* escaped punctuation or any other character: itself */
+        return 1;
+    }
+}
+
+static int parse_alt(struct rx *x);
+
+static int parse_class(struct rx *x)
+{
+    struct set s = { .n = 0 };
+    bool negate = x->p < x->end && *x->p == '^';
+    if (negate) x->p++;
+    bool first = true;
+    for (;;) {
+        if (x->p >= x->end) return fail_node(x, "a '[' without its ']'");
+        if (*x->p == ']') {
+            if (first) return fail_node(x, "an empty class, or a ']' first in a class: write '\\]'");
+            x->p++;
+            break;
+        }
+        first = false;
+        uint32_t lo, hi;
+        int k = 1;
+        if (*x->p == '\\') {
+            x->p++;
+            if (!(k = escape(x, &s, &lo, true))) return -1;
+        } else {
+            lo = next_cp(x);
+        }
+        if (k == 2) continue;
+        hi = lo;
+        if (x->p + 1 < x->end && *x->p == '-' && x->p[1] != ']') { /* a range */
+            x->p++;
+            if (*x->p == '\\') {
+                x->p++;
+                struct set t = { .n = 0 };
+                int k2 = escape(x, &t, &hi, true);
+                if (!k2) return -1;
+                if (k2 == 2) return fail_node(x, "a range that ends with a class ('[a-\\d]')");
+            } else {
+                hi = next_cp(x);
+            }
+            if (hi < lo) return fail_node(x, "a range out of order ('[z-a]')");
+        }
+        set_add(&s, lo, hi);
+    }
+    return set_done(x, &s, negate);
+}
+
+/* {n}, {n,}, {n,m} at x->p: true with the counts when it is one (else '{' is a character). */
+static bool counts(struct rx *x, int *min, int *max)
+{
+    const char *p = x->p + 1;
+    long a = 0, b;
+    int nd = 0;
+    for (; p < x->end && *p >= '0' && *p <= '9' && nd < 8; p++, nd++) a = a * 10 + (*p - '0');
+    if (!nd) return false;
+    b = a;
+    if (p < x->end && *p == ',') {
+        p++;
+        b = -1;
+        int md = 0;
+        long v = 0;
+        for (; p < x->end && *p >= '0' && *p <= '9' && md < 8; p++, md++) v = v * 10 + (*p - '0');
+        if (md) b = v;
+    }
+    if (p >= x->end || *p != '}') return false;
+    x->p = p + 1;
+    *min = (int)a;
+    *max = (int)b;
+    return true;
+}
+
+static bool is_quant(struct rx *x)
+{
+    if (x->p >= x->end) return false;
+    if (*x->p == '*' || *x->p == '+' || *x->p == '?') return true;
+    int a, b;
+    const char *save = x->p;
+    bool q = *x->p == '{' && counts(x, &a, &b);
+    x->p = save;
+    return q;
+}
+
+static int parse_atom(struct rx *x)
+{
+    char c = *x->p;
+    struct set s = { .n = 0 };
+    if (c == '(') {
+        x->p++;
+        if (x->p < x->end && *x->p == '?') {
+            const char *q = x->p + 1;
+            if (q < x->end && *q == ':') {
+                x->p = q + 1;
+            } else if (q < x->end && (*q == '<' || *q == 'P') && q + 1 < x->end && q[1] != '=' && q[1] != '!') {
+                const char *gt = memchr(q, '>', (size_t)(x->end - q)); /* a named group: a group */
+                if (!gt || (*q == 'P' && q[1] != '<')) return fail_node(x, "a malformed group name");
+                x->p = gt + 1;
+            } else {
+                return fail_node(x, "lookaround and other '(?' groups are not supported (only '(?:' and named "
+                               "groups)");
+            }
+        }
+        if (++x->depth > RX_MAX_NEST) return fail_node(x, "groups nested more than 64 deep");
+        int in = parse_alt(x);
+        x->depth--;
+        if (in < 0) return -1;
+        if (x->p >= x->end || *x->p != ')') return fail_node(x, "a '(' without its ')'");
+        x->p++;
+        return in;
+    }
+    if (c == '[') {
+        x->p++;
+        return parse_class(x);
+    }
+    if (c == '.') { /* any character but a line terminator */
+        x->p++;
+        set_add(&s, '\n', '\n');
+        set_add(&s, '\r', '\r');
+        set_add(&s, 0x2028, 0x2029);
+        return set_done(x, &s, true);
+    }
+    if (c == '^' || c == '$')
+        return fail_node(x, "'^' and '$' are supported only at the pattern's start and end");
+    if (c == '*' || c == '+' || c == '?' || is_quant(x)) return fail_node(x, "a quantifier with nothing to repeat");
+    if (c == '{') return fail_node(x, "a '{' that is not a count ('{2}', '{2,}', '{2,5}'): write '\\{'");
+    if (c == ')') return fail_node(x, "a ')' without its '('");
+    uint32_t cp;
+    if (c == '\\') {
+        x->p++;
+        int k = escape(x, &s, &cp, false);
+        if (!k) return -1;
+        if (k == 2) return set_done(x, &s, false);
+    } else {
+        cp = next_cp(x);
+    }
+    set_add(&s, cp, cp);
+    return set_done(x, &s, false);
+}
+
+static int parse_rep(struct rx *x)
+{
+    int a = parse_atom(x);
+    if (a < 0 || !is_quant(x)) return a;
+    int min, max;
+    char c = *x->p;
+    if (c == '{') {
+        counts(x, &min, &max);
+        if (max >= 0 && max < min) return fail_node(x, "a count out of order ('{3,2}')");
+        if (min > RX_MAX_REPEAT || max > RX_MAX_REPEAT) return fail_node(x, "a count above 1000");
+    } else {
+        x->p++;
+        min = c == '+';
+        max = c == '?' ? 1 : -1;
+    }
+    if (x->p < x->end && *x->p == '?') x->p++; /* lazy: the same language */
+    if (is_quant(x)) return fail_node(x, "a quantifier after a quantifier");
+    return new_ast(x, (struct ast){ .kind = A_REP, .a = a, .min = min, .max = max });
+}
+
+static int parse_cat(struct rx *x)
+{
+    int node = -1;
+    while (x->p < x->end && *x->p != '|' && *x->p != ')') {
+        int r = parse_rep(x);
+        if (r < 0) return -1;
+        node = node < 0 ? r : new_ast(x, (struct ast){ .kind = A_CAT, .a = node, .b = r });
+        if (node < 0) return -1;
+    }
+    return node < 0 ? new_ast(x, (struct ast){ .kind = A_EMPTY }) : node;
+}
+
+static int parse_alt(struct rx *x)
+{
+    int node = parse_cat(x);
+    while (node >= 0 && x->p < x->end && *x->p == '|') {
+        x->p++;
+        int r = parse_cat(x);
+        if (r < 0) return -1;
+        node = new_ast(x, (struct ast){ .kind = A_ALT, .a = node, .b = r });
+    }
+    return node;
+}
+
+/* ---- NFA --------------------------------------------------------------------------- */
+
+struct nstate {
+    int eps[2], neps;
+    int next;   /* on a character of set (rf, rn) */
+    int rf, rn; /* rn 0: no character edge */
+};
+
+struct nfa {
+    struct nstate *s;
+    int n, cap;
+    const struct rx *x;
+    bool full;
+};
+
+static int nfa_new(struct nfa *a)
+{
+    if (a->n >= RX_MAX_NFA || !grow_to((void **)&a->s, &a->cap, a->n + 1, sizeof(*a->s))) {
+        a->full = true;
+        return -1;
+    }
+    a->s[a->n] = (struct nstate){ .neps = 0, .rn = 0 };
+    return a->n++;
+}
+
+static void eps(struct nfa *a, int from, int to) { a->s[from].eps[a->s[from].neps++] = to; }
+
+struct frag {
+    int in, out; /* out: no edges yet */
+};
+
+static bool build(struct nfa *a, int i, struct frag *f)
+{
+    const struct ast *t = &a->x->n[i];
+    struct frag l, r;
+    switch (t->kind) {
+    case A_EMPTY:
+        f->in = f->out = nfa_new(a);
+        return f->in >= 0;
+    case A_SET:
+        f->in = nfa_new(a);
+        f->out = nfa_new(a);
+        if (f->out < 0) return false;
+        a->s[f->in].next = f->out;
+        a->s[f->in].rf = t->rf;
+        a->s[f->in].rn = t->rn;
+        return true;
+    case A_CAT:
+        if (!build(a, t->a, &l) || !build(a, t->b, &r)) return false;
+        eps(a, l.out, r.in);
+        *f = (struct frag){ l.in, r.out };
+        return true;
+    case A_ALT:
+        if (!build(a, t->a, &l) || !build(a, t->b, &r)) return false;
+        f->in = nfa_new(a);
+        f->out = nfa_new(a);
+        if (f->out < 0) return false;
+        eps(a, f->in, l.in);
+        eps(a, f->in, r.in);
+        eps(a, l.out, f->out);
+        eps(a, r.out, f->out);
+        return true;
+    default: { /* A_REP: min copies, then (max - min) optional ones or a loop */
+        int at = nfa_new(a);
+        if (at < 0) return false;
+        f->in = at;
+        for (int k = 0; k < t->min; k++) {
+            if (!build(a, t->a, &l)) return false;
+            eps(a, at, l.in);
+            at = l.out;
+        }
+        f->out = nfa_new(a);
+        if (f->out < 0) return false;
+        if (t->max < 0) {
+            int loop = nfa_new(a);
+            if (loop < 0 || !build(a, t->a, &l)) return false;
+            eps(a, at, loop);
+            eps(a, loop, l.in);
+            eps(a, loop, f->out);
+            eps(a, l.out, loop);
+            return true;
+        }
+        for (int k = t->min; k < t->max; k++) {
+            if (!build(a, t->a, &l)) return false;
+            int fork = nfa_new(a);
+            if (fork < 0) return false;
+            eps(a, at, fork);
+            eps(a, fork, l.in);
+            eps(a, fork, f->out);
+            at = l.out;
+        }
+        eps(a, at, f->out);
+        return true;
+    }
+    }
+}
+
+/* ---- DFA by subset construction ---------------------------------------------------- */
+
+struct edge {
+    uint32_t lo, hi;
+    int to;
+};
+
+static int edge_cmp(const void *a, const void *b)
+{
+    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Add state i and everything its epsilon edges reach to set. */
+static void closure(const struct nfa *a, uint64_t *set, int i, int *stack)
+{
+    int sp = 0;
+    if (set[i / 64] >> (i % 64) & 1) return;
+    set[i / 64] |= 1ull << (i % 64);
+    stack[sp++] = i;
+    while (sp) {
+        const struct nstate *s = &a->s[stack[--sp]];
+        for (int k = 0; k < s->neps; k++) {
+            int j = s->eps[k];
+            if (!(set[j / 64] >> (j % 64) & 1)) {
+                set[j / 64] |= 1ull << (j % 64);
+                stack[sp++] = j;
+            }
+        }
+    }
+}
+
+static uint64_t set_hash(const uint64_t *set, int words)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int w = 0; w < words; w++) h = (h ^ set[w]) * 1099511628211ull;
+    return h;
+}
+
+bool json_dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
+{
+    if (states > b->cap_states) {
+        size_t n = b->cap_states ? b->cap_states * 2 : 64;
+        while (n < states) n *= 2;
+        void *p = realloc(b->states, n * sizeof(*b->states));
+        if (!p) return false;
+        b->states = p;
+        b->cap_states = n;
+    }
+    if (ranges > b->cap_ranges) {
+        size_t n = b->cap_ranges ? b->cap_ranges * 2 : 64;
+        while (n < ranges) n *= 2;
+        void *p = realloc(b->ranges, n * sizeof(*b->ranges));
+        if (!p) return false;
+        b->ranges = p;
+        b->cap_ranges = n;
+    }
+    return true;
+}
+
+/* The DFA of NFA a (start in, accepting state out) appended to b; its first state's index, 0 on
+ * an error (*why set). */
+static uint32_t determinize(const struct nfa *a, int in, int out, struct json_dfa_build *b, const char **why)
+{
+    int words = (a->n + 63) / 64;
+    size_t cap_sets = 64, hsize = 2 * JSON_DFA_MAX;
+    uint64_t *sets = calloc(cap_sets * (size_t)words, sizeof(uint64_t));
+    int *hash = calloc(hsize, sizeof(int)), *stack = malloc(sizeof(int) * (size_t)a->n);
+    size_t cap_e = 64;
+    struct edge *e = malloc(sizeof(*e) * cap_e);
+    uint32_t *bound = malloc(sizeof(uint32_t) * 2 * cap_e);
+    uint64_t *t = calloc((size_t)words, sizeof(uint64_t));
+    uint32_t base = (uint32_t)b->n_states, result = 0;
+    int nd = 0;
+    *why = "out of memory";
+    if (!sets || !hash || !stack || !e || !bound || !t) goto out;
+    closure(a, sets, in, stack);
+    hash[set_hash(sets, words) & (hsize - 1)] = 1;
+    nd = 1;
+    for (int d = 0; d < nd; d++) {
+        /* the character edges of the set's states, split at every range's ends */
+        int ne = 0;
+        for (int i = 0; i < a->n; i++) {
+            if (!(sets[(size_t)d * words + (size_t)i / 64] >> (i % 64) & 1) || !a->s[i].rn) continue;
+            for (int k = 0; k < a->s[i].rn; k++) {
+                if ((size_t)ne == cap_e) {
+                    cap_e *= 2;
+                    void *p1 = realloc(e, sizeof(*e) * cap_e), *p2 = realloc(bound, sizeof(uint32_t) * 2 * cap_e);
+                    if (p1) e = p1;
+                    if (p2) bound = p2;
+                    if (!p1 || !p2) goto out;
+                }
+                struct rng r = a->x->rs[a->s[i].rf + k];
+                e[ne++] = (struct edge){ r.lo, r.hi, a->s[i].next };
+            }
+        }
+        int nb = 0;
+        for (int k = 0; k < ne; k++) {
+            bound[nb++] = e[k].lo;
+            bound[nb++] = e[k].hi + 1;
+        }
+        qsort(bound, (size_t)nb, sizeof(uint32_t), edge_cmp);
+        if (!json_dfa_grow(b, base + (size_t)d + 1, b->n_ranges + (size_t)nb)) goto out;
+        struct json_dfa_state *st = &b->states[base + (uint32_t)d];
+        st->first = (uint32_t)b->n_ranges;
+        st->n = 0;
+        st->accept = sets[(size_t)d * words + (size_t)out / 64] >> (out % 64) & 1;
+        for (int k = 0; k + 1 < nb; k++) {
+            uint32_t lo = bound[k], hi = bound[k + 1] - 1;
+            if (bound[k + 1] == lo) continue;
+            memset(t, 0, sizeof(uint64_t) * (size_t)words);
+            bool any = false;
+            for (int j = 0; j < ne; j++)
+                if (e[j].lo <= lo && e[j].hi >= hi) {
+                    closure(a, t, e[j].to, stack);
+                    any = true;
+                }
+            if (!any) continue;
+            uint64_t h = set_hash(t, words) & (hsize - 1);
+            int id = -1;
+            for (; hash[h]; h = (h + 1) & (hsize - 1))
+                if (!memcmp(sets + (size_t)(hash[h] - 1) * words, t, sizeof(uint64_t) * (size_t)words)) {
+                    id = hash[h] - 1;
+                    break;
+                }
+            if (id < 0) {
+                if (nd == JSON_DFA_MAX) {
+                    *why = "the pattern needs more than " JSON_DFA_MAX_TEXT " automaton states (simplify it, or "
+                           "anchor it with '^' and '$')";
+                    goto out;
+                }
+                if ((size_t)nd == cap_sets) {
+                    void *p = realloc(sets, sizeof(uint64_t) * (size_t)words * cap_sets * 2);
+                    if (!p) goto out;
+                    sets = p;
+                    cap_sets *= 2;
+                }
+                memcpy(sets + (size_t)nd * words, t, sizeof(uint64_t) * (size_t)words);
+                hash[h] = nd + 1;
+                id = nd++;
+            }
+            st = &b->states[base + (uint32_t)d];
+            uint32_t next = base + (uint32_t)id;
+            struct json_dfa_range *prev = st->n ? &b->ranges[b->n_ranges - 1] : NULL;
+            if (prev && prev->hi + 1 == lo && prev->next == next) {
+                prev->hi = hi;
+            } else {
+                b->ranges[b->n_ranges++] = (struct json_dfa_range){ lo, hi, next };
+                st->n++;
+            }
+        }
+    }
+    b->n_states = base + (size_t)nd;
+    result = base;
+out:
+    free(sets);
+    free(hash);
+    free(stack);
+    free(e);
+    free(bound);
+    free(t);
+    return result;
+}
+
+/* The lengths of the matches each of the DFA's states (first .. first + n) can reach, and the
+ * transitions to states that reach none cut; false when the start reaches none. */
+static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n)
+{
+    struct json_dfa_state *st = b->states + first;
+    uint8_t *cur = calloc(n, 1), *nxt = calloc(n, 1);
+    if (!cur || !nxt) {
+        free(cur);
+        free(nxt);
+        return false;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        memset(st[i].lens, 0, sizeof(st[i].lens));
+        st[i].inf = false;
+        cur[i] = st[i].accept;
+    }
+    /* cur: the states with a match exactly k characters on; past JSON_DFA_LENS - 1, a match any
+     * number n of steps further means a cycle, so matches of every greater length class exist */
+    for (uint32_t k = 0; k < JSON_DFA_LENS + n; k++) {
+        bool any = false;
+        for (uint32_t i = 0; i < n; i++) {
+            if (!cur[i]) continue;
+            any = true;
+            if (k < JSON_DFA_LENS) st[i].lens[k / 64] |= 1ull << (k % 64);
+            else st[i].inf = true;
+        }
+        if (!any) break;
+        for (uint32_t i = 0; i < n; i++) {
+            nxt[i] = 0;
+            const struct json_dfa_range *r = b->ranges + st[i].first;
+            for (uint32_t j = 0; j < st[i].n && !nxt[i]; j++) nxt[i] = cur[r[j].next - first];
+        }
+        memcpy(cur, nxt, n);
+    }
+    free(cur);
+    free(nxt);
+    for (uint32_t i = 0; i < n; i++) {
+        st[i].open = false;
+        struct json_dfa_range *r = b->ranges + st[i].first;
+        for (uint32_t j = 0; j < st[i].n; j++) {
+            const struct json_dfa_state *t = &b->states[r[j].next];
+            bool live = t->inf;
+            for (int w = 0; w < JSON_DFA_LW; w++) live |= t->lens[w] != 0;
+            if (!live) r[j].next = 0;
+            st[i].open |= live;
+        }
+    }
+    bool live = st[0].inf;
+    for (int w = 0; w < JSON_DFA_LW; w++) live |= st[0].lens[w] != 0;
+    return live;
+}
+
+/* Whether the pattern has a '|' outside groups and classes. */
+static bool top_level_alt(const char *p, const char *end)
+{
+    int depth = 0;
+    bool cls = false;
+    for (; p < end; p++) {
+        if (*p == '\\') p++;
+        else if (cls) cls = *p != ']';
+        else if (*p == '[') cls = true;
+        else if (*p == '(') depth++;
+        else if (*p == ')') depth--;
+        else if (*p == '|' && depth == 0) return true;
+    }
+    return false;
+}
+
+uint32_t json_regex_compile(const char *pat, size_t len, bool whole, struct json_dfa_build *b, char *err,
+                            size_t errlen)
+{
+    if (len > RX_MAX_TEXT) {
+        snprintf(err, errlen, "a pattern of %zu bytes; at most %d are supported", len, RX_MAX_TEXT);
+        return 0;
+    }
+    const char *end = pat + len;
+    /* JSON Schema's patterns match anywhere unless anchored: '^' at the start, an unescaped '$' at
+     * the end */
+    bool head = !whole && len && pat[0] == '^';
+    size_t bs = 0;
+    while (len >= bs + 2 && pat[len - 2 - bs] == '\\') bs++;
+    bool tail = !whole && len > (size_t)head && pat[len - 1] == '$' && bs % 2 == 0;
+    const char *p = pat + head;
+    if (tail) end--;
+    if ((head || tail) && top_level_alt(p, end)) {
+        snprintf(err, errlen, "an anchor beside a '|' outside groups: write '^(a|b)$'");
+        return 0;
+    }
+    if (!b->n_states) { /* state 0: dead, no way on */
+        if (!json_dfa_grow(b, 1, 0)) {
+            snprintf(err, errlen, "out of memory");
+            return 0;
+        }
+        b->states[b->n_states++] = (struct json_dfa_state){ 0 };
+    }
+    struct rx x = { .p = p, .end = end };
+    struct nfa a = { .x = &x };
+    uint32_t start = 0;
+    int root = parse_alt(&x);
+    if (root >= 0 && x.p < x.end) {
+        fail_rx(&x, "a ')' without its '('");
+        root = -1;
+    }
+    if (root >= 0 && !whole) { /* the text around a match: any characters */
+        struct set any = { .n = 0 };
+        set_add(&any, 0, CP_MAX);
+        int dot = set_done(&x, &any, false);
+        int star = dot < 0 ? -1 : new_ast(&x, (struct ast){ .kind = A_REP, .a = dot, .min = 0, .max = -1 });
+        if (star >= 0 && !head) root = new_ast(&x, (struct ast){ .kind = A_CAT, .a = star, .b = root });
+        if (star >= 0 && root >= 0 && !tail) root = new_ast(&x, (struct ast){ .kind = A_CAT, .a = root, .b = star });
+        if (star < 0) root = -1;
+    }
+    if (root < 0) {
+        snprintf(err, errlen, "pattern '%.*s': %s at byte %td", (int)(len < 64 ? len : 64), pat,
+                 x.err ? x.err : "out of memory", x.err_at ? x.err_at - pat : (ptrdiff_t)0);
+        goto out;
+    }
+    struct frag f;
+    if (!build(&a, root, &f)) {
+        snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat,
+                 a.full ? "more than 4096 automaton states before determinizing (smaller counts in {n,m})"
+                        : "out of memory");
+        goto out;
+    }
+    const char *why;
+    start = determinize(&a, f.in, f.out, b, &why);
+    if (!start) snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat, why);
+    else if (!lengths(b, start, (uint32_t)(b->n_states - start))) {
+        snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
+        start = 0;
+    }
+out:
+    free(x.n);
+    free(x.rs);
+    free(a.s);
+    return start;
+}

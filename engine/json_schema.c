@@ -593,12 +593,12 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
             fail(c, MOE_ENOTSUP, "'multipleOf' is supported for integers only (give the type integer)");
             return -1;
         }
-        if (!json_is_number(mult) || json_number_value(mult) <= 0 || json_number_value(mult) != floor(json_number_value(mult)) ||
-            json_number_value(mult) > (double)INT_TOP) {
+        double m = json_is_number(mult) ? json_number_value(mult) : 0;
+        if (m <= 0 || m != floor(m) || m > (double)INT_TOP) {
             fail(c, MOE_EINVAL, "'multipleOf' of an integer must be a whole number from 1 to %lld", INT_TOP);
             return -1;
         }
-        r.mult = (int64_t)json_number_value(mult);
+        r.mult = (int64_t)m;
     }
     if (integer) {
         if (lo) r.ilo = int_bound(lo, lo_x, false);

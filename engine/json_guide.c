@@ -288,12 +288,10 @@ static bool num_ends(const struct moe_json_state *s)
     return num_in(&n->range, strtod(buf, NULL));
 }
 
-static bool bounded_string(const struct moe_json_state *s) { return !s->key && s->bounded; }
-
 /* The characters a string value may still take (UINT32_MAX: any number); keys are not bounded. */
 static uint32_t string_room(const struct moe_json_state *s)
 {
-    return bounded_string(s) ? node(s, s->cur)->max_items - s->pos : UINT32_MAX;
+    return !s->key && s->bounded ? node(s, s->cur)->max_items - s->pos : UINT32_MAX;
 }
 
 /* A character of a string value begins: one more, if its bounds allow it. */
@@ -342,6 +340,21 @@ static bool cp_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
     const struct json_dfa_range *r = s->sc->dfa_ranges + st->first;
     for (uint32_t i = 0; i < st->n; i++) /* the automaton's ranges hold no surrogates */
         if (r[i].hi >= lo && r[i].lo <= hi && reach(s, r[i].next)) return true;
+    return false;
+}
+
+/* Whether a \u escape may write some code point in lo .. hi (on from the automaton's state): not
+ * printable ASCII but for '"' and '\\' (the others are written as themselves), and a surrogate
+ * only in a string without a pattern or lengths (which count a pair of escapes as one character). */
+static bool esc_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
+{
+    static const uint32_t ok[][2] = { { 0, 0x1f }, { 0x22, 0x22 }, { 0x5c, 0x5c }, { 0x7f, 0xd7ff },
+                                      { 0xd800, 0xdfff }, { 0xe000, 0xffff } };
+    bool plain = !s->dfa && string_room(s) == UINT32_MAX;
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        uint32_t a = lo > ok[i][0] ? lo : ok[i][0], b = hi < ok[i][1] ? hi : ok[i][1];
+        if (a <= b && (ok[i][0] != 0xd800 || plain) && cp_may(s, a, b)) return true;
+    }
     return false;
 }
 
@@ -545,9 +558,9 @@ static bool string_byte(struct moe_json_state *s, unsigned char c)
     if (s->key && !key_byte(s, c, false)) return false;
     if (c < 0x20) return false; /* control characters must be escaped */
     if ((c < 0x80 || (c >= 0xc2 && c <= 0xf4)) && !string_char(s)) return false; /* a character begins */
-    if (c == '\\') { /* an escape: any character of the first plane */
+    if (c == '\\') { /* an escape: '/' or a \u escape's character (the others are among those) */
         s->mode = J_ESC;
-        return cp_may(s, 0, 0xd7ff) || cp_may(s, 0xe000, 0xffff);
+        return cp_may(s, '/', '/') || esc_may(s, 0, 0xffff);
     }
     if (c < 0x80) return cp_done(s, c);
     return utf8_lead(s, c);
@@ -641,7 +654,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
             s->mode = J_HEX;
             s->aux = 4;
             s->ucp = 0;
-            return true;
+            return esc_may(s, 0, 0xffff);
         }
         if (escaped(c) < 0) return false;
         s->mode = J_STRING;
@@ -649,17 +662,13 @@ static bool step(struct moe_json_state *s, unsigned char c)
     case J_HEX: {
         if (!is_hex(c)) return false;
         if (s->key && !key_byte(s, c, false)) return false;
-        /* a bounded string counts a \u escape as one character: no surrogate, which a pair of escapes
-         * writes as one */
-        if (s->aux == 3 && (s->hex0 | 0x20) == 'd' && c >= '8' && bounded_string(s)) return false;
-        s->hex0 = c;
         s->ucp = s->ucp << 4 | (uint32_t)(is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
         if (--s->aux == 0) {
             s->mode = J_STRING;
-            return cp_done(s, s->ucp);
+            return esc_may(s, s->ucp, s->ucp) && cp_done(s, s->ucp);
         }
-        uint32_t lo = s->ucp << (4 * s->aux), hi = lo | ((1u << (4 * s->aux)) - 1);
-        return cp_may(s, lo, hi < 0xd800 ? hi : 0xd7ff) || (hi > 0xdfff && cp_may(s, lo > 0xe000 ? lo : 0xe000, hi));
+        uint32_t lo = s->ucp << (4 * s->aux);
+        return esc_may(s, lo, lo | ((1u << (4 * s->aux)) - 1));
     }
     case J_TEXT:
         if (c < 0x80) return cp_done(s, c);

@@ -75,7 +75,6 @@ struct moe_json_state {
     uint8_t nl;           /* ... of which line breaks */
     uint8_t lo, hi;       /* the range of the next UTF-8 continuation byte */
     uint8_t nlen;         /* bytes of num */
-    uint8_t hex0;         /* the first hex digit of a \u escape */
     bool key;             /* the string being read is an object key */
     bool integer;         /* the number being read is an integer */
     bool bounded;         /* the string or number being read has bounds (its node: cur) */

@@ -44,11 +44,11 @@ static const char *const annotations[] = {
 };
 static const char *const keywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-    "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
     "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
 };
 #define SUPPORTED "type, properties, required, additionalProperties, items, prefixItems, minItems, maxItems, " \
-                  "minLength, maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
+                  "minLength, maxLength, pattern, format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
                   "(integers), enum, const, anyOf, oneOf, allOf (of one schema) and $ref"
 
 static bool in_list(const char *k, const char *const *list, size_t n)
@@ -494,14 +494,57 @@ static uint32_t pattern_dfa(struct cc *c, const char *pat, size_t len, bool whol
     return start;
 }
 
+/* The formats followed, as regular expressions matching the whole string: each a subset of what
+ * its RFC allows (RFC 3339 dates and times with upper-case T and Z, years 1000-9999, no February
+ * 29th and no leap second; ISO 8601 durations without fractions; lower-case UUIDs; RFC 1123 host
+ * names; e-mail addresses of the common form; URIs of RFC 3986's characters, percent signs
+ * unchecked). */
+#define RX_DATE "[1-9][0-9]{3}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|" \
+                "02-(0[1-9]|1[0-9]|2[0-8]))"
+#define RX_TIME "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+#define RX_DUR_T "T([0-9]+H([0-9]+M)?([0-9]+S)?|[0-9]+M([0-9]+S)?|[0-9]+S)"
+#define RX_LABEL "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+static const char *const formats[][2] = {
+    { "date-time", RX_DATE "T" RX_TIME },
+    { "date", RX_DATE },
+    { "time", RX_TIME },
+    { "duration", "P(" RX_DUR_T "|[0-9]+W|[0-9]+D(" RX_DUR_T ")?|[0-9]+M([0-9]+D)?(" RX_DUR_T ")?|"
+                  "[0-9]+Y([0-9]+M)?([0-9]+D)?(" RX_DUR_T ")?)" },
+    { "uuid", "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}" },
+    { "ipv4", "((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])" },
+    { "hostname", RX_LABEL "(\\." RX_LABEL ")*" },
+    { "email", "[A-Za-z0-9._%+-]{1,64}@" RX_LABEL "(\\." RX_LABEL ")+" },
+    { "uri", "[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#@!$&'()*+,;=%\\[\\]-]*" },
+};
+
 static int string_node(struct cc *c, const json_t *o)
 {
     struct json_node n = { .kind = K_STRING, .max_items = UINT32_MAX };
-    const json_t *pat = json_object_get(o, "pattern");
-    if (!json_object_get(o, "minLength") && !json_object_get(o, "maxLength") && !pat) return N_ANY_STRING;
+    const json_t *pat = json_object_get(o, "pattern"), *fmt = json_object_get(o, "format");
+    if (!json_object_get(o, "minLength") && !json_object_get(o, "maxLength") && !pat && !fmt) return N_ANY_STRING;
     if (pat && !json_is_string(pat)) {
         fail(c, MOE_EINVAL, "'pattern' must be a string (a regular expression)");
         return -1;
+    }
+    if (pat && fmt) {
+        fail(c, MOE_ENOTSUP, "'pattern' and 'format' together are not supported (write the format into the pattern)");
+        return -1;
+    }
+    if (fmt) {
+        size_t f = 0;
+        while (f < MOE_ARRAY_LEN(formats) && (!json_is_string(fmt) || strcmp(json_string_value(fmt), formats[f][0])))
+            f++;
+        if (f == MOE_ARRAY_LEN(formats)) {
+            fail(c, MOE_ENOTSUP, "format '%.32s' is not supported (date-time, date, time, duration, uuid, ipv4, "
+                 "hostname, email or uri)", json_is_string(fmt) ? json_string_value(fmt) : "?");
+            return -1;
+        }
+        char err[256];
+        n.pattern = json_regex_compile(formats[f][1], strlen(formats[f][1]), true, &c->dfa, err, sizeof(err));
+        if (!n.pattern) {
+            fail(c, MOE_ENOMEM, "format '%s': %s", formats[f][0], err);
+            return -1;
+        }
     }
     if (pat && !(n.pattern = pattern_dfa(c, json_string_value(pat), json_string_length(pat), false))) return -1;
     if (!count_of(c, o, "minLength", &n.min_items) || !count_of(c, o, "maxLength", &n.max_items)) return -1;
@@ -619,7 +662,7 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
 
 static const char *const object_words[] = { "properties", "required", "additionalProperties" };
 static const char *const array_words[] = { "items", "prefixItems", "minItems", "maxItems" };
-static const char *const string_words[] = { "minLength", "maxLength", "pattern" };
+static const char *const string_words[] = { "minLength", "maxLength", "pattern", "format" };
 
 /* The keywords of each type, which tell the type of a schema without one. */
 static const struct word_group {
@@ -630,7 +673,7 @@ static const struct word_group {
 } groups[] = {
     { "object", object_words, MOE_ARRAY_LEN(object_words), "properties, required, additionalProperties" },
     { "array", array_words, MOE_ARRAY_LEN(array_words), "items, prefixItems, minItems, maxItems" },
-    { "string", string_words, MOE_ARRAY_LEN(string_words), "minLength, maxLength, pattern" },
+    { "string", string_words, MOE_ARRAY_LEN(string_words), "minLength, maxLength, pattern, format" },
     { "number", number_words, MOE_ARRAY_LEN(number_words),
       "minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf" },
 };

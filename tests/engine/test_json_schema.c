@@ -242,8 +242,8 @@ static void test_choice(void)
 static void test_refused(void)
 {
     refused("{\"not\":{\"type\":\"string\"}}", MOE_ENOTSUP, "'not' is not supported");
-    refused("{\"type\":\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"date\"}}}", MOE_ENOTSUP,
-            "at '/properties/d': 'format' is not supported");
+    refused("{\"type\":\"object\",\"properties\":{\"d\":{\"type\":\"string\",\"format\":\"ipv6\"}}}", MOE_ENOTSUP,
+            "at '/properties/d': format 'ipv6' is not supported");
     refused("{\"type\":\"number\"}", MOE_ENOTSUP, "bare number");
     refused("{}", MOE_ENOTSUP, "bare number");
     refused("true", MOE_ENOTSUP, "bare number");
@@ -338,6 +338,8 @@ static void test_string_bounds(void)
     bad_at(sc, "{\"s\":\"abc\xc3\xa9", "\xc3\xa9");
     bad_at(sc, "{\"s\":\"abcd", "\\n");
     bad_at(sc, "{\"s\":\"\\ud", "83d\\ude00\"}"); /* a surrogate escape */
+    bad_at(sc, "{\"s\":\"\\u00", "41\"}");          /* printable ASCII, written as itself */
+    good(sc, "{\"s\":\"\\u0022\\u005c\\u000a\\u00e9\"}"); /* a quote, a backslash, a line break, é */
     bad_at(sc, "{\"s\":\"ab\",\"k\":\"", "x");
     moe_json_schema_unref(sc);
 }
@@ -530,7 +532,8 @@ static void test_patterns(void)
     if (!sc) return;
     good(sc, "{\"zip\":\"12345\"}");
     good(sc, "{\"zip\":\"12345-6789\"}");
-    good(sc, "{\"zip\":\"\\u0031\\u0032345\"}"); /* escapes are their characters */
+    good(sc, "{\"code\":\"\\u00e9AB\\n\"}");   /* escapes are their characters */
+    bad_at(sc, "{\"zip\":\"", "\\u0031");     /* no \\u escape of a character written as itself */
     good(sc, "{\"code\":\"xxABy\"}");
     good(sc, "{\"code\":\"AB\"}");
     good(sc, "{\"word\":\"ab_1\"}");
@@ -539,7 +542,8 @@ static void test_patterns(void)
     bad_at(sc, "{\"zip\":\"12", "a");
     bad_at(sc, "{\"zip\":\"12345", "6");
     bad_at(sc, "{\"zip\":\"12345-", "\"");
-    bad_at(sc, "{\"zip\":\"\\u00", "41"); /* no digit lies in U+0040..U+004F */
+    good(sc, "{\"e\":\"\\u00e9\xc3\xa9\"}");
+    bad_at(sc, "{\"e\":\"\\u0", "1");      /* U+00E9 does not lie in U+0100..U+01FF */
     bad_at(sc, "{\"code\":\"aB", "\"");
     bad_at(sc, "{\"word\":\"abcde", "f");
     bad_at(sc, "{\"word\":\"a", " ");
@@ -586,6 +590,39 @@ static void test_patterns(void)
         bad_at(sc, "\"abab", "a");
     }
     moe_json_schema_unref(sc);
+}
+
+/* format: each known format as the regular expression of a subset of its RFC's texts. */
+static void test_formats(void)
+{
+    static const struct {
+        const char *format, *good[3], *bad_prefix, *bad_rest;
+    } f[] = {
+        { "date-time", { "2024-06-30T12:34:56Z", "2024-01-31T23:59:59.123+05:30", NULL }, "2024-02-", "30T" },
+        { "date", { "1999-12-31", "2024-04-30", NULL }, "2024-1", "3-01" },
+        { "time", { "23:59:59Z", "00:00:00.5-01:00", NULL }, "2", "4:00:00Z" },
+        { "duration", { "P1Y2M3DT4H5M6S", "P3W", "PT0S" }, "PT", "\"" },
+        { "uuid", { "123e4567-e89b-12d3-a456-426614174000", NULL, NULL }, "123", "E" },
+        { "ipv4", { "192.168.0.1", "0.0.0.0", "255.255.255.255" }, "25", "6" },
+        { "hostname", { "a-b.example", "localhost", NULL }, "", "-a" },
+        { "email", { "x.y+z@mail.example.org", NULL, NULL }, "a@b", "\"" },
+        { "uri", { "https://example.com/a?b=c#d", "urn:isbn:0451450523", NULL }, "http:", " " },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++) {
+        char schema[128], t[128], p[128];
+        snprintf(schema, sizeof(schema), "{\"type\":\"string\",\"format\":\"%s\"}", f[i].format);
+        struct moe_json_schema *sc = compile(schema);
+        if (!sc) continue;
+        for (int k = 0; k < 3 && f[i].good[k]; k++) {
+            snprintf(t, sizeof(t), "\"%s\"", f[i].good[k]);
+            good(sc, t);
+        }
+        snprintf(p, sizeof(p), "\"%s", f[i].bad_prefix);
+        bad_at(sc, p, f[i].bad_rest);
+        moe_json_schema_unref(sc);
+    }
+    refused("{\"type\":\"string\",\"format\":\"date\",\"pattern\":\"x\"}", MOE_ENOTSUP, "together");
+    refused("{\"type\":\"string\",\"format\":\"date\",\"maxLength\":9}", MOE_EINVAL, "no string of 0 to 9");
 }
 
 /* Random walks through strings under a pattern and lengths: at every byte some byte continues the
@@ -834,6 +871,7 @@ int main(void)
     test_tuples_allof();
     test_patterns();
     test_pattern_walk();
+    test_formats();
     test_regex_text();
     test_regex_mask();
     test_mask();

@@ -1,7 +1,7 @@
 """JSON schemas against an independent validator: `moeflow generate --json-schema` samples
-(temperature 1.2) under nine schemas (nested objects, enums of mixed values, nullable $refs,
+(temperature 1.2) under ten schemas (nested objects, enums of mixed values, nullable $refs,
 recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples;
-patterns): every output that ends must validate under the jsonschema package, and some must end;
+patterns; formats): every output that ends must validate under the jsonschema package, and some must end;
 and `generate --regex` under four regular expressions: every output that ends must match whole
 under Python's re.
 usage: test_schema_conformance.py MOEFLOW_BINARY SOURCE_DIR [--seeds N] (default 5; 25 for a longer run)"""
@@ -50,6 +50,9 @@ SCHEMAS = [
         "note": {"type": "string", "pattern": "[A-Z]\\d"},
         "path": {"type": "string", "pattern": "^(/[^/\\s]+)+/?$"}},
      "required": ["id", "mail", "note", "path"], "additionalProperties": False},
+    {"type": "object", "properties": {f: {"type": "string", "format": f}
+                                      for f in ("date", "date-time", "uuid", "ipv4", "email", "uri", "hostname")},
+     "required": ["date", "uuid", "ipv4", "email"], "additionalProperties": False},
 ]
 
 # Regular expressions over raw text (`generate --regex`): every output that ends must match whole.
@@ -83,8 +86,8 @@ def main():
                         unfinished += 1  # stopped at --max-tokens inside the value
                         continue
                     ended += 1
-                    try:
-                        jsonschema.validate(value, schema)
+                    try:  # formats too, where the package checks them
+                        jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
                     except jsonschema.ValidationError as e:
                         invalid += 1
                         print("FAIL: schema %d seed %d: %r: %s" % (k, seed, text[:300], e.message[:200]))

@@ -406,7 +406,7 @@ def check_json_schema(srv, moeflow):
     content = (js.get("choices") or [{}])[0].get("message", {}).get("content")
     check(code == 200 and content in ('"yes"', '"no"'), "chat json_schema enum: %d %r" % (code, js))
     for schema, word in (({"type": "string", "pattern": "(?=a)"}, "lookaround"),
-                         ({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}},
+                         ({"type": "object", "properties": {"d": {"type": "string", "format": "ipv6"}}},
                           "/properties/d"),
                          ({"type": "number"}, "bare number"),
                          ({"type": "object", "required": ["x"]}, "required property 'x'"),
@@ -524,8 +524,8 @@ def check_tools(srv):
                        ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
                         "not both"),
                        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-                           "type": "object", "properties": {"d": {"type": "string", "format": "date"}}}}}],
-                         "tool_choice": "required"}, "'format' is not supported")):
+                           "type": "object", "properties": {"d": {"type": "string", "format": "ipv6"}}}}}],
+                         "tool_choice": "required"}, "format 'ipv6' is not supported")):
         code, js = post(srv, "/v1/chat/completions", dict(body, messages=msgs))
         check(error_ok(code, js, 400, word), "tools %r: %d %r" % (body, code, js))
     code, js = post(srv, "/v1/completions", {"prompt": "x", "tools": [WEATHER], "tool_choice": "required"})

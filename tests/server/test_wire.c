@@ -404,8 +404,8 @@ static void test_response_format(void)
     moe_gen_request_free(&r);
     expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\"}}", false, "\"schema\"");
     expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":"
-               "{\"type\":\"object\",\"properties\":{\"e\":{\"type\":\"string\",\"format\":\"email\"}}}}}}",
-               false, "at '/properties/e': 'format' is not supported");
+               "{\"type\":\"object\",\"properties\":{\"e\":{\"type\":\"string\",\"format\":\"ipv6\"}}}}}}",
+               false, "at '/properties/e': format 'ipv6' is not supported");
     expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":3,"
                "\"schema\":{\"type\":\"object\"}}}}", false, "'name'");
     expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"regex\"}}", false, "'regex' is not supported");
@@ -427,8 +427,8 @@ static void test_response_format(void)
                "'grammar' is not supported");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",\"ab\"]}", false, "begins another");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",3]}", false, "'guided_choice'[1]");
-    expect_bad("{\"prompt\":\"x\",\"guided_json\":{\"type\":\"string\",\"format\":\"uri\"}}", false,
-               "'guided_json': JSON schema at '/': 'format'");
+    expect_bad("{\"prompt\":\"x\",\"guided_json\":{\"type\":\"string\",\"format\":\"ipv6\"}}", false,
+               "'guided_json': JSON schema at '/': format 'ipv6'");
     expect_bad("{\"prompt\":\"x\",\"guided_json\":{},\"structured_outputs\":{\"choice\":[\"a\"]}}", false, "together");
 
     Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;

@@ -33,13 +33,14 @@ struct ast {
 struct rx {
     const char *p, *end;
     struct ast *n;
-    int nn, cap;
+    int nn;
+    size_t cap;
     struct rng *rs; /* every set's ranges */
-    int nr, capr;
+    int nr;
+    size_t capr;
     int depth;
     const char *err; /* the first error, with where (p) it was found */
     const char *err_at;
-    char msg[160];
 };
 
 static bool fail_rx(struct rx *x, const char *msg)
@@ -51,12 +52,12 @@ static bool fail_rx(struct rx *x, const char *msg)
     return false;
 }
 
-static bool grow_to(void **p, int *cap, int need, size_t size)
+static bool grow_to(void **p, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap) return true;
-    int n = *cap ? *cap * 2 : 64;
+    size_t n = *cap ? *cap * 2 : 64;
     while (n < need) n *= 2;
-    void *q = realloc(*p, (size_t)n * size);
+    void *q = realloc(*p, n * size);
     if (!q) return false;
     *p = q;
     *cap = n;
@@ -72,7 +73,7 @@ static int fail_node(struct rx *x, const char *msg)
 
 static int new_ast(struct rx *x, struct ast a)
 {
-    if (!grow_to((void **)&x->n, &x->cap, x->nn + 1, sizeof(*x->n))) {
+    if (!grow_to((void **)&x->n, &x->cap, (size_t)x->nn + 1, sizeof(*x->n))) {
         fail_rx(x, "out of memory");
         return -1;
     }
@@ -130,7 +131,7 @@ static int set_done(struct rx *x, struct set *s, bool negate)
         memcpy(m, c, sizeof(c[0]) * (size_t)kc);
         k = kc;
     }
-    if (!grow_to((void **)&x->rs, &x->capr, x->nr + k + 1, sizeof(*x->rs))) {
+    if (!grow_to((void **)&x->rs, &x->capr, (size_t)(x->nr + k + 1), sizeof(*x->rs))) {
         fail_rx(x, "out of memory");
         return -1;
     }
@@ -459,14 +460,15 @@ struct nstate {
 
 struct nfa {
     struct nstate *s;
-    int n, cap;
+    int n;
+    size_t cap;
     const struct rx *x;
     bool full;
 };
 
 static int nfa_new(struct nfa *a)
 {
-    if (a->n >= RX_MAX_NFA || !grow_to((void **)&a->s, &a->cap, a->n + 1, sizeof(*a->s))) {
+    if (a->n >= RX_MAX_NFA || !grow_to((void **)&a->s, &a->cap, (size_t)a->n + 1, sizeof(*a->s))) {
         a->full = true;
         return -1;
     }
@@ -474,6 +476,7 @@ static int nfa_new(struct nfa *a)
     return a->n++;
 }
 
+/* An epsilon edge; build() gives no state more than two. */
 static void eps(struct nfa *a, int from, int to) { a->s[from].eps[a->s[from].neps++] = to; }
 
 struct frag {
@@ -585,25 +588,10 @@ static uint64_t set_hash(const uint64_t *set, int words)
     return h;
 }
 
-bool json_dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
+static bool dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
 {
-    if (states > b->cap_states) {
-        size_t n = b->cap_states ? b->cap_states * 2 : 64;
-        while (n < states) n *= 2;
-        void *p = realloc(b->states, n * sizeof(*b->states));
-        if (!p) return false;
-        b->states = p;
-        b->cap_states = n;
-    }
-    if (ranges > b->cap_ranges) {
-        size_t n = b->cap_ranges ? b->cap_ranges * 2 : 64;
-        while (n < ranges) n *= 2;
-        void *p = realloc(b->ranges, n * sizeof(*b->ranges));
-        if (!p) return false;
-        b->ranges = p;
-        b->cap_ranges = n;
-    }
-    return true;
+    return grow_to((void **)&b->states, &b->cap_states, states, sizeof(*b->states)) &&
+           grow_to((void **)&b->ranges, &b->cap_ranges, ranges, sizeof(*b->ranges));
 }
 
 /* The DFA of NFA a (start in, accepting state out) appended to b; its first state's index, 0 on
@@ -648,7 +636,7 @@ static uint32_t determinize(const struct nfa *a, int in, int out, struct json_df
             bound[nb++] = e[k].hi + 1;
         }
         qsort(bound, (size_t)nb, sizeof(uint32_t), edge_cmp);
-        if (!json_dfa_grow(b, base + (size_t)d + 1, b->n_ranges + (size_t)nb)) goto out;
+        if (!dfa_grow(b, base + (size_t)d + 1, b->n_ranges + (size_t)nb)) goto out;
         struct json_dfa_state *st = &b->states[base + (uint32_t)d];
         st->first = (uint32_t)b->n_ranges;
         st->n = 0;
@@ -799,7 +787,7 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, struct json
         return 0;
     }
     if (!b->n_states) { /* state 0: dead, no way on */
-        if (!json_dfa_grow(b, 1, 0)) {
+        if (!dfa_grow(b, 1, 0)) {
             snprintf(err, errlen, "out of memory");
             return 0;
         }

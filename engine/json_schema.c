@@ -425,28 +425,36 @@ static bool has_any(const json_t *o, const char *const *words, size_t n)
     return false;
 }
 
-/* prefixItems (or draft 7's items as an array): the schemas of the first values, in n's branches. */
-static bool prefix_items(struct cc *c, const json_t *list, const char *key, struct json_node *n, int depth)
+/* The nodes of a list of 1 to 64 schemas at key (anyOf, oneOf, prefixItems) into b; their count, -1
+ * on an error. */
+static int compile_list(struct cc *c, const json_t *list, const char *key, int depth, int b[64])
 {
     if (!json_is_array(list) || json_array_size(list) == 0 || json_array_size(list) > 64) {
         fail(c, MOE_EINVAL, "'%s' must be an array of 1 to 64 schemas", key);
-        return false;
+        return -1;
     }
-    int b[64];
     size_t i;
     json_t *bv;
     json_array_foreach(list, i, bv) {
         char idx[24];
         snprintf(idx, sizeof(idx), "%zu", i);
-        if ((b[i] = compile_at(c, bv, key, idx, depth)) < 0) return false;
+        if ((b[i] = compile_at(c, bv, key, idx, depth)) < 0) return -1;
     }
-    if (!grow((void **)&c->branch, &c->cap_branch, c->n_branch + i, sizeof(*c->branch))) {
+    return (int)i;
+}
+
+/* prefixItems (or draft 7's items as an array): the schemas of the first values, in n's branches. */
+static bool prefix_items(struct cc *c, const json_t *list, const char *key, struct json_node *n, int depth)
+{
+    int b[64], i = compile_list(c, list, key, depth, b);
+    if (i < 0) return false;
+    if (!grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)i, sizeof(*c->branch))) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return false;
     }
     n->first = (uint32_t)c->n_branch;
     n->n = (uint16_t)i;
-    for (size_t k = 0; k < i; k++) c->branch[c->n_branch++] = (uint16_t)b[k];
+    for (int k = 0; k < i; k++) c->branch[c->n_branch++] = (uint16_t)b[k];
     return true;
 }
 
@@ -809,19 +817,8 @@ static int compile(struct cc *c, const json_t *v, int depth)
             fail(c, MOE_ENOTSUP, "'%s' with other keywords beside it is not supported", what);
             return -1;
         }
-        if (!json_is_array(list) || json_array_size(list) == 0 || json_array_size(list) > 64) {
-            fail(c, MOE_EINVAL, "'%s' must be an array of 1 to 64 schemas", what);
-            return -1;
-        }
-        int b[64];
-        size_t i;
-        json_t *bv;
-        json_array_foreach(list, i, bv) {
-            char idx[24];
-            snprintf(idx, sizeof(idx), "%zu", i);
-            if ((b[i] = compile_at(c, bv, what, idx, depth)) < 0) return -1;
-        }
-        return make_union(c, b, (int)json_array_size(list), what);
+        int b[64], n = compile_list(c, list, what, depth, b);
+        return n < 0 ? -1 : make_union(c, b, n, what);
     }
     const json_t *type = json_object_get(v, "type");
     const char *types[8];

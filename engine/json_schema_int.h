@@ -64,7 +64,6 @@ struct json_dfa_build {
 #define JSON_DFA_MAX_TEXT "2048"
 #define JSON_DFA_MAX_ALL 65536   /* states of one schema's automata */
 
-bool json_dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges);
 /* Compile pattern pat[0..len) (UTF-8) into automaton states appended to b: matched anywhere in the
  * text unless anchored by '^' / '$' (JSON Schema's pattern), or by the whole text (whole).  Returns
  * the start state; 0 on an error, described in err. */

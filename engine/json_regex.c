@@ -52,18 +52,6 @@ static bool fail_rx(struct rx *x, const char *msg)
     return false;
 }
 
-static bool grow_to(void **p, size_t *cap, size_t need, size_t size)
-{
-    if (need <= *cap) return true;
-    size_t n = *cap ? *cap * 2 : 64;
-    while (n < need) n *= 2;
-    void *q = realloc(*p, n * size);
-    if (!q) return false;
-    *p = q;
-    *cap = n;
-    return true;
-}
-
 /* fail_rx for functions that return a node: -1. */
 static int fail_node(struct rx *x, const char *msg)
 {
@@ -73,7 +61,7 @@ static int fail_node(struct rx *x, const char *msg)
 
 static int new_ast(struct rx *x, struct ast a)
 {
-    if (!grow_to((void **)&x->n, &x->cap, (size_t)x->nn + 1, sizeof(*x->n))) {
+    if (!json_grow((void **)&x->n, &x->cap, (size_t)x->nn + 1, sizeof(*x->n))) {
         fail_rx(x, "out of memory");
         return -1;
     }
@@ -131,7 +119,7 @@ static int set_done(struct rx *x, struct set *s, bool negate)
         memcpy(m, c, sizeof(c[0]) * (size_t)kc);
         k = kc;
     }
-    if (!grow_to((void **)&x->rs, &x->capr, (size_t)(x->nr + k + 1), sizeof(*x->rs))) {
+    if (!json_grow((void **)&x->rs, &x->capr, (size_t)(x->nr + k + 1), sizeof(*x->rs))) {
         fail_rx(x, "out of memory");
         return -1;
     }
@@ -468,7 +456,7 @@ struct nfa {
 
 static int nfa_new(struct nfa *a)
 {
-    if (a->n >= RX_MAX_NFA || !grow_to((void **)&a->s, &a->cap, (size_t)a->n + 1, sizeof(*a->s))) {
+    if (a->n >= RX_MAX_NFA || !json_grow((void **)&a->s, &a->cap, (size_t)a->n + 1, sizeof(*a->s))) {
         a->full = true;
         return -1;
     }
@@ -590,8 +578,8 @@ static uint64_t set_hash(const uint64_t *set, int words)
 
 static bool dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
 {
-    return grow_to((void **)&b->states, &b->cap_states, states, sizeof(*b->states)) &&
-           grow_to((void **)&b->ranges, &b->cap_ranges, ranges, sizeof(*b->ranges));
+    return json_grow((void **)&b->states, &b->cap_states, states, sizeof(*b->states)) &&
+           json_grow((void **)&b->ranges, &b->cap_ranges, ranges, sizeof(*b->ranges));
 }
 
 /* The DFA of NFA a (start in, accepting state out) appended to b; its first state's index, 0 on

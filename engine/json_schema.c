@@ -78,18 +78,6 @@ static size_t path_push(struct cc *c, const char *a, const char *b)
     return at;
 }
 
-static bool grow(void **p, size_t *cap, size_t need, size_t size)
-{
-    if (need <= *cap) return true;
-    size_t n = *cap ? *cap * 2 : 16;
-    while (n < need) n *= 2;
-    void *q = realloc(*p, n * size);
-    if (!q) return false;
-    *p = q;
-    *cap = n;
-    return true;
-}
-
 static int new_node(struct cc *c, struct json_node n)
 {
     if (c->n_nodes >= MOE_JSON_MAX_NODES) {
@@ -97,7 +85,7 @@ static int new_node(struct cc *c, struct json_node n)
         return -1;
     }
     size_t cap = (size_t)c->cap_nodes;
-    if (!grow((void **)&c->nodes, &cap, (size_t)c->n_nodes + 1, sizeof(*c->nodes))) {
+    if (!json_grow((void **)&c->nodes, &cap, (size_t)c->n_nodes + 1, sizeof(*c->nodes))) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return -1;
     }
@@ -109,7 +97,7 @@ static int new_node(struct cc *c, struct json_node n)
 /* Bytes into the pool; false when out of memory. */
 static bool pool_add(struct cc *c, const char *b, size_t n, struct json_str *out)
 {
-    if (c->n_pool + n > UINT32_MAX || !grow((void **)&c->pool, &c->cap_pool, c->n_pool + n, 1)) return false;
+    if (c->n_pool + n > UINT32_MAX || !json_grow((void **)&c->pool, &c->cap_pool, c->n_pool + n, 1)) return false;
     memcpy(c->pool + c->n_pool, b, n);
     *out = (struct json_str){ (uint32_t)c->n_pool, (uint32_t)n };
     c->n_pool += n;
@@ -155,7 +143,7 @@ static int literals(struct cc *c, json_t *const *v, size_t n)
         fail(c, MOE_ERANGE, "an enum of %zu values; at most %d are supported", n, MOE_JSON_MAX_ENUM);
         return -1;
     }
-    if (!grow((void **)&c->lits, &c->cap_lits, c->n_lits + n, sizeof(*c->lits))) goto oom;
+    if (!json_grow((void **)&c->lits, &c->cap_lits, c->n_lits + n, sizeof(*c->lits))) goto oom;
     size_t first = c->n_lits;
     for (size_t i = 0; i < n; i++) {
         char *t = literal_text(v[i]);
@@ -225,8 +213,8 @@ static int make_tagged(struct cc *c, const int *obj, int n, bool *none)
             for (int j = 0; j < i && ok; j++) ok = !json_str_eq(c->pool, tag[i], tag[j]);
         }
         if (!ok) continue;
-        if (!grow((void **)&c->lits, &c->cap_lits, c->n_lits + (size_t)n, sizeof(*c->lits)) ||
-            !grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)n, sizeof(*c->branch))) {
+        if (!json_grow((void **)&c->lits, &c->cap_lits, c->n_lits + (size_t)n, sizeof(*c->lits)) ||
+            !json_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)n, sizeof(*c->branch))) {
             moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
             return -1;
         }
@@ -311,7 +299,7 @@ static int make_union(struct cc *c, const int *b, int n, const char *what)
         }
     }
     if (nf == 1) return flat[0];
-    if (!grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)nf, sizeof(*c->branch))) {
+    if (!json_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)nf, sizeof(*c->branch))) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return -1;
     }
@@ -370,7 +358,7 @@ static int object_node(struct cc *c, const json_t *o, int depth)
         if ((nodes[i] = compile_at(c, pv, "properties", k, depth)) < 0) return -1;
         i++;
     }
-    if (!grow((void **)&c->props, &c->cap_props, c->n_props + n, sizeof(*c->props))) goto oom;
+    if (!json_grow((void **)&c->props, &c->cap_props, c->n_props + n, sizeof(*c->props))) goto oom;
     size_t first = c->n_props;
     for (i = 0; i < n; i++) {
         json_t *js = json_string(names[i]);
@@ -448,7 +436,7 @@ static bool prefix_items(struct cc *c, const json_t *list, const char *key, stru
 {
     int b[64], i = compile_list(c, list, key, depth, b);
     if (i < 0) return false;
-    if (!grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)i, sizeof(*c->branch))) {
+    if (!json_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)i, sizeof(*c->branch))) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return false;
     }
@@ -742,7 +730,7 @@ static int ref_node(struct cc *c, const char *ref, int depth)
     int slot = new_node(c, (struct json_node){ .kind = PENDING });
     size_t cap = (size_t)c->cap_refs;
     if (slot < 0) return -1;
-    if (!grow((void **)&c->refs, &cap, (size_t)c->n_refs + 1, sizeof(*c->refs))) {
+    if (!json_grow((void **)&c->refs, &cap, (size_t)c->n_refs + 1, sizeof(*c->refs))) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return -1;
     }
@@ -950,7 +938,7 @@ static bool cc_begin(struct cc *c)
 {
     const struct moe_json_schema *any = &moe_json_any_object;
     struct json_str skip;
-    if (!grow((void **)&c->lits, &c->cap_lits, JSON_BUILTIN_LITS, sizeof(*c->lits)) ||
+    if (!json_grow((void **)&c->lits, &c->cap_lits, JSON_BUILTIN_LITS, sizeof(*c->lits)) ||
         !pool_add(c, any->pool, JSON_BUILTIN_POOL, &skip)) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return false;
@@ -1023,7 +1011,7 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
         return moe_errorf(MOE_EINVAL, "a choice of %d texts: give 1 to %d", n, MOE_JSON_MAX_ENUM);
     struct cc c = { 0 };
     enum moe_status st = MOE_ENOMEM;
-    if (!cc_begin(&c) || !grow((void **)&c.lits, &c.cap_lits, c.n_lits + (size_t)n, sizeof(*c.lits)))
+    if (!cc_begin(&c) || !json_grow((void **)&c.lits, &c.cap_lits, c.n_lits + (size_t)n, sizeof(*c.lits)))
         goto out;
     size_t first = c.n_lits;
     for (int i = 0; i < n; i++) {

@@ -548,6 +548,15 @@ out:
     return st;
 }
 
+/* A choice among n texts (NUL-terminated) as out's schema. */
+static enum moe_status choice_schema(const char *const *texts, size_t n, struct moe_gen_request *out)
+{
+    size_t lens[MOE_JSON_MAX_ENUM];
+    if (n > MOE_JSON_MAX_ENUM) return moe_errorf(MOE_EINVAL, "%zu texts; at most %d", n, MOE_JSON_MAX_ENUM);
+    for (size_t i = 0; i < n; i++) lens[i] = strlen(texts[i]);
+    return moe_json_schema_choice(texts, lens, (int)n, &out->json_schema);
+}
+
 /* vLLM's structured outputs: "structured_outputs": {"json": schema, "choice": [texts], "regex":
  * pattern} or the older "guided_json" / "guided_choice" / "guided_regex"; a JSON schema (an object,
  * or JSON text), a choice among texts or a regular expression the whole output matches, as JSON
@@ -861,10 +870,17 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
             goto out;
     out->ignore_eos = m->ignore_eos;
     out->json_object = m->json_object;
-    if (m->json_schema && m->json_schema[0] &&
-        (st = moe_json_schema_parse(m->json_schema, strlen(m->json_schema), &out->json_schema)) != MOE_OK) {
+    bool has_schema = m->json_schema && m->json_schema[0], has_regex = m->regex && m->regex[0];
+    if (has_schema + has_regex + (m->n_choice > 0) + m->json_object > 1 && (has_regex || m->n_choice)) {
+        st = moe_errorf(MOE_EINVAL, "regex and choice go without json_object, json_schema and each other: give one");
+        goto out;
+    }
+    if (has_schema) st = moe_json_schema_parse(m->json_schema, strlen(m->json_schema), &out->json_schema);
+    else if (has_regex) st = moe_json_schema_regex(m->regex, strlen(m->regex), &out->json_schema);
+    else if (m->n_choice) st = choice_schema((const char *const *)m->choice, m->n_choice, out);
+    if (st != MOE_OK) {
         if (st != MOE_ENOMEM) st = MOE_EINVAL; /* the argument's fault: INVALID_ARGUMENT, not UNIMPLEMENTED */
-        moe_error_prefix(st, "json_schema");
+        moe_error_prefix(st, has_schema ? "json_schema" : has_regex ? "regex" : "choice");
         goto out;
     }
     out->priority = m->priority;
@@ -1187,7 +1203,23 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         }
         out->stream = sp->bool_param;
     }
-    const Inference__InferParameter *jo = kparam(m, "json_object"), *js = kparam(m, "json_schema");
+    const Inference__InferParameter *jo = kparam(m, "json_object"), *js = kparam(m, "json_schema"),
+                                    *rx = kparam(m, "regex");
+    if (rx && (js || (jo && jo->bool_param))) {
+        st = moe_errorf(MOE_EINVAL, "parameter 'regex' goes without 'json_object' and 'json_schema': give one");
+        goto out;
+    }
+    if (rx) {
+        if (rx->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM) {
+            st = moe_errorf(MOE_EINVAL, "parameter 'regex' must be a string (a regular expression)");
+            goto out;
+        }
+        if ((st = moe_json_schema_regex(rx->string_param, strlen(rx->string_param), &out->json_schema)) != MOE_OK) {
+            if (st != MOE_ENOMEM) st = MOE_EINVAL;
+            moe_error_prefix(st, "parameter 'regex'");
+            goto out;
+        }
+    }
     if (jo) { /* JSON mode, as GenerateRequest's fields of the same names */
         if (jo->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {
             st = moe_errorf(MOE_EINVAL, "parameter 'json_object' must be a bool");

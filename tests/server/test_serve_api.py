@@ -4,6 +4,7 @@ With serve flags that turn on the tiered expert cache, also checks the cache
 metrics (the tokens must not change: outputs do not depend on where experts are)."""
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -348,6 +349,29 @@ def main():
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "format 'ipv6' is not supported" in e.details(),
                   "bad json_schema: %s %s" % (e.code(), e.details()))
+        # a regular expression and a choice over gRPC (and the expression over KServe): HTTP's greedy text
+        rx = r"[a-z_]{1,8} = [0-9]{1,3}\n"
+        rtext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="x = 1\n", max_tokens=24, regex=rx),
+                                                     timeout=60))
+        code, out = srv.http("/v1/completions", json.dumps(dict(prompt="x = 1\n", max_tokens=24,
+                                                                guided_regex=rx)).encode())
+        check(code == 200 and json.loads(out)["choices"][0]["text"] == rtext and re.fullmatch(rx, rtext),
+              "regex over gRPC %r and HTTP: %d %r" % (rtext, code, out[:300]))
+        kq = kreq("x = 1\n", 24, False)
+        kq.parameters["regex"].string_param = rx
+        ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
+        check(ktext == rtext, "regex over KServe %r, gRPC %r" % (ktext, rtext))
+        cmsgs = list(gen.Generate(m.GenerateRequest(prompt="answer = ", max_tokens=8, choice=["yes", "no", "maybe"]),
+                                  timeout=60))
+        check("".join(x.text for x in cmsgs) in ("yes", "no", "maybe") and cmsgs[-1].finish_reason == "stop",
+              "choice over gRPC: %s" % cmsgs[-1:])
+        for bad, word in ((dict(regex="a", choice=["a"]), "give one"), (dict(regex="a("), "regex: pattern 'a('")):
+            try:
+                list(gen.Generate(m.GenerateRequest(prompt="x", **bad), timeout=60))
+                check(False, "Generate accepted %r" % bad)
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and word in e.details(),
+                      "Generate %r: %s %s" % (bad, e.code(), e.details()))
         pen = dict(presence_penalty=1.5, frequency_penalty=0.5, repetition_penalty=1.3)
         ptext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="def add(a, b):", max_tokens=24,
                                                                        **pen), timeout=60))

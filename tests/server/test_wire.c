@@ -446,6 +446,39 @@ static void test_response_format(void)
               strstr(moe_last_error(), "bare number"),
           "proto bad json_schema: %s", moe_last_error());
     free(b);
+    /* a regular expression, a choice; one at a time */
+    m.json_schema = "";
+    m.regex = "[a-z]+!";
+    n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK && r.json_schema, "proto regex: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    free(b);
+    char *texts[] = { "yes", "no" };
+    m.regex = "";
+    m.choice = texts;
+    m.n_choice = 2;
+    n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK && r.json_schema, "proto choice: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    free(b);
+    m.regex = "(a";
+    n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "give one"),
+          "proto regex and choice: %s", moe_last_error());
+    free(b);
+    m.n_choice = 0;
+    n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "regex: pattern '(a'"),
+          "proto bad regex: %s", moe_last_error());
+    free(b);
+    texts[1] = "yess";
+    m.regex = "";
+    m.n_choice = 2;
+    n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "choice: ") &&
+              strstr(moe_last_error(), "begins another"),
+          "proto bad choice: %s", moe_last_error());
+    free(b);
 }
 
 /* tool_choice: a named function or "required" compiles the tools into the request's schema (their

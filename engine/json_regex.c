@@ -774,8 +774,8 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, struct json
         snprintf(err, errlen, "an anchor beside a '|' outside groups: write '^(a|b)$'");
         return 0;
     }
-    if (!b->n_states) { /* state 0: dead, no way on */
-        if (!dfa_grow(b, 1, 0)) {
+    if (!b->n_states) { /* state 0: dead, no way on; room for a range, so the table is never NULL */
+        if (!dfa_grow(b, 1, 1)) {
             snprintf(err, errlen, "out of memory");
             return 0;
         }

@@ -587,6 +587,18 @@ static void test_patterns(void)
     refused("{\"type\":\"string\",\"pattern\":\"a[^\\\\s\\\\S]\"}", MOE_EINVAL, "matches no text");
     refused("{\"type\":\"string\",\"pattern\":\"a\",\"maxLength\":300}", MOE_ENOTSUP, "beside 'pattern'");
 
+    sc = compile("{\"type\":\"string\",\"pattern\":\"^$\"}"); /* an automaton without a range */
+    if (sc) {
+        good(sc, "\"\"");
+        bad(sc, "\"a", 1);
+    }
+    moe_json_schema_unref(sc);
+    REQUIRE(moe_json_schema_regex("|", 1, &sc) == MOE_OK, "%s", moe_last_error());
+    struct moe_json_state s;
+    moe_json_init(&s, sc);
+    CHECK(moe_json_done(&s), "the empty text is not whole under '|'");
+    moe_json_schema_unref(sc);
+
     /* a pattern and lengths together: only what meets both (here "abab") */
     sc = compile("{\"type\":\"string\",\"pattern\":\"^(ab)+$\",\"minLength\":3,\"maxLength\":5}");
     if (sc) {

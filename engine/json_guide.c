@@ -320,17 +320,19 @@ static uint32_t dfa_step(const struct moe_json_schema *sc, uint32_t st, uint32_t
 /* Whether a string in automaton state st, with the characters counted so far (the one being read
  * too), can still match within its length bounds: a match some number of characters on lands in
  * minLength .. maxLength. */
-static bool reach(const struct moe_json_state *s, uint32_t st)
+static bool reach_at(const struct moe_json_state *s, uint32_t st, uint32_t pos)
 {
     if (!st) return false; /* every other state reaches a match (json_regex.c cut the rest) */
     if (s->text || !s->bounded) return true;
     const struct json_node *n = node(s, s->cur);
     const struct json_dfa_state *d = &s->sc->dfa[st];
-    uint32_t lo = n->min_items > s->pos ? n->min_items - s->pos : 0, hi = n->max_items - s->pos;
+    uint32_t lo = n->min_items > pos ? n->min_items - pos : 0, hi = n->max_items - pos;
     for (uint32_t k = lo; k < JSON_DFA_LENS && k <= hi; k++)
         if (d->lens[k / 64] >> (k % 64) & 1) return true;
     return hi >= JSON_DFA_LENS && d->inf; /* the compiler holds bounded lengths below JSON_DFA_LENS */
 }
+
+static bool reach(const struct moe_json_state *s, uint32_t st) { return reach_at(s, st, s->pos); }
 
 /* Whether some code point in lo .. hi (surrogates aside) leads on from the automaton's state. */
 static bool cp_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
@@ -904,19 +906,76 @@ void moe_token_bytes_free(struct moe_token_bytes *t)
 
 #define MASK_DEPTH 24 /* the states after a token's first bytes kept for the next tokens */
 
+/* Where a string with a pattern is read: the tokens of plain text (whole characters, no quote or
+ * backslash) only move its automaton and count characters, so they are walked in the order of
+ * their bytes with that small state alone, a shared beginning stepped once. */
+struct text_walk {
+    uint32_t dfa, chars, ucp;
+    uint8_t aux; /* continuation bytes left */
+};
+
+static int mask_pattern_text(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits,
+                             int vocab, bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
+{
+    struct text_walk w[MASK_DEPTH + 1];
+    w[0] = (struct text_walk){ .dfa = s->dfa };
+    uint32_t room = string_room(s), have = 0, shared = 0, refused = 0;
+    int allowed = 0;
+    for (int i = 0; i < t->n_sorted; i++) {
+        int id = t->order[i];
+        uint32_t l = t->lcp[i];
+        shared = i == 0 ? 0 : l < shared ? l : shared;
+        if (!t->plain[id] || (refused && shared >= refused)) continue;
+        const unsigned char *b = (const unsigned char *)t->blob + t->off[id];
+        uint32_t len = t->off[id + 1] - t->off[id], k = shared < have ? shared : have;
+        shared = UINT32_MAX;
+        refused = 0;
+        struct text_walk cur = w[k];
+        bool ok = true;
+        for (; k < len && ok; k++) {
+            unsigned char c = b[k];
+            if (cur.aux) {
+                cur.ucp = cur.ucp << 6 | (c & 0x3f);
+                cur.aux--;
+            } else if (c < 0x80) {
+                cur.ucp = c;
+                cur.chars++;
+            } else { /* plain text is valid UTF-8: a lead byte */
+                cur.aux = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : 1;
+                cur.ucp = c & (0x3fu >> cur.aux);
+                cur.chars++;
+            }
+            if (!cur.aux) cur.dfa = dfa_step(s->sc, cur.dfa, cur.ucp);
+            ok = cur.dfa && cur.chars <= room;
+            if (k + 1 <= MASK_DEPTH) w[k + 1] = cur;
+        }
+        have = k < MASK_DEPTH ? k : MASK_DEPTH;
+        if (!ok) {
+            refused = k;
+            continue;
+        }
+        if (id >= vocab || (is_eos && is_eos(ud, id)) || !reach_at(s, cur.dfa, s->pos + cur.chars)) continue;
+        out[id] = logits[id];
+        allowed++;
+    }
+    return allowed;
+}
+
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
 {
     int allowed = 0;
     /* inside a free string, a token of plain text continues it and changes nothing but the count of
      * characters, which a bounded string holds to its room */
-    bool text = in_free_string(s);
+    bool text = in_free_string(s), pattern = s->mode == J_STRING && !s->key && s->dfa;
     uint32_t room = text ? string_room(s) : 0;
     for (int id = 0; id < vocab; id++) {
         bool ok = text && id < t->n && t->plain[id] && t->chars[id] <= room && !(is_eos && is_eos(ud, id));
         out[id] = ok ? logits[id] : -INFINITY;
         allowed += ok;
     }
+    if (pattern) allowed += mask_pattern_text(s, t, logits, vocab, is_eos, ud, out);
+    text |= pattern; /* plain tokens decided: the walk below takes the others */
     /* st[k]: the state after the last token fed's first k bytes, for k <= have */
     struct moe_json_state st[MASK_DEPTH + 1], tail;
     moe_json_copy(&st[0], s);

@@ -827,7 +827,10 @@ static void test_mask_vocab(void)
                               "\"i\":{\"type\":\"integer\",\"minimum\":-20,\"maximum\":300,\"multipleOf\":3},\"x\":"
                               "{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":2.5},\"t\":{\"type\":\"array\","
                               "\"prefixItems\":[{\"type\":\"boolean\"},{\"type\":\"string\",\"maxLength\":1}],"
-                              "\"items\":false}},\"additionalProperties\":false}" };
+                              "\"items\":false}},\"additionalProperties\":false}",
+                              "{\"type\":\"array\",\"items\":{\"anyOf\":[{\"type\":\"string\",\"pattern\":"
+                              "\"^[a-z_]+(\\\\.[a-z]+)?\\\\(?$\",\"maxLength\":12},{\"type\":\"object\",\"properties\":"
+                              "{\"k\":{\"type\":\"string\",\"pattern\":\"[0-9] \\\\w\",\"minLength\":4}}}]},\"maxItems\":4}" };
     uint64_t rng = 12345;
     int steps = 0, mismatches = 0;
     for (size_t k = 0; k < MOE_ARRAY_LEN(schemas); k++) {

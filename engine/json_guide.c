@@ -325,6 +325,7 @@ static bool reach_at(const struct moe_json_state *s, uint32_t st, uint32_t pos)
     if (!st) return false; /* every other state reaches a match (json_regex.c cut the rest) */
     if (s->text || !s->bounded) return true;
     const struct json_node *n = node(s, s->cur);
+    if (n->min_items == 0 && n->max_items == UINT32_MAX) return true; /* no lengths (nor lens kept) */
     const struct json_dfa_state *d = &s->sc->dfa[st];
     uint32_t lo = n->min_items > pos ? n->min_items - pos : 0, hi = n->max_items - pos;
     for (uint32_t k = lo; k < JSON_DFA_LENS && k <= hi; k++)

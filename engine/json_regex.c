@@ -544,12 +544,6 @@ struct edge {
     int to;
 };
 
-static int edge_cmp(const void *a, const void *b)
-{
-    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* Add state i and everything its epsilon edges reach to set. */
 static void closure(const struct nfa *a, uint64_t *set, int i, int *stack)
 {
@@ -586,64 +580,89 @@ static bool dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
  * an error (*why set). */
 static uint32_t determinize(const struct nfa *a, int in, int out, struct json_dfa_build *b, const char **why)
 {
-    int words = (a->n + 63) / 64;
-    size_t cap_sets = 64, hsize = 2 * JSON_DFA_MAX;
-    uint64_t *sets = calloc(cap_sets * (size_t)words, sizeof(uint64_t));
+    size_t words = ((size_t)a->n + 63) / 64, cap_sets = 64, hsize = 2 * JSON_DFA_MAX, cap_e = 64;
+    uint64_t *sets = calloc(cap_sets * words, sizeof(uint64_t));
+    uint64_t *clo = calloc((size_t)a->n * words, sizeof(uint64_t)); /* states' epsilon closures, */
+    uint8_t *have = calloc((size_t)a->n, 1);                          /* made on first use */
     int *hash = calloc(hsize, sizeof(int)), *stack = malloc(sizeof(int) * (size_t)a->n);
-    size_t cap_e = 64;
     struct edge *e = malloc(sizeof(*e) * cap_e);
     uint32_t *bound = malloc(sizeof(uint32_t) * 2 * cap_e);
-    uint64_t *t = calloc((size_t)words, sizeof(uint64_t));
+    uint64_t *iv = NULL; /* the states each piece between two bounds leads to */
+    size_t cap_iv = 0;
     uint32_t base = (uint32_t)b->n_states, result = 0;
     int nd = 0;
     *why = "out of memory";
-    if (!sets || !hash || !stack || !e || !bound || !t) goto out;
+    if (!sets || !clo || !have || !hash || !stack || !e || !bound) goto out;
     closure(a, sets, in, stack);
-    hash[set_hash(sets, words) & (hsize - 1)] = 1;
+    hash[set_hash(sets, (int)words) & (hsize - 1)] = 1;
     nd = 1;
     for (int d = 0; d < nd; d++) {
-        /* the character edges of the set's states, split at every range's ends */
+        /* the character edges of the set's states, and every range's ends, sorted and distinct */
         int ne = 0;
-        for (int i = 0; i < a->n; i++) {
-            if (!(sets[(size_t)d * words + (size_t)i / 64] >> (i % 64) & 1) || !a->s[i].rn) continue;
-            for (int k = 0; k < a->s[i].rn; k++) {
-                if ((size_t)ne == cap_e) {
-                    cap_e *= 2;
-                    void *p1 = realloc(e, sizeof(*e) * cap_e), *p2 = realloc(bound, sizeof(uint32_t) * 2 * cap_e);
-                    if (p1) e = p1;
-                    if (p2) bound = p2;
-                    if (!p1 || !p2) goto out;
+        for (size_t w = 0; w < words; w++)
+            for (uint64_t m = sets[(size_t)d * words + w]; m; m &= m - 1) {
+                const struct nstate *ns = &a->s[w * 64 + (size_t)__builtin_ctzll(m)];
+                for (int k = 0; k < ns->rn; k++) {
+                    if ((size_t)ne == cap_e) {
+                        cap_e *= 2;
+                        void *p1 = realloc(e, sizeof(*e) * cap_e), *p2 = realloc(bound, sizeof(uint32_t) * 2 * cap_e);
+                        if (p1) e = p1;
+                        if (p2) bound = p2;
+                        if (!p1 || !p2) goto out;
+                    }
+                    struct rng r = a->x->rs[ns->rf + k];
+                    e[ne++] = (struct edge){ r.lo, r.hi, ns->next };
                 }
-                struct rng r = a->x->rs[a->s[i].rf + k];
-                e[ne++] = (struct edge){ r.lo, r.hi, a->s[i].next };
             }
+        int nu = 0; /* few distinct ends, many edges sharing them: kept sorted as they come */
+        for (int k = 0; k < 2 * ne; k++) {
+            uint32_t v = k % 2 ? e[k / 2].hi + 1 : e[k / 2].lo;
+            int lo = 0, hi = nu;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (bound[mid] < v) lo = mid + 1;
+                else hi = mid;
+            }
+            if (lo < nu && bound[lo] == v) continue;
+            memmove(bound + lo + 1, bound + lo, sizeof(uint32_t) * (size_t)(nu - lo));
+            bound[lo] = v;
+            nu++;
         }
-        int nb = 0;
-        for (int k = 0; k < ne; k++) {
-            bound[nb++] = e[k].lo;
-            bound[nb++] = e[k].hi + 1;
+        if ((size_t)nu * words > cap_iv) {
+            free(iv);
+            cap_iv = (size_t)nu * words * 2;
+            if (!(iv = malloc(sizeof(uint64_t) * cap_iv))) goto out;
         }
-        qsort(bound, (size_t)nb, sizeof(uint32_t), edge_cmp);
-        if (!dfa_grow(b, base + (size_t)d + 1, b->n_ranges + (size_t)nb)) goto out;
+        memset(iv, 0, sizeof(uint64_t) * (size_t)nu * words);
+        for (int j = 0; j < ne; j++) { /* each edge into the pieces it covers */
+            int lo = 0, hi = nu;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (bound[mid] < e[j].lo) lo = mid + 1;
+                else hi = mid;
+            }
+            uint64_t *c = clo + (size_t)e[j].to * words;
+            if (!have[e[j].to]) {
+                closure(a, c, e[j].to, stack);
+                have[e[j].to] = 1;
+            }
+            for (int k = lo; k + 1 < nu && bound[k] <= e[j].hi; k++)
+                for (size_t w = 0; w < words; w++) iv[(size_t)k * words + w] |= c[w];
+        }
+        if (!dfa_grow(b, base + (size_t)d + 1, b->n_ranges + (size_t)nu)) goto out;
         struct json_dfa_state *st = &b->states[base + (uint32_t)d];
         st->first = (uint32_t)b->n_ranges;
         st->n = 0;
         st->accept = sets[(size_t)d * words + (size_t)out / 64] >> (out % 64) & 1;
-        for (int k = 0; k + 1 < nb; k++) {
-            uint32_t lo = bound[k], hi = bound[k + 1] - 1;
-            if (bound[k + 1] == lo) continue;
-            memset(t, 0, sizeof(uint64_t) * (size_t)words);
-            bool any = false;
-            for (int j = 0; j < ne; j++)
-                if (e[j].lo <= lo && e[j].hi >= hi) {
-                    closure(a, t, e[j].to, stack);
-                    any = true;
-                }
+        for (int k = 0; k + 1 < nu; k++) {
+            uint64_t *t = iv + (size_t)k * words, any = 0;
+            for (size_t w = 0; w < words; w++) any |= t[w];
             if (!any) continue;
-            uint64_t h = set_hash(t, words) & (hsize - 1);
+            uint32_t lo = bound[k], hi = bound[k + 1] - 1;
+            uint64_t h = set_hash(t, (int)words) & (hsize - 1);
             int id = -1;
             for (; hash[h]; h = (h + 1) & (hsize - 1))
-                if (!memcmp(sets + (size_t)(hash[h] - 1) * words, t, sizeof(uint64_t) * (size_t)words)) {
+                if (!memcmp(sets + (size_t)(hash[h] - 1) * words, t, sizeof(uint64_t) * words)) {
                     id = hash[h] - 1;
                     break;
                 }
@@ -654,12 +673,12 @@ static uint32_t determinize(const struct nfa *a, int in, int out, struct json_df
                     goto out;
                 }
                 if ((size_t)nd == cap_sets) {
-                    void *p = realloc(sets, sizeof(uint64_t) * (size_t)words * cap_sets * 2);
+                    void *p = realloc(sets, sizeof(uint64_t) * words * cap_sets * 2);
                     if (!p) goto out;
                     sets = p;
                     cap_sets *= 2;
                 }
-                memcpy(sets + (size_t)nd * words, t, sizeof(uint64_t) * (size_t)words);
+                memcpy(sets + (size_t)nd * words, t, sizeof(uint64_t) * words);
                 hash[h] = nd + 1;
                 id = nd++;
             }
@@ -678,21 +697,25 @@ static uint32_t determinize(const struct nfa *a, int in, int out, struct json_df
     result = base;
 out:
     free(sets);
+    free(clo);
+    free(have);
     free(hash);
     free(stack);
     free(e);
     free(bound);
-    free(t);
+    free(iv);
     return result;
 }
 
-/* The lengths of the matches each of the DFA's states (first .. first + n) can reach, and the
- * transitions to states that reach none cut; false when the start reaches none. */
-static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n)
+/* The DFA's states first .. first + n: the transitions to states from which nothing matches cut
+ * (each state's open set), and, with count, the lengths of the matches each can reach (lens, inf);
+ * false when the start matches nothing. */
+static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n, bool count)
 {
     struct json_dfa_state *st = b->states + first;
-    uint8_t *cur = calloc(n, 1), *nxt = calloc(n, 1);
-    if (!cur || !nxt) {
+    uint8_t *live = calloc(n, 1), *cur = calloc(n, 1), *nxt = calloc(n, 1);
+    if (!live || !cur || !nxt) {
+        free(live);
         free(cur);
         free(nxt);
         return false;
@@ -700,11 +723,18 @@ static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n)
     for (uint32_t i = 0; i < n; i++) {
         memset(st[i].lens, 0, sizeof(st[i].lens));
         st[i].inf = false;
-        cur[i] = st[i].accept;
+        live[i] = cur[i] = st[i].accept;
     }
-    /* cur: the states with a match exactly k characters on; past JSON_DFA_LENS - 1, a match any
-     * number n of steps further means a cycle, so matches of every greater length class exist */
-    for (uint32_t k = 0; k < JSON_DFA_LENS + n; k++) {
+    for (bool more = true; more;) { /* live: some match ahead */
+        more = false;
+        for (uint32_t i = n; i-- > 0;) {
+            const struct json_dfa_range *r = b->ranges + st[i].first;
+            for (uint32_t j = 0; j < st[i].n && !live[i]; j++) more |= live[i] = live[r[j].next - first];
+        }
+    }
+    /* cur: the states with a match exactly k characters on; matches beyond JSON_DFA_LENS - 1 are
+     * reached within n more steps if at all (a longer path repeats a state, and can be cut) */
+    for (uint32_t k = 0; count && k < JSON_DFA_LENS + n; k++) {
         bool any = false;
         for (uint32_t i = 0; i < n; i++) {
             if (!cur[i]) continue;
@@ -720,22 +750,19 @@ static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n)
         }
         memcpy(cur, nxt, n);
     }
-    free(cur);
-    free(nxt);
     for (uint32_t i = 0; i < n; i++) {
         st[i].open = false;
         struct json_dfa_range *r = b->ranges + st[i].first;
         for (uint32_t j = 0; j < st[i].n; j++) {
-            const struct json_dfa_state *t = &b->states[r[j].next];
-            bool live = t->inf;
-            for (int w = 0; w < JSON_DFA_LW; w++) live |= t->lens[w] != 0;
-            if (!live) r[j].next = 0;
-            st[i].open |= live;
+            if (!live[r[j].next - first]) r[j].next = 0;
+            else st[i].open = true;
         }
     }
-    bool live = st[0].inf;
-    for (int w = 0; w < JSON_DFA_LW; w++) live |= st[0].lens[w] != 0;
-    return live;
+    bool start = live[0];
+    free(live);
+    free(cur);
+    free(nxt);
+    return start;
 }
 
 /* Whether the pattern has a '|' outside groups and classes. */
@@ -754,8 +781,8 @@ static bool top_level_alt(const char *p, const char *end)
     return false;
 }
 
-uint32_t json_regex_compile(const char *pat, size_t len, bool whole, struct json_dfa_build *b, char *err,
-                            size_t errlen)
+uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count, struct json_dfa_build *b,
+                            char *err, size_t errlen)
 {
     if (len > RX_MAX_TEXT) {
         snprintf(err, errlen, "a pattern of %zu bytes; at most %d are supported", len, RX_MAX_TEXT);
@@ -813,7 +840,7 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, struct json
     const char *why;
     start = determinize(&a, f.in, f.out, b, &why);
     if (!start) snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat, why);
-    else if (!lengths(b, start, (uint32_t)(b->n_states - start))) {
+    else if (!lengths(b, start, (uint32_t)(b->n_states - start), count)) {
         snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
         start = 0;
     }

@@ -473,12 +473,12 @@ static int array_node(struct cc *c, const json_t *o, int depth)
     return new_node(c, n);
 }
 
-/* A pattern's automaton (whole: matching the whole text, else anywhere unless anchored); its start
- * state, 0 on an error. */
-static uint32_t pattern_dfa(struct cc *c, const char *pat, size_t len, bool whole)
+/* A pattern's automaton (whole: matching the whole text, else anywhere unless anchored; count: with
+ * the lengths of its matches); its start state, 0 on an error. */
+static uint32_t pattern_dfa(struct cc *c, const char *pat, size_t len, bool whole, bool count)
 {
     char err[256];
-    uint32_t start = json_regex_compile(pat, len, whole, &c->dfa, err, sizeof(err));
+    uint32_t start = json_regex_compile(pat, len, whole, count, &c->dfa, err, sizeof(err));
     if (!start) {
         fail(c, MOE_EINVAL, "%s", err);
         return 0;
@@ -526,6 +526,18 @@ static int string_node(struct cc *c, const json_t *o)
         fail(c, MOE_ENOTSUP, "'pattern' and 'format' together are not supported (write the format into the pattern)");
         return -1;
     }
+    if (!count_of(c, o, "minLength", &n.min_items) || !count_of(c, o, "maxLength", &n.max_items)) return -1;
+    if (n.min_items > n.max_items) {
+        fail(c, MOE_EINVAL, "minLength %u is above maxLength %u: no string can be written", n.min_items, n.max_items);
+        return -1;
+    }
+    bool lengths = n.min_items > 0 || n.max_items != UINT32_MAX;
+    if ((pat || fmt) && lengths && (n.min_items >= JSON_DFA_LENS || (n.max_items != UINT32_MAX &&
+                                                                      n.max_items >= JSON_DFA_LENS))) {
+        fail(c, MOE_ENOTSUP, "minLength or maxLength of %d or more beside '%s' is not supported (give the lengths "
+             "in the pattern, or leave them out)", JSON_DFA_LENS, pat ? "pattern" : "format");
+        return -1;
+    }
     if (fmt) {
         size_t f = 0;
         while (f < MOE_ARRAY_LEN(formats) && (!json_is_string(fmt) || strcmp(json_string_value(fmt), formats[f][0])))
@@ -535,25 +547,11 @@ static int string_node(struct cc *c, const json_t *o)
                  "hostname, email or uri)", json_is_string(fmt) ? json_string_value(fmt) : "?");
             return -1;
         }
-        char err[256];
-        n.pattern = json_regex_compile(formats[f][1], strlen(formats[f][1]), true, &c->dfa, err, sizeof(err));
-        if (!n.pattern) {
-            fail(c, MOE_ENOMEM, "format '%s': %s", formats[f][0], err);
-            return -1;
-        }
+        if (!(n.pattern = pattern_dfa(c, formats[f][1], strlen(formats[f][1]), true, lengths))) return -1;
     }
-    if (pat && !(n.pattern = pattern_dfa(c, json_string_value(pat), json_string_length(pat), false))) return -1;
-    if (!count_of(c, o, "minLength", &n.min_items) || !count_of(c, o, "maxLength", &n.max_items)) return -1;
-    if (n.min_items > n.max_items) {
-        fail(c, MOE_EINVAL, "minLength %u is above maxLength %u: no string can be written", n.min_items, n.max_items);
+    if (pat && !(n.pattern = pattern_dfa(c, json_string_value(pat), json_string_length(pat), false, lengths)))
         return -1;
-    }
-    if (n.pattern && (n.min_items >= JSON_DFA_LENS || (n.max_items != UINT32_MAX && n.max_items >= JSON_DFA_LENS))) {
-        fail(c, MOE_ENOTSUP, "minLength or maxLength of %d or more beside 'pattern' is not supported (give the "
-             "lengths in the pattern, or leave them out)", JSON_DFA_LENS);
-        return -1;
-    }
-    if (n.pattern) { /* some match of the pattern within the lengths */
+    if (n.pattern && lengths) { /* some match of the pattern within the lengths */
         const struct json_dfa_state *d = &c->dfa.states[n.pattern];
         bool some = n.max_items == UINT32_MAX && d->inf;
         for (uint32_t k = n.min_items; k < JSON_DFA_LENS && k <= n.max_items && !some; k++)
@@ -1045,7 +1043,7 @@ enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_js
     enum moe_status st = MOE_ENOMEM;
     char err[256];
     if (cc_begin(&c)) {
-        uint32_t start = json_regex_compile(pat, len, true, &c.dfa, err, sizeof(err));
+        uint32_t start = json_regex_compile(pat, len, true, false, &c.dfa, err, sizeof(err));
         int root = start ? new_node(&c, (struct json_node){ .kind = K_TEXT, .pattern = start }) : -1;
         if (!start) st = moe_errorf(MOE_EINVAL, "%s", err);
         else st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);

@@ -66,7 +66,8 @@ struct json_dfa_state {      /* ranges[first .. first + n), sorted and disjoint;
     bool accept;             /* the text so far matches */
     bool open;               /* some character leads on */
     bool inf;                /* matches are reachable with more than JSON_DFA_LENS - 1 characters */
-    uint64_t lens[JSON_DFA_LW]; /* bit k: a match is reachable with exactly k more characters */
+    uint64_t lens[JSON_DFA_LW]; /* bit k: a match is reachable with exactly k more characters
+                                   (lens and inf: for a pattern compiled with count) */
 };
 struct json_dfa_build {
     struct json_dfa_state *states;
@@ -79,10 +80,11 @@ struct json_dfa_build {
 #define JSON_DFA_MAX_ALL 65536   /* states of one schema's automata */
 
 /* Compile pattern pat[0..len) (UTF-8) into automaton states appended to b: matched anywhere in the
- * text unless anchored by '^' / '$' (JSON Schema's pattern), or by the whole text (whole).  Returns
+ * text unless anchored by '^' / '$' (JSON Schema's pattern), or by the whole text (whole); with
+ * count, each state's lens and inf too (for minLength / maxLength), else those are empty.  Returns
  * the start state; 0 on an error, described in err. */
-uint32_t json_regex_compile(const char *pat, size_t len, bool whole, struct json_dfa_build *b, char *err,
-                            size_t errlen);
+uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count, struct json_dfa_build *b,
+                            char *err, size_t errlen);
 
 struct json_node {
     uint8_t kind;

@@ -1,7 +1,8 @@
 /* JSON mode's cost per generated token: moe_json_mask over a model's whole
  * vocabulary, at every token of a JSON document as the model's tokenizer
  * splits it, with no schema, a schema, the schema with lengths and ranges and
- * one with patterns on its strings,
+ * one with patterns on its strings, and the time each schema (and one of seven
+ * formats) takes to compile,
  * against feeding every token on its
  * own (the reference the mask must equal).  Prints one JSON line per case.
  *
@@ -44,6 +45,25 @@ static const char *patterned =
     "\"indoor\":{\"type\":\"boolean\"},\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"pattern\":"
     "\"^[a-z]+$\"},\"maxItems\":3},\"owner\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"}}}},"
     "\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
+
+/* Formats: compiled only, for the time a request's schema takes to compile. */
+static const char *formats =
+    "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"format\":\"date-time\"},\"b\":{\"type\":"
+    "\"string\",\"format\":\"uuid\"},\"c\":{\"type\":\"string\",\"format\":\"email\"},\"d\":{\"type\":\"string\","
+    "\"format\":\"uri\"},\"e\":{\"type\":\"string\",\"format\":\"hostname\"},\"f\":{\"type\":\"string\","
+    "\"format\":\"ipv4\"},\"g\":{\"type\":\"string\",\"format\":\"date\"}}}";
+
+/* Microseconds to compile schema text (mean of reps). */
+static double compile_us(const char *text, int reps)
+{
+    double t0 = moe_now();
+    for (int r = 0; r < reps; r++) {
+        struct moe_json_schema *sc = NULL;
+        if (moe_json_schema_parse(text, strlen(text), &sc) != MOE_OK) return -1;
+        moe_json_schema_unref(sc);
+    }
+    return 1e6 * (moe_now() - t0) / reps;
+}
 
 /* Every token fed on its own: the reference. */
 static int mask_each(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int V,
@@ -98,6 +118,7 @@ int main(int argc, char **argv)
           *b = malloc(sizeof(float) * (size_t)V);
     if (!logits || !a || !b) return 1;
     for (int i = 0; i < V; i++) logits[i] = (float)i;
+    const char *texts[4] = { NULL, schema, bounded, patterned };
     for (int k = 0; k < 4; k++) { /* any object, the schema, with bounds, with patterns */
         double t_mask = 0, t_each = 0;
         long allowed = 0, differ = 0;
@@ -121,14 +142,17 @@ int main(int argc, char **argv)
         }
         double calls = (double)reps * (double)n;
         printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"patterns\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,"
-               "\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,\"steps_differing\":%ld}\n",
+               "\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,\"steps_differing\":%ld,"
+               "\"compile_us\":%.1f}\n",
                k ? "true" : "false", k == 2 ? "true" : "false", k == 3 ? "true" : "false", V, n, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls,
-               t_each / t_mask, (double)allowed / (double)n, differ);
+               t_each / t_mask, (double)allowed / (double)n, differ, k ? compile_us(texts[k], reps) : 0.0);
     }
     free(logits);
     free(a);
     free(b);
     free(ids);
+    printf("{\"bench\":\"json_schema_compile\",\"schema\":\"seven formats\",\"reps\":%d,\"compile_us\":%.1f}\n", reps,
+           compile_us(formats, reps));
     for (int k = 0; k < 4; k++) moe_json_schema_unref(sc[k]);
     moe_token_bytes_free(&tb);
     moe_tokenizer_free(tok);

@@ -633,7 +633,7 @@ static uint32_t determinize(const struct nfa *a, int in, int out, struct json_df
             cap_iv = (size_t)nu * words * 2;
             if (!(iv = malloc(sizeof(uint64_t) * cap_iv))) goto out;
         }
-        memset(iv, 0, sizeof(uint64_t) * (size_t)nu * words);
+        if (nu) memset(iv, 0, sizeof(uint64_t) * (size_t)nu * words);
         for (int j = 0; j < ne; j++) { /* each edge into the pieces it covers */
             int lo = 0, hi = nu;
             while (lo < hi) {

@@ -31,7 +31,7 @@ enum {
     J_EXP,        /* after 'e' */
     J_EXP_SIGN,   /* after 'e+' / 'e-' */
     J_EXP_DIGITS, /* exponent digits */
-    J_LIT,        /* inside one of a node's literals (cand, pos) */
+    J_LIT,        /* inside one of a node's literals (llo .. lhi, pos) */
     J_TEXT,       /* raw text of a K_TEXT root: UTF-8, each character through its automaton */
     J_DONE,       /* the value is complete */
 };
@@ -46,11 +46,13 @@ static const struct json_node any_nodes[N_BUILTIN] = {
     [N_ANY_STRING] = { .kind = K_STRING },
     [N_ANY_NUMBER] = { .kind = K_NUMBER },
 };
-static const struct json_str any_lits[JSON_BUILTIN_LITS] = { { 0, 4 }, { 4, 5 }, { 9, 4 } };
+static const struct json_str any_lits[JSON_BUILTIN_LITS] = { { 4, 5 }, { 9, 4 }, { 0, 4 }, { 4, 5 }, { 0, 4 } };
+static const uint16_t any_orig[JSON_BUILTIN_LITS] = { 0, 1, 2, 0, 1 };
 
 const struct moe_json_schema moe_json_any_object = {
     .nodes = any_nodes,
     .lits = any_lits,
+    .lit_orig = any_orig,
     .pool = "truefalsenull",
     .n_nodes = N_BUILTIN,
     .root = N_ANY_OBJECT,
@@ -114,11 +116,11 @@ static int str_at(const struct moe_json_state *s, struct json_str str)
     return s->pos < str.len ? (unsigned char)s->sc->pool[str.off + s->pos] : -1;
 }
 
-/* A tagged object's tag value ended (s->cand: the one it is): the object goes on as that branch,
+/* A tagged object's tag value ended (s->llo: the one it is): the object goes on as that branch,
  * its tag property written. */
 static void tag_done(struct moe_json_state *s, struct moe_json_frame *f, const struct json_node *n)
 {
-    unsigned obj = s->sc->branch[n->first + (unsigned)__builtin_ctzll(s->cand)];
+    unsigned obj = s->sc->branch[n->first + s->sc->lit_orig[s->llo]];
     const struct json_node *o = node(s, obj);
     f->node = (uint16_t)obj;
     f->seen = 0;
@@ -154,26 +156,33 @@ static void close_container(struct moe_json_state *s)
     value_done(s);
 }
 
-/* Candidates of a literal node whose next byte (at s->pos) is c. */
-static uint64_t lits_with(const struct moe_json_state *s, const struct json_node *n, uint64_t cand, int c)
+/* The first of the candidate literals lits[lo .. hi) (sorted, sharing their first s->pos bytes)
+ * whose byte at s->pos is c or more (one that ends there counts as less than any byte). */
+static uint32_t lit_bound(const struct moe_json_state *s, uint32_t lo, uint32_t hi, int c)
 {
-    uint64_t out = 0;
-    for (uint64_t m = cand; m; m &= m - 1) {
-        int i = __builtin_ctzll(m);
-        if (str_at(s, s->sc->lits[n->first + i]) == c) out |= 1ull << i;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (str_at(s, s->sc->lits[mid]) < c) lo = mid + 1;
+        else hi = mid;
     }
-    return out;
+    return lo;
 }
 
-/* Whether one of the candidates is complete, and whether one goes on. */
-static void lits_state(const struct moe_json_state *s, const struct json_node *n, bool *complete, bool *longer)
+/* Keep the candidates whose byte at s->pos is c; false when none is. */
+static bool lits_with(struct moe_json_state *s, int c)
 {
-    *complete = *longer = false;
-    for (uint64_t m = s->cand; m; m &= m - 1) {
-        uint32_t len = s->sc->lits[n->first + __builtin_ctzll(m)].len;
-        if (len == s->pos) *complete = true;
-        else *longer = true;
-    }
+    uint32_t lo = lit_bound(s, s->llo, s->lhi, c), hi = lit_bound(s, lo, s->lhi, c + 1);
+    if (lo == hi) return false;
+    s->llo = lo;
+    s->lhi = hi;
+    return true;
+}
+
+/* Whether one of the candidates is complete (the first: the shortest), and whether one goes on. */
+static void lits_state(const struct moe_json_state *s, bool *complete, bool *longer)
+{
+    *complete = s->sc->lits[s->llo].len == s->pos;
+    *longer = s->sc->lits[s->lhi - 1].len > s->pos;
 }
 
 /* ---- bounded numbers and strings ------------------------------------------------- */
@@ -464,12 +473,13 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
     case K_LITERALS: {
         s->cur = (uint16_t)nd;
         s->pos = 0;
-        s->cand = lits_with(s, n, all_bits(n->n), c);
-        if (!s->cand) return false;
+        s->llo = n->first;
+        s->lhi = n->first + n->n;
+        if (!lits_with(s, c)) return false;
         s->pos = 1;
         s->mode = J_LIT;
         bool complete, longer;
-        lits_state(s, n, &complete, &longer);
+        lits_state(s, &complete, &longer);
         if (!longer) value_done(s);
         return true;
     }
@@ -717,18 +727,14 @@ static bool step(struct moe_json_state *s, unsigned char c)
         if (is_digit(c)) return true;
         return number_end(s, c);
     case J_LIT: {
-        const struct json_node *n = node(s, s->cur);
-        uint64_t ext = lits_with(s, n, s->cand, c);
-        if (ext) {
-            s->cand = ext;
+        bool complete, longer;
+        lits_state(s, &complete, &longer);
+        if (lits_with(s, c)) {
             s->pos++;
-            bool complete, longer;
-            lits_state(s, n, &complete, &longer);
+            lits_state(s, &complete, &longer);
             if (!longer) value_done(s);
             return true;
         }
-        bool complete, longer;
-        lits_state(s, n, &complete, &longer);
         if (!complete) return false;
         value_done(s); /* a literal that another one extends (1 before 10) ends at c */
         return step(s, c);

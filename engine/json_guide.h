@@ -21,7 +21,7 @@ extern "C" {
                                       would write whitespace without end cannot); fewer near the top:
                                       2 + 4 per open object or array, two line breaks */
 #define MOE_JSON_MAX_PROPS 64      /* properties of one object schema */
-#define MOE_JSON_MAX_ENUM 64       /* values of one enum */
+#define MOE_JSON_MAX_ENUM 1024     /* values of one enum, texts of one choice */
 #define MOE_JSON_MAX_NODES 4096    /* compiled schema nodes */
 #define MOE_JSON_MAX_SCHEMA 262144 /* bytes of a schema's text */
 #define MOE_JSON_MAX_NUM 32        /* bytes of a number with bounds (minimum, maximum, ...), sign and
@@ -63,7 +63,8 @@ struct moe_json_frame {   /* an object or array being read */
 
 struct moe_json_state {
     const struct moe_json_schema *sc;
-    uint64_t cand;        /* the key's or literal's candidates still matching */
+    uint64_t cand;        /* the key's candidates still matching */
+    uint32_t llo, lhi;    /* the literal's: lits[llo .. lhi) */
     uint32_t pos;         /* bytes of the key or literal read */
     uint32_t dfa;         /* the pattern's automaton state in the string or text being read (0: none) */
     uint32_t ucp;         /* the bits of the character being read (UTF-8 or \u escape) */

@@ -24,6 +24,8 @@ struct cc {
     size_t n_props, cap_props;
     struct json_str *lits;
     size_t n_lits, cap_lits;
+    uint16_t *lit_orig;         /* [n_lits]: each literal's place among its node's, as the schema gave them */
+    size_t cap_orig;
     uint16_t *branch;
     size_t n_branch, cap_branch;
     char *pool;
@@ -132,6 +134,41 @@ static const char *type_name(const json_t *v)
     }
 }
 
+struct lit_key {
+    const char *b;
+    struct json_str s;
+    uint16_t orig;
+};
+
+static int lit_cmp(const void *x, const void *y)
+{
+    const struct lit_key *a = x, *b = y;
+    int c = memcmp(a->b, b->b, a->s.len < b->s.len ? a->s.len : b->s.len);
+    return c ? c : (a->s.len > b->s.len) - (a->s.len < b->s.len);
+}
+
+/* The literal node of lits[first .. first + n): sorted by their bytes, a text before the texts it
+ * begins (the recognizer narrows its candidates by binary search); their places as given kept in
+ * lit_orig (a tag's branch). */
+static int lits_node(struct cc *c, size_t first, size_t n)
+{
+    struct lit_key *k = malloc(sizeof(*k) * n);
+    if (!k || !json_grow((void **)&c->lit_orig, &c->cap_orig, c->n_lits, sizeof(*c->lit_orig))) {
+        free(k);
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        k[i] = (struct lit_key){ c->pool + c->lits[first + i].off, c->lits[first + i], (uint16_t)i };
+    qsort(k, n, sizeof(*k), lit_cmp);
+    for (size_t i = 0; i < n; i++) {
+        c->lits[first + i] = k[i].s;
+        c->lit_orig[first + i] = k[i].orig;
+    }
+    free(k);
+    return new_node(c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)first });
+}
+
 /* A literal node of values v[0..n) (enum or const). */
 static int literals(struct cc *c, json_t *const *v, size_t n)
 {
@@ -153,7 +190,7 @@ static int literals(struct cc *c, json_t *const *v, size_t n)
         if (!ok) goto oom;
         c->n_lits++;
     }
-    return new_node(c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)first });
+    return lits_node(c, first, n);
 oom:
     moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
     return -1;
@@ -223,7 +260,7 @@ static int make_tagged(struct cc *c, const int *obj, int n, bool *none)
             c->lits[c->n_lits++] = tag[i];
             c->branch[c->n_branch++] = (uint16_t)obj[i];
         }
-        int tags = new_node(c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)lit0 });
+        int tags = lits_node(c, lit0, (size_t)n);
         if (tags < 0) return -1;
         return new_node(c, (struct json_node){ .kind = K_TAGGED, .n = (uint16_t)n, .first = (uint32_t)br0,
                                                .extra = -1, .required = 1, .tags = (uint32_t)tags, .key = name });
@@ -680,9 +717,9 @@ static int typed_node(struct cc *c, const json_t *o, const char *type, int depth
     if (!strcmp(type, "number")) return number_node(c, o, false);
     if (!strcmp(type, "integer")) return number_node(c, o, true);
     if (!strcmp(type, "boolean"))
-        return shared(c, &c->boolean, (struct json_node){ .kind = K_LITERALS, .n = 2, .first = 0 });
+        return shared(c, &c->boolean, (struct json_node){ .kind = K_LITERALS, .n = 2, .first = 3 });
     if (!strcmp(type, "null"))
-        return shared(c, &c->null, (struct json_node){ .kind = K_LITERALS, .n = 1, .first = 2 });
+        return shared(c, &c->null, (struct json_node){ .kind = K_LITERALS, .n = 1, .first = 1 });
     fail(c, MOE_EINVAL, "unknown type '%.32s' (object, array, string, number, integer, boolean or null)", type);
     return -1;
 }
@@ -892,9 +929,9 @@ static int compile(struct cc *c, const json_t *v, int depth)
  * output could not tell whether it has ended. */
 static bool begins_another(const char *pool, const struct json_str *s, unsigned n, unsigned *x, unsigned *y)
 {
-    for (*x = 0; *x < n; (*x)++)
-        for (*y = 0; *y < n; (*y)++)
-            if (s[*x].len < s[*y].len && !memcmp(pool + s[*x].off, pool + s[*y].off, s[*x].len)) return true;
+    /* sorted: a text and a text it begins have only texts it begins between them */
+    for (*x = 0, *y = 1; *y < n; (*x)++, (*y)++)
+        if (s[*x].len < s[*y].len && !memcmp(pool + s[*x].off, pool + s[*y].off, s[*x].len)) return true;
     return false;
 }
 
@@ -924,6 +961,7 @@ static void cc_free(struct cc *c)
     free(c->nodes);
     free(c->props);
     free(c->lits);
+    free(c->lit_orig);
     free(c->branch);
     free(c->pool);
     free(c->refs);
@@ -943,6 +981,11 @@ static bool cc_begin(struct cc *c)
     }
     memcpy(c->lits, any->lits, sizeof(*c->lits) * JSON_BUILTIN_LITS);
     c->n_lits = JSON_BUILTIN_LITS;
+    if (!json_grow((void **)&c->lit_orig, &c->cap_orig, JSON_BUILTIN_LITS, sizeof(*c->lit_orig))) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return false;
+    }
+    memcpy(c->lit_orig, any->lit_orig, sizeof(*c->lit_orig) * JSON_BUILTIN_LITS);
     for (int i = 0; i < N_BUILTIN; i++)
         if (new_node(c, any->nodes[i]) < 0) return false;
     return true;
@@ -962,6 +1005,7 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     sc->nodes = c->nodes;
     sc->props = c->props;
     sc->lits = c->lits;
+    sc->lit_orig = c->lit_orig;
     sc->branch = c->branch;
     sc->pool = c->pool;
     sc->dfa = c->dfa.states;
@@ -972,6 +1016,7 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     c->nodes = NULL;
     c->props = NULL;
     c->lits = NULL;
+    c->lit_orig = NULL;
     c->branch = NULL;
     c->pool = NULL;
     c->dfa.states = NULL;
@@ -1023,13 +1068,15 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
         }
         c.n_lits++;
     }
+    int root = lits_node(&c, first, (size_t)n);
     unsigned x, y;
-    if (begins_another(c.pool, c.lits + first, (unsigned)n, &x, &y)) { /* named as the caller gave them */
+    if (root >= 0 && begins_another(c.pool, c.lits + first, (unsigned)n, &x, &y)) {
+        struct json_str sx = c.lits[first + x], sy = c.lits[first + y];
         st = moe_errorf(MOE_EINVAL, "choice '%.*s' begins another ('%.*s'): the output could not end after it",
-                        (int)(lens[x] < 64 ? lens[x] : 64), texts[x], (int)(lens[y] < 64 ? lens[y] : 64), texts[y]);
+                        (int)(sx.len < 64 ? sx.len : 64), c.pool + sx.off, (int)(sy.len < 64 ? sy.len : 64),
+                        c.pool + sy.off);
         goto out;
     }
-    int root = new_node(&c, (struct json_node){ .kind = K_LITERALS, .n = (uint16_t)n, .first = (uint32_t)first });
     st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
 out:
     cc_free(&c);
@@ -1069,6 +1116,7 @@ void moe_json_schema_unref(struct moe_json_schema *sc)
     free((void *)sc->nodes);
     free((void *)sc->props);
     free((void *)sc->lits);
+    free((void *)sc->lit_orig);
     free((void *)sc->branch);
     free((void *)sc->pool);
     free((void *)sc->dfa);

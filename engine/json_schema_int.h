@@ -17,7 +17,8 @@ enum json_kind {
     K_STRING,   /* bounded: min_items .. max_items characters (code points) */
     K_NUMBER,   /* bounded: in range, written without an exponent */
     K_INTEGER,  /* bounded: in range (and a multiple of range.mult) */
-    K_LITERALS, /* exactly one of lits[first .. first + n) (enum, const, boolean, null) */
+    K_LITERALS, /* exactly one of lits[first .. first + n) (enum, const, boolean, null), sorted by
+                   their bytes; lit_orig: each one's place as given */
     K_UNION,    /* the one of branch[first .. first + n) that the first byte selects */
     K_TAGGED,   /* one of the objects branch[first .. first + n), told apart by the value of their
                    property key, written first: one of the literals of node tags, in branch order */
@@ -110,6 +111,7 @@ struct moe_json_schema {
     const struct json_node *nodes;
     const struct json_prop *props;
     const struct json_str *lits;
+    const uint16_t *lit_orig;
     const uint16_t *branch;
     const char *pool;
     const struct json_dfa_state *dfa;
@@ -132,7 +134,7 @@ enum {
 
 /* The schema of JSON mode (any object): its nodes, literals and pool begin every compiled schema. */
 extern const struct moe_json_schema moe_json_any_object;
-#define JSON_BUILTIN_LITS 3
+#define JSON_BUILTIN_LITS 5  /* false null true (any literal), false true (boolean) */
 #define JSON_BUILTIN_POOL 13 /* "truefalsenull" */
 
 #endif

@@ -61,6 +61,14 @@ static void bad(const struct moe_json_schema *sc, const char *t, int at)
     CHECK(verdict(sc, t) == at, "%s: verdict %d, want %d", t, verdict(sc, t), at);
 }
 
+/* Refused exactly where the text breaks: after prefix, at rest's first byte. */
+static void bad_at(const struct moe_json_schema *sc, const char *prefix, const char *rest)
+{
+    char t[256];
+    snprintf(t, sizeof(t), "%s%s", prefix, rest);
+    bad(sc, t, (int)strlen(prefix));
+}
+
 static void refused(const char *text, enum moe_status want, const char *needle)
 {
     struct moe_json_schema *sc = NULL;
@@ -200,6 +208,42 @@ static void test_tagged(void)
     bad(sc, "{\"pet\":{\"pet_type\":\"cat\",\"good\"", 26);   /* Cat takes no other keys */
     bad(sc, "{\"pet\":{\"pet_type\":\"dog\",\"pet_type\"", 34); /* the tag once */
     moe_json_schema_unref(sc);
+
+    /* the tags' order is not their bytes' order: each still leads to its own branch */
+    sc = compile("{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"t\":{\"const\":\"zebra\"},\"z\":{\"type\":"
+                 "\"integer\"}},\"required\":[\"t\",\"z\"],\"additionalProperties\":false},{\"type\":\"object\","
+                 "\"properties\":{\"t\":{\"const\":\"ant\"},\"a\":{\"type\":\"boolean\"}},\"required\":[\"t\"],"
+                 "\"additionalProperties\":false}]}");
+    if (!sc) return;
+    good(sc, "{\"t\":\"zebra\",\"z\":1}");
+    good(sc, "{\"t\":\"ant\",\"a\":true}");
+    good(sc, "{\"t\":\"ant\"}");
+    bad_at(sc, "{\"t\":\"zebra\"", "}");
+    bad_at(sc, "{\"t\":\"ant\",\"", "z");
+    moe_json_schema_unref(sc);
+}
+
+/* Enums of up to MOE_JSON_MAX_ENUM values, sorted so the recognizer narrows them by bisection. */
+static void test_big_enum(void)
+{
+    static char text[MOE_JSON_MAX_ENUM * 12 + 64];
+    size_t at = (size_t)snprintf(text, sizeof(text), "{\"type\":\"array\",\"items\":{\"enum\":[");
+    for (int i = 0; i < 1000; i++) /* given out of order: 997, 994, ... */
+        at += (size_t)snprintf(text + at, sizeof(text) - at, "%s\"k%03d\"", i ? "," : "", (i * 997) % 1000);
+    snprintf(text + at, sizeof(text) - at, ",7,70,null]}}");
+    struct moe_json_schema *sc = compile(text);
+    if (sc) {
+        good(sc, "[\"k000\",\"k999\",\"k500\",7,70,null]");
+        bad_at(sc, "[\"k1", "a");
+        bad_at(sc, "[\"k999", "x");
+        bad_at(sc, "[7", "1");
+        good(sc, "[70]");
+    }
+    moe_json_schema_unref(sc);
+    at = (size_t)snprintf(text, sizeof(text), "{\"enum\":[");
+    for (int i = 0; i <= MOE_JSON_MAX_ENUM; i++) at += (size_t)snprintf(text + at, sizeof(text) - at, "%s%d", i ? "," : "", i);
+    snprintf(text + at, sizeof(text) - at, "]}");
+    refused(text, MOE_ERANGE, "at most 1024");
 }
 
 /* A compact schema (tool calls): one space between tokens at most, no line break. */
@@ -317,13 +361,6 @@ static void test_refused(void)
     refused(deep, MOE_ERANGE, "nested more than");
 }
 
-/* Refused exactly where the text breaks: after prefix, at rest's first byte. */
-static void bad_at(const struct moe_json_schema *sc, const char *prefix, const char *rest)
-{
-    char t[256];
-    snprintf(t, sizeof(t), "%s%s", prefix, rest);
-    bad(sc, t, (int)strlen(prefix));
-}
 
 /* minLength / maxLength count characters: UTF-8 sequences and escapes as one, no surrogate escapes. */
 static void test_string_bounds(void)
@@ -881,6 +918,7 @@ int main(void)
     test_literals();
     test_arrays_unions_refs();
     test_tagged();
+    test_big_enum();
     test_compact();
     test_choice();
     test_refused();

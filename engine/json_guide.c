@@ -168,11 +168,29 @@ static uint32_t lit_bound(const struct moe_json_state *s, uint32_t lo, uint32_t 
     return lo;
 }
 
-/* Keep the candidates whose byte at s->pos is c; false when none is. */
+/* The array whose elements must differ (uniqueItems: its elements are literals) that the literal
+ * being read is an element of, or NULL. */
+static struct moe_json_frame *unique_frame(const struct moe_json_state *s)
+{
+    if (!s->depth) return NULL;
+    const struct moe_json_frame *f = &s->f[s->depth - 1];
+    return node(s, f->node)->kind == K_ARRAY && node(s, f->node)->unique ? (struct moe_json_frame *)f : NULL;
+}
+
+/* Whether literal i may still be written (not already an element of its unique array). */
+static bool lit_free(const struct moe_json_state *s, const struct moe_json_frame *u, uint32_t i)
+{
+    return !u || !(u->seen >> s->sc->lit_orig[i] & 1);
+}
+
+/* Keep the candidates whose byte at s->pos is c; false when none is (or none may be written). */
 static bool lits_with(struct moe_json_state *s, int c)
 {
     uint32_t lo = lit_bound(s, s->llo, s->lhi, c), hi = lit_bound(s, lo, s->lhi, c + 1);
-    if (lo == hi) return false;
+    const struct moe_json_frame *u = unique_frame(s);
+    uint32_t i = lo;
+    while (i < hi && !lit_free(s, u, i)) i++;
+    if (i == hi) return false;
     s->llo = lo;
     s->lhi = hi;
     return true;
@@ -181,8 +199,27 @@ static bool lits_with(struct moe_json_state *s, int c)
 /* Whether one of the candidates is complete (the first: the shortest), and whether one goes on. */
 static void lits_state(const struct moe_json_state *s, bool *complete, bool *longer)
 {
-    *complete = s->sc->lits[s->llo].len == s->pos;
-    *longer = s->sc->lits[s->lhi - 1].len > s->pos;
+    const struct moe_json_frame *u = unique_frame(s);
+    if (!u) {
+        *complete = s->sc->lits[s->llo].len == s->pos;
+        *longer = s->sc->lits[s->lhi - 1].len > s->pos;
+        return;
+    }
+    *complete = *longer = false;
+    for (uint32_t i = s->llo; i < s->lhi; i++)
+        if (lit_free(s, u, i)) *(s->sc->lits[i].len == s->pos ? complete : longer) = true;
+}
+
+/* A literal ends (the complete candidate): in a unique array, it is written now. */
+static void lit_end(struct moe_json_state *s)
+{
+    struct moe_json_frame *u = unique_frame(s);
+    for (uint32_t i = s->llo; u && i < s->lhi; i++)
+        if (s->sc->lits[i].len == s->pos && lit_free(s, u, i)) {
+            u->seen |= 1ull << s->sc->lit_orig[i];
+            break;
+        }
+    value_done(s);
 }
 
 /* ---- bounded numbers and strings ------------------------------------------------- */
@@ -480,7 +517,7 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
         s->mode = J_LIT;
         bool complete, longer;
         lits_state(s, &complete, &longer);
-        if (!longer) value_done(s);
+        if (!longer) lit_end(s);
         return true;
     }
     default:
@@ -638,6 +675,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
                 s->mode = J_KEY;
             } else {
                 if (f->count >= n->max_items) return false;
+                if (n->unique && __builtin_popcountll(f->seen) >= node(s, (unsigned)n->extra)->n) return false;
                 s->cur = item_node(s, n, f->count);
                 s->mode = J_VALUE;
             }
@@ -732,11 +770,11 @@ static bool step(struct moe_json_state *s, unsigned char c)
         if (lits_with(s, c)) {
             s->pos++;
             lits_state(s, &complete, &longer);
-            if (!longer) value_done(s);
+            if (!longer) lit_end(s);
             return true;
         }
         if (!complete) return false;
-        value_done(s); /* a literal that another one extends (1 before 10) ends at c */
+        lit_end(s); /* a literal that another one extends (1 before 10) ends at c */
         return step(s, c);
     }
     case J_DONE:

@@ -55,7 +55,7 @@ struct moe_json_schema *moe_json_schema_ref(struct moe_json_schema *sc);
 void moe_json_schema_unref(struct moe_json_schema *sc);
 
 struct moe_json_frame {   /* an object or array being read */
-    uint64_t seen;        /* object: the declared properties written */
+    uint64_t seen;        /* object: the declared properties written; unique array: the literals */
     uint32_t count;       /* array: the values written */
     uint16_t node;        /* its schema node */
     uint16_t value;       /* object: the node of the value after the current key */

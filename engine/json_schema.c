@@ -46,10 +46,12 @@ static const char *const annotations[] = {
 };
 static const char *const keywords[] = {
     "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "uniqueItems",
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
     "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
 };
 #define SUPPORTED "type, properties, required, additionalProperties, items, prefixItems, minItems, maxItems, " \
+                  "uniqueItems (of enums), " \
                   "minLength, maxLength, pattern, format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
                   "(integers), enum, const, anyOf, oneOf, allOf (of one schema) and $ref"
 
@@ -507,6 +509,27 @@ static int array_node(struct cc *c, const json_t *o, int depth)
     } else if (items && (n.extra = compile_at(c, items, "items", NULL, depth)) < 0) {
         return -1;
     }
+    const json_t *uniq = json_object_get(o, "uniqueItems");
+    if (uniq && !json_is_boolean(uniq)) {
+        fail(c, MOE_EINVAL, "'uniqueItems' must be true or false");
+        return -1;
+    }
+    if (json_is_true(uniq) && n.max_items > 1) { /* elements that differ: literals, each written once */
+        const struct json_node *it = &c->nodes[n.extra];
+        bool dup = false;
+        for (unsigned i = 1; it->kind == K_LITERALS && i < it->n; i++)
+            dup |= json_str_eq(c->pool, c->lits[it->first + i - 1], c->lits[it->first + i]);
+        if (n.n || it->kind != K_LITERALS || it->n > 64 || dup) {
+            fail(c, MOE_ENOTSUP, "'uniqueItems' is supported for arrays whose items are an enum or const of up to "
+                 "64 distinct values, without prefixItems");
+            return -1;
+        }
+        if (n.min_items > it->n) {
+            fail(c, MOE_EINVAL, "minItems %u with uniqueItems: the items have %u values", n.min_items, it->n);
+            return -1;
+        }
+        n.unique = true;
+    }
     return new_node(c, n);
 }
 
@@ -692,7 +715,7 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
 }
 
 static const char *const object_words[] = { "properties", "required", "additionalProperties" };
-static const char *const array_words[] = { "items", "prefixItems", "minItems", "maxItems" };
+static const char *const array_words[] = { "items", "prefixItems", "minItems", "maxItems", "uniqueItems" };
 static const char *const string_words[] = { "minLength", "maxLength", "pattern", "format" };
 
 /* The keywords of each type, which tell the type of a schema without one. */
@@ -703,7 +726,7 @@ static const struct word_group {
     const char *list; /* for messages */
 } groups[] = {
     { "object", object_words, MOE_ARRAY_LEN(object_words), "properties, required, additionalProperties" },
-    { "array", array_words, MOE_ARRAY_LEN(array_words), "items, prefixItems, minItems, maxItems" },
+    { "array", array_words, MOE_ARRAY_LEN(array_words), "items, prefixItems, minItems, maxItems, uniqueItems" },
     { "string", string_words, MOE_ARRAY_LEN(string_words), "minLength, maxLength, pattern, format" },
     { "number", number_words, MOE_ARRAY_LEN(number_words),
       "minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf" },

@@ -528,6 +528,40 @@ static void test_bounds_walk(void)
     CHECK(walks > 300 && numbers > 500, "%d walks, %d numbers", walks, numbers);
 }
 
+/* uniqueItems over an enum: each value at most once, and no ',' once every one is written. */
+static void test_unique(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\",1,10]},"
+                                         "\"uniqueItems\":true}");
+    if (sc) {
+        good(sc, "[\"a\",\"b\",1,10]");
+        good(sc, "[10,1]");
+        good(sc, "[]");
+        bad_at(sc, "[\"a\",\"", "a\"");
+        bad_at(sc, "[1,1", "]");
+        bad_at(sc, "[10,1", "0");
+        bad_at(sc, "[\"a\",\"b\",1,10", ",");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"$defs\":{\"C\":{\"enum\":[\"red\",\"green\"]}},\"type\":\"array\",\"items\":"
+                 "{\"$ref\":\"#/$defs/C\"},\"uniqueItems\":true,\"minItems\":2}");
+    if (sc) {
+        good(sc, "[\"green\",\"red\"]");
+        bad_at(sc, "[\"green\"", "]");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"string\"},\"uniqueItems\":false}");
+    if (sc) good(sc, "[\"x\",\"x\"]");
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"string\"},\"uniqueItems\":true}", MOE_ENOTSUP,
+            "'uniqueItems' is supported for arrays whose items are an enum");
+    refused("{\"type\":\"array\",\"items\":{\"enum\":[1,1.0]},\"uniqueItems\":true}", MOE_ENOTSUP,
+            "64 distinct values");
+    refused("{\"type\":\"array\",\"items\":{\"enum\":[1,2]},\"uniqueItems\":true,\"minItems\":3}", MOE_EINVAL,
+            "the items have 2 values");
+    refused("{\"type\":\"array\",\"uniqueItems\":1}", MOE_EINVAL, "true or false");
+}
+
 /* prefixItems (and draft 7's items as a list), allOf of one schema. */
 static void test_tuples_allof(void)
 {
@@ -927,6 +961,7 @@ int main(void)
     test_number_bounds();
     test_bounds_walk();
     test_tuples_allof();
+    test_unique();
     test_patterns();
     test_pattern_walk();
     test_formats();

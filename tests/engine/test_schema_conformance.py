@@ -1,7 +1,7 @@
 """JSON schemas against an independent validator: `moeflow generate --json-schema` samples
-(temperature 1.2) under ten schemas (nested objects, enums of mixed values, nullable $refs,
+(temperature 1.2) under eleven schemas (nested objects, enums of mixed values, nullable $refs,
 recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples;
-patterns; formats): every output that ends must validate under the jsonschema package, and some must end;
+patterns; formats; unique items): every output that ends must validate under the jsonschema package, and some must end;
 and `generate --regex` under four regular expressions: every output that ends must match whole
 under Python's re.
 usage: test_schema_conformance.py MOEFLOW_BINARY SOURCE_DIR [--seeds N] (default 5; 25 for a longer run)"""
@@ -53,6 +53,9 @@ SCHEMAS = [
     {"type": "object", "properties": {f: {"type": "string", "format": f}
                                       for f in ("date", "date-time", "uuid", "ipv4", "email", "uri", "hostname")},
      "required": ["date", "uuid", "ipv4", "email"], "additionalProperties": False},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"enum": ["red", "green", "blue", 1, 10]},
+                                               "uniqueItems": True, "minItems": 1}},
+     "required": ["tags"], "additionalProperties": False},
 ]
 
 # Regular expressions over raw text (`generate --regex`): every output that ends must match whole.

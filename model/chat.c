@@ -11,7 +11,7 @@ struct moe_chat {
     struct moe_jinja *tmpl;
     json_t *tokens;      /* {"bos_token": "<s>", ...}: the special tokens as strings */
     char source[4200];
-    bool tool_tags;      /* the template asks for <tool_call> blocks (Hermes, Qwen) */
+    enum moe_tool_style tools; /* how the template asks for tool calls */
 };
 
 /* tokenizer_config.json of dir: *root NULL when there is none. */
@@ -61,7 +61,8 @@ static enum moe_status compile_into(struct moe_chat **out, const char *src, size
     if (!c)
         return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
     snprintf(c->source, sizeof(c->source), "%s", source);
-    c->tool_tags = memmem(src, len, "<tool_call>", 11) != NULL;
+    c->tools = memmem(src, len, "<tool_call>", 11) ? MOE_TOOLS_HERMES
+               : memmem(src, len, "[TOOL_CALLS]", 12) ? MOE_TOOLS_MISTRAL : MOE_TOOLS_NONE;
     c->tmpl = moe_jinja_compile(src, len);
     c->tokens = special_tokens(root);
     if (!c->tmpl || !c->tokens) {
@@ -138,9 +139,9 @@ const char *moe_chat_source(const struct moe_chat *c)
     return c ? c->source : "";
 }
 
-bool moe_chat_tool_tags(const struct moe_chat *c)
+enum moe_tool_style moe_chat_tool_style(const struct moe_chat *c)
 {
-    return c && c->tool_tags;
+    return c ? c->tools : MOE_TOOLS_NONE;
 }
 
 enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json_t *extra, char **out, size_t *len)

@@ -31,9 +31,13 @@ char *moe_chat_markers(int n, const char *const *roles, const char *const *conte
 
 /* Where the template came from ("m/tokenizer_config.json", or the file). */
 const char *moe_chat_source(const struct moe_chat *c);
-/* Whether the template asks the model for tool calls in <tool_call> blocks (as Hermes and Qwen
- * templates do): replies are then searched for them. */
-bool moe_chat_tool_tags(const struct moe_chat *c);
+/* How the template asks the model to write tool calls, so replies can be searched for them. */
+enum moe_tool_style {
+    MOE_TOOLS_NONE,
+    MOE_TOOLS_HERMES,  /* <tool_call>{"name": ..., "arguments": {...}}</tool_call> blocks (Hermes, Qwen) */
+    MOE_TOOLS_MISTRAL, /* [TOOL_CALLS] then a JSON array of {"name": ..., "arguments": {...}} (Mistral, Mixtral) */
+};
+enum moe_tool_style moe_chat_tool_style(const struct moe_chat *c);
 
 /* The prompt for messages (a JSON array of message objects) with
  * add_generation_prompt true; extra (a JSON object, or NULL) adds variables,

@@ -57,7 +57,7 @@ struct hcall {
     struct event *watch;          /* readable socket while generating: EOF = client gone */
     bool stream, chat, include_usage;
     bool tool_call;               /* the reply is a tool call (tool_choice): text held, sent as tool_calls */
-    bool tool_parse;              /* <tool_call> blocks in the reply become tool_calls (tool_choice auto) */
+    uint8_t tool_parse;           /* tool calls in the reply (an enum moe_tool_style) become tool_calls (auto) */
     char id[48];
     long long created;
     int n, n_open;                /* choices; those still generating */
@@ -72,7 +72,7 @@ struct hreq {
     int index;
     struct srv_gen *g;
     bool started;                 /* chat: the choice's first chunk (with its role) went out */
-    bool in_call;                 /* streamed tool_parse: a <tool_call> began, the rest is held */
+    bool in_call;                 /* streamed tool_parse: a call's tag began, the rest is held */
     struct evbuffer *text;        /* non-streamed: the text so far; streamed tool calls: the text held */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
@@ -407,7 +407,7 @@ static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
             return;
         size_t n = evbuffer_get_length(r->text);
         const char *held = (const char *)evbuffer_pullup(r->text, -1);
-        size_t out = held ? moe_tool_calls_release(held, n, &r->in_call) : 0;
+        size_t out = held ? moe_tool_calls_release(held, n, r->c->tool_parse, &r->in_call) : 0;
         if (out || (chunk && !n)) {
             sse_send(r->c, chunk_json(r, held ? held : "", out, NULL));
             r->started = true;
@@ -454,7 +454,7 @@ static json_t *choice_calls(const struct hreq *r, const char *txt, size_t n, enu
     call_id(r, id, sizeof(id));
     *content_len = 0;
     if (r->c->tool_parse)
-        return moe_tool_calls_parse(txt ? txt : "", n, id, content_len);
+        return moe_tool_calls_parse(txt ? txt : "", n, r->c->tool_parse, id, content_len);
     if (!r->c->tool_call || why != MOE_FINISH_STOP)
         return NULL;
     strcat(id, "_0");

@@ -458,7 +458,8 @@ static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct m
     const char *mode = json_string_value(tc), *want = NULL;
     if (!tc || json_is_null(tc) || (mode && !strcmp(mode, "auto"))) {
         /* the model may call a tool in its own words: <tool_call> blocks, when its template asks for them */
-        out->tool_parse = chat && json_is_array(tools) && json_array_size(tools) > 0 && moe_chat_tool_tags(tmpl);
+        out->tool_parse = chat && json_is_array(tools) && json_array_size(tools) > 0 ? moe_chat_tool_style(tmpl)
+                                                                                      : MOE_TOOLS_NONE;
         return MOE_OK;
     }
     if (mode && !strcmp(mode, "none")) return MOE_OK;
@@ -1247,32 +1248,76 @@ out:
 
 /* ---- tool calls ---- */
 
-#define TOOL_OPEN "<tool_call>"
 #define TOOL_CLOSE "</tool_call>"
 
-json_t *moe_tool_call_entry(const char *txt, size_t n, const char *id)
+/* The tag a style's calls begin with. */
+static const char *tool_open(int style) { return style == MOE_TOOLS_MISTRAL ? "[TOOL_CALLS]" : "<tool_call>"; }
+
+/* An OpenAI tool_calls entry from a call's JSON value; NULL when it is not one. */
+static json_t *call_entry(const json_t *call, const char *id)
 {
-    json_t *call = json_loadb(txt ? txt : "", n, 0, NULL), *out = NULL;
     const char *name = json_string_value(json_object_get(call, "name"));
-    json_t *a = json_object_get(call, "arguments");
+    json_t *a = json_object_get(call, "arguments"), *out = NULL;
     char *args = json_is_object(a) ? json_dumps(a, JSON_COMPACT) : json_is_string(a) ? strdup(json_string_value(a))
                                                                                     : NULL;
     if (name && args)
         out = json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id, "type", "function", "function", "name", name,
                         "arguments", args);
     free(args);
+    return out;
+}
+
+json_t *moe_tool_call_entry(const char *txt, size_t n, const char *id)
+{
+    json_t *call = json_loadb(txt ? txt : "", n, 0, NULL), *out = call_entry(call, id);
     json_decref(call);
     return out;
 }
 
-json_t *moe_tool_calls_parse(const char *text, size_t len, const char *id_prefix, size_t *content_len)
+/* [TOOL_CALLS] followed (spaces aside) by a JSON array of calls, or one call, and nothing but
+ * spaces after it. */
+static json_t *mistral_calls(const char *b, const char *end, const char *id_prefix)
 {
-    const char *at = memmem(text, len, TOOL_OPEN, strlen(TOOL_OPEN)), *end = text + len;
+    json_error_t err;
+    json_t *v = json_loadb(b, (size_t)(end - b), JSON_DISABLE_EOF_CHECK, &err), *calls = json_array();
+    for (const char *p = b + (v ? err.position : 0); v && p < end; p++)
+        if (*p != ' ' && *p != '\n' && *p != '\t' && *p != '\r') {
+            json_decref(v);
+            v = NULL;
+        }
+    if (v && !json_is_array(v)) {
+        json_t *one = json_array();
+        if (one) json_array_append(one, v);
+        json_decref(v);
+        v = one;
+    }
+    for (size_t k = 0; v && calls && k < json_array_size(v); k++) {
+        char id[160];
+        snprintf(id, sizeof(id), "%s_%zu", id_prefix, k);
+        json_t *one = call_entry(json_array_get(v, k), id);
+        if (!one || json_array_append_new(calls, one)) {
+            json_decref(calls);
+            calls = NULL;
+        }
+    }
+    if (!v || !json_array_size(calls)) {
+        json_decref(calls);
+        calls = NULL;
+    }
+    json_decref(v);
+    return calls;
+}
+
+json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char *id_prefix, size_t *content_len)
+{
+    const char *open = tool_open(style);
+    const char *at = memmem(text, len, open, strlen(open)), *end = text + len;
     if (!at) return NULL;
     *content_len = (size_t)(at - text);
+    if (style == MOE_TOOLS_MISTRAL) return mistral_calls(at + strlen(open), end, id_prefix);
     json_t *calls = json_array();
     for (int k = 0; calls && at; k++) {
-        const char *b = at + strlen(TOOL_OPEN), *e = memmem(b, (size_t)(end - b), TOOL_CLOSE, strlen(TOOL_CLOSE));
+        const char *b = at + strlen(open), *e = memmem(b, (size_t)(end - b), TOOL_CLOSE, strlen(TOOL_CLOSE));
         const char *stop = e ? e : end; /* the last block may be cut short of its closing tag */
         char id[160];
         snprintf(id, sizeof(id), "%s_%d", id_prefix, k);
@@ -1281,19 +1326,19 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, const char *id_prefix
             json_decref(calls);
             return NULL;
         }
-        at = e ? memmem(e, (size_t)(end - e), TOOL_OPEN, strlen(TOOL_OPEN)) : NULL;
+        at = e ? memmem(e, (size_t)(end - e), open, strlen(open)) : NULL;
     }
     return calls;
 }
 
-size_t moe_tool_calls_release(const char *text, size_t len, bool *found)
+size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *found)
 {
-    const char *at = memmem(text, len, TOOL_OPEN, strlen(TOOL_OPEN));
+    const char *open = tool_open(style), *at = memmem(text, len, open, strlen(open));
     *found = at != NULL;
     if (at) return (size_t)(at - text);
-    size_t m = strlen(TOOL_OPEN) - 1; /* hold back a tail that could begin the tag */
+    size_t m = strlen(open) - 1; /* hold back a tail that could begin the tag */
     for (m = m < len ? m : len; m > 0; m--)
-        if (!memcmp(text + len - m, TOOL_OPEN, m)) return len - m;
+        if (!memcmp(text + len - m, open, m)) return len - m;
     return len;
 }
 

@@ -61,8 +61,9 @@ struct moe_gen_request {
     struct moe_json_schema *json_schema; /* ... or one value of this schema (owned reference; NULL: none) */
     bool tool_call;             /* chat tool_choice: the reply is {"name": ..., "arguments": {...}}, a call of
                                    one of the request's tools (json_schema holds their schema) */
-    bool tool_parse;            /* chat with tools, tool_choice auto, and a template that asks for
-                                   <tool_call> blocks: calls in the reply are returned as tool_calls */
+    uint8_t tool_parse;         /* chat with tools, tool_choice auto, and a template that asks for
+                                   tool calls (an enum moe_tool_style): calls in the reply are
+                                   returned as tool_calls */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);
@@ -88,13 +89,14 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
  * "arguments": JSON text}}) from a call's JSON ({"name": ..., "arguments": {...} or a string}), or
  * NULL when it is not one. */
 json_t *moe_tool_call_entry(const char *txt, size_t n, const char *id);
-/* The <tool_call>...</tool_call> blocks of a reply (Hermes' and Qwen's convention; the last may lack
- * its closing tag): a JSON array of entries with ids id_prefix_0, _1, ..., and *content_len, the
- * bytes before the first block; NULL when there is no block or one is not a call. */
-json_t *moe_tool_calls_parse(const char *text, size_t len, const char *id_prefix, size_t *content_len);
-/* Streaming: the bytes of text[0..len) that can go out as content now: those before "<tool_call>"
+/* The tool calls of a reply written in style (an enum moe_tool_style): <tool_call>...</tool_call>
+ * blocks (Hermes, Qwen; the last may lack its closing tag) or [TOOL_CALLS] and a JSON array of
+ * calls (Mistral): a JSON array of entries with ids id_prefix_0, _1, ..., and *content_len, the bytes
+ * before the first tag; NULL when there is none or what follows it is not calls. */
+json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char *id_prefix, size_t *content_len);
+/* Streaming: the bytes of text[0..len) that can go out as content now: those before the style's tag
  * (*found set when it is there), holding back a tail that could begin it. */
-size_t moe_tool_calls_release(const char *text, size_t len, bool *found);
+size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *found);
 
 /* Stop-sequence scanner over text produced piece by piece: holds back the
  * tail that could still begin a stop sequence, and reports the first

@@ -61,6 +61,26 @@ int main(void)
     out = render_hi(&st);
     CHECK(st == MOE_OK && !out, "no default among named templates: status %d", st);
 
+    /* how the template asks for tool calls */
+    static const struct {
+        const char *tmpl;
+        enum moe_tool_style style;
+    } styles[] = { { "{{ messages | length }}", MOE_TOOLS_NONE },
+                   { "{% if tools %}<tool_call>{{ tools | tojson }}</tool_call>{% endif %}", MOE_TOOLS_HERMES },
+                   { "{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}{% endif %}[TOOL_CALLS]", MOE_TOOLS_MISTRAL } };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(styles); i++) {
+        json_t *cfg = json_pack("{s:s}", "chat_template", styles[i].tmpl);
+        char *text = json_dumps(cfg, 0);
+        write_config(text);
+        struct moe_chat *c = NULL;
+        st = moe_chat_load_dir(dir, &c);
+        CHECK(st == MOE_OK && c && moe_chat_tool_style(c) == styles[i].style, "tool style of %s: %d", styles[i].tmpl,
+              c ? (int)moe_chat_tool_style(c) : -1);
+        moe_chat_free(c);
+        free(text);
+        json_decref(cfg);
+    }
+
     write_config("{\"chat_template\": 5}");
     out = render_hi(&st);
     CHECK(st == MOE_EFORMAT && strstr(moe_last_error(), "chat_template"), "a number: %s", moe_last_error());

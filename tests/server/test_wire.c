@@ -11,6 +11,7 @@
 #include "grpc_service.pb-c.h"
 #include "moeflow.pb-c.h"
 #include "server/metrics.h"
+#include "model/chat.h"
 #include "server/requests.h"
 #include "server/serve_config.h"
 
@@ -515,7 +516,7 @@ static void test_tool_blocks(void)
     const char *t = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
                     "</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": \"{\\\"tz\\\": \\\"CET\\\"}\"}";
     size_t content = 99;
-    json_t *calls = moe_tool_calls_parse(t, strlen(t), "call_x_0", &content);
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_HERMES, "call_x_0", &content);
     REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
     json_t *f0 = json_object_get(json_array_get(calls, 0), "function"), *f1 = json_object_get(json_array_get(calls, 1), "function");
     CHECK(content == strlen("Let me check.\n"), "content %zu", content);
@@ -531,7 +532,8 @@ static void test_tool_blocks(void)
     const char *not_calls[] = { "no tags here", "<tool_call>{\"name\": 3}</tool_call>",
                                 "<tool_call>not json</tool_call>", "<tool_call>{\"name\": \"f\"}</tool_call>" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
-        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), "c", &content), "'%s' parsed", not_calls[i]);
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_HERMES, "c", &content), "'%s' parsed",
+              not_calls[i]);
     static const struct {
         const char *text;
         size_t out;
@@ -540,9 +542,40 @@ static void test_tool_blocks(void)
                 { "hello <tool_call>{", 6, true }, { "a < b", 5, false }, { "<|RE|>", 6, false }, { "", 0, false } };
     for (size_t i = 0; i < MOE_ARRAY_LEN(rel); i++) {
         bool found = !rel[i].found;
-        size_t out = moe_tool_calls_release(rel[i].text, strlen(rel[i].text), &found);
+        size_t out = moe_tool_calls_release(rel[i].text, strlen(rel[i].text), MOE_TOOLS_HERMES, &found);
         CHECK(out == rel[i].out && found == rel[i].found, "release '%s': %zu %d", rel[i].text, out, found);
     }
+}
+
+/* Mistral's convention: [TOOL_CALLS] and a JSON array of calls (or one call) ending the reply. */
+static void test_tool_calls_mistral(void)
+{
+    const char *t = "Checking.[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}},"
+                    " {\"name\": \"get_time\", \"arguments\": {}, \"id\": \"a1b2c3d4e\"}]\n";
+    size_t content = 99;
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_MISTRAL, "call_m", &content);
+    REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
+    json_t *f0 = json_object_get(json_array_get(calls, 0), "function"), *f1 = json_object_get(json_array_get(calls, 1), "function");
+    CHECK(content == strlen("Checking."), "content %zu", content);
+    CHECK(!strcmp(json_string_value(json_object_get(f0, "arguments")), "{\"city\":\"Paris\"}") &&
+              !strcmp(json_string_value(json_object_get(f1, "name")), "get_time") &&
+              !strcmp(json_string_value(json_object_get(json_array_get(calls, 1), "id")), "call_m_1"),
+          "the calls");
+    json_decref(calls);
+    t = "[TOOL_CALLS]{\"name\": \"f\", \"arguments\": {\"x\": [1]}}";
+    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_MISTRAL, "c", &content);
+    CHECK(calls && json_array_size(calls) == 1 && content == 0, "one call, no array");
+    json_decref(calls);
+    const char *not_calls[] = { "no tag", "[TOOL_CALLS] not json", "[TOOL_CALLS] [{\"name\": 1}]", "[TOOL_CALLS] []",
+                                "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {}}] and more text",
+                                "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_MISTRAL, "c", &content),
+              "'%s' parsed", not_calls[i]);
+    bool found;
+    CHECK(moe_tool_calls_release("ok [TOOL_C", 10, MOE_TOOLS_MISTRAL, &found) == 3 && !found, "a partial tag held");
+    CHECK(moe_tool_calls_release("ok [TOOL_CALLS] [", 17, MOE_TOOLS_MISTRAL, &found) == 3 && found, "the tag found");
+    CHECK(moe_tool_calls_release("a [b] c", 7, MOE_TOOLS_MISTRAL, &found) == 7 && !found, "brackets are text");
 }
 
 static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
@@ -675,6 +708,7 @@ int main(void)
     test_response_format();
     test_tool_choice();
     test_tool_blocks();
+    test_tool_calls_mistral();
     test_kserve();
     test_utf8();
     test_metrics();

@@ -526,11 +526,31 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
 }
 
 /* A key's opening quote in the object on top. */
+/* The keys the object on top may still take: its declared properties not yet written (only the
+ * required ones once maxProperties leaves room for no other), and whether other keys may come. */
+static uint64_t keys_open(const struct moe_json_state *s, bool *extra)
+{
+    const struct moe_json_frame *f = &s->f[s->depth - 1];
+    const struct json_node *n = node(s, f->node);
+    uint64_t open = all_bits(n->n) & ~f->seen;
+    *extra = n->extra >= 0;
+    if (n->kind == K_OBJECT && n->bounded) {
+        uint64_t need = n->required & ~f->seen;
+        if (f->count + 1 + (uint32_t)__builtin_popcountll(need) > n->max_items) {
+            open = need;
+            *extra = false;
+        }
+    }
+    return open;
+}
+
 static bool key_start(struct moe_json_state *s)
 {
     const struct json_node *n = node(s, top(s)->node);
+    bool extra;
+    uint64_t open = keys_open(s, &extra);
     s->cand = n->kind == K_TAGGED ? 1 : all_bits(n->n); /* a tagged object's tag comes first */
-    if (n->extra < 0 && !(s->cand & ~top(s)->seen)) return false; /* every property written */
+    if (!extra && !(s->cand & open)) return false; /* every property written (or no room for one) */
     s->pos = 0;
     s->key = true;
     s->dfa = 0;
@@ -551,18 +571,22 @@ static bool key_byte(struct moe_json_state *s, unsigned char c, bool closing)
         if (closing ? b < 0 : b == c) keep |= 1ull << i;
     }
     s->cand = keep;
+    bool extra;
+    uint64_t open = keys_open(s, &extra);
     if (!closing) {
         if (keep) s->pos++;
-        return keep & ~f->seen || n->extra >= 0;
+        return (keep & open) || extra;
     }
     if (keep) { /* names are distinct: one property */
-        if (keep & f->seen) return false; /* a key written twice */
+        if (!(keep & open)) return false; /* a key written twice, or one maxProperties has no room for */
         f->seen |= keep;
+        f->count++;
         unsigned i = (unsigned)__builtin_ctzll(keep);
         f->value = n->kind == K_TAGGED ? (uint16_t)n->tags : s->sc->props[n->first + i].node;
         return true;
     }
-    if (n->extra < 0) return false;
+    if (!extra) return false;
+    f->count++;
     f->value = (uint16_t)n->extra;
     return true;
 }
@@ -573,20 +597,21 @@ static uint16_t item_node(const struct moe_json_state *s, const struct json_node
     return i < n->n ? s->sc->branch[n->first + i] : (uint16_t)n->extra;
 }
 
+/* Whether the object on top may end: its required properties written, and minProperties keys. */
 static bool required_done(struct moe_json_state *s)
 {
     struct moe_json_frame *f = top(s);
-    uint64_t req = node(s, f->node)->required;
-    return (f->seen & req) == req;
+    const struct json_node *n = node(s, f->node);
+    return (f->seen & n->required) == n->required && (!n->bounded || f->count >= n->min_items);
 }
 
 /* Whether another key may follow (',' in an object). */
 static bool more_keys(struct moe_json_state *s)
 {
-    struct moe_json_frame *f = top(s);
-    const struct json_node *n = node(s, f->node);
-    uint64_t all = all_bits(n->n);
-    return n->extra >= 0 || (all & ~f->seen);
+    const struct json_node *n = node(s, top(s)->node);
+    if (n->bounded && top(s)->count >= n->max_items) return false;
+    bool extra;
+    return keys_open(s, &extra) || extra;
 }
 
 /* A number ends at c: c goes on in the context after the value. */

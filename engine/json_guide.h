@@ -56,7 +56,7 @@ void moe_json_schema_unref(struct moe_json_schema *sc);
 
 struct moe_json_frame {   /* an object or array being read */
     uint64_t seen;        /* object: the declared properties written; unique array: the literals */
-    uint32_t count;       /* array: the values written */
+    uint32_t count;       /* array: the values written; object: the keys */
     uint16_t node;        /* its schema node */
     uint16_t value;       /* object: the node of the value after the current key */
 };

@@ -45,12 +45,14 @@ static const char *const annotations[] = {
     "readOnly", "writeOnly", "$defs", "definitions", "discriminator",
 };
 static const char *const keywords[] = {
-    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "type", "properties", "required", "additionalProperties", "minProperties", "maxProperties", "items",
+    "prefixItems", "minItems", "maxItems",
     "uniqueItems",
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
     "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
 };
-#define SUPPORTED "type, properties, required, additionalProperties, items, prefixItems, minItems, maxItems, " \
+#define SUPPORTED "type, properties, required, additionalProperties, minProperties, maxProperties, items, " \
+                  "prefixItems, minItems, maxItems, " \
                   "uniqueItems (of enums), " \
                   "minLength, maxLength, pattern, format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
                   "(integers), enum, const, anyOf, oneOf, allOf (of one schema) and $ref"
@@ -431,8 +433,17 @@ static int object_node(struct cc *c, const json_t *o, int depth)
             required |= 1ull << i;
         }
     }
+    uint32_t minp = 0, maxp = UINT32_MAX;
+    if (!count_of(c, o, "minProperties", &minp) || !count_of(c, o, "maxProperties", &maxp)) return -1;
+    uint32_t nreq = (uint32_t)__builtin_popcountll(required);
+    if (minp > maxp || nreq > maxp || (extra < 0 && minp > n)) {
+        fail(c, MOE_EINVAL, "no object meets minProperties %u and maxProperties %u with %u required and %zu %s "
+             "properties", minp, maxp == UINT32_MAX ? 0 : maxp, nreq, n, extra < 0 ? "allowed" : "declared");
+        return -1;
+    }
     return new_node(c, (struct json_node){ .kind = K_OBJECT, .n = (uint16_t)n, .first = (uint32_t)first,
-                                           .extra = extra, .required = required });
+                                           .extra = extra, .required = required, .min_items = minp,
+                                           .max_items = maxp, .bounded = minp > 0 || maxp != UINT32_MAX });
 oom:
     moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
     return -1;
@@ -714,7 +725,8 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
     return new_node(c, (struct json_node){ .kind = integer ? K_INTEGER : K_NUMBER, .bounded = true, .range = r });
 }
 
-static const char *const object_words[] = { "properties", "required", "additionalProperties" };
+static const char *const object_words[] = { "properties", "required", "additionalProperties", "minProperties",
+                                            "maxProperties" };
 static const char *const array_words[] = { "items", "prefixItems", "minItems", "maxItems", "uniqueItems" };
 static const char *const string_words[] = { "minLength", "maxLength", "pattern", "format" };
 
@@ -725,7 +737,8 @@ static const struct word_group {
     size_t n;
     const char *list; /* for messages */
 } groups[] = {
-    { "object", object_words, MOE_ARRAY_LEN(object_words), "properties, required, additionalProperties" },
+    { "object", object_words, MOE_ARRAY_LEN(object_words),
+      "properties, required, additionalProperties, minProperties, maxProperties" },
     { "array", array_words, MOE_ARRAY_LEN(array_words), "items, prefixItems, minItems, maxItems, uniqueItems" },
     { "string", string_words, MOE_ARRAY_LEN(string_words), "minLength, maxLength, pattern, format" },
     { "number", number_words, MOE_ARRAY_LEN(number_words),

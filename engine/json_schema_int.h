@@ -89,7 +89,8 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
 
 struct json_node {
     uint8_t kind;
-    bool bounded;        /* string: min_items / max_items or pattern hold; number, integer: range */
+    bool bounded;        /* string: min_items / max_items (characters) or pattern hold; object:
+                            min_items / max_items keys; number, integer: range */
     bool unique;         /* array: its elements (literals of node extra) differ (frame's seen) */
     uint16_t n;
     uint32_t first;

@@ -562,6 +562,43 @@ static void test_unique(void)
     refused("{\"type\":\"array\",\"uniqueItems\":1}", MOE_EINVAL, "true or false");
 }
 
+/* minProperties / maxProperties: '}' once there are enough keys, ',' while there is room, and no
+ * optional key where the required ones still need the room. */
+static void test_properties_count(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":"
+                                         "{\"type\":\"integer\"},\"c\":{\"type\":\"integer\"}},\"required\":[\"c\"],"
+                                         "\"minProperties\":2,\"maxProperties\":2}");
+    if (sc) {
+        good(sc, "{\"c\":1,\"a\":2}");
+        good(sc, "{\"a\":1,\"c\":2}");
+        good(sc, "{\"b\":1,\"c\":3}");
+        bad_at(sc, "{\"c\":1", "}");
+        bad_at(sc, "{\"a\":1,\"", "b");
+        bad_at(sc, "{\"c\":1,\"a\":2", ",");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"object\",\"maxProperties\":1}");
+    if (sc) {
+        good(sc, "{}");
+        good(sc, "{\"x\":[1]}");
+        bad_at(sc, "{\"x\":1", ",");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"},\"minProperties\":2}");
+    if (sc) {
+        good(sc, "{\"x\":1,\"y\":2}");
+        bad_at(sc, "{\"x\":1", "}");
+        bad_at(sc, "{", "}");
+    }
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"object\",\"properties\":{\"a\":{}},\"additionalProperties\":false,\"minProperties\":2}",
+            MOE_EINVAL, "no object meets minProperties 2");
+    refused("{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{}},\"required\":[\"a\",\"b\"],\"maxProperties\":1}",
+            MOE_EINVAL, "with 2 required");
+    refused("{\"type\":\"object\",\"minProperties\":3,\"maxProperties\":2}", MOE_EINVAL, "no object meets");
+}
+
 /* prefixItems (and draft 7's items as a list), allOf of one schema. */
 static void test_tuples_allof(void)
 {
@@ -962,6 +999,7 @@ int main(void)
     test_bounds_walk();
     test_tuples_allof();
     test_unique();
+    test_properties_count();
     test_patterns();
     test_pattern_walk();
     test_formats();

@@ -1,7 +1,7 @@
 """JSON schemas against an independent validator: `moeflow generate --json-schema` samples
-(temperature 1.2) under eleven schemas (nested objects, enums of mixed values, nullable $refs,
+(temperature 1.2) under twelve schemas (nested objects, enums of mixed values, nullable $refs,
 recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples;
-patterns; formats; unique items): every output that ends must validate under the jsonschema package, and some must end;
+patterns; formats; unique items; property counts): every output that ends must validate under the jsonschema package, and some must end;
 and `generate --regex` under four regular expressions: every output that ends must match whole
 under Python's re.
 usage: test_schema_conformance.py MOEFLOW_BINARY SOURCE_DIR [--seeds N] (default 5; 25 for a longer run)"""
@@ -56,6 +56,9 @@ SCHEMAS = [
     {"type": "object", "properties": {"tags": {"type": "array", "items": {"enum": ["red", "green", "blue", 1, 10]},
                                                "uniqueItems": True, "minItems": 1}},
      "required": ["tags"], "additionalProperties": False},
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}, "c": {"type": "null"}},
+     "additionalProperties": {"type": "string", "maxLength": 6}, "required": ["c"], "minProperties": 2,
+     "maxProperties": 3},
 ]
 
 # Regular expressions over raw text (`generate --regex`): every output that ends must match whole.

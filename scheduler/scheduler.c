@@ -677,27 +677,23 @@ static void apply_pick(struct moe_sched *s, struct rq *r, int tok, enum moe_stat
 }
 
 /* The next token of r, picked and taken on this thread (s->mu held). */
-static void sample_token(struct moe_sched *s, struct rq *r, const float *lg)
-{
-    enum moe_status st = MOE_OK;
-    const char *msg = "";
-    int tok = pick_token(s, r, lg, 0, &st, &msg);
-    apply_pick(s, r, tok, st, msg, lg, NULL);
-}
-
 struct pick_job {
     struct moe_sched *s;
     int n;                         /* decode rows 0..n) */
+    struct rq *pf;                 /* and, when not NULL, the request whose prompt this step ended: its
+                                      first token from logits row pf_row, into pick n */
+    int pf_row;
 };
 
-/* Sampling thread tid of nth: every nth decode row from tid. */
+/* Sampling thread tid of nth: every nth row from tid. */
 static void pick_rows(void *arg, int tid, int nth)
 {
     struct pick_job *j = arg;
     struct moe_sched *s = j->s;
-    for (int i = tid; i < j->n; i += nth) {
-        struct rq *r = s->b_req[i];
-        const float *lg = s->logits + (size_t)i * (size_t)s->be.vocab;
+    for (int i = tid; i < j->n + (j->pf != NULL); i += nth) {
+        bool first = i == j->n;
+        struct rq *r = first ? j->pf : s->b_req[i];
+        const float *lg = s->logits + (size_t)(first ? j->pf_row : i) * (size_t)s->be.vocab;
         struct pick *p = &s->b_pick[i];
         p->tok = pick_token(s, r, lg, tid, &p->st, &p->msg);
         if (p->tok >= 0 && r->g.logprobs) /* O(vocab) too: here rather than under the lock */
@@ -726,11 +722,13 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         nwant++;
     }
     int n_dec = n, chunk = 0;
+    bool pf_first = false; /* this chunk ends pf's prompt, and pf generates */
     if (pf && pf->state == RQ_PREFILL) {
         chunk = pf->n_prompt - pf->n_prefilled;
         if (chunk > s->p.prefill_chunk)
             chunk = s->p.prefill_chunk;
         bool last = pf->n_prefilled + chunk == pf->n_prompt;
+        pf_first = last && pf->g.max_tokens > 0;
         for (int c = 0; c < chunk; c++) {
             s->b_tok[n] = pf->tokens[pf->n_prefilled + c];
             s->b_seq[n] = pf->slot;
@@ -769,8 +767,9 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     if (st != MOE_OK)
         snprintf(err, sizeof(err), "forward failed: %s", moe_last_error()[0] ? moe_last_error() : moe_status_str(st));
 
-    if (st == MOE_OK && n_dec > 0) { /* the decode rows' next tokens, in parallel and unlocked */
-        struct pick_job job = { s, n_dec };
+    if (st == MOE_OK && (n_dec > 0 || pf_first)) { /* the next tokens, in parallel and unlocked */
+        struct pick_job job = { s, n_dec, pf_first ? pf : NULL,
+                                pf_first && pf->g.prompt_logprobs ? n_dec + chunk - 1 : n_dec };
         cpu_pool_run(s->pool, pick_rows, &job);
     }
 
@@ -807,11 +806,12 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         if (pf->n_prefilled == pf->n_prompt && pf->state == RQ_PREFILL) {
             if (pf->g.max_tokens == 0) { /* the prompt's log-probabilities only */
                 rq_finish(s, pf, MOE_FINISH_LENGTH, MOE_OK, "");
-            } else {
+            } else { /* its first token, picked with the decode rows' */
                 pf->state = RQ_DECODE;
                 pf->credit = 1.0;
-                const float *lg = s->logits + (size_t)row * (size_t)s->be.vocab;
-                sample_token(s, pf, lg);
+                const struct pick *p = &s->b_pick[n_dec];
+                apply_pick(s, pf, p->tok, p->st, p->msg, s->logits + (size_t)row * (size_t)s->be.vocab,
+                           p->tok >= 0 && pf->g.logprobs ? &p->lp : NULL);
             }
         }
     }

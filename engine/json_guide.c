@@ -827,7 +827,7 @@ static bool in_token(const struct moe_json_state *s)
  * more than MOE_JSON_MAX_WS; in a compact schema, one space. */
 static bool ws_ok(const struct moe_json_state *s)
 {
-    if (s->sc->compact) return s->ws <= 1 && s->nl == 0;
+    if (s->sc->compact) return s->sc->compact == 1 && s->ws <= 1 && s->nl == 0;
     unsigned lim = 2u + 4u * s->depth;
     return s->nl <= 2 && s->ws <= (lim < MOE_JSON_MAX_WS ? lim : MOE_JSON_MAX_WS);
 }

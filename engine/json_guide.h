@@ -48,9 +48,9 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
  * ECMA-262 syntax as for a schema's pattern) matches as a whole: vLLM's guided_regex.  One
  * reference, as moe_json_schema_parse. */
 enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_json_schema **out);
-/* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls).
- * Only before sc is shared. */
-void moe_json_schema_compact(struct moe_json_schema *sc);
+/* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls),
+ * or with tight, no whitespace at all (vLLM's disable_any_whitespace).  Only before sc is shared. */
+void moe_json_schema_compact(struct moe_json_schema *sc, bool tight);
 struct moe_json_schema *moe_json_schema_ref(struct moe_json_schema *sc);
 void moe_json_schema_unref(struct moe_json_schema *sc);
 

@@ -1048,7 +1048,7 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     sc->dfa_ranges = c->dfa.ranges;
     sc->n_nodes = c->n_nodes;
     sc->root = (uint16_t)root;
-    sc->compact = false;
+    sc->compact = 0;
     c->nodes = NULL;
     c->props = NULL;
     c->lits = NULL;
@@ -1135,9 +1135,9 @@ enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_js
     return st;
 }
 
-void moe_json_schema_compact(struct moe_json_schema *sc)
+void moe_json_schema_compact(struct moe_json_schema *sc, bool tight)
 {
-    if (sc && atomic_load(&sc->refs) > 0) sc->compact = true;
+    if (sc && atomic_load(&sc->refs) > 0) sc->compact = tight ? 2 : 1;
 }
 
 struct moe_json_schema *moe_json_schema_ref(struct moe_json_schema *sc)

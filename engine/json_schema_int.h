@@ -120,7 +120,7 @@ struct moe_json_schema {
     const struct json_dfa_range *dfa_ranges;
     int n_nodes;
     uint16_t root;
-    bool compact;        /* whitespace between tokens: one space at most, no line break */
+    uint8_t compact;     /* whitespace between tokens: 1, one space at most and no line break; 2, none */
 };
 
 /* Nodes every schema begins with (the "any value" grammar). */

@@ -540,7 +540,7 @@ static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct m
         moe_error_prefix(st, "'tools' parameters");
         goto out;
     }
-    moe_json_schema_compact(out->json_schema); /* calls as clients see them: no layout to spend tokens on */
+    moe_json_schema_compact(out->json_schema, false); /* calls as clients see them: no layout to spend tokens on */
     out->tool_call = true;
 out:
     json_decref(schema);
@@ -558,16 +558,40 @@ static enum moe_status choice_schema(const char *const *texts, size_t n, struct 
     return moe_json_schema_choice(texts, lens, (int)n, &out->json_schema);
 }
 
+/* structured_outputs.disable_any_whitespace: the request's JSON (a schema, or JSON mode's object)
+ * with no whitespace between its tokens. */
+static enum moe_status no_whitespace(json_t *so, struct moe_gen_request *out)
+{
+    json_t *dw = so ? json_object_get(so, "disable_any_whitespace") : NULL;
+    if (dw && !json_is_null(dw) && !json_is_boolean(dw))
+        return moe_errorf(MOE_EINVAL, "'disable_any_whitespace' must be true or false");
+    if (!json_is_true(dw)) return MOE_OK;
+    if (!out->json_schema && out->json_object) { /* JSON mode: any object, as a schema of its own */
+        enum moe_status st = moe_json_schema_parse("{\"type\":\"object\"}", 17, &out->json_schema);
+        if (st != MOE_OK) return st;
+    }
+    moe_json_schema_compact(out->json_schema, true);
+    return MOE_OK;
+}
+
 /* vLLM's structured outputs: "structured_outputs": {"json": schema, "choice": [texts], "regex":
- * pattern} or the older "guided_json" / "guided_choice" / "guided_regex"; a JSON schema (an object,
- * or JSON text), a choice among texts or a regular expression the whole output matches, as JSON
- * mode holds the output to them. */
+ * pattern, "json_object": true, "disable_any_whitespace": true} or the older "guided_json" /
+ * "guided_choice" / "guided_regex"; a JSON schema (an object, or JSON text), a choice among texts
+ * or a regular expression the whole output matches, as JSON mode holds the output to them. */
 static enum moe_status parse_structured(json_t *root, struct moe_gen_request *out)
 {
     json_t *so = json_object_get(root, "structured_outputs");
     if (so && !json_is_null(so) && !json_is_object(so))
         return moe_errorf(MOE_EINVAL, "'structured_outputs' must be an object ({\"json\": ...} or "
                           "{\"choice\": [...]})");
+    const char *ws = json_object_get(root, "guided_whitespace_pattern") ? "guided_whitespace_pattern"
+                     : so && json_object_get(so, "whitespace_pattern") ? "whitespace_pattern" : NULL;
+    if (ws)
+        return moe_errorf(MOE_ENOTSUP, "'%s' is not supported: JSON is laid out freely (two line breaks and "
+                          "some indentation at most between tokens), or with disable_any_whitespace not at all", ws);
+    json_t *jo = so ? json_object_get(so, "json_object") : NULL;
+    if (jo && !json_is_null(jo) && !json_is_boolean(jo))
+        return moe_errorf(MOE_EINVAL, "'json_object' must be true or false");
     static const char *const kinds[][2] = { /* structured_outputs' key, the older field */
         { "json", "guided_json" }, { "choice", "guided_choice" }, { "regex", "guided_regex" },
         { "grammar", "guided_grammar" }, { "structural_tag", "structural_tag" },
@@ -590,7 +614,12 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         else if (i == 1) ch = v;
         else rx = v;
     }
-    if (!from) return MOE_OK;
+    if (json_is_true(jo)) {
+        if (from) return moe_errorf(MOE_EINVAL, "'%s' and 'json_object' together: give one", from);
+        if (out->json_schema) return moe_errorf(MOE_EINVAL, "'json_object' and 'response_format' together: give one");
+        out->json_object = true;
+    }
+    if (!from) return no_whitespace(so, out);
     if (out->json_object || out->json_schema)
         return moe_errorf(MOE_EINVAL, "'%s' and 'response_format' together: give one", from);
     enum moe_status st;
@@ -627,8 +656,9 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
     if (st != MOE_OK) {
         if (st != MOE_ENOMEM) st = MOE_EINVAL;
         moe_error_prefix(st, "'%s'", from);
+        return st;
     }
-    return st;
+    return no_whitespace(so, out);
 }
 
 static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen_request *out)

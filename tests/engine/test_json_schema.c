@@ -251,11 +251,18 @@ static void test_compact(void)
 {
     struct moe_json_schema *sc = compile("{\"type\":\"object\"}");
     if (!sc) return;
-    moe_json_schema_compact(sc);
+    moe_json_schema_compact(sc, false);
     good(sc, "{\"a\": 1, \"b\": [true, null]}");
     bad(sc, "{\"a\":  1", 6);
     bad(sc, "{\n", 1);
     good(sc, "{\"a\":\"x  \\n  y\"}"); /* inside a string: text */
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"object\"}"); /* tight: no whitespace between tokens at all */
+    if (!sc) return;
+    moe_json_schema_compact(sc, true);
+    good(sc, "{\"a\":1,\"b\":[true,null],\"c\":\"x y\"}");
+    bad(sc, "{\"a\": 1", 5);
+    bad(sc, "{ ", 1);
     moe_json_schema_unref(sc);
 }
 

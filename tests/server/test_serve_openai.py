@@ -453,6 +453,13 @@ def check_structured(srv):
         check(code == 200 and ch.get("finish_reason") == "stop" and
               re.fullmatch(r"[a-z_]{1,8} = [0-9]{1,3}\n", ch.get("text") or ""), "%r: %d %r" % (extra, code, js))
     check(texts[0] == texts[1], "guided_regex %r, structured_outputs.regex %r" % tuple(texts))
+    # no whitespace between JSON's tokens: outside its strings the text has none
+    code, js = post(srv, "/v1/completions", dict(base, max_tokens=48, structured_outputs={
+        "json": schema, "disable_any_whitespace": True}))
+    text = (js.get("choices") or [{}])[0].get("text") or ""
+    bare = re.sub(r'"(?:[^"\\]|\\.)*("|$)', "", text)
+    check(code == 200 and text.startswith("{") and not re.search(r"\s", bare),
+          "disable_any_whitespace: %d %r" % (code, js))
     for extra, word in (({"guided_regex": "a("}, "'guided_regex': pattern 'a('"),
                         ({"structured_outputs": {"grammar": "root ::= x"}}, "'grammar' is not supported"),
                         ({"guided_choice": ["a", "ab"]}, "begins another"),

@@ -424,6 +424,21 @@ static void test_response_format(void)
     }
     expect_bad("{\"prompt\":\"x\",\"guided_regex\":\"(a\"}", false, "'guided_regex': pattern '(a': a '(' without");
     expect_bad("{\"prompt\":\"x\",\"guided_regex\":[\"a\"]}", false, "'guided_regex' must be a string");
+    /* JSON mode and no whitespace through structured_outputs; a whitespace pattern is refused by name */
+    REQUIRE(oai("{\"prompt\":\"x\",\"structured_outputs\":{\"json_object\":true,\"disable_any_whitespace\":true}}",
+                false, &r) == MOE_OK, "json_object without whitespace: %s", moe_last_error());
+    CHECK(r.json_object && r.json_schema, "json_object without whitespace: no schema of its own");
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":\"x\",\"structured_outputs\":{\"json_object\":true}}", false, &r) == MOE_OK,
+            "structured_outputs.json_object: %s", moe_last_error());
+    CHECK(r.json_object && !r.json_schema, "structured_outputs.json_object: not JSON mode");
+    moe_gen_request_free(&r);
+    expect_bad("{\"prompt\":\"x\",\"guided_whitespace_pattern\":\" ?\",\"guided_json\":{}}", false,
+               "'guided_whitespace_pattern' is not supported");
+    expect_bad("{\"prompt\":\"x\",\"structured_outputs\":{\"json_object\":true,\"regex\":\"a\"}}", false,
+               "'regex' and 'json_object' together");
+    expect_bad("{\"prompt\":\"x\",\"structured_outputs\":{\"disable_any_whitespace\":1}}", false,
+               "'disable_any_whitespace' must be true or false");
     expect_bad("{\"prompt\":\"x\",\"structured_outputs\":{\"grammar\":\"root ::= x\"}}", false,
                "'grammar' is not supported");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",\"ab\"]}", false, "begins another");

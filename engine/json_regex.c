@@ -9,6 +9,8 @@
 
 #include "json_schema_int.h"
 
+#include "../model/utf8.h"
+
 #define RX_MAX_TEXT 4096   /* bytes of a pattern */
 #define RX_MAX_NEST 64     /* groups inside groups */
 #define RX_MAX_REPEAT 1000 /* the largest count in {n,m} */
@@ -178,19 +180,14 @@ static void class_escape_neg(struct set *s, char c)
     set_add(s, at, CP_MAX);
 }
 
-/* One UTF-8 character of the pattern (jansson has checked the text is UTF-8). */
+/* One character of the pattern (checked to be UTF-8 before parsing). */
 static uint32_t next_cp(struct rx *x)
 {
-    const unsigned char *p = (const unsigned char *)x->p;
-    uint32_t c = p[0];
-    int n = c < 0x80 ? 0 : c < 0xe0 ? 1 : c < 0xf0 ? 2 : 3;
-    if (x->p + n >= x->end) n = (int)(x->end - x->p) - 1;
-    if (n > 0) c &= 0x3fu >> n;
-    for (int i = 1; i <= n; i++) c = c << 6 | (p[i] & 0x3f);
-    x->p += n + 1;
-    return c;
+    uint32_t cp = 0;
+    size_t n = moe_utf8_next((const unsigned char *)x->p, (size_t)(x->end - x->p), &cp);
+    x->p += n ? n : 1;
+    return cp;
 }
-
 static int hex_val(char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
@@ -786,6 +783,10 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
 {
     if (len > RX_MAX_TEXT) {
         snprintf(err, errlen, "a pattern of %zu bytes; at most %d are supported", len, RX_MAX_TEXT);
+        return 0;
+    }
+    if (!moe_utf8_valid(pat, len)) {
+        snprintf(err, errlen, "a pattern that is not valid UTF-8");
         return 0;
     }
     const char *end = pat + len;

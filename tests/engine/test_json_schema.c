@@ -834,6 +834,8 @@ static void test_regex_text(void)
     moe_json_schema_unref(sc);
     CHECK(moe_json_schema_regex("(a", 2, &sc) == MOE_EINVAL && !sc && strstr(moe_last_error(), "without its ')'"),
           "a bad regex: %s", moe_last_error());
+    CHECK(moe_json_schema_regex("a\xff", 2, &sc) == MOE_EINVAL && !sc && strstr(moe_last_error(), "not valid UTF-8"),
+          "a pattern that is not UTF-8: %s", moe_last_error());
 }
 
 static bool toy_eos(const void *ud, int id)

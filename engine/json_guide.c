@@ -303,6 +303,10 @@ static bool num_viable(const struct json_range *r, const char *t, int len)
             b_open = room - k >= 2;
             b = (x + 1) * pow10d[k] - (b_open ? 0 : 1);
         }
+        if (b <= a) { /* a step below the double's resolution there: the number as it is */
+            b = a;
+            b_open = false;
+        }
         if (neg ? num_meets(r, -b, b_open, -a, false) : num_meets(r, a, false, b, b_open)) return true;
         if (len == neg || dot) return false;
     }

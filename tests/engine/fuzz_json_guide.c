@@ -4,7 +4,8 @@
  * (refusals are fine).  Fed whole, byte by byte and in pieces of 1-7 bytes
  * (the piece-size byte picks the size), the document must be accepted to the
  * same byte and reach the same completion; a refused byte stays refused with
- * more bytes after it; a whole value must be JSON that jansson reads (but for
+ * more bytes after it; no beginning is a dead end (some byte continues it, 64
+ * bytes on); a whole value must be JSON that jansson reads (but for
  * numbers beyond its range and lone surrogates in \u escapes, which RFC 8259's
  * grammar allows). */
 #include <jansson.h>
@@ -38,6 +39,25 @@ static size_t accepted(const struct moe_json_schema *sc, const uint8_t *d, size_
     return n;
 }
 
+/* From the accepted beginning d[0..n), 64 bytes more, each the first that continues (from a start
+ * that moves): some byte always continues a value that is not yet whole. */
+static void no_dead_end(const struct moe_json_schema *sc, const uint8_t *d, size_t n, unsigned rot)
+{
+    static struct moe_json_state s, c;
+    moe_json_init(&s, sc);
+    if (n && !moe_json_feed(&s, (const char *)d, n)) abort();
+    for (unsigned k = 0; k < 64 && !moe_json_done(&s); k++) {
+        bool found = false;
+        for (unsigned b = 0; b < 256 && !found; b++) {
+            char ch = (char)((b + rot + k * 37) & 0xff);
+            moe_json_copy(&c, &s);
+            found = moe_json_feed(&c, &ch, 1);
+        }
+        if (!found) abort(); /* a dead end */
+        moe_json_copy(&s, &c);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct moe_json_schema *sc = NULL;
@@ -55,6 +75,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t a1 = accepted(sc, d, n, n ? n : 1, &d1), a2 = accepted(sc, d, n, 1, &d2),
                a3 = accepted(sc, d, n, piece, &d3);
         if (a1 != a2 || a2 != a3 || d1 != d2 || d2 != d3) abort();
+        no_dead_end(sc, d, a1, (unsigned)piece * 41u);
         if (d1) { /* the value is whole: valid JSON */
             json_error_t e;
             json_t *j = json_loadb((const char *)d, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);

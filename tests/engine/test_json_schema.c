@@ -474,6 +474,13 @@ static void test_number_bounds(void)
         bad_at(sc, "[0.3", "1]");
     }
     moe_json_schema_unref(sc);
+    /* steps finer than a double can tell apart: the number as written is what counts */
+    sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"number\",\"exclusiveMinimum\":1,\"maximum\":1e30}}");
+    if (sc) {
+        good(sc, "[1.0000000000000002,1.0000000000000005,100000000000000000000000]");
+        bad_at(sc, "[1.000000000000000", "0");
+    }
+    moe_json_schema_unref(sc);
 }
 
 /* Random walks through bounded numbers: at every byte some byte continues the value (no dead end),

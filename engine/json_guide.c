@@ -170,11 +170,11 @@ static uint32_t lit_bound(const struct moe_json_state *s, uint32_t lo, uint32_t 
 
 /* The array whose elements must differ (uniqueItems: its elements are literals) that the literal
  * being read is an element of, or NULL. */
-static struct moe_json_frame *unique_frame(const struct moe_json_state *s)
+static struct moe_json_frame *unique_frame(struct moe_json_state *s)
 {
     if (!s->depth) return NULL;
-    const struct moe_json_frame *f = &s->f[s->depth - 1];
-    return node(s, f->node)->kind == K_ARRAY && node(s, f->node)->unique ? (struct moe_json_frame *)f : NULL;
+    const struct json_node *n = node(s, top(s)->node);
+    return n->kind == K_ARRAY && n->unique ? top(s) : NULL;
 }
 
 /* Whether literal i may still be written (not already an element of its unique array). */
@@ -197,7 +197,7 @@ static bool lits_with(struct moe_json_state *s, int c)
 }
 
 /* Whether one of the candidates is complete (the first: the shortest), and whether one goes on. */
-static void lits_state(const struct moe_json_state *s, bool *complete, bool *longer)
+static void lits_state(struct moe_json_state *s, bool *complete, bool *longer)
 {
     const struct moe_json_frame *u = unique_frame(s);
     if (!u) {

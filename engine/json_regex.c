@@ -705,7 +705,7 @@ out:
 }
 
 /* The DFA's states first .. first + n: the transitions to states from which nothing matches cut
- * (each state's open set), and, with count, the lengths of the matches each can reach (lens, inf);
+ * (each state's open set), and, with count, the lengths of the matches each can reach (lens, far);
  * false when the start matches nothing. */
 static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n, bool count)
 {
@@ -719,7 +719,7 @@ static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n, bool c
     }
     for (uint32_t i = 0; i < n; i++) {
         memset(st[i].lens, 0, sizeof(st[i].lens));
-        st[i].inf = false;
+        st[i].far = UINT32_MAX;
         live[i] = cur[i] = st[i].accept;
     }
     for (bool more = true; more;) { /* live: some match ahead */
@@ -729,15 +729,15 @@ static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n, bool c
             for (uint32_t j = 0; j < st[i].n && !live[i]; j++) more |= live[i] = live[r[j].next - first];
         }
     }
-    /* cur: the states with a match exactly k characters on; matches beyond JSON_DFA_LENS - 1 are
-     * reached within n more steps if at all (a longer path repeats a state, and can be cut) */
+    /* cur: the states with a match exactly k characters on; the fewest beyond JSON_DFA_LENS - 1 is
+     * within n more steps if there is one (a longer path repeats a state, and can be cut) */
     for (uint32_t k = 0; count && k < JSON_DFA_LENS + n; k++) {
         bool any = false;
         for (uint32_t i = 0; i < n; i++) {
             if (!cur[i]) continue;
             any = true;
             if (k < JSON_DFA_LENS) st[i].lens[k / 64] |= 1ull << (k % 64);
-            else st[i].inf = true;
+            else if (st[i].far == UINT32_MAX) st[i].far = k;
         }
         if (!any) break;
         for (uint32_t i = 0; i < n; i++) {

@@ -603,10 +603,9 @@ static int string_node(struct cc *c, const json_t *o)
         return -1;
     }
     bool lengths = n.min_items > 0 || n.max_items != UINT32_MAX;
-    if ((pat || fmt) && lengths && (n.min_items >= JSON_DFA_LENS || (n.max_items != UINT32_MAX &&
-                                                                      n.max_items >= JSON_DFA_LENS))) {
-        fail(c, MOE_ENOTSUP, "minLength or maxLength of %d or more beside '%s' is not supported (give the lengths "
-             "in the pattern, or leave them out)", JSON_DFA_LENS, pat ? "pattern" : "format");
+    if ((pat || fmt) && n.min_items >= JSON_DFA_LENS) {
+        fail(c, MOE_ENOTSUP, "minLength of %d or more beside '%s' is not supported (give the length in the "
+             "pattern, or leave it out)", JSON_DFA_LENS, pat ? "pattern" : "format");
         return -1;
     }
     if (fmt) {
@@ -624,7 +623,7 @@ static int string_node(struct cc *c, const json_t *o)
         return -1;
     if (n.pattern && lengths) { /* some match of the pattern within the lengths */
         const struct json_dfa_state *d = &c->dfa.states[n.pattern];
-        bool some = n.max_items == UINT32_MAX && d->inf;
+        bool some = d->far <= n.max_items;
         for (uint32_t k = n.min_items; k < JSON_DFA_LENS && k <= n.max_items && !some; k++)
             some = d->lens[k / 64] >> (k % 64) & 1;
         if (!some) {

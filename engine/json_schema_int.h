@@ -66,9 +66,10 @@ struct json_dfa_state {      /* ranges[first .. first + n), sorted and disjoint;
     uint32_t first, n;
     bool accept;             /* the text so far matches */
     bool open;               /* some character leads on */
-    bool inf;                /* matches are reachable with more than JSON_DFA_LENS - 1 characters */
+    uint32_t far;            /* the fewest characters, JSON_DFA_LENS or more, a match is reachable with
+                                (UINT32_MAX: none) */
     uint64_t lens[JSON_DFA_LW]; /* bit k: a match is reachable with exactly k more characters
-                                   (lens and inf: for a pattern compiled with count) */
+                                   (lens and far: for a pattern compiled with count) */
 };
 struct json_dfa_build {
     struct json_dfa_state *states;
@@ -82,7 +83,7 @@ struct json_dfa_build {
 
 /* Compile pattern pat[0..len) (UTF-8) into automaton states appended to b: matched anywhere in the
  * text unless anchored by '^' / '$' (JSON Schema's pattern), or by the whole text (whole); with
- * count, each state's lens and inf too (for minLength / maxLength), else those are empty.  Returns
+ * count, each state's lens and far too (for minLength / maxLength), else those are empty.  Returns
  * the start state; 0 on an error, described in err. */
 uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count, struct json_dfa_build *b,
                             char *err, size_t errlen);

@@ -707,7 +707,27 @@ static void test_patterns(void)
     }
     refused("{\"type\":\"string\",\"pattern\":5}", MOE_EINVAL, "'pattern' must be a string");
     refused("{\"type\":\"string\",\"pattern\":\"a[^\\\\s\\\\S]\"}", MOE_EINVAL, "matches no text");
-    refused("{\"type\":\"string\",\"pattern\":\"a\",\"maxLength\":300}", MOE_ENOTSUP, "beside 'pattern'");
+    refused("{\"type\":\"string\",\"pattern\":\"a\",\"minLength\":300}", MOE_ENOTSUP, "beside 'pattern'");
+    /* a long maxLength beside a pattern or format (pydantic's URLs: maxLength 2083) */
+    sc = compile("{\"type\":\"string\",\"format\":\"uri\",\"minLength\":1,\"maxLength\":2083}");
+    if (sc) good(sc, "\"https://example.com/a\"");
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"string\",\"pattern\":\"^(abc){100,}$\",\"maxLength\":400}");
+    if (sc) { /* 300, 303, ... 399 characters: after 399 of them, no room for another abc */
+        char t[512] = "\"";
+        for (int i = 0; i < 99; i++) strcat(t, "abc");
+        strcat(t, "\"");
+        bad(sc, t, 298); /* 297 characters: too few */
+        t[strlen(t) - 1] = 0;
+        for (int i = 99; i < 133; i++) strcat(t, "abc");
+        strcat(t, "a");
+        bad(sc, t, 400);
+        t[strlen(t) - 1] = '"';
+        good(sc, t);
+    }
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"string\",\"pattern\":\"^(abc){100,}$\",\"maxLength\":299}", MOE_EINVAL,
+            "no string of 0 to 299");
 
     sc = compile("{\"type\":\"string\",\"pattern\":\"^$\"}"); /* an automaton without a range */
     if (sc) {

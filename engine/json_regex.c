@@ -778,30 +778,12 @@ static bool top_level_alt(const char *p, const char *end)
     return false;
 }
 
-uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count, struct json_dfa_build *b,
-                            char *err, size_t errlen)
+/* The DFA of pattern text p .. end (anchored at its start by head, at its end by tail; otherwise
+ * any text may come before or after a match) appended to b; its start state, 0 on an error (err:
+ * about pat, the whole pattern). */
+static uint32_t dfa_of(const char *p, const char *end, bool head, bool tail, struct json_dfa_build *b, const char *pat,
+                       size_t len, char *err, size_t errlen)
 {
-    if (len > RX_MAX_TEXT) {
-        snprintf(err, errlen, "a pattern of %zu bytes; at most %d are supported", len, RX_MAX_TEXT);
-        return 0;
-    }
-    if (!moe_utf8_valid(pat, len)) {
-        snprintf(err, errlen, "a pattern that is not valid UTF-8");
-        return 0;
-    }
-    const char *end = pat + len;
-    /* JSON Schema's patterns match anywhere unless anchored: '^' at the start, an unescaped '$' at
-     * the end */
-    bool head = !whole && len && pat[0] == '^';
-    size_t bs = 0;
-    while (len >= bs + 2 && pat[len - 2 - bs] == '\\') bs++;
-    bool tail = !whole && len > (size_t)head && pat[len - 1] == '$' && bs % 2 == 0;
-    const char *p = pat + head;
-    if (tail) end--;
-    if ((head || tail) && top_level_alt(p, end)) {
-        snprintf(err, errlen, "an anchor beside a '|' outside groups: write '^(a|b)$'");
-        return 0;
-    }
     if (!b->n_states) { /* state 0: dead, no way on; room for a range, so the table is never NULL */
         if (!dfa_grow(b, 1, 1)) {
             snprintf(err, errlen, "out of memory");
@@ -817,7 +799,7 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
         fail_rx(&x, "a ')' without its '('");
         root = -1;
     }
-    if (root >= 0 && !whole) { /* the text around a match: any characters */
+    if (root >= 0 && !(head && tail)) { /* the text around a match: any characters */
         struct set any = { .n = 0 };
         set_add(&any, 0, CP_MAX);
         int dot = set_done(&x, &any, false);
@@ -841,13 +823,185 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
     const char *why;
     start = determinize(&a, f.in, f.out, b, &why);
     if (!start) snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat, why);
-    else if (!lengths(b, start, (uint32_t)(b->n_states - start), count)) {
-        snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
-        start = 0;
-    }
 out:
     free(x.n);
     free(x.rs);
     free(a.s);
+    return start;
+}
+
+/* The ')' closing the group whose text begins at p, or NULL. */
+static const char *group_end(const char *p, const char *end)
+{
+    int depth = 1;
+    bool cls = false;
+    for (; p < end; p++) {
+        if (*p == '\\') p++;
+        else if (cls) cls = *p != ']';
+        else if (*p == '[') cls = true;
+        else if (*p == '(') depth++;
+        else if (*p == ')' && --depth == 0) return p;
+    }
+    return NULL;
+}
+
+/* Whether an unescaped '$' ends p .. end. */
+static bool ends_with_dollar(const char *p, const char *end)
+{
+    size_t bs = 0;
+    while (end - p >= (ptrdiff_t)bs + 2 && end[-2 - (ptrdiff_t)bs] == '\\') bs++;
+    return end > p && end[-1] == '$' && bs % 2 == 0;
+}
+
+/* The DFA of the texts automaton sa of a accepts and automaton sc of c accepts (neg: does not),
+ * appended to b: a product of the two, the states pairs of theirs (c's 0: c can no longer match).
+ * Its start state, 0 on an error (*why). */
+static uint32_t product(const struct json_dfa_build *a, uint32_t sa, const struct json_dfa_build *c, uint32_t sc,
+                        bool neg, struct json_dfa_build *b, const char **why)
+{
+    size_t hsize = 2 * JSON_DFA_MAX;
+    uint32_t *pair = malloc(sizeof(uint32_t) * 2 * JSON_DFA_MAX); /* each state's (a state, c state) */
+    int *hash = calloc(hsize, sizeof(int));
+    uint32_t base = (uint32_t)b->n_states, result = 0;
+    int nd = 1;
+    *why = "out of memory";
+    if (!pair || !hash) goto out;
+    pair[0] = sa;
+    pair[1] = sc;
+    hash[((uint64_t)sa * 1000003u + sc) & (hsize - 1)] = 1;
+    for (int d = 0; d < nd; d++) {
+        uint32_t i = pair[2 * d], j = pair[2 * d + 1];
+        const struct json_dfa_state *ai = &a->states[i], *cj = &c->states[j];
+        if (!dfa_grow(b, base + (size_t)d + 1, b->n_ranges + 2 * ((size_t)ai->n + cj->n) + 1)) goto out;
+        struct json_dfa_state *st = &b->states[base + (uint32_t)d];
+        bool c_acc = j && cj->accept;
+        *st = (struct json_dfa_state){ .first = (uint32_t)b->n_ranges, .accept = ai->accept && (neg ? !c_acc : c_acc) };
+        const struct json_dfa_range *ra = a->ranges + ai->first, *rc = c->ranges + cj->first;
+        uint32_t k = 0;
+        for (uint32_t m = 0; m < ai->n; m++) { /* a's ranges, cut where c's begin and end */
+            if (!ra[m].next) continue;
+            uint32_t lo = ra[m].lo;
+            while (lo <= ra[m].hi) {
+                while (k < cj->n && rc[k].hi < lo) k++;
+                uint32_t hi = ra[m].hi, nj = 0;
+                if (k < cj->n && rc[k].lo <= lo) {
+                    nj = rc[k].next;
+                    if (rc[k].hi < hi) hi = rc[k].hi;
+                } else if (k < cj->n && rc[k].lo <= hi) {
+                    hi = rc[k].lo - 1; /* a gap of c's: it can no longer match there */
+                }
+                if (nj || neg) { /* with neg, c matching nothing more is what is wanted */
+                    uint64_t h = ((uint64_t)ra[m].next * 1000003u + nj) & (hsize - 1);
+                    int id = -1;
+                    for (; hash[h]; h = (h + 1) & (hsize - 1))
+                        if (pair[2 * (hash[h] - 1)] == ra[m].next && pair[2 * (hash[h] - 1) + 1] == nj) {
+                            id = hash[h] - 1;
+                            break;
+                        }
+                    if (id < 0) {
+                        if (nd == JSON_DFA_MAX) {
+                            *why = "the pattern and its lookahead need more than " JSON_DFA_MAX_TEXT
+                                   " automaton states together";
+                            goto out;
+                        }
+                        pair[2 * nd] = ra[m].next;
+                        pair[2 * nd + 1] = nj;
+                        hash[h] = nd + 1;
+                        id = nd++;
+                    }
+                    st = &b->states[base + (uint32_t)d];
+                    uint32_t next = base + (uint32_t)id;
+                    struct json_dfa_range *prev = st->n ? &b->ranges[b->n_ranges - 1] : NULL;
+                    if (prev && prev->hi + 1 == lo && prev->next == next) {
+                        prev->hi = hi;
+                    } else {
+                        b->ranges[b->n_ranges++] = (struct json_dfa_range){ lo, hi, next };
+                        st->n++;
+                    }
+                }
+                if (hi == ra[m].hi) break;
+                lo = hi + 1;
+            }
+        }
+    }
+    b->n_states = base + (size_t)nd;
+    result = base;
+out:
+    free(pair);
+    free(hash);
+    return result;
+}
+
+uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count, struct json_dfa_build *b,
+                            char *err, size_t errlen)
+{
+    if (len > RX_MAX_TEXT) {
+        snprintf(err, errlen, "a pattern of %zu bytes; at most %d are supported", len, RX_MAX_TEXT);
+        return 0;
+    }
+    if (!moe_utf8_valid(pat, len)) {
+        snprintf(err, errlen, "a pattern that is not valid UTF-8");
+        return 0;
+    }
+    const char *p = pat, *end = pat + len;
+    /* JSON Schema's patterns match anywhere unless anchored: '^' at the start, an unescaped '$' at
+     * the end */
+    bool head = whole || (len && pat[0] == '^'), tail = whole || ends_with_dollar(pat + (len && pat[0] == '^'), end);
+    if (!whole && len && pat[0] == '^') p++;
+    if (!whole && tail) end--;
+    /* a lookahead right after the start's anchor: (?=X) or (?!X), X matched from the start (to the
+     * end when it ends with '$'); the pattern is then the rest's automaton and X's together */
+    const char *look = NULL, *look_end = NULL;
+    bool neg = false;
+    if (head && end - p >= 3 && p[0] == '(' && p[1] == '?' && (p[2] == '=' || p[2] == '!')) {
+        look = p + 3;
+        if (!(look_end = group_end(look, end))) {
+            snprintf(err, errlen, "pattern '%.*s': a '(' without its ')' at byte %td", (int)(len < 64 ? len : 64), pat,
+                     p - pat);
+            return 0;
+        }
+        neg = p[2] == '!';
+        p = look_end + 1;
+    }
+    bool anchored = !whole && ((len && pat[0] == '^') || tail);
+    if ((anchored && top_level_alt(p, end)) ||
+        (look && ends_with_dollar(look, look_end) && top_level_alt(look, look_end))) {
+        snprintf(err, errlen, "an anchor beside a '|' outside groups: write '^(a|b)$'");
+        return 0;
+    }
+    if (!look) {
+        uint32_t start = dfa_of(p, end, head, tail, b, pat, len, err, errlen);
+        if (start && !lengths(b, start, (uint32_t)(b->n_states - start), count)) {
+            snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
+            start = 0;
+        }
+        return start;
+    }
+    struct json_dfa_build ra = { 0 }, rc = { 0 };
+    const char *lx = look + (look < look_end && *look == '^'); /* '^' inside is where it already is */
+    bool lx_tail = ends_with_dollar(lx, look_end);
+    uint32_t start = 0, sa = dfa_of(p, end, true, tail, &ra, pat, len, err, errlen);
+    uint32_t sc = sa ? dfa_of(lx, look_end - lx_tail, true, lx_tail, &rc, pat, len, err, errlen) : 0;
+    if (sa && sc) {
+        if (!b->n_states) { /* state 0, as dfa_of makes it */
+            if (!dfa_grow(b, 1, 1)) {
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+            b->states[b->n_states++] = (struct json_dfa_state){ 0 };
+        }
+        const char *why;
+        if (!(start = product(&ra, sa, &rc, sc, neg, b, &why)))
+            snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat, why);
+        else if (!lengths(b, start, (uint32_t)(b->n_states - start), count)) {
+            snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
+            start = 0;
+        }
+    }
+out:
+    free(ra.states);
+    free(ra.ranges);
+    free(rc.states);
+    free(rc.ranges);
     return start;
 }

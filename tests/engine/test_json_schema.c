@@ -683,6 +683,7 @@ static void test_patterns(void)
         const char *pattern, *needle;
     } no[] = {
         { "(?=a)b", "lookaround" },
+        { "^(?<=a)b", "lookaround" },
         { "(a)\\\\1", "back-references" },
         { "\\\\bfoo", "word boundaries" },
         { "a{2,1}", "out of order" },
@@ -835,6 +836,36 @@ static void test_pattern_walk(void)
                 moe_json_schema_unref(sc);
             }
     CHECK(walks > 200 && ended > walks / 2, "%d walks, %d ended", walks, ended);
+}
+
+/* A lookahead right after '^': pydantic's Decimal (not only signs and points), a required digit, a
+ * text that is not blank. */
+static void test_lookahead(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"object\",\"properties\":{"
+                                         "\"d\":{\"type\":\"string\",\"pattern\":\"^(?!^[-+.]*$)[+-]?0*\\\\d*\\\\.?\\\\d*$\"},"
+                                         "\"p\":{\"type\":\"string\",\"pattern\":\"^(?=.*[0-9])[a-z0-9]{4,8}$\"},"
+                                         "\"t\":{\"type\":\"string\",\"pattern\":\"^(?!\\\\s*$).+\"}}}");
+    if (!sc) return;
+    good(sc, "{\"d\":\"1.5\",\"p\":\"abc1\",\"t\":\" a\"}");
+    good(sc, "{\"d\":\"-0.25\"}");
+    good(sc, "{\"d\":\"007\"}");
+    good(sc, "{\"p\":\"1abcdefg\"}");
+    bad_at(sc, "{\"d\":\"-", "\"");
+    bad_at(sc, "{\"d\":\"", "\"");
+    bad_at(sc, "{\"d\":\"+.", "\"");
+    bad_at(sc, "{\"p\":\"abcd", "\"");
+    bad_at(sc, "{\"p\":\"abcdefg", "h");
+    bad_at(sc, "{\"t\":\"  ", "\"");
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"string\",\"pattern\":\"^(?=a)b\"}", MOE_EINVAL, "matches no text");
+    refused("{\"type\":\"string\",\"pattern\":\"^(?=a\"}", MOE_EINVAL, "without its ')'");
+    refused("{\"type\":\"string\",\"pattern\":\"x(?!a)\"}", MOE_EINVAL, "lookaround");
+    /* guided_regex: the whole text, a lookahead at its start */
+    const char *pat = "(?!no)[a-z]+";
+    REQUIRE(moe_json_schema_regex(pat, strlen(pat), &sc) == MOE_OK, "%s", moe_last_error());
+    CHECK(verdict(sc, "nope") == 1 && verdict(sc, "nay") == -2, "(?!no): %d %d", verdict(sc, "nope"), verdict(sc, "nay"));
+    moe_json_schema_unref(sc);
 }
 
 /* A regular expression over raw text (vLLM's guided_regex): the whole output matches; it may end
@@ -1040,6 +1071,7 @@ int main(void)
     test_pattern_walk();
     test_formats();
     test_regex_text();
+    test_lookahead();
     test_regex_mask();
     test_mask();
     test_mask_vocab();

@@ -2,7 +2,7 @@
 (temperature 1.2) under twelve schemas (nested objects, enums of mixed values, nullable $refs,
 recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples;
 patterns; formats; unique items; property counts): every output that ends must validate under the jsonschema package, and some must end;
-and `generate --regex` under four regular expressions: every output that ends must match whole
+and `generate --regex` under five regular expressions: every output that ends must match whole
 under Python's re.
 usage: test_schema_conformance.py MOEFLOW_BINARY SOURCE_DIR [--seeds N] (default 5; 25 for a longer run)"""
 import json
@@ -48,7 +48,8 @@ SCHEMAS = [
         "id": {"type": "string", "pattern": "^[a-z]{2,4}-[0-9]{1,3}$"},
         "mail": {"type": "string", "pattern": "^[\\w.]+@(example|test)\\.(com|org)$", "maxLength": 20},
         "note": {"type": "string", "pattern": "[A-Z]\\d"},
-        "path": {"type": "string", "pattern": "^(/[^/\\s]+)+/?$"}},
+        "path": {"type": "string", "pattern": "^(/[^/\\s]+)+/?$"},
+        "dec": {"type": "string", "pattern": "^(?!^[-+.]*$)[+-]?0*\\d*\\.?\\d*$"}},
      "required": ["id", "mail", "note", "path"], "additionalProperties": False},
     {"type": "object", "properties": {f: {"type": "string", "format": f}
                                       for f in ("date", "date-time", "uuid", "ipv4", "email", "uri", "hostname")},
@@ -63,7 +64,7 @@ SCHEMAS = [
 
 # Regular expressions over raw text (`generate --regex`): every output that ends must match whole.
 REGEXES = [r"[0-9]{3}-[a-z]+( ok)?", r"(def|class) [A-Za-z_]\w{0,12}\((self)?\):", r"-?\d{1,4}(\.\d{1,2})?",
-           r"(True|False|None|'[^'\n]{0,8}')\n"]
+           r"(True|False|None|'[^'\n]{0,8}')\n", r"(?!no)[a-z]{2,6}!"]
 
 
 def main():

@@ -573,6 +573,20 @@ static bool dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
            json_grow((void **)&b->ranges, &b->cap_ranges, ranges, sizeof(*b->ranges));
 }
 
+/* Code points lo .. hi of state (the last one being filled, its room made) lead to next: a range
+ * of its own, or the one before grown when that leads there too and ends at lo - 1. */
+static void add_range(struct json_dfa_build *b, uint32_t state, uint32_t lo, uint32_t hi, uint32_t next)
+{
+    struct json_dfa_state *st = &b->states[state];
+    struct json_dfa_range *prev = st->n ? &b->ranges[b->n_ranges - 1] : NULL;
+    if (prev && prev->hi + 1 == lo && prev->next == next) {
+        prev->hi = hi;
+    } else {
+        b->ranges[b->n_ranges++] = (struct json_dfa_range){ lo, hi, next };
+        st->n++;
+    }
+}
+
 /* The DFA of NFA a (start in, accepting state out) appended to b; its first state's index, 0 on
  * an error (*why set). */
 static uint32_t determinize(const struct nfa *a, int in, int out, struct json_dfa_build *b, const char **why)
@@ -679,15 +693,7 @@ static uint32_t determinize(const struct nfa *a, int in, int out, struct json_df
                 hash[h] = nd + 1;
                 id = nd++;
             }
-            st = &b->states[base + (uint32_t)d];
-            uint32_t next = base + (uint32_t)id;
-            struct json_dfa_range *prev = st->n ? &b->ranges[b->n_ranges - 1] : NULL;
-            if (prev && prev->hi + 1 == lo && prev->next == next) {
-                prev->hi = hi;
-            } else {
-                b->ranges[b->n_ranges++] = (struct json_dfa_range){ lo, hi, next };
-                st->n++;
-            }
+            add_range(b, base + (uint32_t)d, lo, hi, base + (uint32_t)id);
         }
     }
     b->n_states = base + (size_t)nd;
@@ -909,15 +915,7 @@ static uint32_t product(const struct json_dfa_build *a, uint32_t sa, const struc
                         hash[h] = nd + 1;
                         id = nd++;
                     }
-                    st = &b->states[base + (uint32_t)d];
-                    uint32_t next = base + (uint32_t)id;
-                    struct json_dfa_range *prev = st->n ? &b->ranges[b->n_ranges - 1] : NULL;
-                    if (prev && prev->hi + 1 == lo && prev->next == next) {
-                        prev->hi = hi;
-                    } else {
-                        b->ranges[b->n_ranges++] = (struct json_dfa_range){ lo, hi, next };
-                        st->n++;
-                    }
+                    add_range(b, base + (uint32_t)d, lo, hi, base + (uint32_t)id);
                 }
                 if (hi == ra[m].hi) break;
                 lo = hi + 1;

@@ -529,7 +529,6 @@ static bool value_start(struct moe_json_state *s, unsigned char c)
     }
 }
 
-/* A key's opening quote in the object on top. */
 /* The keys the object on top may still take: its declared properties not yet written (only the
  * required ones once maxProperties leaves room for no other), and whether other keys may come. */
 static uint64_t keys_open(const struct moe_json_state *s, bool *extra)
@@ -548,6 +547,7 @@ static uint64_t keys_open(const struct moe_json_state *s, bool *extra)
     return open;
 }
 
+/* A key's opening quote in the object on top. */
 static bool key_start(struct moe_json_state *s)
 {
     const struct json_node *n = node(s, top(s)->node);
@@ -795,13 +795,13 @@ static bool step(struct moe_json_state *s, unsigned char c)
         return number_end(s, c);
     case J_LIT: {
         bool complete, longer;
-        lits_state(s, &complete, &longer);
         if (lits_with(s, c)) {
             s->pos++;
             lits_state(s, &complete, &longer);
             if (!longer) lit_end(s);
             return true;
         }
+        lits_state(s, &complete, &longer); /* lits_with left the candidates as they were */
         if (!complete) return false;
         lit_end(s); /* a literal that another one extends (1 before 10) ends at c */
         return step(s, c);
@@ -980,6 +980,43 @@ void moe_token_bytes_free(struct moe_token_bytes *t)
 
 #define MASK_DEPTH 24 /* the states after a token's first bytes kept for the next tokens */
 
+/* The vocabulary in the order of its bytes: each token starts from the deepest kept state of the
+ * bytes it shares with the last one fed, and is passed over when it begins with a beginning
+ * already refused. */
+struct sorted_walk {
+    const struct moe_token_bytes *t;
+    int i;
+    uint32_t have;    /* kept: the states after the last token fed's first 0 .. have bytes */
+    uint32_t shared;  /* the bytes the token at i shares with the last one fed */
+    uint32_t refused; /* > 0: the last one fed failed at byte refused - 1 */
+};
+
+/* The next token to feed, of the plain ones (plain 1), the others (0) or all (-1); *from: the bytes
+ * of it the kept states cover.  False at the end. */
+static bool walk_next(struct sorted_walk *w, int plain, int *id, uint32_t *from)
+{
+    for (; w->i < w->t->n_sorted; w->i++) {
+        int tok = w->t->order[w->i];
+        uint32_t l = w->t->lcp[w->i];
+        w->shared = w->i == 0 ? 0 : l < w->shared ? l : w->shared;
+        if ((w->refused && w->shared >= w->refused) || (plain >= 0 && w->t->plain[tok] != (plain == 1))) continue;
+        *id = tok;
+        *from = w->shared < w->have ? w->shared : w->have;
+        w->shared = UINT32_MAX; /* from here on, relative to this token */
+        w->i++;
+        return true;
+    }
+    return false;
+}
+
+/* The token walk_next gave was fed: the states after its first have bytes are kept; refused > 0:
+ * it failed at byte refused - 1. */
+static void walk_fed(struct sorted_walk *w, uint32_t have, uint32_t refused)
+{
+    w->have = have;
+    w->refused = refused;
+}
+
 /* Where a string with a pattern is read: the tokens of plain text (whole characters, no quote or
  * backslash) only move its automaton and count characters, so they are walked in the order of
  * their bytes with that small state alone, a shared beginning stepped once. */
@@ -993,17 +1030,11 @@ static int mask_pattern_text(const struct moe_json_state *s, const struct moe_to
 {
     struct text_walk w[MASK_DEPTH + 1];
     w[0] = (struct text_walk){ .dfa = s->dfa };
-    uint32_t room = string_room(s), have = 0, shared = 0, refused = 0;
-    int allowed = 0;
-    for (int i = 0; i < t->n_sorted; i++) {
-        int id = t->order[i];
-        uint32_t l = t->lcp[i];
-        shared = i == 0 ? 0 : l < shared ? l : shared;
-        if (!t->plain[id] || (refused && shared >= refused)) continue;
+    uint32_t room = string_room(s), k;
+    int allowed = 0, id;
+    for (struct sorted_walk sw = { .t = t }; walk_next(&sw, 1, &id, &k);) {
         const unsigned char *b = (const unsigned char *)t->blob + t->off[id];
-        uint32_t len = t->off[id + 1] - t->off[id], k = shared < have ? shared : have;
-        shared = UINT32_MAX;
-        refused = 0;
+        uint32_t len = t->off[id + 1] - t->off[id];
         struct text_walk cur = w[k];
         bool ok = true;
         for (; k < len && ok; k++) {
@@ -1023,11 +1054,8 @@ static int mask_pattern_text(const struct moe_json_state *s, const struct moe_to
             ok = cur.dfa && cur.chars <= room;
             if (k + 1 <= MASK_DEPTH) w[k + 1] = cur;
         }
-        have = k < MASK_DEPTH ? k : MASK_DEPTH;
-        if (!ok) {
-            refused = k;
-            continue;
-        }
+        walk_fed(&sw, k < MASK_DEPTH ? k : MASK_DEPTH, ok ? 0 : k);
+        if (!ok) continue;
         if (id >= vocab || (is_eos && is_eos(ud, id)) || !reach_at(s, cur.dfa, s->pos + cur.chars)) continue;
         out[id] = logits[id];
         allowed++;
@@ -1050,20 +1078,14 @@ int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *
     }
     if (pattern) allowed += mask_pattern_text(s, t, logits, vocab, is_eos, ud, out);
     text |= pattern; /* plain tokens decided: the walk below takes the others */
-    /* st[k]: the state after the last token fed's first k bytes, for k <= have */
+    /* st[k]: the state after the last token fed's first k bytes, for k <= the walk's have */
     struct moe_json_state st[MASK_DEPTH + 1], tail;
     moe_json_copy(&st[0], s);
-    uint32_t have = 0, shared = 0; /* the bytes this token shares with the last one fed */
-    uint32_t refused = 0;          /* > 0: the last one fed failed at byte refused - 1 */
-    for (int i = 0; i < t->n_sorted; i++) {
-        int id = t->order[i];
-        uint32_t l = t->lcp[i];
-        shared = i == 0 ? 0 : l < shared ? l : shared;
-        if ((refused && shared >= refused) || (text && t->plain[id])) continue;
+    uint32_t k;
+    int id;
+    for (struct sorted_walk sw = { .t = t }; walk_next(&sw, text ? 0 : -1, &id, &k);) {
         const char *b = t->blob + t->off[id];
-        uint32_t len = t->off[id + 1] - t->off[id], k = shared < have ? shared : have;
-        shared = UINT32_MAX; /* from here on, relative to this token */
-        refused = 0;
+        uint32_t len = t->off[id + 1] - t->off[id];
         bool ok = true;
         for (; k < len && k < MASK_DEPTH; k++) {
             moe_json_copy(&st[k + 1], &st[k]);
@@ -1072,11 +1094,8 @@ int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *
                 break;
             }
         }
-        have = k;
-        if (!ok) {
-            refused = k + 1;
-            continue;
-        }
+        walk_fed(&sw, k, ok ? 0 : k + 1);
+        if (!ok) continue;
         if (len > MASK_DEPTH) { /* a long token's rest, not kept */
             moe_json_copy(&tail, &st[MASK_DEPTH]);
             if (!moe_json_feed(&tail, b + MASK_DEPTH, len - MASK_DEPTH)) continue;
@@ -1087,9 +1106,9 @@ int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *
         allowed++;
     }
     if (is_eos && moe_json_may_end(s) && !moe_json_done(s)) /* raw text that matches: it may end */
-        for (int id = 0; id < vocab; id++)
-            if (is_eos(ud, id) && isinf(out[id])) {
-                out[id] = logits[id];
+        for (int e = 0; e < vocab; e++)
+            if (is_eos(ud, e) && isinf(out[e])) {
+                out[e] = logits[e];
                 allowed++;
             }
     return allowed;

@@ -784,18 +784,24 @@ static bool top_level_alt(const char *p, const char *end)
     return false;
 }
 
+/* b's state 0 (dead, no way on), made once, with room for a range so the table is never NULL. */
+static bool dfa_begin(struct json_dfa_build *b)
+{
+    if (b->n_states) return true;
+    if (!dfa_grow(b, 1, 1)) return false;
+    b->states[b->n_states++] = (struct json_dfa_state){ 0 };
+    return true;
+}
+
 /* The DFA of pattern text p .. end (anchored at its start by head, at its end by tail; otherwise
  * any text may come before or after a match) appended to b; its start state, 0 on an error (err:
  * about pat, the whole pattern). */
 static uint32_t dfa_of(const char *p, const char *end, bool head, bool tail, struct json_dfa_build *b, const char *pat,
                        size_t len, char *err, size_t errlen)
 {
-    if (!b->n_states) { /* state 0: dead, no way on; room for a range, so the table is never NULL */
-        if (!dfa_grow(b, 1, 1)) {
-            snprintf(err, errlen, "out of memory");
-            return 0;
-        }
-        b->states[b->n_states++] = (struct json_dfa_state){ 0 };
+    if (!dfa_begin(b)) {
+        snprintf(err, errlen, "out of memory");
+        return 0;
     }
     struct rx x = { .p = p, .end = end };
     struct nfa a = { .x = &x };
@@ -981,12 +987,9 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
     uint32_t start = 0, sa = dfa_of(p, end, true, tail, &ra, pat, len, err, errlen);
     uint32_t sc = sa ? dfa_of(lx, look_end - lx_tail, true, lx_tail, &rc, pat, len, err, errlen) : 0;
     if (sa && sc) {
-        if (!b->n_states) { /* state 0, as dfa_of makes it */
-            if (!dfa_grow(b, 1, 1)) {
-                snprintf(err, errlen, "out of memory");
-                goto out;
-            }
-            b->states[b->n_states++] = (struct json_dfa_state){ 0 };
+        if (!dfa_begin(b)) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
         }
         const char *why;
         if (!(start = product(&ra, sa, &rc, sc, neg, b, &why)))

@@ -46,16 +46,14 @@ static const char *const annotations[] = {
 };
 static const char *const keywords[] = {
     "type", "properties", "required", "additionalProperties", "minProperties", "maxProperties", "items",
-    "prefixItems", "minItems", "maxItems",
-    "uniqueItems",
-    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
+    "prefixItems", "minItems", "maxItems", "uniqueItems", "minLength", "maxLength", "pattern", "format",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "enum", "const", "anyOf",
+    "oneOf", "allOf", "$ref",
 };
 #define SUPPORTED "type, properties, required, additionalProperties, minProperties, maxProperties, items, " \
-                  "prefixItems, minItems, maxItems, " \
-                  "uniqueItems (of enums), " \
-                  "minLength, maxLength, pattern, format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf " \
-                  "(integers), enum, const, anyOf, oneOf, allOf (of one schema) and $ref"
+                  "prefixItems, minItems, maxItems, uniqueItems (of enums), minLength, maxLength, pattern, " \
+                  "format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf (integers), enum, " \
+                  "const, anyOf, oneOf, allOf (of one schema) and $ref"
 
 static bool in_list(const char *k, const char *const *list, size_t n)
 {
@@ -584,11 +582,13 @@ static const char *const formats[][2] = {
     { "uri", "[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#@!$&'()*+,;=%\\[\\]-]*" },
 };
 
+static const char *const string_words[] = { "minLength", "maxLength", "pattern", "format" };
+
 static int string_node(struct cc *c, const json_t *o)
 {
     struct json_node n = { .kind = K_STRING, .max_items = UINT32_MAX };
     const json_t *pat = json_object_get(o, "pattern"), *fmt = json_object_get(o, "format");
-    if (!json_object_get(o, "minLength") && !json_object_get(o, "maxLength") && !pat && !fmt) return N_ANY_STRING;
+    if (!has_any(o, string_words, MOE_ARRAY_LEN(string_words))) return N_ANY_STRING;
     if (pat && !json_is_string(pat)) {
         fail(c, MOE_EINVAL, "'pattern' must be a string (a regular expression)");
         return -1;
@@ -727,7 +727,6 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
 static const char *const object_words[] = { "properties", "required", "additionalProperties", "minProperties",
                                             "maxProperties" };
 static const char *const array_words[] = { "items", "prefixItems", "minItems", "maxItems", "uniqueItems" };
-static const char *const string_words[] = { "minLength", "maxLength", "pattern", "format" };
 
 /* The keywords of each type, which tell the type of a schema without one. */
 static const struct word_group {

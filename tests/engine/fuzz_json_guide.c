@@ -14,49 +14,7 @@
 #include <string.h>
 
 #include "engine/json_guide.h"
-
-/* The bytes accepted before the first refusal (n when none), and whether the value is then whole. */
-static size_t accepted(const struct moe_json_schema *sc, const uint8_t *d, size_t n, size_t piece, bool *done)
-{
-    static struct moe_json_state s, t;
-    moe_json_init(&s, sc);
-    size_t i = 0;
-    for (; i < n; i += piece) {
-        size_t m = i + piece < n ? piece : n - i;
-        moe_json_copy(&t, &s);
-        if (!moe_json_feed(&t, (const char *)d + i, m)) { /* find the byte inside the piece */
-            for (size_t j = 0; j < m; j++)
-                if (!moe_json_feed(&s, (const char *)d + i + j, 1)) {
-                    *done = false;
-                    return i + j;
-                }
-            abort(); /* a piece refused whose bytes one by one are not */
-        }
-        moe_json_copy(&s, &t);
-        if (s.depth > MOE_JSON_MAX_DEPTH) abort();
-    }
-    *done = moe_json_done(&s);
-    return n;
-}
-
-/* From the accepted beginning d[0..n), 64 bytes more, each the first that continues (from a start
- * that moves): some byte always continues a value that is not yet whole. */
-static void no_dead_end(const struct moe_json_schema *sc, const uint8_t *d, size_t n, unsigned rot)
-{
-    static struct moe_json_state s, c;
-    moe_json_init(&s, sc);
-    if (n && !moe_json_feed(&s, (const char *)d, n)) abort();
-    for (unsigned k = 0; k < 64 && !moe_json_done(&s); k++) {
-        bool found = false;
-        for (unsigned b = 0; b < 256 && !found; b++) {
-            char ch = (char)((b + rot + k * 37) & 0xff);
-            moe_json_copy(&c, &s);
-            found = moe_json_feed(&c, &ch, 1);
-        }
-        if (!found) abort(); /* a dead end */
-        moe_json_copy(&s, &c);
-    }
-}
+#include "tests/engine/fuzz_guide.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -72,10 +30,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const uint8_t *d = data + 1;
         size_t n = size - 1;
         bool d1, d2, d3;
-        size_t a1 = accepted(sc, d, n, n ? n : 1, &d1), a2 = accepted(sc, d, n, 1, &d2),
-               a3 = accepted(sc, d, n, piece, &d3);
+        size_t a1 = fuzz_accepted(sc, d, n, n ? n : 1, &d1), a2 = fuzz_accepted(sc, d, n, 1, &d2),
+               a3 = fuzz_accepted(sc, d, n, piece, &d3);
         if (a1 != a2 || a2 != a3 || d1 != d2 || d2 != d3) abort();
-        no_dead_end(sc, d, a1, (unsigned)piece * 41u);
+        fuzz_no_dead_end(sc, d, a1, (unsigned)piece * 41u);
         if (d1) { /* the value is whole: valid JSON */
             json_error_t e;
             json_t *j = json_loadb((const char *)d, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);

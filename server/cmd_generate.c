@@ -283,20 +283,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             break;
         case OPT_JSON:
         case OPT_SCHEMA:
-            if (o->regex) {
-                fprintf(stderr, "moeflow generate: --regex goes without --json and --json-schema (give one)\n");
-                return 2;
-            }
             o->json = true;
-            if (c == OPT_JSON) break;
-            o->schema_path = optarg;
+            if (c == OPT_SCHEMA) o->schema_path = optarg;
             break;
         case OPT_REGEX:
-            if (o->json) {
-                fprintf(stderr, "moeflow generate: --regex goes without --json and --json-schema (give one)\n");
-                return 2;
-            }
-            o->json = true;
             o->regex = optarg;
             break;
         case OPT_SYSTEM:
@@ -331,6 +321,11 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         usage(stderr);
         return 2;
     }
+    if (o->regex && o->json) {
+        fprintf(stderr, "moeflow generate: --regex goes without --json and --json-schema (give one)\n");
+        return 2;
+    }
+    o->json |= o->regex != NULL; /* the text held to the pattern as JSON mode holds it to a value */
     if (o->system && !o->chat) {
         fprintf(stderr, "moeflow generate: --system goes with --chat (a plain prompt has no messages)\n");
         return 2;

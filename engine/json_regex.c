@@ -950,8 +950,9 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
     const char *p = pat, *end = pat + len;
     /* JSON Schema's patterns match anywhere unless anchored: '^' at the start, an unescaped '$' at
      * the end */
-    bool head = whole || (len && pat[0] == '^'), tail = whole || ends_with_dollar(pat + (len && pat[0] == '^'), end);
-    if (!whole && len && pat[0] == '^') p++;
+    bool caret = !whole && len && pat[0] == '^';
+    bool head = whole || caret, tail = whole || ends_with_dollar(pat + caret, end);
+    p += caret;
     if (!whole && tail) end--;
     /* a lookahead right after the start's anchor: (?=X) or (?!X), X matched from the start (to the
      * end when it ends with '$'); the pattern is then the rest's automaton and X's together */
@@ -967,39 +968,28 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
         neg = p[2] == '!';
         p = look_end + 1;
     }
-    bool anchored = !whole && ((len && pat[0] == '^') || tail);
-    if ((anchored && top_level_alt(p, end)) ||
+    if ((!whole && (caret || tail) && top_level_alt(p, end)) ||
         (look && ends_with_dollar(look, look_end) && top_level_alt(look, look_end))) {
         snprintf(err, errlen, "an anchor beside a '|' outside groups: write '^(a|b)$'");
         return 0;
     }
+    uint32_t start = 0;
+    struct json_dfa_build ra = { 0 }, rc = { 0 }; /* the rest's and X's automata, before their product */
     if (!look) {
-        uint32_t start = dfa_of(p, end, head, tail, b, pat, len, err, errlen);
-        if (start && !lengths(b, start, (uint32_t)(b->n_states - start), count)) {
-            snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
-            start = 0;
-        }
-        return start;
-    }
-    struct json_dfa_build ra = { 0 }, rc = { 0 };
-    const char *lx = look + (look < look_end && *look == '^'); /* '^' inside is where it already is */
-    bool lx_tail = ends_with_dollar(lx, look_end);
-    uint32_t start = 0, sa = dfa_of(p, end, true, tail, &ra, pat, len, err, errlen);
-    uint32_t sc = sa ? dfa_of(lx, look_end - lx_tail, true, lx_tail, &rc, pat, len, err, errlen) : 0;
-    if (sa && sc) {
-        if (!dfa_begin(b)) {
-            snprintf(err, errlen, "out of memory");
-            goto out;
-        }
-        const char *why;
-        if (!(start = product(&ra, sa, &rc, sc, neg, b, &why)))
+        start = dfa_of(p, end, head, tail, b, pat, len, err, errlen);
+    } else {
+        const char *lx = look + (look < look_end && *look == '^'); /* '^' inside is where it already is */
+        bool lx_tail = ends_with_dollar(lx, look_end);
+        uint32_t sa = dfa_of(p, end, true, tail, &ra, pat, len, err, errlen);
+        uint32_t sc = sa ? dfa_of(lx, look_end - lx_tail, true, lx_tail, &rc, pat, len, err, errlen) : 0;
+        const char *why = "out of memory";
+        if (sa && sc && (!dfa_begin(b) || !(start = product(&ra, sa, &rc, sc, neg, b, &why))))
             snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat, why);
-        else if (!lengths(b, start, (uint32_t)(b->n_states - start), count)) {
-            snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
-            start = 0;
-        }
     }
-out:
+    if (start && !lengths(b, start, (uint32_t)(b->n_states - start), count)) {
+        snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
+        start = 0;
+    }
     free(ra.states);
     free(ra.ranges);
     free(rc.states);

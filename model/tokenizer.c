@@ -8,8 +8,10 @@
  *           their contents
  *        ─▶ pre-tokenizer: the GPT-2 split regex of ByteLevel
  *             's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
- *           or Qwen2's Split regex (both hand-written matchers below), each
- *           piece's bytes mapped to the printable "byte-level" alphabet
+ *           or Qwen2's Split regex (both hand-written matchers below), or
+ *           a Sequence of Split regexes (tokenizer_regex.c: DeepSeek-V3's
+ *           three, tiktoken-style ones), each piece's bytes mapped to the
+ *           printable "byte-level" alphabet
  *        ─▶ BPE: merges applied lowest rank first (ties: leftmost), exactly
  *           like tokenizers' Word::merge_all
  *   ids  ─▶ ByteLevel decoder: token characters mapped back to bytes.
@@ -19,6 +21,7 @@
  * tokenizer is immutable and can be shared between threads. */
 #include "tokenizer.h"
 #include "tokenizer_nfc.h"
+#include "tokenizer_regex.h"
 #include "tokenizer_unicode.h"
 #include "utf8.h"
 
@@ -29,6 +32,7 @@
 
 #define TOK_MAX_ID (1 << 22)      /* largest accepted token id + 1 (real vocabs are < 300k) */
 #define TOK_MAX_JSON (1u << 30)   /* largest tokenizer.json read, bytes */
+#define TOK_MAX_SPLITS 8          /* Split pre-tokenizers in a Sequence */
 
 /* ---- small growable buffers -------------------------------------------- */
 
@@ -152,6 +156,7 @@ enum split_rule {
     SPLIT_GPT2,   /* ByteLevel's own regex (GPT-2's) */
     SPLIT_QWEN2,  /* Split with Qwen2's regex, then ByteLevel without its regex */
     SPLIT_METASPACE, /* Metaspace with split: a piece starts at every "\u2581" */
+    SPLIT_REGEX,  /* Splits with other regexes (each cuts the pieces of the one before), then ByteLevel */
 };
 
 /* When the Metaspace pre-tokenizer puts "\u2581" before a segment that does
@@ -193,6 +198,8 @@ struct moe_tokenizer {
     bool add_prefix_space;      /* ByteLevel pre-tokenizer option */
     bool nfc;                   /* normalizer NFC: text between added tokens is NFC'd first */
     enum split_rule split;      /* how text is cut into pieces before BPE */
+    struct moe_tok_regex *splits[TOK_MAX_SPLITS]; /* SPLIT_REGEX: the Splits' regexes, in order */
+    int n_splits;
 
     /* SentencePiece-style BPE (Llama, Mixtral): no ByteLevel anywhere */
     bool char_level;            /* BPE starts from the text's characters, not its bytes */
@@ -386,6 +393,8 @@ void moe_tokenizer_free(struct moe_tokenizer *t)
     free(t->trie.key);
     free(t->trie.child);
     free(t->trie.term);
+    for (int i = 0; i < t->n_splits; i++)
+        moe_tok_regex_free(t->splits[i]);
     free(t);
 }
 
@@ -890,20 +899,31 @@ static enum moe_status parse_byte_level(struct moe_tokenizer *t, json_t *obj, bo
     return MOE_OK;
 }
 
-/* Split: the Qwen2 regex, each match a piece of its own ("Isolated"). */
-static enum moe_status parse_split(struct moe_tokenizer *t, json_t *obj, const char *what)
+/* Split: a regex whose matches and the text between them are pieces of their
+ * own ("Isolated").  Qwen2's regex alone takes the hand-written matcher. */
+static enum moe_status parse_split(struct moe_tokenizer *t, json_t *obj, bool alone, const char *what)
 {
     json_t *pat = json_object_get(obj, "pattern");
     json_t *re = json_is_object(pat) ? json_object_get(pat, "Regex") : NULL;
     json_t *beh = json_object_get(obj, "behavior"), *inv = json_object_get(obj, "invert");
-    if (!json_is_string(re) || strcmp(json_string_value(re), QWEN2_REGEX))
-        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer Split: only the pattern {\"Regex\": ...} of Qwen2's "
-                          "tokenizer is supported, not %.120s", what,
-                          json_is_string(re) ? json_string_value(re) : "this pattern");
+    if (!json_is_string(re))
+        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer Split: only a pattern {\"Regex\": \"...\"} is "
+                          "supported", what);
     if (!json_is_string(beh) || strcmp(json_string_value(beh), "Isolated") || (inv && !json_is_false(inv)))
         return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer Split: only behavior \"Isolated\" without invert is "
                           "supported", what);
-    t->split = SPLIT_QWEN2;
+    if (alone && !strcmp(json_string_value(re), QWEN2_REGEX)) {
+        t->split = SPLIT_QWEN2;
+        return MOE_OK;
+    }
+    if (t->n_splits == TOK_MAX_SPLITS)
+        return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer: more than %d Splits", what, TOK_MAX_SPLITS);
+    enum moe_status st = moe_tok_regex_compile(json_string_value(re), json_string_length(re),
+                                               &t->splits[t->n_splits]);
+    if (st)
+        return moe_error_prefix(st, "%s: pre_tokenizer Split %d", what, t->n_splits + 1);
+    t->n_splits++;
+    t->split = SPLIT_REGEX;
     return MOE_OK;
 }
 
@@ -995,6 +1015,8 @@ static enum moe_status parse_normalizer(struct moe_tokenizer *t, json_t *root, c
         return MOE_OK;
     }
     json_t *seq = !strcmp(type, "Sequence") ? json_object_get(obj, "normalizers") : NULL;
+    if (json_is_array(seq) && json_array_size(seq) == 0) /* DeepSeek-V3's: no normalizer */
+        return MOE_OK;
     if (json_array_size(seq) == 2) {
         json_t *a = json_array_get(seq, 0), *b = json_array_get(seq, 1);
         json_t *pre = is_type(a, "Prepend") ? a : b, *rep = pre == a ? b : a;
@@ -1131,7 +1153,7 @@ static enum moe_status parse_post_processor(struct moe_tokenizer *t, json_t *roo
     return MOE_OK;
 }
 
-/* ByteLevel alone, or Sequence[Split(Qwen2), ByteLevel(use_regex false)]. */
+/* ByteLevel alone, Metaspace, or Sequence[Split..., ByteLevel(use_regex false)]. */
 static enum moe_status parse_pre_tokenizer(struct moe_tokenizer *t, json_t *root, const char *what)
 {
     const char *type;
@@ -1149,14 +1171,17 @@ static enum moe_status parse_pre_tokenizer(struct moe_tokenizer *t, json_t *root
     if (!strcmp(type, "Metaspace"))
         return parse_metaspace(t, obj, "pre_tokenizer", what);
     json_t *seq = type && !strcmp(type, "Sequence") ? json_object_get(obj, "pretokenizers") : NULL;
-    json_t *a = json_array_get(seq, 0), *b = json_array_get(seq, 1);
-    if (json_array_size(seq) == 2 && is_type(a, "Split") && is_type(b, "ByteLevel")) {
-        if ((st = parse_split(t, a, what)))
-            return st;
-        return parse_byte_level(t, b, true, what);
+    size_t n = json_array_size(seq), i = 0;
+    while (i < n && is_type(json_array_get(seq, i), "Split"))
+        i++;
+    if (i > 0 && i + 1 == n && is_type(json_array_get(seq, i), "ByteLevel")) {
+        for (size_t k = 0; k < i; k++)
+            if ((st = parse_split(t, json_array_get(seq, k), i == 1, what)))
+                return st;
+        return parse_byte_level(t, json_array_get(seq, i), true, what);
     }
     return moe_errorf(MOE_ENOTSUP, "%s: pre_tokenizer \"%s\" is not supported (only null, \"ByteLevel\", "
-                      "\"Metaspace\", or \"Sequence\" of Qwen2's \"Split\" and \"ByteLevel\")", what, type);
+                      "\"Metaspace\", or a \"Sequence\" of \"Split\"s then \"ByteLevel\")", what, type);
 }
 
 static enum moe_status parse_root(struct moe_tokenizer *t, json_t *root, const char *what)
@@ -1290,6 +1315,7 @@ struct encode_ws {
     size_t heap_len, heap_cap;
     struct bytebuf scratch;
     struct bytebuf marked;  /* a segment with its spaces as "\u2581" (Metaspace) */
+    struct moe_tok_regex_ws rx; /* SPLIT_REGEX: the regex matcher's backtracking stack */
 };
 
 static bool cand_less(const struct bpe_cand *a, const struct bpe_cand *b)
@@ -1604,16 +1630,84 @@ static size_t split_match(const struct moe_tokenizer *t, const char *s, size_t i
     }
 }
 
-/* Pre-tokenize one segment (no added tokens inside) and BPE each piece. */
-static enum moe_status encode_pieces(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n)
+typedef enum moe_status (*piece_fn)(void *ctx, const char *p, size_t n);
+
+/* SPLIT_REGEX from Split `level` on: each Split cuts every piece of the one
+ * before it on its own, into its matches and the text between them. */
+static enum moe_status split_level(const struct moe_tokenizer *t, struct moe_tok_regex_ws *rx, int level,
+                                   const char *s, size_t n, piece_fn fn, void *ctx)
 {
+    if (level == t->n_splits)
+        return fn(ctx, s, n);
+    enum moe_status st;
+    for (size_t pos = 0; pos < n;) {
+        size_t ms = n, me = n;
+        bool found;
+        if ((st = moe_tok_regex_find(t->splits[level], s, n, pos, &ms, &me, &found, rx)))
+            return moe_error_prefix(st, "tokenizer: pre_tokenizer Split %d", level + 1);
+        if (!found)
+            ms = me = n;
+        if (ms > pos && (st = split_level(t, rx, level + 1, s + pos, ms - pos, fn, ctx)))
+            return st;
+        if (me > ms && (st = split_level(t, rx, level + 1, s + ms, me - ms, fn, ctx)))
+            return st;
+        pos = me;
+    }
+    return MOE_OK;
+}
+
+/* Cut one segment (no added tokens inside) into the pre-tokenizer's pieces,
+ * each handed to fn in order. */
+static enum moe_status for_each_piece(const struct moe_tokenizer *t, struct moe_tok_regex_ws *rx, const char *s,
+                                      size_t n, piece_fn fn, void *ctx)
+{
+    if (t->split == SPLIT_REGEX)
+        return split_level(t, rx, 0, s, n, fn, ctx);
     enum moe_status st;
     for (size_t i = 0; i < n;) {
         size_t m = split_match(t, s, i, n);
-        if ((st = bpe_piece(t, w, s + i, m)))
+        if ((st = fn(ctx, s + i, m)))
             return st;
         i += m;
     }
+    return MOE_OK;
+}
+
+struct bpe_ctx {
+    const struct moe_tokenizer *t;
+    struct encode_ws *w;
+};
+
+static enum moe_status bpe_cb(void *ctx, const char *p, size_t n)
+{
+    struct bpe_ctx *c = ctx;
+    return bpe_piece(c->t, c->w, p, n);
+}
+
+/* Pre-tokenize one segment (no added tokens inside) and BPE each piece. */
+static enum moe_status encode_pieces(const struct moe_tokenizer *t, struct encode_ws *w, const char *s, size_t n)
+{
+    struct bpe_ctx c = {t, w};
+    return for_each_piece(t, &w->rx, s, n, bpe_cb, &c);
+}
+
+struct lens {
+    size_t *p, len, cap;
+};
+
+static enum moe_status lens_cb(void *ctx, const char *p, size_t n)
+{
+    (void)p;
+    struct lens *l = ctx;
+    if (l->len == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        size_t *grown = realloc(l->p, cap * sizeof(*grown));
+        if (!grown)
+            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to pre-tokenize");
+        l->p = grown;
+        l->cap = cap;
+    }
+    l->p[l->len++] = n;
     return MOE_OK;
 }
 
@@ -1622,27 +1716,18 @@ enum moe_status moe_tokenizer_pretokenize(const struct moe_tokenizer *t, const c
 {
     if (!t || !lens || !n || (!text && len))
         return moe_errorf(MOE_EINVAL, "tokenizer pretokenize: missing tokenizer, text or output");
-    size_t cap = 16, k = 0;
-    size_t *out = malloc(cap * sizeof(*out));
-    for (size_t i = 0; out && i < len;) {
-        size_t m = split_match(t, text, i, len);
-        if (k == cap) {
-            size_t *grown = realloc(out, 2 * cap * sizeof(*out));
-            if (!grown) {
-                free(out);
-                out = NULL;
-                break;
-            }
-            out = grown;
-            cap *= 2;
-        }
-        out[k++] = m;
-        i += m;
+    struct lens l = {0};
+    struct moe_tok_regex_ws rx = {0};
+    enum moe_status st = for_each_piece(t, &rx, text, len, lens_cb, &l);
+    moe_tok_regex_ws_free(&rx);
+    if (!st && !l.p && !(l.p = malloc(sizeof(size_t))))
+        st = moe_errorf(MOE_ENOMEM, "tokenizer: no memory to pre-tokenize");
+    if (st) {
+        free(l.p);
+        return st;
     }
-    if (!out)
-        return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to pre-tokenize");
-    *lens = out;
-    *n = k;
+    *lens = l.p;
+    *n = l.len;
     return MOE_OK;
 }
 
@@ -1805,6 +1890,7 @@ enum moe_status moe_tokenizer_encode(const struct moe_tokenizer *t, const char *
     free(w.heap);
     free(w.scratch.p);
     free(w.marked.p);
+    moe_tok_regex_ws_free(&w.rx);
     if (st) {
         free(out.p);
         return st;

@@ -6,6 +6,15 @@ the bundled model's vocabulary and merges:
                  (the GPT-NeoX tokenizer of OLMoE)
   qwen2          normalizer NFC + Sequence[Split(Qwen2's regex, Isolated),
                  ByteLevel(use_regex false)] (Qwen2-MoE and Qwen3-MoE)
+  qwen2-regex    the same regex in a group, which the tokenizer runs on its
+                 general regex matcher instead of the hand-written one
+  gpt2-regex     GPT-2's regex as a Split, on the general matcher
+  deepseek-v3    normalizer Sequence[] + Sequence[Split(\p{N}{1,3}),
+                 Split(CJK runs), Split(words, punctuation, spaces),
+                 ByteLevel(use_regex false)] (DeepSeek-V3's tokenizer.json)
+  cl100k         Split(the cl100k / Llama-3 regex: numbers of 1-3 digits)
+  o200k          Split(the o200k regex: letter runs by case and marks; its
+                 first optional prefix possessive, ?+, as some files write it)
 
     python3 tests/tokenizer/gen_variant_vectors.py > tests/fixtures/tokenizer/variant-vectors.jsonl
 
@@ -15,11 +24,14 @@ byte-level BPE below is checked first against the 187 vectors that the
 Hugging Face `tokenizers` library computed for the bundled tokenizer
 (pycode-vectors.jsonl); the script stops if any differs.
 
+Each Split cuts every piece of the one before it into its matches and the
+text between them ("Isolated"), as the Hugging Face library does.
+
 Output: one JSON object per line.  A line with "normalizer" and
 "pre_tokenizer" defines a variant (spliced into the bundled tokenizer.json by
 the test); the lines after it, {"variant", "text", "ids"}, are its vectors,
-with "pieces" (what the pre-tokenizer cuts the NFC'd text into) when the text
-holds no added token.
+with "pieces" (what the pre-tokenizer cuts the text, NFC'd when the variant
+normalizes, into) when the text holds no added token.
 """
 import json
 import os
@@ -33,6 +45,38 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 QWEN2 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
          r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+# DeepSeek-V3's three Splits as its tokenizer.json holds them (the third with
+# a literal CR and LF in its first class)
+DEEPSEEK_V3 = [
+    r"""\p{N}{1,3}""",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^""" + "\r\n" +
+    r"""\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[""" + "\r\n" + r"""]*|\s*[""" + "\r\n" +
+    r"""]+|\s+(?!\S)|\s+""",
+]
+CL100K = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+          r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+O200K = (r"""[^\r\n\p{L}\p{N}]?+[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+         r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"""
+         r"""[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|"""
+         r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def split_isolated(patterns, text):
+    """Each pattern cuts every piece of the one before into its matches and
+    the gaps between them."""
+    pieces = [text]
+    for pat in patterns:
+        out = []
+        for p in pieces:
+            done = 0
+            for m in regex.finditer(pat, p):
+                out += [p[done:m.start()]] if m.start() > done else []
+                out.append(m.group())
+                done = m.end()
+            out += [p[done:]] if done < len(p) else []
+        pieces = out
+    return pieces
 
 
 def bytes_to_unicode():
@@ -88,10 +132,10 @@ class Bpe:
             done = i
         return out + self.plain(text[done:], norm, split)
 
-    def plain(self, text, norm, split):
+    def plain(self, text, norm, splits):
         if norm:
             text = unicodedata.normalize("NFC", text)
-        return [t for p in regex.findall(split, text) for t in self.piece(p)]
+        return [t for p in split_isolated(splits, text) for t in self.piece(p)]
 
 
 def texts(reference):
@@ -106,9 +150,14 @@ def texts(reference):
         "\u00c5ngstr\u00f6m\u0308 na\u0308ive", "\u05e9\u05c1\u05b8 \u0627\u0653", "\U0001d400\U0001d41a 12\u0661\u0662",
         "tab\there\x0bvt\x0cff", "\u3000\u3000full\u3000width", "\u00a0nbsp\u00a0 \u2028ls",
         "<|endoftext|>caf\u0065\u0301<|endoftext|>", "", " ", "\n", "'", "''s", "a'", "'\u0301s",
+        "\u4e2d\u6587\u5b57123\u3042\u30a2\u30fc\u3005\uac00 \u9fa5\u9fa6", "#include <stdio.h>\n.append x.Y",
+        "\u0939\u093f\u0928\u094d\u0926\u0940 \u0915\u093e", "CamelCaseWord HTTPServer iPhone \u01c5ungla",
+        "1234567 \uff11\uff12\uff13\uff14 \u0661\u0662\u0663\u0664 \u00bd\u2167", "x = a+b/c*-d; // \u2192 \u20ac5",
+        "path/to/file\r\n/usr  \U0001f600\U0001f600 ok", "'S's 'LL 'Ve \u017ft", " \ufb01ne \u02b0h",
     ]
     pool = ("abcXYZ019 _.,;:!?'\"()[]{}\t\r\n" + "\u0301\u0308\u0323\u030a\u0307" + "\u00e9\u00c5\u212b\u0958"
-            + "\u1100\u1161\u11a8\uac00\u0661\u4e2d\u00a0\u3000\U0001f600\U0001d400")
+            + "\u1100\u1161\u11a8\uac00\u0661\u4e2d\u00a0\u3000\U0001f600\U0001d400"
+            + "#$+/\\-\u9fa5\u3042\u30a2\u30fc\u3005\u0939\u093f\u094d\u01c5\u02b0\u00bd\u2167\u20ac\u2192\u017f")
     for _ in range(300):
         out.append("".join(rnd.choice(pool) for _ in range(rnd.randint(1, 40))))
     return out
@@ -120,26 +169,45 @@ def main():
     bpe = Bpe(tok)
     ref = [json.loads(l) for l in open(os.path.join(ROOT, "tests", "fixtures", "tokenizer",
                                                     "pycode-vectors.jsonl"), encoding="utf-8")]
-    bad = [r["text"] for r in ref if bpe.encode(r["text"], False, GPT2) != r["ids"]]
+    bad = [r["text"] for r in ref if bpe.encode(r["text"], False, [GPT2]) != r["ids"]]
     if bad:
         sys.exit("the reference BPE differs from tokenizers on %d of %d vectors, e.g. %r" % (len(bad), len(ref), bad[0]))
+    def byte_level(splits):
+        return {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False} for r in splits] + [
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+
+    nfc = {"type": "NFC"}
     variants = [
-        ("nfc-bytelevel", {"type": "NFC"},
-         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, GPT2),
-        ("qwen2", {"type": "NFC"},
-         {"type": "Sequence", "pretokenizers": [
-             {"type": "Split", "pattern": {"Regex": QWEN2}, "behavior": "Isolated", "invert": False},
-             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}, QWEN2),
+        ("nfc-bytelevel", nfc,
+         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, [GPT2]),
+        ("qwen2", nfc, byte_level([QWEN2]), [QWEN2]),
+        ("qwen2-regex", nfc, byte_level(["(?:" + QWEN2 + ")"]), [QWEN2]),
+        ("gpt2-regex", nfc, byte_level([GPT2]), [GPT2]),
+        ("deepseek-v3", {"type": "Sequence", "normalizers": []}, byte_level(DEEPSEEK_V3), DEEPSEEK_V3),
+        ("cl100k", nfc, byte_level([CL100K]), [CL100K]),
+        ("o200k", nfc, byte_level([O200K]), [O200K]),
     ]
+    check_categories("".join(texts(ref)))
     w = sys.stdout
-    for name, norm, pre, split in variants:
+    for name, norm, pre, splits in variants:
         w.write(json.dumps({"variant": name, "normalizer": norm, "pre_tokenizer": pre}, ensure_ascii=False) + "\n")
+        does_nfc = norm.get("type") == "NFC"
         for t in texts(ref):
-            v = {"variant": name, "text": t, "ids": bpe.encode(t, True, split)}
-            if not any(a["content"] in t for a in bpe.added):  # the pre-tokenizer's own pieces, after NFC
-                v["pieces"] = regex.findall(split, unicodedata.normalize("NFC", t))
+            v = {"variant": name, "text": t, "ids": bpe.encode(t, does_nfc, splits)}
+            if not any(a["content"] in t for a in bpe.added):  # the pre-tokenizer's own pieces
+                v["pieces"] = split_isolated(splits, unicodedata.normalize("NFC", t) if does_nfc else t)
             w.write(json.dumps(v, ensure_ascii=False) + "\n")
 
+
+def check_categories(text):
+    """The regex module's Unicode tables may be newer than unicodedata's (the
+    tokenizer's); every character of the texts must read the same in both."""
+    for c in sorted(set(text)):
+        gc = unicodedata.category(c)
+        for k in ("L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "N", "P", "S"):
+            if bool(regex.match(r"\p{%s}" % k, c)) != gc.startswith(k):
+                sys.exit("U+%04X: category %s in unicodedata, not so for \\p{%s} in regex" % (ord(c), gc, k))
 
 if __name__ == "__main__":
     main()

@@ -35,6 +35,7 @@ struct node {
     int mode;        /* REP: REP_*; LOOK: 1 when negative */
     int cls;         /* CLASS: index into classes */
     bool nullable;   /* can match the empty text */
+    int first;       /* the class of the characters a match starts with, -1 when unknown or nullable */
 };
 
 enum { OP_CLASS, OP_RCLASS, OP_SPLIT, OP_JMP, OP_LOOK, OP_MATCH };
@@ -43,6 +44,7 @@ struct inst {
     uint8_t op;
     bool flag;       /* RCLASS: possessive; LOOK: negative */
     int x, y;        /* CLASS, RCLASS: x the class; SPLIT: x first, y second; JMP, LOOK: x the target */
+    int fx, fy;      /* SPLIT: the class that must hold the next character for x / y to match, -1 any */
     int min, max;    /* RCLASS: counts, max -1 for no bound */
 };
 
@@ -233,7 +235,7 @@ static int new_node(struct parser *x, int kind)
     struct node *d = &x->nodes[x->nn];
     memset(d, 0, sizeof(*d));
     d->kind = kind;
-    d->a = d->b = d->cls = -1;
+    d->a = d->b = d->cls = d->first = -1;
     d->nullable = kind == N_EMPTY || kind == N_LOOK;
     return x->nn++;
 }
@@ -769,6 +771,31 @@ static bool first_chars(struct parser *x, int k)
     }
 }
 
+/* The first characters of every alternative and repeated group that cannot
+ * match empty, for the machine to skip a branch whose first character the
+ * text does not have. */
+static bool branch_filters(struct parser *x)
+{
+    for (int k = 0; k < x->nn; k++) {
+        int kind = x->nodes[k].kind, kids[2] = {x->nodes[k].a, kind == N_ALT ? x->nodes[k].b : -1};
+        if (kind != N_ALT && kind != N_REP)
+            continue;
+        for (int i = 0; i < 2; i++) {
+            int c = kids[i];
+            if (c < 0 || x->nodes[c].nullable || x->nodes[c].first >= 0)
+                continue;
+            int from = x->nt;
+            if (!first_chars(x, c) || !tmp_normalize(x, from, false))
+                return false;
+            int cls = class_from_tmp(x, from);
+            if (cls < 0)
+                return false;
+            x->nodes[c].first = cls;
+        }
+    }
+    return true;
+}
+
 /* ---- code ---------------------------------------------------------------- */
 
 struct emitter {
@@ -801,7 +828,7 @@ static void gen(struct emitter *e, const struct parser *x, int k, int look_depth
         gen(e, x, d->b, look_depth);
         return;
     case N_ALT: {
-        int split = emit(e, (struct inst){.op = OP_SPLIT});
+        int split = emit(e, (struct inst){.op = OP_SPLIT, .fx = x->nodes[d->a].first, .fy = x->nodes[d->b].first});
         gen(e, x, d->a, look_depth);
         int jmp = emit(e, (struct inst){.op = OP_JMP});
         int second = e->n;
@@ -834,14 +861,15 @@ static void gen(struct emitter *e, const struct parser *x, int k, int look_depth
         }
         for (int i = 0; i < d->min && !e->full; i++)
             gen(e, x, d->a, look_depth);
+        int body = in->first, lazy = d->mode == REP_LAZY;
         if (d->max < 0) { /* L: split(body, out); body; jmp L */
-            int split = emit(e, (struct inst){.op = OP_SPLIT});
+            int split = emit(e, (struct inst){.op = OP_SPLIT, .fx = lazy ? -1 : body, .fy = lazy ? body : -1});
             gen(e, x, d->a, look_depth);
             emit(e, (struct inst){.op = OP_JMP, .x = split});
             if (e->full)
                 return;
-            e->prog[split].x = d->mode == REP_LAZY ? e->n : split + 1;
-            e->prog[split].y = d->mode == REP_LAZY ? split + 1 : e->n;
+            e->prog[split].x = lazy ? e->n : split + 1;
+            e->prog[split].y = lazy ? split + 1 : e->n;
             return;
         }
         /* up to max - min more, each only after the one before it */
@@ -852,12 +880,12 @@ static void gen(struct emitter *e, const struct parser *x, int k, int look_depth
             return;
         }
         for (int i = 0; i < opt && !e->full; i++) {
-            splits[i] = emit(e, (struct inst){.op = OP_SPLIT});
+            splits[i] = emit(e, (struct inst){.op = OP_SPLIT, .fx = lazy ? -1 : body, .fy = lazy ? body : -1});
             gen(e, x, d->a, look_depth);
         }
         for (int i = 0; i < opt && !e->full; i++) {
-            e->prog[splits[i]].x = d->mode == REP_LAZY ? e->n : splits[i] + 1;
-            e->prog[splits[i]].y = d->mode == REP_LAZY ? splits[i] + 1 : e->n;
+            e->prog[splits[i]].x = lazy ? e->n : splits[i] + 1;
+            e->prog[splits[i]].y = lazy ? splits[i] + 1 : e->n;
         }
         free(splits);
         return;
@@ -865,6 +893,34 @@ static void gen(struct emitter *e, const struct parser *x, int k, int look_depth
     default:
         return;
     }
+}
+
+/* Whether the program from pc always reaches a MATCH without reading a
+ * character it could fail on (optional classes, jumps). */
+static bool always_matches(const struct emitter *e, int pc)
+{
+    for (int steps = 0; steps < e->n; steps++) {
+        const struct inst *in = &e->prog[pc];
+        if (in->op == OP_MATCH)
+            return true;
+        if (in->op == OP_JMP)
+            pc = in->x;
+        else if (in->op == OP_RCLASS && in->min == 0)
+            pc++;
+        else
+            return false;
+    }
+    return false;
+}
+
+/* A greedy class loop followed by what always matches never backtracks into
+ * its shorter counts (the longest one already matches): it keeps no places
+ * to come back to. */
+static void make_possessive(struct emitter *e)
+{
+    for (int pc = 0; pc < e->n; pc++)
+        if (e->prog[pc].op == OP_RCLASS && always_matches(e, pc + 1))
+            e->prog[pc].flag = true;
 }
 
 void moe_tok_regex_free(struct moe_tok_regex *re)
@@ -900,8 +956,11 @@ enum moe_status moe_tok_regex_compile(const char *pat, size_t len, struct moe_to
     struct moe_tok_regex *re = NULL;
     int first = -1;
     if (!x.err) {
+        if (!branch_filters(&x))
+            fail(&x, "out of memory");
         gen(&e, &x, root, 0);
         emit(&e, (struct inst){.op = OP_MATCH});
+        make_possessive(&e);
         if (e.full) {
             x.p = pat;
             fail(&x, "the pattern compiles to too many instructions or lookaheads nest too deep");
@@ -999,11 +1058,18 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
             pc++;
             continue;
         }
-        case OP_SPLIT:
-            if (!push(w, in->y, pos))
+        case OP_SPLIT: {
+            /* a branch whose first character is not the next one cannot match */
+            uint32_t cp = pos < n ? cp_at(s, n, pos, &l) : 0;
+            bool bx = in->fx < 0 || (pos < n && class_has(re, &re->classes[in->fx], cp));
+            bool by = in->fy < 0 || (pos < n && class_has(re, &re->classes[in->fy], cp));
+            if (bx && by && !push(w, in->y, pos))
                 goto nomem;
-            pc = in->x;
+            if (!bx && !by)
+                break;
+            pc = bx ? in->x : in->y;
             continue;
+        }
         case OP_JMP:
             pc = in->x;
             continue;

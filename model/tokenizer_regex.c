@@ -16,9 +16,9 @@
 #define RE_MAX_LOOK 8        /* lookaheads inside lookaheads */
 #define CP_MAX 0x10ffffu
 
-struct rng {
-    uint32_t lo, hi;
-};
+/* A class's ranges are the Unicode tables' kind (cls 1: in the class), so
+ * one lookup serves both. */
+typedef struct moe_tok_range rng_t;
 
 struct cls {
     int off, n;              /* ranges rs[off .. off + n), sorted, disjoint, not adjacent */
@@ -52,7 +52,7 @@ struct moe_tok_regex {
     struct inst *prog;
     int n_prog;
     struct cls *classes;
-    struct rng *rs;
+    rng_t *rs;
     int first;       /* class of the characters a match can start with */
 };
 
@@ -69,9 +69,9 @@ struct parser {
     int nn, cap_n;
     struct cls *classes;
     int nc, cap_c;
-    struct rng *rs;
+    rng_t *rs;
     int nr, cap_r;
-    struct rng *tmp;     /* a class being built */
+    rng_t *tmp;     /* a class being built */
     int nt, cap_t;
     int depth;
     bool icase;
@@ -104,22 +104,22 @@ static bool grow(void **p, int *cap, int need, size_t size)
 
 static bool tmp_add(struct parser *x, uint32_t lo, uint32_t hi)
 {
-    if (!grow((void **)&x->tmp, &x->cap_t, x->nt + 1, sizeof(struct rng)))
+    if (!grow((void **)&x->tmp, &x->cap_t, x->nt + 1, sizeof(rng_t)))
         return fail(x, "out of memory");
-    x->tmp[x->nt++] = (struct rng){lo, hi};
+    x->tmp[x->nt++] = (rng_t){lo, hi, 1};
     return true;
 }
 
 static int rng_cmp(const void *a, const void *b)
 {
-    const struct rng *p = a, *q = b;
+    const rng_t *p = a, *q = b;
     return p->lo < q->lo ? -1 : p->lo > q->lo;
 }
 
 /* Sort and merge tmp[from..nt) in place; complement it when neg. */
 static bool tmp_normalize(struct parser *x, int from, bool neg)
 {
-    struct rng *r = x->tmp + from;
+    rng_t *r = x->tmp + from;
     int n = x->nt - from, k = 0;
     qsort(r, (size_t)n, sizeof(*r), rng_cmp);
     for (int i = 0; i < n; i++) {
@@ -134,18 +134,18 @@ static bool tmp_normalize(struct parser *x, int from, bool neg)
     if (!neg)
         return true;
     /* the gaps between the k ranges: at most k + 1 */
-    struct rng *c = malloc(sizeof(*c) * (size_t)(k + 1));
+    rng_t *c = malloc(sizeof(*c) * (size_t)(k + 1));
     if (!c)
         return fail(x, "out of memory");
     int m = 0;
     uint32_t next = 0;
     for (int i = 0; i < k; i++) {
         if (r[i].lo > next)
-            c[m++] = (struct rng){next, r[i].lo - 1};
+            c[m++] = (rng_t){next, r[i].lo - 1, 1};
         next = r[i].hi + 1;
     }
     if (next <= CP_MAX)
-        c[m++] = (struct rng){next, CP_MAX};
+        c[m++] = (rng_t){next, CP_MAX, 1};
     x->nt = from;
     bool ok = true;
     for (int i = 0; i < m && ok; i++)
@@ -188,7 +188,7 @@ static bool tmp_add_space(struct parser *x)
 static int class_from_tmp(struct parser *x, int from)
 {
     int n = x->nt - from;
-    if (!grow((void **)&x->rs, &x->cap_r, x->nr + n, sizeof(struct rng)) ||
+    if (!grow((void **)&x->rs, &x->cap_r, x->nr + n, sizeof(rng_t)) ||
         !grow((void **)&x->classes, &x->cap_c, x->nc + 1, sizeof(struct cls))) {
         fail(x, "out of memory");
         return -1;
@@ -197,7 +197,7 @@ static int class_from_tmp(struct parser *x, int from)
     memset(c, 0, sizeof(*c));
     c->off = x->nr;
     c->n = n;
-    memcpy(x->rs + x->nr, x->tmp + from, sizeof(struct rng) * (size_t)n);
+    memcpy(x->rs + x->nr, x->tmp + from, sizeof(rng_t) * (size_t)n);
     x->nr += n;
     for (int i = 0; i < n; i++)
         for (uint32_t cp = x->tmp[from + i].lo; cp <= x->tmp[from + i].hi && cp < 0x80; cp++)
@@ -210,18 +210,7 @@ static bool class_has(const struct moe_tok_regex *re, const struct cls *c, uint3
 {
     if (cp < 0x80)
         return (c->ascii[cp >> 6] >> (cp & 63)) & 1;
-    const struct rng *r = re->rs + c->off;
-    int lo = 0, hi = c->n;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        if (cp < r[mid].lo)
-            hi = mid;
-        else if (cp > r[mid].hi)
-            lo = mid + 1;
-        else
-            return true;
-    }
-    return false;
+    return moe_tok_range_lookup(re->rs + c->off, (unsigned)c->n, cp, 0);
 }
 
 /* ---- parsing ------------------------------------------------------------ */

@@ -36,7 +36,17 @@ enum moe_tool_style {
     MOE_TOOLS_NONE,
     MOE_TOOLS_HERMES,  /* <tool_call>{"name": ..., "arguments": {...}}</tool_call> blocks (Hermes, Qwen) */
     MOE_TOOLS_MISTRAL, /* [TOOL_CALLS] then a JSON array of {"name": ..., "arguments": {...}} (Mistral, Mixtral) */
+    MOE_TOOLS_DEEPSEEK, /* MOE_DS_CALLS_BEGIN, then calls between MOE_DS_CALL_BEGIN and MOE_DS_CALL_END, each
+                         * NAME MOE_DS_SEP {...} (DeepSeek-V3.1) or function MOE_DS_SEP NAME and the arguments
+                         * in a ```json fence (DeepSeek-V3, R1), then MOE_DS_CALLS_END */
 };
+
+/* DeepSeek's tool-call markers (U+FF5C and U+2581 in them). */
+#define MOE_DS_CALLS_BEGIN "<\uFF5Ctool\u2581calls\u2581begin\uFF5C>"
+#define MOE_DS_CALLS_END "<\uFF5Ctool\u2581calls\u2581end\uFF5C>"
+#define MOE_DS_CALL_BEGIN "<\uFF5Ctool\u2581call\u2581begin\uFF5C>"
+#define MOE_DS_CALL_END "<\uFF5Ctool\u2581call\u2581end\uFF5C>"
+#define MOE_DS_SEP "<\uFF5Ctool\u2581sep\uFF5C>"
 enum moe_tool_style moe_chat_tool_style(const struct moe_chat *c);
 
 /* The prompt for messages (a JSON array of message objects) with

@@ -1281,7 +1281,10 @@ out:
 #define TOOL_CLOSE "</tool_call>"
 
 /* The tag a style's calls begin with. */
-static const char *tool_open(int style) { return style == MOE_TOOLS_MISTRAL ? "[TOOL_CALLS]" : "<tool_call>"; }
+static const char *tool_open(int style)
+{
+    return style == MOE_TOOLS_MISTRAL ? "[TOOL_CALLS]" : style == MOE_TOOLS_DEEPSEEK ? MOE_DS_CALLS_BEGIN : "<tool_call>";
+}
 
 /* An OpenAI tool_calls entry from a call's JSON value; NULL when it is not one. */
 static json_t *call_entry(const json_t *call, const char *id)
@@ -1338,6 +1341,79 @@ static json_t *mistral_calls(const char *b, const char *end, const char *id_pref
     return calls;
 }
 
+static bool starts(const char *p, const char *end, const char *tag)
+{
+    size_t n = strlen(tag);
+    return (size_t)(end - p) >= n && !memcmp(p, tag, n);
+}
+
+static const char *skip_space(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* One DeepSeek call between its markers, [b, e): "NAME<sep>{...}" (V3.1) or
+ * "function<sep>NAME\n```json\n{...}\n```" (V3, R1); NULL when it is neither. */
+static json_t *deepseek_call(const char *b, const char *e, const char *id)
+{
+    const char *sep = memmem(b, (size_t)(e - b), MOE_DS_SEP, strlen(MOE_DS_SEP));
+    if (!sep)
+        return NULL;
+    const char *name = b, *name_end = sep, *args = skip_space(sep + strlen(MOE_DS_SEP), e), *args_end = e;
+    if (args < e && *args != '{') { /* V3: the type before the separator, the name and a fence after it */
+        name = args;
+        name_end = memchr(name, '\n', (size_t)(e - name));
+        const char *fence = name_end ? skip_space(name_end, e) : NULL;
+        if (!fence || !starts(fence, e, "```json"))
+            return NULL;
+        args = fence + 7;
+        while (args_end > args && (args_end[-1] == '\n' || args_end[-1] == ' '))
+            args_end--;
+        if (args_end - args < 3 || memcmp(args_end - 3, "```", 3))
+            return NULL;
+        args_end -= 3;
+    }
+    name = skip_space(name, name_end);
+    while (name_end > name && (name_end[-1] == ' ' || name_end[-1] == '\n'))
+        name_end--;
+    json_t *a = json_loadb(args, (size_t)(args_end - args), 0, NULL), *call = NULL, *out = NULL;
+    if (a && name_end > name && !memchr(name, '\n', (size_t)(name_end - name)))
+        call = json_pack("{s:s%,s:O}", "name", name, (size_t)(name_end - name), "arguments", a);
+    out = call ? call_entry(call, id) : NULL;
+    json_decref(call);
+    json_decref(a);
+    return out;
+}
+
+/* DeepSeek's markers after the opening one: calls until the closing marker
+ * (or the text's end, for a reply cut short after a whole call). */
+static json_t *deepseek_calls(const char *p, const char *end, const char *id_prefix)
+{
+    json_t *calls = json_array();
+    for (int k = 0; calls; k++) {
+        p = skip_space(p, end);
+        if (p == end || starts(p, end, MOE_DS_CALLS_END))
+            break;
+        const char *b = starts(p, end, MOE_DS_CALL_BEGIN) ? p + strlen(MOE_DS_CALL_BEGIN) : NULL;
+        const char *e = b ? memmem(b, (size_t)(end - b), MOE_DS_CALL_END, strlen(MOE_DS_CALL_END)) : NULL;
+        char id[160];
+        snprintf(id, sizeof(id), "%s_%d", id_prefix, k);
+        json_t *one = e ? deepseek_call(b, e, id) : NULL;
+        if (!one || json_array_append_new(calls, one)) {
+            json_decref(calls);
+            return NULL;
+        }
+        p = e + strlen(MOE_DS_CALL_END);
+    }
+    if (calls && !json_array_size(calls)) {
+        json_decref(calls);
+        calls = NULL;
+    }
+    return calls;
+}
+
 json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char *id_prefix, size_t *content_len)
 {
     const char *open = tool_open(style);
@@ -1345,6 +1421,7 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char
     if (!at) return NULL;
     *content_len = (size_t)(at - text);
     if (style == MOE_TOOLS_MISTRAL) return mistral_calls(at + strlen(open), end, id_prefix);
+    if (style == MOE_TOOLS_DEEPSEEK) return deepseek_calls(at + strlen(open), end, id_prefix);
     json_t *calls = json_array();
     for (int k = 0; calls && at; k++) {
         const char *b = at + strlen(open), *e = memmem(b, (size_t)(end - b), TOOL_CLOSE, strlen(TOOL_CLOSE));

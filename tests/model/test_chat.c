@@ -67,7 +67,8 @@ int main(void)
         enum moe_tool_style style;
     } styles[] = { { "{{ messages | length }}", MOE_TOOLS_NONE },
                    { "{% if tools %}<tool_call>{{ tools | tojson }}</tool_call>{% endif %}", MOE_TOOLS_HERMES },
-                   { "{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}{% endif %}[TOOL_CALLS]", MOE_TOOLS_MISTRAL } };
+                   { "{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}{% endif %}[TOOL_CALLS]", MOE_TOOLS_MISTRAL },
+                   { "{{ '" MOE_DS_CALLS_BEGIN "' }}", MOE_TOOLS_DEEPSEEK } };
     for (size_t i = 0; i < MOE_ARRAY_LEN(styles); i++) {
         json_t *cfg = json_pack("{s:s}", "chat_template", styles[i].tmpl);
         char *text = json_dumps(cfg, 0);

@@ -593,6 +593,59 @@ static void test_tool_calls_mistral(void)
     CHECK(moe_tool_calls_release("a [b] c", 7, MOE_TOOLS_MISTRAL, &found) == 7 && !found, "brackets are text");
 }
 
+/* DeepSeek's markers: V3.1's "NAME<sep>{...}" and V3's "function<sep>NAME" with a ```json fence, several
+ * calls between the outer markers; anything else stays text. */
+static void test_tool_calls_deepseek(void)
+{
+#define CB MOE_DS_CALLS_BEGIN
+#define CE MOE_DS_CALLS_END
+#define B MOE_DS_CALL_BEGIN
+#define E MOE_DS_CALL_END
+#define S MOE_DS_SEP
+    const char *t = "Checking." CB B "get_weather" S "{\"city\": \"Paris\"}" E B "get_time" S "{}" E CE;
+    size_t content = 99;
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, "call_d", &content);
+    REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
+    json_t *f0 = json_object_get(json_array_get(calls, 0), "function"), *f1 = json_object_get(json_array_get(calls, 1), "function");
+    CHECK(content == strlen("Checking."), "content %zu", content);
+    CHECK(!strcmp(json_string_value(json_object_get(f0, "name")), "get_weather") &&
+              !strcmp(json_string_value(json_object_get(f0, "arguments")), "{\"city\":\"Paris\"}") &&
+              !strcmp(json_string_value(json_object_get(f1, "name")), "get_time") &&
+              !strcmp(json_string_value(json_object_get(json_array_get(calls, 1), "id")), "call_d_1"),
+          "the calls");
+    json_decref(calls);
+    t = CB B "function" S "lookup\n```json\n{\"q\": [1, 2]}\n```" E CE;
+    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, "c", &content);
+    f0 = json_object_get(json_array_get(calls, 0), "function");
+    CHECK(calls && json_array_size(calls) == 1 && content == 0 &&
+              !strcmp(json_string_value(json_object_get(f0, "name")), "lookup") &&
+              !strcmp(json_string_value(json_object_get(f0, "arguments")), "{\"q\":[1,2]}"),
+          "V3's fenced call: %s", calls ? json_dumps(calls, 0) : "NULL");
+    json_decref(calls);
+    t = CB B "f" S "{\"a\": 1}" E; /* cut short before the closing marker */
+    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, "c", &content);
+    CHECK(calls && json_array_size(calls) == 1, "a call without the closing marker");
+    json_decref(calls);
+    const char *not_calls[] = { "no tag", CB, CB CE, CB B "f" S "not json" E CE, CB B "f" S "{\"a\": 1}" CE,
+                                CB B "f {\"a\": 1}" E CE, CB B S "{}" E CE, CB B "function" S "f\n{}" E CE,
+                                CB B "function" S "f\n```json\n{}" E CE, CB "text" B "f" S "{}" E CE };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_DEEPSEEK, "c", &content),
+              "'%s' parsed", not_calls[i]);
+    bool found;
+    char partial[64];
+    snprintf(partial, sizeof(partial), "ok %.10s", CB);
+    CHECK(moe_tool_calls_release(partial, strlen(partial), MOE_TOOLS_DEEPSEEK, &found) == 3 && !found,
+          "a partial marker held");
+    CHECK(moe_tool_calls_release("ok " CB B, strlen("ok " CB B), MOE_TOOLS_DEEPSEEK, &found) == 3 && found,
+          "the marker found");
+#undef CB
+#undef CE
+#undef B
+#undef E
+#undef S
+}
+
 static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
 {
     size_t n = inference__model_infer_request__get_packed_size(m);
@@ -724,6 +777,7 @@ int main(void)
     test_tool_choice();
     test_tool_blocks();
     test_tool_calls_mistral();
+    test_tool_calls_deepseek();
     test_kserve();
     test_utf8();
     test_metrics();

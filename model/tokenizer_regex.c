@@ -64,7 +64,7 @@ struct moe_tok_frame {
 /* ---- classes ------------------------------------------------------------ */
 
 struct parser {
-    const char *pat, *p, *end;
+    const char *p, *end;
     struct node *nodes;
     int nn, cap_n;
     struct cls *classes;
@@ -931,7 +931,7 @@ enum moe_status moe_tok_regex_compile(const char *pat, size_t len, struct moe_to
         return moe_errorf(MOE_ENOTSUP, "regex: the pattern is %zu bytes, above the limit of %d", len, RE_MAX_TEXT);
     if (!moe_utf8_valid(pat, len))
         return moe_errorf(MOE_EFORMAT, "regex: the pattern is not valid UTF-8");
-    struct parser x = {.pat = pat, .p = pat, .end = pat + len};
+    struct parser x = {.p = pat, .end = pat + len};
     int root = len ? parse_alt(&x) : -1;
     if (root >= 0 && x.p < x.end)
         fail(&x, "unmatched ')'");
@@ -975,7 +975,8 @@ enum moe_status moe_tok_regex_compile(const char *pat, size_t len, struct moe_to
     enum moe_status st = MOE_OK;
     if (x.err)
         st = moe_errorf(strcmp(x.err, "out of memory") ? MOE_ENOTSUP : MOE_ENOMEM,
-                        "regex: %s at byte %zu of %.200s", x.err, (size_t)(x.err_at - pat), pat);
+                        "regex: %s at byte %zu of %.*s", x.err, (size_t)(x.err_at - pat), (int)(len < 200 ? len : 200),
+                        pat);
     free(x.nodes);
     free(x.classes);
     free(x.rs);

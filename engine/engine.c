@@ -419,9 +419,10 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         e->own_be = true;
     }
     if ((c->mla && !e->be->ops->copy_blocks) ||
-        (c->router == MOE_ROUTER_SIGMOID_GROUP && !e->be->ops->router_grouped)) {
+        ((c->router == MOE_ROUTER_SIGMOID_GROUP || c->router == MOE_ROUTER_SOFTMAX_GROUP) &&
+         !e->be->ops->router_grouped)) {
         st = moe_errorf(MOE_ENOTSUP, "engine: the %s backend does not run %s (multi-head latent attention, "
-                        "grouped sigmoid routing) yet; use the cpu backend", e->be->name, c->model_type);
+                        "grouped routing) yet; use the cpu backend", e->be->name, c->model_type);
         goto out_fail;
     }
     e->wdt = e->be->weight_dtype == MOE_DT_BF16 ? MOE_DT_BF16 : MOE_DT_F32;
@@ -763,9 +764,9 @@ static enum moe_status moe_block(struct moe_engine *e, int l, int n)
         e->hooks.on_moe_input(e->hooks.ud, l, n, x);
     }
     BE(o->linear(bc, e->xn, w->router, e->wdt, NULL, n, H, E, e->rl));
-    if (c->router == MOE_ROUTER_SIGMOID_GROUP)
-        BE(o->router_grouped(bc, e->rl, w->router_bias, n, E, K, c->n_group, c->topk_group, c->norm_topk_prob,
-                             c->routed_scale, e->d_ids, e->rw));
+    if (c->router == MOE_ROUTER_SIGMOID_GROUP || c->router == MOE_ROUTER_SOFTMAX_GROUP)
+        BE(o->router_grouped(bc, e->rl, w->router_bias, n, E, K, c->router, c->n_group, c->topk_group,
+                             c->norm_topk_prob, c->routed_scale, e->d_ids, e->rw));
     else
         BE(o->router(bc, e->rl, n, E, K, c->router, c->norm_topk_prob, e->d_ids, e->rw));
     BE(o->copy_d2h(bc, e->h_ids, e->d_ids, (size_t)nk * 4));

@@ -102,15 +102,18 @@ struct moe_backend_ops {
     enum moe_status (*router)(void *ctx, const float *logits, int n, int E, int k,
                               enum moe_router_kind kind, bool renorm, int32_t *ids, float *w);
 
-    /* DeepSeek-V3's router (MOE_ROUTER_SIGMOID_GROUP): s = sigmoid(logits), c = s + bias [E].
-     * The E experts form n_group groups of E/n_group in id order, each scored by the sum of its
-     * two largest c; the topk_group best groups stay (ties to the lower group) and every other
-     * expert's c counts as 0, as transformers masks it.  ids = the experts of the k largest
-     * c, listed by descending s (ties to the lower id); w = their s, divided by (their sum +
-     * 1e-20) when renorm, times scale.  NULL on a backend without it (the engine then refuses such a model). */
+    /* DeepSeek's routers.  MOE_ROUTER_SIGMOID_GROUP (V3): s = sigmoid(logits), c = s + bias [E];
+     * MOE_ROUTER_SOFTMAX_GROUP (V2): s = softmax(logits) (the largest logit subtracted, the
+     * exponentials summed in id order), c = s, bias unused (may be NULL).  The E experts form
+     * n_group groups of E/n_group in id order, each scored by the sum of its two largest c (V3;
+     * groups of 2 or more) or by its largest c (V2); the topk_group best groups stay (ties to
+     * the lower group) and every other expert's c counts as 0, as transformers masks it.
+     * ids = the experts of the k largest c, listed by descending s (ties to the lower id); w =
+     * their s, divided by (their sum + 1e-20) when renorm, times scale.  NULL on a backend
+     * without it (the engine then refuses such a model). */
     enum moe_status (*router_grouped)(void *ctx, const float *logits, const float *bias, int n, int E,
-                                      int k, int n_group, int topk_group, bool renorm, float scale,
-                                      int32_t *ids, float *w);
+                                      int k, enum moe_router_kind kind, int n_group, int topk_group, bool renorm,
+                                      float scale, int32_t *ids, float *w);
 
     /* Strided block copy: for r < rows, g < groups, j < width,
      *   y[r*y_row + g*y_group + j] = x[r*x_row + g*x_group + j]

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
-#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3"
+#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3"
 
 const char *moe_family_name(enum moe_family f)
 {
@@ -24,6 +24,7 @@ const char *moe_family_name(enum moe_family f)
     case MOE_FAM_QWEN3_MOE: return "qwen3_moe";
     case MOE_FAM_OLMOE: return "olmoe";
     case MOE_FAM_DEEPSEEK_V3: return "deepseek_v3";
+    case MOE_FAM_DEEPSEEK_V2: return "deepseek_v2";
     }
     return "unknown";
 }
@@ -37,6 +38,7 @@ static const struct {
     { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE },
     { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE },
     { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3 },
+    { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2 },
 };
 
 /* A field that is absent or JSON null counts as missing. */
@@ -165,8 +167,8 @@ static enum moe_status detect_family(const char *what, json_t *root, struct moe_
         return moe_errorf(MOE_EFORMAT, "%s: required field \"model_type\" is missing (and no "
                           "\"architectures\")", what);
     if (is_deepseek(type) || is_deepseek(arch))
-        return moe_errorf(MOE_ENOTSUP, "%s: DeepSeek before V3 (model_type \"%s\", architecture \"%s\") is "
-                          "not supported (its routing differs); supported model_type values: " SUPPORTED_TYPES,
+        return moe_errorf(MOE_ENOTSUP, "%s: DeepSeek before V2 (model_type \"%s\", architecture \"%s\") is "
+                          "not supported (no latent attention); supported model_type values: " SUPPORTED_TYPES,
                           what, type ? type : "(none)", arch ? arch : "(none)");
     return moe_errorf(MOE_ENOTSUP, "%s: unsupported architecture: model_type \"%s\", architectures[0] "
                       "\"%s\"; supported model_type values: " SUPPORTED_TYPES, what,
@@ -290,8 +292,11 @@ static enum moe_status parse_mla(const char *what, json_t *root, struct moe_conf
         (st = get_int(what, root, "kv_lora_rank", false, 1, CFG_MAX_SIZE, 512, &c->kv_lora_rank)) ||
         (st = get_int(what, root, "qk_nope_head_dim", false, 0, 4096, 128, &c->qk_nope_dim)) ||
         (st = get_int(what, root, "qk_rope_head_dim", false, 2, 4096, 64, &c->qk_rope_dim)) ||
-        (st = get_int(what, root, "v_head_dim", false, 1, 4096, 128, &c->v_head_dim)) ||
-        (st = get_bool(what, root, "rope_interleave", true, &c->rope_interleave)))
+        (st = get_int(what, root, "v_head_dim", false, 1, 4096, 128, &c->v_head_dim)))
+        return st;
+    /* transformers' DeepSeek-V2 always turns interleaved pairs; V3 has the option */
+    c->rope_interleave = true;
+    if (c->family == MOE_FAM_DEEPSEEK_V3 && (st = get_bool(what, root, "rope_interleave", true, &c->rope_interleave)))
         return st;
     if (c->qk_rope_dim % 2)
         return moe_errorf(MOE_ERANGE, "%s: field \"qk_rope_head_dim\" = %d must be even", what, c->qk_rope_dim);
@@ -337,35 +342,55 @@ static enum moe_status parse_quantization(const char *what, json_t *root, struct
     return MOE_OK;
 }
 
-/* DeepSeek-V3's routing: sigmoid scores, group-limited top-k (noaux_tc). */
+/* A string field that, when present, must be one of want[0..n). */
+static enum moe_status one_of(const char *what, json_t *root, const char *key, const char *const *want, int n,
+                              int *which)
+{
+    json_t *v = field(root, key);
+    *which = 0;
+    if (!v)
+        return MOE_OK;
+    for (int i = 0; json_is_string(v) && i < n; i++)
+        if (!strcmp(json_string_value(v), want[i])) {
+            *which = i;
+            return MOE_OK;
+        }
+    return moe_errorf(MOE_ENOTSUP, "%s: field \"%s\" = \"%s\": only \"%s\"%s%s%s is supported", what, key,
+                      json_is_string(v) ? json_string_value(v) : "(not a string)", want[0], n > 1 ? " or \"" : "",
+                      n > 1 ? want[1] : "", n > 1 ? "\"" : "");
+}
+
+/* DeepSeek's routing.  V3: sigmoid scores, group-limited top-k (noaux_tc).
+ * V2: softmax scores, top-k (greedy) or group-limited top-k
+ * (group_limited_greedy), weights not renormalised (transformers' DeepseekV2
+ * never does). */
 static enum moe_status parse_deepseek_routing(const char *what, json_t *root, struct moe_config *c)
 {
-    static const struct { const char *key, *want; } fixed[] = {
-        { "topk_method", "noaux_tc" }, { "scoring_func", "sigmoid" },
-    };
+    static const char *const v3_method[] = { "noaux_tc" }, *const v3_score[] = { "sigmoid" };
+    static const char *const v2_method[] = { "greedy", "group_limited_greedy" }, *const v2_score[] = { "softmax" };
+    bool v2 = c->family == MOE_FAM_DEEPSEEK_V2;
     enum moe_status st;
-    int n_shared;
-    double scale = 2.5;
-    for (size_t i = 0; i < MOE_ARRAY_LEN(fixed); i++) {
-        json_t *v = field(root, fixed[i].key);
-        if (v && (!json_is_string(v) || strcmp(json_string_value(v), fixed[i].want)))
-            return moe_errorf(MOE_ENOTSUP, "%s: field \"%s\" = \"%s\": only \"%s\" is supported", what,
-                              fixed[i].key, json_is_string(v) ? json_string_value(v) : "(not a string)",
-                              fixed[i].want);
-    }
-    if ((st = get_int(what, root, "n_group", false, 1, c->n_experts, 8, &c->n_group)) ||
-        (st = get_int(what, root, "topk_group", false, 1, c->n_group, 4, &c->topk_group)) ||
-        /* 0: transformers builds a zero-width shared MLP, which adds nothing */
-        (st = get_int_or_null(what, root, "n_shared_experts", 0, 64, 1, &n_shared)) ||
-        (st = get_pos_num(what, root, "routed_scaling_factor", 2.5, &scale)))
+    int n_shared, method, score;
+    double scale = v2 ? 1.0 : 2.5;
+    if ((st = one_of(what, root, "topk_method", v2 ? v2_method : v3_method, v2 ? 2 : 1, &method)) ||
+        (st = one_of(what, root, "scoring_func", v2 ? v2_score : v3_score, 1, &score)))
         return st;
+    bool greedy = v2 && method == 0;
+    if ((st = get_int(what, root, "n_group", false, 1, c->n_experts, greedy ? 1 : 8, &c->n_group)) ||
+        (st = get_int(what, root, "topk_group", false, 1, c->n_group, greedy ? 1 : 4, &c->topk_group)) ||
+        /* 0: transformers builds a zero-width shared MLP, which adds nothing */
+        (st = get_int_or_null(what, root, "n_shared_experts", 0, 64, v2 ? 2 : 1, &n_shared)) ||
+        (st = get_pos_num(what, root, "routed_scaling_factor", scale, &scale)))
+        return st;
+    if (greedy) /* every expert in one group, all of it kept: plain top-k */
+        c->n_group = c->topk_group = 1;
     if (c->topk_group > c->n_group) /* the defaults (8 and 4) are not range-checked against each other */
         return moe_errorf(MOE_ERANGE, "%s: topk_group = %d%s is more than n_group = %d", what, c->topk_group,
                           field(root, "topk_group") ? "" : " (the default)", c->n_group);
     int per = c->n_experts / c->n_group;
-    if (c->n_experts % c->n_group || per < 2)
+    if (c->n_experts % c->n_group || per < (v2 ? 1 : 2))
         return moe_errorf(MOE_ERANGE, "%s: n_routed_experts = %d must split into n_group = %d groups of at least "
-                          "2 experts", what, c->n_experts, c->n_group);
+                          "%d experts", what, c->n_experts, c->n_group, v2 ? 1 : 2);
     if (c->top_k > c->topk_group * per)
         return moe_errorf(MOE_ERANGE, "%s: num_experts_per_tok = %d is more than the %d experts of topk_group = %d "
                           "groups", what, c->top_k, c->topk_group * per, c->topk_group);
@@ -403,28 +428,28 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         (st = get_int(what, root, "num_key_value_heads", false, 1, 4096, c.n_heads, &c.n_kv_heads)) ||
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
         (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
-                      c.family == MOE_FAM_MIXTRAL ? 4096 * 32
+                      c.family == MOE_FAM_MIXTRAL ? 4096 * 32 : c.family == MOE_FAM_DEEPSEEK_V2 ? 2048
                       : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_DEEPSEEK_V3 ? 4096 : 32768,
                       &c.max_pos)))
         goto out;
-    if (c.family == MOE_FAM_DEEPSEEK_V3) {
+    if (moe_family_is_deepseek(c.family)) {
         if ((st = parse_mla(what, root, &c))) goto out;
     } else if ((st = parse_head_dim(what, root, &c))) {
         goto out;
     }
     /* Experts: num_experts (Qwen/OLMoE) or num_local_experts (Mixtral, some exports). */
-    if ((st = get_int(what, root, c.family == MOE_FAM_DEEPSEEK_V3 ? "n_routed_experts" : "num_experts", false, 1,
+    if ((st = get_int(what, root, moe_family_is_deepseek(c.family) ? "n_routed_experts" : "num_experts", false, 1,
                       65536, -1, &ne_a)) ||
         (st = get_int(what, root, "num_local_experts", false, 1, 65536, -1, &ne_b)))
         goto out;
     if (ne_a < 0 && ne_b < 0) {
         st = moe_errorf(MOE_EFORMAT, "%s: required field \"%s\" (or \"num_local_experts\") is missing", what,
-                        c.family == MOE_FAM_DEEPSEEK_V3 ? "n_routed_experts" : "num_experts");
+                        moe_family_is_deepseek(c.family) ? "n_routed_experts" : "num_experts");
         goto out;
     }
     if (ne_a > 0 && ne_b > 0 && ne_a != ne_b) {
         st = moe_errorf(MOE_EFORMAT, "%s: \"%s\" = %d and \"num_local_experts\" = %d disagree", what,
-                        c.family == MOE_FAM_DEEPSEEK_V3 ? "n_routed_experts" : "num_experts", ne_a, ne_b);
+                        moe_family_is_deepseek(c.family) ? "n_routed_experts" : "num_experts", ne_a, ne_b);
         goto out;
     }
     c.n_experts = ne_a > 0 ? ne_a : ne_b;
@@ -443,10 +468,11 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
 
     /* Which layers are MoE (Qwen: decoder_sparse_step and mlp_only_layers). */
     for (int l = 0; l < c.n_layers; l++) c.is_moe[l] = true;
-    if (c.family == MOE_FAM_DEEPSEEK_V3) {
+    if (moe_family_is_deepseek(c.family)) {
         /* the first first_k_dense_replace layers are dense; the rest MoE */
         int dense_first, freq;
-        if ((st = get_int(what, root, "first_k_dense_replace", false, 0, c.n_layers, 3, &dense_first)) ||
+        if ((st = get_int(what, root, "first_k_dense_replace", false, 0, c.n_layers,
+                          c.family == MOE_FAM_DEEPSEEK_V3 ? 3 : 0, &dense_first)) ||
             (st = get_int(what, root, "moe_layer_freq", false, 1, 1, 1, &freq)))
             goto out;
         for (int l = 0; l < dense_first; l++) c.is_moe[l] = false;
@@ -488,13 +514,19 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     }
 
     /* Family specifics: router, q/k norm, biases, shared expert. */
-    c.router = c.family == MOE_FAM_MIXTRAL ? MOE_ROUTER_TOPK_SOFTMAX
-             : c.family == MOE_FAM_DEEPSEEK_V3 ? MOE_ROUTER_SIGMOID_GROUP : MOE_ROUTER_SOFTMAX_TOPK;
+    c.router = c.family == MOE_FAM_MIXTRAL       ? MOE_ROUTER_TOPK_SOFTMAX
+             : c.family == MOE_FAM_DEEPSEEK_V3 ? MOE_ROUTER_SIGMOID_GROUP
+             : c.family == MOE_FAM_DEEPSEEK_V2 ? MOE_ROUTER_SOFTMAX_GROUP
+                                                : MOE_ROUTER_SOFTMAX_TOPK;
     c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
               : c.family == MOE_FAM_OLMOE ? MOE_QK_NORM_FULL : MOE_QK_NORM_NONE;
     if (c.family == MOE_FAM_MIXTRAL) {
         c.norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
     } else if ((st = get_bool(what, root, "norm_topk_prob", c.family == MOE_FAM_DEEPSEEK_V3, &c.norm_topk_prob))) {
+        goto out;
+    } else if (c.family == MOE_FAM_DEEPSEEK_V2 && c.norm_topk_prob) {
+        st = moe_errorf(MOE_ENOTSUP, "%s: field \"norm_topk_prob\" = true is not supported for deepseek_v2 "
+                        "(transformers does not renormalise its weights)", what);
         goto out;
     }
     if (c.family == MOE_FAM_QWEN2_MOE) {
@@ -544,7 +576,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if ((st = get_bool(what, root, "tie_word_embeddings", false, &c.tie_embeddings))) goto out;
     if ((st = get_pos_num(what, root, "rms_norm_eps",
                           c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ||
-                          c.family == MOE_FAM_DEEPSEEK_V3 ? 1e-6 : 1e-5,
+                          moe_family_is_deepseek(c.family) ? 1e-6 : 1e-5,
                           &d)))
         goto out;
     if (d < 1e-30 || d >= 1.0) {

@@ -3,7 +3,7 @@
  * Accepts the spellings of different transformers versions: rope_theta at top
  * level or inside rope_parameters / rope_scaling; num_experts or
  * num_local_experts; head_dim present or derived; etc.  Unknown architectures
- * (and DeepSeek before V3) are refused with an error naming them; a missing
+ * (and DeepSeek before V2) are refused with an error naming them; a missing
  * or out-of-range field is an error naming the field. */
 #ifndef MOE_CONFIG_H
 #define MOE_CONFIG_H
@@ -20,14 +20,24 @@ enum moe_family {
     MOE_FAM_QWEN3_MOE,
     MOE_FAM_OLMOE,
     MOE_FAM_DEEPSEEK_V3,
+    MOE_FAM_DEEPSEEK_V2,
 };
 const char *moe_family_name(enum moe_family f);
+
+/* DeepSeek-V2 and V3: multi-head latent attention, shared_experts, first_k_dense_replace. */
+static inline bool moe_family_is_deepseek(enum moe_family f)
+{
+    return f == MOE_FAM_DEEPSEEK_V3 || f == MOE_FAM_DEEPSEEK_V2;
+}
 
 enum moe_router_kind {
     MOE_ROUTER_TOPK_SOFTMAX,  /* Mixtral: top-k on logits, softmax over the k */
     MOE_ROUTER_SOFTMAX_TOPK,  /* Qwen/OLMoE: softmax over all, top-k, renormalise if norm_topk_prob */
     MOE_ROUTER_SIGMOID_GROUP, /* DeepSeek-V3: sigmoid scores, group-limited top-k on score + bias,
                                  weights renormalised if norm_topk_prob, times routed_scale */
+    MOE_ROUTER_SOFTMAX_GROUP, /* DeepSeek-V2: softmax over all, group-limited top-k (groups scored by
+                                 their largest probability; one group: plain top-k), weights the
+                                 probabilities times routed_scale */
 };
 
 enum moe_qk_norm {

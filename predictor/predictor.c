@@ -29,6 +29,7 @@ struct moe_predictor {
 
     float *router;             /* [n_moe, E, hidden] f32 (gate kinds) */
     float *router_bias;        /* [n_moe, E] e_score_correction_bias (grouped sigmoid routers), else NULL */
+    bool grouped;              /* DeepSeek's grouped routers: the layer's own rule picks the gate's k */
     int32_t *gate_ids;         /* [k] scratch: a grouped router's choice */
     float *gate_w;             /* [k] */
     struct moe_path_model *path;
@@ -242,11 +243,14 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
             }
             moe_wview_to_f32(w, p->router + i * E * (size_t)p->hidden);
         }
-        if (m->cfg.router == MOE_ROUTER_SIGMOID_GROUP) {
-            p->router_bias = malloc(sizeof(float) * M * E);
+        p->grouped = m->cfg.router == MOE_ROUTER_SIGMOID_GROUP || m->cfg.router == MOE_ROUTER_SOFTMAX_GROUP;
+        if (p->grouped) {
             p->gate_ids = malloc(sizeof(int32_t) * (size_t)p->k);
             p->gate_w = malloc(sizeof(float) * (size_t)p->k);
-            if (!p->router_bias || !p->gate_ids || !p->gate_w) goto fail_nomem;
+            if (!p->gate_ids || !p->gate_w) goto fail_nomem;
+        }
+        if (m->cfg.router == MOE_ROUTER_SIGMOID_GROUP) {
+            if (!(p->router_bias = malloc(sizeof(float) * M * E))) goto fail_nomem;
             for (size_t i = 0; i < M; i++)
                 moe_wview_to_f32(&m->layers[p->moe_layer[i]].router_bias, p->router_bias + i * E);
         }
@@ -561,11 +565,11 @@ void moe_predictor_on_moe_input(struct moe_predictor *p, int layer, int n, const
         if (p->cpu->ops->linear(p->cpu->ctx, x, R, MOE_DT_F32, NULL, n, (int)H, (int)E, p->out)) return;
         for (int i = 0; i < n; i++) {
             float *o = p->out + (size_t)i * E;
-            if (p->router_bias) { /* the layer's own rule (sigmoid, bias, groups) picks its k: score 1 */
+            if (p->grouped) { /* the layer's own rule (scores, bias, groups) picks its k: score 1 */
                 const struct moe_config *c = &p->model->cfg;
-                if (p->cpu->ops->router_grouped(p->cpu->ctx, o, p->router_bias + (size_t)t * E, 1, (int)E, p->k,
-                                                c->n_group, c->topk_group, c->norm_topk_prob, c->routed_scale,
-                                                p->gate_ids, p->gate_w))
+                if (p->cpu->ops->router_grouped(p->cpu->ctx, o, p->router_bias ? p->router_bias + (size_t)t * E : NULL,
+                                                1, (int)E, p->k, c->router, c->n_group, c->topk_group,
+                                                c->norm_topk_prob, c->routed_scale, p->gate_ids, p->gate_w))
                     return;
                 memset(o, 0, sizeof(float) * E);
                 for (int r = 0; r < p->k; r++) o[p->gate_ids[r]] = 1.0f;

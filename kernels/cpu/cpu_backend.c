@@ -318,12 +318,14 @@ static enum moe_status cpu_router(void *ctx, const float *logits, int n, int E, 
 }
 
 static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const float *bias, int n, int E, int k,
-                                          int n_group, int topk_group, bool renorm, float scale, int32_t *ids,
-                                          float *w)
+                                          enum moe_router_kind kind, int n_group, int topk_group, bool renorm,
+                                          float scale, int32_t *ids, float *w)
 {
     (void)ctx;
+    bool v2 = kind == MOE_ROUTER_SOFTMAX_GROUP;
     if (k <= 0 || k > E) return bad("router_grouped", "k", k);
-    if (n_group <= 0 || E % n_group || E / n_group < 2) return bad("router_grouped", "n_group", n_group);
+    if (!v2 && kind != MOE_ROUTER_SIGMOID_GROUP) return bad("router_grouped", "kind", (int)kind);
+    if (n_group <= 0 || E % n_group || E / n_group < (v2 ? 1 : 2)) return bad("router_grouped", "n_group", n_group);
     if (topk_group <= 0 || topk_group > n_group) return bad("router_grouped", "topk_group", topk_group);
     int per = E / n_group;
     float *s = malloc(sizeof(float) * (2 * (size_t)E + (size_t)n_group));
@@ -336,13 +338,20 @@ static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const 
     float *c = s + E, *gs = c + E;
     for (int t = 0; t < n; t++) {
         const float *x = logits + (size_t)t * E;
-        for (int e = 0; e < E; e++) {
-            s[e] = 1.0f / (1.0f + expf(-x[e]));
-            c[e] = s[e] + bias[e];
+        if (v2) {
+            topk_row(x, E, 1, top2); /* the largest logit, as the softmax router takes it */
+            float m = x[top2[0]], sum = 0.0f;
+            for (int e = 0; e < E; e++) sum += (s[e] = expf(x[e] - m));
+            for (int e = 0; e < E; e++) c[e] = (s[e] /= sum);
+        } else {
+            for (int e = 0; e < E; e++) {
+                s[e] = 1.0f / (1.0f + expf(-x[e]));
+                c[e] = s[e] + bias[e];
+            }
         }
         for (int g = 0; g < n_group; g++) {
-            topk_row(c + (size_t)g * per, per, 2, top2);
-            gs[g] = c[g * per + top2[0]] + c[g * per + top2[1]];
+            topk_row(c + (size_t)g * per, per, v2 ? 1 : 2, top2);
+            gs[g] = v2 ? c[g * per + top2[0]] : c[g * per + top2[0]] + c[g * per + top2[1]];
         }
         topk_row(gs, n_group, topk_group, gk);
         for (int g = 0; g < n_group; g++) {

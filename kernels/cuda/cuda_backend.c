@@ -110,11 +110,14 @@ static enum moe_status cb_router(void *ctx, const float *logits, int n, int E, i
     return moe_cuda_router(C(ctx), logits, n, E, k, kind == MOE_ROUTER_SOFTMAX_TOPK, renorm, ids, w);
 }
 static enum moe_status cb_router_grouped(void *ctx, const float *logits, const float *bias, int n, int E, int k,
-                                         int n_group, int topk_group, bool renorm, float scale, int32_t *ids,
-                                         float *w)
+                                         enum moe_router_kind kind, int n_group, int topk_group, bool renorm,
+                                         float scale, int32_t *ids, float *w)
 {
     BIND(ctx);
-    return moe_cuda_router_grouped(C(ctx), logits, bias, n, E, k, n_group, topk_group, renorm, scale, ids, w);
+    if (kind != MOE_ROUTER_SIGMOID_GROUP && kind != MOE_ROUTER_SOFTMAX_GROUP)
+        return moe_errorf(MOE_EINVAL, "router_grouped: router kind %d is not a grouped one", (int)kind);
+    return moe_cuda_router_grouped(C(ctx), logits, bias, n, E, k, kind == MOE_ROUTER_SOFTMAX_GROUP, n_group,
+                                   topk_group, renorm, scale, ids, w);
 }
 static enum moe_status cb_copy_blocks(void *ctx, const float *x, int x_row, int x_group, float *y, int y_row,
                                       int y_group, int rows, int groups, int width)

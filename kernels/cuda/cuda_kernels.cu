@@ -428,10 +428,13 @@ __device__ static int pick_max(const float *x, int n, const unsigned *taken)
     return best;
 }
 
-/* DeepSeek-V3's grouped sigmoid router, one thread per token, in the C twin's
- * order of operations (kernels/backend.h, router_grouped). */
-__global__ static void k_router_grouped(const float *logits, const float *bias, int n, int E, int k, int n_group,
-                                        int topk_group, bool renorm, float scale, int *ids, float *weights)
+/* DeepSeek's grouped routers (V3: sigmoid scores plus bias, groups by their two
+ * largest; V2, softmax: softmax scores, groups by their largest), one thread
+ * per token, in the C twin's order of operations (kernels/backend.h,
+ * router_grouped). */
+__global__ static void k_router_grouped(const float *logits, const float *bias, int n, int E, int k, bool softmax,
+                                        int n_group, int topk_group, bool renorm, float scale, int *ids,
+                                        float *weights)
 {
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n) return;
@@ -439,13 +442,23 @@ __global__ static void k_router_grouped(const float *logits, const float *bias, 
     float s[ROUTER_MAX_E], c[ROUTER_MAX_E], gs[ROUTER_MAX_GROUPS];
     unsigned taken[ROUTER_MAX_E / 32], gtaken[ROUTER_MAX_GROUPS / 32 + 1];
     int per = E / n_group, id[ROUTER_MAX_K];
-    for (int e = 0; e < E; e++) {
-        s[e] = 1.0f / (1.0f + expf(-lg[e]));
-        c[e] = s[e] + bias[e];
+    if (softmax) {
+        float m = lg[pick_max(lg, E, NULL)], sum = 0.0f;
+        for (int e = 0; e < E; e++) sum += (s[e] = expf(lg[e] - m));
+        for (int e = 0; e < E; e++) c[e] = (s[e] /= sum);
+    } else {
+        for (int e = 0; e < E; e++) {
+            s[e] = 1.0f / (1.0f + expf(-lg[e]));
+            c[e] = s[e] + bias[e];
+        }
     }
     for (int g = 0; g < n_group; g++) {
         unsigned one[ROUTER_MAX_E / 32] = { 0 };
         int a = pick_max(c + g * per, per, NULL);
+        if (softmax) {
+            gs[g] = c[g * per + a];
+            continue;
+        }
         one[a >> 5] |= 1u << (a & 31);
         int b = pick_max(c + g * per, per, one);
         gs[g] = c[g * per + a] + c[g * per + b];
@@ -479,18 +492,21 @@ __global__ static void k_router_grouped(const float *logits, const float *bias, 
 }
 
 extern "C" enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const float *d_logits,
-                                                   const float *d_bias, int n, int E, int k, int n_group,
-                                                   int topk_group, bool renorm, float scale, int *d_ids,
-                                                   float *d_weights)
+                                                   const float *d_bias, int n, int E, int k, bool softmax,
+                                                   int n_group, int topk_group, bool renorm, float scale,
+                                                   int *d_ids, float *d_weights)
 {
     enum moe_status st = MOE_OK;
+    int min_per = softmax ? 1 : 2;
     if (n < 0 || E <= 0 || E > ROUTER_MAX_E || k <= 0 || k > ROUTER_MAX_K || k > E || n_group <= 0 ||
-        n_group > ROUTER_MAX_GROUPS || E % n_group || E / n_group < 2 || topk_group <= 0 || topk_group > n_group)
+        n_group > ROUTER_MAX_GROUPS || E % n_group || E / n_group < min_per || topk_group <= 0 ||
+        topk_group > n_group || (!softmax && !d_bias))
         return moe_errorf(MOE_EINVAL, "router_grouped: n %d, experts %d (<= %d), top_k %d (1..%d), %d groups "
-                          "(<= %d, of 2 or more experts), %d kept", n, E, ROUTER_MAX_E, k, ROUTER_MAX_K, n_group,
-                          ROUTER_MAX_GROUPS, topk_group);
+                          "(<= %d, of %d or more experts), %d kept%s", n, E, ROUTER_MAX_E, k, ROUTER_MAX_K,
+                          n_group, ROUTER_MAX_GROUPS, min_per, topk_group,
+                          !softmax && !d_bias ? ", no bias for sigmoid scores" : "");
     if (n == 0) return MOE_OK;
-    k_router_grouped<<<(unsigned)((n + 31) / 32), 32, 0, c->stream>>>(d_logits, d_bias, n, E, k, n_group,
+    k_router_grouped<<<(unsigned)((n + 31) / 32), 32, 0, c->stream>>>(d_logits, d_bias, n, E, k, softmax, n_group,
                                                                       topk_group, renorm, scale, d_ids, d_weights);
     CK_LAUNCH(c);
 out:

@@ -160,11 +160,12 @@ enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, con
 enum moe_status moe_cuda_router(struct moe_cuda_ctx *c, const float *d_logits, int n, int E, int k,
                                 bool softmax_first, bool norm_topk, int *d_ids, float *d_weights);
 
-/* DeepSeek-V3's grouped sigmoid router (kernels/backend.h, router_grouped):
- * bias [E]; E <= 1024, k <= 32, n_group <= 64. */
+/* DeepSeek's grouped routers (kernels/backend.h, router_grouped): V3's sigmoid
+ * scores with bias [E], or V2's softmax scores (softmax; bias unused);
+ * E <= 1024, k <= 32, n_group <= 64. */
 enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const float *d_logits, const float *d_bias, int n,
-                                        int E, int k, int n_group, int topk_group, bool renorm, float scale,
-                                        int *d_ids, float *d_weights);
+                                        int E, int k, bool softmax, int n_group, int topk_group, bool renorm,
+                                        float scale, int *d_ids, float *d_weights);
 
 /* Strided block copy (kernels/backend.h, copy_blocks). */
 enum moe_status moe_cuda_copy_blocks(struct moe_cuda_ctx *c, const float *d_x, int x_row, int x_group, float *d_y,

@@ -5,7 +5,10 @@
  * kept, weights not renormalised, no shared expert, every layer MoE or dense,
  * odd head sizes and v narrower than k, YaRN RoPE with and without DeepSeek's
  * mscale, FP8 weights with block factors (blocks that do not divide every matrix; an FP8
- * checkpoint whose config lacks or misstates its quantization is refused by name).  For each, the prompt's logits at
+ * checkpoint whose config lacks or misstates its quantization is refused by name); and
+ * DeepSeek-V2's routing (softmax scores, top-k or groups kept by their largest score, weights
+ * not renormalised) with DeepSeek-V2-Lite's shape (no q bottleneck, YaRN with mscale =
+ * mscale_all_dim) and V2's (group-limited, weights x 16).  For each, the prompt's logits at
  * every position within 1e-4 (max abs) of the reference, prefilled in one
  * batch, in two chunks through the KV cache, and one token at a time. */
 #include "engine_testutil.h"
@@ -15,7 +18,7 @@
 
 static const char *const variants[] = {
     "q_proj", "rope_flat", "one_group", "no_norm_no_shared", "all_moe", "all_dense", "odd_dims", "yarn", "yarn_plain",
-    "fp8",
+    "fp8", "v2_lite", "v2_group",
 };
 
 #define TOL 1e-4

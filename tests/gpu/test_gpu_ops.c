@@ -236,14 +236,19 @@ static void test_deepseek_ops(struct g_rng *r, bool adv)
         }
         UP(dl_, lg, (size_t)n * E * 4); UP(db, bias, (size_t)E * 4);
         OUT(di, (size_t)n * k * 4); OUT(dw, (size_t)n * k * 4);
-        OK(moe_cuda_router_grouped(ctx, dl_.d, db.d, n, E, k, groups[v], kept[v], v != 1, 2.5f, di.d, dw.d));
-        dl(&di, ids, "grouped router ids");
-        dl(&dw, w, "grouped router weights");
-        OK(cpu->ops->router_grouped(cpu->ctx, lg, bias, n, E, k, groups[v], kept[v], v != 1, 2.5f, rid, rw));
-        for (int i = 0; i < n * k; i++)
-            CHECK(ids[i] == rid[i], "grouped router E=%d: token %d slot %d expert %d want %d", E, i / k, i % k,
-                  ids[i], rid[i]);
-        cmp("grouped router weights", w, rw, (size_t)n * k, 1e-5);
+        for (int sm = 0; sm < 2; sm++) { /* V3's sigmoid scores with bias, V2's softmax */
+            enum moe_router_kind kind = sm ? MOE_ROUTER_SOFTMAX_GROUP : MOE_ROUTER_SIGMOID_GROUP;
+            OK(moe_cuda_router_grouped(ctx, dl_.d, db.d, n, E, k, sm, groups[v], kept[v], !sm && v != 1, 2.5f,
+                                       di.d, dw.d));
+            dl(&di, ids, "grouped router ids");
+            dl(&dw, w, "grouped router weights");
+            OK(cpu->ops->router_grouped(cpu->ctx, lg, bias, n, E, k, kind, groups[v], kept[v], !sm && v != 1, 2.5f,
+                                        rid, rw));
+            for (int i = 0; i < n * k; i++)
+                CHECK(ids[i] == rid[i], "grouped router (%s) E=%d: token %d slot %d expert %d want %d",
+                      sm ? "softmax" : "sigmoid", E, i / k, i % k, ids[i], rid[i]);
+            cmp("grouped router weights", w, rw, (size_t)n * k, 1e-5);
+        }
         g_buf_free(ctx, &dl_); g_buf_free(ctx, &db); g_buf_free(ctx, &di); g_buf_free(ctx, &dw);
         free(lg); free(bias); free(w); free(rw); free(ids); free(rid);
     }

@@ -210,8 +210,8 @@ static void test_router_grouped(struct moe_backend *be)
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(cs); i++) {
         const float *x = lg + cs[i].row * E;
-        OK(o->router_grouped(be->ctx, x, cs[i].bias, 1, E, 2, cs[i].n_group, cs[i].topk_group, cs[i].renorm,
-                             cs[i].scale, ids, w));
+        OK(o->router_grouped(be->ctx, x, cs[i].bias, 1, E, 2, MOE_ROUTER_SIGMOID_GROUP, cs[i].n_group,
+                             cs[i].topk_group, cs[i].renorm, cs[i].scale, ids, w));
         CHECK(ids[0] == cs[i].want[0] && ids[1] == cs[i].want[1], "case %zu: ids %d %d, want %d %d", i, ids[0],
               ids[1], cs[i].want[0], cs[i].want[1]);
         for (int e = 0; e < E; e++) s[e] = 1.0 / (1.0 + exp(-(double)x[e]));
@@ -221,9 +221,43 @@ static void test_router_grouped(struct moe_backend *be)
             CHECK(fabs(w[r] - want) < 1e-6, "case %zu rank %d: weight %g, want %g", i, r, w[r], want);
         }
     }
-    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, 3, 1, true, 1.0f, ids, w) != MOE_OK, "8 experts in 3 groups");
-    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, 8, 1, true, 1.0f, ids, w) != MOE_OK, "groups of 1 expert");
-    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, 4, 5, true, 1.0f, ids, w) != MOE_OK, "topk_group > n_group");
+    enum moe_router_kind sg = MOE_ROUTER_SIGMOID_GROUP;
+    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, sg, 3, 1, true, 1.0f, ids, w) != MOE_OK, "8 experts in 3 groups");
+    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, sg, 8, 1, true, 1.0f, ids, w) != MOE_OK, "groups of 1 expert");
+    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, sg, 4, 5, true, 1.0f, ids, w) != MOE_OK, "topk_group > n_group");
+    CHECK(o->router_grouped(be->ctx, lg, zero, 1, E, 2, MOE_ROUTER_SOFTMAX_TOPK, 1, 1, true, 1.0f, ids, w) != MOE_OK,
+          "a router kind without groups");
+}
+
+/* DeepSeek-V2's grouped softmax router: groups scored by their largest
+ * probability (not the two largest), one group = plain top-k, groups of one
+ * expert allowed, the weights softmax probabilities times the scale. */
+static void test_router_softmax_grouped(struct moe_backend *be)
+{
+    const struct moe_backend_ops *o = be->ops;
+    enum { E = 8 };
+    /* groups of 2: {0,1} max 3, {2,3} max 2.5 (sum 5), {4,5} max 2.9, {6,7} max 1: V3's top-2 sums would keep
+     * {2,3} first, the largest probabilities keep {0,1} and {4,5} */
+    static const float lg[E] = { 3, -4, 2.5f, 2.5f, 2.9f, -4, 1, 0 };
+    struct { int n_group, topk_group; float scale; int want[3]; } cs[] = {
+        { 4, 2, 1.0f, { 0, 4, 1 } },  /* the third pick: the larger of the kept groups' rest (-4 ties: id 1) */
+        { 1, 1, 16.0f, { 0, 4, 2 } }, /* greedy: plain top-3, ties to the lower id */
+        { 8, 3, 1.0f, { 0, 4, 2 } },  /* groups of one: the three largest */
+    };
+    double p[E], sum = 0;
+    for (int e = 0; e < E; e++) sum += (p[e] = exp((double)lg[e] - 3.0));
+    for (int e = 0; e < E; e++) p[e] /= sum;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(cs); i++) {
+        int32_t ids[3];
+        float w[3];
+        OK(o->router_grouped(be->ctx, lg, NULL, 1, E, 3, MOE_ROUTER_SOFTMAX_GROUP, cs[i].n_group, cs[i].topk_group,
+                             false, cs[i].scale, ids, w));
+        for (int r = 0; r < 3; r++) {
+            CHECK(ids[r] == cs[i].want[r], "case %zu rank %d: expert %d, want %d", i, r, ids[r], cs[i].want[r]);
+            CHECK(fabs(w[r] - p[cs[i].want[r]] * cs[i].scale) < 1e-6, "case %zu rank %d: weight %g, want %g", i, r,
+                  w[r], p[cs[i].want[r]] * cs[i].scale);
+        }
+    }
 }
 
 static void test_moe(struct moe_backend *be, struct moe_backend *be3)
@@ -338,6 +372,7 @@ int main(void)
     test_attention(be, be3);
     test_router(be);
     test_router_grouped(be);
+    test_router_softmax_grouped(be);
     test_moe(be, be3);
     test_small(be);
     moe_backend_destroy(be);

@@ -242,8 +242,8 @@ static void test_refusals(void)
         enum moe_status st;
         const char *says;
     } ds_bad[] = {
-        { "{\"model_type\": \"deepseek_v2\", \"architectures\": [\"DeepseekV2ForCausalLM\"]}", MOE_ENOTSUP,
-          "DeepSeek before V3" },
+        { "{\"model_type\": \"deepseek\", \"architectures\": [\"DeepseekForCausalLM\"]}", MOE_ENOTSUP,
+          "DeepSeek before V2" },
         { "{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0}}", MOE_ENOTSUP, "linear" },
         { "{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40.0}}", MOE_EFORMAT,
           "original_max_position_embeddings" },
@@ -285,6 +285,40 @@ static void test_refusals(void)
     CHECK(parse_obj(j, &c) == MOE_OK && c.shared_inter == 0, "n_shared_experts 0: %s", moe_last_error());
     json_decref(j);
     (void)dir;
+
+    /* DeepSeek-V2: softmax routing, greedy (one group, whatever n_group says) or group-limited; V2's
+     * defaults (no dense layer first, two shared experts, scale 1); renormalised weights refused */
+    const char *v2 = "tests/fixtures/deepseek-v3-variants/v2_group/config.json";
+    load_fixture("tests/fixtures/deepseek-v3-variants/v2_group", &c);
+    CHECK(c.family == MOE_FAM_DEEPSEEK_V2 && !strcmp(c.model_type, "deepseek_v2") && c.mla && c.rope_interleave &&
+              c.router == MOE_ROUTER_SOFTMAX_GROUP && c.n_group == 4 && c.topk_group == 2 && !c.norm_topk_prob &&
+              c.routed_scale == 16.0f && c.shared_inter == 2 * c.expert_inter,
+          "deepseek_v2 group-limited routing");
+    j = load_json(v2);
+    json_object_set_new(j, "topk_method", json_string("greedy"));
+    json_object_set_new(j, "rope_interleave", json_false()); /* not a V2 field: V2 always interleaves */
+    json_object_del(j, "first_k_dense_replace");
+    json_object_del(j, "n_shared_experts");
+    json_object_del(j, "routed_scaling_factor");
+    CHECK(parse_obj(j, &c) == MOE_OK && c.n_group == 1 && c.topk_group == 1 && c.rope_interleave && c.is_moe[0] &&
+              c.shared_inter == 2 * c.expert_inter && c.routed_scale == 1.0f,
+          "deepseek_v2 greedy with V2's defaults: %s", moe_last_error());
+    json_decref(j);
+    static const struct {
+        const char *key, *json;
+        enum moe_status st;
+        const char *says;
+    } v2_bad[] = {
+        { "topk_method", "\"noaux_tc\"", MOE_ENOTSUP, "only \"greedy\" or \"group_limited_greedy\"" },
+        { "scoring_func", "\"sigmoid\"", MOE_ENOTSUP, "only \"softmax\"" },
+        { "norm_topk_prob", "true", MOE_ENOTSUP, "does not renormalise" },
+        { "n_group", "3", MOE_ERANGE, "n_group = 3" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(v2_bad); i++) {
+        j = load_json(v2);
+        json_object_set_new(j, v2_bad[i].key, json_loads(v2_bad[i].json, JSON_DECODE_ANY, NULL));
+        expect_refused(v2, j, v2_bad[i].st, v2_bad[i].says);
+    }
 
     j = load_json(q3);
     json_object_set_new(j, "model_type", json_string("llama"));

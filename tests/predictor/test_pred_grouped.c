@@ -1,4 +1,5 @@
-/* The gate predictor on a model with DeepSeek-V3's grouped sigmoid router: a
+/* The gate predictor on models with DeepSeek's grouped routers (V3's sigmoid
+ * scores with bias, V2's softmax with groups kept by their largest score): a
  * layer's router applied by the predictor to that layer's own MoE input (handed
  * over as if it came from the layer before) names exactly the experts the
  * engine routed to, bias and group limits included; and its predictions leave
@@ -56,13 +57,13 @@ static void run(struct moe_engine *e, const int *toks, const struct moe_engine_h
     moe_engine_seq_free(e, seq);
 }
 
-int main(void)
+static void check_model(const char *rel, enum moe_router_kind kind)
 {
     char dir[4096];
-    struct moe_model *m = moe_model_open(t_path(dir, sizeof dir, "tests/fixtures/hf-tiny/deepseek_v3"));
+    struct moe_model *m = moe_model_open(t_path(dir, sizeof dir, rel));
     REQUIRE(m, "open: %s", moe_last_error());
     const struct moe_config *c = &m->cfg;
-    REQUIRE(c->router == MOE_ROUTER_SIGMOID_GROUP && c->n_experts == 16, "fixture router");
+    REQUIRE(c->router == kind && c->n_experts == 16, "%s: fixture router", rel);
     struct moe_engine *e = moe_engine_create(m, &(struct moe_engine_params){ .max_seqs = 1, .max_batch_tokens = T });
     REQUIRE(e, "engine: %s", moe_last_error());
     static struct cap k;
@@ -83,26 +84,26 @@ int main(void)
     int seq[T], pos[T];
     for (int i = 0; i < T; i++) seq[i] = 0, pos[i] = i;
     struct moe_batch b = { .n = T, .tokens = toks, .seq = seq, .pos = pos };
-    for (int l = 2; l < c->n_layers; l++) { /* layers 1..3 are MoE; layer 1 has no MoE layer before it */
+    for (int l = 2; l < c->n_layers; l++) { /* layers 1.. are MoE; layer 1 has no MoE layer before it */
         REQUIRE(moe_predictor_begin(p, &b) == MOE_OK, "begin: %s", moe_last_error());
         g.calls = 0;
         moe_predictor_on_moe_input(p, l - 1, T, k.x[l]);
         moe_predictor_end(p, true);
-        CHECK(g.calls == 1 && g.moe_index == l - 1 && g.n == T, "layer %d: %d predictions for MoE index %d", l,
-              g.calls, g.moe_index);
+        CHECK(g.calls == 1 && g.moe_index == l - 1 && g.n == T, "%s layer %d: %d predictions for MoE index %d", rel,
+              l, g.calls, g.moe_index);
         for (int t = 0; t < T; t++)
             for (int x = 0; x < c->n_experts; x++) {
                 bool routed = false;
                 for (int r = 0; r < c->top_k; r++) routed |= k.ids[l][t * c->top_k + r] == x;
                 float s = g.scores[t * c->n_experts + x];
-                CHECK(s == (routed ? 1.0f : 0.0f), "layer %d token %d expert %d: score %g, routed %d", l, t, x, s,
-                      routed);
+                CHECK(s == (routed ? 1.0f : 0.0f), "%s layer %d token %d expert %d: score %g, routed %d", rel, l, t,
+                      x, s, routed);
             }
     }
     /* the predictor driven by the engine's hooks changes no logit */
     struct moe_engine_hooks ph = moe_predictor_hooks(p, NULL);
     run(e, toks, &ph, lg);
-    CHECK(!memcmp(ref, lg, sizeof(float) * T * c->vocab), "logits changed with the gate predictor attached");
+    CHECK(!memcmp(ref, lg, sizeof(float) * T * c->vocab), "%s: logits changed with the gate predictor attached", rel);
 
     moe_predictor_destroy(p);
     moe_engine_destroy(e);
@@ -110,5 +111,11 @@ int main(void)
     free(ref);
     free(lg);
     moe_model_close(m);
+}
+
+int main(void)
+{
+    check_model("tests/fixtures/hf-tiny/deepseek_v3", MOE_ROUTER_SIGMOID_GROUP);
+    check_model("tests/fixtures/deepseek-v3-variants/v2_group", MOE_ROUTER_SOFTMAX_GROUP);
     return t_result("test_pred_grouped");
 }

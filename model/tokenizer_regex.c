@@ -25,25 +25,28 @@ struct cls {
     uint64_t ascii[2];       /* which of U+0000..U+007F it holds */
 };
 
-enum { N_CLASS, N_CAT, N_ALT, N_REP, N_LOOK, N_EMPTY };
+enum { N_CLASS, N_CAT, N_ALT, N_REP, N_LOOK, N_EMPTY, N_ANCHOR };
+/* Anchors, as Oniguruma reads them: ^ and $ at line breaks too, \A \z \Z at the text's ends. */
+enum { A_LINE_BEGIN, A_LINE_END, A_TEXT_BEGIN, A_TEXT_END, A_TEXT_END_NL };
 enum { REP_GREEDY, REP_LAZY, REP_POSSESSIVE };
 
 struct node {
     int kind;
     int a, b;        /* CAT, ALT: the two sides; REP, LOOK: a, the inner node */
     int min, max;    /* REP: counts, max -1 for no bound */
-    int mode;        /* REP: REP_*; LOOK: 1 when negative */
+    int mode;        /* REP: REP_*; LOOK: 1 when negative; ANCHOR: A_* */
     int cls;         /* CLASS: index into classes */
     bool nullable;   /* can match the empty text */
     int first;       /* the class of the characters a match starts with, -1 when unknown or nullable */
 };
 
-enum { OP_CLASS, OP_RCLASS, OP_SPLIT, OP_JMP, OP_LOOK, OP_MATCH };
+enum { OP_CLASS, OP_RCLASS, OP_SPLIT, OP_JMP, OP_LOOK, OP_MATCH, OP_ASSERT };
 
 struct inst {
     uint8_t op;
     bool flag;       /* RCLASS: possessive; LOOK: negative */
-    int x, y;        /* CLASS, RCLASS: x the class; SPLIT: x first, y second; JMP, LOOK: x the target */
+    int x, y;        /* CLASS, RCLASS: x the class; SPLIT: x first, y second; JMP, LOOK: x the target;
+                        ASSERT: x the anchor (A_*) */
     int fx, fy;      /* SPLIT: the class that must hold the next character for x / y to match, -1 any */
     int min, max;    /* RCLASS: counts, max -1 for no bound */
 };
@@ -225,7 +228,7 @@ static int new_node(struct parser *x, int kind)
     memset(d, 0, sizeof(*d));
     d->kind = kind;
     d->a = d->b = d->cls = d->first = -1;
-    d->nullable = kind == N_EMPTY || kind == N_LOOK;
+    d->nullable = kind == N_EMPTY || kind == N_LOOK || kind == N_ANCHOR;
     return x->nn++;
 }
 
@@ -432,7 +435,7 @@ static bool parse_escape(struct parser *x, uint32_t *cp, bool *single)
     default:
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
             x->p--;
-            return fail(x, "unsupported escape (anchors, back-references and \\b are not supported)");
+            return fail(x, "unsupported escape (back-references, \\b and \\G are not supported)");
         }
         if ((unsigned char)c >= 0x80) {
             x->p--;
@@ -590,6 +593,13 @@ static int parse_atom(struct parser *x)
             return -1;
         return class_node(x, from);
     }
+    if (c == '\\' && x->p + 1 < x->end && (x->p[1] == 'A' || x->p[1] == 'z' || x->p[1] == 'Z')) {
+        x->p += 2;
+        int k = new_node(x, N_ANCHOR);
+        if (k >= 0)
+            x->nodes[k].mode = x->p[-1] == 'A' ? A_TEXT_BEGIN : x->p[-1] == 'z' ? A_TEXT_END : A_TEXT_END_NL;
+        return k;
+    }
     if (c == '\\') {
         x->p++;
         uint32_t cp;
@@ -599,8 +609,11 @@ static int parse_atom(struct parser *x)
         return class_node(x, from);
     }
     if (c == '^' || c == '$') {
-        fail(x, "anchors (^, $) are not supported");
-        return -1;
+        x->p++;
+        int k = new_node(x, N_ANCHOR);
+        if (k >= 0)
+            x->nodes[k].mode = c == '^' ? A_LINE_BEGIN : A_LINE_END;
+        return k;
     }
     if (c == '*' || c == '+' || c == '?') {
         fail(x, "nothing to repeat");
@@ -829,6 +842,9 @@ static void gen(struct emitter *e, const struct parser *x, int k, int look_depth
         e->prog[jmp].x = e->n;
         return;
     }
+    case N_ANCHOR:
+        emit(e, (struct inst){.op = OP_ASSERT, .x = d->mode});
+        return;
     case N_LOOK: {
         if (look_depth >= RE_MAX_LOOK) {
             e->full = true;
@@ -1013,6 +1029,18 @@ static uint32_t cp_at(const char *s, size_t n, size_t i, size_t *l)
     return cp;
 }
 
+/* Whether anchor a (A_*) holds at pos of s[0..n). */
+static bool at_anchor(int a, const char *s, size_t n, size_t pos)
+{
+    switch (a) {
+    case A_LINE_BEGIN: return pos == 0 || s[pos - 1] == '\n';
+    case A_LINE_END: return pos == n || s[pos] == '\n';
+    case A_TEXT_BEGIN: return pos == 0;
+    case A_TEXT_END: return pos == n;
+    default: return pos == n || (pos + 1 == n && s[pos] == '\n');
+    }
+}
+
 /* Run the program from pc at pos, anchored: *end the end of the first match
  * found (leftmost-first), SIZE_MAX when none. */
 static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s, size_t n, size_t pos,
@@ -1080,6 +1108,12 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
             *end = pos;
             w->top = base;
             return MOE_OK;
+        case OP_ASSERT:
+            if (at_anchor(in->x, s, n, pos)) {
+                pc++;
+                continue;
+            }
+            break;
         }
         /* backtrack */
         if (w->top == base) {

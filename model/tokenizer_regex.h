@@ -9,10 +9,11 @@
  * Sk So Z Zs Zl Zp C Cc Cf Cs Co Cn and their long names), groups (...)
  * (?:...) (?i:...), alternation, quantifiers ? * + {n} {n,} {n,m} {,m} (lazy
  * with a trailing ?, possessive ?+ *+ ++ on one character or class),
- * lookahead (?=...) (?!...).  Refused with the reason and the offset:
- * anything else (anchors, lookbehind, back-references, scripts such as
- * \p{Han}, case-insensitive non-ASCII letters), patterns that can match the
- * empty text, and patterns past the size limits.
+ * lookahead (?=...) (?!...), anchors ^ $ (at line breaks too, as Oniguruma
+ * reads them) \A \z \Z.  Refused with the reason and the offset: anything
+ * else (lookbehind, back-references, \b, scripts such as \p{Han},
+ * case-insensitive non-ASCII letters), patterns that can match the empty
+ * text, and patterns past the size limits.
  *
  * A compiled regex is immutable and may be shared between threads; the
  * backtracking stack lives in a per-caller workspace. */

@@ -2,7 +2,8 @@
 """Reference matches for the Split pre-tokenizer regex matcher
 (model/tokenizer_regex.c): random patterns of the syntax it takes, on random
 texts, matched by Python's `regex` module (a backtracking engine with the
-leftmost-first semantics of Oniguruma, which the Hugging Face library uses).
+leftmost-first semantics of Oniguruma, which the Hugging Face library uses;
+compiled MULTILINE, since Oniguruma's ^ and $ hold at line breaks too).
 
     python3 tests/tokenizer/gen_regex_vectors.py > tests/fixtures/tokenizer/regex-vectors.jsonl
 
@@ -39,6 +40,9 @@ ICASE_WORDS = ["'s", "'t", "'re", "ll", "k", "ab", "S"]
 def atom(rnd, depth):
     """A pattern that cannot match empty, and whether it is one class."""
     r = rnd.random()
+    if r < 0.06:  # an anchor before a character (^ and $ at line breaks too: MULTILINE below)
+        c = rnd.choice(LITERALS).replace("\n", r"\n")
+        return rnd.choice(["^", r"\A"]) + c if rnd.random() < 0.5 else c + "$", False
     if depth < 2 and r < 0.15:
         return "(?:%s)" % alternation(rnd, depth + 1), False
     if depth < 2 and r < 0.2:
@@ -102,7 +106,7 @@ def main():
     while n < 400:
         pat = alternation(rnd, 0)
         try:
-            cre = regex.compile(pat)
+            cre = regex.compile(pat, regex.MULTILINE)
         except regex.error:
             continue
         for _ in range(4):

@@ -12,6 +12,8 @@ the bundled model's vocabulary and merges:
   deepseek-v3    normalizer Sequence[] + Sequence[Split(\p{N}{1,3}),
                  Split(CJK runs), Split(words, punctuation, spaces),
                  ByteLevel(use_regex false)] (DeepSeek-V3's tokenizer.json)
+  deepseek-llm   Sequence[] + six Splits, one ending in a line anchor ($)
+                 (DeepSeek-LLM's and DeepSeek-V2's tokenizer.json)
   cl100k         Split(the cl100k / Llama-3 regex: numbers of 1-3 digits)
   o200k          Split(the o200k regex: letter runs by case and marks; its
                  first optional prefix possessive, ?+, as some files write it)
@@ -54,6 +56,28 @@ DEEPSEEK_V3 = [
     r"""\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[""" + "\r\n" + r"""]*|\s*[""" + "\r\n" +
     r"""]+|\s+(?!\S)|\s+""",
 ]
+# DeepSeek-LLM's and DeepSeek-V2's six Splits (line breaks alone; Latin, Greek, Cyrillic and other cased
+# letters in ranges; ASCII and full-width punctuation; spaces at a line's end; CJK and Hangul runs;
+# digit runs), as llama.cpp lists them for its deepseek-llm pre-tokenizer type
+DEEPSEEK_LLM = [
+    "[\r\n]",
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af"
+    "\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5"
+    "\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba"
+    "\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45"
+    "\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe"
+    "\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc"
+    "\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3"
+    "\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06"
+    "\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+    "\U0001e900-\U0001e943]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    "\\s+$",
+    "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+    "\\p{N}+",
+]
 CL100K = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
           r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
 O200K = (r"""[^\r\n\p{L}\p{N}]?+[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
@@ -70,7 +94,7 @@ def split_isolated(patterns, text):
         out = []
         for p in pieces:
             done = 0
-            for m in regex.finditer(pat, p):
+            for m in regex.finditer(pat, p, regex.MULTILINE):  # Oniguruma's ^ and $ hold at line breaks
                 out += [p[done:m.start()]] if m.start() > done else []
                 out.append(m.group())
                 done = m.end()
@@ -154,6 +178,7 @@ def texts(reference):
         "\u0939\u093f\u0928\u094d\u0926\u0940 \u0915\u093e", "CamelCaseWord HTTPServer iPhone \u01c5ungla",
         "1234567 \uff11\uff12\uff13\uff14 \u0661\u0662\u0663\u0664 \u00bd\u2167", "x = a+b/c*-d; // \u2192 \u20ac5",
         "path/to/file\r\n/usr  \U0001f600\U0001f600 ok", "'S's 'LL 'Ve \u017ft", " \ufb01ne \u02b0h",
+        "end of line   \nnext  \r\n\u03b1\u03b2\u03b3 \u0416\u0436 \uff21\uff22\uff01 \u3001\u3002 \ud55c\uad6d\uc5b4 12345  ",
     ]
     pool = ("abcXYZ019 _.,;:!?'\"()[]{}\t\r\n" + "\u0301\u0308\u0323\u030a\u0307" + "\u00e9\u00c5\u212b\u0958"
             + "\u1100\u1161\u11a8\uac00\u0661\u4e2d\u00a0\u3000\U0001f600\U0001d400"
@@ -185,6 +210,7 @@ def main():
         ("qwen2-regex", nfc, byte_level(["(?:" + QWEN2 + ")"]), [QWEN2]),
         ("gpt2-regex", nfc, byte_level([GPT2]), [GPT2]),
         ("deepseek-v3", {"type": "Sequence", "normalizers": []}, byte_level(DEEPSEEK_V3), DEEPSEEK_V3),
+        ("deepseek-llm", {"type": "Sequence", "normalizers": []}, byte_level(DEEPSEEK_LLM), DEEPSEEK_LLM),
         ("cl100k", nfc, byte_level([CL100K]), [CL100K]),
         ("o200k", nfc, byte_level([O200K]), [O200K]),
     ]

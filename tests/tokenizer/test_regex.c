@@ -3,7 +3,7 @@
  * (random patterns of the syntax it takes, on random texts; written by
  * gen_regex_vectors.py) gives the same matches, one after another.  Then:
  * lazy, greedy and possessive counts, lookaheads at the end of the text,
- * case folding, and a pattern that backtracks without end stopped by its
+ * case folding, anchors, and a pattern that backtracks without end stopped by its
  * step budget with a clear error. */
 #include "model/tokenizer_regex.h"
 #include "tests/test_util.h"
@@ -88,6 +88,10 @@ int main(void)
     expect("\\p{N}{1,3}", "12345\xef\xbc\x91", "[0,3)[3,8)");
     expect("[^\\r\\n\\p{L}\\p{N}]?\\p{L}+", " foo\nbar", "[0,4)[5,8)");
     expect("x(?=y)|y", "xyxz", "[0,1)[1,2)");
+    expect("\\s+$", "a  \nb  ", "[1,3)[5,7)");            /* $ before a line break and at the end */
+    expect("^x", "x\nx x", "[0,1)[2,3)");                   /* ^ after a line break */
+    expect("\\Ax|x\\z", "x\nx x", "[0,1)[4,5)");          /* the text's own ends only */
+    expect("x\\Z", "x\nx\n", "[2,3)");                     /* the end, or before a final line break */
 
     /* exponential backtracking ends at the step budget, with an error */
     char as[64];

@@ -124,7 +124,8 @@ static bool tmp_normalize(struct parser *x, int from, bool neg)
 {
     rng_t *r = x->tmp + from;
     int n = x->nt - from, k = 0;
-    qsort(r, (size_t)n, sizeof(*r), rng_cmp);
+    if (n > 1)
+        qsort(r, (size_t)n, sizeof(*r), rng_cmp);
     for (int i = 0; i < n; i++) {
         if (k > 0 && r[i].lo <= r[k - 1].hi + 1) {
             if (r[i].hi > r[k - 1].hi)
@@ -779,7 +780,8 @@ static bool first_chars(struct parser *x, int k)
 static bool branch_filters(struct parser *x)
 {
     for (int k = 0; k < x->nn; k++) {
-        int kind = x->nodes[k].kind, kids[2] = {x->nodes[k].a, kind == N_ALT ? x->nodes[k].b : -1};
+        int kind = x->nodes[k].kind;
+        const int kids[2] = {x->nodes[k].a, kind == N_ALT ? x->nodes[k].b : -1};
         if (kind != N_ALT && kind != N_REP)
             continue;
         for (int i = 0; i < 2; i++) {
@@ -1092,7 +1094,7 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
             pc = in->x;
             continue;
         case OP_LOOK: {
-            size_t e;
+            size_t e = SIZE_MAX;
             enum moe_status st = run(re, pc + 1, s, n, pos, &e, w, budget);
             if (st) {
                 w->top = base;
@@ -1141,7 +1143,7 @@ enum moe_status moe_tok_regex_find(const struct moe_tok_regex *re, const char *s
         uint32_t cp = cp_at(s, n, i, &l);
         if (!class_has(re, first, cp))
             continue;
-        size_t e;
+        size_t e = SIZE_MAX;
         enum moe_status st = run(re, 0, s, n, i, &e, ws, &budget);
         if (st)
             return st;

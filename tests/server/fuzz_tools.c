@@ -1,0 +1,40 @@
+/* libFuzzer: the tool-call parsers over a model's reply, which may be any
+ * text.  The first byte picks the convention (Hermes' <tool_call>, Mistral's
+ * [TOOL_CALLS], DeepSeek's markers); the rest is the reply.  Parsed calls are
+ * OpenAI entries (an id, "function", a name and arguments as text; JSON text
+ * whenever the model wrote them as a JSON object), the content before them is
+ * a prefix of the reply; the streaming
+ * release never passes the reply's end and stops before a marker it found. */
+#include <jansson.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "model/chat.h"
+#include "server/requests.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    static const int styles[] = {MOE_TOOLS_HERMES, MOE_TOOLS_MISTRAL, MOE_TOOLS_DEEPSEEK};
+    int style = styles[data[0] % 3];
+    const char *text = (const char *)data + 1;
+    size_t len = size - 1, content = (size_t)-1;
+    json_t *calls = moe_tool_calls_parse(text, len, style, "call_f", &content);
+    if (calls) {
+        if (content > len || !json_is_array(calls) || !json_array_size(calls))
+            abort();
+        for (size_t i = 0; i < json_array_size(calls); i++) {
+            json_t *c = json_array_get(calls, i), *f = json_object_get(c, "function");
+            if (!json_is_string(json_object_get(c, "id")) || !json_is_string(json_object_get(f, "name")) ||
+                !json_is_string(json_object_get(f, "arguments")))
+                abort();
+        }
+        json_decref(calls);
+    }
+    bool found = false;
+    size_t out = moe_tool_calls_release(text, len, style, &found);
+    if (out > len || (calls && !found))
+        abort();
+    return 0;
+}

@@ -1286,13 +1286,24 @@ static const char *tool_open(int style)
     return style == MOE_TOOLS_MISTRAL ? "[TOOL_CALLS]" : style == MOE_TOOLS_DEEPSEEK ? MOE_DS_CALLS_BEGIN : "<tool_call>";
 }
 
-/* An OpenAI tool_calls entry from a call's JSON value; NULL when it is not one. */
+/* Whether s[0..n) is one JSON value. */
+static bool is_json(const char *s, size_t n)
+{
+    json_t *v = json_loadb(s, n, JSON_DECODE_ANY, NULL);
+    json_decref(v);
+    return v != NULL;
+}
+
+/* An OpenAI tool_calls entry from a call's JSON value (arguments an object, or
+ * a string holding JSON text); NULL when it is not one. */
 static json_t *call_entry(const json_t *call, const char *id)
 {
     const char *name = json_string_value(json_object_get(call, "name"));
     json_t *a = json_object_get(call, "arguments"), *out = NULL;
-    char *args = json_is_object(a) ? json_dumps(a, JSON_COMPACT) : json_is_string(a) ? strdup(json_string_value(a))
-                                                                                    : NULL;
+    char *args = json_is_object(a) ? json_dumps(a, JSON_COMPACT)
+                 : json_is_string(a) && is_json(json_string_value(a), json_string_length(a))
+                     ? strdup(json_string_value(a))
+                     : NULL;
     if (name && args)
         out = json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id, "type", "function", "function", "name", name,
                         "arguments", args);

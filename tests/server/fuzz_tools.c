@@ -1,9 +1,8 @@
 /* libFuzzer: the tool-call parsers over a model's reply, which may be any
  * text.  The first byte picks the convention (Hermes' <tool_call>, Mistral's
  * [TOOL_CALLS], DeepSeek's markers); the rest is the reply.  Parsed calls are
- * OpenAI entries (an id, "function", a name and arguments as text; JSON text
- * whenever the model wrote them as a JSON object), the content before them is
- * a prefix of the reply; the streaming
+ * OpenAI entries (an id, "function", a name and arguments that are JSON
+ * text), the content before them is a prefix of the reply; the streaming
  * release never passes the reply's end and stops before a marker it found. */
 #include <jansson.h>
 #include <stdint.h>
@@ -26,9 +25,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         for (size_t i = 0; i < json_array_size(calls); i++) {
             json_t *c = json_array_get(calls, i), *f = json_object_get(c, "function");
-            if (!json_is_string(json_object_get(c, "id")) || !json_is_string(json_object_get(f, "name")) ||
-                !json_is_string(json_object_get(f, "arguments")))
+            json_t *args = json_object_get(f, "arguments");
+            json_t *parsed = json_is_string(args) ? json_loadb(json_string_value(args), json_string_length(args),
+                                                               JSON_DECODE_ANY, NULL)
+                                                  : NULL;
+            if (!json_is_string(json_object_get(c, "id")) || !json_is_string(json_object_get(f, "name")) || !parsed)
                 abort();
+            json_decref(parsed);
         }
         json_decref(calls);
     }

@@ -545,7 +545,8 @@ static void test_tool_blocks(void)
           "second call");
     json_decref(calls);
     const char *not_calls[] = { "no tags here", "<tool_call>{\"name\": 3}</tool_call>",
-                                "<tool_call>not json</tool_call>", "<tool_call>{\"name\": \"f\"}</tool_call>" };
+                                "<tool_call>not json</tool_call>", "<tool_call>{\"name\": \"f\"}</tool_call>",
+                                "<tool_call>{\"name\": \"f\", \"arguments\": \"not json\"}</tool_call>" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
         CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_HERMES, "c", &content), "'%s' parsed",
               not_calls[i]);

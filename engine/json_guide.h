@@ -48,6 +48,8 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
  * ECMA-262 syntax as for a schema's pattern) matches as a whole: vLLM's guided_regex.  One
  * reference, as moe_json_schema_parse. */
 enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_json_schema **out);
+/* Whether sc holds the output to raw text (a choice or a regular expression), not to JSON. */
+bool moe_json_schema_raw(const struct moe_json_schema *sc);
 /* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls),
  * or with tight, no whitespace at all (vLLM's disable_any_whitespace).  Only before sc is shared. */
 void moe_json_schema_compact(struct moe_json_schema *sc, bool tight);

@@ -1047,6 +1047,7 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     sc->n_nodes = c->n_nodes;
     sc->root = (uint16_t)root;
     sc->compact = 0;
+    sc->raw = false;
     c->nodes = NULL;
     c->props = NULL;
     c->lits = NULL;
@@ -1112,6 +1113,7 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
         goto out;
     }
     st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
+    if (st == MOE_OK) (*out)->raw = true;
 out:
     cc_free(&c);
     return st;
@@ -1128,9 +1130,15 @@ enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_js
         int root = start ? new_node(&c, (struct json_node){ .kind = K_TEXT, .pattern = start }) : -1;
         if (!start) st = moe_errorf(MOE_EINVAL, "%s", err);
         else st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
+        if (st == MOE_OK) (*out)->raw = true;
     }
     cc_free(&c);
     return st;
+}
+
+bool moe_json_schema_raw(const struct moe_json_schema *sc)
+{
+    return sc && sc->raw;
 }
 
 void moe_json_schema_compact(struct moe_json_schema *sc, bool tight)

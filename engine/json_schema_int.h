@@ -122,6 +122,7 @@ struct moe_json_schema {
     int n_nodes;
     uint16_t root;
     uint8_t compact;     /* whitespace between tokens: 1, one space at most and no line break; 2, none */
+    bool raw;            /* a choice of texts or a regular expression: the output is text, not JSON */
 };
 
 /* Nodes every schema begins with (the "any value" grammar). */

@@ -58,6 +58,8 @@ struct hcall {
     bool stream, chat, include_usage;
     bool tool_call;               /* the reply is a tool call (tool_choice): text held, sent as tool_calls */
     uint8_t tool_parse;           /* tool calls in the reply (an enum moe_tool_style) become tool_calls (auto) */
+    bool reasoning;               /* serve --reasoning-parser think: <think>...</think> is reasoning_content */
+    bool think_opened;            /* ... and the prompt opened the block: the reply starts inside it */
     char id[48];
     long long created;
     int n, n_open;                /* choices; those still generating */
@@ -73,7 +75,11 @@ struct hreq {
     struct srv_gen *g;
     bool started;                 /* chat: the choice's first chunk (with its role) went out */
     bool in_call;                 /* streamed tool_parse: a call's tag began, the rest is held */
-    struct evbuffer *text;        /* non-streamed: the text so far; streamed tool calls: the text held */
+    struct evbuffer *text;        /* non-streamed: the text so far; streamed tool calls: the text held
+                                     (with a reasoning parser: of the answer only) */
+    struct evbuffer *all;         /* reasoning parser: the whole reply so far */
+    struct evbuffer *reason;      /* ... non-streamed: the reasoning */
+    size_t sent_r, sent_c;        /* ... bytes of the reasoning and of the answer passed on */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
     json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
@@ -148,6 +154,10 @@ static void hreq_free(struct hreq *r)
 {
     if (r->text)
         evbuffer_free(r->text);
+    if (r->all)
+        evbuffer_free(r->all);
+    if (r->reason)
+        evbuffer_free(r->reason);
     moe_stop_scan_free(&r->scan);
     json_decref(r->lp);
     free(r->echo);
@@ -353,7 +363,9 @@ static json_t *reply_json(const struct hcall *c, json_t *choices, json_t *usage)
     return j;
 }
 
-static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const char *finish)
+/* A streamed chunk: the choice's next text (its answer; or, when key is "reasoning_content", its
+ * reasoning), or its end. */
+static json_t *chunk_json_as(struct hreq *r, const char *key, const char *text, size_t len, const char *finish)
 {
     json_t *choice;
     json_t *fr = finish ? json_string(finish) : json_null();
@@ -362,7 +374,7 @@ static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const ch
         if (!r->started)
             json_object_set_new(delta, "role", json_string("assistant"));
         if (len || !finish)
-            json_object_set_new(delta, "content", json_stringn(text, len));
+            json_object_set_new(delta, key, json_stringn(text, len));
         choice = json_pack("{s:i,s:o,s:o,s:o}", "index", r->index, "delta", delta, "logprobs", lp_take(r),
                            "finish_reason", fr);
     } else {
@@ -370,6 +382,11 @@ static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const ch
                            "finish_reason", fr);
     }
     return reply_json(r->c, json_pack("[o]", choice), NULL);
+}
+
+static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const char *finish)
+{
+    return chunk_json_as(r, "content", text, len, finish);
 }
 
 static void sse_send(struct hcall *c, json_t *j)
@@ -397,9 +414,9 @@ static void sse_done(struct hcall *c)
     evhttp_send_reply_end(c->req);
 }
 
-/* Text for the client: a streamed chunk (one per token, possibly empty) or
+/* The answer's text for the client: a streamed chunk (one per token, possibly empty) or
  * the choice's text so far. */
-static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
+static void emit_content(struct hreq *r, const char *t, size_t len, bool chunk)
 {
     if (r->c->stream && r->c->tool_parse) { /* content until a <tool_call> tag, which is held with the rest */
         evbuffer_add(r->text, t, len);
@@ -421,6 +438,43 @@ static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
     } else if (len) {
         evbuffer_add(r->text, t, len);
     }
+}
+
+/* Text for the client.  With a reasoning parser the reply so far is split (moe_think_split): what
+ * is decided of its reasoning goes out as reasoning_content (streamed) or is kept for the message,
+ * what is decided of its answer goes on as content; last: the reply is whole. */
+static void emit_text_as(struct hreq *r, const char *t, size_t len, bool chunk, bool last)
+{
+    if (!r->c->reasoning) {
+        emit_content(r, t, len, chunk);
+        return;
+    }
+    evbuffer_add(r->all, t, len);
+    size_t n = evbuffer_get_length(r->all);
+    const char *s = n ? (const char *)evbuffer_pullup(r->all, -1) : "";
+    struct moe_think_split sp;
+    moe_think_split(s, n, r->c->think_opened, last, &sp);
+    bool sent = false;
+    if (sp.re > sp.rb + r->sent_r) {
+        const char *p = s + sp.rb + r->sent_r;
+        size_t m = sp.re - sp.rb - r->sent_r;
+        if (r->c->stream) {
+            sse_send(r->c, chunk_json_as(r, "reasoning_content", p, m, NULL));
+            r->started = sent = true;
+        } else {
+            evbuffer_add(r->reason, p, m);
+        }
+        r->sent_r += m;
+    }
+    size_t avail = sp.content && n > sp.cb + r->sent_c ? n - sp.cb - r->sent_c : 0;
+    if (avail || (chunk && !sent))
+        emit_content(r, s + sp.cb + r->sent_c, avail, chunk && !sent);
+    r->sent_c += avail;
+}
+
+static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
+{
+    emit_text_as(r, t, len, chunk, false);
 }
 
 /* t (malloc'd, *len bytes) through the stop scanner when the request has stop
@@ -480,6 +534,8 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     }
     json_t *calls = NULL;
     size_t content_n = 0;
+    if (ok && c->reasoning) /* the reply is whole: what was held as a possible tag is decided */
+        emit_text_as(r, "", 0, false, true);
     if (ok && (c->tool_call || c->tool_parse)) { /* the held text: calls, or (none) plain content */
         size_t n = evbuffer_get_length(r->text);
         const char *txt = (const char *)evbuffer_pullup(r->text, -1);
@@ -525,6 +581,11 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
         else
             choice = json_pack("{s:i,s:s%,s:o,s:s}", "index", r->index, "text", txt ? txt : "", n,
                                "logprobs", lp, "finish_reason", finish);
+        if (c->chat && c->reasoning) { /* the reasoning apart from the answer, null when there was none */
+            size_t rn = evbuffer_get_length(r->reason);
+            json_object_set_new(json_object_get(choice, "message"), "reasoning_content",
+                                rn ? json_stringn((const char *)evbuffer_pullup(r->reason, -1), rn) : json_null());
+        }
         json_array_set_new(c->choices, (size_t)r->index, choice);
     } else if (c->stream) {
         sse_send(c, err_json(srv_finish_http_status(why, st), msg));
@@ -726,6 +787,10 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     c->include_usage = gr.include_usage;
     c->tool_call = gr.tool_call;
     c->tool_parse = gr.tool_parse;
+    /* output held to JSON (JSON mode, a schema, a forced tool call) has no reasoning block to find */
+    c->reasoning = chat && !strcmp(h->srv->cfg.reasoning_parser, "think") && !gr.json_object && !gr.tool_call &&
+                   (!gr.json_schema || moe_json_schema_raw(gr.json_schema));
+    c->think_opened = c->reasoning && gr.prompt && moe_think_opened(gr.prompt, gr.prompt_len);
     c->created = (long long)time(NULL);
     c->n = gr.n;
     snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
@@ -736,7 +801,8 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         json_array_append_new(c->choices, json_null());
         struct hreq *r = calloc(1, sizeof(*r));
         if (!r || !(r->text = evbuffer_new()) || (gr.logprobs && !(r->lp = lp_new(chat))) ||
-            (echo && !(r->echo = malloc(echo_len + 1)))) {
+            (echo && !(r->echo = malloc(echo_len + 1))) ||
+            (c->reasoning && (!(r->all = evbuffer_new()) || !(r->reason = evbuffer_new())))) {
             if (r)
                 hreq_free(r);
             st = moe_errorf(MOE_ENOMEM, "out of memory");

@@ -1449,15 +1449,67 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char
     return calls;
 }
 
+/* Bytes at the end of s[0..n) that begin tag (a proper prefix of it): held back while streaming. */
+static size_t tag_tail(const char *s, size_t n, const char *tag)
+{
+    size_t m = strlen(tag) - 1;
+    for (m = m < n ? m : n; m > 0; m--)
+        if (!memcmp(s + n - m, tag, m)) return m;
+    return 0;
+}
+
 size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *found)
 {
     const char *open = tool_open(style), *at = memmem(text, len, open, strlen(open));
     *found = at != NULL;
-    if (at) return (size_t)(at - text);
-    size_t m = strlen(open) - 1; /* hold back a tail that could begin the tag */
-    for (m = m < len ? m : len; m > 0; m--)
-        if (!memcmp(text + len - m, open, m)) return len - m;
-    return len;
+    return at ? (size_t)(at - text) : len - tag_tail(text, len, open);
+}
+
+/* ---- reasoning ---- */
+
+#define THINK_OPEN "<think>"
+#define THINK_CLOSE "</think>"
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
+bool moe_think_opened(const char *prompt, size_t len)
+{
+    while (len > 0 && is_space(prompt[len - 1]))
+        len--;
+    return len >= strlen(THINK_OPEN) && !memcmp(prompt + len - strlen(THINK_OPEN), THINK_OPEN, strlen(THINK_OPEN));
+}
+
+void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!opened) {
+        size_t i = 0, no = strlen(THINK_OPEN);
+        while (i < len && is_space(text[i]))
+            i++;
+        if (len - i >= no && !memcmp(text + i, THINK_OPEN, no)) {
+            out->rb = out->re = i + no;
+        } else if (!last && len - i < no && !memcmp(text + i, THINK_OPEN, len - i)) {
+            return; /* spaces, or the tag's beginning: not decided yet */
+        } else {
+            out->content = true; /* no reasoning: all of it is the answer */
+            return;
+        }
+    }
+    const char *s = text + out->rb;
+    size_t n = len - out->rb;
+    const char *e = memmem(s, n, THINK_CLOSE, strlen(THINK_CLOSE));
+    if (!e) {
+        out->re = last ? len : len - tag_tail(s, n, THINK_CLOSE);
+        return;
+    }
+    out->re = (size_t)(e - text);
+    out->cb = out->re + strlen(THINK_CLOSE);
+    while (out->cb < len && (text[out->cb] == '\n' || text[out->cb] == '\r'))
+        out->cb++;
+    out->content = true;
 }
 
 /* ---- stop sequences ---- */

@@ -98,6 +98,20 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char
  * (*found set when it is there), holding back a tail that could begin it. */
 size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *found);
 
+/* Reasoning (serve --reasoning-parser think): a reply that starts with "<think>" (after whitespace)
+ * reasons up to "</think>", then answers; when the prompt opened the block itself (it ends in
+ * "<think>" and whitespace, as some templates end the generation prompt), the reply reasons from its
+ * first byte.  For the reply so far text[0..len) (all of it when last): the reasoning is [rb, re)
+ * and, once content is true, the answer runs from cb to len (the line breaks right after "</think>"
+ * left out).  Only what is decided is given: bytes that may still become a tag are held back. */
+struct moe_think_split {
+    size_t rb, re, cb;
+    bool content;
+};
+void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out);
+/* Whether a prompt opens a reasoning block: it ends in "<think>" and whitespace. */
+bool moe_think_opened(const char *prompt, size_t len);
+
 /* Stop-sequence scanner over text produced piece by piece: holds back the
  * tail that could still begin a stop sequence, and reports the first
  * completed one.  Text is passed through unchanged otherwise. */

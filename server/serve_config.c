@@ -105,6 +105,9 @@ static const struct moe_serve_opt opts[] = {
     { "chat-template", MOE_OPT_STRING, OFF(chat_template), SZ(chat_template), "auto", 0, 0,
       "how chat messages become a prompt: auto (the model's tokenizer_config.json chat_template, else "
       "markers), markers (moeflow's <|role|> lines), or a Jinja template file", 0 },
+    { "reasoning-parser", MOE_OPT_STRING, OFF(reasoning_parser), SZ(reasoning_parser), "none", 0, 0,
+      "chat replies of reasoning models: none (all of it is content), or think (a leading <think>...</think>, "
+      "or the reply up to </think> when the prompt ends in <think>, goes out as reasoning_content)", 0 },
     { "cors-origin", MOE_OPT_STRING, OFF(cors_origin), SZ(cors_origin), "", 0, 0,
       "web origins allowed to call the HTTP API from a browser (CORS): *, or a comma-separated list such "
       "as https://a.example,http://localhost:3000 (default: none)", 0 },
@@ -184,6 +187,8 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
         memcpy(base, value, strlen(value) + 1);
         if (!strcmp(o->name, "grouping") && strcmp(value, "fcfs") && strcmp(value, "regroup"))
             return moe_errorf(MOE_EINVAL, "grouping: '%s' is not one of fcfs, regroup", value);
+        if (!strcmp(o->name, "reasoning-parser") && strcmp(value, "none") && strcmp(value, "think"))
+            return moe_errorf(MOE_EINVAL, "reasoning-parser: '%s' is not one of none, think", value);
         return MOE_OK;
     }
     char *end = NULL;

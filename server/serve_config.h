@@ -64,6 +64,8 @@ struct moe_serve_config {
     int warmup_tokens;         /* tokens generated before reporting ready (0 = no warm-up) */
     char model_name[128];      /* name served in APIs ("" = model directory's basename) */
     char chat_template[4096];  /* "auto", "markers" or a template file (chat prompts) */
+    char reasoning_parser[16]; /* "none", or "think": chat replies' <think>...</think> become
+                                  reasoning_content */
     /* browsers */
     char cors_origin[1024];    /* origins allowed to call the HTTP API from a web page: "*", or a
                                   comma-separated list of exact origins ("" = none, no CORS headers) */

@@ -7,7 +7,8 @@ on exactly the text that template makes (its token count is compared with
 `moeflow tokenize` of the expected text), pass chat_template_kwargs to it,
 turn its raise_exception() into a 400 that keeps the server serving, and
 `--chat-template markers` / FILE / a template outside the subset must do what
-`moeflow serve --help` says."""
+`moeflow serve --help` says; with `--reasoning-parser think`, a reply's <think>...</think> (or, when
+the prompt opened the block, its text up to </think>) is reasoning_content, whole and streamed."""
 import json
 import os
 import shutil
@@ -149,6 +150,68 @@ def main():
             check(code == 200 and streamed == text, "streamed %r, whole %r" % (streamed, text))
         finally:
             check(srv.stop() == 0, "exit status")
+
+        # --reasoning-parser think: a reply that opens with <think> (or whose prompt opened it) gives its
+        # reasoning as reasoning_content, the rest as content, whole and streamed alike; the reply is
+        # forced by a regular expression, since this model never writes the tags by itself
+        def reply(srv, body):
+            code, raw = srv.http("/v1/chat/completions", json.dumps(body).encode())
+            out = json.loads(raw)
+            m = (out.get("choices") or [{}])[0].get("message", {})
+            code_s, raw_s = srv.http("/v1/chat/completions", json.dumps(dict(body, stream=True)).encode())
+            chunks = [json.loads(line[6:]) for line in raw_s.decode().split("\n") if line.startswith("data: {")]
+            deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+            streamed = ("".join(d.get("reasoning_content") or "" for d in deltas),
+                        "".join(d.get("content") or "" for d in deltas))
+            return code, code_s, (m.get("reasoning_content"), m.get("content")), streamed
+
+        plain = os.path.join(tmp, "plain.jinja")
+        with open(plain, "w") as f:
+            f.write("{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}\n[assistant] ")
+        opens = os.path.join(tmp, "opens.jinja")
+        with open(opens, "w") as f:
+            f.write("{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}\n[assistant] <think>\n")
+        user = [{"role": "user", "content": "def add(a, b):"}]
+        for tmpl, rx, want in ((plain, "<think>Add them[.]</think>\n\nreturn a [+] b", ("Add them.", "return a + b")),
+                               (opens, "Add them[.]</think>\nreturn a [+] b", ("Add them.", "return a + b")),
+                               (plain, "return a [+] b", (None, "return a + b"))):
+            srv = Server(moeflow, "--model", model, "--chat-template", tmpl, "--reasoning-parser", "think")
+            try:
+                code, code_s, whole, streamed = reply(srv, {"messages": user, "max_tokens": 40, "temperature": 0,
+                                                            "guided_regex": rx})
+                check(code == 200 and whole == want, "reasoning %s: %d %r, want %r" % (rx, code, whole, want))
+                check(code_s == 200 and streamed == (want[0] or "", want[1]), "streamed %s: %r" % (rx, streamed))
+            finally:
+                check(srv.stop() == 0, "exit status")
+        # output held to JSON has no reasoning block, even after a prompt that opened one
+        srv = Server(moeflow, "--model", model, "--chat-template", opens, "--reasoning-parser", "think")
+        try:
+            code, code_s, whole, streamed = reply(srv, {"messages": user, "max_tokens": 16, "temperature": 0,
+                                                        "response_format": {"type": "json_object"}})
+            check(code == 200 and whole[0] is None and (whole[1] or "").startswith("{") and streamed == ("", whole[1]),
+                  "JSON mode with the parser: %d %r %r" % (code, whole, streamed))
+        finally:
+            check(srv.stop() == 0, "exit status")
+        # the prompt opened the block and the reply never closes it: all reasoning, as the parser "none"
+        # gives it as content
+        srv = Server(moeflow, "--model", model, "--chat-template", opens)
+        try:
+            body = {"messages": user, "max_tokens": 24, "temperature": 0}
+            code, code_s, (r, text), streamed = reply(srv, body)
+            check(code == 200 and r is None and text, "no parser: %d %r" % (code, text))
+        finally:
+            check(srv.stop() == 0, "exit status")
+        srv = Server(moeflow, "--model", model, "--chat-template", opens, "--reasoning-parser", "think")
+        try:
+            code, code_s, whole, streamed = reply(srv, body)
+            check(code == 200 and whole == (text, "") and streamed == (text, ""),
+                  "never closed: %d %r %r, want %r" % (code, whole, streamed, text))
+        finally:
+            check(srv.stop() == 0, "exit status")
+        r = subprocess.run([moeflow, "serve", "--model", model, "--reasoning-parser", "deepseek", "--grpc-port", "0",
+                            "--http-port", str(free_port())], capture_output=True, timeout=60)
+        check(r.returncode != 0 and b"reasoning-parser" in r.stderr, "bad --reasoning-parser: %d %r" %
+              (r.returncode, r.stderr))
 
         # a file that does not compile, or is missing: no start, the message names it
         with open(path, "w") as f:

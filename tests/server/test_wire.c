@@ -647,6 +647,46 @@ static void test_tool_calls_deepseek(void)
 #undef S
 }
 
+/* Reasoning: "<think>...</think>" at a reply's start (or from its first byte when the prompt opened the
+ * block) splits into reasoning and answer; partial tags are held until decided; the answer's leading line
+ * breaks go; a reply without the tag is all answer. */
+static void test_think_split(void)
+{
+    static const struct {
+        const char *text;
+        bool opened, last;
+        const char *reason;  /* decided reasoning */
+        const char *answer;  /* decided answer, NULL: none yet */
+    } cs[] = {
+        { "<think>a b</think>\n\nAnswer.", false, true, "a b", "Answer." },
+        { "  \n<think>x</think>y", false, true, "x", "y" },
+        { "no reasoning", false, false, "", "no reasoning" },
+        { "<thi", false, false, "", NULL },                 /* may still be the tag */
+        { "<thi", false, true, "", "<thi" },                /* the reply ended: it was text */
+        { "<think>partial</th", false, false, "partial", NULL }, /* the closing tag's beginning held */
+        { "<think>partial</th", false, true, "partial</th", NULL },
+        { "<think>\nstill thinking", false, true, "\nstill thinking", NULL },
+        { "r1 style</think>\nok", true, true, "r1 style", "ok" },
+        { "r1 style</think>\n", true, false, "r1 style", "" }, /* the answer began; its line breaks go */
+        { "<think>x</think>", true, true, "<think>x", "" },  /* opened by the prompt: a second tag is text */
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(cs); i++) {
+        struct moe_think_split sp;
+        size_t n = strlen(cs[i].text);
+        moe_think_split(cs[i].text, n, cs[i].opened, cs[i].last, &sp);
+        bool ok = sp.re - sp.rb == strlen(cs[i].reason) && !memcmp(cs[i].text + sp.rb, cs[i].reason, sp.re - sp.rb);
+        if (cs[i].answer)
+            ok = ok && sp.content && n - sp.cb == strlen(cs[i].answer) && !memcmp(cs[i].text + sp.cb, cs[i].answer,
+                                                                                  n - sp.cb);
+        else
+            ok = ok && !sp.content;
+        CHECK(ok, "case %zu '%s': reasoning [%zu, %zu), answer %s from %zu", i, cs[i].text, sp.rb, sp.re,
+              sp.content ? "yes" : "no", sp.cb);
+    }
+    CHECK(moe_think_opened("x\n<think>\n", 10) && moe_think_opened("<think>", 7) && !moe_think_opened("<think>x", 8) &&
+              !moe_think_opened("", 0), "prompts that open the block");
+}
+
 static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
 {
     size_t n = inference__model_infer_request__get_packed_size(m);
@@ -779,6 +819,7 @@ int main(void)
     test_tool_blocks();
     test_tool_calls_mistral();
     test_tool_calls_deepseek();
+    test_think_split();
     test_kserve();
     test_utf8();
     test_metrics();

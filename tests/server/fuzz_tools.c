@@ -3,7 +3,9 @@
  * [TOOL_CALLS], DeepSeek's markers); the rest is the reply.  Parsed calls are
  * OpenAI entries (an id, "function", a name and arguments that are JSON
  * text), the content before them is a prefix of the reply; the streaming
- * release never passes the reply's end and stops before a marker it found. */
+ * release never passes the reply's end and stops before a marker it found.
+ * The reasoning split (moe_think_split) of the reply and of a beginning of it
+ * agree: what the beginning decided, the whole reply decides the same way. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -39,5 +41,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t out = moe_tool_calls_release(text, len, style, &found);
     if (out > len || (calls && !found))
         abort();
+    size_t cut = len ? (size_t)data[0] % (len + 1) : 0;
+    for (int opened = 0; opened < 2; opened++) {
+        struct moe_think_split w, p;
+        moe_think_split(text, len, opened, true, &w);
+        moe_think_split(text, cut, opened, false, &p);
+        if (w.rb > w.re || w.re > len || (w.content && (w.cb < w.re || w.cb > len)) || p.re > cut)
+            abort();
+        if (p.re > p.rb && (p.rb != w.rb || p.re > w.re)) /* decided reasoning stays reasoning */
+            abort();
+        if (p.content && (!w.content || (p.cb < cut && p.cb != w.cb) || (p.cb == cut && w.cb < cut)))
+            abort(); /* a decided answer starts where the whole reply's does */
+    }
     return 0;
 }

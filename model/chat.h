@@ -36,6 +36,8 @@ enum moe_tool_style {
     MOE_TOOLS_NONE,
     MOE_TOOLS_HERMES,  /* <tool_call>{"name": ..., "arguments": {...}}</tool_call> blocks (Hermes, Qwen) */
     MOE_TOOLS_MISTRAL, /* [TOOL_CALLS] then a JSON array of {"name": ..., "arguments": {...}} (Mistral, Mixtral) */
+    MOE_TOOLS_QWEN_XML, /* <tool_call><function=NAME><parameter=KEY>value</parameter>...</function></tool_call>
+                         * (Qwen3-Coder): values as text, typed by the tool's parameter schema */
     MOE_TOOLS_DEEPSEEK, /* MOE_DS_CALLS_BEGIN, then calls between MOE_DS_CALL_BEGIN and MOE_DS_CALL_END, each
                          * NAME MOE_DS_SEP {...} (DeepSeek-V3.1) or function MOE_DS_SEP NAME and the arguments
                          * in a ```json fence (DeepSeek-V3, R1), then MOE_DS_CALLS_END */

@@ -58,6 +58,7 @@ struct hcall {
     bool stream, chat, include_usage;
     bool tool_call;               /* the reply is a tool call (tool_choice): text held, sent as tool_calls */
     uint8_t tool_parse;           /* tool calls in the reply (an enum moe_tool_style) become tool_calls (auto) */
+    json_t *tools;                /* ... the request's tools, which type calls written as text */
     bool reasoning;               /* serve --reasoning-parser think: <think>...</think> is reasoning_content */
     bool think_opened;            /* ... and the prompt opened the block: the reply starts inside it */
     char id[48];
@@ -185,6 +186,7 @@ static void hcall_free(struct hcall *c)
     if (c->watch)
         event_free(c->watch);
     json_decref(c->choices);
+    json_decref(c->tools);
     free(c->ch);
     free(c);
 }
@@ -508,7 +510,7 @@ static json_t *choice_calls(const struct hreq *r, const char *txt, size_t n, enu
     call_id(r, id, sizeof(id));
     *content_len = 0;
     if (r->c->tool_parse)
-        return moe_tool_calls_parse(txt ? txt : "", n, r->c->tool_parse, id, content_len);
+        return moe_tool_calls_parse(txt ? txt : "", n, r->c->tool_parse, r->c->tools, id, content_len);
     if (!r->c->tool_call || why != MOE_FINISH_STOP)
         return NULL;
     strcat(id, "_0");
@@ -787,6 +789,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     c->include_usage = gr.include_usage;
     c->tool_call = gr.tool_call;
     c->tool_parse = gr.tool_parse;
+    c->tools = json_incref(gr.tools);
     /* output held to JSON (JSON mode, a schema, a forced tool call) has no reasoning block to find */
     c->reasoning = chat && !strcmp(h->srv->cfg.reasoning_parser, "think") && !gr.json_object && !gr.tool_call &&
                    (!gr.json_schema || moe_json_schema_raw(gr.json_schema));

@@ -23,6 +23,7 @@ void moe_gen_request_free(struct moe_gen_request *r)
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
     moe_json_schema_unref(r->json_schema);
+    json_decref(r->tools);
     memset(r, 0, sizeof(*r));
 }
 
@@ -460,6 +461,8 @@ static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct m
         /* the model may call a tool in its own words: <tool_call> blocks, when its template asks for them */
         out->tool_parse = chat && json_is_array(tools) && json_array_size(tools) > 0 ? moe_chat_tool_style(tmpl)
                                                                                       : MOE_TOOLS_NONE;
+        if (out->tool_parse)
+            out->tools = json_incref(tools);
         return MOE_OK;
     }
     if (mode && !strcmp(mode, "none")) return MOE_OK;
@@ -1289,7 +1292,7 @@ static const char *tool_open(int style)
 /* Whether s[0..n) is one JSON value. */
 static bool is_json(const char *s, size_t n)
 {
-    json_t *v = json_loadb(s, n, JSON_DECODE_ANY, NULL);
+    json_t *v = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     json_decref(v);
     return v != NULL;
 }
@@ -1425,7 +1428,85 @@ static json_t *deepseek_calls(const char *p, const char *end, const char *id_pre
     return calls;
 }
 
-json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char *id_prefix, size_t *content_len)
+/* The JSON type a tool's parameter schema gives key ("" when it names none). */
+static const char *param_type(const json_t *tools, const char *fn, const char *key)
+{
+    size_t i;
+    const json_t *t;
+    json_array_foreach(tools, i, t) {
+        const json_t *f = json_object_get(t, "function");
+        const char *name = json_string_value(json_object_get(f, "name"));
+        if (!name || strcmp(name, fn))
+            continue;
+        const json_t *p = json_object_get(json_object_get(json_object_get(f, "parameters"), "properties"), key);
+        const char *type = json_string_value(json_object_get(p, "type"));
+        return type ? type : "";
+    }
+    return "";
+}
+
+/* A parameter's text as the JSON value its schema type asks for: a string stays a string; a number,
+ * boolean, object or array is read as JSON (and kept as a string when it is not one); without a
+ * type, JSON when the text is JSON, else a string. */
+static json_t *param_value(const char *v, size_t n, const char *type)
+{
+    if (!strcmp(type, "string"))
+        return json_stringn(v, n);
+    json_t *j = json_loadb(v, n, JSON_DECODE_ANY, NULL);
+    bool fits = j && (!type[0] || (!strcmp(type, "integer") && json_is_integer(j)) ||
+                      (!strcmp(type, "number") && json_is_number(j)) || (!strcmp(type, "boolean") && json_is_boolean(j)) ||
+                      (!strcmp(type, "object") && json_is_object(j)) || (!strcmp(type, "array") && json_is_array(j)) ||
+                      (!strcmp(type, "null") && json_is_null(j)));
+    if (fits)
+        return j;
+    json_decref(j);
+    return json_stringn(v, n);
+}
+
+/* One call of Qwen3-Coder's XML form in [b, e): <function=NAME> then <parameter=KEY>\nvalue\n</parameter>
+ * pieces up to </function> (whitespace between them); NULL when it is not that. */
+static json_t *xml_call(const char *b, const char *e, const json_t *tools, const char *id)
+{
+    static const char fn[] = "<function=", pm[] = "<parameter=", pe[] = "</parameter>", fe[] = "</function>";
+    const char *p = skip_space(b, e), *gt;
+    if (!starts(p, e, fn) || !(gt = memchr(p, '>', (size_t)(e - p))))
+        return NULL;
+    char name[256];
+    size_t nl = (size_t)(gt - p) - strlen(fn);
+    if (!nl || nl >= sizeof(name) || memchr(p + strlen(fn), '\n', nl))
+        return NULL;
+    memcpy(name, p + strlen(fn), nl);
+    name[nl] = 0;
+    json_t *args = json_object();
+    if (!args)
+        return NULL;
+    for (p = skip_space(gt + 1, e); !starts(p, e, fe); p = skip_space(p, e)) {
+        const char *kg = starts(p, e, pm) ? memchr(p, '>', (size_t)(e - p)) : NULL;
+        const char *v = kg ? kg + 1 : NULL;
+        const char *ve = v ? memmem(v, (size_t)(e - v), pe, strlen(pe)) : NULL;
+        size_t kl = kg ? (size_t)(kg - p) - strlen(pm) : 0;
+        char key[256];
+        if (!ve || !kl || kl >= sizeof(key)) {
+            json_decref(args);
+            return NULL;
+        }
+        memcpy(key, p + strlen(pm), kl);
+        key[kl] = 0;
+        const char *vb = v < ve && *v == '\n' ? v + 1 : v, *vz = ve > vb && ve[-1] == '\n' ? ve - 1 : ve;
+        if (json_object_set_new(args, key, param_value(vb, (size_t)(vz - vb), param_type(tools, name, key)))) {
+            json_decref(args);
+            return NULL;
+        }
+        p = ve + strlen(pe);
+    }
+    json_t *call = json_pack("{s:s,s:o}", "name", name, "arguments", args); /* args stolen */
+    json_t *out = call ? call_entry(call, id) : NULL;
+    json_decref(call);
+    return out;
+}
+
+json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const json_t *tools, const char *id_prefix,
+                             size_t *content_len)
 {
     const char *open = tool_open(style);
     const char *at = memmem(text, len, open, strlen(open)), *end = text + len;
@@ -1439,7 +1520,8 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char
         const char *stop = e ? e : end; /* the last block may be cut short of its closing tag */
         char id[160];
         snprintf(id, sizeof(id), "%s_%d", id_prefix, k);
-        json_t *one = moe_tool_call_entry(b, (size_t)(stop - b), id);
+        json_t *one = style == MOE_TOOLS_QWEN_XML ? xml_call(b, stop, tools, id)
+                                                  : moe_tool_call_entry(b, (size_t)(stop - b), id);
         if (!one || json_array_append_new(calls, one)) { /* not a call after all: the text stays text */
             json_decref(calls);
             return NULL;

@@ -64,6 +64,8 @@ struct moe_gen_request {
     uint8_t tool_parse;         /* chat with tools, tool_choice auto, and a template that asks for
                                    tool calls (an enum moe_tool_style): calls in the reply are
                                    returned as tool_calls */
+    json_t *tools;              /* ... the request's tools then (a reference), which type the
+                                   arguments of calls written as text (MOE_TOOLS_QWEN_XML) */
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);
@@ -90,10 +92,13 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
  * NULL when it is not one. */
 json_t *moe_tool_call_entry(const char *txt, size_t n, const char *id);
 /* The tool calls of a reply written in style (an enum moe_tool_style): <tool_call>...</tool_call>
- * blocks (Hermes, Qwen; the last may lack its closing tag) or [TOOL_CALLS] and a JSON array of
- * calls (Mistral): a JSON array of entries with ids id_prefix_0, _1, ..., and *content_len, the bytes
- * before the first tag; NULL when there is none or what follows it is not calls. */
-json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const char *id_prefix, size_t *content_len);
+ * blocks (Hermes, Qwen; the last may lack its closing tag; Qwen3-Coder's XML functions inside, their
+ * parameters typed by tools, the request's tool list, when it names them), [TOOL_CALLS] and a JSON
+ * array of calls (Mistral), or DeepSeek's markers: a JSON array of entries with ids id_prefix_0, _1,
+ * ..., and *content_len, the bytes before the first tag; NULL when there is none or what follows it
+ * is not calls. */
+json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const json_t *tools, const char *id_prefix,
+                             size_t *content_len);
 /* Streaming: the bytes of text[0..len) that can go out as content now: those before the style's tag
  * (*found set when it is there), holding back a tail that could begin it. */
 size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *found);

@@ -68,7 +68,9 @@ int main(void)
     } styles[] = { { "{{ messages | length }}", MOE_TOOLS_NONE },
                    { "{% if tools %}<tool_call>{{ tools | tojson }}</tool_call>{% endif %}", MOE_TOOLS_HERMES },
                    { "{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}{% endif %}[TOOL_CALLS]", MOE_TOOLS_MISTRAL },
-                   { "{{ '" MOE_DS_CALLS_BEGIN "' }}", MOE_TOOLS_DEEPSEEK } };
+                   { "{{ '" MOE_DS_CALLS_BEGIN "' }}", MOE_TOOLS_DEEPSEEK },
+                   { "<tool_call>\n<function=name>\n<parameter=key>\nvalue\n</parameter>\n</function>\n</tool_call>",
+                     MOE_TOOLS_QWEN_XML } };
     for (size_t i = 0; i < MOE_ARRAY_LEN(styles); i++) {
         json_t *cfg = json_pack("{s:s}", "chat_template", styles[i].tmpl);
         char *text = json_dumps(cfg, 0);

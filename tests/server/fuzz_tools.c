@@ -1,6 +1,7 @@
 /* libFuzzer: the tool-call parsers over a model's reply, which may be any
  * text.  The first byte picks the convention (Hermes' <tool_call>, Mistral's
- * [TOOL_CALLS], DeepSeek's markers); the rest is the reply.  Parsed calls are
+ * [TOOL_CALLS], DeepSeek's markers, Qwen3-Coder's XML functions, typed by a
+ * small tool list); the rest is the reply.  Parsed calls are
  * OpenAI entries (an id, "function", a name and arguments that are JSON
  * text), the content before them is a prefix of the reply; the streaming
  * release never passes the reply's end and stops before a marker it found.
@@ -17,11 +18,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    static const int styles[] = {MOE_TOOLS_HERMES, MOE_TOOLS_MISTRAL, MOE_TOOLS_DEEPSEEK};
-    int style = styles[data[0] % 3];
+    static const int styles[] = {MOE_TOOLS_HERMES, MOE_TOOLS_MISTRAL, MOE_TOOLS_DEEPSEEK, MOE_TOOLS_QWEN_XML};
+    static json_t *tools;
+    if (!tools && !(tools = json_loads("[{\"function\": {\"name\": \"f\", \"parameters\": {\"properties\": "
+                                       "{\"s\": {\"type\": \"string\"}, \"i\": {\"type\": \"integer\"}, "
+                                       "\"o\": {\"type\": \"object\"}}}}}]", 0, NULL)))
+        abort();
+    int style = styles[data[0] % 4];
     const char *text = (const char *)data + 1;
     size_t len = size - 1, content = (size_t)-1;
-    json_t *calls = moe_tool_calls_parse(text, len, style, "call_f", &content);
+    json_t *calls = moe_tool_calls_parse(text, len, style, tools, "call_f", &content);
     if (calls) {
         if (content > len || !json_is_array(calls) || !json_array_size(calls))
             abort();
@@ -29,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             json_t *c = json_array_get(calls, i), *f = json_object_get(c, "function");
             json_t *args = json_object_get(f, "arguments");
             json_t *parsed = json_is_string(args) ? json_loadb(json_string_value(args), json_string_length(args),
-                                                               JSON_DECODE_ANY, NULL)
+                                                               JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL)
                                                   : NULL;
             if (!json_is_string(json_object_get(c, "id")) || !json_is_string(json_object_get(f, "name")) || !parsed)
                 abort();

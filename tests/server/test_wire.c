@@ -531,7 +531,7 @@ static void test_tool_blocks(void)
     const char *t = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
                     "</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": \"{\\\"tz\\\": \\\"CET\\\"}\"}";
     size_t content = 99;
-    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_HERMES, "call_x_0", &content);
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_HERMES, NULL, "call_x_0", &content);
     REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
     json_t *f0 = json_object_get(json_array_get(calls, 0), "function"), *f1 = json_object_get(json_array_get(calls, 1), "function");
     CHECK(content == strlen("Let me check.\n"), "content %zu", content);
@@ -548,8 +548,8 @@ static void test_tool_blocks(void)
                                 "<tool_call>not json</tool_call>", "<tool_call>{\"name\": \"f\"}</tool_call>",
                                 "<tool_call>{\"name\": \"f\", \"arguments\": \"not json\"}</tool_call>" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
-        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_HERMES, "c", &content), "'%s' parsed",
-              not_calls[i]);
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_HERMES, NULL, "c", &content),
+              "'%s' parsed", not_calls[i]);
     static const struct {
         const char *text;
         size_t out;
@@ -569,7 +569,7 @@ static void test_tool_calls_mistral(void)
     const char *t = "Checking.[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}},"
                     " {\"name\": \"get_time\", \"arguments\": {}, \"id\": \"a1b2c3d4e\"}]\n";
     size_t content = 99;
-    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_MISTRAL, "call_m", &content);
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_MISTRAL, NULL, "call_m", &content);
     REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
     json_t *f0 = json_object_get(json_array_get(calls, 0), "function"), *f1 = json_object_get(json_array_get(calls, 1), "function");
     CHECK(content == strlen("Checking."), "content %zu", content);
@@ -579,14 +579,14 @@ static void test_tool_calls_mistral(void)
           "the calls");
     json_decref(calls);
     t = "[TOOL_CALLS]{\"name\": \"f\", \"arguments\": {\"x\": [1]}}";
-    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_MISTRAL, "c", &content);
+    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_MISTRAL, NULL, "c", &content);
     CHECK(calls && json_array_size(calls) == 1 && content == 0, "one call, no array");
     json_decref(calls);
     const char *not_calls[] = { "no tag", "[TOOL_CALLS] not json", "[TOOL_CALLS] [{\"name\": 1}]", "[TOOL_CALLS] []",
                                 "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {}}] and more text",
                                 "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
-        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_MISTRAL, "c", &content),
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_MISTRAL, NULL, "c", &content),
               "'%s' parsed", not_calls[i]);
     bool found;
     CHECK(moe_tool_calls_release("ok [TOOL_C", 10, MOE_TOOLS_MISTRAL, &found) == 3 && !found, "a partial tag held");
@@ -605,7 +605,7 @@ static void test_tool_calls_deepseek(void)
 #define S MOE_DS_SEP
     const char *t = "Checking." CB B "get_weather" S "{\"city\": \"Paris\"}" E B "get_time" S "{}" E CE;
     size_t content = 99;
-    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, "call_d", &content);
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, NULL, "call_d", &content);
     REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
     json_t *f0 = json_object_get(json_array_get(calls, 0), "function"), *f1 = json_object_get(json_array_get(calls, 1), "function");
     CHECK(content == strlen("Checking."), "content %zu", content);
@@ -616,7 +616,7 @@ static void test_tool_calls_deepseek(void)
           "the calls");
     json_decref(calls);
     t = CB B "function" S "lookup\n```json\n{\"q\": [1, 2]}\n```" E CE;
-    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, "c", &content);
+    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, NULL, "c", &content);
     f0 = json_object_get(json_array_get(calls, 0), "function");
     CHECK(calls && json_array_size(calls) == 1 && content == 0 &&
               !strcmp(json_string_value(json_object_get(f0, "name")), "lookup") &&
@@ -624,14 +624,14 @@ static void test_tool_calls_deepseek(void)
           "V3's fenced call: %s", calls ? json_dumps(calls, 0) : "NULL");
     json_decref(calls);
     t = CB B "f" S "{\"a\": 1}" E; /* cut short before the closing marker */
-    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, "c", &content);
+    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_DEEPSEEK, NULL, "c", &content);
     CHECK(calls && json_array_size(calls) == 1, "a call without the closing marker");
     json_decref(calls);
     const char *not_calls[] = { "no tag", CB, CB CE, CB B "f" S "not json" E CE, CB B "f" S "{\"a\": 1}" CE,
                                 CB B "f {\"a\": 1}" E CE, CB B S "{}" E CE, CB B "function" S "f\n{}" E CE,
                                 CB B "function" S "f\n```json\n{}" E CE, CB "text" B "f" S "{}" E CE };
     for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
-        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_DEEPSEEK, "c", &content),
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_DEEPSEEK, NULL, "c", &content),
               "'%s' parsed", not_calls[i]);
     bool found;
     char partial[64];
@@ -645,6 +645,49 @@ static void test_tool_calls_deepseek(void)
 #undef B
 #undef E
 #undef S
+}
+
+/* Qwen3-Coder's XML calls: parameters are text, typed by the tool's schema (a string stays a string even
+ * when it reads as a number; a number, boolean or object that does not parse stays text), untyped ones
+ * read as JSON when they are; anything else inside the tags leaves the reply text. */
+static void test_tool_calls_qwen_xml(void)
+{
+    json_t *tools = json_loads("[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "
+                               "{\"type\": \"object\", \"properties\": {\"zip\": {\"type\": \"string\"}, \"days\": "
+                               "{\"type\": \"integer\"}, \"metric\": {\"type\": \"boolean\"}, \"at\": {\"type\": \"object\"}, "
+                               "\"n\": {\"type\": \"number\"}}}}}]", 0, NULL);
+    REQUIRE(tools, "tools JSON");
+    const char *t = "Let me look.\n<tool_call>\n<function=get_weather>\n<parameter=zip>\n02139\n</parameter>\n"
+                    "<parameter=days>\n3\n</parameter>\n<parameter=metric>\ntrue\n</parameter>\n<parameter=at>\n"
+                    "{\"lat\": 1.5}\n</parameter>\n<parameter=n>\nmany\n</parameter>\n<parameter=note>\n[1, 2]\n</parameter>\n"
+                    "<parameter=city>\nNew York\n</parameter>\n</function>\n</tool_call>";
+    size_t content = 99;
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_QWEN_XML, tools, "call_q", &content);
+    REQUIRE(calls && json_array_size(calls) == 1, "one call: %s", calls ? json_dumps(calls, 0) : "NULL");
+    json_t *f = json_object_get(json_array_get(calls, 0), "function");
+    json_t *args = json_loads(json_string_value(json_object_get(f, "arguments")), 0, NULL);
+    char *a = json_dumps(args, JSON_COMPACT | JSON_SORT_KEYS);
+    CHECK(content == strlen("Let me look.\n") && !strcmp(json_string_value(json_object_get(f, "name")), "get_weather") &&
+              a && !strcmp(a, "{\"at\":{\"lat\":1.5},\"city\":\"New York\",\"days\":3,\"metric\":true,\"n\":\"many\","
+                              "\"note\":[1,2],\"zip\":\"02139\"}"),
+          "typed arguments: %s", a ? a : "NULL");
+    free(a);
+    json_decref(args);
+    json_decref(calls);
+    const char *not_calls[] = { "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>",
+                                "<tool_call><function=f><parameter=x>1</parameter></tool_call>",
+                                "<tool_call><function=><parameter=x>1</parameter></function></tool_call>",
+                                "<tool_call><function=f>text<parameter=x>1</parameter></function></tool_call>",
+                                "<tool_call><function=f><parameter=x>1</function></tool_call>" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_QWEN_XML, tools, "c", &content),
+              "'%s' parsed", not_calls[i]);
+    t = "<tool_call>\n<function=ping>\n</function>\n</tool_call>"; /* no parameters, an unknown tool */
+    calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_QWEN_XML, tools, "c", &content);
+    f = json_object_get(json_array_get(calls, 0), "function");
+    CHECK(calls && !strcmp(json_string_value(json_object_get(f, "arguments")), "{}"), "a call without parameters");
+    json_decref(calls);
+    json_decref(tools);
 }
 
 /* Reasoning: "<think>...</think>" at a reply's start (or from its first byte when the prompt opened the
@@ -819,6 +862,7 @@ int main(void)
     test_tool_blocks();
     test_tool_calls_mistral();
     test_tool_calls_deepseek();
+    test_tool_calls_qwen_xml();
     test_think_split();
     test_kserve();
     test_utf8();

@@ -1321,17 +1321,34 @@ json_t *moe_tool_call_entry(const char *txt, size_t n, const char *id)
     return out;
 }
 
+static bool starts(const char *p, const char *end, const char *tag)
+{
+    size_t n = strlen(tag);
+    return (size_t)(end - p) >= n && !memcmp(p, tag, n);
+}
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
+static const char *skip_space(const char *p, const char *end)
+{
+    while (p < end && is_space(*p))
+        p++;
+    return p;
+}
+
 /* [TOOL_CALLS] followed (spaces aside) by a JSON array of calls, or one call, and nothing but
  * spaces after it. */
 static json_t *mistral_calls(const char *b, const char *end, const char *id_prefix)
 {
     json_error_t err;
     json_t *v = json_loadb(b, (size_t)(end - b), JSON_DISABLE_EOF_CHECK, &err), *calls = json_array();
-    for (const char *p = b + (v ? err.position : 0); v && p < end; p++)
-        if (*p != ' ' && *p != '\n' && *p != '\t' && *p != '\r') {
-            json_decref(v);
-            v = NULL;
-        }
+    if (v && skip_space(b + err.position, end) != end) { /* something after the calls */
+        json_decref(v);
+        v = NULL;
+    }
     if (v && !json_is_array(v)) {
         json_t *one = json_array();
         if (one) json_array_append(one, v);
@@ -1353,19 +1370,6 @@ static json_t *mistral_calls(const char *b, const char *end, const char *id_pref
     }
     json_decref(v);
     return calls;
-}
-
-static bool starts(const char *p, const char *end, const char *tag)
-{
-    size_t n = strlen(tag);
-    return (size_t)(end - p) >= n && !memcmp(p, tag, n);
-}
-
-static const char *skip_space(const char *p, const char *end)
-{
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r'))
-        p++;
-    return p;
 }
 
 /* One DeepSeek call between its markers, [b, e): "NAME<sep>{...}" (V3.1) or
@@ -1552,11 +1556,6 @@ size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *fou
 #define THINK_OPEN "<think>"
 #define THINK_CLOSE "</think>"
 
-static bool is_space(char c)
-{
-    return c == ' ' || c == '\n' || c == '\t' || c == '\r';
-}
-
 bool moe_think_opened(const char *prompt, size_t len)
 {
     while (len > 0 && is_space(prompt[len - 1]))
@@ -1568,9 +1567,7 @@ void moe_think_split(const char *text, size_t len, bool opened, bool last, struc
 {
     memset(out, 0, sizeof(*out));
     if (!opened) {
-        size_t i = 0, no = strlen(THINK_OPEN);
-        while (i < len && is_space(text[i]))
-            i++;
+        size_t i = (size_t)(skip_space(text, text + len) - text), no = strlen(THINK_OPEN);
         if (len - i >= no && !memcmp(text + i, THINK_OPEN, no)) {
             out->rb = out->re = i + no;
         } else if (!last && len - i < no && !memcmp(text + i, THINK_OPEN, len - i)) {

@@ -351,9 +351,12 @@ static enum moe_status check_config(const struct moe_config *c)
     if (c->mla && (c->head_dim <= 0 || c->head_dim > 4096 || c->qk_rope_dim <= 0 || c->qk_rope_dim % 2))
         return moe_errorf(MOE_EINVAL, "engine: qk_rope_head_dim = %d must be even and qk_nope_head_dim + "
                           "qk_rope_head_dim = %d <= 4096", c->qk_rope_dim, c->head_dim);
-    /* RoPE turns the whole head, except under MLA, which turns only its last qk_rope_dim dims */
-    if (!c->mla && (c->head_dim <= 0 || c->head_dim % 2 || c->head_dim > 4096))
-        return moe_errorf(MOE_EINVAL, "engine: head_dim = %d must be even and <= 4096", c->head_dim);
+    /* RoPE turns the first rope_dim dims of a head (all of it, except GLM-4.5's partial rotary),
+     * except under MLA, which turns only its last qk_rope_dim dims */
+    if (!c->mla && (c->head_dim <= 0 || c->head_dim > 4096 || c->rope_dim <= 0 || c->rope_dim % 2 ||
+                    c->rope_dim > c->head_dim))
+        return moe_errorf(MOE_EINVAL, "engine: head_dim = %d must be <= 4096 and its rotated dims (%d) even",
+                          c->head_dim, c->rope_dim);
     if (c->vocab <= 0) return moe_errorf(MOE_EINVAL, "engine: vocab_size = %d", c->vocab);
     bool any_moe = false;
     for (int l = 0; l < c->n_layers; l++) any_moe |= c->is_moe[l];
@@ -438,7 +441,7 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
     e->D = c->dense_inter > c->shared_inter ? c->dense_inter : c->shared_inter;
     if (e->D < 1) e->D = 1;
 
-    moe_config_rope(c, c->mla ? c->qk_rope_dim : c->head_dim, e->rope_inv_freq, &e->rope_scale);
+    moe_config_rope(c, c->rope_dim, e->rope_inv_freq, &e->rope_scale);
     e->attn_scale = moe_config_attn_scale(c);
 
     e->L = calloc((size_t)c->n_layers, sizeof(*e->L));
@@ -889,8 +892,8 @@ static enum moe_status attention_block(struct moe_engine *e, int l, int n)
         BE(o->rmsnorm(bc, e->q, w->q_norm, e->q, n, Q, c->rms_eps));
         BE(o->rmsnorm(bc, e->kx, w->k_norm, e->kx, n, KV, c->rms_eps));
     }
-    BE(o->rope(bc, e->q, e->d_pos, n, c->n_heads, hd, e->rope_inv_freq, e->rope_scale));
-    BE(o->rope(bc, e->kx, e->d_pos, n, c->n_kv_heads, hd, e->rope_inv_freq, e->rope_scale));
+    BE(o->rope(bc, e->q, e->d_pos, n, c->n_heads, hd, c->rope_dim, e->rope_inv_freq, e->rope_scale));
+    BE(o->rope(bc, e->kx, e->d_pos, n, c->n_kv_heads, hd, c->rope_dim, e->rope_inv_freq, e->rope_scale));
     size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
     float *kc = e->kc + layer_off, *vc = e->vc + layer_off;
     BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
@@ -928,12 +931,12 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
     }
     /* RoPE on the last rd dims of every head, through a packed copy */
     BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->mq_rope, nh * rd, rd, n, nh, rd));
-    BE(o->rope(bc, e->mq_rope, e->d_pos, n, nh, rd, e->rope_inv_freq, e->rope_scale));
+    BE(o->rope(bc, e->mq_rope, e->d_pos, n, nh, rd, rd, e->rope_inv_freq, e->rope_scale));
     BE(o->copy_blocks(bc, e->mq_rope, nh * rd, rd, e->q + nope, Q, hd, n, nh, rd));
     BE(o->linear(bc, e->xn, w->kv_a_c, e->wdt, NULL, n, H, kvr, e->m_ckv));
     BE(o->linear(bc, e->xn, w->kv_a_r, e->wdt, NULL, n, H, rd, e->m_krope));
     BE(o->rmsnorm(bc, e->m_ckv, w->kv_a_norm, e->m_ckv, n, kvr, MLA_NORM_EPS));
-    BE(o->rope(bc, e->m_krope, e->d_pos, n, 1, rd, e->rope_inv_freq, e->rope_scale));
+    BE(o->rope(bc, e->m_krope, e->d_pos, n, 1, rd, rd, e->rope_inv_freq, e->rope_scale));
     BE(o->linear(bc, e->m_ckv, w->kv_b, e->wdt, NULL, n, kvr, nh * kvw, e->m_kvb));
     BE(o->copy_blocks(bc, e->m_kvb, nh * kvw, kvw, e->kx, KV, hd, n, nh, nope));
     BE(o->copy_blocks(bc, e->m_krope, rd, 0, e->kx + nope, KV, hd, n, nh, rd));

@@ -70,13 +70,14 @@ struct moe_backend_ops {
     enum moe_status (*linear)(void *ctx, const float *x, const void *w, enum moe_dtype wdt,
                               const float *bias, int n, int in, int out, float *y);
 
-    /* Rotary embedding, rotate-half layout, in place on x [n, n_heads, head_dim]:
-     * for i < head_dim/2, angle = pos[t] * h_inv_freq[i] (F32; the table from
-     * moe_config_rope), c = cos(angle) * scale, s = sin(angle) * scale, and
+    /* Rotary embedding, rotate-half layout, in place on the first rot_dim
+     * dims of each head of x [n, n_heads, head_dim] (the rest untouched):
+     * for i < d/2 (d = rot_dim), angle = pos[t] * h_inv_freq[i] (F32; the table
+     * from moe_config_rope), c = cos(angle) * scale, s = sin(angle) * scale, and
      * (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s).  scale is
      * YaRN's attention factor (1 for the default RoPE). */
     enum moe_status (*rope)(void *ctx, float *x, const int32_t *pos, int n, int n_heads,
-                            int head_dim, const float *h_inv_freq, float scale);
+                            int head_dim, int rot_dim, const float *h_inv_freq, float scale);
 
     /* KV cache of one layer: F32 kcache/vcache [max_seqs, max_ctx, kv_dim]
      * (kv_dim = n_kv_heads*head_dim).  cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */

@@ -1,4 +1,4 @@
-/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3.
+/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 and GLM-4.5.
  *
  * Fields are read with the spellings of different transformers versions and
  * the defaults of each family's transformers config class; every size is
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
-#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3"
+#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe"
 
 const char *moe_family_name(enum moe_family f)
 {
@@ -25,6 +25,7 @@ const char *moe_family_name(enum moe_family f)
     case MOE_FAM_OLMOE: return "olmoe";
     case MOE_FAM_DEEPSEEK_V3: return "deepseek_v3";
     case MOE_FAM_DEEPSEEK_V2: return "deepseek_v2";
+    case MOE_FAM_GLM4_MOE: return "glm4_moe";
     }
     return "unknown";
 }
@@ -39,6 +40,7 @@ static const struct {
     { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE },
     { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3 },
     { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2 },
+    { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE },
 };
 
 /* A field that is absent or JSON null counts as missing. */
@@ -360,24 +362,50 @@ static enum moe_status one_of(const char *what, json_t *root, const char *key, c
                       n > 1 ? want[1] : "", n > 1 ? "\"" : "");
 }
 
+/* RoPE's rotated width: qk_rope_head_dim under MLA; for GLM-4.5 the first
+ * int(head_dim * partial_rotary_factor) dims of each head (transformers'
+ * default and YaRN tables take that width, apply_rotary_pos_emb rotates those
+ * dims and passes the rest); the whole head otherwise. */
+static enum moe_status parse_rope_dim(const char *what, json_t *root, struct moe_config *c)
+{
+    double f = 1.0;
+    enum moe_status st;
+    if (c->mla) {
+        c->rope_dim = c->qk_rope_dim;
+        return MOE_OK;
+    }
+    if (c->family == MOE_FAM_GLM4_MOE && (st = get_pos_num(what, root, "partial_rotary_factor", 0.5, &f)))
+        return st;
+    if (f > 1.0)
+        return moe_errorf(MOE_ERANGE, "%s: field \"partial_rotary_factor\" = %g is above 1", what, f);
+    c->rope_dim = (int)(c->head_dim * f);
+    if (c->rope_dim < 2 || c->rope_dim % 2)
+        return moe_errorf(MOE_ERANGE, "%s: head_dim %d x partial_rotary_factor %g = %d rotated dims; they must be "
+                          "even and at least 2", what, c->head_dim, f, c->rope_dim);
+    return MOE_OK;
+}
+
 /* DeepSeek's routing.  V3: sigmoid scores, group-limited top-k (noaux_tc).
  * V2: softmax scores, top-k (greedy) or group-limited top-k
  * (group_limited_greedy), weights not renormalised (transformers' DeepseekV2
- * never does). */
+ * never does).  GLM-4.5 (glm4_moe) routes as V3 does, by its own defaults
+ * (one group, one shared expert, weights x 1), and has no topk_method or
+ * scoring_func to check. */
 static enum moe_status parse_deepseek_routing(const char *what, json_t *root, struct moe_config *c)
 {
     static const char *const v3_method[] = { "noaux_tc" }, *const v3_score[] = { "sigmoid" };
     static const char *const v2_method[] = { "greedy", "group_limited_greedy" }, *const v2_score[] = { "softmax" };
-    bool v2 = c->family == MOE_FAM_DEEPSEEK_V2;
+    bool v2 = c->family == MOE_FAM_DEEPSEEK_V2, glm = c->family == MOE_FAM_GLM4_MOE;
     enum moe_status st;
-    int n_shared, method, score;
-    double scale = v2 ? 1.0 : 2.5;
-    if ((st = one_of(what, root, "topk_method", v2 ? v2_method : v3_method, v2 ? 2 : 1, &method)) ||
-        (st = one_of(what, root, "scoring_func", v2 ? v2_score : v3_score, 1, &score)))
+    int n_shared, method = 0, score;
+    double scale = v2 || glm ? 1.0 : 2.5;
+    if (!glm && ((st = one_of(what, root, "topk_method", v2 ? v2_method : v3_method, v2 ? 2 : 1, &method)) ||
+                 (st = one_of(what, root, "scoring_func", v2 ? v2_score : v3_score, 1, &score))))
         return st;
     bool greedy = v2 && method == 0;
-    if ((st = get_int(what, root, "n_group", false, 1, c->n_experts, greedy ? 1 : 8, &c->n_group)) ||
-        (st = get_int(what, root, "topk_group", false, 1, c->n_group, greedy ? 1 : 4, &c->topk_group)) ||
+    int def_groups = greedy || glm ? 1 : 8, def_kept = greedy || glm ? 1 : 4;
+    if ((st = get_int(what, root, "n_group", false, 1, c->n_experts, def_groups, &c->n_group)) ||
+        (st = get_int(what, root, "topk_group", false, 1, c->n_group, def_kept, &c->topk_group)) ||
         /* 0: transformers builds a zero-width shared MLP, which adds nothing */
         (st = get_int_or_null(what, root, "n_shared_experts", 0, 64, v2 ? 2 : 1, &n_shared)) ||
         (st = get_pos_num(what, root, "routed_scaling_factor", scale, &scale)))
@@ -428,7 +456,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         (st = get_int(what, root, "num_key_value_heads", false, 1, 4096, c.n_heads, &c.n_kv_heads)) ||
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
         (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
-                      c.family == MOE_FAM_MIXTRAL ? 4096 * 32 : c.family == MOE_FAM_DEEPSEEK_V2 ? 2048
+                      c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_GLM4_MOE ? 4096 * 32
+                      : c.family == MOE_FAM_DEEPSEEK_V2 ? 2048
                       : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_DEEPSEEK_V3 ? 4096 : 32768,
                       &c.max_pos)))
         goto out;
@@ -438,18 +467,19 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     /* Experts: num_experts (Qwen/OLMoE) or num_local_experts (Mixtral, some exports). */
-    if ((st = get_int(what, root, moe_family_is_deepseek(c.family) ? "n_routed_experts" : "num_experts", false, 1,
+    const char *experts_key = moe_family_has_deepseek_moe(c.family) ? "n_routed_experts" : "num_experts";
+    if ((st = get_int(what, root, experts_key, false, 1,
                       65536, -1, &ne_a)) ||
         (st = get_int(what, root, "num_local_experts", false, 1, 65536, -1, &ne_b)))
         goto out;
     if (ne_a < 0 && ne_b < 0) {
         st = moe_errorf(MOE_EFORMAT, "%s: required field \"%s\" (or \"num_local_experts\") is missing", what,
-                        moe_family_is_deepseek(c.family) ? "n_routed_experts" : "num_experts");
+                        experts_key);
         goto out;
     }
     if (ne_a > 0 && ne_b > 0 && ne_a != ne_b) {
         st = moe_errorf(MOE_EFORMAT, "%s: \"%s\" = %d and \"num_local_experts\" = %d disagree", what,
-                        moe_family_is_deepseek(c.family) ? "n_routed_experts" : "num_experts", ne_a, ne_b);
+                        experts_key, ne_a, ne_b);
         goto out;
     }
     c.n_experts = ne_a > 0 ? ne_a : ne_b;
@@ -468,11 +498,12 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
 
     /* Which layers are MoE (Qwen: decoder_sparse_step and mlp_only_layers). */
     for (int l = 0; l < c.n_layers; l++) c.is_moe[l] = true;
-    if (moe_family_is_deepseek(c.family)) {
+    if (moe_family_has_deepseek_moe(c.family)) {
         /* the first first_k_dense_replace layers are dense; the rest MoE */
         int dense_first, freq;
         if ((st = get_int(what, root, "first_k_dense_replace", false, 0, c.n_layers,
-                          c.family == MOE_FAM_DEEPSEEK_V3 ? 3 : 0, &dense_first)) ||
+                          c.family == MOE_FAM_DEEPSEEK_V3 ? 3 : c.family == MOE_FAM_GLM4_MOE ? 1 : 0,
+                          &dense_first)) ||
             (st = get_int(what, root, "moe_layer_freq", false, 1, 1, 1, &freq)))
             goto out;
         for (int l = 0; l < dense_first; l++) c.is_moe[l] = false;
@@ -515,14 +546,15 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
 
     /* Family specifics: router, q/k norm, biases, shared expert. */
     c.router = c.family == MOE_FAM_MIXTRAL       ? MOE_ROUTER_TOPK_SOFTMAX
-             : c.family == MOE_FAM_DEEPSEEK_V3 ? MOE_ROUTER_SIGMOID_GROUP
+             : c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE ? MOE_ROUTER_SIGMOID_GROUP
              : c.family == MOE_FAM_DEEPSEEK_V2 ? MOE_ROUTER_SOFTMAX_GROUP
                                                 : MOE_ROUTER_SOFTMAX_TOPK;
     c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
               : c.family == MOE_FAM_OLMOE ? MOE_QK_NORM_FULL : MOE_QK_NORM_NONE;
     if (c.family == MOE_FAM_MIXTRAL) {
         c.norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
-    } else if ((st = get_bool(what, root, "norm_topk_prob", c.family == MOE_FAM_DEEPSEEK_V3, &c.norm_topk_prob))) {
+    } else if ((st = get_bool(what, root, "norm_topk_prob",
+                              c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE, &c.norm_topk_prob))) {
         goto out;
     } else if (c.family == MOE_FAM_DEEPSEEK_V2 && c.norm_topk_prob) {
         st = moe_errorf(MOE_ENOTSUP, "%s: field \"norm_topk_prob\" = true is not supported for deepseek_v2 "
@@ -539,6 +571,12 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
                           &c.shared_inter)))
             goto out;
         c.shared_gate = c.shared_inter > 0;
+    } else if (c.family == MOE_FAM_GLM4_MOE) {
+        /* biases on q, k and v (never on o); RMSNorm over each head of q and k */
+        if ((st = get_bool(what, root, "attention_bias", false, &c.attn_qkv_bias)) ||
+            (st = get_bool(what, root, "use_qk_norm", false, &b)))
+            goto out;
+        c.qk_norm = b ? MOE_QK_NORM_HEAD : MOE_QK_NORM_NONE;
     } else if (c.family != MOE_FAM_MIXTRAL) {
         if ((st = get_bool(what, root, "attention_bias", false, &b))) goto out;
         if (b) {
@@ -590,6 +628,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     c.rope_theta = (float)d;
+    if ((st = parse_rope_dim(what, root, &c))) goto out;
     {
         int bos[MOE_MAX_EOS], nb = 0;
         if ((st = get_token_ids(what, root, "bos_token_id", bos, MOE_MAX_EOS, &nb, NULL)) ||

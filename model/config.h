@@ -21,6 +21,7 @@ enum moe_family {
     MOE_FAM_OLMOE,
     MOE_FAM_DEEPSEEK_V3,
     MOE_FAM_DEEPSEEK_V2,
+    MOE_FAM_GLM4_MOE,
 };
 const char *moe_family_name(enum moe_family f);
 
@@ -30,10 +31,17 @@ static inline bool moe_family_is_deepseek(enum moe_family f)
     return f == MOE_FAM_DEEPSEEK_V3 || f == MOE_FAM_DEEPSEEK_V2;
 }
 
+/* The families with DeepSeek's MoE block: n_routed_experts, shared_experts, first_k_dense_replace
+ * (DeepSeek-V2/V3, and GLM-4.5's glm4_moe with grouped-query attention). */
+static inline bool moe_family_has_deepseek_moe(enum moe_family f)
+{
+    return moe_family_is_deepseek(f) || f == MOE_FAM_GLM4_MOE;
+}
+
 enum moe_router_kind {
     MOE_ROUTER_TOPK_SOFTMAX,  /* Mixtral: top-k on logits, softmax over the k */
     MOE_ROUTER_SOFTMAX_TOPK,  /* Qwen/OLMoE: softmax over all, top-k, renormalise if norm_topk_prob */
-    MOE_ROUTER_SIGMOID_GROUP, /* DeepSeek-V3: sigmoid scores, group-limited top-k on score + bias,
+    MOE_ROUTER_SIGMOID_GROUP, /* DeepSeek-V3, GLM-4.5: sigmoid scores, group-limited top-k on score + bias,
                                  weights renormalised if norm_topk_prob, times routed_scale */
     MOE_ROUTER_SOFTMAX_GROUP, /* DeepSeek-V2: softmax over all, group-limited top-k (groups scored by
                                  their largest probability; one group: plain top-k), weights the
@@ -86,6 +94,8 @@ struct moe_config {
     bool tie_embeddings;       /* lm_head shares embed_tokens */
     float rms_eps;
     float rope_theta;
+    int rope_dim;              /* RoPE's rotated width: head_dim, its first head_dim *
+                                  partial_rotary_factor dims (GLM-4.5), or qk_rope_dim under MLA */
     enum moe_rope_kind rope_kind;
     struct moe_yarn yarn;      /* MOE_ROPE_YARN */
     int max_pos;               /* max_position_embeddings */
@@ -104,7 +114,7 @@ struct moe_config {
     int q_lora_rank, kv_lora_rank;
     int qk_nope_dim, qk_rope_dim, v_head_dim;
     bool rope_interleave;      /* RoPE over adjacent pairs of the rope dims (transformers' default) */
-    int n_group, topk_group;   /* MOE_ROUTER_SIGMOID_GROUP: expert groups, groups kept per token */
+    int n_group, topk_group;   /* MOE_ROUTER_*_GROUP (also GLM-4.5): expert groups, groups kept per token */
     float routed_scale;        /* routed_scaling_factor */
 
     /* FP8 checkpoints (quantization_config quant_method "fp8", fmt "e4m3"): weights stored as
@@ -131,8 +141,8 @@ static inline int moe_config_n_moe(const struct moe_config *c)
 
 /* The inverse frequency of each of the dim/2 rotated pairs, and the factor
  * that multiplies cos and sin, as transformers computes them for c's RoPE
- * (default or YaRN); dim is the rotated width (head_dim, or qk_rope_dim under
- * MLA), even and at most 4096. */
+ * (default or YaRN); dim is the rotated width (c->rope_dim), even and at most
+ * 4096. */
 void moe_config_rope(const struct moe_config *c, int dim, float *inv_freq, float *cs_scale);
 /* The attention softmax scale: 1/sqrt(head_dim), times DeepSeek-V3's YaRN
  * mscale^2 (mscale_all_dim) under MLA. */

@@ -457,7 +457,7 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
     struct moe_layer_w *L = &m->layers[l];
     int64_t H = c->hidden;
     const char *moe = c->family == MOE_FAM_MIXTRAL ? "block_sparse_moe" : "mlp";
-    const char *shared = moe_family_is_deepseek(c->family) ? "shared_experts" : "shared_expert";
+    const char *shared = moe_family_has_deepseek_moe(c->family) ? "shared_experts" : "shared_expert";
     bool mix = c->family == MOE_FAM_MIXTRAL;
     enum moe_status st;
     char nm[256];

@@ -155,11 +155,12 @@ static enum moe_status cpu_linear(void *ctx, const float *x, const void *w, enum
 }
 
 static enum moe_status cpu_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads,
-                                int head_dim, const float *inv_freq, float scale)
+                                int head_dim, int rot_dim, const float *inv_freq, float scale)
 {
     (void)ctx;
-    if (head_dim <= 0 || head_dim % 2 || head_dim > 4096) return bad("rope", "head_dim", head_dim);
-    int half = head_dim / 2;
+    if (head_dim <= 0 || head_dim > 4096) return bad("rope", "head_dim", head_dim);
+    if (rot_dim <= 0 || rot_dim % 2 || rot_dim > head_dim) return bad("rope", "rot_dim", rot_dim);
+    int half = rot_dim / 2;
     float cs[2048], sn[2048];
     for (int t = 0; t < n; t++) {
         for (int i = 0; i < half; i++) {

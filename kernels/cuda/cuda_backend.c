@@ -84,10 +84,10 @@ static enum moe_status cb_linear(void *ctx, const float *x, const void *w, enum 
     return st;
 }
 static enum moe_status cb_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
-                               const float *inv_freq, float scale)
+                               int rot_dim, const float *inv_freq, float scale)
 {
     BIND(ctx);
-    return moe_cuda_rope_table(C(ctx), x, pos, n, n_heads, head_dim, inv_freq, scale);
+    return moe_cuda_rope_table(C(ctx), x, pos, n, n_heads, head_dim, rot_dim, inv_freq, scale);
 }
 static enum moe_status cb_kv_store(void *ctx, const float *k, const float *v, float *kcache, float *vcache,
                                    const int32_t *seq, const int32_t *pos, int n, int max_ctx, int kv_dim)

@@ -195,14 +195,14 @@ out:
  * powf and glibc powf differ in the last bit.  Passed by value (2 KiB of
  * kernel parameters), so no upload and no buffer to keep alive. */
 struct rope_freq {
-    float f[512]; /* [head_dim / 2] */
+    float f[512]; /* [rot_dim / 2] */
     float scale;  /* on cos and sin (YaRN's attention factor; 1 by default) */
 };
 
-__global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int head_dim,
+__global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int head_dim, int rot_dim,
                               const struct rope_freq fr)
 {
-    int half = head_dim / 2;
+    int half = rot_dim / 2;
     size_t total = (size_t)n * (size_t)n_heads * (size_t)half;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -219,19 +219,21 @@ __global__ static void k_rope(float *x, const int *pos, int n, int n_heads, int 
 }
 
 extern "C" enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n,
-                                               int n_heads, int head_dim, const float *h_inv_freq, float scale)
+                                               int n_heads, int head_dim, int rot_dim, const float *h_inv_freq,
+                                               float scale)
 {
     enum moe_status st = MOE_OK;
-    size_t total = (size_t)n * (size_t)n_heads * (size_t)(head_dim / 2);
+    size_t total = (size_t)n * (size_t)n_heads * (size_t)(rot_dim / 2);
     struct rope_freq fr;
-    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2 || head_dim > 1024 || !h_inv_freq)
-        return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d (even, <= 1024), frequency table %s",
-                          n, n_heads, head_dim, h_inv_freq ? "given" : "missing");
+    if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim > 4096 || rot_dim <= 0 || rot_dim % 2 ||
+        rot_dim > head_dim || rot_dim > 1024 || !h_inv_freq)
+        return moe_errorf(MOE_EINVAL, "rope: n %d, heads %d, head_dim %d, rot_dim %d (even, <= head_dim and "
+                          "1024), frequency table %s", n, n_heads, head_dim, rot_dim, h_inv_freq ? "given" : "missing");
     if (total == 0) return MOE_OK;
-    memcpy(fr.f, h_inv_freq, sizeof(float) * (size_t)(head_dim / 2));
+    memcpy(fr.f, h_inv_freq, sizeof(float) * (size_t)(rot_dim / 2));
     fr.scale = scale;
-    k_rope<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_x, d_pos, n, n_heads,
-                                                                      head_dim, fr);
+    k_rope<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(d_x, d_pos, n, n_heads, head_dim,
+                                                                      rot_dim, fr);
     CK_LAUNCH(c);
 out:
     return st;

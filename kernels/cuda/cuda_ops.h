@@ -126,14 +126,14 @@ enum moe_status moe_cuda_embed(struct moe_cuda_ctx *c, const void *d_table, enum
 enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const float *d_w,
                                  float *d_y, int rows, int dim, float eps);
 
-/* Rotary embedding, rotate-half (NeoX) layout, in place on x [n, n_heads, head_dim]:
- * for i < head_dim/2, angle = (float)pos * h_inv_freq[i] (the table of moe_config_rope, host
- * memory, read before the call returns; computed on the host because device powf differs from
- * glibc's in the last bit), c = cos(angle) * scale, s = sin(angle) * scale,
- * (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s).
- * d_pos [n] positions.  head_dim even, <= 1024. */
+/* Rotary embedding, rotate-half (NeoX) layout, in place on the first rot_dim dims of each head
+ * of x [n, n_heads, head_dim] (the rest untouched): for i < d/2 (d = rot_dim), angle = (float)pos *
+ * h_inv_freq[i] (the table of moe_config_rope, host memory, read before the call returns; computed
+ * on the host because device powf differs from glibc's in the last bit), c = cos(angle) * scale,
+ * s = sin(angle) * scale, (x_i, x_{i+d/2}) <- (x_i c - x_{i+d/2} s, x_{i+d/2} c + x_i s).
+ * d_pos [n] positions.  rot_dim even, <= head_dim and <= 1024. */
 enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n, int n_heads,
-                                    int head_dim, const float *h_inv_freq, float scale);
+                                    int head_dim, int rot_dim, const float *h_inv_freq, float scale);
 
 /* KV cache: F32 [max_seqs, max_ctx, kv_dim] for K and for V (kv_dim = n_kv*head_dim).
  * store: cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */

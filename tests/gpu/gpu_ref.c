@@ -127,15 +127,15 @@ void ref_rmsnorm(const float *x, const float *w, float *y, int rows, int dim, fl
     }
 }
 
-void ref_rope(float *x, const int *pos, int n, int n_heads, int head_dim, float theta)
+void ref_rope(float *x, const int *pos, int n, int n_heads, int head_dim, int rot_dim, float theta)
 {
-    int half = head_dim / 2;
+    int half = rot_dim / 2;
     for (int t = 0; t < n; t++)
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * head_dim;
             for (int j = 0; j < half; j++) {
                 /* the CPU backend's and Hugging Face's float formula */
-                float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+                float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)rot_dim);
                 float ang = (float)pos[t] * inv_freq;
                 float cs = cosf(ang), sn = sinf(ang), a = v[j], b = v[j + half];
                 v[j] = a * cs - b * sn;

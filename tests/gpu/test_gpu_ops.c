@@ -103,6 +103,7 @@ static void test_rmsnorm(struct g_rng *r, bool adv)
     }
 }
 
+/* the whole head, then GLM-4.5's partial rotary: the first half of each head, the rest untouched */
 static void test_rope(struct g_rng *r, bool adv)
 {
     int n = 9, nh = 5, hd = 64;
@@ -110,18 +111,20 @@ static void test_rope(struct g_rng *r, bool adv)
     float *x = malloc(sz * 4), *ref = malloc(sz * 4), *got = malloc(sz * 4);
     int pos[9];
     struct g_buf dx, dp;
-    g_fill(r, x, sz, 1.0f, adv);
-    for (int i = 0; i < n; i++) pos[i] = (int)(g_next(r) % 4096);
-    if (adv) { pos[0] = 0; pos[1] = 32767; }
-    memcpy(ref, x, sz * 4);
-    UP(dx, x, sz * 4); UP(dp, pos, sizeof(pos));
-    float inv_freq[32], scale;
-    moe_config_rope(&(struct moe_config){ .rope_theta = 1e6f }, hd, inv_freq, &scale);
-    OK(moe_cuda_rope_table(ctx, dx.d, dp.d, n, nh, hd, inv_freq, scale));
-    dl(&dx, got, "rope");
-    ref_rope(ref, pos, n, nh, hd, 1e6f);
-    cmp("rope", got, ref, sz, 1e-5); /* sinf/cosf: <= 2 ulp apart between libm and CUDA */
-    g_buf_free(ctx, &dx); g_buf_free(ctx, &dp);
+    for (int rot = hd; rot >= hd / 2; rot /= 2) {
+        g_fill(r, x, sz, 1.0f, adv);
+        for (int i = 0; i < n; i++) pos[i] = (int)(g_next(r) % 4096);
+        if (adv) { pos[0] = 0; pos[1] = 32767; }
+        memcpy(ref, x, sz * 4);
+        UP(dx, x, sz * 4); UP(dp, pos, sizeof(pos));
+        float inv_freq[32], scale;
+        moe_config_rope(&(struct moe_config){ .rope_theta = 1e6f }, rot, inv_freq, &scale);
+        OK(moe_cuda_rope_table(ctx, dx.d, dp.d, n, nh, hd, rot, inv_freq, scale));
+        dl(&dx, got, "rope");
+        ref_rope(ref, pos, n, nh, hd, rot, 1e6f);
+        cmp(rot == hd ? "rope" : "rope, half the head", got, ref, sz, 1e-5); /* sinf/cosf: <= 2 ulp apart */
+        g_buf_free(ctx, &dx); g_buf_free(ctx, &dp);
+    }
     free(x); free(ref); free(got);
 }
 
@@ -564,7 +567,9 @@ static void test_bad_args(void)
           "attention accepted head_dim 512");
     CHECK(moe_cuda_router(ctx, NULL, 1, 4, 5, true, true, NULL, NULL) == MOE_EINVAL, "router accepted k > E");
     float f[32] = { 0 };
-    CHECK(moe_cuda_rope_table(ctx, NULL, NULL, 1, 1, 63, f, 1.0f) == MOE_EINVAL, "rope accepted odd head_dim");
+    CHECK(moe_cuda_rope_table(ctx, NULL, NULL, 1, 1, 63, 63, f, 1.0f) == MOE_EINVAL, "rope accepted odd rot_dim");
+    CHECK(moe_cuda_rope_table(ctx, NULL, NULL, 1, 1, 32, 64, f, 1.0f) == MOE_EINVAL,
+          "rope accepted rot_dim above head_dim");
     CHECK(moe_cuda_linear(ctx, NULL, NULL, MOE_DT_I8, 1, 4, 4, false, NULL) == MOE_ENOTSUP,
           "linear accepted I8 weights");
     CHECK(strlen(moe_last_error()) > 0, "no error detail");

@@ -61,29 +61,45 @@ static void test_embed_rmsnorm(struct moe_backend *be)
     CHECK(!memcmp(x, y, sizeof(y)), "rmsnorm in place differs");
 }
 
-static void test_rope(struct moe_backend *be)
+/* rot = hd: the whole head; rot < hd: its first rot dims, the rest untouched (GLM-4.5). */
+static void test_rope_width(struct moe_backend *be, int rot)
 {
-    int n = 3, nh = 2, hd = 8;
-    float x[3 * 2 * 8], x0[3 * 2 * 8];
-    double ref[3 * 2 * 8];
-    int32_t pos[3] = { 0, 5, 1000 };
+    enum { n = 3, nh = 2, hd = 8 };
+    float x[n * nh * hd], x0[n * nh * hd];
+    double ref[n * nh * hd];
+    int32_t pos[n] = { 0, 5, 1000 };
     fill(x, MOE_ARRAY_LEN(x));
     memcpy(x0, x, sizeof(x));
+    for (size_t i = 0; i < MOE_ARRAY_LEN(x); i++) ref[i] = x0[i];
     for (int t = 0; t < n; t++)
         for (int h = 0; h < nh; h++)
-            for (int i = 0; i < hd / 2; i++) {
-                double f = pos[t] * pow(10000.0, -2.0 * i / hd);
+            for (int i = 0; i < rot / 2; i++) {
+                double f = pos[t] * pow(10000.0, -2.0 * i / rot);
                 const float *v = x0 + (t * nh + h) * hd;
-                ref[(t * nh + h) * hd + i] = v[i] * cos(f) - v[i + hd / 2] * sin(f);
-                ref[(t * nh + h) * hd + i + hd / 2] = v[i + hd / 2] * cos(f) + v[i] * sin(f);
+                ref[(t * nh + h) * hd + i] = v[i] * cos(f) - v[i + rot / 2] * sin(f);
+                ref[(t * nh + h) * hd + i + rot / 2] = v[i + rot / 2] * cos(f) + v[i] * sin(f);
             }
     float inv_freq[64], cs_scale;
     struct moe_config rc = { .rope_theta = 10000.0f };
-    moe_config_rope(&rc, hd, inv_freq, &cs_scale);
-    OK(be->ops->rope(be->ctx, x, pos, n, nh, hd, inv_freq, cs_scale));
+    moe_config_rope(&rc, rot, inv_freq, &cs_scale);
+    OK(be->ops->rope(be->ctx, x, pos, n, nh, hd, rot, inv_freq, cs_scale));
     /* F32 angles at position 1000: ~1e-4 absolute */
-    CHECK(maxdiff(x, ref, MOE_ARRAY_LEN(x)) < 3e-4, "rope err %g", maxdiff(x, ref, MOE_ARRAY_LEN(x)));
+    CHECK(maxdiff(x, ref, MOE_ARRAY_LEN(x)) < 3e-4, "rope (%d of %d dims) err %g", rot, hd,
+          maxdiff(x, ref, MOE_ARRAY_LEN(x)));
     CHECK(!memcmp(x, x0, sizeof(float) * nh * hd), "rope at position 0 is the identity");
+    for (int r = 0; r < n * nh; r++)
+        CHECK(!memcmp(x + r * hd + rot, x0 + r * hd + rot, sizeof(float) * (hd - rot)),
+              "rope over %d of %d dims changed the others", rot, hd);
+    CHECK(be->ops->rope(be->ctx, x, pos, n, nh, hd, hd + 2, inv_freq, cs_scale) != MOE_OK &&
+              be->ops->rope(be->ctx, x, pos, n, nh, hd, 3, inv_freq, cs_scale) != MOE_OK,
+          "rope took a rotated width above head_dim or odd");
+    moe_error_clear();
+}
+
+static void test_rope(struct moe_backend *be)
+{
+    test_rope_width(be, 8);
+    test_rope_width(be, 4);
 }
 
 /* Naive causal GQA with a two-pass softmax in double. */

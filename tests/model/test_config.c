@@ -411,6 +411,60 @@ static void test_refusals(void)
           strstr(moe_last_error(), "config.json"), "no config.json: %s", moe_last_error());
 }
 
+/* GLM-4.5: GQA with biases or q/k norm, RoPE over part of each head, DeepSeek-V3's routing by GLM's
+ * defaults (one group, weights x 1, one dense layer first, half the head rotated). */
+static void test_glm4_moe(void)
+{
+    struct moe_config c;
+    const char *air = "tests/fixtures/glm4-moe/air/config.json";
+    load_fixture("tests/fixtures/glm4-moe/air", &c);
+    CHECK(c.family == MOE_FAM_GLM4_MOE && !strcmp(c.model_type, "glm4_moe") && !c.mla && c.attn_qkv_bias &&
+              c.qk_norm == MOE_QK_NORM_NONE && c.head_dim == 24 && c.rope_dim == 12 && c.n_kv_heads == 2 &&
+              c.router == MOE_ROUTER_SIGMOID_GROUP && c.n_group == 1 && c.norm_topk_prob && !c.is_moe[0] &&
+              c.is_moe[1] && c.dense_inter == 96 && c.shared_inter == c.expert_inter && c.n_eos == 2,
+          "glm4_moe (air)");
+    load_fixture("tests/fixtures/glm4-moe/qk_norm", &c);
+    CHECK(c.qk_norm == MOE_QK_NORM_HEAD && c.head_dim == 16 && c.rope_dim == 8 && c.n_group == 4 &&
+              c.topk_group == 2 && c.routed_scale == 2.5f && c.n_layers == 4,
+          "glm4_moe (qk_norm)");
+    load_fixture("tests/fixtures/glm4-moe/yarn_quarter", &c);
+    CHECK(c.rope_dim == 6 && c.rope_kind == MOE_ROPE_YARN && !c.attn_qkv_bias && c.is_moe[0] &&
+              c.shared_inter == 2 * c.expert_inter, "glm4_moe (yarn_quarter)");
+
+    json_t *j = load_json(air);
+    static const char *const gone[] = { "partial_rotary_factor", "n_group", "topk_group", "routed_scaling_factor",
+                                        "first_k_dense_replace", "norm_topk_prob", "attention_bias",
+                                        "use_qk_norm", "rms_norm_eps", "max_position_embeddings", "head_dim" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(gone); i++) json_object_del(j, gone[i]);
+    CHECK(parse_obj(j, &c) == MOE_OK && c.head_dim == 16 && c.rope_dim == 8 && c.n_group == 1 &&
+              c.topk_group == 1 && c.routed_scale == 1.0f && !c.is_moe[0] && c.is_moe[1] && c.norm_topk_prob &&
+              !c.attn_qkv_bias && c.qk_norm == MOE_QK_NORM_NONE && c.rms_eps == 1e-5f && c.max_pos == 131072,
+          "glm4_moe defaults: %s", moe_last_error());
+    json_decref(j);
+    j = load_json(air); /* DeepSeek's routing fields are not GLM's: not checked */
+    json_object_set_new(j, "topk_method", json_string("greedy"));
+    CHECK(parse_obj(j, &c) == MOE_OK, "glm4_moe with a topk_method: %s", moe_last_error());
+    json_decref(j);
+    static const struct {
+        const char *key, *json;
+        enum moe_status st;
+        const char *says;
+    } bad[] = {
+        { "partial_rotary_factor", "1.5", MOE_ERANGE, "\"partial_rotary_factor\" = 1.5 is above 1" },
+        { "partial_rotary_factor", "0.125", MOE_ERANGE, "= 3 rotated dims; they must be even" },
+        { "partial_rotary_factor", "0", MOE_ERANGE, "partial_rotary_factor" },
+        { "head_dim", "26", MOE_ERANGE, "= 13 rotated dims" },
+        { "n_group", "3", MOE_ERANGE, "n_group = 3" },
+        { "use_qk_norm", "\"yes\"", MOE_EFORMAT, "use_qk_norm" },
+        { "n_routed_experts", "null", MOE_EFORMAT, "\"n_routed_experts\" (or \"num_local_experts\") is missing" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        j = load_json(air);
+        json_object_set_new(j, bad[i].key, json_loads(bad[i].json, JSON_DECODE_ANY, NULL));
+        expect_refused(air, j, bad[i].st, bad[i].says);
+    }
+}
+
 static void write_text(const char *dir, const char *name, const char *text)
 {
     char path[4200];
@@ -490,6 +544,7 @@ int main(void)
     test_fixtures();
     test_spellings();
     test_refusals();
+    test_glm4_moe();
     test_yarn();
     test_eos_ids();
     return t_result("test_config");

@@ -1,6 +1,8 @@
-/* DeepSeek-V3 configurations the hf-tiny fixture does not cover, against an
- * independent NumPy forward pass of transformers' modelling code
- * (tests/fixtures/deepseek-v3-variants, generate.py there): no q bottleneck
+/* Model configurations the hf-tiny fixture does not cover, against independent
+ * NumPy forward passes of transformers' modelling code (generate.py in each
+ * fixture directory).
+ *
+ * DeepSeek-V3 (tests/fixtures/deepseek-v3-variants): no q bottleneck
  * (q_proj), rotate-half RoPE without interleave, one expert group, all groups
  * kept, weights not renormalised, no shared expert, every layer MoE or dense,
  * odd head sizes and v narrower than k, YaRN RoPE with and without DeepSeek's
@@ -8,17 +10,27 @@
  * checkpoint whose config lacks or misstates its quantization is refused by name); and
  * DeepSeek-V2's routing (softmax scores, top-k or groups kept by their largest score, weights
  * not renormalised) with DeepSeek-V2-Lite's shape (no q bottleneck, YaRN with mscale =
- * mscale_all_dim) and V2's (group-limited, weights x 16).  For each, the prompt's logits at
- * every position within 1e-4 (max abs) of the reference, prefilled in one
- * batch, in two chunks through the KV cache, and one token at a time. */
+ * mscale_all_dim) and V2's (group-limited, weights x 16).
+ *
+ * GLM-4.5 (tests/fixtures/glm4-moe): grouped-query attention with q/k/v biases
+ * or per-head q/k norm, RoPE over half or a quarter of each head (YaRN on the
+ * quarter), DeepSeek-V3's routing with one or four groups, a multi-token-
+ * prediction layer's tensors in the checkpoint (skipped).
+ *
+ * For each, the prompt's logits at every position within 1e-4 (max abs) of the
+ * reference, prefilled in one batch, in two chunks through the KV cache, and
+ * one token at a time. */
 #include "engine_testutil.h"
 
 #include <stdlib.h>
 #include <unistd.h>
 
 static const char *const variants[] = {
-    "q_proj", "rope_flat", "one_group", "no_norm_no_shared", "all_moe", "all_dense", "odd_dims", "yarn", "yarn_plain",
-    "fp8", "v2_lite", "v2_group",
+    "deepseek-v3-variants/q_proj", "deepseek-v3-variants/rope_flat", "deepseek-v3-variants/one_group",
+    "deepseek-v3-variants/no_norm_no_shared", "deepseek-v3-variants/all_moe", "deepseek-v3-variants/all_dense",
+    "deepseek-v3-variants/odd_dims", "deepseek-v3-variants/yarn", "deepseek-v3-variants/yarn_plain",
+    "deepseek-v3-variants/fp8", "deepseek-v3-variants/v2_lite", "deepseek-v3-variants/v2_group",
+    "glm4-moe/air", "glm4-moe/qk_norm", "glm4-moe/yarn_quarter",
 };
 
 #define TOL 1e-4
@@ -26,7 +38,7 @@ static const char *const variants[] = {
 static void check_variant(const char *name)
 {
     char rel[256], dir[4096];
-    snprintf(rel, sizeof(rel), "tests/fixtures/deepseek-v3-variants/%s", name);
+    snprintf(rel, sizeof(rel), "tests/fixtures/%s", name);
     struct moe_st_file *ref;
     struct moe_model *m = t_open_with_reference(rel, dir, sizeof(dir), &ref);
     int64_t one = 0, T = 0, rows = 0, V = m->cfg.vocab;
@@ -43,7 +55,7 @@ static void check_variant(const char *name)
     int seq = moe_engine_seq_alloc(e);
     REQUIRE(seq >= 0 && run_prompt(e, seq, ids, (int)T, lg) == MOE_OK, "%s forward: %s", name, moe_last_error());
     double d = max_abs_diff(lg, want, (size_t)(T * V));
-    printf("%-18s logits max abs diff %.3g\n", name, d);
+    printf("%-40s logits max abs diff %.3g\n", name, d);
     CHECK(d < TOL, "%s: logits differ from the reference by %g", name, d);
     moe_engine_seq_free(e, seq);
 
@@ -115,5 +127,5 @@ int main(void)
     fp8_refused("{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}}", "\"gptq\" is not supported");
     fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": \"e5m2\", "
                 "\"weight_block_size\": [16, 32]}}", "e4m3");
-    return t_result("test_engine_deepseek_variants");
+    return t_result("test_engine_model_variants");
 }

@@ -41,6 +41,8 @@ enum moe_tool_style {
     MOE_TOOLS_DEEPSEEK, /* MOE_DS_CALLS_BEGIN, then calls between MOE_DS_CALL_BEGIN and MOE_DS_CALL_END, each
                          * NAME MOE_DS_SEP {...} (DeepSeek-V3.1) or function MOE_DS_SEP NAME and the arguments
                          * in a ```json fence (DeepSeek-V3, R1), then MOE_DS_CALLS_END */
+    MOE_TOOLS_GLM,      /* <tool_call>NAME <arg_key>KEY</arg_key><arg_value>value</arg_value>...</tool_call>
+                         * (GLM-4.5, GLM-4.6): values as text, typed by the tool's parameter schema */
 };
 
 /* DeepSeek's tool-call markers (U+FF5C and U+2581 in them). */

@@ -1,6 +1,7 @@
 /* Request decoders: OpenAI JSON, moeflow.v1 and KServe v2 protobuf. */
 #include "requests.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <math.h>
 #include <stddef.h>
@@ -1509,6 +1510,54 @@ static json_t *xml_call(const char *b, const char *e, const json_t *tools, const
     return out;
 }
 
+/* One call of GLM-4.5's form in [b, e): the name up to a line break or the first <arg_key>, then
+ * <arg_key>KEY</arg_key> <arg_value>value</arg_value> pairs (whitespace around them), each value typed by
+ * the tool's schema as in xml_call; NULL when it is not that.  Its block must be closed: one cut short
+ * after a whole pair cannot tell whether more arguments were coming. */
+static json_t *glm_call(const char *b, const char *e, const json_t *tools, const char *id)
+{
+    static const char ko[] = "<arg_key>", kc[] = "</arg_key>", vo[] = "<arg_value>", vc[] = "</arg_value>";
+    const char *p = skip_space(b, e), *ne = p;
+    while (ne < e && *ne != '\n' && !starts(ne, e, ko))
+        ne++;
+    char name[256];
+    size_t nl = (size_t)(ne - p);
+    while (nl > 0 && is_space(p[nl - 1]))
+        nl--;
+    if (!nl || nl >= sizeof(name))
+        return NULL;
+    for (size_t i = 0; i < nl; i++) /* a function's name: no spaces, quotes, brackets or braces */
+        if (!isalnum((unsigned char)p[i]) && !strchr("_-.:", p[i]) && !((unsigned char)p[i] & 0x80))
+            return NULL;
+    memcpy(name, p, nl);
+    name[nl] = 0;
+    json_t *args = json_object();
+    for (p = skip_space(ne, e); args && p < e; p = skip_space(p, e)) {
+        const char *k = starts(p, e, ko) ? p + strlen(ko) : NULL;
+        const char *ke = k ? memmem(k, (size_t)(e - k), kc, strlen(kc)) : NULL;
+        const char *v = ke ? skip_space(ke + strlen(kc), e) : NULL;
+        v = v && starts(v, e, vo) ? v + strlen(vo) : NULL;
+        const char *ve = v ? memmem(v, (size_t)(e - v), vc, strlen(vc)) : NULL;
+        char key[256];
+        size_t kl = ve ? (size_t)(ke - k) : 0;
+        if (!kl || kl >= sizeof(key)) {
+            json_decref(args);
+            return NULL;
+        }
+        memcpy(key, k, kl);
+        key[kl] = 0;
+        if (json_object_set_new(args, key, param_value(v, (size_t)(ve - v), param_type(tools, name, key)))) {
+            json_decref(args);
+            return NULL;
+        }
+        p = ve + strlen(vc);
+    }
+    json_t *call = args ? json_pack("{s:s,s:o}", "name", name, "arguments", args) : NULL; /* args stolen */
+    json_t *out = call ? call_entry(call, id) : NULL;
+    json_decref(call);
+    return out;
+}
+
 json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const json_t *tools, const char *id_prefix,
                              size_t *content_len)
 {
@@ -1525,6 +1574,7 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const json
         char id[160];
         snprintf(id, sizeof(id), "%s_%d", id_prefix, k);
         json_t *one = style == MOE_TOOLS_QWEN_XML ? xml_call(b, stop, tools, id)
+                      : style == MOE_TOOLS_GLM    ? (e ? glm_call(b, e, tools, id) : NULL) /* whole blocks only */
                                                   : moe_tool_call_entry(b, (size_t)(stop - b), id);
         if (!one || json_array_append_new(calls, one)) { /* not a call after all: the text stays text */
             json_decref(calls);

@@ -690,6 +690,50 @@ static void test_tool_calls_qwen_xml(void)
     json_decref(tools);
 }
 
+/* GLM-4.5's calls: the name on the block's first line, then <arg_key>/<arg_value> pairs typed by the tool's
+ * schema as for Qwen3-Coder's XML; a name that is not one (JSON, spaces) or a pair cut short leaves the reply
+ * text. */
+static void test_tool_calls_glm(void)
+{
+    json_t *tools = json_loads("[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "
+                               "{\"type\": \"object\", \"properties\": {\"zip\": {\"type\": \"string\"}, \"days\": "
+                               "{\"type\": \"integer\"}, \"at\": {\"type\": \"object\"}}}}}]", 0, NULL);
+    REQUIRE(tools, "tools JSON");
+    const char *t = "I will check.<tool_call>get_weather\n<arg_key>zip</arg_key>\n<arg_value>02139</arg_value>\n"
+                    "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n<arg_key>at</arg_key>\n"
+                    "<arg_value>{\"lat\": 1.5}</arg_value>\n<arg_key>city</arg_key>\n<arg_value>New York</arg_value>\n"
+                    "</tool_call>\n<tool_call>ping</tool_call>";
+    size_t content = 99;
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_GLM, tools, "call_g", &content);
+    REQUIRE(calls && json_array_size(calls) == 2, "two calls: %s", calls ? json_dumps(calls, 0) : "NULL");
+    json_t *f = json_object_get(json_array_get(calls, 0), "function");
+    json_t *args = json_loads(json_string_value(json_object_get(f, "arguments")), 0, NULL);
+    char *a = json_dumps(args, JSON_COMPACT | JSON_SORT_KEYS);
+    CHECK(content == strlen("I will check.") && !strcmp(json_string_value(json_object_get(f, "name")), "get_weather") &&
+              a && !strcmp(a, "{\"at\":{\"lat\":1.5},\"city\":\"New York\",\"days\":3,\"zip\":\"02139\"}") &&
+              !strcmp(json_string_value(json_object_get(json_array_get(calls, 0), "id")), "call_g_0"),
+          "typed arguments: %s", a ? a : "NULL");
+    free(a);
+    json_decref(args);
+    f = json_object_get(json_array_get(calls, 1), "function");
+    CHECK(!strcmp(json_string_value(json_object_get(f, "name")), "ping") &&
+              !strcmp(json_string_value(json_object_get(f, "arguments")), "{}"),
+          "a call without arguments");
+    json_decref(calls);
+    const char *not_calls[] = { "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>",
+                                "<tool_call>\n</tool_call>",
+                                "<tool_call>get weather\n<arg_key>x</arg_key><arg_value>1</arg_value></tool_call>",
+                                "<tool_call>f\n<arg_key>x</arg_key>1</tool_call>",
+                                "<tool_call>f\n<arg_key></arg_key><arg_value>1</arg_value></tool_call>",
+                                "<tool_call>f\n<arg_key>x</arg_key><arg_value>1</tool_call>",
+                                "<tool_call>f\ntext<arg_key>x</arg_key><arg_value>1</arg_value></tool_call>",
+                                "<tool_call>f\n<arg_key>x</arg_key><arg_value>1</arg_value>" /* cut short */ };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_GLM, tools, "c", &content),
+              "'%s' parsed", not_calls[i]);
+    json_decref(tools);
+}
+
 /* Reasoning: "<think>...</think>" at a reply's start (or from its first byte when the prompt opened the
  * block) splits into reasoning and answer; partial tags are held until decided; the answer's leading line
  * breaks go; a reply without the tag is all answer. */
@@ -863,6 +907,7 @@ int main(void)
     test_tool_calls_mistral();
     test_tool_calls_deepseek();
     test_tool_calls_qwen_xml();
+    test_tool_calls_glm();
     test_think_split();
     test_kserve();
     test_utf8();

@@ -36,7 +36,8 @@ struct eng_layer {
     void *q_a;                            /* [q_lora_rank, H] or NULL */
     float *q_a_norm, *kv_a_norm;          /* [q_lora_rank], [kv_lora_rank] */
     void *kv_a_c, *kv_a_r;                /* kv_a_proj_with_mqa split: [kv_lora_rank, H], [rope, H] */
-    void *kv_b;                           /* [nh*(nope + v), kv_lora_rank] */
+    void *w_ukt, *w_uv;                   /* kv_b_proj per head: its k rows transposed [nh][kv_lora_rank][nope],
+                                             its v rows [nh][v][kv_lora_rank] */
     float *router_bias;                   /* [E] e_score_correction_bias or NULL */
 };
 
@@ -59,7 +60,8 @@ struct moe_engine {
     void *embed, *lm_head;                /* [V, H] (lm_head may equal embed) */
     float *final_norm;                    /* [H] */
     struct eng_layer *L;                  /* [n_layers] */
-    float *kc, *vc;                       /* [layers][max_seqs][max_ctx][KV] */
+    float *kc, *vc;                       /* [layers][max_seqs][max_ctx][KV]; under MLA vc == kc (the latent
+                                             rows serve as keys and values) */
 
     /* sequences */
     bool *seq_used;                       /* [max_seqs] */
@@ -78,9 +80,11 @@ struct moe_engine {
     float *sd;                            /* [N, H] shared expert output */
     float *sg;                            /* [N] shared expert gate logit */
     float *d_logits;                      /* [N, V], only when !host_visible */
-    float *mq_a, *mq_rope;                /* MLA: [N, q_lora_rank], [N, nh*rope] */
-    float *m_ckv, *m_krope;               /* MLA: [N, kv_lora_rank], [N, rope] */
-    float *m_kvb, *m_attv;                /* MLA: [N, nh*(nope + v)], [N, nh*v] */
+    float *mq_a;                          /* MLA: [N, q_lora_rank] */
+    float *m_ckv, *m_krope, *m_lat;       /* MLA: [N, kv_lora_rank], [N, rope], [N, KV] (latent | k rope) */
+    float *m_ql, *m_attl;                 /* MLA: [N, nh*KV] queries in latent space, attention over latents */
+    float *m_hp, *m_hp2;                  /* MLA: head-major scratch [nh][N][max(nope, kv_lora_rank, v)] */
+    float *m_attv;                        /* MLA: [N, nh*v] */
 
     /* host staging */
     int32_t *h_tok, *h_seq, *h_pos, *h_rows; /* [N] */
@@ -202,7 +206,42 @@ static void rope_rows(const struct moe_config *c, int base, int *rows)
         rows[j] = base + (!c->rope_interleave ? j : j < d / 2 ? 2 * j : 2 * (j - d / 2) + 1);
 }
 
-/* MLA weights: q (rope rows reordered), the latent's two parts, its norms, kv_b. */
+/* kv_b_proj [nh*(nope + v), kv_lora_rank] as the latent attention uses it: each head's k rows
+ * transposed (w_ukt [nh][kv_lora_rank][nope]: the query's nope part times it gives the query in
+ * latent space) and its v rows as they are (w_uv [nh][v][kv_lora_rank]: the attention over latents
+ * times its transpose gives the head's values). */
+static enum moe_status upload_kv_b(struct moe_engine *e, const struct moe_wview *w, struct eng_layer *d, int l)
+{
+    const struct moe_config *c = &e->cfg;
+    int nh = c->n_heads, nope = c->qk_nope_dim, vd = c->v_head_dim, kvr = c->kv_lora_rank, per = nope + vd;
+    size_t es = moe_dtype_size(w->dtype), n = (size_t)nh * (size_t)kvr * (size_t)(nope > 0 ? nope : 1);
+    int *rows = malloc(sizeof(int) * (size_t)nh * (size_t)vd);
+    char *t = malloc(n * es);
+    enum moe_status st = MOE_OK;
+    if (!rows || !t) {
+        st = moe_errorf(MOE_ENOMEM, "layer %d kv_b_proj: out of memory", l);
+        goto out;
+    }
+    if (nope > 0) {
+        for (int h = 0; h < nh; h++)
+            for (int r = 0; r < kvr; r++)
+                for (int j = 0; j < nope; j++)
+                    memcpy(t + (((size_t)h * kvr + r) * nope + j) * es,
+                           (const char *)w->data + ((size_t)(h * per + j) * kvr + r) * es, es);
+        struct moe_wview v = { .dtype = w->dtype, .rows = (int64_t)nh * kvr, .cols = nope, .data = t,
+                               .nbytes = n * es };
+        st = upload(e, &v, e->wdt, &d->w_ukt, "kv_b_proj (keys)", l);
+    }
+    for (int h = 0; h < nh; h++)
+        for (int j = 0; j < vd; j++) rows[h * vd + j] = h * per + nope + j;
+    if (st == MOE_OK) st = upload_rows(e, w, rows, nh * vd, e->wdt, &d->w_uv, "kv_b_proj (values)", l);
+out:
+    free(rows);
+    free(t);
+    return st;
+}
+
+/* MLA weights: q (rope rows reordered), the latent's two parts, its norms, kv_b per head. */
 static enum moe_status load_mla(struct moe_engine *e, int l)
 {
     const struct moe_config *c = &e->cfg;
@@ -227,10 +266,11 @@ static enum moe_status load_mla(struct moe_engine *e, int l)
     d->q_a_norm = qn;
     if (st == MOE_OK) st = upload(e, &w->kv_a_norm, MOE_DT_F32, &kvn, "kv_a_layernorm", l);
     d->kv_a_norm = kvn;
-    if (st == MOE_OK) st = upload(e, &w->kv_b, e->wdt, &d->kv_b, "kv_b_proj", l);
+    if (st == MOE_OK && !w->kv_b.data) st = missing(e, l, "kv_b_proj");
+    if (st == MOE_OK) st = upload_kv_b(e, &w->kv_b, d, l);
     if (st == MOE_OK) st = upload(e, &w->wo, e->wdt, &d->wo, "o_proj", l);
     bool have_q = d->wq && (!c->q_lora_rank || (d->q_a && d->q_a_norm));
-    if (st == MOE_OK && (!have_q || !d->kv_a_norm || !d->kv_b || !d->wo))
+    if (st == MOE_OK && (!have_q || !d->kv_a_norm || (c->qk_nope_dim > 0 && !d->w_ukt) || !d->w_uv || !d->wo))
         st = missing(e, l, "MLA projection");
     return st;
 }
@@ -336,9 +376,16 @@ static void free_weights(struct moe_engine *e)
         void *all[] = { d->attn_norm, d->ffn_norm, d->wq, d->wk, d->wv, d->wo, d->bq, d->bk, d->bv,
                         d->q_norm, d->k_norm, d->router, d->sh_gate, d->sh_up, d->sh_down,
                         d->sh_scale, d->d_gate, d->d_up, d->d_down, d->q_a, d->q_a_norm, d->kv_a_norm,
-                        d->kv_a_c, d->kv_a_r, d->kv_b, d->router_bias };
+                        d->kv_a_c, d->kv_a_r, d->w_ukt, d->w_uv, d->router_bias };
         for (size_t i = 0; i < MOE_ARRAY_LEN(all); i++) bfree(e, all[i]);
     }
+}
+
+/* The widest per-head piece MLA moves through head-major scratch: nope, kv_lora_rank or v (0 without MLA). */
+static size_t mla_head_width(const struct moe_config *c)
+{
+    int w = c->qk_nope_dim > c->kv_lora_rank ? c->qk_nope_dim : c->kv_lora_rank;
+    return c->mla ? (size_t)(w > c->v_head_dim ? w : c->v_head_dim) : 0;
 }
 
 static enum moe_status check_config(const struct moe_config *c)
@@ -433,7 +480,8 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
 
     e->H = c->hidden;
     e->Q = c->n_heads * c->head_dim;
-    e->KV = c->n_kv_heads * c->head_dim;
+    /* MLA caches one row per token, the latent and the rotated key, for keys and values alike */
+    e->KV = c->mla ? c->kv_lora_rank + c->qk_rope_dim : c->n_kv_heads * c->head_dim;
     e->E = c->n_experts > 0 ? c->n_experts : 1;
     e->K = c->top_k > 0 ? c->top_k : 1;
     e->V = c->vocab;
@@ -463,12 +511,16 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         goto out_fail;
     }
     e->kc = balloc(e, kv_bytes, "K cache");
-    e->vc = balloc(e, kv_bytes, "V cache");
+    e->vc = c->mla ? e->kc : balloc(e, kv_bytes, "V cache");
     if (!e->kc || !e->vc) {
-        st = moe_errorf(MOE_ENOMEM, "engine: cannot allocate 2 x %zu bytes of KV cache "
-                        "(lower max_seqs = %d or max_ctx = %d)", kv_bytes, e->max_seqs, e->max_ctx);
+        st = moe_errorf(MOE_ENOMEM, "engine: cannot allocate %s%zu bytes of KV cache "
+                        "(lower max_seqs = %d or max_ctx = %d)", c->mla ? "" : "2 x ", kv_bytes, e->max_seqs,
+                        e->max_ctx);
         goto out_fail;
     }
+    MOE_INFO("engine: KV cache %.1f MiB (%zu bytes per token over %d layers, %d slots x %d positions)",
+             (double)kv_bytes * (c->mla ? 1 : 2) / (1 << 20), (size_t)e->KV * sizeof(float) * (c->mla ? 1 : 2) *
+             (size_t)c->n_layers, c->n_layers, e->max_seqs, e->max_ctx);
     struct { void **p; size_t bytes; const char *what; } bufs[] = {
         { (void **)&e->d_tok, N * 4, "token ids" },       { (void **)&e->d_seq, N * 4, "seq ids" },
         { (void **)&e->d_pos, N * 4, "positions" },       { (void **)&e->d_rows, N * 4, "logit rows" },
@@ -491,11 +543,13 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         { (void **)&e->sg, N * 4, "shared expert gate" },
         /* MLA scratch (sizes 0, so a few bytes each, without MLA) */
         { (void **)&e->mq_a, szmul(N, c->q_lora_rank, 4, &ovf), "q latent" },
-        { (void **)&e->mq_rope, szmul(N, (size_t)c->n_heads * c->qk_rope_dim, 4, &ovf), "q rope" },
         { (void **)&e->m_ckv, szmul(N, c->kv_lora_rank, 4, &ovf), "kv latent" },
         { (void **)&e->m_krope, szmul(N, c->qk_rope_dim, 4, &ovf), "k rope" },
-        { (void **)&e->m_kvb, szmul(N, (size_t)c->n_heads * (c->qk_nope_dim + c->v_head_dim), 4, &ovf),
-          "k and v" },
+        { (void **)&e->m_lat, szmul(N, c->mla ? e->KV : 0, 4, &ovf), "latent rows" },
+        { (void **)&e->m_ql, szmul(N, c->mla ? (size_t)c->n_heads * e->KV : 0, 4, &ovf), "latent queries" },
+        { (void **)&e->m_attl, szmul(N, c->mla ? (size_t)c->n_heads * e->KV : 0, 4, &ovf), "latent attention" },
+        { (void **)&e->m_hp, szmul(N, (size_t)c->n_heads * mla_head_width(c), 4, &ovf), "per-head scratch" },
+        { (void **)&e->m_hp2, szmul(N, (size_t)c->n_heads * mla_head_width(c), 4, &ovf), "per-head scratch" },
         { (void **)&e->m_attv, szmul(N, (size_t)c->n_heads * c->v_head_dim, 4, &ovf), "attention values" },
     };
     if (ovf) {
@@ -561,10 +615,10 @@ void moe_engine_destroy(struct moe_engine *e)
     if (!e) return;
     if (e->be) {
         free_weights(e);
-        void *bufs[] = { e->kc, e->vc, e->d_tok, e->d_seq, e->d_pos, e->d_rows, e->h, e->xn, e->o,
-                         e->q, e->att, e->kx, e->vx, e->rl, e->d_ids, e->d_src, e->d_inv, e->rw,
-                         e->xp, e->yp, e->mg, e->mu, e->sd, e->sg, e->d_logits, e->mq_a, e->mq_rope,
-                         e->m_ckv, e->m_krope, e->m_kvb, e->m_attv };
+        void *bufs[] = { e->kc, e->vc != e->kc ? e->vc : NULL, e->d_tok, e->d_seq, e->d_pos, e->d_rows, e->h,
+                         e->xn, e->o, e->q, e->att, e->kx, e->vx, e->rl, e->d_ids, e->d_src, e->d_inv, e->rw,
+                         e->xp, e->yp, e->mg, e->mu, e->sd, e->sg, e->d_logits, e->mq_a, e->m_ckv, e->m_krope,
+                         e->m_lat, e->m_ql, e->m_attl, e->m_hp, e->m_hp2, e->m_attv };
         for (size_t i = 0; i < MOE_ARRAY_LEN(bufs); i++) bfree(e, bufs[i]);
         if (e->own_be) moe_backend_destroy(e->be);
     }
@@ -653,7 +707,7 @@ enum moe_status moe_engine_seq_fork(struct moe_engine *e, int dst, int src, int 
     const struct moe_backend_ops *o = e->be->ops;
     size_t row = (size_t)e->KV * sizeof(float), bytes = (size_t)n * row;
     for (int l = 0; l < e->cfg.n_layers && bytes; l++)
-        for (int kv = 0; kv < 2; kv++) {
+        for (int kv = 0; kv < (e->vc != e->kc ? 2 : 1); kv++) {
             char *base = (char *)(kv ? e->vc : e->kc) + (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * row;
             enum moe_status st = o->copy_d2d(e->be->ctx, base + (size_t)dst * (size_t)e->max_ctx * row,
                                              base + (size_t)src * (size_t)e->max_ctx * row, bytes);
@@ -908,10 +962,29 @@ out:
 /* transformers' q_a_layernorm and kv_a_layernorm keep RMSNorm's default epsilon */
 #define MLA_NORM_EPS 1e-6f
 
-/* DeepSeek-V3's multi-head latent attention, in the expanded form transformers
- * computes: every head's key [k_nope | k_rope] (k_rope shared by the heads) and
- * value (zero-padded to the key width) are built from the token's latent and
- * cached as for multi-head attention; the padding adds exact zeros. */
+/* y[h] = x[h] @ w[h]^T for every head h, over head-major [nh][n][in] -> [nh][n][out] (w [nh][out][in]). */
+static enum moe_status head_linears(struct moe_engine *e, const float *x, const void *w, int n, int in, int out,
+                                    float *y)
+{
+    const struct moe_backend_ops *o = e->be->ops;
+    size_t wsz = moe_dtype_size(e->wdt);
+    for (int h = 0; h < e->cfg.n_heads; h++) {
+        enum moe_status st = o->linear(e->be->ctx, x + (size_t)h * n * in, (const char *)w + (size_t)h * out * in * wsz,
+                                       e->wdt, NULL, n, in, out, y + (size_t)h * n * out);
+        if (st != MOE_OK) return st;
+    }
+    return MOE_OK;
+}
+
+/* DeepSeek's multi-head latent attention with the cache holding what transformers
+ * expands: per token one row [latent (kv_lora_rank) | rotated key (qk_rope_dim)],
+ * shared by the heads.  Each head's query is taken into that space (its nope part
+ * times the head's k rows of kv_b_proj, transposed; its rope part as it is), so
+ * q.k = q_nope.(W_uk c) + q_rope.k_rope is one dot product with the row; the
+ * weighted sum of the rows' latents, times the head's v rows of kv_b_proj, is
+ * the head's value.  The cache row (kv_lora_rank + qk_rope_dim floats per layer)
+ * is n_heads * (nope + rope + v) / (kv_lora_rank + rope) times smaller than the
+ * expanded keys and values (DeepSeek-V3: 85x). */
 static enum moe_status mla_block(struct moe_engine *e, int l, int n)
 {
     const struct moe_backend_ops *o = e->be->ops;
@@ -919,7 +992,7 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
     const struct eng_layer *w = &e->L[l];
     const struct moe_config *c = &e->cfg;
     int H = e->H, Q = e->Q, KV = e->KV, nh = c->n_heads, hd = c->head_dim, nope = c->qk_nope_dim;
-    int rd = c->qk_rope_dim, vd = c->v_head_dim, qr = c->q_lora_rank, kvr = c->kv_lora_rank, kvw = nope + vd;
+    int rd = c->qk_rope_dim, vd = c->v_head_dim, qr = c->q_lora_rank, kvr = c->kv_lora_rank;
     enum moe_status st = MOE_OK;
     BE(o->rmsnorm(bc, e->h, w->attn_norm, e->xn, n, H, c->rms_eps));
     if (qr) {
@@ -929,24 +1002,32 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
     } else {
         BE(o->linear(bc, e->xn, w->wq, e->wdt, NULL, n, H, Q, e->q));
     }
-    /* RoPE on the last rd dims of every head, through a packed copy */
-    BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->mq_rope, nh * rd, rd, n, nh, rd));
-    BE(o->rope(bc, e->mq_rope, e->d_pos, n, nh, rd, rd, e->rope_inv_freq, e->rope_scale));
-    BE(o->copy_blocks(bc, e->mq_rope, nh * rd, rd, e->q + nope, Q, hd, n, nh, rd));
+    /* RoPE on the last rd dims of every head: from q + nope, heads hd apart */
+    BE(o->rope(bc, e->q + nope, e->d_pos, n, nh, hd, rd, e->rope_inv_freq, e->rope_scale));
+    /* the cache row: normed latent, rotated key */
     BE(o->linear(bc, e->xn, w->kv_a_c, e->wdt, NULL, n, H, kvr, e->m_ckv));
     BE(o->linear(bc, e->xn, w->kv_a_r, e->wdt, NULL, n, H, rd, e->m_krope));
     BE(o->rmsnorm(bc, e->m_ckv, w->kv_a_norm, e->m_ckv, n, kvr, MLA_NORM_EPS));
     BE(o->rope(bc, e->m_krope, e->d_pos, n, 1, rd, rd, e->rope_inv_freq, e->rope_scale));
-    BE(o->linear(bc, e->m_ckv, w->kv_b, e->wdt, NULL, n, kvr, nh * kvw, e->m_kvb));
-    BE(o->copy_blocks(bc, e->m_kvb, nh * kvw, kvw, e->kx, KV, hd, n, nh, nope));
-    BE(o->copy_blocks(bc, e->m_krope, rd, 0, e->kx + nope, KV, hd, n, nh, rd));
-    BE(o->memset0(bc, e->vx, (size_t)n * KV * sizeof(float)));
-    BE(o->copy_blocks(bc, e->m_kvb + nope, nh * kvw, kvw, e->vx, KV, hd, n, nh, vd));
+    BE(o->copy_blocks(bc, e->m_ckv, kvr, 0, e->m_lat, KV, 0, n, 1, kvr));
+    BE(o->copy_blocks(bc, e->m_krope, rd, 0, e->m_lat + kvr, KV, 0, n, 1, rd));
     size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
-    float *kc = e->kc + layer_off, *vc = e->vc + layer_off;
-    BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
-    BE(o->attention(bc, e->q, kc, vc, e->d_seq, e->d_pos, n, nh, nh, hd, e->max_ctx, e->attn_scale, e->att));
-    BE(o->copy_blocks(bc, e->att, Q, hd, e->m_attv, nh * vd, vd, n, nh, vd));
+    float *kc = e->kc + layer_off;
+    BE(o->kv_store(bc, e->m_lat, e->m_lat, kc, kc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
+    /* queries in latent space: [q_nope W_uk | q_rope] per head */
+    if (nope > 0) {
+        BE(o->copy_blocks(bc, e->q, Q, hd, e->m_hp, nope, n * nope, n, nh, nope));
+        BE(head_linears(e, e->m_hp, w->w_ukt, n, nope, kvr, e->m_hp2));
+        BE(o->copy_blocks(bc, e->m_hp2, kvr, n * kvr, e->m_ql, nh * KV, KV, n, nh, kvr));
+    } else {
+        BE(o->memset0(bc, e->m_ql, (size_t)n * nh * KV * sizeof(float)));
+    }
+    BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->m_ql + kvr, nh * KV, KV, n, nh, rd));
+    BE(o->attention(bc, e->m_ql, kc, kc, e->d_seq, e->d_pos, n, nh, 1, KV, e->max_ctx, e->attn_scale, e->m_attl));
+    /* each head's values: its weighted latent times W_uv^T */
+    BE(o->copy_blocks(bc, e->m_attl, nh * KV, KV, e->m_hp, kvr, n * kvr, n, nh, kvr));
+    BE(head_linears(e, e->m_hp, w->w_uv, n, kvr, vd, e->m_hp2));
+    BE(o->copy_blocks(bc, e->m_hp2, vd, n * vd, e->m_attv, nh * vd, vd, n, nh, vd));
     BE(o->linear(bc, e->m_attv, w->wo, e->wdt, NULL, n, nh * vd, H, e->o));
     BE(o->add(bc, e->h, e->o, (size_t)n * H));
 out:

@@ -306,9 +306,6 @@ static enum moe_status parse_mla(const char *what, json_t *root, struct moe_conf
     if (c->head_dim > 4096)
         return moe_errorf(MOE_ERANGE, "%s: qk_nope_head_dim + qk_rope_head_dim = %d is above 4096", what,
                           c->head_dim);
-    if (c->v_head_dim > c->head_dim) /* values are kept padded to the key width */
-        return moe_errorf(MOE_ENOTSUP, "%s: field \"v_head_dim\" = %d above qk_nope_head_dim + qk_rope_head_dim "
-                          "= %d is not supported", what, c->v_head_dim, c->head_dim);
     c->n_kv_heads = c->n_heads; /* every head gets its own k and v from the shared latent */
     return MOE_OK;
 }

@@ -271,11 +271,12 @@ out:
 }
 
 #define ATT_THREADS 128
-#define ATT_MAX_HD 256
+#define ATT_ACC 5 /* output dims per thread */
+#define ATT_MAX_HD (ATT_THREADS * ATT_ACC) /* 640: DeepSeek's latent rows (512 + 64) fit */
 
 /* grid (n tokens, n_heads), block ATT_THREADS.  Online softmax over tiles of
  * ATT_THREADS positions: thread j scores position base+j; the block then
- * accumulates p * V with thread d owning output dims d and d + ATT_THREADS. */
+ * accumulates p * V with thread d owning output dims d, d + ATT_THREADS, ... */
 __global__ static void __launch_bounds__(ATT_THREADS)
 k_attention(const float *q, const float *kc, const float *vc, const int *seq, const int *pos,
             int n_heads, int n_kv, int hd, int max_ctx, float scale, float *out)
@@ -290,7 +291,9 @@ k_attention(const float *q, const float *kc, const float *vc, const int *seq, co
     const float *kb = kc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
     const float *vb = vc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
     const float *qh = q + ((size_t)t * n_heads + h) * (size_t)hd;
-    float m = -INFINITY, l = 0.0f, acc0 = 0.0f, acc1 = 0.0f;
+    float m = -INFINITY, l = 0.0f, acc[ATT_ACC];
+#pragma unroll
+    for (int r = 0; r < ATT_ACC; r++) acc[r] = 0.0f;
 
     for (int d = tid; d < hd; d += ATT_THREADS) q_s[d] = qh[d];
     __syncthreads();
@@ -311,23 +314,22 @@ k_attention(const float *q, const float *kc, const float *vc, const int *seq, co
         __syncthreads();
         l = l * corr + tile;
         int cnt = last + 1 - base < ATT_THREADS ? last + 1 - base : ATT_THREADS;
-        if (tid < hd) {
-            float a = 0.0f;
-            for (int jj = 0; jj < cnt; jj++) a += p_s[jj] * vb[(size_t)(base + jj) * kv_dim + tid];
-            acc0 = acc0 * corr + a;
-        }
-        if (tid + ATT_THREADS < hd) {
-            float a = 0.0f;
-            for (int jj = 0; jj < cnt; jj++)
-                a += p_s[jj] * vb[(size_t)(base + jj) * kv_dim + tid + ATT_THREADS];
-            acc1 = acc1 * corr + a;
+#pragma unroll
+        for (int r = 0; r < ATT_ACC; r++) {
+            int d = tid + r * ATT_THREADS;
+            if (d < hd) {
+                float a = 0.0f;
+                for (int jj = 0; jj < cnt; jj++) a += p_s[jj] * vb[(size_t)(base + jj) * kv_dim + d];
+                acc[r] = acc[r] * corr + a;
+            }
         }
         m = new_m;
         __syncthreads(); /* p_s is rewritten by the next tile */
     }
     float *oh = out + ((size_t)t * n_heads + h) * (size_t)hd;
-    if (tid < hd) oh[tid] = acc0 / l;
-    if (tid + ATT_THREADS < hd) oh[tid + ATT_THREADS] = acc1 / l;
+#pragma unroll
+    for (int r = 0; r < ATT_ACC; r++)
+        if (tid + r * ATT_THREADS < hd) oh[tid + r * ATT_THREADS] = acc[r] / l;
 }
 
 extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q,

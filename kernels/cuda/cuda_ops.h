@@ -146,7 +146,7 @@ enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, cons
  * 0..pos[i] of its sequence (which must already be stored).  Query head h
  * uses KV head h / (n_heads / n_kv_heads).
  * q [n, n_heads*head_dim]; out [n, n_heads*head_dim]; scale = 1/sqrt(head_dim)
- * usually.  head_dim <= 256; n_heads % n_kv_heads == 0. */
+ * usually.  head_dim <= 640 (DeepSeek's latent rows: 576); n_heads % n_kv_heads == 0. */
 enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const float *d_kcache,
                                    const float *d_vcache, const int *d_seq, const int *d_pos, int n,
                                    int n_heads, int n_kv_heads, int head_dim, int max_ctx,

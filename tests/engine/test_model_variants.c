@@ -10,7 +10,7 @@
  * checkpoint whose config lacks or misstates its quantization is refused by name); and
  * DeepSeek-V2's routing (softmax scores, top-k or groups kept by their largest score, weights
  * not renormalised) with DeepSeek-V2-Lite's shape (no q bottleneck, YaRN with mscale =
- * mscale_all_dim) and V2's (group-limited, weights x 16).
+ * mscale_all_dim) and V2's (group-limited, weights x 16); values wider than the keys.
  *
  * GLM-4.5 (tests/fixtures/glm4-moe): grouped-query attention with q/k/v biases
  * or per-head q/k norm, RoPE over half or a quarter of each head (YaRN on the
@@ -30,6 +30,7 @@ static const char *const variants[] = {
     "deepseek-v3-variants/no_norm_no_shared", "deepseek-v3-variants/all_moe", "deepseek-v3-variants/all_dense",
     "deepseek-v3-variants/odd_dims", "deepseek-v3-variants/yarn", "deepseek-v3-variants/yarn_plain",
     "deepseek-v3-variants/fp8", "deepseek-v3-variants/v2_lite", "deepseek-v3-variants/v2_group",
+    "deepseek-v3-variants/wide_v",
     "glm4-moe/air", "glm4-moe/qk_norm", "glm4-moe/yarn_quarter",
 };
 

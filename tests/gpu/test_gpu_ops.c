@@ -133,7 +133,7 @@ static void test_attention(struct g_rng *r, bool adv)
     /* two sequences: seq 1 prefilled with 300 tokens (more than one 128-tile),
      * then a batch of mixed prefill-chunk + decode tokens. */
     int nh = 8, nkv = 2, max_ctx = 320, max_seqs = 3;
-    static const int hds[] = { 64, 128, 200 };
+    static const int hds[] = { 64, 128, 200, 576 }; /* 576: DeepSeek's latent rows */
     for (size_t v = 0; v < MOE_ARRAY_LEN(hds); v++) {
         int hd = hds[v];
         size_t kv_dim = (size_t)nkv * hd, cache = (size_t)max_seqs * max_ctx * kv_dim;
@@ -563,8 +563,8 @@ static void test_bad_args(void)
 {
     CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, NULL, NULL, 1, 6, 4, 64, 16, 1, NULL) == MOE_EINVAL,
           "attention accepted heads %% kv_heads != 0");
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, NULL, NULL, 1, 8, 2, 512, 16, 1, NULL) == MOE_EINVAL,
-          "attention accepted head_dim 512");
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, NULL, NULL, 1, 8, 2, 704, 16, 1, NULL) == MOE_EINVAL,
+          "attention accepted head_dim 704");
     CHECK(moe_cuda_router(ctx, NULL, 1, 4, 5, true, true, NULL, NULL) == MOE_EINVAL, "router accepted k > E");
     float f[32] = { 0 };
     CHECK(moe_cuda_rope_table(ctx, NULL, NULL, 1, 1, 63, 63, f, 1.0f) == MOE_EINVAL, "rope accepted odd rot_dim");

@@ -252,7 +252,7 @@ static void test_refusals(void)
         { "{\"n_group\": 2, \"topk_group\": null}", MOE_ERANGE,
           "topk_group = 4 (the default) is more than n_group = 2" },
         { "{\"scoring_func\": \"softmax\"}", MOE_ENOTSUP, "scoring_func" },
-        { "{\"v_head_dim\": 32}", MOE_ENOTSUP, "v_head_dim" },
+        { "{\"v_head_dim\": 0}", MOE_ERANGE, "v_head_dim" },
         { "{\"n_shared_experts\": -1}", MOE_ERANGE, "n_shared_experts" },
         { "{\"intermediate_size\": null}", MOE_EFORMAT, "first_k_dense_replace = 1) but \"intermediate_size\"" },
     };
@@ -279,6 +279,10 @@ static void test_refusals(void)
     json_object_del(j, "intermediate_size");
     CHECK(parse_obj(j, &c) == MOE_OK && c.dense_inter == 0, "all-MoE without intermediate_size: %s",
           moe_last_error());
+    json_decref(j);
+    j = load_json(ds); /* values wider than keys: the latent cache holds no per-head value */
+    json_object_set_new(j, "v_head_dim", json_integer(32));
+    CHECK(parse_obj(j, &c) == MOE_OK && c.v_head_dim == 32, "v_head_dim 32: %s", moe_last_error());
     json_decref(j);
     j = load_json(ds);
     json_object_set_new(j, "n_shared_experts", json_integer(0));

@@ -96,7 +96,7 @@ else
   fails=$((fails + 1))
 fi
 # a test the bundle lacks is a failure (prepare.sh builds them all), not a silent gap
-for t in test_gpu_runtime:90 test_gpu_sticky:60; do
+for t in test_gpu_variants:60 test_gpu_runtime:90 test_gpu_sticky:60; do
   if [ -x "$b/${t%%:*}" ]; then
     run "${t%%:*}" "${t##*:}" "$b/${t%%:*}"
   else

@@ -21,18 +21,10 @@
  * reference, prefilled in one batch, in two chunks through the KV cache, and
  * one token at a time. */
 #include "engine_testutil.h"
+#include "model_variants.h"
 
 #include <stdlib.h>
 #include <unistd.h>
-
-static const char *const variants[] = {
-    "deepseek-v3-variants/q_proj", "deepseek-v3-variants/rope_flat", "deepseek-v3-variants/one_group",
-    "deepseek-v3-variants/no_norm_no_shared", "deepseek-v3-variants/all_moe", "deepseek-v3-variants/all_dense",
-    "deepseek-v3-variants/odd_dims", "deepseek-v3-variants/yarn", "deepseek-v3-variants/yarn_plain",
-    "deepseek-v3-variants/fp8", "deepseek-v3-variants/v2_lite", "deepseek-v3-variants/v2_group",
-    "deepseek-v3-variants/wide_v",
-    "glm4-moe/air", "glm4-moe/qk_norm", "glm4-moe/yarn_quarter",
-};
 
 #define TOL 1e-4
 
@@ -120,7 +112,7 @@ static void fp8_refused(const char *change, const char *says)
 
 int main(void)
 {
-    for (size_t i = 0; i < MOE_ARRAY_LEN(variants); i++) check_variant(variants[i]);
+    for (size_t i = 0; i < MOE_ARRAY_LEN(model_variants); i++) check_variant(model_variants[i]);
     fp8_refused("{\"quantization_config\": null}", "no quantization_config");
     fp8_refused("{\"quantization_config\": {\"quant_method\": \"fp8\", \"weight_block_size\": [8, 32]}}",
                 "_scale_inv\" must be F32, BF16 or F16 [");

@@ -4,7 +4,7 @@
  * Prints the figures and one JSON line.  A benchmark, not a test: it never
  * fails on a timing.
  *
- *   cpu_bench [--model DIR] [--threads N] [--steps N] [--blas] [--reps N] */
+ *   cpu_bench [--model DIR] [--threads N] [--steps N] [--blas] [--reps N] [--kv-dtype f32|bf16] */
 #include "common/moe.h"
 #include "engine/engine.h"
 #include "engine/sampling.h"
@@ -22,6 +22,7 @@ struct bench_opts {
     int steps;        /* decode steps timed */
     int reps;         /* prefill repetitions (best is reported) */
     bool blas;        /* GEMMs via OpenBLAS (not batch-invariant) */
+    enum moe_dtype kv_dtype; /* the KV cache's elements */
 };
 
 static void fill_ids(int *ids, int n, int vocab, uint32_t seed)
@@ -183,23 +184,30 @@ __attribute__((target("avx2,fma"))) static double fma_peak_gflops(void)
 
 int main(int argc, char **argv)
 {
-    struct bench_opts o = { moe_default_model_dir(), 1, 64, 3, false };
+    struct bench_opts o = { moe_default_model_dir(), 1, 64, 3, false, MOE_DT_F32 };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' }, { "threads", required_argument, NULL, 't' },
         { "steps", required_argument, NULL, 's' }, { "reps", required_argument, NULL, 'r' },
         { "blas", no_argument, NULL, 'b' },        { "help", no_argument, NULL, 'h' },
+        { "kv-dtype", required_argument, NULL, 'k' },
         { 0, 0, 0, 0 },
     };
     int c;
-    while ((c = getopt_long(argc, argv, "m:t:s:r:bh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:t:s:r:bk:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o.model_dir = optarg; break;
         case 't': o.threads = atoi(optarg); break;
         case 's': o.steps = atoi(optarg); break;
         case 'r': o.reps = atoi(optarg); break;
         case 'b': o.blas = true; break;
+        case 'k':
+            if (!moe_engine_kv_dtype_parse(optarg, &o.kv_dtype)) {
+                fprintf(stderr, "cpu_bench: --kv-dtype '%s': expected f32 or bf16\n", optarg);
+                return 2;
+            }
+            break;
         case 'h':
-            printf("usage: cpu_bench [--model DIR] [--threads N] [--steps N] [--reps N] [--blas]\n"
+            printf("usage: cpu_bench [--model DIR] [--threads N] [--steps N] [--reps N] [--blas] [--kv-dtype T]\n"
                    "Prefill of a 512-token prompt and decode at batch 1 and 16 on the CPU backend.\n");
             return 0;
         default: return 2;
@@ -219,7 +227,7 @@ int main(int argc, char **argv)
     int max_ctx = P + 8 > PL + o.steps + 1 ? P + 8 : PL + o.steps + 1;
     if (max_ctx > m->cfg.max_pos) max_ctx = m->cfg.max_pos;
     struct moe_engine_params ep = { .max_seqs = B, .max_ctx = max_ctx, .max_batch_tokens = P,
-                                    .n_threads = o.threads, .cpu_blas = o.blas };
+                                    .n_threads = o.threads, .cpu_blas = o.blas, .kv_dtype = o.kv_dtype };
     struct moe_engine *e = moe_engine_create(m, &ep);
     if (!e) {
         fprintf(stderr, "cpu_bench: %s\n", moe_last_error());
@@ -266,12 +274,12 @@ int main(int argc, char **argv)
     printf("against them         decode b1 reads %.1f GB/s of weights = %.0f %% of the read ceiling; "
            "prefill %.0f %% of the FMA peak%s\n", b1_gbs, rc > 0 ? 100 * b1_gbs / rc : 0,
            peak > 0 ? 100 * g_pre / (peak * o.threads) : 0, o.threads > 1 ? " x threads" : "");
-    printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"threads\":%d,\"blas\":%s,\"prefill_tokens\":%d,"
+    printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"threads\":%d,\"blas\":%s,\"kv_dtype\":\"%s\",\"prefill_tokens\":%d,"
            "\"prefill_tok_s\":%.1f,\"decode_b1_tok_s\":%.1f,\"decode_b16_tok_s\":%.1f,\"steps\":%d,"
            "\"mflop_per_token\":%.3f,\"prefill_gflops\":%.2f,\"decode_b1_gflops\":%.2f,"
            "\"decode_b16_gflops\":%.2f,\"decode_b1_weight_gbs\":%.2f,\"read_ceiling_gbs\":%.2f,"
            "\"fma_peak_gflops\":%.2f}\n",
-           cf->model_type, o.threads, o.blas ? "true" : "false", P, pf, t1, t16, o.steps,
+           cf->model_type, o.threads, o.blas ? "true" : "false", moe_dtype_name(o.kv_dtype), P, pf, t1, t16, o.steps,
            2e-6 * (body_macs(cf) + head_macs(cf)), g_pre, g1, g16, b1_gbs, rc, peak);
     free(ids);
     free(lg);

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 struct eng_layer {
     float *attn_norm, *ffn_norm;          /* [H] */
@@ -60,7 +61,8 @@ struct moe_engine {
     void *embed, *lm_head;                /* [V, H] (lm_head may equal embed) */
     float *final_norm;                    /* [H] */
     struct eng_layer *L;                  /* [n_layers] */
-    float *kc, *vc;                       /* [layers][max_seqs][max_ctx][KV]; under MLA vc == kc (the latent
+    enum moe_dtype kv_dt;                 /* the cache's element type, F32 or BF16 */
+    void *kc, *vc;                        /* [layers][max_seqs][max_ctx][KV]; under MLA vc == kc (the latent
                                              rows serve as keys and values) */
 
     /* sequences */
@@ -99,6 +101,14 @@ struct moe_engine {
 };
 
 /* ---- creation ---------------------------------------------------------------- */
+
+bool moe_engine_kv_dtype_parse(const char *s, enum moe_dtype *out)
+{
+    if (!strcasecmp(s, "f32")) *out = MOE_DT_F32;
+    else if (!strcasecmp(s, "bf16")) *out = MOE_DT_BF16;
+    else return false;
+    return true;
+}
 
 static void *balloc(struct moe_engine *e, size_t bytes, const char *what)
 {
@@ -455,6 +465,11 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         st = moe_errorf(MOE_EINVAL, "engine: n_threads = %d (0..1024)", p->n_threads);
         goto out_fail;
     }
+    if (p->kv_dtype != MOE_DT_F32 && p->kv_dtype != MOE_DT_BF16) {
+        st = moe_errorf(MOE_EINVAL, "engine: KV cache dtype %s (F32 or BF16)", moe_dtype_name(p->kv_dtype));
+        goto out_fail;
+    }
+    e->kv_dt = p->kv_dtype;
     e->hooks = p->hooks;
 
     if (p->backend) {
@@ -505,7 +520,7 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
     bool ovf = false;
     size_t N = (size_t)e->max_batch, NK = N * (size_t)e->K;
     size_t kv_bytes = szmul((size_t)c->n_layers * (size_t)e->max_seqs, (size_t)e->max_ctx,
-                            (size_t)e->KV * sizeof(float), &ovf);
+                            (size_t)e->KV * moe_dtype_size(e->kv_dt), &ovf);
     if (ovf) {
         st = moe_errorf(MOE_ENOMEM, "engine: KV cache size overflows (lower max_seqs or max_ctx)");
         goto out_fail;
@@ -518,9 +533,10 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
                         e->max_ctx);
         goto out_fail;
     }
-    MOE_INFO("engine: KV cache %.1f MiB (%zu bytes per token over %d layers, %d slots x %d positions)",
-             (double)kv_bytes * (c->mla ? 1 : 2) / (1 << 20), (size_t)e->KV * sizeof(float) * (c->mla ? 1 : 2) *
-             (size_t)c->n_layers, c->n_layers, e->max_seqs, e->max_ctx);
+    MOE_INFO("engine: KV cache %.1f MiB in %s (%zu bytes per token over %d layers, %d slots x %d positions)",
+             (double)kv_bytes * (c->mla ? 1 : 2) / (1 << 20), moe_dtype_name(e->kv_dt),
+             (size_t)e->KV * moe_dtype_size(e->kv_dt) * (c->mla ? 1 : 2) * (size_t)c->n_layers, c->n_layers,
+             e->max_seqs, e->max_ctx);
     struct { void **p; size_t bytes; const char *what; } bufs[] = {
         { (void **)&e->d_tok, N * 4, "token ids" },       { (void **)&e->d_seq, N * 4, "seq ids" },
         { (void **)&e->d_pos, N * 4, "positions" },       { (void **)&e->d_rows, N * 4, "logit rows" },
@@ -705,7 +721,7 @@ enum moe_status moe_engine_seq_fork(struct moe_engine *e, int dst, int src, int 
         return moe_errorf(MOE_EINVAL, "engine: fork of %d tokens from sequence %d (%d cached) into %d", n, src,
                           src >= 0 && src < e->max_seqs ? e->seq_len[src] : -1, dst);
     const struct moe_backend_ops *o = e->be->ops;
-    size_t row = (size_t)e->KV * sizeof(float), bytes = (size_t)n * row;
+    size_t row = (size_t)e->KV * moe_dtype_size(e->kv_dt), bytes = (size_t)n * row;
     for (int l = 0; l < e->cfg.n_layers && bytes; l++)
         for (int kv = 0; kv < (e->vc != e->kc ? 2 : 1); kv++) {
             char *base = (char *)(kv ? e->vc : e->kc) + (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * row;
@@ -927,6 +943,13 @@ out:
     return st;
 }
 
+/* Layer l's part of a cache (kc or vc). */
+static void *kv_layer(const struct moe_engine *e, void *cache, int l)
+{
+    return (char *)cache + (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)e->KV *
+                               moe_dtype_size(e->kv_dt);
+}
+
 static enum moe_status attention_block(struct moe_engine *e, int l, int n)
 {
     const struct moe_backend_ops *o = e->be->ops;
@@ -948,10 +971,9 @@ static enum moe_status attention_block(struct moe_engine *e, int l, int n)
     }
     BE(o->rope(bc, e->q, e->d_pos, n, c->n_heads, hd, c->rope_dim, e->rope_inv_freq, e->rope_scale));
     BE(o->rope(bc, e->kx, e->d_pos, n, c->n_kv_heads, hd, c->rope_dim, e->rope_inv_freq, e->rope_scale));
-    size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
-    float *kc = e->kc + layer_off, *vc = e->vc + layer_off;
-    BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
-    BE(o->attention(bc, e->q, kc, vc, e->d_seq, e->d_pos, n, c->n_heads, c->n_kv_heads, hd,
+    void *kc = kv_layer(e, e->kc, l), *vc = kv_layer(e, e->vc, l);
+    BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->kv_dt, e->d_seq, e->d_pos, n, e->max_ctx, KV));
+    BE(o->attention(bc, e->q, kc, vc, e->kv_dt, e->d_seq, e->d_pos, n, c->n_heads, c->n_kv_heads, hd,
                     e->max_ctx, e->attn_scale, e->att));
     BE(o->linear(bc, e->att, w->wo, e->wdt, NULL, n, Q, H, e->o));
     BE(o->add(bc, e->h, e->o, (size_t)n * H));
@@ -1011,9 +1033,8 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
     BE(o->rope(bc, e->m_krope, e->d_pos, n, 1, rd, rd, e->rope_inv_freq, e->rope_scale));
     BE(o->copy_blocks(bc, e->m_ckv, kvr, 0, e->m_lat, KV, 0, n, 1, kvr));
     BE(o->copy_blocks(bc, e->m_krope, rd, 0, e->m_lat + kvr, KV, 0, n, 1, rd));
-    size_t layer_off = (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)KV;
-    float *kc = e->kc + layer_off;
-    BE(o->kv_store(bc, e->m_lat, e->m_lat, kc, kc, e->d_seq, e->d_pos, n, e->max_ctx, KV));
+    void *kc = kv_layer(e, e->kc, l);
+    BE(o->kv_store(bc, e->m_lat, e->m_lat, kc, kc, e->kv_dt, e->d_seq, e->d_pos, n, e->max_ctx, KV));
     /* queries in latent space: [q_nope W_uk | q_rope] per head */
     if (nope > 0) {
         BE(o->copy_blocks(bc, e->q, Q, hd, e->m_hp, nope, n * nope, n, nh, nope));
@@ -1023,7 +1044,8 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
         BE(o->memset0(bc, e->m_ql, (size_t)n * nh * KV * sizeof(float)));
     }
     BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->m_ql + kvr, nh * KV, KV, n, nh, rd));
-    BE(o->attention(bc, e->m_ql, kc, kc, e->d_seq, e->d_pos, n, nh, 1, KV, e->max_ctx, e->attn_scale, e->m_attl));
+    BE(o->attention(bc, e->m_ql, kc, kc, e->kv_dt, e->d_seq, e->d_pos, n, nh, 1, KV, e->max_ctx, e->attn_scale,
+                    e->m_attl));
     /* each head's values: its weighted latent times W_uv^T */
     BE(o->copy_blocks(bc, e->m_attl, nh * KV, KV, e->m_hp, kvr, n * kvr, n, nh, kvr));
     BE(head_linears(e, e->m_hp, w->w_uv, n, kvr, vd, e->m_hp2));

@@ -49,9 +49,13 @@ struct moe_engine_params {
     struct moe_backend *backend;
     bool cpu_blas;                /* CPU backend GEMMs via OpenBLAS: faster on some machines, but a
                                      token's result then depends on its batch (not batch-invariant) */
+    enum moe_dtype kv_dtype;      /* KV cache elements: MOE_DT_F32 (the default, 0) or MOE_DT_BF16 (half the
+                                     memory; keys and values rounded to BF16 when stored) */
 };
 
 struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe_engine_params *p);
+/* "f32" or "bf16" (any case) as a KV cache dtype; false for anything else. */
+bool moe_engine_kv_dtype_parse(const char *s, enum moe_dtype *out);
 void moe_engine_destroy(struct moe_engine *e);
 const struct moe_model *moe_engine_model(const struct moe_engine *e);
 /* Replace the hooks (NULL clears them). */

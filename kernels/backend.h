@@ -79,19 +79,20 @@ struct moe_backend_ops {
     enum moe_status (*rope)(void *ctx, float *x, const int32_t *pos, int n, int n_heads,
                             int head_dim, int rot_dim, const float *h_inv_freq, float scale);
 
-    /* KV cache of one layer: F32 kcache/vcache [max_seqs, max_ctx, kv_dim]
-     * (kv_dim = n_kv_heads*head_dim).  cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */
-    enum moe_status (*kv_store)(void *ctx, const float *k, const float *v, float *kcache,
-                                float *vcache, const int32_t *seq, const int32_t *pos, int n,
+    /* KV cache of one layer: kcache/vcache [max_seqs, max_ctx, kv_dim] in cdt, F32 or BF16
+     * (kv_dim = n_kv_heads*head_dim).  cache[seq[i], pos[i], :] = k[i, :] / v[i, :], rounded
+     * to the nearest BF16 (ties to even) in a BF16 cache.  kcache may equal vcache (and k, v). */
+    enum moe_status (*kv_store)(void *ctx, const float *k, const float *v, void *kcache, void *vcache,
+                                enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n,
                                 int max_ctx, int kv_dim);
 
-    /* Causal grouped-query attention over the cache, prefill and batched decode
-     * alike: token i (sequence seq[i], position pos[i]) attends to positions
-     * 0..pos[i] of its sequence, which must already be stored.  Query head h
-     * uses KV head h / (n_heads / n_kv_heads).  softmax(q.k * scale) @ v in F32.
-     * q, out [n, n_heads*head_dim]. */
-    enum moe_status (*attention)(void *ctx, const float *q, const float *kcache,
-                                 const float *vcache, const int32_t *seq, const int32_t *pos,
+    /* Causal grouped-query attention over the cache (in cdt, as kv_store wrote it), prefill
+     * and batched decode alike: token i (sequence seq[i], position pos[i]) attends to
+     * positions 0..pos[i] of its sequence, which must already be stored.  Query head h
+     * uses KV head h / (n_heads / n_kv_heads).  softmax(q.k * scale) @ v in F32 (BF16
+     * cache values widened exactly).  q, out [n, n_heads*head_dim]. */
+    enum moe_status (*attention)(void *ctx, const float *q, const void *kcache, const void *vcache,
+                                 enum moe_dtype cdt, const int32_t *seq, const int32_t *pos,
                                  int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
                                  float scale, float *out);
 

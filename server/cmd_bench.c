@@ -32,6 +32,7 @@ struct bench_opts {
     int prompt_tokens;       /* prompts are cut to their first N tokens */
     int lookahead;           /* micro-batches prefetched ahead (-1 off) */
     int threads;             /* BLAS threads */
+    enum moe_dtype kv_dtype; /* KV cache elements */
     double lag, lead;        /* regroup fair-share bounds in tokens (0 = scheduler defaults) */
     enum moe_grouping grouping;
     int capacity;            /* device-tier expert slots (0 = unset) */
@@ -70,6 +71,7 @@ static void bench_usage(FILE *f)
             "  --lookahead N        micro-batches whose predicted experts are prefetched ahead\n"
             "                       (default 1; 0 = off)\n"
             "  --threads N          BLAS threads (default 1)\n"
+            "  --kv-dtype T         KV cache elements: f32 (default) or bf16 (half the memory)\n"
             "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2;\n"
             "                       -1: strict steps, each step's sequences partitioned by path overlap)\n"
             "  --regroup-lead T     regroup: tokens a sequence may run ahead of it (default 1)\n"
@@ -217,7 +219,7 @@ static int bench_batch(int argc, char **argv)
     bool have_grouping = false, have_lookahead = false;
     enum {
         O_MODEL = 0x100, O_PROMPTS, O_CONC, O_MB, O_MAXTOK, O_GROUP, O_CAP, O_CAPF, O_PRED, O_JSON, O_CHUNK,
-        O_PTOK, O_LOOK, O_THREADS, O_LAG, O_LEAD, O_NOPF, O_RANK, O_HELP
+        O_PTOK, O_LOOK, O_THREADS, O_LAG, O_LEAD, O_NOPF, O_RANK, O_HELP, O_KV_DTYPE
     };
     static const struct option lopts[] = {
         { "model", required_argument, NULL, O_MODEL },
@@ -234,6 +236,7 @@ static int bench_batch(int argc, char **argv)
         { "prompt-tokens", required_argument, NULL, O_PTOK },
         { "lookahead", required_argument, NULL, O_LOOK },
         { "threads", required_argument, NULL, O_THREADS },
+        { "kv-dtype", required_argument, NULL, O_KV_DTYPE },
         { "regroup-lag", required_argument, NULL, O_LAG },
         { "regroup-lead", required_argument, NULL, O_LEAD },
         { "no-predictor-prefetch", no_argument, NULL, O_NOPF },
@@ -258,6 +261,12 @@ static int bench_batch(int argc, char **argv)
             have_lookahead = true;
             break;
         case O_THREADS: if (!parse_int("--threads", optarg, 1, 256, &o.threads)) return 2; break;
+        case O_KV_DTYPE:
+            if (!moe_engine_kv_dtype_parse(optarg, &o.kv_dtype)) {
+                fprintf(stderr, "moeflow bench batch: --kv-dtype '%s': expected f32 or bf16\n", optarg);
+                return 2;
+            }
+            break;
         case O_CAP: if (!parse_int("--capacity", optarg, 1, 1 << 24, &o.capacity)) return 2; break;
         case O_CAPF: {
             if (!moe_cli_parse_double_in(optarg, 0, 1, &o.capacity_frac) || !(o.capacity_frac > 0)) {
@@ -431,6 +440,7 @@ static int bench_batch(int argc, char **argv)
     int chunk = o.prefill_chunk;
     struct moe_engine_params ep = { .max_seqs = o.concurrency, .max_ctx = max_ctx,
                                     .max_batch_tokens = o.micro_batch + chunk, .n_threads = o.threads,
+                                    .kv_dtype = o.kv_dtype,
                                     .provider = prov, .backend = be };
     eng = moe_engine_create(m, &ep);
     if (!eng) {

@@ -31,6 +31,7 @@ struct gen_opts {
     struct moe_sampling samp;  /* --temperature --top-p --top-k --min-p --seed, the penalties, --logit-bias */
     int threads;               /* --threads, CPU worker threads */
     bool blas;                 /* --blas: OpenBLAS GEMMs on the CPU backend */
+    enum moe_dtype kv_dtype;   /* --kv-dtype: the KV cache's element type */
     bool ignore_eos;           /* --ignore-eos: always max_tokens tokens */
     bool chat;                 /* --chat: the prompt is a user message, through the chat template */
     const char *system;        /* --system: a system message before it, or NULL */
@@ -50,7 +51,8 @@ static void usage(FILE *f)
             "                        [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
             "                        [--presence-penalty X] [--frequency-penalty X]\n"
             "                        [--repetition-penalty X] [--logit-bias ID:BIAS]...\n"
-            "                        [--threads N] [--blas] [--backend cpu|cuda] [--predictor SPEC]\n"
+            "                        [--threads N] [--blas] [--kv-dtype f32|bf16] [--backend cpu|cuda]\n"
+            "                        [--predictor SPEC]\n"
             "                        [--ids-out FILE] [--json | --json-schema FILE | --regex PATTERN]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
@@ -80,6 +82,8 @@ static void usage(FILE *f)
             "  --threads N        CPU threads (default 1)\n"
             "  --blas             CPU GEMMs through OpenBLAS instead of the batch-invariant\n"
             "                     kernel (a row's result then depends on the batch and threads)\n"
+            "  --kv-dtype T       KV cache elements: f32 (default) or bf16 (half the memory; keys and\n"
+            "                     values rounded to BF16 when stored)\n"
             "  --json             JSON mode: only tokens that keep the output the beginning of one JSON\n"
             "                     object, stopping when it is whole (serve's response_format json_object)\n"
             "  --json-schema FILE JSON mode for one value of the JSON Schema in FILE (serve's response_format\n"
@@ -159,7 +163,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
            OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS,
-           OPT_JSON, OPT_SCHEMA, OPT_REGEX };
+           OPT_JSON, OPT_SCHEMA, OPT_REGEX, OPT_KV_DTYPE };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -178,6 +182,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "regex", required_argument, NULL, OPT_REGEX },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
+        { "kv-dtype", required_argument, NULL, OPT_KV_DTYPE },
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
         { "chat", no_argument, NULL, OPT_CHAT },
         { "system", required_argument, NULL, OPT_SYSTEM },
@@ -274,6 +279,12 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             break;
         case OPT_BLAS:
             o->blas = true;
+            break;
+        case OPT_KV_DTYPE:
+            if (!moe_engine_kv_dtype_parse(optarg, &o->kv_dtype)) {
+                fprintf(stderr, "moeflow generate: --kv-dtype '%s': expected f32 or bf16\n", optarg);
+                return 2;
+            }
             break;
         case OPT_IGNORE_EOS:
             o->ignore_eos = true;
@@ -546,6 +557,7 @@ int moe_cmd_generate(int argc, char **argv)
         .max_batch_tokens = o.off.policy == MOE_POLICY_BELADY ? 1 : n_ids < 256 ? (int)n_ids : 256,
         .n_threads = o.threads,
         .cpu_blas = o.blas,
+        .kv_dtype = o.kv_dtype,
         .provider = prov,
         .backend = be,
     };

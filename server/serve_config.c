@@ -1,5 +1,6 @@
 /* The serve option table, its parser and its help text. */
 #include "serve_config.h"
+#include "../engine/engine.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -105,6 +106,8 @@ static const struct moe_serve_opt opts[] = {
     { "chat-template", MOE_OPT_STRING, OFF(chat_template), SZ(chat_template), "auto", 0, 0,
       "how chat messages become a prompt: auto (the model's tokenizer_config.json chat_template, else "
       "markers), markers (moeflow's <|role|> lines), or a Jinja template file", 0 },
+    { "kv-dtype", MOE_OPT_STRING, OFF(kv_dtype), SZ(kv_dtype), "f32", 0, 0,
+      "KV cache elements: f32, or bf16 (half the memory; keys and values rounded to BF16 when stored)", 0 },
     { "reasoning-parser", MOE_OPT_STRING, OFF(reasoning_parser), SZ(reasoning_parser), "none", 0, 0,
       "chat replies of reasoning models: none (all of it is content), or think (a leading <think>...</think>, "
       "or the reply up to </think> when the prompt ends in <think>, goes out as reasoning_content)", 0 },
@@ -184,11 +187,15 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
         if (strlen(value) >= o->size)
             return moe_errorf(MOE_EINVAL, "%s: value '%.64s...' is too long (at most %zu bytes)",
                               o->name, value, o->size - 1);
-        memcpy(base, value, strlen(value) + 1);
+        /* the closed choices are checked before the value is kept: a bad one changes nothing */
         if (!strcmp(o->name, "grouping") && strcmp(value, "fcfs") && strcmp(value, "regroup"))
             return moe_errorf(MOE_EINVAL, "grouping: '%s' is not one of fcfs, regroup", value);
         if (!strcmp(o->name, "reasoning-parser") && strcmp(value, "none") && strcmp(value, "think"))
             return moe_errorf(MOE_EINVAL, "reasoning-parser: '%s' is not one of none, think", value);
+        enum moe_dtype kd;
+        if (!strcmp(o->name, "kv-dtype") && !moe_engine_kv_dtype_parse(value, &kd))
+            return moe_errorf(MOE_EINVAL, "kv-dtype: '%s' is not one of f32, bf16", value);
+        memcpy(base, value, strlen(value) + 1);
         return MOE_OK;
     }
     char *end = NULL;

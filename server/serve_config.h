@@ -66,6 +66,7 @@ struct moe_serve_config {
     char chat_template[4096];  /* "auto", "markers" or a template file (chat prompts) */
     char reasoning_parser[16]; /* "none", or "think": chat replies' <think>...</think> become
                                   reasoning_content */
+    char kv_dtype[8];          /* "f32" or "bf16": the KV cache's elements */
     /* browsers */
     char cors_origin[1024];    /* origins allowed to call the HTTP API from a web page: "*", or a
                                   comma-separated list of exact origins ("" = none, no CORS headers) */

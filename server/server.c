@@ -880,6 +880,7 @@ static enum moe_status server_load(struct moe_server *s)
         .provider = s->provider,
         .backend = s->backend,
     };
+    moe_engine_kv_dtype_parse(cfg->kv_dtype, &ep.kv_dtype); /* checked when the option was set */
     s->engine = moe_engine_create(s->model, &ep);
     if (!s->engine) {
         moe_offload_explain(MOE_EINVAL, s->backend, s->provider);

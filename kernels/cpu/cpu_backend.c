@@ -180,24 +180,45 @@ static enum moe_status cpu_rope(void *ctx, float *x, const int32_t *pos, int n, 
     return MOE_OK;
 }
 
-static enum moe_status cpu_kv_store(void *ctx, const float *k, const float *v, float *kcache,
-                                    float *vcache, const int32_t *seq, const int32_t *pos, int n,
+static enum moe_status cache_dtype_ok(const char *op, enum moe_dtype cdt)
+{
+    if (cdt == MOE_DT_F32 || cdt == MOE_DT_BF16) return MOE_OK;
+    return moe_errorf(MOE_ENOTSUP, "cpu backend %s: KV cache dtype %s (F32 or BF16)", op, moe_dtype_name(cdt));
+}
+
+static enum moe_status cpu_kv_store(void *ctx, const float *k, const float *v, void *kcache, void *vcache,
+                                    enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n,
                                     int max_ctx, int kv_dim)
 {
     (void)ctx;
+    enum moe_status st = cache_dtype_ok("kv_store", cdt);
+    if (st != MOE_OK) return st;
     for (int i = 0; i < n; i++) {
         if (pos[i] < 0 || pos[i] >= max_ctx) return bad("kv_store", "pos", pos[i]);
         if (seq[i] < 0) return bad("kv_store", "seq", seq[i]);
+    }
+    for (int i = 0; i < n; i++) {
         size_t off = ((size_t)seq[i] * (size_t)max_ctx + (size_t)pos[i]) * (size_t)kv_dim;
-        memcpy(kcache + off, k + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
-        memcpy(vcache + off, v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+        const float *kr = k + (size_t)i * kv_dim, *vr = v + (size_t)i * kv_dim;
+        if (cdt == MOE_DT_F32) {
+            memcpy((float *)kcache + off, kr, (size_t)kv_dim * sizeof(float));
+            memcpy((float *)vcache + off, vr, (size_t)kv_dim * sizeof(float));
+        } else {
+            uint16_t *kd = (uint16_t *)kcache + off, *vd = (uint16_t *)vcache + off;
+            for (int d = 0; d < kv_dim; d++) {
+                kd[d] = moe_f32_to_bf16(kr[d]);
+                vd[d] = moe_f32_to_bf16(vr[d]);
+            }
+        }
     }
     return MOE_OK;
 }
 
 struct attn_job {
     struct cpu_ctx *c;
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc;
+    bool bf16;                            /* the cache is BF16 (else F32) */
     const int32_t *seq, *pos;
     int n, nh, nkv, hd, max_ctx;
     float scale;
@@ -206,13 +227,15 @@ struct attn_job {
 
 /* One (token, head): blockwise softmax over keys 0..pos with a running max,
  * keys always visited in the same blocks, so the result depends only on this
- * token's query and its sequence's cache. */
+ * token's query and its sequence's cache (a BF16 cache read as the F32 values
+ * it holds). */
 static void attn_one(const struct attn_job *j, int t, int h)
 {
     int hd = j->hd, kvd = j->nkv * hd, g = h / (j->nh / j->nkv);
+    size_t es = j->bf16 ? 2 : 4, seq0 = (size_t)j->seq[t] * j->max_ctx;
+    const char *kb = (const char *)j->kc + (seq0 * kvd + (size_t)g * hd) * es;
+    const char *vb = (const char *)j->vc + (seq0 * kvd + (size_t)g * hd) * es;
     const float *q = j->q + ((size_t)t * j->nh + h) * hd;
-    const float *kb = j->kc + (size_t)j->seq[t] * j->max_ctx * kvd + (size_t)g * hd;
-    const float *vb = j->vc + (size_t)j->seq[t] * j->max_ctx * kvd + (size_t)g * hd;
     float *o = j->out + ((size_t)t * j->nh + h) * hd;
     float s[ATTN_BLOCK];
     float m = -INFINITY, l = 0.0f;
@@ -221,7 +244,7 @@ static void attn_one(const struct attn_job *j, int t, int h)
     for (int b0 = 0; b0 < len; b0 += ATTN_BLOCK) {
         int nb = len - b0 < ATTN_BLOCK ? len - b0 : ATTN_BLOCK;
         float bm = -INFINITY;
-        cpu_dot_rows(j->c->isa, q, kb + (size_t)b0 * kvd, (size_t)kvd, nb, hd, s);
+        cpu_dot_rows(j->c->isa, q, kb + (size_t)b0 * kvd * es, j->bf16, (size_t)kvd, nb, hd, s);
         for (int i = 0; i < nb; i++) {
             s[i] *= j->scale;
             if (s[i] > bm) bm = s[i];
@@ -236,7 +259,7 @@ static void attn_one(const struct attn_job *j, int t, int h)
             s[i] = expf(s[i] - m);
             l += s[i];
         }
-        cpu_axpy_rows(j->c->isa, o, s, vb + (size_t)b0 * kvd, (size_t)kvd, nb, hd);
+        cpu_axpy_rows(j->c->isa, o, s, vb + (size_t)b0 * kvd * es, j->bf16, (size_t)kvd, nb, hd);
     }
     float inv = 1.0f / l;
     for (int d = 0; d < hd; d++) o[d] *= inv;
@@ -249,12 +272,14 @@ static void attn_task(void *arg, int tid, int nth)
     for (int w = tid; w < total; w += nth) attn_one(j, w / j->nh, w % j->nh);
 }
 
-static enum moe_status cpu_attention(void *ctx, const float *q, const float *kcache,
-                                     const float *vcache, const int32_t *seq, const int32_t *pos,
-                                     int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
-                                     float scale, float *out)
+static enum moe_status cpu_attention(void *ctx, const float *q, const void *kcache, const void *vcache,
+                                     enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n,
+                                     int n_heads, int n_kv_heads, int head_dim, int max_ctx, float scale,
+                                     float *out)
 {
     struct cpu_ctx *c = ctx;
+    enum moe_status st = cache_dtype_ok("attention", cdt);
+    if (st != MOE_OK) return st;
     if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads)
         return moe_errorf(MOE_EINVAL, "cpu backend attention: n_heads %d not a multiple of n_kv_heads %d",
                           n_heads, n_kv_heads);
@@ -264,7 +289,7 @@ static enum moe_status cpu_attention(void *ctx, const float *q, const float *kca
         if (seq[i] < 0) return bad("attention", "seq", seq[i]);
         work += pos[i] + 1;
     }
-    struct attn_job j = { c, q, kcache, vcache, seq, pos, n, n_heads, n_kv_heads, head_dim,
+    struct attn_job j = { c, q, kcache, vcache, cdt == MOE_DT_BF16, seq, pos, n, n_heads, n_kv_heads, head_dim,
                           max_ctx, scale, out };
     if (work * n_heads * head_dim < 65536)
         attn_task(&j, 0, 1);

@@ -26,13 +26,15 @@ void cpu_gemm_nt(enum cpu_isa isa, struct cpu_pool *pool, const float *x, const 
 float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len);
 
 /* out[i] = cpu_dot(isa, q, k + i * ldk, len) for i = 0..nk-1, bit for bit
- * (several keys in flight at once). */
-void cpu_dot_rows(enum cpu_isa isa, const float *q, const float *k, size_t ldk, int nk, int len,
+ * (several keys in flight at once).  k F32, or BF16 when bf16 (widened exactly
+ * as loaded: the result of F32 keys holding the same values); ldk in elements. */
+void cpu_dot_rows(enum cpu_isa isa, const float *q, const void *k, bool bf16, size_t ldk, int nk, int len,
                   float *out);
 
 /* o[d] = o[d] + p[i] * v[i * ldv + d] for i = 0..n-1 in order, d = 0..len-1:
- * a multiply, then an add (never fused), the same rounding on every ISA. */
-void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const float *v, size_t ldv, int n,
+ * a multiply, then an add (never fused), the same rounding on every ISA.  v F32,
+ * or BF16 when bf16 (widened exactly); ldv in elements. */
+void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const void *v, bool bf16, size_t ldv, int n,
                    int len);
 
 #endif

@@ -67,11 +67,11 @@ static void gemm_portable(const float *x, const void *w, bool bf16, const float 
 
 /* cpu_axpy_rows without SIMD: a multiply, then an add (separate statements,
  * so no compiler fuses them). */
-static void axpy_rows_portable(float *o, const float *p, const float *v, size_t ldv, int n, int len)
+static void axpy_rows_portable(float *o, const float *p, const void *v, bool bf16, size_t ldv, int n, int len)
 {
     for (int i = 0; i < n; i++)
         for (int d = 0; d < len; d++) {
-            float t = p[i] * v[(size_t)i * ldv + (size_t)d];
+            float t = p[i] * w_at(v, bf16, (size_t)i * ldv + (size_t)d);
             o[d] = o[d] + t;
         }
 }
@@ -254,51 +254,73 @@ static AVX2_FN void gemv_avx2(const float *x, const void *w, bool bf16, const fl
     }
 }
 
-static AVX2_FN void dot_rows_avx2(const float *q, const float *k, size_t ldk, int nk, int len,
+static AVX2_FN void dot_rows_avx2(const float *q, const void *k, bool bf16, size_t ldk, int nk, int len,
                                   float *out)
 {
+    size_t es = bf16 ? 2 : 4;
     int i = 0;
-    for (; nk - i >= 8; i += 8) row8_f32(q, len, k + (size_t)i * ldk, ldk, NULL, out + i);
-    for (; i < nk; i++) block_false(1, 1, q, len, k + (size_t)i * ldk, NULL, out + i, 1);
+    for (; nk - i >= 8; i += 8) {
+        const void *ki = (const char *)k + (size_t)i * ldk * es;
+        if (bf16) row8_bf16(q, len, ki, ldk, NULL, out + i);
+        else row8_f32(q, len, ki, ldk, NULL, out + i);
+    }
+    for (; i < nk; i++) {
+        const void *ki = (const char *)k + (size_t)i * ldk * es;
+        if (bf16) block_true(1, 1, q, len, ki, NULL, out + i, 1);
+        else block_false(1, 1, q, len, ki, NULL, out + i, 1);
+    }
 }
 
 /* NC x 8 columns of o held in registers through all n rows: NC independent
  * add chains in flight.  Each lane does the scalar code's multiply and add
  * (separate instructions: no FMA). */
-AVX2_INLINE void axpy_block(int NC, float *o, const float *p, const float *v, size_t ldv, int n)
+AVX2_INLINE void axpy_block(int NC, bool bf16, float *o, const float *p, const void *v, size_t d0, size_t ldv,
+                            int n)
 {
     __m256 acc[8];
     for (int c = 0; c < NC; c++) acc[c] = _mm256_loadu_ps(o + 8 * c);
     for (int i = 0; i < n; i++) {
         __m256 pi = _mm256_set1_ps(p[i]);
-        const float *vr = v + (size_t)i * ldv;
-        for (int c = 0; c < NC; c++) acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(pi, _mm256_loadu_ps(vr + 8 * c)));
+        size_t r = (size_t)i * ldv + d0;
+        for (int c = 0; c < NC; c++)
+            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(pi, load_w8(v, bf16, r + 8 * (size_t)c)));
     }
     for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
 }
 
-static AVX2_FN void axpy_rows_avx2(float *o, const float *p, const float *v, size_t ldv, int n,
+#define AXPY_CASES(BF)                                                                                  \
+    static AVX2_FN void axpy_##BF(int nc, float *o, const float *p, const void *v, size_t d0, size_t ldv, \
+                                  int n)                                                                \
+    {                                                                                                   \
+        switch (nc) {                                                                                   \
+        case 8: axpy_block(8, BF, o, p, v, d0, ldv, n); break;                                          \
+        case 7: axpy_block(7, BF, o, p, v, d0, ldv, n); break;                                          \
+        case 6: axpy_block(6, BF, o, p, v, d0, ldv, n); break;                                          \
+        case 5: axpy_block(5, BF, o, p, v, d0, ldv, n); break;                                          \
+        case 4: axpy_block(4, BF, o, p, v, d0, ldv, n); break;                                          \
+        case 3: axpy_block(3, BF, o, p, v, d0, ldv, n); break;                                          \
+        case 2: axpy_block(2, BF, o, p, v, d0, ldv, n); break;                                          \
+        default: axpy_block(1, BF, o, p, v, d0, ldv, n); break;                                         \
+        }                                                                                               \
+    }
+AXPY_CASES(false)
+AXPY_CASES(true)
+
+static AVX2_FN void axpy_rows_avx2(float *o, const float *p, const void *v, bool bf16, size_t ldv, int n,
                                    int len)
 {
     int d = 0;
     for (; len - d >= 8; d += 64) {
         int nc = (len - d) / 8 < 8 ? (len - d) / 8 : 8;
-        switch (nc) {
-        case 8: axpy_block(8, o + d, p, v + d, ldv, n); break;
-        case 7: axpy_block(7, o + d, p, v + d, ldv, n); break;
-        case 6: axpy_block(6, o + d, p, v + d, ldv, n); break;
-        case 5: axpy_block(5, o + d, p, v + d, ldv, n); break;
-        case 4: axpy_block(4, o + d, p, v + d, ldv, n); break;
-        case 3: axpy_block(3, o + d, p, v + d, ldv, n); break;
-        case 2: axpy_block(2, o + d, p, v + d, ldv, n); break;
-        default: axpy_block(1, o + d, p, v + d, ldv, n); break;
-        }
+        if (bf16) axpy_true(nc, o + d, p, v, (size_t)d, ldv, n);
+        else axpy_false(nc, o + d, p, v, (size_t)d, ldv, n);
         if (nc < 8) {
             d += 8 * nc;
             break;
         }
     }
-    axpy_rows_portable(o + d, p, v + d, ldv, n, len - d); /* the last len % 8 columns */
+    /* the last len % 8 columns */
+    axpy_rows_portable(o + d, p, (const char *)v + (size_t)d * (bf16 ? 2 : 4), bf16, ldv, n, len - d);
 }
 
 static AVX2_FN float dot_avx2(const float *a, const float *b, int len)
@@ -370,28 +392,28 @@ float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len)
     return dot_portable(a, b, false, len);
 }
 
-void cpu_dot_rows(enum cpu_isa isa, const float *q, const float *k, size_t ldk, int nk, int len,
+void cpu_dot_rows(enum cpu_isa isa, const float *q, const void *k, bool bf16, size_t ldk, int nk, int len,
                   float *out)
 {
 #ifdef MOE_HAVE_X86
     if (isa == CPU_ISA_AVX2) {
-        dot_rows_avx2(q, k, ldk, nk, len, out);
+        dot_rows_avx2(q, k, bf16, ldk, nk, len, out);
         return;
     }
 #endif
-    for (int i = 0; i < nk; i++) out[i] = dot_portable(q, k + (size_t)i * ldk, false, len);
+    for (int i = 0; i < nk; i++) out[i] = dot_portable(q, (const char *)k + (size_t)i * ldk * (bf16 ? 2 : 4), bf16, len);
 }
 
-void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const float *v, size_t ldv, int n,
+void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const void *v, bool bf16, size_t ldv, int n,
                    int len)
 {
 #ifdef MOE_HAVE_X86
     if (isa == CPU_ISA_AVX2) {
-        axpy_rows_avx2(o, p, v, ldv, n, len);
+        axpy_rows_avx2(o, p, v, bf16, ldv, n, len);
         return;
     }
 #endif
-    axpy_rows_portable(o, p, v, ldv, n, len);
+    axpy_rows_portable(o, p, v, bf16, ldv, n, len);
 }
 
 struct gemm_job {

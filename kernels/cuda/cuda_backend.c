@@ -89,18 +89,19 @@ static enum moe_status cb_rope(void *ctx, float *x, const int32_t *pos, int n, i
     BIND(ctx);
     return moe_cuda_rope_table(C(ctx), x, pos, n, n_heads, head_dim, rot_dim, inv_freq, scale);
 }
-static enum moe_status cb_kv_store(void *ctx, const float *k, const float *v, float *kcache, float *vcache,
-                                   const int32_t *seq, const int32_t *pos, int n, int max_ctx, int kv_dim)
+static enum moe_status cb_kv_store(void *ctx, const float *k, const float *v, void *kcache, void *vcache,
+                                   enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n, int max_ctx,
+                                   int kv_dim)
 {
     BIND(ctx);
-    return moe_cuda_kv_store(C(ctx), k, v, kcache, vcache, seq, pos, n, max_ctx, kv_dim);
+    return moe_cuda_kv_store(C(ctx), k, v, kcache, vcache, cdt, seq, pos, n, max_ctx, kv_dim);
 }
-static enum moe_status cb_attention(void *ctx, const float *q, const float *kcache, const float *vcache,
-                                    const int32_t *seq, const int32_t *pos, int n, int n_heads,
+static enum moe_status cb_attention(void *ctx, const float *q, const void *kcache, const void *vcache,
+                                    enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n, int n_heads,
                                     int n_kv_heads, int head_dim, int max_ctx, float scale, float *out)
 {
     BIND(ctx);
-    return moe_cuda_attention(C(ctx), q, kcache, vcache, seq, pos, n, n_heads, n_kv_heads, head_dim,
+    return moe_cuda_attention(C(ctx), q, kcache, vcache, cdt, seq, pos, n, n_heads, n_kv_heads, head_dim,
                               max_ctx, scale, out);
 }
 static enum moe_status cb_router(void *ctx, const float *logits, int n, int E, int k,

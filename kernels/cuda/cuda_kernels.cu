@@ -241,30 +241,47 @@ out:
 
 /* ---- KV cache and attention ---------------------------------------------- */
 
-__global__ static void k_kv_store(const float *k, const float *v, float *kc, float *vc, const int *seq,
-                                  const int *pos, int n, int max_ctx, int kv_dim)
+__device__ static inline void cache_put(float *p, float x) { *p = x; }
+__device__ static inline void cache_put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+__device__ static inline float cache_get(const float *p) { return *p; }
+__device__ static inline float cache_get(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+
+template <typename T>
+__global__ static void k_kv_store(const float *k, const float *v, T *kc, T *vc, const int *seq, const int *pos,
+                                  int n, int max_ctx, int kv_dim)
 {
     size_t total = (size_t)n * (size_t)kv_dim;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / (size_t)kv_dim, d = i % (size_t)kv_dim;
         size_t at = ((size_t)seq[t] * (size_t)max_ctx + (size_t)pos[t]) * (size_t)kv_dim + d;
-        kc[at] = k[i];
-        vc[at] = v[i];
+        cache_put(kc + at, k[i]);
+        cache_put(vc + at, v[i]);
     }
 }
 
+static enum moe_status cache_dtype_ok(const char *op, enum moe_dtype cdt)
+{
+    if (cdt == MOE_DT_F32 || cdt == MOE_DT_BF16) return MOE_OK;
+    return moe_errorf(MOE_ENOTSUP, "%s: KV cache dtype %d (F32 or BF16)", op, (int)cdt);
+}
+
 extern "C" enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, const float *d_v,
-                                             float *d_kcache, float *d_vcache, const int *d_seq,
+                                             void *d_kcache, void *d_vcache, enum moe_dtype cdt, const int *d_seq,
                                              const int *d_pos, int n, int max_ctx, int kv_dim)
 {
     enum moe_status st = MOE_OK;
     size_t total = (size_t)n * (size_t)kv_dim;
     if (n < 0 || max_ctx <= 0 || kv_dim <= 0)
         return moe_errorf(MOE_EINVAL, "kv_store: n %d, max_ctx %d, kv_dim %d", n, max_ctx, kv_dim);
+    if ((st = cache_dtype_ok("kv_store", cdt)) != MOE_OK) return st;
     if (total == 0) return MOE_OK;
-    k_kv_store<<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(
-        d_k, d_v, d_kcache, d_vcache, d_seq, d_pos, n, max_ctx, kv_dim);
+    if (cdt == MOE_DT_F32)
+        k_kv_store<float><<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(
+            d_k, d_v, (float *)d_kcache, (float *)d_vcache, d_seq, d_pos, n, max_ctx, kv_dim);
+    else
+        k_kv_store<__nv_bfloat16><<<moe_cuda_blocks(total, 256, 8192), 256, 0, c->stream>>>(
+            d_k, d_v, (__nv_bfloat16 *)d_kcache, (__nv_bfloat16 *)d_vcache, d_seq, d_pos, n, max_ctx, kv_dim);
     CK_LAUNCH(c);
 out:
     return st;
@@ -277,8 +294,9 @@ out:
 /* grid (n tokens, n_heads), block ATT_THREADS.  Online softmax over tiles of
  * ATT_THREADS positions: thread j scores position base+j; the block then
  * accumulates p * V with thread d owning output dims d, d + ATT_THREADS, ... */
+template <typename T>
 __global__ static void __launch_bounds__(ATT_THREADS)
-k_attention(const float *q, const float *kc, const float *vc, const int *seq, const int *pos,
+k_attention(const float *q, const T *kc, const T *vc, const int *seq, const int *pos,
             int n_heads, int n_kv, int hd, int max_ctx, float scale, float *out)
 {
     __shared__ float q_s[ATT_MAX_HD];
@@ -288,8 +306,8 @@ k_attention(const float *q, const float *kc, const float *vc, const int *seq, co
     int kvh = h / (n_heads / n_kv);
     int last = pos[t];
     size_t kv_dim = (size_t)n_kv * (size_t)hd;
-    const float *kb = kc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
-    const float *vb = vc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
+    const T *kb = kc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
+    const T *vb = vc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
     const float *qh = q + ((size_t)t * n_heads + h) * (size_t)hd;
     float m = -INFINITY, l = 0.0f, acc[ATT_ACC];
 #pragma unroll
@@ -301,9 +319,9 @@ k_attention(const float *q, const float *kc, const float *vc, const int *seq, co
         int j = base + tid;
         float sc = -INFINITY;
         if (j <= last) {
-            const float *kr = kb + (size_t)j * kv_dim;
+            const T *kr = kb + (size_t)j * kv_dim;
             float dot = 0.0f;
-            for (int d = 0; d < hd; d++) dot += q_s[d] * kr[d];
+            for (int d = 0; d < hd; d++) dot += q_s[d] * cache_get(kr + d);
             sc = dot * scale;
         }
         float new_m = fmaxf(m, block_max(sc, red));
@@ -319,7 +337,7 @@ k_attention(const float *q, const float *kc, const float *vc, const int *seq, co
             int d = tid + r * ATT_THREADS;
             if (d < hd) {
                 float a = 0.0f;
-                for (int jj = 0; jj < cnt; jj++) a += p_s[jj] * vb[(size_t)(base + jj) * kv_dim + d];
+                for (int jj = 0; jj < cnt; jj++) a += p_s[jj] * cache_get(vb + (size_t)(base + jj) * kv_dim + d);
                 acc[r] = acc[r] * corr + a;
             }
         }
@@ -332,11 +350,10 @@ k_attention(const float *q, const float *kc, const float *vc, const int *seq, co
         if (tid + r * ATT_THREADS < hd) oh[tid + r * ATT_THREADS] = acc[r] / l;
 }
 
-extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q,
-                                              const float *d_kcache, const float *d_vcache,
-                                              const int *d_seq, const int *d_pos, int n, int n_heads,
-                                              int n_kv_heads, int head_dim, int max_ctx, float scale,
-                                              float *d_out)
+extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
+                                              const void *d_vcache, enum moe_dtype cdt, const int *d_seq,
+                                              const int *d_pos, int n, int n_heads, int n_kv_heads, int head_dim,
+                                              int max_ctx, float scale, float *d_out)
 {
     enum moe_status st = MOE_OK;
     if (n < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0 ||
@@ -344,9 +361,16 @@ extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const floa
         return moe_errorf(MOE_EINVAL, "attention: n %d, heads %d, kv heads %d (must divide heads), "
                           "head_dim %d (<= %d), max_ctx %d", n, n_heads, n_kv_heads, head_dim,
                           ATT_MAX_HD, max_ctx);
+    if ((st = cache_dtype_ok("attention", cdt)) != MOE_OK) return st;
     if (n == 0) return MOE_OK;
-    k_attention<<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
-        d_q, d_kcache, d_vcache, d_seq, d_pos, n_heads, n_kv_heads, head_dim, max_ctx, scale, d_out);
+    if (cdt == MOE_DT_F32)
+        k_attention<float><<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
+            d_q, (const float *)d_kcache, (const float *)d_vcache, d_seq, d_pos, n_heads, n_kv_heads, head_dim,
+            max_ctx, scale, d_out);
+    else
+        k_attention<__nv_bfloat16><<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
+            d_q, (const __nv_bfloat16 *)d_kcache, (const __nv_bfloat16 *)d_vcache, d_seq, d_pos, n_heads,
+            n_kv_heads, head_dim, max_ctx, scale, d_out);
     CK_LAUNCH(c);
 out:
     return st;

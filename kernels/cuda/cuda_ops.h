@@ -135,10 +135,11 @@ enum moe_status moe_cuda_rmsnorm(struct moe_cuda_ctx *c, const float *d_x, const
 enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_x, const int *d_pos, int n, int n_heads,
                                     int head_dim, int rot_dim, const float *h_inv_freq, float scale);
 
-/* KV cache: F32 [max_seqs, max_ctx, kv_dim] for K and for V (kv_dim = n_kv*head_dim).
- * store: cache[seq[i], pos[i], :] = k[i, :] / v[i, :]. */
+/* KV cache: [max_seqs, max_ctx, kv_dim] for K and for V in cdt, F32 or BF16 (kv_dim =
+ * n_kv*head_dim).  store: cache[seq[i], pos[i], :] = k[i, :] / v[i, :] (BF16: rounded to
+ * nearest even). */
 enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, const float *d_v,
-                                  float *d_kcache, float *d_vcache, const int *d_seq,
+                                  void *d_kcache, void *d_vcache, enum moe_dtype cdt, const int *d_seq,
                                   const int *d_pos, int n, int max_ctx, int kv_dim);
 
 /* Causal grouped-query attention over the cache, for prefill and batched decode
@@ -146,10 +147,11 @@ enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, cons
  * 0..pos[i] of its sequence (which must already be stored).  Query head h
  * uses KV head h / (n_heads / n_kv_heads).
  * q [n, n_heads*head_dim]; out [n, n_heads*head_dim]; scale = 1/sqrt(head_dim)
- * usually.  head_dim <= 640 (DeepSeek's latent rows: 576); n_heads % n_kv_heads == 0. */
-enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const float *d_kcache,
-                                   const float *d_vcache, const int *d_seq, const int *d_pos, int n,
-                                   int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+ * usually.  head_dim <= 640 (DeepSeek's latent rows: 576); n_heads % n_kv_heads == 0.  The cache
+ * in cdt as moe_cuda_kv_store wrote it (BF16 values widened exactly). */
+enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
+                                   const void *d_vcache, enum moe_dtype cdt, const int *d_seq, const int *d_pos,
+                                   int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
                                    float scale, float *d_out);
 
 /* Router: logits [n, E] -> ids [n, k] and weights [n, k] in descending weight

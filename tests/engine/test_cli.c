@@ -86,6 +86,19 @@ int main(void)
     CHECK(strstr(got, "return") || strstr(got, "fibonacci"), "--blas output does not look like Python code");
     free(got);
 
+    /* --kv-dtype bf16: the KV cache in BF16 runs and writes Python; a dtype it does not take is refused */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt '%s' --max-tokens 64 --temperature 0 "
+             "--kv-dtype bf16", exe, dir, prompt);
+    got = run(cmd, &status);
+    CHECK(status == 0 && (strstr(got, "return") || strstr(got, "fibonacci")), "generate --kv-dtype bf16 exit %d: '%s'",
+          status, got);
+    free(got);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt x --kv-dtype f16 2>&1", exe, dir);
+    got = run(cmd, &status);
+    CHECK(status == 2 && strstr(got, "expected f32 or bf16"),
+          "generate --kv-dtype f16: status %d, '%s'", status, got);
+    free(got);
+
     /* sampling is reproducible for a seed */
     snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt 'import os' --max-tokens 24 "
              "--temperature 0.9 --top-p 0.95 --top-k 40 --seed 11", exe, dir);

@@ -155,7 +155,7 @@ static void test_attention(struct g_rng *r, bool adv)
         if (adv) vc[5] = NAN;
         UP(dk, kc, cache * 4); UP(dv, vc, cache * 4); UP(dq, q, (size_t)n * nh * hd * 4);
         UP(ds, seq, (size_t)n * 4); UP(dpp, pos, (size_t)n * 4); OUT(dout, (size_t)n * nh * hd * 4);
-        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, ds.d, dpp.d, n, nh, nkv, hd, max_ctx,
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, nh, nkv, hd, max_ctx,
                               1.0f / sqrtf((float)hd), dout.d));
         dl(&dout, got, "attention");
         ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 1.0f / sqrtf((float)hd), ref);
@@ -167,7 +167,7 @@ static void test_attention(struct g_rng *r, bool adv)
         g_fill(r, kn, (size_t)n * kv_dim, 1.0f, false);
         g_fill(r, vn, (size_t)n * kv_dim, 1.0f, false);
         UP(dkn, kn, (size_t)n * kv_dim * 4); UP(dvn, vn, (size_t)n * kv_dim * 4);
-        OK(moe_cuda_kv_store(ctx, dkn.d, dvn.d, dk.d, dv.d, ds.d, dpp.d, n, max_ctx, (int)kv_dim));
+        OK(moe_cuda_kv_store(ctx, dkn.d, dvn.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, max_ctx, (int)kv_dim));
         for (int t = 0; t < n; t++) {
             memcpy(kc + ((size_t)seq[t] * max_ctx + pos[t]) * kv_dim, kn + (size_t)t * kv_dim, kv_dim * 4);
             memcpy(vc + ((size_t)seq[t] * max_ctx + pos[t]) * kv_dim, vn + (size_t)t * kv_dim, kv_dim * 4);
@@ -183,6 +183,48 @@ static void test_attention(struct g_rng *r, bool adv)
         g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout);
         free(kc); free(vc); free(q); free(got); free(ref);
     }
+}
+
+/* A BF16 cache: kv_store rounds to the nearest BF16 (the host's rounding, bit for bit), attention
+ * reads the rounded values (against the reference on them widened). */
+static void test_attention_bf16(struct g_rng *r)
+{
+    int nh = 8, nkv = 2, hd = 128, max_ctx = 160, max_seqs = 2, n = 0, seq[48], pos[48];
+    size_t kv_dim = (size_t)nkv * hd, cache = (size_t)max_seqs * max_ctx * kv_dim;
+    for (int i = 0; i < 40; i++) { seq[n] = 1; pos[n] = 100 + i; n++; }
+    seq[n] = 0; pos[n] = 0; n++;
+    float *kc = malloc(cache * 4), *vc = malloc(cache * 4), *q = malloc((size_t)n * nh * hd * 4);
+    float *got = malloc((size_t)n * nh * hd * 4), *ref = malloc((size_t)n * nh * hd * 4);
+    uint16_t *kb = malloc(cache * 2), *vb = malloc(cache * 2), *back = malloc(cache * 2);
+    g_fill(r, kc, cache, 1.0f, false);
+    g_fill(r, vc, cache, 1.0f, false);
+    g_fill(r, q, (size_t)n * nh * hd, 1.0f, false);
+    for (size_t i = 0; i < cache; i++) {
+        kb[i] = moe_f32_to_bf16(kc[i]), kc[i] = moe_bf16_to_f32(kb[i]);
+        vb[i] = moe_f32_to_bf16(vc[i]), vc[i] = moe_bf16_to_f32(vb[i]);
+    }
+    struct g_buf dk, dv, dq, ds, dpp, dout, dkn;
+    UP(dk, kb, cache * 2); UP(dv, vb, cache * 2); UP(dq, q, (size_t)n * nh * hd * 4);
+    UP(ds, seq, (size_t)n * 4); UP(dpp, pos, (size_t)n * 4); OUT(dout, (size_t)n * nh * hd * 4);
+    OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_BF16, ds.d, dpp.d, n, nh, nkv, hd, max_ctx,
+                          1.0f / sqrtf((float)hd), dout.d));
+    dl(&dout, got, "attention (BF16 cache)");
+    ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 1.0f / sqrtf((float)hd), ref);
+    cmp("attention (BF16 cache)", got, ref, (size_t)n * nh * hd, 1e-4);
+    /* kv_store: rows of q's floats, rounded into the cache where addressed */
+    UP(dkn, q, (size_t)n * kv_dim * 4);
+    OK(moe_cuda_kv_store(ctx, dkn.d, dkn.d, dk.d, dv.d, MOE_DT_BF16, ds.d, dpp.d, n, max_ctx, (int)kv_dim));
+    for (int t = 0; t < n; t++)
+        for (size_t d = 0; d < kv_dim; d++)
+            kb[((size_t)seq[t] * max_ctx + pos[t]) * kv_dim + d] = moe_f32_to_bf16(q[(size_t)t * kv_dim + d]);
+    dl(&dk, back, "kv_store (BF16 cache)");
+    CHECK(!memcmp(back, kb, cache * 2), "kv_store into a BF16 cache differs from the host's rounding");
+    CHECK(moe_cuda_kv_store(ctx, dkn.d, dkn.d, dk.d, dv.d, MOE_DT_F16, ds.d, dpp.d, n, max_ctx, (int)kv_dim) ==
+              MOE_ENOTSUP, "an F16 cache accepted");
+    moe_error_clear();
+    g_buf_free(ctx, &dk); g_buf_free(ctx, &dv); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds);
+    g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout); g_buf_free(ctx, &dkn);
+    free(kc); free(vc); free(q); free(got); free(ref); free(kb); free(vb); free(back);
 }
 
 static void test_router(struct g_rng *r, bool adv)
@@ -561,9 +603,9 @@ static void test_argmax(struct g_rng *r, bool adv)
 
 static void test_bad_args(void)
 {
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, NULL, NULL, 1, 6, 4, 64, 16, 1, NULL) == MOE_EINVAL,
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 6, 4, 64, 16, 1, NULL) == MOE_EINVAL,
           "attention accepted heads %% kv_heads != 0");
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, NULL, NULL, 1, 8, 2, 704, 16, 1, NULL) == MOE_EINVAL,
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 8, 2, 704, 16, 1, NULL) == MOE_EINVAL,
           "attention accepted head_dim 704");
     CHECK(moe_cuda_router(ctx, NULL, 1, 4, 5, true, true, NULL, NULL) == MOE_EINVAL, "router accepted k > E");
     float f[32] = { 0 };
@@ -597,6 +639,7 @@ int main(void)
         test_rmsnorm(&r, adv);
         test_rope(&r, adv);
         test_attention(&r, adv);
+        if (!adv) test_attention_bf16(&r);
         test_router(&r, adv);
         test_deepseek_ops(&r, adv);
         test_permute_combine(&r, adv);

@@ -127,7 +127,7 @@ int main(void)
         for (int s = 0; s < nisa; s++) {
             memcpy(o[s], ref, sizeof(float) * (size_t)len);
             o[s][len] = 12345.0f;
-            cpu_axpy_rows(isas[s], o[s], p, v, LD, N, len);
+            cpu_axpy_rows(isas[s], o[s], p, v, false, LD, N, len);
             CHECK(o[s][len] == 12345.0f, "axpy_rows wrote past len %d", len);
         }
         for (int i = 0; i < N; i++)
@@ -146,6 +146,22 @@ int main(void)
         cpu_gemm_nt(isas[s], NULL, a, bb, MOE_DT_F32, NULL, 1, 45, 1, &y);
         float d = cpu_dot(isas[s], a, bb, 45);
         CHECK(memcmp(&d, &y, sizeof(float)) == 0, "cpu_dot %g != gemm %g", d, y);
+    }
+    /* BF16 rows (a BF16 KV cache): dot_rows and axpy_rows give the bits of F32 rows holding the same
+     * values, on every ISA (12 rows: a block of 8 and single rows; 45 columns: blocks and a tail) */
+    for (int s = 0; s < nisa; s++) {
+        enum { NR = 12, W = 45, LDR = 48 };
+        float q[W], vf[NR * LDR], pr[NR], d32[NR], d16[NR], o32[W], o16[W];
+        uint16_t vb[NR * LDR];
+        for (int i = 0; i < W; i++) q[i] = frand(), o32[i] = o16[i] = frand();
+        for (int i = 0; i < NR; i++) pr[i] = frand();
+        for (int i = 0; i < NR * LDR; i++) vb[i] = moe_f32_to_bf16(frand()), vf[i] = moe_bf16_to_f32(vb[i]);
+        cpu_dot_rows(isas[s], q, vf, false, LDR, NR, W, d32);
+        cpu_dot_rows(isas[s], q, vb, true, LDR, NR, W, d16);
+        cpu_axpy_rows(isas[s], o32, pr, vf, false, LDR, NR, W);
+        cpu_axpy_rows(isas[s], o16, pr, vb, true, LDR, NR, W);
+        CHECK(!memcmp(d32, d16, sizeof(d32)) && !memcmp(o32, o16, sizeof(o32)),
+              "%s: BF16 rows differ from F32 rows of the same values", cpu_isa_name(isas[s]));
     }
     cpu_pool_destroy(p1);
     cpu_pool_destroy(p3);

@@ -130,12 +130,16 @@ static void attn_ref(const float *q, const float *kc, const float *vc, const int
         }
 }
 
-static void test_attention(struct moe_backend *be, struct moe_backend *be3)
+/* The cache in F32, then in BF16 (keys and values rounded when stored; the reference reads them back
+ * widened): attention against the double-precision reference, the same bits for a token alone and with
+ * three threads. */
+static void test_attention_dt(struct moe_backend *be, struct moe_backend *be3, enum moe_dtype cdt)
 {
     const struct moe_backend_ops *o = be->ops;
     int nh = 4, nkv = 2, hd = 16, kvd = nkv * hd, max_ctx = 300, seqs = 3;
-    float *kc = calloc((size_t)seqs * max_ctx * kvd, sizeof(float));
-    float *vc = calloc((size_t)seqs * max_ctx * kvd, sizeof(float));
+    size_t cells = (size_t)seqs * max_ctx * kvd, es = moe_dtype_size(cdt);
+    void *kc = calloc(cells, es), *vc = calloc(cells, es);
+    float *kf = calloc(cells, sizeof(float)), *vf = calloc(cells, sizeof(float));
     /* seq 0: prefill 0..259 (crosses key blocks); seq 2: 0..4 */
     enum { N = 265 };
     int32_t seq[N], pos[N];
@@ -149,27 +153,50 @@ static void test_attention(struct moe_backend *be, struct moe_backend *be3)
     fill(v, (size_t)N * kvd);
     fill(q, (size_t)N * nh * hd);
     for (int i = 0; i < N * nh * hd; i++) q[i] *= 3.0f; /* peakier softmax */
-    OK(o->kv_store(be->ctx, k, v, kc, vc, seq, pos, N, max_ctx, kvd));
-    CHECK(!memcmp(kc + (size_t)(2 * max_ctx + 3) * kvd, k + (size_t)263 * kvd, kvd * sizeof(float)),
-          "kv_store placement");
-    OK(o->attention(be->ctx, q, kc, vc, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out));
-    attn_ref(q, kc, vc, seq, pos, N, nh, nkv, hd, max_ctx, ref);
+    OK(o->kv_store(be->ctx, k, v, kc, vc, cdt, seq, pos, N, max_ctx, kvd));
+    for (size_t i = 0; i < cells; i++) {
+        kf[i] = cdt == MOE_DT_F32 ? ((float *)kc)[i] : moe_bf16_to_f32(((uint16_t *)kc)[i]);
+        vf[i] = cdt == MOE_DT_F32 ? ((float *)vc)[i] : moe_bf16_to_f32(((uint16_t *)vc)[i]);
+    }
+    bool placed = true;
+    for (int d = 0; d < kvd; d++) {
+        float want = k[(size_t)263 * kvd + d];
+        if (cdt == MOE_DT_BF16) want = moe_bf16_to_f32(moe_f32_to_bf16(want));
+        placed &= kf[(size_t)(2 * max_ctx + 3) * kvd + d] == want;
+    }
+    CHECK(placed, "kv_store placement (%s)", moe_dtype_name(cdt));
+    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out));
+    attn_ref(q, kf, vf, seq, pos, N, nh, nkv, hd, max_ctx, ref);
     double e = maxdiff(out, ref, (size_t)N * nh * hd);
-    CHECK(e < 2e-5, "attention err %g", e);
+    CHECK(e < 2e-5, "attention err %g (%s)", e, moe_dtype_name(cdt));
     /* a token alone (decode style) and with 3 threads: same bits */
     int bad = 0;
     for (int t = 0; t < N; t += 37) {
-        OK(o->attention(be->ctx, q + (size_t)t * nh * hd, kc, vc, seq + t, pos + t, 1, nh, nkv, hd,
+        OK(o->attention(be->ctx, q + (size_t)t * nh * hd, kc, vc, cdt, seq + t, pos + t, 1, nh, nkv, hd,
                         max_ctx, 0.25f, one));
         if (memcmp(one, out + (size_t)t * nh * hd, sizeof(float) * nh * hd)) bad++;
     }
     float *out3 = malloc(sizeof(float) * N * nh * hd);
-    OK(be3->ops->attention(be3->ctx, q, kc, vc, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out3));
-    CHECK(bad == 0, "attention of a token alone differs from in a batch (%d)", bad);
-    CHECK(!memcmp(out3, out, sizeof(float) * N * nh * hd), "attention differs with 3 threads");
-    CHECK(o->attention(be->ctx, q, kc, vc, seq, pos, 1, 3, 2, hd, max_ctx, 0.25f, out) != MOE_OK,
+    OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out3));
+    CHECK(bad == 0, "attention of a token alone differs from in a batch (%d, %s)", bad, moe_dtype_name(cdt));
+    CHECK(!memcmp(out3, out, sizeof(float) * N * nh * hd), "attention differs with 3 threads (%s)",
+          moe_dtype_name(cdt));
+    CHECK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, 1, 3, 2, hd, max_ctx, 0.25f, out) != MOE_OK,
           "n_heads not a multiple of n_kv_heads is refused");
-    free(kc), free(vc), free(k), free(v), free(q), free(out), free(one), free(ref), free(out3);
+    moe_error_clear();
+    free(kc), free(vc), free(kf), free(vf), free(k), free(v), free(q), free(out), free(one), free(ref), free(out3);
+}
+
+static void test_attention(struct moe_backend *be, struct moe_backend *be3)
+{
+    test_attention_dt(be, be3, MOE_DT_F32);
+    test_attention_dt(be, be3, MOE_DT_BF16);
+    float x[4] = { 0 }, c[4];
+    int32_t z = 0;
+    CHECK(be->ops->kv_store(be->ctx, x, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 4) == MOE_ENOTSUP &&
+              be->ops->attention(be->ctx, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 1, 4, 1, 1.0f, x) == MOE_ENOTSUP,
+          "an F16 cache is refused");
+    moe_error_clear();
 }
 
 static void test_router(struct moe_backend *be)

@@ -38,7 +38,12 @@ static void test_config(void)
     CHECK(strstr(moe_last_error(), "max-running") != NULL, "msg: %s", moe_last_error());
     CHECK(moe_serve_config_set(&c, "no-such-key", "1") != MOE_OK, "unknown key");
     CHECK(strstr(moe_last_error(), "no-such-key") != NULL, "msg: %s", moe_last_error());
-    CHECK(moe_serve_config_set(&c, "grouping", "random") != MOE_OK, "enum");
+    CHECK(moe_serve_config_set(&c, "grouping", "random") != MOE_OK && !strcmp(c.grouping, "fcfs"),
+          "enum (a refused value changes nothing)");
+    CHECK(moe_serve_config_set(&c, "kv-dtype", "f16") == MOE_EINVAL && strstr(moe_last_error(), "f32, bf16") &&
+              !strcmp(c.kv_dtype, "f32") && moe_serve_config_set(&c, "kv-dtype", "bf16") == MOE_OK &&
+              !strcmp(c.kv_dtype, "bf16"),
+          "kv-dtype: %s", moe_last_error());
     CHECK(moe_serve_config_set(&c, "max-ctx", "99999999999999999999") != MOE_OK, "huge");
 
     char path[] = "/tmp/moe_serve_cfg_XXXXXX";

@@ -14,7 +14,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads || c.head_dim < 1 || c.vocab < 1 ||
         c.n_experts < 1 || c.top_k < 1 || c.top_k > c.n_experts || c.expert_inter < 1 ||
         c.shared_inter < 0 || c.n_eos < 0 || c.n_eos > MOE_MAX_EOS || !(c.rms_eps > 0) ||
-        !(c.rope_theta > 0) || c.max_pos < 1)
+        !(c.rope_theta > 0) || c.max_pos < 1 || c.rope_dim < 2 || c.rope_dim % 2 ||
+        c.rope_dim > (c.mla ? c.qk_rope_dim : c.head_dim))
         abort();
     for (int l = 0; l < c.n_layers; l++)
         if (!c.is_moe[l] && c.dense_inter < 1) abort();

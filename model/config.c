@@ -1,4 +1,4 @@
-/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 and GLM-4.5.
+/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3, GLM-4.5 and MiniMax-M2.
  *
  * Fields are read with the spellings of different transformers versions and
  * the defaults of each family's transformers config class; every size is
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
-#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe"
+#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe, minimax_m2"
 
 const char *moe_family_name(enum moe_family f)
 {
@@ -26,6 +26,7 @@ const char *moe_family_name(enum moe_family f)
     case MOE_FAM_DEEPSEEK_V3: return "deepseek_v3";
     case MOE_FAM_DEEPSEEK_V2: return "deepseek_v2";
     case MOE_FAM_GLM4_MOE: return "glm4_moe";
+    case MOE_FAM_MINIMAX_M2: return "minimax_m2";
     }
     return "unknown";
 }
@@ -41,6 +42,7 @@ static const struct {
     { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3 },
     { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2 },
     { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE },
+    { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2 },
 };
 
 /* A field that is absent or JSON null counts as missing. */
@@ -266,6 +268,10 @@ static enum moe_status parse_head_dim(const char *what, json_t *root, struct moe
         return moe_errorf(MOE_ERANGE, "%s: num_attention_heads = %d is not a multiple of num_key_value_heads "
                           "= %d", what, c->n_heads, c->n_kv_heads);
     if (field(root, "head_dim")) return get_int(what, root, "head_dim", true, 1, 4096, 0, &c->head_dim);
+    if (c->family == MOE_FAM_MINIMAX_M2) { /* MiniMaxM2Config's default, whatever hidden_size is */
+        c->head_dim = 128;
+        return MOE_OK;
+    }
     if (c->hidden % c->n_heads)
         return moe_errorf(MOE_ERANGE, "%s: no \"head_dim\" and hidden_size = %d is not a multiple of "
                           "num_attention_heads = %d", what, c->hidden, c->n_heads);
@@ -362,7 +368,9 @@ static enum moe_status one_of(const char *what, json_t *root, const char *key, c
 /* RoPE's rotated width: qk_rope_head_dim under MLA; for GLM-4.5 the first
  * int(head_dim * partial_rotary_factor) dims of each head (transformers'
  * default and YaRN tables take that width, apply_rotary_pos_emb rotates those
- * dims and passes the rest); the whole head otherwise. */
+ * dims and passes the rest); for MiniMax-M2 its rotary_dim (transformers makes
+ * that the partial factor, whatever rope_parameters says); the whole head
+ * otherwise. */
 static enum moe_status parse_rope_dim(const char *what, json_t *root, struct moe_config *c)
 {
     double f = 1.0;
@@ -373,6 +381,13 @@ static enum moe_status parse_rope_dim(const char *what, json_t *root, struct moe
     }
     if (c->family == MOE_FAM_GLM4_MOE && (st = get_pos_num(what, root, "partial_rotary_factor", 0.5, &f)))
         return st;
+    if (c->family == MOE_FAM_MINIMAX_M2) { /* rotary_dim, head_dim / 2 when absent (MiniMaxM2Config) */
+        if ((st = get_int(what, root, "rotary_dim", false, 1, c->head_dim, c->head_dim / 2, &c->rope_dim)))
+            return st;
+        if (c->rope_dim < 2 || c->rope_dim % 2)
+            return moe_errorf(MOE_ERANGE, "%s: rotary_dim = %d must be even and at least 2", what, c->rope_dim);
+        return MOE_OK;
+    }
     if (f > 1.0)
         return moe_errorf(MOE_ERANGE, "%s: field \"partial_rotary_factor\" = %g is above 1", what, f);
     c->rope_dim = (int)(c->head_dim * f);
@@ -454,7 +469,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
         (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
                       c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_GLM4_MOE ? 4096 * 32
-                      : c.family == MOE_FAM_DEEPSEEK_V2 ? 2048
+                      : c.family == MOE_FAM_MINIMAX_M2 ? 196608 : c.family == MOE_FAM_DEEPSEEK_V2 ? 2048
                       : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_DEEPSEEK_V3 ? 4096 : 32768,
                       &c.max_pos)))
         goto out;
@@ -483,10 +498,11 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if ((st = get_int(what, root, "num_experts_per_tok", true, 1, c.n_experts, 0, &c.top_k))) goto out;
 
     /* Intermediate sizes. */
-    if ((st = get_int(what, root, "intermediate_size", c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_OLMOE, 1,
+    bool inter_is_expert = c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_MINIMAX_M2;
+    if ((st = get_int(what, root, "intermediate_size", inter_is_expert, 1,
                       CFG_MAX_SIZE, 0, &inter)))
         goto out;
-    if (c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_OLMOE) {
+    if (inter_is_expert) {
         c.expert_inter = inter;
     } else if ((st = get_int(what, root, "moe_intermediate_size", true, 1, CFG_MAX_SIZE, 0,
                              &c.expert_inter))) {
@@ -544,11 +560,18 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     /* Family specifics: router, q/k norm, biases, shared expert. */
     c.router = c.family == MOE_FAM_MIXTRAL       ? MOE_ROUTER_TOPK_SOFTMAX
              : c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE ? MOE_ROUTER_SIGMOID_GROUP
+             : c.family == MOE_FAM_MINIMAX_M2 ? MOE_ROUTER_SIGMOID_GROUP
              : c.family == MOE_FAM_DEEPSEEK_V2 ? MOE_ROUTER_SOFTMAX_GROUP
                                                 : MOE_ROUTER_SOFTMAX_TOPK;
     c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
-              : c.family == MOE_FAM_OLMOE ? MOE_QK_NORM_FULL : MOE_QK_NORM_NONE;
-    if (c.family == MOE_FAM_MIXTRAL) {
+              : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_MINIMAX_M2 ? MOE_QK_NORM_FULL : MOE_QK_NORM_NONE;
+    if (c.family == MOE_FAM_MINIMAX_M2) {
+        /* sigmoid scores, top-k by score + e_score_correction_bias, weights renormalised, no groups, no
+         * shared expert, no scaling: transformers' MiniMaxM2 reads none of these from config.json */
+        c.norm_topk_prob = true;
+        c.n_group = c.topk_group = 1;
+        c.routed_scale = 1.0f;
+    } else if (c.family == MOE_FAM_MIXTRAL) {
         c.norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
     } else if ((st = get_bool(what, root, "norm_topk_prob",
                               c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE, &c.norm_topk_prob))) {
@@ -611,7 +634,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if ((st = get_bool(what, root, "tie_word_embeddings", false, &c.tie_embeddings))) goto out;
     if ((st = get_pos_num(what, root, "rms_norm_eps",
                           c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ||
-                          moe_family_is_deepseek(c.family) ? 1e-6 : 1e-5,
+                          moe_family_is_deepseek(c.family) || c.family == MOE_FAM_MINIMAX_M2 ? 1e-6 : 1e-5,
                           &d)))
         goto out;
     if (d < 1e-30 || d >= 1.0) {
@@ -619,7 +642,9 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     c.rms_eps = (float)d;
-    if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : 1e4, &d, &c))) goto out;
+    if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : c.family == MOE_FAM_MINIMAX_M2 ? 5e6 : 1e4, &d,
+                       &c)))
+        goto out;
     if (d < 1.0 || d > 1e12) {
         st = moe_errorf(MOE_ERANGE, "%s: field \"rope_theta\" = %g is out of range [1, 1e12]", what, d);
         goto out;

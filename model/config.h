@@ -22,6 +22,7 @@ enum moe_family {
     MOE_FAM_DEEPSEEK_V3,
     MOE_FAM_DEEPSEEK_V2,
     MOE_FAM_GLM4_MOE,
+    MOE_FAM_MINIMAX_M2,
 };
 const char *moe_family_name(enum moe_family f);
 
@@ -41,7 +42,7 @@ static inline bool moe_family_has_deepseek_moe(enum moe_family f)
 enum moe_router_kind {
     MOE_ROUTER_TOPK_SOFTMAX,  /* Mixtral: top-k on logits, softmax over the k */
     MOE_ROUTER_SOFTMAX_TOPK,  /* Qwen/OLMoE: softmax over all, top-k, renormalise if norm_topk_prob */
-    MOE_ROUTER_SIGMOID_GROUP, /* DeepSeek-V3, GLM-4.5: sigmoid scores, group-limited top-k on score + bias,
+    MOE_ROUTER_SIGMOID_GROUP, /* DeepSeek-V3, GLM-4.5, MiniMax-M2 (one group): sigmoid scores, group-limited top-k on score + bias,
                                  weights renormalised if norm_topk_prob, times routed_scale */
     MOE_ROUTER_SOFTMAX_GROUP, /* DeepSeek-V2: softmax over all, group-limited top-k (groups scored by
                                  their largest probability; one group: plain top-k), weights the
@@ -51,7 +52,7 @@ enum moe_router_kind {
 enum moe_qk_norm {
     MOE_QK_NORM_NONE,
     MOE_QK_NORM_HEAD,   /* Qwen3: RMSNorm over each head's head_dim */
-    MOE_QK_NORM_FULL,   /* OLMoE: RMSNorm over the whole q (n_heads*head_dim) / k projection */
+    MOE_QK_NORM_FULL,   /* OLMoE, MiniMax-M2: RMSNorm over the whole q (n_heads*head_dim) / k projection */
 };
 
 enum moe_rope_kind {
@@ -95,7 +96,8 @@ struct moe_config {
     float rms_eps;
     float rope_theta;
     int rope_dim;              /* RoPE's rotated width: head_dim, its first head_dim *
-                                  partial_rotary_factor dims (GLM-4.5), or qk_rope_dim under MLA */
+                                  partial_rotary_factor dims (GLM-4.5) or rotary_dim (MiniMax-M2),
+                                  or qk_rope_dim under MLA */
     enum moe_rope_kind rope_kind;
     struct moe_yarn yarn;      /* MOE_ROPE_YARN */
     int max_pos;               /* max_position_embeddings */

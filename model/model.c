@@ -456,9 +456,10 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
     const struct moe_config *c = &m->cfg;
     struct moe_layer_w *L = &m->layers[l];
     int64_t H = c->hidden;
-    const char *moe = c->family == MOE_FAM_MIXTRAL ? "block_sparse_moe" : "mlp";
+    /* Mixtral's names (block_sparse_moe, experts' w1 / w3 / w2), which MiniMax-M2 keeps */
+    bool mix = c->family == MOE_FAM_MIXTRAL || c->family == MOE_FAM_MINIMAX_M2;
+    const char *moe = mix ? "block_sparse_moe" : "mlp";
     const char *shared = moe_family_has_deepseek_moe(c->family) ? "shared_experts" : "shared_expert";
-    bool mix = c->family == MOE_FAM_MIXTRAL;
     enum moe_status st;
     char nm[256];
 
@@ -473,8 +474,9 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
         return MOE_OK;
     }
     BINDF(&L->router, c->n_experts, H, true, "model.layers.%d.%s.gate.weight", l, moe);
-    if (c->router == MOE_ROUTER_SIGMOID_GROUP)
-        BINDF(&L->router_bias, 0, c->n_experts, true, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
+    if (c->router == MOE_ROUTER_SIGMOID_GROUP) /* MiniMax-M2 keeps it beside the gate, not in it */
+        BINDF(&L->router_bias, 0, c->n_experts, true, "model.layers.%d.%s.e_score_correction_bias", l,
+              c->family == MOE_FAM_MINIMAX_M2 ? "block_sparse_moe" : "mlp.gate");
     if (c->shared_inter > 0) {
         BINDF(&L->sh_gate, c->shared_inter, H, true, "model.layers.%d.mlp.%s.gate_proj.weight", l, shared);
         BINDF(&L->sh_up, c->shared_inter, H, true, "model.layers.%d.mlp.%s.up_proj.weight", l, shared);

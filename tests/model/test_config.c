@@ -469,6 +469,45 @@ static void test_glm4_moe(void)
     }
 }
 
+/* MiniMax-M2: Mixtral's names and intermediate_size, q/k norm over the whole projection, sigmoid routing
+ * with its bias in one group, RoPE over rotary_dim (head_dim / 2 by default), head_dim 128 by default. */
+static void test_minimax_m2(void)
+{
+    struct moe_config c;
+    const char *m2 = "tests/fixtures/minimax-m2/m2/config.json";
+    load_fixture("tests/fixtures/minimax-m2/m2", &c);
+    CHECK(c.family == MOE_FAM_MINIMAX_M2 && !strcmp(c.model_type, "minimax_m2") && c.qk_norm == MOE_QK_NORM_FULL &&
+              c.head_dim == 24 && c.rope_dim == 12 && c.router == MOE_ROUTER_SIGMOID_GROUP && c.n_group == 1 &&
+              c.topk_group == 1 && c.norm_topk_prob && c.routed_scale == 1.0f && c.shared_inter == 0 &&
+              c.expert_inter == 16 && c.n_experts == 16 && c.is_moe[0] && !c.attn_qkv_bias && c.rope_theta == 5e6f,
+          "minimax_m2 (m2)");
+    load_fixture("tests/fixtures/minimax-m2/defaults", &c);
+    CHECK(c.head_dim == 128 && c.rope_dim == 64 && c.rope_theta == 1e4f && c.rms_eps == 1e-6f, "minimax_m2 (defaults)");
+    json_t *j = load_json(m2);
+    json_object_del(j, "max_position_embeddings");
+    json_object_del(j, "rope_theta");
+    json_object_del(j, "rms_norm_eps");
+    CHECK(parse_obj(j, &c) == MOE_OK && c.max_pos == 196608 && c.rope_theta == 5e6f && c.rms_eps == 1e-6f,
+          "minimax_m2 defaults: %s", moe_last_error());
+    json_decref(j);
+    static const struct {
+        const char *key, *json;
+        enum moe_status st;
+        const char *says;
+    } bad[] = {
+        { "rotary_dim", "13", MOE_ERANGE, "rotary_dim = 13 must be even" },
+        { "rotary_dim", "26", MOE_ERANGE, "\"rotary_dim\" = 26 is out of range [1, 24]" },
+        { "attention_bias", "true", MOE_ENOTSUP, "attention_bias" },
+        { "intermediate_size", "null", MOE_EFORMAT, "\"intermediate_size\" is missing" },
+        { "num_local_experts", "null", MOE_EFORMAT, "\"num_experts\" (or \"num_local_experts\") is missing" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        j = load_json(m2);
+        json_object_set_new(j, bad[i].key, json_loads(bad[i].json, JSON_DECODE_ANY, NULL));
+        expect_refused(m2, j, bad[i].st, bad[i].says);
+    }
+}
+
 static void write_text(const char *dir, const char *name, const char *text)
 {
     char path[4200];
@@ -549,6 +588,7 @@ int main(void)
     test_spellings();
     test_refusals();
     test_glm4_moe();
+    test_minimax_m2();
     test_yarn();
     test_eos_ids();
     return t_result("test_config");

@@ -61,7 +61,8 @@ static enum moe_status compile_into(struct moe_chat **out, const char *src, size
     if (!c)
         return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
     snprintf(c->source, sizeof(c->source), "%s", source);
-    c->tools = memmem(src, len, "<arg_key>", 9)                                   ? MOE_TOOLS_GLM
+    c->tools = memmem(src, len, "<minimax:tool_call>", 19)                        ? MOE_TOOLS_MINIMAX
+               : memmem(src, len, "<arg_key>", 9)                                 ? MOE_TOOLS_GLM
                : memmem(src, len, "<function=", 10)                               ? MOE_TOOLS_QWEN_XML
                : memmem(src, len, "<tool_call>", 11)                              ? MOE_TOOLS_HERMES
                : memmem(src, len, "[TOOL_CALLS]", 12)                             ? MOE_TOOLS_MISTRAL

@@ -43,6 +43,9 @@ enum moe_tool_style {
                          * in a ```json fence (DeepSeek-V3, R1), then MOE_DS_CALLS_END */
     MOE_TOOLS_GLM,      /* <tool_call>NAME <arg_key>KEY</arg_key><arg_value>value</arg_value>...</tool_call>
                          * (GLM-4.5, GLM-4.6): values as text, typed by the tool's parameter schema */
+    MOE_TOOLS_MINIMAX,  /* <minimax:tool_call> then <invoke name="NAME"><parameter name="KEY">value</parameter>...
+                         * </invoke>, any number of them, then </minimax:tool_call> (MiniMax-M2): values as
+                         * text, typed by the tool's parameter schema */
 };
 
 /* DeepSeek's tool-call markers (U+FF5C and U+2581 in them). */

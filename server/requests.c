@@ -1283,11 +1283,16 @@ out:
 /* ---- tool calls ---- */
 
 #define TOOL_CLOSE "</tool_call>"
+#define MINIMAX_OPEN "<minimax:tool_call>"
+#define MINIMAX_CLOSE "</minimax:tool_call>"
 
 /* The tag a style's calls begin with. */
 static const char *tool_open(int style)
 {
-    return style == MOE_TOOLS_MISTRAL ? "[TOOL_CALLS]" : style == MOE_TOOLS_DEEPSEEK ? MOE_DS_CALLS_BEGIN : "<tool_call>";
+    return style == MOE_TOOLS_MISTRAL    ? "[TOOL_CALLS]"
+           : style == MOE_TOOLS_DEEPSEEK ? MOE_DS_CALLS_BEGIN
+           : style == MOE_TOOLS_MINIMAX  ? MINIMAX_OPEN
+                                         : "<tool_call>";
 }
 
 /* Whether s[0..n) is one JSON value. */
@@ -1558,6 +1563,85 @@ static json_t *glm_call(const char *b, const char *e, const json_t *tools, const
     return out;
 }
 
+/* At p, `<TAG name="VALUE">` (tag is `<TAG name="`): VALUE into out (1..255 bytes, no quote or line break);
+ * the byte after the tag, or NULL. */
+static const char *named_tag(const char *p, const char *e, const char *tag, char out[256])
+{
+    if (!starts(p, e, tag))
+        return NULL;
+    const char *v = p + strlen(tag), *q = v;
+    while (q < e && *q != '"' && *q != '\n')
+        q++;
+    size_t n = (size_t)(q - v);
+    if (q + 1 >= e || q[0] != '"' || q[1] != '>' || !n || n >= 256)
+        return NULL;
+    memcpy(out, v, n);
+    out[n] = 0;
+    return q + 2;
+}
+
+/* One MiniMax-M2 call at p in [p, e): <invoke name="NAME"> then <parameter name="KEY">value</parameter>
+ * pieces (one line break each side of a value left out, values typed as in xml_call) up to </invoke>;
+ * *next after it.  NULL when it is not that. */
+static json_t *minimax_call(const char *p, const char *e, const json_t *tools, const char *id, const char **next)
+{
+    static const char pe[] = "</parameter>", ie[] = "</invoke>";
+    char name[256], key[256];
+    p = named_tag(p, e, "<invoke name=\"", name);
+    json_t *args = p ? json_object() : NULL;
+    for (p = p ? skip_space(p, e) : NULL; args && !starts(p, e, ie); p = skip_space(p, e)) {
+        const char *v = named_tag(p, e, "<parameter name=\"", key);
+        const char *ve = v ? memmem(v, (size_t)(e - v), pe, strlen(pe)) : NULL;
+        if (!ve) {
+            json_decref(args);
+            return NULL;
+        }
+        const char *vb = v < ve && *v == '\n' ? v + 1 : v, *vz = ve > vb && ve[-1] == '\n' ? ve - 1 : ve;
+        if (json_object_set_new(args, key, param_value(vb, (size_t)(vz - vb), param_type(tools, name, key)))) {
+            json_decref(args);
+            return NULL;
+        }
+        p = ve + strlen(pe);
+    }
+    if (!args)
+        return NULL;
+    *next = p + strlen(ie);
+    json_t *call = json_pack("{s:s,s:o}", "name", name, "arguments", args); /* args stolen */
+    json_t *out = call ? call_entry(call, id) : NULL;
+    json_decref(call);
+    return out;
+}
+
+/* MiniMax-M2's blocks after the first opening tag: each holds one or more calls and must be closed; the
+ * next block is looked for after it. */
+static json_t *minimax_calls(const char *p, const char *end, const json_t *tools, const char *id_prefix)
+{
+    json_t *calls = json_array();
+    for (int k = 0; calls && p;) {
+        const char *e = memmem(p, (size_t)(end - p), MINIMAX_CLOSE, strlen(MINIMAX_CLOSE));
+        const char *q = e ? skip_space(p, e) : NULL;
+        if (!e || q == e) { /* cut short, or an empty block */
+            json_decref(calls);
+            return NULL;
+        }
+        while (q < e) {
+            char id[160];
+            snprintf(id, sizeof(id), "%s_%d", id_prefix, k++);
+            json_t *one = minimax_call(q, e, tools, id, &q);
+            if (!one || json_array_append_new(calls, one)) {
+                json_decref(calls);
+                return NULL;
+            }
+            q = skip_space(q, e);
+        }
+        p = e + strlen(MINIMAX_CLOSE);
+        p = memmem(p, (size_t)(end - p), MINIMAX_OPEN, strlen(MINIMAX_OPEN));
+        if (p)
+            p += strlen(MINIMAX_OPEN);
+    }
+    return calls;
+}
+
 json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const json_t *tools, const char *id_prefix,
                              size_t *content_len)
 {
@@ -1567,6 +1651,7 @@ json_t *moe_tool_calls_parse(const char *text, size_t len, int style, const json
     *content_len = (size_t)(at - text);
     if (style == MOE_TOOLS_MISTRAL) return mistral_calls(at + strlen(open), end, id_prefix);
     if (style == MOE_TOOLS_DEEPSEEK) return deepseek_calls(at + strlen(open), end, id_prefix);
+    if (style == MOE_TOOLS_MINIMAX) return minimax_calls(at + strlen(open), end, tools, id_prefix);
     json_t *calls = json_array();
     for (int k = 0; calls && at; k++) {
         const char *b = at + strlen(open), *e = memmem(b, (size_t)(end - b), TOOL_CLOSE, strlen(TOOL_CLOSE));

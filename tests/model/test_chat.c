@@ -72,7 +72,9 @@ int main(void)
                    { "<tool_call>\n<function=name>\n<parameter=key>\nvalue\n</parameter>\n</function>\n</tool_call>",
                      MOE_TOOLS_QWEN_XML },
                    { "<tool_call>{{ tc.name }}\n<arg_key>{{ k }}</arg_key>\n<arg_value>{{ v }}</arg_value>\n</tool_call>",
-                     MOE_TOOLS_GLM } };
+                     MOE_TOOLS_GLM },
+                   { "<minimax:tool_call>\n<invoke name=\"{{ tc.name }}\">\n</invoke>\n</minimax:tool_call>",
+                     MOE_TOOLS_MINIMAX } };
     for (size_t i = 0; i < MOE_ARRAY_LEN(styles); i++) {
         json_t *cfg = json_pack("{s:s}", "chat_template", styles[i].tmpl);
         char *text = json_dumps(cfg, 0);

@@ -1,8 +1,8 @@
 /* libFuzzer: the tool-call parsers over a model's reply, which may be any
  * text.  The first byte picks the convention (Hermes' <tool_call>, Mistral's
  * [TOOL_CALLS], DeepSeek's markers, Qwen3-Coder's XML functions, GLM-4.5's
- * <arg_key>/<arg_value> pairs; the last two typed by a small tool list); the
- * rest is the reply.  Parsed calls are
+ * <arg_key>/<arg_value> pairs, MiniMax-M2's invokes; the last three typed by a
+ * small tool list); the rest is the reply.  Parsed calls are
  * OpenAI entries (an id, "function", a name and arguments that are JSON
  * text), the content before them is a prefix of the reply; the streaming
  * release never passes the reply's end and stops before a marker it found.
@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     static const int styles[] = {MOE_TOOLS_HERMES, MOE_TOOLS_MISTRAL, MOE_TOOLS_DEEPSEEK, MOE_TOOLS_QWEN_XML,
-                                 MOE_TOOLS_GLM};
+                                 MOE_TOOLS_GLM, MOE_TOOLS_MINIMAX};
     static json_t *tools;
     if (!tools && !(tools = json_loads("[{\"function\": {\"name\": \"f\", \"parameters\": {\"properties\": "
                                        "{\"s\": {\"type\": \"string\"}, \"i\": {\"type\": \"integer\"}, "

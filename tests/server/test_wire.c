@@ -739,6 +739,54 @@ static void test_tool_calls_glm(void)
     json_decref(tools);
 }
 
+/* MiniMax-M2's calls: invokes in closed blocks, several in one block and across blocks, parameters typed by
+ * the tool's schema; a block cut short, an empty one, a name with a quote or text between invokes leave the
+ * reply text. */
+static void test_tool_calls_minimax(void)
+{
+    json_t *tools = json_loads("[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "
+                               "{\"type\": \"object\", \"properties\": {\"zip\": {\"type\": \"string\"}, \"days\": "
+                               "{\"type\": \"integer\"}}}}}]", 0, NULL);
+    REQUIRE(tools, "tools JSON");
+    const char *t = "<think>x</think>Checking.\n<minimax:tool_call>\n<invoke name=\"get_weather\">\n"
+                    "<parameter name=\"zip\">02139</parameter>\n<parameter name=\"days\">\n3\n</parameter>\n"
+                    "<parameter name=\"unit\">\"C\"</parameter>\n</invoke>\n<invoke name=\"ping\">\n</invoke>\n"
+                    "</minimax:tool_call> and <minimax:tool_call><invoke name=\"get_weather\"><parameter name=\"zip\">"
+                    "1</parameter></invoke></minimax:tool_call>";
+    size_t content = 99;
+    json_t *calls = moe_tool_calls_parse(t, strlen(t), MOE_TOOLS_MINIMAX, tools, "call_m", &content);
+    REQUIRE(calls && json_array_size(calls) == 3, "three calls: %s", calls ? json_dumps(calls, 0) : "NULL");
+    json_t *f = json_object_get(json_array_get(calls, 0), "function");
+    CHECK(content == strlen("<think>x</think>Checking.\n") &&
+              !strcmp(json_string_value(json_object_get(f, "name")), "get_weather") &&
+              !strcmp(json_string_value(json_object_get(f, "arguments")), "{\"zip\":\"02139\",\"days\":3,\"unit\":\"C\"}"),
+          "first call: %s", json_string_value(json_object_get(f, "arguments")));
+    f = json_object_get(json_array_get(calls, 1), "function");
+    CHECK(!strcmp(json_string_value(json_object_get(f, "name")), "ping") &&
+              !strcmp(json_string_value(json_object_get(f, "arguments")), "{}") &&
+              !strcmp(json_string_value(json_object_get(json_array_get(calls, 2), "id")), "call_m_2"),
+          "second and third calls");
+    f = json_object_get(json_array_get(calls, 2), "function");
+    CHECK(!strcmp(json_string_value(json_object_get(f, "arguments")), "{\"zip\":\"1\"}"), "the second block's call");
+    json_decref(calls);
+    const char *not_calls[] = {
+        "<minimax:tool_call><invoke name=\"f\"></invoke>",
+        "<minimax:tool_call>\n</minimax:tool_call>",
+        "<minimax:tool_call><invoke name=\"f\"><parameter name=\"x\">1</invoke></minimax:tool_call>",
+        "<minimax:tool_call><invoke name=\"f\">text</invoke></minimax:tool_call>",
+        "<minimax:tool_call><invoke name=\"\"></invoke></minimax:tool_call>",
+        "<minimax:tool_call><invoke name=\"f\"></invoke>text</minimax:tool_call>",
+        "<minimax:tool_call><invoke name=f></invoke></minimax:tool_call>",
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(not_calls); i++)
+        CHECK(!moe_tool_calls_parse(not_calls[i], strlen(not_calls[i]), MOE_TOOLS_MINIMAX, tools, "c", &content),
+              "'%s' parsed", not_calls[i]);
+    bool found;
+    CHECK(moe_tool_calls_release("ok <minimax:to", 14, MOE_TOOLS_MINIMAX, &found) == 3 && !found,
+          "a partial opening tag held while streaming");
+    json_decref(tools);
+}
+
 /* Reasoning: "<think>...</think>" at a reply's start (or from its first byte when the prompt opened the
  * block) splits into reasoning and answer; partial tags are held until decided; the answer's leading line
  * breaks go; a reply without the tag is all answer. */
@@ -913,6 +961,7 @@ int main(void)
     test_tool_calls_deepseek();
     test_tool_calls_qwen_xml();
     test_tool_calls_glm();
+    test_tool_calls_minimax();
     test_think_split();
     test_kserve();
     test_utf8();

@@ -1,4 +1,5 @@
-/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3, GLM-4.5 and MiniMax-M2.
+/* config.json for Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3, GLM-4.5, MiniMax-M2 and
+ * dots.llm1.
  *
  * Fields are read with the spellings of different transformers versions and
  * the defaults of each family's transformers config class; every size is
@@ -14,7 +15,7 @@
 #include <string.h>
 
 #define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
-#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe, minimax_m2"
+#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe, minimax_m2, dots1"
 
 const char *moe_family_name(enum moe_family f)
 {
@@ -27,6 +28,7 @@ const char *moe_family_name(enum moe_family f)
     case MOE_FAM_DEEPSEEK_V2: return "deepseek_v2";
     case MOE_FAM_GLM4_MOE: return "glm4_moe";
     case MOE_FAM_MINIMAX_M2: return "minimax_m2";
+    case MOE_FAM_DOTS1: return "dots1";
     }
     return "unknown";
 }
@@ -43,6 +45,7 @@ static const struct {
     { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2 },
     { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE },
     { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2 },
+    { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1 },
 };
 
 /* A field that is absent or JSON null counts as missing. */
@@ -365,6 +368,44 @@ static enum moe_status one_of(const char *what, json_t *root, const char *key, c
                       n > 1 ? want[1] : "", n > 1 ? "\"" : "");
 }
 
+/* dots1's layer_types ("full_attention" or "sliding_attention" per layer), or, without them, sliding
+ * layers from max_window_layers (default 62) on when there is a sliding_window (default 4096; null: none),
+ * as Dots1Config derives them.  With a sliding layer the context is capped at the window, where sliding
+ * attention equals full attention. */
+static enum moe_status dots1_layer_types(const char *what, json_t *root, struct moe_config *c)
+{
+    json_t *lt = field(root, "layer_types"), *x;
+    size_t i;
+    int win = 4096, first = 62;
+    bool no_window = json_is_null(json_object_get(root, "sliding_window"));
+    enum moe_status st;
+    if ((!no_window && (st = get_int(what, root, "sliding_window", false, 1, INT_MAX, 4096, &win))) ||
+        (st = get_int(what, root, "max_window_layers", false, 0, INT_MAX, 62, &first)))
+        return st;
+    c->sliding_layers = false;
+    if (lt) {
+        if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
+            return moe_errorf(MOE_EFORMAT, "%s: field \"layer_types\" must list one type per layer (%d)", what,
+                              c->n_layers);
+        json_array_foreach(lt, i, x) {
+            const char *t = json_string_value(x);
+            if (!t || (strcmp(t, "full_attention") && strcmp(t, "sliding_attention")))
+                return moe_errorf(MOE_ENOTSUP, "%s: field \"layer_types\"[%zu] = \"%s\": only \"full_attention\" "
+                                  "and \"sliding_attention\" are supported", what, i, t ? t : "(not a string)");
+            c->sliding_layers |= !strcmp(t, "sliding_attention");
+        }
+    } else {
+        c->sliding_layers = !no_window && first < c->n_layers;
+    }
+    if (c->sliding_layers && no_window)
+        return moe_errorf(MOE_EFORMAT, "%s: \"sliding_attention\" layers but \"sliding_window\" is null", what);
+    if (c->sliding_layers && win < c->max_pos) {
+        MOE_WARN("%s: sliding_window = %d on some layers: context limited to %d positions", what, win, win);
+        c->max_pos = win;
+    }
+    return MOE_OK;
+}
+
 /* RoPE's rotated width: qk_rope_head_dim under MLA; for GLM-4.5 the first
  * int(head_dim * partial_rotary_factor) dims of each head (transformers'
  * default and YaRN tables take that width, apply_rotary_pos_emb rotates those
@@ -400,14 +441,15 @@ static enum moe_status parse_rope_dim(const char *what, json_t *root, struct moe
 /* DeepSeek's routing.  V3: sigmoid scores, group-limited top-k (noaux_tc).
  * V2: softmax scores, top-k (greedy) or group-limited top-k
  * (group_limited_greedy), weights not renormalised (transformers' DeepseekV2
- * never does).  GLM-4.5 (glm4_moe) routes as V3 does, by its own defaults
- * (one group, one shared expert, weights x 1), and has no topk_method or
- * scoring_func to check. */
+ * never does).  GLM-4.5 (glm4_moe) and dots.llm1 (dots1) route as V3 does, by
+ * their own defaults (one group, weights x 1; GLM one shared expert, dots1 no
+ * default: transformers needs n_shared_experts there), and have no topk_method
+ * or scoring_func to check. */
 static enum moe_status parse_deepseek_routing(const char *what, json_t *root, struct moe_config *c)
 {
     static const char *const v3_method[] = { "noaux_tc" }, *const v3_score[] = { "sigmoid" };
     static const char *const v2_method[] = { "greedy", "group_limited_greedy" }, *const v2_score[] = { "softmax" };
-    bool v2 = c->family == MOE_FAM_DEEPSEEK_V2, glm = c->family == MOE_FAM_GLM4_MOE;
+    bool v2 = c->family == MOE_FAM_DEEPSEEK_V2, glm = c->family == MOE_FAM_GLM4_MOE || c->family == MOE_FAM_DOTS1;
     enum moe_status st;
     int n_shared, method = 0, score;
     double scale = v2 || glm ? 1.0 : 2.5;
@@ -420,6 +462,8 @@ static enum moe_status parse_deepseek_routing(const char *what, json_t *root, st
         (st = get_int(what, root, "topk_group", false, 1, c->n_group, def_kept, &c->topk_group)) ||
         /* 0: transformers builds a zero-width shared MLP, which adds nothing */
         (st = get_int_or_null(what, root, "n_shared_experts", 0, 64, v2 ? 2 : 1, &n_shared)) ||
+        (c->family == MOE_FAM_DOTS1 && !field(root, "n_shared_experts") &&
+         (st = moe_errorf(MOE_EFORMAT, "%s: required field \"n_shared_experts\" is missing", what))) ||
         (st = get_pos_num(what, root, "routed_scaling_factor", scale, &scale)))
         return st;
     if (greedy) /* every expert in one group, all of it kept: plain top-k */
@@ -469,7 +513,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
         (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
                       c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_GLM4_MOE ? 4096 * 32
-                      : c.family == MOE_FAM_MINIMAX_M2 ? 196608 : c.family == MOE_FAM_DEEPSEEK_V2 ? 2048
+                      : c.family == MOE_FAM_MINIMAX_M2 ? 196608
+                      : c.family == MOE_FAM_DEEPSEEK_V2 || c.family == MOE_FAM_DOTS1 ? 2048
                       : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_DEEPSEEK_V3 ? 4096 : 32768,
                       &c.max_pos)))
         goto out;
@@ -515,7 +560,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         /* the first first_k_dense_replace layers are dense; the rest MoE */
         int dense_first, freq;
         if ((st = get_int(what, root, "first_k_dense_replace", false, 0, c.n_layers,
-                          c.family == MOE_FAM_DEEPSEEK_V3 ? 3 : c.family == MOE_FAM_GLM4_MOE ? 1 : 0,
+                          c.family == MOE_FAM_DEEPSEEK_V3 ? 3 : c.family == MOE_FAM_GLM4_MOE ? 1 : 0, /* dots1: 0 */
                           &dense_first)) ||
             (st = get_int(what, root, "moe_layer_freq", false, 1, 1, 1, &freq)))
             goto out;
@@ -560,11 +605,12 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     /* Family specifics: router, q/k norm, biases, shared expert. */
     c.router = c.family == MOE_FAM_MIXTRAL       ? MOE_ROUTER_TOPK_SOFTMAX
              : c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE ? MOE_ROUTER_SIGMOID_GROUP
-             : c.family == MOE_FAM_MINIMAX_M2 ? MOE_ROUTER_SIGMOID_GROUP
+             : c.family == MOE_FAM_MINIMAX_M2 || c.family == MOE_FAM_DOTS1 ? MOE_ROUTER_SIGMOID_GROUP
              : c.family == MOE_FAM_DEEPSEEK_V2 ? MOE_ROUTER_SOFTMAX_GROUP
                                                 : MOE_ROUTER_SOFTMAX_TOPK;
     c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
-              : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_MINIMAX_M2 ? MOE_QK_NORM_FULL : MOE_QK_NORM_NONE;
+              : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_MINIMAX_M2 ? MOE_QK_NORM_FULL
+              : c.family == MOE_FAM_DOTS1 ? MOE_QK_NORM_HEAD /* Qwen3's attention */ : MOE_QK_NORM_NONE;
     if (c.family == MOE_FAM_MINIMAX_M2) {
         /* sigmoid scores, top-k by score + e_score_correction_bias, weights renormalised, no groups, no
          * shared expert, no scaling: transformers' MiniMaxM2 reads none of these from config.json */
@@ -615,6 +661,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         st = moe_errorf(MOE_ENOTSUP, "%s: field \"use_sliding_window\" = true is not supported", what);
         goto out;
     }
+    if (c.family == MOE_FAM_DOTS1 && (st = dots1_layer_types(what, root, &c))) goto out;
     if (c.family == MOE_FAM_MIXTRAL && field(root, "sliding_window")) {
         int win;
         if ((st = get_int(what, root, "sliding_window", true, 1, INT_MAX, 0, &win))) goto out;
@@ -634,7 +681,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if ((st = get_bool(what, root, "tie_word_embeddings", false, &c.tie_embeddings))) goto out;
     if ((st = get_pos_num(what, root, "rms_norm_eps",
                           c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ||
-                          moe_family_is_deepseek(c.family) || c.family == MOE_FAM_MINIMAX_M2 ? 1e-6 : 1e-5,
+                          moe_family_is_deepseek(c.family) || c.family == MOE_FAM_MINIMAX_M2 ||
+                          c.family == MOE_FAM_DOTS1 ? 1e-6 : 1e-5,
                           &d)))
         goto out;
     if (d < 1e-30 || d >= 1.0) {

@@ -23,6 +23,7 @@ enum moe_family {
     MOE_FAM_DEEPSEEK_V2,
     MOE_FAM_GLM4_MOE,
     MOE_FAM_MINIMAX_M2,
+    MOE_FAM_DOTS1,
 };
 const char *moe_family_name(enum moe_family f);
 
@@ -33,10 +34,10 @@ static inline bool moe_family_is_deepseek(enum moe_family f)
 }
 
 /* The families with DeepSeek's MoE block: n_routed_experts, shared_experts, first_k_dense_replace
- * (DeepSeek-V2/V3, and GLM-4.5's glm4_moe with grouped-query attention). */
+ * (DeepSeek-V2/V3, and with grouped-query attention GLM-4.5's glm4_moe and dots.llm1's dots1). */
 static inline bool moe_family_has_deepseek_moe(enum moe_family f)
 {
-    return moe_family_is_deepseek(f) || f == MOE_FAM_GLM4_MOE;
+    return moe_family_is_deepseek(f) || f == MOE_FAM_GLM4_MOE || f == MOE_FAM_DOTS1;
 }
 
 enum moe_router_kind {
@@ -93,6 +94,8 @@ struct moe_config {
     enum moe_qk_norm qk_norm;
     bool attn_qkv_bias;        /* q/k/v projections have biases */
     bool tie_embeddings;       /* lm_head shares embed_tokens */
+    bool sliding_layers;       /* dots1: some layers attend over sliding_window positions only (the context
+                                  is capped at the window, where that equals full attention) */
     float rms_eps;
     float rope_theta;
     int rope_dim;              /* RoPE's rotated width: head_dim, its first head_dim *

@@ -508,6 +508,52 @@ static void test_minimax_m2(void)
     }
 }
 
+/* dots.llm1: Qwen3's attention and DeepSeek-V3's MoE block by Dots1Config's defaults; n_shared_experts has
+ * none; sliding layers (layer_types, or max_window_layers with a sliding_window) cap the context. */
+static void test_dots1(void)
+{
+    struct moe_config c;
+    const char *llm1 = "tests/fixtures/dots1/llm1/config.json";
+    load_fixture("tests/fixtures/dots1/llm1", &c);
+    CHECK(c.family == MOE_FAM_DOTS1 && !strcmp(c.model_type, "dots1") && c.qk_norm == MOE_QK_NORM_HEAD &&
+              c.rope_dim == c.head_dim && c.router == MOE_ROUTER_SIGMOID_GROUP && c.norm_topk_prob &&
+              c.routed_scale == 2.5f && c.shared_inter == 2 * c.expert_inter && !c.is_moe[0] && c.is_moe[1] &&
+              !c.sliding_layers && c.max_pos == 512,
+          "dots1 (llm1)");
+    load_fixture("tests/fixtures/dots1/defaults", &c);
+    CHECK(!c.norm_topk_prob && c.routed_scale == 1.0f && c.is_moe[0] && c.n_group == 4 && c.sliding_layers &&
+              c.max_pos == 64 && c.rope_theta == 1e4f,
+          "dots1 (defaults)");
+    json_t *j = load_json(llm1);
+    json_object_del(j, "sliding_window"); /* Dots1Config's 4096, from max_window_layers on */
+    json_object_set_new(j, "max_window_layers", json_integer(2));
+    json_object_set_new(j, "max_position_embeddings", json_integer(8192));
+    CHECK(parse_obj(j, &c) == MOE_OK && c.sliding_layers && c.max_pos == 4096, "dots1 default window: %s",
+          moe_last_error());
+    json_object_set_new(j, "layer_types", json_pack("[sss]", "full_attention", "full_attention", "full_attention"));
+    CHECK(parse_obj(j, &c) == MOE_OK && !c.sliding_layers && c.max_pos == 8192, "dots1 layer_types: %s",
+          moe_last_error());
+    json_decref(j);
+    static const struct {
+        const char *key, *json;
+        enum moe_status st;
+        const char *says;
+    } bad[] = {
+        { "n_shared_experts", "null", MOE_EFORMAT, "required field \"n_shared_experts\" is missing" },
+        { "layer_types", "[\"full_attention\", \"chunked_attention\", \"full_attention\"]", MOE_ENOTSUP,
+          "\"layer_types\"[1] = \"chunked_attention\"" },
+        { "layer_types", "[\"full_attention\"]", MOE_EFORMAT, "one type per layer (3)" },
+        { "layer_types", "[\"full_attention\", \"sliding_attention\", \"full_attention\"]", MOE_EFORMAT,
+          "\"sliding_window\" is null" },
+        { "attention_bias", "true", MOE_ENOTSUP, "attention_bias" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        j = load_json(llm1);
+        json_object_set_new(j, bad[i].key, json_loads(bad[i].json, JSON_DECODE_ANY, NULL));
+        expect_refused(llm1, j, bad[i].st, bad[i].says);
+    }
+}
+
 static void write_text(const char *dir, const char *name, const char *text)
 {
     char path[4200];
@@ -589,6 +635,7 @@ int main(void)
     test_refusals();
     test_glm4_moe();
     test_minimax_m2();
+    test_dots1();
     test_yarn();
     test_eos_ids();
     return t_result("test_config");

@@ -147,6 +147,22 @@ static inline enum moe_status run_prompt(struct moe_engine *e, int seq, const in
     return st;
 }
 
+/* The prompt ids[0..n) fed one token at a time into a fresh sequence: how many positions' logits differ,
+ * in any bit, from prefill [n, V] (the batch prefill of the same prompt).  The sequence is freed. */
+static inline int t_token_by_token_diffs(struct moe_engine *e, const int *ids, int n, const float *prefill)
+{
+    int V = moe_engine_model(e)->cfg.vocab, seq = moe_engine_seq_alloc(e), diffs = 0;
+    float *step = malloc(sizeof(float) * (size_t)V);
+    REQUIRE(step && seq >= 0, "token by token: no memory or no free sequence");
+    for (int i = 0; i < n; i++) {
+        REQUIRE(run_prompt(e, seq, ids + i, 1, step) == MOE_OK, "token by token: %s", moe_last_error());
+        if (memcmp(step, prefill + (size_t)i * V, sizeof(float) * (size_t)V)) diffs++;
+    }
+    moe_engine_seq_free(e, seq);
+    free(step);
+    return diffs;
+}
+
 /* Greedy decode of one sequence alone: prefill prompt[0..n) into seq, then
  * out[0..steps) where out[t] is the argmax of the logits after out[t - 1]
  * (after the prompt for t = 0); steps - 1 decode forwards.  The prompt's

@@ -30,15 +30,11 @@
 
 static void check_variant(const char *name)
 {
-    char rel[256], dir[4096];
-    snprintf(rel, sizeof(rel), "tests/fixtures/%s", name);
-    struct moe_st_file *ref;
-    struct moe_model *m = t_open_with_reference(rel, dir, sizeof(dir), &ref);
-    int64_t one = 0, T = 0, rows = 0, V = m->cfg.vocab;
-    float *idf = ref_f32(ref, "input_ids", &one, &T), *want = ref_f32(ref, "logits", &rows, NULL);
-    REQUIRE(idf && want && rows == T, "%s: reference input_ids / logits", name);
-    int *ids = malloc(sizeof(int) * (size_t)T);
-    for (int i = 0; i < T; i++) ids[i] = (int)idf[i];
+    struct variant v = variant_open(name);
+    struct moe_model *m = v.m;
+    int64_t T = v.T, V = m->cfg.vocab;
+    const int *ids = v.ids;
+    const float *want = v.want;
 
     struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 32, .max_batch_tokens = 16 };
     struct moe_engine *e = moe_engine_create(m, &ep);
@@ -61,19 +57,12 @@ static void check_variant(const char *name)
     CHECK(d < TOL, "%s: logits of the prompt in two chunks differ from the reference by %g", name, d);
     moe_engine_seq_free(e, seq);
 
-    seq = moe_engine_seq_alloc(e);
-    int diff_rows = 0;
-    for (int i = 0; i < T; i++) {
-        REQUIRE(run_prompt(e, seq, ids + i, 1, step) == MOE_OK, "%s step: %s", name, moe_last_error());
-        if (memcmp(step, lg + (size_t)i * V, sizeof(float) * (size_t)V)) diff_rows++;
-    }
+    int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);
     CHECK(diff_rows == 0, "%s: %d positions differ between prefill and token-by-token", name, diff_rows);
-    moe_engine_seq_free(e, seq);
 
-    free(step), free(lg), free(ids), free(want), free(idf);
+    free(step), free(lg);
     moe_engine_destroy(e);
-    moe_st_close(ref);
-    moe_model_close(m);
+    variant_close(&v);
 }
 
 /* The FP8 checkpoint under a config.json changed by `change` (fields as JSON, null deletes): refused,

@@ -141,15 +141,9 @@ static void check_prompt(struct moe_engine *e, struct moe_st_file *ref, const st
     moe_engine_seq_free(e, seq);
 
     /* the prompt one token at a time: same bits as the batch prefill */
-    seq = moe_engine_seq_alloc(e);
-    int diff_rows = 0;
-    for (int i = 0; i < T; i++) {
-        REQUIRE(run_prompt(e, seq, ids + i, 1, step) == MOE_OK, "step: %s", moe_last_error());
-        if (memcmp(step, lg + (size_t)i * V, sizeof(float) * V)) diff_rows++;
-    }
+    int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);
     CHECK(diff_rows == 0, "%s %s: %d positions differ between prefill and token-by-token", fam, p,
           diff_rows);
-    moe_engine_seq_free(e, seq);
     free(step), free(gf), free(lg), free(ids), free(idf);
 }
 

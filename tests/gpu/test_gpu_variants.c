@@ -14,15 +14,11 @@
 
 static void check_variant(struct moe_backend *be, const char *name)
 {
-    char rel[256], dir[4096];
-    snprintf(rel, sizeof(rel), "tests/fixtures/%s", name);
-    struct moe_st_file *ref;
-    struct moe_model *m = t_open_with_reference(rel, dir, sizeof(dir), &ref);
-    int64_t one = 0, T = 0, rows = 0, V = m->cfg.vocab;
-    float *idf = ref_f32(ref, "input_ids", &one, &T), *want = ref_f32(ref, "logits", &rows, NULL);
-    REQUIRE(idf && want && rows == T, "%s: reference input_ids / logits", name);
-    int *ids = malloc(sizeof(int) * (size_t)T);
-    for (int i = 0; i < T; i++) ids[i] = (int)idf[i];
+    struct variant v = variant_open(name);
+    struct moe_model *m = v.m;
+    int64_t T = v.T, V = m->cfg.vocab;
+    const int *ids = v.ids;
+    const float *want = v.want;
     struct moe_provider_cuda_params pp = { .slots = m->cfg.n_experts * moe_config_n_moe(&m->cfg),
                                            .policy = MOE_POLICY_LRU };
     struct moe_provider *prov = moe_provider_cuda_create(m, be, &pp);
@@ -31,26 +27,19 @@ static void check_variant(struct moe_backend *be, const char *name)
                                     .backend = be };
     struct moe_engine *e = moe_engine_create(m, &ep);
     REQUIRE(e, "%s: engine on the CUDA backend: %s", name, moe_last_error());
-    float *lg = malloc(sizeof(float) * (size_t)(T * V)), *step = malloc(sizeof(float) * (size_t)V);
+    float *lg = malloc(sizeof(float) * (size_t)(T * V));
     int seq = moe_engine_seq_alloc(e);
     REQUIRE(run_prompt(e, seq, ids, (int)T, lg) == MOE_OK, "%s forward: %s", name, moe_last_error());
     double d = max_abs_diff(lg, want, (size_t)(T * V));
     printf("%-40s GPU logits max abs diff %.3g\n", name, d);
     CHECK(d < LOGIT_TOL, "%s: GPU logits differ from the reference by %g", name, d);
     moe_engine_seq_free(e, seq);
-    seq = moe_engine_seq_alloc(e);
-    int diff_rows = 0;
-    for (int i = 0; i < T; i++) {
-        REQUIRE(run_prompt(e, seq, ids + i, 1, step) == MOE_OK, "%s step: %s", name, moe_last_error());
-        if (memcmp(step, lg + (size_t)i * V, sizeof(float) * (size_t)V)) diff_rows++;
-    }
+    int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);
     CHECK(diff_rows == 0, "%s: %d positions differ between prefill and token-by-token on the GPU", name, diff_rows);
-    moe_engine_seq_free(e, seq);
     moe_engine_destroy(e);
     moe_provider_destroy(prov);
-    free(step), free(lg), free(ids), free(want), free(idf);
-    moe_st_close(ref);
-    moe_model_close(m);
+    free(lg);
+    variant_close(&v);
 }
 
 int main(void)

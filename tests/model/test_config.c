@@ -175,6 +175,23 @@ static void expect_refused(const char *rel, json_t *j, enum moe_status want, con
     json_decref(j);
 }
 
+/* One field of a fixture's config.json set to a JSON value: refused with status st, the message naming
+ * says. */
+struct bad_field {
+    const char *key, *json;
+    enum moe_status st;
+    const char *says;
+};
+
+static void refuse_each(const char *rel, const struct bad_field *bad, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        json_t *j = load_json(rel);
+        json_object_set_new(j, bad[i].key, json_loads(bad[i].json, JSON_DECODE_ANY, NULL));
+        expect_refused(rel, j, bad[i].st, bad[i].says);
+    }
+}
+
 /* YaRN: the frequency table and attention factor of transformers' _compute_yarn_parameters
  * (values from its formulas in double precision: low 11, high 20 for these settings), and
  * DeepSeek-V3's mscale^2 on the softmax scale. */
@@ -308,21 +325,13 @@ static void test_refusals(void)
               c.shared_inter == 2 * c.expert_inter && c.routed_scale == 1.0f,
           "deepseek_v2 greedy with V2's defaults: %s", moe_last_error());
     json_decref(j);
-    static const struct {
-        const char *key, *json;
-        enum moe_status st;
-        const char *says;
-    } v2_bad[] = {
+    static const struct bad_field v2_bad[] = {
         { "topk_method", "\"noaux_tc\"", MOE_ENOTSUP, "only \"greedy\" or \"group_limited_greedy\"" },
         { "scoring_func", "\"sigmoid\"", MOE_ENOTSUP, "only \"softmax\"" },
         { "norm_topk_prob", "true", MOE_ENOTSUP, "does not renormalise" },
         { "n_group", "3", MOE_ERANGE, "n_group = 3" },
     };
-    for (size_t i = 0; i < MOE_ARRAY_LEN(v2_bad); i++) {
-        j = load_json(v2);
-        json_object_set_new(j, v2_bad[i].key, json_loads(v2_bad[i].json, JSON_DECODE_ANY, NULL));
-        expect_refused(v2, j, v2_bad[i].st, v2_bad[i].says);
-    }
+    refuse_each(v2, v2_bad, MOE_ARRAY_LEN(v2_bad));
 
     j = load_json(q3);
     json_object_set_new(j, "model_type", json_string("llama"));
@@ -449,11 +458,7 @@ static void test_glm4_moe(void)
     json_object_set_new(j, "topk_method", json_string("greedy"));
     CHECK(parse_obj(j, &c) == MOE_OK, "glm4_moe with a topk_method: %s", moe_last_error());
     json_decref(j);
-    static const struct {
-        const char *key, *json;
-        enum moe_status st;
-        const char *says;
-    } bad[] = {
+    static const struct bad_field bad[] = {
         { "partial_rotary_factor", "1.5", MOE_ERANGE, "\"partial_rotary_factor\" = 1.5 is above 1" },
         { "partial_rotary_factor", "0.125", MOE_ERANGE, "= 3 rotated dims; they must be even" },
         { "partial_rotary_factor", "0", MOE_ERANGE, "partial_rotary_factor" },
@@ -462,11 +467,7 @@ static void test_glm4_moe(void)
         { "use_qk_norm", "\"yes\"", MOE_EFORMAT, "use_qk_norm" },
         { "n_routed_experts", "null", MOE_EFORMAT, "\"n_routed_experts\" (or \"num_local_experts\") is missing" },
     };
-    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
-        j = load_json(air);
-        json_object_set_new(j, bad[i].key, json_loads(bad[i].json, JSON_DECODE_ANY, NULL));
-        expect_refused(air, j, bad[i].st, bad[i].says);
-    }
+    refuse_each(air, bad, MOE_ARRAY_LEN(bad));
 }
 
 /* MiniMax-M2: Mixtral's names and intermediate_size, q/k norm over the whole projection, sigmoid routing
@@ -490,22 +491,14 @@ static void test_minimax_m2(void)
     CHECK(parse_obj(j, &c) == MOE_OK && c.max_pos == 196608 && c.rope_theta == 5e6f && c.rms_eps == 1e-6f,
           "minimax_m2 defaults: %s", moe_last_error());
     json_decref(j);
-    static const struct {
-        const char *key, *json;
-        enum moe_status st;
-        const char *says;
-    } bad[] = {
+    static const struct bad_field bad[] = {
         { "rotary_dim", "13", MOE_ERANGE, "rotary_dim = 13 must be even" },
         { "rotary_dim", "26", MOE_ERANGE, "\"rotary_dim\" = 26 is out of range [1, 24]" },
         { "attention_bias", "true", MOE_ENOTSUP, "attention_bias" },
         { "intermediate_size", "null", MOE_EFORMAT, "\"intermediate_size\" is missing" },
         { "num_local_experts", "null", MOE_EFORMAT, "\"num_experts\" (or \"num_local_experts\") is missing" },
     };
-    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
-        j = load_json(m2);
-        json_object_set_new(j, bad[i].key, json_loads(bad[i].json, JSON_DECODE_ANY, NULL));
-        expect_refused(m2, j, bad[i].st, bad[i].says);
-    }
+    refuse_each(m2, bad, MOE_ARRAY_LEN(bad));
 }
 
 /* dots.llm1: Qwen3's attention and DeepSeek-V3's MoE block by Dots1Config's defaults; n_shared_experts has
@@ -534,11 +527,7 @@ static void test_dots1(void)
     CHECK(parse_obj(j, &c) == MOE_OK && !c.sliding_layers && c.max_pos == 8192, "dots1 layer_types: %s",
           moe_last_error());
     json_decref(j);
-    static const struct {
-        const char *key, *json;
-        enum moe_status st;
-        const char *says;
-    } bad[] = {
+    static const struct bad_field bad[] = {
         { "n_shared_experts", "null", MOE_EFORMAT, "required field \"n_shared_experts\" is missing" },
         { "layer_types", "[\"full_attention\", \"chunked_attention\", \"full_attention\"]", MOE_ENOTSUP,
           "\"layer_types\"[1] = \"chunked_attention\"" },
@@ -547,11 +536,7 @@ static void test_dots1(void)
           "\"sliding_window\" is null" },
         { "attention_bias", "true", MOE_ENOTSUP, "attention_bias" },
     };
-    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
-        j = load_json(llm1);
-        json_object_set_new(j, bad[i].key, json_loads(bad[i].json, JSON_DECODE_ANY, NULL));
-        expect_refused(llm1, j, bad[i].st, bad[i].says);
-    }
+    refuse_each(llm1, bad, MOE_ARRAY_LEN(bad));
 }
 
 static void write_text(const char *dir, const char *name, const char *text)

@@ -37,6 +37,7 @@ static void usage(FILE *f)
                "  --modes LIST      loop,invariant (default both)\n"
                "  --prompt N        prompt tokens per sequence (default 16)\n"
                "  --steps N         timed decode steps (default 32)\n"
+               "  --kv-dtype T      KV cache elements: f32 (default) or bf16\n"
                "  --json FILE       also write the results as JSON\n");
 }
 
@@ -44,11 +45,13 @@ int main(int argc, char **argv)
 {
     const char *model = moe_default_model_dir(), *json = NULL, *modes = "loop,invariant";
     int batches[8] = { 1, 8, 64 }, nb = 3, caps[8] = { 25, 50, 100 }, nc = 3, prompt = 16, steps = 32, warm = 2;
+    enum moe_dtype kv_dtype = MOE_DT_F32;
     static const struct option opts[] = {
         { "model", required_argument, 0, 'm' }, { "batches", required_argument, 0, 'b' },
         { "capacities", required_argument, 0, 'c' }, { "modes", required_argument, 0, 'M' },
         { "prompt", required_argument, 0, 'p' }, { "steps", required_argument, 0, 's' },
-        { "json", required_argument, 0, 'j' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
+        { "json", required_argument, 0, 'j' }, { "help", no_argument, 0, 'h' },
+        { "kv-dtype", required_argument, 0, 'k' }, { 0, 0, 0, 0 },
     };
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -60,6 +63,12 @@ int main(int argc, char **argv)
         case 'p': prompt = atoi(optarg); break;
         case 's': steps = atoi(optarg); break;
         case 'j': json = optarg; break;
+        case 'k':
+            if (!moe_engine_kv_dtype_parse(optarg, &kv_dtype)) {
+                fprintf(stderr, "gpu_model_decode: --kv-dtype '%s': expected f32 or bf16\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -91,8 +100,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "gpu_model_decode: cannot write %s\n", json);
         return 1;
     }
-    if (jf) fprintf(jf, "{\"bench\":\"gpu_model_decode\",\"model\":\"%s\",\"steps\":%d,\"prompt\":%d,\"runs\":[",
-                    cfg->model_type, steps, prompt);
+    if (jf) fprintf(jf, "{\"bench\":\"gpu_model_decode\",\"model\":\"%s\",\"kv_dtype\":\"%s\",\"steps\":%d,"
+                    "\"prompt\":%d,\"runs\":[", cfg->model_type, moe_dtype_name(kv_dtype), steps, prompt);
     printf("%s: %d layers, %d experts top-%d; prompt %d, %d timed steps\n", model, cfg->n_layers,
            cfg->n_experts, cfg->top_k, prompt, steps);
     printf("%10s %6s %5s %6s %10s %10s %10s\n", "mode", "batch", "cap%", "slots", "tok/s", "ms/step",
@@ -120,7 +129,7 @@ int main(int argc, char **argv)
             struct moe_provider *prov = moe_provider_cuda_create(m, be, &pp);
             struct moe_engine_params ep = { .max_seqs = maxb, .max_ctx = prompt + warm + steps + 1,
                                             .max_batch_tokens = maxb > prompt ? maxb : prompt,
-                                            .provider = prov, .backend = be };
+                                            .provider = prov, .backend = be, .kv_dtype = kv_dtype };
             struct moe_engine *e = prov ? moe_engine_create(m, &ep) : NULL;
             if (!e) {
                 fprintf(stderr, "gpu_model_decode: %s\n", moe_last_error());

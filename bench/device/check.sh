@@ -12,7 +12,7 @@
 #      sanitizer cannot cost the benchmarks their time.
 # Results go under $OUT (default ./device-out): summary.json (every step's status; the
 # CLI step lists its cases), logs.tar.gz (one log per step), gpu_model_decode.json,
-# gpu_moe_decode.json, gpu_moe_decode_invariant.json, nvidia-smi.txt.  The tails of
+# gpu_model_decode_kv_bf16.json, gpu_moe_decode.json, gpu_moe_decode_invariant.json, nvidia-smi.txt.  The tails of
 # failing steps' logs are printed before the summary.  Budget: under 6 minutes; a step
 # the budget cuts short is a skip with reason "time budget", not a failure.
 #
@@ -117,6 +117,9 @@ else
 fi
 [ -x "$b/gpu_model_decode" ] && run gpu_model_decode 90 "$b/gpu_model_decode" --steps 16 \
   --json "$out/gpu_model_decode.json"
+# the BF16 KV cache against the F32 one above: all experts resident, the batch-invariant GEMMs
+[ -x "$b/gpu_model_decode" ] && run gpu_model_decode_kv_bf16 45 "$b/gpu_model_decode" --steps 16 \
+  --capacities 100 --modes invariant --kv-dtype bf16 --json "$out/gpu_model_decode_kv_bf16.json"
 run gpu_moe_decode 180 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
 run gpu_moe_decode_invariant 60 "$b/gpu_moe_decode" --gemm invariant --capacities 100 --steps 4 --warm 1 \
   --json "$out/gpu_moe_decode_invariant.json"

@@ -60,6 +60,10 @@ void moe_log_set_level(enum moe_log_level lvl);
 /* Monotonic clock in seconds. */
 double moe_now(void);
 
+/* The host's memory: what it could hand out now without swapping (/proc/meminfo's MemAvailable, page
+ * cache included; else free pages) and its total, in bytes.  false when neither can be read. */
+bool moe_host_memory(uint64_t *available, uint64_t *total);
+
 /* Numeric conversions used by loaders and kernels (round-to-nearest-even). */
 static inline float moe_bf16_to_f32(uint16_t h)
 {

@@ -108,6 +108,24 @@ double moe_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+bool moe_host_memory(uint64_t *available, uint64_t *total)
+{
+    unsigned long long avail = 0, tot = 0, kb;
+    char line[256];
+    FILE *f = fopen("/proc/meminfo", "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = kb << 10;
+        else if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) tot = kb << 10;
+    }
+    if (f) fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    if (!tot && page > 0) tot = (unsigned long long)sysconf(_SC_PHYS_PAGES) * (unsigned long long)page;
+    if (!avail && page > 0) avail = (unsigned long long)sysconf(_SC_AVPHYS_PAGES) * (unsigned long long)page;
+    *available = avail;
+    *total = tot;
+    return tot > 0;
+}
+
 float moe_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;

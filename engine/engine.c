@@ -102,6 +102,17 @@ struct moe_engine {
 
 /* ---- creation ---------------------------------------------------------------- */
 
+/* The cache row of one token in one layer, in elements (keys; values take as many, except under MLA). */
+static int kv_row(const struct moe_config *c)
+{
+    return c->mla ? c->kv_lora_rank + c->qk_rope_dim : c->n_kv_heads * c->head_dim;
+}
+
+size_t moe_engine_kv_bytes_per_token(const struct moe_config *c, enum moe_dtype kv_dtype)
+{
+    return (size_t)kv_row(c) * moe_dtype_size(kv_dtype) * (c->mla ? 1 : 2) * (size_t)c->n_layers;
+}
+
 bool moe_engine_kv_dtype_parse(const char *s, enum moe_dtype *out)
 {
     if (!strcasecmp(s, "f32")) *out = MOE_DT_F32;
@@ -496,7 +507,7 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
     e->H = c->hidden;
     e->Q = c->n_heads * c->head_dim;
     /* MLA caches one row per token, the latent and the rotated key, for keys and values alike */
-    e->KV = c->mla ? c->kv_lora_rank + c->qk_rope_dim : c->n_kv_heads * c->head_dim;
+    e->KV = kv_row(c);
     e->E = c->n_experts > 0 ? c->n_experts : 1;
     e->K = c->top_k > 0 ? c->top_k : 1;
     e->V = c->vocab;
@@ -535,8 +546,7 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
     }
     MOE_INFO("engine: KV cache %.1f MiB in %s (%zu bytes per token over %d layers, %d slots x %d positions)",
              (double)kv_bytes * (c->mla ? 1 : 2) / (1 << 20), moe_dtype_name(e->kv_dt),
-             (size_t)e->KV * moe_dtype_size(e->kv_dt) * (c->mla ? 1 : 2) * (size_t)c->n_layers, c->n_layers,
-             e->max_seqs, e->max_ctx);
+             moe_engine_kv_bytes_per_token(c, e->kv_dt), c->n_layers, e->max_seqs, e->max_ctx);
     struct { void **p; size_t bytes; const char *what; } bufs[] = {
         { (void **)&e->d_tok, N * 4, "token ids" },       { (void **)&e->d_seq, N * 4, "seq ids" },
         { (void **)&e->d_pos, N * 4, "positions" },       { (void **)&e->d_rows, N * 4, "logit rows" },

@@ -54,6 +54,9 @@ struct moe_engine_params {
 };
 
 struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe_engine_params *p);
+/* Bytes of KV cache one token of one sequence takes over all layers, in cache elements of kv_dtype:
+ * its key and value of every KV head, or under MLA the one latent row. */
+size_t moe_engine_kv_bytes_per_token(const struct moe_config *c, enum moe_dtype kv_dtype);
 /* "f32" or "bf16" (any case) as a KV cache dtype; false for anything else. */
 bool moe_engine_kv_dtype_parse(const char *s, enum moe_dtype *out);
 void moe_engine_destroy(struct moe_engine *e);

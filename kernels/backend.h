@@ -165,6 +165,10 @@ struct moe_backend_ops {
     /* Greedy pick: out[r] = argmax over x[r, 0..dim-1]; ties -> lowest index;
      * NaN never wins (a row of only NaN gives 0). */
     enum moe_status (*argmax)(void *ctx, const float *x, int rows, int dim, int32_t *out);
+
+    /* The backend's memory: what is free for new buffers now and its total, in bytes (the CPU
+     * backend: the host's available and total RAM; CUDA: the device's). */
+    enum moe_status (*mem_info)(void *ctx, size_t *free_bytes, size_t *total_bytes);
 };
 
 /* A backend: its ops, its context and what the engine must know about it. */

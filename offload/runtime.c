@@ -36,8 +36,7 @@ static int parse_count(const char *flag, const char *arg, long lo, long hi, long
     return 1;
 }
 
-/* Bytes with an optional K/M/G/T suffix (powers of 1024). */
-static int parse_bytes(const char *flag, const char *arg, uint64_t *out)
+int moe_offload_parse_bytes(const char *flag, const char *arg, uint64_t *out)
 {
     char *end;
     errno = 0;
@@ -70,11 +69,11 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
     case MOE_OPT_GPU_EXPERTS:
         if ((r = parse_count("gpu-experts", arg, 1, 1 << 24, &v)) > 0) o->gpu_experts = (int)v;
         return r;
-    case MOE_OPT_GPU_BYTES: return parse_bytes("gpu-cache-bytes", arg, &o->gpu_cache_bytes);
+    case MOE_OPT_GPU_BYTES: return moe_offload_parse_bytes("gpu-cache-bytes", arg, &o->gpu_cache_bytes);
     case MOE_OPT_HOST_EXPERTS:
         if ((r = parse_count("host-experts", arg, 1, 1 << 24, &v)) > 0) o->host_experts = (int)v;
         return r;
-    case MOE_OPT_HOST_BYTES: return parse_bytes("host-cache-bytes", arg, &o->host_cache_bytes);
+    case MOE_OPT_HOST_BYTES: return moe_offload_parse_bytes("host-cache-bytes", arg, &o->host_cache_bytes);
     case MOE_OPT_POLICY:
         if (!moe_policy_parse(arg, &o->policy)) {
             moe_errorf(MOE_EINVAL, "--policy '%s' unknown (use predicted, lru, lfu or belady)", arg);

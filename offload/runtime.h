@@ -92,6 +92,9 @@ void moe_offload_opts_init(struct moe_offload_opts *o);
 /* Handle one getopt_long result: 1 consumed, 0 not an offload flag, -1 bad
  * value (moe_last_error() names the flag and the value). */
 int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg);
+/* A byte count >= 1 with an optional K/M/G/T suffix (powers of 1024; "KiB", "GB" spellings too): 1, or
+ * -1 with moe_last_error() naming --flag and the text. */
+int moe_offload_parse_bytes(const char *flag, const char *arg, uint64_t *out);
 /* The checks the flags allow without a model: pairs given together that
  * exclude each other, --policy belady without its trace (or a trace without
  * the policy), --predictor / --no-prefetch with every expert resident.

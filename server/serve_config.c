@@ -108,6 +108,9 @@ static const struct moe_serve_opt opts[] = {
       "markers), markers (moeflow's <|role|> lines), or a Jinja template file", 0 },
     { "kv-dtype", MOE_OPT_STRING, OFF(kv_dtype), SZ(kv_dtype), "f32", 0, 0,
       "KV cache elements: f32, or bf16 (half the memory; keys and values rounded to BF16 when stored)", 0 },
+    { "kv-cache-bytes", MOE_OPT_STRING, OFF(kv_cache_bytes), SZ(kv_cache_bytes), "auto", 0, 0,
+      "with max-ctx 0: the KV cache's size, in bytes (K/M/G/T suffix), or auto (half the backend's free "
+      "memory); the context per sequence is the model's, cut so that max-seqs sequences fit", 0 },
     { "reasoning-parser", MOE_OPT_STRING, OFF(reasoning_parser), SZ(reasoning_parser), "none", 0, 0,
       "chat replies of reasoning models: none (all of it is content), or think (a leading <think>...</think>, "
       "or the reply up to </think> when the prompt ends in <think>, goes out as reasoning_content)", 0 },
@@ -195,6 +198,11 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
         enum moe_dtype kd;
         if (!strcmp(o->name, "kv-dtype") && !moe_engine_kv_dtype_parse(value, &kd))
             return moe_errorf(MOE_EINVAL, "kv-dtype: '%s' is not one of f32, bf16", value);
+        uint64_t bytes;
+        if (!strcmp(o->name, "kv-cache-bytes") && strcmp(value, "auto") &&
+            moe_offload_parse_bytes("kv-cache-bytes", value, &bytes) != 1)
+            return moe_errorf(MOE_EINVAL, "kv-cache-bytes: '%s' is not auto or a byte count >= 1 (suffix K, M, G "
+                              "or T)", value);
         memcpy(base, value, strlen(value) + 1);
         return MOE_OK;
     }

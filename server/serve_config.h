@@ -67,6 +67,8 @@ struct moe_serve_config {
     char reasoning_parser[16]; /* "none", or "think": chat replies' <think>...</think> become
                                   reasoning_content */
     char kv_dtype[8];          /* "f32" or "bf16": the KV cache's elements */
+    char kv_cache_bytes[32];   /* "auto" (half the backend's free memory) or a byte count: with max-ctx 0,
+                                  the context is cut so that max-seqs sequences' KV cache fits */
     /* browsers */
     char cors_origin[1024];    /* origins allowed to call the HTTP API from a web page: "*", or a
                                   comma-separated list of exact origins ("" = none, no CORS headers) */

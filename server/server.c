@@ -818,6 +818,52 @@ static enum moe_status load_chat_template(struct moe_server *s, const char *dir)
     return MOE_OK;
 }
 
+/* The context per sequence (s->max_ctx): max-ctx when given, else the model's, cut so that the KV cache of
+ * max-seqs sequences fits kv-cache-bytes (auto: half of what the backend has free once the expert tiers are
+ * allocated); under 64 tokens per sequence is an error that says what to change. */
+static enum moe_status pick_context(struct moe_server *s)
+{
+    const struct moe_serve_config *cfg = &s->cfg;
+    int model_ctx = s->model->cfg.max_pos;
+    enum moe_dtype kv_dt = MOE_DT_F32;
+    moe_engine_kv_dtype_parse(cfg->kv_dtype, &kv_dt); /* checked when the option was set */
+    s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
+    if (cfg->max_ctx > 0)
+        return MOE_OK;
+    uint64_t budget = 0;
+    bool automatic = !strcmp(cfg->kv_cache_bytes, "auto");
+    if (!automatic) {
+        moe_offload_parse_bytes("kv-cache-bytes", cfg->kv_cache_bytes, &budget); /* checked when set */
+    } else {
+        /* no backend yet: the engine will make a CPU one, in the host's memory */
+        size_t fr = 0, tot = 0;
+        uint64_t avail = 0, total = 0;
+        bool known = s->backend ? s->backend->ops->mem_info && s->backend->ops->mem_info(s->backend->ctx, &fr, &tot) == MOE_OK
+                                : moe_host_memory(&avail, &total);
+        if (!known) {
+            moe_error_clear();
+            return MOE_OK; /* nothing to size it by: the model's context */
+        }
+        budget = (s->backend ? (uint64_t)fr : avail) / 2;
+    }
+    uint64_t per_token = moe_engine_kv_bytes_per_token(&s->model->cfg, kv_dt);
+    uint64_t fit = budget / (per_token * (uint64_t)cfg->max_seqs);
+    if (fit >= (uint64_t)model_ctx)
+        return MOE_OK;
+    if (fit < 64)
+        return moe_errorf(MOE_ENOMEM, "the KV cache (%llu bytes per token in %s) holds %llu tokens per sequence for "
+                          "max-seqs %d in %s%llu bytes: lower max-seqs, set max-ctx, use kv-dtype bf16%s",
+                          (unsigned long long)per_token, cfg->kv_dtype, (unsigned long long)fit, cfg->max_seqs,
+                          automatic ? "half the backend's free memory, " : "kv-cache-bytes ",
+                          (unsigned long long)budget, automatic ? "" : " or raise kv-cache-bytes");
+    s->max_ctx = (int)fit;
+    MOE_WARN("context %d tokens per sequence (the model's is %d): the KV cache of max-seqs %d sequences at %llu "
+             "bytes per token fits %s (%.2f GiB); set max-ctx, max-seqs, kv-dtype or kv-cache-bytes to choose",
+             s->max_ctx, model_ctx, cfg->max_seqs, (unsigned long long)per_token,
+             automatic ? "half the backend's free memory" : "kv-cache-bytes", (double)budget / (1 << 30));
+    return MOE_OK;
+}
+
 /* Load the model, tokenizer, expert cache, predictor, engine and scheduler,
  * then warm up.  The listeners are already open (readiness off). */
 static enum moe_status server_load(struct moe_server *s)
@@ -841,8 +887,11 @@ static enum moe_status server_load(struct moe_server *s)
         return cst;
     if ((cst = moe_token_bytes_build(s->tok, s->model->cfg.vocab, &s->json_vocab)) != MOE_OK)
         return cst;
-    int model_ctx = s->model->cfg.max_pos;
-    s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
+    enum moe_status st = moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider);
+    if (st != MOE_OK) /* MOE_EINVAL: a tier size or trace that does not fit this model */
+        return moe_error_prefix(st, "expert cache");
+    if ((st = pick_context(s)) != MOE_OK)
+        return st;
     /* 0 = derived from the context. */
     if (s->cfg.max_prompt <= 0)
         s->cfg.max_prompt = s->max_ctx - 1;
@@ -854,9 +903,6 @@ static enum moe_status server_load(struct moe_server *s)
     if (s->cfg.default_max_tokens > s->cfg.max_output) /* max-output derived from the context */
         return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d (the context less one): "
                           "lower it", s->cfg.default_max_tokens, s->cfg.max_output);
-    enum moe_status st = moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider);
-    if (st != MOE_OK) /* MOE_EINVAL: a tier size or trace that does not fit this model */
-        return moe_error_prefix(st, "expert cache");
     struct moe_pred_spec spec;
     if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK)
         return MOE_EINVAL; /* the message names --predictor and the spec */

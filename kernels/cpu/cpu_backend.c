@@ -573,6 +573,17 @@ static enum moe_status cpu_argmax(void *ctx, const float *x, int rows, int dim, 
     return MOE_OK;
 }
 
+/* The host's RAM (moe_host_memory). */
+static enum moe_status cpu_mem_info(void *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)ctx;
+    uint64_t avail, total;
+    if (!moe_host_memory(&avail, &total)) return moe_errorf(MOE_EIO, "cpu backend: cannot read the host's memory size");
+    *free_bytes = (size_t)avail;
+    *total_bytes = (size_t)total;
+    return MOE_OK;
+}
+
 static const struct moe_backend_ops cpu_ops = {
     .buf_alloc = cpu_alloc,
     .buf_free = cpu_free,
@@ -598,6 +609,7 @@ static const struct moe_backend_ops cpu_ops = {
     .sigmoid_scale_add = cpu_sigmoid_scale_add,
     .add = cpu_add,
     .argmax = cpu_argmax,
+    .mem_info = cpu_mem_info,
 };
 
 struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *p)

@@ -169,6 +169,12 @@ static enum moe_status cb_argmax(void *ctx, const float *x, int rows, int dim, i
     return moe_cuda_argmax(C(ctx), x, rows, dim, out);
 }
 
+static enum moe_status cb_mem_info(void *ctx, size_t *free_bytes, size_t *total_bytes)
+{
+    BIND(ctx);
+    return moe_cuda_mem_info(C(ctx), free_bytes, total_bytes);
+}
+
 static const struct moe_backend_ops cuda_ops = {
     .buf_alloc = cb_alloc,
     .buf_free = cb_free,
@@ -194,6 +200,7 @@ static const struct moe_backend_ops cuda_ops = {
     .sigmoid_scale_add = cb_sigmoid_scale_add,
     .add = cb_add,
     .argmax = cb_argmax,
+    .mem_info = cb_mem_info,
 };
 
 _Static_assert(sizeof(struct moe_backend_expert) == sizeof(struct moe_cuda_expert),

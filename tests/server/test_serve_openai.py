@@ -13,13 +13,14 @@ context's end); CORS for browser clients."""
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, Checks, metric, run_server_test  # noqa: E402
+from serve_util import Server, Checks, free_port, metric, run_server_test  # noqa: E402
 
 NAME = "acme/pycode-moe-18m"
 
@@ -776,8 +777,14 @@ def check_default_max_tokens(srv, moeflow, src):
     code, js = post(srv, "/v1/chat/completions", dict(chat, max_completion_tokens=None, max_tokens=None))
     check(code == 200 and js.get("usage", {}).get("total_tokens") == ctx, "chat with null max_tokens: %d %r" % (
         code, js.get("usage")))
-    capped = Server(moeflow, "--default-max-tokens", "5")
+    # without max-ctx the context is cut so that the KV cache fits kv-cache-bytes: 20 MiB over 32 sequences
+    # at 3072 bytes per token (a BF16 cache) is 213 tokens each
+    capped = Server(moeflow, "--default-max-tokens", "5", "--kv-cache-bytes", "20M", "--max-seqs", "32",
+                    "--kv-dtype", "bf16")
     try:
+        code, out = capped.http("/v1/models")
+        js = json.loads(out) if code == 200 else {}
+        check(code == 200 and js["data"][0].get("max_model_len") == 213, "kv-cache-bytes 20M: %d %r" % (code, out[:300]))
         for path, body in (("/v1/chat/completions", chat), ("/v1/completions", {"prompt": "x", "ignore_eos": True})):
             code, js = post(capped, path, body)
             check(code == 200 and js.get("usage", {}).get("completion_tokens") == 5,
@@ -789,6 +796,11 @@ def check_default_max_tokens(srv, moeflow, src):
         check(capped.stop() == 0, "default-max-tokens server: exit status")
     finally:
         capped.kill()
+    # a budget that holds too little, or is not a size: no start, the message says what to change
+    for flags, says in ((("--kv-cache-bytes", "100K"), b"lower max-seqs"), (("--kv-cache-bytes", "lots"), b"kv-cache-bytes")):
+        r = subprocess.run([moeflow, "serve", *flags, "--grpc-port", "0", "--http-port", str(free_port())],
+                           capture_output=True, timeout=120)
+        check(r.returncode != 0 and says in r.stderr, "serve %s: %d %r" % (" ".join(flags), r.returncode, r.stderr[-300:]))
 
 
 def main():

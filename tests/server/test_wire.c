@@ -44,6 +44,11 @@ static void test_config(void)
               !strcmp(c.kv_dtype, "f32") && moe_serve_config_set(&c, "kv-dtype", "bf16") == MOE_OK &&
               !strcmp(c.kv_dtype, "bf16"),
           "kv-dtype: %s", moe_last_error());
+    CHECK(!strcmp(c.kv_cache_bytes, "auto") && moe_serve_config_set(&c, "kv-cache-bytes", "8G") == MOE_OK &&
+              moe_serve_config_set(&c, "kv-cache-bytes", "-1") == MOE_EINVAL &&
+              strstr(moe_last_error(), "not auto or a byte count") && !strcmp(c.kv_cache_bytes, "8G") &&
+              moe_serve_config_set(&c, "kv-cache-bytes", "auto") == MOE_OK,
+          "kv-cache-bytes: %s", moe_last_error());
     CHECK(moe_serve_config_set(&c, "max-ctx", "99999999999999999999") != MOE_OK, "huge");
 
     char path[] = "/tmp/moe_serve_cfg_XXXXXX";

@@ -994,11 +994,13 @@ out:
 /* transformers' q_a_layernorm and kv_a_layernorm keep RMSNorm's default epsilon */
 #define MLA_NORM_EPS 1e-6f
 
-/* y[h] = x[h] @ w[h]^T for every head h, over head-major [nh][n][in] -> [nh][n][out] (w [nh][out][in]). */
+/* y[h] = x[h] @ w[h]^T for every head h, over head-major [nh][n][in] -> [nh][n][out] (w [nh][out][in]):
+ * one grouped op where the backend has it, a linear per head otherwise (the same results). */
 static enum moe_status head_linears(struct moe_engine *e, const float *x, const void *w, int n, int in, int out,
                                     float *y)
 {
     const struct moe_backend_ops *o = e->be->ops;
+    if (o->linear_groups) return o->linear_groups(e->be->ctx, x, w, e->wdt, e->cfg.n_heads, n, in, out, y);
     size_t wsz = moe_dtype_size(e->wdt);
     for (int h = 0; h < e->cfg.n_heads; h++) {
         enum moe_status st = o->linear(e->be->ctx, x + (size_t)h * n * in, (const char *)w + (size_t)h * out * in * wsz,

@@ -70,6 +70,14 @@ struct moe_backend_ops {
     enum moe_status (*linear)(void *ctx, const float *x, const void *w, enum moe_dtype wdt,
                               const float *bias, int n, int in, int out, float *y);
 
+    /* Linear layers over groups of rows, one weight matrix per group: for g < groups, rows
+     * [g*rows, (g+1)*rows) of x [groups*rows, in] times w_g^T (w_g [out, in] at w + g*out*in
+     * elements, wdt) into the same rows of y [groups*rows, out], each group's result that of linear
+     * over its rows alone.  MLA's per-head products.  NULL on a backend without it (the engine then
+     * calls linear per group). */
+    enum moe_status (*linear_groups)(void *ctx, const float *x, const void *w, enum moe_dtype wdt, int groups,
+                                     int rows, int in, int out, float *y);
+
     /* Rotary embedding, rotate-half layout, in place on the first rot_dim
      * dims of each head of x [n, n_heads, head_dim] (the rest untouched):
      * for i < d/2 (d = rot_dim), angle = pos[t] * h_inv_freq[i] (F32; the table

@@ -83,6 +83,12 @@ static enum moe_status cb_linear(void *ctx, const float *x, const void *w, enum 
     if (st == MOE_OK && bias) st = moe_cuda_add_bias(C(ctx), y, bias, n, out);
     return st;
 }
+static enum moe_status cb_linear_groups(void *ctx, const float *x, const void *w, enum moe_dtype wdt, int groups,
+                                        int rows, int in, int out, float *y)
+{
+    BIND(ctx);
+    return moe_cuda_linear_groups(C(ctx), x, w, wdt, groups, rows, in, out, y);
+}
 static enum moe_status cb_rope(void *ctx, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
                                int rot_dim, const float *inv_freq, float scale)
 {
@@ -200,6 +206,7 @@ static const struct moe_backend_ops cuda_ops = {
     .sigmoid_scale_add = cb_sigmoid_scale_add,
     .add = cb_add,
     .argmax = cb_argmax,
+    .linear_groups = cb_linear_groups,
     .mem_info = cb_mem_info,
 };
 

@@ -68,6 +68,39 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
     return gemm_one(c, d_w, c->ws, wdt, out_dim, n, in, accumulate ? 1.0f : 0.0f, d_y);
 }
 
+extern "C" enum moe_status moe_cuda_linear_groups(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,
+                                                  enum moe_dtype wdt, int groups, int rows, int in, int out,
+                                                  float *d_y)
+{
+    enum moe_status st = MOE_OK;
+    if (groups < 0 || rows < 0 || in <= 0 || out <= 0 || (long long)groups * rows > 0x7fffffff)
+        return moe_errorf(MOE_EINVAL, "linear_groups: %d groups of %d rows, in %d, out %d", groups, rows, in, out);
+    if (!dtype_ok(wdt))
+        return moe_errorf(MOE_ENOTSUP, "linear_groups: weight dtype %s (BF16 or F32)", dt_name(wdt));
+    if (groups == 0 || rows == 0) return MOE_OK;
+    size_t wstep = (size_t)out * (size_t)in * (wdt == MOE_DT_BF16 ? 2 : 4);
+    if (c->gemm_mode == MOE_CUDA_GEMM_INVARIANT || out <= MOE_CUDA_F32_LINEAR_MAX_OUT) {
+        /* one launch: each group's outputs are moe_cuda_linear's over its rows alone, bit for bit */
+        int *off = (int *)malloc(sizeof(int) * ((size_t)groups + 1));
+        const void **w = (const void **)malloc(sizeof(void *) * (size_t)groups);
+        if (!off || !w) {
+            free(off);
+            free(w);
+            return moe_errorf(MOE_ENOMEM, "linear_groups: out of host memory");
+        }
+        for (int g = 0; g <= groups; g++) off[g] = g * rows;
+        for (int g = 0; g < groups; g++) w[g] = (const char *)d_w + (size_t)g * wstep;
+        st = moe_cuda_gemm_inv_grouped_(c, d_x, groups, off, 1, w, NULL, wdt, in, out, d_y, NULL);
+        free(off);
+        free(w);
+        return st;
+    }
+    for (int g = 0; g < groups && st == MOE_OK; g++)
+        st = moe_cuda_linear(c, d_x + (size_t)g * rows * in, (const char *)d_w + (size_t)g * wstep, wdt, rows, in,
+                             out, false, d_y + (size_t)g * rows * out);
+    return st;
+}
+
 /* ---- the MoE expert FFN -------------------------------------------------------
  * Workspace layout in the cuBLAS modes (INVARIANT: expert_ffn_inv): every
  * nonempty group gets its own 256-byte-aligned pieces (BF16 x, F32 gate, F32

@@ -203,6 +203,13 @@ enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *d_x, const 
                                 enum moe_dtype wdt, int n, int in, int out, bool accumulate,
                                 float *d_y);
 
+/* Linear layers over groups of rows, one weight matrix each: for g < groups, rows [g*rows, (g+1)*rows)
+ * of d_x [groups*rows, in] times w_g^T (w_g [out, in] at d_w + g*out*in elements, wdt) into the same rows
+ * of d_y [groups*rows, out].  Each group's result is moe_cuda_linear's over its rows alone, bit for bit
+ * (one grouped launch where moe_cuda_linear takes the F32-activation kernel, a call per group else). */
+enum moe_status moe_cuda_linear_groups(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,
+                                       enum moe_dtype wdt, int groups, int rows, int in, int out, float *d_y);
+
 /* One routed expert in device memory (e.g. a GPU-tier slot). */
 struct moe_cuda_expert {
     const void *gate, *up;  /* [inter, hidden] */

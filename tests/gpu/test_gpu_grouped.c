@@ -137,6 +137,33 @@ static void run_case(struct g_rng *r, const char *name, int E, const int *counts
 
 /* Random rows per expert in [0, max_rows], with experts 0, 1, 2 and 3 at 0,
  * 1, one tile (16) and just over it (17). */
+/* moe_cuda_linear_groups (latent attention's per-head products: 128 heads of 1 or 3 rows) against a
+ * moe_cuda_linear per group, bit for bit. */
+static void groups_case(struct g_rng *r, int groups, int rows, int in, int out, enum moe_dtype wdt)
+{
+    size_t nx = (size_t)groups * rows * in, nw = (size_t)groups * out * in, ny = (size_t)groups * rows * out;
+    size_t es = wdt == MOE_DT_BF16 ? 2 : 4;
+    float *x = malloc(nx * 4), *wf = malloc(nw * 4), *a = malloc(ny * 4), *b = malloc(ny * 4);
+    void *w = malloc(nw * es);
+    g_fill(r, x, nx, 1.0f, false);
+    g_fill(r, wf, nw, 0.1f, false);
+    for (size_t i = 0; i < nw; i++) {
+        if (wdt == MOE_DT_BF16) ((uint16_t *)w)[i] = moe_f32_to_bf16(wf[i]);
+        else ((float *)w)[i] = wf[i];
+    }
+    struct g_buf dx, dw, dya, dyb;
+    UP(dx, x, nx * 4); UP(dw, w, nw * es); OUT(dya, ny * 4); OUT(dyb, ny * 4);
+    OK(moe_cuda_linear_groups(ctx, dx.d, dw.d, wdt, groups, rows, in, out, dya.d));
+    for (int g = 0; g < groups; g++)
+        OK(moe_cuda_linear(ctx, (const float *)dx.d + (size_t)g * rows * in, (const char *)dw.d + (size_t)g * out * in * es,
+                           wdt, rows, in, out, false, (float *)dyb.d + (size_t)g * rows * out));
+    dl(&dya, a, "linear_groups");
+    dl(&dyb, b, "linear per group");
+    same_bits("linear_groups", wdt == MOE_DT_BF16 ? "BF16" : "F32", a, b, groups * rows, out);
+    g_buf_free(ctx, &dx); g_buf_free(ctx, &dw); g_buf_free(ctx, &dya); g_buf_free(ctx, &dyb);
+    free(x); free(wf); free(a); free(b); free(w);
+}
+
 static void random_counts(struct g_rng *r, int *counts, int E, int max_rows)
 {
     for (int e = 0; e < E; e++) counts[e] = (int)(g_next(r) % (uint64_t)(max_rows + 1));
@@ -175,6 +202,9 @@ int main(void)
     run_case(&r, "bf16 600 experts", 600, counts, 64, 32, MOE_DT_BF16, false);
     free(counts);
 
+    groups_case(&r, 128, 1, 128, 512, MOE_DT_BF16); /* DeepSeek-V3's heads: nope 128 -> latent 512 */
+    groups_case(&r, 128, 3, 512, 128, MOE_DT_BF16);
+    groups_case(&r, 16, 5, 96, 40, MOE_DT_F32);
     CHECK(moe_cuda_ctx_gemm_mode(ctx) == MOE_CUDA_GEMM_INVARIANT, "mode changed");
     CHECK(moe_cuda_ctx_sync(ctx) == MOE_OK, "sync: %s", moe_last_error());
     CHECK(!moe_cuda_ctx_poisoned(ctx), "context poisoned");

@@ -984,7 +984,7 @@ static enum moe_status attention_block(struct moe_engine *e, int l, int n)
     void *kc = kv_layer(e, e->kc, l), *vc = kv_layer(e, e->vc, l);
     BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->kv_dt, e->d_seq, e->d_pos, n, e->max_ctx, KV));
     BE(o->attention(bc, e->q, kc, vc, e->kv_dt, e->d_seq, e->d_pos, n, c->n_heads, c->n_kv_heads, hd,
-                    e->max_ctx, e->attn_scale, e->att));
+                    e->max_ctx, c->sliding[l] ? c->sliding_window : 0, e->attn_scale, e->att));
     BE(o->linear(bc, e->att, w->wo, e->wdt, NULL, n, Q, H, e->o));
     BE(o->add(bc, e->h, e->o, (size_t)n * H));
 out:
@@ -1056,7 +1056,7 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
         BE(o->memset0(bc, e->m_ql, (size_t)n * nh * KV * sizeof(float)));
     }
     BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->m_ql + kvr, nh * KV, KV, n, nh, rd));
-    BE(o->attention(bc, e->m_ql, kc, kc, e->kv_dt, e->d_seq, e->d_pos, n, nh, 1, KV, e->max_ctx, e->attn_scale,
+    BE(o->attention(bc, e->m_ql, kc, kc, e->kv_dt, e->d_seq, e->d_pos, n, nh, 1, KV, e->max_ctx, 0, e->attn_scale,
                     e->m_attl));
     /* each head's values: its weighted latent times W_uv^T */
     BE(o->copy_blocks(bc, e->m_attl, nh * KV, KV, e->m_hp, kvr, n * kvr, n, nh, kvr));

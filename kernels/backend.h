@@ -96,12 +96,13 @@ struct moe_backend_ops {
 
     /* Causal grouped-query attention over the cache (in cdt, as kv_store wrote it), prefill
      * and batched decode alike: token i (sequence seq[i], position pos[i]) attends to
-     * positions 0..pos[i] of its sequence, which must already be stored.  Query head h
-     * uses KV head h / (n_heads / n_kv_heads).  softmax(q.k * scale) @ v in F32 (BF16
-     * cache values widened exactly).  q, out [n, n_heads*head_dim]. */
+     * positions 0..pos[i] of its sequence, which must already be stored, or with window > 0
+     * to the last `window` of them (pos[i] - window < j <= pos[i]: transformers' sliding-window
+     * mask).  Query head h uses KV head h / (n_heads / n_kv_heads).  softmax(q.k * scale) @ v
+     * in F32 (BF16 cache values widened exactly).  q, out [n, n_heads*head_dim]. */
     enum moe_status (*attention)(void *ctx, const float *q, const void *kcache, const void *vcache,
                                  enum moe_dtype cdt, const int32_t *seq, const int32_t *pos,
-                                 int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                 int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx, int window,
                                  float scale, float *out);
 
     /* Router: logits [n, E] -> ids [n, k] and weights [n, k], descending

@@ -370,8 +370,7 @@ static enum moe_status one_of(const char *what, json_t *root, const char *key, c
 
 /* dots1's layer_types ("full_attention" or "sliding_attention" per layer), or, without them, sliding
  * layers from max_window_layers (default 62) on when there is a sliding_window (default 4096; null: none),
- * as Dots1Config derives them.  With a sliding layer the context is capped at the window, where sliding
- * attention equals full attention. */
+ * as Dots1Config derives them: c->sliding[] and c->sliding_window. */
 static enum moe_status dots1_layer_types(const char *what, json_t *root, struct moe_config *c)
 {
     json_t *lt = field(root, "layer_types"), *x;
@@ -382,7 +381,7 @@ static enum moe_status dots1_layer_types(const char *what, json_t *root, struct 
     if ((!no_window && (st = get_int(what, root, "sliding_window", false, 1, INT_MAX, 4096, &win))) ||
         (st = get_int(what, root, "max_window_layers", false, 0, INT_MAX, 62, &first)))
         return st;
-    c->sliding_layers = false;
+    bool any = false;
     if (lt) {
         if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
             return moe_errorf(MOE_EFORMAT, "%s: field \"layer_types\" must list one type per layer (%d)", what,
@@ -392,17 +391,14 @@ static enum moe_status dots1_layer_types(const char *what, json_t *root, struct 
             if (!t || (strcmp(t, "full_attention") && strcmp(t, "sliding_attention")))
                 return moe_errorf(MOE_ENOTSUP, "%s: field \"layer_types\"[%zu] = \"%s\": only \"full_attention\" "
                                   "and \"sliding_attention\" are supported", what, i, t ? t : "(not a string)");
-            c->sliding_layers |= !strcmp(t, "sliding_attention");
+            any |= c->sliding[i] = !strcmp(t, "sliding_attention");
         }
     } else {
-        c->sliding_layers = !no_window && first < c->n_layers;
+        for (int l = first; !no_window && l < c->n_layers; l++) any = c->sliding[l] = true;
     }
-    if (c->sliding_layers && no_window)
+    if (any && no_window)
         return moe_errorf(MOE_EFORMAT, "%s: \"sliding_attention\" layers but \"sliding_window\" is null", what);
-    if (c->sliding_layers && win < c->max_pos) {
-        MOE_WARN("%s: sliding_window = %d on some layers: context limited to %d positions", what, win, win);
-        c->max_pos = win;
-    }
+    c->sliding_window = any ? win : 0;
     return MOE_OK;
 }
 
@@ -662,14 +658,9 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     if (c.family == MOE_FAM_DOTS1 && (st = dots1_layer_types(what, root, &c))) goto out;
-    if (c.family == MOE_FAM_MIXTRAL && field(root, "sliding_window")) {
-        int win;
-        if ((st = get_int(what, root, "sliding_window", true, 1, INT_MAX, 0, &win))) goto out;
-        if (win < c.max_pos) {
-            /* Within the window sliding attention equals full attention: cap the context. */
-            MOE_WARN("%s: sliding_window = %d: context limited to %d positions", what, win, win);
-            c.max_pos = win;
-        }
+    if (c.family == MOE_FAM_MIXTRAL && field(root, "sliding_window")) { /* every layer slides */
+        if ((st = get_int(what, root, "sliding_window", true, 1, INT_MAX, 0, &c.sliding_window))) goto out;
+        for (int l = 0; l < c.n_layers; l++) c.sliding[l] = true;
     }
     v = field(root, "hidden_act");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "silu"))) {

@@ -94,8 +94,9 @@ struct moe_config {
     enum moe_qk_norm qk_norm;
     bool attn_qkv_bias;        /* q/k/v projections have biases */
     bool tie_embeddings;       /* lm_head shares embed_tokens */
-    bool sliding_layers;       /* dots1: some layers attend over sliding_window positions only (the context
-                                  is capped at the window, where that equals full attention) */
+    int sliding_window;        /* Mixtral's sliding_window, or dots1's with sliding layers; 0 = none */
+    bool sliding[MOE_MAX_LAYERS]; /* per layer: a token attends to the sliding_window positions up to and
+                                     including its own only (transformers' sliding-window mask) */
     float rms_eps;
     float rope_theta;
     int rope_dim;              /* RoPE's rotated width: head_dim, its first head_dim *

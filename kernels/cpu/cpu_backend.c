@@ -220,15 +220,15 @@ struct attn_job {
     const void *kc, *vc;
     bool bf16;                            /* the cache is BF16 (else F32) */
     const int32_t *seq, *pos;
-    int n, nh, nkv, hd, max_ctx;
+    int n, nh, nkv, hd, max_ctx, window;
     float scale;
     float *out;
 };
 
-/* One (token, head): blockwise softmax over keys 0..pos with a running max,
- * keys always visited in the same blocks, so the result depends only on this
- * token's query and its sequence's cache (a BF16 cache read as the F32 values
- * it holds). */
+/* One (token, head): blockwise softmax over keys 0..pos (the last `window` of
+ * them with a window) with a running max, keys always visited in the same
+ * blocks, so the result depends only on this token's query and its sequence's
+ * cache (a BF16 cache read as the F32 values it holds). */
 static void attn_one(const struct attn_job *j, int t, int h)
 {
     int hd = j->hd, kvd = j->nkv * hd, g = h / (j->nh / j->nkv);
@@ -240,8 +240,8 @@ static void attn_one(const struct attn_job *j, int t, int h)
     float s[ATTN_BLOCK];
     float m = -INFINITY, l = 0.0f;
     for (int d = 0; d < hd; d++) o[d] = 0.0f;
-    int len = j->pos[t] + 1;
-    for (int b0 = 0; b0 < len; b0 += ATTN_BLOCK) {
+    int len = j->pos[t] + 1, first = j->window > 0 && len > j->window ? len - j->window : 0;
+    for (int b0 = first; b0 < len; b0 += ATTN_BLOCK) {
         int nb = len - b0 < ATTN_BLOCK ? len - b0 : ATTN_BLOCK;
         float bm = -INFINITY;
         cpu_dot_rows(j->c->isa, q, kb + (size_t)b0 * kvd * es, j->bf16, (size_t)kvd, nb, hd, s);
@@ -274,8 +274,8 @@ static void attn_task(void *arg, int tid, int nth)
 
 static enum moe_status cpu_attention(void *ctx, const float *q, const void *kcache, const void *vcache,
                                      enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n,
-                                     int n_heads, int n_kv_heads, int head_dim, int max_ctx, float scale,
-                                     float *out)
+                                     int n_heads, int n_kv_heads, int head_dim, int max_ctx, int window,
+                                     float scale, float *out)
 {
     struct cpu_ctx *c = ctx;
     enum moe_status st = cache_dtype_ok("attention", cdt);
@@ -289,8 +289,9 @@ static enum moe_status cpu_attention(void *ctx, const float *q, const void *kcac
         if (seq[i] < 0) return bad("attention", "seq", seq[i]);
         work += pos[i] + 1;
     }
+    if (window < 0) return bad("attention", "window", window);
     struct attn_job j = { c, q, kcache, vcache, cdt == MOE_DT_BF16, seq, pos, n, n_heads, n_kv_heads, head_dim,
-                          max_ctx, scale, out };
+                          max_ctx, window, scale, out };
     if (work * n_heads * head_dim < 65536)
         attn_task(&j, 0, 1);
     else

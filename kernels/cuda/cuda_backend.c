@@ -104,11 +104,11 @@ static enum moe_status cb_kv_store(void *ctx, const float *k, const float *v, vo
 }
 static enum moe_status cb_attention(void *ctx, const float *q, const void *kcache, const void *vcache,
                                     enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n, int n_heads,
-                                    int n_kv_heads, int head_dim, int max_ctx, float scale, float *out)
+                                    int n_kv_heads, int head_dim, int max_ctx, int window, float scale, float *out)
 {
     BIND(ctx);
     return moe_cuda_attention(C(ctx), q, kcache, vcache, cdt, seq, pos, n, n_heads, n_kv_heads, head_dim,
-                              max_ctx, scale, out);
+                              max_ctx, window, scale, out);
 }
 static enum moe_status cb_router(void *ctx, const float *logits, int n, int E, int k,
                                  enum moe_router_kind kind, bool renorm, int32_t *ids, float *w)

@@ -297,14 +297,14 @@ out:
 template <typename T>
 __global__ static void __launch_bounds__(ATT_THREADS)
 k_attention(const float *q, const T *kc, const T *vc, const int *seq, const int *pos,
-            int n_heads, int n_kv, int hd, int max_ctx, float scale, float *out)
+            int n_heads, int n_kv, int hd, int max_ctx, int window, float scale, float *out)
 {
     __shared__ float q_s[ATT_MAX_HD];
     __shared__ float p_s[ATT_THREADS];
     __shared__ float red[32];
     int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     int kvh = h / (n_heads / n_kv);
-    int last = pos[t];
+    int last = pos[t], first = window > 0 && last + 1 > window ? last + 1 - window : 0;
     size_t kv_dim = (size_t)n_kv * (size_t)hd;
     const T *kb = kc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
     const T *vb = vc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
@@ -315,7 +315,7 @@ k_attention(const float *q, const T *kc, const T *vc, const int *seq, const int 
 
     for (int d = tid; d < hd; d += ATT_THREADS) q_s[d] = qh[d];
     __syncthreads();
-    for (int base = 0; base <= last; base += ATT_THREADS) {
+    for (int base = first; base <= last; base += ATT_THREADS) {
         int j = base + tid;
         float sc = -INFINITY;
         if (j <= last) {
@@ -353,24 +353,24 @@ k_attention(const float *q, const T *kc, const T *vc, const int *seq, const int 
 extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
                                               const void *d_vcache, enum moe_dtype cdt, const int *d_seq,
                                               const int *d_pos, int n, int n_heads, int n_kv_heads, int head_dim,
-                                              int max_ctx, float scale, float *d_out)
+                                              int max_ctx, int window, float scale, float *d_out)
 {
     enum moe_status st = MOE_OK;
     if (n < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0 ||
-        head_dim > ATT_MAX_HD || max_ctx <= 0 || n_heads > (int)MAX_GRID)
+        head_dim > ATT_MAX_HD || max_ctx <= 0 || n_heads > (int)MAX_GRID || window < 0)
         return moe_errorf(MOE_EINVAL, "attention: n %d, heads %d, kv heads %d (must divide heads), "
-                          "head_dim %d (<= %d), max_ctx %d", n, n_heads, n_kv_heads, head_dim,
-                          ATT_MAX_HD, max_ctx);
+                          "head_dim %d (<= %d), max_ctx %d, window %d", n, n_heads, n_kv_heads, head_dim,
+                          ATT_MAX_HD, max_ctx, window);
     if ((st = cache_dtype_ok("attention", cdt)) != MOE_OK) return st;
     if (n == 0) return MOE_OK;
     if (cdt == MOE_DT_F32)
         k_attention<float><<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
             d_q, (const float *)d_kcache, (const float *)d_vcache, d_seq, d_pos, n_heads, n_kv_heads, head_dim,
-            max_ctx, scale, d_out);
+            max_ctx, window, scale, d_out);
     else
         k_attention<__nv_bfloat16><<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
             d_q, (const __nv_bfloat16 *)d_kcache, (const __nv_bfloat16 *)d_vcache, d_seq, d_pos, n_heads,
-            n_kv_heads, head_dim, max_ctx, scale, d_out);
+            n_kv_heads, head_dim, max_ctx, window, scale, d_out);
     CK_LAUNCH(c);
 out:
     return st;

@@ -148,10 +148,11 @@ enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, cons
  * uses KV head h / (n_heads / n_kv_heads).
  * q [n, n_heads*head_dim]; out [n, n_heads*head_dim]; scale = 1/sqrt(head_dim)
  * usually.  head_dim <= 640 (DeepSeek's latent rows: 576); n_heads % n_kv_heads == 0.  The cache
- * in cdt as moe_cuda_kv_store wrote it (BF16 values widened exactly). */
+ * in cdt as moe_cuda_kv_store wrote it (BF16 values widened exactly).  window > 0: only the last
+ * `window` positions up to pos (pos - window < j <= pos), 0: all of them. */
 enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
                                    const void *d_vcache, enum moe_dtype cdt, const int *d_seq, const int *d_pos,
-                                   int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                   int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx, int window,
                                    float scale, float *d_out);
 
 /* Router: logits [n, E] -> ids [n, k] and weights [n, k] in descending weight

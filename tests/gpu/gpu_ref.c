@@ -145,27 +145,27 @@ void ref_rope(float *x, const int *pos, int n, int n_heads, int head_dim, int ro
 }
 
 void ref_attention(const float *q, const float *kc, const float *vc, const int *seq, const int *pos, int n,
-                   int nh, int nkv, int hd, int max_ctx, float scale, float *out)
+                   int nh, int nkv, int hd, int max_ctx, int window, float scale, float *out)
 {
     size_t kv_dim = (size_t)nkv * hd;
     double *sc = malloc(sizeof(double) * (size_t)max_ctx);
     for (int t = 0; t < n; t++)
         for (int h = 0; h < nh; h++) {
-            int kvh = h / (nh / nkv), last = pos[t];
+            int kvh = h / (nh / nkv), last = pos[t], j0 = window > 0 && last + 1 > window ? last + 1 - window : 0;
             const float *qh = q + ((size_t)t * nh + h) * hd;
             const float *kb = kc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
             const float *vb = vc + (size_t)seq[t] * max_ctx * kv_dim + (size_t)kvh * hd;
             double mx = -INFINITY, sum = 0;
-            for (int j = 0; j <= last; j++) {
+            for (int j = j0; j <= last; j++) {
                 double d = 0;
                 for (int i = 0; i < hd; i++) d += (double)qh[i] * kb[(size_t)j * kv_dim + i];
                 sc[j] = d * scale;
                 if (sc[j] > mx) mx = sc[j];
             }
-            for (int j = 0; j <= last; j++) sum += (sc[j] = exp(sc[j] - mx));
+            for (int j = j0; j <= last; j++) sum += (sc[j] = exp(sc[j] - mx));
             for (int i = 0; i < hd; i++) {
                 double a = 0;
-                for (int j = 0; j <= last; j++) a += sc[j] * vb[(size_t)j * kv_dim + i];
+                for (int j = j0; j <= last; j++) a += sc[j] * vb[(size_t)j * kv_dim + i];
                 out[((size_t)t * nh + h) * hd + i] = (float)(a / sum);
             }
         }

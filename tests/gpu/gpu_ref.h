@@ -39,7 +39,7 @@ void ref_embed_bf16(const uint16_t *table, int vocab, int hidden, const int *ids
 void ref_rmsnorm(const float *x, const float *w, float *y, int rows, int dim, float eps);
 void ref_rope(float *x, const int *pos, int n, int n_heads, int head_dim, int rot_dim, float theta);
 void ref_attention(const float *q, const float *kc, const float *vc, const int *seq, const int *pos, int n,
-                   int nh, int nkv, int hd, int max_ctx, float scale, float *out);
+                   int nh, int nkv, int hd, int max_ctx, int window, float scale, float *out);
 void ref_router(const float *logits, int n, int E, int k, bool softmax_first, bool norm_topk, int *ids,
                 float *w);
 void ref_combine(const float *y, const int *inv, const float *w, int n, int k, int dim, bool accumulate,

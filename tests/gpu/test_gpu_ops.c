@@ -155,11 +155,17 @@ static void test_attention(struct g_rng *r, bool adv)
         if (adv) vc[5] = NAN;
         UP(dk, kc, cache * 4); UP(dv, vc, cache * 4); UP(dq, q, (size_t)n * nh * hd * 4);
         UP(ds, seq, (size_t)n * 4); UP(dpp, pos, (size_t)n * 4); OUT(dout, (size_t)n * nh * hd * 4);
-        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, nh, nkv, hd, max_ctx,
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, nh, nkv, hd, max_ctx, 0,
                               1.0f / sqrtf((float)hd), dout.d));
         dl(&dout, got, "attention");
-        ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 1.0f / sqrtf((float)hd), ref);
+        ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 0, 1.0f / sqrtf((float)hd), ref);
         cmp("attention", got, ref, (size_t)n * nh * hd, 1e-4);
+        /* a sliding window of 130 (over a 128-tile, under the 300 prefilled keys) */
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, nh, nkv, hd, max_ctx, 130,
+                              1.0f / sqrtf((float)hd), dout.d));
+        dl(&dout, got, "attention (window)");
+        ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 130, 1.0f / sqrtf((float)hd), ref);
+        cmp("attention, window 130", got, ref, (size_t)n * nh * hd, 1e-4);
 
         /* kv_store writes exactly the addressed rows */
         float *kn = malloc((size_t)n * kv_dim * 4), *vn = malloc((size_t)n * kv_dim * 4);
@@ -206,10 +212,10 @@ static void test_attention_bf16(struct g_rng *r)
     struct g_buf dk, dv, dq, ds, dpp, dout, dkn;
     UP(dk, kb, cache * 2); UP(dv, vb, cache * 2); UP(dq, q, (size_t)n * nh * hd * 4);
     UP(ds, seq, (size_t)n * 4); UP(dpp, pos, (size_t)n * 4); OUT(dout, (size_t)n * nh * hd * 4);
-    OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_BF16, ds.d, dpp.d, n, nh, nkv, hd, max_ctx,
+    OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_BF16, ds.d, dpp.d, n, nh, nkv, hd, max_ctx, 0,
                           1.0f / sqrtf((float)hd), dout.d));
     dl(&dout, got, "attention (BF16 cache)");
-    ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 1.0f / sqrtf((float)hd), ref);
+    ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 0, 1.0f / sqrtf((float)hd), ref);
     cmp("attention (BF16 cache)", got, ref, (size_t)n * nh * hd, 1e-4);
     /* kv_store: rows of q's floats, rounded into the cache where addressed */
     UP(dkn, q, (size_t)n * kv_dim * 4);
@@ -603,9 +609,9 @@ static void test_argmax(struct g_rng *r, bool adv)
 
 static void test_bad_args(void)
 {
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 6, 4, 64, 16, 1, NULL) == MOE_EINVAL,
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 6, 4, 64, 16, 0, 1, NULL) == MOE_EINVAL,
           "attention accepted heads %% kv_heads != 0");
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 8, 2, 704, 16, 1, NULL) == MOE_EINVAL,
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 8, 2, 704, 16, 0, 1, NULL) == MOE_EINVAL,
           "attention accepted head_dim 704");
     CHECK(moe_cuda_router(ctx, NULL, 1, 4, 5, true, true, NULL, NULL) == MOE_EINVAL, "router accepted k > E");
     float f[32] = { 0 };

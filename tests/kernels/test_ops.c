@@ -102,27 +102,28 @@ static void test_rope(struct moe_backend *be)
     test_rope_width(be, 4);
 }
 
-/* Naive causal GQA with a two-pass softmax in double. */
+/* Naive causal GQA with a two-pass softmax in double; window > 0: the last `window` positions only. */
 static void attn_ref(const float *q, const float *kc, const float *vc, const int32_t *seq,
-                     const int32_t *pos, int n, int nh, int nkv, int hd, int max_ctx, double *out)
+                     const int32_t *pos, int n, int nh, int nkv, int hd, int max_ctx, int window, double *out)
 {
     int kvd = nkv * hd;
     for (int t = 0; t < n; t++)
         for (int h = 0; h < nh; h++) {
             int g = h / (nh / nkv);
-            int len = pos[t] + 1;
+            int len = pos[t] + 1, j0 = window > 0 && len > window ? len - window : 0;
             double *s = malloc(sizeof(double) * len), m = -INFINITY, sum = 0;
-            for (int j = 0; j < len; j++) {
+            for (int j = 0; j < j0; j++) s[j] = 0;
+            for (int j = j0; j < len; j++) {
                 const float *k = kc + ((size_t)seq[t] * max_ctx + j) * kvd + g * hd;
                 double d = 0;
                 for (int e = 0; e < hd; e++) d += (double)q[(t * nh + h) * hd + e] * k[e];
                 s[j] = d / sqrt(hd);
                 if (s[j] > m) m = s[j];
             }
-            for (int j = 0; j < len; j++) sum += (s[j] = exp(s[j] - m));
+            for (int j = j0; j < len; j++) sum += (s[j] = exp(s[j] - m));
             for (int e = 0; e < hd; e++) {
                 double a = 0;
-                for (int j = 0; j < len; j++)
+                for (int j = j0; j < len; j++)
                     a += s[j] / sum * vc[((size_t)seq[t] * max_ctx + j) * kvd + g * hd + e];
                 out[(t * nh + h) * hd + e] = a;
             }
@@ -165,23 +166,31 @@ static void test_attention_dt(struct moe_backend *be, struct moe_backend *be3, e
         placed &= kf[(size_t)(2 * max_ctx + 3) * kvd + d] == want;
     }
     CHECK(placed, "kv_store placement (%s)", moe_dtype_name(cdt));
-    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out));
-    attn_ref(q, kf, vf, seq, pos, N, nh, nkv, hd, max_ctx, ref);
+    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0, 0.25f, out));
+    attn_ref(q, kf, vf, seq, pos, N, nh, nkv, hd, max_ctx, 0, ref);
     double e = maxdiff(out, ref, (size_t)N * nh * hd);
     CHECK(e < 2e-5, "attention err %g (%s)", e, moe_dtype_name(cdt));
+    /* a sliding window of 200 (under the prefill's 260 keys, over a block) and of 3 */
+    for (int w = 200; w > 0; w = w == 200 ? 3 : 0) {
+        OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, w, 0.25f, out));
+        attn_ref(q, kf, vf, seq, pos, N, nh, nkv, hd, max_ctx, w, ref);
+        e = maxdiff(out, ref, (size_t)N * nh * hd);
+        CHECK(e < 2e-5, "attention (window %d) err %g (%s)", w, e, moe_dtype_name(cdt));
+    }
+    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0, 0.25f, out));
     /* a token alone (decode style) and with 3 threads: same bits */
     int bad = 0;
     for (int t = 0; t < N; t += 37) {
         OK(o->attention(be->ctx, q + (size_t)t * nh * hd, kc, vc, cdt, seq + t, pos + t, 1, nh, nkv, hd,
-                        max_ctx, 0.25f, one));
+                        max_ctx, 0, 0.25f, one));
         if (memcmp(one, out + (size_t)t * nh * hd, sizeof(float) * nh * hd)) bad++;
     }
     float *out3 = malloc(sizeof(float) * N * nh * hd);
-    OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0.25f, out3));
+    OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0, 0.25f, out3));
     CHECK(bad == 0, "attention of a token alone differs from in a batch (%d, %s)", bad, moe_dtype_name(cdt));
     CHECK(!memcmp(out3, out, sizeof(float) * N * nh * hd), "attention differs with 3 threads (%s)",
           moe_dtype_name(cdt));
-    CHECK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, 1, 3, 2, hd, max_ctx, 0.25f, out) != MOE_OK,
+    CHECK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, 1, 3, 2, hd, max_ctx, 0, 0.25f, out) != MOE_OK,
           "n_heads not a multiple of n_kv_heads is refused");
     moe_error_clear();
     free(kc), free(vc), free(kf), free(vf), free(k), free(v), free(q), free(out), free(one), free(ref), free(out3);
@@ -194,7 +203,7 @@ static void test_attention(struct moe_backend *be, struct moe_backend *be3)
     float x[4] = { 0 }, c[4];
     int32_t z = 0;
     CHECK(be->ops->kv_store(be->ctx, x, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 4) == MOE_ENOTSUP &&
-              be->ops->attention(be->ctx, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 1, 4, 1, 1.0f, x) == MOE_ENOTSUP,
+              be->ops->attention(be->ctx, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 1, 4, 1, 0, 1.0f, x) == MOE_ENOTSUP,
           "an F16 cache is refused");
     moe_error_clear();
 }

@@ -71,6 +71,13 @@ static void test_fixtures(void)
           "mixtral recipe");
     CHECK(!c.tie_embeddings && fabsf(c.rms_eps - 1e-6f) < 1e-12f && c.rope_theta == 10000.0f, "mixtral norms");
     CHECK(c.max_pos == 512 && c.bos_id == 1 && c.eos_id == 2 && c.n_eos == 1 && all_moe(&c), "mixtral ids");
+    CHECK(!c.sliding_window && !c.sliding[0], "mixtral without a sliding window");
+    json_t *mj = load_json("tests/fixtures/hf-tiny/mixtral/config.json");
+    json_object_set_new(mj, "sliding_window", json_integer(64)); /* every layer slides; the context stays */
+    CHECK(parse_obj(mj, &c) == MOE_OK && c.sliding_window == 64 && c.sliding[0] && c.sliding[c.n_layers - 1] &&
+              c.max_pos == 512,
+          "mixtral sliding_window: %s", moe_last_error());
+    json_decref(mj);
 
     load_fixture("tests/fixtures/hf-tiny/qwen2_moe", &c);
     CHECK(c.family == MOE_FAM_QWEN2_MOE, "qwen2 family");
@@ -502,7 +509,7 @@ static void test_minimax_m2(void)
 }
 
 /* dots.llm1: Qwen3's attention and DeepSeek-V3's MoE block by Dots1Config's defaults; n_shared_experts has
- * none; sliding layers (layer_types, or max_window_layers with a sliding_window) cap the context. */
+ * none; sliding layers from layer_types, or from max_window_layers on when there is a sliding_window. */
 static void test_dots1(void)
 {
     struct moe_config c;
@@ -511,21 +518,21 @@ static void test_dots1(void)
     CHECK(c.family == MOE_FAM_DOTS1 && !strcmp(c.model_type, "dots1") && c.qk_norm == MOE_QK_NORM_HEAD &&
               c.rope_dim == c.head_dim && c.router == MOE_ROUTER_SIGMOID_GROUP && c.norm_topk_prob &&
               c.routed_scale == 2.5f && c.shared_inter == 2 * c.expert_inter && !c.is_moe[0] && c.is_moe[1] &&
-              !c.sliding_layers && c.max_pos == 512,
+              !c.sliding_window && !c.sliding[2] && c.max_pos == 512,
           "dots1 (llm1)");
     load_fixture("tests/fixtures/dots1/defaults", &c);
-    CHECK(!c.norm_topk_prob && c.routed_scale == 1.0f && c.is_moe[0] && c.n_group == 4 && c.sliding_layers &&
-              c.max_pos == 64 && c.rope_theta == 1e4f,
+    CHECK(!c.norm_topk_prob && c.routed_scale == 1.0f && c.is_moe[0] && c.n_group == 4 && c.sliding_window == 64 &&
+              !c.sliding[0] && c.sliding[1] && c.sliding[2] && c.max_pos == 512 && c.rope_theta == 1e4f,
           "dots1 (defaults)");
     json_t *j = load_json(llm1);
     json_object_del(j, "sliding_window"); /* Dots1Config's 4096, from max_window_layers on */
     json_object_set_new(j, "max_window_layers", json_integer(2));
-    json_object_set_new(j, "max_position_embeddings", json_integer(8192));
-    CHECK(parse_obj(j, &c) == MOE_OK && c.sliding_layers && c.max_pos == 4096, "dots1 default window: %s",
-          moe_last_error());
+    CHECK(parse_obj(j, &c) == MOE_OK && c.sliding_window == 4096 && !c.sliding[1] && c.sliding[2],
+          "dots1 default window: %s", moe_last_error());
+    json_object_set_new(j, "layer_types", json_pack("[sss]", "sliding_attention", "full_attention", "full_attention"));
+    CHECK(parse_obj(j, &c) == MOE_OK && c.sliding[0] && !c.sliding[2], "dots1 layer_types: %s", moe_last_error());
     json_object_set_new(j, "layer_types", json_pack("[sss]", "full_attention", "full_attention", "full_attention"));
-    CHECK(parse_obj(j, &c) == MOE_OK && !c.sliding_layers && c.max_pos == 8192, "dots1 layer_types: %s",
-          moe_last_error());
+    CHECK(parse_obj(j, &c) == MOE_OK && !c.sliding_window, "dots1 full layer_types: %s", moe_last_error());
     json_decref(j);
     static const struct bad_field bad[] = {
         { "n_shared_experts", "null", MOE_EFORMAT, "required field \"n_shared_experts\" is missing" },

@@ -1,9 +1,10 @@
 /* The model configurations of tests/engine/model_variants.h (DeepSeek-V2/V3's
  * latent attention in its variants, GLM-4.5's partial RoPE, biases and q/k
- * norm) on the CUDA backend with every expert in the GPU tier: the prompt's
- * logits within 5e-2 of the NumPy reference (as test_gpu_e2e holds the
- * hf-tiny models to transformers'), and the prompt fed one token at a time
- * bit-identical to the batch prefill.  Skips (77) without a CUDA device. */
+ * norm) on the CUDA backend with every expert in the GPU tier, with the KV
+ * cache in F32 and in BF16: the prompt's logits within 5e-2 of the NumPy
+ * reference (as test_gpu_e2e holds the hf-tiny models to transformers'), and
+ * the prompt fed one token at a time bit-identical to the batch prefill.
+ * Skips (77) without a CUDA device. */
 
 #include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
@@ -23,22 +24,25 @@ static void check_variant(struct moe_backend *be, const char *name)
                                            .policy = MOE_POLICY_LRU };
     struct moe_provider *prov = moe_provider_cuda_create(m, be, &pp);
     REQUIRE(prov, "%s: GPU provider: %s", name, moe_last_error());
-    struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 32, .max_batch_tokens = 16, .provider = prov,
-                                    .backend = be };
-    struct moe_engine *e = moe_engine_create(m, &ep);
-    REQUIRE(e, "%s: engine on the CUDA backend: %s", name, moe_last_error());
-    float *lg = malloc(sizeof(float) * (size_t)(T * V));
-    int seq = moe_engine_seq_alloc(e);
-    REQUIRE(run_prompt(e, seq, ids, (int)T, lg) == MOE_OK, "%s forward: %s", name, moe_last_error());
-    double d = max_abs_diff(lg, want, (size_t)(T * V));
-    printf("%-40s GPU logits max abs diff %.3g\n", name, d);
-    CHECK(d < LOGIT_TOL, "%s: GPU logits differ from the reference by %g", name, d);
-    moe_engine_seq_free(e, seq);
-    int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);
-    CHECK(diff_rows == 0, "%s: %d positions differ between prefill and token-by-token on the GPU", name, diff_rows);
-    moe_engine_destroy(e);
+    for (int bf = 0; bf < 2; bf++) { /* the KV cache in F32, then in BF16 */
+        struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 32, .max_batch_tokens = 16, .provider = prov,
+                                        .backend = be, .kv_dtype = bf ? MOE_DT_BF16 : MOE_DT_F32 };
+        struct moe_engine *e = moe_engine_create(m, &ep);
+        REQUIRE(e, "%s: engine on the CUDA backend: %s", name, moe_last_error());
+        float *lg = malloc(sizeof(float) * (size_t)(T * V));
+        int seq = moe_engine_seq_alloc(e);
+        REQUIRE(run_prompt(e, seq, ids, (int)T, lg) == MOE_OK, "%s forward: %s", name, moe_last_error());
+        double d = max_abs_diff(lg, want, (size_t)(T * V));
+        printf("%-40s GPU logits (%s KV cache) max abs diff %.3g\n", name, bf ? "BF16" : "F32", d);
+        CHECK(d < LOGIT_TOL, "%s: GPU logits (%s cache) differ from the reference by %g", name, bf ? "BF16" : "F32", d);
+        moe_engine_seq_free(e, seq);
+        int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);
+        CHECK(diff_rows == 0, "%s: %d positions differ between prefill and token-by-token on the GPU (%s cache)",
+              name, diff_rows, bf ? "BF16" : "F32");
+        moe_engine_destroy(e);
+        free(lg);
+    }
     moe_provider_destroy(prov);
-    free(lg);
     variant_close(&v);
 }
 

@@ -445,15 +445,16 @@ static enum moe_status parse_deepseek_routing(const char *what, json_t *root, st
 {
     static const char *const v3_method[] = { "noaux_tc" }, *const v3_score[] = { "sigmoid" };
     static const char *const v2_method[] = { "greedy", "group_limited_greedy" }, *const v2_score[] = { "softmax" };
-    bool v2 = c->family == MOE_FAM_DEEPSEEK_V2, glm = c->family == MOE_FAM_GLM4_MOE || c->family == MOE_FAM_DOTS1;
+    /* gqa: the block under grouped-query attention (GLM-4.5, dots1), not DeepSeek's own */
+    bool v2 = c->family == MOE_FAM_DEEPSEEK_V2, gqa = !c->mla;
     enum moe_status st;
     int n_shared, method = 0, score;
-    double scale = v2 || glm ? 1.0 : 2.5;
-    if (!glm && ((st = one_of(what, root, "topk_method", v2 ? v2_method : v3_method, v2 ? 2 : 1, &method)) ||
+    double scale = v2 || gqa ? 1.0 : 2.5;
+    if (!gqa && ((st = one_of(what, root, "topk_method", v2 ? v2_method : v3_method, v2 ? 2 : 1, &method)) ||
                  (st = one_of(what, root, "scoring_func", v2 ? v2_score : v3_score, 1, &score))))
         return st;
     bool greedy = v2 && method == 0;
-    int def_groups = greedy || glm ? 1 : 8, def_kept = greedy || glm ? 1 : 4;
+    int def_groups = greedy || gqa ? 1 : 8, def_kept = greedy || gqa ? 1 : 4;
     if ((st = get_int(what, root, "n_group", false, 1, c->n_experts, def_groups, &c->n_group)) ||
         (st = get_int(what, root, "topk_group", false, 1, c->n_group, def_kept, &c->topk_group)) ||
         /* 0: transformers builds a zero-width shared MLP, which adds nothing */
@@ -599,9 +600,10 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     }
 
     /* Family specifics: router, q/k norm, biases, shared expert. */
+    bool sigmoid = c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE || c.family == MOE_FAM_DOTS1 ||
+                   c.family == MOE_FAM_MINIMAX_M2;
     c.router = c.family == MOE_FAM_MIXTRAL       ? MOE_ROUTER_TOPK_SOFTMAX
-             : c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE ? MOE_ROUTER_SIGMOID_GROUP
-             : c.family == MOE_FAM_MINIMAX_M2 || c.family == MOE_FAM_DOTS1 ? MOE_ROUTER_SIGMOID_GROUP
+             : sigmoid                           ? MOE_ROUTER_SIGMOID_GROUP
              : c.family == MOE_FAM_DEEPSEEK_V2 ? MOE_ROUTER_SOFTMAX_GROUP
                                                 : MOE_ROUTER_SOFTMAX_TOPK;
     c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD

@@ -9,6 +9,7 @@ int moe_cmd_generate(int argc, char **argv);
 int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_logits(int argc, char **argv);
 int moe_cmd_pack(int argc, char **argv);
+int moe_cmd_info(int argc, char **argv);
 int moe_cmd_trace(int argc, char **argv);
 int moe_cmd_sim(int argc, char **argv);
 int moe_cmd_train_predictor(int argc, char **argv);

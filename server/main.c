@@ -14,6 +14,7 @@ static const struct {
     { "generate", moe_cmd_generate, "generate a continuation of a prompt, streamed to stdout" },
     { "tokenize", moe_cmd_tokenize, "text to token ids (or --decode ids to text)" },
     { "logits", moe_cmd_logits, "write the logits of every position to a safetensors file" },
+    { "info", moe_cmd_info, "a model's shape and what its experts, other weights and KV cache take" },
     { "pack", moe_cmd_pack, "write the packed expert store of a model" },
     { "trace", moe_cmd_trace, "record the routing trace of a text (JSON Lines)" },
     { "sim", moe_cmd_sim, "replay a routing trace through the expert cache" },

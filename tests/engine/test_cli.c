@@ -125,6 +125,27 @@ int main(void)
     moe_st_close(f);
     unlink(tmpl);
 
+    /* info --json: the experts and the other weights add up to the checkpoint's tensors */
+    snprintf(cmd, sizeof(cmd), "'%s' info --model '%s' --json", exe, dir);
+    got = run(cmd, &status);
+    json_t *info = json_loads(got, 0, NULL);
+    uint64_t tensors = 0;
+    for (int sh = 0; sh < m->n_shards; sh++)
+        for (size_t i = 0; i < moe_st_count(m->shards[sh]); i++) tensors += moe_st_at(m->shards[sh], i)->nbytes;
+    json_int_t eb = json_integer_value(json_object_get(info, "expert_bytes")),
+               all = json_integer_value(json_object_get(info, "experts_bytes")),
+               other = json_integer_value(json_object_get(info, "other_bytes"));
+    CHECK(status == 0 && info && eb > 0 && all == eb * 8 * 32 && (uint64_t)(all + other) == tensors &&
+              json_integer_value(json_object_get(info, "kv_bytes_per_token_f32")) == 2 * 8 * 2 * 48 * 4 &&
+              !strcmp(json_string_value(json_object_get(info, "model_type")), "qwen3_moe"),
+          "info --json: exit %d, %s (checkpoint tensors %llu bytes)", status, got, (unsigned long long)tensors);
+    json_decref(info);
+    free(got);
+    snprintf(cmd, sizeof(cmd), "'%s' info --model /nonexistent 2>&1", exe);
+    got = run(cmd, &status);
+    CHECK(status == 1 && strstr(got, "/nonexistent") && strstr(got, "--model"), "info of no model: %d %s", status, got);
+    free(got);
+
     /* after "<|endoftext|>" the model ends at once; --ignore-eos generates on */
     snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt '<|endoftext|>' --max-tokens 5", exe, dir);
     got = run(cmd, &status);
@@ -156,6 +177,7 @@ int main(void)
                                  "generate --prompt x --top-p ' 0.5'", "generate --prompt x --temperature 0x1",
                                  /* an output path that is empty or a directory, refused before any work */
                                  "logits --ids 1 --out /tmp", "logits --ids 1 --out ''", "pack --out /tmp",
+                                 "info --nope", "info extra",
                                  "trace --ids /dev/null --out /tmp", "train-predictor --text x --out /tmp",
                                  "generate --prompt x --gpu-experts 8 --stats-json /tmp",
                                  /* a JSON schema that cannot be read or followed */

@@ -1,0 +1,145 @@
+/* moeflow info: what a model is made of and what each part costs in memory,
+ * for choosing the tiers (--gpu-experts, --host-experts, kv-cache-bytes). */
+#include "cli.h"
+
+#include "../engine/engine.h"
+#include "../model/chat.h"
+#include "../model/tokenizer.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+static void info_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: moeflow info [--model DIR] [--json]\n"
+        "\n"
+        "Prints the model's shape and its memory: the routed experts (what the device and host tiers\n"
+        "hold, one expert at a time), the other weights (resident wherever the engine runs), the KV\n"
+        "cache per token and per sequence of the model's context, and the tokenizer's and chat\n"
+        "template's conventions (tool calls, a template that opens a <think> block).\n"
+        "\n"
+        "  --model DIR   model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
+        "  --json        one JSON object instead of text\n"
+        "  -h, --help    this help\n");
+}
+
+/* Bytes of every weight view of a layer but its routed experts (absent views count 0). */
+static uint64_t layer_bytes(const struct moe_layer_w *L)
+{
+    const struct moe_wview *v[] = { &L->attn_norm, &L->ffn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq,
+                                    &L->bk, &L->bv, &L->q_norm, &L->k_norm, &L->router, &L->sh_gate, &L->sh_up,
+                                    &L->sh_down, &L->sh_scale, &L->d_gate, &L->d_up, &L->d_down, &L->q_a,
+                                    &L->q_a_norm, &L->kv_a, &L->kv_a_norm, &L->kv_b, &L->router_bias };
+    uint64_t n = 0;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(v); i++) n += v[i]->data ? moe_wview_stored_bytes(v[i]) : 0;
+    return n;
+}
+
+static const char *tool_style_name(enum moe_tool_style s)
+{
+    switch (s) {
+    case MOE_TOOLS_NONE: return "none";
+    case MOE_TOOLS_HERMES: return "<tool_call> JSON";
+    case MOE_TOOLS_MISTRAL: return "[TOOL_CALLS]";
+    case MOE_TOOLS_QWEN_XML: return "<tool_call><function=...> (Qwen3-Coder)";
+    case MOE_TOOLS_DEEPSEEK: return "DeepSeek's markers";
+    case MOE_TOOLS_GLM: return "<tool_call>NAME <arg_key> (GLM-4.5)";
+    case MOE_TOOLS_MINIMAX: return "<minimax:tool_call> (MiniMax-M2)";
+    }
+    return "?";
+}
+
+static double mib(uint64_t b)
+{
+    return (double)b / (1 << 20);
+}
+
+int moe_cmd_info(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *dir = NULL;
+    bool as_json = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'j': as_json = true; break;
+        case 'h': info_usage(stdout); return 0;
+        default: info_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow info: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return 2;
+    }
+    if (!dir) dir = moe_default_model_dir();
+    struct moe_model *m = NULL;
+    if (!moe_cli_open_model("info", dir, &m, NULL)) return 1;
+    const struct moe_config *cf = &m->cfg;
+    int n_moe = moe_config_n_moe(cf);
+    uint64_t expert = moe_model_expert_bytes(m), experts = expert * (uint64_t)n_moe * (uint64_t)cf->n_experts;
+    uint64_t other = moe_wview_stored_bytes(&m->embed) + moe_wview_stored_bytes(&m->final_norm) +
+                     (m->lm_head.data != m->embed.data ? moe_wview_stored_bytes(&m->lm_head) : 0);
+    for (int l = 0; l < cf->n_layers; l++) other += layer_bytes(&m->layers[l]);
+    size_t kv32 = moe_engine_kv_bytes_per_token(cf, MOE_DT_F32), kv16 = moe_engine_kv_bytes_per_token(cf, MOE_DT_BF16);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    struct moe_tokenizer *tok = moe_tokenizer_load(path);
+    int vocab = tok ? moe_tokenizer_vocab_size(tok) : 0;
+    moe_tokenizer_free(tok);
+    moe_error_clear();
+    struct moe_chat *chat = NULL;
+    bool chat_ok = moe_chat_load_dir(dir, &chat) == MOE_OK, has_chat = chat != NULL;
+    enum moe_tool_style tools = chat ? moe_chat_tool_style(chat) : MOE_TOOLS_NONE;
+    moe_chat_free(chat);
+    moe_error_clear();
+    const char *dt = "-";
+    for (int l = 0; l < cf->n_layers; l++) /* the dtype of the first MoE layer's experts */
+        if (cf->is_moe[l]) {
+            dt = moe_dtype_name(moe_wview_stored_dtype(&moe_model_expert(m, l, 0)->gate));
+            break;
+        }
+    if (as_json) {
+        json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:I,s:I,s:s,s:I,s:I,s:I,s:i,s:b,s:s}",
+                              "model", dir, "model_type", cf->model_type, "layers", cf->n_layers, "moe_layers", n_moe,
+                              "experts", cf->n_experts, "top_k", cf->top_k, "hidden", cf->hidden, "heads", cf->n_heads,
+                              "kv_heads", cf->n_kv_heads, "head_dim", cf->head_dim, "attention",
+                              cf->mla ? "latent" : "grouped-query", "context", cf->max_pos, "expert_bytes",
+                              (json_int_t)expert, "experts_bytes", (json_int_t)experts, "expert_dtype", dt,
+                              "other_bytes", (json_int_t)other, "kv_bytes_per_token_f32", (json_int_t)kv32,
+                              "kv_bytes_per_token_bf16", (json_int_t)kv16, "tokenizer_vocab", vocab,
+                              "chat_template", chat_ok && has_chat,
+                              "tool_calls", tool_style_name(tools));
+        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+        if (s) puts(s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("model      %s (%s): %d layers, %d with %d routed experts each, top-%d; hidden %d, %s attention, "
+               "%d heads / %d KV of %d; context %d\n", dir, cf->model_type, cf->n_layers, n_moe, cf->n_experts,
+               cf->top_k, cf->hidden, cf->mla ? "latent" : "grouped-query", cf->n_heads, cf->n_kv_heads,
+               cf->head_dim, cf->max_pos);
+        printf("experts    %d x %.3f MiB (%s) = %.1f MiB: the device and host tiers hold whole experts\n",
+               n_moe * cf->n_experts, mib(expert), dt, mib(experts));
+        printf("other      %.1f MiB of weights (embeddings, attention, norms, routers, dense and shared MLPs): "
+               "resident where the engine runs\n", mib(other));
+        printf("KV cache   %zu bytes per token in F32, %zu in BF16; %.1f MiB per sequence of %d tokens in F32\n",
+               kv32, kv16, mib((uint64_t)kv32 * (uint64_t)cf->max_pos), cf->max_pos);
+        printf("tokenizer  %s; chat template %s, tool calls: %s\n",
+               vocab ? "tokenizer.json" : "none (tokenize, generate and serve need tokenizer.json)",
+               !chat_ok ? "does not compile" : has_chat ? "in tokenizer_config.json" : "none (moeflow's markers)",
+               tool_style_name(tools));
+        if (vocab) printf("           %d tokens\n", vocab);
+    }
+    moe_model_close(m);
+    return 0;
+}

@@ -631,6 +631,21 @@ uint64_t moe_model_expert_bytes(const struct moe_model *m)
     return 0;
 }
 
+uint64_t moe_model_dense_bytes(const struct moe_model *m)
+{
+    uint64_t n = moe_wview_stored_bytes(&m->embed) + moe_wview_stored_bytes(&m->final_norm) +
+                 (m->lm_head.data != m->embed.data ? moe_wview_stored_bytes(&m->lm_head) : 0);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const struct moe_layer_w *L = &m->layers[l];
+        const struct moe_wview *v[] = { &L->attn_norm, &L->ffn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk,
+                                        &L->bv, &L->q_norm, &L->k_norm, &L->router, &L->sh_gate, &L->sh_up,
+                                        &L->sh_down, &L->sh_scale, &L->d_gate, &L->d_up, &L->d_down, &L->q_a,
+                                        &L->q_a_norm, &L->kv_a, &L->kv_a_norm, &L->kv_b, &L->router_bias };
+        for (size_t i = 0; i < MOE_ARRAY_LEN(v); i++) n += v[i]->data ? moe_wview_stored_bytes(v[i]) : 0;
+    }
+    return n;
+}
+
 /* Element i of a view in f32; reads through memcpy (mapped data need not be aligned). */
 void moe_wview_to_f32(const struct moe_wview *w, float *out)
 {

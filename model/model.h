@@ -80,6 +80,9 @@ static inline const struct moe_expert_w *moe_model_expert(const struct moe_model
 
 /* Bytes of one expert's three matrices in their stored dtype. */
 uint64_t moe_model_expert_bytes(const struct moe_model *m);
+/* Bytes of every weight but the routed experts (embeddings, attention, norms, routers, dense and shared
+ * MLPs, lm_head unless tied) in their stored dtype: what the engine keeps wherever it runs. */
+uint64_t moe_model_dense_bytes(const struct moe_model *m);
 
 /* A view's dtype and bytes as records and kernels take it: BF16 for an FP8 matrix with block
  * factors, else its own. */

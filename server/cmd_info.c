@@ -26,18 +26,6 @@ static void info_usage(FILE *f)
         "  -h, --help    this help\n");
 }
 
-/* Bytes of every weight view of a layer but its routed experts (absent views count 0). */
-static uint64_t layer_bytes(const struct moe_layer_w *L)
-{
-    const struct moe_wview *v[] = { &L->attn_norm, &L->ffn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq,
-                                    &L->bk, &L->bv, &L->q_norm, &L->k_norm, &L->router, &L->sh_gate, &L->sh_up,
-                                    &L->sh_down, &L->sh_scale, &L->d_gate, &L->d_up, &L->d_down, &L->q_a,
-                                    &L->q_a_norm, &L->kv_a, &L->kv_a_norm, &L->kv_b, &L->router_bias };
-    uint64_t n = 0;
-    for (size_t i = 0; i < MOE_ARRAY_LEN(v); i++) n += v[i]->data ? moe_wview_stored_bytes(v[i]) : 0;
-    return n;
-}
-
 static const char *tool_style_name(enum moe_tool_style s)
 {
     switch (s) {
@@ -87,9 +75,7 @@ int moe_cmd_info(int argc, char **argv)
     const struct moe_config *cf = &m->cfg;
     int n_moe = moe_config_n_moe(cf);
     uint64_t expert = moe_model_expert_bytes(m), experts = expert * (uint64_t)n_moe * (uint64_t)cf->n_experts;
-    uint64_t other = moe_wview_stored_bytes(&m->embed) + moe_wview_stored_bytes(&m->final_norm) +
-                     (m->lm_head.data != m->embed.data ? moe_wview_stored_bytes(&m->lm_head) : 0);
-    for (int l = 0; l < cf->n_layers; l++) other += layer_bytes(&m->layers[l]);
+    uint64_t other = moe_model_dense_bytes(m);
     size_t kv32 = moe_engine_kv_bytes_per_token(cf, MOE_DT_F32), kv16 = moe_engine_kv_bytes_per_token(cf, MOE_DT_BF16);
     char path[4200];
     snprintf(path, sizeof(path), "%s/tokenizer.json", dir);

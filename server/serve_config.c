@@ -109,8 +109,9 @@ static const struct moe_serve_opt opts[] = {
     { "kv-dtype", MOE_OPT_STRING, OFF(kv_dtype), SZ(kv_dtype), "f32", 0, 0,
       "KV cache elements: f32, or bf16 (half the memory; keys and values rounded to BF16 when stored)", 0 },
     { "kv-cache-bytes", MOE_OPT_STRING, OFF(kv_cache_bytes), SZ(kv_cache_bytes), "auto", 0, 0,
-      "with max-ctx 0: the KV cache's size, in bytes (K/M/G/T suffix), or auto (half the backend's free "
-      "memory); the context per sequence is the model's, cut so that max-seqs sequences fit", 0 },
+      "with max-ctx 0: the KV cache's size, in bytes (K/M/G/T suffix), or auto (half of the backend's free "
+      "memory less the other weights); the context per sequence is the model's, cut so that max-seqs "
+      "sequences fit", 0 },
     { "reasoning-parser", MOE_OPT_STRING, OFF(reasoning_parser), SZ(reasoning_parser), "none", 0, 0,
       "chat replies of reasoning models: none (all of it is content), or think (a leading <think>...</think>, "
       "or the reply up to </think> when the prompt ends in <think>, goes out as reasoning_content)", 0 },

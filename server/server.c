@@ -820,7 +820,8 @@ static enum moe_status load_chat_template(struct moe_server *s, const char *dir)
 
 /* The context per sequence (s->max_ctx): max-ctx when given, else the model's, cut so that the KV cache of
  * max-seqs sequences fits kv-cache-bytes (auto: half of what the backend has free once the expert tiers are
- * allocated); under 64 tokens per sequence is an error that says what to change. */
+ * allocated and the engine's other weights counted); under 64 tokens per sequence is an error that says
+ * what to change. */
 static enum moe_status pick_context(struct moe_server *s)
 {
     const struct moe_serve_config *cfg = &s->cfg;
@@ -844,7 +845,9 @@ static enum moe_status pick_context(struct moe_server *s)
             moe_error_clear();
             return MOE_OK; /* nothing to size it by: the model's context */
         }
-        budget = (s->backend ? (uint64_t)fr : avail) / 2;
+        /* the engine's own weights go into the same memory before the cache */
+        uint64_t have = s->backend ? (uint64_t)fr : avail, dense = moe_model_dense_bytes(s->model);
+        budget = have > dense ? (have - dense) / 2 : 0;
     }
     uint64_t per_token = moe_engine_kv_bytes_per_token(&s->model->cfg, kv_dt);
     uint64_t fit = budget / (per_token * (uint64_t)cfg->max_seqs);

@@ -368,18 +368,23 @@ static enum moe_status one_of(const char *what, json_t *root, const char *key, c
                       n > 1 ? want[1] : "", n > 1 ? "\"" : "");
 }
 
-/* dots1's layer_types ("full_attention" or "sliding_attention" per layer), or, without them, sliding
- * layers from max_window_layers (default 62) on when there is a sliding_window (default 4096; null: none),
- * as Dots1Config derives them: c->sliding[] and c->sliding_window. */
-static enum moe_status dots1_layer_types(const char *what, json_t *root, struct moe_config *c)
+/* Which layers attend over a sliding window (c->sliding[], c->sliding_window), as transformers derives
+ * it for dots1 and Qwen2/Qwen3-MoE: layer_types ("full_attention" or "sliding_attention" per layer), or,
+ * without them, the layers from max_window_layers on (default 62 for dots1, 28 for Qwen); none without a
+ * window (dots1: sliding_window null; Qwen: use_sliding_window false, whatever layer_types say).  The
+ * window's default is 4096. */
+static enum moe_status sliding_layers(const char *what, json_t *root, struct moe_config *c)
 {
     json_t *lt = field(root, "layer_types"), *x;
     size_t i;
-    int win = 4096, first = 62;
-    bool no_window = json_is_null(json_object_get(root, "sliding_window"));
+    bool qwen = c->family == MOE_FAM_QWEN2_MOE || c->family == MOE_FAM_QWEN3_MOE, use = true;
+    int win = 4096, first = qwen ? 28 : 62;
     enum moe_status st;
+    if (qwen && ((st = get_bool(what, root, "use_sliding_window", false, &use)) || !use))
+        return st;
+    bool no_window = !qwen && json_is_null(json_object_get(root, "sliding_window"));
     if ((!no_window && (st = get_int(what, root, "sliding_window", false, 1, INT_MAX, 4096, &win))) ||
-        (st = get_int(what, root, "max_window_layers", false, 0, INT_MAX, 62, &first)))
+        (st = get_int(what, root, "max_window_layers", false, 0, INT_MAX, first, &first)))
         return st;
     bool any = false;
     if (lt) {
@@ -654,12 +659,15 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
                         what);
         goto out;
     }
-    if ((st = get_bool(what, root, "use_sliding_window", false, &b))) goto out;
-    if (b) {
-        st = moe_errorf(MOE_ENOTSUP, "%s: field \"use_sliding_window\" = true is not supported", what);
+    if (c.family == MOE_FAM_DOTS1 || c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE) {
+        if ((st = sliding_layers(what, root, &c))) goto out;
+    } else if ((st = get_bool(what, root, "use_sliding_window", false, &b))) {
+        goto out;
+    } else if (b) {
+        st = moe_errorf(MOE_ENOTSUP, "%s: field \"use_sliding_window\" = true is not supported for %s", what,
+                        c.model_type);
         goto out;
     }
-    if (c.family == MOE_FAM_DOTS1 && (st = dots1_layer_types(what, root, &c))) goto out;
     if (c.family == MOE_FAM_MIXTRAL && field(root, "sliding_window")) { /* every layer slides */
         if ((st = get_int(what, root, "sliding_window", true, 1, INT_MAX, 0, &c.sliding_window))) goto out;
         for (int l = 0; l < c.n_layers; l++) c.sliding[l] = true;

@@ -78,6 +78,21 @@ static void test_fixtures(void)
               c.max_pos == 512,
           "mixtral sliding_window: %s", moe_last_error());
     json_decref(mj);
+    /* Qwen3-MoE: use_sliding_window turns on the layers from max_window_layers on (or layer_types'); off, no
+     * layer slides whatever layer_types say */
+    mj = load_json("tests/fixtures/hf-tiny/qwen3_moe/config.json");
+    json_object_set_new(mj, "use_sliding_window", json_true());
+    json_object_set_new(mj, "sliding_window", json_integer(8));
+    json_object_set_new(mj, "max_window_layers", json_integer(2));
+    CHECK(parse_obj(mj, &c) == MOE_OK && c.sliding_window == 8 && !c.sliding[1] && c.sliding[2] && c.sliding[3],
+          "qwen3_moe use_sliding_window: %s", moe_last_error());
+    json_object_set_new(mj, "layer_types", json_pack("[ssss]", "sliding_attention", "full_attention", "full_attention",
+                                                     "full_attention"));
+    CHECK(parse_obj(mj, &c) == MOE_OK && c.sliding[0] && !c.sliding[2], "qwen3_moe layer_types: %s", moe_last_error());
+    json_object_set_new(mj, "use_sliding_window", json_false());
+    CHECK(parse_obj(mj, &c) == MOE_OK && !c.sliding_window && !c.sliding[0], "qwen3_moe sliding off: %s",
+          moe_last_error());
+    json_decref(mj);
 
     load_fixture("tests/fixtures/hf-tiny/qwen2_moe", &c);
     CHECK(c.family == MOE_FAM_QWEN2_MOE, "qwen2 family");

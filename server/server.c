@@ -992,8 +992,13 @@ enum moe_status moe_server_run(struct moe_server *s)
         snprintf(grpc_at, sizeof(grpc_at), "%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->cfg.grpc_port);
     if (s->cfg.http_port)
         snprintf(http_at, sizeof(http_at), "%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->cfg.http_port);
-    fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s, HTTP %s (%.1f s to load and warm up)\n",
-            s->model_name, grpc_at, http_at, moe_now() - s->t_start);
+    enum moe_dtype kv_dt = MOE_DT_F32;
+    moe_engine_kv_dtype_parse(s->cfg.kv_dtype, &kv_dt);
+    double kv_mib = (double)moe_engine_kv_bytes_per_token(&s->model->cfg, kv_dt) * s->max_ctx * s->cfg.max_seqs /
+                    (1 << 20);
+    fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s, HTTP %s; %d sequences of up to %d tokens (KV "
+            "cache %.1f MiB in %s) (%.1f s to load and warm up)\n", s->model_name, grpc_at, http_at,
+            s->cfg.max_seqs, s->max_ctx, kv_mib, moe_dtype_name(kv_dt), moe_now() - s->t_start);
     fflush(stderr);
 
     if (sig_pipe[0] < 0)

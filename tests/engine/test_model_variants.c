@@ -19,9 +19,12 @@
  *
  * For each, the prompt's logits at every position within 1e-4 (max abs) of the
  * reference, prefilled in one batch, in two chunks through the KV cache, and
- * one token at a time. */
+ * one token at a time; and with the experts served through the tiers (a device
+ * tier of top_k slots over two host records over the checkpoint), the same bits
+ * as all-resident. */
 #include "engine_testutil.h"
 #include "model_variants.h"
+#include "offload/tiered.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -59,9 +62,27 @@ static void check_variant(const char *name)
 
     int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);
     CHECK(diff_rows == 0, "%s: %d positions differ between prefill and token-by-token", name, diff_rows);
+    moe_engine_destroy(e);
+
+    /* the experts through the tiers (a device tier of top_k slots, two host records, the checkpoint under
+     * them): the same bits as all-resident */
+    struct moe_tiered_params tp = { .dev_slots = m->cfg.top_k, .host_slots = 2, .numa_node = -1 };
+    struct moe_provider *prov = moe_config_n_moe(&m->cfg) ? moe_provider_tiered_create(m, &tp) : NULL;
+    if (prov) {
+        ep.provider = prov;
+        e = moe_engine_create(m, &ep);
+        REQUIRE(e, "%s engine over the tiers: %s", name, moe_last_error());
+        seq = moe_engine_seq_alloc(e);
+        REQUIRE(run_prompt(e, seq, ids, (int)T, step) == MOE_OK, "%s tiered forward: %s", name, moe_last_error());
+        CHECK(!memcmp(step, lg, sizeof(float) * (size_t)(T * V)), "%s: logits through the tiers differ from "
+              "all-resident", name);
+        moe_engine_destroy(e);
+        moe_provider_destroy(prov);
+    } else {
+        CHECK(!moe_config_n_moe(&m->cfg), "%s: tiered provider: %s", name, moe_last_error());
+    }
 
     free(step), free(lg);
-    moe_engine_destroy(e);
     variant_close(&v);
 }
 

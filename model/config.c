@@ -332,9 +332,11 @@ static enum moe_status parse_quantization(const char *what, json_t *root, struct
     if (strcmp(method, "fp8"))
         return moe_errorf(MOE_ENOTSUP, "%s: quantization_config quant_method \"%.40s\" is not supported (only "
                           "\"fp8\" with weight_block_size; use a BF16, F16 or F32 checkpoint)", what, method);
-    json_t *fmt = field(q, "fmt");
-    if (fmt && (!json_is_string(fmt) || strcmp(json_string_value(fmt), "e4m3")))
-        return moe_errorf(MOE_ENOTSUP, "%s: quantization_config fmt must be \"e4m3\" (float8_e4m3fn weights)", what);
+    json_t *fmt = field(q, "fmt"); /* DeepSeek-V3 writes "e4m3", MiniMax-M2 "float8_e4m3fn" */
+    const char *fs = json_string_value(fmt);
+    if (fmt && (!fs || (strcmp(fs, "e4m3") && strcmp(fs, "float8_e4m3fn"))))
+        return moe_errorf(MOE_ENOTSUP, "%s: quantization_config fmt must be \"e4m3\" or \"float8_e4m3fn\" "
+                          "(float8_e4m3fn weights)", what);
     json_t *bs = field(q, "weight_block_size");
     if (!json_is_array(bs) || json_array_size(bs) != 2 || !json_is_integer(json_array_get(bs, 0)) ||
         !json_is_integer(json_array_get(bs, 1)))

@@ -513,6 +513,14 @@ static void test_minimax_m2(void)
     CHECK(parse_obj(j, &c) == MOE_OK && c.max_pos == 196608 && c.rope_theta == 5e6f && c.rms_eps == 1e-6f,
           "minimax_m2 defaults: %s", moe_last_error());
     json_decref(j);
+    j = load_json(m2); /* FP8 as MiniMax-M2 publishes it: fmt "float8_e4m3fn", 128 x 128 blocks */
+    json_object_set_new(j, "quantization_config",
+                        json_pack("{s:s,s:s,s:s,s:[i,i],s:[s,s,s]}", "activation_scheme", "dynamic", "fmt",
+                                  "float8_e4m3fn", "quant_method", "fp8", "weight_block_size", 128, 128,
+                                  "modules_to_not_convert", "gate", "e_score_correction_bias", "lm_head"));
+    CHECK(parse_obj(j, &c) == MOE_OK && c.fp8_block[0] == 128 && c.fp8_block[1] == 128,
+          "minimax_m2 fp8: %s", moe_last_error());
+    json_decref(j);
     static const struct bad_field bad[] = {
         { "rotary_dim", "13", MOE_ERANGE, "rotary_dim = 13 must be even" },
         { "rotary_dim", "26", MOE_ERANGE, "\"rotary_dim\" = 26 is out of range [1, 24]" },

@@ -1473,6 +1473,30 @@ static json_t *param_value(const char *v, size_t n, const char *type)
     return json_stringn(v, n);
 }
 
+/* args[key] = the value text [v, ve), one line break at each end left out when trim, as the type the tool's
+ * schema gives key (param_value).  false on failure, args then freed. */
+static bool add_typed_arg(json_t *args, const json_t *tools, const char *fn, const char *key, const char *v,
+                          const char *ve, bool trim)
+{
+    if (trim && v < ve && *v == '\n')
+        v++;
+    if (trim && ve > v && ve[-1] == '\n')
+        ve--;
+    if (!json_object_set_new(args, key, param_value(v, (size_t)(ve - v), param_type(tools, fn, key))))
+        return true;
+    json_decref(args);
+    return false;
+}
+
+/* The OpenAI entry of a call to fn with the arguments object args (taken, NULL allowed: no entry). */
+static json_t *typed_call(const char *fn, json_t *args, const char *id)
+{
+    json_t *call = args ? json_pack("{s:s,s:o}", "name", fn, "arguments", args) : NULL; /* args stolen */
+    json_t *out = call ? call_entry(call, id) : NULL;
+    json_decref(call);
+    return out;
+}
+
 /* One call of Qwen3-Coder's XML form in [b, e): <function=NAME> then <parameter=KEY>\nvalue\n</parameter>
  * pieces up to </function> (whitespace between them); NULL when it is not that. */
 static json_t *xml_call(const char *b, const char *e, const json_t *tools, const char *id)
@@ -1502,17 +1526,11 @@ static json_t *xml_call(const char *b, const char *e, const json_t *tools, const
         }
         memcpy(key, p + strlen(pm), kl);
         key[kl] = 0;
-        const char *vb = v < ve && *v == '\n' ? v + 1 : v, *vz = ve > vb && ve[-1] == '\n' ? ve - 1 : ve;
-        if (json_object_set_new(args, key, param_value(vb, (size_t)(vz - vb), param_type(tools, name, key)))) {
-            json_decref(args);
+        if (!add_typed_arg(args, tools, name, key, v, ve, true))
             return NULL;
-        }
         p = ve + strlen(pe);
     }
-    json_t *call = json_pack("{s:s,s:o}", "name", name, "arguments", args); /* args stolen */
-    json_t *out = call ? call_entry(call, id) : NULL;
-    json_decref(call);
-    return out;
+    return typed_call(name, args, id);
 }
 
 /* One call of GLM-4.5's form in [b, e): the name up to a line break or the first <arg_key>, then
@@ -1551,16 +1569,11 @@ static json_t *glm_call(const char *b, const char *e, const json_t *tools, const
         }
         memcpy(key, k, kl);
         key[kl] = 0;
-        if (json_object_set_new(args, key, param_value(v, (size_t)(ve - v), param_type(tools, name, key)))) {
-            json_decref(args);
+        if (!add_typed_arg(args, tools, name, key, v, ve, false))
             return NULL;
-        }
         p = ve + strlen(vc);
     }
-    json_t *call = args ? json_pack("{s:s,s:o}", "name", name, "arguments", args) : NULL; /* args stolen */
-    json_t *out = call ? call_entry(call, id) : NULL;
-    json_decref(call);
-    return out;
+    return typed_call(name, args, id);
 }
 
 /* At p, `<TAG name="VALUE">` (tag is `<TAG name="`): VALUE into out (1..255 bytes, no quote or line break);
@@ -1596,20 +1609,13 @@ static json_t *minimax_call(const char *p, const char *e, const json_t *tools, c
             json_decref(args);
             return NULL;
         }
-        const char *vb = v < ve && *v == '\n' ? v + 1 : v, *vz = ve > vb && ve[-1] == '\n' ? ve - 1 : ve;
-        if (json_object_set_new(args, key, param_value(vb, (size_t)(vz - vb), param_type(tools, name, key)))) {
-            json_decref(args);
+        if (!add_typed_arg(args, tools, name, key, v, ve, true))
             return NULL;
-        }
         p = ve + strlen(pe);
     }
-    if (!args)
-        return NULL;
-    *next = p + strlen(ie);
-    json_t *call = json_pack("{s:s,s:o}", "name", name, "arguments", args); /* args stolen */
-    json_t *out = call ? call_entry(call, id) : NULL;
-    json_decref(call);
-    return out;
+    if (args)
+        *next = p + strlen(ie);
+    return typed_call(name, args, id);
 }
 
 /* MiniMax-M2's blocks after the first opening tag: each holds one or more calls and must be closed; the

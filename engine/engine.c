@@ -724,6 +724,13 @@ int moe_engine_seq_claim(struct moe_engine *e, int seq, int keep)
     return seq;
 }
 
+/* Layer l's part of a cache (kc or vc). */
+static void *kv_layer(const struct moe_engine *e, void *cache, int l)
+{
+    return (char *)cache + (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)e->KV *
+                               moe_dtype_size(e->kv_dt);
+}
+
 enum moe_status moe_engine_seq_fork(struct moe_engine *e, int dst, int src, int n)
 {
     if (dst < 0 || dst >= e->max_seqs || src < 0 || src >= e->max_seqs || dst == src || !e->seq_used[dst] ||
@@ -734,7 +741,7 @@ enum moe_status moe_engine_seq_fork(struct moe_engine *e, int dst, int src, int 
     size_t row = (size_t)e->KV * moe_dtype_size(e->kv_dt), bytes = (size_t)n * row;
     for (int l = 0; l < e->cfg.n_layers && bytes; l++)
         for (int kv = 0; kv < (e->vc != e->kc ? 2 : 1); kv++) {
-            char *base = (char *)(kv ? e->vc : e->kc) + (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * row;
+            char *base = kv_layer(e, kv ? e->vc : e->kc, l);
             enum moe_status st = o->copy_d2d(e->be->ctx, base + (size_t)dst * (size_t)e->max_ctx * row,
                                              base + (size_t)src * (size_t)e->max_ctx * row, bytes);
             if (st != MOE_OK) return moe_error_prefix(st, "engine: fork of sequence %d into %d", src, dst);
@@ -951,13 +958,6 @@ static enum moe_status dense_mlp(struct moe_engine *e, int l, int n)
     BE(o->linear(bc, e->mg, w->d_down, e->wdt, NULL, n, D, H, e->o));
 out:
     return st;
-}
-
-/* Layer l's part of a cache (kc or vc). */
-static void *kv_layer(const struct moe_engine *e, void *cache, int l)
-{
-    return (char *)cache + (size_t)l * (size_t)e->max_seqs * (size_t)e->max_ctx * (size_t)e->KV *
-                               moe_dtype_size(e->kv_dt);
 }
 
 static enum moe_status attention_block(struct moe_engine *e, int l, int n)

@@ -826,8 +826,6 @@ static enum moe_status pick_context(struct moe_server *s)
 {
     const struct moe_serve_config *cfg = &s->cfg;
     int model_ctx = s->model->cfg.max_pos;
-    enum moe_dtype kv_dt = MOE_DT_F32;
-    moe_engine_kv_dtype_parse(cfg->kv_dtype, &kv_dt); /* checked when the option was set */
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
     if (cfg->max_ctx > 0)
         return MOE_OK;
@@ -849,7 +847,7 @@ static enum moe_status pick_context(struct moe_server *s)
         uint64_t have = s->backend ? (uint64_t)fr : avail, dense = moe_model_dense_bytes(s->model);
         budget = have > dense ? (have - dense) / 2 : 0;
     }
-    uint64_t per_token = moe_engine_kv_bytes_per_token(&s->model->cfg, kv_dt);
+    uint64_t per_token = moe_engine_kv_bytes_per_token(&s->model->cfg, s->kv_dt);
     uint64_t fit = budget / (per_token * (uint64_t)cfg->max_seqs);
     if (fit >= (uint64_t)model_ctx)
         return MOE_OK;
@@ -893,6 +891,8 @@ static enum moe_status server_load(struct moe_server *s)
     enum moe_status st = moe_offload_runtime_create(s->model, &s->cfg.offload, &s->backend, &s->provider);
     if (st != MOE_OK) /* MOE_EINVAL: a tier size or trace that does not fit this model */
         return moe_error_prefix(st, "expert cache");
+    s->kv_dt = MOE_DT_F32;
+    moe_engine_kv_dtype_parse(cfg->kv_dtype, &s->kv_dt); /* checked when the option was set */
     if ((st = pick_context(s)) != MOE_OK)
         return st;
     /* 0 = derived from the context. */
@@ -928,8 +928,8 @@ static enum moe_status server_load(struct moe_server *s)
         .n_threads = cfg->threads,
         .provider = s->provider,
         .backend = s->backend,
+        .kv_dtype = s->kv_dt,
     };
-    moe_engine_kv_dtype_parse(cfg->kv_dtype, &ep.kv_dtype); /* checked when the option was set */
     s->engine = moe_engine_create(s->model, &ep);
     if (!s->engine) {
         moe_offload_explain(MOE_EINVAL, s->backend, s->provider);
@@ -992,13 +992,11 @@ enum moe_status moe_server_run(struct moe_server *s)
         snprintf(grpc_at, sizeof(grpc_at), "%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->cfg.grpc_port);
     if (s->cfg.http_port)
         snprintf(http_at, sizeof(http_at), "%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->cfg.http_port);
-    enum moe_dtype kv_dt = MOE_DT_F32;
-    moe_engine_kv_dtype_parse(s->cfg.kv_dtype, &kv_dt);
-    double kv_mib = (double)moe_engine_kv_bytes_per_token(&s->model->cfg, kv_dt) * s->max_ctx * s->cfg.max_seqs /
+    double kv_mib = (double)moe_engine_kv_bytes_per_token(&s->model->cfg, s->kv_dt) * s->max_ctx * s->cfg.max_seqs /
                     (1 << 20);
     fprintf(stderr, "moeflow serve: ready: model %s, gRPC %s, HTTP %s; %d sequences of up to %d tokens (KV "
             "cache %.1f MiB in %s) (%.1f s to load and warm up)\n", s->model_name, grpc_at, http_at,
-            s->cfg.max_seqs, s->max_ctx, kv_mib, moe_dtype_name(kv_dt), moe_now() - s->t_start);
+            s->cfg.max_seqs, s->max_ctx, kv_mib, moe_dtype_name(s->kv_dt), moe_now() - s->t_start);
     fflush(stderr);
 
     if (sig_pipe[0] < 0)

@@ -99,6 +99,7 @@ struct moe_server {
     struct moe_engine *engine;
     struct moe_sched *sched;
     int max_ctx;                   /* tokens per sequence */
+    enum moe_dtype kv_dt;          /* the KV cache's elements (kv-dtype) */
     bool chat_fills;               /* no default-max-tokens configured: a chat request without
                                       max_tokens runs to max-output or the context's end */
     struct moe_metrics metrics;

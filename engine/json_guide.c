@@ -34,7 +34,14 @@ enum {
     J_LIT,        /* inside one of a node's literals (llo .. lhi, pos) */
     J_TEXT,       /* raw text of a K_TEXT root: UTF-8, each character through its automaton */
     J_DONE,       /* the value is complete */
+    /* before the value, with a reasoning block (moe_json_init_after_think) */
+    J_THINK_MAY,  /* "<think>" (pos bytes of it read) or the value */
+    J_THINK,      /* free text until "</think>" (pos bytes of it read) */
+    J_THINK_WS,   /* whitespace (ws bytes so far), then the value */
 };
+
+#define THINK_OPEN "<think>"
+#define THINK_CLOSE "</think>"
 
 /* ---- JSON mode's schema: any object ------------------------------------------ */
 
@@ -89,6 +96,12 @@ void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc)
         s->dfa = n->pattern;
         s->mode = sc->dfa[s->dfa].open ? J_TEXT : J_DONE;
     }
+}
+
+void moe_json_init_after_think(struct moe_json_state *s, const struct moe_json_schema *sc, bool opened)
+{
+    moe_json_init(s, sc);
+    if (!s->text) s->mode = opened ? J_THINK : J_THINK_MAY;
 }
 
 void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
@@ -836,10 +849,51 @@ static bool ws_ok(const struct moe_json_state *s)
     return s->nl <= 2 && s->ws <= (lim < MOE_JSON_MAX_WS ? lim : MOE_JSON_MAX_WS);
 }
 
+/* One byte before the value when it may follow a reasoning block: the block is free text, its
+ * tags are matched byte by byte ("</think>" has no proper prefix that is also its suffix, so a
+ * mismatch restarts the match at this byte), the value begins after at most MOE_JSON_MAX_WS bytes
+ * of whitespace. */
+static bool think_step(struct moe_json_state *s, unsigned char c)
+{
+    switch (s->mode) {
+    case J_THINK_MAY:
+        if (c == (unsigned char)THINK_OPEN[s->pos]) {
+            if (++s->pos == strlen(THINK_OPEN)) {
+                s->mode = J_THINK;
+                s->pos = 0;
+            }
+            return true;
+        }
+        if (s->pos) return false;
+        s->mode = J_START; /* no block: the value, from this byte */
+        return step(s, c);
+    case J_THINK:
+        if (c == (unsigned char)THINK_CLOSE[s->pos]) {
+            if (++s->pos == strlen(THINK_CLOSE)) {
+                s->mode = J_THINK_WS;
+                s->pos = 0;
+                s->ws = 0;
+            }
+        } else {
+            s->pos = c == (unsigned char)THINK_CLOSE[0];
+        }
+        return true;
+    default: /* J_THINK_WS */
+        if (is_ws(c)) return ++s->ws <= MOE_JSON_MAX_WS;
+        s->ws = 0;
+        s->mode = J_START;
+        return step(s, c);
+    }
+}
+
 bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)b[i];
+        if (s->mode >= J_THINK_MAY) {
+            if (!think_step(s, c)) return false;
+            continue;
+        }
         bool ws = is_ws(c) && !in_token(s);
         if (!step(s, c)) return false;
         if (!ws) {
@@ -1063,9 +1117,35 @@ static int mask_pattern_text(const struct moe_json_state *s, const struct moe_to
     return allowed;
 }
 
+/* Inside a reasoning block the text is free: a token is refused only when it closes the block and
+ * what follows in it cannot begin the value (and an end-of-sequence token, which would end the
+ * output before the value).  Only a token with a '<', or any token while part of the closing tag
+ * is read, can close it. */
+static int mask_think(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
+                      bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
+{
+    int allowed = 0;
+    struct moe_json_state cur;
+    for (int id = 0; id < vocab; id++) {
+        out[id] = -INFINITY;
+        if (id >= t->n || (is_eos && is_eos(ud, id))) continue;
+        const char *b = t->blob + t->off[id];
+        uint32_t len = t->off[id + 1] - t->off[id];
+        if (!len) continue; /* no bytes: as the value's mask, never */
+        if (s->pos || memchr(b, '<', len)) {
+            moe_json_copy(&cur, s);
+            if (!moe_json_feed(&cur, b, len)) continue;
+        }
+        out[id] = logits[id];
+        allowed++;
+    }
+    return allowed;
+}
+
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
 {
+    if (s->mode == J_THINK) return mask_think(s, t, logits, vocab, is_eos, ud, out);
     int allowed = 0;
     /* inside a free string, a token of plain text continues it and changes nothing but the count of
      * characters, which a bounded string holds to its room */

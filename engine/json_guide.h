@@ -90,6 +90,11 @@ struct moe_json_state {
 /* Expect one value of the schema sc (NULL: any JSON object); its first byte is not whitespace,
  * nothing follows it.  sc must outlive s. */
 void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc);
+/* The same value after an optional reasoning block: the output may begin with "<think>" (opened:
+ * it begins inside the block, the prompt opened it), whose text up to "</think>" is free, then
+ * whitespace, then the value (serve's reasoning parser "think").  A raw-text sc (a choice or a
+ * regular expression) holds the whole output as moe_json_init does. */
+void moe_json_init_after_think(struct moe_json_state *s, const struct moe_json_schema *sc, bool opened);
 /* Copy src to dst (only the frames and number text in use). */
 void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src);
 /* Feed n bytes; false (s then undefined: feed a copy) when they cannot continue the value. */

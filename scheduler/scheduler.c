@@ -1109,7 +1109,10 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     r->ud = ud;
     moe_sampler_init(&r->sampler, &g->sampling);
     moe_json_schema_ref(r->g.json_schema);
-    moe_json_init(&r->json, r->g.json_schema);
+    if (g->json_after_think)
+        moe_json_init_after_think(&r->json, r->g.json_schema, g->think_opened);
+    else
+        moe_json_init(&r->json, r->g.json_schema);
     r->state = RQ_WAITING;
     r->slot = -1;
 

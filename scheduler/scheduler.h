@@ -112,6 +112,9 @@ struct moe_gen_params {
     /* With json: the value's schema (moe_json_schema_parse), NULL for any object; the scheduler
      * holds its own reference while the request lives. */
     struct moe_json_schema *json_schema;
+    /* With json: the value may follow a reasoning block, "<think>" free text "</think>" (with
+     * think_opened the output begins inside it); moe_json_init_after_think. */
+    bool json_after_think, think_opened;
 };
 
 struct moe_sched_events {

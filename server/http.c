@@ -790,10 +790,14 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     c->tool_call = gr.tool_call;
     c->tool_parse = gr.tool_parse;
     c->tools = json_incref(gr.tools);
-    /* output held to JSON (JSON mode, a schema, a forced tool call) has no reasoning block to find */
-    c->reasoning = chat && !strcmp(h->srv->cfg.reasoning_parser, "think") && !gr.json_object && !gr.tool_call &&
-                   (!gr.json_schema || moe_json_schema_raw(gr.json_schema));
+    /* output held to JSON (JSON mode, a schema, a forced tool call) may reason first: the value follows
+     * a <think> block, unless the prompt closed one (reasoning turned off); a choice or a regular
+     * expression holds the whole reply, block and all */
+    c->reasoning = chat && !strcmp(h->srv->cfg.reasoning_parser, "think");
     c->think_opened = c->reasoning && gr.prompt && moe_think_opened(gr.prompt, gr.prompt_len);
+    gr.json_after_think = c->reasoning && (gr.json_object || (gr.json_schema && !moe_json_schema_raw(gr.json_schema))) &&
+                          !(gr.prompt && moe_think_closed(gr.prompt, gr.prompt_len));
+    gr.think_opened = c->think_opened;
     c->created = (long long)time(NULL);
     c->n = gr.n;
     snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,

@@ -1697,12 +1697,16 @@ size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *fou
 #define THINK_OPEN "<think>"
 #define THINK_CLOSE "</think>"
 
-bool moe_think_opened(const char *prompt, size_t len)
+/* Whether prompt[0..len) ends in tag and whitespace. */
+static bool ends_in_tag(const char *prompt, size_t len, const char *tag)
 {
     while (len > 0 && is_space(prompt[len - 1]))
         len--;
-    return len >= strlen(THINK_OPEN) && !memcmp(prompt + len - strlen(THINK_OPEN), THINK_OPEN, strlen(THINK_OPEN));
+    return len >= strlen(tag) && !memcmp(prompt + len - strlen(tag), tag, strlen(tag));
 }
+
+bool moe_think_opened(const char *prompt, size_t len) { return ends_in_tag(prompt, len, THINK_OPEN); }
+bool moe_think_closed(const char *prompt, size_t len) { return ends_in_tag(prompt, len, THINK_CLOSE); }
 
 void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out)
 {

@@ -66,6 +66,9 @@ struct moe_gen_request {
                                    returned as tool_calls */
     json_t *tools;              /* ... the request's tools then (a reference), which type the
                                    arguments of calls written as text (MOE_TOOLS_QWEN_XML) */
+    /* Set by the endpoint (a chat with the reasoning parser "think"): output held to JSON may
+     * reason first, in a <think> block (already opened by the prompt: think_opened). */
+    bool json_after_think, think_opened;
 };
 
 void moe_gen_request_free(struct moe_gen_request *r);
@@ -116,6 +119,9 @@ struct moe_think_split {
 void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out);
 /* Whether a prompt opens a reasoning block: it ends in "<think>" and whitespace. */
 bool moe_think_opened(const char *prompt, size_t len);
+/* Whether a prompt closes one (a template that turns reasoning off writes an empty block): it ends
+ * in "</think>" and whitespace. */
+bool moe_think_closed(const char *prompt, size_t len);
 
 /* Stop-sequence scanner over text produced piece by piece: holds back the
  * tail that could still begin a stop sequence, and reports the first

@@ -466,6 +466,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .prompt_logprobs = r->echo && (r->logprobs || r->prompt_only), /* the scheduler's prompt-only mode */
         .json = r->json_object || r->json_schema ? &s->json_vocab : NULL,
         .json_schema = r->json_schema,
+        .json_after_think = r->json_after_think,
+        .think_opened = r->think_opened,
     };
     if (!r->has_seed) /* as OpenAI: without a seed, every request draws anew */
         gp.sampling.seed = srv_random64();

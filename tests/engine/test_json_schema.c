@@ -932,6 +932,133 @@ static void test_regex_mask(void)
     moe_token_bytes_free(&tb);
 }
 
+/* After a reasoning block: t fed byte by byte, the byte refused, -2 when the output may end before
+ * t does, else -1 with *done: whether the value is then complete. */
+static int think_refused_at(const struct moe_json_schema *sc, bool opened, const char *t, bool *done)
+{
+    struct moe_json_state s;
+    moe_json_init_after_think(&s, sc, opened);
+    for (size_t i = 0; t[i]; i++) {
+        if (!moe_json_feed(&s, t + i, 1)) return (int)i;
+        if (t[i + 1] && moe_json_may_end(&s)) return -2; /* complete before its end */
+    }
+    *done = moe_json_done(&s);
+    return -1;
+}
+
+/* moe_json_init_after_think: "<think>" free text "</think>" whitespace, then the value; or the value
+ * at once; a raw-text guide keeps the whole output. */
+static void test_after_think(void)
+{
+    static const struct {
+        bool opened;
+        const char *text;
+        int at;    /* refused at, -1 none */
+        bool done; /* taken whole: the value is complete */
+    } cases[] = {
+        { false, "{\"a\":1}", -1, true },
+        { false, "<think>hm, {x} </think>\n\n{\"a\":1}", -1, true },
+        { false, "<think></think>{}", -1, true },
+        { false, "<think>a</thin</think> {}", -1, true },     /* a mismatch restarts the close tag */
+        { false, "<think>a<</think>{}", -1, true },           /* ... at a '<' */
+        { false, "<think><think></think>{}", -1, true },      /* an inner open tag is text */
+        { false, "<think>never closed {}", -1, false },
+        { false, " <think>", 0, false },                      /* nothing before the tag or the value */
+        { false, "<thimk>", 4, false },
+        { false, "<think>x</think>\n\nx", 18, false },
+        { false, "<think>x</think>[1]", 16, false },          /* the value is still an object */
+        { false, "<think>x</think>{}{", -2, false },
+        { true, "x</think>\n{}", -1, true },
+        { true, "{}", -1, false },                            /* inside the block: text */
+        { true, "</think>{\"a\":}", 13, false },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(cases); i++) {
+        bool done = false;
+        int at = think_refused_at(NULL, cases[i].opened, cases[i].text, &done);
+        CHECK(at == cases[i].at && (at != -1 || done == cases[i].done), "%s%s: refused at %d (want %d), done %d",
+              cases[i].opened ? "(opened) " : "", cases[i].text, at, cases[i].at, done);
+    }
+    /* whitespace between the block and the value: up to MOE_JSON_MAX_WS bytes, even for a compact
+     * value (a tool call) */
+    char t[128] = "<think>x</think>";
+    size_t n = strlen(t);
+    memset(t + n, '\n', MOE_JSON_MAX_WS);
+    strcpy(t + n + MOE_JSON_MAX_WS, "{}");
+    struct moe_json_schema *sc = compile("{\"type\":\"object\"}");
+    if (sc) {
+        moe_json_schema_compact(sc, true);
+        bool done = false;
+        CHECK(think_refused_at(sc, false, t, &done) == -1 && done, "%d line breaks before a compact value refused",
+              MOE_JSON_MAX_WS);
+        t[n + MOE_JSON_MAX_WS] = '\n';
+        strcpy(t + n + MOE_JSON_MAX_WS + 1, "{}");
+        CHECK(think_refused_at(sc, false, t, &done) == (int)(n + MOE_JSON_MAX_WS), "%d line breaks accepted",
+              MOE_JSON_MAX_WS + 1);
+        CHECK(think_refused_at(sc, false, "<think></think>{ }", &done) == 16, "compact: a space inside accepted");
+        moe_json_schema_unref(sc);
+    }
+    /* a regular expression or a choice holds the whole output: no block */
+    if (moe_json_schema_regex("<think>a", 8, &sc) == MOE_OK) {
+        bool done = false;
+        CHECK(think_refused_at(sc, false, "<think>a", &done) == -1 && done, "regex: <think>a refused");
+        CHECK(think_refused_at(sc, false, "<think>b", &done) == 7, "regex: read as a reasoning block");
+        moe_json_schema_unref(sc);
+    }
+}
+
+static bool eos10(const void *ud, int id)
+{
+    (void)ud;
+    return id == 10;
+}
+
+/* Masks around a reasoning block over a toy vocabulary. */
+static void test_after_think_mask(void)
+{
+    static const char *toks[] = { "<think>", "<", "think>", "hello", "</think>", "</think>\n\n{", "x</think>]", "{",
+                                  "}", "\n\n", "</s>", "</", "think>]", "", " <think>" };
+    enum { V = (int)MOE_ARRAY_LEN(toks) };
+    char blob[128];
+    uint32_t off[V + 1], at = 0;
+    for (int i = 0; i < V; i++) {
+        off[i] = at;
+        memcpy(blob + at, toks[i], strlen(toks[i]));
+        at += (uint32_t)strlen(toks[i]);
+    }
+    off[V] = at;
+    struct moe_token_bytes tb;
+    REQUIRE(moe_token_bytes_make(blob, off, V, &tb) == MOE_OK, "%s", moe_last_error());
+    float logits[V], out[V];
+    for (int i = 0; i < V; i++) logits[i] = (float)i;
+    struct {
+        const int *path;
+        int n_path;
+        bool opened;
+        const char *allowed; /* 'x' per allowed token */
+    } steps[] = {
+        { NULL, 0, false, "xx.....x......." },        /* "<think>", "<" or the value's "{" */
+        { (const int[]){ 1 }, 1, false, "..x.........x.." }, /* "<": the rest of the open tag */
+        { (const int[]){ 0 }, 1, false, "xxxxxx.xxx.xx.x" }, /* free text: not EOS, not an empty token, not "x</think>]" */
+        { (const int[]){ 0, 3, 11 }, 3, false, "xxxxxx.xxx.x..x" }, /* "</" read: "think>" + "]" refused too */
+        { (const int[]){ 4 }, 1, true, ".......x.x....." },   /* after the block: whitespace or the value */
+        { (const int[]){ 5 }, 1, true, "........xx....." },   /* "{" read through the merged token */
+    };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(steps); k++) {
+        struct moe_json_state s;
+        moe_json_init_after_think(&s, NULL, steps[k].opened);
+        for (int j = 0; j < steps[k].n_path; j++) moe_json_take(&s, &tb, steps[k].path[j]);
+        int n = moe_json_mask(&s, &tb, logits, V, eos10, NULL, out), m = 0;
+        for (int i = 0; i < V; i++) {
+            bool want = steps[k].allowed[i] == 'x';
+            m += want;
+            CHECK((isinf(out[i]) == 0) == want && (!want || out[i] == logits[i]), "step %zu: token %d ('%s') allowed %d",
+                  k, i, toks[i], !isinf(out[i]));
+        }
+        CHECK(n == m, "step %zu: %d allowed, want %d", k, n, m);
+    }
+    moe_token_bytes_free(&tb);
+}
+
 /* Masks over a toy vocabulary. */
 static void test_mask(void)
 {
@@ -1043,6 +1170,30 @@ static void test_mask_vocab(void)
     }
     CHECK(mismatches == 0, "%d token verdicts differ from the reference over %d steps", mismatches, steps);
     CHECK(steps > 100, "only %d steps walked", steps);
+    /* around a reasoning block: before it, inside it (part of the close tag read or not), after it */
+    static const struct {
+        bool opened;
+        const char *fed;
+    } think[] = { { false, "" }, { false, "<th" }, { false, "<think>" }, { true, "def f(x):\n  return x</" },
+                  { true, "<</think>\n" }, { true, "</think>{\"a\": [1, " } };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(think); k++) {
+        struct moe_json_state s;
+        moe_json_init_after_think(&s, NULL, think[k].opened);
+        REQUIRE(moe_json_feed(&s, think[k].fed, strlen(think[k].fed)), "%s refused", think[k].fed);
+        int n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out), m = 0, bad = 0;
+        for (int id = 0; id < V; id++) {
+            struct moe_json_state c;
+            moe_json_copy(&c, &s);
+            uint32_t a = tb.off[id], b = tb.off[id + 1];
+            bool want = b > a && moe_json_feed(&c, tb.blob + a, b - a);
+            bad += want != !isinf(out[id]);
+            m += want;
+        }
+        CHECK(bad == 0 && n == m, "after %s: %d verdicts differ, %d allowed, %d by the reference", think[k].fed, bad,
+              n, m);
+        CHECK(m > 0 && (strcmp(think[k].fed, "<think>") || m > V / 2), "after %s: %d of %d allowed", think[k].fed,
+              m, V);
+    }
     free(logits);
     free(out);
     free(ok);
@@ -1075,5 +1226,7 @@ int main(void)
     test_regex_mask();
     test_mask();
     test_mask_vocab();
+    test_after_think();
+    test_after_think_mask();
     return t_result("test_engine_json_schema");
 }

@@ -5,7 +5,8 @@
  * With prefix_cache, a request that begins as a finished one did (the same
  * prompt, the prompt and its answer as a longer prompt) starts from the slot's
  * cache, and requests sent together with one prompt copy the first one's, and
- * each still decodes exactly those tokens. */
+ * each still decodes exactly those tokens.  JSON mode after a reasoning block leaves the block's
+ * text free. */
 #include "../engine/engine_testutil.h"
 #include "model/tokenizer.h"
 #include "offload/runtime.h"
@@ -142,6 +143,50 @@ static void sample_threads(const struct moe_model *m, const struct moe_token_byt
     }
 }
 
+/* JSON mode after a reasoning block (json_after_think): inside a block the prompt opened, greedy
+ * decoding picks the tokens it picks without JSON mode (the text is free while it does not close the
+ * block); with the block not opened, the reply is JSON mode's own or begins with a '<' (a "<think>"). */
+static void after_think(const struct moe_model *m, const struct moe_token_bytes *tb)
+{
+    static struct sc_req r[NP][3];
+    memset(r, 0, sizeof(r));
+    struct moe_engine_params ep = { .max_seqs = 3 * NP, .max_ctx = 256, .max_batch_tokens = 256 };
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    REQUIRE(e, "engine: %s", moe_last_error());
+    struct moe_sched_params sp = { .max_running = 3 * NP, .micro_batch = 3 * NP, .prefill_chunk = 16,
+                                   .engine_max_ctx = 256, .engine_max_batch_tokens = 256,
+                                   .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create(e, &sp);
+    REQUIRE(s, "scheduler: %s", moe_last_error());
+    for (int i = 0; i < NP; i++)
+        for (int k = 0; k < 3; k++) { /* JSON mode; after a block the prompt opened; after a block it may open */
+            struct moe_gen_params g = { .max_tokens = T, .json = tb, .json_after_think = k > 0, .think_opened = k == 1 };
+            g.sampling.top_p = 1.0f;
+            REQUIRE(moe_sched_submit(s, ids[i], n_ids[i], &g, &sc_events, &r[i][k], &r[i][k].id) == MOE_OK,
+                    "submit: %s", moe_last_error());
+        }
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    int free_runs = 0;
+    for (int i = 0; i < NP; i++) {
+        int n = 0; /* the free tokens: up to an end of sequence, which a block never takes */
+        while (n < T && !moe_config_is_eos(&m->cfg, want[i][n])) n++;
+        CHECK(r[i][1].n_done == 1 && r[i][1].n_tokens >= n && !memcmp(r[i][1].tokens, want[i], sizeof(int) * (size_t)n),
+              "prompt %d, inside the block: %d tokens, free decoding's first %d differ", i, r[i][1].n_tokens, n);
+        free_runs += n == T && r[i][1].why == MOE_FINISH_LENGTH;
+        const struct sc_req *a = &r[i][0], *b = &r[i][2];
+        bool same = a->n_tokens == b->n_tokens && !memcmp(a->tokens, b->tokens, sizeof(int) * (size_t)a->n_tokens);
+        bool opens = b->n_tokens > 0 && tb->off[b->tokens[0] + 1] > tb->off[b->tokens[0]] &&
+                     tb->blob[tb->off[b->tokens[0]]] == '<';
+        CHECK(a->n_done == 1 && b->n_done == 1 && (same || opens),
+              "prompt %d: JSON mode wrote %d tokens, after a block that may open %d (first token %d)", i, a->n_tokens,
+              b->n_tokens, b->n_tokens ? b->tokens[0] : -1);
+    }
+    CHECK(free_runs > 0, "no prompt decoded all %d tokens freely inside the block", T);
+    moe_sched_destroy(s);
+    moe_engine_destroy(e);
+}
+
 /* One request through s, to its end; its greedy tokens must be want[0..T). */
 static void prefix_one(struct moe_sched *s, const int *p, int n, const int *want_t, const char *what)
 {
@@ -250,6 +295,7 @@ int main(void)
     struct moe_token_bytes tb;
     REQUIRE(moe_token_bytes_build(tk, m->cfg.vocab, &tb) == MOE_OK, "token bytes: %s", moe_last_error());
     sample_threads(m, &tb);
+    after_think(m, &tb);
     moe_token_bytes_free(&tb);
     for (int i = 0; i < NP; i++)
         free(ids[i]);

@@ -8,7 +8,8 @@ on exactly the text that template makes (its token count is compared with
 turn its raise_exception() into a 400 that keeps the server serving, and
 `--chat-template markers` / FILE / a template outside the subset must do what
 `moeflow serve --help` says; with `--reasoning-parser think`, a reply's <think>...</think> (or, when
-the prompt opened the block, its text up to </think>) is reasoning_content, whole and streamed."""
+the prompt opened the block, its text up to </think>) is reasoning_content, whole and streamed; output
+held to JSON is free inside the block and JSON after it."""
 import json
 import os
 import shutil
@@ -183,13 +184,26 @@ def main():
                 check(code_s == 200 and streamed == (want[0] or "", want[1]), "streamed %s: %r" % (rx, streamed))
             finally:
                 check(srv.stop() == 0, "exit status")
-        # output held to JSON has no reasoning block, even after a prompt that opened one
-        srv = Server(moeflow, "--model", model, "--chat-template", opens, "--reasoning-parser", "think")
+        # output held to JSON may reason first, in a block the model opens (this model, not trained to
+        # reason, takes the chance: its reply begins with '<'); after a prompt that closed an empty
+        # block (reasoning turned off) the reply is JSON from its first byte
+        closes = os.path.join(tmp, "closes.jinja")
+        with open(closes, "w") as f:
+            f.write("{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}\n[assistant] <think>\n\n"
+                    "</think>\n\n")
+        json_body = {"messages": user, "max_tokens": 16, "temperature": 0, "response_format": {"type": "json_object"}}
+        srv = Server(moeflow, "--model", model, "--chat-template", plain, "--reasoning-parser", "think")
         try:
-            code, code_s, whole, streamed = reply(srv, {"messages": user, "max_tokens": 16, "temperature": 0,
-                                                        "response_format": {"type": "json_object"}})
+            code, code_s, whole, streamed = reply(srv, json_body)
+            check(code == 200 and whole[0] and whole[1] == "" and streamed == whole,
+                  "JSON mode with the parser, a block opened: %d %r %r" % (code, whole, streamed))
+        finally:
+            check(srv.stop() == 0, "exit status")
+        srv = Server(moeflow, "--model", model, "--chat-template", closes, "--reasoning-parser", "think")
+        try:
+            code, code_s, whole, streamed = reply(srv, json_body)
             check(code == 200 and whole[0] is None and (whole[1] or "").startswith("{") and streamed == ("", whole[1]),
-                  "JSON mode with the parser: %d %r %r" % (code, whole, streamed))
+                  "JSON mode with the parser, reasoning turned off: %d %r %r" % (code, whole, streamed))
         finally:
             check(srv.stop() == 0, "exit status")
         # the prompt opened the block and the reply never closes it: all reasoning, as the parser "none"
@@ -206,6 +220,14 @@ def main():
             code, code_s, whole, streamed = reply(srv, body)
             check(code == 200 and whole == (text, "") and streamed == (text, ""),
                   "never closed: %d %r %r, want %r" % (code, whole, streamed, text))
+            # JSON mode after a prompt that opened the block: the reasoning is as free (JSON holds only
+            # what follows </think>), whole and streamed
+            for rf in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "n", "schema": {
+                    "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}):
+                code, code_s, whole, streamed = reply(srv, dict(body, response_format=rf))
+                check(code == 200 and (whole[0] or "").startswith(text) and whole[1] == "" and
+                      streamed == whole, "%s after an opened block: %d %r %r, want the reasoning %r" %
+                      (rf["type"], code, whole, streamed, text))
         finally:
             check(srv.stop() == 0, "exit status")
         r = subprocess.run([moeflow, "serve", "--model", model, "--reasoning-parser", "deepseek", "--grpc-port", "0",

@@ -7,6 +7,18 @@
 
 #include "engine/json_guide.h"
 
+/* What comes before the value: 0 nothing, 1 a reasoning block the output may open, 2 one it
+ * begins inside (moe_json_init_after_think). */
+static int fuzz_think;
+
+static void fuzz_init(struct moe_json_state *s, const struct moe_json_schema *sc)
+{
+    if (fuzz_think)
+        moe_json_init_after_think(s, sc, fuzz_think == 2);
+    else
+        moe_json_init(s, sc);
+}
+
 /* The bytes of d[0..n) taken before the first refusal (n when none), fed in pieces of piece bytes
  * (a refused piece searched byte by byte: its bytes one by one must be refused too); *end: whether
  * all were taken and the output may end there.  Whole implies it may end; no more open containers
@@ -14,7 +26,7 @@
 static size_t fuzz_accepted(const struct moe_json_schema *sc, const uint8_t *d, size_t n, size_t piece, bool *end)
 {
     static struct moe_json_state s, t;
-    moe_json_init(&s, sc);
+    fuzz_init(&s, sc);
     for (size_t i = 0; i < n; i += piece) {
         size_t m = i + piece < n ? piece : n - i;
         moe_json_copy(&t, &s);
@@ -39,7 +51,7 @@ static size_t fuzz_accepted(const struct moe_json_schema *sc, const uint8_t *d, 
 static void fuzz_no_dead_end(const struct moe_json_schema *sc, const uint8_t *d, size_t n, unsigned rot)
 {
     static struct moe_json_state s, c;
-    moe_json_init(&s, sc);
+    fuzz_init(&s, sc);
     if (n && !moe_json_feed(&s, (const char *)d, n)) abort();
     for (unsigned k = 0; k < 64 && !moe_json_done(&s); k++) {
         bool found = false;

@@ -1,7 +1,8 @@
 /* JSON mode's cost per generated token: moe_json_mask over a model's whole
  * vocabulary, at every token of a JSON document as the model's tokenizer
  * splits it, with no schema, a schema, the schema with lengths and ranges and
- * one with patterns on its strings, and the time each schema (and one of seven
+ * one with patterns on its strings, and in JSON mode after a reasoning block
+ * (the block's text, then the document), and the time each schema (and one of seven
  * formats) takes to compile,
  * against feeding every token on its
  * own (the reference the mask must equal).  Prints one JSON line per case.
@@ -27,6 +28,11 @@ static const char *schema =
     "\"weight\":{\"type\":\"number\"},\"indoor\":{\"type\":\"boolean\"},\"tags\":{\"type\":\"array\",\"items\":"
     "{\"enum\":[\"small\",\"big\",\"old\"]},\"maxItems\":3},\"owner\":{\"anyOf\":[{\"type\":\"null\"},"
     "{\"$ref\":\"#/$defs/Owner\"}]}},\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
+
+/* Reasoning before the document (serve's reasoning parser): the block is free text. */
+static const char *reasoning =
+    "<think>\nThe user wants a pet as JSON. A dog is a good choice: call it Rex, seven years old, 31.5 kg,\n"
+    "kept outdoors. Tags: big and old. The owner's id is 1024.\n</think>\n\n";
 
 /* The same schema with lengths and ranges, which the document meets. */
 static const char *bounded =
@@ -104,13 +110,17 @@ int main(int argc, char **argv)
     int V = moe_tokenizer_vocab_size(tok);
     struct moe_token_bytes tb;
     struct moe_json_schema *sc[4] = { NULL };
-    int *ids = NULL;
-    size_t n = 0;
+    int *ids = NULL, *tids = NULL;
+    size_t n = 0, tn = 0;
+    char *tdoc = malloc(strlen(reasoning) + strlen(doc) + 1);
+    if (!tdoc) return 1;
+    strcat(strcpy(tdoc, reasoning), doc);
     if (moe_token_bytes_build(tok, V, &tb) != MOE_OK ||
         moe_json_schema_parse(schema, strlen(schema), &sc[1]) != MOE_OK ||
         moe_json_schema_parse(bounded, strlen(bounded), &sc[2]) != MOE_OK ||
         moe_json_schema_parse(patterned, strlen(patterned), &sc[3]) != MOE_OK ||
-        moe_tokenizer_encode(tok, doc, strlen(doc), &ids, &n) != MOE_OK) {
+        moe_tokenizer_encode(tok, doc, strlen(doc), &ids, &n) != MOE_OK ||
+        moe_tokenizer_encode(tok, tdoc, strlen(tdoc), &tids, &tn) != MOE_OK) {
         fprintf(stderr, "json_mask_bench: %s\n", moe_last_error());
         return 1;
     }
@@ -118,14 +128,20 @@ int main(int argc, char **argv)
           *b = malloc(sizeof(float) * (size_t)V);
     if (!logits || !a || !b) return 1;
     for (int i = 0; i < V; i++) logits[i] = (float)i;
-    const char *texts[4] = { NULL, schema, bounded, patterned };
-    for (int k = 0; k < 4; k++) { /* any object, the schema, with bounds, with patterns */
+    const char *texts[5] = { NULL, schema, bounded, patterned, NULL };
+    for (int k = 0; k < 5; k++) { /* any object, the schema, with bounds, with patterns; reasoning first */
         double t_mask = 0, t_each = 0;
         long allowed = 0, differ = 0;
+        bool think = k == 4;
+        const int *tk = think ? tids : ids;
+        size_t nt = think ? tn : n;
         for (int r = 0; r < reps; r++) {
             struct moe_json_state s;
-            moe_json_init(&s, sc[k]);
-            for (size_t i = 0; i < n; i++) {
+            if (think)
+                moe_json_init_after_think(&s, NULL, false);
+            else
+                moe_json_init(&s, sc[k]);
+            for (size_t i = 0; i < nt; i++) {
                 double t0 = moe_now();
                 int na = moe_json_mask(&s, &tb, logits, V, NULL, NULL, a);
                 double t1 = moe_now();
@@ -137,20 +153,23 @@ int main(int argc, char **argv)
                     allowed += na;
                     differ += na != nb || memcmp(a, b, sizeof(float) * (size_t)V);
                 }
-                moe_json_take(&s, &tb, ids[i]);
+                moe_json_take(&s, &tb, tk[i]);
             }
         }
-        double calls = (double)reps * (double)n;
-        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"patterns\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,"
-               "\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,\"steps_differing\":%ld,"
-               "\"compile_us\":%.1f}\n",
-               k ? "true" : "false", k == 2 ? "true" : "false", k == 3 ? "true" : "false", V, n, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls,
-               t_each / t_mask, (double)allowed / (double)n, differ, k ? compile_us(texts[k], reps) : 0.0);
+        double calls = (double)reps * (double)nt;
+        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"patterns\":%s,\"reasoning\":%s,\"vocab\":%d,"
+               "\"steps\":%zu,\"reps\":%d,\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,"
+               "\"steps_differing\":%ld,\"compile_us\":%.1f}\n",
+               k && !think ? "true" : "false", k == 2 ? "true" : "false", k == 3 ? "true" : "false",
+               think ? "true" : "false", V, nt, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls, t_each / t_mask,
+               (double)allowed / (double)nt, differ, k && !think ? compile_us(texts[k], reps) : 0.0);
     }
     free(logits);
     free(a);
     free(b);
     free(ids);
+    free(tids);
+    free(tdoc);
     printf("{\"bench\":\"json_schema_compile\",\"schema\":\"seven formats\",\"reps\":%d,\"compile_us\":%.1f}\n", reps,
            compile_us(formats, reps));
     for (int k = 0; k < 4; k++) moe_json_schema_unref(sc[k]);

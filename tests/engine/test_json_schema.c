@@ -902,20 +902,29 @@ static bool toy_eos(const void *ud, int id)
     return id == 3;
 }
 
+/* A toy vocabulary: token i's bytes are toks[i]. */
+static void toy_vocab(const char *const *toks, int n, struct moe_token_bytes *tb)
+{
+    char blob[256];
+    uint32_t off[64], at = 0;
+    REQUIRE(n < 64, "%d toy tokens", n);
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(toks[i]);
+        REQUIRE(at + l <= sizeof(blob), "toy tokens beyond %zu bytes", sizeof(blob));
+        off[i] = at;
+        memcpy(blob + at, toks[i], l);
+        at += (uint32_t)l;
+    }
+    off[n] = at;
+    REQUIRE(moe_token_bytes_make(blob, off, n, tb) == MOE_OK, "%s", moe_last_error());
+}
+
 /* The mask allows an end-of-sequence token exactly where raw text may end. */
 static void test_regex_mask(void)
 {
     static const char *toks[] = { "1", "2", "a", "</s>", "b" };
-    char blob[32];
-    uint32_t off[6], at = 0;
-    for (int i = 0; i < 5; i++) {
-        off[i] = at;
-        memcpy(blob + at, toks[i], strlen(toks[i]));
-        at += (uint32_t)strlen(toks[i]);
-    }
-    off[5] = at;
     struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_make(blob, off, 5, &tb) == MOE_OK, "%s", moe_last_error());
+    toy_vocab(toks, 5, &tb);
     struct moe_json_schema *sc = NULL;
     REQUIRE(moe_json_schema_regex("1+a?", 4, &sc) == MOE_OK, "%s", moe_last_error());
     float logits[5] = { 1, 2, 3, 4, 5 }, out[5];
@@ -1018,16 +1027,8 @@ static void test_after_think_mask(void)
     static const char *toks[] = { "<think>", "<", "think>", "hello", "</think>", "</think>\n\n{", "x</think>]", "{",
                                   "}", "\n\n", "</s>", "</", "think>]", "", " <think>" };
     enum { V = (int)MOE_ARRAY_LEN(toks) };
-    char blob[128];
-    uint32_t off[V + 1], at = 0;
-    for (int i = 0; i < V; i++) {
-        off[i] = at;
-        memcpy(blob + at, toks[i], strlen(toks[i]));
-        at += (uint32_t)strlen(toks[i]);
-    }
-    off[V] = at;
     struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_make(blob, off, V, &tb) == MOE_OK, "%s", moe_last_error());
+    toy_vocab(toks, V, &tb);
     float logits[V], out[V];
     for (int i = 0; i < V; i++) logits[i] = (float)i;
     struct {
@@ -1064,17 +1065,8 @@ static void test_mask(void)
 {
     static const char *toks[] = { "{", "}", "\"", "id", "\":", "7", ".5", " ", ",", "\"pets\":[]", "[]" };
     enum { V = (int)MOE_ARRAY_LEN(toks) };
-    char blob[128];
-    uint32_t off[V + 1];
-    uint32_t at = 0;
-    for (int i = 0; i < V; i++) {
-        off[i] = at;
-        memcpy(blob + at, toks[i], strlen(toks[i]));
-        at += (uint32_t)strlen(toks[i]);
-    }
-    off[V] = at;
     struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_make(blob, off, V, &tb) == MOE_OK, "%s", moe_last_error());
+    toy_vocab(toks, V, &tb);
     struct moe_json_schema *sc = compile(owner);
     if (!sc) {
         moe_token_bytes_free(&tb);

@@ -216,15 +216,32 @@ static enum moe_status upload_rows(struct moe_engine *e, const struct moe_wview 
     return st;
 }
 
-/* The order of a head's rope rows in the matrices that produce them:
+/* The order of a head's d rope rows in the matrices that produce them:
  * transformers' rope_interleave rotates adjacent pairs (x0, x1), (x2, x3), ...
  * by first gathering the even then the odd dims, which puts the pairs where
- * the rotate-half rope op expects them: row j of the result is row perm[j]. */
-static void rope_rows(const struct moe_config *c, int base, int *rows)
+ * the rotate-half rope op expects them: row j of the result is row perm[j].
+ * (ERNIE-4.5's rotation of adjacent pairs is the same after this order, and
+ * attention scores do not change when q and k share it.) */
+static void rope_rows(const struct moe_config *c, int base, int d, int *rows)
 {
-    int d = c->qk_rope_dim;
     for (int j = 0; j < d; j++)
         rows[j] = base + (!c->rope_interleave ? j : j < d / 2 ? 2 * j : 2 * (j - d / 2) + 1);
+}
+
+/* q_proj or k_proj of n_heads heads with each head's rope rows in rope_rows' order (ERNIE-4.5). */
+static enum moe_status upload_interleaved(struct moe_engine *e, const struct moe_wview *w, int n_heads,
+                                          void **out, const char *what, int l)
+{
+    const struct moe_config *c = &e->cfg;
+    int hd = c->head_dim, *rows = malloc(sizeof(int) * (size_t)n_heads * (size_t)hd);
+    if (!rows) return moe_errorf(MOE_ENOMEM, "layer %d: out of memory", l);
+    for (int h = 0; h < n_heads; h++) {
+        rope_rows(c, h * hd, c->rope_dim, rows + h * hd);
+        for (int j = c->rope_dim; j < hd; j++) rows[h * hd + j] = h * hd + j;
+    }
+    enum moe_status st = upload_rows(e, w, rows, n_heads * hd, e->wdt, out, what, l);
+    free(rows);
+    return st;
 }
 
 /* kv_b_proj [nh*(nope + v), kv_lora_rank] as the latent attention uses it: each head's k rows
@@ -273,12 +290,12 @@ static enum moe_status load_mla(struct moe_engine *e, int l)
     if (!rows) return moe_errorf(MOE_ENOMEM, "layer %d: out of memory", l);
     for (int h = 0; h < nh; h++) {
         for (int j = 0; j < c->qk_nope_dim; j++) rows[h * hd + j] = h * hd + j;
-        rope_rows(c, h * hd + c->qk_nope_dim, rows + h * hd + c->qk_nope_dim);
+        rope_rows(c, h * hd + c->qk_nope_dim, rd, rows + h * hd + c->qk_nope_dim);
     }
     enum moe_status st = upload_rows(e, &w->wq, rows, nh * hd, e->wdt, &d->wq, "q projection", l);
     for (int j = 0; j < kvr; j++) rows[j] = j;
     if (st == MOE_OK) st = upload_rows(e, &w->kv_a, rows, kvr, e->wdt, &d->kv_a_c, "kv_a_proj_with_mqa", l);
-    rope_rows(c, kvr, rows);
+    rope_rows(c, kvr, rd, rows);
     if (st == MOE_OK) st = upload_rows(e, &w->kv_a, rows, rd, e->wdt, &d->kv_a_r, "kv_a_proj_with_mqa", l);
     free(rows);
     void *qn = NULL, *kvn = NULL;
@@ -339,6 +356,14 @@ static enum moe_status load_weights(struct moe_engine *e)
         NEED(d->ffn_norm, "post_attention_layernorm");
         if (c->mla) {
             if ((st = load_mla(e, l)) != MOE_OK) goto out_fail;
+        } else if (c->rope_interleave) { /* grouped-query attention turning adjacent pairs (ERNIE-4.5) */
+            if (w->wq.data && (st = upload_interleaved(e, &w->wq, c->n_heads, &d->wq, "q_proj", l)) != MOE_OK)
+                goto out_fail;
+            if (w->wk.data && (st = upload_interleaved(e, &w->wk, c->n_kv_heads, &d->wk, "k_proj", l)) != MOE_OK)
+                goto out_fail;
+            UPLOAD(w->wv, e->wdt, d->wv, "v_proj");
+            UPLOAD(w->wo, e->wdt, d->wo, "o_proj");
+            NEED(d->wq && d->wk && d->wv && d->wo, "q/k/v/o projection");
         } else {
             UPLOAD(w->wq, e->wdt, d->wq, "q_proj");
             UPLOAD(w->wk, e->wdt, d->wk, "k_proj");
@@ -360,7 +385,7 @@ static enum moe_status load_weights(struct moe_engine *e)
         if (c->is_moe[l]) {
             UPLOAD(w->router, e->wdt, d->router, "router gate");
             NEED(d->router, "router gate");
-            if (c->router == MOE_ROUTER_SIGMOID_GROUP) {
+            if (moe_router_has_bias(c->router)) {
                 UPLOAD(w->router_bias, MOE_DT_F32, d->router_bias, "e_score_correction_bias");
                 NEED(d->router_bias, "e_score_correction_bias");
             }
@@ -495,8 +520,7 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         e->own_be = true;
     }
     if ((c->mla && !e->be->ops->copy_blocks) ||
-        ((c->router == MOE_ROUTER_SIGMOID_GROUP || c->router == MOE_ROUTER_SOFTMAX_GROUP) &&
-         !e->be->ops->router_grouped)) {
+        (moe_router_is_grouped(c->router) && !e->be->ops->router_grouped)) {
         st = moe_errorf(MOE_ENOTSUP, "engine: the %s backend does not run %s (multi-head latent attention, "
                         "grouped routing) yet; use the cpu backend", e->be->name, c->model_type);
         goto out_fail;
@@ -854,7 +878,7 @@ static enum moe_status moe_block(struct moe_engine *e, int l, int n)
         e->hooks.on_moe_input(e->hooks.ud, l, n, x);
     }
     BE(o->linear(bc, e->xn, w->router, e->wdt, NULL, n, H, E, e->rl));
-    if (c->router == MOE_ROUTER_SIGMOID_GROUP || c->router == MOE_ROUTER_SOFTMAX_GROUP)
+    if (moe_router_is_grouped(c->router))
         BE(o->router_grouped(bc, e->rl, w->router_bias, n, E, K, c->router, c->n_group, c->topk_group,
                              c->norm_topk_prob, c->routed_scale, e->d_ids, e->rw));
     else

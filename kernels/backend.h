@@ -120,8 +120,10 @@ struct moe_backend_ops {
      * groups of 2 or more) or by its largest c (V2); the topk_group best groups stay (ties to
      * the lower group) and every other expert's c counts as 0, as transformers masks it.
      * ids = the experts of the k largest c, listed by descending s (ties to the lower id); w =
-     * their s, divided by (their sum + 1e-20) when renorm, times scale.  NULL on a backend
-     * without it (the engine then refuses such a model). */
+     * their s, divided by (their sum + 1e-20) when renorm, times scale.  MOE_ROUTER_SOFTMAX_BIAS
+     * (ERNIE-4.5, one group): s = softmax(logits) as V2's, c = s + bias, and w divided by
+     * max(their sum, MOE_ERNIE_NORM_MIN) when renorm.  NULL on a backend without it (the engine
+     * then refuses such a model). */
     enum moe_status (*router_grouped)(void *ctx, const float *logits, const float *bias, int n, int E,
                                       int k, enum moe_router_kind kind, int n_group, int topk_group, bool renorm,
                                       float scale, int32_t *ids, float *w);

@@ -15,7 +15,8 @@
 #include <string.h>
 
 #define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
-#define SUPPORTED_TYPES "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe, minimax_m2, dots1"
+#define SUPPORTED_TYPES                                                                                               \
+    "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe, minimax_m2, dots1, ernie4_5_moe"
 
 const char *moe_family_name(enum moe_family f)
 {
@@ -29,6 +30,7 @@ const char *moe_family_name(enum moe_family f)
     case MOE_FAM_GLM4_MOE: return "glm4_moe";
     case MOE_FAM_MINIMAX_M2: return "minimax_m2";
     case MOE_FAM_DOTS1: return "dots1";
+    case MOE_FAM_ERNIE4_5_MOE: return "ernie4_5_moe";
     }
     return "unknown";
 }
@@ -46,6 +48,7 @@ static const struct {
     { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE },
     { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2 },
     { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1 },
+    { "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", MOE_FAM_ERNIE4_5_MOE },
 };
 
 /* A field that is absent or JSON null counts as missing. */
@@ -487,13 +490,149 @@ static enum moe_status parse_deepseek_routing(const char *what, json_t *root, st
     return MOE_OK;
 }
 
+/* The experts and which layers are MoE: num_experts / n_routed_experts (or num_local_experts),
+ * num_experts_per_tok, the intermediate sizes, and the dense layers (DeepSeek's first_k_dense_replace,
+ * Qwen's decoder_sparse_step and mlp_only_layers). */
+static enum moe_status parse_experts(const char *what, json_t *root, struct moe_config *c)
+{
+    enum moe_status st;
+    int inter = 0, step = 1, ne_a = -1, ne_b = -1;
+    json_t *v;
+
+    /* Experts: num_experts (Qwen/OLMoE) or num_local_experts (Mixtral, some exports). */
+    const char *experts_key = moe_family_has_deepseek_moe(c->family) ? "n_routed_experts" : "num_experts";
+    if ((st = get_int(what, root, experts_key, false, 1,
+                      65536, -1, &ne_a)) ||
+        (st = get_int(what, root, "num_local_experts", false, 1, 65536, -1, &ne_b)))
+        return st;
+    if (ne_a < 0 && ne_b < 0) {
+        st = moe_errorf(MOE_EFORMAT, "%s: required field \"%s\" (or \"num_local_experts\") is missing", what,
+                        experts_key);
+        return st;
+    }
+    if (ne_a > 0 && ne_b > 0 && ne_a != ne_b) {
+        st = moe_errorf(MOE_EFORMAT, "%s: \"%s\" = %d and \"num_local_experts\" = %d disagree", what,
+                        experts_key, ne_a, ne_b);
+        return st;
+    }
+    c->n_experts = ne_a > 0 ? ne_a : ne_b;
+    if ((st = get_int(what, root, "num_experts_per_tok", true, 1, c->n_experts, 0, &c->top_k))) return st;
+
+    /* Intermediate sizes. */
+    bool inter_is_expert = c->family == MOE_FAM_MIXTRAL || c->family == MOE_FAM_OLMOE || c->family == MOE_FAM_MINIMAX_M2;
+    if ((st = get_int(what, root, "intermediate_size", inter_is_expert, 1,
+                      CFG_MAX_SIZE, 0, &inter)))
+        return st;
+    if (inter_is_expert) {
+        c->expert_inter = inter;
+    } else if ((st = get_int(what, root, "moe_intermediate_size", true, 1, CFG_MAX_SIZE, 0,
+                             &c->expert_inter))) {
+        return st;
+    }
+
+    /* Which layers are MoE (Qwen: decoder_sparse_step and mlp_only_layers). */
+    for (int l = 0; l < c->n_layers; l++) c->is_moe[l] = true;
+    if (moe_family_has_deepseek_moe(c->family)) {
+        /* the first first_k_dense_replace layers are dense; the rest MoE */
+        int dense_first, freq;
+        if ((st = get_int(what, root, "first_k_dense_replace", false, 0, c->n_layers,
+                          c->family == MOE_FAM_DEEPSEEK_V3 ? 3 : c->family == MOE_FAM_GLM4_MOE ? 1 : 0, /* dots1: 0 */
+                          &dense_first)) ||
+            (st = get_int(what, root, "moe_layer_freq", false, 1, 1, 1, &freq)))
+            return st;
+        for (int l = 0; l < dense_first; l++) c->is_moe[l] = false;
+        if (dense_first > 0 && !inter) {
+            st = moe_errorf(MOE_EFORMAT, "%s: layers 0..%d are dense (first_k_dense_replace = %d) but "
+                            "\"intermediate_size\" is missing", what, dense_first - 1, dense_first);
+            return st;
+        }
+        if (dense_first > 0) c->dense_inter = inter;
+        if ((st = parse_deepseek_routing(what, root, c))) return st;
+    } else if (c->family == MOE_FAM_QWEN2_MOE || c->family == MOE_FAM_QWEN3_MOE) {
+        size_t i;
+        json_t *x;
+        if ((st = get_int(what, root, "decoder_sparse_step", false, 1, MOE_MAX_LAYERS, 1, &step))) return st;
+        v = field(root, "mlp_only_layers");
+        if (v && !json_is_array(v)) {
+            st = moe_errorf(MOE_EFORMAT, "%s: field \"mlp_only_layers\" must be a list of layer indices", what);
+            return st;
+        }
+        for (int l = 0; l < c->n_layers; l++) c->is_moe[l] = (l + 1) % step == 0;
+        json_array_foreach(v, i, x) {
+            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= c->n_layers) {
+                st = moe_errorf(MOE_ERANGE, "%s: field \"mlp_only_layers\"[%zu] must be a layer index in "
+                                "[0, %d)", what, i, c->n_layers);
+                return st;
+            }
+            c->is_moe[json_integer_value(x)] = false;
+        }
+        for (int l = 0; l < c->n_layers; l++) {
+            if (!c->is_moe[l]) {
+                if (!inter) {
+                    st = moe_errorf(MOE_EFORMAT, "%s: layer %d is dense (decoder_sparse_step / "
+                                    "mlp_only_layers) but \"intermediate_size\" is missing", what, l);
+                    return st;
+                }
+                c->dense_inter = inter;
+            }
+        }
+    }
+    return MOE_OK;
+}
+
+/* ERNIE-4.5's experts (Ernie4_5_MoeConfig's names and defaults): moe_num_experts, moe_k,
+ * moe_intermediate_size; moe_num_shared_experts shared experts of that size as one MLP; layers
+ * moe_layer_start_index..moe_layer_end_index (-1: the last) whose index + 1 is a multiple of
+ * moe_layer_interval are MoE, the others dense MLPs of intermediate_size.  Routing: softmax, top-k by
+ * probability + e_score_correction_bias, weights renormalised (MOE_ROUTER_SOFTMAX_BIAS). */
+static enum moe_status parse_ernie_experts(const char *what, json_t *root, struct moe_config *c)
+{
+    enum moe_status st;
+    int n_shared, first, last, every;
+    bool bias;
+    double norm_min;
+    if ((st = get_int(what, root, "moe_num_experts", false, 1, 65536, 64, &c->n_experts)) ||
+        (st = get_int(what, root, "moe_k", false, 1, c->n_experts, c->n_experts < 6 ? c->n_experts : 6, &c->top_k)) ||
+        (st = get_int(what, root, "moe_intermediate_size", false, 1, CFG_MAX_SIZE, 1536, &c->expert_inter)) ||
+        (st = get_int(what, root, "intermediate_size", false, 1, CFG_MAX_SIZE, 12288, &c->dense_inter)) ||
+        (st = get_int(what, root, "moe_num_shared_experts", false, 0, 64, 2, &n_shared)) ||
+        (st = get_int(what, root, "moe_layer_start_index", false, 0, c->n_layers - 1, 1, &first)) ||
+        (st = get_int(what, root, "moe_layer_end_index", false, -1, c->n_layers - 1, -1, &last)) ||
+        (st = get_int(what, root, "moe_layer_interval", false, 1, MOE_MAX_LAYERS, 1, &every)) ||
+        (st = get_pos_num(what, root, "moe_norm_min", MOE_ERNIE_NORM_MIN, &norm_min)) ||
+        (st = get_bool(what, root, "use_bias", false, &bias)))
+        return st;
+    if (field(root, "num_experts_per_tok") && !field(root, "moe_k"))
+        return moe_errorf(MOE_EFORMAT, "%s: ernie4_5_moe names its experts per token \"moe_k\", not "
+                          "\"num_experts_per_tok\"", what);
+    if ((float)norm_min != MOE_ERNIE_NORM_MIN)
+        return moe_errorf(MOE_ENOTSUP, "%s: field \"moe_norm_min\" = %g: only 1e-12 (transformers' default) is "
+                          "supported", what, norm_min);
+    if (bias)
+        return moe_errorf(MOE_ENOTSUP, "%s: field \"use_bias\" = true (biases on every linear layer) is not "
+                          "supported for ernie4_5_moe", what);
+    if (last < 0) last = c->n_layers - 1;
+    bool any = false;
+    for (int l = 0; l < c->n_layers; l++) any |= c->is_moe[l] = (l + 1) % every == 0 && l >= first && l <= last;
+    if (!any)
+        return moe_errorf(MOE_ERANGE, "%s: no MoE layer: moe_layer_start_index %d, moe_layer_end_index %d and "
+                          "moe_layer_interval %d leave every one of the %d layers dense", what, first, last, every,
+                          c->n_layers);
+    c->shared_inter = n_shared * c->expert_inter;
+    c->router = MOE_ROUTER_SOFTMAX_BIAS;
+    c->norm_topk_prob = true;
+    c->n_group = c->topk_group = 1;
+    c->routed_scale = 1.0f;
+    c->rope_interleave = true; /* apply_rotary_pos_emb turns adjacent pairs */
+    return MOE_OK;
+}
+
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what, struct moe_config *out)
 {
     struct moe_config c;
     json_error_t jerr;
     json_t *root, *v;
     enum moe_status st;
-    int inter = 0, step = 1, ne_a = -1, ne_b = -1;
     bool b;
     double d = 0;
 
@@ -516,7 +655,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         (st = get_int(what, root, "num_key_value_heads", false, 1, 4096, c.n_heads, &c.n_kv_heads)) ||
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
         (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
-                      c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_GLM4_MOE ? 4096 * 32
+                      c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_GLM4_MOE ||
+                              c.family == MOE_FAM_ERNIE4_5_MOE ? 4096 * 32
                       : c.family == MOE_FAM_MINIMAX_M2 ? 196608
                       : c.family == MOE_FAM_DEEPSEEK_V2 || c.family == MOE_FAM_DOTS1 ? 2048
                       : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_DEEPSEEK_V3 ? 4096 : 32768,
@@ -527,84 +667,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     } else if ((st = parse_head_dim(what, root, &c))) {
         goto out;
     }
-    /* Experts: num_experts (Qwen/OLMoE) or num_local_experts (Mixtral, some exports). */
-    const char *experts_key = moe_family_has_deepseek_moe(c.family) ? "n_routed_experts" : "num_experts";
-    if ((st = get_int(what, root, experts_key, false, 1,
-                      65536, -1, &ne_a)) ||
-        (st = get_int(what, root, "num_local_experts", false, 1, 65536, -1, &ne_b)))
-        goto out;
-    if (ne_a < 0 && ne_b < 0) {
-        st = moe_errorf(MOE_EFORMAT, "%s: required field \"%s\" (or \"num_local_experts\") is missing", what,
-                        experts_key);
-        goto out;
-    }
-    if (ne_a > 0 && ne_b > 0 && ne_a != ne_b) {
-        st = moe_errorf(MOE_EFORMAT, "%s: \"%s\" = %d and \"num_local_experts\" = %d disagree", what,
-                        experts_key, ne_a, ne_b);
-        goto out;
-    }
-    c.n_experts = ne_a > 0 ? ne_a : ne_b;
-    if ((st = get_int(what, root, "num_experts_per_tok", true, 1, c.n_experts, 0, &c.top_k))) goto out;
-
-    /* Intermediate sizes. */
-    bool inter_is_expert = c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_MINIMAX_M2;
-    if ((st = get_int(what, root, "intermediate_size", inter_is_expert, 1,
-                      CFG_MAX_SIZE, 0, &inter)))
-        goto out;
-    if (inter_is_expert) {
-        c.expert_inter = inter;
-    } else if ((st = get_int(what, root, "moe_intermediate_size", true, 1, CFG_MAX_SIZE, 0,
-                             &c.expert_inter))) {
-        goto out;
-    }
-
-    /* Which layers are MoE (Qwen: decoder_sparse_step and mlp_only_layers). */
-    for (int l = 0; l < c.n_layers; l++) c.is_moe[l] = true;
-    if (moe_family_has_deepseek_moe(c.family)) {
-        /* the first first_k_dense_replace layers are dense; the rest MoE */
-        int dense_first, freq;
-        if ((st = get_int(what, root, "first_k_dense_replace", false, 0, c.n_layers,
-                          c.family == MOE_FAM_DEEPSEEK_V3 ? 3 : c.family == MOE_FAM_GLM4_MOE ? 1 : 0, /* dots1: 0 */
-                          &dense_first)) ||
-            (st = get_int(what, root, "moe_layer_freq", false, 1, 1, 1, &freq)))
-            goto out;
-        for (int l = 0; l < dense_first; l++) c.is_moe[l] = false;
-        if (dense_first > 0 && !inter) {
-            st = moe_errorf(MOE_EFORMAT, "%s: layers 0..%d are dense (first_k_dense_replace = %d) but "
-                            "\"intermediate_size\" is missing", what, dense_first - 1, dense_first);
-            goto out;
-        }
-        if (dense_first > 0) c.dense_inter = inter;
-        if ((st = parse_deepseek_routing(what, root, &c))) goto out;
-    } else if (c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE) {
-        size_t i;
-        json_t *x;
-        if ((st = get_int(what, root, "decoder_sparse_step", false, 1, MOE_MAX_LAYERS, 1, &step))) goto out;
-        v = field(root, "mlp_only_layers");
-        if (v && !json_is_array(v)) {
-            st = moe_errorf(MOE_EFORMAT, "%s: field \"mlp_only_layers\" must be a list of layer indices", what);
-            goto out;
-        }
-        for (int l = 0; l < c.n_layers; l++) c.is_moe[l] = (l + 1) % step == 0;
-        json_array_foreach(v, i, x) {
-            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= c.n_layers) {
-                st = moe_errorf(MOE_ERANGE, "%s: field \"mlp_only_layers\"[%zu] must be a layer index in "
-                                "[0, %d)", what, i, c.n_layers);
-                goto out;
-            }
-            c.is_moe[json_integer_value(x)] = false;
-        }
-        for (int l = 0; l < c.n_layers; l++) {
-            if (!c.is_moe[l]) {
-                if (!inter) {
-                    st = moe_errorf(MOE_EFORMAT, "%s: layer %d is dense (decoder_sparse_step / "
-                                    "mlp_only_layers) but \"intermediate_size\" is missing", what, l);
-                    goto out;
-                }
-                c.dense_inter = inter;
-            }
-        }
-    }
+    st = c.family == MOE_FAM_ERNIE4_5_MOE ? parse_ernie_experts(what, root, &c) : parse_experts(what, root, &c);
+    if (st) goto out;
 
     /* Family specifics: router, q/k norm, biases, shared expert. */
     bool sigmoid = c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE || c.family == MOE_FAM_DOTS1 ||
@@ -612,6 +676,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     c.router = c.family == MOE_FAM_MIXTRAL       ? MOE_ROUTER_TOPK_SOFTMAX
              : sigmoid                           ? MOE_ROUTER_SIGMOID_GROUP
              : c.family == MOE_FAM_DEEPSEEK_V2 ? MOE_ROUTER_SOFTMAX_GROUP
+             : c.family == MOE_FAM_ERNIE4_5_MOE ? MOE_ROUTER_SOFTMAX_BIAS
                                                 : MOE_ROUTER_SOFTMAX_TOPK;
     c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
               : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_MINIMAX_M2 ? MOE_QK_NORM_FULL
@@ -624,6 +689,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         c.routed_scale = 1.0f;
     } else if (c.family == MOE_FAM_MIXTRAL) {
         c.norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
+    } else if (c.family == MOE_FAM_ERNIE4_5_MOE) {
+        /* always renormalised (parse_ernie_experts) */
     } else if ((st = get_bool(what, root, "norm_topk_prob",
                               c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE, &c.norm_topk_prob))) {
         goto out;
@@ -681,7 +748,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
 
-    if ((st = get_bool(what, root, "tie_word_embeddings", false, &c.tie_embeddings))) goto out;
+    if ((st = get_bool(what, root, "tie_word_embeddings", c.family == MOE_FAM_ERNIE4_5_MOE, &c.tie_embeddings)))
+        goto out;
     if ((st = get_pos_num(what, root, "rms_norm_eps",
                           c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ||
                           moe_family_is_deepseek(c.family) || c.family == MOE_FAM_MINIMAX_M2 ||
@@ -693,8 +761,9 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     c.rms_eps = (float)d;
-    if ((st = get_rope(what, root, c.family == MOE_FAM_MIXTRAL ? 1e6 : c.family == MOE_FAM_MINIMAX_M2 ? 5e6 : 1e4, &d,
-                       &c)))
+    double theta = c.family == MOE_FAM_MIXTRAL ? 1e6 : c.family == MOE_FAM_MINIMAX_M2 ? 5e6
+                 : c.family == MOE_FAM_ERNIE4_5_MOE ? 5e5 : 1e4;
+    if ((st = get_rope(what, root, theta, &d, &c)))
         goto out;
     if (d < 1.0 || d > 1e12) {
         st = moe_errorf(MOE_ERANGE, "%s: field \"rope_theta\" = %g is out of range [1, 1e12]", what, d);

@@ -24,6 +24,7 @@ enum moe_family {
     MOE_FAM_GLM4_MOE,
     MOE_FAM_MINIMAX_M2,
     MOE_FAM_DOTS1,
+    MOE_FAM_ERNIE4_5_MOE,
 };
 const char *moe_family_name(enum moe_family f);
 
@@ -48,7 +49,24 @@ enum moe_router_kind {
     MOE_ROUTER_SOFTMAX_GROUP, /* DeepSeek-V2: softmax over all, group-limited top-k (groups scored by
                                  their largest probability; one group: plain top-k), weights the
                                  probabilities times routed_scale */
+    MOE_ROUTER_SOFTMAX_BIAS,  /* ERNIE-4.5: softmax over all, top-k on probability + bias (one group),
+                                 weights the probabilities over max(their sum, 1e-12) */
 };
+
+/* The routers of the backends' router_grouped op (one group or more), and those of them with a
+ * per-expert selection bias (e_score_correction_bias). */
+static inline bool moe_router_is_grouped(enum moe_router_kind k)
+{
+    return k == MOE_ROUTER_SIGMOID_GROUP || k == MOE_ROUTER_SOFTMAX_GROUP || k == MOE_ROUTER_SOFTMAX_BIAS;
+}
+static inline bool moe_router_has_bias(enum moe_router_kind k)
+{
+    return k == MOE_ROUTER_SIGMOID_GROUP || k == MOE_ROUTER_SOFTMAX_BIAS;
+}
+
+/* ERNIE-4.5's moe_norm_min: the least divisor of its routing weights (transformers' default, the only
+ * value supported). */
+#define MOE_ERNIE_NORM_MIN 1e-12f
 
 enum moe_qk_norm {
     MOE_QK_NORM_NONE,
@@ -119,7 +137,8 @@ struct moe_config {
     bool mla;
     int q_lora_rank, kv_lora_rank;
     int qk_nope_dim, qk_rope_dim, v_head_dim;
-    bool rope_interleave;      /* RoPE over adjacent pairs of the rope dims (transformers' default) */
+    bool rope_interleave;      /* RoPE over adjacent pairs of the rope dims (transformers' default; and
+                                  ERNIE-4.5's, under grouped-query attention) */
     int n_group, topk_group;   /* MOE_ROUTER_*_GROUP (also GLM-4.5): expert groups, groups kept per token */
     float routed_scale;        /* routed_scaling_factor */
 

@@ -459,7 +459,8 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
     /* Mixtral's names (block_sparse_moe, experts' w1 / w3 / w2), which MiniMax-M2 keeps */
     bool mix = c->family == MOE_FAM_MIXTRAL || c->family == MOE_FAM_MINIMAX_M2;
     const char *moe = mix ? "block_sparse_moe" : "mlp";
-    const char *shared = moe_family_has_deepseek_moe(c->family) ? "shared_experts" : "shared_expert";
+    const char *shared =
+        moe_family_has_deepseek_moe(c->family) || c->family == MOE_FAM_ERNIE4_5_MOE ? "shared_experts" : "shared_expert";
     enum moe_status st;
     char nm[256];
 
@@ -477,6 +478,8 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
     if (c->router == MOE_ROUTER_SIGMOID_GROUP) /* MiniMax-M2 keeps it beside the gate, not in it */
         BINDF(&L->router_bias, 0, c->n_experts, true, "model.layers.%d.%s.e_score_correction_bias", l,
               c->family == MOE_FAM_MINIMAX_M2 ? "block_sparse_moe" : "mlp.gate");
+    else if (c->router == MOE_ROUTER_SOFTMAX_BIAS) /* ERNIE-4.5: [1, experts], in its moe_statics */
+        BINDF(&L->router_bias, 1, c->n_experts, true, "model.layers.%d.mlp.moe_statics.e_score_correction_bias", l);
     if (c->shared_inter > 0) {
         BINDF(&L->sh_gate, c->shared_inter, H, true, "model.layers.%d.mlp.%s.gate_proj.weight", l, shared);
         BINDF(&L->sh_up, c->shared_inter, H, true, "model.layers.%d.mlp.%s.up_proj.weight", l, shared);

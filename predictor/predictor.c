@@ -243,13 +243,13 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
             }
             moe_wview_to_f32(w, p->router + i * E * (size_t)p->hidden);
         }
-        p->grouped = m->cfg.router == MOE_ROUTER_SIGMOID_GROUP || m->cfg.router == MOE_ROUTER_SOFTMAX_GROUP;
+        p->grouped = moe_router_is_grouped(m->cfg.router);
         if (p->grouped) {
             p->gate_ids = malloc(sizeof(int32_t) * (size_t)p->k);
             p->gate_w = malloc(sizeof(float) * (size_t)p->k);
             if (!p->gate_ids || !p->gate_w) goto fail_nomem;
         }
-        if (m->cfg.router == MOE_ROUTER_SIGMOID_GROUP) {
+        if (moe_router_has_bias(m->cfg.router)) {
             if (!(p->router_bias = malloc(sizeof(float) * M * E))) goto fail_nomem;
             for (size_t i = 0; i < M; i++)
                 moe_wview_to_f32(&m->layers[p->moe_layer[i]].router_bias, p->router_bias + i * E);

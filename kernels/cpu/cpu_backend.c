@@ -349,10 +349,12 @@ static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const 
                                           float scale, int32_t *ids, float *w)
 {
     (void)ctx;
-    bool v2 = kind == MOE_ROUTER_SOFTMAX_GROUP;
+    bool v2 = kind == MOE_ROUTER_SOFTMAX_GROUP, ernie = kind == MOE_ROUTER_SOFTMAX_BIAS;
     if (k <= 0 || k > E) return bad("router_grouped", "k", k);
-    if (!v2 && kind != MOE_ROUTER_SIGMOID_GROUP) return bad("router_grouped", "kind", (int)kind);
-    if (n_group <= 0 || E % n_group || E / n_group < (v2 ? 1 : 2)) return bad("router_grouped", "n_group", n_group);
+    if (!v2 && !ernie && kind != MOE_ROUTER_SIGMOID_GROUP) return bad("router_grouped", "kind", (int)kind);
+    if (ernie && n_group != 1) return bad("router_grouped", "n_group", n_group);
+    if (n_group <= 0 || E % n_group || E / n_group < (v2 || ernie ? 1 : 2)) return bad("router_grouped", "n_group", n_group);
+    if (!v2 && !bias) return moe_errorf(MOE_EINVAL, "cpu backend router_grouped: no bias for router kind %d", (int)kind);
     if (topk_group <= 0 || topk_group > n_group) return bad("router_grouped", "topk_group", topk_group);
     int per = E / n_group;
     float *s = malloc(sizeof(float) * (2 * (size_t)E + (size_t)n_group));
@@ -365,11 +367,11 @@ static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const 
     float *c = s + E, *gs = c + E;
     for (int t = 0; t < n; t++) {
         const float *x = logits + (size_t)t * E;
-        if (v2) {
+        if (v2 || ernie) {
             topk_row(x, E, 1, top2); /* the largest logit, as the softmax router takes it */
             float m = x[top2[0]], sum = 0.0f;
             for (int e = 0; e < E; e++) sum += (s[e] = expf(x[e] - m));
-            for (int e = 0; e < E; e++) c[e] = (s[e] /= sum);
+            for (int e = 0; e < E; e++) c[e] = (s[e] /= sum) + (ernie ? bias[e] : 0.0f);
         } else {
             for (int e = 0; e < E; e++) {
                 s[e] = 1.0f / (1.0f + expf(-x[e]));
@@ -377,8 +379,9 @@ static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const 
             }
         }
         for (int g = 0; g < n_group; g++) {
-            topk_row(c + (size_t)g * per, per, v2 ? 1 : 2, top2);
-            gs[g] = v2 ? c[g * per + top2[0]] : c[g * per + top2[0]] + c[g * per + top2[1]];
+            bool one = v2 || ernie; /* groups scored by their largest (ERNIE: one group, whatever its score) */
+            topk_row(c + (size_t)g * per, per, one ? 1 : 2, top2);
+            gs[g] = one ? c[g * per + top2[0]] : c[g * per + top2[0]] + c[g * per + top2[1]];
         }
         topk_row(gs, n_group, topk_group, gk);
         for (int g = 0; g < n_group; g++) {
@@ -398,7 +401,8 @@ static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const 
                 id[q] = a;
             }
         for (int r = 0; r < k; r++) sum += (wt[r] = s[id[r]]);
-        for (int r = 0; r < k; r++) wt[r] = (renorm ? wt[r] / (sum + 1e-20f) : wt[r]) * scale;
+        float div = ernie ? fmaxf(sum, MOE_ERNIE_NORM_MIN) : sum + 1e-20f;
+        for (int r = 0; r < k; r++) wt[r] = (renorm ? wt[r] / div : wt[r]) * scale;
     }
     free(s);
     free(gk);

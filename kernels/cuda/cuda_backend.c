@@ -121,10 +121,11 @@ static enum moe_status cb_router_grouped(void *ctx, const float *logits, const f
                                          float scale, int32_t *ids, float *w)
 {
     BIND(ctx);
-    if (kind != MOE_ROUTER_SIGMOID_GROUP && kind != MOE_ROUTER_SOFTMAX_GROUP)
+    if (!moe_router_is_grouped(kind))
         return moe_errorf(MOE_EINVAL, "router_grouped: router kind %d is not a grouped one", (int)kind);
-    return moe_cuda_router_grouped(C(ctx), logits, bias, n, E, k, kind == MOE_ROUTER_SOFTMAX_GROUP, n_group,
-                                   topk_group, renorm, scale, ids, w);
+    int scores = kind == MOE_ROUTER_SIGMOID_GROUP ? MOE_CUDA_SCORES_SIGMOID
+               : kind == MOE_ROUTER_SOFTMAX_GROUP ? MOE_CUDA_SCORES_SOFTMAX : MOE_CUDA_SCORES_SOFTMAX_BIAS;
+    return moe_cuda_router_grouped(C(ctx), logits, bias, n, E, k, scores, n_group, topk_group, renorm, scale, ids, w);
 }
 static enum moe_status cb_copy_blocks(void *ctx, const float *x, int x_row, int x_group, float *y, int y_row,
                                       int y_group, int rows, int groups, int width)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "../../model/config.h" /* MOE_ERNIE_NORM_MIN */
 
 #define MAX_GRID 65535u
 
@@ -456,14 +457,15 @@ __device__ static int pick_max(const float *x, int n, const unsigned *taken)
     return best;
 }
 
-/* DeepSeek's grouped routers (V3: sigmoid scores plus bias, groups by their two
- * largest; V2, softmax: softmax scores, groups by their largest), one thread
- * per token, in the C twin's order of operations (kernels/backend.h,
- * router_grouped). */
-__global__ static void k_router_grouped(const float *logits, const float *bias, int n, int E, int k, bool softmax,
+/* The grouped routers (V3: sigmoid scores plus bias, groups by their two
+ * largest; V2: softmax scores, groups by their largest; ERNIE-4.5: softmax
+ * scores plus bias, one group), one thread per token, in the C twin's order of
+ * operations (kernels/backend.h, router_grouped). */
+__global__ static void k_router_grouped(const float *logits, const float *bias, int n, int E, int k, int scores,
                                         int n_group, int topk_group, bool renorm, float scale, int *ids,
                                         float *weights)
 {
+    bool softmax = scores != MOE_CUDA_SCORES_SIGMOID, ernie = scores == MOE_CUDA_SCORES_SOFTMAX_BIAS;
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n) return;
     const float *lg = logits + (size_t)t * E;
@@ -473,7 +475,7 @@ __global__ static void k_router_grouped(const float *logits, const float *bias, 
     if (softmax) {
         float m = lg[pick_max(lg, E, NULL)], sum = 0.0f;
         for (int e = 0; e < E; e++) sum += (s[e] = expf(lg[e] - m));
-        for (int e = 0; e < E; e++) c[e] = (s[e] /= sum);
+        for (int e = 0; e < E; e++) c[e] = (s[e] /= sum) + (ernie ? bias[e] : 0.0f);
     } else {
         for (int e = 0; e < E; e++) {
             s[e] = 1.0f / (1.0f + expf(-lg[e]));
@@ -513,28 +515,31 @@ __global__ static void k_router_grouped(const float *logits, const float *bias, 
         }
     float sum = 0.0f;
     for (int r = 0; r < k; r++) sum += s[id[r]];
+    float div = ernie ? fmaxf(sum, MOE_ERNIE_NORM_MIN) : sum + 1e-20f;
     for (int r = 0; r < k; r++) {
         ids[(size_t)t * k + r] = id[r];
-        weights[(size_t)t * k + r] = (renorm ? s[id[r]] / (sum + 1e-20f) : s[id[r]]) * scale;
+        weights[(size_t)t * k + r] = (renorm ? s[id[r]] / div : s[id[r]]) * scale;
     }
 }
 
 extern "C" enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const float *d_logits,
-                                                   const float *d_bias, int n, int E, int k, bool softmax,
+                                                   const float *d_bias, int n, int E, int k, int scores,
                                                    int n_group, int topk_group, bool renorm, float scale,
                                                    int *d_ids, float *d_weights)
 {
     enum moe_status st = MOE_OK;
+    bool softmax = scores != MOE_CUDA_SCORES_SIGMOID, biased = scores != MOE_CUDA_SCORES_SOFTMAX;
     int min_per = softmax ? 1 : 2;
     if (n < 0 || E <= 0 || E > ROUTER_MAX_E || k <= 0 || k > ROUTER_MAX_K || k > E || n_group <= 0 ||
         n_group > ROUTER_MAX_GROUPS || E % n_group || E / n_group < min_per || topk_group <= 0 ||
-        topk_group > n_group || (!softmax && !d_bias))
-        return moe_errorf(MOE_EINVAL, "router_grouped: n %d, experts %d (<= %d), top_k %d (1..%d), %d groups "
-                          "(<= %d, of %d or more experts), %d kept%s", n, E, ROUTER_MAX_E, k, ROUTER_MAX_K,
-                          n_group, ROUTER_MAX_GROUPS, min_per, topk_group,
-                          !softmax && !d_bias ? ", no bias for sigmoid scores" : "");
+        topk_group > n_group || (biased && !d_bias) || scores < MOE_CUDA_SCORES_SIGMOID ||
+        scores > MOE_CUDA_SCORES_SOFTMAX_BIAS || (scores == MOE_CUDA_SCORES_SOFTMAX_BIAS && n_group != 1))
+        return moe_errorf(MOE_EINVAL, "router_grouped: scores %d, n %d, experts %d (<= %d), top_k %d (1..%d), %d "
+                          "groups (<= %d, of %d or more experts; one for ERNIE's scores), %d kept%s", scores, n, E,
+                          ROUTER_MAX_E, k, ROUTER_MAX_K, n_group, ROUTER_MAX_GROUPS, min_per, topk_group,
+                          biased && !d_bias ? ", no bias" : "");
     if (n == 0) return MOE_OK;
-    k_router_grouped<<<(unsigned)((n + 31) / 32), 32, 0, c->stream>>>(d_logits, d_bias, n, E, k, softmax, n_group,
+    k_router_grouped<<<(unsigned)((n + 31) / 32), 32, 0, c->stream>>>(d_logits, d_bias, n, E, k, scores, n_group,
                                                                       topk_group, renorm, scale, d_ids, d_weights);
     CK_LAUNCH(c);
 out:

@@ -163,11 +163,12 @@ enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, con
 enum moe_status moe_cuda_router(struct moe_cuda_ctx *c, const float *d_logits, int n, int E, int k,
                                 bool softmax_first, bool norm_topk, int *d_ids, float *d_weights);
 
-/* DeepSeek's grouped routers (kernels/backend.h, router_grouped): V3's sigmoid
- * scores with bias [E], or V2's softmax scores (softmax; bias unused);
- * E <= 1024, k <= 32, n_group <= 64. */
+/* The grouped routers (kernels/backend.h, router_grouped) by their scores: DeepSeek-V3's sigmoid
+ * scores with bias [E], V2's softmax scores (bias unused), or ERNIE-4.5's softmax scores with bias
+ * (one group); E <= 1024, k <= 32, n_group <= 64. */
+enum { MOE_CUDA_SCORES_SIGMOID, MOE_CUDA_SCORES_SOFTMAX, MOE_CUDA_SCORES_SOFTMAX_BIAS };
 enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const float *d_logits, const float *d_bias, int n,
-                                        int E, int k, bool softmax, int n_group, int topk_group, bool renorm,
+                                        int E, int k, int scores, int n_group, int topk_group, bool renorm,
                                         float scale, int *d_ids, float *d_weights);
 
 /* Strided block copy (kernels/backend.h, copy_blocks). */

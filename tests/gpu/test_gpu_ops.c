@@ -266,7 +266,8 @@ static void test_router(struct g_rng *r, bool adv)
 }
 
 /* DeepSeek-V3's two ops against the CPU backend's (their C twins): the grouped
- * router's ids exactly and weights within 1e-5; strided block copies exactly. */
+ * router's ids exactly and weights within 1e-5 (DeepSeek's and ERNIE-4.5's scores);
+ * strided block copies exactly. */
 static void test_deepseek_ops(struct g_rng *r, bool adv)
 {
     struct moe_backend *cpu = moe_backend_cpu_create(NULL);
@@ -287,17 +288,21 @@ static void test_deepseek_ops(struct g_rng *r, bool adv)
         }
         UP(dl_, lg, (size_t)n * E * 4); UP(db, bias, (size_t)E * 4);
         OUT(di, (size_t)n * k * 4); OUT(dw, (size_t)n * k * 4);
-        for (int sm = 0; sm < 2; sm++) { /* V3's sigmoid scores with bias, V2's softmax */
-            enum moe_router_kind kind = sm ? MOE_ROUTER_SOFTMAX_GROUP : MOE_ROUTER_SIGMOID_GROUP;
-            OK(moe_cuda_router_grouped(ctx, dl_.d, db.d, n, E, k, sm, groups[v], kept[v], !sm && v != 1, 2.5f,
-                                       di.d, dw.d));
+        for (int sc = 0; sc < 3; sc++) { /* V3's sigmoid scores with bias, V2's softmax, ERNIE's with bias */
+            static const enum moe_router_kind kinds[] = { MOE_ROUTER_SIGMOID_GROUP, MOE_ROUTER_SOFTMAX_GROUP,
+                                                         MOE_ROUTER_SOFTMAX_BIAS };
+            static const int scores[] = { MOE_CUDA_SCORES_SIGMOID, MOE_CUDA_SCORES_SOFTMAX,
+                                          MOE_CUDA_SCORES_SOFTMAX_BIAS };
+            static const char *const names[] = { "sigmoid", "softmax", "softmax with bias" };
+            int ng = sc == 2 ? 1 : groups[v], nk = sc == 2 ? 1 : kept[v];
+            bool renorm = sc == 2 || (sc == 0 && v != 1);
+            OK(moe_cuda_router_grouped(ctx, dl_.d, db.d, n, E, k, scores[sc], ng, nk, renorm, 2.5f, di.d, dw.d));
             dl(&di, ids, "grouped router ids");
             dl(&dw, w, "grouped router weights");
-            OK(cpu->ops->router_grouped(cpu->ctx, lg, bias, n, E, k, kind, groups[v], kept[v], !sm && v != 1, 2.5f,
-                                        rid, rw));
+            OK(cpu->ops->router_grouped(cpu->ctx, lg, bias, n, E, k, kinds[sc], ng, nk, renorm, 2.5f, rid, rw));
             for (int i = 0; i < n * k; i++)
-                CHECK(ids[i] == rid[i], "grouped router (%s) E=%d: token %d slot %d expert %d want %d",
-                      sm ? "softmax" : "sigmoid", E, i / k, i % k, ids[i], rid[i]);
+                CHECK(ids[i] == rid[i], "grouped router (%s) E=%d: token %d slot %d expert %d want %d", names[sc],
+                      E, i / k, i % k, ids[i], rid[i]);
             cmp("grouped router weights", w, rw, (size_t)n * k, 1e-5);
         }
         g_buf_free(ctx, &dl_); g_buf_free(ctx, &db); g_buf_free(ctx, &di); g_buf_free(ctx, &dw);

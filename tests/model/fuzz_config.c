@@ -17,7 +17,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         !(c.rope_theta > 0) || c.max_pos < 1 || c.rope_dim < 2 || c.rope_dim % 2 ||
         c.rope_dim > (c.mla ? c.qk_rope_dim : c.head_dim))
         abort();
-    for (int l = 0; l < c.n_layers; l++)
+    bool any_moe = false;
+    for (int l = 0; l < c.n_layers; l++) {
         if (!c.is_moe[l] && c.dense_inter < 1) abort();
+        any_moe |= c.is_moe[l];
+    }
+    /* the grouped routers' groups split the experts, and keep enough of them; ERNIE-4.5's is one
+     * group, renormalised, with some MoE layer */
+    if (moe_router_is_grouped(c.router) && (c.n_group < 1 || c.n_experts % c.n_group || c.topk_group < 1 ||
+                                            c.topk_group > c.n_group ||
+                                            c.top_k > c.topk_group * (c.n_experts / c.n_group)))
+        abort();
+    if (c.family == MOE_FAM_ERNIE4_5_MOE &&
+        (c.router != MOE_ROUTER_SOFTMAX_BIAS || c.n_group != 1 || !c.norm_topk_prob || !any_moe || !c.rope_interleave))
+        abort();
     return 0;
 }

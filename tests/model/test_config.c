@@ -569,6 +569,52 @@ static void test_dots1(void)
     refuse_each(llm1, bad, MOE_ARRAY_LEN(bad));
 }
 
+/* ERNIE-4.5: its own names for the experts (moe_num_experts, moe_k, ...), MoE layers by start, end and
+ * interval, softmax routing with a selection bias, RoPE over adjacent pairs, tied embeddings, by
+ * Ernie4_5_MoeConfig's defaults. */
+static void test_ernie(void)
+{
+    struct moe_config c;
+    const char *a3b = "tests/fixtures/ernie4_5-moe/a3b/config.json";
+    load_fixture("tests/fixtures/ernie4_5-moe/a3b", &c);
+    CHECK(c.family == MOE_FAM_ERNIE4_5_MOE && !strcmp(c.model_type, "ernie4_5_moe") && c.n_experts == 16 &&
+              c.top_k == 4 && c.expert_inter == 16 && c.dense_inter == 96 && c.shared_inter == 32 && !c.is_moe[0] &&
+              c.is_moe[1] && c.is_moe[2] && c.router == MOE_ROUTER_SOFTMAX_BIAS && c.norm_topk_prob &&
+              c.n_group == 1 && c.routed_scale == 1.0f && c.rope_interleave && !c.mla && c.head_dim == 24 &&
+              c.rope_dim == 24 && c.tie_embeddings && c.qk_norm == MOE_QK_NORM_NONE && !c.attn_qkv_bias,
+          "ernie4_5_moe (a3b)");
+    load_fixture("tests/fixtures/ernie4_5-moe/defaults", &c);
+    CHECK(c.top_k == 6 && c.shared_inter == 2 * c.expert_inter && !c.is_moe[0] && c.is_moe[1] && c.is_moe[2] &&
+              c.tie_embeddings && c.rope_theta == 5e5f && c.rms_eps == 1e-5f && c.head_dim == 16 &&
+              c.max_pos == 512,
+          "ernie4_5_moe (defaults)");
+    load_fixture("tests/fixtures/ernie4_5-moe/interval", &c);
+    CHECK(!c.is_moe[0] && c.is_moe[1] && !c.is_moe[2] && c.is_moe[3] && c.shared_inter == 0 && !c.tie_embeddings,
+          "ernie4_5_moe (interval)");
+    json_t *j = load_json(a3b);
+    json_object_set_new(j, "moe_layer_interval", json_integer(2));
+    json_object_set_new(j, "moe_layer_end_index", json_integer(0)); /* layer 1 is past the end */
+    CHECK(parse_obj(j, &c) == MOE_ERANGE && strstr(moe_last_error(), "no MoE layer"), "ernie: all dense: %s",
+          moe_last_error());
+    json_decref(j);
+    static const struct bad_field bad[] = {
+        { "use_bias", "true", MOE_ENOTSUP, "\"use_bias\" = true" },
+        { "moe_norm_min", "1e-6", MOE_ENOTSUP, "\"moe_norm_min\" = 1e-06: only 1e-12" },
+        { "moe_k", "17", MOE_ERANGE, "moe_k" },
+        { "moe_layer_end_index", "3", MOE_ERANGE, "moe_layer_end_index" },
+        { "moe_layer_start_index", "-1", MOE_ERANGE, "moe_layer_start_index" },
+        { "moe_layer_interval", "0", MOE_ERANGE, "moe_layer_interval" },
+        { "hidden_act", "\"gelu\"", MOE_ENOTSUP, "only \"silu\"" },
+    };
+    refuse_each(a3b, bad, MOE_ARRAY_LEN(bad));
+    j = load_json(a3b);
+    json_object_del(j, "moe_k");
+    json_object_set_new(j, "num_experts_per_tok", json_integer(4));
+    CHECK(parse_obj(j, &c) == MOE_EFORMAT && strstr(moe_last_error(), "\"moe_k\""), "ernie: num_experts_per_tok: %s",
+          moe_last_error());
+    json_decref(j);
+}
+
 static void write_text(const char *dir, const char *name, const char *text)
 {
     char path[4200];
@@ -651,6 +697,7 @@ int main(void)
     test_glm4_moe();
     test_minimax_m2();
     test_dots1();
+    test_ernie();
     test_yarn();
     test_eos_ids();
     return t_result("test_config");

@@ -60,7 +60,7 @@ static void check_model(const char *rel, enum moe_family fam, int n_experts, int
             check_view("sh_down", &L->sh_down, c->hidden, c->shared_inter);
             if (c->shared_gate) check_view("sh_scale", &L->sh_scale, 1, c->hidden);
         }
-        if (c->router == MOE_ROUTER_SIGMOID_GROUP) check_view("router bias", &L->router_bias, 1, c->n_experts);
+        if (moe_router_has_bias(c->router)) check_view("router bias", &L->router_bias, 1, c->n_experts);
         for (int e = 0; e < c->n_experts; e++) {
             const struct moe_expert_w *x = moe_model_expert(m, l, e);
             check_view("gate", &x->gate, c->expert_inter, c->hidden);

@@ -1,5 +1,6 @@
 /* The gate predictor on models with DeepSeek's grouped routers (V3's sigmoid
- * scores with bias, also GLM-4.5's; V2's softmax with groups kept by their largest score): a
+ * scores with bias, also GLM-4.5's; V2's softmax with groups kept by their largest score; ERNIE-4.5's
+ * softmax with bias): a
  * layer's router applied by the predictor to that layer's own MoE input (handed
  * over as if it came from the layer before) names exactly the experts the
  * engine routed to, bias and group limits included; and its predictions leave
@@ -118,5 +119,6 @@ int main(void)
     check_model("tests/fixtures/hf-tiny/deepseek_v3", MOE_ROUTER_SIGMOID_GROUP);
     check_model("tests/fixtures/deepseek-v3-variants/v2_group", MOE_ROUTER_SOFTMAX_GROUP);
     check_model("tests/fixtures/glm4-moe/air", MOE_ROUTER_SIGMOID_GROUP);
+    check_model("tests/fixtures/ernie4_5-moe/a3b", MOE_ROUTER_SOFTMAX_BIAS);
     return t_result("test_pred_grouped");
 }

@@ -35,21 +35,33 @@ const char *moe_family_name(enum moe_family f)
     return "unknown";
 }
 
-static const struct {
+/* The families, and the defaults of their transformers config classes for the fields config.json
+ * may leave out. */
+static const struct family {
     const char *model_type, *arch;
     enum moe_family fam;
+    int max_pos;          /* max_position_embeddings */
+    double rope_theta, rms_eps;
+    bool tie_embeddings;  /* tie_word_embeddings */
 } families[] = {
-    { "mixtral", "MixtralForCausalLM", MOE_FAM_MIXTRAL },
-    { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE },
-    { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE },
-    { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE },
-    { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3 },
-    { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2 },
-    { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE },
-    { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2 },
-    { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1 },
-    { "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", MOE_FAM_ERNIE4_5_MOE },
+    { "mixtral", "MixtralForCausalLM", MOE_FAM_MIXTRAL, 4096 * 32, 1e6, 1e-5, false },
+    { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE, 32768, 1e4, 1e-6, false },
+    { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE, 32768, 1e4, 1e-6, false },
+    { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE, 4096, 1e4, 1e-5, false },
+    { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, 4096, 1e4, 1e-6, false },
+    { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2, 2048, 1e4, 1e-6, false },
+    { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE, 4096 * 32, 1e4, 1e-5, false },
+    { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2, 196608, 5e6, 1e-6, false },
+    { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1, 2048, 1e4, 1e-6, false },
+    { "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", MOE_FAM_ERNIE4_5_MOE, 4096 * 32, 5e5, 1e-5, true },
 };
+
+static const struct family *family_of(enum moe_family f)
+{
+    for (size_t i = 0; i < MOE_ARRAY_LEN(families); i++)
+        if (families[i].fam == f) return &families[i];
+    return &families[0]; /* not reached: every family is in the table */
+}
 
 /* A field that is absent or JSON null counts as missing. */
 static json_t *field(json_t *root, const char *key)
@@ -647,6 +659,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
     if ((st = detect_family(what, root, &c)) != MOE_OK) goto out;
+    const struct family *fam = family_of(c.family);
     if ((st = parse_quantization(what, root, &c)) != MOE_OK) goto out;
 
     if ((st = get_int(what, root, "num_hidden_layers", true, 1, MOE_MAX_LAYERS, 0, &c.n_layers)) ||
@@ -654,13 +667,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         (st = get_int(what, root, "num_attention_heads", true, 1, 4096, 0, &c.n_heads)) ||
         (st = get_int(what, root, "num_key_value_heads", false, 1, 4096, c.n_heads, &c.n_kv_heads)) ||
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
-        (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX,
-                      c.family == MOE_FAM_MIXTRAL || c.family == MOE_FAM_GLM4_MOE ||
-                              c.family == MOE_FAM_ERNIE4_5_MOE ? 4096 * 32
-                      : c.family == MOE_FAM_MINIMAX_M2 ? 196608
-                      : c.family == MOE_FAM_DEEPSEEK_V2 || c.family == MOE_FAM_DOTS1 ? 2048
-                      : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_DEEPSEEK_V3 ? 4096 : 32768,
-                      &c.max_pos)))
+        (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX, fam->max_pos, &c.max_pos)))
         goto out;
     if (moe_family_is_deepseek(c.family)) {
         if ((st = parse_mla(what, root, &c))) goto out;
@@ -748,22 +755,15 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         goto out;
     }
 
-    if ((st = get_bool(what, root, "tie_word_embeddings", c.family == MOE_FAM_ERNIE4_5_MOE, &c.tie_embeddings)))
-        goto out;
-    if ((st = get_pos_num(what, root, "rms_norm_eps",
-                          c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE ||
-                          moe_family_is_deepseek(c.family) || c.family == MOE_FAM_MINIMAX_M2 ||
-                          c.family == MOE_FAM_DOTS1 ? 1e-6 : 1e-5,
-                          &d)))
+    if ((st = get_bool(what, root, "tie_word_embeddings", fam->tie_embeddings, &c.tie_embeddings)) ||
+        (st = get_pos_num(what, root, "rms_norm_eps", fam->rms_eps, &d)))
         goto out;
     if (d < 1e-30 || d >= 1.0) {
         st = moe_errorf(MOE_ERANGE, "%s: field \"rms_norm_eps\" = %g is out of range [1e-30, 1)", what, d);
         goto out;
     }
     c.rms_eps = (float)d;
-    double theta = c.family == MOE_FAM_MIXTRAL ? 1e6 : c.family == MOE_FAM_MINIMAX_M2 ? 5e6
-                 : c.family == MOE_FAM_ERNIE4_5_MOE ? 5e5 : 1e4;
-    if ((st = get_rope(what, root, theta, &d, &c)))
+    if ((st = get_rope(what, root, fam->rope_theta, &d, &c)))
         goto out;
     if (d < 1.0 || d > 1e12) {
         st = moe_errorf(MOE_ERANGE, "%s: field \"rope_theta\" = %g is out of range [1, 1e12]", what, d);

@@ -35,25 +35,36 @@ const char *moe_family_name(enum moe_family f)
     return "unknown";
 }
 
-/* The families, and the defaults of their transformers config classes for the fields config.json
- * may leave out. */
+/* The families: their router and q/k norm (GLM-4.5's by use_qk_norm), and the defaults of their
+ * transformers config classes for the fields config.json may leave out. */
 static const struct family {
     const char *model_type, *arch;
     enum moe_family fam;
+    enum moe_router_kind router;
+    enum moe_qk_norm qk_norm;
     int max_pos;          /* max_position_embeddings */
     double rope_theta, rms_eps;
     bool tie_embeddings;  /* tie_word_embeddings */
 } families[] = {
-    { "mixtral", "MixtralForCausalLM", MOE_FAM_MIXTRAL, 4096 * 32, 1e6, 1e-5, false },
-    { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE, 32768, 1e4, 1e-6, false },
-    { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE, 32768, 1e4, 1e-6, false },
-    { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE, 4096, 1e4, 1e-5, false },
-    { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, 4096, 1e4, 1e-6, false },
-    { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2, 2048, 1e4, 1e-6, false },
-    { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE, 4096 * 32, 1e4, 1e-5, false },
-    { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2, 196608, 5e6, 1e-6, false },
-    { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1, 2048, 1e4, 1e-6, false },
-    { "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", MOE_FAM_ERNIE4_5_MOE, 4096 * 32, 5e5, 1e-5, true },
+    { "mixtral", "MixtralForCausalLM", MOE_FAM_MIXTRAL, MOE_ROUTER_TOPK_SOFTMAX, MOE_QK_NORM_NONE, 4096 * 32, 1e6,
+      1e-5, false },
+    { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_NONE, 32768, 1e4,
+      1e-6, false },
+    { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_HEAD, 32768, 1e4,
+      1e-6, false },
+    { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_FULL, 4096, 1e4, 1e-5, false },
+    { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096,
+      1e4, 1e-6, false },
+    { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2, MOE_ROUTER_SOFTMAX_GROUP, MOE_QK_NORM_NONE, 2048,
+      1e4, 1e-6, false },
+    { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096 * 32, 1e4,
+      1e-5, false },
+    { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_FULL, 196608,
+      5e6, 1e-6, false },
+    { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_HEAD /* Qwen3's attention */,
+      2048, 1e4, 1e-6, false },
+    { "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", MOE_FAM_ERNIE4_5_MOE, MOE_ROUTER_SOFTMAX_BIAS, MOE_QK_NORM_NONE,
+      4096 * 32, 5e5, 1e-5, true },
 };
 
 static const struct family *family_of(enum moe_family f)
@@ -631,7 +642,6 @@ static enum moe_status parse_ernie_experts(const char *what, json_t *root, struc
                           "moe_layer_interval %d leave every one of the %d layers dense", what, first, last, every,
                           c->n_layers);
     c->shared_inter = n_shared * c->expert_inter;
-    c->router = MOE_ROUTER_SOFTMAX_BIAS;
     c->norm_topk_prob = true;
     c->n_group = c->topk_group = 1;
     c->routed_scale = 1.0f;
@@ -678,16 +688,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if (st) goto out;
 
     /* Family specifics: router, q/k norm, biases, shared expert. */
-    bool sigmoid = c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE || c.family == MOE_FAM_DOTS1 ||
-                   c.family == MOE_FAM_MINIMAX_M2;
-    c.router = c.family == MOE_FAM_MIXTRAL       ? MOE_ROUTER_TOPK_SOFTMAX
-             : sigmoid                           ? MOE_ROUTER_SIGMOID_GROUP
-             : c.family == MOE_FAM_DEEPSEEK_V2 ? MOE_ROUTER_SOFTMAX_GROUP
-             : c.family == MOE_FAM_ERNIE4_5_MOE ? MOE_ROUTER_SOFTMAX_BIAS
-                                                : MOE_ROUTER_SOFTMAX_TOPK;
-    c.qk_norm = c.family == MOE_FAM_QWEN3_MOE ? MOE_QK_NORM_HEAD
-              : c.family == MOE_FAM_OLMOE || c.family == MOE_FAM_MINIMAX_M2 ? MOE_QK_NORM_FULL
-              : c.family == MOE_FAM_DOTS1 ? MOE_QK_NORM_HEAD /* Qwen3's attention */ : MOE_QK_NORM_NONE;
+    c.router = fam->router;
+    c.qk_norm = fam->qk_norm;
     if (c.family == MOE_FAM_MINIMAX_M2) {
         /* sigmoid scores, top-k by score + e_score_correction_bias, weights renormalised, no groups, no
          * shared expert, no scaling: transformers' MiniMaxM2 reads none of these from config.json */

@@ -16,7 +16,8 @@
 
 #define CFG_MAX_SIZE (1 << 24) /* upper bound for any dimension or count field */
 #define SUPPORTED_TYPES                                                                                               \
-    "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe, minimax_m2, dots1, ernie4_5_moe"
+    "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, kimi_k2, glm4_moe, minimax_m2, dots1, "  \
+    "ernie4_5_moe"
 
 const char *moe_family_name(enum moe_family f)
 {
@@ -55,6 +56,9 @@ static const struct family {
     { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_FULL, 4096, 1e4, 1e-5, false },
     { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096,
       1e4, 1e-6, false },
+    /* Kimi K2: DeepSeek-V3's architecture and config class under its own model_type */
+    { "kimi_k2", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096, 1e4,
+      1e-6, false },
     { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2, MOE_ROUTER_SOFTMAX_GROUP, MOE_QK_NORM_NONE, 2048,
       1e4, 1e-6, false },
     { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096 * 32, 1e4,
@@ -67,12 +71,6 @@ static const struct family {
       4096 * 32, 5e5, 1e-5, true },
 };
 
-static const struct family *family_of(enum moe_family f)
-{
-    for (size_t i = 0; i < MOE_ARRAY_LEN(families); i++)
-        if (families[i].fam == f) return &families[i];
-    return &families[0]; /* not reached: every family is in the table */
-}
 
 /* A field that is absent or JSON null counts as missing. */
 static json_t *field(json_t *root, const char *key)
@@ -179,8 +177,9 @@ static bool is_deepseek(const char *s)
     return s && (!strncmp(s, "deepseek", 8) || !strncmp(s, "Deepseek", 8) || !strncmp(s, "DeepSeek", 8));
 }
 
-/* Family from model_type (or architectures[0] when model_type is absent). */
-static enum moe_status detect_family(const char *what, json_t *root, struct moe_config *c)
+/* Family from model_type (or architectures[0] when model_type is absent): its row of families[]. */
+static enum moe_status detect_family(const char *what, json_t *root, struct moe_config *c,
+                                     const struct family **fam)
 {
     json_t *mt = field(root, "model_type"), *ar = field(root, "architectures");
     const char *type = json_is_string(mt) ? json_string_value(mt) : NULL;
@@ -193,6 +192,7 @@ static enum moe_status detect_family(const char *what, json_t *root, struct moe_
             (!type && arch && !strcmp(arch, families[i].arch))) {
             c->family = families[i].fam;
             snprintf(c->model_type, sizeof(c->model_type), "%s", families[i].model_type);
+            *fam = &families[i];
             return MOE_OK;
         }
     }
@@ -668,8 +668,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
         st = moe_errorf(MOE_EFORMAT, "%s: top level must be a JSON object", what);
         goto out;
     }
-    if ((st = detect_family(what, root, &c)) != MOE_OK) goto out;
-    const struct family *fam = family_of(c.family);
+    const struct family *fam = NULL;
+    if ((st = detect_family(what, root, &c, &fam)) != MOE_OK) goto out;
     if ((st = parse_quantization(what, root, &c)) != MOE_OK) goto out;
 
     if ((st = get_int(what, root, "num_hidden_layers", true, 1, MOE_MAX_LAYERS, 0, &c.n_layers)) ||

@@ -13,7 +13,7 @@ static const char *const model_variants[] = {
     "deepseek-v3-variants/no_norm_no_shared", "deepseek-v3-variants/all_moe", "deepseek-v3-variants/all_dense",
     "deepseek-v3-variants/odd_dims", "deepseek-v3-variants/yarn", "deepseek-v3-variants/yarn_plain",
     "deepseek-v3-variants/fp8", "deepseek-v3-variants/v2_lite", "deepseek-v3-variants/v2_group",
-    "deepseek-v3-variants/wide_v", "glm4-moe/air", "glm4-moe/qk_norm", "glm4-moe/yarn_quarter",
+    "deepseek-v3-variants/wide_v", "deepseek-v3-variants/kimi_k2", "glm4-moe/air", "glm4-moe/qk_norm", "glm4-moe/yarn_quarter",
     "minimax-m2/m2", "minimax-m2/defaults", "minimax-m2/fp8", "dots1/llm1", "dots1/defaults", "dots1/sliding",
     "ernie4_5-moe/a3b", "ernie4_5-moe/defaults", "ernie4_5-moe/interval",
 };

@@ -569,6 +569,22 @@ static void test_dots1(void)
     refuse_each(llm1, bad, MOE_ARRAY_LEN(bad));
 }
 
+/* Kimi K2: DeepSeek-V3 under model_type kimi_k2, the name kept. */
+static void test_kimi(void)
+{
+    struct moe_config c;
+    load_fixture("tests/fixtures/deepseek-v3-variants/kimi_k2", &c);
+    CHECK(c.family == MOE_FAM_DEEPSEEK_V3 && !strcmp(c.model_type, "kimi_k2") && c.mla && c.n_experts == 32 &&
+              c.top_k == 8 && c.n_group == 1 && c.routed_scale == 2.827f && c.router == MOE_ROUTER_SIGMOID_GROUP &&
+              c.rope_kind == MOE_ROPE_YARN && c.yarn.factor == 32.0 && c.rope_interleave && !c.is_moe[0],
+          "kimi_k2");
+    json_t *j = load_json("tests/fixtures/deepseek-v3-variants/kimi_k2/config.json");
+    json_object_set_new(j, "quantization_config", json_pack("{ss}", "quant_method", "compressed-tensors"));
+    CHECK(parse_obj(j, &c) == MOE_ENOTSUP && strstr(moe_last_error(), "compressed-tensors"),
+          "kimi_k2 INT4 (compressed-tensors): %s", moe_last_error());
+    json_decref(j);
+}
+
 /* ERNIE-4.5: its own names for the experts (moe_num_experts, moe_k, ...), MoE layers by start, end and
  * interval, softmax routing with a selection bias, RoPE over adjacent pairs, tied embeddings, by
  * Ernie4_5_MoeConfig's defaults. */
@@ -697,6 +713,7 @@ int main(void)
     test_glm4_moe();
     test_minimax_m2();
     test_dots1();
+    test_kimi();
     test_ernie();
     test_yarn();
     test_eos_ids();

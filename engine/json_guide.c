@@ -40,9 +40,6 @@ enum {
     J_THINK_WS,   /* whitespace (ws bytes so far), then the value */
 };
 
-#define THINK_OPEN "<think>"
-#define THINK_CLOSE "</think>"
-
 /* ---- JSON mode's schema: any object ------------------------------------------ */
 
 static const struct json_node any_nodes[N_BUILTIN] = {
@@ -857,8 +854,8 @@ static bool think_step(struct moe_json_state *s, unsigned char c)
 {
     switch (s->mode) {
     case J_THINK_MAY:
-        if (c == (unsigned char)THINK_OPEN[s->pos]) {
-            if (++s->pos == strlen(THINK_OPEN)) {
+        if (c == (unsigned char)MOE_THINK_OPEN[s->pos]) {
+            if (++s->pos == strlen(MOE_THINK_OPEN)) {
                 s->mode = J_THINK;
                 s->pos = 0;
             }
@@ -868,14 +865,14 @@ static bool think_step(struct moe_json_state *s, unsigned char c)
         s->mode = J_START; /* no block: the value, from this byte */
         return step(s, c);
     case J_THINK:
-        if (c == (unsigned char)THINK_CLOSE[s->pos]) {
-            if (++s->pos == strlen(THINK_CLOSE)) {
+        if (c == (unsigned char)MOE_THINK_CLOSE[s->pos]) {
+            if (++s->pos == strlen(MOE_THINK_CLOSE)) {
                 s->mode = J_THINK_WS;
                 s->pos = 0;
                 s->ws = 0;
             }
         } else {
-            s->pos = c == (unsigned char)THINK_CLOSE[0];
+            s->pos = c == (unsigned char)MOE_THINK_CLOSE[0];
         }
         return true;
     default: /* J_THINK_WS */

@@ -90,6 +90,10 @@ struct moe_json_state {
 /* Expect one value of the schema sc (NULL: any JSON object); its first byte is not whitespace,
  * nothing follows it.  sc must outlive s. */
 void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc);
+/* The tags of a reasoning block (serve's reasoning parser "think"). */
+#define MOE_THINK_OPEN "<think>"
+#define MOE_THINK_CLOSE "</think>"
+
 /* The same value after an optional reasoning block: the output may begin with "<think>" (opened:
  * it begins inside the block, the prompt opened it), whose text up to "</think>" is free, then
  * whitespace, then the value (serve's reasoning parser "think").  A raw-text sc (a choice or a

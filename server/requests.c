@@ -1694,9 +1694,6 @@ size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *fou
 
 /* ---- reasoning ---- */
 
-#define THINK_OPEN "<think>"
-#define THINK_CLOSE "</think>"
-
 /* Whether prompt[0..len) ends in tag and whitespace. */
 static bool ends_in_tag(const char *prompt, size_t len, const char *tag)
 {
@@ -1705,17 +1702,17 @@ static bool ends_in_tag(const char *prompt, size_t len, const char *tag)
     return len >= strlen(tag) && !memcmp(prompt + len - strlen(tag), tag, strlen(tag));
 }
 
-bool moe_think_opened(const char *prompt, size_t len) { return ends_in_tag(prompt, len, THINK_OPEN); }
-bool moe_think_closed(const char *prompt, size_t len) { return ends_in_tag(prompt, len, THINK_CLOSE); }
+bool moe_think_opened(const char *prompt, size_t len) { return ends_in_tag(prompt, len, MOE_THINK_OPEN); }
+bool moe_think_closed(const char *prompt, size_t len) { return ends_in_tag(prompt, len, MOE_THINK_CLOSE); }
 
 void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out)
 {
     memset(out, 0, sizeof(*out));
     if (!opened) {
-        size_t i = (size_t)(skip_space(text, text + len) - text), no = strlen(THINK_OPEN);
-        if (len - i >= no && !memcmp(text + i, THINK_OPEN, no)) {
+        size_t i = (size_t)(skip_space(text, text + len) - text), no = strlen(MOE_THINK_OPEN);
+        if (len - i >= no && !memcmp(text + i, MOE_THINK_OPEN, no)) {
             out->rb = out->re = i + no;
-        } else if (!last && len - i < no && !memcmp(text + i, THINK_OPEN, len - i)) {
+        } else if (!last && len - i < no && !memcmp(text + i, MOE_THINK_OPEN, len - i)) {
             return; /* spaces, or the tag's beginning: not decided yet */
         } else {
             out->content = true; /* no reasoning: all of it is the answer */
@@ -1724,13 +1721,13 @@ void moe_think_split(const char *text, size_t len, bool opened, bool last, struc
     }
     const char *s = text + out->rb;
     size_t n = len - out->rb;
-    const char *e = memmem(s, n, THINK_CLOSE, strlen(THINK_CLOSE));
+    const char *e = memmem(s, n, MOE_THINK_CLOSE, strlen(MOE_THINK_CLOSE));
     if (!e) {
-        out->re = last ? len : len - tag_tail(s, n, THINK_CLOSE);
+        out->re = last ? len : len - tag_tail(s, n, MOE_THINK_CLOSE);
         return;
     }
     out->re = (size_t)(e - text);
-    out->cb = out->re + strlen(THINK_CLOSE);
+    out->cb = out->re + strlen(MOE_THINK_CLOSE);
     while (out->cb < len && (text[out->cb] == '\n' || text[out->cb] == '\r'))
         out->cb++;
     out->content = true;

@@ -283,29 +283,35 @@ static enum moe_status fp8_view(struct moe_model *m, const char *name, const str
     return MOE_OK;
 }
 
-/* The values of an FP8 view with block factors: code value x factor in F32, rounded to BF16; into
- * out (BF16) or, when out is NULL, into f (those BF16 values as F32). */
-static void fp8_values(const struct moe_wview *w, uint16_t *out, float *fo)
+/* The block factor at fp (F32, BF16 or F16; mapped data need not be aligned). */
+static float block_factor(const uint8_t *fp, enum moe_dtype dt)
+{
+    float f;
+    uint16_t h;
+    if (dt == MOE_DT_F32) {
+        memcpy(&f, fp, 4);
+        return f;
+    }
+    memcpy(&h, fp, 2);
+    return dt == MOE_DT_BF16 ? moe_bf16_to_f32(h) : moe_f16_to_f32(h);
+}
+
+/* The values of an FP8 matrix q [rows, cols] with block factors sp ([ceil(rows / br), ceil(cols /
+ * bc)] of sdt): code value x factor in F32, rounded to BF16; into out (BF16) or, when out is NULL,
+ * into fo (those BF16 values as F32). */
+static void fp8_decode(const uint8_t *q, const uint8_t *sp, enum moe_dtype sdt, int64_t rows, int64_t cols, int br,
+                       int bc, uint16_t *out, float *fo)
 {
     float lut[256];
     for (int i = 0; i < 256; i++) lut[i] = f8_e4m3_to_f32((uint8_t)i);
-    const int64_t sc = (w->cols + w->block_cols - 1) / w->block_cols;
-    const uint8_t *q = w->data, *sp = w->scale;
-    size_t es = moe_dtype_size(w->scale_dtype);
-    for (int64_t r = 0; r < w->rows; r++) {
-        for (int64_t c0 = 0; c0 < w->cols; c0 += w->block_cols) {
-            const uint8_t *fp = sp + ((size_t)(r / w->block_rows) * (size_t)sc + (size_t)(c0 / w->block_cols)) * es;
-            float f;
-            uint16_t h;
-            if (w->scale_dtype == MOE_DT_F32) {
-                memcpy(&f, fp, 4); /* mapped data need not be aligned */
-            } else {
-                memcpy(&h, fp, 2);
-                f = w->scale_dtype == MOE_DT_BF16 ? moe_bf16_to_f32(h) : moe_f16_to_f32(h);
-            }
-            int64_t c1 = c0 + w->block_cols < w->cols ? c0 + w->block_cols : w->cols;
+    const int64_t sc = (cols + bc - 1) / bc;
+    size_t es = moe_dtype_size(sdt);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c0 = 0; c0 < cols; c0 += bc) {
+            float f = block_factor(sp + ((size_t)(r / br) * (size_t)sc + (size_t)(c0 / bc)) * es, sdt);
+            int64_t c1 = c0 + bc < cols ? c0 + bc : cols;
             for (int64_t c = c0; c < c1; c++) {
-                size_t i = (size_t)r * (size_t)w->cols + (size_t)c;
+                size_t i = (size_t)r * (size_t)cols + (size_t)c;
                 uint16_t b = moe_f32_to_bf16(lut[q[i]] * f);
                 if (out)
                     out[i] = b;
@@ -316,22 +322,52 @@ static void fp8_values(const struct moe_wview *w, uint16_t *out, float *fo)
     }
 }
 
+static void fp8_values(const struct moe_wview *w, uint16_t *out, float *fo)
+{
+    fp8_decode(w->data, w->scale, w->scale_dtype, w->rows, w->cols, w->block_rows, w->block_cols, out, fo);
+}
+
+uint64_t moe_fp8_record_bytes(int64_t rows, int64_t cols, int br, int bc)
+{
+    return (uint64_t)rows * (uint64_t)cols + (uint64_t)((rows + br - 1) / br) * (uint64_t)((cols + bc - 1) / bc) * 4;
+}
+
+void moe_fp8_record_decode(const void *rec, int64_t rows, int64_t cols, int br, int bc, uint16_t *out, float *fo)
+{
+    const uint8_t *q = rec;
+    fp8_decode(q, q + (size_t)rows * (size_t)cols, MOE_DT_F32, rows, cols, br, bc, out, fo);
+}
+
 enum moe_dtype moe_wview_stored_dtype(const struct moe_wview *w)
 {
-    return w->scale ? MOE_DT_BF16 : w->dtype;
+    return w->scale ? MOE_DT_F8_E4M3 : w->dtype;
 }
 
 uint64_t moe_wview_stored_bytes(const struct moe_wview *w)
 {
-    return w->scale ? (uint64_t)w->rows * (uint64_t)w->cols * 2 : w->nbytes;
+    return w->scale ? moe_fp8_record_bytes(w->rows, w->cols, w->block_rows, w->block_cols) : w->nbytes;
 }
 
 void moe_wview_copy_stored(const struct moe_wview *w, void *dst)
 {
-    if (w->scale)
-        fp8_values(w, dst, NULL);
-    else if (w->nbytes)
+    if (w->scale) { /* the codes, then every block factor as F32 */
+        size_t n = (size_t)w->rows * (size_t)w->cols, nf = (size_t)((w->rows + w->block_rows - 1) / w->block_rows) *
+                                                            (size_t)((w->cols + w->block_cols - 1) / w->block_cols);
+        uint8_t *d = dst;
+        memcpy(d, w->data, n);
+        size_t es = moe_dtype_size(w->scale_dtype);
+        for (size_t i = 0; i < nf; i++) {
+            float f = block_factor((const uint8_t *)w->scale + i * es, w->scale_dtype);
+            memcpy(d + n + 4 * i, &f, 4);
+        }
+    } else if (w->nbytes) {
         memcpy(dst, w->data, w->nbytes);
+    }
+}
+
+void moe_wview_fp8_to_bf16(const struct moe_wview *w, uint16_t *dst)
+{
+    fp8_values(w, dst, NULL);
 }
 
 /* A non-expert FP8 matrix widened to BF16 once, at load: the buffer is the model's (freed at close). */
@@ -345,14 +381,14 @@ static enum moe_status widen_fp8(struct moe_model *m, const char *name, struct m
         p->owned = o;
         p->cap_owned = cap;
     }
-    uint16_t *out = malloc((size_t)moe_wview_stored_bytes(w) + 1);
+    uint64_t bytes = (uint64_t)w->rows * (uint64_t)w->cols * 2;
+    uint16_t *out = malloc((size_t)bytes + 1);
     if (!out)
         return moe_errorf(MOE_ENOMEM, "%s: out of memory for the BF16 copy of FP8 tensor \"%s\" (%lld x %lld)",
                           m->dir, name, (long long)w->rows, (long long)w->cols);
     p->owned[p->n_owned++] = out;
     fp8_values(w, out, NULL);
-    *w = (struct moe_wview){ .dtype = MOE_DT_BF16, .data = out, .nbytes = moe_wview_stored_bytes(w),
-                             .rows = w->rows, .cols = w->cols };
+    *w = (struct moe_wview){ .dtype = MOE_DT_BF16, .data = out, .nbytes = bytes, .rows = w->rows, .cols = w->cols };
     return MOE_OK;
 }
 

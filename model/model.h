@@ -23,8 +23,8 @@ struct moe_wview {
     uint64_t nbytes;
     /* An FP8 expert matrix (dtype F8_E4M3, left as the checkpoint stores it, so that experts
      * served from a packed store are never widened in RAM): its block factors, [ceil(rows /
-     * block_rows), ceil(cols / block_cols)] of scale_dtype.  Its stored form, for records, packing
-     * and compute, is BF16 (moe_wview_stored_*); NULL for every other view. */
+     * block_rows), ceil(cols / block_cols)] of scale_dtype.  Records hold it as FP8 with F32 factors
+     * (moe_wview_stored_*), kernels as its BF16 values; NULL for every other view. */
     const void *scale;
     enum moe_dtype scale_dtype;
     int block_rows, block_cols;
@@ -84,14 +84,22 @@ uint64_t moe_model_expert_bytes(const struct moe_model *m);
  * MLPs, lm_head unless tied) in their stored dtype: what the engine keeps wherever it runs. */
 uint64_t moe_model_dense_bytes(const struct moe_model *m);
 
-/* A view's dtype and bytes as records and kernels take it: BF16 for an FP8 matrix with block
- * factors, else its own. */
+/* A view's dtype and bytes as expert records (packed store, host tier) hold it: its own, or for an
+ * FP8 matrix with block factors F8_E4M3 in the FP8 record form: its rows x cols codes, then its
+ * ceil(rows / block_rows) x ceil(cols / block_cols) block factors as F32 (little-endian, not
+ * aligned), half the bytes of its BF16 values. */
 enum moe_dtype moe_wview_stored_dtype(const struct moe_wview *w);
 uint64_t moe_wview_stored_bytes(const struct moe_wview *w);
-/* The view's elements in their stored form (moe_wview_stored_bytes bytes at dst): a copy, or an FP8
- * matrix's values times their block factors in F32, rounded to BF16 (DeepSeek's FP8-to-BF16
- * conversion). */
+/* The view's elements in their stored form (moe_wview_stored_bytes bytes at dst). */
 void moe_wview_copy_stored(const struct moe_wview *w, void *dst);
+/* Bytes of an FP8 record of a [rows, cols] matrix with blocks of br x bc. */
+uint64_t moe_fp8_record_bytes(int64_t rows, int64_t cols, int br, int bc);
+/* The values an FP8 record stands for, as the kernels take them: code value x block factor in F32,
+ * rounded to BF16 (DeepSeek's FP8-to-BF16 conversion), into out; or, when out is NULL, those BF16
+ * values as F32 into fo. */
+void moe_fp8_record_decode(const void *rec, int64_t rows, int64_t cols, int br, int bc, uint16_t *out, float *fo);
+/* The same for an FP8 matrix with block factors as the checkpoint holds it (w->scale set). */
+void moe_wview_fp8_to_bf16(const struct moe_wview *w, uint16_t *dst);
 
 /* Find a tensor in any shard by its checkpoint name (NULL if absent). */
 const struct moe_st_tensor *moe_model_tensor(const struct moe_model *m, const char *name);

@@ -90,7 +90,7 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
     size_t n_all = (size_t)c->n_layers * (size_t)c->n_experts;
     int l0 = 0;
     while (l0 < c->n_layers && !c->is_moe[l0]) l0++;
-    /* FP8 experts (their stored form is BF16) widen to BF16 copies, unless F32 is asked for */
+    /* FP8 experts widen to copies of their BF16 values, unless F32 is asked for */
     bool widen = dt == MOE_DT_BF16 && l0 < c->n_layers && moe_model_expert(m, l0, 0)->gate.scale;
     bool copy = !widen && (dt != MOE_DT_BF16 || !all_bf16(m));
     if (!r) goto fail;
@@ -110,9 +110,9 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
             const struct moe_expert_w *x = moe_model_expert(m, l, e);
             if (widen) {
                 uint16_t *wb = r->wb + idx * expert_floats(r);
-                moe_wview_copy_stored(&x->gate, wb);
-                moe_wview_copy_stored(&x->up, wb + r->inter * r->hidden);
-                moe_wview_copy_stored(&x->down, wb + 2 * r->inter * r->hidden);
+                moe_wview_fp8_to_bf16(&x->gate, wb);
+                moe_wview_fp8_to_bf16(&x->up, wb + r->inter * r->hidden);
+                moe_wview_fp8_to_bf16(&x->down, wb + 2 * r->inter * r->hidden);
             }
             if (!copy) continue;
             float *base = r->w + idx * expert_floats(r);

@@ -39,6 +39,7 @@ enum {
     H_HIDDEN = 88, H_INTER = 92, H_EXPERTS = 96, H_TOPK = 100, H_NREC = 104, H_FLAGS = 108,
     H_FINGERPRINT = 112, H_GATE = 120, H_UP = 128, H_DOWN = 136, H_RECBYTES = 144,
     H_STRIDE = 152, H_DATA = 160, H_HCHECK = 168, H_DTYPE = 176, /* char[8] */
+    H_BLOCK_ROWS = 184, H_BLOCK_COLS = 188,
 };
 
 enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_info *out)
@@ -64,8 +65,12 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
         const struct moe_wview *r = &m->layers[l].router;
         if (r->data) XXH3_64bits_update(xs, r->data, (size_t)r->nbytes);
         const struct moe_expert_w *x = moe_model_expert(m, l, 0);
-        if (first) { /* as the records hold them: an FP8 checkpoint's experts in BF16 */
+        if (first) { /* as the records hold them: an FP8 checkpoint's experts as FP8 records */
             out->dtype = moe_wview_stored_dtype(&x->gate);
+            if (x->gate.scale) {
+                out->block_rows = (uint32_t)x->gate.block_rows;
+                out->block_cols = (uint32_t)x->gate.block_cols;
+            }
             out->gate_bytes = moe_wview_stored_bytes(&x->gate);
             out->up_bytes = moe_wview_stored_bytes(&x->up);
             out->down_bytes = moe_wview_stored_bytes(&x->down);
@@ -79,6 +84,19 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
     out->record_stride = align_up(out->record_bytes);
     out->data_offset = align_up(MOE_STORE_FIXED + (uint64_t)out->n_records * MOE_STORE_ENTRY);
     return MOE_OK;
+}
+
+/* Block factors only with FP8 records, and then the three matrices' sizes are those of their FP8
+ * records (model.h). */
+static bool blocks_fit(const struct moe_store_info *in)
+{
+    if (in->dtype != MOE_DT_F8_E4M3) return in->block_rows == 0 && in->block_cols == 0;
+    if (in->block_rows == 0 || in->block_cols == 0 || in->block_rows > (1u << 20) || in->block_cols > (1u << 20))
+        return false;
+    int br = (int)in->block_rows, bc = (int)in->block_cols;
+    uint64_t mat = moe_fp8_record_bytes(in->expert_inter, in->hidden, br, bc);
+    return in->gate_bytes == mat && in->up_bytes == mat &&
+           in->down_bytes == moe_fp8_record_bytes(in->hidden, in->expert_inter, br, bc);
 }
 
 static void encode_header(const struct moe_store_info *in, const struct moe_store_record *rec,
@@ -105,6 +123,8 @@ static void encode_header(const struct moe_store_info *in, const struct moe_stor
     put64(h + H_DATA, in->data_offset);
     const char *dn = moe_dtype_name(in->dtype);
     memcpy(h + H_DTYPE, dn, strnlen(dn, 8));
+    put32(h + H_BLOCK_ROWS, in->block_rows);
+    put32(h + H_BLOCK_COLS, in->block_cols);
     for (uint32_t i = 0; i < in->n_records; i++) {
         uint8_t *e = h + MOE_STORE_FIXED + (size_t)i * MOE_STORE_ENTRY;
         put32(e, rec[i].layer);
@@ -268,6 +288,8 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
     in->record_bytes = get64(fixed + H_RECBYTES);
     in->record_stride = get64(fixed + H_STRIDE);
     in->data_offset = get64(fixed + H_DATA);
+    in->block_rows = get32(fixed + H_BLOCK_ROWS);
+    in->block_cols = get32(fixed + H_BLOCK_COLS);
     char dn[9] = {0};
     memcpy(dn, fixed + H_DTYPE, 8);
     uint32_t hb = get32(fixed + H_HEADER_BYTES);
@@ -277,7 +299,7 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         in->n_records > nk || hb != MOE_STORE_FIXED + (uint64_t)in->n_records * MOE_STORE_ENTRY ||
         in->data_offset != align_up(hb) || in->record_bytes == 0 ||
         in->record_bytes != in->gate_bytes + in->up_bytes + in->down_bytes ||
-        in->record_stride != align_up(in->record_bytes) ||
+        in->record_stride != align_up(in->record_bytes) || !blocks_fit(in) ||
         (uint64_t)sb.st_size < in->data_offset) {
         st = moe_errorf(MOE_EFORMAT, "%s: inconsistent expert store header (dtype '%s', %u records, "
                         "header %u bytes): the file is damaged; re-run `moeflow pack`", path, dn,
@@ -333,7 +355,13 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         else if (in->hidden != want_in.hidden) st = mismatch(path, "hidden_size", in->hidden, want_in.hidden, md);
         else if (in->expert_inter != want_in.expert_inter) st = mismatch(path, "expert intermediate size", in->expert_inter, want_in.expert_inter, md);
         else if (in->top_k != want_in.top_k) st = mismatch(path, "top_k", in->top_k, want_in.top_k, md);
-        else if (in->dtype != want_in.dtype) st = mismatch(path, "dtype code", (unsigned)in->dtype, (unsigned)want_in.dtype, md);
+        else if (in->dtype != want_in.dtype)
+            st = moe_errorf(MOE_EFORMAT, "%s: expert store holds %s records, the model in %s is served from %s "
+                            "ones%s: re-run `moeflow pack --model %s`", path, moe_dtype_name(in->dtype), md,
+                            moe_dtype_name(want_in.dtype),
+                            want_in.dtype == MOE_DT_F8_E4M3 ? " (FP8 experts are stored as FP8 now)" : "", md);
+        else if (in->block_rows != want_in.block_rows) st = mismatch(path, "FP8 block rows", in->block_rows, want_in.block_rows, md);
+        else if (in->block_cols != want_in.block_cols) st = mismatch(path, "FP8 block columns", in->block_cols, want_in.block_cols, md);
         else if (in->n_records != want_in.n_records) st = mismatch(path, "records", in->n_records, want_in.n_records, md);
         else if (in->record_bytes != want_in.record_bytes) st = mismatch(path, "record bytes", in->record_bytes, want_in.record_bytes, md);
         /* the split of a record, not only its sum (which wraps): convert() reads each part where it says */

@@ -24,7 +24,8 @@ struct moe_store_info {
     char model[64];              /* model directory base name (informative) */
     uint32_t family;             /* enum moe_family */
     uint32_t n_layers, hidden, expert_inter, n_experts, top_k;
-    enum moe_dtype dtype;        /* stored dtype of the expert weights */
+    enum moe_dtype dtype;        /* stored dtype of the expert weights (F8_E4M3: FP8 records, model.h) */
+    uint32_t block_rows, block_cols; /* F8_E4M3: the rows x columns each block factor covers; else 0 */
     uint32_t n_records;          /* MoE layers x experts */
     uint64_t fingerprint;        /* xxh3 of the router weights of every MoE layer */
     uint64_t gate_bytes, up_bytes, down_bytes; /* per record, in this order */

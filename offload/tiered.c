@@ -58,9 +58,10 @@ struct tiered {
     enum moe_dtype dtype;
     uint64_t gate_b, up_b, down_b, rec_bytes, stride;
     size_t dev_floats;        /* elements per device slot: 3 * inter * hidden */
-    enum moe_dtype dev_dtype; /* RAM arena: BF16 when stored so, else F32; hook: F32 or the stored dtype */
+    enum moe_dtype dev_dtype; /* RAM arena: BF16 when stored so or FP8, else F32; hook: F32, the stored
+                                 dtype, or BF16 for FP8 */
     size_t dev_slot_bytes;    /* dev_floats x dtype size */
-    float *stage;             /* [dev_floats] F32 staging for dev_upload, or NULL */
+    void *stage;              /* [dev_floats] dev_dtype staging for dev_upload, or NULL */
 
     struct moe_store *store;  /* NULL: safetensors */
     struct moe_reader *reader;
@@ -102,7 +103,8 @@ static const struct moe_provider_ops tiered_ops;
 uint64_t moe_tiered_dev_expert_bytes(const struct moe_model *m)
 {
     struct moe_store_info si;
-    size_t es = moe_store_info_of(m, &si) == MOE_OK && si.dtype == MOE_DT_BF16 ? 2 : sizeof(float);
+    bool ok = moe_store_info_of(m, &si) == MOE_OK;
+    size_t es = ok && (si.dtype == MOE_DT_BF16 || si.dtype == MOE_DT_F8_E4M3) ? 2 : sizeof(float);
     return 3ull * (uint64_t)m->cfg.expert_inter * (uint64_t)m->cfg.hidden * es;
 }
 
@@ -125,36 +127,39 @@ static void fill_from_safetensors(struct tiered *t, int key, uint8_t *dst)
     int l, e;
     layer_expert(t, key, &l, &e);
     const struct moe_expert_w *x = moe_model_expert(t->m, l, e);
-    moe_wview_copy_stored(&x->gate, dst); /* an FP8 checkpoint's expert widened to BF16 here */
+    moe_wview_copy_stored(&x->gate, dst); /* an FP8 checkpoint's expert as an FP8 record */
     moe_wview_copy_stored(&x->up, dst + t->gate_b);
     moe_wview_copy_stored(&x->down, dst + t->gate_b + t->up_b);
 }
 
-static void convert(struct tiered *t, const uint8_t *src, float *dst)
+/* A host record (stored dtype) as the device slot's gate|up|down in dev_dtype: an FP8 record's BF16
+ * values (as BF16, or as F32), other dtypes in F32. */
+static void convert(struct tiered *t, const uint8_t *src, void *dst)
 {
     size_t ih = t->inter * t->hidden;
-    struct moe_wview g = { .dtype = t->dtype, .rows = (int64_t)t->inter, .cols = (int64_t)t->hidden,
-                           .data = src, .nbytes = t->gate_b };
-    struct moe_wview u = g, d = g;
-    u.data = src + t->gate_b;
-    u.nbytes = t->up_b;
-    d.data = src + t->gate_b + t->up_b;
-    d.rows = (int64_t)t->hidden;
-    d.cols = (int64_t)t->inter;
-    d.nbytes = t->down_b;
-    moe_wview_to_f32(&g, dst);
-    moe_wview_to_f32(&u, dst + ih);
-    moe_wview_to_f32(&d, dst + 2 * ih);
+    const uint8_t *part[3] = { src, src + t->gate_b, src + t->gate_b + t->up_b };
+    const uint64_t bytes[3] = { t->gate_b, t->up_b, t->down_b };
+    for (int k = 0; k < 3; k++) {
+        int64_t rows = (int64_t)(k < 2 ? t->inter : t->hidden), cols = (int64_t)(k < 2 ? t->hidden : t->inter);
+        uint16_t *hb = t->dev_dtype == MOE_DT_BF16 ? (uint16_t *)dst + k * ih : NULL;
+        float *fo = hb ? NULL : (float *)dst + k * ih;
+        if (t->dtype == MOE_DT_F8_E4M3) {
+            moe_fp8_record_decode(part[k], rows, cols, t->m->cfg.fp8_block[0], t->m->cfg.fp8_block[1], hb, fo);
+        } else {
+            struct moe_wview v = { .dtype = t->dtype, .rows = rows, .cols = cols, .data = part[k], .nbytes = bytes[k] };
+            moe_wview_to_f32(&v, fo);
+        }
+    }
 }
 
-/* Host record -> device slot: a copy (RAM arena, BF16 records) or F32
- * conversion (RAM arena, other dtypes), or an upload through the hook
- * (converting on the host first when dtypes differ). */
+/* Host record -> device slot: a copy (RAM arena, BF16 records), a conversion (RAM arena: FP8
+ * records to their BF16 values, other dtypes to F32), or an upload through the hook (converting on
+ * the host first when dtypes differ). */
 static enum moe_status fill_slot(struct tiered *t, const uint8_t *src, uint8_t *dst)
 {
     if (!t->hooks.dev_upload) {
         if (t->dev_dtype == t->dtype) memcpy(dst, src, t->dev_slot_bytes);
-        else convert(t, src, (float *)dst);
+        else convert(t, src, dst);
         return MOE_OK;
     }
     if (t->dev_dtype == t->dtype) return t->hooks.dev_upload(t->hooks.ud, dst, src, t->dev_slot_bytes);
@@ -663,14 +668,17 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     t->q = calloc((size_t)t->q_cap, sizeof(*t->q));
     t->batch = calloc((size_t)t->qd, sizeof(*t->batch));
     t->reads = calloc((size_t)t->qd, sizeof(*t->reads));
-    /* RAM arena: BF16 records as they are (the CPU kernels take BF16), others in F32 */
-    t->dev_dtype = t->dtype == MOE_DT_BF16 ? MOE_DT_BF16 : MOE_DT_F32;
+    /* RAM arena: BF16 records as they are (the CPU kernels take BF16), FP8 records as their BF16
+     * values, others in F32 */
+    bool fp8 = t->dtype == MOE_DT_F8_E4M3;
+    t->dev_dtype = t->dtype == MOE_DT_BF16 || fp8 ? MOE_DT_BF16 : MOE_DT_F32;
     if (t->hooks.dev_alloc) {
-        if (!t->hooks.dev_upload ||
-            (t->hooks.dev_dtype != MOE_DT_F32 && t->hooks.dev_dtype != t->dtype)) {
-            st = moe_errorf(MOE_EINVAL, "device tier hooks: dev_upload missing or dev_dtype %s is "
-                            "neither F32 nor the stored %s", moe_dtype_name(t->hooks.dev_dtype),
-                            moe_dtype_name(t->dtype));
+        bool ok = t->hooks.dev_dtype == MOE_DT_F32 || (fp8 ? t->hooks.dev_dtype == MOE_DT_BF16
+                                                             : t->hooks.dev_dtype == t->dtype);
+        if (!t->hooks.dev_upload || !ok) {
+            st = moe_errorf(MOE_EINVAL, "device tier hooks: dev_upload missing or dev_dtype %s is neither F32 "
+                            "nor %s%s", moe_dtype_name(t->hooks.dev_dtype), fp8 ? "BF16 (the values of the stored " :
+                            "the stored ", fp8 ? "F8_E4M3 records)" : moe_dtype_name(t->dtype));
             goto fail;
         }
         t->dev_dtype = t->hooks.dev_dtype;

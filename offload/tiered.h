@@ -27,12 +27,12 @@ struct moe_offload_hooks {
     void (*host_unregister)(void *ud, void *p);
     /* Device tier in accelerator memory.  When dev_alloc is set, the device
      * tier is one dev_alloc(slots x slot bytes) buffer (NULL = out of memory)
-     * whose slots hold gate|up|down in dev_dtype (F32, or the stored dtype),
-     * and the transfer thread fills a slot with dev_upload(dst, h_src, bytes),
-     * which must return only once the copy has completed (use a copy stream of
-     * its own: it runs concurrently with the engine's compute).  h_src is the
-     * host-tier record (pinned) when dev_dtype is the stored dtype, else a
-     * host F32 staging buffer.  Without dev_alloc the device tier is a RAM
+     * whose slots hold gate|up|down in dev_dtype (F32, the stored dtype, or
+     * BF16 for FP8 records), and the transfer thread fills a slot with
+     * dev_upload(dst, h_src, bytes), which must return only once the copy has
+     * completed (use a copy stream of its own: it runs concurrently with the
+     * engine's compute).  h_src is the host-tier record (pinned) when dev_dtype
+     * is the stored dtype, else a host staging buffer in dev_dtype.  Without dev_alloc the device tier is a RAM
      * arena of F32 experts (CPU backend). */
     void *(*dev_alloc)(void *ud, size_t bytes);
     void (*dev_free)(void *ud, void *p);

@@ -5,6 +5,7 @@
 #include "../engine/engine.h"
 #include "../model/chat.h"
 #include "../model/tokenizer.h"
+#include "../offload/tiered.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -95,12 +96,13 @@ int moe_cmd_info(int argc, char **argv)
             break;
         }
     if (as_json) {
-        json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:I,s:I,s:s,s:I,s:I,s:I,s:i,s:b,s:s}",
+        json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:I,s:I,s:I,s:s,s:I,s:I,s:I,s:i,s:b,s:s}",
                               "model", dir, "model_type", cf->model_type, "layers", cf->n_layers, "moe_layers", n_moe,
                               "experts", cf->n_experts, "top_k", cf->top_k, "hidden", cf->hidden, "heads", cf->n_heads,
                               "kv_heads", cf->n_kv_heads, "head_dim", cf->head_dim, "attention",
                               cf->mla ? "latent" : "grouped-query", "context", cf->max_pos, "expert_bytes",
-                              (json_int_t)expert, "experts_bytes", (json_int_t)experts, "expert_dtype", dt,
+                              (json_int_t)expert, "experts_bytes", (json_int_t)experts, "device_expert_bytes",
+                              (json_int_t)moe_tiered_dev_expert_bytes(m), "expert_dtype", dt,
                               "other_bytes", (json_int_t)other, "kv_bytes_per_token_f32", (json_int_t)kv32,
                               "kv_bytes_per_token_bf16", (json_int_t)kv16, "tokenizer_vocab", vocab,
                               "chat_template", chat_ok && has_chat,
@@ -114,8 +116,13 @@ int moe_cmd_info(int argc, char **argv)
                "%d heads / %d KV of %d; context %d\n", dir, cf->model_type, cf->n_layers, n_moe, cf->n_experts,
                cf->top_k, cf->hidden, cf->mla ? "latent" : "grouped-query", cf->n_heads, cf->n_kv_heads,
                cf->head_dim, cf->max_pos);
-        printf("experts    %d x %.3f MiB (%s) = %.1f MiB: the device and host tiers hold whole experts\n",
-               n_moe * cf->n_experts, mib(expert), dt, mib(experts));
+        if (!strcmp(dt, "F8_E4M3")) /* FP8 records in the store and host tier, their BF16 values computed */
+            printf("experts    %d x %.3f MiB (FP8 records: codes and F32 block factors) = %.1f MiB in the store and "
+                   "the host tier; %.3f MiB each (BF16) in the device tier\n", n_moe * cf->n_experts, mib(expert),
+                   mib(experts), mib(moe_tiered_dev_expert_bytes(m)));
+        else
+            printf("experts    %d x %.3f MiB (%s) = %.1f MiB: the device and host tiers hold whole experts\n",
+                   n_moe * cf->n_experts, mib(expert), dt, mib(experts));
         printf("other      %.1f MiB of weights (embeddings, attention, norms, routers, dense and shared MLPs): "
                "resident where the engine runs\n", mib(other));
         printf("KV cache   %zu bytes per token in F32, %zu in BF16; %.1f MiB per sequence of %d tokens in F32\n",

@@ -141,6 +141,18 @@ int main(void)
           "info --json: exit %d, %s (checkpoint tensors %llu bytes)", status, got, (unsigned long long)tensors);
     json_decref(info);
     free(got);
+    /* an FP8 checkpoint's experts: FP8 records (codes and F32 factors: 16 x 32 blocks), BF16 in the device tier */
+    char f8[4096];
+    t_path(f8, sizeof(f8), "tests/fixtures/deepseek-v3-variants/fp8");
+    snprintf(cmd, sizeof(cmd), "'%s' info --model '%s' --json", exe, f8);
+    got = run(cmd, &status);
+    info = json_loads(got, 0, NULL);
+    CHECK(status == 0 && info && !strcmp(json_string_value(json_object_get(info, "expert_dtype")), "F8_E4M3") &&
+              json_integer_value(json_object_get(info, "expert_bytes")) == 3 * 16 * 64 + 4 * (2 + 2 + 4) &&
+              json_integer_value(json_object_get(info, "device_expert_bytes")) == 3 * 16 * 64 * 2,
+          "info --json of an FP8 checkpoint: exit %d, %s", status, got);
+    json_decref(info);
+    free(got);
     snprintf(cmd, sizeof(cmd), "'%s' info --model /nonexistent 2>&1", exe);
     got = run(cmd, &status);
     CHECK(status == 1 && strstr(got, "/nonexistent") && strstr(got, "--model"), "info of no model: %d %s", status, got);

@@ -12,20 +12,20 @@ static const char *const t_models[] = {
     "tests/fixtures/hf-tiny/mixtral", "tests/fixtures/hf-tiny/qwen2_moe",
     "tests/fixtures/hf-tiny/qwen3_moe", "tests/fixtures/hf-tiny/olmoe", "tests/fixtures/hf-tiny/deepseek_v3",
     "models/pycode-moe-18m",
-    "tests/fixtures/deepseek-v3-variants/fp8", /* FP8 experts: widened when packed or read from safetensors */
+    "tests/fixtures/deepseek-v3-variants/fp8", /* FP8 experts: FP8 records, widened in the device tier */
 };
 
 /* An expert's gate | up | down as records hold them (an FP8 checkpoint's widened to BF16): malloc'd,
  * *mat: bytes of one matrix. */
-static inline uint8_t *t_expert_stored(const struct moe_model *m, int l, int e, size_t *mat)
+static inline uint8_t *t_expert_stored(const struct moe_model *m, int l, int e, size_t mat[3])
 {
     const struct moe_expert_w *x = moe_model_expert(m, l, e);
-    *mat = (size_t)moe_wview_stored_bytes(&x->gate);
-    uint8_t *b = malloc(3 * *mat + 1);
+    const struct moe_wview *w[3] = { &x->gate, &x->up, &x->down };
+    size_t total = 0;
+    for (int k = 0; k < 3; k++) total += mat[k] = (size_t)moe_wview_stored_bytes(w[k]);
+    uint8_t *b = malloc(total + 1);
     REQUIRE(b, "out of memory");
-    moe_wview_copy_stored(&x->gate, b);
-    moe_wview_copy_stored(&x->up, b + *mat);
-    moe_wview_copy_stored(&x->down, b + 2 * *mat);
+    for (int k = 0, at = 0; k < 3; at += (int)mat[k], k++) moe_wview_copy_stored(w[k], b + at);
     return b;
 }
 

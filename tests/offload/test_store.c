@@ -53,6 +53,31 @@ static void copy_file(const char *from, const char *to)
     free(buf);
 }
 
+/* An FP8 checkpoint's record: F8_E4M3 with the config's blocks, each matrix's codes as the checkpoint
+ * holds them, and decoded, the BF16 values the loader widens FP8 matrices to. */
+static void check_fp8_record(const struct moe_model *m, const struct moe_store_info *in, const struct moe_expert_w *x,
+                             const uint8_t *rec, const char *what)
+{
+    const struct moe_wview *w[3] = { &x->gate, &x->up, &x->down };
+    uint64_t bf16 = 0, at = 0;
+    for (int k = 0; k < 3; k++) bf16 += (uint64_t)w[k]->rows * (uint64_t)w[k]->cols * 2;
+    CHECK(in->dtype == MOE_DT_F8_E4M3 && in->block_rows == (uint32_t)m->cfg.fp8_block[0] &&
+              in->block_cols == (uint32_t)m->cfg.fp8_block[1] && in->record_bytes < bf16 / 2 + bf16 / 8,
+          "%s: FP8 record dtype %d, blocks %ux%u, %llu bytes (BF16 %llu)", what, (int)in->dtype, in->block_rows,
+          in->block_cols, (unsigned long long)in->record_bytes, (unsigned long long)bf16);
+    for (int k = 0; k < 3; k++) {
+        size_t n = (size_t)(w[k]->rows * w[k]->cols);
+        uint16_t *a = malloc(n * 2), *b = malloc(n * 2);
+        REQUIRE(a && b, "out of memory");
+        moe_fp8_record_decode(rec + at, w[k]->rows, w[k]->cols, m->cfg.fp8_block[0], m->cfg.fp8_block[1], a, NULL);
+        moe_wview_fp8_to_bf16(w[k], b);
+        CHECK(!memcmp(rec + at, w[k]->data, n) && !memcmp(a, b, n * 2), "%s: FP8 record matrix %d", what, k);
+        at += moe_wview_stored_bytes(w[k]);
+        free(a);
+        free(b);
+    }
+}
+
 int main(void)
 {
     char p[512], store[600], other[600];
@@ -85,20 +110,17 @@ int main(void)
                 REQUIRE(pread(fd, buf, in->record_stride, (off_t)r->offset) ==
                         (ssize_t)in->record_stride, "pread");
                 CHECK(moe_store_verify(r, buf), "%s: checksum layer %d expert %d", t_models[i], l, e);
-                /* the record is the expert's matrices as stored (an FP8 checkpoint's widened to BF16) */
+                /* the record is the expert's matrices as stored (an FP8 checkpoint's as FP8 records) */
                 const struct moe_expert_w *x = moe_model_expert(m, l, e);
-                size_t mb;
-                uint8_t *want = t_expert_stored(m, l, e, &mb);
-                CHECK(3 * mb == in->record_bytes && !memcmp(buf, want, in->record_bytes),
+                size_t mb[3];
+                uint8_t *want = t_expert_stored(m, l, e, mb);
+                CHECK(mb[0] + mb[1] + mb[2] == in->record_bytes && !memcmp(buf, want, in->record_bytes),
                       "%s: record bytes layer %d expert %d", t_models[i], l, e);
                 if (!x->gate.scale) /* BF16 / F32 checkpoints: their bytes as they are */
                     CHECK(!memcmp(buf, x->gate.data, x->gate.nbytes), "%s: gate bytes layer %d expert %d",
                           t_models[i], l, e);
-                else if (l == 2 && e == 0) /* FP8: the values the loader widens non-expert matrices to */
-                    CHECK(in->dtype == MOE_DT_BF16 && in->record_bytes == 3 * (uint64_t)x->gate.rows *
-                                                                          (uint64_t)x->gate.cols * 2,
-                          "%s: FP8 record dtype %d, %llu bytes", t_models[i], (int)in->dtype,
-                          (unsigned long long)in->record_bytes);
+                else if (l == 2 && e == 0) /* FP8: its codes, then F32 block factors, about half of BF16 */
+                    check_fp8_record(m, in, x, buf, t_models[i]);
                 free(want);
             }
         }
@@ -199,6 +221,32 @@ int main(void)
     CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "no record for layer 3 expert 0"),
           "a record table with a dense layer's records accepted: %s", moe_last_error());
     mx->cfg.is_moe[1] = true;
+
+    /* An FP8 model with a store of BF16 records (as packed before FP8 records, here those of a BF16
+     * model of the same shape): refused, saying to re-pack; and FP8 records whose block factors
+     * do not fit their sizes are a damaged header. */
+    {
+        struct moe_model *f8 = moe_model_open(t_path(p, sizeof(p), "tests/fixtures/deepseek-v3-variants/fp8"));
+        struct moe_model *bf = moe_model_open(t_path(p, sizeof(p), "tests/fixtures/deepseek-v3-variants/one_group"));
+        REQUIRE(f8 && bf, "open: %s", moe_last_error());
+        snprintf(other, sizeof(other), "%s/bf16.moestore", dir);
+        REQUIRE(moe_store_pack(bf, other, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+        CHECK(!moe_store_open(other, f8) && strstr(moe_last_error(), "holds BF16 records") &&
+                  strstr(moe_last_error(), "F8_E4M3") && strstr(moe_last_error(), "moeflow pack"),
+              "BF16 records for an FP8 model: %s", moe_last_error());
+        snprintf(store, sizeof(store), "%s/fp8.moestore", dir);
+        REQUIRE(moe_store_pack(f8, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+        copy_file(store, other);
+        set_field(other, 184, 4, 32); /* block rows 32: the factors' bytes no longer fit */
+        CHECK(!moe_store_open(other, NULL) && strstr(moe_last_error(), "inconsistent"),
+              "FP8 blocks that do not fit: %s", moe_last_error());
+        copy_file(store, other);
+        set_field(other, 188, 4, 0); /* FP8 without a block size */
+        CHECK(!moe_store_open(other, NULL) && strstr(moe_last_error(), "inconsistent"),
+              "FP8 without blocks: %s", moe_last_error());
+        moe_model_close(f8);
+        moe_model_close(bf);
+    }
 
     moe_model_close(mx);
     t_tmp_remove(dir);

@@ -112,7 +112,7 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
            (unsigned long long)os.disk_reads, os.io_uring ? "io_uring" : "pread",
            os.direct ? " O_DIRECT" : "", os.registered ? " registered" : "",
            os.numa_bound ? " numa-bound" : "");
-    if (cf->max_io && cf->store && !cf->no_uring && 3 * ih * moe_dtype_size(a[0].dtype) > (size_t)cf->max_io)
+    if (cf->max_io && cf->store && !cf->no_uring && moe_model_expert_bytes(m) > (uint64_t)cf->max_io)
         CHECK(os.io_continuations > 0, "%s/%s: short-read path not exercised", mname, cf->name);
     if (!cf->prefetch && !cf->quota) {
         /* Same routing, same capacity, same policy: the simulator agrees exactly. */
@@ -161,10 +161,11 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
     for (int mode = 0; mode < 3; mode++) {
         struct fake_dev fd = { .fail_after = mode == 2 ? 3 : -1 };
         enum moe_dtype stored = moe_wview_stored_dtype(&moe_model_expert(m, l0, 0)->gate);
+        bool fp8 = stored == MOE_DT_F8_E4M3; /* its slots hold the records' BF16 values */
         struct moe_tiered_params tp = {
             .store_path = store, .dev_slots = c->top_k, .host_slots = 2, .numa_node = -1,
             .hooks = { .ud = &fd, .dev_alloc = fd_alloc, .dev_free = fd_free, .dev_upload = fd_upload,
-                       .dev_dtype = mode == 1 ? stored : MOE_DT_F32 },
+                       .dev_dtype = mode != 1 ? MOE_DT_F32 : fp8 ? MOE_DT_BF16 : stored },
         };
         struct moe_provider *p = moe_provider_tiered_create(m, &tp);
         REQUIRE(p, "hooks mode %d: %s", mode, moe_last_error());
@@ -179,11 +180,20 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
                 continue;
             }
             REQUIRE(st == MOE_OK, "hooks acquire: %s", moe_last_error());
-            if (mode == 1) { /* the matrices as stored (an FP8 checkpoint's widened to BF16) */
-                size_t mb;
-                uint8_t *want = t_expert_stored(m, l0, e, &mb);
-                bad += a.dtype != stored || memcmp(a.gate, want, mb) || memcmp(a.up, want + mb, mb) ||
-                       memcmp(a.down, want + 2 * mb, mb);
+            if (mode == 1 && fp8) { /* an FP8 checkpoint's: the BF16 values of its records */
+                const struct moe_expert_w *x = moe_model_expert(m, l0, e);
+                uint16_t *want = malloc(ih * 2);
+                REQUIRE(want, "out of memory");
+                moe_wview_fp8_to_bf16(&x->gate, want);
+                bad += a.dtype != MOE_DT_BF16 || memcmp(a.gate, want, ih * 2);
+                moe_wview_fp8_to_bf16(&x->down, want);
+                bad += memcmp(a.down, want, ih * 2);
+                free(want);
+            } else if (mode == 1) { /* the matrices as stored */
+                size_t mb[3];
+                uint8_t *want = t_expert_stored(m, l0, e, mb);
+                bad += a.dtype != stored || memcmp(a.gate, want, mb[0]) || memcmp(a.up, want + mb[0], mb[1]) ||
+                       memcmp(a.down, want + mb[0] + mb[1], mb[2]);
                 free(want);
             } else {
                 res->ops->acquire(res->self, l0, 1, &e, &b);

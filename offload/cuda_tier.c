@@ -32,7 +32,12 @@ struct moe_cuda_tier {
     void *ud;
     cudaEvent_t *t0, *t1;          /* time_copies: [slots] timing events around the last fill */
     bool *timed;                   /* [slots] the last fill's timing is not yet added to copy_s */
-    char *h_stage;                 /* host_fill only: [n_stage][slot_bytes] pinned staging, a ring */
+    char *h_stage;                 /* host_fill only: [n_stage][stage_bytes] pinned staging, a ring */
+    size_t stage_bytes;            /* one expert as host_fill writes it: slot_bytes, or its FP8 records */
+    int fp8_block[2];              /* FP8 records: their blocks; 0 = host_fill writes the slot's bytes */
+    int64_t rows[3], cols[3];      /* ... the matrices they make */
+    size_t rec_off[3], rec_bytes[3];
+    char *d_stage;                 /* ... [n_stage][stage_bytes] device copies of the staged records */
     bool stage_pinned;
     int n_stage, stage_next;       /* buffers in the ring, the one the next fill uses */
     cudaEvent_t *stage_done;       /* [n_stage] recorded on copy after the copies out of the buffer */
@@ -88,11 +93,12 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
     const void *src[3];
     char *dst = t->d_pool + (size_t)slot * t->slot_bytes;
     int b = -1; /* staging buffer */
+    const size_t *off = t->fp8_block[0] ? t->rec_off : t->mat_off;
     if (t->host_fill) {
         b = t->stage_next;
         t->stage_next = (b + 1) % t->n_stage;
-        char *stage = t->h_stage + (size_t)b * t->slot_bytes;
-        void *sd[3] = { stage + t->mat_off[0], stage + t->mat_off[1], stage + t->mat_off[2] };
+        char *stage = t->h_stage + (size_t)b * t->stage_bytes;
+        void *sd[3] = { stage + off[0], stage + off[1], stage + off[2] };
         /* the buffer's previous copy read it: let that one finish */
         TCK(cudaEventSynchronize(t->stage_done[b]));
         if ((st = t->host_fill(t->ud, layer, e, sd)) != MOE_OK) goto out;
@@ -109,8 +115,23 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
         if ((st = add_copy_time(t, slot)) != MOE_OK) goto out;
         TCK(cudaEventRecord(t->t0[slot], t->copy)); /* after the wait: only the copy is timed */
     }
-    for (int w = 0; w < 3; w++)
-        TCK(cudaMemcpyAsync(dst + t->mat_off[w], src[w], t->mat_bytes[w], cudaMemcpyHostToDevice, t->copy));
+    if (t->fp8_block[0]) { /* the records to the device, then their BF16 values into the slot */
+        char *ds = t->d_stage + (size_t)b * t->stage_bytes;
+        for (int w = 0; w < 3; w++)
+            TCK(cudaMemcpyAsync(ds + off[w], src[w], t->rec_bytes[w], cudaMemcpyHostToDevice, t->copy));
+        for (int w = 0; w < 3 && st == MOE_OK; w++)
+            st = moe_cuda_fp8_record_decode(t->c, t->copy, ds + off[w], t->rows[w], t->cols[w], t->fp8_block[0],
+                                            t->fp8_block[1], dst + t->mat_off[w]);
+        if (st != MOE_OK) {
+            if (moe_cuda_is_sticky(cudaPeekAtLastError())) poison(t);
+            goto out;
+        }
+        t->st.bytes_h2d += t->rec_bytes[0] + t->rec_bytes[1] + t->rec_bytes[2];
+    } else {
+        for (int w = 0; w < 3; w++)
+            TCK(cudaMemcpyAsync(dst + t->mat_off[w], src[w], t->mat_bytes[w], cudaMemcpyHostToDevice, t->copy));
+        t->st.bytes_h2d += t->slot_bytes;
+    }
     if (t->timed) {
         TCK(cudaEventRecord(t->t1[slot], t->copy));
         t->timed[slot] = true;
@@ -118,7 +139,6 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
     if (b >= 0) TCK(cudaEventRecord(t->stage_done[b], t->copy));
     TCK(cudaEventRecord(t->ready[slot], t->copy));
     t->st.loads++;
-    t->st.bytes_h2d += t->slot_bytes;
 out:
     if (st != MOE_OK) moe_error_prefix(st, "loading layer %d expert %d into GPU slot %d", layer, e, slot);
     return st;
@@ -343,6 +363,7 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
     for (int i = 0; t->stage_done && i < t->n_stage; i++)
         if (t->stage_done[i]) cudaEventDestroy(t->stage_done[i]);
     if (t->d_pool) cudaFree(t->d_pool);
+    if (t->d_stage) cudaFree(t->d_stage);
     moe_cuda_host_free(t->h_stage, t->stage_pinned);
     if (t->copy) cudaStreamDestroy(t->copy);
     (void)cudaGetLastError();
@@ -400,6 +421,31 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
         t->mat_bytes[w] = p->mat_bytes[w];
         t->slot_bytes += (p->mat_bytes[w] + 255) & ~(size_t)255; /* 256-byte aligned matrices */
     }
+    t->stage_bytes = t->slot_bytes;
+    if (p->fp8_block[0] > 0) {
+        if (!p->host_fill || p->fp8_block[1] <= 0) {
+            st = moe_errorf(MOE_EINVAL, "GPU expert tier: FP8 records need host_fill and a block size (got %d x %d)",
+                            p->fp8_block[0], p->fp8_block[1]);
+            goto out;
+        }
+        t->fp8_block[0] = p->fp8_block[0];
+        t->fp8_block[1] = p->fp8_block[1];
+        t->stage_bytes = 0;
+        for (int w = 0; w < 3; w++) {
+            t->rows[w] = p->mat_rows[w];
+            t->cols[w] = p->mat_cols[w];
+            if ((uint64_t)t->rows[w] * (uint64_t)t->cols[w] * 2 != p->mat_bytes[w] ||
+                p->rec_bytes[w] != moe_fp8_record_bytes(t->rows[w], t->cols[w], p->fp8_block[0], p->fp8_block[1])) {
+                st = moe_errorf(MOE_EINVAL, "GPU expert tier: matrix %d is %lld x %lld: %zu BF16 bytes and %zu FP8 "
+                                "record bytes do not fit it", w, (long long)t->rows[w], (long long)t->cols[w],
+                                p->mat_bytes[w], p->rec_bytes[w]);
+                goto out;
+            }
+            t->rec_off[w] = t->stage_bytes;
+            t->rec_bytes[w] = p->rec_bytes[w];
+            t->stage_bytes += (p->rec_bytes[w] + 255) & ~(size_t)255;
+        }
+    }
     struct moe_cache_params cp = {
         .n_keys = n_keys,
         .capacity = t->slots,
@@ -446,9 +492,16 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
             st = moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory");
             goto out;
         }
-        if ((st = moe_cuda_host_alloc((void **)&t->h_stage, t->slot_bytes * (size_t)t->n_stage,
+        if ((st = moe_cuda_host_alloc((void **)&t->h_stage, t->stage_bytes * (size_t)t->n_stage,
                                       &t->stage_pinned)) != MOE_OK) {
-            moe_error_prefix(st, "GPU expert tier staging (%d x %zu MiB)", t->n_stage, t->slot_bytes >> 20);
+            moe_error_prefix(st, "GPU expert tier staging (%d x %zu MiB)", t->n_stage, t->stage_bytes >> 20);
+            goto out;
+        }
+        if (t->fp8_block[0] && cudaMalloc((void **)&t->d_stage, t->stage_bytes * (size_t)t->n_stage) != cudaSuccess) {
+            t->d_stage = NULL;
+            (void)cudaGetLastError();
+            st = moe_errorf(MOE_ENOMEM, "GPU expert tier: no device memory for %d FP8 staging records of %zu MiB",
+                            t->n_stage, t->stage_bytes >> 20);
             goto out;
         }
     }
@@ -549,6 +602,8 @@ struct sprov {
     struct moe_cuda_tier *tier;
     struct moe_provider *lower;
     size_t mat_elems;              /* elements of each of gate, up, down */
+    bool fp8;                      /* lower hands out FP8 records */
+    size_t rec_bytes[3];           /* ... of these sizes */
 };
 
 static enum moe_status sprov_fill(void *ud, int layer, int e, void *const dst[3])
@@ -558,9 +613,14 @@ static enum moe_status sprov_fill(void *ud, int layer, int e, void *const dst[3]
     enum moe_status st = sp->lower->ops->acquire(sp->lower->self, layer, 1, &e, &ref);
     if (st != MOE_OK) return moe_error_prefix(st, "GPU tier fill from the host tier");
     const void *src[3] = { ref.gate, ref.up, ref.down };
-    for (int w = 0; w < 3; w++) {
+    if (sp->fp8 != (ref.dtype == MOE_DT_F8_E4M3))
+        st = moe_errorf(MOE_EINVAL, "layer %d expert %d: the host tier hands out %s, the GPU tier expects %s", layer,
+                        e, moe_dtype_name(ref.dtype), sp->fp8 ? "FP8 records" : "F32 or BF16 matrices");
+    for (int w = 0; w < 3 && st == MOE_OK; w++) {
         uint16_t *d = dst[w];
-        if (ref.dtype == MOE_DT_BF16) {
+        if (sp->fp8) {
+            memcpy(d, src[w], sp->rec_bytes[w]);
+        } else if (ref.dtype == MOE_DT_BF16) {
             memcpy(d, src[w], sp->mat_elems * 2);
         } else if (ref.dtype == MOE_DT_F32) {
             const float *f = src[w];
@@ -661,6 +721,10 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
     }
     sp->lower = lower;
     sp->mat_elems = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
+    int l0 = 0;
+    while (l0 < cfg->n_layers && !cfg->is_moe[l0]) l0++;
+    const struct moe_expert_w *x0 = l0 < cfg->n_layers ? moe_model_expert(m, l0, 0) : NULL;
+    sp->fp8 = p && p->fp8_records && x0 && x0->gate.scale;
     struct moe_cuda_tier_params tp = {
         .n_layers = cfg->n_layers,
         .n_experts = cfg->n_experts,
@@ -673,6 +737,16 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
         .host_fill = sprov_fill,
         .ud = sp,
     };
+    if (sp->fp8) { /* gate and up [inter, hidden], down [hidden, inter] */
+        const struct moe_wview *w[3] = { &x0->gate, &x0->up, &x0->down };
+        tp.fp8_block[0] = x0->gate.block_rows;
+        tp.fp8_block[1] = x0->gate.block_cols;
+        for (int k = 0; k < 3; k++) {
+            tp.mat_rows[k] = w[k]->rows;
+            tp.mat_cols[k] = w[k]->cols;
+            tp.rec_bytes[k] = sp->rec_bytes[k] = (size_t)moe_wview_stored_bytes(w[k]);
+        }
+    }
     sp->tier = moe_cuda_tier_create(c, &tp);
     if (!sp->tier) {
         char msg[1024];

@@ -47,6 +47,13 @@ struct moe_cuda_tier_params {
      * out of the buffer it hands over has left it. */
     enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
+    /* FP8 experts (host_fill only, fp8_block[0] > 0): host_fill hands over FP8 records (model.h),
+     * rec_bytes[w] each, of matrices mat_rows[w] x mat_cols[w] with blocks of fp8_block[0] x
+     * fp8_block[1]; the tier copies the records to the device and turns them there into the slot's
+     * BF16 matrices (mat_bytes[w] = rows x cols x 2), so each load moves about half the bytes. */
+    int fp8_block[2];
+    int64_t mat_rows[3], mat_cols[3];
+    size_t rec_bytes[3];
     bool time_copies;               /* benchmarks: time every copy with CUDA events (copy_s) */
 };
 
@@ -56,7 +63,7 @@ struct moe_cuda_tier_stats {
     uint64_t prefetch_hits;         /* demand hits on prefetched experts */
     uint64_t evictions;
     uint64_t loads;                 /* experts copied host -> device */
-    uint64_t bytes_h2d;             /* bytes copied host -> device */
+    uint64_t bytes_h2d;             /* bytes copied host -> device (FP8 experts: their records) */
     uint64_t waits;                 /* acquires that had to wait on an in-flight copy */
     double copy_s;                  /* time_copies: seconds the copy engine spent on the loads
                                        completed by the last drain (bytes_h2d / copy_s = GB/s
@@ -101,13 +108,17 @@ struct moe_provider_cuda_params {
     enum moe_policy_kind policy;
     const int *future;              /* belady */
     size_t n_future;
+    /* _stack_create, an FP8 checkpoint: `lower` hands out FP8 records (moe_tiered_params.fp8_records),
+     * which the GPU tier copies up as they are and turns into BF16 on the device */
+    bool fp8_records;
 };
 struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct moe_backend *be,
                                               const struct moe_provider_cuda_params *p);
 /* The GPU tier stacked on any host-side provider (the tiered NVMe -> RAM
  * provider, or the resident one): a GPU miss acquires the expert from
  * `lower` (one at a time, released right after), converts it to BF16 into a
- * pinned staging buffer and copies it up.  prefetch() is forwarded to
+ * pinned staging buffer and copies it up (FP8 records with fp8_records: copied
+ * up as they are and decoded on the device).  prefetch() is forwarded to
  * `lower` one layer further out (its own worker moves NVMe -> RAM); GPU
  * copies start on demand, and the prefetches' scores reach the GPU tier's
  * policy (--policy predicted).  hint() feeds the GPU tier's policy and is

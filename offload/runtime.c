@@ -345,6 +345,7 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
         .policy = MOE_POLICY_LRU,
         .numa_node = -1,
         .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
+        .fp8_records = true, /* FP8 experts go up as records, turned into BF16 on the GPU */
     };
     lower = moe_provider_tiered_create(m, &tp);
     if (!lower) {
@@ -356,6 +357,7 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
         .policy = o->policy,
         .future = pl.future,
         .n_future = pl.n_future,
+        .fp8_records = true,
     };
     *prov = moe_provider_cuda_stack_create(m, *be, lower, &pp); /* owns lower, even on failure */
     lower = NULL;

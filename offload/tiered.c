@@ -60,6 +60,7 @@ struct tiered {
     size_t dev_floats;        /* elements per device slot: 3 * inter * hidden */
     enum moe_dtype dev_dtype; /* RAM arena: BF16 when stored so or FP8, else F32; hook: F32, the stored
                                  dtype, or BF16 for FP8 */
+    bool raw;                 /* fp8_records: the arena holds FP8 records as stored (dev_dtype F8_E4M3) */
     size_t dev_slot_bytes;    /* dev_floats x dtype size */
     void *stage;              /* [dev_floats] dev_dtype staging for dev_upload, or NULL */
 
@@ -426,8 +427,10 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
         }
         const uint8_t *base = t->dev_mem + (size_t)slot * t->dev_slot_bytes;
         size_t mat = t->inter * t->hidden * moe_dtype_size(t->dev_dtype);
-        out[i] = (struct moe_expert_ref){ .gate = base, .up = base + mat, .down = base + 2 * mat,
-                                          .dtype = t->dev_dtype };
+        out[i] = t->raw ? (struct moe_expert_ref){ .gate = base, .up = base + t->gate_b,
+                                                   .down = base + t->gate_b + t->up_b, .dtype = t->dtype }
+                        : (struct moe_expert_ref){ .gate = base, .up = base + mat, .down = base + 2 * mat,
+                                                   .dtype = t->dev_dtype };
     }
     if (waited) t->st.device.stall_s += moe_now() - t0;
     goto out;
@@ -671,7 +674,12 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     /* RAM arena: BF16 records as they are (the CPU kernels take BF16), FP8 records as their BF16
      * values, others in F32 */
     bool fp8 = t->dtype == MOE_DT_F8_E4M3;
-    t->dev_dtype = t->dtype == MOE_DT_BF16 || fp8 ? MOE_DT_BF16 : MOE_DT_F32;
+    t->raw = fp8 && p->fp8_records;
+    t->dev_dtype = t->raw ? t->dtype : t->dtype == MOE_DT_BF16 || fp8 ? MOE_DT_BF16 : MOE_DT_F32;
+    if (t->raw && t->hooks.dev_alloc) {
+        st = moe_errorf(MOE_EINVAL, "device tier: FP8 records are handed out only from a RAM arena (no hooks)");
+        goto fail;
+    }
     if (t->hooks.dev_alloc) {
         bool ok = t->hooks.dev_dtype == MOE_DT_F32 || (fp8 ? t->hooks.dev_dtype == MOE_DT_BF16
                                                              : t->hooks.dev_dtype == t->dtype);
@@ -683,7 +691,7 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
         }
         t->dev_dtype = t->hooks.dev_dtype;
     }
-    t->dev_slot_bytes = t->dev_floats * moe_dtype_size(t->dev_dtype);
+    t->dev_slot_bytes = t->raw ? t->rec_bytes : t->dev_floats * moe_dtype_size(t->dev_dtype);
     size_t dev_len = (size_t)t->n_dev * t->dev_slot_bytes;
     if (t->hooks.dev_alloc) {
         t->dev_mem = t->hooks.dev_alloc(t->hooks.ud, dev_len);

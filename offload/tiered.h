@@ -54,6 +54,10 @@ struct moe_tiered_params {
     bool numa_explicit;           /* bind the host tier to numa_node (e.g. the GPU's node) */
     const int *dev_layer_quota;   /* [n_layers] most device slots per layer, or NULL: one pool
                                      shared by all layers */
+    bool fp8_records;             /* FP8 experts: the device tier holds and hands out their records as
+                                     stored (dtype F8_E4M3, gate | up | down parts as in the store),
+                                     for a GPU tier above that turns them into BF16 itself; without
+                                     hooks only */
 };
 
 /* Per-tier counters. */

@@ -576,6 +576,53 @@ out:
     return st;
 }
 
+/* float8_e4m3fn code -> its value (exact; 0x7f / 0xff are NaN), as model.c's f8_e4m3_to_f32. */
+__device__ static float f8_e4m3_value(unsigned b)
+{
+    int e = (b >> 3) & 15, m = b & 7;
+    float v = e == 15 && m == 7 ? __int_as_float(0x7fc00000) : ldexpf((float)(e ? 8 + m : m), e ? e - 10 : -9);
+    return b & 0x80 ? -v : v;
+}
+
+/* common/moe.h's moe_f32_to_bf16: round to nearest even, NaN kept quiet. */
+__device__ static unsigned short f32_to_bf16_bits(float f)
+{
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+/* An FP8 record (model.h: rows x cols codes, then the block factors as unaligned little-endian F32)
+ * as its BF16 values: code value x factor in F32, rounded to BF16, bit for bit as on the host. */
+__global__ static void k_fp8_record_decode(const unsigned char *rec, long long rows, long long cols, int br, int bc,
+                                           unsigned short *out)
+{
+    size_t total = (size_t)rows * (size_t)cols, sc = (size_t)((cols + bc - 1) / bc);
+    const unsigned char *fac = rec + total;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / (size_t)cols, c = i % (size_t)cols;
+        const unsigned char *fp = fac + 4 * ((r / (size_t)br) * sc + c / (size_t)bc);
+        float f = __uint_as_float((unsigned)fp[0] | (unsigned)fp[1] << 8 | (unsigned)fp[2] << 16 |
+                                  (unsigned)fp[3] << 24);
+        out[i] = f32_to_bf16_bits(f8_e4m3_value(rec[i]) * f);
+    }
+}
+
+extern "C" enum moe_status moe_cuda_fp8_record_decode(struct moe_cuda_ctx *c, void *stream, const void *d_rec,
+                                                      long long rows, long long cols, int br, int bc, void *d_out)
+{
+    enum moe_status st = MOE_OK;
+    if (rows <= 0 || cols <= 0 || br <= 0 || bc <= 0 || !d_rec || !d_out)
+        return moe_errorf(MOE_EINVAL, "fp8_record_decode: rows %lld, cols %lld, blocks %d x %d", rows, cols, br, bc);
+    size_t total = (size_t)rows * (size_t)cols;
+    k_fp8_record_decode<<<moe_cuda_blocks(total, 256, 8192), 256, 0, (cudaStream_t)stream>>>(
+        (const unsigned char *)d_rec, rows, cols, br, bc, (unsigned short *)d_out);
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
 __global__ static void k_gather_rows(const float *x, const int *rows, int n_rows, int dim, float *out)
 {
     size_t total = (size_t)n_rows * (size_t)dim;

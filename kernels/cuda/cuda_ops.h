@@ -171,6 +171,12 @@ enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const float *d_l
                                         int E, int k, int scores, int n_group, int topk_group, bool renorm,
                                         float scale, int *d_ids, float *d_weights);
 
+/* An FP8 record of a [rows, cols] matrix with blocks of br x bc (model.h: the codes, then the block
+ * factors as F32) at d_rec as its BF16 values at d_out, bit for bit moe_fp8_record_decode's, on
+ * stream (a cudaStream_t: the GPU tier's copy stream). */
+enum moe_status moe_cuda_fp8_record_decode(struct moe_cuda_ctx *c, void *stream, const void *d_rec, long long rows,
+                                           long long cols, int br, int bc, void *d_out);
+
 /* Strided block copy (kernels/backend.h, copy_blocks). */
 enum moe_status moe_cuda_copy_blocks(struct moe_cuda_ctx *c, const float *d_x, int x_row, int x_group, float *d_y,
                                      int y_row, int y_group, int rows, int groups, int width);

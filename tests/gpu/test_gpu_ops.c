@@ -11,6 +11,7 @@
 #include "../../kernels/backend.h"
 #include "../test_util.h"
 #include "gpu_ref.h"
+#include "../../model/model.h"
 
 #define TOL_TRANS 2e-5  /* ops with exp/sin/cos */
 #define TOL_GEMM 2e-3   /* BF16 inputs, F32 accumulation (order differs from the twin) */
@@ -327,6 +328,38 @@ static void test_deepseek_ops(struct g_rng *r, bool adv)
     }
     free(x); free(y); free(ry);
     moe_backend_destroy(cpu);
+}
+
+/* FP8 records (model.h) decoded on the device: bit for bit moe_fp8_record_decode, over shapes whose
+ * blocks do not divide them (factors then unaligned) and every code but the two NaNs. */
+static void test_fp8_decode(struct g_rng *r)
+{
+    static const int shapes[][4] = { { 16, 64, 16, 32 }, { 37, 53, 8, 16 }, { 130, 7, 128, 128 } };
+    for (size_t v = 0; v < MOE_ARRAY_LEN(shapes); v++) {
+        int rows = shapes[v][0], cols = shapes[v][1], br = shapes[v][2], bc = shapes[v][3];
+        size_t n = (size_t)rows * cols, bytes = (size_t)moe_fp8_record_bytes(rows, cols, br, bc), nf = (bytes - n) / 4;
+        uint8_t *rec = malloc(bytes);
+        uint16_t *want = malloc(n * 2), *got = malloc(n * 2);
+        REQUIRE(rec && want && got, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            uint8_t b = (uint8_t)(g_next(r) & 0xff);
+            rec[i] = (b & 0x7f) == 0x7f ? (uint8_t)(b ^ 1) : b; /* no NaN codes */
+        }
+        for (size_t i = 0; i < nf; i++) {
+            float f = g_uniform(r, 1e-4f, 4.0f);
+            memcpy(rec + n + 4 * i, &f, 4);
+        }
+        moe_fp8_record_decode(rec, rows, cols, br, bc, want, NULL);
+        struct g_buf dr, dout;
+        UP(dr, rec, bytes);
+        OUT(dout, n * 2);
+        OK(moe_cuda_fp8_record_decode(ctx, moe_cuda_ctx_stream(ctx), dr.d, rows, cols, br, bc, dout.d));
+        dl(&dout, got, "fp8 decode");
+        CHECK(!memcmp(got, want, n * 2), "FP8 record %d x %d (blocks %d x %d) decoded on the GPU differs", rows, cols,
+              br, bc);
+        g_buf_free(ctx, &dr); g_buf_free(ctx, &dout);
+        free(rec); free(want); free(got);
+    }
 }
 
 static void test_permute_combine(struct g_rng *r, bool adv)
@@ -653,6 +686,7 @@ int main(void)
         if (!adv) test_attention_bf16(&r);
         test_router(&r, adv);
         test_deepseek_ops(&r, adv);
+        if (!adv) test_fp8_decode(&r);
         test_permute_combine(&r, adv);
         test_swiglu_gate(&r, adv);
         test_linear(&r, adv);

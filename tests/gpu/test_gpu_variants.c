@@ -3,8 +3,9 @@
  * norm) on the CUDA backend with every expert in the GPU tier, with the KV
  * cache in F32 and in BF16: the prompt's logits within 5e-2 of the NumPy
  * reference (as test_gpu_e2e holds the hf-tiny models to transformers'), and
- * the prompt fed one token at a time bit-identical to the batch prefill.
- * Skips (77) without a CUDA device. */
+ * the prompt fed one token at a time bit-identical to the batch prefill;
+ * FP8 variants also through the GPU stack with FP8 records decoded on the
+ * device (check_fp8_stack).  Skips (77) without a CUDA device. */
 
 #include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
@@ -12,6 +13,42 @@
 #include "../engine/model_variants.h"
 
 #define LOGIT_TOL 5e-2
+
+/* An FP8 checkpoint through the GPU stack as --backend cuda builds it: FP8 records from a tiered host
+ * side (fp8_records), copied up as they are and decoded on the device into a GPU tier of top_k + 1
+ * slots: the prompt's logits bit for bit those of every expert in the GPU tier (want_lg), and each
+ * load moved the expert's records, not its BF16 values. */
+static void check_fp8_stack(struct moe_backend *be, const struct variant *v, const float *want_lg)
+{
+    struct moe_model *m = v->m;
+    const struct moe_config *c = &m->cfg;
+    struct moe_tiered_params tp = { .dev_slots = c->top_k, .host_slots = 2, .numa_node = -1, .fp8_records = true };
+    struct moe_provider *lower = moe_provider_tiered_create(m, &tp);
+    REQUIRE(lower, "tiered host side: %s", moe_last_error());
+    struct moe_provider_cuda_params pp = { .slots = c->top_k + 1, .policy = MOE_POLICY_LRU, .fp8_records = true };
+    struct moe_provider *prov = moe_provider_cuda_stack_create(m, be, lower, &pp);
+    REQUIRE(prov, "GPU stack: %s", moe_last_error());
+    struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = 32, .max_batch_tokens = 16, .provider = prov,
+                                    .backend = be };
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    REQUIRE(e, "engine: %s", moe_last_error());
+    size_t n = (size_t)(v->T * c->vocab);
+    float *lg = malloc(sizeof(float) * n);
+    REQUIRE(lg && run_prompt(e, moe_engine_seq_alloc(e), v->ids, (int)v->T, lg) == MOE_OK, "forward: %s",
+            moe_last_error());
+    struct moe_cuda_tier_stats cs;
+    REQUIRE(moe_provider_cuda_stats(prov, &cs), "stats");
+    uint64_t rec = moe_model_expert_bytes(m);
+    CHECK(!memcmp(lg, want_lg, sizeof(float) * n), "FP8 records decoded on the GPU: logits differ from the GPU tier's");
+    CHECK(cs.loads > 0 && cs.bytes_h2d == cs.loads * rec, "FP8 records: %llu loads moved %llu bytes (record %llu)",
+          (unsigned long long)cs.loads, (unsigned long long)cs.bytes_h2d, (unsigned long long)rec);
+    printf("%-40s FP8 records decoded on the GPU: %llu loads, %llu bytes up (BF16 would be %llu)\n", "",
+           (unsigned long long)cs.loads, (unsigned long long)cs.bytes_h2d,
+           (unsigned long long)(cs.loads * 3 * (uint64_t)c->expert_inter * (uint64_t)c->hidden * 2));
+    free(lg);
+    moe_engine_destroy(e);
+    moe_provider_destroy(prov);
+}
 
 static void check_variant(struct moe_backend *be, const char *name)
 {
@@ -39,6 +76,13 @@ static void check_variant(struct moe_backend *be, const char *name)
         int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);
         CHECK(diff_rows == 0, "%s: %d positions differ between prefill and token-by-token on the GPU (%s cache)",
               name, diff_rows, bf ? "BF16" : "F32");
+        int l0 = 0;
+        while (!m->cfg.is_moe[l0]) l0++;
+        if (!bf && moe_model_expert(m, l0, 0)->gate.scale) {
+            REQUIRE(run_prompt(e, seq = moe_engine_seq_alloc(e), ids, (int)T, lg) == MOE_OK, "%s: %s", name,
+                    moe_last_error());
+            check_fp8_stack(be, &v, lg);
+        }
         moe_engine_destroy(e);
         free(lg);
     }

@@ -209,6 +209,43 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
     moe_provider_destroy(res);
 }
 
+/* fp8_records: an FP8 checkpoint's experts handed out as their records (dtype F8_E4M3, the parts as
+ * the store holds them), for a GPU tier above; other checkpoints as without it; with hooks refused. */
+static void check_fp8_records(const struct moe_model *m, const char *store)
+{
+    const struct moe_config *c = &m->cfg;
+    int l0 = 0;
+    while (!c->is_moe[l0]) l0++;
+    bool fp8 = moe_model_expert(m, l0, 0)->gate.scale != NULL;
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = 2, .numa_node = -1,
+                                    .fp8_records = true };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "fp8_records: %s", moe_last_error());
+    int bad = 0;
+    for (int e = 0; e < c->n_experts; e++) {
+        struct moe_expert_ref a;
+        REQUIRE(p->ops->acquire(p->self, l0, 1, &e, &a) == MOE_OK, "fp8_records acquire: %s", moe_last_error());
+        if (fp8) {
+            size_t mb[3];
+            uint8_t *want = t_expert_stored(m, l0, e, mb);
+            bad += a.dtype != MOE_DT_F8_E4M3 || memcmp(a.gate, want, mb[0]) || memcmp(a.up, want + mb[0], mb[1]) ||
+                   memcmp(a.down, want + mb[0] + mb[1], mb[2]);
+            free(want);
+        } else {
+            bad += a.dtype == MOE_DT_F8_E4M3;
+        }
+        p->ops->release(p->self, l0);
+    }
+    CHECK(bad == 0, "fp8_records: %d experts differ from their records", bad);
+    moe_provider_destroy(p);
+    if (!fp8) return;
+    struct fake_dev fd = { .fail_after = -1 };
+    tp.hooks = (struct moe_offload_hooks){ .ud = &fd, .dev_alloc = fd_alloc, .dev_free = fd_free,
+                                           .dev_upload = fd_upload, .dev_dtype = MOE_DT_BF16 };
+    CHECK(!moe_provider_tiered_create(m, &tp) && strstr(moe_last_error(), "FP8 records"),
+          "fp8_records with hooks accepted: %s", moe_last_error());
+}
+
 /* Failures that land after the acquire has given up (the first of its experts
  * failed while the others were still loading) are not served from the cache
  * afterwards: once the device works again, the same acquire loads them anew. */
@@ -303,6 +340,7 @@ int main(void)
         for (size_t k = 0; k < MOE_ARRAY_LEN(cfgs); k++)
             run_cfg(m, res, store, &info, routing, keys, n_keys, &cfgs[k], t_models[i]);
         check_dev_hooks(m, store);
+        check_fp8_records(m, store);
         check_late_failures(m, store);
         check_shared_transfer(m, store);
         free(keys);

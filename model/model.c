@@ -298,35 +298,25 @@ static float block_factor(const uint8_t *fp, enum moe_dtype dt)
 
 /* The values of an FP8 matrix q [rows, cols] with block factors sp ([ceil(rows / br), ceil(cols /
  * bc)] of sdt): code value x factor in F32, rounded to BF16; into out (BF16) or, when out is NULL,
- * into fo (those BF16 values as F32).  A block's 256 possible values are made once, then looked up
- * (the same arithmetic per value, a table lookup per element). */
+ * into fo (those BF16 values as F32). */
 static void fp8_decode(const uint8_t *q, const uint8_t *sp, enum moe_dtype sdt, int64_t rows, int64_t cols, int br,
                        int bc, uint16_t *out, float *fo)
 {
     float lut[256];
-    uint16_t vb[256];
-    float vf[256];
     for (int i = 0; i < 256; i++) lut[i] = f8_e4m3_to_f32((uint8_t)i);
     const int64_t sc = (cols + bc - 1) / bc;
     size_t es = moe_dtype_size(sdt);
-    for (int64_t r0 = 0; r0 < rows; r0 += br) {
-        int64_t r1 = r0 + br < rows ? r0 + br : rows;
+    for (int64_t r = 0; r < rows; r++) {
         for (int64_t c0 = 0; c0 < cols; c0 += bc) {
-            float f = block_factor(sp + ((size_t)(r0 / br) * (size_t)sc + (size_t)(c0 / bc)) * es, sdt);
-            for (int v = 0; v < 256; v++) {
-                vb[v] = moe_f32_to_bf16(lut[v] * f);
-                vf[v] = moe_bf16_to_f32(vb[v]);
-            }
+            float f = block_factor(sp + ((size_t)(r / br) * (size_t)sc + (size_t)(c0 / bc)) * es, sdt);
             int64_t c1 = c0 + bc < cols ? c0 + bc : cols;
-            for (int64_t r = r0; r < r1; r++) {
-                const uint8_t *qr = q + (size_t)r * (size_t)cols;
-                if (out) {
-                    uint16_t *o = out + (size_t)r * (size_t)cols;
-                    for (int64_t c = c0; c < c1; c++) o[c] = vb[qr[c]];
-                } else {
-                    float *o = fo + (size_t)r * (size_t)cols;
-                    for (int64_t c = c0; c < c1; c++) o[c] = vf[qr[c]];
-                }
+            for (int64_t c = c0; c < c1; c++) {
+                size_t i = (size_t)r * (size_t)cols + (size_t)c;
+                uint16_t b = moe_f32_to_bf16(lut[q[i]] * f);
+                if (out)
+                    out[i] = b;
+                else
+                    fo[i] = moe_bf16_to_f32(b);
             }
         }
     }

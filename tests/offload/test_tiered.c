@@ -149,6 +149,18 @@ static enum moe_status fd_upload(void *ud, void *dst, const void *src, size_t n)
     return MOE_OK;
 }
 
+/* Whether an expert handed out is (layer, e)'s three matrices in their stored form, dtype dt. */
+static bool same_as_stored(const struct moe_model *m, int layer, int e, const struct moe_expert_ref *a,
+                           enum moe_dtype dt)
+{
+    size_t mb[3];
+    uint8_t *want = t_expert_stored(m, layer, e, mb);
+    bool same = a->dtype == dt && !memcmp(a->gate, want, mb[0]) && !memcmp(a->up, want + mb[0], mb[1]) &&
+                !memcmp(a->down, want + mb[0] + mb[1], mb[2]);
+    free(want);
+    return same;
+}
+
 /* Device-tier hooks: F32 and stored-dtype slots hold the right bytes; a failed
  * upload fails the request naming layer and expert. */
 static void check_dev_hooks(const struct moe_model *m, const char *store)
@@ -190,11 +202,7 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
                 bad += memcmp(a.down, want, ih * 2);
                 free(want);
             } else if (mode == 1) { /* the matrices as stored */
-                size_t mb[3];
-                uint8_t *want = t_expert_stored(m, l0, e, mb);
-                bad += a.dtype != stored || memcmp(a.gate, want, mb[0]) || memcmp(a.up, want + mb[0], mb[1]) ||
-                       memcmp(a.down, want + mb[0] + mb[1], mb[2]);
-                free(want);
+                bad += !same_as_stored(m, l0, e, &a, stored);
             } else {
                 res->ops->acquire(res->self, l0, 1, &e, &b);
                 bad += a.dtype != MOE_DT_F32 || memcmp(a.gate, b.gate, ih * 4) ||
@@ -226,11 +234,7 @@ static void check_fp8_records(const struct moe_model *m, const char *store)
         struct moe_expert_ref a;
         REQUIRE(p->ops->acquire(p->self, l0, 1, &e, &a) == MOE_OK, "fp8_records acquire: %s", moe_last_error());
         if (fp8) {
-            size_t mb[3];
-            uint8_t *want = t_expert_stored(m, l0, e, mb);
-            bad += a.dtype != MOE_DT_F8_E4M3 || memcmp(a.gate, want, mb[0]) || memcmp(a.up, want + mb[0], mb[1]) ||
-                   memcmp(a.down, want + mb[0] + mb[1], mb[2]);
-            free(want);
+            bad += !same_as_stored(m, l0, e, &a, MOE_DT_F8_E4M3);
         } else {
             bad += a.dtype == MOE_DT_F8_E4M3;
         }

@@ -94,13 +94,15 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
     char *dst = t->d_pool + (size_t)slot * t->slot_bytes;
     int b = -1; /* staging buffer */
     const size_t *off = t->fp8_block[0] ? t->rec_off : t->mat_off;
-    if (t->host_fill) {
+    if (t->host_fill || t->fp8_block[0]) { /* a staging buffer: host (host_fill) and device (FP8) */
         b = t->stage_next;
         t->stage_next = (b + 1) % t->n_stage;
+        /* the buffer's previous copy (and decode) read it: let that one finish */
+        TCK(cudaEventSynchronize(t->stage_done[b]));
+    }
+    if (t->host_fill) {
         char *stage = t->h_stage + (size_t)b * t->stage_bytes;
         void *sd[3] = { stage + off[0], stage + off[1], stage + off[2] };
-        /* the buffer's previous copy read it: let that one finish */
-        TCK(cudaEventSynchronize(t->stage_done[b]));
         if ((st = t->host_fill(t->ud, layer, e, sd)) != MOE_OK) goto out;
         for (int w = 0; w < 3; w++) src[w] = sd[w];
     } else {
@@ -423,8 +425,8 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
     }
     t->stage_bytes = t->slot_bytes;
     if (p->fp8_block[0] > 0) {
-        if (!p->host_fill || p->fp8_block[1] <= 0) {
-            st = moe_errorf(MOE_EINVAL, "GPU expert tier: FP8 records need host_fill and a block size (got %d x %d)",
+        if (p->fp8_block[1] <= 0) {
+            st = moe_errorf(MOE_EINVAL, "GPU expert tier: FP8 records need a block size (got %d x %d)",
                             p->fp8_block[0], p->fp8_block[1]);
             goto out;
         }
@@ -487,13 +489,13 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
      * out of the buffer it reuses), not one buffer per slot, which would pin a second copy of every
      * expert the tier holds */
     t->n_stage = t->slots < CUDA_TIER_STAGES ? t->slots : CUDA_TIER_STAGES;
-    if (t->host_fill) {
+    if (t->host_fill || t->fp8_block[0]) {
         if (!(t->stage_done = calloc((size_t)t->n_stage, sizeof(cudaEvent_t)))) {
             st = moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory");
             goto out;
         }
-        if ((st = moe_cuda_host_alloc((void **)&t->h_stage, t->stage_bytes * (size_t)t->n_stage,
-                                      &t->stage_pinned)) != MOE_OK) {
+        if (t->host_fill && (st = moe_cuda_host_alloc((void **)&t->h_stage, t->stage_bytes * (size_t)t->n_stage,
+                                                      &t->stage_pinned)) != MOE_OK) {
             moe_error_prefix(st, "GPU expert tier staging (%d x %zu MiB)", t->n_stage, t->stage_bytes >> 20);
             goto out;
         }
@@ -544,20 +546,21 @@ out:
 struct cprov {
     struct moe_provider base;
     struct moe_cuda_tier *tier;
-    uint16_t *h_pool;              /* [layers][experts][gate | up | down] BF16 */
+    uint8_t *h_pool;               /* [layers][experts][gate | up | down]: BF16, or an FP8 checkpoint's records */
     bool pinned;                   /* h_pool from cudaHostAlloc (else malloc) */
     bool *present;                 /* [layers][experts] */
     int n_experts;
     size_t mat_elems[3];
+    size_t part[3];                /* bytes of gate, up, down in the pool */
 };
 
 static const void *cprov_host_mat(void *ud, int layer, int e, int which)
 {
     struct cprov *cp = ud;
     size_t idx = (size_t)layer * (size_t)cp->n_experts + (size_t)e;
-    size_t per = cp->mat_elems[0] + cp->mat_elems[1] + cp->mat_elems[2];
+    size_t per = cp->part[0] + cp->part[1] + cp->part[2];
     if (!cp->present[idx]) return NULL;
-    size_t off = which == 0 ? 0 : which == 1 ? cp->mat_elems[0] : cp->mat_elems[0] + cp->mat_elems[1];
+    size_t off = which == 0 ? 0 : which == 1 ? cp->part[0] : cp->part[0] + cp->part[1];
     return cp->h_pool + idx * per + off;
 }
 
@@ -800,8 +803,18 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
     cp->n_experts = cfg->n_experts;
     cp->mat_elems[0] = cp->mat_elems[1] = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
     cp->mat_elems[2] = cp->mat_elems[0];
-    per = 3 * cp->mat_elems[0];
-    bytes = n_all * per * 2;
+    int l0 = 0;
+    while (l0 < cfg->n_layers && !cfg->is_moe[l0]) l0++;
+    const struct moe_expert_w *x0 = l0 < cfg->n_layers ? moe_model_expert(m, l0, 0) : NULL;
+    bool fp8 = x0 && x0->gate.scale; /* the pool holds FP8 records, decoded on the device */
+    for (int w = 0; w < 3; w++) cp->part[w] = cp->mat_elems[w] * 2;
+    if (fp8) {
+        cp->part[0] = (size_t)moe_wview_stored_bytes(&x0->gate);
+        cp->part[1] = (size_t)moe_wview_stored_bytes(&x0->up);
+        cp->part[2] = (size_t)moe_wview_stored_bytes(&x0->down);
+    }
+    per = cp->part[0] + cp->part[1] + cp->part[2];
+    bytes = n_all * per;
     cp->present = calloc(n_all ? n_all : 1, sizeof(bool));
     tmp = malloc(cp->mat_elems[0] * sizeof(float));
     if (!cp->present || !tmp) goto nomem;
@@ -828,10 +841,14 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
                     goto fail;
                 }
             }
-            uint16_t *dst = cp->h_pool + idx * per;
-            to_bf16(&x->gate, dst, tmp);
-            to_bf16(&x->up, dst + cp->mat_elems[0], tmp);
-            to_bf16(&x->down, dst + 2 * cp->mat_elems[0], tmp);
+            uint8_t *dst = cp->h_pool + idx * per;
+            for (int w = 0; w < 3; w++) {
+                if (fp8)
+                    moe_wview_copy_stored(mats[w], dst);
+                else
+                    to_bf16(mats[w], (uint16_t *)dst, tmp);
+                dst += cp->part[w];
+            }
             cp->present[idx] = true;
         }
     }
@@ -848,6 +865,16 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
             .host_mat = cprov_host_mat,
             .ud = cp,
         };
+        if (fp8) {
+            const struct moe_wview *w[3] = { &x0->gate, &x0->up, &x0->down };
+            tp.fp8_block[0] = x0->gate.block_rows;
+            tp.fp8_block[1] = x0->gate.block_cols;
+            for (int k = 0; k < 3; k++) {
+                tp.mat_rows[k] = w[k]->rows;
+                tp.mat_cols[k] = w[k]->cols;
+                tp.rec_bytes[k] = cp->part[k];
+            }
+        }
         cp->tier = moe_cuda_tier_create(c, &tp);
         if (!cp->tier) {
             st = MOE_ENOMEM;

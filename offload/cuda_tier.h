@@ -47,10 +47,11 @@ struct moe_cuda_tier_params {
      * out of the buffer it hands over has left it. */
     enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
-    /* FP8 experts (host_fill only, fp8_block[0] > 0): host_fill hands over FP8 records (model.h),
+    /* FP8 experts (fp8_block[0] > 0): host_mat or host_fill give FP8 records (model.h),
      * rec_bytes[w] each, of matrices mat_rows[w] x mat_cols[w] with blocks of fp8_block[0] x
-     * fp8_block[1]; the tier copies the records to the device and turns them there into the slot's
-     * BF16 matrices (mat_bytes[w] = rows x cols x 2), so each load moves about half the bytes. */
+     * fp8_block[1]; the tier copies the records to a device staging ring and turns them there into
+     * the slot's BF16 matrices (mat_bytes[w] = rows x cols x 2), so each load moves about half the
+     * bytes. */
     int fp8_block[2];
     int64_t mat_rows[3], mat_cols[3];
     size_t rec_bytes[3];
@@ -100,6 +101,7 @@ void moe_cuda_tier_get_stats(const struct moe_cuda_tier *t, struct moe_cuda_tier
 bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t);
 
 /* Expert provider over a model: every routed expert converted once to BF16
+ * (an FP8 checkpoint's kept as its FP8 records, turned into BF16 on the device)
  * into one pinned host pool (cudaHostAlloc), the GPU tier above it holding
  * `slots` experts (0 = all).  The backend must be the CUDA backend
  * (moe_backend_cuda_create); compute is ordered on its stream. */

@@ -649,13 +649,85 @@ static enum moe_status parse_ernie_experts(const char *what, json_t *root, struc
     return MOE_OK;
 }
 
+/* The router's family settings: its kind and whether its weights are renormalised (Mixtral's and
+ * MiniMax-M2's always, ERNIE's by parse_ernie_experts, DeepSeek-V2's never). */
+static enum moe_status parse_routing(const char *what, json_t *root, const struct family *fam, struct moe_config *c)
+{
+    enum moe_status st;
+    c->router = fam->router;
+    if (c->family == MOE_FAM_MINIMAX_M2) {
+        /* sigmoid scores, top-k by score + e_score_correction_bias, weights renormalised, no groups, no
+         * shared expert, no scaling: transformers' MiniMaxM2 reads none of these from config.json */
+        c->norm_topk_prob = true;
+        c->n_group = c->topk_group = 1;
+        c->routed_scale = 1.0f;
+    } else if (c->family == MOE_FAM_MIXTRAL) {
+        c->norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
+    } else if (c->family == MOE_FAM_ERNIE4_5_MOE) {
+        /* always renormalised (parse_ernie_experts) */
+    } else if ((st = get_bool(what, root, "norm_topk_prob",
+                              c->family == MOE_FAM_DEEPSEEK_V3 || c->family == MOE_FAM_GLM4_MOE, &c->norm_topk_prob))) {
+        return st;
+    } else if (c->family == MOE_FAM_DEEPSEEK_V2 && c->norm_topk_prob) {
+        return moe_errorf(MOE_ENOTSUP, "%s: field \"norm_topk_prob\" = true is not supported for deepseek_v2 "
+                          "(transformers does not renormalise its weights)", what);
+    }
+    return MOE_OK;
+}
+
+/* Attention's family settings: q/k norm, q/k/v biases (and Qwen2-MoE's gated shared expert, read
+ * beside them), clip_qkv refused, sliding-window layers. */
+static enum moe_status parse_attention(const char *what, json_t *root, const struct family *fam, struct moe_config *c)
+{
+    enum moe_status st;
+    bool b;
+    c->qk_norm = fam->qk_norm;
+    if (c->family == MOE_FAM_QWEN2_MOE) {
+        /* Older transformers hard-wired q/k/v biases; newer configs spell it qkv_bias. */
+        bool ab;
+        if ((st = get_bool(what, root, "attention_bias", true, &ab)) ||
+            (st = get_bool(what, root, "qkv_bias", ab, &c->attn_qkv_bias)))
+            return st;
+        if ((st = get_int(what, root, "shared_expert_intermediate_size", true, 0, CFG_MAX_SIZE, 0,
+                          &c->shared_inter)))
+            return st;
+        c->shared_gate = c->shared_inter > 0;
+    } else if (c->family == MOE_FAM_GLM4_MOE) {
+        /* biases on q, k and v (never on o); RMSNorm over each head of q and k */
+        if ((st = get_bool(what, root, "attention_bias", false, &c->attn_qkv_bias)) ||
+            (st = get_bool(what, root, "use_qk_norm", false, &b)))
+            return st;
+        c->qk_norm = b ? MOE_QK_NORM_HEAD : MOE_QK_NORM_NONE;
+    } else if (c->family != MOE_FAM_MIXTRAL) {
+        if ((st = get_bool(what, root, "attention_bias", false, &b))) return st;
+        if (b)
+            return moe_errorf(MOE_ENOTSUP, "%s: field \"attention_bias\" = true (biases on q/k/v/o) is not "
+                              "supported for %s", what, c->model_type);
+    }
+    if (c->family == MOE_FAM_OLMOE && field(root, "clip_qkv"))
+        return moe_errorf(MOE_ENOTSUP, "%s: field \"clip_qkv\" must be null (q/k/v clipping is not supported)",
+                          what);
+    if (c->family == MOE_FAM_DOTS1 || c->family == MOE_FAM_QWEN2_MOE || c->family == MOE_FAM_QWEN3_MOE) {
+        if ((st = sliding_layers(what, root, c))) return st;
+    } else if ((st = get_bool(what, root, "use_sliding_window", false, &b))) {
+        return st;
+    } else if (b) {
+        return moe_errorf(MOE_ENOTSUP, "%s: field \"use_sliding_window\" = true is not supported for %s", what,
+                          c->model_type);
+    }
+    if (c->family == MOE_FAM_MIXTRAL && field(root, "sliding_window")) { /* every layer slides */
+        if ((st = get_int(what, root, "sliding_window", true, 1, INT_MAX, 0, &c->sliding_window))) return st;
+        for (int l = 0; l < c->n_layers; l++) c->sliding[l] = true;
+    }
+    return MOE_OK;
+}
+
 enum moe_status moe_config_parse(const char *json, size_t len, const char *what, struct moe_config *out)
 {
     struct moe_config c;
     json_error_t jerr;
     json_t *root, *v;
     enum moe_status st;
-    bool b;
     double d = 0;
 
     memset(&c, 0, sizeof(c));
@@ -687,69 +759,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     st = c.family == MOE_FAM_ERNIE4_5_MOE ? parse_ernie_experts(what, root, &c) : parse_experts(what, root, &c);
     if (st) goto out;
 
-    /* Family specifics: router, q/k norm, biases, shared expert. */
-    c.router = fam->router;
-    c.qk_norm = fam->qk_norm;
-    if (c.family == MOE_FAM_MINIMAX_M2) {
-        /* sigmoid scores, top-k by score + e_score_correction_bias, weights renormalised, no groups, no
-         * shared expert, no scaling: transformers' MiniMaxM2 reads none of these from config.json */
-        c.norm_topk_prob = true;
-        c.n_group = c.topk_group = 1;
-        c.routed_scale = 1.0f;
-    } else if (c.family == MOE_FAM_MIXTRAL) {
-        c.norm_topk_prob = true; /* softmax over the k chosen logits already sums to 1 */
-    } else if (c.family == MOE_FAM_ERNIE4_5_MOE) {
-        /* always renormalised (parse_ernie_experts) */
-    } else if ((st = get_bool(what, root, "norm_topk_prob",
-                              c.family == MOE_FAM_DEEPSEEK_V3 || c.family == MOE_FAM_GLM4_MOE, &c.norm_topk_prob))) {
-        goto out;
-    } else if (c.family == MOE_FAM_DEEPSEEK_V2 && c.norm_topk_prob) {
-        st = moe_errorf(MOE_ENOTSUP, "%s: field \"norm_topk_prob\" = true is not supported for deepseek_v2 "
-                        "(transformers does not renormalise its weights)", what);
-        goto out;
-    }
-    if (c.family == MOE_FAM_QWEN2_MOE) {
-        /* Older transformers hard-wired q/k/v biases; newer configs spell it qkv_bias. */
-        bool ab;
-        if ((st = get_bool(what, root, "attention_bias", true, &ab)) ||
-            (st = get_bool(what, root, "qkv_bias", ab, &c.attn_qkv_bias)))
-            goto out;
-        if ((st = get_int(what, root, "shared_expert_intermediate_size", true, 0, CFG_MAX_SIZE, 0,
-                          &c.shared_inter)))
-            goto out;
-        c.shared_gate = c.shared_inter > 0;
-    } else if (c.family == MOE_FAM_GLM4_MOE) {
-        /* biases on q, k and v (never on o); RMSNorm over each head of q and k */
-        if ((st = get_bool(what, root, "attention_bias", false, &c.attn_qkv_bias)) ||
-            (st = get_bool(what, root, "use_qk_norm", false, &b)))
-            goto out;
-        c.qk_norm = b ? MOE_QK_NORM_HEAD : MOE_QK_NORM_NONE;
-    } else if (c.family != MOE_FAM_MIXTRAL) {
-        if ((st = get_bool(what, root, "attention_bias", false, &b))) goto out;
-        if (b) {
-            st = moe_errorf(MOE_ENOTSUP, "%s: field \"attention_bias\" = true (biases on q/k/v/o) is not "
-                            "supported for %s", what, c.model_type);
-            goto out;
-        }
-    }
-    if (c.family == MOE_FAM_OLMOE && field(root, "clip_qkv")) {
-        st = moe_errorf(MOE_ENOTSUP, "%s: field \"clip_qkv\" must be null (q/k/v clipping is not supported)",
-                        what);
-        goto out;
-    }
-    if (c.family == MOE_FAM_DOTS1 || c.family == MOE_FAM_QWEN2_MOE || c.family == MOE_FAM_QWEN3_MOE) {
-        if ((st = sliding_layers(what, root, &c))) goto out;
-    } else if ((st = get_bool(what, root, "use_sliding_window", false, &b))) {
-        goto out;
-    } else if (b) {
-        st = moe_errorf(MOE_ENOTSUP, "%s: field \"use_sliding_window\" = true is not supported for %s", what,
-                        c.model_type);
-        goto out;
-    }
-    if (c.family == MOE_FAM_MIXTRAL && field(root, "sliding_window")) { /* every layer slides */
-        if ((st = get_int(what, root, "sliding_window", true, 1, INT_MAX, 0, &c.sliding_window))) goto out;
-        for (int l = 0; l < c.n_layers; l++) c.sliding[l] = true;
-    }
+    if ((st = parse_routing(what, root, fam, &c)) || (st = parse_attention(what, root, fam, &c))) goto out;
     v = field(root, "hidden_act");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "silu"))) {
         st = moe_errorf(MOE_ENOTSUP, "%s: field \"hidden_act\" = \"%s\": only \"silu\" is supported", what,

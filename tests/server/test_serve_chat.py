@@ -204,6 +204,21 @@ def main():
             code, code_s, whole, streamed = reply(srv, json_body)
             check(code == 200 and whole[0] is None and (whole[1] or "").startswith("{") and streamed == ("", whole[1]),
                   "JSON mode with the parser, reasoning turned off: %d %r %r" % (code, whole, streamed))
+            # a forced tool call there: the call, no reasoning
+            tool = {"type": "function", "function": {"name": "pick", "parameters": {
+                "type": "object", "properties": {"n": {"enum": [1, 2]}}, "required": ["n"],
+                "additionalProperties": False}}}
+            code, raw = srv.http("/v1/chat/completions", json.dumps({
+                "messages": user, "max_tokens": 40, "temperature": 0, "tools": [tool],
+                "tool_choice": {"type": "function", "function": {"name": "pick"}}}).encode())
+            out = json.loads(raw) if code == 200 else {}
+            ch = (out.get("choices") or [{}])[0]
+            msg = ch.get("message", {})
+            fn = ((msg.get("tool_calls") or [{}])[0]).get("function", {})
+            check(code == 200 and ch.get("finish_reason") == "tool_calls" and fn.get("name") == "pick" and
+                  json.loads(fn.get("arguments", "null")) in ({"n": 1}, {"n": 2}) and
+                  msg.get("reasoning_content") is None,
+                  "forced tool call with the parser, reasoning turned off: %d %r" % (code, out))
         finally:
             check(srv.stop() == 0, "exit status")
         # the prompt opened the block and the reply never closes it: all reasoning, as the parser "none"

@@ -598,6 +598,29 @@ static const struct moe_provider_ops cprov_ops = {
     .hint = cprov_hint,
 };
 
+/* The first MoE layer's expert 0 when the model's experts are FP8 (with block factors), else NULL. */
+static const struct moe_expert_w *fp8_expert0(const struct moe_model *m)
+{
+    const struct moe_config *cfg = &m->cfg;
+    int l0 = 0;
+    while (l0 < cfg->n_layers && !cfg->is_moe[l0]) l0++;
+    const struct moe_expert_w *x0 = l0 < cfg->n_layers ? moe_model_expert(m, l0, 0) : NULL;
+    return x0 && x0->gate.scale ? x0 : NULL;
+}
+
+/* The tier's view of FP8 records shaped as x0's: gate and up [inter, hidden], down [hidden, inter]. */
+static void fp8_tier_params(const struct moe_expert_w *x0, struct moe_cuda_tier_params *tp)
+{
+    const struct moe_wview *w[3] = { &x0->gate, &x0->up, &x0->down };
+    tp->fp8_block[0] = x0->gate.block_rows;
+    tp->fp8_block[1] = x0->gate.block_cols;
+    for (int k = 0; k < 3; k++) {
+        tp->mat_rows[k] = w[k]->rows;
+        tp->mat_cols[k] = w[k]->cols;
+        tp->rec_bytes[k] = (size_t)moe_wview_stored_bytes(w[k]);
+    }
+}
+
 /* ---- the GPU tier stacked on a host-side provider ---------------------------- */
 
 struct sprov {
@@ -724,10 +747,8 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
     }
     sp->lower = lower;
     sp->mat_elems = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
-    int l0 = 0;
-    while (l0 < cfg->n_layers && !cfg->is_moe[l0]) l0++;
-    const struct moe_expert_w *x0 = l0 < cfg->n_layers ? moe_model_expert(m, l0, 0) : NULL;
-    sp->fp8 = p && p->fp8_records && x0 && x0->gate.scale;
+    const struct moe_expert_w *x0 = fp8_expert0(m);
+    sp->fp8 = p && p->fp8_records && x0;
     struct moe_cuda_tier_params tp = {
         .n_layers = cfg->n_layers,
         .n_experts = cfg->n_experts,
@@ -740,15 +761,9 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
         .host_fill = sprov_fill,
         .ud = sp,
     };
-    if (sp->fp8) { /* gate and up [inter, hidden], down [hidden, inter] */
-        const struct moe_wview *w[3] = { &x0->gate, &x0->up, &x0->down };
-        tp.fp8_block[0] = x0->gate.block_rows;
-        tp.fp8_block[1] = x0->gate.block_cols;
-        for (int k = 0; k < 3; k++) {
-            tp.mat_rows[k] = w[k]->rows;
-            tp.mat_cols[k] = w[k]->cols;
-            tp.rec_bytes[k] = sp->rec_bytes[k] = (size_t)moe_wview_stored_bytes(w[k]);
-        }
+    if (sp->fp8) {
+        fp8_tier_params(x0, &tp);
+        memcpy(sp->rec_bytes, tp.rec_bytes, sizeof(sp->rec_bytes));
     }
     sp->tier = moe_cuda_tier_create(c, &tp);
     if (!sp->tier) {
@@ -803,16 +818,11 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
     cp->n_experts = cfg->n_experts;
     cp->mat_elems[0] = cp->mat_elems[1] = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
     cp->mat_elems[2] = cp->mat_elems[0];
-    int l0 = 0;
-    while (l0 < cfg->n_layers && !cfg->is_moe[l0]) l0++;
-    const struct moe_expert_w *x0 = l0 < cfg->n_layers ? moe_model_expert(m, l0, 0) : NULL;
-    bool fp8 = x0 && x0->gate.scale; /* the pool holds FP8 records, decoded on the device */
-    for (int w = 0; w < 3; w++) cp->part[w] = cp->mat_elems[w] * 2;
-    if (fp8) {
-        cp->part[0] = (size_t)moe_wview_stored_bytes(&x0->gate);
-        cp->part[1] = (size_t)moe_wview_stored_bytes(&x0->up);
-        cp->part[2] = (size_t)moe_wview_stored_bytes(&x0->down);
-    }
+    const struct moe_expert_w *x0 = fp8_expert0(m);
+    bool fp8 = x0 != NULL; /* the pool holds FP8 records, decoded on the device */
+    struct moe_cuda_tier_params fp = { 0 };
+    if (fp8) fp8_tier_params(x0, &fp);
+    for (int w = 0; w < 3; w++) cp->part[w] = fp8 ? fp.rec_bytes[w] : cp->mat_elems[w] * 2;
     per = cp->part[0] + cp->part[1] + cp->part[2];
     bytes = n_all * per;
     cp->present = calloc(n_all ? n_all : 1, sizeof(bool));
@@ -865,16 +875,7 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
             .host_mat = cprov_host_mat,
             .ud = cp,
         };
-        if (fp8) {
-            const struct moe_wview *w[3] = { &x0->gate, &x0->up, &x0->down };
-            tp.fp8_block[0] = x0->gate.block_rows;
-            tp.fp8_block[1] = x0->gate.block_cols;
-            for (int k = 0; k < 3; k++) {
-                tp.mat_rows[k] = w[k]->rows;
-                tp.mat_cols[k] = w[k]->cols;
-                tp.rec_bytes[k] = cp->part[k];
-            }
-        }
+        if (fp8) fp8_tier_params(x0, &tp);
         cp->tier = moe_cuda_tier_create(c, &tp);
         if (!cp->tier) {
             st = MOE_ENOMEM;

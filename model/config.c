@@ -680,11 +680,11 @@ static enum moe_status parse_routing(const char *what, json_t *root, const struc
 static enum moe_status parse_attention(const char *what, json_t *root, const struct family *fam, struct moe_config *c)
 {
     enum moe_status st;
-    bool b;
+    bool b = false; /* (set by get_bool whenever it returns MOE_OK) */
     c->qk_norm = fam->qk_norm;
     if (c->family == MOE_FAM_QWEN2_MOE) {
         /* Older transformers hard-wired q/k/v biases; newer configs spell it qkv_bias. */
-        bool ab;
+        bool ab = true;
         if ((st = get_bool(what, root, "attention_bias", true, &ab)) ||
             (st = get_bool(what, root, "qkv_bias", ab, &c->attn_qkv_bias)))
             return st;

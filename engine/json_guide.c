@@ -88,7 +88,11 @@ void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc)
     s->dfa = s->ucp = 0;
     s->text = false;
     const struct json_node *n = &sc->nodes[sc->root];
-    if (n->kind == K_TEXT) {
+    if (sc->grammar) {
+        s->text = true;
+        moe_grammar_start(sc->grammar, s->g);
+        s->mode = moe_grammar_open(s->g) ? J_TEXT : J_DONE;
+    } else if (n->kind == K_TEXT) {
         s->text = true;
         s->dfa = n->pattern;
         s->mode = sc->dfa[s->dfa].open ? J_TEXT : J_DONE;
@@ -104,6 +108,7 @@ void moe_json_init_after_think(struct moe_json_state *s, const struct moe_json_s
 void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
 {
     memcpy(dst, src, offsetof(struct moe_json_state, f) + sizeof(src->f[0]) * src->depth);
+    if (src->sc->grammar) memcpy(dst->g, src->g, sizeof(src->g[0]) * moe_grammar_state_words(src->g));
     if (src->bounded) memcpy(dst->num, src->num, src->nlen);
 }
 
@@ -111,7 +116,8 @@ bool moe_json_done(const struct moe_json_state *s) { return s->mode == J_DONE; }
 
 bool moe_json_may_end(const struct moe_json_state *s)
 {
-    return s->mode == J_DONE || (s->mode == J_TEXT && s->sc->dfa[s->dfa].accept);
+    if (s->mode != J_TEXT) return s->mode == J_DONE;
+    return s->sc->grammar ? moe_grammar_accepts(s->g) : s->sc->dfa[s->dfa].accept;
 }
 
 static const struct json_node *node(const struct moe_json_state *s, unsigned i) { return &s->sc->nodes[i]; }
@@ -398,6 +404,7 @@ static bool reach(const struct moe_json_state *s, uint32_t st) { return reach_at
 /* Whether some code point in lo .. hi (surrogates aside) leads on from the automaton's state. */
 static bool cp_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
 {
+    if (s->sc->grammar) return moe_grammar_may(s->sc->grammar, s->g, lo, hi);
     if (!s->dfa) return true;
     const struct json_dfa_state *st = &s->sc->dfa[s->dfa];
     const struct json_dfa_range *r = s->sc->dfa_ranges + st->first;
@@ -424,6 +431,11 @@ static bool esc_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
 /* A character ends: on through the automaton. */
 static bool cp_done(struct moe_json_state *s, uint32_t cp)
 {
+    if (s->sc->grammar) {
+        if (!moe_grammar_step(s->sc->grammar, s->g, cp)) return false;
+        if (!moe_grammar_open(s->g)) s->mode = J_DONE; /* a whole sentence that cannot go on */
+        return true;
+    }
     if (!s->dfa) return true;
     uint32_t next = dfa_step(s->sc, s->dfa, cp);
     if (!reach(s, next)) return false;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "../common/moe.h"
+#include "grammar.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -48,7 +49,12 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
  * ECMA-262 syntax as for a schema's pattern) matches as a whole: vLLM's guided_regex.  One
  * reference, as moe_json_schema_parse. */
 enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_json_schema **out);
-/* Whether sc holds the output to raw text (a choice or a regular expression), not to JSON. */
+/* A "schema" whose value is raw text that the GBNF grammar text[0..len) derives from its rule
+ * `root` (grammar.h): vLLM's guided_grammar, llama.cpp's grammar.  One reference, as
+ * moe_json_schema_parse. */
+enum moe_status moe_json_schema_grammar(const char *text, size_t len, struct moe_json_schema **out);
+/* Whether sc holds the output to raw text (a choice, a regular expression or a grammar), not to
+ * JSON. */
 bool moe_json_schema_raw(const struct moe_json_schema *sc);
 /* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls),
  * or with tight, no whitespace at all (vLLM's disable_any_whitespace).  Only before sc is shared. */
@@ -82,7 +88,10 @@ struct moe_json_state {
     bool integer;         /* the number being read is an integer */
     bool bounded;         /* the string or number being read has bounds (its node: cur) */
     bool text;            /* raw text, not JSON (moe_json_schema_regex) */
-    struct moe_json_frame f[MOE_JSON_MAX_DEPTH];
+    union {
+        struct moe_json_frame f[MOE_JSON_MAX_DEPTH];
+        uint16_t g[MOE_GRAMMAR_WORDS]; /* a grammar's parse stacks (grammar.h) */
+    };
     char num[MOE_JSON_MAX_NUM]; /* a bounded number's text so far (after the frames: copied only
                                    while in use) */
 };

@@ -1044,6 +1044,7 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     sc->pool = c->pool;
     sc->dfa = c->dfa.states;
     sc->dfa_ranges = c->dfa.ranges;
+    sc->grammar = NULL;
     sc->n_nodes = c->n_nodes;
     sc->root = (uint16_t)root;
     sc->compact = 0;
@@ -1136,6 +1137,30 @@ enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_js
     return st;
 }
 
+enum moe_status moe_json_schema_grammar(const char *text, size_t len, struct moe_json_schema **out)
+{
+    *out = NULL;
+    if (len > MOE_JSON_MAX_SCHEMA)
+        return moe_errorf(MOE_ERANGE, "the grammar is %zu bytes; at most %d", len, MOE_JSON_MAX_SCHEMA);
+    struct moe_grammar *g;
+    enum moe_status st = moe_grammar_compile(text, len, &g);
+    if (st != MOE_OK) return st;
+    struct cc c = { 0 };
+    st = MOE_ENOMEM;
+    if (cc_begin(&c)) {
+        int root = new_node(&c, (struct json_node){ .kind = K_TEXT });
+        st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
+    }
+    cc_free(&c);
+    if (st != MOE_OK) {
+        moe_grammar_free(g);
+        return st;
+    }
+    (*out)->grammar = g;
+    (*out)->raw = true;
+    return MOE_OK;
+}
+
 bool moe_json_schema_raw(const struct moe_json_schema *sc)
 {
     return sc && sc->raw;
@@ -1163,5 +1188,6 @@ void moe_json_schema_unref(struct moe_json_schema *sc)
     free((void *)sc->pool);
     free((void *)sc->dfa);
     free((void *)sc->dfa_ranges);
+    moe_grammar_free((struct moe_grammar *)sc->grammar);
     free(sc);
 }

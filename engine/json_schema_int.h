@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grammar.h"
 #include "json_guide.h"
 
 enum json_kind {
@@ -119,6 +120,7 @@ struct moe_json_schema {
     const char *pool;
     const struct json_dfa_state *dfa;
     const struct json_dfa_range *dfa_ranges;
+    const struct moe_grammar *grammar; /* a grammar's text (moe_json_schema_grammar), else NULL */
     int n_nodes;
     uint16_t root;
     uint8_t compact;     /* whitespace between tokens: 1, one space at most and no line break; 2, none */

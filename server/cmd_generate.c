@@ -39,6 +39,7 @@ struct gen_opts {
     bool json;                 /* --json: JSON mode (one JSON object, stopping when it is whole) */
     const char *schema_path;   /* --json-schema FILE: one value of this JSON Schema instead */
     const char *regex;         /* --regex PATTERN: raw text that the pattern matches as a whole */
+    const char *grammar_path;  /* --grammar FILE: raw text that the GBNF grammar in FILE derives */
     struct moe_json_schema *schema; /* ... compiled */
     struct moe_offload_opts off; /* --store --gpu-experts ... --stats --predictor (offload/runtime.h) */
 };
@@ -53,7 +54,8 @@ static void usage(FILE *f)
             "                        [--repetition-penalty X] [--logit-bias ID:BIAS]...\n"
             "                        [--threads N] [--blas] [--kv-dtype f32|bf16] [--backend cpu|cuda]\n"
             "                        [--predictor SPEC]\n"
-            "                        [--ids-out FILE] [--json | --json-schema FILE | --regex PATTERN]\n"
+            "                        [--ids-out FILE] [--json | --json-schema FILE | --regex PATTERN |\n"
+            "                         --grammar FILE]\n"
             "Generate a continuation of TEXT, streamed to stdout as it is produced.\n\n"
             "  --model DIR        model directory (default %s)\n"
             "  --prompt TEXT      the prompt (UTF-8)\n"
@@ -90,6 +92,8 @@ static void usage(FILE *f)
             "                     json_schema; docs/api.md lists the keywords followed)\n"
             "  --regex PATTERN    text that the regular expression matches as a whole (ECMA-262 syntax, as a\n"
             "                     schema's pattern; serve's guided_regex): it may end wherever it matches\n"
+            "  --grammar FILE     text that the GBNF grammar in FILE derives from its rule root (serve's\n"
+            "                     guided_grammar; docs/api.md): it may end wherever it is whole\n"
             "  --ids-out FILE     write the token ids this run fed through the model (the prompt's and\n"
             "                     the output's but the last) as [[...]]: `moeflow trace --ids FILE` then\n"
             "                     records exactly this run's routing, e.g. for --belady-trace\n"
@@ -163,7 +167,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
            OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS,
-           OPT_JSON, OPT_SCHEMA, OPT_REGEX, OPT_KV_DTYPE };
+           OPT_JSON, OPT_SCHEMA, OPT_REGEX, OPT_GRAMMAR, OPT_KV_DTYPE };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -180,6 +184,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "json", no_argument, NULL, OPT_JSON },
         { "json-schema", required_argument, NULL, OPT_SCHEMA },
         { "regex", required_argument, NULL, OPT_REGEX },
+        { "grammar", required_argument, NULL, OPT_GRAMMAR },
         { "threads", required_argument, NULL, OPT_THREADS },
         { "blas", no_argument, NULL, OPT_BLAS },
         { "kv-dtype", required_argument, NULL, OPT_KV_DTYPE },
@@ -300,6 +305,9 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_REGEX:
             o->regex = optarg;
             break;
+        case OPT_GRAMMAR:
+            o->grammar_path = optarg;
+            break;
         case OPT_SYSTEM:
             o->system = optarg;
             break;
@@ -332,11 +340,12 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         usage(stderr);
         return 2;
     }
-    if (o->regex && o->json) {
-        fprintf(stderr, "moeflow generate: --regex goes without --json and --json-schema (give one)\n");
+    if ((o->regex != NULL) + (o->grammar_path != NULL) + o->json > 1) {
+        fprintf(stderr, "moeflow generate: --json (or --json-schema), --regex and --grammar go alone: give one\n");
         return 2;
     }
-    o->json |= o->regex != NULL; /* the text held to the pattern as JSON mode holds it to a value */
+    /* the text held to the pattern or grammar as JSON mode holds it to a value */
+    o->json |= o->regex != NULL || o->grammar_path != NULL;
     if (o->system && !o->chat) {
         fprintf(stderr, "moeflow generate: --system goes with --chat (a plain prompt has no messages)\n");
         return 2;
@@ -472,14 +481,17 @@ int moe_cmd_generate(int argc, char **argv)
     int *ids = NULL;
     size_t n_ids = 0;
 
-    if (o.schema_path) {
+    const char *text_path = o.schema_path ? o.schema_path : o.grammar_path;
+    if (text_path) {
         char *text = NULL;
         size_t len = 0;
-        enum moe_status sst = moe_read_file(o.schema_path, &text, &len, MOE_JSON_MAX_SCHEMA);
-        if (sst == MOE_OK) sst = moe_json_schema_parse(text, len, &o.schema);
+        enum moe_status sst = moe_read_file(text_path, &text, &len, MOE_JSON_MAX_SCHEMA);
+        if (sst == MOE_OK)
+            sst = o.schema_path ? moe_json_schema_parse(text, len, &o.schema) : moe_json_schema_grammar(text, len, &o.schema);
         free(text);
         if (sst != MOE_OK) {
-            fprintf(stderr, "moeflow generate: --json-schema %s: %s\n", o.schema_path, moe_last_error());
+            fprintf(stderr, "moeflow generate: %s %s: %s\n", o.schema_path ? "--json-schema" : "--grammar", text_path,
+                    moe_last_error());
             return 2;
         }
     }

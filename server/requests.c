@@ -579,9 +579,10 @@ static enum moe_status no_whitespace(json_t *so, struct moe_gen_request *out)
 }
 
 /* vLLM's structured outputs: "structured_outputs": {"json": schema, "choice": [texts], "regex":
- * pattern, "json_object": true, "disable_any_whitespace": true} or the older "guided_json" /
- * "guided_choice" / "guided_regex"; a JSON schema (an object, or JSON text), a choice among texts
- * or a regular expression the whole output matches, as JSON mode holds the output to them. */
+ * pattern, "grammar": gbnf, "json_object": true, "disable_any_whitespace": true} or the older
+ * "guided_json" / "guided_choice" / "guided_regex" / "guided_grammar" (and llama.cpp's "grammar");
+ * a JSON schema (an object, or JSON text), a choice among texts, a regular expression the whole
+ * output matches or a GBNF grammar that derives it, as JSON mode holds the output to them. */
 static enum moe_status parse_structured(json_t *root, struct moe_gen_request *out)
 {
     json_t *so = json_object_get(root, "structured_outputs");
@@ -596,27 +597,39 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
     json_t *jo = so ? json_object_get(so, "json_object") : NULL;
     if (jo && !json_is_null(jo) && !json_is_boolean(jo))
         return moe_errorf(MOE_EINVAL, "'json_object' must be true or false");
-    static const char *const kinds[][2] = { /* structured_outputs' key, the older field */
-        { "json", "guided_json" }, { "choice", "guided_choice" }, { "regex", "guided_regex" },
-        { "grammar", "guided_grammar" }, { "structural_tag", "structural_tag" },
+    enum { JSON, CHOICE, REGEX, GRAMMAR, STRUCTURAL };
+    static const struct {
+        int kind;
+        const char *key, *field; /* structured_outputs' key, the field of the request itself */
+    } kinds[] = {
+        { JSON, "json", "guided_json" },
+        { CHOICE, "choice", "guided_choice" },
+        { REGEX, "regex", "guided_regex" },
+        { GRAMMAR, "grammar", "guided_grammar" },
+        { GRAMMAR, NULL, "grammar" }, /* llama.cpp's server */
+        { STRUCTURAL, "structural_tag", "structural_tag" },
     };
-    json_t *js = NULL, *ch = NULL, *rx = NULL;
+    json_t *js = NULL, *ch = NULL, *rx = NULL, *gr = NULL;
     const char *from = NULL;
     for (size_t i = 0; i < MOE_ARRAY_LEN(kinds); i++) {
-        json_t *a = so ? json_object_get(so, kinds[i][0]) : NULL, *b = json_object_get(root, kinds[i][1]);
+        json_t *a = so && kinds[i].key ? json_object_get(so, kinds[i].key) : NULL,
+               *b = json_object_get(root, kinds[i].field);
         json_t *v = a && !json_is_null(a) ? a : b && !json_is_null(b) ? b : NULL;
         if (!v) continue;
-        const char *name = v == a ? kinds[i][0] : kinds[i][1];
-        if (i >= 3)
+        const char *name = v == a ? kinds[i].key : kinds[i].field;
+        if (kinds[i].kind == STRUCTURAL)
             return moe_errorf(MOE_ENOTSUP, "'%s' is not supported: outputs are held to a JSON schema (json, "
-                              "guided_json), a choice of texts (choice, guided_choice) or a regular expression "
-                              "(regex, guided_regex)", name);
+                              "guided_json), a choice of texts (choice, guided_choice), a regular expression "
+                              "(regex, guided_regex) or a GBNF grammar (grammar, guided_grammar)", name);
         if (from)
             return moe_errorf(MOE_EINVAL, "'%s' and '%s' together: give one", from, name);
         from = name;
-        if (i == 0) js = v;
-        else if (i == 1) ch = v;
-        else rx = v;
+        switch (kinds[i].kind) {
+        case JSON: js = v; break;
+        case CHOICE: ch = v; break;
+        case REGEX: rx = v; break;
+        default: gr = v; break;
+        }
     }
     if (json_is_true(jo)) {
         if (from) return moe_errorf(MOE_EINVAL, "'%s' and 'json_object' together: give one", from);
@@ -642,6 +655,10 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         if (!json_is_string(rx))
             return moe_errorf(MOE_EINVAL, "'%s' must be a string (a regular expression)", from);
         st = moe_json_schema_regex(json_string_value(rx), json_string_length(rx), &out->json_schema);
+    } else if (gr) {
+        if (!json_is_string(gr))
+            return moe_errorf(MOE_EINVAL, "'%s' must be a string (a grammar in GBNF)", from);
+        st = moe_json_schema_grammar(json_string_value(gr), json_string_length(gr), &out->json_schema);
     } else {
         size_t n = json_is_array(ch) ? json_array_size(ch) : 0;
         const char *texts[MOE_JSON_MAX_ENUM];
@@ -905,17 +922,21 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
             goto out;
     out->ignore_eos = m->ignore_eos;
     out->json_object = m->json_object;
-    bool has_schema = m->json_schema && m->json_schema[0], has_regex = m->regex && m->regex[0];
-    if (has_schema + has_regex + (m->n_choice > 0) + m->json_object > 1 && (has_regex || m->n_choice)) {
-        st = moe_errorf(MOE_EINVAL, "regex and choice go without json_object, json_schema and each other: give one");
+    bool has_schema = m->json_schema && m->json_schema[0], has_regex = m->regex && m->regex[0],
+         has_grammar = m->grammar && m->grammar[0];
+    if (has_schema + has_regex + has_grammar + (m->n_choice > 0) + m->json_object > 1 &&
+        (has_regex || has_grammar || m->n_choice)) {
+        st = moe_errorf(MOE_EINVAL, "regex, grammar and choice go without json_object, json_schema and each other: "
+                        "give one");
         goto out;
     }
     if (has_schema) st = moe_json_schema_parse(m->json_schema, strlen(m->json_schema), &out->json_schema);
     else if (has_regex) st = moe_json_schema_regex(m->regex, strlen(m->regex), &out->json_schema);
+    else if (has_grammar) st = moe_json_schema_grammar(m->grammar, strlen(m->grammar), &out->json_schema);
     else if (m->n_choice) st = choice_schema((const char *const *)m->choice, m->n_choice, out);
     if (st != MOE_OK) {
         if (st != MOE_ENOMEM) st = MOE_EINVAL; /* the argument's fault: INVALID_ARGUMENT, not UNIMPLEMENTED */
-        moe_error_prefix(st, has_schema ? "json_schema" : has_regex ? "regex" : "choice");
+        moe_error_prefix(st, has_schema ? "json_schema" : has_regex ? "regex" : has_grammar ? "grammar" : "choice");
         goto out;
     }
     out->priority = m->priority;
@@ -1239,19 +1260,26 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         out->stream = sp->bool_param;
     }
     const Inference__InferParameter *jo = kparam(m, "json_object"), *js = kparam(m, "json_schema"),
-                                    *rx = kparam(m, "regex");
-    if (rx && (js || (jo && jo->bool_param))) {
-        st = moe_errorf(MOE_EINVAL, "parameter 'regex' goes without 'json_object' and 'json_schema': give one");
+                                    *rx = kparam(m, "regex"), *gr = kparam(m, "grammar");
+    const char *raw_name = rx ? "regex" : "grammar";
+    if ((rx || gr) && (js || (jo && jo->bool_param) || (rx && gr))) {
+        st = moe_errorf(MOE_EINVAL, "parameter '%s' goes without 'json_object', 'json_schema' and '%s': give one",
+                        raw_name, rx ? "grammar" : "regex");
         goto out;
     }
-    if (rx) {
-        if (rx->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM) {
-            st = moe_errorf(MOE_EINVAL, "parameter 'regex' must be a string (a regular expression)");
+    if (rx || gr) { /* raw text: a regular expression or a GBNF grammar */
+        const Inference__InferParameter *p = rx ? rx : gr;
+        if (p->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM) {
+            st = moe_errorf(MOE_EINVAL, "parameter '%s' must be a string (%s)", raw_name,
+                            rx ? "a regular expression" : "a grammar in GBNF");
             goto out;
         }
-        if ((st = moe_json_schema_regex(rx->string_param, strlen(rx->string_param), &out->json_schema)) != MOE_OK) {
+        size_t plen = strlen(p->string_param);
+        st = rx ? moe_json_schema_regex(p->string_param, plen, &out->json_schema)
+                : moe_json_schema_grammar(p->string_param, plen, &out->json_schema);
+        if (st != MOE_OK) {
             if (st != MOE_ENOMEM) st = MOE_EINVAL;
-            moe_error_prefix(st, "parameter 'regex'");
+            moe_error_prefix(st, "parameter '%s'", raw_name);
             goto out;
         }
     }

@@ -194,7 +194,10 @@ int main(void)
                                  "generate --prompt x --gpu-experts 8 --stats-json /tmp",
                                  /* a JSON schema that cannot be read or followed */
                                  "generate --prompt x --json-schema /nonexistent.json",
-                                 "generate --prompt x --json-schema /dev/null" };
+                                 "generate --prompt x --json-schema /dev/null",
+                                 /* a grammar that cannot be read, or given with another guide */
+                                 "generate --prompt x --grammar /nonexistent.gbnf",
+                                 "generate --prompt x --grammar /dev/null --regex a" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' %s --model '%s' 2>&1", exe, bad[i], dir);
         char *o = run(cmd, &status);
@@ -213,6 +216,16 @@ int main(void)
     char *so = run(cmd, &status);
     CHECK(status == 2 && strstr(so, "--json-schema") && strstr(so, "format 'ipv6' is not supported"),
           "bad schema: exit %d: %s", status, so);
+    free(so);
+    /* a grammar with a rule it never defines: exit 2 with the line and column */
+    sf = fopen(schema, "w");
+    REQUIRE(sf, "%s", schema);
+    fputs("root ::= \"a\"\n  | item\n", sf);
+    fclose(sf);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --grammar %s --model '%s' 2>&1", exe, schema, dir);
+    so = run(cmd, &status);
+    CHECK(status == 2 && strstr(so, "--grammar") && strstr(so, "line 2 column 5: rule 'item' is used but never defined"),
+          "bad grammar: exit %d: %s", status, so);
     free(so);
     unlink(schema);
     snprintf(cmd, sizeof(cmd), "'%s' generate --help", exe);

@@ -3,7 +3,8 @@
 recursion, bounded arrays, a tagged union, a root enum; string lengths, number ranges and tuples;
 patterns; formats; unique items; property counts): every output that ends must validate under the jsonschema package, and some must end;
 and `generate --regex` under five regular expressions: every output that ends must match whole
-under Python's re.
+under Python's re; and `generate --grammar` under four GBNF grammars (two recursive): every output
+that ends must be a sentence, by Python's re or a parser written here for the language.
 usage: test_schema_conformance.py MOEFLOW_BINARY SOURCE_DIR [--seeds N] (default 5; 25 for a longer run)"""
 import json
 import os
@@ -66,6 +67,58 @@ SCHEMAS = [
 REGEXES = [r"[0-9]{3}-[a-z]+( ok)?", r"(def|class) [A-Za-z_]\w{0,12}\((self)?\):", r"-?\d{1,4}(\.\d{1,2})?",
            r"(True|False|None|'[^'\n]{0,8}')\n", r"(?!no)[a-z]{2,6}!"]
 
+# GBNF grammars (`generate --grammar`): every output that ends must be a sentence, as checked here
+# by a regular expression or, for the recursive ones, a parser written for the language.
+def arith_ok(text):
+    """expr "\\n" where expr ::= term ((" + " | " * ") term)*, term ::= [0-9]{1,3} | "(" expr ")"."""
+    pos = 0
+
+    def term():
+        nonlocal pos
+        if text.startswith("(", pos):
+            pos += 1
+            if not expr() or not text.startswith(")", pos):
+                return False
+            pos += 1
+            return True
+        m = re.match(r"[0-9]{1,3}", text[pos:])
+        if not m:
+            return False
+        pos += m.end()
+        return True
+
+    def expr():
+        nonlocal pos
+        if not term():
+            return False
+        while text.startswith((" + ", " * "), pos):
+            pos += 3
+            if not term():
+                return False
+        return True
+
+    return expr() and text[pos:] == "\n"
+
+
+def json_object_ok(text):
+    try:
+        return isinstance(json.loads(text), dict) and not re.search(r"\s", text)
+    except ValueError:
+        return False
+
+
+GRAMMARS = [
+    ('root ::= [0-9]{3} "-" [a-z]+ " ok"?', lambda t: re.fullmatch(r"[0-9]{3}-[a-z]+( ok)?", t)),
+    ('root ::= ("def" | "class") " " [A-Za-z_] [A-Za-z_0-9]{0,12} "(" "self"? "):"',
+     lambda t: re.fullmatch(r"(def|class) [A-Za-z_][A-Za-z_0-9]{0,12}\((self)?\):", t)),
+    ('root ::= expr "\\n"\nexpr ::= term ((" + " | " * ") term)*\nterm ::= [0-9]{1,3} | "(" expr ")"\n', arith_ok),
+    ('root   ::= object\n'
+     'object ::= "{" (pair ("," pair)*)? "}"\n'
+     'pair   ::= string ":" value\n'
+     'value  ::= object | "[" (value ("," value)*)? "]" | string | [0-9]+ | "true" | "false" | "null"\n'
+     'string ::= "\\"" [a-z_]{0,8} "\\""\n', json_object_ok),
+]
+
 
 def main():
     import jsonschema
@@ -116,9 +169,29 @@ def main():
                 if not prefix:
                     invalid += 1
                     print("FAIL: regex %d seed %d: %r does not match %r" % (k, seed, text, pattern))
-    print("test_schema_conformance: %d ended, %d invalid or failed, %d unfinished; %d regex texts matched" %
-          (ended, invalid, unfinished, r_ended))
-    ok = invalid == 0 and ended >= len(SCHEMAS) * seeds and r_ended >= len(REGEXES) * seeds // 2
+    g_ended = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (grammar, is_sentence) in enumerate(GRAMMARS):
+            path = os.path.join(tmp, "g%d.gbnf" % k)
+            with open(path, "w") as f:
+                f.write(grammar)
+            for seed in range(1, seeds + 1):
+                r = subprocess.run([moeflow, "generate", "--prompt", "x = ", "--grammar", path, "--max-tokens", "80",
+                                    "--temperature", "1.2", "--seed", str(seed)], capture_output=True, timeout=120)
+                if r.returncode != 0:
+                    print("FAIL: grammar %d seed %d: exit %d: %s" % (k, seed, r.returncode, r.stderr[-300:]))
+                    invalid += 1
+                    continue
+                text = r.stdout.decode("utf-8")[:-1]
+                if is_sentence(text):
+                    g_ended += 1
+                elif len(text.encode()) < 80:  # not stopped by --max-tokens (ASCII: a byte a token at least)
+                    invalid += 1
+                    print("FAIL: grammar %d seed %d: %r is not a sentence of it" % (k, seed, text))
+    print("test_schema_conformance: %d ended, %d invalid or failed, %d unfinished; %d regex texts matched, "
+          "%d grammar texts whole" % (ended, invalid, unfinished, r_ended, g_ended))
+    ok = (invalid == 0 and ended >= len(SCHEMAS) * seeds and r_ended >= len(REGEXES) * seeds // 2 and
+          g_ended >= len(GRAMMARS) * seeds // 2)
     print("test_schema_conformance: %s" % ("ok" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -361,11 +361,22 @@ def main():
         kq.parameters["regex"].string_param = rx
         ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
         check(ktext == rtext, "regex over KServe %r, gRPC %r" % (ktext, rtext))
+        # a GBNF grammar of the expression's language: the same text over gRPC and KServe
+        gbnf = 'root ::= [a-z_]{1,8} " = " [0-9]{1,3} "\\n"'
+        gtext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="x = 1\n", max_tokens=24, grammar=gbnf),
+                                                     timeout=60))
+        check(gtext == rtext, "grammar over gRPC %r, regex %r" % (gtext, rtext))
+        kq = kreq("x = 1\n", 24, False)
+        kq.parameters["grammar"].string_param = gbnf
+        ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
+        check(ktext == rtext, "grammar over KServe %r, regex %r" % (ktext, rtext))
         cmsgs = list(gen.Generate(m.GenerateRequest(prompt="answer = ", max_tokens=8, choice=["yes", "no", "maybe"]),
                                   timeout=60))
         check("".join(x.text for x in cmsgs) in ("yes", "no", "maybe") and cmsgs[-1].finish_reason == "stop",
               "choice over gRPC: %s" % cmsgs[-1:])
-        for bad, word in ((dict(regex="a", choice=["a"]), "give one"), (dict(regex="a("), "regex: pattern 'a('")):
+        for bad, word in ((dict(regex="a", choice=["a"]), "give one"), (dict(regex="a("), "regex: pattern 'a('"),
+                          (dict(grammar="root ::= (", regex="a"), "give one"),
+                          (dict(grammar="root ::= ("), "grammar: grammar, line 1 column 11: expected ')'")):
             try:
                 list(gen.Generate(m.GenerateRequest(prompt="x", **bad), timeout=60))
                 check(False, "Generate accepted %r" % bad)

@@ -423,7 +423,8 @@ def check_json_schema(srv, moeflow):
 def check_structured(srv):
     """vLLM's structured outputs: structured_outputs.choice / guided_choice give one of the texts as
     it is, structured_outputs.json / guided_json (an object or its text) what response_format's
-    json_schema gives; regex and grammar, a choice that begins another and two at once are a 400."""
+    json_schema gives; regex and grammar (GBNF) give the text they match or derive; a choice that
+    begins another, a bad grammar, structural_tag and two at once are a 400."""
     base = {"prompt": "answer = ", "max_tokens": 16, "temperature": 0}
     choices = ["yes", "no", "maybe"]
     texts = []
@@ -454,6 +455,13 @@ def check_structured(srv):
         check(code == 200 and ch.get("finish_reason") == "stop" and
               re.fullmatch(r"[a-z_]{1,8} = [0-9]{1,3}\n", ch.get("text") or ""), "%r: %d %r" % (extra, code, js))
     check(texts[0] == texts[1], "guided_regex %r, structured_outputs.regex %r" % tuple(texts))
+    # a GBNF grammar of the same language as the expression: the same greedy text, by all three names
+    gbnf = 'root ::= name " = " [0-9]{1,3} "\\n"\nname ::= [a-z_]{1,8}\n'
+    for extra in ({"guided_grammar": gbnf}, {"structured_outputs": {"grammar": gbnf}}, {"grammar": gbnf}):
+        code, js = post(srv, "/v1/completions", dict(base, max_tokens=24, **extra))
+        ch = (js.get("choices") or [{}])[0]
+        check(code == 200 and ch.get("finish_reason") == "stop" and ch.get("text") == texts[0],
+              "%r: %d %r (the expression's text: %r)" % (extra, code, js, texts[0]))
     # no whitespace between JSON's tokens: outside its strings the text has none
     code, js = post(srv, "/v1/completions", dict(base, max_tokens=48, structured_outputs={
         "json": schema, "disable_any_whitespace": True}))
@@ -462,7 +470,9 @@ def check_structured(srv):
     check(code == 200 and text.startswith("{") and not re.search(r"\s", bare),
           "disable_any_whitespace: %d %r" % (code, js))
     for extra, word in (({"guided_regex": "a("}, "'guided_regex': pattern 'a('"),
-                        ({"structured_outputs": {"grammar": "root ::= x"}}, "'grammar' is not supported"),
+                        ({"structured_outputs": {"grammar": "root ::= x"}},
+                         "'grammar': grammar, line 1 column 10: rule 'x' is used but never defined"),
+                        ({"structural_tag": {"structures": []}}, "'structural_tag' is not supported"),
                         ({"guided_choice": ["a", "ab"]}, "begins another"),
                         ({"guided_choice": []}, "'guided_choice'"),
                         ({"guided_choice": ["a"], "guided_json": schema}, "together"),

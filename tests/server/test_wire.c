@@ -11,6 +11,7 @@
 #include "grpc_service.pb-c.h"
 #include "moeflow.pb-c.h"
 #include "server/metrics.h"
+#include "engine/json_guide.h"
 #include "model/chat.h"
 #include "server/requests.h"
 #include "server/serve_config.h"
@@ -424,7 +425,10 @@ static void test_response_format(void)
     const char *so_ok[] = { "\"guided_json\":{\"type\":\"object\"}", "\"guided_json\":\"{\\\"enum\\\":[1,2]}\"",
                             "\"structured_outputs\":{\"json\":{\"type\":\"array\"}}", "\"guided_choice\":[\"a\",\"b\"]",
                             "\"structured_outputs\":{\"choice\":[\"yes\"]}", "\"guided_regex\":\"[a-z]+\\\\d\"",
-                            "\"structured_outputs\":{\"regex\":\"(yes|no)!\"}" };
+                            "\"structured_outputs\":{\"regex\":\"(yes|no)!\"}",
+                            "\"guided_grammar\":\"root ::= [a-z]+ \\\"!\\\"\"",
+                            "\"structured_outputs\":{\"grammar\":\"root ::= (\\\"yes\\\" | \\\"no\\\")\\n\"}",
+                            "\"grammar\":\"root ::= x+\\nx ::= [0-9]\"" };
     char body[256];
     for (size_t i = 0; i < MOE_ARRAY_LEN(so_ok); i++) {
         snprintf(body, sizeof(body), "{\"prompt\":\"x\",%s}", so_ok[i]);
@@ -434,6 +438,12 @@ static void test_response_format(void)
     }
     expect_bad("{\"prompt\":\"x\",\"guided_regex\":\"(a\"}", false, "'guided_regex': pattern '(a': a '(' without");
     expect_bad("{\"prompt\":\"x\",\"guided_regex\":[\"a\"]}", false, "'guided_regex' must be a string");
+    expect_bad("{\"prompt\":\"x\",\"guided_grammar\":\"root ::= x\"}", false,
+               "'guided_grammar': grammar, line 1 column 10: rule 'x' is used but never defined");
+    expect_bad("{\"prompt\":\"x\",\"grammar\":5}", false, "'grammar' must be a string (a grammar in GBNF)");
+    expect_bad("{\"prompt\":\"x\",\"grammar\":\"root ::= \\\"a\\\"\",\"guided_regex\":\"a\"}", false,
+               "together: give one");
+    expect_bad("{\"prompt\":\"x\",\"structural_tag\":{}}", false, "'structural_tag' is not supported");
     /* JSON mode and no whitespace through structured_outputs; a whitespace pattern is refused by name */
     REQUIRE(oai("{\"prompt\":\"x\",\"structured_outputs\":{\"json_object\":true,\"disable_any_whitespace\":true}}",
                 false, &r) == MOE_OK, "json_object without whitespace: %s", moe_last_error());
@@ -449,8 +459,8 @@ static void test_response_format(void)
                "'regex' and 'json_object' together");
     expect_bad("{\"prompt\":\"x\",\"structured_outputs\":{\"disable_any_whitespace\":1}}", false,
                "'disable_any_whitespace' must be true or false");
-    expect_bad("{\"prompt\":\"x\",\"structured_outputs\":{\"grammar\":\"root ::= x\"}}", false,
-               "'grammar' is not supported");
+    expect_bad("{\"prompt\":\"x\",\"structured_outputs\":{\"grammar\":\"root ::= a\\na ::= a \\\"b\\\"\"}}", false,
+               "'grammar': grammar, line 2 column 1: left recursion");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",\"ab\"]}", false, "begins another");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",3]}", false, "'guided_choice'[1]");
     expect_bad("{\"prompt\":\"x\",\"guided_json\":{\"type\":\"string\",\"format\":\"ipv6\"}}", false,
@@ -504,6 +514,26 @@ static void test_response_format(void)
     CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "choice: ") &&
               strstr(moe_last_error(), "begins another"),
           "proto bad choice: %s", moe_last_error());
+    free(b);
+    /* a grammar, alone or with another */
+    m.n_choice = 0;
+    m.grammar = "root ::= [a-z]+ \"!\"";
+    n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK && r.json_schema && moe_json_schema_raw(r.json_schema),
+            "proto grammar: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    free(b);
+    m.regex = "a";
+    n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "give one"),
+          "proto regex and grammar: %s", moe_last_error());
+    free(b);
+    m.regex = "";
+    m.grammar = "root ::= [a-z";
+    n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL &&
+              strstr(moe_last_error(), "grammar: grammar, line 1 column 10: a character class without"),
+          "proto bad grammar: %s", moe_last_error());
     free(b);
 }
 

@@ -731,6 +731,12 @@ void moe_grammar_start(const struct moe_grammar *g, uint16_t *st)
 
 size_t moe_grammar_state_words(const uint16_t *st) { return NODES_AT + 2u * st[1]; }
 
+bool moe_grammar_state_equal(const uint16_t *a, const uint16_t *b)
+{
+    return a[0] == b[0] && a[1] == b[1] && !memcmp(a + 2, b + 2, sizeof(*a) * a[0]) &&
+           !memcmp(a + NODES_AT, b + NODES_AT, sizeof(*a) * 2u * a[1]);
+}
+
 bool moe_grammar_step(const struct moe_grammar *g, uint16_t *st, uint32_t cp)
 {
     uint16_t next[MOE_GRAMMAR_WORDS];
@@ -749,6 +755,30 @@ bool moe_grammar_step(const struct moe_grammar *g, uint16_t *st, uint32_t cp)
     if (b.over || next[0] == 0) return false;
     memcpy(st, next, sizeof(*next) * moe_grammar_state_words(next));
     return true;
+}
+
+int moe_grammar_byte_classes(const struct moe_grammar *g, const uint16_t *st, uint8_t cls[128])
+{
+    uint64_t sig[MOE_GRAMMAR_MAX_STACKS + 1][MOE_GRAMMAR_MAX_STACKS / 64]; /* each class's tops, as bits */
+    int n = 0;
+    for (uint32_t b = 0; b < 128; b++) {
+        uint64_t m[MOE_GRAMMAR_MAX_STACKS / 64] = { 0 };
+        bool any = false;
+        for (uint32_t i = 0; i < st[0]; i++) {
+            uint32_t t = st[2 + i];
+            if (t && set_has(g, &g->set[g->el[node_el(st, t)].arg], b)) {
+                m[i / 64] |= 1ull << (i % 64);
+                any = true;
+            }
+        }
+        cls[b] = 0;
+        if (!any) continue;
+        int k = 1;
+        while (k <= n && memcmp(sig[k], m, sizeof(m))) k++;
+        if (k > n) memcpy(sig[++n], m, sizeof(m));
+        cls[b] = (uint8_t)k;
+    }
+    return n;
 }
 
 bool moe_grammar_may(const struct moe_grammar *g, const uint16_t *st, uint32_t lo, uint32_t hi)

@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 #define MOE_GRAMMAR_WORDS 2048       /* the recognizer's state: words of parse stacks */
-#define MOE_GRAMMAR_MAX_STACKS 128   /* parse stacks alive at once */
+#define MOE_GRAMMAR_MAX_STACKS 128   /* parse stacks alive at once (a multiple of 64) */
 #define MOE_GRAMMAR_MAX_REPEAT 1000  /* the largest count in {m}, {m,} and {m,n} */
 #define MOE_GRAMMAR_MAX_RULES 4096   /* rules, those the compiler makes for groups and repetitions included */
 
@@ -42,8 +42,14 @@ void moe_grammar_free(struct moe_grammar *g);
 void moe_grammar_start(const struct moe_grammar *g, uint16_t *st);
 /* Words of st in use (to copy it). */
 size_t moe_grammar_state_words(const uint16_t *st);
+/* Whether two states are the same, word for word where in use (equal states; unequal ones may
+ * still read the same texts on). */
+bool moe_grammar_state_equal(const uint16_t *a, const uint16_t *b);
 /* Read code point cp; false (st unchanged) when the grammar has no text that goes on with it. */
 bool moe_grammar_step(const struct moe_grammar *g, uint16_t *st, uint32_t cp);
+/* The ASCII bytes by what reading them does: cls[b] = 0 when no text goes on with b, else a class
+ * 1..n (returned), bytes of one class leading to equal states. */
+int moe_grammar_byte_classes(const struct moe_grammar *g, const uint16_t *st, uint8_t cls[128]);
 /* Whether some code point in lo .. hi can come next. */
 bool moe_grammar_may(const struct moe_grammar *g, const uint16_t *st, uint32_t lo, uint32_t hi);
 /* Whether the text so far is a whole sentence of the grammar. */

@@ -1052,6 +1052,7 @@ struct sorted_walk {
     uint32_t have;    /* kept: the states after the last token fed's first 0 .. have bytes */
     uint32_t shared;  /* the bytes the token at i shares with the last one fed */
     uint32_t refused; /* > 0: the last one fed failed at byte refused - 1 */
+    const float *taken; /* tokens already allowed (finite), passed over; NULL: none */
 };
 
 /* The next token to feed, of the plain ones (plain 1), the others (0) or all (-1); *from: the bytes
@@ -1062,7 +1063,9 @@ static bool walk_next(struct sorted_walk *w, int plain, int *id, uint32_t *from)
         int tok = w->t->order[w->i];
         uint32_t l = w->t->lcp[w->i];
         w->shared = w->i == 0 ? 0 : l < w->shared ? l : w->shared;
-        if ((w->refused && w->shared >= w->refused) || (plain >= 0 && w->t->plain[tok] != (plain == 1))) continue;
+        if ((w->refused && w->shared >= w->refused) || (plain >= 0 && w->t->plain[tok] != (plain == 1)) ||
+            (w->taken && tok < w->t->n && !isinf(w->taken[tok])))
+            continue;
         *id = tok;
         *from = w->shared < w->have ? w->shared : w->have;
         w->shared = UINT32_MAX; /* from here on, relative to this token */
@@ -1151,6 +1154,60 @@ static int mask_think(const struct moe_json_state *s, const struct moe_token_byt
     return allowed;
 }
 
+/* In a grammar's text, ASCII runs: the state t that the most ASCII bytes lead to from s, the bytes
+ * that lead there (first) and those that leave t as it is (loop, as inside a string).  A token whose
+ * first byte is in first and whose other bytes are in loop goes on from s (and ends in t).  Bytes of
+ * one class (moe_grammar_byte_classes) lead to the same state, so one byte a class is fed. */
+static bool grammar_runs(const struct moe_json_state *s, bool first[128], bool loop[128])
+{
+    static _Thread_local struct moe_json_state t, c;
+    const struct moe_grammar *g = s->sc->grammar;
+    uint8_t cls[128];
+    int n = moe_grammar_byte_classes(g, s->g, cls), count[256] = { 0 }, best = 0, rep = -1;
+    for (int b = 0; b < 128; b++) count[cls[b]]++;
+    for (int k = 1; k <= n; k++)
+        if (count[k] > count[best] || !best) best = k;
+    for (int b = 0; b < 128; b++) {
+        first[b] = best && cls[b] == best;
+        loop[b] = false;
+        if (first[b] && rep < 0) rep = b;
+    }
+    if (rep < 0) return false;
+    char ch = (char)rep;
+    moe_json_copy(&t, s);
+    if (!moe_json_feed(&t, &ch, 1)) return false; /* a class is only of bytes that go on */
+    if (t.mode != J_TEXT) return true;            /* whole: a run of one byte */
+    n = moe_grammar_byte_classes(g, t.g, cls);
+    for (int k = 1; k <= n; k++) {
+        int r = 0;
+        while (cls[r] != k) r++;
+        ch = (char)r;
+        moe_json_copy(&c, &t);
+        bool same = moe_json_feed(&c, &ch, 1) && c.mode == t.mode && moe_grammar_state_equal(c.g, t.g);
+        for (int b = r; b < 128 && same; b++) loop[b] |= cls[b] == k;
+    }
+    return true;
+}
+
+/* Tokens that are ASCII runs (grammar_runs), allowed; the others left to the walk. */
+static int mask_runs(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits,
+                     int vocab, bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
+{
+    bool first[128], loop[128];
+    if (!grammar_runs(s, first, loop)) return 0;
+    int allowed = 0;
+    for (int id = 0; id < vocab && id < t->n; id++) {
+        const unsigned char *b = (const unsigned char *)t->blob + t->off[id];
+        uint32_t len = t->off[id + 1] - t->off[id], i = 1;
+        if (len == 0 || b[0] >= 128 || !first[b[0]]) continue;
+        while (i < len && b[i] < 128 && loop[b[i]]) i++;
+        if (i < len || (is_eos && is_eos(ud, id))) continue;
+        out[id] = logits[id];
+        allowed++;
+    }
+    return allowed;
+}
+
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
 {
@@ -1167,12 +1224,14 @@ int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *
     }
     if (pattern) allowed += mask_pattern_text(s, t, logits, vocab, is_eos, ud, out);
     text |= pattern; /* plain tokens decided: the walk below takes the others */
+    int looped = s->sc->grammar && s->mode == J_TEXT ? mask_runs(s, t, logits, vocab, is_eos, ud, out) : 0;
+    allowed += looped;
     /* st[k]: the state after the last token fed's first k bytes, for k <= the walk's have */
     struct moe_json_state st[MASK_DEPTH + 1], tail;
     moe_json_copy(&st[0], s);
     uint32_t k;
     int id;
-    for (struct sorted_walk sw = { .t = t }; walk_next(&sw, text ? 0 : -1, &id, &k);) {
+    for (struct sorted_walk sw = { .t = t, .taken = looped ? out : NULL }; walk_next(&sw, text ? 0 : -1, &id, &k);) {
         const char *b = t->blob + t->off[id];
         uint32_t len = t->off[id + 1] - t->off[id];
         bool ok = true;

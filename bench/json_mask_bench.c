@@ -2,8 +2,8 @@
  * vocabulary, at every token of a JSON document as the model's tokenizer
  * splits it, with no schema, a schema, the schema with lengths and ranges and
  * one with patterns on its strings, and in JSON mode after a reasoning block
- * (the block's text, then the document), and the time each schema (and one of seven
- * formats) takes to compile,
+ * (the block's text, then the document), and held to a JSON grammar in GBNF instead of JSON
+ * mode, and the time each schema (and one of seven formats) takes to compile,
  * against feeding every token on its
  * own (the reference the mask must equal).  Prints one JSON line per case.
  *
@@ -52,6 +52,17 @@ static const char *patterned =
     "\"^[a-z]+$\"},\"maxItems\":3},\"owner\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"}}}},"
     "\"required\":[\"name\",\"kind\",\"age\"],\"additionalProperties\":false}";
 
+/* JSON as a GBNF grammar (the same language as JSON mode's, whitespace aside), through the
+ * grammar recognizer. */
+static const char *json_gbnf =
+    "root   ::= object\n"
+    "value  ::= object | array | string | number | (\"true\" | \"false\" | \"null\")\n"
+    "object ::= \"{\" ws ( string \":\" ws value ws (\",\" ws string \":\" ws value ws)* )? \"}\"\n"
+    "array  ::= \"[\" ws ( value ws (\",\" ws value ws)* )? \"]\"\n"
+    "string ::= \"\\\"\" ( [^\"\\\\\\x00-\\x1f] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4}) )* \"\\\"\"\n"
+    "number ::= \"-\"? ([0-9] | [1-9] [0-9]*) (\".\" [0-9]+)? ([eE] [-+]? [0-9]+)?\n"
+    "ws     ::= [ \\t\\n]{0,20}\n";
+
 /* Formats: compiled only, for the time a request's schema takes to compile. */
 static const char *formats =
     "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"format\":\"date-time\"},\"b\":{\"type\":"
@@ -60,12 +71,14 @@ static const char *formats =
     "\"format\":\"ipv4\"},\"g\":{\"type\":\"string\",\"format\":\"date\"}}}";
 
 /* Microseconds to compile schema text (mean of reps). */
-static double compile_us(const char *text, int reps)
+static double compile_us(const char *text, int reps, bool grammar)
 {
     double t0 = moe_now();
     for (int r = 0; r < reps; r++) {
         struct moe_json_schema *sc = NULL;
-        if (moe_json_schema_parse(text, strlen(text), &sc) != MOE_OK) return -1;
+        enum moe_status st = grammar ? moe_json_schema_grammar(text, strlen(text), &sc)
+                                     : moe_json_schema_parse(text, strlen(text), &sc);
+        if (st != MOE_OK) return -1;
         moe_json_schema_unref(sc);
     }
     return 1e6 * (moe_now() - t0) / reps;
@@ -109,7 +122,7 @@ int main(int argc, char **argv)
     }
     int V = moe_tokenizer_vocab_size(tok);
     struct moe_token_bytes tb;
-    struct moe_json_schema *sc[4] = { NULL };
+    struct moe_json_schema *sc[6] = { NULL };
     int *ids = NULL, *tids = NULL;
     size_t n = 0, tn = 0;
     char *tdoc = malloc(strlen(reasoning) + strlen(doc) + 1);
@@ -119,6 +132,7 @@ int main(int argc, char **argv)
         moe_json_schema_parse(schema, strlen(schema), &sc[1]) != MOE_OK ||
         moe_json_schema_parse(bounded, strlen(bounded), &sc[2]) != MOE_OK ||
         moe_json_schema_parse(patterned, strlen(patterned), &sc[3]) != MOE_OK ||
+        moe_json_schema_grammar(json_gbnf, strlen(json_gbnf), &sc[5]) != MOE_OK ||
         moe_tokenizer_encode(tok, doc, strlen(doc), &ids, &n) != MOE_OK ||
         moe_tokenizer_encode(tok, tdoc, strlen(tdoc), &tids, &tn) != MOE_OK) {
         fprintf(stderr, "json_mask_bench: %s\n", moe_last_error());
@@ -128,11 +142,11 @@ int main(int argc, char **argv)
           *b = malloc(sizeof(float) * (size_t)V);
     if (!logits || !a || !b) return 1;
     for (int i = 0; i < V; i++) logits[i] = (float)i;
-    const char *texts[5] = { NULL, schema, bounded, patterned, NULL };
-    for (int k = 0; k < 5; k++) { /* any object, the schema, with bounds, with patterns; reasoning first */
+    const char *texts[6] = { NULL, schema, bounded, patterned, NULL, json_gbnf };
+    for (int k = 0; k < 6; k++) { /* any object, the schema, with bounds, with patterns; reasoning first; a grammar */
         double t_mask = 0, t_each = 0;
         long allowed = 0, differ = 0;
-        bool think = k == 4;
+        bool think = k == 4, gram = k == 5;
         const int *tk = think ? tids : ids;
         size_t nt = think ? tn : n;
         for (int r = 0; r < reps; r++) {
@@ -157,12 +171,13 @@ int main(int argc, char **argv)
             }
         }
         double calls = (double)reps * (double)nt;
-        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"patterns\":%s,\"reasoning\":%s,\"vocab\":%d,"
-               "\"steps\":%zu,\"reps\":%d,\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,"
+        printf("{\"bench\":\"json_mask\",\"schema\":%s,\"bounds\":%s,\"patterns\":%s,\"reasoning\":%s,"
+               "\"grammar\":%s,\"vocab\":%d,\"steps\":%zu,\"reps\":%d,\"mask_us\":%.1f,\"each_us\":%.1f,\"speedup\":%.2f,\"mean_allowed\":%.1f,"
                "\"steps_differing\":%ld,\"compile_us\":%.1f}\n",
-               k && !think ? "true" : "false", k == 2 ? "true" : "false", k == 3 ? "true" : "false",
-               think ? "true" : "false", V, nt, reps, 1e6 * t_mask / calls, 1e6 * t_each / calls, t_each / t_mask,
-               (double)allowed / (double)nt, differ, k && !think ? compile_us(texts[k], reps) : 0.0);
+               k && !think && !gram ? "true" : "false", k == 2 ? "true" : "false", k == 3 ? "true" : "false",
+               think ? "true" : "false", gram ? "true" : "false", V, nt, reps, 1e6 * t_mask / calls,
+               1e6 * t_each / calls, t_each / t_mask, (double)allowed / (double)nt, differ,
+               k && !think ? compile_us(texts[k], reps, gram) : 0.0);
     }
     free(logits);
     free(a);
@@ -171,8 +186,8 @@ int main(int argc, char **argv)
     free(tids);
     free(tdoc);
     printf("{\"bench\":\"json_schema_compile\",\"schema\":\"seven formats\",\"reps\":%d,\"compile_us\":%.1f}\n", reps,
-           compile_us(formats, reps));
-    for (int k = 0; k < 4; k++) moe_json_schema_unref(sc[k]);
+           compile_us(formats, reps, false));
+    for (int k = 0; k < 6; k++) moe_json_schema_unref(sc[k]);
     moe_token_bytes_free(&tb);
     moe_tokenizer_free(tok);
     return 0;

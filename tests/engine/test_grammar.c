@@ -6,6 +6,7 @@
 #include "common/moe.h"
 #include "engine/json_guide.h"
 #include "model/tokenizer.h"
+#include "tests/engine/mask_ref.h"
 #include "tests/test_util.h"
 
 #include <math.h>
@@ -244,17 +245,8 @@ static void test_mask_toy(void)
 
 static void test_mask_vocab(void)
 {
-    char path[512];
-    t_path(path, sizeof(path), "models/pycode-moe-18m/tokenizer.json");
-    struct moe_tokenizer *tok = moe_tokenizer_load(path);
-    REQUIRE(tok, "%s: %s", path, moe_last_error());
-    int V = moe_tokenizer_vocab_size(tok);
-    struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_build(tok, V, &tb) == MOE_OK, "%s", moe_last_error());
-    float *logits = malloc(sizeof(float) * (size_t)V), *out = malloc(sizeof(float) * (size_t)V);
-    int *ok = malloc(sizeof(int) * (size_t)V);
-    REQUIRE(logits && out && ok, "out of memory");
-    for (int i = 0; i < V; i++) logits[i] = (float)(i % 89);
+    struct mask_vocab mv;
+    mask_vocab_open(&mv, 89);
     const char *grammars[] = {
         arith, json_gbnf,
         "root ::= \"def \" name \"(\" (name (\", \" name)*)? \"):\\n\" (\"    \" stmt \"\\n\"){1,3}\n"
@@ -269,30 +261,19 @@ static void test_mask_vocab(void)
             struct moe_json_state s;
             moe_json_init(&s, sc);
             for (int step = 0; step < 60 && !moe_json_done(&s); step++, steps++) {
-                int n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out), m = 0;
-                for (int id = 0; id < V; id++) {
-                    struct moe_json_state c;
-                    moe_json_copy(&c, &s);
-                    uint32_t a = tb.off[id], b = tb.off[id + 1];
-                    bool want = b > a && moe_json_feed(&c, tb.blob + a, b - a);
-                    if (want != !isinf(out[id]) || (want && out[id] != logits[id])) mismatches++;
-                    if (want) ok[m++] = id;
-                }
+                int n, m;
+                mismatches += mask_check(&mv, &s, &n, &m);
                 CHECK(n == m, "grammar %zu walk %d step %d: %d allowed, %d by the reference", k, walk, step, n, m);
                 if (m == 0) break;
                 rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-                moe_json_take(&s, &tb, ok[(rng >> 33) % (uint64_t)m]);
+                moe_json_take(&s, &mv.tb, mv.ok[(rng >> 33) % (uint64_t)m]);
             }
         }
         moe_json_schema_unref(sc);
     }
     CHECK(mismatches == 0, "%d token verdicts differ from the reference over %d steps", mismatches, steps);
     CHECK(steps > 100, "only %d steps walked", steps);
-    free(logits);
-    free(out);
-    free(ok);
-    moe_token_bytes_free(&tb);
-    moe_tokenizer_free(tok);
+    mask_vocab_close(&mv);
 }
 
 int main(void)

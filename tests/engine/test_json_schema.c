@@ -7,6 +7,7 @@
 #include "common/moe.h"
 #include "engine/json_guide.h"
 #include "model/tokenizer.h"
+#include "tests/engine/mask_ref.h"
 #include "tests/test_util.h"
 
 #include <math.h>
@@ -1100,17 +1101,11 @@ static void test_mask(void)
  * two schemas), moe_json_mask allows exactly the tokens that fed one by one continue the value. */
 static void test_mask_vocab(void)
 {
-    char path[512];
-    t_path(path, sizeof(path), "models/pycode-moe-18m/tokenizer.json");
-    struct moe_tokenizer *tok = moe_tokenizer_load(path);
-    REQUIRE(tok, "%s: %s", path, moe_last_error());
-    int V = moe_tokenizer_vocab_size(tok);
-    struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_build(tok, V, &tb) == MOE_OK, "%s", moe_last_error());
-    float *logits = malloc(sizeof(float) * (size_t)V), *out = malloc(sizeof(float) * (size_t)V);
-    int *ok = malloc(sizeof(int) * (size_t)V);
-    REQUIRE(logits && out && ok, "out of memory");
-    for (int i = 0; i < V; i++) logits[i] = (float)(i % 97);
+    struct mask_vocab mv;
+    mask_vocab_open(&mv, 97);
+    const struct moe_token_bytes *tb = &mv.tb;
+    const int *ok = mv.ok;
+    int V = mv.V;
     const char *schemas[] = { NULL, owner, "{\"type\":\"array\",\"items\":{\"type\":[\"string\",\"number\","
                               "\"null\"]},\"maxItems\":6}",
                               "{\"type\":\"array\",\"items\":{\"anyOf\":[{\"type\":\"object\",\"properties\":{\"k\":"
@@ -1134,28 +1129,21 @@ static void test_mask_vocab(void)
             struct moe_json_state s;
             moe_json_init(&s, sc);
             for (int step = 0; step < 120 && !moe_json_done(&s); step++, steps++) {
-                int n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out), m = 0;
-                for (int id = 0; id < V; id++) { /* the reference: each token fed on its own */
-                    struct moe_json_state c;
-                    moe_json_copy(&c, &s);
-                    uint32_t a = tb.off[id], b = tb.off[id + 1];
-                    bool want = b > a && moe_json_feed(&c, tb.blob + a, b - a);
-                    if (want != !isinf(out[id]) || (want && out[id] != logits[id])) mismatches++;
-                    if (want) ok[m++] = id;
-                }
+                int n, m;
+                mismatches += mask_check(&mv, &s, &n, &m);
                 CHECK(n == m, "schema %zu walk %d step %d: %d allowed, %d by the reference", k, walk, step, n, m);
                 if (m == 0) break;
                 rng = rng * 6364136223846793005ull + 1442695040888963407ull;
                 int pick = ok[(rng >> 33) % (uint64_t)m];
                 /* lean toward structure so walks finish: a token that closes or separates, half the time */
                 for (int j = 0; j < m && (rng >> 20) & 1; j++) {
-                    char c0 = tb.blob[tb.off[ok[j]]];
+                    char c0 = tb->blob[tb->off[ok[j]]];
                     if (c0 == '}' || c0 == ']' || c0 == ',' || c0 == '"') {
                         pick = ok[j];
                         break;
                     }
                 }
-                moe_json_take(&s, &tb, pick);
+                moe_json_take(&s, tb, pick);
             }
         }
         moe_json_schema_unref(sc);
@@ -1172,25 +1160,13 @@ static void test_mask_vocab(void)
         struct moe_json_state s;
         moe_json_init_after_think(&s, NULL, think[k].opened);
         REQUIRE(moe_json_feed(&s, think[k].fed, strlen(think[k].fed)), "%s refused", think[k].fed);
-        int n = moe_json_mask(&s, &tb, logits, V, NULL, NULL, out), m = 0, bad = 0;
-        for (int id = 0; id < V; id++) {
-            struct moe_json_state c;
-            moe_json_copy(&c, &s);
-            uint32_t a = tb.off[id], b = tb.off[id + 1];
-            bool want = b > a && moe_json_feed(&c, tb.blob + a, b - a);
-            bad += want != !isinf(out[id]);
-            m += want;
-        }
+        int n, m, bad = mask_check(&mv, &s, &n, &m);
         CHECK(bad == 0 && n == m, "after %s: %d verdicts differ, %d allowed, %d by the reference", think[k].fed, bad,
               n, m);
         CHECK(m > 0 && (strcmp(think[k].fed, "<think>") || m > V / 2), "after %s: %d of %d allowed", think[k].fed,
               m, V);
     }
-    free(logits);
-    free(out);
-    free(ok);
-    moe_token_bytes_free(&tb);
-    moe_tokenizer_free(tok);
+    mask_vocab_close(&mv);
 }
 
 int main(void)

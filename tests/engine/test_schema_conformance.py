@@ -152,15 +152,22 @@ def main():
                         invalid += 1
                         print("FAIL: schema %d seed %d: %r: %s" % (k, seed, text[:300], e.message[:200]))
     r_ended = 0
+    def sample(what, k, seed, flags):
+        """generate's text after "x = " at temperature 1.2 under flags, or None (counted invalid)."""
+        nonlocal invalid
+        r = subprocess.run([moeflow, "generate", "--prompt", "x = ", "--temperature", "1.2", "--seed", str(seed)] +
+                           flags, capture_output=True, timeout=120)
+        if r.returncode != 0:
+            print("FAIL: %s %d seed %d: exit %d: %s" % (what, k, seed, r.returncode, r.stderr[-300:]))
+            invalid += 1
+            return None
+        return r.stdout.decode("utf-8")[:-1]
+
     for k, pattern in enumerate(REGEXES):
         for seed in range(1, seeds + 1):
-            r = subprocess.run([moeflow, "generate", "--prompt", "x = ", "--regex", pattern, "--max-tokens", "60",
-                                "--temperature", "1.2", "--seed", str(seed)], capture_output=True, timeout=120)
-            if r.returncode != 0:
-                print("FAIL: regex %d seed %d: exit %d: %s" % (k, seed, r.returncode, r.stderr[-300:]))
-                invalid += 1
+            text = sample("regex", k, seed, ["--regex", pattern, "--max-tokens", "60"])
+            if text is None:
                 continue
-            text = r.stdout.decode("utf-8")[:-1]
             if re.fullmatch(pattern, text):
                 r_ended += 1
             elif not any(re.fullmatch(pattern, text + tail) for tail in ("", "a", "0", " ok", "):", "\n")):
@@ -176,13 +183,9 @@ def main():
             with open(path, "w") as f:
                 f.write(grammar)
             for seed in range(1, seeds + 1):
-                r = subprocess.run([moeflow, "generate", "--prompt", "x = ", "--grammar", path, "--max-tokens", "80",
-                                    "--temperature", "1.2", "--seed", str(seed)], capture_output=True, timeout=120)
-                if r.returncode != 0:
-                    print("FAIL: grammar %d seed %d: exit %d: %s" % (k, seed, r.returncode, r.stderr[-300:]))
-                    invalid += 1
+                text = sample("grammar", k, seed, ["--grammar", path, "--max-tokens", "80"])
+                if text is None:
                     continue
-                text = r.stdout.decode("utf-8")[:-1]
                 if is_sentence(text):
                     g_ended += 1
                 elif len(text.encode()) < 80:  # not stopped by --max-tokens (ASCII: a byte a token at least)

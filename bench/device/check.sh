@@ -9,10 +9,13 @@
 #      with Mixtral expert shapes (tier 25/50/100 %),
 #   4. a short compute-sanitizer memcheck of the op and tier tests (skips where the
 #      sanitizer refuses the device, as on gVisor machines); last, so that a slow
-#      sanitizer cannot cost the benchmarks their time.
+#      sanitizer cannot cost the benchmarks their time,
+#   5. the expert store's reader against the machine's disk (store_read_bench, 1 GiB
+#      file under /tmp), if the budget leaves time.
 # Results go under $OUT (default ./device-out): summary.json (every step's status; the
 # CLI step lists its cases), logs.tar.gz (one log per step), gpu_model_decode.json,
-# gpu_model_decode_kv_bf16.json, gpu_moe_decode.json, gpu_moe_decode_invariant.json, nvidia-smi.txt.  The tails of
+# gpu_model_decode_kv_bf16.json, gpu_moe_decode.json, gpu_moe_decode_invariant.json,
+# store_read_bench.json, nvidia-smi.txt (8 files: all the device tool brings back).  The tails of
 # failing steps' logs are printed before the summary.  Budget: under 6 minutes; a step
 # the budget cuts short is a skip with reason "time budget", not a failure.
 #
@@ -148,6 +151,11 @@ else
   export MOEFLOW_TEST_QUICK=1
   run memcheck_gpu_tier 120 "${memcheck[@]}" "$b/test_gpu_tier"
   unset MOEFLOW_TEST_QUICK
+fi
+# the NVMe tier: the store's reader against this machine's disk (docs/hw: 1.18 GB/s sequential)
+if [ -x "$b/store_read_bench" ]; then
+  run store_read_bench 45 "$b/store_read_bench" --mib 1024 --reps 1 --file /tmp/moeflow-store-read-bench.bin
+  grep '^{' "$out/store_read_bench.log" > "$out/store_read_bench.json" 2>/dev/null || true
 fi
 
 # the tails of failing steps' logs, then every log in one archive (the device tool

@@ -17,7 +17,7 @@ jobs=${JOBS:-2}
 bdir=${MOEFLOW_DEVICE_BUILD:-build-device}
 cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLOW_CUDA=ON -DMOEFLOW_SERVER=OFF >/dev/null
 targets="test_gpu_ops test_gpu_grouped test_gpu_tier test_gpu_sticky gpu_moe_decode"
-for opt in test_gpu_e2e_pycode test_gpu_variants test_gpu_runtime gpu_model_decode moeflow; do
+for opt in test_gpu_e2e_pycode test_gpu_variants test_gpu_runtime gpu_model_decode moeflow store_read_bench; do
   if grep -q "$opt" "$bdir/build.ninja"; then targets="$targets $opt"; fi
 done
 cmake --build "$bdir" -j"$jobs" --target $targets

@@ -649,7 +649,10 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
         }
         if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, w->masked)) {
             *st = MOE_EINVAL;
-            *msg = "JSON mode: no token of the vocabulary continues the value";
+            *msg = moe_json_schema_raw(r->g.json_schema)
+                       ? "structured output: no token of the vocabulary continues the text its choice, pattern or "
+                         "grammar allows (or the grammar recognizer's limits refused every one: docs/api.md)"
+                       : "JSON mode: no token of the vocabulary continues the value";
             return -1;
         }
         from = w->masked;

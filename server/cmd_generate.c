@@ -426,7 +426,9 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     moe_sampler_init(&s, &o->samp);
     for (int g = 0; g < o->max_tokens; g++) {
         if (o->json && !moe_json_mask(&js, &tb, logits, V, gen_is_eos, c, masked)) {
-            st = moe_errorf(MOE_EINVAL, "generate --json: no token of the vocabulary continues the value");
+            st = moe_errorf(MOE_EINVAL, "generate %s: no token of the vocabulary continues the %s",
+                            o->grammar_path ? "--grammar" : o->regex ? "--regex" : "--json",
+                            o->grammar_path || o->regex ? "text" : "value");
             goto out;
         }
         int t = moe_sampler_sample_buf(&s, &sbuf, o->json ? masked : logits, V, hist, n_ids, n_hist);

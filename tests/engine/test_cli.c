@@ -227,6 +227,19 @@ int main(void)
     CHECK(status == 2 && strstr(so, "--grammar") && strstr(so, "line 2 column 5: rule 'item' is used but never defined"),
           "bad grammar: exit %d: %s", status, so);
     free(so);
+    /* a grammar whose every way on after its first character is more than the recognizer holds (130
+     * alternatives at once): no token continues, an error naming the flag, not a silent text */
+    sf = fopen(schema, "w");
+    REQUIRE(sf, "%s", schema);
+    fputs("root ::= \"x\" y\ny ::= \"a\"", sf);
+    for (int i = 1; i < 130; i++) fputs(" | \"a\"", sf);
+    fputs("\n", sf);
+    fclose(sf);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --grammar %s --model '%s' 2>&1", exe, schema, dir);
+    so = run(cmd, &status);
+    CHECK(status == 1 && strstr(so, "--grammar: no token of the vocabulary continues the text"),
+          "grammar past the recognizer's limits: exit %d: %s", status, so);
+    free(so);
     unlink(schema);
     snprintf(cmd, sizeof(cmd), "'%s' generate --help", exe);
     free(run(cmd, &status));

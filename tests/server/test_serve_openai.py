@@ -473,6 +473,9 @@ def check_structured(srv):
                         ({"structured_outputs": {"grammar": "root ::= x"}},
                          "'grammar': grammar, line 1 column 10: rule 'x' is used but never defined"),
                         ({"structural_tag": {"structures": []}}, "'structural_tag' is not supported"),
+                        # past the recognizer's limits after "x" (130 ways on at once): no token at all
+                        ({"guided_grammar": 'root ::= "x" y\ny ::= ' + " | ".join(['"a"'] * 130)},
+                         "no token of the vocabulary continues the text"),
                         ({"guided_choice": ["a", "ab"]}, "begins another"),
                         ({"guided_choice": []}, "'guided_choice'"),
                         ({"guided_choice": ["a"], "guided_json": schema}, "together"),

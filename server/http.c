@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "responses.h"
 #include "srv.h"
 
 /* An open HTTP connection.  libevent 2.1's evhttp neither caps its connections nor bounds how long
@@ -67,6 +68,7 @@ struct hcall {
     struct hreq **ch;             /* [n]: each choice's state, NULL once it has finished */
     json_t *choices;              /* non-streamed: the finished choices, by index */
     int n_prompt, n_generated;    /* usage: the prompt once, the choices' tokens added up */
+    struct moe_responses *resp;   /* POST /v1/responses: the chat reply turned into a response (responses.h) */
 };
 
 /* One choice of a call: its generation and what it has sent. */
@@ -187,6 +189,7 @@ static void hcall_free(struct hcall *c)
         event_free(c->watch);
     json_decref(c->choices);
     json_decref(c->tools);
+    moe_responses_free(c->resp);
     free(c->ch);
     free(c);
 }
@@ -391,11 +394,14 @@ static json_t *chunk_json(struct hreq *r, const char *text, size_t len, const ch
     return chunk_json_as(r, "content", text, len, finish);
 }
 
-static void sse_send(struct hcall *c, json_t *j)
+/* One server-sent event: its data, after its type when it has one. */
+static void sse_event(struct hcall *c, const char *type, json_t *j)
 {
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     struct evbuffer *b = evbuffer_new();
     if (s && b) {
+        if (type)
+            evbuffer_add_printf(b, "event: %s\n", type);
         evbuffer_add_printf(b, "data: %s\n\n", s);
         evhttp_send_reply_chunk(c->req, b);
     }
@@ -405,9 +411,26 @@ static void sse_send(struct hcall *c, json_t *j)
     json_decref(j);
 }
 
+static void resp_emit(void *ud, const char *type, json_t *data)
+{
+    sse_event(ud, type, data);
+}
+
+/* A streamed chunk (or error) out: as it is, or as the Responses stream's events. */
+static void sse_send(struct hcall *c, json_t *j)
+{
+    if (c->resp) {
+        if (j)
+            moe_responses_stream_chunk(c->resp, j, resp_emit, c);
+        json_decref(j);
+        return;
+    }
+    sse_event(c, NULL, j);
+}
+
 static void sse_done(struct hcall *c)
 {
-    struct evbuffer *b = evbuffer_new();
+    struct evbuffer *b = c->resp ? NULL : evbuffer_new(); /* a Responses stream ends with its last event */
     if (b) {
         evbuffer_add_printf(b, "data: [DONE]\n\n");
         evhttp_send_reply_chunk(c->req, b);
@@ -612,7 +635,12 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
         sse_done(c);
     } else if (ok) {
         json_t *j = reply_json(c, json_incref(c->choices), usage_json(c->n_prompt, c->n_generated));
-        send_json(c->req, 200, j);
+        json_t *rj = c->resp ? moe_responses_reply(c->resp, j) : json_incref(j);
+        if (rj)
+            send_json(c->req, 200, rj);
+        else
+            send_error(c->req, 500, "out of memory for the response");
+        json_decref(rj);
         json_decref(j);
     }
     hcall_detach(c);
@@ -714,7 +742,7 @@ static double header_timeout(struct evhttp_request *req)
     return d;
 }
 
-static void handle_completion(struct http_front *h, struct evhttp_request *req, bool chat)
+static void handle_completion(struct http_front *h, struct evhttp_request *req, bool chat, bool responses)
 {
     struct moe_server *s = h->srv;
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -723,14 +751,26 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     struct moe_gen_request gr;
     /* the template is set while loading; a request before then is refused as not ready anyway */
     const struct moe_chat *tmpl = atomic_load(&s->loaded) ? s->chat : NULL;
-    enum moe_status st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, tmpl, &gr);
+    struct moe_responses *resp = NULL;
+    char *chat_body = NULL;
+    enum moe_status st = MOE_OK;
+    if (responses) { /* a Responses request, as the chat completion request it means */
+        st = moe_responses_request(body ? body : "", body ? n : 0, &chat_body, &resp);
+        body = chat_body;
+        n = chat_body ? strlen(chat_body) : 0;
+    }
+    if (st == MOE_OK)
+        st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, tmpl, &gr);
+    free(chat_body);
     if (st != MOE_OK) {
+        moe_responses_free(resp);
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
         send_error(req, srv_http_status(st), moe_last_error());
         return;
     }
     double ht = header_timeout(req);
     if (ht < 0) {
+        moe_responses_free(resp);
         moe_gen_request_free(&gr);
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
         send_error(req, 400, "header X-Request-Timeout must be seconds in (0, 86400]");
@@ -778,10 +818,12 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     }
     if (!c) {
         free(echo);
+        moe_responses_free(resp);
         moe_gen_request_free(&gr);
         send_error(req, 500, "out of memory");
         return;
     }
+    c->resp = resp;
     c->hf = h;
     c->req = req;
     c->stream = gr.stream;
@@ -802,6 +844,8 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     c->n = gr.n;
     snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
              (unsigned long long)++h->next_id);
+    if (c->resp)
+        moe_responses_name(c->resp, c->id, c->created, s->model_name);
     /* the choices: one generation each, seeds seed, seed + 1, ... (or each its own random one) */
     uint64_t seed = gr.sampling.seed;
     for (int i = 0; i < gr.n && st == MOE_OK; i++) {
@@ -850,6 +894,8 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         evhttp_add_header(oh, "Content-Type", "text/event-stream");
         evhttp_add_header(oh, "Cache-Control", "no-cache");
         evhttp_send_reply_start(req, 200, "OK");
+        if (c->resp)
+            moe_responses_stream_start(c->resp, resp_emit, c);
     }
 }
 
@@ -1158,7 +1204,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         return;
     }
     bool tok_path = !strcmp(path, "/tokenize") || !strcmp(path, "/detokenize");
-    bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions") || tok_path;
+    bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions") ||
+                !strcmp(path, "/v1/responses") || tok_path;
     const char *model_id = !strncmp(path, "/v1/models/", 11) ? path + 11 : NULL;
     bool models = !strcmp(path, "/v1/models") || model_id;
     bool get = models || !strcmp(path, "/health") || !strcmp(path, "/ready") || !strcmp(path, "/metrics");
@@ -1178,9 +1225,11 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         return;
     }
     if (!strcmp(path, "/v1/completions")) {
-        handle_completion(h, req, false);
+        handle_completion(h, req, false, false);
     } else if (!strcmp(path, "/v1/chat/completions")) {
-        handle_completion(h, req, true);
+        handle_completion(h, req, true, false);
+    } else if (!strcmp(path, "/v1/responses")) {
+        handle_completion(h, req, true, true);
     } else if (tok_path) {
         handle_tokenize(h, req, path[1] == 'd');
     } else if (models) {

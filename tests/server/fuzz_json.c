@@ -1,5 +1,6 @@
 /* libFuzzer: OpenAI completions / chat JSON request decoding.  The first
- * byte picks the endpoint (odd = chat) and whether chat messages go through a
+ * byte picks the endpoint (odd = chat; bit 7: a Responses API body, translated
+ * into the chat request it means first) and whether chat messages go through a
  * model chat template (bit 1: a ChatML-style one); the rest is the body.  A decoded
  * prompt is then run through the stop-sequence scanner in pieces: what it
  * releases must be a prefix of the prompt, and all of it without a match. */
@@ -9,6 +10,7 @@
 
 #include "model/chat.h"
 #include "server/requests.h"
+#include "server/responses.h"
 
 #include <stdio.h>
 #include <unistd.h>
@@ -37,7 +39,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     struct moe_gen_request r;
     const struct moe_chat *tmpl = data[0] & 2 ? chatml() : NULL;
-    if (moe_req_parse_openai((const char *)data + 1, size - 1, data[0] & 1, tmpl, &r) == MOE_OK) {
+    const char *body = (const char *)data + 1;
+    size_t len = size - 1;
+    char *chat = NULL;
+    if (data[0] & 0x80) { /* /v1/responses: a chat request (JSON) or an error, nothing half-made */
+        struct moe_responses *resp = NULL;
+        enum moe_status st = moe_responses_request(body, len, &chat, &resp);
+        if ((st == MOE_OK) != (chat && resp))
+            abort();
+        moe_responses_free(resp);
+        if (!chat)
+            return 0;
+        json_t *j = json_loads(chat, 0, NULL);
+        if (!json_is_object(j))
+            abort();
+        json_decref(j);
+        body = chat;
+        len = strlen(chat);
+    }
+    if (moe_req_parse_openai(body, len, data[0] & 0x81, tmpl, &r) == MOE_OK) {
         if ((data[0] & 3) == 3 && !r.templated)
             abort(); /* a chat through a template says so, so that no second BOS is added */
         if (r.prompt && !moe_utf8_valid(r.prompt, r.prompt_len))
@@ -67,5 +87,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         moe_gen_request_free(&r);
     }
+    free(chat);
     return 0;
 }

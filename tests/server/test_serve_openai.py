@@ -816,6 +816,81 @@ def check_default_max_tokens(srv, moeflow, src):
         check(r.returncode != 0 and says in r.stderr, "serve %s: %d %r" % (" ".join(flags), r.returncode, r.stderr[-300:]))
 
 
+def responses_sse(srv, body):
+    """The events of a streamed /v1/responses request: [(type, data)], each framed as 'event: T' and
+    'data: {...}' lines and a blank line, with no [DONE] after the last."""
+    req = urllib.request.Request(srv.url("/v1/responses"), data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        ctype, raw = r.headers.get("Content-Type"), r.read().decode()
+    check(ctype == "text/event-stream", "responses stream Content-Type %r" % ctype)
+    out = []
+    for e in raw.split("\n\n")[:-1]:
+        lines = e.split("\n")
+        check(len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "),
+              "responses event framing %r" % e[:200])
+        if len(lines) == 2:
+            out.append((lines[0][7:], json.loads(lines[1][6:])))
+    return out
+
+
+def check_responses(srv):
+    """POST /v1/responses: the chat completion's text and usage for the same messages, whole or
+    streamed as numbered events whose deltas add up to it; text.format as response_format; a function
+    tool with tool_choice required as a function_call item; what it cannot serve is a 400."""
+    body = {"input": "def add(a, b):", "instructions": "Python only.", "max_output_tokens": 24, "temperature": 0}
+    code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "system", "content": "Python only."},
+                                                               {"role": "user", "content": "def add(a, b):"}],
+                                                  "max_tokens": 24, "temperature": 0})
+    want = js["choices"][0]["message"]["content"]
+    code, r = post(srv, "/v1/responses", body)
+    out = r.get("output") or [{}]
+    text = ((out[0].get("content") or [{}])[0]).get("text")
+    check(code == 200 and r.get("object") == "response" and r.get("id", "").startswith("resp_") and
+          out[0].get("type") == "message" and text == want and
+          r.get("usage") == {"input_tokens": js["usage"]["prompt_tokens"], "output_tokens": 24,
+                             "total_tokens": js["usage"]["prompt_tokens"] + 24} and
+          r.get("status") == "incomplete" and r.get("incomplete_details") == {"reason": "max_output_tokens"} and
+          r.get("instructions") == "Python only.", "responses: %d %r (chat text %r)" % (code, r, want))
+    ev = responses_sse(srv, dict(body, stream=True))
+    types = [t for t, _ in ev]
+    deltas = "".join(d["delta"] for t, d in ev if t == "response.output_text.delta")
+    check(types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.incomplete" and
+          [d["sequence_number"] for _, d in ev] == list(range(len(ev))) and deltas == want and
+          ev[-1][1]["response"]["output"][0]["content"][0]["text"] == want,
+          "responses stream: %r, deltas %r (want %r)" % (types, deltas, want))
+    # text.format json_schema: the chat completion's JSON
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "n?"}], "max_tokens": 40,
+                                                  "temperature": 0, "response_format": {"type": "json_schema",
+                                                  "json_schema": {"name": "s", "schema": schema}}})
+    code2, r = post(srv, "/v1/responses", {"input": "n?", "max_output_tokens": 40, "temperature": 0,
+                                           "text": {"format": {"type": "json_schema", "name": "s", "schema": schema}}})
+    text = (((r.get("output") or [{}])[0].get("content") or [{}])[0]).get("text")
+    check(code2 == 200 and text == js["choices"][0]["message"]["content"] and json.loads(text).keys() == {"n"},
+          "responses json_schema: %d %r" % (code2, r))
+    # a function tool, required: one function_call item whose arguments follow its parameters
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    code, r = post(srv, "/v1/responses", {"input": "weather?", "tools": [tool], "tool_choice": "required",
+                                          "max_output_tokens": 120, "temperature": 0})
+    items = r.get("output") or []
+    calls = [i for i in items if i.get("type") == "function_call"]
+    args = json.loads(calls[0]["arguments"]) if calls else {}
+    check(code == 200 and len(calls) == 1 and calls[0]["name"] == "get_weather" and calls[0]["call_id"] and
+          set(args) == {"city", "unit"} and r.get("status") == "completed", "responses tool call: %d %r" % (code, r))
+    ev = responses_sse(srv, {"input": "weather?", "tools": [tool], "tool_choice": "required", "max_output_tokens": 120,
+                             "temperature": 0, "stream": True})
+    done = [d for t, d in ev if t == "response.function_call_arguments.done"]
+    check(len(done) == 1 and done[0]["arguments"] == calls[0]["arguments"] if calls else False,
+          "responses streamed tool call: %r" % [t for t, _ in ev])
+    for extra, word in (({"previous_response_id": "resp_1"}, "'previous_response_id' is not supported"),
+                        ({"tools": [{"type": "web_search"}]}, "function tools only"),
+                        ({"input": [{"type": "input_image", "image_url": "x"}]}, "'input[0]' of type 'input_image'")):
+        code, js = post(srv, "/v1/responses", dict({"input": "x"}, **extra))
+        check(error_ok(code, js, 400, word), "responses %r: %d %r" % (extra, code, js))
+
+
 def main():
     moeflow = sys.argv[1]
     srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
@@ -823,7 +898,7 @@ def main():
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
                            check_n, check_tokenize, lambda s: check_json(s, moeflow),
                            lambda s: check_json_schema(s, moeflow), check_structured, check_tools, check_logprobs, lambda s: check_echo(s, moeflow),
-                           lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors)
+                           lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors, check_responses)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,42 @@
+/* OpenAI's Responses API (POST /v1/responses) over the chat completions path: a request is
+ * translated into a chat completion request (its input items into messages, instructions into a
+ * system message, text.format into response_format, function tools into chat tools), and the chat
+ * completion's reply into a response object, or its streamed chunks into the Responses stream's
+ * events.  Nothing is stored: previous_response_id, conversation and background are refused. */
+#ifndef MOE_SERVER_RESPONSES_H
+#define MOE_SERVER_RESPONSES_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "../common/moe.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_responses;
+
+/* The chat completion request (JSON text, malloc'd) for the Responses request body[0..n), and the
+ * call's state; MOE_EINVAL / MOE_ENOTSUP naming the field otherwise. */
+enum moe_status moe_responses_request(const char *body, size_t n, char **chat_body, struct moe_responses **out);
+void moe_responses_free(struct moe_responses *r);
+/* Name the response: id "resp_" + the call id's tail, its creation time and model. */
+void moe_responses_name(struct moe_responses *r, const char *call_id, long long created, const char *model);
+
+/* The reply: the chat completion object as a response object (a new reference, NULL when out of
+ * memory). */
+json_t *moe_responses_reply(struct moe_responses *r, const json_t *completion);
+
+/* A streamed event: its type and its data (stolen). */
+typedef void (*moe_responses_emit_fn)(void *ud, const char *type, json_t *data);
+/* The stream's first events (response.created, response.in_progress). */
+void moe_responses_stream_start(struct moe_responses *r, moe_responses_emit_fn emit, void *ud);
+/* One chat completion chunk (or an {"error": ...} object) as the events it makes. */
+void moe_responses_stream_chunk(struct moe_responses *r, const json_t *chunk, moe_responses_emit_fn emit, void *ud);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -24,6 +24,21 @@ static char *run(const char *cmd, int *status)
     return buf;
 }
 
+/* `moeflow generate --prompt x FLAG FILE` with FILE holding text: its output and exit status. */
+static char *generate_with_file(const char *exe, const char *dir, const char *flag, const char *text, int *status)
+{
+    char path[64], cmd[1024];
+    snprintf(path, sizeof(path), "/tmp/moeflow-test-guide-%d.txt", (int)getpid());
+    FILE *f = fopen(path, "w");
+    REQUIRE(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x %s %s --model '%s' 2>&1", exe, flag, path, dir);
+    char *out = run(cmd, status);
+    unlink(path);
+    return out;
+}
+
 int main(void)
 {
     char dir[4096], exe[4200], cmd[16384], tmpl[] = "/tmp/moeflow-logits-XXXXXX";
@@ -206,41 +221,23 @@ int main(void)
         free(o);
     }
     /* a schema with a keyword not followed: exit 2 naming it */
-    char schema[64];
-    snprintf(schema, sizeof(schema), "/tmp/moeflow-test-schema-%d.json", (int)getpid());
-    FILE *sf = fopen(schema, "w");
-    REQUIRE(sf, "%s", schema);
-    fputs("{\"type\": \"string\", \"format\": \"ipv6\"}", sf);
-    fclose(sf);
-    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --json-schema %s --model '%s' 2>&1", exe, schema, dir);
-    char *so = run(cmd, &status);
+    char *so = generate_with_file(exe, dir, "--json-schema", "{\"type\": \"string\", \"format\": \"ipv6\"}", &status);
     CHECK(status == 2 && strstr(so, "--json-schema") && strstr(so, "format 'ipv6' is not supported"),
           "bad schema: exit %d: %s", status, so);
     free(so);
     /* a grammar with a rule it never defines: exit 2 with the line and column */
-    sf = fopen(schema, "w");
-    REQUIRE(sf, "%s", schema);
-    fputs("root ::= \"a\"\n  | item\n", sf);
-    fclose(sf);
-    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --grammar %s --model '%s' 2>&1", exe, schema, dir);
-    so = run(cmd, &status);
+    so = generate_with_file(exe, dir, "--grammar", "root ::= \"a\"\n  | item\n", &status);
     CHECK(status == 2 && strstr(so, "--grammar") && strstr(so, "line 2 column 5: rule 'item' is used but never defined"),
           "bad grammar: exit %d: %s", status, so);
     free(so);
     /* a grammar whose every way on after its first character is more than the recognizer holds (130
      * alternatives at once): no token continues, an error naming the flag, not a silent text */
-    sf = fopen(schema, "w");
-    REQUIRE(sf, "%s", schema);
-    fputs("root ::= \"x\" y\ny ::= \"a\"", sf);
-    for (int i = 1; i < 130; i++) fputs(" | \"a\"", sf);
-    fputs("\n", sf);
-    fclose(sf);
-    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --grammar %s --model '%s' 2>&1", exe, schema, dir);
-    so = run(cmd, &status);
+    char wide[2048] = "root ::= \"x\" y\ny ::= \"a\"";
+    for (int i = 1; i < 130; i++) strcat(wide, " | \"a\"");
+    so = generate_with_file(exe, dir, "--grammar", wide, &status);
     CHECK(status == 1 && strstr(so, "--grammar: no token of the vocabulary continues the text"),
           "grammar past the recognizer's limits: exit %d: %s", status, so);
     free(so);
-    unlink(schema);
     snprintf(cmd, sizeof(cmd), "'%s' generate --help", exe);
     free(run(cmd, &status));
     CHECK(status == 0, "--help exits 0");

@@ -20,11 +20,12 @@ struct moe_responses {
     size_t len, cap;
 };
 
-/* Fields that mean the same in both APIs, passed on as they are. */
+/* Fields that mean the same in both APIs (and vLLM's structured outputs), passed on as they are. */
 static const char *const passed[] = { "model", "temperature", "top_p", "top_k", "min_p", "seed",
                                       "presence_penalty", "frequency_penalty", "repetition_penalty", "stop",
                                       "logit_bias", "user", "parallel_tool_calls", "stream", "ignore_eos",
-                                      "priority", "chat_template_kwargs" };
+                                      "priority", "chat_template_kwargs", "structured_outputs", "guided_json",
+                                      "guided_choice", "guided_regex", "guided_grammar", "grammar" };
 
 void moe_responses_free(struct moe_responses *r)
 {

@@ -182,6 +182,20 @@ def main():
                                                             "guided_regex": rx})
                 check(code == 200 and whole == want, "reasoning %s: %d %r, want %r" % (rx, code, whole, want))
                 check(code_s == 200 and streamed == (want[0] or "", want[1]), "streamed %s: %r" % (rx, streamed))
+                # the Responses API: a reasoning item (when there is reasoning), then the message
+                rbody = {"input": "def add(a, b):", "max_output_tokens": 40, "temperature": 0, "guided_regex": rx}
+                code, raw = srv.http("/v1/responses", json.dumps(rbody).encode())
+                items = json.loads(raw).get("output", []) if code == 200 else []
+                got = {i.get("type"): i["content"][0]["text"] for i in items if i.get("content")}
+                check(code == 200 and got.get("reasoning") == want[0] and got.get("message") == want[1] and
+                      [i["type"] for i in items] == (["reasoning"] if want[0] else []) + ["message"],
+                      "responses with reasoning %s: %d %r" % (rx, code, items))
+                code, raw = srv.http("/v1/responses", json.dumps(dict(rbody, stream=True)).encode())
+                evs = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
+                got = ("".join(e["delta"] for e in evs if e["type"] == "response.reasoning_text.delta"),
+                       "".join(e["delta"] for e in evs if e["type"] == "response.output_text.delta"))
+                check(code == 200 and got == (want[0] or "", want[1]) and evs[-1]["type"] == "response.completed",
+                      "responses streamed with reasoning %s: %r" % (rx, got))
             finally:
                 check(srv.stop() == 0, "exit status")
         # output held to JSON may reason first, in a block the model opens (this model, not trained to

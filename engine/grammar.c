@@ -10,7 +10,7 @@
  * always a set (a reference on top is replaced, once per alternative, by that alternative's first
  * element over the reference's continuation), and an empty stack is a whole sentence.  Reading a
  * character advances every stack whose top set holds it; the state is the set of stacks, without
- * repeats. */
+ * repeats, as a tree of shared nodes (the recognizer, below). */
 #include "grammar.h"
 
 #include <stdarg.h>
@@ -554,30 +554,34 @@ static bool check_left_recursion(struct gp *p, const struct moe_grammar *g)
 
 /* ---- the recognizer ------------------------------------------------------------------------ */
 
-/* The state: w[0] the stacks (their tops), w[1] the nodes; w[2 .. NODES_AT) each stack's top
- * node; from NODES_AT each node's two words: its element and the node under it.  Node 0 is the
- * bottom (no element): a stack whose top is node 0 is empty.  The stacks share the nodes under
- * their tops, and equal stacks are one node (a node is made once per element and node under it),
- * so a state holds its stacks once each and deep nesting costs a node per level, not per stack. */
-#define NODES_AT (2 + MOE_GRAMMAR_MAX_STACKS)
-#define MAX_NODES ((MOE_GRAMMAR_WORDS - NODES_AT) / 2)
+/* The state: w[0] the stacks (their tops), w[1] the nodes; w[2 ..] each stack's top node; then
+ * each node's two words: its element and the node under it.  Node 0 is the bottom (no element): a
+ * stack whose top is node 0 is empty.  The stacks share the nodes under their tops, and equal
+ * stacks are one node (a node is made once per element and node under it), so a state holds its
+ * stacks once each and deep nesting costs a node per level, not per stack. */
+#define MAX_NODES ((MOE_GRAMMAR_WORDS - 2 - 64) / 2) /* with 64 stacks at least beside them */
 #define HASH_MAX 4096 /* a power of two, at least twice MAX_NODES */
 
 _Static_assert(HASH_MAX >= 2 * MAX_NODES, "the node table must stay half empty");
-_Static_assert(MAX_NODES <= UINT16_MAX, "nodes are named by 16-bit words");
+_Static_assert(MAX_NODES <= UINT16_MAX && MOE_GRAMMAR_MAX_STACKS % 64 == 0, "nodes are named by 16-bit words");
 
-static uint32_t node_el(const uint16_t *w, uint32_t n) { return w[NODES_AT + 2 * n]; }
-static uint32_t node_under(const uint16_t *w, uint32_t n) { return w[NODES_AT + 2 * n + 1]; }
+static const uint16_t *nodes_of(const uint16_t *w) { return w + 2 + w[0]; }
+static uint32_t node_el(const uint16_t *w, uint32_t n) { return nodes_of(w)[2 * n]; }
+static uint32_t node_under(const uint16_t *w, uint32_t n) { return nodes_of(w)[2 * n + 1]; }
 
-/* A state being made from another (or from nothing). */
+/* A state being made from another (or from nothing): its stacks' tops and its nodes apart, packed
+ * into a state when done. */
 struct build {
     const struct moe_grammar *g;
-    uint16_t *w;              /* the state made */
     const uint16_t *old;      /* the state read, or NULL */
+    uint32_t n_tops, n_nodes;
     uint32_t budget;          /* expansions left */
     uint32_t depth;           /* expansions under way */
     uint32_t hsize;           /* slots of hash in use: a power of two */
-    bool over;                /* more stacks or nodes than the state holds, or the budget spent */
+    bool over;                /* more stacks or nodes than a state holds, or the budget spent */
+    uint16_t tops[MOE_GRAMMAR_MAX_STACKS];
+    uint64_t is_top[(MAX_NODES + 63) / 64];
+    uint16_t nodes[2 * MAX_NODES];
     uint16_t memo[MAX_NODES]; /* an old node's copy + 1, 0: not copied yet */
     uint16_t hash[HASH_MAX];  /* node + 1 by its element and the node under it */
 };
@@ -587,22 +591,33 @@ static uint32_t node_hash(uint32_t el, uint32_t under, uint32_t size)
     return ((el * 2654435761u) ^ (under * 2246822519u)) >> 7 & (size - 1);
 }
 
-static void build_init(struct build *b, const struct moe_grammar *g, uint16_t *w, const uint16_t *old)
+static void build_init(struct build *b, const struct moe_grammar *g, const uint16_t *old)
 {
     b->g = g;
-    b->w = w;
     b->old = old;
     b->budget = STEP_BUDGET;
     b->depth = 0;
     b->over = false;
+    b->n_tops = 0;
     uint32_t want = 2 * (old ? old[1] + 64u : 64u);
     for (b->hsize = 256; b->hsize < want && b->hsize < HASH_MAX;) b->hsize *= 2;
     memset(b->hash, 0, sizeof(b->hash[0]) * b->hsize);
     if (old) memset(b->memo, 0, sizeof(b->memo[0]) * old[1]);
-    w[0] = 0;
-    w[1] = 1;
-    w[NODES_AT] = UINT16_MAX; /* node 0, the bottom */
-    w[NODES_AT + 1] = 0;
+    b->n_nodes = 1;
+    b->nodes[0] = UINT16_MAX; /* node 0, the bottom */
+    b->nodes[1] = 0;
+    memset(b->is_top, 0, sizeof(b->is_top));
+}
+
+/* The state made, into w; false when it does not fit. */
+static bool build_pack(const struct build *b, uint16_t *w)
+{
+    if (b->over || 2 + b->n_tops + 2 * b->n_nodes > MOE_GRAMMAR_WORDS) return false;
+    w[0] = (uint16_t)b->n_tops;
+    w[1] = (uint16_t)b->n_nodes;
+    memcpy(w + 2, b->tops, sizeof(b->tops[0]) * b->n_tops);
+    memcpy(w + 2 + b->n_tops, b->nodes, sizeof(b->nodes[0]) * 2 * b->n_nodes);
+    return true;
 }
 
 /* The node of element el over node under, made if there is none. */
@@ -612,21 +627,21 @@ static uint32_t make(struct build *b, uint32_t el, uint32_t under)
     for (;; h = (h + 1) & (b->hsize - 1)) {
         uint32_t e = b->hash[h];
         if (!e) break;
-        if (node_el(b->w, e - 1) == el && node_under(b->w, e - 1) == under) return e - 1;
+        if (b->nodes[2 * (e - 1)] == el && b->nodes[2 * (e - 1) + 1] == under) return e - 1;
     }
-    if (b->w[1] >= MAX_NODES) {
+    if (b->n_nodes >= MAX_NODES) {
         b->over = true;
         return 0;
     }
-    uint32_t n = b->w[1]++;
-    b->w[NODES_AT + 2 * n] = (uint16_t)el;
-    b->w[NODES_AT + 2 * n + 1] = (uint16_t)under;
+    uint32_t n = b->n_nodes++;
+    b->nodes[2 * n] = (uint16_t)el;
+    b->nodes[2 * n + 1] = (uint16_t)under;
     b->hash[h] = (uint16_t)(n + 1);
-    if (2 * b->w[1] > b->hsize && b->hsize < HASH_MAX) { /* keep the table half empty */
+    if (2 * b->n_nodes > b->hsize && b->hsize < HASH_MAX) { /* keep the table half empty */
         b->hsize *= 2;
         memset(b->hash, 0, sizeof(b->hash[0]) * b->hsize);
-        for (uint32_t i = 1; i < b->w[1]; i++) {
-            uint32_t k = node_hash(node_el(b->w, i), node_under(b->w, i), b->hsize);
+        for (uint32_t i = 1; i < b->n_nodes; i++) {
+            uint32_t k = node_hash(b->nodes[2 * i], b->nodes[2 * i + 1], b->hsize);
             while (b->hash[k]) k = (k + 1) & (b->hsize - 1);
             b->hash[k] = (uint16_t)(i + 1);
         }
@@ -650,10 +665,13 @@ size_t moe_grammar_overflows(void) { return atomic_load_explicit(&overflows, mem
 
 static void top_add(struct build *b, uint32_t n)
 {
-    for (uint32_t i = 0; i < b->w[0]; i++)
-        if (b->w[2 + i] == n) return;
-    if (b->w[0] >= MOE_GRAMMAR_MAX_STACKS) b->over = true;
-    else b->w[2 + b->w[0]++] = (uint16_t)n;
+    if (b->is_top[n / 64] >> (n % 64) & 1) return;
+    if (b->n_tops >= MOE_GRAMMAR_MAX_STACKS) {
+        b->over = true;
+        return;
+    }
+    b->is_top[n / 64] |= 1ull << (n % 64);
+    b->tops[b->n_tops++] = (uint16_t)n;
 }
 
 /* Add the stack topped by node n, its top reference (if any) replaced by each alternative,
@@ -667,13 +685,13 @@ static void expand(struct build *b, uint32_t n)
         return;
     }
     b->budget--;
-    uint32_t top = node_el(b->w, n);
+    uint32_t top = b->nodes[2 * n];
     if (n == 0 || g->el[top].kind == G_SET) {
         top_add(b, n);
         return;
     }
     b->depth++;
-    uint32_t base = node_under(b->w, n), r = g->el[top].arg;
+    uint32_t base = b->nodes[2 * n + 1], r = g->el[top].arg;
     if (g->el[top + 1].kind >= G_SET) base = make(b, top + 1, base); /* the reference's continuation */
     for (uint32_t a = g->alt_first[r]; a < g->alt_first[r + 1] && !b->over; a++) {
         uint32_t first = g->alt[a];
@@ -718,30 +736,31 @@ static bool set_may(const struct moe_grammar *g, const struct gset *s, uint32_t 
 /* The start state into st; false when it does not fit. */
 static bool start(const struct moe_grammar *g, uint16_t *st)
 {
-    struct build b;
-    build_init(&b, g, st, NULL);
-    expand(&b, make(&b, g->start, 0));
-    return !b.over;
+    struct build *b = malloc(sizeof(*b));
+    if (!b) return false;
+    build_init(b, g, NULL);
+    expand(b, make(b, g->start, 0));
+    bool ok = build_pack(b, st);
+    free(b);
+    return ok;
 }
 
 void moe_grammar_start(const struct moe_grammar *g, uint16_t *st)
 {
-    if (!start(g, st)) st[0] = 0; /* refused at compile time: never here */
+    if (!start(g, st)) st[0] = st[1] = 0; /* refused at compile time: never here (or out of memory) */
 }
 
-size_t moe_grammar_state_words(const uint16_t *st) { return NODES_AT + 2u * st[1]; }
+size_t moe_grammar_state_words(const uint16_t *st) { return 2u + st[0] + 2u * st[1]; }
 
 bool moe_grammar_state_equal(const uint16_t *a, const uint16_t *b)
 {
-    return a[0] == b[0] && a[1] == b[1] && !memcmp(a + 2, b + 2, sizeof(*a) * a[0]) &&
-           !memcmp(a + NODES_AT, b + NODES_AT, sizeof(*a) * 2u * a[1]);
+    return a[0] == b[0] && a[1] == b[1] && !memcmp(a + 2, b + 2, sizeof(*a) * (a[0] + 2u * a[1]));
 }
 
 bool moe_grammar_step(const struct moe_grammar *g, uint16_t *st, uint32_t cp)
 {
-    uint16_t next[MOE_GRAMMAR_WORDS];
     struct build b;
-    build_init(&b, g, next, st);
+    build_init(&b, g, st);
     for (uint32_t i = 0; i < st[0] && !b.over; i++) {
         uint32_t t = st[2 + i];
         if (t == 0) continue;
@@ -752,14 +771,17 @@ bool moe_grammar_step(const struct moe_grammar *g, uint16_t *st, uint32_t cp)
         expand(&b, n);
     }
     if (b.over) atomic_fetch_add_explicit(&overflows, 1, memory_order_relaxed);
-    if (b.over || next[0] == 0) return false;
-    memcpy(st, next, sizeof(*next) * moe_grammar_state_words(next));
+    if (b.over || b.n_tops == 0) return false;
+    if (!build_pack(&b, st)) { /* more words than a state holds */
+        atomic_fetch_add_explicit(&overflows, 1, memory_order_relaxed);
+        return false;
+    }
     return true;
 }
 
 int moe_grammar_byte_classes(const struct moe_grammar *g, const uint16_t *st, uint8_t cls[128])
 {
-    uint64_t sig[MOE_GRAMMAR_MAX_STACKS + 1][MOE_GRAMMAR_MAX_STACKS / 64]; /* each class's tops, as bits */
+    uint64_t sig[129][MOE_GRAMMAR_MAX_STACKS / 64]; /* each class's tops, as bits (128 bytes: 128 classes) */
     int n = 0;
     for (uint32_t b = 0; b < 128; b++) {
         uint64_t m[MOE_GRAMMAR_MAX_STACKS / 64] = { 0 };

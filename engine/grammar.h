@@ -27,8 +27,8 @@
 extern "C" {
 #endif
 
-#define MOE_GRAMMAR_WORDS 2048       /* the recognizer's state: words of parse stacks */
-#define MOE_GRAMMAR_MAX_STACKS 128   /* parse stacks alive at once (a multiple of 64) */
+#define MOE_GRAMMAR_WORDS 4096       /* the recognizer's state: words of parse stacks */
+#define MOE_GRAMMAR_MAX_STACKS 1024  /* parse stacks alive at once (a multiple of 64) */
 #define MOE_GRAMMAR_MAX_REPEAT 1000  /* the largest count in {m}, {m,} and {m,n} */
 #define MOE_GRAMMAR_MAX_RULES 4096   /* rules, those the compiler makes for groups and repetitions included */
 

@@ -230,10 +230,10 @@ int main(void)
     CHECK(status == 2 && strstr(so, "--grammar") && strstr(so, "line 2 column 5: rule 'item' is used but never defined"),
           "bad grammar: exit %d: %s", status, so);
     free(so);
-    /* a grammar whose every way on after its first character is more than the recognizer holds (130
+    /* a grammar whose every way on after its first character is more than the recognizer holds (1100
      * alternatives at once): no token continues, an error naming the flag, not a silent text */
-    char wide[2048] = "root ::= \"x\" y\ny ::= \"a\"";
-    for (int i = 1; i < 130; i++) strcat(wide, " | \"a\"");
+    static char wide[16384] = "root ::= \"x\" y\ny ::= \"a\"";
+    for (int i = 1; i < 1100; i++) strcat(wide, " | \"a\"");
     so = generate_with_file(exe, dir, "--grammar", wide, &status);
     CHECK(status == 1 && strstr(so, "--grammar: no token of the vocabulary continues the text"),
           "grammar past the recognizer's limits: exit %d: %s", status, so);

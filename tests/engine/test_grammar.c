@@ -194,11 +194,21 @@ static void test_json_grammar(void)
     moe_json_schema_unref(sc);
     /* past what one state holds: refused there (documented), not a crash */
     sc = grammar("root ::= \"(\" root \")\" | \"x\"");
-    static char many[2100];
-    memset(many, '(', 2000);
+    static char many[3000];
+    memset(many, '(', sizeof(many));
     size_t over = moe_grammar_overflows();
-    int v = verdict(sc, many, 2000);
-    CHECK(v >= 400 && v < 2000 && moe_grammar_overflows() == over + 1, "2000 open parentheses: refused at %d", v);
+    int v = verdict(sc, many, sizeof(many));
+    CHECK(v >= 1500 && v < (int)sizeof(many) && moe_grammar_overflows() == over + 1,
+          "3000 open parentheses: refused at %d", v);
+    moe_json_schema_unref(sc);
+    /* an enumeration of 600 words: 600 stacks at its start */
+    static char words[16384];
+    strcpy(words, "root ::= (w \"; \")+\nw ::= \"w0\"");
+    for (int i = 1; i < 600; i++) snprintf(words + strlen(words), sizeof(words) - strlen(words), " | \"w%d\"", i);
+    sc = grammar(words);
+    good(sc, "w599; w12; w0; ", -2);
+    bad(sc, "w600", 3);
+    bad(sc, "w12;w", 4);
     moe_json_schema_unref(sc);
 }
 

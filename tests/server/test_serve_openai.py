@@ -473,8 +473,8 @@ def check_structured(srv):
                         ({"structured_outputs": {"grammar": "root ::= x"}},
                          "'grammar': grammar, line 1 column 10: rule 'x' is used but never defined"),
                         ({"structural_tag": {"structures": []}}, "'structural_tag' is not supported"),
-                        # past the recognizer's limits after "x" (130 ways on at once): no token at all
-                        ({"guided_grammar": 'root ::= "x" y\ny ::= ' + " | ".join(['"a"'] * 130)},
+                        # past the recognizer's limits after "x" (1100 ways on at once): no token at all
+                        ({"guided_grammar": 'root ::= "x" y\ny ::= ' + " | ".join(['"a"'] * 1100)},
                          "no token of the vocabulary continues the text"),
                         ({"guided_choice": ["a", "ab"]}, "begins another"),
                         ({"guided_choice": []}, "'guided_choice'"),

@@ -803,6 +803,27 @@ int moe_grammar_byte_classes(const struct moe_grammar *g, const uint16_t *st, ui
     return n;
 }
 
+/* Whether set s holds all of lo .. hi or none of it. */
+static bool set_uniform(const struct moe_grammar *g, const struct gset *s, uint32_t lo, uint32_t hi)
+{
+    struct gset other = *s; /* its complement */
+    other.neg = !s->neg;
+    return !set_may(g, s, lo, hi) || !set_may(g, &other, lo, hi);
+}
+
+bool moe_grammar_high_uniform(const struct moe_grammar *g, const uint16_t *st)
+{
+    for (uint32_t i = 0; i < st[0]; i++) {
+        uint32_t t = st[2 + i];
+        if (!t) continue;
+        const struct gset *s = &g->set[g->el[node_el(st, t)].arg];
+        if (!set_uniform(g, s, 0x80, 0xd7ff) || !set_uniform(g, s, 0xe000, 0x10ffff) ||
+            set_has(g, s, 0x80) != set_has(g, s, 0xe000))
+            return false;
+    }
+    return true;
+}
+
 bool moe_grammar_may(const struct moe_grammar *g, const uint16_t *st, uint32_t lo, uint32_t hi)
 {
     for (uint32_t i = 0; i < st[0]; i++) {

@@ -50,6 +50,9 @@ bool moe_grammar_step(const struct moe_grammar *g, uint16_t *st, uint32_t cp);
 /* The ASCII bytes by what reading them does: cls[b] = 0 when no text goes on with b, else a class
  * 1..n (returned), bytes of one class leading to equal states. */
 int moe_grammar_byte_classes(const struct moe_grammar *g, const uint16_t *st, uint8_t cls[128]);
+/* Whether every code point above 127 does the same when read (each parse stack's set holds all
+ * of them or none), so that one of them stands for all. */
+bool moe_grammar_high_uniform(const struct moe_grammar *g, const uint16_t *st);
 /* Whether some code point in lo .. hi can come next. */
 bool moe_grammar_may(const struct moe_grammar *g, const uint16_t *st, uint32_t lo, uint32_t hi);
 /* Whether the text so far is a whole sentence of the grammar. */

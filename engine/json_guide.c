@@ -1154,11 +1154,27 @@ static int mask_think(const struct moe_json_state *s, const struct moe_token_byt
     return allowed;
 }
 
-/* In a grammar's text, ASCII runs: the state t that the most ASCII bytes lead to from s, the bytes
- * that lead there (first) and those that leave t as it is (loop, as inside a string).  A token whose
- * first byte is in first and whose other bytes are in loop goes on from s (and ends in t).  Bytes of
- * one class (moe_grammar_byte_classes) lead to the same state, so one byte a class is fed. */
-static bool grammar_runs(const struct moe_json_state *s, bool first[128], bool loop[128])
+/* In a grammar's text, runs: the state t that the most ASCII bytes lead to from s, the bytes that
+ * lead there (first) and those that leave t as it is (loop, as inside a string); and whether every
+ * character above 127 leads from s to t (high_first) or leaves t as it is (high_loop).  A token of
+ * whole characters whose first is in first and whose others are in loop goes on from s (and ends in
+ * t).  Bytes of one class (moe_grammar_byte_classes) lead to the same state, as do the characters
+ * above 127 where moe_grammar_high_uniform says so, so one of each is fed. */
+struct runs {
+    bool first[128], loop[128];
+    bool high_first, high_loop;
+};
+
+/* Whether a character above 127 (é stands for them all) leads from s to the state to. */
+static bool high_leads(const struct moe_json_state *s, const struct moe_json_state *to)
+{
+    static _Thread_local struct moe_json_state c;
+    if (!moe_grammar_high_uniform(s->sc->grammar, s->g)) return false;
+    moe_json_copy(&c, s);
+    return moe_json_feed(&c, "\xc3\xa9", 2) && c.mode == to->mode && moe_grammar_state_equal(c.g, to->g);
+}
+
+static bool grammar_runs(const struct moe_json_state *s, struct runs *w)
 {
     static _Thread_local struct moe_json_state t, c;
     const struct moe_grammar *g = s->sc->grammar;
@@ -1168,15 +1184,17 @@ static bool grammar_runs(const struct moe_json_state *s, bool first[128], bool l
     for (int k = 1; k <= n; k++)
         if (count[k] > count[best] || !best) best = k;
     for (int b = 0; b < 128; b++) {
-        first[b] = best && cls[b] == best;
-        loop[b] = false;
-        if (first[b] && rep < 0) rep = b;
+        w->first[b] = best && cls[b] == best;
+        w->loop[b] = false;
+        if (w->first[b] && rep < 0) rep = b;
     }
+    w->high_first = w->high_loop = false;
     if (rep < 0) return false;
     char ch = (char)rep;
     moe_json_copy(&t, s);
     if (!moe_json_feed(&t, &ch, 1)) return false; /* a class is only of bytes that go on */
-    if (t.mode != J_TEXT) return true;            /* whole: a run of one byte */
+    w->high_first = high_leads(s, &t);
+    if (t.mode != J_TEXT) return true;            /* whole: a run of one character */
     n = moe_grammar_byte_classes(g, t.g, cls);
     for (int k = 1; k <= n; k++) {
         int r = 0;
@@ -1184,24 +1202,31 @@ static bool grammar_runs(const struct moe_json_state *s, bool first[128], bool l
         ch = (char)r;
         moe_json_copy(&c, &t);
         bool same = moe_json_feed(&c, &ch, 1) && c.mode == t.mode && moe_grammar_state_equal(c.g, t.g);
-        for (int b = r; b < 128 && same; b++) loop[b] |= cls[b] == k;
+        for (int b = r; b < 128 && same; b++) w->loop[b] |= cls[b] == k;
     }
+    w->high_loop = high_leads(&t, &t);
     return true;
 }
 
-/* Tokens that are ASCII runs (grammar_runs), allowed; the others left to the walk. */
+/* The bytes of one UTF-8 character led by c (its lead byte). */
+static uint32_t utf8_len(unsigned char c) { return c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2; }
+
+/* Tokens that are runs (grammar_runs), allowed; the others left to the walk.  A token with bytes
+ * above 127 must be whole characters (plain: moe_token_bytes). */
 static int mask_runs(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits,
                      int vocab, bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
 {
-    bool first[128], loop[128];
-    if (!grammar_runs(s, first, loop)) return 0;
+    struct runs w;
+    if (!grammar_runs(s, &w)) return 0;
     int allowed = 0;
     for (int id = 0; id < vocab && id < t->n; id++) {
         const unsigned char *b = (const unsigned char *)t->blob + t->off[id];
-        uint32_t len = t->off[id + 1] - t->off[id], i = 1;
-        if (len == 0 || b[0] >= 128 || !first[b[0]]) continue;
-        while (i < len && b[i] < 128 && loop[b[i]]) i++;
-        if (i < len || (is_eos && is_eos(ud, id))) continue;
+        uint32_t len = t->off[id + 1] - t->off[id], i = 0;
+        if (len == 0 || (is_eos && is_eos(ud, id))) continue;
+        bool ok = b[0] < 0x80 ? w.first[b[0]] : w.high_first && t->plain[id];
+        for (i = utf8_len(b[0]); ok && i < len; i += utf8_len(b[i]))
+            ok = b[i] < 0x80 ? w.loop[b[i]] : w.high_loop && t->plain[id];
+        if (!ok || i != len) continue;
         out[id] = logits[id];
         allowed++;
     }

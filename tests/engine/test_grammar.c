@@ -253,6 +253,58 @@ static void test_mask_toy(void)
     moe_token_bytes_free(&tb);
 }
 
+/* Characters above 127 in tokens: whole ones go on at once where every such character reads alike
+ * (inside a string), a token that splits one is walked; the mask equals feeding every token on its
+ * own in each state along a text. */
+static void test_mask_high(void)
+{
+    static const char *toks[] = { "\"", "\xc3\xa9", "a\xc3\xa9", "\xc3\xa9" "a", "\xe6\x97\xa5\xe6\x9c\xac", "\xe6",
+                                  "\x97\xa5", "a\"", "\xc3\xa9\"", "\\", "\xf0\x9f\x99\x82", "ab", "\xce\xb1",
+                                  "\xce\xb1" "b" };
+    enum { N = sizeof(toks) / sizeof(toks[0]) };
+    char blob[128];
+    uint32_t off[N + 1], at = 0;
+    for (int i = 0; i < N; i++) {
+        off[i] = at;
+        memcpy(blob + at, toks[i], strlen(toks[i]));
+        at += (uint32_t)strlen(toks[i]);
+    }
+    off[N] = at;
+    struct moe_token_bytes tb;
+    REQUIRE(moe_token_bytes_make(blob, off, N, &tb) == MOE_OK, "%s", moe_last_error());
+    /* a string of anything but quotes and backslashes; one of Greek letters only (not uniform above
+     * 127); one whose first character may be any letter above 127; one of ASCII letters (none above
+     * 127 goes on); letters then Greek too */
+    const char *gs[] = { "root ::= \"\\\"\" [^\"\\\\]* \"\\\"\"", "root ::= \"\\\"\" [α-ω]* \"\\\"\"",
+                         "root ::= [^a-z\"]+ \"\\\"\"", "root ::= \"\\\"\" [a-z]* \"\\\"\"",
+                         "root ::= \"\\\"\" [a-z] [a-zα-ω]*" };
+    const char *text = "\"a\xc3\xa9\xe6\x97\xa5\"";
+    float logits[N], out[N];
+    for (int i = 0; i < N; i++) logits[i] = (float)(i + 1);
+    int differ = 0, allowed = 0;
+    for (size_t k = 0; k < MOE_ARRAY_LEN(gs); k++) {
+        struct moe_json_schema *sc = grammar(gs[k]);
+        for (size_t pre = 0; pre <= strlen(text); pre++) {
+            struct moe_json_state s, c;
+            moe_json_init(&s, sc);
+            if (!moe_json_feed(&s, text, pre)) break;
+            int n = moe_json_mask(&s, &tb, logits, N, NULL, NULL, out), m = 0;
+            for (int id = 0; id < N; id++) {
+                moe_json_copy(&c, &s);
+                bool want = moe_json_feed(&c, blob + off[id], off[id + 1] - off[id]);
+                m += want;
+                differ += want != (out[id] == logits[id]);
+            }
+            CHECK(n == m, "grammar %zu after %zu bytes: %d allowed, %d by the reference", k, pre, n, m);
+            allowed += n;
+        }
+        moe_json_schema_unref(sc);
+    }
+    CHECK(differ == 0 && allowed > 20, "%d verdicts differ from feeding each token (%d allowed in all)", differ,
+          allowed);
+    moe_token_bytes_free(&tb);
+}
+
 static void test_mask_vocab(void)
 {
     struct mask_vocab mv;
@@ -294,6 +346,7 @@ int main(void)
     test_repetition();
     test_json_grammar();
     test_mask_toy();
+    test_mask_high();
     test_mask_vocab();
     return t_failures ? T_FAIL : T_PASS;
 }

@@ -7,7 +7,7 @@
  * against feeding every token on its
  * own (the reference the mask must equal).  Prints one JSON line per case.
  *
- * usage: json_mask_bench [--model DIR] [--reps N] */
+ * usage: json_mask_bench [--model DIR] [--reps N] [--vocab N]  (N: the vocabulary grown to N tokens) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,15 +100,60 @@ static int mask_each(const struct moe_json_state *s, const struct moe_token_byte
     return allowed;
 }
 
+/* The model's vocabulary grown to n tokens, as a large one might be: after the model's own tokens,
+ * pairs of them joined (as BPE merges join tokens; at most 16 bytes) and, one in six, one to three
+ * CJK characters (U+4E00..U+9FFF).  The ids of the model's tokens stay what they are. */
+static int grow_vocab(struct moe_token_bytes *tb, int n)
+{
+    int v = tb->n;
+    size_t cap = (size_t)tb->off[v] + (size_t)(n - v) * 16;
+    char *blob = malloc(cap);
+    uint32_t *off = malloc(sizeof(*off) * ((size_t)n + 1));
+    if (!blob || !off) return -1;
+    memcpy(blob, tb->blob, tb->off[v]);
+    memcpy(off, tb->off, sizeof(*off) * ((size_t)v + 1));
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    uint32_t at = tb->off[v];
+    for (int id = v; id < n; id++) {
+        off[id] = at;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        if (x % 6 == 0) {
+            for (int k = 0; k <= (int)(x >> 8) % 3; k++) {
+                uint32_t cp = 0x4e00 + (uint32_t)((x >> (16 + 5 * k)) % 0x5200);
+                blob[at++] = (char)(0xe0 | cp >> 12);
+                blob[at++] = (char)(0x80 | (cp >> 6 & 0x3f));
+                blob[at++] = (char)(0x80 | (cp & 0x3f));
+            }
+        } else {
+            int a = (int)((x >> 8) % (uint64_t)v), b = (int)((x >> 32) % (uint64_t)v);
+            uint32_t la = tb->off[a + 1] - tb->off[a], lb = tb->off[b + 1] - tb->off[b];
+            if (la > 8) la = 8;
+            if (lb > 8) lb = 8;
+            memcpy(blob + at, tb->blob + tb->off[a], la);
+            memcpy(blob + at + la, tb->blob + tb->off[b], lb);
+            at += la + lb;
+        }
+    }
+    off[n] = at;
+    moe_token_bytes_free(tb);
+    enum moe_status st = moe_token_bytes_make(blob, off, n, tb);
+    free(blob);
+    free(off);
+    return st == MOE_OK ? n : -1;
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = getenv("MOEFLOW_MODEL") ? getenv("MOEFLOW_MODEL") : "models/pycode-moe-18m";
-    int reps = 20;
+    int reps = 20, grow = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--vocab") && i + 1 < argc) grow = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: json_mask_bench [--model DIR] [--reps N]\n");
+            fprintf(stderr, "usage: json_mask_bench [--model DIR] [--reps N] [--vocab N]\n"
+                            "  --vocab N   grow the model's vocabulary to N tokens (joined pairs and CJK\n"
+                            "              characters), as a large vocabulary, e.g. Qwen's 151936\n");
             return 2;
         }
     }
@@ -136,6 +181,10 @@ int main(int argc, char **argv)
         moe_tokenizer_encode(tok, doc, strlen(doc), &ids, &n) != MOE_OK ||
         moe_tokenizer_encode(tok, tdoc, strlen(tdoc), &tids, &tn) != MOE_OK) {
         fprintf(stderr, "json_mask_bench: %s\n", moe_last_error());
+        return 1;
+    }
+    if (grow > V && (V = grow_vocab(&tb, grow)) < 0) {
+        fprintf(stderr, "json_mask_bench: cannot grow the vocabulary to %d tokens: %s\n", grow, moe_last_error());
         return 1;
     }
     float *logits = malloc(sizeof(float) * (size_t)V), *a = malloc(sizeof(float) * (size_t)V),

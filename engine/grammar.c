@@ -781,26 +781,44 @@ bool moe_grammar_step(const struct moe_grammar *g, uint16_t *st, uint32_t cp)
 
 int moe_grammar_byte_classes(const struct moe_grammar *g, const uint16_t *st, uint8_t cls[128])
 {
-    uint64_t sig[129][MOE_GRAMMAR_MAX_STACKS / 64]; /* each class's tops, as bits (128 bytes: 128 classes) */
-    int n = 0;
-    for (uint32_t b = 0; b < 128; b++) {
-        uint64_t m[MOE_GRAMMAR_MAX_STACKS / 64] = { 0 };
-        bool any = false;
-        for (uint32_t i = 0; i < st[0]; i++) {
-            uint32_t t = st[2 + i];
-            if (t && set_has(g, &g->set[g->el[node_el(st, t)].arg], b)) {
-                m[i / 64] |= 1ull << (i % 64);
-                any = true;
+    /* one class, split by each stack's set in turn (members and the rest of a class part ways),
+     * numbered densely after each split; bytes no set holds are class 0 */
+    uint16_t id[128], remap[260];
+    uint64_t any[2] = { 0, 0 };
+    int n = 1;
+    for (int c = 0; c < 128; c++) id[c] = 1;
+    for (uint32_t i = 0; i < st[0]; i++) {
+        uint32_t t = st[2 + i];
+        if (!t) continue;
+        const struct gset *set = &g->set[g->el[node_el(st, t)].arg];
+        uint64_t m[2] = { set->neg ? ~set->ascii[0] : set->ascii[0], set->neg ? ~set->ascii[1] : set->ascii[1] };
+        any[0] |= m[0];
+        any[1] |= m[1];
+        memset(remap, 0, sizeof(remap[0]) * (size_t)(n + 1));
+        int next = n;
+        for (int c = 0; c < 128; c++)
+            if (m[c >> 6] >> (c & 63) & 1) {
+                if (!remap[id[c]]) remap[id[c]] = (uint16_t)++next;
+                id[c] = remap[id[c]];
             }
+        memset(remap, 0, sizeof(remap[0]) * (size_t)(next + 1));
+        n = 0;
+        for (int c = 0; c < 128; c++) {
+            if (!remap[id[c]]) remap[id[c]] = (uint16_t)++n;
+            id[c] = remap[id[c]];
         }
-        cls[b] = 0;
-        if (!any) continue;
-        int k = 1;
-        while (k <= n && memcmp(sig[k], m, sizeof(m))) k++;
-        if (k > n) memcpy(sig[++n], m, sizeof(m));
-        cls[b] = (uint8_t)k;
     }
-    return n;
+    memset(remap, 0, sizeof(remap[0]) * (size_t)(n + 1));
+    int k = 0;
+    for (int c = 0; c < 128; c++) {
+        if (!(any[c >> 6] >> (c & 63) & 1)) {
+            cls[c] = 0;
+            continue;
+        }
+        if (!remap[id[c]]) remap[id[c]] = (uint16_t)++k;
+        cls[c] = (uint8_t)remap[id[c]];
+    }
+    return k;
 }
 
 /* Whether set s holds all of lo .. hi or none of it. */

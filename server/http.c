@@ -49,6 +49,15 @@ struct http_front {
     struct hconn *conns;          /* open connections (HTTP thread only) */
     int n_conns, cap_conns;
     struct event *sweep_ev;       /* every second, and at once for a connection beyond the cap */
+    struct kept *kept;            /* [responses-store] the last responses, a ring (HTTP thread only) */
+    int n_kept, kept_next;
+};
+
+/* A response kept for previous_response_id and GET /v1/responses/{id}. */
+struct kept {
+    char id[160];
+    json_t *object;               /* the response object as answered */
+    json_t *conversation;         /* its messages, for the next response */
 };
 
 /* One HTTP completion call: its connection and reply, shared by its n choices. */
@@ -192,6 +201,60 @@ static void hcall_free(struct hcall *c)
     moe_responses_free(c->resp);
     free(c->ch);
     free(c);
+}
+
+static struct kept *kept_find(struct http_front *h, const char *id)
+{
+    for (int i = 0; i < h->n_kept; i++)
+        if (!strcmp(h->kept[i].id, id)) return &h->kept[i];
+    return NULL;
+}
+
+static const json_t *kept_lookup(void *ud, const char *id)
+{
+    struct kept *k = kept_find(ud, id);
+    return k ? k->conversation : NULL;
+}
+
+/* Keep a finished response (the oldest goes when the store is full). */
+static void kept_put(struct hcall *c, const json_t *object)
+{
+    struct http_front *h = c->hf;
+    int cap = h->srv->cfg.responses_store;
+    if (!c->resp || !object || cap <= 0 || !moe_responses_store_wanted(c->resp)) return;
+    if (!h->kept && !(h->kept = calloc((size_t)cap, sizeof(*h->kept)))) return;
+    json_t *conv = moe_responses_conversation(c->resp, object);
+    if (!conv) return;
+    struct kept *k = h->n_kept < cap ? &h->kept[h->n_kept++] : &h->kept[h->kept_next];
+    h->kept_next = (int)((k - h->kept) + 1) % cap;
+    json_decref(k->object);
+    json_decref(k->conversation);
+    snprintf(k->id, sizeof(k->id), "%s", moe_responses_id(c->resp));
+    k->object = json_deep_copy(object);
+    k->conversation = conv;
+}
+
+/* GET /v1/responses/{id}: the kept response; DELETE: forget it. */
+static void handle_kept(struct http_front *h, struct evhttp_request *req, const char *id, bool del)
+{
+    struct kept *k = kept_find(h, id);
+    if (!k) {
+        char msg[320];
+        snprintf(msg, sizeof(msg), "no response '%.100s' is kept here (the last responses-store responses are)", id);
+        send_error(req, 404, msg);
+        return;
+    }
+    if (!del) {
+        send_json(req, 200, k->object);
+        return;
+    }
+    json_t *j = json_pack("{s:s,s:s,s:b}", "id", k->id, "object", "response", "deleted", 1);
+    json_decref(k->object);
+    json_decref(k->conversation);
+    k->object = k->conversation = NULL;
+    k->id[0] = 0; /* an empty slot: found by no id, reused when the ring comes round */
+    send_json(req, 200, j);
+    json_decref(j);
 }
 
 /* The client went away: cancel the generations at once, forget the call. */
@@ -632,10 +695,13 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     if (c->stream) {
         if (ok && c->include_usage) /* OpenAI's usage chunk: no choices, the whole call's usage */
             sse_send(c, reply_json(c, json_array(), usage_json(c->n_prompt, c->n_generated)));
+        if (ok && c->resp)
+            kept_put(c, moe_responses_final(c->resp));
         sse_done(c);
     } else if (ok) {
         json_t *j = reply_json(c, json_incref(c->choices), usage_json(c->n_prompt, c->n_generated));
         json_t *rj = c->resp ? moe_responses_reply(c->resp, j) : json_incref(j);
+        kept_put(c, rj);
         if (rj)
             send_json(c->req, 200, rj);
         else
@@ -755,7 +821,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     char *chat_body = NULL;
     enum moe_status st = MOE_OK;
     if (responses) { /* a Responses request, as the chat completion request it means */
-        st = moe_responses_request(body ? body : "", body ? n : 0, &chat_body, &resp);
+        st = moe_responses_request(body ? body : "", body ? n : 0, kept_lookup, h, &chat_body, &resp);
         body = chat_body;
         n = chat_body ? strlen(chat_body) : 0;
     }
@@ -844,8 +910,10 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     c->n = gr.n;
     snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
              (unsigned long long)++h->next_id);
-    if (c->resp)
+    if (c->resp) {
         moe_responses_name(c->resp, c->id, c->created, s->model_name);
+        moe_responses_set_stored(c->resp, s->cfg.responses_store > 0 && moe_responses_store_wanted(c->resp));
+    }
     /* the choices: one generation each, seeds seed, seed + 1, ... (or each its own random one) */
     uint64_t seed = gr.sampling.seed;
     for (int i = 0; i < gr.n && st == MOE_OK; i++) {
@@ -1207,12 +1275,18 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     bool post = !strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions") ||
                 !strcmp(path, "/v1/responses") || tok_path;
     const char *model_id = !strncmp(path, "/v1/models/", 11) ? path + 11 : NULL;
+    const char *resp_id = !strncmp(path, "/v1/responses/", 14) && path[14] ? path + 14 : NULL;
     bool models = !strcmp(path, "/v1/models") || model_id;
     bool get = models || !strcmp(path, "/health") || !strcmp(path, "/ready") || !strcmp(path, "/metrics");
     bool gen_path = post || models; /* tokenizing needs the model's tokenizer, loaded with it */
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (s->cfg.cors_origin[0] && (post || get) && cors(s, req, post, cmd == EVHTTP_REQ_OPTIONS))
         return; /* a preflight, answered */
+    if (resp_id && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD && cmd != EVHTTP_REQ_DELETE) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD, DELETE");
+        send_error(req, 405, "/v1/responses/{id} takes GET or DELETE");
+        return;
+    }
     if ((post && cmd != EVHTTP_REQ_POST) || (get && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)) {
         char msg[320];
         snprintf(msg, sizeof(msg), "%.200s takes %s", path, post ? "POST" : "GET");
@@ -1230,6 +1304,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         handle_completion(h, req, true, false);
     } else if (!strcmp(path, "/v1/responses")) {
         handle_completion(h, req, true, true);
+    } else if (resp_id) {
+        handle_kept(h, req, resp_id, cmd == EVHTTP_REQ_DELETE);
     } else if (tok_path) {
         handle_tokenize(h, req, path[1] == 'd');
     } else if (models) {
@@ -1391,6 +1467,11 @@ void srv_http_stop(struct http_front *h)
     for (int i = 0; i < h->n_conns; i++)
         bufferevent_decref(h->conns[i].bev);
     free(h->conns);
+    for (int i = 0; i < h->n_kept; i++) {
+        json_decref(h->kept[i].object);
+        json_decref(h->kept[i].conversation);
+    }
+    free(h->kept);
     event_free(h->sweep_ev);
     event_free(h->wake_ev);
     event_base_free(h->base);

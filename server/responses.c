@@ -18,6 +18,9 @@ struct moe_responses {
     int open;           /* the item being streamed (OPEN_*) */
     char *text;         /* its text so far */
     size_t len, cap;
+    json_t *conversation; /* the messages before this response's answer, instructions aside */
+    json_t *final;      /* the streamed response's final object, once sent */
+    bool store, stored; /* the request wants it kept; it will be */
 };
 
 /* Fields that mean the same in both APIs (and vLLM's structured outputs), passed on as they are. */
@@ -32,6 +35,8 @@ void moe_responses_free(struct moe_responses *r)
     if (!r) return;
     json_decref(r->echo);
     json_decref(r->output);
+    json_decref(r->conversation);
+    json_decref(r->final);
     free(r->text);
     free(r);
 }
@@ -179,18 +184,23 @@ static enum moe_status tools_of(json_t *root, json_t *chat)
 /* What this server cannot do for a response: named in the error. */
 static enum moe_status refused_fields(json_t *root)
 {
-    static const char *const stateful[] = { "previous_response_id", "conversation", "prompt" };
+    static const char *const stateful[] = { "conversation", "prompt" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(stateful); i++) {
         json_t *v = json_object_get(root, stateful[i]);
         if (v && !json_is_null(v))
-            return moe_errorf(MOE_ENOTSUP, "'%s' is not supported: responses are not stored; send the whole "
-                              "conversation as 'input'", stateful[i]);
+            return moe_errorf(MOE_ENOTSUP, "'%s' is not supported: send the conversation as 'input', or continue "
+                              "one with 'previous_response_id'", stateful[i]);
     }
+    json_t *prev = json_object_get(root, "previous_response_id"), *store = json_object_get(root, "store");
+    if (prev && !json_is_null(prev) && !json_is_string(prev))
+        return moe_errorf(MOE_EINVAL, "'previous_response_id' must be a string");
+    if (store && !json_is_null(store) && !json_is_boolean(store))
+        return moe_errorf(MOE_EINVAL, "'store' must be true or false");
     if (json_is_true(json_object_get(root, "background")))
         return moe_errorf(MOE_ENOTSUP, "'background' is not supported: a response is answered on its request");
     json_t *inc = json_object_get(root, "include");
-    if (inc && !json_is_null(inc) && (!json_is_array(inc) || json_array_size(inc)))
-        return moe_errorf(MOE_ENOTSUP, "'include' is not supported (give none or an empty list)");
+    if (inc && !json_is_null(inc) && !json_is_array(inc))
+        return moe_errorf(MOE_EINVAL, "'include' must be an array of strings");
     const char *tr = json_string_value(json_object_get(root, "truncation"));
     if (tr && strcmp(tr, "disabled"))
         return moe_errorf(MOE_ENOTSUP, "'truncation' '%.20s' is not supported: an input longer than the context "
@@ -220,7 +230,8 @@ static json_t *echo_of(json_t *root)
     return e;
 }
 
-enum moe_status moe_responses_request(const char *body, size_t n, char **chat_body, struct moe_responses **out)
+enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_lookup_fn lookup, void *ud,
+                                      char **chat_body, struct moe_responses **out)
 {
     *chat_body = NULL;
     *out = NULL;
@@ -238,6 +249,13 @@ enum moe_status moe_responses_request(const char *body, size_t n, char **chat_bo
         else if (json_is_string(ins))
             json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "system", "content", ins));
         if (st == MOE_OK && !input) st = moe_errorf(MOE_EINVAL, "'input' is required (a string or a list of items)");
+        const char *prev = json_string_value(json_object_get(root, "previous_response_id"));
+        const json_t *history = prev && lookup ? lookup(ud, prev) : NULL;
+        if (st == MOE_OK && prev && !history)
+            st = moe_errorf(MOE_ENOENT, "previous response '%.100s' is not kept here (the server keeps its last "
+                            "responses, responses-store, unless a request said \"store\": false)", prev);
+        for (size_t i = 0; st == MOE_OK && history && i < json_array_size(history); i++)
+            json_array_append_new(msgs, json_deep_copy(json_array_get(history, i)));
         if (st == MOE_OK) st = input_messages(input, msgs);
         if (st == MOE_OK && mo && !json_is_null(mo)) json_object_set(chat, "max_tokens", mo);
         if (st == MOE_OK) st = text_format(json_object_get(root, "text"), chat);
@@ -251,7 +269,13 @@ enum moe_status moe_responses_request(const char *body, size_t n, char **chat_bo
     if (st == MOE_OK) {
         r = calloc(1, sizeof(*r));
         *chat_body = json_dumps(chat, JSON_COMPACT);
-        if (!r || !*chat_body || !(r->echo = echo_of(root)) || !(r->output = json_array())) {
+        if (r) { /* the conversation so far: the messages, the instructions' aside */
+            r->store = !json_is_false(json_object_get(root, "store"));
+            r->conversation = json_deep_copy(json_object_get(chat, "messages"));
+            if (r->conversation && json_is_string(json_object_get(root, "instructions")))
+                json_array_remove(r->conversation, 0);
+        }
+        if (!r || !*chat_body || !r->conversation || !(r->echo = echo_of(root)) || !(r->output = json_array())) {
             free(*chat_body);
             *chat_body = NULL;
             moe_responses_free(r);
@@ -323,7 +347,8 @@ static json_t *response_object(const struct moe_responses *r, const char *status
     json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:s,s:o,s:o,s:b}", "id", r->id, "object", "response", "created_at",
                           (json_int_t)r->created, "status", status, "error", error ? error : json_null(),
                           "incomplete_details", incomplete ? json_pack("{s:s}", "reason", incomplete) : json_null(),
-                          "model", r->model, "output", output, "usage", usage ? usage : json_null(), "store", false);
+                          "model", r->model, "output", output, "usage", usage ? usage : json_null(), "store",
+                          r->stored);
     if (o) json_object_update(o, r->echo);
     return o;
 }
@@ -480,8 +505,46 @@ void moe_responses_stream_chunk(struct moe_responses *r, const json_t *chunk, mo
     if (json_array_size(r->output) == 0 && r->open != OPEN_MESSAGE) /* no text at all: an empty message */
         item_open(r, emit, ud, OPEN_MESSAGE);
     item_close(r, emit, ud, cut ? "incomplete" : "completed");
-    ev(r, emit, ud, cut ? "response.incomplete" : "response.completed",
-       json_pack("{s:o}", "response",
-                 response_object(r, cut ? "incomplete" : "completed", json_deep_copy(r->output),
-                                 usage_of(json_object_get(chunk, "usage")), cut ? "max_output_tokens" : NULL, NULL)));
+    json_t *fin = response_object(r, cut ? "incomplete" : "completed", json_deep_copy(r->output),
+                                  usage_of(json_object_get(chunk, "usage")), cut ? "max_output_tokens" : NULL, NULL);
+    json_decref(r->final);
+    r->final = json_incref(fin);
+    ev(r, emit, ud, cut ? "response.incomplete" : "response.completed", json_pack("{s:o}", "response", fin));
+}
+
+const char *moe_responses_id(const struct moe_responses *r) { return r->id; }
+bool moe_responses_store_wanted(const struct moe_responses *r) { return r->store; }
+void moe_responses_set_stored(struct moe_responses *r, bool stored) { r->stored = stored; }
+const json_t *moe_responses_final(const struct moe_responses *r) { return r->final; }
+
+json_t *moe_responses_conversation(const struct moe_responses *r, const json_t *response)
+{
+    json_t *msgs = json_deep_copy(r->conversation), *calls = json_array();
+    const char *text = NULL;
+    size_t len = 0;
+    json_t *out = json_object_get(response, "output");
+    for (size_t i = 0; i < json_array_size(out); i++) {
+        json_t *it = json_array_get(out, i);
+        const char *type = json_string_value(json_object_get(it, "type"));
+        if (type && !strcmp(type, "message")) {
+            json_t *t = json_object_get(json_array_get(json_object_get(it, "content"), 0), "text");
+            text = json_string_value(t);
+            len = json_string_length(t);
+        } else if (type && !strcmp(type, "function_call")) {
+            json_array_append_new(calls, json_pack("{s:O,s:s,s:{s:O,s:O}}", "id", json_object_get(it, "call_id"),
+                                                   "type", "function", "function", "name",
+                                                   json_object_get(it, "name"), "arguments",
+                                                   json_object_get(it, "arguments")));
+        }
+    }
+    json_t *answer = json_pack("{s:s,s:o}", "role", "assistant", "content", text ? json_stringn(text, len) : json_null());
+    if (answer && json_array_size(calls)) json_object_set(answer, "tool_calls", calls);
+    json_decref(calls);
+    if (!msgs || !answer) {
+        json_decref(msgs);
+        json_decref(answer);
+        return NULL;
+    }
+    json_array_append_new(msgs, answer);
+    return msgs;
 }

@@ -2,10 +2,12 @@
  * translated into a chat completion request (its input items into messages, instructions into a
  * system message, text.format into response_format, function tools into chat tools), and the chat
  * completion's reply into a response object, or its streamed chunks into the Responses stream's
- * events.  Nothing is stored: previous_response_id, conversation and background are refused. */
+ * events.  The server keeps the last responses' conversations for previous_response_id (http.c);
+ * conversation objects, prompt templates and background responses are refused. */
 #ifndef MOE_SERVER_RESPONSES_H
 #define MOE_SERVER_RESPONSES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <jansson.h>
@@ -18,9 +20,15 @@ extern "C" {
 
 struct moe_responses;
 
+/* The conversation a stored response ended (its chat messages: those before it, then its own
+ * answer), or NULL when no response of that id is kept; borrowed. */
+typedef const json_t *(*moe_responses_lookup_fn)(void *ud, const char *id);
+
 /* The chat completion request (JSON text, malloc'd) for the Responses request body[0..n), and the
- * call's state; MOE_EINVAL / MOE_ENOTSUP naming the field otherwise. */
-enum moe_status moe_responses_request(const char *body, size_t n, char **chat_body, struct moe_responses **out);
+ * call's state; MOE_EINVAL / MOE_ENOTSUP naming the field otherwise, MOE_ENOENT for a
+ * previous_response_id that lookup (NULL: none kept) does not know. */
+enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_lookup_fn lookup, void *ud,
+                                      char **chat_body, struct moe_responses **out);
 void moe_responses_free(struct moe_responses *r);
 /* Name the response: id "resp_" + the call id's tail, its creation time and model. */
 void moe_responses_name(struct moe_responses *r, const char *call_id, long long created, const char *model);
@@ -28,6 +36,20 @@ void moe_responses_name(struct moe_responses *r, const char *call_id, long long 
 /* The reply: the chat completion object as a response object (a new reference, NULL when out of
  * memory). */
 json_t *moe_responses_reply(struct moe_responses *r, const json_t *completion);
+
+/* The response's id ("resp_..."), and whether the request asked for it to be stored ("store", true
+ * by default). */
+const char *moe_responses_id(const struct moe_responses *r);
+bool moe_responses_store_wanted(const struct moe_responses *r);
+/* Say whether the response will be stored (its objects' "store"). */
+void moe_responses_set_stored(struct moe_responses *r, bool stored);
+/* The conversation to keep for a later previous_response_id: the messages before this response,
+ * its input (without its instructions, which do not carry over) and its answer, from the response
+ * object (new reference). */
+json_t *moe_responses_conversation(const struct moe_responses *r, const json_t *response);
+/* The streamed response's final object once response.completed or .incomplete went out (borrowed),
+ * else NULL. */
+const json_t *moe_responses_final(const struct moe_responses *r);
 
 /* A streamed event: its type and its data (stolen). */
 typedef void (*moe_responses_emit_fn)(void *ud, const char *type, json_t *data);

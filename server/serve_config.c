@@ -90,6 +90,9 @@ static const struct moe_serve_opt opts[] = {
       "seconds; default deadline of a request (0 = none)", 0 },
     { "max-http-connections", MOE_OPT_INT, OFF(max_http_connections), 0, "4096", 1, 1 << 20,
       "HTTP connections open at once; one more is answered 503 and closed", 0 },
+    { "responses-store", MOE_OPT_INT, OFF(responses_store), 0, "256", 0, 65536,
+      "responses of /v1/responses kept in memory for previous_response_id and GET /v1/responses/{id} "
+      "(0 = none; the oldest is forgotten first)", 0 },
     { "http-read-timeout", MOE_OPT_DOUBLE, OFF(http_read_timeout), 0, "60", 0.1, 3600,
       "seconds an HTTP connection has to send a whole request, from its opening or its previous reply; "
       "then it is closed (slow or idle clients)", 0 },

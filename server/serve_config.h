@@ -55,6 +55,7 @@ struct moe_serve_config {
     /* limits */
     int max_body_bytes;        /* HTTP request body */
     int max_http_connections;  /* HTTP connections open at once; more are answered 503 and closed */
+    int responses_store;       /* /v1/responses kept in memory (the newest), 0 = none */
     double http_read_timeout;  /* seconds a connection has to send a whole request (after opening or
                                   after its previous reply) before it is closed */
     int max_message_bytes;     /* gRPC message, either direction */

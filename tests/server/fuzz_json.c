@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *chat = NULL;
     if (data[0] & 0x80) { /* /v1/responses: a chat request (JSON) or an error, nothing half-made */
         struct moe_responses *resp = NULL;
-        enum moe_status st = moe_responses_request(body, len, &chat, &resp);
+        enum moe_status st = moe_responses_request(body, len, NULL, NULL, &chat, &resp);
         if ((st == MOE_OK) != (chat && resp))
             abort();
         moe_responses_free(resp);

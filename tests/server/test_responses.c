@@ -9,10 +9,21 @@
 #include "../test_util.h"
 #include "server/responses.h"
 
+/* One kept conversation: "resp_1". */
+static const json_t *lookup(void *ud, const char *id)
+{
+    static json_t *conv;
+    (void)ud;
+    if (!conv)
+        conv = json_loads("[{\"role\":\"user\",\"content\":\"q1\"},{\"role\":\"assistant\",\"content\":\"a1\"}]",
+                          0, NULL);
+    return strcmp(id, "resp_1") ? NULL : conv;
+}
+
 static json_t *translate(const char *body, struct moe_responses **r)
 {
     char *chat = NULL;
-    enum moe_status st = moe_responses_request(body, strlen(body), &chat, r);
+    enum moe_status st = moe_responses_request(body, strlen(body), lookup, NULL, &chat, r);
     REQUIRE(st == MOE_OK && chat && *r, "%s: %s", body, moe_last_error());
     json_error_t e;
     json_t *j = json_loads(chat, 0, &e);
@@ -66,13 +77,38 @@ static void test_request(void)
           "items, a schema, tools");
     json_decref(j);
     moe_responses_free(r);
+    /* a kept conversation goes on: instructions first, then it, then the input; what is kept next
+     * leaves the instructions out and adds the answer */
+    j = translate("{\"instructions\":\"Be brief.\",\"previous_response_id\":\"resp_1\",\"input\":\"q2\"}", &r);
+    CHECK(same(json_object_get(j, "messages"), "[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\","
+               "\"content\":\"q1\"},{\"role\":\"assistant\",\"content\":\"a1\"},{\"role\":\"user\",\"content\":"
+               "\"q2\"}]"), "previous_response_id");
+    json_t *resp = json_loads("{\"output\":[{\"type\":\"reasoning\"},{\"type\":\"message\",\"content\":[{\"type\":"
+                              "\"output_text\",\"text\":\"a2\"}]},{\"type\":\"function_call\",\"call_id\":\"c\","
+                              "\"name\":\"f\",\"arguments\":\"{}\"}]}", 0, NULL);
+    json_t *conv = moe_responses_conversation(r, resp);
+    CHECK(same(conv, "[{\"role\":\"user\",\"content\":\"q1\"},{\"role\":\"assistant\",\"content\":\"a1\"},"
+                     "{\"role\":\"user\",\"content\":\"q2\"},{\"role\":\"assistant\",\"content\":\"a2\","
+                     "\"tool_calls\":[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+                     "\"arguments\":\"{}\"}}]}]") && moe_responses_store_wanted(r),
+          "the conversation kept");
+    json_decref(conv);
+    json_decref(resp);
+    json_decref(j);
+    moe_responses_free(r);
+    j = translate("{\"input\":\"x\",\"store\":false,\"include\":[\"reasoning.encrypted_content\"]}", &r);
+    CHECK(!moe_responses_store_wanted(r), "store false");
+    json_decref(j);
+    moe_responses_free(r);
     static const struct {
         const char *body, *word;
     } bad[] = {
-        { "{\"input\":\"x\",\"previous_response_id\":\"resp_1\"}", "'previous_response_id' is not supported" },
+        { "{\"input\":\"x\",\"previous_response_id\":\"resp_2\"}", "previous response 'resp_2' is not kept here" },
+        { "{\"input\":\"x\",\"previous_response_id\":7}", "'previous_response_id' must be a string" },
+        { "{\"input\":\"x\",\"store\":\"yes\"}", "'store' must be true or false" },
         { "{\"input\":\"x\",\"conversation\":\"c\"}", "'conversation' is not supported" },
         { "{\"input\":\"x\",\"background\":true}", "'background' is not supported" },
-        { "{\"input\":\"x\",\"include\":[\"reasoning.encrypted_content\"]}", "'include' is not supported" },
+        { "{\"input\":\"x\",\"include\":\"all\"}", "'include' must be an array" },
         { "{\"input\":\"x\",\"truncation\":\"auto\"}", "'truncation' 'auto' is not supported" },
         { "{\"input\":\"x\",\"tools\":[{\"type\":\"web_search\"}]}", "'tools[0]' of type 'web_search'" },
         { "{\"input\":[{\"type\":\"input_image\",\"image_url\":\"u\"}]}", "'input[0]' of type 'input_image'" },
@@ -87,7 +123,7 @@ static void test_request(void)
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         char *chat = NULL;
-        enum moe_status st = moe_responses_request(bad[i].body, strlen(bad[i].body), &chat, &r);
+        enum moe_status st = moe_responses_request(bad[i].body, strlen(bad[i].body), lookup, NULL, &chat, &r);
         CHECK(st != MOE_OK && !chat && !r && strstr(moe_last_error(), bad[i].word), "%s: status %d, '%s'",
               bad[i].body, st, moe_last_error());
     }

@@ -884,7 +884,45 @@ def check_responses(srv):
     done = [d for t, d in ev if t == "response.function_call_arguments.done"]
     check(len(done) == 1 and done[0]["arguments"] == calls[0]["arguments"] if calls else False,
           "responses streamed tool call: %r" % [t for t, _ in ev])
-    for extra, word in (({"previous_response_id": "resp_1"}, "'previous_response_id' is not supported"),
+    # kept responses: previous_response_id goes on from one (as chat completions with the whole
+    # conversation), GET answers it, DELETE forgets it; "store": false keeps nothing
+    first = {"input": "def add(a, b):", "max_output_tokens": 8, "temperature": 0}
+    code, r1 = post(srv, "/v1/responses", first)
+    t1 = r1["output"][0]["content"][0]["text"]
+    code, r2 = post(srv, "/v1/responses", {"previous_response_id": r1["id"], "input": "def sub(a, b):",
+                                           "max_output_tokens": 8, "temperature": 0})
+    code_c, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "def add(a, b):"},
+                                                                 {"role": "assistant", "content": t1},
+                                                                 {"role": "user", "content": "def sub(a, b):"}],
+                                                    "max_tokens": 8, "temperature": 0})
+    check(code == 200 and r1.get("store") is True and
+          r2["output"][0]["content"][0]["text"] == js["choices"][0]["message"]["content"] and
+          r2["usage"]["input_tokens"] == js["usage"]["prompt_tokens"],
+          "previous_response_id: %d %r, chat %r" % (code, r2, js))
+    req = urllib.request.Request(srv.url("/v1/responses/" + r1["id"]))
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        kept = json.loads(resp.read())
+    check(kept == r1, "GET a kept response: %r, answered %r" % (kept, r1))
+    req = urllib.request.Request(srv.url("/v1/responses/" + r1["id"]), method="DELETE")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        gone = json.loads(resp.read())
+    check(gone == {"id": r1["id"], "object": "response", "deleted": True}, "DELETE: %r" % gone)
+    for rid in (r1["id"], "resp_none"):
+        try:
+            urllib.request.urlopen(urllib.request.Request(srv.url("/v1/responses/" + rid)), timeout=10)
+            check(False, "GET %s after DELETE (or never kept) answered" % rid)
+        except urllib.error.HTTPError as e:
+            check(e.code == 404, "GET %s: %d" % (rid, e.code))
+    code, r3 = post(srv, "/v1/responses", dict(first, store=False))
+    code2, js = post(srv, "/v1/responses", {"previous_response_id": r3["id"], "input": "x"})
+    check(code == 200 and r3.get("store") is False and error_ok(code2, js, 404, "is not kept here"),
+          "store false: %r, then %d %r" % (r3.get("store"), code2, js))
+    ev = responses_sse(srv, dict(first, stream=True))
+    sid = ev[-1][1]["response"]["id"]
+    with urllib.request.urlopen(urllib.request.Request(srv.url("/v1/responses/" + sid)), timeout=10) as resp:
+        kept = json.loads(resp.read())
+    check(kept == ev[-1][1]["response"], "a streamed response kept: %r" % kept)
+    for extra, word in (({"conversation": "conv_1"}, "'conversation' is not supported"),
                         ({"tools": [{"type": "web_search"}]}, "function tools only"),
                         ({"input": [{"type": "input_image", "image_url": "x"}]}, "'input[0]' of type 'input_image'")):
         code, js = post(srv, "/v1/responses", dict({"input": "x"}, **extra))

@@ -1213,7 +1213,7 @@ static bool header_list_ok(const char *v)
 /* CORS (cors-origin set, a known path): the reply to a browser request from an allowed origin says
  * so; an OPTIONS preflight is answered here (true returned): 204 with the methods and the headers it
  * asked for, or 403 when its origin is not allowed. */
-static bool cors(struct moe_server *s, struct evhttp_request *req, bool post, bool preflight)
+static bool cors(struct moe_server *s, struct evhttp_request *req, const char *methods, bool preflight)
 {
     struct evkeyvalq *ih = evhttp_request_get_input_headers(req), *oh = evhttp_request_get_output_headers(req);
     const char *origin = evhttp_find_header(ih, "Origin");
@@ -1231,7 +1231,7 @@ static bool cors(struct moe_server *s, struct evhttp_request *req, bool post, bo
     }
     if (!preflight)
         return false;
-    evhttp_add_header(oh, "Access-Control-Allow-Methods", post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS");
+    evhttp_add_header(oh, "Access-Control-Allow-Methods", methods);
     const char *want = evhttp_find_header(ih, "Access-Control-Request-Headers");
     if (want && header_list_ok(want))
         evhttp_add_header(oh, "Access-Control-Allow-Headers", want);
@@ -1280,7 +1280,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     bool get = models || !strcmp(path, "/health") || !strcmp(path, "/ready") || !strcmp(path, "/metrics");
     bool gen_path = post || models; /* tokenizing needs the model's tokenizer, loaded with it */
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    if (s->cfg.cors_origin[0] && (post || get) && cors(s, req, post, cmd == EVHTTP_REQ_OPTIONS))
+    const char *methods = post ? "POST, OPTIONS" : resp_id ? "GET, HEAD, DELETE, OPTIONS" : "GET, HEAD, OPTIONS";
+    if (s->cfg.cors_origin[0] && (post || get || resp_id) && cors(s, req, methods, cmd == EVHTTP_REQ_OPTIONS))
         return; /* a preflight, answered */
     if (resp_id && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD && cmd != EVHTTP_REQ_DELETE) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD, DELETE");

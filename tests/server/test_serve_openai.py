@@ -745,6 +745,11 @@ def check_cors(srv):
     code, h, _ = raw(srv, "OPTIONS", "/v1/models", {"Origin": allowed, "Access-Control-Request-Method": "GET"})
     check(code == 204 and h.get("access-control-allow-methods") == "GET, HEAD, OPTIONS", "models preflight: %d %r" % (
         code, h))
+    code, h, _ = raw(srv, "OPTIONS", "/v1/responses/resp_x", {"Origin": allowed, "Access-Control-Request-Method": "DELETE"})
+    check(code == 204 and h.get("access-control-allow-methods") == "GET, HEAD, DELETE, OPTIONS",
+          "kept responses' preflight: %d %r" % (code, h))
+    code, h, _ = raw(srv, "PUT", "/v1/responses/resp_x", {}, "")
+    check(code == 405 and h.get("allow") == "GET, HEAD, DELETE", "PUT on a kept response: %d %r" % (code, h))
     code, h, out = raw(srv, "OPTIONS", "/v1/chat/completions", {"Origin": other, "Access-Control-Request-Method": "POST"})
     check(code == 403 and "access-control-allow-origin" not in h and b"cors-origin" in out,
           "preflight from another origin: %d %r %r" % (code, h, out))

@@ -34,6 +34,10 @@ enum {
     J_LIT,        /* inside one of a node's literals (llo .. lhi, pos) */
     J_TEXT,       /* raw text of a K_TEXT root: UTF-8, each character through its automaton */
     J_DONE,       /* the value is complete */
+    /* a structural tag (moe_json_schema_tags) */
+    J_TAG_FREE,   /* free text (tpos bytes of trigger ttrig matched) */
+    J_TAG_BEGIN,  /* a structure's begin (tpos bytes of the candidates' matched) */
+    J_TAG_END,    /* the structure's end after its value (tpos bytes matched; ws before it) */
     /* before the value, with a reasoning block (moe_json_init_after_think) */
     J_THINK_MAY,  /* "<think>" (pos bytes of it read) or the value */
     J_THINK,      /* free text until "</think>" (pos bytes of it read) */
@@ -87,8 +91,16 @@ void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc)
     s->nlen = 0;
     s->dfa = s->ucp = 0;
     s->text = false;
+    s->tag = NULL;
+    s->tcand = 0;
+    s->tpos = 0;
+    s->ttrig = s->tstruct = 0;
     const struct json_node *n = &sc->nodes[sc->root];
-    if (sc->grammar) {
+    if (sc->tags) {
+        s->text = true;
+        s->tag = sc;
+        s->mode = J_TAG_FREE;
+    } else if (sc->grammar) {
         s->text = true;
         moe_grammar_start(sc->grammar, s->g);
         s->mode = moe_grammar_open(s->g) ? J_TEXT : J_DONE;
@@ -112,10 +124,12 @@ void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
     if (src->bounded) memcpy(dst->num, src->num, src->nlen);
 }
 
-bool moe_json_done(const struct moe_json_state *s) { return s->mode == J_DONE; }
+bool moe_json_done(const struct moe_json_state *s) { return s->mode == J_DONE && !s->tag; }
 
 bool moe_json_may_end(const struct moe_json_state *s)
 {
+    if (s->tag) /* free text, or right after a structure whose end is empty */
+        return s->mode == J_TAG_FREE || (s->mode == J_DONE && s->tag->tags->elen[s->tstruct] == 0);
     if (s->mode != J_TEXT) return s->mode == J_DONE;
     return s->sc->grammar ? moe_grammar_accepts(s->g) : s->sc->dfa[s->dfa].accept;
 }
@@ -895,10 +909,107 @@ static bool think_step(struct moe_json_state *s, unsigned char c)
     }
 }
 
+/* ---- structural tags ------------------------------------------------------------------------ */
+
+/* Back to free text after a structure. */
+static void tag_free(struct moe_json_state *s) { moe_json_init(s, s->tag); }
+
+/* Structure i's begin is whole: its value follows. */
+static void tag_value(struct moe_json_state *s, int i)
+{
+    const struct moe_json_schema *tag = s->tag;
+    moe_json_init(s, tag->tags->sc[i]);
+    s->tag = tag;
+    s->tstruct = (uint8_t)i;
+}
+
+/* Trigger j is whole: the structures whose begin starts with it are the candidates. */
+static void tag_begin(struct moe_json_state *s, int j)
+{
+    const struct json_tags *tg = s->tag->tags;
+    s->mode = J_TAG_BEGIN;
+    s->tpos = tg->tlen[j];
+    s->tcand = 0;
+    for (int i = 0; i < tg->n; i++)
+        if (tg->blen[i] >= tg->tlen[j] && !memcmp(tg->begin[i], tg->trig[j], tg->tlen[j])) s->tcand |= 1ull << i;
+    for (int i = 0; i < tg->n; i++)
+        if (s->tcand >> i & 1 && tg->blen[i] == s->tpos) tag_value(s, i); /* a begin that is the trigger */
+}
+
+/* Free text: the longest end of the text that begins a trigger is kept; a trigger written whole
+ * (at any of the text's ends) commits the text to a structure. */
+static void trigger_step(struct moe_json_state *s, unsigned char c)
+{
+    const struct json_tags *tg = s->tag->tags;
+    char buf[MOE_JSON_MAX_TAG_BYTES + 1];
+    size_t n = s->tpos;
+    memcpy(buf, tg->trig[s->ttrig], n);
+    buf[n++] = (char)c;
+    for (size_t k = n; k > 0; k--) /* a trigger whole */
+        for (int j = 0; j < tg->n_trig; j++)
+            if (tg->tlen[j] == k && !memcmp(tg->trig[j], buf + n - k, k)) {
+                tag_begin(s, j);
+                return;
+            }
+    for (size_t k = n; k > 0; k--) /* the longest beginning of one */
+        for (int j = 0; j < tg->n_trig; j++)
+            if (tg->tlen[j] > k && !memcmp(tg->trig[j], buf + n - k, k)) {
+                s->ttrig = (uint8_t)j;
+                s->tpos = (uint16_t)k;
+                return;
+            }
+    s->tpos = 0;
+}
+
+static bool tag_step(struct moe_json_state *s, unsigned char c)
+{
+    const struct json_tags *tg = s->tag->tags;
+    switch (s->mode) {
+    case J_DONE: /* the structure's value is whole: its end follows */
+        s->mode = J_TAG_END;
+        s->tpos = 0;
+        s->ws = 0;
+        /* fall through */
+    case J_TAG_END: {
+        const char *e = tg->end[s->tstruct];
+        if (tg->elen[s->tstruct] == 0) { /* no end: free text at once */
+            tag_free(s);
+            return tag_step(s, c);
+        }
+        if (s->tpos == 0 && c != (unsigned char)e[0] && is_ws(c)) return ++s->ws <= MOE_JSON_MAX_WS;
+        if (c != (unsigned char)e[s->tpos]) return false;
+        if (++s->tpos == tg->elen[s->tstruct]) tag_free(s);
+        return true;
+    }
+    case J_TAG_BEGIN: {
+        uint64_t cand = 0;
+        for (int i = 0; i < tg->n; i++)
+            if (s->tcand >> i & 1 && tg->blen[i] > s->tpos && (unsigned char)tg->begin[i][s->tpos] == c)
+                cand |= 1ull << i;
+        if (!cand) return false;
+        s->tcand = cand;
+        s->tpos++;
+        for (int i = 0; i < tg->n; i++)
+            if (cand >> i & 1 && tg->blen[i] == s->tpos) {
+                tag_value(s, i);
+                break;
+            }
+        return true;
+    }
+    default: /* J_TAG_FREE */
+        trigger_step(s, c);
+        return true;
+    }
+}
+
 bool moe_json_feed(struct moe_json_state *s, const char *b, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)b[i];
+        if (s->tag && (s->mode == J_DONE || (s->mode >= J_TAG_FREE && s->mode <= J_TAG_END))) {
+            if (!tag_step(s, c)) return false;
+            continue;
+        }
         if (s->mode >= J_THINK_MAY) {
             if (!think_step(s, c)) return false;
             continue;
@@ -1233,10 +1344,38 @@ static int mask_runs(const struct moe_json_state *s, const struct moe_token_byte
     return allowed;
 }
 
+/* A structural tag's free text: a token is fed only when some byte of it begins a trigger (or part of
+ * one is matched); the others are free text and change nothing.  The output may end here. */
+static int mask_tag_free(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits,
+                         int vocab, bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
+{
+    const struct json_tags *tg = s->tag->tags;
+    static _Thread_local struct moe_json_state c;
+    int allowed = 0;
+    for (int id = 0; id < vocab; id++) {
+        out[id] = -INFINITY;
+        bool eos = is_eos && is_eos(ud, id);
+        if (!eos && id >= t->n) continue;
+        uint32_t len = eos ? 0 : t->off[id + 1] - t->off[id];
+        if (!eos && !len) continue;
+        const unsigned char *b = (const unsigned char *)t->blob + (eos ? 0 : t->off[id]);
+        bool feed = s->tpos > 0;
+        for (uint32_t i = 0; i < len && !feed; i++) feed = tg->first[b[i]];
+        if (feed) {
+            moe_json_copy(&c, s);
+            if (!moe_json_feed(&c, (const char *)b, len)) continue;
+        }
+        out[id] = logits[id];
+        allowed++;
+    }
+    return allowed;
+}
+
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out)
 {
     if (s->mode == J_THINK) return mask_think(s, t, logits, vocab, is_eos, ud, out);
+    if (s->tag && s->mode == J_TAG_FREE) return mask_tag_free(s, t, logits, vocab, is_eos, ud, out);
     int allowed = 0;
     /* inside a free string, a token of plain text continues it and changes nothing but the count of
      * characters, which a bounded string holds to its room */

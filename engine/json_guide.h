@@ -25,6 +25,9 @@ extern "C" {
 #define MOE_JSON_MAX_ENUM 1024     /* values of one enum, texts of one choice */
 #define MOE_JSON_MAX_NODES 4096    /* compiled schema nodes */
 #define MOE_JSON_MAX_SCHEMA 262144 /* bytes of a schema's text */
+#define MOE_JSON_MAX_TAGS 64       /* structures of a structural tag */
+#define MOE_JSON_MAX_TRIGGERS 16   /* ... and its triggers */
+#define MOE_JSON_MAX_TAG_BYTES 256 /* bytes of a trigger, a begin or an end */
 #define MOE_JSON_MAX_NUM 32        /* bytes of a number with bounds (minimum, maximum, ...), sign and
                                       point included; an integer with bounds has up to 18 digits */
 
@@ -53,8 +56,16 @@ enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_js
  * `root` (grammar.h): vLLM's guided_grammar, llama.cpp's grammar.  One reference, as
  * moe_json_schema_parse. */
 enum moe_status moe_json_schema_grammar(const char *text, size_t len, struct moe_json_schema **out);
-/* Whether sc holds the output to raw text (a choice, a regular expression or a grammar), not to
- * JSON. */
+/* A "schema" of free text with structures in it (vLLM's structural_tag): JSON text {"structures":
+ * [{"begin": text, "schema": JSON Schema, "end": text}, ...], "triggers": [text, ...]}.  Where the
+ * output writes a trigger it is committed to a structure whose begin starts with it: the rest of
+ * that begin, one value of its schema (whitespace and all, as JSON mode writes it), up to 32 bytes
+ * of whitespace and its end; then free text again.  The output may end in free text only.  Each
+ * begin starts with a trigger, each trigger begins a structure, no begin begins another.  One
+ * reference, as moe_json_schema_parse. */
+enum moe_status moe_json_schema_tags(const char *text, size_t len, struct moe_json_schema **out);
+/* Whether sc holds the output to raw text (a choice, a regular expression, a grammar or a
+ * structural tag), not to JSON. */
 bool moe_json_schema_raw(const struct moe_json_schema *sc);
 /* Hold the output to compact JSON: between tokens one space at most, no line break (tool calls),
  * or with tight, no whitespace at all (vLLM's disable_any_whitespace).  Only before sc is shared. */
@@ -88,6 +99,12 @@ struct moe_json_state {
     bool integer;         /* the number being read is an integer */
     bool bounded;         /* the string or number being read has bounds (its node: cur) */
     bool text;            /* raw text, not JSON (moe_json_schema_regex) */
+    const struct moe_json_schema *tag; /* a structural tag's (its free text; sc is a structure's inside
+                                          one), else NULL */
+    uint64_t tcand;       /* the structures whose begin still matches */
+    uint16_t tpos;        /* bytes of the trigger, begin or end matched */
+    uint8_t ttrig;        /* the trigger partly matched */
+    uint8_t tstruct;      /* the structure being read */
     union {
         struct moe_json_frame f[MOE_JSON_MAX_DEPTH];
         uint16_t g[MOE_GRAMMAR_WORDS]; /* a grammar's parse stacks (grammar.h) */

@@ -1045,6 +1045,7 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     sc->dfa = c->dfa.states;
     sc->dfa_ranges = c->dfa.ranges;
     sc->grammar = NULL;
+    sc->tags = NULL;
     sc->n_nodes = c->n_nodes;
     sc->root = (uint16_t)root;
     sc->compact = 0;
@@ -1161,6 +1162,131 @@ enum moe_status moe_json_schema_grammar(const char *text, size_t len, struct moe
     return MOE_OK;
 }
 
+static void tags_free(struct json_tags *tg)
+{
+    if (!tg) return;
+    for (int i = 0; i < tg->n; i++) {
+        free(tg->begin[i]);
+        free(tg->end[i]);
+        moe_json_schema_unref(tg->sc[i]);
+    }
+    for (int i = 0; i < tg->n_trig; i++) free(tg->trig[i]);
+    free(tg);
+}
+
+/* A string field of a structural tag's object: copied, at most MOE_JSON_MAX_TAG_BYTES. */
+static enum moe_status tag_text(json_t *o, const char *key, const char *where, bool empty_ok, char **out,
+                                uint16_t *len)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_string(v))
+        return moe_errorf(MOE_EINVAL, "structural tag: %s needs a string '%s'", where, key);
+    size_t n = json_string_length(v);
+    if ((!n && !empty_ok) || n > MOE_JSON_MAX_TAG_BYTES)
+        return moe_errorf(MOE_EINVAL, "structural tag: %s's '%s' has %zu bytes: give %d to %d", where, key, n,
+                          empty_ok ? 0 : 1, MOE_JSON_MAX_TAG_BYTES);
+    if (!(*out = malloc(n + 1))) return moe_errorf(MOE_ENOMEM, "out of memory compiling a structural tag");
+    memcpy(*out, json_string_value(v), n + 1);
+    *len = (uint16_t)n;
+    return MOE_OK;
+}
+
+static enum moe_status tags_compile(json_t *doc, struct json_tags *tg)
+{
+    json_t *type = json_object_get(doc, "type"), *structs = json_object_get(doc, "structures"),
+           *trigs = json_object_get(doc, "triggers");
+    if (!json_is_object(doc))
+        return moe_errorf(MOE_EINVAL, "structural tag: must be an object {\"structures\": [...], \"triggers\": [...]}");
+    if (type && (!json_is_string(type) || strcmp(json_string_value(type), "structural_tag")))
+        return moe_errorf(MOE_EINVAL, "structural tag: 'type' must be \"structural_tag\"");
+    if (json_object_get(doc, "format"))
+        return moe_errorf(MOE_ENOTSUP, "structural tag: the 'format' form is not supported: give 'structures' "
+                          "(begin, schema, end) and 'triggers'");
+    size_t ns = json_array_size(structs), nt = json_array_size(trigs);
+    if (!json_is_array(structs) || ns < 1 || ns > MOE_JSON_MAX_TAGS)
+        return moe_errorf(MOE_EINVAL, "structural tag: 'structures' must be an array of 1 to %d {begin, schema, end}",
+                          MOE_JSON_MAX_TAGS);
+    if (!json_is_array(trigs) || nt < 1 || nt > MOE_JSON_MAX_TRIGGERS)
+        return moe_errorf(MOE_EINVAL, "structural tag: 'triggers' must be an array of 1 to %d texts",
+                          MOE_JSON_MAX_TRIGGERS);
+    enum moe_status st;
+    char where[64];
+    for (size_t i = 0; i < nt; i++) {
+        json_t *one = json_pack("{s:O}", "t", json_array_get(trigs, i));
+        snprintf(where, sizeof(where), "triggers[%zu]", i);
+        st = one ? tag_text(one, "t", where, false, &tg->trig[i], &tg->tlen[i]) : MOE_ENOMEM;
+        json_decref(one);
+        if (st) return st == MOE_ENOMEM ? st : moe_errorf(MOE_EINVAL, "structural tag: 'triggers[%zu]' must be "
+                                                          "a non-empty text of at most %d bytes", i,
+                                                          MOE_JSON_MAX_TAG_BYTES);
+        tg->n_trig++;
+        tg->first[(unsigned char)tg->trig[i][0]] = true;
+    }
+    for (size_t i = 0; i < ns; i++) {
+        json_t *o = json_array_get(structs, i);
+        snprintf(where, sizeof(where), "structures[%zu]", i);
+        if (!json_is_object(o)) return moe_errorf(MOE_EINVAL, "structural tag: %s must be an object", where);
+        tg->n++; /* freed with the tag from here, whatever of it is made */
+        if ((st = tag_text(o, "begin", where, false, &tg->begin[i], &tg->blen[i])) ||
+            (st = tag_text(o, "end", where, true, &tg->end[i], &tg->elen[i])))
+            return st;
+        json_t *schema = json_object_get(o, "schema");
+        char *text = schema ? json_dumps(schema, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        if (!text) return moe_errorf(MOE_EINVAL, "structural tag: %s needs a 'schema' (a JSON Schema)", where);
+        st = moe_json_schema_parse(text, strlen(text), &tg->sc[i]);
+        free(text);
+        if (st) return moe_error_prefix(st == MOE_ENOMEM ? st : MOE_EINVAL, "structural tag: %s", where);
+        bool led = false;
+        for (int t = 0; t < tg->n_trig && !led; t++)
+            led = tg->tlen[t] <= tg->blen[i] && !memcmp(tg->begin[i], tg->trig[t], tg->tlen[t]);
+        if (!led)
+            return moe_errorf(MOE_EINVAL, "structural tag: %s's begin '%.64s' starts with no trigger", where,
+                              tg->begin[i]);
+    }
+    for (int a = 0; a < tg->n; a++)
+        for (int b = 0; b < tg->n; b++)
+            if (a != b && tg->blen[a] <= tg->blen[b] && !memcmp(tg->begin[a], tg->begin[b], tg->blen[a]))
+                return moe_errorf(MOE_EINVAL, "structural tag: structures[%d]'s begin '%.64s' begins structures[%d]'s "
+                                  "too, so where it ends could not be told", a, tg->begin[a], b);
+    for (int t = 0; t < tg->n_trig; t++) {
+        bool leads = false;
+        for (int i = 0; i < tg->n && !leads; i++)
+            leads = tg->tlen[t] <= tg->blen[i] && !memcmp(tg->begin[i], tg->trig[t], tg->tlen[t]);
+        if (!leads)
+            return moe_errorf(MOE_EINVAL, "structural tag: trigger '%.64s' begins no structure", tg->trig[t]);
+    }
+    return MOE_OK;
+}
+
+enum moe_status moe_json_schema_tags(const char *text, size_t len, struct moe_json_schema **out)
+{
+    *out = NULL;
+    if (len > MOE_JSON_MAX_SCHEMA)
+        return moe_errorf(MOE_ERANGE, "structural tag of %zu bytes; at most %d are accepted", len, MOE_JSON_MAX_SCHEMA);
+    json_error_t jerr;
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc) return moe_errorf(MOE_EINVAL, "structural tag is not JSON: %s", jerr.text);
+    struct json_tags *tg = calloc(1, sizeof(*tg));
+    enum moe_status st = tg ? tags_compile(doc, tg) : moe_errorf(MOE_ENOMEM, "out of memory compiling a structural tag");
+    json_decref(doc);
+    struct cc c = { 0 };
+    if (st == MOE_OK) {
+        st = MOE_ENOMEM;
+        if (cc_begin(&c)) {
+            int root = new_node(&c, (struct json_node){ .kind = K_TEXT });
+            st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
+        }
+        cc_free(&c);
+    }
+    if (st != MOE_OK) {
+        tags_free(tg);
+        return st;
+    }
+    (*out)->tags = tg;
+    (*out)->raw = true;
+    return MOE_OK;
+}
+
 bool moe_json_schema_raw(const struct moe_json_schema *sc)
 {
     return sc && sc->raw;
@@ -1189,5 +1315,6 @@ void moe_json_schema_unref(struct moe_json_schema *sc)
     free((void *)sc->dfa);
     free((void *)sc->dfa_ranges);
     moe_grammar_free((struct moe_grammar *)sc->grammar);
+    tags_free((struct json_tags *)sc->tags);
     free(sc);
 }

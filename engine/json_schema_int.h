@@ -110,6 +110,18 @@ struct json_prop {
     uint16_t node;
 };
 
+/* A structural tag: free text in which a trigger commits the text to one of the structures whose
+ * begin starts with it: that begin, a JSON value of its schema, its end. */
+struct json_tags {
+    int n, n_trig;
+    char *begin[MOE_JSON_MAX_TAGS], *end[MOE_JSON_MAX_TAGS];
+    uint16_t blen[MOE_JSON_MAX_TAGS], elen[MOE_JSON_MAX_TAGS];
+    struct moe_json_schema *sc[MOE_JSON_MAX_TAGS];
+    char *trig[MOE_JSON_MAX_TRIGGERS];
+    uint16_t tlen[MOE_JSON_MAX_TRIGGERS];
+    bool first[256];    /* bytes that begin some trigger */
+};
+
 struct moe_json_schema {
     atomic_int refs;     /* 0: static, never freed */
     const struct json_node *nodes;
@@ -121,6 +133,7 @@ struct moe_json_schema {
     const struct json_dfa_state *dfa;
     const struct json_dfa_range *dfa_ranges;
     const struct moe_grammar *grammar; /* a grammar's text (moe_json_schema_grammar), else NULL */
+    const struct json_tags *tags;      /* a structural tag (moe_json_schema_tags), else NULL */
     int n_nodes;
     uint16_t root;
     uint8_t compact;     /* whitespace between tokens: 1, one space at most and no line break; 2, none */

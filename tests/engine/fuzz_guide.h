@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/json_guide.h"
 
@@ -73,6 +74,43 @@ static void fuzz_no_dead_end(const struct moe_json_schema *sc, const uint8_t *d,
         }
         moe_json_copy(&s, &c);
     }
+}
+
+/* A vocabulary from the text: every printable ASCII byte and line break alone, then the text cut
+ * into tokens of 2, 3 and 5 bytes (up to 96 of them).  The mask over it from the state after the
+ * text's first k bytes must equal feeding every token on its own. */
+__attribute__((unused)) static void fuzz_mask_matches(const struct moe_json_schema *sc, const uint8_t *d, size_t n, size_t k)
+{
+    static char blob[96 + 96 * 5];
+    static uint32_t off[200];
+    int v = 0;
+    uint32_t at = 0;
+    for (int c = 32; c < 127; c++) off[v++] = at, blob[at++] = (char)c;
+    off[v++] = at, blob[at++] = '\n';
+    static const size_t cut[] = { 2, 3, 5 };
+    for (size_t w = 0; w < 3; w++)
+        for (size_t i = 0; i + cut[w] <= n && v < 96 + 96; i += cut[w] * 2) {
+            off[v++] = at;
+            memcpy(blob + at, d + i, cut[w]);
+            at += (uint32_t)cut[w];
+        }
+    off[v] = at;
+    struct moe_token_bytes tb;
+    if (moe_token_bytes_make(blob, off, v, &tb) != MOE_OK) abort();
+    static struct moe_json_state s, c;
+    static float logits[200], out[200];
+    for (int i = 0; i < v; i++) logits[i] = (float)i;
+    moe_json_init(&s, sc);
+    if (k && !moe_json_feed(&s, (const char *)d, k)) abort();
+    int allowed = moe_json_mask(&s, &tb, logits, v, NULL, NULL, out), want = 0;
+    for (int id = 0; id < v; id++) {
+        moe_json_copy(&c, &s);
+        bool ok = moe_json_feed(&c, blob + off[id], off[id + 1] - off[id]);
+        want += ok;
+        if (ok != (out[id] == logits[id])) abort(); /* the mask and feeding the token disagree */
+    }
+    if (allowed != want) abort();
+    moe_token_bytes_free(&tb);
 }
 
 #endif

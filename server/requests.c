@@ -578,11 +578,25 @@ static enum moe_status no_whitespace(json_t *so, struct moe_gen_request *out)
     return MOE_OK;
 }
 
+/* A structural tag given as an object or as its JSON text, compiled into *sc. */
+static enum moe_status tags_schema(json_t *v, const char *from, struct moe_json_schema **sc)
+{
+    if (!json_is_string(v) && !json_is_object(v))
+        return moe_errorf(MOE_EINVAL, "'%s' must be an object {\"structures\": [...], \"triggers\": [...]} or its "
+                          "JSON text", from);
+    char *text = json_is_string(v) ? strdup(json_string_value(v)) : json_dumps(v, JSON_COMPACT);
+    if (!text) return moe_errorf(MOE_ENOMEM, "out of memory reading '%s'", from);
+    enum moe_status st = moe_json_schema_tags(text, strlen(text), sc);
+    free(text);
+    return st;
+}
+
 /* vLLM's structured outputs: "structured_outputs": {"json": schema, "choice": [texts], "regex":
- * pattern, "grammar": gbnf, "json_object": true, "disable_any_whitespace": true} or the older
- * "guided_json" / "guided_choice" / "guided_regex" / "guided_grammar" (and llama.cpp's "grammar");
- * a JSON schema (an object, or JSON text), a choice among texts, a regular expression the whole
- * output matches or a GBNF grammar that derives it, as JSON mode holds the output to them. */
+ * pattern, "grammar": gbnf, "structural_tag": tag, "json_object": true, "disable_any_whitespace": true}
+ * or the older "guided_json" / "guided_choice" / "guided_regex" / "guided_grammar" / "structural_tag"
+ * (and llama.cpp's "grammar"); a JSON schema (an object, or JSON text), a choice among texts, a
+ * regular expression the whole output matches, a GBNF grammar that derives it or a structural tag
+ * (free text with structures), as JSON mode holds the output to them. */
 static enum moe_status parse_structured(json_t *root, struct moe_gen_request *out)
 {
     json_t *so = json_object_get(root, "structured_outputs");
@@ -609,7 +623,7 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         { GRAMMAR, NULL, "grammar" }, /* llama.cpp's server */
         { STRUCTURAL, "structural_tag", "structural_tag" },
     };
-    json_t *js = NULL, *ch = NULL, *rx = NULL, *gr = NULL;
+    json_t *js = NULL, *ch = NULL, *rx = NULL, *gr = NULL, *tg = NULL;
     const char *from = NULL;
     for (size_t i = 0; i < MOE_ARRAY_LEN(kinds); i++) {
         json_t *a = so && kinds[i].key ? json_object_get(so, kinds[i].key) : NULL,
@@ -617,10 +631,6 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         json_t *v = a && !json_is_null(a) ? a : b && !json_is_null(b) ? b : NULL;
         if (!v) continue;
         const char *name = v == a ? kinds[i].key : kinds[i].field;
-        if (kinds[i].kind == STRUCTURAL)
-            return moe_errorf(MOE_ENOTSUP, "'%s' is not supported: outputs are held to a JSON schema (json, "
-                              "guided_json), a choice of texts (choice, guided_choice), a regular expression "
-                              "(regex, guided_regex) or a GBNF grammar (grammar, guided_grammar)", name);
         if (from)
             return moe_errorf(MOE_EINVAL, "'%s' and '%s' together: give one", from, name);
         from = name;
@@ -628,7 +638,8 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         case JSON: js = v; break;
         case CHOICE: ch = v; break;
         case REGEX: rx = v; break;
-        default: gr = v; break;
+        case GRAMMAR: gr = v; break;
+        default: tg = v; break;
         }
     }
     if (json_is_true(jo)) {
@@ -659,6 +670,8 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
         if (!json_is_string(gr))
             return moe_errorf(MOE_EINVAL, "'%s' must be a string (a grammar in GBNF)", from);
         st = moe_json_schema_grammar(json_string_value(gr), json_string_length(gr), &out->json_schema);
+    } else if (tg) {
+        st = tags_schema(tg, from, &out->json_schema);
     } else {
         size_t n = json_is_array(ch) ? json_array_size(ch) : 0;
         const char *texts[MOE_JSON_MAX_ENUM];
@@ -701,9 +714,15 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
         if (!strcmp(type, "json_schema")) {
             enum moe_status st = openai_schema(json_object_get(rf, "json_schema"), out);
             if (st != MOE_OK) return st;
+        } else if (!strcmp(type, "structural_tag")) { /* vLLM's: {"type", "structures", "triggers"} */
+            enum moe_status st = tags_schema(rf, "response_format", &out->json_schema);
+            if (st != MOE_OK) {
+                if (st != MOE_ENOMEM) st = MOE_EINVAL;
+                return moe_error_prefix(st, "'response_format'");
+            }
         } else if (strcmp(type, "text") && !out->json_object) {
-            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported (text, json_object or "
-                              "json_schema)", type);
+            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported (text, json_object, "
+                              "json_schema or structural_tag)", type);
         }
     }
     for (size_t i = !chat; i < MOE_ARRAY_LEN(f); i++) { /* echo (first) is refused for chat only */

@@ -462,6 +462,35 @@ def check_structured(srv):
         ch = (js.get("choices") or [{}])[0]
         check(code == 200 and ch.get("finish_reason") == "stop" and ch.get("text") == texts[0],
               "%r: %d %r (the expression's text: %r)" % (extra, code, js, texts[0]))
+    # a structural tag: free text, and after each "# " a JSON object of the schema, then a line break;
+    # the same text by all three names
+    tag = {"structures": [{"begin": "# ", "schema": {"type": "object", "properties": {"todo": {
+        "type": "string", "maxLength": 12}}, "required": ["todo"], "additionalProperties": False}, "end": "\n"}],
+        "triggers": ["# "]}
+    texts = []
+    for extra in ({"structured_outputs": {"structural_tag": tag}}, {"structural_tag": json.dumps(tag)},
+                  {"response_format": dict(tag, type="structural_tag")}):
+        code, js = post(srv, "/v1/completions", dict(base, prompt="def fibonacci(n):\n    ", max_tokens=60, **extra))
+        texts.append((js.get("choices") or [{}])[0].get("text") or "")
+        check(code == 200, "structural tag %r: %d %r" % (list(extra), code, js))
+    text, whole, i = texts[0], 0, 0
+    while True:  # each trigger opens a structure: its begin, a value of the schema, whitespace, its end
+        j = text.find("# ", i)
+        if j < 0:
+            break
+        try:
+            value, k = json.JSONDecoder().raw_decode(text, j + 2)
+        except ValueError:
+            check(len(text) - j < 40, "structural tag: no value after the trigger at %d in %r" % (j, text))
+            break
+        while k < len(text) and text[k] in " \t\r" :
+            k += 1
+        check(set(value) == {"todo"} and len(value["todo"]) <= 12 and (k == len(text) or text[k] == "\n"),
+              "structural tag: %r then %r" % (value, text[k:k + 10]))
+        whole += 1
+        i = k + 1
+    check(whole >= 1 and texts[0] == texts[1] == texts[2], "structural tag: %d structures in %r (%r)" % (
+        whole, text, texts[1:]))
     # no whitespace between JSON's tokens: outside its strings the text has none
     code, js = post(srv, "/v1/completions", dict(base, max_tokens=48, structured_outputs={
         "json": schema, "disable_any_whitespace": True}))
@@ -472,7 +501,7 @@ def check_structured(srv):
     for extra, word in (({"guided_regex": "a("}, "'guided_regex': pattern 'a('"),
                         ({"structured_outputs": {"grammar": "root ::= x"}},
                          "'grammar': grammar, line 1 column 10: rule 'x' is used but never defined"),
-                        ({"structural_tag": {"structures": []}}, "'structural_tag' is not supported"),
+                        ({"structural_tag": {"structures": []}}, "'structures' must be an array"),
                         # past the recognizer's limits after "x" (1100 ways on at once): no token at all
                         ({"guided_grammar": 'root ::= "x" y\ny ::= ' + " | ".join(['"a"'] * 1100)},
                          "no token of the vocabulary continues the text"),

@@ -443,7 +443,30 @@ static void test_response_format(void)
     expect_bad("{\"prompt\":\"x\",\"grammar\":5}", false, "'grammar' must be a string (a grammar in GBNF)");
     expect_bad("{\"prompt\":\"x\",\"grammar\":\"root ::= \\\"a\\\"\",\"guided_regex\":\"a\"}", false,
                "together: give one");
-    expect_bad("{\"prompt\":\"x\",\"structural_tag\":{}}", false, "'structural_tag' is not supported");
+    expect_bad("{\"prompt\":\"x\",\"structural_tag\":{}}", false,
+               "'structural_tag': structural tag: 'structures' must be an array");
+    expect_bad("{\"prompt\":\"x\",\"structural_tag\":3}", false, "'structural_tag' must be an object");
+    expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"structural_tag\",\"structures\":[{\"begin\":"
+               "\"<g>\",\"schema\":{\"type\":\"object\"},\"end\":\"\"}],\"triggers\":[\"<f\"]}}", false,
+               "'response_format': structural tag: structures[0]'s begin '<g>' starts with no trigger");
+    /* a structural tag three ways: its JSON text, the object, response_format */
+    static const char tag[] = "{\"structures\":[{\"begin\":\"<f>\",\"schema\":{\"type\":\"object\"},\"end\":\"</f>\"}],"
+                              "\"triggers\":[\"<f\"]}";
+    json_t *tag_str = json_string(tag);
+    char *esc = json_dumps(tag_str, JSON_ENCODE_ANY);
+    json_decref(tag_str);
+    REQUIRE(esc, "out of memory");
+    char forms[3][1024];
+    snprintf(forms[0], sizeof(forms[0]), "{\"prompt\":\"x\",\"structured_outputs\":{\"structural_tag\":%s}}", esc);
+    snprintf(forms[1], sizeof(forms[1]), "{\"prompt\":\"x\",\"structural_tag\":%s}", tag);
+    snprintf(forms[2], sizeof(forms[2]), "{\"prompt\":\"x\",\"response_format\":{\"type\":\"structural_tag\",%s}",
+             tag + 1);
+    free(esc);
+    for (size_t i = 0; i < MOE_ARRAY_LEN(forms); i++) {
+        REQUIRE(oai(forms[i], false, &r) == MOE_OK, "%s: %s", forms[i], moe_last_error());
+        CHECK(r.json_schema && moe_json_schema_raw(r.json_schema) && !r.json_object, "%s: no structural tag", forms[i]);
+        moe_gen_request_free(&r);
+    }
     /* JSON mode and no whitespace through structured_outputs; a whitespace pattern is refused by name */
     REQUIRE(oai("{\"prompt\":\"x\",\"structured_outputs\":{\"json_object\":true,\"disable_any_whitespace\":true}}",
                 false, &r) == MOE_OK, "json_object without whitespace: %s", moe_last_error());

@@ -942,20 +942,22 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     out->ignore_eos = m->ignore_eos;
     out->json_object = m->json_object;
     bool has_schema = m->json_schema && m->json_schema[0], has_regex = m->regex && m->regex[0],
-         has_grammar = m->grammar && m->grammar[0];
-    if (has_schema + has_regex + has_grammar + (m->n_choice > 0) + m->json_object > 1 &&
-        (has_regex || has_grammar || m->n_choice)) {
-        st = moe_errorf(MOE_EINVAL, "regex, grammar and choice go without json_object, json_schema and each other: "
-                        "give one");
+         has_grammar = m->grammar && m->grammar[0], has_tag = m->structural_tag && m->structural_tag[0];
+    if (has_schema + has_regex + has_grammar + has_tag + (m->n_choice > 0) + m->json_object > 1 &&
+        (has_regex || has_grammar || has_tag || m->n_choice)) {
+        st = moe_errorf(MOE_EINVAL, "regex, grammar, structural_tag and choice go without json_object, json_schema "
+                        "and each other: give one");
         goto out;
     }
     if (has_schema) st = moe_json_schema_parse(m->json_schema, strlen(m->json_schema), &out->json_schema);
     else if (has_regex) st = moe_json_schema_regex(m->regex, strlen(m->regex), &out->json_schema);
     else if (has_grammar) st = moe_json_schema_grammar(m->grammar, strlen(m->grammar), &out->json_schema);
+    else if (has_tag) st = moe_json_schema_tags(m->structural_tag, strlen(m->structural_tag), &out->json_schema);
     else if (m->n_choice) st = choice_schema((const char *const *)m->choice, m->n_choice, out);
     if (st != MOE_OK) {
         if (st != MOE_ENOMEM) st = MOE_EINVAL; /* the argument's fault: INVALID_ARGUMENT, not UNIMPLEMENTED */
-        moe_error_prefix(st, has_schema ? "json_schema" : has_regex ? "regex" : has_grammar ? "grammar" : "choice");
+        moe_error_prefix(st, has_schema ? "json_schema" : has_regex ? "regex" : has_grammar ? "grammar"
+                             : has_tag ? "structural_tag" : "choice");
         goto out;
     }
     out->priority = m->priority;

@@ -552,6 +552,20 @@ static void test_response_format(void)
           "proto regex and grammar: %s", moe_last_error());
     free(b);
     m.regex = "";
+    m.grammar = "";
+    m.structural_tag = "{\"structures\":[{\"begin\":\"<f>\",\"schema\":{\"type\":\"object\"},\"end\":\"\"}],"
+                       "\"triggers\":[\"<f\"]}";
+    n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK && r.json_schema && moe_json_schema_raw(r.json_schema),
+            "proto structural_tag: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    free(b);
+    m.structural_tag = "{\"structures\":[]}";
+    n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "structural_tag: structural tag"),
+          "proto bad structural_tag: %s", moe_last_error());
+    free(b);
+    m.structural_tag = "";
     m.grammar = "root ::= [a-z";
     n = pack_generate(&m, &b);
     CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL &&

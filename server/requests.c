@@ -1281,26 +1281,34 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         out->stream = sp->bool_param;
     }
     const Inference__InferParameter *jo = kparam(m, "json_object"), *js = kparam(m, "json_schema"),
-                                    *rx = kparam(m, "regex"), *gr = kparam(m, "grammar");
-    const char *raw_name = rx ? "regex" : "grammar";
-    if ((rx || gr) && (js || (jo && jo->bool_param) || (rx && gr))) {
-        st = moe_errorf(MOE_EINVAL, "parameter '%s' goes without 'json_object', 'json_schema' and '%s': give one",
-                        raw_name, rx ? "grammar" : "regex");
+                                    *rx = kparam(m, "regex"), *gr = kparam(m, "grammar"),
+                                    *tg = kparam(m, "structural_tag");
+    /* raw text: a regular expression, a GBNF grammar or a structural tag (its JSON text), one of them */
+    static const char *const raw_names[] = { "regex", "grammar", "structural_tag" };
+    static const char *const raw_what[] = { "a regular expression", "a grammar in GBNF",
+                                            "a structural tag's JSON text" };
+    const Inference__InferParameter *raw[] = { rx, gr, tg };
+    int which = -1, n_raw = 0;
+    for (int i = 0; i < 3; i++)
+        if (raw[i]) which = i, n_raw++;
+    if (which >= 0 && (js || (jo && jo->bool_param) || n_raw > 1)) {
+        st = moe_errorf(MOE_EINVAL, "parameter '%s' goes without 'json_object', 'json_schema' and the other of "
+                        "'regex', 'grammar' and 'structural_tag': give one", raw_names[which]);
         goto out;
     }
-    if (rx || gr) { /* raw text: a regular expression or a GBNF grammar */
-        const Inference__InferParameter *p = rx ? rx : gr;
+    if (which >= 0) {
+        const Inference__InferParameter *p = raw[which];
         if (p->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM) {
-            st = moe_errorf(MOE_EINVAL, "parameter '%s' must be a string (%s)", raw_name,
-                            rx ? "a regular expression" : "a grammar in GBNF");
+            st = moe_errorf(MOE_EINVAL, "parameter '%s' must be a string (%s)", raw_names[which], raw_what[which]);
             goto out;
         }
         size_t plen = strlen(p->string_param);
-        st = rx ? moe_json_schema_regex(p->string_param, plen, &out->json_schema)
-                : moe_json_schema_grammar(p->string_param, plen, &out->json_schema);
+        st = which == 0   ? moe_json_schema_regex(p->string_param, plen, &out->json_schema)
+             : which == 1 ? moe_json_schema_grammar(p->string_param, plen, &out->json_schema)
+                          : moe_json_schema_tags(p->string_param, plen, &out->json_schema);
         if (st != MOE_OK) {
             if (st != MOE_ENOMEM) st = MOE_EINVAL;
-            moe_error_prefix(st, "parameter '%s'", raw_name);
+            moe_error_prefix(st, "parameter '%s'", raw_names[which]);
             goto out;
         }
     }

@@ -370,6 +370,19 @@ def main():
         kq.parameters["grammar"].string_param = gbnf
         ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
         check(ktext == rtext, "grammar over KServe %r, regex %r" % (ktext, rtext))
+        # a structural tag: the same text over gRPC, KServe and HTTP
+        tag = json.dumps({"structures": [{"begin": "# ", "schema": {"type": "object", "properties": {
+            "todo": {"type": "string", "maxLength": 12}}, "required": ["todo"]}, "end": "\n"}], "triggers": ["# "]})
+        prompt = "def fibonacci(n):\n    "
+        ttext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt=prompt, max_tokens=40,
+                                                                       structural_tag=tag), timeout=60))
+        kq = kreq(prompt, 40, False)
+        kq.parameters["structural_tag"].string_param = tag
+        ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
+        code, out = srv.http("/v1/completions", json.dumps(dict(prompt=prompt, max_tokens=40, structural_tag=tag)).encode())
+        htext = json.loads(out)["choices"][0]["text"] if code == 200 else None
+        check(ttext == ktext == htext and ttext.startswith(" # {"), "structural tag over gRPC %r, KServe %r, HTTP %r" % (
+            ttext, ktext, htext))
         cmsgs = list(gen.Generate(m.GenerateRequest(prompt="answer = ", max_tokens=8, choice=["yes", "no", "maybe"]),
                                   timeout=60))
         check("".join(x.text for x in cmsgs) in ("yes", "no", "maybe") and cmsgs[-1].finish_reason == "stop",

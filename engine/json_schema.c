@@ -1138,6 +1138,21 @@ enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_js
     return st;
 }
 
+/* A schema of raw text whose recognizer lies outside the nodes (a grammar, a structural tag): its
+ * root a text node without a pattern. */
+static enum moe_status raw_text_schema(struct moe_json_schema **out)
+{
+    struct cc c = { 0 };
+    enum moe_status st = MOE_ENOMEM;
+    if (cc_begin(&c)) {
+        int root = new_node(&c, (struct json_node){ .kind = K_TEXT });
+        st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
+    }
+    cc_free(&c);
+    if (st == MOE_OK) (*out)->raw = true;
+    return st;
+}
+
 enum moe_status moe_json_schema_grammar(const char *text, size_t len, struct moe_json_schema **out)
 {
     *out = NULL;
@@ -1146,19 +1161,11 @@ enum moe_status moe_json_schema_grammar(const char *text, size_t len, struct moe
     struct moe_grammar *g;
     enum moe_status st = moe_grammar_compile(text, len, &g);
     if (st != MOE_OK) return st;
-    struct cc c = { 0 };
-    st = MOE_ENOMEM;
-    if (cc_begin(&c)) {
-        int root = new_node(&c, (struct json_node){ .kind = K_TEXT });
-        st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
-    }
-    cc_free(&c);
-    if (st != MOE_OK) {
+    if ((st = raw_text_schema(out)) != MOE_OK) {
         moe_grammar_free(g);
         return st;
     }
     (*out)->grammar = g;
-    (*out)->raw = true;
     return MOE_OK;
 }
 
@@ -1269,21 +1276,12 @@ enum moe_status moe_json_schema_tags(const char *text, size_t len, struct moe_js
     struct json_tags *tg = calloc(1, sizeof(*tg));
     enum moe_status st = tg ? tags_compile(doc, tg) : moe_errorf(MOE_ENOMEM, "out of memory compiling a structural tag");
     json_decref(doc);
-    struct cc c = { 0 };
-    if (st == MOE_OK) {
-        st = MOE_ENOMEM;
-        if (cc_begin(&c)) {
-            int root = new_node(&c, (struct json_node){ .kind = K_TEXT });
-            st = root < 0 ? moe_last_status() : cc_finish(&c, root, out);
-        }
-        cc_free(&c);
-    }
+    if (st == MOE_OK) st = raw_text_schema(out);
     if (st != MOE_OK) {
         tags_free(tg);
         return st;
     }
     (*out)->tags = tg;
-    (*out)->raw = true;
     return MOE_OK;
 }
 

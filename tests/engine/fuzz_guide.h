@@ -76,6 +76,19 @@ static void fuzz_no_dead_end(const struct moe_json_schema *sc, const uint8_t *d,
     }
 }
 
+/* A raw-text guide over d[0..n) (the first byte picks the piece size): read the same whole, byte by
+ * byte and in pieces, then no dead end from what was taken.  Returns the bytes taken. */
+__attribute__((unused)) static size_t fuzz_raw_text(const struct moe_json_schema *sc, const uint8_t *d, size_t n)
+{
+    size_t piece = n ? (size_t)(d[0] % 7) + 1 : 1;
+    bool e1, e2, e3;
+    size_t a1 = fuzz_accepted(sc, d, n, n ? n : 1, &e1), a2 = fuzz_accepted(sc, d, n, 1, &e2),
+           a3 = fuzz_accepted(sc, d, n, piece, &e3);
+    if (a1 != a2 || a2 != a3 || e1 != e2 || e2 != e3) abort();
+    fuzz_no_dead_end(sc, d, a1, (unsigned)piece * 41u);
+    return a1;
+}
+
 /* A vocabulary from the text: every printable ASCII byte and line break alone, then the text cut
  * into tokens of 2, 3 and 5 bytes (up to 96 of them).  The mask over it from the state after the
  * text's first k bytes must equal feeding every token on its own. */

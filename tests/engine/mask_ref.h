@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/json_guide.h"
 #include "model/tokenizer.h"
@@ -40,6 +41,23 @@ static void mask_vocab_close(struct mask_vocab *mv)
     free(mv->ok);
     moe_token_bytes_free(&mv->tb);
     moe_tokenizer_free(mv->tok);
+}
+
+/* A toy vocabulary: token i's bytes are toks[i] (up to 64 tokens, 1024 bytes in all). */
+static void toy_vocab(const char *const *toks, int n, struct moe_token_bytes *tb)
+{
+    char blob[1024];
+    uint32_t off[65], at = 0;
+    REQUIRE(n < 64, "%d toy tokens", n);
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(toks[i]);
+        REQUIRE(at + l <= sizeof(blob), "toy tokens beyond %zu bytes", sizeof(blob));
+        off[i] = at;
+        memcpy(blob + at, toks[i], l);
+        at += (uint32_t)l;
+    }
+    off[n] = at;
+    REQUIRE(moe_token_bytes_make(blob, off, n, tb) == MOE_OK, "%s", moe_last_error());
 }
 
 /* Mask from s, then feed every token on its own: *n the tokens the mask allowed, *m those the

@@ -221,16 +221,8 @@ static bool toy_eos(const void *ud, int id)
 static void test_mask_toy(void)
 {
     static const char *toks[] = { "ye", "s", "no", "</s>", "yes", "\xce", "\xb1", "x" };
-    char blob[64];
-    uint32_t off[9], at = 0;
-    for (int i = 0; i < 8; i++) {
-        off[i] = at;
-        memcpy(blob + at, toks[i], strlen(toks[i]));
-        at += (uint32_t)strlen(toks[i]);
-    }
-    off[8] = at;
     struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_make(blob, off, 8, &tb) == MOE_OK, "%s", moe_last_error());
+    toy_vocab(toks, 8, &tb);
     struct moe_json_schema *sc = grammar("root ::= (\"yes\" | \"no\" | \"α\") \"s\"*");
     float logits[8] = { 1, 2, 3, 4, 5, 6, 7, 8 }, out[8];
     struct moe_json_state s;
@@ -262,16 +254,8 @@ static void test_mask_high(void)
                                   "\x97\xa5", "a\"", "\xc3\xa9\"", "\\", "\xf0\x9f\x99\x82", "ab", "\xce\xb1",
                                   "\xce\xb1" "b" };
     enum { N = sizeof(toks) / sizeof(toks[0]) };
-    char blob[128];
-    uint32_t off[N + 1], at = 0;
-    for (int i = 0; i < N; i++) {
-        off[i] = at;
-        memcpy(blob + at, toks[i], strlen(toks[i]));
-        at += (uint32_t)strlen(toks[i]);
-    }
-    off[N] = at;
     struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_make(blob, off, N, &tb) == MOE_OK, "%s", moe_last_error());
+    toy_vocab(toks, N, &tb);
     /* a string of anything but quotes and backslashes; one of Greek letters only (not uniform above
      * 127); one whose first character may be any letter above 127; one of ASCII letters (none above
      * 127 goes on); letters then Greek too */
@@ -291,7 +275,7 @@ static void test_mask_high(void)
             int n = moe_json_mask(&s, &tb, logits, N, NULL, NULL, out), m = 0;
             for (int id = 0; id < N; id++) {
                 moe_json_copy(&c, &s);
-                bool want = moe_json_feed(&c, blob + off[id], off[id + 1] - off[id]);
+                bool want = moe_json_feed(&c, tb.blob + tb.off[id], tb.off[id + 1] - tb.off[id]);
                 m += want;
                 differ += want != (out[id] == logits[id]);
             }

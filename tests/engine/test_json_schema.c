@@ -903,23 +903,6 @@ static bool toy_eos(const void *ud, int id)
     return id == 3;
 }
 
-/* A toy vocabulary: token i's bytes are toks[i]. */
-static void toy_vocab(const char *const *toks, int n, struct moe_token_bytes *tb)
-{
-    char blob[256];
-    uint32_t off[64], at = 0;
-    REQUIRE(n < 64, "%d toy tokens", n);
-    for (int i = 0; i < n; i++) {
-        size_t l = strlen(toks[i]);
-        REQUIRE(at + l <= sizeof(blob), "toy tokens beyond %zu bytes", sizeof(blob));
-        off[i] = at;
-        memcpy(blob + at, toks[i], l);
-        at += (uint32_t)l;
-    }
-    off[n] = at;
-    REQUIRE(moe_token_bytes_make(blob, off, n, tb) == MOE_OK, "%s", moe_last_error());
-}
-
 /* The mask allows an end-of-sequence token exactly where raw text may end. */
 static void test_regex_mask(void)
 {

@@ -104,16 +104,8 @@ static void test_mask_toy(void)
                                   " \"Paris\"", "}", "</function>", "<function=get_time>{}", "x<", "set>", "\n",
                                   "<function=s", "a<function=get_time>{}</function>b" };
     enum { N = sizeof(toks) / sizeof(toks[0]) };
-    char blob[512];
-    uint32_t off[N + 1], at = 0;
-    for (int i = 0; i < N; i++) {
-        off[i] = at;
-        memcpy(blob + at, toks[i], strlen(toks[i]));
-        at += (uint32_t)strlen(toks[i]);
-    }
-    off[N] = at;
     struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_make(blob, off, N, &tb) == MOE_OK, "%s", moe_last_error());
+    toy_vocab(toks, N, &tb);
     struct moe_json_schema *sc = tags(weather);
     static const char *prefix[] = { "", "hi x<", "<func", "<function=", "<function=get_weather>{\"city\": \"Paris\"",
                                     "<function=get_weather>{\"city\":\"Oslo\"}", "<function=get_time>{}</function>" };
@@ -126,7 +118,7 @@ static void test_mask_toy(void)
         int n = moe_json_mask(&s, &tb, logits, N, toy_eos, NULL, out), m = 0, differ = 0;
         for (int id = 1; id < N; id++) {
             moe_json_copy(&c, &s);
-            bool want = moe_json_feed(&c, blob + off[id], off[id + 1] - off[id]);
+            bool want = moe_json_feed(&c, tb.blob + tb.off[id], tb.off[id + 1] - tb.off[id]);
             m += want;
             differ += want != (out[id] == logits[id]);
         }

@@ -27,6 +27,7 @@ struct rq {
     int n_prompt;
     int n_generated;           /* tokens delivered through on_token */
     int n_prefilled;           /* prompt tokens in the KV cache */
+    int n_cached;              /* prompt tokens taken from a cached prefix at admission */
     int n_chunks;              /* prompt chunks computed */
     int64_t need;              /* n_prompt + max_tokens: tokens-in-flight charge */
     struct moe_gen_params g;
@@ -388,7 +389,7 @@ static void admit(struct moe_sched *s)
         wait_remove(s, best);
         best->slot = slot;
         best->state = RQ_PREFILL;
-        best->n_prefilled = keep;
+        best->n_prefilled = best->n_cached = keep;
         s->st.prefix_hit_tokens += (uint64_t)keep;
         s->st.prompt_tokens += (uint64_t)keep;
         s->active[s->n_active++] = best;
@@ -449,8 +450,12 @@ static void dispatch(struct moe_sched *s)
     }
     while (rev) {
         struct rq *nx = rev->next;
-        if (rev->ev.on_done)
-            rev->ev.on_done(rev->ud, rev->id, rev->why, rev->st, rev->msg, rev->n_prompt, rev->n_generated);
+        if (rev->ev.on_done) {
+            struct moe_sched_result res = { .why = rev->why, .st = rev->st, .msg = rev->msg,
+                                             .n_prompt = rev->n_prompt, .n_generated = rev->n_generated,
+                                             .n_cached = rev->n_cached };
+            rev->ev.on_done(rev->ud, rev->id, &res);
+        }
         rev->next = s->grave;
         s->grave = rev;
         rev = nx;

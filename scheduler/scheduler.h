@@ -117,10 +117,19 @@ struct moe_gen_params {
     bool json_after_think, think_opened;
 };
 
+/* How a request ended, as on_done reports it. */
+struct moe_sched_result {
+    enum moe_finish why;
+    enum moe_status st;
+    const char *msg;  /* why it failed or was cancelled ("" when it completed) */
+    int n_prompt;     /* prompt tokens */
+    int n_generated;  /* tokens delivered through on_token */
+    int n_cached;     /* prompt tokens taken from a cached prefix (prefix_cache), counted in n_prompt */
+};
+
 struct moe_sched_events {
     void (*on_token)(void *ud, uint64_t id, int token);
-    void (*on_done)(void *ud, uint64_t id, enum moe_finish why, enum moe_status st,
-                    const char *msg, int n_prompt, int n_generated);
+    void (*on_done)(void *ud, uint64_t id, const struct moe_sched_result *res);
     /* With moe_gen_params.logprobs: the token's log-probabilities, just before its on_token. */
     void (*on_logprobs)(void *ud, uint64_t id, const struct moe_token_logprobs *lp);
     /* With moe_gen_params.prompt_logprobs: prompt token pos's (pos >= 1, in order, all before the

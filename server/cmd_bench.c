@@ -198,17 +198,13 @@ struct bench_req {
     char msg[256];
 };
 
-static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status st, const char *msg,
-                    int n_prompt, int n_generated)
+static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
 {
     struct bench_req *r = ud;
     r->n_done++;
-    r->why = why;
-    snprintf(r->msg, sizeof(r->msg), "%s", msg ? msg : "");
+    r->why = res->why;
+    snprintf(r->msg, sizeof(r->msg), "%s", res->msg ? res->msg : "");
     (void)id;
-    (void)st;
-    (void)n_prompt;
-    (void)n_generated;
 }
 
 static int bench_batch(int argc, char **argv)

@@ -669,6 +669,7 @@ static void generate_stop_progress(struct cgen *k)
             rs.finish_reason = (char *)moe_finish_str(m == 1 ? MOE_FINISH_STOP : ev.why);
             rs.prompt_tokens = ev.n_prompt;
             rs.completion_tokens = m == 1 ? k->n_out : ev.n_generated;
+            rs.cached_prompt_tokens = ev.n_cached;
         }
         QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
     }
@@ -721,6 +722,7 @@ static void gen_progress(struct cgen *k)
                 rs.finish_reason = (char *)moe_finish_str(ev.why);
                 rs.prompt_tokens = ev.n_prompt;
                 rs.completion_tokens = ev.n_generated;
+                rs.cached_prompt_tokens = ev.n_cached;
             }
             QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
             gen_lps_free(&lp);

@@ -77,6 +77,8 @@ struct hcall {
     struct hreq **ch;             /* [n]: each choice's state, NULL once it has finished */
     json_t *choices;              /* non-streamed: the finished choices, by index */
     int n_prompt, n_generated;    /* usage: the prompt once, the choices' tokens added up */
+    int n_cached;                 /* ... of the prompt, tokens from a cached prefix (the fewest of any choice) */
+    int n_reasoning;              /* ... of the choices' tokens, those of their reasoning (reasoning parser) */
     struct moe_responses *resp;   /* POST /v1/responses: the chat reply turned into a response (responses.h) */
 };
 
@@ -94,6 +96,9 @@ struct hreq {
     size_t sent_r, sent_c;        /* ... bytes of the reasoning and of the answer passed on */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
+    size_t n_bytes;               /* reasoning parser: bytes of their text */
+    uint32_t *tok_at;             /* ... where each token's text began in it [n_tokens] */
+    int cap_tok_at;
     json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
                                      chat, {"content": [...]}; completions, OpenAI's four arrays */
     size_t lp_offset;             /* completions: characters of the tokens so far (text_offset) */
@@ -171,6 +176,7 @@ static void hreq_free(struct hreq *r)
     if (r->reason)
         evbuffer_free(r->reason);
     moe_stop_scan_free(&r->scan);
+    free(r->tok_at);
     json_decref(r->lp);
     free(r->echo);
     free(r);
@@ -327,9 +333,16 @@ static const char *obj_name(const struct hcall *c)
     return "text_completion";
 }
 
-static json_t *usage_json(int p, int c)
+/* The call's usage: OpenAI's counts, the prompt's cached tokens and, with a reasoning parser, the
+ * reasoning's tokens. */
+static json_t *usage_json(const struct hcall *c)
 {
-    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", p, "completion_tokens", c, "total_tokens", p + c);
+    json_t *u = json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", c->n_prompt, "completion_tokens",
+                          c->n_generated, "total_tokens", c->n_prompt + c->n_generated, "prompt_tokens_details",
+                          "cached_tokens", c->n_cached);
+    if (u && c->reasoning)
+        json_object_set_new(u, "completion_tokens_details", json_pack("{s:i}", "reasoning_tokens", c->n_reasoning));
+    return u;
 }
 
 /* ---- log-probabilities ---- */
@@ -528,6 +541,38 @@ static void emit_content(struct hreq *r, const char *t, size_t len, bool chunk)
     }
 }
 
+/* Reasoning parser: the next token's text, len bytes, begins where the reply's text so far ends
+ * (a stop scanner holds text back but never changes it, so these are places in r->all too). */
+static bool tok_at_add(struct hreq *r, size_t len)
+{
+    if (r->n_tokens >= r->cap_tok_at) {
+        int cap = r->cap_tok_at ? 2 * r->cap_tok_at : 64;
+        uint32_t *p = realloc(r->tok_at, (size_t)cap * sizeof(*p));
+        if (!p)
+            return false;
+        r->tok_at = p;
+        r->cap_tok_at = cap;
+    }
+    r->tok_at[r->n_tokens] = (uint32_t)r->n_bytes;
+    r->n_bytes += len;
+    return true;
+}
+
+/* Of a finished choice's tokens, those whose text began inside its reasoning block (up to the end of
+ * its closing tag; all of them when the block never closed). */
+static int reasoning_tokens(const struct hreq *r)
+{
+    size_t n = evbuffer_get_length(r->all);
+    const char *s = n ? (const char *)evbuffer_pullup(r->all, -1) : "";
+    struct moe_think_split sp;
+    moe_think_split(s, n, r->c->think_opened, true, &sp);
+    size_t end = !sp.content ? SIZE_MAX : sp.cb ? sp.re + strlen(MOE_THINK_CLOSE) : 0;
+    int k = 0;
+    while (k < r->n_tokens && r->tok_at[k] < end)
+        k++;
+    return k;
+}
+
 /* Text for the client.  With a reasoning parser the reply so far is split (moe_think_split): what
  * is decided of its reasoning goes out as reasoning_content (streamed) or is kept for the message,
  * what is decided of its answer goes on as content; last: the reply is whole. */
@@ -606,8 +651,8 @@ static json_t *choice_calls(const struct hreq *r, const char *txt, size_t n, enu
 
 /* A choice's generation ended (why/st/emsg): its final chunk goes out, or its choice is kept for the
  * reply; a failure ends the whole call with the error.  When no choice is left, the call ends. */
-static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st, const char *emsg, int n_prompt,
-                        int n_generated, bool stopped)
+static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st, const char *emsg,
+                        const struct srv_events *ev, int n_generated, bool stopped)
 {
     struct hcall *c = r->c;
     struct srv_gen *g = r->g;
@@ -617,13 +662,16 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     snprintf(msg, sizeof(msg), "request %s%s%s", finish, emsg[0] ? ": " : "", emsg);
     bool last = c->n_open == 1;
     if (ok) {
-        c->n_prompt = n_prompt;
+        c->n_cached = c->n_prompt && ev->n_cached > c->n_cached ? c->n_cached : ev->n_cached;
+        c->n_prompt = ev->n_prompt;
         c->n_generated += n_generated;
     }
     json_t *calls = NULL;
     size_t content_n = 0;
-    if (ok && c->reasoning) /* the reply is whole: what was held as a possible tag is decided */
+    if (ok && c->reasoning) { /* the reply is whole: what was held as a possible tag is decided */
         emit_text_as(r, "", 0, false, true);
+        c->n_reasoning += reasoning_tokens(r);
+    }
     if (ok && (c->tool_call || c->tool_parse)) { /* the held text: calls, or (none) plain content */
         size_t n = evbuffer_get_length(r->text);
         const char *txt = (const char *)evbuffer_pullup(r->text, -1);
@@ -650,7 +698,7 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
          * chunk after it (clients that add up the usage of every chunk would count it twice) */
         json_t *j = chunk_json(r, "", 0, finish);
         if (last && !c->include_usage)
-            json_object_set_new(j, "usage", usage_json(c->n_prompt, c->n_generated));
+            json_object_set_new(j, "usage", usage_json(c));
         sse_send(c, j);
     } else if (ok) {
         size_t n = evbuffer_get_length(r->text);
@@ -694,12 +742,12 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     hcall_abandon(c); /* after a failure: the other choices are not wanted */
     if (c->stream) {
         if (ok && c->include_usage) /* OpenAI's usage chunk: no choices, the whole call's usage */
-            sse_send(c, reply_json(c, json_array(), usage_json(c->n_prompt, c->n_generated)));
+            sse_send(c, reply_json(c, json_array(), usage_json(c)));
         if (ok && c->resp)
             kept_put(c, moe_responses_final(c->resp));
         sse_done(c);
     } else if (ok) {
-        json_t *j = reply_json(c, json_incref(c->choices), usage_json(c->n_prompt, c->n_generated));
+        json_t *j = reply_json(c, json_incref(c->choices), usage_json(c));
         json_t *rj = c->resp ? moe_responses_reply(c->resp, j) : json_incref(j);
         kept_put(c, rj);
         if (rj)
@@ -744,6 +792,10 @@ static void hreq_progress(struct hreq *r)
         bool last = ev.done && i == ev.n_toks - 1;
         size_t len = 0;
         char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len);
+        if (r->c->reasoning && !tok_at_add(r, len)) {
+            free(t);
+            t = NULL; /* out of memory, as below */
+        }
         m = stop_filter(r, &t, &len, last);
         r->n_tokens++;
         if (r->lp && ev.lps)
@@ -755,11 +807,11 @@ static void hreq_progress(struct hreq *r)
     free(ev.toks);
     free(ev.lps);
     if (m == 1) {
-        hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", ev.n_prompt, r->n_tokens, true);
+        hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", &ev, r->n_tokens, true);
         return;
     }
     if (m < 0) {
-        hreq_finish(r, MOE_FINISH_ERROR, MOE_ENOMEM, "out of memory", ev.n_prompt, r->n_tokens, false);
+        hreq_finish(r, MOE_FINISH_ERROR, MOE_ENOMEM, "out of memory", &ev, r->n_tokens, false);
         return;
     }
     if (!ev.done)
@@ -771,14 +823,14 @@ static void hreq_progress(struct hreq *r)
             if (t)
                 emit_text(r, t, len, false);
             free(t);
-            hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", ev.n_prompt, r->n_tokens, true);
+            hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", &ev, r->n_tokens, true);
             return;
         }
         if (t)
             emit_text(r, t, len, false);
         free(t);
     }
-    hreq_finish(r, ev.why, ev.st, ev.msg, ev.n_prompt, ev.n_generated, false);
+    hreq_finish(r, ev.why, ev.st, ev.msg, &ev, ev.n_generated, false);
 }
 
 static void wake_event_cb(evutil_socket_t fd, short what, void *arg)

@@ -335,8 +335,12 @@ static json_t *usage_of(const json_t *u)
 {
     if (!json_is_object(u)) return json_null();
     json_int_t p = json_integer_value(json_object_get(u, "prompt_tokens")),
-               c = json_integer_value(json_object_get(u, "completion_tokens"));
-    return json_pack("{s:I,s:I,s:I}", "input_tokens", p, "output_tokens", c, "total_tokens", p + c);
+               c = json_integer_value(json_object_get(u, "completion_tokens")),
+               cached = json_integer_value(json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens")),
+               reasoning = json_integer_value(
+                   json_object_get(json_object_get(u, "completion_tokens_details"), "reasoning_tokens"));
+    return json_pack("{s:I,s:{s:I},s:I,s:{s:I},s:I}", "input_tokens", p, "input_tokens_details", "cached_tokens", cached,
+                     "output_tokens", c, "output_tokens_details", "reasoning_tokens", reasoning, "total_tokens", p + c);
 }
 
 /* A response object: status, its items (stolen), usage (stolen), why it is incomplete, its error

@@ -183,9 +183,11 @@ static void on_logprobs(void *ud, uint64_t id, const struct moe_token_logprobs *
 
 static void server_notify_device_error(void);
 
-static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status st, const char *msg,
-                    int n_prompt, int n_generated)
+static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
 {
+    enum moe_finish why = res->why;
+    enum moe_status st = res->st;
+    const char *msg = res->msg;
     struct srv_gen *g = ud;
     struct moe_server *s = g->srv;
     if (st == MOE_EDEVICE && !atomic_exchange(&s->device_failed, true)) {
@@ -206,8 +208,8 @@ static void on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status 
     g->why = why;
     g->st = st;
     snprintf(g->msg, sizeof(g->msg), "%s", msg ? msg : "");
-    g->n_generated = n_generated;
-    (void)n_prompt;
+    g->n_generated = res->n_generated;
+    g->n_cached = res->n_cached;
     (void)id;
     bool wake = gen_queue_locked(g);
     bool last = --g->refs == 0;
@@ -267,6 +269,7 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
     }
     ev->n_generated = g->n_generated;
     ev->n_prompt = g->n_prompt;
+    ev->n_cached = g->n_cached;
     pthread_mutex_unlock(&g->inbox->mu);
     g->n_streamed += ev->n_toks;
 }

@@ -57,6 +57,7 @@ struct srv_gen {
     enum moe_status st;
     char msg[256];
     int n_generated;
+    int n_cached;                  /* prompt tokens from a cached prefix */
     /* scheduler thread only */
     double t_submit, t_last;       /* moe_now() seconds */
     int n_seen;
@@ -84,6 +85,7 @@ struct srv_events {
     enum moe_status st;
     char msg[256];
     int n_prompt, n_generated;
+    int n_cached;                  /* of n_prompt, tokens taken from a cached prefix */
 };
 
 struct moe_server {

@@ -17,6 +17,7 @@ struct sc_req {
     enum moe_status st;
     char msg[256];
     int n_prompt, n_generated; /* as reported by on_done */
+    int n_cached;              /* ... of them from a cached prefix */
     int tokens_after_done;     /* on_token calls after on_done (must be 0) */
     pthread_mutex_t *mu;       /* NULL or a lock guarding the record */
 };
@@ -34,17 +35,17 @@ static void sc_on_token(void *ud, uint64_t id, int token)
     if (r->mu) pthread_mutex_unlock(r->mu);
 }
 
-static void sc_on_done(void *ud, uint64_t id, enum moe_finish why, enum moe_status st, const char *msg,
-                       int n_prompt, int n_generated)
+static void sc_on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
 {
     struct sc_req *r = ud;
     if (r->mu) pthread_mutex_lock(r->mu);
     r->n_done++;
-    r->why = why;
-    r->st = st;
-    snprintf(r->msg, sizeof(r->msg), "%s", msg ? msg : "");
-    r->n_prompt = n_prompt;
-    r->n_generated = n_generated;
+    r->why = res->why;
+    r->st = res->st;
+    snprintf(r->msg, sizeof(r->msg), "%s", res->msg ? res->msg : "");
+    r->n_prompt = res->n_prompt;
+    r->n_generated = res->n_generated;
+    r->n_cached = res->n_cached;
     (void)id;
     if (r->mu) pthread_mutex_unlock(r->mu);
 }

@@ -187,8 +187,9 @@ static void after_think(const struct moe_model *m, const struct moe_token_bytes 
     moe_engine_destroy(e);
 }
 
-/* One request through s, to its end; its greedy tokens must be want[0..T). */
-static void prefix_one(struct moe_sched *s, const int *p, int n, const int *want_t, const char *what)
+/* One request through s, to its end; its greedy tokens must be want[0..T).  Returns the prompt
+ * tokens its on_done says came from a cached prefix. */
+static int prefix_one(struct moe_sched *s, const int *p, int n, const int *want_t, const char *what)
 {
     static struct sc_req r;
     memset(&r, 0, sizeof(r));
@@ -199,6 +200,9 @@ static void prefix_one(struct moe_sched *s, const int *p, int n, const int *want
     }
     CHECK(r.n_done == 1 && r.n_tokens == T && !memcmp(r.tokens, want_t, sizeof(int) * T),
           "prefix cache, %s: %d tokens, first %d (want %d)", what, r.n_tokens, r.tokens[0], want_t[0]);
+    CHECK(r.n_prompt == n && r.n_cached >= 0 && r.n_cached < n, "prefix cache, %s: %d of %d prompt tokens cached",
+          what, r.n_cached, r.n_prompt);
+    return r.n_cached;
 }
 
 static void prefix_cache(const struct moe_model *m)
@@ -213,10 +217,12 @@ static void prefix_cache(const struct moe_model *m)
     REQUIRE(s, "scheduler: %s", moe_last_error());
     struct moe_sched_stats st;
     const int a = 4, n = n_ids[a];
-    prefix_one(s, ids[a], n, want[a], "first run");
+    int cached = prefix_one(s, ids[a], n, want[a], "first run");
+    CHECK(cached == 0, "first run: %d tokens cached", cached);
     moe_sched_stats(s, &st);
     CHECK(st.prefix_hit_tokens == 0, "nothing cached yet, %llu tokens reused", (unsigned long long)st.prefix_hit_tokens);
-    prefix_one(s, ids[a], n, want[a], "the same prompt again");
+    cached = prefix_one(s, ids[a], n, want[a], "the same prompt again");
+    CHECK(cached == n - 1, "the same prompt: on_done says %d tokens cached, want %d", cached, n - 1);
     moe_sched_stats(s, &st);
     CHECK(st.prefix_hit_tokens == (uint64_t)(n - 1), "the same prompt: %llu tokens reused, want %d",
           (unsigned long long)st.prefix_hit_tokens, n - 1);
@@ -230,7 +236,8 @@ static void prefix_cache(const struct moe_model *m)
             "reference: %s", moe_last_error());
     moe_engine_destroy(e1);
     uint64_t before = st.prefix_hit_tokens;
-    prefix_one(s, longer, n + T - 1, want_l, "prompt and answer as the next prompt");
+    cached = prefix_one(s, longer, n + T - 1, want_l, "prompt and answer as the next prompt");
+    CHECK(cached == n + T - 2, "the next turn: on_done says %d tokens cached, want %d", cached, n + T - 2);
     moe_sched_stats(s, &st);
     CHECK(st.prefix_hit_tokens - before == (uint64_t)(n + T - 2), "the next turn: %llu tokens reused, want %d",
           (unsigned long long)(st.prefix_hit_tokens - before), n + T - 2);
@@ -257,8 +264,9 @@ static void prefix_cache(const struct moe_model *m)
     }
     moe_sched_stats(s, &st);
     for (int i = 0; i < 3; i++)
-        CHECK(r3[i].n_done == 1 && r3[i].n_tokens == T && !memcmp(r3[i].tokens, want[a], sizeof(int) * T),
-              "prefix cache, three at once, request %d: %d tokens", i, r3[i].n_tokens);
+        CHECK(r3[i].n_done == 1 && r3[i].n_tokens == T && !memcmp(r3[i].tokens, want[a], sizeof(int) * T) &&
+              r3[i].n_cached == (i ? n - 1 : 0),
+              "prefix cache, three at once, request %d: %d tokens, %d cached", i, r3[i].n_tokens, r3[i].n_cached);
     CHECK(st.prefix_hit_tokens == (uint64_t)(2 * (n - 1)), "three at once: %llu tokens copied, want %d",
           (unsigned long long)st.prefix_hit_tokens, 2 * (n - 1));
     moe_sched_destroy(s);

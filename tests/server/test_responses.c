@@ -137,13 +137,18 @@ static void test_reply(void)
     json_t *c = json_loads("{\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"\","
                            "\"reasoning_content\":\"think\",\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\","
                            "\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}],"
-                           "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}", 0, NULL);
+                           "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7,"
+                           "\"prompt_tokens_details\":{\"cached_tokens\":2},"
+                           "\"completion_tokens_details\":{\"reasoning_tokens\":1}}}", 0, NULL);
     json_t *o = moe_responses_reply(r, c);
     CHECK(same(json_object_get(o, "output"),
                "[{\"id\":\"rs_ab12\",\"type\":\"reasoning\",\"summary\":[],\"content\":[{\"type\":\"reasoning_text\","
                "\"text\":\"think\"}]},{\"id\":\"fc_ab12_0\",\"type\":\"function_call\",\"status\":\"completed\","
                "\"call_id\":\"call_1\",\"name\":\"f\",\"arguments\":\"{}\"}]"), "reasoning and a call");
-    CHECK(same(json_object_get(o, "usage"), "{\"input_tokens\":3,\"output_tokens\":4,\"total_tokens\":7}"), "usage");
+    CHECK(same(json_object_get(o, "usage"), "{\"input_tokens\":3,\"input_tokens_details\":{\"cached_tokens\":2},"
+                                            "\"output_tokens\":4,\"output_tokens_details\":{\"reasoning_tokens\":1},"
+                                            "\"total_tokens\":7}"),
+          "usage");
     CHECK(!strcmp(json_string_value(json_object_get(o, "id")), "resp_ab12") &&
               !strcmp(json_string_value(json_object_get(o, "status")), "completed") &&
               json_integer_value(json_object_get(o, "max_output_tokens")) == 9 &&

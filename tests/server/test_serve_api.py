@@ -125,6 +125,12 @@ def main():
         check(toks == greedy[:n], "Generate tokens %s != greedy %s" % (toks, greedy[:n]))
         check(final is not None and final.finish_reason == "length" and final.completion_tokens == n
               and final.prompt_tokens == len(ids), "final message: %s" % final)
+        # the same prompt again starts from the cached one: all of it but the last token (prefix cache on)
+        again = [x for x in gen.Generate(m.GenerateRequest(prompt_ids=ids, max_tokens=n, ignore_eos=True),
+                                         timeout=60) if x.finished]
+        check(again and again[0].cached_prompt_tokens == len(ids) - 1 and again[0].prompt_tokens == len(ids),
+              "the same prompt again: %d of %d prompt tokens cached, want %d" %
+              (again[0].cached_prompt_tokens if again else -1, len(ids), len(ids) - 1))
         # ... and the same as `moeflow generate` when that command is available.
         tok = gen.Tokenize(m.TokenizeRequest(text="def add(a, b):"), timeout=10)
         check(len(tok.token_ids) > 0, "Tokenize")

@@ -155,15 +155,32 @@ def main():
         # --reasoning-parser think: a reply that opens with <think> (or whose prompt opened it) gives its
         # reasoning as reasoning_content, the rest as content, whole and streamed alike; the reply is
         # forced by a regular expression, since this model never writes the tags by itself
-        def reply(srv, body):
-            code, raw = srv.http("/v1/chat/completions", json.dumps(body).encode())
+        last = {}  # the reasoning tokens of reply's last request
+
+        def reply(srv, body, opened=False, parser=True):
+            code, raw = srv.http("/v1/chat/completions", json.dumps(dict(body, logprobs=True)).encode())
             out = json.loads(raw)
-            m = (out.get("choices") or [{}])[0].get("message", {})
-            code_s, raw_s = srv.http("/v1/chat/completions", json.dumps(dict(body, stream=True)).encode())
+            ch = (out.get("choices") or [{}])[0]
+            m = ch.get("message", {})
+            code_s, raw_s = srv.http("/v1/chat/completions", json.dumps(dict(body, stream=True, stream_options={
+                "include_usage": True})).encode())
             chunks = [json.loads(line[6:]) for line in raw_s.decode().split("\n") if line.startswith("data: {")]
             deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
             streamed = ("".join(d.get("reasoning_content") or "" for d in deltas),
                         "".join(d.get("content") or "" for d in deltas))
+            # reasoning tokens: those whose bytes begin before the end of the reply's </think> (all of
+            # them when the block never closes; none without a block), counted from the tokens' bytes
+            toks = [bytes(t["bytes"]) for t in (ch.get("logprobs") or {}).get("content") or []]
+            reply_bytes = b"".join(toks)
+            opened = opened or reply_bytes.lstrip().startswith(b"<think>")
+            close = reply_bytes.find(b"</think>")
+            end = (close + len(b"</think>")) if close >= 0 else (len(reply_bytes) + 1 if opened else 0)
+            starts = [sum(len(t) for t in toks[:i]) for i in range(len(toks))]
+            want_r = last["reasoning"] = sum(1 for a in starts if a < end)
+            got_r = [((u or {}).get("completion_tokens_details") or {}).get("reasoning_tokens")
+                     for u in (out.get("usage"), (chunks[-1] if chunks else {}).get("usage"))]
+            check(code == 200 and toks and got_r == ([want_r, want_r] if parser else [None, None]),
+                  "reasoning tokens %r, want %d of %d (%r)" % (got_r, want_r, len(toks), reply_bytes[:80]))
             return code, code_s, (m.get("reasoning_content"), m.get("content")), streamed
 
         plain = os.path.join(tmp, "plain.jinja")
@@ -179,17 +196,20 @@ def main():
             srv = Server(moeflow, "--model", model, "--chat-template", tmpl, "--reasoning-parser", "think")
             try:
                 code, code_s, whole, streamed = reply(srv, {"messages": user, "max_tokens": 40, "temperature": 0,
-                                                            "guided_regex": rx})
+                                                            "guided_regex": rx}, opened=tmpl == opens)
                 check(code == 200 and whole == want, "reasoning %s: %d %r, want %r" % (rx, code, whole, want))
                 check(code_s == 200 and streamed == (want[0] or "", want[1]), "streamed %s: %r" % (rx, streamed))
                 # the Responses API: a reasoning item (when there is reasoning), then the message
                 rbody = {"input": "def add(a, b):", "max_output_tokens": 40, "temperature": 0, "guided_regex": rx}
                 code, raw = srv.http("/v1/responses", json.dumps(rbody).encode())
-                items = json.loads(raw).get("output", []) if code == 200 else []
+                resp = json.loads(raw) if code == 200 else {}
+                items = resp.get("output", [])
                 got = {i.get("type"): i["content"][0]["text"] for i in items if i.get("content")}
                 check(code == 200 and got.get("reasoning") == want[0] and got.get("message") == want[1] and
                       [i["type"] for i in items] == (["reasoning"] if want[0] else []) + ["message"],
                       "responses with reasoning %s: %d %r" % (rx, code, items))
+                check(resp.get("usage", {}).get("output_tokens_details") == {"reasoning_tokens": last["reasoning"]},
+                      "responses' reasoning tokens %s: %r, want %d" % (rx, resp.get("usage"), last["reasoning"]))
                 code, raw = srv.http("/v1/responses", json.dumps(dict(rbody, stream=True)).encode())
                 evs = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
                 got = ("".join(e["delta"] for e in evs if e["type"] == "response.reasoning_text.delta"),
@@ -240,20 +260,20 @@ def main():
         srv = Server(moeflow, "--model", model, "--chat-template", opens)
         try:
             body = {"messages": user, "max_tokens": 24, "temperature": 0}
-            code, code_s, (r, text), streamed = reply(srv, body)
+            code, code_s, (r, text), streamed = reply(srv, body, parser=False)
             check(code == 200 and r is None and text, "no parser: %d %r" % (code, text))
         finally:
             check(srv.stop() == 0, "exit status")
         srv = Server(moeflow, "--model", model, "--chat-template", opens, "--reasoning-parser", "think")
         try:
-            code, code_s, whole, streamed = reply(srv, body)
+            code, code_s, whole, streamed = reply(srv, body, opened=True)
             check(code == 200 and whole == (text, "") and streamed == (text, ""),
                   "never closed: %d %r %r, want %r" % (code, whole, streamed, text))
             # JSON mode after a prompt that opened the block: the reasoning is as free (JSON holds only
             # what follows </think>), whole and streamed
             for rf in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "n", "schema": {
                     "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}):
-                code, code_s, whole, streamed = reply(srv, dict(body, response_format=rf))
+                code, code_s, whole, streamed = reply(srv, dict(body, response_format=rf), opened=True)
                 check(code == 200 and (whole[0] or "").startswith(text) and whole[1] == "" and
                       streamed == whole, "%s after an opened block: %d %r %r, want the reasoning %r" %
                       (rf["type"], code, whole, streamed, text))

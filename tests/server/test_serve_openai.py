@@ -57,12 +57,18 @@ def sse(srv, path, body):
     return ctype, [json.loads(d) for d in data if d != "[DONE]"], done
 
 
+def usage_add(total, usage):
+    """usage added into total, the details objects key by key."""
+    for k, v in usage.items():
+        total[k] = usage_add(total.get(k, {}), v) if isinstance(v, dict) else total.get(k, 0) + v
+    return total
+
+
 def usage_sum(chunks):
     """The chunks' usage added up, as LangChain's chunk aggregation does."""
     total = {}
     for c in chunks:
-        for k, v in (c.get("usage") or {}).items():
-            total[k] = total.get(k, 0) + v
+        usage_add(total, c.get("usage") or {})
     return total
 
 
@@ -70,9 +76,15 @@ def check_stream_usage(srv):
     for path, req in (("/v1/completions", {"prompt": "def add(a, b):"}),
                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "def add(a, b):"}]})):
         req = dict(req, model=NAME, max_tokens=6)
+        post(srv, path, req)
         code, plain = post(srv, path, req)
         check(code == 200 and "logprobs" in plain["choices"][0] and plain["choices"][0]["logprobs"] is None,
               "%s: %d %r" % (path, code, plain))
+        # the prompt ran just before: all of it but its last token comes from the prefix cache, in every
+        # run below too; no reasoning tokens without a reasoning parser
+        u = plain.get("usage", {})
+        check(u.get("prompt_tokens_details") == {"cached_tokens": u.get("prompt_tokens", 0) - 1} and
+              "completion_tokens_details" not in u, "%s: usage %r" % (path, u))
         if code != 200:
             continue
         for opts in (None, {"include_usage": False}, {"include_usage": True}):
@@ -883,7 +895,9 @@ def check_responses(srv):
     check(code == 200 and r.get("object") == "response" and r.get("id", "").startswith("resp_") and
           out[0].get("type") == "message" and text == want and
           r.get("usage") == {"input_tokens": js["usage"]["prompt_tokens"], "output_tokens": 24,
-                             "total_tokens": js["usage"]["prompt_tokens"] + 24} and
+                             "total_tokens": js["usage"]["prompt_tokens"] + 24,
+                             "input_tokens_details": {"cached_tokens": js["usage"]["prompt_tokens"] - 1},
+                             "output_tokens_details": {"reasoning_tokens": 0}} and
           r.get("status") == "incomplete" and r.get("incomplete_details") == {"reason": "max_output_tokens"} and
           r.get("instructions") == "Python only.", "responses: %d %r (chat text %r)" % (code, r, want))
     ev = responses_sse(srv, dict(body, stream=True))

@@ -28,9 +28,9 @@ static void sim_usage(FILE *f)
         "                        (the other predictors need hidden states: moeflow replay)\n"
         "  --expert-bytes B      bytes per expert transfer, at most 1 TiB (default: the trace header's\n"
         "                        expert_bytes)\n"
-        "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
-        "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps\n"
-        "  --expert-ms T         extra compute per routed expert per token (ms), with --link-gbps\n"
+        "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s), 1e-6..1e6\n"
+        "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps, 0..1e6\n"
+        "  --expert-ms T         extra compute per routed expert per token (ms), with --link-gbps, 0..1e6\n"
         "  --json                print one JSON object\n"
         "  -h, --help            this help\n"
         "\n"
@@ -111,21 +111,21 @@ int moe_cmd_sim(int argc, char **argv)
             }
             break;
         case O_LINK:
-            if (!moe_cli_parse_double(optarg, 0, &sp.link_gbps) || sp.link_gbps <= 0) {
-                fprintf(stderr, "moeflow sim: --link-gbps '%s' must be a number > 0\n", optarg);
+            if (!moe_cli_parse_double_in(optarg, 1e-6, 1e6, &sp.link_gbps)) {
+                fprintf(stderr, "moeflow sim: --link-gbps '%s' must be a number in 1e-6..1e6\n", optarg);
                 return 2;
             }
             break;
         case O_LAYER:
-            if (!moe_cli_parse_double(optarg, 0, &sp.layer_ms)) {
-                fprintf(stderr, "moeflow sim: --layer-ms '%s' must be a number >= 0\n", optarg);
+            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &sp.layer_ms)) {
+                fprintf(stderr, "moeflow sim: --layer-ms '%s' must be a number in 0..1e6\n", optarg);
                 return 2;
             }
             timeline_opt = "--layer-ms";
             break;
         case O_EXPERT:
-            if (!moe_cli_parse_double(optarg, 0, &sp.expert_ms)) {
-                fprintf(stderr, "moeflow sim: --expert-ms '%s' must be a number >= 0\n", optarg);
+            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &sp.expert_ms)) {
+                fprintf(stderr, "moeflow sim: --expert-ms '%s' must be a number in 0..1e6\n", optarg);
                 return 2;
             }
             timeline_opt = "--expert-ms";

@@ -173,6 +173,8 @@ const char *moe_offload_predictor_spec(const struct moe_offload_opts *o)
     /* Belady follows its trace; prefetches would put experts in the tier that the trace's
      * decisions do not account for */
     if (o->policy == MOE_POLICY_BELADY) return "none";
+    /* with prefetching off only the predicted policy reads predictions (to rank evictions) */
+    if (o->no_prefetch && o->policy != MOE_POLICY_PREDICTED) return "none";
     return o->backend == MOE_COMPUTE_CUDA || moe_offload_opts_tiered(o) ? "auto" : "none";
 }
 
@@ -185,7 +187,8 @@ const char *moe_offload_predictor_help(void)
         "                          predictor.safetensors, else gate); default auto when experts are\n"
         "                          offloaded (any offload flag or --backend cuda), else none (with\n"
         "                          every expert resident there is nothing to prefetch; with --policy\n"
-        "                          belady, which follows its trace, none too)\n"
+        "                          belady, which follows its trace, and with --no-prefetch under a\n"
+        "                          policy other than predicted, none too)\n"
         "  --no-prefetch           predictions move nothing ahead of need; they only rank the\n"
         "                          device tier's evictions (--policy predicted): fewer transfers\n"
         "                          where the link, not latency, is the limit\n";

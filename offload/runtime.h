@@ -110,7 +110,8 @@ const char *moe_offload_help_below_device(void);
 /* The --predictor spec to use: the flag's value, else "auto" when experts
  * are offloaded (tiered cache or --backend cuda: predictions prefetch and,
  * with --policy predicted, rank evictions), else "none" (also under --policy
- * belady, which follows its trace).  Parse it with
+ * belady, which follows its trace, and with --no-prefetch under any policy
+ * but predicted, which alone reads predictions then).  Parse it with
  * moe_pred_spec_parse (predictor/predictor.h). */
 const char *moe_offload_predictor_spec(const struct moe_offload_opts *o);
 /* Help lines of --predictor (commands with MOE_PREDICTOR_LONG_OPTION). */

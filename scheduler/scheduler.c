@@ -637,15 +637,20 @@ static void prefetch_group(struct moe_sched *s, struct rq **v, int n, int ahead)
 
 static bool sched_is_eos(const void *ud, int id) { return is_eos(ud, id); }
 
+#define PICK_WHOLE (-2) /* pick_token: the guided output is whole before any token (a pattern of "") */
+
 /* The next token of r from its logits row lg, on sampling thread tid.  Runs without the lock: while
  * a step runs, r's sampler, JSON state and tokens are this thread's alone (other threads only
- * change r->state, and r is freed at step end).  -1 with *st and *msg when r cannot go on. */
+ * change r->state, and r is freed at step end).  -1 with *st and *msg when r cannot go on;
+ * PICK_WHOLE when its guide takes nothing more. */
 static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int tid, enum moe_status *st,
                       const char **msg)
 {
     const float *from = lg;
     const struct moe_token_bytes *tb = r->g.json;
     if (tb) { /* JSON mode: the tokens that keep the output a value's beginning, the rest -inf */
+        if (moe_json_done(&r->json))
+            return PICK_WHOLE;
         struct sample_ws *w = &s->ws[tid];
         if (!w->masked && !(w->masked = malloc(sizeof(float) * (size_t)s->be.vocab))) {
             *st = MOE_ENOMEM;
@@ -678,7 +683,9 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
 static void apply_pick(struct moe_sched *s, struct rq *r, int tok, enum moe_status st, const char *msg,
                        const float *lg, const struct moe_token_logprobs *lp)
 {
-    if (tok < 0)
+    if (tok == PICK_WHOLE)
+        rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
+    else if (tok < 0)
         rq_finish(s, r, MOE_FINISH_ERROR, st, msg); /* it fails alone */
     else
         take_token(s, r, tok, lg, lp); /* log-probabilities from the model's own logits; a whole value stops */

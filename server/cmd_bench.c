@@ -354,6 +354,8 @@ static int bench_batch(int argc, char **argv)
         fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
         return 2;
     }
+    if (o.oo.stats_json && !moe_cli_check_out("bench batch", "--stats-json", o.oo.stats_json, true))
+        return 2;
     if (o.micro_batch > o.concurrency) {
         fprintf(stderr, "moeflow bench batch: --micro-batch %d is larger than --concurrency %d\n", o.micro_batch,
                 o.concurrency);

@@ -354,6 +354,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         return 2;
     }
+    if (o->off.stats_json && !moe_cli_check_out("generate", "--stats-json", o->off.stats_json, true))
+        return 2;
     return -1;
 }
 
@@ -401,13 +403,13 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     moe_json_init(&js, o->schema);
     float *masked = o->json ? malloc(sizeof(float) * (size_t)V) : NULL;
     if (!logits || !pos || !seqv || !want || !hist || (o->json && !masked)) {
-        st = moe_errorf(MOE_ENOMEM, "generate: out of memory");
+        st = moe_errorf(MOE_ENOMEM, "out of memory");
         goto out;
     }
     if (o->json && (st = moe_token_bytes_build(tok, V, &tb)) != MOE_OK) goto out;
     int seq = moe_engine_seq_alloc(e);
     if (seq < 0) {
-        st = moe_errorf(MOE_EINVAL, "generate: the engine has no free sequence slot");
+        st = moe_errorf(MOE_EINVAL, "the engine has no free sequence slot");
         goto out;
     }
     if (pred) moe_predictor_seq_reset(pred, seq);
@@ -424,9 +426,9 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     }
     struct moe_sampler s;
     moe_sampler_init(&s, &o->samp);
-    for (int g = 0; g < o->max_tokens; g++) {
+    for (int g = 0; g < o->max_tokens && !(o->json && moe_json_done(&js)); g++) {
         if (o->json && !moe_json_mask(&js, &tb, logits, V, gen_is_eos, c, masked)) {
-            st = moe_errorf(MOE_EINVAL, "generate %s: no token of the vocabulary continues the %s",
+            st = moe_errorf(MOE_EINVAL, "%s: no token of the vocabulary continues the %s",
                             o->grammar_path ? "--grammar" : o->regex ? "--regex" : "--json",
                             o->grammar_path || o->regex ? "text" : "value");
             goto out;
@@ -441,7 +443,10 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         hist[n_hist++] = t;
         if (moe_tokenizer_token_bytes(tok, t, NULL, 0) > 0) {
             moe_cli_write_token(stdout, tok, t); /* every byte, however long the token */
-            fflush(stdout);
+            if (fflush(stdout) != 0 || ferror(stdout)) { /* a full disk, a closed pipe: stop here */
+                st = moe_errorf(MOE_EIO, "writing to stdout failed: %s", strerror(errno));
+                goto out;
+            }
         }
         if (g + 1 == o->max_tokens || (o->json && moe_json_done(&js))) break;
         int p = moe_engine_seq_len(e, seq);

@@ -3,6 +3,7 @@
 
 #include "../common/moe.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -47,8 +48,18 @@ int main(int argc, char **argv)
         return 0;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (!strcmp(argv[1], commands[i].name))
-            return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) {
+            int rc = commands[i].fn(argc - 1, argv + 1);
+            /* what a command printed must have reached its reader: a full disk or a closed pipe
+             * fails the command, whatever it returned */
+            errno = 0;
+            if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0) {
+                fprintf(stderr, "moeflow %s: writing to stdout failed%s%s\n", argv[1],
+                        errno ? ": " : "", errno ? strerror(errno) : "");
+                rc = 1;
+            }
+            return rc;
+        }
     fprintf(stderr, "moeflow: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

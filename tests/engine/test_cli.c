@@ -207,6 +207,8 @@ int main(void)
                                  "info --nope", "info extra",
                                  "trace --ids /dev/null --out /tmp", "train-predictor --text x --out /tmp",
                                  "generate --prompt x --gpu-experts 8 --stats-json /tmp",
+                                 "generate --prompt x --gpu-experts 8 --stats-json /nonexistent/s.json",
+                                 "trace --ids /dev/null --out /tmp/x.jsonl --gpu-experts 8 --stats-json /nonexistent/s",
                                  /* a JSON schema that cannot be read or followed */
                                  "generate --prompt x --json-schema /nonexistent.json",
                                  "generate --prompt x --json-schema /dev/null",
@@ -235,8 +237,30 @@ int main(void)
     static char wide[16384] = "root ::= \"x\" y\ny ::= \"a\"";
     for (int i = 1; i < 1100; i++) strcat(wide, " | \"a\"");
     so = generate_with_file(exe, dir, "--grammar", wide, &status);
-    CHECK(status == 1 && strstr(so, "--grammar: no token of the vocabulary continues the text"),
+    CHECK(status == 1 && strstr(so, "moeflow generate: --grammar: no token of the vocabulary continues the text"),
           "grammar past the recognizer's limits: exit %d: %s", status, so);
+    free(so);
+    /* a pattern and a grammar whose one text is the empty one: nothing generated, not an error */
+    so = generate_with_file(exe, dir, "--grammar", "root ::= \"\"\n", &status);
+    CHECK(status == 0 && !strcmp(so, "\n"), "grammar of \"\": exit %d: '%s'", status, so);
+    free(so);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --regex '' --model '%s' 2>&1", exe, dir);
+    so = run(cmd, &status);
+    CHECK(status == 0 && !strcmp(so, "\n"), "--regex '': exit %d: '%s'", status, so);
+    free(so);
+    /* output that cannot be written fails the command */
+    static const char *full[] = { "generate --prompt x --max-tokens 4", "info", "info --json", "tokenize --text x" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(full); i++) {
+        snprintf(cmd, sizeof(cmd), "'%s' %s --model '%s' 2>&1 >/dev/full", exe, full[i], dir);
+        so = run(cmd, &status);
+        CHECK(status == 1 && strstr(so, "writing to stdout failed") != NULL, "'%s' >/dev/full: exit %d: %s", full[i], status, so);
+        free(so);
+    }
+    /* --no-prefetch under lru: the default predictor is then none, not refused as unused */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --max-tokens 2 --gpu-experts 8 --policy lru --no-prefetch "
+             "--model '%s' 2>&1", exe, dir);
+    so = run(cmd, &status);
+    CHECK(status == 0, "--no-prefetch under lru, no --predictor: exit %d: %s", status, so);
     free(so);
     snprintf(cmd, sizeof(cmd), "'%s' generate --help", exe);
     free(run(cmd, &status));

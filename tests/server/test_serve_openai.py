@@ -447,6 +447,16 @@ def check_structured(srv):
         check(code == 200 and ch.get("text") in choices and ch.get("finish_reason") == "stop",
               "%r: %d %r" % (extra, code, js))
     check(texts[0] == texts[1], "guided_choice %r, structured_outputs.choice %r" % tuple(texts))
+    # a pattern or grammar whose one text is the empty one: "" and stop, whole and streamed
+    for extra in ({"guided_regex": ""}, {"guided_grammar": 'root ::= ""'}):
+        code, js = post(srv, "/v1/completions", dict(base, **extra))
+        ch = (js.get("choices") or [{}])[0]
+        check(code == 200 and ch.get("text") == "" and ch.get("finish_reason") == "stop" and
+              js.get("usage", {}).get("completion_tokens") == 0, "%r: %d %r" % (extra, code, js))
+        ctype, chunks, done = sse(srv, "/v1/completions", dict(base, stream=True, **extra))
+        check(done and "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "" and
+              [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1:] == ["stop"],
+              "%r streamed: %r" % (extra, chunks))
     schema = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "n": {"type": "integer"}},
               "required": ["kind", "n"], "additionalProperties": False}
     want = None

@@ -46,11 +46,29 @@ __device__ static float block_max(float v, float *red)
 
 /* ---- conversions and elementwise --------------------------------------- */
 
+/* common/moe.h's moe_f32_to_bf16: round to nearest even, NaN kept quiet. */
+__device__ static unsigned short f32_to_bf16_bits(float f)
+{
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+/* The same as a BF16 value: the host's bits for every input, NaN's sign and payload too (the
+ * cvt.rn.bf16 instruction behind __float2bfloat16_rn gives one canonical NaN). */
+__device__ static inline __nv_bfloat16 to_bf16(float f)
+{
+    __nv_bfloat16_raw r;
+    r.x = f32_to_bf16_bits(f);
+    return __nv_bfloat16(r);
+}
+
 __global__ static void k_f32_to_bf16(const float *in, __nv_bfloat16 *out, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        out[i] = __float2bfloat16_rn(in[i]);
+        out[i] = to_bf16(in[i]);
 }
 __global__ static void k_bf16_to_f32(const __nv_bfloat16 *in, float *out, size_t n)
 {
@@ -243,7 +261,7 @@ out:
 /* ---- KV cache and attention ---------------------------------------------- */
 
 __device__ static inline void cache_put(float *p, float x) { *p = x; }
-__device__ static inline void cache_put(__nv_bfloat16 *p, float x) { *p = __float2bfloat16_rn(x); }
+__device__ static inline void cache_put(__nv_bfloat16 *p, float x) { *p = to_bf16(x); }
 __device__ static inline float cache_get(const float *p) { return *p; }
 __device__ static inline float cache_get(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 
@@ -444,18 +462,23 @@ out:
 
 #define ROUTER_MAX_GROUPS 64
 
-/* Index of the largest of x[0..n) not in `taken` (bit set), as the C twin's
- * top-k scan picks it: strictly greater wins (ties to the lower index), NaN
- * only while nothing else is left. */
-__device__ static int pick_max(const float *x, int n, const unsigned *taken)
+/* Index of the largest of x[0..n) not in `taken` (bit set) and not skip, as
+ * the C twin's top-k scan picks it: strictly greater wins (ties to the lower
+ * index), NaN only while nothing else is left. */
+__device__ static int pick_max(const float *x, int n, const unsigned *taken, int skip = -1)
 {
     int best = -1;
     for (int e = 0; e < n; e++) {
-        if (taken && (taken[e >> 5] & (1u << (e & 31)))) continue;
+        if (e == skip || (taken && (taken[e >> 5] & (1u << (e & 31))))) continue;
         if (best < 0 || x[e] > x[best] || (isnan(x[best]) && !isnan(x[e]))) best = e;
     }
     return best;
 }
+
+/* A grouped router thread's scratch in shared memory, in 4-byte words: its scores, their choice
+ * values, the groups' scores and the taken bits.  (As per-thread arrays of the largest E they
+ * took 8.8 KB of stack, which the driver reserves for every thread the device can hold.) */
+__host__ __device__ static inline int router_scratch_words(int E) { return 2 * E + ROUTER_MAX_GROUPS + (E + 31) / 32; }
 
 /* The grouped routers (V3: sigmoid scores plus bias, groups by their two
  * largest; V2: softmax scores, groups by their largest; ERNIE-4.5: softmax
@@ -465,12 +488,13 @@ __global__ static void k_router_grouped(const float *logits, const float *bias, 
                                         int n_group, int topk_group, bool renorm, float scale, int *ids,
                                         float *weights)
 {
+    extern __shared__ float router_smem[];
     bool softmax = scores != MOE_CUDA_SCORES_SIGMOID, ernie = scores == MOE_CUDA_SCORES_SOFTMAX_BIAS;
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n) return;
     const float *lg = logits + (size_t)t * E;
-    float s[ROUTER_MAX_E], c[ROUTER_MAX_E], gs[ROUTER_MAX_GROUPS];
-    unsigned taken[ROUTER_MAX_E / 32], gtaken[ROUTER_MAX_GROUPS / 32 + 1];
+    float *s = router_smem + (size_t)threadIdx.x * router_scratch_words(E), *c = s + E, *gs = c + E;
+    unsigned *taken = (unsigned *)(gs + ROUTER_MAX_GROUPS), gtaken[ROUTER_MAX_GROUPS / 32 + 1];
     int per = E / n_group, id[ROUTER_MAX_K];
     if (softmax) {
         float m = lg[pick_max(lg, E, NULL)], sum = 0.0f;
@@ -483,14 +507,12 @@ __global__ static void k_router_grouped(const float *logits, const float *bias, 
         }
     }
     for (int g = 0; g < n_group; g++) {
-        unsigned one[ROUTER_MAX_E / 32] = { 0 };
         int a = pick_max(c + g * per, per, NULL);
         if (softmax) {
             gs[g] = c[g * per + a];
             continue;
         }
-        one[a >> 5] |= 1u << (a & 31);
-        int b = pick_max(c + g * per, per, one);
+        int b = pick_max(c + g * per, per, NULL, a);
         gs[g] = c[g * per + a] + c[g * per + b];
     }
     for (int i = 0; i < ROUTER_MAX_GROUPS / 32 + 1; i++) gtaken[i] = 0;
@@ -539,8 +561,12 @@ extern "C" enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const
                           ROUTER_MAX_E, k, ROUTER_MAX_K, n_group, ROUTER_MAX_GROUPS, min_per, topk_group,
                           biased && !d_bias ? ", no bias" : "");
     if (n == 0) return MOE_OK;
-    k_router_grouped<<<(unsigned)((n + 31) / 32), 32, 0, c->stream>>>(d_logits, d_bias, n, E, k, scores, n_group,
-                                                                      topk_group, renorm, scale, d_ids, d_weights);
+    /* tokens per block: as many as 32 KiB of scratch holds (4 at 1024 experts, 15 at 256), at most 32 */
+    int words = router_scratch_words(E), per_block = 32768 / (words * 4);
+    per_block = per_block < 1 ? 1 : per_block > 32 ? 32 : per_block;
+    k_router_grouped<<<(unsigned)((n + per_block - 1) / per_block), (unsigned)per_block,
+                       (size_t)per_block * (size_t)words * 4, c->stream>>>(d_logits, d_bias, n, E, k, scores, n_group,
+                                                                            topk_group, renorm, scale, d_ids, d_weights);
     CK_LAUNCH(c);
 out:
     return st;
@@ -584,14 +610,6 @@ __device__ static float f8_e4m3_value(unsigned b)
     return b & 0x80 ? -v : v;
 }
 
-/* common/moe.h's moe_f32_to_bf16: round to nearest even, NaN kept quiet. */
-__device__ static unsigned short f32_to_bf16_bits(float f)
-{
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
 
 /* An FP8 record (model.h: rows x cols codes, then the block factors as unaligned little-endian F32)
  * as its BF16 values: code value x factor in F32, rounded to BF16, bit for bit as on the host. */
@@ -693,7 +711,7 @@ __global__ static void k_swiglu_bf16(const float *g, const float *u, __nv_bfloat
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        o[i] = __float2bfloat16_rn(silu(g[i]) * u[i]);
+        o[i] = to_bf16(silu(g[i]) * u[i]);
 }
 
 extern "C" enum moe_status moe_cuda_swiglu_bf16_(struct moe_cuda_ctx *c, const float *d_gate,

@@ -48,6 +48,11 @@ int moe_cmd_serve(int argc, char **argv)
     struct moe_serve_config cfg;
     moe_serve_config_defaults(&cfg);
     int rc = 0;
+    bool *given = calloc((size_t)n_opts, sizeof(bool)); /* the flags on the command line */
+    if (!given) {
+        free(lo);
+        return 1;
+    }
     /* Pass 1: --help and --config; pass 2: the flags, which override the file. */
     for (int pass = 0; pass < 2 && !rc; pass++) {
         optind = 0;
@@ -57,6 +62,7 @@ int moe_cmd_serve(int argc, char **argv)
             if (c == 'h') {
                 serve_usage(stdout);
                 free(lo);
+                free(given);
                 return 0;
             }
             if (c == '?' || c == ':') {
@@ -72,7 +78,16 @@ int moe_cmd_serve(int argc, char **argv)
                     rc = 2;
                     break;
                 }
+            } else if (c >= 1000 && pass == 0) {
+                given[c - 1000] = true;
             } else if (c >= 1000 && pass == 1) {
+                /* a flag takes the place of the file's alternative to it (not of one also given here) */
+                const char *alt = moe_serve_config_alternative(opts[c - 1000].name);
+                bool alt_given = false;
+                for (int i = 0; alt && i < n_opts; i++)
+                    alt_given |= given[i] && !strcmp(opts[i].name, alt);
+                if (alt && !alt_given)
+                    moe_serve_config_unset_alternative(&cfg, opts[c - 1000].name);
                 if (moe_serve_config_set(&cfg, opts[c - 1000].name, optarg ? optarg : "true") != MOE_OK) {
                     fprintf(stderr, "moeflow serve: --%s\n", moe_last_error());
                     rc = 2;
@@ -86,6 +101,7 @@ int moe_cmd_serve(int argc, char **argv)
         }
     }
     free(lo);
+    free(given);
     if (rc)
         return rc;
     struct moe_pred_spec spec; /* a spec that cannot name a predictor is a usage error too */

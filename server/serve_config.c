@@ -255,6 +255,29 @@ enum moe_status moe_serve_config_set(struct moe_serve_config *c, const char *key
     return set_opt(c, o, value);
 }
 
+static const char *const alternatives[][2] = { { "gpu-experts", "gpu-cache-bytes" },
+                                               { "host-experts", "host-cache-bytes" } };
+
+const char *moe_serve_config_alternative(const char *key)
+{
+    for (size_t i = 0; i < MOE_ARRAY_LEN(alternatives); i++)
+        for (int j = 0; j < 2; j++)
+            if (!strcmp(key, alternatives[i][j]))
+                return alternatives[i][!j];
+    return NULL;
+}
+
+void moe_serve_config_unset_alternative(struct moe_serve_config *c, const char *key)
+{
+    const char *alt = moe_serve_config_alternative(key);
+    if (!alt)
+        return;
+    if (!strcmp(alt, "gpu-experts")) c->offload.gpu_experts = 0;
+    else if (!strcmp(alt, "gpu-cache-bytes")) c->offload.gpu_cache_bytes = 0;
+    else if (!strcmp(alt, "host-experts")) c->offload.host_experts = 0;
+    else c->offload.host_cache_bytes = 0;
+}
+
 static char *trim(char *s)
 {
     while (isspace((unsigned char)*s))
@@ -273,18 +296,30 @@ enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *pa
     if (st != MOE_OK)
         return moe_error_prefix(st, "config file"); /* the message names the file */
     int lineno = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash)
-            *hash = 0;
+    for (char *line = text, *next; line; line = next) {
+        lineno++; /* every line counts, blank ones too */
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = 0;
+        bool quoted = false; /* '#' begins a comment outside a quoted value */
+        for (char *q = line; *q; q++) {
+            if (*q == '"')
+                quoted = !quoted;
+            else if (*q == '#' && !quoted) {
+                *q = 0;
+                break;
+            }
+        }
         char *s = trim(line);
         if (!*s)
             continue;
         char *eq = strchr(s, '=');
         if (!eq) {
             st = moe_errorf(MOE_EINVAL, "%s:%d: expected 'key = value', got '%.80s'", path, lineno, s);
+            goto out;
+        }
+        if (quoted) {
+            st = moe_errorf(MOE_EINVAL, "%s:%d: a quote that is never closed in '%.80s'", path, lineno, s);
             goto out;
         }
         *eq = 0;

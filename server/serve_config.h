@@ -99,6 +99,11 @@ const struct moe_serve_opt *moe_serve_opts(void);
 void moe_serve_config_defaults(struct moe_serve_config *c);
 /* Set one key from text; errors name the key, the value and the range. */
 enum moe_status moe_serve_config_set(struct moe_serve_config *c, const char *key, const char *value);
+/* The option that key is the alternative of (gpu-experts and gpu-cache-bytes, host-experts and
+ * host-cache-bytes), NULL when it has none; and that one unset in c, so that key given on the command
+ * line takes the place of the config file's alternative. */
+const char *moe_serve_config_alternative(const char *key);
+void moe_serve_config_unset_alternative(struct moe_serve_config *c, const char *key);
 /* Apply a config file (see above); errors name the file, line, key and value. */
 enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *path);
 /* Cross-field checks (e.g. max_running <= max_seqs). */

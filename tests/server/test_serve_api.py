@@ -28,6 +28,19 @@ def main():
     r = subprocess.run([moeflow, "serve", "--model", "/nonexistent-model-dir", "--grpc-port", "0",
                         "--http-port", str(free_port())], capture_output=True, timeout=30)
     check(r.returncode == 1 and b"/nonexistent-model-dir" in r.stderr, "bad model: %d %r" % (r.returncode, r.stderr))
+    # a flag takes the place of the config file's alternative to it; both on the command line are refused
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as conf:
+        conf.write("gpu-experts = 8\n")
+        conf.flush()
+        r = subprocess.run([moeflow, "serve", "--config", conf.name, "--gpu-cache-bytes", "1M", "--model",
+                            "/nonexistent-model-dir", "--grpc-port", "0", "--http-port", str(free_port())],
+                           capture_output=True, timeout=30)
+        check(r.returncode == 1 and b"/nonexistent-model-dir" in r.stderr,
+              "--gpu-cache-bytes over the file's gpu-experts: %d %r" % (r.returncode, r.stderr))
+    r = subprocess.run([moeflow, "serve", "--gpu-experts", "8", "--gpu-cache-bytes", "1M"], capture_output=True,
+                       timeout=30)
+    check(r.returncode == 2 and b"not both" in r.stderr, "both alternatives: %d %r" % (r.returncode, r.stderr))
     # a tokenizer with more tokens than the model's vocabulary: refused at load, naming both files
     import os
     import tempfile

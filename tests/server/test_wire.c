@@ -67,6 +67,31 @@ static void test_config(void)
     CHECK(moe_serve_config_load(&c, path) != MOE_OK, "bad file");
     CHECK(strstr(moe_last_error(), ":2") && strstr(moe_last_error(), "max-queued") &&
           strstr(moe_last_error(), "-5"), "msg: %s", moe_last_error());
+    /* blank lines count in the line numbers; '#' inside a quoted value is the value's */
+    f = fopen(path, "w");
+    fputs("# c\n\nmax-running = 4\n\n\n\nmodel = \"/x/g#m\" # the model\nfoo = 1\n", f);
+    fclose(f);
+    moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_load(&c, path) != MOE_OK && strstr(moe_last_error(), ":8: ") &&
+              strstr(moe_last_error(), "'foo'") && !strcmp(c.model, "/x/g#m"),
+          "line numbers and quoted '#': %s, model '%s'", moe_last_error(), c.model);
+    f = fopen(path, "w");
+    fputs("max-running = 2\nmodel = \"/x/y # z\n", f);
+    fclose(f);
+    CHECK(moe_serve_config_load(&c, path) != MOE_OK && strstr(moe_last_error(), ":2: a quote that is never closed"),
+          "unclosed quote: %s", moe_last_error());
+    /* the alternatives of a pair: one given on the command line unsets the file's other */
+    CHECK(moe_serve_config_alternative("gpu-cache-bytes") && !strcmp(moe_serve_config_alternative("gpu-cache-bytes"),
+                                                                     "gpu-experts") &&
+              !strcmp(moe_serve_config_alternative("host-experts"), "host-cache-bytes") &&
+              !moe_serve_config_alternative("max-seqs"),
+          "alternatives");
+    moe_serve_config_defaults(&c);
+    CHECK(moe_serve_config_set(&c, "gpu-experts", "8") == MOE_OK && c.offload.gpu_experts == 8, "gpu-experts");
+    moe_serve_config_unset_alternative(&c, "gpu-cache-bytes");
+    CHECK(moe_serve_config_set(&c, "gpu-cache-bytes", "1M") == MOE_OK && c.offload.gpu_experts == 0 &&
+              moe_serve_config_check(&c) == MOE_OK,
+          "gpu-cache-bytes over the file's gpu-experts: %s", moe_last_error());
     unlink(path);
     /* cors-origin: "*", or exact origins (scheme and host case-insensitive); anything else refused by name */
     CHECK(!moe_serve_cors_allows("", "https://a.example") && moe_serve_cors_allows("*", "https://a.example") &&

@@ -57,7 +57,8 @@ static void bench_usage(FILE *f)
             "the device-tier hit rate and tokens/s.\n"
             "\n"
             "  --model DIR          model directory (default: the bundled model)\n"
-            "  --prompts FILE       one prompt per line (\\n, \\t, \\\\ escaped) or a JSON array of strings\n"
+            "  --prompts FILE       one prompt per line (\\n, \\t, \\\\ escaped), or a JSON array of strings\n"
+            "                       when FILE's name ends in .json\n"
             "  --concurrency N      sequences decoding at once\n"
             "  --micro-batch M      sequences per forward pass\n"
             "  --max-tokens T       new tokens per request (EOS ignored, so every request makes T)\n"
@@ -120,10 +121,8 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
         return moe_error_prefix(st, "--prompts"); /* the message names the file */
     char **v = NULL;
     int n = 0;
-    const char *p = buf;
-    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
-        p++;
-    if (*p == '[') {
+    size_t pn = strlen(path);
+    if (pn >= 5 && !strcmp(path + pn - 5, ".json")) { /* by its name: a line may begin with '[' too */
         json_error_t je;
         json_t *arr = json_loadb(buf, len, 0, &je);
         if (!arr || !json_is_array(arr)) {
@@ -178,7 +177,7 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
         }
     }
     if (st == MOE_OK && n == 0)
-        st = moe_errorf(MOE_EINVAL, "--prompts %s: no prompts (one per line, or a JSON array of strings)", path);
+        st = moe_errorf(MOE_EINVAL, "--prompts %s: no prompts (one per line, or a JSON array of strings in a .json file)", path);
 out:
     free(buf);
     if (st != MOE_OK) {
@@ -333,6 +332,11 @@ static int bench_batch(int argc, char **argv)
     }
     if ((o.capacity > 0) == (o.capacity_frac > 0)) {
         fprintf(stderr, "moeflow bench batch: give exactly one of --capacity N or --capacity-frac F\n");
+        return 2;
+    }
+    if (o.grouping != MOE_GROUP_REGROUP && (o.lag || o.lead)) {
+        fprintf(stderr, "moeflow bench batch: %s bounds regrouping: it goes with --grouping regroup\n",
+                o.lag ? "--regroup-lag" : "--regroup-lead");
         return 2;
     }
     if (o.no_pred_prefetch && o.rank_only) {

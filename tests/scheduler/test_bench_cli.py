@@ -95,5 +95,16 @@ check(rc == 0 and json.loads(out or "{}").get("policy") == "lfu", f"--policy lfu
 rc, out, err = run("--prompts", os.path.join(HERE, "prompts-small.txt"), *base[2:], "--grouping", "fcfs")
 check(rc == 0 and "experts per layer-step" in out and "3 requests" in out, f"text prompts: rc {rc} {out!r} {err!r}")
 
+# a line file whose first prompt begins with '[' is read as lines (JSON only from a .json file)
+import tempfile
+with tempfile.NamedTemporaryFile("w", suffix=".txt") as pf:
+    pf.write("[x for x in range(3)]\ndef g():\n")
+    pf.flush()
+    rc, out, err = run("--prompts", pf.name, *base[2:], "--grouping", "fcfs")
+    check(rc == 0 and "2 requests" in out, f"line prompts beginning with '[': rc {rc} {out!r} {err!r}")
+# the regroup bounds with fcfs: refused, not ignored
+rc, out, err = run(*base, "--grouping", "fcfs", "--regroup-lag", "5")
+check(rc == 2 and "--grouping regroup" in err, f"--regroup-lag with fcfs: rc {rc} {err!r}")
+
 print("test_bench_cli:", "ok" if not fails else f"{fails} check(s) failed")
 sys.exit(1 if fails else 0)

@@ -6,11 +6,13 @@
 #include "../model/chat.h"
 #include "../model/tokenizer.h"
 #include "../offload/tiered.h"
+#include "requests.h"
 
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static void info_usage(FILE *f)
 {
@@ -46,6 +48,19 @@ static double mib(uint64_t b)
     return (double)b / (1 << 20);
 }
 
+/* Whether the template's generation prompt for one user message ends in an open <think> block
+ * (the reply then starts inside it: serve --reasoning-parser think reads it so). */
+static bool template_opens_think(const struct moe_chat *chat)
+{
+    json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "x");
+    char *out = NULL;
+    size_t len = 0;
+    bool opens = msgs && moe_chat_render(chat, msgs, NULL, &out, &len) == MOE_OK && moe_think_opened(out, len);
+    free(out);
+    json_decref(msgs);
+    return opens;
+}
+
 int moe_cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -78,15 +93,19 @@ int moe_cmd_info(int argc, char **argv)
     uint64_t expert = moe_model_expert_bytes(m), experts = expert * (uint64_t)n_moe * (uint64_t)cf->n_experts;
     uint64_t other = moe_model_dense_bytes(m);
     size_t kv32 = moe_engine_kv_bytes_per_token(cf, MOE_DT_F32), kv16 = moe_engine_kv_bytes_per_token(cf, MOE_DT_BF16);
-    char path[4200];
+    char path[4200], tok_err[512] = "", chat_err[512] = "";
     snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-    struct moe_tokenizer *tok = moe_tokenizer_load(path);
+    bool has_tok = access(path, F_OK) == 0;
+    struct moe_tokenizer *tok = has_tok ? moe_tokenizer_load(path) : NULL;
     int vocab = tok ? moe_tokenizer_vocab_size(tok) : 0;
+    if (has_tok && !tok) snprintf(tok_err, sizeof(tok_err), "%s", moe_last_error());
     moe_tokenizer_free(tok);
     moe_error_clear();
     struct moe_chat *chat = NULL;
     bool chat_ok = moe_chat_load_dir(dir, &chat) == MOE_OK, has_chat = chat != NULL;
+    if (!chat_ok) snprintf(chat_err, sizeof(chat_err), "%s", moe_last_error());
     enum moe_tool_style tools = chat ? moe_chat_tool_style(chat) : MOE_TOOLS_NONE;
+    bool opens_think = chat && template_opens_think(chat);
     moe_chat_free(chat);
     moe_error_clear();
     const char *dt = "-";
@@ -107,6 +126,11 @@ int moe_cmd_info(int argc, char **argv)
                               "kv_bytes_per_token_bf16", (json_int_t)kv16, "tokenizer_vocab", vocab,
                               "chat_template", chat_ok && has_chat,
                               "tool_calls", tool_style_name(tools));
+        if (o) {
+            json_object_set_new(o, "opens_think", json_boolean(opens_think));
+            json_object_set_new(o, "tokenizer_error", tok_err[0] ? json_string(tok_err) : json_null());
+            json_object_set_new(o, "chat_template_error", chat_err[0] ? json_string(chat_err) : json_null());
+        }
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
         if (s) puts(s);
         free(s);
@@ -127,11 +151,14 @@ int moe_cmd_info(int argc, char **argv)
                "resident where the engine runs\n", mib(other));
         printf("KV cache   %zu bytes per token in F32, %zu in BF16; %.1f MiB per sequence of %d tokens in F32\n",
                kv32, kv16, mib((uint64_t)kv32 * (uint64_t)cf->max_pos), cf->max_pos);
-        printf("tokenizer  %s; chat template %s, tool calls: %s\n",
-               vocab ? "tokenizer.json" : "none (tokenize, generate and serve need tokenizer.json)",
+        printf("tokenizer  %s; chat template %s, tool calls: %s%s\n",
+               vocab ? "tokenizer.json" : has_tok ? "tokenizer.json does not load"
+                                                  : "none (tokenize, generate and serve need tokenizer.json)",
                !chat_ok ? "does not compile" : has_chat ? "in tokenizer_config.json" : "none (moeflow's markers)",
-               tool_style_name(tools));
+               tool_style_name(tools), opens_think ? "; the generation prompt opens a <think> block" : "");
         if (vocab) printf("           %d tokens\n", vocab);
+        if (tok_err[0]) printf("           tokenizer: %s\n", tok_err);
+        if (chat_err[0]) printf("           chat template: %s\n", chat_err);
     }
     moe_model_close(m);
     return 0;

@@ -168,6 +168,36 @@ int main(void)
           "info --json of an FP8 checkpoint: exit %d, %s", status, got);
     json_decref(info);
     free(got);
+    /* a copy of the model with a template that opens <think>, then with a tokenizer.json cut short */
+    char cp[] = "/tmp/moeflow-info-XXXXXX";
+    REQUIRE(mkdtemp(cp), "mkdtemp");
+    snprintf(cmd, sizeof(cmd), "cd '%s' && for f in config.json model.safetensors.index.json model-0000*; do "
+             "ln -s \"$PWD/$f\" '%s/'; done && cp tokenizer.json '%s/' && printf '%%s' '{\"chat_template\": "
+             "\"{%% for m in messages %%}{{ m.content }}{%% endfor %%}\\n<think>\\n\"}' > "
+             "'%s/tokenizer_config.json'", dir, cp, cp, cp);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof(cmd), "'%s' info --model '%s' --json", exe, cp);
+    got = run(cmd, &status);
+    info = json_loads(got, 0, NULL);
+    CHECK(status == 0 && info && json_is_true(json_object_get(info, "opens_think")) &&
+              json_is_true(json_object_get(info, "chat_template")) &&
+              json_is_null(json_object_get(info, "tokenizer_error")),
+          "info --json, a template that opens <think>: exit %d, %s", status, got);
+    json_decref(info);
+    free(got);
+    snprintf(cmd, sizeof(cmd), "truncate -s 1000 '%s/tokenizer.json'", cp);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof(cmd), "'%s' info --model '%s' --json", exe, cp);
+    got = run(cmd, &status);
+    info = json_loads(got, 0, NULL);
+    const char *terr = json_string_value(json_object_get(info, "tokenizer_error"));
+    CHECK(status == 0 && info && terr && strstr(terr, "tokenizer.json") &&
+              json_integer_value(json_object_get(info, "tokenizer_vocab")) == 0,
+          "info --json, a tokenizer.json cut short: exit %d, %s", status, got);
+    json_decref(info);
+    free(got);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", cp);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
     snprintf(cmd, sizeof(cmd), "'%s' info --model /nonexistent 2>&1", exe);
     got = run(cmd, &status);
     CHECK(status == 1 && strstr(got, "/nonexistent") && strstr(got, "--model"), "info of no model: %d %s", status, got);

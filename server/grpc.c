@@ -126,6 +126,7 @@ struct grpc_front {
 /* ---- gRPC core's log ---- */
 
 static _Atomic(struct moe_server *) log_srv; /* the server whose listener the log speaks of */
+static atomic_bool log_binding;              /* the port is being bound: a failure is said once, by us */
 
 /* gRPC core's messages go to stderr as before.  One of them matters to readiness: after an
  * accept() fails (out of file descriptors) gRPC core never accepts on the port again, so the
@@ -133,7 +134,10 @@ static _Atomic(struct moe_server *) log_srv; /* the server whose listener the lo
 static void grpc_log(gpr_log_func_args *a)
 {
     const char *file = strrchr(a->file, '/') ? strrchr(a->file, '/') + 1 : a->file;
-    fprintf(stderr, "grpc %s %s:%d] %s\n", gpr_log_severity_string(a->severity), file, a->line, a->message);
+    if (atomic_load(&log_binding)) /* the bind's own error names the address and what to do */
+        MOE_DBG("grpc %s %s:%d] %s", gpr_log_severity_string(a->severity), file, a->line, a->message);
+    else
+        fprintf(stderr, "grpc %s %s:%d] %s\n", gpr_log_severity_string(a->severity), file, a->line, a->message);
     struct moe_server *s = atomic_load(&log_srv);
     if (s && strstr(a->message, "Failed accept4") && atomic_exchange(&s->ready, false))
         MOE_ERR("the gRPC listener stopped accepting connections (%s) and gRPC core does not resume it: "
@@ -1055,7 +1059,9 @@ struct grpc_front *srv_grpc_start(struct moe_server *s)
     bool v6 = strchr(s->cfg.host, ':') && s->cfg.host[0] != '[';
     snprintf(addr, sizeof(addr), v6 ? "[%s]:%d" : "%s:%d", s->cfg.host, s->cfg.grpc_port);
     grpc_server_credentials *cred = grpc_insecure_server_credentials_create();
+    atomic_store(&log_binding, true);
     int port = grpc_server_add_http2_port(gf->server, addr, cred);
+    atomic_store(&log_binding, false);
     grpc_server_credentials_release(cred);
     if (port == 0) {
         moe_errorf(MOE_EIO, "cannot bind %s (in use? pick another --grpc-port; or check --host)", addr);

@@ -362,8 +362,13 @@ static bool count_of(struct cc *c, const json_t *o, const char *key, uint32_t *o
 {
     const json_t *v = json_object_get(o, key);
     if (!v) return true;
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX - 1) {
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
         fail(c, MOE_EINVAL, "'%s' must be a non-negative integer", key);
+        return false;
+    }
+    if (json_integer_value(v) > UINT32_MAX - 1) {
+        fail(c, MOE_EINVAL, "'%s' = %lld is more than the largest supported, %lu", key,
+             (long long)json_integer_value(v), (unsigned long)(UINT32_MAX - 1));
         return false;
     }
     *out = (uint32_t)json_integer_value(v);

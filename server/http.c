@@ -49,12 +49,14 @@ struct http_front {
     struct hconn *conns;          /* open connections (HTTP thread only) */
     int n_conns, cap_conns;
     struct event *sweep_ev;       /* every second, and at once for a connection beyond the cap */
-    struct kept *kept;            /* [responses-store] the last responses, a ring (HTTP thread only) */
-    int n_kept, kept_next;
+    struct kept *kept;            /* [responses-store] the last responses (HTTP thread only) */
+    int n_kept;                   /* slots used so far, deleted ones among them */
+    uint64_t kept_seq;            /* responses kept so far: the next one's age */
 };
 
 /* A response kept for previous_response_id and GET /v1/responses/{id}. */
 struct kept {
+    uint64_t seq;                 /* when it was kept (http_front.kept_seq); 0: an empty slot */
     char id[160];
     json_t *object;               /* the response object as answered */
     json_t *conversation;         /* its messages, for the next response */
@@ -96,12 +98,14 @@ struct hreq {
     size_t sent_r, sent_c;        /* ... bytes of the reasoning and of the answer passed on */
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
-    size_t n_bytes;               /* reasoning parser: bytes of their text */
-    uint32_t *tok_at;             /* ... where each token's text began in it [n_tokens] */
+    uint32_t *tok_at;             /* reasoning parser: where each token's text began in the reply [n_tokens] */
     int cap_tok_at;
     json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
                                      chat, {"content": [...]}; completions, OpenAI's four arrays */
     size_t lp_offset;             /* completions: characters of the tokens so far (text_offset) */
+    struct lp_held *held;         /* generated tokens' log-probabilities whose text the stop scanner holds */
+    int n_held, cap_held;
+    size_t n_fed, n_released;     /* bytes of the reply's text into the stop scanner, and out of it */
     char *echo;                   /* completions' echo: the prompt's text, until it is sent (then NULL) */
     size_t echo_len;
 };
@@ -153,11 +157,18 @@ static const char *err_type(int code)
     }
 }
 
-/* OpenAI's error object; param (the field at fault) is null: the message names the field. */
+/* OpenAI's error object; param (the field at fault) is null: the message names the field.  The
+ * message may quote what a client sent (a percent-decoded path, text cut at a byte limit), which
+ * need not be UTF-8: invalid bytes become U+FFFD, so the object is always made. */
 static json_t *err_json(int code, const char *msg)
 {
-    return json_pack("{s:{s:s,s:s,s:n,s:i}}", "error", "message", msg, "type", err_type(code), "param",
-                     "code", code);
+    size_t n = strlen(msg);
+    char *u = malloc(3 * n + 1);
+    json_t *j = json_pack("{s:{s:s%,s:s,s:n,s:i}}", "error", "message", u ? u : "out of memory",
+                          u ? srv_utf8_sanitize(msg, n, u) : strlen("out of memory"), "type", err_type(code), "param",
+                          "code", code);
+    free(u);
+    return j;
 }
 
 static void send_error(struct evhttp_request *req, int code, const char *msg)
@@ -165,6 +176,19 @@ static void send_error(struct evhttp_request *req, int code, const char *msg)
     json_t *j = err_json(code, msg);
     send_json(req, code, j);
     json_decref(j);
+}
+
+/* An error about a request before it runs; a Responses request's names its own fields, not those of the
+ * chat completion request it was translated into. */
+static void send_request_error(struct evhttp_request *req, const struct moe_responses *resp, int code,
+                               const char *msg)
+{
+    char named[1024];
+    if (resp) {
+        moe_responses_error_names(resp, msg, named, sizeof(named));
+        msg = named;
+    }
+    send_error(req, code, msg);
 }
 
 static void hreq_free(struct hreq *r)
@@ -177,6 +201,7 @@ static void hreq_free(struct hreq *r)
         evbuffer_free(r->reason);
     moe_stop_scan_free(&r->scan);
     free(r->tok_at);
+    free(r->held);
     json_decref(r->lp);
     free(r->echo);
     free(r);
@@ -222,7 +247,8 @@ static const json_t *kept_lookup(void *ud, const char *id)
     return k ? k->conversation : NULL;
 }
 
-/* Keep a finished response (the oldest goes when the store is full). */
+/* Keep a finished response: in a slot a DELETE emptied, else a new one; the oldest goes only when
+ * every slot holds a response. */
 static void kept_put(struct hcall *c, const json_t *object)
 {
     struct http_front *h = c->hf;
@@ -231,8 +257,11 @@ static void kept_put(struct hcall *c, const json_t *object)
     if (!h->kept && !(h->kept = calloc((size_t)cap, sizeof(*h->kept)))) return;
     json_t *conv = moe_responses_conversation(c->resp, object);
     if (!conv) return;
-    struct kept *k = h->n_kept < cap ? &h->kept[h->n_kept++] : &h->kept[h->kept_next];
-    h->kept_next = (int)((k - h->kept) + 1) % cap;
+    struct kept *k = NULL;
+    for (int i = 0; i < h->n_kept && (!k || k->seq); i++)
+        if (!k || h->kept[i].seq < k->seq) k = &h->kept[i]; /* an empty slot (seq 0) first, else the oldest */
+    if (h->n_kept < cap && (!k || k->seq)) k = &h->kept[h->n_kept++];
+    k->seq = ++h->kept_seq;
     json_decref(k->object);
     json_decref(k->conversation);
     snprintf(k->id, sizeof(k->id), "%s", moe_responses_id(c->resp));
@@ -246,7 +275,8 @@ static void handle_kept(struct http_front *h, struct evhttp_request *req, const 
     struct kept *k = kept_find(h, id);
     if (!k) {
         char msg[320];
-        snprintf(msg, sizeof(msg), "no response '%.100s' is kept here (the last responses-store responses are)", id);
+        snprintf(msg, sizeof(msg), "no response '%.*s' is kept here (the last responses-store responses are)",
+                 moe_utf8_cut(id, 100), id);
         send_error(req, 404, msg);
         return;
     }
@@ -258,7 +288,8 @@ static void handle_kept(struct http_front *h, struct evhttp_request *req, const 
     json_decref(k->object);
     json_decref(k->conversation);
     k->object = k->conversation = NULL;
-    k->id[0] = 0; /* an empty slot: found by no id, reused when the ring comes round */
+    k->id[0] = 0; /* an empty slot: found by no id, taken by the next response kept */
+    k->seq = 0;
     send_json(req, 200, j);
     json_decref(j);
 }
@@ -389,6 +420,13 @@ static void lp_step(struct hreq *r, int token, json_t *logprob, json_t *top)
     r->lp_offset += chars;
 }
 
+/* A generated token's log-probabilities, held until the text they belong to goes out. */
+struct lp_held {
+    int token;
+    size_t at;                    /* where the token's text begins in the reply (hreq.n_fed) */
+    struct moe_token_logprobs lp;
+};
+
 /* One generated token's entry: chat {token, logprob, bytes, top_logprobs: [...]}, completions a
  * step of each of the four arrays (the top ones as an object token -> logprob). */
 static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *lp)
@@ -414,6 +452,38 @@ static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *l
         json_decref(tt);
     }
     lp_step(r, token, json_real(lp->logprob), top);
+}
+
+/* A generated token whose text begins at r->n_fed: its log-probabilities wait for that text (false:
+ * out of memory). */
+static bool lp_hold(struct hreq *r, int token, const struct moe_token_logprobs *lp)
+{
+    if (r->n_held == r->cap_held) {
+        int cap = r->cap_held ? 2 * r->cap_held : 8;
+        struct lp_held *p = realloc(r->held, (size_t)cap * sizeof(*p));
+        if (!p)
+            return false;
+        r->held = p;
+        r->cap_held = cap;
+    }
+    r->held[r->n_held++] = (struct lp_held){ .token = token, .at = r->n_fed, .lp = *lp };
+    return true;
+}
+
+/* The text up to r->n_released has gone out (or is about to, in the chunk that takes r->lp): the
+ * tokens whose text begins before it, straddling tokens included, join the reply's log-probabilities;
+ * all: the reply is whole (a stop sequence did not cut it), tokens without text at its end too. */
+static void lp_release(struct hreq *r, bool all)
+{
+    int k = 0;
+    if (!r->n_held)
+        return;
+    while (k < r->n_held && (all || r->held[k].at < r->n_released)) {
+        lp_add(r, r->held[k].token, &r->held[k].lp);
+        k++;
+    }
+    memmove(r->held, r->held + k, (size_t)(r->n_held - k) * sizeof(*r->held));
+    r->n_held -= k;
 }
 
 /* Completions' echo: the first prompt token, which has no log-probability (null, as OpenAI sends). */
@@ -541,9 +611,9 @@ static void emit_content(struct hreq *r, const char *t, size_t len, bool chunk)
     }
 }
 
-/* Reasoning parser: the next token's text, len bytes, begins where the reply's text so far ends
- * (a stop scanner holds text back but never changes it, so these are places in r->all too). */
-static bool tok_at_add(struct hreq *r, size_t len)
+/* Reasoning parser: the next token's text begins where the reply's text so far ends, r->n_fed (a stop
+ * scanner holds text back but never changes it, so these are places in r->all too). */
+static bool tok_at_add(struct hreq *r)
 {
     if (r->n_tokens >= r->cap_tok_at) {
         int cap = r->cap_tok_at ? 2 * r->cap_tok_at : 64;
@@ -553,8 +623,7 @@ static bool tok_at_add(struct hreq *r, size_t len)
         r->tok_at = p;
         r->cap_tok_at = cap;
     }
-    r->tok_at[r->n_tokens] = (uint32_t)r->n_bytes;
-    r->n_bytes += len;
+    r->tok_at[r->n_tokens] = (uint32_t)r->n_fed;
     return true;
 }
 
@@ -792,16 +861,18 @@ static void hreq_progress(struct hreq *r)
         bool last = ev.done && i == ev.n_toks - 1;
         size_t len = 0;
         char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len);
-        if (r->c->reasoning && !tok_at_add(r, len)) {
+        if ((r->c->reasoning && !tok_at_add(r)) || (r->lp && ev.lps && !lp_hold(r, ev.toks[i], &ev.lps[i]))) {
             free(t);
             t = NULL; /* out of memory, as below */
         }
+        r->n_fed += len;
         m = stop_filter(r, &t, &len, last);
         r->n_tokens++;
-        if (r->lp && ev.lps)
-            lp_add(r, ev.toks[i], &ev.lps[i]);
-        if (t)
+        if (t) { /* the log-probabilities of the tokens whose text goes out go with it */
+            r->n_released += len;
+            lp_release(r, false);
             emit_text(r, t, len, true);
+        }
         free(t);
     }
     free(ev.toks);
@@ -819,17 +890,20 @@ static void hreq_progress(struct hreq *r)
     if (ev.n_toks == 0) {
         size_t len = 0;
         char *t = srv_gen_text(g, NULL, 0, true, &len); /* flush held-back bytes */
-        if (stop_filter(r, &t, &len, true) == 1) {
-            if (t)
-                emit_text(r, t, len, false);
-            free(t);
+        r->n_fed += len;
+        int stop = stop_filter(r, &t, &len, true);
+        if (t) {
+            r->n_released += len;
+            lp_release(r, false);
+            emit_text(r, t, len, false);
+        }
+        free(t);
+        if (stop == 1) {
             hreq_finish(r, MOE_FINISH_STOP, MOE_OK, "", &ev, r->n_tokens, true);
             return;
         }
-        if (t)
-            emit_text(r, t, len, false);
-        free(t);
     }
+    lp_release(r, true); /* no stop sequence cut the reply: every token's log-probabilities */
     hreq_finish(r, ev.why, ev.st, ev.msg, &ev, ev.n_generated, false);
 }
 
@@ -877,13 +951,17 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         body = chat_body;
         n = chat_body ? strlen(chat_body) : 0;
     }
-    if (st == MOE_OK)
+    if (st == MOE_OK) {
         st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, tmpl, &gr);
+        /* ids the decoder cannot bound: refused here as invalid (not as the scheduler's refusal) */
+        if (st == MOE_OK && (st = moe_gen_request_check_vocab(&gr, s->model->cfg.vocab)) != MOE_OK)
+            moe_gen_request_free(&gr);
+    }
     free(chat_body);
     if (st != MOE_OK) {
-        moe_responses_free(resp);
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
-        send_error(req, srv_http_status(st), moe_last_error());
+        send_request_error(req, resp, srv_http_status(st), moe_last_error());
+        moe_responses_free(resp);
         return;
     }
     double ht = header_timeout(req);
@@ -919,11 +997,12 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
             }
             free(raw);
         }
-        if (!echo) { /* out of memory, or an id outside the vocabulary (400, as without echo) */
+        if (!echo) { /* out of memory, or ids the tokenizer cannot decode (400, as without echo) */
             char msg[320];
             snprintf(msg, sizeof(msg), "%s", est == MOE_ENOMEM ? "out of memory for the echoed prompt"
                                                                : moe_last_error());
             moe_gen_request_free(&gr);
+            moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, srv_http_status(est) == 400);
             send_error(req, srv_http_status(est), msg);
             return;
         }
@@ -995,7 +1074,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     free(echo);
     moe_gen_request_free(&gr);
     if (st != MOE_OK) { /* the choices submitted so far are cancelled with the call */
-        send_error(req, srv_http_status(st), moe_last_error());
+        send_request_error(req, c->resp, srv_http_status(st), moe_last_error());
         hcall_free(c);
         return;
     }
@@ -1033,8 +1112,16 @@ static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bo
     size_t n_ids = 0;
     char msg[400] = "";
     int code = 400;
+    json_t *model = json_object_get(root, "model");
     if (!json_is_object(root)) {
         snprintf(msg, sizeof(msg), "the body must be a JSON object");
+    } else if (model && !json_is_null(model) && !json_is_string(model)) {
+        snprintf(msg, sizeof(msg), "'model' must be a string");
+    } else if (json_string_length(model) && strcmp(json_string_value(model), s->model_name)) {
+        /* as the completion endpoints answer a model that is not served */
+        const char *name = json_string_value(model);
+        code = 404, snprintf(msg, sizeof(msg), "model '%.*s' is not served here (this server serves '%s')",
+                             moe_utf8_cut(name, 200), name, s->model_name);
     } else if (detok) {
         json_t *t = json_object_get(root, "tokens"), *v;
         size_t i;
@@ -1087,7 +1174,7 @@ static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bo
     if (!msg[0] && !out)
         code = 500, snprintf(msg, sizeof(msg), "out of memory");
     if (msg[0]) {
-        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, code == 400);
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, code == 400 || code == 404);
         send_error(req, code, msg);
     } else {
         send_json(req, 200, out);
@@ -1121,8 +1208,9 @@ static void handle_models(struct http_front *h, struct evhttp_request *req, cons
         json_decref(j);
     } else {
         char msg[400];
-        snprintf(msg, sizeof(msg), "model '%.200s' is not served here (this server serves '%s')",
-                 name ? name : id, s->model_name);
+        const char *shown = name ? name : id;
+        snprintf(msg, sizeof(msg), "model '%.*s' is not served here (this server serves '%s')",
+                 moe_utf8_cut(shown, 200), shown, s->model_name);
         send_error(req, 404, msg);
     }
     free(name);
@@ -1245,13 +1333,28 @@ static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
     return bev;
 }
 
-/* A reply went out: the connection's clock for its next request starts now. */
+/* Whether a reply asks for its connection to close: "Connection: close" in the request or the reply. */
+static bool wants_close(struct evhttp_request *req)
+{
+    const char *in = evhttp_find_header(evhttp_request_get_input_headers(req), "Connection");
+    const char *out = evhttp_find_header(evhttp_request_get_output_headers(req), "Connection");
+    return (in && !evutil_ascii_strcasecmp(in, "close")) || (out && !evutil_ascii_strcasecmp(out, "close"));
+}
+
+/* A reply went out: the connection's clock for its next request starts now.  libevent 2.1 keeps a
+ * CONNECT request's connection open whatever its Connection header says (it leaves CONNECT out of
+ * that check): such a connection is shut down here, and evhttp lets it go when it reads the end. */
 static void conn_reply_done_cb(struct evhttp_request *req, void *arg)
 {
     struct hconn *c = conn_find(arg, req);
     if (c) {
         c->busy = false;
         c->t0 = moe_now();
+        evutil_socket_t fd = bufferevent_getfd(c->bev);
+        if (evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT && !c->closing && fd >= 0 && wants_close(req)) {
+            shutdown(fd, SHUT_RDWR);
+            c->closing = true;
+        }
     }
 }
 
@@ -1276,8 +1379,9 @@ static bool cors(struct moe_server *s, struct evhttp_request *req, const char *m
             evhttp_add_header(oh, "Vary", "Origin");
     } else if (preflight) {
         char msg[400];
-        snprintf(msg, sizeof(msg), "origin '%.200s' is not allowed to call this server from a browser (see "
-                 "cors-origin)", origin ? origin : "(none)");
+        const char *shown = origin ? origin : "(none)";
+        snprintf(msg, sizeof(msg), "origin '%.*s' is not allowed to call this server from a browser (see "
+                 "cors-origin)", moe_utf8_cut(shown, 200), shown);
         send_error(req, 403, msg);
         return true;
     }
@@ -1309,10 +1413,13 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     if (conn) {
         conn->busy = true;
         evhttp_request_set_on_complete_cb(req, conn_reply_done_cb, h);
-        if (conn->over) { /* the request came in before the sweep answered the connection */
+        if (conn->over) {
+            /* the request came in before the sweep answered the connection; when the sweep came first
+             * (its 503 sent, the socket shut down, counted), this reply goes nowhere and counts nothing */
+            if (!conn->closing)
+                moe_metrics_count(&s->metrics, &s->metrics.http_closed_limit, 1);
             conn->closing = true;
             evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-            moe_metrics_count(&s->metrics, &s->metrics.http_closed_limit, 1);
             send_error(req, 503, "too many connections open (max-http-connections): retry later");
             return;
         }
@@ -1342,7 +1449,7 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     }
     if ((post && cmd != EVHTTP_REQ_POST) || (get && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)) {
         char msg[320];
-        snprintf(msg, sizeof(msg), "%.200s takes %s", path, post ? "POST" : "GET");
+        snprintf(msg, sizeof(msg), "%.*s takes %s", moe_utf8_cut(path, 200), path, post ? "POST" : "GET");
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", post ? "POST" : "GET, HEAD");
         send_error(req, 405, msg);
         return;
@@ -1381,7 +1488,7 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         free(t);
     } else {
         char msg[320];
-        snprintf(msg, sizeof(msg), "no such endpoint '%.200s' (see docs/api.md)", path);
+        snprintf(msg, sizeof(msg), "no such endpoint '%.*s' (see docs/api.md)", moe_utf8_cut(path, 200), path);
         send_error(req, 404, msg);
     }
 }

@@ -47,6 +47,11 @@ static int utf8_seq_len(unsigned char c)
     return 0;
 }
 
+int moe_utf8_cut(const char *s, size_t max)
+{
+    return (int)moe_utf8_complete_prefix(s, strnlen(s, max));
+}
+
 size_t moe_utf8_complete_prefix(const char *buf, size_t n)
 {
     const unsigned char *s = (const unsigned char *)buf;
@@ -234,10 +239,6 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
         if (content && !json_is_string(content) && !json_is_null(content))
             return moe_errorf(MOE_EINVAL, "'messages[%zu].content' must be a string or null", i);
     }
-    if (kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
-        return moe_errorf(MOE_EINVAL, "'chat_template_kwargs' must be an object");
-    if (tools && !json_is_null(tools) && !json_is_array(tools))
-        return moe_errorf(MOE_EINVAL, "'tools' must be an array of tool definitions");
     json_t *extra = json_is_object(kwargs) ? json_deep_copy(kwargs) : json_object();
     if (!extra || (json_is_array(tools) && json_object_set(extra, "tools", tools))) {
         json_decref(extra);
@@ -253,6 +254,37 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
     free(text);
     r->templated = true;
     return st;
+}
+
+/* One entry of 'tools': {"type": "function", "function": {"name": ..., "parameters": {...}}}, its name
+ * and parameters (NULL when it gives none) out; false when it is not one. */
+static bool tool_entry(json_t *t, const char **name, json_t **params)
+{
+    json_t *fn = json_object_get(t, "function");
+    const char *type = json_string_value(json_object_get(t, "type"));
+    *name = json_string_value(json_object_get(fn, "name"));
+    *params = json_object_get(fn, "parameters");
+    return type && !strcmp(type, "function") && *name && (!*params || json_is_object(*params));
+}
+
+/* A chat's chat_template_kwargs and tools, whatever renders its messages (a template sees them, the
+ * markers do not, tool_choice reads the tools): an object, and OpenAI's function definitions. */
+static enum moe_status check_chat_extras(json_t *root)
+{
+    json_t *kwargs = json_object_get(root, "chat_template_kwargs"), *tools = json_object_get(root, "tools"), *t;
+    if (kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
+        return moe_errorf(MOE_EINVAL, "'chat_template_kwargs' must be an object");
+    if (tools && !json_is_null(tools) && !json_is_array(tools))
+        return moe_errorf(MOE_EINVAL, "'tools' must be an array of tool definitions");
+    size_t i;
+    json_array_foreach(tools, i, t) {
+        const char *name;
+        json_t *params;
+        if (!tool_entry(t, &name, &params))
+            return moe_errorf(MOE_EINVAL, "'tools'[%zu] must be {\"type\": \"function\", \"function\": {\"name\": "
+                              "..., \"parameters\": {...}}}", i);
+    }
+    return MOE_OK;
 }
 
 static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *msgs)
@@ -275,8 +307,8 @@ static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *ms
         }
         roles[i] = chat_role_ok(json_string_value(role));
         if (!roles[i]) {
-            st = moe_errorf(MOE_EINVAL, "'messages[%zu].role' = '%.32s' is not system, developer, user or assistant",
-                            i, json_string_value(role));
+            st = moe_errorf(MOE_EINVAL, "'messages[%zu].role' = '%.*s' is not system, developer, user or assistant",
+                            i, moe_utf8_cut(json_string_value(role), 32), json_string_value(role));
             goto out;
         }
         if (!json_is_string(content)) {
@@ -417,8 +449,8 @@ static enum moe_status parse_penalties(json_t *root, struct moe_sampling *p)
     json_object_foreach(lb, key, v) {
         size_t n = strlen(key);
         if (!n || n > 10 || strspn(key, "0123456789") != n)
-            return moe_errorf(MOE_EINVAL, "'logit_bias' key '%.32s' is not a token id (a non-negative "
-                              "decimal integer)", key);
+            return moe_errorf(MOE_EINVAL, "'logit_bias' key '%.*s' is not a token id (a non-negative "
+                              "decimal integer)", moe_utf8_cut(key, 32), key);
         if (!json_is_number(v))
             return moe_errorf(MOE_EINVAL, "'logit_bias' of token %s must be a number", key);
         if ((st = add_logit_bias(p, strtoll(key, NULL, 10), json_number_value(v))) != MOE_OK)
@@ -475,7 +507,8 @@ static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct m
             return moe_errorf(MOE_EINVAL, "'tool_choice' must be \"none\", \"auto\", \"required\" or "
                               "{\"type\": \"function\", \"function\": {\"name\": ...}}");
     } else if (strcmp(mode, "required")) {
-        return moe_errorf(MOE_EINVAL, "'tool_choice' \"%.40s\" is not one of none, auto, required", mode);
+        return moe_errorf(MOE_EINVAL, "'tool_choice' \"%.*s\" is not one of none, auto, required",
+                          moe_utf8_cut(mode, 40), mode);
     }
     if (!chat) return moe_errorf(MOE_EINVAL, "'tool_choice' is for chat completions");
     if (out->json_object || out->json_schema)
@@ -492,15 +525,10 @@ static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct m
         st = moe_errorf(MOE_ENOMEM, "out of memory reading 'tools'");
         goto out;
     }
-    json_array_foreach(tools, i, t) {
-        json_t *fn = json_object_get(t, "function"), *params = json_object_get(fn, "parameters");
-        const char *name = json_string_value(json_object_get(fn, "name"));
-        const char *type = json_string_value(json_object_get(t, "type"));
-        if (!type || strcmp(type, "function") || !name || (params && !json_is_object(params))) {
-            st = moe_errorf(MOE_EINVAL, "'tools'[%zu] must be {\"type\": \"function\", \"function\": {\"name\": "
-                            "..., \"parameters\": {...}}}", i);
-            goto out;
-        }
+    json_array_foreach(tools, i, t) { /* each a function (check_chat_extras) */
+        const char *name;
+        json_t *params;
+        (void)tool_entry(t, &name, &params);
         if (want && strcmp(want, name)) continue;
         json_t *args = params ? json_incref(params) : json_pack("{s:s}", "type", "object");
         json_t *b = json_pack("{s:s,s:{s:{s:s},s:o},s:[s,s],s:b}", "type", "object", "properties", "name", "const",
@@ -519,8 +547,8 @@ static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct m
             json_object_foreach(src, k, v) {
                 json_t *have = json_object_get(dst, k);
                 if (have && !json_equal(have, v)) {
-                    st = moe_errorf(MOE_ENOTSUP, "'tools': two functions' parameters define '%s/%.64s' differently; "
-                                    "give the definitions distinct names", dk, k);
+                    st = moe_errorf(MOE_ENOTSUP, "'tools': two functions' parameters define '%s/%.*s' differently; "
+                                    "give the definitions distinct names", dk, moe_utf8_cut(k, 64), k);
                     goto out;
                 }
                 json_object_set(dst, k, v);
@@ -528,7 +556,8 @@ static enum moe_status parse_tool_choice(json_t *root, bool chat, const struct m
         }
     }
     if (json_array_size(any) == 0) {
-        st = moe_errorf(MOE_EINVAL, "'tool_choice' names function '%.64s', which is not among 'tools'", want);
+        st = moe_errorf(MOE_EINVAL, "'tool_choice' names function '%.*s', which is not among 'tools'",
+                        moe_utf8_cut(want, 64), want);
         goto out;
     }
     schema = json_deep_copy(defs);
@@ -721,8 +750,8 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
                 return moe_error_prefix(st, "'response_format'");
             }
         } else if (strcmp(type, "text") && !out->json_object) {
-            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.40s' is not supported (text, json_object, "
-                              "json_schema or structural_tag)", type);
+            return moe_errorf(MOE_ENOTSUP, "'response_format' type '%.*s' is not supported (text, json_object, "
+                              "json_schema or structural_tag)", moe_utf8_cut(type, 40), type);
         }
     }
     for (size_t i = !chat; i < MOE_ARRAY_LEN(f); i++) { /* echo (first) is refused for chat only */
@@ -730,8 +759,9 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
         if (!v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == f[i].off))
             continue;
         char *txt = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        enum moe_status st = moe_errorf(MOE_ENOTSUP, "'%s' = %.40s is not supported: %s", f[i].key,
-                                        txt ? txt : "?", f[i].why);
+        const char *shown = txt ? txt : "?";
+        enum moe_status st = moe_errorf(MOE_ENOTSUP, "'%s' = %.*s is not supported: %s", f[i].key,
+                                        moe_utf8_cut(shown, 40), shown, f[i].why);
         free(txt);
         return st;
     }
@@ -764,20 +794,26 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     out->chat = chat;
     if (chat) {
         json_t *msgs = json_object_get(root, "messages");
-        st = tmpl ? render_chat_messages(out, msgs, tmpl, json_object_get(root, "chat_template_kwargs"),
-                                         json_object_get(root, "tools"))
-                  : parse_chat_messages(out, msgs);
+        st = check_chat_extras(root);
+        if (st == MOE_OK)
+            st = tmpl ? render_chat_messages(out, msgs, tmpl, json_object_get(root, "chat_template_kwargs"),
+                                             json_object_get(root, "tools"))
+                      : parse_chat_messages(out, msgs);
         if (st != MOE_OK)
             goto out;
     } else {
         json_t *p = json_object_get(root, "prompt");
-        if (json_is_array(p) && json_array_size(p) == 1 &&
-            (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+        bool one = json_is_array(p) && json_array_size(p) == 1 &&
+                   (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0)));
+        if (one)
             p = json_array_get(p, 0); /* a batch of one prompt: that prompt */
+        bool nested = json_is_array(p) && (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0)));
         if (json_is_string(p)) {
             st = set_prompt_text(out, json_string_value(p), json_string_length(p), "prompt");
-        } else if (json_is_array(p) && (json_is_string(json_array_get(p, 0)) ||
-                                        json_is_array(json_array_get(p, 0)))) {
+        } else if (nested && one) { /* [["a"]], [[[1]]]: the one prompt is neither text nor token ids */
+            st = moe_errorf(MOE_EINVAL, "'prompt[0]' must be a string or an array of token ids, not an array of "
+                            "%s", json_is_string(json_array_get(p, 0)) ? "strings" : "arrays");
+        } else if (nested) {
             /* a list of texts or of token-id lists: OpenAI's batch of prompts */
             st = moe_errorf(MOE_EINVAL, "'prompt' holds %zu prompts: one prompt per request (send one "
                             "request each)", json_array_size(p));
@@ -861,6 +897,19 @@ out:
     if (st != MOE_OK)
         moe_gen_request_free(out);
     return st;
+}
+
+enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab)
+{
+    for (int i = 0; i < r->n_prompt_ids; i++)
+        if (r->prompt_ids[i] >= vocab)
+            return moe_errorf(MOE_ERANGE, "'prompt[%d]' = %d is outside the vocabulary [0, %d)", i, r->prompt_ids[i],
+                              vocab);
+    for (int i = 0; i < r->sampling.n_logit_bias; i++)
+        if (r->sampling.logit_bias[i].id >= vocab)
+            return moe_errorf(MOE_ERANGE, "'logit_bias' token %d is outside the vocabulary [0, %d)",
+                              (int)r->sampling.logit_bias[i].id, vocab);
+    return MOE_OK;
 }
 
 /* ---- protobuf ---- */

@@ -82,6 +82,10 @@ struct moe_chat;
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out);
 
+/* The token ids a decoded request names (its prompt's, logit_bias's) against a vocabulary of vocab
+ * tokens, which the decoders do not know: MOE_ERANGE naming the field and the id otherwise. */
+enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab);
+
 /* moeflow.v1.GenerateRequest protobuf. */
 enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out);
 
@@ -146,6 +150,9 @@ int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, bool
 /* Length of the longest prefix of buf[0..n) that is complete UTF-8 (an
  * incomplete multi-byte sequence at the end is held back for streaming). */
 size_t moe_utf8_complete_prefix(const char *buf, size_t n);
+/* The bytes of NUL-terminated s to quote in a message of at most max bytes, whole characters only:
+ * for "%.*s", so that a client's text cut short stays UTF-8. */
+int moe_utf8_cut(const char *s, size_t max);
 /* moe_utf8_valid(): model/utf8.h */
 
 #ifdef __cplusplus

@@ -1,12 +1,16 @@
 /* OpenAI's Responses API over the chat completions path (responses.h). */
 #include "responses.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "requests.h"
+
 enum { OPEN_NONE, OPEN_REASONING, OPEN_MESSAGE };
+enum { SRC_INSTRUCTIONS = -1, SRC_HISTORY = -2 };
 
 struct moe_responses {
     json_t *echo;       /* the request's settings, which a response object repeats */
@@ -20,6 +24,8 @@ struct moe_responses {
     size_t len, cap;
     json_t *conversation; /* the messages before this response's answer, instructions aside */
     json_t *final;      /* the streamed response's final object, once sent */
+    json_t *msg_src;    /* [messages of the chat request]: where each came from, an index of 'input'; or
+                           SRC_INSTRUCTIONS, SRC_HISTORY (previous_response_id's conversation) */
     bool store, stored; /* the request wants it kept; it will be */
 };
 
@@ -37,6 +43,7 @@ void moe_responses_free(struct moe_responses *r)
     json_decref(r->output);
     json_decref(r->conversation);
     json_decref(r->final);
+    json_decref(r->msg_src);
     free(r->text);
     free(r);
 }
@@ -68,11 +75,13 @@ static enum moe_status content_parts(json_t *content, size_t i, json_t **out)
 }
 
 /* The input items as chat messages: messages, function calls (consecutive ones as one assistant
- * message) and their outputs; reasoning items are left out, as chat templates leave it out. */
-static enum moe_status input_messages(json_t *input, json_t *msgs)
+ * message) and their outputs; reasoning items are left out, as chat templates leave it out.  src gets
+ * the index of the item each message came from. */
+static enum moe_status input_messages(json_t *input, json_t *msgs, json_t *src)
 {
     if (json_is_string(input)) {
         json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "user", "content", input));
+        json_array_append_new(src, json_integer(0));
         return MOE_OK;
     }
     if (!json_is_array(input) || json_array_size(input) == 0)
@@ -94,6 +103,7 @@ static enum moe_status input_messages(json_t *input, json_t *msgs)
                 calls = json_array();
                 json_array_append_new(msgs, json_pack("{s:s,s:n,s:o}", "role", "assistant", "content", "tool_calls",
                                                       calls));
+                json_array_append_new(src, json_integer((json_int_t)i));
             }
             json_array_append_new(calls, json_pack("{s:O,s:s,s:{s:O,s:O}}", "id", cid, "type", "function", "function",
                                                    "name", name, "arguments", args));
@@ -107,16 +117,25 @@ static enum moe_status input_messages(json_t *input, json_t *msgs)
                                   "output", i);
             json_array_append_new(msgs, json_pack("{s:s,s:O,s:O}", "role", "tool", "tool_call_id", cid, "content",
                                                   out));
+            json_array_append_new(src, json_integer((json_int_t)i));
             continue;
         }
         if (type && !strcmp(type, "reasoning")) continue;
-        if ((type && strcmp(type, "message")) || !role)
-            return moe_errorf(MOE_ENOTSUP, "'input[%zu]' of type '%.40s' is not supported: messages, function_call "
-                              "and function_call_output items", i, type ? type : "(none)");
-        json_t *content = NULL;
-        enum moe_status st = content_parts(json_object_get(it, "content"), i, &content);
+        if ((type && strcmp(type, "message")) || (!type && !json_object_get(it, "role")))
+            return moe_errorf(MOE_ENOTSUP, "'input[%zu]' of type '%.*s' is not supported: messages, function_call "
+                              "and function_call_output items", i, type ? moe_utf8_cut(type, 40) : 6,
+                              type ? type : "(none)");
+        if (!role)
+            return moe_errorf(MOE_EINVAL, "'input[%zu].role' must be a string (user, assistant, system or "
+                              "developer)", i);
+        json_t *content = json_object_get(it, "content");
+        if (!content || json_is_null(content))
+            return moe_errorf(MOE_EINVAL, "'input[%zu].content' is required: a string or an array of input_text "
+                              "parts", i);
+        enum moe_status st = content_parts(content, i, &content);
         if (st) return st;
-        json_array_append_new(msgs, json_pack("{s:s,s:o}", "role", role, "content", content ? content : json_null()));
+        json_array_append_new(msgs, json_pack("{s:s,s:o}", "role", role, "content", content));
+        json_array_append_new(src, json_integer((json_int_t)i));
     }
     return MOE_OK;
 }
@@ -136,8 +155,13 @@ static enum moe_status text_format(json_t *text, json_t *chat)
         return MOE_OK;
     }
     if (strcmp(type, "json_schema"))
-        return moe_errorf(MOE_ENOTSUP, "'text.format.type' '%.40s' is not supported (text, json_object or "
-                          "json_schema)", type);
+        return moe_errorf(MOE_ENOTSUP, "'text.format.type' '%.*s' is not supported (text, json_object or "
+                          "json_schema)", moe_utf8_cut(type, 40), type);
+    json_t *schema = json_object_get(f, "schema"), *name = json_object_get(f, "name");
+    if (!json_is_object(schema) && !json_is_boolean(schema))
+        return moe_errorf(MOE_EINVAL, "'text.format' json_schema needs \"schema\": {...} (a JSON schema), beside "
+                          "\"name\"");
+    if (name && !json_is_string(name)) return moe_errorf(MOE_EINVAL, "'text.format.name' must be a string");
     json_t *js = json_object();
     static const char *const keys[] = { "name", "schema", "strict", "description" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(keys); i++)
@@ -158,12 +182,19 @@ static enum moe_status tools_of(json_t *root, json_t *chat)
             json_t *t = json_array_get(tools, i);
             const char *type = json_string_value(json_object_get(t, "type"));
             if (!type || strcmp(type, "function"))
-                return moe_errorf(MOE_ENOTSUP, "'tools[%zu]' of type '%.40s' is not supported: function tools only",
-                                  i, type ? type : "(none)");
+                return moe_errorf(MOE_ENOTSUP, "'tools[%zu]' of type '%.*s' is not supported: function tools only",
+                                  i, type ? moe_utf8_cut(type, 40) : 6, type ? type : "(none)");
+            json_t *params = json_object_get(t, "parameters");
+            if (!json_is_string(json_object_get(t, "name")) || (params && !json_is_null(params) &&
+                                                                !json_is_object(params)))
+                return moe_errorf(MOE_EINVAL, "'tools[%zu]' must be {\"type\": \"function\", \"name\": ..., "
+                                  "\"parameters\": {...}}", i);
             json_t *fn = json_object();
             static const char *const keys[] = { "name", "description", "parameters", "strict" };
-            for (size_t k = 0; k < MOE_ARRAY_LEN(keys); k++)
-                if (json_object_get(t, keys[k])) json_object_set(fn, keys[k], json_object_get(t, keys[k]));
+            for (size_t k = 0; k < MOE_ARRAY_LEN(keys); k++) {
+                json_t *v = json_object_get(t, keys[k]);
+                if (v && !json_is_null(v)) json_object_set(fn, keys[k], v);
+            }
             json_array_append_new(ct, json_pack("{s:s,s:o}", "type", "function", "function", fn));
         }
     }
@@ -203,8 +234,8 @@ static enum moe_status refused_fields(json_t *root)
         return moe_errorf(MOE_EINVAL, "'include' must be an array of strings");
     const char *tr = json_string_value(json_object_get(root, "truncation"));
     if (tr && strcmp(tr, "disabled"))
-        return moe_errorf(MOE_ENOTSUP, "'truncation' '%.20s' is not supported: an input longer than the context "
-                          "is refused (\"disabled\")", tr);
+        return moe_errorf(MOE_ENOTSUP, "'truncation' '%.*s' is not supported: an input longer than the context "
+                          "is refused (\"disabled\")", moe_utf8_cut(tr, 20), tr);
     json_t *tl = json_object_get(root, "top_logprobs");
     if (json_is_integer(tl) && json_integer_value(tl) > 0)
         return moe_errorf(MOE_ENOTSUP, "'top_logprobs' is not supported on /v1/responses (use /v1/chat/completions)");
@@ -236,8 +267,13 @@ enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_
     *chat_body = NULL;
     *out = NULL;
     json_error_t jerr;
-    json_t *root = json_loadb(body, n, 0, &jerr), *chat = NULL;
-    if (!root) return moe_errorf(MOE_EINVAL, "request body is not JSON: %s (line %d)", jerr.text, jerr.line);
+    /* duplicate keys refused, as the chat decoder refuses them: the translation would keep one silently */
+    json_t *root = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr), *chat = NULL, *src = json_array();
+    if (!root) {
+        json_decref(src);
+        return moe_errorf(MOE_EFORMAT, "request body is not valid JSON: %s at line %d column %d", jerr.text,
+                          jerr.line, jerr.column);
+    }
     enum moe_status st = json_is_object(root) ? refused_fields(root)
                                               : moe_errorf(MOE_EINVAL, "request body must be a JSON object");
     if (st == MOE_OK) {
@@ -246,17 +282,22 @@ enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_
                *input = json_object_get(root, "input"), *mo = json_object_get(root, "max_output_tokens");
         if (ins && !json_is_null(ins) && !json_is_string(ins))
             st = moe_errorf(MOE_EINVAL, "'instructions' must be a string");
-        else if (json_is_string(ins))
+        else if (json_is_string(ins)) {
             json_array_append_new(msgs, json_pack("{s:s,s:O}", "role", "system", "content", ins));
+            json_array_append_new(src, json_integer(SRC_INSTRUCTIONS));
+        }
         if (st == MOE_OK && !input) st = moe_errorf(MOE_EINVAL, "'input' is required (a string or a list of items)");
         const char *prev = json_string_value(json_object_get(root, "previous_response_id"));
         const json_t *history = prev && lookup ? lookup(ud, prev) : NULL;
         if (st == MOE_OK && prev && !history)
-            st = moe_errorf(MOE_ENOENT, "previous response '%.100s' is not kept here (the server keeps its last "
-                            "responses, responses-store, unless a request said \"store\": false)", prev);
-        for (size_t i = 0; st == MOE_OK && history && i < json_array_size(history); i++)
+            st = moe_errorf(MOE_ENOENT, "previous response '%.*s' is not kept here (the server keeps its last "
+                            "responses, responses-store, unless a request said \"store\": false)",
+                            moe_utf8_cut(prev, 100), prev);
+        for (size_t i = 0; st == MOE_OK && history && i < json_array_size(history); i++) {
             json_array_append_new(msgs, json_deep_copy(json_array_get(history, i)));
-        if (st == MOE_OK) st = input_messages(input, msgs);
+            json_array_append_new(src, json_integer(SRC_HISTORY));
+        }
+        if (st == MOE_OK) st = input_messages(input, msgs, src);
         if (st == MOE_OK && mo && !json_is_null(mo)) json_object_set(chat, "max_tokens", mo);
         if (st == MOE_OK) st = text_format(json_object_get(root, "text"), chat);
         if (st == MOE_OK) st = tools_of(root, chat);
@@ -275,7 +316,8 @@ enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_
             if (r->conversation && json_is_string(json_object_get(root, "instructions")))
                 json_array_remove(r->conversation, 0);
         }
-        if (!r || !*chat_body || !r->conversation || !(r->echo = echo_of(root)) || !(r->output = json_array())) {
+        if (r) r->msg_src = json_incref(src);
+        if (!r || !*chat_body || !r->conversation || !src || !(r->echo = echo_of(root)) || !(r->output = json_array())) {
             free(*chat_body);
             *chat_body = NULL;
             moe_responses_free(r);
@@ -285,8 +327,55 @@ enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_
     }
     json_decref(chat);
     json_decref(root);
+    json_decref(src);
     *out = r;
     return st;
+}
+
+/* Whether word begins at p, an identifier of its own (no letter, digit or '_' around it). */
+static bool word_at(const char *msg, const char *p, const char *word)
+{
+    size_t n = strlen(word);
+    bool id_before = p > msg && (isalnum((unsigned char)p[-1]) || p[-1] == '_');
+    return !id_before && !strncmp(p, word, n) && !isalnum((unsigned char)p[n]) && p[n] != '_';
+}
+
+void moe_responses_error_names(const struct moe_responses *r, const char *msg, char *out, size_t cap)
+{
+    size_t o = 0;
+    char name[96];
+    for (const char *p = msg; *p && o + 1 < cap;) {
+        const char *put = NULL;
+        size_t skip = 0;
+        if (word_at(msg, p, "max_tokens")) {
+            put = "max_output_tokens", skip = strlen("max_tokens");
+        } else if (!strncmp(p, "'response_format'", 17)) {
+            put = "'text.format'", skip = 17;
+        } else if (!strncmp(p, "'messages", 9)) {
+            char *end;
+            unsigned long k = p[9] == '[' ? strtoul(p + 10, &end, 10) : 0;
+            if (p[9] != '[' || *end != ']') { /* the messages as a whole */
+                put = "'input", skip = 9;
+            } else {
+                json_int_t at = k < json_array_size(r->msg_src) ? json_integer_value(json_array_get(r->msg_src, k))
+                                                                : SRC_HISTORY;
+                if (at >= 0) snprintf(name, sizeof(name), "'input[%lld]", (long long)at);
+                else if (at == SRC_INSTRUCTIONS) snprintf(name, sizeof(name), "'instructions");
+                else snprintf(name, sizeof(name), "'previous_response_id' conversation[%lu]", k);
+                put = name, skip = (size_t)(end + 1 - p);
+            }
+        }
+        if (put) {
+            size_t n = strlen(put);
+            if (o + n >= cap) break;
+            memcpy(out + o, put, n);
+            o += n;
+            p += skip;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = 0;
 }
 
 void moe_responses_name(struct moe_responses *r, const char *call_id, long long created, const char *model)

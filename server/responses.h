@@ -30,6 +30,11 @@ typedef const json_t *(*moe_responses_lookup_fn)(void *ud, const char *id);
 enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_lookup_fn lookup, void *ud,
                                       char **chat_body, struct moe_responses **out);
 void moe_responses_free(struct moe_responses *r);
+/* msg, an error about the chat completion request moe_responses_request made (from its decoder or
+ * the server's admission), in the Responses request's names into out[cap]: max_tokens is
+ * max_output_tokens, 'messages[k]' the input item message k came from ('input[i]', or
+ * 'instructions'), 'response_format' 'text.format'. */
+void moe_responses_error_names(const struct moe_responses *r, const char *msg, char *out, size_t cap);
 /* Name the response: id "resp_" + the call id's tail, its creation time and model. */
 void moe_responses_name(struct moe_responses *r, const char *call_id, long long created, const char *model);
 

@@ -334,6 +334,8 @@ static void test_refused(void)
         { "{\"type\":\"object\",\"allOf\":[{\"type\":\"object\"}]}", MOE_ENOTSUP, "'allOf' is supported only of one" },
         { "{\"type\":\"string\",\"minLength\":3,\"maxLength\":2}", MOE_EINVAL, "minLength 3 is above maxLength 2" },
         { "{\"type\":\"string\",\"maxLength\":1.5}", MOE_EINVAL, "'maxLength' must be a non-negative integer" },
+        { "{\"type\":\"string\",\"maxLength\":4611686018427387904}", MOE_EINVAL,
+          "'maxLength' = 4611686018427387904 is more than the largest supported, 4294967294" },
         { "[{\"type\":\"number\",\"multipleOf\":0.5}]", MOE_EINVAL, "a schema must be an object" },
         { "{\"type\":\"array\",\"items\":{\"type\":\"number\",\"multipleOf\":2}}", MOE_ENOTSUP, "for integers only" },
         { "{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"multipleOf\":0.5}}", MOE_EINVAL, "whole number" },

@@ -119,7 +119,21 @@ static void test_request(void)
         { "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"grammar\"}}}", "'text.format.type' 'grammar'" },
         { "{\"input\":\"x\",\"tool_choice\":{\"type\":\"allowed_tools\"}}", "'tool_choice' must be" },
         { "[1]", "must be a JSON object" },
-        { "{\"input\":", "not JSON" },
+        { "{\"input\":", "not valid JSON" },
+        /* duplicate keys, anywhere: refused as the chat decoder refuses them, not one of them kept */
+        { "{\"input\":\"x\",\"input\":\"y\"}", "duplicate" },
+        { "{\"input\":[{\"role\":\"user\",\"content\":\"a\",\"content\":\"b\"}]}", "duplicate" },
+        /* what the chat request would refuse in its own names, refused in the Responses' */
+        { "{\"input\":[{\"role\":\"user\"}]}", "'input[0].content' is required" },
+        { "{\"input\":[{\"type\":\"message\",\"role\":5,\"content\":\"x\"}]}", "'input[0].role' must be a string" },
+        { "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"s\"}}}",
+          "'text.format' json_schema needs \"schema\"" },
+        { "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":1,\"schema\":{}}}}",
+          "'text.format.name' must be a string" },
+        { "{\"input\":\"x\",\"tools\":[{\"type\":\"function\"}]}", "'tools[0]' must be {\"type\": \"function\", \"name\"" },
+        /* a type cut at its byte limit stays whole characters: 39 x 'a' and a two-byte 'é' */
+        { "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\u00e9\"}}}",
+          "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' is not supported" },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         char *chat = NULL;
@@ -127,6 +141,44 @@ static void test_request(void)
         CHECK(st != MOE_OK && !chat && !r && strstr(moe_last_error(), bad[i].word), "%s: status %d, '%s'",
               bad[i].body, st, moe_last_error());
     }
+}
+
+/* The chat decoder's errors about a translated request, in the Responses request's names. */
+static void test_error_names(void)
+{
+    struct moe_responses *r;
+    /* messages: 0 the instructions, 1-2 resp_1's conversation, 3 input[0], 4 the calls of input[1] and
+     * input[2], 5 input[3] */
+    json_decref(translate("{\"instructions\":\"i\",\"previous_response_id\":\"resp_1\",\"input\":["
+                          "{\"role\":\"user\",\"content\":\"q\"},"
+                          "{\"type\":\"function_call\",\"call_id\":\"c1\",\"name\":\"f\",\"arguments\":\"{}\"},"
+                          "{\"type\":\"function_call\",\"call_id\":\"c2\",\"name\":\"f\",\"arguments\":\"{}\"},"
+                          "{\"role\":\"bot\",\"content\":\"a\"}]}", &r));
+    static const struct {
+        const char *chat, *want;
+    } names[] = {
+        { "'max_tokens' = 0 is outside [1, 2147483647]", "'max_output_tokens' = 0 is outside [1, 2147483647]" },
+        { "max_tokens = 900 exceeds this server's limit 512 (max-output)",
+          "max_output_tokens = 900 exceeds this server's limit 512 (max-output)" },
+        { "prompt (9 tokens) + max_tokens (5) = 14 exceeds", "prompt (9 tokens) + max_output_tokens (5) = 14 exceeds" },
+        { "'messages[5].role' = 'bot' is not system", "'input[3].role' = 'bot' is not system" },
+        { "'messages[3].content' must be a string", "'input[0].content' must be a string" },
+        { "'messages[4].content' must be a string", "'input[1].content' must be a string" },
+        { "'messages[0].content' must be a string", "'instructions.content' must be a string" },
+        { "'messages[2].role' must be a string", "'previous_response_id' conversation[2].role' must be a string" },
+        { "'messages': template error", "'input': template error" },
+        { "'response_format' json_schema: JSON schema at '/': bad", "'text.format' json_schema: JSON schema at '/': bad" },
+        { "my_max_tokens and max_tokens_x stay", "my_max_tokens and max_tokens_x stay" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(names); i++) {
+        char out[256];
+        moe_responses_error_names(r, names[i].chat, out, sizeof(out));
+        CHECK(!strcmp(out, names[i].want), "'%s' -> '%s', want '%s'", names[i].chat, out, names[i].want);
+    }
+    char small[12];
+    moe_responses_error_names(r, "'max_tokens' = 0 is outside", small, sizeof(small));
+    CHECK(strlen(small) < sizeof(small), "a small buffer: '%s'", small);
+    moe_responses_free(r);
 }
 
 static void test_reply(void)
@@ -254,6 +306,7 @@ static void test_stream(void)
 int main(void)
 {
     test_request();
+    test_error_names();
     test_reply();
     test_stream();
     return t_failures ? T_FAIL : T_PASS;

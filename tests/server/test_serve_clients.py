@@ -87,6 +87,11 @@ def connect_method(srv):
     status, hd, body = read_reply(f)
     check(status.startswith(b"HTTP/1.1 200") and body == b"ok\n", "GET after CONNECT: %r %r" % (status, body))
     sk.close()
+    # with "Connection: close" the connection ends after the reply (libevent would keep a CONNECT's open
+    # until http-read-timeout)
+    out, closed = exchange(srv, b"CONNECT /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=5)
+    check(out.startswith(b"HTTP/1.1 405") and b"connection: close" in out.lower() and closed,
+          "CONNECT with Connection: close: closed %s, %r" % (closed, out[:200]))
 
 
 def ambiguous_body(srv):
@@ -184,6 +189,28 @@ def connection_limits(moeflow):
                     out += x
             except socket.timeout:
                 return out, False
+        # a connection beyond the cap that sends its request at once is answered once and counted once,
+        # whether the sweep or the request comes first.  The sweep comes first when the connection is
+        # accepted after its request arrived: here while the HTTP thread tokenizes a long prompt for the
+        # fourth connection
+        limit = lambda: metric(srv.metrics(), "moeflow:http_connections_closed_total", reason="limit")
+        big = json.dumps({"prompt": "def add(a, b):\n    return a + b\n" * 30000}).encode()
+        for wait in (0, 0.03, 0.03):
+            before = limit()
+            idle = [conn() for _ in range(4)]
+            idle[3].sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(big) + big if wait else b"")
+            time.sleep(wait or 0.1)
+            sk = conn()
+            sk.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            out, closed = drained(sk)
+            for s in idle + [sk]:
+                s.close()
+            time.sleep(0.3)
+            after = limit()
+            check(closed and out.startswith(b"HTTP/1.1 503 ") and after - before == 1,
+                  "a request beyond the cap at once (after %g s): limit closes counted %d, %r (closed %s)" % (
+                      wait, after - before, out[:100], closed))
         idle = [conn() for _ in range(3)]
         idle[1].sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")  # headers cut short
         idle[2].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")                # a reply, then idle

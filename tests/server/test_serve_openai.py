@@ -677,6 +677,163 @@ def check_logprobs(srv):
           "top_logprobs 0: %d %r" % (code, js))
 
 
+def stop_cut_ok(texts, content):
+    """The log-probabilities' tokens (their texts, bytes) cover exactly the text a stop sequence left:
+    they begin with it, and each token begins inside it (the last may run past it; tokens without
+    text at the end of a reply no stop sequence cut are its own)."""
+    while texts and texts[-1] == b"":
+        texts = texts[:-1]
+    joined = b"".join(texts)
+    return joined.startswith(content) and (not texts or len(joined) - len(texts[-1]) < len(content))
+
+
+def straddle_stop(toks):
+    """(k, stop): a stop sequence that begins at the second character of token k (ASCII, two characters
+    or more, k > 0) and occurs nowhere before, from a greedy reply's token texts; (None, None) if none."""
+    full = "".join(toks)
+    for k, t in enumerate(toks):
+        at = sum(map(len, toks[:k])) + 1
+        stop = (t[1:] + "".join(toks[k + 1:k + 2]))[:8]
+        if k > 0 and len(t) >= 2 and t.isascii() and stop.strip() and full.find(stop) == at:
+            return k, stop
+    return None, None
+
+
+def check_stop_logprobs(srv):
+    """Log-probabilities of tokens a stop sequence cut off are not returned, whole or streamed, chat
+    or completions; a token whose text begins before the stop sequence and runs into it is (part of its
+    text is in the reply).  Streamed, a chunk carries the log-probabilities of the tokens whose text it
+    carries."""
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0, "logprobs": True}
+    code, js = post(srv, "/v1/chat/completions", dict(chat, stop="|>"))
+    ch = (js.get("choices") or [{}])[0]
+    content = (ch.get("message") or {}).get("content", "").encode()
+    texts = [bytes(e["bytes"]) for e in ((ch.get("logprobs") or {}).get("content") or [])]
+    check(code == 200 and ch.get("finish_reason") == "stop" and stop_cut_ok(texts, content) and
+          len(texts) < js["usage"]["completion_tokens"],
+          "chat, stop '|>': content %r, log-probabilities of %r" % (content, texts))
+    # a stop sequence that begins inside a token: that token is kept, the rest cut
+    body = {"prompt": "def add(a, b):", "max_tokens": 8, "temperature": 0, "logprobs": 0}
+    code, js = post(srv, "/v1/completions", body)
+    toks = ((js.get("choices") or [{}])[0].get("logprobs") or {}).get("tokens") or []
+    k, stop = straddle_stop(toks)
+    check(code == 200 and k is not None, "completions: no token to stop inside: %r" % toks)
+    if k is not None:
+        code, js = post(srv, "/v1/completions", dict(body, stop=stop))
+        ch = (js.get("choices") or [{}])[0]
+        lp = ch.get("logprobs") or {}
+        check(code == 200 and ch.get("finish_reason") == "stop" and ch.get("text") == "".join(toks[:k]) + toks[k][0]
+              and lp.get("tokens") == toks[:k + 1] and len(lp["token_logprobs"]) == len(lp["text_offset"]) == k + 1,
+              "completions, stop %r inside token %d of %r: %r, log-probabilities of %r" % (
+                  stop, k, toks, ch.get("text"), lp.get("tokens")))
+        _, chunks, done = sse(srv, "/v1/completions", dict(body, stop=stop, stream=True))
+        streamed = [t for c in chunks for x in c.get("choices", []) for t in ((x.get("logprobs") or {}).get("tokens")
+                                                                               or [])]
+        check(done and streamed == toks[:k + 1], "completions streamed, stop %r: %r" % (stop, streamed))
+    code, js = post(srv, "/v1/chat/completions", dict(chat, messages=[{"role": "user", "content": "def add(a, b):"}]))
+    ctoks = [bytes(e["bytes"]).decode(errors="replace") for e in
+             (((js.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or [])]
+    k, cstop = straddle_stop(ctoks)
+    check(code == 200 and k is not None, "chat: no token to stop inside: %r" % ctoks)
+    for extra in [{"stop": "|>"}] + ([{"stop": cstop, "messages": [{"role": "user", "content": "def add(a, b):"}]}]
+                                     if k is not None else []):
+        whole = post(srv, "/v1/chat/completions", dict(chat, **extra))[1]
+        _, chunks, done = sse(srv, "/v1/chat/completions", dict(chat, stream=True, **extra))
+        sent, lps, ok = b"", [], done
+        for c in chunks:
+            for x in c.get("choices", []):
+                sent += ((x.get("delta") or {}).get("content") or "").encode()
+                lps += [bytes(e["bytes"]) for e in ((x.get("logprobs") or {}).get("content") or [])]
+                ok = ok and stop_cut_ok(lps, sent)  # after each chunk, as for the whole reply
+        wl = [bytes(e["bytes"]) for e in ((whole["choices"][0].get("logprobs") or {}).get("content") or [])]
+        check(ok and sent == whole["choices"][0]["message"]["content"].encode() and lps == wl and
+              stop_cut_ok(wl, sent) and whole["choices"][0]["finish_reason"] == "stop",
+              "chat streamed, stop %r: text %r, log-probabilities %r (whole: %r)" % (extra["stop"], sent, lps, wl))
+
+
+def check_errors(srv):
+    """Errors name what to fix, in the endpoint's own terms, and always come as the JSON error object:
+    a message that quotes bytes that are not UTF-8 (a percent-decoded path) has them as U+FFFD, text
+    cut at a byte limit is cut between characters; /v1/responses names its own fields (not those of
+    the chat request it becomes) and refuses duplicate keys; ids outside the vocabulary count as
+    invalid requests; tools and chat_template_kwargs are checked whatever renders the messages (here
+    moeflow's markers); /tokenize and /detokenize answer a model not served 404, as completions do."""
+    code, out = srv.http("/v1/models/%FF")
+    try:
+        js = json.loads(out)
+    except ValueError:
+        js = {}
+    check(error_ok(code, js, 404, "'\ufffd'"), "GET /v1/models/%%FF: %d %r" % (code, out[:300]))
+    code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "a" * 31 + "\u00e9", "content": "hi"}]})
+    check(error_ok(code, js, 400, "'%s'" % ("a" * 31)) and "\ufffd" not in js["error"]["message"],
+          "a role cut at 32 bytes inside a character: %d %r" % (code, js))
+    for body, word in (({"input": "x", "max_output_tokens": 0}, "'max_output_tokens' = 0"),
+                       ({"input": "x", "max_output_tokens": 100000}, "max_output_tokens = 100000"),
+                       ({"input": [{"role": "user"}]}, "'input[0].content'"),
+                       ({"instructions": "i", "input": [{"role": "user", "content": "x"}, {"role": "bot", "content": "y"}]},
+                        "'input[1].role' = 'bot'"),
+                       ({"input": "x", "text": {"format": {"type": "json_schema", "name": "s"}}}, "'text.format'"),
+                       ({"input": "x", "text": {"format": {"type": "json_schema", "name": "s",
+                                                           "schema": {"type": "nope"}}}}, "'text.format'")):
+        code, js = post(srv, "/v1/responses", body)
+        msg = (js.get("error") or {}).get("message", "")
+        check(error_ok(code, js, 400, word) and not re.search(r"\bmax_tokens\b|messages|response_format", msg),
+              "responses %r: %d %r" % (body, code, js))
+    code, out = srv.http("/v1/responses", b'{"input": "x", "max_output_tokens": 1, "input": "y"}')
+    check(error_ok(code, json.loads(out), 400, "duplicate"), "responses, a key twice: %d %r" % (code, out[:300]))
+    ms = srv.metrics()
+    invalid, sched = (metric(ms, "moeflow:request_rejected_total", reason="invalid"),
+                      metric(ms, "moeflow:requests_rejected_total"))
+    code, js = post(srv, "/v1/completions", {"prompt": [99999], "echo": True})
+    check(error_ok(code, js, 400, "'prompt[0]' = 99999"), "echo of an id outside the vocabulary: %d %r" % (code, js))
+    code, js = post(srv, "/v1/completions", {"prompt": "x", "logit_bias": {"9000": 1}})
+    check(error_ok(code, js, 400, "'logit_bias' token 9000 is outside the vocabulary") and
+          "sampling" not in js["error"]["message"], "logit_bias outside the vocabulary: %d %r" % (code, js))
+    ms = srv.metrics()
+    check(metric(ms, "moeflow:request_rejected_total", reason="invalid") == invalid + 2 and
+          metric(ms, "moeflow:requests_rejected_total") == sched,
+          "ids outside the vocabulary counted: invalid %d -> %d, scheduler's %d -> %d" % (
+              invalid, metric(ms, "moeflow:request_rejected_total", reason="invalid"), sched,
+              metric(ms, "moeflow:requests_rejected_total")))
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    for extra, word in (({"tools": 5}, "'tools'"), ({"tools": [{"type": "function"}]}, "'tools'[0]"),
+                        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 1}}]}, "'tools'[0]"),
+                        ({"chat_template_kwargs": 5}, "'chat_template_kwargs'")):
+        code, js = post(srv, "/v1/chat/completions", dict(chat, **extra))
+        check(error_ok(code, js, 400, word), "markers, %r: %d %r" % (extra, code, js))
+    for path, body in (("/tokenize", {"prompt": "a"}), ("/tokenize", {"messages": chat["messages"]}),
+                       ("/detokenize", {"tokens": [65]})):
+        code, js = post(srv, path, dict(body, model="nope"))
+        check(error_ok(code, js, 404, "'nope'"), "%s, model nope: %d %r" % (path, code, js))
+        code, js = post(srv, path, dict(body, model=NAME))
+        check(code == 200, "%s, model %s: %d %r" % (path, NAME, code, js))
+    code, js = post(srv, "/v1/completions", {"prompt": [["a"]]})
+    check(error_ok(code, js, 400, "'prompt[0]' must be a string or an array of token ids"),
+          "a nested array as the prompt: %d %r" % (code, js))
+    code, js = post(srv, "/v1/chat/completions", dict(chat, response_format={
+        "type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "string", "maxLength": 2 ** 62}}}))
+    check(error_ok(code, js, 400, "4294967294"), "maxLength 2**62: %d %r" % (code, js))
+
+
+def check_responses_store(moeflow):
+    """responses-store 2: a slot a DELETE emptied takes the next response; the oldest goes only when
+    both hold one."""
+    srv = Server(moeflow, "--responses-store", "2")
+    try:
+        body = {"input": "x", "max_output_tokens": 1}
+        ids = [post(srv, "/v1/responses", body)[1].get("id", "") for _ in range(3)]  # A, B, C: A goes
+        code, _, _ = raw(srv, "DELETE", "/v1/responses/" + ids[2], {})
+        ids.append(post(srv, "/v1/responses", body)[1].get("id", ""))               # D: in C's slot
+        codes = [srv.http("/v1/responses/" + i)[0] for i in ids]
+        check(code == 200 and codes == [404, 200, 404, 200], "kept after DELETE: %d, %r" % (code, codes))
+        ids.append(post(srv, "/v1/responses", body)[1].get("id", ""))               # E: B goes
+        codes = [srv.http("/v1/responses/" + i)[0] for i in ids]
+        check(codes == [404, 404, 404, 200, 200], "kept when full: %r" % codes)
+        check(srv.stop() == 0, "responses-store server: exit status")
+    finally:
+        srv.kill()
+
+
 def model_logprobs(moeflow, ids):
     """log_softmax of `moeflow logits` at every position of ids (the engine outside the server)."""
     import math
@@ -993,7 +1150,9 @@ def main():
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
                            check_n, check_tokenize, lambda s: check_json(s, moeflow),
-                           lambda s: check_json_schema(s, moeflow), check_structured, check_tools, check_logprobs, lambda s: check_echo(s, moeflow),
+                           lambda s: check_json_schema(s, moeflow), check_structured, check_tools, check_logprobs,
+                           check_stop_logprobs, check_errors, lambda s: check_responses_store(moeflow),
+                           lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors, check_responses)
 
 if __name__ == "__main__":

@@ -235,6 +235,31 @@ static void test_openai(void)
     expect_bad("{\"messages\":[]}", true, "messages");
     expect_bad("{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", true, "role");
     expect_bad("{\"messages\":[{\"role\":\"user\"}]}", true, "content");
+    /* a batch of one whose prompt is not one: named as such, not as a batch */
+    expect_bad("{\"prompt\":[[\"a\"]]}", false, "'prompt[0]' must be a string or an array of token ids");
+    /* tools and chat_template_kwargs are checked with the markers too */
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":5}", true, "'tools'");
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"function\"}]}", true,
+               "'tools'[0]");
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"chat_template_kwargs\":5}", true,
+               "'chat_template_kwargs'");
+    /* a role quoted at 32 bytes is cut between characters: 31 x 'a', then a two-byte character */
+    expect_bad("{\"messages\":[{\"role\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\u00e9\",\"content\":\"x\"}]}", true,
+               "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' is not");
+    CHECK(moe_utf8_valid(moe_last_error(), strlen(moe_last_error())), "not UTF-8: %s", moe_last_error());
+    CHECK(moe_utf8_cut("ab\xc3\xa9", 3) == 2 && moe_utf8_cut("ab\xc3\xa9", 4) == 4 && moe_utf8_cut("ab", 9) == 2,
+          "moe_utf8_cut");
+    /* ids the decoder cannot bound are checked against the vocabulary */
+    REQUIRE(oai("{\"prompt\":[1,7],\"logit_bias\":{\"5\":1}}", false, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(moe_gen_request_check_vocab(&r, 8) == MOE_OK, "within the vocabulary: %s", moe_last_error());
+    CHECK(moe_gen_request_check_vocab(&r, 7) == MOE_ERANGE && strstr(moe_last_error(), "'prompt[1]' = 7"),
+          "a prompt id outside: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":[1],\"logit_bias\":{\"9000\":1}}", false, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(moe_gen_request_check_vocab(&r, 8192) == MOE_ERANGE &&
+              !strcmp(moe_last_error(), "'logit_bias' token 9000 is outside the vocabulary [0, 8192)"),
+          "a logit_bias id outside: %s", moe_last_error());
+    moe_gen_request_free(&r);
 }
 
 static size_t pack_generate(const Moeflow__V1__GenerateRequest *m, uint8_t **buf)

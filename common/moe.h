@@ -52,6 +52,8 @@ void moe_error_clear(void);
 enum moe_log_level { MOE_LOG_ERROR, MOE_LOG_WARN, MOE_LOG_INFO, MOE_LOG_DEBUG };
 void moe_log(enum moe_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void moe_log_set_level(enum moe_log_level lvl);
+/* Reads MOEFLOW_LOG now (else at the first message): a value it does not know is said at once. */
+void moe_log_init(void);
 #define MOE_ERR(...)  moe_log(MOE_LOG_ERROR, __VA_ARGS__)
 #define MOE_WARN(...) moe_log(MOE_LOG_WARN, __VA_ARGS__)
 #define MOE_INFO(...) moe_log(MOE_LOG_INFO, __VA_ARGS__)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,14 +81,18 @@ static int log_level_get(void)
     if (log_level < 0) {
         const char *e = getenv("MOEFLOW_LOG");
         log_level = MOE_LOG_WARN;
-        if (e) {
-            if (!strcmp(e, "error")) log_level = MOE_LOG_ERROR;
-            else if (!strcmp(e, "info")) log_level = MOE_LOG_INFO;
-            else if (!strcmp(e, "debug")) log_level = MOE_LOG_DEBUG;
+        if (e && *e) {
+            if (!strcasecmp(e, "error")) log_level = MOE_LOG_ERROR;
+            else if (!strcasecmp(e, "info")) log_level = MOE_LOG_INFO;
+            else if (!strcasecmp(e, "debug")) log_level = MOE_LOG_DEBUG;
+            else if (strcasecmp(e, "warn") && strcasecmp(e, "warning"))
+                fprintf(stderr, "moeflow: MOEFLOW_LOG '%.32s' is not error, warn, info or debug: logging warnings\n", e);
         }
     }
     return log_level;
 }
+
+void moe_log_init(void) { (void)log_level_get(); }
 
 void moe_log(enum moe_log_level lvl, const char *fmt, ...)
 {

@@ -221,7 +221,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             break;
         case OPT_TEMP:
             if (!parse_float(optarg, &o->samp.temperature) || o->samp.temperature < 0) {
-                fprintf(stderr, "moeflow generate: --temperature '%s': expected a number >= 0\n", optarg);
+                fprintf(stderr, "moeflow generate: --temperature '%s': expected a number >= 0 that a float holds "
+                                "(at most 3.4e38)\n", optarg);
                 return 2;
             }
             break;

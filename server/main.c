@@ -39,6 +39,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     moe_tmp_remove_on_signals(); /* no half-written output left behind (serve installs its own) */
+    moe_log_init();
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -750,7 +750,8 @@ static enum moe_status server_warmup(struct moe_server *s)
     enum moe_status st = srv_gen_submit(s, &ib, &tag, &r, moe_now() + 300, &g);
     if (st != MOE_OK) {
         srv_inbox_free(&ib);
-        return moe_error_prefix(st, "warm-up request");
+        return moe_error_prefix(st, "warm-up request of warmup-tokens = %d (lower warmup-tokens, or 0 for none)",
+                                s->cfg.warmup_tokens);
     }
     bool done = false;
     struct srv_events ev;
@@ -832,6 +833,9 @@ static enum moe_status pick_context(struct moe_server *s)
     const struct moe_serve_config *cfg = &s->cfg;
     int model_ctx = s->model->cfg.max_pos;
     s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
+    if (cfg->max_ctx > model_ctx)
+        MOE_WARN("max-ctx %d is more than the model's context (%d, max_position_embeddings): serving %d", cfg->max_ctx,
+                 model_ctx, model_ctx);
     if (cfg->max_ctx > 0)
         return MOE_OK;
     uint64_t budget = 0;

@@ -94,6 +94,7 @@ struct moe_sched {
 
     struct rq *wait_head, *wait_tail; /* submission order */
     int n_waiting;
+    int n_wait_more;               /* of them, further choices of a request (moe_gen_params.more_choice) */
     struct rq **active;            /* [max_running] admission order */
     int n_active;
     int n_unreported;              /* finished, on_done not yet returned */
@@ -177,6 +178,7 @@ static void wait_remove(struct moe_sched *s, struct rq *r)
         s->wait_tail = prev;
     r->next = NULL;
     s->n_waiting--;
+    s->n_wait_more -= r->g.more_choice;
 }
 
 static void active_remove(struct moe_sched *s, struct rq *r)
@@ -1073,9 +1075,13 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     else if ((int64_t)n_prompt + g->max_tokens > s->max_ctx)
         st = moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) = %lld exceeds the context of %d tokens",
                         n_prompt, g->max_tokens, (long long)n_prompt + g->max_tokens, s->max_ctx);
-    else if ((int64_t)n_prompt + g->max_tokens > s->p.max_tokens_in_flight)
-        st = moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) exceeds max_tokens_in_flight = %lld",
-                        n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight);
+    else if (((int64_t)n_prompt + g->max_tokens) * (g->choices > 1 ? g->choices : 1) > s->p.max_tokens_in_flight)
+        st = g->choices > 1
+                 ? moe_errorf(MOE_ERANGE, "request: %d choices of prompt (%d) + max_tokens (%d) exceed "
+                              "max_tokens_in_flight = %lld; ask for fewer choices or tokens",
+                              g->choices, n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight)
+                 : moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) exceeds max_tokens_in_flight = %lld",
+                              n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight);
     else if ((st = moe_sampling_validate(&g->sampling, s->be.vocab)) != MOE_OK)
         st = moe_error_prefix(st, "request: sampling");
     else if (g->deadline != g->deadline)
@@ -1134,14 +1140,15 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     pthread_mutex_lock(&s->mu);
     if (s->draining || s->stop)
         st = moe_errorf(MOE_EBUSY, "scheduler: not accepting requests (draining for shutdown)");
-    else if (s->n_waiting >= s->p.max_queued)
+    else if (!g->more_choice && s->n_waiting - s->n_wait_more >= s->p.max_queued)
         st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max_queued = %d); retry later",
-                        s->n_waiting, s->p.max_queued);
-    else if (s->tif + r->need > s->p.max_tokens_in_flight)
+                        s->n_waiting - s->n_wait_more, s->p.max_queued);
+    else if (!g->more_choice && s->tif + r->need * (g->choices > 1 ? g->choices : 1) > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_EBUSY,
-                        "scheduler: tokens in flight %lld + this request's %lld (prompt %d + max_tokens %d) "
-                        "exceed max_tokens_in_flight = %lld; retry later",
-                        (long long)s->tif, (long long)r->need, n_prompt, g->max_tokens,
+                        "scheduler: tokens in flight %lld + this request's %lld (prompt %d + max_tokens %d, "
+                        "%d choice%s) exceed max_tokens_in_flight = %lld; retry later",
+                        (long long)s->tif, (long long)r->need * (g->choices > 1 ? g->choices : 1), n_prompt,
+                        g->max_tokens, g->choices > 1 ? g->choices : 1, g->choices > 1 ? "s" : "",
                         (long long)s->p.max_tokens_in_flight);
     if (st != MOE_OK) {
         s->st.rejected++;
@@ -1157,6 +1164,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         s->wait_head = r;
     s->wait_tail = r;
     s->n_waiting++;
+    s->n_wait_more += g->more_choice;
     s->tif += r->need;
     s->st.accepted++;
     if (id)

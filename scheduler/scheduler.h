@@ -115,6 +115,12 @@ struct moe_gen_params {
     /* With json: the value may follow a reasoning block, "<think>" free text "</think>" (with
      * think_opened the output begins inside it); moe_json_init_after_think. */
     bool json_after_think, think_opened;
+    /* The n choices of one request (n > 1) are n submissions in a row: the first has choices = n,
+     * and its admission checks room for all n at once (tokens in flight for n of it; an error, not
+     * "retry later", when n of it never fit); the others have more_choice set: they take no place
+     * of their own in the max_queued bound (a request counts once) and no tokens-in-flight check. */
+    int choices;
+    bool more_choice;
 };
 
 /* How a request ended, as on_done reports it. */

@@ -1067,6 +1067,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         c->ch[i] = r;
         c->n_open++;
         gr.sampling.seed = seed + (uint64_t)i;
+        gr.choice = i;
         st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
         if (st == MOE_OK)
             st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);

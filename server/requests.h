@@ -57,6 +57,7 @@ struct moe_gen_request {
     bool chat;                  /* a chat completion: without max_tokens it may fill the context */
     bool has_seed;              /* sampling.seed was given; else the server draws one per request */
     int n;                      /* OpenAI's n: choices of one request (HTTP), 1..MOE_REQ_MAX_N */
+    int choice;                 /* which of the n a submission is (0 first): srv_gen_submit admits the n as one */
     bool json_object;           /* JSON mode: the output is one JSON object */
     struct moe_json_schema *json_schema; /* ... or one value of this schema (owned reference; NULL: none) */
     bool tool_call;             /* chat tool_choice: the reply is {"name": ..., "arguments": {...}}, a call of

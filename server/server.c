@@ -468,6 +468,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .top_logprobs = r->top_logprobs,
         .prompt_logprobs = r->echo && (r->logprobs || r->prompt_only), /* the scheduler's prompt-only mode */
         .json = r->json_object || r->json_schema ? &s->json_vocab : NULL,
+        .choices = r->choice == 0 ? r->n : 0,
+        .more_choice = r->choice > 0,
         .json_schema = r->json_schema,
         .json_after_think = r->json_after_think,
         .think_opened = r->think_opened,

@@ -114,6 +114,56 @@ static void test_bounds(void)
     expect_reject(s, prompt_of(20, 0), 20, 30, MOE_ERANGE, "max_tokens_in_flight = 40", "larger than the bound");
     moe_sched_destroy(s);
 
+    /* the n choices of one request: one place in the queue bound, room checked for all n at once */
+    be = fb_backend(&fb);
+    struct moe_sched_params pc = { .max_running = 2, .max_queued = 1, .max_tokens_in_flight = 100 };
+    s = moe_sched_create_backend(&be, &pc);
+    REQUIRE(s, "create: %s", moe_last_error());
+    {
+        struct moe_gen_params g = gen(20);
+        g.choices = 3;
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_ERANGE &&
+                  strstr(moe_last_error(), "3 choices"),
+              "3 x 30 tokens fit 100, 3 x 40 never do: %s", moe_last_error());
+        g.max_tokens = 5;
+        static struct sc_req ch[3];
+        memset(ch, 0, sizeof(ch));
+        for (int i = 0; i < 3; i++) {
+            g.choices = i ? 0 : 3;
+            g.more_choice = i > 0;
+            CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, &sc_events, &ch[i], &ch[i].id) == MOE_OK,
+                  "choice %d of 3 with max_queued 1: %s", i, moe_last_error());
+        }
+        /* the queue holds one request (its three choices): another is refused, for the queue */
+        expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max_queued = 1", "queue full behind 3 choices");
+        moe_sched_stats(s, &st);
+        CHECK(st.waiting == 3 && st.tokens_in_flight == 75, "waiting %d, tokens in flight %lld", st.waiting,
+              (long long)st.tokens_in_flight);
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        for (int i = 0; i < 3; i++)
+            CHECK(ch[i].n_done == 1 && ch[i].n_tokens == 5, "choice %d: done %d tokens %d", i, ch[i].n_done,
+                  ch[i].n_tokens);
+        /* 2 choices of 75 with nothing in flight: 150 > 100 never fits; 2 of 45 wait on 30 in flight */
+        g.choices = 2;
+        g.more_choice = false;
+        g.max_tokens = 25;
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "2 x 45: %s",
+              moe_last_error());
+        g.choices = 0;
+        g.more_choice = true;
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "second of 2: %s",
+              moe_last_error());
+        g.choices = 2;
+        g.more_choice = false;
+        g.max_tokens = 1;
+        expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max_queued = 1", "queue full behind 2 choices");
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        check_accounting(s, "choices");
+    }
+    moe_sched_destroy(s);
+
     /* bad params are refused with the field named */
     be = fb_backend(&fb);
     struct moe_sched_params p3 = { .max_running = 4, .micro_batch = 8 };

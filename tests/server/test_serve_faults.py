@@ -384,6 +384,14 @@ def main():
         ms, acc, done = balance(srv)
         check(acc == done, "after queued cancel: accepted %s terminal %s" % (acc, done))
         check_baseline(srv, "after the held and queued cancels")
+        # the n choices of one request count once in the queue bound: n = 4 on this idle server (one
+        # running, two waiting at most) is served whole
+        code, body = srv.http("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 2, "n": 4}).encode())
+        js = json.loads(body) if code == 200 else {}
+        check(code == 200 and [c["index"] for c in js.get("choices", [])] == [0, 1, 2, 3],
+              "n = 4 with max-queued 2: %d %s" % (code, body[:200]))
+        ms, acc, done = balance(srv)
+        check(acc == done, "after n = 4: accepted %s terminal %s" % (acc, done))
         check(srv.stop() == 0, "exit status")
     finally:
         srv.kill()

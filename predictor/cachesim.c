@@ -81,11 +81,28 @@ void moe_evlog_access(struct moe_evlog *l, int moe_layer, int n, const int *ids)
     if (!push(l, MOE_EV_ACCESS, moe_layer, 0, n, ids, NULL)) l->oom = true;
 }
 
-enum moe_status moe_evlog_oracle(const struct moe_evlog *src, int horizon, struct moe_evlog *dst)
+/* The truth of steps step + h0 .. step + h1 as hints, issued while MoE layer cur computes (-1: at
+ * step start): a hint's distance counts MoE layers from there. */
+static void oracle_hints(struct moe_evlog *dst, const int *r, size_t nst, size_t step, int h0, int h1, int cur)
 {
-    int M = src->n_moe, K = src->top_k;
+    int M = dst->n_moe, K = dst->top_k;
+    float one[64];
+    for (int i = 0; i < K; i++) one[i] = 1.0f;
+    for (int h = h0; h <= h1 && step + (size_t)h < nst; h++)
+        for (int l = 0; l < M; l++) {
+            const int *ids = r + ((step + (size_t)h) * (size_t)M + (size_t)l) * (size_t)K;
+            if (ids[0] >= 0) moe_evlog_prefetch(dst, l, K, ids, one, h * M + l - cur);
+        }
+}
+
+enum moe_status moe_evlog_oracle(const struct moe_evlog *src, const struct moe_oracle_params *p,
+                                 struct moe_evlog *dst)
+{
+    int M = src->n_moe, K = src->top_k, H = p->horizon;
     moe_evlog_init(dst, M, src->n_experts, K);
-    if (horizon < 0 || K > 64) return moe_errorf(MOE_EINVAL, "oracle: horizon %d, top_k %d", horizon, K);
+    if (H < 0 || K > 64 || p->reveal_layer < -1 || p->reveal_layer >= M || (p->later_only && H < 1))
+        return moe_errorf(MOE_EINVAL, "oracle: horizon %d%s, reveal layer %d of %d, top_k %d", H,
+                          p->later_only ? " (later steps only)" : "", p->reveal_layer, M, K);
     size_t nst = (size_t)src->steps;
     int *r = malloc(sizeof(int) * (nst ? nst : 1) * (size_t)M * (size_t)K);
     if (!r) return moe_errorf(MOE_ENOMEM, "oracle: out of memory");
@@ -101,20 +118,28 @@ enum moe_status moe_evlog_oracle(const struct moe_evlog *src, int horizon, struc
             memcpy(r + (st * (size_t)M + (size_t)e->layer) * (size_t)K, src->ids + e->off, sizeof(int) * (size_t)K);
         }
     }
-    float one[64];
-    for (int i = 0; i < 64; i++) one[i] = 1.0f;
-    for (size_t s = 0; s < nst; s++) {
-        moe_evlog_step(dst);
-        for (int h = 0; h <= horizon; h++) {
-            if (s + (size_t)h >= nst) break;
-            for (int l = 0; l < M; l++) {
-                const int *ids = r + ((s + (size_t)h) * (size_t)M + (size_t)l) * (size_t)K;
-                if (ids[0] >= 0) moe_evlog_prefetch(dst, l, K, ids, one, h * M + l + 1);
-            }
-        }
-        for (int l = 0; l < M; l++) {
-            const int *ids = r + (s * (size_t)M + (size_t)l) * (size_t)K;
-            if (ids[0] >= 0) moe_evlog_access(dst, l, K, ids);
+    int first = p->later_only ? 1 : 0;      /* the first step (relative) the truth covers */
+    st = 0;
+    started = false;
+    int cur = -1;                          /* the MoE layer computing now (-1: the step's start) */
+    for (size_t i = 0; i < src->n_ev; i++) {
+        const struct moe_ev *e = &src->ev[i];
+        if (e->kind == MOE_EV_STEP) {
+            st += started;
+            started = true;
+            cur = -1;
+            moe_evlog_step(dst);
+            /* at the start: the truth of every step it covers, or with a reveal layer the step's own */
+            oracle_hints(dst, r, nst, st, first, p->reveal_layer < 0 ? H : 0, -1);
+        } else if (e->kind == MOE_EV_ACCESS) {
+            if (started && e->n == K) moe_evlog_access(dst, e->layer, K, src->ids + e->off);
+            cur = e->layer;
+            if (started && p->reveal_layer >= 0 && cur == p->reveal_layer)
+                oracle_hints(dst, r, nst, st, 1, H, cur);
+        } else if (p->keep && started) { /* src's hint: kept where the truth does not speak for its step */
+            int h = (cur + e->distance - e->layer) / M;
+            if (h > H || h < first)
+                moe_evlog_prefetch(dst, e->layer, e->n, src->ids + e->off, src->scores + e->off, e->distance);
         }
     }
     free(r);

@@ -47,10 +47,19 @@ void moe_evlog_prefetch(struct moe_evlog *l, int moe_layer, int n, const int *id
                         int distance);
 void moe_evlog_access(struct moe_evlog *l, int moe_layer, int n, const int *ids);
 
-/* An oracle log for upper bounds: src's steps and accesses, with hints (score
- * 1) of the true routing of each step and the `horizon` steps after it,
- * issued at step start in place of src's hints.  dst is initialised here. */
-enum moe_status moe_evlog_oracle(const struct moe_evlog *src, int horizon, struct moe_evlog *dst);
+/* An oracle log for upper bounds: src's steps and accesses, with hints (score 1) of the true routing
+ * of steps in place of some or all of src's hints. */
+struct moe_oracle_params {
+    int horizon;       /* the truth of each step and of the `horizon` steps after it */
+    bool later_only;   /* ... but not of the step itself (its hints stay src's) */
+    int reveal_layer;  /* -1: the truth at step start; else the later steps' truth only once MoE layer
+                          reveal_layer of the step was accessed (the step's own at its start) */
+    bool keep;         /* src's hints for the steps the truth does not cover are kept (beyond the
+                          horizon; the step itself with later_only); false: src's hints are dropped */
+};
+/* dst is initialised here. */
+enum moe_status moe_evlog_oracle(const struct moe_evlog *src, const struct moe_oracle_params *p,
+                                 struct moe_evlog *dst);
 
 /* Provider wrapper: records acquire() as accesses and prefetch() as hints
  * into log (model layers mapped with moe_index [n_layers], -1 = dense) and

@@ -47,6 +47,12 @@ static void usage(FILE *f)
         "  --oracle-horizon H    upper bound: replace the predictor's hints by the true routing of\n"
         "                        each step and the H steps after it (score 1), at step start;\n"
         "                        0 <= H <= 7 (the predicted policy keeps 8 steps of predictions)\n"
+        "  --oracle-keep         with --oracle-horizon: keep the predictor's hints for the steps the\n"
+        "                        truth does not cover\n"
+        "  --oracle-later-only   with --oracle-horizon H >= 1: no truth for the step itself (its hints\n"
+        "                        are the predictor's with --oracle-keep), only for the H after it\n"
+        "  --oracle-reveal-layer L  with --oracle-horizon: the later steps' truth is given only once\n"
+        "                        MoE layer L (0-based) of the step has run, not at its start\n"
         "%s"
         "  --json                print one JSON object (the keys of moeflow sim, plus\n"
         "                        prefetches, prefetch_useful_frac and belady)\n"
@@ -60,7 +66,7 @@ static void usage(FILE *f)
 }
 
 enum { O_MODEL = 256, O_TEXT, O_SEQ, O_MAXTOK, O_CAP, O_FRAC, O_POLICY, O_PRED, O_MINSC, O_LINK, O_EB,
-       O_LAYER, O_EXPERT, O_THREADS, O_JSON, O_ORACLE, O_NOPF };
+       O_LAYER, O_EXPERT, O_THREADS, O_JSON, O_ORACLE, O_NOPF, O_OKEEP, O_OLATER, O_OREVEAL };
 
 /* Say once when what was asked for changes nothing: only the predicted policy
  * ranks evictions with the predictions; lru and lfu only prefetch them,
@@ -104,12 +110,16 @@ int moe_cmd_replay(int argc, char **argv)
         { "json", no_argument, NULL, O_JSON },
         { "oracle-horizon", required_argument, NULL, O_ORACLE },
         { "no-prefetch", no_argument, NULL, O_NOPF },
+        { "oracle-keep", no_argument, NULL, O_OKEEP },
+        { "oracle-later-only", no_argument, NULL, O_OLATER },
+        { "oracle-reveal-layer", required_argument, NULL, O_OREVEAL },
         MOE_BACKEND_LONG_OPTION,
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL, *pol_s = NULL;
-    long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0, oracle = -1;
+    long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0, oracle = -1, reveal = -1;
+    bool oracle_keep = false, later_only = false;
     double frac = 0, min_score = MOE_PRED_MIN_SCORE, link = 0, layer_ms = 0, expert_ms = 0.153;
     bool json = false, no_prefetch = false;
     const char *timeline_opt = NULL; /* an option that only shapes the --link-gbps timeline */
@@ -165,6 +175,11 @@ int moe_cmd_replay(int argc, char **argv)
             break;
         case O_JSON: json = true; break;
         case O_NOPF: no_prefetch = true; break;
+        case O_OKEEP: oracle_keep = true; break;
+        case O_OLATER: later_only = true; break;
+        case O_OREVEAL:
+            if (!moe_cli_parse_long(optarg, 0, 1023, &reveal)) goto bad_value;
+            break;
         case O_ORACLE:
             if (!moe_cli_parse_long(optarg, 0, MOE_POLICY_PREDICTED_SLOTS - 1, &oracle)) {
                 fprintf(stderr, "moeflow replay: --oracle-horizon '%s' must be an integer 0..%d (the predicted "
@@ -196,6 +211,16 @@ int moe_cmd_replay(int argc, char **argv)
     if (!text || !pol_s || !pred_s || (cap > 0) == (frac > 0)) {
         fprintf(stderr, "moeflow replay: needs --text, --policy, --predictor and exactly one of --capacity or "
                         "--capacity-frac (see --help)\n");
+        return 2;
+    }
+    if (oracle < 0 && (oracle_keep || later_only || reveal >= 0)) {
+        fprintf(stderr, "moeflow replay: --%s shapes the oracle: give --oracle-horizon H too\n",
+                oracle_keep ? "oracle-keep" : later_only ? "oracle-later-only" : "oracle-reveal-layer");
+        return 2;
+    }
+    if (later_only && oracle < 1) {
+        fprintf(stderr, "moeflow replay: --oracle-later-only needs --oracle-horizon 1 or more (the steps after "
+                        "this one)\n");
         return 2;
     }
     if (timeline_opt && !(link > 0)) {
@@ -258,7 +283,15 @@ int moe_cmd_replay(int argc, char **argv)
     double decode_s = moe_now() - t0;
     if (oracle >= 0) {
         struct moe_evlog orc;
-        if (moe_evlog_oracle(&log, (int)oracle, &orc)) {
+        struct moe_oracle_params op = { .horizon = (int)oracle, .later_only = later_only,
+                                        .reveal_layer = (int)reveal, .keep = oracle_keep };
+        if (reveal >= n_moe) {
+            fprintf(stderr, "moeflow replay: --oracle-reveal-layer %ld: the model has MoE layers 0..%d\n", reveal,
+                    n_moe - 1);
+            rc = 2;
+            goto out;
+        }
+        if (moe_evlog_oracle(&log, &op, &orc)) {
             fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
             moe_evlog_free(&orc);
             goto out;

@@ -75,9 +75,85 @@ static enum moe_status fake_acquire(void *self, int layer, int n, const int *ids
 static void fake_release(void *self, int layer) { (void)self; (void)layer; }
 static const struct moe_provider_ops fake_ops = { .acquire = fake_acquire, .release = fake_release };
 
+/* The oracle log: which hints it holds, where, from whom.  src: 3 steps, each with the predictor's
+ * hints (score 0.5) at step start for steps +0..+2, and a gate hint (score 0.25) for layer 1 after
+ * layer 0's access.  count(dst, score, h, after) counts the hints of that score for step +h issued
+ * after MoE layer `after` (-1: at step start), over all steps. */
+static int count_hints(const struct moe_evlog *d, float score, int h, int after)
+{
+    int n = 0, cur = -1;
+    for (size_t i = 0; i < d->n_ev; i++) {
+        const struct moe_ev *e = &d->ev[i];
+        if (e->kind == MOE_EV_STEP) cur = -1;
+        else if (e->kind == MOE_EV_ACCESS) cur = e->layer;
+        else if (d->scores[e->off] == score && cur == after && (cur + e->distance - e->layer) / M == h) n++;
+    }
+    return n;
+}
+
+static void test_oracle(void)
+{
+    struct moe_evlog src, d;
+    moe_evlog_init(&src, M, E, K);
+    float half[K] = { 0.5f, 0.5f }, quarter[K] = { 0.25f, 0.25f };
+    for (int s = 0; s < 3; s++) {
+        moe_evlog_step(&src);
+        for (int h = 0; h <= 2; h++)
+            for (int l = 0; l < M; l++) moe_evlog_prefetch(&src, l, K, route[s][l], half, h * M + l + 1);
+        for (int l = 0; l < M; l++) {
+            moe_evlog_access(&src, l, K, route[s][l]);
+            if (l == 0) moe_evlog_prefetch(&src, 1, K, route[s][1], quarter, 1);
+        }
+    }
+    struct moe_oracle_params p = { .horizon = 1, .reveal_layer = -1 };
+    CHECK(moe_evlog_oracle(&src, &p, &d) == MOE_OK && d.steps == 3, "oracle: %s", moe_last_error());
+    /* the truth of each step and the next at its start (the last step has no next); nothing of src's */
+    CHECK(count_hints(&d, 1.0f, 0, -1) == 3 * M && count_hints(&d, 1.0f, 1, -1) == 2 * M &&
+              count_hints(&d, 0.5f, 2, -1) == 0 && count_hints(&d, 0.25f, 0, 0) == 0,
+          "horizon 1: %d %d", count_hints(&d, 1.0f, 0, -1), count_hints(&d, 1.0f, 1, -1));
+    moe_evlog_free(&d);
+    p.keep = true; /* src's hints beyond the horizon stay */
+    CHECK(moe_evlog_oracle(&src, &p, &d) == MOE_OK && count_hints(&d, 0.5f, 2, -1) == 3 * M &&
+              count_hints(&d, 0.5f, 0, -1) == 0 && count_hints(&d, 0.5f, 1, -1) == 0 &&
+              count_hints(&d, 0.25f, 0, 0) == 0,
+          "keep: %d", count_hints(&d, 0.5f, 2, -1));
+    moe_evlog_free(&d);
+    p.later_only = true; /* the step's own hints are src's, the gate's too; the truth only for the next */
+    CHECK(moe_evlog_oracle(&src, &p, &d) == MOE_OK && count_hints(&d, 1.0f, 0, -1) == 0 &&
+              count_hints(&d, 0.5f, 0, -1) == 3 * M && count_hints(&d, 0.25f, 0, 0) == 3 &&
+              count_hints(&d, 1.0f, 1, -1) == 2 * M,
+          "later only: %d %d", count_hints(&d, 0.5f, 0, -1), count_hints(&d, 0.25f, 0, 0));
+    moe_evlog_free(&d);
+    p.reveal_layer = 2; /* the next step's truth once layer 2 ran */
+    CHECK(moe_evlog_oracle(&src, &p, &d) == MOE_OK && count_hints(&d, 1.0f, 1, -1) == 0 &&
+              count_hints(&d, 1.0f, 1, 2) == 2 * M && count_hints(&d, 0.5f, 1, -1) == 0,
+          "reveal at layer 2: %d", count_hints(&d, 1.0f, 1, 2));
+    moe_evlog_free(&d);
+    /* the accesses are src's, in order */
+    CHECK(moe_evlog_oracle(&src, &(struct moe_oracle_params){ .horizon = 0, .reveal_layer = -1 }, &d) == MOE_OK,
+          "horizon 0");
+    int acc = 0;
+    for (size_t i = 0; i < d.n_ev; i++)
+        if (d.ev[i].kind == MOE_EV_ACCESS) {
+            CHECK(d.ev[i].layer == acc % M && d.ids[d.ev[i].off] == route[acc / M][acc % M][0], "access %d", acc);
+            acc++;
+        }
+    CHECK(acc == 3 * M, "%d accesses", acc);
+    moe_evlog_free(&d);
+    CHECK(moe_evlog_oracle(&src, &(struct moe_oracle_params){ .horizon = 0, .later_only = true, .reveal_layer = -1 },
+                           &d) == MOE_EINVAL,
+          "later only at horizon 0");
+    moe_evlog_free(&d);
+    CHECK(moe_evlog_oracle(&src, &(struct moe_oracle_params){ .horizon = 1, .reveal_layer = M }, &d) == MOE_EINVAL,
+          "reveal past the last layer");
+    moe_evlog_free(&d);
+    moe_evlog_free(&src);
+}
+
 int main(void)
 {
     make_routes();
+    test_oracle();
     struct moe_evlog lg, orc;
     build(&lg, false);
     build(&orc, true);

@@ -55,6 +55,12 @@ static void check_oracle_horizon(void)
               strstr(out, "0..7"),
           "--oracle-horizon 8: %s", out);
     CHECK(run("replay --help") == 0 && strstr(out, "0 <= H <= 7"), "replay --help: %s", out);
+    CHECK(run("replay --text x --capacity 8 --policy predicted --predictor none --oracle-keep") == 2 &&
+              strstr(out, "--oracle-horizon"),
+          "--oracle-keep alone: %s", out);
+    CHECK(run("replay --text x --capacity 8 --policy predicted --predictor none --oracle-horizon 0 "
+              "--oracle-later-only") == 2 && strstr(out, "--oracle-horizon 1 or more"),
+          "--oracle-later-only at horizon 0: %s", out);
     /* a file that cannot be read is said first, without the warning about what the flags change */
     CHECK(run("replay --model /nonexistent-model --text x --capacity 8 --policy belady --predictor gate") == 1 &&
               strstr(out, "/nonexistent-model") && !strstr(out, "warning"),

@@ -295,6 +295,22 @@ enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *pa
     enum moe_status st = moe_read_file(path, &text, &len, 1 << 20);
     if (st != MOE_OK)
         return moe_error_prefix(st, "config file"); /* the message names the file */
+    const char *nul = memchr(text, 0, len);
+    if (nul) {
+        int line = 1;
+        for (const char *p = text; p < nul; p++)
+            line += *p == '\n';
+        st = moe_errorf(MOE_EINVAL, "%s:%d: a NUL byte: a config file is text", path, line);
+    } else {
+        st = moe_serve_config_parse(c, text, path);
+    }
+    free(text);
+    return st;
+}
+
+enum moe_status moe_serve_config_parse(struct moe_serve_config *c, char *text, const char *name)
+{
+    enum moe_status st = MOE_OK;
     int lineno = 0;
     for (char *line = text, *next; line; line = next) {
         lineno++; /* every line counts, blank ones too */
@@ -314,14 +330,10 @@ enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *pa
         if (!*s)
             continue;
         char *eq = strchr(s, '=');
-        if (!eq) {
-            st = moe_errorf(MOE_EINVAL, "%s:%d: expected 'key = value', got '%.80s'", path, lineno, s);
-            goto out;
-        }
-        if (quoted) {
-            st = moe_errorf(MOE_EINVAL, "%s:%d: a quote that is never closed in '%.80s'", path, lineno, s);
-            goto out;
-        }
+        if (!eq)
+            return moe_errorf(MOE_EINVAL, "%s:%d: expected 'key = value', got '%.80s'", name, lineno, s);
+        if (quoted)
+            return moe_errorf(MOE_EINVAL, "%s:%d: a quote that is never closed in '%.80s'", name, lineno, s);
         *eq = 0;
         char *key = trim(s), *val = trim(eq + 1);
         size_t vn = strlen(val);
@@ -330,13 +342,9 @@ enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *pa
             val++;
         }
         st = moe_serve_config_set(c, key, val);
-        if (st != MOE_OK) {
-            moe_error_prefix(st, "%s:%d", path, lineno);
-            goto out;
-        }
+        if (st != MOE_OK)
+            return moe_error_prefix(st, "%s:%d", name, lineno);
     }
-out:
-    free(text);
     return st;
 }
 

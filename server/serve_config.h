@@ -106,6 +106,8 @@ const char *moe_serve_config_alternative(const char *key);
 void moe_serve_config_unset_alternative(struct moe_serve_config *c, const char *key);
 /* Apply a config file (see above); errors name the file, line, key and value. */
 enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *path);
+/* The same over a config file's text (NUL-terminated; changed in place), name in the messages. */
+enum moe_status moe_serve_config_parse(struct moe_serve_config *c, char *text, const char *name);
 /* Cross-field checks (e.g. max_running <= max_seqs). */
 enum moe_status moe_serve_config_check(const struct moe_serve_config *c);
 /* Whether a browser request from origin (its Origin header, NULL when none) may be answered with

@@ -1083,7 +1083,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
                  : moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) exceeds max_tokens_in_flight = %lld",
                               n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight);
     else if ((st = moe_sampling_validate(&g->sampling, s->be.vocab)) != MOE_OK)
-        st = moe_error_prefix(st, "request: sampling");
+        st = moe_error_prefix(st, "request"); /* the message begins "sampling: " */
     else if (g->deadline != g->deadline)
         st = moe_errorf(MOE_EINVAL, "request: deadline is NaN");
     else if (g->logprobs && (g->top_logprobs < 0 || g->top_logprobs > MOE_MAX_TOP_LOGPROBS))

@@ -778,6 +778,9 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
         st = moe_req_parse_generate(buf, len, &r);
     else
         st = moe_req_parse_kserve(buf, len, &r);
+    /* ids the decoder cannot bound (prompt, logit_bias): refused here, as invalid */
+    if (st == MOE_OK && (st = moe_gen_request_check_vocab(&r, s->model->cfg.vocab)) != MOE_OK)
+        moe_gen_request_free(&r);
     char kid[128] = "";
     if (st == MOE_OK) {
         struct cgen *k = calloc(1, sizeof(*k));

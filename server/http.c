@@ -14,6 +14,7 @@
 #include <event2/thread.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,23 @@ struct hreq {
     char *echo;                   /* completions' echo: the prompt's text, until it is sent (then NULL) */
     size_t echo_len;
 };
+
+/* libevent's own messages: into the log (a warning as a warning), except while the listener is bound,
+ * when the bind's error says what to fix and libevent's (a resolver's "[warn] getaddrinfo: ...") is
+ * only for the debug log. */
+static atomic_bool log_binding;
+
+static void event_log(int severity, const char *msg)
+{
+    int saved = errno; /* the bind's own error reads it */
+    if (atomic_load(&log_binding) || severity < EVENT_LOG_WARN)
+        MOE_DBG("libevent: %s", msg);
+    else if (severity == EVENT_LOG_WARN)
+        MOE_WARN("libevent: %s", msg);
+    else
+        MOE_ERR("libevent: %s", msg);
+    errno = saved;
+}
 
 static void wake_cb(void *arg)
 {
@@ -1573,7 +1591,10 @@ struct http_front *srv_http_start(struct moe_server *s)
     char host[sizeof(s->cfg.host)];
     bare_host(s->cfg.host, host, sizeof(host));
     errno = 0;
+    event_set_log_callback(event_log);
+    atomic_store(&log_binding, true);
     struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)s->cfg.http_port);
+    atomic_store(&log_binding, false);
     h->listener = bs;
     if (!bs) {
         moe_errorf(MOE_EIO, "cannot bind: %s",

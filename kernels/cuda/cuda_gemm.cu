@@ -61,11 +61,18 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
         return moe_cuda_gemm_inv_(c, d_x, d_w, wdt, n, in, out_dim, accumulate, d_y);
     if (wdt == MOE_DT_F32)
         return gemm_one(c, d_w, d_x, wdt, out_dim, n, in, accumulate ? 1.0f : 0.0f, d_y);
-    size_t need = (size_t)n * (size_t)in * 2;
-    if (need > c->ws_bytes) return ws_short(c, "linear", need);
-    st = moe_cuda_f32_to_bf16(c, d_x, (uint16_t *)c->ws, (size_t)n * (size_t)in);
-    if (st != MOE_OK) return st;
-    return gemm_one(c, d_w, c->ws, wdt, out_dim, n, in, accumulate ? 1.0f : 0.0f, d_y);
+    /* the BF16 copy of x goes in the workspace: as many rows at a time as it holds */
+    size_t row_bytes = (size_t)in * 2, per = c->ws_bytes / row_bytes;
+    if (per == 0) return ws_short(c, "linear", row_bytes);
+    for (int r0 = 0; r0 < n; r0 += (int)per) {
+        int rows = n - r0 < (int)per ? n - r0 : (int)per;
+        st = moe_cuda_f32_to_bf16(c, d_x + (size_t)r0 * (size_t)in, (uint16_t *)c->ws, (size_t)rows * (size_t)in);
+        if (st == MOE_OK)
+            st = gemm_one(c, d_w, c->ws, wdt, out_dim, rows, in, accumulate ? 1.0f : 0.0f,
+                          d_y + (size_t)r0 * (size_t)out_dim);
+        if (st != MOE_OK) return st;
+    }
+    return MOE_OK;
 }
 
 extern "C" enum moe_status moe_cuda_linear_groups(struct moe_cuda_ctx *c, const float *d_x, const void *d_w,

@@ -609,6 +609,25 @@ static void test_ffn_chunked(struct g_rng *r, enum moe_cuda_gemm_mode mode, size
         CHECK(!memcmp(a, b, ybytes), "invariant expert_ffn in row chunks differs from one call");
     else
         cmp("expert_ffn in row chunks", b, a, (size_t)rows * hidden, TOL_GEMM);
+    if (!inv) { /* a cuBLAS-mode linear whose rows' BF16 copy exceeds the workspace runs in row chunks */
+        int ln = 200, lin = 512, lout = 1100; /* 200 KB of BF16 rows against 160 KiB */
+        size_t lw = (size_t)lout * lin, lx = (size_t)ln * lin, ly = (size_t)ln * lout;
+        uint16_t *hw = malloc(lw * 2);
+        float *hx = malloc(lx * 4), *ya = malloc(ly * 4), *yb = malloc(ly * 4);
+        struct g_buf gw, gx, gy;
+        g_fill_bf16(r, hw, lw, 0.05f);
+        g_fill(r, hx, lx, 1.0f, false);
+        UP(gw, hw, lw * 2); UP(gx, hx, lx * 4); OUT(gy, ly * 4);
+        OK(moe_cuda_linear(ctx, gx.d, gw.d, MOE_DT_BF16, ln, lin, lout, false, gy.d));
+        dl(&gy, ya, "linear, one call");
+        OK(moe_cuda_memset(small, gy.d, 0xff, ly * 4)); /* NaN: an unwritten row shows */
+        OK(moe_cuda_linear(small, gx.d, gw.d, MOE_DT_BF16, ln, lin, lout, false, gy.d));
+        OK(moe_cuda_ctx_sync(small));
+        dl(&gy, yb, "linear, row chunks");
+        cmp("linear in row chunks", yb, ya, ly, TOL_GEMM);
+        g_buf_free(ctx, &gw); g_buf_free(ctx, &gx); g_buf_free(ctx, &gy);
+        free(hw); free(hx); free(ya); free(yb);
+    }
     moe_cuda_ctx_destroy(small);
 
     sp.workspace_bytes = 2048; /* not one row */

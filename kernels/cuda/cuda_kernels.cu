@@ -1,6 +1,7 @@
 /* Elementwise, normalisation, rotary, attention, router, permutation and
  * sampling kernels with their launchers.  F32 activations, F32 accumulation;
  * every launcher validates its sizes and returns a status. */
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -613,17 +614,22 @@ __device__ static float f8_e4m3_value(unsigned b)
 
 /* An FP8 record (model.h: rows x cols codes, then the block factors as unaligned little-endian F32)
  * as its BF16 values: code value x factor in F32, rounded to BF16, bit for bit as on the host. */
-__global__ static void k_fp8_record_decode(const unsigned char *rec, long long rows, long long cols, int br, int bc,
+__global__ static void k_fp8_record_decode(const unsigned char *rec, int rows, int cols, int br, int bc,
                                            unsigned short *out)
 {
-    size_t total = (size_t)rows * (size_t)cols, sc = (size_t)((cols + bc - 1) / bc);
-    const unsigned char *fac = rec + total;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = i / (size_t)cols, c = i % (size_t)cols;
-        const unsigned char *fp = fac + 4 * ((r / (size_t)br) * sc + c / (size_t)bc);
-        float f = __uint_as_float((unsigned)fp[0] | (unsigned)fp[1] << 8 | (unsigned)fp[2] << 16 |
-                                  (unsigned)fp[3] << 24);
-        out[i] = f32_to_bf16_bits(f8_e4m3_value(rec[i]) * f);
+    /* blocks of rows (y) x columns (x): a row's factor row is found once, a column's factor by one
+     * 32-bit division */
+    int sc = (cols + bc - 1) / bc;
+    const unsigned char *fac = rec + (size_t)rows * (size_t)cols;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const unsigned char *code = rec + (size_t)r * (size_t)cols, *rf = fac + 4 * (size_t)(r / br) * (size_t)sc;
+        unsigned short *o = out + (size_t)r * (size_t)cols;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+            const unsigned char *fp = rf + 4 * (c / bc);
+            float f = __uint_as_float((unsigned)fp[0] | (unsigned)fp[1] << 8 | (unsigned)fp[2] << 16 |
+                                      (unsigned)fp[3] << 24);
+            o[c] = f32_to_bf16_bits(f8_e4m3_value(code[c]) * f);
+        }
     }
 }
 
@@ -631,11 +637,13 @@ extern "C" enum moe_status moe_cuda_fp8_record_decode(struct moe_cuda_ctx *c, vo
                                                       long long rows, long long cols, int br, int bc, void *d_out)
 {
     enum moe_status st = MOE_OK;
-    if (rows <= 0 || cols <= 0 || br <= 0 || bc <= 0 || !d_rec || !d_out)
-        return moe_errorf(MOE_EINVAL, "fp8_record_decode: rows %lld, cols %lld, blocks %d x %d", rows, cols, br, bc);
-    size_t total = (size_t)rows * (size_t)cols;
-    k_fp8_record_decode<<<moe_cuda_blocks(total, 256, 8192), 256, 0, (cudaStream_t)stream>>>(
-        (const unsigned char *)d_rec, rows, cols, br, bc, (unsigned short *)d_out);
+    if (rows <= 0 || cols <= 0 || rows > INT_MAX || cols > INT_MAX || br <= 0 || bc <= 0 || !d_rec || !d_out)
+        return moe_errorf(MOE_EINVAL, "fp8_record_decode: rows %lld, cols %lld (each 1..%d), blocks %d x %d", rows,
+                          cols, INT_MAX, br, bc);
+    dim3 grid((unsigned)((cols + 255) / 256 < 1024 ? (cols + 255) / 256 : 1024),
+              (unsigned)(rows < 65535 ? rows : 65535));
+    k_fp8_record_decode<<<grid, 256, 0, (cudaStream_t)stream>>>((const unsigned char *)d_rec, (int)rows, (int)cols,
+                                                                br, bc, (unsigned short *)d_out);
     CK_LAUNCH(c);
 out:
     return st;

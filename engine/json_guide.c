@@ -124,6 +124,17 @@ void moe_json_copy(struct moe_json_state *dst, const struct moe_json_state *src)
     if (src->bounded) memcpy(dst->num, src->num, src->nlen);
 }
 
+/* Whether prompt[0..len) ends in tag and whitespace. */
+static bool ends_in_tag(const char *prompt, size_t len, const char *tag)
+{
+    while (len > 0 && strchr(" \n\t\r", prompt[len - 1]) && prompt[len - 1])
+        len--;
+    return len >= strlen(tag) && !memcmp(prompt + len - strlen(tag), tag, strlen(tag));
+}
+
+bool moe_think_opened(const char *prompt, size_t len) { return ends_in_tag(prompt, len, MOE_THINK_OPEN); }
+bool moe_think_closed(const char *prompt, size_t len) { return ends_in_tag(prompt, len, MOE_THINK_CLOSE); }
+
 bool moe_json_done(const struct moe_json_state *s) { return s->mode == J_DONE && !s->tag; }
 
 bool moe_json_may_end(const struct moe_json_state *s)

@@ -119,6 +119,11 @@ void moe_json_init(struct moe_json_state *s, const struct moe_json_schema *sc);
 /* The tags of a reasoning block (serve's reasoning parser "think"). */
 #define MOE_THINK_OPEN "<think>"
 #define MOE_THINK_CLOSE "</think>"
+/* Whether a prompt opens a reasoning block: it ends in "<think>" and whitespace. */
+bool moe_think_opened(const char *prompt, size_t len);
+/* Whether a prompt closes one (a template that turns reasoning off writes an empty block): it ends
+ * in "</think>" and whitespace. */
+bool moe_think_closed(const char *prompt, size_t len);
 
 /* The same value after an optional reasoning block: the output may begin with "<think>" (opened:
  * it begins inside the block, the prompt opened it), whose text up to "</think>" is free, then

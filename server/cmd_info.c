@@ -3,10 +3,10 @@
 #include "cli.h"
 
 #include "../engine/engine.h"
+#include "../engine/json_guide.h"
 #include "../model/chat.h"
 #include "../model/tokenizer.h"
 #include "../offload/tiered.h"
-#include "requests.h"
 
 #include <getopt.h>
 #include <jansson.h>

@@ -1800,17 +1800,6 @@ size_t moe_tool_calls_release(const char *text, size_t len, int style, bool *fou
 
 /* ---- reasoning ---- */
 
-/* Whether prompt[0..len) ends in tag and whitespace. */
-static bool ends_in_tag(const char *prompt, size_t len, const char *tag)
-{
-    while (len > 0 && is_space(prompt[len - 1]))
-        len--;
-    return len >= strlen(tag) && !memcmp(prompt + len - strlen(tag), tag, strlen(tag));
-}
-
-bool moe_think_opened(const char *prompt, size_t len) { return ends_in_tag(prompt, len, MOE_THINK_OPEN); }
-bool moe_think_closed(const char *prompt, size_t len) { return ends_in_tag(prompt, len, MOE_THINK_CLOSE); }
-
 void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out)
 {
     memset(out, 0, sizeof(*out));

@@ -122,11 +122,8 @@ struct moe_think_split {
     bool content;
 };
 void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out);
-/* Whether a prompt opens a reasoning block: it ends in "<think>" and whitespace. */
-bool moe_think_opened(const char *prompt, size_t len);
-/* Whether a prompt closes one (a template that turns reasoning off writes an empty block): it ends
- * in "</think>" and whitespace. */
-bool moe_think_closed(const char *prompt, size_t len);
+/* moe_think_opened and moe_think_closed (whether a prompt opens or closes a reasoning block) are
+ * engine/json_guide.h's. */
 
 /* Stop-sequence scanner over text produced piece by piece: holds back the
  * tail that could still begin a stop sequence, and reports the first

@@ -42,6 +42,8 @@ enum {
     H_BLOCK_ROWS = 184, H_BLOCK_COLS = 188,
 };
 
+#define FINGERPRINT_BYTES 64 /* of each expert matrix, as the checkpoint stores it */
+
 enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_info *out)
 {
     const struct moe_config *c = &m->cfg;
@@ -64,6 +66,16 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
         out->n_records += (uint32_t)c->n_experts;
         const struct moe_wview *r = &m->layers[l].router;
         if (r->data) XXH3_64bits_update(xs, r->data, (size_t)r->nbytes);
+        /* and the first bytes of every expert matrix: weights trained with the router frozen (expert
+         * fine-tuning) differ there, at the cost of one page of each matrix read */
+        for (int e = 0; e < c->n_experts; e++) {
+            const struct moe_expert_w *x = moe_model_expert(m, l, e);
+            const struct moe_wview *w3[3] = { &x->gate, &x->up, &x->down };
+            for (int k = 0; k < 3; k++)
+                if (w3[k]->data)
+                    XXH3_64bits_update(xs, w3[k]->data, (size_t)(w3[k]->nbytes < FINGERPRINT_BYTES ? w3[k]->nbytes
+                                                                                                     : FINGERPRINT_BYTES));
+        }
         const struct moe_expert_w *x = moe_model_expert(m, l, 0);
         if (first) { /* as the records hold them: an FP8 checkpoint's experts as FP8 records */
             out->dtype = moe_wview_stored_dtype(&x->gate);
@@ -369,7 +381,7 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         else if (in->up_bytes != want_in.up_bytes) st = mismatch(path, "up bytes", in->up_bytes, want_in.up_bytes, md);
         else if (in->down_bytes != want_in.down_bytes) st = mismatch(path, "down bytes", in->down_bytes, want_in.down_bytes, md);
         else if (in->fingerprint != want_in.fingerprint)
-            st = moe_errorf(MOE_EFORMAT, "%s: expert store was written for other weights (router "
+            st = moe_errorf(MOE_EFORMAT, "%s: expert store was written for other weights (weights "
                             "fingerprint %016llx, the model in %s has %016llx): re-run `moeflow "
                             "pack --model %s`", path, (unsigned long long)in->fingerprint, md,
                             (unsigned long long)want_in.fingerprint, md);

@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 #define MOE_STORE_MAGIC "MOESTORE"      /* 8 bytes, no NUL */
-#define MOE_STORE_VERSION 1u
+#define MOE_STORE_VERSION 2u
 #define MOE_STORE_ALIGN 4096u           /* record and data alignment, bytes */
 #define MOE_STORE_FIXED 256u            /* bytes of the fixed header before the record table */
 #define MOE_STORE_ENTRY 32u             /* bytes per record-table entry */
@@ -27,7 +27,8 @@ struct moe_store_info {
     enum moe_dtype dtype;        /* stored dtype of the expert weights (F8_E4M3: FP8 records, model.h) */
     uint32_t block_rows, block_cols; /* F8_E4M3: the rows x columns each block factor covers; else 0 */
     uint32_t n_records;          /* MoE layers x experts */
-    uint64_t fingerprint;        /* xxh3 of the router weights of every MoE layer */
+    uint64_t fingerprint;        /* xxh3 of every MoE layer's router and of the first 64 bytes of each
+                                    of its experts' matrices */
     uint64_t gate_bytes, up_bytes, down_bytes; /* per record, in this order */
     uint64_t record_bytes;       /* gate + up + down */
     uint64_t record_stride;      /* record_bytes rounded up to MOE_STORE_ALIGN */

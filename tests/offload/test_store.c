@@ -8,6 +8,7 @@
 #include "offload_test_common.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <xxhash.h>
 
 static void flip_byte(const char *path, uint64_t off)
@@ -138,16 +139,51 @@ int main(void)
 
     /* Another format version is refused; so is a damaged header. */
     snprintf(store, sizeof(store), "%s/s0.moestore", dir);
-    snprintf(other, sizeof(other), "%s/v2.moestore", dir);
+    snprintf(other, sizeof(other), "%s/v1.moestore", dir);
     copy_file(store, other);
     {
         int fd = open(other, O_RDWR);
-        unsigned char v2[4] = { 2, 0, 0, 0 };
-        REQUIRE(pwrite(fd, v2, 4, 8) == 4, "pwrite");
+        unsigned char v1[4] = { 1, 0, 0, 0 }; /* the version before the fingerprint read the experts */
+        REQUIRE(pwrite(fd, v1, 4, 8) == 4, "pwrite");
         close(fd);
     }
-    CHECK(!moe_store_open(other, mx), "version 2 store accepted");
-    CHECK(strstr(moe_last_error(), "version 2"), "error: %s", moe_last_error());
+    CHECK(!moe_store_open(other, mx), "version 1 store accepted");
+    CHECK(strstr(moe_last_error(), "version 1") && strstr(moe_last_error(), "moeflow pack"), "error: %s",
+          moe_last_error());
+
+    /* The same model with other expert weights, its routers as they were (experts fine-tuned with the
+     * router frozen): the store is refused for other weights */
+    {
+        char md[600], f[700];
+        snprintf(md, sizeof(md), "%s/ft", dir);
+        REQUIRE(mkdir(md, 0700) == 0, "mkdir %s", md);
+        static const char *const files[] = { "config.json", "model.safetensors" };
+        for (size_t k = 0; k < MOE_ARRAY_LEN(files); k++) {
+            char from[700];
+            snprintf(from, sizeof(from), "%s/%s", t_path(p, sizeof(p), t_models[0]), files[k]);
+            snprintf(f, sizeof(f), "%s/%s", md, files[k]);
+            copy_file(from, f);
+        }
+        /* the first byte of layer 1 expert 2's down matrix, found in the copy by its bytes */
+        const struct moe_wview *dw = &moe_model_expert(mx, 1, 2)->down;
+        FILE *fp = fopen(f, "rb");
+        REQUIRE(fp, "%s", f);
+        fseek(fp, 0, SEEK_END);
+        long fsz = ftell(fp);
+        rewind(fp);
+        char *all = malloc((size_t)fsz);
+        REQUIRE(all && fread(all, 1, (size_t)fsz, fp) == (size_t)fsz, "read %s", f);
+        fclose(fp);
+        const char *at = memmem(all, (size_t)fsz, dw->data, 64);
+        REQUIRE(at && !memmem(at + 1, (size_t)(all + fsz - at - 1), dw->data, 64), "down matrix not found once");
+        flip_byte(f, (uint64_t)(at - all));
+        free(all);
+        struct moe_model *ft = moe_model_open(md);
+        REQUIRE(ft, "open %s: %s", md, moe_last_error());
+        CHECK(!moe_store_open(store, ft) && strstr(moe_last_error(), "other weights"),
+              "a store of other expert weights accepted: %s", moe_last_error());
+        moe_model_close(ft);
+    }
     copy_file(store, other);
     flip_byte(other, MOE_STORE_FIXED + 8); /* first record's offset in the table */
     CHECK(!moe_store_open(other, mx), "damaged table accepted");

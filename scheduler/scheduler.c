@@ -512,6 +512,7 @@ static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *
 struct fwd_ctx {
     struct moe_sched *s;
     int n_rows;
+    int row0;      /* the forward's row 0 is the micro-batch's row row0 (s->b_*) */
     bool any_dec;
 };
 
@@ -527,12 +528,13 @@ static void on_route(void *ud, int layer, int n, const int *ids)
     for (int i = 0; i < n; i++) {
         uint64_t *rt = NULL;
         float *hs = NULL;
-        if (s->b_route[i]) {
-            rt = s->b_req[i]->route + (size_t)ord * (size_t)W;
+        int row = fc->row0 + i;
+        if (s->b_route[row]) {
+            rt = s->b_req[row]->route + (size_t)ord * (size_t)W;
             memset(rt, 0, sizeof(uint64_t) * (size_t)W);
-            s->b_req[i]->have_route = true;
-            if (s->b_req[i]->hist) {
-                hs = s->b_req[i]->hist + (size_t)ord * (size_t)s->be.n_experts;
+            s->b_req[row]->have_route = true;
+            if (s->b_req[row]->hist) {
+                hs = s->b_req[row]->hist + (size_t)ord * (size_t)s->be.n_experts;
                 for (int e = 0; e < s->be.n_experts; e++)
                     hs[e] *= s->p.path_decay;
             }
@@ -543,7 +545,7 @@ static void on_route(void *ud, int layer, int n, const int *ids)
                 continue;
             uint64_t bit = 1ull << (e & 63);
             s->tmp_all[e >> 6] |= bit;
-            if (s->b_dec[i])
+            if (s->b_dec[row])
                 s->tmp_dec[e >> 6] |= bit;
             if (rt)
                 rt[e >> 6] |= bit;
@@ -712,9 +714,47 @@ static void pick_rows(void *arg, int tid, int nth)
         struct rq *r = first ? j->pf : s->b_req[i];
         const float *lg = s->logits + (size_t)(first ? j->pf_row : i) * (size_t)s->be.vocab;
         struct pick *p = &s->b_pick[i];
+        if (!first && !s->b_want[i]) { /* a decode row whose request failed on its own (isolate_failure) */
+            p->tok = -1;
+            continue;
+        }
         p->tok = pick_token(s, r, lg, tid, &p->st, &p->msg);
         if (p->tok >= 0 && r->g.logprobs) /* O(vocab) too: here rather than under the lock */
             moe_token_logprobs(lg, s->be.vocab, p->tok, r->g.top_logprobs, &p->lp);
+    }
+}
+
+/* forward() over rows row0 .. row0 + rows of the micro-batch planned in s->b_*, their logits from
+ * row logit_row0 of s->logits on. */
+static enum moe_status forward_rows(struct moe_sched *s, int row0, int rows, int logit_row0, bool any_dec)
+{
+    struct moe_batch b = { .n = rows, .tokens = s->b_tok + row0, .seq = s->b_seq + row0, .pos = s->b_pos + row0,
+                           .want_logits = s->b_want + row0 };
+    struct fwd_ctx fc = { .s = s, .n_rows = rows, .row0 = row0, .any_dec = any_dec };
+    return s->be.forward(s->be.self, &b, s->logits + (size_t)logit_row0 * (size_t)s->be.vocab, on_route, &fc);
+}
+
+/* A forward that failed on an expert's data (a record failing its checksum, a read error) may have
+ * failed for one request's experts only: the micro-batch's requests run again, one forward each, and
+ * those whose own forward fails end with its error (under s->mu, taken here); *pf_failed says whether
+ * pf's chunk did.  A row's values do not depend on the rows beside it, so the cache rows the failed
+ * forward wrote are written again alike. */
+static void isolate_failure(struct moe_sched *s, int n_dec, struct rq *pf, int chunk, bool *pf_failed)
+{
+    char msg[512];
+    for (int u = 0; u < n_dec + (chunk > 0); u++) {
+        bool dec = u < n_dec;
+        enum moe_status st = dec ? forward_rows(s, u, 1, u, true) : forward_rows(s, n_dec, chunk, n_dec, false);
+        if (st == MOE_OK)
+            continue;
+        snprintf(msg, sizeof(msg), "forward failed: %s", moe_last_error()[0] ? moe_last_error() : moe_status_str(st));
+        pthread_mutex_lock(&s->mu);
+        rq_finish(s, dec ? s->b_req[u] : pf, MOE_FINISH_ERROR, st, msg);
+        pthread_mutex_unlock(&s->mu);
+        if (dec)
+            s->b_want[u] = false; /* no token is picked for it */
+        else
+            *pf_failed = true;
     }
 }
 
@@ -776,13 +816,16 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         s->logits_rows = nwant;
     }
 
-    struct moe_batch b = { .n = n, .tokens = s->b_tok, .seq = s->b_seq, .pos = s->b_pos,
-                           .want_logits = s->b_want };
-    struct fwd_ctx fc = { .s = s, .n_rows = n, .any_dec = n_dec > 0 };
-    enum moe_status st = s->be.forward(s->be.self, &b, s->logits, on_route, &fc);
+    enum moe_status st = forward_rows(s, 0, n, 0, n_dec > 0);
     char err[512];
+    bool pf_failed = false;
     if (st != MOE_OK)
         snprintf(err, sizeof(err), "forward failed: %s", moe_last_error()[0] ? moe_last_error() : moe_status_str(st));
+    if ((st == MOE_ECHECKSUM || st == MOE_EIO) && n_dec + (chunk > 0) > 1) {
+        isolate_failure(s, n_dec, pf, chunk, &pf_failed);
+        st = MOE_OK; /* those that failed alone have ended; the others go on */
+        pf_first = pf_first && !pf_failed;
+    }
 
     if (st == MOE_OK && (n_dec > 0 || pf_first)) { /* the next tokens, in parallel and unlocked */
         struct pick_job job = { s, n_dec, pf_first ? pf : NULL,
@@ -807,7 +850,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
                        s->logits + (size_t)row * (size_t)s->be.vocab,
                        s->b_pick[i].tok >= 0 && r->g.logprobs ? &s->b_pick[i].lp : NULL);
     }
-    if (chunk > 0) {
+    if (chunk > 0 && !pf_failed) {
         s->st.prefill_chunks++;
         s->st.prompt_tokens += (uint64_t)chunk;
         if (pf->g.prompt_logprobs && pf->state == RQ_PREFILL) {

@@ -26,6 +26,9 @@ struct fake_backend {
     bool is_moe[FB_LAYERS];
     int n_used, max_used;         /* slots in use now / at most */
     int forwards, fail_at;        /* fail_at: forward number that fails (0 = never) */
+    enum moe_status fail_status;  /* ... with this status (0: MOE_EIO) */
+    int fail_seq, fail_from;      /* every forward from number fail_from on that has a row of slot
+                                     fail_seq - 1 fails with MOE_ECHECKSUM (0 = never) */
     int max_rows;                 /* most rows seen in one forward */
     int errors;                   /* protocol violations seen (bad slot, position, ...) */
     char err[256];
@@ -87,7 +90,12 @@ static enum moe_status fb_forward(void *self, const struct moe_batch *b, float *
         nanosleep(&ts, NULL);
     }
     if (f->fail_at && f->forwards == f->fail_at)
-        return moe_errorf(MOE_EIO, "fake: injected failure at forward %d", f->forwards);
+        return moe_errorf(f->fail_status ? f->fail_status : MOE_EIO, "fake: injected failure at forward %d",
+                          f->forwards);
+    for (int i = 0; f->fail_seq && f->forwards >= f->fail_from && i < b->n; i++)
+        if (b->seq[i] == f->fail_seq - 1)
+            return moe_errorf(MOE_ECHECKSUM, "fake: injected bad expert of slot %d at forward %d", b->seq[i],
+                              f->forwards);
     if (b->n > f->max_rows)
         f->max_rows = b->n;
     int add[FB_SEQS] = { 0 };

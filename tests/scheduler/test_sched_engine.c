@@ -6,15 +6,19 @@
  * prompt, the prompt and its answer as a longer prompt) starts from the slot's
  * cache, and requests sent together with one prompt copy the first one's, and
  * each still decodes exactly those tokens.  JSON mode after a reasoning block leaves the block's
- * text free. */
+ * text free.  A packed store with one corrupt record: in batches each request ends as it ends alone
+ * (fails when it needs that expert, else decodes exactly its tokens). */
 #include "../engine/engine_testutil.h"
 #include "model/tokenizer.h"
 #include "offload/runtime.h"
+#include "offload/store.h"
 #include "scheduler/scheduler.h"
 #include "sched_collect.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NP 8
 #define T 12
@@ -273,6 +277,86 @@ static void prefix_cache(const struct moe_model *m)
     moe_engine_destroy(e);
 }
 
+/* The eight prompts through the scheduler over store (device tier of 16 slots), max_running at a time
+ * in micro-batches of mb; failed[i] and the tokens of the others checked against want. */
+static void run_store(const struct moe_model *m, const char *store, int max_running, int mb, bool failed[NP])
+{
+    struct moe_offload_opts oo;
+    moe_offload_opts_init(&oo);
+    oo.store = store;
+    oo.gpu_experts = 16;
+    oo.host_experts = 8;
+    for (int i = 0; i < NP; i++) {
+        struct moe_provider *prov = NULL;
+        REQUIRE(moe_offload_provider_create(m, &oo, &prov) == MOE_OK && prov, "provider: %s", moe_last_error());
+        struct moe_engine_params ep = { .max_seqs = max_running, .max_ctx = 256, .max_batch_tokens = mb + 16,
+                                        .provider = prov };
+        struct moe_engine *e = moe_engine_create(m, &ep);
+        REQUIRE(e, "engine: %s", moe_last_error());
+        struct moe_sched_params sp = { .max_running = max_running, .micro_batch = mb, .prefill_chunk = 16,
+                                       .provider = prov, .engine_max_ctx = 256, .engine_max_batch_tokens = mb + 16,
+                                       .max_tokens_in_flight = 1 << 20 };
+        struct moe_sched *s = moe_sched_create(e, &sp);
+        REQUIRE(s, "scheduler: %s", moe_last_error());
+        static struct sc_req r[NP];
+        memset(r, 0, sizeof(r));
+        int from = max_running == 1 ? i : 0, to = max_running == 1 ? i + 1 : NP; /* alone: one run each */
+        for (int k = from; k < to; k++) {
+            struct moe_gen_params g = { .max_tokens = T, .ignore_eos = true };
+            g.sampling.top_p = 1.0f;
+            REQUIRE(moe_sched_submit(s, ids[k], n_ids[k], &g, &sc_events, &r[k], &r[k].id) == MOE_OK, "submit: %s",
+                    moe_last_error());
+        }
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        for (int k = from; k < to; k++) {
+            failed[k] = r[k].why == MOE_FINISH_ERROR;
+            CHECK(r[k].n_done == 1 && (failed[k] ? r[k].st == MOE_ECHECKSUM && strstr(r[k].msg, "layer 3 expert 4")
+                                                 : r[k].n_tokens == T && !memcmp(r[k].tokens, want[k], sizeof(int) * T)),
+                  "store with a bad record, %d at a time, prompt %d: %s, %d tokens (%s)", max_running, k,
+                  moe_finish_str(r[k].why), r[k].n_tokens, r[k].msg);
+        }
+        moe_sched_destroy(s);
+        moe_engine_destroy(e);
+        moe_provider_destroy(prov);
+        if (max_running > 1)
+            break;
+    }
+}
+
+static void bad_record(const struct moe_model *m)
+{
+    char store[] = "/tmp/moeflow-sched-store-XXXXXX";
+    int fd = mkstemp(store);
+    REQUIRE(fd >= 0, "mkstemp");
+    close(fd);
+    REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+    struct moe_store *st = moe_store_open(store, m);
+    REQUIRE(st, "store: %s", moe_last_error());
+    const struct moe_store_record *rec = moe_store_find(st, 3, 4);
+    REQUIRE(rec, "record of layer 3 expert 4");
+    uint64_t at = rec->offset + rec->size / 2;
+    moe_store_close(st);
+    fd = open(store, O_RDWR);
+    unsigned char b = 0;
+    REQUIRE(fd >= 0 && pread(fd, &b, 1, (off_t)at) == 1, "read %s", store);
+    b ^= 0x40;
+    REQUIRE(pwrite(fd, &b, 1, (off_t)at) == 1, "write %s", store);
+    close(fd);
+    bool alone[NP], together[NP];
+    run_store(m, store, 1, 1, alone);
+    run_store(m, store, NP, 4, together);
+    int n_failed = 0;
+    for (int i = 0; i < NP; i++) {
+        n_failed += alone[i];
+        CHECK(alone[i] == together[i], "prompt %d %s alone and %s in batches", i, alone[i] ? "fails" : "completes",
+              together[i] ? "fails" : "completes");
+    }
+    /* the record is one that some prompts need and others do not */
+    CHECK(n_failed > 0 && n_failed < NP, "%d of %d prompts need layer 3 expert 4", n_failed, NP);
+    unlink(store);
+}
+
 int main(void)
 {
     char mdir[4096], tpath[4200];
@@ -300,6 +384,7 @@ int main(void)
     for (size_t c = 0; c < MOE_ARRAY_LEN(cfgs); c++)
         run(m, &cfgs[c], (int)c);
     prefix_cache(m);
+    bad_record(m);
     struct moe_token_bytes tb;
     REQUIRE(moe_token_bytes_build(tk, m->cfg.vocab, &tb) == MOE_OK, "token bytes: %s", moe_last_error());
     sample_threads(m, &tb);

@@ -323,7 +323,8 @@ static void test_deadline(void)
     moe_sched_destroy(s);
 }
 
-/* An engine failure fails exactly the requests of that forward, once. */
+/* An engine failure fails exactly the requests of that forward, once; one on an expert's data
+ * (checksum) fails only the request whose own forward fails when each runs alone. */
 static void test_failure(void)
 {
     struct fake_backend fb;
@@ -338,6 +339,7 @@ static void test_failure(void)
         REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
     }
     fb.fail_at = 6;
+    fb.fail_status = MOE_EINVAL;
     while (moe_sched_step(s) == MOE_OK) {
     }
     int failed = 0, done = 0;
@@ -345,14 +347,41 @@ static void test_failure(void)
         CHECK(r[i].n_done == 1, "req %d: %d on_done", i, r[i].n_done);
         if (r[i].why == MOE_FINISH_ERROR) {
             failed++;
-            CHECK(r[i].st == MOE_EIO && strstr(r[i].msg, "injected"), "req %d: st %d msg '%s'", i, r[i].st, r[i].msg);
+            CHECK(r[i].st == MOE_EINVAL && strstr(r[i].msg, "injected"), "req %d: st %d msg '%s'", i, r[i].st,
+                  r[i].msg);
         } else if (r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == 6) {
             done++;
         }
     }
-    CHECK(failed >= 1 && failed <= 3 && failed + done == 4, "failed %d completed %d", failed, done);
+    CHECK(failed == 2 && done == 2, "failed %d completed %d (the two of forward 6 fail)", failed, done);
     CHECK(fb.n_used == 0, "slots in use %d", fb.n_used);
     check_accounting(s, "failure");
+    moe_sched_destroy(s);
+
+    /* a bad expert of one request, met in decode batches of two: that request alone fails */
+    be = fb_backend(&fb);
+    s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 4; i++) {
+        struct moe_gen_params g = gen(6);
+        REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
+    }
+    fb.fail_seq = 1; /* slot 0: the first request's */
+    fb.fail_from = 8;
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    failed = done = 0;
+    for (int i = 0; i < 4; i++) {
+        CHECK(r[i].n_done == 1, "req %d: %d on_done", i, r[i].n_done);
+        failed += r[i].why == MOE_FINISH_ERROR && r[i].st == MOE_ECHECKSUM && strstr(r[i].msg, "slot 0");
+        done += r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == 6;
+    }
+    CHECK(failed == 1 && done == 3 && r[0].why == MOE_FINISH_ERROR,
+          "a bad expert of one request: failed %d completed %d (want 1 and 3), request 0: %s", failed, done, r[0].msg);
+    CHECK(fb.errors == 0, "engine protocol: %s", fb.err);
+    CHECK(fb.n_used == 0, "slots in use %d", fb.n_used);
+    check_accounting(s, "isolated failure");
     moe_sched_destroy(s);
 }
 

@@ -3,9 +3,12 @@
 
 #include "../offload/store.h"
 
+#include <dirent.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void pack_usage(FILE *f)
@@ -40,6 +43,35 @@ static void on_progress(void *ud, uint32_t done, uint32_t total)
     fflush(stderr);
 }
 
+/* The name of the file of model directory dir that the model is read from (weights, configuration,
+ * tokenizer, template) and that path names too, or NULL: writing the store there would destroy it. */
+static const char *model_input(const char *dir, const char *path)
+{
+    static const char *const kinds[] = { ".safetensors", ".json", ".model", ".jinja", ".txt" };
+    static char name[256];
+    struct stat out_st, st;
+    if (stat(path, &out_st) != 0 || !S_ISREG(out_st.st_mode))
+        return NULL; /* a new file (or a pipe, refused before) replaces nothing */
+    DIR *d = opendir(dir);
+    if (!d)
+        return NULL;
+    const char *found = NULL;
+    char p[4200];
+    for (struct dirent *de; !found && (de = readdir(d));) {
+        size_t n = strlen(de->d_name);
+        bool input = false;
+        for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+            input |= n > strlen(kinds[k]) && !strcmp(de->d_name + n - strlen(kinds[k]), kinds[k]);
+        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+        if (input && stat(p, &st) == 0 && st.st_dev == out_st.st_dev && st.st_ino == out_st.st_ino) {
+            snprintf(name, sizeof(name), "%s", de->d_name);
+            found = name;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
 int moe_cmd_pack(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -72,6 +104,12 @@ int moe_cmd_pack(int argc, char **argv)
     if (!out) {
         snprintf(def_out, sizeof(def_out), "%s/experts.moestore", dir);
         out = def_out;
+    }
+    const char *input = model_input(dir, out);
+    if (input) {
+        fprintf(stderr, "moeflow pack: --out %s is the model's own %s: name another file (default: "
+                        "DIR/experts.moestore)\n", out, input);
+        return 2;
     }
     struct moe_model *m = NULL;
     if (!moe_cli_open_model("pack", dir, &m, NULL)) return 1;

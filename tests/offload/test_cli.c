@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <sys/stat.h>
 #include <jansson.h>
 
 static char err_path[600];   /* stderr of run_cmd goes here, then into errbuf and back to stderr */
@@ -146,6 +147,27 @@ int main(void)
     CHECK(run_cmd(moe_cmd_pack, NULL, 6, "pack", "--model", model, "--out", store, "--quiet") == 0,
           "pack: %s", moe_last_error());
     CHECK(access(store, R_OK) == 0, "store written");
+    /* --out naming one of the model's own files (directly or through a link): refused, the file kept */
+    {
+        char copy[700], cmd[4000], conf[800], link[800];
+        snprintf(copy, sizeof(copy), "%s/m", dir);
+        snprintf(cmd, sizeof(cmd), "mkdir '%s' && cp '%s/config.json' '%s/model.safetensors' '%s/'", copy, model,
+                 model, copy);
+        REQUIRE(system(cmd) == 0, "%s", cmd);
+        snprintf(conf, sizeof(conf), "%s/config.json", copy);
+        snprintf(link, sizeof(link), "%s/weights-link", dir);
+        snprintf(cmd, sizeof(cmd), "%s/model.safetensors", copy);
+        REQUIRE(symlink(cmd, link) == 0, "symlink");
+        struct stat before, after;
+        REQUIRE(stat(conf, &before) == 0, "stat");
+        CHECK(run_cmd(moe_cmd_pack, NULL, 6, "pack", "--model", copy, "--out", conf, "--quiet") == 2 &&
+                  stat(conf, &after) == 0 && after.st_size == before.st_size,
+              "pack --out the model's config.json");
+        CHECK(run_cmd(moe_cmd_pack, NULL, 6, "pack", "--model", copy, "--out", link, "--quiet") == 2 &&
+                  strstr(errbuf, "model.safetensors"),
+              "pack --out a link to the model's weights: %s", errbuf);
+        unlink(link);
+    }
 
     /* trace --ids (through the tiered provider reading the store), then sim */
     write_text(ids, "[[1, 5, 9, 2, 7, 3], [4, 4, 8, 1]]");

@@ -596,21 +596,30 @@ static enum moe_status bind_layer(struct moe_model *m, int l)
 }
 
 /* All expert matrices share one dtype, so one expert's byte size holds for all. */
+/* Every expert matrix in one dtype; where they are not, the first matrix that differs from the dtype
+ * most of them have is named. */
 static enum moe_status check_expert_dtype(struct moe_model *m)
 {
     const struct moe_config *c = &m->cfg;
-    const struct moe_wview *ref = NULL;
-    for (int l = 0; l < c->n_layers; l++) {
-        if (!c->is_moe[l]) continue;
-        for (int e = 0; e < c->n_experts; e++) {
-            const struct moe_expert_w *x = moe_model_expert(m, l, e);
-            const struct moe_wview *w[3] = { &x->gate, &x->up, &x->down };
-            for (int k = 0; k < 3; k++) {
-                if (!ref) ref = w[k];
-                if (w[k]->dtype != ref->dtype)
-                    return moe_errorf(MOE_ENOTSUP, "%s: layer %d expert %d has dtype %s, other experts %s; "
-                                      "all expert weights must share one dtype", m->dir, l, e,
-                                      moe_dtype_name(w[k]->dtype), moe_dtype_name(ref->dtype));
+    static const char *const names[3] = { "gate", "up", "down" };
+    size_t count[MOE_DT_COUNT] = { 0 };
+    for (int pass = 0; pass < 2; pass++) {
+        enum moe_dtype most = MOE_DT_F32;
+        for (int d = 0; d < MOE_DT_COUNT; d++)
+            if (count[d] > count[most]) most = (enum moe_dtype)d;
+        for (int l = 0; l < c->n_layers; l++) {
+            if (!c->is_moe[l]) continue;
+            for (int e = 0; e < c->n_experts; e++) {
+                const struct moe_expert_w *x = moe_model_expert(m, l, e);
+                const struct moe_wview *w[3] = { &x->gate, &x->up, &x->down };
+                for (int k = 0; k < 3; k++) {
+                    if (pass == 0 && (unsigned)w[k]->dtype < MOE_DT_COUNT)
+                        count[w[k]->dtype]++;
+                    else if (pass == 1 && w[k]->dtype != most)
+                        return moe_errorf(MOE_ENOTSUP, "%s: layer %d expert %d's %s matrix has dtype %s, the other "
+                                          "expert matrices %s: all expert weights must share one dtype", m->dir, l,
+                                          e, names[k], moe_dtype_name(w[k]->dtype), moe_dtype_name(most));
+                }
             }
         }
     }

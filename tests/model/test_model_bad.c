@@ -487,7 +487,13 @@ static int run_case(const char *name)
         struct variant v = { .to_f32_prefix = "model.layers.3.block_sparse_moe.experts.6." };
         write_config(dir, NULL);
         write_variant_ex(dir, &v);
-        needle = "layer 3 expert 6";
+        needle = "layer 3 expert 6's gate matrix has dtype F32, the other expert matrices BF16";
+        needle2 = "one dtype";
+    } else if (!strcmp(name, "expert_dtype_first")) { /* the odd one is the first matrix read */
+        struct variant v = { .to_f32_prefix = "model.layers.0.block_sparse_moe.experts.0.w1." };
+        write_config(dir, NULL);
+        write_variant_ex(dir, &v);
+        needle = "layer 0 expert 0's gate matrix has dtype F32, the other expert matrices BF16";
         needle2 = "one dtype";
     } else if (!strcmp(name, "lm_head_missing")) {
         write_config(dir, NULL);

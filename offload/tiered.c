@@ -596,6 +596,14 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     t->hidden = (size_t)c->hidden;
     t->dev_floats = 3 * t->inter * t->hidden;
     t->hooks = p->hooks;
+    int n_keys = c->n_layers * c->n_experts;
+    int n_moe_keys = 0;
+    for (int l = 0; l < c->n_layers; l++) n_moe_keys += c->is_moe[l] ? c->n_experts : 0;
+    if (n_moe_keys == 0) { /* first: with no experts, no tier size is right */
+        st = moe_errorf(MOE_EINVAL, "%s: model has no MoE layer: there are no experts to offload (drop the "
+                        "offload flags)", m->dir);
+        goto fail;
+    }
     if (p->dev_slots < c->top_k) {
         st = moe_errorf(MOE_EINVAL, "device tier: %d expert slots is below top_k %d of %s (a layer's "
                         "experts must fit at once); raise --gpu-experts", p->dev_slots, c->top_k, m->dir);
@@ -604,13 +612,6 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     if (p->host_slots < 1) {
         st = moe_errorf(MOE_EINVAL, "host tier: %d expert slots; --host-experts must be >= 1",
                         p->host_slots);
-        goto fail;
-    }
-    int n_keys = c->n_layers * c->n_experts;
-    int n_moe_keys = 0;
-    for (int l = 0; l < c->n_layers; l++) n_moe_keys += c->is_moe[l] ? c->n_experts : 0;
-    if (n_moe_keys == 0) {
-        st = moe_errorf(MOE_EINVAL, "%s: model has no MoE layer", m->dir);
         goto fail;
     }
     t->n_dev = p->dev_slots < n_moe_keys ? p->dev_slots : n_moe_keys;

@@ -171,6 +171,11 @@ int main(void)
 
     /* trace --ids (through the tiered provider reading the store), then sim */
     write_text(ids, "[[1, 5, 9, 2, 7, 3], [4, 4, 8, 1]]");
+    /* a model without experts and an offload flag: it says so, not to raise --gpu-experts */
+    t_path(p, sizeof(p), "tests/fixtures/deepseek-v3-variants/all_dense");
+    CHECK(run_cmd(moe_cmd_trace, NULL, 8, "trace", "--model", p, "--ids", ids, "--out", tr, "--stats") == 2 &&
+              strstr(errbuf, "no MoE layer") && !strstr(errbuf, "raise --gpu-experts"),
+          "trace --stats of a dense model: %s", errbuf);
     CHECK(run_cmd(moe_cmd_trace, NULL, 2, "trace", "--help") == 0, "trace --help");
     CHECK(run_cmd(moe_cmd_trace, NULL, 4, "trace", "--model", model, "--ids") == 2, "trace missing arg");
     CHECK(run_cmd(moe_cmd_trace, NULL, 4, "trace", "--model", model, "--out") == 2, "trace no input");

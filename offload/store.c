@@ -252,10 +252,15 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
 {
     struct moe_store *s = calloc(1, sizeof(*s));
     uint8_t fixed[MOE_STORE_FIXED], *hdr = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* not blocking: a FIFO would wait for a writer in open() */
+    int fd = path[0] ? open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) : -1;
     enum moe_status st = MOE_OK;
     if (!s) {
         st = moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
+        goto out;
+    }
+    if (!path[0]) {
+        st = moe_errorf(MOE_EINVAL, "the expert store's path is empty: give the file moeflow pack wrote");
         goto out;
     }
     snprintf(s->path, sizeof(s->path), "%s", path);
@@ -267,6 +272,11 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
     bool have_sb = fstat(fd, &sb) == 0;
     if (have_sb && S_ISDIR(sb.st_mode)) {
         st = moe_errorf(MOE_EINVAL, "%s: is a directory; give the store file (moeflow pack --out FILE)", path);
+        goto out;
+    }
+    if (have_sb && !S_ISREG(sb.st_mode)) {
+        st = moe_errorf(MOE_EINVAL, "%s: not a regular file (a pipe or device cannot be read at offsets); give "
+                        "the store file (moeflow pack --out FILE)", path);
         goto out;
     }
     if (!have_sb || pread(fd, fixed, sizeof(fixed), 0) != (ssize_t)sizeof(fixed)) {

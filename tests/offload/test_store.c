@@ -189,6 +189,13 @@ int main(void)
     CHECK(!moe_store_open(other, mx), "damaged table accepted");
     CHECK(moe_last_error()[0], "damaged table gives an error");
     CHECK(!moe_store_open("/nonexistent/x.moestore", mx), "missing file");
+    /* a FIFO is refused at once (not waited on for a writer); so is an empty path */
+    snprintf(other, sizeof(other), "%s/fifo", dir);
+    REQUIRE(mkfifo(other, 0600) == 0, "mkfifo");
+    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "not a regular file"), "a FIFO: %s",
+          moe_last_error());
+    unlink(other);
+    CHECK(!moe_store_open("", mx) && strstr(moe_last_error(), "empty"), "an empty path: %s", moe_last_error());
 
     /* One flipped byte in the record of (layer 1, expert 2). */
     copy_file(store, other);

@@ -6,6 +6,7 @@
 #include "path_model.h"
 #include "../kernels/backend.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,6 +199,19 @@ static enum moe_status ensure_cap(struct moe_predictor *p, int n)
     return MOE_OK;
 }
 
+/* Whether file path lies directly in directory dir (the same directory, however either is spelled). */
+static bool in_dir(const char *path, const char *dir)
+{
+    char parent[4096], a[PATH_MAX], b[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s", path);
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        *(slash == parent ? slash + 1 : slash) = 0;
+    else
+        snprintf(parent, sizeof(parent), ".");
+    return realpath(parent, a) && realpath(dir, b) && !strcmp(a, b);
+}
+
 struct moe_predictor *moe_predictor_create(const struct moe_model *m, const struct moe_pred_spec *spec,
                                            int max_seqs)
 {
@@ -258,8 +272,9 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
     if (uses_path(p)) {
         p->path = moe_path_model_load(spec->path, p->n_moe, p->E, p->k, p->hidden);
         if (!p->path) goto fail;
-        /* the shapes match (checked by the load); a copy of the model may carry another name */
-        if (moe_path_model_other_model(p->path->model_name, m->dir)) {
+        /* the shapes match (checked by the load); a copy of the model may carry another name, and a file
+         * in the model's own directory (auto, a snapshot directory named by its hash) is the model's */
+        if (!in_dir(spec->path, m->dir) && moe_path_model_other_model(p->path->model_name, m->dir)) {
             char name[4096];
             moe_path_model_dir_name(m->dir, name, sizeof name);
             MOE_WARN("predictor %s was trained for %s; the model is %s (its predictions are only as good as "

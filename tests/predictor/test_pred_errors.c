@@ -109,6 +109,16 @@ static void check_other_model(void)
     CHECK(run("eval-predictor --text bench/data/pycode/eval.txt --predictor path --max-tokens 8 "
               "--model models/pycode-moe-18m/") == 0 && !strstr(out, "trained for"),
           "the shipped predictor warned: %s", out);
+    /* a copy of the model directory under another name (a snapshot directory named by its hash): the
+     * predictor file in it is the model's own */
+    char snap[400], cmd[5000];
+    snprintf(snap, sizeof snap, "%s/0123abcd", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && ln -sf '%s'/* '%s/'", snap,
+             t_path(src, sizeof src, "models/pycode-moe-18m"), snap);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    snprintf(a, sizeof a, "eval-predictor --text bench/data/pycode/eval.txt --predictor path --max-tokens 8 "
+             "--model %s", snap);
+    CHECK(run(a) == 0 && !strstr(out, "trained for"), "the predictor in a renamed copy warned: %s", out);
     CHECK(moe_path_model_other_model("mixtral-8x7b", "models/pycode-moe-18m") &&
               !moe_path_model_other_model("pycode-moe-18m", "./models/pycode-moe-18m//") &&
               !moe_path_model_other_model("models/pycode-moe-18m/", "/x/pycode-moe-18m") &&

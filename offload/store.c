@@ -44,6 +44,32 @@ enum {
 
 #define FINGERPRINT_BYTES 64 /* of each expert matrix, as the checkpoint stores it */
 
+uint64_t moe_store_fingerprint(const struct moe_model *m)
+{
+    const struct moe_config *c = &m->cfg;
+    XXH3_state_t *xs = XXH3_createState();
+    if (!xs) return 0;
+    XXH3_64bits_reset(xs);
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!c->is_moe[l]) continue;
+        const struct moe_wview *r = &m->layers[l].router;
+        if (r->data) XXH3_64bits_update(xs, r->data, (size_t)r->nbytes);
+        /* and the first bytes of every expert matrix: weights trained with the router frozen (expert
+         * fine-tuning) differ there, at the cost of one page of each matrix read */
+        for (int e = 0; e < c->n_experts; e++) {
+            const struct moe_expert_w *x = moe_model_expert(m, l, e);
+            const struct moe_wview *w3[3] = { &x->gate, &x->up, &x->down };
+            for (int k = 0; k < 3; k++)
+                if (w3[k]->data)
+                    XXH3_64bits_update(xs, w3[k]->data, (size_t)(w3[k]->nbytes < FINGERPRINT_BYTES ? w3[k]->nbytes
+                                                                                                     : FINGERPRINT_BYTES));
+        }
+    }
+    uint64_t f = XXH3_64bits_digest(xs);
+    XXH3_freeState(xs);
+    return f;
+}
+
 enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_info *out)
 {
     const struct moe_config *c = &m->cfg;
@@ -57,25 +83,10 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
     out->expert_inter = (uint32_t)c->expert_inter;
     out->n_experts = (uint32_t)c->n_experts;
     out->top_k = (uint32_t)c->top_k;
-    XXH3_state_t *xs = XXH3_createState();
-    if (!xs) return moe_errorf(MOE_ENOMEM, "store: out of memory");
-    XXH3_64bits_reset(xs);
     bool first = true;
     for (int l = 0; l < c->n_layers; l++) {
         if (!c->is_moe[l]) continue;
         out->n_records += (uint32_t)c->n_experts;
-        const struct moe_wview *r = &m->layers[l].router;
-        if (r->data) XXH3_64bits_update(xs, r->data, (size_t)r->nbytes);
-        /* and the first bytes of every expert matrix: weights trained with the router frozen (expert
-         * fine-tuning) differ there, at the cost of one page of each matrix read */
-        for (int e = 0; e < c->n_experts; e++) {
-            const struct moe_expert_w *x = moe_model_expert(m, l, e);
-            const struct moe_wview *w3[3] = { &x->gate, &x->up, &x->down };
-            for (int k = 0; k < 3; k++)
-                if (w3[k]->data)
-                    XXH3_64bits_update(xs, w3[k]->data, (size_t)(w3[k]->nbytes < FINGERPRINT_BYTES ? w3[k]->nbytes
-                                                                                                     : FINGERPRINT_BYTES));
-        }
         const struct moe_expert_w *x = moe_model_expert(m, l, 0);
         if (first) { /* as the records hold them: an FP8 checkpoint's experts as FP8 records */
             out->dtype = moe_wview_stored_dtype(&x->gate);
@@ -89,8 +100,6 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
             first = false;
         }
     }
-    out->fingerprint = XXH3_64bits_digest(xs);
-    XXH3_freeState(xs);
     if (first) return moe_errorf(MOE_EINVAL, "%s: model has no MoE layer, nothing to pack", m->dir);
     out->record_bytes = out->gate_bytes + out->up_bytes + out->down_bytes;
     out->record_stride = align_up(out->record_bytes);
@@ -170,6 +179,7 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
     struct moe_store_info in;
     enum moe_status st = moe_store_info_of(m, &in);
     if (st) return st;
+    in.fingerprint = moe_store_fingerprint(m);
     char tmp[4200] = ""; /* the file being written, once created */
     struct moe_store_record *rec = calloc(in.n_records, sizeof(*rec));
     uint8_t *buf = calloc(1, in.record_stride);
@@ -390,7 +400,7 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         else if (in->gate_bytes != want_in.gate_bytes) st = mismatch(path, "gate bytes", in->gate_bytes, want_in.gate_bytes, md);
         else if (in->up_bytes != want_in.up_bytes) st = mismatch(path, "up bytes", in->up_bytes, want_in.up_bytes, md);
         else if (in->down_bytes != want_in.down_bytes) st = mismatch(path, "down bytes", in->down_bytes, want_in.down_bytes, md);
-        else if (in->fingerprint != want_in.fingerprint)
+        else if (in->fingerprint != (want_in.fingerprint = moe_store_fingerprint(m)))
             st = moe_errorf(MOE_EFORMAT, "%s: expert store was written for other weights (weights "
                             "fingerprint %016llx, the model in %s has %016llx): re-run `moeflow "
                             "pack --model %s`", path, (unsigned long long)in->fingerprint, md,

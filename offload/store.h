@@ -50,8 +50,11 @@ typedef void (*moe_store_progress_fn)(void *ud, uint32_t done, uint32_t total);
 enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
                                moe_store_progress_fn progress, void *ud);
 
-/* Identity of a loaded model as a store would record it. */
+/* Identity and layout of a loaded model as a store would record it, the fingerprint left 0 (computing
+ * it reads a page of every expert matrix: moe_store_fingerprint). */
 enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_info *out);
+/* The weights fingerprint a store of m records (moe_store_info.fingerprint). */
+uint64_t moe_store_fingerprint(const struct moe_model *m);
 
 struct moe_store;
 /* Open and validate the header and record table.  With m, a store written for

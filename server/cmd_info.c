@@ -140,10 +140,15 @@ int moe_cmd_info(int argc, char **argv)
                "%d heads / %d KV of %d; context %d\n", dir, cf->model_type, cf->n_layers, n_moe, cf->n_experts,
                cf->top_k, cf->hidden, cf->mla ? "latent" : "grouped-query", cf->n_heads, cf->n_kv_heads,
                cf->head_dim, cf->max_pos);
+        uint64_t dev = moe_tiered_dev_expert_bytes(m);
         if (!strcmp(dt, "F8_E4M3")) /* FP8 records in the store and host tier, their BF16 values computed */
             printf("experts    %d x %.3f MiB (FP8 records: codes and F32 block factors) = %.1f MiB in the store and "
                    "the host tier; %.3f MiB each (BF16) in the device tier\n", n_moe * cf->n_experts, mib(expert),
-                   mib(experts), mib(moe_tiered_dev_expert_bytes(m)));
+                   mib(experts), mib(dev));
+        else if (dev != expert) /* widened where they are computed (F16 to F32 on the CPU backend) */
+            printf("experts    %d x %.3f MiB (%s) = %.1f MiB in the store and the host tier; %.3f MiB each in the "
+                   "device tier of the CPU backend (F32)\n", n_moe * cf->n_experts, mib(expert), dt, mib(experts),
+                   mib(dev));
         else
             printf("experts    %d x %.3f MiB (%s) = %.1f MiB: the device and host tiers hold whole experts\n",
                    n_moe * cf->n_experts, mib(expert), dt, mib(experts));

@@ -31,7 +31,7 @@ struct bench_opts {
     int prefill_chunk;       /* prompt tokens per forward() */
     int prompt_tokens;       /* prompts are cut to their first N tokens */
     int lookahead;           /* micro-batches prefetched ahead (-1 off) */
-    int threads;             /* BLAS threads */
+    int threads;             /* threads of the CPU backend's pool */
     enum moe_dtype kv_dtype; /* KV cache elements */
     double lag, lead;        /* regroup fair-share bounds in tokens (0 = scheduler defaults) */
     enum moe_grouping grouping;
@@ -71,7 +71,7 @@ static void bench_usage(FILE *f)
             "  --prompt-tokens N    cut each prompt to its first N tokens (default 256; 0 = whole)\n"
             "  --lookahead N        micro-batches whose predicted experts are prefetched ahead\n"
             "                       (default 1; 0 = off)\n"
-            "  --threads N          BLAS threads (default 1)\n"
+            "  --threads N          threads of the CPU backend's pool (default 1)\n"
             "  --kv-dtype T         KV cache elements: f32 (default) or bf16 (half the memory)\n"
             "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2;\n"
             "                       -1: strict steps, each step's sequences partitioned by path overlap)\n"

@@ -30,7 +30,7 @@ static void usage(FILE *f)
         "  --k K                 K of recall@K (default: the model's top_k)\n"
         "  --seq-len N           tokens per sequence (default 512)\n"
         "  --max-tokens N        evaluate at most N tokens (default 4096)\n"
-        "  --threads N           BLAS threads (default 1)\n"
+        "  --threads N           threads of the CPU backend's pool (default 1)\n"
         "  --json                one JSON object: recall_at_k and precision_at_k map a distance\n"
         "                        (\"path\", \"1\", \"2\", ..., \"path+1\", ...) to one value per MoE layer\n"
         "                        (null: none)\n"

@@ -40,7 +40,7 @@ static void usage(FILE *f)
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps (default 0)\n"
         "  --expert-ms T         extra compute per routed expert per token (ms) (default 0.153,\n"
         "                        one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
-        "  --threads N           BLAS threads (default 1)\n"
+        "  --threads N           threads of the CPU backend's pool (default 1)\n"
         "  --no-prefetch         predictions only rank evictions (policy predicted); nothing is\n"
         "                        moved ahead of need.  lru and lfu use predictions only to prefetch,\n"
         "                        belady not at all\n"

@@ -19,9 +19,11 @@ static void serve_usage(FILE *f)
     fprintf(f,
             "usage: moeflow serve [--config FILE] [options]\n\n"
             "Serves the model over gRPC (moeflow.v1.Generation, KServe v2 inference.GRPCInferenceService,\n"
-            "grpc.health.v1.Health) and HTTP (/v1/completions, /v1/chat/completions, /v1/models,\n"
-            "/health, /ready, /metrics).  Prints 'ready' on stderr once loaded and warm.  SIGTERM stops\n"
-            "admission, turns /ready off, finishes in-flight requests within --drain-timeout, exits 0.\n\n"
+            "grpc.health.v1.Health) and HTTP (/v1/completions, /v1/chat/completions, /v1/responses,\n"
+            "/v1/responses/{id} (GET, HEAD, DELETE), /v1/models, /v1/models/{model}, /tokenize,\n"
+            "/detokenize, /health, /ready, /metrics).  Prints 'ready' on stderr once loaded and warm.\n"
+            "SIGTERM stops admission, turns /ready off, finishes in-flight requests within\n"
+            "--drain-timeout, exits 0.\n\n"
             "  --config FILE                    'key = value' lines; keys are the option names below\n"
             "                                   (command-line flags override the file)\n"
             "  --help                           this text\n");

@@ -45,7 +45,7 @@ static void usage(FILE *f)
         "  --val-frac X          held-out fraction, from the end, 0 < X <= 0.5 (default 0.1)\n"
         "  --patience N          stop after N epochs without held-out improvement (default 3)\n"
         "  --seed N              initialisation and shuffling seed (default 1)\n"
-        "  --threads N           BLAS threads (default 2)\n"
+        "  --threads N           threads of the training (OpenBLAS) and of the routing pass (default 2)\n"
         "  --quiet               no progress lines (routing the text, epochs)\n"
         "  -h, --help            this help\n");
 }

@@ -21,7 +21,9 @@ static const struct moe_serve_opt opts[] = {
       "address the gRPC and HTTP listeners bind", 0 },
     { "grpc-port", MOE_OPT_INT, OFF(grpc_port), 0, "50051", 0, 65535, "gRPC port (0 = off)", 0 },
     { "http-port", MOE_OPT_INT, OFF(http_port), 0, "8000", 0, 65535, "HTTP port (0 = off)", 0 },
-    { "threads", MOE_OPT_INT, OFF(threads), 0, "1", 1, 256, "BLAS threads of the engine", 0 },
+    { "threads", MOE_OPT_INT, OFF(threads), 0, "1", 1, 256,
+      "threads of the CPU backend's pool (GEMMs, attention; outputs do not depend on it; unused with "
+      "--backend cuda)", 0 },
     { "max-seqs", MOE_OPT_INT, OFF(max_seqs), 0, "32", 1, 4096, "KV cache slots (sequences)", 0 },
     { "max-ctx", MOE_OPT_INT, OFF(max_ctx), 0, "0", 0, 1 << 20,
       "tokens per sequence, prompt + output (0 = the model's maximum)", 0 },

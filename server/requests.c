@@ -225,6 +225,30 @@ static enum moe_status check_messages(json_t *msgs)
  * role and a string (or null / absent) content; the template sees them as
  * they are, with every other field, and the request's tools (OpenAI's list of
  * function definitions) as `tools`, as vLLM passes them. */
+/* The messages as templates read them (vLLM's reading of OpenAI's messages): a null content is "", and
+ * an assistant's earlier tool calls carry their arguments as the JSON value (OpenAI clients send the
+ * text; Qwen3-Coder's, GLM's and MiniMax's templates iterate the object), {} when there are none.
+ * Arguments that are not JSON stay text.  A deep copy; NULL when out of memory. */
+static json_t *template_messages(json_t *msgs)
+{
+    json_t *out = json_deep_copy(msgs), *m, *call;
+    size_t i, k;
+    json_array_foreach(out, i, m) {
+        if (json_is_null(json_object_get(m, "content")))
+            json_object_set_new(m, "content", json_string(""));
+        json_array_foreach(json_object_get(m, "tool_calls"), k, call) {
+            json_t *fn = json_object_get(call, "function"), *args = json_object_get(fn, "arguments");
+            if (!json_is_object(fn) || (args && !json_is_string(args) && !json_is_null(args)))
+                continue;
+            const char *text = json_string_value(args);
+            json_t *v = text && *text ? json_loads(text, JSON_DECODE_ANY, NULL) : json_object();
+            if (v)
+                json_object_set_new(fn, "arguments", v);
+        }
+    }
+    return out;
+}
+
 static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *msgs, const struct moe_chat *tmpl,
                                             json_t *kwargs, json_t *tools)
 {
@@ -246,7 +270,9 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
     }
     char *text;
     size_t len;
-    st = moe_chat_render(tmpl, msgs, extra, &text, &len);
+    json_t *tm = template_messages(msgs);
+    st = tm ? moe_chat_render(tmpl, tm, extra, &text, &len) : moe_errorf(MOE_ENOMEM, "out of memory");
+    json_decref(tm);
     json_decref(extra);
     if (st)
         return moe_error_prefix(st == MOE_ENOMEM ? st : MOE_EINVAL, "'messages'");

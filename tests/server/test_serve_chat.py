@@ -152,6 +152,30 @@ def main():
         finally:
             check(srv.stop() == 0, "exit status")
 
+        # an agent loop's history as OpenAI clients send it: the assistant's content null, its call's
+        # arguments JSON text; the template reads the arguments as an object (vLLM's reading; trim_blocks
+        # takes the line break after the last block)
+        with open(path, "w") as f:
+            f.write("{% for m in messages %}[{{ m.role }}] {{ m.content }}{% for c in m.tool_calls or [] %}"
+                    "<call {{ c.function.name }}>{% for k, v in c.function.arguments.items() %}{{ k }}={{ v }};"
+                    "{% endfor %}{% endfor %}{% endfor %}\n[assistant] ")
+        srv = Server(moeflow, "--model", model, "--chat-template", path)
+        try:
+            history = [{"role": "user", "content": "weather?"},
+                       {"role": "assistant", "content": None, "tool_calls": [
+                           {"id": "c1", "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"n\": 2}"}},
+                           {"id": "c2", "type": "function", "function": {"name": "now", "arguments": ""}}]},
+                       {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+            code, raw = srv.http("/tokenize", json.dumps({"messages": history}).encode())
+            toks = json.loads(raw).get("tokens") if code == 200 else None
+            code2, raw2 = srv.http("/detokenize", json.dumps({"tokens": toks or []}).encode())
+            got = json.loads(raw2).get("prompt") if code2 == 200 else None
+            want = "[user] weather?[assistant] <call get_weather>city=Paris;n=2;<call now>[tool] sunny[assistant] "
+            check(code == 200 and got == want, "tool-call history: %d %r, want %r" % (code, got or raw, want))
+        finally:
+            check(srv.stop() == 0, "exit status")
+
         # --reasoning-parser think: a reply that opens with <think> (or whose prompt opened it) gives its
         # reasoning as reasoning_content, the rest as content, whole and streamed alike; the reply is
         # forced by a regular expression, since this model never writes the tags by itself

@@ -805,6 +805,19 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
 /* --chat-template: auto takes the model's template when it has one (a
  * template moeflow cannot run is said and the markers are used), markers
  * none, anything else is a file that must compile. */
+/* A template that compiles may still fail at every render (a construct outside the subset that only
+ * rendering meets): it renders one user message here, at start-up. */
+static enum moe_status chat_probe(const struct moe_chat *c)
+{
+    json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "Hello");
+    char *text = NULL;
+    size_t len = 0;
+    enum moe_status st = msgs ? moe_chat_render(c, msgs, NULL, &text, &len) : MOE_ENOMEM;
+    free(text);
+    json_decref(msgs);
+    return st;
+}
+
 static enum moe_status load_chat_template(struct moe_server *s, const char *dir)
 {
     const char *spec = s->cfg.chat_template[0] ? s->cfg.chat_template : "auto";
@@ -813,9 +826,17 @@ static enum moe_status load_chat_template(struct moe_server *s, const char *dir)
         return MOE_OK;
     if (strcmp(spec, "auto")) {
         st = moe_chat_load_file(spec, dir, &s->chat);
+        if (st == MOE_OK && (st = chat_probe(s->chat)) != MOE_OK)
+            moe_error_prefix(st, "it cannot render one user message");
         return st ? moe_error_prefix(st, "--chat-template") : MOE_OK;
     }
     st = moe_chat_load_dir(dir, &s->chat);
+    if (st == MOE_OK && s->chat && (st = chat_probe(s->chat)) != MOE_OK && st != MOE_ENOMEM) {
+        moe_error_prefix(st, "the chat template of %s compiles but cannot render one user message",
+                         moe_chat_source(s->chat));
+        moe_chat_free(s->chat);
+        s->chat = NULL;
+    }
     if (st == MOE_ENOMEM)
         return st;
     if (st)

@@ -307,6 +307,27 @@ def main():
                             "--http-port", str(free_port())], capture_output=True, timeout=60)
         check(r.returncode != 0 and b"reasoning-parser" in r.stderr, "bad --reasoning-parser: %d %r" %
               (r.returncode, r.stderr))
+        # a template that compiles but cannot render (a dict with number keys, outside the subset): as a
+        # file it stops the server at start; as the model's own, the markers are used, with a warning
+        odd = "{% set d = {0: 'x'} %}{% for m in messages %}{{ m.content }}{{ d[0] }}{% endfor %}"
+        with open(path, "w") as f:
+            f.write(odd)
+        r = subprocess.run([moeflow, "serve", "--model", model, "--chat-template", path, "--grpc-port", "0",
+                            "--http-port", str(free_port())], capture_output=True, timeout=60)
+        check(r.returncode == 1 and b"cannot render one user message" in r.stderr,
+              "a template file that cannot render: %d %r" % (r.returncode, r.stderr[-400:]))
+        os.makedirs(os.path.join(tmp, "odd"))
+        odd_model = model_copy(src, os.path.join(tmp, "odd"), {"chat_template": odd})
+        srv = Server(moeflow, "--model", odd_model)
+        try:
+            code, out = chat(srv, [{"role": "user", "content": "def f"}])
+            check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, odd_model,
+                                                                              "<|user|>\ndef f\n<|assistant|>\n"),
+                  "the model's template that cannot render: %d %r" % (code, out))
+            check("cannot render one user message" in srv.output() and "markers" in srv.output(),
+                  "no warning: %r" % srv.output()[-600:])
+        finally:
+            check(srv.stop() == 0, "exit status")
 
         # a file that does not compile, or is missing: no start, the message names it
         with open(path, "w") as f:

@@ -40,17 +40,43 @@ static enum moe_status load_config(const char *dir, json_t **root, char *path, s
     return MOE_OK;
 }
 
-/* The special tokens of tokenizer_config.json as strings. */
+/* An entry of tokenizer_config.json as a token's text: a string, or an AddedToken {"content": ...}. */
+static const char *token_text(json_t *v)
+{
+    if (json_is_object(v))
+        v = json_object_get(v, "content");
+    return json_string_value(v);
+}
+
+/* The special tokens of tokenizer_config.json as strings, as the Hugging Face library hands a template
+ * its special_tokens_map: bos, eos, unk and pad always ("" when absent), every other "..._token" entry
+ * that names a token (cls, sep, mask, ...), and additional_special_tokens as a list. */
 static json_t *special_tokens(json_t *root)
 {
     static const char *const keys[] = { "bos_token", "eos_token", "unk_token", "pad_token" };
-    json_t *t = json_object();
+    json_t *t = json_object(), *v;
     for (size_t i = 0; t && i < MOE_ARRAY_LEN(keys); i++) {
-        json_t *v = json_object_get(root, keys[i]);
-        if (json_is_object(v)) /* an AddedToken: {"content": ...} */
-            v = json_object_get(v, "content");
-        json_object_set_new(t, keys[i], json_string(json_is_string(v) ? json_string_value(v) : ""));
+        const char *s = token_text(json_object_get(root, keys[i]));
+        json_object_set_new(t, keys[i], json_string(s ? s : ""));
     }
+    const char *key;
+    json_object_foreach(root, key, v) {
+        size_t n = strlen(key);
+        const char *s = token_text(v);
+        if (t && n > 6 && !strcmp(key + n - 6, "_token") && s && !json_object_get(t, key))
+            json_object_set_new(t, key, json_string(s));
+    }
+    json_t *add = json_object_get(root, "additional_special_tokens"), *list = json_is_array(add) ? json_array() : NULL;
+    size_t i;
+    json_array_foreach(add, i, v) {
+        const char *s = token_text(v);
+        if (list && s)
+            json_array_append_new(list, json_string(s));
+    }
+    if (t && list)
+        json_object_set_new(t, "additional_special_tokens", list);
+    else
+        json_decref(list);
     return t;
 }
 

@@ -51,6 +51,17 @@ int main(void)
     CHECK(st == MOE_OK && out && !strcmp(out, "<s>[user]hi</s>>"), "string template: %s", out ? out : moe_last_error());
     free(out);
 
+    /* every special token of the file, as the Hugging Face library's special_tokens_map: cls, sep, mask,
+     * additional_special_tokens; a token the file does not name is undefined, "add_bos_token" no token */
+    write_config("{\"cls_token\": \"[CLS]\", \"sep_token\": {\"content\": \"[SEP]\"}, \"add_bos_token\": true, "
+                 "\"additional_special_tokens\": [\"<a>\", {\"content\": \"<b>\"}], \"chat_template\": "
+                 "\"{{ cls_token }}{{ sep_token }}{{ additional_special_tokens | join(',') }}|{{ mask_token is defined }}"
+                 "|{{ add_bos_token is defined }}|{{ bos_token }}\"}");
+    out = render_hi(&st);
+    CHECK(st == MOE_OK && out && !strcmp(out, "[CLS][SEP]<a>,<b>|False|False|"), "special tokens: %s",
+          out ? out : moe_last_error());
+    free(out);
+
     write_config("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"default\", "
                  "\"template\": \"D{{ messages | length }}\"}]}");
     out = render_hi(&st);

@@ -1126,13 +1126,17 @@ static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bo
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     const char *body = (const char *)evbuffer_pullup(in, -1);
-    json_t *root = json_loadb(body ? body : "", body ? n : 0, JSON_REJECT_DUPLICATES, NULL), *out = NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(body ? body : "", body ? n : 0, JSON_REJECT_DUPLICATES, &jerr), *out = NULL;
     int *ids = NULL;
     size_t n_ids = 0;
     char msg[400] = "";
     int code = 400;
     json_t *model = json_object_get(root, "model");
-    if (!json_is_object(root)) {
+    if (!root) {
+        snprintf(msg, sizeof(msg), "the body is not valid JSON: %s at line %d column %d", jerr.text, jerr.line,
+                 jerr.column);
+    } else if (!json_is_object(root)) {
         snprintf(msg, sizeof(msg), "the body must be a JSON object");
     } else if (model && !json_is_null(model) && !json_is_string(model)) {
         snprintf(msg, sizeof(msg), "'model' must be a string");

@@ -613,6 +613,9 @@ def check_tokenize(srv):
           js.get("max_model_len", 0) > 0, "tokenize: %d %r" % (code, js))
     code, back = post(srv, "/detokenize", {"tokens": js.get("tokens", [])})
     check(code == 200 and back == {"prompt": "def add(a, b):"}, "detokenize: %d %r" % (code, back))
+    for path in ("/tokenize", "/detokenize"):  # a body that is not JSON: the parser's reason, with its place
+        code, raw = srv.http(path, b'{"prompt": 12345678901234567890}')
+        check(code == 400 and b"not valid JSON" in raw and b"column" in raw, "%s, bad JSON: %d %r" % (path, code, raw))
     msgs = [{"role": "user", "content": "def add(a, b):"}]
     code, tj = post(srv, "/tokenize", {"messages": msgs})
     _, cc = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1})

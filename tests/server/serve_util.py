@@ -180,6 +180,13 @@ def metric(ms, name, **labels):
     return total
 
 
+def rejections(srv):
+    """(requests refused as invalid, requests the scheduler refused) as /metrics counts them."""
+    ms = srv.metrics()
+    return (metric(ms, "moeflow:request_rejected_total", reason="invalid"),
+            metric(ms, "moeflow:requests_rejected_total"))
+
+
 def curl(*args, timeout=60):
     r = subprocess.run(["curl", "-sS", "--max-time", str(timeout)] + list(args), capture_output=True)
     return r.returncode, r.stdout

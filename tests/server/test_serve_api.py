@@ -10,7 +10,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import (Server, gen_stubs, curl, metric, read_reference_greedy, Checks, require_grpc,  # noqa: E402
+from serve_util import (Server, gen_stubs, curl, metric, read_reference_greedy, Checks, rejections, require_grpc,  # noqa: E402
                         free_port, run_server_test)
 
 grpc = require_grpc()
@@ -468,9 +468,7 @@ def main():
                             ({"logit_bias": {"x": 1}}, b"logit_bias")):
             code, out = srv.http("/v1/completions", json.dumps(dict(prompt="x", **extra)).encode())
             check(code == 400 and word in out, "%r: %d %r" % (extra, code, out))
-        ms = srv.metrics()
-        invalid, sched = (metric(ms, "moeflow:request_rejected_total", reason="invalid"),
-                          metric(ms, "moeflow:requests_rejected_total"))
+        invalid, sched = rejections(srv)
         try:
             list(gen.Generate(m.GenerateRequest(prompt="x", logit_bias=[m.LogitBias(token_id=9000, bias=1)]),
                               timeout=10))
@@ -479,12 +477,9 @@ def main():
             check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "'logit_bias' token 9000" in e.details() and
                   "sampling" not in e.details(),
                   "logit_bias outside the vocabulary: %s %s" % (e.code(), e.details()))
-        ms = srv.metrics()
-        check(metric(ms, "moeflow:request_rejected_total", reason="invalid") == invalid + 1 and
-              metric(ms, "moeflow:requests_rejected_total") == sched,
-              "gRPC ids outside the vocabulary counted as invalid: %d -> %d, the scheduler's %d -> %d" % (
-                  invalid, metric(ms, "moeflow:request_rejected_total", reason="invalid"), sched,
-                  metric(ms, "moeflow:requests_rejected_total")))
+        now = rejections(srv)
+        check(now == (invalid + 1, sched), "gRPC ids outside the vocabulary counted as invalid: %r -> %r" % (
+            (invalid, sched), now))
         body = json.dumps({"messages": [{"role": "user", "content": "write add"}], "max_tokens": 4})
         code, out = srv.http("/v1/chat/completions", body.encode())
         check(code == 200 and json.loads(out)["choices"][0]["message"]["role"] == "assistant", "chat %d" % code)

@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, Checks, free_port, metric, run_server_test  # noqa: E402
+from serve_util import Server, Checks, free_port, metric, rejections, run_server_test  # noqa: E402
 
 NAME = "acme/pycode-moe-18m"
 
@@ -55,6 +55,15 @@ def sse(srv, path, body):
     data = [e[6:] for e in events[:-1]]
     done = framed and data[-1:] == ["[DONE]"]
     return ctype, [json.loads(d) for d in data if d != "[DONE]"], done
+
+
+def get_json(srv, path):
+    """GET path: the status, the body as JSON ({} when it is not) and as bytes."""
+    code, out = srv.http(path)
+    try:
+        return code, json.loads(out), out
+    except ValueError:
+        return code, {}, out
 
 
 def usage_add(total, usage):
@@ -761,11 +770,7 @@ def check_errors(srv):
     the chat request it becomes) and refuses duplicate keys; ids outside the vocabulary count as
     invalid requests; tools and chat_template_kwargs are checked whatever renders the messages (here
     moeflow's markers); /tokenize and /detokenize answer a model not served 404, as completions do."""
-    code, out = srv.http("/v1/models/%FF")
-    try:
-        js = json.loads(out)
-    except ValueError:
-        js = {}
+    code, js, out = get_json(srv, "/v1/models/%FF")
     check(error_ok(code, js, 404, "'\ufffd'"), "GET /v1/models/%%FF: %d %r" % (code, out[:300]))
     code, js = post(srv, "/v1/chat/completions", {"messages": [{"role": "a" * 31 + "\u00e9", "content": "hi"}]})
     check(error_ok(code, js, 400, "'%s'" % ("a" * 31)) and "\ufffd" not in js["error"]["message"],
@@ -784,20 +789,14 @@ def check_errors(srv):
               "responses %r: %d %r" % (body, code, js))
     code, out = srv.http("/v1/responses", b'{"input": "x", "max_output_tokens": 1, "input": "y"}')
     check(error_ok(code, json.loads(out), 400, "duplicate"), "responses, a key twice: %d %r" % (code, out[:300]))
-    ms = srv.metrics()
-    invalid, sched = (metric(ms, "moeflow:request_rejected_total", reason="invalid"),
-                      metric(ms, "moeflow:requests_rejected_total"))
+    invalid, sched = rejections(srv)
     code, js = post(srv, "/v1/completions", {"prompt": [99999], "echo": True})
     check(error_ok(code, js, 400, "'prompt[0]' = 99999"), "echo of an id outside the vocabulary: %d %r" % (code, js))
     code, js = post(srv, "/v1/completions", {"prompt": "x", "logit_bias": {"9000": 1}})
     check(error_ok(code, js, 400, "'logit_bias' token 9000 is outside the vocabulary") and
           "sampling" not in js["error"]["message"], "logit_bias outside the vocabulary: %d %r" % (code, js))
-    ms = srv.metrics()
-    check(metric(ms, "moeflow:request_rejected_total", reason="invalid") == invalid + 2 and
-          metric(ms, "moeflow:requests_rejected_total") == sched,
-          "ids outside the vocabulary counted: invalid %d -> %d, scheduler's %d -> %d" % (
-              invalid, metric(ms, "moeflow:request_rejected_total", reason="invalid"), sched,
-              metric(ms, "moeflow:requests_rejected_total")))
+    now = rejections(srv)
+    check(now == (invalid + 2, sched), "ids outside the vocabulary counted as invalid: %r -> %r" % ((invalid, sched), now))
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     for extra, word in (({"tools": 5}, "'tools'"), ({"tools": [{"type": "function"}]}, "'tools'[0]"),
                         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 1}}]}, "'tools'[0]"),
@@ -982,11 +981,7 @@ def check_models(srv):
     code, again = srv.http("/v1/models")
     check(code == 200 and json.loads(again)["data"][0]["created"] == listed[0]["created"] <= time.time(),
           "models created: %r then %r" % (out[:200], again[:200]))
-    code, out = srv.http("/v1/models/gpt-4")
-    try:
-        js = json.loads(out)
-    except ValueError:
-        js = {}
+    code, js, out = get_json(srv, "/v1/models/gpt-4")
     check(error_ok(code, js, 404, "gpt-4"), "retrieve of another model: %d %r" % (code, out[:300]))
     code, out = srv.http("/v1/models/" + urllib.parse.quote(NAME, safe=""), b"{}")
     check(code == 405, "POST to a model: %d" % code)

@@ -386,6 +386,11 @@ static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
 static void do_tokenize(struct gcall *c, const uint8_t *buf, size_t len)
 {
     struct moe_server *s = c->gf->srv;
+    if (moe_pb_nul_field(&moeflow__v1__tokenize_request__descriptor, buf, len)) {
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "TokenizeRequest: 'text' holds a NUL byte: text is sent "
+                     "without NUL");
+        return;
+    }
     Moeflow__V1__TokenizeRequest *rq = moeflow__v1__tokenize_request__unpack(NULL, len, buf);
     if (!rq) {
         queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "TokenizeRequest: malformed protobuf");
@@ -469,7 +474,8 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
             return;
         }
         Inference__ModelReadyResponse rs = INFERENCE__MODEL_READY_RESPONSE__INIT;
-        rs.ready = ready && rq->name && !strcmp(rq->name, s->model_name);
+        rs.ready = ready && rq->name && !strcmp(rq->name, s->model_name) &&
+                   (!rq->version || !rq->version[0] || !strcmp(rq->version, "1")); /* the one version served */
         inference__model_ready_request__free_unpacked(rq, NULL);
         QUEUE_MSG(c, inference__model_ready_response, &rs);
         break;
@@ -487,22 +493,26 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
             queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "ModelMetadataRequest: malformed protobuf");
             return;
         }
-        bool match = rq->name && !strcmp(rq->name, s->model_name);
+        bool match = rq->name && !strcmp(rq->name, s->model_name) &&
+                     (!rq->version || !rq->version[0] || !strcmp(rq->version, "1"));
         char msg[400];
-        snprintf(msg, sizeof(msg), "model '%.200s' is not served here (serving '%s')",
-                 rq->name ? rq->name : "", s->model_name);
+        snprintf(msg, sizeof(msg), "model '%.200s' version '%.32s' is not served here (serving '%s' version 1)",
+                 rq->name ? rq->name : "", rq->version ? rq->version : "", s->model_name);
         inference__model_metadata_request__free_unpacked(rq, NULL);
         if (!match) {
             queue_status(c, GRPC_STATUS_NOT_FOUND, msg);
             return;
         }
         Inference__ModelMetadataResponse rs = INFERENCE__MODEL_METADATA_RESPONSE__INIT;
-        Inference__ModelMetadataResponse__TensorMetadata ti[3], to[1];
-        Inference__ModelMetadataResponse__TensorMetadata *pi[3], *po[1];
-        static const char *in_names[3] = { "text_input", "max_tokens", "stream" };
-        static const char *in_types[3] = { "BYTES", "INT32", "BOOL" };
+        enum { N_IN = 7 };
+        Inference__ModelMetadataResponse__TensorMetadata ti[N_IN], to[1];
+        Inference__ModelMetadataResponse__TensorMetadata *pi[N_IN], *po[1];
+        /* every input ModelInfer takes (max_tokens and top_k as INT32 or INT64, the floats as FP32 or FP64) */
+        static const char *in_names[N_IN] = { "text_input", "max_tokens", "stream", "temperature", "top_p", "top_k",
+                                              "ignore_eos" };
+        static const char *in_types[N_IN] = { "BYTES", "INT32", "BOOL", "FP32", "FP32", "INT32", "BOOL" };
         int64_t shape1[1] = { 1 };
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < N_IN; i++) {
             inference__model_metadata_response__tensor_metadata__init(&ti[i]);
             ti[i].name = (char *)in_names[i];
             ti[i].datatype = (char *)in_types[i];
@@ -521,7 +531,7 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
         rs.n_versions = 1;
         rs.versions = versions;
         rs.platform = "moeflow";
-        rs.n_inputs = 3;
+        rs.n_inputs = N_IN;
         rs.inputs = pi;
         rs.n_outputs = 1;
         rs.outputs = po;
@@ -779,7 +789,7 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
     else
         st = moe_req_parse_kserve(buf, len, &r);
     /* ids the decoder cannot bound (prompt, logit_bias): refused here, as invalid */
-    if (st == MOE_OK && (st = moe_gen_request_check_vocab(&r, s->model->cfg.vocab)) != MOE_OK)
+    if (st == MOE_OK && (st = moe_gen_request_check_vocab(&r, s->model->cfg.vocab, c->m == GM_GENERATE ? "prompt_ids" : "text_input")) != MOE_OK)
         moe_gen_request_free(&r);
     char kid[128] = "";
     if (st == MOE_OK) {

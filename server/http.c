@@ -972,7 +972,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     if (st == MOE_OK) {
         st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, tmpl, &gr);
         /* ids the decoder cannot bound: refused here as invalid (not as the scheduler's refusal) */
-        if (st == MOE_OK && (st = moe_gen_request_check_vocab(&gr, s->model->cfg.vocab)) != MOE_OK)
+        if (st == MOE_OK && (st = moe_gen_request_check_vocab(&gr, s->model->cfg.vocab, "prompt")) != MOE_OK)
             moe_gen_request_free(&gr);
     }
     free(chat_body);

@@ -925,12 +925,12 @@ out:
     return st;
 }
 
-enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab)
+enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab, const char *prompt_field)
 {
     for (int i = 0; i < r->n_prompt_ids; i++)
         if (r->prompt_ids[i] >= vocab)
-            return moe_errorf(MOE_ERANGE, "'prompt[%d]' = %d is outside the vocabulary [0, %d)", i, r->prompt_ids[i],
-                              vocab);
+            return moe_errorf(MOE_ERANGE, "'%s[%d]' = %d is outside the vocabulary [0, %d)", prompt_field, i,
+                              r->prompt_ids[i], vocab);
     for (int i = 0; i < r->sampling.n_logit_bias; i++)
         if (r->sampling.logit_bias[i].id >= vocab)
             return moe_errorf(MOE_ERANGE, "'logit_bias' token %d is outside the vocabulary [0, %d)",
@@ -957,9 +957,65 @@ static enum moe_status check_sampling(struct moe_gen_request *r, float temperatu
     return MOE_OK;
 }
 
+/* A varint of p[*i..n), *i moved past it; false when it runs past n or 10 bytes. */
+static bool pb_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 70 && *i < n; shift += 7) {
+        uint8_t b = p[(*i)++];
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return true;
+    }
+    return false;
+}
+
+/* The name of the first string field of message d, at any depth, that holds a NUL byte in p[0..n),
+ * or NULL (also when p is malformed: unpacking says so).  protobuf-c hands strings over as C strings,
+ * which a NUL would cut short without a word. */
+const char *moe_pb_nul_field(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint64_t key, v;
+        if (!pb_varint(p, n, &i, &key))
+            return NULL;
+        switch (key & 7) {
+        case 0: if (!pb_varint(p, n, &i, &v)) return NULL; break;
+        case 1: if (n - i < 8) return NULL; i += 8; break;
+        case 5: if (n - i < 4) return NULL; i += 4; break;
+        case 2: {
+            if (!pb_varint(p, n, &i, &v) || v > n - i)
+                return NULL;
+            const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+            const char *inner = NULL;
+            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p + i, 0, (size_t)v))
+                return f->name;
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE && (inner = moe_pb_nul_field(f->descriptor, p + i, (size_t)v)))
+                return inner;
+            i += (size_t)v;
+            break;
+        }
+        default: return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* A message whose string field holds a NUL byte: refused, naming the field. */
+static enum moe_status pb_check_text(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+{
+    const char *f = moe_pb_nul_field(d, p, n);
+    return f ? moe_errorf(MOE_EINVAL, "%s: '%s' holds a NUL byte: text is sent without NUL", d->short_name, f)
+             : MOE_OK;
+}
+
 enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out)
 {
     req_init(out);
+    enum moe_status nul = pb_check_text(&moeflow__v1__generate_request__descriptor, buf, len);
+    if (nul)
+        return nul;
     Moeflow__V1__GenerateRequest *m = moeflow__v1__generate_request__unpack(NULL, len, buf);
     if (!m)
         return moe_errorf(MOE_EFORMAT, "GenerateRequest: malformed protobuf message (%zu bytes)", len);
@@ -1018,10 +1074,9 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     out->json_object = m->json_object;
     bool has_schema = m->json_schema && m->json_schema[0], has_regex = m->regex && m->regex[0],
          has_grammar = m->grammar && m->grammar[0], has_tag = m->structural_tag && m->structural_tag[0];
-    if (has_schema + has_regex + has_grammar + has_tag + (m->n_choice > 0) + m->json_object > 1 &&
-        (has_regex || has_grammar || has_tag || m->n_choice)) {
-        st = moe_errorf(MOE_EINVAL, "regex, grammar, structural_tag and choice go without json_object, json_schema "
-                        "and each other: give one");
+    if (has_schema + has_regex + has_grammar + has_tag + (m->n_choice > 0) + m->json_object > 1) {
+        st = moe_errorf(MOE_EINVAL, "json_object, json_schema, regex, grammar, structural_tag and choice go "
+                        "without each other: give one");
         goto out;
     }
     if (has_schema) st = moe_json_schema_parse(m->json_schema, strlen(m->json_schema), &out->json_schema);
@@ -1218,6 +1273,9 @@ static enum moe_status kparam_num(const Inference__ModelInferRequest *m, const c
 enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_gen_request *out)
 {
     req_init(out);
+    enum moe_status nul = pb_check_text(&inference__model_infer_request__descriptor, buf, len);
+    if (nul)
+        return nul;
     Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, len, buf);
     if (!m)
         return moe_errorf(MOE_EFORMAT, "ModelInferRequest: malformed protobuf message (%zu bytes)",
@@ -1243,10 +1301,27 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
                         m->n_raw_input_contents, m->n_inputs);
         goto out;
     }
-    bool have_text = false;
+    if (m->model_version && m->model_version[0] && strcmp(m->model_version, "1")) {
+        st = moe_errorf(MOE_ENOENT, "model version '%.*s' is not served here (version 1 is)",
+                        moe_utf8_cut(m->model_version, 64), m->model_version);
+        goto out;
+    }
+    for (size_t i = 0; i < m->n_outputs; i++) {
+        const char *name = m->outputs[i]->name ? m->outputs[i]->name : "";
+        if (strcmp(name, "text_output")) {
+            st = moe_errorf(MOE_EINVAL, "unknown output '%.*s' asked for (the model gives text_output)",
+                            moe_utf8_cut(name, 64), name);
+            goto out;
+        }
+    }
+    bool have_text = false, given[4] = { false }; /* temperature, top_p, top_k, ignore_eos as inputs */
     for (size_t i = 0; i < m->n_inputs; i++) {
         struct kin k = { m->inputs[i], m->n_raw_input_contents ? &m->raw_input_contents[i] : NULL };
         const char *name = k.t->name ? k.t->name : "";
+        given[0] |= !strcmp(name, "temperature");
+        given[1] |= !strcmp(name, "top_p");
+        given[2] |= !strcmp(name, "top_k");
+        given[3] |= !strcmp(name, "ignore_eos");
         if (!strcmp(name, "text_input") || !strcmp(name, "max_tokens") || !strcmp(name, "stream") ||
             !strcmp(name, "temperature") || !strcmp(name, "top_p") || !strcmp(name, "top_k") ||
             !strcmp(name, "ignore_eos")) {
@@ -1309,7 +1384,7 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
     if ((st = kparam_num(m, "max_tokens", &v, &have)) != MOE_OK)
         goto out;
     if (have) {
-        if (!(v >= 1 && v <= INT32_MAX)) {
+        if (!(v >= 1 && v <= INT32_MAX) || v != floor(v)) {
             st = moe_errorf(MOE_ERANGE, "parameter 'max_tokens' = %g is outside [1, %d]", v, INT32_MAX);
             goto out;
         }
@@ -1334,6 +1409,37 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         }
         if (have)
             *penalty_field(&out->sampling, i) = (float)v;
+    }
+    /* the sampling inputs as request parameters too (clients send them either way), checked alike */
+    static const char *const sp_names[4] = { "temperature", "top_p", "top_k", "ignore_eos" };
+    for (int i = 0; i < 4; i++) {
+        const Inference__InferParameter *p = kparam(m, sp_names[i]);
+        if (!p)
+            continue;
+        if (given[i]) {
+            st = moe_errorf(MOE_EINVAL, "'%s' given both as an input and as a parameter: give one", sp_names[i]);
+            goto out;
+        }
+        if (i == 3) {
+            if (p->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {
+                st = moe_errorf(MOE_EINVAL, "parameter 'ignore_eos' must be a bool");
+                goto out;
+            }
+            out->ignore_eos = p->bool_param;
+            continue;
+        }
+        if ((st = kparam_num(m, sp_names[i], &v, &have)) != MOE_OK)
+            goto out;
+        bool ok = i == 0 ? isfinite(v) && v >= 0 && v <= TEMP_MAX
+                  : i == 1 ? isfinite(v) && v > 0 && v <= 1 : v >= 0 && v <= INT32_MAX && v == floor(v);
+        if (!ok) {
+            st = moe_errorf(MOE_ERANGE, "parameter '%s' = %g is outside %s", sp_names[i], v,
+                            i == 0 ? "[0, 100]" : i == 1 ? "(0, 1]" : "the integers >= 0");
+            goto out;
+        }
+        if (i == 0) out->sampling.temperature = (float)v;
+        else if (i == 1) out->sampling.top_p = (float)v;
+        else out->sampling.top_k = (int)v;
     }
     const Inference__InferParameter *seed = kparam(m, "seed");
     if (seed) { /* exactly: any 64-bit value */

@@ -85,7 +85,11 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
 
 /* The token ids a decoded request names (its prompt's, logit_bias's) against a vocabulary of vocab
  * tokens, which the decoders do not know: MOE_ERANGE naming the field and the id otherwise. */
-enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab);
+enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab, const char *prompt_field);
+/* The name of the first string field of a protobuf message of descriptor d, at any depth, that holds a
+ * NUL byte in p[0..n), or NULL (protobuf-c hands strings over NUL-terminated, which a NUL would cut). */
+struct ProtobufCMessageDescriptor;
+const char *moe_pb_nul_field(const struct ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n);
 
 /* moeflow.v1.GenerateRequest protobuf. */
 enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out);

@@ -124,7 +124,17 @@ def main():
         check(info.name == "pycode-moe-18m" and info.vocab_size == 8192, "ModelInfo: %s" % info)
         check(kstub.ModelReady(k.ModelReadyRequest(name=info.name), timeout=10).ready, "ModelReady")
         md = kstub.ModelMetadata(k.ModelMetadataRequest(name=info.name), timeout=10)
-        check([t.name for t in md.inputs][:1] == ["text_input"], "ModelMetadata inputs")
+        check([t.name for t in md.inputs] == ["text_input", "max_tokens", "stream", "temperature", "top_p", "top_k",
+                                             "ignore_eos"], "ModelMetadata inputs: %s" % [t.name for t in md.inputs])
+        # one version is served, "1" (or none named)
+        check(kstub.ModelReady(k.ModelReadyRequest(name=info.name, version="1"), timeout=10).ready and
+              not kstub.ModelReady(k.ModelReadyRequest(name=info.name, version="2"), timeout=10).ready,
+              "ModelReady of versions 1 and 2")
+        try:
+            kstub.ModelMetadata(k.ModelMetadataRequest(name=info.name, version="2"), timeout=10)
+            check(False, "ModelMetadata of version 2 answered")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.NOT_FOUND, "ModelMetadata of version 2: %s" % e.code())
 
         # Generate: the greedy tokens of the reference (HF transformers) continuation.
         ids, greedy = read_reference_greedy(src)
@@ -170,6 +180,47 @@ def main():
             return req
         resps = list(kstub.ModelStreamInfer(iter([kreq("def add(a, b):", n, True)]), timeout=60))
         check(len(resps) >= 2, "ModelStreamInfer: %d responses" % len(resps))
+        # refused by name: another version, an output the model does not give, a sampling parameter out of
+        # range, one given as input and parameter, a NUL inside a string, two JSON guides, an id outside
+        def refused(fn, want_code, word, what):
+            try:
+                fn()
+                check(False, "%s accepted" % what)
+            except grpc.RpcError as e:
+                check(e.code() == want_code and word in e.details(), "%s: %s %s" % (what, e.code(), e.details()))
+        q = kreq("x", 2, False)
+        q.model_version = "42"
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.NOT_FOUND, "version '42'", "version 42")
+        q = kreq("x", 2, False)
+        q.outputs.add(name="nope")
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "'nope'", "output nope")
+        q = kreq("x", 2, False)
+        q.parameters["temperature"].double_param = -5
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "temperature",
+                "parameter temperature -5")
+        q = kreq("x", 2, False)
+        q.parameters["max_tokens"].double_param = 2.7
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens",
+                "parameter max_tokens 2.7")
+        q = kreq("x", 2, False)
+        t = q.inputs.add(name="top_k", datatype="INT32", shape=[1])
+        t.contents.int_contents.append(5)
+        q.parameters["top_k"].int64_param = 5
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "both", "top_k twice")
+        q = kreq("x", 2, False)
+        q.parameters["regex"].string_param = "ab\x00[0-9]+"
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "NUL",
+                "a regex parameter with a NUL")
+        q = kreq("x", 2, False)
+        q.parameters["temperature"].double_param = 0
+        check(kstub.ModelInfer(q, timeout=30).outputs[0].name == "text_output", "parameter temperature 0")
+        for kw, word in (({"prompt": "ab\x00cd"}, "'prompt'"), ({"prompt": "x", "stop": ["R\x00zz"]}, "'stop'"),
+                         ({"prompt": "x", "json_object": True, "json_schema": '{"type": "boolean"}'}, "give one"),
+                         ({"prompt_ids": [1, 8192]}, "'prompt_ids[1]'")):
+            refused(lambda: list(gen.Generate(m.GenerateRequest(max_tokens=2, **kw), timeout=30)),
+                    grpc.StatusCode.INVALID_ARGUMENT, word, "Generate %r" % kw)
+        refused(lambda: gen.Tokenize(m.TokenizeRequest(text="ab\x00cd"), timeout=10),
+                grpc.StatusCode.INVALID_ARGUMENT, "NUL", "Tokenize with a NUL")
         check(all(not r.error_message for r in resps), "stream errors")
         finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in resps]
         check(finals[-1] and not any(finals[:-1]), "final flags %s" % finals)

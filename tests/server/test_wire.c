@@ -249,14 +249,40 @@ static void test_openai(void)
     CHECK(moe_utf8_valid(moe_last_error(), strlen(moe_last_error())), "not UTF-8: %s", moe_last_error());
     CHECK(moe_utf8_cut("ab\xc3\xa9", 3) == 2 && moe_utf8_cut("ab\xc3\xa9", 4) == 4 && moe_utf8_cut("ab", 9) == 2,
           "moe_utf8_cut");
+    /* protobuf strings with a NUL byte (protobuf-c would cut them short): refused, naming the field, at
+     * the top (prompt = 1, stop = 10) and inside a nested message (KServe's parameter map) */
+    {
+        static const uint8_t prompt_nul[] = { 0x0a, 5, 'a', 'b', 0, 'c', 'd' };
+        static const uint8_t stop_nul[] = { 0x0a, 1, 'x', 0x52, 3, 'R', 0, 'z' };
+        static const uint8_t fine[] = { 0x0a, 4, 'a', 'b', 'c', 'd', 0x52, 1, 'R' };
+        struct moe_gen_request g;
+        CHECK(moe_req_parse_generate(prompt_nul, sizeof(prompt_nul), &g) == MOE_EINVAL &&
+                  strstr(moe_last_error(), "'prompt' holds a NUL byte"),
+              "a prompt with a NUL: %s", moe_last_error());
+        CHECK(moe_req_parse_generate(stop_nul, sizeof(stop_nul), &g) == MOE_EINVAL &&
+                  strstr(moe_last_error(), "'stop' holds a NUL byte"),
+              "a stop sequence with a NUL: %s", moe_last_error());
+        CHECK(moe_req_parse_generate(fine, sizeof(fine), &g) == MOE_OK && g.prompt && !strcmp(g.prompt, "abcd"),
+              "the same without NUL: %s", moe_last_error());
+        moe_gen_request_free(&g);
+        /* ModelInferRequest: model_name = 1 "m", parameters = 4 {key "regex", value InferParameter {string_param = 3}} */
+        static const uint8_t kserve_nul[] = { 0x0a, 1, 'm', 0x22, 14, 0x0a, 5, 'r', 'e', 'g', 'e', 'x', 0x12, 5,
+                                              0x1a, 3, 'a', 0, 'b' };
+        CHECK(moe_pb_nul_field(&inference__model_infer_request__descriptor, kserve_nul, sizeof(kserve_nul)) &&
+                  !strcmp(moe_pb_nul_field(&inference__model_infer_request__descriptor, kserve_nul,
+                                           sizeof(kserve_nul)), "string_param") &&
+                  moe_req_parse_kserve(kserve_nul, sizeof(kserve_nul), &g) == MOE_EINVAL,
+              "a KServe parameter with a NUL: %s", moe_last_error());
+        CHECK(!moe_pb_nul_field(&moeflow__v1__generate_request__descriptor, fine, sizeof(fine)), "no NUL");
+    }
     /* ids the decoder cannot bound are checked against the vocabulary */
     REQUIRE(oai("{\"prompt\":[1,7],\"logit_bias\":{\"5\":1}}", false, &r) == MOE_OK, "%s", moe_last_error());
-    CHECK(moe_gen_request_check_vocab(&r, 8) == MOE_OK, "within the vocabulary: %s", moe_last_error());
-    CHECK(moe_gen_request_check_vocab(&r, 7) == MOE_ERANGE && strstr(moe_last_error(), "'prompt[1]' = 7"),
+    CHECK(moe_gen_request_check_vocab(&r, 8, "prompt") == MOE_OK, "within the vocabulary: %s", moe_last_error());
+    CHECK(moe_gen_request_check_vocab(&r, 7, "prompt") == MOE_ERANGE && strstr(moe_last_error(), "'prompt[1]' = 7"),
           "a prompt id outside: %s", moe_last_error());
     moe_gen_request_free(&r);
     REQUIRE(oai("{\"prompt\":[1],\"logit_bias\":{\"9000\":1}}", false, &r) == MOE_OK, "%s", moe_last_error());
-    CHECK(moe_gen_request_check_vocab(&r, 8192) == MOE_ERANGE &&
+    CHECK(moe_gen_request_check_vocab(&r, 8192, "prompt") == MOE_ERANGE &&
               !strcmp(moe_last_error(), "'logit_bias' token 9000 is outside the vocabulary [0, 8192)"),
           "a logit_bias id outside: %s", moe_last_error());
     moe_gen_request_free(&r);

@@ -839,7 +839,9 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
 
 static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
 {
-    bool needs_model = c->m != GM_HEALTH && c->m != GM_LIVE && c->m != GM_READY && c->m != GM_UNKNOWN;
+    /* ModelReady answers false while the model loads, ServerMetadata needs none */
+    bool needs_model = c->m != GM_HEALTH && c->m != GM_LIVE && c->m != GM_READY && c->m != GM_MODEL_READY &&
+                       c->m != GM_SERVER_META && c->m != GM_UNKNOWN;
     if (needs_model && !atomic_load(&c->gf->srv->loaded)) {
         queue_status(c, GRPC_STATUS_UNAVAILABLE, "the model is still loading; retry when ready");
         return;

@@ -41,6 +41,30 @@ def main():
     r = subprocess.run([moeflow, "serve", "--gpu-experts", "8", "--gpu-cache-bytes", "1M"], capture_output=True,
                        timeout=30)
     check(r.returncode == 2 and b"not both" in r.stderr, "both alternatives: %d %r" % (r.returncode, r.stderr))
+    # while the model loads (here never: its config.json is a FIFO nobody writes), KServe's ModelReady
+    # says false and ServerMetadata answers; generation waits for the load (UNAVAILABLE)
+    import os
+    with tempfile.TemporaryDirectory() as d:
+        os.mkfifo(os.path.join(d, "config.json"))
+        gp = free_port()
+        p = subprocess.Popen([moeflow, "serve", "--model", d, "--grpc-port", str(gp), "--http-port",
+                              str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ch = grpc.insecure_channel("127.0.0.1:%d" % gp)
+            grpc.channel_ready_future(ch).result(timeout=30)
+            ks = pb["kg"].GRPCInferenceServiceStub(ch)
+            ready = ks.ModelReady(k.ModelReadyRequest(name="x"), timeout=10).ready
+            meta = ks.ServerMetadata(k.ServerMetadataRequest(), timeout=10)
+            check(not ready and meta.name == "moeflow", "while loading: ready %s, metadata %r" % (ready, meta.name))
+            try:
+                pb["mg"].GenerationStub(ch).ModelInfo(m.ModelInfoRequest(), timeout=10)
+                check(False, "ModelInfo answered while loading")
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.UNAVAILABLE, "ModelInfo while loading: %s" % e.code())
+            ch.close()
+        finally:
+            p.kill()
+            p.wait()
     # a tokenizer with more tokens than the model's vocabulary: refused at load, naming both files
     import os
     import tempfile

@@ -1134,8 +1134,8 @@ static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bo
     int code = 400;
     json_t *model = json_object_get(root, "model");
     if (!root) {
-        snprintf(msg, sizeof(msg), "the body is not valid JSON: %s at line %d column %d", jerr.text, jerr.line,
-                 jerr.column);
+        snprintf(msg, sizeof(msg), "the body is not valid JSON: %s at line %d column %d", moe_json_error_text(&jerr),
+                 jerr.line, jerr.column);
     } else if (!json_is_object(root)) {
         snprintf(msg, sizeof(msg), "the body must be a JSON object");
     } else if (model && !json_is_null(model) && !json_is_string(model)) {

@@ -794,6 +794,12 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
     return MOE_OK;
 }
 
+const char *moe_json_error_text(const json_error_t *e)
+{
+    /* jansson names its flag; a client needs the reason */
+    return strstr(e->text, "JSON_ALLOW_NUL") ? "a string holds \\u0000 (NUL): text is sent without NUL" : e->text;
+}
+
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out)
 {
@@ -803,7 +809,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     enum moe_status st = MOE_OK;
     if (!root)
         return moe_errorf(MOE_EFORMAT, "request body is not valid JSON: %s at line %d column %d",
-                          jerr.text, jerr.line, jerr.column);
+                          moe_json_error_text(&jerr), jerr.line, jerr.column);
     if (!json_is_object(root)) {
         st = moe_errorf(MOE_EFORMAT, "request body must be a JSON object");
         goto out;

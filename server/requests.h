@@ -126,6 +126,8 @@ struct moe_think_split {
     bool content;
 };
 void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out);
+/* A JSON parse error's reason as a client reads it. */
+const char *moe_json_error_text(const json_error_t *e);
 /* moe_think_opened and moe_think_closed (whether a prompt opens or closes a reasoning block) are
  * engine/json_guide.h's. */
 

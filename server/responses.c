@@ -271,8 +271,8 @@ enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_
     json_t *root = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr), *chat = NULL, *src = json_array();
     if (!root) {
         json_decref(src);
-        return moe_errorf(MOE_EFORMAT, "request body is not valid JSON: %s at line %d column %d", jerr.text,
-                          jerr.line, jerr.column);
+        return moe_errorf(MOE_EFORMAT, "request body is not valid JSON: %s at line %d column %d",
+                          moe_json_error_text(&jerr), jerr.line, jerr.column);
     }
     enum moe_status st = json_is_object(root) ? refused_fields(root)
                                               : moe_errorf(MOE_EINVAL, "request body must be a JSON object");

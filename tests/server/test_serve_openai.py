@@ -625,6 +625,9 @@ def check_tokenize(srv):
     for path in ("/tokenize", "/detokenize"):  # a body that is not JSON: the parser's reason, with its place
         code, raw = srv.http(path, b'{"prompt": 12345678901234567890}')
         check(code == 400 and b"not valid JSON" in raw and b"column" in raw, "%s, bad JSON: %d %r" % (path, code, raw))
+    for path in ("/tokenize", "/v1/completions", "/v1/responses"):  # a NUL in a string: said so, not jansson's flag
+        code, raw = srv.http(path, b'{"prompt": "a\\u0000b", "input": "x"}')
+        check(code == 400 and b"NUL" in raw and b"JSON_ALLOW_NUL" not in raw, "%s, a NUL: %d %r" % (path, code, raw))
     msgs = [{"role": "user", "content": "def add(a, b):"}]
     code, tj = post(srv, "/tokenize", {"messages": msgs})
     _, cc = post(srv, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1})

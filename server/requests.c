@@ -924,6 +924,12 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     }
     if ((st = parse_stop(root, out)) != MOE_OK)
         goto out;
+    /* vLLM's add_special_tokens: the tokenizer's own around the prompt (a BOS); by default yes for a text
+     * prompt, no for one a chat template wrote (it writes its own) */
+    bool special = !out->templated;
+    if ((st = json_get_bool(root, "add_special_tokens", &special)) != MOE_OK)
+        goto out;
+    out->templated = !special;
 out:
     json_decref(root);
     if (st != MOE_OK)

@@ -47,8 +47,9 @@ struct moe_gen_request {
     char *stop[MOE_REQ_MAX_STOP]; /* stop sequences (owned, non-empty UTF-8): the output ends
                                      before the first occurrence of any */
     int n_stop;
-    bool templated;             /* prompt rendered by the model's chat template, which writes its
-                                   own special tokens: encode it without the post-processor's */
+    bool templated;             /* encode the prompt without the tokenizer post-processor's special
+                                   tokens: one the model's chat template wrote (it writes its own),
+                                   or add_special_tokens false */
     bool logprobs;              /* reply with each generated token's log-probability */
     int top_logprobs;           /* ... and this many most likely tokens (0..20) */
     bool echo;                  /* completions: the reply starts with the prompt (its log-probabilities

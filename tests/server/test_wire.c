@@ -275,6 +275,16 @@ static void test_openai(void)
               "a KServe parameter with a NUL: %s", moe_last_error());
         CHECK(!moe_pb_nul_field(&moeflow__v1__generate_request__descriptor, fine, sizeof(fine)), "no NUL");
     }
+    /* add_special_tokens (vLLM's): the tokenizer's own around a text prompt unless false */
+    REQUIRE(oai("{\"prompt\":\"x\"}", false, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(!r.templated, "a text prompt gets the tokenizer's special tokens");
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":\"x\",\"add_special_tokens\":false}", false, &r) == MOE_OK, "%s", moe_last_error());
+    CHECK(r.templated, "add_special_tokens false");
+    moe_gen_request_free(&r);
+    CHECK(oai("{\"prompt\":\"x\",\"add_special_tokens\":0}", false, &r) == MOE_EINVAL &&
+              strstr(moe_last_error(), "'add_special_tokens'"),
+          "add_special_tokens not a bool: %s", moe_last_error());
     /* ids the decoder cannot bound are checked against the vocabulary */
     REQUIRE(oai("{\"prompt\":[1,7],\"logit_bias\":{\"5\":1}}", false, &r) == MOE_OK, "%s", moe_last_error());
     CHECK(moe_gen_request_check_vocab(&r, 8, "prompt") == MOE_OK, "within the vocabulary: %s", moe_last_error());

@@ -793,6 +793,15 @@ static bool dfa_begin(struct json_dfa_build *b)
     return true;
 }
 
+/* Bytes of pattern p[0..len) an error quotes: at most 64, cut between characters. */
+static int quote_len(const char *p, size_t len)
+{
+    size_t k = len < 64 ? len : 64;
+    while (k > 0 && k < len && ((unsigned char)p[k] & 0xc0) == 0x80)
+        k--;
+    return (int)k;
+}
+
 /* The DFA of pattern text p .. end (anchored at its start by head, at its end by tail; otherwise
  * any text may come before or after a match) appended to b; its start state, 0 on an error (err:
  * about pat, the whole pattern). */
@@ -821,20 +830,20 @@ static uint32_t dfa_of(const char *p, const char *end, bool head, bool tail, str
         if (star < 0) root = -1;
     }
     if (root < 0) {
-        snprintf(err, errlen, "pattern '%.*s': %s at byte %td", (int)(len < 64 ? len : 64), pat,
+        snprintf(err, errlen, "pattern '%.*s': %s at byte %td", quote_len(pat, len), pat,
                  x.err ? x.err : "out of memory", x.err_at ? x.err_at - pat : (ptrdiff_t)0);
         goto out;
     }
     struct frag f;
     if (!build(&a, root, &f)) {
-        snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat,
+        snprintf(err, errlen, "pattern '%.*s': %s", quote_len(pat, len), pat,
                  a.full ? "more than 4096 automaton states before determinizing (smaller counts in {n,m})"
                         : "out of memory");
         goto out;
     }
     const char *why;
     start = determinize(&a, f.in, f.out, b, &why);
-    if (!start) snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat, why);
+    if (!start) snprintf(err, errlen, "pattern '%.*s': %s", quote_len(pat, len), pat, why);
 out:
     free(x.n);
     free(x.rs);
@@ -961,7 +970,7 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
     if (head && end - p >= 3 && p[0] == '(' && p[1] == '?' && (p[2] == '=' || p[2] == '!')) {
         look = p + 3;
         if (!(look_end = group_end(look, end))) {
-            snprintf(err, errlen, "pattern '%.*s': a '(' without its ')' at byte %td", (int)(len < 64 ? len : 64), pat,
+            snprintf(err, errlen, "pattern '%.*s': a '(' without its ')' at byte %td", quote_len(pat, len), pat,
                      p - pat);
             return 0;
         }
@@ -984,10 +993,10 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
         uint32_t sc = sa ? dfa_of(lx, look_end - lx_tail, true, lx_tail, &rc, pat, len, err, errlen) : 0;
         const char *why = "out of memory";
         if (sa && sc && (!dfa_begin(b) || !(start = product(&ra, sa, &rc, sc, neg, b, &why))))
-            snprintf(err, errlen, "pattern '%.*s': %s", (int)(len < 64 ? len : 64), pat, why);
+            snprintf(err, errlen, "pattern '%.*s': %s", quote_len(pat, len), pat, why);
     }
     if (start && !lengths(b, start, (uint32_t)(b->n_states - start), count)) {
-        snprintf(err, errlen, "pattern '%.*s' matches no text", (int)(len < 64 ? len : 64), pat);
+        snprintf(err, errlen, "pattern '%.*s' matches no text", quote_len(pat, len), pat);
         start = 0;
     }
     free(ra.states);

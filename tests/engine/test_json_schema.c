@@ -7,6 +7,7 @@
 #include "common/moe.h"
 #include "engine/json_guide.h"
 #include "model/tokenizer.h"
+#include "model/utf8.h"
 #include "tests/engine/mask_ref.h"
 #include "tests/test_util.h"
 
@@ -739,6 +740,16 @@ static void test_patterns(void)
         bad(sc, "\"a", 1);
     }
     moe_json_schema_unref(sc);
+    {   /* a refused pattern of characters beyond ASCII: its quote in the message is cut between them */
+        char bad[200] = "";
+        for (int i = 0; i < 30; i++) strcat(bad, "\xe4\xb8\xad"); /* U+4E2D */
+        strcat(bad, "(");
+        struct moe_json_schema *b = NULL;
+        CHECK(moe_json_schema_regex(bad, strlen(bad), &b) != MOE_OK &&
+                  moe_utf8_valid(moe_last_error(), strlen(moe_last_error())),
+              "the message quotes a character cut: %s", moe_last_error());
+        moe_json_schema_unref(b);
+    }
     REQUIRE(moe_json_schema_regex("|", 1, &sc) == MOE_OK, "%s", moe_last_error());
     struct moe_json_state s;
     moe_json_init(&s, sc);

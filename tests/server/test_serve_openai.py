@@ -622,6 +622,17 @@ def check_tokenize(srv):
           js.get("max_model_len", 0) > 0, "tokenize: %d %r" % (code, js))
     code, back = post(srv, "/detokenize", {"tokens": js.get("tokens", [])})
     check(code == 200 and back == {"prompt": "def add(a, b):"}, "detokenize: %d %r" % (code, back))
+    # an emoji's tokens cut before its last byte: one U+FFFD for the cut sequence, as Hugging Face's byte-level
+    # decoder gives it (not one per byte)
+    code, em = post(srv, "/tokenize", {"prompt": "\U0001F600"})
+    ids = em.get("tokens", [])
+    cut = []
+    for k in range(1, len(ids)):
+        code, part = post(srv, "/detokenize", {"tokens": ids[:k]})
+        cut.append(part.get("prompt"))
+    code, whole = post(srv, "/detokenize", {"tokens": ids})
+    check(len(ids) > 1 and whole.get("prompt") == "\U0001F600" and all(c == "\ufffd" for c in cut),
+          "an emoji cut: %r -> %r, whole %r" % (ids, cut, whole))
     for path in ("/tokenize", "/detokenize"):  # a body that is not JSON: the parser's reason, with its place
         code, raw = srv.http(path, b'{"prompt": 12345678901234567890}')
         check(code == 400 and b"not valid JSON" in raw and b"column" in raw, "%s, bad JSON: %d %r" % (path, code, raw))

@@ -1066,9 +1066,13 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
             break;
         case OP_RCLASS: {
             const struct cls *c = &re->classes[in->x];
+            /* before an anchor, a place to stop where the anchor fails would only be backtracked from:
+             * not kept (so `\s+$` over a long run of spaces stays linear per start) */
+            const struct inst *nx = &re->prog[pc + 1];
+            bool anchored = nx->op == OP_ASSERT;
             int k = 0;
             while ((in->max < 0 || k < in->max) && pos < n && class_has(re, c, cp_at(s, n, pos, &l))) {
-                if (k >= in->min && !in->flag && !push(w, pc + 1, pos))
+                if (k >= in->min && !in->flag && (!anchored || at_anchor(nx->x, s, n, pos)) && !push(w, pc + 1, pos))
                     goto nomem;
                 pos += l;
                 k++;

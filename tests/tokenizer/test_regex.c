@@ -93,6 +93,20 @@ int main(void)
     expect("\\Ax|x\\z", "x\nx x", "[0,1)[4,5)");          /* the text's own ends only */
     expect("x\\Z", "x\nx\n", "[2,3)");                     /* the end, or before a final line break */
 
+    /* a repeated class before an anchor keeps no place to stop where the anchor fails: DeepSeek-LLM's
+     * `\s+$` split over a long run of spaces then a digit matches nothing, within the budget, and still
+     * matches the run at the end of a line */
+    {
+        static char sp[8002];
+        memset(sp, ' ', 8000);
+        sp[8000] = '1';
+        char sgot[64];
+        enum moe_status sst = spans("\\s+$", sp, 8001, sgot, sizeof(sgot));
+        CHECK(sst == MOE_OK && !sgot[0], "\\s+$ over 8000 spaces and a digit: %s %s", sst ? moe_last_error() : "",
+              sgot);
+    }
+    expect("\\s+$", "ab  \ncd   ", "[2,4)[7,10)");
+
     /* exponential backtracking ends at the step budget, with an error */
     char as[64];
     memset(as, 'a', 40);

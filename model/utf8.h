@@ -76,4 +76,46 @@ static inline size_t moe_utf8_put(uint32_t cp, char *out)
     return 4;
 }
 
+/* in[0..n) into out (room for 3n bytes) as valid UTF-8: each maximal subpart of an ill-formed
+ * sequence (a lead byte and the continuation bytes that still fit it, or a byte no sequence begins
+ * with) becomes one U+FFFD, as Unicode recommends and Rust's from_utf8_lossy (the Hugging Face
+ * byte-level decoder's) and Python's "replace" read it.  With partial, a sequence that in's end cuts
+ * short (its bytes so far fitting) is not read: *used (when not NULL) says how many bytes of in were.
+ * Returns the bytes written. */
+static inline size_t moe_utf8_lossy(const char *in, size_t n, char *out, bool partial, size_t *used)
+{
+    const unsigned char *b = (const unsigned char *)in;
+    size_t o = 0, i = 0;
+    while (i < n) {
+        unsigned char c = b[i];
+        if (c < 0x80) {
+            out[o++] = (char)c;
+            i++;
+            continue;
+        }
+        /* the continuation bytes the lead takes, and the range of the first (no overlong forms, no
+         * surrogates, nothing past U+10FFFF); 0: no sequence begins with c */
+        size_t need = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
+        unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+        size_t k = 1; /* the lead and the continuation bytes that fit it */
+        while (k <= need && i + k < n && b[i + k] >= (k == 1 ? lo : 0x80) && b[i + k] <= (k == 1 ? hi : 0xbf))
+            k++;
+        if (need && k == need + 1) {
+            for (size_t j = 0; j < k; j++)
+                out[o + j] = in[i + j];
+            o += k;
+        } else if (need && partial && i + k == n) {
+            break; /* cut by the end: the next piece may complete it */
+        } else {
+            out[o++] = (char)0xef;
+            out[o++] = (char)0xbf;
+            out[o++] = (char)0xbd;
+        }
+        i += k;
+    }
+    if (used)
+        *used = i;
+    return o;
+}
+
 #endif

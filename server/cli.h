@@ -69,8 +69,15 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool
  * other bytes as they are. */
 void moe_cli_json_string(FILE *f, const char *s);
 
-/* Write every byte of token id to f, however long the token; false for a bad
- * id, out of memory or a write error. */
-bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id);
+/* Generated text to f as valid UTF-8, token by token: the bytes of a character split between tokens
+ * wait in held for the next token, and what is not UTF-8 becomes U+FFFD (moe_utf8_lossy), as the
+ * server sends it; moe_cli_write_end writes what is left held.  False for a bad id, out of memory or a
+ * write error. */
+struct moe_cli_text {
+    char held[4];
+    size_t n_held;
+};
+bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id, struct moe_cli_text *x);
+bool moe_cli_write_end(FILE *f, struct moe_cli_text *x);
 
 #endif

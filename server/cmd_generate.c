@@ -427,6 +427,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     }
     struct moe_sampler s;
     moe_sampler_init(&s, &o->samp);
+    struct moe_cli_text text = { 0 };
     for (int g = 0; g < o->max_tokens && !(o->json && moe_json_done(&js)); g++) {
         if (o->json && !moe_json_mask(&js, &tb, logits, V, gen_is_eos, c, masked)) {
             st = moe_errorf(MOE_EINVAL, "%s: no token of the vocabulary continues the %s",
@@ -443,7 +444,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         if (o->json) moe_json_take(&js, &tb, t);
         hist[n_hist++] = t;
         if (moe_tokenizer_token_bytes(tok, t, NULL, 0) > 0) {
-            moe_cli_write_token(stdout, tok, t); /* every byte, however long the token */
+            moe_cli_write_token(stdout, tok, t, &text); /* every byte, however long the token */
             if (fflush(stdout) != 0 || ferror(stdout)) { /* a full disk, a closed pipe: stop here */
                 st = moe_errorf(MOE_EIO, "writing to stdout failed: %s", strerror(errno));
                 goto out;
@@ -455,6 +456,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         if ((st = gen_forward(e, pred, &b, logits)) != MOE_OK) goto out;
         n_fed++;
     }
+    moe_cli_write_end(stdout, &text); /* a character the last token left cut: U+FFFD */
     fputc('\n', stdout);
     fflush(stdout);
     if (o->ids_out) st = write_ids(o->ids_out, hist, n_fed);

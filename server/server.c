@@ -274,35 +274,7 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
     g->n_streamed += ev->n_toks;
 }
 
-size_t srv_utf8_sanitize(const char *in, size_t n, char *out)
-{
-    const unsigned char *b = (const unsigned char *)in;
-    size_t o = 0, i = 0;
-    while (i < n) {
-        unsigned char c = b[i];
-        if (c < 0x80) {
-            out[o++] = (char)c;
-            i++;
-            continue;
-        }
-        /* the continuation bytes a lead byte takes, and the range of the first (no overlong forms, no
-         * surrogates, nothing past U+10FFFF) */
-        size_t need = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
-        unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
-        size_t k = 1; /* the lead and the continuation bytes that still fit it */
-        while (k <= need && i + k < n && b[i + k] >= (k == 1 ? lo : 0x80) && b[i + k] <= (k == 1 ? hi : 0xbf))
-            k++;
-        if (need && k == need + 1) {
-            memcpy(out + o, in + i, k);
-            o += k;
-        } else { /* a maximal subpart of a sequence, or a byte no sequence begins with: one U+FFFD */
-            memcpy(out + o, "\xef\xbf\xbd", 3);
-            o += 3;
-        }
-        i += k;
-    }
-    return o;
-}
+size_t srv_utf8_sanitize(const char *in, size_t n, char *out) { return moe_utf8_lossy(in, n, out, false, NULL); }
 
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len)
 {

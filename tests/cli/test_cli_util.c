@@ -10,6 +10,7 @@
  * - moe_cli_check_out refuses an output path no file can be written to. */
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "model/utf8.h"
 #include "server/cli.h"
 #include "tests/test_util.h"
 
@@ -77,9 +78,11 @@ static void test_write_token(void)
     size_t len = 0;
     FILE *f = open_memstream(&out, &len);
     REQUIRE(f, "open_memstream");
-    CHECK(moe_cli_write_token(f, t, 2), "token 'ab'");
-    CHECK(moe_cli_write_token(f, t, 3), "long token");
-    CHECK(!moe_cli_write_token(f, t, 99) && !moe_cli_write_token(f, t, -1), "bad ids accepted");
+    struct moe_cli_text x = { 0 };
+    CHECK(moe_cli_write_token(f, t, 2, &x), "token 'ab'");
+    CHECK(moe_cli_write_token(f, t, 3, &x), "long token");
+    CHECK(!moe_cli_write_token(f, t, 99, &x) && !moe_cli_write_token(f, t, -1, &x), "bad ids accepted");
+    CHECK(moe_cli_write_end(f, &x) && x.n_held == 0, "end");
     fclose(f);
     CHECK(len == 2 + LONG_TOKEN, "wrote %zu bytes, want %d", len, 2 + LONG_TOKEN);
     bool all_x = len == 2 + LONG_TOKEN && !memcmp(out, "ab", 2);
@@ -87,6 +90,28 @@ static void test_write_token(void)
     CHECK(all_x, "bytes written are not 'ab' and %d 'x'", LONG_TOKEN);
     free(out);
     moe_tokenizer_free(t);
+
+    /* text that is not UTF-8: one U+FFFD for each maximal subpart (as Python's "replace" and Rust's
+     * from_utf8_lossy read it); with more to come, a character cut by the end waits */
+    static const struct {
+        const char *in, *want;
+        bool partial;
+        size_t used;
+    } lossy[] = {
+        { "a\xf0\x9f\x98", "a\xef\xbf\xbd", false, 4 },
+        { "a\xf0\x9f\x98", "a", true, 1 },
+        { "\xe2\x84X", "\xef\xbf\xbdX", true, 3 },
+        { "\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd", false, 3 },
+        { "\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd", true, 2 },
+        { "\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd", false, 4 },
+        { "\xf0\x9f\x98\x80!", "\xf0\x9f\x98\x80!", true, 5 },
+    };
+    for (size_t i = 0; i < sizeof(lossy) / sizeof(lossy[0]); i++) {
+        char o[64];
+        size_t used = 99, w = moe_utf8_lossy(lossy[i].in, strlen(lossy[i].in), o, lossy[i].partial, &used);
+        CHECK(w == strlen(lossy[i].want) && !memcmp(o, lossy[i].want, w) && used == lossy[i].used,
+              "lossy case %zu: %zu bytes, %zu read", i, w, used);
+    }
 
     /* a model directory without a model: the message names what to set */
     struct moe_model *m = (struct moe_model *)1;

@@ -425,9 +425,27 @@ static void do_tokenize(struct gcall *c, const uint8_t *buf, size_t len)
     moeflow__v1__tokenize_request__free_unpacked(rq, NULL);
 }
 
-static void do_model_info(struct gcall *c)
+/* A request message with no field to read is still checked: a body that does not parse as desc's message
+ * is INVALID_ARGUMENT (false) as for every other call. */
+static bool empty_request_ok(struct gcall *c, const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
+                             size_t len)
+{
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, buf);
+    if (!m) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s: malformed protobuf", desc->short_name);
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+        return false;
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    return true;
+}
+
+static void do_model_info(struct gcall *c, const uint8_t *buf, size_t len)
 {
     struct moe_server *s = c->gf->srv;
+    if (!empty_request_ok(c, &moeflow__v1__model_info_request__descriptor, buf, len))
+        return;
     const struct moe_config *mc = &s->model->cfg;
     Moeflow__V1__ModelInfoResponse rs = MOEFLOW__V1__MODEL_INFO_RESPONSE__INIT;
     rs.name = s->model_name;
@@ -454,6 +472,10 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
 {
     struct moe_server *s = c->gf->srv;
     bool ready = atomic_load(&s->ready);
+    if ((c->m == GM_LIVE && !empty_request_ok(c, &inference__server_live_request__descriptor, buf, len)) ||
+        (c->m == GM_READY && !empty_request_ok(c, &inference__server_ready_request__descriptor, buf, len)) ||
+        (c->m == GM_SERVER_META && !empty_request_ok(c, &inference__server_metadata_request__descriptor, buf, len)))
+        return;
     switch (c->m) {
     case GM_LIVE: {
         Inference__ServerLiveResponse rs = INFERENCE__SERVER_LIVE_RESPONSE__INIT;
@@ -849,7 +871,7 @@ static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
     switch (c->m) {
     case GM_HEALTH: do_health(c, buf, len); break;
     case GM_TOKENIZE: do_tokenize(c, buf, len); break;
-    case GM_MODEL_INFO: do_model_info(c); break;
+    case GM_MODEL_INFO: do_model_info(c, buf, len); break;
     case GM_LIVE: case GM_READY: case GM_MODEL_READY: case GM_SERVER_META: case GM_MODEL_META:
         do_kserve_simple(c, buf, len);
         break;

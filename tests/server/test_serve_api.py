@@ -245,6 +245,14 @@ def main():
                     grpc.StatusCode.INVALID_ARGUMENT, word, "Generate %r" % kw)
         refused(lambda: gen.Tokenize(m.TokenizeRequest(text="ab\x00cd"), timeout=10),
                 grpc.StatusCode.INVALID_ARGUMENT, "NUL", "Tokenize with a NUL")
+        # a body that is no message of the call's type, on the calls whose request has no field to read
+        for method, word in (("/moeflow.v1.Generation/ModelInfo", "ModelInfoRequest"),
+                             ("/inference.GRPCInferenceService/ServerLive", "ServerLiveRequest"),
+                             ("/inference.GRPCInferenceService/ServerReady", "ServerReadyRequest"),
+                             ("/inference.GRPCInferenceService/ServerMetadata", "ServerMetadataRequest")):
+            raw = ch.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            refused(lambda: raw(b"\xff\xff\xff", timeout=10), grpc.StatusCode.INVALID_ARGUMENT, word,
+                    "%s with a malformed body" % method)
         check(all(not r.error_message for r in resps), "stream errors")
         finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in resps]
         check(finals[-1] and not any(finals[:-1]), "final flags %s" % finals)

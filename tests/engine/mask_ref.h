@@ -19,6 +19,17 @@ struct mask_vocab {
     int *ok;             /* [V]: the tokens the reference allows, after mask_check */
 };
 
+/* t[0..n) fed byte by byte from the start of sc: the byte at which it is refused; -1 when it is whole
+ * and cannot go on, -2 when the output may end there and go on, -3 when it is a beginning only. */
+static inline int feed_verdict(const struct moe_json_schema *sc, const char *t, size_t n)
+{
+    struct moe_json_state s;
+    moe_json_init(&s, sc);
+    for (size_t i = 0; i < n; i++)
+        if (!moe_json_feed(&s, t + i, 1)) return (int)i;
+    return moe_json_done(&s) ? -1 : moe_json_may_end(&s) ? -2 : -3;
+}
+
 static void mask_vocab_open(struct mask_vocab *mv, int mod)
 {
     char path[512];

@@ -22,23 +22,12 @@ static struct moe_json_schema *grammar(const char *text)
     return sc;
 }
 
-/* The byte at which t is refused; -1 when it is a whole sentence that cannot go on, -2 a sentence
- * that can, -3 the beginning of one. */
-static int verdict(const struct moe_json_schema *sc, const char *t, size_t n)
-{
-    struct moe_json_state s;
-    moe_json_init(&s, sc);
-    for (size_t i = 0; i < n; i++)
-        if (!moe_json_feed(&s, t + i, 1)) return (int)i;
-    return moe_json_done(&s) ? -1 : moe_json_may_end(&s) ? -2 : -3;
-}
-
 /* t is a sentence (want -1 or -2), accepted the same fed in pieces of 2..7 bytes through copies;
  * each proper prefix that is not itself a sentence is a beginning. */
 static void good(const struct moe_json_schema *sc, const char *t, int want)
 {
     size_t n = strlen(t);
-    int v = verdict(sc, t, n);
+    int v = feed_verdict(sc, t, n);
     CHECK(v == want, "'%s': verdict %d, want %d", t, v, want);
     for (size_t k = 2; k <= 7; k++) {
         struct moe_json_state s, c;
@@ -52,14 +41,14 @@ static void good(const struct moe_json_schema *sc, const char *t, int want)
         CHECK(ok && moe_json_may_end(&s), "'%s': refused in pieces of %zu", t, k);
     }
     for (size_t j = 1; j < n; j++) {
-        int p = verdict(sc, t, j);
+        int p = feed_verdict(sc, t, j);
         CHECK(p <= -2, "'%s': its first %zu bytes: verdict %d", t, j, p);
     }
 }
 
 static void bad(const struct moe_json_schema *sc, const char *t, int at)
 {
-    int v = verdict(sc, t, strlen(t));
+    int v = feed_verdict(sc, t, strlen(t));
     CHECK(v == at, "'%s': verdict %d, want refused at byte %d", t, v, at);
 }
 
@@ -122,7 +111,7 @@ static void test_arith(void)
     bad(sc, "1++", 2);
     bad(sc, "(   1)", 3); /* two spaces at most */
     bad(sc, "(1))", 3);
-    CHECK(verdict(sc, "(1+", 3) == -3, "'(1+' is a beginning only");
+    CHECK(feed_verdict(sc, "(1+", 3) == -3, "'(1+' is a beginning only");
     moe_json_schema_unref(sc);
 }
 
@@ -141,7 +130,7 @@ static void test_classes_and_unicode(void)
     sc = grammar("root ::= \"\\x41\\u00e9\\U0001F642\\n\\t\\\"\\[\\]\\-\\\\\"");
     good(sc, "A\xc3\xa9\xf0\x9f\x99\x82\n\t\"[]-\\", -1);
     bad(sc, "A\xc3\xa8", 2);
-    CHECK(verdict(sc, "A\xc3", 2) == -3, "half of a character: a beginning");
+    CHECK(feed_verdict(sc, "A\xc3", 2) == -3, "half of a character: a beginning");
     moe_json_schema_unref(sc);
 }
 
@@ -197,7 +186,7 @@ static void test_json_grammar(void)
     static char many[3000];
     memset(many, '(', sizeof(many));
     size_t over = moe_grammar_overflows();
-    int v = verdict(sc, many, sizeof(many));
+    int v = feed_verdict(sc, many, sizeof(many));
     CHECK(v >= 1500 && v < (int)sizeof(many) && moe_grammar_overflows() == over + 1,
           "3000 open parentheses: refused at %d", v);
     moe_json_schema_unref(sc);

@@ -27,11 +27,8 @@ static struct moe_json_schema *compile(const char *text)
  * accepted but not whole. */
 static int verdict(const struct moe_json_schema *sc, const char *t)
 {
-    struct moe_json_state s;
-    moe_json_init(&s, sc);
-    for (size_t i = 0; t[i]; i++)
-        if (!moe_json_feed(&s, t + i, 1)) return (int)i;
-    return moe_json_done(&s) ? -1 : -2;
+    int v = feed_verdict(sc, t, strlen(t));
+    return v == -3 ? -2 : v;
 }
 
 /* Accepted whole, in pieces of 2..5 bytes, and every proper prefix accepted and not whole. */

@@ -30,12 +30,9 @@ static struct moe_json_schema *tags(const char *text)
 /* The byte at which t is refused; -2 when all is taken and the output may end there, -3 when not. */
 static int verdict(const struct moe_json_schema *sc, const char *t)
 {
-    struct moe_json_state s;
-    moe_json_init(&s, sc);
-    for (size_t i = 0; t[i]; i++)
-        if (!moe_json_feed(&s, t + i, 1)) return (int)i;
-    CHECK(!moe_json_done(&s), "'%s': done (a structural tag's text can always go on)", t);
-    return moe_json_may_end(&s) ? -2 : -3;
+    int v = feed_verdict(sc, t, strlen(t));
+    CHECK(v != -1, "'%s': done (a structural tag's text can always go on)", t);
+    return v;
 }
 
 static void refused(const char *text, const char *needle)

@@ -183,8 +183,8 @@ static json_t *err_json(int code, const char *msg)
     size_t n = strlen(msg);
     char *u = malloc(3 * n + 1);
     json_t *j = json_pack("{s:{s:s%,s:s,s:n,s:i}}", "error", "message", u ? u : "out of memory",
-                          u ? srv_utf8_sanitize(msg, n, u) : strlen("out of memory"), "type", err_type(code), "param",
-                          "code", code);
+                          u ? moe_utf8_lossy(msg, n, u, false, NULL) : strlen("out of memory"), "type",
+                          err_type(code), "param", "code", code);
     free(u);
     return j;
 }
@@ -413,7 +413,7 @@ static json_t *token_text(const struct hreq *r, int id, json_t **bytes, size_t *
     json_t *s = NULL;
     if (b && u) {
         moe_tokenizer_token_bytes(tok, id, b, (size_t)n);
-        size_t un = srv_utf8_sanitize(b, (size_t)n, u);
+        size_t un = moe_utf8_lossy(b, (size_t)n, u, false, NULL);
         s = json_stringn(u, un);
         *chars = 0;
         for (size_t i = 0; i < un; i++)
@@ -1010,7 +1010,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
             if (est == MOE_OK && !(echo = malloc(3 * raw_len + 1)))
                 est = MOE_ENOMEM;
             if (echo) {
-                echo_len = srv_utf8_sanitize(raw, raw_len, echo);
+                echo_len = moe_utf8_lossy(raw, raw_len, echo, false, NULL);
                 echo[echo_len] = 0;
             }
             free(raw);
@@ -1168,7 +1168,7 @@ static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bo
             else if (!msg[0] && !(u = malloc(3 * raw_len + 1)))
                 code = 500, snprintf(msg, sizeof(msg), "out of memory");
             if (u)
-                out = json_pack("{s:s%}", "prompt", u, srv_utf8_sanitize(raw, raw_len, u));
+                out = json_pack("{s:s%}", "prompt", u, moe_utf8_lossy(raw, raw_len, u, false, NULL));
             free(raw);
             free(u);
         }

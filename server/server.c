@@ -274,8 +274,6 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
     g->n_streamed += ev->n_toks;
 }
 
-size_t srv_utf8_sanitize(const char *in, size_t n, char *out) { return moe_utf8_lossy(in, n, out, false, NULL); }
-
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len)
 {
     struct moe_server *s = g->srv;
@@ -312,14 +310,11 @@ char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t
         moe_tokenizer_token_bytes(s->tok, toks[i], raw + off, (size_t)k);
         off += (size_t)k;
     }
-    size_t keep = final ? off : moe_utf8_complete_prefix(raw, off);
-    g->n_pend = (int)(off - keep);
-    if (g->n_pend > (int)sizeof(g->pend)) { /* cannot happen for UTF-8; be safe */
-        keep = off;
-        g->n_pend = 0;
-    }
-    memcpy(g->pend, raw + keep, (size_t)g->n_pend);
-    size_t o = srv_utf8_sanitize(raw, keep, out);
+    /* a character the last token leaves cut waits for the next (at most 3 bytes: a lead and the
+     * continuation bytes that fit it), unless this is the end */
+    size_t used, o = moe_utf8_lossy(raw, off, out, !final, &used);
+    g->n_pend = (int)(off - used);
+    memcpy(g->pend, raw + used, (size_t)g->n_pend);
     out[o] = 0;
     free(raw);
     *len = o;

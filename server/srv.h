@@ -142,9 +142,6 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev);
  * invalid bytes replaced by U+FFFD).  malloc'd NUL-terminated; *len bytes. */
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len);
 
-/* in[0..n) into out as valid UTF-8 (moe_utf8_lossy: one U+FFFD for each maximal subpart of an
- * ill-formed sequence); out holds 3n bytes.  Returns the bytes written. */
-size_t srv_utf8_sanitize(const char *in, size_t n, char *out);
 /* The front end lets go: cancel in the scheduler if still running, drop its ref. */
 void srv_gen_abandon(struct srv_gen *g);
 /* The front end found a stop sequence in the text: end the generation now as

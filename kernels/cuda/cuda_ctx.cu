@@ -108,6 +108,7 @@ extern "C" struct moe_cuda_ctx *moe_cuda_ctx_create(const struct moe_cuda_params
     c->gemm_mode = p ? p->gemm_mode : MOE_CUDA_GEMM_INVARIANT;
     c->ptr_cap = 1024;
     CK(c, cudaSetDevice(dev));
+    CK(c, cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, dev));
     CK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CK(c, cublasCreate(&c->blas));
     CK(c, cublasSetStream(c->blas, c->stream));

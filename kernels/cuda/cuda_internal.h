@@ -18,6 +18,9 @@ struct moe_cuda_ctx {
     void **d_ptrs;                /* device pointer table for grouped GEMM [3 * ptr_cap] */
     int ptr_cap;                  /* entries per operand in d_ptrs */
     enum moe_cuda_gemm_mode gemm_mode;
+    int sms;                      /* the device's multiprocessors */
+    int attn_splits;              /* moe_cuda_ctx_set_attn_splits: 0 = auto */
+    bool attn_split_noted;        /* auto attention could not split for want of workspace: logged */
     bool poisoned;                /* a sticky error was seen */
 };
 

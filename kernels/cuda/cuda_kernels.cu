@@ -34,16 +34,6 @@ __device__ static float block_sum(float v, float *red)
     v = lane < nw ? red[lane] : 0.0f;
     return warp_sum(v);
 }
-__device__ static float block_max(float v, float *red)
-{
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : -INFINITY;
-    return warp_max(v);
-}
 
 /* ---- conversions and elementwise --------------------------------------- */
 
@@ -307,67 +297,326 @@ out:
     return st;
 }
 
+/* Attention.  A row (token, query head) attends to positions first..last of its sequence (first:
+ * the sliding window's start, else 0), cut into chunks of ATT_CHUNK positions counted from first.
+ * Each chunk gives a partial computed alone: the largest score m, l = sum of exp(score - m) and
+ * acc = sum of exp(score - m) * V.  The partials are folded in ascending chunk order (att_fold)
+ * and the output is acc / l.  That arithmetic is fixed by the row alone, and two launch shapes run
+ * it:
+ *  - unsplit: one block per (token, group of query heads sharing a KV head) folds every chunk;
+ *  - split (flash-decoding): gridDim.z blocks per (token, head group), each taking every
+ *    gridDim.z-th chunk, write the partials to the workspace; k_att_combine folds them.
+ * Both give the same bits, so the choice (moe_cuda_attention: few blocks for the device; or
+ * moe_cuda_ctx_set_attn_splits) never changes a row's result, which does not depend on the batch
+ * (the backend seam's batch invariance).  Products and sums that the compiler could contract
+ * into an FMA in one launch shape and not in the other are written as __fmaf_rn / __fmul_rn.
+ * One block serves up to ATT_MAX_GROUP query heads of one KV head, so a K or V row is read once
+ * for all of them (MLA's single latent head: once per 8 heads instead of once per head). */
 #define ATT_THREADS 128
-#define ATT_ACC 5 /* output dims per thread */
-#define ATT_MAX_HD (ATT_THREADS * ATT_ACC) /* 640: DeepSeek's latent rows (512 + 64) fit */
+#define ATT_WARPS (ATT_THREADS / 32)
+#define ATT_CHUNK 256                               /* positions per chunk */
+#define ATT_MAX_ACC 5                               /* output dims per thread */
+#define ATT_MAX_HD (ATT_THREADS * ATT_MAX_ACC)      /* 640: DeepSeek's latent rows (512 + 64) fit */
+#define ATT_MAX_GROUP 8                             /* query heads per block */
+#define ATT_FILL 4                                  /* blocks per SM below which a call splits */
+static_assert(ATT_MAX_GROUP <= 32 && ATT_THREADS % 32 == 0, "attention: lane g writes head g's score");
 
-/* grid (n tokens, n_heads), block ATT_THREADS.  Online softmax over tiles of
- * ATT_THREADS positions: thread j scores position base+j; the block then
- * accumulates p * V with thread d owning output dims d, d + ATT_THREADS, ... */
-template <typename T>
-__global__ static void __launch_bounds__(ATT_THREADS)
-k_attention(const float *q, const T *kc, const T *vc, const int *seq, const int *pos,
-            int n_heads, int n_kv, int hd, int max_ctx, int window, float scale, float *out)
+struct att_args {
+    const float *q;
+    const void *kc, *vc;
+    const int *seq, *pos;
+    int n_heads, hd, max_ctx, window;
+    int ratio;         /* query heads per KV head */
+    int gpk;           /* blocks (head groups) per KV head: ceil(ratio / G) */
+    int nchb;          /* the most chunks a row can have: ceil(min(window, max_ctx) / ATT_CHUNK) */
+    size_t kv_dim;
+    float scale;
+    float *out;
+    float *part_ml;    /* split: [n * n_heads][nchb][2] (m, l) of each chunk */
+    float *part_acc;   /* split: [n * n_heads][nchb][hd] */
+};
+
+/* A row's chunk count, and in *first its first position; 0 for a position outside the cache
+ * (pos < 0 or >= max_ctx): nothing is read and the output is NaN. */
+__device__ static inline int att_span(int last, int window, int max_ctx, int *first)
 {
-    __shared__ float q_s[ATT_MAX_HD];
-    __shared__ float p_s[ATT_THREADS];
-    __shared__ float red[32];
-    int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-    int kvh = h / (n_heads / n_kv);
-    int last = pos[t], first = window > 0 && last + 1 > window ? last + 1 - window : 0;
-    size_t kv_dim = (size_t)n_kv * (size_t)hd;
-    const T *kb = kc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
-    const T *vb = vc + (size_t)seq[t] * (size_t)max_ctx * kv_dim + (size_t)kvh * hd;
-    const float *qh = q + ((size_t)t * n_heads + h) * (size_t)hd;
-    float m = -INFINITY, l = 0.0f, acc[ATT_ACC];
-#pragma unroll
-    for (int r = 0; r < ATT_ACC; r++) acc[r] = 0.0f;
+    if (last < 0 || last >= max_ctx) return 0;
+    *first = window > 0 && last + 1 > window ? last + 1 - window : 0;
+    return (last - *first) / ATT_CHUNK + 1;
+}
 
-    for (int d = tid; d < hd; d += ATT_THREADS) q_s[d] = qh[d];
-    __syncthreads();
-    for (int base = first; base <= last; base += ATT_THREADS) {
-        int j = base + tid;
-        float sc = -INFINITY;
-        if (j <= last) {
-            const T *kr = kb + (size_t)j * kv_dim;
-            float dot = 0.0f;
-            for (int d = 0; d < hd; d++) dot += q_s[d] * cache_get(kr + d);
-            sc = dot * scale;
-        }
-        float new_m = fmaxf(m, block_max(sc, red));
-        float p = j <= last ? expf(sc - new_m) : 0.0f;
-        float corr = expf(m - new_m); /* m = -inf on the first tile: 0 */
-        float tile = block_sum(p, red);
-        p_s[tid] = p;
-        __syncthreads();
-        l = l * corr + tile;
-        int cnt = last + 1 - base < ATT_THREADS ? last + 1 - base : ATT_THREADS;
+/* Fold a chunk's (mc, lc) into the running (m, l); the running acc is then scaled by *ea and the
+ * chunk's by *eb (att_fold_acc).  From the empty state (m = -inf, l = acc = 0) the chunk's values
+ * come out unchanged (ea = 0, eb = 1). */
+__device__ static inline void att_fold(float *m, float *l, float mc, float lc, float *ea, float *eb)
+{
+    float nm = fmaxf(*m, mc);
+    *ea = expf(*m - nm);
+    *eb = expf(mc - nm);
+    *l = __fmaf_rn(lc, *eb, __fmul_rn(*l, *ea));
+    *m = nm;
+}
+__device__ static inline float att_fold_acc(float acc, float acc_c, float ea, float eb)
+{
+    return __fmaf_rn(acc_c, eb, __fmul_rn(acc, ea));
+}
+
+/* One chunk, positions j0 .. j0 + cnt - 1 (1 <= cnt <= ATT_CHUNK), for the G query heads in q_s
+ * ([G][hd]): each head's partial in cm, cl and cacc (this thread's output dims tid + r *
+ * ATT_THREADS).  Scores: a warp per key row, its lanes over the row's dims (coalesced reads), the
+ * G dot products summed by shuffles; softmax statistics: a warp per head; p * V: a thread per
+ * output dim, positions in ascending order.  p_s [G][ATT_CHUNK] and ml_s [2][G] are scratch;
+ * every thread of the block must call it (it synchronises). */
+template <typename T, int G, int ACC>
+__device__ static void att_chunk(const float *q_s, float *p_s, float *ml_s, const T *kb, const T *vb,
+                                 size_t kv_dim, int hd, float scale, int j0, int cnt, float cm[G], float cl[G],
+                                 float cacc[G][ACC])
+{
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int jj = warp; jj < cnt; jj += ATT_WARPS) {
+        const T *kr = kb + (size_t)(j0 + jj) * kv_dim;
+        float dot[G];
 #pragma unroll
-        for (int r = 0; r < ATT_ACC; r++) {
-            int d = tid + r * ATT_THREADS;
+        for (int g = 0; g < G; g++) dot[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ACC * ATT_THREADS / 32; i++) {
+            int d = lane + 32 * i;
             if (d < hd) {
-                float a = 0.0f;
-                for (int jj = 0; jj < cnt; jj++) a += p_s[jj] * cache_get(vb + (size_t)(base + jj) * kv_dim + d);
-                acc[r] = acc[r] * corr + a;
+                float k = cache_get(kr + d);
+#pragma unroll
+                for (int g = 0; g < G; g++) dot[g] = __fmaf_rn(q_s[g * hd + d], k, dot[g]);
             }
         }
-        m = new_m;
-        __syncthreads(); /* p_s is rewritten by the next tile */
-    }
-    float *oh = out + ((size_t)t * n_heads + h) * (size_t)hd;
 #pragma unroll
-    for (int r = 0; r < ATT_ACC; r++)
-        if (tid + r * ATT_THREADS < hd) oh[tid + r * ATT_THREADS] = acc[r] / l;
+        for (int g = 0; g < G; g++) {
+            float s = warp_sum(dot[g]); /* every lane gets the same bits */
+            if (lane == g) p_s[g * ATT_CHUNK + jj] = __fmul_rn(s, scale);
+        }
+    }
+    __syncthreads(); /* every score of the chunk is in p_s */
+    for (int g = warp; g < G; g += ATT_WARPS) {
+        float *pg = p_s + g * ATT_CHUNK;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int jj = lane; jj < cnt; jj += 32) mx = fmaxf(mx, pg[jj]);
+        mx = warp_max(mx);
+        for (int jj = lane; jj < cnt; jj += 32) { /* each lane rewrites only the scores it read */
+            float p = expf(pg[jj] - mx);
+            pg[jj] = p;
+            sum += p;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            ml_s[g] = mx;
+            ml_s[G + g] = sum;
+        }
+    }
+    __syncthreads(); /* p_s holds the weights, ml_s the statistics */
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int r = 0; r < ACC; r++) cacc[g][r] = 0.0f;
+#pragma unroll 4
+    for (int jj = 0; jj < cnt; jj++) {
+        const T *vr = vb + (size_t)(j0 + jj) * kv_dim;
+#pragma unroll
+        for (int r = 0; r < ACC; r++) {
+            int d = tid + r * ATT_THREADS;
+            if (d < hd) {
+                float v = cache_get(vr + d);
+#pragma unroll
+                for (int g = 0; g < G; g++) cacc[g][r] = __fmaf_rn(p_s[g * ATT_CHUNK + jj], v, cacc[g][r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        cm[g] = ml_s[g];
+        cl[g] = ml_s[G + g];
+    }
+    __syncthreads(); /* the next chunk rewrites p_s and ml_s */
+}
+
+/* grid (n tokens, n_kv * gpk head groups, splits), block ATT_THREADS, dynamic shared memory
+ * (G * hd + G * ATT_CHUNK + 2 * G) floats.  Block (t, kvh * gpk + i) serves query heads
+ * kvh * ratio + i * G .. + G - 1 that exist (the last group of a KV head may have fewer: the
+ * others compute on zero queries and write nothing).  SPLIT: block z takes chunks z, z + splits,
+ * ... and writes their partials; else it folds all chunks and writes the output. */
+template <typename T, int G, int ACC, bool SPLIT>
+__global__ static void __launch_bounds__(ATT_THREADS) k_att(const struct att_args a)
+{
+    extern __shared__ float att_smem[];
+    float *q_s = att_smem, *p_s = q_s + G * a.hd, *ml_s = p_s + G * ATT_CHUNK;
+    int t = blockIdx.x, tid = threadIdx.x;
+    int kvh = (int)blockIdx.y / a.gpk, hg = ((int)blockIdx.y % a.gpk) * G, h0 = kvh * a.ratio + hg;
+    int hv = a.ratio - hg < G ? a.ratio - hg : G; /* heads of this block that exist */
+    int last = a.pos[t], first = 0, nck = att_span(last, a.window, a.max_ctx, &first);
+    size_t row0 = (size_t)t * a.n_heads + h0; /* (token, head) row of the block's first head */
+    if (SPLIT && (int)blockIdx.z >= nck) return; /* no chunk here (nck 0: the combine writes NaN) */
+    if (!SPLIT && nck == 0) {
+        for (int i = tid; i < hv * a.hd; i += ATT_THREADS) a.out[row0 * a.hd + i] = NAN;
+        return;
+    }
+    size_t base = (size_t)a.seq[t] * (size_t)a.max_ctx * a.kv_dim + (size_t)kvh * a.hd;
+    const T *kb = (const T *)a.kc + base, *vb = (const T *)a.vc + base;
+    const float *qh = a.q + row0 * a.hd; /* the block's heads are adjacent in q and out */
+    for (int i = tid; i < G * a.hd; i += ATT_THREADS) q_s[i] = i < hv * a.hd ? qh[i] : 0.0f;
+    __syncthreads(); /* q_s is read by every warp */
+
+    float cm[G], cl[G], cacc[G][ACC];
+    if constexpr (SPLIT) {
+        for (int ci = blockIdx.z; ci < nck; ci += gridDim.z) {
+            int j0 = first + ci * ATT_CHUNK, cnt = last + 1 - j0 < ATT_CHUNK ? last + 1 - j0 : ATT_CHUNK;
+            att_chunk<T, G, ACC>(q_s, p_s, ml_s, kb, vb, a.kv_dim, a.hd, a.scale, j0, cnt, cm, cl, cacc);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                if (g >= hv) break;
+                size_t pr = (row0 + g) * (size_t)a.nchb + (size_t)ci; /* ci < nck <= nchb */
+                if (tid == 0) {
+                    a.part_ml[2 * pr] = cm[g];
+                    a.part_ml[2 * pr + 1] = cl[g];
+                }
+#pragma unroll
+                for (int r = 0; r < ACC; r++)
+                    if (tid + r * ATT_THREADS < a.hd) a.part_acc[pr * a.hd + tid + r * ATT_THREADS] = cacc[g][r];
+            }
+        }
+    } else {
+        float m[G], l[G], acc[G][ACC];
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            m[g] = -INFINITY;
+            l[g] = 0.0f;
+#pragma unroll
+            for (int r = 0; r < ACC; r++) acc[g][r] = 0.0f;
+        }
+        for (int ci = 0; ci < nck; ci++) {
+            int j0 = first + ci * ATT_CHUNK, cnt = last + 1 - j0 < ATT_CHUNK ? last + 1 - j0 : ATT_CHUNK;
+            att_chunk<T, G, ACC>(q_s, p_s, ml_s, kb, vb, a.kv_dim, a.hd, a.scale, j0, cnt, cm, cl, cacc);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float ea, eb;
+                att_fold(&m[g], &l[g], cm[g], cl[g], &ea, &eb);
+#pragma unroll
+                for (int r = 0; r < ACC; r++) acc[g][r] = att_fold_acc(acc[g][r], cacc[g][r], ea, eb);
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            if (g >= hv) break;
+#pragma unroll
+            for (int r = 0; r < ACC; r++)
+                if (tid + r * ATT_THREADS < a.hd)
+                    a.out[(row0 + g) * a.hd + tid + r * ATT_THREADS] = __fdiv_rn(acc[g][r], l[g]);
+        }
+    }
+}
+
+/* grid (n tokens, n_heads), block ATT_THREADS: the split partials of each (token, head) folded in
+ * chunk order, as the unsplit kernel folds them. */
+__global__ static void __launch_bounds__(ATT_THREADS) k_att_combine(const struct att_args a)
+{
+    int first = 0, nck = att_span(a.pos[blockIdx.x], a.window, a.max_ctx, &first);
+    size_t row = (size_t)blockIdx.x * a.n_heads + blockIdx.y;
+    const float *ml = a.part_ml + 2 * row * (size_t)a.nchb, *pa = a.part_acc + row * (size_t)a.nchb * a.hd;
+    for (int d = threadIdx.x; d < a.hd; d += ATT_THREADS) {
+        float m = -INFINITY, l = 0.0f, acc = 0.0f;
+        for (int ci = 0; ci < nck; ci++) {
+            float ea, eb;
+            att_fold(&m, &l, ml[2 * ci], ml[2 * ci + 1], &ea, &eb);
+            acc = att_fold_acc(acc, pa[(size_t)ci * a.hd + d], ea, eb);
+        }
+        a.out[row * a.hd + d] = nck ? __fdiv_rn(acc, l) : NAN;
+    }
+}
+
+template <typename T, int G, int ACC>
+static enum moe_status att_launch(struct moe_cuda_ctx *c, const struct att_args &a, int n, int groups, int splits)
+{
+    enum moe_status st = MOE_OK;
+    size_t smem = ((size_t)G * (size_t)a.hd + (size_t)G * ATT_CHUNK + 2 * G) * sizeof(float); /* <= 28.1 KiB */
+    if (splits > 1) {
+        k_att<T, G, ACC, true><<<dim3((unsigned)n, (unsigned)groups, (unsigned)splits), ATT_THREADS, smem,
+                                 c->stream>>>(a);
+        CK_LAUNCH(c);
+        k_att_combine<<<dim3((unsigned)n, (unsigned)a.n_heads), ATT_THREADS, 0, c->stream>>>(a);
+    } else {
+        k_att<T, G, ACC, false><<<dim3((unsigned)n, (unsigned)groups), ATT_THREADS, smem, c->stream>>>(a);
+    }
+    CK_LAUNCH(c);
+out:
+    return st;
+}
+
+template <typename T, int G>
+static enum moe_status att_launch_acc(struct moe_cuda_ctx *c, const struct att_args &a, int n, int groups, int splits)
+{
+    if (a.hd <= 2 * ATT_THREADS) return att_launch<T, G, 2>(c, a, n, groups, splits);
+    return att_launch<T, G, ATT_MAX_ACC>(c, a, n, groups, splits);
+}
+
+template <typename T>
+static enum moe_status att_launch_group(struct moe_cuda_ctx *c, const struct att_args &a, int G, int n, int groups,
+                                        int splits)
+{
+    switch (G) {
+    case 1: return att_launch_acc<T, 1>(c, a, n, groups, splits);
+    case 2: return att_launch_acc<T, 2>(c, a, n, groups, splits);
+    case 4: return att_launch_acc<T, 4>(c, a, n, groups, splits);
+    default: return att_launch_acc<T, ATT_MAX_GROUP>(c, a, n, groups, splits);
+    }
+}
+
+extern "C" enum moe_status moe_cuda_ctx_set_attn_splits(struct moe_cuda_ctx *c, int splits)
+{
+    if (splits < 0) return moe_errorf(MOE_EINVAL, "attention splits %d: 0 (auto), 1 (never) or more", splits);
+    c->attn_splits = splits;
+    return MOE_OK;
+}
+
+/* Blocks per (token, head group) for a call, 1 = unsplit; the workspace holds the partials.
+ * Auto: split while the unsplit grid would give the device fewer than ATT_FILL blocks per SM and a
+ * row may span several chunks, into enough blocks to reach that (at most one per chunk); when
+ * the partials do not fit the workspace it runs unsplit (the same bits, slower; logged once).  A
+ * count set with moe_cuda_ctx_set_attn_splits is used whenever a row may span several chunks;
+ * MOE_ENOMEM when its partials do not fit. */
+static enum moe_status att_splits(struct moe_cuda_ctx *c, struct att_args *a, int n, int groups, int *splits)
+{
+    int want = c->attn_splits;
+    size_t blocks = (size_t)n * (size_t)groups, target = (size_t)ATT_FILL * (size_t)c->sms;
+    *splits = 1;
+    if (a->nchb < 2 || want == 1 || (want == 0 && blocks >= target)) return MOE_OK;
+    if (want == 0) want = (int)((target + blocks - 1) / blocks); /* >= 2; target is small */
+    if (want > a->nchb) want = a->nchb;
+    if (want > (int)MAX_GRID) want = (int)MAX_GRID;
+    /* the partials: (m, l) then acc of every (token, head, chunk), F32; estimated in double first,
+     * so that no size_t product can wrap */
+    double est = (double)n * (double)a->n_heads * (double)a->nchb * ((double)a->hd + 2.0) * 4.0 + 256.0;
+    size_t ml_bytes = 0, need = (size_t)-1;
+    if (est <= (double)c->ws_bytes) {
+        size_t cells = (size_t)n * (size_t)a->n_heads * (size_t)a->nchb;
+        ml_bytes = (cells * 2 * sizeof(float) + 255) & ~(size_t)255;
+        need = ml_bytes + cells * (size_t)a->hd * sizeof(float);
+    }
+    if (need > c->ws_bytes) {
+        size_t mib = need == (size_t)-1 ? (size_t)(est / 1048576.0) + 1 : (need >> 20) + 1;
+        if (c->attn_splits == 0) {
+            if (!c->attn_split_noted)
+                MOE_INFO("attention: splitting %d tokens x %d heads over %d chunks would need %zu MiB of CUDA "
+                         "workspace (workspace_bytes is %zu MiB): such calls run unsplit (the same result, "
+                         "slower); raise workspace_bytes to split them", n, a->n_heads, a->nchb, mib,
+                         c->ws_bytes >> 20);
+            c->attn_split_noted = true;
+            return MOE_OK;
+        }
+        return moe_errorf(MOE_ENOMEM, "attention: %d splits of %d tokens x %d heads (head_dim %d, up to %d chunks "
+                          "of %d positions) need %zu MiB of CUDA workspace but workspace_bytes is %zu MiB: raise "
+                          "workspace_bytes or let the split be chosen (0)", want, n, a->n_heads, a->hd, a->nchb,
+                          ATT_CHUNK, mib, c->ws_bytes >> 20);
+    }
+    a->part_ml = (float *)c->ws;
+    a->part_acc = (float *)((char *)c->ws + ml_bytes);
+    *splits = want;
+    return MOE_OK;
 }
 
 extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
@@ -383,17 +632,31 @@ extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const floa
                           ATT_MAX_HD, max_ctx, window);
     if ((st = cache_dtype_ok("attention", cdt)) != MOE_OK) return st;
     if (n == 0) return MOE_OK;
-    if (cdt == MOE_DT_F32)
-        k_attention<float><<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
-            d_q, (const float *)d_kcache, (const float *)d_vcache, d_seq, d_pos, n_heads, n_kv_heads, head_dim,
-            max_ctx, window, scale, d_out);
-    else
-        k_attention<__nv_bfloat16><<<dim3((unsigned)n, (unsigned)n_heads), ATT_THREADS, 0, c->stream>>>(
-            d_q, (const __nv_bfloat16 *)d_kcache, (const __nv_bfloat16 *)d_vcache, d_seq, d_pos, n_heads,
-            n_kv_heads, head_dim, max_ctx, window, scale, d_out);
-    CK_LAUNCH(c);
-out:
-    return st;
+    /* G: query heads per block, a power of two (a ratio of 6 takes 8 with 2 idle: one pass over
+     * the rows instead of 3 of 2) */
+    int ratio = n_heads / n_kv_heads, G = 1;
+    while (G < ratio && G < ATT_MAX_GROUP) G *= 2;
+    int span = window > 0 && window < max_ctx ? window : max_ctx, splits = 1;
+    struct att_args a = {};
+    a.q = d_q;
+    a.kc = d_kcache;
+    a.vc = d_vcache;
+    a.seq = d_seq;
+    a.pos = d_pos;
+    a.n_heads = n_heads;
+    a.hd = head_dim;
+    a.max_ctx = max_ctx;
+    a.window = window;
+    a.ratio = ratio;
+    a.gpk = (ratio + G - 1) / G;
+    a.nchb = (span - 1) / ATT_CHUNK + 1;
+    a.kv_dim = (size_t)n_kv_heads * (size_t)head_dim;
+    a.scale = scale;
+    a.out = d_out;
+    int groups = n_kv_heads * a.gpk; /* <= n_heads <= MAX_GRID */
+    if ((st = att_splits(c, &a, n, groups, &splits)) != MOE_OK) return st;
+    if (cdt == MOE_DT_F32) return att_launch_group<float>(c, a, G, n, groups, splits);
+    return att_launch_group<__nv_bfloat16>(c, a, G, n, groups, splits);
 }
 
 /* ---- router --------------------------------------------------------------- */

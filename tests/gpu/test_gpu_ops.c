@@ -133,7 +133,7 @@ static void test_rope(struct g_rng *r, bool adv)
 
 static void test_attention(struct g_rng *r, bool adv)
 {
-    /* two sequences: seq 1 prefilled with 300 tokens (more than one 128-tile),
+    /* two sequences: seq 1 prefilled with 300 tokens (more than one chunk of 256),
      * then a batch of mixed prefill-chunk + decode tokens. */
     int nh = 8, nkv = 2, max_ctx = 320, max_seqs = 3;
     static const int hds[] = { 64, 128, 200, 576 }; /* 576: DeepSeek's latent rows */
@@ -143,8 +143,8 @@ static void test_attention(struct g_rng *r, bool adv)
         int n = 0, seq[64], pos[64];
         for (int i = 0; i < 40; i++) { seq[n] = 1; pos[n] = 260 + i; n++; }   /* prefill chunk */
         seq[n] = 0; pos[n] = 0; n++;                                          /* first token */
-        seq[n] = 2; pos[n] = 127; n++;                                        /* tile edge */
-        seq[n] = 2; pos[n] = 128; n++;
+        seq[n] = 2; pos[n] = 255; n++;                                        /* chunk edge */
+        seq[n] = 2; pos[n] = 256; n++;
         float *kc = malloc(cache * 4), *vc = malloc(cache * 4);
         float *q = malloc((size_t)n * nh * hd * 4), *got = malloc((size_t)n * nh * hd * 4),
               *ref = malloc((size_t)n * nh * hd * 4);
@@ -163,7 +163,7 @@ static void test_attention(struct g_rng *r, bool adv)
         dl(&dout, got, "attention");
         ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 0, 1.0f / sqrtf((float)hd), ref);
         cmp("attention", got, ref, (size_t)n * nh * hd, 1e-4);
-        /* a sliding window of 130 (over a 128-tile, under the 300 prefilled keys) */
+        /* a sliding window of 130 (under the 300 prefilled keys: chunks start inside the cache) */
         OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, nh, nkv, hd, max_ctx, 130,
                               1.0f / sqrtf((float)hd), dout.d));
         dl(&dout, got, "attention (window)");
@@ -234,6 +234,107 @@ static void test_attention_bf16(struct g_rng *r)
     g_buf_free(ctx, &dk); g_buf_free(ctx, &dv); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds);
     g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout); g_buf_free(ctx, &dkn);
     free(kc); free(vc); free(q); free(got); free(ref); free(kb); free(vb); free(back);
+}
+
+/* Long contexts in chunks of 256: one block per (token, head group) folding every chunk
+ * (splits 1), three blocks each taking every third chunk and a combining kernel (splits 3), and
+ * the context's own choice (0: split when the blocks do not fill the device) give the same bits,
+ * within 1e-4 of the reference; each token alone (n = 1, decode; split on any device) gives the
+ * bits it has in the batch.  GQA ratios 1, 2, 4, 6 (blocks of 8 heads, 2 of them idle) and 16 with one
+ * KV head of 576 (DeepSeek's latent rows, K and V the same buffer as the engine passes them), F32
+ * and BF16 caches, no window and a window of 1000 (chunks not on multiples of 256).  Positions
+ * outside the cache give NaN rows and read nothing (the guard bytes, and memcheck). */
+static void test_attention_long(struct g_rng *r)
+{
+    static const struct { int nh, nkv, hd; } shapes[] = {
+        { 8, 8, 64 }, { 4, 2, 256 }, { 16, 4, 128 }, { 12, 2, 192 }, { 16, 1, 576 },
+    };
+    static const int lens[] = { 1, 7, 256, 300, 513, 4097 }, splits[] = { 1, 3, 0 };
+    enum { N = MOE_ARRAY_LEN(lens) };
+    int max_ctx = 4100, max_seqs = 3, seq[N], pos[N];
+    for (int i = 0; i < N; i++) {
+        seq[i] = i % max_seqs;
+        pos[i] = lens[i] - 1;
+    }
+    for (size_t v = 0; v < MOE_ARRAY_LEN(shapes); v++) {
+        int nh = shapes[v].nh, nkv = shapes[v].nkv, hd = shapes[v].hd;
+        bool latent = nkv == 1;
+        size_t kv_dim = (size_t)nkv * hd, cache = (size_t)max_seqs * max_ctx * kv_dim, row = (size_t)nh * hd;
+        float *kc = malloc(cache * 4), *vc = latent ? kc : malloc(cache * 4), *q = malloc(N * row * 4);
+        float *ref = malloc(N * row * 4), *got = malloc(N * row * 4), *want = malloc(N * row * 4);
+        uint16_t *kb = malloc(cache * 2), *vb = malloc(cache * 2);
+        struct g_buf dk, dv, dq, ds, dpp, dout, dout1;
+        OUT(dq, N * row * 4); UP(ds, seq, sizeof(seq)); UP(dpp, pos, sizeof(pos));
+        OUT(dout, N * row * 4); OUT(dout1, row * 4);
+        for (int bf = 0; bf < 2; bf++) {
+            enum moe_dtype cdt = bf ? MOE_DT_BF16 : MOE_DT_F32;
+            g_fill(r, kc, cache, 1.0f, false);
+            if (!latent) g_fill(r, vc, cache, 1.0f, false);
+            g_fill(r, q, N * row, 1.0f, false);
+            for (size_t i = 0; bf && i < cache; i++) {
+                kb[i] = moe_f32_to_bf16(kc[i]), kc[i] = moe_bf16_to_f32(kb[i]);
+                vb[i] = moe_f32_to_bf16(vc[i]), vc[i] = moe_bf16_to_f32(vb[i]);
+            }
+            UP(dk, bf ? (void *)kb : (void *)kc, cache * (bf ? 2 : 4));
+            if (!latent) UP(dv, bf ? (void *)vb : (void *)vc, cache * (bf ? 2 : 4));
+            const void *dvv = latent ? dk.d : dv.d;
+            OK(moe_cuda_h2d(ctx, dq.d, q, N * row * 4));
+            for (int window = 0; window <= 1000; window += 1000) {
+                char what[128];
+                ref_attention(q, kc, vc, seq, pos, N, nh, nkv, hd, max_ctx, window, 1.0f / sqrtf((float)hd), ref);
+                for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) {
+                    snprintf(what, sizeof(what), "attention %d/%d heads, head_dim %d, %s cache, window %d, splits %d",
+                             nh, nkv, hd, bf ? "BF16" : "F32", window, splits[k]);
+                    OK(moe_cuda_ctx_set_attn_splits(ctx, splits[k]));
+                    OK(moe_cuda_memset(ctx, dout.d, 0xff, N * row * 4)); /* NaN where nothing is written */
+                    OK(moe_cuda_attention(ctx, dq.d, dk.d, dvv, cdt, ds.d, dpp.d, N, nh, nkv, hd, max_ctx, window,
+                                          1.0f / sqrtf((float)hd), dout.d));
+                    dl(&dout, k ? got : want, what);
+                    cmp(what, k ? got : want, ref, N * row, 1e-4);
+                    if (k) CHECK(!memcmp(got, want, N * row * 4), "%s: not the bits of splits 1", what);
+                }
+                OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
+                for (int i = 0; i < N; i++) {
+                    snprintf(what, sizeof(what), "attention %d/%d heads, head_dim %d, %s cache, window %d: "
+                             "position %d alone", nh, nkv, hd, bf ? "BF16" : "F32", window, pos[i]);
+                    OK(moe_cuda_memset(ctx, dout1.d, 0xff, row * 4));
+                    OK(moe_cuda_attention(ctx, (const float *)dq.d + (size_t)i * row, dk.d, dvv, cdt,
+                                          (const int *)ds.d + i, (const int *)dpp.d + i, 1, nh, nkv, hd, max_ctx,
+                                          window, 1.0f / sqrtf((float)hd), dout1.d));
+                    dl(&dout1, got, what);
+                    CHECK(!memcmp(got, want + (size_t)i * row, row * 4), "%s: not its bits in the batch", what);
+                }
+            }
+            g_buf_free(ctx, &dk);
+            if (!latent) g_buf_free(ctx, &dv);
+        }
+        g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout);
+        g_buf_free(ctx, &dout1);
+        if (!latent) free(vc);
+        free(kc); free(q); free(ref); free(got); free(want); free(kb); free(vb);
+    }
+
+    /* positions -1 and max_ctx (a cache of 600 positions: 3 chunks): NaN, nothing read or written
+     * out of bounds, split or not */
+    int bad_ctx = 600, bad_pos[2] = { -1, 600 }, bad_seq[2] = { 0, 0 }, nh = 8, hd = 64;
+    float *kv1 = calloc((size_t)bad_ctx * hd, 4), qq[2 * 8 * 64] = { 0 }, o[2 * 8 * 64];
+    struct g_buf dk, dq, ds, dpp, dout;
+    UP(dk, kv1, (size_t)bad_ctx * hd * 4); UP(dq, qq, sizeof(qq)); UP(ds, bad_seq, sizeof(bad_seq));
+    UP(dpp, bad_pos, sizeof(bad_pos)); OUT(dout, sizeof(o));
+    free(kv1);
+    for (int k = 1; k <= 2; k++) {
+        OK(moe_cuda_ctx_set_attn_splits(ctx, k));
+        OK(moe_cuda_memset(ctx, dout.d, 0, sizeof(o)));
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dk.d, MOE_DT_F32, ds.d, dpp.d, 2, nh, 1, hd, bad_ctx, 0, 0.125f,
+                              dout.d));
+        dl(&dout, o, "attention outside the cache");
+        int nan = 0;
+        for (size_t i = 0; i < MOE_ARRAY_LEN(o); i++) nan += isnan(o[i]) != 0;
+        CHECK(nan == (int)MOE_ARRAY_LEN(o), "attention at positions -1 and max_ctx: %d of %zu outputs NaN", nan,
+              MOE_ARRAY_LEN(o));
+    }
+    OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
+    g_buf_free(ctx, &dk); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout);
 }
 
 static void test_router(struct g_rng *r, bool adv)
@@ -672,6 +773,14 @@ static void test_bad_args(void)
           "attention accepted heads %% kv_heads != 0");
     CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 8, 2, 704, 16, 0, 1, NULL) == MOE_EINVAL,
           "attention accepted head_dim 704");
+    /* split partials beyond the workspace: an error naming workspace_bytes when asked for, never a
+     * launch (auto runs such calls unsplit) */
+    OK(moe_cuda_ctx_set_attn_splits(ctx, 2));
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_BF16, NULL, NULL, 1, 64, 1, 576, 1 << 20, 0, 1, NULL) ==
+              MOE_ENOMEM && strstr(moe_last_error(), "workspace_bytes"),
+          "attention split beyond the workspace: %s", moe_last_error());
+    OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
+    CHECK(moe_cuda_ctx_set_attn_splits(ctx, -1) == MOE_EINVAL, "attention splits -1 accepted");
     CHECK(moe_cuda_router(ctx, NULL, 1, 4, 5, true, true, NULL, NULL) == MOE_EINVAL, "router accepted k > E");
     float f[32] = { 0 };
     CHECK(moe_cuda_rope_table(ctx, NULL, NULL, 1, 1, 63, 63, f, 1.0f) == MOE_EINVAL, "rope accepted odd rot_dim");
@@ -705,6 +814,7 @@ int main(void)
         test_rope(&r, adv);
         test_attention(&r, adv);
         if (!adv) test_attention_bf16(&r);
+        if (!adv) test_attention_long(&r);
         test_router(&r, adv);
         test_deepseek_ops(&r, adv);
         if (!adv) test_fp8_decode(&r);

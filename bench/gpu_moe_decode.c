@@ -7,6 +7,9 @@
  * layer's experts (copies on miss), permutes the batch's tokens, runs the
  * expert FFN, un-permutes and releases.  Attention and the dense parts are
  * not run: the figures isolate expert movement and expert compute.
+ * --attention LIST adds a separate decode-attention case (batch 1, BF16 cache,
+ * Mixtral's and DeepSeek-V3's latent head shapes at the listed contexts, the
+ * split kernels against the unsplit one).
  *
  * Prints, per batch size and capacity: tokens/s, experts loaded per step,
  * achieved host->device GB/s, the bound (loads x transfer time at the PCIe
@@ -282,6 +285,94 @@ out:
     return gbs;
 }
 
+/* Decode attention, one token: Mixtral-8x7B's heads (32 query heads over 8 KV heads of 128) and
+ * DeepSeek-V3's latent attention (128 heads over one KV head of 576, keys and values the same rows,
+ * as the engine passes them) over a BF16 cache of max(contexts) positions, the token at each
+ * context's last position; split as the context chooses (auto) and unsplit (one block per head
+ * group); microseconds per call over `reps` calls after 3 untimed ones, and the cache bytes the
+ * call covers per second.  Returns 0, or 1 on a device error. */
+static int attention_bench(struct bench *b, const int *ctxs, int nctx, int reps, double d2d)
+{
+    static const struct { const char *name; int nh, nkv, hd; } shapes[] = {
+        { "mixtral", 32, 8, 128 }, { "deepseek_v3_latent", 128, 1, 576 },
+    };
+    int max_ctx = 0, rc = 0, seq = 0, rows = 0;
+    for (int i = 0; i < nctx; i++) max_ctx = ctxs[i] > max_ctx ? ctxs[i] : max_ctx;
+    printf("decode attention, batch 1, BF16 cache of %d positions (us per call; cache GB/s covered)\n", max_ctx);
+    printf("%20s %8s %12s %12s %10s %10s\n", "shape", "context", "split us", "unsplit us", "split GB/s", "vs HBM");
+    if (b->json) fprintf(b->json, ",\"attention\":{\"batch\":1,\"max_ctx\":%d,\"reps\":%d,\"runs\":[", max_ctx, reps);
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]) && !rc; si++) {
+        int nh = shapes[si].nh, nkv = shapes[si].nkv, hd = shapes[si].hd;
+        bool latent = nkv == 1;
+        size_t kv_elems = (size_t)max_ctx * (size_t)nkv * (size_t)hd, q_elems = (size_t)nh * (size_t)hd;
+        uint16_t *h = malloc(kv_elems * 2);
+        float *hq = malloc(q_elems * 4);
+        void *dk = NULL, *dv = NULL, *dq = NULL, *dout = NULL, *dsp = NULL;
+        uint64_t x = 0x9e3779b97f4a7c15ull ^ si;
+        if (!h || !hq) {
+            fprintf(stderr, "gpu_moe_decode: attention: out of host memory\n");
+            free(h), free(hq);
+            return 1;
+        }
+        for (size_t i = 0; i < kv_elems + q_elems; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            if (i < kv_elems) /* BF16 of magnitude 2^-7..2^-4, random sign and mantissa */
+                h[i] = (uint16_t)((x & 0x8000u) | ((0x78u + ((x >> 16) & 3u)) << 7) | ((x >> 24) & 0x7fu));
+            else /* queries in [-2, 2) */
+                hq[i - kv_elems] = (float)((int)(x >> 56) - 128) / 64.0f;
+        }
+        if (moe_cuda_alloc(b->c, &dk, kv_elems * 2, "attention K") ||
+            (!latent && moe_cuda_alloc(b->c, &dv, kv_elems * 2, "attention V")) ||
+            moe_cuda_alloc(b->c, &dq, q_elems * 4, "attention q") || moe_cuda_alloc(b->c, &dout, q_elems * 4, "attention out") ||
+            moe_cuda_alloc(b->c, &dsp, 2 * sizeof(int), "attention seq/pos") ||
+            moe_cuda_h2d(b->c, dk, h, kv_elems * 2) || (!latent && moe_cuda_h2d(b->c, dv, h, kv_elems * 2)) ||
+            moe_cuda_h2d(b->c, dq, hq, q_elems * 4) || moe_cuda_h2d(b->c, dsp, &seq, sizeof(int)) ||
+            moe_cuda_ctx_sync(b->c)) {
+            fprintf(stderr, "gpu_moe_decode: attention: %s\n", moe_last_error());
+            rc = 1;
+        }
+        const int *d_seq = dsp, *d_pos = (const int *)dsp + 1;
+        for (int ci = 0; ci < nctx && !rc; ci++) {
+            int pos = ctxs[ci] - 1;
+            double us[2] = { 0, 0 };
+            rc = moe_cuda_h2d(b->c, (int *)dsp + 1, &pos, sizeof(int)) != MOE_OK;
+            for (int mode = 0; mode < 2 && !rc; mode++) { /* splits 0 (auto), then 1 (never) */
+                rc = moe_cuda_ctx_set_attn_splits(b->c, mode) != MOE_OK;
+                double t0 = 0;
+                for (int i = 0; i < 3 + reps && !rc; i++) {
+                    if (i == 3) {
+                        rc = moe_cuda_ctx_sync(b->c) != MOE_OK;
+                        t0 = moe_now();
+                    }
+                    if (!rc)
+                        rc = moe_cuda_attention(b->c, dq, dk, latent ? dk : dv, MOE_DT_BF16, d_seq, d_pos, 1, nh, nkv,
+                                                hd, max_ctx, 0, 1.0f / sqrtf((float)hd), dout) != MOE_OK;
+                }
+                if (!rc) rc = moe_cuda_ctx_sync(b->c) != MOE_OK;
+                us[mode] = (moe_now() - t0) / reps * 1e6;
+            }
+            if (rc) {
+                fprintf(stderr, "gpu_moe_decode: attention: %s\n", moe_last_error());
+                break;
+            }
+            /* the K and V rows the call covers (one set for latent attention: its keys are its values) */
+            double bytes = (double)ctxs[ci] * (double)nkv * hd * 2.0 * (latent ? 1 : 2), gbs = bytes / (us[0] * 1e3);
+            printf("%20s %8d %12.1f %12.1f %10.0f %9.0f%%\n", shapes[si].name, ctxs[ci], us[0], us[1], gbs,
+                   d2d > 0 ? 100.0 * gbs / (d2d / 2) : 0);
+            if (b->json)
+                fprintf(b->json, "%s{\"shape\":\"%s\",\"heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"context\":%d,"
+                        "\"split_us\":%.2f,\"unsplit_us\":%.2f,\"split_GBs\":%.1f}", rows++ ? "," : "", shapes[si].name,
+                        nh, nkv, hd, ctxs[ci], us[0], us[1], gbs);
+        }
+        moe_cuda_ctx_set_attn_splits(b->c, 0);
+        moe_cuda_free(b->c, dk), moe_cuda_free(b->c, dv), moe_cuda_free(b->c, dq), moe_cuda_free(b->c, dout);
+        moe_cuda_free(b->c, dsp);
+        free(h), free(hq);
+    }
+    if (b->json) fprintf(b->json, "]}");
+    return rc;
+}
+
 /* The --gemm spelling of a mode. */
 static const char *gemm_name(enum moe_cuda_gemm_mode m)
 {
@@ -305,6 +396,8 @@ static void usage(FILE *f)
                "                    (cublasGemmGroupedBatchedEx; refused for BF16 weights, then loop runs: the\n"
                "                    output and the JSON \"gemm\" say which ran) or invariant (own F32-activation\n"
                "                    kernel, one grouped launch per projection)\n"
+               "  --attention LIST  also time decode attention (batch 1, BF16 cache) at these contexts, split and\n"
+               "                    unsplit, after the MoE runs (JSON: \"attention\")\n"
                "  --json FILE       also write the results as JSON\n");
 }
 
@@ -326,6 +419,7 @@ int main(int argc, char **argv)
 {
     struct bench b = { .hidden = 4096, .inter = 14336, .E = 8, .K = 2, .n_payloads = 16, .pcie_ceiling = 55 };
     int batches[8] = { 1, 8, 64 }, nb = 3, caps[8] = { 25, 50, 100 }, nc = 3, steps = 8, warm = 2, layers = 0;
+    int att_ctx[8], n_att = 0;
     bool prefetch = false;
     const char *trace = NULL, *json = NULL, *gemm = "loop";
     static const struct option opts[] = {
@@ -336,7 +430,7 @@ int main(int argc, char **argv)
         { "inter", required_argument, 0, 'I' }, { "experts", required_argument, 0, 'E' },
         { "top-k", required_argument, 0, 'K' }, { "payloads", required_argument, 0, 'P' },
         { "pcie", required_argument, 0, 'X' }, { "json", required_argument, 0, 'j' },
-        { "gemm", required_argument, 0, 'g' },
+        { "gemm", required_argument, 0, 'g' }, { "attention", required_argument, 0, 'A' },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     int o;
@@ -357,12 +451,13 @@ int main(int argc, char **argv)
         case 'X': b.pcie_ceiling = atof(optarg); break;
         case 'j': json = optarg; break;
         case 'g': gemm = optarg; break;
+        case 'A': n_att = parse_list(optarg, att_ctx, 8); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if (nb <= 0 || nc <= 0 || steps <= 0 || warm < 0 || layers < 0 || b.hidden <= 0 || b.inter <= 0 ||
-        b.E <= 0 || b.K <= 0 || b.K > b.E || b.n_payloads <= 0 || !(b.pcie_ceiling > 0)) {
+        b.E <= 0 || b.K <= 0 || b.K > b.E || b.n_payloads <= 0 || !(b.pcie_ceiling > 0) || n_att < 0) {
         fprintf(stderr, "gpu_moe_decode: bad option value (lists are comma-separated positive integers; "
                         "top-k <= experts)\n");
         return 2;
@@ -465,8 +560,10 @@ int main(int argc, char **argv)
     printf("H2D GB/s = bytes loaded / wall time; busy GB/s = bytes loaded / copy-engine time (CUDA events);\n"
            "bound = loads x (expert bytes / PCIe ceiling) + all-resident step time; "
            "vs HBM = expert weight bytes read per second / (D2D copy GB/s / 2)\n");
+    if (b.json) fprintf(b.json, "],\"gemm\":\"%s\"", ran);
+    if (n_att > 0 && attention_bench(&b, att_ctx, n_att, 20, d2d)) rc = 1;
     if (b.json) {
-        fprintf(b.json, "],\"gemm\":\"%s\"}\n", ran);
+        fprintf(b.json, "}\n");
         fclose(b.json);
     }
     moe_cuda_host_free(b.h_payload, b.pinned);

@@ -5,8 +5,9 @@
 #   2. the CLI end to end: `moeflow generate --backend cuda --temperature 0` prints the
 #      CPU backend's text (all experts on the GPU, and the GPU tier at 25 %),
 #   3. the GPU benchmarks: the bundled model through the engine (batch 1/8/64, tier
-#      25/50/100 %, cuBLAS and batch-invariant GEMMs) and the MoE decode benchmark
-#      with Mixtral expert shapes (tier 25/50/100 %),
+#      25/50/100 %, cuBLAS and batch-invariant GEMMs), the MoE decode benchmark
+#      with Mixtral expert shapes (tier 25/50/100 %) and, in its invariant run, decode
+#      attention at batch 1 over 1k/8k/32k contexts (split and unsplit kernels),
 #   4. a short compute-sanitizer memcheck of the op and tier tests (skips where the
 #      sanitizer refuses the device, as on gVisor machines); last, so that a slow
 #      sanitizer cannot cost the benchmarks their time,
@@ -124,8 +125,9 @@ fi
 [ -x "$b/gpu_model_decode" ] && run gpu_model_decode_kv_bf16 45 "$b/gpu_model_decode" --steps 16 \
   --capacities 100 --modes invariant --kv-dtype bf16 --json "$out/gpu_model_decode_kv_bf16.json"
 run gpu_moe_decode 180 "$b/gpu_moe_decode" --steps 4 --warm 1 --json "$out/gpu_moe_decode.json"
-run gpu_moe_decode_invariant 60 "$b/gpu_moe_decode" --gemm invariant --capacities 100 --steps 4 --warm 1 \
-  --json "$out/gpu_moe_decode_invariant.json"
+# with decode attention at batch 1 (its "attention" object; the 8-file limit leaves no file of its own)
+run gpu_moe_decode_invariant 70 "$b/gpu_moe_decode" --gemm invariant --capacities 100 --steps 4 --warm 1 \
+  --attention 1024,8192,32768 --json "$out/gpu_moe_decode_invariant.json"
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 # --report-api-errors no: test_gpu_tier asks for an impossible cudaMalloc on purpose (its
 # error message is tested); memcheck would otherwise report that API error and fail the step.

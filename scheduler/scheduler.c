@@ -40,6 +40,8 @@ struct rq {
     bool cancel;               /* cancel() asked for it */
     bool shutdown;             /* ... as the drain's time ran out */
     bool stop;                 /* ... as finish(): it ends as finished by a stop sequence */
+    enum moe_status fail_st;   /* ... as fail(): it ends as failed with fail_st and fail_msg */
+    char fail_msg[256];
     bool have_route;           /* route holds a real routing */
     uint64_t *route;           /* [n_moe * words] experts of the most recent token */
     uint64_t *pred;            /* [n_moe * words] predicted path (scratch per step) */
@@ -287,7 +289,9 @@ static void reap(struct moe_sched *s)
     double now = moe_now();
     for (struct rq *r = s->wait_head, *nx; r; r = nx) {
         nx = r->next;
-        if (r->cancel && r->stop)
+        if (r->cancel && r->fail_st != MOE_OK)
+            rq_finish(s, r, MOE_FINISH_ERROR, r->fail_st, r->fail_msg);
+        else if (r->cancel && r->stop)
             rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
         else if (r->cancel)
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED,
@@ -300,7 +304,9 @@ static void reap(struct moe_sched *s)
         struct rq *r = s->active[i];
         const char *where = r->state == RQ_PREFILL ? "prefill" : "decode";
         char msg[128];
-        if (r->cancel && r->stop) {
+        if (r->cancel && r->fail_st != MOE_OK) {
+            rq_finish(s, r, MOE_FINISH_ERROR, r->fail_st, r->fail_msg);
+        } else if (r->cancel && r->stop) {
             rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
         } else if (r->cancel) {
             snprintf(msg, sizeof(msg), r->shutdown ? "shutting down: the drain timeout passed during %s; retry "
@@ -1217,7 +1223,10 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     return MOE_OK;
 }
 
-static enum moe_status end_early(struct moe_sched *s, uint64_t id, bool stop, const char *what)
+/* End request id at the next step: cancelled, finished by a stop sequence (stop), or failed with
+ * fail_st and fail_msg (fail_st != MOE_OK). */
+static enum moe_status end_early(struct moe_sched *s, uint64_t id, bool stop, enum moe_status fail_st,
+                                 const char *fail_msg, const char *what)
 {
     if (!s)
         return moe_errorf(MOE_EINVAL, "scheduler: %s: NULL scheduler", what);
@@ -1232,6 +1241,8 @@ static enum moe_status end_early(struct moe_sched *s, uint64_t id, bool stop, co
     if (found) {
         found->cancel = true;
         found->stop = stop;
+        found->fail_st = fail_st;
+        snprintf(found->fail_msg, sizeof(found->fail_msg), "%s", fail_msg ? fail_msg : "");
         pthread_cond_signal(&s->wake);
     }
     pthread_mutex_unlock(&s->mu);
@@ -1243,12 +1254,31 @@ static enum moe_status end_early(struct moe_sched *s, uint64_t id, bool stop, co
 
 enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id)
 {
-    return end_early(s, id, false, "cancel");
+    return end_early(s, id, false, MOE_OK, NULL, "cancel");
 }
 
 enum moe_status moe_sched_finish(struct moe_sched *s, uint64_t id)
 {
-    return end_early(s, id, true, "finish");
+    return end_early(s, id, true, MOE_OK, NULL, "finish");
+}
+
+enum moe_status moe_sched_fail(struct moe_sched *s, uint64_t id, enum moe_status st, const char *msg)
+{
+    return end_early(s, id, false, st != MOE_OK ? st : MOE_EINVAL, msg, "fail");
+}
+
+void moe_sched_reply_failed(struct moe_sched *s, enum moe_finish why)
+{
+    if (!s || (why != MOE_FINISH_LENGTH && why != MOE_FINISH_STOP))
+        return;
+    pthread_mutex_lock(&s->mu);
+    if (s->st.completed > 0 && s->st.by_finish[why] > 0) {
+        s->st.completed--;
+        s->st.by_finish[why]--;
+        s->st.failed++;
+        s->st.by_finish[MOE_FINISH_ERROR]++;
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* The drain's time ran out: cancel everything, saying why. */

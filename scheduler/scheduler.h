@@ -175,6 +175,13 @@ enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id);
 /* End a request early as finished by a stop sequence (the client found one in
  * the text): like cancel, but counted as completed, finish reason stop. */
 enum moe_status moe_sched_finish(struct moe_sched *s, uint64_t id);
+/* End a request early as failed with st and msg (its caller cannot deliver the reply): like cancel,
+ * but counted as failed, finish reason error. */
+enum moe_status moe_sched_fail(struct moe_sched *s, uint64_t id, enum moe_status st, const char *msg);
+/* A request that ended as completed (why: length or stop) but whose reply its caller could not
+ * deliver: counted as failed instead (completed and by_finish[why] one less, failed and
+ * by_finish[error] one more).  No-op for another why. */
+void moe_sched_reply_failed(struct moe_sched *s, enum moe_finish why);
 /* Stop admission; wait up to timeout_s for in-flight work; cancel the rest. */
 enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s);
 void moe_sched_stats(struct moe_sched *s, struct moe_sched_stats *out);

@@ -295,15 +295,34 @@ static void queue_bytes(struct gcall *c, const uint8_t *buf, size_t len)
     pump_send(c);
 }
 
-#define QUEUE_MSG(c, fn, msg)                                                 \
+#define QUEUE_PACKED(c, fn, msg, size)                                        \
     do {                                                                      \
-        size_t _n = fn##__get_packed_size(msg);                               \
+        size_t _n = (size);                                                   \
         uint8_t *_b = malloc(_n ? _n : 1);                                    \
         if (_b) {                                                             \
             fn##__pack(msg, _b);                                              \
             queue_bytes(c, _b, _n);                                           \
             free(_b);                                                         \
         }                                                                     \
+    } while (0)
+#define QUEUE_MSG(c, fn, msg) QUEUE_PACKED(c, fn, msg, fn##__get_packed_size(msg))
+
+/* A reply message of n bytes over max-message-bytes: gRPC core would end the whole call with its own
+ * RESOURCE_EXHAUSTED, and the request would count as completed. */
+static bool over_max(const struct gcall *c, size_t n)
+{
+    return n > (size_t)c->gf->srv->cfg.max_message_bytes;
+}
+
+/* A generation's reply message: queued as QUEUE_MSG when it fits max-message-bytes, else nothing is
+ * queued and big = its size (reply_over_max). */
+#define QUEUE_REPLY(c, fn, msg, big)                                          \
+    do {                                                                      \
+        size_t _s = fn##__get_packed_size(msg);                               \
+        if (over_max(c, _s))                                                  \
+            (big) = _s;                                                       \
+        else                                                                  \
+            QUEUE_PACKED(c, fn, msg, _s);                                     \
     } while (0)
 
 static void queue_status(struct gcall *c, grpc_status_code code, const char *msg)
@@ -568,8 +587,10 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
 
 /* ---- generation ---- */
 
-static void kserve_send(struct gcall *c, const char *kid, const char *text, size_t len, bool final,
-                        const char *err)
+/* Queue a ModelInfer or ModelStreamInfer response; 0, or the message's size when it is over
+ * max-message-bytes (nothing queued). */
+static size_t kserve_send(struct gcall *c, const char *kid, const char *text, size_t len, bool final,
+                          const char *err)
 {
     struct moe_server *s = c->gf->srv;
     Inference__ModelInferResponse ir = INFERENCE__MODEL_INFER_RESPONSE__INIT;
@@ -602,14 +623,37 @@ static void kserve_send(struct gcall *c, const char *kid, const char *text, size
         ir.n_outputs = 1;
         ir.outputs = ots;
     }
+    size_t big = 0;
     if (c->m == GM_INFER) {
-        QUEUE_MSG(c, inference__model_infer_response, &ir);
-        return;
+        QUEUE_REPLY(c, inference__model_infer_response, &ir, big);
+        return big;
     }
     Inference__ModelStreamInferResponse sr = INFERENCE__MODEL_STREAM_INFER_RESPONSE__INIT;
     sr.error_message = err ? (char *)err : "";
     sr.infer_response = &ir;
-    QUEUE_MSG(c, inference__model_stream_infer_response, &sr);
+    QUEUE_REPLY(c, inference__model_stream_infer_response, &sr, big);
+    return big;
+}
+
+/* k's next reply message is n bytes, over max-message-bytes: its request ends with an error that says
+ * so, counted as failed (srv_gen_undeliverable).  A ModelStreamInfer stream answers it with an error
+ * response and goes on; any other call ends with RESOURCE_EXHAUSTED.  Frees k. */
+static void reply_over_max(struct cgen *k, size_t n)
+{
+    struct gcall *c = k->c;
+    char msg[300], kid[sizeof(k->kid)];
+    snprintf(msg, sizeof(msg), "the reply message of %zu bytes exceeds max-message-bytes (%d): ask for fewer "
+             "tokens%s, or raise the server's max-message-bytes", n, c->gf->srv->cfg.max_message_bytes,
+             c->m == GM_GENERATE ? " or log-probabilities" : "");
+    memcpy(kid, k->kid, sizeof(kid));
+    srv_gen_undeliverable(k->g, msg);
+    k->g = NULL;
+    cgen_drop(k);
+    if (c->m == GM_STREAM_INFER && !kserve_send(c, kid, NULL, 0, true, msg)) {
+        stream_next(c);
+        return;
+    }
+    queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
 }
 
 /* A GenerateResponse's logprobs for tokens toks[0..n) with lps[0..n) (NULL: the request did not
@@ -694,6 +738,7 @@ static void generate_stop_progress(struct cgen *k)
     }
     bool fin = m == 1 || (ev.done && ok);
     struct gen_lps lp = { 0 };
+    size_t big = 0;
     if (n_ids || fin) {
         Moeflow__V1__GenerateResponse rs = MOEFLOW__V1__GENERATE_RESPONSE__INIT;
         rs.n_token_ids = (size_t)n_ids;
@@ -707,12 +752,16 @@ static void generate_stop_progress(struct cgen *k)
             rs.completion_tokens = m == 1 ? k->n_out : ev.n_generated;
             rs.cached_prompt_tokens = ev.n_cached;
         }
-        QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
+        QUEUE_REPLY(c, moeflow__v1__generate_response, &rs, big);
     }
     gen_lps_free(&lp);
     free(ev.lps);
     free(ids);
     moe_strbuf_free(&text);
+    if (big) {
+        reply_over_max(k, big);
+        return;
+    }
     if (m == 1) {
         srv_gen_abandon_stopped(k->g); /* the rest of the generation is not wanted */
         k->g = NULL;
@@ -739,7 +788,7 @@ static void gen_progress(struct cgen *k)
     struct srv_gen *g = k->g;
     struct srv_events ev;
     srv_gen_events(g, &ev);
-    size_t len = 0;
+    size_t len = 0, big = 0; /* big: a reply message over max-message-bytes, its size */
     char *text = srv_gen_text(g, ev.toks, ev.n_toks, ev.done, &len);
     bool ok = ev.why == MOE_FINISH_LENGTH || ev.why == MOE_FINISH_STOP;
     if (c->m == GM_GENERATE) {
@@ -760,7 +809,7 @@ static void gen_progress(struct cgen *k)
                 rs.completion_tokens = ev.n_generated;
                 rs.cached_prompt_tokens = ev.n_cached;
             }
-            QUEUE_MSG(c, moeflow__v1__generate_response, &rs);
+            QUEUE_REPLY(c, moeflow__v1__generate_response, &rs, big);
             gen_lps_free(&lp);
             free(ids);
         }
@@ -768,9 +817,9 @@ static void gen_progress(struct cgen *k)
         if (ev.n_toks > 0 || ev.done) {
             if (ev.done && !ok) {
                 if (len)
-                    kserve_send(c, k->kid, text, len, false, NULL);
+                    big = kserve_send(c, k->kid, text, len, false, NULL);
             } else {
-                kserve_send(c, k->kid, text ? text : "", text ? len : 0, ev.done, NULL);
+                big = kserve_send(c, k->kid, text ? text : "", text ? len : 0, ev.done, NULL);
             }
         }
     } else if (text && len) {
@@ -779,23 +828,25 @@ static void gen_progress(struct cgen *k)
     free(text);
     free(ev.toks);
     free(ev.lps);
+    if (!big && ev.done && ok && c->m != GM_GENERATE && !k->kstream) /* the whole text in one response */
+        big = kserve_send(c, k->kid, k->acc.s ? k->acc.s : "", k->acc.len, true, NULL);
+    if (big) {
+        reply_over_max(k, big);
+        return;
+    }
     if (!ev.done)
         return;
     char msg[400];
     snprintf(msg, sizeof(msg), "request %s%s%s", moe_finish_str(ev.why), ev.msg[0] ? ": " : "",
              ev.msg);
     if (c->m == GM_GENERATE || c->m == GM_INFER) {
-        if (ok && c->m == GM_INFER)
-            kserve_send(c, k->kid, k->acc.s ? k->acc.s : "", k->acc.len, true, NULL);
         cgen_drop(k);
         queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st),
                      ok ? NULL : msg);
         return;
     }
     /* ModelStreamInfer: this request's last response; the stream goes on. */
-    if (!k->kstream && ok)
-        kserve_send(c, k->kid, k->acc.s ? k->acc.s : "", k->acc.len, true, NULL);
-    else if (!ok)
+    if (!ok)
         kserve_send(c, k->kid, NULL, 0, true, msg);
     cgen_drop(k);
     stream_next(c);

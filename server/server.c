@@ -204,6 +204,7 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
     pthread_mutex_unlock(&s->metrics.mu);
     struct srv_inbox *ib = g->inbox;
     pthread_mutex_lock(&ib->mu);
+    bool undelivered = g->undelivered;
     g->done = true;
     g->why = why;
     g->st = st;
@@ -214,6 +215,8 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
     bool wake = gen_queue_locked(g);
     bool last = --g->refs == 0;
     pthread_mutex_unlock(&ib->mu);
+    if (undelivered) /* it completed before the front end's moe_sched_fail reached it */
+        moe_sched_reply_failed(s->sched, why);
     if (last)
         gen_free(g);
     else if (wake && ib->wake)
@@ -346,6 +349,23 @@ static void gen_let_go(struct srv_gen *g, bool at_stop)
 
 void srv_gen_abandon(struct srv_gen *g) { gen_let_go(g, false); }
 void srv_gen_abandon_stopped(struct srv_gen *g) { gen_let_go(g, true); }
+
+void srv_gen_undeliverable(struct srv_gen *g, const char *msg)
+{
+    struct moe_server *s = g->srv;
+    pthread_mutex_lock(&g->inbox->mu);
+    bool running = !g->done;
+    enum moe_finish why = g->why;
+    g->owner = NULL;
+    g->undelivered = running;
+    pthread_mutex_unlock(&g->inbox->mu);
+    MOE_WARN("request %llu: %s", (unsigned long long)g->id, msg);
+    if (running)
+        moe_sched_fail(s->sched, g->id, MOE_ENOMEM, msg); /* ENOENT: it ended meanwhile, on_done counts it */
+    else
+        moe_sched_reply_failed(s->sched, why);
+    srv_gen_put(g);
+}
 
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
                                const struct moe_gen_request *r, double deadline,

@@ -53,6 +53,8 @@ struct srv_gen {
     int n_toks, cap_toks;
     bool toks_oom;                 /* a token could not be buffered: fail the request */
     bool done;                     /* on_done arrived */
+    bool undelivered;              /* the front end let go, unable to deliver the reply: a request the
+                                      scheduler still completes counts as failed (on_done) */
     enum moe_finish why;
     enum moe_status st;
     char msg[256];
@@ -147,6 +149,10 @@ void srv_gen_abandon(struct srv_gen *g);
 /* The front end found a stop sequence in the text: end the generation now as
  * finished by a stop (moe_sched_finish) and drop the front end's ref. */
 void srv_gen_abandon_stopped(struct srv_gen *g);
+/* The front end cannot deliver g's reply (a message over max-message-bytes): the request counts as
+ * failed whether it still runs (ended now, with msg) or was completed already; the front end lets
+ * go as with srv_gen_abandon, and answers its client with the error itself.  Logged. */
+void srv_gen_undeliverable(struct srv_gen *g, const char *msg);
 /* Drop one ref (front end or inbox list). */
 void srv_gen_put(struct srv_gen *g);
 

@@ -292,6 +292,45 @@ static void test_finish(void)
     moe_sched_destroy(s);
 }
 
+/* A reply its caller cannot deliver counts as failed: fail() ends a running request as failed with the
+ * caller's status and message; reply_failed() moves one that completed from completed to failed. */
+static void test_reply_failed(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 8 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    struct sc_req a = { 0 }, b = { 0 };
+    struct moe_gen_params g = gen(100);
+    REQUIRE(moe_sched_submit(s, prompt_of(4, 1), 4, &g, &sc_events, &a, &a.id) == MOE_OK, "submit a");
+    g = gen(3);
+    REQUIRE(moe_sched_submit(s, prompt_of(4, 2), 4, &g, &sc_events, &b, &b.id) == MOE_OK, "submit b");
+    moe_sched_step(s);
+    moe_sched_step(s);
+    CHECK(a.n_tokens > 0 && a.n_done == 0, "a decoding: %d tokens, done %d", a.n_tokens, a.n_done);
+    CHECK(moe_sched_fail(s, a.id, MOE_ENOMEM, "reply too big") == MOE_OK, "fail: %s", moe_last_error());
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    CHECK(a.n_done == 1 && a.why == MOE_FINISH_ERROR && a.st == MOE_ENOMEM && !strcmp(a.msg, "reply too big") &&
+          fb.n_used == 0, "a: done %d why %s st %d msg '%s', slots %d", a.n_done, moe_finish_str(a.why), (int)a.st,
+          a.msg, fb.n_used);
+    CHECK(b.n_done == 1 && b.why == MOE_FINISH_LENGTH, "b: done %d why %s", b.n_done, moe_finish_str(b.why));
+    CHECK(moe_sched_fail(s, b.id, MOE_ENOMEM, "late") == MOE_ENOENT && strstr(moe_last_error(), "fail"),
+          "fail after the end: %s", moe_last_error());
+    moe_sched_reply_failed(s, b.why);
+    moe_sched_reply_failed(s, MOE_FINISH_CANCELLED); /* not a completion: no change */
+    check_accounting(s, "reply failed");
+    struct moe_sched_stats st;
+    moe_sched_stats(s, &st);
+    CHECK(st.completed == 0 && st.failed == 2 && st.by_finish[MOE_FINISH_LENGTH] == 0 &&
+          st.by_finish[MOE_FINISH_ERROR] == 2 && st.cancelled == 0,
+          "completed %llu failed %llu (length %llu, error %llu) cancelled %llu", (unsigned long long)st.completed,
+          (unsigned long long)st.failed, (unsigned long long)st.by_finish[MOE_FINISH_LENGTH],
+          (unsigned long long)st.by_finish[MOE_FINISH_ERROR], (unsigned long long)st.cancelled);
+    moe_sched_destroy(s);
+}
+
 /* Deadlines: already past (ends before any work), and expiring mid-decode. */
 static void test_deadline(void)
 {
@@ -482,6 +521,7 @@ int main(void)
     test_mixed_threaded();
     test_cancel();
     test_finish();
+    test_reply_failed();
     test_deadline();
     test_failure();
     test_priority();

@@ -115,6 +115,22 @@ def ambiguous_body(srv):
     check(metric(srv.metrics(), "moeflow:requests_accepted_total") == base, "an ambiguous request was admitted")
 
 
+def kserve_request(k, rid, max_tokens, stream=None):
+    """A KServe ModelInferRequest of "def f():" for max_tokens tokens past any end of sequence (stream:
+    the stream input, when not None)."""
+    req = k.ModelInferRequest(model_name="pycode-moe-18m", id=rid)
+    t = req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+    t.contents.bytes_contents.append(b"def f():")
+    t = req.inputs.add(name="max_tokens", datatype="INT32", shape=[1])
+    t.contents.int_contents.append(max_tokens)
+    t = req.inputs.add(name="ignore_eos", datatype="BOOL", shape=[1])
+    t.contents.bool_contents.append(True)
+    if stream is not None:
+        t = req.inputs.add(name="stream", datatype="BOOL", shape=[1])
+        t.contents.bool_contents.append(stream)
+    return req
+
+
 def stream_backlog(srv, pb):
     """A ModelStreamInfer client that sends request after request and reads no response: the
     stream stops taking requests once its responses wait unsent (the server does not queue the
@@ -124,16 +140,7 @@ def stream_backlog(srv, pb):
 
     def reqs():
         for i in range(n_req):
-            req = k.ModelInferRequest(model_name="pycode-moe-18m", id="r%d" % i)
-            t = req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
-            t.contents.bytes_contents.append(b"def f():")
-            t = req.inputs.add(name="max_tokens", datatype="INT32", shape=[1])
-            t.contents.int_contents.append(n_tok)
-            t = req.inputs.add(name="ignore_eos", datatype="BOOL", shape=[1])
-            t.contents.bool_contents.append(True)
-            t = req.inputs.add(name="stream", datatype="BOOL", shape=[1])
-            t.contents.bool_contents.append(True)
-            yield req
+            yield kserve_request(k, "r%d" % i, n_tok, stream=True)
 
     base = metric(srv.metrics(), "moeflow:requests_accepted_total")
     # no window growth on the client: what it leaves unread stays within HTTP/2's 64 KiB window
@@ -297,6 +304,46 @@ def grpc_stream_cap(moeflow, pb):
         srv.kill()
 
 
+def reply_too_big(moeflow, pb):
+    """A KServe reply over max-message-bytes (a server of its own with the least, 256 bytes): ModelInfer
+    ends with RESOURCE_EXHAUSTED naming the limit, a ModelStreamInfer request gets an error response and
+    its stream serves the next request; both count as failed in /metrics, not as completed, and the
+    counters balance."""
+    k = pb["k"]
+    srv = Server(moeflow, "--max-message-bytes", "256")
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        ks = pb["kg"].GRPCInferenceServiceStub(ch)
+        m0 = settled(srv)
+        try:
+            ks.ModelInfer(kserve_request(k, "big", 300), timeout=60)
+            check(False, "a ModelInfer reply over max-message-bytes went out")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max-message-bytes" in e.details(),
+                  "ModelInfer reply over max-message-bytes: %s %s" % (e.code(), e.details()))
+        resps = list(ks.ModelStreamInfer(iter([kserve_request(k, "big", 300), kserve_request(k, "small", 2)]),
+                                         timeout=60))
+        errs = {r.infer_response.id: r.error_message for r in resps}
+        check(set(errs) == {"big", "small"} and "max-message-bytes" in errs["big"] and not errs["small"],
+              "ModelStreamInfer over max-message-bytes, then a small request: %r" % errs)
+        ms = settled(srv)
+
+        def delta(name, **labels):
+            return metric(ms, name, **labels) - metric(m0, name, **labels)
+        got = {x: delta("moeflow:requests_%s_total" % x) for x in ("accepted", "completed", "cancelled", "failed")}
+        check(got == {"accepted": 3, "completed": 1, "cancelled": 0, "failed": 2},
+              "two replies over max-message-bytes and one that fits, counted %r" % got)
+        check(delta("moeflow:request_success_total", finished_reason="error") == 2 and
+              delta("moeflow:request_success_total", finished_reason="length") == 1,
+              "finish reasons of the replies over max-message-bytes: error %s, length %s" % (
+                  delta("moeflow:request_success_total", finished_reason="error"),
+                  delta("moeflow:request_success_total", finished_reason="length")))
+        ch.close()
+        check(srv.stop() == 0, "max-message-bytes server: exit status")
+    finally:
+        srv.kill()
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -310,7 +357,8 @@ def main():
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
                            no_generation_left,
-                           lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb))
+                           lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
+                           lambda s: reply_too_big(moeflow, pb))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ enum moe_status {
     MOE_EBUSY = -7,      /* queue or capacity full; retry later */
     MOE_ECANCELED = -8,  /* cancelled by the client or by shutdown */
     MOE_ETIMEDOUT = -9,  /* deadline expired */
-    MOE_EDEVICE = -10,   /* accelerator error (sticky errors poison the process) */
+    MOE_EDEVICE = -10,   /* an accelerator operation failed; the device stays usable */
     MOE_ENOENT = -11,    /* file, tensor or key not found */
     MOE_ERANGE = -12,    /* value outside its allowed range (context, ids, ...) */
+    MOE_EDEVLOST = -13,  /* the accelerator's context is lost (a sticky error): nothing more runs on
+                            it, the process must restart */
 };
 
 const char *moe_status_str(enum moe_status st);

@@ -32,6 +32,7 @@ const char *moe_status_str(enum moe_status st)
     case MOE_EDEVICE: return "device error";
     case MOE_ENOENT: return "not found";
     case MOE_ERANGE: return "out of range";
+    case MOE_EDEVLOST: return "device lost";
     }
     return "unknown status";
 }

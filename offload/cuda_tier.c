@@ -54,19 +54,27 @@ static void poison(struct moe_cuda_tier *t)
     moe_cuda_ctx_mark_poisoned(t->c);
 }
 
+/* After a failed call (st): a sticky error poisons the tier and is MOE_EDEVLOST. */
+static enum moe_status note(struct moe_cuda_tier *t, enum moe_status st)
+{
+    if (st != MOE_OK && moe_cuda_is_sticky(cudaPeekAtLastError())) {
+        poison(t);
+        st = moe_cuda_lost(st);
+    }
+    return st;
+}
+
 /* Check a CUDA call inside a function with `st`, the tier `t` and label `out`. */
 #define TCK(call)                                                             \
     do {                                                                      \
-        st = MOE_CUDA_CHECK(call);                                            \
-        if (st != MOE_OK) {                                                   \
-            if (moe_cuda_is_sticky(cudaPeekAtLastError())) poison(t);         \
+        st = note(t, MOE_CUDA_CHECK(call));                                   \
+        if (st != MOE_OK)                                                     \
             goto out;                                                         \
-        }                                                                     \
     } while (0)
 
 static enum moe_status poisoned_err(const struct moe_cuda_tier *t)
 {
-    return moe_errorf(MOE_EDEVICE, "GPU expert tier: an earlier sticky CUDA error poisoned the "
+    return moe_errorf(MOE_EDEVLOST, "GPU expert tier: an earlier sticky CUDA error poisoned the "
                       "device; the process must restart");
 }
 
@@ -124,10 +132,8 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
         for (int w = 0; w < 3 && st == MOE_OK; w++)
             st = moe_cuda_fp8_record_decode(t->c, t->copy, ds + off[w], t->rows[w], t->cols[w], t->fp8_block[0],
                                             t->fp8_block[1], dst + t->mat_off[w]);
-        if (st != MOE_OK) {
-            if (moe_cuda_is_sticky(cudaPeekAtLastError())) poison(t);
+        if ((st = note(t, st)) != MOE_OK)
             goto out;
-        }
         t->st.bytes_h2d += t->rec_bytes[0] + t->rec_bytes[1] + t->rec_bytes[2];
     } else {
         for (int w = 0; w < 3; w++)
@@ -228,8 +234,7 @@ static void release_locked(struct moe_cuda_tier *t, int layer)
         }
         int slot = moe_cache_slot_of(t->cache, key);
         if (slot >= 0 && live && !t->poisoned) {
-            enum moe_status st = MOE_CUDA_CHECK(cudaEventRecord(t->freed[slot], t->compute));
-            if (st != MOE_OK && moe_cuda_is_sticky(cudaPeekAtLastError())) poison(t);
+            (void)note(t, MOE_CUDA_CHECK(cudaEventRecord(t->freed[slot], t->compute)));
         }
         moe_cache_unpin(t->cache, key);
     }

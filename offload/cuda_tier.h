@@ -11,9 +11,10 @@
  *     when that expert's copy is still in flight (cudaEventQuery says so),
  *     so nothing is computed on an expert before its bytes have landed.
  * A CUDA failure returns MOE_EDEVICE naming layer and expert; a sticky error
- * poisons the tier and the backend context it shares (every later call fails
- * fast) and is reported by moe_cuda_tier_poisoned() and
- * moe_backend_cuda_poisoned() so the server can turn readiness off and exit. */
+ * returns MOE_EDEVLOST, poisons the tier and the backend context it shares
+ * (every later call fails fast with MOE_EDEVLOST) and is reported by
+ * moe_cuda_tier_poisoned() and moe_backend_cuda_poisoned() so the server can
+ * turn readiness off and exit. */
 #ifndef MOE_CUDA_TIER_H
 #define MOE_CUDA_TIER_H
 

@@ -410,8 +410,8 @@ enum moe_status moe_offload_explain(enum moe_status st, const struct moe_backend
     if (!be || !moe_backend_cuda_ctx(be)) return st;
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", moe_last_error());
-    if (st == MOE_EDEVICE || moe_backend_cuda_poisoned(be))
-        return moe_errorf(MOE_EDEVICE, "device error: %s; the CUDA context is unusable: restart the "
+    if (st == MOE_EDEVLOST || moe_backend_cuda_poisoned(be))
+        return moe_errorf(MOE_EDEVLOST, "device error: %s; the CUDA context is unusable: restart the "
                           "process (or run with --backend cpu)", msg);
     struct moe_cuda_tier_stats cs;
     if ((st == MOE_ENOMEM || strstr(msg, "allocate") || strstr(msg, "out of memory")) &&

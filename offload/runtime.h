@@ -148,10 +148,11 @@ enum moe_status moe_offload_runtime_create(const struct moe_model *m,
                                            struct moe_backend **be, struct moe_provider **prov);
 /* After a failure on a backend made by moe_offload_runtime_create (engine
  * creation: pass any status; a forward pass: its status): on the CUDA
- * backend, a sticky device error (st MOE_EDEVICE or a poisoned context)
- * becomes "device error: ...; restart the process" (MOE_EDEVICE), and an
+ * backend, a sticky device error (st MOE_EDEVLOST or a poisoned context)
+ * becomes "device error: ...; restart the process" (MOE_EDEVLOST), and an
  * allocation failure gains what the GPU tier already holds and the flag to
- * lower.  Returns the status to report; no-op on the CPU backend. */
+ * lower.  A device error on a usable context (MOE_EDEVICE) keeps its status
+ * and message.  Returns the status to report; no-op on the CPU backend. */
 enum moe_status moe_offload_explain(enum moe_status st, const struct moe_backend *be,
                                     const struct moe_provider *prov);
 /* True when be is the CUDA backend and a sticky device error poisoned it. */

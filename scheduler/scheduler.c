@@ -740,12 +740,21 @@ static enum moe_status forward_rows(struct moe_sched *s, int row0, int rows, int
     return s->be.forward(s->be.self, &b, s->logits + (size_t)logit_row0 * (size_t)s->be.vocab, on_route, &fc);
 }
 
-/* A forward that failed on an expert's data (a record failing its checksum, a read error) may have
- * failed for one request's experts only: the micro-batch's requests run again, one forward each, and
+/* A failed forward that may have failed for one request's rows only: an expert's data (a record failing
+ * its checksum, a read error) or a device operation that failed on a device that stays usable (a bad
+ * launch configuration or argument, MOE_EDEVICE; a lost device, MOE_EDEVLOST, is not). */
+static bool may_isolate(enum moe_status st)
+{
+    return st == MOE_ECHECKSUM || st == MOE_EIO || st == MOE_EDEVICE;
+}
+
+/* After a failed forward (may_isolate): the micro-batch's requests run again, one forward each, and
  * those whose own forward fails end with its error (under s->mu, taken here); *pf_failed says whether
  * pf's chunk did.  A row's values do not depend on the rows beside it, so the cache rows the failed
- * forward wrote are written again alike. */
-static void isolate_failure(struct moe_sched *s, int n_dec, struct rq *pf, int chunk, bool *pf_failed)
+ * forward wrote are written again alike.  MOE_OK, or the status of a forward that failed otherwise
+ * (the device was lost meanwhile), with its message in err: the rest of the micro-batch ends with it. */
+static enum moe_status isolate_failure(struct moe_sched *s, int n_dec, struct rq *pf, int chunk, bool *pf_failed,
+                                       char *err, size_t cap)
 {
     char msg[512];
     for (int u = 0; u < n_dec + (chunk > 0); u++) {
@@ -754,6 +763,10 @@ static void isolate_failure(struct moe_sched *s, int n_dec, struct rq *pf, int c
         if (st == MOE_OK)
             continue;
         snprintf(msg, sizeof(msg), "forward failed: %s", moe_last_error()[0] ? moe_last_error() : moe_status_str(st));
+        if (!may_isolate(st)) {
+            snprintf(err, cap, "%s", msg);
+            return st;
+        }
         pthread_mutex_lock(&s->mu);
         rq_finish(s, dec ? s->b_req[u] : pf, MOE_FINISH_ERROR, st, msg);
         pthread_mutex_unlock(&s->mu);
@@ -762,6 +775,7 @@ static void isolate_failure(struct moe_sched *s, int n_dec, struct rq *pf, int c
         else
             *pf_failed = true;
     }
+    return MOE_OK;
 }
 
 /* One forward() over decode requests v[0..nd) plus, when pf != NULL, the next
@@ -827,9 +841,9 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     bool pf_failed = false;
     if (st != MOE_OK)
         snprintf(err, sizeof(err), "forward failed: %s", moe_last_error()[0] ? moe_last_error() : moe_status_str(st));
-    if ((st == MOE_ECHECKSUM || st == MOE_EIO) && n_dec + (chunk > 0) > 1) {
-        isolate_failure(s, n_dec, pf, chunk, &pf_failed);
-        st = MOE_OK; /* those that failed alone have ended; the others go on */
+    if (may_isolate(st) && n_dec + (chunk > 0) > 1) {
+        /* those that failed alone have ended; the others go on (MOE_OK), or all end (a lost device) */
+        st = isolate_failure(s, n_dec, pf, chunk, &pf_failed, err, sizeof(err));
         pf_first = pf_first && !pf_failed;
     }
 

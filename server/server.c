@@ -190,12 +190,20 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
     const char *msg = res->msg;
     struct srv_gen *g = ud;
     struct moe_server *s = g->srv;
-    if (st == MOE_EDEVICE && !atomic_exchange(&s->device_failed, true)) {
+    /* a failure on a context that a sticky error poisoned is the lost device's, whatever its status */
+    bool lost = st == MOE_EDEVLOST || (why == MOE_FINISH_ERROR && moe_offload_backend_poisoned(s->backend));
+    if (lost && !atomic_exchange(&s->device_failed, true)) {
         /* A sticky accelerator error poisons the process: readiness off, fail
          * what is in flight, exit non-zero so a supervisor restarts us. */
         atomic_store(&s->ready, false);
         MOE_ERR("device error: %s", msg ? msg : "");
         server_notify_device_error();
+    } else if (st == MOE_EDEVICE && !lost) {
+        /* A device operation failed, the device stays usable: this request fails (alone, or with the
+         * others of its micro-batch that failed alone too: the scheduler reruns them one by one);
+         * serving goes on. */
+        MOE_ERR("request %llu failed on a device error; the device stays usable, serving goes on: %s",
+                (unsigned long long)id, msg ? msg : "");
     }
     moe_metrics_observe(&s->metrics, &s->metrics.e2e, moe_now() - g->t_submit);
     pthread_mutex_lock(&s->metrics.mu);
@@ -211,7 +219,6 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
     snprintf(g->msg, sizeof(g->msg), "%s", msg ? msg : "");
     g->n_generated = res->n_generated;
     g->n_cached = res->n_cached;
-    (void)id;
     bool wake = gen_queue_locked(g);
     bool last = --g->refs == 0;
     pthread_mutex_unlock(&ib->mu);
@@ -1053,7 +1060,7 @@ enum moe_status moe_server_run(struct moe_server *s)
             (unsigned long long)ss.completed, (unsigned long long)ss.cancelled,
             (unsigned long long)ss.failed);
     if (device)
-        st = moe_errorf(MOE_EDEVICE, "stopped after a device error (see the log above)");
+        st = moe_errorf(MOE_EDEVLOST, "stopped after a device error (see the log above)");
 out_stop:
     if (s->grpc)
         srv_grpc_stop(s->grpc);

@@ -110,7 +110,8 @@ struct moe_server {
     atomic_bool loaded;            /* model, engine and scheduler exist (set once) */
     atomic_bool ready;             /* loaded, warm, not draining */
     atomic_bool draining;
-    atomic_bool device_failed;     /* a request failed with MOE_EDEVICE: stop, exit non-zero */
+    atomic_bool device_failed;     /* a request failed with MOE_EDEVLOST (a sticky device error): stop,
+                                      exit non-zero; MOE_EDEVICE fails the request alone */
     atomic_int live_gens;          /* srv_gen objects alive */
     uint64_t by_finish[5];         /* terminal statuses seen in on_done (metrics.mu) */
     double t_start;

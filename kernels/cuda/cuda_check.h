@@ -5,9 +5,14 @@
  *
  * A failing call is logged with its statement, file and line, recorded with
  * moe_errorf() and mapped to a moe_status: MOE_ENOMEM for allocation
- * failures, MOE_EDEVICE otherwise.  Sticky errors (the context is poisoned)
- * are remembered process-wide by the CUDA driver itself; moe_cuda_is_sticky()
- * classifies them so callers can turn readiness off and exit. */
+ * failures (cudaErrorMemoryAllocation, CUBLAS_STATUS_ALLOC_FAILED),
+ * MOE_EDEVLOST for sticky errors (the context is poisoned: the CUDA driver
+ * itself remembers them process-wide and fails every later call), MOE_EDEVICE
+ * otherwise (the call failed, a bad launch configuration or argument, cuBLAS
+ * NOT_SUPPORTED, ...; the context stays usable, so a server fails the
+ * requests concerned and goes on).  moe_cuda_is_sticky() classifies the
+ * errors; a caller that learns of a sticky error after the call's own status
+ * (cuBLAS, a stream query) reports it with moe_cuda_lost(). */
 #ifndef MOE_CUDA_CHECK_H
 #define MOE_CUDA_CHECK_H
 
@@ -29,6 +34,9 @@ bool moe_cuda_is_sticky(cudaError_t e);
  * hidden; the driver keeps returning them). */
 bool moe_cuda_drop_error(cudaError_t e);
 enum moe_status moe_cuda_check_rt(cudaError_t e, const char *stmt, const char *file, int line);
+/* A failure (status st, detail in moe_last_error()) that turned out to come with a sticky error:
+ * MOE_EDEVLOST, its detail prefixed to say the context is lost. */
+enum moe_status moe_cuda_lost(enum moe_status st);
 
 #ifdef __cplusplus
 enum moe_status moe_cuda_check_blas(cublasStatus_t s, const char *stmt, const char *file, int line);

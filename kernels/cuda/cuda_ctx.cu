@@ -39,14 +39,21 @@ extern "C" enum moe_status moe_cuda_check_rt(cudaError_t e, const char *stmt, co
                                              int line)
 {
     if (e == cudaSuccess) return MOE_OK;
-    enum moe_status st = e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EDEVICE;
     bool sticky = moe_cuda_is_sticky(e);
+    enum moe_status st = e == cudaErrorMemoryAllocation ? MOE_ENOMEM : sticky ? MOE_EDEVLOST : MOE_EDEVICE;
     MOE_ERR("%s:%d: %s failed: %s (%s)%s", file, line, stmt, cudaGetErrorName(e),
             cudaGetErrorString(e),
             sticky ? "; sticky error: the CUDA context is unusable, the process must restart" : "");
     if (!sticky) (void)cudaGetLastError(); /* clear a non-sticky error so it is not re-reported */
     return moe_errorf(st, "%s:%d: %s: %s%s", file, line, stmt, cudaGetErrorString(e),
                       sticky ? " (sticky device error; restart the process)" : "");
+}
+
+extern "C" enum moe_status moe_cuda_lost(enum moe_status st)
+{
+    if (st == MOE_EDEVLOST) return st;
+    return moe_error_prefix(MOE_EDEVLOST, "sticky device error, the CUDA context is unusable (restart the "
+                            "process)");
 }
 
 static const char *blas_name(cublasStatus_t s)
@@ -70,8 +77,9 @@ extern "C" enum moe_status moe_cuda_check_blas(cublasStatus_t s, const char *stm
                                                int line)
 {
     if (s == CUBLAS_STATUS_SUCCESS) return MOE_OK;
-    enum moe_status st = s == CUBLAS_STATUS_ALLOC_FAILED ? MOE_ENOMEM
-                       : s == CUBLAS_STATUS_NOT_SUPPORTED ? MOE_ENOTSUP : MOE_EDEVICE;
+    /* NOT_SUPPORTED too is a device operation that failed (the request's fault it is not: a server
+     * answers it as an internal error); a caller with a fallback checks for it itself (gemm_grouped) */
+    enum moe_status st = s == CUBLAS_STATUS_ALLOC_FAILED ? MOE_ENOMEM : MOE_EDEVICE;
     MOE_ERR("%s:%d: %s failed: %s", file, line, stmt, blas_name(s));
     return moe_errorf(st, "%s:%d: %s: %s", file, line, stmt, blas_name(s));
 }

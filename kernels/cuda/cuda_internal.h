@@ -24,7 +24,8 @@ struct moe_cuda_ctx {
     bool poisoned;                /* a sticky error was seen */
 };
 
-/* Record sticky errors on the context and return the mapped status. */
+/* Record sticky errors on the context and return the mapped status: MOE_EDEVLOST
+ * once the context is poisoned, whatever the call's own status said. */
 static inline enum moe_status moe_cuda_ctx_note(struct moe_cuda_ctx *c, enum moe_status st)
 {
     if (st != MOE_OK && c) {
@@ -39,6 +40,7 @@ static inline enum moe_status moe_cuda_ctx_note(struct moe_cuda_ctx *c, enum moe
         } else {
             c->poisoned = true;
         }
+        if (c->poisoned) st = moe_cuda_lost(st);
     }
     return st;
 }

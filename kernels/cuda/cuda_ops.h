@@ -77,7 +77,7 @@ void moe_cuda_ctx_mark_poisoned(struct moe_cuda_ctx *c);
  * (cuda_backend.h) and the GPU expert tier call this at every entry, so the
  * engine may run them on any thread. */
 enum moe_status moe_cuda_ctx_bind(struct moe_cuda_ctx *c);
-/* Wait for the context's stream; MOE_EDEVICE on an asynchronous error. */
+/* Wait for the context's stream; MOE_EDEVICE on an asynchronous error, MOE_EDEVLOST on a sticky one. */
 enum moe_status moe_cuda_ctx_sync(struct moe_cuda_ctx *c);
 /* Which GEMM path expert_ffn really uses (GROUPED may have fallen back). */
 enum moe_cuda_gemm_mode moe_cuda_ctx_gemm_mode(const struct moe_cuda_ctx *c);

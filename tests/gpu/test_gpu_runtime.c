@@ -5,7 +5,7 @@
  * --gpu-experts and by --gpu-cache-bytes, LRU and LFU, a small host tier) the
  * logits are bit-identical to the all-resident GPU run.  The tier stats reach
  * --stats (device = the GPU tier).  Last, a device fault raised inside a
- * forward pass: the pass returns MOE_EDEVICE, moe_offload_explain() says the
+ * forward pass: the pass returns MOE_EDEVLOST, moe_offload_explain() says the
  * process must restart, the backend reports poisoned, the next pass fails too,
  * and everything is destroyed without hanging.  Skips (77) without a device. */
 #include <math.h>
@@ -78,7 +78,7 @@ static enum moe_status decode(const struct moe_model *m, struct moe_backend *be,
     if (st != MOE_OK) {
         st = moe_offload_explain(st, be, prov);
         /* a poisoned context keeps failing */
-        if (st == MOE_EDEVICE) {
+        if (st == MOE_EDEVLOST) {
             int t = 1, p = moe_engine_seq_len(e, seq);
             struct moe_batch d = { .n = 1, .tokens = &t, .seq = &seq, .pos = &p };
             char msg[1024];
@@ -189,7 +189,7 @@ int main(void)
     enum moe_status st = decode(m, be, prov, &h, &q);
     printf("  after a device fault: %s: %s\n", moe_status_str(st), moe_last_error());
     CHECK(f.fired, "the fault was not raised");
-    CHECK(st == MOE_EDEVICE, "decode after the fault returned %s", moe_status_str(st));
+    CHECK(st == MOE_EDEVLOST, "decode after the fault returned %s", moe_status_str(st));
     CHECK(strstr(moe_last_error(), "device error") && strstr(moe_last_error(), "restart"),
           "message does not say device error / restart: %s", moe_last_error());
     CHECK(moe_offload_backend_poisoned(be), "backend not reported poisoned");

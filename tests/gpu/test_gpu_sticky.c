@@ -1,8 +1,8 @@
 /* A device fault (an out-of-bounds read inside a kernel) is a sticky CUDA
- * error: the next CUDA call returns MOE_EDEVICE with a message that says the
+ * error: the next CUDA call returns MOE_EDEVLOST with a message that says the
  * process must restart, the context reports itself poisoned (also when the
  * GPU expert tier is the first to see the error), and the tier fails every
- * later acquire with MOE_EDEVICE instead of computing on anything.  Runs last
+ * later acquire with MOE_EDEVLOST instead of computing on anything.  Runs last
  * in its own process (the context cannot recover).  Skips (77) without a
  * CUDA device. */
 #include <stdio.h>
@@ -66,22 +66,22 @@ int main(void)
     }
     if (st == MOE_OK) st = moe_cuda_ctx_sync(c);
     printf("after the fault: %s: %s\n", moe_status_str(st), moe_last_error());
-    CHECK(st == MOE_EDEVICE, "fault returned %s", moe_status_str(st));
+    CHECK(st == MOE_EDEVLOST, "fault returned %s", moe_status_str(st));
     CHECK(strstr(moe_last_error(), "restart") != NULL, "message does not say to restart: %s", moe_last_error());
     CHECK(moe_cuda_ctx_poisoned(c), "context not marked poisoned");
 
     ids[0] = 0, ids[1] = 2;
     st = moe_cuda_tier_acquire(t, 1, 2, ids, ref);
-    CHECK(st == MOE_EDEVICE, "tier acquire after the fault returned %s", moe_status_str(st));
+    CHECK(st == MOE_EDEVLOST, "tier acquire after the fault returned %s", moe_status_str(st));
     CHECK(moe_cuda_tier_poisoned(t), "tier not marked poisoned");
-    CHECK(moe_cuda_tier_acquire(t, 0, 2, ids, ref) == MOE_EDEVICE, "poisoned tier served an acquire");
+    CHECK(moe_cuda_tier_acquire(t, 0, 2, ids, ref) == MOE_EDEVLOST, "poisoned tier served an acquire");
     moe_cuda_tier_destroy(t);
     moe_cuda_ctx_destroy(c);
 
     /* a backend created on the poisoned device refuses or reports poisoned */
     struct moe_backend_cuda_params bp = { .device = 0, .workspace_bytes = 1u << 20 };
     struct moe_backend *be = moe_backend_cuda_create(&bp);
-    CHECK(!be || moe_backend_cuda_poisoned(be) || be->ops->synchronize(be->ctx) == MOE_EDEVICE,
+    CHECK(!be || moe_backend_cuda_poisoned(be) || be->ops->synchronize(be->ctx) == MOE_EDEVLOST,
           "a backend on the poisoned device works");
     if (be) moe_backend_destroy(be);
     return t_result("test_gpu_sticky");

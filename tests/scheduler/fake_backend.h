@@ -28,7 +28,9 @@ struct fake_backend {
     int forwards, fail_at;        /* fail_at: forward number that fails (0 = never) */
     enum moe_status fail_status;  /* ... with this status (0: MOE_EIO) */
     int fail_seq, fail_from;      /* every forward from number fail_from on that has a row of slot
-                                     fail_seq - 1 fails with MOE_ECHECKSUM (0 = never) */
+                                     fail_seq - 1 fails (0 = never) ... */
+    enum moe_status seq_status;   /* ... with this status (0: MOE_ECHECKSUM, a bad expert record) */
+    int first_seq_fail;           /* the first forward that failed so (0 = none yet) */
     int max_rows;                 /* most rows seen in one forward */
     int errors;                   /* protocol violations seen (bad slot, position, ...) */
     char err[256];
@@ -93,9 +95,12 @@ static enum moe_status fb_forward(void *self, const struct moe_batch *b, float *
         return moe_errorf(f->fail_status ? f->fail_status : MOE_EIO, "fake: injected failure at forward %d",
                           f->forwards);
     for (int i = 0; f->fail_seq && f->forwards >= f->fail_from && i < b->n; i++)
-        if (b->seq[i] == f->fail_seq - 1)
-            return moe_errorf(MOE_ECHECKSUM, "fake: injected bad expert of slot %d at forward %d", b->seq[i],
-                              f->forwards);
+        if (b->seq[i] == f->fail_seq - 1) {
+            if (!f->first_seq_fail)
+                f->first_seq_fail = f->forwards;
+            return moe_errorf(f->seq_status ? f->seq_status : MOE_ECHECKSUM,
+                              "fake: injected failure of slot %d at forward %d", b->seq[i], f->forwards);
+        }
     if (b->n > f->max_rows)
         f->max_rows = b->n;
     int add[FB_SEQS] = { 0 };

@@ -424,6 +424,64 @@ static void test_failure(void)
     moe_sched_destroy(s);
 }
 
+/* Device errors: one that leaves the device usable (MOE_EDEVICE) fails, as a bad expert does, only the
+ * request whose own forward fails when each runs alone; a lost device (MOE_EDEVLOST) fails the whole
+ * micro-batch at once, also when it is lost while the batch's requests run again one by one. */
+static void test_device_failure(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_params p = { .max_running = 4, .micro_batch = 2, .prefill_chunk = 8 };
+    static struct sc_req r[4];
+    int at = 0; /* the forward (a decode batch of two) that failed in mode 0 */
+    for (int mode = 0; mode < 3; mode++) {
+        static const char *what[3] = { "a device error", "a lost device", "a device lost while isolating" };
+        struct moe_sched_backend be = fb_backend(&fb);
+        struct moe_sched *s = moe_sched_create_backend(&be, &p);
+        REQUIRE(s, "create: %s", moe_last_error());
+        memset(r, 0, sizeof(r));
+        for (int i = 0; i < 4; i++) {
+            struct moe_gen_params g = gen(6);
+            REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
+        }
+        if (mode == 0) { /* slot 0's rows fail with a device error from forward 8 on */
+            fb.fail_seq = 1;
+            fb.fail_from = 8;
+            fb.seq_status = MOE_EDEVICE;
+        } else { /* the same runs again: the device is lost at that forward, or at the first that reruns
+                  * one of its requests alone */
+            fb.fail_at = mode == 1 ? at : at + 1;
+            fb.fail_status = MOE_EDEVLOST;
+            if (mode == 2) {
+                fb.fail_seq = 1;
+                fb.fail_from = 8;
+                fb.seq_status = MOE_EDEVICE;
+            }
+        }
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        int dev = 0, lost = 0, done = 0;
+        for (int i = 0; i < 4; i++) {
+            CHECK(r[i].n_done == 1, "%s: req %d: %d on_done", what[mode], i, r[i].n_done);
+            dev += r[i].why == MOE_FINISH_ERROR && r[i].st == MOE_EDEVICE && strstr(r[i].msg, "slot 0");
+            lost += r[i].why == MOE_FINISH_ERROR && r[i].st == MOE_EDEVLOST && strstr(r[i].msg, "injected");
+            done += r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == 6;
+        }
+        if (mode == 0) {
+            at = fb.first_seq_fail;
+            CHECK(dev == 1 && done == 3 && r[0].why == MOE_FINISH_ERROR && at >= 8,
+                  "%s: failed %d completed %d (want 1 and 3), request 0: %s", what[mode], dev, done, r[0].msg);
+        } else {
+            CHECK(lost == 2 && dev == 0 && done == 2 && r[0].st == MOE_EDEVLOST,
+                  "%s at forward %d: lost %d, device errors %d, completed %d (want 2, 0, 2), request 0: %s",
+                  what[mode], fb.fail_at, lost, dev, done, r[0].msg);
+        }
+        CHECK(fb.errors == 0, "%s: engine protocol: %s", what[mode], fb.err);
+        CHECK(fb.n_used == 0, "%s: slots in use %d", what[mode], fb.n_used);
+        check_accounting(s, what[mode]);
+        moe_sched_destroy(s);
+    }
+}
+
 /* Priorities with aging: a low-priority request is not starved by a stream
  * of high-priority ones; FCFS among equals. */
 static void test_priority(void)
@@ -524,6 +582,7 @@ int main(void)
     test_reply_failed();
     test_deadline();
     test_failure();
+    test_device_failure();
     test_priority();
     test_drain_destroy();
     return t_result("test_sched_limits");

@@ -203,7 +203,12 @@ def main():
             t.contents.bool_contents.append(stream)
             return req
         resps = list(kstub.ModelStreamInfer(iter([kreq("def add(a, b):", n, True)]), timeout=60))
-        check(len(resps) >= 2, "ModelStreamInfer: %d responses" % len(resps))
+        # tokens that arrive within one poll of the server's completion queue share a response, so
+        # a few tokens may come as one; 96 tokens (about 0.1 s of decoding) come as several
+        long_req = kreq("def add(a, b):", 96, True)
+        long_req.parameters["ignore_eos"].bool_param = True
+        many = list(kstub.ModelStreamInfer(iter([long_req]), timeout=60))
+        check(len(many) >= 2, "ModelStreamInfer: %d responses for 96 tokens" % len(many))
         # refused by name: another version, an output the model does not give, a sampling parameter out of
         # range, one given as input and parameter, a NUL inside a string, two JSON guides, an id outside
         def refused(fn, want_code, word, what):

@@ -32,7 +32,8 @@ static const char *dt_name(enum moe_dtype dt)
     }
 }
 
-#define ATTN_BLOCK 128 /* keys scored per block in attention (stack buffer) */
+#define ATTN_BLOCK 128 /* keys per softmax block in attention: part of each row's arithmetic (attn_tile) */
+#define ATTN_ROWS 8    /* (token, head) rows per attention tile */
 
 static enum moe_status bad(const char *op, const char *what, long long v)
 {
@@ -225,51 +226,95 @@ struct attn_job {
     float *out;
 };
 
-/* One (token, head): blockwise softmax over keys 0..pos (the last `window` of
- * them with a window) with a running max, keys always visited in the same
- * blocks, so the result depends only on this token's query and its sequence's
- * cache (a BF16 cache read as the F32 values it holds). */
-static void attn_one(const struct attn_job *j, int t, int h)
+/* First key of a row of `len` keys: the last `window` of them with a window. */
+static int attn_first(const struct attn_job *j, int len)
 {
-    int hd = j->hd, kvd = j->nkv * hd, g = h / (j->nh / j->nkv);
-    size_t es = j->bf16 ? 2 : 4, seq0 = (size_t)j->seq[t] * j->max_ctx;
-    const char *kb = (const char *)j->kc + (seq0 * kvd + (size_t)g * hd) * es;
-    const char *vb = (const char *)j->vc + (seq0 * kvd + (size_t)g * hd) * es;
-    const float *q = j->q + ((size_t)t * j->nh + h) * hd;
-    float *o = j->out + ((size_t)t * j->nh + h) * hd;
-    float s[ATTN_BLOCK];
-    float m = -INFINITY, l = 0.0f;
-    for (int d = 0; d < hd; d++) o[d] = 0.0f;
-    int len = j->pos[t] + 1, first = j->window > 0 && len > j->window ? len - j->window : 0;
-    for (int b0 = first; b0 < len; b0 += ATTN_BLOCK) {
-        int nb = len - b0 < ATTN_BLOCK ? len - b0 : ATTN_BLOCK;
-        float bm = -INFINITY;
-        cpu_dot_rows(j->c->isa, q, kb + (size_t)b0 * kvd * es, j->bf16, (size_t)kvd, nb, hd, s);
-        for (int i = 0; i < nb; i++) {
-            s[i] *= j->scale;
-            if (s[i] > bm) bm = s[i];
-        }
-        if (bm > m) {
-            float r = m == -INFINITY ? 0.0f : expf(m - bm);
-            l *= r;
-            for (int d = 0; d < hd; d++) o[d] *= r;
-            m = bm;
-        }
-        for (int i = 0; i < nb; i++) {
-            s[i] = expf(s[i] - m);
-            l += s[i];
-        }
-        cpu_axpy_rows(j->c->isa, o, s, vb + (size_t)b0 * kvd * es, j->bf16, (size_t)kvd, nb, hd);
-    }
-    float inv = 1.0f / l;
-    for (int d = 0; d < hd; d++) o[d] *= inv;
+    return j->window > 0 && len > j->window ? len - j->window : 0;
 }
 
+/* Attention of a tile: rows (t, h) for tokens t0..t1-1 and query heads h0..h1-1 of
+ * one KV head (row r = (t - t0) * (h1 - h0) + h - h0), the tokens of one sequence
+ * at consecutive positions with the same first key; each key and value row is
+ * read once for the tile.  Which rows share a tile changes nothing in a row's
+ * arithmetic, which depends only on its query and its sequence's cache (a BF16
+ * cache read as the F32 values it holds).  For row (t, h), with len = pos[t] + 1,
+ * first = attn_first(len) and g = h / (nh / nkv):
+ *
+ *   o[d] = 0, m = -inf, l = 0
+ *   for b0 = first, first + ATTN_BLOCK, ... < len, nb = min(ATTN_BLOCK, len - b0):
+ *     s[i] = cpu_dot(q, key b0 + i of head g) * scale          i < nb
+ *     bm = the largest s[i] (NaNs skipped)
+ *     if (bm > m) { f = m == -inf ? 0 : expf(m - bm); l = l * f; o[d] = o[d] * f; m = bm; }
+ *     s[i] = expf(s[i] - m)                                     i < nb
+ *     for i = 0 .. nb - 1 in order: l = l + s[i], o[d] = o[d] + s[i] * v[b0 + i][d]
+ *                                   (a multiply, then an add)
+ *   o[d] = o[d] * (1 / l)
+ *
+ * bm's sign, when it is a zero, may depend on the order the maximum is taken in,
+ * but never reaches a result: bm > m compares the zeros equal, m - bm (m nonzero
+ * there) and s[i] - m differ at most in the sign of a zero result, and
+ * expf(-0) = expf(+0) = 1. */
+static void attn_tile(const struct attn_job *j, int t0, int t1, int h0, int h1)
+{
+    enum cpu_isa isa = j->c->isa;
+    int hd = j->hd, kvd = j->nkv * hd, hc = h1 - h0, nr = (t1 - t0) * hc;
+    int g = h0 / (j->nh / j->nkv);
+    size_t es = j->bf16 ? 2 : 4, seq0 = (size_t)j->seq[t0] * j->max_ctx;
+    const char *kb = (const char *)j->kc + (seq0 * kvd + (size_t)g * hd) * es;
+    const char *vb = (const char *)j->vc + (seq0 * kvd + (size_t)g * hd) * es;
+    const float *q[ATTN_ROWS];
+    float *o[ATTN_ROWS], m[ATTN_ROWS], l[ATTN_ROWS], s[ATTN_ROWS][ATTN_BLOCK];
+    int len[ATTN_ROWS], nb[ATTN_ROWS];
+    for (int r = 0; r < nr; r++) {
+        int t = t0 + r / hc, h = h0 + r % hc;
+        q[r] = j->q + ((size_t)t * j->nh + h) * hd;
+        o[r] = j->out + ((size_t)t * j->nh + h) * hd;
+        for (int d = 0; d < hd; d++) o[r][d] = 0.0f;
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        len[r] = j->pos[t] + 1; /* ascending with r's token */
+    }
+    int last = len[nr - 1];
+    for (int b0 = attn_first(j, len[0]), ra = 0; b0 < last; b0 += ATTN_BLOCK) {
+        while (len[ra] <= b0) ra++; /* rows ra.. have keys in this block */
+        cpu_attn_scores(isa, q + ra, nr - ra, kb + (size_t)b0 * kvd * es, j->bf16, (size_t)kvd,
+                        last - b0 < ATTN_BLOCK ? last - b0 : ATTN_BLOCK, hd, s[ra], ATTN_BLOCK);
+        for (int r = ra; r < nr; r++) {
+            nb[r] = len[r] - b0 < ATTN_BLOCK ? len[r] - b0 : ATTN_BLOCK;
+            float bm = cpu_attn_scale_max(isa, s[r], nb[r], j->scale);
+            if (bm > m[r]) {
+                float f = m[r] == -INFINITY ? 0.0f : expf(m[r] - bm);
+                l[r] *= f;
+                for (int d = 0; d < hd; d++) o[r][d] *= f;
+                m[r] = bm;
+            }
+            cpu_attn_exp(isa, s[r], nb[r], m[r]);
+        }
+        cpu_attn_wsum(isa, o + ra, l + ra, s[ra], ATTN_BLOCK, nb + ra, nr - ra, vb + (size_t)b0 * kvd * es, j->bf16,
+                      (size_t)kvd, hd);
+    }
+    for (int r = 0; r < nr; r++) {
+        float inv = 1.0f / l[r];
+        for (int d = 0; d < hd; d++) o[r][d] *= inv;
+    }
+}
+
+/* Tiles: runs of tokens that continue one sequence's positions with the same
+ * first key (at most ATTN_ROWS / hc tokens) times chunks of hc <= ATTN_ROWS
+ * query heads of one KV head; tile w goes to thread w mod nth. */
 static void attn_task(void *arg, int tid, int nth)
 {
     const struct attn_job *j = arg;
-    int total = j->n * j->nh;
-    for (int w = tid; w < total; w += nth) attn_one(j, w / j->nh, w % j->nh);
+    int per = j->nh / j->nkv, hc = per < ATTN_ROWS ? per : ATTN_ROWS, tmax = ATTN_ROWS / hc, w = 0;
+    for (int t0 = 0, t1; t0 < j->n; t0 = t1) {
+        int first = attn_first(j, j->pos[t0] + 1);
+        for (t1 = t0 + 1; t1 < j->n && t1 - t0 < tmax; t1++)
+            if (j->seq[t1] != j->seq[t0] || j->pos[t1] != j->pos[t1 - 1] + 1 || attn_first(j, j->pos[t1] + 1) != first)
+                break;
+        for (int g = 0; g < j->nkv; g++)
+            for (int c0 = 0; c0 < per; c0 += hc, w++)
+                if (w % nth == tid) attn_tile(j, t0, t1, g * per + c0, g * per + (per - c0 < hc ? per : c0 + hc));
+    }
 }
 
 static enum moe_status cpu_attention(void *ctx, const float *q, const void *kcache, const void *vcache,

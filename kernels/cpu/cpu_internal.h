@@ -25,16 +25,28 @@ void cpu_gemm_nt(enum cpu_isa isa, struct cpu_pool *pool, const float *x, const 
 /* The same dot product as one element of cpu_gemm_nt (F32 operands). */
 float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len);
 
-/* out[i] = cpu_dot(isa, q, k + i * ldk, len) for i = 0..nk-1, bit for bit
- * (several keys in flight at once).  k F32, or BF16 when bf16 (widened exactly
- * as loaded: the result of F32 keys holding the same values); ldk in elements. */
-void cpu_dot_rows(enum cpu_isa isa, const float *q, const void *k, bool bf16, size_t ldk, int nk, int len,
-                  float *out);
+/* Attention's kernels over a tile of rows ((token, head) pairs that read the same
+ * keys and values, kernels/cpu/cpu_backend.c); each row's arithmetic is that of
+ * the row alone, whichever rows share the call.  k and v are F32, or BF16 when
+ * bf16 (widened exactly as loaded: the result of F32 rows holding the same
+ * values); ldk, ldv in elements. */
 
-/* o[d] = o[d] + p[i] * v[i * ldv + d] for i = 0..n-1 in order, d = 0..len-1:
- * a multiply, then an add (never fused), the same rounding on every ISA.  v F32,
- * or BF16 when bf16 (widened exactly); ldv in elements. */
-void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const void *v, bool bf16, size_t ldv, int n,
-                   int len);
+/* s[r * lds + i] = cpu_dot(isa, q[r], k + i * ldk, len), bit for bit, for r < nq, i < nk
+ * (each key row read once for every two queries). */
+void cpu_attn_scores(enum cpu_isa isa, const float *const *q, int nq, const void *k, bool bf16, size_t ldk,
+                     int nk, int len, float *s, size_t lds);
+
+/* s[i] = s[i] * scale for i < n; returns the largest of them (-inf for none; NaNs
+ * skipped).  When that is a zero, its sign is unspecified. */
+float cpu_attn_scale_max(enum cpu_isa isa, float *s, int n, float scale);
+
+/* s[i] = expf(s[i] - m) for i < n. */
+void cpu_attn_exp(enum cpu_isa isa, float *s, int n, float m);
+
+/* For r < no and i = 0..n[r]-1 in order: l[r] = l[r] + p[r * ldp + i] and, for d < len,
+ * o[r][d] = o[r][d] + p[r * ldp + i] * v[i * ldv + d]: a multiply, then an add (never
+ * fused), the same rounding on every ISA (each value row read once for every two rows). */
+void cpu_attn_wsum(enum cpu_isa isa, float *const *o, float *l, const float *p, size_t ldp, const int *n,
+                   int no, const void *v, bool bf16, size_t ldv, int len);
 
 #endif

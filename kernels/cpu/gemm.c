@@ -7,6 +7,7 @@
  * instruction sequence (see cpu_internal.h), whatever the blocking. */
 #include "cpu_internal.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -65,15 +66,19 @@ static void gemm_portable(const float *x, const void *w, bool bf16, const float 
         }
 }
 
-/* cpu_axpy_rows without SIMD: a multiply, then an add (separate statements,
- * so no compiler fuses them). */
-static void axpy_rows_portable(float *o, const float *p, const void *v, bool bf16, size_t ldv, int n, int len)
+/* cpu_attn_wsum of one row without SIMD, keys i0..i1-1, columns d0..len-1 (and
+ * l when l is not NULL): a multiply, then an add (separate statements, compiled
+ * without contraction: never fused). */
+static void wsum_row_portable(float *o, float *l, const float *p, const void *v, bool bf16, size_t ldv, int i0,
+                              int i1, int d0, int len)
 {
-    for (int i = 0; i < n; i++)
-        for (int d = 0; d < len; d++) {
+    for (int i = i0; i < i1; i++) {
+        for (int d = d0; d < len; d++) {
             float t = p[i] * w_at(v, bf16, (size_t)i * ldv + (size_t)d);
             o[d] = o[d] + t;
         }
+        if (l) *l = *l + p[i];
+    }
 }
 
 /* ---- AVX2 + FMA path ------------------------------------------------------- */
@@ -254,73 +259,201 @@ static AVX2_FN void gemv_avx2(const float *x, const void *w, bool bf16, const fl
     }
 }
 
-static AVX2_FN void dot_rows_avx2(const float *q, const void *k, bool bf16, size_t ldk, int nk, int len,
-                                  float *out)
-{
-    size_t es = bf16 ? 2 : 4;
-    int i = 0;
-    for (; nk - i >= 8; i += 8) {
-        const void *ki = (const char *)k + (size_t)i * ldk * es;
-        if (bf16) row8_bf16(q, len, ki, ldk, NULL, out + i);
-        else row8_f32(q, len, ki, ldk, NULL, out + i);
-    }
-    for (; i < nk; i++) {
-        const void *ki = (const char *)k + (size_t)i * ldk * es;
-        if (bf16) block_true(1, 1, q, len, ki, NULL, out + i, 1);
-        else block_false(1, 1, q, len, ki, NULL, out + i, 1);
-    }
-}
+/* ---- attention's tile kernels (AVX2) ---- */
 
-/* NC x 8 columns of o held in registers through all n rows: NC independent
- * add chains in flight.  Each lane does the scalar code's multiply and add
- * (separate instructions: no FMA). */
-AVX2_INLINE void axpy_block(int NC, bool bf16, float *o, const float *p, const void *v, size_t d0, size_t ldv,
-                            int n)
+/* Scores of NQ queries against NK keys (NQ * NK <= 8): each accumulator runs
+ * exactly block_avx2's chain for one output (FMA over len in steps of 8, the tail
+ * zero-padded, hsum8), the NQ * NK chains in flight at once. */
+AVX2_INLINE void scores_block(int NQ, int NK, bool bf16, const float *const *q, int len, const void *k,
+                              size_t ldk, float *s, size_t lds)
 {
     __m256 acc[8];
-    for (int c = 0; c < NC; c++) acc[c] = _mm256_loadu_ps(o + 8 * c);
-    for (int i = 0; i < n; i++) {
-        __m256 pi = _mm256_set1_ps(p[i]);
-        size_t r = (size_t)i * ldv + d0;
-        for (int c = 0; c < NC; c++)
-            acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(pi, load_w8(v, bf16, r + 8 * (size_t)c)));
-    }
-    for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
-}
-
-#define AXPY_CASES(BF)                                                                                  \
-    static AVX2_FN void axpy_##BF(int nc, float *o, const float *p, const void *v, size_t d0, size_t ldv, \
-                                  int n)                                                                \
-    {                                                                                                   \
-        switch (nc) {                                                                                   \
-        case 8: axpy_block(8, BF, o, p, v, d0, ldv, n); break;                                          \
-        case 7: axpy_block(7, BF, o, p, v, d0, ldv, n); break;                                          \
-        case 6: axpy_block(6, BF, o, p, v, d0, ldv, n); break;                                          \
-        case 5: axpy_block(5, BF, o, p, v, d0, ldv, n); break;                                          \
-        case 4: axpy_block(4, BF, o, p, v, d0, ldv, n); break;                                          \
-        case 3: axpy_block(3, BF, o, p, v, d0, ldv, n); break;                                          \
-        case 2: axpy_block(2, BF, o, p, v, d0, ldv, n); break;                                          \
-        default: axpy_block(1, BF, o, p, v, d0, ldv, n); break;                                         \
-        }                                                                                               \
-    }
-AXPY_CASES(false)
-AXPY_CASES(true)
-
-static AVX2_FN void axpy_rows_avx2(float *o, const float *p, const void *v, bool bf16, size_t ldv, int n,
-                                   int len)
-{
-    int d = 0;
-    for (; len - d >= 8; d += 64) {
-        int nc = (len - d) / 8 < 8 ? (len - d) / 8 : 8;
-        if (bf16) axpy_true(nc, o + d, p, v, (size_t)d, ldv, n);
-        else axpy_false(nc, o + d, p, v, (size_t)d, ldv, n);
-        if (nc < 8) {
-            d += 8 * nc;
-            break;
+    for (int a = 0; a < NQ * NK; a++) acc[a] = _mm256_setzero_ps();
+    int k8 = len & ~7;
+    for (int d = 0; d < k8; d += 8) {
+        __m256 qv[2];
+        for (int r = 0; r < NQ; r++) qv[r] = _mm256_loadu_ps(q[r] + d);
+        for (int i = 0; i < NK; i++) {
+            __m256 kv = load_w8(k, bf16, (size_t)i * ldk + (size_t)d);
+            for (int r = 0; r < NQ; r++) acc[r * NK + i] = _mm256_fmadd_ps(qv[r], kv, acc[r * NK + i]);
         }
     }
-    /* the last len % 8 columns */
-    axpy_rows_portable(o + d, p, (const char *)v + (size_t)d * (bf16 ? 2 : 4), bf16, ldv, n, len - d);
+    if (k8 < len) {
+        float qt[2][8], kt[8][8];
+        memset(qt, 0, sizeof(qt));
+        memset(kt, 0, sizeof(kt));
+        for (int t = 0; k8 + t < len; t++) {
+            for (int r = 0; r < NQ; r++) qt[r][t] = q[r][k8 + t];
+            for (int i = 0; i < NK; i++) kt[i][t] = w_at(k, bf16, (size_t)i * ldk + (size_t)(k8 + t));
+        }
+        for (int i = 0; i < NK; i++) {
+            __m256 kv = _mm256_loadu_ps(kt[i]);
+            for (int r = 0; r < NQ; r++)
+                acc[r * NK + i] = _mm256_fmadd_ps(_mm256_loadu_ps(qt[r]), kv, acc[r * NK + i]);
+        }
+    }
+    if (NQ * NK == 8) {
+        float t[8];
+        _mm256_storeu_ps(t, hsum8x8(acc));
+        for (int r = 0; r < NQ; r++)
+            for (int i = 0; i < NK; i++) s[(size_t)r * lds + (size_t)i] = t[r * NK + i];
+        return;
+    }
+    for (int r = 0; r < NQ; r++)
+        for (int i = 0; i < NK; i++) s[(size_t)r * lds + (size_t)i] = hsum8(acc[r * NK + i]);
+}
+
+/* Keys in chunks of 32, so that a chunk stays in L1 while every pair of queries
+ * reads it; two queries by four keys, a last query by eight keys, then single keys. */
+AVX2_INLINE void scores_tile(bool bf16, const float *const *q, int nq, const void *k, size_t ldk, int nk,
+                             int len, float *s, size_t lds)
+{
+    size_t es = bf16 ? 2 : 4;
+    for (int i0 = 0; i0 < nk; i0 += 32) {
+        int i1 = nk - i0 < 32 ? nk : i0 + 32;
+        for (int r = 0; r < nq; r += 2) {
+            int i = i0;
+            float *sr = s + (size_t)r * lds;
+            if (nq - r >= 2) {
+                for (; i1 - i >= 4; i += 4)
+                    scores_block(2, 4, bf16, q + r, len, (const char *)k + (size_t)i * ldk * es, ldk, sr + i, lds);
+                for (; i < i1; i++)
+                    scores_block(2, 1, bf16, q + r, len, (const char *)k + (size_t)i * ldk * es, ldk, sr + i, lds);
+            } else {
+                for (; i1 - i >= 8; i += 8)
+                    scores_block(1, 8, bf16, q + r, len, (const char *)k + (size_t)i * ldk * es, ldk, sr + i, lds);
+                for (; i < i1; i++)
+                    scores_block(1, 1, bf16, q + r, len, (const char *)k + (size_t)i * ldk * es, ldk, sr + i, lds);
+            }
+        }
+    }
+}
+
+static AVX2_FN void scores_f32(const float *const *q, int nq, const void *k, size_t ldk, int nk, int len, float *s,
+                               size_t lds)
+{
+    scores_tile(false, q, nq, k, ldk, nk, len, s, lds);
+}
+
+static AVX2_FN void scores_bf16(const float *const *q, int nq, const void *k, size_t ldk, int nk, int len, float *s,
+                                size_t lds)
+{
+    scores_tile(true, q, nq, k, ldk, nk, len, s, lds);
+}
+
+static AVX2_FN float scale_max_avx2(float *s, int n, float scale)
+{
+    __m256 sc = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; n - i >= 8; i += 8) {
+        __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + i), sc);
+        _mm256_storeu_ps(s + i, x);
+        mx = _mm256_max_ps(x, mx); /* x > mx ? x : mx: a NaN x is skipped */
+    }
+    float t[8], bm = -INFINITY;
+    _mm256_storeu_ps(t, mx);
+    for (int a = 0; a < 8; a++)
+        if (t[a] > bm) bm = t[a];
+    for (; i < n; i++) {
+        s[i] *= scale;
+        if (s[i] > bm) bm = s[i];
+    }
+    return bm;
+}
+
+/* Columns d0 .. d0 + 8 * NC - 1 of NO rows (NO <= 2, NC <= 6) held in
+ * registers through keys i0..i1-1: NO * NC independent add chains.  Each lane
+ * does the scalar code's multiply and add (separate instructions: no FMA); with
+ * WL, the rows' l as well (one pass of a row sums it). */
+AVX2_INLINE void wsum_block(int NO, int NC, bool WL, bool bf16, float *const *o, float *l, const float *p,
+                            size_t ldp, const void *v, size_t ldv, int i0, int i1, int d0)
+{
+    __m256 acc[2][6];
+    float ls[2] = { 0, 0 };
+    for (int r = 0; r < NO; r++) {
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm256_loadu_ps(o[r] + d0 + 8 * c);
+        if (WL) ls[r] = l[r];
+    }
+    for (int i = i0; i < i1; i++) {
+        size_t rv = (size_t)i * ldv + (size_t)d0;
+        __m256 pi[2];
+        for (int r = 0; r < NO; r++) pi[r] = _mm256_set1_ps(p[(size_t)r * ldp + (size_t)i]);
+        for (int c = 0; c < NC; c++) {
+            __m256 vv = load_w8(v, bf16, rv + 8 * (size_t)c);
+            for (int r = 0; r < NO; r++) acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_mul_ps(pi[r], vv));
+        }
+        if (WL)
+            for (int r = 0; r < NO; r++) ls[r] = ls[r] + p[(size_t)r * ldp + (size_t)i];
+    }
+    for (int r = 0; r < NO; r++) {
+        for (int c = 0; c < NC; c++) _mm256_storeu_ps(o[r] + d0 + 8 * c, acc[r][c]);
+        if (WL) l[r] = ls[r];
+    }
+}
+
+#define WSUM_PASS(NO, NC, WL, BF) wsum_block(NO, NC, WL, BF, o, l, p, ldp, v, ldv, i0, i1, d0)
+#define WSUM_SWITCH(NO, WL, BF)                                                            \
+    switch (nc) {                                                                          \
+    case 6: WSUM_PASS(NO, 6, WL, BF); break;                                               \
+    case 5: WSUM_PASS(NO, 5, WL, BF); break;                                               \
+    case 4: WSUM_PASS(NO, 4, WL, BF); break;                                               \
+    case 3: WSUM_PASS(NO, 3, WL, BF); break;                                               \
+    case 2: WSUM_PASS(NO, 2, WL, BF); break;                                               \
+    default: WSUM_PASS(NO, 1, WL, BF); break;                                              \
+    }
+#define WSUM_CASES(NO, BF)                                                                 \
+    static AVX2_FN void wsum_##NO##_##BF(int nc, bool wl, float *const *o, float *l, const float *p, \
+                                         size_t ldp, const void *v, size_t ldv, int i0, int i1, int d0) \
+    {                                                                                      \
+        if (wl) {                                                                          \
+            WSUM_SWITCH(NO, true, BF)                                                      \
+        } else {                                                                           \
+            WSUM_SWITCH(NO, false, BF)                                                     \
+        }                                                                                  \
+    }
+WSUM_CASES(1, false)
+WSUM_CASES(1, true)
+WSUM_CASES(2, false)
+WSUM_CASES(2, true)
+
+/* Keys i0..i1-1 of NO rows (p and o of row r at p + r * ldp, o[r]): columns in
+ * passes of up to 6 registers a row, l summed in the first, the last len % 8
+ * columns row by row in scalar code. */
+static AVX2_FN void wsum_rows_avx2(int NO, bool bf16, float *const *o, float *l, const float *p, size_t ldp,
+                                   const void *v, size_t ldv, int len, int i0, int i1)
+{
+    int d = 0;
+    for (; len - d >= 8;) {
+        int nc = (len - d) / 8 < 6 ? (len - d) / 8 : 6;
+        if (NO == 2) {
+            if (bf16) wsum_2_true(nc, d == 0, o, l, p, ldp, v, ldv, i0, i1, d);
+            else wsum_2_false(nc, d == 0, o, l, p, ldp, v, ldv, i0, i1, d);
+        } else {
+            if (bf16) wsum_1_true(nc, d == 0, o, l, p, ldp, v, ldv, i0, i1, d);
+            else wsum_1_false(nc, d == 0, o, l, p, ldp, v, ldv, i0, i1, d);
+        }
+        d += 8 * nc;
+    }
+    if (d < len || d == 0)
+        for (int r = 0; r < NO; r++)
+            wsum_row_portable(o[r], d == 0 ? l + r : NULL, p + (size_t)r * ldp, v, bf16, ldv, i0, i1, d, len);
+}
+
+/* Rows in pairs over the keys both have, then each row's own last keys alone. */
+static AVX2_FN void wsum_avx2(float *const *o, float *l, const float *p, size_t ldp, const int *n, int no,
+                              const void *v, bool bf16, size_t ldv, int len)
+{
+    int r = 0;
+    for (; no - r >= 2; r += 2) {
+        int both = n[r] < n[r + 1] ? n[r] : n[r + 1];
+        const float *pr = p + (size_t)r * ldp;
+        wsum_rows_avx2(2, bf16, o + r, l + r, pr, ldp, v, ldv, len, 0, both);
+        for (int a = 0; a < 2; a++)
+            if (n[r + a] > both)
+                wsum_rows_avx2(1, bf16, o + r + a, l + r + a, pr + (size_t)a * ldp, ldp, v, ldv, len, both,
+                               n[r + a]);
+    }
+    if (r < no) wsum_rows_avx2(1, bf16, o + r, l + r, p + (size_t)r * ldp, ldp, v, ldv, len, 0, n[r]);
 }
 
 static AVX2_FN float dot_avx2(const float *a, const float *b, int len)
@@ -392,28 +525,51 @@ float cpu_dot(enum cpu_isa isa, const float *a, const float *b, int len)
     return dot_portable(a, b, false, len);
 }
 
-void cpu_dot_rows(enum cpu_isa isa, const float *q, const void *k, bool bf16, size_t ldk, int nk, int len,
-                  float *out)
+void cpu_attn_scores(enum cpu_isa isa, const float *const *q, int nq, const void *k, bool bf16, size_t ldk,
+                     int nk, int len, float *s, size_t lds)
 {
 #ifdef MOE_HAVE_X86
     if (isa == CPU_ISA_AVX2) {
-        dot_rows_avx2(q, k, bf16, ldk, nk, len, out);
+        if (bf16) scores_bf16(q, nq, k, ldk, nk, len, s, lds);
+        else scores_f32(q, nq, k, ldk, nk, len, s, lds);
         return;
     }
 #endif
-    for (int i = 0; i < nk; i++) out[i] = dot_portable(q, (const char *)k + (size_t)i * ldk * (bf16 ? 2 : 4), bf16, len);
+    size_t es = bf16 ? 2 : 4;
+    for (int r = 0; r < nq; r++)
+        for (int i = 0; i < nk; i++)
+            s[(size_t)r * lds + (size_t)i] = dot_portable(q[r], (const char *)k + (size_t)i * ldk * es, bf16, len);
 }
 
-void cpu_axpy_rows(enum cpu_isa isa, float *o, const float *p, const void *v, bool bf16, size_t ldv, int n,
-                   int len)
+float cpu_attn_scale_max(enum cpu_isa isa, float *s, int n, float scale)
+{
+#ifdef MOE_HAVE_X86
+    if (isa == CPU_ISA_AVX2) return scale_max_avx2(s, n, scale);
+#endif
+    float bm = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        s[i] *= scale;
+        if (s[i] > bm) bm = s[i];
+    }
+    return bm;
+}
+
+void cpu_attn_exp(enum cpu_isa isa, float *s, int n, float m)
+{
+    (void)isa;
+    for (int i = 0; i < n; i++) s[i] = expf(s[i] - m);
+}
+
+void cpu_attn_wsum(enum cpu_isa isa, float *const *o, float *l, const float *p, size_t ldp, const int *n,
+                   int no, const void *v, bool bf16, size_t ldv, int len)
 {
 #ifdef MOE_HAVE_X86
     if (isa == CPU_ISA_AVX2) {
-        axpy_rows_avx2(o, p, v, bf16, ldv, n, len);
+        wsum_avx2(o, l, p, ldp, n, no, v, bf16, ldv, len);
         return;
     }
 #endif
-    axpy_rows_portable(o, p, v, bf16, ldv, n, len);
+    for (int r = 0; r < no; r++) wsum_row_portable(o[r], l + r, p + (size_t)r * ldp, v, bf16, ldv, 0, n[r], 0, len);
 }
 
 struct gemm_job {

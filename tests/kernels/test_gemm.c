@@ -1,8 +1,9 @@
 /* The CPU backend's deterministic GEMM: values against a double-precision
  * naive loop (F32 and BF16 weights, with and without bias, odd sizes), and
  * bit-identity of every row whatever the number of rows in the call, the
- * row's place, the column range and the thread count; attention's weighted
- * sum (cpu_axpy_rows) bit for bit against its scalar loop. */
+ * row's place, the column range and the thread count; attention's scores
+ * (cpu_attn_scores) bit for bit against cpu_dot and its weighted sum
+ * (cpu_attn_wsum) against its scalar loop, for tiles of 1 to 5 rows. */
 #include "kernels/cpu/cpu_internal.h"
 #include "tests/test_util.h"
 
@@ -114,31 +115,70 @@ int main(void)
         check_invariance(isas[s], p1, p3, 4096, 9, true); /* the widest panel widened to F32 */
         check_invariance(isas[s], p1, p3, 4100, 9, true); /* wider: read as BF16 */
     }
-    /* cpu_axpy_rows: the multiply-then-add loop, bit for bit on every ISA
-     * (lengths with a partial block of columns, several blocks and a tail) */
-    static const int lens[] = { 45, 72, 131 };
-    for (size_t li = 0; li < MOE_ARRAY_LEN(lens); li++) {
-        enum { N = 37, LD = 140, MAXLEN = 131 };
-        int len = lens[li];
-        float p[N], v[N * LD], o[2][MAXLEN + 1], ref[MAXLEN];
-        for (int i = 0; i < N; i++) p[i] = frand();
-        for (int i = 0; i < N * LD; i++) v[i] = frand();
-        for (int d = 0; d < len; d++) ref[d] = frand();
-        for (int s = 0; s < nisa; s++) {
-            memcpy(o[s], ref, sizeof(float) * (size_t)len);
-            o[s][len] = 12345.0f;
-            cpu_axpy_rows(isas[s], o[s], p, v, false, LD, N, len);
-            CHECK(o[s][len] == 12345.0f, "axpy_rows wrote past len %d", len);
-        }
-        for (int i = 0; i < N; i++)
-            for (int d = 0; d < len; d++) {
-                volatile float t = p[i] * v[i * LD + d];
-                ref[d] = ref[d] + t;
+    /* cpu_attn_wsum: the multiply-then-add loop and the sum of the weights, bit for bit on every ISA,
+     * for 1 to 5 rows of different key counts (lengths with a partial block of columns, several
+     * blocks and a tail, one under 8) */
+    static const int lens[] = { 5, 45, 72, 131 };
+    for (size_t li = 0; li < MOE_ARRAY_LEN(lens); li++)
+        for (int no = 1; no <= 5; no++) {
+            enum { N = 37, LD = 140, MAXLEN = 131, R = 5 };
+            int len = lens[li], n[R];
+            float p[R * N], v[N * LD], o[2][R][MAXLEN + 1], l[2][R], ref[R][MAXLEN], lref[R];
+            float *op[R];
+            for (int i = 0; i < R * N; i++) p[i] = frand();
+            for (int i = 0; i < N * LD; i++) v[i] = frand();
+            for (int r = 0; r < R; r++) {
+                n[r] = N - (r * 7) % 11; /* pairs of unequal lengths */
+                lref[r] = frand();
+                for (int d = 0; d < len; d++) ref[r][d] = frand();
             }
-        for (int s = 0; s < nisa; s++)
-            CHECK(!memcmp(o[s], ref, sizeof(float) * (size_t)len), "%s axpy_rows (len %d) differs from "
-                  "the scalar loop", cpu_isa_name(isas[s]), len);
-    }
+            for (int s = 0; s < nisa; s++) {
+                for (int r = 0; r < no; r++) {
+                    memcpy(o[s][r], ref[r], sizeof(float) * (size_t)len);
+                    o[s][r][len] = 12345.0f;
+                    l[s][r] = lref[r];
+                    op[r] = o[s][r];
+                }
+                cpu_attn_wsum(isas[s], op, l[s], p, N, n, no, v, false, LD, len);
+                for (int r = 0; r < no; r++) CHECK(o[s][r][len] == 12345.0f, "attn_wsum wrote past len %d", len);
+            }
+            for (int r = 0; r < no; r++)
+                for (int i = 0; i < n[r]; i++) {
+                    lref[r] = lref[r] + p[r * N + i];
+                    for (int d = 0; d < len; d++) {
+                        volatile float t = p[r * N + i] * v[i * LD + d];
+                        ref[r][d] = ref[r][d] + t;
+                    }
+                }
+            for (int s = 0; s < nisa; s++)
+                for (int r = 0; r < no; r++)
+                    CHECK(!memcmp(o[s][r], ref[r], sizeof(float) * (size_t)len) && !memcmp(&l[s][r], &lref[r], 4),
+                          "%s attn_wsum (len %d, row %d of %d) differs from the scalar loop", cpu_isa_name(isas[s]),
+                          len, r, no);
+        }
+    /* cpu_attn_scores: cpu_dot of every query and key, for 1 to 5 queries (pairs and a last one)
+     * and 37 keys (blocks of 4 and 8, single keys) of 45 and 48 columns */
+    for (int s = 0; s < nisa; s++)
+        for (int w = 45; w <= 48; w += 3)
+            for (int nq = 1; nq <= 5; nq++) {
+                enum { NK = 37, LDK = 50 };
+                float qs[5][48], k[NK * LDK], sc[5 * 40];
+                const float *qp[5];
+                for (int r = 0; r < nq; r++) {
+                    for (int d = 0; d < w; d++) qs[r][d] = frand();
+                    qp[r] = qs[r];
+                }
+                for (int i = 0; i < NK * LDK; i++) k[i] = frand();
+                cpu_attn_scores(isas[s], qp, nq, k, false, LDK, NK, w, sc, 40);
+                int bad = 0;
+                for (int r = 0; r < nq; r++)
+                    for (int i = 0; i < NK; i++) {
+                        float want = cpu_dot(isas[s], qs[r], k + i * LDK, w);
+                        bad += memcmp(&want, &sc[r * 40 + i], 4) != 0;
+                    }
+                CHECK(bad == 0, "%s attn_scores (%d queries, %d columns): %d scores differ from cpu_dot",
+                      cpu_isa_name(isas[s]), nq, w, bad);
+            }
     /* cpu_dot is one element of the GEMM */
     for (int s = 0; s < nisa; s++) {
         float a[45], bb[45], y;
@@ -147,20 +187,25 @@ int main(void)
         float d = cpu_dot(isas[s], a, bb, 45);
         CHECK(memcmp(&d, &y, sizeof(float)) == 0, "cpu_dot %g != gemm %g", d, y);
     }
-    /* BF16 rows (a BF16 KV cache): dot_rows and axpy_rows give the bits of F32 rows holding the same
-     * values, on every ISA (12 rows: a block of 8 and single rows; 45 columns: blocks and a tail) */
+    /* BF16 rows (a BF16 KV cache): attn_scores and attn_wsum give the bits of F32 rows holding the
+     * same values, on every ISA (3 queries: a pair and one; 12 keys; 45 columns: blocks and a tail) */
     for (int s = 0; s < nisa; s++) {
         enum { NR = 12, W = 45, LDR = 48 };
-        float q[W], vf[NR * LDR], pr[NR], d32[NR], d16[NR], o32[W], o16[W];
+        float q[3][W], vf[NR * LDR], pr[2 * NR], d32[3 * NR], d16[3 * NR], o32[2][W], o16[2][W], l32[2] = { 0 },
+              l16[2] = { 0 };
+        const float *qp[3] = { q[0], q[1], q[2] };
+        float *op32[2] = { o32[0], o32[1] }, *op16[2] = { o16[0], o16[1] };
+        int nn[2] = { NR, NR - 3 };
         uint16_t vb[NR * LDR];
-        for (int i = 0; i < W; i++) q[i] = frand(), o32[i] = o16[i] = frand();
-        for (int i = 0; i < NR; i++) pr[i] = frand();
+        for (int i = 0; i < W; i++) q[0][i] = frand(), q[1][i] = frand(), q[2][i] = frand();
+        for (int i = 0; i < W; i++) o32[0][i] = o16[0][i] = frand(), o32[1][i] = o16[1][i] = frand();
+        for (int i = 0; i < 2 * NR; i++) pr[i] = frand();
         for (int i = 0; i < NR * LDR; i++) vb[i] = moe_f32_to_bf16(frand()), vf[i] = moe_bf16_to_f32(vb[i]);
-        cpu_dot_rows(isas[s], q, vf, false, LDR, NR, W, d32);
-        cpu_dot_rows(isas[s], q, vb, true, LDR, NR, W, d16);
-        cpu_axpy_rows(isas[s], o32, pr, vf, false, LDR, NR, W);
-        cpu_axpy_rows(isas[s], o16, pr, vb, true, LDR, NR, W);
-        CHECK(!memcmp(d32, d16, sizeof(d32)) && !memcmp(o32, o16, sizeof(o32)),
+        cpu_attn_scores(isas[s], qp, 3, vf, false, LDR, NR, W, d32, NR);
+        cpu_attn_scores(isas[s], qp, 3, vb, true, LDR, NR, W, d16, NR);
+        cpu_attn_wsum(isas[s], op32, l32, pr, NR, nn, 2, vf, false, LDR, W);
+        cpu_attn_wsum(isas[s], op16, l16, pr, NR, nn, 2, vb, true, LDR, W);
+        CHECK(!memcmp(d32, d16, sizeof(d32)) && !memcmp(o32, o16, sizeof(o32)) && !memcmp(l32, l16, sizeof(l32)),
               "%s: BF16 rows differ from F32 rows of the same values", cpu_isa_name(isas[s]));
     }
     cpu_pool_destroy(p1);

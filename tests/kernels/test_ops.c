@@ -1,7 +1,9 @@
 /* CPU backend ops through the backend table, each against a naive loop in
  * double precision; attention and the expert op also for bit-identity across
- * batch composition, chunking and thread count. */
+ * batch composition, chunking and thread count, attention also bit for bit
+ * against its per-row order of operations written out in scalar code. */
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_internal.h"
 #include "tests/test_util.h"
 
 #include <math.h>
@@ -196,10 +198,114 @@ static void test_attention_dt(struct moe_backend *be, struct moe_backend *be3, e
     free(kc), free(vc), free(kf), free(vf), free(k), free(v), free(q), free(out), free(one), free(ref), free(out3);
 }
 
+/* One row of attention in the order cpu_attention documents (kernels/cpu/cpu_backend.c), scalar:
+ * blocks of 128 keys from the row's first, the GEMM's dot product, a running maximum, expf, l and
+ * the weighted sum in key order (multiply, then add).  kf, vf: the cache as F32. */
+static void attn_row_order(enum cpu_isa isa, const float *q, const float *kf, const float *vf, int kvd, int len,
+                           int first, int hd, float scale, float *o)
+{
+    float s[128], m = -INFINITY, l = 0.0f;
+    for (int d = 0; d < hd; d++) o[d] = 0.0f;
+    for (int b0 = first; b0 < len; b0 += 128) {
+        int nb = len - b0 < 128 ? len - b0 : 128;
+        float bm = -INFINITY;
+        for (int i = 0; i < nb; i++) {
+            s[i] = cpu_dot(isa, q, kf + (size_t)(b0 + i) * kvd, hd) * scale;
+            if (s[i] > bm) bm = s[i];
+        }
+        if (bm > m) {
+            float r = m == -INFINITY ? 0.0f : expf(m - bm);
+            l *= r;
+            for (int d = 0; d < hd; d++) o[d] *= r;
+            m = bm;
+        }
+        for (int i = 0; i < nb; i++) {
+            s[i] = expf(s[i] - m);
+            l = l + s[i];
+            for (int d = 0; d < hd; d++) {
+                volatile float t = s[i] * vf[(size_t)(b0 + i) * kvd + d];
+                o[d] = o[d] + t;
+            }
+        }
+    }
+    float inv = 1.0f / l;
+    for (int d = 0; d < hd; d++) o[d] *= inv;
+}
+
+/* Attention gives every row the bits of its order of operations written out row by row,
+ * whichever rows share a call: head groups of 1 to 12 query heads (over one tile's 8),
+ * head sizes with and without a partial block of 8, windows, a long prefill (blocks of
+ * 128 keys), chunks, decode rows of several sequences, a repeated and an out-of-order
+ * position, scores that overflow to infinities and NaNs; one and three threads, F32 and
+ * BF16 caches (equal bits: NaNs of any payload). */
+static void test_attention_order(struct moe_backend *be, struct moe_backend *be3)
+{
+    static const int shapes[][3] = { { 4, 2, 48 }, { 6, 2, 45 }, { 3, 1, 20 }, { 12, 1, 16 }, { 2, 2, 8 }, { 4, 4, 5 } };
+    enum { CTX = 300, SEQS = 3, N = 300 + 12 + 6 + 4 };
+    enum cpu_isa isa = cpu_isa_detect();
+    int32_t seq[N], pos[N], n = 0;
+    for (int i = 0; i < 300; i++) seq[n] = 0, pos[n] = i, n++;             /* a prefill */
+    for (int i = 0; i < 12; i++) seq[n] = 1, pos[n] = 140 + i, n++;       /* a chunk over block 2's start */
+    for (int i = 0; i < 6; i++) seq[n] = i % 3, pos[n] = 150 + 25 * i, n++; /* decode rows of 3 sequences */
+    seq[n] = 2, pos[n] = 7, n++, seq[n] = 2, pos[n] = 7, n++;             /* a position twice */
+    seq[n] = 2, pos[n] = 9, n++, seq[n] = 2, pos[n] = 8, n++;             /* descending */
+    for (size_t sh = 0; sh < MOE_ARRAY_LEN(shapes); sh++)
+        for (int bf = 0; bf < 2; bf++) {
+            int nh = shapes[sh][0], nkv = shapes[sh][1], hd = shapes[sh][2], kvd = nkv * hd;
+            enum moe_dtype cdt = bf ? MOE_DT_BF16 : MOE_DT_F32;
+            size_t cells = (size_t)SEQS * CTX * kvd, qn = (size_t)N * nh * hd;
+            float *kf = malloc(sizeof(float) * cells), *vf = malloc(sizeof(float) * cells);
+            void *kc = malloc(cells * 4), *vc = malloc(cells * 4);
+            float *q = malloc(sizeof(float) * qn), *out = malloc(sizeof(float) * qn), *out3 = malloc(sizeof(float) * qn);
+            float *want = malloc(sizeof(float) * qn);
+            fill(kf, cells);
+            fill(vf, cells);
+            fill(q, qn);
+            for (size_t i = 0; i < qn; i++) q[i] *= 4.0f;
+            for (int d = 0; d < hd; d++) {
+                q[(size_t)5 * nh * hd + d] = 1e30f;                          /* scores of +-inf */
+                q[((size_t)301 * nh + nh - 1) * hd + d] = d & 1 ? INFINITY : 1.0f; /* inf - inf: NaN scores */
+            }
+            kf[(size_t)(2 * CTX + 8) * kvd] = INFINITY;                      /* a key of sequence 2 */
+            for (size_t i = 0; i < cells; i++) {
+                if (bf) {
+                    ((uint16_t *)kc)[i] = moe_f32_to_bf16(kf[i]), kf[i] = moe_bf16_to_f32(((uint16_t *)kc)[i]);
+                    ((uint16_t *)vc)[i] = moe_f32_to_bf16(vf[i]), vf[i] = moe_bf16_to_f32(((uint16_t *)vc)[i]);
+                } else {
+                    ((float *)kc)[i] = kf[i], ((float *)vc)[i] = vf[i];
+                }
+            }
+            for (int w = 0; w < 3; w++) {
+                int window = w == 0 ? 0 : w == 1 ? 3 : 130;
+                float scale = 1.0f / sqrtf((float)hd);
+                for (int t = 0; t < n; t++)
+                    for (int h = 0; h < nh; h++) {
+                        int len = pos[t] + 1, first = window > 0 && len > window ? len - window : 0;
+                        size_t base = (size_t)seq[t] * CTX * kvd + (size_t)(h / (nh / nkv)) * hd;
+                        attn_row_order(isa, q + ((size_t)t * nh + h) * hd, kf + base, vf + base, kvd, len, first,
+                                       hd, scale, want + ((size_t)t * nh + h) * hd);
+                    }
+                OK(be->ops->attention(be->ctx, q, kc, vc, cdt, seq, pos, n, nh, nkv, hd, CTX, window, scale, out));
+                OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, n, nh, nkv, hd, CTX, window, scale, out3));
+                int bad = 0, bad3 = 0, nans = 0;
+                for (size_t i = 0; i < qn; i++) {
+                    nans += isnan(want[i]);
+                    bad += memcmp(&out[i], &want[i], 4) && !(isnan(out[i]) && isnan(want[i]));
+                    bad3 += memcmp(&out3[i], &want[i], 4) && !(isnan(out3[i]) && isnan(want[i]));
+                }
+                CHECK(bad == 0 && bad3 == 0 && nans > 0,
+                      "attention nh %d nkv %d hd %d window %d %s: %d / %d values (1 / 3 threads) differ from "
+                      "the per-row order (%d NaNs)", nh, nkv, hd, window, moe_dtype_name(cdt), bad, bad3, nans);
+            }
+            free(kf), free(vf), free(kc), free(vc), free(q), free(out), free(out3), free(want);
+        }
+}
+
 static void test_attention(struct moe_backend *be, struct moe_backend *be3)
 {
     test_attention_dt(be, be3, MOE_DT_F32);
     test_attention_dt(be, be3, MOE_DT_BF16);
+    test_attention_order(be, be3);
     float x[4] = { 0 }, c[4];
     int32_t z = 0;
     CHECK(be->ops->kv_store(be->ctx, x, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 4) == MOE_ENOTSUP &&

@@ -40,8 +40,10 @@ void cpu_attn_scores(enum cpu_isa isa, const float *const *q, int nq, const void
  * skipped).  When that is a zero, its sign is unspecified. */
 float cpu_attn_scale_max(enum cpu_isa isa, float *s, int n, float scale);
 
-/* s[i] = expf(s[i] - m) for i < n. */
+/* s[i] = expf(s[i] - m) for i < n, bit for bit (on AVX2, eight at a time where
+ * cpu_attn_exp_vectorized: this process's expf is the one the vector code copies). */
 void cpu_attn_exp(enum cpu_isa isa, float *s, int n, float m);
+bool cpu_attn_exp_vectorized(enum cpu_isa isa);
 
 /* For r < no and i = 0..n[r]-1 in order: l[r] = l[r] + p[r * ldp + i] and, for d < len,
  * o[r][d] = o[r][d] + p[r * ldp + i] * v[i * ldv + d]: a multiply, then an add (never

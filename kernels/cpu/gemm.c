@@ -8,6 +8,7 @@
 #include "cpu_internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -361,6 +362,101 @@ static AVX2_FN float scale_max_avx2(float *s, int n, float scale)
     return bm;
 }
 
+/* expf of glibc (2.27 and later) on x86-64 with FMA, four lanes at a time, for
+ * |x| < 88: the same double-precision steps (k = round(x * 32 / ln 2) by the
+ * shift, r = x * 32 / ln 2 - k fused, 2^(k / 32) from a table of 2^(i / 32),
+ * a degree-3 polynomial in r, its multiply-adds fused) and the same constants,
+ * so the same bits.  exp_table[i] = the double nearest 2^(i / 32), less i << 47. */
+static const uint64_t exp_table[32] = {
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51, 0x3fef72b83c7d517b,
+    0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1, 0x3fef06fe0a31b715, 0x3feef1a7373aa9cb,
+    0x3feedea64c123422, 0x3feece086061892d, 0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429,
+    0x3feea47eb03a5585, 0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74, 0x3feea11473eb0187, 0x3feea589994cce13,
+    0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d, 0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069, 0x3fef5818dcfba487, 0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da, 0x3fefd0765b6e4540,
+};
+
+AVX2_INLINE __m128 exp4_avx2(__m128 x)
+{
+    const __m256d scale = _mm256_set1_pd(0x1.71547652b82fep+0 * 32), shift = _mm256_set1_pd(0x1.8p+52);
+    __m256d xd = _mm256_cvtps_pd(x);
+    __m256d kd = _mm256_fmadd_pd(scale, xd, shift);
+    __m256i ki = _mm256_castpd_si256(kd);
+    kd = _mm256_sub_pd(kd, shift);
+    __m256d r = _mm256_fmsub_pd(scale, xd, kd);
+    __m256i t = _mm256_i64gather_epi64((const long long *)exp_table, _mm256_and_si256(ki, _mm256_set1_epi64x(31)), 8);
+    t = _mm256_add_epi64(t, _mm256_slli_epi64(ki, 47));
+    __m256d z = _mm256_fmadd_pd(r, _mm256_set1_pd(0x1.c6af84b912394p-20), _mm256_set1_pd(0x1.ebfce50fac4f3p-13));
+    __m256d r2 = _mm256_mul_pd(r, r);
+    __m256d y = _mm256_fmadd_pd(r, _mm256_set1_pd(0x1.62e42ff0c52d6p-6), _mm256_set1_pd(1.0));
+    y = _mm256_fmadd_pd(z, r2, y);
+    return _mm256_cvtpd_ps(_mm256_mul_pd(y, _mm256_castsi256_pd(t)));
+}
+
+/* expf(x) of eight lanes; lanes with |x| >= 88 or NaN, which libm treats apart,
+ * call expf itself. */
+AVX2_INLINE __m256 exp8_avx2(__m256 x)
+{
+    __m256 y = _mm256_set_m128(exp4_avx2(_mm256_extractf128_ps(x, 1)), exp4_avx2(_mm256_castps256_ps128(x)));
+    __m256i big = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x42afffff)); /* |x| >= 88.0f */
+    int mask = _mm256_movemask_ps(_mm256_castsi256_ps(big));
+    if (mask) {
+        float xs[8], ys[8];
+        _mm256_storeu_ps(xs, x);
+        _mm256_storeu_ps(ys, y);
+        for (; mask; mask &= mask - 1) ys[__builtin_ctz(mask)] = expf(xs[__builtin_ctz(mask)]);
+        y = _mm256_loadu_ps(ys);
+    }
+    return y;
+}
+
+/* s[i] = expf(s[i] - m), eight at a time, the tail in a zero-padded block. */
+static AVX2_FN void exp_avx2(float *s, int n, float m)
+{
+    __m256 mv = _mm256_set1_ps(m);
+    int i = 0;
+    for (; n - i >= 8; i += 8) _mm256_storeu_ps(s + i, exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + i), mv)));
+    if (i < n) {
+        float t[8] = { 0 };
+        memcpy(t, s + i, sizeof(float) * (size_t)(n - i));
+        _mm256_storeu_ps(t, exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(t), mv)));
+        memcpy(s + i, t, sizeof(float) * (size_t)(n - i));
+    }
+}
+
+/* Inputs that tell the expf exp4_avx2 copies from other implementations: one on
+ * which glibc built without FMA differs from it, several it rounds away from the
+ * float nearest the exact value (where a correctly rounded expf differs), and
+ * special values. */
+static const float exp_probe[] = { -0x1.f8cbb2p+5f, -0x1.333986p-2f, -0x1.b333ep+0f, -0x1.46768ep+2f,
+                                   -0x1.a9ad12p+3f, -0x1.de6a3ep+4f, -0x1.780182p+5f, -0x1.18db02p+6f,
+                                   -0x1.5a1284p+6f, -0x1.0b80bcp-12f, -0x1.e1c454p-12f, -0x1.f90fcap-9f,
+                                   -0x1.0bb1eap-7f, -0.0f, 0.0f, -0x1p-149f, 0x1.62e42ep6f, -87.99f };
+
+/* Does exp_avx2 give this process's expf?  It is glibc's expf on x86-64 with FMA
+ * (checked on every input: `MOEFLOW_TEST_EXP_ALL=1 test_kernels_gemm`); another libm
+ * (or glibc told not to use FMA) keeps calling expf. */
+static bool exp_vec_ok;
+static pthread_once_t exp_vec_once = PTHREAD_ONCE_INIT;
+
+static AVX2_FN void exp_vec_check(void)
+{
+    enum { NP = MOE_ARRAY_LEN(exp_probe), NS = 1024 };
+    float x[NP + NS], y[NP + NS];
+    memcpy(x, exp_probe, sizeof(exp_probe));
+    for (int i = 0; i < NS; i++) x[NP + i] = -104.0f * (float)i / NS - 1e-3f * (float)(i % 7); /* a sweep */
+    memcpy(y, x, sizeof(x));
+    exp_avx2(y, NP + NS, 0.0f);
+    bool ok = true;
+    for (int i = 0; i < NP + NS; i++) {
+        float e = expf(x[i]);
+        ok &= !memcmp(&e, &y[i], sizeof(float));
+    }
+    exp_vec_ok = ok;
+}
+
 /* Columns d0 .. d0 + 8 * NC - 1 of NO rows (NO <= 2, NC <= 6) held in
  * registers through keys i0..i1-1: NO * NC independent add chains.  Each lane
  * does the scalar code's multiply and add (separate instructions: no FMA); with
@@ -554,9 +650,25 @@ float cpu_attn_scale_max(enum cpu_isa isa, float *s, int n, float scale)
     return bm;
 }
 
+bool cpu_attn_exp_vectorized(enum cpu_isa isa)
+{
+#ifdef MOE_HAVE_X86
+    if (isa == CPU_ISA_AVX2) {
+        pthread_once(&exp_vec_once, exp_vec_check);
+        return exp_vec_ok;
+    }
+#endif
+    return false;
+}
+
 void cpu_attn_exp(enum cpu_isa isa, float *s, int n, float m)
 {
-    (void)isa;
+#ifdef MOE_HAVE_X86
+    if (cpu_attn_exp_vectorized(isa)) {
+        exp_avx2(s, n, m);
+        return;
+    }
+#endif
     for (int i = 0; i < n; i++) s[i] = expf(s[i] - m);
 }
 

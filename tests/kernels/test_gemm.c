@@ -2,12 +2,17 @@
  * naive loop (F32 and BF16 weights, with and without bias, odd sizes), and
  * bit-identity of every row whatever the number of rows in the call, the
  * row's place, the column range and the thread count; attention's scores
- * (cpu_attn_scores) bit for bit against cpu_dot and its weighted sum
- * (cpu_attn_wsum) against its scalar loop, for tiles of 1 to 5 rows. */
+ * (cpu_attn_scores) bit for bit against cpu_dot, its weighted sum
+ * (cpu_attn_wsum) against its scalar loop, for tiles of 1 to 5 rows, and its
+ * exponentials (cpu_attn_exp) against expf on a sample of every float (all of
+ * them with MOEFLOW_TEST_EXP_ALL=1: about a minute). */
 #include "kernels/cpu/cpu_internal.h"
 #include "tests/test_util.h"
 
 #include <math.h>
+#ifdef __GLIBC__
+#include <gnu/libc-version.h>
+#endif
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void)
@@ -89,6 +94,43 @@ static void check_invariance(enum cpu_isa isa, struct cpu_pool *p1, struct cpu_p
     CHECK(bad == 0, "%s in=%d out=%d bf16=%d: %d calls not bit-identical to rows computed alone",
           cpu_isa_name(isa), in, out, bf16, bad);
     free(x), free(wf), free(wb), free(b), free(alone), free(y);
+}
+
+/* cpu_attn_exp(x - m) against expf(x - m) bit for bit, for x of every bit pattern 0, step, 2 * step,
+ * ... (blocks of 1001: a tail of 1) and some m (m = 0 for step 1: every float); on glibc 2.27 or later with AVX2 + FMA its eight-wide
+ * path must be the one in use. */
+static void check_exp(enum cpu_isa isa, uint64_t step)
+{
+    enum { B = 1001 };
+    static const float ms[] = { 0.0f, 3.5f, -0x1.8p-3f };
+    float x[B], y[B];
+    uint64_t bad = 0, n = 0;
+    for (uint64_t u = 0; u <= 0xffffffffu;) {
+        int k = 0;
+        for (; k < B && u <= 0xffffffffu; k++, u += step) {
+            uint32_t b = (uint32_t)u;
+            memcpy(&x[k], &b, 4);
+        }
+        float m = step == 1 ? 0.0f : ms[n % MOE_ARRAY_LEN(ms)];
+        memcpy(y, x, sizeof(float) * (size_t)k);
+        cpu_attn_exp(isa, y, k, m);
+        for (int i = 0; i < k; i++) {
+            float e = expf(x[i] - m);
+            if (memcmp(&e, &y[i], 4) && bad++ < 5) printf("expf(%a - %a): %a, cpu_attn_exp: %a\n", x[i], m, e, y[i]);
+        }
+        n += (uint64_t)k;
+    }
+    bool vec = cpu_attn_exp_vectorized(isa), want = false;
+#ifdef __GLIBC__
+    int major = 0, minor = 0;
+    want = isa == CPU_ISA_AVX2 && sscanf(gnu_get_libc_version(), "%d.%d", &major, &minor) == 2 &&
+           (major > 2 || (major == 2 && minor >= 27));
+#endif
+    printf("%s exp: %s, %llu inputs\n", cpu_isa_name(isa), vec ? "eight-wide" : "expf", (unsigned long long)n);
+    CHECK(bad == 0, "%s: cpu_attn_exp differs from expf on %llu of %llu inputs", cpu_isa_name(isa),
+          (unsigned long long)bad, (unsigned long long)n);
+    CHECK(vec || !want, "glibc %s with AVX2: cpu_attn_exp calls expf (exact but slower): this expf is not the one its eight-wide path copies",
+          want ? gnu_get_libc_version() : "");
 }
 
 int main(void)
@@ -208,6 +250,8 @@ int main(void)
         CHECK(!memcmp(d32, d16, sizeof(d32)) && !memcmp(o32, o16, sizeof(o32)) && !memcmp(l32, l16, sizeof(l32)),
               "%s: BF16 rows differ from F32 rows of the same values", cpu_isa_name(isas[s]));
     }
+    const char *all = getenv("MOEFLOW_TEST_EXP_ALL");
+    for (int s = 0; s < nisa; s++) check_exp(isas[s], s == 1 && all && !strcmp(all, "1") ? 1 : 251);
     cpu_pool_destroy(p1);
     cpu_pool_destroy(p3);
     return t_result("test_kernels_gemm");

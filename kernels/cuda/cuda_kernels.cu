@@ -825,7 +825,7 @@ extern "C" enum moe_status moe_cuda_router_grouped(struct moe_cuda_ctx *c, const
                           ROUTER_MAX_E, k, ROUTER_MAX_K, n_group, ROUTER_MAX_GROUPS, min_per, topk_group,
                           biased && !d_bias ? ", no bias" : "");
     if (n == 0) return MOE_OK;
-    /* tokens per block: as many as 32 KiB of scratch holds (4 at 1024 experts, 15 at 256), at most 32 */
+    /* tokens per block: as many as 32 KiB of scratch holds (3 at 1024 experts, 14 at 256), at most 32 */
     int words = router_scratch_words(E), per_block = 32768 / (words * 4);
     per_block = per_block < 1 ? 1 : per_block > 32 ? 32 : per_block;
     k_router_grouped<<<(unsigned)((n + per_block - 1) / per_block), (unsigned)per_block,

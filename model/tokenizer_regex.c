@@ -49,6 +49,7 @@ struct inst {
                         ASSERT: x the anchor (A_*) */
     int fx, fy;      /* SPLIT: the class that must hold the next character for x / y to match, -1 any */
     int min, max;    /* RCLASS: counts, max -1 for no bound */
+    int memo;        /* RCLASS: its slot in the workspace's dead spans, -1 for none (see mark_memo) */
 };
 
 struct moe_tok_regex {
@@ -57,6 +58,7 @@ struct moe_tok_regex {
     struct cls *classes;
     rng_t *rs;
     int first;       /* class of the characters a match can start with */
+    int n_memo;      /* class loops with a dead span (inst.memo) */
 };
 
 struct moe_tok_frame {
@@ -920,6 +922,33 @@ static bool always_matches(const struct emitter *e, int pc)
     return false;
 }
 
+/* Slots for the dead spans of the class loops without an upper bound outside lookaheads.
+ *
+ * Such a loop at pc entered at i reads the class up to e (the first character outside it) and goes
+ * on at some of i + min .. e, longest first.  Entered again at any p in [i, e], it would read up to
+ * the same e and go on at p + min .. e, a part of those: all of them have failed already when the
+ * machine gets back there, so the loop fails at once (the machine keeps no state but pc and the
+ * position, and a search that finds a match stops):
+ *   - back at pc after the run from i ended: everything tried from i failed;
+ *   - back at pc while trying the way on at some q (the loop is in a repeated group, which reads a
+ *     character at least): p + min > q unless min is 0, and then the rest of the group read a
+ *     character, p > q; every way on past q was tried before q, longest first.
+ * The span stays good across the starts of one search, but not into a lookahead's run, which can
+ * end in a match that the search goes on from: loops inside lookaheads keep none.  So a run of a
+ * class that fails at each start (DeepSeek-LLM's `\s+$` over spaces before a digit) is read once,
+ * not once per start. */
+static int mark_memo(struct emitter *e)
+{
+    int n = 0, look_end = -1;
+    for (int pc = 0; pc < e->n; pc++) {
+        struct inst *in = &e->prog[pc];
+        if (in->op == OP_LOOK && in->x > look_end)
+            look_end = in->x;
+        in->memo = in->op == OP_RCLASS && in->max < 0 && pc >= look_end ? n++ : -1;
+    }
+    return n;
+}
+
 /* A greedy class loop followed by what always matches never backtracks into
  * its shorter counts (the longest one already matches): it keeps no places
  * to come back to. */
@@ -961,13 +990,14 @@ enum moe_status moe_tok_regex_compile(const char *pat, size_t len, struct moe_to
     }
     struct emitter e = {0};
     struct moe_tok_regex *re = NULL;
-    int first = -1;
+    int first = -1, n_memo = 0;
     if (!x.err) {
         if (!branch_filters(&x))
             fail(&x, "out of memory");
         gen(&e, &x, root, 0);
         emit(&e, (struct inst){.op = OP_MATCH});
         make_possessive(&e);
+        n_memo = mark_memo(&e);
         if (e.full) {
             x.p = pat;
             fail(&x, "the pattern compiles to too many instructions or lookaheads nest too deep");
@@ -984,6 +1014,7 @@ enum moe_status moe_tok_regex_compile(const char *pat, size_t len, struct moe_to
         re->classes = x.classes;
         re->rs = x.rs;
         re->first = first;
+        re->n_memo = n_memo;
         e.prog = NULL;
         x.classes = NULL;
         x.rs = NULL;
@@ -1049,11 +1080,11 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
                            size_t *end, struct moe_tok_regex_ws *w, uint64_t *budget)
 {
     size_t base = w->top;
+    uint64_t left = *budget; /* the steps left, *budget again when this returns */
     for (;;) {
-        if (!(*budget)--) {
-            w->top = base;
-            return moe_errorf(MOE_ERANGE, "regex: the pattern backtracks too much on this text");
-        }
+        if (!left)
+            goto spent;
+        left--;
         const struct inst *in = &re->prog[pc];
         size_t l;
         switch (in->op) {
@@ -1066,6 +1097,12 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
             break;
         case OP_RCLASS: {
             const struct cls *c = &re->classes[in->x];
+            size_t *dead = NULL, at = pos;
+            if (w->memo_on && in->memo >= 0) {
+                dead = w->dead + 2 * in->memo;
+                if (pos >= dead[0] && pos < dead[1])
+                    break; /* entered where an earlier entry's reading covered: fails (mark_memo) */
+            }
             /* before an anchor, a place to stop where the anchor fails would only be backtracked from:
              * not kept (so `\s+$` over a long run of spaces stays linear per start) */
             const struct inst *nx = &re->prog[pc + 1];
@@ -1076,6 +1113,14 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
                     goto nomem;
                 pos += l;
                 k++;
+            }
+            if (left < (uint64_t)k) /* a character read is a step */
+                goto spent;
+            left -= (uint64_t)k;
+            if (dead) { /* [at, pos] dead, joined to the span before when they touch */
+                bool join = at <= dead[1] && pos + 1 >= dead[0];
+                dead[0] = join && dead[0] < at ? dead[0] : at;
+                dead[1] = join && dead[1] > pos + 1 ? dead[1] : pos + 1;
             }
             if (k < in->min)
                 break;
@@ -1099,7 +1144,9 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
             continue;
         case OP_LOOK: {
             size_t e = SIZE_MAX;
+            *budget = left;
             enum moe_status st = run(re, pc + 1, s, n, pos, &e, w, budget);
+            left = *budget;
             if (st) {
                 w->top = base;
                 return st;
@@ -1113,6 +1160,7 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
         case OP_MATCH:
             *end = pos;
             w->top = base;
+            *budget = left;
             return MOE_OK;
         case OP_ASSERT:
             if (at_anchor(in->x, s, n, pos)) {
@@ -1124,6 +1172,7 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
         /* backtrack */
         if (w->top == base) {
             *end = SIZE_MAX;
+            *budget = left;
             return MOE_OK;
         }
         w->top--;
@@ -1132,7 +1181,12 @@ static enum moe_status run(const struct moe_tok_regex *re, int pc, const char *s
     }
 nomem:
     w->top = base;
+    *budget = left;
     return moe_errorf(MOE_ENOMEM, "regex: no memory for the backtracking stack");
+spent:
+    w->top = base;
+    *budget = 0;
+    return moe_errorf(MOE_ERANGE, "regex: the pattern backtracks too much on this text");
 }
 
 enum moe_status moe_tok_regex_find(const struct moe_tok_regex *re, const char *s, size_t n, size_t from,
@@ -1141,24 +1195,37 @@ enum moe_status moe_tok_regex_find(const struct moe_tok_regex *re, const char *s
     *found = false;
     /* linear in the text for the patterns tokenizers use; a pattern that
      * backtracks without end stops here */
-    uint64_t budget = 1000000 + 1024 * (uint64_t)(n - from);
+    uint64_t budget = 1000000 + 1024 * (uint64_t)(n - from), start = budget;
+    enum moe_status st = MOE_OK;
     const struct cls *first = &re->classes[re->first];
-    for (size_t i = from, l; i < n; i += l) {
+    bool hit = false;
+    ws->memo_on = false; /* dead spans hold for one search, kept once a start has failed */
+    for (size_t i = from, l; i < n && !hit; i += l) {
         uint32_t cp = cp_at(s, n, i, &l);
         if (!class_has(re, first, cp))
             continue;
         size_t e = SIZE_MAX;
-        enum moe_status st = run(re, 0, s, n, i, &e, ws, &budget);
-        if (st)
-            return st;
+        if ((st = run(re, 0, s, n, i, &e, ws, &budget)))
+            break;
         if (e != SIZE_MAX) {
             *ms = i;
             *me = e;
-            *found = true;
-            return MOE_OK;
+            *found = hit = true;
+        } else if (!ws->memo_on && re->n_memo) {
+            size_t need = 2 * (size_t)re->n_memo;
+            size_t *d = need > ws->dead_cap ? realloc(ws->dead, need * sizeof(*d)) : ws->dead;
+            if (!d) {
+                st = moe_errorf(MOE_ENOMEM, "regex: no memory for the matcher's workspace");
+                break;
+            }
+            ws->dead = d;
+            ws->dead_cap = need > ws->dead_cap ? need : ws->dead_cap;
+            memset(d, 0, need * sizeof(*d));
+            ws->memo_on = true;
         }
     }
-    return MOE_OK;
+    ws->steps += start - budget;
+    return st;
 }
 
 void moe_tok_regex_ws_free(struct moe_tok_regex_ws *ws)
@@ -1166,6 +1233,8 @@ void moe_tok_regex_ws_free(struct moe_tok_regex_ws *ws)
     if (!ws)
         return;
     free(ws->stack);
+    free(ws->dead);
     ws->stack = NULL;
-    ws->top = ws->cap = 0;
+    ws->dead = NULL;
+    ws->top = ws->cap = ws->dead_cap = 0;
 }

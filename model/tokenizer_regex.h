@@ -23,6 +23,7 @@
 #include "../common/moe.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct moe_tok_regex;
 
@@ -31,6 +32,11 @@ struct moe_tok_regex;
 struct moe_tok_regex_ws {
     struct moe_tok_frame *stack;
     size_t top, cap;
+    size_t *dead;       /* per class loop of the regex searched: where entering it fails */
+    size_t dead_cap;
+    bool memo_on;       /* dead spans are kept (in a search, once a start failed) */
+    uint64_t steps;     /* the steps every search with this workspace took (instructions run and
+                           characters class loops read), for tests to see the work done */
 };
 
 /* pat[0..len) (UTF-8) to a regex in *out; an error names the problem and
@@ -42,7 +48,8 @@ void moe_tok_regex_free(struct moe_tok_regex *re);
  * that matches at that place (as a backtracking engine finds it): sets
  * [*ms, *me) and *found.  The text ends at n: a lookahead sees nothing
  * beyond it.  Fails only on memory or when the pattern backtracks past its
- * step budget on this text. */
+ * step budget on this text (a million steps and 1024 a byte of s[from..n),
+ * a step an instruction run or a character a class loop reads). */
 enum moe_status moe_tok_regex_find(const struct moe_tok_regex *re, const char *s, size_t n, size_t from,
                                    size_t *ms, size_t *me, bool *found, struct moe_tok_regex_ws *ws);
 

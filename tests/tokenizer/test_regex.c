@@ -10,6 +10,8 @@
 
 #include <jansson.h>
 
+static uint64_t last_steps; /* the steps the last spans() took */
+
 /* The matches of pat in text, one after another, as "[s,e)" pairs into out. */
 static enum moe_status spans(const char *pat, const char *text, size_t n, char *out, size_t cap)
 {
@@ -30,6 +32,7 @@ static enum moe_status spans(const char *pat, const char *text, size_t n, char *
             break;
         pos = me;
     }
+    last_steps = ws.steps;
     moe_tok_regex_ws_free(&ws);
     moe_tok_regex_free(re);
     return st;
@@ -93,19 +96,34 @@ int main(void)
     expect("\\Ax|x\\z", "x\nx x", "[0,1)[4,5)");          /* the text's own ends only */
     expect("x\\Z", "x\nx\n", "[2,3)");                     /* the end, or before a final line break */
 
-    /* a repeated class before an anchor keeps no place to stop where the anchor fails: DeepSeek-LLM's
-     * `\s+$` split over a long run of spaces then a digit matches nothing, within the budget, and still
-     * matches the run at the end of a line */
+    /* a class loop reads a run once in a search, not once for each place in it the search starts at:
+     * DeepSeek-LLM's `\s+$` split over 8000 spaces or no-break spaces then a digit finds nothing in at
+     * most 8 steps a character (reading the run from every start takes 8000 * 8000 / 2, past the
+     * budget), and so do `\s+\z` and a loop in a repeated group.  A loop in a lookahead keeps no record
+     * (mark_memo): it reads the run from every start, and the budget stops it, a character read being
+     * a step. */
     {
-        static char sp[8002];
-        memset(sp, ' ', 8000);
-        sp[8000] = '1';
-        char sgot[64];
-        enum moe_status sst = spans("\\s+$", sp, 8001, sgot, sizeof(sgot));
-        CHECK(sst == MOE_OK && !sgot[0], "\\s+$ over 8000 spaces and a digit: %s %s", sst ? moe_last_error() : "",
-              sgot);
+        static char sp[2 * 8000 + 2];
+        static const char *const runs[][2] = {{" ", "\\s+$"}, {"\xc2\xa0", "\\s+$"}, {" ", "\\s+\\z"},
+                                              {" ", "(?:\\s+x)+$"}, {" ", "\\s+(?=\\s*$)"}};
+        for (size_t r = 0; r < sizeof(runs) / sizeof(runs[0]); r++) {
+            size_t cl = strlen(runs[r][0]), n = 0;
+            for (int i = 0; i < 8000; i++, n += cl)
+                memcpy(sp + n, runs[r][0], cl);
+            sp[n++] = '1';
+            char sgot[64];
+            enum moe_status sst = spans(runs[r][1], sp, n, sgot, sizeof(sgot));
+            bool look = strstr(runs[r][1], "(?=") != NULL;
+            CHECK(sst == (look ? MOE_ERANGE : MOE_OK) && !sgot[0] && (look || last_steps <= 8 * 8000),
+                  "/%s/ over 8000 of \"%s\" and a digit: %s %s, %llu steps", runs[r][1], runs[r][0],
+                  sst ? moe_last_error() : "", sgot, (unsigned long long)last_steps);
+        }
     }
     expect("\\s+$", "ab  \ncd   ", "[2,4)[7,10)");
+    expect("(?:a+a)+$", "aaaa\naa", "[0,4)[5,7)");  /* a loop entered again in a run still being tried */
+    expect("(?:\\s+\\S)+$", " a  b c1\n  x", "[8,12)");
+    expect("(?:\\s+\\S)+$", " a  b c\n  x", "[0,11)");
+    expect("(?:[ab]+b)+c", "ababbxabababc", "[6,13)");
 
     /* exponential backtracking ends at the step budget, with an error */
     char as[64];

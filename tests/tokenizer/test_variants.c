@@ -9,6 +9,8 @@
  *   qwen2          normalizer NFC + Sequence[Split(Qwen2 regex), ByteLevel]
  *   qwen2-regex, gpt2-regex  the same regexes on the general matcher
  *   deepseek-v3    Sequence[] + Sequence[Split x 3, ByteLevel]
+ *   deepseek-llm   Sequence[] + Sequence[Split x 6 (one `\s+$`), ByteLevel]; and a long run of spaces
+ *                  before a digit cut within the matcher's budget
  *   cl100k, o200k  tiktoken-style Split regexes
  * Pre-tokenizers, normalizers and regexes of other kinds are refused by name. */
 #include "model/tokenizer.h"
@@ -72,6 +74,34 @@ static bool check_vector(const struct moe_tokenizer *t, const char *name, bool n
     return ok;
 }
 
+/* DeepSeek-LLM's `\s+$` Split over a run of 20000 spaces or no-break spaces then a digit: the
+ * matcher reads the run once, not once for each place in it (20000 * 20000 / 2 characters, past its
+ * budget of about a thousand steps a byte): the run is one piece, the digit another, and the text
+ * encodes. */
+static void check_long_run(const struct moe_tokenizer *t)
+{
+    static const char *const chars[] = {" ", "\xc2\xa0"};
+    for (size_t c = 0; c < 2; c++) {
+        size_t cl = strlen(chars[c]), n = 0;
+        char *s = malloc(20000 * cl + 1);
+        REQUIRE(s, "out of memory");
+        for (int i = 0; i < 20000; i++, n += cl)
+            memcpy(s + n, chars[c], cl);
+        s[n++] = '1';
+        size_t *lens = NULL, np = 0, n_ids = 0;
+        int *ids = NULL;
+        enum moe_status st = moe_tokenizer_pretokenize(t, s, n, &lens, &np);
+        CHECK(st == MOE_OK && np == 2 && lens[0] == n - 1 && lens[1] == 1, "deepseek-llm: 20000 of \"%s\" then "
+              "a digit: %s, %zu pieces", chars[c], st ? moe_last_error() : "cut", np);
+        st = moe_tokenizer_encode(t, s, n, &ids, &n_ids);
+        CHECK(st == MOE_OK && n_ids > 0, "deepseek-llm: encoding 20000 of \"%s\" then a digit: %s", chars[c],
+              st ? moe_last_error() : "no ids");
+        free(lens);
+        free(ids);
+        free(s);
+    }
+}
+
 static void check_refused(json_t *base, const char *norm, const char *pre, const char *needle)
 {
     json_t *jn = json_loads(norm, JSON_DECODE_ANY, NULL), *jp = json_loads(pre, 0, NULL);
@@ -111,6 +141,8 @@ int main(void)
             const char *nt = json_string_value(json_object_get(json_object_get(v, "normalizer"), "type"));
             normalizes = nt && !strcmp(nt, "NFC");
             n_variants++;
+            if (!strcmp(name, "deepseek-llm"))
+                check_long_run(t);
         } else {
             REQUIRE(t, "line %zu: a vector before its variant", line);
             n_vec++;

@@ -1942,6 +1942,14 @@ static bool is_fallback_token(const struct moe_tokenizer *t, int id)
     return fallback_byte(t->pool.p + t->str_off[id], t->str_len[id]) >= 0;
 }
 
+/* n U+FFFD into out; returns the bytes written. */
+static size_t put_replacements(char *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 3 * i, "\xef\xbf\xbd", 3);
+    return 3 * n;
+}
+
 enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *ids, size_t n, char **text,
                                      size_t *len)
 {
@@ -1970,12 +1978,7 @@ enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *i
             size_t j = i;
             for (; j < n && is_fallback_token(t, ids[j]); j++)
                 out[k + j - i] = t->pool.p[t->dec_off[ids[j]]];
-            if (moe_utf8_valid(out + k, j - i)) {
-                k += j - i;
-            } else {
-                for (size_t b = i; b < j; b++, k += 3)
-                    memcpy(out + k, "\xef\xbf\xbd", 3);
-            }
+            k += moe_utf8_valid(out + k, j - i) ? j - i : put_replacements(out + k, j - i);
             i = j - 1;
             continue;
         }
@@ -1999,4 +2002,113 @@ enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *i
     *text = out;
     *len = b - a;
     return MOE_OK;
+}
+
+/* ---- streamed text ------------------------------------------------------ */
+
+static bool stream_grow(char **p, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    char *q = realloc(*p, c);
+    if (!q)
+        return false;
+    *p = q;
+    *cap = c;
+    return true;
+}
+
+/* Past the whole characters at the held run's end: false when the run can no longer be UTF-8 (what
+ * follows whole stops neither fits nor is cut short by the end). */
+static bool run_still_utf8(struct moe_tok_stream *x)
+{
+    const unsigned char *b = (const unsigned char *)x->held;
+    while (x->whole < x->n_held) {
+        size_t need, k = moe_utf8_fit(b + x->whole, x->n_held - x->whole, &need);
+        if (b[x->whole] >= 0x80 && (!need || k < need + 1))
+            return need && x->whole + k == x->n_held;
+        x->whole += k;
+    }
+    return true;
+}
+
+/* A run of byte tokens ends: into out its bytes when they are UTF-8, else a U+FFFD for each (a run
+ * found bad gave its own already); x holds nothing of it after.  Returns the bytes written. */
+static size_t stream_end_run(struct moe_tok_stream *x, char *out)
+{
+    if (!x->run)
+        return 0;
+    size_t o = x->whole == x->n_held ? x->n_held : 3 * x->n_held;
+    if (x->whole == x->n_held)
+        memcpy(out, x->held, x->n_held);
+    else
+        put_replacements(out, x->n_held);
+    x->n_held = x->whole = 0;
+    x->run = x->bad = false;
+    return o;
+}
+
+const char *moe_tokenizer_stream(const struct moe_tokenizer *t, struct moe_tok_stream *x, int id, size_t *len)
+{
+    *len = 0;
+    int n = moe_tokenizer_token_bytes(t, id, NULL, 0);
+    if (n < 0)
+        return "";
+    /* at most every byte held and every byte of the token as a U+FFFD */
+    if (!stream_grow(&x->out, &x->cap_out, 3 * (x->n_held + (size_t)n) + 1) ||
+        !stream_grow(&x->held, &x->cap_held, x->n_held + (size_t)n + 1))
+        return NULL;
+    size_t o = 0;
+    if (t->dec_byte_fallback && is_fallback_token(t, id)) {
+        if (!x->run) { /* a character cut before the run ends with it */
+            o = moe_utf8_lossy(x->held, x->n_held, x->out, false, NULL);
+            x->n_held = x->whole = 0;
+            x->run = true;
+        }
+        if (x->bad) {
+            o += put_replacements(x->out + o, 1);
+        } else {
+            x->held[x->n_held++] = t->pool.p[t->dec_off[id]];
+            if (!run_still_utf8(x)) { /* the run's tokens so far are U+FFFD, and so will the rest be */
+                o += put_replacements(x->out + o, x->n_held);
+                x->n_held = x->whole = 0;
+                x->bad = true;
+            }
+        }
+        *len = o;
+        return x->out;
+    }
+    o = stream_end_run(x, x->out);
+    moe_tokenizer_token_bytes(t, id, x->held + x->n_held, (size_t)n);
+    x->n_held += (size_t)n;
+    size_t used;
+    o += moe_utf8_lossy(x->held, x->n_held, x->out + o, true, &used);
+    x->n_held -= used; /* at most 3 bytes: a lead and the continuation bytes that fit it */
+    memmove(x->held, x->held + used, x->n_held);
+    *len = o;
+    return x->out;
+}
+
+const char *moe_tokenizer_stream_end(struct moe_tok_stream *x, size_t *len)
+{
+    *len = 0;
+    if (!stream_grow(&x->out, &x->cap_out, 3 * x->n_held + 1))
+        return NULL;
+    size_t o = stream_end_run(x, x->out);
+    o += moe_utf8_lossy(x->held, x->n_held, x->out + o, false, NULL);
+    x->n_held = 0;
+    *len = o;
+    return x->out;
+}
+
+void moe_tok_stream_free(struct moe_tok_stream *x)
+{
+    if (!x)
+        return;
+    free(x->held);
+    free(x->out);
+    memset(x, 0, sizeof(*x));
 }

@@ -52,6 +52,32 @@ enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *i
  * A token may hold part of a UTF-8 character: join bytes before printing text. */
 int moe_tokenizer_token_bytes(const struct moe_tokenizer *t, int id, char *buf, size_t cap);
 
+/* Generated text as its tokens come (what generate prints and serve sends), valid UTF-8: each
+ * token's bytes as moe_tokenizer_token_bytes gives them, with what is not yet sure held for the
+ * next token:
+ *  - the bytes of a character that a token leaves cut; what turns out not to be UTF-8 becomes one
+ *    U+FFFD per maximal subpart (moe_utf8_lossy), as the Hugging Face byte-level decoder reads it;
+ *  - under a ByteFallback decoder, a run of <0xXX> byte tokens until a token of another kind (or
+ *    the end) ends it: the run is its bytes when they are UTF-8 as a whole, else one U+FFFD for each
+ *    of its tokens, as moe_tokenizer_decode and the Hugging Face ByteFallback decoder turn it; once
+ *    the run can no longer be UTF-8 its U+FFFDs go out at once.
+ * Zero-initialise; moe_tok_stream_free frees it. */
+struct moe_tok_stream {
+    char *held;        /* bytes not given out yet */
+    size_t n_held, cap_held;
+    size_t whole;      /* in a run: held[0..whole) are whole characters */
+    bool run, bad;     /* held is a run of byte tokens (a byte each); bad: the run cannot be UTF-8 */
+    char *out;         /* the text of the last call */
+    size_t cap_out;
+};
+/* The text token id adds, *len bytes, valid until the next call with x: "" for an id without a
+ * token (which changes nothing), NULL when out of memory. */
+const char *moe_tokenizer_stream(const struct moe_tokenizer *t, struct moe_tok_stream *x, int id, size_t *len);
+/* The end of the tokens: what x holds, as text (a cut character or a run that is not UTF-8 as
+ * U+FFFD); x is then empty, as new.  NULL when out of memory. */
+const char *moe_tokenizer_stream_end(struct moe_tok_stream *x, size_t *len);
+void moe_tok_stream_free(struct moe_tok_stream *x);
+
 #ifdef __cplusplus
 }
 #endif

@@ -76,6 +76,22 @@ static inline size_t moe_utf8_put(uint32_t cp, char *out)
     return 4;
 }
 
+/* The sequence b[0] begins (b[0..n), n > 0): *need gets the continuation bytes its lead takes (0 for
+ * ASCII and for a byte no sequence begins with); returns how many bytes of b are its lead and the
+ * continuation bytes after it that fit it (no overlong forms, no surrogates, nothing past U+10FFFF),
+ * at most need + 1.  A whole character when that is need + 1 or b[0] is ASCII; cut short by b's end
+ * when less and n. */
+static inline size_t moe_utf8_fit(const unsigned char *b, size_t n, size_t *need)
+{
+    unsigned char c = b[0];
+    *need = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
+    unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+    size_t k = 1;
+    while (k <= *need && k < n && b[k] >= (k == 1 ? lo : 0x80) && b[k] <= (k == 1 ? hi : 0xbf))
+        k++;
+    return k;
+}
+
 /* in[0..n) into out (room for 3n bytes) as valid UTF-8: each maximal subpart of an ill-formed
  * sequence (a lead byte and the continuation bytes that still fit it, or a byte no sequence begins
  * with) becomes one U+FFFD, as Unicode recommends and Rust's from_utf8_lossy (the Hugging Face
@@ -87,19 +103,11 @@ static inline size_t moe_utf8_lossy(const char *in, size_t n, char *out, bool pa
     const unsigned char *b = (const unsigned char *)in;
     size_t o = 0, i = 0;
     while (i < n) {
-        unsigned char c = b[i];
-        if (c < 0x80) {
-            out[o++] = (char)c;
-            i++;
+        if (b[i] < 0x80) {
+            out[o++] = in[i++];
             continue;
         }
-        /* the continuation bytes the lead takes, and the range of the first (no overlong forms, no
-         * surrogates, nothing past U+10FFFF); 0: no sequence begins with c */
-        size_t need = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
-        unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
-        size_t k = 1; /* the lead and the continuation bytes that fit it */
-        while (k <= need && i + k < n && b[i + k] >= (k == 1 ? lo : 0x80) && b[i + k] <= (k == 1 ? hi : 0xbf))
-            k++;
+        size_t need, k = moe_utf8_fit(b + i, n - i, &need);
         if (need && k == need + 1) {
             for (size_t j = 0; j < k; j++)
                 out[o + j] = in[i + j];

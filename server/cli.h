@@ -27,6 +27,7 @@ int moe_cmd_serve(int argc, char **argv);
 
 struct moe_model;
 struct moe_tokenizer;
+struct moe_tok_stream;
 
 /* The exit status of a command whose setup failed with st: MOE_EINVAL is an
  * option the model cannot take (a tier size, a trace for another model), a
@@ -69,15 +70,11 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool
  * other bytes as they are. */
 void moe_cli_json_string(FILE *f, const char *s);
 
-/* Generated text to f as valid UTF-8, token by token: the bytes of a character split between tokens
- * wait in held for the next token, and what is not UTF-8 becomes U+FFFD (moe_utf8_lossy), as the
- * server sends it; moe_cli_write_end writes what is left held.  False for a bad id, out of memory or a
- * write error. */
-struct moe_cli_text {
-    char held[4];
-    size_t n_held;
-};
-bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id, struct moe_cli_text *x);
-bool moe_cli_write_end(FILE *f, struct moe_cli_text *x);
+/* Generated text to f as valid UTF-8, token by token, as the server sends it (moe_tokenizer_stream:
+ * a character split between tokens, and a run of byte-fallback tokens, wait in x for the next token;
+ * what is not UTF-8 becomes U+FFFD); moe_cli_write_end writes what is left held and frees x.  False
+ * for a bad id, out of memory or a write error. */
+bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id, struct moe_tok_stream *x);
+bool moe_cli_write_end(FILE *f, struct moe_tok_stream *x);
 
 #endif

@@ -6,7 +6,6 @@
 #include "../common/moe.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
-#include "../model/utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -91,39 +90,20 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
     return false;
 }
 
-/* in[0..n) to f as UTF-8; with more to come, a character it cuts short is kept in x. */
-static bool write_utf8(FILE *f, const char *in, size_t n, bool more, struct moe_cli_text *x)
+bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id, struct moe_tok_stream *x)
 {
-    char small[3 * 260] = { 0 }, *out = n <= 260 ? small : malloc(3 * n);
-    if (!out) return false;
-    size_t used, w = moe_utf8_lossy(in, n, out, more, &used);
-    x->n_held = n - used; /* at most 3 bytes: a lead and the continuation bytes that fit it */
-    memcpy(x->held, in + used, x->n_held);
-    bool ok = fwrite(out, 1, w, f) == w;
-    if (out != small) free(out);
-    return ok;
+    size_t n;
+    const char *s = moe_tokenizer_token_bytes(t, id, NULL, 0) < 0 ? NULL : moe_tokenizer_stream(t, x, id, &n);
+    return s && fwrite(s, 1, n, f) == n;
 }
 
-bool moe_cli_write_token(FILE *f, const struct moe_tokenizer *t, int id, struct moe_cli_text *x)
+bool moe_cli_write_end(FILE *f, struct moe_tok_stream *x)
 {
-    int len = moe_tokenizer_token_bytes(t, id, NULL, 0);
-    if (len <= 0) return len == 0;
-    size_t n = x->n_held + (size_t)len;
-    char small[260], *in = n <= sizeof(small) ? small : malloc(n); /* an added token may be any length */
-    if (!in) return false;
-    memcpy(in, x->held, x->n_held);
-    moe_tokenizer_token_bytes(t, id, in + x->n_held, (size_t)len);
-    bool ok = write_utf8(f, in, n, true, x);
-    if (in != small) free(in);
+    size_t n;
+    const char *s = moe_tokenizer_stream_end(x, &n);
+    bool ok = s && fwrite(s, 1, n, f) == n;
+    moe_tok_stream_free(x);
     return ok;
-}
-
-bool moe_cli_write_end(FILE *f, struct moe_cli_text *x)
-{
-    char in[4];
-    size_t n = x->n_held;
-    memcpy(in, x->held, n);
-    return write_utf8(f, in, n, false, x);
 }
 
 bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m)

@@ -400,6 +400,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     int *hist = malloc(sizeof(int) * ((size_t)n_ids + (size_t)o->max_tokens)), n_hist = n_ids, n_fed = n_ids;
     struct moe_token_bytes tb = { 0 };
     struct moe_sample_buf sbuf = { 0 };
+    struct moe_tok_stream text = { 0 };
     struct moe_json_state js;
     moe_json_init(&js, o->schema);
     float *masked = o->json ? malloc(sizeof(float) * (size_t)V) : NULL;
@@ -427,7 +428,6 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     }
     struct moe_sampler s;
     moe_sampler_init(&s, &o->samp);
-    struct moe_cli_text text = { 0 };
     for (int g = 0; g < o->max_tokens && !(o->json && moe_json_done(&js)); g++) {
         if (o->json && !moe_json_mask(&js, &tb, logits, V, gen_is_eos, c, masked)) {
             st = moe_errorf(MOE_EINVAL, "%s: no token of the vocabulary continues the %s",
@@ -443,7 +443,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         if (moe_config_is_eos(c, t) && !o->ignore_eos) break;
         if (o->json) moe_json_take(&js, &tb, t);
         hist[n_hist++] = t;
-        if (moe_tokenizer_token_bytes(tok, t, NULL, 0) > 0) {
+        if (moe_tokenizer_token_bytes(tok, t, NULL, 0) >= 0) { /* even an empty token ends a byte run */
             moe_cli_write_token(stdout, tok, t, &text); /* every byte, however long the token */
             if (fflush(stdout) != 0 || ferror(stdout)) { /* a full disk, a closed pipe: stop here */
                 st = moe_errorf(MOE_EIO, "writing to stdout failed: %s", strerror(errno));
@@ -456,11 +456,12 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
         if ((st = gen_forward(e, pred, &b, logits)) != MOE_OK) goto out;
         n_fed++;
     }
-    moe_cli_write_end(stdout, &text); /* a character the last token left cut: U+FFFD */
+    moe_cli_write_end(stdout, &text); /* a cut character or byte run left at the end: U+FFFD */
     fputc('\n', stdout);
     fflush(stdout);
     if (o->ids_out) st = write_ids(o->ids_out, hist, n_fed);
 out:
+    moe_tok_stream_free(&text);
     moe_sample_buf_free(&sbuf);
     moe_token_bytes_free(&tb);
     free(masked);

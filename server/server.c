@@ -109,6 +109,7 @@ static void gen_free(struct srv_gen *g)
     free(g->lps);
     free(g->prompt_ids);
     free(g->prompt_lps);
+    moe_tok_stream_free(&g->text);
     free(g);
 }
 
@@ -287,47 +288,34 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len)
 {
     struct moe_server *s = g->srv;
-    size_t cap = (size_t)g->n_pend + (size_t)n * 32 + 16, off = 0;
-    char *out = malloc(cap * 3 + 4); /* room for U+FFFD replacements */
+    size_t cap = 64, off = 0;
+    char *out = malloc(cap);
+    for (int i = 0; out && i <= n; i++) {
+        size_t k = 0;
+        const char *t = "";
+        if (i < n && !g->ignore_eos && moe_config_is_eos(&s->model->cfg, toks[i]))
+            continue; /* an end-of-sequence marker carries no text */
+        if (i < n)
+            t = moe_tokenizer_stream(s->tok, &g->text, toks[i], &k);
+        else if (final)
+            t = moe_tokenizer_stream_end(&g->text, &k);
+        if (t && off + k >= cap) {
+            char *o2 = realloc(out, 2 * (off + k) + 1);
+            t = o2 ? t : NULL;
+            out = o2 ? o2 : out;
+            cap = 2 * (off + k) + 1;
+        }
+        if (!t) {
+            free(out);
+            return NULL;
+        }
+        memcpy(out + off, t, k);
+        off += k;
+    }
     if (!out)
         return NULL;
-    char *raw = malloc(cap);
-    if (!raw) {
-        free(out);
-        return NULL;
-    }
-    memcpy(raw, g->pend, (size_t)g->n_pend);
-    off = (size_t)g->n_pend;
-    for (int i = 0; i < n; i++) {
-        if (!g->ignore_eos && moe_config_is_eos(&s->model->cfg, toks[i]))
-            continue; /* an end-of-sequence marker carries no text */
-        int k = moe_tokenizer_token_bytes(s->tok, toks[i], NULL, 0); /* its full length */
-        if (k < 0)
-            continue;
-        if (off + (size_t)k > cap) {
-            size_t nc = (off + (size_t)k) * 2;
-            char *r2 = realloc(raw, nc);
-            char *o2 = r2 ? realloc(out, nc * 3 + 4) : NULL;
-            if (!r2 || !o2) {
-                free(r2 ? r2 : raw);
-                free(o2 ? o2 : out);
-                return NULL;
-            }
-            raw = r2;
-            out = o2;
-            cap = nc;
-        }
-        moe_tokenizer_token_bytes(s->tok, toks[i], raw + off, (size_t)k);
-        off += (size_t)k;
-    }
-    /* a character the last token leaves cut waits for the next (at most 3 bytes: a lead and the
-     * continuation bytes that fit it), unless this is the end */
-    size_t used, o = moe_utf8_lossy(raw, off, out, !final, &used);
-    g->n_pend = (int)(off - used);
-    memcpy(g->pend, raw + used, (size_t)g->n_pend);
-    out[o] = 0;
-    free(raw);
-    *len = o;
+    out[off] = 0;
+    *len = off;
     return out;
 }
 

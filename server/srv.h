@@ -71,8 +71,7 @@ struct srv_gen {
     struct moe_token_logprobs *prompt_lps;
     struct moe_token_logprobs lp_next; /* on_logprobs' value for the on_token that follows */
     /* front-end thread only */
-    char pend[8];                  /* UTF-8 bytes held back until their character completes */
-    int n_pend;
+    struct moe_tok_stream text;    /* the text held back: a cut character, a byte-fallback run */
     int n_streamed;                /* tokens handed out so far */
     bool finished_front;           /* terminal status delivered */
 };
@@ -141,8 +140,8 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
 struct srv_gen *srv_inbox_pop(struct srv_inbox *ib);
 /* Move g's unread events into ev (caller frees ev->toks). */
 void srv_gen_events(struct srv_gen *g, struct srv_events *ev);
-/* Text of tokens, UTF-8 complete characters only unless final (then flushed,
- * invalid bytes replaced by U+FFFD).  malloc'd NUL-terminated; *len bytes. */
+/* Text of tokens, valid UTF-8, what is not yet sure held until final (moe_tokenizer_stream: a cut
+ * character, a run of byte-fallback tokens).  malloc'd NUL-terminated; *len bytes. */
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len);
 
 /* The front end lets go: cancel in the scheduler if still running, drop its ref. */

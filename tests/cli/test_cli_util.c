@@ -2,8 +2,9 @@
  * - the option parsers take the whole string or nothing: ranges, signs,
  *   overflow, trailing text, NaN and infinity are refused;
  * - moe_cli_write_token writes every byte of a token, also one longer than
- *   any fixed streaming buffer (an added token of 300 bytes), and refuses a
- *   bad id without writing;
+ *   any fixed streaming buffer (an added token of 300 bytes), refuses a
+ *   bad id without writing, and writes a run of byte-fallback tokens that is
+ *   not UTF-8 as one U+FFFD per token;
  * - moe_cli_open_model opens the bundled model with its tokenizer, and on a
  *   missing directory or tokenizer.json, or a tokenizer larger than the
  *   model's vocabulary, says what to fix and leaves nothing open;
@@ -78,7 +79,7 @@ static void test_write_token(void)
     size_t len = 0;
     FILE *f = open_memstream(&out, &len);
     REQUIRE(f, "open_memstream");
-    struct moe_cli_text x = { 0 };
+    struct moe_tok_stream x = { 0 };
     CHECK(moe_cli_write_token(f, t, 2, &x), "token 'ab'");
     CHECK(moe_cli_write_token(f, t, 3, &x), "long token");
     CHECK(!moe_cli_write_token(f, t, 99, &x) && !moe_cli_write_token(f, t, -1, &x), "bad ids accepted");
@@ -90,6 +91,23 @@ static void test_write_token(void)
     CHECK(all_x, "bytes written are not 'ab' and %d 'x'", LONG_TOKEN);
     free(out);
     moe_tokenizer_free(t);
+
+    /* a SentencePiece tokenizer's byte-fallback run that is not UTF-8: one U+FFFD for each of its tokens
+     * (as the Hugging Face library's ByteFallback decoder gives it), not one for the cut character */
+    char spm[4096];
+    struct moe_tokenizer *st = moe_tokenizer_load(t_path(spm, sizeof(spm), "tests/fixtures/tokenizer/spm-tiny.json"));
+    REQUIRE(st, "load %s: %s", spm, moe_last_error());
+    f = open_memstream(&out, &len);
+    REQUIRE(f, "open_memstream");
+    static const char *const run[] = { "<0x41>", "<0xE2>", "<0x82>", "\xe2\x96\x81" "a", "<0xE2>", "<0x82>" };
+    for (size_t i = 0; i < sizeof(run) / sizeof(run[0]); i++)
+        CHECK(moe_cli_write_token(f, st, moe_tokenizer_token_id(st, run[i]), &x), "token %s", run[i]);
+    CHECK(moe_cli_write_end(f, &x) && x.n_held == 0, "end of the run");
+    fclose(f);
+    static const char want[] = "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd a\xef\xbf\xbd\xef\xbf\xbd";
+    CHECK(len == strlen(want) && !memcmp(out, want, len), "byte tokens written as \"%.*s\"", (int)len, out);
+    free(out);
+    moe_tokenizer_free(st);
 
     /* text that is not UTF-8: one U+FFFD for each maximal subpart (as Python's "replace" and Rust's
      * from_utf8_lossy read it); with more to come, a character cut by the end waits */

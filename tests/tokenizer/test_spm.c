@@ -3,13 +3,16 @@
  * the Hugging Face library, gen_spm_vectors.js) encodes to its ids, decodes
  * back to the library's decoded text, and with the post-processor's BOS
  * where the line has "with_special"; decode-only lines (runs of <0xXX>
- * tokens that are not UTF-8 decode to one U+FFFD per byte) decode alike.  The three tokenizer files
+ * tokens that are not UTF-8 decode to one U+FFFD per byte) decode alike; and
+ * every line's ids streamed one at a time give the same text (but for the
+ * spaces a whole decode drops in front).  The three tokenizer files
  * (gen_spm_tokenizers.py) cover the Prepend/Replace normalizer with
  * ByteFallback + Fuse + Strip decoding (Mixtral's layout), the Metaspace
  * pre-tokenizer with prepend_scheme "first", and Metaspace with split and
  * "always", no byte fallback, as decoder too; spm-tiny.json is the first
  * layout with a vocabulary of 320 (the tiny Mixtral's).  Then the pieces of the split
- * kind, streaming bytes, and the combinations that are refused by name. */
+ * kind, streaming bytes, what a streamed run of byte tokens gives out token by
+ * token, and the combinations that are refused by name. */
 #include "model/tokenizer.h"
 #include "tests/test_util.h"
 
@@ -38,6 +41,39 @@ static bool same_ids(const int *ids, size_t n, json_t *want)
     return true;
 }
 
+/* ids streamed one at a time (moe_tokenizer_stream), then the end: their text, malloc'd, NUL-ended. */
+static char *streamed(const struct moe_tokenizer *t, const int *ids, size_t n, size_t *len)
+{
+    struct moe_tok_stream x = { 0 };
+    char *all = malloc(3 * 64 * (n + 1) + 1);
+    REQUIRE(all, "out of memory");
+    *len = 0;
+    for (size_t i = 0; i <= n; i++) {
+        size_t k;
+        const char *s = i < n ? moe_tokenizer_stream(t, &x, ids[i], &k) : moe_tokenizer_stream_end(&x, &k);
+        REQUIRE(s && k <= 3 * 64, "stream: %zu bytes", s ? k : 0);
+        memcpy(all + *len, s, k);
+        *len += k;
+    }
+    all[*len] = 0;
+    moe_tok_stream_free(&x);
+    return all;
+}
+
+/* Streamed, ids give the library's decoded text but for the spaces a whole decode drops in front
+ * (Strip, or a Metaspace decoder's first token). */
+static bool check_streamed(const struct moe_tokenizer *t, const int *ids, size_t n, json_t *jd, size_t line)
+{
+    size_t len, dl = json_string_length(jd), front = 0;
+    char *s = streamed(t, ids, n, &len);
+    while (front < len && len - front > dl && s[front] == ' ')
+        front++;
+    bool ok = len - front == dl && !memcmp(s + front, json_string_value(jd), dl);
+    CHECK(ok, "line %zu: ids stream as \"%.60s\", not \"%.60s\"", line, s, json_string_value(jd));
+    free(s);
+    return ok;
+}
+
 /* A decode-only line (no "text"): its ids decode to the library's text. */
 static bool check_decode(const struct moe_tokenizer *t, json_t *v, size_t line)
 {
@@ -51,6 +87,7 @@ static bool check_decode(const struct moe_tokenizer *t, json_t *v, size_t line)
               !memcmp(dec, json_string_value(jd), dlen);
     CHECK(ok, "%s line %zu: ids decode to \"%.60s\", not \"%.60s\"",
           json_string_value(json_object_get(v, "tokenizer")), line, dec ? dec : "", json_string_value(jd));
+    ok = check_streamed(t, ids, n, jd, line) && ok;
     free(ids);
     free(dec);
     return ok;
@@ -76,6 +113,7 @@ static bool check_vector(const struct moe_tokenizer *t, json_t *v, size_t line)
              !memcmp(dec, json_string_value(jd), dlen);
         CHECK(ok, "%s line %zu: \"%.60s\" decodes to \"%.60s\", not \"%.60s\"", name, line, text, dec ? dec : "",
               json_string_value(jd));
+        ok = check_streamed(t, ids, n, jd, line) && ok;
     }
     free(ids);
     free(dec);
@@ -149,6 +187,55 @@ static void check_stream(const struct moe_tokenizer *t)
     free(ids);
 }
 
+/* A run of <0xXX> tokens streamed: what each token gives out, then the end.  The Hugging Face
+ * library's ByteFallback decoder (tokenizers/src/decoders/byte_fallback.rs) gathers a run of byte
+ * tokens and gives its bytes when they are UTF-8 as a whole, else one U+FFFD for each token of the
+ * run (the decode-only lines of spm-vectors.jsonl, which it computed, are such runs); so a run is
+ * held until it ends (a valid start may still be spoiled: <0x41><0xE2> is two U+FFFD, not "A" and
+ * one), and goes out as U+FFFDs as soon as it cannot be UTF-8.  Maximal subparts (moe_utf8_lossy)
+ * would give one U+FFFD for <0xE2><0x82>, and "A" and one for <0x41><0xE2>. */
+static void check_stream_runs(const struct moe_tokenizer *t)
+{
+#define R "\xef\xbf\xbd"
+    static const struct {
+        const char *tok[6]; /* token strings; NULL: the end */
+        const char *out[6]; /* what each gives out */
+    } cases[] = {
+        { { "<0xE2>", "<0x82>", "<0xAC>", NULL }, { "", "", "", "\xe2\x82\xac" } },
+        { { "<0xE2>", "<0x82>", NULL }, { "", "", R R } },
+        { { "<0xE2>", "<0x82>", "\xe2\x96\x81" "a", NULL }, { "", "", R R " a", "" } },
+        { { "<0x41>", "<0xE2>", NULL }, { "", "", R R } },
+        { { "<0x41>", "<0x42>", "\xe2\x96\x81" "a", NULL }, { "", "", "AB a", "" } },
+        { { "<0xE2>", "<0x41>", "<0x42>", "\xe2\x96\x81" "a", "<0x43>", NULL }, { "", R R, R, " a", "", "C" } },
+        { { "<0xC3>", "<0xA9>", "<0xFF>", "<0xC3>", "<0xA9>", NULL }, { "", "", R R R, R, R, "" } },
+        { { "<0xF0>", "<0x9F>", "<0x98>", "<0x80>", "\xe2\x96\x81" "a", NULL },
+          { "", "", "", "", "\xf0\x9f\x98\x80 a", "" } },
+        { { "<0xED>", "<0xA0>", NULL }, { "", R R, "" } }, /* a surrogate's lead: not UTF-8 */
+    };
+#undef R
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct moe_tok_stream x = { 0 };
+        for (int i = 0; i < 6; i++) {
+            size_t k = 0;
+            const char *s;
+            if (cases[c].tok[i]) {
+                int id = moe_tokenizer_token_id(t, cases[c].tok[i]);
+                REQUIRE(id >= 0, "no token %s", cases[c].tok[i]);
+                s = moe_tokenizer_stream(t, &x, id, &k);
+            } else {
+                s = moe_tokenizer_stream_end(&x, &k);
+            }
+            CHECK(s && k == strlen(cases[c].out[i]) && !memcmp(s, cases[c].out[i], k),
+                  "run %zu, token %d (%s): \"%.*s\", want \"%s\"", c, i, cases[c].tok[i] ? cases[c].tok[i] : "end",
+                  (int)k, s ? s : "", cases[c].out[i]);
+            if (!cases[c].tok[i])
+                break;
+        }
+        CHECK(x.n_held == 0 && !x.run, "run %zu: something held after the end", c);
+        moe_tok_stream_free(&x);
+    }
+}
+
 /* The tokenizer file name with key set to the JSON value. */
 static struct moe_tokenizer *edited(const char *name, const char *key, const char *value)
 {
@@ -204,6 +291,8 @@ int main(void)
     check_vectors(tok);
     check_pieces(tok[2], tok[1]);
     check_stream(tok[0]);
+    check_stream_runs(tok[0]);
+    check_stream_runs(tok[3]);
     check_templates();
 
     check_refused("spm-legacy.json", "decoder", "{\"type\": \"ByteLevel\"}", "ByteLevel decoder");

@@ -1211,7 +1211,7 @@ enum moe_status moe_tok_regex_find(const struct moe_tok_regex *re, const char *s
             *ms = i;
             *me = e;
             *found = hit = true;
-        } else if (!ws->memo_on && re->n_memo) {
+        } else if (!ws->memo_on && re->n_memo && !ws->no_memo) {
             size_t need = 2 * (size_t)re->n_memo;
             size_t *d = need > ws->dead_cap ? realloc(ws->dead, need * sizeof(*d)) : ws->dead;
             if (!d) {

@@ -35,6 +35,8 @@ struct moe_tok_regex_ws {
     size_t *dead;       /* per class loop of the regex searched: where entering it fails */
     size_t dead_cap;
     bool memo_on;       /* dead spans are kept (in a search, once a start failed) */
+    bool no_memo;       /* set by a caller to keep none: the plain backtracking search, which
+                           the fuzz target compares the matches with */
     uint64_t steps;     /* the steps every search with this workspace took (instructions run and
                            characters class loops read), for tests to see the work done */
 };

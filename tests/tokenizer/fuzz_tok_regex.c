@@ -3,7 +3,9 @@
  * valid UTF-8, the matches found one after another are non-empty, in order,
  * inside the text and on character boundaries; and the same pattern in a
  * group, (?:P), and as P|P compiles too (unless that passes a size or nesting
- * limit) and finds exactly the same matches. */
+ * limit) and finds exactly the same matches; and the plain backtracking search,
+ * without the dead spans of class loops (moe_tok_regex_ws.no_memo), finds the
+ * same matches too wherever neither search ran out of steps. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +53,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static size_t m1[2 * MAX_MATCHES], m2[2 * MAX_MATCHES];
     struct moe_tok_regex_ws ws = {0};
     long k1 = moe_utf8_valid(s, n) ? matches(re, s, n, m1, &ws) : -1;
+    if (k1 >= 0) {
+        struct moe_tok_regex_ws plain = { .no_memo = true };
+        long k0 = matches(re, s, n, m2, &plain);
+        if (k0 >= 0 && (k0 != k1 || memcmp(m1, m2, sizeof(size_t) * 2 * (size_t)k1)))
+            abort();
+        moe_tok_regex_ws_free(&plain);
+    }
     char *wrapped = malloc(2 * plen + 8);
     for (int form = 0; wrapped && k1 >= 0 && form < 2; form++) {
         size_t wl = form == 0 ? (size_t)sprintf(wrapped, "(?:%.*s)", (int)plen, pat)

@@ -908,7 +908,7 @@ static void gen(struct emitter *e, const struct parser *x, int k, int look_depth
  * character it could fail on (optional classes, jumps). */
 static bool always_matches(const struct emitter *e, int pc)
 {
-    for (int steps = 0; steps < e->n; steps++) {
+    for (int steps = 0; steps < e->n && pc >= 0 && pc < e->n; steps++) {
         const struct inst *in = &e->prog[pc];
         if (in->op == OP_MATCH)
             return true;
@@ -996,11 +996,12 @@ enum moe_status moe_tok_regex_compile(const char *pat, size_t len, struct moe_to
             fail(&x, "out of memory");
         gen(&e, &x, root, 0);
         emit(&e, (struct inst){.op = OP_MATCH});
-        make_possessive(&e);
-        n_memo = mark_memo(&e);
-        if (e.full) {
+        if (e.full) { /* a program cut short: its jumps may point past its end */
             x.p = pat;
             fail(&x, "the pattern compiles to too many instructions or lookaheads nest too deep");
+        } else {
+            make_possessive(&e);
+            n_memo = mark_memo(&e);
         }
     }
     if (!x.err) {

@@ -125,6 +125,17 @@ int main(void)
     expect("(?:\\s+\\S)+$", " a  b c\n  x", "[0,11)");
     expect("(?:[ab]+b)+c", "ababbxabababc", "[6,13)");
 
+    /* a pattern past the program's size is refused, and the program cut short is not read past its
+     * end (ASan found that read in the possessive-loop pass over such a program) */
+    {
+        static const char big[] = "(?::ab|(?:{378}?cu:ab~a){378}?cuaa){314}?cu";
+        struct moe_tok_regex *re = NULL;
+        enum moe_status bst = moe_tok_regex_compile(big, strlen(big), &re);
+        CHECK(bst == MOE_ENOTSUP && strstr(moe_last_error(), "too many instructions") && !re, "oversized: %s",
+              bst ? moe_last_error() : "compiled");
+        moe_tok_regex_free(re);
+    }
+
     /* exponential backtracking ends at the step budget, with an error */
     char as[64];
     memset(as, 'a', 40);

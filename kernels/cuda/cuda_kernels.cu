@@ -309,7 +309,8 @@ out:
  * Both give the same bits, so the choice (moe_cuda_attention: few blocks for the device; or
  * moe_cuda_ctx_set_attn_splits) never changes a row's result, which does not depend on the batch
  * (the backend seam's batch invariance).  Products and sums that the compiler could contract
- * into an FMA in one launch shape and not in the other are written as __fmaf_rn / __fmul_rn.
+ * into an FMA in one launch shape and not in the other are written as __fmaf_rn / __fmul_rn /
+ * __fadd_rn (PTX's plain mul.f32 and add.f32 may still be fused by ptxas; the .rn forms are not).
  * One block serves up to ATT_MAX_GROUP query heads of one KV head, so a K or V row is read once
  * for all of them (MLA's single latent head: once per 8 heads instead of once per head). */
 #define ATT_THREADS 128
@@ -402,7 +403,7 @@ __device__ static void att_chunk(const float *q_s, float *p_s, float *ml_s, cons
         for (int jj = lane; jj < cnt; jj += 32) { /* each lane rewrites only the scores it read */
             float p = expf(pg[jj] - mx);
             pg[jj] = p;
-            sum += p;
+            sum = __fadd_rn(sum, p); /* expf ends in a product that ptxas may fuse into a plain add */
         }
         sum = warp_sum(sum);
         if (lane == 0) {

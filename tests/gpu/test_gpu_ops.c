@@ -240,18 +240,21 @@ static void test_attention_bf16(struct g_rng *r)
  * (splits 1), three blocks each taking every third chunk and a combining kernel (splits 3), and
  * the context's own choice (0: split when the blocks do not fill the device) give the same bits,
  * within 1e-4 of the reference; each token alone (n = 1, decode; split on any device) gives the
- * bits it has in the batch.  GQA ratios 1, 2, 4, 6 (blocks of 8 heads, 2 of them idle) and 16 with one
- * KV head of 576 (DeepSeek's latent rows, K and V the same buffer as the engine passes them), F32
- * and BF16 caches, no window and a window of 1000 (chunks not on multiples of 256).  Positions
- * outside the cache give NaN rows and read nothing (the guard bytes, and memcheck). */
+ * bits it has in the batch.  GQA ratios 1, 2, 4, 6 (blocks of 8 heads, 2 of them idle), 12 over two
+ * KV heads of 300 (two blocks per KV head, the second with 4 heads: a block that took 8 would write
+ * the next KV head's rows and, in the last, past the output; head_dim off a multiple of 32 with 5
+ * dims a thread) and 16 with one KV head of 576 (DeepSeek's latent rows, K and V the same buffer as
+ * the engine passes them), F32 and BF16 caches, no window and a window of 1000 (chunks not on
+ * multiples of 256).  The longest row ends at max_ctx - 1 in the last sequence: the cache's last
+ * row.  Positions outside the cache give NaN rows and read nothing (the guard bytes, and memcheck). */
 static void test_attention_long(struct g_rng *r)
 {
     static const struct { int nh, nkv, hd; } shapes[] = {
-        { 8, 8, 64 }, { 4, 2, 256 }, { 16, 4, 128 }, { 12, 2, 192 }, { 16, 1, 576 },
+        { 8, 8, 64 }, { 4, 2, 256 }, { 16, 4, 128 }, { 12, 2, 192 }, { 24, 2, 300 }, { 16, 1, 576 },
     };
     static const int lens[] = { 1, 7, 256, 300, 513, 4097 }, splits[] = { 1, 3, 0 };
     enum { N = MOE_ARRAY_LEN(lens) };
-    int max_ctx = 4100, max_seqs = 3, seq[N], pos[N];
+    int max_ctx = 4097, max_seqs = 3, seq[N], pos[N]; /* pos 4096 in seq 2: the cache's last row */
     for (int i = 0; i < N; i++) {
         seq[i] = i % max_seqs;
         pos[i] = lens[i] - 1;

@@ -116,7 +116,8 @@ void moe_tmp_discard(const char *tmp);
  * the signal would. */
 void moe_tmp_remove_on_signals(void);
 
-/* Directory of the bundled default model (MOEFLOW_MODEL overrides). */
+/* Directory of the default model: $MOEFLOW_MODEL, else the bundled model installed beside the binary
+ * (<bindir>/../share/moeflow/models/pycode-moe-18m by `cmake --install`), else the source tree's. */
 const char *moe_default_model_dir(void);
 
 #define MOE_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

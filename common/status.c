@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -295,9 +296,36 @@ void moe_tmp_remove_on_signals(void)
     }
 }
 
+/* The bundled model as `cmake --install` lays it out beside the binary (MOEFLOW_INSTALLED_MODEL_REL: from the
+ * binary's directory), when it is there; else the one the build was configured with (the source tree's). */
+static char default_model[4096];
+static pthread_once_t default_model_once = PTHREAD_ONCE_INIT;
+
+static void find_default_model(void)
+{
+    snprintf(default_model, sizeof(default_model), "%s", MOEFLOW_DEFAULT_MODEL_DIR);
+#ifdef MOEFLOW_INSTALLED_MODEL_REL
+    char exe[4096], cand[8192], real[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return;
+    *slash = 0;
+    snprintf(cand, sizeof(cand), "%s/%s/config.json", exe, MOEFLOW_INSTALLED_MODEL_REL);
+    if (!realpath(cand, real) || strlen(real) >= sizeof(default_model))
+        return;
+    *strrchr(real, '/') = 0;
+    memcpy(default_model, real, strlen(real) + 1);
+#endif
+}
+
 const char *moe_default_model_dir(void)
 {
     const char *e = getenv("MOEFLOW_MODEL");
     if (e && *e) return e;
-    return MOEFLOW_DEFAULT_MODEL_DIR;
+    pthread_once(&default_model_once, find_default_model);
+    return default_model;
 }

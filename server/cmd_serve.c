@@ -26,6 +26,8 @@ static void serve_usage(FILE *f)
             "--drain-timeout, exits 0.\n\n"
             "  --config FILE                    'key = value' lines; keys are the option names below\n"
             "                                   (command-line flags override the file)\n"
+            "  --check-config                   check the options and the config file, print 'configuration ok'\n"
+            "                                   and exit 0 (2 with the error); opens no model, store or port\n"
             "  --help                           this text\n");
     moe_serve_config_help(f);
     fprintf(f, "\nSee docs/api.md for the APIs and examples.\n");
@@ -37,7 +39,7 @@ int moe_cmd_serve(int argc, char **argv)
     int n_opts = 0;
     while (opts[n_opts].name)
         n_opts++;
-    struct option *lo = calloc((size_t)n_opts + 3, sizeof(*lo));
+    struct option *lo = calloc((size_t)n_opts + 4, sizeof(*lo));
     if (!lo)
         return 1;
     for (int i = 0; i < n_opts; i++)
@@ -46,10 +48,12 @@ int moe_cmd_serve(int argc, char **argv)
                                  NULL, 1000 + i };
     lo[n_opts] = (struct option){ "config", required_argument, NULL, 'c' };
     lo[n_opts + 1] = (struct option){ "help", no_argument, NULL, 'h' };
+    lo[n_opts + 2] = (struct option){ "check-config", no_argument, NULL, 'k' };
 
     struct moe_serve_config cfg;
     moe_serve_config_defaults(&cfg);
     int rc = 0;
+    bool check_only = false;
     bool *given = calloc((size_t)n_opts, sizeof(bool)); /* the flags on the command line */
     if (!given) {
         free(lo);
@@ -74,7 +78,9 @@ int moe_cmd_serve(int argc, char **argv)
                 }
                 break;
             }
-            if (c == 'c' && pass == 0) {
+            if (c == 'k') {
+                check_only = true;
+            } else if (c == 'c' && pass == 0) {
                 if (moe_serve_config_load(&cfg, optarg) != MOE_OK) {
                     fprintf(stderr, "moeflow serve: %s\n", moe_last_error());
                     rc = 2;
@@ -111,6 +117,10 @@ int moe_cmd_serve(int argc, char **argv)
         moe_pred_spec_parse(cfg.predictor, cfg.model[0] ? cfg.model : moe_default_model_dir(), &spec) != MOE_OK) {
         fprintf(stderr, "moeflow serve: %s\n", moe_last_error());
         return 2;
+    }
+    if (check_only) {
+        printf("moeflow serve: configuration ok\n");
+        return 0;
     }
     /* every connection takes a descriptor: use all the hard limit allows (1024 soft is common) */
     struct rlimit rl;

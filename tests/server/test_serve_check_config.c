@@ -1,0 +1,63 @@
+/* moeflow serve --check-config: the config file and the flags over it pass the option table's checks
+ * and the cross-field ones (exit 0, 'configuration ok'), or the error names the file, line and key
+ * (exit 2); neither the model nor the store is opened, so paths that do not exist here pass. */
+#include "tests/test_util.h"
+
+#include <unistd.h>
+
+static char dir[] = "/tmp/moe-check-config-XXXXXX", exe[4200];
+
+static const char *write_conf(const char *name, const char *text)
+{
+    static char path[4300];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f && fputs(text, f) >= 0 && fclose(f) == 0, "write %s", path);
+    return path;
+}
+
+/* serve --check-config --config FILE FLAGS: its exit status, its output in out */
+static int check(const char *conf, const char *flags, char *out, size_t cap)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd), "'%s' serve --check-config --config '%s' %s 2>&1", exe, conf, flags);
+    return t_run(cmd, out, cap);
+}
+
+int main(void)
+{
+    const char *bin = getenv("MOEFLOW_BINARY_DIR");
+    snprintf(exe, sizeof(exe), "%s/server/moeflow", bin ? bin : ".");
+    REQUIRE(access(exe, X_OK) == 0, "%s not built", exe);
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    char out[8192];
+
+    const char *good = write_conf("good.conf", "model = /nonexistent/model   # not opened\n"
+                                               "store = /nonexistent/experts.moestore\n"
+                                               "host = 0.0.0.0\ngpu-experts = 64\nhost-experts = 128\n"
+                                               "max-seqs = 8\nmax-running = 8\ndrain-timeout = 45\n");
+    int st = check(good, "", out, sizeof(out));
+    CHECK(st == 0 && !strcmp(out, "moeflow serve: configuration ok\n"), "good: exit %d: %s", st, out);
+
+    /* a flag over the file is checked with it */
+    st = check(good, "--max-running 16", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "max-running 16 exceeds max-seqs 8"), "flag over file: exit %d: %s", st, out);
+    st = check(good, "--max-running 16 --max-seqs 16", out, sizeof(out));
+    CHECK(st == 0, "both flags: exit %d: %s", st, out);
+
+    const char *unknown = write_conf("unknown.conf", "http-port = 8000\n\nmax-sequences = 8\n");
+    st = check(unknown, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "unknown.conf:3: unknown option 'max-sequences'"), "unknown key: exit %d: %s", st,
+          out);
+    const char *range = write_conf("range.conf", "drain-timeout = -1\n");
+    st = check(range, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "range.conf:1: drain-timeout: -1 is outside"), "range: exit %d: %s", st, out);
+    const char *ports = write_conf("ports.conf", "grpc-port = 9000\nhttp-port = 9000\n");
+    st = check(ports, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "grpc-port and http-port are both 9000"), "ports: exit %d: %s", st, out);
+
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "rm %s", dir);
+    return t_result("test_serve_check_config");
+}

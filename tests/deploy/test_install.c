@@ -1,8 +1,9 @@
 /* The install rules: `cmake --install` of this build into a temporary prefix, then the installed
  * moeflow run from another directory without $MOEFLOW_MODEL: its version, its default model (the
  * installed copy of the bundled model, found beside the binary, not the source tree's), a greedy
- * generate on it (the same text as the build tree's binary on the source tree's model), and the
- * other files the rules put under the prefix.  usage: test_install CMAKE */
+ * generate on it (the same text as the build tree's binary on the source tree's model), the
+ * example serve.conf checked by the installed server, the systemd unit's ExecStart naming the
+ * installed binary, and the other files the rules put under the prefix.  usage: test_install CMAKE */
 #include "tests/test_util.h"
 
 #include <limits.h>
@@ -63,10 +64,32 @@ int main(int argc, char **argv)
     check_file(prefix, "share/moeflow/models/pycode-moe-18m/predictor.safetensors");
     check_file(prefix, "share/doc/moeflow/README.md");
     check_file(prefix, "share/doc/moeflow/api.md");
-#ifdef TEST_PROTOS
+#ifdef TEST_SERVER
     check_file(prefix, "share/moeflow/proto/moeflow.proto");
     check_file(prefix, "share/moeflow/proto/grpc_service.proto");
     check_file(prefix, "share/moeflow/proto/health.proto");
+    /* the example configuration, as the installed server reads it */
+    snprintf(cmd, sizeof(cmd), "%s '%s/bin/moeflow' serve --config '%s/share/moeflow/serve.conf' --check-config 2>&1",
+             run, prefix, prefix);
+    st = t_run(cmd, out, sizeof(out));
+    CHECK(st == 0 && !strcmp(out, "moeflow serve: configuration ok\n"), "serve.conf: exit %d: %s", st, out);
+#endif
+#ifdef TEST_SYSTEMD
+    /* the unit's ExecStart names the binary this install put in the prefix */
+    char unit[PATH_MAX + 64];
+    snprintf(unit, sizeof(unit), "%s/lib/systemd/system/moeflow.service", prefix);
+    FILE *f = fopen(unit, "r");
+    CHECK(f, "%s not installed", unit);
+    snprintf(want, sizeof(want), "ExecStart=%s/bin/moeflow serve --config /etc/moeflow/serve.conf\n", prefix);
+    int exec_lines = 0, found = 0;
+    for (char line[8192]; f && fgets(line, sizeof(line), f);) {
+        exec_lines += !strncmp(line, "ExecStart=", 10);
+        found += !strcmp(line, want);
+    }
+    if (f)
+        fclose(f);
+    CHECK(exec_lines == 1 && found == 1, "%s: %d ExecStart lines, %d of them '%s'", unit, exec_lines, found, want);
+    check_file(prefix, "lib/sysusers.d/moeflow.conf");
 #endif
     return t_result("test_install");
 }

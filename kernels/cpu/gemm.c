@@ -189,31 +189,44 @@ AVX2_INLINE __m256 hsum8x8(const __m256 a[8])
     return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+/* The zero-padded tail of row8_avx2's rows, k8..in-1, as F32 in xt[8] and wt[8][8]
+ * (out of line: its buffers stay out of the kernel's way). */
+static AVX2_FN __attribute__((noinline)) void row8_tail(bool bf16, const float *x, int in, const void *w, size_t ldw,
+                                                     float xt[8], float wt[8][8])
+{
+    int k8 = in & ~7;
+    memset(xt, 0, 8 * sizeof(float));
+    memset(wt, 0, 64 * sizeof(float));
+    for (int t = 0; k8 + t < in; t++) {
+        xt[t] = x[k8 + t];
+        for (int j = 0; j < 8; j++) wt[j][t] = w_at(w, bf16, (size_t)j * ldw + (size_t)(k8 + t));
+    }
+}
+
 /* Eight outputs of one row: y[j] = x . w[j * ldw ..] (+ bias[j]), j = 0..7, each
  * with exactly the chain of block_avx2 (one accumulator per output, k in steps of
- * 8, zero-padded tail, hsum8), but eight independent chains in flight. */
+ * 8, zero-padded tail, hsum8), but eight independent chains in flight.  The rows of
+ * the panel after next (j + 16 .. j + 23) are prefetched into L2, one line per row
+ * per 64 bytes: a decode step reads each weight once, from L3 or memory, and
+ * prefetching into L1 (T0) left the loop waiting longer. */
 AVX2_INLINE void row8_avx2(bool bf16, const float *x, int in, const void *w, size_t ldw,
                            const float *bias, float *y)
 {
     __m256 acc[8];
     for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
     int k8 = in & ~7;
+    size_t es = bf16 ? 2 : 4;
+    const char *pf = (const char *)w + 16 * ldw * es; /* the panel after next */
     for (int k = 0; k < k8; k += 8) {
         __m256 xv = _mm256_loadu_ps(x + k);
-        if (!(k & 15)) /* the panel after next, one line per output row per 16 k (prefetch never faults) */
-            for (int j = 0; j < 8; j++)
-                _mm_prefetch((const char *)w + ((size_t)(j + 16) * ldw + (size_t)k) * (bf16 ? 2 : 4),
-                             _MM_HINT_T0);
+        if (!(k & (bf16 ? 31 : 15))) /* (prefetch never faults) */
+            for (int j = 0; j < 8; j++) _mm_prefetch(pf + ((size_t)j * ldw + (size_t)k) * es, _MM_HINT_T1);
         for (int j = 0; j < 8; j++)
             acc[j] = _mm256_fmadd_ps(xv, load_w8(w, bf16, (size_t)j * ldw + (size_t)k), acc[j]);
     }
     if (k8 < in) {
-        float xt[8] = { 0 }, wt[8][8];
-        memset(wt, 0, sizeof(wt));
-        for (int t = 0; k8 + t < in; t++) {
-            xt[t] = x[k8 + t];
-            for (int j = 0; j < 8; j++) wt[j][t] = w_at(w, bf16, (size_t)j * ldw + (size_t)(k8 + t));
-        }
+        float xt[8], wt[8][8];
+        row8_tail(bf16, x, in, w, ldw, xt, wt);
         __m256 xv = _mm256_loadu_ps(xt);
         for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wt[j]), acc[j]);
     }

@@ -288,7 +288,7 @@ static void attn_tile(const struct attn_job *j, int t0, int t1, int h0, int h1)
                 for (int d = 0; d < hd; d++) o[r][d] *= f;
                 m[r] = bm;
             }
-            cpu_attn_exp(isa, s[r], nb[r], m[r]);
+            cpu_exp(isa, s[r], nb[r], m[r]);
         }
         cpu_attn_wsum(isa, o + ra, l + ra, s[ra], ATTN_BLOCK, nb + ra, nr - ra, vb + (size_t)b0 * kvd * es, j->bf16,
                       (size_t)kvd, hd);
@@ -364,7 +364,7 @@ static void topk_row(const float *x, int E, int k, int32_t *ids)
 static enum moe_status cpu_router(void *ctx, const float *logits, int n, int E, int k,
                                   enum moe_router_kind kind, bool renorm, int32_t *ids, float *w)
 {
-    (void)ctx;
+    struct cpu_ctx *c = ctx;
     if (k <= 0 || k > E) return bad("router", "k", k);
     for (int t = 0; t < n; t++) {
         const float *x = logits + (size_t)t * E;
@@ -376,8 +376,13 @@ static enum moe_status cpu_router(void *ctx, const float *logits, int n, int E, 
             for (int r = 0; r < k; r++) sum += (wt[r] = expf(x[id[r]] - m));
             for (int r = 0; r < k; r++) wt[r] /= sum;
         } else {
-            float m = x[id[0]], sum = 0.0f;
-            for (int e = 0; e < E; e++) sum += expf(x[e] - m);
+            float m = x[id[0]], sum = 0.0f, ex[64];
+            for (int e0 = 0; e0 < E; e0 += 64) { /* sum += expf(x[e] - m), e = 0..E-1 in order */
+                int ne = E - e0 < 64 ? E - e0 : 64;
+                memcpy(ex, x + e0, sizeof(float) * (size_t)ne);
+                cpu_exp(c->isa, ex, ne, m);
+                for (int e = 0; e < ne; e++) sum += ex[e];
+            }
             for (int r = 0; r < k; r++) wt[r] = expf(x[id[r]] - m) / sum;
             if (renorm) {
                 float s = 0.0f;
@@ -393,7 +398,7 @@ static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const 
                                           enum moe_router_kind kind, int n_group, int topk_group, bool renorm,
                                           float scale, int32_t *ids, float *w)
 {
-    (void)ctx;
+    struct cpu_ctx *cx = ctx;
     bool v2 = kind == MOE_ROUTER_SOFTMAX_GROUP, ernie = kind == MOE_ROUTER_SOFTMAX_BIAS;
     if (k <= 0 || k > E) return bad("router_grouped", "k", k);
     if (!v2 && !ernie && kind != MOE_ROUTER_SIGMOID_GROUP) return bad("router_grouped", "kind", (int)kind);
@@ -415,13 +420,13 @@ static enum moe_status cpu_router_grouped(void *ctx, const float *logits, const 
         if (v2 || ernie) {
             topk_row(x, E, 1, top2); /* the largest logit, as the softmax router takes it */
             float m = x[top2[0]], sum = 0.0f;
-            for (int e = 0; e < E; e++) sum += (s[e] = expf(x[e] - m));
+            memcpy(s, x, sizeof(float) * (size_t)E);
+            cpu_exp(cx->isa, s, E, m); /* s[e] = expf(x[e] - m) */
+            for (int e = 0; e < E; e++) sum += s[e];
             for (int e = 0; e < E; e++) c[e] = (s[e] /= sum) + (ernie ? bias[e] : 0.0f);
         } else {
-            for (int e = 0; e < E; e++) {
-                s[e] = 1.0f / (1.0f + expf(-x[e]));
-                c[e] = s[e] + bias[e];
-            }
+            cpu_sigmoid(cx->isa, x, s, E);
+            for (int e = 0; e < E; e++) c[e] = s[e] + bias[e];
         }
         for (int g = 0; g < n_group; g++) {
             bool one = v2 || ernie; /* groups scored by their largest (ERNIE: one group, whatever its score) */
@@ -474,13 +479,11 @@ static enum moe_status cpu_gather_rows(void *ctx, const float *x, const int32_t 
     return MOE_OK;
 }
 
-static inline float silu(float v) { return v / (1.0f + expf(-v)); }
-
 static enum moe_status cpu_swiglu(void *ctx, const float *gate, const float *up, float *out,
                                   size_t count)
 {
-    (void)ctx;
-    for (size_t i = 0; i < count; i++) out[i] = silu(gate[i]) * up[i];
+    struct cpu_ctx *c = ctx;
+    cpu_silu_mul(c->isa, gate, up, out, count);
     return MOE_OK;
 }
 
@@ -506,7 +509,7 @@ static void experts_group(const struct experts_job *j, int g, struct cpu_pool *p
     const float *x = j->xp + (size_t)r0 * j->hidden;
     cpu_gemm_nt(j->c->isa, pool, x, j->w[g].gate, j->wdt, NULL, nr, j->hidden, j->inter, gt);
     cpu_gemm_nt(j->c->isa, pool, x, j->w[g].up, j->wdt, NULL, nr, j->hidden, j->inter, up);
-    for (size_t i = 0; i < (size_t)nr * j->inter; i++) gt[i] = silu(gt[i]) * up[i];
+    cpu_silu_mul(j->c->isa, gt, up, gt, (size_t)nr * j->inter);
     cpu_gemm_nt(j->c->isa, pool, gt, j->w[g].down, j->wdt, NULL, nr, j->inter, j->hidden,
                 j->yp + (size_t)r0 * j->hidden);
 }
@@ -552,7 +555,7 @@ static enum moe_status cpu_moe_experts(void *ctx, const float *xp, int n_groups,
                         h_w[g].gate, hidden, 0.0f, gt, inter);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, inter, hidden, 1.0f, x, hidden,
                         h_w[g].up, hidden, 0.0f, up, inter);
-            for (size_t i = 0; i < (size_t)nr * inter; i++) gt[i] = silu(gt[i]) * up[i];
+            cpu_silu_mul(c->isa, gt, up, gt, (size_t)nr * inter);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, hidden, inter, 1.0f, gt, inter,
                         h_w[g].down, inter, 0.0f, yp + (size_t)r0 * hidden, hidden);
         }

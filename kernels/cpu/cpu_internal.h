@@ -40,10 +40,21 @@ void cpu_attn_scores(enum cpu_isa isa, const float *const *q, int nq, const void
  * skipped).  When that is a zero, its sign is unspecified. */
 float cpu_attn_scale_max(enum cpu_isa isa, float *s, int n, float scale);
 
-/* s[i] = expf(s[i] - m) for i < n, bit for bit (on AVX2, eight at a time where
- * cpu_attn_exp_vectorized: this process's expf is the one the vector code copies). */
-void cpu_attn_exp(enum cpu_isa isa, float *s, int n, float m);
-bool cpu_attn_exp_vectorized(enum cpu_isa isa);
+/* Exponentials, bit for bit what the scalar code below gives with this process's
+ * expf: on AVX2, eight at a time where cpu_exp_vectorized (the expf is the one the
+ * vector code copies, glibc's: checked on probes once per process), by expf itself
+ * otherwise.  The scalar code's operations are kept per element: the vector code
+ * does them lane by lane (add, correctly rounded division, multiply). */
+
+/* s[i] = expf(s[i] - m) for i < n. */
+void cpu_exp(enum cpu_isa isa, float *s, int n, float m);
+bool cpu_exp_vectorized(enum cpu_isa isa);
+
+/* SwiGLU's product: out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i] for i < n (out may be gate). */
+void cpu_silu_mul(enum cpu_isa isa, const float *gate, const float *up, float *out, size_t n);
+
+/* y[i] = 1.0f / (1.0f + expf(-x[i])) for i < n (y may be x). */
+void cpu_sigmoid(enum cpu_isa isa, const float *x, float *y, int n);
 
 /* For r < no and i = 0..n[r]-1 in order: l[r] = l[r] + p[r * ldp + i] and, for d < len,
  * o[r][d] = o[r][d] + p[r * ldp + i] * v[i * ldv + d]: a multiply, then an add (never

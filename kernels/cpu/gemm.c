@@ -35,6 +35,17 @@ static inline float w_at(const void *w, bool bf16, size_t i)
     return bf16 ? moe_bf16_to_f32(((const uint16_t *)w)[i]) : ((const float *)w)[i];
 }
 
+/* The scalar definitions of the exponential kernels (cpu_internal.h). */
+static inline float silu_mul1(float g, float u)
+{
+    return g / (1.0f + expf(-g)) * u;
+}
+
+static inline float sigmoid1(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
 /* ---- portable path --------------------------------------------------------- */
 
 static float dot_portable(const float *x, const void *w, bool bf16, int len)
@@ -470,6 +481,33 @@ static AVX2_FN void exp_vec_check(void)
     exp_vec_ok = ok;
 }
 
+/* out[i] = silu_mul1(gate[i], up[i]) eight at a time: expf(-g), 1 + that, g / that,
+ * times u, each lane the scalar code's operations (division is correctly rounded
+ * in either); the tail as the scalar code. */
+static AVX2_FN void silu_mul_avx2(const float *gate, const float *up, float *out, size_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 d = _mm256_add_ps(one, exp8_avx2(_mm256_xor_ps(g, sign)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, d), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) out[i] = silu_mul1(gate[i], up[i]);
+}
+
+/* y[i] = 1 / (1 + expf(-x[i])) eight at a time, the tail as the scalar code. */
+static AVX2_FN void sigmoid_avx2(const float *x, float *y, int n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; n - i >= 8; i += 8) {
+        __m256 d = _mm256_add_ps(one, exp8_avx2(_mm256_xor_ps(_mm256_loadu_ps(x + i), sign)));
+        _mm256_storeu_ps(y + i, _mm256_div_ps(one, d));
+    }
+    for (; i < n; i++) y[i] = sigmoid1(x[i]);
+}
+
 /* Columns d0 .. d0 + 8 * NC - 1 of NO rows (NO <= 2, NC <= 6) held in
  * registers through keys i0..i1-1: NO * NC independent add chains.  Each lane
  * does the scalar code's multiply and add (separate instructions: no FMA); with
@@ -663,7 +701,7 @@ float cpu_attn_scale_max(enum cpu_isa isa, float *s, int n, float scale)
     return bm;
 }
 
-bool cpu_attn_exp_vectorized(enum cpu_isa isa)
+bool cpu_exp_vectorized(enum cpu_isa isa)
 {
 #ifdef MOE_HAVE_X86
     if (isa == CPU_ISA_AVX2) {
@@ -674,15 +712,37 @@ bool cpu_attn_exp_vectorized(enum cpu_isa isa)
     return false;
 }
 
-void cpu_attn_exp(enum cpu_isa isa, float *s, int n, float m)
+void cpu_exp(enum cpu_isa isa, float *s, int n, float m)
 {
 #ifdef MOE_HAVE_X86
-    if (cpu_attn_exp_vectorized(isa)) {
+    if (cpu_exp_vectorized(isa)) {
         exp_avx2(s, n, m);
         return;
     }
 #endif
     for (int i = 0; i < n; i++) s[i] = expf(s[i] - m);
+}
+
+void cpu_silu_mul(enum cpu_isa isa, const float *gate, const float *up, float *out, size_t n)
+{
+#ifdef MOE_HAVE_X86
+    if (cpu_exp_vectorized(isa)) {
+        silu_mul_avx2(gate, up, out, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) out[i] = silu_mul1(gate[i], up[i]);
+}
+
+void cpu_sigmoid(enum cpu_isa isa, const float *x, float *y, int n)
+{
+#ifdef MOE_HAVE_X86
+    if (cpu_exp_vectorized(isa)) {
+        sigmoid_avx2(x, y, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) y[i] = sigmoid1(x[i]);
 }
 
 void cpu_attn_wsum(enum cpu_isa isa, float *const *o, float *l, const float *p, size_t ldp, const int *n,

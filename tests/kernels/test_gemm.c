@@ -4,8 +4,10 @@
  * row's place, the column range and the thread count; attention's scores
  * (cpu_attn_scores) bit for bit against cpu_dot, its weighted sum
  * (cpu_attn_wsum) against its scalar loop, for tiles of 1 to 5 rows, and its
- * exponentials (cpu_attn_exp) against expf on a sample of every float (all of
- * them with MOEFLOW_TEST_EXP_ALL=1: about a minute). */
+ * exponentials (cpu_exp) against expf on a sample of every float (all of
+ * them with MOEFLOW_TEST_EXP_ALL=1: about a minute); the other kernels built on
+ * the exponential (SwiGLU's product, the sigmoid) bit for bit against their
+ * scalar code. */
 #include "kernels/cpu/cpu_internal.h"
 #include "tests/test_util.h"
 
@@ -96,7 +98,7 @@ static void check_invariance(enum cpu_isa isa, struct cpu_pool *p1, struct cpu_p
     free(x), free(wf), free(wb), free(b), free(alone), free(y);
 }
 
-/* cpu_attn_exp(x - m) against expf(x - m) bit for bit, for x of every bit pattern 0, step, 2 * step,
+/* cpu_exp(x - m) against expf(x - m) bit for bit, for x of every bit pattern 0, step, 2 * step,
  * ... (blocks of 1001: a tail of 1) and some m (m = 0 for step 1: every float); on glibc 2.27 or later with AVX2 + FMA its eight-wide
  * path must be the one in use. */
 static void check_exp(enum cpu_isa isa, uint64_t step)
@@ -113,24 +115,71 @@ static void check_exp(enum cpu_isa isa, uint64_t step)
         }
         float m = step == 1 ? 0.0f : ms[n % MOE_ARRAY_LEN(ms)];
         memcpy(y, x, sizeof(float) * (size_t)k);
-        cpu_attn_exp(isa, y, k, m);
+        cpu_exp(isa, y, k, m);
         for (int i = 0; i < k; i++) {
             float e = expf(x[i] - m);
-            if (memcmp(&e, &y[i], 4) && bad++ < 5) printf("expf(%a - %a): %a, cpu_attn_exp: %a\n", x[i], m, e, y[i]);
+            if (memcmp(&e, &y[i], 4) && bad++ < 5) printf("expf(%a - %a): %a, cpu_exp: %a\n", x[i], m, e, y[i]);
         }
         n += (uint64_t)k;
     }
-    bool vec = cpu_attn_exp_vectorized(isa), want = false;
+    bool vec = cpu_exp_vectorized(isa), want = false;
 #ifdef __GLIBC__
     int major = 0, minor = 0;
     want = isa == CPU_ISA_AVX2 && sscanf(gnu_get_libc_version(), "%d.%d", &major, &minor) == 2 &&
            (major > 2 || (major == 2 && minor >= 27));
 #endif
     printf("%s exp: %s, %llu inputs\n", cpu_isa_name(isa), vec ? "eight-wide" : "expf", (unsigned long long)n);
-    CHECK(bad == 0, "%s: cpu_attn_exp differs from expf on %llu of %llu inputs", cpu_isa_name(isa),
+    CHECK(bad == 0, "%s: cpu_exp differs from expf on %llu of %llu inputs", cpu_isa_name(isa),
           (unsigned long long)bad, (unsigned long long)n);
-    CHECK(vec || !want, "glibc %s with AVX2: cpu_attn_exp calls expf (exact but slower): this expf is not the one its eight-wide path copies",
+    CHECK(vec || !want, "glibc %s with AVX2: cpu_exp calls expf (exact but slower): this expf is not the one its eight-wide path copies",
           want ? gnu_get_libc_version() : "");
+}
+
+/* a and b the same float: the same bits, or both NaN (whose payload an operation's
+ * operand order may pick) */
+static bool same_float(float a, float b)
+{
+    return !memcmp(&a, &b, sizeof(float)) || (isnan(a) && isnan(b));
+}
+
+/* The kernels built on the exponential, bit for bit against their scalar code with this
+ * process's expf: cpu_silu_mul and cpu_sigmoid (in place too), on random values, special ones
+ * (zeros, infinities, NaN, |x| around 88 where the vector code calls expf, subnormals,
+ * huge) and every length up to 40 (the tails). */
+static void check_exp_ops(enum cpu_isa isa)
+{
+    enum { N = 1000 };
+    static const float sp[] = { 0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 88.0f, -88.0f, 87.99f, -87.99f,
+                                88.73f, -103.98f, -104.0f, 0x1p-149f, -0x1p-130f, 1e30f, -1e30f, 3e38f, -3e38f,
+                                1e-8f, 15.9f, -15.9f };
+    float *g = malloc(sizeof(float) * N), *u = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    REQUIRE(g && u && y, "out of memory");
+    for (int i = 0; i < N; i++) {
+        g[i] = i < (int)MOE_ARRAY_LEN(sp) ? sp[i] : i % 5 ? 24.0f * frand() : 200.0f * frand();
+        u[i] = i % 11 == 3 ? sp[(size_t)i % MOE_ARRAY_LEN(sp)] : 4.0f * frand();
+    }
+    int bad = 0;
+    for (int n = 0; n <= N; n = n < 40 ? n + 1 : n < N ? N : N + 1) {
+        cpu_silu_mul(isa, g, u, y, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            float want = g[i] / (1.0f + expf(-g[i])) * u[i];
+            if (!same_float(y[i], want) && bad++ < 5)
+                printf("silu_mul(%a, %a) n=%d: %a, want %a\n", g[i], u[i], n, y[i], want);
+        }
+        cpu_sigmoid(isa, g, y, n);
+        for (int i = 0; i < n; i++) {
+            float want = 1.0f / (1.0f + expf(-g[i]));
+            if (!same_float(y[i], want) && bad++ < 5) printf("sigmoid(%a) n=%d: %a, want %a\n", g[i], n, y[i], want);
+        }
+    }
+    memcpy(y, g, sizeof(float) * N); /* in place, as the expert op calls it */
+    cpu_silu_mul(isa, y, u, y, N);
+    for (int i = 0; i < N; i++) bad += !same_float(y[i], g[i] / (1.0f + expf(-g[i])) * u[i]);
+    memcpy(y, g, sizeof(float) * N);
+    cpu_sigmoid(isa, y, y, N);
+    for (int i = 0; i < N; i++) bad += !same_float(y[i], 1.0f / (1.0f + expf(-g[i])));
+    CHECK(bad == 0, "%s: silu_mul or sigmoid differs from its scalar code on %d values", cpu_isa_name(isa), bad);
+    free(g), free(u), free(y);
 }
 
 int main(void)
@@ -252,6 +301,7 @@ int main(void)
     }
     const char *all = getenv("MOEFLOW_TEST_EXP_ALL");
     for (int s = 0; s < nisa; s++) check_exp(isas[s], s == 1 && all && !strcmp(all, "1") ? 1 : 251);
+    for (int s = 0; s < nisa; s++) check_exp_ops(isas[s]);
     cpu_pool_destroy(p1);
     cpu_pool_destroy(p3);
     return t_result("test_kernels_gemm");

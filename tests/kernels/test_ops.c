@@ -342,6 +342,36 @@ static void test_router(struct moe_backend *be)
     }
 }
 
+/* The softmax router over 100 experts (exponentials in blocks of 64), bit for bit its
+ * scalar code: sum += expf(x[e] - max) for e in order, w = expf(x[id] - max) / sum, the
+ * renormalisation in rank order. */
+static void test_router_bits(struct moe_backend *be)
+{
+    enum { E = 100, K = 6, T = 3 };
+    float lg[T * E], w[T * K];
+    int32_t ids[T * K];
+    for (int i = 0; i < T * E; i++) lg[i] = 8.0f * frand();
+    lg[E + 7] = -INFINITY;     /* a masked expert */
+    lg[2 * E + 70] = 20.0f;    /* a clear winner in the second block */
+    for (int renorm = 0; renorm < 2; renorm++) {
+        OK(be->ops->router(be->ctx, lg, T, E, K, MOE_ROUTER_SOFTMAX_TOPK, renorm, ids, w));
+        int bad = 0;
+        for (int t = 0; t < T; t++) {
+            const float *x = lg + (size_t)t * E;
+            const int32_t *id = ids + (size_t)t * K;
+            float m = x[id[0]], sum = 0.0f, want[K], s = 0.0f;
+            for (int e = 0; e < E; e++) sum += expf(x[e] - m);
+            for (int r = 0; r < K; r++) want[r] = expf(x[id[r]] - m) / sum;
+            if (renorm) {
+                for (int r = 0; r < K; r++) s += want[r];
+                for (int r = 0; r < K; r++) want[r] /= s;
+            }
+            bad += memcmp(want, w + (size_t)t * K, sizeof(want)) != 0;
+        }
+        CHECK(bad == 0, "softmax router (renorm %d): %d of %d rows differ from the scalar code", renorm, bad, T);
+    }
+}
+
 /* DeepSeek-V3's grouped sigmoid router on rows whose answer is known:
  * kept experts scoring below 0 lose to the masked ones (transformers masks
  * with 0.0), tied groups and experts go to the lower id, a NaN logit is
@@ -529,6 +559,7 @@ int main(void)
     test_rope(be);
     test_attention(be, be3);
     test_router(be);
+    test_router_bits(be);
     test_router_grouped(be);
     test_router_softmax_grouped(be);
     test_moe(be, be3);

@@ -4,7 +4,10 @@
  * so a seed gives the same tokens on every run. */
 #include "sampling.h"
 
+#include "kernels/vexp.h"
+
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +90,8 @@ struct cand {
     float v;  /* scaled logit, later probability */
     int id;
 };
+/* moe_vexp_sub's pairs (stride 2): a float and 4 other bytes */
+_Static_assert(sizeof(struct cand) == 2 * sizeof(float) && offsetof(struct cand, v) == 0, "struct cand is not a float pair");
 
 static int cand_cmp(const void *a, const void *b)
 {
@@ -270,11 +275,9 @@ static int sample_from(struct moe_sampler *s, const float *logits, int vocab, st
         best_k(c, n, s->p.top_k);
         n = s->p.top_k;
     }
+    moe_vexp_sub(&c[0].v, n, 2, vmax); /* c[i].v = expf(c[i].v - vmax): the most likely token gets 1 */
     double sum = 0;
-    for (int i = 0; i < n; i++) {
-        c[i].v = expf(c[i].v - vmax); /* the most likely token gets 1 */
-        sum += c[i].v;
-    }
+    for (int i = 0; i < n; i++) sum += c[i].v;
     if (s->p.top_p < 1.0f) { /* the fewest most likely tokens whose mass reaches top_p */
         n = best_mass(c, n, s->p.top_p * sum);
         sum = 0;

@@ -50,6 +50,9 @@ float cpu_attn_scale_max(enum cpu_isa isa, float *s, int n, float scale);
 void cpu_exp(enum cpu_isa isa, float *s, int n, float m);
 bool cpu_exp_vectorized(enum cpu_isa isa);
 
+/* v[i * stride] = expf(v[i * stride] - m) for i < n (kernels/vexp.h). */
+void cpu_exp_strided(enum cpu_isa isa, float *v, int n, int stride, float m);
+
 /* SwiGLU's product: out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i] for i < n (out may be gate). */
 void cpu_silu_mul(enum cpu_isa isa, const float *gate, const float *up, float *out, size_t n);
 

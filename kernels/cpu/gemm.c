@@ -6,6 +6,7 @@
  * the batch it ran in.  Here every output element is produced by one fixed
  * instruction sequence (see cpu_internal.h), whatever the blocking. */
 #include "cpu_internal.h"
+#include "../vexp.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -481,6 +482,24 @@ static AVX2_FN void exp_vec_check(void)
     exp_vec_ok = ok;
 }
 
+/* v[2i] = expf(v[2i] - m) for i < n, the floats of 8-byte pairs whose other
+ * halves are moved, never computed on: eight pairs at a time, the tail by expf. */
+static AVX2_FN void exp_pairs_avx2(float *v, int n, float m)
+{
+    __m256 mv = _mm256_set1_ps(m);
+    int i = 0;
+    for (; n - i >= 8; i += 8) {
+        float *p = v + 2 * (size_t)i;
+        __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+        __m256 f = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* floats 0 1 4 5 | 2 3 6 7 */
+        __m256 o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)); /* their other halves */
+        __m256 e = exp8_avx2(_mm256_sub_ps(f, mv));
+        _mm256_storeu_ps(p, _mm256_unpacklo_ps(e, o));
+        _mm256_storeu_ps(p + 8, _mm256_unpackhi_ps(e, o));
+    }
+    for (; i < n; i++) v[2 * (size_t)i] = expf(v[2 * (size_t)i] - m);
+}
+
 /* out[i] = silu_mul1(gate[i], up[i]) eight at a time: expf(-g), 1 + that, g / that,
  * times u, each lane the scalar code's operations (division is correctly rounded
  * in either); the tail as the scalar code. */
@@ -723,6 +742,21 @@ void cpu_exp(enum cpu_isa isa, float *s, int n, float m)
     for (int i = 0; i < n; i++) s[i] = expf(s[i] - m);
 }
 
+void cpu_exp_strided(enum cpu_isa isa, float *v, int n, int stride, float m)
+{
+    if (stride == 1) {
+        cpu_exp(isa, v, n, m);
+        return;
+    }
+#ifdef MOE_HAVE_X86
+    if (stride == 2 && cpu_exp_vectorized(isa)) {
+        exp_pairs_avx2(v, n, m);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) v[(size_t)i * stride] = expf(v[(size_t)i * stride] - m);
+}
+
 void cpu_silu_mul(enum cpu_isa isa, const float *gate, const float *up, float *out, size_t n)
 {
 #ifdef MOE_HAVE_X86
@@ -743,6 +777,20 @@ void cpu_sigmoid(enum cpu_isa isa, const float *x, float *y, int n)
     }
 #endif
     for (int i = 0; i < n; i++) y[i] = sigmoid1(x[i]);
+}
+
+static enum cpu_isa host_isa;
+static pthread_once_t host_isa_once = PTHREAD_ONCE_INIT;
+
+static void host_isa_detect(void)
+{
+    host_isa = cpu_isa_detect();
+}
+
+void moe_vexp_sub(float *v, int n, int stride, float m)
+{
+    pthread_once(&host_isa_once, host_isa_detect);
+    cpu_exp_strided(host_isa, v, n, stride, m);
 }
 
 void cpu_attn_wsum(enum cpu_isa isa, float *const *o, float *l, const float *p, size_t ldp, const int *n,

@@ -6,9 +6,10 @@
  * (cpu_attn_wsum) against its scalar loop, for tiles of 1 to 5 rows, and its
  * exponentials (cpu_exp) against expf on a sample of every float (all of
  * them with MOEFLOW_TEST_EXP_ALL=1: about a minute); the other kernels built on
- * the exponential (SwiGLU's product, the sigmoid) bit for bit against their
- * scalar code. */
+ * the exponential (SwiGLU's product, the sigmoid, strided exponentials) bit for
+ * bit against their scalar code. */
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/vexp.h"
 #include "tests/test_util.h"
 
 #include <math.h>
@@ -143,7 +144,8 @@ static bool same_float(float a, float b)
 }
 
 /* The kernels built on the exponential, bit for bit against their scalar code with this
- * process's expf: cpu_silu_mul and cpu_sigmoid (in place too), on random values, special ones
+ * process's expf: cpu_silu_mul and cpu_sigmoid (in place too) and cpu_exp_strided (strides
+ * 1, 2, 3: the bytes between its floats untouched), on random values, special ones
  * (zeros, infinities, NaN, |x| around 88 where the vector code calls expf, subnormals,
  * huge) and every length up to 40 (the tails). */
 static void check_exp_ops(enum cpu_isa isa)
@@ -153,7 +155,8 @@ static void check_exp_ops(enum cpu_isa isa)
                                 88.73f, -103.98f, -104.0f, 0x1p-149f, -0x1p-130f, 1e30f, -1e30f, 3e38f, -3e38f,
                                 1e-8f, 15.9f, -15.9f };
     float *g = malloc(sizeof(float) * N), *u = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
-    REQUIRE(g && u && y, "out of memory");
+    float *v = malloc(sizeof(float) * 3 * N), *v0 = malloc(sizeof(float) * 3 * N);
+    REQUIRE(g && u && y && v && v0, "out of memory");
     for (int i = 0; i < N; i++) {
         g[i] = i < (int)MOE_ARRAY_LEN(sp) ? sp[i] : i % 5 ? 24.0f * frand() : 200.0f * frand();
         u[i] = i % 11 == 3 ? sp[(size_t)i % MOE_ARRAY_LEN(sp)] : 4.0f * frand();
@@ -179,7 +182,34 @@ static void check_exp_ops(enum cpu_isa isa)
     cpu_sigmoid(isa, y, y, N);
     for (int i = 0; i < N; i++) bad += !same_float(y[i], 1.0f / (1.0f + expf(-g[i])));
     CHECK(bad == 0, "%s: silu_mul or sigmoid differs from its scalar code on %d values", cpu_isa_name(isa), bad);
-    free(g), free(u), free(y);
+    bad = 0;
+    for (int stride = 1; stride <= 3; stride++)
+        for (int n = 0; n <= N; n = n < 40 ? n + 1 : n < N ? N : N + 1) {
+            for (int i = 0; i < 3 * N; i++) {
+                uint32_t b = (uint32_t)(t_xorshift(&rng) >> 32); /* any bits between the floats, NaNs too */
+                memcpy(&v0[i], &b, 4);
+            }
+            for (int i = 0; i < n; i++) v0[(size_t)i * stride] = g[i];
+            memcpy(v, v0, sizeof(float) * 3 * N);
+            float m = n & 1 ? 2.5f : 0.0f;
+            cpu_exp_strided(isa, v, n, stride, m);
+            for (int i = 0; i < 3 * N; i++) {
+                bool is_v = i % stride == 0 && i / stride < n;
+                float want = is_v ? expf(v0[i] - m) : v0[i];
+                if (is_v ? !same_float(v[i], want) : memcmp(&v[i], &v0[i], 4) != 0) {
+                    if (bad++ < 5) printf("exp_strided stride %d n %d: element %d: %a, want %a\n", stride, n, i, v[i], want);
+                }
+            }
+        }
+    CHECK(bad == 0, "%s: cpu_exp_strided differs from expf (or touched the bytes between) on %d values",
+          cpu_isa_name(isa), bad);
+    if (isa == cpu_isa_detect()) { /* the sampler's entry, on this CPU's ISA */
+        memcpy(v, v0, sizeof(float) * 3 * N);
+        cpu_exp_strided(isa, v0, N, 2, 1.0f);
+        moe_vexp_sub(v, N, 2, 1.0f);
+        CHECK(!memcmp(v, v0, sizeof(float) * 3 * N), "moe_vexp_sub differs from cpu_exp_strided");
+    }
+    free(g), free(u), free(y), free(v), free(v0);
 }
 
 int main(void)

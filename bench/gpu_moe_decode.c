@@ -345,8 +345,8 @@ static int attention_bench(struct bench *b, const int *ctxs, int nctx, int reps,
                         t0 = moe_now();
                     }
                     if (!rc)
-                        rc = moe_cuda_attention(b->c, dq, dk, latent ? dk : dv, MOE_DT_BF16, d_seq, d_pos, 1, nh, nkv,
-                                                hd, max_ctx, 0, 1.0f / sqrtf((float)hd), dout) != MOE_OK;
+                        rc = moe_cuda_attention(b->c, dq, dk, latent ? dk : dv, MOE_DT_BF16, d_seq, d_pos, 1, pos,
+                                                nh, nkv, hd, max_ctx, 0, 1.0f / sqrtf((float)hd), dout) != MOE_OK;
                 }
                 if (!rc) rc = moe_cuda_ctx_sync(b->c) != MOE_OK;
                 us[mode] = (moe_now() - t0) / reps * 1e6;

@@ -984,7 +984,8 @@ out:
     return st;
 }
 
-static enum moe_status attention_block(struct moe_engine *e, int l, int n)
+/* pos_max: the batch's largest position (the backend's attention bound) */
+static enum moe_status attention_block(struct moe_engine *e, int l, int n, int pos_max)
 {
     const struct moe_backend_ops *o = e->be->ops;
     void *bc = e->be->ctx;
@@ -1007,7 +1008,7 @@ static enum moe_status attention_block(struct moe_engine *e, int l, int n)
     BE(o->rope(bc, e->kx, e->d_pos, n, c->n_kv_heads, hd, c->rope_dim, e->rope_inv_freq, e->rope_scale));
     void *kc = kv_layer(e, e->kc, l), *vc = kv_layer(e, e->vc, l);
     BE(o->kv_store(bc, e->kx, e->vx, kc, vc, e->kv_dt, e->d_seq, e->d_pos, n, e->max_ctx, KV));
-    BE(o->attention(bc, e->q, kc, vc, e->kv_dt, e->d_seq, e->d_pos, n, c->n_heads, c->n_kv_heads, hd,
+    BE(o->attention(bc, e->q, kc, vc, e->kv_dt, e->d_seq, e->d_pos, n, pos_max, c->n_heads, c->n_kv_heads, hd,
                     e->max_ctx, c->sliding[l] ? c->sliding_window : 0, e->attn_scale, e->att));
     BE(o->linear(bc, e->att, w->wo, e->wdt, NULL, n, Q, H, e->o));
     BE(o->add(bc, e->h, e->o, (size_t)n * H));
@@ -1043,7 +1044,7 @@ static enum moe_status head_linears(struct moe_engine *e, const float *x, const 
  * the head's value.  The cache row (kv_lora_rank + qk_rope_dim floats per layer)
  * is n_heads * (nope + rope + v) / (kv_lora_rank + rope) times smaller than the
  * expanded keys and values (DeepSeek-V3: 40960 / 576 = 71x). */
-static enum moe_status mla_block(struct moe_engine *e, int l, int n)
+static enum moe_status mla_block(struct moe_engine *e, int l, int n, int pos_max)
 {
     const struct moe_backend_ops *o = e->be->ops;
     void *bc = e->be->ctx;
@@ -1080,8 +1081,8 @@ static enum moe_status mla_block(struct moe_engine *e, int l, int n)
         BE(o->memset0(bc, e->m_ql, (size_t)n * nh * KV * sizeof(float)));
     }
     BE(o->copy_blocks(bc, e->q + nope, Q, hd, e->m_ql + kvr, nh * KV, KV, n, nh, rd));
-    BE(o->attention(bc, e->m_ql, kc, kc, e->kv_dt, e->d_seq, e->d_pos, n, nh, 1, KV, e->max_ctx, 0, e->attn_scale,
-                    e->m_attl));
+    BE(o->attention(bc, e->m_ql, kc, kc, e->kv_dt, e->d_seq, e->d_pos, n, pos_max, nh, 1, KV, e->max_ctx, 0,
+                    e->attn_scale, e->m_attl));
     /* each head's values: its weighted latent times W_uv^T */
     BE(o->copy_blocks(bc, e->m_attl, nh * KV, KV, e->m_hp, kvr, n * kvr, n, nh, kvr));
     BE(head_linears(e, e->m_hp, w->w_uv, n, kvr, vd, e->m_hp2));
@@ -1100,11 +1101,12 @@ enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch 
     void *bc = e->be->ctx;
     const struct moe_config *c = &e->cfg;
     int n = b->n, H = e->H;
-    int nwant = 0;
+    int nwant = 0, pos_max = 0; /* validate_batch: 0 <= pos < max_ctx */
     for (int i = 0; i < n; i++) {
         e->h_tok[i] = b->tokens[i];
         e->h_seq[i] = b->seq[i];
         e->h_pos[i] = b->pos[i];
+        if (b->pos[i] > pos_max) pos_max = b->pos[i];
         if (!b->want_logits || b->want_logits[i]) e->h_rows[nwant++] = i;
     }
     if (e->prov->ops->step_begin) e->prov->ops->step_begin(e->prov->self, n);
@@ -1116,7 +1118,7 @@ enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch 
     BE(o->embed(bc, e->embed, e->wdt, e->V, H, e->d_tok, n, e->h));
     BE(hook_hidden(e, 0, n, e->h));
     for (int l = 0; l < c->n_layers; l++) {
-        BE(c->mla ? mla_block(e, l, n) : attention_block(e, l, n));
+        BE(c->mla ? mla_block(e, l, n, pos_max) : attention_block(e, l, n, pos_max));
         BE(o->rmsnorm(bc, e->h, e->L[l].ffn_norm, e->xn, n, H, c->rms_eps));
         if (c->is_moe[l])
             BE(moe_block(e, l, n));

@@ -99,11 +99,16 @@ struct moe_backend_ops {
      * positions 0..pos[i] of its sequence, which must already be stored, or with window > 0
      * to the last `window` of them (pos[i] - window < j <= pos[i]: transformers' sliding-window
      * mask).  Query head h uses KV head h / (n_heads / n_kv_heads).  softmax(q.k * scale) @ v
-     * in F32 (BF16 cache values widened exactly).  q, out [n, n_heads*head_dim]. */
+     * in F32 (BF16 cache values widened exactly).  q, out [n, n_heads*head_dim].
+     * pos_max bounds the call's positions from the host, where pos may be device memory: every
+     * pos[i] <= pos_max, and 0 <= pos_max < max_ctx when n > 0 (MOE_EINVAL otherwise).  The
+     * engine passes its batch's largest position; a backend may size scratch by it, so that it
+     * does not grow with max_ctx.  A row beyond it is the caller's error: the CPU backend
+     * refuses the call (MOE_EINVAL). */
     enum moe_status (*attention)(void *ctx, const float *q, const void *kcache, const void *vcache,
                                  enum moe_dtype cdt, const int32_t *seq, const int32_t *pos,
-                                 int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx, int window,
-                                 float scale, float *out);
+                                 int n, int pos_max, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                 int window, float scale, float *out);
 
     /* Router: logits [n, E] -> ids [n, k] and weights [n, k], descending
      * weight, ties to the lower expert id.

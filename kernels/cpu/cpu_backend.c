@@ -319,8 +319,8 @@ static void attn_task(void *arg, int tid, int nth)
 
 static enum moe_status cpu_attention(void *ctx, const float *q, const void *kcache, const void *vcache,
                                      enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n,
-                                     int n_heads, int n_kv_heads, int head_dim, int max_ctx, int window,
-                                     float scale, float *out)
+                                     int pos_max, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                     int window, float scale, float *out)
 {
     struct cpu_ctx *c = ctx;
     enum moe_status st = cache_dtype_ok("attention", cdt);
@@ -328,9 +328,15 @@ static enum moe_status cpu_attention(void *ctx, const float *q, const void *kcac
     if (n_kv_heads <= 0 || n_heads <= 0 || n_heads % n_kv_heads)
         return moe_errorf(MOE_EINVAL, "cpu backend attention: n_heads %d not a multiple of n_kv_heads %d",
                           n_heads, n_kv_heads);
+    /* pos_max sizes nothing here; it is checked, so that a caller that passes a wrong bound (which
+     * the CUDA backend answers with NaN rows) fails here too */
+    if (n > 0 && (pos_max < 0 || pos_max >= max_ctx)) return bad("attention", "pos_max", pos_max);
     long long work = 0;
     for (int i = 0; i < n; i++) {
         if (pos[i] < 0 || pos[i] >= max_ctx) return bad("attention", "pos", pos[i]);
+        if (pos[i] > pos_max)
+            return moe_errorf(MOE_EINVAL, "cpu backend attention: pos[%d] = %d is above pos_max = %d: pass the "
+                              "call's largest position", i, pos[i], pos_max);
         if (seq[i] < 0) return bad("attention", "seq", seq[i]);
         work += pos[i] + 1;
     }

@@ -103,11 +103,12 @@ static enum moe_status cb_kv_store(void *ctx, const float *k, const float *v, vo
     return moe_cuda_kv_store(C(ctx), k, v, kcache, vcache, cdt, seq, pos, n, max_ctx, kv_dim);
 }
 static enum moe_status cb_attention(void *ctx, const float *q, const void *kcache, const void *vcache,
-                                    enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n, int n_heads,
-                                    int n_kv_heads, int head_dim, int max_ctx, int window, float scale, float *out)
+                                    enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n, int pos_max,
+                                    int n_heads, int n_kv_heads, int head_dim, int max_ctx, int window, float scale,
+                                    float *out)
 {
     BIND(ctx);
-    return moe_cuda_attention(C(ctx), q, kcache, vcache, cdt, seq, pos, n, n_heads, n_kv_heads, head_dim,
+    return moe_cuda_attention(C(ctx), q, kcache, vcache, cdt, seq, pos, n, pos_max, n_heads, n_kv_heads, head_dim,
                               max_ctx, window, scale, out);
 }
 static enum moe_status cb_router(void *ctx, const float *logits, int n, int E, int k,

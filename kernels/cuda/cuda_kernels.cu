@@ -622,8 +622,8 @@ static enum moe_status att_splits(struct moe_cuda_ctx *c, struct att_args *a, in
 
 extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
                                               const void *d_vcache, enum moe_dtype cdt, const int *d_seq,
-                                              const int *d_pos, int n, int n_heads, int n_kv_heads, int head_dim,
-                                              int max_ctx, int window, float scale, float *d_out)
+                                              const int *d_pos, int n, int pos_max, int n_heads, int n_kv_heads,
+                                              int head_dim, int max_ctx, int window, float scale, float *d_out)
 {
     enum moe_status st = MOE_OK;
     if (n < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0 ||
@@ -633,6 +633,9 @@ extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const floa
                           ATT_MAX_HD, max_ctx, window);
     if ((st = cache_dtype_ok("attention", cdt)) != MOE_OK) return st;
     if (n == 0) return MOE_OK;
+    if (pos_max < 0 || pos_max >= max_ctx)
+        return moe_errorf(MOE_EINVAL, "attention: pos_max %d outside the cache's positions 0..%d: pass the "
+                          "call's largest position", pos_max, max_ctx - 1);
     /* G: query heads per block, a power of two (a ratio of 6 takes 8 with 2 idle: one pass over
      * the rows instead of 3 of 2) */
     int ratio = n_heads / n_kv_heads, G = 1;

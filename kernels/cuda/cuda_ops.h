@@ -151,6 +151,8 @@ enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, cons
  * in cdt as moe_cuda_kv_store wrote it (BF16 values widened exactly).  window > 0: only the last
  * `window` positions up to pos (pos - window < j <= pos), 0: all of them.  A position outside
  * 0..max_ctx-1 gives a row of NaN and reads nothing.
+ * pos_max: the host's bound on the device positions, every pos[i] <= pos_max (the call's largest
+ * position); 0 <= pos_max < max_ctx when n > 0, else MOE_EINVAL.
  * Softmax in chunks of 256 positions folded in order; when the call has too few (token, head
  * group) blocks to fill the device, the chunks of a row run in several blocks and a second kernel
  * combines them, with partials in the workspace (n * n_heads * ceil(min(window, max_ctx) / 256) *
@@ -158,8 +160,8 @@ enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, cons
  * bits either way: it does not depend on the rows in the call. */
 enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
                                    const void *d_vcache, enum moe_dtype cdt, const int *d_seq, const int *d_pos,
-                                   int n, int n_heads, int n_kv_heads, int head_dim, int max_ctx, int window,
-                                   float scale, float *d_out);
+                                   int n, int pos_max, int n_heads, int n_kv_heads, int head_dim, int max_ctx,
+                                   int window, float scale, float *d_out);
 /* For tests and benchmarks: how many blocks moe_cuda_attention gives each (token, head group)
  * when a row may span more than one chunk.  0 (default): chosen per call as above; 1: never
  * split; k >= 2: k (at most one per chunk), MOE_ENOMEM naming workspace_bytes when the partials

@@ -131,6 +131,14 @@ static void test_rope(struct g_rng *r, bool adv)
     free(x); free(ref); free(got);
 }
 
+/* The largest of n positions: moe_cuda_attention's pos_max. */
+static int max_pos(const int *pos, int n)
+{
+    int m = pos[0];
+    for (int i = 1; i < n; i++) m = pos[i] > m ? pos[i] : m;
+    return m;
+}
+
 static void test_attention(struct g_rng *r, bool adv)
 {
     /* two sequences: seq 1 prefilled with 300 tokens (more than one chunk of 256),
@@ -158,14 +166,14 @@ static void test_attention(struct g_rng *r, bool adv)
         if (adv) vc[5] = NAN;
         UP(dk, kc, cache * 4); UP(dv, vc, cache * 4); UP(dq, q, (size_t)n * nh * hd * 4);
         UP(ds, seq, (size_t)n * 4); UP(dpp, pos, (size_t)n * 4); OUT(dout, (size_t)n * nh * hd * 4);
-        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, nh, nkv, hd, max_ctx, 0,
-                              1.0f / sqrtf((float)hd), dout.d));
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, max_pos(pos, n), nh, nkv, hd,
+                              max_ctx, 0, 1.0f / sqrtf((float)hd), dout.d));
         dl(&dout, got, "attention");
         ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 0, 1.0f / sqrtf((float)hd), ref);
         cmp("attention", got, ref, (size_t)n * nh * hd, 1e-4);
         /* a sliding window of 130 (under the 300 prefilled keys: chunks start inside the cache) */
-        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, nh, nkv, hd, max_ctx, 130,
-                              1.0f / sqrtf((float)hd), dout.d));
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, max_pos(pos, n), nh, nkv, hd,
+                              max_ctx, 130, 1.0f / sqrtf((float)hd), dout.d));
         dl(&dout, got, "attention (window)");
         ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 130, 1.0f / sqrtf((float)hd), ref);
         cmp("attention, window 130", got, ref, (size_t)n * nh * hd, 1e-4);
@@ -215,8 +223,8 @@ static void test_attention_bf16(struct g_rng *r)
     struct g_buf dk, dv, dq, ds, dpp, dout, dkn;
     UP(dk, kb, cache * 2); UP(dv, vb, cache * 2); UP(dq, q, (size_t)n * nh * hd * 4);
     UP(ds, seq, (size_t)n * 4); UP(dpp, pos, (size_t)n * 4); OUT(dout, (size_t)n * nh * hd * 4);
-    OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_BF16, ds.d, dpp.d, n, nh, nkv, hd, max_ctx, 0,
-                          1.0f / sqrtf((float)hd), dout.d));
+    OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_BF16, ds.d, dpp.d, n, max_pos(pos, n), nh, nkv, hd,
+                          max_ctx, 0, 1.0f / sqrtf((float)hd), dout.d));
     dl(&dout, got, "attention (BF16 cache)");
     ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 0, 1.0f / sqrtf((float)hd), ref);
     cmp("attention (BF16 cache)", got, ref, (size_t)n * nh * hd, 1e-4);
@@ -290,8 +298,8 @@ static void test_attention_long(struct g_rng *r)
                              nh, nkv, hd, bf ? "BF16" : "F32", window, splits[k]);
                     OK(moe_cuda_ctx_set_attn_splits(ctx, splits[k]));
                     OK(moe_cuda_memset(ctx, dout.d, 0xff, N * row * 4)); /* NaN where nothing is written */
-                    OK(moe_cuda_attention(ctx, dq.d, dk.d, dvv, cdt, ds.d, dpp.d, N, nh, nkv, hd, max_ctx, window,
-                                          1.0f / sqrtf((float)hd), dout.d));
+                    OK(moe_cuda_attention(ctx, dq.d, dk.d, dvv, cdt, ds.d, dpp.d, N, max_pos(pos, N), nh, nkv, hd,
+                                          max_ctx, window, 1.0f / sqrtf((float)hd), dout.d));
                     dl(&dout, k ? got : want, what);
                     cmp(what, k ? got : want, ref, N * row, 1e-4);
                     if (k) CHECK(!memcmp(got, want, N * row * 4), "%s: not the bits of splits 1", what);
@@ -302,8 +310,8 @@ static void test_attention_long(struct g_rng *r)
                              "position %d alone", nh, nkv, hd, bf ? "BF16" : "F32", window, pos[i]);
                     OK(moe_cuda_memset(ctx, dout1.d, 0xff, row * 4));
                     OK(moe_cuda_attention(ctx, (const float *)dq.d + (size_t)i * row, dk.d, dvv, cdt,
-                                          (const int *)ds.d + i, (const int *)dpp.d + i, 1, nh, nkv, hd, max_ctx,
-                                          window, 1.0f / sqrtf((float)hd), dout1.d));
+                                          (const int *)ds.d + i, (const int *)dpp.d + i, 1, pos[i], nh, nkv, hd,
+                                          max_ctx, window, 1.0f / sqrtf((float)hd), dout1.d));
                     dl(&dout1, got, what);
                     CHECK(!memcmp(got, want + (size_t)i * row, row * 4), "%s: not its bits in the batch", what);
                 }
@@ -317,8 +325,8 @@ static void test_attention_long(struct g_rng *r)
         free(kc); free(q); free(ref); free(got); free(want); free(kb); free(vb);
     }
 
-    /* positions -1 and max_ctx (a cache of 600 positions: 3 chunks): NaN, nothing read or written
-     * out of bounds, split or not */
+    /* positions -1 and max_ctx (a cache of 600 positions: 3 chunks; the bound its last): NaN,
+     * nothing read or written out of bounds, split or not */
     int bad_ctx = 600, bad_pos[2] = { -1, 600 }, bad_seq[2] = { 0, 0 }, nh = 8, hd = 64;
     float *kv1 = calloc((size_t)bad_ctx * hd, 4), qq[2 * 8 * 64] = { 0 }, o[2 * 8 * 64];
     struct g_buf dk, dq, ds, dpp, dout;
@@ -328,8 +336,8 @@ static void test_attention_long(struct g_rng *r)
     for (int k = 1; k <= 2; k++) {
         OK(moe_cuda_ctx_set_attn_splits(ctx, k));
         OK(moe_cuda_memset(ctx, dout.d, 0, sizeof(o)));
-        OK(moe_cuda_attention(ctx, dq.d, dk.d, dk.d, MOE_DT_F32, ds.d, dpp.d, 2, nh, 1, hd, bad_ctx, 0, 0.125f,
-                              dout.d));
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dk.d, MOE_DT_F32, ds.d, dpp.d, 2, bad_ctx - 1, nh, 1, hd, bad_ctx, 0,
+                              0.125f, dout.d));
         dl(&dout, o, "attention outside the cache");
         int nan = 0;
         for (size_t i = 0; i < MOE_ARRAY_LEN(o); i++) nan += isnan(o[i]) != 0;
@@ -772,15 +780,22 @@ static void test_argmax(struct g_rng *r, bool adv)
 
 static void test_bad_args(void)
 {
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 6, 4, 64, 16, 0, 1, NULL) == MOE_EINVAL,
-          "attention accepted heads %% kv_heads != 0");
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 8, 2, 704, 16, 0, 1, NULL) == MOE_EINVAL,
-          "attention accepted head_dim 704");
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 0, 6, 4, 64, 16, 0, 1, NULL) ==
+              MOE_EINVAL, "attention accepted heads %% kv_heads != 0");
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 0, 8, 2, 704, 16, 0, 1, NULL) ==
+              MOE_EINVAL, "attention accepted head_dim 704");
+    /* pos_max outside the cache, where n > 0: refused before any launch; an empty call takes any */
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, -1, 8, 2, 64, 16, 0, 1, NULL) ==
+              MOE_EINVAL && strstr(moe_last_error(), "pos_max"), "attention accepted pos_max -1: %s", moe_last_error());
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 1, 16, 8, 2, 64, 16, 0, 1, NULL) ==
+              MOE_EINVAL && strstr(moe_last_error(), "pos_max"), "attention accepted pos_max = max_ctx: %s",
+          moe_last_error());
+    OK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_F32, NULL, NULL, 0, -1, 8, 2, 64, 16, 0, 1, NULL));
     /* split partials beyond the workspace: an error naming workspace_bytes when asked for, never a
      * launch (auto runs such calls unsplit) */
     OK(moe_cuda_ctx_set_attn_splits(ctx, 2));
-    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_BF16, NULL, NULL, 1, 64, 1, 576, 1 << 20, 0, 1, NULL) ==
-              MOE_ENOMEM && strstr(moe_last_error(), "workspace_bytes"),
+    CHECK(moe_cuda_attention(ctx, NULL, NULL, NULL, MOE_DT_BF16, NULL, NULL, 1, (1 << 20) - 1, 64, 1, 576, 1 << 20, 0,
+                             1, NULL) == MOE_ENOMEM && strstr(moe_last_error(), "workspace_bytes"),
           "attention split beyond the workspace: %s", moe_last_error());
     OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
     CHECK(moe_cuda_ctx_set_attn_splits(ctx, -1) == MOE_EINVAL, "attention splits -1 accepted");

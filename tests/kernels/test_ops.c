@@ -168,33 +168,51 @@ static void test_attention_dt(struct moe_backend *be, struct moe_backend *be3, e
         placed &= kf[(size_t)(2 * max_ctx + 3) * kvd + d] == want;
     }
     CHECK(placed, "kv_store placement (%s)", moe_dtype_name(cdt));
-    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0, 0.25f, out));
+    int pmax = 259; /* the largest position: seq 0's last */
+    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, pmax, nh, nkv, hd, max_ctx, 0, 0.25f, out));
     attn_ref(q, kf, vf, seq, pos, N, nh, nkv, hd, max_ctx, 0, ref);
     double e = maxdiff(out, ref, (size_t)N * nh * hd);
     CHECK(e < 2e-5, "attention err %g (%s)", e, moe_dtype_name(cdt));
     /* a sliding window of 200 (under the prefill's 260 keys, over a block) and of 3 */
     for (int w = 200; w > 0; w = w == 200 ? 3 : 0) {
-        OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, w, 0.25f, out));
+        OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, pmax, nh, nkv, hd, max_ctx, w, 0.25f, out));
         attn_ref(q, kf, vf, seq, pos, N, nh, nkv, hd, max_ctx, w, ref);
         e = maxdiff(out, ref, (size_t)N * nh * hd);
         CHECK(e < 2e-5, "attention (window %d) err %g (%s)", w, e, moe_dtype_name(cdt));
     }
-    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0, 0.25f, out));
-    /* a token alone (decode style) and with 3 threads: same bits */
+    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, pmax, nh, nkv, hd, max_ctx, 0, 0.25f, out));
+    /* a token alone (decode style, its own position the bound) and with 3 threads (a loose bound,
+     * the cache's last position): same bits */
     int bad = 0;
     for (int t = 0; t < N; t += 37) {
-        OK(o->attention(be->ctx, q + (size_t)t * nh * hd, kc, vc, cdt, seq + t, pos + t, 1, nh, nkv, hd,
+        OK(o->attention(be->ctx, q + (size_t)t * nh * hd, kc, vc, cdt, seq + t, pos + t, 1, pos[t], nh, nkv, hd,
                         max_ctx, 0, 0.25f, one));
         if (memcmp(one, out + (size_t)t * nh * hd, sizeof(float) * nh * hd)) bad++;
     }
     float *out3 = malloc(sizeof(float) * N * nh * hd);
-    OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, N, nh, nkv, hd, max_ctx, 0, 0.25f, out3));
+    OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, N, max_ctx - 1, nh, nkv, hd, max_ctx, 0, 0.25f,
+                           out3));
     CHECK(bad == 0, "attention of a token alone differs from in a batch (%d, %s)", bad, moe_dtype_name(cdt));
     CHECK(!memcmp(out3, out, sizeof(float) * N * nh * hd), "attention differs with 3 threads (%s)",
           moe_dtype_name(cdt));
-    CHECK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, 1, 3, 2, hd, max_ctx, 0, 0.25f, out) != MOE_OK,
+    CHECK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, 1, pmax, 3, 2, hd, max_ctx, 0, 0.25f, out) != MOE_OK,
           "n_heads not a multiple of n_kv_heads is refused");
     moe_error_clear();
+    /* a bound below a position, below 0 or past the cache is refused before anything is written
+     * (out keeps its NaNs); an empty call takes any */
+    for (size_t i = 0; i < (size_t)N * nh * hd; i++) out[i] = NAN;
+    static const int bounds[] = { 258, -1, 300 };
+    for (size_t b = 0; b < MOE_ARRAY_LEN(bounds); b++) {
+        CHECK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, N, bounds[b], nh, nkv, hd, max_ctx, 0, 0.25f, out) ==
+                  MOE_EINVAL && strstr(moe_last_error(), "pos_max"),
+              "attention with pos_max %d (positions up to %d, max_ctx %d): %s", bounds[b], pmax, max_ctx,
+              moe_last_error());
+        moe_error_clear();
+    }
+    int unwritten = 0;
+    for (size_t i = 0; i < (size_t)N * nh * hd; i++) unwritten += isnan(out[i]) != 0;
+    CHECK(unwritten == N * nh * hd, "a refused attention wrote %d values", N * nh * hd - unwritten);
+    OK(o->attention(be->ctx, q, kc, vc, cdt, seq, pos, 0, -1, nh, nkv, hd, max_ctx, 0, 0.25f, out));
     free(kc), free(vc), free(kf), free(vf), free(k), free(v), free(q), free(out), free(one), free(ref), free(out3);
 }
 
@@ -285,8 +303,10 @@ static void test_attention_order(struct moe_backend *be, struct moe_backend *be3
                         attn_row_order(isa, q + ((size_t)t * nh + h) * hd, kf + base, vf + base, kvd, len, first,
                                        hd, scale, want + ((size_t)t * nh + h) * hd);
                     }
-                OK(be->ops->attention(be->ctx, q, kc, vc, cdt, seq, pos, n, nh, nkv, hd, CTX, window, scale, out));
-                OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, n, nh, nkv, hd, CTX, window, scale, out3));
+                OK(be->ops->attention(be->ctx, q, kc, vc, cdt, seq, pos, n, 299, nh, nkv, hd, CTX, window, scale,
+                                      out));
+                OK(be3->ops->attention(be3->ctx, q, kc, vc, cdt, seq, pos, n, 299, nh, nkv, hd, CTX, window, scale,
+                                       out3));
                 int bad = 0, bad3 = 0, nans = 0;
                 for (size_t i = 0; i < qn; i++) {
                     nans += isnan(want[i]);
@@ -309,7 +329,7 @@ static void test_attention(struct moe_backend *be, struct moe_backend *be3)
     float x[4] = { 0 }, c[4];
     int32_t z = 0;
     CHECK(be->ops->kv_store(be->ctx, x, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 4) == MOE_ENOTSUP &&
-              be->ops->attention(be->ctx, x, c, c, MOE_DT_F16, &z, &z, 1, 1, 1, 4, 1, 0, 1.0f, x) == MOE_ENOTSUP,
+              be->ops->attention(be->ctx, x, c, c, MOE_DT_F16, &z, &z, 1, 0, 1, 1, 4, 1, 0, 1.0f, x) == MOE_ENOTSUP,
           "an F16 cache is refused");
     moe_error_clear();
 }

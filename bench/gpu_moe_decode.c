@@ -288,9 +288,11 @@ out:
 /* Decode attention, one token: Mixtral-8x7B's heads (32 query heads over 8 KV heads of 128) and
  * DeepSeek-V3's latent attention (128 heads over one KV head of 576, keys and values the same rows,
  * as the engine passes them) over a BF16 cache of max(contexts) positions, the token at each
- * context's last position; split as the context chooses (auto) and unsplit (one block per head
- * group); microseconds per call over `reps` calls after 3 untimed ones, and the cache bytes the
- * call covers per second.  Returns 0, or 1 on a device error. */
+ * context's last position (that position the call's pos_max, as the engine gives it: the split's
+ * partials and block count follow the context, not the cache); split as the context chooses
+ * (auto) and unsplit (one block per head group); microseconds per call over `reps` calls after 3
+ * untimed ones, and the cache bytes the call covers per second.  Returns 0, or 1 on a device
+ * error. */
 static int attention_bench(struct bench *b, const int *ctxs, int nctx, int reps, double d2d)
 {
     static const struct { const char *name; int nh, nkv, hd; } shapes[] = {

@@ -102,9 +102,10 @@ struct moe_backend_ops {
      * in F32 (BF16 cache values widened exactly).  q, out [n, n_heads*head_dim].
      * pos_max bounds the call's positions from the host, where pos may be device memory: every
      * pos[i] <= pos_max, and 0 <= pos_max < max_ctx when n > 0 (MOE_EINVAL otherwise).  The
-     * engine passes its batch's largest position; a backend may size scratch by it, so that it
-     * does not grow with max_ctx.  A row beyond it is the caller's error: the CPU backend
-     * refuses the call (MOE_EINVAL). */
+     * engine passes its batch's largest position; a backend may size scratch by it (the CUDA
+     * backend's split partials), so it does not grow with max_ctx.  A row beyond it is the
+     * caller's error: the CPU backend refuses the call (MOE_EINVAL), the CUDA backend, which
+     * cannot see the positions, gives the row NaN and reads and writes nothing for it. */
     enum moe_status (*attention)(void *ctx, const float *q, const void *kcache, const void *vcache,
                                  enum moe_dtype cdt, const int32_t *seq, const int32_t *pos,
                                  int n, int pos_max, int n_heads, int n_kv_heads, int head_dim, int max_ctx,

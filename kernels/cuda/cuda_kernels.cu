@@ -327,9 +327,11 @@ struct att_args {
     const void *kc, *vc;
     const int *seq, *pos;
     int n_heads, hd, max_ctx, window;
+    int pos_max;       /* the caller's bound on the positions, < max_ctx: a row beyond it is invalid */
     int ratio;         /* query heads per KV head */
     int gpk;           /* blocks (head groups) per KV head: ceil(ratio / G) */
-    int nchb;          /* the most chunks a row can have: ceil(min(window, max_ctx) / ATT_CHUNK) */
+    int nchb;          /* the most chunks a valid row can have: ceil(min(window, pos_max + 1) / ATT_CHUNK)
+                        * (pos_max + 1 for window 0) */
     size_t kv_dim;
     float scale;
     float *out;
@@ -337,11 +339,14 @@ struct att_args {
     float *part_acc;   /* split: [n * n_heads][nchb][hd] */
 };
 
-/* A row's chunk count, and in *first its first position; 0 for a position outside the cache
- * (pos < 0 or >= max_ctx): nothing is read and the output is NaN. */
-__device__ static inline int att_span(int last, int window, int max_ctx, int *first)
+/* A row's chunk count, and in *first its first position; 0 for an invalid row, whose output is
+ * NaN and for which nothing is read or written: a position below 0 or above pos_max (the caller's
+ * bound, below max_ctx: the launcher checks), so outside the cache or past the chunks the split
+ * partials have room for.  A valid row has at most nchb chunks: its positions number
+ * min(last + 1, window or max_ctx) <= min(pos_max + 1, window or max_ctx). */
+__device__ static inline int att_span(int last, int window, int pos_max, int *first)
 {
-    if (last < 0 || last >= max_ctx) return 0;
+    if (last < 0 || last > pos_max) return 0;
     *first = window > 0 && last + 1 > window ? last + 1 - window : 0;
     return (last - *first) / ATT_CHUNK + 1;
 }
@@ -450,7 +455,7 @@ __global__ static void __launch_bounds__(ATT_THREADS) k_att(const struct att_arg
     int t = blockIdx.x, tid = threadIdx.x;
     int kvh = (int)blockIdx.y / a.gpk, hg = ((int)blockIdx.y % a.gpk) * G, h0 = kvh * a.ratio + hg;
     int hv = a.ratio - hg < G ? a.ratio - hg : G; /* heads of this block that exist */
-    int last = a.pos[t], first = 0, nck = att_span(last, a.window, a.max_ctx, &first);
+    int last = a.pos[t], first = 0, nck = att_span(last, a.window, a.pos_max, &first);
     size_t row0 = (size_t)t * a.n_heads + h0; /* (token, head) row of the block's first head */
     if (SPLIT && (int)blockIdx.z >= nck) return; /* no chunk here (nck 0: the combine writes NaN) */
     if (!SPLIT && nck == 0) {
@@ -471,7 +476,7 @@ __global__ static void __launch_bounds__(ATT_THREADS) k_att(const struct att_arg
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 if (g >= hv) break;
-                size_t pr = (row0 + g) * (size_t)a.nchb + (size_t)ci; /* ci < nck <= nchb */
+                size_t pr = (row0 + g) * (size_t)a.nchb + (size_t)ci; /* ci < nck <= nchb: att_span */
                 if (tid == 0) {
                     a.part_ml[2 * pr] = cm[g];
                     a.part_ml[2 * pr + 1] = cl[g];
@@ -516,7 +521,7 @@ __global__ static void __launch_bounds__(ATT_THREADS) k_att(const struct att_arg
  * chunk order, as the unsplit kernel folds them. */
 __global__ static void __launch_bounds__(ATT_THREADS) k_att_combine(const struct att_args a)
 {
-    int first = 0, nck = att_span(a.pos[blockIdx.x], a.window, a.max_ctx, &first);
+    int first = 0, nck = att_span(a.pos[blockIdx.x], a.window, a.pos_max, &first);
     size_t row = (size_t)blockIdx.x * a.n_heads + blockIdx.y;
     const float *ml = a.part_ml + 2 * row * (size_t)a.nchb, *pa = a.part_acc + row * (size_t)a.nchb * a.hd;
     for (int d = threadIdx.x; d < a.hd; d += ATT_THREADS) {
@@ -640,7 +645,8 @@ extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const floa
      * the rows instead of 3 of 2) */
     int ratio = n_heads / n_kv_heads, G = 1;
     while (G < ratio && G < ATT_MAX_GROUP) G *= 2;
-    int span = window > 0 && window < max_ctx ? window : max_ctx, splits = 1;
+    /* the positions a valid row spans at most: its window, or all up to pos_max */
+    int span = window > 0 && window <= pos_max ? window : pos_max + 1, splits = 1;
     struct att_args a = {};
     a.q = d_q;
     a.kc = d_kcache;
@@ -651,6 +657,7 @@ extern "C" enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const floa
     a.hd = head_dim;
     a.max_ctx = max_ctx;
     a.window = window;
+    a.pos_max = pos_max;
     a.ratio = ratio;
     a.gpk = (ratio + G - 1) / G;
     a.nchb = (span - 1) / ATT_CHUNK + 1;

@@ -149,15 +149,16 @@ enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, cons
  * q [n, n_heads*head_dim]; out [n, n_heads*head_dim]; scale = 1/sqrt(head_dim)
  * usually.  head_dim <= 640 (DeepSeek's latent rows: 576); n_heads % n_kv_heads == 0.  The cache
  * in cdt as moe_cuda_kv_store wrote it (BF16 values widened exactly).  window > 0: only the last
- * `window` positions up to pos (pos - window < j <= pos), 0: all of them.  A position outside
- * 0..max_ctx-1 gives a row of NaN and reads nothing.
+ * `window` positions up to pos (pos - window < j <= pos), 0: all of them.
  * pos_max: the host's bound on the device positions, every pos[i] <= pos_max (the call's largest
- * position); 0 <= pos_max < max_ctx when n > 0, else MOE_EINVAL.
+ * position); 0 <= pos_max < max_ctx when n > 0, else MOE_EINVAL.  A row whose position is below 0
+ * or above pos_max (so any outside 0..max_ctx-1) gives NaN and reads and writes nothing.
  * Softmax in chunks of 256 positions folded in order; when the call has too few (token, head
  * group) blocks to fill the device, the chunks of a row run in several blocks and a second kernel
- * combines them, with partials in the workspace (n * n_heads * ceil(min(window, max_ctx) / 256) *
- * (head_dim + 2) floats; when they do not fit, the call runs unsplit).  A row's result is the same
- * bits either way: it does not depend on the rows in the call. */
+ * combines them, with partials in the workspace (n * n_heads * ceil(min(window, pos_max + 1) / 256)
+ * * (head_dim + 2) floats, pos_max + 1 for window 0, and up to 256 bytes of alignment; when
+ * they do not fit, the call runs unsplit).  A row's result is the same bits either way: it
+ * depends neither on the other rows in the call nor on pos_max (for a row within it). */
 enum moe_status moe_cuda_attention(struct moe_cuda_ctx *c, const float *d_q, const void *d_kcache,
                                    const void *d_vcache, enum moe_dtype cdt, const int *d_seq, const int *d_pos,
                                    int n, int pos_max, int n_heads, int n_kv_heads, int head_dim, int max_ctx,

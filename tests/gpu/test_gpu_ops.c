@@ -348,6 +348,79 @@ static void test_attention_long(struct g_rng *r)
     g_buf_free(ctx, &dk); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout);
 }
 
+/* The split's partials follow the call's positions (pos_max), not the cache's size.  A cache of
+ * 16384 positions (64 chunks of 256) and two tokens at positions 299 and 700 (3 chunks), on a
+ * context whose workspace holds exactly those tokens' partials at 3 chunks (12800 bytes; 64
+ * chunks would take 270 KB): a forced split of 3 is MOE_ENOMEM with the cache's last position as
+ * the bound and runs with 700, giving the bits of the unsplit call within 1e-4 of the reference;
+ * so does the context's own choice.  A bound below a row's position (700 for the last token
+ * moved to 1000: 4 chunks, one past the partials, whose last head's would land past the
+ * workspace's end, under memcheck) gives that row NaN and the other row its bits, split or
+ * not, within the guard bytes. */
+static void test_attention_bound(struct g_rng *r)
+{
+    enum { n = 2, nh = 8, nkv = 2, hd = 64, max_ctx = 16384, nck = 3 };
+    int seq[n] = { 0, 0 }, pos[n] = { 299, 700 }, far[n] = { 299, 1000 }, splits[] = { 1, 3, 0 };
+    size_t kv_dim = (size_t)nkv * hd, cache = (size_t)max_ctx * kv_dim, row = (size_t)nh * hd;
+    size_t cells = (size_t)n * nh * nck; /* (token, head, chunk): (m, l) padded to 256 bytes, then acc */
+    struct moe_cuda_params sp = { .device = 0, .workspace_bytes = ((cells * 2 * 4 + 255) & ~(size_t)255) +
+                                                                  cells * hd * 4, .gemm_mode = MOE_CUDA_GEMM_LOOP };
+    struct moe_cuda_ctx *small = moe_cuda_ctx_create(&sp);
+    REQUIRE(small, "small context: %s", moe_last_error());
+    float *kc = calloc(cache, 4), *vc = calloc(cache, 4), *q = malloc(n * row * 4);
+    float *ref = malloc(n * row * 4), *want = malloc(n * row * 4), *got = malloc(n * row * 4);
+    g_fill(r, kc, 1001 * kv_dim, 1.0f, false); /* positions 0..1000: the rest is never read */
+    g_fill(r, vc, 1001 * kv_dim, 1.0f, false);
+    g_fill(r, q, n * row, 1.0f, false);
+    struct g_buf dk, dv, dq, ds, dpp, dfar, dout;
+    UP(dk, kc, cache * 4); UP(dv, vc, cache * 4); UP(dq, q, n * row * 4); UP(ds, seq, sizeof(seq));
+    UP(dpp, pos, sizeof(pos)); UP(dfar, far, sizeof(far)); OUT(dout, n * row * 4);
+    float scale = 1.0f / sqrtf((float)hd);
+    ref_attention(q, kc, vc, seq, pos, n, nh, nkv, hd, max_ctx, 0, scale, ref);
+    OK(moe_cuda_ctx_set_attn_splits(ctx, 1));
+    OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, 700, nh, nkv, hd, max_ctx, 0, scale,
+                          dout.d));
+    dl(&dout, want, "attention, bound 700, unsplit");
+    cmp("attention, bound 700, unsplit", want, ref, n * row, 1e-4);
+    OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
+
+    OK(moe_cuda_ctx_set_attn_splits(small, 3));
+    CHECK(moe_cuda_attention(small, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, max_ctx - 1, nh, nkv, hd, max_ctx,
+                             0, scale, dout.d) == MOE_ENOMEM && strstr(moe_last_error(), "workspace_bytes"),
+          "3 splits of partials sized by the cache in a workspace of %zu bytes: %s", sp.workspace_bytes,
+          moe_last_error());
+    moe_error_clear();
+    for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) {
+        char what[96];
+        OK(moe_cuda_ctx_set_attn_splits(small, splits[k]));
+        snprintf(what, sizeof(what), "attention, bound 700, %zu-byte workspace, splits %d", sp.workspace_bytes,
+                 splits[k]);
+        OK(moe_cuda_memset(small, dout.d, 0xff, n * row * 4)); /* NaN where nothing is written */
+        OK(moe_cuda_attention(small, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, n, 700, nh, nkv, hd, max_ctx, 0,
+                              scale, dout.d));
+        OK(moe_cuda_ctx_sync(small));
+        dl(&dout, got, what);
+        CHECK(!memcmp(got, want, n * row * 4), "%s: not the bits of the unsplit call", what);
+        /* the second token at 1000, past the bound: a NaN row, the first token's row unchanged */
+        snprintf(what, sizeof(what), "attention, position 1000 over bound 700, splits %d", splits[k]);
+        OK(moe_cuda_memset(small, dout.d, 0, n * row * 4));
+        OK(moe_cuda_attention(small, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dfar.d, n, 700, nh, nkv, hd, max_ctx, 0,
+                              scale, dout.d));
+        OK(moe_cuda_ctx_sync(small));
+        dl(&dout, got, what);
+        int nan = 0;
+        for (size_t i = row; i < n * row; i++) nan += isnan(got[i]) != 0;
+        CHECK(nan == (int)row, "%s: %d of %zu outputs of the row past the bound NaN", what, nan, row);
+        CHECK(!memcmp(got, want, row * 4), "%s: the row within the bound changed", what);
+    }
+    OK(moe_cuda_ctx_sync(small));
+    CHECK(!moe_cuda_ctx_poisoned(small), "small context poisoned");
+    moe_cuda_ctx_destroy(small);
+    g_buf_free(ctx, &dk); g_buf_free(ctx, &dv); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp);
+    g_buf_free(ctx, &dfar); g_buf_free(ctx, &dout);
+    free(kc); free(vc); free(q); free(ref); free(want); free(got);
+}
+
 static void test_router(struct g_rng *r, bool adv)
 {
     static const int Es[] = { 8, 60, 128 }, ks[] = { 2, 4, 8 };
@@ -833,6 +906,7 @@ int main(void)
         test_attention(&r, adv);
         if (!adv) test_attention_bf16(&r);
         if (!adv) test_attention_long(&r);
+        if (!adv) test_attention_bound(&r);
         test_router(&r, adv);
         test_deepseek_ops(&r, adv);
         if (!adv) test_fp8_decode(&r);

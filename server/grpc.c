@@ -635,6 +635,28 @@ static size_t kserve_send(struct gcall *c, const char *kid, const char *text, si
     return big;
 }
 
+/* A ModelStreamInfer request's last response, an error: err, cut at a character's end as far as the
+ * response must shrink to fit max-message-bytes (an id and an error that the client sent back can
+ * pass it), so that the request is answered and its stream goes on: true.  false when not even the
+ * response without its message fits: the call ends with RESOURCE_EXHAUSTED and err. */
+static bool kserve_error(struct gcall *c, const char *kid, const char *err)
+{
+    char m[1024];
+    snprintf(m, sizeof(m), "%s", err ? err : "");
+    size_t n = strlen(m), big;
+    while ((big = kserve_send(c, kid, NULL, 0, true, m)) != 0 && n > 0) {
+        size_t over = big - (size_t)c->gf->srv->cfg.max_message_bytes;
+        n = n > over ? n - over : 0;
+        while (n > 0 && ((unsigned char)m[n] & 0xc0) == 0x80) /* not inside a character */
+            n--;
+        m[n] = 0;
+    }
+    if (!big)
+        return true;
+    queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, err);
+    return false;
+}
+
 /* k's next reply message is n bytes, over max-message-bytes: its request ends with an error that says
  * so, counted as failed (srv_gen_undeliverable).  A ModelStreamInfer stream answers it with an error
  * response and goes on; any other call ends with RESOURCE_EXHAUSTED.  Frees k. */
@@ -649,11 +671,10 @@ static void reply_over_max(struct cgen *k, size_t n)
     srv_gen_undeliverable(k->g, msg);
     k->g = NULL;
     cgen_drop(k);
-    if (c->m == GM_STREAM_INFER && !kserve_send(c, kid, NULL, 0, true, msg)) {
+    if (c->m != GM_STREAM_INFER)
+        queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+    else if (kserve_error(c, kid, msg))
         stream_next(c);
-        return;
-    }
-    queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
 }
 
 /* A GenerateResponse's logprobs for tokens toks[0..n) with lps[0..n) (NULL: the request did not
@@ -846,10 +867,10 @@ static void gen_progress(struct cgen *k)
         return;
     }
     /* ModelStreamInfer: this request's last response; the stream goes on. */
-    if (!ok)
-        kserve_send(c, k->kid, NULL, 0, true, msg);
+    bool goes_on = ok || kserve_error(c, k->kid, msg);
     cgen_drop(k);
-    stream_next(c);
+    if (goes_on)
+        stream_next(c);
 }
 
 static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
@@ -900,9 +921,8 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
     }
     if (c->m == GM_STREAM_INFER) {
         /* Decoupled stream: an error is a response; the stream stays open. */
-        if (st != MOE_OK)
-            kserve_send(c, kid, NULL, 0, true, moe_last_error());
-        stream_next(c);
+        if (st == MOE_OK || kserve_error(c, kid, moe_last_error()))
+            stream_next(c);
         return;
     }
     if (st == MOE_OK)

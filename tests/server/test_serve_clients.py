@@ -338,6 +338,18 @@ def reply_too_big(moeflow, pb):
               "finish reasons of the replies over max-message-bytes: error %s, length %s" % (
                   delta("moeflow:request_success_total", finished_reason="error"),
                   delta("moeflow:request_success_total", finished_reason="length")))
+        # an error response that would itself be over the limit (a long id, a refusal that names the
+        # request's unknown input): the request still gets its answer, the message cut to fit
+        bad = kserve_request(k, "e" * 80, 2)
+        t = bad.inputs.add(name="x" * 40, datatype="INT32", shape=[1])
+        t.contents.int_contents.append(1)
+        check(bad.ByteSize() <= 256, "the refused request is %d bytes, over the limit" % bad.ByteSize())
+        resps = list(ks.ModelStreamInfer(iter([bad, kserve_request(k, "small", 2)]), timeout=60))
+        errs = {r.infer_response.id: r.error_message for r in resps}
+        cut = [r for r in resps if r.infer_response.id == bad.id]
+        check(set(errs) == {bad.id, "small"} and errs[bad.id].startswith("unknown input 'xxx") and
+              not errs["small"] and cut[0].ByteSize() <= 256,
+              "ModelStreamInfer error response over max-message-bytes, then a small request: %r" % errs)
         ch.close()
         check(srv.stop() == 0, "max-message-bytes server: exit status")
     finally:

@@ -206,7 +206,11 @@ static enum moe_status acquire_locked(struct moe_cuda_tier *t, int layer, int n,
             TCK(cudaStreamWaitEvent(t->compute, t->ready[slot], 0));
             t->st.waits++;
         } else if (q != cudaSuccess) {
-            TCK(q);
+            /* the slot's fill failed: its bytes are not the expert's.  Forgotten, so that a later
+             * acquire loads it again (the device may stay usable: MOE_EDEVICE fails this forward only) */
+            st = note(t, MOE_CUDA_CHECK(q));
+            moe_cache_drop(t->cache, key);
+            goto out;
         }
         const char *base = t->d_pool + (size_t)slot * t->slot_bytes;
         out[i].gate = base + t->mat_off[0];

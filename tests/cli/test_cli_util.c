@@ -99,7 +99,8 @@ static void test_write_token(void)
     REQUIRE(st, "load %s: %s", spm, moe_last_error());
     f = open_memstream(&out, &len);
     REQUIRE(f, "open_memstream");
-    static const char *const run[] = { "<0x41>", "<0xE2>", "<0x82>", "\xe2\x96\x81" "a", "<0xE2>", "<0x82>" };
+    /* "\xe2\x96\x81" "a" is the token "▁a" (the literal cut so that the escape ends at \x81) */
+    static const char *const run[] = { "<0x41>", "<0xE2>", "<0x82>", ("\xe2\x96\x81" "a"), "<0xE2>", "<0x82>" };
     for (size_t i = 0; i < sizeof(run) / sizeof(run[0]); i++)
         CHECK(moe_cli_write_token(f, st, moe_tokenizer_token_id(st, run[i]), &x), "token %s", run[i]);
     CHECK(moe_cli_write_end(f, &x) && x.n_held == 0, "end of the run");

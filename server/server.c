@@ -207,10 +207,6 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
                 (unsigned long long)id, msg ? msg : "");
     }
     moe_metrics_observe(&s->metrics, &s->metrics.e2e, moe_now() - g->t_submit);
-    pthread_mutex_lock(&s->metrics.mu);
-    if ((unsigned)why < MOE_ARRAY_LEN(s->by_finish))
-        s->by_finish[why]++;
-    pthread_mutex_unlock(&s->metrics.mu);
     struct srv_inbox *ib = g->inbox;
     pthread_mutex_lock(&ib->mu);
     bool undelivered = g->undelivered;

@@ -112,7 +112,6 @@ struct moe_server {
     atomic_bool device_failed;     /* a request failed with MOE_EDEVLOST (a sticky device error): stop,
                                       exit non-zero; MOE_EDEVICE fails the request alone */
     atomic_int live_gens;          /* srv_gen objects alive */
-    uint64_t by_finish[5];         /* terminal statuses seen in on_done (metrics.mu) */
     double t_start;
     long long created;             /* wall-clock start, seconds since the epoch (/v1/models) */
     struct http_front *http;

@@ -1945,9 +1945,10 @@ static bool is_fallback_token(const struct moe_tokenizer *t, int id)
 /* n U+FFFD into out; returns the bytes written. */
 static size_t put_replacements(char *out, size_t n)
 {
+    size_t o = 0;
     for (size_t i = 0; i < n; i++)
-        memcpy(out + 3 * i, "\xef\xbf\xbd", 3);
-    return 3 * n;
+        o += moe_utf8_put(0xFFFD, out + o);
+    return o;
 }
 
 enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *ids, size_t n, char **text,
@@ -2041,11 +2042,11 @@ static size_t stream_end_run(struct moe_tok_stream *x, char *out)
 {
     if (!x->run)
         return 0;
-    size_t o = x->whole == x->n_held ? x->n_held : 3 * x->n_held;
+    size_t o = x->n_held;
     if (x->whole == x->n_held)
         memcpy(out, x->held, x->n_held);
     else
-        put_replacements(out, x->n_held);
+        o = put_replacements(out, x->n_held);
     x->n_held = x->whole = 0;
     x->run = x->bad = false;
     return o;

@@ -115,9 +115,7 @@ static inline size_t moe_utf8_lossy(const char *in, size_t n, char *out, bool pa
         } else if (need && partial && i + k == n) {
             break; /* cut by the end: the next piece may complete it */
         } else {
-            out[o++] = (char)0xef;
-            out[o++] = (char)0xbf;
-            out[o++] = (char)0xbd;
+            o += moe_utf8_put(0xFFFD, out + o);
         }
         i += k;
     }

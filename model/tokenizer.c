@@ -2093,6 +2093,12 @@ const char *moe_tokenizer_stream(const struct moe_tokenizer *t, struct moe_tok_s
     return x->out;
 }
 
+const char *moe_tokenizer_stream_pending(const struct moe_tok_stream *x, size_t *len)
+{
+    *len = x->run && !x->bad && x->whole == x->n_held ? x->n_held : 0;
+    return *len ? x->held : "";
+}
+
 const char *moe_tokenizer_stream_end(struct moe_tok_stream *x, size_t *len)
 {
     *len = 0;

@@ -73,6 +73,10 @@ struct moe_tok_stream {
 /* The text token id adds, *len bytes, valid until the next call with x: "" for an id without a
  * token (which changes nothing), NULL when out of memory. */
 const char *moe_tokenizer_stream(const struct moe_tokenizer *t, struct moe_tok_stream *x, int id, size_t *len);
+/* What x holds that the end would give out as it is: a run of byte tokens that is whole UTF-8 so
+ * far (the text of the tokens streamed, were they the last; a later byte token may still turn the
+ * run into U+FFFDs).  *len 0 when nothing held is sure in that sense.  Valid until the next call. */
+const char *moe_tokenizer_stream_pending(const struct moe_tok_stream *x, size_t *len);
 /* The end of the tokens: what x holds, as text (a cut character or a run that is not UTF-8 as
  * U+FFFD); x is then empty, as new.  NULL when out of memory. */
 const char *moe_tokenizer_stream_end(struct moe_tok_stream *x, size_t *len);

@@ -730,7 +730,9 @@ static void generate_stop_progress(struct cgen *k)
         bool last = ev.done && i == ev.n_toks - 1;
         size_t len = 0, ol = 0;
         char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len), *o = NULL;
-        m = t ? moe_stop_scan_feed(&k->scan, t, len, last, &o, &ol) : -1;
+        size_t n_ahead;
+        const char *ahead = srv_gen_pending(g, &n_ahead);
+        m = t ? moe_stop_scan_feed(&k->scan, t, len, ahead, n_ahead, last, &o, &ol) : -1;
         free(t);
         ids[n_ids++] = ev.toks[i];
         k->n_out++;
@@ -742,7 +744,7 @@ static void generate_stop_progress(struct cgen *k)
     if (m == 0 && ev.done && ok) { /* ended without a stop sequence: release what was held */
         size_t len = 0, fl = 0;
         char *t = srv_gen_text(g, NULL, 0, true, &len), *f = NULL;
-        m = t ? moe_stop_scan_feed(&k->scan, t, len, true, &f, &fl) : -1;
+        m = t ? moe_stop_scan_feed(&k->scan, t, len, NULL, 0, true, &f, &fl) : -1;
         if (f && fl)
             moe_strbuf_printf(&text, "%.*s", (int)fl, f);
         free(t);

@@ -699,14 +699,16 @@ static void emit_text(struct hreq *r, const char *t, size_t len, bool chunk)
 
 /* t (malloc'd, *len bytes) through the stop scanner when the request has stop
  * sequences: replaced by what may go out now (all of it when last).  1 = a
- * stop sequence completed, 0 = not, -1 = out of memory (t freed, NULL). */
+ * stop sequence completed (in t, or in a byte run the text stream still holds),
+ * 0 = not, -1 = out of memory (t freed, NULL). */
 static int stop_filter(struct hreq *r, char **t, size_t *len, bool last)
 {
     if (!r->scan.n || !*t)
         return *t ? 0 : -1;
     char *o;
-    size_t n;
-    int m = moe_stop_scan_feed(&r->scan, *t, *len, last, &o, &n);
+    size_t n, n_ahead;
+    const char *ahead = srv_gen_pending(r->g, &n_ahead);
+    int m = moe_stop_scan_feed(&r->scan, *t, *len, ahead, n_ahead, last, &o, &n);
     free(*t);
     *t = o;
     *len = n;

@@ -2005,13 +2005,13 @@ static char *dup_bytes(const char *p, size_t n)
     return o;
 }
 
-int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, bool last, char **out,
-                       size_t *out_len)
+int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, const char *ahead, size_t n_ahead,
+                       bool last, char **out, size_t *out_len)
 {
     *out = NULL;
     *out_len = 0;
-    if (s->n_held + n + 1 > s->cap) {
-        size_t c = (s->n_held + n + 1) * 2;
+    if (s->n_held + n + n_ahead + 1 > s->cap) {
+        size_t c = (s->n_held + n + n_ahead + 1) * 2;
         char *h = realloc(s->held, c);
         if (!h)
             return -1;
@@ -2020,11 +2020,13 @@ int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, bool
     }
     memcpy(s->held + s->n_held, text, n);
     size_t len = s->n_held + n;
-    /* the earliest completed stop sequence; only one that ends in the new text can be new */
+    if (n_ahead)
+        memcpy(s->held + len, ahead, n_ahead); /* looked at, not kept: len stays */
+    /* the earliest completed stop sequence */
     size_t best = SIZE_MAX;
     for (int i = 0; i < s->n; i++) {
         size_t k = strlen(s->seq[i]);
-        for (size_t p = 0; p + k <= len && p < best; p++)
+        for (size_t p = 0; p + k <= len + n_ahead && p < best; p++)
             if (!memcmp(s->held + p, s->seq[i], k)) {
                 best = p;
                 break;

@@ -145,12 +145,15 @@ struct moe_stop_scan {
 enum moe_status moe_stop_scan_init(struct moe_stop_scan *s, char *const *seq, int n);
 void moe_stop_scan_free(struct moe_stop_scan *s);
 /* Feed text[0..n); last: the generation's text ends here, so nothing is held
- * back.  Returns 1 when a stop sequence completed: *out is the text before it
- * (everything after is dropped); 0 when not: *out is what can be released
- * now; -1 out of memory.  *out is malloc'd (NUL-terminated, *out_len bytes),
- * the caller frees it. */
-int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, bool last, char **out,
-                       size_t *out_len);
+ * back.  ahead[0..n_ahead): text that would follow were the generation to end
+ * now, not fed yet (a tokenizer's pending byte run, moe_tokenizer_stream_pending):
+ * a stop sequence that completes in it counts, otherwise it is not taken (it
+ * comes again as text).  Returns 1 when a stop sequence completed: *out is the
+ * text before it (everything after is dropped); 0 when not: *out is what can be
+ * released now; -1 out of memory.  *out is malloc'd (NUL-terminated, *out_len
+ * bytes), the caller frees it. */
+int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, const char *ahead, size_t n_ahead,
+                       bool last, char **out, size_t *out_len);
 
 /* Length of the longest prefix of buf[0..n) that is complete UTF-8 (an
  * incomplete multi-byte sequence at the end is held back for streaming). */

@@ -315,6 +315,11 @@ char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t
     return out;
 }
 
+const char *srv_gen_pending(const struct srv_gen *g, size_t *len)
+{
+    return moe_tokenizer_stream_pending(&g->text, len);
+}
+
 void srv_gen_put(struct srv_gen *g)
 {
     pthread_mutex_lock(&g->inbox->mu);

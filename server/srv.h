@@ -142,6 +142,10 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev);
 /* Text of tokens, valid UTF-8, what is not yet sure held until final (moe_tokenizer_stream: a cut
  * character, a run of byte-fallback tokens).  malloc'd NUL-terminated; *len bytes. */
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len);
+/* What srv_gen_text holds that the text would end with were the tokens given so far the last (a
+ * byte run that is UTF-8 so far: moe_tokenizer_stream_pending), for stop sequences; valid until
+ * the next srv_gen_text call. */
+const char *srv_gen_pending(const struct srv_gen *g, size_t *len);
 
 /* The front end lets go: cancel in the scheduler if still running, drop its ref. */
 void srv_gen_abandon(struct srv_gen *g);

@@ -74,7 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 size_t k = r.prompt_len - done < piece ? r.prompt_len - done : piece;
                 char *o;
                 size_t n, before = sc.n_held;
-                m = moe_stop_scan_feed(&sc, r.prompt + done, k, done + k == r.prompt_len, &o, &n);
+                m = moe_stop_scan_feed(&sc, r.prompt + done, k, NULL, 0, done + k == r.prompt_len, &o, &n);
                 /* released text continues the prompt where the previous release ended */
                 if (m >= 0 && (n > before + k || memcmp(o, r.prompt + done - before, n)))
                     abort();

@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, Checks, free_port  # noqa: E402
+from serve_util import Server, Checks, free_port, gen_stubs  # noqa: E402
 
 check = Checks()
 
@@ -378,6 +378,40 @@ def main():
             chunks = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
             streamed = "".join(ch["choices"][0].get("text") or "" for ch in chunks if ch["choices"])
             check(code == 200 and streamed == "\ufffd" * 6, "streamed byte tokens: %d %r" % (code, streamed))
+            # a stop sequence made of a byte-fallback token (<0x0A>, how SentencePiece models write a line
+            # break): found at that token, though its run is still open, not when the run ends (here: never,
+            # every token is <0x0A>, so only max_tokens would have ended it)
+            body = {"prompt": "def f(x): return x", "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+                    "logit_bias": {"13": 100}, "stop": ["\n"]}
+            code, raw = srv.http("/v1/completions", json.dumps(body).encode())
+            out = json.loads(raw) if code == 200 else {}
+            c = (out.get("choices") or [{}])[0]
+            check(code == 200 and c.get("text") == "" and c.get("finish_reason") == "stop" and
+                  out["usage"]["completion_tokens"] == 1, "stop at a byte token: %d %r" % (code, raw))
+            code, raw = srv.http("/v1/completions", json.dumps(dict(body, stream=True, stop=["\n\n"], stream_options={
+                "include_usage": True})).encode())
+            chunks = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
+            fin = [ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"]]
+            streamed = "".join(ch["choices"][0].get("text") or "" for ch in chunks if ch["choices"])
+            usage = [ch["usage"] for ch in chunks if ch.get("usage")]
+            check(code == 200 and fin[-1:] == ["stop"] and streamed == "" and usage and
+                  usage[-1]["completion_tokens"] == 2, "streamed stop over two byte tokens: %d %r" % (code, raw))
+            try:
+                import grpc
+            except ImportError:
+                grpc = None  # python3-grpcio missing: the HTTP checks above stand for the shared scanner
+            if grpc:
+                pb = gen_stubs(src)
+                m = pb["m"]
+                with grpc.insecure_channel(srv.target) as ch:
+                    gen = pb["mg"].GenerationStub(ch)
+                    replies = list(gen.Generate(m.GenerateRequest(
+                        prompt="def f(x): return x", max_tokens=8, temperature=0, ignore_eos=True, stop=["\n"],
+                        logit_bias=[m.LogitBias(token_id=13, bias=100)]), timeout=60))
+                    last = replies[-1] if replies else None
+                    check(last is not None and last.finished and last.finish_reason == "stop" and
+                          last.completion_tokens == 1 and "".join(x.text for x in replies) == "",
+                          "gRPC stop at a byte token: %r" % replies)
         finally:
             srv.stop()
 

@@ -332,7 +332,7 @@ static void test_stop(void)
     for (i = 0; i < sizeof pieces / sizeof pieces[0] && m == 0; i++) {
         char *o;
         size_t n;
-        m = moe_stop_scan_feed(&sc, pieces[i], strlen(pieces[i]), false, &o, &n);
+        m = moe_stop_scan_feed(&sc, pieces[i], strlen(pieces[i]), NULL, 0, false, &o, &n);
         CHECK(o && strlen(o) == n, "feed %zu", i);
         if (i == 1)
             CHECK(n == 0, "a newline that may begin \\n\\n is held back");
@@ -351,21 +351,39 @@ static void test_stop(void)
     moe_stop_scan_init(&sc, seq, 2);
     char *o, *f;
     size_t n, nf;
-    CHECK(moe_stop_scan_feed(&sc, "xE", 2, false, &o, &n) == 0 && !strcmp(o, "x"), "tail E held");
-    CHECK(moe_stop_scan_feed(&sc, "", 0, true, &f, &nf) == 0 && nf == 1 && !strcmp(f, "E"),
+    CHECK(moe_stop_scan_feed(&sc, "xE", 2, NULL, 0, false, &o, &n) == 0 && !strcmp(o, "x"), "tail E held");
+    CHECK(moe_stop_scan_feed(&sc, "", 0, NULL, 0, true, &f, &nf) == 0 && nf == 1 && !strcmp(f, "E"),
           "the last piece releases the tail");
     free(o);
     free(f);
     /* a stop sequence inside one piece, and one spanning three */
-    CHECK(moe_stop_scan_feed(&sc, "abENDcd", 7, false, &o, &n) == 1 && !strcmp(o, "ab"), "inside one piece");
+    CHECK(moe_stop_scan_feed(&sc, "abENDcd", 7, NULL, 0, false, &o, &n) == 1 && !strcmp(o, "ab"), "inside one piece");
     free(o);
     moe_stop_scan_free(&sc);
     moe_stop_scan_init(&sc, seq, 2);
-    CHECK(moe_stop_scan_feed(&sc, "qE", 2, false, &o, &n) == 0 && n == 1, "piece 1");
+    CHECK(moe_stop_scan_feed(&sc, "qE", 2, NULL, 0, false, &o, &n) == 0 && n == 1, "piece 1");
     free(o);
-    CHECK(moe_stop_scan_feed(&sc, "N", 1, false, &o, &n) == 0 && n == 0, "piece 2");
+    CHECK(moe_stop_scan_feed(&sc, "N", 1, NULL, 0, false, &o, &n) == 0 && n == 0, "piece 2");
     free(o);
-    CHECK(moe_stop_scan_feed(&sc, "D!", 2, false, &o, &n) == 1 && n == 0, "END across three pieces");
+    CHECK(moe_stop_scan_feed(&sc, "D!", 2, NULL, 0, false, &o, &n) == 1 && n == 0, "END across three pieces");
+    free(o);
+    moe_stop_scan_free(&sc);
+
+    /* text ahead (a byte run the tokenizer's stream still holds): a stop sequence that completes in
+     * it counts, the text before it included; one that does not leaves it untaken */
+    moe_stop_scan_init(&sc, seq, 2);
+    CHECK(moe_stop_scan_feed(&sc, "a", 1, "b\n", 2, false, &o, &n) == 0 && !strcmp(o, "a"),
+          "ahead without a stop sequence: '%s'", o);
+    free(o);
+    CHECK(moe_stop_scan_feed(&sc, "", 0, "b\n\nc", 5, false, &o, &n) == 1 && !strcmp(o, "b"),
+          "a stop sequence in the text ahead: '%s'", o);
+    free(o);
+    moe_stop_scan_free(&sc);
+    moe_stop_scan_init(&sc, seq, 2);
+    CHECK(moe_stop_scan_feed(&sc, "xE", 2, "N", 1, false, &o, &n) == 0 && !strcmp(o, "x"), "EN held");
+    free(o);
+    CHECK(moe_stop_scan_feed(&sc, "", 0, "ND", 2, false, &o, &n) == 1 && !strcmp(o, ""),
+          "END across the held text and the text ahead: '%s'", o);
     free(o);
     moe_stop_scan_free(&sc);
 }

@@ -199,18 +199,22 @@ static void check_stream_runs(const struct moe_tokenizer *t)
 #define R "\xef\xbf\xbd"
     static const struct {
         const char *tok[6]; /* token strings; NULL: the end */
-        const char *out[6]; /* what each gives out */
+        const char *out[6];  /* what each gives out */
+        const char *pend[6]; /* then moe_tokenizer_stream_pending: what the end would give as it is */
     } cases[] = {
-        { { "<0xE2>", "<0x82>", "<0xAC>", NULL }, { "", "", "", "\xe2\x82\xac" } },
-        { { "<0xE2>", "<0x82>", NULL }, { "", "", R R } },
-        { { "<0xE2>", "<0x82>", "\xe2\x96\x81" "a", NULL }, { "", "", R R " a", "" } },
-        { { "<0x41>", "<0xE2>", NULL }, { "", "", R R } },
-        { { "<0x41>", "<0x42>", "\xe2\x96\x81" "a", NULL }, { "", "", "AB a", "" } },
-        { { "<0xE2>", "<0x41>", "<0x42>", "\xe2\x96\x81" "a", "<0x43>", NULL }, { "", R R, R, " a", "", "C" } },
-        { { "<0xC3>", "<0xA9>", "<0xFF>", "<0xC3>", "<0xA9>", NULL }, { "", "", R R R, R, R, "" } },
+        { { "<0xE2>", "<0x82>", "<0xAC>", NULL }, { "", "", "", "\xe2\x82\xac" }, { "", "", "\xe2\x82\xac", "" } },
+        { { "<0xE2>", "<0x82>", NULL }, { "", "", R R }, { "", "", "" } },
+        { { "<0xE2>", "<0x82>", "\xe2\x96\x81" "a", NULL }, { "", "", R R " a", "" }, { "", "", "", "" } },
+        { { "<0x41>", "<0xE2>", NULL }, { "", "", R R }, { "A", "", "" } },
+        { { "<0x41>", "<0x42>", "\xe2\x96\x81" "a", NULL }, { "", "", "AB a", "" }, { "A", "AB", "", "" } },
+        { { "<0xE2>", "<0x41>", "<0x42>", "\xe2\x96\x81" "a", "<0x43>", NULL },
+          { "", R R, R, " a", "", "C" }, { "", "", "", "", "C", "" } },
+        { { "<0xC3>", "<0xA9>", "<0xFF>", "<0xC3>", "<0xA9>", NULL }, { "", "", R R R, R, R, "" },
+          { "", "\xc3\xa9", "", "", "", "" } },
         { { "<0xF0>", "<0x9F>", "<0x98>", "<0x80>", "\xe2\x96\x81" "a", NULL },
-          { "", "", "", "", "\xf0\x9f\x98\x80 a", "" } },
-        { { "<0xED>", "<0xA0>", NULL }, { "", R R, "" } }, /* a surrogate's lead: not UTF-8 */
+          { "", "", "", "", "\xf0\x9f\x98\x80 a", "" }, { "", "", "", "\xf0\x9f\x98\x80", "", "" } },
+        { { "<0xED>", "<0xA0>", NULL }, { "", R R, "" }, { "", "", "" } }, /* a surrogate's lead: not UTF-8 */
+        { { "<0x0A>", "<0x0A>", "<0xE4>", NULL }, { "", "", "", R R R }, { "\n", "\n\n", "", "" } },
     };
 #undef R
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -228,6 +232,10 @@ static void check_stream_runs(const struct moe_tokenizer *t)
             CHECK(s && k == strlen(cases[c].out[i]) && !memcmp(s, cases[c].out[i], k),
                   "run %zu, token %d (%s): \"%.*s\", want \"%s\"", c, i, cases[c].tok[i] ? cases[c].tok[i] : "end",
                   (int)k, s ? s : "", cases[c].out[i]);
+            s = moe_tokenizer_stream_pending(&x, &k);
+            CHECK(k == strlen(cases[c].pend[i]) && !memcmp(s, cases[c].pend[i], k),
+                  "run %zu, token %d (%s): pending \"%.*s\", want \"%s\"", c, i,
+                  cases[c].tok[i] ? cases[c].tok[i] : "end", (int)k, s, cases[c].pend[i]);
             if (!cases[c].tok[i])
                 break;
         }

@@ -677,6 +677,31 @@ static void reply_over_max(struct cgen *k, size_t n)
         stream_next(c);
 }
 
+/* A request that failed (failed: its generation ended with an error, a deadline or the drain's end) after
+ * text it had not yet sent: when that text's message is over max-message-bytes (*big, its size), the
+ * message is dropped and the request still ends with its own error (failed_msg says what was dropped),
+ * not with the size's.  Returns the dropped message's size, 0 when none was dropped. */
+static size_t failed_reply_dropped(bool failed, size_t *big)
+{
+    size_t n = failed ? *big : 0;
+    if (n)
+        *big = 0;
+    return n;
+}
+
+#define FAILED_MSG_LEN 512
+
+/* A failed request's error message (msg[FAILED_MSG_LEN]): its finish and the scheduler's words, and the
+ * size of a last message of its text that failed_reply_dropped dropped. */
+static void failed_msg(const struct gcall *c, char *msg, const struct srv_events *ev, size_t dropped)
+{
+    int n = snprintf(msg, FAILED_MSG_LEN, "request %s%s%s", moe_finish_str(ev->why), ev->msg[0] ? ": " : "",
+                     ev->msg);
+    if (dropped && n > 0 && n < FAILED_MSG_LEN)
+        snprintf(msg + n, FAILED_MSG_LEN - (size_t)n, " (the text generated before it was not sent: its "
+                 "message of %zu bytes exceeds max-message-bytes, %d)", dropped, c->gf->srv->cfg.max_message_bytes);
+}
+
 /* A GenerateResponse's logprobs for tokens toks[0..n) with lps[0..n) (NULL: the request did not
  * ask: none).  The entries point into lps, which must outlive the message; out of memory leaves
  * the response without them (its tokens still go out).  Freed by gen_lps_free. */
@@ -781,6 +806,7 @@ static void generate_stop_progress(struct cgen *k)
     free(ev.lps);
     free(ids);
     moe_strbuf_free(&text);
+    size_t dropped = failed_reply_dropped(ev.done && !ok && m == 0, &big);
     if (big) {
         reply_over_max(k, big);
         return;
@@ -794,9 +820,8 @@ static void generate_stop_progress(struct cgen *k)
     }
     if (!ev.done)
         return;
-    char msg[400];
-    snprintf(msg, sizeof(msg), "request %s%s%s", moe_finish_str(ev.why), ev.msg[0] ? ": " : "",
-             ev.msg);
+    char msg[FAILED_MSG_LEN];
+    failed_msg(c, msg, &ev, dropped);
     cgen_drop(k);
     queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st), ok ? NULL : msg);
 }
@@ -853,15 +878,15 @@ static void gen_progress(struct cgen *k)
     free(ev.lps);
     if (!big && ev.done && ok && c->m != GM_GENERATE && !k->kstream) /* the whole text in one response */
         big = kserve_send(c, k->kid, k->acc.s ? k->acc.s : "", k->acc.len, true, NULL);
+    size_t dropped = failed_reply_dropped(ev.done && !ok, &big);
     if (big) {
         reply_over_max(k, big);
         return;
     }
     if (!ev.done)
         return;
-    char msg[400];
-    snprintf(msg, sizeof(msg), "request %s%s%s", moe_finish_str(ev.why), ev.msg[0] ? ": " : "",
-             ev.msg);
+    char msg[FAILED_MSG_LEN];
+    failed_msg(c, msg, &ev, dropped);
     if (c->m == GM_GENERATE || c->m == GM_INFER) {
         cgen_drop(k);
         queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st),

@@ -75,8 +75,24 @@ def gen_stubs(src):
                 h=health_pb2, hg=health_pb2_grpc)
 
 
+def kserve_request(k, rid, max_tokens, stream=None):
+    """A KServe ModelInferRequest of "def f():" for max_tokens tokens past any end of sequence (stream:
+    the stream input, when not None)."""
+    req = k.ModelInferRequest(model_name="pycode-moe-18m", id=rid)
+    t = req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+    t.contents.bytes_contents.append(b"def f():")
+    t = req.inputs.add(name="max_tokens", datatype="INT32", shape=[1])
+    t.contents.int_contents.append(max_tokens)
+    t = req.inputs.add(name="ignore_eos", datatype="BOOL", shape=[1])
+    t.contents.bool_contents.append(True)
+    if stream is not None:
+        t = req.inputs.add(name="stream", datatype="BOOL", shape=[1])
+        t.contents.bool_contents.append(stream)
+    return req
+
+
 class Server:
-    def __init__(self, moeflow, *extra, ready_timeout=120, nofile=None):
+    def __init__(self, moeflow, *extra, ready_timeout=120, nofile=None, env=None):
         self.grpc_port = free_port()
         self.http_port = free_port()
         while self.http_port == self.grpc_port:
@@ -85,7 +101,8 @@ class Server:
         args = [moeflow, "serve", "--grpc-port", str(self.grpc_port), "--http-port",
                 str(self.http_port), "--warmup-tokens", "1"] + list(extra)
         limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit,
+                                     env=dict(os.environ, **env) if env else None)
         t0 = time.time()
         while time.time() - t0 < ready_timeout:
             if self.proc.poll() is not None:

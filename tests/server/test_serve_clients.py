@@ -7,7 +7,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, metric, Checks, require_grpc, run_server_test  # noqa: E402
+from serve_util import (Server, gen_stubs, metric, Checks, kserve_request, require_grpc,  # noqa: E402
+                        run_server_test)
 
 grpc = require_grpc()
 check = Checks()
@@ -113,22 +114,6 @@ def ambiguous_body(srv):
                                 b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
     check(out.startswith(b"HTTP/1.1 400") and b"prompt" in out, "repeated equal Content-Length: %r" % out[:300])
     check(metric(srv.metrics(), "moeflow:requests_accepted_total") == base, "an ambiguous request was admitted")
-
-
-def kserve_request(k, rid, max_tokens, stream=None):
-    """A KServe ModelInferRequest of "def f():" for max_tokens tokens past any end of sequence (stream:
-    the stream input, when not None)."""
-    req = k.ModelInferRequest(model_name="pycode-moe-18m", id=rid)
-    t = req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
-    t.contents.bytes_contents.append(b"def f():")
-    t = req.inputs.add(name="max_tokens", datatype="INT32", shape=[1])
-    t.contents.int_contents.append(max_tokens)
-    t = req.inputs.add(name="ignore_eos", datatype="BOOL", shape=[1])
-    t.contents.bool_contents.append(True)
-    if stream is not None:
-        t = req.inputs.add(name="stream", datatype="BOOL", shape=[1])
-        t.contents.bool_contents.append(stream)
-    return req
 
 
 def stream_backlog(srv, pb):

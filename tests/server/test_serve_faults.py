@@ -6,14 +6,17 @@ KV slots, expert pins and transfers in flight return to the idle baseline and
 the counters balance.  usage: test_serve_faults.py MOEFLOW_BINARY SOURCE_DIR"""
 import json
 import os
+import queue
 import random
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, metric, curl, Checks, require_grpc  # noqa: E402
+from serve_util import Server, gen_stubs, metric, curl, Checks, kserve_request, require_grpc  # noqa: E402
 
 grpc = require_grpc()
 check = Checks()
@@ -121,6 +124,91 @@ class Sampler:
         self.stop.set()
         self.th.join(30)
         return self.peak
+
+
+def wait_metric(srv, name, at_least, **labels):
+    """Polls /metrics until name{labels} reaches at_least (at most 60 s); the last value read."""
+    t0 = time.time()
+    while True:
+        v = metric(srv.metrics(), name, **labels)
+        if v >= at_least or time.time() - t0 > 60:
+            return v
+        time.sleep(0.01)
+
+
+def failed_after_unsent_text(moeflow, pb):
+    """A ModelStreamInfer request that fails (its deadline passes) holding more new text than one
+    response of max-message-bytes (256) can carry: the gRPC thread is held at a gate (fault_shim.c)
+    from just after the request starts until it has ended, so its tokens pile up.  The client gets
+    the request's own error, not the size's, the stream serves the next request, and the request
+    counts by its deadline."""
+    shim = os.environ.get("MOEFLOW_FAULT_SHIM")
+    if not shim:
+        print("failed_after_unsent_text: skipped (MOEFLOW_FAULT_SHIM unset: run it under ctest)")
+        return
+    k = pb["k"]
+    # an id as long as leaves 96 bytes of text to a 256-byte response (the response's other fields as
+    # the server fills them): tokens sent one wake-up at a time fit, what piles up at the gate does not
+    def response(rid, n):
+        r = k.ModelStreamInferResponse()
+        ir = r.infer_response
+        ir.model_name, ir.model_version, ir.id = "pycode-moe-18m", "1", rid
+        ir.parameters["triton_final_response"].bool_param = False
+        o = ir.outputs.add(name="text_output", datatype="BYTES", shape=[1])
+        o.contents.bytes_contents.append(b"x" * n)
+        return r
+    rid = max((("a" * n for n in range(128) if response("a" * n, 96).ByteSize() <= 256)), key=len)
+    tmp = tempfile.mkdtemp()
+    gate = os.path.join(tmp, "gate")
+    srv = Server(moeflow, "--max-message-bytes", "256",
+                 env={"LD_PRELOAD": shim, "MOEFLOW_TEST_GRPC_GATE": gate})
+    try:
+        ks = pb["kg"].GRPCInferenceServiceStub(grpc.insecure_channel(srv.target))
+        m0 = srv.metrics()
+        slow = kserve_request(k, rid, 2000, stream=True)
+        slow.parameters["timeout"].double_param = 0.5
+        sent = queue.Queue()
+        sent.put(slow)
+        resps = ks.ModelStreamInfer(iter(sent.get, None), timeout=120)
+        wait_metric(srv, "moeflow:requests_accepted_total", metric(m0, "moeflow:requests_accepted_total") + 1)
+        open(gate, "w").close()
+        ended = wait_metric(srv, "moeflow:request_success_total",
+                            metric(m0, "moeflow:request_success_total", finished_reason="deadline") + 1,
+                            finished_reason="deadline")
+        piled = metric(srv.metrics(), "moeflow:generation_tokens_total")
+        os.unlink(gate)
+        got = []
+        for r in resps:
+            got.append(r)
+            if r.error_message or r.infer_response.parameters["triton_final_response"].bool_param:
+                break
+        sent.put(kserve_request(k, "next", 2, stream=True))
+        for r in resps:
+            got.append(r)
+            if r.infer_response.parameters["triton_final_response"].bool_param:
+                break
+        sent.put(None)
+        errs = [(r.infer_response.id == rid, r.error_message) for r in got if r.error_message]
+        nxt = [r for r in got if r.infer_response.id == "next"]
+        print("failed after unsent text: %d tokens generated, %d responses, errors %r" % (piled, len(got), errs))
+        check(len(errs) == 1 and errs[0][0] and errs[0][1].startswith("request deadline: deadline expired") and
+              "not sent" in errs[0][1], "a request failed with unsent text over max-message-bytes: its error %r" % errs)
+        check(nxt and not any(r.error_message for r in nxt) and all(r.infer_response.outputs for r in nxt) and
+              nxt[-1].infer_response.parameters["triton_final_response"].bool_param,
+              "the stream's next request after it: %r" % nxt)
+        ms, acc, done = balance(srv)
+        failed = metric(ms, "moeflow:requests_failed_total") - metric(m0, "moeflow:requests_failed_total")
+        check(acc == done and failed == 0 and ended == metric(ms, "moeflow:request_success_total",
+                                                               finished_reason="deadline"),
+              "failed after unsent text: accepted %s terminal %s, failed +%s" % (acc, done, failed))
+        check(srv.stop() == 0, "gated server: exit status")
+    finally:
+        if os.path.exists(gate):
+            os.unlink(gate)
+        shutil.rmtree(tmp, ignore_errors=True)
+        srv.kill()
+        if check.failures:
+            print(srv.output()[-3000:])
 
 
 def main():
@@ -434,6 +522,7 @@ def main():
         srv.kill()
         if check.failures:
             print(srv.output()[-3000:])
+    failed_after_unsent_text(moeflow, pb)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

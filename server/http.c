@@ -79,6 +79,8 @@ struct hcall {
     int n, n_open;                /* choices; those still generating */
     struct hreq **ch;             /* [n]: each choice's state, NULL once it has finished */
     json_t *choices;              /* non-streamed: the finished choices, by index */
+    struct srv_gen **done_g;      /* [n] non-streamed: the finished choices' generations, held (srv_gen_detach)
+                                     until the reply is sent, so that one that cannot be counts them failed */
     int n_prompt, n_generated;    /* usage: the prompt once, the choices' tokens added up */
     int n_cached;                 /* ... of the prompt, tokens from a cached prefix (the fewest of any choice) */
     int n_reasoning;              /* ... of the choices' tokens, those of their reasoning (reasoning parser) */
@@ -153,11 +155,18 @@ static void send_text(struct evhttp_request *req, int code, const char *ctype, c
         evbuffer_free(b);
 }
 
-static void send_json(struct evhttp_request *req, int code, json_t *j)
+/* j as the reply; when it cannot be written out (j NULL, or out of memory) a 500 goes instead: false. */
+static bool send_json(struct evhttp_request *req, int code, json_t *j)
 {
+    static const char oom[] = "{\"error\":{\"message\":\"out of memory for the response\","
+                              "\"type\":\"server_error\",\"param\":null,\"code\":500}}";
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-    send_text(req, code, "application/json", s ? s : "", s ? strlen(s) : 0);
+    if (s)
+        send_text(req, code, "application/json", s, strlen(s));
+    else
+        send_text(req, 500, "application/json", oom, sizeof(oom) - 1);
     free(s);
+    return s != NULL;
 }
 
 static const char *err_type(int code)
@@ -240,9 +249,23 @@ static void hcall_abandon(struct hcall *c)
     c->n_open = 0;
 }
 
+/* The reply could not be sent: the finished choices count as failed. */
+static void hcall_undeliverable(struct hcall *c, const char *msg)
+{
+    for (int i = 0; i < c->n; i++)
+        if (c->done_g[i]) {
+            srv_gen_undeliverable(c->done_g[i], msg);
+            c->done_g[i] = NULL;
+        }
+}
+
 static void hcall_free(struct hcall *c)
 {
     hcall_abandon(c);
+    for (int i = 0; i < c->n; i++)
+        if (c->done_g[i])
+            srv_gen_put(c->done_g[i]);
+    free(c->done_g);
     if (c->watch)
         event_free(c->watch);
     json_decref(c->choices);
@@ -821,11 +844,15 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     r->g = NULL;
     c->ch[r->index] = NULL;
     c->n_open--;
-    hreq_free(r);
-    if (stopped)
+    if (ok && !c->stream) { /* held until the reply is sent */
+        srv_gen_detach(g, stopped);
+        c->done_g[r->index] = g;
+    } else if (stopped) {
         srv_gen_abandon_stopped(g); /* the rest of the generation is not wanted */
-    else
+    } else {
         srv_gen_abandon(g); /* done, or failed here: cancels what still runs */
+    }
+    hreq_free(r);
     if (ok && !last)
         return;
     hcall_abandon(c); /* after a failure: the other choices are not wanted */
@@ -838,11 +865,10 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     } else if (ok) {
         json_t *j = reply_json(c, json_incref(c->choices), usage_json(c));
         json_t *rj = c->resp ? moe_responses_reply(c->resp, j) : json_incref(j);
-        kept_put(c, rj);
-        if (rj)
-            send_json(c->req, 200, rj);
-        else
-            send_error(c->req, 500, "out of memory for the response");
+        if (send_json(c->req, 200, rj))
+            kept_put(c, rj);
+        else /* the reply could not be built or written out (out of memory): its requests failed */
+            hcall_undeliverable(c, "out of memory for the response");
         json_decref(rj);
         json_decref(j);
     }
@@ -1028,8 +1054,10 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         }
     }
     struct hcall *c = calloc(1, sizeof(*c));
-    if (c && (!(c->ch = calloc((size_t)gr.n, sizeof(*c->ch))) || !(c->choices = json_array()))) {
+    if (c && (!(c->ch = calloc((size_t)gr.n, sizeof(*c->ch))) ||
+              !(c->done_g = calloc((size_t)gr.n, sizeof(*c->done_g))) || !(c->choices = json_array()))) {
         free(c->ch);
+        free(c->done_g);
         free(c);
         c = NULL;
     }

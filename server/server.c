@@ -329,10 +329,9 @@ void srv_gen_put(struct srv_gen *g)
         gen_free(g);
 }
 
-/* The front end lets go; a generation still running ends at once (KV and pins
- * freed before the next step; on_done follows): cancelled, or finished by a
- * stop sequence. */
-static void gen_let_go(struct srv_gen *g, bool at_stop)
+/* The front end lets go of g's events; a generation still running ends at once (KV and pins freed
+ * before the next step; on_done follows): cancelled, or finished by a stop sequence. */
+void srv_gen_detach(struct srv_gen *g, bool at_stop)
 {
     pthread_mutex_lock(&g->inbox->mu);
     bool running = !g->done;
@@ -340,11 +339,19 @@ static void gen_let_go(struct srv_gen *g, bool at_stop)
     pthread_mutex_unlock(&g->inbox->mu);
     if (running)
         (at_stop ? moe_sched_finish : moe_sched_cancel)(g->srv->sched, g->id);
+}
+
+void srv_gen_abandon(struct srv_gen *g)
+{
+    srv_gen_detach(g, false);
     srv_gen_put(g);
 }
 
-void srv_gen_abandon(struct srv_gen *g) { gen_let_go(g, false); }
-void srv_gen_abandon_stopped(struct srv_gen *g) { gen_let_go(g, true); }
+void srv_gen_abandon_stopped(struct srv_gen *g)
+{
+    srv_gen_detach(g, true);
+    srv_gen_put(g);
+}
 
 void srv_gen_undeliverable(struct srv_gen *g, const char *msg)
 {

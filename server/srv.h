@@ -152,9 +152,13 @@ void srv_gen_abandon(struct srv_gen *g);
 /* The front end found a stop sequence in the text: end the generation now as
  * finished by a stop (moe_sched_finish) and drop the front end's ref. */
 void srv_gen_abandon_stopped(struct srv_gen *g);
-/* The front end cannot deliver g's reply (a message over max-message-bytes): the request counts as
- * failed whether it still runs (ended now, with msg) or was completed already; the front end lets
- * go as with srv_gen_abandon, and answers its client with the error itself.  Logged. */
+/* The front end lets go of g's events as srv_gen_abandon (at_stop: srv_gen_abandon_stopped) does, and
+ * keeps its ref, to be dropped by srv_gen_put or srv_gen_undeliverable once its reply is sent or not. */
+void srv_gen_detach(struct srv_gen *g, bool at_stop);
+/* The front end cannot deliver g's reply (a message over max-message-bytes, a reply that could not be
+ * written out): the request counts as failed whether it still runs (ended now, with msg) or was
+ * completed already; the front end lets go as with srv_gen_abandon (after srv_gen_detach too), and
+ * answers its client with the error itself.  Logged. */
 void srv_gen_undeliverable(struct srv_gen *g, const char *msg);
 /* Drop one ref (front end or inbox list). */
 void srv_gen_put(struct srv_gen *g);

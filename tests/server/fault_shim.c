@@ -2,13 +2,18 @@
  * its variable is set:
  *   MOEFLOW_TEST_GRPC_GATE=PATH  the gRPC thread waits while PATH exists, each time before it polls its
  *                                completion queue: the scheduler's events for its calls pile up until the
- *                                test removes PATH (a generation that ends meanwhile is seen whole, at once). */
+ *                                test removes PATH (a generation that ends meanwhile is seen whole, at once);
+ *   MOEFLOW_TEST_FAIL_DUMPS=NAME json_dumps of a JSON object whose "object" member is NAME fails, as it does
+ *                                out of memory (NAME chat.completion: the reply of a non-streamed chat
+ *                                completion cannot be written out). */
 #include <dlfcn.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <grpc/grpc.h>
+#include <jansson.h>
 
 grpc_event grpc_completion_queue_next(grpc_completion_queue *cq, gpr_timespec deadline, void *reserved)
 {
@@ -19,4 +24,16 @@ grpc_event grpc_completion_queue_next(grpc_completion_queue *cq, gpr_timespec de
     while (gate && access(gate, F_OK) == 0)
         nanosleep(&(struct timespec){ 0, 5000000 }, NULL);
     return next(cq, deadline, reserved);
+}
+
+char *json_dumps(const json_t *json, size_t flags)
+{
+    static char *(*dumps)(const json_t *, size_t);
+    if (!dumps)
+        *(void **)&dumps = dlsym(RTLD_NEXT, "json_dumps");
+    const char *fail = getenv("MOEFLOW_TEST_FAIL_DUMPS");
+    const char *name = json_is_object(json) ? json_string_value(json_object_get(json, "object")) : NULL;
+    if (fail && name && !strcmp(name, fail))
+        return NULL;
+    return dumps(json, flags);
 }

@@ -211,6 +211,43 @@ def failed_after_unsent_text(moeflow, pb):
             print(srv.output()[-3000:])
 
 
+def unwritable_reply(moeflow):
+    """A non-streamed chat completion whose reply cannot be written out (json_dumps fails on it, as out of
+    memory, by fault_shim.c) after its choices finished, by length or at a stop sequence: a 500 that
+    says so, and its choices count as failed, not completed; a streamed one (its chunks written out)
+    still completes."""
+    shim = os.environ.get("MOEFLOW_FAULT_SHIM")
+    if not shim:
+        print("unwritable_reply: skipped (MOEFLOW_FAULT_SHIM unset: run it under ctest)")
+        return
+    srv = Server(moeflow, env={"LD_PRELOAD": shim, "MOEFLOW_TEST_FAIL_DUMPS": "chat.completion"})
+    try:
+        m0 = srv.metrics()
+        msgs = [{"role": "user", "content": "Write add."}]
+        bodies = [{"messages": msgs, "max_tokens": 4, "n": 2},
+                  {"messages": msgs, "max_tokens": 40, "stop": [" ", "\n", "(", "."]}]
+        for b in bodies:
+            code, out = srv.http("/v1/chat/completions", json.dumps(b).encode())
+            check(code == 500 and b"out of memory for the response" in out,
+                  "a reply that cannot be written out (%s): %d %r" % (b, code, out[:200]))
+        code, out = srv.http("/v1/chat/completions", json.dumps({"messages": msgs, "max_tokens": 4,
+                                                                 "stream": True}).encode())
+        check(code == 200 and b"data: [DONE]" in out, "streamed beside it: %d %r" % (code, out[-200:]))
+        ms, acc, done = balance(srv)
+
+        def delta(name, **labels):
+            return metric(ms, name, **labels) - metric(m0, name, **labels)
+        got = {x: delta("moeflow:requests_%s_total" % x) for x in ("accepted", "completed", "cancelled", "failed")}
+        check(acc == done and got == {"accepted": 4, "completed": 1, "cancelled": 0, "failed": 3} and
+              delta("moeflow:request_success_total", finished_reason="error") == 3,
+              "three choices whose reply could not be written out and one streamed, counted %r" % got)
+        check(srv.stop() == 0, "unwritable reply server: exit status")
+    finally:
+        srv.kill()
+        if check.failures:
+            print(srv.output()[-3000:])
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -523,6 +560,7 @@ def main():
         if check.failures:
             print(srv.output()[-3000:])
     failed_after_unsent_text(moeflow, pb)
+    unwritable_reply(moeflow)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

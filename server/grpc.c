@@ -128,9 +128,9 @@ struct grpc_front {
 static _Atomic(struct moe_server *) log_srv; /* the server whose listener the log speaks of */
 static atomic_bool log_binding;              /* the port is being bound: a failure is said once, by us */
 
-/* gRPC core's messages go to stderr as before.  One of them matters to readiness: after an
- * accept() fails (out of file descriptors) gRPC core never accepts on the port again, so the
- * server is no longer ready; a supervisor should restart it. */
+/* gRPC core's messages go to stderr as before.  One of them matters to readiness and liveness: after
+ * an accept() fails (out of file descriptors) gRPC core never accepts on the port again, so the server
+ * is no longer ready, nor alive to /health (grpc_lost); a supervisor should restart it. */
 static void grpc_log(gpr_log_func_args *a)
 {
     const char *file = strrchr(a->file, '/') ? strrchr(a->file, '/') + 1 : a->file;
@@ -139,9 +139,12 @@ static void grpc_log(gpr_log_func_args *a)
     else
         fprintf(stderr, "grpc %s %s:%d] %s\n", gpr_log_severity_string(a->severity), file, a->line, a->message);
     struct moe_server *s = atomic_load(&log_srv);
-    if (s && strstr(a->message, "Failed accept4") && atomic_exchange(&s->ready, false))
+    if (s && strstr(a->message, "Failed accept4") && !atomic_exchange(&s->grpc_lost, true)) {
+        atomic_store(&s->ready, false);
         MOE_ERR("the gRPC listener stopped accepting connections (%s) and gRPC core does not resume it: "
-                "not ready any more; restart the server (and raise its open-file limit)", a->message);
+                "not ready any more, /health answers 503; restart the server (and raise its open-file limit)",
+                a->message);
+    }
 }
 
 /* ---- calls ---- */

@@ -1523,14 +1523,21 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         handle_tokenize(h, req, path[1] == 'd');
     } else if (models) {
         handle_models(h, req, model_id);
+    } else if (!strcmp(path, "/health") && atomic_load(&s->grpc_lost)) {
+        static const char lost[] = "gRPC listener lost: it stopped accepting connections (out of file "
+                                   "descriptors) and does not resume; restart the server\n";
+        send_text(req, 503, "text/plain", lost, sizeof(lost) - 1);
     } else if (!strcmp(path, "/health")) {
         send_text(req, 200, "text/plain", "ok\n", 3);
     } else if (!strcmp(path, "/ready")) {
-        if (atomic_load(&s->ready))
+        const char *why = atomic_load(&s->ready)       ? NULL
+                          : atomic_load(&s->draining)  ? "draining\n"
+                          : atomic_load(&s->grpc_lost) ? "gRPC listener lost\n"
+                                                       : "loading\n";
+        if (!why)
             send_text(req, 200, "text/plain", "ready\n", 6);
         else
-            send_text(req, 503, "text/plain", atomic_load(&s->draining) ? "draining\n" : "loading\n",
-                      atomic_load(&s->draining) ? 9 : 8);
+            send_text(req, 503, "text/plain", why, strlen(why));
     } else if (!strcmp(path, "/metrics")) {
         size_t len = 0;
         char *t = srv_metrics_text(s, &len);

@@ -667,7 +667,7 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         lbl, kv_slots, lbl, kv_total, lbl, (long long)kv_tokens,
         lbl, kv_cap > 0 ? (double)kv_tokens / kv_cap : 0.0);
     moe_strbuf_printf(&b,
-        "# HELP moeflow:server_ready 1 when loaded, warm and not draining.\n"
+        "# HELP moeflow:server_ready 1 when loaded, warm, not draining and the gRPC listener accepts.\n"
         "# TYPE moeflow:server_ready gauge\nmoeflow:server_ready{%s} %d\n"
         "# HELP moeflow:live_generations Generation objects alive (requests in the front ends).\n"
         "# TYPE moeflow:live_generations gauge\nmoeflow:live_generations{%s} %d\n",
@@ -1017,7 +1017,7 @@ enum moe_status moe_server_run(struct moe_server *s)
     st = server_load(s);
     if (st != MOE_OK)
         goto out_stop;
-    atomic_store(&s->ready, true);
+    atomic_store(&s->ready, !atomic_load(&s->grpc_lost)); /* a listener lost while loading stays lost */
     char grpc_at[300] = "off", http_at[300] = "off";
     bool v6 = strchr(s->cfg.host, ':') && s->cfg.host[0] != '['; /* an IPv6 literal goes in brackets */
     if (s->cfg.grpc_port)

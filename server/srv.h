@@ -109,6 +109,8 @@ struct moe_server {
     atomic_bool loaded;            /* model, engine and scheduler exist (set once) */
     atomic_bool ready;             /* loaded, warm, not draining */
     atomic_bool draining;
+    atomic_bool grpc_lost;         /* gRPC core stopped accepting connections for good: never ready again, and
+                                      /health answers 503 so that a liveness probe restarts the process */
     atomic_bool device_failed;     /* a request failed with MOE_EDEVLOST (a sticky device error): stop,
                                       exit non-zero; MOE_EDEVICE fails the request alone */
     atomic_int live_gens;          /* srv_gen objects alive */

@@ -545,15 +545,19 @@ def main():
         check(busy < 1.0 and code == 200 and 1 <= warns <= 3,
               "out of descriptors: %.2f s CPU in 2 s, /health %d after, %d warnings" % (busy, code, warns))
         # The same on the gRPC port: gRPC core stops accepting there for good, so the server
-        # turns not ready (a supervisor restarts it) and says why.
+        # turns not ready and not live (/health 503: a liveness probe restarts it) and says why.
         socks = connect_many(srv.grpc_port, 250)
         time.sleep(1)
         for sk in socks:
             sk.close()
         time.sleep(0.5)
-        code = srv.http("/ready", timeout=10)[0]
-        check(code == 503 and "gRPC listener stopped accepting" in srv.output(),
-              "gRPC out of descriptors: /ready %d; log %r" % (code, srv.output()[-600:]))
+        code, body = srv.http("/ready", timeout=10)
+        hcode, hbody = srv.http("/health", timeout=10)
+        check(code == 503 and body == b"gRPC listener lost\n" and "gRPC listener stopped accepting" in srv.output(),
+              "gRPC out of descriptors: /ready %d %r; log %r" % (code, body, srv.output()[-600:]))
+        check(hcode == 503 and hbody.startswith(b"gRPC listener lost") and b"restart the server" in hbody and
+              metric(srv.metrics(), "moeflow:server_ready") == 0,
+              "gRPC out of descriptors: /health %d %r" % (hcode, hbody))
         check(srv.stop() == 0, "exit status")
     finally:
         srv.kill()

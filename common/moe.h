@@ -94,6 +94,11 @@ static inline bool moe_add_u64(uint64_t a, uint64_t b, uint64_t *out)
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* Room in *p, an array of *cap elements of size bytes each, for need of them: when need > *cap, *p
+ * is reallocated to the first capacity that holds need, doubling from *cap (from first when *cap is
+ * 0), and *cap set to it.  False, nothing changed, when out of memory or the size overflows. */
+bool moe_grow(void **p, size_t *cap, size_t need, size_t size, size_t first);
+
 /* Whole-file read into a NUL-terminated malloc'd buffer (caller frees). */
 enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len);
 

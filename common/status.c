@@ -160,6 +160,22 @@ uint16_t moe_f32_to_f16(float f)
     return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
 }
 
+bool moe_grow(void **p, size_t *cap, size_t need, size_t size, size_t first)
+{
+    if (need <= *cap) return true;
+    size_t n = *cap ? *cap : first, bytes;
+    while (n < need) {
+        if (n > SIZE_MAX / 2) return false;
+        n *= 2;
+    }
+    if (__builtin_mul_overflow(n, size, &bytes)) return false;
+    void *q = realloc(*p, bytes);
+    if (!q) return false;
+    *p = q;
+    *cap = n;
+    return true;
+}
+
 enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len)
 {
     FILE *f = fopen(path, "rb");

@@ -56,7 +56,8 @@ struct moe_grammar {
 
 struct rule {
     struct gel *el;
-    uint32_t n, cap;
+    uint32_t n;
+    size_t cap;
     char *name;      /* NULL: made for a group or a repetition */
     uint32_t at;     /* the byte where it was defined, or made */
     uint32_t used;   /* the byte of its first reference */
@@ -68,27 +69,18 @@ struct gp {
     const char *src;
     size_t len, pos;
     struct rule *r;
-    int n_r, cap_r;
+    int n_r;
+    size_t cap_r;
     struct grange *rng;
-    uint32_t n_rng, cap_rng;
+    uint32_t n_rng;
+    size_t cap_rng;
     struct gset *set;
-    uint32_t n_set, cap_set;
+    uint32_t n_set;
+    size_t cap_set;
     uint32_t n_el;   /* elements in all rules */
     int nesting;
     bool failed;
 };
-
-static bool grow(void **a, uint32_t *cap, uint32_t need, size_t size)
-{
-    if (need <= *cap) return true;
-    uint32_t c = *cap ? *cap : 8;
-    while (c < need) c *= 2;
-    void *b = realloc(*a, c * size);
-    if (!b) return false;
-    *a = b;
-    *cap = c;
-    return true;
-}
 
 /* Fail at byte at with a message naming its line and column. */
 static bool fail(struct gp *p, size_t at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -123,9 +115,7 @@ static int rule_new(struct gp *p, const char *name, size_t nlen, size_t at)
         fail(p, at, "more than %d rules (groups and repetitions count as rules)", MOE_GRAMMAR_MAX_RULES);
         return -1;
     }
-    uint32_t cap = (uint32_t)p->cap_r;
-    if (!grow((void **)&p->r, &cap, (uint32_t)p->n_r + 1, sizeof(*p->r))) return oom(p), -1;
-    p->cap_r = (int)cap;
+    if (!moe_grow((void **)&p->r, &p->cap_r, (size_t)p->n_r + 1, sizeof(*p->r), 8)) return oom(p), -1;
     struct rule *r = &p->r[p->n_r];
     *r = (struct rule){ .at = (uint32_t)at, .used = (uint32_t)at };
     if (name) {
@@ -149,7 +139,7 @@ static bool emit(struct gp *p, int ri, uint32_t kind, uint32_t arg)
     struct rule *r = &p->r[ri];
     if (p->n_el >= MAX_ELEMENTS) return fail(p, p->pos, "the grammar is too large (over %d elements once "
                                              "repetitions are written out)", MAX_ELEMENTS);
-    if (!grow((void **)&r->el, &r->cap, r->n + 1, sizeof(*r->el))) return oom(p);
+    if (!moe_grow((void **)&r->el, &r->cap, r->n + 1, sizeof(*r->el), 8)) return oom(p);
     r->el[r->n++] = (struct gel){ kind, arg };
     p->n_el++;
     return true;
@@ -175,7 +165,7 @@ static bool set_emit(struct gp *p, int ri, uint32_t first, bool neg)
         }
     }
     p->n_rng = first + m;
-    if (!grow((void **)&p->set, &p->cap_set, p->n_set + 1, sizeof(*p->set))) return oom(p);
+    if (!moe_grow((void **)&p->set, &p->cap_set, p->n_set + 1, sizeof(*p->set), 8)) return oom(p);
     struct gset *s = &p->set[p->n_set];
     *s = (struct gset){ .first = first, .n = m, .neg = neg };
     for (uint32_t i = 0; i < m; i++)
@@ -185,7 +175,7 @@ static bool set_emit(struct gp *p, int ri, uint32_t first, bool neg)
 
 static bool range_add(struct gp *p, uint32_t lo, uint32_t hi)
 {
-    if (!grow((void **)&p->rng, &p->cap_rng, p->n_rng + 1, sizeof(*p->rng))) return oom(p);
+    if (!moe_grow((void **)&p->rng, &p->cap_rng, p->n_rng + 1, sizeof(*p->rng), 8)) return oom(p);
     p->rng[p->n_rng++] = (struct grange){ lo, hi };
     return true;
 }
@@ -926,7 +916,7 @@ enum moe_status moe_grammar_compile(const char *text, size_t len, struct moe_gra
     struct moe_grammar *g = NULL;
     int root = -1;
     /* the range table exists even when no class has ranges ('.' alone) */
-    if (!grow((void **)&p.rng, &p.cap_rng, 1, sizeof(*p.rng))) oom(&p);
+    if (!moe_grow((void **)&p.rng, &p.cap_rng, 1, sizeof(*p.rng), 8)) oom(&p);
     if (!p.failed && parse_rules(&p)) {
         for (int r = 0; r < p.n_r; r++) {
             if (p.r[r].name && !p.r[r].defined) {

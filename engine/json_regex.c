@@ -63,7 +63,7 @@ static int fail_node(struct rx *x, const char *msg)
 
 static int new_ast(struct rx *x, struct ast a)
 {
-    if (!json_grow((void **)&x->n, &x->cap, (size_t)x->nn + 1, sizeof(*x->n))) {
+    if (!moe_grow((void **)&x->n, &x->cap, (size_t)x->nn + 1, sizeof(*x->n), 16)) {
         fail_rx(x, "out of memory");
         return -1;
     }
@@ -121,7 +121,7 @@ static int set_done(struct rx *x, struct set *s, bool negate)
         memcpy(m, c, sizeof(c[0]) * (size_t)kc);
         k = kc;
     }
-    if (!json_grow((void **)&x->rs, &x->capr, (size_t)(x->nr + k + 1), sizeof(*x->rs))) {
+    if (!moe_grow((void **)&x->rs, &x->capr, (size_t)(x->nr + k + 1), sizeof(*x->rs), 16)) {
         fail_rx(x, "out of memory");
         return -1;
     }
@@ -453,7 +453,7 @@ struct nfa {
 
 static int nfa_new(struct nfa *a)
 {
-    if (a->n >= RX_MAX_NFA || !json_grow((void **)&a->s, &a->cap, (size_t)a->n + 1, sizeof(*a->s))) {
+    if (a->n >= RX_MAX_NFA || !moe_grow((void **)&a->s, &a->cap, (size_t)a->n + 1, sizeof(*a->s), 16)) {
         a->full = true;
         return -1;
     }
@@ -569,8 +569,8 @@ static uint64_t set_hash(const uint64_t *set, int words)
 
 static bool dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
 {
-    return json_grow((void **)&b->states, &b->cap_states, states, sizeof(*b->states)) &&
-           json_grow((void **)&b->ranges, &b->cap_ranges, ranges, sizeof(*b->ranges));
+    return moe_grow((void **)&b->states, &b->cap_states, states, sizeof(*b->states), 16) &&
+           moe_grow((void **)&b->ranges, &b->cap_ranges, ranges, sizeof(*b->ranges), 16);
 }
 
 /* Code points lo .. hi of state (the last one being filled, its room made) lead to next: a range

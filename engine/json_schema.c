@@ -89,7 +89,7 @@ static int new_node(struct cc *c, struct json_node n)
         return -1;
     }
     size_t cap = (size_t)c->cap_nodes;
-    if (!json_grow((void **)&c->nodes, &cap, (size_t)c->n_nodes + 1, sizeof(*c->nodes))) {
+    if (!moe_grow((void **)&c->nodes, &cap, (size_t)c->n_nodes + 1, sizeof(*c->nodes), 16)) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return -1;
     }
@@ -101,7 +101,7 @@ static int new_node(struct cc *c, struct json_node n)
 /* Bytes into the pool; false when out of memory. */
 static bool pool_add(struct cc *c, const char *b, size_t n, struct json_str *out)
 {
-    if (c->n_pool + n > UINT32_MAX || !json_grow((void **)&c->pool, &c->cap_pool, c->n_pool + n, 1)) return false;
+    if (c->n_pool + n > UINT32_MAX || !moe_grow((void **)&c->pool, &c->cap_pool, c->n_pool + n, 1, 16)) return false;
     memcpy(c->pool + c->n_pool, b, n);
     *out = (struct json_str){ (uint32_t)c->n_pool, (uint32_t)n };
     c->n_pool += n;
@@ -155,7 +155,7 @@ static int lit_cmp(const void *x, const void *y)
 static int lits_node(struct cc *c, size_t first, size_t n)
 {
     struct lit_key *k = malloc(sizeof(*k) * n);
-    if (!k || !json_grow((void **)&c->lit_orig, &c->cap_orig, c->n_lits, sizeof(*c->lit_orig))) {
+    if (!k || !moe_grow((void **)&c->lit_orig, &c->cap_orig, c->n_lits, sizeof(*c->lit_orig), 16)) {
         free(k);
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return -1;
@@ -182,7 +182,7 @@ static int literals(struct cc *c, json_t *const *v, size_t n)
         fail(c, MOE_ERANGE, "an enum of %zu values; at most %d are supported", n, MOE_JSON_MAX_ENUM);
         return -1;
     }
-    if (!json_grow((void **)&c->lits, &c->cap_lits, c->n_lits + n, sizeof(*c->lits))) goto oom;
+    if (!moe_grow((void **)&c->lits, &c->cap_lits, c->n_lits + n, sizeof(*c->lits), 16)) goto oom;
     size_t first = c->n_lits;
     for (size_t i = 0; i < n; i++) {
         char *t = literal_text(v[i]);
@@ -252,8 +252,8 @@ static int make_tagged(struct cc *c, const int *obj, int n, bool *none)
             for (int j = 0; j < i && ok; j++) ok = !json_str_eq(c->pool, tag[i], tag[j]);
         }
         if (!ok) continue;
-        if (!json_grow((void **)&c->lits, &c->cap_lits, c->n_lits + (size_t)n, sizeof(*c->lits)) ||
-            !json_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)n, sizeof(*c->branch))) {
+        if (!moe_grow((void **)&c->lits, &c->cap_lits, c->n_lits + (size_t)n, sizeof(*c->lits), 16) ||
+            !moe_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)n, sizeof(*c->branch), 16)) {
             moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
             return -1;
         }
@@ -338,7 +338,7 @@ static int make_union(struct cc *c, const int *b, int n, const char *what)
         }
     }
     if (nf == 1) return flat[0];
-    if (!json_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)nf, sizeof(*c->branch))) {
+    if (!moe_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)nf, sizeof(*c->branch), 16)) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return -1;
     }
@@ -402,7 +402,7 @@ static int object_node(struct cc *c, const json_t *o, int depth)
         if ((nodes[i] = compile_at(c, pv, "properties", k, depth)) < 0) return -1;
         i++;
     }
-    if (!json_grow((void **)&c->props, &c->cap_props, c->n_props + n, sizeof(*c->props))) goto oom;
+    if (!moe_grow((void **)&c->props, &c->cap_props, c->n_props + n, sizeof(*c->props), 16)) goto oom;
     size_t first = c->n_props;
     for (i = 0; i < n; i++) {
         json_t *js = json_string(names[i]);
@@ -489,7 +489,7 @@ static bool prefix_items(struct cc *c, const json_t *list, const char *key, stru
 {
     int b[64], i = compile_list(c, list, key, depth, b);
     if (i < 0) return false;
-    if (!json_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)i, sizeof(*c->branch))) {
+    if (!moe_grow((void **)&c->branch, &c->cap_branch, c->n_branch + (size_t)i, sizeof(*c->branch), 16)) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return false;
     }
@@ -804,7 +804,7 @@ static int ref_node(struct cc *c, const char *ref, int depth)
     int slot = new_node(c, (struct json_node){ .kind = PENDING });
     size_t cap = (size_t)c->cap_refs;
     if (slot < 0) return -1;
-    if (!json_grow((void **)&c->refs, &cap, (size_t)c->n_refs + 1, sizeof(*c->refs))) {
+    if (!moe_grow((void **)&c->refs, &cap, (size_t)c->n_refs + 1, sizeof(*c->refs), 16)) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return -1;
     }
@@ -1013,14 +1013,14 @@ static bool cc_begin(struct cc *c)
 {
     const struct moe_json_schema *any = &moe_json_any_object;
     struct json_str skip;
-    if (!json_grow((void **)&c->lits, &c->cap_lits, JSON_BUILTIN_LITS, sizeof(*c->lits)) ||
+    if (!moe_grow((void **)&c->lits, &c->cap_lits, JSON_BUILTIN_LITS, sizeof(*c->lits), 16) ||
         !pool_add(c, any->pool, JSON_BUILTIN_POOL, &skip)) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return false;
     }
     memcpy(c->lits, any->lits, sizeof(*c->lits) * JSON_BUILTIN_LITS);
     c->n_lits = JSON_BUILTIN_LITS;
-    if (!json_grow((void **)&c->lit_orig, &c->cap_orig, JSON_BUILTIN_LITS, sizeof(*c->lit_orig))) {
+    if (!moe_grow((void **)&c->lit_orig, &c->cap_orig, JSON_BUILTIN_LITS, sizeof(*c->lit_orig), 16)) {
         moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
         return false;
     }
@@ -1096,7 +1096,7 @@ enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *l
         return moe_errorf(MOE_EINVAL, "a choice of %d texts: give 1 to %d", n, MOE_JSON_MAX_ENUM);
     struct cc c = { 0 };
     enum moe_status st = MOE_ENOMEM;
-    if (!cc_begin(&c) || !json_grow((void **)&c.lits, &c.cap_lits, c.n_lits + (size_t)n, sizeof(*c.lits)))
+    if (!cc_begin(&c) || !moe_grow((void **)&c.lits, &c.cap_lits, c.n_lits + (size_t)n, sizeof(*c.lits), 16))
         goto out;
     size_t first = c.n_lits;
     for (int i = 0; i < n; i++) {

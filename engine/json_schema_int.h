@@ -30,19 +30,6 @@ struct json_str {        /* bytes pool[off .. off + len) */
     uint32_t off, len;
 };
 
-/* Room in *p (an array of *cap elements of size bytes) for need of them; false when out of memory. */
-static inline bool json_grow(void **p, size_t *cap, size_t need, size_t size)
-{
-    if (need <= *cap) return true;
-    size_t n = *cap ? *cap * 2 : 16;
-    while (n < need) n *= 2;
-    void *q = realloc(*p, n * size);
-    if (!q) return false;
-    *p = q;
-    *cap = n;
-    return true;
-}
-
 static inline bool json_str_eq(const char *pool, struct json_str a, struct json_str b)
 {
     return a.len == b.len && !memcmp(pool + a.off, pool + b.off, a.len);

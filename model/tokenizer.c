@@ -2007,21 +2007,6 @@ enum moe_status moe_tokenizer_decode(const struct moe_tokenizer *t, const int *i
 
 /* ---- streamed text ------------------------------------------------------ */
 
-static bool stream_grow(char **p, size_t *cap, size_t need)
-{
-    if (need <= *cap)
-        return true;
-    size_t c = *cap ? *cap : 64;
-    while (c < need)
-        c *= 2;
-    char *q = realloc(*p, c);
-    if (!q)
-        return false;
-    *p = q;
-    *cap = c;
-    return true;
-}
-
 /* Past the whole characters at the held run's end: false when the run can no longer be UTF-8 (what
  * follows whole stops neither fits nor is cut short by the end). */
 static bool run_still_utf8(struct moe_tok_stream *x)
@@ -2059,8 +2044,8 @@ const char *moe_tokenizer_stream(const struct moe_tokenizer *t, struct moe_tok_s
     if (n < 0)
         return "";
     /* at most every byte held and every byte of the token as a U+FFFD */
-    if (!stream_grow(&x->out, &x->cap_out, 3 * (x->n_held + (size_t)n) + 1) ||
-        !stream_grow(&x->held, &x->cap_held, x->n_held + (size_t)n + 1))
+    if (!moe_grow((void **)&x->out, &x->cap_out, 3 * (x->n_held + (size_t)n) + 1, 1, 64) ||
+        !moe_grow((void **)&x->held, &x->cap_held, x->n_held + (size_t)n + 1, 1, 64))
         return NULL;
     size_t o = 0;
     if (t->dec_byte_fallback && is_fallback_token(t, id)) {
@@ -2102,7 +2087,7 @@ const char *moe_tokenizer_stream_pending(const struct moe_tok_stream *x, size_t 
 const char *moe_tokenizer_stream_end(struct moe_tok_stream *x, size_t *len)
 {
     *len = 0;
-    if (!stream_grow(&x->out, &x->cap_out, 3 * x->n_held + 1))
+    if (!moe_grow((void **)&x->out, &x->cap_out, 3 * x->n_held + 1, 1, 64))
         return NULL;
     size_t o = stream_end_run(x, x->out);
     o += moe_utf8_lossy(x->held, x->n_held, x->out + o, false, NULL);

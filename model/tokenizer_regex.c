@@ -71,13 +71,17 @@ struct moe_tok_frame {
 struct parser {
     const char *p, *end;
     struct node *nodes;
-    int nn, cap_n;
+    int nn;
+    size_t cap_n;
     struct cls *classes;
-    int nc, cap_c;
+    int nc;
+    size_t cap_c;
     rng_t *rs;
-    int nr, cap_r;
+    int nr;
+    size_t cap_r;
     rng_t *tmp;     /* a class being built */
-    int nt, cap_t;
+    int nt;
+    size_t cap_t;
     int depth;
     bool icase;
     const char *err, *err_at;
@@ -92,24 +96,9 @@ static bool fail(struct parser *x, const char *msg)
     return false;
 }
 
-static bool grow(void **p, int *cap, int need, size_t size)
-{
-    if (need <= *cap)
-        return true;
-    int c = *cap ? *cap : 16;
-    while (c < need)
-        c *= 2;
-    void *q = realloc(*p, (size_t)c * size);
-    if (!q)
-        return false;
-    *p = q;
-    *cap = c;
-    return true;
-}
-
 static bool tmp_add(struct parser *x, uint32_t lo, uint32_t hi)
 {
-    if (!grow((void **)&x->tmp, &x->cap_t, x->nt + 1, sizeof(rng_t)))
+    if (!moe_grow((void **)&x->tmp, &x->cap_t, x->nt + 1, sizeof(rng_t), 16))
         return fail(x, "out of memory");
     x->tmp[x->nt++] = (rng_t){lo, hi, 1};
     return true;
@@ -194,8 +183,8 @@ static bool tmp_add_space(struct parser *x)
 static int class_from_tmp(struct parser *x, int from)
 {
     int n = x->nt - from;
-    if (!grow((void **)&x->rs, &x->cap_r, x->nr + n, sizeof(rng_t)) ||
-        !grow((void **)&x->classes, &x->cap_c, x->nc + 1, sizeof(struct cls))) {
+    if (!moe_grow((void **)&x->rs, &x->cap_r, x->nr + n, sizeof(rng_t), 16) ||
+        !moe_grow((void **)&x->classes, &x->cap_c, x->nc + 1, sizeof(struct cls), 16)) {
         fail(x, "out of memory");
         return -1;
     }
@@ -223,7 +212,7 @@ static bool class_has(const struct moe_tok_regex *re, const struct cls *c, uint3
 
 static int new_node(struct parser *x, int kind)
 {
-    if (!grow((void **)&x->nodes, &x->cap_n, x->nn + 1, sizeof(struct node))) {
+    if (!moe_grow((void **)&x->nodes, &x->cap_n, x->nn + 1, sizeof(struct node), 16)) {
         fail(x, "out of memory");
         return -1;
     }
@@ -806,13 +795,14 @@ static bool branch_filters(struct parser *x)
 
 struct emitter {
     struct inst *prog;
-    int n, cap;
+    int n;
+    size_t cap;
     bool full;
 };
 
 static int emit(struct emitter *e, struct inst in)
 {
-    if (e->n >= RE_MAX_PROG || !grow((void **)&e->prog, &e->cap, e->n + 1, sizeof(struct inst))) {
+    if (e->n >= RE_MAX_PROG || !moe_grow((void **)&e->prog, &e->cap, e->n + 1, sizeof(struct inst), 16)) {
         e->full = true;
         return e->n;
     }

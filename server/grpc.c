@@ -490,6 +490,13 @@ static void do_model_info(struct gcall *c, const uint8_t *buf, size_t len)
     queue_status(c, GRPC_STATUS_OK, NULL);
 }
 
+/* A KServe request's model name and version name the model served here (the one version, "1"; a
+ * version left empty asks for it). */
+static bool serves_model(const struct moe_server *s, const char *name, const char *version)
+{
+    return name && !strcmp(name, s->model_name) && (!version || !version[0] || !strcmp(version, "1"));
+}
+
 static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
 {
     struct moe_server *s = c->gf->srv;
@@ -518,8 +525,7 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
             return;
         }
         Inference__ModelReadyResponse rs = INFERENCE__MODEL_READY_RESPONSE__INIT;
-        rs.ready = ready && rq->name && !strcmp(rq->name, s->model_name) &&
-                   (!rq->version || !rq->version[0] || !strcmp(rq->version, "1")); /* the one version served */
+        rs.ready = ready && serves_model(s, rq->name, rq->version);
         inference__model_ready_request__free_unpacked(rq, NULL);
         QUEUE_MSG(c, inference__model_ready_response, &rs);
         break;
@@ -537,8 +543,7 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
             queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "ModelMetadataRequest: malformed protobuf");
             return;
         }
-        bool match = rq->name && !strcmp(rq->name, s->model_name) &&
-                     (!rq->version || !rq->version[0] || !strcmp(rq->version, "1"));
+        bool match = serves_model(s, rq->name, rq->version);
         char msg[400];
         snprintf(msg, sizeof(msg), "model '%.200s' version '%.32s' is not served here (serving '%s' version 1)",
                  rq->name ? rq->name : "", rq->version ? rq->version : "", s->model_name);

@@ -567,6 +567,16 @@ static uint64_t set_hash(const uint64_t *set, int words)
     return h;
 }
 
+/* The id of key (key_size bytes) in an open-addressing table of hsize slots (a power of two), each 0
+ * or an id + 1, the ids' keys lying one after another in keys; looked for from slot *h on: -1 when it
+ * is not there, *h then the empty slot to put it in. */
+static int table_find(const int *hash, size_t hsize, uint64_t *h, const void *keys, size_t key_size, const void *key)
+{
+    for (; hash[*h]; *h = (*h + 1) & (hsize - 1))
+        if (!memcmp((const char *)keys + (size_t)(hash[*h] - 1) * key_size, key, key_size)) return hash[*h] - 1;
+    return -1;
+}
+
 static bool dfa_grow(struct json_dfa_build *b, size_t states, size_t ranges)
 {
     return moe_grow((void **)&b->states, &b->cap_states, states, sizeof(*b->states), 16) &&
@@ -671,12 +681,7 @@ static uint32_t determinize(const struct nfa *a, int in, int out, struct json_df
             if (!any) continue;
             uint32_t lo = bound[k], hi = bound[k + 1] - 1;
             uint64_t h = set_hash(t, (int)words) & (hsize - 1);
-            int id = -1;
-            for (; hash[h]; h = (h + 1) & (hsize - 1))
-                if (!memcmp(sets + (size_t)(hash[h] - 1) * words, t, sizeof(uint64_t) * words)) {
-                    id = hash[h] - 1;
-                    break;
-                }
+            int id = table_find(hash, hsize, &h, sets, sizeof(uint64_t) * words, t);
             if (id < 0) {
                 if (nd == JSON_DFA_MAX) {
                     *why = "the pattern needs more than " JSON_DFA_MAX_TEXT " automaton states (simplify it, or "
@@ -913,12 +918,8 @@ static uint32_t product(const struct json_dfa_build *a, uint32_t sa, const struc
                 }
                 if (nj || neg) { /* with neg, c matching nothing more is what is wanted */
                     uint64_t h = ((uint64_t)ra[m].next * 1000003u + nj) & (hsize - 1);
-                    int id = -1;
-                    for (; hash[h]; h = (h + 1) & (hsize - 1))
-                        if (pair[2 * (hash[h] - 1)] == ra[m].next && pair[2 * (hash[h] - 1) + 1] == nj) {
-                            id = hash[h] - 1;
-                            break;
-                        }
+                    const uint32_t key[2] = { ra[m].next, nj };
+                    int id = table_find(hash, hsize, &h, pair, sizeof(key), key);
                     if (id < 0) {
                         if (nd == JSON_DFA_MAX) {
                             *why = "the pattern and its lookahead need more than " JSON_DFA_MAX_TEXT

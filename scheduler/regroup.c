@@ -64,6 +64,13 @@ static int overlap(int lw, const uint64_t *p, const uint64_t *u)
     return o;
 }
 
+/* Path p's experts added to the union bitset u. */
+static void add_path(int lw, const uint64_t *p, uint64_t *u)
+{
+    for (int w = 0; w < lw; w++)
+        u[w] |= p[w];
+}
+
 bool moe_regroup_plan(const struct moe_regroup_shape *sh, int n, const uint64_t *paths, int mb,
                       const uint64_t *prev, int *order)
 {
@@ -108,8 +115,7 @@ bool moe_regroup_plan(const struct moe_regroup_shape *sh, int n, const uint64_t 
             used[best] = true;
             grp[best] = g;
             members[start[g] + m] = best;
-            for (size_t w = 0; w < lw; w++)
-                u[w] |= paths[(size_t)best * lw + w];
+            add_path((int)lw, paths + (size_t)best * lw, u);
             count_add(sh, cnt + (size_t)g * cnt_len, paths + (size_t)best * lw, 1);
         }
     }
@@ -150,8 +156,7 @@ bool moe_regroup_plan(const struct moe_regroup_shape *sh, int n, const uint64_t 
         for (int i = 0; i < n; i++) {
             int g = grp[i];
             members[fill[g]++] = i;
-            for (size_t w = 0; w < lw; w++)
-                uni[(size_t)g * lw + w] |= paths[(size_t)i * lw + w];
+            add_path((int)lw, paths + (size_t)i * lw, uni + (size_t)g * lw);
         }
     }
 
@@ -235,8 +240,7 @@ int moe_regroup_select(const struct moe_regroup_shape *sh, int n, const uint64_t
             break;
         taken[best] = true;
         out[m++] = best;
-        for (int w = 0; w < lw; w++)
-            u[w] |= paths[(size_t)best * (size_t)lw + (size_t)w];
+        add_path(lw, paths + (size_t)best * (size_t)lw, u);
     }
     /* seed when nothing is owed: the most-owed item; among equals (new
      * sequences all start owed one token), the one sharing most with prev */
@@ -254,8 +258,7 @@ int moe_regroup_select(const struct moe_regroup_shape *sh, int n, const uint64_t
         if (best >= 0) {
             taken[best] = true;
             out[m++] = best;
-            for (int w = 0; w < lw; w++)
-                u[w] |= paths[(size_t)best * (size_t)lw + (size_t)w];
+            add_path(lw, paths + (size_t)best * (size_t)lw, u);
         }
     }
     /* greedy fill among items not too far ahead */
@@ -274,8 +277,7 @@ int moe_regroup_select(const struct moe_regroup_shape *sh, int n, const uint64_t
             break;
         taken[best] = true;
         out[m++] = best;
-        for (int w = 0; w < lw; w++)
-            u[w] |= paths[(size_t)best * (size_t)lw + (size_t)w];
+        add_path(lw, paths + (size_t)best * (size_t)lw, u);
     }
     /* still short: the most-owed of the rest */
     while (m < size) {

@@ -121,7 +121,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
     enum moe_status pst = moe_pred_spec_parse(pred_s, model_dir, &spec);
     if (pst) { /* a malformed spec is a usage error; a predictor file that cannot be read a runtime one */
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
-        return pst == MOE_EINVAL ? 2 : 1;
+        return moe_cli_failure_exit(pst);
     }
     int rc = 1;
     int *ids = NULL;

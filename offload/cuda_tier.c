@@ -630,6 +630,29 @@ static void fp8_tier_params(const struct moe_expert_w *x0, struct moe_cuda_tier_
     }
 }
 
+/* The device tier's slots: p->slots, else one for every expert of the MoE layers. */
+static int tier_slots(const struct moe_config *cfg, const struct moe_provider_cuda_params *p)
+{
+    return p && p->slots ? p->slots : moe_config_n_moe(cfg) * cfg->n_experts;
+}
+
+/* The tier's parameters over the model's experts, each matrix mat_elems BF16 elements in a slot, with
+ * p's policy; the host source (host_mat or host_fill, ud) is the provider's. */
+static struct moe_cuda_tier_params tier_params(const struct moe_config *cfg, int slots, size_t mat_elems,
+                                               const struct moe_provider_cuda_params *p)
+{
+    return (struct moe_cuda_tier_params){
+        .n_layers = cfg->n_layers,
+        .n_experts = cfg->n_experts,
+        .slots = slots,
+        .mat_bytes = { mat_elems * 2, mat_elems * 2, mat_elems * 2 },
+        .policy = p ? p->policy : MOE_POLICY_LRU,
+        .future = p ? p->future : NULL,
+        .n_future = p ? p->n_future : 0,
+        .is_moe = cfg->is_moe,
+    };
+}
+
 /* ---- the GPU tier stacked on a host-side provider ---------------------------- */
 
 struct sprov {
@@ -729,7 +752,6 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
     const struct moe_config *cfg = &m->cfg;
     struct moe_cuda_ctx *c = moe_backend_cuda_ctx(be);
     struct sprov *sp;
-    int n_moe_keys = 0;
     if (!lower) {
         moe_errorf(MOE_EINVAL, "GPU expert tier: no host-side provider to stack on");
         return NULL;
@@ -739,9 +761,7 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
         moe_errorf(MOE_EINVAL, "GPU expert provider: the backend is not the CUDA backend");
         return NULL;
     }
-    for (int l = 0; l < cfg->n_layers; l++)
-        if (cfg->is_moe[l]) n_moe_keys += cfg->n_experts;
-    int slots = p && p->slots ? p->slots : n_moe_keys;
+    int slots = tier_slots(cfg, p);
     if (slots < cfg->top_k) {
         moe_provider_destroy(lower);
         moe_errorf(MOE_EINVAL, "GPU expert tier: %d slots is below top_k %d of %s; raise --gpu-experts", slots,
@@ -758,18 +778,9 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
     sp->mat_elems = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
     const struct moe_expert_w *x0 = fp8_expert0(m);
     sp->fp8 = p && p->fp8_records && x0;
-    struct moe_cuda_tier_params tp = {
-        .n_layers = cfg->n_layers,
-        .n_experts = cfg->n_experts,
-        .slots = slots,
-        .mat_bytes = { sp->mat_elems * 2, sp->mat_elems * 2, sp->mat_elems * 2 },
-        .policy = p ? p->policy : MOE_POLICY_LRU,
-        .future = p ? p->future : NULL,
-        .n_future = p ? p->n_future : 0,
-        .is_moe = cfg->is_moe,
-        .host_fill = sprov_fill,
-        .ud = sp,
-    };
+    struct moe_cuda_tier_params tp = tier_params(cfg, slots, sp->mat_elems, p);
+    tp.host_fill = sprov_fill;
+    tp.ud = sp;
     if (sp->fp8) {
         fp8_tier_params(x0, &tp);
         memcpy(sp->rec_bytes, tp.rec_bytes, sizeof(sp->rec_bytes));
@@ -807,16 +818,13 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
     struct cprov *cp = NULL;
     float *tmp = NULL;
     size_t per, n_all = (size_t)cfg->n_layers * (size_t)cfg->n_experts, bytes;
-    int n_moe_keys = 0;
     enum moe_status st = MOE_OK;
 
     if (!c) {
         moe_errorf(MOE_EINVAL, "GPU expert provider: the backend is not the CUDA backend");
         return NULL;
     }
-    for (int l = 0; l < cfg->n_layers; l++)
-        if (cfg->is_moe[l]) n_moe_keys += cfg->n_experts;
-    int slots = p && p->slots ? p->slots : n_moe_keys;
+    int slots = tier_slots(cfg, p);
     if (slots < cfg->top_k) {
         moe_errorf(MOE_EINVAL, "GPU expert tier: %d slots is below top_k %d of %s (a token's experts "
                    "must fit at once); raise --gpu-experts", slots, cfg->top_k, m->dir);
@@ -872,18 +880,9 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
         }
     }
     {
-        struct moe_cuda_tier_params tp = {
-            .n_layers = cfg->n_layers,
-            .n_experts = cfg->n_experts,
-            .slots = slots,
-            .mat_bytes = { cp->mat_elems[0] * 2, cp->mat_elems[1] * 2, cp->mat_elems[2] * 2 },
-            .policy = p ? p->policy : MOE_POLICY_LRU,
-            .future = p ? p->future : NULL,
-            .n_future = p ? p->n_future : 0,
-            .is_moe = cfg->is_moe,
-            .host_mat = cprov_host_mat,
-            .ud = cp,
-        };
+        struct moe_cuda_tier_params tp = tier_params(cfg, slots, cp->mat_elems[0], p);
+        tp.host_mat = cprov_host_mat;
+        tp.ud = cp;
         if (fp8) fp8_tier_params(x0, &tp);
         cp->tier = moe_cuda_tier_create(c, &tp);
         if (!cp->tier) {

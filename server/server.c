@@ -3,7 +3,6 @@
 #include "server.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -682,55 +681,64 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
 
 /* ---- lifecycle ---- */
 
-/* SIGTERM/SIGINT reach moe_server_run through a pipe written by the handler
- * (the one process-wide object here: a signal handler has no context
- * argument).  A handler, not a blocked mask, so that threads started before
- * the mask was set (BLAS pools) cannot take the default action. */
-static int sig_pipe[2] = { -1, -1 };
+/* SIGTERM/SIGINT are blocked in every thread the server starts (a thread
+ * inherits its creator's mask, and moe_server_block_signals runs before the
+ * first) and taken by the thread in moe_server_run with sigwait: no handler
+ * interrupts the work of a server thread.  A thread started before the mask
+ * was set (OpenBLAS starts its pool in a library constructor, before main)
+ * could still receive a signal sent to the process and take the default
+ * action; there a handler hands the signal on to the waiting thread, where
+ * it stays pending until that thread takes it. */
+static _Atomic bool sig_blocked;
+static _Atomic(pthread_t) sig_waiter;
 
-static void on_signal(int sig)
+static void forward_signal(int sig)
 {
     int saved = errno;
-    unsigned char b = (unsigned char)sig;
-    if (sig_pipe[1] >= 0 && write(sig_pipe[1], &b, 1) < 0) {
-    }
+    pthread_kill(atomic_load(&sig_waiter), sig);
     errno = saved;
+}
+
+static void stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
 }
 
 void moe_server_block_signals(void)
 {
-    if (sig_pipe[0] < 0 && pipe2(sig_pipe, O_CLOEXEC) != 0)
-        sig_pipe[0] = sig_pipe[1] = -1;
+    sigset_t set;
+    stop_signals(&set);
+    atomic_store(&sig_waiter, pthread_self());
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = forward_signal;
+    sa.sa_mask = set;
     sa.sa_flags = SA_RESTART;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    atomic_store(&sig_blocked, true);
 }
 
-#define SIG_DEVICE_ERROR 0xff /* pipe byte: not a signal, the device failed */
-
+/* A lost device wakes the waiting thread as a signal would; moe_server_run
+ * tells the two apart by s->device_failed, set first. */
 static void server_notify_device_error(void)
 {
-    unsigned char b = SIG_DEVICE_ERROR;
-    if (sig_pipe[1] >= 0 && write(sig_pipe[1], &b, 1) < 0) {
-    }
+    if (atomic_load(&sig_blocked))
+        pthread_kill(atomic_load(&sig_waiter), SIGTERM);
 }
 
 static int wait_signal(void)
 {
-    unsigned char b = 0;
-    for (;;) {
-        ssize_t n = read(sig_pipe[0], &b, 1);
-        if (n == 1)
-            return b;
-        if (n < 0 && errno == EINTR)
-            continue;
+    sigset_t set;
+    stop_signals(&set);
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0)
         return SIGTERM;
-    }
+    return sig;
 }
 
 /* Generate a few tokens through the whole stack so the first client does not
@@ -1031,10 +1039,10 @@ enum moe_status moe_server_run(struct moe_server *s)
             s->cfg.max_seqs, s->max_ctx, kv_mib, moe_dtype_name(s->kv_dt), moe_now() - s->t_start);
     fflush(stderr);
 
-    if (sig_pipe[0] < 0)
+    if (!atomic_load(&sig_blocked))
         moe_server_block_signals();
     int sig = wait_signal();
-    bool device = sig == SIG_DEVICE_ERROR;
+    bool device = atomic_load(&s->device_failed);
     if (device)
         fprintf(stderr, "moeflow serve: device error: failing in-flight requests and exiting\n");
     else

@@ -23,8 +23,10 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg);
  * moe_last_error() set. */
 enum moe_status moe_server_run(struct moe_server *s);
 void moe_server_destroy(struct moe_server *s);
-/* Catch SIGTERM and SIGINT (handed to moe_server_run) and ignore SIGPIPE;
- * call early, before loading (a signal during loading then waits for run). */
+/* Block SIGTERM and SIGINT (moe_server_run takes them with sigwait) and
+ * ignore SIGPIPE; call on the thread that calls moe_server_run, before any
+ * thread of the server starts (threads inherit the mask) and before loading
+ * (a signal during loading then waits for run). */
 void moe_server_block_signals(void);
 
 #ifdef __cplusplus

@@ -431,6 +431,9 @@ def main():
             check(code == 503, "ready while draining: %d" % code)
         except OSError:
             pass  # already gone
+        # A second SIGTERM and a SIGINT during the drain change nothing (no thread takes the default action).
+        srv.proc.send_signal(15)
+        srv.proc.send_signal(2)
         for t in ths:
             t.join(120)
         check(all(drained.get(i) == 40 for i in range(6)), "drained streams: %s" % drained)

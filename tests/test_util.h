@@ -64,6 +64,27 @@ static inline bool t_next_line(const char *buf, size_t len, size_t *pos, const c
     return true;
 }
 
+/* Whether the VmFlags of this process's mapping that holds addr (/proc/self/smaps) contain "hg", marked
+ * for transparent huge pages (MADV_HUGEPAGE): 1 or 0; -1 when no mapping holds it or smaps is unread. */
+static inline int t_huge_marked(const void *addr)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    bool in = false;
+    int r = -1;
+    while (f && fgets(line, sizeof(line), f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+        } else if (in && !strncmp(line, "VmFlags:", 8)) {
+            r = strstr(line, " hg") != NULL;
+            break;
+        }
+    }
+    if (f) fclose(f);
+    return r;
+}
+
 /* Run a shell command: its exit status (-1 when it did not exit), and what it
  * printed on stdout (and stderr, if cmd redirects it) in out, NUL-terminated. */
 static inline int t_run(const char *cmd, char *out, size_t cap)

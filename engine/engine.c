@@ -166,7 +166,8 @@ static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, e
         return moe_errorf(MOE_EFORMAT, "%s: shape %lld x %lld too large", what,
                           (long long)w->rows, (long long)w->cols);
     size_t bytes = (size_t)n * moe_dtype_size(dt);
-    void *d = balloc(e, bytes, what);
+    const struct moe_backend_ops *o = e->be->ops;
+    void *d = o->weights_alloc ? o->weights_alloc(e->be->ctx, bytes ? bytes : 4, what) : balloc(e, bytes, what);
     if (!d) return moe_error_prefix(MOE_ENOMEM, "%s", what);
     void *host = e->be->host_visible ? d : malloc(bytes);
     float *f32 = NULL;

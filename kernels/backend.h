@@ -43,6 +43,9 @@ struct moe_backend_ops {
     /* NULL with moe_last_error() naming `what` and the size on failure. */
     void *(*buf_alloc)(void *ctx, size_t bytes, const char *what);
     void (*buf_free)(void *ctx, void *buf);
+    /* Optional: a buffer for weights, kept as long as the engine and read every step (the CPU
+     * backend's in transparent huge pages); freed with buf_free.  NULL: buf_alloc serves them. */
+    void *(*weights_alloc)(void *ctx, size_t bytes, const char *what);
     enum moe_status (*copy_h2d)(void *ctx, void *dst, const void *h_src, size_t bytes);
     enum moe_status (*copy_d2h)(void *ctx, void *h_dst, const void *src, size_t bytes);
     enum moe_status (*copy_d2d)(void *ctx, void *dst, const void *src, size_t bytes);

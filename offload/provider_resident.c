@@ -1,7 +1,7 @@
 /* The all-resident expert provider: every routed expert in RAM, either where
  * the model holds it (BF16, no copy), widened to BF16 once at creation (FP8
- * checkpoints), or converted to F32 once at creation.  acquire never waits and
- * never fails. */
+ * checkpoints), or converted to F32 once at creation (copies in transparent
+ * huge pages).  acquire never waits and never fails. */
 #include "provider.h"
 
 #include <stdint.h>
@@ -99,8 +99,8 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
     r->hidden = (size_t)c->hidden;
     r->m = m;
     r->present = calloc(n_all, sizeof(bool));
-    if (copy) r->w = malloc(n_all * expert_floats(r) * sizeof(float));
-    if (widen) r->wb = malloc(n_all * expert_floats(r) * sizeof(uint16_t));
+    if (copy) r->w = moe_huge_alloc(n_all * expert_floats(r) * sizeof(float), NULL);
+    if (widen) r->wb = moe_huge_alloc(n_all * expert_floats(r) * sizeof(uint16_t), NULL);
     if (!r->present || (copy && !r->w) || (widen && !r->wb)) goto fail;
     for (int l = 0; l < c->n_layers; l++) {
         if (!c->is_moe[l]) continue;

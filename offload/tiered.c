@@ -71,7 +71,8 @@ struct tiered {
     int n_dev, n_host;
     struct dslot *ds;
     struct hslot *hs;
-    uint8_t *dev_mem;         /* [n_dev][dev_slot_bytes], RAM or accelerator memory (hooks) */
+    uint8_t *dev_mem;         /* [n_dev][dev_slot_bytes], accelerator memory (hooks) or a RAM arena
+                                 (moe_huge_alloc: the CPU kernels read it) */
     uint8_t *host_mem;        /* [n_host][stride], page-aligned */
     size_t host_len;
     hwloc_topology_t topo;
@@ -534,7 +535,8 @@ static const struct moe_provider_ops tiered_ops = {
 };
 
 /* Host tier memory: bound to the NUMA node nearest the engine's CPU (or the
- * given node) with hwloc; plain page-aligned memory when binding fails. */
+ * given node) with hwloc; plain page-aligned memory when binding fails.  Its
+ * whole 2 MiB pages are marked for transparent huge pages (moe_huge_advise). */
 static enum moe_status host_alloc(struct tiered *t, int numa_node)
 {
     if (hwloc_topology_init(&t->topo) == 0 && hwloc_topology_load(t->topo) == 0) {
@@ -562,10 +564,8 @@ static enum moe_status host_alloc(struct tiered *t, int numa_node)
         hwloc_topology_destroy(t->topo);
         t->topo = NULL;
     }
-    if (!t->host_mem) {
-        void *p = NULL;
-        if (posix_memalign(&p, MOE_STORE_ALIGN, t->host_len) == 0) t->host_mem = p;
-    }
+    if (t->host_mem) moe_huge_advise(t->host_mem, t->host_len);
+    else t->host_mem = moe_huge_alloc(t->host_len, NULL); /* 4096-aligned (MOE_STORE_ALIGN) at least */
     if (!t->host_mem)
         return moe_errorf(MOE_ENOMEM, "host tier: cannot allocate %zu bytes (%d experts); lower "
                           "--host-experts", t->host_len, t->n_host);
@@ -702,7 +702,7 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
         }
     } else {
         t->hooks.dev_upload = NULL;
-        t->dev_mem = aligned_alloc(64, (dev_len + 63) / 64 * 64);
+        t->dev_mem = moe_huge_alloc(dev_len, NULL);
     }
     if (!t->ds || !t->hs || !t->q || !t->batch || !t->reads || !t->dev_mem) {
         st = moe_errorf(MOE_ENOMEM, "device tier: cannot allocate %zu bytes (%d experts in %s); "

@@ -55,6 +55,17 @@ static void *cpu_alloc(void *ctx, size_t bytes, const char *what)
     return p;
 }
 
+/* Weights: the whole 2 MiB pages of a buffer of at least one in transparent huge pages (moe_huge_alloc),
+ * freed by cpu_free. */
+static void *cpu_weights_alloc(void *ctx, size_t bytes, const char *what)
+{
+    if (bytes < MOE_HUGE_PAGE) return cpu_alloc(ctx, bytes, what);
+    void *p = moe_huge_alloc((bytes + 63) & ~(size_t)63, NULL);
+    if (!p)
+        moe_errorf(MOE_ENOMEM, "cpu backend: cannot allocate %zu bytes for %s", bytes, what ? what : "weights");
+    return p;
+}
+
 static void cpu_free(void *ctx, void *buf)
 {
     (void)ctx;
@@ -646,6 +657,7 @@ static enum moe_status cpu_mem_info(void *ctx, size_t *free_bytes, size_t *total
 static const struct moe_backend_ops cpu_ops = {
     .buf_alloc = cpu_alloc,
     .buf_free = cpu_free,
+    .weights_alloc = cpu_weights_alloc,
     .copy_h2d = cpu_copy,
     .copy_d2h = cpu_copy,
     .copy_d2d = cpu_copy,

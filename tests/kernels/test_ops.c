@@ -7,6 +7,7 @@
 #include "tests/test_util.h"
 
 #include <math.h>
+#include <unistd.h>
 
 static uint64_t rng = 0x1234567887654321ull;
 static float frand(void)
@@ -562,6 +563,19 @@ static void test_small(struct moe_backend *be)
     OK(o->synchronize(be->ctx));
     CHECK(!memcmp(out, u, sizeof(u)) && b[24] == 0.0f, "copies");
     o->buf_free(be->ctx, b);
+    /* weights: a matrix of a huge page or more starts on one, marked for transparent huge pages where
+     * the kernel has them; a smaller one as buf_alloc's buffers */
+    bool thp = access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0;
+    size_t big = 3 * MOE_HUGE_PAGE + 100;
+    REQUIRE(o->weights_alloc, "cpu backend without weights_alloc");
+    char *w = o->weights_alloc(be->ctx, big, "test matrix"), *w2 = o->weights_alloc(be->ctx, 100, "test vector");
+    REQUIRE(w && w2, "weights_alloc: %s", moe_last_error());
+    memset(w, 1, big);
+    memset(w2, 1, 100);
+    CHECK((uintptr_t)w % MOE_HUGE_PAGE == 0 && (uintptr_t)w2 % 64 == 0, "weights at %p and %p", (void *)w, (void *)w2);
+    CHECK(!thp || t_huge_marked(w) == 1, "a matrix of %zu bytes is not marked for huge pages", big);
+    o->buf_free(be->ctx, w);
+    o->buf_free(be->ctx, w2);
 }
 
 int main(void)

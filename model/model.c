@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -425,6 +427,47 @@ void moe_wview_copy_stored(const struct moe_wview *w, void *dst)
 void moe_wview_fp8_to_bf16(const struct moe_wview *w, uint16_t *dst)
 {
     fp8_values(w, dst, NULL);
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+    uintptr_t x = ((const uintptr_t *)a)[0], y = ((const uintptr_t *)b)[0];
+    return x < y ? -1 : x > y;
+}
+
+void moe_model_release_experts(const struct moe_model *m, int layer)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    int n = 0, E = m->cfg.n_experts;
+    uintptr_t(*r)[2] = malloc(sizeof(*r) * 3 * (size_t)(E > 0 ? E : 1));
+    if (!r || pg <= 0 || layer < 0 || layer >= m->cfg.n_layers || !m->cfg.is_moe[layer]) {
+        free(r);
+        return;
+    }
+    for (int e = 0; e < E; e++) {
+        const struct moe_expert_w *x = moe_model_expert(m, layer, e);
+        const struct moe_wview *v[3] = { &x->gate, &x->up, &x->down };
+        for (int k = 0; k < 3; k++)
+            if (v[k]->data) {
+                r[n][0] = (uintptr_t)v[k]->data;
+                r[n++][1] = (uintptr_t)v[k]->data + (uintptr_t)v[k]->nbytes;
+            }
+    }
+    /* tensors that follow one another in a shard (a layer's experts mostly do) in one call each */
+    qsort(r, (size_t)n, sizeof(*r), range_cmp);
+    uintptr_t mask = (uintptr_t)pg - 1;
+    for (int i = 0; i < n;) {
+        uintptr_t lo = r[i][0], hi = r[i][1];
+        for (i++; i < n && r[i][0] <= hi; i++)
+            if (r[i][1] > hi) hi = r[i][1];
+        uintptr_t a = (lo + mask) & ~mask, b = hi & ~mask;
+        if (b <= a) continue;
+#ifdef MADV_COLD
+        madvise((void *)a, b - a, MADV_COLD); /* advice: a kernel without it leaves the pages as they are */
+#endif
+        madvise((void *)a, b - a, MADV_DONTNEED);
+    }
+    free(r);
 }
 
 /* A non-expert FP8 matrix widened to BF16 once, at load: the buffer is the model's (freed at close). */

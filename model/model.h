@@ -101,6 +101,12 @@ void moe_fp8_record_decode(const void *rec, int64_t rows, int64_t cols, int br, 
 /* The same for an FP8 matrix with block factors as the checkpoint holds it (w->scale set). */
 void moe_wview_fp8_to_bf16(const struct moe_wview *w, uint16_t *dst);
 
+/* Layer l's routed experts, read in place from the checkpoint's mapping, once copied elsewhere: the
+ * pages wholly within them unmapped from this process and marked cold in the page cache (MADV_COLD,
+ * MADV_DONTNEED), so that memory pressure reclaims them first while a process that reads the file soon
+ * still finds them cached.  Read again, they map back in. */
+void moe_model_release_experts(const struct moe_model *m, int layer);
+
 /* Find a tensor in any shard by its checkpoint name (NULL if absent). */
 const struct moe_st_tensor *moe_model_tensor(const struct moe_model *m, const char *name);
 

@@ -55,7 +55,10 @@ struct moe_provider {
 };
 
 /* Every expert in RAM.  dt MOE_DT_BF16: when the model stores every routed
- * expert in BF16, the experts are used where the model holds them (no copy);
+ * expert in BF16, the experts are used as the model holds them, copied once
+ * into transparent huge pages when the kernel has them and they take at most
+ * half the available memory (the checkpoint's pages of them then handed back,
+ * moe_model_release_experts), else read in place; FP8 experts are widened to BF16 once;
  * otherwise (or dt MOE_DT_F32) each is converted to F32 once at creation.
  * The model must outlive the provider. */
 struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enum moe_dtype dt);

@@ -1,18 +1,20 @@
 /* The all-resident expert provider: every routed expert in RAM, either where
- * the model holds it (BF16, no copy), widened to BF16 once at creation (FP8
- * checkpoints), or converted to F32 once at creation (copies in transparent
- * huge pages).  acquire never waits and never fails. */
+ * the model holds it (BF16, no copy) or copied there into transparent huge
+ * pages, widened to BF16 once at creation (FP8 checkpoints), or converted to
+ * F32 once at creation.  acquire never waits and never fails. */
 #include "provider.h"
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct resident {
     struct moe_provider base;
     int n_experts;
     size_t inter, hidden;
     float *w;                       /* F32 copies: [layers][experts][gate | up | down], or NULL */
-    uint16_t *wb;                   /* BF16 copies of FP8 experts, the same layout, or NULL */
+    uint16_t *wb;                   /* BF16 copies (of FP8 experts, or of BF16 ones moved into huge
+                                       pages), the same layout, or NULL */
     const struct moe_model *m;      /* no copies: the model's own BF16 tensors */
     bool *present;                  /* [layers][experts]: false on dense layers */
 };
@@ -83,6 +85,47 @@ static bool all_bf16(const struct moe_model *m)
     return true;
 }
 
+/* BF16 experts read in place sit in the checkpoint's file pages, which get no transparent huge pages
+ * (page cache filled in small pages): decode steps, which stream a token's experts, then take a TLB miss
+ * every 4 KiB.  When the experts take at most half the host's available memory they are copied into
+ * one buffer in huge pages (the same bytes: the outputs do not change), and each layer's file pages,
+ * once copied, unmapped from the process and marked cold (moe_model_release_experts): the process maps
+ * one copy, and the page cache's goes first when memory is wanted.  Left in place where the kernel
+ * gives no huge pages (a copy would gain nothing) or memory is short. */
+static void copy_to_huge_pages(struct resident *r)
+{
+    const struct moe_config *c = &r->m->cfg;
+    size_t per = expert_floats(r), n_all = (size_t)c->n_layers * (size_t)c->n_experts, n_moe = 0;
+    for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
+    uint64_t bytes = (uint64_t)n_moe * (uint64_t)c->n_experts * moe_model_expert_bytes(r->m), avail, total;
+    if (!moe_host_memory(&avail, &total) || bytes > avail / 2) {
+        MOE_INFO("resident experts: %.1f MiB left in the checkpoint's mapping (more than half the %.1f MiB "
+                 "of available memory to copy into huge pages)", bytes / 1048576.0, avail / 1048576.0);
+        return;
+    }
+    bool huge;
+    double t0 = moe_now();
+    uint16_t *wb = moe_huge_alloc(n_all * per * sizeof(uint16_t), &huge);
+    if (!huge) { /* too small for a huge page, no THP, or no memory */
+        free(wb);
+        return;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!c->is_moe[l]) continue;
+        for (int e = 0; e < c->n_experts; e++) {
+            const struct moe_expert_w *x = moe_model_expert(r->m, l, e);
+            uint16_t *dst = wb + ((size_t)l * (size_t)c->n_experts + (size_t)e) * per;
+            memcpy(dst, x->gate.data, r->inter * r->hidden * sizeof(uint16_t));
+            memcpy(dst + r->inter * r->hidden, x->up.data, r->inter * r->hidden * sizeof(uint16_t));
+            memcpy(dst + 2 * r->inter * r->hidden, x->down.data, r->inter * r->hidden * sizeof(uint16_t));
+        }
+        moe_model_release_experts(r->m, l);
+    }
+    r->wb = wb;
+    MOE_INFO("resident experts: %.1f MiB copied into transparent huge pages in %.0f ms", bytes / 1048576.0,
+             1e3 * (moe_now() - t0));
+}
+
 struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enum moe_dtype dt)
 {
     const struct moe_config *c = &m->cfg;
@@ -121,6 +164,7 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
             moe_wview_to_f32(&x->down, base + 2 * r->inter * r->hidden);
         }
     }
+    if (!copy && !widen && l0 < c->n_layers) copy_to_huge_pages(r);
     r->base.ops = &resident_ops;
     r->base.self = r;
     return &r->base;

@@ -595,10 +595,11 @@ static enum moe_status att_splits(struct moe_cuda_ctx *c, struct att_args *a, in
     if (want > a->nchb) want = a->nchb;
     if (want > (int)MAX_GRID) want = (int)MAX_GRID;
     /* the partials: (m, l) then acc of every (token, head, chunk), F32; estimated in double first,
-     * so that no size_t product can wrap */
+     * so that no size_t product can wrap.  est counts a full 256 bytes of alignment where the exact
+     * size pads (m, l) by less, so it is only the overflow guard: the exact size decides */
     double est = (double)n * (double)a->n_heads * (double)a->nchb * ((double)a->hd + 2.0) * 4.0 + 256.0;
     size_t ml_bytes = 0, need = (size_t)-1;
-    if (est <= (double)c->ws_bytes) {
+    if (est <= (double)c->ws_bytes + 256.0) {
         size_t cells = (size_t)n * (size_t)a->n_heads * (size_t)a->nchb;
         ml_bytes = (cells * 2 * sizeof(float) + 255) & ~(size_t)255;
         need = ml_bytes + cells * (size_t)a->hd * sizeof(float);

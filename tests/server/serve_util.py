@@ -93,6 +93,16 @@ def kserve_request(k, rid, max_tokens, stream=None):
 
 class Server:
     def __init__(self, moeflow, *extra, ready_timeout=120, nofile=None, env=None):
+        # free_port's ports are free when picked, not when the server binds them: a test running beside
+        # this one (ctest -j) or an outgoing connection's local port may take one first; the server then
+        # exits with "in use", and starts again on other ports
+        for _ in range(3):
+            if self._start(moeflow, extra, ready_timeout, nofile, env):
+                return
+        raise RuntimeError("moeflow serve found its ports in use three times:\n%s" % self.output())
+
+    def _start(self, moeflow, extra, ready_timeout, nofile, env):
+        """Start the server and wait until /ready; False when it exited because a port was taken."""
         self.grpc_port = free_port()
         self.http_port = free_port()
         while self.http_port == self.grpc_port:
@@ -106,10 +116,12 @@ class Server:
         t0 = time.time()
         while time.time() - t0 < ready_timeout:
             if self.proc.poll() is not None:
+                if "in use" in self.output():
+                    return False
                 raise RuntimeError("moeflow serve exited %d:\n%s" % (self.proc.returncode, self.output()))
             try:
                 if self.http("/ready")[0] == 200:
-                    return
+                    return True
             except OSError:
                 pass
             time.sleep(0.05)

@@ -1,5 +1,9 @@
 """Helpers for the serving integration tests: free ports, a live `moeflow serve`
-on loopback, gRPC stubs generated at test time, curl, Prometheus parsing."""
+on loopback, gRPC stubs generated at test time, curl, Prometheus parsing.
+
+MOEFLOW_TEST_TIME_SCALE (default 1) multiplies the waits a slower server needs longer for (start-up,
+client timeouts, deadlines that must let work through): a ThreadSanitizer build (scripts/tsan.sh)
+decodes several times slower.  Deadlines a test expects to expire are not scaled."""
 import json
 import os
 import re
@@ -14,6 +18,26 @@ import urllib.request
 import urllib.error
 
 SKIP = 77
+
+
+def _time_scale():
+    v = os.environ.get("MOEFLOW_TEST_TIME_SCALE", "1")
+    try:
+        f = float(v)
+    except ValueError:
+        f = 0
+    if not 1 <= f <= 1000:
+        sys.exit("MOEFLOW_TEST_TIME_SCALE=%r: give a number from 1 to 1000 (how many times slower the "
+                 "server under test runs)" % v)
+    return f
+
+
+TIME_SCALE = _time_scale()
+
+
+def scaled(seconds):
+    """seconds times MOEFLOW_TEST_TIME_SCALE: a wait that a slower server (a sanitizer build) needs longer."""
+    return seconds * TIME_SCALE
 
 
 def require_grpc():
@@ -113,6 +137,7 @@ class Server:
         limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit,
                                      env=dict(os.environ, **env) if env else None)
+        ready_timeout = scaled(ready_timeout)
         t0 = time.time()
         while time.time() - t0 < ready_timeout:
             if self.proc.poll() is not None:
@@ -126,7 +151,7 @@ class Server:
                 pass
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError("moeflow serve not ready in %ds:\n%s" % (ready_timeout, self.output()))
+        raise RuntimeError("moeflow serve not ready in %.0fs:\n%s" % (ready_timeout, self.output()))
 
     @property
     def target(self):
@@ -140,7 +165,7 @@ class Server:
         if body is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=scaled(timeout)) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -159,7 +184,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise
@@ -217,7 +242,7 @@ def rejections(srv):
 
 
 def curl(*args, timeout=60):
-    r = subprocess.run(["curl", "-sS", "--max-time", str(timeout)] + list(args), capture_output=True)
+    r = subprocess.run(["curl", "-sS", "--max-time", "%g" % scaled(timeout)] + list(args), capture_output=True)
     return r.returncode, r.stdout
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, metric, curl, Checks, kserve_request, require_grpc  # noqa: E402
+from serve_util import Server, gen_stubs, metric, curl, Checks, kserve_request, require_grpc, scaled  # noqa: E402
 
 grpc = require_grpc()
 check = Checks()
@@ -127,11 +127,11 @@ class Sampler:
 
 
 def wait_metric(srv, name, at_least, **labels):
-    """Polls /metrics until name{labels} reaches at_least (at most 60 s); the last value read."""
+    """Polls /metrics until name{labels} reaches at_least (at most 60 s, scaled); the last value read."""
     t0 = time.time()
     while True:
         v = metric(srv.metrics(), name, **labels)
-        if v >= at_least or time.time() - t0 > 60:
+        if v >= at_least or time.time() - t0 > scaled(60):
             return v
         time.sleep(0.01)
 
@@ -141,7 +141,9 @@ def failed_after_unsent_text(moeflow, pb):
     response of max-message-bytes (256) can carry: the gRPC thread is held at a gate (fault_shim.c)
     from just after the request starts until it has ended, so its tokens pile up.  The client gets
     the request's own error, not the size's, the stream serves the next request, and the request
-    counts by its deadline."""
+    counts by its deadline.  The deadline is the time the tokens pile up in: scaled with a slower
+    server (MOEFLOW_TEST_TIME_SCALE) so that as many pile up, more than the 96 bytes one response
+    carries (the error says the text was not sent only then)."""
     shim = os.environ.get("MOEFLOW_FAULT_SHIM")
     if not shim:
         print("failed_after_unsent_text: skipped (MOEFLOW_FAULT_SHIM unset: run it under ctest)")
@@ -166,7 +168,7 @@ def failed_after_unsent_text(moeflow, pb):
         ks = pb["kg"].GRPCInferenceServiceStub(grpc.insecure_channel(srv.target))
         m0 = srv.metrics()
         slow = kserve_request(k, rid, 2000, stream=True)
-        slow.parameters["timeout"].double_param = 0.5
+        slow.parameters["timeout"].double_param = scaled(0.5)
         sent = queue.Queue()
         sent.put(slow)
         resps = ks.ModelStreamInfer(iter(sent.get, None), timeout=120)
@@ -472,7 +474,7 @@ def main():
         rej = [v for v in out.values() if v[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
         check(ok + len(rej) == sent, "success %d + rejected %d != sent %d: %s" % (ok, len(rej), sent, out))
         check(len(rej) > 0, "no request was refused")
-        check(all(v[2] < 1.0 for v in rej), "refusals were not immediate: %s" % [v[2] for v in rej])
+        check(all(v[2] < scaled(1.0) for v in rej), "refusals were not immediate: %s" % [v[2] for v in rej])
         ms, acc, done = balance(srv)
         check(acc == done == ok + base, "burst: accepted %s terminal %s ok %d + warm-up %s" % (acc, done, ok, base))
         check_baseline(srv, "after the burst")
@@ -486,7 +488,7 @@ def main():
             time.sleep(0.15)
         t0 = time.time()
         code, body = srv.http("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 2}).encode())
-        check(code == 429 and time.time() - t0 < 1.0, "HTTP queue full: %d %s" % (code, body[:200]))
+        check(code == 429 and time.time() - t0 < scaled(1.0), "HTTP queue full: %d %s" % (code, body[:200]))
         for it in holds:
             it.cancel()
         ms, acc, done = balance(srv)
@@ -500,7 +502,7 @@ def main():
         time.sleep(0.2)
         queued.cancel()
         t0 = time.time()
-        while time.time() - t0 < 3 and metric(srv.metrics(), "moeflow:requests_cancelled_total") < before + 1:
+        while time.time() - t0 < scaled(3) and metric(srv.metrics(), "moeflow:requests_cancelled_total") < before + 1:
             time.sleep(0.02)
         ms = srv.metrics()
         check(metric(ms, "moeflow:requests_cancelled_total") == before + 1 and

@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, Checks, free_port, metric, rejections, run_server_test  # noqa: E402
+from serve_util import Server, Checks, free_port, metric, rejections, run_server_test, scaled  # noqa: E402
 
 NAME = "acme/pycode-moe-18m"
 
@@ -48,7 +48,7 @@ def sse(srv, path, body):
     one 'data: ' line and a blank line."""
     req = urllib.request.Request(srv.url(path), data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
+    with urllib.request.urlopen(req, timeout=scaled(60)) as r:
         ctype, raw = r.headers.get("Content-Type"), r.read().decode()
     events = raw.split("\n\n")
     framed = events[-1] == "" and all(e.startswith("data: ") and "\n" not in e for e in events[:-1])
@@ -933,7 +933,7 @@ def check_echo(srv, moeflow):
 def raw(srv, method, path, headers, body=None):
     """(status, headers dict with lower-case names, body) of one request."""
     import http.client
-    c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=60)
+    c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=scaled(60))
     c.request(method, path, body=body, headers=headers)
     r = c.getresponse()
     out = (r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
@@ -1046,7 +1046,7 @@ def responses_sse(srv, body):
     'data: {...}' lines and a blank line, with no [DONE] after the last."""
     req = urllib.request.Request(srv.url("/v1/responses"), data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
+    with urllib.request.urlopen(req, timeout=scaled(60)) as r:
         ctype, raw = r.headers.get("Content-Type"), r.read().decode()
     check(ctype == "text/event-stream", "responses stream Content-Type %r" % ctype)
     out = []
@@ -1127,16 +1127,16 @@ def check_responses(srv):
           r2["usage"]["input_tokens"] == js["usage"]["prompt_tokens"],
           "previous_response_id: %d %r, chat %r" % (code, r2, js))
     req = urllib.request.Request(srv.url("/v1/responses/" + r1["id"]))
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=scaled(10)) as resp:
         kept = json.loads(resp.read())
     check(kept == r1, "GET a kept response: %r, answered %r" % (kept, r1))
     req = urllib.request.Request(srv.url("/v1/responses/" + r1["id"]), method="DELETE")
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=scaled(10)) as resp:
         gone = json.loads(resp.read())
     check(gone == {"id": r1["id"], "object": "response", "deleted": True}, "DELETE: %r" % gone)
     for rid in (r1["id"], "resp_none"):
         try:
-            urllib.request.urlopen(urllib.request.Request(srv.url("/v1/responses/" + rid)), timeout=10)
+            urllib.request.urlopen(urllib.request.Request(srv.url("/v1/responses/" + rid)), timeout=scaled(10))
             check(False, "GET %s after DELETE (or never kept) answered" % rid)
         except urllib.error.HTTPError as e:
             check(e.code == 404, "GET %s: %d" % (rid, e.code))
@@ -1146,7 +1146,7 @@ def check_responses(srv):
           "store false: %r, then %d %r" % (r3.get("store"), code2, js))
     ev = responses_sse(srv, dict(first, stream=True))
     sid = ev[-1][1]["response"]["id"]
-    with urllib.request.urlopen(urllib.request.Request(srv.url("/v1/responses/" + sid)), timeout=10) as resp:
+    with urllib.request.urlopen(urllib.request.Request(srv.url("/v1/responses/" + sid)), timeout=scaled(10)) as resp:
         kept = json.loads(resp.read())
     check(kept == ev[-1][1]["response"], "a streamed response kept: %r" % kept)
     for extra, word in (({"conversation": "conv_1"}, "'conversation' is not supported"),

@@ -283,9 +283,9 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
 char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t *len)
 {
     struct moe_server *s = g->srv;
-    size_t cap = 64, off = 0;
-    char *out = malloc(cap);
-    for (int i = 0; out && i <= n; i++) {
+    size_t cap = 0, off = 0;
+    char *out = NULL;
+    for (int i = 0; i <= n; i++) { /* i == n: the end, when final, and room for the NUL */
         size_t k = 0;
         const char *t = "";
         if (i < n && !g->ignore_eos && moe_config_is_eos(&s->model->cfg, toks[i]))
@@ -294,21 +294,13 @@ char *srv_gen_text(struct srv_gen *g, const int *toks, int n, bool final, size_t
             t = moe_tokenizer_stream(s->tok, &g->text, toks[i], &k);
         else if (final)
             t = moe_tokenizer_stream_end(&g->text, &k);
-        if (t && off + k >= cap) {
-            char *o2 = realloc(out, 2 * (off + k) + 1);
-            t = o2 ? t : NULL;
-            out = o2 ? o2 : out;
-            cap = 2 * (off + k) + 1;
-        }
-        if (!t) {
+        if (!t || !moe_grow((void **)&out, &cap, off + k + 1, 1, 64)) {
             free(out);
             return NULL;
         }
         memcpy(out + off, t, k);
         off += k;
     }
-    if (!out)
-        return NULL;
     out[off] = 0;
     *len = off;
     return out;

@@ -1204,14 +1204,11 @@ enum moe_status moe_tok_regex_find(const struct moe_tok_regex *re, const char *s
             *found = hit = true;
         } else if (!ws->memo_on && re->n_memo && !ws->no_memo) {
             size_t need = 2 * (size_t)re->n_memo;
-            size_t *d = need > ws->dead_cap ? realloc(ws->dead, need * sizeof(*d)) : ws->dead;
-            if (!d) {
+            if (!moe_grow((void **)&ws->dead, &ws->dead_cap, need, sizeof(*ws->dead), need)) {
                 st = moe_errorf(MOE_ENOMEM, "regex: no memory for the matcher's workspace");
                 break;
             }
-            ws->dead = d;
-            ws->dead_cap = need > ws->dead_cap ? need : ws->dead_cap;
-            memset(d, 0, need * sizeof(*d));
+            memset(ws->dead, 0, need * sizeof(*ws->dead));
             ws->memo_on = true;
         }
     }

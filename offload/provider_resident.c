@@ -95,9 +95,9 @@ static bool all_bf16(const struct moe_model *m)
 static void copy_to_huge_pages(struct resident *r)
 {
     const struct moe_config *c = &r->m->cfg;
-    size_t per = expert_floats(r), n_all = (size_t)c->n_layers * (size_t)c->n_experts, n_moe = 0;
-    for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
-    uint64_t bytes = (uint64_t)n_moe * (uint64_t)c->n_experts * moe_model_expert_bytes(r->m), avail, total;
+    size_t per = expert_floats(r), n_all = (size_t)c->n_layers * (size_t)c->n_experts;
+    uint64_t bytes = (uint64_t)moe_config_n_moe(c) * (uint64_t)c->n_experts * moe_model_expert_bytes(r->m), avail,
+             total;
     if (!moe_host_memory(&avail, &total) || bytes > avail / 2) {
         MOE_INFO("resident experts: %.1f MiB left in the checkpoint's mapping (more than half the %.1f MiB "
                  "of available memory to copy into huge pages)", bytes / 1048576.0, avail / 1048576.0);

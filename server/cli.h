@@ -34,6 +34,10 @@ struct moe_tok_stream;
  * usage error (2); anything else is a runtime failure (1). */
 static inline int moe_cli_failure_exit(enum moe_status st) { return st == MOE_EINVAL ? 2 : 1; }
 
+/* After getopt_long: false, with "moeflow CMD: unexpected argument 'X' (HINT)" on stderr, when an
+ * operand is left (hint NULL: "see --help"); the caller exits 2. */
+bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hint);
+
 /* Strict parsing of an option's value: the whole string, base 10, no
  * overflow; false leaves *out untouched.  long: in [lo, hi]; u64: no sign;
  * double: finite and >= lo. */

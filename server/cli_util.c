@@ -60,6 +60,13 @@ bool moe_cli_parse_double(const char *s, double lo, double *out)
     return moe_cli_parse_double_in(s, lo, INFINITY, out);
 }
 
+bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hint)
+{
+    if (optind >= argc) return true;
+    fprintf(stderr, "moeflow %s: unexpected argument '%s' (%s)\n", cmd, argv[optind], hint ? hint : "see --help");
+    return false;
+}
+
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok)
 {
     *m = moe_model_open(dir);

@@ -320,10 +320,7 @@ static int bench_batch(int argc, char **argv)
         }
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow bench batch: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("bench batch", argc, argv, NULL)) return 2;
     const char *missing = !o.prompts ? "--prompts" : !o.concurrency ? "--concurrency" : !o.micro_batch ? "--micro-batch"
                           : !o.max_tokens ? "--max-tokens" : !have_grouping ? "--grouping" : NULL;
     if (missing) {

@@ -109,10 +109,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
                 opts[c - O_MODEL].name, optarg);
         return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow eval-predictor: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("eval-predictor", argc, argv, NULL)) return 2;
     if (!text || !pred_s) {
         fprintf(stderr, "moeflow eval-predictor: needs --text and --predictor (see --help)\n");
         return 2;

@@ -331,11 +331,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         }
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow generate: unexpected argument '%s' (the prompt goes in --prompt)\n",
-                argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("generate", argc, argv, "the prompt goes in --prompt")) return 2;
     if (!o->prompt) {
         fprintf(stderr, "moeflow generate: --prompt TEXT is required\n");
         usage(stderr);

@@ -81,10 +81,7 @@ int moe_cmd_info(int argc, char **argv)
         default: info_usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow info: unexpected argument '%s' (see --help)\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("info", argc, argv, NULL)) return 2;
     if (!dir) dir = moe_default_model_dir();
     struct moe_model *m = NULL;
     if (!moe_cli_open_model("info", dir, &m, NULL)) return 1;

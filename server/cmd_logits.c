@@ -148,10 +148,7 @@ int moe_cmd_logits(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow logits: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("logits", argc, argv, NULL)) return 2;
     if (out_path && !moe_cli_check_out("logits", "--out", out_path, false)) return 2;
     if (!ids_arg || !out_path) {
         fprintf(stderr, "moeflow logits: %s is required\n", !ids_arg ? "--ids LIST" : "--out FILE");

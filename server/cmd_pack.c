@@ -94,10 +94,7 @@ int moe_cmd_pack(int argc, char **argv)
         default: pack_usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow pack: unexpected argument '%s' (see --help)\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("pack", argc, argv, NULL)) return 2;
     if (out && !moe_cli_check_out("pack", "--out", out, false)) return 2;
     if (!dir) dir = moe_default_model_dir();
     char def_out[4200];

@@ -204,10 +204,7 @@ int moe_cmd_replay(int argc, char **argv)
                 opts[c - O_MODEL].name, optarg);
         return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow replay: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("replay", argc, argv, NULL)) return 2;
     if (!text || !pol_s || !pred_s || (cap > 0) == (frac > 0)) {
         fprintf(stderr, "moeflow replay: needs --text, --policy, --predictor and exactly one of --capacity or "
                         "--capacity-frac (see --help)\n");

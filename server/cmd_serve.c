@@ -103,10 +103,7 @@ int moe_cmd_serve(int argc, char **argv)
                 }
             }
         }
-        if (!rc && pass == 1 && optind < argc) {
-            fprintf(stderr, "moeflow serve: unexpected argument '%s' (see --help)\n", argv[optind]);
-            rc = 2;
-        }
+        if (!rc && pass == 1 && !moe_cli_no_operands("serve", argc, argv, NULL)) rc = 2;
     }
     free(lo);
     free(given);

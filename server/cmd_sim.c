@@ -135,10 +135,7 @@ int moe_cmd_sim(int argc, char **argv)
         default: sim_usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow sim: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("sim", argc, argv, NULL)) return 2;
     if (!trace_path || !have_policy || (capacity < 0) == (frac < 0)) {
         fprintf(stderr, "moeflow sim: needs --trace, --policy and exactly one of --capacity or "
                         "--capacity-frac (see --help)\n");

@@ -164,10 +164,7 @@ int moe_cmd_trace(int argc, char **argv)
             }
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow trace: unexpected argument '%s' (see --help)\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("trace", argc, argv, NULL)) return 2;
     if (out && !moe_cli_check_out("trace", "--out", out, true)) return 2;
     if (!out || (!text == !idsf)) {
         fprintf(stderr, "moeflow trace: needs --out and exactly one of --text or --ids (see --help)\n");

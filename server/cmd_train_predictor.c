@@ -116,10 +116,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
                 opts[c - O_MODEL].name, optarg);
         return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "moeflow train-predictor: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (!moe_cli_no_operands("train-predictor", argc, argv, NULL)) return 2;
     if (out_path && !moe_cli_check_out("train-predictor", "--out", out_path, false)) return 2;
     if (!out_path || (!trace_path) == (!text)) {
         fprintf(stderr, "moeflow train-predictor: needs --out and exactly one of --trace or --text (see --help)\n");

@@ -300,9 +300,33 @@ static void test_check_out(void)
     rmdir(dir);
 }
 
+/* an operand getopt left is refused with the command's name, the operand and the hint */
+static void test_no_operands(void)
+{
+    char a0[] = "moeflow", a1[] = "--json", a2[] = "stray";
+    char *argv[] = { a0, a1, a2, NULL };
+    char *err = NULL;
+    optind = 3;
+    CHECK(moe_cli_no_operands("test", 3, argv, NULL), "no operand left, refused");
+    optind = 2;
+    catch_stderr(&err);
+    bool ok = moe_cli_no_operands("test", 3, argv, NULL);
+    release_stderr();
+    CHECK(!ok && err && !strcmp(err, "moeflow test: unexpected argument 'stray' (see --help)\n"), "message: %s",
+          err ? err : "");
+    free(err);
+    err = NULL;
+    catch_stderr(&err);
+    ok = moe_cli_no_operands("test", 3, argv, "the prompt goes in --prompt");
+    release_stderr();
+    CHECK(!ok && err && strstr(err, "'stray' (the prompt goes in --prompt)"), "message: %s", err ? err : "");
+    free(err);
+}
+
 int main(void)
 {
     test_parse();
+    test_no_operands();
     test_write_token();
     test_open_model();
     test_check_out();

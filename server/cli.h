@@ -28,6 +28,7 @@ int moe_cmd_serve(int argc, char **argv);
 struct moe_model;
 struct moe_tokenizer;
 struct moe_tok_stream;
+struct moe_pred_spec;
 
 /* The exit status of a command whose setup failed with st: MOE_EINVAL is an
  * option the model cannot take (a tier size, a trace for another model), a
@@ -37,6 +38,11 @@ static inline int moe_cli_failure_exit(enum moe_status st) { return st == MOE_EI
 /* After getopt_long: false, with "moeflow CMD: unexpected argument 'X' (HINT)" on stderr, when an
  * operand is left (hint NULL: "see --help"); the caller exits 2. */
 bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hint);
+
+/* --predictor SPEC (moe_pred_spec_parse with the model directory dir): 0 when it parses, else the
+ * exit status after printing "moeflow CMD: <why>": 2 for a malformed spec, 1 for a predictor file
+ * that is missing or a directory (the same as a file that cannot be loaded later). */
+int moe_cli_pred_spec(const char *cmd, const char *spec_s, const char *dir, struct moe_pred_spec *spec);
 
 /* Strict parsing of an option's value: the whole string, base 10, no
  * overflow; false leaves *out untouched.  long: in [lo, hi]; u64: no sign;

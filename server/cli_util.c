@@ -6,6 +6,7 @@
 #include "../common/moe.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
+#include "../predictor/predictor.h"
 
 #include <errno.h>
 #include <math.h>
@@ -65,6 +66,14 @@ bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hin
     if (optind >= argc) return true;
     fprintf(stderr, "moeflow %s: unexpected argument '%s' (%s)\n", cmd, argv[optind], hint ? hint : "see --help");
     return false;
+}
+
+int moe_cli_pred_spec(const char *cmd, const char *spec_s, const char *dir, struct moe_pred_spec *spec)
+{
+    enum moe_status st = moe_pred_spec_parse(spec_s, dir, spec);
+    if (st == MOE_OK) return 0;
+    fprintf(stderr, "moeflow %s: %s\n", cmd, moe_last_error());
+    return moe_cli_failure_exit(st);
 }
 
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok)

@@ -448,9 +448,9 @@ static int bench_batch(int argc, char **argv)
         goto out;
     }
     struct moe_pred_spec spec;
-    if (moe_pred_spec_parse(o.predictor, o.model_dir, &spec) != MOE_OK) {
-        fprintf(stderr, "moeflow bench batch: --predictor: %s\n", moe_last_error());
-        rc = 2;
+    int spec_rc = moe_cli_pred_spec("bench batch", o.predictor, o.model_dir, &spec);
+    if (spec_rc) {
+        rc = spec_rc;
         goto out;
     }
     pred = moe_predictor_create(m, &spec, o.concurrency);

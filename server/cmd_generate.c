@@ -546,9 +546,9 @@ int moe_cmd_generate(int argc, char **argv)
     }
     const char *pspec = moe_offload_predictor_spec(&o.off);
     struct moe_pred_spec spec;
-    if (moe_pred_spec_parse(pspec, o.model_dir, &spec) != MOE_OK) {
-        fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
-        rc = 2;
+    int spec_rc = moe_cli_pred_spec("generate", pspec, o.model_dir, &spec);
+    if (spec_rc) {
+        rc = spec_rc;
         goto out;
     }
     enum moe_status st = moe_offload_runtime_create(m, &o.off, &be, &prov);

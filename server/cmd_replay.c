@@ -225,11 +225,8 @@ int moe_cmd_replay(int argc, char **argv)
         return 2;
     }
     struct moe_pred_spec spec;
-    enum moe_status pst = moe_pred_spec_parse(pred_s, model_dir, &spec);
-    if (pst) { /* a malformed spec is a usage error; a predictor file that cannot be read a runtime one */
-        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
-        return moe_cli_failure_exit(pst);
-    }
+    int spec_rc = moe_cli_pred_spec("replay", pred_s, model_dir, &spec);
+    if (spec_rc) return spec_rc;
 
     int rc = 1;
     int *ids = NULL;

@@ -201,7 +201,9 @@ static void check_replay_warnings(void)
 }
 
 /* a predictor file that cannot be read or loaded is a runtime failure (exit
- * 1), a malformed --predictor spec a usage error (exit 2) */
+ * 1), a malformed --predictor spec a usage error (exit 2), in every command
+ * that takes --predictor but serve (whose configuration check takes both as
+ * errors of the configuration) */
 static void check_predictor_files(void)
 {
     char nan_f[300], junk[300], a[1024], src[4200];
@@ -226,11 +228,19 @@ static void check_predictor_files(void)
         { "path:", "empty file name", 2 },
         { "gate:99", "gate:99", 2 },
     };
-    static const char *const cmds[] = {
+    char prompts[300], bench[600];
+    snprintf(prompts, sizeof prompts, "%s/prompts.txt", dir);
+    f = fopen(prompts, "w");
+    REQUIRE(f && fputs("def f(x):\n", f) >= 0 && fclose(f) == 0, "write %s", prompts);
+    snprintf(bench, sizeof bench, "bench batch --prompts %s --concurrency 1 --micro-batch 1 --max-tokens 2 "
+             "--grouping fcfs --capacity 64", prompts);
+    const char *const cmds[] = {
         "eval-predictor --text bench/data/pycode/eval.txt --max-tokens 4",
         "replay --text bench/data/pycode/eval.txt --max-tokens 4 --capacity 64 --policy predicted",
+        "generate --prompt x --max-tokens 2 --gpu-experts 64",
+        bench,
     };
-    for (size_t c = 0; c < 2; c++)
+    for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             bool file = cases[i].spec[0] == '/';
             snprintf(a, sizeof a, "%s --predictor %s%s", cmds[c], file ? "path:" : "", cases[i].spec);

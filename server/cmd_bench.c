@@ -362,6 +362,9 @@ static int bench_batch(int argc, char **argv)
                 o.concurrency);
         return 2;
     }
+    struct moe_pred_spec spec;
+    int spec_rc = moe_cli_pred_spec("bench batch", o.predictor, o.model_dir, &spec);
+    if (spec_rc) return spec_rc;
 
     int rc = 1;
     char **texts = NULL;
@@ -445,12 +448,6 @@ static int bench_batch(int argc, char **argv)
     if (!eng) {
         moe_offload_explain(MOE_EINVAL, be, prov);
         fprintf(stderr, "moeflow bench batch: engine: %s\n", moe_last_error());
-        goto out;
-    }
-    struct moe_pred_spec spec;
-    int spec_rc = moe_cli_pred_spec("bench batch", o.predictor, o.model_dir, &spec);
-    if (spec_rc) {
-        rc = spec_rc;
         goto out;
     }
     pred = moe_predictor_create(m, &spec, o.concurrency);

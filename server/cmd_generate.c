@@ -506,6 +506,13 @@ int moe_cmd_generate(int argc, char **argv)
         fprintf(stderr, "moeflow generate: --regex: %s\n", moe_last_error());
         return 2;
     }
+    const char *pspec = moe_offload_predictor_spec(&o.off);
+    struct moe_pred_spec spec;
+    int spec_rc = moe_cli_pred_spec("generate", pspec, o.model_dir, &spec);
+    if (spec_rc) {
+        rc = spec_rc;
+        goto out;
+    }
     if (!moe_cli_open_model("generate", o.model_dir, &m, &tok)) goto out;
     if (moe_sampling_validate(&o.samp, m->cfg.vocab) != MOE_OK) { /* the bias ids against the vocabulary */
         fprintf(stderr, "moeflow generate: --logit-bias: %s\n", moe_last_error());
@@ -542,13 +549,6 @@ int moe_cmd_generate(int argc, char **argv)
                 "context of %d tokens; lower --max-tokens or shorten --prompt\n",
                 n_ids, o.max_tokens, m->cfg.max_pos);
         rc = 2;
-        goto out;
-    }
-    const char *pspec = moe_offload_predictor_spec(&o.off);
-    struct moe_pred_spec spec;
-    int spec_rc = moe_cli_pred_spec("generate", pspec, o.model_dir, &spec);
-    if (spec_rc) {
-        rc = spec_rc;
         goto out;
     }
     enum moe_status st = moe_offload_runtime_create(m, &o.off, &be, &prov);

@@ -248,6 +248,12 @@ static void check_predictor_files(void)
             CHECK(rc == cases[i].rc && strstr(out, cases[i].says), "%s: exit %d (want %d): %s", a, rc, cases[i].rc,
                   out);
         }
+    /* a malformed spec is refused before the model is opened */
+    for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++) {
+        snprintf(a, sizeof a, "%s --model /nonexistent-model --predictor gate:99", cmds[c]);
+        int rc = run(a);
+        CHECK(rc == 2 && strstr(out, "gate:99") && !strstr(out, "nonexistent-model"), "%s: exit %d: %s", a, rc, out);
+    }
 }
 
 /* the four commands that read --text say the same of a text they cannot use */

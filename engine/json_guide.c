@@ -421,7 +421,7 @@ static bool reach_at(const struct moe_json_state *s, uint32_t st, uint32_t pos)
     uint32_t lo = n->min_items > pos ? n->min_items - pos : 0, hi = n->max_items - pos;
     for (uint32_t k = lo; k < JSON_DFA_LENS && k <= hi; k++)
         if (d->lens[k / 64] >> (k % 64) & 1) return true;
-    return d->far <= hi; /* the compiler holds minLength below JSON_DFA_LENS */
+    return d->far != UINT32_MAX && d->far <= hi; /* the compiler holds minLength below JSON_DFA_LENS */
 }
 
 static bool reach(const struct moe_json_state *s, uint32_t st) { return reach_at(s, st, s->pos); }

@@ -628,9 +628,13 @@ static int string_node(struct cc *c, const json_t *o)
         return -1;
     if (n.pattern && lengths) { /* some match of the pattern within the lengths */
         const struct json_dfa_state *d = &c->dfa.states[n.pattern];
-        bool some = d->far <= n.max_items;
+        bool some = d->far != UINT32_MAX && d->far <= n.max_items; /* UINT32_MAX: no such length */
         for (uint32_t k = n.min_items; k < JSON_DFA_LENS && k <= n.max_items && !some; k++)
             some = d->lens[k / 64] >> (k % 64) & 1;
+        if (!some && n.max_items == UINT32_MAX) {
+            fail(c, MOE_EINVAL, "no string of %u or more characters matches the pattern", n.min_items);
+            return -1;
+        }
         if (!some) {
             fail(c, MOE_EINVAL, "no string of %u to %u characters matches the pattern", n.min_items, n.max_items);
             return -1;

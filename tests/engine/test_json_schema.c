@@ -730,6 +730,11 @@ static void test_patterns(void)
     moe_json_schema_unref(sc);
     refused("{\"type\":\"string\",\"pattern\":\"^(abc){100,}$\",\"maxLength\":299}", MOE_EINVAL,
             "no string of 0 to 299");
+    /* a minLength above every match, no maxLength: refused, not a string that cannot be finished */
+    refused("{\"type\":\"string\",\"pattern\":\"^a{2,4}$\",\"minLength\":5}", MOE_EINVAL,
+            "no string of 5 or more characters");
+    refused("{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\",\"pattern\":"
+            "\"^[a$z]{2,4}-(\\\\d{1,3}|x1)$\",\"minLength\":9}}}", MOE_EINVAL, "no string of 9 or more");
 
     sc = compile("{\"type\":\"string\",\"pattern\":\"^$\"}"); /* an automaton without a range */
     if (sc) {
@@ -808,10 +813,11 @@ static void test_pattern_walk(void)
     int walks = 0, ended = 0;
     for (size_t k = 0; k < MOE_ARRAY_LEN(patterns); k++)
         for (int lo = 0; lo <= 6; lo += 3)
-            for (int hi = lo; hi <= lo + 12; hi += 4) {
-                char schema[256];
-                snprintf(schema, sizeof(schema), "{\"type\":\"string\",\"pattern\":\"%s\",\"minLength\":%d,"
-                         "\"maxLength\":%d}", patterns[k], lo, hi);
+            for (int hi = lo; hi <= lo + 16; hi += 4) { /* lo + 16: no maxLength */
+                char schema[256], max[32] = "";
+                if (hi < lo + 16) snprintf(max, sizeof(max), ",\"maxLength\":%d", hi);
+                snprintf(schema, sizeof(schema), "{\"type\":\"string\",\"pattern\":\"%s\",\"minLength\":%d%s}",
+                         patterns[k], lo, max);
                 struct moe_json_schema *sc = NULL;
                 if (moe_json_schema_parse(schema, strlen(schema), &sc) != MOE_OK) { /* lengths no match has */
                     CHECK(strstr(moe_last_error(), "matches the pattern"), "%s: %s", schema, moe_last_error());

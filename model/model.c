@@ -474,13 +474,8 @@ void moe_model_release_experts(const struct moe_model *m, int layer)
 static enum moe_status widen_fp8(struct moe_model *m, const char *name, struct moe_wview *w)
 {
     struct moe_model_priv *p = m->priv;
-    if (p->n_owned == p->cap_owned) {
-        size_t cap = p->cap_owned ? 2 * p->cap_owned : 64;
-        void **o = realloc(p->owned, cap * sizeof(*o));
-        if (!o) return moe_errorf(MOE_ENOMEM, "%s: out of memory", m->dir);
-        p->owned = o;
-        p->cap_owned = cap;
-    }
+    if (!moe_grow((void **)&p->owned, &p->cap_owned, p->n_owned + 1, sizeof(*p->owned), 64))
+        return moe_errorf(MOE_ENOMEM, "%s: out of memory", m->dir);
     uint64_t bytes = (uint64_t)w->rows * (uint64_t)w->cols * 2;
     uint16_t *out = malloc((size_t)bytes + 1);
     if (!out)

@@ -41,24 +41,9 @@ struct bytebuf {
     size_t len, cap;
 };
 
-static bool bytebuf_reserve(struct bytebuf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return true;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return false;
-    b->p = p;
-    b->cap = cap;
-    return true;
-}
-
 static bool bytebuf_append(struct bytebuf *b, const void *s, size_t n)
 {
-    if (!bytebuf_reserve(b, n))
+    if (!moe_grow((void **)&b->p, &b->cap, b->len + n, 1, 256))
         return false;
     if (n)
         memcpy(b->p + b->len, s, n);
@@ -73,14 +58,8 @@ struct idbuf {
 
 static bool idbuf_push(struct idbuf *b, int id)
 {
-    if (b->len == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 64;
-        int *p = realloc(b->p, cap * sizeof(*p));
-        if (!p)
-            return false;
-        b->p = p;
-        b->cap = cap;
-    }
+    if (!moe_grow((void **)&b->p, &b->cap, b->len + 1, sizeof(*b->p), 64))
+        return false;
     b->p[b->len++] = id;
     return true;
 }
@@ -1325,14 +1304,8 @@ static bool cand_less(const struct bpe_cand *a, const struct bpe_cand *b)
 
 static bool heap_push(struct encode_ws *w, struct bpe_cand c)
 {
-    if (w->heap_len == w->heap_cap) {
-        size_t cap = w->heap_cap ? w->heap_cap * 2 : 64;
-        struct bpe_cand *h = realloc(w->heap, cap * sizeof(*h));
-        if (!h)
-            return false;
-        w->heap = h;
-        w->heap_cap = cap;
-    }
+    if (!moe_grow((void **)&w->heap, &w->heap_cap, w->heap_len + 1, sizeof(*w->heap), 64))
+        return false;
     size_t i = w->heap_len++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -1699,14 +1672,8 @@ static enum moe_status lens_cb(void *ctx, const char *p, size_t n)
 {
     (void)p;
     struct lens *l = ctx;
-    if (l->len == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 16;
-        size_t *grown = realloc(l->p, cap * sizeof(*grown));
-        if (!grown)
-            return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to pre-tokenize");
-        l->p = grown;
-        l->cap = cap;
-    }
+    if (!moe_grow((void **)&l->p, &l->cap, l->len + 1, sizeof(*l->p), 16))
+        return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to pre-tokenize");
     l->p[l->len++] = n;
     return MOE_OK;
 }

@@ -138,17 +138,7 @@ struct nfc_ctx {
 
 static bool out_reserve(struct nfc_ctx *c, size_t extra)
 {
-    if (c->out_cap - c->out_len >= extra)
-        return true;
-    size_t cap = c->out_cap ? c->out_cap : 256;
-    while (cap - c->out_len < extra)
-        cap *= 2;
-    char *p = realloc(c->out, cap);
-    if (!p)
-        return false;
-    c->out = p;
-    c->out_cap = cap;
-    return true;
+    return moe_grow((void **)&c->out, &c->out_cap, c->out_len + extra, 1, 256);
 }
 
 static bool out_append(struct nfc_ctx *c, const unsigned char *s, size_t n)

@@ -1030,14 +1030,8 @@ enum moe_status moe_tok_regex_compile(const char *pat, size_t len, struct moe_to
 
 static bool push(struct moe_tok_regex_ws *w, int pc, size_t pos)
 {
-    if (w->top == w->cap) {
-        size_t cap = w->cap ? w->cap * 2 : 256;
-        struct moe_tok_frame *s = realloc(w->stack, cap * sizeof(*s));
-        if (!s)
-            return false;
-        w->stack = s;
-        w->cap = cap;
-    }
+    if (!moe_grow((void **)&w->stack, &w->cap, w->top + 1, sizeof(*w->stack), 256))
+        return false;
     w->stack[w->top++] = (struct moe_tok_frame){pc, pos};
     return true;
 }

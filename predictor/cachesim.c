@@ -34,13 +34,7 @@ void moe_evlog_clear(struct moe_evlog *l)
 static bool push(struct moe_evlog *l, uint8_t kind, int layer, int distance, int n, const int *ids,
                  const float *scores)
 {
-    if (l->n_ev == l->cap_ev) {
-        size_t c = l->cap_ev ? 2 * l->cap_ev : 1024;
-        struct moe_ev *e = realloc(l->ev, c * sizeof(*e));
-        if (!e) return false;
-        l->ev = e;
-        l->cap_ev = c;
-    }
+    if (!moe_grow((void **)&l->ev, &l->cap_ev, l->n_ev + 1, sizeof(*l->ev), 1024)) return false;
     if (l->n_ids + (size_t)n > l->cap_ids) {
         size_t c = l->cap_ids ? 2 * l->cap_ids : 4096;
         while (c < l->n_ids + (size_t)n) c *= 2;
@@ -457,15 +451,9 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
                     do_prefetch(&s, key, t);
                     continue;
                 }
-                if (s.nq == s.capq) {
-                    size_t c = s.capq ? 2 * s.capq : 256;
-                    struct req *q = realloc(s.q, c * sizeof(*q));
-                    if (!q) {
-                        st = moe_errorf(MOE_ENOMEM, "cache replay: out of memory");
-                        goto out;
-                    }
-                    s.q = q;
-                    s.capq = c;
+                if (!moe_grow((void **)&s.q, &s.capq, s.nq + 1, sizeof(*s.q), 256)) {
+                    st = moe_errorf(MOE_ENOMEM, "cache replay: out of memory");
+                    goto out;
                 }
                 s.q[s.nq++] = (struct req){ .key = key, .need = need, .score = sc, .issue = t };
                 s.queued[key] = true;

@@ -108,7 +108,8 @@ struct moe_sched {
     struct rq *done_head;          /* finished, on_done pending */
     struct rq *grave;              /* finished and reported; freed at step end */
     struct tok_event *tev;
-    int n_tev, cap_tev;
+    int n_tev;
+    size_t cap_tev;
     struct rq **dec, **pre;        /* [max_running] decode / prefill requests of this step */
     struct rq **live, **grp, **next; /* [max_running] regroup: runnable now, chosen, chosen next */
     double *cred;                  /* [max_running] */
@@ -409,14 +410,8 @@ static void admit(struct moe_sched *s)
 static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *logits, int prompt_pos,
                      const struct moe_token_logprobs *lp)
 {
-    if (s->n_tev == s->cap_tev) {
-        int cap = s->cap_tev ? 2 * s->cap_tev : 64;
-        struct tok_event *t = realloc(s->tev, sizeof(*t) * (size_t)cap);
-        if (!t)
-            return; /* the token is still counted and kept; only its streaming event is lost */
-        s->tev = t;
-        s->cap_tev = cap;
-    }
+    if (!moe_grow((void **)&s->tev, &s->cap_tev, (size_t)s->n_tev + 1, sizeof(*s->tev), 64))
+        return; /* the token is still counted and kept; only its streaming event is lost */
     struct tok_event *ev = &s->tev[s->n_tev++];
     ev->r = r;
     ev->token = token;

@@ -48,7 +48,8 @@ struct http_front {
     uint64_t next_id;
     char id_tag[16];              /* random per start: ids differ across restarts and replicas */
     struct hconn *conns;          /* open connections (HTTP thread only) */
-    int n_conns, cap_conns;
+    int n_conns;
+    size_t cap_conns;
     struct event *sweep_ev;       /* every second, and at once for a connection beyond the cap */
     struct kept *kept;            /* [responses-store] the last responses (HTTP thread only) */
     int n_kept;                   /* slots used so far, deleted ones among them */
@@ -102,12 +103,13 @@ struct hreq {
     struct moe_stop_scan scan;    /* the request's stop sequences (scan.n = 0: none) */
     int n_tokens;                 /* tokens turned into text so far */
     uint32_t *tok_at;             /* reasoning parser: where each token's text began in the reply [n_tokens] */
-    int cap_tok_at;
+    size_t cap_tok_at;
     json_t *lp;                   /* log-probabilities not yet sent (the request asked), else NULL:
                                      chat, {"content": [...]}; completions, OpenAI's four arrays */
     size_t lp_offset;             /* completions: characters of the tokens so far (text_offset) */
     struct lp_held *held;         /* generated tokens' log-probabilities whose text the stop scanner holds */
-    int n_held, cap_held;
+    int n_held;
+    size_t cap_held;
     size_t n_fed, n_released;     /* bytes of the reply's text into the stop scanner, and out of it */
     char *echo;                   /* completions' echo: the prompt's text, until it is sent (then NULL) */
     size_t echo_len;
@@ -499,14 +501,8 @@ static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *l
  * out of memory). */
 static bool lp_hold(struct hreq *r, int token, const struct moe_token_logprobs *lp)
 {
-    if (r->n_held == r->cap_held) {
-        int cap = r->cap_held ? 2 * r->cap_held : 8;
-        struct lp_held *p = realloc(r->held, (size_t)cap * sizeof(*p));
-        if (!p)
-            return false;
-        r->held = p;
-        r->cap_held = cap;
-    }
+    if (!moe_grow((void **)&r->held, &r->cap_held, (size_t)r->n_held + 1, sizeof(*r->held), 8))
+        return false;
     r->held[r->n_held++] = (struct lp_held){ .token = token, .at = r->n_fed, .lp = *lp };
     return true;
 }
@@ -656,14 +652,8 @@ static void emit_content(struct hreq *r, const char *t, size_t len, bool chunk)
  * scanner holds text back but never changes it, so these are places in r->all too). */
 static bool tok_at_add(struct hreq *r)
 {
-    if (r->n_tokens >= r->cap_tok_at) {
-        int cap = r->cap_tok_at ? 2 * r->cap_tok_at : 64;
-        uint32_t *p = realloc(r->tok_at, (size_t)cap * sizeof(*p));
-        if (!p)
-            return false;
-        r->tok_at = p;
-        r->cap_tok_at = cap;
-    }
+    if (!moe_grow((void **)&r->tok_at, &r->cap_tok_at, (size_t)r->n_tokens + 1, sizeof(*r->tok_at), 64))
+        return false;
     r->tok_at[r->n_tokens] = (uint32_t)r->n_fed;
     return true;
 }
@@ -1369,14 +1359,8 @@ static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
     int max = h->srv->cfg.max_http_connections;
     if (h->n_conns >= max)
         conns_sweep(h, false); /* count only those still open */
-    if (h->n_conns == h->cap_conns) {
-        int cap = h->cap_conns ? 2 * h->cap_conns : 64;
-        struct hconn *c = realloc(h->conns, sizeof(*c) * (size_t)cap);
-        if (!c)
-            return bev; /* out of memory: served, not tracked */
-        h->conns = c;
-        h->cap_conns = cap;
-    }
+    if (!moe_grow((void **)&h->conns, &h->cap_conns, (size_t)h->n_conns + 1, sizeof(*h->conns), 64))
+        return bev; /* out of memory: served, not tracked */
     bool over = h->n_conns >= max;
     bufferevent_incref(bev);
     h->conns[h->n_conns++] = (struct hconn){ .bev = bev, .t0 = moe_now(), .over = over };

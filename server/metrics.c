@@ -56,16 +56,10 @@ void moe_strbuf_printf(struct moe_strbuf *b, const char *fmt, ...)
             b->len += (size_t)n;
             return;
         }
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->len + (size_t)n + 1)
-            cap *= 2;
-        char *s = realloc(b->s, cap);
-        if (!s) {
+        if (!moe_grow((void **)&b->s, &b->cap, b->len + (size_t)n + 1, 1, 4096)) {
             b->oom = true;
             return;
         }
-        b->s = s;
-        b->cap = cap;
     }
 }
 

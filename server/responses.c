@@ -486,14 +486,8 @@ void moe_responses_stream_start(struct moe_responses *r, moe_responses_emit_fn e
 
 static void text_add(struct moe_responses *r, const char *t, size_t n)
 {
-    if (r->len + n + 1 > r->cap) {
-        size_t cap = r->cap ? r->cap : 256;
-        while (cap < r->len + n + 1) cap *= 2;
-        char *b = realloc(r->text, cap);
-        if (!b) return; /* the item's whole text is short of these bytes; its deltas went out */
-        r->text = b;
-        r->cap = cap;
-    }
+    if (!moe_grow((void **)&r->text, &r->cap, r->len + n + 1, 1, 256))
+        return; /* the item's whole text is short of these bytes; its deltas went out */
     memcpy(r->text + r->len, t, n);
     r->len += n;
 }

@@ -80,7 +80,8 @@ struct tiered {
     struct moe_offload_hooks hooks;
 
     struct pin *pins;
-    int n_pins, cap_pins;
+    int n_pins;
+    size_t cap_pins;
 
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
@@ -356,13 +357,8 @@ static enum moe_status check_id(const struct tiered *t, int layer, int id)
 
 static enum moe_status push_pin(struct tiered *t, int layer, int key)
 {
-    if (t->n_pins == t->cap_pins) {
-        int nc = t->cap_pins ? 2 * t->cap_pins : 64;
-        struct pin *p = realloc(t->pins, (size_t)nc * sizeof(*p));
-        if (!p) return moe_errorf(MOE_ENOMEM, "expert provider: out of memory for pins");
-        t->pins = p;
-        t->cap_pins = nc;
-    }
+    if (!moe_grow((void **)&t->pins, &t->cap_pins, (size_t)t->n_pins + 1, sizeof(*t->pins), 64))
+        return moe_errorf(MOE_ENOMEM, "expert provider: out of memory for pins");
     t->pins[t->n_pins++] = (struct pin){ layer, key };
     return MOE_OK;
 }

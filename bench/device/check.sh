@@ -49,7 +49,10 @@ if ! ls ${cuda_lib//:/ } 2>/dev/null | grep -q . || ! (IFS=:; for d in $cuda_lib
   [ -n "$found" ] && cuda_lib="$cuda_lib:$(dirname "$found")"
 fi
 export LD_LIBRARY_PATH="$dist/lib$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export MOEFLOW_SOURCE_DIR="$root" MOEFLOW_MODEL="$root/models/pycode-moe-18m"
+# the model and the fixtures: the bundle's copy (travel.sh sets the tree's aside), else the tree's
+data=$root
+[ -d "$dist/data/models" ] && data=$dist/data
+export MOEFLOW_SOURCE_DIR="$data" MOEFLOW_MODEL="$data/models/pycode-moe-18m"
 export MOEFLOW_TEST_SEED=${MOEFLOW_TEST_SEED:-$(date +%s)}
 
 (nvidia-smi; nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current \
@@ -109,7 +112,7 @@ for t in test_gpu_variants:60 test_gpu_runtime:90 test_gpu_sticky:60; do
   fi
 done
 if [ -x "$b/moeflow" ]; then
-  run cli_generate_cuda_vs_cpu 150 bash "$root/bench/device/cli_generate.sh" "$b/moeflow"
+  run cli_generate_cuda_vs_cpu 150 bash "$root/bench/device/cli_generate.sh" "$b/moeflow" "$MOEFLOW_MODEL"
   # the cases ("case NAME pass|fail" lines) go into the step's summary entry
   cases=$(awk '$1 == "case" && NF == 3 { printf "%s\"%s\":\"%s\"", n++ ? "," : "", $2, $3 }' \
           "$out/cli_generate_cuda_vs_cpu.log" 2>/dev/null)

@@ -6,6 +6,10 @@
 #                           moeflow without the server, for the CLI check)
 #   build-device/dist/lib/  every shared library they need except glibc, the
 #                           CUDA driver and cuBLAS (present there in /usr/local/cuda)
+#   build-device/dist/data/ the data the check reads: models/pycode-moe-18m, tests/fixtures/hf-tiny
+#                           and the fixture families of tests/engine/model_variants.h (tracked
+#                           files only; check.sh points the tests there, travel.sh sets the
+#                           tree's copies aside)
 # Then hand the device tool:  carry ["build-device/dist.tar.xz"], command
 #   bench/device/check.sh   (it unpacks the bundle under /tmp)
 # (CUDA runtime is linked statically; cuBLAS comes from the device's CUDA 13.)
@@ -39,9 +43,21 @@ done | sort -u | while read -r lib; do
     *) cp -L "$lib" "$dist/lib/" ;;
   esac
 done
-# The device tool carries at most 64 MiB with the working tree (the tracked tree alone is
-# larger: bench/device/travel.sh sets aside what the check does not read), so the bundle
-# travels compressed (~7 MB).
+# The data the tests and benchmarks read, compressed with the bundle (the model and the fixtures
+# shrink from 63 to 42 MB): the device tool carries at most 64 MiB with the working tree, and
+# bench/device/travel.sh sets models/ and tests/fixtures/ aside for the call.
+variants=$(grep -o '"[a-z0-9_.-]*/[a-z0-9_.-]*"' tests/engine/model_variants.h | tr -d '"' | cut -d/ -f1 | sort -u)
+data="models/pycode-moe-18m tests/fixtures/hf-tiny"
+for v in $variants; do data="$data tests/fixtures/$v"; done
+for d in $data; do
+  if [ ! -d "$d" ]; then
+    echo "prepare.sh: $d is missing (set aside by travel.sh out?): run bench/device/travel.sh back first" >&2
+    exit 1
+  fi
+done
+mkdir -p "$dist/data"
+# shellcheck disable=SC2086
+git ls-files -z -- $data | tar --null -T - -cf - | tar -C "$dist/data" -xf -
 tar -C "$bdir" -cJf "$bdir/dist.tar.xz" dist
 du -sh "$dist" "$bdir/dist.tar.xz"
 if [ "$bdir" = build-device ]; then

@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # What the device tool sends with a call: every tracked file in the working tree, the untracked
 # files git does not ignore, and the carried paths, 64 MiB in all.  The tracked tree is larger
-# than that with the bundle, so the data the device check never reads (the fixtures of the
-# models the GPU tests do not load, the tokenizer vectors, bench/data) steps aside for the call:
+# than that with the bundle, so the data steps aside for the call (models/, tests/fixtures/,
+# bench/data): what the device check reads travels compressed in the bundle (prepare.sh):
 #
 #   bench/device/travel.sh size   what would travel now (with build-device/dist.tar.xz), in bytes
 #   bench/device/travel.sh out    move that data to $MOEFLOW_TRAVEL_STASH (default
 #                                 /tmp/moeflow-travel-stash) and print the size
 #   bench/device/travel.sh back   move it back (the tree is then as it was)
 #
-# The device check reads models/pycode-moe-18m and tests/fixtures/hf-tiny (tests/gpu) only.
+# The device check reads models/pycode-moe-18m, tests/fixtures/hf-tiny and the fixtures of
+# tests/engine/model_variants.h, all from the bundle's data/.
 # Between `out` and `back` git shows the moved files as deleted: commit nothing meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 stash=${MOEFLOW_TRAVEL_STASH:-/tmp/moeflow-travel-stash}
 limit=$((64 * 1024 * 1024))
-aside="tests/fixtures/deepseek-v3-variants tests/fixtures/tokenizer tests/fixtures/glm4-moe
-       tests/fixtures/dots1 tests/fixtures/ernie4_5-moe tests/fixtures/minimax-m2 tests/fixtures/jinja
-       bench/data"
+aside="models tests/fixtures bench/data"
 
 size() {
   local bundle=0 files

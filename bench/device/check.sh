@@ -21,20 +21,28 @@
 # the budget cuts short is a skip with reason "time budget", not a failure.
 #
 # Binaries come from build-device/dist.tar.xz (made here by bench/device/prepare.sh
-# and carried; unpacked under /tmp), an unpacked build-device/dist, or MOEFLOW_DIST.
+# and carried; unpacked under /tmp; MOEFLOW_BUNDLE names another), an unpacked
+# build-device/dist, or MOEFLOW_DIST.
 # Exit status: 0 when every test passed.
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/device-out}
 dist=${MOEFLOW_DIST:-$root/build-device/dist}
 mkdir -p "$out"
-if [ -z "${MOEFLOW_DIST:-}" ] && [ ! -x "$dist/bin/test_gpu_ops" ] && [ -f "$root/build-device/dist.tar.xz" ]; then
+bundle=${MOEFLOW_BUNDLE:-$root/build-device/dist.tar.xz}
+if [ -z "${MOEFLOW_DIST:-}" ] && [ ! -x "$dist/bin/test_gpu_ops" ] && [ -f "$bundle" ]; then
   unpack=$(mktemp -d /tmp/moeflow-dist.XXXXXX)
-  tar -C "$unpack" -xJf "$root/build-device/dist.tar.xz" && dist=$unpack/dist
+  # tar -J runs the xz program, which a bare machine may lack; python3's tarfile reads .xz itself
+  if tar -C "$unpack" -xJf "$bundle" 2> "$out/unpack.log" ||
+     python3 -W ignore -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+       "$bundle" "$unpack" 2>> "$out/unpack.log"; then
+    dist=$unpack/dist
+  fi
 fi
 if [ ! -x "$dist/bin/test_gpu_ops" ]; then
-  echo "check.sh: $dist/bin/test_gpu_ops missing: run bench/device/prepare.sh on the build machine" \
-       "and carry build-device/dist.tar.xz" | tee "$out/summary.json" >&2
+  msg="$dist/bin/test_gpu_ops missing: run bench/device/prepare.sh on the build machine and carry $bundle"
+  echo "check.sh: $msg" >&2
+  printf '{"failures":1,"error":"%s"}\n' "$msg" > "$out/summary.json"
   exit 2
 fi
 cuda_lib=""

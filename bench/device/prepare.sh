@@ -13,8 +13,8 @@
 # Then hand the device tool:  carry ["build-device/dist.tar.xz"], command
 #   bench/device/check.sh   (it unpacks the bundle under /tmp)
 # (CUDA runtime is linked statically; cuBLAS comes from the device's CUDA 13.)
-# MOEFLOW_DEVICE_BUILD=DIR builds in DIR instead of build-device (then carry DIR/dist
-# and run check.sh with MOEFLOW_DIST=DIR/dist).
+# MOEFLOW_DEVICE_BUILD=DIR builds in DIR instead of build-device (then carry DIR/dist.tar.xz
+# and run check.sh with MOEFLOW_BUNDLE=DIR/dist.tar.xz).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 jobs=${JOBS:-2}
@@ -65,5 +65,5 @@ if [ "$bdir" = build-device ]; then
   echo "then: bench/device/travel.sh out; carry: build-device/dist.tar.xz   command: bench/device/check.sh;"
   echo "      afterwards bench/device/travel.sh back"
 else
-  echo "carry: $dist   command: MOEFLOW_DIST=$dist bench/device/check.sh"
+  echo "carry: $bdir/dist.tar.xz   command: MOEFLOW_BUNDLE=$bdir/dist.tar.xz bench/device/check.sh"
 fi

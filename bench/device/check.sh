@@ -50,10 +50,11 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_6
          /usr/local/cuda-13.0/lib64 /usr/local/cuda-13.0/lib; do
   [ -d "$d" ] && cuda_lib="$cuda_lib:$d"
 done
-# cuBLAS 13 elsewhere (a distribution package or a Python wheel)?
+# cuBLAS 13 elsewhere (a distribution package or a Python wheel: CUDA 13's nvidia-cublas puts it in
+# site-packages/nvidia/cu13/lib, /opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib is 8 below /opt)
 if ! ls ${cuda_lib//:/ } 2>/dev/null | grep -q . || ! (IFS=:; for d in $cuda_lib; do
       [ -n "$d" ] && [ -e "$d/libcublas.so.13" ] && exit 0; done; exit 1); then
-  found=$(find /usr /opt -maxdepth 8 -name 'libcublas.so.13' 2>/dev/null | head -1)
+  found=$(find /usr /opt -maxdepth 10 -name 'libcublas.so.13' 2>/dev/null | head -1)
   [ -n "$found" ] && cuda_lib="$cuda_lib:$(dirname "$found")"
 fi
 export LD_LIBRARY_PATH="$dist/lib$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

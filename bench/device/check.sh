@@ -14,7 +14,8 @@
 #   5. the expert store's reader against the machine's disk (store_read_bench, 1 GiB
 #      file under /tmp), if the budget leaves time.
 # Results go under $OUT (default ./device-out): summary.json (every step's status; the
-# CLI step lists its cases), logs.tar.gz (one log per step), gpu_model_decode.json,
+# CLI step lists its cases; rewritten after every step, "finished" true at the end),
+# logs.tar.gz (one log per step, likewise), gpu_model_decode.json,
 # gpu_model_decode_kv_bf16.json, gpu_moe_decode.json, gpu_moe_decode_invariant.json,
 # store_read_bench.json, nvidia-smi.txt (8 files: all the device tool brings back).  The tails of
 # failing steps' logs are printed before the summary.  Budget: under 6 minutes; a step
@@ -28,14 +29,15 @@ set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/device-out}
 dist=${MOEFLOW_DIST:-$root/build-device/dist}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+logs=$(mktemp -d /tmp/moeflow-logs.XXXXXX) # one log per step, archived into $out after each
 bundle=${MOEFLOW_BUNDLE:-$root/build-device/dist.tar.xz}
 if [ -z "${MOEFLOW_DIST:-}" ] && [ ! -x "$dist/bin/test_gpu_ops" ] && [ -f "$bundle" ]; then
   unpack=$(mktemp -d /tmp/moeflow-dist.XXXXXX)
   # tar -J runs the xz program, which a bare machine may lack; python3's tarfile reads .xz itself
-  if tar -C "$unpack" -xJf "$bundle" 2> "$out/unpack.log" ||
+  if tar -C "$unpack" -xJf "$bundle" 2> "$logs/unpack.log" ||
      python3 -W ignore -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
-       "$bundle" "$unpack" 2>> "$out/unpack.log"; then
+       "$bundle" "$unpack" 2>> "$logs/unpack.log"; then
     dist=$unpack/dist
   fi
 fi
@@ -68,6 +70,16 @@ export MOEFLOW_TEST_SEED=${MOEFLOW_TEST_SEED:-$(date +%s)}
    --format=csv) > "$out/nvidia-smi.txt" 2>&1
 steps=()
 fails=0
+# summary.json and logs.tar.gz as they stand ("finished" false until the end): a run cut off
+# from outside still reports its steps, in no more files than the device tool brings back
+report() {
+  {
+    printf '{"seed":%s,"failures":%d,"finished":%s,"steps":[' "$MOEFLOW_TEST_SEED" "$fails" "$1"
+    (IFS=,; printf '%s' "${steps[*]}")
+    printf ']}\n'
+  } > "$out/summary.json"
+  (cd "$logs" && set -- *.log && [ -e "$1" ] && tar -czf "$out/logs.tar.gz" -- "$@")
+}
 # run NAME TIMEOUT CMD... : one step, its log, its status and seconds.  A step cut
 # short because the budget left was below its own limit is a skip ("time budget"),
 # not a failure; one that runs past its own full limit is a failure ("timeout").
@@ -82,7 +94,7 @@ run() {
   fi
   [ "$limit" -gt "$left" ] && limit=$left && cut=1
   local t0=$(date +%s.%N)
-  timeout -k 10 "$limit" "$@" > "$out/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" > "$logs/$name.log" 2>&1
   local rc=$?
   local dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   local status=pass reason=""
@@ -97,6 +109,7 @@ run() {
   fi
   steps+=("{\"step\":\"$name\",\"status\":\"$status\",\"rc\":$rc,\"seconds\":$dt$reason}")
   echo "check.sh: $name: $status (rc $rc, ${dt}s${reason:+, cut short by the time budget})"
+  report false
 }
 
 b=$dist/bin
@@ -124,7 +137,7 @@ if [ -x "$b/moeflow" ]; then
   run cli_generate_cuda_vs_cpu 150 bash "$root/bench/device/cli_generate.sh" "$b/moeflow" "$MOEFLOW_MODEL"
   # the cases ("case NAME pass|fail" lines) go into the step's summary entry
   cases=$(awk '$1 == "case" && NF == 3 { printf "%s\"%s\":\"%s\"", n++ ? "," : "", $2, $3 }' \
-          "$out/cli_generate_cuda_vs_cpu.log" 2>/dev/null)
+          "$logs/cli_generate_cuda_vs_cpu.log" 2>/dev/null)
   last=${steps[${#steps[@]}-1]}
   steps[${#steps[@]}-1]="${last%\}},\"cases\":{$cases}}"
 else
@@ -149,8 +162,8 @@ memcheck=("$san" --tool memcheck --error-exitcode 1 --report-api-errors no)
 # 20 s: a run that gets that far works); on refusal both memcheck steps are skips.
 san_refused=""
 if [ -n "$san" ] && [ -x "$b/test_gpu_tier" ] && [ $(( budget_end - $(date +%s) )) -gt 60 ]; then
-  MOEFLOW_TEST_QUICK=1 timeout -k 5 20 "${memcheck[@]}" "$b/test_gpu_tier" > "$out/memcheck_probe.log" 2>&1
-  grep -qE 'Device not supported|error 999' "$out/memcheck_probe.log" &&
+  MOEFLOW_TEST_QUICK=1 timeout -k 5 20 "${memcheck[@]}" "$b/test_gpu_tier" > "$logs/memcheck_probe.log" 2>&1
+  grep -qE 'Device not supported|error 999' "$logs/memcheck_probe.log" &&
     san_refused="compute-sanitizer does not support this device (Device not supported, error 999)"
 fi
 if [ -z "$san" ]; then
@@ -169,7 +182,7 @@ fi
 # the NVMe tier: the store's reader against this machine's disk (docs/hw: 1.18 GB/s sequential)
 if [ -x "$b/store_read_bench" ]; then
   run store_read_bench 45 "$b/store_read_bench" --mib 1024 --reps 1 --file /tmp/moeflow-store-read-bench.bin
-  grep '^{' "$out/store_read_bench.log" > "$out/store_read_bench.json" 2>/dev/null || true
+  grep '^{' "$logs/store_read_bench.log" > "$out/store_read_bench.json" 2>/dev/null || true
 fi
 
 # the tails of failing steps' logs, then every log in one archive (the device tool
@@ -178,14 +191,9 @@ for s in "${steps[@]}"; do
   case "$s" in
     *'"status":"fail"'*|*'"status":"timeout"'*)
       n=${s#*\"step\":\"}; n=${n%%\"*}
-      [ -f "$out/$n.log" ] && { echo "=== $n.log (last 25 lines)"; tail -n 25 "$out/$n.log"; } ;;
+      [ -f "$logs/$n.log" ] && { echo "=== $n.log (last 25 lines)"; tail -n 25 "$logs/$n.log"; } ;;
   esac
 done
-(cd "$out" && ls *.log >/dev/null 2>&1 && tar -czf logs.tar.gz *.log && rm -f *.log)
-{
-  printf '{"seed":%s,"failures":%d,"steps":[' "$MOEFLOW_TEST_SEED" "$fails"
-  (IFS=,; printf '%s' "${steps[*]}")
-  printf ']}\n'
-} > "$out/summary.json"
+report true
 cat "$out/summary.json"
 [ $fails -eq 0 ]

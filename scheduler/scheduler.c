@@ -30,6 +30,7 @@ struct rq {
     int n_cached;              /* prompt tokens taken from a cached prefix at admission */
     int n_chunks;              /* prompt chunks computed */
     int64_t need;              /* n_prompt + max_tokens: tokens-in-flight charge */
+    int64_t held;              /* the first of n choices: room held for those not yet submitted */
     struct moe_gen_params g;
     struct moe_sched_events ev;
     void *ud;
@@ -101,6 +102,8 @@ struct moe_sched {
     int n_active;
     int n_unreported;              /* finished, on_done not yet returned */
     int64_t tif;                   /* tokens in flight */
+    int64_t held;                  /* room held for further choices not yet submitted (rq.held summed) */
+    struct rq *holder;             /* the latest first choice still holding room, or NULL */
     uint64_t next_id;
     struct moe_sched_stats st;
 
@@ -272,6 +275,10 @@ static void rq_finish(struct moe_sched *s, struct rq *r, enum moe_finish why, en
     r->st = st;
     snprintf(r->msg, sizeof(r->msg), "%s", msg ? msg : "");
     s->tif -= r->need;
+    s->held -= r->held; /* its further choices that never came */
+    r->held = 0;
+    if (s->holder == r)
+        s->holder = NULL;
     s->st.by_finish[why]++;
     if (why == MOE_FINISH_LENGTH || why == MOE_FINISH_STOP)
         s->st.completed++;
@@ -1201,11 +1208,12 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     else if (!g->more_choice && s->n_waiting - s->n_wait_more >= s->p.max_queued)
         st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max_queued = %d); retry later",
                         s->n_waiting - s->n_wait_more, s->p.max_queued);
-    else if (!g->more_choice && s->tif + r->need * (g->choices > 1 ? g->choices : 1) > s->p.max_tokens_in_flight)
+    else if (!g->more_choice &&
+             s->tif + s->held + r->need * (g->choices > 1 ? g->choices : 1) > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_EBUSY,
                         "scheduler: tokens in flight %lld + this request's %lld (prompt %d + max_tokens %d, "
                         "%d choice%s) exceed max_tokens_in_flight = %lld; retry later",
-                        (long long)s->tif, (long long)r->need * (g->choices > 1 ? g->choices : 1), n_prompt,
+                        (long long)(s->tif + s->held), (long long)r->need * (g->choices > 1 ? g->choices : 1), n_prompt,
                         g->max_tokens, g->choices > 1 ? g->choices : 1, g->choices > 1 ? "s" : "",
                         (long long)s->p.max_tokens_in_flight);
     if (st != MOE_OK) {
@@ -1224,6 +1232,17 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     s->n_waiting++;
     s->n_wait_more += g->more_choice;
     s->tif += r->need;
+    if (g->more_choice && s->holder) { /* it takes room its first choice held for it */
+        int64_t take = s->holder->held < r->need ? s->holder->held : r->need;
+        s->holder->held -= take;
+        s->held -= take;
+        if (s->holder->held == 0)
+            s->holder = NULL;
+    } else if (!g->more_choice && g->choices > 1) { /* hold room for the others until they come */
+        r->held = r->need * (g->choices - 1);
+        s->held += r->held;
+        s->holder = r;
+    }
     s->st.accepted++;
     if (id)
         *id = r->id;

@@ -118,7 +118,9 @@ struct moe_gen_params {
     /* The n choices of one request (n > 1) are n submissions in a row: the first has choices = n,
      * and its admission checks room for all n at once (tokens in flight for n of it; an error, not
      * "retry later", when n of it never fit); the others have more_choice set: they take no place
-     * of their own in the max_queued bound (a request counts once) and no tokens-in-flight check. */
+     * of their own in the max_queued bound (a request counts once) and no tokens-in-flight check.  The
+     * first holds room for the others until they are submitted (right after it, from one thread) or it
+     * ends, so a request submitted between them cannot take that room. */
     int choices;
     bool more_choice;
 };

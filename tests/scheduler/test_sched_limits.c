@@ -161,6 +161,49 @@ static void test_bounds(void)
         while (moe_sched_step(s) == MOE_OK) {
         }
         check_accounting(s, "choices");
+
+        /* 3 choices of 25 fit 100; a request of 40 sent between the first and the others (another
+         * front end's) must not take the room the first holds for them: tokens in flight stay <= 100 */
+        pc.max_queued = 4;
+        moe_sched_destroy(s);
+        be = fb_backend(&fb);
+        s = moe_sched_create_backend(&be, &pc);
+        REQUIRE(s, "create: %s", moe_last_error());
+        g.max_tokens = 5;
+        g.choices = 3;
+        g.more_choice = false;
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "first of 3: %s",
+              moe_last_error());
+        expect_reject(s, prompt_of(20, 9), 20, 20, MOE_EBUSY, "max_tokens_in_flight", "between the choices");
+        g.choices = 0;
+        g.more_choice = true;
+        for (int i = 1; i < 3; i++)
+            CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "choice %d of 3: %s", i,
+                  moe_last_error());
+        moe_sched_stats(s, &st);
+        CHECK(st.tokens_in_flight == 75, "tokens in flight %lld with 3 choices of 25 (bound 100)",
+              (long long)st.tokens_in_flight);
+        /* the room is held no longer: a request of 25 fits */
+        struct sc_req late = { 0 };
+        g = gen(5);
+        CHECK(moe_sched_submit(s, prompt_of(20, 9), 20, &g, &sc_events, &late, &late.id) == MOE_OK,
+              "25 more after the choices: %s", moe_last_error());
+        /* a first choice whose others never come (its call failed) holds their room only while it lives */
+        moe_sched_cancel(s, late.id);
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        g.choices = 2;
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, &sc_events, &late, &late.id) == MOE_OK,
+              "first of 2: %s", moe_last_error());
+        moe_sched_cancel(s, late.id);
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        g = gen(80);
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK,
+              "100 once the first of 2 ended: %s", moe_last_error());
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        check_accounting(s, "choices with a request between them");
     }
     moe_sched_destroy(s);
 

@@ -19,7 +19,8 @@ struct moe_reader {
     uint32_t max_io;
     uint32_t fault_every;     /* fault injection: every Nth completion -> -EAGAIN */
     uint64_t n_comp;          /* completions seen (fault injection) */
-    uint32_t fault_submit;    /* fault injection: this submit fails with -ENOMEM */
+    uint32_t fault_submit;    /* fault injection: this submit fails with -fault_errno, taking nothing */
+    int fault_errno;
     uint64_t n_submit;        /* submits made (fault injection) */
     char ring_failed[256];    /* why uring_read gave up on the ring (for the fallback's message) */
     bool have_ring;
@@ -72,6 +73,7 @@ struct moe_reader *moe_reader_open(const char *path, const struct moe_reader_par
     r->max_io = p->max_io_bytes;
     r->fault_every = p->fault_eagain_every;
     r->fault_submit = p->fault_submit_at;
+    r->fault_errno = p->fault_submit_errno ? p->fault_submit_errno : ENOMEM;
     r->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (r->fd >= 0) {
         r->st.direct = true;
@@ -212,7 +214,9 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
     enum moe_status st;
     if ((st = ensure_scratch(r, n))) return st;
     uint64_t reads0 = r->st.reads, bytes0 = r->st.bytes; /* a batch given up is counted when redone */
-    int head = 0, tail = 0, queued = 0, in_flight = 0;
+    /* pending: reads prepared in the ring that no submit has taken yet (a submit interrupted, refused
+     * for a full completion queue, or taking only part): they stay in the ring and go with the next */
+    int head = 0, tail = 0, queued = 0, in_flight = 0, pending = 0;
     bool einval = false;
     for (int i = 0; i < n; i++) {
         r->done[i] = 0;
@@ -222,9 +226,9 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
         tail = (tail + 1) % n;
         queued++;
     }
-    while (queued > 0 || in_flight > 0) {
+    while (queued > 0 || in_flight > 0 || pending > 0) {
         int prepared = 0;
-        while (queued > 0 && in_flight + prepared < r->qd) {
+        while (queued > 0 && in_flight + pending + prepared < r->qd) {
             struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
             if (!sqe) break;
             int i = r->queue[head];
@@ -241,7 +245,8 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
             io_uring_sqe_set_data64(sqe, (uint64_t)i);
             prepared++;
         }
-        int ret = r->fault_submit && ++r->n_submit == r->fault_submit ? -ENOMEM
+        pending += prepared;
+        int ret = r->fault_submit && ++r->n_submit == r->fault_submit ? -r->fault_errno
                                                                         : io_uring_submit_and_wait(&r->ring, 1);
         if (ret < 0 && ret != -EBUSY && ret != -EINTR && ret != -EAGAIN) {
             snprintf(r->ring_failed, sizeof(r->ring_failed), "io_uring_submit failed (%s)", strerror(-ret));
@@ -253,8 +258,12 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
         }
         if (ret == -EBUSY) r->st.cq_full++;
         if (ret == -EINTR || ret == -EAGAIN) r->st.retries++;
-        if (ret >= 0) in_flight += ret;
-        else if (prepared > 0 && ret != -EBUSY) continue; /* retry submitting what is prepared */
+        if (ret >= 0) {
+            in_flight += ret;
+            pending -= ret < pending ? ret : pending;
+        } else if (pending > 0 && ret != -EBUSY) {
+            continue; /* retry submitting what is prepared */
+        }
         struct io_uring_cqe *cqe;
         unsigned seen = 0, hd;
         io_uring_for_each_cqe(&r->ring, hd, cqe) {

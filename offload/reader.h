@@ -26,6 +26,9 @@ struct moe_reader_params {
     uint32_t fault_submit_at; /* testing: the Nth io_uring submit fails with -ENOMEM, as a broken
                                  ring would (the reads in flight are waited for, the rest are
                                  done with pread); 0 = off */
+    int fault_submit_errno;   /* testing: the error that submit returns instead, taking nothing
+                                 (0 = ENOMEM; EINTR, EAGAIN or EBUSY: the reads stay prepared and
+                                 are submitted again) */
 };
 
 struct moe_reader_stats {

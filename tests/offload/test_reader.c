@@ -5,6 +5,7 @@
 #include "../../offload/reader.h"
 #include "offload_test_common.h"
 
+#include <errno.h>
 #include <sys/stat.h>
 
 static void check_reads(const char *store_path, const struct moe_reader_params *rp, const char *what,
@@ -66,6 +67,38 @@ static void check_reads(const char *store_path, const struct moe_reader_params *
     moe_store_close(s);
 }
 
+/* A submit interrupted or refused (EINTR, EAGAIN, EBUSY) before it took anything, when every read of
+ * the batch is prepared and none is in flight: the reads stay in the ring and must still be done in
+ * this batch (read into their buffers, counted, no fallback), and the next batch must not meet them. */
+static void check_submit_retry(const char *store_path, int err, const char *what)
+{
+    struct moe_store *s = moe_store_open(store_path, NULL);
+    REQUIRE(s, "%s", moe_last_error());
+    const struct moe_store_info *in = moe_store_get_info(s);
+    struct moe_reader *r = moe_reader_open(store_path, &(struct moe_reader_params){
+                                               .queue_depth = 4, .fault_submit_at = 1, .fault_submit_errno = err });
+    REQUIRE(r, "%s: %s", what, moe_last_error());
+    const struct moe_store_record *rec[2] = { moe_store_find(s, 0, 1), moe_store_find(s, 1, 2) };
+    REQUIRE(rec[0] && rec[1], "%s: records", what);
+    void *buf[2];
+    for (int b = 0; b < 2; b++) REQUIRE(posix_memalign(&buf[b], 4096, in->record_stride) == 0, "alloc");
+    for (int b = 0; b < 2; b++) { /* one read a batch: the first batch's submit is the one refused */
+        memset(buf[b], 0, in->record_stride);
+        struct moe_read q = { .offset = rec[b]->offset, .len = (uint32_t)in->record_stride, .buf = buf[b],
+                              .buf_index = -1 };
+        enum moe_status st = moe_reader_read(r, &q, 1);
+        CHECK(st == MOE_OK && q.st == MOE_OK && moe_store_verify(rec[b], buf[b]), "%s: batch %d: status %d (%s)",
+              what, b, q.st, q.msg);
+    }
+    struct moe_reader_stats rs;
+    moe_reader_get_stats(r, &rs);
+    CHECK(rs.reads == 2 && rs.fallbacks == 0, "%s: %llu reads, %llu fallbacks", what, (unsigned long long)rs.reads,
+          (unsigned long long)rs.fallbacks);
+    for (int b = 0; b < 2; b++) free(buf[b]);
+    moe_reader_close(r);
+    moe_store_close(s);
+}
+
 int main(void)
 {
     char p[512], store[600];
@@ -91,6 +124,11 @@ int main(void)
                                                         .fault_eagain_every = 3 }, what, false);
         snprintf(what, sizeof(what), "%s submit fails", bases[b]); /* after the first: reads in flight */
         check_reads(store, &(struct moe_reader_params){ .queue_depth = 2, .fault_submit_at = 2 }, what, true);
+        static const int errs[3] = { EINTR, EAGAIN, EBUSY };
+        for (int k = 0; k < 3; k++) {
+            snprintf(what, sizeof(what), "%s submit %s, retried", bases[b], strerror(errs[k]));
+            check_submit_retry(store, errs[k], what);
+        }
         snprintf(what, sizeof(what), "%s pread EAGAIN every 2", bases[b]);
         check_reads(store, &(struct moe_reader_params){ .no_io_uring = true, .fault_eagain_every = 2 },
                     what, true);

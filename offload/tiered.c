@@ -246,6 +246,7 @@ static void *worker_main(void *arg)
             int l, e;
             layer_expert(t, j->key, &l, &e);
             const uint8_t *src = t->host_mem + (size_t)j->hslot * t->stride;
+            bool arrived = j->read; /* a read that failed moved no record */
             if (j->read) {
                 h->key = j->key;
                 h->state = SLOT_READY;
@@ -253,6 +254,7 @@ static void *worker_main(void *arg)
                     struct moe_read *rd = &t->reads[ri++];
                     const struct moe_store_record *r = moe_store_find(t->store, l, e);
                     if (rd->st) {
+                        arrived = false;
                         h->state = SLOT_FAILED;
                         h->err = rd->st;
                         if (rd->msg[0]) /* the reader's reason names the store and offset */
@@ -275,7 +277,7 @@ static void *worker_main(void *arg)
             bool host_ok = h->key == j->key && h->state == SLOT_READY;
             pthread_mutex_lock(&t->mu);
             bool current = t->ds[j->dslot].gen == j->dgen && t->ds[j->dslot].key == j->key;
-            if (j->read) {
+            if (arrived) {
                 t->st.disk_reads++;
                 t->st.host.bytes += t->rec_bytes;
             }

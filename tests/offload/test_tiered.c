@@ -308,6 +308,49 @@ static void check_shared_transfer(const struct moe_model *m, const char *store)
     moe_provider_destroy(p);
 }
 
+/* A read from the store that fails (the file cut short after it was opened) moves no bytes: the
+ * host tier's bytes and the disk reads count only records that arrived, so once the file is whole
+ * again the record read anew counts once. */
+static void check_failed_read_counts(const struct moe_model *m, const char *dir)
+{
+    const struct moe_config *c = &m->cfg;
+    int l0 = 0;
+    while (!c->is_moe[l0]) l0++;
+    char store[600];
+    snprintf(store, sizeof(store), "%s/cut.moestore", dir);
+    REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+    char *whole;
+    size_t len;
+    REQUIRE(moe_read_file(store, &whole, &len, 1ull << 32) == MOE_OK, "%s", moe_last_error());
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = 2,
+                                    .numa_node = -1 };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    struct moe_store *s = moe_store_open(store, m);
+    REQUIRE(s, "%s", moe_last_error());
+    const struct moe_store_info *si = moe_store_get_info(s);
+    uint64_t rec = si->record_bytes, data = si->data_offset;
+    moe_store_close(s);
+    REQUIRE(truncate(store, (off_t)data) == 0, "truncate");
+    int id = 0;
+    struct moe_expert_ref a;
+    CHECK(p->ops->acquire(p->self, l0, 1, &id, &a) == MOE_EIO, "read past the cut: %s", moe_last_error());
+    struct moe_offload_stats os;
+    moe_provider_tiered_stats(p, &os);
+    CHECK(os.host.bytes == 0 && os.disk_reads == 0, "failed read counted: %llu bytes, %llu reads",
+          (unsigned long long)os.host.bytes, (unsigned long long)os.disk_reads);
+    FILE *f = fopen(store, "r+"); /* the same file (inode) the reader holds, whole again */
+    REQUIRE(f && fwrite(whole, 1, len, f) == len && fclose(f) == 0, "rewrite %s", store);
+    REQUIRE(p->ops->acquire(p->self, l0, 1, &id, &a) == MOE_OK, "after mending: %s", moe_last_error());
+    p->ops->release(p->self, l0);
+    moe_provider_tiered_stats(p, &os);
+    CHECK(os.host.bytes == rec && os.disk_reads == 1, "one record read: %llu bytes (record %llu), %llu reads",
+          (unsigned long long)os.host.bytes, (unsigned long long)rec, (unsigned long long)os.disk_reads);
+    moe_provider_destroy(p);
+    free(whole);
+    unlink(store);
+}
+
 int main(void)
 {
     static const struct cfg cfgs[] = {
@@ -347,6 +390,7 @@ int main(void)
         check_fp8_records(m, store);
         check_late_failures(m, store);
         check_shared_transfer(m, store);
+        check_failed_read_counts(m, dir);
         free(keys);
         free(routing);
         moe_provider_destroy(res);

@@ -108,7 +108,7 @@ struct gcall {
     struct cgen *gens;             /* generations in progress */
     int n_gens;
     double deadline;               /* moe_now() seconds, 0 = none */
-    struct gcall *next_live, *prev_live;
+    struct gcall *next_live, *prev_live; /* on grpc_front.live once started */
 };
 
 struct grpc_front {
@@ -118,9 +118,12 @@ struct grpc_front {
     struct srv_inbox inbox;
     pthread_t thread;
     atomic_bool stop;
-    bool shutdown_started, shutdown_done, cq_shutdown;
+    _Atomic double stop_until;     /* with stop: moe_now() seconds until which calls may still deliver
+                                      their replies (0: none) */
+    bool shutdown_started, shutdown_done, cq_shutdown, cancelled_all;
     struct gtag t_shutdown;
     int n_calls;                   /* gcall objects alive (including pending accepts) */
+    struct gcall *live;            /* started calls */
 };
 
 /* ---- gRPC core's log ---- */
@@ -213,6 +216,14 @@ static void gcall_free(struct gcall *c)
         grpc_call_unref(c->call);
     grpc_call_details_destroy(&c->details);
     grpc_metadata_array_destroy(&c->md);
+    if (c->started) {
+        if (c->prev_live)
+            c->prev_live->next_live = c->next_live;
+        else
+            c->gf->live = c->next_live;
+        if (c->next_live)
+            c->next_live->prev_live = c->prev_live;
+    }
     c->gf->n_calls--;
     free(c);
 }
@@ -1006,6 +1017,10 @@ static void on_new_call(struct gcall *c, bool ok)
     if (!atomic_load(&gf->stop))
         accept_one(gf);
     c->started = true;
+    c->next_live = gf->live;
+    if (gf->live)
+        gf->live->prev_live = c;
+    gf->live = c;
     moe_metrics_count(&gf->srv->metrics, &gf->srv->metrics.grpc_calls, 1);
     c->m = GM_UNKNOWN;
     for (size_t i = 0; i < MOE_ARRAY_LEN(methods); i++)
@@ -1138,6 +1153,36 @@ static void accept_one(struct grpc_front *gf)
     c->pending++;
 }
 
+/* A call with a reply still to deliver: a generation, messages or a status it has not yet sent out.
+ * One without (a stream between requests, a call whose request has not arrived) only waits. */
+static bool gcall_delivering(const struct gcall *c)
+{
+    return c->gens || c->q_head || c->send_busy || c->status_queued;
+}
+
+/* Stopping: no new calls; the calls that still deliver a reply go on until they end or stop_until
+ * passes, then every call left is cancelled. */
+static void grpc_stopping(struct grpc_front *gf)
+{
+    if (!gf->shutdown_started) {
+        gf->shutdown_started = true;
+        grpc_server_shutdown_and_notify(gf->server, gf->cq, &gf->t_shutdown);
+    }
+    if (!gf->cancelled_all) {
+        bool delivering = false;
+        for (struct gcall *c = gf->live; c && !delivering; c = c->next_live)
+            delivering = gcall_delivering(c);
+        if (!delivering || moe_now() >= atomic_load(&gf->stop_until)) {
+            gf->cancelled_all = true;
+            grpc_server_cancel_all_calls(gf->server);
+        }
+    }
+    if (gf->shutdown_done && gf->n_calls == 0 && !gf->cq_shutdown) {
+        gf->cq_shutdown = true;
+        grpc_completion_queue_shutdown(gf->cq);
+    }
+}
+
 static void *grpc_thread(void *arg)
 {
     struct grpc_front *gf = arg;
@@ -1152,17 +1197,8 @@ static void *grpc_thread(void *arg)
         if (ev.type == GRPC_OP_COMPLETE)
             handle_event(gf, ev.tag, ev.success != 0);
         drain_inbox(gf);
-        if (atomic_load(&gf->stop)) {
-            if (!gf->shutdown_started) {
-                gf->shutdown_started = true;
-                grpc_server_shutdown_and_notify(gf->server, gf->cq, &gf->t_shutdown);
-                grpc_server_cancel_all_calls(gf->server);
-            }
-            if (gf->shutdown_done && gf->n_calls == 0 && !gf->cq_shutdown) {
-                gf->cq_shutdown = true;
-                grpc_completion_queue_shutdown(gf->cq);
-            }
-        }
+        if (atomic_load(&gf->stop))
+            grpc_stopping(gf);
     }
     return NULL;
 }
@@ -1236,10 +1272,11 @@ struct grpc_front *srv_grpc_start(struct moe_server *s)
     return gf;
 }
 
-void srv_grpc_stop(struct grpc_front *gf)
+void srv_grpc_stop(struct grpc_front *gf, double until)
 {
     if (!gf)
         return;
+    atomic_store(&gf->stop_until, until);
     atomic_store(&gf->stop, true);
     pthread_join(gf->thread, NULL);
     grpc_server_destroy(gf->server);

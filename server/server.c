@@ -1001,6 +1001,7 @@ static enum moe_status server_load(struct moe_server *s)
 enum moe_status moe_server_run(struct moe_server *s)
 {
     enum moe_status st = MOE_OK;
+    double drain_end = 0; /* the drain's end: the gRPC front delivers what it holds until then */
     if (s->cfg.http_port) {
         s->http = srv_http_start(s);
         if (!s->http)
@@ -1043,9 +1044,10 @@ enum moe_status moe_server_run(struct moe_server *s)
     atomic_store(&s->ready, false);
     atomic_store(&s->draining, true);
     double t0 = moe_now();
+    drain_end = t0 + s->cfg.drain_timeout + 5;
     moe_sched_drain(s->sched, device ? 0 : s->cfg.drain_timeout);
     /* Let the front ends deliver the terminal statuses. */
-    while (atomic_load(&s->live_gens) > 0 && moe_now() - t0 < s->cfg.drain_timeout + 5) {
+    while (atomic_load(&s->live_gens) > 0 && moe_now() < drain_end) {
         struct timespec ts = { 0, 5000000 };
         nanosleep(&ts, NULL);
     }
@@ -1059,7 +1061,7 @@ enum moe_status moe_server_run(struct moe_server *s)
         st = moe_errorf(MOE_EDEVLOST, "stopped after a device error (see the log above)");
 out_stop:
     if (s->grpc)
-        srv_grpc_stop(s->grpc);
+        srv_grpc_stop(s->grpc, drain_end);
     s->grpc = NULL;
     if (s->http)
         srv_http_stop(s->http);
@@ -1072,7 +1074,7 @@ void moe_server_destroy(struct moe_server *s)
     if (!s)
         return;
     if (s->grpc)
-        srv_grpc_stop(s->grpc);
+        srv_grpc_stop(s->grpc, 0);
     if (s->http)
         srv_http_stop(s->http);
     if (s->sched)

@@ -178,6 +178,9 @@ char *srv_metrics_text(struct moe_server *s, size_t *len);
 struct http_front *srv_http_start(struct moe_server *s);
 void srv_http_stop(struct http_front *h);
 struct grpc_front *srv_grpc_start(struct moe_server *s);
-void srv_grpc_stop(struct grpc_front *g);
+/* Stop the gRPC front: no new calls; calls still delivering a reply (messages or a status not yet sent
+ * out, as to a client slow to read) go on until they end or moe_now() reaches until (0: cancelled at
+ * once), then what is left is cancelled. */
+void srv_grpc_stop(struct grpc_front *g, double until);
 
 #endif

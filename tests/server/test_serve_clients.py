@@ -2,13 +2,14 @@
 leaves the server as it was for everyone else.  usage: test_serve_clients.py MOEFLOW_BINARY SOURCE_DIR"""
 import json
 import os
+import signal
 import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_util import (Server, gen_stubs, metric, Checks, kserve_request, require_grpc,  # noqa: E402
-                        run_server_test)
+                        run_server_test, scaled)
 
 grpc = require_grpc()
 check = Checks()
@@ -341,6 +342,41 @@ def reply_too_big(moeflow, pb):
         srv.kill()
 
 
+def drain_slow_reader(moeflow, pb):
+    """SIGTERM while a Generate client has not yet read the reply of a request that finished generating:
+    the drain delivers the rest of the stream and its status before the server exits (the client is
+    still within the drain's time), where ending the gRPC front once no generation was left cancelled
+    the call, and the client lost the end of a completed request."""
+    m = pb["m"]
+    srv = Server(moeflow)
+    try:
+        # no window growth on the client: what it leaves unread stays queued on the server
+        ch = grpc.insecure_channel(srv.target, options=[("grpc.http2.bdp_probe", 0)])
+        n = 1500  # with 20 top log-probabilities each, far more bytes than HTTP/2's 64 KiB window
+        it = pb["mg"].GenerationStub(ch).Generate(m.GenerateRequest(
+            prompt="def f():", max_tokens=n, ignore_eos=True, logprobs=True, top_logprobs=20), timeout=scaled(120))
+        toks = list(next(it).token_ids)
+        ms = settled(srv)  # the request has finished generating; its reply waits for the client
+        check(metric(ms, "moeflow:live_generations") == 0 and metric(ms, "moeflow:requests_completed_total") >= 1,
+              "the request did not finish generating: %s live" % metric(ms, "moeflow:live_generations"))
+        srv.proc.send_signal(signal.SIGTERM)
+        final, err = None, None
+        try:
+            for x in it:
+                toks += list(x.token_ids)
+                if x.finished:
+                    final = x
+        except grpc.RpcError as e:
+            err = "%s %s" % (e.code(), e.details())
+        check(err is None and len(toks) == n and final is not None and final.completion_tokens == n,
+              "a slow reader across SIGTERM got %d of %d tokens, final %s, error %s" % (
+                  len(toks), n, final is not None, err))
+        ch.close()
+        check(srv.stop() == 0, "slow reader drain server: exit status")
+    finally:
+        srv.kill()
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -355,7 +391,7 @@ def main():
                            http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
-                           lambda s: reply_too_big(moeflow, pb))
+                           lambda s: reply_too_big(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb))
 
 
 if __name__ == "__main__":

@@ -1461,9 +1461,11 @@ struct buf {
 
 static void buf_add(struct render *r, struct buf *b, const char *s, size_t n)
 {
+    /* on every add: a buffer grown past the limit (by the add that brought it to exactly the limit,
+     * its NUL needing one byte more) would otherwise take adds up to its capacity unchecked */
+    if (b->n + n > MOE_JINJA_MAX_OUTPUT)
+        fail_at(&r->f, MOE_ERANGE, 0, "output longer than %u bytes", MOE_JINJA_MAX_OUTPUT);
     if (b->n + n + 1 > b->cap) {
-        if (b->n + n + 1 > MOE_JINJA_MAX_OUTPUT + 1)
-            fail_at(&r->f, MOE_ERANGE, 0, "output longer than %u bytes", MOE_JINJA_MAX_OUTPUT);
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n + 1)
             cap *= 2;

@@ -120,6 +120,9 @@ int main(void)
                        "{% for i in range(2000) %}{% for j in range(2000) %}{{ i if j < 0 }}{% endfor %}{% endfor %}",
                        MOE_ERANGE, "steps");
     check_render_fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", MOE_ERANGE, "output longer");
+    /* small pieces that land on exactly the limit, then go on past it */
+    check_render_fails("{{ range(1, 700000) }}", MOE_ERANGE, "output longer");
+    check_render_fails("{{ 'x' * 4194304 }}{{ 'y' }}", MOE_ERANGE, "output longer");
     check_render_fails("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", MOE_ERANGE, "deeper");
     check_render_fails("{{ 9223372036854775807 + 1 }}", MOE_ERANGE, "overflow");
     { /* a chain of 20000 operators: a tree deeper than the stack would take, refused while rendering */

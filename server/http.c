@@ -43,6 +43,7 @@ struct http_front {
     struct evhttp *http;
     struct event *wake_ev;
     struct evhttp_bound_socket *listener; /* NULL once closed for the drain */
+    double stop_until;            /* stopping: moe_now() seconds until which replies may still go out */
     struct srv_inbox inbox;
     pthread_t thread;
     uint64_t next_id;
@@ -1660,15 +1661,44 @@ static void close_listener_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
 }
 
-void srv_http_stop(struct http_front *h)
+/* Stopping, on the HTTP thread: connections with a reply still to deliver (one being answered, or
+ * output not yet written to the socket, as to a client slow to read) go on until they are done or
+ * stop_until passes; the others are shut down (nothing new is answered).  The loop ends with none left. */
+static void stopping_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_front *h = arg;
+    conns_sweep(h, false); /* drop those evhttp has let go */
+    bool delivering = false;
+    for (int i = 0; i < h->n_conns; i++) {
+        struct hconn *c = &h->conns[i];
+        evutil_socket_t cfd = bufferevent_getfd(c->bev);
+        if (c->closing || cfd < 0)
+            continue;
+        if (c->busy || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+            delivering = true;
+        } else {
+            shutdown(cfd, SHUT_RDWR); /* evhttp reads the end and lets the connection go */
+            c->closing = true;
+        }
+    }
+    if (!delivering || moe_now() >= h->stop_until ||
+        event_base_once(h->base, -1, EV_TIMEOUT, stopping_cb, h, &(struct timeval){ 0, 10000 }) != 0)
+        event_base_loopexit(h->base, NULL);
+    (void)fd;
+    (void)what;
+}
+
+void srv_http_stop(struct http_front *h, double until)
 {
     if (!h)
         return;
+    h->stop_until = until; /* read on the HTTP thread after event_base_once (libevent's lock orders them) */
     /* Refuse new connections first, and give the loop a moment to answer (503, draining) what it
-     * has already read, so a request that raced the exit gets a reply rather than a closed socket. */
-    if (event_base_once(h->base, -1, EV_TIMEOUT, close_listener_cb, h, &(struct timeval){ 0, 0 }) == 0)
-        nanosleep(&(struct timespec){ 0, 50000000 }, NULL);
-    event_base_loopexit(h->base, NULL);
+     * has already read, so a request that raced the exit gets a reply rather than a closed socket;
+     * then the replies still going out may reach their clients until `until` (stopping_cb). */
+    if (event_base_once(h->base, -1, EV_TIMEOUT, close_listener_cb, h, &(struct timeval){ 0, 0 }) != 0 ||
+        event_base_once(h->base, -1, EV_TIMEOUT, stopping_cb, h, &(struct timeval){ 0, 50000 }) != 0)
+        event_base_loopexit(h->base, NULL);
     pthread_join(h->thread, NULL);
     evhttp_free(h->http); /* closes connections: their close callbacks abandon what is left */
     for (int i = 0; i < h->n_conns; i++)

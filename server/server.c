@@ -1001,7 +1001,7 @@ static enum moe_status server_load(struct moe_server *s)
 enum moe_status moe_server_run(struct moe_server *s)
 {
     enum moe_status st = MOE_OK;
-    double drain_end = 0; /* the drain's end: the gRPC front delivers what it holds until then */
+    double drain_end = 0; /* the drain's end: the front ends deliver the replies they hold until then */
     if (s->cfg.http_port) {
         s->http = srv_http_start(s);
         if (!s->http)
@@ -1064,7 +1064,7 @@ out_stop:
         srv_grpc_stop(s->grpc, drain_end);
     s->grpc = NULL;
     if (s->http)
-        srv_http_stop(s->http);
+        srv_http_stop(s->http, drain_end);
     s->http = NULL;
     return st;
 }
@@ -1076,7 +1076,7 @@ void moe_server_destroy(struct moe_server *s)
     if (s->grpc)
         srv_grpc_stop(s->grpc, 0);
     if (s->http)
-        srv_http_stop(s->http);
+        srv_http_stop(s->http, 0);
     if (s->sched)
         moe_sched_destroy(s->sched);
     if (s->engine)

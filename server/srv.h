@@ -176,7 +176,10 @@ char *srv_metrics_text(struct moe_server *s, size_t *len);
 
 /* Front ends. */
 struct http_front *srv_http_start(struct moe_server *s);
-void srv_http_stop(struct http_front *h);
+/* Stop the HTTP front: no new connections or requests; connections still delivering a reply (one being
+ * answered, or output not yet written out, as to a client slow to read) go on until they are done or
+ * moe_now() reaches until (0: closed at once), then what is left is closed. */
+void srv_http_stop(struct http_front *h, double until);
 struct grpc_front *srv_grpc_start(struct moe_server *s);
 /* Stop the gRPC front: no new calls; calls still delivering a reply (messages or a status not yet sent
  * out, as to a client slow to read) go on until they end or moe_now() reaches until (0: cancelled at

@@ -377,6 +377,68 @@ def drain_slow_reader(moeflow, pb):
         srv.kill()
 
 
+def drain_slow_reader_http(moeflow):
+    """The same over HTTP: SIGTERM while a client has read nothing of a streamed completion that finished
+    generating (a small receive window keeps most of it on the server): the drain delivers every event,
+    the final chunk and [DONE] before the server exits, where freeing the HTTP front once no generation
+    was left closed the connection with its reply's tail unsent."""
+    srv = Server(moeflow)
+    try:
+        # 8 choices of 2000 tokens with 20 top log-probabilities each: some 10 MB, more than the server's
+        # socket buffer holds (it may grow to a few MB)
+        n_ch, n = 8, 2000
+        body = json.dumps({"prompt": "def f():", "max_tokens": n, "n": n_ch, "ignore_eos": True, "logprobs": 20,
+                           "stream": True}).encode()
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sk.settimeout(scaled(60))
+        sk.connect(("127.0.0.1", srv.http_port))
+        sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        ms = settled(srv)  # the request has finished generating; its reply waits for the client
+        check(metric(ms, "moeflow:live_generations") == 0 and metric(ms, "moeflow:requests_completed_total") >= 1,
+              "the request did not finish generating: %s live" % metric(ms, "moeflow:live_generations"))
+        srv.proc.send_signal(signal.SIGTERM)
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # now read it all
+        out = b""
+        try:
+            while True:
+                x = sk.recv(65536)
+                if not x:
+                    break
+                out += x
+        except OSError as e:
+            out += b"\n(error: %s)" % str(e).encode()
+        sk.close()
+        head, _, rest = out.partition(b"\r\n\r\n")
+        events, at = [], 0
+        while True:  # the chunked body's chunks
+            eol = rest.find(b"\r\n", at)
+            try:
+                size = int(rest[at:eol], 16)
+            except ValueError:
+                break
+            if size == 0 or eol + 2 + size > len(rest):
+                break
+            events.append(rest[eol + 2:eol + 2 + size])
+            at = eol + 2 + size + 2
+        events = b"".join(events)
+        toks, finals, done = [0] * n_ch, [None] * n_ch, False
+        for ev in events.split(b"\n\n"):
+            if ev == b"data: [DONE]":
+                done = True
+            elif ev.startswith(b"data: {"):  # each event is a chunk: a cut one is not counted
+                c = json.loads(ev[6:])["choices"][0]
+                toks[c["index"]] += len((c.get("logprobs") or {}).get("tokens") or [])
+                finals[c["index"]] = c.get("finish_reason") or finals[c["index"]]
+        check(head.startswith(b"HTTP/1.1 200") and toks == [n] * n_ch and finals == ["length"] * n_ch and done,
+              "a slow HTTP reader across SIGTERM got %s of %d tokens each, final %s, [DONE] %s: %r" % (
+                  toks, n, finals, done, out[-200:]))
+        check(srv.stop() == 0, "slow HTTP reader drain server: exit status")
+    finally:
+        srv.kill()
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -391,7 +453,8 @@ def main():
                            http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
-                           lambda s: reply_too_big(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb))
+                           lambda s: reply_too_big(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),
+                           lambda s: drain_slow_reader_http(moeflow))
 
 
 if __name__ == "__main__":

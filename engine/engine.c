@@ -121,9 +121,16 @@ bool moe_engine_kv_dtype_parse(const char *s, enum moe_dtype *out)
     return true;
 }
 
+/* A backend buffer from alloc (buf_alloc, or weights_alloc for weights), never of zero bytes. */
+static void *alloc_with(struct moe_engine *e, void *(*alloc)(void *, size_t, const char *), size_t bytes,
+                        const char *what)
+{
+    return alloc(e->be->ctx, bytes ? bytes : 4, what);
+}
+
 static void *balloc(struct moe_engine *e, size_t bytes, const char *what)
 {
-    return e->be->ops->buf_alloc(e->be->ctx, bytes ? bytes : 4, what);
+    return alloc_with(e, e->be->ops->buf_alloc, bytes, what);
 }
 
 static void bfree(struct moe_engine *e, void *p)
@@ -167,7 +174,7 @@ static enum moe_status upload(struct moe_engine *e, const struct moe_wview *w, e
                           (long long)w->rows, (long long)w->cols);
     size_t bytes = (size_t)n * moe_dtype_size(dt);
     const struct moe_backend_ops *o = e->be->ops;
-    void *d = o->weights_alloc ? o->weights_alloc(e->be->ctx, bytes ? bytes : 4, what) : balloc(e, bytes, what);
+    void *d = alloc_with(e, o->weights_alloc ? o->weights_alloc : o->buf_alloc, bytes, what);
     if (!d) return moe_error_prefix(MOE_ENOMEM, "%s", what);
     void *host = e->be->host_visible ? d : malloc(bytes);
     float *f32 = NULL;

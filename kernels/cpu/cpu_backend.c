@@ -42,28 +42,33 @@ static enum moe_status bad(const char *op, const char *what, long long v)
 
 /* ---- memory ------------------------------------------------------------------ */
 
-static void *cpu_alloc(void *ctx, size_t bytes, const char *what)
+/* bytes rounded up to a multiple of 64 (64 for none), aligned to 64; weights of at least one 2 MiB page in
+ * transparent huge pages (moe_huge_alloc, its whole pages marked).  Freed by cpu_free. */
+static void *cpu_alloc_as(size_t bytes, const char *what, bool weights)
 {
-    (void)ctx;
     void *p = NULL;
     size_t sz = bytes ? (bytes + 63) & ~(size_t)63 : 64;
-    if (posix_memalign(&p, 64, sz)) {
+    bool huge = weights && bytes >= MOE_HUGE_PAGE;
+    if (huge)
+        p = moe_huge_alloc(sz, NULL);
+    else if (posix_memalign(&p, 64, sz))
+        p = NULL;
+    if (!p)
         moe_errorf(MOE_ENOMEM, "cpu backend: cannot allocate %zu bytes for %s", bytes,
-                   what ? what : "a buffer");
-        return NULL;
-    }
+                   what ? what : huge ? "weights" : "a buffer");
     return p;
 }
 
-/* Weights: the whole 2 MiB pages of a buffer of at least one in transparent huge pages (moe_huge_alloc),
- * freed by cpu_free. */
+static void *cpu_alloc(void *ctx, size_t bytes, const char *what)
+{
+    (void)ctx;
+    return cpu_alloc_as(bytes, what, false);
+}
+
 static void *cpu_weights_alloc(void *ctx, size_t bytes, const char *what)
 {
-    if (bytes < MOE_HUGE_PAGE) return cpu_alloc(ctx, bytes, what);
-    void *p = moe_huge_alloc((bytes + 63) & ~(size_t)63, NULL);
-    if (!p)
-        moe_errorf(MOE_ENOMEM, "cpu backend: cannot allocate %zu bytes for %s", bytes, what ? what : "weights");
-    return p;
+    (void)ctx;
+    return cpu_alloc_as(bytes, what, true);
 }
 
 static void cpu_free(void *ctx, void *buf)

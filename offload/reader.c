@@ -260,7 +260,7 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
         if (ret == -EINTR || ret == -EAGAIN) r->st.retries++;
         if (ret >= 0) {
             in_flight += ret;
-            pending -= ret < pending ? ret : pending;
+            pending -= ret; /* a submit takes only prepared reads */
         } else if (pending > 0 && ret != -EBUSY) {
             continue; /* retry submitting what is prepared */
         }

@@ -976,6 +976,17 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
     queue_status(c, (grpc_status_code)srv_grpc_code(st), moe_last_error());
 }
 
+/* A call to a method not served here: UNIMPLEMENTED naming it, as soon as the call arrives (a client may
+ * send a message, half-close without one, or wait for the server before it sends anything). */
+static void not_served(struct gcall *c)
+{
+    char msg[300];
+    char *m = grpc_slice_to_c_string(c->details.method);
+    snprintf(msg, sizeof(msg), "method %.200s is not served here", m ? m : "?");
+    gpr_free(m);
+    queue_status(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+}
+
 static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
 {
     /* ModelReady answers false while the model loads, ServerMetadata needs none */
@@ -993,14 +1004,7 @@ static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
         do_kserve_simple(c, buf, len);
         break;
     case GM_GENERATE: case GM_INFER: case GM_STREAM_INFER: do_generate(c, buf, len); break;
-    case GM_UNKNOWN: {
-        char msg[300];
-        char *m = grpc_slice_to_c_string(c->details.method);
-        snprintf(msg, sizeof(msg), "method %.200s is not served here", m ? m : "?");
-        gpr_free(m);
-        queue_status(c, GRPC_STATUS_UNIMPLEMENTED, msg);
-        break;
-    }
+    case GM_UNKNOWN: break; /* answered when the call arrived (not_served) */
     }
 }
 
@@ -1044,6 +1048,8 @@ static void on_new_call(struct gcall *c, bool ok)
         c->close_done = true;
     if (!a && !b)
         gcall_maybe_free(c);
+    else if (c->m == GM_UNKNOWN)
+        not_served(c);
 }
 
 static void on_recv(struct gcall *c, bool ok)

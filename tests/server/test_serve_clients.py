@@ -144,6 +144,40 @@ def stream_backlog(srv, pb):
     ch.close()
 
 
+def unknown_method(srv, pb):
+    """A call to a method not served here gets UNIMPLEMENTED naming it at once, whatever its client does:
+    sends a request message, half-closes without one (where that got INVALID_ARGUMENT 'no request
+    message'), or waits for the server before sending anything (where that waited for its deadline).  A
+    method served here that gets no message is still INVALID_ARGUMENT."""
+    import threading
+    ch = grpc.insecure_channel(srv.target)
+    for method in ("/moeflow.v1.Generation/Nope", "/no.such.Service/Call"):
+        for what in ("a message", "no message", "nothing yet"):
+            sent = threading.Event()  # "nothing yet": the client sends only after the server answered
+
+            def reqs():
+                if what == "a message":
+                    yield b"\x0a\x01x"
+                elif what == "nothing yet":
+                    sent.wait(scaled(30))
+            call = ch.stream_stream(method, request_serializer=None, response_deserializer=None)
+            try:
+                got = list(call(reqs(), timeout=scaled(10)))
+                check(False, "%s with %s answered %r" % (method, what, got))
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.UNIMPLEMENTED and method in e.details(),
+                      "%s with %s: %s %s" % (method, what, e.code(), e.details()))
+            sent.set()
+    tok = ch.stream_unary("/moeflow.v1.Generation/Tokenize", request_serializer=None, response_deserializer=None)
+    try:
+        tok(iter([]), timeout=scaled(10))
+        check(False, "Tokenize without a message answered")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "no request message" in e.details(),
+              "Tokenize without a message: %s %s" % (e.code(), e.details()))
+    ch.close()
+
+
 def n_choices_gone(srv):
     """A client of an n = 3 stream that leaves mid-stream, and an n = 2 request whose deadline passes:
     every choice's generation ends (no_generation_left, after, sees none left), the deadline once as 504."""
@@ -450,7 +484,7 @@ def main():
               metric(ms, "moeflow:live_generations"))
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
-                           http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
+                           lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),

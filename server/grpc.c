@@ -349,9 +349,10 @@ static void queue_status(struct gcall *c, grpc_status_code code, const char *msg
     pump_send(c);
 }
 
+/* A call whose status is queued reads no more messages. */
 static void post_recv(struct gcall *c)
 {
-    if (c->recv_busy || c->recv_eof || c->cancelled)
+    if (c->recv_busy || c->recv_eof || c->cancelled || c->status_queued)
         return;
     grpc_op op;
     memset(&op, 0, sizeof(op));
@@ -654,10 +655,26 @@ static size_t kserve_send(struct gcall *c, const char *kid, const char *text, si
     return big;
 }
 
+/* A ModelStreamInfer stream that cannot answer a request ends with code and msg: it reads no further
+ * request (stream_next, on_recv), and its requests still generating are cancelled (a request that
+ * completed with its reply unsent counts as failed); the responses queued before go out first. */
+static void stream_end(struct gcall *c, grpc_status_code code, const char *msg)
+{
+    queue_status(c, code, msg);
+    while (c->gens) {
+        struct cgen *k = c->gens;
+        if (k->g)
+            srv_gen_abandon_unsent(k->g);
+        k->g = NULL;
+        cgen_drop(k);
+    }
+}
+
 /* A ModelStreamInfer request's last response, an error: err, cut at a character's end as far as the
  * response must shrink to fit max-message-bytes (an id and an error that the client sent back can
  * pass it), so that the request is answered and its stream goes on: true.  false when not even the
- * response without its message fits: the call ends with RESOURCE_EXHAUSTED and err. */
+ * response without its message fits (a long model name and request id): the stream ends with
+ * RESOURCE_EXHAUSTED (stream_end), its message saying so and then err. */
 static bool kserve_error(struct gcall *c, const char *kid, const char *err)
 {
     char m[1024];
@@ -672,7 +689,12 @@ static bool kserve_error(struct gcall *c, const char *kid, const char *err)
     }
     if (!big)
         return true;
-    queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, err);
+    char msg[sizeof(c->status_msg)];
+    snprintf(msg, sizeof(msg), "the error response to request '%.40s%s' exceeds max-message-bytes (%d) even "
+             "without its message (%zu bytes): raise the server's max-message-bytes (or send a shorter request "
+             "id); the stream ends here, its other requests cancelled. The error: %s", kid,
+             strlen(kid) > 40 ? "..." : "", c->gf->srv->cfg.max_message_bytes, big, err ? err : "");
+    stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     return false;
 }
 
@@ -913,9 +935,10 @@ static void gen_progress(struct cgen *k)
         return;
     }
     /* ModelStreamInfer: this request's last response; the stream goes on. */
-    bool goes_on = ok || kserve_error(c, k->kid, msg);
+    char kid[sizeof(k->kid)];
+    memcpy(kid, k->kid, sizeof(kid));
     cgen_drop(k);
-    if (goes_on)
+    if (ok || kserve_error(c, kid, msg))
         stream_next(c);
 }
 
@@ -1058,7 +1081,7 @@ static void on_recv(struct gcall *c, bool ok)
     c->recv_busy = false;
     grpc_byte_buffer *bb = c->recv_bb;
     c->recv_bb = NULL;
-    if (!ok || c->cancelled) {
+    if (!ok || c->cancelled || c->status_queued) { /* a message after the call's status was queued: not read */
         if (bb)
             grpc_byte_buffer_destroy(bb);
         return;

@@ -344,7 +344,10 @@ void srv_gen_abandon_stopped(struct srv_gen *g)
     srv_gen_put(g);
 }
 
-void srv_gen_undeliverable(struct srv_gen *g, const char *msg)
+/* The front end lets go of g, whose reply will not be sent: a generation still running ends now, failed
+ * with msg (NULL: cancelled); one that completed already, or completes before that reaches it, counts as
+ * failed. */
+static void gen_let_go_unsent(struct srv_gen *g, const char *msg)
 {
     struct moe_server *s = g->srv;
     pthread_mutex_lock(&g->inbox->mu);
@@ -353,12 +356,24 @@ void srv_gen_undeliverable(struct srv_gen *g, const char *msg)
     g->owner = NULL;
     g->undelivered = running;
     pthread_mutex_unlock(&g->inbox->mu);
-    MOE_WARN("request %llu: %s", (unsigned long long)g->id, msg);
-    if (running)
+    if (running && msg)
         moe_sched_fail(s->sched, g->id, MOE_ENOMEM, msg); /* ENOENT: it ended meanwhile, on_done counts it */
+    else if (running)
+        moe_sched_cancel(s->sched, g->id);
     else
         moe_sched_reply_failed(s->sched, why);
     srv_gen_put(g);
+}
+
+void srv_gen_undeliverable(struct srv_gen *g, const char *msg)
+{
+    MOE_WARN("request %llu: %s", (unsigned long long)g->id, msg);
+    gen_let_go_unsent(g, msg);
+}
+
+void srv_gen_abandon_unsent(struct srv_gen *g)
+{
+    gen_let_go_unsent(g, NULL);
 }
 
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,

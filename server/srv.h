@@ -162,6 +162,10 @@ void srv_gen_detach(struct srv_gen *g, bool at_stop);
  * completed already; the front end lets go as with srv_gen_abandon (after srv_gen_detach too), and
  * answers its client with the error itself.  Logged. */
 void srv_gen_undeliverable(struct srv_gen *g, const char *msg);
+/* The front end lets go of g because the call that carries its reply ended before the reply could go
+ * out: a generation still running is cancelled; one that completed already (its last events not yet
+ * taken), or completes before the cancel reaches it, counts as failed. */
+void srv_gen_abandon_unsent(struct srv_gen *g);
 /* Drop one ref (front end or inbox list). */
 void srv_gen_put(struct srv_gen *g);
 

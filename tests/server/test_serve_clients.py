@@ -376,6 +376,76 @@ def reply_too_big(moeflow, pb):
         srv.kill()
 
 
+def stream_reply_unsendable(moeflow, pb):
+    """A ModelStreamInfer request whose reply cannot go out even as an error response (a server of its own
+    with max-message-bytes 256 and a 100-byte model name; the request's id is 127 bytes): the stream ends with
+    RESOURCE_EXHAUSTED saying to raise max-message-bytes, after the responses it had queued; its other request
+    still running is cancelled and a request sent after is not read, where the stream went on generating and
+    reading requests with their responses dropped, and counted them completed."""
+    import threading
+    k = pb["k"]
+    name = "m" * 100
+    srv = Server(moeflow, "--max-message-bytes", "256", "--model-name", name)
+    try:
+        def req(rid, n, stream):
+            q = kserve_request(k, rid, n, stream=stream)
+            q.model_name = ""  # the model served (its name would not fit in 256 bytes beside the id)
+            return q
+        big = req("a" * 127, 1000, None)  # one final response, with 1000 tokens' text
+        err = k.ModelStreamInferResponse(infer_response=k.ModelInferResponse(model_name=name, model_version="1",
+                                                                             id=big.id))
+        err.infer_response.parameters["triton_final_response"].bool_param = True
+        check(big.ByteSize() <= 256 < err.ByteSize(), "the request is %d bytes and its error response without a "
+              "message %d: want the first within max-message-bytes (256), the second over it" % (
+                  big.ByteSize(), err.ByteSize()))
+        m0 = settled(srv)
+
+        def delta(ms, name):
+            return metric(ms, name) - metric(m0, name)
+
+        def failed():
+            return delta(srv.metrics(), "moeflow:requests_failed_total")
+
+        def wait_failed():
+            t0 = time.time()
+            while failed() < 1 and time.time() - t0 < scaled(120):
+                time.sleep(0.05)
+        later = threading.Event()
+
+        def reqs():
+            yield req("b", 1900, True)  # many responses, which the client leaves unread for now
+            yield big
+            wait_failed()
+            yield req("c", 4, True)  # sent once the stream could not answer big
+            later.wait(scaled(120))
+        # no window growth on the client: what it leaves unread stays queued on the server
+        ch = grpc.insecure_channel(srv.target, options=[("grpc.http2.bdp_probe", 0)])
+        it = pb["kg"].GRPCInferenceServiceStub(ch).ModelStreamInfer(reqs(), timeout=scaled(120))
+        wait_failed()
+        ms = settled(srv)
+        resps, code, details = [], None, ""
+        try:
+            for r in it:
+                resps.append(r)
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details()
+        later.set()
+        check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max-message-bytes" in details and "raise" in details,
+              "a stream whose reply cannot go out ended with %s %r" % (code, details))
+        check(all(r.infer_response.id == "b" and not r.error_message and
+                  not r.infer_response.parameters["triton_final_response"].bool_param for r in resps),
+              "responses before the stream ended: %r" % sorted({(r.infer_response.id, r.error_message)
+                                                                for r in resps}))
+        got = {x: delta(ms, "moeflow:requests_%s_total" % x) for x in ("accepted", "completed", "cancelled", "failed")}
+        check(got == {"accepted": 2, "completed": 0, "cancelled": 1, "failed": 1},
+              "a stream ended by a reply it cannot send, its requests counted %r (want the one running cancelled, "
+              "the one sent after not read)" % got)
+        ch.close()
+        check(srv.stop() == 0, "unsendable reply server: exit status")
+    finally:
+        srv.kill()
+
+
 def drain_slow_reader(moeflow, pb):
     """SIGTERM while a Generate client has not yet read the reply of a request that finished generating:
     the drain delivers the rest of the stream and its status before the server exits (the client is
@@ -487,7 +557,8 @@ def main():
                            lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
-                           lambda s: reply_too_big(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),
+                           lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),
+                           lambda s: drain_slow_reader(moeflow, pb),
                            lambda s: drain_slow_reader_http(moeflow))
 
 

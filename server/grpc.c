@@ -12,7 +12,9 @@
  * receiving while its requests generate (up to GRPC_STREAM_GENS at once; past
  * that it reads the next request when one finishes, and not while
  * GRPC_STREAM_BACKLOG responses wait for the client), each response naming
- * its request's id.  Scheduler events reach this thread through
+ * its request's id.  A health Watch stays open, sending its service's status
+ * whenever readiness changes (watch_update), until the front end stops.
+ * Scheduler events reach this thread through
  * the inbox, which is drained after every completion-queue wake-up (at most
  * GRPC_POLL_MS apart while any generation is alive). */
 #include <grpc/byte_buffer.h>
@@ -43,7 +45,7 @@
 enum gmethod {
     GM_UNKNOWN,
     GM_GENERATE, GM_TOKENIZE, GM_MODEL_INFO,
-    GM_HEALTH,
+    GM_HEALTH, GM_HEALTH_WATCH,
     GM_LIVE, GM_READY, GM_MODEL_READY, GM_SERVER_META, GM_MODEL_META, GM_INFER, GM_STREAM_INFER,
 };
 
@@ -52,6 +54,7 @@ static const struct { const char *path; enum gmethod m; } methods[] = {
     { "/moeflow.v1.Generation/Tokenize", GM_TOKENIZE },
     { "/moeflow.v1.Generation/ModelInfo", GM_MODEL_INFO },
     { "/grpc.health.v1.Health/Check", GM_HEALTH },
+    { "/grpc.health.v1.Health/Watch", GM_HEALTH_WATCH },
     { "/inference.GRPCInferenceService/ServerLive", GM_LIVE },
     { "/inference.GRPCInferenceService/ServerReady", GM_READY },
     { "/inference.GRPCInferenceService/ModelReady", GM_MODEL_READY },
@@ -60,6 +63,9 @@ static const struct { const char *path; enum gmethod m; } methods[] = {
     { "/inference.GRPCInferenceService/ModelInfer", GM_INFER },
     { "/inference.GRPCInferenceService/ModelStreamInfer", GM_STREAM_INFER },
 };
+
+typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus health_status;
+#define HEALTH(x) GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__##x
 
 enum gop { GOP_NEW, GOP_RECV, GOP_SEND, GOP_CLOSE, GOP_STATUS, GOP_SHUTDOWN };
 
@@ -108,6 +114,7 @@ struct gcall {
     struct cgen *gens;             /* generations in progress */
     int n_gens;
     double deadline;               /* moe_now() seconds, 0 = none */
+    health_status watch;           /* Watch: the status last sent (UNKNOWN: none yet) */
     struct gcall *next_live, *prev_live; /* on grpc_front.live once started */
 };
 
@@ -120,7 +127,8 @@ struct grpc_front {
     atomic_bool stop;
     _Atomic double stop_until;     /* with stop: moe_now() seconds until which calls may still deliver
                                       their replies (0: none) */
-    bool shutdown_started, shutdown_done, cq_shutdown, cancelled_all;
+    bool shutdown_started, shutdown_done, cq_shutdown, cancelled_all, watches_ended;
+    bool watch_ready;              /* readiness as the health Watch calls were last brought up to date */
     struct gtag t_shutdown;
     int n_calls;                   /* gcall objects alive (including pending accepts) */
     struct gcall *live;            /* started calls */
@@ -388,11 +396,28 @@ static double call_deadline(const struct gcall *c)
     return moe_now() + (rem > 0 ? rem : 0);
 }
 
-/* ---- unary handlers ---- */
+/* ---- health ---- */
 
+/* The status of every service served here: readiness. */
+static health_status health_now(bool ready)
+{
+    return ready ? HEALTH(SERVING) : HEALTH(NOT_SERVING);
+}
+
+static void health_send(struct gcall *c, health_status st)
+{
+    Grpc__Health__V1__HealthCheckResponse rs = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    rs.status = st;
+    c->watch = st;
+    QUEUE_MSG(c, grpc__health__v1__health_check_response, &rs);
+}
+
+/* Check answers the service's status, NOT_FOUND for a service not served here.  Watch sends the status at
+ * once (SERVICE_UNKNOWN for a service not served here, as the health protocol has it) and stays open:
+ * watch_update sends each change, watch_end ends it when the front end stops.  A Watch holds one of its
+ * connection's calls (grpc-max-streams) and costs nothing between changes. */
 static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
 {
-    struct moe_server *s = c->gf->srv;
     Grpc__Health__V1__HealthCheckRequest *rq =
         grpc__health__v1__health_check_request__unpack(NULL, len, buf);
     if (!rq) {
@@ -402,7 +427,7 @@ static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
     const char *svc = rq->service ? rq->service : "";
     bool known = !svc[0] || !strcmp(svc, "moeflow.v1.Generation") ||
                  !strcmp(svc, "inference.GRPCInferenceService");
-    if (!known) {
+    if (!known && c->m == GM_HEALTH) {
         char msg[300];
         snprintf(msg, sizeof(msg), "unknown service '%.200s'", svc);
         grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
@@ -410,12 +435,37 @@ static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
         return;
     }
     grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
-    Grpc__Health__V1__HealthCheckResponse rs = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    rs.status = atomic_load(&s->ready) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
-    QUEUE_MSG(c, grpc__health__v1__health_check_response, &rs);
-    queue_status(c, GRPC_STATUS_OK, NULL);
+    health_send(c, known ? health_now(atomic_load(&c->gf->srv->ready)) : HEALTH(SERVICE_UNKNOWN));
+    if (c->m == GM_HEALTH || c->gf->watches_ended) /* a Watch that came as the front end stops ends at once */
+        queue_status(c, GRPC_STATUS_OK, NULL);
 }
+
+/* Readiness changed since the Watch calls were last brought up to date: each sends the new status (a
+ * service not served here stays SERVICE_UNKNOWN).  Readiness changes rarely, so the calls are walked
+ * only then. */
+static void watch_update(struct grpc_front *gf)
+{
+    bool ready = atomic_load(&gf->srv->ready);
+    if (ready == gf->watch_ready)
+        return;
+    gf->watch_ready = ready;
+    health_status st = health_now(ready);
+    for (struct gcall *c = gf->live; c; c = c->next_live)
+        if (c->m == GM_HEALTH_WATCH && c->watch != st && c->watch != HEALTH(UNKNOWN) &&
+            c->watch != HEALTH(SERVICE_UNKNOWN))
+            health_send(c, st);
+}
+
+/* The front end stops: each Watch call, brought up to date, ends with OK after the statuses it holds. */
+static void watch_end(struct grpc_front *gf)
+{
+    watch_update(gf);
+    for (struct gcall *c = gf->live; c; c = c->next_live)
+        if (c->m == GM_HEALTH_WATCH && c->watch != HEALTH(UNKNOWN))
+            queue_status(c, GRPC_STATUS_OK, NULL);
+}
+
+/* ---- unary handlers ---- */
 
 static void do_tokenize(struct gcall *c, const uint8_t *buf, size_t len)
 {
@@ -1013,14 +1063,14 @@ static void not_served(struct gcall *c)
 static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
 {
     /* ModelReady answers false while the model loads, ServerMetadata needs none */
-    bool needs_model = c->m != GM_HEALTH && c->m != GM_LIVE && c->m != GM_READY && c->m != GM_MODEL_READY &&
-                       c->m != GM_SERVER_META && c->m != GM_UNKNOWN;
+    bool needs_model = c->m != GM_HEALTH && c->m != GM_HEALTH_WATCH && c->m != GM_LIVE && c->m != GM_READY &&
+                       c->m != GM_MODEL_READY && c->m != GM_SERVER_META && c->m != GM_UNKNOWN;
     if (needs_model && !atomic_load(&c->gf->srv->loaded)) {
         queue_status(c, GRPC_STATUS_UNAVAILABLE, "the model is still loading; retry when ready");
         return;
     }
     switch (c->m) {
-    case GM_HEALTH: do_health(c, buf, len); break;
+    case GM_HEALTH: case GM_HEALTH_WATCH: do_health(c, buf, len); break;
     case GM_TOKENIZE: do_tokenize(c, buf, len); break;
     case GM_MODEL_INFO: do_model_info(c, buf, len); break;
     case GM_LIVE: case GM_READY: case GM_MODEL_READY: case GM_SERVER_META: case GM_MODEL_META:
@@ -1189,13 +1239,17 @@ static bool gcall_delivering(const struct gcall *c)
     return c->gens || c->q_head || c->send_busy || c->status_queued;
 }
 
-/* Stopping: no new calls; the calls that still deliver a reply go on until they end or stop_until
- * passes, then every call left is cancelled. */
+/* Stopping: no new calls; health Watch calls end (watch_end); the calls that still deliver a reply go on
+ * until they end or stop_until passes, then every call left is cancelled. */
 static void grpc_stopping(struct grpc_front *gf)
 {
     if (!gf->shutdown_started) {
         gf->shutdown_started = true;
         grpc_server_shutdown_and_notify(gf->server, gf->cq, &gf->t_shutdown);
+    }
+    if (!gf->watches_ended) {
+        gf->watches_ended = true;
+        watch_end(gf);
     }
     if (!gf->cancelled_all) {
         bool delivering = false;
@@ -1226,6 +1280,7 @@ static void *grpc_thread(void *arg)
         if (ev.type == GRPC_OP_COMPLETE)
             handle_event(gf, ev.tag, ev.success != 0);
         drain_inbox(gf);
+        watch_update(gf);
         if (atomic_load(&gf->stop))
             grpc_stopping(gf);
     }

@@ -56,6 +56,9 @@ def main():
             ready = ks.ModelReady(k.ModelReadyRequest(name="x"), timeout=10).ready
             meta = ks.ServerMetadata(k.ServerMetadataRequest(), timeout=10)
             check(not ready and meta.name == "moeflow", "while loading: ready %s, metadata %r" % (ready, meta.name))
+            watch = pb["hg"].HealthStub(ch).Watch(h.HealthCheckRequest(), timeout=10)
+            check(next(watch).status == h.HealthCheckResponse.NOT_SERVING, "health Watch while loading")
+            watch.cancel()
             try:
                 pb["mg"].GenerationStub(ch).ModelInfo(m.ModelInfoRequest(), timeout=10)
                 check(False, "ModelInfo answered while loading")

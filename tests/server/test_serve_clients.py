@@ -446,6 +446,54 @@ def stream_reply_unsendable(moeflow, pb):
         srv.kill()
 
 
+def health_watch(moeflow, pb):
+    """grpc.health.v1.Health/Watch (a server of its own): SERVING at once, NOT_SERVING when SIGTERM starts the
+    drain, and the call ends (OK) with the server's stop; a service not served here gets SERVICE_UNKNOWN,
+    streamed, and its call stays open until then too (Check answers it NOT_FOUND)."""
+    import threading
+    h = pb["h"]
+    S, NS, SU = (h.HealthCheckResponse.SERVING, h.HealthCheckResponse.NOT_SERVING,
+                 h.HealthCheckResponse.SERVICE_UNKNOWN)
+    srv = Server(moeflow)
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        hs = pb["hg"].HealthStub(ch)
+        seen = {"": [], "inference.GRPCInferenceService": [], "nope": []}
+        ends = {}
+
+        def watch(svc):
+            try:
+                for r in hs.Watch(h.HealthCheckRequest(service=svc), timeout=scaled(120)):
+                    seen[svc].append(r.status)
+                ends[svc] = "OK"
+            except grpc.RpcError as e:
+                ends[svc] = "%s %s" % (e.code(), e.details())
+        ths = [threading.Thread(target=watch, args=(svc,)) for svc in seen]
+        for t in ths:
+            t.start()
+        t0 = time.time()
+        while not all(seen.values()) and not ends and time.time() - t0 < scaled(30):
+            time.sleep(0.02)
+        time.sleep(0.3)  # a status sent twice would show by now
+        first = {svc: list(v) for svc, v in seen.items()}
+        check(first == {"": [S], "inference.GRPCInferenceService": [S], "nope": [SU]} and not ends,
+              "Watch while ready: %r, ended %r" % (first, ends))
+        try:
+            hs.Check(h.HealthCheckRequest(service="nope"), timeout=scaled(10))
+            check(False, "Check of a service not served here answered")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.NOT_FOUND, "Check of a service not served here: %s" % e.code())
+        rc = srv.stop()
+        for t in ths:
+            t.join(scaled(30))
+        check(seen == {"": [S, NS], "inference.GRPCInferenceService": [S, NS], "nope": [SU]} and
+              ends == {svc: "OK" for svc in seen}, "Watch across SIGTERM: %r, ended %r" % (seen, ends))
+        check(rc == 0, "health Watch server: exit status %d" % rc)
+        ch.close()
+    finally:
+        srv.kill()
+
+
 def drain_slow_reader(moeflow, pb):
     """SIGTERM while a Generate client has not yet read the reply of a request that finished generating:
     the drain delivers the rest of the stream and its status before the server exits (the client is
@@ -558,7 +606,7 @@ def main():
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),
-                           lambda s: drain_slow_reader(moeflow, pb),
+                           lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),
                            lambda s: drain_slow_reader_http(moeflow))
 
 

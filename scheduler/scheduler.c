@@ -110,9 +110,10 @@ struct moe_sched {
     /* step scratch (stepping thread only) */
     struct rq *done_head;          /* finished, on_done pending */
     struct rq *grave;              /* finished and reported; freed at step end */
-    struct tok_event *tev;
+    struct tok_event *tev;         /* the micro-batch's token events, room reserved before it runs */
     int n_tev;
     size_t cap_tev;
+    uint32_t n_reserve;            /* reservations made (fault_events_at) */
     struct rq **dec, **pre;        /* [max_running] decode / prefill requests of this step */
     struct rq **live, **grp, **next; /* [max_running] regroup: runnable now, chosen, chosen next */
     double *cred;                  /* [max_running] */
@@ -412,13 +413,23 @@ static void admit(struct moe_sched *s)
     }
 }
 
-/* The event of a generated token (prompt_pos 0) or of prompt token prompt_pos's log-probabilities. */
+/* Room for the events of a micro-batch of n rows, made before any of its tokens is taken, so that no
+ * token is ever taken without its event: a row gives at most one (a decode row its token; a prompt row
+ * the next prompt token's log-probabilities or, the prompt's last row, its first token).  False when
+ * out of memory (or at the fault_events_at-th reservation, for tests). */
+static bool tev_reserve(struct moe_sched *s, int n)
+{
+    if (s->p.fault_events_at && ++s->n_reserve == s->p.fault_events_at)
+        return false;
+    return moe_grow((void **)&s->tev, &s->cap_tev, (size_t)s->n_tev + (size_t)n, sizeof(*s->tev), 64);
+}
+
+/* The event of a generated token (prompt_pos 0) or of prompt token prompt_pos's log-probabilities, in
+ * the room tev_reserve made. */
 /* lp: the token's log-probabilities when already computed (NULL: from logits, when wanted). */
 static void tev_push(struct moe_sched *s, struct rq *r, int token, const float *logits, int prompt_pos,
                      const struct moe_token_logprobs *lp)
 {
-    if (!moe_grow((void **)&s->tev, &s->cap_tev, (size_t)s->n_tev + 1, sizeof(*s->tev), 64))
-        return; /* the token is still counted and kept; only its streaming event is lost */
     struct tok_event *ev = &s->tev[s->n_tev++];
     ev->r = r;
     ev->token = token;
@@ -825,6 +836,14 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     pthread_mutex_unlock(&s->mu);
     if (n == 0)
         return;
+    if (!tev_reserve(s, n)) { /* no token can be taken without its event: the micro-batch's requests fail */
+        pthread_mutex_lock(&s->mu);
+        for (int i = 0; i < n; i++)
+            rq_finish(s, s->b_req[i], MOE_FINISH_ERROR, MOE_ENOMEM,
+                      "scheduler: out of memory for the token events of a forward pass");
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     if (nwant > s->logits_rows) { /* a prompt chunk whose every row's logits are wanted */
         float *l = realloc(s->logits, (size_t)nwant * (size_t)s->be.vocab * sizeof(float));
         if (!l) { /* only the request that asked fails; the decode rows run again next step */

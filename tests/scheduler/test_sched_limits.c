@@ -405,6 +405,16 @@ static void test_deadline(void)
     moe_sched_destroy(s);
 }
 
+/* Four requests of a 3-token prompt and 6 tokens each, recorded in r[0..4). */
+static void submit_four(struct moe_sched *s, struct sc_req *r)
+{
+    memset(r, 0, 4 * sizeof(*r));
+    for (int i = 0; i < 4; i++) {
+        struct moe_gen_params g = gen(6);
+        REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
+    }
+}
+
 /* An engine failure fails exactly the requests of that forward, once; one on an expert's data
  * (checksum) fails only the request whose own forward fails when each runs alone. */
 static void test_failure(void)
@@ -415,11 +425,7 @@ static void test_failure(void)
     struct moe_sched *s = moe_sched_create_backend(&be, &p);
     REQUIRE(s, "create: %s", moe_last_error());
     static struct sc_req r[4];
-    memset(r, 0, sizeof(r));
-    for (int i = 0; i < 4; i++) {
-        struct moe_gen_params g = gen(6);
-        REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
-    }
+    submit_four(s, r);
     fb.fail_at = 6;
     fb.fail_status = MOE_EINVAL;
     while (moe_sched_step(s) == MOE_OK) {
@@ -444,11 +450,7 @@ static void test_failure(void)
     be = fb_backend(&fb);
     s = moe_sched_create_backend(&be, &p);
     REQUIRE(s, "create: %s", moe_last_error());
-    memset(r, 0, sizeof(r));
-    for (int i = 0; i < 4; i++) {
-        struct moe_gen_params g = gen(6);
-        REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
-    }
+    submit_four(s, r);
     fb.fail_seq = 1; /* slot 0: the first request's */
     fb.fail_from = 8;
     while (moe_sched_step(s) == MOE_OK) {
@@ -481,11 +483,7 @@ static void test_device_failure(void)
         struct moe_sched_backend be = fb_backend(&fb);
         struct moe_sched *s = moe_sched_create_backend(&be, &p);
         REQUIRE(s, "create: %s", moe_last_error());
-        memset(r, 0, sizeof(r));
-        for (int i = 0; i < 4; i++) {
-            struct moe_gen_params g = gen(6);
-            REQUIRE(moe_sched_submit(s, prompt_of(3, i), 3, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
-        }
+        submit_four(s, r);
         if (mode == 0) { /* slot 0's rows fail with a device error from forward 8 on */
             fb.fail_seq = 1;
             fb.fail_from = 8;
@@ -523,6 +521,43 @@ static void test_device_failure(void)
         check_accounting(s, what[mode]);
         moe_sched_destroy(s);
     }
+}
+
+/* A micro-batch that finds no memory for its token events fails its requests before it takes any token
+ * (MOE_ENOMEM, saying so): every token counted as generated was delivered through on_token, and the
+ * other requests go on. */
+static void test_events_nomem(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    /* step 1: the prompts of r0 and r1 (micro-batches 1, 2); step 2: r0 and r1 decode with r2's prompt
+     * (3), then r3's prompt (4): the third fails r0, r1 and r2 */
+    struct moe_sched_params p = { .max_running = 4, .micro_batch = 2, .prefill_chunk = 8, .fault_events_at = 3 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req r[4];
+    submit_four(s, r);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    int failed = 0, done = 0, delivered = 0;
+    for (int i = 0; i < 4; i++) {
+        CHECK(r[i].n_done == 1, "req %d: %d on_done", i, r[i].n_done);
+        CHECK(r[i].n_tokens == r[i].n_generated, "req %d: %d tokens delivered, %d counted generated (%s)", i,
+              r[i].n_tokens, r[i].n_generated, r[i].msg);
+        failed += r[i].why == MOE_FINISH_ERROR && r[i].st == MOE_ENOMEM && strstr(r[i].msg, "token events");
+        done += r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == 6;
+        delivered += r[i].n_tokens;
+    }
+    CHECK(failed == 3 && done == 1 && r[3].why == MOE_FINISH_LENGTH,
+          "failed %d completed %d (want 3 and 1, request 3 completed): request 0: %s", failed, done, r[0].msg);
+    struct moe_sched_stats st;
+    moe_sched_stats(s, &st);
+    CHECK(st.generated_tokens == (uint64_t)delivered, "%llu tokens counted generated, %d delivered",
+          (unsigned long long)st.generated_tokens, delivered);
+    CHECK(fb.errors == 0, "engine protocol: %s", fb.err);
+    CHECK(fb.n_used == 0, "slots in use %d", fb.n_used);
+    check_accounting(s, "token events out of memory");
+    moe_sched_destroy(s);
 }
 
 /* Priorities with aging: a low-priority request is not starved by a stream
@@ -626,6 +661,7 @@ int main(void)
     test_deadline();
     test_failure();
     test_device_failure();
+    test_events_nomem();
     test_priority();
     test_drain_destroy();
     return t_result("test_sched_limits");

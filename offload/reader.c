@@ -22,6 +22,8 @@ struct moe_reader {
     uint32_t fault_submit;    /* fault injection: this submit fails with -fault_errno, taking nothing */
     int fault_errno;
     uint64_t n_submit;        /* submits made (fault injection) */
+    uint32_t fault_scratch;   /* fault injection: this batch finds no memory for its scratch */
+    uint64_t n_batch;         /* batches read through the ring (fault injection) */
     char ring_failed[256];    /* why uring_read gave up on the ring (for the fallback's message) */
     bool have_ring;
     struct io_uring ring;
@@ -74,6 +76,7 @@ struct moe_reader *moe_reader_open(const char *path, const struct moe_reader_par
     r->fault_every = p->fault_eagain_every;
     r->fault_submit = p->fault_submit_at;
     r->fault_errno = p->fault_submit_errno ? p->fault_submit_errno : ENOMEM;
+    r->fault_scratch = p->fault_scratch_at;
     r->fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (r->fd >= 0) {
         r->st.direct = true;
@@ -178,6 +181,8 @@ static enum moe_status pread_one(struct moe_reader *r, struct moe_read *q)
 
 static enum moe_status ensure_scratch(struct moe_reader *r, int n)
 {
+    if (r->fault_scratch && ++r->n_batch == r->fault_scratch)
+        return moe_errorf(MOE_ENOMEM, "reader: out of memory for %d requests", n);
     if (n <= r->cap) return MOE_OK;
     uint32_t *d = realloc(r->done, (size_t)n * sizeof(*d));
     if (d) r->done = d;
@@ -211,8 +216,11 @@ static void drain_in_flight(struct moe_reader *r, int n)
  * falls back and redoes every read of the batch. */
 static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, int n)
 {
-    enum moe_status st;
-    if ((st = ensure_scratch(r, n))) return st;
+    enum moe_status st = ensure_scratch(r, n);
+    if (st) { /* no read of the batch was made: each fails with the reason */
+        for (int i = 0; i < n; i++) reqs[i].st = read_failed(&reqs[i], st);
+        return st;
+    }
     uint64_t reads0 = r->st.reads, bytes0 = r->st.bytes; /* a batch given up is counted when redone */
     /* pending: reads prepared in the ring that no submit has taken yet (a submit interrupted, refused
      * for a full completion queue, or taking only part): they stay in the ring and go with the next */

@@ -29,6 +29,8 @@ struct moe_reader_params {
     int fault_submit_errno;   /* testing: the error that submit returns instead, taking nothing
                                  (0 = ENOMEM; EINTR, EAGAIN or EBUSY: the reads stay prepared and
                                  are submitted again) */
+    uint32_t fault_scratch_at; /* testing: the Nth batch read through io_uring finds no memory for its
+                                  bookkeeping, as out of memory would (its reads fail, MOE_ENOMEM); 0 = off */
 };
 
 struct moe_reader_stats {

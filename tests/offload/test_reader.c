@@ -1,7 +1,8 @@
 /* Store reader: batches larger than the queue depth, continued short reads,
  * forced and automatic fallback to buffered pread (tmpfs may refuse
- * O_DIRECT), a failing read that fails only its own request, and every
- * record's checksum through each path. */
+ * O_DIRECT), a failing read that fails only its own request, a batch without
+ * memory for its bookkeeping that fails each of its reads, and every record's
+ * checksum through each path. */
 #include "../../offload/reader.h"
 #include "offload_test_common.h"
 
@@ -99,6 +100,54 @@ static void check_submit_retry(const char *store_path, int err, const char *what
     moe_store_close(s);
 }
 
+/* A batch through io_uring that finds no memory for its bookkeeping fails every one of its reads with
+ * MOE_ENOMEM and the reason, none left with the status it came with (the tiered worker's reads come as
+ * MOE_OK: it would take a buffer never read into for a record); the next batch reads as ever. */
+static void check_scratch_nomem(const char *store_path, const char *what)
+{
+    struct moe_store *s = moe_store_open(store_path, NULL);
+    REQUIRE(s, "%s", moe_last_error());
+    const struct moe_store_info *in = moe_store_get_info(s);
+    struct moe_reader *r = moe_reader_open(store_path, &(struct moe_reader_params){ .queue_depth = 4,
+                                                                                    .fault_scratch_at = 1 });
+    REQUIRE(r, "%s: %s", what, moe_last_error());
+    struct moe_reader_stats rs;
+    moe_reader_get_stats(r, &rs);
+    if (!rs.io_uring) {
+        printf("%s: no io_uring here, skipped\n", what);
+        moe_reader_close(r);
+        moe_store_close(s);
+        return;
+    }
+    const struct moe_store_record *rec[2] = { moe_store_find(s, 0, 1), moe_store_find(s, 1, 2) };
+    REQUIRE(rec[0] && rec[1], "%s: records", what);
+    void *buf[2];
+    struct moe_read q[2];
+    for (int b = 0; b < 2; b++) REQUIRE(posix_memalign(&buf[b], 4096, in->record_stride) == 0, "alloc");
+    for (int pass = 0; pass < 2; pass++) {
+        for (int b = 0; b < 2; b++) {
+            memset(buf[b], 0, in->record_stride);
+            q[b] = (struct moe_read){ .offset = rec[b]->offset, .len = (uint32_t)in->record_stride, .buf = buf[b],
+                                      .buf_index = -1 };
+        }
+        enum moe_status st = moe_reader_read(r, q, 2);
+        for (int b = 0; b < 2; b++) {
+            if (pass == 0)
+                CHECK(st == MOE_ENOMEM && q[b].st == MOE_ENOMEM && strstr(q[b].msg, "out of memory"),
+                      "%s: read %d of a batch without memory: batch %d, read %d (%s)", what, b, st, q[b].st, q[b].msg);
+            else
+                CHECK(st == MOE_OK && q[b].st == MOE_OK && moe_store_verify(rec[b], buf[b]),
+                      "%s: read %d of the next batch: status %d (%s)", what, b, q[b].st, q[b].msg);
+        }
+    }
+    moe_reader_get_stats(r, &rs);
+    CHECK(rs.reads == 2 && rs.fallbacks == 0 && rs.io_uring, "%s: %llu reads, %llu fallbacks", what,
+          (unsigned long long)rs.reads, (unsigned long long)rs.fallbacks);
+    for (int b = 0; b < 2; b++) free(buf[b]);
+    moe_reader_close(r);
+    moe_store_close(s);
+}
+
 int main(void)
 {
     char p[512], store[600];
@@ -129,6 +178,8 @@ int main(void)
             snprintf(what, sizeof(what), "%s submit %s, retried", bases[b], strerror(errs[k]));
             check_submit_retry(store, errs[k], what);
         }
+        snprintf(what, sizeof(what), "%s scratch out of memory", bases[b]);
+        check_scratch_nomem(store, what);
         snprintf(what, sizeof(what), "%s pread EAGAIN every 2", bases[b]);
         check_reads(store, &(struct moe_reader_params){ .no_io_uring = true, .fault_eagain_every = 2 },
                     what, true);

@@ -365,6 +365,17 @@ static enum moe_status push_pin(struct tiered *t, int layer, int key)
     return MOE_OK;
 }
 
+/* Forget key in both tiers when its device slot's load failed, so that the next access loads it anew,
+ * as the miss it is (it moves bytes). */
+static void forget_failed(struct tiered *t, int key)
+{
+    int s = moe_cache_slot_of(t->dev, key);
+    if (s < 0 || t->ds[s].state != SLOT_FAILED) return;
+    t->ds[s].state = SLOT_EMPTY;
+    moe_cache_drop(t->dev, key);
+    moe_cache_drop(t->host, key);
+}
+
 /* Drop the last `count` pins (an acquire that failed). */
 static void pop_pins(struct tiered *t, int count)
 {
@@ -382,6 +393,9 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
         if ((st = check_id(t, layer, ids[i]))) goto fail;
         int key = layer * t->n_experts + ids[i], slot, ev;
         bool miss;
+        /* a slot whose load failed (a prefetch's, or another acquire's still loading when that one gave
+         * up) is loaded again, counted as a miss */
+        forget_failed(t, key);
         if ((st = moe_cache_acquire(t->dev, key, &slot, &miss, &ev))) {
             moe_error_prefix(st, "layer %d expert %d: device tier has %d slots", layer, ids[i],
                              t->n_dev);
@@ -392,9 +406,7 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
             goto fail;
         }
         pinned++;
-        /* a slot whose load failed (another acquire's, still loading when that one gave
-         * up) is loaded again, as a miss would be */
-        if ((miss || t->ds[slot].state == SLOT_FAILED) && (st = start_load(t, key, slot, -1))) goto fail;
+        if (miss && (st = start_load(t, key, slot, -1))) goto fail;
         if (!miss && t->ds[slot].state == SLOT_LOADING) promote(t, slot, t->ds[slot].gen);
     }
     double t0 = moe_now();
@@ -410,15 +422,7 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
         if (d->state != SLOT_READY) {
             st = moe_errorf(d->err ? d->err : MOE_EIO, "%s", d->msg);
             /* Forget the failed expert in both tiers so a later request retries it. */
-            for (int k = 0; k < n; k++) {
-                int kk = layer * t->n_experts + ids[k];
-                int s = moe_cache_slot_of(t->dev, kk);
-                if (s >= 0 && t->ds[s].state == SLOT_FAILED) {
-                    t->ds[s].state = SLOT_EMPTY;
-                    moe_cache_drop(t->dev, kk);
-                    moe_cache_drop(t->host, kk);
-                }
-            }
+            for (int k = 0; k < n; k++) forget_failed(t, layer * t->n_experts + ids[k]);
             pop_pins(t, pinned);
             pinned = 0;
             /* dropped keys lost their pins already; pop_pins on them is a no-op */

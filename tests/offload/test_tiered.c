@@ -310,7 +310,7 @@ static void check_shared_transfer(const struct moe_model *m, const char *store)
 
 /* A read from the store that fails (the file cut short after it was opened) moves no bytes: the
  * host tier's bytes and the disk reads count only records that arrived, so once the file is whole
- * again the record read anew counts once. */
+ * again the record read anew counts once; and the access that reads it anew is a miss. */
 static void check_failed_read_counts(const struct moe_model *m, const char *dir)
 {
     const struct moe_config *c = &m->cfg;
@@ -346,6 +346,33 @@ static void check_failed_read_counts(const struct moe_model *m, const char *dir)
     moe_provider_tiered_stats(p, &os);
     CHECK(os.host.bytes == rec && os.disk_reads == 1, "one record read: %llu bytes (record %llu), %llu reads",
           (unsigned long long)os.host.bytes, (unsigned long long)rec, (unsigned long long)os.disk_reads);
+    /* a prefetch whose read fails leaves its slot failed; the demand access that loads it again once the
+     * file is mended reads the record: a miss in both tiers, not a hit (nor a prefetch hit) */
+    REQUIRE(truncate(store, (off_t)data) == 0, "truncate");
+    id = 1;
+    p->ops->prefetch(p->self, l0, 1, &id, NULL, 1);
+    for (int w = 0; w < 5000; w++) {
+        moe_provider_tiered_stats(p, &os);
+        if (os.transfers_in_flight == 0) break;
+        nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    }
+    REQUIRE(os.transfers_in_flight == 0 && os.disk_reads == 1, "the failing prefetch: %d transfers, %llu reads",
+            os.transfers_in_flight, (unsigned long long)os.disk_reads);
+    struct moe_offload_stats before = os;
+    f = fopen(store, "r+");
+    REQUIRE(f && fwrite(whole, 1, len, f) == len && fclose(f) == 0, "rewrite %s", store);
+    REQUIRE(p->ops->acquire(p->self, l0, 1, &id, &a) == MOE_OK, "after the failed prefetch: %s", moe_last_error());
+    p->ops->release(p->self, l0);
+    moe_provider_tiered_stats(p, &os);
+    CHECK(os.device.misses == before.device.misses + 1 && os.device.hits == before.device.hits &&
+          os.device.prefetch_hits == before.device.prefetch_hits && os.host.misses == before.host.misses + 1 &&
+          os.host.hits == before.host.hits && os.disk_reads == 2,
+          "reloading a failed prefetch: device +%llu misses +%llu hits (+%llu prefetch hits), host +%llu misses "
+          "+%llu hits, %llu reads", (unsigned long long)(os.device.misses - before.device.misses),
+          (unsigned long long)(os.device.hits - before.device.hits),
+          (unsigned long long)(os.device.prefetch_hits - before.device.prefetch_hits),
+          (unsigned long long)(os.host.misses - before.host.misses),
+          (unsigned long long)(os.host.hits - before.host.hits), (unsigned long long)os.disk_reads);
     moe_provider_destroy(p);
     free(whole);
     unlink(store);

@@ -847,6 +847,8 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     if (ok && !last)
         return;
     hcall_abandon(c); /* after a failure: the other choices are not wanted */
+    if (!ok && !c->stream) /* the client gets the error alone: the choices that finished are not sent */
+        hcall_undeliverable(c, "not sent: another choice of its call failed");
     if (c->stream) {
         if (ok && c->include_usage) /* OpenAI's usage chunk: no choices, the whole call's usage */
             sse_send(c, reply_json(c, json_array(), usage_json(c)));

@@ -48,6 +48,16 @@ def balance(srv):
     return ms, acc, done
 
 
+def outcomes(m0, ms):
+    """Requests accepted, completed, cancelled and failed, and those that finished with an error, from
+    one /metrics read (m0) to another (ms)."""
+    got = {x: metric(ms, "moeflow:requests_%s_total" % x) - metric(m0, "moeflow:requests_%s_total" % x)
+           for x in ("accepted", "completed", "cancelled", "failed")}
+    got["error"] = metric(ms, "moeflow:request_success_total", finished_reason="error") - \
+        metric(m0, "moeflow:request_success_total", finished_reason="error")
+    return got
+
+
 def check_baseline(srv, where):
     """The pools are back at the idle baseline and the counters balance."""
     ms, acc, done = balance(srv)
@@ -236,14 +246,38 @@ def unwritable_reply(moeflow):
                                                                  "stream": True}).encode())
         check(code == 200 and b"data: [DONE]" in out, "streamed beside it: %d %r" % (code, out[-200:]))
         ms, acc, done = balance(srv)
-
-        def delta(name, **labels):
-            return metric(ms, name, **labels) - metric(m0, name, **labels)
-        got = {x: delta("moeflow:requests_%s_total" % x) for x in ("accepted", "completed", "cancelled", "failed")}
-        check(acc == done and got == {"accepted": 4, "completed": 1, "cancelled": 0, "failed": 3} and
-              delta("moeflow:request_success_total", finished_reason="error") == 3,
+        got = outcomes(m0, ms)
+        check(acc == done and got == {"accepted": 4, "completed": 1, "cancelled": 0, "failed": 3, "error": 3},
               "three choices whose reply could not be written out and one streamed, counted %r" % got)
         check(srv.stop() == 0, "unwritable reply server: exit status")
+    finally:
+        srv.kill()
+        if check.failures:
+            print(srv.output()[-3000:])
+
+
+def choice_failed_after_others(moeflow):
+    """A non-streamed completion of n = 2 whose second choice fails after the first finished: one
+    sequence runs at a time, and the second's first micro-batch finds no memory for its token events
+    (MOEFLOW_TEST_FAULT_EVENTS_AT: the first choice's prompt and its 3 more tokens take micro-batches 1
+    to 4).  The client gets the error alone, so the finished choice counts as failed with it, not
+    completed; the server serves on."""
+    srv = Server(moeflow, "--max-running", "1", "--max-seqs", "1", "--micro-batch", "1", "--warmup-tokens", "0",
+                 env={"MOEFLOW_TEST_FAULT_EVENTS_AT": "5"})
+    try:
+        m0 = srv.metrics()
+        body = {"prompt": "def f(x):", "max_tokens": 4, "ignore_eos": True, "n": 2}
+        code, out = srv.http("/v1/completions", json.dumps(body).encode())
+        check(code == 500 and b"token events" in out and b"choices" not in out,
+              "a choice that failed after the other finished: %d %r" % (code, out[:200]))
+        ms, acc, done = balance(srv)
+        got = outcomes(m0, ms)
+        check(acc == done and got == {"accepted": 2, "completed": 0, "cancelled": 0, "failed": 2, "error": 2},
+              "a call answered with one choice's error, the other finished, counted %r" % got)
+        body["n"] = 1
+        code, out = srv.http("/v1/completions", json.dumps(body).encode())
+        check(code == 200, "after the failed choice: %d %r" % (code, out[:200]))
+        check(srv.stop() == 0, "failed choice server: exit status")
     finally:
         srv.kill()
         if check.failures:
@@ -570,6 +604,7 @@ def main():
             print(srv.output()[-3000:])
     failed_after_unsent_text(moeflow, pb)
     unwritable_reply(moeflow)
+    choice_failed_after_others(moeflow)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

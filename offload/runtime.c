@@ -312,7 +312,23 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
                     "machine with nvcc (or use --backend cpu)"
 
 #ifdef MOEFLOW_HAVE_CUDA
-/* The CUDA backend on device 0 and the GPU tier over the tiered provider. */
+/* The CUDA backend on device 0 into *be; the message of a failure says what to do. */
+static enum moe_status cuda_backend_create(struct moe_backend **be)
+{
+    struct moe_backend_cuda_params bp = { .device = 0 };
+    *be = moe_backend_cuda_create(&bp);
+    if (*be) return MOE_OK;
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "%s", moe_last_error());
+    if (strstr(msg, "allocate"))
+        return moe_errorf(MOE_ENOMEM, "--backend cuda: %s (the GPU tier is not allocated yet: other "
+                          "processes hold the device's memory, see nvidia-smi)", msg);
+    return moe_errorf(MOE_EDEVICE, "--backend cuda: %s", msg);
+}
+
+/* The CUDA backend on device 0 and the GPU tier over the tiered provider; for a
+ * model without MoE layers the backend alone (*prov NULL: the engine's own
+ * provider, with nothing routed to hold). */
 static enum moe_status cuda_runtime_create(const struct moe_model *m, const struct moe_offload_opts *o,
                                            struct moe_backend **be, struct moe_provider **prov)
 {
@@ -323,19 +339,9 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
     if (moe_cuda_device_count() == 0)
         return moe_errorf(MOE_ENOTSUP, "--backend cuda: no CUDA device is visible (driver missing, no "
                           "GPU, or CUDA_VISIBLE_DEVICES empty): run with --backend cpu");
+    if (!moe_config_n_moe(c)) return cuda_backend_create(be);
     if ((st = plan_tiers(m, o, moe_provider_cuda_slot_bytes(m), &pl))) return st;
-    struct moe_backend_cuda_params bp = { .device = 0 };
-    *be = moe_backend_cuda_create(&bp);
-    if (!*be) {
-        char msg[1024];
-        snprintf(msg, sizeof(msg), "%s", moe_last_error());
-        if (strstr(msg, "allocate"))
-            st = moe_errorf(MOE_ENOMEM, "--backend cuda: %s (the GPU tier is not allocated yet: other "
-                            "processes hold the device's memory, see nvidia-smi)", msg);
-        else
-            st = moe_errorf(MOE_EDEVICE, "--backend cuda: %s", msg);
-        goto fail;
-    }
+    if ((st = cuda_backend_create(be))) goto fail;
     /* The host side: records read from the store or the safetensors into a
      * host tier; its own (RAM) device tier only stages one expert at a time
      * on the way to the GPU, so top_k slots do.  The host tier is not pinned:
@@ -386,6 +392,12 @@ enum moe_status moe_offload_runtime_create(const struct moe_model *m,
     *be = NULL;
     *prov = NULL;
     if (o->backend == MOE_COMPUTE_CPU) return moe_offload_provider_create(m, o, prov);
+    /* without MoE layers --backend cuda runs the model with no expert tier: a flag that sizes, feeds or
+     * reports one is a usage error, whether or not this build or machine has a device */
+    if (!moe_config_n_moe(&m->cfg) && (moe_offload_opts_tiered(o) || o->policy_given || o->belady_trace ||
+                                       o->predictor || o->no_prefetch))
+        return moe_errorf(MOE_EINVAL, "%s: model has no MoE layer: there are no experts to offload (drop the "
+                          "offload flags; --backend cuda alone runs it on the GPU)", m->dir);
 #ifdef MOEFLOW_HAVE_CUDA
     return cuda_runtime_create(m, o, be, prov);
 #else

@@ -140,6 +140,10 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
  *                   the tiered provider (--store or the safetensors, host tier
  *                   of --host-experts records, default as many as GPU slots;
  *                   the GPU tier copies through its own pinned staging).
+ *                   A model without MoE layers: *prov = NULL (the engine's
+ *                   own provider; no expert to hold), and any flag that
+ *                   offloads, predicts or reports experts is MOE_EINVAL,
+ *                   checked before the build or the device.
  * Errors (nothing is left allocated): a build without CUDA or no visible
  * device (MOE_ENOTSUP), allocation failures naming the flag to lower.  The
  * caller destroys the engine first, then *prov, then *be. */

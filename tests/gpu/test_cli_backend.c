@@ -4,7 +4,10 @@
  * no CUDA backend and how to rebuild; in a CUDA build on a machine without a
  * device it exits 1 saying no device is visible.  Nothing is written to stdout
  * or to the trace file.  A bad --backend value is a usage error (2), and
- * --backend cpu runs as the default does.  Skips (77) where a device exists. */
+ * --backend cpu runs as the default does.  A model without MoE layers with
+ * --backend cuda and an offload flag is a usage error (2) saying it has no MoE
+ * layer, before the build or the device is looked at; without the flag it
+ * fails as any model does here.  Skips (77) where a device exists. */
 #include "common/moe.h"
 #include "offload/runtime.h"
 #include "tests/test_util.h"
@@ -104,11 +107,14 @@ int main(int argc, char **argv)
                              "on a machine with nvcc";
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/moe_cli_backend_XXXXXX");
     REQUIRE(mkdtemp(tmpdir), "mkdtemp");
-    char text[600], prompts[600], trace[600], conf[600];
+    char text[600], prompts[600], trace[600], conf[600], ids[600], dense[4096];
     snprintf(text, sizeof(text), "%s/text.py", tmpdir);
     snprintf(prompts, sizeof(prompts), "%s/prompts.txt", tmpdir);
     snprintf(trace, sizeof(trace), "%s/t.jsonl", tmpdir);
     snprintf(conf, sizeof(conf), "%s/serve.conf", tmpdir);
+    snprintf(ids, sizeof(ids), "%s/ids.json", tmpdir);
+    t_path(dense, sizeof(dense), "tests/fixtures/deepseek-v3-variants/all_dense");
+    write_text(ids, "[[1, 5, 9, 2]]");
     write_text(text, "def add(a, b):\n    return a + b\n\nclass Point:\n    pass\n");
     write_text(prompts, "def f(x):\nimport os\n");
     /* serve needs a listener; the HTTP one binds a port the kernel just had free */
@@ -131,6 +137,18 @@ int main(int argc, char **argv)
         char *a[] = { bin, "trace", "--text", text, "--out", trace, "--backend", "cuda", NULL };
         expect(a, 1, want, "trace --backend cuda");
         CHECK(access(trace, F_OK) != 0, "trace --backend cuda wrote %s", trace);
+    }
+    {
+        /* no MoE layer: nothing for an expert tier, so --gpu-experts (as --policy) is refused first */
+        char *a[] = { bin, "trace", "--model", dense, "--ids", ids, "--out", trace, "--backend", "cuda",
+                      "--gpu-experts", "4", NULL };
+        expect(a, 2, "model has no MoE layer", "trace --backend cuda --gpu-experts 4 of a dense model");
+        char *p[] = { bin, "trace", "--model", dense, "--ids", ids, "--out", trace, "--backend", "cuda",
+                      "--policy", "lru", NULL };
+        expect(p, 2, "model has no MoE layer", "trace --backend cuda --policy lru of a dense model");
+        char *b[] = { bin, "trace", "--model", dense, "--ids", ids, "--out", trace, "--backend", "cuda", NULL };
+        expect(b, 1, want, "trace --backend cuda of a dense model");
+        CHECK(access(trace, F_OK) != 0, "trace --backend cuda of a dense model wrote %s", trace);
     }
     {
         char *a[] = { bin, "replay", "--text", text, "--capacity", "16", "--policy", "lru", "--predictor", "none",
@@ -177,7 +195,7 @@ int main(int argc, char **argv)
         run_free(&rb);
     }
     char rm[600];
-    const char *files[] = { "text.py", "prompts.txt", "t.jsonl", "serve.conf", "stdout", "stderr" };
+    const char *files[] = { "text.py", "prompts.txt", "t.jsonl", "serve.conf", "ids.json", "stdout", "stderr" };
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(rm, sizeof(rm), "%s/%s", tmpdir, files[i]);
         unlink(rm);

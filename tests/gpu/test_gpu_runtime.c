@@ -7,7 +7,10 @@
  * --stats (device = the GPU tier).  Last, a device fault raised inside a
  * forward pass: the pass returns MOE_EDEVLOST, moe_offload_explain() says the
  * process must restart, the backend reports poisoned, the next pass fails too,
- * and everything is destroyed without hanging.  Skips (77) without a device. */
+ * and everything is destroyed without hanging.  A model without MoE layers
+ * (all_dense) gets the CUDA backend alone, the engine's own provider, with the
+ * prompt's logits within 5e-2 of its reference; an offload flag is refused.
+ * Skips (77) without a device. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +20,7 @@
 #include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
 #include "../../offload/runtime.h"
+#include "../engine/model_variants.h"
 #include "../test_util.h"
 
 #define N_PROMPT 12
@@ -115,6 +119,49 @@ static void run_cuda(const struct moe_model *m, const struct moe_offload_opts *o
     moe_backend_destroy(be);
 }
 
+/* --backend cuda on a model without MoE layers: the CUDA backend and no provider (nothing routed for a
+ * GPU tier to hold; the engine makes its own), the prompt's logits within 5e-2 of the reference as
+ * test_gpu_variants holds them; with --gpu-experts, MOE_EINVAL and nothing made. */
+static void check_dense(void)
+{
+    struct variant v = variant_open("deepseek-v3-variants/all_dense");
+    struct moe_offload_opts o;
+    struct moe_backend *be = NULL;
+    struct moe_provider *prov = NULL;
+    REQUIRE(moe_config_n_moe(&v.m->cfg) == 0, "all_dense has MoE layers");
+    moe_offload_opts_init(&o);
+    o.backend = MOE_COMPUTE_CUDA;
+    enum moe_status st = moe_offload_runtime_create(v.m, &o, &be, &prov);
+    CHECK(st == MOE_OK && be && moe_backend_cuda_ctx(be) && !prov, "dense model, --backend cuda: %s (%s backend, %s)",
+          moe_status_str(st), be ? "a" : "no", prov ? "a provider" : "no provider");
+    if (st == MOE_OK && be && !prov) {
+        size_t n = (size_t)v.T * (size_t)v.m->cfg.vocab;
+        float *lg = malloc(sizeof(float) * n);
+        struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = 32, .max_batch_tokens = 16, .backend = be };
+        struct moe_engine *e = moe_engine_create(v.m, &ep);
+        REQUIRE(lg, "out of memory");
+        CHECK(e, "dense model: engine on the CUDA backend: %s", moe_last_error());
+        st = e ? run_prompt(e, moe_engine_seq_alloc(e), v.ids, (int)v.T, lg) : MOE_EINVAL;
+        CHECK(!e || st == MOE_OK, "dense model: forward: %s", moe_last_error());
+        if (e && st == MOE_OK) {
+            double d = max_abs_diff(lg, v.want, n);
+            printf("  dense model (all_dense), --backend cuda: logits max abs diff %.3g\n", d);
+            CHECK(d < 5e-2, "dense model: logits differ from the reference by %g", d);
+        }
+        moe_engine_destroy(e);
+        free(lg);
+    }
+    moe_backend_destroy(be);
+    o.gpu_experts = 4;
+    be = NULL;
+    st = moe_offload_runtime_create(v.m, &o, &be, &prov);
+    CHECK(st == MOE_EINVAL && !be && !prov && strstr(moe_last_error(), "no MoE layer"),
+          "dense model, --backend cuda --gpu-experts 4: %s: %s", moe_status_str(st), moe_last_error());
+    moe_provider_destroy(prov);
+    moe_backend_destroy(be);
+    variant_close(&v);
+}
+
 int main(void)
 {
     if (moe_cuda_device_count() == 0) {
@@ -181,6 +228,8 @@ int main(void)
         CHECK(!memcmp(q.tokens, gpu.tokens, sizeof(q.tokens)), "%s: tokens differ from all resident", cases[i].label);
         CHECK(!memcmp(q.logits, gpu.logits, lbytes), "%s: logits not bit-identical to all resident", cases[i].label);
     }
+
+    check_dense();
 
     /* a sticky device error in the middle of decoding (runs last: the context cannot recover) */
     REQUIRE(moe_offload_runtime_create(m, &o, &be, &prov) == MOE_OK, "cuda: %s", moe_last_error());

@@ -20,6 +20,7 @@
 #define IB_M 16
 #define IB_N 64
 #define IB_K 32
+#define IB_CHUNK (65535 * IB_M) /* most rows a launch of the tile kernel takes (grid y: row tiles) */
 
 template <typename T> __device__ static inline float wload(const T *w, size_t i);
 template <> __device__ inline float wload<float>(const float *w, size_t i) { return w[i]; }
@@ -250,22 +251,31 @@ extern "C" enum moe_status moe_cuda_gemm_inv_(struct moe_cuda_ctx *c, const floa
 {
     enum moe_status st = MOE_OK;
     if (n <= 0) return MOE_OK;
-    bool gv = n <= GV_ROWS && gv_ok(d_w, d_x, wdt, in); /* decode: the streaming kernel */
-    if (!gv && (n + IB_M - 1) / IB_M > 65535)
-        return moe_errorf(MOE_EINVAL, "invariant GEMM: %d rows exceed %d per call", n, 65535 * IB_M);
-    dim3 grid = gv ? dim3((unsigned)((out + GV_N - 1) / GV_N))
-                   : dim3((unsigned)((out + IB_N - 1) / IB_N), (unsigned)((n + IB_M - 1) / IB_M));
-    if (gv && wdt == MOE_DT_BF16)
-        k_gemv_inv<__nv_bfloat16><<<grid, 32, 0, c->stream>>>(d_x, (const __nv_bfloat16 *)d_w, n, in, out,
-                                                               accumulate, d_y);
-    else if (gv)
-        k_gemv_inv<float><<<grid, 32, 0, c->stream>>>(d_x, (const float *)d_w, n, in, out, accumulate, d_y);
-    else if (wdt == MOE_DT_BF16)
-        k_gemm_inv<__nv_bfloat16><<<grid, 256, 0, c->stream>>>(d_x, (const __nv_bfloat16 *)d_w, n, in, out,
-                                                                accumulate, d_y);
-    else
-        k_gemm_inv<float><<<grid, 256, 0, c->stream>>>(d_x, (const float *)d_w, n, in, out, accumulate, d_y);
-    CK_LAUNCH(c);
+    if (n <= GV_ROWS && gv_ok(d_w, d_x, wdt, in)) { /* decode: the streaming kernel */
+        dim3 grid((unsigned)((out + GV_N - 1) / GV_N));
+        if (wdt == MOE_DT_BF16)
+            k_gemv_inv<__nv_bfloat16><<<grid, 32, 0, c->stream>>>(d_x, (const __nv_bfloat16 *)d_w, n, in, out,
+                                                                   accumulate, d_y);
+        else
+            k_gemv_inv<float><<<grid, 32, 0, c->stream>>>(d_x, (const float *)d_w, n, in, out, accumulate, d_y);
+        CK_LAUNCH(c);
+        return MOE_OK;
+    }
+    /* Row tiles go on grid y, at most 65535 a launch: more rows take one launch per IB_CHUNK of them.  A
+     * row's outputs are its own fmaf chain over k whatever tile or launch it falls in, so the bits do
+     * not depend on the chunking. */
+    for (int r0 = 0, rows; r0 < n; r0 += rows) {
+        rows = n - r0 < IB_CHUNK ? n - r0 : IB_CHUNK;
+        const float *x = d_x + (size_t)r0 * (size_t)in;
+        float *y = d_y + (size_t)r0 * (size_t)out;
+        dim3 grid((unsigned)((out + IB_N - 1) / IB_N), (unsigned)((rows + IB_M - 1) / IB_M));
+        if (wdt == MOE_DT_BF16)
+            k_gemm_inv<__nv_bfloat16><<<grid, 256, 0, c->stream>>>(x, (const __nv_bfloat16 *)d_w, rows, in, out,
+                                                                    accumulate, y);
+        else
+            k_gemm_inv<float><<<grid, 256, 0, c->stream>>>(x, (const float *)d_w, rows, in, out, accumulate, y);
+        CK_LAUNCH(c);
+    }
 out:
     return st;
 }

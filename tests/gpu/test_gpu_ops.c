@@ -741,6 +741,36 @@ static void test_batch_invariance(struct g_rng *r)
     free(w); free(wl); free(x); free(all); free(one); free(fall); free(fone);
 }
 
+/* Invariant mode past one launch's row tiles (65535 x 16 = 1,048,560 rows): a linear of 1,048,580 rows
+ * (more than max_batch_tokens' 1,048,576) writes every output (over a NaN fill), and 30 rows across the
+ * launch boundary up to the end, as the first 30, have the bits of the same rows in a call of their own. */
+static void test_invariant_rows(struct g_rng *r)
+{
+    int n = 65535 * 16 + 20, in = 32, out = 24, nb = 30, starts[2] = { 0, 65535 * 16 + 20 - 30 };
+    size_t nx = (size_t)n * in, ny = (size_t)n * out, nan = 0;
+    uint16_t *w = malloc((size_t)out * in * 2);
+    float *x = malloc(nx * 4), *all = malloc(ny * 4), *part = malloc((size_t)nb * out * 4);
+    struct g_buf dw, dx, dy, dp;
+    REQUIRE(w && x && all && part, "out of memory");
+    g_fill_bf16(r, w, (size_t)out * in, 0.05f);
+    g_fill(r, x, nx, 1.0f, false);
+    UP(dw, w, (size_t)out * in * 2); UP(dx, x, nx * 4); OUT(dy, ny * 4); OUT(dp, (size_t)nb * out * 4);
+    OK(moe_cuda_memset(ctx, dy.d, 0xff, ny * 4)); /* NaN: an unwritten output shows */
+    OK(moe_cuda_linear(ctx, dx.d, dw.d, MOE_DT_BF16, n, in, out, false, dy.d));
+    dl(&dy, all, "invariant linear, 1048580 rows");
+    for (size_t i = 0; i < ny; i++) nan += isnan(all[i]) != 0;
+    CHECK(nan == 0, "invariant linear of %d rows left %zu of %zu outputs unwritten", n, nan, ny);
+    for (int s = 0; s < 2; s++) {
+        OK(moe_cuda_linear(ctx, (const float *)dx.d + (size_t)starts[s] * in, dw.d, MOE_DT_BF16, nb, in, out, false,
+                           dp.d));
+        dl(&dp, part, "invariant linear, rows alone");
+        CHECK(!memcmp(part, all + (size_t)starts[s] * out, (size_t)nb * out * 4),
+              "invariant linear rows %d..%d alone differ from the %d-row call", starts[s], starts[s] + nb - 1, n);
+    }
+    g_buf_free(ctx, &dw); g_buf_free(ctx, &dx); g_buf_free(ctx, &dy); g_buf_free(ctx, &dp);
+    free(w); free(x); free(all); free(part);
+}
+
 /* A workspace too small for all rows (`ctx` and the small context both in
  * `mode`): the groups run in several calls with the same bits as one call; an
  * expert whose rows alone exceed the workspace runs in row chunks (INVARIANT:
@@ -940,6 +970,7 @@ int main(void)
         test_expert_ffn(&r, adv, MOE_CUDA_GEMM_INVARIANT);
     }
     test_batch_invariance(&r);
+    test_invariant_rows(&r);
     test_ffn_chunked(&r, MOE_CUDA_GEMM_INVARIANT, 64u << 10);
     CHECK(moe_cuda_ctx_sync(ctx) == MOE_OK, "sync: %s", moe_last_error());
     CHECK(!moe_cuda_ctx_poisoned(ctx), "context poisoned");

@@ -878,12 +878,19 @@ out:
     return st;
 }
 
-/* float8_e4m3fn code -> its value (exact; 0x7f / 0xff are NaN), as model.c's f8_e4m3_to_f32. */
-__device__ static float f8_e4m3_value(unsigned b)
+/* A float8_e4m3fn code's value (exact, as model.c's f8_e4m3_to_f32) times the block factor f, the
+ * host's F32 bits.  The host multiplies NAN or -NAN (0x7fc00000, 0xffc00000) for the NaN codes 0x7f /
+ * 0xff, and its multiply (x86-64, AArch64) hands a NaN operand on, sign and payload kept, quieted,
+ * where the GPU's gives one canonical NaN: so a NaN code gives its own NaN whatever f, and a NaN f
+ * its own for every other code. */
+__device__ static float f8_e4m3_times(unsigned b, float f)
 {
+    if ((b & 0x7f) == 0x7f) return __uint_as_float((b & 0x80u) << 24 | 0x7fc00000u);
+    unsigned fu = __float_as_uint(f);
+    if ((fu & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(fu | 0x00400000u);
     int e = (b >> 3) & 15, m = b & 7;
-    float v = e == 15 && m == 7 ? __int_as_float(0x7fc00000) : ldexpf((float)(e ? 8 + m : m), e ? e - 10 : -9);
-    return b & 0x80 ? -v : v;
+    float v = ldexpf((float)(e ? 8 + m : m), e ? e - 10 : -9);
+    return (b & 0x80 ? -v : v) * f;
 }
 
 
@@ -903,7 +910,7 @@ __global__ static void k_fp8_record_decode(const unsigned char *rec, int rows, i
             const unsigned char *fp = rf + 4 * (c / bc);
             float f = __uint_as_float((unsigned)fp[0] | (unsigned)fp[1] << 8 | (unsigned)fp[2] << 16 |
                                       (unsigned)fp[3] << 24);
-            o[c] = f32_to_bf16_bits(f8_e4m3_value(code[c]) * f);
+            o[c] = f32_to_bf16_bits(f8_e4m3_times(code[c], f));
         }
     }
 }

@@ -555,10 +555,13 @@ out:
 struct cprov {
     struct moe_provider base;
     struct moe_cuda_tier *tier;
-    uint8_t *h_pool;               /* [layers][experts][gate | up | down]: BF16, or an FP8 checkpoint's records */
+    uint8_t *h_pool;               /* [MoE layers][experts][gate | up | down]: BF16, or an FP8 checkpoint's
+                                      records; dense layers take no room */
+    size_t pool_bytes;
     bool pinned;                   /* h_pool from cudaHostAlloc (else malloc) */
-    bool *present;                 /* [layers][experts] */
-    int n_experts;
+    int *moe_row;                  /* [n_layers]: the layer's place among the MoE layers (its row of h_pool), -1
+                                      for a dense layer */
+    int n_layers, n_experts;
     size_t mat_elems[3];
     size_t part[3];                /* bytes of gate, up, down in the pool */
 };
@@ -566,9 +569,9 @@ struct cprov {
 static const void *cprov_host_mat(void *ud, int layer, int e, int which)
 {
     struct cprov *cp = ud;
-    size_t idx = (size_t)layer * (size_t)cp->n_experts + (size_t)e;
+    if (layer < 0 || layer >= cp->n_layers || cp->moe_row[layer] < 0) return NULL; /* no routed expert */
+    size_t idx = (size_t)cp->moe_row[layer] * (size_t)cp->n_experts + (size_t)e;
     size_t per = cp->part[0] + cp->part[1] + cp->part[2];
-    if (!cp->present[idx]) return NULL;
     size_t off = which == 0 ? 0 : which == 1 ? cp->part[0] : cp->part[0] + cp->part[1];
     return cp->h_pool + idx * per + off;
 }
@@ -594,7 +597,7 @@ static void cprov_destroy(void *self)
     moe_cuda_tier_destroy(cp->tier);
     if (cp->pinned) (void)moe_cuda_drop_error(cudaFreeHost(cp->h_pool));
     else free(cp->h_pool);
-    free(cp->present);
+    free(cp->moe_row);
     free(cp);
 }
 
@@ -817,7 +820,8 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
     struct moe_cuda_ctx *c = moe_backend_cuda_ctx(be);
     struct cprov *cp = NULL;
     float *tmp = NULL;
-    size_t per, n_all = (size_t)cfg->n_layers * (size_t)cfg->n_experts, bytes;
+    /* the experts of the MoE layers only: a dense layer has none */
+    size_t per, n_all = (size_t)moe_config_n_moe(cfg) * (size_t)cfg->n_experts, bytes;
     enum moe_status st = MOE_OK;
 
     if (!c) {
@@ -832,6 +836,7 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
     }
     cp = calloc(1, sizeof(*cp));
     if (!cp) goto nomem;
+    cp->n_layers = cfg->n_layers;
     cp->n_experts = cfg->n_experts;
     cp->mat_elems[0] = cp->mat_elems[1] = (size_t)cfg->expert_inter * (size_t)cfg->hidden;
     cp->mat_elems[2] = cp->mat_elems[0];
@@ -842,9 +847,10 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
     for (int w = 0; w < 3; w++) cp->part[w] = fp8 ? fp.rec_bytes[w] : cp->mat_elems[w] * 2;
     per = cp->part[0] + cp->part[1] + cp->part[2];
     bytes = n_all * per;
-    cp->present = calloc(n_all ? n_all : 1, sizeof(bool));
+    cp->moe_row = malloc(sizeof(int) * (size_t)(cfg->n_layers > 0 ? cfg->n_layers : 1));
     tmp = malloc(cp->mat_elems[0] * sizeof(float));
-    if (!cp->present || !tmp) goto nomem;
+    if (!cp->moe_row || !tmp) goto nomem;
+    for (int l = 0, row = 0; l < cfg->n_layers; l++) cp->moe_row[l] = cfg->is_moe[l] ? row++ : -1;
     if (cudaHostAlloc((void **)&cp->h_pool, bytes ? bytes : 1, cudaHostAllocPortable) == cudaSuccess) {
         cp->pinned = true;
     } else {
@@ -854,10 +860,11 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
         cp->h_pool = malloc(bytes ? bytes : 1);
         if (!cp->h_pool) goto nomem;
     }
+    cp->pool_bytes = bytes;
     for (int l = 0; l < cfg->n_layers; l++) {
-        if (!cfg->is_moe[l]) continue;
+        if (cp->moe_row[l] < 0) continue;
         for (int e = 0; e < cfg->n_experts; e++) {
-            size_t idx = (size_t)l * (size_t)cfg->n_experts + (size_t)e;
+            size_t idx = (size_t)cp->moe_row[l] * (size_t)cfg->n_experts + (size_t)e;
             const struct moe_expert_w *x = moe_model_expert(m, l, e);
             const struct moe_wview *mats[3] = { &x->gate, &x->up, &x->down };
             for (int w = 0; w < 3; w++) {
@@ -876,7 +883,6 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
                     to_bf16(mats[w], (uint16_t *)dst, tmp);
                 dst += cp->part[w];
             }
-            cp->present[idx] = true;
         }
     }
     {
@@ -919,6 +925,11 @@ bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_
         return true;
     }
     return false;
+}
+
+uint64_t moe_provider_cuda_host_bytes(const struct moe_provider *p)
+{
+    return p && p->ops == &cprov_ops ? ((const struct cprov *)p->self)->pool_bytes : 0;
 }
 
 const struct moe_provider *moe_provider_cuda_lower(const struct moe_provider *p)

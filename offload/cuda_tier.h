@@ -132,6 +132,9 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
                                                     const struct moe_provider_cuda_params *p);
 /* Tier stats of a provider made by moe_provider_cuda_create or _stack_create (false otherwise). */
 bool moe_provider_cuda_stats(const struct moe_provider *p, struct moe_cuda_tier_stats *out);
+/* Bytes of the host copy of a provider made by moe_provider_cuda_create: the experts of its MoE
+ * layers (BF16, or an FP8 checkpoint's records); 0 for any other provider. */
+uint64_t moe_provider_cuda_host_bytes(const struct moe_provider *p);
 /* The host-side provider under a provider made by _stack_create (NULL otherwise). */
 const struct moe_provider *moe_provider_cuda_lower(const struct moe_provider *p);
 /* Bytes of one GPU-tier slot for this model's routed experts (gate|up|down in

@@ -5,7 +5,8 @@
  * reference (as test_gpu_e2e holds the hf-tiny models to transformers'), and
  * the prompt fed one token at a time bit-identical to the batch prefill;
  * FP8 variants also through the GPU stack with FP8 records decoded on the
- * device (check_fp8_stack).  Skips (77) without a CUDA device. */
+ * device (check_fp8_stack); the GPU provider's host copy sized for the MoE
+ * layers' experts alone.  Skips (77) without a CUDA device. */
 
 #include "../../kernels/cuda/cuda_backend.h"
 #include "../../offload/cuda_tier.h"
@@ -69,6 +70,16 @@ static void check_variant(struct moe_backend *be, const char *name)
     struct moe_provider *prov = n_moe ? moe_provider_cuda_create(m, be, &pp) : NULL;
     /* a failure here ends this variant, not the test: the others still run and report */
     CHECK(prov || !n_moe, "%s: GPU provider: %s", name, moe_last_error());
+    if (prov) { /* its host copy holds the MoE layers' experts only: BF16, or an FP8 checkpoint's records */
+        int l0 = 0;
+        while (!m->cfg.is_moe[l0]) l0++;
+        uint64_t per = moe_model_expert(m, l0, 0)->gate.scale ? moe_model_expert_bytes(m)
+                                                               : 3 * (uint64_t)m->cfg.expert_inter * m->cfg.hidden * 2;
+        uint64_t want_b = (uint64_t)n_moe * m->cfg.n_experts * per, got_b = moe_provider_cuda_host_bytes(prov);
+        CHECK(got_b == want_b, "%s: the GPU provider's host copy is %llu bytes, want %d MoE layers x %d experts x "
+              "%llu = %llu", name, (unsigned long long)got_b, n_moe, m->cfg.n_experts, (unsigned long long)per,
+              (unsigned long long)want_b);
+    }
     for (int bf = 0; bf < 2 && (prov || !n_moe); bf++) { /* the KV cache in F32, then in BF16 */
         struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 32, .max_batch_tokens = 16, .provider = prov,
                                         .backend = be, .kv_dtype = bf ? MOE_DT_BF16 : MOE_DT_F32 };

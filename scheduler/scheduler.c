@@ -1138,6 +1138,18 @@ enum moe_status moe_sched_start(struct moe_sched *s)
     return MOE_OK;
 }
 
+/* The tokens in flight a submission's admission checks: its own (prompt + max_tokens), or, for the first
+ * of n choices, all of theirs (choices_need when their prompts differ; never less than its own). */
+static int64_t all_need(const struct moe_gen_params *g, int n_prompt)
+{
+    int64_t one = (int64_t)n_prompt + g->max_tokens;
+    if (g->more_choice || g->choices <= 1)
+        return one;
+    if (g->choices_need > 0)
+        return g->choices_need > one ? g->choices_need : one;
+    return one * g->choices;
+}
+
 enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_prompt,
                                  const struct moe_gen_params *g,
                                  const struct moe_sched_events *ev, void *ud, uint64_t *id)
@@ -1159,8 +1171,13 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     else if ((int64_t)n_prompt + g->max_tokens > s->max_ctx)
         st = moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) = %lld exceeds the context of %d tokens",
                         n_prompt, g->max_tokens, (long long)n_prompt + g->max_tokens, s->max_ctx);
-    else if (((int64_t)n_prompt + g->max_tokens) * (g->choices > 1 ? g->choices : 1) > s->p.max_tokens_in_flight)
-        st = g->choices > 1
+    else if (all_need(g, n_prompt) > s->p.max_tokens_in_flight)
+        st = g->choices > 1 && g->choices_need > 0
+                 ? moe_errorf(MOE_ERANGE, "request: %d choices need %lld tokens in flight (each its prompt + "
+                              "max_tokens %d), more than max_tokens_in_flight = %lld; ask for fewer prompts, choices or tokens",
+                              g->choices, (long long)all_need(g, n_prompt), g->max_tokens,
+                              (long long)s->p.max_tokens_in_flight)
+             : g->choices > 1
                  ? moe_errorf(MOE_ERANGE, "request: %d choices of prompt (%d) + max_tokens (%d) exceed "
                               "max_tokens_in_flight = %lld; ask for fewer choices or tokens",
                               g->choices, n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight)
@@ -1227,12 +1244,12 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     else if (!g->more_choice && s->n_waiting - s->n_wait_more >= s->p.max_queued)
         st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max_queued = %d); retry later",
                         s->n_waiting - s->n_wait_more, s->p.max_queued);
-    else if (!g->more_choice &&
-             s->tif + s->held + r->need * (g->choices > 1 ? g->choices : 1) > s->p.max_tokens_in_flight)
+    else if (!g->more_choice && s->tif + s->held + all_need(g, n_prompt) > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_EBUSY,
-                        "scheduler: tokens in flight %lld + this request's %lld (prompt %d + max_tokens %d, "
+                        "scheduler: tokens in flight %lld + this request's %lld (%s %d + max_tokens %d, "
                         "%d choice%s) exceed max_tokens_in_flight = %lld; retry later",
-                        (long long)(s->tif + s->held), (long long)r->need * (g->choices > 1 ? g->choices : 1), n_prompt,
+                        (long long)(s->tif + s->held), (long long)all_need(g, n_prompt),
+                        g->choices > 1 && g->choices_need > 0 ? "first prompt" : "prompt", n_prompt,
                         g->max_tokens, g->choices > 1 ? g->choices : 1, g->choices > 1 ? "s" : "",
                         (long long)s->p.max_tokens_in_flight);
     if (st != MOE_OK) {
@@ -1258,7 +1275,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         if (s->holder->held == 0)
             s->holder = NULL;
     } else if (!g->more_choice && g->choices > 1) { /* hold room for the others until they come */
-        r->held = r->need * (g->choices - 1);
+        r->held = all_need(g, n_prompt) - r->need;
         s->held += r->held;
         s->holder = r;
     }

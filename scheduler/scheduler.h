@@ -122,9 +122,12 @@ struct moe_gen_params {
      * "retry later", when n of it never fit); the others have more_choice set: they take no place
      * of their own in the max_queued bound (a request counts once) and no tokens-in-flight check.  The
      * first holds room for the others until they are submitted (right after it, from one thread) or it
-     * ends, so a request submitted between them cannot take that room. */
+     * ends, so a request submitted between them cannot take that room.  When the choices' prompts
+     * differ (a batch of prompts), the first has choices_need: the tokens in flight of all of them
+     * together (each its prompt + max_tokens), checked and held in place of choices times its own. */
     int choices;
     bool more_choice;
+    int64_t choices_need;
 };
 
 /* How a request ended, as on_done reports it. */

@@ -204,6 +204,30 @@ static void test_bounds(void)
         while (moe_sched_step(s) == MOE_OK) {
         }
         check_accounting(s, "choices with a request between them");
+
+        /* choices of different prompts (a batch): 10, 30 and 40 tokens + 5 each hold 95 of 100 at once,
+         * so a request of 10 sent between them is refused; 105 in all never fits */
+        g = gen(5);
+        g.choices = 3;
+        g.choices_need = 105;
+        CHECK(moe_sched_submit(s, prompt_of(10, 0), 10, &g, NULL, NULL, NULL) == MOE_ERANGE &&
+                  strstr(moe_last_error(), "3 choices need 105"),
+              "a batch of 105 tokens never fits 100: %s", moe_last_error());
+        g.choices_need = 95;
+        CHECK(moe_sched_submit(s, prompt_of(10, 0), 10, &g, NULL, NULL, NULL) == MOE_OK, "first of a batch: %s",
+              moe_last_error());
+        expect_reject(s, prompt_of(5, 9), 5, 5, MOE_EBUSY, "max_tokens_in_flight", "between a batch's choices");
+        g.choices = 0;
+        g.choices_need = 0;
+        g.more_choice = true;
+        CHECK(moe_sched_submit(s, prompt_of(30, 1), 30, &g, NULL, NULL, NULL) == MOE_OK &&
+                  moe_sched_submit(s, prompt_of(40, 2), 40, &g, NULL, NULL, NULL) == MOE_OK,
+              "the batch's other prompts: %s", moe_last_error());
+        moe_sched_stats(s, &st);
+        CHECK(st.tokens_in_flight == 95, "tokens in flight %lld with a batch of 95", (long long)st.tokens_in_flight);
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        check_accounting(s, "a batch of prompts");
     }
     moe_sched_destroy(s);
 

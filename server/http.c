@@ -65,7 +65,13 @@ struct kept {
     json_t *conversation;         /* its messages, for the next response */
 };
 
-/* One HTTP completion call: its connection and reply, shared by its n choices. */
+/* Usage of one prompt of a call: its tokens once, and of them those from a cached prefix (the fewest of
+ * any of its choices). */
+struct hprompt_use {
+    int n_prompt, n_cached;
+};
+
+/* One HTTP completion call: its connection and reply, shared by its n choices (of each prompt of a batch). */
 struct hcall {
     struct http_front *hf;
     struct evhttp_request *req;   /* NULL once the connection is gone */
@@ -78,13 +84,14 @@ struct hcall {
     bool think_opened;            /* ... and the prompt opened the block: the reply starts inside it */
     char id[48];
     long long created;
-    int n, n_open;                /* choices; those still generating */
+    int n, n_open;                /* choices (of all prompts); those still generating */
+    int n_per;                    /* choices per prompt (the request's n): choice k answers prompt k / n_per */
     struct hreq **ch;             /* [n]: each choice's state, NULL once it has finished */
     json_t *choices;              /* non-streamed: the finished choices, by index */
     struct srv_gen **done_g;      /* [n] non-streamed: the finished choices' generations, held (srv_gen_detach)
                                      until the reply is sent, so that one that cannot be counts them failed */
-    int n_prompt, n_generated;    /* usage: the prompt once, the choices' tokens added up */
-    int n_cached;                 /* ... of the prompt, tokens from a cached prefix (the fewest of any choice) */
+    struct hprompt_use *use;      /* [n / n_per] usage: each prompt once */
+    int n_generated;              /* ... and the choices' tokens added up */
     int n_reasoning;              /* ... of the choices' tokens, those of their reasoning (reasoning parser) */
     struct moe_responses *resp;   /* POST /v1/responses: the chat reply turned into a response (responses.h) */
 };
@@ -269,6 +276,7 @@ static void hcall_free(struct hcall *c)
         if (c->done_g[i])
             srv_gen_put(c->done_g[i]);
     free(c->done_g);
+    free(c->use);
     if (c->watch)
         event_free(c->watch);
     json_decref(c->choices);
@@ -412,9 +420,14 @@ static const char *obj_name(const struct hcall *c)
  * reasoning's tokens. */
 static json_t *usage_json(const struct hcall *c)
 {
-    json_t *u = json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", c->n_prompt, "completion_tokens",
-                          c->n_generated, "total_tokens", c->n_prompt + c->n_generated, "prompt_tokens_details",
-                          "cached_tokens", c->n_cached);
+    int n_prompt = 0, n_cached = 0;
+    for (int p = 0; p < c->n / c->n_per; p++) {
+        n_prompt += c->use[p].n_prompt;
+        n_cached += c->use[p].n_cached;
+    }
+    json_t *u = json_pack("{s:i,s:i,s:i,s:{s:i}}", "prompt_tokens", n_prompt, "completion_tokens",
+                          c->n_generated, "total_tokens", n_prompt + c->n_generated, "prompt_tokens_details",
+                          "cached_tokens", n_cached);
     if (u && c->reasoning)
         json_object_set_new(u, "completion_tokens_details", json_pack("{s:i}", "reasoning_tokens", c->n_reasoning));
     return u;
@@ -765,8 +778,9 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
     snprintf(msg, sizeof(msg), "request %s%s%s", finish, emsg[0] ? ": " : "", emsg);
     bool last = c->n_open == 1;
     if (ok) {
-        c->n_cached = c->n_prompt && ev->n_cached > c->n_cached ? c->n_cached : ev->n_cached;
-        c->n_prompt = ev->n_prompt;
+        struct hprompt_use *u = &c->use[r->index / c->n_per];
+        u->n_cached = u->n_prompt && ev->n_cached > u->n_cached ? u->n_cached : ev->n_cached;
+        u->n_prompt = ev->n_prompt;
         c->n_generated += n_generated;
     }
     json_t *calls = NULL;
@@ -973,6 +987,86 @@ static double header_timeout(struct evhttp_request *req)
     return d;
 }
 
+/* One prompt of a request: the prompt itself, or prompt p of its batch (the request's other fields as
+ * they are; its prompt borrowed from r, so the view is never freed). */
+static struct moe_gen_request prompt_of(const struct moe_gen_request *r, int p)
+{
+    struct moe_gen_request one = *r;
+    if (r->n_batch) {
+        one.prompt = r->batch[p].text;
+        one.prompt_len = r->batch[p].len;
+        one.prompt_ids = r->batch[p].ids;
+        one.n_prompt_ids = r->batch[p].n_ids;
+    }
+    return one;
+}
+
+/* Completions' echo of prompt r: its text as sent, or its ids decoded (bytes that are not UTF-8, as a
+ * character split at the prompt's end or ids that make none, as U+FFFD, as in generated text). */
+static enum moe_status echo_text(struct http_front *h, const struct moe_gen_request *r, char **out, size_t *len)
+{
+    static const char oom[] = "out of memory for the echoed prompt";
+    if (r->prompt) {
+        if (!(*out = malloc(r->prompt_len + 1)))
+            return moe_errorf(MOE_ENOMEM, "%s", oom);
+        memcpy(*out, r->prompt, r->prompt_len + 1);
+        *len = r->prompt_len;
+        return MOE_OK;
+    }
+    char *raw = NULL;
+    size_t raw_len = 0;
+    enum moe_status st = moe_tokenizer_decode(h->srv->tok, r->prompt_ids, (size_t)r->n_prompt_ids, &raw, &raw_len);
+    if (st == MOE_OK && !(*out = malloc(3 * raw_len + 1)))
+        st = MOE_ENOMEM;
+    if (st == MOE_OK) {
+        *len = moe_utf8_lossy(raw, raw_len, *out, false, NULL);
+        (*out)[*len] = 0;
+    }
+    free(raw);
+    return st == MOE_ENOMEM ? moe_errorf(st, "%s", oom) : st;
+}
+
+/* A prompt of a call before it runs: as srv_gen_prepare made it, and its echo (completions' echo). */
+struct hprompt_in {
+    struct srv_prompt sp;
+    char *echo;
+    size_t echo_len;
+};
+
+static void prompts_free(struct hprompt_in *in_p, int n)
+{
+    for (int p = 0; in_p && p < n; p++) {
+        free(in_p[p].sp.ids);
+        free(in_p[p].echo);
+    }
+    free(in_p);
+}
+
+/* Each prompt of gr prepared and its echo made, into in_p (a batch's named prompt[i] in the errors about
+ * it); for a batch, gr->need_all: the tokens in flight of all its n choices of every prompt, which the
+ * first's admission checks.  Errors are counted as rejections of the request. */
+static enum moe_status prepare_prompts(struct http_front *h, struct moe_gen_request *gr, struct hprompt_in *in_p)
+{
+    int n_prompts = gr->n_batch ? gr->n_batch : 1;
+    int64_t need = 0;
+    for (int p = 0; p < n_prompts; p++) {
+        struct moe_gen_request one = prompt_of(gr, p);
+        char name[32];
+        snprintf(name, sizeof(name), "prompt[%d]", p);
+        enum moe_status st = srv_gen_prepare(h->srv, &one, gr->n_batch ? name : NULL, &in_p[p].sp);
+        if (st == MOE_OK && gr->echo && (st = echo_text(h, &one, &in_p[p].echo, &in_p[p].echo_len)) != MOE_OK) {
+            moe_metrics_count(&h->srv->metrics, &h->srv->metrics.rejected_invalid, srv_http_status(st) == 400);
+            if (gr->n_batch)
+                moe_error_prefix(st, "'%s'", name);
+        }
+        if (st != MOE_OK)
+            return st;
+        need += ((int64_t)in_p[p].sp.n_ids + in_p[p].sp.max_tokens) * gr->n;
+    }
+    gr->need_all = gr->n_batch ? need : 0;
+    return MOE_OK;
+}
+
 static void handle_completion(struct http_front *h, struct evhttp_request *req, bool chat, bool responses)
 {
     struct moe_server *s = h->srv;
@@ -1013,49 +1107,29 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     }
     if (ht > 0 && (gr.timeout_s == 0 || ht < gr.timeout_s))
         gr.timeout_s = ht;
-    char *echo = NULL;
-    size_t echo_len = 0;
-    if (gr.echo) { /* the prompt as sent: its text, or its ids decoded */
-        enum moe_status est = MOE_ENOMEM;
-        if (gr.prompt) {
-            echo = malloc(gr.prompt_len + 1);
-            if (echo)
-                memcpy(echo, gr.prompt, gr.prompt_len + 1);
-            echo_len = gr.prompt_len;
-        } else {
-            /* the ids' bytes need not be UTF-8 (a character split at the prompt's end, or ids that
-             * make none): invalid bytes become U+FFFD, as in generated text */
-            char *raw = NULL;
-            size_t raw_len = 0;
-            est = moe_tokenizer_decode(h->srv->tok, gr.prompt_ids, (size_t)gr.n_prompt_ids, &raw, &raw_len);
-            if (est == MOE_OK && !(echo = malloc(3 * raw_len + 1)))
-                est = MOE_ENOMEM;
-            if (echo) {
-                echo_len = moe_utf8_lossy(raw, raw_len, echo, false, NULL);
-                echo[echo_len] = 0;
-            }
-            free(raw);
-        }
-        if (!echo) { /* out of memory, or ids the tokenizer cannot decode (400, as without echo) */
-            char msg[320];
-            snprintf(msg, sizeof(msg), "%s", est == MOE_ENOMEM ? "out of memory for the echoed prompt"
-                                                               : moe_last_error());
-            moe_gen_request_free(&gr);
-            moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, srv_http_status(est) == 400);
-            send_error(req, srv_http_status(est), msg);
-            return;
-        }
+    /* the prompts (each of a batch) tokenized and checked, and their echo made, before any runs */
+    int n_prompts = gr.n_batch ? gr.n_batch : 1;
+    struct hprompt_in *in_p = calloc((size_t)n_prompts, sizeof(*in_p));
+    st = in_p ? prepare_prompts(h, &gr, in_p) : moe_errorf(MOE_ENOMEM, "out of memory");
+    if (st != MOE_OK) {
+        send_request_error(req, resp, srv_http_status(st), moe_last_error());
+        prompts_free(in_p, n_prompts);
+        moe_responses_free(resp);
+        moe_gen_request_free(&gr);
+        return;
     }
     struct hcall *c = calloc(1, sizeof(*c));
-    if (c && (!(c->ch = calloc((size_t)gr.n, sizeof(*c->ch))) ||
-              !(c->done_g = calloc((size_t)gr.n, sizeof(*c->done_g))) || !(c->choices = json_array()))) {
+    size_t n_all = (size_t)n_prompts * (size_t)gr.n;
+    if (c && (!(c->ch = calloc(n_all, sizeof(*c->ch))) || !(c->done_g = calloc(n_all, sizeof(*c->done_g))) ||
+              !(c->use = calloc((size_t)n_prompts, sizeof(*c->use))) || !(c->choices = json_array()))) {
         free(c->ch);
         free(c->done_g);
+        free(c->use);
         free(c);
         c = NULL;
     }
     if (!c) {
-        free(echo);
+        prompts_free(in_p, n_prompts);
         moe_responses_free(resp);
         moe_gen_request_free(&gr);
         send_error(req, 500, "out of memory");
@@ -1079,20 +1153,23 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
                           !(gr.prompt && moe_think_closed(gr.prompt, gr.prompt_len));
     gr.think_opened = c->think_opened;
     c->created = (long long)time(NULL);
-    c->n = gr.n;
+    c->n = (int)n_all;
+    c->n_per = gr.n;
     snprintf(c->id, sizeof(c->id), "%s-%s%llu", chat ? "chatcmpl" : "cmpl", h->id_tag,
              (unsigned long long)++h->next_id);
     if (c->resp) {
         moe_responses_name(c->resp, c->id, c->created, s->model_name);
         moe_responses_set_stored(c->resp, s->cfg.responses_store > 0 && moe_responses_store_wanted(c->resp));
     }
-    /* the choices: one generation each, seeds seed, seed + 1, ... (or each its own random one) */
+    /* the choices: n of each prompt, one generation each; choice i of a prompt draws with seed + i (or
+     * each its own random one), as that prompt sent alone would */
     uint64_t seed = gr.sampling.seed;
-    for (int i = 0; i < gr.n && st == MOE_OK; i++) {
+    for (int k = 0; k < c->n && st == MOE_OK; k++) {
+        struct hprompt_in *pi = &in_p[k / gr.n];
         json_array_append_new(c->choices, json_null());
         struct hreq *r = calloc(1, sizeof(*r));
         if (!r || !(r->text = evbuffer_new()) || (gr.logprobs && !(r->lp = lp_new(chat))) ||
-            (echo && !(r->echo = malloc(echo_len + 1))) ||
+            (pi->echo && !(r->echo = malloc(pi->echo_len + 1))) ||
             (c->reasoning && (!(r->all = evbuffer_new()) || !(r->reason = evbuffer_new())))) {
             if (r)
                 hreq_free(r);
@@ -1100,20 +1177,21 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
             break;
         }
         r->c = c;
-        r->index = i;
-        if (echo) {
-            memcpy(r->echo, echo, echo_len + 1);
-            r->echo_len = echo_len;
+        r->index = k;
+        if (pi->echo) {
+            memcpy(r->echo, pi->echo, pi->echo_len + 1);
+            r->echo_len = pi->echo_len;
         }
-        c->ch[i] = r;
+        c->ch[k] = r;
         c->n_open++;
-        gr.sampling.seed = seed + (uint64_t)i;
-        gr.choice = i;
+        struct moe_gen_request one = prompt_of(&gr, k / gr.n);
+        one.sampling.seed = seed + (uint64_t)(k % gr.n);
+        one.choice = k;
         st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
         if (st == MOE_OK)
-            st = srv_gen_submit(s, &h->inbox, r, &gr, 0, &r->g);
+            st = srv_gen_submit_prepared(s, &h->inbox, r, &one, &pi->sp, 0, &r->g);
     }
-    free(echo);
+    prompts_free(in_p, n_prompts);
     moe_gen_request_free(&gr);
     if (st != MOE_OK) { /* the choices submitted so far are cancelled with the call */
         send_request_error(req, c->resp, srv_http_status(st), moe_last_error());

@@ -21,6 +21,11 @@ void moe_gen_request_free(struct moe_gen_request *r)
         return;
     free(r->prompt);
     free(r->prompt_ids);
+    for (int i = 0; i < r->n_batch; i++) {
+        free(r->batch[i].text);
+        free(r->batch[i].ids);
+    }
+    free(r->batch);
     for (int i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
     moe_json_schema_unref(r->json_schema);
@@ -130,39 +135,75 @@ static enum moe_status json_get_bool(json_t *o, const char *key, bool *out)
     return MOE_OK;
 }
 
-static enum moe_status set_prompt_text(struct moe_gen_request *r, const char *s, size_t n,
-                                       const char *field)
+/* Prompt text s[0..n) of field into *out (malloc'd, NUL-terminated), *out_len bytes. */
+static enum moe_status copy_prompt_text(const char *s, size_t n, const char *field, char **out, size_t *out_len)
 {
     if (n > MOE_REQ_MAX_PROMPT_BYTES)
         return moe_errorf(MOE_ERANGE, "'%s' is %zu bytes, more than %u", field, n,
                           MOE_REQ_MAX_PROMPT_BYTES);
     if (!moe_utf8_valid(s, n))
         return moe_errorf(MOE_EINVAL, "'%s' is not valid UTF-8", field);
-    r->prompt = malloc(n + 1);
-    if (!r->prompt)
+    *out = malloc(n + 1);
+    if (!*out)
         return moe_errorf(MOE_ENOMEM, "'%s': out of memory", field);
     if (n)
-        memcpy(r->prompt, s, n);
-    r->prompt[n] = 0;
-    r->prompt_len = n;
+        memcpy(*out, s, n);
+    (*out)[n] = 0;
+    *out_len = n;
     return MOE_OK;
 }
 
-static enum moe_status set_prompt_ids_json(struct moe_gen_request *r, json_t *arr)
+static enum moe_status set_prompt_text(struct moe_gen_request *r, const char *s, size_t n,
+                                       const char *field)
+{
+    return copy_prompt_text(s, n, field, &r->prompt, &r->prompt_len);
+}
+
+/* The token ids of field, a JSON array, into *out (malloc'd), *n_out of them. */
+static enum moe_status copy_prompt_ids(json_t *arr, const char *field, int **out, int *n_out)
 {
     size_t n = json_array_size(arr);
     if (n > MOE_REQ_MAX_IDS)
-        return moe_errorf(MOE_ERANGE, "'prompt' has %zu token ids, more than %d", n, MOE_REQ_MAX_IDS);
-    r->prompt_ids = malloc((n ? n : 1) * sizeof(int));
-    if (!r->prompt_ids)
-        return moe_errorf(MOE_ENOMEM, "'prompt': out of memory");
+        return moe_errorf(MOE_ERANGE, "'%s' has %zu token ids, more than %d", field, n, MOE_REQ_MAX_IDS);
+    *out = malloc((n ? n : 1) * sizeof(int));
+    if (!*out)
+        return moe_errorf(MOE_ENOMEM, "'%s': out of memory", field);
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(arr, i);
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-            return moe_errorf(MOE_EINVAL, "'prompt[%zu]' must be a token id (integer >= 0)", i);
-        r->prompt_ids[i] = (int)json_integer_value(v);
+            return moe_errorf(MOE_EINVAL, "'%s[%zu]' must be a token id (integer >= 0)", field, i);
+        (*out)[i] = (int)json_integer_value(v);
     }
-    r->n_prompt_ids = (int)n;
+    *n_out = (int)n;
+    return MOE_OK;
+}
+
+/* OpenAI's batch of prompts (a list of texts or of token-id lists, any mix): each checked as a prompt
+ * alone is, named prompt[i]. */
+static enum moe_status set_prompt_batch(struct moe_gen_request *r, json_t *arr)
+{
+    size_t n = json_array_size(arr);
+    if (n > MOE_REQ_MAX_N)
+        return moe_errorf(MOE_EINVAL, "'prompt' holds %zu prompts, more than %d per request: send the batch in "
+                          "several requests", n, MOE_REQ_MAX_N);
+    if (!(r->batch = calloc(n, sizeof(*r->batch))))
+        return moe_errorf(MOE_ENOMEM, "'prompt': out of memory");
+    r->n_batch = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = json_array_get(arr, i);
+        struct moe_req_prompt *b = &r->batch[i];
+        char field[32];
+        snprintf(field, sizeof(field), "prompt[%zu]", i);
+        enum moe_status st;
+        if (json_is_string(p))
+            st = copy_prompt_text(json_string_value(p), json_string_length(p), field, &b->text, &b->len);
+        else if (json_is_array(p) && json_array_size(p) > 0)
+            st = copy_prompt_ids(p, field, &b->ids, &b->n_ids);
+        else
+            st = moe_errorf(MOE_EINVAL, "'%s' must be a string or a non-empty array of token ids", field);
+        if (st != MOE_OK)
+            return st;
+    }
     return MOE_OK;
 }
 
@@ -845,12 +886,10 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         } else if (nested && one) { /* [["a"]], [[[1]]]: the one prompt is neither text nor token ids */
             st = moe_errorf(MOE_EINVAL, "'prompt[0]' must be a string or an array of token ids, not an array of "
                             "%s", json_is_string(json_array_get(p, 0)) ? "strings" : "arrays");
-        } else if (nested) {
-            /* a list of texts or of token-id lists: OpenAI's batch of prompts */
-            st = moe_errorf(MOE_EINVAL, "'prompt' holds %zu prompts: one prompt per request (send one "
-                            "request each)", json_array_size(p));
+        } else if (nested) { /* a list of texts or of token-id lists: OpenAI's batch of prompts */
+            st = set_prompt_batch(out, p);
         } else if (json_is_array(p) && json_array_size(p) > 0) {
-            st = set_prompt_ids_json(out, p);
+            st = copy_prompt_ids(p, "prompt", &out->prompt_ids, &out->n_prompt_ids);
         } else {
             st = moe_errorf(MOE_EINVAL,
                             "'prompt' must be a string or a non-empty array of token ids");
@@ -897,6 +936,12 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         goto out;
     if (have)
         out->n = (int)iv;
+    if (out->n_batch * out->n > MOE_REQ_MAX_N) {
+        st = moe_errorf(MOE_EINVAL, "'prompt' holds %d prompts and 'n' = %d: %d completions, more than %d per "
+                        "request; lower 'n' or send the batch in several requests", out->n_batch, out->n,
+                        out->n_batch * out->n, MOE_REQ_MAX_N);
+        goto out;
+    }
     if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_structured(root, out)) != MOE_OK ||
         (st = parse_tool_choice(root, chat, tmpl, out)) != MOE_OK ||
         (st = parse_logprobs(root, chat, out)) != MOE_OK ||
@@ -943,6 +988,11 @@ enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int
         if (r->prompt_ids[i] >= vocab)
             return moe_errorf(MOE_ERANGE, "'%s[%d]' = %d is outside the vocabulary [0, %d)", prompt_field, i,
                               r->prompt_ids[i], vocab);
+    for (int b = 0; b < r->n_batch; b++)
+        for (int i = 0; i < r->batch[b].n_ids; i++)
+            if (r->batch[b].ids[i] >= vocab)
+                return moe_errorf(MOE_ERANGE, "'%s[%d][%d]' = %d is outside the vocabulary [0, %d)", prompt_field, b,
+                                  i, r->batch[b].ids[i], vocab);
     for (int i = 0; i < r->sampling.n_logit_bias; i++)
         if (r->sampling.logit_bias[i].id >= vocab)
             return moe_errorf(MOE_ERANGE, "'logit_bias' token %d is outside the vocabulary [0, %d)",

@@ -26,15 +26,26 @@ extern "C" {
 #define MOE_REQ_MAX_IDS (1 << 20)           /* prompt ids at most */
 #define MOE_REQ_MAX_STOP 4                  /* stop sequences per request (OpenAI's limit) */
 #define MOE_REQ_MAX_STOP_BYTES 256          /* bytes per stop sequence */
-#define MOE_REQ_MAX_N 16                    /* OpenAI's n: completions per request */
+#define MOE_REQ_MAX_N 16                    /* OpenAI's n: completions per request (of all its prompts) */
 
 struct moe_json_schema;
+
+/* One prompt of a batch: UTF-8 text (NUL-terminated, owned), or token ids (owned) when text is NULL. */
+struct moe_req_prompt {
+    char *text;
+    size_t len;                 /* bytes */
+    int *ids;
+    int n_ids;
+};
 
 struct moe_gen_request {
     char *prompt;               /* UTF-8 text, NUL-terminated, owned (NULL when ids given) */
     size_t prompt_len;          /* bytes */
     int *prompt_ids;            /* owned, or NULL */
     int n_prompt_ids;
+    struct moe_req_prompt *batch; /* completions: OpenAI's batch of prompts, [n_batch] (owned), each run with
+                                     the other fields as a request of its own; prompt and prompt_ids NULL */
+    int n_batch;                /* 2.. (n_batch x n at most MOE_REQ_MAX_N); 0: one prompt */
     int max_tokens;             /* 0 = server default, else >= 1 */
     struct moe_sampling sampling;
     bool stream;                /* stream tokens as they come */
@@ -57,8 +68,12 @@ struct moe_gen_request {
     bool prompt_only;           /* echo with max_tokens 0: nothing is generated */
     bool chat;                  /* a chat completion: without max_tokens it may fill the context */
     bool has_seed;              /* sampling.seed was given; else the server draws one per request */
-    int n;                      /* OpenAI's n: choices of one request (HTTP), 1..MOE_REQ_MAX_N */
-    int choice;                 /* which of the n a submission is (0 first): srv_gen_submit admits the n as one */
+    int n;                      /* OpenAI's n: choices of one request (HTTP), of each prompt of a batch,
+                                   1..MOE_REQ_MAX_N */
+    int choice;                 /* which of the n (of all prompts: n x n_batch) a submission is (0 first):
+                                   srv_gen_submit admits them as one */
+    int64_t need_all;           /* a batch's: the tokens in flight of all its submissions (each its prompt +
+                                   max_tokens), which the first's admission checks; set by the endpoint */
     bool json_object;           /* JSON mode: the output is one JSON object */
     struct moe_json_schema *json_schema; /* ... or one value of this schema (owned reference; NULL: none) */
     bool tool_call;             /* chat tool_choice: the reply is {"name": ..., "arguments": {...}}, a call of
@@ -84,8 +99,9 @@ struct moe_chat;
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out);
 
-/* The token ids a decoded request names (its prompt's, logit_bias's) against a vocabulary of vocab
- * tokens, which the decoders do not know: MOE_ERANGE naming the field and the id otherwise. */
+/* The token ids a decoded request names (its prompt's, a batch's prompts' as prompt_field[i], logit_bias's)
+ * against a vocabulary of vocab tokens, which the decoders do not know: MOE_ERANGE naming the field and the
+ * id otherwise. */
 enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab, const char *prompt_field);
 /* The name of the first string field of a protobuf message of descriptor d, at any depth, that holds a
  * NUL byte in p[0..n), or NULL (protobuf-c hands strings over NUL-terminated, which a NUL would cut). */

@@ -376,30 +376,38 @@ void srv_gen_abandon_unsent(struct srv_gen *g)
     gen_let_go_unsent(g, NULL);
 }
 
-enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
-                               const struct moe_gen_request *r, double deadline,
-                               struct srv_gen **out)
+/* The server is draining: refused (and counted) as such. */
+static enum moe_status refuse_draining(struct moe_server *s)
 {
-    *out = NULL;
-    if (atomic_load(&s->draining)) {
-        moe_metrics_count(&s->metrics, &s->metrics.rejected_draining, 1);
-        return moe_errorf(MOE_ECANCELED, "the server is draining (shutting down); retry elsewhere");
-    }
+    if (!atomic_load(&s->draining))
+        return MOE_OK;
+    moe_metrics_count(&s->metrics, &s->metrics.rejected_draining, 1);
+    return moe_errorf(MOE_ECANCELED, "the server is draining (shutting down); retry elsewhere");
+}
+
+enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_request *r, const char *name,
+                                struct srv_prompt *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (refuse_draining(s) != MOE_OK)
+        return MOE_ECANCELED;
     if (!atomic_load(&s->loaded))
         return moe_errorf(MOE_ECANCELED, "the model is still loading; retry when /ready says ready");
     enum moe_status st = MOE_OK;
+    bool of_prompt = true; /* the error is the prompt's (named by name), not the request's */
+    int *ids = NULL;
+    size_t n_ids = 0;
     if (r->model[0] && strcmp(r->model, s->model_name)) {
         st = moe_errorf(MOE_ENOENT, "model '%s' is not served here (this server serves '%s')",
                         r->model, s->model_name);
-        goto out_reject;
+        of_prompt = false;
+        goto out;
     }
-    int *ids = NULL;
-    size_t n_ids = 0;
     if (r->prompt_ids) {
         ids = malloc((size_t)r->n_prompt_ids * sizeof(int));
         if (!ids) {
             st = moe_errorf(MOE_ENOMEM, "out of memory copying prompt ids");
-            goto out_reject;
+            goto out;
         }
         memcpy(ids, r->prompt_ids, (size_t)r->n_prompt_ids * sizeof(int));
         n_ids = (size_t)r->n_prompt_ids;
@@ -408,7 +416,7 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
             if (ids[i] >= vocab) {
                 st = moe_errorf(MOE_ERANGE, "prompt token id %d at index %zu is outside the "
                                 "vocabulary [0, %d)", ids[i], i, vocab);
-                goto out_ids;
+                goto out;
             }
     } else {
         st = (r->templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(s->tok, r->prompt ? r->prompt : "",
@@ -416,12 +424,12 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         if (st != MOE_OK) {
             moe_error_prefix(MOE_EINVAL, "prompt");
             st = MOE_EINVAL;
-            goto out_reject;
+            goto out;
         }
     }
     if (n_ids == 0) {
         st = moe_errorf(MOE_EINVAL, "the prompt is empty");
-        goto out_ids;
+        goto out;
     }
     int max_tokens = r->prompt_only ? 0 : r->max_tokens > 0 ? r->max_tokens : s->cfg.default_max_tokens;
     if (!r->prompt_only && r->max_tokens == 0 && r->chat && s->chat_fills) {
@@ -431,30 +439,51 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         if (max_tokens < 1) {
             st = moe_errorf(MOE_ERANGE, "the prompt (%zu tokens) fills the context of %d tokens: no room for "
                             "a reply; shorten the messages", n_ids, s->max_ctx);
-            goto out_ids;
+            goto out;
         }
     }
     if (max_tokens > s->cfg.max_output) {
         st = moe_errorf(MOE_ERANGE, "max_tokens = %d exceeds this server's limit %d (max-output)",
                         max_tokens, s->cfg.max_output);
-        goto out_ids;
+        of_prompt = false;
+        goto out;
     }
     if (n_ids > (size_t)s->cfg.max_prompt) {
         st = moe_errorf(MOE_ERANGE, "the prompt is %zu tokens, more than this server's limit %d "
                         "(max-prompt)", n_ids, s->cfg.max_prompt);
-        goto out_ids;
+        goto out;
     }
     if ((int64_t)n_ids + max_tokens > s->max_ctx) {
         st = moe_errorf(MOE_ERANGE, "prompt (%zu tokens) + max_tokens (%d) = %lld exceeds the "
                         "context of %d tokens; shorten the prompt or lower max_tokens",
                         n_ids, max_tokens, (long long)n_ids + max_tokens, s->max_ctx);
-        goto out_ids;
+        goto out;
     }
+    out->ids = ids;
+    out->n_ids = (int)n_ids;
+    out->max_tokens = max_tokens;
+    return MOE_OK;
+out:
+    free(ids);
+    if (name && of_prompt)
+        moe_error_prefix(st, "'%s'", name);
+    moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+    return st;
+}
+
+enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *ib, void *owner,
+                                        const struct moe_gen_request *r, const struct srv_prompt *p,
+                                        double deadline, struct srv_gen **out)
+{
+    *out = NULL;
+    if (refuse_draining(s) != MOE_OK)
+        return MOE_ECANCELED;
+    const int *ids = p->ids;
+    size_t n_ids = (size_t)p->n_ids;
+    int max_tokens = p->max_tokens;
     struct srv_gen *g = calloc(1, sizeof(*g));
-    if (!g) {
-        st = moe_errorf(MOE_ENOMEM, "out of memory");
-        goto out_ids;
-    }
+    if (!g)
+        return moe_errorf(MOE_ENOMEM, "out of memory");
     g->srv = s;
     g->inbox = ib;
     g->owner = owner;
@@ -474,8 +503,9 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         .top_logprobs = r->top_logprobs,
         .prompt_logprobs = r->echo && (r->logprobs || r->prompt_only), /* the scheduler's prompt-only mode */
         .json = r->json_object || r->json_schema ? &s->json_vocab : NULL,
-        .choices = r->choice == 0 ? r->n : 0,
+        .choices = r->choice == 0 ? r->n * (r->n_batch ? r->n_batch : 1) : 0,
         .more_choice = r->choice > 0,
+        .choices_need = r->choice == 0 ? r->need_all : 0,
         .json_schema = r->json_schema,
         .json_after_think = r->json_after_think,
         .think_opened = r->think_opened,
@@ -488,7 +518,6 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
         g->prompt_lps = r->logprobs ? calloc(n_ids, sizeof(*g->prompt_lps)) : NULL;
         if (!g->prompt_ids || (r->logprobs && !g->prompt_lps)) {
             gen_free(g);
-            free(ids);
             return moe_errorf(MOE_ENOMEM, "out of memory for the echoed prompt");
         }
         memcpy(g->prompt_ids, ids, n_ids * sizeof(int));
@@ -503,8 +532,7 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
     static const struct moe_sched_events ev = { .on_token = on_token, .on_done = on_done,
                                                 .on_logprobs = on_logprobs,
                                                 .on_prompt_logprobs = on_prompt_logprobs };
-    st = moe_sched_submit(s->sched, ids, (int)n_ids, &gp, &ev, g, &g->id);
-    free(ids);
+    enum moe_status st = moe_sched_submit(s->sched, ids, (int)n_ids, &gp, &ev, g, &g->id);
     if (st != MOE_OK) {
         gen_free(g);
         if (st == MOE_EBUSY)
@@ -515,10 +543,18 @@ enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void 
     }
     *out = g;
     return MOE_OK;
-out_ids:
-    free(ids);
-out_reject:
-    moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+}
+
+enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
+                               const struct moe_gen_request *r, double deadline,
+                               struct srv_gen **out)
+{
+    struct srv_prompt p;
+    *out = NULL;
+    enum moe_status st = srv_gen_prepare(s, r, NULL, &p);
+    if (st == MOE_OK)
+        st = srv_gen_submit_prepared(s, ib, owner, r, &p, deadline, out);
+    free(p.ids);
     return st;
 }
 

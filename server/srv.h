@@ -134,6 +134,20 @@ int srv_finish_grpc_code(enum moe_finish why, enum moe_status st);
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
                                const struct moe_gen_request *r, double deadline,
                                struct srv_gen **out);
+/* srv_gen_submit in two steps, so that a front end checks all the prompts of a batch before it submits
+ * any: srv_gen_prepare tokenizes r's prompt and checks it (the server's state, the model name, the limits;
+ * its errors, counted as srv_gen_submit counts them; those of the prompt itself begin with 'name' when
+ * name is not NULL), srv_gen_submit_prepared submits it (p is not taken: the caller frees p->ids). */
+struct srv_prompt {
+    int *ids;                      /* malloc'd, n_ids */
+    int n_ids;
+    int max_tokens;                /* as admitted */
+};
+enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_request *r, const char *name,
+                                struct srv_prompt *out);
+enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *ib, void *owner,
+                                        const struct moe_gen_request *r, const struct srv_prompt *p,
+                                        double deadline, struct srv_gen **out);
 /* Take the first generation with unread events off the inbox, or NULL: it
  * holds a ref that srv_gen_put drops.  One at a time, so the scheduler may
  * queue it again (new events) while its consumer works: the inbox's links

@@ -64,6 +64,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort(); /* a decoded prompt is always valid UTF-8 */
         if (r.max_tokens < 0 || !(r.sampling.top_p > 0 && r.sampling.top_p <= 1))
             abort();
+        if (r.n_batch == 1 || r.n_batch * r.n > MOE_REQ_MAX_N || (r.n_batch && (r.prompt || r.prompt_ids)))
+            abort(); /* a batch: 2 or more prompts in place of the one, n choices each, MOE_REQ_MAX_N in all */
+        for (int i = 0; i < r.n_batch; i++)
+            if (r.batch[i].text ? !moe_utf8_valid(r.batch[i].text, r.batch[i].len) : r.batch[i].n_ids < 1)
+                abort(); /* each prompt valid UTF-8, or token ids */
         if (r.prompt && r.n_stop > 0) {
             struct moe_stop_scan sc;
             if (moe_stop_scan_init(&sc, r.stop, r.n_stop) != MOE_OK)

@@ -8,7 +8,7 @@ whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, an unsupported response_format); log-probabilities and echo; developer messages;
-ids unique to the server's start; n choices; /tokenize and /detokenize; JSON mode and JSON schemas; tool calls (tool_choice); the default max_tokens of completions (16) and chat (the
+ids unique to the server's start; n choices; batches of prompts; /tokenize and /detokenize; JSON mode and JSON schemas; tool calls (tool_choice); the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
 import os
@@ -231,6 +231,118 @@ def check_n(srv):
               usage_sum(chunks) == plain["usage"] and plain["usage"]["completion_tokens"] == 12,
               "streamed n = 2 %r: %r / %r, usage %r vs %r" % (opts, per, plain.get("choices"), usage_sum(chunks),
                                                           plain.get("usage")))
+
+
+
+def check_batch(srv, moeflow):
+    """A batch of prompts (OpenAI's list of texts or of token-id lists): n choices each, choice index =
+    prompt * n + choice, in one reply ordered by index (streamed: each chunk carries its choice's index,
+    one finishing chunk per choice, the usage once); every choice is what its prompt sent alone gives
+    (greedy; with a seed, choice i of each prompt draws with seed + i), echo and logprobs included; usage
+    counts each prompt once (its cached tokens too) and adds up the choices' tokens.  A bad prompt is a
+    400 naming prompt[i], with nothing run; prompts x n is at most 16; a batch whose tokens in flight
+    never fit max-tokens-in-flight is a 400, though each prompt alone fits."""
+    texts = ["def add(a, b):", "class Stack:\n"]
+    ids = [[324, 285, 2974, 263], [1132, 1301, 8, 78, 324, 285]]
+    n_tok = {}
+    for prompts in (texts, ids, [texts[1], ids[0]], texts[:1]):
+        body = {"prompt": prompts, "max_tokens": 6, "temperature": 0}
+        code, js = post(srv, "/v1/completions", body)
+        alone = [post(srv, "/v1/completions", dict(body, prompt=p))[1] for p in prompts]
+        u = js.get("usage", {})
+        check(code == 200 and [c["index"] for c in js["choices"]] == list(range(len(prompts))) and
+              [c["text"] for c in js["choices"]] == [a["choices"][0]["text"] for a in alone] and
+              u["prompt_tokens"] == sum(a["usage"]["prompt_tokens"] for a in alone) and
+              u["completion_tokens"] == sum(a["usage"]["completion_tokens"] for a in alone) and
+              u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"],
+              "greedy batch %r: %d %r, alone %r" % (prompts, code, js, alone))
+        for p, a in zip(prompts, alone):
+            n_tok[str(p)] = a["usage"]["prompt_tokens"]
+    # n = 2 of two prompts, sampled with a seed: choice k is prompt k // 2 drawn with seed + k % 2
+    body = {"prompt": texts, "max_tokens": 8, "temperature": 1.5, "ignore_eos": True, "seed": 40, "n": 2,
+            "logprobs": 1}
+    code, js = post(srv, "/v1/completions", body)
+    alone = [post(srv, "/v1/completions", dict(body, prompt=texts[k // 2], n=1, seed=40 + k % 2))[1]["choices"][0]
+             for k in range(4)]
+    ch = js.get("choices", [])
+    want_p = n_tok[str(texts[0])] + n_tok[str(texts[1])]
+    check(code == 200 and [c["index"] for c in ch] == [0, 1, 2, 3] and
+          [c["text"] for c in ch] == [a["text"] for a in alone] and
+          [c["logprobs"]["token_logprobs"] for c in ch] == [a["logprobs"]["token_logprobs"] for a in alone] and
+          js["usage"]["prompt_tokens"] == want_p and js["usage"]["completion_tokens"] == 32,
+          "n = 2 of 2 prompts: %d %r, alone %r" % (code, js, alone))
+    # the same batch again: every prompt comes from the prefix cache but its last token, counted once
+    code, again = post(srv, "/v1/completions", body)
+    check(code == 200 and again["choices"] == ch and
+          again["usage"]["prompt_tokens_details"] == {"cached_tokens": want_p - 2},
+          "the batch again: %d %r" % (code, again.get("usage")))
+    for opts in (None, {"include_usage": True}):
+        b = dict(body, stream=True)
+        if opts:
+            b["stream_options"] = opts
+        _, chunks, done = sse(srv, "/v1/completions", b)
+        text, fin = {}, {}
+        for c in chunks:
+            for x in c["choices"]:
+                text[x["index"]] = text.get(x["index"], "") + x["text"]
+                fin[x["index"]] = fin.get(x["index"], 0) + (x["finish_reason"] is not None)
+        check(done and text == {k: c["text"] for k, c in enumerate(ch)} and fin == {0: 1, 1: 1, 2: 1, 3: 1} and
+              usage_sum(chunks) == js.get("usage"),
+              "streamed n = 2 of 2 prompts %r: %r, %r, usage %r" % (opts, text, fin, usage_sum(chunks)))
+    # echo and logprobs apply to each prompt
+    body = {"prompt": ["def add", [1132, 1301, 8]], "max_tokens": 2, "temperature": 0, "echo": True, "logprobs": 1}
+    code, js = post(srv, "/v1/completions", body)
+    alone = [post(srv, "/v1/completions", dict(body, prompt=p))[1]["choices"][0] for p in body["prompt"]]
+    ch = js.get("choices", [])
+    ok = code == 200 and len(ch) == 2 and ch[0]["text"].startswith("def add") and all(
+        c["text"] == a["text"] and c["logprobs"]["tokens"] == a["logprobs"]["tokens"] and
+        c["logprobs"]["token_logprobs"][0] is None and
+        max(abs(x - y) for x, y in zip(c["logprobs"]["token_logprobs"][1:], a["logprobs"]["token_logprobs"][1:])) < 1e-4
+        for c, a in zip(ch, alone))
+    check(ok, "echo and logprobs of 2 prompts: %d %r, alone %r" % (code, str(js)[:600], str(alone)[:600]))
+    # a bad prompt: a 400 naming it, counted once as invalid, nothing run
+    ctx = get_json(srv, "/v1/models")[1]["data"][0]["max_model_len"]
+    invalid, sched = rejections(srv)
+    accepted = metric(srv.metrics(), "moeflow:requests_accepted_total")
+    bad = ((["x", []], "'prompt[1]' must be a string or a non-empty array of token ids"),
+           (["x", 7], "'prompt[1]' must be"), (["x", [5, -1]], "'prompt[1][1]' must be a token id"),
+           (["x", [5, 99999]], "'prompt[1][1]' = 99999 is outside the vocabulary"),
+           (["x", [5] * (ctx + 1)], "'prompt[1]': the prompt is %d tokens" % (ctx + 1)))
+    for prompts, word in bad:
+        code, js = post(srv, "/v1/completions", {"prompt": prompts, "max_tokens": 1})
+        check(error_ok(code, js, 400, word), "bad second prompt %r: %d %r" % (str(prompts)[:40], code, js))
+    check(rejections(srv) == (invalid + len(bad), sched) and
+          metric(srv.metrics(), "moeflow:requests_accepted_total") == accepted,
+          "bad batches: rejections %r -> %r, accepted %s -> %s" % (
+              (invalid, sched), rejections(srv), accepted, metric(srv.metrics(), "moeflow:requests_accepted_total")))
+    # what is wrong with the request, not with a prompt, is not put on one
+    for body, status, word in (({"model": "nope"}, 404, "model 'nope' is not served"),
+                               ({"max_tokens": 10 ** 6}, 400, "max_tokens = 1000000 exceeds")):
+        code, js = post(srv, "/v1/completions", dict(body, prompt=texts))
+        check(error_ok(code, js, status, word) and "prompt[" not in js["error"]["message"],
+              "a batch with %r: %d %r" % (body, code, js))
+    # at most 16 completions per request, prompts x n
+    for body, word in (({"prompt": texts, "n": 9}, "2 prompts and 'n' = 9: 18 completions, more than 16"),
+                       ({"prompt": ["x"] * 17}, "17 prompts, more than 16")):
+        code, js = post(srv, "/v1/completions", body)
+        check(error_ok(code, js, 400, word), "%r: %d %r" % (str(body)[:60], code, js))
+    code, js = post(srv, "/v1/completions", {"prompt": ["x"] * 8, "n": 2, "max_tokens": 1})
+    check(code == 200 and [c["index"] for c in js["choices"]] == list(range(16)), "16 completions: %d %r" % (code, js))
+    # tokens in flight for the whole batch at once: 2 + 30 prompt tokens and 2 x 30 fit 100, 2 x 40 never
+    # do (a 400, not a 429) though each prompt alone, and twice the first, would
+    small = Server(moeflow, "--max-tokens-in-flight", "100")
+    try:
+        prompts = [[324, 285], [1132] * 30]
+        for m, want in ((30, 200), (40, 400)):
+            code, js = post(small, "/v1/completions", {"prompt": prompts, "max_tokens": m, "ignore_eos": True})
+            check(code == want and (want == 200 or error_ok(code, js, 400, "2 choices need 112 tokens in flight")),
+                  "a batch of %d tokens in flight, bound 100: %d %r" % (32 + 2 * m, code, js))
+        codes = [post(small, "/v1/completions", {"prompt": p, "max_tokens": 40, "ignore_eos": True})[0]
+                 for p in prompts]
+        check(codes == [200, 200], "each prompt alone: %r" % codes)
+        check(small.stop() == 0, "max-tokens-in-flight server: exit status")
+    finally:
+        small.kill()
 
 
 def json_prefix_ok(t):
@@ -1161,7 +1273,7 @@ def main():
     srv = Server(moeflow, "--model-name", NAME, "--cors-origin", "https://app.example, http://localhost:3000",
                  *sys.argv[3:])
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
-                           check_n, check_tokenize, lambda s: check_json(s, moeflow),
+                           check_n, lambda s: check_batch(s, moeflow), check_tokenize, lambda s: check_json(s, moeflow),
                            lambda s: check_json_schema(s, moeflow), check_structured, check_tools, check_logprobs,
                            check_stop_logprobs, check_errors, lambda s: check_responses_store(moeflow),
                            lambda s: check_echo(s, moeflow),

@@ -153,7 +153,7 @@ static void expect_bad(const char *body, bool chat, const char *field)
     CHECK(st != MOE_OK, "accepted: %s", body);
     CHECK(!field || strstr(moe_last_error(), field), "error for %s does not name %s: %s", body,
           field, moe_last_error());
-    CHECK(r.prompt == NULL && r.prompt_ids == NULL, "left allocated");
+    CHECK(r.prompt == NULL && r.prompt_ids == NULL && r.batch == NULL, "left allocated");
 }
 
 static void test_openai(void)
@@ -169,13 +169,26 @@ static void test_openai(void)
     REQUIRE(oai("{\"prompt\":[1,2,3]}", false, &r) == MOE_OK, "%s", moe_last_error());
     CHECK(r.n_prompt_ids == 3 && r.prompt_ids[2] == 3 && r.max_tokens == 0, "ids");
     moe_gen_request_free(&r);
-    CHECK(oai("{\"prompt\":[\"a\",\"b\"]}", false, &r) == MOE_EINVAL &&
-              strstr(moe_last_error(), "one prompt per request"),
-          "two prompts: %s", moe_last_error());
+    /* OpenAI's batch of prompts: texts, token-id lists or both, each checked as a prompt alone is */
+    REQUIRE(oai("{\"prompt\":[\"a\",\"b\u00e9\"],\"n\":8}", false, &r) == MOE_OK, "two prompts: %s", moe_last_error());
+    CHECK(r.n_batch == 2 && !r.prompt && !r.prompt_ids && !strcmp(r.batch[0].text, "a") &&
+              !strcmp(r.batch[1].text, "b\xc3\xa9") && r.batch[1].len == 3 && r.n == 8,
+          "two prompts: %d", r.n_batch);
     moe_gen_request_free(&r);
-    CHECK(oai("{\"prompt\":[[1,2],[3]]}", false, &r) == MOE_EINVAL && strstr(moe_last_error(), "2 prompts"),
-          "two token-id prompts: %s", moe_last_error());
+    REQUIRE(oai("{\"prompt\":[[1,2],[3],\"c\"]}", false, &r) == MOE_OK, "three prompts: %s", moe_last_error());
+    CHECK(r.n_batch == 3 && r.batch[0].n_ids == 2 && r.batch[0].ids[1] == 2 && r.batch[1].n_ids == 1 &&
+              r.batch[1].ids[0] == 3 && !r.batch[1].text && !strcmp(r.batch[2].text, "c"),
+          "token-id prompts and a text: %d", r.n_batch);
+    CHECK(moe_gen_request_check_vocab(&r, 3, "prompt") == MOE_ERANGE &&
+              strstr(moe_last_error(), "'prompt[1][0]' = 3"), "a batch's id outside the vocabulary: %s",
+          moe_last_error());
     moe_gen_request_free(&r);
+    expect_bad("{\"prompt\":[\"a\",5]}", false, "'prompt[1]' must be a string or a non-empty array");
+    expect_bad("{\"prompt\":[[1],[]]}", false, "'prompt[1]' must be a string or a non-empty array");
+    expect_bad("{\"prompt\":[[1],[2,-1]]}", false, "'prompt[1][1]' must be a token id");
+    expect_bad("{\"prompt\":[\"a\",\"b\"],\"n\":9}", false, "2 prompts and 'n' = 9: 18 completions");
+    expect_bad("{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",\"p\","
+               "\"q\"]}", false, "17 prompts");
     CHECK(oai("{\"prompt\":[[4,5,6]]}", false, &r) == MOE_OK && r.n_prompt_ids == 3 && r.prompt_ids[0] == 4,
           "one token-id prompt in a batch of one: %s", moe_last_error());
     moe_gen_request_free(&r);

@@ -526,10 +526,6 @@ static enum moe_status parse_penalties(json_t *root, struct moe_sampling *p)
     return MOE_OK;
 }
 
-/* OpenAI fields asking for output moeflow does not produce (the prompt echoed, several
- * candidates, constrained output): refused by name rather than left out of a reply the client
- * then misreads.  Their off values pass: null, false, and best_of 1. */
-
 /* response_format {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": ...}}:
  * the schema compiled (engine/json_guide.h). */
 static enum moe_status openai_schema(const json_t *js, struct moe_gen_request *out)
@@ -791,15 +787,23 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
     return no_whitespace(so, out);
 }
 
+/* OpenAI fields asking for output moeflow does not produce (the prompt echoed in a chat reply, several
+ * candidates, text inserted before a suffix): refused by name rather than left out of a reply the
+ * client then misreads.  Their off values pass: null, false, "", and best_of 1.  Also response_format,
+ * the constrained output: JSON mode. */
 static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen_request *out)
 {
+    enum { BOTH, CHAT, COMPLETIONS };
     static const struct {
         const char *key;
         double off;          /* the number that asks for nothing; NAN: none does */
+        int of;              /* the endpoint that refuses it */
         const char *why;
     } f[] = {
-        { "echo", NAN, "chat replies hold the completion only (/v1/completions echoes its prompt)" },
-        { "best_of", 1, "one completion per request" },
+        { "echo", NAN, CHAT, "chat replies hold the completion only (/v1/completions echoes its prompt)" },
+        { "best_of", 1, BOTH, "one completion per request" },
+        { "suffix", NAN, COMPLETIONS, "completions continue the prompt; text to fit before a suffix (insertion) "
+                                      "is not generated" },
     };
     json_t *rf = json_object_get(root, "response_format");
     if (rf && !json_is_null(rf)) {
@@ -821,9 +825,10 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
                               "json_schema or structural_tag)", moe_utf8_cut(type, 40), type);
         }
     }
-    for (size_t i = !chat; i < MOE_ARRAY_LEN(f); i++) { /* echo (first) is refused for chat only */
+    for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++) {
         json_t *v = json_object_get(root, f[i].key);
-        if (!v || json_is_null(v) || json_is_false(v) || (json_is_number(v) && json_number_value(v) == f[i].off))
+        if (f[i].of == (chat ? COMPLETIONS : CHAT) || !v || json_is_null(v) || json_is_false(v) ||
+            (json_is_string(v) && !json_string_length(v)) || (json_is_number(v) && json_number_value(v) == f[i].off))
             continue;
         char *txt = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
         const char *shown = txt ? txt : "?";

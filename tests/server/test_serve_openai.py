@@ -141,10 +141,11 @@ def check_params(srv):
     cmpl = {"model": NAME, "prompt": "x", "max_tokens": 2}
     for path, base, extra, refused in (
             ("/v1/completions", cmpl, {"best_of": 3}, "best_of"),
+            ("/v1/completions", cmpl, {"suffix": "\n    return x"}, "suffix"),
             ("/v1/completions", cmpl, {"logprobs": 21}, "logprobs"),
             ("/v1/chat/completions", chat, {"top_logprobs": 2}, "top_logprobs"),
             ("/v1/chat/completions", chat, {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-            ("/v1/completions", cmpl, {"logprobs": None, "echo": False, "best_of": 1}, None),
+            ("/v1/completions", cmpl, {"logprobs": None, "echo": False, "best_of": 1, "suffix": ""}, None),
             ("/v1/chat/completions", chat, {"logprobs": False, "top_logprobs": 0}, None),
             ("/v1/chat/completions", chat, {"logprobs": None, "top_logprobs": None}, None)):
         code, js = post(srv, path, dict(base, max_tokens=2, **extra))

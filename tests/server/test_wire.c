@@ -189,6 +189,16 @@ static void test_openai(void)
     expect_bad("{\"prompt\":[\"a\",\"b\"],\"n\":9}", false, "2 prompts and 'n' = 9: 18 completions");
     expect_bad("{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",\"p\","
                "\"q\"]}", false, "17 prompts");
+    /* suffix (insertion) is not generated: refused on completions, off values pass; chat has no such field */
+    expect_bad("{\"prompt\":\"def f(\",\"suffix\":\"\\n    return x\"}", false, "'suffix'");
+    for (int i = 0; i < 2; i++) {
+        CHECK(oai(i ? "{\"prompt\":\"x\",\"suffix\":null}" : "{\"prompt\":\"x\",\"suffix\":\"\"}", false, &r) == MOE_OK,
+              "an empty or null suffix: %s", moe_last_error());
+        moe_gen_request_free(&r);
+    }
+    CHECK(oai("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"suffix\":\"y\"}", true, &r) == MOE_OK,
+          "chat with a suffix field: %s", moe_last_error());
+    moe_gen_request_free(&r);
     CHECK(oai("{\"prompt\":[[4,5,6]]}", false, &r) == MOE_OK && r.n_prompt_ids == 3 && r.prompt_ids[0] == 4,
           "one token-id prompt in a batch of one: %s", moe_last_error());
     moe_gen_request_free(&r);

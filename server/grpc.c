@@ -412,6 +412,22 @@ static void health_send(struct gcall *c, health_status st)
     QUEUE_MSG(c, grpc__health__v1__health_check_response, &rs);
 }
 
+/* Readiness changed since the Watch calls were last brought up to date: each sends the new status (a
+ * service not served here stays SERVICE_UNKNOWN).  Readiness changes rarely, so the calls are walked
+ * only then. */
+static void watch_update(struct grpc_front *gf)
+{
+    bool ready = atomic_load(&gf->srv->ready);
+    if (ready == gf->watch_ready)
+        return;
+    gf->watch_ready = ready;
+    health_status st = health_now(ready);
+    for (struct gcall *c = gf->live; c; c = c->next_live)
+        if (c->m == GM_HEALTH_WATCH && c->watch != st && c->watch != HEALTH(UNKNOWN) &&
+            c->watch != HEALTH(SERVICE_UNKNOWN))
+            health_send(c, st);
+}
+
 /* Check answers the service's status, NOT_FOUND for a service not served here.  Watch sends the status at
  * once (SERVICE_UNKNOWN for a service not served here, as the health protocol has it) and stays open:
  * watch_update sends each change, watch_end ends it when the front end stops.  A Watch holds one of its
@@ -435,25 +451,15 @@ static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
         return;
     }
     grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
-    health_send(c, known ? health_now(atomic_load(&c->gf->srv->ready)) : HEALTH(SERVICE_UNKNOWN));
+    bool ready = atomic_load(&c->gf->srv->ready);
+    if (c->m == GM_HEALTH_WATCH) { /* the other Watch calls brought up to date first: every Watch holds the
+                                    * status watch_update last saw, so that its next change reaches them all */
+        watch_update(c->gf);
+        ready = c->gf->watch_ready;
+    }
+    health_send(c, known ? health_now(ready) : HEALTH(SERVICE_UNKNOWN));
     if (c->m == GM_HEALTH || c->gf->watches_ended) /* a Watch that came as the front end stops ends at once */
         queue_status(c, GRPC_STATUS_OK, NULL);
-}
-
-/* Readiness changed since the Watch calls were last brought up to date: each sends the new status (a
- * service not served here stays SERVICE_UNKNOWN).  Readiness changes rarely, so the calls are walked
- * only then. */
-static void watch_update(struct grpc_front *gf)
-{
-    bool ready = atomic_load(&gf->srv->ready);
-    if (ready == gf->watch_ready)
-        return;
-    gf->watch_ready = ready;
-    health_status st = health_now(ready);
-    for (struct gcall *c = gf->live; c; c = c->next_live)
-        if (c->m == GM_HEALTH_WATCH && c->watch != st && c->watch != HEALTH(UNKNOWN) &&
-            c->watch != HEALTH(SERVICE_UNKNOWN))
-            health_send(c, st);
 }
 
 /* The front end stops: each Watch call, brought up to date, ends with OK after the statuses it holds. */

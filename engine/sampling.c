@@ -86,6 +86,31 @@ int moe_argmax(const float *x, int n)
     return best < 0 ? 0 : best;
 }
 
+static bool drawable(float v)
+{
+    return !isnan(v) && v != -INFINITY;
+}
+
+bool moe_logits_ban(float *logits, int vocab, const int *ids, int n)
+{
+    int left = 0; /* tokens that could be drawn, then those of them not banned */
+    for (int i = 0; i < vocab; i++)
+        left += drawable(logits[i]);
+    for (int i = 0; i < n; i++) {
+        bool again = false;
+        for (int j = 0; j < i && !again; j++)
+            again = ids[j] == ids[i];
+        if (!again && ids[i] >= 0 && ids[i] < vocab && drawable(logits[ids[i]]))
+            left--;
+    }
+    if (left <= 0)
+        return false;
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= 0 && ids[i] < vocab)
+            logits[ids[i]] = -INFINITY;
+    return true;
+}
+
 struct cand {
     float v;  /* scaled logit, later probability */
     int id;

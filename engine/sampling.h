@@ -12,6 +12,7 @@ extern "C" {
 #define MOE_MAX_LOGIT_BIAS 300   /* logit_bias entries per request */
 #define MOE_MAX_PENALTY 2.0f      /* |presence_penalty|, |frequency_penalty| (OpenAI's range) */
 #define MOE_MAX_REPETITION_PENALTY 10.0f
+#define MOE_MAX_STOP_TOKEN_IDS 64 /* stop_token_ids per request (vLLM's extension) */
 
 struct moe_logit_bias {
     int32_t id;
@@ -64,6 +65,10 @@ void moe_sample_buf_free(struct moe_sample_buf *b);
 int moe_sampler_sample_buf(struct moe_sampler *s, struct moe_sample_buf *b, const float *logits, int vocab,
                            const int *ids, int n_prompt, int n_ids);
 int moe_argmax(const float *x, int n);
+/* vLLM's min_tokens mask: logits[ids[i]] = -inf for each of ids[0..n) (repeats and ids outside [0, vocab)
+ * skipped), unless that would leave no token to draw (every other logit -inf or NaN, as a constrained
+ * output that may only end): then logits stay as they are and false is returned. */
+bool moe_logits_ban(float *logits, int vocab, const int *ids, int n);
 
 #define MOE_MAX_TOP_LOGPROBS 20
 

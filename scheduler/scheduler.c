@@ -51,6 +51,8 @@ struct rq {
     bool pred_stale;           /* pred is not for the current next token */
     uint64_t wait_pass;        /* prefix_cache: the admit() pass in which it waits for a prefill */
     struct moe_json_state json;/* g.json: the output so far, as the beginning of a value */
+    int *ban;                  /* g.min_tokens: the ids masked until then (the EOS ids, g.stop_ids) */
+    int n_ban;
     struct rq *next;           /* waiting list / done list link */
     /* terminal outcome, reported by on_done */
     enum moe_finish why;
@@ -167,6 +169,7 @@ static void rq_free(struct rq *r)
     free(r->route);
     free(r->pred);
     free(r->hist);
+    free(r->ban);
     moe_json_schema_unref(r->g.json_schema);
     free(r);
 }
@@ -508,11 +511,20 @@ static bool is_eos(const struct moe_sched *s, int tok)
     return false;
 }
 
-/* tok, sampled from logits [vocab], continues r (or ends it as EOS). */
+/* tok is one of r's stop_token_ids. */
+static bool is_stop_id(const struct rq *r, int tok)
+{
+    for (int i = 0; i < r->g.n_stop_ids; i++)
+        if (tok == r->g.stop_ids[i])
+            return true;
+    return false;
+}
+
+/* tok, sampled from logits [vocab], continues r (or ends it as EOS or a stop token). */
 static void take_token(struct moe_sched *s, struct rq *r, int tok, const float *logits,
                        const struct moe_token_logprobs *lp)
 {
-    if (!r->g.ignore_eos && is_eos(s, tok)) {
+    if ((!r->g.ignore_eos && is_eos(s, tok)) || is_stop_id(r, tok)) {
         rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
         return;
     }
@@ -671,15 +683,16 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
 {
     const float *from = lg;
     const struct moe_token_bytes *tb = r->g.json;
+    struct sample_ws *w = &s->ws[tid];
+    bool hold = r->n_generated < r->g.min_tokens; /* min_tokens: no end yet */
+    if ((tb || hold) && !w->masked && !(w->masked = malloc(sizeof(float) * (size_t)s->be.vocab))) {
+        *st = MOE_ENOMEM;
+        *msg = tb ? "JSON mode: out of memory" : "min_tokens: out of memory";
+        return -1;
+    }
     if (tb) { /* JSON mode: the tokens that keep the output a value's beginning, the rest -inf */
         if (moe_json_done(&r->json))
             return PICK_WHOLE;
-        struct sample_ws *w = &s->ws[tid];
-        if (!w->masked && !(w->masked = malloc(sizeof(float) * (size_t)s->be.vocab))) {
-            *st = MOE_ENOMEM;
-            *msg = "JSON mode: out of memory";
-            return -1;
-        }
         if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, w->masked)) {
             *st = MOE_EINVAL;
             *msg = moe_json_schema_raw(r->g.json_schema)
@@ -688,6 +701,12 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
                        : "JSON mode: no token of the vocabulary continues the value";
             return -1;
         }
+        from = w->masked;
+    }
+    if (hold) { /* the EOS ids and stop ids -inf, on this request's row alone (after the guide's mask) */
+        if (from != w->masked)
+            memcpy(w->masked, lg, sizeof(float) * (size_t)s->be.vocab);
+        moe_logits_ban(w->masked, s->be.vocab, r->ban, r->n_ban);
         from = w->masked;
     }
     int tok = moe_sampler_sample_buf(&r->sampler, &s->ws[tid].buf, from, s->be.vocab, r->tokens, r->n_prompt,
@@ -1190,6 +1209,16 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     else if (g->logprobs && (g->top_logprobs < 0 || g->top_logprobs > MOE_MAX_TOP_LOGPROBS))
         st = moe_errorf(MOE_ERANGE, "request: top_logprobs = %d is out of range [0, %d]", g->top_logprobs,
                         MOE_MAX_TOP_LOGPROBS);
+    else if (g->n_stop_ids < 0 || g->n_stop_ids > MOE_MAX_STOP_TOKEN_IDS)
+        st = moe_errorf(MOE_EINVAL, "request: stop_token_ids has %d ids, at most %d are accepted", g->n_stop_ids,
+                        MOE_MAX_STOP_TOKEN_IDS);
+    else if (g->min_tokens < 0 || g->min_tokens > g->max_tokens)
+        st = moe_errorf(MOE_EINVAL, "request: min_tokens = %d must be in [0, max_tokens = %d]", g->min_tokens,
+                        g->max_tokens);
+    for (int i = 0; st == MOE_OK && i < g->n_stop_ids; i++)
+        if (g->stop_ids[i] < 0 || g->stop_ids[i] >= s->be.vocab)
+            st = moe_errorf(MOE_ERANGE, "request: stop_token_ids[%d] = %d is outside the vocabulary [0, %d)", i,
+                            (int)g->stop_ids[i], s->be.vocab);
     if (st == MOE_OK) {
         for (int i = 0; i < n_prompt; i++)
             if (prompt[i] < 0 || prompt[i] >= s->be.vocab) {
@@ -1212,10 +1241,20 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         r->route = calloc(pw ? pw : 1, sizeof(uint64_t));
         r->pred = calloc(pw ? pw : 1, sizeof(uint64_t));
     }
+    if (r && g->min_tokens > 0) { /* what min_tokens masks: every EOS id, ignore_eos or not (vLLM), the stop ids */
+        r->ban = malloc(sizeof(int) * (size_t)(1 + (s->be.eos_ids ? s->be.n_eos : 0) + g->n_stop_ids));
+        if (r->ban && s->be.eos_id >= 0)
+            r->ban[r->n_ban++] = s->be.eos_id;
+        for (int i = 0; r->ban && s->be.eos_ids && i < s->be.n_eos; i++)
+            r->ban[r->n_ban++] = s->be.eos_ids[i];
+        for (int i = 0; r->ban && i < g->n_stop_ids; i++)
+            r->ban[r->n_ban++] = g->stop_ids[i];
+    }
     if (r && s->p.path_decay > 0)
         r->hist = calloc((size_t)(s->n_moe > 0 ? s->n_moe : 1) * (size_t)(s->be.n_experts > 0 ? s->be.n_experts : 1),
                          sizeof(float));
-    if (!r || !r->tokens || !r->route || !r->pred || (s->p.path_decay > 0 && !r->hist)) {
+    if (!r || !r->tokens || !r->route || !r->pred || (s->p.path_decay > 0 && !r->hist) ||
+        (g->min_tokens > 0 && !r->ban)) {
         rq_free(r);
         pthread_mutex_lock(&s->mu);
         s->st.rejected++;

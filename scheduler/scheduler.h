@@ -103,6 +103,15 @@ struct moe_gen_params {
     int priority;             /* higher first; FCFS within a priority */
     double deadline;          /* moe_now() seconds; 0 = none */
     bool ignore_eos;
+    /* vLLM's stop_token_ids: stop_ids[0..n_stop_ids) (ids in the vocabulary) end the request as EOS does
+     * (finish stop, the token not delivered nor counted), with ignore_eos too. */
+    int n_stop_ids;           /* 0..MOE_MAX_STOP_TOKEN_IDS */
+    int32_t stop_ids[MOE_MAX_STOP_TOKEN_IDS];
+    /* vLLM's min_tokens, 0..max_tokens: while fewer tokens were generated, the EOS tokens (ignore_eos or
+     * not) and stop_ids are not sampled, their logits -inf (moe_logits_ban; the log-probabilities stay the
+     * model's), unless no other token could be (a guide that only lets the output end): the request then
+     * ends as it would without min_tokens. */
+    int min_tokens;
     bool logprobs;            /* report each token's log-probability (on_logprobs) */
     int top_logprobs;         /* ... and this many most likely tokens, 0..MOE_MAX_TOP_LOGPROBS */
     bool prompt_logprobs;     /* also every prompt token's after the first (on_prompt_logprobs);

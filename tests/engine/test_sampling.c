@@ -7,7 +7,8 @@
  * likely relative to the most likely; logit bias, repetition, frequency and presence
  * penalties change the logits as vLLM applies them (repetition once per distinct
  * token of prompt and output, frequency and presence on the output only), leave
- * the caller's logits alone, and compose with the seeded draw. */
+ * the caller's logits alone, and compose with the seeded draw; the min_tokens mask
+ * bans its ids unless nothing else could be drawn. */
 #include "engine/sampling.h"
 #include "tests/test_util.h"
 
@@ -365,6 +366,29 @@ int main(void)
         }
         CHECK(!wrong, "top %d alternatives differ from a plain scan", n);
     }
+
+    /* min_tokens' mask: its ids -inf (repeats and ids outside the vocabulary skipped), greedy then takes
+     * the next best; left alone when only they could be drawn */
+    float mb[6] = { 5.0f, 1.0f, 4.0f, NAN, -INFINITY, 2.0f };
+    int ban[4] = { 0, 7, 0, -1 };
+    CHECK(moe_logits_ban(mb, 6, ban, 4) && mb[0] == -INFINITY && mb[2] == 4.0f && mb[1] == 1.0f,
+          "ban of 0: %g %g %g", mb[0], mb[1], mb[2]);
+    CHECK(moe_argmax(mb, 6) == 2, "greedy after the ban picks %d, not the next best 2", moe_argmax(mb, 6));
+    moe_sampler_init(&s, &SP(1.0f, 1, 0, 11));
+    for (int i = 0; i < 200; i++) {
+        int t = moe_sampler_sample(&s, mb, 6, NULL, 0, 0);
+        if (t == 0 || t == 3 || t == 4) {
+            CHECK(false, "draw %d picked banned or undrawable token %d", i, t);
+            break;
+        }
+    }
+    float only[4] = { -INFINITY, 3.0f, NAN, 1.0f };
+    int both[3] = { 3, 1, 3 };
+    CHECK(!moe_logits_ban(only, 4, both, 3) && only[1] == 3.0f && only[3] == 1.0f,
+          "a ban that leaves nothing changed the logits: %g %g", only[1], only[3]);
+    int one[1] = { 1 };
+    CHECK(moe_logits_ban(only, 4, one, 1) && only[1] == -INFINITY && only[3] == 1.0f, "ban of 1 of 2: %g %g",
+          only[1], only[3]);
 
     return t_result("test_engine_sampling");
 }

@@ -152,20 +152,39 @@ static struct moe_sched_backend fb_backend(struct fake_backend *f)
     return be;
 }
 
-/* Greedy reference: the tokens a sequence must produce, without any scheduler. */
-static inline int fb_reference(const int *prompt, int n_prompt, int max_tokens, bool ignore_eos, int *out)
+static inline bool fb_in(const int *ids, int n, int tok)
+{
+    for (int i = 0; i < n; i++)
+        if (ids[i] == tok)
+            return true;
+    return false;
+}
+
+/* Greedy reference: the tokens a sequence must produce, without any scheduler, with stop_token_ids
+ * stops[0..n_stops) and min_tokens: while fewer than min_tokens were generated, EOS (0, ignore_eos or
+ * not) and the stop ids cannot come, and a banned next token gives way to the next best (the other
+ * logits tie at 0: the lowest id not banned); then EOS (unless ignore_eos) or a stop id ends it. */
+static inline int fb_reference_stops(const int *prompt, int n_prompt, int max_tokens, bool ignore_eos,
+                                     int min_tokens, const int *stops, int n_stops, int *out)
 {
     int t[FB_CTX];
     memcpy(t, prompt, sizeof(int) * (size_t)n_prompt);
     int n = n_prompt, g = 0;
     while (g < max_tokens) {
         int nx = fb_next(t, n);
-        if (!ignore_eos && nx == 0)
+        for (int v = 1; g < min_tokens && (nx == 0 || fb_in(stops, n_stops, nx)); v++)
+            nx = v; /* 0 is EOS, banned: the lowest id that is not */
+        if ((!ignore_eos && nx == 0) || fb_in(stops, n_stops, nx))
             break;
         out[g++] = nx;
         t[n++] = nx;
     }
     return g;
+}
+
+static inline int fb_reference(const int *prompt, int n_prompt, int max_tokens, bool ignore_eos, int *out)
+{
+    return fb_reference_stops(prompt, n_prompt, max_tokens, ignore_eos, 0, NULL, 0, out);
 }
 
 #endif

@@ -1,15 +1,18 @@
 /* Continuous batching over a fake engine: every sequence's greedy tokens are
- * the same whatever batch, micro-batch, prefill chunk and grouping it ran in;
+ * the same whatever batch, micro-batch, prefill chunk and grouping it ran in,
+ * with its own stop_token_ids and min_tokens (masked on its row alone);
  * positions and slots handed to the engine are consistent; regrouping lowers
  * the distinct experts per layer-step of clusterable routing. */
 #include "fake_backend.h"
 #include "sched_collect.h"
 #include "../test_util.h"
+#include "engine/json_guide.h"
 
 #define NREQ 24
 
 static int prompts[NREQ][40];
 static int n_prompts[NREQ];
+static int stops[NREQ][2], n_stops[NREQ], min_toks[NREQ]; /* each request's stop_token_ids, min_tokens */
 
 static void make_prompts(void)
 {
@@ -44,7 +47,10 @@ static struct moe_sched_stats run(const struct run_cfg *rc, struct sc_req *out, 
     REQUIRE(s, "create: %s", moe_last_error());
     memset(out, 0, sizeof(*out) * NREQ);
     for (int i = 0; i < NREQ; i++) {
-        struct moe_gen_params g = { .max_tokens = max_tokens, .ignore_eos = (i % 3) != 0 };
+        struct moe_gen_params g = { .max_tokens = max_tokens, .ignore_eos = (i % 3) != 0,
+                                    .n_stop_ids = n_stops[i], .min_tokens = min_toks[i] };
+        for (int k = 0; k < n_stops[i]; k++)
+            g.stop_ids[k] = stops[i][k];
         g.sampling.top_p = 1.0f;
         enum moe_status st = moe_sched_submit(s, prompts[i], n_prompts[i], &g, &sc_events, &out[i], &out[i].id);
         REQUIRE(st == MOE_OK, "submit %d: %s", i, moe_last_error());
@@ -63,15 +69,140 @@ static struct moe_sched_stats run(const struct run_cfg *rc, struct sc_req *out, 
     return st;
 }
 
+/* Submit r[0..n) with g[0..n) to a fresh scheduler over the fake engine (eos_id its EOS) and run them
+ * to the end, all in one micro-batch. */
+static void run_these(struct moe_gen_params *g, const int *const *p, const int *np, int n, int eos_id,
+                      struct sc_req *r)
+{
+    static struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    be.eos_id = eos_id;
+    struct moe_sched_params sp = { .max_running = 8, .max_queued = 8, .micro_batch = 8, .prefill_chunk = 16,
+                                   .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &sp);
+    REQUIRE(s, "create: %s", moe_last_error());
+    memset(r, 0, sizeof(*r) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        g[i].sampling.top_p = 1.0f;
+        REQUIRE(moe_sched_submit(s, p[i], np[i], &g[i], &sc_events, &r[i], &r[i].id) == MOE_OK, "submit %d: %s", i,
+                moe_last_error());
+    }
+    for (int steps = 0; moe_sched_step(s) == MOE_OK && steps < 10000; steps++) {}
+    CHECK(fb.errors == 0 && fb.n_used == 0, "engine protocol: %s, %d slots left", fb.err, fb.n_used);
+    moe_sched_destroy(s);
+}
+
+/* min_tokens against the model's EOS: a prompt whose greedy run ends with EOS within 3 tokens goes on to
+ * min_tokens (the EOS masked, greedy takes the next best), as the reference says; ignore_eos with EOS
+ * among the stop ids still stops there. */
+static void eos_and_min_tokens(void)
+{
+    int p[3], k = -1, plain[64];
+    for (int seed = 0; seed < 4096 && k < 0; seed++) {
+        for (int j = 0; j < 3; j++)
+            p[j] = 1 + (seed * 13 + j * 29 + seed / 7) % (FB_VOCAB - 1);
+        int n = fb_reference(p, 3, 20, false, plain);
+        if (n <= 3)
+            k = n;
+    }
+    REQUIRE(k >= 0, "no prompt ends with EOS within 3 tokens");
+    const int *ps[3] = { p, p, p }, np[3] = { 3, 3, 3 };
+    struct moe_gen_params g[3] = { { .max_tokens = 20 }, { .max_tokens = 20, .min_tokens = 6 },
+                                   { .max_tokens = 20, .ignore_eos = true, .n_stop_ids = 1, .stop_ids = { 0 } } };
+    struct sc_req r[3];
+    run_these(g, ps, np, 3, 0, r);
+    int want[64], n_want = fb_reference_stops(p, 3, 20, false, 6, NULL, 0, want);
+    CHECK(r[0].n_tokens == k && r[0].why == MOE_FINISH_STOP, "plain: %d tokens (%s), want %d (stop)", r[0].n_tokens,
+          moe_finish_str(r[0].why), k);
+    CHECK(n_want >= 6 && r[1].n_tokens == n_want && r[1].n_generated == n_want &&
+              !memcmp(r[1].tokens, want, sizeof(int) * (size_t)n_want) && r[1].st == MOE_OK,
+          "min_tokens 6: %d tokens (%s), want %d", r[1].n_tokens, moe_finish_str(r[1].why), n_want);
+    CHECK(!memcmp(r[1].tokens, plain, sizeof(int) * (size_t)k) && r[1].tokens[k] != 0,
+          "min_tokens 6 changed the tokens before the EOS, or let the EOS through");
+    CHECK(r[2].n_tokens == k && r[2].n_generated == k && r[2].why == MOE_FINISH_STOP,
+          "ignore_eos, EOS as a stop id: %d tokens (%s), want %d (stop)", r[2].n_tokens, moe_finish_str(r[2].why), k);
+}
+
+/* min_tokens under a guide (regex "a+"; EOS is token 5, "a" token 9, so that greedy among tied logits
+ * picks the EOS where the guide lets the output end): no end before min_tokens; and where the guide
+ * allows only the masked tokens (regex "ab?" after "a", with "b" a stop id) the mask gives way and the
+ * request ends as without min_tokens, rather than drawing a token the guide refuses. */
+static void guided_min_tokens(void)
+{
+    const char *toks[FB_VOCAB];
+    char blob[FB_VOCAB * 4];
+    uint32_t off[FB_VOCAB + 1], at = 0;
+    for (int i = 0; i < FB_VOCAB; i++) {
+        toks[i] = i == 5 ? "</s>" : i == 9 ? "a" : i == 10 ? "b" : "z";
+        off[i] = at;
+        memcpy(blob + at, toks[i], strlen(toks[i]));
+        at += (uint32_t)strlen(toks[i]);
+    }
+    off[FB_VOCAB] = at;
+    struct moe_token_bytes tb;
+    REQUIRE(moe_token_bytes_make(blob, off, FB_VOCAB, &tb) == MOE_OK, "%s", moe_last_error());
+    struct moe_json_schema *plus = NULL, *opt = NULL;
+    REQUIRE(moe_json_schema_regex("a+", 2, &plus) == MOE_OK && moe_json_schema_regex("ab?", 3, &opt) == MOE_OK, "%s",
+            moe_last_error());
+    int p[2] = { 3, 4 };
+    const int *ps[3] = { p, p, p }, np[3] = { 2, 2, 2 };
+    struct moe_gen_params g[3] = {
+        { .max_tokens = 10, .json = &tb, .json_schema = plus },
+        { .max_tokens = 10, .json = &tb, .json_schema = plus, .min_tokens = 4 },
+        { .max_tokens = 10, .json = &tb, .json_schema = opt, .min_tokens = 3, .n_stop_ids = 1, .stop_ids = { 10 } },
+    };
+    struct sc_req r[3];
+    run_these(g, ps, np, 3, 5, r);
+    CHECK(r[0].n_tokens == 1 && r[0].tokens[0] == 9 && r[0].why == MOE_FINISH_STOP,
+          "a+ alone: %d tokens (%s), want \"a\" then EOS", r[0].n_tokens, moe_finish_str(r[0].why));
+    bool all_a = r[1].n_tokens >= 4;
+    for (int i = 0; i < r[1].n_tokens && i < SC_MAX_TOK; i++)
+        all_a &= r[1].tokens[i] == 9;
+    CHECK(all_a && r[1].st == MOE_OK, "a+ with min_tokens 4: %d tokens (%s: %s)", r[1].n_tokens,
+          moe_finish_str(r[1].why), r[1].msg);
+    CHECK(r[2].n_tokens == 1 && r[2].tokens[0] == 9 && r[2].why == MOE_FINISH_STOP && r[2].st == MOE_OK,
+          "ab? with b a stop id and min_tokens 3: %d tokens, first %d (%s: %s), want \"a\" then the end",
+          r[2].n_tokens, r[2].tokens[0], moe_finish_str(r[2].why), r[2].msg);
+    moe_json_schema_unref(plus);
+    moe_json_schema_unref(opt);
+    moe_token_bytes_free(&tb);
+}
+
 int main(void)
 {
     make_prompts();
+    eos_and_min_tokens();
+    guided_min_tokens();
     const int T = 20;
     static struct sc_req ref[NREQ], got[NREQ];
-    /* reference: the model alone */
-    int want[NREQ][64], n_want[NREQ];
-    for (int i = 0; i < NREQ; i++)
-        n_want[i] = fb_reference(prompts[i], n_prompts[i], T, (i % 3) != 0, want[i]);
+    /* reference: the model alone; a quarter of the requests stop at the token their plain run has at
+     * step 3, a quarter have min_tokens 8 with their plain step-2 token (and another) as stop ids, so
+     * that the mask turns them elsewhere, and a few have min_tokens T */
+    int want[NREQ][64], n_want[NREQ], plain[NREQ][64], n_plain[NREQ], n_stop_runs = 0, n_min_runs = 0;
+    for (int i = 0; i < NREQ; i++) {
+        n_plain[i] = fb_reference(prompts[i], n_prompts[i], T, (i % 3) != 0, plain[i]);
+        if (i % 4 == 1 && n_plain[i] >= 3) {
+            stops[i][0] = plain[i][2];
+            n_stops[i] = 1;
+        } else if (i % 4 == 2 && n_plain[i] >= 3) {
+            stops[i][0] = plain[i][1];
+            stops[i][1] = (plain[i][1] + 1) % FB_VOCAB;
+            n_stops[i] = 2;
+            min_toks[i] = 8;
+        } else if (i % 4 == 3) {
+            min_toks[i] = T;
+        }
+        n_want[i] = fb_reference_stops(prompts[i], n_prompts[i], T, (i % 3) != 0, min_toks[i], stops[i], n_stops[i],
+                                       want[i]);
+        if (i % 4 == 1 && n_stops[i]) /* it ends at the stop token, at step 3 or before, the token left out */
+            n_stop_runs += n_want[i] <= 2 && n_want[i] < n_plain[i] && plain[i][n_want[i]] == stops[i][0];
+        if (i % 4 == 2 && n_stops[i]) /* the mask turned it at step 2, and it went on past min_tokens' 8 */
+            n_min_runs += want[i][1] != plain[i][1] && n_want[i] >= 8;
+        if (i % 4 == 3)
+            CHECK(n_want[i] == T, "reference %d: %d tokens under min_tokens %d", i, n_want[i], T);
+    }
+    CHECK(n_stop_runs >= 4 && n_min_runs >= 3, "the references exercise too little: %d stop runs, %d min_tokens runs",
+          n_stop_runs, n_min_runs);
 
     const struct run_cfg cfgs[] = {
         { 1, 1, 64 - 1, MOE_GROUP_FCFS, 0, 0 },   /* one sequence at a time, whole prompt at once */

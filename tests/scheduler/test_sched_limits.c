@@ -70,6 +70,27 @@ static void test_bounds(void)
         CHECK(moe_sched_submit(s, prompt_of(3, 0), 3, &g, NULL, NULL, NULL) == MOE_EINVAL,
               "negative temperature accepted");
     }
+    { /* stop_token_ids and min_tokens: bounded, each rejection naming what to fix */
+        static const struct {
+            int n_stop, stop0, min_tokens;
+            enum moe_status want;
+            const char *needle;
+        } bad_stop[] = {
+            { MOE_MAX_STOP_TOKEN_IDS + 1, 1, 0, MOE_EINVAL, "stop_token_ids has 65 ids, at most 64" },
+            { 1, FB_VOCAB, 0, MOE_ERANGE, "stop_token_ids[0] = 64 is outside the vocabulary [0, 64)" },
+            { 0, 0, 6, MOE_EINVAL, "min_tokens = 6 must be in [0, max_tokens = 5]" },
+            { 0, 0, -1, MOE_EINVAL, "min_tokens = -1" },
+        };
+        for (size_t i = 0; i < MOE_ARRAY_LEN(bad_stop); i++) {
+            struct moe_gen_params g = gen(5);
+            g.n_stop_ids = bad_stop[i].n_stop;
+            g.stop_ids[0] = bad_stop[i].stop0;
+            g.min_tokens = bad_stop[i].min_tokens;
+            enum moe_status st = moe_sched_submit(s, prompt_of(3, 0), 3, &g, NULL, NULL, NULL);
+            CHECK(st == bad_stop[i].want && strstr(moe_last_error(), bad_stop[i].needle),
+                  "stop case %zu: status %d, '%s'", i, st, moe_last_error());
+        }
+    }
     /* tokens in flight: 3 x (10 + 20) = 90 accepted, a 4th (30) would make 120 > 100 */
     static struct sc_req ok[3];
     memset(ok, 0, sizeof(ok));
@@ -89,7 +110,7 @@ static void test_bounds(void)
     expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max_queued = 4", "queue full");
     struct moe_sched_stats st;
     moe_sched_stats(s, &st);
-    CHECK(st.rejected == 9 && st.accepted == 4, "rejected %llu accepted %llu", (unsigned long long)st.rejected,
+    CHECK(st.rejected == 13 && st.accepted == 4, "rejected %llu accepted %llu", (unsigned long long)st.rejected,
           (unsigned long long)st.accepted);
     CHECK(st.tokens_in_flight == 100, "tokens in flight %lld", (long long)st.tokens_in_flight);
     while (moe_sched_step(s) == MOE_OK) {

@@ -854,6 +854,7 @@ static void generate_stop_progress(struct cgen *k)
         char *t = srv_gen_text(g, &ev.toks[i], 1, last, &len), *o = NULL;
         size_t n_ahead;
         const char *ahead = srv_gen_pending(g, &n_ahead);
+        k->scan.quiet = k->n_out < g->min_tokens; /* its text ends no stop sequence (min_tokens) */
         m = t ? moe_stop_scan_feed(&k->scan, t, len, ahead, n_ahead, last, &o, &ol) : -1;
         free(t);
         ids[n_ids++] = ev.toks[i];

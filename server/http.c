@@ -919,6 +919,7 @@ static void hreq_progress(struct hreq *r)
             t = NULL; /* out of memory, as below */
         }
         r->n_fed += len;
+        r->scan.quiet = r->n_tokens < g->min_tokens; /* its text ends no stop sequence (min_tokens) */
         m = stop_filter(r, &t, &len, last);
         r->n_tokens++;
         if (t) { /* the log-probabilities of the tokens whose text goes out go with it */

@@ -434,6 +434,38 @@ static enum moe_status parse_stop(json_t *root, struct moe_gen_request *out)
     return MOE_OK;
 }
 
+/* vLLM's stop_token_ids (an array of up to MOE_MAX_STOP_TOKEN_IDS token ids, their bound the vocabulary,
+ * which the server checks) and min_tokens (0.., at most max_tokens when given, named max_key). */
+static enum moe_status parse_stop_ids(json_t *root, const char *max_key, struct moe_gen_request *out)
+{
+    json_t *ids = json_object_get(root, "stop_token_ids");
+    if (ids && !json_is_null(ids)) {
+        if (!json_is_array(ids))
+            return moe_errorf(MOE_EINVAL, "'stop_token_ids' must be an array of token ids");
+        size_t n = json_array_size(ids);
+        if (n > MOE_MAX_STOP_TOKEN_IDS)
+            return moe_errorf(MOE_EINVAL, "'stop_token_ids' has %zu ids, at most %d are accepted", n,
+                              MOE_MAX_STOP_TOKEN_IDS);
+        for (size_t i = 0; i < n; i++) {
+            json_t *v = json_array_get(ids, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+                return moe_errorf(MOE_EINVAL, "'stop_token_ids[%zu]' must be a token id (integer >= 0)", i);
+            out->stop_token_ids[i] = (int32_t)json_integer_value(v);
+        }
+        out->n_stop_token_ids = (int)n;
+    }
+    long long v;
+    bool have;
+    enum moe_status st = json_get_int(root, "min_tokens", 0, INT32_MAX, &v, &have);
+    if (st != MOE_OK || !have)
+        return st;
+    out->min_tokens = (int)v;
+    if ((out->max_tokens > 0 || out->prompt_only) && out->min_tokens > out->max_tokens)
+        return moe_errorf(MOE_EINVAL, "'min_tokens' = %d is more than '%s' = %d: lower min_tokens or raise %s",
+                          out->min_tokens, max_key, out->max_tokens, max_key);
+    return MOE_OK;
+}
+
 /* OpenAI's log-probability fields.  Completions: logprobs = N (0..20), the
  * token's and the N most likely; chat: logprobs true, and top_logprobs N with
  * it.  null or false is off. */
@@ -972,7 +1004,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
         if ((st = json_get_bool(so, "include_usage", &out->include_usage)) != MOE_OK)
             goto out;
     }
-    if ((st = parse_stop(root, out)) != MOE_OK)
+    if ((st = parse_stop(root, out)) != MOE_OK || (st = parse_stop_ids(root, mt_key, out)) != MOE_OK)
         goto out;
     /* vLLM's add_special_tokens: the tokenizer's own around the prompt (a BOS); by default yes for a text
      * prompt, no for one a chat template wrote (it writes its own) */
@@ -1002,6 +1034,10 @@ enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int
         if (r->sampling.logit_bias[i].id >= vocab)
             return moe_errorf(MOE_ERANGE, "'logit_bias' token %d is outside the vocabulary [0, %d)",
                               (int)r->sampling.logit_bias[i].id, vocab);
+    for (int i = 0; i < r->n_stop_token_ids; i++)
+        if (r->stop_token_ids[i] >= vocab)
+            return moe_errorf(MOE_ERANGE, "'stop_token_ids[%d]' = %d is outside the vocabulary [0, %d)", i,
+                              (int)r->stop_token_ids[i], vocab);
     return MOE_OK;
 }
 
@@ -1077,6 +1113,15 @@ static enum moe_status pb_check_text(const ProtobufCMessageDescriptor *d, const 
              : MOE_OK;
 }
 
+/* Token ids ids[0..n) of field: the first negative one refused, named (the vocabulary bounds the others). */
+static enum moe_status pb_ids_check(const int32_t *ids, size_t n, const char *field)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0)
+            return moe_errorf(MOE_EINVAL, "%s[%zu] = %d is negative", field, i, ids[i]);
+    return MOE_OK;
+}
+
 enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out)
 {
     req_init(out);
@@ -1098,13 +1143,10 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
             st = moe_errorf(MOE_ENOMEM, "prompt_ids: out of memory");
             goto out;
         }
-        for (size_t i = 0; i < m->n_prompt_ids; i++) {
-            if (m->prompt_ids[i] < 0) {
-                st = moe_errorf(MOE_EINVAL, "prompt_ids[%zu] = %d is negative", i, m->prompt_ids[i]);
-                goto out;
-            }
+        if ((st = pb_ids_check(m->prompt_ids, m->n_prompt_ids, "prompt_ids")) != MOE_OK)
+            goto out;
+        for (size_t i = 0; i < m->n_prompt_ids; i++)
             out->prompt_ids[i] = m->prompt_ids[i];
-        }
         out->n_prompt_ids = (int)m->n_prompt_ids;
     } else if (m->prompt && m->prompt[0]) {
         if ((st = set_prompt_text(out, m->prompt, strlen(m->prompt), "prompt")) != MOE_OK)
@@ -1173,6 +1215,21 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     }
     out->logprobs = m->logprobs;
     out->top_logprobs = m->top_logprobs;
+    if (m->n_stop_token_ids > MOE_MAX_STOP_TOKEN_IDS) {
+        st = moe_errorf(MOE_EINVAL, "stop_token_ids has %zu ids, at most %d are accepted", m->n_stop_token_ids,
+                        MOE_MAX_STOP_TOKEN_IDS);
+        goto out;
+    }
+    if ((st = pb_ids_check(m->stop_token_ids, m->n_stop_token_ids, "stop_token_ids")) != MOE_OK)
+        goto out;
+    if (m->n_stop_token_ids) /* NULL when none */
+        memcpy(out->stop_token_ids, m->stop_token_ids, m->n_stop_token_ids * sizeof(int32_t));
+    out->n_stop_token_ids = (int)m->n_stop_token_ids;
+    if (m->min_tokens < 0 || (m->max_tokens > 0 && m->min_tokens > m->max_tokens)) {
+        st = moe_errorf(MOE_EINVAL, "min_tokens = %d must be in [0, max_tokens = %d]", m->min_tokens, m->max_tokens);
+        goto out;
+    }
+    out->min_tokens = m->min_tokens;
 out:
     moeflow__v1__generate_request__free_unpacked(m, NULL);
     if (st != MOE_OK)
@@ -2077,12 +2134,12 @@ int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, cons
     size_t len = s->n_held + n;
     if (n_ahead)
         memcpy(s->held + len, ahead, n_ahead); /* looked at, not kept: len stays */
-    /* the earliest completed stop sequence */
-    size_t best = SIZE_MAX;
+    /* the earliest completed stop sequence, ending past the text of the first min_tokens tokens */
+    size_t best = SIZE_MAX, quiet = s->quiet ? len + n_ahead : s->n_quiet;
     for (int i = 0; i < s->n; i++) {
         size_t k = strlen(s->seq[i]);
         for (size_t p = 0; p + k <= len + n_ahead && p < best; p++)
-            if (!memcmp(s->held + p, s->seq[i], k)) {
+            if (p + k > quiet && !memcmp(s->held + p, s->seq[i], k)) {
                 best = p;
                 break;
             }
@@ -2091,6 +2148,7 @@ int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, cons
         *out = dup_bytes(s->held, best);
         *out_len = best;
         s->n_held = 0;
+        s->n_quiet = 0;
         return *out ? 1 : -1;
     }
     /* hold back the longest tail that a stop sequence starts with */
@@ -2111,5 +2169,7 @@ int moe_stop_scan_feed(struct moe_stop_scan *s, const char *text, size_t n, cons
     *out_len = len - keep;
     memmove(s->held, s->held + len - keep, keep);
     s->n_held = keep;
+    quiet = quiet < len ? quiet : len;
+    s->n_quiet = quiet > len - keep ? quiet - (len - keep) : 0;
     return 0;
 }

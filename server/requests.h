@@ -58,6 +58,10 @@ struct moe_gen_request {
     char *stop[MOE_REQ_MAX_STOP]; /* stop sequences (owned, non-empty UTF-8): the output ends
                                      before the first occurrence of any */
     int n_stop;
+    int32_t stop_token_ids[MOE_MAX_STOP_TOKEN_IDS]; /* vLLM's: tokens that end the output as EOS does */
+    int n_stop_token_ids;
+    int min_tokens;             /* vLLM's: no EOS, stop token or stop sequence ends the output before this
+                                   many tokens (<= max_tokens when that is given) */
     bool templated;             /* encode the prompt without the tokenizer post-processor's special
                                    tokens: one the model's chat template wrote (it writes its own),
                                    or add_special_tokens false */
@@ -99,9 +103,9 @@ struct moe_chat;
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out);
 
-/* The token ids a decoded request names (its prompt's, a batch's prompts' as prompt_field[i], logit_bias's)
- * against a vocabulary of vocab tokens, which the decoders do not know: MOE_ERANGE naming the field and the
- * id otherwise. */
+/* The token ids a decoded request names (its prompt's, a batch's prompts' as prompt_field[i], logit_bias's,
+ * stop_token_ids') against a vocabulary of vocab tokens, which the decoders do not know: MOE_ERANGE naming
+ * the field and the id otherwise. */
 enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int vocab, const char *prompt_field);
 /* The name of the first string field of a protobuf message of descriptor d, at any depth, that holds a
  * NUL byte in p[0..n), or NULL (protobuf-c hands strings over NUL-terminated, which a NUL would cut). */
@@ -156,6 +160,11 @@ struct moe_stop_scan {
     int n;
     char *held;                 /* text not yet released */
     size_t n_held, cap;
+    /* min_tokens (vLLM's rule): set by the caller before it feeds text of the first min_tokens tokens (the
+     * final feed keeps the last token's setting): no stop sequence ends in that text, though one may begin
+     * in it and end in later text. */
+    bool quiet;
+    size_t n_quiet;             /* the first bytes of held that are such text */
 };
 /* Copies seq[0..n) (n <= MOE_REQ_MAX_STOP); MOE_ENOMEM leaves s empty. */
 enum moe_status moe_stop_scan_init(struct moe_stop_scan *s, char *const *seq, int n);

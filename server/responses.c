@@ -33,8 +33,9 @@ struct moe_responses {
 static const char *const passed[] = { "model", "temperature", "top_p", "top_k", "min_p", "seed",
                                       "presence_penalty", "frequency_penalty", "repetition_penalty", "stop",
                                       "logit_bias", "user", "parallel_tool_calls", "stream", "ignore_eos",
-                                      "priority", "chat_template_kwargs", "structured_outputs", "guided_json",
-                                      "guided_choice", "guided_regex", "guided_grammar", "grammar" };
+                                      "stop_token_ids", "min_tokens", "priority", "chat_template_kwargs",
+                                      "structured_outputs", "guided_json", "guided_choice", "guided_regex",
+                                      "guided_grammar", "grammar" };
 
 void moe_responses_free(struct moe_responses *r)
 {

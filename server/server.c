@@ -442,6 +442,15 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
             goto out;
         }
     }
+    if (r->min_tokens > max_tokens) { /* vLLM's min_tokens: at most max_tokens, given or not */
+        const char *which = r->max_tokens > 0 || r->prompt_only ? "the request's"
+                            : r->chat && s->chat_fills          ? "as much as the context leaves the reply"
+                                                                : "this server's default";
+        st = moe_errorf(MOE_EINVAL, "min_tokens = %d is more than max_tokens = %d (%s): lower min_tokens or raise "
+                        "max_tokens", r->min_tokens, max_tokens, which);
+        of_prompt = false;
+        goto out;
+    }
     if (max_tokens > s->cfg.max_output) {
         st = moe_errorf(MOE_ERANGE, "max_tokens = %d exceeds this server's limit %d (max-output)",
                         max_tokens, s->cfg.max_output);
@@ -490,6 +499,7 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
     g->refs = 2; /* scheduler + front end */
     g->n_prompt = (int)n_ids;
     g->max_tokens = max_tokens;
+    g->min_tokens = r->min_tokens;
     g->ignore_eos = r->ignore_eos;
     g->t_submit = moe_now();
     atomic_fetch_add(&s->live_gens, 1);
@@ -499,6 +509,8 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
         .priority = r->priority,
         .deadline = deadline,
         .ignore_eos = r->ignore_eos,
+        .n_stop_ids = r->n_stop_token_ids,
+        .min_tokens = r->min_tokens,
         .logprobs = r->logprobs,
         .top_logprobs = r->top_logprobs,
         .prompt_logprobs = r->echo && (r->logprobs || r->prompt_only), /* the scheduler's prompt-only mode */
@@ -510,6 +522,7 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
         .json_after_think = r->json_after_think,
         .think_opened = r->think_opened,
     };
+    memcpy(gp.stop_ids, r->stop_token_ids, sizeof(gp.stop_ids));
     if (!r->has_seed) /* as OpenAI: without a seed, every request draws anew */
         gp.sampling.seed = srv_random64();
     g->want_lp = r->logprobs;

@@ -42,6 +42,7 @@ struct srv_gen {
     uint64_t id;                   /* scheduler id */
     int n_prompt;                  /* prompt tokens */
     int max_tokens;                /* admitted max_tokens */
+    int min_tokens;                /* vLLM's: stop sequences end nothing in the first min_tokens tokens' text */
     bool ignore_eos;
     /* guarded by inbox->mu */
     void *owner;                   /* front-end context; NULL once the front end let go */

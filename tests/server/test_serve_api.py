@@ -419,6 +419,34 @@ def main():
                                                                                      bias=-100)]),
                                           timeout=60) for t in x.token_ids]
         check(len(banned) == 1 and banned[0] != greedy[0], "logit_bias -100 on the greedy token: %s" % banned)
+        # vLLM's stop_token_ids end the call as EOS does (stop, the token not sent); min_tokens masks them until
+        # then (the greedy first token as a stop id: another comes first) and lets no stop sequence end in its
+        # tokens' text, as over HTTP; bad values are INVALID_ARGUMENT naming the field
+        at = greedy.index(greedy[2])
+        msgs = list(gen.Generate(m.GenerateRequest(prompt_ids=ids, max_tokens=8, stop_token_ids=[greedy[2]]),
+                                 timeout=60))
+        check([t for x in msgs for t in x.token_ids] == greedy[:at] and msgs[-1].finish_reason == "stop" and
+              msgs[-1].completion_tokens == at, "Generate stop_token_ids [%d]: %s" % (greedy[2], msgs[-1:]))
+        held = [t for x in gen.Generate(m.GenerateRequest(prompt_ids=ids, max_tokens=3, min_tokens=3,
+                                                           stop_token_ids=[greedy[0]]), timeout=60)
+                for t in x.token_ids]
+        check(len(held) == 3 and held[0] != greedy[0], "Generate min_tokens 3, stop id %d: %s" % (greedy[0], held))
+        body = {"prompt": "def add(a, b):", "max_tokens": 30, "temperature": 0, "ignore_eos": True, "stop": ["\n"],
+                "min_tokens": 4}
+        code, out = srv.http("/v1/completions", json.dumps(body).encode())
+        msgs = list(gen.Generate(m.GenerateRequest(**body), timeout=60))
+        text = json.loads(out)["choices"][0]["text"] if code == 200 else None
+        check(text and "".join(x.text for x in msgs) == text and msgs[-1].finish_reason == "stop",
+              "Generate stop and min_tokens: %r, HTTP %r" % ("".join(x.text for x in msgs), text))
+        for req, says in ((m.GenerateRequest(prompt="x", max_tokens=2, min_tokens=3), "min_tokens = 3"),
+                          (m.GenerateRequest(prompt="x", min_tokens=17), "max_tokens = 16"),
+                          (m.GenerateRequest(prompt="x", stop_token_ids=[8192]), "stop_token_ids[0]' = 8192")):
+            try:
+                list(gen.Generate(req, timeout=10))
+                check(False, "Generate accepted %s" % req)
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and says in e.details(),
+                      "Generate %s: %s %s" % (says, e.code(), e.details()))
         # JSON mode over gRPC: '{' and '}' favoured make "{}" at once, and the call stops there
         msgs = list(gen.Generate(m.GenerateRequest(prompt="x", max_tokens=20, json_object=True,
                                                    logit_bias=[m.LogitBias(token_id=91, bias=100),

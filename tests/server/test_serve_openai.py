@@ -8,7 +8,7 @@ whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
 produce (best_of, an unsupported response_format); log-probabilities and echo; developer messages;
-ids unique to the server's start; n choices; batches of prompts; /tokenize and /detokenize; JSON mode and JSON schemas; tool calls (tool_choice); the default max_tokens of completions (16) and chat (the
+ids unique to the server's start; n choices; batches of prompts; vLLM's stop_token_ids and min_tokens; /tokenize and /detokenize; JSON mode and JSON schemas; tool calls (tool_choice); the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
 import os
@@ -20,7 +20,8 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, Checks, free_port, metric, rejections, run_server_test, scaled  # noqa: E402
+from serve_util import (Server, Checks, free_port, metric, read_reference_greedy, rejections,  # noqa: E402
+                        run_server_test, scaled)
 
 NAME = "acme/pycode-moe-18m"
 
@@ -890,6 +891,108 @@ def check_stop_logprobs(srv):
               "chat streamed, stop %r: text %r, log-probabilities %r (whole: %r)" % (extra["stop"], sent, lps, wl))
 
 
+def check_stop_token_ids(srv, src):
+    """vLLM's stop_token_ids and min_tokens.  A stop token ends the reply as EOS does (finish_reason stop, its
+    text left out and not counted), ignore_eos or not; min_tokens masks EOS and the stop tokens until that many
+    tokens are generated (greedy takes the next best, log-probabilities stay the model's) and no stop
+    sequence ends in those tokens' text; bad values are 400s naming the field."""
+    ids, greedy = read_reference_greedy(src)  # the bundled model's greedy tokens after ids
+    k = greedy.index(greedy[2])  # where the token greedy gives at step 3 first comes
+    base = {"model": NAME, "prompt": ids, "temperature": 0, "max_tokens": 8}
+    code, js = post(srv, "/v1/completions", dict(base, max_tokens=k))
+    before = js["choices"][0]["text"] if code == 200 else None  # the text of the tokens before it
+    for extra in ({"stop_token_ids": [greedy[2]]}, {"stop_token_ids": [7000, greedy[2]], "ignore_eos": True}):
+        code, js = post(srv, "/v1/completions", dict(base, **extra))
+        ch = (js.get("choices") or [{}])[0]
+        check(code == 200 and ch.get("text") == before and ch.get("finish_reason") == "stop" and
+              js["usage"]["completion_tokens"] == k, "stop_token_ids %r: %d %r (want %r, %d tokens)" % (
+                  extra, code, js, before, k))
+        _, chunks, done = sse(srv, "/v1/completions", dict(base, stream=True, **extra))
+        check(done and "".join(x["text"] for c in chunks for x in c["choices"]) == before and
+              chunks[-1]["choices"][0]["finish_reason"] == "stop" and usage_sum(chunks)["completion_tokens"] == k,
+              "stop_token_ids %r streamed: %r" % (extra, chunks[-2:]))
+    # chat: the token its greedy reply has at step 3 (the id its text tokenizes to)
+    chat = {"model": NAME, "messages": [{"role": "user", "content": "def add(a, b):"}], "max_tokens": 8,
+            "temperature": 0, "logprobs": True}
+    code, js = post(srv, "/v1/chat/completions", chat)
+    pieces = [bytes(e["bytes"]).decode() for e in js["choices"][0]["logprobs"]["content"]] if code == 200 else []
+    tid = post(srv, "/tokenize", {"prompt": pieces[2] if len(pieces) > 2 else "", "add_special_tokens": False})[1]
+    check(code == 200 and len(pieces) > 2 and len(tid.get("tokens", [])) == 1, "chat greedy: %r, %r" % (pieces, tid))
+    if len(tid.get("tokens", [])) == 1:
+        k = pieces.index(pieces[2])
+        code, js = post(srv, "/v1/chat/completions", dict(chat, stop_token_ids=tid["tokens"]))
+        ch = (js.get("choices") or [{}])[0]
+        check(code == 200 and ch["message"]["content"] == "".join(pieces[:k]) and ch["finish_reason"] == "stop" and
+              js["usage"]["completion_tokens"] == k, "chat stop_token_ids %r: %d %r" % (tid["tokens"], code, js))
+        # min_tokens masks a stop token: the first token is not the greedy one, and the reply goes on
+        first = post(srv, "/tokenize", {"prompt": pieces[0], "add_special_tokens": False})[1].get("tokens")
+        code, js = post(srv, "/v1/chat/completions", dict(chat, stop_token_ids=first, min_tokens=2))
+        got = [bytes(e["bytes"]).decode() for e in ((js.get("choices") or [{}])[0].get("logprobs") or {}).get(
+            "content", [])]
+        check(code == 200 and len(got) >= 2 and got[0] != pieces[0], "chat min_tokens 2, stop_token_ids %r: %d %r" % (
+            first, code, js))
+    # the model's greedy first token here is EOS (id 0): min_tokens goes on past it, to the next best token, and
+    # the log-probabilities are those of the model, EOS still the most likely
+    eos_first = {"model": NAME, "prompt": "if __name__ == \"__main__\":\n    main()\n", "max_tokens": 6,
+                 "temperature": 0, "logprobs": 2}
+    code, js = post(srv, "/v1/completions", eos_first)
+    check(code == 200 and js["usage"]["completion_tokens"] == 0 and js["choices"][0]["finish_reason"] == "stop",
+          "EOS first: %d %r" % (code, js))
+    for stream in (False, True):
+        if stream:
+            _, chunks, done = sse(srv, "/v1/completions", dict(eos_first, min_tokens=3, stream=True))
+            code, n, lps = 200 if done else 0, usage_sum(chunks).get("completion_tokens", 0), [
+                x.get("logprobs") or {} for c in chunks for x in c["choices"]]
+        else:
+            code, js = post(srv, "/v1/completions", dict(eos_first, min_tokens=3))
+            n, lps = js.get("usage", {}).get("completion_tokens", 0), [
+                x.get("logprobs") or {} for x in js.get("choices") or []]
+        top = [t for lp in lps for t in lp.get("top_logprobs") or []]
+        chosen = [v for lp in lps for v in lp.get("token_logprobs") or []]
+        alt = sorted(top[0].items(), key=lambda kv: -kv[1]) if top else []
+        check(code == 200 and n >= 3 and len(alt) == 2 and alt[0][0] == "<|endoftext|>" and chosen[:1] == [alt[1][1]],
+              "min_tokens 3 past EOS (stream %s): %d, %d tokens, first alternatives %r, chosen %r" % (
+                  stream, code, n, alt, chosen[:1]))
+    # min_tokens and stop sequences (vLLM's rule): one that ends in the text of the first min_tokens tokens
+    # does not count, the first that ends after does, even when it began in that text
+    body = {"model": NAME, "prompt": "def add(a, b):", "max_tokens": 30, "temperature": 0, "logprobs": 0,
+            "ignore_eos": True}
+    code, js = post(srv, "/v1/completions", body)
+    toks = js["choices"][0]["logprobs"]["tokens"] if code == 200 else []
+    full, quiet = "".join(toks), len("".join(toks[:4]))
+    at = full.find("\n", quiet)
+    check(code == 200 and 0 <= full.find("\n") < quiet and at >= 0,
+          "no line break before and after 4 tokens: %r" % toks)
+    for stream in (False, True):
+        if stream:
+            _, chunks, done = sse(srv, "/v1/completions", dict(body, stop="\n", min_tokens=4, stream=True))
+            text, why = "".join(x["text"] for c in chunks for x in c["choices"]), chunks[-1]["choices"][0][
+                "finish_reason"] if done else None
+        else:
+            code, js = post(srv, "/v1/completions", dict(body, stop="\n", min_tokens=4))
+            text, why = (js["choices"][0]["text"], js["choices"][0]["finish_reason"]) if code == 200 else (None, None)
+        check(text == full[:at] and why == "stop", "stop \\n, min_tokens 4 (stream %s): %r, want %r" % (
+            stream, text, full[:at]))
+    # bad values: 400s that name the field (and both counts)
+    for path, extra, says in (
+            ("/v1/completions", {"stop_token_ids": [8192]}, "'stop_token_ids[0]' = 8192 is outside the vocabulary"),
+            ("/v1/completions", {"stop_token_ids": [1, -1]}, "'stop_token_ids[1]'"),
+            ("/v1/completions", {"stop_token_ids": 5}, "'stop_token_ids'"),
+            ("/v1/completions", {"stop_token_ids": list(range(65))}, "at most 64"),
+            ("/v1/completions", {"min_tokens": -1}, "'min_tokens'"),
+            ("/v1/completions", {"min_tokens": 10, "max_tokens": 5}, "'min_tokens' = 10 is more than 'max_tokens' = 5"),
+            ("/v1/completions", {"min_tokens": 17}, "min_tokens = 17 is more than max_tokens = 16"),
+            ("/v1/chat/completions", {"min_tokens": 3, "max_completion_tokens": 2},
+             "'min_tokens' = 3 is more than 'max_completion_tokens' = 2"),
+            ("/v1/chat/completions", {"stop_token_ids": [9000]}, "'stop_token_ids[0]' = 9000"),
+            ("/v1/responses", {"min_tokens": 3, "max_output_tokens": 2}, "'max_output_tokens' = 2"),
+            ("/v1/responses", {"stop_token_ids": [9000]}, "'stop_token_ids[0]' = 9000")):
+        req = {"prompt": "x"} if path == "/v1/completions" else {"input": "x"} if path == "/v1/responses" else {
+            "messages": [{"role": "user", "content": "x"}]}
+        code, js = post(srv, path, dict(req, **extra))
+        check(error_ok(code, js, 400, says), "%s %r: %d %r" % (path, extra, code, js))
+
+
 def check_errors(srv):
     """Errors name what to fix, in the endpoint's own terms, and always come as the JSON error object:
     a message that quotes bytes that are not UTF-8 (a percent-decoded path) has them as U+FFFD, text
@@ -1276,7 +1379,8 @@ def main():
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
                            check_n, lambda s: check_batch(s, moeflow), check_tokenize, lambda s: check_json(s, moeflow),
                            lambda s: check_json_schema(s, moeflow), check_structured, check_tools, check_logprobs,
-                           check_stop_logprobs, check_errors, lambda s: check_responses_store(moeflow),
+                           check_stop_logprobs, lambda s: check_stop_token_ids(s, sys.argv[2]), check_errors,
+                           lambda s: check_responses_store(moeflow),
                            lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors, check_responses)
 

@@ -447,6 +447,115 @@ static void test_generate_proto(void)
     free(b);
 }
 
+/* vLLM's stop_token_ids and min_tokens, JSON and GenerateRequest: kept, bad ones named (an index, the bound,
+ * both token counts), ids checked against the vocabulary; the stop scanner lets no stop sequence end in
+ * the text of the first min_tokens tokens, though one may begin there and end later */
+static void test_stop_token_ids(void)
+{
+    struct moe_gen_request r;
+    REQUIRE(oai("{\"prompt\":\"x\",\"stop_token_ids\":[7,0,7],\"min_tokens\":3,\"max_tokens\":5}", false, &r) ==
+                MOE_OK, "%s", moe_last_error());
+    CHECK(r.n_stop_token_ids == 3 && r.stop_token_ids[0] == 7 && r.stop_token_ids[1] == 0 && r.min_tokens == 3,
+          "stop_token_ids %d, min_tokens %d", r.n_stop_token_ids, r.min_tokens);
+    CHECK(moe_gen_request_check_vocab(&r, 8, "prompt") == MOE_OK, "within the vocabulary: %s", moe_last_error());
+    CHECK(moe_gen_request_check_vocab(&r, 7, "prompt") == MOE_ERANGE &&
+              !strcmp(moe_last_error(), "'stop_token_ids[0]' = 7 is outside the vocabulary [0, 7)"),
+          "a stop id outside: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":\"x\",\"stop_token_ids\":null,\"min_tokens\":null}", false, &r) == MOE_OK &&
+                r.n_stop_token_ids == 0 && r.min_tokens == 0,
+            "null: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":\"x\",\"min_tokens\":40}", false, &r) == MOE_OK && r.min_tokens == 40,
+            "min_tokens without max_tokens (the server checks it against its default): %s", moe_last_error());
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stop_token_ids\":[2],\"min_tokens\":4,"
+                "\"max_completion_tokens\":4}", true, &r) == MOE_OK && r.min_tokens == 4 && r.n_stop_token_ids == 1,
+            "chat: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    expect_bad("{\"prompt\":\"x\",\"stop_token_ids\":5}", false, "'stop_token_ids' must be an array");
+    expect_bad("{\"prompt\":\"x\",\"stop_token_ids\":[1,-1]}", false, "'stop_token_ids[1]'");
+    expect_bad("{\"prompt\":\"x\",\"stop_token_ids\":[1.5]}", false, "'stop_token_ids[0]'");
+    expect_bad("{\"prompt\":\"x\",\"stop_token_ids\":[\"3\"]}", false, "'stop_token_ids[0]'");
+    expect_bad("{\"prompt\":\"x\",\"min_tokens\":-1}", false, "'min_tokens'");
+    expect_bad("{\"prompt\":\"x\",\"min_tokens\":1.5}", false, "'min_tokens'");
+    expect_bad("{\"prompt\":\"x\",\"min_tokens\":6,\"max_tokens\":5}", false,
+               "'min_tokens' = 6 is more than 'max_tokens' = 5");
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"min_tokens\":3,\"max_completion_tokens\":2}",
+               true, "'min_tokens' = 3 is more than 'max_completion_tokens' = 2");
+    expect_bad("{\"prompt\":\"x\",\"echo\":true,\"max_tokens\":0,\"min_tokens\":1}", false, "'max_tokens' = 0");
+    char big[1024] = "{\"prompt\":\"x\",\"stop_token_ids\":[";
+    for (int i = 0; i <= MOE_MAX_STOP_TOKEN_IDS; i++)
+        snprintf(big + strlen(big), sizeof(big) - strlen(big), "%s%d", i ? "," : "", i);
+    strcat(big, "]}");
+    expect_bad(big, false, "'stop_token_ids' has 65 ids, at most 64");
+
+    Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;
+    int32_t ids[MOE_MAX_STOP_TOKEN_IDS + 1] = { 9, 4 };
+    m.prompt = "hello";
+    m.max_tokens = 6;
+    m.min_tokens = 6;
+    m.n_stop_token_ids = 2;
+    m.stop_token_ids = ids;
+    uint8_t *b;
+    size_t n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK, "proto: %s", moe_last_error());
+    CHECK(r.n_stop_token_ids == 2 && r.stop_token_ids[1] == 4 && r.min_tokens == 6, "proto fields");
+    moe_gen_request_free(&r);
+    free(b);
+    struct { int n_ids, id1, min, max; const char *field; } bad[] = {
+        { MOE_MAX_STOP_TOKEN_IDS + 1, 4, 0, 6, "stop_token_ids has 65 ids" }, { 2, -4, 0, 6, "stop_token_ids[1] = -4" },
+        { 2, 4, 7, 6, "min_tokens = 7 must be in [0, max_tokens = 6]" }, { 2, 4, -1, 0, "min_tokens = -1" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
+        m.n_stop_token_ids = (size_t)bad[i].n_ids;
+        ids[1] = bad[i].id1;
+        m.min_tokens = bad[i].min;
+        m.max_tokens = bad[i].max;
+        n = pack_generate(&m, &b);
+        CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), bad[i].field),
+              "proto bad[%zu]: %s", i, moe_last_error());
+        free(b);
+    }
+
+    char *seq[2] = { "END", "b" }, *o = NULL;
+    struct moe_stop_scan sc;
+    REQUIRE(moe_stop_scan_init(&sc, seq, 1) == MOE_OK, "scan init");
+    sc.quiet = true; /* the first min_tokens tokens' text: a whole stop sequence in it passes */
+    CHECK(moe_stop_scan_feed(&sc, "aEND", 4, NULL, 0, false, &o, &n) == 0 && !strcmp(o, "aEND"), "quiet END: %s", o);
+    free(o);
+    CHECK(moe_stop_scan_feed(&sc, "", 0, "END", 3, false, &o, &n) == 0 && n == 0, "quiet END ahead");
+    free(o);
+    CHECK(moe_stop_scan_feed(&sc, "xEN", 3, NULL, 0, false, &o, &n) == 0 && !strcmp(o, "x"), "EN held: %s", o);
+    free(o);
+    sc.quiet = false; /* past min_tokens: one that began in that text and ends now counts */
+    CHECK(moe_stop_scan_feed(&sc, "D!", 2, NULL, 0, false, &o, &n) == 1 && n == 0, "END across min_tokens");
+    free(o);
+    moe_stop_scan_free(&sc);
+    moe_stop_scan_init(&sc, seq, 2);
+    sc.quiet = true; /* "b" whole in the quiet text passes, "E" held as the beginning of "END" */
+    CHECK(moe_stop_scan_feed(&sc, "abE", 3, NULL, 0, false, &o, &n) == 0 && !strcmp(o, "ab"), "quiet b: %s", o);
+    free(o);
+    sc.quiet = false;
+    CHECK(moe_stop_scan_feed(&sc, "Nb", 2, NULL, 0, false, &o, &n) == 1 && !strcmp(o, "EN"), "b after: %s", o);
+    free(o);
+    moe_stop_scan_free(&sc);
+    char *nested[2] = { "abc", "b" };
+    moe_stop_scan_init(&sc, nested, 2);
+    sc.quiet = true; /* "b" whole inside the held beginning of "abc": it does not count later either */
+    CHECK(moe_stop_scan_feed(&sc, "ab", 2, NULL, 0, false, &o, &n) == 0 && n == 0, "ab held");
+    free(o);
+    sc.quiet = false;
+    CHECK(moe_stop_scan_feed(&sc, "x", 1, NULL, 0, false, &o, &n) == 0 && !strcmp(o, "abx"), "abx: %s", o);
+    free(o);
+    sc.quiet = true; /* the final feed keeps the last token's setting */
+    CHECK(moe_stop_scan_feed(&sc, "yab", 3, NULL, 0, false, &o, &n) == 0 && !strcmp(o, "y"), "yab: %s", o);
+    free(o);
+    CHECK(moe_stop_scan_feed(&sc, "c", 1, NULL, 0, true, &o, &n) == 0 && !strcmp(o, "abc"), "abc at the end: %s", o);
+    free(o);
+    moe_stop_scan_free(&sc);
+}
+
 /* penalties, min_p and logit_bias: JSON values kept, bad ones named; the proto's fields likewise
  * (0 = off there), and its logit_bias entries read as OpenAI's map */
 static void test_penalties(void)
@@ -1153,6 +1262,7 @@ int main(void)
     test_stop();
     test_generate_proto();
     test_penalties();
+    test_stop_token_ids();
     test_response_format();
     test_tool_choice();
     test_tool_blocks();

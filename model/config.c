@@ -46,29 +46,31 @@ static const struct family {
     int max_pos;          /* max_position_embeddings */
     double rope_theta, rms_eps;
     bool tie_embeddings;  /* tie_word_embeddings */
+    int n_kv_heads;       /* num_key_value_heads; 0: num_attention_heads (MLA: every head its own) */
 } families[] = {
     { "mixtral", "MixtralForCausalLM", MOE_FAM_MIXTRAL, MOE_ROUTER_TOPK_SOFTMAX, MOE_QK_NORM_NONE, 4096 * 32, 1e6,
-      1e-5, false },
+      1e-5, false, 8 },
     { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_NONE, 32768, 1e4,
-      1e-6, false },
+      1e-6, false, 16 },
     { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_HEAD, 32768, 1e4,
-      1e-6, false },
-    { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_FULL, 4096, 1e4, 1e-5, false },
+      1e-6, false, 4 },
+    { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_FULL, 4096, 1e4, 1e-5, false,
+      0 },
     { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096,
-      1e4, 1e-6, false },
+      1e4, 1e-6, false, 0 },
     /* Kimi K2: DeepSeek-V3's architecture and config class under its own model_type */
     { "kimi_k2", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096, 1e4,
-      1e-6, false },
+      1e-6, false, 0 },
     { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2, MOE_ROUTER_SOFTMAX_GROUP, MOE_QK_NORM_NONE, 2048,
-      1e4, 1e-6, false },
+      1e4, 1e-6, false, 0 },
     { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096 * 32, 1e4,
-      1e-5, false },
+      1e-5, false, 8 },
     { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_FULL, 196608,
-      5e6, 1e-6, false },
+      5e6, 1e-6, false, 8 },
     { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_HEAD /* Qwen3's attention */,
-      2048, 1e4, 1e-6, false },
+      2048, 1e4, 1e-6, false, 32 },
     { "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", MOE_FAM_ERNIE4_5_MOE, MOE_ROUTER_SOFTMAX_BIAS, MOE_QK_NORM_NONE,
-      4096 * 32, 5e5, 1e-5, true },
+      4096 * 32, 5e5, 1e-5, true, 4 },
 };
 
 
@@ -747,7 +749,10 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if ((st = get_int(what, root, "num_hidden_layers", true, 1, MOE_MAX_LAYERS, 0, &c.n_layers)) ||
         (st = get_int(what, root, "hidden_size", true, 1, CFG_MAX_SIZE, 0, &c.hidden)) ||
         (st = get_int(what, root, "num_attention_heads", true, 1, 4096, 0, &c.n_heads)) ||
-        (st = get_int(what, root, "num_key_value_heads", false, 1, 4096, c.n_heads, &c.n_kv_heads)) ||
+        /* absent: the family's default; null: num_attention_heads, as the config classes read None */
+        (st = get_int(what, root, "num_key_value_heads", false, 1, 4096,
+                      fam->n_kv_heads && !json_object_get(root, "num_key_value_heads") ? fam->n_kv_heads : c.n_heads,
+                      &c.n_kv_heads)) ||
         (st = get_int(what, root, "vocab_size", true, 1, CFG_MAX_SIZE, 0, &c.vocab)) ||
         (st = get_int(what, root, "max_position_embeddings", false, 1, INT_MAX, fam->max_pos, &c.max_pos)))
         goto out;

@@ -705,6 +705,36 @@ static void test_eos_ids(void)
     rmdir(dir);
 }
 
+/* num_key_value_heads left out: the default of the family's transformers config class (Mixtral 8,
+ * Qwen2-MoE 16, Qwen3-MoE 4, GLM-4.5 8, MiniMax-M2 8, dots1 32, ERNIE 4; OLMoE and DeepSeek's
+ * attention every head); null: every head. */
+static void test_kv_heads_default(void)
+{
+    static const struct { const char *dir; int want; } cases[] = {
+        { "tests/fixtures/hf-tiny/mixtral", 8 },       { "tests/fixtures/hf-tiny/qwen2_moe", 16 },
+        { "tests/fixtures/hf-tiny/qwen3_moe", 4 },     { "tests/fixtures/hf-tiny/olmoe", 32 },
+        { "tests/fixtures/hf-tiny/deepseek_v3", 32 },  { "tests/fixtures/deepseek-v3-variants/v2_lite", 32 },
+        { "tests/fixtures/glm4-moe/air", 8 },          { "tests/fixtures/minimax-m2/m2", 8 },
+        { "tests/fixtures/dots1/llm1", 32 },           { "tests/fixtures/ernie4_5-moe/a3b", 4 },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(cases); i++) {
+        char rel[256];
+        struct moe_config c;
+        snprintf(rel, sizeof(rel), "%s/config.json", cases[i].dir);
+        json_t *j = load_json(rel);
+        json_object_set_new(j, "num_attention_heads", json_integer(32));
+        json_object_set_new(j, "head_dim", json_integer(24)); /* whatever hidden_size is */
+        json_object_del(j, "num_key_value_heads");
+        enum moe_status st = parse_obj(j, &c);
+        CHECK(st == MOE_OK && c.n_kv_heads == cases[i].want, "%s without num_key_value_heads: %s, %d kv heads "
+              "(want %d)", cases[i].dir, moe_last_error(), st ? -1 : c.n_kv_heads, cases[i].want);
+        json_object_set_new(j, "num_key_value_heads", json_null());
+        st = parse_obj(j, &c);
+        CHECK(st == MOE_OK && c.n_kv_heads == 32, "%s num_key_value_heads null: %s", cases[i].dir, moe_last_error());
+        json_decref(j);
+    }
+}
+
 int main(void)
 {
     test_fixtures();
@@ -717,5 +747,6 @@ int main(void)
     test_ernie();
     test_yarn();
     test_eos_ids();
+    test_kv_heads_default();
     return t_result("test_config");
 }

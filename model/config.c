@@ -47,30 +47,31 @@ static const struct family {
     double rope_theta, rms_eps;
     bool tie_embeddings;  /* tie_word_embeddings */
     int n_kv_heads;       /* num_key_value_heads; 0: num_attention_heads (MLA: every head its own) */
+    int bos, eos;         /* bos_token_id, eos_token_id; -1: none */
 } families[] = {
     { "mixtral", "MixtralForCausalLM", MOE_FAM_MIXTRAL, MOE_ROUTER_TOPK_SOFTMAX, MOE_QK_NORM_NONE, 4096 * 32, 1e6,
-      1e-5, false, 8 },
+      1e-5, false, 8, 1, 2 },
     { "qwen2_moe", "Qwen2MoeForCausalLM", MOE_FAM_QWEN2_MOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_NONE, 32768, 1e4,
-      1e-6, false, 16 },
+      1e-6, false, 16, -1, -1 },
     { "qwen3_moe", "Qwen3MoeForCausalLM", MOE_FAM_QWEN3_MOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_HEAD, 32768, 1e4,
-      1e-6, false, 4 },
+      1e-6, false, 4, -1, -1 },
     { "olmoe", "OlmoeForCausalLM", MOE_FAM_OLMOE, MOE_ROUTER_SOFTMAX_TOPK, MOE_QK_NORM_FULL, 4096, 1e4, 1e-5, false,
-      0 },
+      0, -1, 50279 },
     { "deepseek_v3", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096,
-      1e4, 1e-6, false, 0 },
+      1e4, 1e-6, false, 0, 0, 1 },
     /* Kimi K2: DeepSeek-V3's architecture and config class under its own model_type */
     { "kimi_k2", "DeepseekV3ForCausalLM", MOE_FAM_DEEPSEEK_V3, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096, 1e4,
-      1e-6, false, 0 },
+      1e-6, false, 0, 0, 1 },
     { "deepseek_v2", "DeepseekV2ForCausalLM", MOE_FAM_DEEPSEEK_V2, MOE_ROUTER_SOFTMAX_GROUP, MOE_QK_NORM_NONE, 2048,
-      1e4, 1e-6, false, 0 },
+      1e4, 1e-6, false, 0, 1, 2 },
     { "glm4_moe", "Glm4MoeForCausalLM", MOE_FAM_GLM4_MOE, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_NONE, 4096 * 32, 1e4,
-      1e-5, false, 8 },
+      1e-5, false, 8, -1, -1 },
     { "minimax_m2", "MiniMaxM2ForCausalLM", MOE_FAM_MINIMAX_M2, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_FULL, 196608,
-      5e6, 1e-6, false, 8 },
+      5e6, 1e-6, false, 8, 200034, 200020 },
     { "dots1", "Dots1ForCausalLM", MOE_FAM_DOTS1, MOE_ROUTER_SIGMOID_GROUP, MOE_QK_NORM_HEAD /* Qwen3's attention */,
-      2048, 1e4, 1e-6, false, 32 },
+      2048, 1e4, 1e-6, false, 32, -1, -1 },
     { "ernie4_5_moe", "Ernie4_5_MoeForCausalLM", MOE_FAM_ERNIE4_5_MOE, MOE_ROUTER_SOFTMAX_BIAS, MOE_QK_NORM_NONE,
-      4096 * 32, 5e5, 1e-5, true, 4 },
+      4096 * 32, 5e5, 1e-5, true, 4, 1, 2 },
 };
 
 
@@ -172,6 +173,18 @@ static enum moe_status get_token_ids(const char *what, json_t *root, const char 
     }
     json_decref(v);
     return MOE_OK;
+}
+
+/* bos/eos of config.json as get_token_ids reads them into ids[0..*n) (empty), or, when the key is left
+ * out, the default of the family's transformers config class, def (-1: none). */
+static enum moe_status get_token_ids_or(const char *what, json_t *root, const char *key, int def, int *ids, int *n)
+{
+    if (!json_object_get(root, key)) {
+        if (def >= 0)
+            ids[(*n)++] = def;
+        return MOE_OK;
+    }
+    return get_token_ids(what, root, key, ids, MOE_MAX_EOS, n, NULL);
 }
 
 static bool is_deepseek(const char *s)
@@ -790,8 +803,8 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     if ((st = parse_rope_dim(what, root, &c))) goto out;
     {
         int bos[MOE_MAX_EOS], nb = 0;
-        if ((st = get_token_ids(what, root, "bos_token_id", bos, MOE_MAX_EOS, &nb, NULL)) ||
-            (st = get_token_ids(what, root, "eos_token_id", c.eos_ids, MOE_MAX_EOS, &c.n_eos, NULL)))
+        if ((st = get_token_ids_or(what, root, "bos_token_id", fam->bos, bos, &nb)) ||
+            (st = get_token_ids_or(what, root, "eos_token_id", fam->eos, c.eos_ids, &c.n_eos)))
             goto out;
         c.bos_id = nb ? bos[0] : -1;
         c.eos_id = c.n_eos ? c.eos_ids[0] : -1;

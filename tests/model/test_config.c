@@ -735,6 +735,38 @@ static void test_kv_heads_default(void)
     }
 }
 
+/* bos_token_id / eos_token_id left out: the defaults of the family's transformers config class (what
+ * transformers' generate stops on without a generation_config.json); null: none. */
+static void test_token_ids_default(void)
+{
+    static const struct { const char *dir; int bos, eos; } cases[] = {
+        { "tests/fixtures/hf-tiny/mixtral", 1, 2 },         { "tests/fixtures/hf-tiny/qwen2_moe", -1, -1 },
+        { "tests/fixtures/hf-tiny/qwen3_moe", -1, -1 },     { "tests/fixtures/hf-tiny/olmoe", -1, 50279 },
+        { "tests/fixtures/hf-tiny/deepseek_v3", 0, 1 },     { "tests/fixtures/deepseek-v3-variants/v2_lite", 1, 2 },
+        { "tests/fixtures/glm4-moe/air", -1, -1 },          { "tests/fixtures/minimax-m2/m2", 200034, 200020 },
+        { "tests/fixtures/dots1/llm1", -1, -1 },            { "tests/fixtures/ernie4_5-moe/a3b", 1, 2 },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(cases); i++) {
+        char rel[256];
+        struct moe_config c;
+        snprintf(rel, sizeof(rel), "%s/config.json", cases[i].dir);
+        json_t *j = load_json(rel);
+        json_object_del(j, "bos_token_id");
+        json_object_del(j, "eos_token_id");
+        enum moe_status st = parse_obj(j, &c);
+        CHECK(st == MOE_OK && c.bos_id == cases[i].bos && c.eos_id == cases[i].eos &&
+                  c.n_eos == (cases[i].eos >= 0),
+              "%s without bos/eos: %s, bos %d eos %d (want %d %d)", cases[i].dir, moe_last_error(), c.bos_id,
+              c.eos_id, cases[i].bos, cases[i].eos);
+        json_object_set_new(j, "bos_token_id", json_null());
+        json_object_set_new(j, "eos_token_id", json_null());
+        st = parse_obj(j, &c);
+        CHECK(st == MOE_OK && c.bos_id == -1 && c.eos_id == -1 && c.n_eos == 0, "%s bos/eos null: %s",
+              cases[i].dir, moe_last_error());
+        json_decref(j);
+    }
+}
+
 int main(void)
 {
     test_fixtures();
@@ -748,5 +780,6 @@ int main(void)
     test_yarn();
     test_eos_ids();
     test_kv_heads_default();
+    test_token_ids_default();
     return t_result("test_config");
 }

@@ -1741,10 +1741,17 @@ static enum moe_status encode_plain(const struct moe_tokenizer *t, struct encode
     return st;
 }
 
+/* \w of the regex tokenizers tests single_word with: Alphabetic (letters, Nl, and the marks and the
+ * circled and squared Latin letters of Other_Alphabetic), marks, Nd, Pc and Join_Control; not No. */
 static bool is_word_char(uint32_t cp)
 {
-    enum moe_tok_class k = cp_class(cp);
-    return cp == '_' || k == MOE_TOK_CLASS_LETTER || k == MOE_TOK_CLASS_NUMBER;
+    if (cp < 0x80)
+        return cp == '_' || (cp >= '0' && cp <= '9') || ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z');
+    if (cp == 0x200c || cp == 0x200d || (cp >= 0x24b6 && cp <= 0x24e9) || (cp >= 0x1f130 && cp <= 0x1f149) ||
+        (cp >= 0x1f150 && cp <= 0x1f169) || (cp >= 0x1f170 && cp <= 0x1f189))
+        return true;
+    enum moe_tok_gc g = moe_tok_category(cp);
+    return g <= MOE_TOK_GC_ND || g == MOE_TOK_GC_NL || g == MOE_TOK_GC_PC; /* L*, M*, Nd in that order */
 }
 
 /* Code point ending at s[i) (i > 0) of validated UTF-8. */

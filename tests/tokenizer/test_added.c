@@ -68,6 +68,12 @@ static void test_overlaps(void)
     ENCODE_EXPECT(t, "aab<s>", 11, 1, 6);
     ENCODE_EXPECT(t, "b<aa", 1, 0, 0);         /* "<a" inside a word: skipped whole, "aa" in it too */
     ENCODE_EXPECT(t, " <a b", 2, 10, 2, 1);    /* "<a" between spaces */
+    /* a word character is \w (Alphabetic, marks, Nd, Pc, Join_Control), as tokenizers tests it: not
+     * superscript two (No), but a combining acute (Mn), an undertie (Pc) and a circled A (So, Alphabetic) */
+    ENCODE_EXPECT(t, "\xc2\xb2<a b", 10, 2, 1);
+    ENCODE_EXPECT(t, "\xcc\x81<a b", 0, 2, 1);
+    ENCODE_EXPECT(t, "\xe2\x80\xbf<a b", 0, 2, 1);
+    ENCODE_EXPECT(t, "<a\xe2\x92\xb6 b", 0, 2, 1);
     moe_tokenizer_free(t);
 
     /* Only normalized tokens: matched in the first pass's gaps all the same. */

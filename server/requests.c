@@ -821,7 +821,7 @@ static enum moe_status parse_structured(json_t *root, struct moe_gen_request *ou
 
 /* OpenAI fields asking for output moeflow does not produce (the prompt echoed in a chat reply, several
  * candidates, text inserted before a suffix): refused by name rather than left out of a reply the
- * client then misreads.  Their off values pass: null, false, "", and best_of 1.  Also response_format,
+ * client then misreads.  Their off values pass: null, false, best_of 1 and an empty suffix.  Also response_format,
  * the constrained output: JSON mode. */
 static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen_request *out)
 {
@@ -830,11 +830,12 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
         const char *key;
         double off;          /* the number that asks for nothing; NAN: none does */
         int of;              /* the endpoint that refuses it */
+        bool text;           /* a text field: "" asks for nothing */
         const char *why;
     } f[] = {
-        { "echo", NAN, CHAT, "chat replies hold the completion only (/v1/completions echoes its prompt)" },
-        { "best_of", 1, BOTH, "one completion per request" },
-        { "suffix", NAN, COMPLETIONS, "completions continue the prompt; text to fit before a suffix (insertion) "
+        { "echo", NAN, CHAT, false, "chat replies hold the completion only (/v1/completions echoes its prompt)" },
+        { "best_of", 1, BOTH, false, "one completion per request" },
+        { "suffix", NAN, COMPLETIONS, true, "completions continue the prompt; text to fit before a suffix (insertion) "
                                       "is not generated" },
     };
     json_t *rf = json_object_get(root, "response_format");
@@ -860,7 +861,7 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
     for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++) {
         json_t *v = json_object_get(root, f[i].key);
         if (f[i].of == (chat ? COMPLETIONS : CHAT) || !v || json_is_null(v) || json_is_false(v) ||
-            (json_is_string(v) && !json_string_length(v)) || (json_is_number(v) && json_number_value(v) == f[i].off))
+            (f[i].text && json_is_string(v) && !json_string_length(v)) || (json_is_number(v) && json_number_value(v) == f[i].off))
             continue;
         char *txt = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
         const char *shown = txt ? txt : "?";

@@ -196,6 +196,9 @@ static void test_openai(void)
               "an empty or null suffix: %s", moe_last_error());
         moe_gen_request_free(&r);
     }
+    /* "" asks for nothing only of the text field: an empty best_of, or a chat's empty echo, is refused */
+    expect_bad("{\"prompt\":\"x\",\"best_of\":\"\"}", false, "'best_of'");
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"echo\":\"\"}", true, "'echo'");
     CHECK(oai("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"suffix\":\"y\"}", true, &r) == MOE_OK,
           "chat with a suffix field: %s", moe_last_error());
     moe_gen_request_free(&r);

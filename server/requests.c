@@ -159,6 +159,15 @@ static enum moe_status set_prompt_text(struct moe_gen_request *r, const char *s,
     return copy_prompt_text(s, n, field, &r->prompt, &r->prompt_len);
 }
 
+/* Element i of field, a JSON array of token ids: an integer 0..INT32_MAX into *id, else the error naming it. */
+static enum moe_status json_token_id(const json_t *v, const char *field, size_t i, int32_t *id)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+        return moe_errorf(MOE_EINVAL, "'%s[%zu]' must be a token id (integer >= 0)", field, i);
+    *id = (int32_t)json_integer_value(v);
+    return MOE_OK;
+}
+
 /* The token ids of field, a JSON array, into *out (malloc'd), *n_out of them. */
 static enum moe_status copy_prompt_ids(json_t *arr, const char *field, int **out, int *n_out)
 {
@@ -169,10 +178,11 @@ static enum moe_status copy_prompt_ids(json_t *arr, const char *field, int **out
     if (!*out)
         return moe_errorf(MOE_ENOMEM, "'%s': out of memory", field);
     for (size_t i = 0; i < n; i++) {
-        json_t *v = json_array_get(arr, i);
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-            return moe_errorf(MOE_EINVAL, "'%s[%zu]' must be a token id (integer >= 0)", field, i);
-        (*out)[i] = (int)json_integer_value(v);
+        int32_t id;
+        enum moe_status st = json_token_id(json_array_get(arr, i), field, i, &id);
+        if (st != MOE_OK)
+            return st;
+        (*out)[i] = id;
     }
     *n_out = (int)n;
     return MOE_OK;
@@ -447,10 +457,9 @@ static enum moe_status parse_stop_ids(json_t *root, const char *max_key, struct 
             return moe_errorf(MOE_EINVAL, "'stop_token_ids' has %zu ids, at most %d are accepted", n,
                               MOE_MAX_STOP_TOKEN_IDS);
         for (size_t i = 0; i < n; i++) {
-            json_t *v = json_array_get(ids, i);
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-                return moe_errorf(MOE_EINVAL, "'stop_token_ids[%zu]' must be a token id (integer >= 0)", i);
-            out->stop_token_ids[i] = (int32_t)json_integer_value(v);
+            enum moe_status st = json_token_id(json_array_get(ids, i), "stop_token_ids", i, &out->stop_token_ids[i]);
+            if (st != MOE_OK)
+                return st;
         }
         out->n_stop_token_ids = (int)n;
     }

@@ -142,8 +142,14 @@ int main(int argc, char **argv)
                 struct moe_cuda_tier_stats s0, s1;
                 double t0 = 0;
                 enum moe_status st = MOE_OK;
+                int nseq = 0; /* sequences allocated for this batch: the ones to free */
                 for (int b = 0; b < B && st == MOE_OK; b++) {
                     sq[b] = moe_engine_seq_alloc(e);
+                    if (sq[b] < 0) {
+                        st = moe_errorf(MOE_ENOMEM, "no free sequence for row %d of %d", b, B);
+                        break;
+                    }
+                    nseq++;
                     for (int i = 0; i < prompt; i++) {
                         pr[i] = (int)((7u * (unsigned)b + 13u * (unsigned)i + 1u) % (unsigned)V);
                         prs[i] = sq[b];
@@ -170,7 +176,7 @@ int main(int argc, char **argv)
                     }
                 }
                 double el = moe_now() - t0;
-                for (int b = 0; b < B; b++) moe_engine_seq_free(e, sq[b]);
+                for (int b = 0; b < nseq; b++) moe_engine_seq_free(e, sq[b]);
                 if (st != MOE_OK) {
                     fprintf(stderr, "gpu_model_decode: %s batch %d: %s\n", mname, B, moe_last_error());
                     rc = 1;

@@ -39,6 +39,12 @@ static inline int moe_cli_failure_exit(enum moe_status st) { return st == MOE_EI
  * operand is left (hint NULL: "see --help"); the caller exits 2. */
 bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hint);
 
+/* getopt_long (opterr 0, optstring beginning with ':') returned '?' or ':' for argv[optind - 1]: prints
+ * one line, "moeflow CMD: unknown option 'X' (see --help)", "... X needs a value", "... --X takes no value"
+ * or "... '--X' is ambiguous (--a, --b): spell it out", and returns 2, the exit status. */
+struct option;
+int moe_cli_bad_option(const char *cmd, int c, char **argv, const struct option *opts);
+
 /* --predictor SPEC (moe_pred_spec_parse with the model directory dir): 0 when it parses, else the
  * exit status after printing "moeflow CMD: <why>": 2 for a malformed spec, 1 for a predictor file
  * that is missing or a directory (the same as a file that cannot be loaded later). */

@@ -9,6 +9,7 @@
 #include "../predictor/predictor.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +67,44 @@ bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hin
     if (optind >= argc) return true;
     fprintf(stderr, "moeflow %s: unexpected argument '%s' (%s)\n", cmd, argv[optind], hint ? hint : "see --help");
     return false;
+}
+
+int moe_cli_bad_option(const char *cmd, int c, char **argv, const struct option *opts)
+{
+    const char *arg = argv[optind - 1];
+    /* a short option's letter is optopt (argv[optind - 1] may be the cluster before it); a long option that
+     * takes no value but was given one comes back with optopt set and an '=' in its word */
+    if (strncmp(arg, "--", 2) || (c == '?' && optopt && !strchr(arg, '='))) {
+        if (c == ':') fprintf(stderr, "moeflow %s: -%c needs a value (see --help)\n", cmd, optopt);
+        else fprintf(stderr, "moeflow %s: unknown option '-%c' (see --help)\n", cmd, optopt);
+        return 2;
+    }
+    const char *name = arg + 2;
+    int n = (int)strcspn(name, "=");
+    if (c == ':') {
+        fprintf(stderr, "moeflow %s: --%.*s needs a value (see --help)\n", cmd, n, name);
+        return 2;
+    }
+    if (optopt) {
+        fprintf(stderr, "moeflow %s: --%.*s takes no value\n", cmd, n, name);
+        return 2;
+    }
+    int matches = 0;
+    for (const struct option *o = opts; o->name; o++)
+        matches += !strncmp(o->name, name, (size_t)n);
+    if (n == 0 || matches < 2) {
+        fprintf(stderr, "moeflow %s: unknown option '--%.*s' (see --help)\n", cmd, n, name);
+        return 2;
+    }
+    fprintf(stderr, "moeflow %s: '--%.*s' is ambiguous (", cmd, n, name);
+    const char *sep = "";
+    for (const struct option *o = opts; o->name; o++)
+        if (!strncmp(o->name, name, (size_t)n)) {
+            fprintf(stderr, "%s--%s", sep, o->name);
+            sep = ", ";
+        }
+    fprintf(stderr, "): spell it out\n");
+    return 2;
 }
 
 int moe_cli_pred_spec(const char *cmd, const char *spec_s, const char *dir, struct moe_pred_spec *spec)

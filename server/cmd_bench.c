@@ -241,8 +241,9 @@ static int bench_batch(int argc, char **argv)
         { 0, 0, 0, 0 },
     };
     optind = 1;
+    opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", lopts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: o.model_dir = optarg; break;
         case O_PROMPTS: o.prompts = optarg; break;
@@ -308,10 +309,7 @@ static int bench_batch(int argc, char **argv)
                 fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
                 return 2;
             }
-            if (r == 0) {
-                bench_usage(stderr);
-                return 2;
-            }
+            if (r == 0) return moe_cli_bad_option("bench batch", c, argv, lopts);
             if (c == MOE_OPT_GPU_EXPERTS || c == MOE_OPT_GPU_BYTES) {
                 fprintf(stderr, "moeflow bench batch: give the device tier size with --capacity or "
                                 "--capacity-frac, not --gpu-experts / --gpu-cache-bytes\n");

@@ -82,7 +82,8 @@ int moe_cmd_eval_predictor(int argc, char **argv)
     bool json = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
         case O_TEXT: text = optarg; break;
@@ -101,7 +102,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
             break;
         case O_JSON: json = true; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: return moe_cli_bad_option("eval-predictor", c, argv, opts);
         }
         continue;
     bad_value:

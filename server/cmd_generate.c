@@ -316,9 +316,6 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             if (!moe_cli_check_out("generate", "--ids-out", optarg, true)) return 2;
             o->ids_out = optarg;
             break;
-        case ':':
-            fprintf(stderr, "moeflow generate: %s needs a value\n", argv[optind - 1]);
-            return 2;
         default: {
             int r = moe_offload_opts_parse(&o->off, c, optarg);
             if (r > 0) break;
@@ -326,8 +323,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
                 fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
                 return 2;
             }
-            fprintf(stderr, "moeflow generate: unknown option '%s' (see --help)\n", argv[optind - 1]);
-            return 2;
+            return moe_cli_bad_option("generate", c, argv, opts);
         }
         }
     }

@@ -73,12 +73,13 @@ int moe_cmd_info(int argc, char **argv)
     bool as_json = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'j': as_json = true; break;
         case 'h': info_usage(stdout); return 0;
-        default: info_usage(stderr); return 2;
+        default: return moe_cli_bad_option("info", c, argv, opts);
         }
     }
     if (!moe_cli_no_operands("info", argc, argv, NULL)) return 2;

@@ -142,10 +142,7 @@ int moe_cmd_logits(int argc, char **argv)
             break;
         }
         case 'h': usage(stdout); return 0;
-        case ':': fprintf(stderr, "moeflow logits: %s needs a value\n", argv[optind - 1]); return 2;
-        default:
-            fprintf(stderr, "moeflow logits: unknown option '%s' (see --help)\n", argv[optind - 1]);
-            return 2;
+        default: return moe_cli_bad_option("logits", c, argv, opts);
         }
     }
     if (!moe_cli_no_operands("logits", argc, argv, NULL)) return 2;

@@ -85,13 +85,14 @@ int moe_cmd_pack(int argc, char **argv)
     bool quiet = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:o:qh", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:o:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'o': out = optarg; break;
         case 'q': quiet = true; break;
         case 'h': pack_usage(stdout); return 0;
-        default: pack_usage(stderr); return 2;
+        default: return moe_cli_bad_option("pack", c, argv, opts);
         }
     }
     if (!moe_cli_no_operands("pack", argc, argv, NULL)) return 2;

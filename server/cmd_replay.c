@@ -128,7 +128,8 @@ int moe_cmd_replay(int argc, char **argv)
     moe_offload_opts_init(&oo);
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
         case O_TEXT: text = optarg; break;
@@ -196,7 +197,7 @@ int moe_cmd_replay(int argc, char **argv)
             }
             break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: return moe_cli_bad_option("replay", c, argv, opts);
         }
         continue;
     bad_value:

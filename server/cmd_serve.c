@@ -62,9 +62,9 @@ int moe_cmd_serve(int argc, char **argv)
     /* Pass 1: --help and --config; pass 2: the flags, which override the file. */
     for (int pass = 0; pass < 2 && !rc; pass++) {
         optind = 0;
-        opterr = pass == 0;
+        opterr = 0;
         int c;
-        while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
             if (c == 'h') {
                 serve_usage(stdout);
                 free(lo);
@@ -72,10 +72,7 @@ int moe_cmd_serve(int argc, char **argv)
                 return 0;
             }
             if (c == '?' || c == ':') {
-                if (pass == 0) {
-                    fprintf(stderr, "moeflow serve: see --help for the options\n");
-                    rc = 2;
-                }
+                if (pass == 0) rc = moe_cli_bad_option("serve", c, argv, lo);
                 break;
             }
             if (c == 'k') {

@@ -64,7 +64,8 @@ int moe_cmd_sim(int argc, char **argv)
     struct moe_sim_params sp = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_TRACE: trace_path = optarg; break;
         case O_CAP: {
@@ -132,7 +133,7 @@ int moe_cmd_sim(int argc, char **argv)
             break;
         case O_JSON: json = true; break;
         case 'h': sim_usage(stdout); return 0;
-        default: sim_usage(stderr); return 2;
+        default: return moe_cli_bad_option("sim", c, argv, opts);
         }
     }
     if (!moe_cli_no_operands("sim", argc, argv, NULL)) return 2;

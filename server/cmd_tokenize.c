@@ -141,7 +141,8 @@ int moe_cmd_tokenize(int argc, char **argv)
     bool decode = false, prompt = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'k': tok_path = optarg; break;
@@ -151,7 +152,7 @@ int moe_cmd_tokenize(int argc, char **argv)
         case 'p': prompt = true; break;
         case 'i': ids_arg = optarg; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: return moe_cli_bad_option("tokenize", c, argv, opts);
         }
     }
     const char *why = NULL;

@@ -132,7 +132,8 @@ int moe_cmd_trace(int argc, char **argv)
     moe_offload_opts_init(&oo);
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
         long *num = NULL, hi = 1L << 30;
         const char *name = NULL;
         switch (c) {
@@ -151,10 +152,7 @@ int moe_cmd_trace(int argc, char **argv)
                 fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
                 return 2;
             }
-            if (r == 0) {
-                trace_usage(stderr);
-                return 2;
-            }
+            if (r == 0) return moe_cli_bad_option("trace", c, argv, opts);
         }
         }
         if (num) {

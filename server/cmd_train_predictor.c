@@ -84,7 +84,8 @@ int moe_cmd_train_predictor(int argc, char **argv)
     bool quiet = false, context = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
         case O_TRACE: trace_path = optarg; break;
@@ -108,7 +109,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_QUIET: quiet = true; break;
         case O_CONTEXT: context = true; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: return moe_cli_bad_option("train-predictor", c, argv, opts);
         }
         continue;
     bad_value:

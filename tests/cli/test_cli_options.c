@@ -1,0 +1,59 @@
+/* Every moeflow command answers an option it does not have, an option without its value, an ambiguous
+ * abbreviation and a value given to a flag that takes none with one line on stderr that names the
+ * option, and exit status 2 (no usage text after it). */
+#include "tests/test_util.h"
+
+#include <unistd.h>
+
+static char exe[4200];
+
+/* moeflow ARGS 2>&1: the output must be exactly want, the exit status 2. */
+static void expect(const char *args, const char *want)
+{
+    char cmd[8192], out[8192];
+    snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1 </dev/null", exe, args);
+    int st = t_run(cmd, out, sizeof(out));
+    CHECK(st == 2 && !strcmp(out, want), "moeflow %s: exit %d, output '%s', want '%s'", args, st, out, want);
+}
+
+int main(void)
+{
+    const char *bin = getenv("MOEFLOW_BINARY_DIR");
+    snprintf(exe, sizeof(exe), "%s/server/moeflow", bin ? bin : ".");
+    REQUIRE(access(exe, X_OK) == 0, "%s not built", exe);
+
+    static const char *const cmds[] = { "generate", "tokenize", "logits", "info", "pack", "trace", "sim",
+                                        "train-predictor", "eval-predictor", "replay", "bench batch",
+#ifdef TEST_SERVER
+                                        "serve",
+#endif
+    };
+    char args[256], want[512];
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        snprintf(args, sizeof(args), "%s --no-such-option", cmds[i]);
+        snprintf(want, sizeof(want), "moeflow %s: unknown option '--no-such-option' (see --help)\n", cmds[i]);
+        expect(args, want);
+        snprintf(args, sizeof(args), "%s --no-such-option=1", cmds[i]);
+        expect(args, want);
+        snprintf(args, sizeof(args), "%s -Z", cmds[i]);
+        snprintf(want, sizeof(want), "moeflow %s: unknown option '-Z' (see --help)\n", cmds[i]);
+        expect(args, want);
+        /* an option with a value: sim has no --model */
+        const char *opt = strcmp(cmds[i], "sim") ? "--model" : "--trace";
+        snprintf(args, sizeof(args), "%s %s", cmds[i], opt);
+        snprintf(want, sizeof(want), "moeflow %s: %s needs a value (see --help)\n", cmds[i], opt);
+        expect(args, want);
+    }
+
+    expect("sim --trace t.jsonl --policy lru --cap 64",
+           "moeflow sim: '--cap' is ambiguous (--capacity, --capacity-frac): spell it out\n");
+    expect("generate --prompt x --top 5", "moeflow generate: '--top' is ambiguous (--top-p, --top-k): spell it out\n");
+    expect("info --json=1", "moeflow info: --json takes no value\n");
+    expect("pack -qZ", "moeflow pack: unknown option '-Z' (see --help)\n");
+    expect("generate -p", "moeflow generate: -p needs a value (see --help)\n");
+    expect("trace --text t.txt --out", "moeflow trace: --out needs a value (see --help)\n");
+#ifdef TEST_SERVER
+    expect("serve --check-config --no-io-uring=1", "moeflow serve: --no-io-uring takes no value\n");
+#endif
+    return t_result("test_cli_options");
+}

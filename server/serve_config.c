@@ -418,6 +418,9 @@ enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
     if (c->max_output && c->default_max_tokens > c->max_output)
         return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d: lower one or raise the other",
                           c->default_max_tokens, c->max_output);
+    if (c->max_ctx > 0 && strcmp(c->kv_cache_bytes, "auto"))
+        return moe_errorf(MOE_EINVAL, "kv-cache-bytes %s with max-ctx %d: kv-cache-bytes sizes the context only when "
+                          "max-ctx is 0; drop one of the two", c->kv_cache_bytes, c->max_ctx);
     if (c->grpc_port && c->grpc_port == c->http_port)
         return moe_errorf(MOE_EINVAL, "grpc-port and http-port are both %d", c->grpc_port);
     if (!c->grpc_port && !c->http_port)

@@ -56,6 +56,16 @@ int main(void)
     st = check(ports, "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "grpc-port and http-port are both 9000"), "ports: exit %d: %s", st, out);
 
+    /* kv-cache-bytes sizes the context only with max-ctx 0: both given is refused, not one ignored */
+    const char *kv = write_conf("kv.conf", "kv-cache-bytes = 8G\n");
+    st = check(kv, "", out, sizeof(out));
+    CHECK(st == 0, "kv-cache-bytes alone: exit %d: %s", st, out);
+    st = check(kv, "--max-ctx 4096", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "kv-cache-bytes 8G with max-ctx 4096") && strstr(out, "drop one"),
+          "kv-cache-bytes with max-ctx: exit %d: %s", st, out);
+    st = check(kv, "--max-ctx 4096 --kv-cache-bytes auto", out, sizeof(out));
+    CHECK(st == 0, "max-ctx with kv-cache-bytes auto: exit %d: %s", st, out);
+
     char cmd[8192];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0, "rm %s", dir);

@@ -63,19 +63,25 @@ static void on_route(void *ud, int layer, int n, const float *logits, const int 
 static enum moe_status load_ids(const char *path, int vocab, int **ids, size_t *n, size_t **starts,
                                 size_t *n_seq)
 {
+    char *text = NULL;
+    size_t len = 0;
+    enum moe_status st = moe_read_file(path, &text, &len, (size_t)1 << 30);
+    if (st) return moe_error_prefix(st, "--ids"); /* the message names the file */
     json_error_t err;
-    json_t *a = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
-    if (!a) return moe_errorf(MOE_EFORMAT, "%s:%d: %s", path, err.line, err.text);
-    enum moe_status st = MOE_OK;
+    json_t *a = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    free(text);
+    if (!a)
+        return moe_errorf(MOE_EFORMAT, "--ids %s: not valid JSON at line %d column %d: %s (want [[ids...], ...]: "
+                          "an array of token ids per sequence)", path, err.line, err.column, err.text);
     size_t total = 0;
     if (!json_is_array(a) || json_array_size(a) == 0) {
-        st = moe_errorf(MOE_EFORMAT, "%s: must be a non-empty JSON array of token-id arrays", path);
+        st = moe_errorf(MOE_EFORMAT, "--ids %s: must be a non-empty JSON array of token-id arrays", path);
         goto out;
     }
     for (size_t i = 0; i < json_array_size(a); i++) {
         json_t *s = json_array_get(a, i);
         if (!json_is_array(s) || json_array_size(s) == 0) {
-            st = moe_errorf(MOE_EFORMAT, "%s: sequence %zu must be a non-empty array of ids", path, i);
+            st = moe_errorf(MOE_EFORMAT, "--ids %s: sequence %zu must be a non-empty array of ids", path, i);
             goto out;
         }
         total += json_array_size(s);
@@ -94,7 +100,7 @@ static enum moe_status load_ids(const char *path, int vocab, int **ids, size_t *
             json_t *v = json_array_get(s, j);
             json_int_t x = json_is_integer(v) ? json_integer_value(v) : -1;
             if (x < 0 || x >= vocab) {
-                st = moe_errorf(MOE_ERANGE, "%s: sequence %zu token %zu must be an id in [0, %d)",
+                st = moe_errorf(MOE_ERANGE, "--ids %s: sequence %zu token %zu must be an id in [0, %d)",
                                 path, i, j, vocab);
                 goto out;
             }

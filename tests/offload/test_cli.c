@@ -267,6 +267,16 @@ int main(void)
     write_text(ids, "[[1, 99999]]");
     CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", model, "--ids", ids, "--out", tr) == 1,
           "out-of-range id must fail");
+    /* a missing file or one that is not JSON: the message names --ids, the file and what it must hold */
+    char no_ids[700];
+    snprintf(no_ids, sizeof(no_ids), "%s/no-such-ids.json", dir);
+    CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", model, "--ids", no_ids, "--out", tr) == 1 &&
+          strstr(errbuf, "--ids: ") && strstr(errbuf, "no-such-ids.json: No such file") && !strstr(errbuf, ":-1:"),
+          "--ids missing file: %s", errbuf);
+    write_text(ids, "[[1, 2]]\n[[3]]\n");
+    CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", model, "--ids", ids, "--out", tr) == 1 &&
+          strstr(errbuf, "ids.json: not valid JSON at line 2 column 1") && strstr(errbuf, "--ids "),
+          "--ids not JSON: %s", errbuf);
 
     /* trace --text on the bundled model */
     write_text(txt, "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n");

@@ -59,6 +59,12 @@ bool moe_cli_parse_double(const char *s, double lo, double *out);
 /* The same, also refusing values above hi. */
 bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out);
 
+/* The same for the value s of option --name of command cmd, or false after "moeflow CMD: --NAME 'S':
+ * expected an integer in [LO, HI]" (a number in [LO, HI], or (LO, HI] when above_lo) on stderr. */
+bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo, long hi, long *out);
+bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,
+                        double *out);
+
 /* Open the model in dir and, when tok is not NULL, dir/tokenizer.json.  On
  * failure prints "moeflow CMD: <reason> (set --model DIR ...)" to stderr and
  * returns false with nothing left open. */

@@ -62,6 +62,26 @@ bool moe_cli_parse_double(const char *s, double lo, double *out)
     return moe_cli_parse_double_in(s, lo, INFINITY, out);
 }
 
+bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo, long hi, long *out)
+{
+    if (moe_cli_parse_long(s, lo, hi, out)) return true;
+    fprintf(stderr, "moeflow %s: --%s '%s': expected an integer in [%ld, %ld]\n", cmd, name, s, lo, hi);
+    return false;
+}
+
+bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,
+                        double *out)
+{
+    double v;
+    if (moe_cli_parse_double_in(s, lo, hi, &v) && (!above_lo || v > lo)) {
+        *out = v;
+        return true;
+    }
+    fprintf(stderr, "moeflow %s: --%s '%s': expected a number in %c%g, %g]\n", cmd, name, s, above_lo ? '(' : '[',
+            lo, hi);
+    return false;
+}
+
 bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hint)
 {
     if (optind >= argc) return true;

@@ -89,26 +89,21 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         case O_TEXT: text = optarg; break;
         case O_PRED: pred_s = optarg; break;
         case O_K:
-            if (!moe_cli_parse_long(optarg, 1, 1 << 16, &K)) goto bad_value;
+            if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 16, &K)) return 2;
             break;
         case O_SEQ:
-            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;
             break;
         case O_MAXTOK:
-            if (!moe_cli_parse_long(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
+            if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1L << 30, &max_tokens)) return 2;
             break;
         case O_THREADS:
-            if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value;
+            if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 256, &threads)) return 2;
             break;
         case O_JSON: json = true; break;
         case 'h': usage(stdout); return 0;
         default: return moe_cli_bad_option("eval-predictor", c, argv, opts);
         }
-        continue;
-    bad_value:
-        fprintf(stderr, "moeflow eval-predictor: --%s '%s' is out of range or not an integer (see --help)\n",
-                opts[c - O_MODEL].name, optarg);
-        return 2;
     }
     if (!moe_cli_no_operands("eval-predictor", argc, argv, NULL)) return 2;
     if (!text || !pred_s) {

@@ -134,16 +134,16 @@ int moe_cmd_replay(int argc, char **argv)
         case O_MODEL: model_dir = optarg; break;
         case O_TEXT: text = optarg; break;
         case O_SEQ:
-            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;
             break;
         case O_MAXTOK:
-            if (!moe_cli_parse_long(optarg, 1, 1L << 30, &max_tokens)) goto bad_value;
+            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1L << 30, &max_tokens)) return 2;
             break;
         case O_CAP:
-            if (!moe_cli_parse_long(optarg, 1, 1 << 24, &cap)) goto bad_value;
+            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1 << 24, &cap)) return 2;
             break;
         case O_FRAC:
-            if (!moe_cli_parse_double_in(optarg, 1e-9, 1, &frac)) goto bad_value;
+            if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 0, 1, true, &frac)) return 2;
             break;
         case O_POLICY:
             pol_s = optarg;
@@ -154,32 +154,32 @@ int moe_cmd_replay(int argc, char **argv)
             break;
         case O_PRED: pred_s = optarg; break;
         case O_MINSC:
-            if (!moe_cli_parse_double_in(optarg, 1e-6, 1, &min_score)) goto bad_value;
+            if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 1e-6, 1, false, &min_score)) return 2;
             break;
         case O_LINK:
-            if (!moe_cli_parse_double_in(optarg, 1e-6, 1e6, &link)) goto bad_value;
+            if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 1e-6, 1e6, false, &link)) return 2;
             break;
         case O_EB:
-            if (!moe_cli_parse_long(optarg, 1, 1L << 40, &ebytes)) goto bad_value;
+            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1L << 40, &ebytes)) return 2;
             timeline_opt = "--expert-bytes";
             break;
         case O_LAYER:
-            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &layer_ms)) goto bad_value;
+            if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 0, 1e6, false, &layer_ms)) return 2;
             timeline_opt = "--layer-ms";
             break;
         case O_EXPERT:
-            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &expert_ms)) goto bad_value;
+            if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 0, 1e6, false, &expert_ms)) return 2;
             timeline_opt = "--expert-ms";
             break;
         case O_THREADS:
-            if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value;
+            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 256, &threads)) return 2;
             break;
         case O_JSON: json = true; break;
         case O_NOPF: no_prefetch = true; break;
         case O_OKEEP: oracle_keep = true; break;
         case O_OLATER: later_only = true; break;
         case O_OREVEAL:
-            if (!moe_cli_parse_long(optarg, 0, 1023, &reveal)) goto bad_value;
+            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 0, 1023, &reveal)) return 2;
             break;
         case O_ORACLE:
             if (!moe_cli_parse_long(optarg, 0, MOE_POLICY_PREDICTED_SLOTS - 1, &oracle)) {
@@ -199,11 +199,6 @@ int moe_cmd_replay(int argc, char **argv)
         case 'h': usage(stdout); return 0;
         default: return moe_cli_bad_option("replay", c, argv, opts);
         }
-        continue;
-    bad_value:
-        fprintf(stderr, "moeflow replay: --%s '%s' is out of range or not a number (see --help)\n",
-                opts[c - O_MODEL].name, optarg);
-        return 2;
     }
     if (!moe_cli_no_operands("replay", argc, argv, NULL)) return 2;
     if (!text || !pol_s || !pred_s || (cap > 0) == (frac > 0)) {

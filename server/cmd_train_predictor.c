@@ -92,30 +92,50 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_TEXT: text = optarg; break;
         case O_OUT: out_path = optarg; break;
         case O_SEQ:
-            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &seq_len)) goto bad_value;
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;
             have_seq_len = true;
             break;
-        case O_WIDTH: if (!moe_cli_parse_long(optarg, 1, 16384, &width)) goto bad_value; break;
-        case O_HORIZON: if (!moe_cli_parse_long(optarg, 1, MOE_PATH_MAX_HORIZON, &horizon)) goto bad_value; break;
-        case O_EPOCHS: if (!moe_cli_parse_long(optarg, 1, 100000, &epochs)) goto bad_value; break;
-        case O_BATCH: if (!moe_cli_parse_long(optarg, 1, 65536, &batch)) goto bad_value; break;
-        case O_LR: if (!moe_cli_parse_double_in(optarg, 1e-9, 10, &lr)) goto bad_value; break;
-        case O_WD: if (!moe_cli_parse_double_in(optarg, 0, 1, &wd)) goto bad_value; break;
-        case O_VAL: if (!moe_cli_parse_double_in(optarg, 0, 0.5, &val) || !(val > 0)) goto bad_value; break;
-        case O_HIST: if (!moe_cli_parse_double_in(optarg, 0, 0.999, &hist_decay)) goto bad_value; break;
-        case O_PAT: if (!moe_cli_parse_long(optarg, 1, 1000, &patience)) goto bad_value; break;
-        case O_SEED: if (!moe_cli_parse_long(optarg, 0, 1L << 62, &seed)) goto bad_value; break;
-        case O_THREADS: if (!moe_cli_parse_long(optarg, 1, 256, &threads)) goto bad_value; break;
+        case O_WIDTH:
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 16384, &width)) return 2;
+            break;
+        case O_HORIZON:
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, MOE_PATH_MAX_HORIZON,
+                                  &horizon))
+                return 2;
+            break;
+        case O_EPOCHS:
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 100000, &epochs)) return 2;
+            break;
+        case O_BATCH:
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 65536, &batch)) return 2;
+            break;
+        case O_LR:
+            if (!moe_cli_opt_double("train-predictor", opts[c - O_MODEL].name, optarg, 1e-9, 10, false, &lr)) return 2;
+            break;
+        case O_WD:
+            if (!moe_cli_opt_double("train-predictor", opts[c - O_MODEL].name, optarg, 0, 1, false, &wd)) return 2;
+            break;
+        case O_VAL:
+            if (!moe_cli_opt_double("train-predictor", opts[c - O_MODEL].name, optarg, 0, 0.5, true, &val)) return 2;
+            break;
+        case O_HIST:
+            if (!moe_cli_opt_double("train-predictor", opts[c - O_MODEL].name, optarg, 0, 0.999, false, &hist_decay))
+                return 2;
+            break;
+        case O_PAT:
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 1000, &patience)) return 2;
+            break;
+        case O_SEED:
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 0, 1L << 62, &seed)) return 2;
+            break;
+        case O_THREADS:
+            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 256, &threads)) return 2;
+            break;
         case O_QUIET: quiet = true; break;
         case O_CONTEXT: context = true; break;
         case 'h': usage(stdout); return 0;
         default: return moe_cli_bad_option("train-predictor", c, argv, opts);
         }
-        continue;
-    bad_value:
-        fprintf(stderr, "moeflow train-predictor: --%s '%s' is out of range or not a number (see --help)\n",
-                opts[c - O_MODEL].name, optarg);
-        return 2;
     }
     if (!moe_cli_no_operands("train-predictor", argc, argv, NULL)) return 2;
     if (out_path && !moe_cli_check_out("train-predictor", "--out", out_path, false)) return 2;

@@ -215,8 +215,15 @@ int main(void)
     CHECK(run(a) == 2 && strstr(out, "--seq-len 4096 exceeds"), "eval seq-len: %s", out);
     CHECK(run("train-predictor --trace x.jsonl --out /tmp/x.safetensors --seq-len 7") == 2 && strstr(out, "--seq-len"),
           "train --seq-len with --trace: %s", out);
-    CHECK(run("train-predictor --text x --out /tmp/x.safetensors --val-frac 0") == 2 && strstr(out, "--val-frac"),
-          "train --val-frac 0: %s", out);
+    CHECK(run("train-predictor --text x --out /tmp/x.safetensors --val-frac 0") == 2 &&
+          strstr(out, "--val-frac '0': expected a number in (0, 0.5]"), "train --val-frac 0: %s", out);
+    /* a value out of range or not a number: the message gives the range, not only --help */
+    CHECK(run("train-predictor --text x --out /tmp/x.safetensors --epochs abc") == 2 &&
+          strstr(out, "--epochs 'abc': expected an integer in [1, 100000]"), "train --epochs abc: %s", out);
+    CHECK(run("eval-predictor --text x --predictor gate --k 0") == 2 &&
+          strstr(out, "--k '0': expected an integer in [1, 65536]"), "eval --k 0: %s", out);
+    CHECK(run("replay --text x --capacity-frac 2 --policy lru --predictor none") == 2 &&
+          strstr(out, "--capacity-frac '2': expected a number in (0, 1]"), "replay --capacity-frac 2: %s", out);
     snprintf(a, sizeof a, "replay %s --max-tokens 8 --capacity 100000 --policy lru --predictor none --json", T);
     CHECK(run(a) == 0 && strstr(out, "\"capacity\":256,"), "replay capacity above the experts: %s", out);
     return t_result("test_pred_cli");

@@ -94,7 +94,8 @@ int moe_cmd_serve(int argc, char **argv)
                 if (alt && !alt_given)
                     moe_serve_config_unset_alternative(&cfg, opts[c - 1000].name);
                 if (moe_serve_config_set(&cfg, opts[c - 1000].name, optarg ? optarg : "true") != MOE_OK) {
-                    fprintf(stderr, "moeflow serve: --%s\n", moe_last_error());
+                    const char *m = moe_last_error(); /* "name: why", or the tier's "--name ..." */
+                    fprintf(stderr, "moeflow serve: %s%s\n", strncmp(m, "--", 2) ? "--" : "", m);
                     rc = 2;
                     break;
                 }

@@ -162,7 +162,7 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
         return MOE_OK; /* unset */
     if (o->code == MOE_OPT_BACKEND) { /* parsed to an enum: nothing to keep */
         if (moe_offload_opts_parse(&c->offload, o->code, value) < 0)
-            return moe_error_prefix(MOE_EINVAL, "%s = '%s'", o->name, value);
+            return MOE_EINVAL; /* the message names the option and its value */
         return MOE_OK;
     }
     char *dst;
@@ -182,7 +182,7 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
                           value, cap - 1);
     strcpy(dst, value);
     if (moe_offload_opts_parse(&c->offload, o->code, dst) < 0)
-        return moe_error_prefix(MOE_EINVAL, "%s = '%s'", o->name, value);
+        return MOE_EINVAL; /* the message names the option and its value */
     return MOE_OK;
 }
 
@@ -292,6 +292,8 @@ static char *trim(char *s)
 
 enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *path)
 {
+    if (!path[0])
+        return moe_errorf(MOE_EINVAL, "--config '': name the config file to read");
     char *text = NULL;
     size_t len = 0;
     enum moe_status st = moe_read_file(path, &text, &len, 1 << 20);

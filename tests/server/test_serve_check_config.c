@@ -66,6 +66,18 @@ int main(void)
     st = check(kv, "--max-ctx 4096 --kv-cache-bytes auto", out, sizeof(out));
     CHECK(st == 0, "max-ctx with kv-cache-bytes auto: exit %d: %s", st, out);
 
+    /* a tier option's message names it and its value once, from a flag and from the file */
+    st = check(good, "--policy foo", out, sizeof(out));
+    CHECK(st == 2 && !strcmp(out, "moeflow serve: --policy 'foo' unknown (use predicted, lru, lfu or belady)\n"),
+          "tier flag: exit %d: %s", st, out);
+    const char *tier = write_conf("tier.conf", "gpu-experts = 0\n");
+    st = check(tier, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "tier.conf:1: --gpu-experts '0' must be an integer") && !strstr(out, "= '0'"),
+          "tier key: exit %d: %s", st, out);
+    /* an empty file name is named as such, not as the system's error for "" */
+    st = check("", "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "--config '': name the config file"), "empty --config: exit %d: %s", st, out);
+
     char cmd[8192];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0, "rm %s", dir);

@@ -248,6 +248,8 @@ static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_of
     memset(pl, 0, sizeof(*pl));
     enum moe_status st = moe_offload_opts_check(o);
     if (st) return st;
+    /* no expert to size a tier by (host_b is 0): moe_provider_tiered_create refuses such a model */
+    if (n_moe == 0) return MOE_OK;
     if (o->gpu_cache_bytes && o->gpu_cache_bytes / dev_b < (uint64_t)c->top_k)
         return moe_errorf(MOE_EINVAL, "--gpu-cache-bytes %llu holds %llu experts of %llu bytes; "
                           "top_k %d need at least %llu bytes", (unsigned long long)o->gpu_cache_bytes,

@@ -176,6 +176,10 @@ int main(void)
     CHECK(run_cmd(moe_cmd_trace, NULL, 8, "trace", "--model", p, "--ids", ids, "--out", tr, "--stats") == 2 &&
               strstr(errbuf, "no MoE layer") && !strstr(errbuf, "raise --gpu-experts"),
           "trace --stats of a dense model: %s", errbuf);
+    /* sized in bytes, where one expert takes none */
+    CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", p, "--ids", ids, "--out", tr, "--host-cache-bytes",
+                  "1M") == 2 && strstr(errbuf, "no MoE layer"),
+          "trace --host-cache-bytes of a dense model: %s", errbuf);
     CHECK(run_cmd(moe_cmd_trace, NULL, 2, "trace", "--help") == 0, "trace --help");
     CHECK(run_cmd(moe_cmd_trace, NULL, 4, "trace", "--model", model, "--ids") == 2, "trace missing arg");
     CHECK(run_cmd(moe_cmd_trace, NULL, 4, "trace", "--model", model, "--out") == 2, "trace no input");

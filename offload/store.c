@@ -289,8 +289,19 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
                         "the store file (moeflow pack --out FILE)", path);
         goto out;
     }
-    if (!have_sb || pread(fd, fixed, sizeof(fixed), 0) != (ssize_t)sizeof(fixed)) {
-        st = moe_errorf(MOE_EFORMAT, "%s: too short for an expert store header", path);
+    if (!have_sb) {
+        st = moe_errorf(MOE_EIO, "%s: cannot stat expert store: %s", path, strerror(errno));
+        goto out;
+    }
+    ssize_t got = (uint64_t)sb.st_size < sizeof(fixed) ? 0 : pread(fd, fixed, sizeof(fixed), 0);
+    if (got < 0) {
+        st = moe_errorf(MOE_EIO, "%s: cannot read the expert store header: %s", path, strerror(errno));
+        goto out;
+    }
+    if (got != (ssize_t)sizeof(fixed)) {
+        st = moe_errorf(MOE_EFORMAT, "%s: %lld bytes, too short for an expert store (its fixed header alone is %u "
+                        "bytes): the file is truncated or not a store; write it with `moeflow pack`", path,
+                        (long long)sb.st_size, MOE_STORE_FIXED);
         goto out;
     }
     if (memcmp(fixed + H_MAGIC, MOE_STORE_MAGIC, 8)) {
@@ -331,11 +342,16 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         in->n_records > nk || hb != MOE_STORE_FIXED + (uint64_t)in->n_records * MOE_STORE_ENTRY ||
         in->data_offset != align_up(hb) || in->record_bytes == 0 ||
         in->record_bytes != in->gate_bytes + in->up_bytes + in->down_bytes ||
-        in->record_stride != align_up(in->record_bytes) || !blocks_fit(in) ||
-        (uint64_t)sb.st_size < in->data_offset) {
+        in->record_stride != align_up(in->record_bytes) || !blocks_fit(in)) {
         st = moe_errorf(MOE_EFORMAT, "%s: inconsistent expert store header (dtype '%s', %u records, "
                         "header %u bytes): the file is damaged; re-run `moeflow pack`", path, dn,
                         in->n_records, hb);
+        goto out;
+    }
+    if ((uint64_t)sb.st_size < in->data_offset) {
+        st = moe_errorf(MOE_EFORMAT, "%s: %lld bytes, shorter than its header and record table (%llu bytes): the "
+                        "file is truncated; re-run `moeflow pack`", path, (long long)sb.st_size,
+                        (unsigned long long)in->data_offset);
         goto out;
     }
     hdr = malloc(hb);
@@ -345,8 +361,9 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         st = moe_errorf(MOE_ENOMEM, "%s: out of memory for %u records", path, in->n_records);
         goto out;
     }
-    if (pread(fd, hdr, hb, 0) != (ssize_t)hb) {
-        st = moe_errorf(MOE_EIO, "%s: cannot read the record table", path);
+    if ((got = pread(fd, hdr, hb, 0)) != (ssize_t)hb) {
+        st = moe_errorf(MOE_EIO, "%s: cannot read the record table: %s", path,
+                        got < 0 ? strerror(errno) : "the file shrank while it was read");
         goto out;
     }
     uint64_t want = get64(hdr + H_HCHECK);

@@ -188,6 +188,16 @@ int main(void)
     flip_byte(other, MOE_STORE_FIXED + 8); /* first record's offset in the table */
     CHECK(!moe_store_open(other, mx), "damaged table accepted");
     CHECK(moe_last_error()[0], "damaged table gives an error");
+    /* a store cut short (an interrupted copy) says so and what to do, whether the cut falls in the fixed
+     * header or in the record table */
+    static const off_t cuts[] = { 0, 100, MOE_STORE_FIXED + 40 };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(cuts); k++) {
+        copy_file(store, other);
+        REQUIRE(truncate(other, cuts[k]) == 0, "truncate");
+        CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), other) &&
+                  strstr(moe_last_error(), "truncated") && strstr(moe_last_error(), "moeflow pack"),
+              "a store cut to %lld bytes: %s", (long long)cuts[k], moe_last_error());
+    }
     CHECK(!moe_store_open("/nonexistent/x.moestore", mx), "missing file");
     /* a FIFO is refused at once (not waited on for a writer); so is an empty path */
     snprintf(other, sizeof(other), "%s/fifo", dir);

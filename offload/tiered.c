@@ -426,7 +426,7 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
             pop_pins(t, pinned);
             pinned = 0;
             /* dropped keys lost their pins already; pop_pins on them is a no-op */
-            goto out;
+            break; /* the wait until the failure stalled the engine too */
         }
         const uint8_t *base = t->dev_mem + (size_t)slot * t->dev_slot_bytes;
         size_t mat = t->inter * t->hidden * moe_dtype_size(t->dev_dtype);

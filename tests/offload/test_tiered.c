@@ -271,6 +271,11 @@ static void check_late_failures(const struct moe_model *m, const char *store)
     for (int j = 0; j < c->top_k; j++) ids[j] = j;
     CHECK(p->ops->acquire(p->self, l0, c->top_k, ids, refs) == MOE_EDEVICE, "failing uploads: %s",
           moe_last_error());
+    /* it waited for the first failing upload (the worker cannot mark a slot before the acquire waits on it):
+     * a stall, though it ended in an error */
+    struct moe_offload_stats os;
+    REQUIRE(moe_provider_tiered_stats(p, &os), "stats");
+    CHECK(os.device.stall_s > 0, "a failed acquire's wait is not counted as a stall: %g s", os.device.stall_s);
     /* let the queued uploads fail too, then the device works again */
     for (int w = 0; w < 500 && atomic_load(&fd.slow_failures) > 0; w++) nanosleep(&(struct timespec){ 0, 2000000 }, NULL);
     nanosleep(&(struct timespec){ 0, 30000000 }, NULL);

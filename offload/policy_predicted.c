@@ -21,7 +21,7 @@ struct predicted {
     int *moe_index;      /* [n_layers] MoE index, -1 dense */
     int64_t step;        /* tokens (steps) seen, from accesses */
     int cur;             /* MoE index last accessed, -1 before any */
-    /* predictions, two slots by the parity of the step they are for (this and the next step) */
+    /* predictions, PRED_SLOTS slots by the step they are for modulo PRED_SLOTS (this step and the next ones) */
     int64_t *pred_pos;   /* [2, n_keys] position (step * n_moe + mi) the prediction is for, -1 none */
     float *pred_score;   /* [2, n_keys] */
     int64_t *layer_pred_pos; /* [2, n_moe] position of the latest prediction for the layer */

@@ -17,9 +17,14 @@
  * prediction is spent and its q decays.  Per-layer shares follow predicted
  * demand because all layers compete in one ranking.
  *
- * The position "now" follows on_access calls (a layer at or before the last
- * accessed one starts a new step), so the policy plugs into the cache manager
- * (offload/cache.h) unchanged.  Deterministic; ties go to the lowest key. */
+ * The position "now" follows on_access calls (a MoE layer before the last
+ * accessed one starts a new step; the experts of one layer are accessed one by
+ * one, so a layer equal to the last one does not), so the policy plugs into
+ * the cache manager (offload/cache.h) unchanged.  With a single MoE layer the
+ * steps cannot be told apart and every access falls in the first one: no use
+ * frequency decays and no transition is learned, so the ranking degrades to
+ * the stored predictions and the lowest key; a model with one MoE layer is
+ * better served by lru or lfu.  Deterministic; ties go to the lowest key. */
 #ifndef MOE_POLICY_PREDICTED_H
 #define MOE_POLICY_PREDICTED_H
 

@@ -163,8 +163,9 @@ void moe_token_bytes_free(struct moe_token_bytes *t);
 
 /* One guided step: out[id] = logits[id] for every token whose bytes continue the value from s and
  * that is not an end-of-sequence token (is_eos(ud, id)), and for the end-of-sequence tokens where
- * the output may end (moe_json_may_end) but could go on, else -inf.  Returns how many are allowed
- * (0: none continues the value). */
+ * the output may end (moe_json_may_end) but could go on, else -inf.  is_eos NULL (ignore_eos: no
+ * token ends the output): every token by its bytes.  Returns how many are allowed (0: none
+ * continues the value). */
 int moe_json_mask(const struct moe_json_state *s, const struct moe_token_bytes *t, const float *logits, int vocab,
                   bool (*is_eos)(const void *ud, int id), const void *ud, float *out);
 /* Advance s by token id's bytes (one moe_json_mask allowed). */

@@ -693,7 +693,8 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
     if (tb) { /* JSON mode: the tokens that keep the output a value's beginning, the rest -inf */
         if (moe_json_done(&r->json))
             return PICK_WHOLE;
-        if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, sched_is_eos, s, w->masked)) {
+        /* with ignore_eos an EOS ends nothing: a token like any other, allowed where its text goes on */
+        if (!moe_json_mask(&r->json, tb, lg, s->be.vocab, r->g.ignore_eos ? NULL : sched_is_eos, s, w->masked)) {
             *st = MOE_EINVAL;
             *msg = moe_json_schema_raw(r->g.json_schema)
                        ? "structured output: no token of the vocabulary continues the text its choice, pattern or "

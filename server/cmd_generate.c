@@ -421,7 +421,7 @@ static enum moe_status gen_run(struct moe_engine *e, struct moe_predictor *pred,
     struct moe_sampler s;
     moe_sampler_init(&s, &o->samp);
     for (int g = 0; g < o->max_tokens && !(o->json && moe_json_done(&js)); g++) {
-        if (o->json && !moe_json_mask(&js, &tb, logits, V, gen_is_eos, c, masked)) {
+        if (o->json && !moe_json_mask(&js, &tb, logits, V, o->ignore_eos ? NULL : gen_is_eos, c, masked)) {
             st = moe_errorf(MOE_EINVAL, "%s: no token of the vocabulary continues the %s",
                             o->grammar_path ? "--grammar" : o->regex ? "--regex" : "--json",
                             o->grammar_path || o->regex ? "text" : "value");

@@ -213,6 +213,13 @@ int main(void)
     got = run(cmd, &status);
     CHECK(status == 0 && strlen(got) > 1, "generate --ignore-eos: exit %d, '%s'", status, got);
     free(got);
+    /* --ignore-eos under a guide: the EOS (token 0, its text "<|endoftext|>", pushed up by a bias) ends
+     * nothing, so its text is held to the pattern as any token's: "a+" takes only "a"s */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt 'x = ' --regex 'a+' --max-tokens 6 --ignore-eos "
+             "--logit-bias 0:100", exe, dir);
+    got = run(cmd, &status);
+    CHECK(status == 0 && !strcmp(got, "aaaaaa\n"), "generate --regex a+ --ignore-eos: exit %d, '%s'", status, got);
+    free(got);
 
     /* usage errors */
     static const char *bad[] = { "generate", "generate --prompt x --top-p 1.5", "generate --prompt x --max-tokens -3",

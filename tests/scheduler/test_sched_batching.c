@@ -126,7 +126,9 @@ static void eos_and_min_tokens(void)
 /* min_tokens under a guide (regex "a+"; EOS is token 5, "a" token 9, so that greedy among tied logits
  * picks the EOS where the guide lets the output end): no end before min_tokens; and where the guide
  * allows only the masked tokens (regex "ab?" after "a", with "b" a stop id) the mask gives way and the
- * request ends as without min_tokens, rather than drawing a token the guide refuses. */
+ * request ends as without min_tokens, rather than drawing a token the guide refuses.  With ignore_eos
+ * the EOS ends nothing, so it is a token like any other, allowed only where its text ("</s>") goes on
+ * with the guide: "a+" then runs to max_tokens with "a". */
 static void guided_min_tokens(void)
 {
     const char *toks[FB_VOCAB];
@@ -145,14 +147,15 @@ static void guided_min_tokens(void)
     REQUIRE(moe_json_schema_regex("a+", 2, &plus) == MOE_OK && moe_json_schema_regex("ab?", 3, &opt) == MOE_OK, "%s",
             moe_last_error());
     int p[2] = { 3, 4 };
-    const int *ps[3] = { p, p, p }, np[3] = { 2, 2, 2 };
-    struct moe_gen_params g[3] = {
+    const int *ps[4] = { p, p, p, p }, np[4] = { 2, 2, 2, 2 };
+    struct moe_gen_params g[4] = {
         { .max_tokens = 10, .json = &tb, .json_schema = plus },
         { .max_tokens = 10, .json = &tb, .json_schema = plus, .min_tokens = 4 },
         { .max_tokens = 10, .json = &tb, .json_schema = opt, .min_tokens = 3, .n_stop_ids = 1, .stop_ids = { 10 } },
+        { .max_tokens = 6, .json = &tb, .json_schema = plus, .ignore_eos = true },
     };
-    struct sc_req r[3];
-    run_these(g, ps, np, 3, 5, r);
+    struct sc_req r[4];
+    run_these(g, ps, np, 4, 5, r);
     CHECK(r[0].n_tokens == 1 && r[0].tokens[0] == 9 && r[0].why == MOE_FINISH_STOP,
           "a+ alone: %d tokens (%s), want \"a\" then EOS", r[0].n_tokens, moe_finish_str(r[0].why));
     bool all_a = r[1].n_tokens >= 4;
@@ -163,6 +166,12 @@ static void guided_min_tokens(void)
     CHECK(r[2].n_tokens == 1 && r[2].tokens[0] == 9 && r[2].why == MOE_FINISH_STOP && r[2].st == MOE_OK,
           "ab? with b a stop id and min_tokens 3: %d tokens, first %d (%s: %s), want \"a\" then the end",
           r[2].n_tokens, r[2].tokens[0], moe_finish_str(r[2].why), r[2].msg);
+    bool only_a = r[3].n_tokens == 6;
+    for (int i = 0; i < r[3].n_tokens && i < SC_MAX_TOK; i++)
+        only_a &= r[3].tokens[i] == 9;
+    CHECK(only_a && r[3].why == MOE_FINISH_LENGTH && r[3].st == MOE_OK,
+          "a+ with ignore_eos: %d tokens, first two %d %d (%s: %s), want 6 \"a\" (length)", r[3].n_tokens,
+          r[3].tokens[0], r[3].tokens[1], moe_finish_str(r[3].why), r[3].msg);
     moe_json_schema_unref(plus);
     moe_json_schema_unref(opt);
     moe_token_bytes_free(&tb);

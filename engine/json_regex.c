@@ -959,11 +959,11 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
     }
     const char *p = pat, *end = pat + len;
     /* JSON Schema's patterns match anywhere unless anchored: '^' at the start, an unescaped '$' at
-     * the end */
-    bool caret = !whole && len && pat[0] == '^';
-    bool head = whole || caret, tail = whole || ends_with_dollar(pat + caret, end);
+     * the end (a whole text's pattern may have them too: they say what it says already) */
+    bool caret = len && pat[0] == '^', dollar = ends_with_dollar(pat + caret, end);
+    bool head = whole || caret, tail = whole || dollar;
     p += caret;
-    if (!whole && tail) end--;
+    end -= dollar;
     /* a lookahead right after the start's anchor: (?=X) or (?!X), X matched from the start (to the
      * end when it ends with '$'); the pattern is then the rest's automaton and X's together */
     const char *look = NULL, *look_end = NULL;
@@ -978,7 +978,7 @@ uint32_t json_regex_compile(const char *pat, size_t len, bool whole, bool count,
         neg = p[2] == '!';
         p = look_end + 1;
     }
-    if ((!whole && (caret || tail) && top_level_alt(p, end)) ||
+    if ((!whole && (caret || dollar) && top_level_alt(p, end)) ||
         (look && ends_with_dollar(look, look_end) && top_level_alt(look, look_end))) {
         snprintf(err, errlen, "an anchor beside a '|' outside groups: write '^(a|b)$'");
         return 0;

@@ -907,6 +907,26 @@ static void test_regex_text(void)
     good(sc, "no.");
     bad(sc, "maybe", 0);
     moe_json_schema_unref(sc);
+    /* anchors at its ends, as a schema's pattern writes them, say what the whole text says already */
+    static const struct {
+        const char *pat, *good, *bad;
+        int at; /* the byte bad is refused at */
+    } anchored[] = { { "^(yes|no)\\.$", "no.", "no.x", 3 }, { "^yes|no$", "yes", "noyes", 2 },
+                     { "(yes|no)$", "yes", "yesno", 3 }, { "^(?!no)[a-z]+$", "nay", "no", 1 },
+                     { "^\\^a\\$$", "^a$", "a", 0 } };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(anchored); i++) {
+        pat = anchored[i].pat;
+        CHECK(moe_json_schema_regex(pat, strlen(pat), &sc) == MOE_OK && sc, "%s: %s", pat, moe_last_error());
+        if (!sc) continue;
+        moe_json_init(&s, sc);
+        CHECK(moe_json_feed(&s, anchored[i].good, strlen(anchored[i].good)) && moe_json_may_end(&s), "%s: %s refused",
+              pat, anchored[i].good);
+        moe_json_init(&s, sc);
+        bool whole = moe_json_feed(&s, anchored[i].bad, strlen(anchored[i].bad)) && moe_json_may_end(&s);
+        CHECK(!whole && verdict(sc, anchored[i].bad) == anchored[i].at, "%s: %s verdict %d, want %d", pat,
+              anchored[i].bad, verdict(sc, anchored[i].bad), anchored[i].at);
+        moe_json_schema_unref(sc);
+    }
     CHECK(moe_json_schema_regex("(a", 2, &sc) == MOE_EINVAL && !sc && strstr(moe_last_error(), "without its ')'"),
           "a bad regex: %s", moe_last_error());
     CHECK(moe_json_schema_regex("a\xff", 2, &sc) == MOE_EINVAL && !sc && strstr(moe_last_error(), "not valid UTF-8"),

@@ -296,6 +296,11 @@ static int make_union(struct cc *c, const int *b, int n, const char *what)
     int k = 0;
     for (int i = 0; i < nf; i++) /* integer values are numbers */
         if (!(number && c->nodes[flat[i]].kind == K_INTEGER)) flat[k++] = flat[i];
+    if (k < nf && !strcmp(what, "oneOf")) {
+        fail(c, MOE_ENOTSUP, "oneOf: an integer matches both an integer branch and a number branch, and oneOf allows "
+             "a value of one branch only (write anyOf, or leave the integer branch out)");
+        return -1;
+    }
     nf = k;
     int objs[64], no = 0;
     for (int i = 0; i < nf; i++)

@@ -312,6 +312,11 @@ static void test_refused(void)
           "{\"type\":\"object\",\"properties\":{\"t\":{\"const\":\"b\"}},\"required\":[\"t\"]}]}",
           MOE_ENOTSUP, "told apart only by a tag" }, /* not required in one */
         { "{\"oneOf\":[{\"enum\":[\"a\"]},{\"type\":\"string\"}]}", MOE_ENOTSUP, "both begin with '\"'" },
+        /* an integer is a number too: it would match both branches, which oneOf refuses */
+        { "{\"type\":\"array\",\"items\":{\"oneOf\":[{\"type\":\"integer\"},{\"type\":\"number\"}]}}", MOE_ENOTSUP,
+          "oneOf: an integer matches both" },
+        { "{\"type\":\"array\",\"items\":{\"oneOf\":[{\"type\":[\"integer\",\"string\"]},{\"anyOf\":[{\"type\":"
+          "\"number\"}]}]}}", MOE_ENOTSUP, "oneOf: an integer matches both" },
         { "{\"type\":\"object\",\"required\":[\"x\"]}", MOE_ENOTSUP, "required property 'x'" },
         { "{\"$ref\":\"#/$defs/Nope\"}", MOE_EINVAL, "names nothing" },
         { "{\"$ref\":\"https://example.com/s.json\"}", MOE_EINVAL, "names nothing" },

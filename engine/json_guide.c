@@ -440,15 +440,21 @@ static bool cp_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
 
 /* Whether a \u escape may write some code point in lo .. hi (on from the automaton's state): not
  * printable ASCII but for '"' and '\\' (the others are written as themselves), and a surrogate
- * only in a string without a pattern or lengths (which count a pair of escapes as one character). */
+ * only in a string without a pattern or lengths (which count a pair of escapes as one character).
+ * In a key, only a control character without a short escape: a key is written as the schema's JSON
+ * writes its property names (every other character as itself or \", \\, \b, \f, \n, \r, \t, hex
+ * digits in upper case), so that its bytes tell whether it is one of them. */
 static bool esc_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
 {
     static const uint32_t ok[][2] = { { 0, 0x1f }, { 0x22, 0x22 }, { 0x5c, 0x5c }, { 0x7f, 0xd7ff },
                                       { 0xd800, 0xdfff }, { 0xe000, 0xffff } };
+    static const uint32_t key_ok[][2] = { { 0, 0x07 }, { 0x0b, 0x0b }, { 0x0e, 0x1f } };
     bool plain = !s->dfa && string_room(s) == UINT32_MAX;
-    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-        uint32_t a = lo > ok[i][0] ? lo : ok[i][0], b = hi < ok[i][1] ? hi : ok[i][1];
-        if (a <= b && (ok[i][0] != 0xd800 || plain) && cp_may(s, a, b)) return true;
+    size_t n = s->key ? sizeof(key_ok) / sizeof(key_ok[0]) : sizeof(ok) / sizeof(ok[0]);
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t *r = s->key ? key_ok[i] : ok[i];
+        uint32_t a = lo > r[0] ? lo : r[0], b = hi < r[1] ? hi : r[1];
+        if (a <= b && (r[0] != 0xd800 || plain) && cp_may(s, a, b)) return true;
     }
     return false;
 }
@@ -776,7 +782,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
         s->mode = s->text ? J_TEXT : J_STRING;
         return cp_done(s, s->ucp);
     case J_ESC:
-        if (s->key && !key_byte(s, c, false)) return false;
+        if (s->key && (c == '/' || !key_byte(s, c, false))) return false; /* a key's '/' as itself */
         if (c == 'u') {
             s->mode = J_HEX;
             s->aux = 4;
@@ -788,7 +794,7 @@ static bool step(struct moe_json_state *s, unsigned char c)
         return cp_done(s, (uint32_t)escaped(c));
     case J_HEX: {
         if (!is_hex(c)) return false;
-        if (s->key && !key_byte(s, c, false)) return false;
+        if (s->key && (c >= 'a' || !key_byte(s, c, false))) return false; /* a key's hex digits in upper case */
         s->ucp = s->ucp << 4 | (uint32_t)(is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
         if (--s->aux == 0) {
             s->mode = J_STRING;

@@ -183,6 +183,18 @@ static void test_arrays_unions_refs(void)
         bad(sc, "{\"a\\u0022b\":null}", 4);
     }
     moe_json_schema_unref(sc);
+    /* other keys allowed: a key is still written in the one way a declared name is, so a declared name
+     * is never written another way as another key, beside it or instead of it, with any value */
+    sc = compile("{\"type\":\"object\",\"properties\":{\"gr\xc3\xb6\xc3\x9f" "e\":{\"type\":\"integer\"},\"a/b\":"
+                 "{\"type\":\"integer\"},\"c\\u001F\":{\"type\":\"integer\"}},\"required\":[\"gr\xc3\xb6\xc3\x9f" "e\"]}");
+    if (sc) {
+        good(sc, "{\"gr\xc3\xb6\xc3\x9f" "e\":1,\"a/b\":2,\"c\\u001F\":3,\"x\\n\\u0001\":\"\\u00e9\\/\"}");
+        bad_at(sc, "{\"gr\xc3\xb6\xc3\x9f" "e\":1,\"gr\\u00", "f6\\u00dfe\":\"x\"}"); /* U+00F6 as an escape */
+        bad_at(sc, "{\"gr\xc3\xb6\xc3\x9f" "e\":1,\"a\\", "/b\":\"x\"}");              /* '/' as an escape */
+        bad_at(sc, "{\"gr\xc3\xb6\xc3\x9f" "e\":1,\"c\\u001", "f\":\"x\"}");           /* hex as JSON writes it */
+        bad_at(sc, "{\"x\\u", "d83d\\ude00\":1}");                                       /* a surrogate escape */
+    }
+    moe_json_schema_unref(sc);
 }
 
 /* Objects told apart by a tag (a discriminated union, as pydantic writes one): the tag first. */

@@ -22,6 +22,9 @@ enum {
     J_STRING,     /* inside a string */
     J_ESC,        /* after '\' */
     J_HEX,        /* aux hex digits of \u left */
+    J_LOW_ESC,    /* after a high surrogate's \u escape (ucp): the '\' of its low one */
+    J_LOW_U,      /* ... its 'u' */
+    J_LOW_HEX,    /* ... aux hex digits of it left (ucp: the high one's above bit 16, these below) */
     J_UTF8,       /* aux continuation bytes left */
     J_MINUS,      /* after '-' */
     J_ZERO,       /* a number's integer part is 0 */
@@ -440,15 +443,17 @@ static bool cp_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
 
 /* Whether a \u escape may write some code point in lo .. hi (on from the automaton's state): not
  * printable ASCII but for '"' and '\\' (the others are written as themselves), and a surrogate
- * only in a string without a pattern or lengths (which count a pair of escapes as one character).
+ * only in a string without a pattern or lengths (which count a pair of escapes as one character),
+ * and only as a pair: a high one first (D800-DBFF), then, in the next escape, a low one (DC00-DFFF).
  * In a key, only a control character without a short escape: a key is written as the schema's JSON
  * writes its property names (every other character as itself or \", \\, \b, \f, \n, \r, \t, hex
  * digits in upper case), so that its bytes tell whether it is one of them. */
 static bool esc_may(const struct moe_json_state *s, uint32_t lo, uint32_t hi)
 {
     static const uint32_t ok[][2] = { { 0, 0x1f }, { 0x22, 0x22 }, { 0x5c, 0x5c }, { 0x7f, 0xd7ff },
-                                      { 0xd800, 0xdfff }, { 0xe000, 0xffff } };
+                                      { 0xd800, 0xdbff }, { 0xe000, 0xffff } };
     static const uint32_t key_ok[][2] = { { 0, 0x07 }, { 0x0b, 0x0b }, { 0x0e, 0x1f } };
+    if (s->mode == J_LOW_HEX) return lo <= 0xdfff && hi >= 0xdc00;
     bool plain = !s->dfa && string_room(s) == UINT32_MAX;
     size_t n = s->key ? sizeof(key_ok) / sizeof(key_ok[0]) : sizeof(ok) / sizeof(ok[0]);
     for (size_t i = 0; i < n; i++) {
@@ -792,17 +797,34 @@ static bool step(struct moe_json_state *s, unsigned char c)
         if (escaped(c) < 0) return false;
         s->mode = J_STRING;
         return cp_done(s, (uint32_t)escaped(c));
-    case J_HEX: {
+    case J_HEX:
+    case J_LOW_HEX: {
         if (!is_hex(c)) return false;
         if (s->key && (c >= 'a' || !key_byte(s, c, false))) return false; /* a key's hex digits in upper case */
-        s->ucp = s->ucp << 4 | (uint32_t)(is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
-        if (--s->aux == 0) {
-            s->mode = J_STRING;
-            return esc_may(s, s->ucp, s->ucp) && cp_done(s, s->ucp);
+        uint32_t high = s->ucp >> 16, v = (s->ucp & 0xffff) << 4 | (uint32_t)(is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
+        s->ucp = high << 16 | v;
+        if (--s->aux > 0) {
+            uint32_t lo = v << (4 * s->aux);
+            return esc_may(s, lo, lo | ((1u << (4 * s->aux)) - 1));
         }
-        uint32_t lo = s->ucp << (4 * s->aux);
-        return esc_may(s, lo, lo | ((1u << (4 * s->aux)) - 1));
+        if (!esc_may(s, v, v)) return false;
+        if (s->mode == J_HEX && v >= 0xd800 && v <= 0xdbff) { /* a high surrogate: its low one follows */
+            s->mode = J_LOW_ESC;
+            return true;
+        }
+        s->mode = J_STRING;
+        return cp_done(s, high ? 0x10000 + ((high - 0xd800) << 10) + (v - 0xdc00) : v);
     }
+    case J_LOW_ESC:
+        if (c != '\\') return false;
+        s->mode = J_LOW_U;
+        return true;
+    case J_LOW_U:
+        if (c != 'u') return false;
+        s->mode = J_LOW_HEX;
+        s->aux = 4;
+        s->ucp <<= 16; /* the high surrogate, above the low one's digits */
+        return true;
     case J_TEXT:
         if (c < 0x80) return cp_done(s, c);
         return utf8_lead(s, c);
@@ -875,8 +897,8 @@ static bool number_end(struct moe_json_state *s, unsigned char c)
 /* Whitespace inside a string or a literal is text, not whitespace between tokens. */
 static bool in_token(const struct moe_json_state *s)
 {
-    return s->mode == J_STRING || s->mode == J_ESC || s->mode == J_HEX || s->mode == J_UTF8 || s->mode == J_LIT ||
-           s->mode == J_TEXT;
+    return s->mode == J_STRING || s->mode == J_ESC || s->mode == J_HEX || s->mode == J_LOW_ESC || s->mode == J_LOW_U ||
+           s->mode == J_LOW_HEX || s->mode == J_UTF8 || s->mode == J_LIT || s->mode == J_TEXT;
 }
 
 /* Whitespace between tokens: a run holds at most two line breaks and 2 + 4 x depth bytes (room for

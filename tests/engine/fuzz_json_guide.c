@@ -7,8 +7,7 @@
  * same byte and reach the same completion; a refused byte stays refused with
  * more bytes after it; no beginning is a dead end (some byte continues it, 64
  * bytes on); a whole value must be JSON that jansson reads (but for
- * numbers beyond its range and lone surrogates in \u escapes, which RFC 8259's
- * grammar allows). */
+ * numbers beyond its range): \u surrogate escapes come in pairs. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -46,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             json_error_t e;
             json_t *j = json_loadb((const char *)d + v, n - v, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-            if (!j && !strstr(e.text, "overflow") && !strstr(e.text, "too big") && !strstr(e.text, "Unicode"))
+            if (!j && !strstr(e.text, "overflow") && !strstr(e.text, "too big"))
                 abort();
             json_decref(j);
         }

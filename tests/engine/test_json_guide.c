@@ -2,7 +2,8 @@
  * beginning of one is accepted and not complete; anything else (another
  * top-level value, whitespace before the object or after it or runs of it
  * beyond the limits, bad escapes, numbers, literals, control characters,
- * invalid UTF-8 (overlong forms, surrogates, beyond U+10FFFF), nesting beyond the limit) is refused at the byte where it goes
+ * invalid UTF-8 (overlong forms, surrogates, beyond U+10FFFF), a \u surrogate escape outside a high-low pair, nesting
+ * beyond the limit) is refused at the byte where it goes
  * wrong; token-sized pieces give the same verdict as bytes. */
 #include "common/moe.h"
 #include "engine/json_guide.h"
@@ -47,6 +48,7 @@ int main(void)
         "{\"s\": \"x\\\"y\\\\z\\/\\b\\f\\n\\r\\t\\u00e9\\uD83D\\uDE00\"}", "{\"k\": true, \"f\": false, \"n\": null}",
         "{\"nested\": {\"a\": [[], {}, [{\"b\": []}]]}}", "{\"utf8\": \"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80\"}",
         "{\"a\":\"}\",\"b\":\"{[\"}", "{\"\":\"\"}", "{\"edge\":\"\xed\x9f\xbf \xf4\x8f\xbf\xbf \xe0\xa0\x80\"}",
+        "{\"pairs\":\"\\ud800\\udc00\\uDBFF\\uDFFF\\uD7FF\\uE000\"}",
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(good); i++) {
         CHECK(whole(good[i]), "refused: %s", good[i]);
@@ -73,6 +75,10 @@ int main(void)
         { "{\"a\":\"\xe0\x9f\xbf\"}", 7 }, { "{\"a\":\"\xed\xa0\x80\"}", 7 },     /* overlong, surrogate */
         { "{\"a\":\"\xf0\x8f\xbf\xbf\"}", 7 }, { "{\"a\":\"\xf4\x90\x80\x80\"}", 7 }, /* overlong, > U+10FFFF */
         { "{\"a\":\"\xc0\xaf\"}", 6 },
+        /* a \u escape of a surrogate only as a pair, high then low (RFC 8259, section 7) */
+        { "{\"a\":\"\\uD83D\"}", 12 }, { "{\"a\":\"\\uD83Dx\"}", 12 }, { "{\"a\":\"\\uD83D\\n\"}", 13 },
+        { "{\"a\":\"\\uD83D\\uD83D\"}", 15 }, { "{\"a\":\"\\uD83D\\u00e9\"}", 14 }, { "{\"a\":\"\\uDE00\"}", 9 },
+        { "{\"a\":\"\\udbff\\udfff\\ud\"}", 21 },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++)
         CHECK(refused_at(bad[i].text) == bad[i].at, "%s: refused at %d, want %d", bad[i].text, refused_at(bad[i].text),

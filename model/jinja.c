@@ -2426,6 +2426,19 @@ static int64_t arg_int(struct render *r, const struct args *a, int i, const char
     return inum(v);
 }
 
+/* A filter's attribute argument (see attr_path): a string or an integer; NULL when absent or none. */
+static const struct val *arg_attr(struct render *r, const struct args *a, int i, const char *name, const char *what,
+                                  int line)
+{
+    const struct val *v = arg(a, i, name);
+    if (!v || v->t == V_NONE)
+        return NULL;
+    if (v->t != V_STR && v->t != V_INT && v->t != V_BOOL)
+        fail_at(&r->f, MOE_EINVAL, line, "%s: the attribute must be a string or an integer, not %s", what,
+                type_name(v));
+    return v;
+}
+
 static bool run_test(struct render *r, const char *name, const struct val *v, const struct args *a, int line);
 
 static struct val call_builtin(struct render *r, int fn, const struct args *a, int line)
@@ -2661,25 +2674,33 @@ static int64_t length(struct render *r, const struct val *v, int line)
     }
 }
 
-/* The attribute named by a filter argument ("a.b" walks dicts). */
-static struct val attr_path(struct render *r, const struct val *v, const struct str *path)
+/* v's attribute path of a filter (Jinja2's make_attrgetter): an integer, one index; or a string of
+ * parts split at '.', a part of digits an index (into a list or a string, not a dict's key "0") and
+ * any other a key, each looked up as v[part] is (an undefined value on the way fails).  With dflt
+ * (map's default=), an undefined result of a part becomes dflt. */
+static struct val attr_path(struct render *r, const struct val *v, const struct val *path, const struct val *dflt,
+                            int line)
 {
     struct val cur = *v;
-    const char *p = path->p, *end = path->p + path->n;
-    while (p <= end) {
+    if (path->t != V_STR) {
+        cur = get_item(r, &cur, path, line);
+        return dflt && cur.t == V_UNDEF ? *dflt : cur;
+    }
+    const char *p = path->s->p, *end = p + path->s->n;
+    for (;;) {
         const char *dot = memchr(p, '.', (size_t)(end - p));
-        size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p);
-        if (cur.t != V_DICT)
-            return vundef(NULL);
-        const struct val *x = dict_get(cur.d, p, n);
-        if (!x)
-            return vundef(NULL);
-        cur = *x;
+        size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p), k = 0;
+        int64_t index = 0;
+        for (; k < n && is_digit(p[k]); k++)
+            index = index > (INT64_MAX - 9) / 10 ? INT64_MAX : index * 10 + (p[k] - '0'); /* past any length */
+        struct val key = n && k == n ? vint(index) : vstr(r, p, n);
+        cur = get_item(r, &cur, &key, line);
+        if (dflt && cur.t == V_UNDEF)
+            cur = *dflt;
         if (!dot)
-            break;
+            return cur;
         p = dot + 1;
     }
-    return cur;
 }
 
 static struct val arith(struct render *r, int op, struct val a, struct val b, int line);
@@ -2898,13 +2919,13 @@ static struct val filter(struct render *r, const struct node *n)
     if (!strcmp(f, "join")) {
         const struct list *l = iter_list(r, &v, line);
         const struct str *sep = arg_str(r, &a, 0, "d", f, line);
-        const struct str *attr = arg_str(r, &a, 1, "attribute", f, line);
+        const struct val *attr = arg_attr(r, &a, 1, "attribute", f, line);
         struct buf b = { 0 };
         buf_add(r, &b, "", 0);
         for (size_t i = 0; i < l->n; i++) {
             if (i && sep)
                 buf_add(r, &b, sep->p, sep->n);
-            struct val x = attr ? attr_path(r, &l->v[i], attr) : l->v[i];
+            struct val x = attr ? attr_path(r, &l->v[i], attr, NULL, line) : l->v[i];
             to_str(r, &b, &x, line);
         }
         return vbuf(r, &b);
@@ -2912,13 +2933,13 @@ static struct val filter(struct render *r, const struct node *n)
     if (!strcmp(f, "sort")) { /* sort(reverse=false, case_sensitive=false, attribute=none), stable */
         const struct list *src = iter_list(r, &v, line);
         const struct val *rv = arg(&a, 0, "reverse"), *cs = arg(&a, 1, "case_sensitive");
-        const struct str *attr = arg_str(r, &a, 2, "attribute", f, line);
+        const struct val *attr = arg_attr(r, &a, 2, "attribute", f, line);
         bool rev = rv && truthy(rv), sens = cs && truthy(cs);
         struct list *l = new_list(r, src->n);
         struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
         for (size_t i = 0; i < src->n; i++) {
             l->v[i] = src->v[i];
-            keys[i] = sort_key(r, attr ? attr_path(r, &src->v[i], attr) : src->v[i], sens);
+            keys[i] = sort_key(r, attr ? attr_path(r, &src->v[i], attr, NULL, line) : src->v[i], sens);
         }
         for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
             for (size_t j = i; j > 0; j--) {
@@ -2937,14 +2958,14 @@ static struct val filter(struct render *r, const struct node *n)
     if (!strcmp(f, "unique")) { /* unique(case_sensitive=False, attribute=None): a generator */
         const struct list *src = iter_list(r, &v, line);
         const struct val *cs = arg(&a, 0, "case_sensitive");
-        const struct str *attr = arg_str(r, &a, 1, "attribute", f, line);
+        const struct val *attr = arg_attr(r, &a, 1, "attribute", f, line);
         bool sens = cs && truthy(cs);
         struct list *l = new_list(r, src->n);
         struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
         l->n = 0;
         l->gen = true;
         for (size_t i = 0; i < src->n; i++) {
-            struct val k = sort_key(r, attr ? attr_path(r, &src->v[i], attr) : src->v[i], sens);
+            struct val k = sort_key(r, attr ? attr_path(r, &src->v[i], attr, NULL, line) : src->v[i], sens);
             bool seen = false;
             for (size_t j = 0; j < l->n && !seen; j++) {
                 step(r, line);
@@ -2960,22 +2981,22 @@ static struct val filter(struct render *r, const struct node *n)
     if (!strcmp(f, "sum") || !strcmp(f, "min") || !strcmp(f, "max")) {
         const struct list *l = iter_list(r, &v, line);
         if (f[1] == 'u') { /* sum(attribute=None, start=0) */
-            const struct str *attr = arg_str(r, &a, 0, "attribute", f, line);
+            const struct val *attr = arg_attr(r, &a, 0, "attribute", f, line);
             const struct val *start = arg(&a, 1, "start");
             struct val acc = start ? *start : vint(0);
             for (size_t i = 0; i < l->n; i++)
-                acc = arith(r, OP_ADD, acc, attr ? attr_path(r, &l->v[i], attr) : l->v[i], line);
+                acc = arith(r, OP_ADD, acc, attr ? attr_path(r, &l->v[i], attr, NULL, line) : l->v[i], line);
             return acc;
         }
         if (!l->n) /* min/max(case_sensitive=False, attribute=None) */
             return vundef(NULL);
         const struct val *cs = arg(&a, 0, "case_sensitive");
-        const struct str *attr = arg_str(r, &a, 1, "attribute", f, line);
+        const struct val *attr = arg_attr(r, &a, 1, "attribute", f, line);
         bool sens = cs && truthy(cs);
         size_t best = 0;
-        struct val bk = sort_key(r, attr ? attr_path(r, &l->v[0], attr) : l->v[0], sens);
+        struct val bk = sort_key(r, attr ? attr_path(r, &l->v[0], attr, NULL, line) : l->v[0], sens);
         for (size_t i = 1; i < l->n; i++) {
-            struct val k = sort_key(r, attr ? attr_path(r, &l->v[i], attr) : l->v[i], sens);
+            struct val k = sort_key(r, attr ? attr_path(r, &l->v[i], attr, NULL, line) : l->v[i], sens);
             int c = compare(r, &k, &bk, line);
             if (f[1] == 'i' ? c < 0 : c > 0) {
                 best = i;
@@ -2990,9 +3011,9 @@ static struct val filter(struct render *r, const struct node *n)
         struct list *l = new_list(r, src->n);
         l->n = 0;
         bool attr = !strcmp(f + strlen(f) - 4, "attr"), sel = f[0] == 's', map = f[0] == 'm';
-        const struct str *attribute = map ? arg_str(r, &a, -1, "attribute", f, line) : NULL;
+        const struct val *attribute = map ? arg_attr(r, &a, -1, "attribute", f, line) : NULL;
         int first = attr ? 1 : 0; /* selectattr(attr, test, args...) */
-        const struct str *an = attr ? arg_str(r, &a, 0, NULL, f, line) : NULL;
+        const struct val *an = attr ? arg_attr(r, &a, 0, NULL, f, line) : NULL;
         const struct str *tname = map ? NULL : arg_str(r, &a, first, NULL, f, line);
         if (attr && !an)
             fail_at(&r->f, MOE_EINVAL, line, "%s needs an attribute name", f);
@@ -3016,10 +3037,10 @@ static struct val filter(struct render *r, const struct node *n)
         for (int i = first + 1; i < a.npos; i++) targs.pos[targs.npos++] = a.pos[i];
         for (size_t i = 0; i < src->n; i++) {
             if (map) {
-                l->v[l->n++] = attr_path(r, &src->v[i], attribute);
+                l->v[l->n++] = attr_path(r, &src->v[i], attribute, NULL, line);
                 continue;
             }
-            struct val x = attr ? attr_path(r, &src->v[i], an) : src->v[i];
+            struct val x = attr ? attr_path(r, &src->v[i], an, NULL, line) : src->v[i];
             bool ok = tname ? run_test(r, tname->p, &x, &targs, line) : truthy(&x);
             if (ok == sel)
                 l->v[l->n++] = src->v[i];

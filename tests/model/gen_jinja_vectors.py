@@ -294,6 +294,12 @@ CASES = [
     ("dict-methods", "{{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.keys() | list }} "
      "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}{{ d.items() | list }} "
      "{{ d | items | list }} {{ d | dictsort }}", {"d": {"b": "x", "a": 1}}),
+    ("attribute-paths", "{{ m|map(attribute='a.0')|list }} {{ l|map(attribute='1')|list }} "
+     "{{ l|map(attribute=1)|list }} {{ m|map(attribute='k.1')|list }} {{ m|map(attribute='0')|list }} "
+     "{{ m|selectattr('a.0', 'gt', 5)|list|length }} {{ m|sort(attribute='a.0', reverse=true)|map(attribute='k')|join }} "
+     "{{ m|join(',', attribute='a.0') }} {{ l|sum(attribute='0') }} {{ m|max(attribute='a.0')|tojson }}",
+     {"m": [{"a": [5, 6], "k": "xy", "0": "z"}, {"a": [7], "k": "qr", "0": "w"}], "l": [[1, 2], [3, 4]]}),
+    ("attribute-path-undefined", "{{ m|map(attribute='b.c')|list }}", {"m": [{"a": 1}]}),
     # statements
     ("for-loop", "{% for x in [10, 20, 30] %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/"
      "{{ loop.first }}/{{ loop.last }}/{{ loop.length }}/{{ loop.previtem }}/{{ loop.nextitem }}/{{ loop.cycle('a', 'b') }};"

@@ -3012,6 +3012,9 @@ static struct val filter(struct render *r, const struct node *n)
         l->n = 0;
         bool attr = !strcmp(f + strlen(f) - 4, "attr"), sel = f[0] == 's', map = f[0] == 'm';
         const struct val *attribute = map ? arg_attr(r, &a, -1, "attribute", f, line) : NULL;
+        const struct val *dflt = map ? arg(&a, -1, "default") : NULL; /* map(attribute=, default=) */
+        if (dflt && dflt->t == V_NONE)
+            dflt = NULL; /* as Jinja2: a default of none is none given */
         int first = attr ? 1 : 0; /* selectattr(attr, test, args...) */
         const struct val *an = attr ? arg_attr(r, &a, 0, NULL, f, line) : NULL;
         const struct str *tname = map ? NULL : arg_str(r, &a, first, NULL, f, line);
@@ -3037,7 +3040,7 @@ static struct val filter(struct render *r, const struct node *n)
         for (int i = first + 1; i < a.npos; i++) targs.pos[targs.npos++] = a.pos[i];
         for (size_t i = 0; i < src->n; i++) {
             if (map) {
-                l->v[l->n++] = attr_path(r, &src->v[i], attribute, NULL, line);
+                l->v[l->n++] = attr_path(r, &src->v[i], attribute, dflt, line);
                 continue;
             }
             struct val x = attr ? attr_path(r, &src->v[i], an, NULL, line) : src->v[i];

@@ -300,6 +300,9 @@ CASES = [
      "{{ m|join(',', attribute='a.0') }} {{ l|sum(attribute='0') }} {{ m|max(attribute='a.0')|tojson }}",
      {"m": [{"a": [5, 6], "k": "xy", "0": "z"}, {"a": [7], "k": "qr", "0": "w"}], "l": [[1, 2], [3, 4]]}),
     ("attribute-path-undefined", "{{ m|map(attribute='b.c')|list }}", {"m": [{"a": 1}]}),
+    ("map-default", "{{ m|map(attribute='c', default=0)|list }} {{ m|map(attribute='b', default='-')|list }} "
+     "{{ m|map(attribute='a.1', default='D')|list }} {{ m|map(attribute='x.y', default='D')|list }} "
+     "{{ m|map(attribute='c', default=none)|list }}", {"m": [{"a": [5, 6], "b": None}, {"a": [7], "c": 1}]}),
     # statements
     ("for-loop", "{% for x in [10, 20, 30] %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/"
      "{{ loop.first }}/{{ loop.last }}/{{ loop.length }}/{{ loop.previtem }}/{{ loop.nextitem }}/{{ loop.cycle('a', 'b') }};"

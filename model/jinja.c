@@ -2508,13 +2508,15 @@ static struct val call_macro(struct render *r, const struct node *m, const struc
         fail_at(&r->f, MOE_ERANGE, line, "macros call each other deeper than %d", JJ_MAX_DEPTH);
     if (a->npos > m->nargs)
         fail_at(&r->f, MOE_EINVAL, line, "macro '%s' takes %d arguments, not %d", m->name, m->nargs, a->npos);
-    struct frame fr = { .up = r->root };
+    struct frame fr = { .up = r->root }, *caller = r->cur;
+    r->cur = &fr; /* defaults are evaluated in the macro's scope, where the parameters before them are set */
     for (int i = 0; i < m->nargs; i++) {
         const struct val *v = arg(a, i, m->kwnames[i]);
         const char *p = m->kwnames[i];
         struct val x = v ? *v : m->args[i] ? eval(r, m->args[i]) : vundef(r_str(r, p, strlen(p)));
         dict_sets(r, &fr.vars, m->kwnames[i], x);
     }
+    r->cur = caller;
     for (int k = 0; k < a->nkw; k++) {
         bool known = false;
         for (int i = 0; i < m->nargs; i++) known |= !strcmp(a->names[k], m->kwnames[i]);

@@ -2518,10 +2518,13 @@ static struct val call_macro(struct render *r, const struct node *m, const struc
     }
     r->cur = caller;
     for (int k = 0; k < a->nkw; k++) {
-        bool known = false;
-        for (int i = 0; i < m->nargs; i++) known |= !strcmp(a->names[k], m->kwnames[i]);
-        if (!known)
+        int i = 0;
+        while (i < m->nargs && strcmp(a->names[k], m->kwnames[i])) i++;
+        if (i == m->nargs)
             fail_at(&r->f, MOE_EINVAL, line, "macro '%s' has no argument '%s'", m->name, a->names[k]);
+        if (i < a->npos)
+            fail_at(&r->f, MOE_EINVAL, line, "macro '%s' is given argument '%s' twice, by position and by name",
+                    m->name, a->names[k]);
     }
     struct buf out = { 0 };
     buf_add(r, &out, "", 0);

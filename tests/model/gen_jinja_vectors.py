@@ -322,6 +322,7 @@ CASES = [
      "{{ ns.a }} {{ ns.items }}", {}),
     ("macro", "{% macro tag(name, body='-') %}<{{ name }}>{{ body }}</{{ name }}>{% endmacro %}"
      "{{ tag('b') }}{{ tag('i', 'x') }}{{ tag(name='u', body=3) }}", {}),
+    ("macro-argument-twice", "{% macro f(x, y) %}{{ x }}{{ y }}{% endmacro %}{{ f(1, 2, x=3) }}", {}),
     ("macro-defaults", "{% macro f(a, b=a ~ '!') %}{{ b }}{% endmacro %}{% macro g(v=z) %}[{{ v }}]{% endmacro %}"
      "{% set z = 5 %}{% for i in [1] %}{% set z = 9 %}{{ f(1) }}{{ g() }}{{ g(i) }}{% endfor %}"
      "{% macro h(w=i) %}[{{ w }}]{% endmacro %}{% for i in [2] %}{{ h() }}{% endfor %}", {}),

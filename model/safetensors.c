@@ -170,9 +170,13 @@ static enum moe_status parse_tensor(struct moe_st_file *f, const char *name, jso
     if (!json_is_string(dt))
         return moe_errorf(MOE_EFORMAT, "%s: tensor \"%s\": \"dtype\" missing or not a string",
                           f->what, name);
-    if (!moe_dtype_parse(json_string_value(dt), &t->dtype))
-        return moe_errorf(MOE_ENOTSUP, "%s: tensor \"%s\": unknown dtype \"%s\" (known: F32 F16 BF16 "
-                          "F64 I64 I32 I16 I8 U8 BOOL)", f->what, name, json_string_value(dt));
+    if (!moe_dtype_parse(json_string_value(dt), &t->dtype)) {
+        char known[128] = "";
+        for (int d = 0; d < MOE_DT_COUNT; d++)
+            snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s", d ? " " : "", dtype_info[d].name);
+        return moe_errorf(MOE_ENOTSUP, "%s: tensor \"%s\": unknown dtype \"%s\" (known: %s)", f->what, name,
+                          json_string_value(dt), known);
+    }
     if (!json_is_array(shape))
         return moe_errorf(MOE_EFORMAT, "%s: tensor \"%s\": \"shape\" missing or not an array",
                           f->what, name);

@@ -149,6 +149,20 @@ static void test_legal_headers(void)
         CHECK(!f && strstr(moe_last_error(), "__metadata__"), "non-string metadata: %s", moe_last_error());
         moe_st_close(f);
     }
+    /* an unknown dtype: the message lists every dtype the reader knows */
+    {
+        static const char h3[] = "{\"x\":{\"dtype\":\"F8_E8M0\",\"shape\":[1],\"data_offsets\":[0,1]}}";
+        uint8_t im3[8 + sizeof(h3) - 1 + 1] = { sizeof(h3) - 1 };
+        memcpy(im3 + 8, h3, sizeof(h3) - 1);
+        f = moe_st_open_memory(im3, sizeof(im3), "dtype");
+        CHECK(!f && strstr(moe_last_error(), "\"F8_E8M0\""), "unknown dtype: %s", moe_last_error());
+        for (int i = 0; i < MOE_DT_COUNT; i++) {
+            char word[24];
+            snprintf(word, sizeof(word), " %s", moe_dtype_name((enum moe_dtype)i));
+            CHECK(strstr(moe_last_error(), word), "unknown dtype: %s is not named: %s", word + 1, moe_last_error());
+        }
+        moe_st_close(f);
+    }
     CHECK(moe_st_open_memory(img, 7, "short") == NULL && strstr(moe_last_error(), "short"), "7-byte image");
     CHECK(moe_st_open_memory(NULL, 0, "null") == NULL, "empty image accepted");
 }

@@ -1279,8 +1279,8 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     r->slot = -1;
 
     pthread_mutex_lock(&s->mu);
-    if (s->draining || s->stop)
-        st = moe_errorf(MOE_EBUSY, "scheduler: not accepting requests (draining for shutdown)");
+    if (s->draining || s->stop) /* not "retry later" (MOE_EBUSY): this scheduler takes no more */
+        st = moe_errorf(MOE_ECANCELED, "scheduler: not accepting requests (draining for shutdown); retry elsewhere");
     else if (!g->more_choice && s->n_waiting - s->n_wait_more >= s->p.max_queued)
         st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max_queued = %d); retry later",
                         s->n_waiting - s->n_wait_more, s->p.max_queued);

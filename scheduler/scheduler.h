@@ -183,7 +183,9 @@ struct moe_sched;
 struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_params *p);
 void moe_sched_destroy(struct moe_sched *s);  /* cancels what is left, joins the thread */
 enum moe_status moe_sched_start(struct moe_sched *s); /* spawn the scheduler thread */
-/* Admit or reject at once (reason in moe_last_error(): which bound). */
+/* Admit or reject at once (reason in moe_last_error(): which bound): MOE_EINVAL / MOE_ERANGE for a request
+ * that can never run here, MOE_EBUSY for one that may later (max_queued, max_tokens_in_flight reached),
+ * MOE_ECANCELED once moe_sched_drain or moe_sched_destroy began (none will), MOE_ENOMEM. */
 enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_prompt,
                                  const struct moe_gen_params *g,
                                  const struct moe_sched_events *ev, void *ud, uint64_t *id);

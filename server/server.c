@@ -550,6 +550,8 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
         gen_free(g);
         if (st == MOE_EBUSY)
             moe_metrics_count(&s->metrics, &s->metrics.rejected_busy, 1);
+        else if (st == MOE_ECANCELED) /* the drain began after refuse_draining looked: 503, as it answers */
+            moe_metrics_count(&s->metrics, &s->metrics.rejected_draining, 1);
         else
             moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
         return st;

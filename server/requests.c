@@ -178,7 +178,7 @@ static enum moe_status copy_prompt_ids(json_t *arr, const char *field, int **out
     if (!*out)
         return moe_errorf(MOE_ENOMEM, "'%s': out of memory", field);
     for (size_t i = 0; i < n; i++) {
-        int32_t id;
+        int32_t id = 0; /* set on MOE_OK; initialised for the compiler, which cannot see that */
         enum moe_status st = json_token_id(json_array_get(arr, i), field, i, &id);
         if (st != MOE_OK)
             return st;

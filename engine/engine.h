@@ -40,7 +40,7 @@ struct moe_engine_params {
     int max_seqs;                 /* sequence slots (KV caches) (0 = 1) */
     int max_ctx;                  /* tokens per sequence; <= cfg.max_pos (0 = cfg.max_pos) */
     int max_batch_tokens;         /* tokens per forward() call (0 = 512) */
-    int n_threads;                /* BLAS threads (0 = 1) */
+    int n_threads;                /* the CPU backend's worker threads (0 = 1) */
     struct moe_provider *provider;/* NULL: the engine creates and owns a resident provider */
     struct moe_engine_hooks hooks;
     /* Compute backend; NULL: the engine creates and owns the CPU backend

@@ -19,7 +19,7 @@
  *
  * For each, the prompt's logits at every position within 1e-4 (max abs) of the
  * reference, prefilled in one batch, in two chunks through the KV cache, and
- * one token at a time; and with the experts served through the tiers (a device
+ * one token at a time, the last two with the one-batch prefill's bits; and with the experts served through the tiers (a device
  * tier of top_k slots over two host records over the checkpoint), the same bits
  * as all-resident. */
 #include "engine_testutil.h"
@@ -58,6 +58,8 @@ static void check_variant(const char *name)
             "%s chunked forward: %s", name, moe_last_error());
     d = max_abs_diff(step, want, (size_t)(T * V));
     CHECK(d < TOL, "%s: logits of the prompt in two chunks differ from the reference by %g", name, d);
+    CHECK(!memcmp(step, lg, sizeof(float) * (size_t)(T * V)), "%s: logits of the prompt in two chunks differ "
+          "from the one-batch prefill's bits", name);
     moe_engine_seq_free(e, seq);
 
     int diff_rows = t_token_by_token_diffs(e, ids, (int)T, lg);

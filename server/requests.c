@@ -1606,9 +1606,18 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
     int which = -1, n_raw = 0;
     for (int i = 0; i < 3; i++)
         if (raw[i]) which = i, n_raw++;
-    if (which >= 0 && (js || (jo && jo->bool_param) || n_raw > 1)) {
+    if (jo && jo->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {
+        st = moe_errorf(MOE_EINVAL, "parameter 'json_object' must be a bool");
+        goto out;
+    }
+    bool jo_on = jo && jo->bool_param;
+    if (which >= 0 && (js || jo_on || n_raw > 1)) {
         st = moe_errorf(MOE_EINVAL, "parameter '%s' goes without 'json_object', 'json_schema' and the other of "
                         "'regex', 'grammar' and 'structural_tag': give one", raw_names[which]);
+        goto out;
+    }
+    if (js && jo_on) { /* as GenerateRequest's fields of the same names */
+        st = moe_errorf(MOE_EINVAL, "parameters 'json_object' and 'json_schema' go without each other: give one");
         goto out;
     }
     if (which >= 0) {
@@ -1627,13 +1636,7 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
             goto out;
         }
     }
-    if (jo) { /* JSON mode, as GenerateRequest's fields of the same names */
-        if (jo->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {
-            st = moe_errorf(MOE_EINVAL, "parameter 'json_object' must be a bool");
-            goto out;
-        }
-        out->json_object = jo->bool_param;
-    }
+    out->json_object = jo_on; /* JSON mode, as GenerateRequest's field of the same name */
     if (js) {
         if (js->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM) {
             st = moe_errorf(MOE_EINVAL, "parameter 'json_schema' must be a string (the schema as JSON text)");

@@ -1146,6 +1146,63 @@ static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
     return n;
 }
 
+/* m with its text_input (t[0], contents tc[0]) and the parameters n_p, p, refused (err: a word of its
+ * message) or not (err NULL). */
+static void kserve_params(Inference__ModelInferRequest *m, Inference__ModelInferRequest__InferInputTensor *t,
+                          Inference__InferTensorContents *tc, Inference__ModelInferRequest__ParametersEntry **p,
+                          size_t n_p, const char *err, const char *what)
+{
+    t[0].contents = &tc[0];
+    t[0].datatype = "BYTES";
+    m->n_inputs = 1;
+    m->n_raw_input_contents = 0;
+    m->raw_input_contents = NULL;
+    m->n_parameters = n_p;
+    m->parameters = p;
+    uint8_t *b;
+    size_t n = pack_infer(m, &b);
+    struct moe_gen_request r;
+    enum moe_status st = moe_req_parse_kserve(b, n, &r);
+    if (err)
+        CHECK(st == MOE_EINVAL && strstr(moe_last_error(), err), "%s: %d %s", what, (int)st, moe_last_error());
+    else
+        CHECK(st == MOE_OK, "%s: %s", what, moe_last_error());
+    if (st == MOE_OK)
+        moe_gen_request_free(&r);
+    free(b);
+    m->n_parameters = 0;
+    m->parameters = NULL;
+}
+
+/* JSON mode and the other guides as request parameters: one at a time, as GenerateRequest's fields. */
+static void test_kserve_guides(Inference__ModelInferRequest *m, Inference__ModelInferRequest__InferInputTensor *t,
+                               Inference__InferTensorContents *tc)
+{
+    Inference__InferParameter on = INFERENCE__INFER_PARAMETER__INIT, off = INFERENCE__INFER_PARAMETER__INIT,
+                              schema = INFERENCE__INFER_PARAMETER__INIT, word = INFERENCE__INFER_PARAMETER__INIT;
+    on.parameter_choice_case = off.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+    on.bool_param = 1;
+    schema.parameter_choice_case = word.parameter_choice_case =
+        INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_STRING_PARAM;
+    schema.string_param = "{\"type\": \"boolean\"}";
+    word.string_param = "yes";
+    Inference__ModelInferRequest__ParametersEntry e[2] = { INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT,
+                                                           INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT };
+    Inference__ModelInferRequest__ParametersEntry *ep[2] = { &e[0], &e[1] };
+    e[0].key = "json_object";
+    e[1].key = "json_schema";
+    e[1].value = &schema;
+    e[0].value = &on;
+    kserve_params(m, t, tc, ep, 2, "give one", "json_object true with json_schema");
+    e[0].value = &off;
+    kserve_params(m, t, tc, ep, 2, NULL, "json_object false with json_schema");
+    kserve_params(m, t, tc, ep, 1, NULL, "json_object false");
+    e[0].value = &word;
+    e[1].key = "regex";
+    e[1].value = &word;
+    kserve_params(m, t, tc, ep, 2, "must be a bool", "json_object a string, with regex");
+}
+
 static void test_kserve(void)
 {
     Inference__ModelInferRequest m = INFERENCE__MODEL_INFER_REQUEST__INIT;
@@ -1227,6 +1284,7 @@ static void test_kserve(void)
           "missing input: %s", moe_last_error());
     free(b);
     CHECK(moe_req_parse_kserve((const uint8_t *)"\x2a\xff", 2, &r) != MOE_OK, "malformed accepted");
+    test_kserve_guides(&m, t, tc);
 }
 
 static void test_utf8(void)

@@ -1448,17 +1448,26 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
             goto out;
         }
     }
-    bool have_text = false, given[4] = { false }; /* temperature, top_p, top_k, ignore_eos as inputs */
+    /* the inputs; each but text_input may be a request parameter instead (clients send them either way) */
+    static const char *const in_names[] = { "text_input", "max_tokens", "stream", "temperature", "top_p", "top_k",
+                                            "ignore_eos" };
+    bool have_text = false;
+    unsigned seen = 0; /* the inputs of in_names given so far */
     for (size_t i = 0; i < m->n_inputs; i++) {
         struct kin k = { m->inputs[i], m->n_raw_input_contents ? &m->raw_input_contents[i] : NULL };
         const char *name = k.t->name ? k.t->name : "";
-        given[0] |= !strcmp(name, "temperature");
-        given[1] |= !strcmp(name, "top_p");
-        given[2] |= !strcmp(name, "top_k");
-        given[3] |= !strcmp(name, "ignore_eos");
-        if (!strcmp(name, "text_input") || !strcmp(name, "max_tokens") || !strcmp(name, "stream") ||
-            !strcmp(name, "temperature") || !strcmp(name, "top_p") || !strcmp(name, "top_k") ||
-            !strcmp(name, "ignore_eos")) {
+        for (unsigned j = 0; j < MOE_ARRAY_LEN(in_names); j++) {
+            if (strcmp(name, in_names[j]))
+                continue;
+            if (seen & 1u << j) {
+                st = moe_errorf(MOE_EINVAL, "input '%s' given twice", name);
+                goto out;
+            }
+            if (j > 0 && kparam(m, name)) {
+                st = moe_errorf(MOE_EINVAL, "'%s' given both as an input and as a parameter: give one", name);
+                goto out;
+            }
+            seen |= 1u << j;
             if ((st = kin_check_one(&k)) != MOE_OK)
                 goto out;
         }
@@ -1467,10 +1476,6 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
             size_t n = 0;
             if ((st = kin_bytes(&k, &p, &n)) != MOE_OK)
                 goto out;
-            if (out->prompt) {
-                st = moe_errorf(MOE_EINVAL, "input 'text_input' given twice");
-                goto out;
-            }
             if ((st = set_prompt_text(out, (const char *)p, n, "text_input")) != MOE_OK)
                 goto out;
             have_text = true;
@@ -1544,16 +1549,12 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         if (have)
             *penalty_field(&out->sampling, i) = (float)v;
     }
-    /* the sampling inputs as request parameters too (clients send them either way), checked alike */
+    /* the sampling inputs as request parameters (none given as an input too), checked alike */
     static const char *const sp_names[4] = { "temperature", "top_p", "top_k", "ignore_eos" };
     for (int i = 0; i < 4; i++) {
         const Inference__InferParameter *p = kparam(m, sp_names[i]);
         if (!p)
             continue;
-        if (given[i]) {
-            st = moe_errorf(MOE_EINVAL, "'%s' given both as an input and as a parameter: give one", sp_names[i]);
-            goto out;
-        }
         if (i == 3) {
             if (p->parameter_choice_case != INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM) {
                 st = moe_errorf(MOE_EINVAL, "parameter 'ignore_eos' must be a bool");

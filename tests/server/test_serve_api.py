@@ -231,6 +231,7 @@ def main():
         refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "temperature",
                 "parameter temperature -5")
         q = kreq("x", 2, False)
+        del q.inputs[1]  # max_tokens as a parameter only (both ways is refused as such)
         q.parameters["max_tokens"].double_param = 2.7
         refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens",
                 "parameter max_tokens 2.7")
@@ -239,6 +240,9 @@ def main():
         t.contents.int_contents.append(5)
         q.parameters["top_k"].int64_param = 5
         refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "both", "top_k twice")
+        q = kreq("x", 2, False)
+        q.parameters["max_tokens"].int64_param = 3
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "both", "max_tokens twice")
         q = kreq("x", 2, False)
         q.parameters["regex"].string_param = "ab\x00[0-9]+"
         refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "NUL",

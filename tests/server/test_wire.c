@@ -1146,15 +1146,16 @@ static size_t pack_infer(const Inference__ModelInferRequest *m, uint8_t **buf)
     return n;
 }
 
-/* m with its text_input (t[0], contents tc[0]) and the parameters n_p, p, refused (err: a word of its
- * message) or not (err NULL). */
+/* m with its first n_in inputs (t[0] text_input, contents tc[0]) and the parameters n_p, p, refused
+ * (err: a word of its message) or not (err NULL). */
 static void kserve_params(Inference__ModelInferRequest *m, Inference__ModelInferRequest__InferInputTensor *t,
-                          Inference__InferTensorContents *tc, Inference__ModelInferRequest__ParametersEntry **p,
-                          size_t n_p, const char *err, const char *what)
+                          Inference__InferTensorContents *tc, size_t n_in,
+                          Inference__ModelInferRequest__ParametersEntry **p, size_t n_p, const char *err,
+                          const char *what)
 {
     t[0].contents = &tc[0];
     t[0].datatype = "BYTES";
-    m->n_inputs = 1;
+    m->n_inputs = n_in;
     m->n_raw_input_contents = 0;
     m->raw_input_contents = NULL;
     m->n_parameters = n_p;
@@ -1193,14 +1194,14 @@ static void test_kserve_guides(Inference__ModelInferRequest *m, Inference__Model
     e[1].key = "json_schema";
     e[1].value = &schema;
     e[0].value = &on;
-    kserve_params(m, t, tc, ep, 2, "give one", "json_object true with json_schema");
+    kserve_params(m, t, tc, 1, ep, 2, "give one", "json_object true with json_schema");
     e[0].value = &off;
-    kserve_params(m, t, tc, ep, 2, NULL, "json_object false with json_schema");
-    kserve_params(m, t, tc, ep, 1, NULL, "json_object false");
+    kserve_params(m, t, tc, 1, ep, 2, NULL, "json_object false with json_schema");
+    kserve_params(m, t, tc, 1, ep, 1, NULL, "json_object false");
     e[0].value = &word;
     e[1].key = "regex";
     e[1].value = &word;
-    kserve_params(m, t, tc, ep, 2, "must be a bool", "json_object a string, with regex");
+    kserve_params(m, t, tc, 1, ep, 2, "must be a bool", "json_object a string, with regex");
 }
 
 static void test_kserve(void)
@@ -1285,6 +1286,26 @@ static void test_kserve(void)
     free(b);
     CHECK(moe_req_parse_kserve((const uint8_t *)"\x2a\xff", 2, &r) != MOE_OK, "malformed accepted");
     test_kserve_guides(&m, t, tc);
+
+    /* an input once, and not also as a request parameter: which of the two would count is not said */
+    for (int i = 0; i < 3; i++)
+        t[i].contents = &tc[i];
+    Inference__InferParameter three = INFERENCE__INFER_PARAMETER__INIT, no = INFERENCE__INFER_PARAMETER__INIT;
+    three.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
+    three.int64_param = 3;
+    no.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_BOOL_PARAM;
+    Inference__ModelInferRequest__ParametersEntry e = INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT,
+                                                  *ep = &e;
+    e.key = "max_tokens";
+    e.value = &three;
+    kserve_params(&m, t, tc, 1, &ep, 1, NULL, "max_tokens as a parameter");
+    kserve_params(&m, t, tc, 2, &ep, 1, "both", "max_tokens as an input and a parameter");
+    e.key = "stream";
+    e.value = &no;
+    kserve_params(&m, t, tc, 3, &ep, 1, "both", "stream as an input and a parameter");
+    tp[2] = &t[1]; /* max_tokens twice */
+    kserve_params(&m, t, tc, 3, NULL, 0, "twice", "max_tokens given twice");
+    tp[2] = &t[2];
 }
 
 static void test_utf8(void)

@@ -1456,6 +1456,11 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
     for (size_t i = 0; i < m->n_inputs; i++) {
         struct kin k = { m->inputs[i], m->n_raw_input_contents ? &m->raw_input_contents[i] : NULL };
         const char *name = k.t->name ? k.t->name : "";
+        if (k.raw && k.t->contents) { /* which of the two holds its value would be a guess */
+            st = moe_errorf(MOE_EINVAL, "input '%.64s' has contents beside raw_input_contents: with "
+                            "raw_input_contents, no input has contents", name);
+            goto out;
+        }
         for (unsigned j = 0; j < MOE_ARRAY_LEN(in_names); j++) {
             if (strcmp(name, in_names[j]))
                 continue;

@@ -1238,6 +1238,7 @@ static void test_kserve(void)
     uint8_t *b;
     size_t n = pack_infer(&m, &b);
     struct moe_gen_request r;
+    enum moe_status st;
     REQUIRE(moe_req_parse_kserve(b, n, &r) == MOE_OK, "%s", moe_last_error());
     CHECK(!strcmp(r.prompt, "abc") && r.max_tokens == 6 && r.stream && !strcmp(r.id, "req-1"), "fields");
     moe_gen_request_free(&r);
@@ -1256,6 +1257,15 @@ static void test_kserve(void)
     CHECK(!strcmp(r.prompt, "xyz") && r.max_tokens == 2 && !r.stream, "raw fields");
     moe_gen_request_free(&r);
     free(b);
+    t[1].contents = &tc[1]; /* max_tokens both raw (2) and in contents (6): the protocol forbids contents here */
+    n = pack_infer(&m, &b);
+    st = moe_req_parse_kserve(b, n, &r);
+    CHECK(st == MOE_EINVAL && strstr(moe_last_error(), "'max_tokens' has contents beside raw_input_contents"),
+          "contents beside raw: %d %s", (int)st, st == MOE_OK ? "accepted" : moe_last_error());
+    if (st == MOE_OK)
+        moe_gen_request_free(&r);
+    free(b);
+    t[1].contents = NULL;
     raw[0].len = 6; /* prefix says 3, 2 bytes follow */
     n = pack_infer(&m, &b);
     CHECK(moe_req_parse_kserve(b, n, &r) != MOE_OK && strstr(moe_last_error(), "text_input"),

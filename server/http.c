@@ -1341,24 +1341,44 @@ static void handle_models(struct http_front *h, struct evhttp_request *req, cons
     free(name);
 }
 
-/* A body whose length the headers do not settle, or NULL: libevent takes the first of several
- * Content-Length headers and reads a body under a Transfer-Encoding other than chunked as none, so
- * a proxy in front that reads them otherwise would see other requests on the connection than we do. */
-static const char *ambiguous_body(struct evhttp_request *req)
+/* Whether a header name is a token (RFC 9110 5.6.2).  libevent takes the name as it stands before the
+ * colon, so "Transfer-Encoding : chunked" is a header of another name to it, and the body is read by
+ * its Content-Length; a proxy in front that trims the space would read it chunked. */
+static bool header_name_ok(const char *name)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    size_t n = strlen(name);
+    return n > 0 && strspn(name, tchar) == n;
+}
+
+/* Why a request's headers do not settle where its body ends (false when they do; why is set): libevent
+ * takes the first of several Content-Length headers and reads a body under a Transfer-Encoding other
+ * than chunked as none, so a proxy in front that reads them otherwise would see other requests on the
+ * connection than we do. */
+static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
 {
     const char *cl = NULL;
     int n_te = 0;
     for (struct evkeyval *kv = evhttp_request_get_input_headers(req)->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (!header_name_ok(kv->key)) {
+            snprintf(why, cap, "header name '%.*s' is not a token (RFC 9110): no whitespace before its colon, "
+                     "and none of ()<>@,;:\\\"/[]?={} or control characters", moe_utf8_cut(kv->key, 100), kv->key);
+            return true;
+        }
         if (!evutil_ascii_strcasecmp(kv->key, "Content-Length")) {
-            if (cl && strcmp(cl, kv->value))
-                return "the request has Content-Length headers that differ";
+            if (cl && strcmp(cl, kv->value)) {
+                snprintf(why, cap, "the request has Content-Length headers that differ");
+                return true;
+            }
             cl = kv->value;
         } else if (!evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding")) {
-            if (++n_te > 1 || evutil_ascii_strcasecmp(kv->value, "chunked"))
-                return "Transfer-Encoding other than one 'chunked' is not supported";
+            if (++n_te > 1 || evutil_ascii_strcasecmp(kv->value, "chunked")) {
+                snprintf(why, cap, "Transfer-Encoding other than one 'chunked' is not supported");
+                return true;
+            }
         }
     }
-    return NULL;
+    return false;
 }
 
 /* ---- connections: a cap, and a deadline for each request ---- */
@@ -1543,8 +1563,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
             return;
         }
     }
-    const char *framing = ambiguous_body(req);
-    if (framing) { /* what follows on the connection cannot be told apart: answer and close it */
+    char framing[320];
+    if (ambiguous_body(req, framing, sizeof(framing))) { /* what follows cannot be told apart: answer, close */
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         send_error(req, 400, framing);
         return;

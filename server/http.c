@@ -1352,8 +1352,8 @@ static bool header_name_ok(const char *name)
 }
 
 /* Why a request's headers do not settle where its body ends (false when they do; why is set): libevent
- * takes the first of several Content-Length headers and reads a body under a Transfer-Encoding other
- * than chunked as none, so a proxy in front that reads them otherwise would see other requests on the
+ * takes the first of several Content-Length headers, a sign before its digits, and reads a body under
+ * a Transfer-Encoding other than chunked as none, so a proxy in front that reads them otherwise would see other requests on the
  * connection than we do. */
 static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
 {
@@ -1366,6 +1366,12 @@ static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
             return true;
         }
         if (!evutil_ascii_strcasecmp(kv->key, "Content-Length")) {
+            /* digits only: libevent's strtoll takes "+5" and "-0" */
+            if (!kv->value[0] || strspn(kv->value, "0123456789") != strlen(kv->value)) {
+                snprintf(why, cap, "Content-Length '%.*s' is not a number of bytes (digits only)",
+                         moe_utf8_cut(kv->value, 40), kv->value);
+                return true;
+            }
             if (cl && strcmp(cl, kv->value)) {
                 snprintf(why, cap, "the request has Content-Length headers that differ");
                 return true;

@@ -98,8 +98,9 @@ def connect_method(srv):
 
 def ambiguous_body(srv):
     """A request whose body length the headers do not settle (Content-Length headers that differ,
-    a Transfer-Encoding other than chunked, a header name that is not a token) gets a 400 naming why,
-    and the connection closes: the bytes after it, here a request of their own, are not served."""
+    one that is not digits alone, a Transfer-Encoding other than chunked, a header name that is not a
+    token) gets a 400 naming why, and the connection closes: the bytes after it, here a request of
+    their own, are not served."""
     inner = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
     base = metric(srv.metrics(), "moeflow:requests_accepted_total")
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
@@ -112,7 +113,9 @@ def ambiguous_body(srv):
             # Content-Length), chunked to a proxy that trims it
             (b"Content-Length: %d\r\nTransfer-Encoding : chunked\r\n" % len(chunked), chunked, b"header name"),
             (b"Content-Length: %d\r\nX-A\t: b\r\n" % len(inner), inner, b"header name"),
-            (b"Content-Length: %d\r\n: b\r\n" % len(inner), inner, b"header name")):
+            (b"Content-Length: %d\r\n: b\r\n" % len(inner), inner, b"header name"),
+            (b"Content-Length: +%d\r\n" % len(inner), inner, b"Content-Length"),
+            (b"Content-Length: -0\r\n", inner, b"Content-Length")):
         out, closed = exchange(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + hd + b"\r\n" + body)
         check(out.startswith(b"HTTP/1.1 400") and out.count(b"HTTP/1.1") == 1 and why in out and closed,
               "ambiguous body %r: closed %s, %r" % (hd, closed, out[:400]))

@@ -9,6 +9,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h> /* a request's HTTP version: libevent 2.1 has no call for it */
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
@@ -1352,8 +1353,9 @@ static bool header_name_ok(const char *name)
 }
 
 /* Why a request's headers do not settle where its body ends (false when they do; why is set): libevent
- * takes the first of several Content-Length headers, a sign before its digits, and reads a body under
- * a Transfer-Encoding other than chunked as none, so a proxy in front that reads them otherwise would see other requests on the
+ * takes the first of several Content-Length headers, a sign before its digits, an HTTP/1.0 request's
+ * chunked body (RFC 9112: its framing is faulty), and reads a body under a Transfer-Encoding other
+ * than chunked as none, so a proxy in front that reads them otherwise would see other requests on the
  * connection than we do. */
 static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
 {
@@ -1378,6 +1380,11 @@ static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
             }
             cl = kv->value;
         } else if (!evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding")) {
+            if (req->major < 1 || (req->major == 1 && req->minor < 1)) {
+                snprintf(why, cap, "Transfer-Encoding in an HTTP/%d.%d request: chunked bodies are HTTP/1.1's "
+                         "(give Content-Length)", req->major, req->minor);
+                return true;
+            }
             if (++n_te > 1 || evutil_ascii_strcasecmp(kv->value, "chunked")) {
                 snprintf(why, cap, "Transfer-Encoding other than one 'chunked' is not supported");
                 return true;

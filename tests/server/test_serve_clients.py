@@ -119,6 +119,13 @@ def ambiguous_body(srv):
         out, closed = exchange(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + hd + b"\r\n" + body)
         check(out.startswith(b"HTTP/1.1 400") and out.count(b"HTTP/1.1") == 1 and why in out and closed,
               "ambiguous body %r: closed %s, %r" % (hd, closed, out[:400]))
+    # Transfer-Encoding on HTTP/1.0 (RFC 9112: the framing is faulty), its connection kept alive
+    body = b'{"prompt": "x", "max_tokens": 1}'
+    out, closed = exchange(srv, b"POST /v1/completions HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: "
+                                b"chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\nGET /health HTTP/1.0\r\n\r\n" % (len(body), body))
+    check(out.startswith(b"HTTP/1.0 400") and out.count(b"Content-Type") == 1 and b"Transfer-Encoding" in out
+          and closed,
+          "HTTP/1.0 chunked body: closed %s, %r" % (closed, out[:400]))
     out, closed = exchange(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
                                 b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
     check(out.startswith(b"HTTP/1.1 400") and b"prompt" in out, "repeated equal Content-Length: %r" % out[:300])

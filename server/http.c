@@ -989,6 +989,25 @@ static double header_timeout(struct evhttp_request *req)
     return d;
 }
 
+/* libevent keeps an HTTP/1.0 connection open when the request's first Connection header begins with
+ * "keep-alive" (its own test: "keep-alive, x" is one), and then says "Connection: keep-alive" in the
+ * reply beside any "Connection: close" of ours: a reply after which the connection ends takes such
+ * headers out of the request first. */
+static void drop_keep_alive(struct evhttp_request *req)
+{
+    struct evkeyvalq *ih = evhttp_request_get_input_headers(req);
+    for (const char *conn; (conn = evhttp_find_header(ih, "Connection")) &&
+                           !evutil_ascii_strncasecmp(conn, "keep-alive", 10);)
+        evhttp_remove_header(ih, "Connection");
+}
+
+/* The connection closes after this reply, whatever its request asked. */
+static void close_after(struct evhttp_request *req)
+{
+    drop_keep_alive(req);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+}
+
 /* One prompt of a request: the prompt itself, or prompt p of its batch (the request's other fields as
  * they are; its prompt borrowed from r, so the view is never freed). */
 static struct moe_gen_request prompt_of(const struct moe_gen_request *r, int p)
@@ -1207,10 +1226,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
          * the connection closes.  libevent would answer an HTTP/1.0 keep-alive request with
          * "Content-Length: 0" before the events and keep the connection, so the client would take the
          * events for its next reply: the stream ends the connection instead. */
-        struct evkeyvalq *ih = evhttp_request_get_input_headers(req);
-        for (const char *conn; (conn = evhttp_find_header(ih, "Connection")) &&
-                               !evutil_ascii_strcasecmp(conn, "keep-alive");)
-            evhttp_remove_header(ih, "Connection");
+        drop_keep_alive(req);
         struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
         evhttp_add_header(oh, "Content-Type", "text/event-stream");
         evhttp_add_header(oh, "Cache-Control", "no-cache");
@@ -1571,14 +1587,14 @@ static void gen_cb(struct evhttp_request *req, void *arg)
             if (!conn->closing)
                 moe_metrics_count(&s->metrics, &s->metrics.http_closed_limit, 1);
             conn->closing = true;
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+            close_after(req);
             send_error(req, 503, "too many connections open (max-http-connections): retry later");
             return;
         }
     }
     char framing[320];
     if (ambiguous_body(req, framing, sizeof(framing))) { /* what follows cannot be told apart: answer, close */
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        close_after(req);
         send_error(req, 400, framing);
         return;
     }

@@ -1005,7 +1005,27 @@ static void drop_keep_alive(struct evhttp_request *req)
 static void close_after(struct evhttp_request *req)
 {
     drop_keep_alive(req);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
+    if (!evhttp_find_header(oh, "Connection"))
+        evhttp_add_header(oh, "Connection", "close");
+}
+
+/* Whether a request's Connection headers list the "close" option (RFC 9112 9.6: the server closes the
+ * connection after its reply), where libevent sees it only as the whole of the first one. */
+static bool asks_close(struct evhttp_request *req)
+{
+    for (struct evkeyval *kv = evhttp_request_get_input_headers(req)->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (evutil_ascii_strcasecmp(kv->key, "Connection"))
+            continue;
+        for (const char *t = kv->value; *t;) {
+            t += strspn(t, " \t,");
+            size_t n = strcspn(t, " \t,");
+            if (n == 5 && !evutil_ascii_strncasecmp(t, "close", 5))
+                return true;
+            t += n;
+        }
+    }
+    return false;
 }
 
 /* One prompt of a request: the prompt itself, or prompt p of its batch (the request's other fields as
@@ -1577,6 +1597,8 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         i++;
     }
     path[i] = 0;
+    if (asks_close(req))
+        close_after(req);
     struct hconn *conn = conn_find(h, req);
     if (conn) {
         conn->busy = true;

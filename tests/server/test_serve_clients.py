@@ -99,6 +99,17 @@ def connect_method(srv):
           "CONNECT with Connection: close: closed %s, %r" % (closed, out[:200]))
 
 
+def connection_close_option(srv):
+    """A request whose Connection header lists "close" among other options has its connection closed
+    after the reply, which says so: the request pipelined after it is not served."""
+    for conn in (b"keep-alive, close", b"TE, Close"):
+        out, closed = exchange(srv, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: %s\r\n\r\n" % conn +
+                               b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
+        check(out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1") == 1 and
+              b"connection: close" in out.lower() and closed,
+              "Connection: %s: closed %s, %r" % (conn, closed, out[:300]))
+
+
 def ambiguous_body(srv):
     """A request whose body length the headers do not settle (Content-Length headers that differ,
     one that is not digits alone, a Transfer-Encoding other than chunked, a header name that is not a
@@ -621,7 +632,8 @@ def main():
               metric(ms, "moeflow:live_generations"))
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
-                           lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method, ambiguous_body, n_choices_gone,
+                           lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method,
+                           connection_close_option, ambiguous_body, n_choices_gone,
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),

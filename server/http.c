@@ -360,20 +360,30 @@ static void conn_close_cb(struct evhttp_connection *conn, void *arg)
     (void)conn;
 }
 
+static void hcall_watch(struct hcall *c, short what);
+
 /* evhttp does not read a connection while its reply is pending, so a client
  * that goes away unnoticed would keep its sequence running.  Peek at the
  * socket when it turns readable: end of stream or an error means the client
  * left (the connection is freed, its close callback cancels the request);
- * data means a pipelined request, and watching stops. */
+ * data means a pipelined request (or the CRLF some clients send after a
+ * body), which stays readable: from then on the watch is for the client's
+ * close alone (EV_CLOSED, where the event backend reports it). */
 static void watch_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct hcall *c = arg;
-    char b;
-    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
-        if (n > 0)
-            event_del(c->watch);
-        return;
+    if (!(what & EV_CLOSED)) {
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) {
+            if (n > 0) {
+                event_free(c->watch);
+                c->watch = NULL;
+                if (event_base_get_features(c->hf->base) & EV_FEATURE_EARLY_CLOSE)
+                    hcall_watch(c, EV_CLOSED);
+            }
+            return;
+        }
     }
     if (c->req) {
         struct evhttp_connection *ec = evhttp_request_get_connection(c->req);
@@ -382,17 +392,16 @@ static void watch_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
-    (void)what;
 }
 
-static void hcall_watch(struct hcall *c)
+static void hcall_watch(struct hcall *c, short what)
 {
     struct evhttp_connection *ec = evhttp_request_get_connection(c->req);
     struct bufferevent *bev = ec ? evhttp_connection_get_bufferevent(ec) : NULL;
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd < 0)
         return;
-    c->watch = event_new(c->hf->base, fd, EV_READ | EV_PERSIST, watch_cb, c);
+    c->watch = event_new(c->hf->base, fd, what | EV_PERSIST, watch_cb, c);
     if (c->watch)
         event_add(c->watch, NULL);
 }
@@ -1240,7 +1249,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         return;
     }
     evhttp_connection_set_closecb(evhttp_request_get_connection(req), conn_close_cb, c);
-    hcall_watch(c);
+    hcall_watch(c, EV_READ);
     if (c->stream) {
         /* The stream's length is unknown: HTTP/1.1 gets it chunked, and an HTTP/1.0 client reads until
          * the connection closes.  libevent would answer an HTTP/1.0 keep-alive request with

@@ -225,6 +225,26 @@ def n_choices_gone(srv):
     check(code == 504 and out.count(b"error") == 1, "n = 2 past its deadline: %d %r" % (code, out[:300]))
 
 
+def gone_after_pipelined(srv):
+    """A client of a non-streamed request that sent more after it (the CRLF some clients put after a
+    body, a pipelined request) and left: its request is cancelled at once, as one that sent nothing
+    more is, not generated to its end for no one."""
+    body = json.dumps({"prompt": "def add(a, b):", "max_tokens": 2000, "ignore_eos": True}).encode()
+    for after in (b"\r\n", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"):
+        base = metric(settled(srv), "moeflow:requests_cancelled_total")
+        sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=30)
+        sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        # the rest once the request runs: the server has read the request and reads no further
+        t0 = time.time()
+        while not metric(srv.metrics(), "moeflow:num_requests_running") and time.time() - t0 < scaled(30):
+            time.sleep(0.01)
+        sk.sendall(after)
+        sk.close()
+        got = metric(settled(srv), "moeflow:requests_cancelled_total") - base
+        check(got == 1, "a client gone after sending %r: %d requests cancelled" % (after[:20], got))
+
+
 def connection_limits(moeflow):
     """max-http-connections and http-read-timeout (a server of its own with small values): one
     connection beyond the cap is answered 503 and closed; connections that do not send a whole request
@@ -633,7 +653,7 @@ def main():
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method,
-                           connection_close_option, ambiguous_body, n_choices_gone,
+                           connection_close_option, ambiguous_body, n_choices_gone, gone_after_pipelined,
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),

@@ -1599,6 +1599,11 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     struct moe_server *s = h->srv;
     moe_metrics_count(&s->metrics, &s->metrics.http_requests, 1);
     const char *uri = evhttp_request_get_uri(req);
+    /* absolute-form ("http://host/path"), which RFC 9112 has a server take as well: its path */
+    if (!evutil_ascii_strncasecmp(uri, "http://", 7) || !evutil_ascii_strncasecmp(uri, "https://", 8)) {
+        uri = strchr(uri, ':') + 3;
+        uri += strcspn(uri, "/?");
+    }
     char path[512]; /* a model id of 127 bytes, URL-encoded, fits */
     size_t i = 0;
     while (uri[i] && uri[i] != '?' && i < sizeof(path) - 1) {

@@ -110,6 +110,15 @@ def connection_close_option(srv):
               "Connection: %s: closed %s, %r" % (conn, closed, out[:300]))
 
 
+def absolute_form(srv):
+    """A request target in absolute form ("http://host/path", as to a proxy) is served as its path."""
+    for target in (b"http://127.0.0.1/health", b"HTTP://x:1/health?a=1"):
+        out, closed = exchange(srv, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
+        check(out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\nok\n"), "GET %s: %r" % (target, out[:300]))
+    out, closed = exchange(srv, b"GET http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    check(out.startswith(b"HTTP/1.1 404"), "GET http://x: %r" % out[:300])
+
+
 def ambiguous_body(srv):
     """A request whose body length the headers do not settle (Content-Length headers that differ,
     one that is not digits alone, a Transfer-Encoding other than chunked, a header name that is not a
@@ -653,7 +662,7 @@ def main():
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method,
-                           connection_close_option, ambiguous_body, n_choices_gone, gone_after_pipelined,
+                           connection_close_option, absolute_form, ambiguous_body, n_choices_gone, gone_after_pipelined,
                            no_generation_left,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),

@@ -218,8 +218,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;
     }
-    const char *base = strrchr(m->dir, '/');
-    snprintf(pm->model_name, sizeof pm->model_name, "%.127s", base && base[1] ? base + 1 : m->dir);
+    moe_path_model_dir_name(m->dir, pm->model_name, sizeof pm->model_name); /* as the load compares it */
     if (hist_decay > 0) {
         /* each sample's history block: the moving average of its sequence's earlier routing */
         size_t ne = (size_t)n_moe * (size_t)cfg->n_experts;

@@ -136,6 +136,37 @@ static void check_other_model(void)
     CHECK(run(a) == 0 && !strstr(out, "recorded with"), "the model's own trace warned: %s", out);
 }
 
+/* a trace and a predictor file record the name of the model directory --model
+ * resolves to (the format's "directory base name"), however --model spells it,
+ * so that neither warns of another model when used with that model */
+static void check_recorded_model_name(void)
+{
+    static const char *const spellings[] = { "models/pycode-moe-18m/.", "models/pycode-moe-18m/" };
+    char a[2048], tf[300], pf[300], head[512];
+    snprintf(tf, sizeof tf, "%s/name.jsonl", dir);
+    snprintf(pf, sizeof pf, "%s/name.safetensors", dir);
+    for (size_t i = 0; i < sizeof spellings / sizeof spellings[0]; i++) {
+        snprintf(a, sizeof a, "trace --model %s --text bench/data/pycode/eval.txt --max-tokens 8 --out %s",
+                 spellings[i], tf);
+        CHECK(run(a) == 0, "%s: %s", a, out);
+        FILE *f = fopen(tf, "r");
+        CHECK(f && fgets(head, sizeof head, f) && strstr(head, "\"model\":\"pycode-moe-18m\""),
+              "trace --model %s recorded the header %s", spellings[i], f ? head : "(no file)");
+        if (f) fclose(f);
+        snprintf(a, sizeof a, "train-predictor --model %s --trace %s --out %s --epochs 1 --width 8 --quiet",
+                 spellings[i], tf, pf);
+        CHECK(run(a) == 0 && !strstr(out, "recorded with"), "%s: %s", a, out);
+        struct moe_path_model *pm = moe_path_model_load(pf, 0, 0, 0, 0);
+        CHECK(pm && !strcmp(pm->model_name, "pycode-moe-18m"), "train-predictor --model %s recorded the model '%s'",
+              spellings[i], pm ? pm->model_name : moe_last_error());
+        moe_path_model_free(pm);
+        /* used with the model from elsewhere (the bundled default directory) */
+        snprintf(a, sizeof a, "eval-predictor --text bench/data/pycode/eval.txt --predictor path:%s --max-tokens 4",
+                 pf);
+        CHECK(run(a) == 0 && !strstr(out, "trained for"), "%s warned: %s", a, out);
+    }
+}
+
 /* routing a text says how far it got, unless --quiet */
 static void check_route_progress(void)
 {
@@ -297,6 +328,7 @@ int main(void)
     check_train_diverges();
     check_oracle_horizon();
     check_other_model();
+    check_recorded_model_name();
     check_route_progress();
     check_replay_warnings();
     check_predictor_files();

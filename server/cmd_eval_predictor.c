@@ -166,7 +166,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
             printf("%-9s", name);
             for (int mi = 0; mi < n_moe; mi++) {
                 if (moe_pred_eval_get(&ev, slot, mi, &r, &p))
-                    printf("  %.3f/%.3f  ", r, p);
+                    printf("  %.3f/%.3f ", r, p); /* 14 columns, as "  layer %-6d" */
                 else
                     printf("  %-11s ", "-");
             }

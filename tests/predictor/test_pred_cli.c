@@ -190,6 +190,24 @@ int main(void)
               "path:models/pycode-moe-18m/predictor-h2.safetensors --max-tokens 16 --json") == 0 &&
               strstr(out, "\"path+1\":[") && !strstr(out, "\"path+2\""),
           "horizon-2 file: %s", out);
+    /* the text table: every cell, figures or "-", starts under its "layer N" heading */
+    snprintf(a, sizeof a, "eval-predictor %s --predictor gate:2 --max-tokens 8", T);
+    CHECK(run_stdout(a, out, sizeof out) == 0, "eval-predictor text failed: %s", out);
+    {
+        const char *head = strstr(out, "\ndistance"), *row = head ? strchr(head + 1, '\n') : NULL;
+        int rows = 0;
+        for (; row && row[1]; row = strchr(row + 1, '\n'), rows++)
+            for (int mi = 0; mi < 8; mi++) {
+                char h[16];
+                snprintf(h, sizeof h, "layer %d", mi);
+                const char *hc = strstr(head + 1, h);
+                size_t col = hc ? (size_t)(hc - head) : 0; /* both counted from the '\n' before the line */
+                CHECK(hc && strlen(row) > col && row[col - 1] == ' ' && row[col] != ' ' && row[col] != '\n',
+                      "row %d, layer %d: its cell does not start at column %zu of the heading:\n%s", rows, mi, col,
+                      out);
+            }
+        CHECK(head && rows == 2, "eval-predictor gate:2 printed %d rows: %s", rows, out);
+    }
     snprintf(a, sizeof a,
              "replay %s --max-tokens 48 --capacity-frac 0.25 --policy predicted --predictor path+gate "
              "--link-gbps 55 --expert-bytes 352321536 --json", T);

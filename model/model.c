@@ -52,6 +52,20 @@ const struct moe_st_tensor *moe_model_tensor(const struct moe_model *m, const ch
     return e ? e->t : NULL;
 }
 
+void moe_model_dir_name(const char *dir, char *out, size_t cap)
+{
+    char *abs = realpath(dir, NULL); /* "." or "../m" name the directory they resolve to */
+    if (abs)
+        dir = abs;
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && dir[b - 1] != '/') b--;
+    if (b == n && n > 0) b = 0; /* "/" */
+    snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
+    free(abs);
+}
+
 void moe_model_close(struct moe_model *m)
 {
     if (!m) return;

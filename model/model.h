@@ -73,6 +73,11 @@ struct moe_model {
 struct moe_model *moe_model_open(const char *model_dir);
 void moe_model_close(struct moe_model *m);
 
+/* The name a model directory is recorded under (the packed store's header, moeflow trace,
+ * train-predictor) and compared by: the last component of the path it resolves to ("." and "m/"
+ * name that directory), of the path as given when it does not resolve; "" for "". */
+void moe_model_dir_name(const char *dir, char *out, size_t cap);
+
 static inline const struct moe_expert_w *moe_model_expert(const struct moe_model *m, int layer, int e)
 {
     return &m->experts[(size_t)layer * (size_t)m->cfg.n_experts + (size_t)e];

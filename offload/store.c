@@ -74,9 +74,7 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
 {
     const struct moe_config *c = &m->cfg;
     memset(out, 0, sizeof(*out));
-    const char *base = strrchr(m->dir, '/');
-    base = base && base[1] ? base + 1 : m->dir;
-    memcpy(out->model, base, strnlen(base, sizeof(out->model) - 1));
+    moe_model_dir_name(m->dir, out->model, sizeof(out->model)); /* as trace and train-predictor record it */
     out->family = (uint32_t)c->family;
     out->n_layers = (uint32_t)c->n_layers;
     out->hidden = (uint32_t)c->hidden;

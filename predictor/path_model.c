@@ -1,6 +1,7 @@
 /* MLP routing-path predictor: forward pass, Adam training, safetensors I/O. */
 #include "path_model.h"
 
+#include "../model/model.h"
 #include "../model/safetensors.h"
 #include "../kernels/backend.h"
 
@@ -230,26 +231,12 @@ enum moe_status moe_path_model_save(const struct moe_path_model *m, const char *
     return moe_st_write(path, t, 4, meta);
 }
 
-void moe_path_model_dir_name(const char *dir, char *out, size_t cap)
-{
-    char *abs = realpath(dir, NULL); /* "." or "../m" name the directory they resolve to */
-    if (abs)
-        dir = abs;
-    size_t n = strlen(dir);
-    while (n > 1 && dir[n - 1] == '/') n--;
-    size_t b = n;
-    while (b > 0 && dir[b - 1] != '/') b--;
-    if (b == n && n > 0) b = 0; /* "/" */
-    snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
-    free(abs);
-}
-
 bool moe_path_model_other_model(const char *recorded, const char *model_dir)
 {
     if (!recorded || !*recorded || !model_dir) return false;
     char a[4096], b[4096];
-    moe_path_model_dir_name(recorded, a, sizeof a);
-    moe_path_model_dir_name(model_dir, b, sizeof b);
+    moe_model_dir_name(recorded, a, sizeof a);
+    moe_model_dir_name(model_dir, b, sizeof b);
     return strcmp(a, b) != 0;
 }
 

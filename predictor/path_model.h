@@ -83,9 +83,6 @@ void moe_path_model_forward(const struct moe_path_model *m, struct moe_backend *
 void moe_path_model_forward_first(const struct moe_path_model *m, struct moe_backend *be, int B, const float *x,
                                   int n_first, float *p, float *scratch);
 
-/* The name a model directory is recorded under (train-predictor, moeflow
- * trace): its last path component, trailing '/' dropped; "" for "". */
-void moe_path_model_dir_name(const char *dir, char *out, size_t cap);
 /* Whether a recorded model name (predictor metadata, trace header) names
  * another model than the one in model_dir; false when none was recorded. */
 bool moe_path_model_other_model(const char *recorded, const char *model_dir);

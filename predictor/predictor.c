@@ -276,7 +276,7 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
          * in the model's own directory (auto, a snapshot directory named by its hash) is the model's */
         if (!in_dir(spec->path, m->dir) && moe_path_model_other_model(p->path->model_name, m->dir)) {
             char name[4096];
-            moe_path_model_dir_name(m->dir, name, sizeof name);
+            moe_model_dir_name(m->dir, name, sizeof name);
             MOE_WARN("predictor %s was trained for %s; the model is %s (its predictions are only as good as "
                      "the two models' routing is alike)", spec->path, p->path->model_name, name);
         }

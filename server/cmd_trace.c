@@ -250,7 +250,7 @@ int moe_cmd_trace(int argc, char **argv)
     struct moe_trace_info info = { .layers = cfg->n_layers, .experts = cfg->n_experts,
                                    .top_k = cfg->top_k, .n_moe = r.n_moe,
                                    .expert_bytes = moe_model_expert_bytes(m) };
-    moe_path_model_dir_name(dir, info.model, sizeof(info.model)); /* "." names the directory it resolves to */
+    moe_model_dir_name(dir, info.model, sizeof(info.model)); /* "." names the directory it resolves to */
     for (int l = 0, i = 0; l < cfg->n_layers; l++)
         if (cfg->is_moe[l]) info.moe_layers[i++] = l;
     if (eng) w = moe_trace_writer_open(out, &info);

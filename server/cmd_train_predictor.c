@@ -183,7 +183,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         }
         if (moe_path_model_other_model(tr->info.model, model_dir)) {
             char name[4096];
-            moe_path_model_dir_name(model_dir, name, sizeof name);
+            moe_model_dir_name(model_dir, name, sizeof name);
             fprintf(stderr, "moeflow train-predictor: warning: trace %s was recorded with %s; the model is %s "
                             "(the shapes match; --model names the model the trace was recorded with)\n",
                     trace_path, tr->info.model, name);
@@ -218,7 +218,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;
     }
-    moe_path_model_dir_name(m->dir, pm->model_name, sizeof pm->model_name); /* as the load compares it */
+    moe_model_dir_name(m->dir, pm->model_name, sizeof pm->model_name); /* as the load compares it */
     if (hist_decay > 0) {
         /* each sample's history block: the moving average of its sequence's earlier routing */
         size_t ne = (size_t)n_moe * (size_t)cfg->n_experts;

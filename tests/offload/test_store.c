@@ -301,6 +301,19 @@ int main(void)
         moe_model_close(bf);
     }
 
+    /* the header names the model directory as trace and train-predictor do: "m/." and "m/" are "m" */
+    static const char *const spell[] = { "", "/", "/." };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(spell); i++) {
+        char md[600];
+        snprintf(md, sizeof(md), "%s%s", t_path(p, sizeof(p), "tests/fixtures/hf-tiny/olmoe"), spell[i]);
+        struct moe_model *m = moe_model_open(md);
+        REQUIRE(m, "open %s: %s", md, moe_last_error());
+        struct moe_store_info in;
+        REQUIRE(moe_store_info_of(m, &in) == MOE_OK, "info of %s: %s", md, moe_last_error());
+        CHECK(!strcmp(in.model, "olmoe"), "model %s recorded as '%s'", md, in.model);
+        moe_model_close(m);
+    }
+
     moe_model_close(mx);
     t_tmp_remove(dir);
     return t_result("test_store");

@@ -250,7 +250,11 @@ int moe_cmd_train_predictor(int argc, char **argv)
                                         .weight_decay = (float)wd, .val_frac = (float)val,
                                         .patience = (int)patience, .seed = (uint64_t)seed, .verbose = !quiet };
     struct moe_path_train_report rep;
-    if (n > (size_t)1 << 30 || moe_path_model_train(pm, &d, &tp, &rep)) {
+    if (n > (size_t)1 << 30) {
+        fprintf(stderr, "moeflow train-predictor: %zu samples, more than 2^30: train on a shorter trace or text\n", n);
+        goto out;
+    }
+    if (moe_path_model_train(pm, &d, &tp, &rep)) {
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;
     }

@@ -1524,7 +1524,6 @@ static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
     bool over = h->n_conns >= max;
     bufferevent_incref(bev);
     h->conns[h->n_conns++] = (struct hconn){ .bev = bev, .t0 = moe_now(), .over = over };
-    conn_gauge(h);
     if (over)
         event_active(h->sweep_ev, EV_TIMEOUT, 1); /* next turn of the loop: evhttp has set its socket */
     return bev;
@@ -1690,6 +1689,7 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         else
             send_text(req, 503, "text/plain", why, strlen(why));
     } else if (!strcmp(path, "/metrics")) {
+        conns_sweep(h, false); /* the connections gauge: those open now, not those let go since the last sweep */
         size_t len = 0;
         char *t = srv_metrics_text(s, &len);
         if (t)

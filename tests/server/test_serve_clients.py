@@ -254,6 +254,24 @@ def gone_after_pipelined(srv):
         check(got == 1, "a client gone after sending %r: %d requests cancelled" % (after[:20], got))
 
 
+def connections_gauge(srv):
+    """moeflow:http_connections counts the connections open when /metrics is read: those closed since are
+    not counted, however recently they closed."""
+    for rnd in range(3):
+        socks = [socket.create_connection(("127.0.0.1", srv.http_port), timeout=30) for _ in range(20)]
+        for sk in socks:
+            sk.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        for sk in socks:
+            sk.recv(1000)
+        opened = metric(srv.metrics(), "moeflow:http_connections")
+        for sk in socks:
+            sk.close()
+        time.sleep(0.1)  # the server reads the closes
+        closed = metric(srv.metrics(), "moeflow:http_connections")
+        check(opened >= 21 and opened - closed >= 20,
+              "round %d: http_connections %s with 20 more open, %s once they closed" % (rnd, opened, closed))
+
+
 def connection_limits(moeflow):
     """max-http-connections and http-read-timeout (a server of its own with small values): one
     connection beyond the cap is answered 503 and closed; connections that do not send a whole request
@@ -663,7 +681,7 @@ def main():
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method,
                            connection_close_option, absolute_form, ambiguous_body, n_choices_gone, gone_after_pipelined,
-                           no_generation_left,
+                           no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),
                            lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),

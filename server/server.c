@@ -598,9 +598,12 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
     struct moe_strbuf b = { 0 };
     char lbl[2 * sizeof(s->model_name) + 16];
     model_label(s->model_name, lbl, sizeof(lbl));
+    /* what the load builds (scheduler, expert cache, engine, context) is read once it is all there: a scrape
+     * while the model loads reads 0 for them */
+    bool loaded = atomic_load(&s->loaded);
     struct moe_sched_stats ss;
     memset(&ss, 0, sizeof(ss));
-    if (atomic_load(&s->loaded))
+    if (loaded)
         moe_sched_stats(s->sched, &ss);
     moe_strbuf_printf(&b,
         "# HELP moeflow:num_requests_running Requests decoding now.\n"
@@ -649,7 +652,7 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
     moe_metrics_render(&s->metrics, &b, lbl);
     struct moe_offload_stats os;
     memset(&os, 0, sizeof(os));
-    bool tiered = s->provider && moe_offload_stats_get(s->provider, &os);
+    bool tiered = loaded && s->provider && moe_offload_stats_get(s->provider, &os);
     moe_strbuf_printf(&b,
         "# HELP moeflow:expert_cache_hits_total Expert acquires served from the tier.\n"
         "# TYPE moeflow:expert_cache_hits_total counter\n"
@@ -707,11 +710,12 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         lbl, os.dev_resident, lbl, os.host_resident, lbl, os.dev_slots, lbl, os.host_slots);
     int kv_slots = 0, kv_total = 0;
     int64_t kv_tokens = 0;
-    if (atomic_load(&s->loaded)) {
+    double kv_cap = 0;
+    if (loaded) {
         moe_engine_kv_usage(s->engine, &kv_slots, &kv_tokens);
         kv_total = moe_engine_max_seqs(s->engine);
+        kv_cap = (double)kv_total * (double)s->max_ctx;
     }
-    double kv_cap = (double)kv_total * (double)s->max_ctx;
     moe_strbuf_printf(&b,
         "# HELP moeflow:kv_slots_used KV cache sequence slots in use now.\n"
         "# TYPE moeflow:kv_slots_used gauge\nmoeflow:kv_slots_used{%s} %d\n"

@@ -5,16 +5,47 @@ metrics (the tokens must not change: outputs do not depend on where experts are)
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_util import (Server, gen_stubs, curl, metric, read_reference_greedy, Checks, rejections, require_grpc,  # noqa: E402
-                        free_port, run_server_test)
+                        free_port, run_server_test, parse_prometheus, scaled)
 
 grpc = require_grpc()
 check = Checks()
+
+
+def metrics_while_loading(moeflow, extra):
+    """/metrics scraped from the moment the listener opens until the server is ready, as Prometheus scrapes a
+    server that loads for minutes: each reply a whole exposition.  Under scripts/tsan.sh, the scrapes during
+    the load also show that /metrics reads none of what the load is building."""
+    import subprocess
+    import urllib.request
+    port = free_port()
+    proc = subprocess.Popen([moeflow, "serve", "--grpc-port", "0", "--http-port", str(port), "--warmup-tokens", "1"] +
+                            extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scrapes, ready, t0 = 0, False, time.time()
+    try:
+        while not ready and proc.poll() is None and time.time() - t0 < scaled(120):
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=scaled(30)) as r:
+                    ms = parse_prometheus(r.read().decode())
+            except OSError:
+                time.sleep(0.002)
+                continue
+            scrapes += 1
+            ready = metric(ms, "moeflow:server_ready") == 1
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(scaled(60))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    check(ready and scrapes > 1 and rc == 0, "/metrics while loading: %d scrapes, ready %s, exit status %s" % (
+        scrapes, ready, proc.returncode))
 
 
 def main():
@@ -129,6 +160,7 @@ def main():
         odd.kill()
 
     extra = sys.argv[3:]
+    metrics_while_loading(moeflow, extra)
     tiered = any(a in ("--gpu-experts", "--gpu-cache-bytes", "--host-experts", "--store") for a in extra)
     srv = Server(moeflow, "--max-body-bytes", "65536", "--max-message-bytes", "65536", *extra)
     def checks(srv):

@@ -116,5 +116,11 @@ void moe_metrics_render(struct moe_metrics *m, struct moe_strbuf *b, const char 
                       model_label, (unsigned long long)m->http_connections, model_label,
                       (unsigned long long)m->http_closed_limit, model_label,
                       (unsigned long long)m->http_closed_timeout);
+    moe_strbuf_printf(b, "# HELP moeflow:http_requests_total HTTP requests received, every endpoint.\n"
+                         "# TYPE moeflow:http_requests_total counter\nmoeflow:http_requests_total{%s} %llu\n"
+                         "# HELP moeflow:grpc_calls_total gRPC calls received, every method.\n"
+                         "# TYPE moeflow:grpc_calls_total counter\nmoeflow:grpc_calls_total{%s} %llu\n",
+                      model_label, (unsigned long long)m->http_requests, model_label,
+                      (unsigned long long)m->grpc_calls);
     pthread_mutex_unlock(&m->mu);
 }

@@ -633,7 +633,7 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         "# TYPE moeflow:requests_cancelled_total counter\nmoeflow:requests_cancelled_total{%s} %llu\n"
         "# HELP moeflow:requests_failed_total Requests that failed.\n"
         "# TYPE moeflow:requests_failed_total counter\nmoeflow:requests_failed_total{%s} %llu\n"
-        "# HELP moeflow:requests_rejected_total Requests the scheduler refused (queue or token bound).\n"
+        "# HELP moeflow:requests_rejected_total Requests the scheduler refused at submission (a bound reached, draining, or one it cannot run).\n"
         "# TYPE moeflow:requests_rejected_total counter\nmoeflow:requests_rejected_total{%s} %llu\n",
         lbl, (unsigned long long)ss.accepted, lbl, (unsigned long long)ss.completed, lbl,
         (unsigned long long)ss.cancelled, lbl, (unsigned long long)ss.failed, lbl,

@@ -684,6 +684,12 @@ def main():
         check(acc > 0 and acc == done, "accepted %s != completed+cancelled+failed %s" % (acc, done))
         check(metric(ms, "moeflow:time_to_first_token_seconds_count") > 0, "ttft histogram")
         check(metric(ms, "moeflow:request_rejected_total", reason="invalid") >= 4, "rejections counted")
+        # front-end traffic: the calls above (several gRPC ones) and the scrapes, each scrape one request more
+        check(metric(ms, "moeflow:grpc_calls_total") >= 4 and metric(ms, "moeflow:http_requests_total") >= 1,
+              "traffic counters: grpc %s http %s, %s accepted" % (metric(ms, "moeflow:grpc_calls_total"),
+                                                                 metric(ms, "moeflow:http_requests_total"), acc))
+        http_before = metric(ms, "moeflow:http_requests_total")
+        check(metric(srv.metrics(), "moeflow:http_requests_total") == http_before + 1, "a scrape is an HTTP request")
         fin = {r: metric(ms, "moeflow:request_success_total", finished_reason=r) for r in ("length", "stop")}
         # (a stop-sequence end counts as a completed stop, or as length when generation had ended first)
         check(metric(ms, "moeflow:requests_completed_total") == fin["length"] + fin["stop"],

@@ -1041,13 +1041,20 @@ static void step_regroup(struct moe_sched *s, int nd, int np, int ng, int n_mb)
                 s->live[i]->credit += share;
             for (int j = 0; j < m; j++)
                 s->grp[j]->credit -= 1.0;
-            /* lookahead: the next micro-batch as it would be chosen now */
+            /* lookahead: the next micro-batches as they would be chosen now, each
+             * charged to the credits the one after it is chosen on */
             if (s->p.lookahead >= 1 && g + 1 < ng) {
                 for (int i = 0; i < n_live; i++)
                     s->cred[i] = s->live[i]->credit;
-                int nn = select_group(s, s->live, n_live, s->cred,
-                                      moe_regroup_size(nd, s->p.micro_batch, g + 1), s->next);
-                prefetch_group(s, s->next, nn, 1);
+                for (int a = 1; a <= s->p.lookahead && g + a < ng; a++) {
+                    int nn = select_group(s, s->live, n_live, s->cred,
+                                          moe_regroup_size(nd, s->p.micro_batch, g + a), s->next);
+                    prefetch_group(s, s->next, nn, a);
+                    for (int i = 0; i < n_live; i++)
+                        s->cred[i] += (double)nn / (double)n_live;
+                    for (int j = 0; j < nn; j++)
+                        s->cred[s->order[j]] -= 1.0;
+                }
             }
         }
         struct rq *pf = g < np ? s->pre[g] : NULL;

@@ -2,11 +2,13 @@
  * the same whatever batch, micro-batch, prefill chunk and grouping it ran in,
  * with its own stop_token_ids and min_tokens (masked on its row alone);
  * positions and slots handed to the engine are consistent; regrouping lowers
- * the distinct experts per layer-step of clusterable routing. */
+ * the distinct experts per layer-step of clusterable routing; lookahead N
+ * prefetches the N micro-batches ahead with either grouping. */
 #include "fake_backend.h"
 #include "sched_collect.h"
 #include "../test_util.h"
 #include "engine/json_guide.h"
+#include "offload/provider.h"
 
 #define NREQ 24
 
@@ -177,11 +179,58 @@ static void guided_min_tokens(void)
     moe_token_bytes_free(&tb);
 }
 
+/* A provider that only records its prefetch hints: the farthest micro-batch ahead they named. */
+struct hint_rec {
+    int hints, max_ahead;
+};
+
+static void rec_prefetch(void *self, int layer, int n, const int *ids, const float *scores, int distance)
+{
+    struct hint_rec *h = self;
+    h->hints++;
+    int ahead = distance / FB_LAYERS; /* distance = ahead x MoE layers + the layer's MoE ordinal */
+    if (ahead > h->max_ahead)
+        h->max_ahead = ahead;
+    (void)layer, (void)n, (void)ids, (void)scores;
+}
+
+/* lookahead 3 over 24 sequences in micro-batches of 4 (6 per step): every grouping hints the
+ * micro-batches 1, 2 and 3 ahead, never more. */
+static void lookahead_depth(void)
+{
+    static const struct moe_provider_ops ops = { .prefetch = rec_prefetch };
+    const float lags[] = { 0, 0, -1 };
+    for (int c = 0; c < 3; c++) {
+        static struct fake_backend fb;
+        struct hint_rec h = { 0, 0 };
+        struct moe_provider pv = { &ops, &h };
+        struct moe_sched_backend be = fb_backend(&fb);
+        struct moe_sched_params p = { .max_running = NREQ, .max_queued = NREQ, .micro_batch = 4, .prefill_chunk = 8,
+                                      .grouping = c ? MOE_GROUP_REGROUP : MOE_GROUP_FCFS, .regroup_lag = lags[c],
+                                      .max_tokens_in_flight = 1 << 20, .lookahead = 3, .provider = &pv };
+        struct moe_sched *s = moe_sched_create_backend(&be, &p);
+        REQUIRE(s, "create: %s", moe_last_error());
+        static struct sc_req r[NREQ];
+        memset(r, 0, sizeof(r));
+        for (int i = 0; i < NREQ; i++) {
+            struct moe_gen_params g = { .max_tokens = 6, .ignore_eos = true };
+            g.sampling.top_p = 1.0f;
+            REQUIRE(moe_sched_submit(s, prompts[i], n_prompts[i], &g, &sc_events, &r[i], &r[i].id) == MOE_OK,
+                    "submit %d: %s", i, moe_last_error());
+        }
+        for (int steps = 0; moe_sched_step(s) == MOE_OK && steps < 10000; steps++) {}
+        CHECK(h.hints > 0 && h.max_ahead == 3, "%s, lookahead 3: %d hints, the farthest %d micro-batches ahead",
+              c == 0 ? "fcfs" : c == 1 ? "regroup" : "regroup, strict steps", h.hints, h.max_ahead);
+        moe_sched_destroy(s);
+    }
+}
+
 int main(void)
 {
     make_prompts();
     eos_and_min_tokens();
     guided_min_tokens();
+    lookahead_depth();
     const int T = 20;
     static struct sc_req ref[NREQ], got[NREQ];
     /* reference: the model alone; a quarter of the requests stop at the token their plain run has at

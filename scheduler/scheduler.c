@@ -957,12 +957,11 @@ static void after_micro_batch(struct moe_sched *s, struct rq **v, int size)
     dispatch(s);
 }
 
-/* FCFS: the decode requests in admission order, cut into micro-batches. */
-static void step_fcfs(struct moe_sched *s, int nd, int np, int ng, int n_mb)
+/* The decode requests in the order of s->dec, cut into micro-batches; with
+ * lookahead, their paths are predicted by the caller. */
+static void run_in_order(struct moe_sched *s, int nd, int np, int ng, int n_mb)
 {
     int mb = s->p.micro_batch;
-    if (s->p.lookahead >= 0 && nd > 0)
-        predict_paths(s, s->dec, nd);
     for (int g = 0; g < n_mb; g++) {
         struct rq **v = s->dec + (size_t)g * (size_t)mb;
         int size = g < ng ? moe_regroup_size(nd, mb, g) : 0;
@@ -973,6 +972,14 @@ static void step_fcfs(struct moe_sched *s, int nd, int np, int ng, int n_mb)
         run_micro_batch(s, v, size, pf);
         after_micro_batch(s, v, size);
     }
+}
+
+/* FCFS: the decode requests in admission order, cut into micro-batches. */
+static void step_fcfs(struct moe_sched *s, int nd, int np, int ng, int n_mb)
+{
+    if (s->p.lookahead >= 0 && nd > 0)
+        predict_paths(s, s->dec, nd);
+    run_in_order(s, nd, np, ng, n_mb);
 }
 
 /* Regroup with strict steps (regroup_lag < 0): every decode request runs once
@@ -991,7 +998,7 @@ static void step_partition(struct moe_sched *s, int nd, int np, int ng, int n_mb
             s->live[i] = s->dec[s->order[i]];
         memcpy(s->dec, s->live, sizeof(*s->dec) * (size_t)nd);
     }
-    step_fcfs(s, nd, np, ng, n_mb);
+    run_in_order(s, nd, np, ng, n_mb); /* the paths just predicted serve the lookahead too */
 }
 
 /* Rolling selection over the runnable requests r[0..n): n_sel chosen into out. */

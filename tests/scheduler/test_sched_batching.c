@@ -194,8 +194,16 @@ static void rec_prefetch(void *self, int layer, int n, const int *ids, const flo
     (void)layer, (void)n, (void)ids, (void)scores;
 }
 
+/* A path source that counts its calls and leaves the path to the most recent routing. */
+static bool count_predict(void *ud, const struct moe_sched_path_query *q, uint64_t *out)
+{
+    ++*(int *)ud;
+    (void)q, (void)out;
+    return false;
+}
+
 /* lookahead 3 over 24 sequences in micro-batches of 4 (6 per step): every grouping hints the
- * micro-batches 1, 2 and 3 ahead, never more. */
+ * micro-batches 1, 2 and 3 ahead, never more, and asks for one predicted path per decode token. */
 static void lookahead_depth(void)
 {
     static const struct moe_provider_ops ops = { .prefetch = rec_prefetch };
@@ -204,10 +212,13 @@ static void lookahead_depth(void)
         static struct fake_backend fb;
         struct hint_rec h = { 0, 0 };
         struct moe_provider pv = { &ops, &h };
+        int calls = 0;
+        struct moe_sched_path_source src = { count_predict, &calls };
         struct moe_sched_backend be = fb_backend(&fb);
         struct moe_sched_params p = { .max_running = NREQ, .max_queued = NREQ, .micro_batch = 4, .prefill_chunk = 8,
                                       .grouping = c ? MOE_GROUP_REGROUP : MOE_GROUP_FCFS, .regroup_lag = lags[c],
-                                      .max_tokens_in_flight = 1 << 20, .lookahead = 3, .provider = &pv };
+                                      .max_tokens_in_flight = 1 << 20, .lookahead = 3, .provider = &pv,
+                                      .path_source = &src };
         struct moe_sched *s = moe_sched_create_backend(&be, &p);
         REQUIRE(s, "create: %s", moe_last_error());
         static struct sc_req r[NREQ];
@@ -219,8 +230,13 @@ static void lookahead_depth(void)
                     "submit %d: %s", i, moe_last_error());
         }
         for (int steps = 0; moe_sched_step(s) == MOE_OK && steps < 10000; steps++) {}
-        CHECK(h.hints > 0 && h.max_ahead == 3, "%s, lookahead 3: %d hints, the farthest %d micro-batches ahead",
-              c == 0 ? "fcfs" : c == 1 ? "regroup" : "regroup, strict steps", h.hints, h.max_ahead);
+        struct moe_sched_stats st;
+        moe_sched_stats(s, &st);
+        const char *name = c == 0 ? "fcfs" : c == 1 ? "regroup" : "regroup, strict steps";
+        CHECK(h.hints > 0 && h.max_ahead == 3, "%s, lookahead 3: %d hints, the farthest %d micro-batches ahead", name,
+              h.hints, h.max_ahead);
+        CHECK(st.decode_tokens > 0 && (uint64_t)calls == st.decode_tokens,
+              "%s: %d predicted paths for %llu decode tokens", name, calls, (unsigned long long)st.decode_tokens);
         moe_sched_destroy(s);
     }
 }

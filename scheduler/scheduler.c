@@ -1586,7 +1586,8 @@ static enum moe_status params_resolve(const struct moe_sched_backend *be, struct
         p->regroup_lag = 2.0f;
     if (p->regroup_lead == 0)
         p->regroup_lead = 1.0f;
-    if (!(p->regroup_lag >= -1 && p->regroup_lag <= 1000) || !(p->regroup_lead >= 0 && p->regroup_lead <= 1000))
+    if (!(p->regroup_lag == -1 || (p->regroup_lag >= 0 && p->regroup_lag <= 1000)) ||
+        !(p->regroup_lead >= 0 && p->regroup_lead <= 1000))
         return moe_errorf(MOE_EINVAL, "scheduler: regroup_lag = %g, regroup_lead = %g: must be in [0, 1000] "
                           "(regroup_lag -1: strict steps)",
                           (double)p->regroup_lag, (double)p->regroup_lead);

@@ -260,6 +260,21 @@ static void test_bounds(void)
     struct moe_sched_params p4 = { .max_running = 4, .micro_batch = 4, .prefill_chunk = 61 };
     CHECK(!moe_sched_create_backend(&be, &p4) && strstr(moe_last_error(), "prefill_chunk"),
           "micro_batch + prefill_chunk > max_batch_tokens accepted (%s)", moe_last_error());
+    /* regroup_lag: -1 (strict steps), 0 (the default) or (0, 1000]; nothing between -1 and 0 */
+    const float lags[] = { -0.5f, -1.5f, 1001.0f };
+    for (int i = 0; i < 3; i++) {
+        struct moe_sched_params p5 = { .max_running = 4, .max_queued = 4, .max_tokens_in_flight = 1000,
+                                       .grouping = MOE_GROUP_REGROUP, .regroup_lag = lags[i] };
+        struct moe_sched *got = moe_sched_create_backend(&be, &p5);
+        CHECK(!got && strstr(moe_last_error(), "regroup_lag"), "regroup_lag %g accepted (%s)", (double)lags[i],
+              got ? "" : moe_last_error());
+        moe_sched_destroy(got);
+    }
+    struct moe_sched_params p6 = { .max_running = 4, .max_queued = 4, .max_tokens_in_flight = 1000,
+                                   .grouping = MOE_GROUP_REGROUP, .regroup_lag = -1 };
+    struct moe_sched *strict = moe_sched_create_backend(&be, &p6);
+    CHECK(strict, "regroup_lag -1 (strict steps) refused: %s", moe_last_error());
+    moe_sched_destroy(strict);
 }
 
 /* Long and short prompts mixed, on the scheduler thread: all complete. */

@@ -334,6 +334,11 @@ static int bench_batch(int argc, char **argv)
                 o.lag ? "--regroup-lag" : "--regroup-lead");
         return 2;
     }
+    if (o.lag < 0 && o.lead) {
+        fprintf(stderr, "moeflow bench batch: --regroup-lead bounds rolling selection; with --regroup-lag -1 (strict "
+                        "steps) every sequence runs once a step and none runs ahead: drop one of them\n");
+        return 2;
+    }
     if (o.no_pred_prefetch && o.rank_only) {
         fprintf(stderr, "moeflow bench batch: give --no-prefetch (predictions rank evictions) or "
                         "--no-predictor-prefetch (they do not reach the cache), not both\n");

@@ -105,6 +105,9 @@ with tempfile.NamedTemporaryFile("w", suffix=".txt") as pf:
 # the regroup bounds with fcfs: refused, not ignored
 rc, out, err = run(*base, "--grouping", "fcfs", "--regroup-lag", "5")
 check(rc == 2 and "--grouping regroup" in err, f"--regroup-lag with fcfs: rc {rc} {err!r}")
+# --regroup-lead with strict steps, where no sequence runs ahead: refused too
+rc, out, err = run(*base, "--grouping", "regroup", "--regroup-lag", "-1", "--regroup-lead", "2")
+check(rc == 2 and "--regroup-lead" in err and "strict" in err, f"--regroup-lead with --regroup-lag -1: rc {rc} {err!r}")
 
 print("test_bench_cli:", "ok" if not fails else f"{fails} check(s) failed")
 sys.exit(1 if fails else 0)

@@ -459,7 +459,11 @@ static enum moe_status parse_merges(struct moe_tokenizer *t, json_t *merges, con
     for (size_t i = 0; i < n; i++) {
         const char *a = NULL, *b = NULL;
         size_t alen = 0, blen = 0;
-        st = merge_parts(json_array_get(merges, i), i, &a, &alen, &b, &blen, what);
+        json_t *m = json_array_get(merges, i);
+        /* a "#version..." line, as merges.txt starts with, is no merge: tokenizers skips it */
+        if (json_is_string(m) && !strncmp(json_string_value(m), "#version", 8))
+            continue;
+        st = merge_parts(m, i, &a, &alen, &b, &blen, what);
         if (st)
             goto out;
         int ia = strmap_get(t, &t->vocab, a, alen);

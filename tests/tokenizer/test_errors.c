@@ -1,9 +1,9 @@
 /* Tokenizer error handling and behaviour on small hand-made tokenizers:
  * invalid UTF-8 and out-of-range ids are clear errors; every malformed
  * tokenizer.json in tests/tokenizer/corpus/bad-*.json is rejected with a
- * message naming the problem; merge ranks, added tokens (lstrip/rstrip), unk
- * fusing and dropped characters behave as in Hugging Face tokenizers; 100 KB
- * of text encodes and decodes back exactly. */
+ * message naming the problem; merge ranks (a "#version" line skipped), added
+ * tokens (lstrip/rstrip), unk fusing and dropped characters behave as in
+ * Hugging Face tokenizers; 100 KB of text encodes and decodes back exactly. */
 #include "model/tokenizer.h"
 #include "tests/test_util.h"
 
@@ -120,6 +120,17 @@ static void test_tiny(void)
     /* lstrip/rstrip absorb the spaces around <s>; unknown chars become <unk>, runs fused */
     ENCODE_EXPECT(t, "ac d <s> b", 0, 3, 2, 3, 6, 1);
     ENCODE_EXPECT(t, "acd  <s>", 0, 3, 6);
+    moe_tokenizer_free(t);
+
+    /* merges in the "a b" form may start with merges.txt's "#version: 0.2" line, which tokenizers skips
+     * (convert_merges_to_hashmap): no merge, where it was refused as naming tokens not in the vocab */
+    static const char versioned[] =
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2},"
+        " \"merges\": [\"#version: 0.2\", \"a b\"]}, \"pre_tokenizer\": {\"type\": \"ByteLevel\","
+        " \"add_prefix_space\": false, \"trim_offsets\": true}, \"decoder\": null}";
+    t = moe_tokenizer_parse(versioned, strlen(versioned), "versioned merges");
+    REQUIRE(t, "#version line: %s", moe_last_error());
+    ENCODE_EXPECT(t, "ab", 2);
     moe_tokenizer_free(t);
 }
 

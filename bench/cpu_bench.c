@@ -288,7 +288,10 @@ int main(int argc, char **argv)
            2e-6 * head_macs(cf), g_pre, g1, g16);
     /* decode at batch 1 reads each weight of its token's matrices once, as
      * BF16 (2 bytes per multiply-add); prefill is bound by the FMAs */
-    double wb = model_weight_bytes(cf), rc = read_ceiling_gbs((size_t)wb), peak = fma_peak_gflops();
+    /* the ceilings' loops are AVX2 + FMA: on a CPU without them they read 0 (not measured) */
+    bool isa = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    double wb = model_weight_bytes(cf), rc = isa ? read_ceiling_gbs((size_t)wb) : 0, peak = isa ? fma_peak_gflops() : 0;
+    if (!isa) fprintf(stderr, "cpu_bench: no AVX2 + FMA on this CPU: the ceilings are not measured (0)\n");
     double b1_gbs = 2.0 * (body_macs(cf) + head_macs(cf)) * t1 * 1e-9;
     printf("ceilings, one core   read %.1f GB/s over %.1f MB (the model's weights); F32 FMA peak %.1f GFLOP/s\n",
            rc, wb * 1e-6, peak);

@@ -268,11 +268,12 @@ static void lit_end(struct moe_json_state *s)
 
 /* ---- bounded numbers and strings ------------------------------------------------- */
 
-static const double pow10d[MOE_JSON_MAX_NUM + 1] = {
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28, 1e29, 1e30, 1e31, 1e32,
-};
 #define INT_DIGITS 18 /* of a bounded integer: below 10^18, so every sum here fits an int64 */
+static const int64_t pow10i[INT_DIGITS + 1] = {
+    1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000, 10000000000, 100000000000,
+    1000000000000, 10000000000000, 100000000000000, 1000000000000000, 10000000000000000, 100000000000000000,
+    1000000000000000000,
+};
 
 /* Whether an integer in [a, b] is in r (and a multiple of r->mult). */
 static bool int_meets(const struct json_range *r, int64_t a, int64_t b)
@@ -299,61 +300,14 @@ static bool int_viable(const struct json_range *r, const char *t, int len)
     bool neg = t[0] == '-';
     int d = len - neg;
     if (d > INT_DIGITS) return false;
-    int64_t top = (int64_t)pow10d[INT_DIGITS] - 1;
+    int64_t top = pow10i[INT_DIGITS] - 1;
     if (d == 0) return int_meets(r, -top, 0); /* '-' alone */
     int64_t m = neg ? -int_of(t, len) : int_of(t, len);
     for (int k = 0; k <= INT_DIGITS - d && (k == 0 || m > 0); k++) {
-        int64_t a = m * (int64_t)pow10d[k], b = a + (int64_t)pow10d[k] - 1;
+        int64_t a = m * pow10i[k], b = a + pow10i[k] - 1;
         if (neg ? int_meets(r, -b, -a) : int_meets(r, a, b)) return true;
     }
     return false;
-}
-
-/* Whether some x between a and b (a <= b; an end left out where a_open / b_open) is in r. */
-static bool num_meets(const struct json_range *r, double a, bool a_open, double b, bool b_open)
-{
-    double lo = a > r->lo ? a : r->lo, hi = b < r->hi ? b : r->hi;
-    bool lo_open = (lo == a && a_open) || (lo == r->lo && r->lo_excl);
-    bool hi_open = (hi == b && b_open) || (hi == r->hi && r->hi_excl);
-    return lo < hi || (lo == hi && !lo_open && !hi_open);
-}
-
-static bool num_in(const struct json_range *r, double x) { return num_meets(r, x, false, x, false); }
-
-/* Whether the number begun by t[0..len) (a sign, digits and a point: no exponent) can still end in
- * r within MOE_JSON_MAX_NUM bytes; the magnitudes it can reach, as intervals, tested one by one. */
-static bool num_viable(const struct json_range *r, const char *t, int len)
-{
-    if (len > MOE_JSON_MAX_NUM) return false;
-    bool neg = t[0] == '-';
-    int room = MOE_JSON_MAX_NUM - len;
-    char buf[MOE_JSON_MAX_NUM + 1];
-    memcpy(buf, t, (size_t)len);
-    buf[len] = 0;
-    const char *dot = memchr(t, '.', (size_t)len);
-    double x = len > neg ? fabs(strtod(buf, NULL)) : 0;
-    for (int k = 0;; k++) {
-        double a, b;
-        bool b_open;
-        if (len == neg) { /* '-' alone: any magnitude */
-            a = 0, b = pow10d[room - 1], b_open = true;
-        } else if (dot) { /* digits after the point so far: the magnitude is x and up to the next step */
-            int f = len - (int)(dot - t) - 1;
-            if (f == 0 && room == 0) return false;
-            a = x, b = room ? x + 1 / pow10d[f > 0 ? f : 0] : x, b_open = room > 0;
-        } else { /* k more digits before the point, then a fraction where there is room for one */
-            if (k > room || (k > 0 && t[neg] == '0')) return false;
-            a = x * pow10d[k];
-            b_open = room - k >= 2;
-            b = (x + 1) * pow10d[k] - (b_open ? 0 : 1);
-        }
-        if (b <= a) { /* a step below the double's resolution there: the number as it is */
-            b = a;
-            b_open = false;
-        }
-        if (neg ? num_meets(r, -b, b_open, -a, false) : num_meets(r, a, false, b, b_open)) return true;
-        if (len == neg || dot) return false;
-    }
 }
 
 /* One more byte of the number being read, for a bounded node: kept while the number can still end in
@@ -364,7 +318,8 @@ static bool num_push(struct moe_json_state *s, unsigned char c)
     const struct json_node *n = node(s, s->cur);
     if (s->nlen >= MOE_JSON_MAX_NUM) return false;
     s->num[s->nlen++] = (char)c;
-    return n->kind == K_INTEGER ? int_viable(&n->range, s->num, s->nlen) : num_viable(&n->range, s->num, s->nlen);
+    return n->kind == K_INTEGER ? int_viable(&n->range, s->num, s->nlen)
+                                : json_num_viable(s->sc->pool + n->range.dec, s->num, s->nlen);
 }
 
 /* Whether the number read may end here. */
@@ -376,10 +331,7 @@ static bool num_ends(const struct moe_json_state *s)
         int64_t v = int_of(s->num, s->nlen);
         return int_meets(&n->range, v, v);
     }
-    char buf[MOE_JSON_MAX_NUM + 1];
-    memcpy(buf, s->num, s->nlen);
-    buf[s->nlen] = 0;
-    return num_in(&n->range, strtod(buf, NULL));
+    return json_num_in(s->sc->pool + n->range.dec, s->num, s->nlen);
 }
 
 /* The characters a string value may still take (UINT32_MAX: any number); keys are not bounded. */

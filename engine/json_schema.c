@@ -700,6 +700,47 @@ static bool range_end(struct cc *c, const json_t *o, bool upper, const json_t **
 static const char *const number_words[] = { "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                                             "multipleOf" };
 
+/* "'minimum' 2" for messages: bound v, given by keyword inc or exc (excl: excluded, draft 4's form). */
+static void bound_text(const json_t *o, const json_t *v, bool excl, const char *inc, const char *exc, char *out,
+                       size_t len)
+{
+    char *t = literal_text(v);
+    bool by_inc = v == json_object_get(o, inc);
+    snprintf(out, len, "'%s' %s%s%s%s", by_inc ? inc : exc, t ? t : "", by_inc && excl ? " ('" : "",
+             by_inc && excl ? exc : "", by_inc && excl ? "' true)" : "");
+    free(t);
+}
+
+/* Refuse a range that no number written meets (why: 'a' it lies above every one, 'b' below, 'e' it
+ * is empty, 'g' it falls between two of them), naming its keywords and what to change. */
+static void range_refused(struct cc *c, const json_t *o, const struct json_range *r, const json_t *lo,
+                          const json_t *hi, const json_t *mult, bool integer, char why)
+{
+    char l[128] = "", h[128] = "", both[260], m[96] = "";
+    if (lo) bound_text(o, lo, r->lo_excl, "minimum", "exclusiveMinimum", l, sizeof(l));
+    if (hi) bound_text(o, hi, r->hi_excl, "maximum", "exclusiveMaximum", h, sizeof(h));
+    snprintf(both, sizeof(both), "%s%s%s", l, lo && hi ? " and " : "", h);
+    if (mult) {
+        char *t = literal_text(mult);
+        snprintf(m, sizeof(m), " that is a multiple of 'multipleOf' %s", t ? t : "");
+        free(t);
+    }
+    const char *what = integer ? "integer" : "number";
+    const char *form = integer ? "at most 18 digits" : "at most 32 characters, sign and point included, without an "
+                                                       "exponent";
+    if (why == 'a')
+        fail(c, MOE_EINVAL, "no %s the output can write (%s: below %s) meets %s: lower it", what, form,
+             integer ? "10^18" : "10^32", l);
+    else if (why == 'b')
+        fail(c, MOE_EINVAL, "no %s the output can write (%s: above %s) meets %s: raise it", what, form,
+             integer ? "-10^18" : "-10^31", h);
+    else if (why == 'e')
+        fail(c, MOE_EINVAL, "no %s%s meets %s: widen the range%s", what, m, both, mult ? " or change multipleOf" : "");
+    else
+        fail(c, MOE_EINVAL, "no number the output can write (%s, so at most 30 digits after the point) meets %s: "
+             "widen the range", form, both);
+}
+
 static int number_node(struct cc *c, const json_t *o, bool integer)
 {
     if (!has_any(o, number_words, MOE_ARRAY_LEN(number_words)))
@@ -724,18 +765,30 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
     if (integer) {
         if (lo) r.ilo = int_bound(lo, lo_x, false);
         if (hi) r.ihi = int_bound(hi, hi_x, true);
+        char why = r.ilo > INT_TOP ? 'a' : r.ihi < -INT_TOP ? 'b' : 'e';
         if (r.ilo < -INT_TOP) r.ilo = -INT_TOP;
         if (r.ihi > INT_TOP) r.ihi = INT_TOP;
         int64_t q = r.ihi / r.mult - (r.ihi % r.mult < 0);
         if (r.ilo > r.ihi || q * r.mult < r.ilo) {
-            fail(c, MOE_EINVAL, "no integer of at most 18 digits meets these bounds%s", mult ? " and multipleOf" : "");
+            range_refused(c, o, &r, lo, hi, mult, true, why);
             return -1;
         }
-    } else if (r.lo > r.hi || (r.lo == r.hi && (r.lo_excl || r.hi_excl))) {
-        fail(c, MOE_EINVAL, "no number meets these bounds (%g to %g)", r.lo, r.hi);
+        return new_node(c, (struct json_node){ .kind = K_INTEGER, .bounded = true, .range = r });
+    }
+    char b[JSON_NUM_BOUNDS];
+    json_num_bounds(&r, b);
+    if (!json_num_viable(b, "", 0)) { /* in doubles: an empty range, or one beyond or between the numbers written */
+        double l = lo_x ? nextafter(r.lo, INFINITY) : r.lo, h = hi_x ? nextafter(r.hi, -INFINITY) : r.hi;
+        range_refused(c, o, &r, lo, hi, NULL, false, l > h ? 'e' : l > 1e32 ? 'a' : h < -1e31 ? 'b' : 'g');
         return -1;
     }
-    return new_node(c, (struct json_node){ .kind = integer ? K_INTEGER : K_NUMBER, .bounded = true, .range = r });
+    struct json_str at;
+    if (!pool_add(c, b, sizeof(b), &at)) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return -1;
+    }
+    r.dec = at.off;
+    return new_node(c, (struct json_node){ .kind = K_NUMBER, .bounded = true, .range = r });
 }
 
 static const char *const object_words[] = { "properties", "required", "additionalProperties", "minProperties",

@@ -41,7 +41,23 @@ struct json_range {
     bool lo_excl, hi_excl;
     int64_t ilo, ihi;      /* integer: ilo <= x <= ihi, |x| < 10^18 (18 digits at most) */
     int64_t mult;          /* integer: a multiple of mult (1: any) */
+    uint32_t dec;          /* number: the pool's JSON_NUM_BOUNDS bytes from here, the range in decimal
+                              (json_number.c) */
 };
+
+/* A bounded number's range as the decimals it is written with (json_number.c): the least and the
+ * greatest multiple of 10^-30 whose doubles are in range, each a sign ('+' or '-') and JSON_DEC_W
+ * digits, JSON_DEC_INT of them before the point (10^33: beyond every number written). */
+#define JSON_DEC_INT 34
+#define JSON_DEC_W (JSON_DEC_INT + 30)
+#define JSON_NUM_BOUNDS (2 * (1 + JSON_DEC_W))
+/* Write r's bounds (lo, hi, lo_excl, hi_excl) to out[JSON_NUM_BOUNDS]. */
+void json_num_bounds(const struct json_range *r, char *out);
+/* Whether the number begun by t[0..len) (a sign, digits, a point, digits: no exponent; len 0, none
+ * yet) can still end in the range bounds within MOE_JSON_MAX_NUM bytes. */
+bool json_num_viable(const char *bounds, const char *t, int len);
+/* Whether the number t[0..len), whole, is in the range bounds. */
+bool json_num_in(const char *bounds, const char *t, int len);
 
 /* A regular expression as a DFA over code points: state 0 is dead (no way on). */
 struct json_dfa_range {      /* code points lo .. hi go to state next */

@@ -264,6 +264,13 @@ int main(void)
     CHECK(status == 2 && strstr(so, "--json-schema") && strstr(so, "format 'ipv6' is not supported"),
           "bad schema: exit %d: %s", status, so);
     free(so);
+    /* a range no number written meets: exit 2 naming its keywords, before anything is generated */
+    so = generate_with_file(exe, dir, "--json-schema", "{\"type\": \"object\", \"properties\": {\"x\": {\"type\": "
+                            "\"number\", \"exclusiveMinimum\": 0, \"maximum\": 1e-35}}, \"required\": [\"x\"]}", &status);
+    CHECK(status == 2 && strstr(so, "--json-schema") && strstr(so, "at '/properties/x'") &&
+              strstr(so, "meets 'exclusiveMinimum' 0 and 'maximum' 1e-35: widen the range"),
+          "unmet range: exit %d: %s", status, so);
+    free(so);
     /* a grammar with a rule it never defines: exit 2 with the line and column */
     so = generate_with_file(exe, dir, "--grammar", "root ::= \"a\"\n  | item\n", &status);
     CHECK(status == 2 && strstr(so, "--grammar") && strstr(so, "line 2 column 5: rule 'item' is used but never defined"),

@@ -486,7 +486,7 @@ static void test_number_bounds(void)
                                          "\"maximum\":0.3}}");
     if (sc) {
         good(sc, "[0.1,0.3,0.2999,0.10000]");
-        bad_at(sc, "[0.", "09"); /* no 0.0... reaches 0.1 */
+        bad_at(sc, "[0.0", "8"); /* no 0.08... reaches 0.1 */
         bad_at(sc, "[0.3000", "1");
         bad_at(sc, "[0.2", "e1");
         bad_at(sc, "[0.3", "1]");
@@ -558,6 +558,206 @@ static void test_bounds_walk(void)
                 moe_json_schema_unref(sc);
             }
     CHECK(walks > 300 && numbers > 500, "%d walks, %d numbers", walks, numbers);
+}
+
+/* Feed a number of sc's array items one byte at a time, each byte drawn (rng) from those that continue
+ * it; the number written into out.  False at a dead end: no byte continues it. */
+static bool walk_number(const struct moe_json_schema *sc, uint64_t *rng, int end_one_in, char *out, size_t cap)
+{
+    struct moe_json_state s;
+    moe_json_init(&s, sc);
+    moe_json_feed(&s, "[", 1);
+    size_t n = 0;
+    for (;;) {
+        static const char bytes[] = "0123456789.-]";
+        char ok[sizeof(bytes)];
+        int m = 0;
+        for (const char *b = bytes; *b; b++) {
+            struct moe_json_state c;
+            moe_json_copy(&c, &s);
+            if ((*b != ']' || n > 0) && moe_json_feed(&c, b, 1)) ok[m++] = *b;
+        }
+        out[n] = 0;
+        if (m == 0 || n + 1 >= cap) return false;
+        *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+        char pick = ok[(*rng >> 33) % (uint64_t)m];
+        if ((*rng >> 13) % (uint64_t)end_one_in == 0 && ok[m - 1] == ']') pick = ']';
+        moe_json_feed(&s, &pick, 1);
+        if (pick == ']') return moe_json_done(&s);
+        out[n++] = pick;
+    }
+}
+
+/* Ranges that no number written (at most 32 characters, no exponent) meets are refused when the
+ * schema is read, naming the keywords; the tightest that some number meets compile, and the output
+ * reaches one of them without a dead end. */
+static void test_bounds_limits(void)
+{
+    static const struct {
+        const char *kw, *needle;
+    } refusals[] = {
+        { "\"minimum\":1e40", "meets 'minimum' 1e+40: lower it" },
+        { "\"maximum\":-1e32", "meets 'maximum' -1e+32: raise it" },
+        { "\"exclusiveMinimum\":0,\"maximum\":1e-35", "meets 'exclusiveMinimum' 0 and 'maximum' 1e-35: widen" },
+        { "\"exclusiveMinimum\":-1e-30,\"exclusiveMaximum\":0", "30 digits after the point" },
+        { "\"minimum\":1.2345678901234567e-20,\"maximum\":1.2345678901234567e-20", "'maximum' 1.2345678901234567e-20" },
+        { "\"exclusiveMinimum\":1,\"exclusiveMaximum\":1.0000000000000002", "no number meets 'exclusiveMinimum' 1" },
+        { "\"minimum\":3,\"exclusiveMinimum\":true,\"maximum\":3", "'minimum' 3 ('exclusiveMinimum' true)" },
+    };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(refusals); k++) {
+        char schema[256];
+        snprintf(schema, sizeof(schema), "{\"type\":\"array\",\"items\":{\"type\":\"number\",%s}}", refusals[k].kw);
+        refused(schema, MOE_EINVAL, refusals[k].needle);
+    }
+    refused("{\"type\":\"integer\",\"minimum\":1.5,\"maximum\":1.7}", MOE_EINVAL,
+            "no integer meets 'minimum' 1.5 and 'maximum' 1.7: widen the range");
+    refused("{\"type\":\"integer\",\"minimum\":1e19}", MOE_EINVAL, "(at most 18 digits: below 10^18) meets 'minimum'");
+    refused("{\"type\":\"integer\",\"exclusiveMinimum\":0,\"maximum\":9,\"multipleOf\":10}", MOE_EINVAL,
+            "a multiple of 'multipleOf' 10 meets 'exclusiveMinimum' 0 and 'maximum' 9");
+    static const struct {
+        const char *kw, *text; /* a number it takes */
+    } tight[] = {
+        { "\"minimum\":1e32", "99999999999999999999999999999999" },
+        { "\"maximum\":-1e31", "-9999999999999999999999999999999" },
+        { "\"minimum\":9e31", "90000000000000000000000000000000" },
+        { "\"exclusiveMinimum\":0,\"maximum\":1e-30", "0.000000000000000000000000000001" },
+        { "\"exclusiveMaximum\":0,\"minimum\":-1e-29", "-0.00000000000000000000000000001" },
+        { "\"minimum\":1e-20,\"maximum\":1e-20", "0.00000000000000000001" },
+        { "\"exclusiveMinimum\":1,\"maximum\":1.0000000000000002", "1.0000000000000002" },
+    };
+    uint64_t rng = 5;
+    for (size_t k = 0; k < MOE_ARRAY_LEN(tight); k++) {
+        char schema[256], t[64];
+        snprintf(schema, sizeof(schema), "{\"type\":\"array\",\"items\":{\"type\":\"number\",%s}}", tight[k].kw);
+        struct moe_json_schema *sc = compile(schema);
+        if (!sc) continue;
+        snprintf(t, sizeof(t), "[%s]", tight[k].text);
+        good(sc, t);
+        for (int w = 0; w < 20; w++) {
+            char num[64];
+            bool whole = walk_number(sc, &rng, 40, num, sizeof(num));
+            CHECK(whole, "%s: a dead end after '[%s'", schema, num);
+        }
+        moe_json_schema_unref(sc);
+    }
+}
+
+/* Decimal texts near x: x with 0 to 31 digits after the point, one up and one down in the last. */
+static int texts_near(double x, char out[][48])
+{
+    int n = 0;
+    if (!isfinite(x) || fabs(x) > 1e33) return 0;
+    for (int p = 0; p <= 31; p++) {
+        char t[512];
+        snprintf(t, sizeof(t), "%.*f", p, x);
+        if (strlen(t) > 40) continue;
+        for (int step = -1; step <= 1; step++) {
+            char *u = out[n];
+            snprintf(u, 48, "%s", t);
+            bool neg = u[0] == '-', up = (step > 0) != neg;
+            int i = (int)strlen(u) - 1;
+            for (; step && i >= neg; i--) { /* one in the last digit, carried */
+                if (u[i] == '.') continue;
+                if (u[i] == (up ? '9' : '0')) {
+                    u[i] = up ? '0' : '9';
+                } else {
+                    u[i] = (char)(u[i] + (up ? 1 : -1));
+                    break;
+                }
+            }
+            if (step && i < neg) continue; /* carried out of the number: left out */
+            while (u[neg] == '0' && u[neg + 1] >= '0' && u[neg + 1] <= '9') memmove(u + neg, u + neg + 1, strlen(u + neg));
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Whether t is a number the output can write: -?(0|[1-9][0-9]*)(.[0-9]+)?, at most 32 bytes. */
+static bool writable(const char *t)
+{
+    size_t n = strlen(t), i = t[0] == '-';
+    if (n > 32 || i == n || (t[i] == '0' && i + 1 < n && t[i + 1] != '.')) return false;
+    while (i < n && t[i] >= '0' && t[i] <= '9') i++;
+    if (i < n && t[i++] == '.') {
+        if (i == n) return false;
+        while (i < n && t[i] >= '0' && t[i] <= '9') i++;
+    }
+    return i == n && t[n - 1] != '.';
+}
+
+/* Random ranges near the limits of what is written (tiny steps, 32 digits, doubles a step apart): a
+ * range compiles exactly when some number written near its ends, or between them, is in range (as
+ * strtod reads it, as JSON Schema's validators do); numbers near its ends are taken exactly when in
+ * range; and a walk never meets a dead end. */
+static void test_bounds_exact(void)
+{
+    static const double ends[] = { 0, 1e-20, 1.2345678901234567e-20, 0.1, 1e32, 9e31, 1e31, 1, 5e-324, 1e-30,
+                                   1.5e-30, 9.9e-31, 1e-29, 123456789.123456789, 1e15 + 0.5, 9007199254740993.0,
+                                   3.25, 1e-15, 3e-14, 0.9999999999999999, 2.5e-30, 1e-300, 1e300, 6.02e23 };
+    uint64_t rng = 77;
+    int compiled = 0, refusals = 0, walks = 0, texts = 0;
+    for (int it = 0; it < 1500; it++) {
+        double b[2];
+        for (int e = 0; e < 2; e++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            double x = ends[(rng >> 33) % MOE_ARRAY_LEN(ends)];
+            int how = (int)((rng >> 20) % 5);
+            b[e] = how == 1 ? -x : how == 2 ? nextafter(x, INFINITY) : how == 3 ? nextafter(x, -INFINITY) : x;
+        }
+        if (b[0] > b[1] && (rng >> 7) % 4) {
+            double t = b[0];
+            b[0] = b[1];
+            b[1] = t;
+        }
+        bool lx = (rng >> 40) % 3 == 0, hx = (rng >> 44) % 3 == 0;
+        char schema[256], lo[64], hi[64];
+        snprintf(lo, sizeof(lo), "%.17g", b[0]);
+        snprintf(hi, sizeof(hi), "%.17g", b[1]);
+        double l = strtod(lo, NULL), h = strtod(hi, NULL);
+        snprintf(schema, sizeof(schema), "{\"type\":\"array\",\"items\":{\"type\":\"number\",\"%s\":%s,\"%s\":%s}}",
+                 lx ? "exclusiveMinimum" : "minimum", lo, hx ? "exclusiveMaximum" : "maximum", hi);
+        char near[5 * 96][48];
+        int n = 0;
+        double around[5] = { l, h, nextafter(l, INFINITY), nextafter(h, -INFINITY), l / 2 + h / 2 };
+        for (int a = 0; a < 5; a++) n += texts_near(around[a], near + n);
+        static const char *const far[] = { "0", "99999999999999999999999999999999", "-9999999999999999999999999999999",
+                                           "0.000000000000000000000000000001", "-0.00000000000000000000000000001" };
+        bool some = false;
+        for (int i = 0; i < n + (int)MOE_ARRAY_LEN(far); i++) {
+            const char *t = i < n ? near[i] : far[i - n];
+            double v = strtod(t, NULL);
+            some |= writable(t) && (lx ? v > l : v >= l) && (hx ? v < h : v <= h);
+        }
+        struct moe_json_schema *sc = NULL;
+        bool ok = moe_json_schema_parse(schema, strlen(schema), &sc) == MOE_OK;
+        CHECK(ok == some, "%s: %s, yet a number written %s", schema, ok ? "compiled" : moe_last_error(),
+              some ? "meets it" : "meets none near its ends");
+        if (!ok) {
+            refusals++;
+            continue;
+        }
+        compiled++;
+        for (int i = 0; i < n; i++) {
+            if (!writable(near[i])) continue;
+            double v = strtod(near[i], NULL);
+            bool in = (lx ? v > l : v >= l) && (hx ? v < h : v <= h);
+            char t[64];
+            snprintf(t, sizeof(t), "[%.47s]", near[i]);
+            CHECK((verdict(sc, t) == -1) == in, "%s: %s %s", schema, t, in ? "refused" : "taken");
+            texts++;
+        }
+        for (int w = 0; w < 4; w++, walks++) {
+            char num[64];
+            bool whole = walk_number(sc, &rng, w % 2 ? 4 : 40, num, sizeof(num));
+            double v = strtod(num, NULL);
+            CHECK(whole, "%s: a dead end after '[%s'", schema, num);
+            CHECK(!whole || ((lx ? v > l : v >= l) && (hx ? v < h : v <= h)), "%s: %s out of range", schema, num);
+        }
+        moe_json_schema_unref(sc);
+    }
+    CHECK(compiled > 800 && refusals > 100 && texts > 50000, "%d compiled, %d refused, %d texts", compiled, refusals,
+          texts);
 }
 
 /* uniqueItems over an enum: each value at most once, and no ',' once every one is written. */
@@ -1219,6 +1419,8 @@ int main(void)
     test_integer_bounds();
     test_number_bounds();
     test_bounds_walk();
+    test_bounds_limits();
+    test_bounds_exact();
     test_tuples_allof();
     test_unique();
     test_properties_count();

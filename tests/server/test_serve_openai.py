@@ -548,7 +548,10 @@ def check_json_schema(srv, moeflow):
                          ({"type": "object", "required": ["x"]}, "required property 'x'"),
                          ({"$ref": "#/$defs/Nope"}, "names nothing"),
                          ({"anyOf": [{"type": "object"}, {"type": "object"}]}, "told apart only by a tag"),
-                         ({"anyOf": [{"type": "string"}, {"enum": ["a"]}]}, "both begin with")):
+                         ({"anyOf": [{"type": "string"}, {"enum": ["a"]}]}, "both begin with"),
+                         ({"type": "array", "items": {"type": "number", "minimum": 1e40}},
+                          "no number the output can write (at most 32 characters, sign and point included, without an "
+                          "exponent: below 10^32) meets 'minimum' 1e+40: lower it")):
         code, js = post(srv, "/v1/chat/completions", {
             "messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})

@@ -990,8 +990,11 @@ static int compile(struct cc *c, const json_t *v, int depth)
         for (size_t i = 0; i < n && i < MOE_JSON_MAX_ENUM && nt > 0; i++) { /* each value of the type */
             const char *tn = type_name(vals[i]);
             bool ok = false;
+            /* a number with no fraction is an integer (1.0 too, as JSON Schema reads it) */
+            bool whole = json_is_integer(vals[i]) ||
+                         (json_is_real(vals[i]) && json_real_value(vals[i]) == floor(json_real_value(vals[i])));
             for (int t = 0; t < nt; t++)
-                ok |= !strcmp(types[t], tn) || (!strcmp(types[t], "number") && !strcmp(tn, "integer"));
+                ok |= !strcmp(types[t], tn) || (whole && (!strcmp(types[t], "number") || !strcmp(types[t], "integer")));
             if (!ok) {
                 fail(c, MOE_EINVAL, "enum value %zu is of type %s, which 'type' does not allow", i, tn);
                 return -1;

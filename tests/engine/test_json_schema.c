@@ -642,6 +642,24 @@ static void test_bounds_limits(void)
     }
 }
 
+/* A number with no fraction is an integer, as JSON Schema reads it: 1.0 is a value of type integer
+ * (written as 1); 1.5 is not. */
+static void test_integer_enum(void)
+{
+    struct moe_json_schema *sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"enum\":[1.0,2,3e0,-4.0]}}");
+    if (sc) {
+        good(sc, "[1,2,3,-4]");
+        bad_at(sc, "[1", ".");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"object\",\"properties\":{\"n\":{\"type\":[\"integer\",\"null\"],\"const\":2.0}},"
+                 "\"required\":[\"n\"]}");
+    if (sc) good(sc, "{\"n\":2}");
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"enum\":[1.0,1.5]}}", MOE_EINVAL,
+            "enum value 1 is of type number, which 'type' does not allow");
+}
+
 /* Decimal texts near x: x with 0 to 31 digits after the point, one up and one down in the last. */
 static int texts_near(double x, char out[][48])
 {
@@ -1420,6 +1438,7 @@ int main(void)
     test_number_bounds();
     test_bounds_walk();
     test_bounds_limits();
+    test_integer_enum();
     test_bounds_exact();
     test_tuples_allof();
     test_unique();

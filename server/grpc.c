@@ -969,7 +969,7 @@ static void gen_progress(struct cgen *k)
             }
         }
     } else if (text && len) {
-        moe_strbuf_printf(&k->acc, "%.*s", (int)len, text);
+        moe_strbuf_add(&k->acc, text, len); /* a token's text may hold a NUL byte */
     }
     free(text);
     free(ev.toks);

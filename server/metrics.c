@@ -63,6 +63,19 @@ void moe_strbuf_printf(struct moe_strbuf *b, const char *fmt, ...)
     }
 }
 
+void moe_strbuf_add(struct moe_strbuf *b, const char *p, size_t n)
+{
+    if (b->oom)
+        return;
+    if (!moe_grow((void **)&b->s, &b->cap, b->len + n + 1, 1, 4096)) {
+        b->oom = true;
+        return;
+    }
+    memcpy(b->s + b->len, p, n);
+    b->len += n;
+    b->s[b->len] = 0;
+}
+
 void moe_strbuf_free(struct moe_strbuf *b)
 {
     free(b->s);

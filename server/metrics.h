@@ -49,6 +49,8 @@ struct moe_strbuf {
     bool oom;
 };
 void moe_strbuf_printf(struct moe_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append p[0..n) as it is, NUL bytes included (a "%.*s" stops at the first). */
+void moe_strbuf_add(struct moe_strbuf *b, const char *p, size_t n);
 void moe_strbuf_free(struct moe_strbuf *b);
 
 /* Append one histogram in Prometheus exposition format. */

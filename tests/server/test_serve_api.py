@@ -535,6 +535,22 @@ def main():
         kq.parameters["regex"].string_param = rx
         ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
         check(ktext == rtext, "regex over KServe %r, gRPC %r" % (ktext, rtext))
+        # a NUL byte in the generated text (HTTP sends it as \u0000) is kept, with what follows it, by
+        # KServe's whole reply and by a streamed one
+        rx0, want0 = r"ab\x00cd\n", "ab\x00cd\n"
+        code, out = srv.http("/v1/completions", json.dumps(dict(prompt="x = 1\n", max_tokens=24,
+                                                                guided_regex=rx0)).encode())
+        check(code == 200 and json.loads(out)["choices"][0]["text"] == want0,
+              "regex with a NUL over HTTP: %d %r" % (code, out[:300]))
+        for stream in (None, True):
+            kq = kreq("x = 1\n", 24, bool(stream))
+            kq.parameters["regex"].string_param = rx0
+            if stream is None:
+                ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0]
+            else:
+                ktext = b"".join(o.contents.bytes_contents[0] for x in kstub.ModelStreamInfer(iter([kq]), timeout=60)
+                                 for o in x.infer_response.outputs)
+            check(ktext == want0.encode(), "regex with a NUL over KServe (stream %s): %r" % (stream, ktext))
         # a GBNF grammar of the expression's language: the same text over gRPC and KServe
         gbnf = 'root ::= [a-z_]{1,8} " = " [0-9]{1,3} "\\n"'
         gtext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="x = 1\n", max_tokens=24, grammar=gbnf),

@@ -347,6 +347,36 @@ static bool over_max(const struct gcall *c, size_t n)
             QUEUE_PACKED(c, fn, msg, _s);                                     \
     } while (0)
 
+/* A GenerateResponse with its text text[0..n) queued as QUEUE_REPLY queues it.  protobuf-c writes a
+ * string up to its first NUL and a token's text may hold one, so the text (field 2, length-delimited)
+ * is written after the other fields by hand: a parser takes the fields in any order. */
+static void queue_generate(struct gcall *c, Moeflow__V1__GenerateResponse *rs, const char *text, size_t n, size_t *big)
+{
+    uint8_t key[11];
+    size_t k = 0;
+    if (n) {
+        key[k++] = 2 << 3 | 2;
+        for (size_t v = n; v; v >>= 7)
+            key[k++] = (uint8_t)((v & 0x7f) | (v >> 7 ? 0x80 : 0));
+    }
+    rs->text = "";
+    size_t head = moeflow__v1__generate_response__get_packed_size(rs), total = head + k + n;
+    if (over_max(c, total)) {
+        *big = total;
+        return;
+    }
+    uint8_t *b = malloc(total ? total : 1);
+    if (!b)
+        return;
+    moeflow__v1__generate_response__pack(rs, b);
+    if (n) {
+        memcpy(b + head, key, k);
+        memcpy(b + head + k, text, n);
+    }
+    queue_bytes(c, b, total);
+    free(b);
+}
+
 static void queue_status(struct gcall *c, grpc_status_code code, const char *msg)
 {
     if (c->status_queued)
@@ -860,7 +890,7 @@ static void generate_stop_progress(struct cgen *k)
         ids[n_ids++] = ev.toks[i];
         k->n_out++;
         if (o && ol)
-            moe_strbuf_printf(&text, "%.*s", (int)ol, o);
+            moe_strbuf_add(&text, o, ol);
         free(o);
     }
     bool ok = ev.why == MOE_FINISH_LENGTH || ev.why == MOE_FINISH_STOP;
@@ -869,7 +899,7 @@ static void generate_stop_progress(struct cgen *k)
         char *t = srv_gen_text(g, NULL, 0, true, &len), *f = NULL;
         m = t ? moe_stop_scan_feed(&k->scan, t, len, NULL, 0, true, &f, &fl) : -1;
         if (f && fl)
-            moe_strbuf_printf(&text, "%.*s", (int)fl, f);
+            moe_strbuf_add(&text, f, fl);
         free(t);
         free(f);
     }
@@ -889,7 +919,6 @@ static void generate_stop_progress(struct cgen *k)
         Moeflow__V1__GenerateResponse rs = MOEFLOW__V1__GENERATE_RESPONSE__INIT;
         rs.n_token_ids = (size_t)n_ids;
         rs.token_ids = ids;
-        rs.text = text.s ? text.s : "";
         gen_lps_fill(&lp, &rs, ids, ev.lps, n_ids);
         if (fin) {
             rs.finished = true;
@@ -898,7 +927,7 @@ static void generate_stop_progress(struct cgen *k)
             rs.completion_tokens = m == 1 ? k->n_out : ev.n_generated;
             rs.cached_prompt_tokens = ev.n_cached;
         }
-        QUEUE_REPLY(c, moeflow__v1__generate_response, &rs, big);
+        queue_generate(c, &rs, text.s, text.len, &big);
     }
     gen_lps_free(&lp);
     free(ev.lps);
@@ -945,7 +974,6 @@ static void gen_progress(struct cgen *k)
                 ids[i] = ev.toks[i];
             rs.n_token_ids = ids ? (size_t)ev.n_toks : 0;
             rs.token_ids = ids;
-            rs.text = text ? text : "";
             struct gen_lps lp;
             gen_lps_fill(&lp, &rs, ev.toks, ids ? ev.lps : NULL, ev.n_toks);
             if (ev.done && ok) {
@@ -955,7 +983,7 @@ static void gen_progress(struct cgen *k)
                 rs.completion_tokens = ev.n_generated;
                 rs.cached_prompt_tokens = ev.n_cached;
             }
-            QUEUE_REPLY(c, moeflow__v1__generate_response, &rs, big);
+            queue_generate(c, &rs, text, text ? len : 0, &big);
             gen_lps_free(&lp);
             free(ids);
         }

@@ -536,12 +536,16 @@ def main():
         ktext = kstub.ModelInfer(kq, timeout=60).outputs[0].contents.bytes_contents[0].decode()
         check(ktext == rtext, "regex over KServe %r, gRPC %r" % (ktext, rtext))
         # a NUL byte in the generated text (HTTP sends it as \u0000) is kept, with what follows it, by
-        # KServe's whole reply and by a streamed one
+        # Generate (with a stop sequence too), KServe's whole reply and a streamed one
         rx0, want0 = r"ab\x00cd\n", "ab\x00cd\n"
         code, out = srv.http("/v1/completions", json.dumps(dict(prompt="x = 1\n", max_tokens=24,
                                                                 guided_regex=rx0)).encode())
         check(code == 200 and json.loads(out)["choices"][0]["text"] == want0,
               "regex with a NUL over HTTP: %d %r" % (code, out[:300]))
+        for stop in ([], ["zz"]):
+            gtext = "".join(x.text for x in gen.Generate(m.GenerateRequest(prompt="x = 1\n", max_tokens=24, regex=rx0,
+                                                                           stop=stop), timeout=60))
+            check(gtext == want0, "regex with a NUL over gRPC (stop %s): %r" % (stop, gtext))
         for stream in (None, True):
             kq = kreq("x = 1\n", 24, bool(stream))
             kq.parameters["regex"].string_param = rx0

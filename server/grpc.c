@@ -903,6 +903,8 @@ static void generate_stop_progress(struct cgen *k)
         free(t);
         free(f);
     }
+    if (text.oom) /* a chunk of the text could not be kept: not sent cut short */
+        m = -1;
     free(ev.toks);
     if (m < 0) {
         free(ev.lps);

@@ -221,12 +221,21 @@ int moe_regroup_select(const struct moe_regroup_shape *sh, int n, const uint64_t
     bool *taken = calloc((size_t)n, sizeof(bool));
     uint64_t *u = calloc((size_t)(lw > 0 ? lw : 1), sizeof(uint64_t));
     if (!taken || !u) {
-        /* no scratch: the most-owed items */
+        /* no scratch: the most-owed items, most owed first (out[0..m) marks those taken) */
         free(taken);
         free(u);
         int m = 0;
-        for (int i = 0; i < n && m < size; i++)
-            out[m++] = i;
+        for (; m < size; m++) {
+            int best = -1;
+            for (int i = 0; i < n; i++) {
+                bool in = false;
+                for (int j = 0; j < m && !in; j++)
+                    in = out[j] == i;
+                if (!in && (best < 0 || credit[i] > credit[best]))
+                    best = i;
+            }
+            out[m] = best;
+        }
         return m;
     }
     int m = 0;

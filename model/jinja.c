@@ -128,6 +128,7 @@ struct dict {
 enum builtin { FN_RANGE, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_DICT };
 
 struct node;
+struct macro;
 
 struct val {
     uint8_t t;  /* enum vtype */
@@ -139,7 +140,7 @@ struct val {
         const struct list *l;
         struct dict *d;
         int fn;                /* enum builtin */
-        const struct node *macro;
+        const struct macro *macro;
     };
 };
 
@@ -1423,6 +1424,15 @@ void moe_jinja_free(struct moe_jinja *t)
 struct frame {
     struct frame *up;
     struct dict vars;
+    const struct node *ended; /* the for loop or set block whose scope this was, once that scope has ended */
+};
+
+/* A macro value: its definition and the scope it was defined in, which its body sees as Jinja2's
+ * closures do: by reference (a name set there after the definition is seen as set), and for as long
+ * as the macro can be called. */
+struct macro {
+    const struct node *n;
+    struct frame *env;
 };
 
 struct render {
@@ -1437,6 +1447,7 @@ struct render {
     int flow;            /* 1 break, 2 continue, while unwinding a loop body */
     struct frame *root;  /* the template's variables */
     struct frame *cur;   /* the innermost scope of the statement being run */
+    const struct macro *macro; /* the macro whose body or defaults are being run, NULL outside macros */
 };
 
 static void *r_alloc(struct render *r, size_t n)
@@ -2238,6 +2249,11 @@ static struct val lookup(struct render *r, struct frame *fr, const char *name)
     size_t n = strlen(name);
     for (; fr; fr = fr->up) {
         const struct val *v = dict_get(&fr->vars, name, n);
+        if (v && fr->ended) /* Jinja2 gives what the name last held in any iteration, or its internal 'missing' */
+            fail_at(&r->f, MOE_ENOTSUP, fr->ended->line,
+                    "macro '%s' uses '%s' of a %s that has ended: call the macro inside it, or pass '%s' as an "
+                    "argument", r->macro ? r->macro->n->name : "?", name,
+                    fr->ended->k == N_FOR ? "for loop iteration" : "set block", name);
         if (v)
             return *v;
     }
@@ -2502,19 +2518,24 @@ static struct val call_builtin(struct render *r, int fn, const struct args *a, i
     }
 }
 
-static struct val call_macro(struct render *r, const struct node *m, const struct args *a, int line)
+static struct val call_macro(struct render *r, const struct macro *mc, const struct args *a, int line)
 {
+    const struct node *m = mc->n;
     if (++r->depth > JJ_MAX_DEPTH)
         fail_at(&r->f, MOE_ERANGE, line, "macros call each other deeper than %d", JJ_MAX_DEPTH);
     if (a->npos > m->nargs)
         fail_at(&r->f, MOE_EINVAL, line, "macro '%s' takes %d arguments, not %d", m->name, m->nargs, a->npos);
-    struct frame fr = { .up = r->root }, *caller = r->cur;
-    r->cur = &fr; /* defaults are evaluated in the macro's scope, where the parameters before them are set */
+    /* in the arena: a macro defined in the body keeps this scope after the call returns */
+    struct frame *fr = r_alloc(r, sizeof(*fr)), *caller = r->cur;
+    *fr = (struct frame){ .up = mc->env };
+    const struct macro *calling = r->macro;
+    r->macro = mc;
+    r->cur = fr; /* defaults are evaluated in the macro's scope, where the parameters before them are set */
     for (int i = 0; i < m->nargs; i++) {
         const struct val *v = arg(a, i, m->kwnames[i]);
         const char *p = m->kwnames[i];
         struct val x = v ? *v : m->args[i] ? eval(r, m->args[i]) : vundef(r_str(r, p, strlen(p)));
-        dict_sets(r, &fr.vars, m->kwnames[i], x);
+        dict_sets(r, &fr->vars, m->kwnames[i], x);
     }
     r->cur = caller;
     for (int k = 0; k < a->nkw; k++) {
@@ -2528,7 +2549,8 @@ static struct val call_macro(struct render *r, const struct node *m, const struc
     }
     struct buf out = { 0 };
     buf_add(r, &out, "", 0);
-    exec(r, &fr, m->b, &out);
+    exec(r, fr, m->b, &out);
+    r->macro = calling;
     r->depth--;
     return vbuf(r, &out);
 }
@@ -3359,15 +3381,16 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         step(r, n->line);
         struct arena_mark mark = arena_mark(&r->arena);
         long escapes = r->escapes;
-        struct frame it_fr = { .up = fr };
+        struct frame *it_fr = r_alloc(r, sizeof(*it_fr)); /* a macro defined in the body refers to it */
+        *it_fr = (struct frame){ .up = fr };
         struct val x = items->v[i];
         if (key2) {
             if (x.t != V_LIST || x.l->n != 2)
                 fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack a %s into 2 names", type_name(&x));
-            dict_set(r, &it_fr.vars, key1, x.l->v[0]);
-            dict_set(r, &it_fr.vars, key2, x.l->v[1]);
+            dict_set(r, &it_fr->vars, key1, x.l->v[0]);
+            dict_set(r, &it_fr->vars, key2, x.l->v[1]);
         } else {
-            dict_set(r, &it_fr.vars, key1, x);
+            dict_set(r, &it_fr->vars, key1, x);
         }
         int64_t len = (int64_t)items->n, k = (int64_t)i;
         struct val lv[LOOP_KEYS] = { vint(k + 1), vint(k), vint(len - k), vint(len - k - 1), vbool(k == 0),
@@ -3380,8 +3403,9 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         loop->n = loop->cap = LOOP_KEYS;
         loop->v = r_alloc(r, sizeof(lv));
         memcpy(loop->v, lv, sizeof(lv));
-        dict_set(r, &it_fr.vars, key_loop, (struct val){ .t = V_DICT, .d = loop });
-        exec(r, &it_fr, n->b, out);
+        dict_set(r, &it_fr->vars, key_loop, (struct val){ .t = V_DICT, .d = loop });
+        exec(r, it_fr, n->b, out);
+        it_fr->ended = n;
         if (r->escapes == escapes) /* nothing made in this iteration is reachable any more */
             arena_release(&r->arena, mark);
         finished |= r->flow == 0;
@@ -3433,9 +3457,11 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
             v = eval(r, n->a);
         } else { /* the block's own sets stay inside it, as in Jinja2 */
             struct buf b = { 0 };
-            struct frame inner = { .up = fr };
+            struct frame *inner = r_alloc(r, sizeof(*inner));
+            *inner = (struct frame){ .up = fr };
             buf_add(r, &b, "", 0);
-            exec(r, &inner, n->b, &b);
+            exec(r, inner, n->b, &b);
+            inner->ended = n;
             v = vbuf(r, &b);
         }
         if (n->name2) {
@@ -3450,7 +3476,12 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         }
         break;
     }
-    case N_MACRO: dict_sets(r, &fr->vars, n->name, (struct val){ .t = V_MACRO, .macro = n }); break;
+    case N_MACRO: {
+        struct macro *m = r_alloc(r, sizeof(*m));
+        *m = (struct macro){ .n = n, .env = fr };
+        dict_sets(r, &fr->vars, n->name, (struct val){ .t = V_MACRO, .macro = m });
+        break;
+    }
     case N_BREAK: r->flow = 1; break;
     case N_CONTINUE: r->flow = 2; break;
     default: fail_at(&r->f, MOE_EINVAL, n->line, "not a statement");

@@ -326,6 +326,20 @@ CASES = [
     ("macro-defaults", "{% macro f(a, b=a ~ '!') %}{{ b }}{% endmacro %}{% macro g(v=z) %}[{{ v }}]{% endmacro %}"
      "{% set z = 5 %}{% for i in [1] %}{% set z = 9 %}{{ f(1) }}{{ g() }}{{ g(i) }}{% endfor %}"
      "{% macro h(w=i) %}[{{ w }}]{% endmacro %}{% for i in [2] %}{{ h() }}{% endfor %}", {}),
+    # a macro sees the scopes around its definition, by reference, as a Jinja2 closure does
+    ("macro-closure-loop", "{% set g = 'G' %}{% for x in [1, 2] %}{% set y = x * 10 %}{% macro m(z=x) %}"
+     "[{{ g }}{{ x }}{{ y }}{{ z }}{{ loop.index }}]{% endmacro %}{{ m() }}{% for x in [7] %}{{ m() }}{% endfor %}"
+     "{% set y = 5 %}{{ m(0) }}{% endfor %}", {}),
+    ("macro-closure-macro", "{% macro outer(a) %}{% set b = a ~ '!' %}{% macro inner(n) %}{{ a }}{{ b }}"
+     "{% if n > 0 %}{{ inner(n - 1) }}{% endif %}{% endmacro %}{% macro sib() %}<{{ inner(1) }}>{% endmacro %}"
+     "{% set a = a ~ a %}{{ sib() }}{% for i in [1] %}{% macro deep() %}({{ a }}{{ i }}){% endmacro %}{% endfor %}"
+     "{% endmacro %}{{ outer('q') }}|{% for x in [3] %}{% macro m(x) %}[{{ x }}]{% endmacro %}{{ m(5) }}{{ m() }}"
+     "{% endfor %}", {}),
+    ("macro-closure-escapes", "{% set ns = namespace(a=none, b=none, c=none) %}{% macro outer(v) %}{% macro inner() %}"
+     "[{{ v }}{{ g }}]{% endmacro %}{% if ns.a is none %}{% set ns.a = inner %}{% else %}{% set ns.b = inner %}"
+     "{% endif %}{% set v = v * 2 %}{% endmacro %}{{ outer(1) }}{{ outer(2) }}{% for i in [1] %}{% macro k() %}"
+     "<{{ g }}>{% endmacro %}{% set ns.c = k %}{% endfor %}{% set g = 'H' %}{{ ns.a() }}{{ ns.b() }}{{ ns.c() }}",
+     {}),
     ("elif", "{% for x in [1, 2, 3] %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
     ("raise", "{{ raise_exception('no ' ~ 'way') }}", {}),
     ("list-concat", "{{ [1] + [2, 3] }} {{ 'ab' * 3 }} {{ (1, 2) }} {{ () }}", {}),

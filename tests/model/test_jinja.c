@@ -162,6 +162,17 @@ int main(void)
     check_render_fails("{{ range(100000) | reverse | sort | length }}", MOE_ERANGE, "steps"); /* quadratic work */
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
+    /* a macro that outlives the loop iteration or set block it was defined in, and uses a name of it:
+     * Jinja2 gives what the name held last in any iteration, or its internal 'missing' marker */
+    check_render_fails("{% set ns = namespace(f=none) %}{% for x in [1, 2] %}{% macro m() %}{{ x }}{% endmacro %}"
+                       "{% set ns.f = m %}{% endfor %}{{ ns.f() }}",
+                       MOE_ENOTSUP, "macro 'm' uses 'x' of a for loop iteration that has ended");
+    check_render_fails("{% set ns = namespace(f=none) %}{% for x in [1, 2] %}{% macro m() %}{{ x }}{% endmacro %}"
+                       "{% if loop.first %}{% set ns.f = m %}{% else %}{{ ns.f() }}{% endif %}{% endfor %}",
+                       MOE_ENOTSUP, "macro 'm' uses 'x' of a for loop iteration");
+    check_render_fails("{% set ns = namespace(f=none) %}{% set b %}{% set z = 4 %}{% macro m(a=z) %}{% endmacro %}"
+                       "{% set ns.f = m %}{% endset %}{{ ns.f() }}",
+                       MOE_ENOTSUP, "macro 'm' uses 'z' of a set block that has ended");
 
     /* the bounds leave room for the longest conversation a request may carry (4096 messages) */
     const char *chatml = "{% for m in messages %}{% if m.role == 'user' and not loop.first %}{{ '<|im_start|>' + "

@@ -1598,10 +1598,13 @@ static void gen_cb(struct evhttp_request *req, void *arg)
     struct moe_server *s = h->srv;
     moe_metrics_count(&s->metrics, &s->metrics.http_requests, 1);
     const char *uri = evhttp_request_get_uri(req);
-    /* absolute-form ("http://host/path"), which RFC 9112 has a server take as well: its path */
+    /* absolute-form ("http://host/path"), which RFC 9112 has a server take as well: its path.  libevent
+     * marks such a request a proxy's, and then closes the connection after the reply unless a
+     * Proxy-Connection header says keep-alive (saying nothing of it): it is served as any other. */
     if (!evutil_ascii_strncasecmp(uri, "http://", 7) || !evutil_ascii_strncasecmp(uri, "https://", 8)) {
         uri = strchr(uri, ':') + 3;
         uri += strcspn(uri, "/?");
+        req->flags &= ~EVHTTP_PROXY_REQUEST;
     }
     char path[512]; /* a model id of 127 bytes, URL-encoded, fits */
     size_t i = 0;

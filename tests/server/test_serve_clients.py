@@ -117,6 +117,12 @@ def absolute_form(srv):
         check(out.startswith(b"HTTP/1.1 200") and out.endswith(b"\r\n\r\nok\n"), "GET %s: %r" % (target, out[:300]))
     out, closed = exchange(srv, b"GET http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     check(out.startswith(b"HTTP/1.1 404"), "GET http://x: %r" % out[:300])
+    # its connection is kept as any other's (libevent takes such a request for a proxy's, and would close
+    # the connection after the reply without saying so): the request after it is served too
+    out, closed = exchange(srv, b"GET http://x/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    check(out.count(b"HTTP/1.1 200") == 2 and out.endswith(b"ok\n") and out.lower().count(b"connection: close") == 1,
+          "GET http://x/health kept alive, then /health: %r" % out[:400])
 
 
 def ambiguous_body(srv):

@@ -1413,17 +1413,19 @@ static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
             return true;
         }
         if (!evutil_ascii_strcasecmp(kv->key, "Content-Length")) {
-            /* digits only: libevent's strtoll takes "+5" and "-0" */
-            if (!kv->value[0] || strspn(kv->value, "0123456789") != strlen(kv->value)) {
+            /* digits only: libevent's strtoll takes "+5" and "-0"; it leaves a tab before the value
+             * (whitespace the field may have, skipped by strtoll too) */
+            const char *v = kv->value + strspn(kv->value, " \t");
+            if (!v[0] || strspn(v, "0123456789") != strlen(v)) {
                 snprintf(why, cap, "Content-Length '%.*s' is not a number of bytes (digits only)",
                          moe_utf8_cut(kv->value, 40), kv->value);
                 return true;
             }
-            if (cl && strcmp(cl, kv->value)) {
+            if (cl && strcmp(cl, v)) {
                 snprintf(why, cap, "the request has Content-Length headers that differ");
                 return true;
             }
-            cl = kv->value;
+            cl = v;
         } else if (!evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding")) {
             if (req->major < 1 || (req->major == 1 && req->minor < 1)) {
                 snprintf(why, cap, "Transfer-Encoding in an HTTP/%d.%d request: chunked bodies are HTTP/1.1's "

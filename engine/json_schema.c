@@ -670,6 +670,11 @@ static int64_t int_bound(const json_t *v, bool excl, bool up)
 
 /* One end of a range: the inclusive and exclusive keywords (draft 4's boolean form too), the tighter
  * winning; false on a malformed value. */
+static long double num_exact(const json_t *v)
+{
+    return json_is_integer(v) ? (long double)json_integer_value(v) : (long double)json_real_value(v);
+}
+
 static bool range_end(struct cc *c, const json_t *o, bool upper, const json_t **at, bool *excl)
 {
     const char *inc = upper ? "maximum" : "minimum", *exc = upper ? "exclusiveMaximum" : "exclusiveMinimum";
@@ -688,7 +693,9 @@ static bool range_end(struct cc *c, const json_t *o, bool upper, const json_t **
     }
     *at = vi;
     if (ve) {
-        double e = json_number_value(ve), i = vi ? json_number_value(vi) : 0;
+        /* the tighter one, compared exactly: a long double (x86-64, AArch64) holds every int64 and every
+         * double, where two integers above 2^53 can have one double */
+        long double e = num_exact(ve), i = vi ? num_exact(vi) : 0;
         if (!vi || (upper ? e <= i : e >= i)) {
             *at = ve;
             *excl = true;

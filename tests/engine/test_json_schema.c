@@ -450,6 +450,15 @@ static void test_integer_bounds(void)
         bad_at(sc, "[1", ".0]");
     }
     moe_json_schema_unref(sc);
+    /* the tighter of two bounds above 2^53, where their doubles are equal: compared exactly */
+    sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"exclusiveMinimum\":500000000000000001,"
+                 "\"minimum\":500000000000000005,\"maximum\":500000000000000007,\"exclusiveMaximum\":500000000000000006}}");
+    if (sc) {
+        good(sc, "[500000000000000005]");
+        bad_at(sc, "[50000000000000000", "2]");
+        bad_at(sc, "[50000000000000000", "6]");
+    }
+    moe_json_schema_unref(sc);
 }
 
 /* A number range: quarters in a window are taken exactly when in range; no exponent. */

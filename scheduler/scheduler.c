@@ -1015,6 +1015,17 @@ static int select_group(struct moe_sched *s, struct rq **r, int n, const double 
     return m;
 }
 
+/* Fair share for a micro-batch of m chosen by select_group (indices order[0..m) of the n runnable
+ * requests): every runnable request is owed m / n, the chosen pay 1. */
+static void charge_group(double *cred, int n, const int *order, int m)
+{
+    double share = (double)m / (double)n;
+    for (int i = 0; i < n; i++)
+        cred[i] += share;
+    for (int j = 0; j < m; j++)
+        cred[order[j]] -= 1.0;
+}
+
 /* Regroup: every forward picks its micro-batch from all runnable requests by
  * predicted routing-path overlap, within a fair-share bound (regroup_lag /
  * regroup_lead tokens), so requests whose next tokens share experts run
@@ -1042,26 +1053,16 @@ static void step_regroup(struct moe_sched *s, int nd, int np, int ng, int n_mb)
             for (int i = 0; i < n_live; i++)
                 s->cred[i] = s->live[i]->credit;
             m = select_group(s, s->live, n_live, s->cred, size, s->grp);
-            /* fair share: every runnable request is owed m / n_live, the chosen pay 1 */
-            double share = (double)m / (double)n_live;
+            charge_group(s->cred, n_live, s->order, m);
             for (int i = 0; i < n_live; i++)
-                s->live[i]->credit += share;
-            for (int j = 0; j < m; j++)
-                s->grp[j]->credit -= 1.0;
+                s->live[i]->credit = s->cred[i];
             /* lookahead: the next micro-batches as they would be chosen now, each
              * charged to the credits the one after it is chosen on */
-            if (s->p.lookahead >= 1 && g + 1 < ng) {
-                for (int i = 0; i < n_live; i++)
-                    s->cred[i] = s->live[i]->credit;
-                for (int a = 1; a <= s->p.lookahead && g + a < ng; a++) {
-                    int nn = select_group(s, s->live, n_live, s->cred,
-                                          moe_regroup_size(nd, s->p.micro_batch, g + a), s->next);
-                    prefetch_group(s, s->next, nn, a);
-                    for (int i = 0; i < n_live; i++)
-                        s->cred[i] += (double)nn / (double)n_live;
-                    for (int j = 0; j < nn; j++)
-                        s->cred[s->order[j]] -= 1.0;
-                }
+            for (int a = 1; a <= s->p.lookahead && g + a < ng; a++) {
+                int nn = select_group(s, s->live, n_live, s->cred, moe_regroup_size(nd, s->p.micro_batch, g + a),
+                                      s->next);
+                prefetch_group(s, s->next, nn, a);
+                charge_group(s->cred, n_live, s->order, nn);
             }
         }
         struct rq *pf = g < np ? s->pre[g] : NULL;

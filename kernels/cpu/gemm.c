@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -228,11 +229,15 @@ AVX2_INLINE void row8_avx2(bool bf16, const float *x, int in, const void *w, siz
     for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
     int k8 = in & ~7;
     size_t es = bf16 ? 2 : 4;
-    const char *pf = (const char *)w + 16 * ldw * es; /* the panel after next */
+    /* the panel after next (for the last panels, past the weights): its address is
+     * computed as an integer (pointer arithmetic past an array is undefined in C) and a
+     * prefetch never faults */
+    uintptr_t pf = (uintptr_t)w + 16 * ldw * es;
     for (int k = 0; k < k8; k += 8) {
         __m256 xv = _mm256_loadu_ps(x + k);
-        if (!(k & (bf16 ? 31 : 15))) /* (prefetch never faults) */
-            for (int j = 0; j < 8; j++) _mm_prefetch(pf + ((size_t)j * ldw + (size_t)k) * es, _MM_HINT_T1);
+        if (!(k & (bf16 ? 31 : 15)))
+            for (int j = 0; j < 8; j++)
+                _mm_prefetch((const char *)(pf + ((size_t)j * ldw + (size_t)k) * es), _MM_HINT_T1);
         for (int j = 0; j < 8; j++)
             acc[j] = _mm256_fmadd_ps(xv, load_w8(w, bf16, (size_t)j * ldw + (size_t)k), acc[j]);
     }

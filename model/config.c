@@ -6,6 +6,7 @@
  * range-checked, and an error names the file, the field and the value. */
 #include "config.h"
 
+#include <float.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -523,6 +524,11 @@ static enum moe_status parse_deepseek_routing(const char *what, json_t *root, st
     if (c->top_k > c->topk_group * per)
         return moe_errorf(MOE_ERANGE, "%s: num_experts_per_tok = %d is more than the %d experts of topk_group = %d "
                           "groups", what, c->top_k, c->topk_group * per, c->topk_group);
+    /* the weights are scaled in F32: a factor it holds as infinity or as zero (or a subnormal) is no scale */
+    if (scale > FLT_MAX || scale < FLT_MIN)
+        return moe_errorf(MOE_ERANGE, "%s: field \"routed_scaling_factor\" = %g is out of range [%g, %g] (the "
+                          "routing weights are scaled in 32-bit floats)", what, scale, (double)FLT_MIN,
+                          (double)FLT_MAX);
     c->routed_scale = (float)scale;
     c->shared_inter = n_shared * c->expert_inter;
     return MOE_OK;

@@ -294,6 +294,9 @@ static void test_refusals(void)
         { "{\"v_head_dim\": 0}", MOE_ERANGE, "v_head_dim" },
         { "{\"n_shared_experts\": -1}", MOE_ERANGE, "n_shared_experts" },
         { "{\"intermediate_size\": null}", MOE_EFORMAT, "first_k_dense_replace = 1) but \"intermediate_size\"" },
+        /* positive, but infinity or zero as the F32 the weights are scaled in */
+        { "{\"routed_scaling_factor\": 1e39}", MOE_ERANGE, "\"routed_scaling_factor\" = 1e+39 is out of range" },
+        { "{\"routed_scaling_factor\": 1e-50}", MOE_ERANGE, "\"routed_scaling_factor\" = 1e-50 is out of range" },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(ds_bad); i++) {
         json_t *ch = json_loads(ds_bad[i].change, 0, NULL), *v;

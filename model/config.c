@@ -624,6 +624,24 @@ static enum moe_status parse_experts(const char *what, json_t *root, struct moe_
     return MOE_OK;
 }
 
+/* Ernie4_5_MoeConfig takes num_experts and num_experts_per_tok as other names of moe_num_experts and moe_k
+ * (set after them, so they win): one given without the ERNIE name, or disagreeing with it, is refused, the
+ * ERNIE name the one read. */
+static enum moe_status ernie_alias(const char *what, json_t *root, const char *alias, const char *key,
+                                   const char *meaning, int value)
+{
+    json_t *a = field(root, alias);
+    if (!a)
+        return MOE_OK;
+    if (!field(root, key))
+        return moe_errorf(MOE_EFORMAT, "%s: ernie4_5_moe names its %s \"%s\", not \"%s\"", what, meaning, key,
+                          alias);
+    if (!json_is_integer(a) || json_integer_value(a) != value)
+        return moe_errorf(MOE_EFORMAT, "%s: field \"%s\" disagrees with \"%s\" = %d (ernie4_5_moe's name for its "
+                          "%s; give one of them)", what, alias, key, value, meaning);
+    return MOE_OK;
+}
+
 /* ERNIE-4.5's experts (Ernie4_5_MoeConfig's names and defaults): moe_num_experts, moe_k,
  * moe_intermediate_size; moe_num_shared_experts shared experts of that size as one MLP; layers
  * moe_layer_start_index..moe_layer_end_index (-1: the last) whose index + 1 is a multiple of
@@ -636,7 +654,9 @@ static enum moe_status parse_ernie_experts(const char *what, json_t *root, struc
     bool bias;
     double norm_min;
     if ((st = get_int(what, root, "moe_num_experts", false, 1, 65536, 64, &c->n_experts)) ||
+        (st = ernie_alias(what, root, "num_experts", "moe_num_experts", "routed experts", c->n_experts)) ||
         (st = get_int(what, root, "moe_k", false, 1, c->n_experts, c->n_experts < 6 ? c->n_experts : 6, &c->top_k)) ||
+        (st = ernie_alias(what, root, "num_experts_per_tok", "moe_k", "experts per token", c->top_k)) ||
         (st = get_int(what, root, "moe_intermediate_size", false, 1, CFG_MAX_SIZE, 1536, &c->expert_inter)) ||
         (st = get_int(what, root, "intermediate_size", false, 1, CFG_MAX_SIZE, 12288, &c->dense_inter)) ||
         (st = get_int(what, root, "moe_num_shared_experts", false, 0, 64, 2, &n_shared)) ||
@@ -646,9 +666,6 @@ static enum moe_status parse_ernie_experts(const char *what, json_t *root, struc
         (st = get_pos_num(what, root, "moe_norm_min", MOE_ERNIE_NORM_MIN, &norm_min)) ||
         (st = get_bool(what, root, "use_bias", false, &bias)))
         return st;
-    if (field(root, "num_experts_per_tok") && !field(root, "moe_k"))
-        return moe_errorf(MOE_EFORMAT, "%s: ernie4_5_moe names its experts per token \"moe_k\", not "
-                          "\"num_experts_per_tok\"", what);
     if ((float)norm_min != MOE_ERNIE_NORM_MIN)
         return moe_errorf(MOE_ENOTSUP, "%s: field \"moe_norm_min\" = %g: only 1e-12 (transformers' default) is "
                           "supported", what, norm_min);

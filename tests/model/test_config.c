@@ -632,6 +632,29 @@ static void test_ernie(void)
     CHECK(parse_obj(j, &c) == MOE_EFORMAT && strstr(moe_last_error(), "\"moe_k\""), "ernie: num_experts_per_tok: %s",
           moe_last_error());
     json_decref(j);
+    /* transformers' other name for moe_num_experts: alone, refused (not the default 64 experts) */
+    j = load_json(a3b);
+    json_object_del(j, "moe_num_experts");
+    json_object_set_new(j, "num_experts", json_integer(16));
+    CHECK(parse_obj(j, &c) == MOE_EFORMAT && strstr(moe_last_error(), "its routed experts \"moe_num_experts\""),
+          "ernie: num_experts: %s", moe_last_error());
+    json_object_set_new(j, "num_experts", json_integer(128)); /* the alias named, not moe_k = 100 above the default 64 */
+    json_object_set_new(j, "moe_k", json_integer(100));
+    CHECK(parse_obj(j, &c) == MOE_EFORMAT && strstr(moe_last_error(), "its routed experts \"moe_num_experts\""),
+          "ernie: num_experts 128: %s", moe_last_error());
+    json_decref(j);
+    /* beside the ERNIE name: the same value taken, another refused (transformers would take the alias's) */
+    static const struct bad_field alias_bad[] = {
+        { "num_experts", "8", MOE_EFORMAT, "\"num_experts\" disagrees with \"moe_num_experts\" = 16" },
+        { "num_experts_per_tok", "2", MOE_EFORMAT, "\"num_experts_per_tok\" disagrees with \"moe_k\" = 4" },
+    };
+    refuse_each(a3b, alias_bad, MOE_ARRAY_LEN(alias_bad));
+    j = load_json(a3b);
+    json_object_set_new(j, "num_experts", json_integer(16));
+    json_object_set_new(j, "num_experts_per_tok", json_integer(4));
+    CHECK(parse_obj(j, &c) == MOE_OK && c.n_experts == 16 && c.top_k == 4, "ernie: agreeing aliases: %s",
+          moe_last_error());
+    json_decref(j);
 }
 
 static void write_text(const char *dir, const char *name, const char *text)

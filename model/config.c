@@ -415,7 +415,8 @@ static enum moe_status one_of(const char *what, json_t *root, const char *key, c
 /* Which layers attend over a sliding window (c->sliding[], c->sliding_window), as transformers derives
  * it for dots1 and Qwen2/Qwen3-MoE: layer_types ("full_attention" or "sliding_attention" per layer), or,
  * without them, the layers from max_window_layers on (default 62 for dots1, 28 for Qwen); none without a
- * window (dots1: sliding_window null; Qwen: use_sliding_window false, whatever layer_types say).  The
+ * window (dots1: sliding_window null; Qwen: use_sliding_window false or sliding_window null, whatever
+ * layer_types say, as its config class keeps no window then and its attention slides over none).  The
  * window's default is 4096. */
 static enum moe_status sliding_layers(const char *what, json_t *root, struct moe_config *c)
 {
@@ -424,9 +425,9 @@ static enum moe_status sliding_layers(const char *what, json_t *root, struct moe
     bool qwen = c->family == MOE_FAM_QWEN2_MOE || c->family == MOE_FAM_QWEN3_MOE, use = true;
     int win = 4096, first = qwen ? 28 : 62;
     enum moe_status st;
-    if (qwen && ((st = get_bool(what, root, "use_sliding_window", false, &use)) || !use))
+    bool no_window = json_is_null(json_object_get(root, "sliding_window"));
+    if (qwen && ((st = get_bool(what, root, "use_sliding_window", false, &use)) || !use || no_window))
         return st;
-    bool no_window = !qwen && json_is_null(json_object_get(root, "sliding_window"));
     if ((!no_window && (st = get_int(what, root, "sliding_window", false, 1, INT_MAX, 4096, &win))) ||
         (st = get_int(what, root, "max_window_layers", false, 0, INT_MAX, first, &first)))
         return st;

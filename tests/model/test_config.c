@@ -92,6 +92,15 @@ static void test_fixtures(void)
     json_object_set_new(mj, "use_sliding_window", json_false());
     CHECK(parse_obj(mj, &c) == MOE_OK && !c.sliding_window && !c.sliding[0], "qwen3_moe sliding off: %s",
           moe_last_error());
+    /* on, but the window null: transformers keeps no window, and no layer slides (not 4096 from max_window_layers,
+     * nor the layers layer_types name) */
+    json_object_set_new(mj, "use_sliding_window", json_true());
+    json_object_set_new(mj, "sliding_window", json_null());
+    CHECK(parse_obj(mj, &c) == MOE_OK && !c.sliding_window && !c.sliding[0], "qwen3_moe null window, layer_types: %s",
+          moe_last_error());
+    json_object_del(mj, "layer_types");
+    CHECK(parse_obj(mj, &c) == MOE_OK && !c.sliding_window && !c.sliding[2] && !c.sliding[3],
+          "qwen3_moe null window: %s", moe_last_error());
     json_decref(mj);
 
     load_fixture("tests/fixtures/hf-tiny/qwen2_moe", &c);

@@ -311,7 +311,10 @@ static enum moe_status parse_head_dim(const char *what, json_t *root, struct moe
 {
     if (c->n_heads % c->n_kv_heads)
         return moe_errorf(MOE_ERANGE, "%s: num_attention_heads = %d is not a multiple of num_key_value_heads "
-                          "= %d", what, c->n_heads, c->n_kv_heads);
+                          "= %d%s", what, c->n_heads, c->n_kv_heads,
+                          json_object_get(root, "num_key_value_heads") ? ""
+                                                                        : " (the family's default: give "
+                                                                          "num_key_value_heads)");
     if (field(root, "head_dim")) return get_int(what, root, "head_dim", true, 1, 4096, 0, &c->head_dim);
     if (c->family == MOE_FAM_MINIMAX_M2) { /* MiniMaxM2Config's default, whatever hidden_size is */
         c->head_dim = 128;

@@ -768,6 +768,13 @@ static void test_kv_heads_default(void)
         CHECK(st == MOE_OK && c.n_kv_heads == 32, "%s num_key_value_heads null: %s", cases[i].dir, moe_last_error());
         json_decref(j);
     }
+    /* a default that does not divide the heads: the message says it is one, and what to give */
+    json_t *j = load_json("tests/fixtures/hf-tiny/qwen2_moe/config.json");
+    json_object_set_new(j, "num_attention_heads", json_integer(4));
+    json_object_set_new(j, "head_dim", json_integer(16));
+    json_object_del(j, "num_key_value_heads");
+    expect_refused("qwen2_moe", j, MOE_ERANGE, "num_key_value_heads = 16 (the family's default: give "
+                   "num_key_value_heads)");
 }
 
 /* bos_token_id / eos_token_id left out: the defaults of the family's transformers config class (what

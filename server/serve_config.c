@@ -80,7 +80,8 @@ static const struct moe_serve_opt opts[] = {
     { "host-cache-bytes", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0,
       "host tier size in bytes (alternative to host-experts)", MOE_OPT_HOST_BYTES },
     { "policy", MOE_OPT_OFFLOAD, 0, 0, "predicted", 0, 0,
-      "device tier eviction policy (see moeflow sim --help)", MOE_OPT_POLICY },
+      "device tier eviction: predicted (farthest predicted next use, from the predictor's hints and the "
+      "routing seen), lru or lfu", MOE_OPT_POLICY },
     { "queue-depth", MOE_OPT_OFFLOAD, 0, 0, "", 0, 0, "io_uring queue depth (default 32)",
       MOE_OPT_QUEUE_DEPTH },
     { "no-io-uring", MOE_OPT_OFFLOAD_FLAG, 0, 0, "", 0, 0,

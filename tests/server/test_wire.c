@@ -139,6 +139,20 @@ static void test_config(void)
     CHECK(moe_serve_config_set(&c, "policy", "belady") == MOE_OK && moe_serve_config_check(&c) != MOE_OK &&
               strstr(moe_last_error(), "belady"),
           "policy belady accepted: %s", moe_last_error());
+    /* serve --help names exactly the policies serve takes (belady is refused above) */
+    const char *policy_help = NULL;
+    for (const struct moe_serve_opt *o = moe_serve_opts(); o->name; o++)
+        if (!strcmp(o->name, "policy"))
+            policy_help = o->help;
+    REQUIRE(policy_help, "no policy option");
+    static const char *policies[] = { "predicted", "lru", "lfu", "belady" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(policies); i++) {
+        moe_serve_config_defaults(&c);
+        bool taken = moe_serve_config_set(&c, "gpu-experts", "8") == MOE_OK &&
+                     moe_serve_config_set(&c, "policy", policies[i]) == MOE_OK && moe_serve_config_check(&c) == MOE_OK;
+        CHECK(taken == (strstr(policy_help, policies[i]) != NULL) && !strstr(policy_help, "sim --help"),
+              "policy %s %s, but --help says: %s", policies[i], taken ? "taken" : "refused", policy_help);
+    }
 }
 
 static enum moe_status oai(const char *body, bool chat, struct moe_gen_request *r)

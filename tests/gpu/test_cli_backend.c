@@ -1,8 +1,9 @@
 /* `--backend cuda` through the built moeflow binary (argv[1]) where it cannot
  * run: in a build without CUDA every model command (generate, trace, replay,
- * bench batch, serve by flag and by config file) exits 1 saying the build has
- * no CUDA backend and how to rebuild; in a CUDA build on a machine without a
- * device it exits 1 saying no device is visible.  Nothing is written to stdout
+ * bench batch, serve by flag and by config file, serve --check-config) exits 1
+ * saying the build has no CUDA backend and how to rebuild; in a CUDA build on a
+ * machine without a device it exits 1 saying no device is visible (only when
+ * it starts: --check-config passes).  Nothing is written to stdout
  * or to the trace file.  A bad --backend value is a usage error (2), and
  * --backend cpu runs as the default does.  A model without MoE layers with
  * --backend cuda and an offload flag is a usage error (2) saying it has no MoE
@@ -173,6 +174,17 @@ int main(int argc, char **argv)
             expect(a, 1, want, "serve --backend cuda");
             char *c[] = { bin, "serve", "--config", conf, NULL };
             expect(c, 1, want, "serve --config (backend = cuda)");
+            /* --check-config says beforehand what the start would fail with; a device is looked for
+             * only at the start */
+            char *k[] = { bin, "serve", "--config", conf, "--check-config", NULL };
+            if (moe_offload_have_cuda()) {
+                struct run r = run_cmd(k);
+                CHECK(r.rc == 0 && strstr(r.out, "configuration ok"), "serve --check-config (backend = cuda, a "
+                      "CUDA build): exit %d: %s%s", r.rc, r.out, r.err);
+                run_free(&r);
+            } else {
+                expect(k, 1, want, "serve --config --check-config (backend = cuda)");
+            }
             char *u[] = { bin, "serve", "--backend", "tpu", "--grpc-port", "0", "--http-port", port, NULL };
             expect(u, 2, "--backend 'tpu' unknown (use cpu or cuda)", "serve --backend tpu");
         }

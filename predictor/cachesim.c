@@ -366,6 +366,14 @@ static void unqueue(struct sim *s, int key)
         }
 }
 
+enum moe_status moe_cachesim_bytes_moved(const struct moe_cachesim_stats *s, uint64_t expert_bytes, uint64_t *out)
+{
+    if (moe_mul_u64(s->transfers, expert_bytes, out)) return MOE_OK;
+    *out = 0;
+    return moe_errorf(MOE_ERANGE, "bytes moved (%llu transfers x %llu bytes) overflows 64 bits; give a smaller "
+                      "--expert-bytes", (unsigned long long)s->transfers, (unsigned long long)expert_bytes);
+}
+
 enum moe_status moe_cachesim_run(const struct moe_evlog *l, const struct moe_cachesim_params *p,
                                  struct moe_cachesim_stats *out)
 {

@@ -102,6 +102,10 @@ struct moe_cachesim_stats {
     double total_s;           /* stall + compute */
 };
 
+/* Bytes a replay moved: s->transfers x expert_bytes into *out; MOE_ERANGE (*out 0) when the product
+ * overflows 64 bits, the error naming both factors. */
+enum moe_status moe_cachesim_bytes_moved(const struct moe_cachesim_stats *s, uint64_t expert_bytes, uint64_t *out);
+
 /* Replay the log.  Errors: capacity below top_k, incomplete log.  Cache keys
  * are MoE index * n_experts + expert. */
 enum moe_status moe_cachesim_run(const struct moe_evlog *l, const struct moe_cachesim_params *p,

@@ -123,9 +123,8 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
         return 1;
     }
-    if (!moe_mul_u64(r.transfers, eb, &bytes_moved)) {
-        fprintf(stderr, "moeflow sim: bytes moved (%llu transfers x %llu bytes) overflows 64 bits; give a "
-                        "smaller --expert-bytes\n", (unsigned long long)r.transfers, (unsigned long long)eb);
+    if (moe_cachesim_bytes_moved(&r, eb, &bytes_moved)) {
+        fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
         return 1;
     }
     long slots = (long)in->n_moe * in->experts;

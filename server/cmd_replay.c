@@ -311,6 +311,11 @@ int moe_cmd_replay(int argc, char **argv)
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         goto out;
     }
+    uint64_t bytes_moved;
+    if (moe_cachesim_bytes_moved(&r, eb, &bytes_moved)) {
+        fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
+        goto out;
+    }
     double steps = (double)r.steps;
     double hr = r.accesses ? (double)r.hits / (double)r.accesses : 0;
     double bhr = b.accesses ? (double)b.hits / (double)b.accesses : 0;
@@ -325,7 +330,7 @@ int moe_cmd_replay(int argc, char **argv)
                cap, slots, (unsigned long long)r.steps,
                (unsigned long long)r.accesses, (unsigned long long)r.hits,
                (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
-               steps > 0 ? (double)r.transfers / steps : 0, (unsigned long long)(r.transfers * eb),
+               steps > 0 ? (double)r.transfers / steps : 0, (unsigned long long)bytes_moved,
                (unsigned long long)r.prefetches, (unsigned long long)r.prefetch_useful, useful);
         if (link > 0)
             printf(",\"link_gbps\":%g,\"expert_bytes\":%llu,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,"

@@ -197,6 +197,15 @@ int main(void)
     struct moe_cachesim_stats bs;
     CHECK(moe_cachesim_run(&lg, &bad, &bs) == MOE_EINVAL, "capacity below top_k accepted");
 
+    /* bytes moved (sim --predictor, replay): transfers x expert bytes, refused when that wraps */
+    uint64_t moved = 1;
+    CHECK(moe_cachesim_bytes_moved(&t, 110592, &moved) == MOE_OK && moved == t.transfers * 110592ull,
+          "bytes moved %llu for %llu transfers", (unsigned long long)moved, (unsigned long long)t.transfers);
+    struct moe_cachesim_stats big = { .transfers = (1ull << 24) + 1 };
+    CHECK(moe_cachesim_bytes_moved(&big, 1ull << 40, &moved) == MOE_ERANGE && moved == 0 &&
+              strstr(moe_last_error(), "16777217 transfers") && strstr(moe_last_error(), "--expert-bytes"),
+          "2^24 + 1 transfers of 1 TiB: %llu (%s)", (unsigned long long)moved, moe_last_error());
+
     /* recording provider */
     struct moe_provider inner = { .ops = &fake_ops };
     struct moe_evlog rl;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -378,6 +379,12 @@ enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int 
                                        const int *experts, const float *weights)
 {
     const struct moe_trace_info *in = &w->info;
+    /* JSON has no NaN or infinity: such a weight would make a line no reader takes */
+    for (int i = 0; weights && i < in->n_moe * in->top_k; i++)
+        if (!isfinite(weights[i]))
+            return moe_errorf(MOE_ERANGE, "%s: token %d of sequence %d: routing weight %d of MoE layer %d is %g, "
+                              "which a trace cannot hold (the model's routing produced a non-finite value)",
+                              w->tmp, pos, seq, i % in->top_k, in->moe_layers[i / in->top_k], (double)weights[i]);
     errno = 0;
     fprintf(w->f, "{\"seq\":%d,\"pos\":%d,\"token\":%d,\"experts\":[", seq, pos, token);
     for (int li = 0; li < in->n_moe; li++) {

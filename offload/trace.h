@@ -65,7 +65,8 @@ enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n)
 struct moe_trace_writer;
 struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct moe_trace_info *info);
 /* experts: [n_moe][top_k]; weights: same or NULL.  seq and pos must follow the
- * format's order (seq 0, 1, ...; pos 0, 1, ... within a seq). */
+ * format's order (seq 0, 1, ...; pos 0, 1, ... within a seq).  A weight that
+ * is NaN or infinite is MOE_ERANGE and nothing of the token is written. */
 enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int pos, int token,
                                        const int *experts, const float *weights);
 /* Flush, close and rename PATH.tmp.* to PATH; a write error (disk full) or a

@@ -125,6 +125,22 @@ int main(void)
         sp.capacity = 0;
         CHECK(moe_sim_run(t, &sp, &r) == MOE_EINVAL, "capacity below top_k must be refused");
         moe_trace_free(t);
+
+        /* a routing weight with no JSON spelling (NaN, infinity) is refused, not written as a line that
+         * no reader takes: what was written before stays a trace that loads */
+        w = moe_trace_writer_open(path, &info);
+        REQUIRE(w, "writer");
+        float wt[2] = { 0.5f, NAN };
+        CHECK(moe_trace_writer_token(w, 0, 0, 7, &seq[0], &wt[0]) == MOE_OK, "finite weight: %s", moe_last_error());
+        CHECK(moe_trace_writer_token(w, 0, 1, 7, &seq[1], &wt[1]) == MOE_ERANGE &&
+                  strstr(moe_last_error(), "token 1 of sequence 0") && strstr(moe_last_error(), "MoE layer 1"),
+              "NaN weight: %s", moe_last_error());
+        wt[1] = INFINITY;
+        CHECK(moe_trace_writer_token(w, 0, 1, 7, &seq[1], &wt[1]) == MOE_ERANGE, "infinite weight accepted");
+        REQUIRE(moe_trace_writer_close(w) == MOE_OK, "close");
+        CHECK(moe_trace_load(path, &t) == MOE_OK && t->n_tokens == 1 && t->weights && t->weights[0] == 0.5f,
+              "trace after a refused weight: %s", moe_last_error());
+        moe_trace_free(t);
         unlink(path);
     }
     return t_result("test_policy");

@@ -105,6 +105,16 @@ enum moe_status moe_store_info_of(const struct moe_model *m, struct moe_store_in
     return MOE_OK;
 }
 
+/* gate + up + down is the record's size and the stride that size rounded up to MOE_STORE_ALIGN, with
+ * no sum wrapping modulo 2^64 (a wrapped stride of 0 would put every record's end at its offset). */
+static bool sizes_fit(const struct moe_store_info *in)
+{
+    uint64_t gate_up, sum, top;
+    return moe_add_u64(in->gate_bytes, in->up_bytes, &gate_up) && moe_add_u64(gate_up, in->down_bytes, &sum) &&
+           sum == in->record_bytes && moe_add_u64(in->record_bytes, MOE_STORE_ALIGN - 1, &top) &&
+           in->record_stride == align_up(in->record_bytes);
+}
+
 /* Block factors only with FP8 records, and then the three matrices' sizes are those of their FP8
  * records (model.h). */
 static bool blocks_fit(const struct moe_store_info *in)
@@ -338,9 +348,7 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
     if (!moe_dtype_parse(dn, &in->dtype) || in->n_layers == 0 || in->n_layers > MOE_MAX_LAYERS ||
         in->n_experts == 0 || in->n_experts > (1u << 20) || in->n_records == 0 ||
         in->n_records > nk || hb != MOE_STORE_FIXED + (uint64_t)in->n_records * MOE_STORE_ENTRY ||
-        in->data_offset != align_up(hb) || in->record_bytes == 0 ||
-        in->record_bytes != in->gate_bytes + in->up_bytes + in->down_bytes ||
-        in->record_stride != align_up(in->record_bytes) || !blocks_fit(in)) {
+        in->data_offset != align_up(hb) || in->record_bytes == 0 || !sizes_fit(in) || !blocks_fit(in)) {
         st = moe_errorf(MOE_EFORMAT, "%s: inconsistent expert store header (dtype '%s', %u records, "
                         "header %u bytes): the file is damaged; re-run `moeflow pack`", path, dn,
                         in->n_records, hb);
@@ -411,7 +419,7 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         else if (in->block_cols != want_in.block_cols) st = mismatch(path, "FP8 block columns", in->block_cols, want_in.block_cols, md);
         else if (in->n_records != want_in.n_records) st = mismatch(path, "records", in->n_records, want_in.n_records, md);
         else if (in->record_bytes != want_in.record_bytes) st = mismatch(path, "record bytes", in->record_bytes, want_in.record_bytes, md);
-        /* the split of a record, not only its sum (which wraps): convert() reads each part where it says */
+        /* the split of a record, not only its sum: convert() reads each part where it says */
         else if (in->gate_bytes != want_in.gate_bytes) st = mismatch(path, "gate bytes", in->gate_bytes, want_in.gate_bytes, md);
         else if (in->up_bytes != want_in.up_bytes) st = mismatch(path, "up bytes", in->up_bytes, want_in.up_bytes, md);
         else if (in->down_bytes != want_in.down_bytes) st = mismatch(path, "down bytes", in->down_bytes, want_in.down_bytes, md);

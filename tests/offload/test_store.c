@@ -3,7 +3,8 @@
  * byte failing only the requests that need it, with an error naming layer and
  * expert.  Headers whose checksum was recomputed after an edit (a buggy
  * writer's, or a crafted one) are checked field by field: a record split that
- * wraps to the right sum, a record table listing a layer without experts. */
+ * wraps to the right sum, a record size whose stride wraps to 0, a record table
+ * listing a layer without experts. */
 #include "../../offload/tiered.h"
 #include "offload_test_common.h"
 
@@ -241,7 +242,8 @@ int main(void)
         moe_provider_destroy(prov);
     }
 
-    /* gate and up bytes that still sum to the record size, modulo 2^64 */
+    /* gate and up bytes that still sum to the record size, modulo 2^64: a damaged header, with or without
+     * a model; without wrapping, the model's split is what refuses them */
     snprintf(store, sizeof(store), "%s/s0.moestore", dir);
     copy_file(store, other);
     s = moe_store_open(other, mx);
@@ -250,8 +252,34 @@ int main(void)
     moe_store_close(s);
     set_field(other, 120, 8, (uint64_t)0 - 4096);
     set_field(other, 128, 8, up + gate + 4096);
-    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "gate bytes"), "wrapped split accepted: %s",
+    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "inconsistent"), "wrapped split accepted: %s",
           moe_last_error());
+    CHECK(!moe_store_open(other, NULL) && strstr(moe_last_error(), "inconsistent"),
+          "wrapped split accepted without a model: %s", moe_last_error());
+    set_field(other, 120, 8, gate + 4096);
+    set_field(other, 128, 8, up - 4096);
+    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "gate bytes"), "shifted split accepted: %s",
+          moe_last_error());
+
+    /* A header that holds together only modulo 2^64, opened with no model to compare with (the fuzz
+     * target's way): records of 2^64 - 16 bytes, whose stride rounds up to 0, so every record's end
+     * is its offset, inside the file */
+    {
+        copy_file(store, other);
+        s = moe_store_open(other, NULL);
+        REQUIRE(s, "%s", moe_last_error());
+        uint32_t nrec = moe_store_get_info(s)->n_records;
+        uint64_t down = moe_store_get_info(s)->down_bytes, rb = (uint64_t)0 - 16;
+        moe_store_close(s);
+        set_field(other, 120, 8, rb - up - down);
+        set_field(other, 144, 8, rb);
+        set_field(other, 152, 8, 0);
+        for (uint32_t i = 0; i < nrec; i++) set_field(other, MOE_STORE_FIXED + (uint64_t)i * MOE_STORE_ENTRY + 16, 8, rb);
+        s = moe_store_open(other, NULL);
+        CHECK(!s && strstr(moe_last_error(), "inconsistent"), "records of 2^64 - 16 bytes with stride 0 accepted: %s",
+              s ? "opened" : moe_last_error());
+        moe_store_close(s);
+    }
 
     /* The right number of records, one layer's on a layer without experts.  Made by packing the
      * model with layer 1 taken as dense (its experts are then not stored) and moving layer 3's

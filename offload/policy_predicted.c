@@ -182,7 +182,7 @@ static void pp_on_prediction(void *self, int key, float score, int distance)
     size_t nk = (size_t)s->n_layers * (size_t)s->n_experts;
     int sl = (int)((o / s->n_moe) % PRED_SLOTS);
     s->pred_pos[sl * nk + (size_t)key] = o;
-    s->pred_score[sl * nk + (size_t)key] = score < 0 ? 0 : score > 1 ? 1 : score;
+    s->pred_score[sl * nk + (size_t)key] = !(score > 0) ? 0 : score > 1 ? 1 : score; /* NaN: 0 */
     s->layer_pred_pos[sl * s->n_moe + mi] = o;
 }
 

@@ -1,6 +1,7 @@
 /* The predicted policy keeps a prediction for each of a layer's next
  * MOE_POLICY_PREDICTED_SLOTS occurrences; one for a later occurrence is
- * dropped and does not replace the prediction of a nearer one. */
+ * dropped and does not replace the prediction of a nearer one.  A score that
+ * is not a number counts as 0. */
 #include "../../offload/policy_predicted.h"
 #include "../test_util.h"
 
@@ -36,6 +37,14 @@ int main(void)
     double last = moe_policy_predicted_next_use(p, key2);
     CHECK(last == 2.0 + (MOE_POLICY_PREDICTED_SLOTS - 1) * NM, "a certain use 7 occurrences ahead: %g (before %g)",
           last, before);
+    /* a score that is not a number (a predictor fed non-finite hidden states) counts as no use, as a
+     * score of 0 does: next uses stay numbers, so the ranking of evictions stays an order */
+    const int key3 = 3;
+    p->ops->on_prediction(p->self, key3, 0.0f, 2);
+    double zero = moe_policy_predicted_next_use(p, key3);
+    p->ops->on_prediction(p->self, key3, NAN, 2);
+    double nan_next = moe_policy_predicted_next_use(p, key3);
+    CHECK(nan_next == zero, "a NaN score gives next use %g, a score of 0 %g", nan_next, zero);
     p->ops->destroy(p->self);
     return t_result("test_offload_policy_predicted");
 }

@@ -22,14 +22,20 @@ static uint64_t splitmix(uint64_t *s)
 /* Uniform in [-1, 1). */
 static float urand(uint64_t *s) { return (float)((splitmix(s) >> 40) * (1.0 / 8388608.0) - 1.0); }
 
+/* Whether the shape is one a model can have (alloc_model's bounds). */
+static bool shape_ok(int n_moe, int n_experts, int top_k, int dim, int width, const struct moe_path_opts *o)
+{
+    return o->hist_decay >= 0 && o->hist_decay < 1 && o->horizon >= 1 && o->horizon <= MOE_PATH_MAX_HORIZON &&
+           n_moe > 0 && n_moe <= 1024 && n_experts > 0 && n_experts <= 4096 && top_k > 0 && top_k <= n_experts &&
+           dim > 0 && dim <= 65536 && width > 0 && width <= 65536;
+}
+
 static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width,
                                           const struct moe_path_opts *o)
 {
     int horizon = o->horizon;
     float hist_decay = o->hist_decay;
-    if (!(hist_decay >= 0 && hist_decay < 1) || horizon < 1 || horizon > MOE_PATH_MAX_HORIZON || n_moe <= 0 || n_moe > 1024 || n_experts <= 0 || n_experts > 4096 || top_k <= 0 ||
-        top_k > n_experts || dim <= 0 || dim > 65536 || width <= 0 || width > 65536)
-        return NULL;
+    if (!shape_ok(n_moe, n_experts, top_k, dim, width, o)) return NULL;
     struct moe_path_model *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
     m->n_moe = n_moe;
@@ -251,8 +257,9 @@ static bool meta_int(struct moe_st_file *f, const char *key, int *out)
     return true;
 }
 
-static enum moe_status load_tensor(struct moe_st_file *f, const char *path, const char *name, int64_t r,
-                                   int64_t c, float *dst)
+/* Tensor name of f, F32 of shape [r] (c 0) or [r, c], into *out; the error names what it must be. */
+static enum moe_status find_tensor(struct moe_st_file *f, const char *path, const char *name, int64_t r, int64_t c,
+                                   const struct moe_st_tensor **out)
 {
     const struct moe_st_tensor *t = moe_st_find(f, name);
     if (!t) return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' missing", path, name);
@@ -264,11 +271,17 @@ static enum moe_status load_tensor(struct moe_st_file *f, const char *path, cons
         return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' must be F32 [%lld, %lld]", path, name, (long long)r,
                           (long long)c);
     }
+    *out = t;
+    return MOE_OK;
+}
+
+static enum moe_status load_tensor(const struct moe_st_tensor *t, const char *path, float *dst)
+{
     memcpy(dst, t->data, t->nbytes);
     size_t n = t->nbytes / sizeof(float);
     for (size_t i = 0; i < n; i++)
         if (!isfinite(dst[i]))
-            return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' has non-finite values (retrain it)", path, name);
+            return moe_errorf(MOE_EFORMAT, "%s: tensor '%s' has non-finite values (retrain it)", path, t->name);
     return MOE_OK;
 }
 
@@ -327,15 +340,26 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
         goto out_close;
     }
     struct moe_path_opts o = { .horizon = fh, .hist_decay = fhd, .context = cx != NULL };
+    if (!shape_ok(fm, fe, fk, fd, fw, &o)) {
+        moe_errorf(MOE_EFORMAT, "%s: bad shape in metadata", path);
+        goto out_close;
+    }
+    /* the tensors the shape implies are in the file before anything is allocated for them: metadata alone
+     * (a width of 65536, say) never makes the load allocate gigabytes */
+    int64_t ne = (int64_t)fm * fe, n_in = fd + ne * (fhd > 0 ? 2 : 1) + (cx ? fd : 0), n_out = (int64_t)fh * ne;
+    const struct moe_st_tensor *tw1, *tb1, *tw2, *tb2;
+    if (find_tensor(f, path, "w1", fw, n_in, &tw1) || find_tensor(f, path, "b1", fw, 0, &tb1) ||
+        find_tensor(f, path, "w2", n_out, fw, &tw2) || find_tensor(f, path, "b2", n_out, 0, &tb2))
+        goto out_close;
     m = alloc_model(fm, fe, fk, fd, fw, &o);
     if (!m) {
-        moe_errorf(MOE_EFORMAT, "%s: bad shape in metadata", path);
+        moe_errorf(MOE_ENOMEM, "%s: out of memory for the predictor's weights", path);
         goto out_close;
     }
     const char *name = moe_st_metadata(f, "model");
     snprintf(m->model_name, sizeof m->model_name, "%s", name ? name : "");
-    if (load_tensor(f, path, "w1", m->width, m->n_in, m->w1) || load_tensor(f, path, "b1", m->width, 0, m->b1) ||
-        load_tensor(f, path, "w2", m->n_out, m->width, m->w2) || load_tensor(f, path, "b2", m->n_out, 0, m->b2)) {
+    if (load_tensor(tw1, path, m->w1) || load_tensor(tb1, path, m->b1) || load_tensor(tw2, path, m->w2) ||
+        load_tensor(tb2, path, m->b2)) {
         moe_path_model_free(m);
         m = NULL;
     }

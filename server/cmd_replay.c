@@ -237,8 +237,14 @@ int moe_cmd_replay(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    if (!moe_cli_read_text("replay", tok, text, (size_t)max_tokens, &ids, &n_ids)) goto out;
     int n_moe = moe_config_n_moe(&m->cfg);
+    if (reveal >= n_moe) { /* before the text is read and decoded, which may take long */
+        fprintf(stderr, "moeflow replay: --oracle-reveal-layer %ld: the model has MoE layers 0..%d\n", reveal,
+                n_moe - 1);
+        rc = 2;
+        goto out;
+    }
+    if (!moe_cli_read_text("replay", tok, text, (size_t)max_tokens, &ids, &n_ids)) goto out;
     long slots = (long)n_moe * m->cfg.n_experts;
     if (frac > 0) cap = (long)floor(frac * (double)slots);
     if (cap > slots) cap = slots; /* room for every expert: more slots change nothing */
@@ -275,12 +281,6 @@ int moe_cmd_replay(int argc, char **argv)
         struct moe_evlog orc;
         struct moe_oracle_params op = { .horizon = (int)oracle, .later_only = later_only,
                                         .reveal_layer = (int)reveal, .keep = oracle_keep };
-        if (reveal >= n_moe) {
-            fprintf(stderr, "moeflow replay: --oracle-reveal-layer %ld: the model has MoE layers 0..%d\n", reveal,
-                    n_moe - 1);
-            rc = 2;
-            goto out;
-        }
         if (moe_evlog_oracle(&log, &op, &orc)) {
             fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
             moe_evlog_free(&orc);

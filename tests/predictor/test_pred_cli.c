@@ -229,6 +229,12 @@ int main(void)
     CHECK(run(a) == 2 && strstr(out, "--layer-ms") && strstr(out, "--link-gbps"), "timeline option alone: %s", out);
     snprintf(a, sizeof a, "replay %s --capacity 8 --policy lru --predictor none --seq-len 4096", T);
     CHECK(run(a) == 2 && strstr(out, "--seq-len 4096 exceeds"), "replay seq-len: %s", out);
+    /* a reveal layer past the model's MoE layers: refused before the text is read (here it does not
+     * exist) and decoded, not once the decode is done */
+    CHECK(run("replay --text /nonexistent/moe_replay.txt --capacity 8 --policy lru --predictor none "
+              "--oracle-horizon 2 --oracle-reveal-layer 8") == 2 &&
+              strstr(out, "--oracle-reveal-layer 8: the model has MoE layers 0..7") && !strstr(out, "nonexistent"),
+          "replay --oracle-reveal-layer 8: %s", out);
     snprintf(a, sizeof a, "eval-predictor %s --predictor gate --seq-len 4096", T);
     CHECK(run(a) == 2 && strstr(out, "--seq-len 4096 exceeds"), "eval seq-len: %s", out);
     CHECK(run("train-predictor --trace x.jsonl --out /tmp/x.safetensors --seq-len 7") == 2 && strstr(out, "--seq-len"),

@@ -277,10 +277,17 @@ static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_of
         struct moe_trace *tr;
         st = moe_trace_load(o->belady_trace, &tr);
         if (st) return st;
-        if (tr->info.experts != c->n_experts || tr->info.layers != c->n_layers) {
-            st = moe_errorf(MOE_EINVAL, "%s: trace is for %d layers x %d experts, the model has "
-                            "%d x %d", o->belady_trace, tr->info.layers, tr->info.experts,
-                            c->n_layers, c->n_experts);
+        /* the future of this very run: the model's shape, top_k and MoE layers (every access of a
+         * trace of another shape is one the run never makes, and the run's are missing from it) */
+        bool same_moe = tr->info.layers == c->n_layers && tr->info.n_moe == n_moe;
+        for (int i = 0; same_moe && i < tr->info.n_moe; i++) same_moe = c->is_moe[tr->info.moe_layers[i]];
+        if (tr->info.experts != c->n_experts || tr->info.layers != c->n_layers || tr->info.top_k != c->top_k ||
+            !same_moe) {
+            st = moe_errorf(MOE_EINVAL, "%s: trace is for %d layers (%d MoE) x %d experts, top-%d; the model has "
+                            "%d (%d MoE) x %d, top-%d%s: record this run's trace with moeflow trace",
+                            o->belady_trace, tr->info.layers, tr->info.n_moe, tr->info.experts, tr->info.top_k,
+                            c->n_layers, n_moe, c->n_experts, c->top_k,
+                            same_moe || tr->info.n_moe != n_moe ? "" : ", other MoE layers");
             moe_trace_free(tr);
             return st;
         }

@@ -151,6 +151,20 @@ static void check_belady_live(void)
     CHECK(run(a) == 0 && strstr(out, "not of this run"), "a trace shorter than the run: %s", out);
     snprintf(a, sizeof a, "%s --gpu-experts 16 --policy belady --belady-trace %s", G, tr);
     CHECK(run(a) == 0 && !strstr(out, "not of this run"), "the run's own trace warned: %s", out);
+    /* a trace of another model of as many layers and experts (top-2, or routing other layers) is
+     * refused: none of its accesses is one this run makes */
+    static const char *const other[] = { "\"top_k\":2,\"moe_layers\":[0,1,2,3,4,5,6,7]",
+                                         "\"top_k\":4,\"moe_layers\":[0,1,2,3,4,5,6]" };
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        f = fopen(tr, "w");
+        REQUIRE(f, "%s", tr);
+        fprintf(f, "{\"format\":\"moeflow-trace\",\"version\":1,\"model\":\"pycode-moe-18m\",\"layers\":8,"
+                   "\"experts\":32,%s}\n", other[i]);
+        fclose(f);
+        snprintf(a, sizeof a, "%s --gpu-experts 16 --policy belady --belady-trace %s", G, tr);
+        CHECK(run(a) == 2 && strstr(out, "record this run's trace"), "a trace of another model (%s): %s", other[i],
+              out);
+    }
     unlink(tf);
     unlink(idf);
     unlink(tr);

@@ -594,6 +594,15 @@ static void test_penalties(void)
                 r.sampling.n_logit_bias == 0 && r.sampling.presence_penalty == 0,
             "null penalties: %s", moe_last_error());
     moe_gen_request_free(&r);
+    /* positive values below the smallest float stay positive: top_p the most likely token alone, not a
+     * refused 0; repetition_penalty not 0, its "off" */
+    REQUIRE(oai("{\"prompt\":\"x\",\"top_p\":1e-300,\"repetition_penalty\":1e-300,\"min_p\":1e-300}", false, &r) ==
+                MOE_OK, "tiny values refused: %s", moe_last_error());
+    CHECK(r.sampling.top_p > 0 && r.sampling.repetition_penalty > 0 && r.sampling.min_p > 0 &&
+              moe_sampling_validate(&r.sampling, 0) == MOE_OK,
+          "tiny values %g %g %g: %s", (double)r.sampling.top_p, (double)r.sampling.repetition_penalty,
+          (double)r.sampling.min_p, moe_last_error());
+    moe_gen_request_free(&r);
     expect_bad("{\"prompt\":\"x\",\"presence_penalty\":2.5}", false, "presence_penalty");
     expect_bad("{\"prompt\":\"x\",\"frequency_penalty\":\"1\"}", false, "frequency_penalty");
     expect_bad("{\"prompt\":\"x\",\"repetition_penalty\":0}", false, "repetition_penalty");
@@ -1257,6 +1266,26 @@ static void test_kserve(void)
     CHECK(!strcmp(r.prompt, "abc") && r.max_tokens == 6 && r.stream && !strcmp(r.id, "req-1"), "fields");
     moe_gen_request_free(&r);
     free(b);
+    /* top_p and repetition_penalty parameters below the smallest float: kept positive, as over HTTP */
+    Inference__InferParameter tiny = INFERENCE__INFER_PARAMETER__INIT;
+    tiny.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+    tiny.double_param = 1e-300;
+    Inference__ModelInferRequest__ParametersEntry te[2] = { INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT,
+                                                            INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT };
+    Inference__ModelInferRequest__ParametersEntry *tep[2] = { &te[0], &te[1] };
+    te[0].key = "top_p";
+    te[1].key = "repetition_penalty";
+    te[0].value = te[1].value = &tiny;
+    m.n_parameters = 2;
+    m.parameters = tep;
+    n = pack_infer(&m, &b);
+    REQUIRE(moe_req_parse_kserve(b, n, &r) == MOE_OK, "tiny parameters: %s", moe_last_error());
+    CHECK(r.sampling.top_p > 0 && r.sampling.repetition_penalty > 0 && moe_sampling_validate(&r.sampling, 0) == MOE_OK,
+          "tiny parameters %g %g", (double)r.sampling.top_p, (double)r.sampling.repetition_penalty);
+    moe_gen_request_free(&r);
+    free(b);
+    m.n_parameters = 0;
+    m.parameters = NULL;
 
     /* Raw contents: BYTES with its 4-byte length prefix, INT32 little-endian, BOOL one byte. */
     for (int i = 0; i < 3; i++)

@@ -237,8 +237,8 @@ static enum moe_status refused_fields(json_t *root)
     if (tr && strcmp(tr, "disabled"))
         return moe_errorf(MOE_ENOTSUP, "'truncation' '%.*s' is not supported: an input longer than the context "
                           "is refused (\"disabled\")", moe_utf8_cut(tr, 20), tr);
-    json_t *tl = json_object_get(root, "top_logprobs");
-    if (json_is_integer(tl) && json_integer_value(tl) > 0)
+    json_t *tl = json_object_get(root, "top_logprobs"); /* only 0 (or null) asks for nothing: 3.0 as 3 */
+    if (tl && !json_is_null(tl) && !(json_is_number(tl) && json_number_value(tl) == 0))
         return moe_errorf(MOE_ENOTSUP, "'top_logprobs' is not supported on /v1/responses (use /v1/chat/completions)");
     return MOE_OK;
 }

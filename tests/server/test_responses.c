@@ -96,7 +96,7 @@ static void test_request(void)
     json_decref(resp);
     json_decref(j);
     moe_responses_free(r);
-    j = translate("{\"input\":\"x\",\"store\":false,\"include\":[\"reasoning.encrypted_content\"]}", &r);
+    j = translate("{\"input\":\"x\",\"store\":false,\"include\":[\"reasoning.encrypted_content\"],\"top_logprobs\":0}", &r);
     CHECK(!moe_responses_store_wanted(r), "store false");
     json_decref(j);
     moe_responses_free(r);
@@ -110,6 +110,9 @@ static void test_request(void)
         { "{\"input\":\"x\",\"background\":true}", "'background' is not supported" },
         { "{\"input\":\"x\",\"include\":\"all\"}", "'include' must be an array" },
         { "{\"input\":\"x\",\"truncation\":\"auto\"}", "'truncation' 'auto' is not supported" },
+        { "{\"input\":\"x\",\"top_logprobs\":2}", "'top_logprobs' is not supported" },
+        { "{\"input\":\"x\",\"top_logprobs\":2.0}", "'top_logprobs' is not supported" },
+        { "{\"input\":\"x\",\"top_logprobs\":\"2\"}", "'top_logprobs' is not supported" },
         { "{\"input\":\"x\",\"tools\":[{\"type\":\"web_search\"}]}", "'tools[0]' of type 'web_search'" },
         { "{\"input\":[{\"type\":\"input_image\",\"image_url\":\"u\"}]}", "'input[0]' of type 'input_image'" },
         { "{\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_image\"}]}]}", "'input[0].content[0]'" },

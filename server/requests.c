@@ -849,12 +849,24 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
         double off;          /* the number that asks for nothing; NAN: none does */
         int of;              /* the endpoint that refuses it */
         bool text;           /* a text field: "" asks for nothing */
+        bool list;           /* a list field: [] asks for nothing */
         const char *why;
     } f[] = {
-        { "echo", NAN, CHAT, false, "chat replies hold the completion only (/v1/completions echoes its prompt)" },
-        { "best_of", 1, BOTH, false, "one completion per request" },
-        { "suffix", NAN, COMPLETIONS, true, "completions continue the prompt; text to fit before a suffix (insertion) "
-                                      "is not generated" },
+        { "echo", NAN, CHAT, false, false, "chat replies hold the completion only (/v1/completions echoes its "
+                                           "prompt)" },
+        { "best_of", 1, BOTH, false, false, "one completion per request" },
+        { "suffix", NAN, COMPLETIONS, true, false, "completions continue the prompt; text to fit before a suffix "
+                                                   "(insertion) is not generated" },
+        /* vLLM's sampling fields for output this server does not produce (false, null or [] ask for nothing) */
+        { "use_beam_search", NAN, BOTH, false, false, "each choice is sampled (greedy at temperature 0), no beam "
+                                                      "search" },
+        { "include_stop_str_in_output", NAN, BOTH, false, false, "the reply ends right before its stop sequence" },
+        { "prompt_logprobs", NAN, BOTH, false, false, "a prompt's log-probabilities come with /v1/completions' "
+                                                      "\"echo\": true and 'logprobs'" },
+        { "allowed_token_ids", NAN, BOTH, false, true, "no token list restricts sampling (a logit_bias of -100 keeps a "
+                                                       "token out in practice)" },
+        { "bad_words", NAN, BOTH, false, true, "no words are kept out of the reply (a logit_bias of -100 keeps a token "
+                                               "out in practice)" },
     };
     json_t *rf = json_object_get(root, "response_format");
     if (rf && !json_is_null(rf)) {
@@ -879,7 +891,9 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
     for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++) {
         json_t *v = json_object_get(root, f[i].key);
         if (f[i].of == (chat ? COMPLETIONS : CHAT) || !v || json_is_null(v) || json_is_false(v) ||
-            (f[i].text && json_is_string(v) && !json_string_length(v)) || (json_is_number(v) && json_number_value(v) == f[i].off))
+            (f[i].text && json_is_string(v) && !json_string_length(v)) ||
+            (f[i].list && json_is_array(v) && !json_array_size(v)) ||
+            (json_is_number(v) && json_number_value(v) == f[i].off))
             continue;
         char *txt = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
         const char *shown = txt ? txt : "?";

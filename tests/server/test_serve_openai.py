@@ -7,7 +7,7 @@ replies against what they parse: model retrieval by URL-encoded id, and streams
 whose usage, added up over the chunks as LangChain does, is the request's;
 request fields as clients fill them in (nulls for what is not set, fields
 moeflow does not use) and a 400 naming the field for output it does not
-produce (best_of, an unsupported response_format); log-probabilities and echo; developer messages;
+produce (best_of, an unsupported response_format, vLLM's include_stop_str_in_output); log-probabilities and echo; developer messages;
 ids unique to the server's start; n choices; batches of prompts; vLLM's stop_token_ids and min_tokens; /tokenize and /detokenize; JSON mode and JSON schemas; tool calls (tool_choice); the default max_tokens of completions (16) and chat (the
 context's end); CORS for browser clients."""
 import json
@@ -146,6 +146,9 @@ def check_params(srv):
             ("/v1/completions", cmpl, {"logprobs": 21}, "logprobs"),
             ("/v1/chat/completions", chat, {"top_logprobs": 2}, "top_logprobs"),
             ("/v1/chat/completions", chat, {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+            ("/v1/completions", cmpl, {"include_stop_str_in_output": True, "stop": ["\n"]}, "include_stop_str_in_output"),
+            ("/v1/chat/completions", chat, {"allowed_token_ids": [1, 2]}, "allowed_token_ids"),
+            ("/v1/chat/completions", chat, {"use_beam_search": False, "prompt_logprobs": None, "bad_words": []}, None),
             ("/v1/completions", cmpl, {"logprobs": None, "echo": False, "best_of": 1, "suffix": ""}, None),
             ("/v1/chat/completions", chat, {"logprobs": False, "top_logprobs": 0}, None),
             ("/v1/chat/completions", chat, {"logprobs": None, "top_logprobs": None}, None)):

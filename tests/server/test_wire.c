@@ -216,6 +216,24 @@ static void test_openai(void)
     CHECK(oai("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"suffix\":\"y\"}", true, &r) == MOE_OK,
           "chat with a suffix field: %s", moe_last_error());
     moe_gen_request_free(&r);
+    /* vLLM's sampling fields for output not produced: refused by name on both endpoints, off values pass */
+    static const char *const vllm_on[] = { "\"use_beam_search\":true", "\"include_stop_str_in_output\":true",
+                                           "\"prompt_logprobs\":0", "\"allowed_token_ids\":[5]",
+                                           "\"bad_words\":[\"x\"]" };
+    char vb[256];
+    for (size_t i = 0; i < MOE_ARRAY_LEN(vllm_on); i++)
+        for (int chat = 0; chat < 2; chat++) {
+            snprintf(vb, sizeof(vb), "{%s,%s}", chat ? "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]"
+                                                     : "\"prompt\":\"x\"", vllm_on[i]);
+            char key[64]; /* 'key' = value is not supported */
+            snprintf(key, sizeof(key), "'%.*s' = %s is not supported", (int)(strchr(vllm_on[i], ':') - vllm_on[i] - 2),
+                     vllm_on[i] + 1, strchr(vllm_on[i], ':') + 1);
+            expect_bad(vb, chat, key);
+        }
+    REQUIRE(oai("{\"prompt\":\"x\",\"use_beam_search\":false,\"include_stop_str_in_output\":false,"
+                "\"prompt_logprobs\":null,\"allowed_token_ids\":[],\"bad_words\":[]}", false, &r) == MOE_OK,
+            "vLLM's fields off: %s", moe_last_error());
+    moe_gen_request_free(&r);
     CHECK(oai("{\"prompt\":[[4,5,6]]}", false, &r) == MOE_OK && r.n_prompt_ids == 3 && r.prompt_ids[0] == 4,
           "one token-id prompt in a batch of one: %s", moe_last_error());
     moe_gen_request_free(&r);

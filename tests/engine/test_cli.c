@@ -121,6 +121,18 @@ int main(void)
     CHECK(status == 0 && strlen(s1) > 1 && !strcmp(s1, s2), "seeded sampling differs between runs");
     free(s1), free(s2);
 
+    /* a top-p below the smallest float keeps the most likely token alone, as greedy does */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt 'import os' --max-tokens 12 "
+             "--temperature 0.9 --top-p 1e-300 --seed 11", exe, dir);
+    s1 = run(cmd, &status);
+    int status2;
+    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt 'import os' --max-tokens 12 --temperature 0",
+             exe, dir);
+    s2 = run(cmd, &status2);
+    CHECK(status == 0 && status2 == 0 && strlen(s1) > 1 && !strcmp(s1, s2),
+          "--top-p 1e-300 (exit %d): '%s', greedy (exit %d): '%s'", status, s1, status2, s2);
+    free(s1), free(s2);
+
     /* logits */
     int fd = mkstemp(tmpl);
     REQUIRE(fd >= 0, "mkstemp");

@@ -29,8 +29,8 @@ struct predicted {
     int64_t *ema_step;   /* [n_keys] */
     int64_t *ema_seen;   /* [n_keys] step of the last counted use (one per step) */
     /* per MoE layer: which experts the next token uses given this token's */
-    uint32_t *tr;        /* [n_moe, E, E] experts f at a step -> e at the next step, same layer */
-    uint32_t *tr_n;      /* [n_moe, E] */
+    uint64_t *tr;        /* [n_moe, E, E] experts f at a step -> e at the next step, same layer */
+    uint64_t *tr_n;      /* [n_moe, E] */
     int *set_a, *set_b;  /* [n_moe, SETMAX] experts of the layer's last complete / current step */
     int *n_a, *n_b;      /* [n_moe] */
     int64_t *step_a, *step_b; /* [n_moe] step of set_a / set_b, -1 none */
@@ -254,8 +254,8 @@ struct moe_policy *moe_policy_predicted_create(int n_layers, int n_experts, cons
     s->ema_step = calloc(nk, sizeof(int64_t));
     s->ema_seen = malloc(sizeof(int64_t) * nk);
     size_t M = (size_t)n_moe, E = (size_t)n_experts;
-    s->tr = calloc(M * E * E, sizeof(uint32_t));
-    s->tr_n = calloc(M * E, sizeof(uint32_t));
+    s->tr = calloc(M * E * E, sizeof(uint64_t));
+    s->tr_n = calloc(M * E, sizeof(uint64_t));
     s->set_a = calloc(M * SETMAX, sizeof(int));
     s->set_b = calloc(M * SETMAX, sizeof(int));
     s->n_a = calloc(M, sizeof(int));

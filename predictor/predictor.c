@@ -40,12 +40,12 @@ struct moe_predictor {
     float *q_sc;               /* [max(n_moe * E, path n_out)] moe_predictor_seq_path scores */
     float *q_x, *q_hs;         /* [path n_in], [path width] its path model row */
 
-    /* history statistics (counts since creation) */
-    uint32_t *trans;           /* [n_moe-1, E, E] layer m expert f -> layer m+1 expert e, same token */
-    uint32_t *trans_n;         /* [n_moe-1, E] tokens that used f at layer m */
-    uint32_t *rec;             /* [n_moe, E, E] previous token's f -> this token's e, same layer */
-    uint32_t *rec_n;           /* [n_moe, E] */
-    uint32_t *freq;            /* [n_moe, E] tokens that used e */
+    /* history statistics (counts since creation; 64-bit, as a long-running server would wrap 32) */
+    uint64_t *trans;           /* [n_moe-1, E, E] layer m expert f -> layer m+1 expert e, same token */
+    uint64_t *trans_n;         /* [n_moe-1, E] tokens that used f at layer m */
+    uint64_t *rec;             /* [n_moe, E, E] previous token's f -> this token's e, same layer */
+    uint64_t *rec_n;           /* [n_moe, E] */
+    uint64_t *freq;            /* [n_moe, E] tokens that used e */
     uint64_t n_tok;            /* tokens learned from */
 
     int *prev;                 /* [max_seqs, n_moe * k] previous token's routing */
@@ -293,11 +293,11 @@ struct moe_predictor *moe_predictor_create(const struct moe_model *m, const stru
         p->q_hs = malloc(sizeof(float) * (size_t)p->path->width);
         if (!p->q_x || !p->q_hs) goto fail_nomem;
     }
-    p->trans = calloc((M > 1 ? M - 1 : 1) * E * E, sizeof(uint32_t));
-    p->trans_n = calloc((M > 1 ? M - 1 : 1) * E, sizeof(uint32_t));
-    p->rec = calloc(M * E * E, sizeof(uint32_t));
-    p->rec_n = calloc(M * E, sizeof(uint32_t));
-    p->freq = calloc(M * E, sizeof(uint32_t));
+    p->trans = calloc((M > 1 ? M - 1 : 1) * E * E, sizeof(uint64_t));
+    p->trans_n = calloc((M > 1 ? M - 1 : 1) * E, sizeof(uint64_t));
+    p->rec = calloc(M * E * E, sizeof(uint64_t));
+    p->rec_n = calloc(M * E, sizeof(uint64_t));
+    p->freq = calloc(M * E, sizeof(uint64_t));
     p->prev = malloc(sizeof(int) * (size_t)max_seqs * M * (size_t)p->k);
     p->prev_ok = calloc((size_t)max_seqs, sizeof(bool));
     p->hist = calloc((size_t)max_seqs * M * E, sizeof(float));

@@ -1397,15 +1397,16 @@ static bool header_name_ok(const char *name)
     return n > 0 && strspn(name, tchar) == n;
 }
 
-/* Why a request's headers do not settle where its body ends (false when they do; why is set): libevent
- * takes the first of several Content-Length headers, a sign before its digits, an HTTP/1.0 request's
- * chunked body (RFC 9112: its framing is faulty), and reads a body under a Transfer-Encoding other
- * than chunked as none, so a proxy in front that reads them otherwise would see other requests on the
- * connection than we do. */
-static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
+/* Why a request's headers are refused (false when they are not; why is set).  Those that do not settle
+ * where its body ends: libevent takes the first of several Content-Length headers, a sign before its
+ * digits, an HTTP/1.0 request's chunked body (RFC 9112: its framing is faulty), and reads a body under a
+ * Transfer-Encoding other than chunked as none, so a proxy in front that reads them otherwise would see
+ * other requests on the connection than we do.  And a Host header missing from an HTTP/1.1 request, or
+ * given more than once (RFC 9112 3.2: 400), which libevent takes as it comes. */
+static bool bad_headers(struct evhttp_request *req, char *why, size_t cap)
 {
     const char *cl = NULL;
-    int n_te = 0;
+    int n_te = 0, n_host = 0;
     for (struct evkeyval *kv = evhttp_request_get_input_headers(req)->tqh_first; kv; kv = kv->next.tqe_next) {
         if (!header_name_ok(kv->key)) {
             snprintf(why, cap, "header name '%.*s' is not a token (RFC 9110): no whitespace before its colon, "
@@ -1436,7 +1437,15 @@ static bool ambiguous_body(struct evhttp_request *req, char *why, size_t cap)
                 snprintf(why, cap, "Transfer-Encoding other than one 'chunked' is not supported");
                 return true;
             }
+        } else if (!evutil_ascii_strcasecmp(kv->key, "Host") && ++n_host > 1) {
+            snprintf(why, cap, "the request has more than one Host header (RFC 9112: give one)");
+            return true;
         }
+    }
+    if (!n_host && (req->major > 1 || (req->major == 1 && req->minor >= 1))) {
+        snprintf(why, cap, "an HTTP/%d.%d request needs a Host header (RFC 9112), as 'Host: localhost'",
+                 req->major, req->minor);
+        return true;
     }
     return false;
 }
@@ -1633,7 +1642,7 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         }
     }
     char framing[320];
-    if (ambiguous_body(req, framing, sizeof(framing))) { /* what follows cannot be told apart: answer, close */
+    if (bad_headers(req, framing, sizeof(framing))) { /* what follows may not be told apart: answer, close */
         close_after(req);
         send_error(req, 400, framing);
         return;

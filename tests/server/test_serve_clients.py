@@ -166,6 +166,24 @@ def ambiguous_body(srv):
     check(metric(srv.metrics(), "moeflow:requests_accepted_total") == base, "an ambiguous request was admitted")
 
 
+def host_header(srv):
+    """An HTTP/1.1 request without a Host header, and a request of any version with more than one, get a
+    400 naming Host, and the connection closes (RFC 9112 3.2): the request after it is not served.  An
+    HTTP/1.0 request may leave Host out."""
+    nxt = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b'{"prompt": "x", "max_tokens": 1}'
+    for req in (b"GET /health HTTP/1.1\r\n\r\n",
+                b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+                b"GET /health HTTP/1.1\r\nHost: x\r\nhost: x\r\n\r\n",
+                b"GET /health HTTP/1.1\r\nHost: a\r\nX-A: b\r\nHOST: b\r\n\r\n",
+                b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\nHost: a\r\nHost: b\r\n\r\n"):
+        out, closed = exchange(srv, req + nxt)
+        check(out.split(b" ", 2)[1:2] == [b"400"] and out.count(b" 200 OK") == 0 and b"Host" in out and closed,
+              "Host header missing or repeated, %r: closed %s, %r" % (req[:80], closed, out[:300]))
+    out, closed = exchange(srv, b"GET /health HTTP/1.0\r\n\r\n")
+    check(out.startswith(b"HTTP/1.0 200") and out.endswith(b"\r\n\r\nok\n"), "HTTP/1.0 without Host: %r" % out[:300])
+
+
 def stream_backlog(srv, pb):
     """A ModelStreamInfer client that sends request after request and reads no response: the
     stream stops taking requests once its responses wait unsent (the server does not queue the
@@ -690,8 +708,8 @@ def main():
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method,
-                           connection_close_option, absolute_form, ambiguous_body, n_choices_gone, gone_after_pipelined,
-                           no_generation_left, connections_gauge,
+                           connection_close_option, absolute_form, ambiguous_body, host_header, n_choices_gone,
+                           gone_after_pipelined, no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),
                            lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),

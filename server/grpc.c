@@ -1168,6 +1168,11 @@ static void on_recv(struct gcall *c, bool ok)
     c->recv_busy = false;
     grpc_byte_buffer *bb = c->recv_bb;
     c->recv_bb = NULL;
+    /* The library fails a receive whose message it refused, one over max-message-bytes
+     * (GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH), and ends the call with RESOURCE_EXHAUSTED itself: counted as
+     * a request refused.  A call cancelled, or whose client left mid-message, gets no message instead. */
+    if (!ok)
+        moe_metrics_count(&c->gf->srv->metrics, &c->gf->srv->metrics.rejected_invalid, 1);
     if (!ok || c->cancelled || c->status_queued) { /* a message after the call's status was queued: not read */
         if (bb)
             grpc_byte_buffer_destroy(bb);
@@ -1195,6 +1200,7 @@ static void on_recv(struct gcall *c, bool ok)
     grpc_byte_buffer_destroy(bb);
     size_t max = (size_t)c->gf->srv->cfg.max_message_bytes;
     if (GRPC_SLICE_LENGTH(sl) > max) {
+        moe_metrics_count(&c->gf->srv->metrics, &c->gf->srv->metrics.rejected_invalid, 1);
         queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "request message exceeds max-message-bytes");
     } else {
         on_message(c, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));

@@ -1515,6 +1515,28 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
 }
 
+/* Bytes written on a tracked connection.  libevent answers a body over max-body-bytes (and a chunked body
+ * it cannot read) with its own 413 before the request reaches gen_cb, so a reply that begins with that
+ * status while no request of the connection is being answered here is such a refusal: counted as a
+ * request refused (invalid, as a prompt over max-prompt is).  A reply begins with its status line, one
+ * addition to the buffer. */
+static void conn_output_cb(struct evbuffer *out, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct http_front *h = arg;
+    struct evbuffer_ptr at;
+    struct evbuffer_iovec v; /* peeked: the buffer's start may be frozen, which refuses a copy */
+    if (info->n_added < 12 || evbuffer_ptr_set(out, &at, info->orig_size, EVBUFFER_PTR_SET) ||
+        evbuffer_peek(out, 12, &at, &v, 1) < 1 || v.iov_len < 12 || memcmp(v.iov_base, "HTTP/1.", 7) ||
+        memcmp((const char *)v.iov_base + 8, " 413", 4))
+        return;
+    for (int i = 0; i < h->n_conns; i++) {
+        if (bufferevent_get_output(h->conns[i].bev) == out) {
+            moe_metrics_count(&h->srv->metrics, &h->srv->metrics.rejected_invalid, !h->conns[i].busy);
+            return;
+        }
+    }
+}
+
 /* evhttp's bufferevent for a new connection (its socket is set after): tracked, and marked when it
  * is beyond the cap.  A NULL return makes evhttp create one itself, untracked. */
 static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
@@ -1535,6 +1557,7 @@ static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
     bool over = h->n_conns >= max;
     bufferevent_incref(bev);
     h->conns[h->n_conns++] = (struct hconn){ .bev = bev, .t0 = moe_now(), .over = over };
+    evbuffer_add_cb(bufferevent_get_output(bev), conn_output_cb, h);
     if (over)
         event_active(h->sweep_ev, EV_TIMEOUT, 1); /* next turn of the loop: evhttp has set its socket */
     return bev;

@@ -28,7 +28,7 @@ struct moe_metrics {
     struct moe_hist ttft;      /* submit -> first token, seconds */
     struct moe_hist itl;       /* between consecutive tokens of a request, seconds */
     struct moe_hist e2e;       /* submit -> terminal status, seconds */
-    uint64_t rejected_invalid; /* refused before admission: bad field, too long */
+    uint64_t rejected_invalid; /* refused before admission: bad field, too long (a prompt, a body, a message) */
     uint64_t rejected_busy;    /* refused by the scheduler: queue or token bound */
     uint64_t rejected_draining;/* refused while draining */
     uint64_t http_requests, grpc_calls; /* front-end traffic (all endpoints) */

@@ -481,6 +481,64 @@ def reply_too_big(moeflow, pb):
         srv.kill()
 
 
+def refused_too_large(moeflow, pb):
+    """An HTTP body over max-body-bytes (libevent's 413, given before the request reaches the server) and a
+    gRPC request message over max-message-bytes (the library's RESOURCE_EXHAUSTED) count in
+    request_rejected_total as invalid, as other requests refused before admission do (a server of its own
+    with the least of both, 256 bytes); nothing of them is admitted, and requests that fit count nothing."""
+    k = pb["k"]
+    srv = Server(moeflow, "--max-body-bytes", "256", "--max-message-bytes", "256")
+    try:
+        m0 = settled(srv)
+        body = json.dumps({"prompt": "x" * 300, "max_tokens": 1}).encode()
+        head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+        for what, req in (
+                ("Content-Length", head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)),
+                ("chunked", head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)),
+                # after a request served on the same connection
+                ("after a reply", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + head +
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))):
+            out, closed = exchange(srv, req)
+            check(out.count(b"HTTP/1.1 413") == 1 and out.count(b"HTTP/1.1") == (2 if what == "after a reply" else 1)
+                  and closed, "a body over max-body-bytes (%s): closed %s, %r" % (what, closed, out[:300]))
+        ch = grpc.insecure_channel(srv.target)
+        ks = pb["kg"].GRPCInferenceServiceStub(ch)
+        codes = []
+        big = kserve_request(k, "x" * 300, 2)
+        for call in (lambda: ks.ModelInfer(big, timeout=scaled(60)),
+                     lambda: list(ks.ModelStreamInfer(iter([kserve_request(k, "a", 2), big]), timeout=scaled(60)))):
+            try:
+                call()
+                codes.append(None)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+        check(codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2, "gRPC messages over max-message-bytes: %r" % codes)
+        # what fits, and a call cancelled before its message, count nothing
+        code, _ = srv.http("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1}).encode())
+        ks.ModelInfer(kserve_request(k, "b", 1), timeout=scaled(60))
+        check(code == 200, "a request that fits: %s" % code)
+        import threading
+        gone = threading.Event()
+
+        def nothing():
+            gone.wait(scaled(60))
+            yield from ()
+        it = ks.ModelStreamInfer(nothing(), timeout=scaled(60))
+        time.sleep(0.5)
+        it.cancel()
+        gone.set()
+        ms = settled(srv)
+        refused = metric(ms, "moeflow:request_rejected_total", reason="invalid") - \
+            metric(m0, "moeflow:request_rejected_total", reason="invalid")
+        check(refused == 5, "3 HTTP bodies and 2 gRPC messages over the limits counted %s refused (want 5)" % refused)
+        check(metric(ms, "moeflow:requests_accepted_total") - metric(m0, "moeflow:requests_accepted_total") == 3,
+              "a request over the limits was admitted")
+        ch.close()
+        check(srv.stop() == 0, "max-body-bytes server: exit status")
+    finally:
+        srv.kill()
+
+
 def stream_reply_unsendable(moeflow, pb):
     """A ModelStreamInfer request whose reply cannot go out even as an error response (a server of its own
     with max-message-bytes 256 and a 100-byte model name; the request's id is 127 bytes): the stream ends with
@@ -711,7 +769,8 @@ def main():
                            connection_close_option, absolute_form, ambiguous_body, host_header, n_choices_gone,
                            gone_after_pipelined, no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
-                           lambda s: reply_too_big(moeflow, pb), lambda s: stream_reply_unsendable(moeflow, pb),
+                           lambda s: reply_too_big(moeflow, pb), lambda s: refused_too_large(moeflow, pb),
+                           lambda s: stream_reply_unsendable(moeflow, pb),
                            lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),
                            lambda s: drain_slow_reader_http(moeflow))
 

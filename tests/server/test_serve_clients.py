@@ -184,6 +184,21 @@ def host_header(srv):
     check(out.startswith(b"HTTP/1.0 200") and out.endswith(b"\r\n\r\nok\n"), "HTTP/1.0 without Host: %r" % out[:300])
 
 
+def chunk_extension(srv):
+    """A chunked body whose chunk size has an extension right after its digits ("20;a=b", on the last chunk
+    "0;a=b") gets libevent's 413 and the connection closes: libevent 2.1 reads a chunk-size line as hex digits
+    followed by nothing or a space, and answers any other before the request reaches the server.  After a
+    space ("20 ;a=b", whitespace RFC 9112 allows before the ';') the extension is ignored and the request
+    served.  (docs/api.md says so; a libevent that reads extensions would fail the first check.)"""
+    body = b'{"prompt": "x", "max_tokens": 1}'
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    for size, last, status in ((b"%x;a=b" % len(body), b"0", b"413"), (b"%x" % len(body), b"0;a=b", b"413"),
+                               (b"%x ;a=b" % len(body), b"0 ;a", b"200")):
+        out, closed = exchange(srv, head + b"%s\r\n%s\r\n%s\r\n\r\n" % (size, body, last))
+        check(out.startswith(b"HTTP/1.1 %s" % status) and closed,
+              "chunk sizes %r, %r: closed %s, %r (want %s)" % (size, last, closed, out[:200], status))
+
+
 def stream_backlog(srv, pb):
     """A ModelStreamInfer client that sends request after request and reads no response: the
     stream stops taking requests once its responses wait unsent (the server does not queue the
@@ -766,8 +781,8 @@ def main():
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method,
-                           connection_close_option, absolute_form, ambiguous_body, host_header, n_choices_gone,
-                           gone_after_pipelined, no_generation_left, connections_gauge,
+                           connection_close_option, absolute_form, ambiguous_body, host_header, chunk_extension,
+                           n_choices_gone, gone_after_pipelined, no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: refused_too_large(moeflow, pb),
                            lambda s: stream_reply_unsendable(moeflow, pb),

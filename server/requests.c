@@ -1449,6 +1449,12 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         st = moe_errorf(MOE_EINVAL, "id must be at most %zu bytes (got %zu)", sizeof(out->id) - 1, strlen(m->id));
         goto out;
     }
+    /* KServe has every request name its model; an empty one would match any (as OpenAI's optional 'model') */
+    if (!m->model_name || !m->model_name[0]) {
+        st = moe_errorf(MOE_EINVAL, "model_name is empty: give the name of the model served (ModelMetadata, "
+                        "GET /v1/models)");
+        goto out;
+    }
     if (m->model_name)
         strcpy(out->model, m->model_name);
     if (m->id)

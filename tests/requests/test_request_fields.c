@@ -1,7 +1,8 @@
 /* A KServe ModelInferRequest whose model_name or id does not fit the decoded
  * request (127 bytes) is refused with a message naming the field, never
  * decoded with the field dropped (an empty model would match any model, a lost
- * id would not be echoed); names that fit are kept whole. */
+ * id would not be echoed); names that fit are kept whole.  One whose model_name
+ * is empty is refused too. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +69,13 @@ int main(void)
     b = pack("pycode-moe-18m", id_over, &n);
     CHECK(moe_req_parse_kserve(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "id must be"),
           "200-byte id: %s", moe_last_error());
+    free(b);
+
+    /* KServe names the model in every request: an empty model_name is refused, not taken as any model */
+    b = pack("", "r1", &n);
+    CHECK(moe_req_parse_kserve(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "model_name is empty"),
+          "empty model_name: %s", moe_last_error());
+    CHECK(!r.prompt, "a refused request is not left empty");
     free(b);
 
     free(fit), free(over), free(id_fit), free(id_over);

@@ -256,6 +256,14 @@ def main():
         q.model_version = "42"
         refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.NOT_FOUND, "version '42'", "version 42")
         q = kreq("x", 2, False)
+        q.model_name = ""
+        refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "model_name is empty",
+                "an empty model_name")
+        q.id = "noname"
+        errs = [(r.infer_response.id, r.error_message) for r in kstub.ModelStreamInfer(iter([q]), timeout=30)]
+        check(len(errs) == 1 and errs[0][0] == "noname" and "model_name is empty" in errs[0][1],
+              "an empty model_name on a stream: %r" % errs)
+        q = kreq("x", 2, False)
         q.outputs.add(name="nope")
         refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "'nope'", "output nope")
         q = kreq("x", 2, False)

@@ -556,7 +556,7 @@ def refused_too_large(moeflow, pb):
 
 def stream_reply_unsendable(moeflow, pb):
     """A ModelStreamInfer request whose reply cannot go out even as an error response (a server of its own
-    with max-message-bytes 256 and a 100-byte model name; the request's id is 127 bytes): the stream ends with
+    with max-message-bytes 256 and a 100-byte model name; the request's id is 120 bytes): the stream ends with
     RESOURCE_EXHAUSTED saying to raise max-message-bytes, after the responses it had queued; its other request
     still running is cancelled and a request sent after is not read, where the stream went on generating and
     reading requests with their responses dropped, and counted them completed."""
@@ -567,9 +567,13 @@ def stream_reply_unsendable(moeflow, pb):
     try:
         def req(rid, n, stream):
             q = kserve_request(k, rid, n, stream=stream)
-            q.model_name = ""  # the model served (its name would not fit in 256 bytes beside the id)
+            q.model_name = name
             return q
-        big = req("a" * 127, 1000, None)  # one final response, with 1000 tokens' text
+        # one final response; the request holds its text_input alone (default-max-tokens tokens), which its
+        # error response outgrows (the model version and the final flag)
+        big = k.ModelInferRequest(model_name=name, id="a" * 120)
+        t = big.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+        t.contents.bytes_contents.append(b"x")
         err = k.ModelStreamInferResponse(infer_response=k.ModelInferResponse(model_name=name, model_version="1",
                                                                              id=big.id))
         err.infer_response.parameters["triton_final_response"].bool_param = True

@@ -719,8 +719,8 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
     moe_strbuf_printf(&b,
         "# HELP moeflow:kv_slots_used KV cache sequence slots in use now.\n"
         "# TYPE moeflow:kv_slots_used gauge\nmoeflow:kv_slots_used{%s} %d\n"
-        "# HELP moeflow:kv_slots_total KV cache sequence slots (max-seqs).\n"
-        "# TYPE moeflow:kv_slots_total gauge\nmoeflow:kv_slots_total{%s} %d\n"
+        "# HELP moeflow:kv_slots KV cache sequence slots (max-seqs).\n"
+        "# TYPE moeflow:kv_slots gauge\nmoeflow:kv_slots{%s} %d\n"
         "# HELP moeflow:kv_tokens_used Tokens cached now over the KV slots in use.\n"
         "# TYPE moeflow:kv_tokens_used gauge\nmoeflow:kv_tokens_used{%s} %lld\n"
         "# HELP moeflow:kv_cache_usage_perc Cached tokens / (slots x context), 0..1.\n"

@@ -211,6 +211,8 @@ def parse_prometheus(text):
         if ln.startswith("# TYPE "):
             _, _, name, typ = ln.split(" ", 3)
             assert typ in ("counter", "gauge", "histogram", "summary", "untyped"), ln
+            # Prometheus keeps the _total suffix for counters
+            assert typ == "counter" or not name.endswith("_total"), "a %s named as a counter: %r" % (typ, ln)
             types[name] = typ
             continue
         assert not ln.startswith("#"), "bad comment line: %r" % ln

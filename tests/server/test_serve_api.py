@@ -727,13 +727,13 @@ def main():
         for g in ("moeflow:kv_slots_used", "moeflow:kv_tokens_used", "moeflow:expert_pins",
                   "moeflow:expert_transfers_in_flight"):
             check(metric(ms, g) == 0, "idle server: %s = %s" % (g, metric(ms, g)))
-        check(info.kv_slots > 0 and metric(ms, "moeflow:kv_slots_total") == info.kv_slots and
+        check(info.kv_slots > 0 and metric(ms, "moeflow:kv_slots") == info.kv_slots and
               metric(ms, "moeflow:expert_cache_slots", tier="device") == info.device_expert_slots and
               metric(ms, "moeflow:expert_cache_slots", tier="host") == info.host_expert_slots and
               (info.device_expert_slots > 0) == tiered,
               "capacities: ModelInfo kv %d device %d host %d, metrics kv %s device %s host %s" % (
                   info.kv_slots, info.device_expert_slots, info.host_expert_slots,
-                  metric(ms, "moeflow:kv_slots_total"), metric(ms, "moeflow:expert_cache_slots", tier="device"),
+                  metric(ms, "moeflow:kv_slots"), metric(ms, "moeflow:expert_cache_slots", tier="device"),
                   metric(ms, "moeflow:expert_cache_slots", tier="host")))
         if tiered:
             check(metric(ms, "moeflow:expert_cache_tiered") == 1, "tiered cache not reported")

@@ -295,8 +295,7 @@ def main():
     try:
         ms0 = srv.metrics()  # idle baseline after the warm-up
         check(idle(ms0), "idle server: %s" % {g: metric(ms0, g) for g in IDLE_ZERO})
-        check(metric(ms0, "moeflow:kv_slots_total") == 32, "kv_slots_total %s != --max-seqs 32" %
-              metric(ms0, "moeflow:kv_slots_total"))
+        check(metric(ms0, "moeflow:kv_slots") == 32, "kv_slots %s != --max-seqs 32" % metric(ms0, "moeflow:kv_slots"))
         ch = grpc.insecure_channel(srv.target)
         gen = pb["mg"].GenerationStub(ch)
         info = gen.ModelInfo(m.ModelInfoRequest(), timeout=10)

@@ -132,13 +132,13 @@ static double attn_macs(const struct moe_config *c, double ctx)
     return 2.0 * c->n_layers * c->n_heads * c->head_dim * ctx;
 }
 
-/* Bytes of BF16 weight matrices of the whole model (every expert): the
- * working set decode reads from, token by token. */
-static double model_weight_bytes(const struct moe_config *c)
+/* Bytes of the weight matrices of the whole model (every expert), wbytes a
+ * weight: the working set decode reads from, token by token. */
+static double model_weight_bytes(const struct moe_config *c, double wbytes)
 {
     struct moe_config all = *c;
     all.top_k = c->n_experts;
-    return 2.0 * (body_macs(&all) + head_macs(c));
+    return wbytes * (body_macs(&all) + head_macs(c));
 }
 
 /* The machine's ceilings for this work, measured on the thread that runs
@@ -286,26 +286,29 @@ int main(int argc, char **argv)
     printf("work                 %.2f MFLOP/token of matrices (%.2f of them lm_head) + attention; "
            "GFLOP/s: prefill %.1f, decode b1 %.1f, b16 %.1f\n", 2e-6 * (body_macs(cf) + head_macs(cf)),
            2e-6 * head_macs(cf), g_pre, g1, g16);
-    /* decode at batch 1 reads each weight of its token's matrices once, as
-     * BF16 (2 bytes per multiply-add); prefill is bound by the FMAs */
+    /* decode at batch 1 reads each weight of its token's matrices once, in
+     * the engine's weight dtype (BF16: 2 bytes per multiply-add; F32 with
+     * --blas or an F32 checkpoint: 4); prefill is bound by the FMAs */
     /* the ceilings' loops are AVX2 + FMA: on a CPU without them they read 0 (not measured) */
     bool isa = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    double wb = model_weight_bytes(cf), rc = isa ? read_ceiling_gbs((size_t)wb) : 0, peak = isa ? fma_peak_gflops() : 0;
+    double wbytes = (double)moe_dtype_size(moe_engine_weight_dtype(e));
+    double wb = model_weight_bytes(cf, wbytes), rc = isa ? read_ceiling_gbs((size_t)wb) : 0, peak = isa ? fma_peak_gflops() : 0;
     if (!isa) fprintf(stderr, "cpu_bench: no AVX2 + FMA on this CPU: the ceilings are not measured (0)\n");
-    double b1_gbs = 2.0 * (body_macs(cf) + head_macs(cf)) * t1 * 1e-9;
-    printf("ceilings, one core   read %.1f GB/s over %.1f MB (the model's weights); F32 FMA peak %.1f GFLOP/s\n",
-           rc, wb * 1e-6, peak);
+    double b1_gbs = wbytes * (body_macs(cf) + head_macs(cf)) * t1 * 1e-9;
+    const char *wname = moe_dtype_name(moe_engine_weight_dtype(e));
+    printf("ceilings, one core   read %.1f GB/s over %.1f MB (the model's weights, %s); F32 FMA peak %.1f GFLOP/s\n",
+           rc, wb * 1e-6, wname, peak);
     printf("against them         decode b1 reads %.1f GB/s of weights = %.0f %% of the read ceiling; "
            "prefill %.0f %% of the FMA peak%s\n", b1_gbs, rc > 0 ? 100 * b1_gbs / rc : 0,
            peak > 0 ? 100 * g_pre / (peak * o.threads) : 0, o.threads > 1 ? " x threads" : "");
     printf("{\"bench\":\"cpu\",\"model\":\"%s\",\"threads\":%d,\"blas\":%s,\"kv_dtype\":\"%s\",\"prefill_tokens\":%d,"
            "\"prefill_tok_s\":%.1f,\"decode_b1_tok_s\":%.1f,\"decode_b16_tok_s\":%.1f,\"steps\":%d,"
            "\"mflop_per_token\":%.3f,\"prefill_gflops\":%.2f,\"decode_b1_gflops\":%.2f,"
-           "\"decode_b16_gflops\":%.2f,\"decode_b1_weight_gbs\":%.2f,\"read_ceiling_gbs\":%.2f,"
+           "\"decode_b16_gflops\":%.2f,\"weight_dtype\":\"%s\",\"decode_b1_weight_gbs\":%.2f,\"read_ceiling_gbs\":%.2f,"
            "\"fma_peak_gflops\":%.2f,\"prefill_tok_cpu_s\":%.1f,\"decode_b1_tok_cpu_s\":%.1f,"
            "\"decode_b16_tok_cpu_s\":%.1f}\n",
            cf->model_type, o.threads, o.blas ? "true" : "false", moe_dtype_name(o.kv_dtype), P, pf, t1, t16, o.steps,
-           2e-6 * (body_macs(cf) + head_macs(cf)), g_pre, g1, g16, b1_gbs, rc, peak, pf_cpu, t1_cpu, t16_cpu);
+           2e-6 * (body_macs(cf) + head_macs(cf)), g_pre, g1, g16, wname, b1_gbs, rc, peak, pf_cpu, t1_cpu, t16_cpu);
     free(ids);
     free(lg);
     moe_engine_destroy(e);

@@ -710,6 +710,7 @@ struct moe_provider *moe_engine_provider(const struct moe_engine *e) { return e-
 int moe_engine_max_ctx(const struct moe_engine *e) { return e->max_ctx; }
 int moe_engine_max_batch(const struct moe_engine *e) { return e->max_batch; }
 int moe_engine_max_seqs(const struct moe_engine *e) { return e->max_seqs; }
+enum moe_dtype moe_engine_weight_dtype(const struct moe_engine *e) { return e->wdt; }
 
 void moe_engine_set_hooks(struct moe_engine *e, const struct moe_engine_hooks *h)
 {

@@ -68,6 +68,10 @@ struct moe_provider *moe_engine_provider(const struct moe_engine *e);
 int moe_engine_max_ctx(const struct moe_engine *e);   /* tokens per sequence */
 int moe_engine_max_batch(const struct moe_engine *e); /* tokens per forward() */
 int moe_engine_max_seqs(const struct moe_engine *e);  /* sequence slots */
+/* The element type the engine's weight matrices are held in (the dense ones, and the experts when all are
+ * resident): MOE_DT_BF16, or MOE_DT_F32 where the backend takes F32 (the CPU backend with cpu_blas) or the
+ * checkpoint's matrices are not all BF16 on a backend that keeps weights exact.  Bytes read per weight. */
+enum moe_dtype moe_engine_weight_dtype(const struct moe_engine *e);
 
 /* Claim a free sequence slot (empty cache): slot id >= 0, or -1 when all are in use. */
 int moe_engine_seq_alloc(struct moe_engine *e);

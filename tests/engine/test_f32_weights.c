@@ -4,7 +4,9 @@
  * BF16 step, so rounding them to BF16 would give back the BF16 fixture
  * exactly).  Nudging the dense matrices (attention, router, embedding,
  * lm_head), or the routed experts, must change the logits; two runs of a
- * copy agree bit for bit. */
+ * copy agree bit for bit.  moe_engine_weight_dtype says which dtype the
+ * engine holds (the bytes cpu_bench counts per weight read): BF16 for the
+ * BF16 fixture, F32 for the copy and for the fixture with OpenBLAS GEMMs. */
 #include "engine_testutil.h"
 #include "model/safetensors.h"
 
@@ -12,13 +14,15 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static float *logits_of(const char *dir, const int *ids, int n, int *V)
+static float *logits_of(const char *dir, const int *ids, int n, int *V, enum moe_dtype want_wdt)
 {
     struct moe_model *m = moe_model_open(dir);
     REQUIRE(m, "open %s: %s", dir, moe_last_error());
     struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = 64, .max_batch_tokens = 16 };
     struct moe_engine *e = moe_engine_create(m, &ep);
     REQUIRE(e, "engine: %s", moe_last_error());
+    CHECK(moe_engine_weight_dtype(e) == want_wdt, "%s: engine weight dtype %s, expected %s", dir,
+          moe_dtype_name(moe_engine_weight_dtype(e)), moe_dtype_name(want_wdt));
     *V = m->cfg.vocab;
     float *lg = malloc(sizeof(float) * (size_t)n * (size_t)*V);
     REQUIRE(lg, "oom");
@@ -81,10 +85,10 @@ int main(void)
     char dir[64] = "/tmp/moeflow-f32-XXXXXX";
     REQUIRE(mkdtemp(dir), "mkdtemp");
     int ids[6] = { 1, 5, 9, 2, 7, 3 }, V, V2;
-    float *a = logits_of(src, ids, 6, &V);
+    float *a = logits_of(src, ids, 6, &V, MOE_DT_BF16);
     for (int experts = 0; experts < 2; experts++) {
         write_f32_copy(src, dir, experts);
-        float *b = logits_of(dir, ids, 6, &V2), *c = logits_of(dir, ids, 6, &V2);
+        float *b = logits_of(dir, ids, 6, &V2, MOE_DT_F32), *c = logits_of(dir, ids, 6, &V2, MOE_DT_F32);
         REQUIRE(V == V2, "vocab");
         CHECK(memcmp(a, b, sizeof(float) * 6 * (size_t)V) != 0,
               "nudged F32 %s gave the BF16 fixture's logits: they were rounded to BF16",
@@ -95,6 +99,16 @@ int main(void)
         free(b), free(c);
     }
     free(a);
+    /* OpenBLAS GEMMs take F32 matrices: the BF16 fixture is widened */
+    struct moe_model *m = moe_model_open(src);
+    REQUIRE(m, "open %s: %s", src, moe_last_error());
+    struct moe_engine *e = moe_engine_create(m, &(struct moe_engine_params){ .max_seqs = 1, .max_ctx = 64,
+                                                                              .max_batch_tokens = 16, .cpu_blas = true });
+    REQUIRE(e, "engine with cpu_blas: %s", moe_last_error());
+    CHECK(moe_engine_weight_dtype(e) == MOE_DT_F32, "cpu_blas: engine weight dtype %s, expected F32",
+          moe_dtype_name(moe_engine_weight_dtype(e)));
+    moe_engine_destroy(e);
+    moe_model_close(m);
     snprintf(q, sizeof q, "%s/model.safetensors", dir);
     unlink(q);
     snprintf(q, sizeof q, "%s/config.json", dir);

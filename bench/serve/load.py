@@ -8,8 +8,10 @@ lengths capped) or, without --trace, a closed loop of --concurrency clients.
 Prompts are token ids cut from Python source (bench/data/scheduler/prompts-py64.txt).
 
 Prints one line per figure and a final JSON object: generated tokens/s, request
-throughput, time to first token, inter-token latency and end-to-end latency
-percentiles, finish reasons.  A benchmark, not a test: it never fails on timings.
+throughput (requests that finished), time to first token, inter-token latency and
+end-to-end latency percentiles, finish reasons.  A benchmark, not a test: it never
+fails on timings, but exits 1 when a request did not finish (an RPC error, or a
+stream that ended without its finished message; "failed" counts them).
 
   /usr/bin/python3 bench/serve/load.py --moeflow build/server/moeflow --requests 64 \
       --concurrency 16 --max-tokens 64 [-- serve flags...]
@@ -92,7 +94,7 @@ def main():
         plan = [(None, a.prompt_tokens, a.max_tokens)] * a.requests
 
     lock = threading.Lock()
-    ttft, itl, e2e, gen, reasons, errors = [], [], [], [0], {}, []
+    ttft, itl, e2e, gen, reasons, failed = [], [], [], [0], {}, []
 
     def one(i, plen, ntok):
         start = a.shared_prefix + (i * 997) % max(1, len(pool) - plen - a.shared_prefix)
@@ -100,7 +102,7 @@ def main():
                                       temperature=a.temperature, top_p=a.top_p, seed=i + 1,
                                       ignore_eos=True)
         t0 = time.monotonic()
-        last, first, n, reason = t0, None, 0, "?"
+        last, first, n, reason, done = t0, None, 0, "?", False
         gaps = []
         try:
             for msg in stub.Generate(req, timeout=600):
@@ -113,16 +115,17 @@ def main():
                     last = now
                     n += len(msg.token_ids)
                 if msg.finished:
-                    reason = msg.finish_reason
+                    reason, done = msg.finish_reason, True
         except grpc.RpcError as ex:
             reason = ex.code().name
-            with lock:
-                errors.append(reason)
         with lock:
+            if not done:
+                failed.append((i, reason))
             if first is not None:
                 ttft.append(first)
             itl.extend(gaps)
-            e2e.append(time.monotonic() - t0)
+            if done:  # a failed request's time is not a latency
+                e2e.append(time.monotonic() - t0)
             gen[0] += n
             reasons[reason] = reasons.get(reason, 0) + 1
 
@@ -158,8 +161,8 @@ def main():
 
     ms = lambda x: None if x is None else round(x * 1000.0, 2)  # noqa: E731
     res = {
-        "requests": len(plan), "wall_s": round(wall, 3), "generated_tokens": gen[0],
-        "tokens_per_s": round(gen[0] / wall, 1), "requests_per_s": round(len(plan) / wall, 2),
+        "requests": len(plan), "failed": len(failed), "wall_s": round(wall, 3), "generated_tokens": gen[0],
+        "tokens_per_s": round(gen[0] / wall, 1), "requests_per_s": round((len(plan) - len(failed)) / wall, 2),
         "ttft_ms_p50": ms(pct(ttft, 50)), "ttft_ms_p99": ms(pct(ttft, 99)),
         "itl_ms_p50": ms(pct(itl, 50)), "itl_ms_p99": ms(pct(itl, 99)),
         "e2e_ms_p50": ms(pct(e2e, 50)), "e2e_ms_p99": ms(pct(e2e, 99)),
@@ -171,7 +174,12 @@ def main():
               "itl_ms_p99", "e2e_ms_p50", "e2e_ms_p99"):
         print("%-16s %s" % (k, res[k]))
     print(json.dumps(res))
+    if failed:
+        print("load.py: %d of %d requests did not finish (first: request %d, %s)" % (
+            len(failed), len(plan), *min(failed)), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

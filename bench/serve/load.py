@@ -21,6 +21,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -36,6 +37,12 @@ def pct(xs, p):
     xs = sorted(xs)
     k = min(len(xs) - 1, max(0, int(round(p / 100.0 * (len(xs) - 1)))))
     return xs[k]
+
+
+def unescape(line):
+    """A line of the prompts file as its text: make_prompts.py's escapes (\\n, \\t, \\\\) undone, as
+    `moeflow bench batch` reads them."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1), m.group(1)), line)
 
 
 def load_trace(path, n, time_scale, max_prompt, max_tokens):
@@ -83,7 +90,7 @@ def main():
     stub = pb["mg"].GenerationStub(chan)
 
     with open(os.path.join(SRC, "bench", "data", "scheduler", "prompts-py64.txt")) as f:
-        texts = [ln.rstrip("\n").replace("\\n", "\n") for ln in f if ln.strip()]
+        texts = [unescape(ln.rstrip("\n")) for ln in f if ln.strip()]
     pool = []
     for t in texts:
         pool.extend(stub.Tokenize(pb["m"].TokenizeRequest(text=t)).token_ids)

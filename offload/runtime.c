@@ -324,7 +324,6 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
     return moe_last_status() != MOE_OK ? moe_last_status() : MOE_ENOMEM; /* EINVAL: sizes; store errors */
 }
 
-
 #ifdef MOEFLOW_HAVE_CUDA
 /* The CUDA backend on device 0 into *be; the message of a failure says what to do. */
 static enum moe_status cuda_backend_create(struct moe_backend **be)

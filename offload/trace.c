@@ -384,7 +384,7 @@ enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int 
         if (!isfinite(weights[i]))
             return moe_errorf(MOE_ERANGE, "%s: token %d of sequence %d: routing weight %d of MoE layer %d is %g, "
                               "which a trace cannot hold (the model's routing produced a non-finite value)",
-                              w->tmp, pos, seq, i % in->top_k, in->moe_layers[i / in->top_k], (double)weights[i]);
+                              w->path, pos, seq, i % in->top_k, in->moe_layers[i / in->top_k], (double)weights[i]);
     errno = 0;
     fprintf(w->f, "{\"seq\":%d,\"pos\":%d,\"token\":%d,\"experts\":[", seq, pos, token);
     for (int li = 0; li < in->n_moe; li++) {

@@ -52,7 +52,11 @@ struct http_front {
     struct hconn *conns;          /* open connections (HTTP thread only) */
     int n_conns;
     size_t cap_conns;
-    struct event *sweep_ev;       /* every second, and at once for a connection beyond the cap */
+    struct event *sweep_ev;       /* every second */
+    struct event *over_ev;        /* at once for a connection beyond the cap: an event of its own, since
+                                   * activating the periodic one by hand pushes its next run a period later
+                                   * (libevent reschedules a persistent timer from its scheduled time), so a
+                                   * burst of N such connections postponed the read-timeout sweep N seconds */
     struct kept *kept;            /* [responses-store] the last responses (HTTP thread only) */
     int n_kept;                   /* slots used so far, deleted ones among them */
     uint64_t kept_seq;            /* responses kept so far: the next one's age */
@@ -1559,7 +1563,7 @@ static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
     h->conns[h->n_conns++] = (struct hconn){ .bev = bev, .t0 = moe_now(), .over = over };
     evbuffer_add_cb(bufferevent_get_output(bev), conn_output_cb, h);
     if (over)
-        event_active(h->sweep_ev, EV_TIMEOUT, 1); /* next turn of the loop: evhttp has set its socket */
+        event_active(h->over_ev, EV_TIMEOUT, 1); /* next turn of the loop: evhttp has set its socket */
     return bev;
 }
 
@@ -1806,7 +1810,8 @@ struct http_front *srv_http_start(struct moe_server *s)
     h->http = evhttp_new(h->base);
     h->wake_ev = event_new(h->base, -1, EV_PERSIST, wake_event_cb, h);
     h->sweep_ev = event_new(h->base, -1, EV_PERSIST, sweep_cb, h);
-    if (!h->http || !h->wake_ev || !h->sweep_ev || event_add(h->sweep_ev, &(struct timeval){ 1, 0 }))
+    h->over_ev = event_new(h->base, -1, 0, sweep_cb, h);
+    if (!h->http || !h->wake_ev || !h->sweep_ev || !h->over_ev || event_add(h->sweep_ev, &(struct timeval){ 1, 0 }))
         goto out_fail;
     evhttp_set_bevcb(h->http, conn_new_cb, h);
     evhttp_set_max_body_size(h->http, (ev_ssize_t)s->cfg.max_body_bytes);
@@ -1844,6 +1849,8 @@ out_fail:
         event_free(h->wake_ev);
     if (h->sweep_ev)
         event_free(h->sweep_ev);
+    if (h->over_ev)
+        event_free(h->over_ev);
     if (h->http)
         evhttp_free(h->http);
     if (h->base)
@@ -1913,6 +1920,7 @@ void srv_http_stop(struct http_front *h, double until)
     }
     free(h->kept);
     event_free(h->sweep_ev);
+    event_free(h->over_ev);
     event_free(h->wake_ev);
     event_base_free(h->base);
     srv_inbox_free(&h->inbox);

@@ -8,8 +8,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import (Server, gen_stubs, metric, Checks, kserve_request, require_grpc,  # noqa: E402
-                        run_server_test, scaled)
+from serve_util import (Server, gen_stubs, metric, Checks, kserve_request, parse_prometheus,  # noqa: E402
+                        require_grpc, run_server_test, scaled)
 
 grpc = require_grpc()
 check = Checks()
@@ -408,6 +408,61 @@ def connection_limits(moeflow):
         srv.kill()
 
 
+def read_timeout_after_burst(moeflow):
+    """A burst of connections beyond max-http-connections (each answered 503) leaves http-read-timeout as it
+    was: an idle connection opened after the burst is closed at its timeout, with no new connection to
+    set the check off.  Each connection beyond the cap had pushed the periodic check a second later, so
+    after 1000 of them an idle connection was kept for about 1000 s."""
+    srv = Server(moeflow, "--max-http-connections", "2", "--http-read-timeout", "1")
+    try:
+        def until_closed(sk, limit):
+            """What the server sent until it closed sk, and whether it did within limit seconds."""
+            out, t0 = b"", time.time()
+            while time.time() - t0 < limit:
+                try:
+                    x = sk.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return out, True
+                if not x:
+                    return out, True
+                out += x
+            return out, False
+        before = metric(srv.metrics(), "moeflow:http_connections_closed_total", reason="read_timeout")
+        full = [socket.create_connection(("127.0.0.1", srv.http_port), timeout=30) for _ in range(2)]
+        refused = 0
+        for _ in range(1000):
+            sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=30)
+            out, _ = until_closed(sk, 30)
+            sk.close()
+            refused += out.startswith(b"HTTP/1.1 503 ")
+        for sk in full:
+            sk.close()
+        # an idle connection within the cap (one opened before the server saw those two close is answered
+        # 503 at once: another is opened), then nothing: it must be closed, with nothing sent
+        for _ in range(100):
+            sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=1)
+            out, closed = until_closed(sk, 60)  # closed after a second or two; 60 s is generous
+            sk.close()
+            if not out.startswith(b"HTTP/1.1 503 "):
+                break
+            time.sleep(0.1)
+        check(refused >= 900, "of 1000 connections beyond the cap of 2, %d were answered 503" % refused)
+        check(closed and out == b"", "an idle connection opened after %d connections beyond the cap was %s (%r)" % (
+              refused, "closed" if closed else "still open after 60 s", out[:100]))
+        for _ in range(100):
+            code, body = srv.http("/metrics")
+            if code == 200:
+                break
+            time.sleep(0.1)
+        after = metric(parse_prometheus(body.decode()), "moeflow:http_connections_closed_total", reason="read_timeout")
+        check(after > before, "read_timeout closes %s -> %s" % (before, after))
+        check(srv.stop() == 0, "read timeout after a burst server: exit status")
+    finally:
+        srv.kill()
+
+
 def grpc_stream_cap(moeflow, pb):
     """grpc-max-streams: one connection's calls beyond the cap wait for one to end (HTTP/2 flow
     control, not an error): with a cap of 2, three long streams on one channel all finish, and the
@@ -787,7 +842,8 @@ def main():
                            lambda s: unknown_method(s, pb), http10_keepalive_stream, connect_method,
                            connection_close_option, absolute_form, ambiguous_body, host_header, chunk_extension,
                            n_choices_gone, gone_after_pipelined, no_generation_left, connections_gauge,
-                           lambda s: connection_limits(moeflow), lambda s: grpc_stream_cap(moeflow, pb),
+                           lambda s: connection_limits(moeflow), lambda s: read_timeout_after_burst(moeflow),
+                           lambda s: grpc_stream_cap(moeflow, pb),
                            lambda s: reply_too_big(moeflow, pb), lambda s: refused_too_large(moeflow, pb),
                            lambda s: stream_reply_unsendable(moeflow, pb),
                            lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),

@@ -88,7 +88,7 @@ static const struct moe_serve_opt opts[] = {
       "read the store with pread instead of io_uring (config file: true/false)", MOE_OPT_NO_IO_URING },
     { "default-max-tokens", MOE_OPT_INT, OFF(default_max_tokens), 0, "0", 0, 1 << 20,
       "max_tokens of a request that gives none (0 = 16, or max-output when smaller, and chat requests "
-      "run to max-output or the end of the context)", 0 },
+      "run to max-output, the end of the context or max-tokens-in-flight)", 0 },
     { "request-timeout", MOE_OPT_DOUBLE, OFF(request_timeout), 0, "0", 0, 86400,
       "seconds; default deadline of a request (0 = none)", 0 },
     { "max-http-connections", MOE_OPT_INT, OFF(max_http_connections), 0, "4096", 1, 1 << 20,

@@ -432,10 +432,28 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
         goto out;
     }
     int max_tokens = r->prompt_only ? 0 : r->max_tokens > 0 ? r->max_tokens : s->cfg.default_max_tokens;
+    bool by_flight = false; /* a chat's reply cut to what max-tokens-in-flight leaves it, below */
     if (!r->prompt_only && r->max_tokens == 0 && r->chat && s->chat_fills) {
-        /* as OpenAI's chat API: no max_tokens = until the end of the sequence or of the context */
+        /* as OpenAI's chat API: no max_tokens = until the end of the sequence or of the context, and as far
+         * as max-tokens-in-flight lets the n choices go (their prompt + max_tokens each), else the request
+         * would be refused for a max_tokens it never asked for */
         int64_t room = (int64_t)s->max_ctx - (int64_t)n_ids;
+        int choices = r->n > 1 ? r->n : 1;
+        int64_t flight = s->cfg.max_tokens_in_flight / choices - (int64_t)n_ids;
+        by_flight = flight < room;
+        if (by_flight)
+            room = flight;
         max_tokens = room < s->cfg.max_output ? (int)(room > 0 ? room : 0) : s->cfg.max_output;
+        if (max_tokens < 1 && by_flight) {
+            st = choices > 1
+                     ? moe_errorf(MOE_ERANGE, "%d choices of the prompt (%zu tokens each) leave no room for a reply "
+                                  "in this server's max-tokens-in-flight %lld; lower n or shorten the messages",
+                                  choices, n_ids, (long long)s->cfg.max_tokens_in_flight)
+                     : moe_errorf(MOE_ERANGE, "the prompt (%zu tokens) leaves no room for a reply in this server's "
+                                  "max-tokens-in-flight %lld; shorten the messages", n_ids,
+                                  (long long)s->cfg.max_tokens_in_flight);
+            goto out;
+        }
         if (max_tokens < 1) {
             st = moe_errorf(MOE_ERANGE, "the prompt (%zu tokens) fills the context of %d tokens: no room for "
                             "a reply; shorten the messages", n_ids, s->max_ctx);
@@ -444,6 +462,7 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
     }
     if (r->min_tokens > max_tokens) { /* vLLM's min_tokens: at most max_tokens, given or not */
         const char *which = r->max_tokens > 0 || r->prompt_only ? "the request's"
+                            : by_flight                         ? "as much as max-tokens-in-flight leaves the reply"
                             : r->chat && s->chat_fills          ? "as much as the context leaves the reply"
                                                                 : "this server's default";
         st = moe_errorf(MOE_EINVAL, "min_tokens = %d is more than max_tokens = %d (%s): lower min_tokens or raise "

@@ -105,7 +105,8 @@ struct moe_server {
     int max_ctx;                   /* tokens per sequence */
     enum moe_dtype kv_dt;          /* the KV cache's elements (kv-dtype) */
     bool chat_fills;               /* no default-max-tokens configured: a chat request without
-                                      max_tokens runs to max-output or the context's end */
+                                      max_tokens runs to max-output, the context's end or
+                                      max-tokens-in-flight */
     struct moe_metrics metrics;
     atomic_bool loaded;            /* model, engine and scheduler exist (set once) */
     atomic_bool ready;             /* loaded, warm, not draining */

@@ -1263,6 +1263,35 @@ def check_default_max_tokens(srv, moeflow, src):
         check(r.returncode != 0 and says in r.stderr, "serve %s: %d %r" % (" ".join(flags), r.returncode, r.stderr[-300:]))
 
 
+def check_chat_fill_flight(moeflow):
+    """A chat request without max_tokens runs as far as max-tokens-in-flight lets it when that is less than
+    the context (each of n choices its share), where it was a 400 naming a max_tokens (the context's room)
+    the request never sent; n choices whose prompts alone fill it are a 400 that says so."""
+    srv = Server(moeflow, "--max-ctx", "256", "--max-tokens-in-flight", "100")
+    try:
+        chat = {"messages": [{"role": "user", "content": "def add(a, b):"}], "ignore_eos": True}
+        code, js = post(srv, "/v1/chat/completions", dict(chat, max_tokens=1))
+        p = js["usage"]["prompt_tokens"]
+        code, js = post(srv, "/v1/chat/completions", chat)
+        check(code == 200 and js["usage"]["total_tokens"] == 100 and js["choices"][0]["finish_reason"] == "length",
+              "chat without max_tokens, max-tokens-in-flight 100: %d %r" % (code, js))
+        code, js = post(srv, "/v1/chat/completions", dict(chat, n=3))
+        check(code == 200 and js.get("usage", {}).get("completion_tokens") == 3 * (100 // 3 - p) and
+              all(c["finish_reason"] == "length" for c in js["choices"]),
+              "chat n=3 without max_tokens, max-tokens-in-flight 100 (prompt %d): %d %r" % (p, code, js))
+        code, js = post(srv, "/v1/chat/completions", dict(chat, min_tokens=100 - p + 1))
+        msg = js.get("error", {}).get("message", "")
+        check(code == 400 and "max_tokens = %d (as much as max-tokens-in-flight leaves the reply)" % (100 - p) in msg,
+              "chat min_tokens %d without max_tokens, max-tokens-in-flight 100: %d %r" % (100 - p + 1, code, js))
+        code, js = post(srv, "/v1/chat/completions", dict(chat, n=100 // p + 1))
+        msg = js.get("error", {}).get("message", "")
+        check(code == 400 and "max-tokens-in-flight 100" in msg and "lower n" in msg,
+              "chat n=%d without max_tokens, max-tokens-in-flight 100: %d %r" % (100 // p + 1, code, js))
+        check(srv.stop() == 0, "max-tokens-in-flight server: exit status")
+    finally:
+        srv.kill()
+
+
 def responses_sse(srv, body):
     """The events of a streamed /v1/responses request: [(type, data)], each framed as 'event: T' and
     'data: {...}' lines and a blank line, with no [DONE] after the last."""
@@ -1388,7 +1417,8 @@ def main():
                            check_stop_logprobs, lambda s: check_stop_token_ids(s, sys.argv[2]), check_errors,
                            lambda s: check_responses_store(moeflow),
                            lambda s: check_echo(s, moeflow),
-                           lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]), check_cors, check_responses)
+                           lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]),
+                           lambda s: check_chat_fill_flight(moeflow), check_cors, check_responses)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -482,9 +482,11 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
         goto out;
     }
     if ((int64_t)n_ids + max_tokens > s->max_ctx) {
-        st = moe_errorf(MOE_ERANGE, "prompt (%zu tokens) + max_tokens (%d) = %lld exceeds the "
-                        "context of %d tokens; shorten the prompt or lower max_tokens",
-                        n_ids, max_tokens, (long long)n_ids + max_tokens, s->max_ctx);
+        bool dflt = !r->prompt_only && r->max_tokens == 0; /* the request gave none: say whose it is */
+        st = moe_errorf(MOE_ERANGE, "prompt (%zu tokens) + max_tokens (%d%s) = %lld exceeds the "
+                        "context of %d tokens; shorten the prompt or %s max_tokens",
+                        n_ids, max_tokens, dflt ? ", this server's default: the request gave none" : "",
+                        (long long)n_ids + max_tokens, s->max_ctx, dflt ? "give a smaller" : "lower");
         goto out;
     }
     out->ids = ids;

@@ -1263,6 +1263,25 @@ def check_default_max_tokens(srv, moeflow, src):
         check(r.returncode != 0 and says in r.stderr, "serve %s: %d %r" % (" ".join(flags), r.returncode, r.stderr[-300:]))
 
 
+def check_default_over_context(srv):
+    """A prompt that leaves less room than the default max_tokens (16) is a 400 that says the 16 is the
+    server's default, not a value the request sent; one that sent max_tokens is told to lower it."""
+    code, out = srv.http("/v1/models")
+    ctx = json.loads(out)["data"][0]["max_model_len"]
+    ids = [100 + i % 50 for i in range(ctx - 8)]
+    code, js = post(srv, "/v1/completions", {"prompt": ids})
+    msg = js.get("error", {}).get("message", "")
+    check(code == 400 and "max_tokens (16, this server's default: the request gave none)" in msg and
+          "give a smaller max_tokens" in msg, "a prompt of context - 8 tokens without max_tokens: %d %r" % (code, msg))
+    code, js = post(srv, "/v1/completions", {"prompt": ids, "max_tokens": 16})
+    msg = js.get("error", {}).get("message", "")
+    check(code == 400 and "max_tokens (16) = %d exceeds" % (ctx + 8) in msg and "lower max_tokens" in msg,
+          "a prompt of context - 8 tokens with max_tokens 16: %d %r" % (code, msg))
+    code, js = post(srv, "/v1/completions", {"prompt": ids, "max_tokens": 8, "ignore_eos": True})
+    check(code == 200 and js["usage"]["total_tokens"] == ctx and js["choices"][0]["finish_reason"] == "length",
+          "a prompt of context - 8 tokens with max_tokens 8: %d %r" % (code, js))
+
+
 def check_chat_fill_flight(moeflow):
     """A chat request without max_tokens runs as far as max-tokens-in-flight lets it when that is less than
     the context (each of n choices its share), where it was a 400 naming a max_tokens (the context's room)
@@ -1418,7 +1437,8 @@ def main():
                            lambda s: check_responses_store(moeflow),
                            lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]),
-                           lambda s: check_chat_fill_flight(moeflow), check_cors, check_responses)
+                           check_default_over_context, lambda s: check_chat_fill_flight(moeflow), check_cors,
+                           check_responses)
 
 if __name__ == "__main__":
     sys.exit(main())

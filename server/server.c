@@ -981,10 +981,12 @@ static enum moe_status pick_context(struct moe_server *s)
                           automatic ? "half the backend's free memory, " : "kv-cache-bytes ",
                           (unsigned long long)budget, automatic ? "" : " or raise kv-cache-bytes");
     s->max_ctx = (int)fit;
+    bool gib = budget >= (uint64_t)1 << 30; /* a small budget in MiB, where it read 0.00 GiB */
     MOE_WARN("context %d tokens per sequence (the model's is %d): the KV cache of max-seqs %d sequences at %llu "
-             "bytes per token fits %s (%.2f GiB); set max-ctx, max-seqs, kv-dtype or kv-cache-bytes to choose",
+             "bytes per token fits %s (%.*f %s); set max-ctx, max-seqs, kv-dtype or kv-cache-bytes to choose",
              s->max_ctx, model_ctx, cfg->max_seqs, (unsigned long long)per_token,
-             automatic ? "half the backend's free memory" : "kv-cache-bytes", (double)budget / (1 << 30));
+             automatic ? "half the backend's free memory" : "kv-cache-bytes", gib ? 2 : 1,
+             (double)budget / (gib ? 1 << 30 : 1 << 20), gib ? "GiB" : "MiB");
     return MOE_OK;
 }
 

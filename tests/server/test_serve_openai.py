@@ -1245,6 +1245,8 @@ def check_default_max_tokens(srv, moeflow, src):
         code, out = capped.http("/v1/models")
         js = json.loads(out) if code == 200 else {}
         check(code == 200 and js["data"][0].get("max_model_len") == 213, "kv-cache-bytes 20M: %d %r" % (code, out[:300]))
+        check("context 213 tokens per sequence" in capped.output() and "kv-cache-bytes (20.0 MiB)" in capped.output(),
+              "kv-cache-bytes 20M: the cut's warning %r" % capped.output()[:400])
         for path, body in (("/v1/chat/completions", chat), ("/v1/completions", {"prompt": "x", "ignore_eos": True})):
             code, js = post(capped, path, body)
             check(code == 200 and js.get("usage", {}).get("completion_tokens") == 5,

@@ -1168,11 +1168,11 @@ static void on_recv(struct gcall *c, bool ok)
     c->recv_busy = false;
     grpc_byte_buffer *bb = c->recv_bb;
     c->recv_bb = NULL;
-    /* The library fails a receive whose message it refused, one over max-message-bytes
-     * (GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH), and ends the call with RESOURCE_EXHAUSTED itself: counted as
-     * a request refused.  A call cancelled, or whose client left mid-message, gets no message instead. */
-    if (!ok)
-        moe_metrics_count(&c->gf->srv->metrics, &c->gf->srv->metrics.rejected_invalid, 1);
+    /* A receive fails for a message the library refused, one over max-message-bytes
+     * (GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH: the library ends the call with RESOURCE_EXHAUSTED itself), and just
+     * as well for a call cancelled, or past its deadline, before its message was read: the library does not
+     * say which, so neither counts as a request refused.  (A call cancelled while its receive waits gets no
+     * message instead.) */
     if (!ok || c->cancelled || c->status_queued) { /* a message after the call's status was queued: not read */
         if (bb)
             grpc_byte_buffer_destroy(bb);

@@ -1563,14 +1563,16 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         }
         out->max_tokens = (int)v;
     }
+    /* Triton's schedule-policy parameter: an int64 of microseconds */
     if ((st = kparam_num(m, "timeout", &v, &have)) != MOE_OK)
         goto out;
     if (have) {
-        if (!(v > 0 && v <= 86400)) {
-            st = moe_errorf(MOE_ERANGE, "parameter 'timeout' = %g is outside (0, 86400] seconds", v);
+        if (!(v >= 1 && v <= 86400e6) || v != floor(v)) {
+            st = moe_errorf(MOE_ERANGE, "parameter 'timeout' = %.17g is not a whole number of microseconds in "
+                            "[1, 86400000000] (a day)", v);
             goto out;
         }
-        out->timeout_s = v;
+        out->timeout_s = v * 1e-6;
     }
     for (size_t i = 0; i < MOE_ARRAY_LEN(penalty_fields); i++) { /* the penalties and min_p, as over HTTP */
         if ((st = kparam_num(m, penalty_fields[i].key, &v, &have)) != MOE_OK)

@@ -178,7 +178,7 @@ def failed_after_unsent_text(moeflow, pb):
         ks = pb["kg"].GRPCInferenceServiceStub(grpc.insecure_channel(srv.target))
         m0 = srv.metrics()
         slow = kserve_request(k, rid, 2000, stream=True)
-        slow.parameters["timeout"].double_param = scaled(0.5)
+        slow.parameters["timeout"].int64_param = int(scaled(0.5) * 1e6)  # microseconds
         sent = queue.Queue()
         sent.put(slow)
         resps = ks.ModelStreamInfer(iter(sent.get, None), timeout=120)

@@ -1302,6 +1302,27 @@ static void test_kserve(void)
           "tiny parameters %g %g", (double)r.sampling.top_p, (double)r.sampling.repetition_penalty);
     moe_gen_request_free(&r);
     free(b);
+    /* timeout: microseconds, as Triton's schedule-policy parameter; a fraction of one or seconds' 0.5 refused */
+    Inference__InferParameter to = INFERENCE__INFER_PARAMETER__INIT;
+    te[0].key = "timeout";
+    te[0].value = &to;
+    m.n_parameters = 1;
+    to.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_INT64_PARAM;
+    to.int64_param = 1500000;
+    n = pack_infer(&m, &b);
+    REQUIRE(moe_req_parse_kserve(b, n, &r) == MOE_OK, "timeout 1500000: %s", moe_last_error());
+    CHECK(fabs(r.timeout_s - 1.5) < 1e-12, "timeout 1500000 us read as %g s", r.timeout_s);
+    moe_gen_request_free(&r);
+    free(b);
+    to.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+    to.double_param = 0.5;
+    n = pack_infer(&m, &b);
+    st = moe_req_parse_kserve(b, n, &r);
+    CHECK(st == MOE_ERANGE && strstr(moe_last_error(), "microseconds"), "timeout 0.5: %d %s", (int)st,
+          st == MOE_OK ? "accepted" : moe_last_error());
+    if (st == MOE_OK)
+        moe_gen_request_free(&r);
+    free(b);
     m.n_parameters = 0;
     m.parameters = NULL;
 

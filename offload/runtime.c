@@ -541,7 +541,14 @@ void moe_offload_stats_print(const struct moe_offload_stats *s, FILE *f)
 enum moe_status moe_offload_report(const struct moe_provider *p, const struct moe_offload_opts *o)
 {
     struct moe_offload_stats s;
-    if (!(o->stats || o->stats_json) || !moe_offload_stats_get(p, &s)) return MOE_OK;
+    if (!(o->stats || o->stats_json)) return MOE_OK;
+    /* the loads still queued (prefetches for a token the run did not make) finish first: their host
+     * misses are counted, their reads and bytes would be missing, or not, as the thread ran */
+    moe_provider_tiered_drain(p);
+#ifdef MOEFLOW_HAVE_CUDA
+    moe_provider_tiered_drain(moe_provider_cuda_lower(p)); /* the GPU tier's copies end in its calls */
+#endif
+    if (!moe_offload_stats_get(p, &s)) return MOE_OK;
     if (o->stats) moe_offload_stats_print(&s, stderr);
     return o->stats_json ? moe_offload_stats_write_json(&s, o->stats_json) : MOE_OK;
 }

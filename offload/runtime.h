@@ -171,7 +171,9 @@ bool moe_offload_stats_get(const struct moe_provider *p, struct moe_offload_stat
 /* Print stats to f as text and/or write them to path as JSON. */
 void moe_offload_stats_print(const struct moe_offload_stats *s, FILE *f);
 enum moe_status moe_offload_stats_write_json(const struct moe_offload_stats *s, const char *path);
-/* Per --stats / --stats-json; no-op for a provider without tier stats (moe_offload_stats_get) or when neither was given.
+/* Per --stats / --stats-json, once the transfers queued so far have finished (a report at the end of a
+ * run: the record of every host miss read and counted, disk reads = host misses);
+ * no-op for a provider without tier stats (moe_offload_stats_get) or when neither was given.
  * Returns MOE_EIO when the JSON file cannot be written. */
 enum moe_status moe_offload_report(const struct moe_provider *p, const struct moe_offload_opts *o);
 

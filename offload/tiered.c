@@ -743,6 +743,15 @@ fail:
     return NULL;
 }
 
+void moe_provider_tiered_drain(const struct moe_provider *p)
+{
+    if (!p || p->ops != &tiered_ops) return;
+    struct tiered *t = p->self;
+    pthread_mutex_lock(&t->mu);
+    while (t->q_len > 0 || t->n_active > 0) pthread_cond_wait(&t->cv_done, &t->mu);
+    pthread_mutex_unlock(&t->mu);
+}
+
 bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_stats *out)
 {
     if (!p || p->ops != &tiered_ops) return false;

@@ -96,6 +96,10 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
                                                 const struct moe_tiered_params *p);
 /* False when p is not a tiered provider. */
 bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_stats *out);
+/* Wait until the transfer thread has finished every load queued so far (prefetches no acquire
+ * waited for included), so that stats taken next count the read of every host miss (disk reads =
+ * host misses) and the upload of every load still current.  No-op when p is not a tiered provider. */
+void moe_provider_tiered_drain(const struct moe_provider *p);
 /* Bytes one expert takes in the RAM device tier (BF16 when stored so, else F32) and in the host
  * tier (record stride). */
 uint64_t moe_tiered_dev_expert_bytes(const struct moe_model *m);

@@ -8,6 +8,8 @@
 #include "../../offload/sim.h"
 #include "offload_test_common.h"
 
+#include <jansson.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
 
@@ -215,6 +217,68 @@ static void check_dev_hooks(const struct moe_model *m, const char *store)
         moe_provider_destroy(p);
     }
     moe_provider_destroy(res);
+}
+
+/* A device whose first upload waits until the gate opens. */
+struct gated_dev {
+    _Atomic int entered, open;
+};
+static enum moe_status gd_upload(void *ud, void *dst, const void *src, size_t n)
+{
+    struct gated_dev *g = ud;
+    if (!atomic_exchange(&g->entered, 1))
+        while (!atomic_load(&g->open)) nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    memcpy(dst, src, n);
+    return MOE_OK;
+}
+static void *gd_opener(void *ud)
+{
+    nanosleep(&(struct timespec){ 0, 200000000 }, NULL);
+    atomic_store(&((struct gated_dev *)ud)->open, 1);
+    return NULL;
+}
+
+/* The --stats report at the end of a run counts the reads of the prefetches still queued: two prefetched
+ * experts, the first one's upload held while the report is asked for (its read counted, the second's
+ * still to do); the report waits for both, so its disk reads equal its host misses, 2. */
+static void check_report_drains(const struct moe_model *m, const char *dir)
+{
+    const struct moe_config *c = &m->cfg;
+    int l0 = 0;
+    while (!c->is_moe[l0]) l0++;
+    struct gated_dev g = { 0 };
+    struct moe_tiered_params tp = {
+        .dev_slots = c->top_k, .host_slots = 2, .numa_node = -1,
+        .hooks = { .ud = &g, .dev_alloc = fd_alloc, .dev_free = fd_free, .dev_upload = gd_upload,
+                   .dev_dtype = MOE_DT_F32 },
+    };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    int ids[2] = { 0, 1 };
+    p->ops->prefetch(p->self, l0, 2, ids, NULL, 1);
+    while (!atomic_load(&g.entered)) nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    pthread_t opener;
+    REQUIRE(pthread_create(&opener, NULL, gd_opener, &g) == 0, "pthread_create");
+    char path[600];
+    snprintf(path, sizeof(path), "%s/report.json", dir);
+    struct moe_offload_opts o;
+    moe_offload_opts_init(&o);
+    o.stats_json = path;
+    REQUIRE(moe_offload_report(p, &o) == MOE_OK, "report: %s", moe_last_error());
+    pthread_join(opener, NULL);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    REQUIRE(j, "%s: %s", path, je.text);
+    long long reads = json_integer_value(json_object_get(json_object_get(j, "disk"), "reads"));
+    long long misses = json_integer_value(json_object_get(json_object_get(j, "host"), "misses"));
+    long long dbytes = json_integer_value(json_object_get(json_object_get(j, "device"), "bytes_moved"));
+    long long slot = (long long)(3 * (size_t)c->expert_inter * (size_t)c->hidden * sizeof(float));
+    CHECK(misses == 2 && reads == 2 && dbytes == 2 * slot,
+          "report with prefetches in flight: %lld host misses, %lld disk reads, %lld device bytes (slot %lld)",
+          misses, reads, dbytes, slot);
+    json_decref(j);
+    unlink(path);
+    moe_provider_destroy(p);
 }
 
 /* fp8_records: an FP8 checkpoint's experts handed out as their records (dtype F8_E4M3, the parts as
@@ -426,6 +490,12 @@ int main(void)
         free(keys);
         free(routing);
         moe_provider_destroy(res);
+        moe_model_close(m);
+    }
+    {
+        struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[0]));
+        REQUIRE(m, "%s: %s", t_models[0], moe_last_error());
+        check_report_drains(m, dir);
         moe_model_close(m);
     }
     /* Bad sizes are refused with the flag to fix. */

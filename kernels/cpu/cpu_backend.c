@@ -558,7 +558,11 @@ static enum moe_status cpu_moe_experts(void *ctx, const float *xp, int n_groups,
     for (int g = 0; g < n_groups; g++)
         if (h_off[g + 1] < h_off[g]) return bad("moe_experts", "off (decreasing) at group", g);
     size_t rows = (size_t)h_off[n_groups];
-    size_t need = rows * 2 * (size_t)inter;
+    /* use_blas: a BF16 expert (a device tier's slot) is widened to F32 after the intermediates, so that
+     * it goes through OpenBLAS as the F32 copy of the same values that use_blas keeps resident does:
+     * the same bits wherever the expert was held */
+    size_t mat = (size_t)inter * (size_t)hidden, wide = c->use_blas && wdt == MOE_DT_BF16 ? 3 * mat : 0;
+    size_t need = rows * 2 * (size_t)inter + wide;
     if (need > c->scratch_cap) {
         float *s = realloc(c->scratch, need * sizeof(float));
         if (!s)
@@ -567,19 +571,29 @@ static enum moe_status cpu_moe_experts(void *ctx, const float *xp, int n_groups,
         c->scratch = s;
         c->scratch_cap = need;
     }
-    if (c->use_blas && wdt == MOE_DT_F32) {
+    if (c->use_blas) {
+        float *wf = c->scratch + rows * 2 * (size_t)inter;
         for (int g = 0; g < n_groups; g++) {
             int r0 = h_off[g], nr = h_off[g + 1] - r0;
             if (nr <= 0) continue;
             float *gt = c->scratch + (size_t)r0 * 2 * inter, *up = gt + (size_t)nr * inter;
             const float *x = xp + (size_t)r0 * hidden;
+            const float *wg = h_w[g].gate, *wu = h_w[g].up, *wd = h_w[g].down;
+            if (wide) {
+                const uint16_t *src[3] = { h_w[g].gate, h_w[g].up, h_w[g].down };
+                for (int k = 0; k < 3; k++)
+                    for (size_t i = 0; i < mat; i++) wf[k * mat + i] = moe_bf16_to_f32(src[k][i]);
+                wg = wf;
+                wu = wf + mat;
+                wd = wf + 2 * mat;
+            }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, inter, hidden, 1.0f, x, hidden,
-                        h_w[g].gate, hidden, 0.0f, gt, inter);
+                        wg, hidden, 0.0f, gt, inter);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, inter, hidden, 1.0f, x, hidden,
-                        h_w[g].up, hidden, 0.0f, up, inter);
+                        wu, hidden, 0.0f, up, inter);
             cpu_silu_mul(c->isa, gt, up, gt, (size_t)nr * inter);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, hidden, inter, 1.0f, gt, inter,
-                        h_w[g].down, inter, 0.0f, yp + (size_t)r0 * hidden, hidden);
+                        wd, inter, 0.0f, yp + (size_t)r0 * hidden, hidden);
         }
         return MOE_OK;
     }

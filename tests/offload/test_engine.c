@@ -33,13 +33,14 @@ static void on_route(void *ud, int layer, int n, const float *logits, const int 
     if (r->li_of[layer] == r->n_moe - 1) r->n_tok++;
 }
 
-/* Run prompt + greedy decode; logits of every decode step into out [GEN][vocab]. */
-static enum moe_status run(const struct moe_model *m, struct moe_provider *prov, bool batched,
-                           struct route_rec *rec, int *tokens, float *out)
+/* Run prompt + greedy decode; logits of every decode step into out [GEN][vocab]; blas: the CPU
+ * backend's OpenBLAS GEMMs. */
+static enum moe_status run_blas(const struct moe_model *m, struct moe_provider *prov, bool batched,
+                                struct route_rec *rec, int *tokens, float *out, bool blas)
 {
     const struct moe_config *c = &m->cfg;
     struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = TOTAL + 1, .max_batch_tokens = TOTAL,
-                                    .n_threads = 1, .provider = prov };
+                                    .n_threads = 1, .provider = prov, .cpu_blas = blas };
     if (rec) ep.hooks = (struct moe_engine_hooks){ .ud = rec, .on_route = on_route };
     struct moe_engine *e = moe_engine_create(m, &ep);
     if (!e) return MOE_EINVAL;
@@ -72,6 +73,35 @@ static enum moe_status run(const struct moe_model *m, struct moe_provider *prov,
     free(lg);
     moe_engine_destroy(e);
     return st;
+}
+
+static enum moe_status run(const struct moe_model *m, struct moe_provider *prov, bool batched,
+                           struct route_rec *rec, int *tokens, float *out)
+{
+    return run_blas(m, prov, batched, rec, tokens, out, false);
+}
+
+/* With OpenBLAS GEMMs (generate --blas) too, an expert gives the same bits from the device tier (its
+ * BF16 slots) as from the all-resident copy (F32 holding the same values): both go through OpenBLAS,
+ * which rounds otherwise than the batch-invariant kernel. */
+static void check_blas(const struct moe_model *m, const char *store, const char *name)
+{
+    const struct moe_config *c = &m->cfg;
+    size_t nl = (size_t)GEN * (size_t)c->vocab;
+    float *ref = malloc(nl * 4), *got = malloc(nl * 4);
+    int ref_tok[TOTAL], tok[TOTAL];
+    REQUIRE(ref && got, "out of memory");
+    REQUIRE(run_blas(m, NULL, true, NULL, ref_tok, ref, true) == MOE_OK, "resident blas: %s", moe_last_error());
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = 1,
+                                    .policy = MOE_POLICY_LRU, .numa_node = -1 };
+    struct moe_provider *prov = moe_provider_tiered_create(m, &tp);
+    REQUIRE(prov, "%s: %s", name, moe_last_error());
+    CHECK(run_blas(m, prov, true, NULL, tok, got, true) == MOE_OK, "%s/blas: %s", name, moe_last_error());
+    CHECK(!memcmp(tok, ref_tok, sizeof(tok)), "%s/blas: tokens differ", name);
+    CHECK(!memcmp(got, ref, nl * 4), "%s/blas: logits differ from the all-resident run's", name);
+    moe_provider_destroy(prov);
+    free(ref);
+    free(got);
 }
 
 struct cfg {
@@ -271,6 +301,7 @@ int main(void)
                    (unsigned long long)os.disk_reads, os.io_uring ? "io_uring" : "pread");
             moe_provider_destroy(prov);
         }
+        check_blas(m, store, t_models[mi]);
         free(keys);
         free(ref[0]);
         free(ref[1]);

@@ -432,7 +432,7 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
         goto out;
     }
     int max_tokens = r->prompt_only ? 0 : r->max_tokens > 0 ? r->max_tokens : s->cfg.default_max_tokens;
-    bool by_flight = false; /* a chat's reply cut to what max-tokens-in-flight leaves it, below */
+    const char *fill = NULL; /* a chat's reply without max_tokens: what bounds it */
     if (!r->prompt_only && r->max_tokens == 0 && r->chat && s->chat_fills) {
         /* as OpenAI's chat API: no max_tokens = until the end of the sequence or of the context, and as far
          * as max-tokens-in-flight lets the n choices go (their prompt + max_tokens each), else the request
@@ -440,10 +440,13 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
         int64_t room = (int64_t)s->max_ctx - (int64_t)n_ids;
         int choices = r->n > 1 ? r->n : 1;
         int64_t flight = s->cfg.max_tokens_in_flight / choices - (int64_t)n_ids;
-        by_flight = flight < room;
+        bool by_flight = flight < room; /* the reply cut to what max-tokens-in-flight leaves it */
         if (by_flight)
             room = flight;
         max_tokens = room < s->cfg.max_output ? (int)(room > 0 ? room : 0) : s->cfg.max_output;
+        fill = room > s->cfg.max_output ? "this server's max-output"
+               : by_flight              ? "as much as max-tokens-in-flight leaves the reply"
+                                        : "as much as the context leaves the reply";
         if (max_tokens < 1 && by_flight) {
             st = choices > 1
                      ? moe_errorf(MOE_ERANGE, "%d choices of the prompt (%zu tokens each) leave no room for a reply "
@@ -461,12 +464,10 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
         }
     }
     if (r->min_tokens > max_tokens) { /* vLLM's min_tokens: at most max_tokens, given or not */
-        const char *which = r->max_tokens > 0 || r->prompt_only ? "the request's"
-                            : by_flight                         ? "as much as max-tokens-in-flight leaves the reply"
-                            : r->chat && s->chat_fills          ? "as much as the context leaves the reply"
-                                                                : "this server's default";
-        st = moe_errorf(MOE_EINVAL, "min_tokens = %d is more than max_tokens = %d (%s): lower min_tokens or raise "
-                        "max_tokens", r->min_tokens, max_tokens, which);
+        /* a chat's filled reply is already as long as the server lets it be: giving max_tokens cannot raise it */
+        const char *which = r->max_tokens > 0 || r->prompt_only ? "the request's" : fill ? fill : "this server's default";
+        st = moe_errorf(MOE_EINVAL, "min_tokens = %d is more than max_tokens = %d (%s): lower min_tokens%s",
+                        r->min_tokens, max_tokens, which, fill ? "" : " or raise max_tokens");
         of_prompt = false;
         goto out;
     }

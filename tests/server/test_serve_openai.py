@@ -1311,6 +1311,23 @@ def check_chat_fill_flight(moeflow):
         check(srv.stop() == 0, "max-tokens-in-flight server: exit status")
     finally:
         srv.kill()
+    # max-output below both: the reply's bound is max-output, which a min_tokens above it is told (not the
+    # context's or max-tokens-in-flight's room, which are larger), and giving max_tokens cannot raise it
+    for flags in (("--max-ctx", "256", "--max-output", "20"),
+                  ("--max-ctx", "256", "--max-tokens-in-flight", "100", "--max-output", "20")):
+        srv = Server(moeflow, *flags)
+        try:
+            chat = {"messages": [{"role": "user", "content": "def add(a, b):"}], "ignore_eos": True}
+            code, js = post(srv, "/v1/chat/completions", dict(chat, min_tokens=21))
+            msg = js.get("error", {}).get("message", "")
+            check(code == 400 and "min_tokens = 21 is more than max_tokens = 20 (this server's max-output)" in msg and
+                  "raise max_tokens" not in msg, "chat min_tokens 21 without max_tokens, %s: %d %r" % (flags, code, js))
+            code, js = post(srv, "/v1/chat/completions", chat)
+            check(code == 200 and js["usage"]["completion_tokens"] == 20, "chat without max_tokens, %s: %d %r" % (
+                  flags, code, js))
+            check(srv.stop() == 0, "max-output server: exit status")
+        finally:
+            srv.kill()
 
 
 def responses_sse(srv, body):

@@ -30,6 +30,15 @@ static bool shape_ok(int n_moe, int n_experts, int top_k, int dim, int width, co
            dim > 0 && dim <= 65536 && width > 0 && width <= 65536;
 }
 
+/* The inputs and outputs of a model of that shape: the token's hidden state, each expert's routing (and its
+ * decayed history), the context's hidden state; each expert of each MoE layer at each step ahead. */
+static int n_inputs(int n_moe, int n_experts, int dim, const struct moe_path_opts *o)
+{
+    return dim + n_moe * n_experts * (o->hist_decay > 0 ? 2 : 1) + (o->context ? dim : 0);
+}
+
+static int n_outputs(int n_moe, int n_experts, const struct moe_path_opts *o) { return o->horizon * n_moe * n_experts; }
+
 static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width,
                                           const struct moe_path_opts *o)
 {
@@ -44,10 +53,10 @@ static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, i
     m->dim = dim;
     m->width = width;
     m->horizon = horizon;
-    m->n_out = horizon * n_moe * n_experts;
+    m->n_out = n_outputs(n_moe, n_experts, o);
     m->hist_decay = hist_decay;
     m->context = o->context;
-    m->n_in = dim + n_moe * n_experts * (hist_decay > 0 ? 2 : 1) + (o->context ? dim : 0);
+    m->n_in = n_inputs(n_moe, n_experts, dim, o);
     m->w1 = calloc((size_t)width * (size_t)m->n_in, sizeof(float));
     m->b1 = calloc((size_t)width, sizeof(float));
     m->w2 = calloc((size_t)m->n_out * (size_t)width, sizeof(float));
@@ -346,7 +355,7 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
     }
     /* the tensors the shape implies are in the file before anything is allocated for them: metadata alone
      * (a width of 65536, say) never makes the load allocate gigabytes */
-    int64_t ne = (int64_t)fm * fe, n_in = fd + ne * (fhd > 0 ? 2 : 1) + (cx ? fd : 0), n_out = (int64_t)fh * ne;
+    int n_in = n_inputs(fm, fe, fd, &o), n_out = n_outputs(fm, fe, &o); /* alloc_model's, the shape checked */
     const struct moe_st_tensor *tw1, *tb1, *tw2, *tb2;
     if (find_tensor(f, path, "w1", fw, n_in, &tw1) || find_tensor(f, path, "b1", fw, 0, &tb1) ||
         find_tensor(f, path, "w2", n_out, fw, &tw2) || find_tensor(f, path, "b2", n_out, 0, &tb2))

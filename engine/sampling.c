@@ -11,6 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+float moe_sampling_float(double d)
+{
+    float f = (float)d;
+    return d != 0 && f == 0 ? copysignf(nextafterf(0.0f, 1.0f), (float)d) : f;
+}
+
 enum moe_status moe_sampling_validate(const struct moe_sampling *p, int vocab)
 {
     if (!(p->temperature >= 0.0f) || !isfinite(p->temperature))

@@ -39,6 +39,12 @@ struct moe_sampler {
     uint64_t rng;      /* xorshift/splitmix state, derived from seed */
 };
 
+/* A sampling field's value, given as a double (JSON, a KServe FP64 parameter, a command-line flag), as a
+ * float: a nonzero d too small for a float (below 1.4e-45, as 1e-300) is the smallest float of its sign,
+ * not 0, which repetition_penalty takes as "off" and top_p refuses; the smallest acts as d would (top_p:
+ * the most likely token alone). */
+float moe_sampling_float(double d);
+
 /* Check ranges; the error names the field (temperature >= 0 and finite, 0 < top_p <= 1, top_k >= 0,
  * the penalties', min_p's and logit_bias' ranges above, logit_bias ids distinct and, when vocab > 0,
  * below vocab). */

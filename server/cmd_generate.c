@@ -129,14 +129,13 @@ static char *chat_prompt(const struct gen_opts *o, bool *templated)
     return text;
 }
 
-/* A number as a float; one too small for a float (1e-300) is the smallest of its sign, not 0, which
- * would be out of --top-p's range or turn --repetition-penalty off (as the server takes it). */
+/* A number as a float, as the server takes it: one too small for a float (1e-300) is the smallest of its
+ * sign, not 0, which would be out of --top-p's range or turn --repetition-penalty off. */
 static bool parse_float(const char *s, float *out)
 {
     double v;
     if (!moe_cli_parse_double_in(s, -FLT_MAX, FLT_MAX, &v)) return false;
-    *out = (float)v;
-    if (v != 0 && *out == 0) *out = copysignf(nextafterf(0.0f, 1.0f), (float)v);
+    *out = moe_sampling_float(v);
     return true;
 }
 

@@ -106,15 +106,6 @@ static bool in_range(double d, double lo, double hi, bool lo_open)
     return d >= lo && d <= hi && !(lo_open && d == lo);
 }
 
-/* A sampling field's value d as a float: a positive d too small for a float (below 1.4e-45) is the
- * smallest positive float, not 0, which repetition_penalty takes as "off" and top_p refuses; the smallest
- * acts as d would (top_p: the most likely token alone). */
-static float sampling_float(double d)
-{
-    float f = (float)d;
-    return d > 0 && f == 0 ? nextafterf(0.0f, 1.0f) : f;
-}
-
 static enum moe_status json_get_num(json_t *o, const char *key, double lo, double hi, bool lo_open,
                                     double *out, bool *present)
 {
@@ -554,7 +545,7 @@ static enum moe_status parse_penalties(json_t *root, struct moe_sampling *p)
                                penalty_fields[i].lo_open, &d, &have)) != MOE_OK)
             return st;
         if (have)
-            *penalty_field(p, i) = sampling_float(d);
+            *penalty_field(p, i) = moe_sampling_float(d);
     }
     json_t *lb = json_object_get(root, "logit_bias");
     if (!lb || json_is_null(lb))
@@ -988,7 +979,7 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     if ((st = json_get_num(root, "top_p", 0, 1, true, &dv, &have)) != MOE_OK)
         goto out;
     if (have)
-        out->sampling.top_p = sampling_float(dv);
+        out->sampling.top_p = moe_sampling_float(dv);
     if ((st = json_get_int(root, "top_k", -1, INT32_MAX, &iv, &have)) != MOE_OK)
         goto out;
     if (have)
@@ -1541,7 +1532,7 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
             if (temp)
                 out->sampling.temperature = (float)v;
             else
-                out->sampling.top_p = sampling_float(v);
+                out->sampling.top_p = moe_sampling_float(v);
         } else {
             st = moe_errorf(MOE_EINVAL, "unknown input '%.64s' (expected text_input, max_tokens, "
                             "stream, temperature, top_p, top_k, ignore_eos)", name);
@@ -1583,7 +1574,7 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
             goto out;
         }
         if (have)
-            *penalty_field(&out->sampling, i) = sampling_float(v);
+            *penalty_field(&out->sampling, i) = moe_sampling_float(v);
     }
     /* the sampling inputs as request parameters (none given as an input too), checked alike */
     static const char *const sp_names[4] = { "temperature", "top_p", "top_k", "ignore_eos" };
@@ -1609,7 +1600,7 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
             goto out;
         }
         if (i == 0) out->sampling.temperature = (float)v;
-        else if (i == 1) out->sampling.top_p = sampling_float(v);
+        else if (i == 1) out->sampling.top_p = moe_sampling_float(v);
         else out->sampling.top_k = (int)v;
     }
     const Inference__InferParameter *seed = kparam(m, "seed");

@@ -178,10 +178,10 @@ int main(int argc, char **argv)
              * only at the start */
             char *k[] = { bin, "serve", "--config", conf, "--check-config", NULL };
             if (moe_offload_have_cuda()) {
-                struct run r = run_cmd(k);
-                CHECK(r.rc == 0 && strstr(r.out, "configuration ok"), "serve --check-config (backend = cuda, a "
-                      "CUDA build): exit %d: %s%s", r.rc, r.out, r.err);
-                run_free(&r);
+                struct run rk = run_cmd(k);
+                CHECK(rk.rc == 0 && strstr(rk.out, "configuration ok"), "serve --check-config (backend = cuda, a "
+                      "CUDA build): exit %d: %s%s", rk.rc, rk.out, rk.err);
+                run_free(&rk);
             } else {
                 expect(k, 1, want, "serve --config --check-config (backend = cuda)");
             }

@@ -1429,8 +1429,8 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         return moe_errorf(MOE_EFORMAT, "ModelInferRequest: malformed protobuf message (%zu bytes)",
                           len);
     enum moe_status st = MOE_OK;
-    /* Too long to hold is refused, never dropped: an empty model would match
-     * any model, and a lost id would not be echoed. */
+    /* Too long to hold is refused, never cut or dropped: the name is matched
+     * whole against the model served, and a lost id would not be echoed. */
     if (m->model_name && strlen(m->model_name) >= sizeof(out->model)) {
         st = moe_errorf(MOE_EINVAL, "model_name must be at most %zu bytes (got %zu)", sizeof(out->model) - 1,
                         strlen(m->model_name));
@@ -1446,8 +1446,7 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
                         "GET /v1/models)");
         goto out;
     }
-    if (m->model_name)
-        strcpy(out->model, m->model_name);
+    strcpy(out->model, m->model_name);
     if (m->id)
         strcpy(out->id, m->id);
     if (m->n_raw_input_contents && m->n_raw_input_contents != m->n_inputs) {

@@ -167,13 +167,6 @@ bool moe_offload_have_cuda(void)
 
 const char *moe_offload_backend_help(void) { return BACKEND_HELP; }
 
-enum moe_status moe_offload_backend_built(const struct moe_offload_opts *o)
-{
-    if (o->backend != MOE_COMPUTE_CUDA || moe_offload_have_cuda()) return MOE_OK;
-    return moe_errorf(MOE_ENOTSUP, "--backend cuda: this build has no CUDA backend: rebuild with -DMOEFLOW_CUDA=ON "
-                      "on a machine with nvcc (or use --backend cpu)");
-}
-
 const char *moe_offload_predictor_spec(const struct moe_offload_opts *o)
 {
     if (o->predictor) return o->predictor;
@@ -414,7 +407,8 @@ enum moe_status moe_offload_runtime_create(const struct moe_model *m,
 #ifdef MOEFLOW_HAVE_CUDA
     return cuda_runtime_create(m, o, be, prov);
 #else
-    return moe_offload_backend_built(o);
+    return moe_errorf(MOE_ENOTSUP, "--backend cuda: this build has no CUDA backend: rebuild with -DMOEFLOW_CUDA=ON "
+                      "on a machine with nvcc (or use --backend cpu)");
 #endif
 }
 

@@ -120,9 +120,6 @@ const char *moe_offload_predictor_help(void);
 const char *moe_offload_backend_help(void);
 /* True when this build has the CUDA backend. */
 bool moe_offload_have_cuda(void);
-/* MOE_ENOTSUP with the message saying how to rebuild when o asks for --backend cuda and
- * this build has none (what moe_offload_runtime_create fails with), else MOE_OK. */
-enum moe_status moe_offload_backend_built(const struct moe_offload_opts *o);
 
 /* Build the provider: *out NULL (and MOE_OK) means all-resident, the engine's
  * default.  Without --gpu-experts/--gpu-cache-bytes the device tier holds

@@ -222,7 +222,7 @@ const char *moe_offload_help(void)
         "the device tier is the GPU's memory):\n"
         STORE_HELP
         "  --gpu-experts N         device-tier expert slots (>= top_k; default: every expert)\n"
-        "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G suffix; an expert takes\n"
+        "  --gpu-cache-bytes B     device tier size in bytes instead (K/M/G/T suffix; an expert takes\n"
         "                          its BF16 size when stored in BF16 or FP8, else its F32 size on the\n"
         "                          cpu backend; moeflow info shows it)\n"
         BELOW_DEVICE_HELP;

@@ -29,6 +29,7 @@ struct rq {
     int n_prefilled;           /* prompt tokens in the KV cache */
     int n_cached;              /* prompt tokens taken from a cached prefix at admission */
     int n_chunks;              /* prompt chunks computed */
+    uint64_t chunk_step;       /* s->steps when it last got a prompt chunk, or was admitted */
     int64_t need;              /* n_prompt + max_tokens: tokens-in-flight charge */
     int64_t held;              /* the first of n choices: room held for those not yet submitted */
     struct moe_gen_params g;
@@ -410,6 +411,7 @@ static void admit(struct moe_sched *s)
         best->slot = slot;
         best->state = RQ_PREFILL;
         best->n_prefilled = best->n_cached = keep;
+        best->chunk_step = s->st.steps;
         s->st.prefix_hit_tokens += (uint64_t)keep;
         s->st.prompt_tokens += (uint64_t)keep;
         s->active[s->n_active++] = best;
@@ -924,6 +926,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         }
         pf->n_prefilled += chunk;
         pf->n_chunks++;
+        pf->chunk_step = s->st.steps;
         if (pf->n_prefilled == pf->n_prompt && pf->state == RQ_PREFILL) {
             if (pf->g.max_tokens == 0) { /* the prompt's log-probabilities only */
                 rq_finish(s, pf, MOE_FINISH_LENGTH, MOE_OK, "");
@@ -1071,6 +1074,17 @@ static void step_regroup(struct moe_sched *s, int nd, int np, int ng, int n_mb)
     }
 }
 
+/* Prompt chunk order (s->mu held): a goes before b, which was admitted before it (else equal ones keep
+ * admission order). */
+static bool prefill_before(const struct moe_sched *s, const struct rq *a, const struct rq *b)
+{
+    uint64_t lim = (uint64_t)s->p.aging_steps;
+    bool a_over = s->st.steps - a->chunk_step >= lim, b_over = s->st.steps - b->chunk_step >= lim;
+    if (a_over || b_over)
+        return a_over && (!b_over || a->chunk_step < b->chunk_step);
+    return a->n_chunks < b->n_chunks;
+}
+
 enum moe_status moe_sched_step(struct moe_sched *s)
 {
     pthread_mutex_lock(&s->mu);
@@ -1085,11 +1099,14 @@ enum moe_status moe_sched_step(struct moe_sched *s)
             s->pre[np++] = r;
     }
     /* prompt chunks go round-robin: fewest chunks received first, then
-     * admission order, so a short prompt never waits for a long one */
+     * admission order, so a short prompt never waits for a long one; but a
+     * prompt passed over aging_steps steps in a row goes first (the longest
+     * passed over first), so a stream of new short prompts, each with fewer
+     * chunks, cannot starve a long one */
     for (int i = 1; i < np; i++) {
         struct rq *r = s->pre[i];
         int j = i;
-        for (; j > 0 && s->pre[j - 1]->n_chunks > r->n_chunks; j--)
+        for (; j > 0 && prefill_before(s, r, s->pre[j - 1]); j--)
             s->pre[j] = s->pre[j - 1];
         s->pre[j] = r;
     }

@@ -64,7 +64,8 @@ struct moe_sched_params {
     enum moe_grouping grouping;
     /* Additions (all optional; zero = default). */
     int aging_steps;          /* a waiting request gains one priority level per this many
-                                 steps waited (0 = 64): no request starves */
+                                 steps waited (0 = 64), and a prompt passed over this many steps
+                                 in a row gets the next prompt chunk: no request starves */
     float regroup_lag;        /* regroup: tokens a sequence may fall behind its fair share
                                  while others that fit a micro-batch better run (0 = 2);
                                  -1 = strict steps: each sequence once per step, the step's

@@ -49,7 +49,8 @@ static const struct moe_serve_opt opts[] = {
     { "grouping", MOE_OPT_STRING, OFF(grouping), SZ(grouping), "fcfs", 0, 0,
       "micro-batch grouping: fcfs or regroup (token regrouping by experts)", 0 },
     { "aging-steps", MOE_OPT_INT, OFF(aging_steps), 0, "0", 0, 1 << 20,
-      "a waiting request gains one priority level per this many steps (0 = 64)", 0 },
+      "a waiting request gains one priority level per this many steps, and a prompt passed over this "
+      "many steps in a row gets the next prompt chunk (0 = 64)", 0 },
     { "lookahead", MOE_OPT_INT, OFF(lookahead), 0, "1", 0, 64,
       "micro-batches ahead whose predicted experts are prefetched (0 = none)", 0 },
     { "prefix-cache", MOE_OPT_INT, OFF(prefix_cache), 0, "1", 0, 1,

@@ -665,6 +665,49 @@ static void test_priority(void)
     moe_sched_destroy(s);
 }
 
+/* Prompt chunks: a long prompt is not starved by a stream of short ones that each start with fewer chunks
+ * received (one chunk per step here: max_running = micro_batch); passed over aging_steps steps in a row, it
+ * goes first, and it decodes as alone. */
+static void test_prefill_starvation(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 4, .aging_steps = 4,
+                                  .max_queued = 1000, .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req lng, shrt[200];
+    memset(&lng, 0, sizeof(lng));
+    memset(shrt, 0, sizeof(shrt));
+    int lp[40], want[2];
+    memcpy(lp, prompt_of(40, 99), sizeof(lp));
+    struct moe_gen_params g = gen(2);
+    REQUIRE(moe_sched_submit(s, lp, 40, &g, &sc_events, &lng, &lng.id) == MOE_OK, "submit long: %s",
+            moe_last_error());
+    g = gen(1);
+    int done_at = -1;
+    for (int i = 0; i < 200 && done_at < 0; i++) {
+        REQUIRE(moe_sched_submit(s, prompt_of(4, i), 4, &g, &sc_events, &shrt[i], &shrt[i].id) == MOE_OK,
+                "submit short %d: %s", i, moe_last_error());
+        moe_sched_step(s);
+        if (lng.n_done)
+            done_at = i;
+    }
+    /* 10 chunks, each at most aging_steps + 1 steps apart, then one decode step */
+    CHECK(done_at >= 0 && done_at < 60, "a 10-chunk prompt among 1-chunk ones finished at step %d (want < 60)",
+          done_at);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    CHECK(lng.n_done == 1 && lng.why == MOE_FINISH_LENGTH && lng.n_tokens == 2 &&
+          fb_reference(lp, 40, 2, true, want) == 2 && !memcmp(lng.tokens, want, sizeof(want)),
+          "long prompt: done %d, %s, %d tokens", lng.n_done, moe_finish_str(lng.why), lng.n_tokens);
+    for (int i = 0; i < 200 && shrt[i].id; i++)
+        CHECK(shrt[i].n_done == 1 && shrt[i].why == MOE_FINISH_LENGTH && shrt[i].n_tokens == 1,
+              "short %d: done %d, %s, %d tokens", i, shrt[i].n_done, moe_finish_str(shrt[i].why), shrt[i].n_tokens);
+    check_accounting(s, "prefill starvation");
+    moe_sched_destroy(s);
+}
+
 /* Drain with a short timeout cancels what is left, each once; destroy ends
  * queued requests of a never-started scheduler. */
 static void test_drain_destroy(void)
@@ -724,6 +767,7 @@ int main(void)
     test_device_failure();
     test_events_nomem();
     test_priority();
+    test_prefill_starvation();
     test_drain_destroy();
     return t_result("test_sched_limits");
 }

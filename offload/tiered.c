@@ -46,6 +46,7 @@ struct job {
     uint32_t dgen;
     int hslot;
     bool read;                /* fill the host slot from the lowest tier first */
+    bool reread;              /* a host hit whose record's last read failed: the worker reads it again */
 };
 
 struct pin { int layer, key; };
@@ -97,6 +98,8 @@ struct tiered {
     struct moe_read *reads;
 
     struct moe_offload_stats st;
+    uint64_t host_rereads;    /* host-tier hits the worker found failed and read again (under mu): the
+                                 host cache counted them as hits, stats count them as the misses they were */
     struct moe_reader_stats rstats; /* the reader's counters after its last batch (under mu): the
                                        reader itself is the worker's alone */
 };
@@ -218,7 +221,7 @@ static void *worker_main(void *arg)
             struct job *j = &t->batch[i];
             const struct hslot *h = &t->hs[j->hslot]; /* written by this thread only */
             if (!j->read && h->key == j->key && h->state == SLOT_FAILED)
-                j->read = true; /* its last read failed: read it again (the store may be mended) */
+                j->read = j->reread = true; /* its last read failed: read it again (the store may be mended) */
             if (!j->read) continue;
             uint8_t *dst = t->host_mem + (size_t)j->hslot * t->stride;
             if (t->store) {
@@ -281,6 +284,7 @@ static void *worker_main(void *arg)
                 t->st.disk_reads++;
                 t->st.host.bytes += t->rec_bytes;
             }
+            if (j->reread) t->host_rereads++;
             pthread_mutex_unlock(&t->mu);
             enum moe_status up = MOE_OK;
             if (current && host_ok) up = fill_slot(t, src, t->dev_mem + (size_t)j->dslot * t->dev_slot_bytes);
@@ -766,8 +770,10 @@ bool moe_provider_tiered_stats(const struct moe_provider *p, struct moe_offload_
     out->device.prefetches = cs.prefetches;
     out->device.prefetch_hits = cs.prefetch_hits;
     moe_cache_get_stats(t->host, &cs);
-    out->host.hits = cs.hits;
-    out->host.misses = cs.misses;
+    /* a host hit only when the record was in host memory and whole: a hit on a record whose last read
+     * failed was read again, a miss (every reread job came from a counted hit, so hits >= rereads) */
+    out->host.hits = cs.hits - t->host_rereads;
+    out->host.misses = cs.misses + t->host_rereads;
     out->host.evictions = cs.evictions;
     if (t->reader) {
         const struct moe_reader_stats rs = t->rstats;

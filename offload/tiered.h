@@ -72,7 +72,9 @@ struct moe_tier_stats {
 
 struct moe_offload_stats {
     struct moe_tier_stats device; /* device slots: bytes = bytes written into slots */
-    struct moe_tier_stats host;   /* host pool: bytes = bytes read from the store / safetensors */
+    struct moe_tier_stats host;   /* host pool: bytes = bytes read from the store / safetensors; a hit
+                                     is a load whose record was in host memory and whole (one whose
+                                     last read failed is read again: a miss) */
     uint64_t disk_reads;          /* records read from the lowest tier */
     uint64_t fallbacks;           /* 1 when the reader fell back to buffered pread */
     uint64_t checksum_failures;   /* records that failed their xxh3 check */

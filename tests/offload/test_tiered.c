@@ -379,7 +379,8 @@ static void check_shared_transfer(const struct moe_model *m, const char *store)
 
 /* A read from the store that fails (the file cut short after it was opened) moves no bytes: the
  * host tier's bytes and the disk reads count only records that arrived, so once the file is whole
- * again the record read anew counts once; and the access that reads it anew is a miss. */
+ * again the record read anew counts once; and the access that reads it anew is a miss, in the host
+ * tier too when the failed record stayed there after its device slot was evicted. */
 static void check_failed_read_counts(const struct moe_model *m, const char *dir)
 {
     const struct moe_config *c = &m->cfg;
@@ -391,7 +392,7 @@ static void check_failed_read_counts(const struct moe_model *m, const char *dir)
     char *whole;
     size_t len;
     REQUIRE(moe_read_file(store, &whole, &len, 1ull << 32) == MOE_OK, "%s", moe_last_error());
-    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = 2,
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = c->top_k + 2,
                                     .numa_node = -1 };
     struct moe_provider *p = moe_provider_tiered_create(m, &tp);
     REQUIRE(p, "%s", moe_last_error());
@@ -442,6 +443,40 @@ static void check_failed_read_counts(const struct moe_model *m, const char *dir)
           (unsigned long long)(os.device.prefetch_hits - before.device.prefetch_hits),
           (unsigned long long)(os.host.misses - before.host.misses),
           (unsigned long long)(os.host.hits - before.host.hits), (unsigned long long)os.disk_reads);
+    /* a prefetch whose read fails, then an acquire of top_k other experts evicts its failed device slot
+     * while the host tier (room for them all) keeps the failed record: the next access of the expert
+     * misses the device tier and reads the record again, so it is a host miss too, not a host hit */
+    REQUIRE(truncate(store, (off_t)data) == 0, "truncate");
+    id = 2;
+    p->ops->prefetch(p->self, l0, 1, &id, NULL, 1);
+    moe_provider_tiered_drain(p);
+    moe_provider_tiered_stats(p, &os);
+    REQUIRE(os.disk_reads == 2, "the second failing prefetch: %llu reads", (unsigned long long)os.disk_reads);
+    f = fopen(store, "r+");
+    REQUIRE(f && fwrite(whole, 1, len, f) == len && fclose(f) == 0, "rewrite %s", store);
+    int others[64];
+    struct moe_expert_ref refs[64];
+    for (int j = 0, e = 0; j < c->top_k; e++)
+        if (e != id) others[j++] = e;
+    before = os;
+    REQUIRE(p->ops->acquire(p->self, l0, c->top_k, others, refs) == MOE_OK, "the other experts: %s",
+            moe_last_error());
+    p->ops->release(p->self, l0);
+    moe_provider_tiered_stats(p, &os);
+    REQUIRE(os.device.evictions > before.device.evictions, "the failed prefetch's device slot was not evicted");
+    before = os;
+    REQUIRE(p->ops->acquire(p->self, l0, 1, &id, &a) == MOE_OK, "after its slot was evicted: %s", moe_last_error());
+    p->ops->release(p->self, l0);
+    moe_provider_tiered_stats(p, &os);
+    CHECK(os.device.misses == before.device.misses + 1 && os.host.misses == before.host.misses + 1 &&
+          os.host.hits == before.host.hits && os.disk_reads == before.disk_reads + 1 &&
+          os.host.bytes == before.host.bytes + rec,
+          "a failed record left in the host tier, read again: device +%llu misses, host +%llu misses +%llu hits, "
+          "+%llu reads, +%llu bytes (record %llu)", (unsigned long long)(os.device.misses - before.device.misses),
+          (unsigned long long)(os.host.misses - before.host.misses),
+          (unsigned long long)(os.host.hits - before.host.hits),
+          (unsigned long long)(os.disk_reads - before.disk_reads),
+          (unsigned long long)(os.host.bytes - before.host.bytes), (unsigned long long)rec);
     moe_provider_destroy(p);
     free(whole);
     unlink(store);

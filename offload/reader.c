@@ -298,10 +298,10 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
                 continue;
             } else {
                 r->done[i] += (uint32_t)res;
-                r->st.bytes += (uint64_t)res;
-                if (r->done[i] >= q->len) {
+                if (r->done[i] >= q->len) { /* counted whole: a read that fails later moved no record */
                     q->st = MOE_OK;
                     r->st.reads++;
+                    r->st.bytes += r->done[i];
                     continue;
                 }
                 r->st.continuations++;

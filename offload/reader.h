@@ -35,7 +35,8 @@ struct moe_reader_params {
 
 struct moe_reader_stats {
     uint64_t reads;           /* requests completed */
-    uint64_t bytes;           /* bytes read */
+    uint64_t bytes;           /* bytes of the requests completed (a request that fails counts none of
+                                 the bytes its earlier short reads got) */
     uint64_t continuations;   /* short reads continued */
     uint64_t retries;         /* -EAGAIN / -EINTR resubmissions */
     uint64_t cq_full;         /* submissions deferred because the completion queue was full */

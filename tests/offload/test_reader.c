@@ -1,8 +1,9 @@
 /* Store reader: batches larger than the queue depth, continued short reads,
  * forced and automatic fallback to buffered pread (tmpfs may refuse
- * O_DIRECT), a failing read that fails only its own request, a batch without
- * memory for its bookkeeping that fails each of its reads, and every record's
- * checksum through each path. */
+ * O_DIRECT), a failing read that fails only its own request and counts none
+ * of the bytes it got before it failed, a batch without memory for its
+ * bookkeeping that fails each of its reads, and every record's checksum
+ * through each path. */
 #include "../../offload/reader.h"
 #include "offload_test_common.h"
 
@@ -66,6 +67,39 @@ static void check_reads(const char *store_path, const struct moe_reader_params *
     free(q);
     moe_reader_close(r);
     moe_store_close(s);
+}
+
+/* A read that gets part of its bytes (a short read at the end of the file) and then fails counts none of
+ * them: the reader's bytes are those of the requests completed, as its reads are. */
+static void check_partial_failure(const char *dir, const struct moe_reader_params *rp, const char *what)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/three-pages.bin", dir);
+    FILE *f = fopen(path, "wb");
+    static char page[4096];
+    memset(page, 0x5a, sizeof(page));
+    REQUIRE(f && fwrite(page, 1, 4096, f) == 4096 && fwrite(page, 1, 4096, f) == 4096 &&
+                fwrite(page, 1, 4096, f) == 4096 && fclose(f) == 0,
+            "write %s", path);
+    struct moe_reader *r = moe_reader_open(path, rp);
+    REQUIRE(r, "%s: %s", what, moe_last_error());
+    void *buf[2];
+    for (int b = 0; b < 2; b++) REQUIRE(posix_memalign(&buf[b], 4096, 8192) == 0, "alloc");
+    /* the second read's first half is the file's last page, its second half past the end */
+    struct moe_read q[2] = { { .offset = 0, .len = 8192, .buf = buf[0], .buf_index = -1 },
+                             { .offset = 8192, .len = 8192, .buf = buf[1], .buf_index = -1 } };
+    enum moe_status st = moe_reader_read(r, q, 2);
+    struct moe_reader_stats rs;
+    moe_reader_get_stats(r, &rs);
+    CHECK(st == MOE_EIO && q[0].st == MOE_OK && q[1].st == MOE_EIO && strstr(q[1].msg, "end of file"),
+          "%s: batch %d, reads %d and %d (%s)", what, st, q[0].st, q[1].st, q[1].msg);
+    CHECK(rs.reads == 1 && rs.bytes == 8192, "%s: %llu reads, %llu bytes counted (the completed read's 8192)", what,
+          (unsigned long long)rs.reads, (unsigned long long)rs.bytes);
+    printf("%-28s reads %llu bytes %llu %s%s\n", what, (unsigned long long)rs.reads, (unsigned long long)rs.bytes,
+           rs.io_uring ? "io_uring" : "pread", rs.direct ? " O_DIRECT" : "");
+    for (int b = 0; b < 2; b++) free(buf[b]);
+    moe_reader_close(r);
+    unlink(path);
 }
 
 /* A submit interrupted or refused (EINTR, EAGAIN, EBUSY) before it took anything, when every read of
@@ -178,6 +212,10 @@ int main(void)
             snprintf(what, sizeof(what), "%s submit %s, retried", bases[b], strerror(errs[k]));
             check_submit_retry(store, errs[k], what);
         }
+        snprintf(what, sizeof(what), "%s partial read fails", bases[b]);
+        check_partial_failure(dir, &(struct moe_reader_params){ .queue_depth = 4 }, what);
+        snprintf(what, sizeof(what), "%s partial pread fails", bases[b]);
+        check_partial_failure(dir, &(struct moe_reader_params){ .no_io_uring = true }, what);
         snprintf(what, sizeof(what), "%s scratch out of memory", bases[b]);
         check_scratch_nomem(store, what);
         snprintf(what, sizeof(what), "%s pread EAGAIN every 2", bases[b]);

@@ -59,7 +59,8 @@ static void usage(FILE *f)
         "  -h, --help            this help\n"
         "\n"
         "A hit is an acquire that needs no new transfer (the expert is resident or already on its\n"
-        "way); transfers count demand fetches and prefetches.  Timeline: one serial link; prefetches\n"
+        "way); transfers count demand fetches and prefetches; bytes moved = transfers x bytes per\n"
+        "expert (--expert-bytes, or this model's).  Timeline: one serial link; prefetches\n"
         "start in order of need when the link is free; a miss is fetched next, before any queued\n"
         "prefetch; a layer computes once its experts have landed; stall = time compute waited.\n",
         moe_offload_backend_help());
@@ -349,6 +350,7 @@ int moe_cmd_replay(int argc, char **argv)
         printf("hit rate            %.4f   (belady %.4f)\n", hr, bhr);
         printf("transfers / token   %.3f   (belady %.3f)\n", steps > 0 ? (double)r.transfers / steps : 0,
                steps > 0 ? (double)b.transfers / steps : 0);
+        printf("bytes moved         %llu (%.3f GB)\n", (unsigned long long)bytes_moved, (double)bytes_moved / 1e9);
         printf("useful prefetches   %llu / %llu (%.3f)\n", (unsigned long long)r.prefetch_useful,
                (unsigned long long)r.prefetches, useful);
         if (link > 0) {

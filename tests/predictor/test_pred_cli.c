@@ -232,6 +232,17 @@ int main(void)
     char first[sizeof out];
     memcpy(first, out, sizeof out);
     CHECK(run(a) == 0 && !strcmp(first, out), "replay not deterministic:\n%s\n%s", first, out);
+    /* the text output prints the bytes moved, the figure of --json's bytes_moved */
+    {
+        const char *bj = strstr(first, "\"bytes_moved\":");
+        unsigned long long json_b = bj ? strtoull(bj + strlen("\"bytes_moved\":"), NULL, 10) : 0;
+        a[strlen(a) - strlen(" --json")] = 0;
+        CHECK(run_stdout(a, out, sizeof out) == 0, "replay text failed: %s", out);
+        const char *bt = strstr(out, "\nbytes moved ");
+        unsigned long long text_b = bt ? strtoull(bt + strlen("\nbytes moved "), NULL, 10) : 0;
+        CHECK(bj && bt && json_b > 0 && text_b == json_b, "replay bytes moved: text %llu, json %llu:\n%s", text_b,
+              json_b, out);
+    }
     CHECK(run("replay --text x --capacity 4 --policy bogus --predictor none") == 2 && strstr(out, "--policy"),
           "bad policy: %s", out);
     CHECK(run("replay --text x --policy lru --predictor none") == 2, "missing capacity accepted: %s", out);

@@ -272,8 +272,7 @@ static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_of
         if (st) return st;
         /* the future of this very run: the model's shape, top_k and MoE layers (every access of a
          * trace of another shape is one the run never makes, and the run's are missing from it) */
-        bool same_moe = tr->info.layers == c->n_layers && tr->info.n_moe == n_moe;
-        for (int i = 0; same_moe && i < tr->info.n_moe; i++) same_moe = c->is_moe[tr->info.moe_layers[i]];
+        bool same_moe = moe_trace_layers_match(&tr->info, c);
         if (tr->info.experts != c->n_experts || tr->info.layers != c->n_layers || tr->info.top_k != c->top_k ||
             !same_moe) {
             st = moe_errorf(MOE_EINVAL, "%s: trace is for %d layers (%d MoE) x %d experts, top-%d; the model has "

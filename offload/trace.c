@@ -312,6 +312,36 @@ enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n)
     return MOE_OK;
 }
 
+bool moe_trace_layers_match(const struct moe_trace_info *in, const struct moe_config *c)
+{
+    if (in->layers != c->n_layers || in->n_moe != moe_config_n_moe(c)) return false;
+    for (int i = 0; i < in->n_moe; i++)
+        if (!c->is_moe[in->moe_layers[i]]) return false;
+    return true;
+}
+
+void moe_trace_layers_str(const int *layers, int n, char *buf, size_t cap)
+{
+    if (!cap) return;
+    size_t len = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j + 1 < n && layers[j + 1] == layers[j] + 1) j++;
+        char part[32];
+        int w = j > i ? snprintf(part, sizeof(part), "%s%d-%d", i ? "," : "", layers[i], layers[j])
+                      : snprintf(part, sizeof(part), "%s%d", i ? "," : "", layers[i]);
+        if (len + (size_t)w + (j + 1 < n ? 4 : 0) >= cap) { /* after a part that is not the last, room
+                                                              stays for ",..." */
+            snprintf(buf + len, cap - len, "%s", i ? ",..." : "...");
+            return;
+        }
+        memcpy(buf + len, part, (size_t)w + 1);
+        len += (size_t)w;
+        i = j + 1;
+    }
+}
+
 struct moe_trace_writer {
     FILE *f;
     char path[4096];               /* where the trace goes on a successful close */

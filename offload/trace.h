@@ -59,6 +59,12 @@ void moe_trace_layer_order(const struct moe_trace *t, size_t i, int li, int *out
  * experts by moe_trace_layer_order) as cache keys layer * experts + expert.  *keys malloc'd. */
 enum moe_status moe_trace_keys(const struct moe_trace *t, int **keys, size_t *n);
 
+/* Whether a trace was recorded with a model of c's layer layout: as many decoder layers, and its MoE
+ * layers at the same indices (the counts of experts and top_k are the caller's to compare). */
+bool moe_trace_layers_match(const struct moe_trace_info *in, const struct moe_config *c);
+/* Ascending layer indices as ranges ("0-2,5,7-9") into buf, cut short with "..." to fit cap. */
+void moe_trace_layers_str(const int *layers, int n, char *buf, size_t cap);
+
 /* The writer writes a new PATH.tmp.* file and renames it to PATH on a successful close, so
  * a failed or interrupted run never leaves a partial trace that reads as a
  * whole one (an existing PATH stays as it was). */

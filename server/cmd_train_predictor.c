@@ -27,7 +27,8 @@ static void usage(FILE *f)
         "--val-frac of the samples held out, the best held-out epoch kept (early stopping).\n"
         "\n"
         "  --model DIR           model the trace was recorded with (default: the bundled model)\n"
-        "  --trace FILE          routing trace (moeflow trace)\n"
+        "  --trace FILE          routing trace (moeflow trace) recorded with the model: its decoder\n"
+        "                        and MoE layers, experts and top_k must be the model's\n"
         "  --text FILE           or: route this text with the engine first (prefill, --seq-len)\n"
         "  --seq-len N           tokens per sequence with --text (default 512)\n"
         "  --out FILE            predictor file to write (safetensors)\n"
@@ -179,6 +180,22 @@ int moe_cmd_train_predictor(int argc, char **argv)
                     "top-%d (record the trace with this model)\n",
                     trace_path, tr->info.n_moe, tr->info.experts, tr->info.top_k, model_dir, n_moe, cfg->n_experts,
                     cfg->top_k);
+            goto out;
+        }
+        if (!moe_trace_layers_match(&tr->info, cfg)) {
+            /* the same counts, other layers: the heads of MoE layer i would learn another decoder layer's
+             * routing (a model with dense layers first numbers its MoE layers from there) */
+            int ml[MOE_MAX_LAYERS], nm = 0;
+            for (int l = 0; l < cfg->n_layers; l++)
+                if (cfg->is_moe[l]) ml[nm++] = l;
+            char tl[256], mlist[256];
+            moe_trace_layers_str(tr->info.moe_layers, tr->info.n_moe, tl, sizeof tl);
+            moe_trace_layers_str(ml, nm, mlist, sizeof mlist);
+            fprintf(stderr,
+                    "moeflow train-predictor: %s was recorded with MoE layers at decoder layers %s of %d (model "
+                    "%s); the model %s has them at %s of %d: give --model the model the trace was recorded with, "
+                    "or record the trace with this one (moeflow trace --model %s)\n",
+                    trace_path, tl, tr->info.layers, tr->info.model, model_dir, mlist, cfg->n_layers, model_dir);
             goto out;
         }
         if (moe_path_model_other_model(tr->info.model, model_dir)) {

@@ -124,6 +124,32 @@ static void flip_byte(const char *path, uint64_t off)
     close(fd);
 }
 
+/* A trace matches a model's layers only with as many decoder layers and its MoE layers at the same
+ * indices (a model with dense layers first has them further on); the layers print as ranges. */
+static void check_layers_match(void)
+{
+    static struct moe_config c; /* 3 decoder layers, the first dense */
+    c.n_layers = 3;
+    c.is_moe[1] = c.is_moe[2] = true;
+    struct moe_trace_info in = { .layers = 3, .n_moe = 2, .moe_layers = { 1, 2 } };
+    CHECK(moe_trace_layers_match(&in, &c), "MoE layers 1-2 of 3 refused");
+    in.moe_layers[0] = 0;
+    in.moe_layers[1] = 1;
+    CHECK(!moe_trace_layers_match(&in, &c), "MoE layers 0-1 of 3 taken for 1-2");
+    in = (struct moe_trace_info){ .layers = 4, .n_moe = 2, .moe_layers = { 1, 2 } };
+    CHECK(!moe_trace_layers_match(&in, &c), "4 decoder layers taken for 3");
+    in = (struct moe_trace_info){ .layers = 3, .n_moe = 1, .moe_layers = { 1 } };
+    CHECK(!moe_trace_layers_match(&in, &c), "one MoE layer taken for two");
+    const int l[] = { 0, 1, 2, 5, 7, 8, 9 };
+    char b[64];
+    moe_trace_layers_str(l, 7, b, sizeof b);
+    CHECK(!strcmp(b, "0-2,5,7-9"), "layers as ranges: '%s'", b);
+    moe_trace_layers_str(l, 7, b, 8);
+    CHECK(!strcmp(b, "0-2,..."), "layers cut to 8 bytes: '%s'", b);
+    moe_trace_layers_str(l, 0, b, sizeof b);
+    CHECK(!strcmp(b, ""), "no layers: '%s'", b);
+}
+
 #define HDR "{\"format\":\"moeflow-trace\",\"version\":1,\"model\":\"x\",\"layers\":2,\"experts\":4,\"top_k\":2,\"moe_layers\":[0,1]}\n"
 
 int main(void)
@@ -479,6 +505,7 @@ int main(void)
         moe_trace_free(t);
     }
 
+    check_layers_match();
     t_tmp_remove(dir);
     return t_result("test_cli");
 }

@@ -136,6 +136,24 @@ static void check_other_model(void)
     CHECK(run(a) == 0 && !strstr(out, "recorded with"), "the model's own trace warned: %s", out);
 }
 
+/* a trace of a model with as many MoE layers, experts and top_k, but its MoE layers at other decoder
+ * layers (dense layers first), is refused with both layouts and what to do */
+static void check_other_layers(void)
+{
+    char a[2048], tf[300];
+    snprintf(tf, sizeof tf, "%s/layers.jsonl", dir);
+    REQUIRE(copy_replacing(trace, tf, "\"layers\":8,\"experts\":32,\"top_k\":4,\"moe_layers\":[0,1,2,3,4,5,6,7]",
+                           "\"layers\":9,\"experts\":32,\"top_k\":4,\"moe_layers\":[1,2,3,4,5,6,7,8]"),
+            "copy of %s", trace);
+    snprintf(a, sizeof a, "train-predictor --trace %s --out %s/l.safetensors --epochs 1 --width 8 --quiet", tf, dir);
+    int rc = run(a);
+    CHECK(rc == 1 && strstr(out, "MoE layers at decoder layers 1-8 of 9") && strstr(out, "has them at 0-7 of 8") &&
+              strstr(out, "moeflow trace --model") && !strstr(out, "trained on"),
+          "a trace with other MoE layers: exit %d: %s", rc, out);
+    snprintf(a, sizeof a, "%s/l.safetensors", dir);
+    CHECK(access(a, F_OK) != 0, "a trace with other MoE layers: %s written", a);
+}
+
 /* a trace and a predictor file record the name of the model directory --model
  * resolves to (the format's "directory base name"), however --model spells it,
  * so that neither warns of another model when used with that model */
@@ -328,6 +346,7 @@ int main(void)
     check_train_diverges();
     check_oracle_horizon();
     check_other_model();
+    check_other_layers();
     check_recorded_model_name();
     check_route_progress();
     check_replay_warnings();

@@ -97,7 +97,10 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
 {
     memset(out, 0, sizeof(*out));
     out->depth = 3;
-    if (!s || !*s) s = "auto";
+    if (!s) s = "auto";
+    if (!*s) /* a value left empty (--predictor "$UNSET") is a mistake, not a choice of auto */
+        return moe_errorf(MOE_EINVAL, "--predictor '' is empty (use none, gate[:D], path[:FILE], history, "
+                          "path+gate[:FILE] or auto)");
     const char *colon = strchr(s, ':');
     size_t nlen = colon ? (size_t)(colon - s) : strlen(s);
     const char *arg = colon ? colon + 1 : NULL;

@@ -55,5 +55,23 @@ int main(void)
 #ifdef TEST_SERVER
     expect("serve --check-config --no-io-uring=1", "moeflow serve: --no-io-uring takes no value\n");
 #endif
+
+    /* an empty --predictor (a variable left unset) is refused as generate refuses it, not taken for auto */
+    static const char *const pred_cmds[] = {
+        "eval-predictor --text t.txt --predictor ''",
+        "replay --text t.txt --policy lru --capacity 8 --predictor ''",
+        ("bench batch --prompts p.txt --concurrency 1 --micro-batch 1 --max-tokens 1 --grouping fcfs --capacity 8 "
+         "--predictor ''"),
+#ifdef TEST_SERVER
+        "serve --check-config --predictor ''",
+#endif
+    };
+    for (size_t i = 0; i < sizeof(pred_cmds) / sizeof(pred_cmds[0]); i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)(strstr(pred_cmds[i], " --") - pred_cmds[i]), pred_cmds[i]);
+        snprintf(want, sizeof(want), "moeflow %s: --predictor '' is empty (use none, gate[:D], path[:FILE], history, "
+                 "path+gate[:FILE] or auto)\n", name);
+        expect(pred_cmds[i], want);
+    }
     return t_result("test_cli_options");
 }

@@ -129,7 +129,7 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap);
 int moe_tmp_commit(const char *tmp, const char *path);
 /* Remove tmp, an output given up. */
 void moe_tmp_discard(const char *tmp);
-/* From now on SIGINT, SIGTERM or SIGHUP (unless ignored already) removes every
+/* From now on SIGINT, SIGTERM, SIGHUP or SIGPIPE (unless ignored already) removes every
  * file of moe_create_tmp not committed or discarded, then ends the process as
  * the signal would. */
 void moe_tmp_remove_on_signals(void);

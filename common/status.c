@@ -214,8 +214,10 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
 enum { TMP_FREE, TMP_BUSY, TMP_LIVE };
 static char tmp_names[TMP_SLOTS][4200];
 static _Atomic int tmp_state[TMP_SLOTS];
-/* the signals that end a command; moe_create_tmp holds them off while it registers */
-static const int ending_signals[] = { SIGINT, SIGTERM, SIGHUP };
+/* the signals that end a command; moe_create_tmp holds them off while it registers.  SIGPIPE
+ * too: a progress line written to a reader that went away (moeflow pack 2>&1 | head -1) ends
+ * the command as it would have anyway, but without its output's work file left behind */
+static const int ending_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGPIPE };
 
 static void tmp_remember(const char *tmp)
 {

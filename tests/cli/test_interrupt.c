@@ -1,6 +1,7 @@
 /* An interrupted command leaves no half-written output: `moeflow trace`
  * stopped by SIGTERM or SIGINT while it writes its trace ends as the signal
- * would (killed by it), and its work file beside --out is gone. */
+ * would (killed by it), and its work file beside --out is gone; so does
+ * `moeflow pack` ended by SIGPIPE. */
 #include "tests/test_util.h"
 
 #include <dirent.h>
@@ -54,6 +55,39 @@ static void interrupt_trace(const char *exe, int sig)
     rmdir(dir);
 }
 
+/* moeflow pack whose stderr is a pipe no one reads (pack 2>&1 | head -1, head gone): its first progress
+ * line raises SIGPIPE, which ends it as before, and its work file beside --out goes too. */
+static void closed_pipe_pack(const char *exe)
+{
+    char dir[] = "/tmp/moe_interrupt_XXXXXX", out[64], model[512], name[256] = "";
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(out, sizeof(out), "%s/x.moestore", dir);
+    t_path(model, sizeof(model), "models/pycode-moe-18m");
+    int fds[2];
+    REQUIRE(pipe(fds) == 0, "pipe");
+    pid_t pid = fork();
+    REQUIRE(pid >= 0, "fork");
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_DFL);
+        close(fds[0]);
+        dup2(fds[1], 2);
+        close(fds[1]);
+        execl(exe, exe, "pack", "--model", model, "--out", out, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[0]);
+    close(fds[1]);
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid, "waitpid");
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGPIPE, "pack into a closed pipe: status %#x, not SIGPIPE", st);
+    int left = count_files(dir, name, sizeof(name));
+    CHECK(left == 0, "SIGPIPE left %d file(s) in %s: %s", left, dir, name);
+    char path[600];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (left) unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     char exe[4200];
@@ -62,5 +96,6 @@ int main(void)
     REQUIRE(access(exe, X_OK) == 0, "%s not built", exe);
     interrupt_trace(exe, SIGTERM);
     interrupt_trace(exe, SIGINT);
+    closed_pipe_pack(exe);
     return t_result("test_interrupt");
 }

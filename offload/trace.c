@@ -241,6 +241,11 @@ static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace *
         st = moe_errorf(MOE_EFORMAT, "%s: empty file, not a routing trace", path);
         goto out;
     }
+    if (t->n_tokens == 0) { /* moeflow trace writes a token at least: this one was cut after its header */
+        st = moe_errorf(MOE_EFORMAT, "%s: a header and no token: the trace is cut short (record it again with "
+                        "moeflow trace)", path);
+        goto out;
+    }
     if (!(any_weights && all_weights)) {
         free(t->weights);
         t->weights = NULL;

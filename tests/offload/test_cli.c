@@ -478,6 +478,9 @@ int main(void)
         t = NULL;
     }
     expect_trace_error(dir, "\n\n", "empty");
+    /* a header alone is a trace cut short, not one of no tokens (sim would report a hit rate of 0) */
+    expect_trace_error(dir, HDR, "a header and no token");
+    expect_trace_error(dir, HDR "\n\n", "a header and no token");
     expect_trace_error(dir, "\n{\"seq\":0,\"pos\":0,\"token\":1,\"experts\":[]}\n", "format");
     /* the fuzz corpus holds these malformed cases; each is refused with its line */
     static const char *const bad_seed[][2] = {

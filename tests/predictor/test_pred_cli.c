@@ -155,11 +155,17 @@ static void check_belady_live(void)
      * refused: none of its accesses is one this run makes */
     static const char *const other[] = { "\"top_k\":2,\"moe_layers\":[0,1,2,3,4,5,6,7]",
                                          "\"top_k\":4,\"moe_layers\":[0,1,2,3,4,5,6]" };
+    static const int other_layers[] = { 8, 7 }, other_k[] = { 2, 4 };
     for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
         f = fopen(tr, "w");
         REQUIRE(f, "%s", tr);
         fprintf(f, "{\"format\":\"moeflow-trace\",\"version\":1,\"model\":\"pycode-moe-18m\",\"layers\":8,"
                    "\"experts\":32,%s}\n", other[i]);
+        /* one token of that shape: a header alone is a trace cut short */
+        fprintf(f, "{\"seq\":0,\"pos\":0,\"token\":1,\"experts\":[");
+        for (int l = 0; l < other_layers[i]; l++)
+            fprintf(f, "%s%s", l ? "," : "", other_k[i] == 2 ? "[0,1]" : "[0,1,2,3]");
+        fprintf(f, "]}\n");
         fclose(f);
         snprintf(a, sizeof a, "%s --gpu-experts 16 --policy belady --belady-trace %s", G, tr);
         CHECK(run(a) == 2 && strstr(out, "record this run's trace"), "a trace of another model (%s): %s", other[i],

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -129,6 +130,25 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap);
 int moe_tmp_commit(const char *tmp, const char *path);
 /* Remove tmp, an output given up. */
 void moe_tmp_discard(const char *tmp);
+/* A text output written whole or not at all: a path that exists and is not a
+ * regular file (a pipe, /dev/stdout) is written in place; anything else through
+ * a file of moe_create_tmp beside it, renamed over path by moe_out_close once
+ * every write succeeded, so that a failed write (a full disk) or a signal
+ * leaves an existing path as it was. */
+struct moe_out {
+    FILE *f;
+    bool direct;       /* written in place */
+    char path[4096];
+    char tmp[4200];
+};
+/* Open o for path; MOE_EIO "WHAT PATH: cannot create ..." when it cannot. */
+enum moe_status moe_out_open(struct moe_out *o, const char *what, const char *path);
+/* Flush and close o, then put it into place; on a write error MOE_EIO "WHAT PATH:
+ * write failed (...)" with the work file removed.  o->f is NULL after. */
+enum moe_status moe_out_close(struct moe_out *o, const char *what);
+/* Give o up: closed, the work file removed (a NULL o->f: nothing to do). */
+void moe_out_abort(struct moe_out *o);
+
 /* From now on SIGINT, SIGTERM, SIGHUP or SIGPIPE (unless ignored already) removes every
  * file of moe_create_tmp not committed or discarded, then ends the process as
  * the signal would. */

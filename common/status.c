@@ -292,6 +292,54 @@ void moe_tmp_discard(const char *tmp)
     tmp_forget(tmp);
 }
 
+enum moe_status moe_out_open(struct moe_out *o, const char *what, const char *path)
+{
+    memset(o, 0, sizeof(*o));
+    if ((size_t)snprintf(o->path, sizeof(o->path), "%s", path) >= sizeof(o->path))
+        return moe_errorf(MOE_EINVAL, "%s %s: path longer than %zu bytes; use a shorter one", what, path,
+                          sizeof(o->path) - 1);
+    struct stat sb;
+    o->direct = stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
+    int fd = -1;
+    if (o->direct) {
+        snprintf(o->tmp, sizeof(o->tmp), "%s", path);
+        o->f = fopen(path, "w");
+    } else if ((fd = moe_create_tmp(path, o->tmp, sizeof(o->tmp))) >= 0 && !(o->f = fdopen(fd, "w"))) {
+        int e = errno;
+        close(fd);
+        moe_tmp_discard(o->tmp);
+        errno = e;
+    }
+    if (!o->f) return moe_errorf(MOE_EIO, "%s %s: cannot create: %s", what, path, strerror(errno));
+    return MOE_OK;
+}
+
+enum moe_status moe_out_close(struct moe_out *o, const char *what)
+{
+    if (!o->f) return MOE_OK;
+    enum moe_status st = MOE_OK;
+    int err = 0;
+    errno = 0;
+    if (fflush(o->f) != 0 || ferror(o->f)) err = errno ? errno : EIO;
+    if (fclose(o->f) != 0 && !err) err = errno ? errno : EIO;
+    o->f = NULL;
+    if (err)
+        st = moe_errorf(MOE_EIO, "%s %s: write failed (%s)%s", what, o->path, strerror(err),
+                        o->direct ? "" : "; the file was left as it was");
+    else if (!o->direct && moe_tmp_commit(o->tmp, o->path) != 0)
+        st = moe_errorf(MOE_EIO, "%s %s: cannot rename %s into place: %s", what, o->path, o->tmp, strerror(errno));
+    if (st && !o->direct) moe_tmp_discard(o->tmp);
+    return st;
+}
+
+void moe_out_abort(struct moe_out *o)
+{
+    if (!o->f) return;
+    fclose(o->f);
+    o->f = NULL;
+    if (!o->direct) moe_tmp_discard(o->tmp);
+}
+
 static void on_ending_signal(int sig)
 {
     for (int i = 0; i < TMP_SLOTS; i++)

@@ -348,11 +348,7 @@ void moe_trace_layers_str(const int *layers, int n, char *buf, size_t cap)
 }
 
 struct moe_trace_writer {
-    FILE *f;
-    char path[4096];               /* where the trace goes on a successful close */
-    char tmp[4140];                /* path.tmp.*, written until then (path itself when direct) */
-    bool direct;                   /* path is an existing non-regular file (a pipe, /dev/stdout):
-                                      written in place, never renamed or removed */
+    struct moe_out out;            /* --out, written whole or not at all (in place when a pipe) */
     struct moe_trace_info info;
 };
 
@@ -363,25 +359,7 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
         moe_errorf(MOE_ENOMEM, "trace writer: out of memory");
         return NULL;
     }
-    if ((size_t)snprintf(w->path, sizeof(w->path), "%s", path) >= sizeof(w->path)) {
-        moe_errorf(MOE_EINVAL, "%s: path longer than %zu bytes; use a shorter one", path, sizeof(w->path) - 1);
-        free(w);
-        return NULL;
-    }
-    struct stat sb;
-    w->direct = stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
-    int fd = -1;
-    if (w->direct) {
-        snprintf(w->tmp, sizeof(w->tmp), "%s", path);
-        w->f = fopen(w->tmp, "w");
-    } else if ((fd = moe_create_tmp(path, w->tmp, sizeof(w->tmp))) >= 0 && !(w->f = fdopen(fd, "w"))) {
-        int e = errno;
-        close(fd);
-        moe_tmp_discard(w->tmp);
-        errno = e;
-    }
-    if (!w->f) {
-        moe_errorf(MOE_EIO, "%s: cannot create trace: %s", path, strerror(errno));
+    if (moe_out_open(&w->out, "trace", path)) {
         free(w);
         return NULL;
     }
@@ -399,8 +377,8 @@ struct moe_trace_writer *moe_trace_writer_open(const char *path, const struct mo
     if (info->expert_bytes) json_object_set_new(h, "expert_bytes", json_integer((json_int_t)info->expert_bytes));
     char *s = json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(h);
-    if (!s || fprintf(w->f, "%s\n", s) < 0) {
-        moe_errorf(s ? MOE_EIO : MOE_ENOMEM, "%s: cannot write the trace header%s", w->tmp,
+    if (!s || fprintf(w->out.f, "%s\n", s) < 0) {
+        moe_errorf(s ? MOE_EIO : MOE_ENOMEM, "%s: cannot write the trace header%s", w->out.path,
                    s ? "" : " (out of memory)");
         free(s);
         moe_trace_writer_abort(w);
@@ -419,47 +397,37 @@ enum moe_status moe_trace_writer_token(struct moe_trace_writer *w, int seq, int 
         if (!isfinite(weights[i]))
             return moe_errorf(MOE_ERANGE, "%s: token %d of sequence %d: routing weight %d of MoE layer %d is %g, "
                               "which a trace cannot hold (the model's routing produced a non-finite value)",
-                              w->path, pos, seq, i % in->top_k, in->moe_layers[i / in->top_k], (double)weights[i]);
+                              w->out.path, pos, seq, i % in->top_k, in->moe_layers[i / in->top_k],
+                              (double)weights[i]);
     errno = 0;
-    fprintf(w->f, "{\"seq\":%d,\"pos\":%d,\"token\":%d,\"experts\":[", seq, pos, token);
+    fprintf(w->out.f, "{\"seq\":%d,\"pos\":%d,\"token\":%d,\"experts\":[", seq, pos, token);
     for (int li = 0; li < in->n_moe; li++) {
-        fputs(li ? ",[" : "[", w->f);
+        fputs(li ? ",[" : "[", w->out.f);
         for (int j = 0; j < in->top_k; j++)
-            fprintf(w->f, j ? ",%d" : "%d", experts[li * in->top_k + j]);
-        fputc(']', w->f);
+            fprintf(w->out.f, j ? ",%d" : "%d", experts[li * in->top_k + j]);
+        fputc(']', w->out.f);
     }
-    fputc(']', w->f);
+    fputc(']', w->out.f);
     if (weights) {
-        fputs(",\"weights\":[", w->f);
+        fputs(",\"weights\":[", w->out.f);
         for (int li = 0; li < in->n_moe; li++) {
-            fputs(li ? ",[" : "[", w->f);
+            fputs(li ? ",[" : "[", w->out.f);
             for (int j = 0; j < in->top_k; j++)
-                fprintf(w->f, j ? ",%.6g" : "%.6g", (double)weights[li * in->top_k + j]);
-            fputc(']', w->f);
+                fprintf(w->out.f, j ? ",%.6g" : "%.6g", (double)weights[li * in->top_k + j]);
+            fputc(']', w->out.f);
         }
-        fputc(']', w->f);
+        fputc(']', w->out.f);
     }
-    fputs("}\n", w->f);
-    return ferror(w->f) ? moe_errorf(MOE_EIO, "%s: write failed: %s", w->tmp,
-                                     errno ? strerror(errno) : "stream error")
-                        : MOE_OK;
+    fputs("}\n", w->out.f);
+    return ferror(w->out.f) ? moe_errorf(MOE_EIO, "%s: write failed: %s", w->out.path,
+                                         errno ? strerror(errno) : "stream error")
+                            : MOE_OK;
 }
 
 enum moe_status moe_trace_writer_close(struct moe_trace_writer *w)
 {
     if (!w) return MOE_OK;
-    enum moe_status st = MOE_OK;
-    int err = 0;
-    errno = 0;
-    if (fflush(w->f) != 0 || ferror(w->f)) err = errno ? errno : EIO;
-    if (fclose(w->f) != 0 && !err) err = errno ? errno : EIO;
-    w->f = NULL;
-    if (err)
-        st = moe_errorf(MOE_EIO, "%s: write failed (%s)%s%s", w->tmp, strerror(err),
-                        w->direct ? "" : "; nothing written to ", w->direct ? "" : w->path);
-    else if (!w->direct && moe_tmp_commit(w->tmp, w->path) != 0)
-        st = moe_errorf(MOE_EIO, "%s: cannot rename %s into place: %s", w->path, w->tmp, strerror(errno));
-    if (st && !w->direct) moe_tmp_discard(w->tmp);
+    enum moe_status st = moe_out_close(&w->out, "trace");
     free(w);
     return st;
 }
@@ -467,7 +435,6 @@ enum moe_status moe_trace_writer_close(struct moe_trace_writer *w)
 void moe_trace_writer_abort(struct moe_trace_writer *w)
 {
     if (!w) return;
-    if (w->f) fclose(w->f);
-    if (!w->direct) moe_tmp_discard(w->tmp);
+    moe_out_abort(&w->out);
     free(w);
 }

@@ -487,8 +487,10 @@ static void tier_json(FILE *f, const char *name, const struct moe_tier_stats *t)
 
 enum moe_status moe_offload_stats_write_json(const struct moe_offload_stats *s, const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return moe_errorf(MOE_EIO, "--stats-json %s: cannot create: %s", path, strerror(errno));
+    struct moe_out o;
+    enum moe_status st = moe_out_open(&o, "--stats-json", path);
+    if (st) return st;
+    FILE *f = o.f;
     fputc('{', f);
     tier_json(f, "device", &s->device);
     fputc(',', f);
@@ -504,9 +506,7 @@ enum moe_status moe_offload_stats_write_json(const struct moe_offload_stats *s, 
             (unsigned long long)s->checksum_failures, s->dev_slots, s->host_slots,
             (unsigned long long)s->dev_bytes, (unsigned long long)s->host_bytes,
             s->numa_bound ? "true" : "false", s->host_pinned ? "true" : "false");
-    bool bad = ferror(f) != 0;
-    if (fclose(f) != 0) bad = true;
-    return bad ? moe_errorf(MOE_EIO, "--stats-json %s: write failed", path) : MOE_OK;
+    return moe_out_close(&o, "--stats-json");
 }
 
 void moe_offload_stats_print(const struct moe_offload_stats *s, FILE *f)

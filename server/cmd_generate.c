@@ -368,13 +368,13 @@ static enum moe_status gen_forward(struct moe_engine *e, struct moe_predictor *p
 /* --ids-out: the fed ids as one sequence of `trace --ids` (a JSON array of arrays). */
 static enum moe_status write_ids(const char *path, const int *ids, int n)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return moe_errorf(MOE_EIO, "--ids-out %s: %s", path, strerror(errno));
-    fputs("[[", f);
-    for (int i = 0; i < n; i++) fprintf(f, "%s%d", i ? "," : "", ids[i]);
-    fputs("]]\n", f);
-    if (ferror(f) | fclose(f)) return moe_errorf(MOE_EIO, "--ids-out %s: write failed", path);
-    return MOE_OK;
+    struct moe_out o;
+    enum moe_status st = moe_out_open(&o, "--ids-out", path);
+    if (st) return st;
+    fputs("[[", o.f);
+    for (int i = 0; i < n; i++) fprintf(o.f, "%s%d", i ? "," : "", ids[i]);
+    fputs("]]\n", o.f);
+    return moe_out_close(&o, "--ids-out");
 }
 
 static bool gen_is_eos(const void *cfg, int id) { return moe_config_is_eos(cfg, id); }

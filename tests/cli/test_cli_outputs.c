@@ -1,0 +1,100 @@
+/* generate's --ids-out and --stats-json are written whole or not at all, as trace's --out is: a write
+ * that fails (here the file-size limit, as a full disk would) exits 1 naming the flag and leaves an
+ * existing file as it was, with no work file beside it. */
+#include "tests/test_util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char exe[4200], model[512];
+
+/* Files in dir (not . or ..). */
+static int count_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
+    if (d) closedir(d);
+    return n;
+}
+
+/* moeflow generate ... FLAG PATH with writes to regular files limited to 8 bytes; its exit status,
+ * stderr into err. */
+static int run_limited(const char *flag, const char *path, const char *extra, char *err, size_t cap)
+{
+    int fds[2];
+    REQUIRE(pipe(fds) == 0, "pipe");
+    pid_t pid = fork();
+    REQUIRE(pid >= 0, "fork");
+    if (pid == 0) {
+        struct rlimit rl = { 8, 8 };
+        signal(SIGXFSZ, SIG_IGN); /* a write past the limit fails with EFBIG instead */
+        setrlimit(RLIMIT_FSIZE, &rl);
+        close(fds[0]);
+        dup2(fds[1], 2);
+        close(fds[1]);
+        int dn = open("/dev/null", O_RDWR);
+        dup2(dn, 0);
+        dup2(dn, 1);
+        execl(exe, exe, "generate", "--model", model, "--prompt", "def f(x):", "--max-tokens", "4", "--ignore-eos",
+              flag, path, extra, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (len + 1 < cap && (r = read(fds[0], err + len, cap - 1 - len)) > 0) len += (size_t)r;
+    err[len] = 0;
+    close(fds[0]);
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid, "waitpid");
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void check_whole(const char *flag, const char *extra)
+{
+    char dir[] = "/tmp/moe_outputs_XXXXXX", path[128], err[4096], got[64] = "";
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(path, sizeof(path), "%s/old.json", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f, "create %s", path);
+    fputs("OLD\n", f);
+    fclose(f);
+    int rc = run_limited(flag, path, extra, err, sizeof(err));
+    char want[256];
+    snprintf(want, sizeof(want), "%s %s: write failed", flag, path);
+    CHECK(rc == 1 && strstr(err, want), "%s past the file-size limit: exit %d, stderr '%s'", flag, rc, err);
+    f = fopen(path, "r");
+    REQUIRE(f, "%s gone", path);
+    size_t n = fread(got, 1, sizeof(got) - 1, f);
+    got[n] = 0;
+    fclose(f);
+    CHECK(!strcmp(got, "OLD\n"), "%s: the failed write changed %s to '%s'", flag, path, got);
+    CHECK(count_files(dir) == 1, "%s: %d files in %s, a work file left", flag, count_files(dir), dir);
+    unlink(path);
+    /* whatever a failing run left there */
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (e->d_name[0] != '.') {
+            char p[600];
+            snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    if (d) closedir(d);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const char *bin = getenv("MOEFLOW_BINARY_DIR");
+    snprintf(exe, sizeof(exe), "%s/server/moeflow", bin ? bin : ".");
+    REQUIRE(access(exe, X_OK) == 0, "%s not built", exe);
+    t_path(model, sizeof(model), "models/pycode-moe-18m");
+    check_whole("--ids-out", NULL);
+    check_whole("--stats-json", "--stats"); /* --stats prints to stderr, a pipe: no limit there */
+    return t_result("test_cli_outputs");
+}

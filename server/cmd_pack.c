@@ -111,6 +111,12 @@ int moe_cmd_pack(int argc, char **argv)
     }
     struct moe_model *m = NULL;
     if (!moe_cli_open_model("pack", dir, &m, NULL)) return 1;
+    /* the default output is checked as a given one is, before the work: a directory or a pipe
+     * there, or a model directory that cannot be written */
+    if (out == def_out && !moe_cli_check_out("pack", "default --out", out, false)) {
+        moe_model_close(m);
+        return 2;
+    }
     struct progress pr = { .t0 = moe_now(), .tty = isatty(2) };
     enum moe_status st = moe_store_pack(m, out, quiet ? NULL : on_progress, &pr);
     if (st) {

@@ -1,12 +1,14 @@
 /* generate's --ids-out and --stats-json are written whole or not at all, as trace's --out is: a write
  * that fails (here the file-size limit, as a full disk would) exits 1 naming the flag and leaves an
- * existing file as it was, with no work file beside it. */
+ * existing file as it was, with no work file beside it.  pack's default output is checked before the
+ * work as a given --out is. */
 #include "tests/test_util.h"
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,6 +90,32 @@ static void check_whole(const char *flag, const char *extra)
     rmdir(dir);
 }
 
+/* pack --model DIR where DIR/experts.moestore, the default --out, is a directory: refused at once
+ * (exit 2) as --out DIR is, not after the whole store was written beside it. */
+static void pack_default_out(void)
+{
+    char dir[] = "/tmp/moe_outputs_XXXXXX", p[600], cmd[8192], out[4096];
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    static const char *const files[] = { "config.json", "model.safetensors.index.json", "tokenizer.json",
+                                         "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
+                                         "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors" };
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char src[700];
+        snprintf(src, sizeof(src), "%s/%s", model, files[i]);
+        snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
+        REQUIRE(symlink(src, p) == 0, "symlink %s", p);
+    }
+    snprintf(p, sizeof(p), "%s/experts.moestore", dir);
+    REQUIRE(mkdir(p, 0755) == 0, "mkdir %s", p);
+    snprintf(cmd, sizeof(cmd), "'%s' pack --model %s --quiet 2>&1", exe, dir);
+    int rc = t_run(cmd, out, sizeof(out));
+    char want[700];
+    snprintf(want, sizeof(want), "moeflow pack: default --out %s is a directory: name a file in it\n", p);
+    CHECK(rc == 2 && !strcmp(out, want), "pack into a directory by default: exit %d, output '%s'", rc, out);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+}
+
 int main(void)
 {
     const char *bin = getenv("MOEFLOW_BINARY_DIR");
@@ -96,5 +124,6 @@ int main(void)
     t_path(model, sizeof(model), "models/pycode-moe-18m");
     check_whole("--ids-out", NULL);
     check_whole("--stats-json", "--stats"); /* --stats prints to stderr, a pipe: no limit there */
+    pack_default_out();
     return t_result("test_cli_outputs");
 }

@@ -26,7 +26,7 @@ static void usage(FILE *f)
         "\n"
         "  --model DIR           model directory (default: the bundled model)\n"
         "  --text FILE           UTF-8 text\n"
-        "  --predictor SPEC      gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto | none\n"
+        "  --predictor SPEC      gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto\n"
         "  --k K                 K of recall@K (default: the model's top_k)\n"
         "  --seq-len N           tokens per sequence (default 512)\n"
         "  --max-tokens N        evaluate at most N tokens (default 4096)\n"
@@ -113,6 +113,11 @@ int moe_cmd_eval_predictor(int argc, char **argv)
     struct moe_pred_spec spec;
     int spec_rc = moe_cli_pred_spec("eval-predictor", pred_s, model_dir, &spec);
     if (spec_rc) return spec_rc;
+    if (spec.kind == MOE_PRED_NONE) { /* it would decode the whole text to print a table of no row */
+        fprintf(stderr, "moeflow eval-predictor: --predictor none predicts nothing, so there is nothing to measure "
+                        "(give gate[:D], path[:FILE], history, path+gate[:FILE] or auto)\n");
+        return 2;
+    }
     int rc = 1;
     int *ids = NULL;
     size_t n = 0;

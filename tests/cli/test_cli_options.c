@@ -56,6 +56,11 @@ int main(void)
     expect("serve --check-config --no-io-uring=1", "moeflow serve: --no-io-uring takes no value\n");
 #endif
 
+    /* eval-predictor measures predictions: none has none (it printed a table of no row, exit 0) */
+    expect("eval-predictor --text t.txt --predictor none",
+           "moeflow eval-predictor: --predictor none predicts nothing, so there is nothing to measure (give "
+           "gate[:D], path[:FILE], history, path+gate[:FILE] or auto)\n");
+
     /* an empty --predictor (a variable left unset) is refused as generate refuses it, not taken for auto */
     static const char *const pred_cmds[] = {
         "eval-predictor --text t.txt --predictor ''",

@@ -1825,6 +1825,9 @@ static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode
             i += hit->len - 1;   /* inside a word: not a match; search on after it, like tokenizers */
             continue;
         }
+        /* As tokenizers: the matches are found in the text as it is, then each strips the spaces
+         * around it; a match that starts in the spaces the one before took (rstrip) is still one,
+         * and the text after it is handled from its own end on. */
         size_t start = i, stop = i + hit->len;
         if (hit->lstrip)
             while (start > done && cp_class(utf8_before(s, start, &l)) == MOE_TOK_CLASS_SPACE)
@@ -1833,13 +1836,13 @@ static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode
             while (stop < n && cp_class(utf8_at(s, n, stop, &l)) == MOE_TOK_CLASS_SPACE)
                 stop += l;
         bool first = at0 && done == 0;
-        if ((st = pass == 0 ? encode_normalized(t, w, s + done, start - done, first)
-                            : encode_added(t, w, s + done, start - done, pass + 1, first)))
+        if (start > done && (st = pass == 0 ? encode_normalized(t, w, s + done, start - done, first)
+                                            : encode_added(t, w, s + done, start - done, pass + 1, first)))
             return st;
         if (!idbuf_push(w->out, hit->id))
             return moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
         done = stop;
-        i = stop - 1;
+        i += hit->len - 1;
     }
     bool first = at0 && done == 0;
     return pass == 0 ? encode_normalized(t, w, s + done, n - done, first)

@@ -1,6 +1,7 @@
 /* Added tokens: overlapping contents match leftmost-longest, the
  * non-normalized ones before the normalized ones in the gaps, a single_word
- * token inside a word is skipped whole; and matching does not slow down with
+ * token inside a word is skipped whole, a token that starts in the spaces an
+ * rstrip token took is found all the same (as tokenizers finds them); and matching does not slow down with
  * the number of added tokens sharing a first byte (20,000 of them starting
  * with '<' against 200 KB of '<'). */
 #include "model/tokenizer.h"
@@ -17,12 +18,18 @@ static json_t *load_json(const char *rel)
     return j;
 }
 
-static void add_token(json_t *j, int id, const char *content, bool normalized, bool single_word)
+static void add_token_strip(json_t *j, int id, const char *content, bool normalized, bool single_word,
+                            bool lstrip, bool rstrip)
 {
     json_array_append_new(json_object_get(j, "added_tokens"),
                           json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", id, "content", content,
-                                    "single_word", single_word, "lstrip", 0, "rstrip", 0, "normalized",
+                                    "single_word", single_word, "lstrip", lstrip, "rstrip", rstrip, "normalized",
                                     normalized, "special", 1));
+}
+
+static void add_token(json_t *j, int id, const char *content, bool normalized, bool single_word)
+{
+    add_token_strip(j, id, content, normalized, single_word, false, false);
 }
 
 static struct moe_tokenizer *parse_obj(json_t *j)
@@ -87,6 +94,27 @@ static void test_overlaps(void)
     moe_tokenizer_free(t);
 }
 
+/* The Hugging Face library finds the added tokens in the text first and only then strips the spaces
+ * around each: a token that starts in the spaces an rstrip token took is still found, and what
+ * follows is encoded from that token's end (valid-tiny as above). */
+static void test_strip_then_match(void)
+{
+    json_t *j = load_json("tests/tokenizer/corpus/valid-tiny.json");
+    struct moe_tokenizer *t;
+    add_token_strip(j, 7, "<r>", false, false, false, true);
+    add_token(j, 8, " a", false, false);
+    add_token(j, 9, " ", true, false);
+    add_token_strip(j, 10, "<l>", false, false, true, false);
+    t = parse_obj(j);
+    json_decref(j);
+    ENCODE_EXPECT(t, "<r>b", 7, 1);
+    ENCODE_EXPECT(t, "<r>   b", 7, 1);        /* the spaces go with "<r>": none left for " " */
+    ENCODE_EXPECT(t, "<r> a b", 7, 8, 9, 1);  /* " a" starts in the space "<r>" took */
+    ENCODE_EXPECT(t, "<r> <l>", 7, 10);
+    ENCODE_EXPECT(t, "<r>  <l>a", 7, 10, 0);
+    moe_tokenizer_free(t);
+}
+
 static void test_many_shared_first_byte(void)
 {
     char path[4096];
@@ -136,6 +164,7 @@ static void test_many_shared_first_byte(void)
 int main(void)
 {
     test_overlaps();
+    test_strip_then_match();
     test_many_shared_first_byte();
     return t_result("test_tokenizer_added");
 }

@@ -1348,30 +1348,19 @@ struct moe_jinja {
     struct node *root;
 };
 
-/* Jinja2's newline handling of the source: \r\n, \r and the other line
- * separators of Python's splitlines become \n, and one trailing newline goes. */
+/* Jinja2's newline handling of the source (3.0 on): \r\n and \r become \n, and one trailing
+ * newline goes; the other line separators of Python's splitlines (\v, \f, U+0085, U+2028, ...)
+ * are characters like any other. */
 static char *normalize_source(struct compiler *c, const char *src, size_t len, size_t *out_len)
 {
     char *o = c_alloc(c, len + 1);
     size_t n = 0;
     for (size_t i = 0; i < len;) {
-        unsigned char ch = (unsigned char)src[i];
-        if (ch == '\r') {
+        if (src[i] == '\r') {
             o[n++] = '\n';
             i += i + 1 < len && src[i + 1] == '\n' ? 2 : 1;
-        } else if (ch == '\v' || ch == '\f' || ch == 0x1c || ch == 0x1d || ch == 0x1e) {
-            o[n++] = '\n';
-            i++;
-        } else if (ch == 0xc2 && i + 1 < len && (unsigned char)src[i + 1] == 0x85) {
-            o[n++] = '\n';
-            i += 2;
-        } else if (ch == 0xe2 && i + 2 < len && (unsigned char)src[i + 1] == 0x80 &&
-                   ((unsigned char)src[i + 2] == 0xa8 || (unsigned char)src[i + 2] == 0xa9)) {
-            o[n++] = '\n';
-            i += 3;
         } else {
-            o[n++] = (char)ch;
-            i++;
+            o[n++] = src[i++];
         }
     }
     if (n && o[n - 1] == '\n')

@@ -214,6 +214,9 @@ CASES = [
     ("ws-var", "  {{ 1 }}  \n{{- 2 -}}\n  {{ 3 }}\n", {}),
     ("ws-trailing-newlines", "x\n\n", {}),
     ("ws-crlf", "a\r\n{% if 1 %}\r\nb\r\n{% endif %}\r\n", {}),
+    # only \r\n, \r and \n are line breaks (Jinja2 3.0 on), not the others of Python's splitlines
+    ("ws-line-separators", "a\x0cb\x0bc\x1cd\x85e\u2028f\u2029g\n{% if 1 %}\x0ch{% endif %}|{{ 'i\u2028j' }}\u2028",
+     {}),
     ("raw", "{% raw %}{{ not parsed }}{% endraw %}!", {}),
     # expressions
     ("arith", "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} "

@@ -252,9 +252,46 @@ static struct token *push_tok(struct compiler *c, enum tkind k, int line)
     return t;
 }
 
-static bool is_space(char ch)
+/* Python's str.isspace(): the whitespace of Jinja2's \\s and rstrip(), between a tag's tokens and
+ * what "-" and lstrip_blocks take around tags. */
+static bool py_space(uint32_t cp)
 {
-    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' || ch == '\f';
+    return cp == ' ' || (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x1f) || cp == 0x85 || cp == 0xa0 ||
+           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
+           cp == 0x205f || cp == 0x3000;
+}
+
+/* Bytes of the whitespace character at src[i], 0 when there is none. */
+static size_t space_at(const struct compiler *c, size_t i)
+{
+    uint32_t cp;
+    size_t l = i < c->len ? moe_utf8_next((const unsigned char *)c->src + i, c->len - i, &cp) : 0;
+    return l && py_space(cp) ? l : 0;
+}
+
+/* Bytes of the whitespace character that ends at src[i), not before src[a]; 0 when there is none. */
+static size_t space_before(const struct compiler *c, size_t a, size_t i)
+{
+    size_t k = i;
+    while (k > a && i - k < 4 && ((unsigned char)c->src[--k] & 0xc0) == 0x80)
+        ;
+    return k < i && space_at(c, k) == i - k ? i - k : 0;
+}
+
+/* Past the whitespace at src[i]. */
+static size_t skip_space(const struct compiler *c, size_t i)
+{
+    for (size_t l; (l = space_at(c, i));)
+        i += l;
+    return i;
+}
+
+/* src[a..b) less the whitespace at its end: all of it, or (line) what follows its last newline. */
+static size_t strip_end(const struct compiler *c, size_t a, size_t b, bool line)
+{
+    for (size_t l; b > a && !(line && c->src[b - 1] == '\n') && (l = space_before(c, a, b));)
+        b -= l;
+    return b;
 }
 
 static bool is_name_start(char ch)
@@ -347,8 +384,7 @@ static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *stri
     int open = 0; /* brackets open: inside them "}}" closes a dict, not the tag (as Jinja2's balancing) */
     *strip = *plus = false;
     for (;;) {
-        while (*i < end && is_space(c->src[*i]))
-            (*i)++;
+        *i = skip_space(c, *i);
         if (*i >= end)
             fail_at(&c->f, MOE_EFORMAT, line_of(c, *i), "a tag is not closed by %s", close);
         const char *s = c->src + *i;
@@ -453,12 +489,9 @@ static size_t next_tag(const struct compiler *c, size_t i)
 static void emit_text(struct compiler *c, size_t a, size_t b, bool strip, bool lstrip)
 {
     if (strip) {
-        while (b > a && is_space(c->src[b - 1]))
-            b--;
+        b = strip_end(c, a, b, false);
     } else if (lstrip) {
-        size_t k = b;
-        while (k > a && (c->src[k - 1] == ' ' || c->src[k - 1] == '\t'))
-            k--;
+        size_t k = strip_end(c, a, b, true);
         if ((k > a && c->src[k - 1] == '\n') || (k == a && (a == 0 || c->src[a - 1] == '\n')))
             b = k;
     }
@@ -469,62 +502,46 @@ static void emit_text(struct compiler *c, size_t a, size_t b, bool strip, bool l
     }
 }
 
-/* The block tag at i (its "{%") holds just the word `name`: then true, with
- * whether it has "-" after its "{%" and before its "%}", and *end after it. */
-static bool bare_tag(const struct compiler *c, size_t i, const char *name, bool *strip_open, bool *strip_close,
-                     size_t *end)
+/* The block tag at i (its "{%") holds just the word `name`: then true, with the sign after its
+ * "{%" in *open and the one before its "%}" in *close ('-', '+' or 0), and *end after it. */
+static bool bare_tag(const struct compiler *c, size_t i, const char *name, char *open, char *close, size_t *end)
 {
     size_t j = i + 2, n = strlen(name);
     if (c->src[i + 1] != '%')
         return false;
-    *strip_open = j < c->len && c->src[j] == '-';
-    if (j < c->len && (c->src[j] == '-' || c->src[j] == '+'))
-        j++;
-    while (j < c->len && is_space(c->src[j]))
-        j++;
+    *open = j < c->len && (c->src[j] == '-' || c->src[j] == '+') ? c->src[j++] : 0;
+    j = skip_space(c, j);
     if (c->len - j < n || memcmp(c->src + j, name, n) ||
         (j + n < c->len && (is_name_start(c->src[j + n]) || is_digit(c->src[j + n]))))
         return false;
-    j += n;
-    while (j < c->len && is_space(c->src[j]))
-        j++;
-    *strip_close = j < c->len && c->src[j] == '-';
-    if (j < c->len && (c->src[j] == '-' || c->src[j] == '+'))
-        j++;
+    j = skip_space(c, j + n);
+    *close = j < c->len && (c->src[j] == '-' || c->src[j] == '+') ? c->src[j++] : 0;
     if (c->len - j < 2 || memcmp(c->src + j, "%}", 2))
         return false;
     *end = j + 2;
     return true;
 }
 
-/* {% raw %} at i (the "{%"): whether it is one; if so its text up to
- * {% endraw %} is emitted verbatim and *i moves past the end tag. */
+/* {% raw %} at i (the "{%"): whether it is one; if so its text up to {% endraw %} is emitted
+ * verbatim, under the whitespace rules of the two tags as Jinja2 lexes them ("{% raw +%}" is no
+ * raw tag there, and "{% endraw %}" lstrips the body's last line), and *i moves past the end tag. */
 static bool lex_raw(struct compiler *c, size_t *i, size_t text_start)
 {
-    bool strip_before, strip_body_start, strip_body_end, strip_after;
+    char open, body_open, body_close, close;
     size_t body, e;
-    if (!bare_tag(c, *i, "raw", &strip_before, &strip_body_start, &body))
+    if (!bare_tag(c, *i, "raw", &open, &body_open, &body) || body_open == '+')
         return false;
-    emit_text(c, text_start, *i, strip_before, !strip_before);
-    if (strip_body_start)
-        while (body < c->len && is_space(c->src[body]))
-            body++;
+    emit_text(c, text_start, *i, open == '-', !open);
+    if (body_open == '-')
+        body = skip_space(c, body);
     for (size_t k = body; (k = next_tag(c, k)) < c->len; k++) {
-        if (!bare_tag(c, k, "endraw", &strip_body_end, &strip_after, &e))
+        if (!bare_tag(c, k, "endraw", &body_close, &close, &e))
             continue;
-        size_t stop = k;
-        while (strip_body_end && stop > body && is_space(c->src[stop - 1]))
-            stop--;
-        if (stop > body) {
-            struct token *t = push_tok(c, T_TEXT, line_of(c, body));
-            t->s = c->src + body;
-            t->n = stop - body;
-        }
+        emit_text(c, body, k, body_close == '-', !body_close);
         *i = e;
-        if (strip_after)
-            while (*i < c->len && is_space(c->src[*i]))
-                (*i)++;
-        else if (c->src[e - 3] != '+' && *i < c->len && c->src[*i] == '\n') /* trim_blocks, unless "+%}" */
+        if (close == '-')
+            *i = skip_space(c, *i);
+        else if (close != '+' && *i < c->len && c->src[*i] == '\n') /* trim_blocks, unless "+%}" */
             (*i)++;
         return true;
     }
@@ -566,8 +583,7 @@ static void lex(struct compiler *c)
             push_tok(c, kind == '{' ? T_VAR_END : T_BLOCK_END, line_of(c, i));
         }
         if (strip_after) {
-            while (i < c->len && is_space(c->src[i]))
-                i++;
+            i = skip_space(c, i);
         } else if (kind != '{' && !plus_after && i < c->len && c->src[i] == '\n') {
             i++; /* trim_blocks */
         }
@@ -2042,13 +2058,6 @@ static size_t cp_offset(const struct str *s, size_t k)
         for (i++; i < s->n && ((unsigned char)s->p[i] & 0xc0) == 0x80;)
             i++;
     return i;
-}
-
-static bool py_space(uint32_t cp)
-{
-    return cp == ' ' || (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x1f) || cp == 0x85 || cp == 0xa0 ||
-           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
-           cp == 0x205f || cp == 0x3000;
 }
 
 /* strip / lstrip / rstrip (which: 1 left, 2 right, 3 both) of whitespace, or of the characters of chars. */

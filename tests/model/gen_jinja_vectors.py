@@ -217,7 +217,14 @@ CASES = [
     # only \r\n, \r and \n are line breaks (Jinja2 3.0 on), not the others of Python's splitlines
     ("ws-line-separators", "a\x0cb\x0bc\x1cd\x85e\u2028f\u2029g\n{% if 1 %}\x0ch{% endif %}|{{ 'i\u2028j' }}\u2028",
      {}),
+    # "-" and lstrip_blocks take what Python calls whitespace (\s, str.rstrip()), and so do the gaps in a tag
+    ("ws-unicode", "a\u3000\x1f {%- if 1 -%}\u00a0\u2028 b\n\u00a0\u3000{% if 1 %}c{% endif %}{% endif %}{{\u3000'd'\u00a0}}\n"
+     "\x0c {# e #}f", {}),
     ("raw", "{% raw %}{{ not parsed }}{% endraw %}!", {}),
+    # {%+ raw %} keeps the line's indent, {% endraw %} lstrips the raw text's last line, {% raw +%} is no raw tag
+    ("raw-whitespace", "a\n  {%+ raw %}b\n  {% endraw %}\nc\n  {% raw %}d\n  {%+ endraw %}\ne\n\u00a0{% raw -%}"
+     "\u3000 f {%- endraw -%}\u3000 g", {}),
+    ("raw-plus-end", "{% raw +%}x{% endraw %}", {}),
     # expressions
     ("arith", "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} "
      "{{ 2 ** 10 }} {{ 2 ** -1 }} {{ 1.5 * 2 }} {{ -3 }} {{ - 2.5 }}", {}),

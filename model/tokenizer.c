@@ -1422,26 +1422,29 @@ static enum moe_status bpe_piece(const struct moe_tokenizer *t, struct encode_ws
         w->sym_cap = cap;
     }
     size_t ns = 0;
-    bool last_unk = false;
+    bool unk = false;   /* an unk is pending, as in char_symbols: byte fallback tokens go before it */
     if (t->char_level)
         ns = char_symbols(t, w->sym, p, n);
     for (size_t i = 0; !t->char_level && i < n; i++) {
         unsigned b = (unsigned char)p[i];
         int id = t->byte_id[b];
         if (id >= 0) {
+            if (unk)
+                w->sym[ns++] = (struct bpe_sym){ t->unk_id, 0, 0, false };
+            unk = false;
             w->sym[ns++] = (struct bpe_sym){ id, 0, 0, false };
-            last_unk = false;
         } else if (t->byte_fallback && t->byte_fb_n[b]) {
             for (int k = 0; k < t->byte_fb_n[b]; k++)
                 w->sym[ns++] = (struct bpe_sym){ t->byte_fb_id[b][k], 0, 0, false };
-            last_unk = false;
         } else if (t->unk_id >= 0) {
-            if (!(t->fuse_unk && last_unk))
+            if (unk && !t->fuse_unk)
                 w->sym[ns++] = (struct bpe_sym){ t->unk_id, 0, 0, false };
-            last_unk = true;
+            unk = true;
         }
         /* else: the char has no token and there is no unk token: dropped, as tokenizers does */
     }
+    if (unk)
+        w->sym[ns++] = (struct bpe_sym){ t->unk_id, 0, 0, false };
     for (size_t i = 0; i < ns; i++) {
         w->sym[i].prev = (int)i - 1;
         w->sym[i].next = i + 1 < ns ? (int)i + 1 : -1;

@@ -132,6 +132,29 @@ static void test_tiny(void)
     REQUIRE(t, "#version line: %s", moe_last_error());
     ENCODE_EXPECT(t, "ab", 2);
     moe_tokenizer_free(t);
+
+    /* byte-level BPE with byte fallback and unk: as tokenizers' merge_word, an unk waits for the
+     * next char found in the vocab (or the piece's end), so fallback tokens of the chars between
+     * come before it, and unk chars after them still fuse with it ('d', 'Ġ' have no token, 'c' has
+     * its <0x63>) */
+    static const char fallback_unk[] =
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"<0x63>\": 1, \"<unk>\": 2}, \"merges\": [],"
+        " \"unk_token\": \"<unk>\", \"byte_fallback\": true, \"fuse_unk\": %s}, \"pre_tokenizer\": {\"type\":"
+        " \"ByteLevel\", \"add_prefix_space\": false}, \"decoder\": {\"type\": \"ByteLevel\"}}";
+    char json[512];
+    snprintf(json, sizeof(json), fallback_unk, "true");
+    t = moe_tokenizer_parse(json, strlen(json), "byte fallback and unk");
+    REQUIRE(t, "byte fallback and unk: %s", moe_last_error());
+    ENCODE_EXPECT(t, "dcd a", 1, 2, 2, 0);
+    ENCODE_EXPECT(t, "ddc", 1, 2);
+    ENCODE_EXPECT(t, "cdc", 1, 1, 2);
+    moe_tokenizer_free(t);
+    snprintf(json, sizeof(json), fallback_unk, "false");
+    t = moe_tokenizer_parse(json, strlen(json), "byte fallback and unk, not fused");
+    REQUIRE(t, "byte fallback and unk, not fused: %s", moe_last_error());
+    ENCODE_EXPECT(t, "dcd a", 1, 2, 2, 2, 0);
+    ENCODE_EXPECT(t, "ddc", 2, 1, 2);
+    moe_tokenizer_free(t);
 }
 
 static void test_utf8_and_size(void)

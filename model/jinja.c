@@ -336,7 +336,12 @@ static void lex_string(struct compiler *c, size_t *i, size_t end, struct token *
         case 'n': out[n++] = '\n'; break;
         case 't': out[n++] = '\t'; break;
         case 'r': out[n++] = '\r'; break;
-        case '0': out[n++] = '\0'; break;
+        case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': /* octal, 1 to 3 digits */
+            cp = (uint32_t)(e - '0');
+            for (int k = 1; k < 3 && j < end && c->src[j] >= '0' && c->src[j] <= '7'; k++)
+                cp = cp * 8 + (uint32_t)(c->src[j++] - '0');
+            n += moe_utf8_put(cp, out + n);
+            break;
         case 'a': out[n++] = '\a'; break;
         case 'b': out[n++] = '\b'; break;
         case 'f': out[n++] = '\f'; break;

@@ -3121,6 +3121,10 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
         int64_t d = t[0] == 'd' ? arg_int(r, a, 0, "num", 1, t, line) : 2;
         if (!d)
             fail_at(&r->f, MOE_EINVAL, line, "divisibleby 0");
+        if (v->t == V_FLOAT && t[0] != 'd') { /* Python's v % 2 == 1 (odd) or == 0 (even): 0.5 is neither */
+            double m = fmod(v->f, 2);
+            return m + (m < 0 ? 2 : 0) == (t[0] == 'o' ? 1 : 0);
+        }
         bool zero = v->t == V_FLOAT ? fmod(v->f, (double)d) == 0 : inum(v) % d == 0;
         return t[0] == 'o' ? !zero : zero;
     }

@@ -239,6 +239,8 @@ CASES = [
     ("print", "{{ none }} {{ true }} {{ [1, 'a', none, 2.0, [true]] }} {{ {'a': 1, 'b': 'c\\'d'} }} {{ \"it's\" }} "
      "{{ ['q\"', \"both'\\\"\"] }}", {}),
     ("strings", "{{ 'a\\tb\\n' }}{{ \"x\\\\y\" }}{{ '\\u00e9\\x41' }}{{ 'ab' 'cd' }}", {}),
+    ("odd-even-floats", "{{ 0.5 is odd }} {{ 0.5 is even }} {{ 1.0 is odd }} {{ 2.0 is even }} {{ -1.0 is odd }} "
+     "{{ -1.5 is odd }} {{ -2.0 is even }} {{ 3 is odd }} {{ -3 is odd }} {{ 4.0 is divisibleby 2 }}", {}),
     ("strings-octal", "{{ '\\101\\0\\12\\0123\\7777\\8' | tojson }}", {}),
     ("index", "{{ [1,2,3][0] }} {{ [1,2,3][-1] }} {{ 'h\u00e9llo'[1] }} {{ 'abc'[-1] }} {{ d.a }} {{ d['b'] }} "
      "{{ d.missing }}|{{ [1][5] }}|{{ t.0 }}", {"d": {"a": 1, "b": 2}, "t": [9]}),

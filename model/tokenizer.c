@@ -1816,6 +1816,7 @@ static enum moe_status encode_added(const struct moe_tokenizer *t, struct encode
          * nodes on the path spelling s[i..]. */
         for (uint32_t node = t->trie.root[(unsigned char)s[i]], j = 1; node;
              node = i + j < n ? trie_next(&t->trie, node, (unsigned char)s[i + j]) : 0, j++) {
+            moe_tok_steps++;
             uint32_t k = t->trie.term[node];
             if (k && t->added[k - 1].normalized == (pass == 1))
                 hit = &t->added[k - 1];

@@ -201,6 +201,8 @@ static bool seg_decompose(struct nfc_ctx *c, uint32_t cp)
     return second == 0 || seg_push(c, second, nfc_props(second));
 }
 
+_Thread_local uint64_t moe_tok_steps;
+
 /* Canonical ordering: each run of non-starters sorted stably by class.  Short
  * runs (the usual case) by insertion; long ones by counting sort, so a long
  * stretch of alternating marks stays linear. */
@@ -222,6 +224,7 @@ static void seg_reorder(struct nfc_ctx *c)
                 uint8_t kx = cc[k];
                 size_t m = k;
                 for (; m > i && cc[m - 1] > kx; m--) {
+                    moe_tok_steps++;
                     cp[m] = cp[m - 1];
                     cc[m] = cc[m - 1];
                 }
@@ -237,6 +240,7 @@ static void seg_reorder(struct nfc_ctx *c)
                 start[k] = sum;
                 sum += cnt;
             }
+            moe_tok_steps += j - i;
             for (size_t k = i; k < j; k++) {
                 size_t at = start[cc[k]]++;
                 c->tmp_cp[at] = cp[k];

@@ -26,6 +26,12 @@ enum moe_status moe_tok_nfc(const char *s, size_t n, char **out, size_t *out_n);
  * may still be NFC (a combining mark that composes with nothing, say). */
 bool moe_tok_nfc_quick(const char *s, size_t n);
 
+/* Steps of the inner loops whose count depends on the text's shape, on the
+ * calling thread, since it started: the added-token scan's trie steps and the
+ * canonical reordering's moves.  They grow linearly with the text; tests bound
+ * them, which a wall-clock limit could only do loosely. */
+extern _Thread_local uint64_t moe_tok_steps;
+
 /* Canonical combining class of a code point (0 for starters and for values
  * that are not code points). */
 unsigned moe_tok_nfc_ccc(uint32_t cp);

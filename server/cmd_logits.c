@@ -55,8 +55,11 @@ static bool parse_json_ids(const char *s, int **out, int *n)
     }
     json_array_foreach(a, i, x) {
         if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 0x7fffffff) {
-            fprintf(stderr, "moeflow logits: --ids: item %zu of the array is not a non-negative integer\n",
-                    i + 1);
+            if (json_is_integer(x))
+                fprintf(stderr, "moeflow logits: --ids: item %zu of the array, %" JSON_INTEGER_FORMAT
+                        ", is outside the token ids' range [0, 2147483647]\n", i + 1, json_integer_value(x));
+            else
+                fprintf(stderr, "moeflow logits: --ids: item %zu of the array is not an integer\n", i + 1);
             free(ids);
             json_decref(a);
             return false;
@@ -85,8 +88,9 @@ static bool parse_ids(const char *s, int **out, int *n)
         errno = 0;
         long v = strtol(p, &end, 10);
         if (*p < '0' || *p > '9' || end == p || errno || v < 0 || v > 0x7fffffff || (*end && *end != ',')) {
-            fprintf(stderr, "moeflow logits: --ids: item %d ('%.*s') is not a non-negative integer\n",
-                    k + 1, (int)strcspn(p, ","), p);
+            bool digits = *p >= '0' && *p <= '9' && end != p && (!*end || *end == ',');
+            fprintf(stderr, "moeflow logits: --ids: item %d ('%.*s') is %s\n", k + 1, (int)strcspn(p, ","), p,
+                    digits ? "outside the token ids' range [0, 2147483647]" : "not a non-negative integer");
             free(ids);
             return false;
         }

@@ -98,7 +98,9 @@ static enum moe_status parse_ids(const char *json, size_t len, const char *what,
         json_t *e = json_array_get(arr, i);
         if (!json_is_integer(e) || json_integer_value(e) < INT_MIN || json_integer_value(e) > INT_MAX) {
             free(v);
-            st = moe_errorf(MOE_EINVAL, "%s: element %zu is not an integer token id", what, i);
+            st = json_is_integer(e) ? moe_errorf(MOE_EINVAL, "%s: element %zu, %" JSON_INTEGER_FORMAT ", is outside "
+                                                 "the token ids' range", what, i, json_integer_value(e))
+                                    : moe_errorf(MOE_EINVAL, "%s: element %zu is not an integer token id", what, i);
             goto out;
         }
         v[i] = (int)json_integer_value(e);

@@ -75,6 +75,14 @@ int main(void)
         CHECK(st == 2 && strstr(out, "--ids"), "--ids %s: exit %d, want 2 naming --ids: %s", bad[i], st, out);
         CHECK(access(a, F_OK) != 0, "--ids %s: wrote %s", bad[i], a);
     }
+    /* an id past the int range is named as out of range, not as "not an integer" */
+    const char *big[] = { "99999999999", "'[99999999999]'" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(big); i++) {
+        snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids %s --out '%s' 2>&1", exe, model, big[i], a);
+        st = t_run(cmd, out, sizeof(out));
+        CHECK(st == 2 && strstr(out, "99999999999") && strstr(out, "outside the token ids' range [0, 2147483647]"),
+              "--ids %s: exit %d: %s", big[i], st, out);
+    }
     snprintf(cmd, sizeof(cmd), "'%s' logits --help", exe);
     st = t_run(cmd, out, sizeof(out));
     CHECK(st == 0 && strstr(out, "JSON array"), "--help does not mention the JSON array: %s", out);

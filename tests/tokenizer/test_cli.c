@@ -133,6 +133,11 @@ int main(int argc, char **argv)
     CHECK(r.rc == 2 && strstr(r.err, "token id 8192 at position 1 is out of range"), "bad id: exit %d, %s", r.rc,
           r.err);
     run_free(&r);
+    char *e1b[] = { bin, "tokenize", "--decode", "--ids", "[5, 2147483648]", NULL };
+    r = run_cmd(e1b);
+    CHECK(r.rc == 2 && strstr(r.err, "element 1, 2147483648, is outside the token ids' range"), "id past int: exit %d, %s",
+          r.rc, r.err);
+    run_free(&r);
     char *e2[] = { bin, "tokenize", "--text", "x", "--file", tf, NULL };
     r = run_cmd(e2);
     CHECK(r.rc == 2 && strstr(r.err, "exactly one of --text and --file"), "two inputs: exit %d, %s", r.rc, r.err);

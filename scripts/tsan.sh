@@ -13,6 +13,7 @@ CC=clang cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DM
     -DCMAKE_C_FLAGS="$tsan" -DCMAKE_EXE_LINKER_FLAGS="$tsan" -DCMAKE_SHARED_LINKER_FLAGS="$tsan" \
     -DCMAKE_MODULE_LINKER_FLAGS="$tsan" >/dev/null
 tests=(test_serve_api test_serve_faults test_serve_clients test_serve_openai test_serve_chat test_serve_tiered
+       test_serve_prepare test_serve_openai_prepared
        test_sched_batching test_sched_limits test_sched_engine
        test_offload_tiered test_offload_tiered_hint test_offload_store test_offload_engine
        test_engine_batch test_jinja)

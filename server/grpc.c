@@ -14,9 +14,12 @@
  * GRPC_STREAM_BACKLOG responses wait for the client), each response naming
  * its request's id.  A health Watch stays open, sending its service's status
  * whenever readiness changes (watch_update), until the front end stops.
- * Scheduler events reach this thread through
+ * A large request message is decoded and tokenized on the server's
+ * preparation threads (prep_start), a stream's next request read once it is
+ * back.  Scheduler events and prepared requests reach this thread through
  * the inbox, which is drained after every completion-queue wake-up (at most
- * GRPC_POLL_MS apart while any generation is alive). */
+ * GRPC_POLL_MS apart while any generation is alive or any request is being
+ * prepared). */
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -89,6 +92,30 @@ struct gtag {
     enum gop op;
 };
 
+/* A call's request message being prepared (srv_job_start): a copy of the message, and what work made
+ * of it. */
+struct gjob {
+    struct srv_job j;
+    struct moe_server *srv;
+    enum gmethod m;
+    uint8_t *msg;
+    size_t len;
+    /* Tokenize: the reply, a message (has_reply) and the status */
+    grpc_status_code code;
+    char status_msg[512];
+    uint8_t *reply;
+    size_t reply_len;
+    bool has_reply;
+    /* Generate, ModelInfer, ModelStreamInfer: the request decoded and prepared, or st and err */
+    enum moe_status st;
+    char err[1024];
+    bool decoded;                  /* r holds a request */
+    struct moe_gen_request r;
+    struct srv_prompt p;
+    struct moe_stop_scan scan;
+    char kid[128];                 /* KServe request id */
+};
+
 struct gmsg {
     grpc_byte_buffer *bb;
     struct gmsg *next;
@@ -113,6 +140,7 @@ struct gcall {
     char status_msg[512];
     struct cgen *gens;             /* generations in progress */
     int n_gens;
+    struct gjob *prep;             /* its request being prepared: a stream reads its next one after */
     double deadline;               /* moe_now() seconds, 0 = none */
     health_status watch;           /* Watch: the status last sent (UNKNOWN: none yet) */
     struct gcall *next_live, *prev_live; /* on grpc_front.live once started */
@@ -131,6 +159,7 @@ struct grpc_front {
     bool watch_ready;              /* readiness as the health Watch calls were last brought up to date */
     struct gtag t_shutdown;
     int n_calls;                   /* gcall objects alive (including pending accepts) */
+    int n_prep;                    /* calls whose request is being prepared */
     struct gcall *live;            /* started calls */
 };
 
@@ -214,8 +243,19 @@ static void gcall_drop_gens(struct gcall *c)
         cgen_drop(c->gens);
 }
 
+/* The call ended while its request was being prepared: the job is freed where it is found. */
+static void gcall_drop_prep(struct gcall *c)
+{
+    if (!c->prep)
+        return;
+    srv_job_let_go(&c->prep->j);
+    c->prep = NULL;
+    c->gf->n_prep--;
+}
+
 static void gcall_free(struct gcall *c)
 {
+    gcall_drop_prep(c);
     gcall_drop_gens(c);
     gcall_drop_queue(c);
     if (c->recv_bb)
@@ -383,7 +423,7 @@ static void queue_status(struct gcall *c, grpc_status_code code, const char *msg
         return;
     c->status_queued = true;
     c->code = code;
-    snprintf(c->status_msg, sizeof(c->status_msg), "%s", msg ? msg : "");
+    snprintf(c->status_msg, sizeof(c->status_msg), "%.*s", (int)sizeof(c->status_msg) - 1, msg ? msg : "");
     pump_send(c);
 }
 
@@ -405,6 +445,8 @@ static void post_recv(struct gcall *c)
  * half-closed and nothing generates, it ends. */
 static void stream_next(struct gcall *c)
 {
+    if (c->prep) /* requests are submitted in the order they came */
+        return;
     if (c->recv_eof) {
         if (!c->gens)
             queue_status(c, GRPC_STATUS_OK, NULL);
@@ -503,29 +545,30 @@ static void watch_end(struct grpc_front *gf)
 
 /* ---- unary handlers ---- */
 
-static void do_tokenize(struct gcall *c, const uint8_t *buf, size_t len)
+/* Tokenize's reply to q's message (a preparation thread's work). */
+static void tokenize_work(struct gjob *q)
 {
-    struct moe_server *s = c->gf->srv;
+    const uint8_t *buf = q->msg;
+    size_t len = q->len;
+    q->code = GRPC_STATUS_INVALID_ARGUMENT;
     if (moe_pb_nul_field(&moeflow__v1__tokenize_request__descriptor, buf, len)) {
-        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "TokenizeRequest: 'text' holds a NUL byte: text is sent "
-                     "without NUL");
+        snprintf(q->status_msg, sizeof(q->status_msg), "TokenizeRequest: 'text' holds a NUL byte: text is sent "
+                 "without NUL");
         return;
     }
     Moeflow__V1__TokenizeRequest *rq = moeflow__v1__tokenize_request__unpack(NULL, len, buf);
     if (!rq) {
-        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "TokenizeRequest: malformed protobuf");
+        snprintf(q->status_msg, sizeof(q->status_msg), "TokenizeRequest: malformed protobuf");
         return;
     }
     int *ids = NULL;
     size_t n = 0;
     const char *text = rq->text ? rq->text : "";
     enum moe_status st = moe_utf8_valid(text, strlen(text)) ?
-                             moe_tokenizer_encode_prompt(s->tok, text, strlen(text), &ids, &n) :
+                             moe_tokenizer_encode_prompt(q->srv->tok, text, strlen(text), &ids, &n) :
                              moe_errorf(MOE_EINVAL, "text is not valid UTF-8");
     if (st != MOE_OK) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "text: %s", moe_last_error());
-        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+        snprintf(q->status_msg, sizeof(q->status_msg), "text: %s", moe_last_error());
     } else {
         Moeflow__V1__TokenizeResponse rs = MOEFLOW__V1__TOKENIZE_RESPONSE__INIT;
         int32_t *ids32 = malloc((n ? n : 1) * sizeof(int32_t));
@@ -534,15 +577,27 @@ static void do_tokenize(struct gcall *c, const uint8_t *buf, size_t len)
                 ids32[i] = ids[i];
             rs.n_token_ids = n;
             rs.token_ids = ids32;
-            QUEUE_MSG(c, moeflow__v1__tokenize_response, &rs);
-            queue_status(c, GRPC_STATUS_OK, NULL);
+            q->reply_len = moeflow__v1__tokenize_response__get_packed_size(&rs);
+            if ((q->reply = malloc(q->reply_len ? q->reply_len : 1))) { /* else the status alone, as QUEUE_MSG */
+                moeflow__v1__tokenize_response__pack(&rs, q->reply);
+                q->has_reply = true;
+            }
+            q->code = GRPC_STATUS_OK;
         } else {
-            queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            snprintf(q->status_msg, sizeof(q->status_msg), "out of memory");
         }
         free(ids32);
     }
     free(ids);
     moeflow__v1__tokenize_request__free_unpacked(rq, NULL);
+}
+
+static void tokenize_finish(struct gcall *c, const struct gjob *q)
+{
+    if (q->has_reply)
+        queue_bytes(c, q->reply, q->reply_len);
+    queue_status(c, q->code, q->code == GRPC_STATUS_OK ? NULL : q->status_msg);
 }
 
 /* A request message with no field to read is still checked: a body that does not parse as desc's message
@@ -1029,30 +1084,57 @@ static void gen_progress(struct cgen *k)
         stream_next(c);
 }
 
-static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
+/* A generation request's message decoded and prepared (a preparation thread's work): tokenized and
+ * checked as srv_gen_prepare does, its stop sequences ready for its cgen. */
+static void generate_work(struct gjob *q)
+{
+    struct moe_server *s = q->srv;
+    enum moe_status st;
+    if (q->m == GM_GENERATE)
+        st = moe_req_parse_generate(q->msg, q->len, &q->r);
+    else
+        st = moe_req_parse_kserve(q->msg, q->len, &q->r);
+    /* ids the decoder cannot bound (prompt, logit_bias): refused here, as invalid */
+    if (st == MOE_OK && (st = moe_gen_request_check_vocab(&q->r, s->model->cfg.vocab, q->m == GM_GENERATE ? "prompt_ids" : "text_input")) != MOE_OK)
+        moe_gen_request_free(&q->r);
+    if (st == MOE_OK) {
+        q->decoded = true;
+        if (q->m != GM_GENERATE)
+            snprintf(q->kid, sizeof(q->kid), "%s", q->r.id);
+        st = moe_stop_scan_init(&q->scan, q->r.stop, q->r.n_stop);
+        if (st == MOE_OK)
+            st = srv_gen_prepare(s, &q->r, NULL, &q->p);
+    } else {
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+        if (q->m == GM_STREAM_INFER) { /* answer under the request's id when the message has one */
+            Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, q->len, q->msg);
+            if (m && m->id)
+                snprintf(q->kid, sizeof(q->kid), "%s", m->id);
+            if (m)
+                inference__model_infer_request__free_unpacked(m, NULL);
+        }
+    }
+    q->st = st;
+    if (st != MOE_OK)
+        snprintf(q->err, sizeof(q->err), "%s", moe_last_error());
+}
+
+/* The prepared request submitted as a generation of c (q's request and stop sequences taken), or its
+ * error answered. */
+static void generate_finish(struct gcall *c, struct gjob *q)
 {
     struct moe_server *s = c->gf->srv;
-    struct moe_gen_request r;
-    enum moe_status st;
-    if (c->m == GM_GENERATE)
-        st = moe_req_parse_generate(buf, len, &r);
-    else
-        st = moe_req_parse_kserve(buf, len, &r);
-    /* ids the decoder cannot bound (prompt, logit_bias): refused here, as invalid */
-    if (st == MOE_OK && (st = moe_gen_request_check_vocab(&r, s->model->cfg.vocab, c->m == GM_GENERATE ? "prompt_ids" : "text_input")) != MOE_OK)
-        moe_gen_request_free(&r);
-    char kid[128] = "";
+    enum moe_status st = q->st;
+    const char *err = q->err;
     if (st == MOE_OK) {
         struct cgen *k = calloc(1, sizeof(*k));
         if (k) {
             k->c = c;
-            if (c->m != GM_GENERATE)
-                snprintf(k->kid, sizeof(k->kid), "%s", r.id);
-            snprintf(kid, sizeof(kid), "%s", k->kid);
-            k->kstream = c->m == GM_STREAM_INFER && r.stream;
-            st = moe_stop_scan_init(&k->scan, r.stop, r.n_stop);
-            if (st == MOE_OK)
-                st = srv_gen_submit(s, &c->gf->inbox, k, &r, c->deadline, &k->g);
+            memcpy(k->kid, q->kid, sizeof(k->kid));
+            k->kstream = c->m == GM_STREAM_INFER && q->r.stream;
+            k->scan = q->scan;
+            memset(&q->scan, 0, sizeof(q->scan));
+            st = srv_gen_submit_prepared(s, &c->gf->inbox, k, &q->r, &q->p, c->deadline, &k->g);
             if (st == MOE_OK) {
                 k->next = c->gens;
                 c->gens = k;
@@ -1064,26 +1146,78 @@ static void do_generate(struct gcall *c, const uint8_t *buf, size_t len)
         } else {
             st = moe_errorf(MOE_ENOMEM, "out of memory");
         }
-        moe_gen_request_free(&r);
-    } else {
-        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
-        if (c->m == GM_STREAM_INFER) { /* answer under the request's id when the message has one */
-            Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, len, buf);
-            if (m && m->id)
-                snprintf(kid, sizeof(kid), "%s", m->id);
-            if (m)
-                inference__model_infer_request__free_unpacked(m, NULL);
-        }
+        err = moe_last_error();
     }
     if (c->m == GM_STREAM_INFER) {
         /* Decoupled stream: an error is a response; the stream stays open. */
-        if (st == MOE_OK || kserve_error(c, kid, moe_last_error()))
+        if (st == MOE_OK || kserve_error(c, q->kid, err))
             stream_next(c);
         return;
     }
     if (st == MOE_OK)
         return;
-    queue_status(c, (grpc_status_code)srv_grpc_code(st), moe_last_error());
+    queue_status(c, (grpc_status_code)srv_grpc_code(st), err);
+}
+
+static void gjob_work(struct srv_job *j)
+{
+    struct gjob *q = (struct gjob *)j;
+    if (q->m == GM_TOKENIZE)
+        tokenize_work(q);
+    else
+        generate_work(q);
+}
+
+static void gjob_free(struct srv_job *j)
+{
+    struct gjob *q = (struct gjob *)j;
+    free(q->msg);
+    free(q->reply);
+    if (q->decoded)
+        moe_gen_request_free(&q->r);
+    free(q->p.ids);
+    moe_stop_scan_free(&q->scan);
+    free(q);
+}
+
+/* A prepared request finished on this thread, and its job freed. */
+static void gjob_finish(struct gcall *c, struct gjob *q)
+{
+    if (q->m == GM_TOKENIZE)
+        tokenize_finish(c, q);
+    else
+        generate_finish(c, q);
+    gjob_free(&q->j);
+}
+
+/* Tokenize, Generate, ModelInfer and ModelStreamInfer: the request is prepared (decoded, tokenized,
+ * checked) on a preparation thread when it is large, and finished when it comes back (drain_inbox);
+ * a small one here and now. */
+static void prep_start(struct gcall *c, const uint8_t *buf, size_t len)
+{
+    struct gjob *q = calloc(1, sizeof(*q));
+    if (!q || !(q->msg = malloc(len ? len : 1))) {
+        free(q);
+        if (c->m != GM_STREAM_INFER)
+            queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        else if (kserve_error(c, "", "out of memory"))
+            stream_next(c);
+        return;
+    }
+    memcpy(q->msg, buf, len);
+    q->len = len;
+    q->srv = c->gf->srv;
+    q->m = c->m;
+    q->j.work = gjob_work;
+    q->j.free = gjob_free;
+    q->j.inbox = &c->gf->inbox;
+    q->j.owner = c;
+    if (srv_job_start(c->gf->srv, &q->j, len)) {
+        c->prep = q;
+        c->gf->n_prep++;
+        return;
+    }
+    gjob_finish(c, q);
 }
 
 /* A call to a method not served here: UNIMPLEMENTED naming it, as soon as the call arrives (a client may
@@ -1108,12 +1242,12 @@ static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
     }
     switch (c->m) {
     case GM_HEALTH: case GM_HEALTH_WATCH: do_health(c, buf, len); break;
-    case GM_TOKENIZE: do_tokenize(c, buf, len); break;
+    case GM_TOKENIZE: prep_start(c, buf, len); break;
     case GM_MODEL_INFO: do_model_info(c, buf, len); break;
     case GM_LIVE: case GM_READY: case GM_MODEL_READY: case GM_SERVER_META: case GM_MODEL_META:
         do_kserve_simple(c, buf, len);
         break;
-    case GM_GENERATE: case GM_INFER: case GM_STREAM_INFER: do_generate(c, buf, len); break;
+    case GM_GENERATE: case GM_INFER: case GM_STREAM_INFER: prep_start(c, buf, len); break;
     case GM_UNKNOWN: break; /* answered when the call arrived (not_served) */
     }
 }
@@ -1213,6 +1347,7 @@ static void on_close(struct gcall *c)
     c->pending--;
     c->close_done = true;
     if (c->cancelled) {
+        gcall_drop_prep(c);
         gcall_drop_gens(c); /* client cancel, disconnect or deadline: free KV and pins now */
         gcall_drop_queue(c);
     }
@@ -1248,6 +1383,14 @@ static void handle_event(struct grpc_front *gf, struct gtag *t, bool ok)
 
 static void drain_inbox(struct grpc_front *gf)
 {
+    void *owner;
+    for (struct srv_job *j; (j = srv_inbox_pop_job(&gf->inbox, &owner));) {
+        struct gcall *c = owner;
+        c->prep = NULL;
+        gf->n_prep--;
+        gjob_finish(c, (struct gjob *)j);
+        gcall_maybe_free(c);
+    }
     for (struct srv_gen *g; (g = srv_inbox_pop(&gf->inbox));) {
         pthread_mutex_lock(&gf->inbox.mu);
         struct cgen *k = g->owner;
@@ -1275,11 +1418,12 @@ static void accept_one(struct grpc_front *gf)
     c->pending++;
 }
 
-/* A call with a reply still to deliver: a generation, messages or a status it has not yet sent out.
+/* A call with a reply still to deliver: a request being prepared, a generation, messages or a status it
+ * has not yet sent out.
  * One without (a stream between requests, a call whose request has not arrived) only waits. */
 static bool gcall_delivering(const struct gcall *c)
 {
-    return c->gens || c->q_head || c->send_busy || c->status_queued;
+    return c->prep || c->gens || c->q_head || c->send_busy || c->status_queued;
 }
 
 /* Stopping: no new calls; health Watch calls end (watch_end); the calls that still deliver a reply go on
@@ -1313,8 +1457,9 @@ static void *grpc_thread(void *arg)
 {
     struct grpc_front *gf = arg;
     for (;;) {
-        /* Poll fast only while generations are alive; a new call wakes the queue itself. */
-        int ms = atomic_load(&gf->srv->live_gens) > 0 ? GRPC_POLL_MS : GRPC_IDLE_POLL_MS;
+        /* Poll fast only while generations are alive or requests are being prepared; a new call wakes
+         * the queue itself. */
+        int ms = atomic_load(&gf->srv->live_gens) > 0 || gf->n_prep > 0 ? GRPC_POLL_MS : GRPC_IDLE_POLL_MS;
         gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                                        gpr_time_from_millis(ms, GPR_TIMESPAN));
         grpc_event ev = grpc_completion_queue_next(gf->cq, dl, NULL);

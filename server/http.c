@@ -1,7 +1,8 @@
 /* HTTP front end (libevent evhttp): OpenAI-compatible completions and chat
  * completions (JSON or server-sent events), /v1/models, /health, /ready,
  * /metrics.  One event-loop thread; scheduler events arrive through the
- * inbox and an event made active from the scheduler thread. */
+ * inbox and an event made active from the scheduler thread, and so do large
+ * requests prepared on the server's preparation threads (prep_start). */
 #include <errno.h>
 #include <sys/socket.h>
 
@@ -99,6 +100,8 @@ struct hcall {
     int n_generated;              /* ... and the choices' tokens added up */
     int n_reasoning;              /* ... of the choices' tokens, those of their reasoning (reasoning parser) */
     struct moe_responses *resp;   /* POST /v1/responses: the chat reply turned into a response (responses.h) */
+    struct hjob *prep;            /* its request being prepared (its choices not yet made) */
+    bool watched;                 /* its connection is watched (hcall_watch) and its close callback set */
 };
 
 /* One choice of a call: its generation and what it has sent. */
@@ -126,6 +129,31 @@ struct hreq {
     size_t n_fed, n_released;     /* bytes of the reply's text into the stop scanner, and out of it */
     char *echo;                   /* completions' echo: the prompt's text, until it is sent (then NULL) */
     size_t echo_len;
+};
+
+/* A prepared request of a call is made of (hprompt_in, below). */
+struct hprompt_in;
+
+/* A request being prepared (srv_job_start): a copy of its body, and what work made of it. */
+struct hjob {
+    struct srv_job j;
+    struct moe_server *srv;
+    enum { HJ_COMPLETION, HJ_TOKENIZE, HJ_DETOKENIZE } kind;
+    char *body;                   /* NUL-terminated */
+    size_t n;
+    bool chat;                    /* completion: a chat request, templated with tmpl */
+    const struct moe_chat *tmpl;
+    double ht;                    /* completion: its X-Request-Timeout (header_timeout) */
+    /* made by work: an error (code and err, named: a request error, send_request_error's), or the
+     * completion request and its prompts, or /tokenize's reply (out) */
+    int code;
+    bool named;
+    char err[1024];
+    bool decoded;                 /* gr holds a request */
+    struct moe_gen_request gr;
+    struct hprompt_in *in_p;
+    int n_prompts;
+    char *out;
 };
 
 /* libevent's own messages: into the log (a warning as a warning), except while the listener is bound,
@@ -170,18 +198,31 @@ static void send_text(struct evhttp_request *req, int code, const char *ctype, c
         evbuffer_free(b);
 }
 
-/* j as the reply; when it cannot be written out (j NULL, or out of memory) a 500 goes instead: false. */
-static bool send_json(struct evhttp_request *req, int code, json_t *j)
+/* A JSON reply as json_dumps, the front end's way (malloc'd; NULL: out of memory). */
+static char *dump_json(const json_t *j)
+{
+    return j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+}
+
+/* s (dump_json's) as the reply; when it is NULL a 500 goes instead: false. */
+static bool send_dumped(struct evhttp_request *req, int code, const char *s)
 {
     static const char oom[] = "{\"error\":{\"message\":\"out of memory for the response\","
                               "\"type\":\"server_error\",\"param\":null,\"code\":500}}";
-    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     if (s)
         send_text(req, code, "application/json", s, strlen(s));
     else
         send_text(req, 500, "application/json", oom, sizeof(oom) - 1);
-    free(s);
     return s != NULL;
+}
+
+/* j as the reply; when it cannot be written out (j NULL, or out of memory) a 500 goes instead: false. */
+static bool send_json(struct evhttp_request *req, int code, json_t *j)
+{
+    char *s = dump_json(j);
+    bool ok = send_dumped(req, code, s);
+    free(s);
+    return ok;
 }
 
 static const char *err_type(int code)
@@ -276,6 +317,8 @@ static void hcall_undeliverable(struct hcall *c, const char *msg)
 
 static void hcall_free(struct hcall *c)
 {
+    if (c->prep) /* the job is freed where it is found */
+        srv_job_let_go(&c->prep->j);
     hcall_abandon(c);
     for (int i = 0; i < c->n; i++)
         if (c->done_g[i])
@@ -408,6 +451,17 @@ static void hcall_watch(struct hcall *c, short what)
     c->watch = event_new(c->hf->base, fd, what | EV_PERSIST, watch_cb, c);
     if (c->watch)
         event_add(c->watch, NULL);
+}
+
+/* From the time its request is being prepared, or else generates: the call's close callback is set
+ * and its connection watched for the client going away (hcall_detach undoes it). */
+static void hcall_attach(struct hcall *c)
+{
+    if (c->watched)
+        return;
+    c->watched = true;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(c->req), conn_close_cb, c);
+    hcall_watch(c, EV_READ);
 }
 
 static void hcall_detach(struct hcall *c)
@@ -975,9 +1029,17 @@ static void hreq_progress(struct hreq *r)
     hreq_finish(r, ev.why, ev.st, ev.msg, &ev, ev.n_generated, false);
 }
 
+static void hjob_finish(struct hcall *c, struct hjob *q);
+
 static void wake_event_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct http_front *h = arg;
+    void *owner;
+    for (struct srv_job *j; (j = srv_inbox_pop_job(&h->inbox, &owner));) {
+        struct hcall *c = owner;
+        c->prep = NULL;
+        hjob_finish(c, (struct hjob *)j);
+    }
     for (struct srv_gen *g; (g = srv_inbox_pop(&h->inbox));) {
         pthread_mutex_lock(&h->inbox.mu);
         struct hreq *r = g->owner;
@@ -1057,7 +1119,7 @@ static struct moe_gen_request prompt_of(const struct moe_gen_request *r, int p)
 
 /* Completions' echo of prompt r: its text as sent, or its ids decoded (bytes that are not UTF-8, as a
  * character split at the prompt's end or ids that make none, as U+FFFD, as in generated text). */
-static enum moe_status echo_text(struct http_front *h, const struct moe_gen_request *r, char **out, size_t *len)
+static enum moe_status echo_text(struct moe_server *s, const struct moe_gen_request *r, char **out, size_t *len)
 {
     static const char oom[] = "out of memory for the echoed prompt";
     if (r->prompt) {
@@ -1069,7 +1131,7 @@ static enum moe_status echo_text(struct http_front *h, const struct moe_gen_requ
     }
     char *raw = NULL;
     size_t raw_len = 0;
-    enum moe_status st = moe_tokenizer_decode(h->srv->tok, r->prompt_ids, (size_t)r->n_prompt_ids, &raw, &raw_len);
+    enum moe_status st = moe_tokenizer_decode(s->tok, r->prompt_ids, (size_t)r->n_prompt_ids, &raw, &raw_len);
     if (st == MOE_OK && !(*out = malloc(3 * raw_len + 1)))
         st = MOE_ENOMEM;
     if (st == MOE_OK) {
@@ -1099,7 +1161,7 @@ static void prompts_free(struct hprompt_in *in_p, int n)
 /* Each prompt of gr prepared and its echo made, into in_p (a batch's named prompt[i] in the errors about
  * it); for a batch, gr->need_all: the tokens in flight of all its n choices of every prompt, which the
  * first's admission checks.  Errors are counted as rejections of the request. */
-static enum moe_status prepare_prompts(struct http_front *h, struct moe_gen_request *gr, struct hprompt_in *in_p)
+static enum moe_status prepare_prompts(struct moe_server *s, struct moe_gen_request *gr, struct hprompt_in *in_p)
 {
     int n_prompts = gr->n_batch ? gr->n_batch : 1;
     int64_t need = 0;
@@ -1107,9 +1169,9 @@ static enum moe_status prepare_prompts(struct http_front *h, struct moe_gen_requ
         struct moe_gen_request one = prompt_of(gr, p);
         char name[32];
         snprintf(name, sizeof(name), "prompt[%d]", p);
-        enum moe_status st = srv_gen_prepare(h->srv, &one, gr->n_batch ? name : NULL, &in_p[p].sp);
-        if (st == MOE_OK && gr->echo && (st = echo_text(h, &one, &in_p[p].echo, &in_p[p].echo_len)) != MOE_OK) {
-            moe_metrics_count(&h->srv->metrics, &h->srv->metrics.rejected_invalid, srv_http_status(st) == 400);
+        enum moe_status st = srv_gen_prepare(s, &one, gr->n_batch ? name : NULL, &in_p[p].sp);
+        if (st == MOE_OK && gr->echo && (st = echo_text(s, &one, &in_p[p].echo, &in_p[p].echo_len)) != MOE_OK) {
+            moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, srv_http_status(st) == 400);
             if (gr->n_batch)
                 moe_error_prefix(st, "'%s'", name);
         }
@@ -1121,79 +1183,68 @@ static enum moe_status prepare_prompts(struct http_front *h, struct moe_gen_requ
     return MOE_OK;
 }
 
-static void handle_completion(struct http_front *h, struct evhttp_request *req, bool chat, bool responses)
+/* A completion request's body parsed (its chat template rendered), checked, and its prompts prepared
+ * (a preparation thread's work); an error is counted as a rejection of the request. */
+static void completion_work(struct hjob *q)
 {
-    struct moe_server *s = h->srv;
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t n = evbuffer_get_length(in);
-    const char *body = (const char *)evbuffer_pullup(in, -1);
-    struct moe_gen_request gr;
-    /* the template is set while loading; a request before then is refused as not ready anyway */
-    const struct moe_chat *tmpl = atomic_load(&s->loaded) ? s->chat : NULL;
-    struct moe_responses *resp = NULL;
-    char *chat_body = NULL;
-    enum moe_status st = MOE_OK;
-    if (responses) { /* a Responses request, as the chat completion request it means */
-        st = moe_responses_request(body ? body : "", body ? n : 0, kept_lookup, h, &chat_body, &resp);
-        body = chat_body;
-        n = chat_body ? strlen(chat_body) : 0;
-    }
-    if (st == MOE_OK) {
-        st = moe_req_parse_openai(body ? body : "", body ? n : 0, chat, tmpl, &gr);
-        /* ids the decoder cannot bound: refused here as invalid (not as the scheduler's refusal) */
-        if (st == MOE_OK && (st = moe_gen_request_check_vocab(&gr, s->model->cfg.vocab, "prompt")) != MOE_OK)
-            moe_gen_request_free(&gr);
-    }
-    free(chat_body);
+    struct moe_server *s = q->srv;
+    enum moe_status st = moe_req_parse_openai(q->body, q->n, q->chat, q->tmpl, &q->gr);
+    /* ids the decoder cannot bound: refused here as invalid (not as the scheduler's refusal) */
+    if (st == MOE_OK && (st = moe_gen_request_check_vocab(&q->gr, s->model->cfg.vocab, "prompt")) != MOE_OK)
+        moe_gen_request_free(&q->gr);
+    q->named = true;
     if (st != MOE_OK) {
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
-        send_request_error(req, resp, srv_http_status(st), moe_last_error());
-        moe_responses_free(resp);
-        return;
+        goto out;
     }
-    double ht = header_timeout(req);
-    if (ht < 0) {
-        moe_responses_free(resp);
-        moe_gen_request_free(&gr);
+    q->decoded = true;
+    if (q->ht < 0) {
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
-        send_error(req, 400, "header X-Request-Timeout must be seconds in (0, 86400]");
-        return;
+        q->named = false;
+        st = moe_errorf(MOE_EINVAL, "header X-Request-Timeout must be seconds in (0, 86400]");
+        goto out;
     }
-    if (ht > 0 && (gr.timeout_s == 0 || ht < gr.timeout_s))
-        gr.timeout_s = ht;
+    if (q->ht > 0 && (q->gr.timeout_s == 0 || q->ht < q->gr.timeout_s))
+        q->gr.timeout_s = q->ht;
     /* the prompts (each of a batch) tokenized and checked, and their echo made, before any runs */
-    int n_prompts = gr.n_batch ? gr.n_batch : 1;
-    struct hprompt_in *in_p = calloc((size_t)n_prompts, sizeof(*in_p));
-    st = in_p ? prepare_prompts(h, &gr, in_p) : moe_errorf(MOE_ENOMEM, "out of memory");
-    if (st != MOE_OK) {
-        send_request_error(req, resp, srv_http_status(st), moe_last_error());
-        prompts_free(in_p, n_prompts);
-        moe_responses_free(resp);
-        moe_gen_request_free(&gr);
+    q->n_prompts = q->gr.n_batch ? q->gr.n_batch : 1;
+    q->in_p = calloc((size_t)q->n_prompts, sizeof(*q->in_p));
+    st = q->in_p ? prepare_prompts(s, &q->gr, q->in_p) : moe_errorf(MOE_ENOMEM, "out of memory");
+out:
+    q->code = st == MOE_OK ? 200 : srv_http_status(st);
+    if (st != MOE_OK)
+        snprintf(q->err, sizeof(q->err), "%s", moe_last_error());
+}
+
+/* The call of a prepared completion request: its choices submitted, its reply begun (or its error
+ * answered). */
+static void completion_finish(struct hcall *c, struct hjob *q)
+{
+    struct http_front *h = c->hf;
+    struct moe_server *s = h->srv;
+    struct evhttp_request *req = c->req;
+    struct moe_gen_request gr = q->gr; /* its pointers the job's, freed with it */
+    struct hprompt_in *in_p = q->in_p;
+    bool chat = c->chat;
+    if (q->code != 200) {
+        hcall_detach(c);
+        if (q->named)
+            send_request_error(req, c->resp, q->code, q->err);
+        else
+            send_error(req, q->code, q->err);
+        hcall_free(c);
         return;
     }
-    struct hcall *c = calloc(1, sizeof(*c));
+    int n_prompts = q->n_prompts;
     size_t n_all = (size_t)n_prompts * (size_t)gr.n;
-    if (c && (!(c->ch = calloc(n_all, sizeof(*c->ch))) || !(c->done_g = calloc(n_all, sizeof(*c->done_g))) ||
-              !(c->use = calloc((size_t)n_prompts, sizeof(*c->use))) || !(c->choices = json_array()))) {
-        free(c->ch);
-        free(c->done_g);
-        free(c->use);
-        free(c);
-        c = NULL;
-    }
-    if (!c) {
-        prompts_free(in_p, n_prompts);
-        moe_responses_free(resp);
-        moe_gen_request_free(&gr);
+    if (!(c->ch = calloc(n_all, sizeof(*c->ch))) || !(c->done_g = calloc(n_all, sizeof(*c->done_g))) ||
+        !(c->use = calloc((size_t)n_prompts, sizeof(*c->use))) || !(c->choices = json_array())) {
+        hcall_detach(c);
         send_error(req, 500, "out of memory");
+        hcall_free(c);
         return;
     }
-    c->resp = resp;
-    c->hf = h;
-    c->req = req;
     c->stream = gr.stream;
-    c->chat = chat;
     c->include_usage = gr.include_usage;
     c->tool_call = gr.tool_call;
     c->tool_parse = gr.tool_parse;
@@ -1218,6 +1269,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
     /* the choices: n of each prompt, one generation each; choice i of a prompt draws with seed + i (or
      * each its own random one), as that prompt sent alone would */
     uint64_t seed = gr.sampling.seed;
+    enum moe_status st = MOE_OK;
     for (int k = 0; k < c->n && st == MOE_OK; k++) {
         struct hprompt_in *pi = &in_p[k / gr.n];
         json_array_append_new(c->choices, json_null());
@@ -1245,15 +1297,13 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         if (st == MOE_OK)
             st = srv_gen_submit_prepared(s, &h->inbox, r, &one, &pi->sp, 0, &r->g);
     }
-    prompts_free(in_p, n_prompts);
-    moe_gen_request_free(&gr);
     if (st != MOE_OK) { /* the choices submitted so far are cancelled with the call */
+        hcall_detach(c);
         send_request_error(req, c->resp, srv_http_status(st), moe_last_error());
         hcall_free(c);
         return;
     }
-    evhttp_connection_set_closecb(evhttp_request_get_connection(req), conn_close_cb, c);
-    hcall_watch(c, EV_READ);
+    hcall_attach(c);
     if (c->stream) {
         /* The stream's length is unknown: HTTP/1.1 gets it chunked, and an HTTP/1.0 client reads until
          * the connection closes.  libevent would answer an HTTP/1.0 keep-alive request with
@@ -1272,14 +1322,14 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
 /* POST /tokenize ({"prompt": text} or chat {"messages": [...]}, as a completion request would run them)
  * -> {"count", "max_model_len", "tokens"}; POST /detokenize ({"tokens": [ids]}) -> {"prompt": text}
  * (bytes that are not UTF-8 as U+FFFD).  vLLM's endpoints. */
-static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bool detok)
+static void tokenize_work(struct hjob *q)
 {
-    struct moe_server *s = h->srv;
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t n = evbuffer_get_length(in);
-    const char *body = (const char *)evbuffer_pullup(in, -1);
+    struct moe_server *s = q->srv;
+    bool detok = q->kind == HJ_DETOKENIZE;
+    size_t n = q->n;
+    const char *body = q->body;
     json_error_t jerr;
-    json_t *root = json_loadb(body ? body : "", body ? n : 0, JSON_REJECT_DUPLICATES, &jerr), *out = NULL;
+    json_t *root = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr), *out = NULL;
     int *ids = NULL;
     size_t n_ids = 0;
     char msg[400] = "";
@@ -1348,15 +1398,138 @@ static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bo
     }
     if (!msg[0] && !out)
         code = 500, snprintf(msg, sizeof(msg), "out of memory");
-    if (msg[0]) {
+    if (msg[0])
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, code == 400 || code == 404);
-        send_error(req, code, msg);
-    } else {
-        send_json(req, 200, out);
-    }
+    else
+        q->out = dump_json(out), code = 200;
+    q->code = code;
+    snprintf(q->err, sizeof(q->err), "%s", msg);
     json_decref(out);
     json_decref(root);
     free(ids);
+}
+
+static void tokenize_finish(struct hcall *c, const struct hjob *q)
+{
+    hcall_detach(c);
+    if (q->code != 200)
+        send_error(c->req, q->code, q->err);
+    else
+        send_dumped(c->req, 200, q->out);
+    hcall_free(c);
+}
+
+static void hjob_work(struct srv_job *j)
+{
+    struct hjob *q = (struct hjob *)j;
+    if (q->kind == HJ_COMPLETION)
+        completion_work(q);
+    else
+        tokenize_work(q);
+}
+
+static void hjob_free(struct srv_job *j)
+{
+    struct hjob *q = (struct hjob *)j;
+    free(q->body);
+    if (q->decoded)
+        moe_gen_request_free(&q->gr);
+    prompts_free(q->in_p, q->n_prompts);
+    free(q->out);
+    free(q);
+}
+
+/* A prepared request finished on this thread (the call answered, or its choices submitted), and its
+ * job freed. */
+static void hjob_finish(struct hcall *c, struct hjob *q)
+{
+    if (q->kind == HJ_COMPLETION)
+        completion_finish(c, q);
+    else
+        tokenize_finish(c, q);
+    hjob_free(&q->j);
+}
+
+/* Call c of req (NULL: out of memory; a completion's chat and resp set) with its request's body[0..n):
+ * the request is prepared on a preparation thread when it is large, meanwhile the call waits (its
+ * client watched, as one that generates is) and is finished when it comes back (wake_event_cb); a small
+ * one here and now. */
+static void prep_start(struct http_front *h, struct evhttp_request *req, struct hcall *c, int kind,
+                       const char *body, size_t n)
+{
+    struct hjob *q = c ? calloc(1, sizeof(*q)) : NULL;
+    if (!q || !(q->body = malloc(n + 1))) {
+        free(q);
+        send_error(req, 500, "out of memory");
+        if (c)
+            hcall_free(c);
+        return;
+    }
+    memcpy(q->body, body ? body : "", body ? n : 0);
+    q->n = body ? n : 0;
+    q->body[q->n] = 0;
+    q->srv = h->srv;
+    q->kind = kind;
+    q->chat = c->chat;
+    /* the template is set while loading; a request before then is refused as not ready anyway */
+    q->tmpl = atomic_load(&h->srv->loaded) ? h->srv->chat : NULL;
+    q->ht = kind == HJ_COMPLETION ? header_timeout(req) : 0;
+    q->j.work = hjob_work;
+    q->j.free = hjob_free;
+    q->j.inbox = &h->inbox;
+    q->j.owner = c;
+    if (srv_job_start(h->srv, &q->j, q->n)) {
+        c->prep = q;
+        hcall_attach(c);
+        return;
+    }
+    hjob_finish(c, q);
+}
+
+static void handle_completion(struct http_front *h, struct evhttp_request *req, bool chat, bool responses)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = (const char *)evbuffer_pullup(in, -1);
+    struct moe_responses *resp = NULL;
+    char *chat_body = NULL;
+    if (responses) { /* a Responses request, as the chat completion request it means */
+        enum moe_status st = moe_responses_request(body ? body : "", body ? n : 0, kept_lookup, h, &chat_body, &resp);
+        if (st != MOE_OK) {
+            free(chat_body);
+            moe_metrics_count(&h->srv->metrics, &h->srv->metrics.rejected_invalid, 1);
+            send_request_error(req, resp, srv_http_status(st), moe_last_error());
+            moe_responses_free(resp);
+            return;
+        }
+        body = chat_body;
+        n = chat_body ? strlen(chat_body) : 0;
+    }
+    struct hcall *c = calloc(1, sizeof(*c));
+    if (c) {
+        c->hf = h;
+        c->req = req;
+        c->chat = chat;
+        c->resp = resp;
+    } else {
+        moe_responses_free(resp);
+    }
+    prep_start(h, req, c, HJ_COMPLETION, body, n);
+    free(chat_body);
+}
+
+/* POST /tokenize and /detokenize: as completions, prepared off this thread when large. */
+static void handle_tokenize(struct http_front *h, struct evhttp_request *req, bool detok)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = (const char *)evbuffer_pullup(in, -1);
+    struct hcall *c = calloc(1, sizeof(*c));
+    if (c) {
+        c->hf = h;
+        c->req = req;
+    }
+    prep_start(h, req, c, detok ? HJ_DETOKENIZE : HJ_TOKENIZE, body, n);
 }
 
 static json_t *model_json(const struct moe_server *s)

@@ -82,11 +82,150 @@ void srv_inbox_init(struct srv_inbox *ib, void (*wake)(void *), void *arg)
     ib->wake_arg = arg;
 }
 
+/* A queue of jobs (the preparation threads', an inbox's): j put at its end, or its first taken off. */
+static void job_push(struct srv_job **head, struct srv_job **tail, struct srv_job *j)
+{
+    j->next = NULL;
+    if (*tail)
+        (*tail)->next = j;
+    else
+        *head = j;
+    *tail = j;
+}
+
+static struct srv_job *job_pop(struct srv_job **head, struct srv_job **tail)
+{
+    struct srv_job *j = *head;
+    if (j) {
+        *head = j->next;
+        if (!*head)
+            *tail = NULL;
+        j->next = NULL;
+    }
+    return j;
+}
+
 void srv_inbox_free(struct srv_inbox *ib)
 {
     for (struct srv_gen *g; (g = srv_inbox_pop(ib));)
         srv_gen_put(g);
+    for (struct srv_job *j; (j = job_pop(&ib->jhead, &ib->jtail));) /* the preparation threads have stopped */
+        j->free(j);
     pthread_mutex_destroy(&ib->mu);
+}
+
+/* ---- preparation threads ---- */
+
+/* A request under this many bytes is prepared on its front end's thread: it holds the others up for a
+ * few milliseconds at most (tokenizing runs at several megabytes a second), no longer than a hand-over
+ * back to the gRPC thread may take (it polls its inbox). */
+#define SRV_PREP_INLINE_BYTES 16384
+
+/* Run j on this thread (unless its owner let go already) and hand it back, or free it when its owner
+ * let go meanwhile. */
+static void job_run(struct srv_job *j)
+{
+    struct srv_inbox *ib = j->inbox;
+    pthread_mutex_lock(&ib->mu);
+    bool owned = j->owner != NULL;
+    pthread_mutex_unlock(&ib->mu);
+    if (owned)
+        j->work(j);
+    pthread_mutex_lock(&ib->mu);
+    owned = j->owner != NULL;
+    if (owned)
+        job_push(&ib->jhead, &ib->jtail, j);
+    pthread_mutex_unlock(&ib->mu);
+    if (!owned)
+        j->free(j);
+    else if (ib->wake)
+        ib->wake(ib->wake_arg);
+}
+
+static void *prep_thread(void *arg)
+{
+    struct srv_prep *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->head && !p->stop)
+            pthread_cond_wait(&p->cv, &p->mu);
+        struct srv_job *j = job_pop(&p->head, &p->tail);
+        if (!j)
+            break; /* stopping, and every job taken */
+        pthread_mutex_unlock(&p->mu);
+        job_run(j);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+bool srv_job_start(struct moe_server *s, struct srv_job *j, size_t bytes)
+{
+    struct srv_prep *p = &s->prep;
+    pthread_mutex_lock(&p->mu);
+    bool queued = p->n_threads > 0 && !p->stop && bytes >= p->inline_bytes;
+    if (queued) {
+        job_push(&p->head, &p->tail, j);
+        pthread_cond_signal(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!queued)
+        j->work(j);
+    return queued;
+}
+
+void srv_job_let_go(struct srv_job *j)
+{
+    pthread_mutex_lock(&j->inbox->mu);
+    j->owner = NULL;
+    pthread_mutex_unlock(&j->inbox->mu);
+}
+
+struct srv_job *srv_inbox_pop_job(struct srv_inbox *ib, void **owner)
+{
+    for (;;) {
+        pthread_mutex_lock(&ib->mu);
+        struct srv_job *j = job_pop(&ib->jhead, &ib->jtail);
+        if (j)
+            *owner = j->owner;
+        pthread_mutex_unlock(&ib->mu);
+        if (!j || *owner)
+            return j;
+        j->free(j);
+    }
+}
+
+void srv_prep_start(struct moe_server *s)
+{
+    struct srv_prep *p = &s->prep;
+    /* testing (tests/server): MOEFLOW_TEST_PREP_INLINE_BYTES=0 prepares every request on the threads */
+    const char *t = getenv("MOEFLOW_TEST_PREP_INLINE_BYTES");
+    p->inline_bytes = t ? (size_t)strtoull(t, NULL, 10) : SRV_PREP_INLINE_BYTES;
+    /* two: before, each of the two front ends prepared one request at a time on its own thread */
+    for (int i = 0; i < (int)MOE_ARRAY_LEN(p->threads); i++) {
+        if (pthread_create(&p->threads[i], NULL, prep_thread, p) != 0) {
+            MOE_WARN("cannot start a request preparation thread: %d of %d run (with none, requests are "
+                     "prepared on the front ends' threads)", i, (int)MOE_ARRAY_LEN(p->threads));
+            break;
+        }
+        p->n_threads = i + 1; /* read by srv_job_start only once the front ends run */
+    }
+}
+
+void srv_prep_stop(struct moe_server *s)
+{
+    struct srv_prep *p = &s->prep;
+    pthread_mutex_lock(&p->mu);
+    p->stop = true;
+    int n = p->n_threads;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < n; i++)
+        pthread_join(p->threads[i], NULL);
+    pthread_mutex_lock(&p->mu);
+    p->n_threads = 0;
+    pthread_mutex_unlock(&p->mu);
 }
 
 uint64_t srv_random64(void)
@@ -880,6 +1019,8 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     s->t_start = moe_now();
     s->created = (long long)time(NULL);
     moe_metrics_init(&s->metrics);
+    pthread_mutex_init(&s->prep.mu, NULL);
+    pthread_cond_init(&s->prep.cv, NULL);
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
     if (cfg->model_name[0]) {
         snprintf(s->model_name, sizeof(s->model_name), "%s", cfg->model_name);
@@ -1100,6 +1241,7 @@ enum moe_status moe_server_run(struct moe_server *s)
 {
     enum moe_status st = MOE_OK;
     double drain_end = 0; /* the drain's end: the front ends deliver the replies they hold until then */
+    srv_prep_start(s);
     if (s->cfg.http_port) {
         s->http = srv_http_start(s);
         if (!s->http)
@@ -1158,6 +1300,9 @@ enum moe_status moe_server_run(struct moe_server *s)
     if (device)
         st = moe_errorf(MOE_EDEVLOST, "stopped after a device error (see the log above)");
 out_stop:
+    /* the preparations under way end first (a request they made is refused as draining, or the
+     * front end delivers its reply as it stops); the front ends prepare what comes after inline */
+    srv_prep_stop(s);
     if (s->grpc)
         srv_grpc_stop(s->grpc, drain_end);
     s->grpc = NULL;
@@ -1171,6 +1316,7 @@ void moe_server_destroy(struct moe_server *s)
 {
     if (!s)
         return;
+    srv_prep_stop(s); /* before the front ends, whose inboxes its jobs come back to */
     if (s->grpc)
         srv_grpc_stop(s->grpc, 0);
     if (s->http)
@@ -1191,5 +1337,7 @@ void moe_server_destroy(struct moe_server *s)
     if (s->model)
         moe_model_close(s->model);
     moe_metrics_free(&s->metrics);
+    pthread_cond_destroy(&s->prep.cv);
+    pthread_mutex_destroy(&s->prep.mu);
     free(s);
 }

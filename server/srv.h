@@ -6,7 +6,11 @@
  * requests.  Events are handed over through the front end's inbox: a mutex,
  * a list of generations with new events, and a wake function (event_active
  * for libevent; the gRPC thread polls its completion queue with a short
- * timeout and drains the inbox after each wake-up). */
+ * timeout and drains the inbox after each wake-up).  A large request is
+ * prepared (parsed, its chat template rendered, tokenized, checked) on the
+ * server's preparation threads (srv_job_start), so that its front end's
+ * thread goes on serving the others meanwhile; the prepared request comes back
+ * through the same inbox. */
 #ifndef MOE_SERVER_SRV_H
 #define MOE_SERVER_SRV_H
 
@@ -27,10 +31,12 @@
 #include "serve_config.h"
 
 struct srv_gen;
+struct srv_job;
 
 struct srv_inbox {
     pthread_mutex_t mu;
     struct srv_gen *head, *tail;   /* generations with unread events (each holds a ref) */
+    struct srv_job *jhead, *jtail; /* jobs prepared, for the front end to finish */
     void (*wake)(void *arg);       /* called without mu held; may be NULL (polled) */
     void *wake_arg;
 };
@@ -90,6 +96,28 @@ struct srv_events {
     int n_cached;                  /* of n_prompt, tokens taken from a cached prefix */
 };
 
+/* Work of a front end's request done on a preparation thread (srv_job_start): the front end embeds it
+ * in its own job, which holds a copy of what work reads, and what work makes of it. */
+struct srv_job {
+    void (*work)(struct srv_job *j); /* a preparation thread's, or (run inline) the front end's */
+    void (*free)(struct srv_job *j); /* frees the job and what it holds (any thread: no front-end state) */
+    struct srv_inbox *inbox;       /* where the job comes back */
+    /* guarded by inbox->mu */
+    void *owner;                   /* front-end context; NULL once it let go (srv_job_let_go) */
+    struct srv_job *next;
+};
+
+/* The preparation threads: a queue of jobs, taken in order. */
+struct srv_prep {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct srv_job *head, *tail;
+    pthread_t threads[2];
+    int n_threads;                 /* running; 0: every job runs inline */
+    bool stop;
+    size_t inline_bytes;           /* requests smaller than this are prepared inline */
+};
+
 struct moe_server {
     struct moe_serve_config cfg;
     char model_name[128];
@@ -120,6 +148,7 @@ struct moe_server {
     long long created;             /* wall-clock start, seconds since the epoch (/v1/models) */
     struct http_front *http;
     struct grpc_front *grpc;
+    struct srv_prep prep;
 };
 
 /* Map a status to HTTP and gRPC codes. */
@@ -184,6 +213,22 @@ void srv_gen_undeliverable(struct srv_gen *g, const char *msg);
 void srv_gen_abandon_unsent(struct srv_gen *g);
 /* Drop one ref (front end or inbox list). */
 void srv_gen_put(struct srv_gen *g);
+
+/* Run job j (its owner, inbox, work and free set; all it reads its own) of a request of `bytes` bytes:
+ * on a preparation thread when the request is large enough for its preparation to hold up the front
+ * end's other requests and the threads run (true: j comes back through its inbox, srv_inbox_pop_job),
+ * else here and now (false: the caller finishes it at once). */
+bool srv_job_start(struct moe_server *s, struct srv_job *j, size_t bytes);
+/* The front end lets go of a job it started (its request ended: a client gone, a call cancelled, the
+ * front end stopping): the job is freed unfinished where it is next found. */
+void srv_job_let_go(struct srv_job *j);
+/* The first job back with its owner (*owner), or NULL; jobs whose owner let go are freed on the way.
+ * The caller finishes the job and frees it (j->free). */
+struct srv_job *srv_inbox_pop_job(struct srv_inbox *ib, void **owner);
+/* The preparation threads: started before the front ends; stopped (every job taken already runs to
+ * its end and comes back, those that start later run inline) before they are. */
+void srv_prep_start(struct moe_server *s);
+void srv_prep_stop(struct moe_server *s);
 
 void srv_inbox_init(struct srv_inbox *ib, void (*wake)(void *), void *arg);
 /* 64 random bits (the kernel's; before it has entropy, the time, the pid and a count): request

@@ -24,7 +24,8 @@
 # Binaries come from build-device/dist.tar.xz (made here by bench/device/prepare.sh
 # and carried; unpacked under /tmp; MOEFLOW_BUNDLE names another), an unpacked
 # build-device/dist, or MOEFLOW_DIST.
-# Exit status: 0 when every test passed.
+# Exit status: 0 when every step ran and passed (a test's own skip, exit 77, included), 1 when a
+# step failed, 3 when none failed but the budget cut some short or left no time for them.
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/device-out}
@@ -70,6 +71,7 @@ export MOEFLOW_TEST_SEED=${MOEFLOW_TEST_SEED:-$(date +%s)}
    --format=csv) > "$out/nvidia-smi.txt" 2>&1
 steps=()
 fails=0
+cut_steps=0   # steps the time budget skipped or cut short
 # summary.json and logs.tar.gz as they stand ("finished" false until the end): a run cut off
 # from outside still reports its steps, in no more files than the device tool brings back
 report() {
@@ -90,6 +92,7 @@ run() {
   if [ $left -le 5 ]; then
     steps+=("{\"step\":\"$name\",\"status\":\"skip\",\"reason\":\"time budget\"}")
     echo "check.sh: $name: skipped (time budget spent)"
+    cut_steps=$((cut_steps + 1))
     return
   fi
   [ "$limit" -gt "$left" ] && limit=$left && cut=1
@@ -99,7 +102,7 @@ run() {
   local dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   local status=pass reason=""
   if { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && [ $cut -eq 1 ]; then
-    status=skip reason=',"reason":"time budget"'
+    status=skip reason=',"reason":"time budget"' cut_steps=$((cut_steps + 1))
   elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
     status=timeout && fails=$((fails + 1))
   elif [ $rc -eq 77 ]; then
@@ -196,4 +199,9 @@ for s in "${steps[@]}"; do
 done
 report true
 cat "$out/summary.json"
-[ $fails -eq 0 ]
+[ $fails -eq 0 ] || exit 1
+if [ $cut_steps -gt 0 ]; then
+  echo "check.sh: no step failed, but $cut_steps did not run to their end (time budget): not a pass;" \
+       "rerun with a larger CHECK_BUDGET_S or read summary.json's skips" >&2
+  exit 3
+fi

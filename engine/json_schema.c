@@ -664,8 +664,9 @@ static int64_t int_bound(const json_t *v, bool excl, bool up)
     double d = json_real_value(v);
     d = d < (double)-lim ? (double)-lim : d > (double)lim ? (double)lim : d;
     double r = up ? floor(d) : ceil(d);
-    if (excl && r == d) r += up ? -1 : 1;
-    return (int64_t)r;
+    int64_t k = (int64_t)r; /* stepped past an excluded bound as an integer: above 2^53 a double's 1 is lost */
+    if (excl && r == d) k += up ? -1 : 1;
+    return k;
 }
 
 /* One end of a range: the inclusive and exclusive keywords (draft 4's boolean form too), the tighter

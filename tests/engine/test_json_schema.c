@@ -459,6 +459,15 @@ static void test_integer_bounds(void)
         bad_at(sc, "[50000000000000000", "6]");
     }
     moe_json_schema_unref(sc);
+    /* an excluded bound written as a double above 2^53 is excluded still */
+    sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"exclusiveMinimum\":1e16,"
+                 "\"exclusiveMaximum\":1.5e17}}");
+    if (sc) {
+        good(sc, "[10000000000000001,149999999999999999]");
+        bad_at(sc, "[10000000000000000", "]");
+        bad_at(sc, "[15000000000000000", "0]");
+    }
+    moe_json_schema_unref(sc);
 }
 
 /* A number range: quarters in a window are taken exactly when in range; no exponent. */

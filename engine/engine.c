@@ -505,8 +505,8 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         st = moe_errorf(MOE_EINVAL, "engine: max_batch_tokens = %d (1..1048576)", p->max_batch_tokens);
         goto out_fail;
     }
-    if (p->n_threads < 0 || p->n_threads > 1024) {
-        st = moe_errorf(MOE_EINVAL, "engine: n_threads = %d (0..1024)", p->n_threads);
+    if (p->n_threads < 0 || p->n_threads > MOE_CPU_MAX_THREADS) {
+        st = moe_errorf(MOE_EINVAL, "engine: n_threads = %d (0..%d)", p->n_threads, MOE_CPU_MAX_THREADS);
         goto out_fail;
     }
     if (p->kv_dtype != MOE_DT_F32 && p->kv_dtype != MOE_DT_BF16) {

@@ -208,8 +208,13 @@ void moe_backend_destroy(struct moe_backend *be);
 
 /* ---- the CPU reference backend -------------------------------------------- */
 
+/* The most threads of the CPU backend's pool, and so of the engine's n_threads and every command's
+ * --threads (each costs the pool a thread with its stack and a 64 KiB GEMM panel). */
+#define MOE_CPU_MAX_THREADS 1024
+
 struct moe_backend_cpu_params {
-    int n_threads;   /* worker threads for GEMMs and attention (0 = 1); also OpenBLAS's */
+    int n_threads;   /* worker threads for GEMMs and attention (0 = 1, at most MOE_CPU_MAX_THREADS); also
+                        OpenBLAS's */
     bool use_blas;   /* true: GEMMs via cblas_sgemm (faster on some machines, but a row's
                         result then depends on the batch around it: breaks batch invariance) */
 };

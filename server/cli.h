@@ -64,6 +64,9 @@ bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out);
 bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo, long hi, long *out);
 bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,
                         double *out);
+/* --threads S, the CPU backend's pool: 1..MOE_CPU_MAX_THREADS on every command, with moe_cli_opt_long's
+ * message. */
+bool moe_cli_opt_threads(const char *cmd, const char *s, int *out);
 
 /* Open the model in dir and, when tok is not NULL, dir/tokenizer.json.  On
  * failure prints "moeflow CMD: <reason> (set --model DIR ...)" to stderr and

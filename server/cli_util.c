@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include "../common/moe.h"
+#include "../kernels/backend.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
 #include "../predictor/predictor.h"
@@ -67,6 +68,14 @@ bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo,
     if (moe_cli_parse_long(s, lo, hi, out)) return true;
     fprintf(stderr, "moeflow %s: --%s '%s': expected an integer in [%ld, %ld]\n", cmd, name, s, lo, hi);
     return false;
+}
+
+bool moe_cli_opt_threads(const char *cmd, const char *s, int *out)
+{
+    long v;
+    if (!moe_cli_opt_long(cmd, "threads", s, 1, MOE_CPU_MAX_THREADS, &v)) return false;
+    *out = (int)v;
+    return true;
 }
 
 bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,

@@ -256,7 +256,7 @@ static int bench_batch(int argc, char **argv)
             if (!parse_int("--lookahead", optarg, 0, 64, &o.lookahead)) return 2;
             have_lookahead = true;
             break;
-        case O_THREADS: if (!parse_int("--threads", optarg, 1, 256, &o.threads)) return 2; break;
+        case O_THREADS: if (!moe_cli_opt_threads("bench batch", optarg, &o.threads)) return 2; break;
         case O_KV_DTYPE:
             if (!moe_engine_kv_dtype_parse(optarg, &o.kv_dtype)) {
                 fprintf(stderr, "moeflow bench batch: --kv-dtype '%s': expected f32 or bf16\n", optarg);

@@ -78,7 +78,8 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL;
-    long K = 0, seq_len = 512, max_tokens = 4096, threads = 1;
+    long K = 0, seq_len = 512, max_tokens = 4096;
+    int threads = 1;
     bool json = false;
     int c;
     optind = 1;
@@ -98,7 +99,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
             if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1L << 30, &max_tokens)) return 2;
             break;
         case O_THREADS:
-            if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 256, &threads)) return 2;
+            if (!moe_cli_opt_threads("eval-predictor", optarg, &threads)) return 2;
             break;
         case O_JSON: json = true; break;
         case 'h': usage(stdout); return 0;
@@ -141,7 +142,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
         goto out;
     }
-    struct moe_drive_params dp = { .spec = &spec, .seq_len = (int)seq_len, .n_threads = (int)threads, .eval = &ev };
+    struct moe_drive_params dp = { .spec = &spec, .seq_len = (int)seq_len, .n_threads = threads, .eval = &ev };
     double t0 = moe_now();
     if (moe_drive_text(m, ids, n, &dp)) {
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());

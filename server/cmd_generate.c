@@ -279,11 +279,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
                 return 2;
             break;
         case OPT_THREADS:
-            if (!moe_cli_parse_long(optarg, 1, 1024, &v)) {
-                fprintf(stderr, "moeflow generate: --threads '%s': expected an integer 1..1024\n", optarg);
-                return 2;
-            }
-            o->threads = (int)v;
+            if (!moe_cli_opt_threads("generate", optarg, &o->threads)) return 2;
             break;
         case OPT_BLAS:
             o->blas = true;

@@ -136,15 +136,9 @@ int moe_cmd_logits(int argc, char **argv)
         case 'm': model_dir = optarg; break;
         case 'i': ids_arg = optarg; break;
         case 'o': out_path = optarg; break;
-        case 't': {
-            long v;
-            if (!moe_cli_parse_long(optarg, 1, 1024, &v)) {
-                fprintf(stderr, "moeflow logits: --threads '%s': expected an integer 1..1024\n", optarg);
-                return 2;
-            }
-            threads = (int)v;
+        case 't':
+            if (!moe_cli_opt_threads("logits", optarg, &threads)) return 2;
             break;
-        }
         case 'h': usage(stdout); return 0;
         default: return moe_cli_bad_option("logits", c, argv, opts);
         }

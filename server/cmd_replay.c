@@ -119,7 +119,8 @@ int moe_cmd_replay(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL, *pol_s = NULL;
-    long seq_len = 512, max_tokens = 2048, cap = 0, threads = 1, ebytes = 0, oracle = -1, reveal = -1;
+    long seq_len = 512, max_tokens = 2048, cap = 0, ebytes = 0, oracle = -1, reveal = -1;
+    int threads = 1;
     bool oracle_keep = false, later_only = false;
     double frac = 0, min_score = MOE_PRED_MIN_SCORE, link = 0, layer_ms = 0, expert_ms = 0.153;
     bool json = false, no_prefetch = false;
@@ -173,7 +174,7 @@ int moe_cmd_replay(int argc, char **argv)
             timeline_opt = "--expert-ms";
             break;
         case O_THREADS:
-            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 256, &threads)) return 2;
+            if (!moe_cli_opt_threads("replay", optarg, &threads)) return 2;
             break;
         case O_JSON: json = true; break;
         case O_NOPF: no_prefetch = true; break;
@@ -265,7 +266,7 @@ int moe_cmd_replay(int argc, char **argv)
         .prefetch = { .min_score = (float)min_score, .max_per_layer = m->cfg.top_k,
                       .all_scores = policy == MOE_CACHE_PREDICTED },
         .seq_len = (int)seq_len,
-        .n_threads = (int)threads,
+        .n_threads = threads,
         .log = &log,
         .backend = be,
         .provider = prov,

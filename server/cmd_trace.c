@@ -133,7 +133,8 @@ int moe_cmd_trace(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     const char *dir = NULL, *text = NULL, *idsf = NULL, *out = NULL;
-    long seq_len = 256, max_tokens = 0, threads = 1;
+    long seq_len = 256, max_tokens = 0;
+    int threads = 1;
     bool weights = false, have_seq_len = false;
     struct moe_offload_opts oo;
     moe_offload_opts_init(&oo);
@@ -141,7 +142,7 @@ int moe_cmd_trace(int argc, char **argv)
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
-        long *num = NULL, hi = 1L << 30;
+        long *num = NULL;
         const char *name = NULL;
         switch (c) {
         case 'm': dir = optarg; break;
@@ -149,7 +150,9 @@ int moe_cmd_trace(int argc, char **argv)
         case O_IDS: idsf = optarg; break;
         case O_SEQLEN: num = &seq_len; name = "seq-len"; have_seq_len = true; break;
         case O_MAXTOK: num = &max_tokens; name = "max-tokens"; break;
-        case O_THREADS: num = &threads; name = "threads"; hi = 1024; break;
+        case O_THREADS:
+            if (!moe_cli_opt_threads("trace", optarg, &threads)) return 2;
+            break;
         case O_WEIGHTS: weights = true; break;
         case O_OUT: out = optarg; break;
         case 'h': trace_usage(stdout); return 0;
@@ -162,12 +165,7 @@ int moe_cmd_trace(int argc, char **argv)
             if (r == 0) return moe_cli_bad_option("trace", c, argv, opts);
         }
         }
-        if (num) {
-            if (!moe_cli_parse_long(optarg, 1, hi, num)) {
-                fprintf(stderr, "moeflow trace: --%s '%s' must be an integer in 1..%ld\n", name, optarg, hi);
-                return 2;
-            }
-        }
+        if (num && !moe_cli_opt_long("trace", name, optarg, 1, 1L << 30, num)) return 2;
     }
     if (!moe_cli_no_operands("trace", argc, argv, NULL)) return 2;
     if (out && !moe_cli_check_out("trace", "--out", out, true)) return 2;
@@ -242,7 +240,7 @@ int moe_cmd_trace(int argc, char **argv)
         goto fail;
     }
     struct moe_engine_params ep = { .max_seqs = 1, .max_ctx = (int)longest,
-                                    .max_batch_tokens = (int)longest, .n_threads = (int)threads,
+                                    .max_batch_tokens = (int)longest, .n_threads = threads,
                                     .provider = prov, .backend = be,
                                     .hooks = { .ud = &r, .on_route = on_route } };
     eng = moe_engine_create(m, &ep);

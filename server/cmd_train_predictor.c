@@ -80,7 +80,8 @@ int moe_cmd_train_predictor(int argc, char **argv)
     };
     const char *model_dir = moe_default_model_dir(), *trace_path = NULL, *text = NULL, *out_path = NULL;
     bool have_seq_len = false;
-    long seq_len = 512, width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1, threads = 2;
+    long seq_len = 512, width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1;
+    int threads = 2;
     double lr = 2e-3, wd = 1e-4, val = 0.1, hist_decay = 0;
     bool quiet = false, context = false;
     int c;
@@ -130,7 +131,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
             if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 0, 1L << 62, &seed)) return 2;
             break;
         case O_THREADS:
-            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 256, &threads)) return 2;
+            if (!moe_cli_opt_threads("train-predictor", optarg, &threads)) return 2;
             break;
         case O_QUIET: quiet = true; break;
         case O_CONTEXT: context = true; break;
@@ -168,7 +169,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    openblas_set_num_threads((int)threads);
+    openblas_set_num_threads(threads);
     if (trace_path) {
         if (moe_trace_load(trace_path, &tr)) {
             fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
@@ -212,7 +213,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
         experts = tr->experts;
     } else {
         if (!moe_cli_read_text("train-predictor", tok, text, 0, &toks, &n)) goto out;
-        if (moe_drive_route(m, toks, n, (int)seq_len, 256, (int)threads, quiet ? 0 : 5, &experts, &seqs, &poss,
+        if (moe_drive_route(m, toks, n, (int)seq_len, 256, threads, quiet ? 0 : 5, &experts, &seqs, &poss,
                             context ? &fin : NULL)) {
             fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
             goto out;

@@ -1,6 +1,7 @@
 /* The serve option table, its parser and its help text. */
 #include "serve_config.h"
 #include "../engine/engine.h"
+#include "../kernels/backend.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -21,7 +22,7 @@ static const struct moe_serve_opt opts[] = {
       "address the gRPC and HTTP listeners bind", 0 },
     { "grpc-port", MOE_OPT_INT, OFF(grpc_port), 0, "50051", 0, 65535, "gRPC port (0 = off)", 0 },
     { "http-port", MOE_OPT_INT, OFF(http_port), 0, "8000", 0, 65535, "HTTP port (0 = off)", 0 },
-    { "threads", MOE_OPT_INT, OFF(threads), 0, "1", 1, 256,
+    { "threads", MOE_OPT_INT, OFF(threads), 0, "1", 1, MOE_CPU_MAX_THREADS,
       "threads of the CPU backend's pool (GEMMs, attention; outputs do not depend on it; unused with "
       "--backend cuda)", 0 },
     { "max-seqs", MOE_OPT_INT, OFF(max_seqs), 0, "32", 1, 4096, "KV cache slots (sequences)", 0 },

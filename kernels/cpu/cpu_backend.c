@@ -706,8 +706,8 @@ struct moe_backend *moe_backend_cpu_create(const struct moe_backend_cpu_params *
 {
     struct moe_backend_cpu_params def = { 0 };
     if (!p) p = &def;
-    if (p->n_threads < 0 || p->n_threads > 1024) {
-        moe_errorf(MOE_EINVAL, "cpu backend: n_threads = %d (0..1024)", p->n_threads);
+    if (p->n_threads < 0 || p->n_threads > MOE_CPU_MAX_THREADS) {
+        moe_errorf(MOE_EINVAL, "cpu backend: n_threads = %d (0..%d)", p->n_threads, MOE_CPU_MAX_THREADS);
         return NULL;
     }
     struct cpu_ctx *c = calloc(1, sizeof(*c));

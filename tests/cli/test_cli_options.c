@@ -1,6 +1,7 @@
 /* Every moeflow command answers an option it does not have, an option without its value, an ambiguous
  * abbreviation and a value given to a flag that takes none with one line on stderr that names the
  * option, and exit status 2 (no usage text after it). */
+#include "kernels/backend.h"
 #include "tests/test_util.h"
 
 #include <unistd.h>
@@ -44,6 +45,37 @@ int main(void)
         snprintf(want, sizeof(want), "moeflow %s: %s needs a value (see --help)\n", cmds[i], opt);
         expect(args, want);
     }
+
+    /* --threads: the same limit, the CPU backend's, and the same message on every command that takes it (the
+     * largest value is taken: the unknown option after it is what is refused) */
+    static const char *const thread_cmds[] = { "generate", "logits", "trace", "train-predictor", "eval-predictor",
+                                               "replay", "bench batch" };
+    for (size_t i = 0; i < sizeof(thread_cmds) / sizeof(thread_cmds[0]); i++) {
+        snprintf(args, sizeof(args), "%s --threads %d", thread_cmds[i], MOE_CPU_MAX_THREADS + 1);
+        snprintf(want, sizeof(want), "moeflow %s: --threads '%d': expected an integer in [1, %d]\n", thread_cmds[i],
+                 MOE_CPU_MAX_THREADS + 1, MOE_CPU_MAX_THREADS);
+        expect(args, want);
+        snprintf(args, sizeof(args), "%s --threads 0", thread_cmds[i]);
+        snprintf(want, sizeof(want), "moeflow %s: --threads '0': expected an integer in [1, %d]\n", thread_cmds[i],
+                 MOE_CPU_MAX_THREADS);
+        expect(args, want);
+        snprintf(args, sizeof(args), "%s --threads %d --no-such-option", thread_cmds[i], MOE_CPU_MAX_THREADS);
+        snprintf(want, sizeof(want), "moeflow %s: unknown option '--no-such-option' (see --help)\n", thread_cmds[i]);
+        expect(args, want);
+    }
+#ifdef TEST_SERVER
+    snprintf(args, sizeof(args), "serve --check-config --threads %d", MOE_CPU_MAX_THREADS);
+    {
+        char cmd[8192], out[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1 </dev/null", exe, args);
+        int st = t_run(cmd, out, sizeof(out));
+        CHECK(st == 0, "moeflow %s: exit %d, output '%s'", args, st, out);
+    }
+    snprintf(args, sizeof(args), "serve --check-config --threads %d", MOE_CPU_MAX_THREADS + 1);
+    snprintf(want, sizeof(want), "moeflow serve: --threads: %d is outside [1, %d]\n", MOE_CPU_MAX_THREADS + 1,
+             MOE_CPU_MAX_THREADS);
+    expect(args, want);
+#endif
 
     expect("sim --trace t.jsonl --policy lru --cap 64",
            "moeflow sim: '--cap' is ambiguous (--capacity, --capacity-frac): spell it out\n");

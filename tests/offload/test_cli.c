@@ -293,7 +293,7 @@ int main(void)
     CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", tr,
                   "--seq-len", "4") == 2 && strstr(errbuf, "--seq-len"), "--ids with --seq-len: %s", errbuf);
     CHECK(run_cmd(moe_cmd_trace, NULL, 9, "trace", "--model", model, "--ids", ids, "--out", tr,
-                  "--threads", "100000") == 2 && strstr(errbuf, "1..1024"), "--threads 100000: %s", errbuf);
+                  "--threads", "100000") == 2 && strstr(errbuf, "[1, 1024]"), "--threads 100000: %s", errbuf);
     write_text(ids, "[[1, 99999]]");
     CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", model, "--ids", ids, "--out", tr) == 1,
           "out-of-range id must fail");

@@ -275,6 +275,15 @@ int main(void)
     /* a value out of range or not a number: the message gives the range, not only --help */
     CHECK(run("train-predictor --text x --out /tmp/x.safetensors --epochs abc") == 2 &&
           strstr(out, "--epochs 'abc': expected an integer in [1, 100000]"), "train --epochs abc: %s", out);
+    /* --hist-decay: the range --help gives is the one the parser takes, 0 (no history input) included */
+    CHECK(run("train-predictor --help") == 0 && strstr(out, "--hist-decay D        0 <= D <= 0.999;"),
+          "train --help, --hist-decay: %s", out);
+    CHECK(run("train-predictor --text x --out /tmp/x.safetensors --hist-decay 1") == 2 &&
+          strstr(out, "--hist-decay '1': expected a number in [0, 0.999]"), "train --hist-decay 1: %s", out);
+    CHECK(run("train-predictor --text x --out /tmp/x.safetensors --hist-decay 0 --no-such-option") == 2 &&
+          strstr(out, "unknown option '--no-such-option'"), "train --hist-decay 0: %s", out);
+    CHECK(run("train-predictor --text x --out /tmp/x.safetensors --hist-decay 0.999 --no-such-option") == 2 &&
+          strstr(out, "unknown option '--no-such-option'"), "train --hist-decay 0.999: %s", out);
     CHECK(run("eval-predictor --text x --predictor gate --k 0") == 2 &&
           strstr(out, "--k '0': expected an integer in [1, 65536]"), "eval --k 0: %s", out);
     CHECK(run("replay --text x --capacity-frac 2 --policy lru --predictor none") == 2 &&

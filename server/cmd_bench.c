@@ -57,8 +57,11 @@ static void bench_usage(FILE *f)
             "the device-tier hit rate and tokens/s.\n"
             "\n"
             "  --model DIR          model directory (default: the bundled model)\n"
-            "  --prompts FILE       one prompt per line (\\n, \\t, \\\\ escaped), or a JSON array of strings\n"
-            "                       when FILE's name ends in .json\n"
+            "  --prompts FILE       a JSON array of strings when FILE's name ends in .json; else one\n"
+            "                       prompt per line (LF or CRLF; empty lines skipped) in which \\n, \\t\n"
+            "                       and \\r stand for a newline, a tab and a carriage return, and a\n"
+            "                       backslash before any other character for that character (\\\\: a\n"
+            "                       backslash); a backslash that ends a line stays\n"
             "  --concurrency N      sequences decoding at once\n"
             "  --micro-batch M      sequences per forward pass\n"
             "  --max-tokens T       new tokens per request (EOS ignored, so every request makes T)\n"
@@ -81,6 +84,7 @@ static void bench_usage(FILE *f)
             "                       (--policy predicted) and steer regrouping\n"
             "  --no-predictor-prefetch  the predictor steers regrouping only: no prefetches, no hints\n"
             "  --json               print one JSON object instead of text\n"
+            "  -h, --help           this help\n"
             "%s",
             moe_offload_help_below_device());
 }
@@ -96,7 +100,7 @@ static bool parse_int(const char *flag, const char *v, int lo, int hi, int *out)
     return true;
 }
 
-/* Undo the line format's escapes in place. */
+/* Undo the line format's escapes in place (--help): \n, \t, \r, and \X for any other X; a last '\' stays. */
 static void unescape(char *s)
 {
     char *w = s;

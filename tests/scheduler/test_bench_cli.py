@@ -32,6 +32,8 @@ base = ["--prompts", os.path.join(HERE, "prompts-small.json"), "--concurrency", 
 
 rc, out, err = run("--help")
 check(rc == 0 and "--grouping" in out, f"--help: rc {rc}")
+# the help lists -h, --help as every command's does, and the line format's escapes
+check("-h, --help" in out and "\\n, \\t\n" in out and "and \\r stand for" in out, f"--help: {out!r}")
 for args, needle in [
     (["--prompts", "x"], "--concurrency"),
     (base, "--grouping"),
@@ -102,6 +104,22 @@ with tempfile.NamedTemporaryFile("w", suffix=".txt") as pf:
     pf.flush()
     rc, out, err = run("--prompts", pf.name, *base[2:], "--grouping", "fcfs")
     check(rc == 0 and "2 requests" in out, f"line prompts beginning with '[': rc {rc} {out!r} {err!r}")
+# the line format as --help gives it: CRLF ends a line, an empty line is skipped, \n \t \r stand for a newline, a
+# tab and a carriage return, \X for X, and a backslash that ends a line stays; the same prompts as a .json file
+# give the same figures
+with tempfile.NamedTemporaryFile("wb", suffix=".txt") as pf, tempfile.NamedTemporaryFile("w", suffix=".json") as jf:
+    pf.write(b"def f(a):\\n\\treturn a\\r\\\\ \\q\\\r\n\r\n\nimport sys")
+    pf.flush()
+    json.dump(["def f(a):\n\treturn a\r\\ q\\", "import sys"], jf)
+    jf.flush()
+    figs = []
+    for f in (pf.name, jf.name):
+        rc, out, err = run("--prompts", f, *base[2:8], "--prompt-tokens", "0", *base[10:], "--grouping", "fcfs",
+                           "--json")
+        check(rc == 0, f"{f}: rc {rc} {err!r}")
+        j = json.loads(out or "{}")
+        figs.append([j.get(k) for k in ("requests", "prompt_tokens", "experts_per_layer_step", "transfers", "hits")])
+    check(figs[0] == figs[1] and figs[0][0] == 2, f"line file vs .json: {figs}")
 # the regroup bounds with fcfs: refused, not ignored
 rc, out, err = run(*base, "--grouping", "fcfs", "--regroup-lag", "5")
 check(rc == 2 and "--grouping regroup" in err, f"--regroup-lag with fcfs: rc {rc} {err!r}")

@@ -108,6 +108,14 @@ static inline bool moe_add_u64(uint64_t a, uint64_t b, uint64_t *out)
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* Strict parsing of a number given as text (common/parse.c): the whole string, base 10, no blank, '+' or
+ * hexadecimal, no overflow; false leaves *out untouched.  long: in [lo, hi]; u64: no sign; double: finite and
+ * >= lo, and <= hi for moe_parse_double_in. */
+bool moe_parse_long(const char *s, long lo, long hi, long *out);
+bool moe_parse_u64(const char *s, uint64_t *out);
+bool moe_parse_double(const char *s, double lo, double *out);
+bool moe_parse_double_in(const char *s, double lo, double hi, double *out);
+
 /* Room in *p, an array of *cap elements of size bytes each, for need of them: when need > *cap, *p
  * is reallocated to the first capacity that holds need, doubling from *cap (from first when *cap is
  * 0), and *cap set to it.  False, nothing changed, when out of memory or the size overflows. */

@@ -50,16 +50,7 @@ int moe_cli_bad_option(const char *cmd, int c, char **argv, const struct option 
  * that is missing or a directory (the same as a file that cannot be loaded later). */
 int moe_cli_pred_spec(const char *cmd, const char *spec_s, const char *dir, struct moe_pred_spec *spec);
 
-/* Strict parsing of an option's value: the whole string, base 10, no
- * overflow; false leaves *out untouched.  long: in [lo, hi]; u64: no sign;
- * double: finite and >= lo. */
-bool moe_cli_parse_long(const char *s, long lo, long hi, long *out);
-bool moe_cli_parse_u64(const char *s, uint64_t *out);
-bool moe_cli_parse_double(const char *s, double lo, double *out);
-/* The same, also refusing values above hi. */
-bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out);
-
-/* The same for the value s of option --name of command cmd, or false after "moeflow CMD: --NAME 'S':
+/* moe_parse_long and moe_parse_double_in (common/moe.h) for the value s of option --name of command cmd, or false after "moeflow CMD: --NAME 'S':
  * expected an integer in [LO, HI]" (a number in [LO, HI], or (LO, HI] when above_lo) on stderr. */
 bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo, long hi, long *out);
 bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,

@@ -1,6 +1,5 @@
-/* Pieces shared by the moeflow subcommands: strict number parsing of option
- * values, opening a model directory with its tokenizer, and streaming a
- * token's bytes. */
+/* Pieces shared by the moeflow subcommands: option values parsed (common/parse.c) with the message that
+ * gives the range, opening a model directory with its tokenizer, and streaming a token's bytes. */
 #include "cli.h"
 
 #include "../common/moe.h"
@@ -11,61 +10,15 @@
 
 #include <errno.h>
 #include <getopt.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A value starts with its number: strto* would also skip blanks and take a '+'
- * (and strtod a hexadecimal "0x..."). */
-static bool starts_number(const char *s)
-{
-    return ((*s >= '0' && *s <= '9') || *s == '-' || *s == '.') && !strpbrk(s, "xX");
-}
-
-bool moe_cli_parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    if (!starts_number(s)) return false;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-bool moe_cli_parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-    if (!starts_number(s) || *s == '-') return false; /* strtoull would wrap a '-' */
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end) return false;
-    *out = v;
-    return true;
-}
-
-bool moe_cli_parse_double_in(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    if (!starts_number(s)) return false;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-bool moe_cli_parse_double(const char *s, double lo, double *out)
-{
-    return moe_cli_parse_double_in(s, lo, INFINITY, out);
-}
-
 bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo, long hi, long *out)
 {
-    if (moe_cli_parse_long(s, lo, hi, out)) return true;
+    if (moe_parse_long(s, lo, hi, out)) return true;
     fprintf(stderr, "moeflow %s: --%s '%s': expected an integer in [%ld, %ld]\n", cmd, name, s, lo, hi);
     return false;
 }
@@ -82,7 +35,7 @@ bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double
                         double *out)
 {
     double v;
-    if (moe_cli_parse_double_in(s, lo, hi, &v) && (!above_lo || v > lo)) {
+    if (moe_parse_double_in(s, lo, hi, &v) && (!above_lo || v > lo)) {
         *out = v;
         return true;
     }

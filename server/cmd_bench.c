@@ -92,7 +92,7 @@ static void bench_usage(FILE *f)
 static bool parse_int(const char *flag, const char *v, int lo, int hi, int *out)
 {
     long x;
-    if (!moe_cli_parse_long(v, lo, hi, &x)) {
+    if (!moe_parse_long(v, lo, hi, &x)) {
         fprintf(stderr, "moeflow bench batch: %s '%s': expected an integer in [%d, %d]\n", flag, v, lo, hi);
         return false;
     }
@@ -269,7 +269,7 @@ static int bench_batch(int argc, char **argv)
             break;
         case O_CAP: if (!parse_int("--capacity", optarg, 1, 1 << 24, &o.capacity)) return 2; break;
         case O_CAPF: {
-            if (!moe_cli_parse_double_in(optarg, 0, 1, &o.capacity_frac) || !(o.capacity_frac > 0)) {
+            if (!moe_parse_double_in(optarg, 0, 1, &o.capacity_frac) || !(o.capacity_frac > 0)) {
                 fprintf(stderr, "moeflow bench batch: --capacity-frac '%s': expected a number in (0, 1]\n", optarg);
                 return 2;
             }
@@ -278,7 +278,7 @@ static int bench_batch(int argc, char **argv)
         case O_LAG:
         case O_LEAD: {
             double x = 0;
-            bool ok = moe_cli_parse_double_in(optarg, -1, 1000, &x);
+            bool ok = moe_parse_double_in(optarg, -1, 1000, &x);
             if (!ok || !((x > 0 && x <= 1000) || (c == O_LAG && x == -1))) {
                 fprintf(stderr, "moeflow bench batch: %s '%s': expected a number of tokens in (0, 1000]%s\n",
                         c == O_LAG ? "--regroup-lag" : "--regroup-lead", optarg, c == O_LAG ? " or -1" : "");

@@ -134,7 +134,7 @@ static char *chat_prompt(const struct gen_opts *o, bool *templated)
 static bool parse_float(const char *s, float *out)
 {
     double v;
-    if (!moe_cli_parse_double_in(s, -FLT_MAX, FLT_MAX, &v)) return false;
+    if (!moe_parse_double_in(s, -FLT_MAX, FLT_MAX, &v)) return false;
     *out = moe_sampling_float(v);
     return true;
 }
@@ -149,7 +149,7 @@ static int parse_bias(const char *arg, struct moe_sampling *p)
     if (!colon || (size_t)(colon - arg) >= sizeof(id_txt)) goto bad;
     memcpy(id_txt, arg, (size_t)(colon - arg));
     id_txt[colon - arg] = 0;
-    if (!moe_cli_parse_long(id_txt, 0, INT32_MAX, &id) || !parse_float(colon + 1, &bias) ||
+    if (!moe_parse_long(id_txt, 0, INT32_MAX, &id) || !parse_float(colon + 1, &bias) ||
         !(bias >= -100 && bias <= 100))
         goto bad;
     if (p->n_logit_bias == MOE_MAX_LOGIT_BIAS) {
@@ -215,7 +215,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case 'p': o->prompt = optarg; break;
         case 'h': usage(stdout); return 0;
         case OPT_MAXTOK:
-            if (!moe_cli_parse_long(optarg, 1, 1 << 20, &v)) {
+            if (!moe_parse_long(optarg, 1, 1 << 20, &v)) {
                 fprintf(stderr, "moeflow generate: --max-tokens '%s': expected an integer 1..1048576\n", optarg);
                 return 2;
             }
@@ -235,7 +235,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             }
             break;
         case OPT_TOPK:
-            if (!moe_cli_parse_long(optarg, 0, 1 << 30, &v)) {
+            if (!moe_parse_long(optarg, 0, 1 << 30, &v)) {
                 fprintf(stderr, "moeflow generate: --top-k '%s': expected an integer >= 0\n", optarg);
                 return 2;
             }
@@ -243,7 +243,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             break;
         case OPT_SEED: {
             uint64_t s;
-            if (!moe_cli_parse_u64(optarg, &s)) {
+            if (!moe_parse_u64(optarg, &s)) {
                 fprintf(stderr, "moeflow generate: --seed '%s': expected an unsigned integer\n", optarg);
                 return 2;
             }

@@ -184,7 +184,7 @@ int moe_cmd_replay(int argc, char **argv)
             if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 0, 1023, &reveal)) return 2;
             break;
         case O_ORACLE:
-            if (!moe_cli_parse_long(optarg, 0, MOE_POLICY_PREDICTED_SLOTS - 1, &oracle)) {
+            if (!moe_parse_long(optarg, 0, MOE_POLICY_PREDICTED_SLOTS - 1, &oracle)) {
                 fprintf(stderr, "moeflow replay: --oracle-horizon '%s' must be an integer 0..%d (the predicted "
                                 "policy keeps predictions for %d steps: this one and the next %d)\n",
                         optarg, MOE_POLICY_PREDICTED_SLOTS - 1, MOE_POLICY_PREDICTED_SLOTS,

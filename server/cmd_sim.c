@@ -69,14 +69,14 @@ int moe_cmd_sim(int argc, char **argv)
         switch (c) {
         case O_TRACE: trace_path = optarg; break;
         case O_CAP: {
-            if (!moe_cli_parse_long(optarg, 1, 1L << 30, &capacity)) {
+            if (!moe_parse_long(optarg, 1, 1L << 30, &capacity)) {
                 fprintf(stderr, "moeflow sim: --capacity '%s' must be an integer >= 1\n", optarg);
                 return 2;
             }
             break;
         }
         case O_FRAC:
-            if (!moe_cli_parse_double(optarg, 0, &frac) || frac <= 0 || frac > 1) {
+            if (!moe_parse_double(optarg, 0, &frac) || frac <= 0 || frac > 1) {
                 fprintf(stderr, "moeflow sim: --capacity-frac '%s' must be in (0, 1]\n", optarg);
                 return 2;
             }
@@ -104,7 +104,7 @@ int moe_cmd_sim(int argc, char **argv)
             have_policy = true;
             break;
         case O_EB:
-            if (!moe_cli_parse_u64(optarg, &sp.expert_bytes) || sp.expert_bytes == 0 ||
+            if (!moe_parse_u64(optarg, &sp.expert_bytes) || sp.expert_bytes == 0 ||
                 sp.expert_bytes > MOE_TRACE_MAX_EXPERT_BYTES) {
                 fprintf(stderr, "moeflow sim: --expert-bytes '%s' must be an integer in 1..%llu (1 TiB per "
                                 "expert)\n", optarg, MOE_TRACE_MAX_EXPERT_BYTES);
@@ -112,20 +112,20 @@ int moe_cmd_sim(int argc, char **argv)
             }
             break;
         case O_LINK:
-            if (!moe_cli_parse_double_in(optarg, 1e-6, 1e6, &sp.link_gbps)) {
+            if (!moe_parse_double_in(optarg, 1e-6, 1e6, &sp.link_gbps)) {
                 fprintf(stderr, "moeflow sim: --link-gbps '%s' must be a number in 1e-6..1e6\n", optarg);
                 return 2;
             }
             break;
         case O_LAYER:
-            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &sp.layer_ms)) {
+            if (!moe_parse_double_in(optarg, 0, 1e6, &sp.layer_ms)) {
                 fprintf(stderr, "moeflow sim: --layer-ms '%s' must be a number in 0..1e6\n", optarg);
                 return 2;
             }
             timeline_opt = "--layer-ms";
             break;
         case O_EXPERT:
-            if (!moe_cli_parse_double_in(optarg, 0, 1e6, &sp.expert_ms)) {
+            if (!moe_parse_double_in(optarg, 0, 1e6, &sp.expert_ms)) {
                 fprintf(stderr, "moeflow sim: --expert-ms '%s' must be a number in 0..1e6\n", optarg);
                 return 2;
             }

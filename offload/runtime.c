@@ -22,18 +22,12 @@ void moe_offload_opts_init(struct moe_offload_opts *o)
     o->policy = MOE_POLICY_PREDICTED;
 }
 
+/* A count in [lo, hi] (moe_parse_long), or -1 with the message. */
 static int parse_count(const char *flag, const char *arg, long lo, long hi, long *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    /* the value starts with its digits: strtol would also skip blanks and take a sign */
-    if (!isdigit((unsigned char)arg[0]) || errno || end == arg || *end || v < lo || v > hi) {
-        moe_errorf(MOE_EINVAL, "--%s '%s' must be an integer in [%ld, %ld]", flag, arg, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 1;
+    if (moe_parse_long(arg, lo, hi, out)) return 1;
+    moe_errorf(MOE_EINVAL, "--%s '%s' must be an integer in [%ld, %ld]", flag, arg, lo, hi);
+    return -1;
 }
 
 int moe_offload_parse_bytes(const char *flag, const char *arg, uint64_t *out)

@@ -146,6 +146,7 @@ void moe_tmp_discard(const char *tmp);
 struct moe_out {
     FILE *f;
     bool direct;       /* written in place */
+    bool existed;      /* path was there before (a failed write leaves it as it was) */
     char path[4096];
     char tmp[4200];
 };

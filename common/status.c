@@ -299,7 +299,8 @@ enum moe_status moe_out_open(struct moe_out *o, const char *what, const char *pa
         return moe_errorf(MOE_EINVAL, "%s %s: path longer than %zu bytes; use a shorter one", what, path,
                           sizeof(o->path) - 1);
     struct stat sb;
-    o->direct = stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
+    o->existed = stat(path, &sb) == 0;
+    o->direct = o->existed && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode);
     int fd = -1;
     if (o->direct) {
         snprintf(o->tmp, sizeof(o->tmp), "%s", path);
@@ -325,7 +326,7 @@ enum moe_status moe_out_close(struct moe_out *o, const char *what)
     o->f = NULL;
     if (err)
         st = moe_errorf(MOE_EIO, "%s %s: write failed (%s)%s", what, o->path, strerror(err),
-                        o->direct ? "" : "; the file was left as it was");
+                        o->direct ? "" : o->existed ? "; the file was left as it was" : "; no file was made");
     else if (!o->direct && moe_tmp_commit(o->tmp, o->path) != 0)
         st = moe_errorf(MOE_EIO, "%s %s: cannot rename %s into place: %s", what, o->path, o->tmp, strerror(errno));
     if (st && !o->direct) moe_tmp_discard(o->tmp);

@@ -62,14 +62,20 @@ static void check_whole(const char *flag, const char *extra)
     char dir[] = "/tmp/moe_outputs_XXXXXX", path[128], err[4096], got[64] = "";
     REQUIRE(mkdtemp(dir), "mkdtemp");
     snprintf(path, sizeof(path), "%s/old.json", dir);
+    char want[256];
+    /* no file there before: none after, and the message does not speak of one left as it was */
+    int rc = run_limited(flag, path, extra, err, sizeof(err));
+    snprintf(want, sizeof(want), "%s %s: write failed", flag, path);
+    CHECK(rc == 1 && strstr(err, want) && strstr(err, "; no file was made") && !strstr(err, "left as it was"),
+          "%s past the file-size limit, no file before: exit %d, stderr '%s'", flag, rc, err);
+    CHECK(count_files(dir) == 0, "%s: %d files in %s after a failed write", flag, count_files(dir), dir);
     FILE *f = fopen(path, "w");
     REQUIRE(f, "create %s", path);
     fputs("OLD\n", f);
     fclose(f);
-    int rc = run_limited(flag, path, extra, err, sizeof(err));
-    char want[256];
-    snprintf(want, sizeof(want), "%s %s: write failed", flag, path);
-    CHECK(rc == 1 && strstr(err, want), "%s past the file-size limit: exit %d, stderr '%s'", flag, rc, err);
+    rc = run_limited(flag, path, extra, err, sizeof(err));
+    CHECK(rc == 1 && strstr(err, want) && strstr(err, "; the file was left as it was"),
+          "%s past the file-size limit: exit %d, stderr '%s'", flag, rc, err);
     f = fopen(path, "r");
     REQUIRE(f, "%s gone", path);
     size_t n = fread(got, 1, sizeof(got) - 1, f);

@@ -719,8 +719,9 @@ static void bound_text(const json_t *o, const json_t *v, bool excl, const char *
     free(t);
 }
 
-/* Refuse a range that no number written meets (why: 'a' it lies above every one, 'b' below, 'e' it
- * is empty, 'g' it falls between two of them), naming its keywords and what to change. */
+/* Refuse a range that no number written meets (why: 'a' it lies above every one, 'b' below, 'c' the
+ * part of it that integers written reach holds no multiple, 'e' it is empty, 'g' it falls between two
+ * of them), naming its keywords and what to change. */
 static void range_refused(struct cc *c, const json_t *o, const struct json_range *r, const json_t *lo,
                           const json_t *hi, const json_t *mult, bool integer, char why)
 {
@@ -742,6 +743,9 @@ static void range_refused(struct cc *c, const json_t *o, const struct json_range
     else if (why == 'b')
         fail(c, MOE_EINVAL, "no %s the output can write (%s: above %s) meets %s: raise it", what, form,
              integer ? "-10^18" : "-10^31", h);
+    else if (why == 'c')
+        fail(c, MOE_EINVAL, "no %s the output can write (%s: from -10^18 to 10^18, both excluded)%s meets %s: "
+             "move the range toward 0 or change multipleOf", what, form, m, both);
     else if (why == 'e')
         fail(c, MOE_EINVAL, "no %s%s meets %s: widen the range%s", what, m, both, mult ? " or change multipleOf" : "");
     else
@@ -773,7 +777,8 @@ static int number_node(struct cc *c, const json_t *o, bool integer)
     if (integer) {
         if (lo) r.ilo = int_bound(lo, lo_x, false);
         if (hi) r.ihi = int_bound(hi, hi_x, true);
-        char why = r.ilo > INT_TOP ? 'a' : r.ihi < -INT_TOP ? 'b' : 'e';
+        bool capped = !lo || !hi || r.ilo < -INT_TOP || r.ihi > INT_TOP; /* an end is the 18 digits' */
+        char why = r.ilo > INT_TOP ? 'a' : r.ihi < -INT_TOP ? 'b' : capped ? 'c' : 'e';
         if (r.ilo < -INT_TOP) r.ilo = -INT_TOP;
         if (r.ihi > INT_TOP) r.ihi = INT_TOP;
         int64_t q = r.ihi / r.mult - (r.ihi % r.mult < 0);

@@ -632,6 +632,10 @@ static void test_bounds_limits(void)
     refused("{\"type\":\"integer\",\"minimum\":1e19}", MOE_EINVAL, "(at most 18 digits: below 10^18) meets 'minimum'");
     refused("{\"type\":\"integer\",\"exclusiveMinimum\":0,\"maximum\":9,\"multipleOf\":10}", MOE_EINVAL,
             "a multiple of 'multipleOf' 10 meets 'exclusiveMinimum' 0 and 'maximum' 9");
+    /* the multiples of 100 near 10^18 all have 19 digits: the cap is named, not the range alone */
+    refused("{\"type\":\"integer\",\"minimum\":999999999999999901,\"multipleOf\":100}", MOE_EINVAL,
+            "no integer the output can write (at most 18 digits: from -10^18 to 10^18, both excluded) that is a "
+            "multiple of 'multipleOf' 100 meets 'minimum' 999999999999999901: move the range toward 0");
     static const struct {
         const char *kw, *text; /* a number it takes */
     } tight[] = {

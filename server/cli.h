@@ -55,6 +55,8 @@ int moe_cli_pred_spec(const char *cmd, const char *spec_s, const char *dir, stru
 bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo, long hi, long *out);
 bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,
                         double *out);
+/* As moe_cli_opt_long, into an int. */
+bool moe_cli_opt_int(const char *cmd, const char *name, const char *s, int lo, int hi, int *out);
 /* --threads S, the CPU backend's pool: 1..MOE_CPU_MAX_THREADS on every command, with moe_cli_opt_long's
  * message. */
 bool moe_cli_opt_threads(const char *cmd, const char *s, int *out);

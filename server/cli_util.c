@@ -23,12 +23,17 @@ bool moe_cli_opt_long(const char *cmd, const char *name, const char *s, long lo,
     return false;
 }
 
-bool moe_cli_opt_threads(const char *cmd, const char *s, int *out)
+bool moe_cli_opt_int(const char *cmd, const char *name, const char *s, int lo, int hi, int *out)
 {
     long v;
-    if (!moe_cli_opt_long(cmd, "threads", s, 1, MOE_CPU_MAX_THREADS, &v)) return false;
+    if (!moe_cli_opt_long(cmd, name, s, lo, hi, &v)) return false;
     *out = (int)v;
     return true;
+}
+
+bool moe_cli_opt_threads(const char *cmd, const char *s, int *out)
+{
+    return moe_cli_opt_int(cmd, "threads", s, 1, MOE_CPU_MAX_THREADS, out);
 }
 
 bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,

@@ -89,17 +89,6 @@ static void bench_usage(FILE *f)
             moe_offload_help_below_device());
 }
 
-static bool parse_int(const char *flag, const char *v, int lo, int hi, int *out)
-{
-    long x;
-    if (!moe_parse_long(v, lo, hi, &x)) {
-        fprintf(stderr, "moeflow bench batch: %s '%s': expected an integer in [%d, %d]\n", flag, v, lo, hi);
-        return false;
-    }
-    *out = (int)x;
-    return true;
-}
-
 /* Undo the line format's escapes in place (--help): \n, \t, \r, and \X for any other X; a last '\' stays. */
 static void unescape(char *s)
 {
@@ -251,13 +240,23 @@ static int bench_batch(int argc, char **argv)
         switch (c) {
         case O_MODEL: o.model_dir = optarg; break;
         case O_PROMPTS: o.prompts = optarg; break;
-        case O_CONC: if (!parse_int("--concurrency", optarg, 1, 4096, &o.concurrency)) return 2; break;
-        case O_MB: if (!parse_int("--micro-batch", optarg, 1, 4096, &o.micro_batch)) return 2; break;
-        case O_MAXTOK: if (!parse_int("--max-tokens", optarg, 1, 1 << 20, &o.max_tokens)) return 2; break;
-        case O_CHUNK: if (!parse_int("--prefill-chunk", optarg, 1, 1 << 16, &o.prefill_chunk)) return 2; break;
-        case O_PTOK: if (!parse_int("--prompt-tokens", optarg, 0, 1 << 20, &o.prompt_tokens)) return 2; break;
+        case O_CONC:
+            if (!moe_cli_opt_int("bench batch", "concurrency", optarg, 1, 4096, &o.concurrency)) return 2;
+            break;
+        case O_MB:
+            if (!moe_cli_opt_int("bench batch", "micro-batch", optarg, 1, 4096, &o.micro_batch)) return 2;
+            break;
+        case O_MAXTOK:
+            if (!moe_cli_opt_int("bench batch", "max-tokens", optarg, 1, 1 << 20, &o.max_tokens)) return 2;
+            break;
+        case O_CHUNK:
+            if (!moe_cli_opt_int("bench batch", "prefill-chunk", optarg, 1, 1 << 16, &o.prefill_chunk)) return 2;
+            break;
+        case O_PTOK:
+            if (!moe_cli_opt_int("bench batch", "prompt-tokens", optarg, 0, 1 << 20, &o.prompt_tokens)) return 2;
+            break;
         case O_LOOK:
-            if (!parse_int("--lookahead", optarg, 0, 64, &o.lookahead)) return 2;
+            if (!moe_cli_opt_int("bench batch", "lookahead", optarg, 0, 64, &o.lookahead)) return 2;
             have_lookahead = true;
             break;
         case O_THREADS: if (!moe_cli_opt_threads("bench batch", optarg, &o.threads)) return 2; break;
@@ -267,7 +266,9 @@ static int bench_batch(int argc, char **argv)
                 return 2;
             }
             break;
-        case O_CAP: if (!parse_int("--capacity", optarg, 1, 1 << 24, &o.capacity)) return 2; break;
+        case O_CAP:
+            if (!moe_cli_opt_int("bench batch", "capacity", optarg, 1, 1 << 24, &o.capacity)) return 2;
+            break;
         case O_CAPF: {
             if (!moe_parse_double_in(optarg, 0, 1, &o.capacity_frac) || !(o.capacity_frac > 0)) {
                 fprintf(stderr, "moeflow bench batch: --capacity-frac '%s': expected a number in (0, 1]\n", optarg);

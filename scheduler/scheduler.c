@@ -46,6 +46,8 @@ struct rq {
     char fail_msg[256];
     bool have_route;           /* route holds a real routing */
     uint64_t *route;           /* [n_moe * words] experts of the most recent token */
+    uint64_t *fresh;           /* [n_moe * words] experts of its row in the forward under way: route (and
+                                  hist) take them when that forward succeeds (commit_forward) */
     uint64_t *pred;            /* [n_moe * words] predicted path (scratch per step) */
     float *hist;               /* [n_moe * n_experts] decayed routing counts (path_decay > 0) */
     double credit;             /* regroup: fair-share credit in tokens (1 = due now) */
@@ -142,7 +144,14 @@ struct moe_sched {
     bool *b_dec;                   /* row is a decode token */
     float *logits;                 /* [logits_rows * vocab] */
     int logits_rows;               /* rows logits has room for */
-    uint64_t *tmp_all, *tmp_dec;   /* [words] */
+    uint64_t *tmp_all;             /* [words] */
+    /* Routing of the micro-batch under way, per MoE layer: of the forward under way (fw_*: staged, since a
+     * forward may fail after some layers), and of its forwards that succeeded (mb_*: the one forward, or
+     * its requests' forwards one by one after a failure), counted in the stats when it is done. */
+    uint64_t *fw_all, *fw_dec;     /* [n_moe * words] experts of all rows / of the decode rows */
+    uint64_t *mb_all, *mb_dec;
+    bool *fw_seen;                 /* [n_moe] layer reported */
+    unsigned char *mb_seen;        /* [n_moe] MB_ROUTED, MB_DECODE */
     int *ids;                      /* [n_experts] prefetch id list */
 };
 
@@ -168,6 +177,7 @@ static void rq_free(struct rq *r)
         return;
     free(r->tokens);
     free(r->route);
+    free(r->fresh);
     free(r->pred);
     free(r->hist);
     free(r->ban);
@@ -546,9 +556,13 @@ struct fwd_ctx {
     struct moe_sched *s;
     int n_rows;
     int row0;      /* the forward's row 0 is the micro-batch's row row0 (s->b_*) */
-    bool any_dec;
 };
 
+#define MB_ROUTED 1 /* mb_seen: a forward of the micro-batch that succeeded reported the layer */
+#define MB_DECODE 2 /* ... one with decode rows */
+
+/* A MoE layer's routing of the forward under way, staged (s->fw_*, the routed rows' fresh) until the
+ * forward succeeds: one that fails after some layers leaves no trace. */
 static void on_route(void *ud, int layer, int n, const int *ids)
 {
     struct fwd_ctx *fc = ud;
@@ -556,49 +570,82 @@ static void on_route(void *ud, int layer, int n, const int *ids)
     if (layer < 0 || layer >= s->be.n_layers || s->moe_ord[layer] < 0 || n != fc->n_rows)
         return;
     int ord = s->moe_ord[layer], k = s->be.top_k, W = s->words;
-    memset(s->tmp_all, 0, sizeof(uint64_t) * (size_t)W);
-    memset(s->tmp_dec, 0, sizeof(uint64_t) * (size_t)W);
+    size_t at = (size_t)ord * (size_t)W;
+    uint64_t *all = s->fw_all + at, *dec = s->fw_dec + at;
+    memset(all, 0, sizeof(uint64_t) * (size_t)W);
+    memset(dec, 0, sizeof(uint64_t) * (size_t)W);
+    s->fw_seen[ord] = true;
     for (int i = 0; i < n; i++) {
-        uint64_t *rt = NULL;
-        float *hs = NULL;
         int row = fc->row0 + i;
-        if (s->b_route[row]) {
-            rt = s->b_req[row]->route + (size_t)ord * (size_t)W;
+        uint64_t *rt = s->b_route[row] ? s->b_req[row]->fresh + at : NULL;
+        if (rt)
             memset(rt, 0, sizeof(uint64_t) * (size_t)W);
-            s->b_req[row]->have_route = true;
-            if (s->b_req[row]->hist) {
-                hs = s->b_req[row]->hist + (size_t)ord * (size_t)s->be.n_experts;
-                for (int e = 0; e < s->be.n_experts; e++)
-                    hs[e] *= s->p.path_decay;
-            }
-        }
         for (int j = 0; j < k; j++) {
             int e = ids[(size_t)i * (size_t)k + (size_t)j];
             if (e < 0 || e >= s->be.n_experts)
                 continue;
             uint64_t bit = 1ull << (e & 63);
-            s->tmp_all[e >> 6] |= bit;
+            all[e >> 6] |= bit;
             if (s->b_dec[row])
-                s->tmp_dec[e >> 6] |= bit;
+                dec[e >> 6] |= bit;
             if (rt)
                 rt[e >> 6] |= bit;
-            if (hs)
-                hs[e] += 1.0f;
         }
     }
-    int all = 0, dec = 0;
-    for (int w = 0; w < W; w++) {
-        all += __builtin_popcountll(s->tmp_all[w]);
-        dec += __builtin_popcountll(s->tmp_dec[w]);
+}
+
+/* The forward over rows row0 .. row0 + rows succeeded: its routing joins the micro-batch's (s->mb_*), and
+ * becomes each routed request's most recent routing (route, and history when path_decay is set). */
+static void commit_forward(struct moe_sched *s, int row0, int rows, bool any_dec)
+{
+    int W = s->words, E = s->be.n_experts;
+    for (int ord = 0; ord < s->n_moe; ord++) {
+        if (!s->fw_seen[ord])
+            continue;
+        size_t at = (size_t)ord * (size_t)W;
+        for (int w = 0; w < W; w++) {
+            s->mb_all[at + (size_t)w] |= s->fw_all[at + (size_t)w];
+            s->mb_dec[at + (size_t)w] |= s->fw_dec[at + (size_t)w];
+        }
+        s->mb_seen[ord] |= MB_ROUTED | (any_dec ? MB_DECODE : 0);
+        for (int row = row0; row < row0 + rows; row++) {
+            if (!s->b_route[row])
+                continue;
+            struct rq *r = s->b_req[row];
+            memcpy(r->route + at, r->fresh + at, sizeof(uint64_t) * (size_t)W);
+            r->have_route = true;
+            if (!r->hist)
+                continue;
+            float *hs = r->hist + (size_t)ord * (size_t)E;
+            for (int e = 0; e < E; e++) {
+                hs[e] *= s->p.path_decay;
+                if ((r->fresh[at + (size_t)(e >> 6)] >> (e & 63)) & 1u)
+                    hs[e] += 1.0f;
+            }
+        }
     }
-    pthread_mutex_lock(&s->mu);
-    s->st.layer_steps++;
-    s->st.experts_activated += (uint64_t)all;
-    if (fc->any_dec) {
-        s->st.decode_layer_steps++;
-        s->st.decode_experts_activated += (uint64_t)dec;
+}
+
+/* The micro-batch's layer-steps into the stats (s->mu held): one per MoE layer its forwards reported, with
+ * the distinct experts of all of them. */
+static void count_micro_batch(struct moe_sched *s)
+{
+    int W = s->words;
+    for (int ord = 0; ord < s->n_moe; ord++) {
+        if (!(s->mb_seen[ord] & MB_ROUTED))
+            continue;
+        int all = 0, dec = 0;
+        for (int w = 0; w < W; w++) {
+            all += __builtin_popcountll(s->mb_all[(size_t)ord * (size_t)W + (size_t)w]);
+            dec += __builtin_popcountll(s->mb_dec[(size_t)ord * (size_t)W + (size_t)w]);
+        }
+        s->st.layer_steps++;
+        s->st.experts_activated += (uint64_t)all;
+        if (s->mb_seen[ord] & MB_DECODE) {
+            s->st.decode_layer_steps++;
+            s->st.decode_experts_activated += (uint64_t)dec;
+        }
     }
-    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- planning a step ---- */
@@ -771,8 +818,13 @@ static enum moe_status forward_rows(struct moe_sched *s, int row0, int rows, int
 {
     struct moe_batch b = { .n = rows, .tokens = s->b_tok + row0, .seq = s->b_seq + row0, .pos = s->b_pos + row0,
                            .want_logits = s->b_want + row0 };
-    struct fwd_ctx fc = { .s = s, .n_rows = rows, .row0 = row0, .any_dec = any_dec };
-    return s->be.forward(s->be.self, &b, s->logits + (size_t)logit_row0 * (size_t)s->be.vocab, on_route, &fc);
+    struct fwd_ctx fc = { .s = s, .n_rows = rows, .row0 = row0 };
+    memset(s->fw_seen, 0, sizeof(bool) * (size_t)s->n_moe);
+    enum moe_status st = s->be.forward(s->be.self, &b, s->logits + (size_t)logit_row0 * (size_t)s->be.vocab,
+                                       on_route, &fc);
+    if (st == MOE_OK)
+        commit_forward(s, row0, rows, any_dec);
+    return st;
 }
 
 /* A failed forward that may have failed for one request's rows only: an expert's data (a record failing
@@ -879,6 +931,9 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         s->logits_rows = nwant;
     }
 
+    memset(s->mb_seen, 0, (size_t)s->n_moe);
+    memset(s->mb_all, 0, sizeof(uint64_t) * path_words(s));
+    memset(s->mb_dec, 0, sizeof(uint64_t) * path_words(s));
     enum moe_status st = forward_rows(s, 0, n, 0, n_dec > 0);
     char err[512];
     bool pf_failed = false;
@@ -898,6 +953,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
 
     pthread_mutex_lock(&s->mu);
     s->st.forwards++;
+    count_micro_batch(s);
     if (st != MOE_OK) {
         for (int i = 0; i < n; i++)
             rq_finish(s, s->b_req[i], MOE_FINISH_ERROR, st, err);
@@ -1272,6 +1328,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     if (r) {
         r->tokens = malloc(sizeof(int) * ((size_t)n_prompt + (size_t)g->max_tokens));
         r->route = calloc(pw ? pw : 1, sizeof(uint64_t));
+        r->fresh = calloc(pw ? pw : 1, sizeof(uint64_t));
         r->pred = calloc(pw ? pw : 1, sizeof(uint64_t));
     }
     if (r && g->min_tokens > 0) { /* what min_tokens masks: every EOS id, ignore_eos or not (vLLM), the stop ids */
@@ -1286,7 +1343,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     if (r && s->p.path_decay > 0)
         r->hist = calloc((size_t)(s->n_moe > 0 ? s->n_moe : 1) * (size_t)(s->be.n_experts > 0 ? s->be.n_experts : 1),
                          sizeof(float));
-    if (!r || !r->tokens || !r->route || !r->pred || (s->p.path_decay > 0 && !r->hist) ||
+    if (!r || !r->tokens || !r->route || !r->fresh || !r->pred || (s->p.path_decay > 0 && !r->hist) ||
         (g->min_tokens > 0 && !r->ban)) {
         rq_free(r);
         pthread_mutex_lock(&s->mu);
@@ -1528,7 +1585,12 @@ void moe_sched_destroy(struct moe_sched *s)
     free(s->b_dec);
     free(s->logits);
     free(s->tmp_all);
-    free(s->tmp_dec);
+    free(s->fw_all);
+    free(s->fw_dec);
+    free(s->mb_all);
+    free(s->mb_dec);
+    free(s->fw_seen);
+    free(s->mb_seen);
     free(s->ids);
     for (int i = 0; s->ws && i < s->n_pool; i++) {
         free(s->ws[i].masked);
@@ -1673,7 +1735,12 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     s->logits_rows = p.micro_batch + 1; /* grown for prompt log-probabilities (a whole chunk's rows) */
     s->logits = calloc((size_t)s->logits_rows * (size_t)be->vocab, sizeof(float));
     s->tmp_all = calloc((size_t)s->words, sizeof(uint64_t));
-    s->tmp_dec = calloc((size_t)s->words, sizeof(uint64_t));
+    s->fw_all = calloc(pw, sizeof(uint64_t));
+    s->fw_dec = calloc(pw, sizeof(uint64_t));
+    s->mb_all = calloc(pw, sizeof(uint64_t));
+    s->mb_dec = calloc(pw, sizeof(uint64_t));
+    s->fw_seen = calloc((size_t)n_moe, sizeof(bool));
+    s->mb_seen = calloc((size_t)n_moe, 1);
     s->ids = calloc((size_t)s->words * 64, sizeof(int));
     bool slots_ok = true;
     if (p.prefix_cache && be->seq_claim) {
@@ -1687,7 +1754,8 @@ struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
     bool ok = slots_ok && s->moe_ord && s->active && s->dec && s->pre && s->live && s->grp && s->next && s->cred && s->order && s->paths && s->prev_union &&
               s->b_tok && s->b_seq && s->b_pos && s->b_want && s->b_req && s->b_route && s->b_dec &&
               s->b_pick && s->ws && (s->n_pool == 1 || s->pool) &&
-              s->logits && s->tmp_all && s->tmp_dec && s->ids;
+              s->logits && s->tmp_all && s->fw_all && s->fw_dec && s->mb_all && s->mb_dec && s->fw_seen &&
+              s->mb_seen && s->ids;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&s->idle, NULL);

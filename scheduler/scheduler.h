@@ -167,8 +167,12 @@ struct moe_sched_stats {
     int running, waiting;                          /* now */
     uint64_t prompt_tokens, generated_tokens;      /* totals */
     uint64_t steps, layer_steps, experts_activated;/* distinct experts summed over MoE layer-steps */
-    /* Additions.  A layer-step is one MoE layer of one forward() (micro-batch). */
-    uint64_t forwards;                             /* forward() calls */
+    /* Additions.  A layer-step is one MoE layer of one forward() (micro-batch).  A forward() that failed
+     * counts none of the routing it reported (nor does a request's routing history take it), and a
+     * micro-batch whose requests ran again one by one after one counts as the one forward (each layer
+     * once, the distinct experts of its passes that succeeded). */
+    uint64_t forwards;                             /* micro-batches run: forward() calls, the reruns of a
+                                                      micro-batch's requests after a failure not counted */
     uint64_t decode_layer_steps;                   /* layer-steps of forwards with decode tokens */
     uint64_t decode_experts_activated;             /* distinct experts over the decode tokens only,
                                                       summed over decode_layer_steps */

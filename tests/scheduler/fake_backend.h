@@ -30,6 +30,9 @@ struct fake_backend {
     int fail_seq, fail_from;      /* every forward from number fail_from on that has a row of slot
                                      fail_seq - 1 fails (0 = never) ... */
     enum moe_status seq_status;   /* ... with this status (0: MOE_ECHECKSUM, a bad expert record) */
+    int fail_routed;              /* a forward that fails reports the routing of its first fail_routed
+                                     layers first, as the engine reports a layer's routing before it
+                                     reads the layer's experts (0: it fails before any) */
     int first_seq_fail;           /* the first forward that failed so (0 = none yet) */
     int max_rows;                 /* most rows seen in one forward */
     int errors;                   /* protocol violations seen (bad slot, position, ...) */
@@ -91,17 +94,20 @@ static enum moe_status fb_forward(void *self, const struct moe_batch *b, float *
         struct timespec ts = { 0, (long)(f->delay_s * 1e9) };
         nanosleep(&ts, NULL);
     }
+    enum moe_status fail = MOE_OK;
     if (f->fail_at && f->forwards == f->fail_at)
-        return moe_errorf(f->fail_status ? f->fail_status : MOE_EIO, "fake: injected failure at forward %d",
+        fail = moe_errorf(f->fail_status ? f->fail_status : MOE_EIO, "fake: injected failure at forward %d",
                           f->forwards);
-    for (int i = 0; f->fail_seq && f->forwards >= f->fail_from && i < b->n; i++)
+    for (int i = 0; fail == MOE_OK && f->fail_seq && f->forwards >= f->fail_from && i < b->n; i++)
         if (b->seq[i] == f->fail_seq - 1) {
             if (!f->first_seq_fail)
                 f->first_seq_fail = f->forwards;
-            return moe_errorf(f->seq_status ? f->seq_status : MOE_ECHECKSUM,
+            fail = moe_errorf(f->seq_status ? f->seq_status : MOE_ECHECKSUM,
                               "fake: injected failure of slot %d at forward %d", b->seq[i], f->forwards);
         }
-    if (b->n > f->max_rows)
+    if (fail != MOE_OK && f->fail_routed <= 0)
+        return fail;
+    if (fail == MOE_OK && b->n > f->max_rows)
         f->max_rows = b->n;
     int add[FB_SEQS] = { 0 };
     for (int i = 0; i < b->n; i++) {
@@ -117,6 +123,8 @@ static enum moe_status fb_forward(void *self, const struct moe_batch *b, float *
     }
     int *ids = malloc(sizeof(int) * (size_t)b->n * FB_TOPK);
     for (int l = 0; l < FB_LAYERS; l++) {
+        if (fail != MOE_OK && l == f->fail_routed)
+            break;
         for (int i = 0; i < b->n; i++) {
             int s = b->seq[i];
             int first = b->pos[i] == 0 ? b->tokens[i] : f->toks[s][0];
@@ -125,6 +133,8 @@ static enum moe_status fb_forward(void *self, const struct moe_batch *b, float *
         on_route(ud, l, b->n, ids);
     }
     free(ids);
+    if (fail != MOE_OK)
+        return fail;
     int row = 0;
     for (int i = 0; i < b->n; i++) {
         int s = b->seq[i];

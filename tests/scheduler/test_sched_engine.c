@@ -316,6 +316,14 @@ static void run_store(const struct moe_model *m, const char *store, int max_runn
                   "store with a bad record, %d at a time, prompt %d: %s, %d tokens (%s)", max_running, k,
                   moe_finish_str(r[k].why), r[k].n_tokens, r[k].msg);
         }
+        if (max_running == 1) { /* the forward that failed reported layers 0..3 first: none of them counts */
+            struct moe_sched_stats st;
+            moe_sched_stats(s, &st);
+            uint64_t n_moe = (uint64_t)moe_config_n_moe(&m->cfg), ok = st.forwards - failed[i];
+            CHECK(st.layer_steps == n_moe * ok,
+                  "store with a bad record, prompt %d alone: %llu layer-steps, want %llu (%llu forwards that passed)",
+                  i, (unsigned long long)st.layer_steps, (unsigned long long)(n_moe * ok), (unsigned long long)ok);
+        }
         moe_sched_destroy(s);
         moe_engine_destroy(e);
         moe_provider_destroy(prov);

@@ -530,6 +530,106 @@ static void test_failure(void)
     moe_sched_destroy(s);
 }
 
+/* A failed forward's routing does not count.  The routing a forward reported before it failed (the engine
+ * reports a layer's routing before it reads the layer's experts) is dropped, and a micro-batch whose
+ * requests ran again one by one after a failure counts as the one forward that would have run: a failure
+ * that the reruns do not meet again gives the tokens and figures of a run without it (regrouping on the
+ * decayed routing history, which a doubled routing would change too); a micro-batch that fails whole
+ * counts no layer-step. */
+/* A provider that folds every prefetch hint (layer, experts, distance) into a hash. */
+static void hash_prefetch(void *self, int layer, int n, const int *ids, const float *scores, int distance)
+{
+    uint64_t *h = self;
+    *h = (*h ^ (uint64_t)layer) * 1099511628211ull;
+    *h = (*h ^ (uint64_t)distance) * 1099511628211ull;
+    for (int i = 0; i < n; i++)
+        *h = (*h ^ (uint64_t)ids[i]) * 1099511628211ull;
+    (void)scores;
+}
+
+static void test_failure_figures(void)
+{
+    static const struct moe_provider_ops ops = { .prefetch = hash_prefetch };
+    uint64_t hints = 0, want_hints = 0;
+    struct moe_provider pv = { &ops, &hints };
+    struct moe_sched_params p = { .max_running = 4, .micro_batch = 2, .prefill_chunk = 8,
+                                  .grouping = MOE_GROUP_REGROUP, .path_decay = 0.9f, .provider = &pv };
+    static struct sc_req ref[4], r[4];
+    struct moe_sched_stats want = { 0 };
+    int ref_forwards = 0;
+    /* run 0: no failure; 1, 2: forward 3 (two decode rows and a prompt chunk) or 6 (two decode rows) fails
+     * (MOE_EIO) after 2 layers, its reruns pass; 3: forward 6 fails whole (MOE_EINVAL) after 3 layers;
+     * 4: slot 0's rows fail (MOE_ECHECKSUM) from forward 8 on after 3 layers, its request alone */
+    static const struct { int fail_at, fail_routed, fail_seq; enum moe_status st; } runs[5] = {
+        { 0, 0, 0, MOE_OK }, { 3, 2, 0, MOE_EIO }, { 6, 2, 0, MOE_EIO }, { 6, 3, 0, MOE_EINVAL }, { 0, 3, 1, MOE_OK },
+    };
+    for (int k = 0; k < 5; k++) {
+        struct fake_backend fb;
+        struct moe_sched_backend be = fb_backend(&fb);
+        struct moe_sched *s = moe_sched_create_backend(&be, &p);
+        REQUIRE(s, "create: %s", moe_last_error());
+        struct sc_req *q = k ? r : ref;
+        submit_four(s, q);
+        fb.fail_at = runs[k].fail_at;
+        fb.fail_status = runs[k].st;
+        fb.fail_routed = runs[k].fail_routed;
+        fb.fail_seq = runs[k].fail_seq;
+        fb.fail_from = 8;
+        hints = 1469598103934665603ull;
+        while (moe_sched_step(s) == MOE_OK) {
+        }
+        struct moe_sched_stats st;
+        moe_sched_stats(s, &st);
+        int failed = 0;
+        for (int i = 0; i < 4; i++) {
+            failed += q[i].why == MOE_FINISH_ERROR;
+            CHECK(q[i].n_done == 1 && (q[i].why == MOE_FINISH_ERROR ||
+                                       (q[i].why == MOE_FINISH_LENGTH && q[i].n_tokens == 6 &&
+                                        !memcmp(q[i].tokens, ref[i].tokens, sizeof(int) * 6))),
+                  "run %d req %d: %s, %d tokens (%s)", k, i, moe_finish_str(q[i].why), q[i].n_tokens, q[i].msg);
+        }
+        if (k == 0) {
+            want = st;
+            want_hints = hints;
+            ref_forwards = fb.forwards;
+        }
+        if (k <= 2) {
+            CHECK(failed == 0 && (k == 0 || fb.forwards > ref_forwards),
+                  "run %d: %d requests failed, %d forward() calls (%d without the failure)", k, failed, fb.forwards,
+                  ref_forwards);
+            /* the paths predicted from each request's routing history: the same prefetch hints */
+            CHECK(hints == want_hints && st.prefetch_hints == want.prefetch_hints,
+                  "run %d: %llu prefetch hints (hash %016llx), without the failure %llu (%016llx)", k,
+                  (unsigned long long)st.prefetch_hints, (unsigned long long)hints,
+                  (unsigned long long)want.prefetch_hints, (unsigned long long)want_hints);
+            CHECK(st.forwards == want.forwards && st.layer_steps == want.layer_steps &&
+                      st.experts_activated == want.experts_activated &&
+                      st.decode_layer_steps == want.decode_layer_steps &&
+                      st.decode_experts_activated == want.decode_experts_activated &&
+                      st.decode_tokens == want.decode_tokens && st.prefill_chunks == want.prefill_chunks,
+                  "run %d, forward %d failed after %d layers, its reruns passed: %llu forwards, layer-steps %llu "
+                  "(decode %llu), experts %llu (decode %llu); without the failure %llu, %llu (%llu), %llu (%llu)",
+                  k, runs[k].fail_at, runs[k].fail_routed, (unsigned long long)st.forwards,
+                  (unsigned long long)st.layer_steps, (unsigned long long)st.decode_layer_steps,
+                  (unsigned long long)st.experts_activated, (unsigned long long)st.decode_experts_activated,
+                  (unsigned long long)want.forwards, (unsigned long long)want.layer_steps,
+                  (unsigned long long)want.decode_layer_steps, (unsigned long long)want.experts_activated,
+                  (unsigned long long)want.decode_experts_activated);
+        } else { /* run 3: one micro-batch failed whole; run 4: one request failed, the other of its micro-batch went on */
+            uint64_t whole = k == 3;
+            CHECK(failed == (k == 3 ? 2 : 1) && (k == 3 || r[0].st == MOE_ECHECKSUM),
+                  "run %d: %d requests failed, request 0: %s", k, failed, r[0].msg);
+            CHECK(st.layer_steps == FB_LAYERS * (st.forwards - whole),
+                  "run %d: %llu layer-steps in %llu micro-batches, %llu of them failed whole: want %llu", k,
+                  (unsigned long long)st.layer_steps, (unsigned long long)st.forwards, (unsigned long long)whole,
+                  (unsigned long long)(FB_LAYERS * (st.forwards - whole)));
+        }
+        CHECK(fb.errors == 0, "run %d: engine protocol: %s", k, fb.err);
+        check_accounting(s, "failure figures");
+        moe_sched_destroy(s);
+    }
+}
+
 /* Device errors: one that leaves the device usable (MOE_EDEVICE) fails, as a bad expert does, only the
  * request whose own forward fails when each runs alone; a lost device (MOE_EDEVLOST) fails the whole
  * micro-batch at once, also when it is lost while the batch's requests run again one by one. */
@@ -764,6 +864,7 @@ int main(void)
     test_reply_failed();
     test_deadline();
     test_failure();
+    test_failure_figures();
     test_device_failure();
     test_events_nomem();
     test_priority();

@@ -26,6 +26,8 @@ struct rq {
     int *tokens;               /* [n_prompt + max_tokens]: prompt, then generated */
     int n_prompt;
     int n_generated;           /* tokens delivered through on_token */
+    int n_fed;                 /* of them, those fed back (their rows in the KV cache): all but the last
+                                  while it decodes, all once an end of sequence came from their logits */
     int n_prefilled;           /* prompt tokens in the KV cache */
     int n_cached;              /* prompt tokens taken from a cached prefix at admission */
     int n_chunks;              /* prompt chunks computed */
@@ -217,7 +219,7 @@ static void active_remove(struct moe_sched *s, struct rq *r)
  * tokens fed back. */
 static int rq_cached(const struct rq *r)
 {
-    return r->state == RQ_PREFILL ? r->n_prefilled : r->n_prompt + (r->n_generated > 0 ? r->n_generated - 1 : 0);
+    return r->state == RQ_PREFILL ? r->n_prefilled : r->n_prompt + r->n_fed;
 }
 
 /* How many of the first lim tokens a and b share. */
@@ -964,10 +966,12 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     int row = 0;
     for (int i = 0; i < n_dec; i++, row++) {
         struct rq *r = s->b_req[i];
-        if (r->state == RQ_DECODE) /* cancelled since the plan: its pick is dropped */
-            apply_pick(s, r, s->b_pick[i].tok, s->b_pick[i].st, s->b_pick[i].msg,
-                       s->logits + (size_t)row * (size_t)s->be.vocab,
-                       s->b_pick[i].tok >= 0 && r->g.logprobs ? &s->b_pick[i].lp : NULL);
+        if (r->state != RQ_DECODE) /* cancelled since the plan: its pick is dropped */
+            continue;
+        r->n_fed = r->n_generated; /* the row fed its latest token back */
+        apply_pick(s, r, s->b_pick[i].tok, s->b_pick[i].st, s->b_pick[i].msg,
+                   s->logits + (size_t)row * (size_t)s->be.vocab,
+                   s->b_pick[i].tok >= 0 && r->g.logprobs ? &s->b_pick[i].lp : NULL);
     }
     if (chunk > 0 && !pf_failed) {
         s->st.prefill_chunks++;

@@ -1,7 +1,8 @@
 /* A fake engine for scheduler tests: deterministic "logits" that depend only
  * on a sequence's own tokens (so any batching must give the same tokens), a
  * routing that depends only on the token (4 clusters of 8 experts), strict
- * checks of slots and positions, and injectable failures. */
+ * checks of slots and positions, injectable failures, and freed slots that
+ * keep their rows for the prefix cache (fb_claim). */
 #ifndef TEST_FAKE_BACKEND_H
 #define TEST_FAKE_BACKEND_H
 
@@ -64,6 +65,20 @@ static void fb_free(void *self, int seq)
     }
     f->used[seq] = false;
     f->n_used--;
+}
+
+/* seq_claim (prefix_cache; not in fb_backend's ops unless a test sets it): free slot seq, keeping the
+ * first keep of the tokens its last sequence left (no more than it holds). */
+static inline int fb_claim(void *self, int seq, int keep)
+{
+    struct fake_backend *f = self;
+    if (seq < 0 || seq >= FB_SEQS || f->used[seq] || keep < 0 || keep > f->len[seq])
+        return -1;
+    f->used[seq] = true;
+    f->len[seq] = keep;
+    if (++f->n_used > f->max_used)
+        f->max_used = f->n_used;
+    return seq;
 }
 
 /* Next token of a sequence: a hash of all its tokens. */

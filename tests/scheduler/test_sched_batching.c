@@ -3,7 +3,8 @@
  * with its own stop_token_ids and min_tokens (masked on its row alone);
  * positions and slots handed to the engine are consistent; regrouping lowers
  * the distinct experts per layer-step of clusterable routing; lookahead N
- * prefetches the N micro-batches ahead with either grouping. */
+ * prefetches the N micro-batches ahead with either grouping; a request that ends on EOS leaves all its
+ * tokens to the prefix cache. */
 #include "fake_backend.h"
 #include "sched_collect.h"
 #include "../test_util.h"
@@ -123,6 +124,55 @@ static void eos_and_min_tokens(void)
           "min_tokens 6 changed the tokens before the EOS, or let the EOS through");
     CHECK(r[2].n_tokens == k && r[2].n_generated == k && r[2].why == MOE_FINISH_STOP,
           "ignore_eos, EOS as a stop id: %d tokens (%s), want %d (stop)", r[2].n_tokens, moe_finish_str(r[2].why), k);
+}
+
+/* prefix_cache over a fake engine whose freed slots keep their rows (seq_claim): a request that ends on
+ * EOS leaves its prompt and every token it generated in the cache (the last one's row was computed: its
+ * logits gave the EOS), and a next prompt that begins with all of them takes them all, and decodes what
+ * it decodes computed whole. */
+static void prefix_after_eos(void)
+{
+    int p[8], out[40], k = -1;
+    for (int seed = 0; seed < 4096 && k < 2; seed++) {
+        for (int j = 0; j < 8; j++)
+            p[j] = 1 + (seed * 13 + j * 29 + seed / 7) % (FB_VOCAB - 1);
+        k = fb_reference(p, 8, 40, false, out);
+        if (k >= 40)
+            k = -1;
+    }
+    REQUIRE(k >= 2, "no prompt ends with EOS after 2 to 39 tokens");
+    static struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    be.seq_claim = fb_claim;
+    struct moe_sched_params sp = { .max_running = 1, .micro_batch = 1, .prefill_chunk = 16, .prefix_cache = true,
+                                   .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &sp);
+    REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req r[2];
+    memset(r, 0, sizeof(r));
+    struct moe_gen_params g = { .max_tokens = 40 };
+    g.sampling.top_p = 1.0f;
+    REQUIRE(moe_sched_submit(s, p, 8, &g, &sc_events, &r[0], &r[0].id) == MOE_OK, "submit: %s", moe_last_error());
+    for (int steps = 0; moe_sched_step(s) == MOE_OK && steps < 10000; steps++) {}
+    CHECK(r[0].n_done == 1 && r[0].why == MOE_FINISH_STOP && r[0].n_tokens == k &&
+              !memcmp(r[0].tokens, out, sizeof(int) * (size_t)k),
+          "to EOS: %s after %d tokens, want stop after %d", moe_finish_str(r[0].why), r[0].n_tokens, k);
+    /* the prompt, the k tokens, and one more */
+    int next[64], want[8], n = 8 + k + 1;
+    memcpy(next, p, sizeof(p));
+    memcpy(next + 8, out, sizeof(int) * (size_t)k);
+    next[n - 1] = 7;
+    fb_reference(next, n, 8, true, want);
+    g = (struct moe_gen_params){ .max_tokens = 8, .ignore_eos = true };
+    g.sampling.top_p = 1.0f;
+    REQUIRE(moe_sched_submit(s, next, n, &g, &sc_events, &r[1], &r[1].id) == MOE_OK, "submit: %s", moe_last_error());
+    for (int steps = 0; moe_sched_step(s) == MOE_OK && steps < 10000; steps++) {}
+    CHECK(r[1].n_done == 1 && r[1].n_tokens == 8 && !memcmp(r[1].tokens, want, sizeof(want)),
+          "after EOS: %d tokens (%s), or not those computed whole", r[1].n_tokens, moe_finish_str(r[1].why));
+    CHECK(r[1].n_cached == 8 + k, "after EOS: %d prompt tokens taken from the cache, want %d (the prompt of 8 and "
+          "the %d tokens generated)", r[1].n_cached, 8 + k, k);
+    CHECK(fb.errors == 0 && fb.n_used == 0, "engine protocol: %s, %d slots left", fb.err, fb.n_used);
+    moe_sched_destroy(s);
 }
 
 /* min_tokens under a guide (regex "a+"; EOS is token 5, "a" token 9, so that greedy among tied logits
@@ -245,6 +295,7 @@ int main(void)
 {
     make_prompts();
     eos_and_min_tokens();
+    prefix_after_eos();
     guided_min_tokens();
     lookahead_depth();
     const int T = 20;

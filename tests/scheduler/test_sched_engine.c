@@ -3,7 +3,8 @@
  * grouping it ran in, with the all-resident and with a small tiered expert
  * cache fed by lookahead prefetch; and equal to a plain one-sequence decode.
  * With prefix_cache, a request that begins as a finished one did (the same
- * prompt, the prompt and its answer as a longer prompt) starts from the slot's
+ * prompt, the prompt and its answer as a longer prompt, all of an answer that ended on
+ * a stop token as EOS ends one) starts from the slot's
  * cache, and requests sent together with one prompt copy the first one's, and
  * each still decodes exactly those tokens.  JSON mode after a reasoning block leaves the block's
  * text free.  A packed store with one corrupt record: in batches each request ends as it ends alone
@@ -209,6 +210,51 @@ static int prefix_one(struct moe_sched *s, const int *p, int n, const int *want_
     return r.n_cached;
 }
 
+/* A request that ends on an end-of-sequence token leaves all it was given in its slot's cache: its prompt
+ * and every token it generated, the last one too (its row was computed: that forward gave the EOS).  Here
+ * the end is one of its stop_token_ids, which ends it as EOS does, at the first token greedy decoding
+ * gives from the fifth on that it did not give before.  A next prompt that begins with all of them takes
+ * them all from the cache (s's), and decodes what it decodes computed whole. */
+static bool given_before(const int *t, int k)
+{
+    for (int j = 0; j < k; j++)
+        if (t[j] == t[k])
+            return true;
+    return false;
+}
+
+static void prefix_after_eos(const struct moe_model *m, struct moe_sched *s)
+{
+    const int a = 4, n = n_ids[a];
+    int k = 4;
+    while (k < T && given_before(want[a], k))
+        k++;
+    REQUIRE(k < T, "prompt %d: no new token among greedy tokens 4..%d", a, T - 1);
+    static struct sc_req r;
+    memset(&r, 0, sizeof(r));
+    struct moe_gen_params g = { .max_tokens = T, .ignore_eos = true, .n_stop_ids = 1, .stop_ids = { want[a][k] } };
+    g.sampling.top_p = 1.0f;
+    REQUIRE(moe_sched_submit(s, ids[a], n, &g, &sc_events, &r, &r.id) == MOE_OK, "submit: %s", moe_last_error());
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    CHECK(r.n_done == 1 && r.why == MOE_FINISH_STOP && r.n_tokens == k &&
+              !memcmp(r.tokens, want[a], sizeof(int) * (size_t)k),
+          "prefix cache after an end of sequence: %s after %d tokens (want stop after %d)", moe_finish_str(r.why),
+          r.n_tokens, k);
+    /* the prompt, the k tokens and the one that ended it: the cache holds all but that one */
+    int next[256], want_n[T];
+    memcpy(next, ids[a], sizeof(int) * (size_t)n);
+    memcpy(next + n, want[a], sizeof(int) * (size_t)(k + 1));
+    struct moe_engine *e1 = moe_engine_create(m, &(struct moe_engine_params){ .max_seqs = 1, .max_ctx = 256,
+                                                                             .max_batch_tokens = 256 });
+    REQUIRE(e1 && t_greedy(e1, moe_engine_seq_alloc(e1), next, n + k + 1, T, want_n, NULL) == MOE_OK,
+            "reference: %s", moe_last_error());
+    moe_engine_destroy(e1);
+    int cached = prefix_one(s, next, n + k + 1, want_n, "after an end of sequence");
+    CHECK(cached == n + k, "after an end of sequence: %d tokens cached, want %d (the prompt of %d and the %d "
+          "tokens generated)", cached, n + k, n, k);
+}
+
 static void prefix_cache(const struct moe_model *m)
 {
     struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 256, .max_batch_tokens = 16 };
@@ -245,6 +291,7 @@ static void prefix_cache(const struct moe_model *m)
     moe_sched_stats(s, &st);
     CHECK(st.prefix_hit_tokens - before == (uint64_t)(n + T - 2), "the next turn: %llu tokens reused, want %d",
           (unsigned long long)(st.prefix_hit_tokens - before), n + T - 2);
+    prefix_after_eos(m, s);
     for (int i = 0; i < NP; i++) /* other prompts in turn: each decodes as alone */
         prefix_one(s, ids[i], n_ids[i], want[i], texts[i]);
     moe_sched_destroy(s);

@@ -589,7 +589,8 @@ int moe_cmd_bench(int argc, char **argv)
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         FILE *f = argc < 2 ? stderr : stdout;
         fprintf(f, "usage: moeflow bench <benchmark> [options]\n\nbenchmarks:\n"
-                   "  batch   requests through scheduler, engine and expert cache (moeflow bench batch --help)\n");
+                   "  batch   requests through scheduler, engine and expert cache (moeflow bench batch --help)\n\n"
+                   "  -h, --help  this help\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "batch"))

@@ -97,7 +97,7 @@ static void usage(FILE *f)
             "  --ids-out FILE     write the token ids this run fed through the model (the prompt's and\n"
             "                     the output's but the last) as [[...]]: `moeflow trace --ids FILE` then\n"
             "                     records exactly this run's routing, e.g. for --belady-trace\n"
-            "  --help             this text\n\n%s%s",
+            "  -h, --help         this help\n\n%s%s",
             moe_default_model_dir(), MOE_MAX_LOGIT_BIAS, moe_offload_help(), moe_offload_predictor_help());
 }
 

@@ -23,7 +23,7 @@ static void usage(FILE *f)
             "                   moeflow tokenize prints: --ids \"$(moeflow tokenize --text hi)\"\n"
             "  --out FILE       output safetensors file (tensors \"logits\" and \"input_ids\")\n"
             "  --threads N      CPU threads (default 1)\n"
-            "  --help           this text\n",
+            "  -h, --help       this help\n",
             moe_default_model_dir());
 }
 

@@ -28,7 +28,7 @@ static void serve_usage(FILE *f)
             "                                   (command-line flags override the file)\n"
             "  --check-config                   check the options and the config file, print 'configuration ok'\n"
             "                                   and exit 0 (2 with the error); opens no model, store or port\n"
-            "  --help                           this text\n");
+            "  -h, --help                       this help\n");
     moe_serve_config_help(f);
     fprintf(f, "\nSee docs/api.md for the APIs and examples.\n");
 }

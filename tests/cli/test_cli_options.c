@@ -1,6 +1,6 @@
-/* Every moeflow command answers an option it does not have, an option without its value, an ambiguous
- * abbreviation and a value given to a flag that takes none with one line on stderr that names the
- * option, and exit status 2 (no usage text after it). */
+/* Every moeflow command answers --help and -h with its help (listing "-h, --help"), and an option it does
+ * not have, an option without its value, an ambiguous abbreviation and a value given to a flag that takes
+ * none with one line on stderr that names the option, and exit status 2 (no usage text after it). */
 #include "kernels/backend.h"
 #include "tests/test_util.h"
 
@@ -15,6 +15,50 @@ static void expect(const char *args, const char *want)
     snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1 </dev/null", exe, args);
     int st = t_run(cmd, out, sizeof(out));
     CHECK(st == 2 && !strcmp(out, want), "moeflow %s: exit %d, output '%s', want '%s'", args, st, out, want);
+}
+
+/* moeflow ARGS: its stdout into out (stderr dropped, or, with err_only, its stderr alone); the exit status. */
+static int run_out(const char *args, bool err_only, char *out, size_t cap)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd), "'%s' %s %s </dev/null", exe, args, err_only ? "2>&1 >/dev/null" : "2>/dev/null");
+    return t_run(cmd, out, cap);
+}
+
+/* Every command that moeflow --help lists (and bench's one benchmark) prints the same help for --help and -h,
+ * on stdout alone, exit 0, and lists the pair as "-h, --help" as every other option line lists its flags. */
+static void check_help(void)
+{
+    static char top[16384], help[65536], help_h[65536], err[4096];
+    int st = run_out("--help", false, top, sizeof(top));
+    CHECK(st == 0 && strstr(top, "\ncommands:\n"), "moeflow --help: exit %d: %s", st, top);
+    const char *p = strstr(top, "\ncommands:\n");
+    int n = 0;
+    char names[32][64];
+    for (p = p ? p + strlen("\ncommands:\n") : ""; !strncmp(p, "  ", 2) && n < 31; n++) {
+        size_t len = strcspn(p + 2, " \n");
+        snprintf(names[n], sizeof(names[n]), "%.*s", (int)len, p + 2);
+        p = strchr(p, '\n');
+        p = p ? p + 1 : "";
+    }
+    CHECK(n >= 12, "moeflow --help lists %d commands: %s", n, top);
+    snprintf(names[n++], sizeof(names[0]), "bench batch");
+    for (int i = 0; i < n; i++) {
+#ifndef TEST_SERVER
+        if (!strcmp(names[i], "serve")) continue; /* a build without the server has no options to list */
+#endif
+        char args[128];
+        snprintf(args, sizeof(args), "%.63s --help", names[i]);
+        st = run_out(args, false, help, sizeof(help));
+        CHECK(st == 0 && !strncmp(help, "usage: moeflow ", 15), "moeflow %s: exit %d: %.200s", args, st, help);
+        CHECK(strstr(help, "\n  -h, --help ") != NULL, "moeflow %s lists no '-h, --help' line", args);
+        CHECK(run_out(args, true, err, sizeof(err)) == 0 && !*err, "moeflow %s wrote on stderr: %s", args, err);
+        snprintf(args, sizeof(args), "%.63s -h", names[i]);
+        st = run_out(args, false, help_h, sizeof(help_h));
+        CHECK(st == 0 && !strcmp(help, help_h), "moeflow %s: exit %d, not the text of --help: %.200s", args, st,
+              help_h);
+        CHECK(run_out(args, true, err, sizeof(err)) == 0 && !*err, "moeflow %s wrote on stderr: %s", args, err);
+    }
 }
 
 int main(void)
@@ -110,5 +154,6 @@ int main(void)
                  "path+gate[:FILE] or auto)\n", name);
         expect(pred_cmds[i], want);
     }
+    check_help();
     return t_result("test_cli_options");
 }

@@ -484,15 +484,24 @@ int moe_cmd_generate(int argc, char **argv)
 
     const char *text_path = o.schema_path ? o.schema_path : o.grammar_path;
     if (text_path) {
+        const char *flag = o.schema_path ? "--json-schema" : "--grammar";
         char *text = NULL;
         size_t len = 0;
         enum moe_status sst = moe_read_file(text_path, &text, &len, MOE_JSON_MAX_SCHEMA);
-        if (sst == MOE_OK)
-            sst = o.schema_path ? moe_json_schema_parse(text, len, &o.schema) : moe_json_schema_grammar(text, len, &o.schema);
+        if (sst == MOE_EFORMAT) { /* larger than a schema or grammar may be: refused as its text would be */
+            fprintf(stderr, "moeflow generate: %s %s\n", flag, moe_last_error()); /* the message names the file */
+            return 2;
+        }
+        if (sst != MOE_OK) { /* missing, a directory, unreadable: a failure, as every command's input file */
+            fprintf(stderr, "moeflow generate: %s %s (give a readable file holding %s)\n", flag, moe_last_error(),
+                    o.schema_path ? "a JSON Schema" : "a GBNF grammar");
+            return 1;
+        }
+        sst = o.schema_path ? moe_json_schema_parse(text, len, &o.schema)
+                            : moe_json_schema_grammar(text, len, &o.schema);
         free(text);
         if (sst != MOE_OK) {
-            fprintf(stderr, "moeflow generate: %s %s: %s\n", o.schema_path ? "--json-schema" : "--grammar", text_path,
-                    moe_last_error());
+            fprintf(stderr, "moeflow generate: %s %s: %s\n", flag, text_path, moe_last_error());
             return 2;
         }
     }

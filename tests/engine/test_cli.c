@@ -3,8 +3,10 @@
  *   prints exactly the greedy continuation computed here in-process (engine +
  *   tokenizer), and it looks like Python (contains "return" or "fibonacci");
  * - `logits --ids ... --out F` writes logits equal to an in-process prefill;
- * - bad flags and values exit 2 with a message naming the flag. */
+ * - bad flags and values exit 2 with a message naming the flag; a --json-schema or --grammar file that
+ *   cannot be read exits 1, as every command's input file. */
 #include "engine_testutil.h"
+#include "engine/json_guide.h"
 #include "model/tokenizer.h"
 
 #include <sys/wait.h>
@@ -258,11 +260,7 @@ int main(void)
                                  "generate --prompt x --gpu-experts 8 --stats-json /tmp",
                                  "generate --prompt x --gpu-experts 8 --stats-json /nonexistent/s.json",
                                  "trace --ids /dev/null --out /tmp/x.jsonl --gpu-experts 8 --stats-json /nonexistent/s",
-                                 /* a JSON schema that cannot be read or followed */
-                                 "generate --prompt x --json-schema /nonexistent.json",
-                                 "generate --prompt x --json-schema /dev/null",
-                                 /* a grammar that cannot be read, or given with another guide */
-                                 "generate --prompt x --grammar /nonexistent.gbnf",
+                                 /* a grammar given with another guide */
                                  "generate --prompt x --grammar /dev/null --regex a" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(bad); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' %s --model '%s' 2>&1", exe, bad[i], dir);
@@ -270,6 +268,36 @@ int main(void)
         CHECK(status == 2, "'%s' exits %d, want 2 (%s)", bad[i], status, o);
         CHECK(strstr(o, "--") != NULL, "'%s': message names no flag: %s", bad[i], o);
         free(o);
+    }
+    /* a schema or grammar file that cannot be read (missing, a directory, a device) fails as every command's input
+     * file does, exit 1, the message naming the flag, the file and what to give; one past the size a schema or
+     * grammar may have is refused as such a text is, exit 2 */
+    static const struct { const char *args, *want; } unread[] = {
+        { "--json-schema /nonexistent.json", "moeflow generate: --json-schema /nonexistent.json: No such file or "
+          "directory (give a readable file holding a JSON Schema)\n" },
+        { "--json-schema /dev/null", "moeflow generate: --json-schema /dev/null: not a regular file (give a "
+          "readable file holding a JSON Schema)\n" },
+        { "--grammar /nonexistent.gbnf", "moeflow generate: --grammar /nonexistent.gbnf: No such file or directory "
+          "(give a readable file holding a GBNF grammar)\n" },
+        { "--grammar /", "moeflow generate: --grammar /: not a regular file (give a readable file holding a GBNF "
+          "grammar)\n" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(unread); i++) {
+        snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x %s --model '%s' 2>&1", exe, unread[i].args, dir);
+        char *o = run(cmd, &status);
+        CHECK(status == 1 && !strcmp(o, unread[i].want), "%s: exit %d, '%s', want 1, '%s'", unread[i].args, status, o,
+              unread[i].want);
+        free(o);
+    }
+    {
+        static char big[MOE_JSON_MAX_SCHEMA + 2];
+        memset(big, ' ', sizeof(big) - 1);
+        char *bo = generate_with_file(exe, dir, "--grammar", big, &status);
+        char big_want[256];
+        snprintf(big_want, sizeof(big_want), "moeflow generate: --grammar /tmp/moeflow-test-guide-%d.txt: %d bytes "
+                 "is larger than the %d-byte limit\n", (int)getpid(), MOE_JSON_MAX_SCHEMA + 1, MOE_JSON_MAX_SCHEMA);
+        CHECK(status == 2 && !strcmp(bo, big_want), "grammar too large: exit %d: %s", status, bo);
+        free(bo);
     }
     /* a schema with a keyword not followed: exit 2 naming it */
     char *so = generate_with_file(exe, dir, "--json-schema", "{\"type\": \"string\", \"format\": \"ipv6\"}", &status);

@@ -1,6 +1,8 @@
 /* moe_offload_opts_parse's counts (--gpu-experts, --host-experts, --queue-depth): the whole value, base
  * 10, in range, or refused with a message that names the flag, the value and the range; a refused value
- * leaves the option as it was. */
+ * leaves the option as it was.  Its byte counts (--gpu-cache-bytes, --host-cache-bytes, and serve's
+ * kv-cache-bytes through moe_offload_parse_bytes): digits, then K, M, G or T (any case, powers of 1024)
+ * and "i", "iB" or "B" after it, or "B" alone; >= 1 and no more than 64 bits hold. */
 #include "offload/runtime.h"
 #include "tests/test_util.h"
 
@@ -31,6 +33,33 @@ static void check_count(int opt, const char *flag, long hi, const struct count_c
     }
 }
 
+struct bytes_case {
+    const char *arg;
+    uint64_t want; /* the value taken; 0: refused */
+};
+
+static void check_bytes(int opt, const char *flag, const struct bytes_case *cases, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct moe_offload_opts o;
+        moe_offload_opts_init(&o);
+        moe_error_clear();
+        int r = moe_offload_opts_parse(&o, opt, cases[i].arg);
+        uint64_t got = opt == MOE_OPT_GPU_BYTES ? o.gpu_cache_bytes : o.host_cache_bytes;
+        if (cases[i].want) {
+            CHECK(r == 1 && got == cases[i].want, "--%s '%s': r %d, value %llu, want %llu", flag, cases[i].arg, r,
+                  (unsigned long long)got, (unsigned long long)cases[i].want);
+            continue;
+        }
+        char msg[256];
+        snprintf(msg, sizeof msg, "--%s '%s' must be a byte count >= 1 (suffix K, M, G or T allowed)", flag,
+                 cases[i].arg);
+        CHECK(r == -1 && got == 0 && moe_last_status() == MOE_EINVAL && !strcmp(moe_last_error(), msg),
+              "--%s '%s': r %d, value %llu, message '%s', want '%s'", flag, cases[i].arg, r, (unsigned long long)got,
+              moe_last_error(), msg);
+    }
+}
+
 int main(void)
 {
     static const struct count_case experts[] = {
@@ -49,5 +78,64 @@ int main(void)
     check_count(MOE_OPT_GPU_EXPERTS, "gpu-experts", 1L << 24, experts, ne);
     check_count(MOE_OPT_HOST_EXPERTS, "host-experts", 1L << 24, experts, ne);
     check_count(MOE_OPT_QUEUE_DEPTH, "queue-depth", 4096, depth, nd);
+    static const struct bytes_case bytes[] = {
+        { "1", 1 },
+        { "0064", 64 },
+        { "1K", 1 << 10 },
+        { "1k", 1 << 10 },
+        { "1Ki", 1 << 10 },
+        { "1KiB", 1 << 10 },
+        { "1KB", 1 << 10 },
+        { "512M", 512ull << 20 },
+        { "64MiB", 64ull << 20 },
+        { "3g", 3ull << 30 },
+        { "2GB", 2ull << 30 },
+        { "4T", 4ull << 40 },
+        { "7B", 7 },
+        { "16777215T", 16777215ull << 40 },
+        { "18446744073709551615", UINT64_MAX },
+        /* refused: no byte, a sign or blank, trailing or unknown text, a fraction, hexadecimal, overflow */
+        { "0", 0 },
+        { "0K", 0 },
+        { "00", 0 },
+        { "-1", 0 },
+        { "-0", 0 },
+        { "+1", 0 },
+        { "+1K", 0 },
+        { " 1", 0 },
+        { "\t1K", 0 },
+        { "1 ", 0 },
+        { "1K ", 0 },
+        { "1 K", 0 },
+        { "1\n", 0 },
+        { "", 0 },
+        { "K", 0 },
+        { "KiB", 0 },
+        { "1.5K", 0 },
+        { ".5M", 0 },
+        { "1e3", 0 },
+        { "0x10", 0 },
+        { "1Kb", 0 },
+        { "1kib", 0 },
+        { "4tib", 0 },
+        { "1KiBB", 0 },
+        { "1KK", 0 },
+        { "1P", 0 },
+        { "1bytes", 0 },
+        { "16777216T", 0 },
+        { "18446744073709551616", 0 },
+        { "99999999999999999999K", 0 },
+        { "-18446744073709551615", 0 },
+    };
+    size_t nb = sizeof bytes / sizeof bytes[0];
+    check_bytes(MOE_OPT_GPU_BYTES, "gpu-cache-bytes", bytes, nb);
+    check_bytes(MOE_OPT_HOST_BYTES, "host-cache-bytes", bytes, nb);
+    /* serve's kv-cache-bytes takes the same values, named as its own */
+    uint64_t kv = 0;
+    CHECK(moe_offload_parse_bytes("kv-cache-bytes", "8GiB", &kv) == 1 && kv == 8ull << 30, "kv-cache-bytes 8GiB");
+    CHECK(moe_offload_parse_bytes("kv-cache-bytes", "8 GiB", &kv) == -1 &&
+              !strcmp(moe_last_error(), "--kv-cache-bytes '8 GiB' must be a byte count >= 1 (suffix K, M, G or T "
+                      "allowed)"),
+          "kv-cache-bytes '8 GiB': %s", moe_last_error());
     return t_result("test_offload_opts");
 }

@@ -56,8 +56,26 @@ int main(void)
     CHECK(moe_pred_spec_parse("none", "/nonexistent", &sp) == MOE_OK && sp.kind == MOE_PRED_NONE, "none");
     CHECK(moe_pred_spec_parse("gate:2", "/nonexistent", &sp) == MOE_OK && sp.kind == MOE_PRED_GATE && sp.depth == 2,
           "gate:2");
-    CHECK(moe_pred_spec_parse("gate:0", "/x", &sp) == MOE_EINVAL, "gate:0 accepted");
-    CHECK(moe_pred_spec_parse("gate:2x", "/x", &sp) == MOE_EINVAL, "gate:2x accepted");
+    /* gate:D: D in 1..MOE_PRED_MAX_DEPTH, the whole text, base 10; else one message naming the spec */
+    static const struct { const char *spec; int depth; } gate_ok[] = {
+        { "gate", 3 }, { "gate:1", 1 }, { "gate:8", 8 }, { "gate:02", 2 }, { "gate:0008", 8 },
+    };
+    for (size_t i = 0; i < sizeof gate_ok / sizeof gate_ok[0]; i++) {
+        memset(&sp, 0, sizeof sp);
+        CHECK(moe_pred_spec_parse(gate_ok[i].spec, "/x", &sp) == MOE_OK && sp.kind == MOE_PRED_GATE &&
+                  sp.depth == gate_ok[i].depth,
+              "%s: depth %d, want %d (%s)", gate_ok[i].spec, sp.depth, gate_ok[i].depth, moe_last_error());
+    }
+    static const char *const gate_bad[] = { "gate:0", "gate:9", "gate:2x", "gate:", "gate:-1", "gate:+1", "gate: 1",
+                                            "gate:1 ", "gate:1.0", "gate:0x1", "gate:1e0", "gate:99999999999999999999",
+                                            "gate:-99999999999999999999", "gate:\t2", "gate:2:3" };
+    for (size_t i = 0; i < sizeof gate_bad / sizeof gate_bad[0]; i++) {
+        char want[128];
+        snprintf(want, sizeof want, "--predictor %s: lookahead D must be an integer 1..%d", gate_bad[i],
+                 MOE_PRED_MAX_DEPTH);
+        CHECK(moe_pred_spec_parse(gate_bad[i], "/x", &sp) == MOE_EINVAL && !strcmp(moe_last_error(), want),
+              "%s: '%s', want '%s'", gate_bad[i], moe_last_error(), want);
+    }
     CHECK(moe_pred_spec_parse("bogus", "/x", &sp) == MOE_EINVAL && strstr(moe_last_error(), "history"),
           "bogus: %s", moe_last_error());
     CHECK(moe_pred_spec_parse("path:/nonexistent/p.safetensors", "/x", &sp) == MOE_ENOENT, "missing path file");

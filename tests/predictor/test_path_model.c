@@ -1,7 +1,7 @@
 /* Path predictor MLP: learns a synthetic routing rule from embeddings and the
  * previous token's routing well above chance, keeps the best held-out epoch,
  * builds its optional history and context input blocks, and survives a
- * safetensors round trip bit for bit. */
+ * safetensors round trip bit for bit; a file's metadata numbers are read whole or refused by name. */
 #include "model/safetensors.h"
 #include "predictor/path_model.h"
 #include "kernels/backend.h"
@@ -24,6 +24,79 @@ static uint32_t rnd(void)
     rng ^= rng >> 7;
     rng ^= rng << 17;
     return (uint32_t)(rng >> 11);
+}
+
+/* The load's message for the file path written with one tensor of 4 floats, w1, and the metadata of a 3-layer,
+ * 8-expert, top-2, dim-16, width-64 model, key set to value (added when that has no key). */
+static const char *meta_load_error(const char *path, const char *key, const char *value)
+{
+    static const char *const base[] = { "format", "moeflow-path-predictor", "version", "1", "n_moe_layers", "3",
+                                        "n_experts", "8", "top_k", "2", "dim", "16", "width", "64" };
+    const char *meta[MOE_ARRAY_LEN(base) + 3];
+    size_t n = 0;
+    bool set = false;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(base); i += 2) {
+        meta[n++] = base[i];
+        meta[n++] = strcmp(base[i], key) ? base[i + 1] : (set = true, value);
+    }
+    if (!set) {
+        meta[n++] = key;
+        meta[n++] = value;
+    }
+    meta[n] = NULL;
+    float w[4] = { 0 };
+    struct moe_st_out t = { .name = "w1", .dtype = MOE_DT_F32, .ndim = 1, .shape = { 4 }, .data = w };
+    REQUIRE(moe_st_write(path, &t, 1, meta) == MOE_OK, "write: %s", moe_last_error());
+    struct moe_path_model *pm = moe_path_model_load(path, 0, 0, 0, 0);
+    CHECK(!pm, "%s '%s': the 4-float w1 loaded", key, value);
+    moe_path_model_free(pm);
+    return moe_last_error();
+}
+
+/* The metadata's numbers: the whole text, base 10 for the sizes; a value taken gets as far as w1, whose shape is
+ * wrong; one refused is named with what it must be. */
+static void check_meta_numbers(const char *path)
+{
+    static const char *const keys[] = { "n_moe_layers", "n_experts", "top_k", "dim", "width" };
+    static const char *const zero_led[] = { "03", "08", "02", "016", "064" }; /* meta_load_error's, 0 before */
+    static const char *const int_bad[] = { "0", "-1", "-0", "", "x", "3x", "3 ", "3\n", "3.0", "0x3", "1e1",
+                                           "1048577", "99999999999999999999", "-99999999999999999999" };
+    const char *err;
+    for (size_t k = 0; k < MOE_ARRAY_LEN(keys); k++) {
+        err = meta_load_error(path, keys[k], zero_led[k]);
+        CHECK(strstr(err, "tensor 'w1' must be F32 ["), "%s '%s' refused: %s", keys[k], zero_led[k], err);
+        for (size_t i = 0; i < MOE_ARRAY_LEN(int_bad); i++) {
+            err = meta_load_error(path, keys[k], int_bad[i]);
+            CHECK(strstr(err, ": metadata n_moe_layers/n_experts/top_k/dim/width missing or not positive"),
+                  "%s '%s': %s", keys[k], int_bad[i], err);
+        }
+    }
+    err = meta_load_error(path, "n_moe_layers", "1048576"); /* an integer, of no shape a model has */
+    CHECK(strstr(err, ": bad shape in metadata"), "n_moe_layers 1048576: %s", err);
+    static const char *const horizon_ok[] = { "1", "2", "8", "08" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(horizon_ok); i++) {
+        err = meta_load_error(path, "horizon", horizon_ok[i]);
+        CHECK(strstr(err, "tensor 'w1' must be F32 ["), "horizon '%s' refused: %s", horizon_ok[i], err);
+    }
+    static const char *const horizon_bad[] = { "0", "9", "-1", "", "2x", "2.0", "99999999999999999999" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(horizon_bad); i++) {
+        err = meta_load_error(path, "horizon", horizon_bad[i]);
+        CHECK(strstr(err, ": metadata horizon must be 1..8"), "horizon '%s': %s", horizon_bad[i], err);
+    }
+    /* hist_decay: a number in (0, 1) once a float: 0.99999999 is 1 and 1e-50 is 0 */
+    static const char *const decay_ok[] = { "0.5", ".5", "5e-1", "0.999", "0.999999", "1e-30", "1e-40", "0.0625" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(decay_ok); i++) {
+        err = meta_load_error(path, "hist_decay", decay_ok[i]);
+        CHECK(strstr(err, "tensor 'w1' must be F32 ["), "hist_decay '%s' refused: %s", decay_ok[i], err);
+    }
+    static const char *const decay_bad[] = { "0", "1", "-0.5", "1.5", "nan", "inf", "-inf", "", "0.5x", "0.5 ",
+                                             "0.99999999", "1e-50", "1e400", "0.5.5" };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(decay_bad); i++) {
+        char want[128];
+        snprintf(want, sizeof want, "%s: metadata hist_decay '%s' must be a number in (0, 1)", path, decay_bad[i]);
+        err = meta_load_error(path, "hist_decay", decay_bad[i]);
+        CHECK(!strcmp(err, want), "hist_decay '%s': '%s', want '%s'", decay_bad[i], err, want);
+    }
 }
 
 /* m written to a temporary file and loaded back (expected shape of m), or NULL. */
@@ -277,6 +350,7 @@ int main(void)
         REQUIRE(moe_st_write(path, bad, 1, meta_s) == MOE_OK, "write: %s", moe_last_error());
         CHECK(!moe_path_model_load(path, 0, 0, 0, 0) && strstr(moe_last_error(), "w1"), "bad w1 shape accepted: %s",
               moe_last_error());
+        check_meta_numbers(path);
     }
     /* a tensor of the wrong shape says the shape it must have; NaN or Inf weights are refused */
     {

@@ -115,6 +115,9 @@ bool moe_parse_long(const char *s, long lo, long hi, long *out);
 bool moe_parse_u64(const char *s, uint64_t *out);
 bool moe_parse_double(const char *s, double lo, double *out);
 bool moe_parse_double_in(const char *s, double lo, double hi, double *out);
+/* The digits s begins with (at least one; no blank or sign before them, no overflow) into *out, and in *rest
+ * the text after them (a unit, say); false leaves both untouched. */
+bool moe_parse_u64_prefix(const char *s, uint64_t *out, const char **rest);
 
 /* Room in *p, an array of *cap elements of size bytes each, for need of them: when need > *cap, *p
  * is reallocated to the first capacity that holds need, doubling from *cap (from first when *cap is

@@ -24,13 +24,23 @@ bool moe_parse_long(const char *s, long lo, long hi, long *out)
     return true;
 }
 
-bool moe_parse_u64(const char *s, uint64_t *out)
+bool moe_parse_u64_prefix(const char *s, uint64_t *out, const char **rest)
 {
     char *end;
-    if (!starts_number(s) || *s == '-') return false; /* strtoull would wrap a '-' */
+    if (*s < '0' || *s > '9') return false; /* no blank, sign (strtoull would wrap a '-') or '.' */
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end) return false;
+    if (errno) return false;
+    *out = v;
+    *rest = end;
+    return true;
+}
+
+bool moe_parse_u64(const char *s, uint64_t *out)
+{
+    uint64_t v;
+    const char *rest;
+    if (!moe_parse_u64_prefix(s, &v, &rest) || *rest) return false;
     *out = v;
     return true;
 }

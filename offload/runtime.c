@@ -10,7 +10,6 @@
 #endif
 
 #include <ctype.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,21 +31,18 @@ static int parse_count(const char *flag, const char *arg, long lo, long hi, long
 
 int moe_offload_parse_bytes(const char *flag, const char *arg, uint64_t *out)
 {
-    char *end;
-    errno = 0;
-    if (!isdigit((unsigned char)*arg)) goto bad; /* no blank, sign or '-' (strtoull would wrap it) */
-    unsigned long long v = strtoull(arg, &end, 10);
-    if (errno || end == arg) goto bad;
-    uint64_t mul = 1;
-    switch (*end) {
-    case 'K': case 'k': mul = 1ull << 10; end++; break;
-    case 'M': case 'm': mul = 1ull << 20; end++; break;
-    case 'G': case 'g': mul = 1ull << 30; end++; break;
-    case 'T': case 't': mul = 1ull << 40; end++; break;
-    default: break;
+    static const char units[] = "KMGT"; /* 2^10, 2^20, 2^30, 2^40 */
+    uint64_t v;
+    const char *end, *unit;
+    if (!moe_parse_u64_prefix(arg, &v, &end)) goto bad;
+    unsigned shift = 0;
+    if (*end && (unit = strchr(units, toupper((unsigned char)*end)))) {
+        shift = 10 * (unsigned)(unit - units + 1);
+        end++;
+        if (*end == 'i') end++; /* Ki, KiB */
     }
-    if (*end == 'i' || *end == 'B') end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
-    if (*end || v == 0 || !moe_mul_u64(v, mul, out)) goto bad;
+    if (*end == 'B') end++;
+    if (*end || v == 0 || !moe_mul_u64(v, (uint64_t)1 << shift, out)) goto bad;
     return 1;
 bad:
     moe_errorf(MOE_EINVAL, "--%s '%s' must be a byte count >= 1 (suffix K, M, G or T allowed)",

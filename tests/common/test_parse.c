@@ -1,5 +1,6 @@
-/* common/parse.c: the number parsers take the whole string or nothing: ranges, signs, blanks, overflow,
- * trailing text, hexadecimal, NaN and infinity are refused, and a refused value leaves the output as it was. */
+/* common/parse.c: the number parsers take the whole string (or, moe_parse_u64_prefix, the digits it begins
+ * with) or nothing: ranges, signs, blanks, overflow, trailing text, hexadecimal, NaN and infinity are refused,
+ * and a refused value leaves the output as it was. */
 #include "common/moe.h"
 #include "tests/test_util.h"
 
@@ -21,6 +22,22 @@ int main(void)
     CHECK(!moe_parse_u64("-1", &u) && !moe_parse_u64("18446744073709551616", &u) &&
           !moe_parse_u64("", &u) && !moe_parse_u64("5 ", &u) && !moe_parse_u64(" 5", &u) &&
           !moe_parse_u64("+5", &u), "bad u64 accepted");
+
+    /* the number a text begins with, and where the rest begins: a unit's suffix, say */
+    const char *rest = NULL;
+    u = 9;
+    CHECK(moe_parse_u64_prefix("64KiB", &u, &rest) && u == 64 && !strcmp(rest, "KiB"), "64KiB -> %llu '%s'",
+          (unsigned long long)u, rest ? rest : "");
+    CHECK(moe_parse_u64_prefix("0070", &u, &rest) && u == 70 && !*rest, "0070 -> %llu", (unsigned long long)u);
+    CHECK(moe_parse_u64_prefix("18446744073709551615 x", &u, &rest) && u == UINT64_MAX && !strcmp(rest, " x"),
+          "max u64 then text");
+    u = 9;
+    rest = NULL;
+    CHECK(!moe_parse_u64_prefix("", &u, &rest) && !moe_parse_u64_prefix("K", &u, &rest) &&
+          !moe_parse_u64_prefix(" 5K", &u, &rest) && !moe_parse_u64_prefix("+5K", &u, &rest) &&
+          !moe_parse_u64_prefix("-5K", &u, &rest) && !moe_parse_u64_prefix(".5K", &u, &rest) &&
+          !moe_parse_u64_prefix("18446744073709551616K", &u, &rest), "bad u64 prefixes accepted");
+    CHECK(u == 9 && !rest, "a refused prefix changed the output to %llu", (unsigned long long)u);
 
     double d = 0;
     CHECK(moe_parse_double("0.25", 0, &d) && d == 0.25, "0.25 -> %g", d);

@@ -122,6 +122,10 @@ int main(void)
         { "1KK", 0 },
         { "1P", 0 },
         { "1bytes", 0 },
+        /* "i" (or "iB") names the binary unit it follows: alone it is no unit */
+        { "1i", 0 },
+        { "1iB", 0 },
+        { "64iB", 0 },
         { "16777216T", 0 },
         { "18446744073709551616", 0 },
         { "99999999999999999999K", 0 },

@@ -127,9 +127,8 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
     if (IS("gate")) {
         out->kind = MOE_PRED_GATE;
         if (arg) {
-            char *end;
-            long d = strtol(arg, &end, 10);
-            if (*end || end == arg || *arg < '0' || *arg > '9' || d < 1 || d > MOE_PRED_MAX_DEPTH)
+            long d;
+            if (!moe_parse_long(arg, 1, MOE_PRED_MAX_DEPTH, &d))
                 return moe_errorf(MOE_EINVAL, "--predictor %s: lookahead D must be an integer 1..%d", s,
                                   MOE_PRED_MAX_DEPTH);
             out->depth = (int)d;

@@ -258,10 +258,8 @@ bool moe_path_model_other_model(const char *recorded, const char *model_dir)
 static bool meta_int(struct moe_st_file *f, const char *key, int *out)
 {
     const char *v = moe_st_metadata(f, key);
-    if (!v) return false;
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (*end || end == v || x <= 0 || x > 1 << 20) return false;
+    long x;
+    if (!v || !moe_parse_long(v, 1, 1 << 20, &x)) return false;
     *out = (int)x;
     return true;
 }
@@ -336,9 +334,9 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
     float fhd = 0;
     const char *hd = moe_st_metadata(f, "hist_decay");
     if (hd) {
-        char *end;
-        fhd = strtof(hd, &end);
-        if (*end || end == hd || !(fhd > 0 && fhd < 1)) {
+        double d;
+        fhd = moe_parse_double_in(hd, 0, 1, &d) ? (float)d : 0; /* in (0, 1) as a float: 1e-50 is 0 */
+        if (!(fhd > 0 && fhd < 1)) {
             moe_errorf(MOE_EFORMAT, "%s: metadata hist_decay '%s' must be a number in (0, 1)", path, hd);
             goto out_close;
         }

@@ -60,7 +60,8 @@ static void check_meta_numbers(const char *path)
     static const char *const keys[] = { "n_moe_layers", "n_experts", "top_k", "dim", "width" };
     static const char *const zero_led[] = { "03", "08", "02", "016", "064" }; /* meta_load_error's, 0 before */
     static const char *const int_bad[] = { "0", "-1", "-0", "", "x", "3x", "3 ", "3\n", "3.0", "0x3", "1e1",
-                                           "1048577", "99999999999999999999", "-99999999999999999999" };
+                                           "1048577", "99999999999999999999", "-99999999999999999999",
+                                           " 3", "\t3", "+3", "\n3" };
     const char *err;
     for (size_t k = 0; k < MOE_ARRAY_LEN(keys); k++) {
         err = meta_load_error(path, keys[k], zero_led[k]);
@@ -78,7 +79,7 @@ static void check_meta_numbers(const char *path)
         err = meta_load_error(path, "horizon", horizon_ok[i]);
         CHECK(strstr(err, "tensor 'w1' must be F32 ["), "horizon '%s' refused: %s", horizon_ok[i], err);
     }
-    static const char *const horizon_bad[] = { "0", "9", "-1", "", "2x", "2.0", "99999999999999999999" };
+    static const char *const horizon_bad[] = { "0", "9", "-1", "", "2x", "2.0", "99999999999999999999", " 2", "+2" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(horizon_bad); i++) {
         err = meta_load_error(path, "horizon", horizon_bad[i]);
         CHECK(strstr(err, ": metadata horizon must be 1..8"), "horizon '%s': %s", horizon_bad[i], err);
@@ -90,7 +91,8 @@ static void check_meta_numbers(const char *path)
         CHECK(strstr(err, "tensor 'w1' must be F32 ["), "hist_decay '%s' refused: %s", decay_ok[i], err);
     }
     static const char *const decay_bad[] = { "0", "1", "-0.5", "1.5", "nan", "inf", "-inf", "", "0.5x", "0.5 ",
-                                             "0.99999999", "1e-50", "1e400", "0.5.5" };
+                                             "0.99999999", "1e-50", "1e400", "0.5.5", " 0.5", "\t.5", "+0.5",
+                                             "0x1p-1", "0X.8" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(decay_bad); i++) {
         char want[128];
         snprintf(want, sizeof want, "%s: metadata hist_decay '%s' must be a number in (0, 1)", path, decay_bad[i]);

@@ -235,11 +235,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             }
             break;
         case OPT_TOPK:
-            if (!moe_parse_long(optarg, 0, 1 << 30, &v)) {
-                fprintf(stderr, "moeflow generate: --top-k '%s': expected an integer >= 0\n", optarg);
-                return 2;
-            }
-            o->samp.top_k = (int)v;
+            if (!moe_cli_opt_int("generate", "top-k", optarg, 0, 1 << 30, &o->samp.top_k)) return 2;
             break;
         case OPT_SEED: {
             uint64_t s;

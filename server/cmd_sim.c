@@ -68,13 +68,9 @@ int moe_cmd_sim(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_TRACE: trace_path = optarg; break;
-        case O_CAP: {
-            if (!moe_parse_long(optarg, 1, 1L << 30, &capacity)) {
-                fprintf(stderr, "moeflow sim: --capacity '%s' must be an integer >= 1\n", optarg);
-                return 2;
-            }
+        case O_CAP:
+            if (!moe_cli_opt_long("sim", "capacity", optarg, 1, 1L << 30, &capacity)) return 2;
             break;
-        }
         case O_FRAC:
             if (!moe_parse_double(optarg, 0, &frac) || frac <= 0 || frac > 1) {
                 fprintf(stderr, "moeflow sim: --capacity-frac '%s' must be in (0, 1]\n", optarg);

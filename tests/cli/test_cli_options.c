@@ -121,6 +121,15 @@ int main(void)
     expect(args, want);
 #endif
 
+    /* a count past its largest value is refused naming the range, not only its lower end (which it is above) */
+    expect("generate --prompt x --top-k 1073741825",
+           "moeflow generate: --top-k '1073741825': expected an integer in [0, 1073741824]\n");
+    expect("generate --prompt x --top-k -1", "moeflow generate: --top-k '-1': expected an integer in [0, 1073741824]\n");
+    expect("sim --trace t.jsonl --policy lru --capacity 1073741825",
+           "moeflow sim: --capacity '1073741825': expected an integer in [1, 1073741824]\n");
+    expect("sim --trace t.jsonl --policy lru --capacity 0",
+           "moeflow sim: --capacity '0': expected an integer in [1, 1073741824]\n");
+
     expect("sim --trace t.jsonl --policy lru --cap 64",
            "moeflow sim: '--cap' is ambiguous (--capacity, --capacity-frac): spell it out\n");
     expect("generate --prompt x --top 5", "moeflow generate: '--top' is ambiguous (--top-p, --top-k): spell it out\n");

@@ -289,11 +289,11 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
     struct stat sb;
     bool have_sb = fstat(fd, &sb) == 0;
     if (have_sb && S_ISDIR(sb.st_mode)) {
-        st = moe_errorf(MOE_EINVAL, "%s: is a directory; give the store file (moeflow pack --out FILE)", path);
+        st = moe_errorf(MOE_EIO, "%s: is a directory; give the store file (moeflow pack --out FILE)", path);
         goto out;
     }
     if (have_sb && !S_ISREG(sb.st_mode)) {
-        st = moe_errorf(MOE_EINVAL, "%s: not a regular file (a pipe or device cannot be read at offsets); give "
+        st = moe_errorf(MOE_EIO, "%s: not a regular file (a pipe or device cannot be read at offsets); give "
                         "the store file (moeflow pack --out FILE)", path);
         goto out;
     }

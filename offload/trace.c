@@ -269,7 +269,7 @@ enum moe_status moe_trace_load(const char *path, struct moe_trace **out)
     if (!f) return moe_errorf(MOE_EIO, "%s: cannot open trace: %s", path, strerror(errno));
     if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
         fclose(f);
-        return moe_errorf(MOE_EINVAL, "%s: is a directory, not a routing trace (give the .jsonl file "
+        return moe_errorf(MOE_EIO, "%s: is a directory, not a routing trace (give the .jsonl file "
                           "moeflow trace wrote)", path);
     }
     return load_stream(f, path, out);

@@ -269,9 +269,9 @@ int main(void)
         CHECK(strstr(o, "--") != NULL, "'%s': message names no flag: %s", bad[i], o);
         free(o);
     }
-    /* a schema or grammar file that cannot be read (missing, a directory, a device) fails as every command's input
-     * file does, exit 1, the message naming the flag, the file and what to give; one past the size a schema or
-     * grammar may have is refused as such a text is, exit 2 */
+    /* a schema, grammar, expert store or routing trace file that cannot be read (missing, a directory, a device)
+     * fails as every command's input file does, exit 1, the message naming the file and what to give; a schema or
+     * grammar past the size it may have is refused as such a text is, exit 2 */
     static const struct { const char *args, *want; } unread[] = {
         { "--json-schema /nonexistent.json", "moeflow generate: --json-schema /nonexistent.json: No such file or "
           "directory (give a readable file holding a JSON Schema)\n" },
@@ -281,6 +281,16 @@ int main(void)
           "(give a readable file holding a GBNF grammar)\n" },
         { "--grammar /", "moeflow generate: --grammar /: not a regular file (give a readable file holding a GBNF "
           "grammar)\n" },
+        { "--gpu-experts 8 --store /", "moeflow generate: /: is a directory; give the store file (moeflow pack --out "
+          "FILE)\n" },
+        { "--gpu-experts 8 --store /dev/null", "moeflow generate: /dev/null: not a regular file (a pipe or device "
+          "cannot be read at offsets); give the store file (moeflow pack --out FILE)\n" },
+        { "--gpu-experts 8 --store /nonexistent.moestore", "moeflow generate: /nonexistent.moestore: cannot open "
+          "expert store: No such file or directory\n" },
+        { "--gpu-experts 8 --policy belady --belady-trace /", "moeflow generate: /: is a directory, not a routing "
+          "trace (give the .jsonl file moeflow trace wrote)\n" },
+        { "--gpu-experts 8 --policy belady --belady-trace /nonexistent.jsonl", "moeflow generate: "
+          "/nonexistent.jsonl: cannot open trace: No such file or directory\n" },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(unread); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x %s --model '%s' 2>&1", exe, unread[i].args, dir);

@@ -77,7 +77,13 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
     case MOE_OPT_NO_IO_URING: o->no_io_uring = true; return 1;
     case MOE_OPT_STATS: o->stats = true; return 1;
     case MOE_OPT_STATS_JSON: o->stats_json = arg; return 1;
-    case MOE_OPT_BELADY_TRACE: o->belady_trace = arg; return 1;
+    case MOE_OPT_BELADY_TRACE:
+        if (!*arg) {
+            moe_errorf(MOE_EINVAL, "--belady-trace is empty: name the file to read");
+            return -1;
+        }
+        o->belady_trace = arg;
+        return 1;
     case MOE_OPT_BACKEND:
         if (!strcmp(arg, "cpu")) {
             o->backend = MOE_COMPUTE_CPU;

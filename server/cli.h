@@ -77,6 +77,11 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
 bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const char *path, size_t max_tokens,
                        int **ids, size_t *n);
 
+/* An input file's path, as its option is read: false after printing "moeflow CMD: FLAG is empty: name the
+ * file to read" when it is empty (a usage error, as an empty output path is); whether the file can be read
+ * is found when it is read. */
+bool moe_cli_check_in(const char *cmd, const char *flag, const char *path);
+
 /* An output file's path, before any work: false after printing "moeflow CMD:
  * FLAG ..." when it is empty, names a directory, or no file can be created
  * beside it (a usage error).  An existing pipe or device is accepted only when

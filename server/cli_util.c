@@ -183,6 +183,13 @@ bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const c
     return true;
 }
 
+bool moe_cli_check_in(const char *cmd, const char *flag, const char *path)
+{
+    if (*path) return true;
+    fprintf(stderr, "moeflow %s: %s is empty: name the file to read\n", cmd, flag);
+    return false;
+}
+
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place)
 {
     if (!*path) {

@@ -239,7 +239,10 @@ static int bench_batch(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", lopts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: o.model_dir = optarg; break;
-        case O_PROMPTS: o.prompts = optarg; break;
+        case O_PROMPTS:
+            if (!moe_cli_check_in("bench batch", "--prompts", optarg)) return 2;
+            o.prompts = optarg;
+            break;
         case O_CONC:
             if (!moe_cli_opt_int("bench batch", "concurrency", optarg, 1, 4096, &o.concurrency)) return 2;
             break;

@@ -87,7 +87,10 @@ int moe_cmd_eval_predictor(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
-        case O_TEXT: text = optarg; break;
+        case O_TEXT:
+            if (!moe_cli_check_in("eval-predictor", "--text", optarg)) return 2;
+            text = optarg;
+            break;
         case O_PRED: pred_s = optarg; break;
         case O_K:
             if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 16, &K)) return 2;

@@ -294,6 +294,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             break;
         case OPT_JSON:
         case OPT_SCHEMA:
+            if (c == OPT_SCHEMA && !moe_cli_check_in("generate", "--json-schema", optarg)) return 2;
             o->json = true;
             if (c == OPT_SCHEMA) o->schema_path = optarg;
             break;
@@ -301,6 +302,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             o->regex = optarg;
             break;
         case OPT_GRAMMAR:
+            if (!moe_cli_check_in("generate", "--grammar", optarg)) return 2;
             o->grammar_path = optarg;
             break;
         case OPT_SYSTEM:

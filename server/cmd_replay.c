@@ -134,7 +134,10 @@ int moe_cmd_replay(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
-        case O_TEXT: text = optarg; break;
+        case O_TEXT:
+            if (!moe_cli_check_in("replay", "--text", optarg)) return 2;
+            text = optarg;
+            break;
         case O_SEQ:
             if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;
             break;

@@ -67,7 +67,10 @@ int moe_cmd_sim(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
-        case O_TRACE: trace_path = optarg; break;
+        case O_TRACE:
+            if (!moe_cli_check_in("sim", "--trace", optarg)) return 2;
+            trace_path = optarg;
+            break;
         case O_CAP:
             if (!moe_cli_opt_long("sim", "capacity", optarg, 1, 1L << 30, &capacity)) return 2;
             break;

@@ -147,9 +147,12 @@ int moe_cmd_tokenize(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
-        case 'k': tok_path = optarg; break;
+        case 'k':
+        case 'f':
+            if (!moe_cli_check_in("tokenize", c == 'k' ? "--tokenizer" : "--file", optarg)) return 2;
+            *(c == 'k' ? &tok_path : &file) = optarg;
+            break;
         case 't': text = optarg; break;
-        case 'f': file = optarg; break;
         case 'd': decode = true; break;
         case 'p': prompt = true; break;
         case 'i': ids_arg = optarg; break;

@@ -146,8 +146,14 @@ int moe_cmd_trace(int argc, char **argv)
         const char *name = NULL;
         switch (c) {
         case 'm': dir = optarg; break;
-        case O_TEXT: text = optarg; break;
-        case O_IDS: idsf = optarg; break;
+        case O_TEXT:
+            if (!moe_cli_check_in("trace", "--text", optarg)) return 2;
+            text = optarg;
+            break;
+        case O_IDS:
+            if (!moe_cli_check_in("trace", "--ids", optarg)) return 2;
+            idsf = optarg;
+            break;
         case O_SEQLEN: num = &seq_len; name = "seq-len"; have_seq_len = true; break;
         case O_MAXTOK: num = &max_tokens; name = "max-tokens"; break;
         case O_THREADS:

@@ -91,8 +91,11 @@ int moe_cmd_train_predictor(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model_dir = optarg; break;
-        case O_TRACE: trace_path = optarg; break;
-        case O_TEXT: text = optarg; break;
+        case O_TRACE:
+        case O_TEXT:
+            if (!moe_cli_check_in("train-predictor", c == O_TRACE ? "--trace" : "--text", optarg)) return 2;
+            *(c == O_TRACE ? &trace_path : &text) = optarg;
+            break;
         case O_OUT: out_path = optarg; break;
         case O_SEQ:
             if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;

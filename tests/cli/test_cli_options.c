@@ -121,6 +121,32 @@ int main(void)
     expect(args, want);
 #endif
 
+    /* an input file named by an empty value (a variable left unset) is refused before any work, as an empty
+     * output path is, naming the option */
+    static const struct { const char *cmd, *args; } empty_in[] = {
+        { "generate", "--prompt x --json-schema ''" },
+        { "generate", "--prompt x --grammar ''" },
+        { "generate", "--prompt x --gpu-experts 8 --policy belady --belady-trace ''" },
+        { "trace", "--text '' --out t.jsonl" },
+        { "trace", "--ids '' --out t.jsonl" },
+        { "sim", "--trace '' --policy lru --capacity 8" },
+        { "train-predictor", "--trace '' --out p.safetensors" },
+        { "train-predictor", "--text '' --out p.safetensors" },
+        { "eval-predictor", "--text '' --predictor gate" },
+        { "replay", "--text '' --policy lru --capacity 8 --predictor none" },
+        { "tokenize", "--tokenizer '' --text x" },
+        { "tokenize", "--file ''" },
+        { "bench batch", "--prompts '' --concurrency 1 --micro-batch 1 --max-tokens 1 --grouping fcfs --capacity 8" },
+    };
+    for (size_t i = 0; i < sizeof(empty_in) / sizeof(empty_in[0]); i++) {
+        snprintf(args, sizeof(args), "%s %s", empty_in[i].cmd, empty_in[i].args);
+        const char *flag = strstr(args, " ''") - 1;
+        while (flag[-1] != ' ') flag--;
+        snprintf(want, sizeof(want), "moeflow %s: %.*s is empty: name the file to read\n", empty_in[i].cmd,
+                 (int)(strstr(args, " ''") - flag), flag);
+        expect(args, want);
+    }
+
     /* a count past its largest value is refused naming the range, not only its lower end (which it is above) */
     expect("generate --prompt x --top-k 1073741825",
            "moeflow generate: --top-k '1073741825': expected an integer in [0, 1073741824]\n");

@@ -227,10 +227,14 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
     }
     /* the value is the number alone: strto* would skip blanks and take a '+' or a hex "0x" */
     bool starts = isdigit((unsigned char)value[0]) || value[0] == '-' || value[0] == '.';
-    if (!starts || strpbrk(value, "xX") || !end || *end || errno == ERANGE || !isfinite(v))
+    bool range_err = errno == ERANGE; /* a number past what 64 bits or a double hold, or one that rounds to 0 */
+    if (!starts || strpbrk(value, "xX") || !end || *end || (!range_err && !isfinite(v)))
         return moe_errorf(MOE_EINVAL, "%s: '%s' is not a %s", o->name, value,
                           o->type == MOE_OPT_DOUBLE ? "number" : "whole number");
-    if (v < o->min || v > o->max)
+    if (range_err && fabs(v) < 1)
+        return moe_errorf(MOE_ERANGE, "%s: %s is too close to 0 to be held (write 0 or a larger number)", o->name,
+                          value);
+    if (range_err || v < o->min || v > o->max)
         return moe_errorf(MOE_ERANGE, "%s: %s is outside [%.15g, %.15g]", o->name, value, o->min,
                           o->max);
     switch (o->type) {

@@ -74,6 +74,34 @@ int main(void)
     st = check(tier, "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "tier.conf:1: --gpu-experts '0' must be an integer") && !strstr(out, "= '0'"),
           "tier key: exit %d: %s", st, out);
+    /* a number too large for 64 bits or a double is outside the option's range, not "not a number"; one that
+     * rounds to 0 says so; text that is no number stays that */
+    static const struct { const char *flags, *want; } numbers[] = {
+        { "--max-seqs 99999999999999999999", "moeflow serve: --max-seqs: 99999999999999999999 is outside [1, 4096]\n" },
+        { "--max-seqs -99999999999999999999", "moeflow serve: --max-seqs: -99999999999999999999 is outside [1, 4096]\n" },
+        { "--max-tokens-in-flight 9223372036854775808",
+          "moeflow serve: --max-tokens-in-flight: 9223372036854775808 is outside [1, 1000000000000]\n" },
+        { "--request-timeout 1e400", "moeflow serve: --request-timeout: 1e400 is outside [0, 86400]\n" },
+        { "--request-timeout -1e400", "moeflow serve: --request-timeout: -1e400 is outside [0, 86400]\n" },
+        { "--request-timeout 1e-400",
+          "moeflow serve: --request-timeout: 1e-400 is too close to 0 to be held (write 0 or a larger number)\n" },
+        { "--max-seqs 8x", "moeflow serve: --max-seqs: '8x' is not a whole number\n" },
+        { "--max-seqs 1e3", "moeflow serve: --max-seqs: '1e3' is not a whole number\n" },
+        { "--request-timeout inf", "moeflow serve: --request-timeout: 'inf' is not a number\n" },
+        { "--request-timeout -nan", "moeflow serve: --request-timeout: '-nan' is not a number\n" },
+        { "--request-timeout -inf", "moeflow serve: --request-timeout: '-inf' is not a number\n" },
+        { "--request-timeout ' 5'", "moeflow serve: --request-timeout: ' 5' is not a number\n" },
+    };
+    const char *plain = write_conf("plain.conf", "# nothing but the flags\n");
+    for (size_t i = 0; i < sizeof(numbers) / sizeof(numbers[0]); i++) {
+        st = check(plain, numbers[i].flags, out, sizeof(out));
+        CHECK(st == 2 && !strcmp(out, numbers[i].want), "%s: exit %d: '%s', want '%s'", numbers[i].flags, st, out,
+              numbers[i].want);
+    }
+    const char *big = write_conf("big.conf", "max-queued = 18446744073709551616\n");
+    st = check(big, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "big.conf:1: max-queued: 18446744073709551616 is outside [1, 1048576]"),
+          "a file's value past 64 bits: exit %d: %s", st, out);
     /* an empty file name is named as such, not as the system's error for "" */
     st = check("", "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "--config '': name the config file"), "empty --config: exit %d: %s", st, out);

@@ -69,15 +69,18 @@ static void usage(FILE *f)
 enum { O_MODEL = 256, O_TEXT, O_SEQ, O_MAXTOK, O_CAP, O_FRAC, O_POLICY, O_PRED, O_MINSC, O_LINK, O_EB,
        O_LAYER, O_EXPERT, O_THREADS, O_JSON, O_ORACLE, O_NOPF, O_OKEEP, O_OLATER, O_OREVEAL };
 
-/* Say once when what was asked for changes nothing: only the predicted policy
+/* Say once when what was asked for changes nothing (--no-prefetch and --min-score without predictions; a
+ * predictor under a policy that does not use it): only the predicted policy
  * ranks evictions with the predictions; lru and lfu only prefetch them,
  * belady neither.  After the files load, so that a bad file is the first thing said. */
-static void warn_unused(bool predicts, bool no_prefetch, enum moe_cache_policy policy)
+static void warn_unused(bool predicts, bool no_prefetch, bool min_score, enum moe_cache_policy policy)
 {
     const char *pn = moe_cache_policy_name(policy);
-    if (!predicts && no_prefetch)
-        fprintf(stderr, "moeflow replay: warning: --no-prefetch changes nothing with --predictor none (nothing is "
-                        "predicted)\n");
+    if (!predicts && (no_prefetch || min_score))
+        fprintf(stderr, "moeflow replay: warning: %s nothing with --predictor none (nothing is predicted)\n",
+                no_prefetch && min_score ? "--no-prefetch and --min-score change"
+                : no_prefetch            ? "--no-prefetch changes"
+                                         : "--min-score changes");
     else if (predicts && policy == MOE_CACHE_BELADY)
         fprintf(stderr, "moeflow replay: warning: --policy belady evicts by the true future and prefetches "
                         "nothing: the predictions are not used (the figures are those of --predictor none)\n");
@@ -123,7 +126,7 @@ int moe_cmd_replay(int argc, char **argv)
     int threads = 1;
     bool oracle_keep = false, later_only = false;
     double frac = 0, min_score = MOE_PRED_MIN_SCORE, link = 0, layer_ms = 0, expert_ms = 0.153;
-    bool json = false, no_prefetch = false;
+    bool json = false, no_prefetch = false, min_score_given = false;
     const char *timeline_opt = NULL; /* an option that only shapes the --link-gbps timeline */
     enum moe_cache_policy policy = MOE_CACHE_LRU;
     struct moe_offload_opts oo; /* --backend only */
@@ -160,6 +163,7 @@ int moe_cmd_replay(int argc, char **argv)
         case O_PRED: pred_s = optarg; break;
         case O_MINSC:
             if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 1e-6, 1, false, &min_score)) return 2;
+            min_score_given = true;
             break;
         case O_LINK:
             if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 1e-6, 1e6, false, &link)) return 2;
@@ -259,7 +263,7 @@ int moe_cmd_replay(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    warn_unused(spec.kind != MOE_PRED_NONE || oracle >= 0, no_prefetch, policy);
+    warn_unused(spec.kind != MOE_PRED_NONE || oracle >= 0, no_prefetch, min_score_given, policy);
     if (moe_offload_runtime_create(m, &oo, &be, &prov)) {
         fprintf(stderr, "moeflow replay: %s\n", moe_last_error());
         goto out;

@@ -212,7 +212,7 @@ static double transfers(void)
     return p ? atof(p + strlen("\"transfers_per_token\":")) : -1;
 }
 
-/* replay says once when a predictor or --no-prefetch changes nothing, and
+/* replay says once when a predictor, --no-prefetch or --min-score changes nothing, and
  * what the predictions are used for under the policy */
 static void check_replay_warnings(void)
 {
@@ -239,6 +239,12 @@ static void check_replay_warnings(void)
     snprintf(a, sizeof a, "%s --policy predicted --predictor none --no-prefetch", R);
     CHECK(run(a) == 0 && strstr(out, "--no-prefetch changes nothing with --predictor none"), "none --no-prefetch: %s",
           out);
+    snprintf(a, sizeof a, "%s --policy lru --predictor none --min-score 0.5", R);
+    CHECK(run(a) == 0 && strstr(out, "warning: --min-score changes nothing with --predictor none") && transfers() == lru,
+          "none --min-score (none: %g): %s", lru, out);
+    snprintf(a, sizeof a, "%s --policy predicted --predictor none --min-score 0.5 --no-prefetch", R);
+    CHECK(run(a) == 0 && strstr(out, "warning: --no-prefetch and --min-score change nothing with --predictor none"),
+          "none --no-prefetch --min-score: %s", out);
     snprintf(a, sizeof a, "%s --policy predicted --predictor gate --no-prefetch", R);
     CHECK(run(a) == 0 && !strstr(out, "warning"), "predicted --no-prefetch: %s", out);
     int n = 0;

@@ -114,6 +114,7 @@ struct gjob {
     struct srv_prompt p;
     struct moe_stop_scan scan;
     char kid[128];                 /* KServe request id */
+    double deadline;               /* the call's (gcall.deadline) */
 };
 
 struct gmsg {
@@ -1168,6 +1169,16 @@ static void gjob_work(struct srv_job *j)
         generate_work(q);
 }
 
+/* A prepared generation request whose call ended (srv_job.gone): submitted and cancelled, as
+ * generate_finish submits it and on_close cancels it when the call ends after.  A refusal was counted by
+ * the work, and Tokenize counts nothing more. */
+static void gjob_gone(struct srv_job *j)
+{
+    struct gjob *q = (struct gjob *)j;
+    if (q->m != GM_TOKENIZE && q->st == MOE_OK)
+        srv_gen_submit_gone(q->srv, &q->r, &q->p, q->deadline);
+}
+
 static void gjob_free(struct srv_job *j)
 {
     struct gjob *q = (struct gjob *)j;
@@ -1208,8 +1219,10 @@ static void prep_start(struct gcall *c, const uint8_t *buf, size_t len)
     q->len = len;
     q->srv = c->gf->srv;
     q->m = c->m;
+    q->deadline = c->deadline;
     q->j.work = gjob_work;
     q->j.free = gjob_free;
+    q->j.gone = gjob_gone;
     q->j.inbox = &c->gf->inbox;
     q->j.owner = c;
     if (srv_job_start(c->gf->srv, &q->j, len)) {

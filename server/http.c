@@ -1117,6 +1117,17 @@ static struct moe_gen_request prompt_of(const struct moe_gen_request *r, int p)
     return one;
 }
 
+/* Choice k of a request (n per prompt, each prompt's in turn): its prompt's view (prompt_of), drawing with
+ * the request's seed + its index among its prompt's choices (or each its own random one), as that prompt
+ * sent alone would. */
+static struct moe_gen_request choice_of(const struct moe_gen_request *r, int k)
+{
+    struct moe_gen_request one = prompt_of(r, k / r->n);
+    one.sampling.seed = r->sampling.seed + (uint64_t)(k % r->n);
+    one.choice = k;
+    return one;
+}
+
 /* Completions' echo of prompt r: its text as sent, or its ids decoded (bytes that are not UTF-8, as a
  * character split at the prompt's end or ids that make none, as U+FFFD, as in generated text). */
 static enum moe_status echo_text(struct moe_server *s, const struct moe_gen_request *r, char **out, size_t *len)
@@ -1266,9 +1277,7 @@ static void completion_finish(struct hcall *c, struct hjob *q)
         moe_responses_name(c->resp, c->id, c->created, s->model_name);
         moe_responses_set_stored(c->resp, s->cfg.responses_store > 0 && moe_responses_store_wanted(c->resp));
     }
-    /* the choices: n of each prompt, one generation each; choice i of a prompt draws with seed + i (or
-     * each its own random one), as that prompt sent alone would */
-    uint64_t seed = gr.sampling.seed;
+    /* the choices: n of each prompt, one generation each (choice_of) */
     enum moe_status st = MOE_OK;
     for (int k = 0; k < c->n && st == MOE_OK; k++) {
         struct hprompt_in *pi = &in_p[k / gr.n];
@@ -1290,9 +1299,7 @@ static void completion_finish(struct hcall *c, struct hjob *q)
         }
         c->ch[k] = r;
         c->n_open++;
-        struct moe_gen_request one = prompt_of(&gr, k / gr.n);
-        one.sampling.seed = seed + (uint64_t)(k % gr.n);
-        one.choice = k;
+        struct moe_gen_request one = choice_of(&gr, k);
         st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
         if (st == MOE_OK)
             st = srv_gen_submit_prepared(s, &h->inbox, r, &one, &pi->sp, 0, &r->g);
@@ -1428,6 +1435,22 @@ static void hjob_work(struct srv_job *j)
         tokenize_work(q);
 }
 
+/* A prepared request whose client left (srv_job.gone): its choices submitted and cancelled, as
+ * completion_finish submits them and hcall_free cancels them when the client leaves after.  A refusal
+ * was counted by the work, and /tokenize counts nothing more. */
+static void hjob_gone(struct srv_job *j)
+{
+    struct hjob *q = (struct hjob *)j;
+    if (q->kind != HJ_COMPLETION || q->code != 200)
+        return;
+    int n_all = q->n_prompts * q->gr.n;
+    for (int k = 0; k < n_all; k++) {
+        struct moe_gen_request one = choice_of(&q->gr, k);
+        if (srv_gen_submit_gone(q->srv, &one, &q->in_p[k / q->gr.n].sp, 0) != MOE_OK)
+            break;
+    }
+}
+
 static void hjob_free(struct srv_job *j)
 {
     struct hjob *q = (struct hjob *)j;
@@ -1476,6 +1499,7 @@ static void prep_start(struct http_front *h, struct evhttp_request *req, struct 
     q->ht = kind == HJ_COMPLETION ? header_timeout(req) : 0;
     q->j.work = hjob_work;
     q->j.free = hjob_free;
+    q->j.gone = hjob_gone;
     q->j.inbox = &h->inbox;
     q->j.owner = c;
     if (srv_job_start(h->srv, &q->j, q->n)) {

@@ -105,12 +105,22 @@ static struct srv_job *job_pop(struct srv_job **head, struct srv_job **tail)
     return j;
 }
 
+/* A job whose owner let go: its request counted as its front end counts one whose client left (when its
+ * work made one), and the job freed. */
+static void job_gone(struct srv_job *j)
+{
+    if (j->gone)
+        j->gone(j);
+    j->free(j);
+}
+
 void srv_inbox_free(struct srv_inbox *ib)
 {
     for (struct srv_gen *g; (g = srv_inbox_pop(ib));)
         srv_gen_put(g);
-    for (struct srv_job *j; (j = job_pop(&ib->jhead, &ib->jtail));) /* the preparation threads have stopped */
-        j->free(j);
+    /* the preparation threads have stopped, and the front end has let go of every call */
+    for (struct srv_job *j; (j = job_pop(&ib->jhead, &ib->jtail));)
+        job_gone(j);
     pthread_mutex_destroy(&ib->mu);
 }
 
@@ -121,23 +131,21 @@ void srv_inbox_free(struct srv_inbox *ib)
  * back to the gRPC thread may take (it polls its inbox). */
 #define SRV_PREP_INLINE_BYTES 16384
 
-/* Run j on this thread (unless its owner let go already) and hand it back, or free it when its owner
- * let go meanwhile. */
+/* Run j on this thread and hand it back, or count and free it when its owner let go.  A job whose owner
+ * let go before it ran is prepared all the same: a request prepared on its front end's thread is, whether
+ * its client is still there or not, and it counts as what the preparation makes of it (refused, or
+ * accepted and cancelled). */
 static void job_run(struct srv_job *j)
 {
     struct srv_inbox *ib = j->inbox;
+    j->work(j);
     pthread_mutex_lock(&ib->mu);
     bool owned = j->owner != NULL;
-    pthread_mutex_unlock(&ib->mu);
-    if (owned)
-        j->work(j);
-    pthread_mutex_lock(&ib->mu);
-    owned = j->owner != NULL;
     if (owned)
         job_push(&ib->jhead, &ib->jtail, j);
     pthread_mutex_unlock(&ib->mu);
     if (!owned)
-        j->free(j);
+        job_gone(j);
     else if (ib->wake)
         ib->wake(ib->wake_arg);
 }
@@ -192,7 +200,7 @@ struct srv_job *srv_inbox_pop_job(struct srv_inbox *ib, void **owner)
         pthread_mutex_unlock(&ib->mu);
         if (!j || *owner)
             return j;
-        j->free(j);
+        job_gone(j);
     }
 }
 
@@ -721,6 +729,16 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
     return MOE_OK;
 }
 
+enum moe_status srv_gen_submit_gone(struct moe_server *s, const struct moe_gen_request *r, const struct srv_prompt *p,
+                                    double deadline)
+{
+    struct srv_gen *g;
+    enum moe_status st = srv_gen_submit_prepared(s, &s->gone, NULL, r, p, deadline, &g);
+    if (st == MOE_OK)
+        srv_gen_abandon(g);
+    return st;
+}
+
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,
                                const struct moe_gen_request *r, double deadline,
                                struct srv_gen **out)
@@ -1021,6 +1039,7 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     moe_metrics_init(&s->metrics);
     pthread_mutex_init(&s->prep.mu, NULL);
     pthread_cond_init(&s->prep.cv, NULL);
+    srv_inbox_init(&s->gone, NULL, NULL);
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
     if (cfg->model_name[0]) {
         snprintf(s->model_name, sizeof(s->model_name), "%s", cfg->model_name);
@@ -1322,7 +1341,8 @@ void moe_server_destroy(struct moe_server *s)
     if (s->http)
         srv_http_stop(s->http, 0);
     if (s->sched)
-        moe_sched_destroy(s->sched);
+        moe_sched_destroy(s->sched); /* the last on_done of a generation of s->gone is before it returns */
+    srv_inbox_free(&s->gone);
     if (s->engine)
         moe_engine_destroy(s->engine);
     if (s->predictor)

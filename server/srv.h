@@ -101,6 +101,10 @@ struct srv_events {
 struct srv_job {
     void (*work)(struct srv_job *j); /* a preparation thread's, or (run inline) the front end's */
     void (*free)(struct srv_job *j); /* frees the job and what it holds (any thread: no front-end state) */
+    /* after work, once the front end let go of the job (its client left): counts the request as its front
+     * end counts one it prepared itself whose client left (srv_gen_submit_gone); NULL: nothing to count.
+     * Any thread: no front-end state */
+    void (*gone)(struct srv_job *j);
     struct srv_inbox *inbox;       /* where the job comes back */
     /* guarded by inbox->mu */
     void *owner;                   /* front-end context; NULL once it let go (srv_job_let_go) */
@@ -149,6 +153,8 @@ struct moe_server {
     struct http_front *http;
     struct grpc_front *grpc;
     struct srv_prep prep;
+    struct srv_inbox gone;         /* of the generations submitted for clients that left (srv_gen_submit_gone):
+                                      never woken, its lock theirs; freed after the scheduler */
 };
 
 /* Map a status to HTTP and gRPC codes. */
@@ -179,6 +185,12 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
 enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *ib, void *owner,
                                         const struct moe_gen_request *r, const struct srv_prompt *p,
                                         double deadline, struct srv_gen **out);
+/* A prepared request whose client left before its front end submitted it (srv_job.gone): submitted and
+ * cancelled at once, so that it counts as a request its front end prepared itself and then found its
+ * client gone: accepted and cancelled, or refused (busy, draining) as srv_gen_submit_prepared counts.
+ * Any thread; the caller stops at the first refusal, as a front end does. */
+enum moe_status srv_gen_submit_gone(struct moe_server *s, const struct moe_gen_request *r, const struct srv_prompt *p,
+                                    double deadline);
 /* Take the first generation with unread events off the inbox, or NULL: it
  * holds a ref that srv_gen_put drops.  One at a time, so the scheduler may
  * queue it again (new events) while its consumer works: the inbox's links
@@ -220,13 +232,14 @@ void srv_gen_put(struct srv_gen *g);
  * else here and now (false: the caller finishes it at once). */
 bool srv_job_start(struct moe_server *s, struct srv_job *j, size_t bytes);
 /* The front end lets go of a job it started (its request ended: a client gone, a call cancelled, the
- * front end stopping): the job is freed unfinished where it is next found. */
+ * front end stopping): the job is still prepared (work), then counted (gone) and freed where it is next
+ * found, unanswered. */
 void srv_job_let_go(struct srv_job *j);
-/* The first job back with its owner (*owner), or NULL; jobs whose owner let go are freed on the way.
- * The caller finishes the job and frees it (j->free). */
+/* The first job back with its owner (*owner), or NULL; jobs whose owner let go are counted (gone) and
+ * freed on the way.  The caller finishes the job and frees it (j->free). */
 struct srv_job *srv_inbox_pop_job(struct srv_inbox *ib, void **owner);
-/* The preparation threads: started before the front ends; stopped (every job taken already runs to
- * its end and comes back, those that start later run inline) before they are. */
+/* The preparation threads: started before the front ends; stopped (every job queued runs to its end and
+ * comes back, those that start later run inline) before they are. */
 void srv_prep_start(struct moe_server *s);
 void srv_prep_stop(struct moe_server *s);
 

@@ -5,8 +5,11 @@ on it (HTTP: /metrics counts the request; gRPC: the debug log names its message)
 completion on the same front end runs to its end before the large request is answered.  Orderings
 only: the large prompt's size makes its tokenizing far longer than the small request.  Then a client
 that goes away, or a call cancelled, while its request is prepared, and SIGTERM while one is: the
-server stays sound, counts each refusal once, and exits 0.  And a ModelStreamInfer stream's requests
-still run in their order when the first is large.
+server stays sound, counts each refusal once, and exits 0.  Clients that leave while their requests
+wait for the preparation threads (behind large ones that hold them) have their requests counted as a
+small request's is whose client leaves: refused, or accepted and cancelled, so that accepted = completed
++ cancelled + failed still adds up and no request goes uncounted.  And a ModelStreamInfer stream's
+requests still run in their order when the first is large.
 usage: test_serve_prepare.py MOEFLOW_BINARY SOURCE_DIR"""
 import json
 import os
@@ -33,9 +36,15 @@ def rejected(srv):
     return metric(srv.metrics(), "moeflow:request_rejected_total", reason="invalid")
 
 
-def send_big_http(srv):
-    """The large completion request on a socket of its own, sent whole; returns the socket."""
-    body = json.dumps({"prompt": BIG, "max_tokens": 1}).encode()
+# A request that is large (prepared on the threads) and runs: a short prompt, and 20 KiB of the whitespace
+# JSON allows after the body (HTTP) or within the schema (gRPC).
+PAD = " " * (20 << 10)
+PADDED = {"prompt": "def f():", "max_tokens": 64, "ignore_eos": True}
+
+
+def send_big_http(srv, body=None):
+    """The large completion request (or body) on a socket of its own, sent whole; returns the socket."""
+    body = body or json.dumps({"prompt": BIG, "max_tokens": 1}).encode()
     s = socket.create_connection(("127.0.0.1", srv.http_port), timeout=scaled(120))
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -144,8 +153,10 @@ def stream_order_steps(srv, pb):
 
 def let_go_steps(srv, pb):
     """A client gone, a call cancelled, while their requests are prepared: nothing is answered to them,
-    and the server goes on (a leak or a reply to a freed call would show in the sanitizer builds)."""
+    each is counted once as refused (too long), and the server goes on (a leak or a reply to a freed call
+    would show in the sanitizer builds)."""
     m, mg = pb["m"], pb["mg"]
+    r0 = rejected(srv)
     before = http_requests(srv)
     big = send_big_http(srv)
     wait_begun_http(srv, before)
@@ -166,13 +177,86 @@ def let_go_steps(srv, pb):
             break
         time.sleep(0.05)
     check(metric(srv.metrics(), "moeflow:live_generations") == 0, "generations left alive")
+    t0 = time.time()
+    while rejected(srv) < r0 + 2 and time.time() - t0 < scaled(30):  # a bound on the wait only
+        time.sleep(0.05)
+    check(rejected(srv) == r0 + 2, "refusals of the requests let go counted %d, want 2" % (rejected(srv) - r0))
+
+
+OUTCOMES = ("accepted", "completed", "cancelled", "failed")
+
+
+def outcomes(srv):
+    """The scheduler's outcomes and the refusals, as /metrics counts them."""
+    ms = srv.metrics()
+    got = {x: metric(ms, "moeflow:requests_%s_total" % x) for x in OUTCOMES}
+    got.update({"refused_" + r: metric(ms, "moeflow:request_rejected_total", reason=r)
+                for r in ("invalid", "busy", "draining")})
+    got["e2e"] = metric(ms, "moeflow:e2e_request_latency_seconds_count")
+    got["live"] = metric(ms, "moeflow:live_generations") + metric(ms, "moeflow:num_requests_running") + \
+        metric(ms, "moeflow:num_requests_waiting")
+    return got
+
+
+def gone_steps(srv, pb):
+    """Four large requests that are refused (too long) hold both preparation threads and wait for them; behind
+    them, a large request that would run, over HTTP and over gRPC.  Every client leaves while its request
+    is still being prepared or waits to be: each request is still counted once, the ones refused as invalid,
+    the two that would run accepted and cancelled (as a small request is, prepared on its front end's thread
+    and cancelled once its client is seen gone), and every request accepted ends."""
+    m, mg = pb["m"], pb["mg"]
+    o0 = outcomes(srv)
+    socks = []
+    for _ in range(4):
+        before = http_requests(srv)
+        socks.append(send_big_http(srv))
+        wait_begun_http(srv, before)
+    before = http_requests(srv)
+    padded = send_big_http(srv, (json.dumps(PADDED) + PAD).encode())
+    wait_begun_http(srv, before)
+    padded.close()
+    with grpc.insecure_channel(srv.target) as ch:
+        gen = mg.GenerationStub(ch)
+        n0 = messages_logged(srv)
+        call = gen.Generate(m.GenerateRequest(prompt="def f():", max_tokens=64, ignore_eos=True,
+                                              json_schema='{"type": "string"}' + PAD), timeout=scaled(120))
+        wait_begun_grpc(srv, n0)
+        call.cancel()
+    for s in socks:
+        s.close()
+    # the refusals come first (the threads take the requests in order), then the two that would run; a
+    # bound on the wait only, for a server that never counts them
+    t0 = time.time()
+    while time.time() - t0 < scaled(30):
+        o = outcomes(srv)
+        if o["refused_invalid"] >= o0["refused_invalid"] + 4 and o["accepted"] >= o0["accepted"] + 2 and \
+                o["live"] == 0 and sum(o[x] for x in OUTCOMES[1:]) >= o["accepted"]:
+            break
+        time.sleep(0.05)
+    d = {k: o[k] - o0[k] for k in o}
+    check(d["refused_invalid"] == 4, "large prompts refused while their clients left: %d counted, want 4 (%s)" %
+          (d["refused_invalid"], d))
+    check(d["accepted"] == 2 and d["cancelled"] == 2 and d["completed"] == 0 and d["failed"] == 0,
+          "requests whose clients left while they waited for the preparation threads: %s, want 2 accepted and "
+          "2 cancelled" % d)
+    check(d["refused_busy"] == 0 and d["refused_draining"] == 0, "refused as busy or draining: %s" % d)
+    check(o["accepted"] == sum(o[x] for x in OUTCOMES[1:]) and o["e2e"] == o["accepted"],
+          "accepted %d != completed + cancelled + failed %d, or end-to-end latencies %d" % (
+              o["accepted"], sum(o[x] for x in OUTCOMES[1:]), o["e2e"]))
 
 
 def drain_steps(srv):
-    """SIGTERM while a large request is prepared: it is answered (refused: too long, or draining)."""
+    """SIGTERM while a large request is prepared: it is answered (refused: too long, or draining).  Behind
+    it, one whose client left and one that would run, whose client left too, are prepared as the threads
+    stop (a leak, or a generation submitted for them that outlived the server, would show in the sanitizer
+    builds)."""
     before = http_requests(srv)
     big = send_big_http(srv)
     wait_begun_http(srv, before)
+    for body in (None, (json.dumps(PADDED) + PAD).encode()):
+        before = http_requests(srv)
+        send_big_http(srv, body).close()
+        wait_begun_http(srv, before)
     got = {}
     t = threading.Thread(target=lambda: got.setdefault("reply", read_all(big)))
     t.start()
@@ -190,7 +274,8 @@ def main():
     pb = gen_stubs(src)
     srv = Server(moeflow, "--max-body-bytes", LIMIT, "--max-message-bytes", LIMIT, env={"MOEFLOW_LOG": "debug"})
     return run_server_test("test_serve_prepare", srv, check, http_steps, lambda s: grpc_steps(s, pb),
-                           lambda s: stream_order_steps(s, pb), lambda s: let_go_steps(s, pb), drain_steps)
+                           lambda s: stream_order_steps(s, pb), lambda s: let_go_steps(s, pb),
+                           lambda s: gone_steps(s, pb), drain_steps)
 
 
 if __name__ == "__main__":

@@ -3358,17 +3358,33 @@ static struct val eval_node(struct render *r, const struct node *n)
 
 #define LOOP_KEYS 11
 
+/* The item x of a for loop bound to its target names (key1, or key1 and key2: x unpacked). */
+static void bind_targets(struct render *r, struct dict *vars, const struct node *n, const struct str *key1,
+                         const struct str *key2, struct val x)
+{
+    if (!key2) {
+        dict_set(r, vars, key1, x);
+        return;
+    }
+    if (x.t != V_LIST || x.l->n != 2)
+        fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack a %s into 2 names", type_name(&x));
+    dict_set(r, vars, key1, x.l->v[0]);
+    dict_set(r, vars, key2, x.l->v[1]);
+}
+
 static void exec_for(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
 {
     struct val it = eval(r, n->a);
     const struct list *src = iter_list(r, &it, n->line);
     const struct list *items = src;
+    const struct str *key1 = r_str(r, n->name, strlen(n->name));
+    const struct str *key2 = n->name2 ? r_str(r, n->name2, strlen(n->name2)) : NULL;
     if (n->d) { /* for x in y if cond: filter first, so loop.* counts what is kept */
         struct list *kept = new_list(r, src->n);
         kept->n = 0;
         for (size_t i = 0; i < src->n; i++) {
             struct frame tmp = { .up = fr };
-            dict_sets(r, &tmp.vars, n->name, src->v[i]);
+            bind_targets(r, &tmp.vars, n, key1, key2, src->v[i]);
             r->cur = &tmp;
             struct val c = eval(r, n->d);
             r->cur = fr;
@@ -3382,23 +3398,14 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
                                                   "length", "depth", "depth0", "previtem", "nextitem" };
     const struct str **loop_keys = r_alloc(r, sizeof(*loop_keys) * LOOP_KEYS);
     for (int k = 0; k < LOOP_KEYS; k++) loop_keys[k] = r_str(r, names[k], strlen(names[k]));
-    const struct str *key_loop = r_str(r, "loop", 4), *key1 = r_str(r, n->name, strlen(n->name));
-    const struct str *key2 = n->name2 ? r_str(r, n->name2, strlen(n->name2)) : NULL;
+    const struct str *key_loop = r_str(r, "loop", 4);
     for (size_t i = 0; i < items->n; i++) {
         step(r, n->line);
         struct arena_mark mark = arena_mark(&r->arena);
         long escapes = r->escapes;
         struct frame *it_fr = r_alloc(r, sizeof(*it_fr)); /* a macro defined in the body refers to it */
         *it_fr = (struct frame){ .up = fr };
-        struct val x = items->v[i];
-        if (key2) {
-            if (x.t != V_LIST || x.l->n != 2)
-                fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack a %s into 2 names", type_name(&x));
-            dict_set(r, &it_fr->vars, key1, x.l->v[0]);
-            dict_set(r, &it_fr->vars, key2, x.l->v[1]);
-        } else {
-            dict_set(r, &it_fr->vars, key1, x);
-        }
+        bind_targets(r, &it_fr->vars, n, key1, key2, items->v[i]);
         int64_t len = (int64_t)items->n, k = (int64_t)i;
         struct val lv[LOOP_KEYS] = { vint(k + 1), vint(k), vint(len - k), vint(len - k - 1), vbool(k == 0),
                                      vbool(k == len - 1), vint(len), vint(1), vint(0),

@@ -322,6 +322,10 @@ CASES = [
      "{% endfor %}", {}),
     ("for-else", "{% for x in [] %}x{% else %}empty{% endfor %}|{% for x in nothing %}x{% else %}none{% endfor %}", {}),
     ("for-if", "{% for x in range(10) if x is odd %}{{ x }}{{ ',' if not loop.last }}{% endfor %}", {}),
+    # the condition sees the names unpacked, as the body does (a tool's fields without its "return")
+    ("for-if-unpack", "{% for key, val in tool.items() if key != 'return' %}{{ key }}={{ val | tojson }}"
+     "{{ ', ' if not loop.last }}{% endfor %}|{% for a, b in [[1, 2], [4, 3]] if b > a %}{{ a }}{% endfor %}",
+     {"tool": {"name": "add", "return": {"type": "number"}, "parameters": {"type": "object"}}}),
     ("for-break", "{% for x in range(10) %}{% if x == 3 %}{% break %}{% endif %}{% if x == 1 %}{% continue %}{% endif %}"
      "{{ x }}{% endfor %}", {}),
     ("for-scope", "{% set x = 1 %}{% for i in [1, 2] %}{% set x = x + i %}{{ x }}{% endfor %}|{{ x }}", {}),

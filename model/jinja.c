@@ -148,7 +148,7 @@ struct val {
 
 enum nkind {
     /* statements */
-    N_BLOCK, N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_BREAK, N_CONTINUE,
+    N_BLOCK, N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_BREAK, N_CONTINUE, N_WITH,
     /* expressions */
     E_LIT, E_VAR, E_ATTR, E_INDEX, E_SLICE, E_CALL, E_FILTER, E_TEST, E_NOT, E_NEG, E_BIN, E_AND, E_OR,
     E_COND, E_LIST, E_DICT, E_CMP,
@@ -169,8 +169,8 @@ struct node {
     struct node **args;  /* call / filter / test arguments, list items, dict keys, block statements,
                             E_CMP operands, N_MACRO parameter defaults (NULL: none) */
     int nargs;
-    const char **kwnames; /* keyword arguments; N_MACRO: parameter names */
-    struct node **kwargs; /* their values; E_DICT: the values */
+    const char **kwnames; /* keyword arguments; N_MACRO: parameter names; N_WITH: the names set */
+    struct node **kwargs; /* their values; E_DICT: the values; N_WITH: the values of the names */
     int nkw;
     uint8_t *ops;        /* E_CMP: nargs - 1 comparisons */
 };
@@ -1287,6 +1287,29 @@ static struct node *parse_macro(struct compiler *c, int line)
     return n;
 }
 
+/* {% with [name = expr, ...] %}: the names set for the body only, each value evaluated outside. */
+static struct node *parse_with(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_WITH, line);
+    struct nodes vals = { 0 };
+    struct names names = { 0 };
+    while (peek(c)->k != T_BLOCK_END) {
+        if (names.n)
+            expect_op(c, ",");
+        names_push(c, &names, expect_name(c));
+        if (is_op(peek(c), ","))
+            fail_at(&c->f, MOE_ENOTSUP, line, "setting several names at once is not supported");
+        expect_op(c, "=");
+        nodes_push(c, &vals, parse_expr(c, true));
+    }
+    n->kwnames = names.v;
+    n->kwargs = vals.v;
+    n->nkw = names.n;
+    expect_block_end(c);
+    n->b = parse_until(c, "endwith");
+    return n;
+}
+
 static struct node *parse_statement(struct compiler *c)
 {
     int line = peek(c)->line;
@@ -1301,6 +1324,8 @@ static struct node *parse_statement(struct compiler *c)
         return parse_set(c, line);
     if (accept_name(c, "macro"))
         return parse_macro(c, line);
+    if (accept_name(c, "with"))
+        return parse_with(c, line);
     if (accept_name(c, "break") || accept_name(c, "continue")) {
         struct node *n = new_node(c, t->s[0] == 'b' ? N_BREAK : N_CONTINUE, line);
         expect_block_end(c);
@@ -1346,11 +1371,12 @@ static struct node *parse_body(struct compiler *c, const char *const *ends, int 
                     *which = ends[e];
                     goto done;
                 }
+            static const char *const closers[] = { "endif", "endfor", "else", "elif", "endset", "endmacro",
+                                                   "endgeneration", "endraw", "endwith" };
             struct token *s = peek(c);
-            if (s->k == T_NAME && (is_name(s, "endif") || is_name(s, "endfor") || is_name(s, "else") ||
-                                   is_name(s, "elif") || is_name(s, "endset") || is_name(s, "endmacro") ||
-                                   is_name(s, "endgeneration") || is_name(s, "endraw")))
-                fail_at(&c->f, MOE_EFORMAT, s->line, "unexpected {%% %.*s %%}", (int)s->n, s->s);
+            for (size_t e = 0; e < MOE_ARRAY_LEN(closers); e++)
+                if (is_name(s, closers[e]))
+                    fail_at(&c->f, MOE_EFORMAT, s->line, "unexpected {%% %.*s %%}", (int)s->n, s->s);
             nodes_push(c, &stmts, parse_statement(c));
         } else {
             char buf[64];
@@ -2256,7 +2282,8 @@ static struct val lookup(struct render *r, struct frame *fr, const char *name)
             fail_at(&r->f, MOE_ENOTSUP, fr->ended->line,
                     "macro '%s' uses '%s' of a %s that has ended: call the macro inside it, or pass '%s' as an "
                     "argument", r->macro ? r->macro->n->name : "?", name,
-                    fr->ended->k == N_FOR ? "for loop iteration" : "set block", name);
+                    fr->ended->k == N_FOR ? "for loop iteration" : fr->ended->k == N_WITH ? "with block"
+                    : "set block", name);
         if (v)
             return *v;
     }
@@ -3488,6 +3515,14 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         } else {
             dict_sets(r, &fr->vars, n->name, v);
         }
+        break;
+    }
+    case N_WITH: { /* the values evaluated outside, the names set in a scope of the body's own */
+        struct frame *inner = r_alloc(r, sizeof(*inner));
+        *inner = (struct frame){ .up = fr };
+        for (int i = 0; i < n->nkw; i++) dict_sets(r, &inner->vars, n->kwnames[i], eval(r, n->kwargs[i]));
+        exec(r, inner, n->b, out);
+        inner->ended = n;
         break;
     }
     case N_MACRO: {

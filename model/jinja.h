@@ -6,8 +6,8 @@
  *
  * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y] in expr
  * [if cond] %} with else, loop.* and loop.cycle(), break / continue, {% set %}
- * (names, namespace attributes, blocks), {% macro %} and calls, {% raw %},
- * {% generation %}; whitespace control with - and +; literals (strings,
+ * (names, namespace attributes, blocks), {% with %}, {% macro %} and calls,
+ * {% raw %}, {% generation %}; whitespace control with - and +; literals (strings,
  * numbers, lists, tuples, dicts, true/false/none), arithmetic, comparisons, in,
  * and/or/not, ~, conditional expressions, slices, the common filters, tests
  * and string/dict methods (moe_jinja_compile names what it does not support).

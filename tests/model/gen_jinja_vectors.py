@@ -357,6 +357,13 @@ CASES = [
      "{% endif %}{% set v = v * 2 %}{% endmacro %}{{ outer(1) }}{{ outer(2) }}{% for i in [1] %}{% macro k() %}"
      "<{{ g }}>{% endmacro %}{% set ns.c = k %}{% endfor %}{% set g = 'H' %}{{ ns.a() }}{{ ns.b() }}{{ ns.c() }}",
      {}),
+    # with: the values evaluated outside, the names and the body's sets kept inside
+    ("with", "{% set a = 5 %}{% with a = a + 1, b = a, c = [a] %}{{ a }}{{ b }}{{ c }}{% set d = 'in' %}{{ d }}"
+     "{% endwith %}|{{ a }}{{ b }}{{ d }}|{% with %}{% set a = 7 %}{{ a }}{% endwith %}{{ a }}|"
+     "{% for m in messages %}\n  {% with role = m.role | upper, n = loop.index %}\n  {% if n > 2 %}{% break %}"
+     "{% endif %}\n[{{ n }}:{{ role }}]\n  {% endwith %}\n{% endfor %}"
+     "{% with f = 'x' %}{% macro m(v=f) %}{{ v }}{{ f }}{% endmacro %}{{ m() }}{{ m(1) }}{% endwith %}",
+     dict(messages=CHAT)),
     ("elif", "{% for x in [1, 2, 3] %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
     ("raise", "{{ raise_exception('no ' ~ 'way') }}", {}),
     ("list-concat", "{{ [1] + [2, 3] }} {{ 'ab' * 3 }} {{ (1, 2) }} {{ () }}", {}),

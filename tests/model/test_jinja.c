@@ -105,6 +105,9 @@ int main(void)
     check_refused("{{ [1 2] }}", MOE_EFORMAT, "expected ',', found the number 2");
     check_refused("a\n\n{{ ) }}", MOE_EFORMAT, "line 3");
     check_refused("{% for x in y recursive %}{% endfor %}", MOE_ENOTSUP, "recursive");
+    check_refused("{% with a, b = (1, 2) %}{% endwith %}", MOE_ENOTSUP, "several names");
+    check_refused("{% with a = 1 %}", MOE_EFORMAT, "missing {% endwith %}");
+    check_refused("{% endwith %}", MOE_EFORMAT, "unexpected {% endwith %}");
     check_refused("\xff", MOE_EFORMAT, "UTF-8");
     char deep[400];
     size_t k = 0;
@@ -170,6 +173,9 @@ int main(void)
     check_render_fails("{% set ns = namespace(f=none) %}{% for x in [1, 2] %}{% macro m() %}{{ x }}{% endmacro %}"
                        "{% if loop.first %}{% set ns.f = m %}{% else %}{{ ns.f() }}{% endif %}{% endfor %}",
                        MOE_ENOTSUP, "macro 'm' uses 'x' of a for loop iteration");
+    check_render_fails("{% set ns = namespace(f=none) %}{% with a = 1 %}{% macro m() %}{{ a }}{% endmacro %}"
+                       "{% set ns.f = m %}{% endwith %}{{ ns.f() }}",
+                       MOE_ENOTSUP, "macro 'm' uses 'a' of a with block that has ended");
     check_render_fails("{% set ns = namespace(f=none) %}{% set b %}{% set z = 4 %}{% macro m(a=z) %}{% endmacro %}"
                        "{% set ns.f = m %}{% endset %}{{ ns.f() }}",
                        MOE_ENOTSUP, "macro 'm' uses 'z' of a set block that has ended");

@@ -122,7 +122,8 @@ struct dict {
     const struct str **k;
     struct val *v;
     bool ns;    /* namespace(): attributes can be set */
-    bool loop;  /* a for loop's `loop`: has cycle() */
+    bool loop;  /* a for loop's `loop`: has cycle() and changed() */
+    struct val *changed; /* loop: the arguments of its last changed() (a tuple), undefined before any */
 };
 
 enum builtin { FN_RANGE, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_DICT };
@@ -2689,6 +2690,19 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             const struct val *i0 = dict_get(d, "index0", 6);
             return a->pos[i0 ? inum(i0) % a->npos : 0];
         }
+        if (d->loop && !strcmp(name, "changed")) { /* true when called first or with other values than last */
+            if (a->nkw)
+                fail_at(&r->f, MOE_EINVAL, line, "loop.changed() takes no keyword arguments");
+            struct list *l = new_list(r, (size_t)a->npos);
+            l->tuple = true;
+            for (int i = 0; i < a->npos; i++) l->v[i] = a->pos[i];
+            struct val now = { .t = V_LIST, .l = l };
+            if (d->changed->t != V_UNDEF && equal(r, d->changed, &now))
+                return vbool(false);
+            *d->changed = now;
+            r->escapes++; /* kept past this iteration */
+            return vbool(true);
+        }
     }
     fail_at(&r->f, MOE_ENOTSUP, line, "a %s has no method '%s' here", type_name(obj), name);
 }
@@ -2701,7 +2715,8 @@ static struct val call(struct render *r, const struct node *n)
         const char *m = n->a->name;
         if (obj.t == V_STR || (obj.t == V_DICT && !obj.d->ns &&
                                (!strcmp(m, "items") || !strcmp(m, "keys") || !strcmp(m, "values") ||
-                                !strcmp(m, "get") || (obj.d->loop && !strcmp(m, "cycle"))))) {
+                                !strcmp(m, "get") || (obj.d->loop && (!strcmp(m, "cycle") ||
+                                                                       !strcmp(m, "changed")))))) {
             eval_args(r, n, &a);
             return call_method(r, &obj, m, &a, n->line);
         }
@@ -3426,6 +3441,7 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
     const struct str **loop_keys = r_alloc(r, sizeof(*loop_keys) * LOOP_KEYS);
     for (int k = 0; k < LOOP_KEYS; k++) loop_keys[k] = r_str(r, names[k], strlen(names[k]));
     const struct str *key_loop = r_str(r, "loop", 4);
+    struct val *changed = r_alloc(r, sizeof(*changed)); /* loop.changed()'s memory, for every iteration */
     for (size_t i = 0; i < items->n; i++) {
         step(r, n->line);
         struct arena_mark mark = arena_mark(&r->arena);
@@ -3440,6 +3456,7 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
                                      k + 1 < len ? items->v[k + 1] : vundef(NULL) };
         struct dict *loop = new_dict(r);
         loop->loop = true;
+        loop->changed = changed;
         loop->k = loop_keys;   /* shared by every iteration: a loop object is never assigned to */
         loop->n = loop->cap = LOOP_KEYS;
         loop->v = r_alloc(r, sizeof(lv));

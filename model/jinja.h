@@ -5,12 +5,13 @@
  * Undefined that prints as nothing and fails on attribute access).
  *
  * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y] in expr
- * [if cond] %} with else, loop.* and loop.cycle(), break / continue, {% set %}
- * (names, namespace attributes, blocks), {% with %}, {% macro %} and calls,
- * {% raw %}, {% generation %}; whitespace control with - and +; literals (strings,
- * numbers, lists, tuples, dicts, true/false/none), arithmetic, comparisons, in,
- * and/or/not, ~, conditional expressions, slices, the common filters, tests
- * and string/dict methods (moe_jinja_compile names what it does not support).
+ * [if cond] %} with else, loop.*, loop.cycle() and loop.changed(), break /
+ * continue, {% set %} (names, namespace attributes, blocks), {% with %},
+ * {% macro %} and calls, {% raw %}, {% generation %}; whitespace control with
+ * - and +; literals (strings, numbers, lists, tuples, dicts, true/false/none),
+ * arithmetic, comparisons, in, and/or/not, ~, conditional expressions,
+ * slices, the common filters, tests and string/dict methods
+ * (moe_jinja_compile names what it does not support).
  * Printing follows Python: None, True, 1.0, lists as [1, 'a'].
  *
  * Bounds: a template of at most 1 MiB, blocks and parenthesised expressions

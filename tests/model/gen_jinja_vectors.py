@@ -320,6 +320,14 @@ CASES = [
     ("for-loop", "{% for x in [10, 20, 30] %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/"
      "{{ loop.first }}/{{ loop.last }}/{{ loop.length }}/{{ loop.previtem }}/{{ loop.nextitem }}/{{ loop.cycle('a', 'b') }};"
      "{% endfor %}", {}),
+    # loop.changed(): true on the first call and when the values differ from the last call's, in the
+    # same loop (an outer loop's, kept in a name, too)
+    ("loop-changed", "{% for m in messages %}{% if loop.changed(m.role) %}<{{ m.role }}>{% endif %}{{ m.content }}"
+     "{% endfor %}|{% for x in [1, 1, 2, 1] %}{{ loop.changed(x, x > 1) }} {% endfor %}|{% for x in 'ab' %}"
+     "{{ loop.changed() }}{{ loop.changed() }}{% endfor %}|"
+     "{% for x in [[1], [1], [2]] %}{% set outer = loop %}{% for y in [0, 1] %}{{ outer.changed(x) }}{% endfor %}"
+     "{% endfor %}", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                  {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]}),
     ("for-else", "{% for x in [] %}x{% else %}empty{% endfor %}|{% for x in nothing %}x{% else %}none{% endfor %}", {}),
     ("for-if", "{% for x in range(10) if x is odd %}{{ x }}{{ ',' if not loop.last }}{% endfor %}", {}),
     # the condition sees the names unpacked, as the body does (a tool's fields without its "return")

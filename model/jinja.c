@@ -940,8 +940,8 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 }
 
 static const char *const FILTERS[] = {
-    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "int", "items", "join", "last",
-    "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round",
+    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "indent", "int", "items", "join",
+    "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round",
     "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
 };
 static const char *const TESTS[] = {
@@ -2269,6 +2269,48 @@ static struct val replace(struct render *r, const struct str *s, const struct st
     return vbuf(r, &b);
 }
 
+/* Bytes of the line break at p[0..n) as Python's str.splitlines() sees them (\n, \r, \r\n, \v, \f,
+ * U+001C-U+001E, U+0085, U+2028, U+2029), 0 when none is there. */
+static size_t line_break(const char *p, size_t n)
+{
+    unsigned char c = (unsigned char)p[0];
+    if (c == '\r')
+        return n > 1 && p[1] == '\n' ? 2 : 1;
+    if (c == '\n' || c == '\v' || c == '\f' || (c >= 0x1c && c <= 0x1e))
+        return 1;
+    if (c == 0xc2 && n > 1 && (unsigned char)p[1] == 0x85)
+        return 2;
+    if (c == 0xe2 && n > 2 && (unsigned char)p[1] == 0x80 && ((unsigned char)p[2] | 1) == 0xa9)
+        return 3;
+    return 0;
+}
+
+/* Jinja2's indent filter: s with "\n" added split into lines (str.splitlines()), joined again with "\n",
+ * every line but the first (that too with first) led by ind, the empty ones too only with blank. */
+static struct val indent(struct render *r, const struct str *s, const struct str *ind, bool first, bool blank)
+{
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    if (first)
+        buf_add(r, &b, ind->p, ind->n);
+    size_t start = 0;
+    for (size_t i = 0, k = 0;; k++) {
+        size_t brk = 0;
+        while (i < s->n && !(brk = line_break(s->p + i, s->n - i)))
+            i++;
+        if (k) { /* the lines after the first */
+            buf_adds(r, &b, "\n");
+            if (blank || i > start)
+                buf_add(r, &b, ind->p, ind->n);
+        }
+        buf_add(r, &b, s->p + start, i - start);
+        if (i >= s->n) /* the last line, ended by the added "\n" */
+            return vbuf(r, &b);
+        i += brk;
+        start = i;
+    }
+}
+
 /* ---- render: evaluation -------------------------------------------------------- */
 
 static struct val eval(struct render *r, const struct node *n);
@@ -2859,6 +2901,28 @@ static struct val filter(struct render *r, const struct node *n)
                 l->v[j - 1] = t;
             }
         return items;
+    }
+    if (!strcmp(f, "indent")) { /* indent(width=4, first=False, blank=False): width spaces, or a string */
+        if (v.t == V_UNDEF)
+            undefined_error(r, &v, line);
+        if (v.t != V_STR)
+            fail_at(&r->f, MOE_EINVAL, line, "indent: a %s is not a string", type_name(&v));
+        const struct val *w = arg(&a, 0, "width"), *first = arg(&a, 1, "first"), *blank = arg(&a, 2, "blank");
+        const struct str *ind;
+        if (w && w->t == V_STR) {
+            ind = w->s;
+        } else {
+            if (w && w->t == V_NONE)
+                fail_at(&r->f, MOE_EINVAL, line, "indent: the width must be an integer or a string, not none");
+            int64_t k = arg_int(r, &a, 0, "width", 4, f, line);
+            static const char spaces[] = "                                "; /* 32 */
+            struct buf sp = { 0 };
+            buf_add(r, &sp, "", 0);
+            for (int64_t i = 0; i < k; i += 32)
+                buf_add(r, &sp, spaces, (size_t)(k - i < 32 ? k - i : 32));
+            ind = vbuf(r, &sp).s;
+        }
+        return indent(r, v.s, ind, first && truthy(first), blank && truthy(blank));
     }
     if (!strcmp(f, "trim")) {
         struct val s = stringify(r, &v, line);

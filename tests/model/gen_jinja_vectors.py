@@ -282,6 +282,15 @@ CASES = [
      "{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }} {{ ', '.join(['x', 'y', 'z']) }} "
      "{{ ''.join('abc' | list | reverse) }}", dict(messages=CHAT)),
     # behaviours checked against Jinja2 by differential testing
+    # indent: the lines of value + "\n" (str.splitlines()), all but the first led by the width
+    ("indent", "{{ 'a\nb\n\nc' | indent }}|{{ 'a\nb' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}|"
+     "{{ 'a\n\nb\n' | indent(2, blank=true) }}|{{ 'a\nb\n' | indent('--', first=true) }}|{{ 'x' | indent }}|"
+     "{{ '' | indent(first=true) }}|{{ 'a\nb' | indent(-1) }}|{{ 'a\nb' | indent(true) }}|{{ 'a\nb' | indent(0) }}|"
+     "{{ 'a\r\nb\rc\x0bd\x0ce\x1cf\x1dg\x1eh\x85i\u2028j\u2029k\x1fl' | indent(1) | tojson }}\n"
+     "def f():\n    {{ doc | indent(4) }}\n    {{ tools | tojson(indent=2) | indent(4) }}",
+     {"doc": "\"\"\"Add.\n\nArgs:\n  a: first\n\"\"\"", "tools": TOOLS}),
+    ("indent-number", "{{ 5 | indent }}", {}),
+    ("indent-float-width", "{{ 'a' | indent(2.0) }}", {}),
     ("tojson-options", "{{ x|tojson(separators=(',', ':')) }}|{{ x|tojson(sort_keys=true) }}|"
      "{{ 'é😀'|tojson(ensure_ascii=true) }}|{{ x|tojson(indent='  ') }}|{{ x|tojson(indent=0) }}|"
      "{{ {'n': {'m': [1]}}|tojson }}", {"x": {"b": 1, "a": [1, 2]}}),

@@ -940,9 +940,9 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 }
 
 static const char *const FILTERS[] = {
-    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "indent", "int", "items", "join",
-    "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round",
-    "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
+    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "format", "indent", "int", "items",
+    "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse",
+    "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -1542,6 +1542,15 @@ static void buf_adds(struct render *r, struct buf *b, const char *s)
     buf_add(r, b, s, strlen(s));
 }
 
+/* n bytes ch (a space or '0'). */
+static void buf_fill(struct render *r, struct buf *b, char ch, size_t n)
+{
+    char run[32];
+    memset(run, ch, sizeof(run));
+    for (size_t k; n; n -= k)
+        buf_add(r, b, run, k = n < sizeof(run) ? n : sizeof(run));
+}
+
 __attribute__((format(printf, 3, 4))) static void buf_addf(struct render *r, struct buf *b, const char *fmt, ...)
 {
     char tmp[128];
@@ -2074,22 +2083,34 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle, siz
     return NULL;
 }
 
+/* Code points of p[0..n). */
+static size_t utf8_count(const char *p, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += ((unsigned char)p[i] & 0xc0) != 0x80;
+    return k;
+}
+
+/* Byte offset of code point k of p[0..n), n when it has no more. */
+static size_t utf8_offset(const char *p, size_t n, size_t k)
+{
+    size_t i = 0;
+    for (; i < n && k; k--)
+        for (i++; i < n && ((unsigned char)p[i] & 0xc0) == 0x80;)
+            i++;
+    return i;
+}
+
 static size_t cp_count(const struct str *s)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < s->n; i++)
-        n += ((unsigned char)s->p[i] & 0xc0) != 0x80;
-    return n;
+    return utf8_count(s->p, s->n);
 }
 
 /* Byte offset of code point k of s (k <= count). */
 static size_t cp_offset(const struct str *s, size_t k)
 {
-    size_t i = 0;
-    for (; i < s->n && k; k--)
-        for (i++; i < s->n && ((unsigned char)s->p[i] & 0xc0) == 0x80;)
-            i++;
-    return i;
+    return utf8_offset(s->p, s->n, k);
 }
 
 /* strip / lstrip / rstrip (which: 1 left, 2 right, 3 both) of whitespace, or of the characters of chars. */
@@ -2817,6 +2838,288 @@ static struct val attr_path(struct render *r, const struct val *v, const struct 
     }
 }
 
+/* ---- render: printf-style formatting ------------------------------------------------ */
+
+/* Where fmt % args takes its values from, as CPython's PyUnicode_Format walks them: the items of a
+ * tuple, else args itself, once (len -1); after a %(key), the mapping's item under key. */
+struct pct_args {
+    const struct val *args;
+    const struct val *dict; /* args when it is a mapping to Python: a dict, a list or undefined */
+    struct val keyed;       /* the mapping's item named by the last %(key) */
+    int64_t len, idx;
+};
+
+static const struct val *pct_next(struct render *r, struct pct_args *pa, int line)
+{
+    if (pa->idx >= pa->len)
+        fail_at(&r->f, MOE_EINVAL, line, "not enough arguments for format string");
+    pa->idx++;
+    return pa->len < 0 ? pa->args : &pa->args->l->v[pa->idx - 1];
+}
+
+/* The integer of v for the conversion conv (d, i, u, x, X, o, c, or '*' for a width or precision). */
+static int64_t pct_int(struct render *r, const struct val *v, char conv, int line)
+{
+    if (v->t == V_UNDEF)
+        undefined_error(r, v, line);
+    if (v->t == V_INT || v->t == V_BOOL)
+        return inum(v);
+    if (v->t == V_FLOAT && (conv == 'd' || conv == 'i' || conv == 'u')) /* int(): toward zero */
+        return (int64_t)v->f; /* |f| < 2^63 here (pct_convert writes the others) */
+    if (conv == '*')
+        fail_at(&r->f, MOE_EINVAL, line, "* wants int");
+    if (conv == 'c')
+        fail_at(&r->f, MOE_EINVAL, line, "%%c requires int or char");
+    fail_at(&r->f, MOE_EINVAL, line, "%%%c format: %s is required, not %s", conv,
+            conv == 'd' || conv == 'i' || conv == 'u' ? "a real number" : "an integer", type_name(v));
+}
+
+/* The text of one conversion into body, before width and sign: false when it is not a number's. */
+static bool pct_convert(struct render *r, struct buf *body, char conv, const struct val *v, bool alt, int64_t prec,
+                        int line)
+{
+    switch (conv) {
+    case 's': case 'r': case 'a': {
+        struct buf t = { 0 };
+        buf_add(r, &t, "", 0);
+        if (conv == 's')
+            to_str(r, &t, v, line);
+        else
+            repr(r, &t, v, line);
+        size_t n = prec >= 0 ? utf8_offset(t.p, t.n, (size_t)prec) : t.n; /* at most prec characters */
+        for (size_t i = 0; i < n;) {
+            uint32_t cp;
+            size_t l = moe_utf8_next((const unsigned char *)t.p + i, n - i, &cp);
+            if (!l)
+                cp = (unsigned char)t.p[i], l = 1;
+            if (conv != 'a' || cp < 0x80) /* ascii(): the rest escaped */
+                buf_add(r, body, t.p + i, l);
+            else
+                buf_addf(r, body, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
+            i += l;
+        }
+        return false;
+    }
+    case 'c': {
+        if (v->t == V_STR && cp_count(v->s) == 1) {
+            buf_add(r, body, v->s->p, v->s->n);
+            return false;
+        }
+        int64_t c = pct_int(r, v->t == V_STR ? &(struct val){ .t = V_NONE } : v, 'c', line);
+        if (c < 0 || c > 0x10ffff)
+            fail_at(&r->f, MOE_EINVAL, line, "%%c arg not in range(0x110000)");
+        if (c >= 0xd800 && c <= 0xdfff)
+            fail_at(&r->f, MOE_ENOTSUP, line, "%%c of a surrogate (0x%llx) has no UTF-8", (long long)c);
+        char enc[4];
+        buf_add(r, body, enc, moe_utf8_put((uint32_t)c, enc));
+        return false;
+    }
+    case 'd': case 'i': case 'u': case 'x': case 'X': case 'o': {
+        if (v->t == V_FLOAT && strchr("diu", conv) && !(fabs(v->f) < 0x1p63)) { /* an integer past 64 bits */
+            if (!isfinite(v->f))
+                fail_at(&r->f, MOE_EINVAL, line, "cannot convert float %s to integer",
+                        isnan(v->f) ? "NaN" : "infinity");
+            char t[400];
+            int n = snprintf(t, sizeof(t), "%.0f", v->f); /* exact: a float this large is an integer */
+            bool neg = t[0] == '-';
+            if (neg)
+                buf_adds(r, body, "-");
+            if (prec > n - neg)
+                buf_fill(r, body, '0', (size_t)(prec - (n - neg)));
+            buf_add(r, body, t + neg, (size_t)(n - neg));
+            return true;
+        }
+        int64_t x = pct_int(r, v, conv, line);
+        uint64_t mag = x < 0 ? (uint64_t)0 - (uint64_t)x : (uint64_t)x;
+        unsigned base = conv == 'o' ? 8 : conv == 'x' || conv == 'X' ? 16 : 10;
+        const char *digs = conv == 'X' ? "0123456789ABCDEF" : "0123456789abcdef";
+        char d[24];
+        int nd = 0;
+        do {
+            d[nd++] = digs[mag % base];
+            mag /= base;
+        } while (mag);
+        if (x < 0)
+            buf_adds(r, body, "-");
+        if (alt && base != 10) /* 0x, 0X, 0o */
+            buf_add(r, body, conv == 'o' ? "0o" : conv == 'x' ? "0x" : "0X", 2);
+        if (prec > nd)
+            buf_fill(r, body, '0', (size_t)(prec - nd));
+        while (nd)
+            buf_add(r, body, &d[--nd], 1);
+        return true;
+    }
+    case 'e': case 'E': case 'f': case 'F': case 'g': case 'G': {
+        if (v->t == V_UNDEF)
+            undefined_error(r, v, line);
+        if (!is_num(v))
+            fail_at(&r->f, MOE_EINVAL, line, "must be real number, not %s", type_name(v));
+        double x = num(v);
+        bool upper = conv == 'E' || conv == 'F' || conv == 'G';
+        if (!isfinite(x)) { /* Python's words, and no sign on a NaN */
+            buf_adds(r, body, isnan(x) ? (upper ? "NAN" : "nan") : x < 0 ? (upper ? "-INF" : "-inf")
+                                                                        : (upper ? "INF" : "inf"));
+            return true;
+        }
+        char spec[8];
+        snprintf(spec, sizeof(spec), "%%%s.*%c", alt ? "#" : "", conv);
+        int pr = prec < 0 ? 6 : (int)prec;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral" /* one of the six float conversions, built above */
+        int len = snprintf(NULL, 0, spec, pr, x);
+        if (len < 0 || (size_t)len > MOE_JINJA_MAX_OUTPUT)
+            fail_at(&r->f, MOE_ERANGE, line, "output longer than %u bytes", MOE_JINJA_MAX_OUTPUT);
+        char *t = r_alloc(r, (size_t)len + 1);
+        snprintf(t, (size_t)len + 1, spec, pr, x);
+#pragma GCC diagnostic pop
+        buf_add(r, body, t, (size_t)len);
+        return true;
+    }
+    default: return false;
+    }
+}
+
+/* fmt % args: Python's printf-style formatting (conversions s r a c d i u x X o e E f F g G, flags
+ * - + space # 0, width and precision, * for either, %(key) taking the value from a mapping), as
+ * Jinja2's % on a string and its format filter run it. */
+static struct val pct_format(struct render *r, const struct str *fmt, const struct val *args, int line)
+{
+    struct pct_args pa = { .args = args, .len = -1, .idx = -2 };
+    if (args->t == V_LIST && args->l->tuple) {
+        pa.len = (int64_t)args->l->n;
+        pa.idx = 0;
+    } else if (args->t == V_UNDEF || (args->t == V_LIST && !args->l->gen) ||
+               (args->t == V_DICT && !args->d->ns && !args->d->loop)) {
+        pa.dict = args;
+    }
+    struct buf out = { 0 }, body = { 0 };
+    buf_add(r, &out, "", 0);
+    const char *p = fmt->p, *end = fmt->p + fmt->n;
+    for (const char *pc; p < end; p++) {
+        pc = memchr(p, '%', (size_t)(end - p));
+        buf_add(r, &out, p, (size_t)((pc ? pc : end) - p));
+        if (!pc)
+            break;
+        p = pc + 1;
+        if (p < end && *p == '%') {
+            buf_adds(r, &out, "%");
+            continue;
+        }
+        if (p < end && *p == '(') { /* %(key): the mapping's item */
+            const char *k = ++p;
+            for (int open = 1; p < end && (open += (*p == '(') - (*p == ')')) > 0;)
+                p++;
+            if (p >= end)
+                fail_at(&r->f, MOE_EINVAL, line, "incomplete format key");
+            if (!pa.dict)
+                fail_at(&r->f, MOE_EINVAL, line, "format requires a mapping");
+            if (pa.dict->t == V_UNDEF)
+                undefined_error(r, pa.dict, line);
+            const struct val *v = pa.dict->t == V_DICT ? dict_get(pa.dict->d, k, (size_t)(p - k)) : NULL;
+            if (!v)
+                fail_at(&r->f, MOE_EINVAL, line, "format: %s '%.*s'", pa.dict->t == V_DICT ? "no key" :
+                        "a list has no key", (int)(p - k < 80 ? p - k : 80), k);
+            pa.keyed = *v;
+            pa.args = &pa.keyed;
+            pa.len = -1;
+            pa.idx = -2;
+            p++;
+        }
+        bool ljust = false, sign = false, blank = false, alt = false, zero = false;
+        for (; p < end && *p && strchr("-+ #0", *p); p++) {
+            ljust |= *p == '-';
+            sign |= *p == '+';
+            blank |= *p == ' ';
+            alt |= *p == '#';
+            zero |= *p == '0';
+        }
+        int64_t wp[2] = { -1, -1 }; /* width, precision */
+        for (int k = 0; k < 2; k++) {
+            if (k) {
+                if (!(p < end && *p == '.'))
+                    break;
+                p++;
+                wp[1] = 0;
+            }
+            if (p < end && *p == '*') {
+                int64_t v = pct_int(r, pct_next(r, &pa, line), '*', line);
+                p++;
+                if (v > INT32_MAX || v < INT32_MIN) /* a C int in CPython */
+                    fail_at(&r->f, MOE_ERANGE, line, "* value %lld is too large", (long long)v);
+                if (v < 0 && !k) { /* a negative width: left-justified */
+                    ljust = true;
+                    v = v == INT64_MIN ? INT64_MAX : -v;
+                }
+                wp[k] = v < 0 ? 0 : v;
+                continue;
+            }
+            for (; p < end && is_digit(*p); p++) {
+                wp[k] = (wp[k] < 0 ? 0 : wp[k]) * 10 + (*p - '0');
+                if (wp[k] > MOE_JINJA_MAX_OUTPUT)
+                    fail_at(&r->f, MOE_ERANGE, line, "%s too big in a format", k ? "precision" : "width");
+            }
+        }
+        if (wp[0] > MOE_JINJA_MAX_OUTPUT || wp[1] > MOE_JINJA_MAX_OUTPUT)
+            fail_at(&r->f, MOE_ERANGE, line, "output longer than %u bytes", MOE_JINJA_MAX_OUTPUT);
+        while (p < end && (*p == 'h' || *p == 'l' || *p == 'L'))
+            p++;
+        if (p >= end)
+            fail_at(&r->f, MOE_EINVAL, line, "incomplete format");
+        char conv = *p;
+        const struct val *v = pct_next(r, &pa, line);
+        if (!strchr("sracdiuxXoeEfFgG", conv) || !conv) {
+            uint32_t cp;
+            size_t l = moe_utf8_next((const unsigned char *)p, (size_t)(end - p), &cp);
+            fail_at(&r->f, MOE_EINVAL, line, "unsupported format character '%.*s' (0x%x) at index %zu", (int)l, p, cp,
+                    utf8_count(fmt->p, (size_t)(p - fmt->p)));
+        }
+        body.n = 0;
+        buf_add(r, &body, "", 0);
+        bool numeric = pct_convert(r, &body, conv, v, alt, wp[1], line);
+        /* CPython's output stage: the sign taken out, then fill, sign, 0x prefix, digits and padding */
+        const char *bp = body.p;
+        size_t blen = body.n;
+        char signc = 0;
+        if (numeric && blen && (bp[0] == '-' || bp[0] == '+')) {
+            signc = bp[0];
+            bp++;
+            blen--;
+        } else if (numeric) {
+            signc = sign ? '+' : blank ? ' ' : 0;
+        }
+        char fill = numeric && zero ? '0' : ' ';
+        int64_t len = (int64_t)utf8_count(bp, blen), width = wp[0] < len ? len : wp[0];
+        if (signc && fill == '0')
+            buf_add(r, &out, &signc, 1);
+        if (signc && width > len)
+            width--;
+        size_t prefix = alt && (conv == 'x' || conv == 'X' || conv == 'o') ? 2 : 0;
+        if (prefix && fill == '0') {
+            buf_add(r, &out, bp, prefix);
+            bp += prefix;
+            blen -= prefix;
+            prefix = 0;
+            width -= 2;
+            len -= 2;
+        } else if (prefix) {
+            width -= 2;
+            len -= 2;
+        }
+        if (width > len && !ljust) {
+            buf_fill(r, &out, fill, (size_t)(width - len));
+            width = len;
+        }
+        if (signc && fill == ' ')
+            buf_add(r, &out, &signc, 1);
+        buf_add(r, &out, bp, blen); /* a 0x prefix not yet written with it */
+        if (width > len)
+            buf_fill(r, &out, ' ', (size_t)(width - len));
+    }
+    if (pa.idx < pa.len && !pa.dict)
+        fail_at(&r->f, MOE_EINVAL, line, "not all arguments converted during string formatting");
+    return vbuf(r, &out);
+}
+
 static struct val arith(struct render *r, int op, struct val a, struct val b, int line);
 
 /* What sorting, min, max and unique compare: strings lowercased unless case_sensitive. */
@@ -2902,6 +3205,22 @@ static struct val filter(struct render *r, const struct node *n)
             }
         return items;
     }
+    if (!strcmp(f, "format")) { /* str(value) % args, or % {name: value} for keyword arguments */
+        if (a.npos && a.nkw)
+            fail_at(&r->f, MOE_EINVAL, line, "format: positional and keyword arguments at the same time");
+        struct val s = stringify(r, &v, line), args;
+        if (a.nkw) {
+            struct dict *d = new_dict(r);
+            for (int i = 0; i < a.nkw; i++) dict_sets(r, d, a.names[i], a.kw[i]);
+            args = (struct val){ .t = V_DICT, .d = d };
+        } else {
+            struct list *l = new_list(r, (size_t)a.npos);
+            l->tuple = true;
+            for (int i = 0; i < a.npos; i++) l->v[i] = a.pos[i];
+            args = (struct val){ .t = V_LIST, .l = l };
+        }
+        return pct_format(r, s.s, &args, line);
+    }
     if (!strcmp(f, "indent")) { /* indent(width=4, first=False, blank=False): width spaces, or a string */
         if (v.t == V_UNDEF)
             undefined_error(r, &v, line);
@@ -2915,11 +3234,9 @@ static struct val filter(struct render *r, const struct node *n)
             if (w && w->t == V_NONE)
                 fail_at(&r->f, MOE_EINVAL, line, "indent: the width must be an integer or a string, not none");
             int64_t k = arg_int(r, &a, 0, "width", 4, f, line);
-            static const char spaces[] = "                                "; /* 32 */
             struct buf sp = { 0 };
             buf_add(r, &sp, "", 0);
-            for (int64_t i = 0; i < k; i += 32)
-                buf_add(r, &sp, spaces, (size_t)(k - i < 32 ? k - i : 32));
+            buf_fill(r, &sp, ' ', k < 0 ? 0 : (size_t)k); /* the output bound stops a huge one */
             ind = vbuf(r, &sp).s;
         }
         return indent(r, v.s, ind, first && truthy(first), blank && truthy(blank));
@@ -3260,6 +3577,8 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         to_str(r, &o, &b, line);
         return vbuf(r, &o);
     }
+    if (op == OP_MOD && a.t == V_STR) /* an undefined right side is a mapping there, as in Jinja2 */
+        return pct_format(r, a.s, &b, line);
     if (a.t == V_UNDEF)
         undefined_error(r, &a, line);
     if (b.t == V_UNDEF)
@@ -3301,8 +3620,6 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         for (size_t i = 0; i < l->n; i++) l->v[i] = src->v[i % src->n];
         return (struct val){ .t = V_LIST, .l = l };
     }
-    if (op == OP_MOD && a.t == V_STR)
-        fail_at(&r->f, MOE_ENOTSUP, line, "string %% formatting is not supported (build the text with ~)");
     if (!is_num(&a) || !is_num(&b))
         fail_at(&r->f, MOE_EINVAL, line, "unsupported operand types %s and %s", type_name(&a), type_name(&b));
     bool fl = a.t == V_FLOAT || b.t == V_FLOAT || op == OP_DIV;

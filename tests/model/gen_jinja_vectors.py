@@ -325,6 +325,23 @@ CASES = [
     ("map-default", "{{ m|map(attribute='c', default=0)|list }} {{ m|map(attribute='b', default='-')|list }} "
      "{{ m|map(attribute='a.1', default='D')|list }} {{ m|map(attribute='x.y', default='D')|list }} "
      "{{ m|map(attribute='c', default=none)|list }}", {"m": [{"a": [5, 6], "b": None}, {"a": [7], "c": 1}]}),
+    # printf-style formatting: % on a string, and the format filter
+    ("percent", "{{ '%s and %s' % ('a', 1) }}|{{ '%d items' % 3 }}|{{ 'hi %s' % name }}|{{ '%5.2f|%-6.1e|%g' % (3.14159, "
+     "-1234.5, 0.00001234) }}|{{ '%%|%r|%a' % ('é', 'é') }}|{{ '%(a)s-%(b)05d' % {'a': 'x', 'b': -42} }}|"
+     "{{ '%x %X %o %#x %#o %#06x' % (255, 255, 8, 255, 8, 255) }}|{{ '%5s|%-5s|%.2s|' % ('ab', 'cd', 'éfg') }}|"
+     "{{ '%+d % d %05d %-5d|' % (3, 3, -42, 7) }}|{{ '%*d|%-*d|%.*f' % (5, 1, 4, 2, 2, 3.14159) }}|"
+     "{{ '%s %s %s' % (none, true, [1, 'a']) }}|{{ '%d %i' % (3.9, true) }}|{{ '%c%c' % (65, 'é') }}|"
+     "{{ '%s' % {'k': 1} }}|{{ 'x' % [] }}|{{ '[%s]' % u }}|{{ '%f %F %05f' % (1e300 * 1e300, -1e300 * 1e300, "
+     "1e300 * 1e300) }}|{{ '%d' % 1e20 }}|{{ '%ld' % 7 }}", {"name": "Bob"}),
+    ("percent-format-filter", "{{ '%s-%s' | format('a', 'b') }}|{{ '%s' | format([1]) }}|{{ '%(x)s' | format(x=1) }}|"
+     "{{ 5 | format }}|{{ '%.1f%%' | format(99.44) }}", {}),
+    ("percent-too-few", "{{ '%s %s' % ('a',) }}", {}),
+    ("percent-too-many", "{{ '%s' % ('a', 'b') }}", {}),
+    ("percent-bad-type", "{{ '%d' % 'x' }}", {}),
+    ("percent-no-mapping", "{{ '%(a)s' % (1,) }}", {}),
+    ("percent-unsupported", "{{ '%z' % 1 }}", {}),
+    ("percent-incomplete", "{{ 'a %' % () }}", {}),
+    ("percent-undefined", "{{ '%d' % u }}", {}),
     # statements
     ("for-loop", "{% for x in [10, 20, 30] %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/"
      "{{ loop.first }}/{{ loop.last }}/{{ loop.length }}/{{ loop.previtem }}/{{ loop.nextitem }}/{{ loop.cycle('a', 'b') }};"

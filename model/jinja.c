@@ -149,10 +149,11 @@ struct val {
 
 enum nkind {
     /* statements */
-    N_BLOCK, N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_BREAK, N_CONTINUE, N_WITH,
+    N_BLOCK, N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_BREAK, N_CONTINUE, N_WITH, N_FILTER,
     /* expressions */
     E_LIT, E_VAR, E_ATTR, E_INDEX, E_SLICE, E_CALL, E_FILTER, E_TEST, E_NOT, E_NEG, E_BIN, E_AND, E_OR,
     E_COND, E_LIST, E_DICT, E_CMP,
+    E_SLOT, /* the text of the filter block being filtered */
 };
 
 enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_CONCAT };
@@ -166,7 +167,8 @@ struct node {
     struct val lit;     /* E_LIT; N_TEXT: the text */
     const char *name;   /* E_VAR, E_ATTR, E_FILTER, E_TEST, N_SET, N_MACRO, N_FOR first target */
     const char *name2;  /* N_SET: the attribute (ns.attr); N_FOR: the second target */
-    struct node *a, *b, *c, *d; /* operands; N_IF: cond, then, else; N_FOR: iter, body, else, filter */
+    struct node *a, *b, *c, *d; /* operands; N_IF: cond, then, else; N_FOR: iter, body, else, filter;
+                                   N_FILTER: the filters (on an E_SLOT), body */
     struct node **args;  /* call / filter / test arguments, list items, dict keys, block statements,
                             E_CMP operands, N_MACRO parameter defaults (NULL: none) */
     int nargs;
@@ -958,23 +960,29 @@ static bool in_list(const char *const *list, size_t n, const char *name)
     return false;
 }
 
+/* The filter name[(args)] after a '|', applied to n. */
+static struct node *parse_filter(struct compiler *c, struct node *n, int line)
+{
+    struct node *m = new_node(c, E_FILTER, line);
+    m->name = expect_name(c);
+    if (!in_list(FILTERS, MOE_ARRAY_LEN(FILTERS), m->name))
+        fail_at(&c->f, MOE_ENOTSUP, line, "filter '%s' is not supported", m->name);
+    m->a = n;
+    if (accept_op(c, "(")) {
+        enter(c);
+        parse_call_args(c, m);
+        c->depth--;
+    }
+    return m;
+}
+
 /* Filters (| name(args)) and tests (is [not] name args) after a unary expression. */
 static struct node *parse_filter_expr(struct compiler *c, struct node *n)
 {
     for (;;) {
         int line = peek(c)->line;
         if (accept_op(c, "|")) {
-            struct node *m = new_node(c, E_FILTER, line);
-            m->name = expect_name(c);
-            if (!in_list(FILTERS, MOE_ARRAY_LEN(FILTERS), m->name))
-                fail_at(&c->f, MOE_ENOTSUP, line, "filter '%s' is not supported", m->name);
-            m->a = n;
-            if (accept_op(c, "(")) {
-                enter(c);
-                parse_call_args(c, m);
-                c->depth--;
-            }
-            n = m;
+            n = parse_filter(c, n, line);
         } else if (accept_name(c, "is")) {
             struct node *m = new_node(c, E_TEST, line);
             m->neg = accept_name(c, "not");
@@ -1311,6 +1319,18 @@ static struct node *parse_with(struct compiler *c, int line)
     return n;
 }
 
+/* {% filter name[(args)] [| name[(args)]] ... %}: the body's text through the filters. */
+static struct node *parse_filter_block(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_FILTER, line);
+    n->a = parse_filter(c, new_node(c, E_SLOT, line), line);
+    while (accept_op(c, "|"))
+        n->a = parse_filter(c, n->a, line);
+    expect_block_end(c);
+    n->b = parse_until(c, "endfilter");
+    return n;
+}
+
 static struct node *parse_statement(struct compiler *c)
 {
     int line = peek(c)->line;
@@ -1327,6 +1347,8 @@ static struct node *parse_statement(struct compiler *c)
         return parse_macro(c, line);
     if (accept_name(c, "with"))
         return parse_with(c, line);
+    if (accept_name(c, "filter"))
+        return parse_filter_block(c, line);
     if (accept_name(c, "break") || accept_name(c, "continue")) {
         struct node *n = new_node(c, t->s[0] == 'b' ? N_BREAK : N_CONTINUE, line);
         expect_block_end(c);
@@ -1373,7 +1395,7 @@ static struct node *parse_body(struct compiler *c, const char *const *ends, int 
                     goto done;
                 }
             static const char *const closers[] = { "endif", "endfor", "else", "elif", "endset", "endmacro",
-                                                   "endgeneration", "endraw", "endwith" };
+                                                   "endgeneration", "endraw", "endwith", "endfilter" };
             struct token *s = peek(c);
             for (size_t e = 0; e < MOE_ARRAY_LEN(closers); e++)
                 if (is_name(s, closers[e]))
@@ -1482,6 +1504,7 @@ struct render {
     int edepth;          /* eval recursion */
     int vdepth;          /* nesting of the value being printed or compared */
     int flow;            /* 1 break, 2 continue, while unwinding a loop body */
+    struct val slot;     /* the text of the filter block whose filters are being evaluated */
     struct frame *root;  /* the template's variables */
     struct frame *cur;   /* the innermost scope of the statement being run */
     const struct macro *macro; /* the macro whose body or defaults are being run, NULL outside macros */
@@ -2347,7 +2370,7 @@ static struct val lookup(struct render *r, struct frame *fr, const char *name)
                     "macro '%s' uses '%s' of a %s that has ended: call the macro inside it, or pass '%s' as an "
                     "argument", r->macro ? r->macro->n->name : "?", name,
                     fr->ended->k == N_FOR ? "for loop iteration" : fr->ended->k == N_WITH ? "with block"
-                    : "set block", name);
+                    : fr->ended->k == N_FILTER ? "filter block" : "set block", name);
         if (v)
             return *v;
     }
@@ -3693,6 +3716,7 @@ static struct val eval_node(struct render *r, const struct node *n)
     step(r, n->line);
     switch (n->k) {
     case E_LIT: return n->lit;
+    case E_SLOT: return r->slot;
     case E_VAR: return lookup(r, r->cur, n->name);
     case E_ATTR: {
         struct val o = eval(r, n->a);
@@ -3921,6 +3945,27 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         for (int i = 0; i < n->nkw; i++) dict_sets(r, &inner->vars, n->kwnames[i], eval(r, n->kwargs[i]));
         exec(r, inner, n->b, out);
         inner->ended = n;
+        break;
+    }
+    case N_FILTER: { /* the body in a scope of its own; its filters' arguments see the body's sets */
+        struct buf b = { 0 };
+        struct frame *inner = r_alloc(r, sizeof(*inner));
+        *inner = (struct frame){ .up = fr };
+        buf_add(r, &b, "", 0);
+        exec(r, inner, n->b, &b);
+        struct val v = { 0 };
+        if (!r->flow) { /* not left by break or continue, when Jinja2 filters and writes nothing */
+            r->slot = vbuf(r, &b);
+            r->cur = inner;
+            v = eval(r, n->a);
+            r->cur = fr;
+        }
+        inner->ended = n;
+        if (r->flow)
+            break;
+        if (v.t != V_STR) /* Jinja2 joins the output: only text can be in it */
+            fail_at(&r->f, MOE_EINVAL, n->line, "a filter block gave a %s, not a string (add |string)", type_name(&v));
+        buf_add(r, out, v.s->p, v.s->n);
         break;
     }
     case N_MACRO: {

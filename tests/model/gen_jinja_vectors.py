@@ -398,6 +398,15 @@ CASES = [
      "{% endif %}\n[{{ n }}:{{ role }}]\n  {% endwith %}\n{% endfor %}"
      "{% with f = 'x' %}{% macro m(v=f) %}{{ v }}{{ f }}{% endmacro %}{{ m() }}{{ m(1) }}{% endwith %}",
      dict(messages=CHAT)),
+    # filter blocks: the body's text through the filters, whose arguments see the body's own sets
+    ("filter-block", "{% filter upper %}hello {{ name }}{% endfilter %}|{% filter indent(2, true) %}a\nb{% endfilter %}|"
+     "{% filter replace('a', x) | title %}{% set x = 'b' %}aa{% endfilter %}{{ x }}|{% filter tojson %}a\"b{% endfilter %}|"
+     "{% filter upper %}{% filter replace('a', 'b') %}aaa{% endfilter %}x{% endfilter %}|"
+     "{% for i in [1, 2, 3] %}{% filter upper %}a{{ i }}{% if i == 2 %}{% continue %}{% endif %}b{% endfilter %}"
+     "{% if i == 3 %}{% filter upper %}{% break %}{% endfilter %}{% endif %}|{% endfor %}|"
+     "{% filter first %}abc{% endfilter %}|{% macro m(t) %}{% filter trim %}  {{ t }}  {% endfilter %}{% endmacro %}"
+     "[{{ m('q') }}]|\n  {% filter upper %}\n  x\n  {% endfilter %}\n", {"name": "Bob", "x": "c"}),
+    ("filter-block-not-text", "{% filter length %}abc{% endfilter %}", {}),
     ("elif", "{% for x in [1, 2, 3] %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
     ("raise", "{{ raise_exception('no ' ~ 'way') }}", {}),
     ("list-concat", "{{ [1] + [2, 3] }} {{ 'ab' * 3 }} {{ (1, 2) }} {{ () }}", {}),

@@ -108,6 +108,9 @@ int main(void)
     check_refused("{% with a, b = (1, 2) %}{% endwith %}", MOE_ENOTSUP, "several names");
     check_refused("{% with a = 1 %}", MOE_EFORMAT, "missing {% endwith %}");
     check_refused("{% endwith %}", MOE_EFORMAT, "unexpected {% endwith %}");
+    check_refused("{% filter wordwrap %}x{% endfilter %}", MOE_ENOTSUP, "filter 'wordwrap'");
+    check_refused("{% filter upper is defined %}x{% endfilter %}", MOE_EFORMAT, "expected '%}'");
+    check_refused("{% filter upper %}x{% endfor %}", MOE_EFORMAT, "unexpected {% endfor %}");
     check_refused("\xff", MOE_EFORMAT, "UTF-8");
     char deep[400];
     size_t k = 0;

@@ -1269,8 +1269,6 @@ static struct node *parse_set(struct compiler *c, int line)
         expect_block_end(c);
         return n;
     }
-    if (n->name2)
-        expected(c, "'='");
     expect_block_end(c);
     n->k = N_SETBLOCK;
     n->b = parse_until(c, "endset");
@@ -3925,6 +3923,8 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
             buf_add(r, &b, "", 0);
             exec(r, inner, n->b, &b);
             inner->ended = n;
+            if (r->flow) /* left by break or continue: as in Jinja2, the name is not set */
+                break;
             v = vbuf(r, &b);
         }
         if (n->name2) {

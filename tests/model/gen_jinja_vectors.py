@@ -368,6 +368,11 @@ CASES = [
     ("for-dict", "{% for k in {'b': 1, 'a': 2} %}{{ k }}{% endfor %}", {}),
     ("range", "{{ range(3) | list }} {{ range(1, 7, 2) | list }} {{ range(5, 0, -2) | list }} {{ range(0) | list }}", {}),
     ("set-if-scope", "{% if true %}{% set y = 'in' %}{% endif %}{{ y }}", {}),
+    # a set block of a namespace attribute; one left by break or continue sets nothing
+    ("set-block-namespace", "{% set ns = namespace(v='-', w='-') %}{% for i in [1, 2, 3] %}{% set ns.v %}<{{ i }}>"
+     "{% if i == 3 %}{% continue %}{% endif %}{% endset %}{% set ns.w %}{{ i }}{% break %}{% endset %}{% endfor %}"
+     "[{{ ns.v }}][{{ ns.w }}]{% for i in [1, 2] %}{% set ns.u %}{{ i }}{% if i == 2 %}{% continue %}{% endif %}"
+     "{% endset %}{% endfor %}[{{ ns.u }}]", {}),
     ("set-block", "{% set v %}  block {{ 1 + 1 }}{% endset %}[{{ v }}]", {}),
     ("namespace", "{% set ns = namespace(a=1, items=[]) %}{% for i in range(3) %}{% set ns.a = ns.a * 2 %}{% endfor %}"
      "{{ ns.a }} {{ ns.items }}", {}),

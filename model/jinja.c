@@ -150,6 +150,7 @@ struct val {
 enum nkind {
     /* statements */
     N_BLOCK, N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_SETBLOCK, N_MACRO, N_BREAK, N_CONTINUE, N_WITH, N_FILTER,
+    N_CALL, /* {% call %}: a = the call, b = the N_MACRO of its body (named caller) */
     /* expressions */
     E_LIT, E_VAR, E_ATTR, E_INDEX, E_SLICE, E_CALL, E_FILTER, E_TEST, E_NOT, E_NEG, E_BIN, E_AND, E_OR,
     E_COND, E_LIST, E_DICT, E_CMP,
@@ -159,9 +160,13 @@ enum nkind {
 enum binop { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_CONCAT };
 enum cmpop { C_EQ, C_NE, C_LT, C_LE, C_GT, C_GE, C_IN, C_NOTIN };
 
+/* The names a macro's body uses that Jinja2 makes special parameters (MACRO_* bits of an N_MACRO's op). */
+static const char *const SPECIAL_NAMES[] = { "caller", "varargs", "kwargs" };
+enum { MACRO_CALLER = 1, MACRO_VARARGS = 2, MACRO_KWARGS = 4, MACRO_ANONYMOUS = 8 /* a call block's body */ };
+
 struct node {
     uint8_t k;          /* enum nkind */
-    uint8_t op;         /* enum binop for E_BIN */
+    uint8_t op;         /* enum binop for E_BIN; N_MACRO: MACRO_* */
     bool neg;           /* E_TEST: "is not" */
     int line;
     struct val lit;     /* E_LIT; N_TEXT: the text */
@@ -228,7 +233,21 @@ struct compiler {
     int depth;
     size_t line_pos;  /* line_of's memo: src[0..line_pos) holds line - 1 newlines */
     int line;
+    /* per macro body being parsed (innermost last), per special name: 0 not met yet, 1 read before any
+     * assignment (Jinja2's find_undeclared: the macro takes it as a special parameter), 2 assigned first */
+    uint8_t scan[JJ_MAX_DEPTH + 1][MOE_ARRAY_LEN(SPECIAL_NAMES)];
+    int nscan;
 };
+
+/* A name read (store false) or assigned, as the macro bodies being parsed see it. */
+static void note_name(struct compiler *c, const char *name, bool store)
+{
+    for (size_t k = 0; k < MOE_ARRAY_LEN(SPECIAL_NAMES); k++)
+        if (!strcmp(name, SPECIAL_NAMES[k]))
+            for (int i = 0; i < c->nscan; i++)
+                if (!c->scan[i][k])
+                    c->scan[i][k] = store ? 2 : 1;
+}
 
 static void *c_alloc(struct compiler *c, size_t n)
 {
@@ -822,6 +841,7 @@ static struct node *parse_primary(struct compiler *c)
         }
         struct node *n = new_node(c, E_VAR, line);
         n->name = expect_name(c);
+        note_name(c, n->name, false);
         return n;
     }
     if (accept_op(c, "(")) { /* parenthesized expression or tuple (a list here) */
@@ -1239,8 +1259,11 @@ static struct node *parse_for(struct compiler *c, int line)
 {
     struct node *n = new_node(c, N_FOR, line);
     n->name = expect_name(c);
-    if (accept_op(c, ","))
+    note_name(c, n->name, true);
+    if (accept_op(c, ",")) {
         n->name2 = expect_name(c);
+        note_name(c, n->name2, true);
+    }
     if (!accept_name(c, "in"))
         expected(c, "'in'");
     n->a = parse_expr(c, false);
@@ -1262,6 +1285,8 @@ static struct node *parse_set(struct compiler *c, int line)
     n->name = expect_name(c);
     if (accept_op(c, "."))
         n->name2 = expect_name(c);
+    else
+        note_name(c, n->name, true);
     if (is_op(peek(c), ","))
         fail_at(&c->f, MOE_ENOTSUP, line, "setting several names at once is not supported");
     if (accept_op(c, "=")) {
@@ -1275,22 +1300,62 @@ static struct node *parse_set(struct compiler *c, int line)
     return n;
 }
 
-static struct node *parse_macro(struct compiler *c, int line)
+/* A macro's (or call block's) parameters after the '(', and its body up to {% end %}: an N_MACRO. */
+static struct node *parse_macro_rest(struct compiler *c, struct node *n, bool params, const char *end)
 {
-    struct node *n = new_node(c, N_MACRO, line);
-    n->name = expect_name(c);
-    expect_op(c, "(");
     struct nodes defs = { 0 };
     struct names names = { 0 };
-    while (list_more(c, ")", names.n)) {
+    while (params && list_more(c, ")", names.n)) {
         names_push(c, &names, expect_name(c));
+        note_name(c, names.v[names.n - 1], true);
         nodes_push(c, &defs, accept_op(c, "=") ? parse_expr(c, true) : NULL);
     }
     n->kwnames = names.v;
     n->args = defs.v;
     n->nargs = names.n;
+    if (n->k == N_CALL) { /* {% call(params) the_call(args) %} */
+        struct node *call = parse_expr(c, true);
+        if (call->k != E_CALL)
+            fail_at(&c->f, MOE_EFORMAT, n->line, "{%% call %%} needs a call, as {%% call m(args) %%}");
+        struct node *body = new_node(c, N_MACRO, n->line);
+        body->name = "caller";
+        body->op = MACRO_ANONYMOUS;
+        body->kwnames = n->kwnames;
+        body->args = n->args;
+        body->nargs = n->nargs;
+        n->a = call;
+        n->b = body;
+        n = body;
+    }
     expect_block_end(c);
-    n->b = parse_until(c, "endmacro");
+    if (c->nscan > JJ_MAX_DEPTH)
+        fail_at(&c->f, MOE_ENOTSUP, n->line, "macros nested deeper than %d", JJ_MAX_DEPTH);
+    memset(c->scan[c->nscan++], 0, sizeof(c->scan[0]));
+    n->b = parse_until(c, end);
+    c->nscan--;
+    for (size_t k = 0; k < MOE_ARRAY_LEN(SPECIAL_NAMES); k++) {
+        bool param = false; /* a parameter of that name is an ordinary one */
+        for (int i = 0; i < n->nargs; i++)
+            param |= !strcmp(n->kwnames[i], SPECIAL_NAMES[k]);
+        if (c->scan[c->nscan][k] == 1 && !param)
+            n->op |= (uint8_t)(1u << k);
+    }
+    return n;
+}
+
+static struct node *parse_macro(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_MACRO, line);
+    n->name = expect_name(c);
+    expect_op(c, "(");
+    return parse_macro_rest(c, n, true, "endmacro");
+}
+
+/* {% call[(params)] m(args) %} body {% endcall %}: m called with caller=, a macro of the body. */
+static struct node *parse_call_block(struct compiler *c, int line)
+{
+    struct node *n = new_node(c, N_CALL, line);
+    parse_macro_rest(c, n, accept_op(c, "("), "endcall");
     return n;
 }
 
@@ -1304,6 +1369,7 @@ static struct node *parse_with(struct compiler *c, int line)
         if (names.n)
             expect_op(c, ",");
         names_push(c, &names, expect_name(c));
+        note_name(c, names.v[names.n - 1], true);
         if (is_op(peek(c), ","))
             fail_at(&c->f, MOE_ENOTSUP, line, "setting several names at once is not supported");
         expect_op(c, "=");
@@ -1347,6 +1413,8 @@ static struct node *parse_statement(struct compiler *c)
         return parse_with(c, line);
     if (accept_name(c, "filter"))
         return parse_filter_block(c, line);
+    if (accept_name(c, "call"))
+        return parse_call_block(c, line);
     if (accept_name(c, "break") || accept_name(c, "continue")) {
         struct node *n = new_node(c, t->s[0] == 'b' ? N_BREAK : N_CONTINUE, line);
         expect_block_end(c);
@@ -1393,7 +1461,7 @@ static struct node *parse_body(struct compiler *c, const char *const *ends, int 
                     goto done;
                 }
             static const char *const closers[] = { "endif", "endfor", "else", "elif", "endset", "endmacro",
-                                                   "endgeneration", "endraw", "endwith", "endfilter" };
+                                                   "endgeneration", "endraw", "endwith", "endfilter", "endcall" };
             struct token *s = peek(c);
             for (size_t e = 0; e < MOE_ARRAY_LEN(closers); e++)
                 if (is_name(s, closers[e]))
@@ -1967,7 +2035,15 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
         buf_adds(r, b, v->d->ns ? "}>" : "}");
         break;
     case V_FUNC: buf_adds(r, b, "<built-in function>"); break;
-    default: buf_adds(r, b, "<macro>"); break;
+    default: /* Jinja2's Macro */
+        if (v->macro->n->op & MACRO_ANONYMOUS) {
+            buf_adds(r, b, "<Macro anonymous>");
+        } else {
+            buf_adds(r, b, "<Macro ");
+            str_repr(r, b, r_str(r, v->macro->n->name, strlen(v->macro->n->name)));
+            buf_adds(r, b, ">");
+        }
+        break;
     }
     r->vdepth--;
 }
@@ -2633,35 +2709,74 @@ static struct val call_builtin(struct render *r, int fn, const struct args *a, i
     }
 }
 
+/* A macro called, as Jinja2's Macro.__call__ binds the arguments: positions first, then the names of the
+ * parameters left; a body that reads caller, varargs or kwargs takes the call block's macro, the extra
+ * positions and the extra names there, else these are errors. */
 static struct val call_macro(struct render *r, const struct macro *mc, const struct args *a, int line)
 {
     const struct node *m = mc->n;
     if (++r->depth > JJ_MAX_DEPTH)
         fail_at(&r->f, MOE_ERANGE, line, "macros call each other deeper than %d", JJ_MAX_DEPTH);
-    if (a->npos > m->nargs)
-        fail_at(&r->f, MOE_EINVAL, line, "macro '%s' takes %d arguments, not %d", m->name, m->nargs, a->npos);
+    if (a->npos > m->nargs && !(m->op & MACRO_VARARGS))
+        fail_at(&r->f, MOE_EINVAL, line, "macro '%s' takes not more than %d argument(s), not %d", m->name, m->nargs,
+                a->npos);
     /* in the arena: a macro defined in the body keeps this scope after the call returns */
     struct frame *fr = r_alloc(r, sizeof(*fr)), *caller = r->cur;
     *fr = (struct frame){ .up = mc->env };
+    bool used[MOE_ARRAY_LEN(a->kw)] = { false };
+    int param[MOE_ARRAY_LEN(a->kw)]; /* the parameter each named argument is for, or -1 */
+    for (int k = 0; k < a->nkw; k++) {
+        param[k] = -1;
+        for (int i = a->npos; i < m->nargs && param[k] < 0; i++)
+            if (!strcmp(a->names[k], m->kwnames[i])) {
+                bool taken = false;
+                for (int j = 0; j < k; j++)
+                    taken |= param[j] == i;
+                if (!taken) {
+                    param[k] = i;
+                    used[k] = true;
+                }
+            }
+    }
+    if (m->op & MACRO_CALLER) { /* the {% call %} block's body, else undefined */
+        struct val v = vundef(r_str(r, "caller", 6));
+        for (int k = 0; k < a->nkw; k++)
+            if (!used[k] && !strcmp(a->names[k], "caller")) {
+                used[k] = true;
+                v = a->kw[k];
+            }
+        dict_sets(r, &fr->vars, "caller", v);
+    }
+    if (m->op & MACRO_VARARGS) {
+        struct list *l = new_list(r, a->npos > m->nargs ? (size_t)(a->npos - m->nargs) : 0);
+        l->tuple = true;
+        for (size_t i = 0; i < l->n; i++) l->v[i] = a->pos[(size_t)m->nargs + i];
+        dict_sets(r, &fr->vars, "varargs", (struct val){ .t = V_LIST, .l = l });
+    }
+    struct dict *extra = new_dict(r);
+    for (int k = 0; k < a->nkw; k++)
+        if (!used[k]) {
+            if (!(m->op & MACRO_KWARGS))
+                fail_at(&r->f, MOE_EINVAL, line, !strcmp(a->names[k], "caller")
+                        ? "macro '%s' is called by a {%% call %%} block but does not use caller()"
+                        : "macro '%s' takes no keyword argument '%s'", m->name, a->names[k]);
+            dict_sets(r, extra, a->names[k], a->kw[k]);
+        }
+    if (m->op & MACRO_KWARGS)
+        dict_sets(r, &fr->vars, "kwargs", (struct val){ .t = V_DICT, .d = extra });
     const struct macro *calling = r->macro;
     r->macro = mc;
     r->cur = fr; /* defaults are evaluated in the macro's scope, where the parameters before them are set */
     for (int i = 0; i < m->nargs; i++) {
-        const struct val *v = arg(a, i, m->kwnames[i]);
+        const struct val *v = i < a->npos ? &a->pos[i] : NULL;
+        for (int k = 0; k < a->nkw; k++)
+            if (param[k] == i)
+                v = &a->kw[k];
         const char *p = m->kwnames[i];
         struct val x = v ? *v : m->args[i] ? eval(r, m->args[i]) : vundef(r_str(r, p, strlen(p)));
-        dict_sets(r, &fr->vars, m->kwnames[i], x);
+        dict_sets(r, &fr->vars, p, x);
     }
     r->cur = caller;
-    for (int k = 0; k < a->nkw; k++) {
-        int i = 0;
-        while (i < m->nargs && strcmp(a->names[k], m->kwnames[i])) i++;
-        if (i == m->nargs)
-            fail_at(&r->f, MOE_EINVAL, line, "macro '%s' has no argument '%s'", m->name, a->names[k]);
-        if (i < a->npos)
-            fail_at(&r->f, MOE_EINVAL, line, "macro '%s' is given argument '%s' twice, by position and by name",
-                    m->name, a->names[k]);
-    }
     struct buf out = { 0 };
     buf_add(r, &out, "", 0);
     exec(r, fr, m->b, &out);
@@ -2791,6 +2906,18 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
     fail_at(&r->f, MOE_ENOTSUP, line, "a %s has no method '%s' here", type_name(obj), name);
 }
 
+/* f(args) */
+static struct val call_value(struct render *r, const struct val *f, const struct args *a, int line)
+{
+    if (f->t == V_FUNC)
+        return call_builtin(r, f->fn, a, line);
+    if (f->t == V_MACRO)
+        return call_macro(r, f->macro, a, line);
+    if (f->t == V_UNDEF)
+        undefined_error(r, f, line);
+    fail_at(&r->f, MOE_EINVAL, line, "a %s is not callable", type_name(f));
+}
+
 static struct val call(struct render *r, const struct node *n)
 {
     struct args a;
@@ -2807,13 +2934,7 @@ static struct val call(struct render *r, const struct node *n)
     }
     struct val f = eval(r, n->a);
     eval_args(r, n, &a);
-    if (f.t == V_FUNC)
-        return call_builtin(r, f.fn, &a, n->line);
-    if (f.t == V_MACRO)
-        return call_macro(r, f.macro, &a, n->line);
-    if (f.t == V_UNDEF)
-        undefined_error(r, &f, n->line);
-    fail_at(&r->f, MOE_EINVAL, n->line, "a %s is not callable", type_name(&f));
+    return call_value(r, &f, &a, n->line);
 }
 
 static int64_t length(struct render *r, const struct val *v, int line)
@@ -3966,6 +4087,20 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         if (v.t != V_STR) /* Jinja2 joins the output: only text can be in it */
             fail_at(&r->f, MOE_EINVAL, n->line, "a filter block gave a %s, not a string (add |string)", type_name(&v));
         buf_add(r, out, v.s->p, v.s->n);
+        break;
+    }
+    case N_CALL: { /* the call, with caller= the body as a macro of this scope */
+        struct macro *m = r_alloc(r, sizeof(*m));
+        *m = (struct macro){ .n = n->b, .env = fr };
+        struct val f = eval(r, n->a->a);
+        struct args a;
+        eval_args(r, n->a, &a);
+        if (a.nkw == (int)MOE_ARRAY_LEN(a.kw))
+            fail_at(&r->f, MOE_ENOTSUP, n->line, "more than %d arguments", a.nkw);
+        a.names[a.nkw] = "caller";
+        a.kw[a.nkw++] = (struct val){ .t = V_MACRO, .macro = m };
+        struct val v = call_value(r, &f, &a, n->line);
+        to_str(r, out, &v, n->line);
         break;
     }
     case N_MACRO: {

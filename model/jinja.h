@@ -7,7 +7,8 @@
  * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y] in expr
  * [if cond] %} with else, loop.*, loop.cycle() and loop.changed(), break /
  * continue, {% set %} (names, namespace attributes, blocks), {% with %},
- * {% filter %}, {% macro %} and calls, {% raw %}, {% generation %}; whitespace control with
+ * {% filter %}, {% macro %} (caller, varargs, kwargs) and calls, {% call %}, {% raw %}, {% generation %};
+ * whitespace control with
  * - and +; literals (strings, numbers, lists, tuples, dicts, true/false/none),
  * arithmetic, comparisons, in, and/or/not, ~, conditional expressions,
  * slices, the common filters, tests and string/dict methods

@@ -412,6 +412,29 @@ CASES = [
      "{% filter first %}abc{% endfilter %}|{% macro m(t) %}{% filter trim %}  {{ t }}  {% endfilter %}{% endmacro %}"
      "[{{ m('q') }}]|\n  {% filter upper %}\n  x\n  {% endfilter %}\n", {"name": "Bob", "x": "c"}),
     ("filter-block-not-text", "{% filter length %}abc{% endfilter %}", {}),
+    # call blocks: the called macro gets the body as caller(), with parameters; varargs and kwargs
+    ("call-block", "{% macro wrap(tag) %}<{{ tag }}>{{ caller() }}</{{ tag }}>{% endmacro %}"
+     "{% call wrap('b') %}inner {{ name }}{% endcall %}|"
+     "{% macro each(items, sep=', ') %}{% for x in items %}{{ caller(x, loop.index) }}{{ sep if not loop.last }}"
+     "{% endfor %}{% endmacro %}{% call(m, i) each(messages) %}{{ i }}:{{ m.role }}{% endcall %}|"
+     "{% call(t, extra='!') each(['a', 'b'], sep=';') %}{{ t | upper }}{{ extra }}{% endcall %}|"
+     "{% macro outer() %}[{% set c = caller %}{% call wrap('i') %}{{ c() }}{% endcall %}]{% endmacro %}"
+     "{% call outer() %}deep{% endcall %}|{% macro probe() %}{{ caller is defined }}{% endmacro %}{{ probe() }}|"
+     "{{ wrap }}|{% call(x) wrap('q') %}{{ wrap }}{% endcall %}|"
+     "{% for k in [1, 2] %}\n  {% call wrap(k) %}\n  {{ k * 10 }}\n  {% endcall %}\n{% endfor %}",
+     dict(messages=CHAT[:2], name="Bob")),
+    ("macro-varargs-kwargs", "{% macro f(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ f(1, 2, 3, b=4) }}|"
+     "{{ f(1) }}|{{ f(a=5) }}|{% macro g() %}{{ kwargs }}{% endmacro %}{% call g() %}x{% endcall %}|"
+     "{% macro h(a, b=2) %}{{ kwargs }}{% endmacro %}{{ h(1, a=3) }}|"
+     "{% macro v(varargs) %}{{ varargs }}{% endmacro %}{{ v(7) }}|{% macro w() %}{% set kwargs = 1 %}{{ kwargs }}"
+     "{% endmacro %}{{ w() }}", {}),
+    # caller() in a call block's body is that body's own caller, which the macro does not pass
+    ("call-block-inner-caller", "{% macro wrap() %}{{ caller() }}{% endmacro %}{% macro outer() %}"
+     "{% call wrap() %}{{ caller() }}{% endcall %}{% endmacro %}{% call outer() %}deep{% endcall %}", {}),
+    ("call-block-no-caller", "{% macro m() %}x{% endmacro %}{% call m() %}y{% endcall %}", {}),
+    ("macro-caller-undefined", "{% macro m() %}{{ caller() }}{% endmacro %}{{ m() }}", {}),
+    ("macro-too-many", "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, 2) }}", {}),
+    ("macro-unknown-keyword", "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(b=2) }}", {}),
     ("elif", "{% for x in [1, 2, 3] %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
     ("raise", "{{ raise_exception('no ' ~ 'way') }}", {}),
     ("list-concat", "{{ [1] + [2, 3] }} {{ 'ab' * 3 }} {{ (1, 2) }} {{ () }}", {}),

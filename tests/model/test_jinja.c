@@ -111,6 +111,8 @@ int main(void)
     check_refused("{% filter wordwrap %}x{% endfilter %}", MOE_ENOTSUP, "filter 'wordwrap'");
     check_refused("{% filter upper is defined %}x{% endfilter %}", MOE_EFORMAT, "expected '%}'");
     check_refused("{% filter upper %}x{% endfor %}", MOE_EFORMAT, "unexpected {% endfor %}");
+    check_refused("{% call m %}x{% endcall %}", MOE_EFORMAT, "needs a call");
+    check_refused("{% call m() %}x", MOE_EFORMAT, "missing {% endcall %}");
     check_refused("\xff", MOE_EFORMAT, "UTF-8");
     char deep[400];
     size_t k = 0;

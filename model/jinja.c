@@ -100,7 +100,7 @@ static void arena_free(struct arena *a)
 
 /* ---- values -------------------------------------------------------------- */
 
-enum vtype { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_FUNC, V_MACRO };
+enum vtype { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_FUNC, V_MACRO, V_METHOD };
 
 struct str {
     size_t n;
@@ -130,6 +130,7 @@ enum builtin { FN_RANGE, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_DICT };
 
 struct node;
 struct macro;
+struct bound;
 
 struct val {
     uint8_t t;  /* enum vtype */
@@ -142,7 +143,13 @@ struct val {
         struct dict *d;
         int fn;                /* enum builtin */
         const struct macro *macro;
+        const struct bound *bm;  /* V_METHOD: x.name of a method of x, not called */
     };
+};
+
+struct bound {
+    struct val self;
+    const char *name;
 };
 
 /* ---- AST ----------------------------------------------------------------- */
@@ -1761,7 +1768,7 @@ static struct val from_json(struct render *r, json_t *j)
 static const char *type_name(const struct val *v)
 {
     static const char *const names[] = { "undefined", "none", "bool", "int", "float", "string", "list", "dict",
-                                         "function", "macro" };
+                                         "function", "macro", "method" };
     return v->t == V_DICT && v->d->ns ? "namespace" : names[v->t];
 }
 
@@ -1774,7 +1781,7 @@ static bool truthy(const struct val *v)
     case V_STR: return v->s->n > 0;
     case V_LIST: return v->l->gen || v->l->n > 0;
     case V_DICT: return v->d->ns || v->d->n > 0;
-    case V_FUNC: case V_MACRO: return true;
+    case V_FUNC: case V_MACRO: case V_METHOD: return true;
     default: return false;
     }
 }
@@ -1834,6 +1841,7 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
         }
         return true;
     case V_FUNC: return a->fn == b->fn;
+    case V_METHOD: return !strcmp(a->bm->name, b->bm->name) && equal(r, &a->bm->self, &b->bm->self);
     case V_MACRO: return a->macro == b->macro;
     default: return false;
     }
@@ -2035,6 +2043,9 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
         buf_adds(r, b, v->d->ns ? "}>" : "}");
         break;
     case V_FUNC: buf_adds(r, b, "<built-in function>"); break;
+    case V_METHOD: /* Jinja2 prints the object's address */
+        fail_at(&r->f, MOE_EINVAL, line, "printing the method '%s' of a %s: call it, as %s()", v->bm->name,
+                type_name(&v->bm->self), v->bm->name);
     default: /* Jinja2's Macro */
         if (v->macro->n->op & MACRO_ANONYMOUS) {
             buf_adds(r, b, "<Macro anonymous>");
@@ -2785,6 +2796,44 @@ static struct val call_macro(struct render *r, const struct macro *mc, const str
     return vbuf(r, &out);
 }
 
+/* What Python's getattr(obj, name) finds for Jinja2's immutable sandbox, which obj.name tries before
+ * obj['name']: 1 a method (of a string, a dict, a list or a loop), 2 one that would change obj (refused
+ * there: undefined), 0 none (the item is looked up). */
+static int method_kind(const struct val *obj, const char *name)
+{
+    static const char *const str_methods[] = {
+        "capitalize", "casefold", "center", "count", "encode", "endswith", "expandtabs", "find", "format",
+        "format_map", "index", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower",
+        "isnumeric", "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip", "maketrans",
+        "partition", "removeprefix", "removesuffix", "replace", "rfind", "rindex", "rjust", "rpartition", "rsplit",
+        "rstrip", "split", "splitlines", "startswith", "strip", "swapcase", "title", "translate", "upper", "zfill",
+    };
+    static const char *const dict_methods[] = { "copy", "fromkeys", "get", "items", "keys", "values" };
+    static const char *const dict_changes[] = { "clear", "pop", "popitem", "setdefault", "update" };
+    static const char *const list_methods[] = { "copy", "count", "index" };
+    static const char *const list_changes[] = { "append", "clear", "extend", "insert", "pop", "remove", "reverse",
+                                                "sort" };
+    static const char *const loop_methods[] = { "changed", "cycle" };
+    switch (obj->t) {
+    case V_STR: return in_list(str_methods, MOE_ARRAY_LEN(str_methods), name);
+    case V_LIST:
+        if (obj->l->gen) /* a generator: none of these */
+            return 0;
+        if (obj->l->tuple)
+            return strcmp(name, "count") && strcmp(name, "index") ? 0 : 1;
+        return in_list(list_methods, MOE_ARRAY_LEN(list_methods), name) ? 1
+             : in_list(list_changes, MOE_ARRAY_LEN(list_changes), name) ? 2 : 0;
+    case V_DICT:
+        if (obj->d->loop)
+            return in_list(loop_methods, MOE_ARRAY_LEN(loop_methods), name);
+        if (obj->d->ns)
+            return 0;
+        return in_list(dict_methods, MOE_ARRAY_LEN(dict_methods), name) ? 1
+             : in_list(dict_changes, MOE_ARRAY_LEN(dict_changes), name) ? 2 : 0;
+    default: return 0;
+    }
+}
+
 /* obj.name(args): the string, dict and loop methods. */
 static struct val call_method(struct render *r, const struct val *obj, const char *name, const struct args *a,
                               int line)
@@ -2913,6 +2962,8 @@ static struct val call_value(struct render *r, const struct val *f, const struct
         return call_builtin(r, f->fn, a, line);
     if (f->t == V_MACRO)
         return call_macro(r, f->macro, a, line);
+    if (f->t == V_METHOD)
+        return call_method(r, &f->bm->self, f->bm->name, a, line);
     if (f->t == V_UNDEF)
         undefined_error(r, f, line);
     fail_at(&r->f, MOE_EINVAL, line, "a %s is not callable", type_name(f));
@@ -2924,10 +2975,11 @@ static struct val call(struct render *r, const struct node *n)
     if (n->a->k == E_ATTR) { /* a method wins over an item of the same name, as attributes do in Jinja2 */
         struct val obj = eval(r, n->a->a);
         const char *m = n->a->name;
-        if (obj.t == V_STR || (obj.t == V_DICT && !obj.d->ns &&
-                               (!strcmp(m, "items") || !strcmp(m, "keys") || !strcmp(m, "values") ||
-                                !strcmp(m, "get") || (obj.d->loop && (!strcmp(m, "cycle") ||
-                                                                       !strcmp(m, "changed")))))) {
+        int kind = method_kind(&obj, m);
+        if (kind == 2)
+            fail_at(&r->f, MOE_EINVAL, n->line, "access to the method '%s' of a %s is unsafe (a template cannot "
+                    "change a value)", m, type_name(&obj));
+        if (kind) {
             eval_args(r, n, &a);
             return call_method(r, &obj, m, &a, n->line);
         }
@@ -3668,7 +3720,7 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
         return v->t == V_LIST || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
     if (!strcmp(t, "sequence"))
         return (v->t == V_LIST && !v->l->gen) || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
-    if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO || v->t == V_UNDEF;
+    if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO || v->t == V_METHOD || v->t == V_UNDEF;
     if (!strcmp(t, "escaped")) return false;
     if (!strcmp(t, "lower") || !strcmp(t, "upper")) {
         if (v->t != V_STR)
@@ -3837,9 +3889,15 @@ static struct val eval_node(struct render *r, const struct node *n)
     case E_LIT: return n->lit;
     case E_SLOT: return r->slot;
     case E_VAR: return lookup(r, r->cur, n->name);
-    case E_ATTR: {
+    case E_ATTR: { /* a method, as Python's getattr finds it first; else the item */
         struct val o = eval(r, n->a);
-        return get_item(r, &o, &n->lit, n->line);
+        int kind = o.t == V_UNDEF ? 0 : method_kind(&o, n->name);
+        if (kind == 1) {
+            struct bound *bm = r_alloc(r, sizeof(*bm));
+            *bm = (struct bound){ .self = o, .name = n->name };
+            return (struct val){ .t = V_METHOD, .bm = bm };
+        }
+        return kind ? vundef(n->lit.s) : get_item(r, &o, &n->lit, n->line);
     }
     case E_INDEX: {
         struct val o = eval(r, n->a), k = eval(r, n->b);

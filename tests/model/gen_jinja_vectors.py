@@ -316,6 +316,16 @@ CASES = [
     ("dict-methods", "{{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.keys() | list }} "
      "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}{{ d.items() | list }} "
      "{{ d | items | list }} {{ d | dictsort }}", {"d": {"b": "x", "a": 1}}),
+    # x.name is a method of x before an item named name, as Python's getattr finds it: a JSON schema's
+    # "items" seen as schema.items is the dict's method (a tool template's recursion then meets no "type")
+    ("attribute-methods", "{{ d.items is defined }}{{ d['items'] }}{{ d.get is callable }}{{ d.update is defined }}"
+     "[{{ d.update }}][{{ d.pop }}]{{ 'abc'.upper is defined }}{{ 'a'.zfill is defined }}{{ s.content is defined }}"
+     "{{ [1].append is defined }}{{ [1].index is defined }}{{ (1,).count is defined }}{% set f = d.keys %}"
+     "{{ f() | list }}{{ d.items.type is defined }}{{ d.items == d.items }}|"
+     "{% macro t(spec) %}{% if spec.type == 'array' %}list[{{ t(spec.items) }}]{% elif spec.type is string %}"
+     "{{ spec.type }}{% else %}?{% endif %}{% endmacro %}{{ t(schema) }}|{{ d.values() | list }}",
+     {"d": {"items": 1, "pop": 2}, "s": "x", "schema": {"type": "array", "items": {"type": "string"}}}),
+    ("attribute-method-unsafe", "{{ d.update({'a': 1}) }}", {"d": {}}),
     ("attribute-paths", "{{ m|map(attribute='a.0')|list }} {{ l|map(attribute='1')|list }} "
      "{{ l|map(attribute=1)|list }} {{ m|map(attribute='k.1')|list }} {{ m|map(attribute='0')|list }} "
      "{{ m|selectattr('a.0', 'gt', 5)|list|length }} {{ m|sort(attribute='a.0', reverse=true)|map(attribute='k')|join }} "

@@ -170,6 +170,8 @@ int main(void)
     check_render_fails("{{ range(100000) | reverse | sort | length }}", MOE_ERANGE, "steps"); /* quadratic work */
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
+    /* Jinja2 prints a method not called with its address */
+    check_render_fails("{% set d = {'items': 1} %}{{ d.items }}", MOE_EINVAL, "printing the method 'items' of a dict");
     /* a macro that outlives the loop iteration or set block it was defined in, and uses a name of it:
      * Jinja2 gives what the name held last in any iteration, or its internal 'missing' marker */
     check_render_fails("{% set ns = namespace(f=none) %}{% for x in [1, 2] %}{% macro m() %}{{ x }}{% endmacro %}"

@@ -3667,15 +3667,22 @@ static struct val filter(struct render *r, const struct node *n)
         const struct str *tname = map ? NULL : arg_str(r, &a, first, NULL, f, line);
         if (attr && !an)
             fail_at(&r->f, MOE_EINVAL, line, "%s needs an attribute name", f);
-        if (map && !attribute) { /* map('filter') */
+        if (map && !attribute) { /* map('filter', args...): the filter with the other arguments on each item */
             const struct str *fname = arg_str(r, &a, 0, NULL, f, line);
-            if (!fname || (strcmp(fname->p, "upper") && strcmp(fname->p, "lower") && strcmp(fname->p, "string") &&
-                           strcmp(fname->p, "trim") && strcmp(fname->p, "length") && strcmp(fname->p, "tojson")))
-                fail_at(&r->f, MOE_ENOTSUP, line, "map: only attribute= or the filters upper, lower, string, trim, "
-                                                  "length and tojson are supported");
-            struct node fake = { .k = E_FILTER, .name = fname->p, .line = line };
-            struct node lit = { .k = E_LIT, .line = line };
-            fake.a = &lit;
+            if (!fname)
+                fail_at(&r->f, MOE_EINVAL, line, "map needs attribute= or the name of a filter");
+            if (!in_list(FILTERS, MOE_ARRAY_LEN(FILTERS), fname->p))
+                fail_at(&r->f, MOE_ENOTSUP, line, "map: filter '%s' is not supported", fname->p);
+            struct node lit = { .k = E_LIT, .line = line }, lits[MOE_ARRAY_LEN(a.pos) + MOE_ARRAY_LEN(a.kw)];
+            struct node *ptrs[MOE_ARRAY_LEN(lits)];
+            struct node fake = { .k = E_FILTER, .name = fname->p, .line = line, .a = &lit, .args = ptrs,
+                                 .kwnames = a.names, .kwargs = ptrs + a.npos, .nkw = a.nkw };
+            for (int i = 0; i < a.npos + a.nkw; i++) {
+                lits[i] = (struct node){ .k = E_LIT, .line = line, .lit = i < a.npos ? a.pos[i] : a.kw[i - a.npos] };
+                ptrs[i] = &lits[i];
+            }
+            fake.args++; /* the arguments after the filter's name */
+            fake.nargs = a.npos - 1;
             for (size_t i = 0; i < src->n; i++) {
                 lit.lit = src->v[i];
                 l->v[l->n++] = filter(r, &fake);

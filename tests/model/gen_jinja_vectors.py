@@ -332,6 +332,13 @@ CASES = [
      "{{ m|join(',', attribute='a.0') }} {{ l|sum(attribute='0') }} {{ m|max(attribute='a.0')|tojson }}",
      {"m": [{"a": [5, 6], "k": "xy", "0": "z"}, {"a": [7], "k": "qr", "0": "w"}], "l": [[1, 2], [3, 4]]}),
     ("attribute-path-undefined", "{{ m|map(attribute='b.c')|list }}", {"m": [{"a": 1}]}),
+    # map('filter', args...): any filter, with the arguments after its name
+    ("map-filters", "{{ ['1', '2'] | map('int') | sum }} {{ ['a', none] | map('default', 'x') | list }} "
+     "{{ ['ab'] | map('replace', 'a', 'c') | list }} {{ [1.26, 2.5] | map('round', 1) | list }} "
+     "{{ [[1, 2], [3]] | map('join', '-') | list }} {{ [{'a': 1}] | map('tojson', indent=1) | list }} "
+     "{{ [['a'], ['b', 'c']] | map('map', 'upper') | map('list') | list }} {{ [' a '] | map('trim') | map('upper') | join }} "
+     "{{ ['%s!'] | map('format', 'hi') | first }} {{ [3, 1] | map('string') | sort | join }}", {}),
+    ("map-unknown-filter", "{{ [1] | map('nosuch') | list }}", {}),
     ("map-default", "{{ m|map(attribute='c', default=0)|list }} {{ m|map(attribute='b', default='-')|list }} "
      "{{ m|map(attribute='a.1', default='D')|list }} {{ m|map(attribute='x.y', default='D')|list }} "
      "{{ m|map(attribute='c', default=none)|list }}", {"m": [{"a": [5, 6], "b": None}, {"a": [7], "c": 1}]}),

@@ -170,6 +170,7 @@ int main(void)
     check_render_fails("{{ range(100000) | reverse | sort | length }}", MOE_ERANGE, "steps"); /* quadratic work */
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
+    check_render_fails("{{ ['a'] | map('wordwrap') | list }}", MOE_ENOTSUP, "map: filter 'wordwrap' is not supported");
     /* Jinja2 prints a method not called with its address */
     check_render_fails("{% set d = {'items': 1} %}{{ d.items }}", MOE_EINVAL, "printing the method 'items' of a dict");
     /* a macro that outlives the loop iteration or set block it was defined in, and uses a name of it:

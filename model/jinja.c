@@ -975,8 +975,8 @@ static const char *const FILTERS[] = {
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
-    "ge", "gt", "in", "integer", "iterable", "le", "lower", "lt", "mapping", "ne", "none", "number", "odd",
-    "sameas", "sequence", "string", "true", "undefined", "upper",
+    "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan", "lower", "lt", "mapping", "ne", "none",
+    "number", "odd", "sameas", "sequence", "string", "true", "undefined", "upper",
 };
 
 static bool in_list(const char *const *list, size_t n, const char *name)
@@ -3710,6 +3710,13 @@ static struct val filter(struct render *r, const struct node *n)
 
 static bool run_test(struct render *r, const char *t, const struct val *v, const struct args *a, int line)
 {
+    static const char *const aliases[][2] = { /* Jinja2's other names of the comparisons */
+        { "==", "eq" }, { "!=", "ne" }, { ">", "gt" }, { ">=", "ge" }, { "<", "lt" }, { "<=", "le" },
+        { "greaterthan", "gt" }, { "lessthan", "lt" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(aliases); i++)
+        if (!strcmp(t, aliases[i][0]))
+            t = aliases[i][1];
     const struct val *x = arg(a, 0, NULL);
     if (!strcmp(t, "defined")) return v->t != V_UNDEF;
     if (!strcmp(t, "undefined")) return v->t == V_UNDEF;

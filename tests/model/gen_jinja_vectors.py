@@ -255,6 +255,10 @@ CASES = [
      "{{ {} is mapping }} {{ [] is iterable }} {{ none is none }} {{ 1 is not none }} {{ 'x' is equalto 'x' }} "
      "{{ 2 is gt 1 }} {{ 'a' is in 'abc' }} {{ true is true }} {{ 0 is false }} {{ 1.0 is float }} "
      "{{ 1 is integer }} {{ 'abc' is lower }} {{ 'ABC' is upper }}", {}),
+    ("tests-comparison-names", "{{ 3 is greaterthan 2 }} {{ 1 is lessthan 1 }} {{ [1, 2, 3] | select('>', 1) | list }} "
+     "{{ [1, 2, 3] | reject('<=', 2) | list }} {{ m | selectattr('n', '==', 2) | list | length }} "
+     "{{ m | selectattr('n', '!=', 2) | map(attribute='n') | list }} {{ [1, 2] | select('>=', 2) | list }} "
+     "{{ [1, 2] | select('<', 2) | list }}", {"m": [{"n": 1}, {"n": 2}]}),
     # filters
     ("filters-str", "{{ ' x ' | trim }}|{{ 'ab' | upper }}|{{ 'AB' | lower }}|{{ 'hello world' | title }}|"
      "{{ 'hello World' | capitalize }}|{{ 'aXbX' | replace('X', '-') }}|{{ 'abc' | reverse }}|{{ 42 | string }}|"

@@ -184,7 +184,8 @@ struct node {
     struct node **args;  /* call / filter / test arguments, list items, dict keys, block statements,
                             E_CMP operands, N_MACRO parameter defaults (NULL: none) */
     int nargs;
-    const char **kwnames; /* keyword arguments; N_MACRO: parameter names; N_WITH: the names set */
+    const char **kwnames; /* keyword arguments; N_MACRO: parameter names; N_WITH: the names set; N_FOR, N_SET:
+                             the target's names (op 1: a tuple, the value unpacked into them) */
     struct node **kwargs; /* their values; E_DICT: the values; N_WITH: the values of the names */
     int nkw;
     uint8_t *ops;        /* E_CMP: nargs - 1 comparisons */
@@ -1262,18 +1263,62 @@ static struct node *parse_if(struct compiler *c, int line)
     }
 }
 
+/* An expression, or a tuple of several without parentheses (1, 2): what Jinja2's parse_tuple reads in
+ * {{ }}, a set's value and a for loop's iterable. */
+static struct node *parse_tuple(struct compiler *c, bool with_cond)
+{
+    int line = peek(c)->line;
+    struct node *first = parse_expr(c, with_cond);
+    if (!is_op(peek(c), ","))
+        return first;
+    struct nodes items = { 0 };
+    nodes_push(c, &items, first);
+    while (accept_op(c, ",")) {
+        struct token *t = peek(c);
+        if (t->k == T_VAR_END || t->k == T_BLOCK_END || is_op(t, ")") || is_name(t, "recursive"))
+            break;
+        nodes_push(c, &items, parse_expr(c, with_cond));
+    }
+    struct node *n = new_node(c, E_LIST, line);
+    n->op = 1; /* a tuple */
+    n->args = items.v;
+    n->nargs = items.n;
+    return n;
+}
+
+/* A for loop's or set's target: a name, or names separated by commas (in parentheses or not), which
+ * the value is unpacked into (n->op 1). */
+static void parse_targets(struct compiler *c, struct node *n)
+{
+    struct names names = { 0 };
+    bool paren = accept_op(c, "(");
+    for (;;) {
+        if (is_op(peek(c), "("))
+            fail_at(&c->f, MOE_ENOTSUP, n->line, "nested tuples of names are not supported");
+        names_push(c, &names, expect_name(c));
+        note_name(c, names.v[names.n - 1], true);
+        if (!accept_op(c, ","))
+            break;
+        n->op = 1;
+        if (paren && is_op(peek(c), ")"))
+            break; /* (a,): a tuple of one */
+    }
+    if (paren) {
+        expect_op(c, ")");
+        n->op = 1;
+    }
+    n->name = names.v[0];
+    n->kwnames = names.v;
+    n->nkw = names.n;
+}
+
 static struct node *parse_for(struct compiler *c, int line)
 {
     struct node *n = new_node(c, N_FOR, line);
-    n->name = expect_name(c);
-    note_name(c, n->name, true);
-    if (accept_op(c, ",")) {
-        n->name2 = expect_name(c);
-        note_name(c, n->name2, true);
-    }
+    parse_targets(c, n);
     if (!accept_name(c, "in"))
         expected(c, "'in'");
-    n->a = parse_expr(c, false);
+    n->a = parse_tuple(c, false);
     if (accept_name(c, "if"))
         n->d = parse_expr(c, false);
     if (is_name(peek(c), "recursive"))
@@ -1289,18 +1334,20 @@ static struct node *parse_for(struct compiler *c, int line)
 static struct node *parse_set(struct compiler *c, int line)
 {
     struct node *n = new_node(c, N_SET, line);
-    n->name = expect_name(c);
-    if (accept_op(c, "."))
+    if (peek(c)->k == T_NAME && is_op(&c->tok[c->pos + 1], ".")) { /* ns.attr */
+        n->name = expect_name(c);
+        next(c);
         n->name2 = expect_name(c);
-    else
-        note_name(c, n->name, true);
-    if (is_op(peek(c), ","))
-        fail_at(&c->f, MOE_ENOTSUP, line, "setting several names at once is not supported");
+    } else {
+        parse_targets(c, n);
+    }
     if (accept_op(c, "=")) {
-        n->a = parse_expr(c, true);
+        n->a = parse_tuple(c, true);
         expect_block_end(c);
         return n;
     }
+    if (n->op)
+        fail_at(&c->f, MOE_ENOTSUP, line, "a set block of several names is not supported");
     expect_block_end(c);
     n->k = N_SETBLOCK;
     n->b = parse_until(c, "endset");
@@ -1454,7 +1501,7 @@ static struct node *parse_body(struct compiler *c, const char *const *ends, int 
         } else if (t->k == T_VAR_BEGIN) {
             next(c);
             struct node *n = new_node(c, N_OUT, t->line);
-            n->a = parse_expr(c, true);
+            n->a = parse_tuple(c, true);
             if (peek(c)->k != T_VAR_END)
                 expected(c, "'}}'");
             next(c);
@@ -3996,18 +4043,30 @@ static struct val eval_node(struct render *r, const struct node *n)
 
 #define LOOP_KEYS 11
 
-/* The item x of a for loop bound to its target names (key1, or key1 and key2: x unpacked). */
-static void bind_targets(struct render *r, struct dict *vars, const struct node *n, const struct str *key1,
-                         const struct str *key2, struct val x)
+/* x bound to the target names of a for loop or set (keys, n->nkw of them), unpacked as Python does
+ * a, b = x when the target is a tuple. */
+static void bind_targets(struct render *r, struct dict *vars, const struct node *n, const struct str *const *keys,
+                         struct val x)
 {
-    if (!key2) {
-        dict_set(r, vars, key1, x);
+    if (!n->op) {
+        dict_set(r, vars, keys[0], x);
         return;
     }
-    if (x.t != V_LIST || x.l->n != 2)
-        fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack a %s into 2 names", type_name(&x));
-    dict_set(r, vars, key1, x.l->v[0]);
-    dict_set(r, vars, key2, x.l->v[1]);
+    if (x.t != V_LIST && x.t != V_STR && x.t != V_DICT && x.t != V_UNDEF)
+        fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack a %s (not iterable)", type_name(&x));
+    const struct list *l = iter_list(r, &x, n->line);
+    if (l->n != (size_t)n->nkw)
+        fail_at(&r->f, MOE_EINVAL, n->line, "%s values to unpack (expected %d, got %zu)",
+                l->n > (size_t)n->nkw ? "too many" : "not enough", n->nkw, l->n);
+    for (int i = 0; i < n->nkw; i++) dict_set(r, vars, keys[i], l->v[i]);
+}
+
+/* The target names of a for loop or set as keys. */
+static const struct str **target_keys(struct render *r, const struct node *n)
+{
+    const struct str **keys = r_alloc(r, (size_t)n->nkw * sizeof(*keys));
+    for (int i = 0; i < n->nkw; i++) keys[i] = r_str(r, n->kwnames[i], strlen(n->kwnames[i]));
+    return keys;
 }
 
 static void exec_for(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
@@ -4015,14 +4074,13 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
     struct val it = eval(r, n->a);
     const struct list *src = iter_list(r, &it, n->line);
     const struct list *items = src;
-    const struct str *key1 = r_str(r, n->name, strlen(n->name));
-    const struct str *key2 = n->name2 ? r_str(r, n->name2, strlen(n->name2)) : NULL;
+    const struct str **keys = target_keys(r, n);
     if (n->d) { /* for x in y if cond: filter first, so loop.* counts what is kept */
         struct list *kept = new_list(r, src->n);
         kept->n = 0;
         for (size_t i = 0; i < src->n; i++) {
             struct frame tmp = { .up = fr };
-            bind_targets(r, &tmp.vars, n, key1, key2, src->v[i]);
+            bind_targets(r, &tmp.vars, n, keys, src->v[i]);
             r->cur = &tmp;
             struct val c = eval(r, n->d);
             r->cur = fr;
@@ -4044,7 +4102,7 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         long escapes = r->escapes;
         struct frame *it_fr = r_alloc(r, sizeof(*it_fr)); /* a macro defined in the body refers to it */
         *it_fr = (struct frame){ .up = fr };
-        bind_targets(r, &it_fr->vars, n, key1, key2, items->v[i]);
+        bind_targets(r, &it_fr->vars, n, keys, items->v[i]);
         int64_t len = (int64_t)items->n, k = (int64_t)i;
         struct val lv[LOOP_KEYS] = { vint(k + 1), vint(k), vint(len - k), vint(len - k - 1), vbool(k == 0),
                                      vbool(k == len - 1), vint(len), vint(1), vint(0),
@@ -4127,6 +4185,8 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
                         n->name, type_name(&ns));
             dict_sets(r, ns.d, n->name2, v);
             r->escapes++;
+        } else if (n->k == N_SET) {
+            bind_targets(r, &fr->vars, n, target_keys(r, n), v);
         } else {
             dict_sets(r, &fr->vars, n->name, v);
         }

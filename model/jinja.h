@@ -4,15 +4,16 @@
  * raise_exception(), strftime_now(), tojson without ASCII escaping, a default
  * Undefined that prints as nothing and fails on attribute access).
  *
- * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y] in expr
- * [if cond] %} with else, loop.*, loop.cycle() and loop.changed(), break /
- * continue, {% set %} (names, namespace attributes, blocks), {% with %},
- * {% filter %}, {% macro %} (caller, varargs, kwargs) and calls, {% call %}, {% raw %}, {% generation %};
- * whitespace control with
- * - and +; literals (strings, numbers, lists, tuples, dicts, true/false/none),
- * arithmetic, comparisons, in, and/or/not, ~, conditional expressions,
- * slices, the common filters, tests and string/dict methods
- * (moe_jinja_compile names what it does not support).
+ * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y ...] in
+ * expr [if cond] %} with else, loop.*, loop.cycle() and loop.changed(),
+ * break / continue, {% set %} (names, several names unpacking a value,
+ * namespace attributes, blocks), {% with %}, {% filter %}, {% macro %}
+ * (caller, varargs, kwargs) and calls, {% call %}, {% raw %},
+ * {% generation %}; whitespace control with - and +; literals (strings,
+ * numbers, lists, tuples, dicts, true/false/none), arithmetic, comparisons,
+ * in, and/or/not, ~, % formatting, conditional expressions, slices, the
+ * common filters, tests and string/dict methods (moe_jinja_compile names
+ * what it does not support).
  * Printing follows Python: None, True, 1.0, lists as [1, 'a'].
  *
  * Bounds: a template of at most 1 MiB, blocks and parenthesised expressions

@@ -388,6 +388,15 @@ CASES = [
      "{{ loop.index }} {% endfor %}", {}),
     ("for-dict", "{% for k in {'b': 1, 'a': 2} %}{{ k }}{% endfor %}", {}),
     ("range", "{{ range(3) | list }} {{ range(1, 7, 2) | list }} {{ range(5, 0, -2) | list }} {{ range(0) | list }}", {}),
+    # several names at once, and tuples without parentheses
+    ("tuples-unpacking", "{% set a, b = 1, 2 %}{{ a }}{{ b }}|{% set c = 3, 'x' %}{{ c }}|{% set (x, y) = 'xy' %}{{ y }}{{ x }}|"
+     "{% set (k,) = {'only': 1} %}{{ k }}|{{ 1, 2 }}|{{ 'a', }}|{% for p, q, r in [(1, 2, 3), 'abc'] %}{{ r }}{{ q }}{{ p }};"
+     "{% endfor %}|{% for (m, n) in d.items() if n > 1 %}{{ m }}{% endfor %}|{% for i in 1, 2, %}{{ i }}{% endfor %}|"
+     "{% for (t,) in [[5]] %}{{ t }}{% endfor %}", {"d": {"a": 1, "b": 2}}),
+    ("tuples-trailing-comma", "{% set k, = [1] %}", {}),
+    ("tuples-too-many", "{% set a, b = [1, 2, 3] %}", {}),
+    ("tuples-not-enough", "{% for a, b in [[1]] %}{% endfor %}", {}),
+    ("tuples-not-iterable", "{% set a, b = 5 %}", {}),
     ("set-if-scope", "{% if true %}{% set y = 'in' %}{% endif %}{{ y }}", {}),
     # a set block of a namespace attribute; one left by break or continue sets nothing
     ("set-block-namespace", "{% set ns = namespace(v='-', w='-') %}{% for i in [1, 2, 3] %}{% set ns.v %}<{{ i }}>"

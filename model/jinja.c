@@ -378,6 +378,8 @@ static void lex_string(struct compiler *c, size_t *i, size_t end, struct token *
         case 'v': out[n++] = '\v'; break;
         case '\\': case '\'': case '"': out[n++] = e; break;
         case '\n': break; /* line continuation */
+        case 'N': /* a character by its Unicode name: Python's table of names is not here */
+            fail_at(&c->f, MOE_ENOTSUP, t->line, "\\N{...} escapes are not supported: write the character itself");
         default:
             if (!hex) { /* unknown escapes stay as written, as in Python */
                 out[n++] = '\\';

@@ -114,6 +114,7 @@ int main(void)
     check_refused("{% call m %}x{% endcall %}", MOE_EFORMAT, "needs a call");
     check_refused("{% call m() %}x", MOE_EFORMAT, "missing {% endcall %}");
     check_refused("\xff", MOE_EFORMAT, "UTF-8");
+    check_refused("{{ '\\N{BULLET}' }}", MOE_ENOTSUP, "\\N{...} escapes are not supported");
     char deep[400];
     size_t k = 0;
     for (int i = 0; i < 100; i++) deep[k++] = '(';

@@ -2413,6 +2413,46 @@ static struct val split(struct render *r, const struct str *s, const struct str 
     return (struct val){ .t = V_LIST, .l = l };
 }
 
+/* str.rsplit(sep, maxsplit): the splits made from the right. */
+static struct val rsplit(struct render *r, const struct str *s, const struct str *sep, int64_t maxsplit)
+{
+    if (maxsplit < 0) /* no bound: the pieces of split() */
+        return split(r, s, sep, -1);
+    if (!sep) { /* the last maxsplit words, after what is before them (its leading whitespace kept) */
+        const struct list *w = split(r, s, NULL, -1).l;
+        if ((int64_t)w->n <= maxsplit)
+            return (struct val){ .t = V_LIST, .l = w };
+        size_t k = w->n - (size_t)maxsplit;
+        struct list *l = new_list(r, (size_t)maxsplit + 1);
+        const struct str *last = w->v[k - 1].s; /* where the rest ends: after the k-th word */
+        size_t at = 0;
+        for (size_t i = 0; i < k; i++) { /* the words are found again in order, past the previous */
+            at = (size_t)(find_bytes(s->p + at, s->n - at, w->v[i].s->p, w->v[i].s->n) - s->p);
+            at += i + 1 < k ? w->v[i].s->n : 0;
+        }
+        l->v[0] = vstr(r, s->p, at + last->n);
+        for (size_t i = 1; i < l->n; i++) l->v[i] = w->v[k + i - 1];
+        return (struct val){ .t = V_LIST, .l = l };
+    }
+    if (!sep->n)
+        fail_at(&r->f, MOE_EINVAL, 0, "rsplit: empty separator");
+    struct val *v = r_alloc(r, ((size_t)(maxsplit < (int64_t)s->n ? maxsplit : (int64_t)s->n) + 1) * sizeof(*v));
+    size_t n = 0, end = s->n;
+    while ((int64_t)n < maxsplit && end >= sep->n) {
+        size_t at = end - sep->n + 1;
+        while (at-- > 0 && memcmp(s->p + at, sep->p, sep->n))
+            ;
+        if (at == (size_t)-1)
+            break;
+        v[n++] = vstr(r, s->p + at + sep->n, end - at - sep->n);
+        end = at;
+    }
+    v[n++] = vstr(r, s->p, end);
+    struct list *l = new_list(r, n);
+    for (size_t i = 0; i < n; i++) l->v[i] = v[n - 1 - i];
+    return (struct val){ .t = V_LIST, .l = l };
+}
+
 static struct val replace(struct render *r, const struct str *s, const struct str *old, const struct str *new_,
                           int64_t count)
 {
@@ -2913,8 +2953,42 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         }
         if (!strcmp(name, "strip") || !strcmp(name, "lstrip") || !strcmp(name, "rstrip"))
             return strip(r, s, arg_str(r, a, 0, "chars", name, line), name[0] == 'l' ? 1 : name[0] == 'r' ? 2 : 3);
-        if (!strcmp(name, "split"))
-            return split(r, s, arg_str(r, a, 0, "sep", name, line), arg_int(r, a, 1, "maxsplit", -1, name, line));
+        if (!strcmp(name, "split") || !strcmp(name, "rsplit")) {
+            const struct str *sep = arg_str(r, a, 0, "sep", name, line);
+            if (sep && !sep->n)
+                fail_at(&r->f, MOE_EINVAL, line, "%s: empty separator", name);
+            int64_t maxsplit = arg_int(r, a, 1, "maxsplit", -1, name, line);
+            return name[0] == 'r' ? rsplit(r, s, sep, maxsplit) : split(r, s, sep, maxsplit);
+        }
+        if (!strcmp(name, "splitlines")) { /* at Python's line breaks; with keepends, each line keeps its own */
+            const struct val *ke = arg(a, 0, "keepends");
+            bool keep = ke && truthy(ke);
+            struct list *l = new_list(r, 0);
+            size_t cap = 0;
+            for (size_t i = 0, start = 0, brk; start < s->n; i += brk, start = i) {
+                while (i < s->n && !(brk = line_break(s->p + i, s->n - i)))
+                    i++;
+                if (i >= s->n)
+                    brk = 0;
+                if (l->n == cap) {
+                    struct val *w = r_alloc(r, (cap = cap ? 2 * cap : 8) * sizeof(*w));
+                    if (l->n)
+                        memcpy(w, l->v, l->n * sizeof(*w));
+                    l->v = w;
+                }
+                l->v[l->n++] = vstr(r, s->p + start, i - start + (keep ? brk : 0));
+            }
+            return (struct val){ .t = V_LIST, .l = l };
+        }
+        if (!strcmp(name, "removeprefix") || !strcmp(name, "removesuffix")) {
+            const struct str *x = arg_str(r, a, 0, NULL, name, line);
+            if (!x)
+                fail_at(&r->f, MOE_EINVAL, line, "%s() needs a string", name);
+            bool pre = name[6] == 'p';
+            if (x->n <= s->n && !memcmp(pre ? s->p : s->p + s->n - x->n, x->p, x->n))
+                return vstr(r, s->p + (pre ? x->n : 0), s->n - x->n);
+            return *obj;
+        }
         if (!strcmp(name, "lower") || !strcmp(name, "upper") || !strcmp(name, "title") || !strcmp(name, "capitalize"))
             return str_case(r, s, name[0] == 'l' ? CASE_LOWER : name[0] == 'u' ? CASE_UPPER
                                   : name[0] == 't' ? CASE_TITLE : CASE_CAPITALIZE);
@@ -2940,17 +3014,21 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             }
             return vbuf(r, &b);
         }
-        if (!strcmp(name, "find") || !strcmp(name, "count")) {
+        if (!strcmp(name, "find") || !strcmp(name, "rfind") || !strcmp(name, "index") || !strcmp(name, "rindex") ||
+            !strcmp(name, "count")) {
             const struct str *x = arg_str(r, a, 0, NULL, name, line);
             if (!x)
                 fail_at(&r->f, MOE_EINVAL, line, "%s() needs a string", name);
-            if (name[0] == 'f') {
-                const char *hit = x->n ? find_bytes(s->p, s->n, x->p, x->n) : s->p;
-                if (!hit)
-                    return vint(-1);
-                int64_t k = 0;
-                for (const char *q = s->p; q < hit; q++) k += ((unsigned char)*q & 0xc0) != 0x80;
-                return vint(k);
+            if (strcmp(name, "count")) { /* the first (or, r..., the last) place of x, in characters */
+                const char *hit = name[0] == 'r' ? NULL : find_bytes(s->p, s->n, x->p, x->n);
+                for (size_t at = s->n - x->n + 1; name[0] == 'r' && x->n <= s->n && at-- > 0;)
+                    if (!memcmp(s->p + at, x->p, x->n)) {
+                        hit = s->p + at;
+                        break;
+                    }
+                if (!hit && strstr(name, "index"))
+                    fail_at(&r->f, MOE_EINVAL, line, "%s: substring not found", name);
+                return vint(hit ? (int64_t)utf8_count(s->p, (size_t)(hit - s->p)) : -1);
             }
             if (!x->n)
                 return vint((int64_t)cp_count(s) + 1);
@@ -2958,6 +3036,20 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             for (const char *q = s->p; (q = find_bytes(q, s->n - (size_t)(q - s->p), x->p, x->n)); q += x->n) k++;
             return vint(k);
         }
+    } else if (obj->t == V_LIST && !obj->l->gen && (!strcmp(name, "index") || !strcmp(name, "count"))) {
+        const struct val *x = arg(a, 0, NULL);
+        if (!x)
+            fail_at(&r->f, MOE_EINVAL, line, "%s() needs a value", name);
+        int64_t k = 0;
+        for (size_t i = 0; i < obj->l->n; i++)
+            if (equal(r, &obj->l->v[i], x)) {
+                if (name[0] == 'i')
+                    return vint((int64_t)i);
+                k++;
+            }
+        if (name[0] == 'i')
+            fail_at(&r->f, MOE_EINVAL, line, "index: the value is not in the %s", obj->l->tuple ? "tuple" : "list");
+        return vint(k);
     } else if (obj->t == V_DICT && !obj->d->ns) {
         const struct dict *d = obj->d;
         if (!strcmp(name, "items") || !strcmp(name, "keys") || !strcmp(name, "values")) {

@@ -282,6 +282,16 @@ CASES = [
      "{{ 'xxabxx'.strip('x') }} {{ '  a '.lstrip() }}| {{ ' a  '.rstrip() }}| {{ 'abc'.startswith('ab') }} "
      "{{ 'abc'.endswith(('x', 'bc')) }} {{ 'aaa'.replace('a', 'b', 2) }} {{ 'abc'.upper() }} {{ 'h\u00e9llo'.find('l') }} "
      "{{ 'banana'.count('an') }} {{ 'x'.find('y') }} {{ 'hello world'.title() }}", {}),
+    ("methods-more", "{{ 'a b  c '.rsplit() }} {{ '  a b c  '.rsplit(None, 1) }} {{ '  a b c  '.rsplit(None, 0) }} "
+     "{{ 'aaa'.rsplit('aa', 1) }} {{ 'x</think>y</think>z'.rsplit('</think>', 1)[-1] }} {{ 'a,b,c'.rsplit(',', 5) }} "
+     "{{ ''.rsplit(',', 1) }} {{ ''.rsplit(None, 1) }} {{ 'a\nb\r\n\nc\x0bd\u2028'.splitlines() }} "
+     "{{ 'a\r\nb\n'.splitlines(true) }} {{ ''.splitlines() }} {{ '<x>y'.removeprefix('<x>') }} "
+     "{{ 'y</x>'.removesuffix('</x>') }} {{ 'y'.removeprefix('z') }} {{ 'h\u00e9llo'.rfind('l') }} "
+     "{{ 'abc'.rfind('') }} {{ 'abc'.index('c') }} {{ 'abab'.rindex('ab') }} {{ [1, 2, 1].index(1) }} "
+     "{{ [1, 2, 1].count(1) }} {{ (1, 2).index(2) }} {{ 'abc'.rfind('z') }}", {}),
+    ("methods-index-missing", "{{ 'abc'.index('z') }}", {}),
+    ("methods-list-index-missing", "{{ [1].index(2) }}", {}),
+    ("methods-split-empty", "{{ 'abc'.split('') }}", {}),
     ("sort-join", "{{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ [3, 1, 2] | sort(reverse=true) }} "
      "{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }} {{ ', '.join(['x', 'y', 'z']) }} "
      "{{ ''.join('abc' | list | reverse) }}", dict(messages=CHAT)),

@@ -1457,20 +1457,16 @@ static struct node *parse_statement(struct compiler *c)
     struct token *t = peek(c);
     if (t->k != T_NAME)
         expected(c, "a statement name");
-    if (accept_name(c, "if"))
-        return parse_if(c, line);
-    if (accept_name(c, "for"))
-        return parse_for(c, line);
-    if (accept_name(c, "set"))
-        return parse_set(c, line);
-    if (accept_name(c, "macro"))
-        return parse_macro(c, line);
-    if (accept_name(c, "with"))
-        return parse_with(c, line);
-    if (accept_name(c, "filter"))
-        return parse_filter_block(c, line);
-    if (accept_name(c, "call"))
-        return parse_call_block(c, line);
+    static const struct {
+        const char *name;
+        struct node *(*parse)(struct compiler *c, int line);
+    } blocks[] = {
+        { "if", parse_if }, { "for", parse_for }, { "set", parse_set }, { "macro", parse_macro },
+        { "with", parse_with }, { "filter", parse_filter_block }, { "call", parse_call_block },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(blocks); i++)
+        if (accept_name(c, blocks[i].name))
+            return blocks[i].parse(c, line);
     if (accept_name(c, "break") || accept_name(c, "continue")) {
         struct node *n = new_node(c, t->s[0] == 'b' ? N_BREAK : N_CONTINUE, line);
         expect_block_end(c);

@@ -263,7 +263,9 @@ enum moe_status moe_cuda_argmax(struct moe_cuda_ctx *c, const float *d_logits, i
 /* ---- host-side helpers (no CUDA) ---------------------------------------- */
 
 /* From ids [n, k] (expert per token slot, each in [0, E)), the stable
- * expert-major permutation shared by the CPU and CUDA paths:
+ * expert-major permutation of moe_cuda_gather_rows and moe_cuda_moe_combine
+ * (plain C; used by bench/gpu_moe_decode.c and the tests; the engine builds the
+ * same permutation itself, engine.c):
  *   counts [E]      tokens routed to each expert
  *   offsets [E + 1] first permuted row of each expert
  *   rows [n*k]      permuted row r holds token rows[r] (source row of x)

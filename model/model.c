@@ -2,6 +2,7 @@
  * model.safetensors.index.json with its shards, then bind every weight the
  * family's layer recipe needs, checking presence, dtype and shape. */
 #include "model.h"
+#include "fp8.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -255,14 +256,7 @@ struct moe_wview moe_wview_from_tensor(const struct moe_st_tensor *t)
     return w;
 }
 
-/* float8_e4m3fn (bias 7, no infinities, S.1111.111 NaN) and float8_e5m2 (bias 15, IEEE-like). */
-static float f8_e4m3_to_f32(uint8_t b)
-{
-    int e = (b >> 3) & 15, mant = b & 7;
-    float v = e == 15 && mant == 7 ? NAN : e ? ldexpf(1.0f + (float)mant / 8.0f, e - 7) : ldexpf((float)mant / 8.0f, -6);
-    return b & 0x80 ? -v : v;
-}
-
+/* float8_e5m2 (bias 15, IEEE-like); float8_e4m3fn's values are fp8.h's. */
 static float f8_e5m2_to_f32(uint8_t b)
 {
     int e = (b >> 2) & 31, mant = b & 3;
@@ -357,14 +351,14 @@ __attribute__((target("sse4.1"))) static size_t fp8_row_sse(const uint8_t *q, si
 #endif
 
 /* The values of an FP8 matrix q [rows, cols] with block factors sp ([ceil(rows / br), ceil(cols /
- * bc)] of sdt): code value x factor in F32, rounded to BF16; into out (BF16) or, when out is NULL,
+ * bc)] of sdt): code value x factor in F32 (fp8.h's rule, the CUDA path's too), rounded to BF16; into out (BF16) or, when out is NULL,
  * into fo (those BF16 values as F32).  Into BF16 on x86-64 with SSE4.1, 16 codes at a time where
  * the factor allows it (fp8_row_sse), the same bits. */
 static void fp8_decode(const uint8_t *q, const uint8_t *sp, enum moe_dtype sdt, int64_t rows, int64_t cols, int br,
                        int bc, uint16_t *out, float *fo)
 {
     float lut[256];
-    for (int i = 0; i < 256; i++) lut[i] = f8_e4m3_to_f32((uint8_t)i);
+    for (int i = 0; i < 256; i++) lut[i] = moe_fp8_e4m3_value((unsigned)i);
     const int64_t sc = (cols + bc - 1) / bc;
     size_t es = moe_dtype_size(sdt);
 #if defined(__x86_64__)
@@ -385,7 +379,7 @@ static void fp8_decode(const uint8_t *q, const uint8_t *sp, enum moe_dtype sdt, 
 #endif
             for (; c < c1; c++) {
                 size_t i = (size_t)r * (size_t)cols + (size_t)c;
-                uint16_t b = moe_f32_to_bf16(lut[q[i]] * f);
+                uint16_t b = moe_f32_to_bf16(moe_fp8_scaled(lut[q[i]], f));
                 if (out)
                     out[i] = b;
                 else
@@ -868,7 +862,7 @@ void moe_wview_to_f32(const struct moe_wview *w, float *out)
         if (w->scale)
             fp8_values(w, NULL, out);
         else
-            for (size_t i = 0; i < n; i++) out[i] = f8_e4m3_to_f32(p[i]);
+            for (size_t i = 0; i < n; i++) out[i] = moe_fp8_e4m3_value(p[i]);
         break;
     case MOE_DT_F8_E5M2:
         for (size_t i = 0; i < n; i++) out[i] = f8_e5m2_to_f32(p[i]);

@@ -99,9 +99,9 @@ uint64_t moe_wview_stored_bytes(const struct moe_wview *w);
 void moe_wview_copy_stored(const struct moe_wview *w, void *dst);
 /* Bytes of an FP8 record of a [rows, cols] matrix with blocks of br x bc. */
 uint64_t moe_fp8_record_bytes(int64_t rows, int64_t cols, int br, int bc);
-/* The values an FP8 record stands for, as the kernels take them: code value x block factor in F32,
- * rounded to BF16 (DeepSeek's FP8-to-BF16 conversion), into out; or, when out is NULL, those BF16
- * values as F32 into fo. */
+/* The values an FP8 record stands for, as the kernels take them: code value x block factor in F32
+ * (where that is NaN, by fp8.h's rule), rounded to BF16 (DeepSeek's FP8-to-BF16 conversion), into
+ * out; or, when out is NULL, those BF16 values as F32 into fo. */
 void moe_fp8_record_decode(const void *rec, int64_t rows, int64_t cols, int br, int bc, uint16_t *out, float *fo);
 /* The same for an FP8 matrix with block factors as the checkpoint holds it (w->scale set). */
 void moe_wview_fp8_to_bf16(const struct moe_wview *w, uint16_t *dst);

@@ -8,6 +8,7 @@
 
 #include "cuda_internal.h"
 #include "../../model/config.h" /* MOE_ERNIE_NORM_MIN */
+#include "../../model/fp8.h"     /* the FP8 decode rule, the host's */
 
 #define MAX_GRID 65535u
 
@@ -878,24 +879,9 @@ out:
     return st;
 }
 
-/* A float8_e4m3fn code's value (exact, as model.c's f8_e4m3_to_f32) times the block factor f, the
- * host's F32 bits.  The host multiplies NAN or -NAN (0x7fc00000, 0xffc00000) for the NaN codes 0x7f /
- * 0xff, and its multiply (x86-64, AArch64) hands a NaN operand on, sign and payload kept, quieted,
- * where the GPU's gives one canonical NaN: so a NaN code gives its own NaN whatever f, and a NaN f
- * its own for every other code. */
-__device__ static float f8_e4m3_times(unsigned b, float f)
-{
-    if ((b & 0x7f) == 0x7f) return __uint_as_float((b & 0x80u) << 24 | 0x7fc00000u);
-    unsigned fu = __float_as_uint(f);
-    if ((fu & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(fu | 0x00400000u);
-    int e = (b >> 3) & 15, m = b & 7;
-    float v = ldexpf((float)(e ? 8 + m : m), e ? e - 10 : -9);
-    return (b & 0x80 ? -v : v) * f;
-}
-
-
 /* An FP8 record (model.h: rows x cols codes, then the block factors as unaligned little-endian F32)
- * as its BF16 values: code value x factor in F32, rounded to BF16, bit for bit as on the host. */
+ * as its BF16 values: code value x factor in F32 by fp8.h's rule (the host's: the GPU's multiply
+ * alone gives other NaN bits), rounded to BF16, bit for bit as on the host. */
 __global__ static void k_fp8_record_decode(const unsigned char *rec, int rows, int cols, int br, int bc,
                                            unsigned short *out)
 {
@@ -910,7 +896,7 @@ __global__ static void k_fp8_record_decode(const unsigned char *rec, int rows, i
             const unsigned char *fp = rf + 4 * (c / bc);
             float f = __uint_as_float((unsigned)fp[0] | (unsigned)fp[1] << 8 | (unsigned)fp[2] << 16 |
                                       (unsigned)fp[3] << 24);
-            o[c] = f32_to_bf16_bits(f8_e4m3_times(code[c], f));
+            o[c] = f32_to_bf16_bits(moe_fp8_scaled(moe_fp8_e4m3_value(code[c]), f));
         }
     }
 }

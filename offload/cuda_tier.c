@@ -358,8 +358,8 @@ bool moe_cuda_tier_poisoned(const struct moe_cuda_tier *t)
 void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
 {
     if (!t) return;
+    moe_cuda_ctx_bind_teardown(t->c); /* poisoned or not: the events, pool and stream are its device's */
     if (!moe_cuda_tier_poisoned(t)) {
-        (void)moe_cuda_ctx_bind(t->c);
         if (t->copy) (void)cudaStreamSynchronize(t->copy);
         if (t->compute) (void)cudaStreamSynchronize(t->compute);
     }

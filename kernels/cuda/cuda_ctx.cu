@@ -150,10 +150,8 @@ out:
 extern "C" void moe_cuda_ctx_destroy(struct moe_cuda_ctx *c)
 {
     if (!c) return;
-    if (c->stream && !c->poisoned) {
-        (void)moe_cuda_ctx_bind(c); /* may run on another thread than create */
-        (void)cudaStreamSynchronize(c->stream);
-    }
+    moe_cuda_ctx_bind_teardown(c); /* may run on another thread than create */
+    if (c->stream && !c->poisoned) (void)cudaStreamSynchronize(c->stream);
     if (c->d_ptrs) cudaFree(c->d_ptrs);
     if (c->ws) cudaFree(c->ws);
     if (c->blas) cublasDestroy(c->blas);
@@ -181,6 +179,15 @@ extern "C" enum moe_status moe_cuda_ctx_bind(struct moe_cuda_ctx *c)
     CK(c, cudaSetDevice(c->device));
 out:
     return st;
+}
+
+extern "C" void moe_cuda_ctx_bind_teardown(struct moe_cuda_ctx *c)
+{
+    int cur = -1;
+    cudaError_t e = cudaGetDevice(&cur);
+    if (e == cudaSuccess && cur == c->device) return;
+    if (moe_cuda_drop_error(e)) c->poisoned = true;
+    if (moe_cuda_drop_error(cudaSetDevice(c->device))) c->poisoned = true;
 }
 
 extern "C" enum moe_status moe_cuda_ctx_sync(struct moe_cuda_ctx *c)

@@ -77,6 +77,12 @@ void moe_cuda_ctx_mark_poisoned(struct moe_cuda_ctx *c);
  * (cuda_backend.h) and the GPU expert tier call this at every entry, so the
  * engine may run them on any thread. */
 enum moe_status moe_cuda_ctx_bind(struct moe_cuda_ctx *c);
+/* The same for a teardown (moe_cuda_ctx_destroy, moe_cuda_tier_destroy), poisoned
+ * context or not: the frees and destroys that follow act on the current
+ * device's context, another GPU's when another is current.  Records no error
+ * (moe_last_error() keeps the one being reported); a sticky error it meets
+ * marks the context poisoned, so the teardown does not wait on its streams. */
+void moe_cuda_ctx_bind_teardown(struct moe_cuda_ctx *c);
 /* Wait for the context's stream; MOE_EDEVICE on an asynchronous error, MOE_EDEVLOST on a sticky one. */
 enum moe_status moe_cuda_ctx_sync(struct moe_cuda_ctx *c);
 /* Which GEMM path expert_ffn really uses (GROUPED may have fallen back). */

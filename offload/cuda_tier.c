@@ -480,17 +480,15 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
         goto out;
     }
     {
-        size_t total = t->slot_bytes * (size_t)t->slots;
+        size_t total = t->slot_bytes * (size_t)t->slots, fr, tot;
         cudaError_t e = cudaMalloc((void **)&t->d_pool, total);
         if (e != cudaSuccess) {
-            size_t fr = 0, tot = 0;
             t->d_pool = NULL;
-            (void)cudaGetLastError();
-            if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) poison(t);
-            st = moe_errorf(MOE_ENOMEM, "GPU expert tier: %d slots x %zu MiB = %zu MiB do not fit on "
-                            "the device (%zu MiB free of %zu MiB): lower the GPU-tier slots "
-                            "(--gpu-experts) to at most %zu", t->slots, t->slot_bytes >> 20,
-                            total >> 20, fr >> 20, tot >> 20, fr / t->slot_bytes);
+            if ((st = moe_cuda_malloc_failed(c, e, "GPU expert tier slots", &fr, &tot)) == MOE_ENOMEM)
+                st = moe_errorf(MOE_ENOMEM, "GPU expert tier: %d slots x %zu MiB = %zu MiB do not fit on "
+                                "the device (%zu MiB free of %zu MiB): lower the GPU-tier slots "
+                                "(--gpu-experts) to at most %zu", t->slots, t->slot_bytes >> 20,
+                                total >> 20, fr >> 20, tot >> 20, fr / t->slot_bytes);
             goto out;
         }
     }
@@ -508,11 +506,15 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
             moe_error_prefix(st, "GPU expert tier staging (%d x %zu MiB)", t->n_stage, t->stage_bytes >> 20);
             goto out;
         }
-        if (t->fp8_block[0] && cudaMalloc((void **)&t->d_stage, t->stage_bytes * (size_t)t->n_stage) != cudaSuccess) {
+        cudaError_t e;
+        if (t->fp8_block[0] &&
+            (e = cudaMalloc((void **)&t->d_stage, t->stage_bytes * (size_t)t->n_stage)) != cudaSuccess) {
+            size_t fr, tot;
             t->d_stage = NULL;
-            (void)cudaGetLastError();
-            st = moe_errorf(MOE_ENOMEM, "GPU expert tier: no device memory for %d FP8 staging records of %zu MiB",
-                            t->n_stage, t->stage_bytes >> 20);
+            if ((st = moe_cuda_malloc_failed(c, e, "GPU expert tier FP8 staging", &fr, &tot)) == MOE_ENOMEM)
+                st = moe_errorf(MOE_ENOMEM, "GPU expert tier: no device memory for %d FP8 staging records of %zu "
+                                "MiB (%zu MiB free of %zu MiB): lower the GPU-tier slots (--gpu-experts)",
+                                t->n_stage, t->stage_bytes >> 20, fr >> 20, tot >> 20);
             goto out;
         }
     }
@@ -789,12 +791,13 @@ struct moe_provider *moe_provider_cuda_stack_create(const struct moe_model *m, s
         memcpy(sp->rec_bytes, tp.rec_bytes, sizeof(sp->rec_bytes));
     }
     sp->tier = moe_cuda_tier_create(c, &tp);
-    if (!sp->tier) {
+    if (!sp->tier) { /* its status and message, kept through the teardown */
         char msg[1024];
+        enum moe_status st = moe_last_status();
         memcpy(msg, moe_last_error(), sizeof(msg));
         msg[sizeof(msg) - 1] = 0;
         sprov_destroy(sp);
-        moe_errorf(MOE_ENOMEM, "%s", msg);
+        moe_errorf(st, "%s", msg);
         return NULL;
     }
     sp->base.ops = &sprov_ops;
@@ -892,7 +895,7 @@ struct moe_provider *moe_provider_cuda_create(const struct moe_model *m, struct 
         if (fp8) fp8_tier_params(x0, &tp);
         cp->tier = moe_cuda_tier_create(c, &tp);
         if (!cp->tier) {
-            st = MOE_ENOMEM;
+            st = moe_last_status();
             goto fail;
         }
     }

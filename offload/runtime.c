@@ -286,6 +286,12 @@ static enum moe_status plan_tiers(const struct moe_model *m, const struct moe_of
     return MOE_OK;
 }
 
+/* The status a constructor that returned NULL recorded (after moe_error_clear()), else dflt. */
+static enum moe_status failure_status(enum moe_status dflt)
+{
+    return moe_last_status() != MOE_OK ? moe_last_status() : dflt;
+}
+
 enum moe_status moe_offload_provider_create(const struct moe_model *m,
                                             const struct moe_offload_opts *o,
                                             struct moe_provider **out)
@@ -309,7 +315,7 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
     *out = moe_provider_tiered_create(m, &tp);
     free(pl.future);
     if (*out) return MOE_OK;
-    return moe_last_status() != MOE_OK ? moe_last_status() : MOE_ENOMEM; /* EINVAL: sizes; store errors */
+    return failure_status(MOE_ENOMEM); /* EINVAL: sizes; store errors */
 }
 
 #ifdef MOEFLOW_HAVE_CUDA
@@ -317,14 +323,16 @@ enum moe_status moe_offload_provider_create(const struct moe_model *m,
 static enum moe_status cuda_backend_create(struct moe_backend **be)
 {
     struct moe_backend_cuda_params bp = { .device = 0 };
+    moe_error_clear();
     *be = moe_backend_cuda_create(&bp);
     if (*be) return MOE_OK;
     char msg[1024];
+    enum moe_status st = failure_status(MOE_EDEVICE);
     snprintf(msg, sizeof(msg), "%s", moe_last_error());
-    if (strstr(msg, "allocate"))
+    if (st == MOE_ENOMEM)
         return moe_errorf(MOE_ENOMEM, "--backend cuda: %s (the GPU tier is not allocated yet: other "
                           "processes hold the device's memory, see nvidia-smi)", msg);
-    return moe_errorf(MOE_EDEVICE, "--backend cuda: %s", msg);
+    return moe_errorf(st, "--backend cuda: %s", msg);
 }
 
 /* The CUDA backend on device 0 and the GPU tier over the tiered provider; for a
@@ -357,9 +365,10 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
         .io = { .queue_depth = o->queue_depth, .no_io_uring = o->no_io_uring },
         .fp8_records = true, /* FP8 experts go up as records, turned into BF16 on the GPU */
     };
+    moe_error_clear();
     lower = moe_provider_tiered_create(m, &tp);
-    if (!lower) {
-        st = moe_error_prefix(MOE_ENOMEM, "--backend cuda: host tier");
+    if (!lower) { /* the cause's status (a store it cannot read is no shortage of memory) */
+        st = moe_error_prefix(failure_status(MOE_ENOMEM), "--backend cuda: host tier");
         goto fail;
     }
     struct moe_provider_cuda_params pp = {
@@ -371,8 +380,8 @@ static enum moe_status cuda_runtime_create(const struct moe_model *m, const stru
     };
     *prov = moe_provider_cuda_stack_create(m, *be, lower, &pp); /* owns lower, even on failure */
     lower = NULL;
-    if (!*prov) {
-        st = moe_error_prefix(MOE_ENOMEM, "--backend cuda");
+    if (!*prov) { /* the tier's status: out of memory, a device error, a size it refuses */
+        st = moe_error_prefix(failure_status(MOE_EDEVICE), "--backend cuda");
         goto fail;
     }
     free(pl.future);

@@ -37,6 +37,14 @@ enum moe_status moe_cuda_check_rt(cudaError_t e, const char *stmt, const char *f
 /* A failure (status st, detail in moe_last_error()) that turned out to come with a sticky error:
  * MOE_EDEVLOST, its detail prefixed to say the context is lost. */
 enum moe_status moe_cuda_lost(enum moe_status st);
+struct moe_cuda_ctx;
+/* A cudaMalloc on c's device that returned e (not cudaSuccess), what naming the allocation: when e
+ * is cudaErrorMemoryAllocation, MOE_ENOMEM with nothing recorded (e cleared; *free_b and *total_b
+ * the device's memory now, 0 when unknown) for the caller's message naming what to lower; any
+ * other error is no size to lower and is recorded as MOE_CUDA_CHECK records it, its name said
+ * (MOE_EDEVICE, or MOE_EDEVLOST with c poisoned when sticky). */
+enum moe_status moe_cuda_malloc_failed(struct moe_cuda_ctx *c, cudaError_t e, const char *what, size_t *free_b,
+                                       size_t *total_b);
 
 #ifdef __cplusplus
 enum moe_status moe_cuda_check_blas(cublasStatus_t s, const char *stmt, const char *file, int line);

@@ -45,8 +45,22 @@ extern "C" enum moe_status moe_cuda_check_rt(cudaError_t e, const char *stmt, co
             cudaGetErrorString(e),
             sticky ? "; sticky error: the CUDA context is unusable, the process must restart" : "");
     if (!sticky) (void)cudaGetLastError(); /* clear a non-sticky error so it is not re-reported */
-    return moe_errorf(st, "%s:%d: %s: %s%s", file, line, stmt, cudaGetErrorString(e),
+    return moe_errorf(st, "%s:%d: %s: %s (%s)%s", file, line, stmt, cudaGetErrorName(e), cudaGetErrorString(e),
                       sticky ? " (sticky device error; restart the process)" : "");
+}
+
+extern "C" enum moe_status moe_cuda_malloc_failed(struct moe_cuda_ctx *c, cudaError_t e, const char *what,
+                                                  size_t *free_b, size_t *total_b)
+{
+    *free_b = *total_b = 0;
+    if (e != cudaErrorMemoryAllocation) {
+        char stmt[256];
+        snprintf(stmt, sizeof(stmt), "cudaMalloc (%s)", what);
+        return moe_cuda_ctx_note(c, moe_cuda_check_rt(e, stmt, __FILE__, __LINE__));
+    }
+    (void)cudaGetLastError();
+    if (moe_cuda_drop_error(cudaMemGetInfo(free_b, total_b)) && c) c->poisoned = true;
+    return MOE_ENOMEM;
 }
 
 extern "C" enum moe_status moe_cuda_lost(enum moe_status st)
@@ -99,8 +113,9 @@ extern "C" struct moe_cuda_ctx *moe_cuda_ctx_create(const struct moe_cuda_params
     enum moe_status st = MOE_OK;
     int n = moe_cuda_device_count();
     struct moe_cuda_ctx *c;
-    size_t ws = p && p->workspace_bytes ? p->workspace_bytes : (size_t)64 << 20;
+    size_t ws = p && p->workspace_bytes ? p->workspace_bytes : (size_t)64 << 20, fr, tot;
     int dev = p ? p->device : 0;
+    cudaError_t e;
 
     if (dev < 0 || dev >= n) {
         moe_errorf(MOE_EDEVICE, "CUDA device %d requested but %d device(s) are visible (set device "
@@ -121,19 +136,20 @@ extern "C" struct moe_cuda_ctx *moe_cuda_ctx_create(const struct moe_cuda_params
     CK(c, cublasCreate(&c->blas));
     CK(c, cublasSetStream(c->blas, c->stream));
     CK(c, cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
-    if (cudaMalloc(&c->ws, ws) != cudaSuccess) {
-        (void)cudaGetLastError();
-        size_t fr = 0, tot = 0;
-        if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) c->poisoned = true;
-        st = moe_errorf(MOE_ENOMEM, "CUDA workspace: cannot allocate %zu MiB on device %d (%zu MiB "
-                        "free of %zu MiB): lower workspace_bytes or the GPU-tier capacity",
-                        ws >> 20, dev, fr >> 20, tot >> 20);
+    if ((e = cudaMalloc(&c->ws, ws)) != cudaSuccess) {
+        c->ws = NULL;
+        if ((st = moe_cuda_malloc_failed(c, e, "CUDA workspace", &fr, &tot)) == MOE_ENOMEM)
+            st = moe_errorf(MOE_ENOMEM, "CUDA workspace: cannot allocate %zu MiB on device %d (%zu MiB "
+                            "free of %zu MiB): lower workspace_bytes or the GPU-tier capacity",
+                            ws >> 20, dev, fr >> 20, tot >> 20);
         goto out;
     }
     c->ws_bytes = ws;
-    if (cudaMalloc((void **)&c->d_ptrs, 3 * (size_t)c->ptr_cap * sizeof(void *)) != cudaSuccess) {
-        (void)cudaGetLastError();
-        st = moe_errorf(MOE_ENOMEM, "CUDA context: cannot allocate the GEMM pointer table");
+    if ((e = cudaMalloc((void **)&c->d_ptrs, 3 * (size_t)c->ptr_cap * sizeof(void *))) != cudaSuccess) {
+        c->d_ptrs = NULL;
+        if ((st = moe_cuda_malloc_failed(c, e, "GEMM pointer table", &fr, &tot)) == MOE_ENOMEM)
+            st = moe_errorf(MOE_ENOMEM, "CUDA context: cannot allocate the GEMM pointer table on device %d (%zu MiB "
+                            "free of %zu MiB)", dev, fr >> 20, tot >> 20);
         goto out;
     }
 out:
@@ -206,11 +222,9 @@ extern "C" enum moe_status moe_cuda_alloc(struct moe_cuda_ctx *c, void **d_ptr, 
     cudaError_t e = cudaMalloc(d_ptr, bytes);
     if (e == cudaSuccess) return MOE_OK;
     *d_ptr = NULL;
-    if (e != cudaErrorMemoryAllocation)
-        return moe_cuda_ctx_note(c, MOE_CUDA_CHECK(e));
-    (void)cudaGetLastError();
-    size_t fr = 0, tot = 0;
-    if (moe_cuda_drop_error(cudaMemGetInfo(&fr, &tot))) c->poisoned = true;
+    size_t fr, tot;
+    enum moe_status st = moe_cuda_malloc_failed(c, e, what, &fr, &tot);
+    if (st != MOE_ENOMEM) return st;
     return moe_errorf(MOE_ENOMEM, "%s: cannot allocate %zu MiB on CUDA device %d (%zu MiB free of "
                       "%zu MiB)", what, bytes >> 20, c->device, fr >> 20, tot >> 20);
 }

@@ -10,7 +10,8 @@
  * and everything is destroyed without hanging.  A model without MoE layers
  * (all_dense) gets the CUDA backend alone, the engine's own provider, with the
  * prompt's logits within 5e-2 of its reference; an offload flag is refused.
- * Skips (77) without a device. */
+ * A --store that cannot be opened fails with the store's status (MOE_EIO) and
+ * message, not as out of memory.  Skips (77) without a device. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -230,6 +231,17 @@ int main(void)
     }
 
     check_dense();
+
+    /* a store the host tier cannot open fails with the store's status and message, not as out of memory */
+    {
+        struct moe_offload_opts os = o;
+        os.store = "/nonexistent/experts.moestore";
+        os.gpu_experts = quarter;
+        enum moe_status sst = moe_offload_runtime_create(m, &os, &be, &prov);
+        CHECK(sst == MOE_EIO && !be && !prov && strstr(moe_last_error(), "host tier") &&
+                  strstr(moe_last_error(), "cannot open expert store"),
+              "--store /nonexistent/experts.moestore: %s: %s", moe_status_str(sst), moe_last_error());
+    }
 
     /* a sticky device error in the middle of decoding (runs last: the context cannot recover) */
     REQUIRE(moe_offload_runtime_create(m, &o, &be, &prov) == MOE_OK, "cuda: %s", moe_last_error());

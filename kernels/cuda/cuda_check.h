@@ -48,6 +48,8 @@ enum moe_status moe_cuda_malloc_failed(struct moe_cuda_ctx *c, cudaError_t e, co
 
 #ifdef __cplusplus
 enum moe_status moe_cuda_check_blas(cublasStatus_t s, const char *stmt, const char *file, int line);
+/* The status's name ("CUBLAS_STATUS_NOT_SUPPORTED"). */
+const char *moe_cuda_blas_status_name(cublasStatus_t s);
 }
 static inline enum moe_status moe_cuda_check_(cudaError_t e, const char *stmt, const char *file,
                                               int line)

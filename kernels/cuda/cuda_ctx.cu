@@ -70,7 +70,7 @@ extern "C" enum moe_status moe_cuda_lost(enum moe_status st)
                             "process)");
 }
 
-static const char *blas_name(cublasStatus_t s)
+extern "C" const char *moe_cuda_blas_status_name(cublasStatus_t s)
 {
     switch (s) {
     case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
@@ -94,8 +94,8 @@ extern "C" enum moe_status moe_cuda_check_blas(cublasStatus_t s, const char *stm
     /* NOT_SUPPORTED too is a device operation that failed (the request's fault it is not: a server
      * answers it as an internal error); a caller with a fallback checks for it itself (gemm_grouped) */
     enum moe_status st = s == CUBLAS_STATUS_ALLOC_FAILED ? MOE_ENOMEM : MOE_EDEVICE;
-    MOE_ERR("%s:%d: %s failed: %s", file, line, stmt, blas_name(s));
-    return moe_errorf(st, "%s:%d: %s: %s", file, line, stmt, blas_name(s));
+    MOE_ERR("%s:%d: %s failed: %s", file, line, stmt, moe_cuda_blas_status_name(s));
+    return moe_errorf(st, "%s:%d: %s: %s", file, line, stmt, moe_cuda_blas_status_name(s));
 }
 
 extern "C" int moe_cuda_device_count(void)

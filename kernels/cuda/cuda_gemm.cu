@@ -134,10 +134,13 @@ static size_t group_ws(enum moe_cuda_gemm_mode mode, enum moe_dtype wdt, size_t 
 
 /* Grouped projection: problem (w, g) over nonempty groups computes
  * C[m x rows_g] = op_T(A[w][g]) B_g with B_g = b[g], C = y[w][g].
- * MOE_ENOTSUP when cuBLAS refuses the type combination. */
+ * MOE_ENOTSUP, nothing computed, when the problems exceed the pointer table or
+ * cuBLAS refuses the call before running it (*refused its status, else
+ * CUBLAS_STATUS_SUCCESS): the per-expert cublasGemmEx calls of LOOP mode then
+ * compute the same products, checking each one's arguments themselves. */
 static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void *const *const *a,
                                     const void *const *b, enum moe_dtype dt, float *const *const *y,
-                                    int n_groups, const int *rows, int m, int k)
+                                    int n_groups, const int *rows, int m, int k, cublasStatus_t *refused)
 {
     enum moe_status st = MOE_OK;
     int cnt = 0, cap = n_w * n_groups;
@@ -147,6 +150,7 @@ static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void 
     const void **pa = NULL;
     cudaDataType_t t = cu_type(dt);
 
+    *refused = CUBLAS_STATUS_SUCCESS;
     if (cap > c->ptr_cap)
         return moe_errorf(MOE_ENOTSUP, "grouped GEMM: %d problems exceed the %d-entry pointer table",
                           cap, c->ptr_cap);
@@ -189,9 +193,15 @@ static enum moe_status gemm_grouped(struct moe_cuda_ctx *c, int n_w, const void 
             (void *const *)(c->d_ptrs + 2 * c->ptr_cap), CUDA_R_32F, ldc, cnt, gs, CUBLAS_COMPUTE_32F);
         if (bs == CUBLAS_STATUS_NOT_SUPPORTED || bs == CUBLAS_STATUS_INVALID_VALUE ||
             bs == CUBLAS_STATUS_ARCH_MISMATCH) {
-            st = moe_errorf(MOE_ENOTSUP, "cublasGemmGroupedBatchedEx refused %s in, F32 out (status %d; "
-                            "its types are 16BF->16BF, 16F->16F, 32F->32F and the outputs here stay F32)",
-                            dt_name(dt), (int)bs);
+            *refused = bs;
+            st = moe_errorf(MOE_ENOTSUP, "cublasGemmGroupedBatchedEx returned %s for %d problems of %s in, F32 out "
+                            "(m %d, k %d): %s", moe_cuda_blas_status_name(bs), cnt, dt_name(dt), m, k,
+                            bs == CUBLAS_STATUS_NOT_SUPPORTED
+                                ? "a type combination it lacks (its types are 16BF->16BF, 16F->16F, 32F->32F, and "
+                                  "the outputs here stay F32)"
+                            : bs == CUBLAS_STATUS_ARCH_MISMATCH
+                                ? "not available on this device's architecture"
+                                : "an argument it does not take, not a type it lacks");
             goto out;
         }
         CK(c, bs);
@@ -205,17 +215,22 @@ out:
     return st;
 }
 
-/* A grouped GEMM that cuBLAS refused (MOE_ENOTSUP) switches the context to
- * one cublasGemmEx per expert for good, logged once; the caller's LOOP branch
- * then runs and moe_cuda_ctx_gemm_mode() reports LOOP.  The expected case:
- * cublasGemmGroupedBatchedEx has no BF16-in/F32-out combination (its table:
- * 16BF->16BF, 16F->16F, 32F->32F), and our outputs stay F32, so BF16 weights
- * always run per expert.  Any other status passes through. */
-static enum moe_status loop_if_unsupported(struct moe_cuda_ctx *c, enum moe_status st)
+/* A grouped GEMM that could not run (MOE_ENOTSUP from gemm_grouped, refused
+ * the cuBLAS status it returned) switches the context to one cublasGemmEx per
+ * expert for good, logged once with that status; the caller's LOOP branch then
+ * runs and moe_cuda_ctx_gemm_mode() reports LOOP.  The expected case, logged at
+ * info level: cublasGemmGroupedBatchedEx has no BF16-in/F32-out combination
+ * (CUBLAS_STATUS_NOT_SUPPORTED; its table: 16BF->16BF, 16F->16F, 32F->32F),
+ * and our outputs stay F32, so BF16 weights always run per expert.  Another
+ * refusal (INVALID_VALUE, ARCH_MISMATCH) is a warning: LOOP computes the same
+ * products, but grouped mode was asked for and is not what runs.  Any other
+ * status passes through. */
+static enum moe_status loop_if_unsupported(struct moe_cuda_ctx *c, enum moe_status st, cublasStatus_t refused)
 {
     if (st != MOE_ENOTSUP) return st;
-    MOE_INFO("grouped GEMM mode: %s: the expert GEMMs run as one cublasGemmEx per expert (LOOP mode) "
-             "from now on", moe_last_error());
+    moe_log(refused == CUBLAS_STATUS_SUCCESS || refused == CUBLAS_STATUS_NOT_SUPPORTED ? MOE_LOG_INFO : MOE_LOG_WARN,
+            "grouped GEMM mode: %s: the expert GEMMs run as one cublasGemmEx per expert (LOOP mode) from now on",
+            moe_last_error());
     c->gemm_mode = MOE_CUDA_GEMM_LOOP;
     moe_error_clear();
     return MOE_OK;
@@ -322,8 +337,9 @@ static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp
     if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
         const void *const *a2[2] = { wg, wu };
         float *const *y2[2] = { gout, uout };
-        st = loop_if_unsupported(c, gemm_grouped(c, 2, a2, xin, cast ? MOE_DT_BF16 : wdt, y2, n_groups,
-                                                 rows, inter, hidden));
+        cublasStatus_t refused;
+        st = gemm_grouped(c, 2, a2, xin, cast ? MOE_DT_BF16 : wdt, y2, n_groups, rows, inter, hidden, &refused);
+        st = loop_if_unsupported(c, st, refused);
         if (st != MOE_OK) goto out;
     }
     if (c->gemm_mode == MOE_CUDA_GEMM_LOOP) {
@@ -349,8 +365,9 @@ static enum moe_status expert_ffn_part(struct moe_cuda_ctx *c, const float *d_xp
     if (c->gemm_mode == MOE_CUDA_GEMM_GROUPED) {
         const void *const *a1[1] = { wdn };
         float *const *y1[1] = { dout };
-        st = loop_if_unsupported(c, gemm_grouped(c, 1, a1, hin, cast ? MOE_DT_BF16 : wdt, y1, n_groups,
-                                                 rows, hidden, inter));
+        cublasStatus_t refused;
+        st = gemm_grouped(c, 1, a1, hin, cast ? MOE_DT_BF16 : wdt, y1, n_groups, rows, hidden, inter, &refused);
+        st = loop_if_unsupported(c, st, refused);
         if (st != MOE_OK) goto out;
     }
     if (c->gemm_mode == MOE_CUDA_GEMM_LOOP) {

@@ -70,6 +70,7 @@ struct tiered {
 
     struct moe_cache *dev, *host;
     int n_dev, n_host;
+    int max_pinned;           /* experts one layer can pin at once: n_dev, or the smallest MoE layer's quota */
     struct dslot *ds;
     struct hslot *hs;
     uint8_t *dev_mem;         /* [n_dev][dev_slot_bytes], accelerator memory (hooks) or a RAM arena
@@ -490,7 +491,7 @@ static void tiered_hint(void *self, int layer, int n, const int *ids, const floa
     pthread_mutex_unlock(&t->mu);
 }
 
-static int tiered_max_pinned(void *self) { return ((struct tiered *)self)->n_dev; }
+static int tiered_max_pinned(void *self) { return ((struct tiered *)self)->max_pinned; }
 
 static void tiered_destroy(void *self)
 {
@@ -655,13 +656,17 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
                                    .group_size = c->n_experts, .quota = p->dev_layer_quota,
                                    .policy = moe_policy_create_model(p->policy, c->n_layers, c->n_experts,
                                                                      c->is_moe, p->future, p->n_future) };
-    for (int l = 0; p->dev_layer_quota && l < c->n_layers; l++)
+    t->max_pinned = t->n_dev;
+    for (int l = 0; p->dev_layer_quota && l < c->n_layers; l++) {
         if (c->is_moe[l] && p->dev_layer_quota[l] < c->top_k) {
             moe_policy_destroy(dp.policy);
             st = moe_errorf(MOE_EINVAL, "device tier: layer %d quota %d is below top_k %d",
                             l, p->dev_layer_quota[l], c->top_k);
             goto fail;
         }
+        /* a layer holds no more slots than its quota, pinned ones included */
+        if (c->is_moe[l] && p->dev_layer_quota[l] < t->max_pinned) t->max_pinned = p->dev_layer_quota[l];
+    }
     if (!dp.policy || !(t->dev = moe_cache_create(&dp))) {
         st = MOE_EINVAL;
         goto fail;

@@ -53,7 +53,8 @@ struct moe_tiered_params {
     struct moe_offload_hooks hooks;
     bool numa_explicit;           /* bind the host tier to numa_node (e.g. the GPU's node) */
     const int *dev_layer_quota;   /* [n_layers] most device slots per layer, or NULL: one pool
-                                     shared by all layers */
+                                     shared by all layers; max_pinned is then the smallest MoE
+                                     layer's quota */
     bool fp8_records;             /* FP8 experts: the device tier holds and hands out their records as
                                      stored (dtype F8_E4M3, gate | up | down parts as in the store),
                                      for a GPU tier above that turns them into BF16 itself; without

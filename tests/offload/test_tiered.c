@@ -77,7 +77,8 @@ static void run_cfg(const struct moe_model *m, struct moe_provider *res, const c
     if (cf->quota) tp.dev_layer_quota = quota;
     struct moe_provider *p = moe_provider_tiered_create(m, &tp);
     REQUIRE(p, "%s/%s: %s", mname, cf->name, moe_last_error());
-    CHECK(p->ops->max_pinned(p->self) == tp.dev_slots, "max_pinned");
+    int most = cf->quota && c->top_k + 1 < tp.dev_slots ? c->top_k + 1 : tp.dev_slots; /* a layer's quota bounds it */
+    CHECK(p->ops->max_pinned(p->self) == most, "max_pinned %d, not %d", p->ops->max_pinned(p->self), most);
     size_t per = 3 * (size_t)c->expert_inter * (size_t)c->hidden;
     size_t ih = (size_t)c->expert_inter * (size_t)c->hidden;
     struct moe_expert_ref a[64], b[64];
@@ -482,6 +483,35 @@ static void check_failed_read_counts(const struct moe_model *m, const char *dir)
     unlink(store);
 }
 
+/* Per-layer quotas: a layer can hold at most its quota of device slots at once, so max_pinned (the
+ * engine's chunk of one layer's experts) is at most the smallest MoE layer's quota, and an acquire of
+ * that many experts of one layer succeeds, where max_pinned said every slot could be pinned. */
+static void check_quota_max_pinned(const struct moe_model *m, const char *store)
+{
+    const struct moe_config *c = &m->cfg;
+    int l0 = 0;
+    while (!c->is_moe[l0]) l0++;
+    int quota[MOE_MAX_LAYERS];
+    for (int l = 0; l < c->n_layers; l++) quota[l] = c->top_k + 1 + (l % 3); /* the smallest: top_k + 1 */
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k + 12, .host_slots = 4,
+                                    .numa_node = -1, .dev_layer_quota = quota };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    int most = p->ops->max_pinned(p->self);
+    CHECK(most == c->top_k + 1, "quota top_k + 1 = %d with %d slots: max_pinned %d", c->top_k + 1, tp.dev_slots,
+          most);
+    int ids[64];
+    struct moe_expert_ref refs[64];
+    int n = most < c->n_experts ? most : c->n_experts;
+    REQUIRE(n <= 64, "%d experts", n);
+    for (int j = 0; j < n; j++) ids[j] = j;
+    enum moe_status st = p->ops->acquire(p->self, l0, n, ids, refs);
+    CHECK(st == MOE_OK, "acquire of max_pinned %d experts of layer %d under its quota %d: %s", n, l0, quota[l0],
+          moe_last_error());
+    if (st == MOE_OK) p->ops->release(p->self, l0);
+    moe_provider_destroy(p);
+}
+
 int main(void)
 {
     static const struct cfg cfgs[] = {
@@ -531,6 +561,10 @@ int main(void)
         struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[0]));
         REQUIRE(m, "%s: %s", t_models[0], moe_last_error());
         check_report_drains(m, dir);
+        snprintf(store, sizeof(store), "%s/quota.moestore", dir);
+        REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
+        check_quota_max_pinned(m, store);
+        unlink(store);
         moe_model_close(m);
     }
     /* Bad sizes are refused with the flag to fix. */

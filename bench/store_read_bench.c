@@ -85,7 +85,7 @@ static double records(const char *path, size_t bytes, size_t rec, int batch, int
             uint64_t at = (next_rand() % slots) * ALIGN;
             for (size_t o = 0; o < rec; o += split ? split : rec) { /* split: requests of split bytes */
                 size_t len = split && rec - o > split ? split : rec - o;
-                reqs[nq++] = (struct moe_read){ .offset = at + o, .len = (uint32_t)len,
+                reqs[nq++] = (struct moe_read){ .offset = at + o, .len = len,
                                                 .buf = bufs + (size_t)i * rec + o, .buf_index = -1 };
             }
         }

@@ -28,7 +28,7 @@ struct moe_reader {
     bool have_ring;
     struct io_uring ring;
     struct moe_reader_stats st;
-    uint32_t *done;           /* scratch: [cap] bytes done per request */
+    uint64_t *done;           /* scratch: [cap] bytes done per request */
     int *queue;               /* scratch: [cap] ring of request indices awaiting submission */
     int cap;
 };
@@ -151,12 +151,18 @@ static enum moe_status read_failed(struct moe_read *q, enum moe_status st)
     return st;
 }
 
+/* Bytes of the next read of a request with left bytes to go: at most max_io_bytes, and MOE_READER_MAX_IO. */
+static uint32_t next_io(const struct moe_reader *r, uint64_t left)
+{
+    uint64_t cap = r->max_io && r->max_io < MOE_READER_MAX_IO ? r->max_io : MOE_READER_MAX_IO;
+    return (uint32_t)(left < cap ? left : cap);
+}
+
 static enum moe_status pread_one(struct moe_reader *r, struct moe_read *q)
 {
-    uint32_t done = 0;
+    uint64_t done = 0;
     while (done < q->len) {
-        size_t want = q->len - done;
-        if (r->max_io && want > r->max_io) want = r->max_io;
+        size_t want = next_io(r, q->len - done);
         ssize_t got = pread(r->fd, (char *)q->buf + done, want, (off_t)(q->offset + done));
         if (got > 0 && r->fault_every && ++r->n_comp % r->fault_every == 0) {
             got = -1;
@@ -167,12 +173,12 @@ static enum moe_status pread_one(struct moe_reader *r, struct moe_read *q)
             continue;
         }
         if (got < 0)
-            return moe_errorf(MOE_EIO, "%s: read of %u bytes at offset %llu failed: %s", r->path,
-                              q->len, (unsigned long long)q->offset, strerror(errno));
+            return moe_errorf(MOE_EIO, "%s: read of %llu bytes at offset %llu failed: %s", r->path,
+                              (unsigned long long)q->len, (unsigned long long)q->offset, strerror(errno));
         if (got == 0)
             return moe_errorf(MOE_EIO, "%s: unexpected end of file at offset %llu (truncated "
                               "store?)", r->path, (unsigned long long)(q->offset + done));
-        done += (uint32_t)got;
+        done += (uint64_t)got;
         if (done < q->len) r->st.continuations++;
     }
     r->st.bytes += done;
@@ -184,7 +190,7 @@ static enum moe_status ensure_scratch(struct moe_reader *r, int n)
     if (r->fault_scratch && ++r->n_batch == r->fault_scratch)
         return moe_errorf(MOE_ENOMEM, "reader: out of memory for %d requests", n);
     if (n <= r->cap) return MOE_OK;
-    uint32_t *d = realloc(r->done, (size_t)n * sizeof(*d));
+    uint64_t *d = realloc(r->done, (size_t)n * sizeof(*d));
     if (d) r->done = d;
     int *q = realloc(r->queue, (size_t)n * sizeof(*q));
     if (q) r->queue = q;
@@ -243,8 +249,7 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
             head = (head + 1) % n;
             queued--;
             struct moe_read *q = &reqs[i];
-            uint32_t len = q->len - r->done[i];
-            if (r->max_io && len > r->max_io) len = r->max_io;
+            uint32_t len = next_io(r, q->len - r->done[i]);
             char *dst = (char *)q->buf + r->done[i];
             if (r->st.registered && q->buf_index >= 0)
                 io_uring_prep_read_fixed(sqe, r->fd, dst, len, q->offset + r->done[i], q->buf_index);
@@ -287,9 +292,9 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
                 einval = true;
                 continue;
             } else if (res < 0) {
-                q->st = read_failed(q, moe_errorf(MOE_EIO, "%s: read of %u bytes at offset %llu failed: %s",
-                                                  r->path, q->len, (unsigned long long)q->offset,
-                                                  strerror(-res)));
+                q->st = read_failed(q, moe_errorf(MOE_EIO, "%s: read of %llu bytes at offset %llu failed: %s",
+                                                  r->path, (unsigned long long)q->len,
+                                                  (unsigned long long)q->offset, strerror(-res)));
                 continue;
             } else if (res == 0) {
                 q->st = read_failed(q, moe_errorf(MOE_EIO, "%s: unexpected end of file at offset %llu "
@@ -297,7 +302,7 @@ static enum moe_status uring_read(struct moe_reader *r, struct moe_read *reqs, i
                                                   (unsigned long long)(q->offset + r->done[i])));
                 continue;
             } else {
-                r->done[i] += (uint32_t)res;
+                r->done[i] += (uint64_t)res;
                 if (r->done[i] >= q->len) { /* counted whole: a read that fails later moved no record */
                     q->st = MOE_OK;
                     r->st.reads++;

@@ -15,12 +15,14 @@ extern "C" {
 #endif
 
 #define MOE_READER_DEFAULT_QD 32
+#define MOE_READER_MAX_IO (1u << 30) /* bytes one read asks for at most (io_uring's length is 32-bit) */
 
 struct moe_reader_params {
     int queue_depth;          /* reads in flight at once (0 = MOE_READER_DEFAULT_QD), 1..4096 */
     bool no_io_uring;         /* force the buffered-pread fallback */
-    uint32_t max_io_bytes;    /* 0 = whole request per read; else each read is cut to this many
-                                 bytes (multiple of 4096) and continued like a short read */
+    uint32_t max_io_bytes;    /* 0 = whole request per read (up to MOE_READER_MAX_IO); else each read
+                                 is cut to this many bytes (multiple of 4096) and continued like a
+                                 short read */
     uint32_t fault_eagain_every; /* testing: every Nth completion (N >= 2) is treated as -EAGAIN
                                     (its bytes discarded and the read resubmitted); 0 = off */
     uint32_t fault_submit_at; /* testing: the Nth io_uring submit fails with -ENOMEM, as a broken
@@ -48,7 +50,8 @@ struct moe_reader_stats {
 
 struct moe_read {
     uint64_t offset;          /* file offset (multiple of 4096 with O_DIRECT) */
-    uint32_t len;             /* bytes (multiple of 4096 with O_DIRECT) */
+    uint64_t len;             /* bytes (multiple of 4096 with O_DIRECT); more than 4 GiB is read as
+                                 reads of at most MOE_READER_MAX_IO bytes, continued */
     void *buf;                /* 4096-aligned */
     int buf_index;            /* registered buffer index or -1 */
     enum moe_status st;       /* out: this read's result */

@@ -229,7 +229,7 @@ static void *worker_main(void *arg)
                 int l, e;
                 layer_expert(t, j->key, &l, &e);
                 const struct moe_store_record *r = moe_store_find(t->store, l, e);
-                t->reads[nr++] = (struct moe_read){ .offset = r->offset, .len = (uint32_t)t->stride,
+                t->reads[nr++] = (struct moe_read){ .offset = r->offset, .len = t->stride,
                                                     .buf = dst, .buf_index = j->hslot };
             } else {
                 fill_from_safetensors(t, j->key, dst);

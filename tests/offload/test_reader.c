@@ -2,12 +2,14 @@
  * forced and automatic fallback to buffered pread (tmpfs may refuse
  * O_DIRECT), a failing read that fails only its own request and counts none
  * of the bytes it got before it failed, a batch without memory for its
- * bookkeeping that fails each of its reads, and every record's checksum
- * through each path. */
+ * bookkeeping that fails each of its reads, a request of more than 4 GiB,
+ * and every record's checksum through each path. */
 #include "../../offload/reader.h"
 #include "offload_test_common.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 static void check_reads(const char *store_path, const struct moe_reader_params *rp, const char *what,
@@ -28,7 +30,7 @@ static void check_reads(const char *store_path, const struct moe_reader_params *
         for (uint32_t e = 0; e < in->n_experts; e++) {
             const struct moe_store_record *rec = moe_store_find(s, (int)l, (int)e);
             if (!rec) continue;
-            q[i] = (struct moe_read){ .offset = rec->offset, .len = (uint32_t)in->record_stride,
+            q[i] = (struct moe_read){ .offset = rec->offset, .len = in->record_stride,
                                       .buf = bufs[i], .buf_index = i };
             i++;
         }
@@ -119,7 +121,7 @@ static void check_submit_retry(const char *store_path, int err, const char *what
     for (int b = 0; b < 2; b++) REQUIRE(posix_memalign(&buf[b], 4096, in->record_stride) == 0, "alloc");
     for (int b = 0; b < 2; b++) { /* one read a batch: the first batch's submit is the one refused */
         memset(buf[b], 0, in->record_stride);
-        struct moe_read q = { .offset = rec[b]->offset, .len = (uint32_t)in->record_stride, .buf = buf[b],
+        struct moe_read q = { .offset = rec[b]->offset, .len = in->record_stride, .buf = buf[b],
                               .buf_index = -1 };
         enum moe_status st = moe_reader_read(r, &q, 1);
         CHECK(st == MOE_OK && q.st == MOE_OK && moe_store_verify(rec[b], buf[b]), "%s: batch %d: status %d (%s)",
@@ -161,7 +163,7 @@ static void check_scratch_nomem(const char *store_path, const char *what)
     for (int pass = 0; pass < 2; pass++) {
         for (int b = 0; b < 2; b++) {
             memset(buf[b], 0, in->record_stride);
-            q[b] = (struct moe_read){ .offset = rec[b]->offset, .len = (uint32_t)in->record_stride, .buf = buf[b],
+            q[b] = (struct moe_read){ .offset = rec[b]->offset, .len = in->record_stride, .buf = buf[b],
                                       .buf_index = -1 };
         }
         enum moe_status st = moe_reader_read(r, q, 2);
@@ -180,6 +182,50 @@ static void check_scratch_nomem(const char *store_path, const char *what)
     for (int b = 0; b < 2; b++) free(buf[b]);
     moe_reader_close(r);
     moe_store_close(s);
+}
+
+/* A request of more than 4 GiB (an expert record that large) is read whole: 4 GiB and two pages from a
+ * sparse file whose last two pages hold a pattern, where a length kept in 32 bits read two pages.  The
+ * buffer's first 4 GiB are one 16 MiB shared memory object mapped over and over (the bytes read there
+ * are the file's hole, zeros), its last two pages memory of their own. */
+static void check_over_4gib(const char *dir, const struct moe_reader_params *rp, const char *what)
+{
+    const uint64_t head = 1ull << 32, len = head + 8192, chunk = 16u << 20;
+    char path[600];
+    snprintf(path, sizeof(path), "%s/over4g.bin", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    static uint8_t tail[8192];
+    for (size_t i = 0; i < sizeof(tail); i++) tail[i] = (uint8_t)(0xa5 ^ (i >> 12) ^ (i * 7));
+    REQUIRE(fd >= 0 && ftruncate(fd, (off_t)len) == 0 &&
+                pwrite(fd, tail, sizeof(tail), (off_t)head) == (ssize_t)sizeof(tail) && close(fd) == 0,
+            "%s: sparse file %s", what, path);
+    struct moe_reader *r = moe_reader_open(path, rp);
+    REQUIRE(r, "%s: %s", what, moe_last_error());
+    uint8_t *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    int mfd = memfd_create("over4g", 0);
+    REQUIRE(base != MAP_FAILED && mfd >= 0 && ftruncate(mfd, (off_t)chunk) == 0, "%s: buffer", what);
+    for (uint64_t at = 0; at < head; at += chunk)
+        REQUIRE(mmap(base + at, chunk, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, mfd, 0) == base + at,
+                "%s: map at %llu", what, (unsigned long long)at);
+    REQUIRE(mmap(base + head, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+                base + head, "%s: tail pages", what);
+    memset(base + head, 0, 8192);
+    struct moe_read q = { .offset = 0, .len = len, .buf = base, .buf_index = -1 };
+    enum moe_status st = moe_reader_read(r, &q, 1);
+    struct moe_reader_stats rs;
+    moe_reader_get_stats(r, &rs);
+    CHECK(st == MOE_OK && q.st == MOE_OK && !memcmp(base + head, tail, sizeof(tail)),
+          "%s: a read of %llu bytes: status %d (%s), its last two pages %s", what, (unsigned long long)len, q.st,
+          q.msg, memcmp(base + head, tail, sizeof(tail)) ? "not read" : "read");
+    CHECK(rs.reads == 1 && rs.bytes == len, "%s: %llu reads, %llu bytes counted (%llu)", what,
+          (unsigned long long)rs.reads, (unsigned long long)rs.bytes, (unsigned long long)len);
+    printf("%-28s reads %llu bytes %llu continuations %llu %s%s\n", what, (unsigned long long)rs.reads,
+           (unsigned long long)rs.bytes, (unsigned long long)rs.continuations, rs.io_uring ? "io_uring" : "pread",
+           rs.direct ? " O_DIRECT" : "");
+    munmap(base, len);
+    close(mfd);
+    moe_reader_close(r);
+    unlink(path);
 }
 
 int main(void)
@@ -224,6 +270,12 @@ int main(void)
         snprintf(what, sizeof(what), "%s forced pread", bases[b]);
         check_reads(store, &(struct moe_reader_params){ .no_io_uring = true, .max_io_bytes = 8192 },
                     what, true);
+        if (b == 1) { /* tmpfs: a hole reads without filling memory or the page cache */
+            snprintf(what, sizeof(what), "%s over 4 GiB", bases[b]);
+            check_over_4gib(dir, &(struct moe_reader_params){ .queue_depth = 4 }, what);
+            snprintf(what, sizeof(what), "%s over 4 GiB, pread", bases[b]);
+            check_over_4gib(dir, &(struct moe_reader_params){ .no_io_uring = true }, what);
+        }
         t_tmp_remove(dir);
     }
     CHECK(!moe_reader_open("/tmp", &(struct moe_reader_params){ .queue_depth = 0 }), "directory");

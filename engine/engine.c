@@ -17,6 +17,7 @@
 #include "engine.h"
 
 #include "../kernels/backend.h"
+#include "../kernels/moe_plan.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -905,27 +906,11 @@ static enum moe_status moe_block(struct moe_engine *e, int l, int n)
     }
 
     /* Plan: experts in ascending id; within an expert, rows in (token, rank) order. */
-    memset(e->cnt, 0, sizeof(int) * (size_t)E);
-    for (int i = 0; i < nk; i++) {
-        int x = e->h_ids[i];
-        if (x < 0 || x >= E)
-            return moe_errorf(MOE_EDEVICE, "engine: layer %d router chose expert %d of %d (token %d)", l,
-                              x, E, i / K);
-        e->cnt[x]++;
-    }
+    st = moe_moe_plan(e->h_ids, n, K, E, e->cnt, e->first, e->h_src, e->h_inv);
+    if (st != MOE_OK) return moe_error_prefix(MOE_EDEVICE, "engine: layer %d router", l);
     int nd = 0;
-    e->first[0] = 0;
-    for (int x = 0; x < E; x++) {
-        e->first[x + 1] = e->first[x] + e->cnt[x];
+    for (int x = 0; x < E; x++)
         if (e->cnt[x]) e->distinct[nd++] = x;
-        e->cnt[x] = e->first[x]; /* becomes the fill cursor */
-    }
-    for (int t = 0; t < n; t++)
-        for (int r = 0; r < K; r++) {
-            int x = e->h_ids[t * K + r], row = e->cnt[x]++;
-            e->h_src[row] = t;
-            e->h_inv[t * K + r] = row;
-        }
     BE(o->copy_h2d(bc, e->d_src, e->h_src, (size_t)nk * 4));
     BE(o->copy_h2d(bc, e->d_inv, e->h_inv, (size_t)nk * 4));
     BE(o->gather_rows(bc, e->xn, e->d_src, nk, H, e->xp));

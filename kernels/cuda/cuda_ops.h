@@ -14,6 +14,7 @@
 
 #include "../../common/moe.h"
 #include "../../model/safetensors.h" /* enum moe_dtype */
+#include "../moe_plan.h"             /* the permutation gather_rows and moe_combine take */
 
 #ifdef __cplusplus
 extern "C" {
@@ -267,19 +268,6 @@ enum moe_status moe_cuda_argmax(struct moe_cuda_ctx *c, const float *d_logits, i
                                 int *d_out);
 
 /* ---- host-side helpers (no CUDA) ---------------------------------------- */
-
-/* From ids [n, k] (expert per token slot, each in [0, E)), the stable
- * expert-major permutation of moe_cuda_gather_rows and moe_cuda_moe_combine
- * (plain C; used by bench/gpu_moe_decode.c and the tests; the engine builds the
- * same permutation itself, engine.c):
- *   counts [E]      tokens routed to each expert
- *   offsets [E + 1] first permuted row of each expert
- *   rows [n*k]      permuted row r holds token rows[r] (source row of x)
- *   inv [n*k]       (token t, slot s) -> its permuted row
- * Within an expert, rows are in (token, slot) order.  MOE_ERANGE names the
- * token and slot of an out-of-range id. */
-enum moe_status moe_moe_plan(const int *ids, int n, int k, int E, int *counts, int *offsets,
-                             int *rows, int *inv);
 
 #ifdef __cplusplus
 }

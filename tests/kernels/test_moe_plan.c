@@ -1,10 +1,10 @@
-/* moe_moe_plan (kernels/cuda/cuda_moe_plan.c, host code with no CUDA in it, compiled into this test
- * in both builds) against a reference written here from its contract: experts in ascending id, within
- * an expert the (token, slot) pairs in order; counts, offsets, rows and inv all compared.  Random
+/* moe_moe_plan (kernels/moe_plan.c: the engine's MoE step uses it on either backend) against a
+ * reference written here from its contract: experts in ascending id, within an expert the (token,
+ * slot) pairs in order; counts, offsets, rows and inv all compared.  Random
  * routings (distinct experts per token as routers give, and repeats), experts left empty, every token
  * on one expert, top_k = experts, one expert, no tokens (nothing written past counts and offsets);
  * refusals: bad sizes (MOE_EINVAL), an id outside 0..E-1 (MOE_ERANGE naming token and slot). */
-#include "kernels/cuda/cuda_ops.h"
+#include "kernels/moe_plan.h"
 #include "tests/test_util.h"
 
 enum { SENTINEL = -7 };

@@ -1,9 +1,5 @@
-/* Host-side helper of the CUDA backend (plain C, no CUDA in it): the stable
- * expert-major permutation of (token, slot) pairs that moe_cuda_gather_rows
- * and moe_cuda_moe_combine take.  Its callers are bench/gpu_moe_decode.c and
- * the tests (test_kernels_moe_plan, test_gpu_ops); the engine builds the same
- * permutation itself in its MoE step (engine.c), for either backend. */
-#include "cuda_ops.h"
+/* The expert-major permutation of a MoE layer's (token, slot) pairs (moe_plan.h). */
+#include "moe_plan.h"
 
 enum moe_status moe_moe_plan(const int *ids, int n, int k, int E, int *counts, int *offsets, int *rows,
                              int *inv)

@@ -81,6 +81,10 @@ bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const c
  * file to read" when it is empty (a usage error, as an empty output path is); whether the file can be read
  * is found when it is read. */
 bool moe_cli_check_in(const char *cmd, const char *flag, const char *path);
+/* --model DIR, as the option is read: false after printing "moeflow CMD: --model is empty: name the model
+ * directory" when it is empty (a usage error, as an empty file name is).  $MOEFLOW_MODEL set but empty is
+ * taken as unset, the bundled model (moe_default_model_dir). */
+bool moe_cli_check_model(const char *cmd, const char *dir);
 
 /* An output file's path, before any work: false after printing "moeflow CMD:
  * FLAG ..." when it is empty, names a directory, or no file can be created

@@ -183,11 +183,22 @@ bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const c
     return true;
 }
 
-bool moe_cli_check_in(const char *cmd, const char *flag, const char *path)
+/* path is not empty, or false after "moeflow CMD: FLAG is empty: name the WHAT". */
+static bool named(const char *cmd, const char *flag, const char *path, const char *what)
 {
     if (*path) return true;
-    fprintf(stderr, "moeflow %s: %s is empty: name the file to read\n", cmd, flag);
+    fprintf(stderr, "moeflow %s: %s is empty: name the %s\n", cmd, flag, what);
     return false;
+}
+
+bool moe_cli_check_in(const char *cmd, const char *flag, const char *path)
+{
+    return named(cmd, flag, path, "file to read");
+}
+
+bool moe_cli_check_model(const char *cmd, const char *dir)
+{
+    return named(cmd, "--model", dir, "model directory");
 }
 
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place)

@@ -238,7 +238,10 @@ static int bench_batch(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, ":h", lopts, NULL)) != -1) {
         switch (c) {
-        case O_MODEL: o.model_dir = optarg; break;
+        case O_MODEL:
+            if (!moe_cli_check_model("bench batch", optarg)) return 2;
+            o.model_dir = optarg;
+            break;
         case O_PROMPTS:
             if (!moe_cli_check_in("bench batch", "--prompts", optarg)) return 2;
             o.prompts = optarg;

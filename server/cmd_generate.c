@@ -211,7 +211,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     long v;
     while ((c = getopt_long(argc, argv, ":m:p:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': o->model_dir = optarg; break;
+        case 'm':
+            if (!moe_cli_check_model("generate", optarg)) return 2;
+            o->model_dir = optarg;
+            break;
         case 'p': o->prompt = optarg; break;
         case 'h': usage(stdout); return 0;
         case OPT_MAXTOK:

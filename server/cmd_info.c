@@ -76,7 +76,10 @@ int moe_cmd_info(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
+        case 'm':
+            if (!moe_cli_check_model("info", optarg)) return 2;
+            dir = optarg;
+            break;
         case 'j': as_json = true; break;
         case 'h': info_usage(stdout); return 0;
         default: return moe_cli_bad_option("info", c, argv, opts);

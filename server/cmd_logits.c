@@ -133,7 +133,10 @@ int moe_cmd_logits(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:i:o:t:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model_dir = optarg; break;
+        case 'm':
+            if (!moe_cli_check_model("logits", optarg)) return 2;
+            model_dir = optarg;
+            break;
         case 'i': ids_arg = optarg; break;
         case 'o': out_path = optarg; break;
         case 't':

@@ -88,7 +88,10 @@ int moe_cmd_pack(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:o:qh", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': dir = optarg; break;
+        case 'm':
+            if (!moe_cli_check_model("pack", optarg)) return 2;
+            dir = optarg;
+            break;
         case 'o': out = optarg; break;
         case 'q': quiet = true; break;
         case 'h': pack_usage(stdout); return 0;

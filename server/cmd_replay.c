@@ -136,7 +136,10 @@ int moe_cmd_replay(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
-        case O_MODEL: model_dir = optarg; break;
+        case O_MODEL:
+            if (!moe_cli_check_model("replay", optarg)) return 2;
+            model_dir = optarg;
+            break;
         case O_TEXT:
             if (!moe_cli_check_in("replay", "--text", optarg)) return 2;
             text = optarg;

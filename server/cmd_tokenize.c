@@ -146,7 +146,10 @@ int moe_cmd_tokenize(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
+        case 'm':
+            if (!moe_cli_check_model("tokenize", optarg)) return 2;
+            model = optarg;
+            break;
         case 'k':
         case 'f':
             if (!moe_cli_check_in("tokenize", c == 'k' ? "--tokenizer" : "--file", optarg)) return 2;

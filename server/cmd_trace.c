@@ -145,7 +145,10 @@ int moe_cmd_trace(int argc, char **argv)
         long *num = NULL;
         const char *name = NULL;
         switch (c) {
-        case 'm': dir = optarg; break;
+        case 'm':
+            if (!moe_cli_check_model("trace", optarg)) return 2;
+            dir = optarg;
+            break;
         case O_TEXT:
             if (!moe_cli_check_in("trace", "--text", optarg)) return 2;
             text = optarg;

@@ -90,7 +90,10 @@ int moe_cmd_train_predictor(int argc, char **argv)
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
-        case O_MODEL: model_dir = optarg; break;
+        case O_MODEL:
+            if (!moe_cli_check_model("train-predictor", optarg)) return 2;
+            model_dir = optarg;
+            break;
         case O_TRACE:
         case O_TEXT:
             if (!moe_cli_check_in("train-predictor", c == O_TRACE ? "--trace" : "--text", optarg)) return 2;

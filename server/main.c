@@ -33,7 +33,7 @@ static void usage(FILE *f)
                "commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\nenvironment: MOEFLOW_MODEL (default model directory), MOEFLOW_LOG (error|warn|info|debug)\n");
+    fprintf(f, "\nenvironment: MOEFLOW_MODEL (default model directory; empty: unset), MOEFLOW_LOG (error|warn|info|debug)\n");
 }
 
 int main(int argc, char **argv)

@@ -189,6 +189,19 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
     return MOE_OK;
 }
 
+/* What to give instead of an empty value, for the text options that take no empty one and have no list of
+ * values to name; NULL for the others. */
+static const char *empty_hint(const char *name)
+{
+    static const char *const hints[][2] = {
+        { "model", "name the model directory" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(hints); i++)
+        if (!strcmp(name, hints[i][0]))
+            return hints[i][1];
+    return NULL;
+}
+
 static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serve_opt *o,
                                const char *value)
 {
@@ -196,6 +209,10 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
     if (o->type == MOE_OPT_OFFLOAD || o->type == MOE_OPT_OFFLOAD_FLAG)
         return set_offload(c, o, value);
     if (o->type == MOE_OPT_STRING) {
+        /* an empty value (a variable left unset) is refused, not taken for the default */
+        const char *hint = value[0] ? NULL : empty_hint(o->name);
+        if (hint)
+            return moe_errorf(MOE_EINVAL, "%s is empty: %s", o->name, hint);
         if (strlen(value) >= o->size)
             return moe_errorf(MOE_EINVAL, "%s: value '%.64s...' is too long (at most %zu bytes)",
                               o->name, value, o->size - 1);
@@ -251,7 +268,7 @@ void moe_serve_config_defaults(struct moe_serve_config *c)
     memset(c, 0, sizeof(*c));
     moe_offload_opts_init(&c->offload);
     for (const struct moe_serve_opt *o = opts; o->name; o++)
-        if (set_opt(c, o, o->def) != MOE_OK)
+        if (o->def[0] && set_opt(c, o, o->def) != MOE_OK) /* "": unset, as memset and the offload init leave it */
             MOE_ERR("serve option table: bad default of %s", o->name);
     c->offload.policy_given = false; /* a default turns nothing on */
 }

@@ -147,6 +147,33 @@ int main(void)
         expect(args, want);
     }
 
+    /* an empty --model is refused as it is read, as an empty input file is, on every command that takes one (the
+     * option after it, unknown, is never reached; serve reads its options after it has checked them all) */
+    static const char *const model_cmds[] = { "generate", "tokenize", "logits", "info", "pack", "trace",
+                                              "train-predictor", "eval-predictor", "replay", "bench batch",
+#ifdef TEST_SERVER
+                                              "serve",
+#endif
+    };
+    for (size_t i = 0; i < sizeof(model_cmds) / sizeof(model_cmds[0]); i++) {
+        snprintf(args, sizeof(args), "%s --model '' %s", model_cmds[i],
+                 strcmp(model_cmds[i], "serve") ? "--no-such-option" : "--check-config");
+        snprintf(want, sizeof(want), "moeflow %s: --model is empty: name the model directory\n", model_cmds[i]);
+        expect(args, want);
+    }
+    expect("logits -m '' --ids 1 --out l.safetensors", "moeflow logits: --model is empty: name the model directory\n");
+    /* $MOEFLOW_MODEL set but empty is taken as unset: the default model, as without it */
+    {
+        static char unset[16384], empty[16384];
+        char cmd[8192];
+        snprintf(cmd, sizeof(cmd), "env -u MOEFLOW_MODEL '%s' info --json 2>&1 </dev/null", exe);
+        int st_unset = t_run(cmd, unset, sizeof(unset));
+        snprintf(cmd, sizeof(cmd), "MOEFLOW_MODEL= '%s' info --json 2>&1 </dev/null", exe);
+        int st_empty = t_run(cmd, empty, sizeof(empty));
+        CHECK(st_unset == 0 && st_empty == 0 && !strcmp(unset, empty),
+              "MOEFLOW_MODEL='' info: exit %d, '%.200s'; unset: exit %d, '%.200s'", st_empty, empty, st_unset, unset);
+    }
+
     /* a count past its largest value is refused naming the range, not only its lower end (which it is above) */
     expect("generate --prompt x --top-k 1073741825",
            "moeflow generate: --top-k '1073741825': expected an integer in [0, 1073741824]\n");

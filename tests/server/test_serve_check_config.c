@@ -102,6 +102,11 @@ int main(void)
     st = check(big, "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "big.conf:1: max-queued: 18446744073709551616 is outside [1, 1048576]"),
           "a file's value past 64 bits: exit %d: %s", st, out);
+    /* an empty model directory is refused naming the line, as --model '' is, not taken for the default model */
+    const char *no_model = write_conf("no-model.conf", "http-port = 8000\nmodel =\n");
+    st = check(no_model, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "no-model.conf:2: model is empty: name the model directory\n"), "model =: exit %d: %s",
+          st, out);
     /* an empty file name is named as such, not as the system's error for "" */
     st = check("", "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "--config '': name the config file"), "empty --config: exit %d: %s", st, out);

@@ -50,12 +50,23 @@ bad:
     return -1;
 }
 
+/* An input file's path into *out, or -1 with "FLAG is empty: name the file to read" (a variable left unset). */
+static int file_arg(const char *flag, const char *arg, const char **out)
+{
+    if (!*arg) {
+        moe_errorf(MOE_EINVAL, "%s is empty: name the file to read", flag);
+        return -1;
+    }
+    *out = arg;
+    return 1;
+}
+
 int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
 {
     long v;
     int r;
     switch (opt) {
-    case MOE_OPT_STORE: o->store = arg; return 1;
+    case MOE_OPT_STORE: return file_arg("--store", arg, &o->store);
     case MOE_OPT_GPU_EXPERTS:
         if ((r = parse_count("gpu-experts", arg, 1, 1 << 24, &v)) > 0) o->gpu_experts = (int)v;
         return r;
@@ -77,13 +88,7 @@ int moe_offload_opts_parse(struct moe_offload_opts *o, int opt, const char *arg)
     case MOE_OPT_NO_IO_URING: o->no_io_uring = true; return 1;
     case MOE_OPT_STATS: o->stats = true; return 1;
     case MOE_OPT_STATS_JSON: o->stats_json = arg; return 1;
-    case MOE_OPT_BELADY_TRACE:
-        if (!*arg) {
-            moe_errorf(MOE_EINVAL, "--belady-trace is empty: name the file to read");
-            return -1;
-        }
-        o->belady_trace = arg;
-        return 1;
+    case MOE_OPT_BELADY_TRACE: return file_arg("--belady-trace", arg, &o->belady_trace);
     case MOE_OPT_BACKEND:
         if (!strcmp(arg, "cpu")) {
             o->backend = MOE_COMPUTE_CPU;

@@ -153,7 +153,7 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
                                    const char *value)
 {
     if (o->type == MOE_OPT_OFFLOAD_FLAG) {
-        if (!strcmp(value, "") || !strcmp(value, "false") || !strcmp(value, "0"))
+        if (!strcmp(value, "false") || !strcmp(value, "0"))
             return MOE_OK; /* off is the default; the runtime has no "off" value */
         if (strcmp(value, "true") && strcmp(value, "1"))
             return moe_errorf(MOE_EINVAL, "%s: '%s' is not true or false", o->name, value);
@@ -161,8 +161,7 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
             return moe_error_prefix(MOE_EINVAL, "%s", o->name);
         return MOE_OK;
     }
-    if (!value[0])
-        return MOE_OK; /* unset */
+    /* an empty value is refused by moe_offload_opts_parse, as the other commands refuse it: not taken as unset */
     if (o->code == MOE_OPT_BACKEND) { /* parsed to an enum: nothing to keep */
         if (moe_offload_opts_parse(&c->offload, o->code, value) < 0)
             return MOE_EINVAL; /* the message names the option and its value */
@@ -190,11 +189,14 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
 }
 
 /* What to give instead of an empty value, for the text options that take no empty one and have no list of
- * values to name; NULL for the others. */
+ * values to name; NULL for the others (cors-origin's empty list is none, its default). */
 static const char *empty_hint(const char *name)
 {
     static const char *const hints[][2] = {
         { "model", "name the model directory" },
+        { "model-name", "give the name clients send (leave it out for the model directory's name)" },
+        { "host", "give the address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)" },
+        { "chat-template", "give auto, markers or a Jinja template file" },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(hints); i++)
         if (!strcmp(name, hints[i][0]))
@@ -213,6 +215,12 @@ static enum moe_status set_opt(struct moe_serve_config *c, const struct moe_serv
         const char *hint = value[0] ? NULL : empty_hint(o->name);
         if (hint)
             return moe_errorf(MOE_EINVAL, "%s is empty: %s", o->name, hint);
+        if (!value[0] && !strcmp(o->name, "predictor")) { /* with the other commands' message for --predictor '' */
+            struct moe_offload_opts t;
+            moe_offload_opts_init(&t);
+            moe_offload_opts_parse(&t, MOE_OPT_PREDICTOR, value);
+            return MOE_EINVAL;
+        }
         if (strlen(value) >= o->size)
             return moe_errorf(MOE_EINVAL, "%s: value '%.64s...' is too long (at most %zu bytes)",
                               o->name, value, o->size - 1);

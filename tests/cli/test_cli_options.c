@@ -127,6 +127,10 @@ int main(void)
         { "generate", "--prompt x --json-schema ''" },
         { "generate", "--prompt x --grammar ''" },
         { "generate", "--prompt x --gpu-experts 8 --policy belady --belady-trace ''" },
+        { "generate", "--prompt x --gpu-experts 8 --store ''" },
+        { "trace", "--ids i.json --out t.jsonl --store ''" },
+        { "bench batch", "--prompts p.txt --concurrency 1 --micro-batch 1 --max-tokens 1 --grouping fcfs --capacity 8 "
+          "--store ''" },
         { "trace", "--text '' --out t.jsonl" },
         { "trace", "--ids '' --out t.jsonl" },
         { "sim", "--trace '' --policy lru --capacity 8" },

@@ -107,6 +107,49 @@ int main(void)
     st = check(no_model, "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "no-model.conf:2: model is empty: name the model directory\n"), "model =: exit %d: %s",
           st, out);
+    /* an empty value (a variable left unset, 'key =') is refused naming the option, and in the file its line, as a
+     * bad value is, where the tier options, model-name, host and chat-template took it for unset or the default
+     * (cors-origin's empty list is none, its default) */
+    static const struct { const char *key, *why; } empty[] = {
+        { "model", "model is empty: name the model directory" },
+        { "model-name", "model-name is empty: give the name clients send (leave it out for the model directory's "
+          "name)" },
+        { "host", "host is empty: give the address to bind (127.0.0.1: this machine only; 0.0.0.0: every "
+          "interface)" },
+        { "chat-template", "chat-template is empty: give auto, markers or a Jinja template file" },
+        { "predictor", "--predictor '' is empty (use none, gate[:D], path[:FILE], history, path+gate[:FILE] or auto)" },
+        { "backend", "--backend '' unknown (use cpu or cuda)" },
+        { "store", "--store is empty: name the file to read" },
+        { "gpu-experts", "--gpu-experts '' must be an integer in [1, 16777216]" },
+        { "gpu-cache-bytes", "--gpu-cache-bytes '' must be a byte count >= 1 (suffix K, M, G or T allowed)" },
+        { "host-experts", "--host-experts '' must be an integer in [1, 16777216]" },
+        { "host-cache-bytes", "--host-cache-bytes '' must be a byte count >= 1 (suffix K, M, G or T allowed)" },
+        { "policy", "--policy '' unknown (use predicted, lru, lfu or belady)" },
+        { "queue-depth", "--queue-depth '' must be an integer in [1, 4096]" },
+        { "no-io-uring", "no-io-uring: '' is not true or false" }, /* a flag on the command line: the file alone */
+    };
+    for (size_t i = 0; i < sizeof(empty) / sizeof(empty[0]); i++) {
+        char flag[128], want[512], text[256];
+        if (strcmp(empty[i].key, "no-io-uring")) {
+            snprintf(flag, sizeof(flag), "--%s ''", empty[i].key);
+            snprintf(want, sizeof(want), "moeflow serve: %s%s\n", strncmp(empty[i].why, "--", 2) ? "--" : "",
+                     empty[i].why);
+            st = check(write_conf("plain.conf", "# nothing but the flags\n"), flag, out, sizeof(out));
+            CHECK(st == 2 && !strcmp(out, want), "%s: exit %d: '%s', want '%s'", flag, st, out, want);
+        }
+        /* in the file, bare and quoted */
+        for (int q = 0; q < 2; q++) {
+            snprintf(text, sizeof(text), "http-port = 8000\n%s = %s\n", empty[i].key, q ? "\"\"" : "");
+            const char *conf = write_conf("empty.conf", text);
+            snprintf(want, sizeof(want), "empty.conf:2: %s\n", empty[i].why);
+            st = check(conf, "", out, sizeof(out));
+            CHECK(st == 2 && strstr(out, want), "'%s = %s' in the file: exit %d: '%s', want '%s'", empty[i].key,
+                  q ? "\"\"" : "", st, out, want);
+        }
+    }
+    const char *no_cors = write_conf("no-cors.conf", "cors-origin =\n");
+    st = check(no_cors, "--cors-origin ''", out, sizeof(out));
+    CHECK(st == 0, "an empty cors-origin (none): exit %d: %s", st, out);
     /* an empty file name is named as such, not as the system's error for "" */
     st = check("", "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "--config '': name the config file"), "empty --config: exit %d: %s", st, out);

@@ -81,6 +81,15 @@ bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const c
  * file to read" when it is empty (a usage error, as an empty output path is); whether the file can be read
  * is found when it is read. */
 bool moe_cli_check_in(const char *cmd, const char *flag, const char *path);
+/* An input file, just before it is read: false after printing "moeflow CMD: FLAG PATH: WHY (give a readable
+ * file holding WHAT)" when it is missing, a directory or cannot be opened, or, with regular, is not a regular
+ * file (a pipe or a device): a failure at run time, exit 1, as the read would be.  Whether it holds what it
+ * should is found by the read. */
+bool moe_cli_check_readable(const char *cmd, const char *flag, const char *path, bool regular, const char *what);
+/* The same for the files of the expert tiers' options: --store and --belady-trace. */
+struct moe_offload_opts;
+bool moe_cli_check_tier_files(const char *cmd, const struct moe_offload_opts *o);
+
 /* --model DIR, as the option is read: false after printing "moeflow CMD: --model is empty: name the model
  * directory" when it is empty (a usage error, as an empty file name is).  $MOEFLOW_MODEL set but empty is
  * taken as unset, the bundled model (moe_default_model_dir). */

@@ -6,9 +6,11 @@
 #include "../kernels/backend.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
+#include "../offload/runtime.h"
 #include "../predictor/predictor.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,6 +165,7 @@ bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const c
     size_t len = 0;
     *ids = NULL;
     *n = 0;
+    if (!moe_cli_check_readable(cmd, "--text", path, true, "UTF-8 text")) return false;
     if (moe_read_file(path, &text, &len, (size_t)1 << 30)) { /* the message names the file */
         fprintf(stderr, "moeflow %s: --text %s\n", cmd, moe_last_error());
         return false;
@@ -199,6 +202,33 @@ bool moe_cli_check_in(const char *cmd, const char *flag, const char *path)
 bool moe_cli_check_model(const char *cmd, const char *dir)
 {
     return named(cmd, "--model", dir, "model directory");
+}
+
+bool moe_cli_check_readable(const char *cmd, const char *flag, const char *path, bool regular, const char *what)
+{
+    struct stat sb;
+    const char *why = NULL;
+    int fd = -1;
+    if (stat(path, &sb) != 0)
+        why = strerror(errno);
+    else if (S_ISDIR(sb.st_mode))
+        why = "is a directory";
+    else if (regular && !S_ISREG(sb.st_mode))
+        why = "not a regular file";
+    else if (S_ISREG(sb.st_mode) && (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) /* a pipe is not opened here */
+        why = strerror(errno);
+    if (fd >= 0) close(fd);
+    if (!why) return true;
+    fprintf(stderr, "moeflow %s: %s %s: %s (give a readable file holding %s)\n", cmd, flag, path, why, what);
+    return false;
+}
+
+bool moe_cli_check_tier_files(const char *cmd, const struct moe_offload_opts *o)
+{
+    return (!o->store || moe_cli_check_readable(cmd, "--store", o->store, true, "an expert store, as moeflow pack "
+                                                "writes")) &&
+           (!o->belady_trace || moe_cli_check_readable(cmd, "--belady-trace", o->belady_trace, false,
+                                                       "a routing trace, as moeflow trace writes"));
 }
 
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place)

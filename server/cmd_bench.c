@@ -394,6 +394,9 @@ static int bench_batch(int argc, char **argv)
     int *n_ids = NULL;
     struct bench_req *reqs = NULL;
 
+    if (!moe_cli_check_readable("bench batch", "--prompts", o.prompts, true, "prompts, one a line or a JSON array "
+                                "of strings in a .json file"))
+        return 1;
     if (load_prompts(o.prompts, &texts, &n_texts) != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
         return 1;
@@ -411,6 +414,7 @@ static int bench_batch(int argc, char **argv)
         goto out;
     }
     o.oo.gpu_experts = slots;
+    if (!moe_cli_check_tier_files("bench batch", &o.oo)) goto out;
     enum moe_status st = moe_offload_runtime_create(m, &o.oo, &be, &prov);
     if (st != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: expert cache: %s\n", moe_last_error());

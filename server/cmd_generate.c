@@ -486,6 +486,8 @@ int moe_cmd_generate(int argc, char **argv)
     const char *text_path = o.schema_path ? o.schema_path : o.grammar_path;
     if (text_path) {
         const char *flag = o.schema_path ? "--json-schema" : "--grammar";
+        const char *what = o.schema_path ? "a JSON Schema" : "a GBNF grammar";
+        if (!moe_cli_check_readable("generate", flag, text_path, true, what)) return 1;
         char *text = NULL;
         size_t len = 0;
         enum moe_status sst = moe_read_file(text_path, &text, &len, MOE_JSON_MAX_SCHEMA);
@@ -493,9 +495,9 @@ int moe_cmd_generate(int argc, char **argv)
             fprintf(stderr, "moeflow generate: %s %s\n", flag, moe_last_error()); /* the message names the file */
             return 2;
         }
-        if (sst != MOE_OK) { /* missing, a directory, unreadable: a failure, as every command's input file */
+        if (sst != MOE_OK) { /* unreadable after all: a failure, as every command's input file */
             fprintf(stderr, "moeflow generate: %s %s (give a readable file holding %s)\n", flag, moe_last_error(),
-                    o.schema_path ? "a JSON Schema" : "a GBNF grammar");
+                    what);
             return 1;
         }
         sst = o.schema_path ? moe_json_schema_parse(text, len, &o.schema)
@@ -555,6 +557,7 @@ int moe_cmd_generate(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (!moe_cli_check_tier_files("generate", &o.off)) goto out;
     enum moe_status st = moe_offload_runtime_create(m, &o.off, &be, &prov);
     if (st != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());

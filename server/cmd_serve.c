@@ -117,6 +117,11 @@ int moe_cmd_serve(int argc, char **argv)
         printf("moeflow serve: configuration ok\n");
         return 0;
     }
+    /* the files named, before the model loads: a failure, as when they are read */
+    if (!moe_cli_check_tier_files("serve", &cfg.offload) ||
+        (strcmp(cfg.chat_template, "auto") && strcmp(cfg.chat_template, "markers") &&
+         !moe_cli_check_readable("serve", "--chat-template", cfg.chat_template, true, "a Jinja chat template")))
+        return 1;
     /* every connection takes a descriptor: use all the hard limit allows (1024 soft is common) */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

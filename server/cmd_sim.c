@@ -147,6 +147,8 @@ int moe_cmd_sim(int argc, char **argv)
         return 2;
     }
     struct moe_trace *t = NULL;
+    if (!moe_cli_check_readable("sim", "--trace", trace_path, false, "a routing trace, as moeflow trace writes"))
+        return 1;
     if (moe_trace_load(trace_path, &t)) {
         fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
         return 1;

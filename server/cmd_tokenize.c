@@ -183,6 +183,8 @@ int moe_cmd_tokenize(int argc, char **argv)
         return 2;
     }
 
+    if (tok_path && !moe_cli_check_readable("tokenize", "--tokenizer", tok_path, true, "a tokenizer.json"))
+        return 1;
     struct moe_tokenizer *t = tok_path ? moe_tokenizer_load(tok_path)
                                        : moe_tokenizer_load_dir(model ? model : moe_default_model_dir());
     if (!t) {
@@ -192,6 +194,9 @@ int moe_cmd_tokenize(int argc, char **argv)
     int rc = 1;
     char *buf = NULL;
     size_t len = 0;
+    if (file && strcmp(file, "-") &&
+        !moe_cli_check_readable("tokenize", "--file", file, true, decode ? "a JSON array of ids" : "the text to encode"))
+        goto out;
     if (file && read_input(file, &buf, &len)) {
         fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
         goto out;

@@ -218,6 +218,9 @@ int moe_cmd_trace(int argc, char **argv)
         if (!starts) goto fail;
         for (size_t s = 0; s < n_seq; s++) starts[s] = s * (size_t)seq_len;
         starts[n_seq] = n_ids;
+    } else if (!moe_cli_check_readable("trace", "--ids", idsf, true, "a JSON array of token-id arrays, as "
+                                       "generate --ids-out writes")) {
+        goto out;
     } else if (load_ids(idsf, cfg->vocab, &ids, &n_ids, &starts, &n_seq)) {
         goto fail;
     }
@@ -229,6 +232,7 @@ int moe_cmd_trace(int argc, char **argv)
                    "shorten it", longest, cfg->max_pos);
         goto fail;
     }
+    if (!moe_cli_check_tier_files("trace", &oo)) goto out;
     enum moe_status ost = moe_offload_runtime_create(m, &oo, &be, &prov);
     if (ost) {
         rc = moe_cli_failure_exit(ost);

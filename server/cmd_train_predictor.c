@@ -178,6 +178,9 @@ int moe_cmd_train_predictor(int argc, char **argv)
     }
     openblas_set_num_threads(threads);
     if (trace_path) {
+        if (!moe_cli_check_readable("train-predictor", "--trace", trace_path, false, "a routing trace, as moeflow "
+                                    "trace writes"))
+            goto out;
         if (moe_trace_load(trace_path, &tr)) {
             fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
             goto out;

@@ -8,14 +8,18 @@
 
 static char exe[4200];
 
-/* moeflow ARGS 2>&1: the output must be exactly want, the exit status 2. */
-static void expect(const char *args, const char *want)
+/* moeflow ARGS 2>&1: the output must be exactly want, the exit status status. */
+static void expect_exit(const char *args, int status, const char *want)
 {
     char cmd[8192], out[8192];
     snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1 </dev/null", exe, args);
     int st = t_run(cmd, out, sizeof(out));
-    CHECK(st == 2 && !strcmp(out, want), "moeflow %s: exit %d, output '%s', want '%s'", args, st, out, want);
+    CHECK(st == status && !strcmp(out, want), "moeflow %s: exit %d, output '%s', want %d, '%s'", args, st, out, status,
+          want);
 }
+
+/* A usage error: exit 2. */
+static void expect(const char *args, const char *want) { expect_exit(args, 2, want); }
 
 /* moeflow ARGS: its stdout into out (stderr dropped, or, with err_only, its stderr alone); the exit status. */
 static int run_out(const char *args, bool err_only, char *out, size_t cap)
@@ -176,6 +180,43 @@ int main(void)
         int st_empty = t_run(cmd, empty, sizeof(empty));
         CHECK(st_unset == 0 && st_empty == 0 && !strcmp(unset, empty),
               "MOEFLOW_MODEL='' info: exit %d, '%.200s'; unset: exit %d, '%.200s'", st_empty, empty, st_unset, unset);
+    }
+
+    /* an input file that cannot be read (missing, a directory, a device where a file is read whole) fails at run
+     * time, exit 1, on every command with one message: the option, the file, why, and what to give (generate's
+     * schema, grammar and tier files: test_engine_cli) */
+    static const struct { const char *cmd, *args, *file, *why, *what; } unread[] = {
+        { "sim", "--policy lru --capacity 8 --trace", "/nonexistent.jsonl", "No such file or directory",
+          "a routing trace, as moeflow trace writes" },
+        { "sim", "--policy lru --capacity 8 --trace", "/", "is a directory", "a routing trace, as moeflow trace writes" },
+        { "train-predictor", "--out /tmp/moeflow-cli-options-p.safetensors --trace", "/nonexistent.jsonl",
+          "No such file or directory", "a routing trace, as moeflow trace writes" },
+        { "train-predictor", "--out /tmp/moeflow-cli-options-p.safetensors --text", "/nonexistent.txt",
+          "No such file or directory", "UTF-8 text" },
+        { "trace", "--out /tmp/moeflow-cli-options-t.jsonl --text", "/", "is a directory", "UTF-8 text" },
+        { "trace", "--out /tmp/moeflow-cli-options-t.jsonl --ids", "/nonexistent.json", "No such file or directory",
+          "a JSON array of token-id arrays, as generate --ids-out writes" },
+        { "eval-predictor", "--predictor gate --text", "/nonexistent.txt", "No such file or directory", "UTF-8 text" },
+        { "replay", "--policy lru --capacity 8 --predictor none --text", "/dev/null", "not a regular file",
+          "UTF-8 text" },
+        { "tokenize", "--file", "/nonexistent.txt", "No such file or directory", "the text to encode" },
+        { "tokenize", "--decode --file", "/", "is a directory", "a JSON array of ids" },
+        { "tokenize", "--text x --tokenizer", "/nonexistent.json", "No such file or directory", "a tokenizer.json" },
+        { "bench batch", "--concurrency 1 --micro-batch 1 --max-tokens 1 --grouping fcfs --capacity 8 --prompts",
+          "/nonexistent.txt", "No such file or directory",
+          "prompts, one a line or a JSON array of strings in a .json file" },
+#ifdef TEST_SERVER
+        { "serve", "--gpu-experts 8 --store", "/nonexistent.moestore", "No such file or directory",
+          "an expert store, as moeflow pack writes" },
+        { "serve", "--chat-template", "/", "is a directory", "a Jinja chat template" },
+#endif
+    };
+    for (size_t i = 0; i < sizeof(unread) / sizeof(unread[0]); i++) {
+        snprintf(args, sizeof(args), "%s %s %s", unread[i].cmd, unread[i].args, unread[i].file);
+        const char *flag = strrchr(unread[i].args, ' ') ? strrchr(unread[i].args, ' ') + 1 : unread[i].args;
+        snprintf(want, sizeof(want), "moeflow %s: %s %s: %s (give a readable file holding %s)\n", unread[i].cmd, flag,
+                 unread[i].file, unread[i].why, unread[i].what);
+        expect_exit(args, 1, want);
     }
 
     /* a count past its largest value is refused naming the range, not only its lower end (which it is above) */

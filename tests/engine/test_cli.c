@@ -279,18 +279,20 @@ int main(void)
           "readable file holding a JSON Schema)\n" },
         { "--grammar /nonexistent.gbnf", "moeflow generate: --grammar /nonexistent.gbnf: No such file or directory "
           "(give a readable file holding a GBNF grammar)\n" },
-        { "--grammar /", "moeflow generate: --grammar /: not a regular file (give a readable file holding a GBNF "
+        { "--grammar /", "moeflow generate: --grammar /: is a directory (give a readable file holding a GBNF "
           "grammar)\n" },
-        { "--gpu-experts 8 --store /", "moeflow generate: /: is a directory; give the store file (moeflow pack --out "
-          "FILE)\n" },
-        { "--gpu-experts 8 --store /dev/null", "moeflow generate: /dev/null: not a regular file (a pipe or device "
-          "cannot be read at offsets); give the store file (moeflow pack --out FILE)\n" },
-        { "--gpu-experts 8 --store /nonexistent.moestore", "moeflow generate: /nonexistent.moestore: cannot open "
-          "expert store: No such file or directory\n" },
-        { "--gpu-experts 8 --policy belady --belady-trace /", "moeflow generate: /: is a directory, not a routing "
-          "trace (give the .jsonl file moeflow trace wrote)\n" },
-        { "--gpu-experts 8 --policy belady --belady-trace /nonexistent.jsonl", "moeflow generate: "
-          "/nonexistent.jsonl: cannot open trace: No such file or directory\n" },
+        /* the tiers' files name their option too, and say what to give */
+        { "--gpu-experts 8 --store /", "moeflow generate: --store /: is a directory (give a readable file holding an "
+          "expert store, as moeflow pack writes)\n" },
+        { "--gpu-experts 8 --store /dev/null", "moeflow generate: --store /dev/null: not a regular file (give a "
+          "readable file holding an expert store, as moeflow pack writes)\n" },
+        { "--gpu-experts 8 --store /nonexistent.moestore", "moeflow generate: --store /nonexistent.moestore: No such "
+          "file or directory (give a readable file holding an expert store, as moeflow pack writes)\n" },
+        { "--gpu-experts 8 --policy belady --belady-trace /", "moeflow generate: --belady-trace /: is a directory "
+          "(give a readable file holding a routing trace, as moeflow trace writes)\n" },
+        { "--gpu-experts 8 --policy belady --belady-trace /nonexistent.jsonl", "moeflow generate: --belady-trace "
+          "/nonexistent.jsonl: No such file or directory (give a readable file holding a routing trace, as moeflow "
+          "trace writes)\n" },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(unread); i++) {
         snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x %s --model '%s' 2>&1", exe, unread[i].args, dir);

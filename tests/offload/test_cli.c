@@ -301,7 +301,8 @@ int main(void)
     char no_ids[700];
     snprintf(no_ids, sizeof(no_ids), "%s/no-such-ids.json", dir);
     CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", model, "--ids", no_ids, "--out", tr) == 1 &&
-          strstr(errbuf, "--ids: ") && strstr(errbuf, "no-such-ids.json: No such file") && !strstr(errbuf, ":-1:"),
+          strstr(errbuf, "--ids ") && strstr(errbuf, "no-such-ids.json: No such file") &&
+              strstr(errbuf, "(give a readable file holding a JSON array of token-id arrays") && !strstr(errbuf, ":-1:"),
           "--ids missing file: %s", errbuf);
     write_text(ids, "[[1, 2]]\n[[3]]\n");
     CHECK(run_cmd(moe_cmd_trace, NULL, 7, "trace", "--model", model, "--ids", ids, "--out", tr) == 1 &&

@@ -73,7 +73,8 @@ static void bench_usage(FILE *f)
             "  --prefill-chunk N    prompt tokens per forward pass (default 256)\n"
             "  --prompt-tokens N    cut each prompt to its first N tokens (default 256; 0 = whole)\n"
             "  --lookahead N        micro-batches whose predicted experts are prefetched ahead\n"
-            "                       (default 1; 0 = off)\n"
+            "                       (default 1; 0 = off); with --predictor none, the experts each\n"
+            "                       sequence's last token was routed to\n"
             "  --threads N          threads of the CPU backend's pool (default 1)\n"
             "  --kv-dtype T         KV cache elements: f32 (default) or bf16 (half the memory)\n"
             "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2;\n"
@@ -468,6 +469,11 @@ static int bench_batch(int argc, char **argv)
         fprintf(stderr, "moeflow bench batch: engine: %s\n", moe_last_error());
         goto out;
     }
+    /* after the files load, so that a bad file is the first thing said (as replay); --lookahead and --no-prefetch
+     * still act without a predictor: the scheduler prefetches the experts each sequence used last */
+    if (spec.kind == MOE_PRED_NONE && o.no_pred_prefetch)
+        fprintf(stderr, "moeflow bench batch: warning: --no-predictor-prefetch changes nothing with --predictor none "
+                        "(nothing is predicted)\n");
     pred = moe_predictor_create(m, &spec, o.concurrency);
     if (!pred) {
         fprintf(stderr, "moeflow bench batch: --predictor %s: %s\n", o.predictor, moe_last_error());

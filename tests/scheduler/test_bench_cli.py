@@ -90,6 +90,29 @@ if rc == 0:
 if os.path.exists(stats):
     os.unlink(stats)
 
+# --predictor none: --no-predictor-prefetch changes nothing (the none predictor publishes no prediction) and
+# says so, as replay says of --no-prefetch; --lookahead and --no-prefetch do change the figures (the scheduler
+# prefetches the experts each sequence used last, which they turn off) and are taken without a word
+def figures(*extra):
+    rc, out, err = run(*base, "--grouping", "fcfs", "--predictor", "none", "--json", *extra)
+    check(rc == 0, f"--predictor none {extra}: rc {rc} {err.strip()!r}")
+    j = json.loads(out or "{}")
+    return {k: v for k, v in j.items() if k not in ("wall_s", "tokens_per_s")}, err  # all but the timings
+
+
+plain, err = figures()
+check("warning" not in err and plain.get("prefetches", 0) > 0, f"--predictor none: {plain} {err!r}")
+same, err = figures("--no-predictor-prefetch")
+check("warning: --no-predictor-prefetch changes nothing with --predictor none (nothing is predicted)" in err,
+      f"--predictor none --no-predictor-prefetch: no warning: {err!r}")
+same.pop("predictor_prefetch", None)
+check(same == {k: v for k, v in plain.items() if k != "predictor_prefetch"},
+      f"--no-predictor-prefetch changed the figures: {same} vs {plain}")
+for extra in (("--lookahead", "0"), ("--no-prefetch",)):
+    j, err = figures(*extra)
+    check("warning" not in err and j.get("prefetches") == 0 and j.get("transfers") != plain.get("transfers"),
+          f"--predictor none {extra}: {j} vs {plain}, {err!r}")
+
 # --policy alone: the device tier of --capacity-frac is offloading enough (no other cache flag needed)
 rc, out, err = run(*base, "--grouping", "fcfs", "--policy", "lfu", "--json")
 check(rc == 0 and json.loads(out or "{}").get("policy") == "lfu", f"--policy lfu: rc {rc} {err.strip()!r}")

@@ -24,9 +24,9 @@ static void info_usage(FILE *f)
         "cache per token and per sequence of the model's context, and the tokenizer's and chat\n"
         "template's conventions (tool calls, a template that opens a <think> block).\n"
         "\n"
-        "  --model DIR   model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
-        "  --json        one JSON object instead of text\n"
-        "  -h, --help    this help\n");
+        "  -m, --model DIR  model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
+        "  --json           one JSON object instead of text\n"
+        "  -h, --help       this help\n");
 }
 
 static const char *tool_style_name(enum moe_tool_style s)

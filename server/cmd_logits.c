@@ -18,11 +18,11 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: moeflow logits [--model DIR] --ids 1,2,3 --out F.safetensors [--threads N]\n"
             "Write the F32 logits [T, vocab] of every position of the token ids to F.\n\n"
-            "  --model DIR      model directory (default %s)\n"
-            "  --ids LIST       token ids, comma-separated (1,2,3) or a JSON array ([1, 2, 3]) as\n"
+            "  -m, --model DIR  model directory (default %s)\n"
+            "  -i, --ids LIST   token ids, comma-separated (1,2,3) or a JSON array ([1, 2, 3]) as\n"
             "                   moeflow tokenize prints: --ids \"$(moeflow tokenize --text hi)\"\n"
-            "  --out FILE       output safetensors file (tensors \"logits\" and \"input_ids\")\n"
-            "  --threads N      CPU threads (default 1)\n"
+            "  -o, --out FILE   output safetensors file (tensors \"logits\" and \"input_ids\")\n"
+            "  -t, --threads N  CPU threads (default 1)\n"
             "  -h, --help       this help\n",
             moe_default_model_dir());
 }

@@ -21,10 +21,10 @@ static void pack_usage(FILE *f)
         "stored dtype, each with an xxh3 checksum (format: docs/expert-store.md).  Use it with\n"
         "--store FILE on generate, trace, bench batch and serve.\n"
         "\n"
-        "  --model DIR   model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
-        "  --out FILE    output file (default: DIR/experts.moestore)\n"
-        "  --quiet       no progress output\n"
-        "  -h, --help    this help\n");
+        "  -m, --model DIR  model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
+        "  -o, --out FILE   output file (default: DIR/experts.moestore)\n"
+        "  -q, --quiet      no progress output\n"
+        "  -h, --help       this help\n");
 }
 
 struct progress {

@@ -25,7 +25,7 @@ static void trace_usage(FILE *f)
         "Runs teacher-forced prefill over the input and writes which experts every token was routed\n"
         "to in every MoE layer (format: docs/trace-format.md), for moeflow sim and the predictor.\n"
         "\n"
-        "  --model DIR        model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
+        "  -m, --model DIR    model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
         "  --text FILE        UTF-8 text, tokenized and cut into sequences of --seq-len tokens\n"
         "  --ids FILE         JSON array of token-id arrays, one sequence each\n"
         "  --seq-len N        tokens per sequence for --text (default 256)\n"

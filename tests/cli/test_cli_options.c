@@ -62,6 +62,33 @@ static void check_help(void)
         CHECK(st == 0 && !strcmp(help, help_h), "moeflow %s: exit %d, not the text of --help: %.200s", args, st,
               help_h);
         CHECK(run_out(args, true, err, sizeof(err)) == 0 && !*err, "moeflow %s wrote on stderr: %s", args, err);
+        /* a short option is taken exactly when the help lists it ("  -X, --name"), tried for the initial of every
+         * long option the help names (what a short option abbreviates); a model that does not exist stops a short
+         * flag that takes no value (pack -q) before any work (bench alone names its benchmark).  One shell runs
+         * every letter: "X 1" when -X is taken, "X 0" when it is unknown */
+        char letters[64] = "";
+        for (const char *q = help; (q = strstr(q, "--")); q += 2) {
+            char l = q[2];
+            if (((l >= 'a' && l <= 'z') || (l >= 'A' && l <= 'Z')) && l != 'h' && !strchr(letters, l) &&
+                strlen(letters) + 1 < sizeof(letters))
+                letters[strlen(letters)] = l;
+        }
+        CHECK(strchr(letters, 'm') || !strstr(help, "--model"), "moeflow %s: initials %s", names[i], letters);
+        char cmd[8192];
+        static char taken[4096];
+        snprintf(cmd, sizeof(cmd), "for x in $(echo %s | sed 's/./& /g'); do e=$(MOEFLOW_MODEL=/nonexistent-model "
+                 "'%s' %.63s -$x 2>&1 >/dev/null </dev/null); case \"$e\" in *\"unknown \"*\"'-$x'\"*) echo \"$x 0\";; "
+                 "*) echo \"$x 1\";; esac; done", letters, exe, names[i]);
+        t_run(cmd, taken, sizeof(taken));
+        size_t n_letters = strlen(letters);
+        CHECK(strlen(taken) == 4 * n_letters, "moeflow %s: the short options' run printed: %s", names[i], taken);
+        for (size_t k = 0; k < n_letters && strlen(taken) == 4 * n_letters; k++) {
+            char line[16];
+            snprintf(line, sizeof(line), "\n  -%c, --", letters[k]);
+            bool is_taken = taken[4 * k] == letters[k] && taken[4 * k + 2] == '1', listed = strstr(help, line);
+            CHECK(is_taken == listed, "moeflow %s: -%c is %s but %s in --help", names[i], letters[k],
+                  is_taken ? "taken" : "unknown", listed ? "listed" : "not listed");
+        }
     }
 }
 

@@ -276,28 +276,42 @@ static enum moe_status check_messages(json_t *msgs)
  * role and a string (or null / absent) content; the template sees them as
  * they are, with every other field, and the request's tools (OpenAI's list of
  * function definitions) as `tools`, as vLLM passes them. */
-/* The messages as templates read them (vLLM's reading of OpenAI's messages): a null content is "", and
- * an assistant's earlier tool calls carry their arguments as the JSON value (OpenAI clients send the
- * text; Qwen3-Coder's, GLM's and MiniMax's templates iterate the object), {} when there are none.
- * Arguments that are not JSON stay text.  A deep copy; NULL when out of memory. */
-static json_t *template_messages(json_t *msgs)
+/* The messages as templates read them (vLLM's reading of OpenAI's messages): a null content is "", and,
+ * when parse_args, an assistant's earlier tool calls carry their arguments as the JSON value (OpenAI
+ * clients send the text; Qwen3-Coder's, GLM's and MiniMax's templates iterate the object), {} when there
+ * are none; arguments that are not JSON stay text.  Without parse_args the arguments stay as the client
+ * sent them.  *changed (when given) says whether any arguments were replaced.  A deep copy; NULL when
+ * out of memory. */
+static json_t *template_messages(json_t *msgs, bool parse_args, bool *changed)
 {
     json_t *out = json_deep_copy(msgs), *m, *call;
     size_t i, k;
     json_array_foreach(out, i, m) {
         if (json_is_null(json_object_get(m, "content")))
             json_object_set_new(m, "content", json_string(""));
-        json_array_foreach(json_object_get(m, "tool_calls"), k, call) {
+        json_array_foreach(parse_args ? json_object_get(m, "tool_calls") : NULL, k, call) {
             json_t *fn = json_object_get(call, "function"), *args = json_object_get(fn, "arguments");
             if (!json_is_object(fn) || (args && !json_is_string(args) && !json_is_null(args)))
                 continue;
             const char *text = json_string_value(args);
             json_t *v = text && *text ? json_loads(text, JSON_DECODE_ANY, NULL) : json_object();
+            if (v && changed)
+                *changed = true;
             if (v)
                 json_object_set_new(fn, "arguments", v);
         }
     }
     return out;
+}
+
+/* Render msgs through tmpl with the extra variables, the arguments of earlier tool calls parsed or not. */
+static enum moe_status render_template_messages(json_t *msgs, bool parse_args, bool *changed,
+                                                const struct moe_chat *tmpl, json_t *extra, char **text, size_t *len)
+{
+    json_t *tm = template_messages(msgs, parse_args, changed);
+    enum moe_status st = tm ? moe_chat_render(tmpl, tm, extra, text, len) : moe_errorf(MOE_ENOMEM, "out of memory");
+    json_decref(tm);
+    return st;
 }
 
 static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *msgs, const struct moe_chat *tmpl,
@@ -321,9 +335,17 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
     }
     char *text;
     size_t len;
-    json_t *tm = template_messages(msgs);
-    st = tm ? moe_chat_render(tmpl, tm, extra, &text, &len) : moe_errorf(MOE_ENOMEM, "out of memory");
-    json_decref(tm);
+    bool changed = false;
+    st = render_template_messages(msgs, true, &changed, tmpl, extra, &text, &len);
+    /* A template that fails with the arguments as values (DeepSeek-V3's and R1's join them to text with
+     * +, which fails on an object in Jinja2 too) is rendered again with them as the client sent them, as
+     * the Hugging Face library hands them over; when that fails too, the first error is reported. */
+    if (st && st != MOE_ENOMEM && changed) {
+        char first[1024];
+        snprintf(first, sizeof(first), "%s", moe_last_error());
+        enum moe_status again = render_template_messages(msgs, false, NULL, tmpl, extra, &text, &len);
+        st = again == MOE_OK || again == MOE_ENOMEM ? again : moe_errorf(st, "%s", first);
+    }
     json_decref(extra);
     if (st)
         return moe_error_prefix(st == MOE_ENOMEM ? st : MOE_EINVAL, "'messages'");

@@ -7,7 +7,9 @@ on exactly the text that template makes (its token count is compared with
 `moeflow tokenize` of the expected text), pass chat_template_kwargs to it,
 turn its raise_exception() into a 400 that keeps the server serving, and
 `--chat-template markers` / FILE / a template outside the subset must do what
-`moeflow serve --help` says (and a Mixtral checkpoint with a SentencePiece tokenizer writes a
+`moeflow serve --help` says; an earlier tool call's arguments reach a template as the JSON value,
+or as the client's text when the template fails with the value (DeepSeek-V3's `+` into a ```json
+fence), exactly as Jinja2 renders each (and a Mixtral checkpoint with a SentencePiece tokenizer writes a
 generated run of byte tokens as the Hugging Face ByteFallback decoder does); with
 `--reasoning-parser think`, a reply's <think>...</think> (or, when
 the prompt opened the block, its text up to </think>) is reasoning_content, whole and streamed; output
@@ -59,6 +61,41 @@ def chat(srv, messages, **extra):
     body = dict(messages=messages, max_tokens=2, **extra)
     code, out = srv.http("/v1/chat/completions", json.dumps(body).encode())
     return code, json.loads(out)
+
+
+def rendered(srv, messages):
+    """The text a chat's messages render to (through /tokenize and /detokenize), or the error message."""
+    code, raw = srv.http("/tokenize", json.dumps({"messages": messages}).encode())
+    if code != 200:
+        return code, json.loads(raw).get("error", {}).get("message", raw)
+    code, raw = srv.http("/detokenize", json.dumps({"tokens": json.loads(raw)["tokens"]}).encode())
+    return code, json.loads(raw).get("prompt") if code == 200 else raw
+
+
+# DeepSeek-V3's and R1's way with earlier tool calls: the arguments joined into a ```json fence with +
+DS_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<｜Assistant｜>' + (message['content'] or '') + '<｜tool▁calls▁begin｜>' }}"
+    "{%- for tool in message['tool_calls'] %}"
+    "{{ '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\\n' + '```json' + '\\n'"
+    " + tool['function']['arguments'] + '\\n' + '```' + '<｜tool▁call▁end｜>' }}"
+    "{%- endfor %}{{ '<｜tool▁calls▁end｜><｜end▁of▁sentence｜>' }}"
+    "{%- elif message['role'] == 'tool' %}{{ '<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>' }}"
+    "{%- endif %}{%- endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}")
+DS_WANT = ("<｜User｜>weather?<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+           "get_weather\n```json\n{\"city\": \"Paris\", \"n\": 2}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function"
+           "<｜tool▁sep｜>now\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>"
+           "<｜tool▁output▁begin｜>sunny<｜tool▁output▁end｜><｜Assistant｜>")
+# Llama-3.1's and Qwen's way: the arguments through tojson, which needs the object
+TOJSON_TEMPLATE = ("{% for m in messages %}[{{ m.role }}] {{ m.content }}{% for c in m.tool_calls or [] %}"
+                   "<call {{ c.function.name }} {{ c.function.arguments | tojson }}>{% endfor %}{% endfor %}")
+TOJSON_WANT = '[user] weather?[assistant] <call get_weather {"city": "Paris", "n": 2}><call now {}>[tool] sunny'
+# fails with the object (its own raise_exception) and with the text (a string has no items())
+FAILS_TEMPLATE = ("{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments.items() | list }}"
+                  "{% if c.function.name == 'now' %}{{ raise_exception('no call may be made to now') }}{% endif %}"
+                  "{% endfor %}{% endfor %}")
 
 
 def main():
@@ -169,14 +206,42 @@ def main():
                             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"n\": 2}"}},
                            {"id": "c2", "type": "function", "function": {"name": "now", "arguments": ""}}]},
                        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
-            code, raw = srv.http("/tokenize", json.dumps({"messages": history}).encode())
-            toks = json.loads(raw).get("tokens") if code == 200 else None
-            code2, raw2 = srv.http("/detokenize", json.dumps({"tokens": toks or []}).encode())
-            got = json.loads(raw2).get("prompt") if code2 == 200 else None
+            code, got = rendered(srv, history)
             want = "[user] weather?[assistant] <call get_weather>city=Paris;n=2;<call now>[tool] sunny[assistant] "
-            check(code == 200 and got == want, "tool-call history: %d %r, want %r" % (code, got or raw, want))
+            check(code == 200 and got == want, "tool-call history: %d %r, want %r" % (code, got, want))
         finally:
             check(srv.stop() == 0, "exit status")
+
+        # templates that join the arguments to strings with + (DeepSeek-V3's and R1's shape) fail with
+        # the object, as Jinja2 does, and are rendered again with the client's text; the expected
+        # texts are Jinja2's (sandboxed, trim_blocks, lstrip_blocks), given the text for DS_TEMPLATE and
+        # the object for TOJSON_TEMPLATE (given the text, tojson would quote it)
+        history[1]["tool_calls"][1]["function"]["arguments"] = "{}"
+        for name, tmpl, want in (("ds", DS_TEMPLATE, DS_WANT), ("tojson", TOJSON_TEMPLATE, TOJSON_WANT),
+                                 ("fails", FAILS_TEMPLATE, None)):
+            path = os.path.join(tmp, name + ".jinja")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(tmpl)
+            srv = Server(moeflow, "--model", model, "--chat-template", path)
+            try:
+                code, got = rendered(srv, history)
+                if want is None:  # the error of the render with the object, not that of the one with the text
+                    check(code == 400 and "no call may be made to now" in got and "items" not in got,
+                          "a template that fails either way: %d %r" % (code, got))
+                    continue
+                check(code == 200 and got == want, "%s template, tool-call history: %d %r, want %r" %
+                      (name, code, got, want))
+                # the Responses API's function_call items become the same tool calls, arguments text
+                items = [{"role": "user", "content": "weather?"}] + [
+                    {"type": "function_call", "call_id": c["id"], "name": c["function"]["name"],
+                     "arguments": c["function"]["arguments"]} for c in history[1]["tool_calls"]] + [
+                    {"type": "function_call_output", "call_id": "c1", "output": "sunny"}]
+                code, raw = srv.http("/v1/responses", json.dumps({"input": items, "max_output_tokens": 1}).encode())
+                usage = json.loads(raw).get("usage", {}) if code == 200 else raw
+                check(code == 200 and usage.get("input_tokens") == n_tokens(moeflow, model, want),
+                      "%s template, responses' function_call items: %d %r" % (name, code, usage))
+            finally:
+                check(srv.stop() == 0, "exit status")
 
         # --reasoning-parser think: a reply that opens with <think> (or whose prompt opened it) gives its
         # reasoning as reasoning_content, the rest as content, whole and streamed alike; the reply is

@@ -1102,11 +1102,11 @@ static void generate_work(struct gjob *q)
         q->decoded = true;
         if (q->m != GM_GENERATE)
             snprintf(q->kid, sizeof(q->kid), "%s", q->r.id);
-        st = moe_stop_scan_init(&q->scan, q->r.stop, q->r.n_stop);
+        st = srv_stop_scan_init(s, &q->scan, q->r.stop, q->r.n_stop);
         if (st == MOE_OK)
             st = srv_gen_prepare(s, &q->r, NULL, &q->p);
     } else {
-        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+        srv_count_refused(s, st);
         if (q->m == GM_STREAM_INFER) { /* answer under the request's id when the message has one */
             Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, q->len, q->msg);
             if (m && m->id)
@@ -1128,7 +1128,7 @@ static void generate_finish(struct gcall *c, struct gjob *q)
     enum moe_status st = q->st;
     const char *err = q->err;
     if (st == MOE_OK) {
-        struct cgen *k = calloc(1, sizeof(*k));
+        struct cgen *k = srv_calloc(s, SRV_FAULT_CHOICE, 1, sizeof(*k));
         if (k) {
             k->c = c;
             memcpy(k->kid, q->kid, sizeof(k->kid));
@@ -1145,6 +1145,7 @@ static void generate_finish(struct gcall *c, struct gjob *q)
                 free(k);
             }
         } else {
+            srv_count_refused(s, MOE_ENOMEM);
             st = moe_errorf(MOE_ENOMEM, "out of memory");
         }
         err = moe_last_error();
@@ -1206,9 +1207,11 @@ static void gjob_finish(struct gcall *c, struct gjob *q)
  * a small one here and now. */
 static void prep_start(struct gcall *c, const uint8_t *buf, size_t len)
 {
-    struct gjob *q = calloc(1, sizeof(*q));
+    struct gjob *q = srv_calloc(c->gf->srv, SRV_FAULT_JOB, 1, sizeof(*q));
     if (!q || !(q->msg = malloc(len ? len : 1))) {
         free(q);
+        if (c->m != GM_TOKENIZE) /* Tokenize counts no refusal */
+            srv_count_refused(c->gf->srv, MOE_ENOMEM);
         if (c->m != GM_STREAM_INFER)
             queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         else if (kserve_error(c, "", "out of memory"))

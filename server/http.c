@@ -1182,7 +1182,7 @@ static enum moe_status prepare_prompts(struct moe_server *s, struct moe_gen_requ
         snprintf(name, sizeof(name), "prompt[%d]", p);
         enum moe_status st = srv_gen_prepare(s, &one, gr->n_batch ? name : NULL, &in_p[p].sp);
         if (st == MOE_OK && gr->echo && (st = echo_text(s, &one, &in_p[p].echo, &in_p[p].echo_len)) != MOE_OK) {
-            moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, srv_http_status(st) == 400);
+            srv_count_refused(s, st);
             if (gr->n_batch)
                 moe_error_prefix(st, "'%s'", name);
         }
@@ -1205,7 +1205,7 @@ static void completion_work(struct hjob *q)
         moe_gen_request_free(&q->gr);
     q->named = true;
     if (st != MOE_OK) {
-        moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+        srv_count_refused(s, st);
         goto out;
     }
     q->decoded = true;
@@ -1219,8 +1219,13 @@ static void completion_work(struct hjob *q)
         q->gr.timeout_s = q->ht;
     /* the prompts (each of a batch) tokenized and checked, and their echo made, before any runs */
     q->n_prompts = q->gr.n_batch ? q->gr.n_batch : 1;
-    q->in_p = calloc((size_t)q->n_prompts, sizeof(*q->in_p));
-    st = q->in_p ? prepare_prompts(s, &q->gr, q->in_p) : moe_errorf(MOE_ENOMEM, "out of memory");
+    q->in_p = srv_calloc(s, SRV_FAULT_PROMPTS, (size_t)q->n_prompts, sizeof(*q->in_p));
+    if (!q->in_p) {
+        srv_count_refused(s, MOE_ENOMEM);
+        st = moe_errorf(MOE_ENOMEM, "out of memory");
+    } else {
+        st = prepare_prompts(s, &q->gr, q->in_p);
+    }
 out:
     q->code = st == MOE_OK ? 200 : srv_http_status(st);
     if (st != MOE_OK)
@@ -1250,6 +1255,7 @@ static void completion_finish(struct hcall *c, struct hjob *q)
     size_t n_all = (size_t)n_prompts * (size_t)gr.n;
     if (!(c->ch = calloc(n_all, sizeof(*c->ch))) || !(c->done_g = calloc(n_all, sizeof(*c->done_g))) ||
         !(c->use = calloc((size_t)n_prompts, sizeof(*c->use))) || !(c->choices = json_array())) {
+        srv_count_refused(s, MOE_ENOMEM);
         hcall_detach(c);
         send_error(req, 500, "out of memory");
         hcall_free(c);
@@ -1282,12 +1288,13 @@ static void completion_finish(struct hcall *c, struct hjob *q)
     for (int k = 0; k < c->n && st == MOE_OK; k++) {
         struct hprompt_in *pi = &in_p[k / gr.n];
         json_array_append_new(c->choices, json_null());
-        struct hreq *r = calloc(1, sizeof(*r));
+        struct hreq *r = srv_calloc(s, SRV_FAULT_CHOICE, 1, sizeof(*r));
         if (!r || !(r->text = evbuffer_new()) || (gr.logprobs && !(r->lp = lp_new(chat))) ||
             (pi->echo && !(r->echo = malloc(pi->echo_len + 1))) ||
             (c->reasoning && (!(r->all = evbuffer_new()) || !(r->reason = evbuffer_new())))) {
             if (r)
                 hreq_free(r);
+            srv_count_refused(s, MOE_ENOMEM);
             st = moe_errorf(MOE_ENOMEM, "out of memory");
             break;
         }
@@ -1300,7 +1307,7 @@ static void completion_finish(struct hcall *c, struct hjob *q)
         c->ch[k] = r;
         c->n_open++;
         struct moe_gen_request one = choice_of(&gr, k);
-        st = moe_stop_scan_init(&r->scan, gr.stop, gr.n_stop);
+        st = srv_stop_scan_init(s, &r->scan, gr.stop, gr.n_stop);
         if (st == MOE_OK)
             st = srv_gen_submit_prepared(s, &h->inbox, r, &one, &pi->sp, 0, &r->g);
     }
@@ -1405,7 +1412,9 @@ static void tokenize_work(struct hjob *q)
     }
     if (!msg[0] && !out)
         code = 500, snprintf(msg, sizeof(msg), "out of memory");
-    if (msg[0])
+    if (msg[0] && code == 500) /* out of memory */
+        srv_count_refused(s, MOE_ENOMEM);
+    else if (msg[0])
         moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, code == 400 || code == 404);
     else
         q->out = dump_json(out), code = 200;
@@ -1480,9 +1489,10 @@ static void hjob_finish(struct hcall *c, struct hjob *q)
 static void prep_start(struct http_front *h, struct evhttp_request *req, struct hcall *c, int kind,
                        const char *body, size_t n)
 {
-    struct hjob *q = c ? calloc(1, sizeof(*q)) : NULL;
+    struct hjob *q = c ? srv_calloc(h->srv, SRV_FAULT_JOB, 1, sizeof(*q)) : NULL;
     if (!q || !(q->body = malloc(n + 1))) {
         free(q);
+        srv_count_refused(h->srv, MOE_ENOMEM);
         send_error(req, 500, "out of memory");
         if (c)
             hcall_free(c);
@@ -1521,7 +1531,7 @@ static void handle_completion(struct http_front *h, struct evhttp_request *req, 
         enum moe_status st = moe_responses_request(body ? body : "", body ? n : 0, kept_lookup, h, &chat_body, &resp);
         if (st != MOE_OK) {
             free(chat_body);
-            moe_metrics_count(&h->srv->metrics, &h->srv->metrics.rejected_invalid, 1);
+            srv_count_refused(h->srv, st);
             send_request_error(req, resp, srv_http_status(st), moe_last_error());
             moe_responses_free(resp);
             return;

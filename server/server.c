@@ -523,6 +523,52 @@ void srv_gen_abandon_unsent(struct srv_gen *g)
     gen_let_go_unsent(g, NULL);
 }
 
+void *srv_calloc(const struct moe_server *s, enum srv_fault f, size_t n, size_t size)
+{
+    return s->faults & f ? NULL : calloc(n, size);
+}
+
+/* MOEFLOW_TEST_FAIL_ALLOC's names as srv_fault bits (a name it does not know is warned of). */
+static unsigned faults_parse(const char *list)
+{
+    static const struct { const char *name; enum srv_fault f; } names[] = {
+        { "job", SRV_FAULT_JOB }, { "prompts", SRV_FAULT_PROMPTS }, { "stops", SRV_FAULT_STOPS },
+        { "choice", SRV_FAULT_CHOICE }, { "gen", SRV_FAULT_GEN },
+    };
+    unsigned faults = 0;
+    for (const char *p = list; p && *p;) {
+        size_t n = strcspn(p, ",");
+        size_t i = 0;
+        while (i < MOE_ARRAY_LEN(names) && (strlen(names[i].name) != n || strncmp(p, names[i].name, n)))
+            i++;
+        if (i < MOE_ARRAY_LEN(names))
+            faults |= names[i].f;
+        else
+            MOE_WARN("MOEFLOW_TEST_FAIL_ALLOC: '%.*s' is not job, prompts, stops, choice or gen", (int)n, p);
+        p += n + (p[n] == ',');
+    }
+    return faults;
+}
+
+void srv_count_refused(struct moe_server *s, enum moe_status st)
+{
+    moe_metrics_count(&s->metrics, st == MOE_ENOMEM ? &s->metrics.rejected_memory : &s->metrics.rejected_invalid, 1);
+}
+
+enum moe_status srv_stop_scan_init(struct moe_server *s, struct moe_stop_scan *sc, char *const *seq, int n)
+{
+    enum moe_status st;
+    if ((s->faults & SRV_FAULT_STOPS) && n > 0) { /* none: nothing to allocate */
+        memset(sc, 0, sizeof(*sc));
+        st = moe_errorf(MOE_ENOMEM, "stop sequences: out of memory");
+    } else {
+        st = moe_stop_scan_init(sc, seq, n);
+    }
+    if (st != MOE_OK)
+        srv_count_refused(s, st);
+    return st;
+}
+
 /* The server is draining: refused (and counted) as such. */
 static enum moe_status refuse_draining(struct moe_server *s)
 {
@@ -645,7 +691,7 @@ out:
     free(ids);
     if (name && of_prompt)
         moe_error_prefix(st, "'%s'", name);
-    moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+    srv_count_refused(s, st);
     return st;
 }
 
@@ -659,9 +705,11 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
     const int *ids = p->ids;
     size_t n_ids = (size_t)p->n_ids;
     int max_tokens = p->max_tokens;
-    struct srv_gen *g = calloc(1, sizeof(*g));
-    if (!g)
+    struct srv_gen *g = srv_calloc(s, SRV_FAULT_GEN, 1, sizeof(*g));
+    if (!g) {
+        srv_count_refused(s, MOE_ENOMEM);
         return moe_errorf(MOE_ENOMEM, "out of memory");
+    }
     g->srv = s;
     g->inbox = ib;
     g->owner = owner;
@@ -700,6 +748,7 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
         g->prompt_lps = r->logprobs ? calloc(n_ids, sizeof(*g->prompt_lps)) : NULL;
         if (!g->prompt_ids || (r->logprobs && !g->prompt_lps)) {
             gen_free(g);
+            srv_count_refused(s, MOE_ENOMEM);
             return moe_errorf(MOE_ENOMEM, "out of memory for the echoed prompt");
         }
         memcpy(g->prompt_ids, ids, n_ids * sizeof(int));
@@ -722,7 +771,7 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
         else if (st == MOE_ECANCELED) /* the drain began after refuse_draining looked: 503, as it answers */
             moe_metrics_count(&s->metrics, &s->metrics.rejected_draining, 1);
         else
-            moe_metrics_count(&s->metrics, &s->metrics.rejected_invalid, 1);
+            srv_count_refused(s, st);
         return st;
     }
     *out = g;
@@ -1040,6 +1089,7 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
     pthread_mutex_init(&s->prep.mu, NULL);
     pthread_cond_init(&s->prep.cv, NULL);
     srv_inbox_init(&s->gone, NULL, NULL);
+    s->faults = faults_parse(getenv("MOEFLOW_TEST_FAIL_ALLOC"));
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
     if (cfg->model_name[0]) {
         snprintf(s->model_name, sizeof(s->model_name), "%s", cfg->model_name);

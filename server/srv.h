@@ -155,7 +155,28 @@ struct moe_server {
     struct srv_prep prep;
     struct srv_inbox gone;         /* of the generations submitted for clients that left (srv_gen_submit_gone):
                                       never woken, its lock theirs; freed after the scheduler */
+    unsigned faults;               /* testing: enum srv_fault bits (MOEFLOW_TEST_FAIL_ALLOC), else 0 */
 };
+
+/* Testing (tests/server/test_serve_faults.py): MOEFLOW_TEST_FAIL_ALLOC, a comma-separated list of these
+ * names, makes the allocations they name on a request's way to the scheduler fail as out of memory would:
+ * job (the copy of a request a front end prepares), prompts (a completion's prepared prompts), stops (a
+ * generation's stop sequences, when it has any), choice (a front end's object of one generation), gen
+ * (the generation shared with the scheduler). */
+enum srv_fault {
+    SRV_FAULT_JOB = 1,
+    SRV_FAULT_PROMPTS = 2,
+    SRV_FAULT_STOPS = 4,
+    SRV_FAULT_CHOICE = 8,
+    SRV_FAULT_GEN = 16,
+};
+/* calloc(n, size), or NULL when MOEFLOW_TEST_FAIL_ALLOC names f. */
+void *srv_calloc(const struct moe_server *s, enum srv_fault f, size_t n, size_t size);
+/* A request refused before admission with st, other than as busy or draining (counted where they are
+ * found): counted as out of memory (MOE_ENOMEM) or invalid (any other status). */
+void srv_count_refused(struct moe_server *s, enum moe_status st);
+/* moe_stop_scan_init for a request's generation; an error (out of memory) is counted as its refusal. */
+enum moe_status srv_stop_scan_init(struct moe_server *s, struct moe_stop_scan *sc, char *const *seq, int n);
 
 /* Map a status to HTTP and gRPC codes. */
 int srv_http_status(enum moe_status st);

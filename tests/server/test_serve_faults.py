@@ -284,6 +284,56 @@ def choice_failed_after_others(moeflow):
             print(srv.output()[-3000:])
 
 
+def refused_out_of_memory(moeflow, pb):
+    """A request refused out of memory before it reaches the scheduler answers 500 (HTTP) or
+    RESOURCE_EXHAUSTED (gRPC) and counts in request_rejected_total{reason="memory"}, none accepted, none
+    refused as invalid.  MOEFLOW_TEST_FAIL_ALLOC makes the allocations it names fail: the copy of a request
+    (job), a completion's prompts (prompts; a large one on a preparation thread), a front end's object of
+    one generation (choice), the stop sequences of a request that has some (stops) and the generation shared
+    with the scheduler (gen), each the first of a request's way that fails."""
+    m = pb["m"]
+    big = "x = 1\n" * 3000  # over 16 KiB: prepared on a preparation thread
+    http_plain = ("/v1/completions", {"prompt": "def f():", "max_tokens": 2})
+    http_big = ("/v1/completions", {"prompt": big, "max_tokens": 2})
+    http_stop = ("/v1/completions", {"prompt": "def f():", "max_tokens": 2, "stop": ["\n\n"]})
+    tokenize = ("/tokenize", {"prompt": "def f():"})
+    grpc_plain = m.GenerateRequest(prompt="def f():", max_tokens=2)
+    grpc_stop = m.GenerateRequest(prompt="def f():", max_tokens=2, stop=["\n\n"])
+    cases = (("job", (http_plain, tokenize, grpc_plain)),
+             ("prompts", (http_plain, http_big)),
+             ("choice", (http_plain, grpc_plain)),
+             ("stops,gen", (http_stop, http_plain, grpc_stop, grpc_plain)))
+    for faults, requests in cases:
+        srv = Server(moeflow, "--warmup-tokens", "0", env={"MOEFLOW_TEST_FAIL_ALLOC": faults})
+        try:
+            gen = pb["mg"].GenerationStub(grpc.insecure_channel(srv.target))
+            m0 = srv.metrics()
+            for i, rq in enumerate(requests):
+                if isinstance(rq, tuple):
+                    code, out = srv.http(rq[0], json.dumps(rq[1]).encode())
+                    check(code == 500 and b"out of memory" in out,
+                          "%s: HTTP request %d: %d %r" % (faults, i, code, out[:200]))
+                else:
+                    try:
+                        list(gen.Generate(rq, timeout=scaled(30)))
+                        check(False, "%s: Generate %d answered" % (faults, i))
+                    except grpc.RpcError as e:
+                        check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "out of memory" in e.details(),
+                              "%s: Generate %d: %s %s" % (faults, i, e.code(), e.details()))
+            ms = srv.metrics()
+            got = {r: metric(ms, "moeflow:request_rejected_total", reason=r) -
+                   metric(m0, "moeflow:request_rejected_total", reason=r) for r in ("memory", "invalid")}
+            got["accepted"] = metric(ms, "moeflow:requests_accepted_total") - \
+                metric(m0, "moeflow:requests_accepted_total")
+            check(got == {"memory": len(requests), "invalid": 0, "accepted": 0},
+                  "%s: %d requests refused out of memory counted %r" % (faults, len(requests), got))
+            check(srv.stop() == 0, "%s: exit status" % faults)
+        finally:
+            srv.kill()
+            if check.failures:
+                print(srv.output()[-3000:])
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -609,6 +659,7 @@ def main():
     failed_after_unsent_text(moeflow, pb)
     unwritable_reply(moeflow)
     choice_failed_after_others(moeflow)
+    refused_out_of_memory(moeflow, pb)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

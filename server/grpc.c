@@ -1252,7 +1252,9 @@ static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
     /* ModelReady answers false while the model loads, ServerMetadata needs none */
     bool needs_model = c->m != GM_HEALTH && c->m != GM_HEALTH_WATCH && c->m != GM_LIVE && c->m != GM_READY &&
                        c->m != GM_MODEL_READY && c->m != GM_SERVER_META && c->m != GM_UNKNOWN;
-    if (needs_model && !atomic_load(&c->gf->srv->loaded)) {
+    /* a generation request is counted as refused (as its other refusals are); the others are not */
+    bool gen = c->m == GM_GENERATE || c->m == GM_INFER || c->m == GM_STREAM_INFER;
+    if (needs_model && !srv_loaded(c->gf->srv, gen)) {
         queue_status(c, GRPC_STATUS_UNAVAILABLE, "the model is still loading; retry when ready");
         return;
     }

@@ -1905,7 +1905,7 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         send_error(req, 405, msg);
         return;
     }
-    if (gen_path && !atomic_load(&s->loaded)) {
+    if (gen_path && !srv_loaded(s, post)) { /* a request counted as refused; a listing of the models not */
         send_error(req, 503, "the model is still loading; retry when /ready says ready");
         return;
     }

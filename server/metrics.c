@@ -120,6 +120,8 @@ void moe_metrics_render(struct moe_metrics *m, struct moe_strbuf *b, const char 
                       (unsigned long long)m->rejected_busy);
     moe_strbuf_printf(b, "moeflow:request_rejected_total{%s,reason=\"draining\"} %llu\n", model_label,
                       (unsigned long long)m->rejected_draining);
+    moe_strbuf_printf(b, "moeflow:request_rejected_total{%s,reason=\"loading\"} %llu\n", model_label,
+                      (unsigned long long)m->rejected_loading);
     moe_strbuf_printf(b, "moeflow:request_rejected_total{%s,reason=\"memory\"} %llu\n", model_label,
                       (unsigned long long)m->rejected_memory);
     moe_strbuf_printf(b, "# HELP moeflow:http_connections HTTP connections open now.\n"

@@ -31,6 +31,7 @@ struct moe_metrics {
     uint64_t rejected_invalid; /* refused before admission: bad field, too long (a prompt, a body, a message) */
     uint64_t rejected_busy;    /* refused by the scheduler: queue or token bound */
     uint64_t rejected_draining;/* refused while draining */
+    uint64_t rejected_loading; /* refused while the model loads */
     uint64_t rejected_memory;  /* refused out of memory before admission (its copy, prompts, generation) */
     uint64_t http_requests, grpc_calls; /* front-end traffic (all endpoints) */
     uint64_t http_connections;          /* HTTP connections open now */

@@ -569,6 +569,14 @@ enum moe_status srv_stop_scan_init(struct moe_server *s, struct moe_stop_scan *s
     return st;
 }
 
+bool srv_loaded(struct moe_server *s, bool count)
+{
+    bool loaded = atomic_load(&s->loaded);
+    if (!loaded && count)
+        moe_metrics_count(&s->metrics, &s->metrics.rejected_loading, 1);
+    return loaded;
+}
+
 /* The server is draining: refused (and counted) as such. */
 static enum moe_status refuse_draining(struct moe_server *s)
 {
@@ -584,7 +592,7 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
     memset(out, 0, sizeof(*out));
     if (refuse_draining(s) != MOE_OK)
         return MOE_ECANCELED;
-    if (!atomic_load(&s->loaded))
+    if (!srv_loaded(s, true))
         return moe_errorf(MOE_ECANCELED, "the model is still loading; retry when /ready says ready");
     enum moe_status st = MOE_OK;
     bool of_prompt = true; /* the error is the prompt's (named by name), not the request's */

@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_util import (Server, gen_stubs, curl, metric, read_reference_greedy, Checks, rejections, require_grpc,  # noqa: E402
-                        free_port, run_server_test, parse_prometheus, scaled)
+                        free_port, run_server_test, parse_prometheus, scaled, kserve_request)
 
 grpc = require_grpc()
 check = Checks()
@@ -73,13 +73,14 @@ def main():
                        timeout=30)
     check(r.returncode == 2 and b"not both" in r.stderr, "both alternatives: %d %r" % (r.returncode, r.stderr))
     # while the model loads (here never: its config.json is a FIFO nobody writes), KServe's ModelReady
-    # says false and ServerMetadata answers; generation waits for the load (UNAVAILABLE)
+    # says false and ServerMetadata answers; generation waits for the load (UNAVAILABLE, HTTP 503), each
+    # request refused counted in request_rejected_total{reason="loading"} (the model's information not)
     import os
     with tempfile.TemporaryDirectory() as d:
         os.mkfifo(os.path.join(d, "config.json"))
-        gp = free_port()
+        gp, hp = free_port(), free_port()
         p = subprocess.Popen([moeflow, "serve", "--model", d, "--grpc-port", str(gp), "--http-port",
-                              str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              str(hp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             ch = grpc.insecure_channel("127.0.0.1:%d" % gp)
             grpc.channel_ready_future(ch).result(timeout=30)
@@ -95,6 +96,33 @@ def main():
                 check(False, "ModelInfo answered while loading")
             except grpc.RpcError as e:
                 check(e.code() == grpc.StatusCode.UNAVAILABLE, "ModelInfo while loading: %s" % e.code())
+            for name, call in (("Generate", lambda: list(pb["mg"].GenerationStub(ch).Generate(
+                                   m.GenerateRequest(prompt="def f():", max_tokens=2), timeout=10))),
+                               ("ModelInfer", lambda: ks.ModelInfer(kserve_request(k, "l1", 2), timeout=10))):
+                try:
+                    call()
+                    check(False, "%s answered while loading" % name)
+                except grpc.RpcError as e:
+                    check(e.code() == grpc.StatusCode.UNAVAILABLE and "loading" in e.details(),
+                          "%s while loading: %s %s" % (name, e.code(), e.details()))
+            import urllib.request
+            import urllib.error
+            for path, body in (("/v1/completions", {"prompt": "def f():", "max_tokens": 2}),
+                               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                               ("/tokenize", {"prompt": "def f():"}), ("/v1/models", None)):
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(
+                            "http://127.0.0.1:%d%s" % (hp, path), data=body and json.dumps(body).encode(),
+                            headers={"Content-Type": "application/json"}), timeout=10) as r:
+                        code, out = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    code, out = e.code, e.read()
+                check(code == 503 and b"still loading" in out, "%s while loading: %d %r" % (path, code, out[:200]))
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % hp, timeout=10) as r:
+                ms = parse_prometheus(r.read().decode())
+            got = {r: metric(ms, "moeflow:request_rejected_total", reason=r) for r in ("loading", "invalid")}
+            check(got == {"loading": 5, "invalid": 0},
+                  "5 requests refused while loading (not ModelInfo, /v1/models) counted %r" % got)
             ch.close()
         finally:
             p.kill()

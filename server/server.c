@@ -1377,6 +1377,14 @@ enum moe_status moe_server_run(struct moe_server *s)
     if (device)
         st = moe_errorf(MOE_EDEVLOST, "stopped after a device error (see the log above)");
 out_stop:
+    /* A load that failed once the scheduler ran (the warm-up) may have admitted requests meanwhile: they
+     * end here (cancelled, as a drain whose time ran out ends them), their last events delivered to the
+     * front ends' inboxes before the front ends stop and free them; the scheduler refuses any later one.
+     * After a drain, nothing is left to end. */
+    if (atomic_load(&s->loaded) && !atomic_exchange(&s->draining, true)) {
+        atomic_store(&s->ready, false);
+        moe_sched_drain(s->sched, 0);
+    }
     /* the preparations under way end first (a request they made is refused as draining, or the
      * front end delivers its reply as it stops); the front ends prepare what comes after inline */
     srv_prep_stop(s);

@@ -16,7 +16,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import Server, gen_stubs, metric, curl, Checks, kserve_request, require_grpc, scaled  # noqa: E402
+from serve_util import (Server, gen_stubs, metric, curl, Checks, kserve_request, require_grpc, scaled,  # noqa: E402
+                        free_port, parse_prometheus)
 
 grpc = require_grpc()
 check = Checks()
@@ -332,6 +333,59 @@ def refused_out_of_memory(moeflow, pb):
             srv.kill()
             if check.failures:
                 print(srv.output()[-3000:])
+
+
+def warmup_failed_with_requests(moeflow):
+    """A warm-up that fails after the model loaded (MOEFLOW_TEST_FAULT_EVENTS_AT: its 900th micro-batch finds
+    no memory for its token events) ends the server, exit 1, with a request admitted meanwhile (the front
+    ends take requests once the model is loaded) queued behind it (--max-running 1) and then running: the
+    request ends first, cancelled, and its client reads the end of its stream (an error event, [DONE]),
+    before the front ends stop and free what the scheduler's last events for it go to.  Under
+    scripts/tsan.sh, a front end that stopped first shows as a heap-use-after-free in on_token or
+    on_done (the inbox's lock)."""
+    import http.client
+    import subprocess
+    port = free_port()
+    proc = subprocess.Popen([moeflow, "serve", "--grpc-port", str(free_port()), "--http-port", str(port),
+                             "--warmup-tokens", "1024", "--max-running", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, MOEFLOW_TEST_FAULT_EVENTS_AT="900"))
+    body = json.dumps({"prompt": "def f():", "max_tokens": 1000, "ignore_eos": True, "stream": True})
+    code, stream, t0 = None, b"", time.time()
+    try:
+        # the warm-up runs once the model is loaded (it takes the one running place): then the request
+        while proc.poll() is None and time.time() - t0 < scaled(120):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(30))
+                conn.request("GET", "/metrics")
+                ms = parse_prometheus(conn.getresponse().read().decode())
+                conn.close()
+                if metric(ms, "moeflow:num_requests_running") >= 1:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.002)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(60))
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        code = r.status
+        try:
+            stream = r.read()
+        except http.client.IncompleteRead as e:
+            stream = e.partial
+        conn.close()
+        rc = proc.wait(scaled(60))
+    except OSError as e:
+        check(False, "warm-up failed: the request could not be sent: %s" % e)
+        rc = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read().decode(errors="replace")
+    check(rc == 1 and "warm-up request failed" in out and "Sanitizer" not in out,
+          "warm-up failed: exit status %s, log %r" % (rc, out[-3000:]))
+    check(code == 200 and b'"error"' in stream and stream.endswith(b"data: [DONE]\n\n"),
+          "warm-up failed: the request admitted meanwhile got %s %r" % (code, stream[-300:]))
 
 
 def main():
@@ -660,6 +714,7 @@ def main():
     unwritable_reply(moeflow)
     choice_failed_after_others(moeflow)
     refused_out_of_memory(moeflow, pb)
+    warmup_failed_with_requests(moeflow)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

@@ -70,6 +70,26 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
  * after printing "moeflow CMD: --seq-len N exceeds ..." (a usage error). */
 bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m);
 
+/* The options of the commands that decode a text through the engine (eval-predictor, replay and
+ * train-predictor), read alike on each: --model DIR, --text FILE, --seq-len N in [1, 2^20], --max-tokens N in
+ * [1, 2^30] and --threads N.  A command sets the defaults and passes the others on to its own switch. */
+struct moe_cli_text_opts {
+    const char *model_dir; /* --model; moe_default_model_dir() as the command sets it */
+    const char *text;      /* --text; NULL when not given */
+    long seq_len, max_tokens;
+    int threads;
+    bool have_seq_len;     /* --seq-len was given */
+};
+/* The option of struct option name name (as "seq-len") with value arg into o when it is one of those, as
+ * it is read: false after the option's message (moe_cli_check_model, moe_cli_check_in, moe_cli_opt_long,
+ * moe_cli_opt_threads), a usage error. */
+bool moe_cli_text_opt(const char *cmd, const char *name, const char *arg, struct moe_cli_text_opts *o);
+/* moe_cli_open_model on o->model_dir (tok NULL: no tokenizer), then moe_cli_check_seq_len with o->seq_len:
+ * 0, or the exit status with nothing left open: 1 when the model did not open, 2 when --seq-len exceeds its
+ * context. */
+int moe_cli_open_for_text(const char *cmd, const struct moe_cli_text_opts *o, struct moe_model **m,
+                          struct moe_tokenizer **tok);
+
 /* The token ids of the text file path (--text), encoded by tok without
  * special tokens, cut to the first max_tokens (0: all); *ids malloc'd.  False
  * after printing "moeflow CMD: --text ..." when the file cannot be read or

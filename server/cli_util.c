@@ -158,6 +158,39 @@ bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model
     return false;
 }
 
+bool moe_cli_text_opt(const char *cmd, const char *name, const char *arg, struct moe_cli_text_opts *o)
+{
+    if (!strcmp(name, "model")) {
+        if (!moe_cli_check_model(cmd, arg)) return false;
+        o->model_dir = arg;
+    } else if (!strcmp(name, "text")) {
+        if (!moe_cli_check_in(cmd, "--text", arg)) return false;
+        o->text = arg;
+    } else if (!strcmp(name, "seq-len")) {
+        if (!moe_cli_opt_long(cmd, name, arg, 1, 1 << 20, &o->seq_len)) return false;
+        o->have_seq_len = true;
+    } else if (!strcmp(name, "max-tokens")) {
+        return moe_cli_opt_long(cmd, name, arg, 1, 1L << 30, &o->max_tokens);
+    } else if (!strcmp(name, "threads")) {
+        return moe_cli_opt_threads(cmd, arg, &o->threads);
+    }
+    return true;
+}
+
+int moe_cli_open_for_text(const char *cmd, const struct moe_cli_text_opts *o, struct moe_model **m,
+                          struct moe_tokenizer **tok)
+{
+    if (!moe_cli_open_model(cmd, o->model_dir, m, tok)) return 1;
+    if (moe_cli_check_seq_len(cmd, o->seq_len, *m)) return 0;
+    if (tok) {
+        moe_tokenizer_free(*tok);
+        *tok = NULL;
+    }
+    moe_model_close(*m);
+    *m = NULL;
+    return 2;
+}
+
 bool moe_cli_read_text(const char *cmd, const struct moe_tokenizer *tok, const char *path, size_t max_tokens,
                        int **ids, size_t *n)
 {

@@ -77,9 +77,10 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL;
-    long K = 0, seq_len = 512, max_tokens = 4096;
-    int threads = 1;
+    struct moe_cli_text_opts to = { .model_dir = moe_default_model_dir(), .seq_len = 512, .max_tokens = 4096,
+                                    .threads = 1 };
+    const char *pred_s = NULL;
+    long K = 0;
     bool json = false;
     int c;
     optind = 1;
@@ -87,25 +88,15 @@ int moe_cmd_eval_predictor(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL:
-            if (!moe_cli_check_model("eval-predictor", optarg)) return 2;
-            model_dir = optarg;
-            break;
         case O_TEXT:
-            if (!moe_cli_check_in("eval-predictor", "--text", optarg)) return 2;
-            text = optarg;
+        case O_SEQ:
+        case O_MAXTOK:
+        case O_THREADS:
+            if (!moe_cli_text_opt("eval-predictor", opts[c - O_MODEL].name, optarg, &to)) return 2;
             break;
         case O_PRED: pred_s = optarg; break;
         case O_K:
             if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 16, &K)) return 2;
-            break;
-        case O_SEQ:
-            if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;
-            break;
-        case O_MAXTOK:
-            if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1L << 30, &max_tokens)) return 2;
-            break;
-        case O_THREADS:
-            if (!moe_cli_opt_threads("eval-predictor", optarg, &threads)) return 2;
             break;
         case O_JSON: json = true; break;
         case 'h': usage(stdout); return 0;
@@ -113,12 +104,12 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         }
     }
     if (!moe_cli_no_operands("eval-predictor", argc, argv, NULL)) return 2;
-    if (!text || !pred_s) {
+    if (!to.text || !pred_s) {
         fprintf(stderr, "moeflow eval-predictor: needs --text and --predictor (see --help)\n");
         return 2;
     }
     struct moe_pred_spec spec;
-    int spec_rc = moe_cli_pred_spec("eval-predictor", pred_s, model_dir, &spec);
+    int spec_rc = moe_cli_pred_spec("eval-predictor", pred_s, to.model_dir, &spec);
     if (spec_rc) return spec_rc;
     if (spec.kind == MOE_PRED_NONE) { /* it would decode the whole text to print a table of no row */
         fprintf(stderr, "moeflow eval-predictor: --predictor none predicts nothing, so there is nothing to measure "
@@ -131,24 +122,21 @@ int moe_cmd_eval_predictor(int argc, char **argv)
     struct moe_pred_eval ev = { 0 };
     struct moe_tokenizer *tok = NULL;
     struct moe_model *m = NULL;
-    if (!moe_cli_open_model("eval-predictor", model_dir, &m, &tok)) return 1;
-    if (!moe_cli_check_seq_len("eval-predictor", seq_len, m)) {
-        rc = 2;
-        goto out;
-    }
+    int open_rc = moe_cli_open_for_text("eval-predictor", &to, &m, &tok);
+    if (open_rc) return open_rc;
     if (K == 0) K = m->cfg.top_k;
     if (K > m->cfg.n_experts) {
         fprintf(stderr, "moeflow eval-predictor: --k %ld exceeds the model's %d experts\n", K, m->cfg.n_experts);
         rc = 2;
         goto out;
     }
-    if (!moe_cli_read_text("eval-predictor", tok, text, (size_t)max_tokens, &ids, &n)) goto out;
+    if (!moe_cli_read_text("eval-predictor", tok, to.text, (size_t)to.max_tokens, &ids, &n)) goto out;
     int n_moe = moe_config_n_moe(&m->cfg);
     if (moe_pred_eval_init(&ev, n_moe, m->cfg.n_experts, m->cfg.top_k, (int)K)) {
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
         goto out;
     }
-    struct moe_drive_params dp = { .spec = &spec, .seq_len = (int)seq_len, .n_threads = threads, .eval = &ev };
+    struct moe_drive_params dp = { .spec = &spec, .seq_len = (int)to.seq_len, .n_threads = to.threads, .eval = &ev };
     double t0 = moe_now();
     if (moe_drive_text(m, ids, n, &dp)) {
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
@@ -163,8 +151,8 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         print_json_map(&ev, false);
         printf("}\n");
     } else {
-        printf("predictor %s on %s: %zu tokens in %.1f s, recall@%ld / precision@%ld per MoE layer\n", pred_s, text, n,
-               moe_now() - t0, K, K);
+        printf("predictor %s on %s: %zu tokens in %.1f s, recall@%ld / precision@%ld per MoE layer\n", pred_s,
+               to.text, n, moe_now() - t0, K, K);
         printf("%-9s", "distance");
         for (int mi = 0; mi < n_moe; mi++) printf("  layer %-6d", mi);
         printf("\n");

@@ -121,9 +121,10 @@ int moe_cmd_replay(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char *model_dir = moe_default_model_dir(), *text = NULL, *pred_s = NULL, *pol_s = NULL;
-    long seq_len = 512, max_tokens = 2048, cap = 0, ebytes = 0, oracle = -1, reveal = -1;
-    int threads = 1;
+    struct moe_cli_text_opts to = { .model_dir = moe_default_model_dir(), .seq_len = 512, .max_tokens = 2048,
+                                    .threads = 1 };
+    const char *pred_s = NULL, *pol_s = NULL;
+    long cap = 0, ebytes = 0, oracle = -1, reveal = -1;
     bool oracle_keep = false, later_only = false;
     double frac = 0, min_score = MOE_PRED_MIN_SCORE, link = 0, layer_ms = 0, expert_ms = 0.153;
     bool json = false, no_prefetch = false, min_score_given = false;
@@ -137,18 +138,11 @@ int moe_cmd_replay(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL:
-            if (!moe_cli_check_model("replay", optarg)) return 2;
-            model_dir = optarg;
-            break;
         case O_TEXT:
-            if (!moe_cli_check_in("replay", "--text", optarg)) return 2;
-            text = optarg;
-            break;
         case O_SEQ:
-            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;
-            break;
         case O_MAXTOK:
-            if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1L << 30, &max_tokens)) return 2;
+        case O_THREADS:
+            if (!moe_cli_text_opt("replay", opts[c - O_MODEL].name, optarg, &to)) return 2;
             break;
         case O_CAP:
             if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1 << 24, &cap)) return 2;
@@ -183,9 +177,6 @@ int moe_cmd_replay(int argc, char **argv)
             if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 0, 1e6, false, &expert_ms)) return 2;
             timeline_opt = "--expert-ms";
             break;
-        case O_THREADS:
-            if (!moe_cli_opt_threads("replay", optarg, &threads)) return 2;
-            break;
         case O_JSON: json = true; break;
         case O_NOPF: no_prefetch = true; break;
         case O_OKEEP: oracle_keep = true; break;
@@ -213,7 +204,7 @@ int moe_cmd_replay(int argc, char **argv)
         }
     }
     if (!moe_cli_no_operands("replay", argc, argv, NULL)) return 2;
-    if (!text || !pol_s || !pred_s || (cap > 0) == (frac > 0)) {
+    if (!to.text || !pol_s || !pred_s || (cap > 0) == (frac > 0)) {
         fprintf(stderr, "moeflow replay: needs --text, --policy, --predictor and exactly one of --capacity or "
                         "--capacity-frac (see --help)\n");
         return 2;
@@ -233,7 +224,7 @@ int moe_cmd_replay(int argc, char **argv)
         return 2;
     }
     struct moe_pred_spec spec;
-    int spec_rc = moe_cli_pred_spec("replay", pred_s, model_dir, &spec);
+    int spec_rc = moe_cli_pred_spec("replay", pred_s, to.model_dir, &spec);
     if (spec_rc) return spec_rc;
 
     int rc = 1;
@@ -244,11 +235,8 @@ int moe_cmd_replay(int argc, char **argv)
     struct moe_provider *prov = NULL;
     struct moe_tokenizer *tok = NULL;
     struct moe_model *m = NULL;
-    if (!moe_cli_open_model("replay", model_dir, &m, &tok)) return 1;
-    if (!moe_cli_check_seq_len("replay", seq_len, m)) {
-        rc = 2;
-        goto out;
-    }
+    int open_rc = moe_cli_open_for_text("replay", &to, &m, &tok);
+    if (open_rc) return open_rc;
     int n_moe = moe_config_n_moe(&m->cfg);
     if (reveal >= n_moe) { /* before the text is read and decoded, which may take long */
         fprintf(stderr, "moeflow replay: --oracle-reveal-layer %ld: the model has MoE layers 0..%d\n", reveal,
@@ -256,7 +244,7 @@ int moe_cmd_replay(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    if (!moe_cli_read_text("replay", tok, text, (size_t)max_tokens, &ids, &n_ids)) goto out;
+    if (!moe_cli_read_text("replay", tok, to.text, (size_t)to.max_tokens, &ids, &n_ids)) goto out;
     long slots = (long)n_moe * m->cfg.n_experts;
     if (frac > 0) cap = (long)floor(frac * (double)slots);
     if (cap > slots) cap = slots; /* room for every expert: more slots change nothing */
@@ -275,8 +263,8 @@ int moe_cmd_replay(int argc, char **argv)
         .spec = &spec,
         .prefetch = { .min_score = (float)min_score, .max_per_layer = m->cfg.top_k,
                       .all_scores = policy == MOE_CACHE_PREDICTED },
-        .seq_len = (int)seq_len,
-        .n_threads = threads,
+        .seq_len = (int)to.seq_len,
+        .n_threads = to.threads,
         .log = &log,
         .backend = be,
         .provider = prov,
@@ -354,7 +342,8 @@ int moe_cmd_replay(int argc, char **argv)
         if (link > 0) printf(",\"stall_s\":%.6f", b.stall_s);
         printf("}}\n");
     } else {
-        printf("text                %s (%llu tokens decoded in %.1f s)\n", text, (unsigned long long)r.steps, decode_s);
+        printf("text                %s (%llu tokens decoded in %.1f s)\n", to.text, (unsigned long long)r.steps,
+               decode_s);
         printf("predictor           %s\n", pred_s);
         printf("policy              %s\n", moe_cache_policy_name(policy));
         printf("capacity            %ld of %ld expert slots (%.1f %%)\n", cap, slots, 100.0 * (double)cap / (double)slots);

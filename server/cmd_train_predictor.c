@@ -79,10 +79,9 @@ int moe_cmd_train_predictor(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char *model_dir = moe_default_model_dir(), *trace_path = NULL, *text = NULL, *out_path = NULL;
-    bool have_seq_len = false;
-    long seq_len = 512, width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1;
-    int threads = 2;
+    struct moe_cli_text_opts to = { .model_dir = moe_default_model_dir(), .seq_len = 512, .threads = 2 };
+    const char *trace_path = NULL, *out_path = NULL;
+    long width = 384, horizon = 2, epochs = 40, batch = 128, patience = 3, seed = 1;
     double lr = 2e-3, wd = 1e-4, val = 0.1, hist_decay = 0;
     bool quiet = false, context = false;
     int c;
@@ -91,19 +90,16 @@ int moe_cmd_train_predictor(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL:
-            if (!moe_cli_check_model("train-predictor", optarg)) return 2;
-            model_dir = optarg;
+        case O_TEXT:
+        case O_SEQ:
+        case O_THREADS:
+            if (!moe_cli_text_opt("train-predictor", opts[c - O_MODEL].name, optarg, &to)) return 2;
             break;
         case O_TRACE:
-        case O_TEXT:
-            if (!moe_cli_check_in("train-predictor", c == O_TRACE ? "--trace" : "--text", optarg)) return 2;
-            *(c == O_TRACE ? &trace_path : &text) = optarg;
+            if (!moe_cli_check_in("train-predictor", "--trace", optarg)) return 2;
+            trace_path = optarg;
             break;
         case O_OUT: out_path = optarg; break;
-        case O_SEQ:
-            if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 20, &seq_len)) return 2;
-            have_seq_len = true;
-            break;
         case O_WIDTH:
             if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 1, 16384, &width)) return 2;
             break;
@@ -137,9 +133,6 @@ int moe_cmd_train_predictor(int argc, char **argv)
         case O_SEED:
             if (!moe_cli_opt_long("train-predictor", opts[c - O_MODEL].name, optarg, 0, 1L << 62, &seed)) return 2;
             break;
-        case O_THREADS:
-            if (!moe_cli_opt_threads("train-predictor", optarg, &threads)) return 2;
-            break;
         case O_QUIET: quiet = true; break;
         case O_CONTEXT: context = true; break;
         case 'h': usage(stdout); return 0;
@@ -148,15 +141,15 @@ int moe_cmd_train_predictor(int argc, char **argv)
     }
     if (!moe_cli_no_operands("train-predictor", argc, argv, NULL)) return 2;
     if (out_path && !moe_cli_check_out("train-predictor", "--out", out_path, false)) return 2;
-    if (!out_path || (!trace_path) == (!text)) {
+    if (!out_path || (!trace_path) == (!to.text)) {
         fprintf(stderr, "moeflow train-predictor: needs --out and exactly one of --trace or --text (see --help)\n");
         return 2;
     }
-    if (have_seq_len && !text) {
+    if (to.have_seq_len && !to.text) {
         fprintf(stderr, "moeflow train-predictor: --seq-len cuts --text into sequences; a --trace keeps its own\n");
         return 2;
     }
-    if (context && !text) {
+    if (context && !to.text) {
         fprintf(stderr, "moeflow train-predictor: --context needs --text (a routing trace holds no hidden states)\n");
         return 2;
     }
@@ -169,14 +162,11 @@ int moe_cmd_train_predictor(int argc, char **argv)
     size_t n = 0;
     struct moe_tokenizer *tok = NULL;
     struct moe_model *m = NULL;
-    if (!moe_cli_open_model("train-predictor", model_dir, &m, text ? &tok : NULL)) return 1;
+    int open_rc = moe_cli_open_for_text("train-predictor", &to, &m, to.text ? &tok : NULL);
+    if (open_rc) return open_rc;
     const struct moe_config *cfg = &m->cfg;
     int n_moe = moe_config_n_moe(cfg);
-    if (!moe_cli_check_seq_len("train-predictor", seq_len, m)) {
-        rc = 2;
-        goto out;
-    }
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(to.threads);
     if (trace_path) {
         if (!moe_cli_check_readable("train-predictor", "--trace", trace_path, false, "a routing trace, as moeflow "
                                     "trace writes"))
@@ -189,7 +179,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
             fprintf(stderr,
                     "moeflow train-predictor: %s has %d MoE layers x %d experts, top-%d; the model %s has %d x %d, "
                     "top-%d (record the trace with this model)\n",
-                    trace_path, tr->info.n_moe, tr->info.experts, tr->info.top_k, model_dir, n_moe, cfg->n_experts,
+                    trace_path, tr->info.n_moe, tr->info.experts, tr->info.top_k, to.model_dir, n_moe, cfg->n_experts,
                     cfg->top_k);
             goto out;
         }
@@ -206,12 +196,12 @@ int moe_cmd_train_predictor(int argc, char **argv)
                     "moeflow train-predictor: %s was recorded with MoE layers at decoder layers %s of %d (model "
                     "%s); the model %s has them at %s of %d: give --model the model the trace was recorded with, "
                     "or record the trace with this one (moeflow trace --model %s)\n",
-                    trace_path, tl, tr->info.layers, tr->info.model, model_dir, mlist, cfg->n_layers, model_dir);
+                    trace_path, tl, tr->info.layers, tr->info.model, to.model_dir, mlist, cfg->n_layers, to.model_dir);
             goto out;
         }
-        if (moe_path_model_other_model(tr->info.model, model_dir)) {
+        if (moe_path_model_other_model(tr->info.model, to.model_dir)) {
             char name[4096];
-            moe_model_dir_name(model_dir, name, sizeof name);
+            moe_model_dir_name(to.model_dir, name, sizeof name);
             fprintf(stderr, "moeflow train-predictor: warning: trace %s was recorded with %s; the model is %s "
                             "(the shapes match; --model names the model the trace was recorded with)\n",
                     trace_path, tr->info.model, name);
@@ -222,8 +212,8 @@ int moe_cmd_train_predictor(int argc, char **argv)
         poss = tr->pos;
         experts = tr->experts;
     } else {
-        if (!moe_cli_read_text("train-predictor", tok, text, 0, &toks, &n)) goto out;
-        if (moe_drive_route(m, toks, n, (int)seq_len, 256, threads, quiet ? 0 : 5, &experts, &seqs, &poss,
+        if (!moe_cli_read_text("train-predictor", tok, to.text, 0, &toks, &n)) goto out;
+        if (moe_drive_route(m, toks, n, (int)to.seq_len, 256, to.threads, quiet ? 0 : 5, &experts, &seqs, &poss,
                             context ? &fin : NULL)) {
             fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
             goto out;
@@ -291,7 +281,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
     snprintf(s_ep, sizeof s_ep, "%d", rep.best_epoch);
     snprintf(s_vr, sizeof s_vr, "%.4f", rep.val_recall);
     const char *meta[] = { "train_samples", s_n, "best_epoch", s_ep, "val_recall_at_top_k", s_vr,
-                           "source", trace_path ? trace_path : text, NULL };
+                           "source", trace_path ? trace_path : to.text, NULL };
     if (moe_path_model_save(pm, out_path, meta)) {
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;

@@ -374,6 +374,23 @@ enum moe_status moe_cachesim_bytes_moved(const struct moe_cachesim_stats *s, uin
                       "--expert-bytes", (unsigned long long)s->transfers, (unsigned long long)expert_bytes);
 }
 
+void moe_cachesim_json_counts(FILE *f, const struct moe_cachesim_stats *s, long capacity, long slots,
+                              uint64_t bytes_moved)
+{
+    double steps = (double)s->steps;
+    fprintf(f, ",\"capacity\":%ld,\"slots_total\":%ld,"
+            "\"tokens\":%llu,\"accesses\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
+            "\"hit_rate\":%.6f,\"transfers_per_token\":%.6f,\"bytes_moved\":%llu,"
+            "\"prefetches\":%llu,\"prefetch_useful\":%llu,\"prefetch_useful_frac\":%.6f",
+            capacity, slots, (unsigned long long)s->steps,
+            (unsigned long long)s->accesses, (unsigned long long)s->hits,
+            (unsigned long long)(s->accesses - s->hits), (unsigned long long)s->evictions,
+            s->accesses ? (double)s->hits / (double)s->accesses : 0,
+            steps > 0 ? (double)s->transfers / steps : 0, (unsigned long long)bytes_moved,
+            (unsigned long long)s->prefetches, (unsigned long long)s->prefetch_useful,
+            s->prefetches ? (double)s->prefetch_useful / (double)s->prefetches : 0);
+}
+
 enum moe_status moe_cachesim_run(const struct moe_evlog *l, const struct moe_cachesim_params *p,
                                  struct moe_cachesim_stats *out)
 {

@@ -106,6 +106,13 @@ struct moe_cachesim_stats {
  * overflows 64 bits, the error naming both factors. */
 enum moe_status moe_cachesim_bytes_moved(const struct moe_cachesim_stats *s, uint64_t expert_bytes, uint64_t *out);
 
+/* The counts of a replay as the --json object of moeflow sim (with a predictor) and moeflow replay holds them,
+ * each key after a comma: ,"capacity":C,"slots_total":S,"tokens",...,"prefetch_useful_frac" (hit_rate,
+ * transfers_per_token and prefetch_useful_frac 0 where they would divide by 0).  bytes_moved as
+ * moe_cachesim_bytes_moved gives it. */
+void moe_cachesim_json_counts(FILE *f, const struct moe_cachesim_stats *s, long capacity, long slots,
+                              uint64_t bytes_moved);
+
 /* Replay the log.  Errors: capacity below top_k, incomplete log.  Cache keys
  * are MoE index * n_experts + expert. */
 enum moe_status moe_cachesim_run(const struct moe_evlog *l, const struct moe_cachesim_params *p,

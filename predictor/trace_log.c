@@ -129,18 +129,10 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
     }
     long slots = (long)in->n_moe * in->experts;
     double tok = (double)r.steps, hr = r.accesses ? (double)r.hits / (double)r.accesses : 0;
-    double useful = r.prefetches ? (double)r.prefetch_useful / (double)r.prefetches : 0;
     double total = r.stall_s + r.compute_s;
     if (json) {
-        printf("{\"policy\":\"%s\",\"predictor\":\"%s\",\"capacity\":%ld,\"slots_total\":%ld,"
-               "\"tokens\":%llu,\"accesses\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
-               "\"hit_rate\":%.6f,\"transfers_per_token\":%.6f,\"bytes_moved\":%llu,"
-               "\"prefetches\":%llu,\"prefetch_useful\":%llu,\"prefetch_useful_frac\":%.6f",
-               pol, spec_s ? spec_s : "none", capacity, slots, (unsigned long long)r.steps,
-               (unsigned long long)r.accesses, (unsigned long long)r.hits,
-               (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
-               tok > 0 ? (double)r.transfers / tok : 0, (unsigned long long)bytes_moved,
-               (unsigned long long)r.prefetches, (unsigned long long)r.prefetch_useful, useful);
+        printf("{\"policy\":\"%s\",\"predictor\":\"%s\"", pol, spec_s ? spec_s : "none");
+        moe_cachesim_json_counts(stdout, &r, capacity, slots, bytes_moved);
         if (link_gbps > 0)
             printf(",\"link_gbps\":%g,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,\"stall_s\":%.6f,"
                    "\"tokens_per_s\":%.4f",

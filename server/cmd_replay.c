@@ -323,15 +323,7 @@ int moe_cmd_replay(int argc, char **argv)
     if (json) {
         printf("{\"policy\":\"%s\",\"predictor\":", moe_cache_policy_name(policy));
         moe_cli_json_string(stdout, pred_s);
-        printf(",\"capacity\":%ld,\"slots_total\":%ld,"
-               "\"tokens\":%llu,\"accesses\":%llu,\"hits\":%llu,\"misses\":%llu,\"evictions\":%llu,"
-               "\"hit_rate\":%.6f,\"transfers_per_token\":%.6f,\"bytes_moved\":%llu,"
-               "\"prefetches\":%llu,\"prefetch_useful\":%llu,\"prefetch_useful_frac\":%.6f",
-               cap, slots, (unsigned long long)r.steps,
-               (unsigned long long)r.accesses, (unsigned long long)r.hits,
-               (unsigned long long)(r.accesses - r.hits), (unsigned long long)r.evictions, hr,
-               steps > 0 ? (double)r.transfers / steps : 0, (unsigned long long)bytes_moved,
-               (unsigned long long)r.prefetches, (unsigned long long)r.prefetch_useful, useful);
+        moe_cachesim_json_counts(stdout, &r, cap, slots, bytes_moved);
         if (link > 0)
             printf(",\"link_gbps\":%g,\"expert_bytes\":%llu,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,"
                    "\"stall_s\":%.6f,\"tokens_per_s\":%.4f",

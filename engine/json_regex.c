@@ -773,21 +773,25 @@ static bool lengths(struct json_dfa_build *b, uint32_t first, uint32_t n, bool c
     return start;
 }
 
-/* Whether the pattern has a '|' outside groups and classes. */
-static bool top_level_alt(const char *p, const char *end)
+/* The first byte stop of pattern text p .. end outside escapes, classes and groups, or NULL; depth groups are
+ * open at p, and a ')' as stop is the one that closes the last of them. */
+static const char *find_top_level(const char *p, const char *end, int depth, char stop)
 {
-    int depth = 0;
     bool cls = false;
     for (; p < end; p++) {
         if (*p == '\\') p++;
         else if (cls) cls = *p != ']';
         else if (*p == '[') cls = true;
         else if (*p == '(') depth++;
-        else if (*p == ')') depth--;
-        else if (*p == '|' && depth == 0) return true;
+        else if (*p == ')') {
+            if (--depth == 0 && stop == ')') return p;
+        } else if (*p == stop && depth == 0) return p;
     }
-    return false;
+    return NULL;
 }
+
+/* Whether the pattern has a '|' outside groups and classes. */
+static bool top_level_alt(const char *p, const char *end) { return find_top_level(p, end, 0, '|') != NULL; }
 
 /* b's state 0 (dead, no way on), made once, with room for a range so the table is never NULL. */
 static bool dfa_begin(struct json_dfa_build *b)
@@ -857,19 +861,7 @@ out:
 }
 
 /* The ')' closing the group whose text begins at p, or NULL. */
-static const char *group_end(const char *p, const char *end)
-{
-    int depth = 1;
-    bool cls = false;
-    for (; p < end; p++) {
-        if (*p == '\\') p++;
-        else if (cls) cls = *p != ']';
-        else if (*p == '[') cls = true;
-        else if (*p == '(') depth++;
-        else if (*p == ')' && --depth == 0) return p;
-    }
-    return NULL;
-}
+static const char *group_end(const char *p, const char *end) { return find_top_level(p, end, 1, ')'); }
 
 /* Whether an unescaped '$' ends p .. end. */
 static bool ends_with_dollar(const char *p, const char *end)

@@ -13,13 +13,7 @@
 #define STEPS 1500
 
 static uint64_t rng = 99;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 11);
-}
+static uint32_t rnd(void) { return (uint32_t)(t_xorshift(&rng) >> 11); }
 
 static int route[STEPS][M][K];
 

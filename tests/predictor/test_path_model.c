@@ -18,13 +18,7 @@
 #define N 3000
 
 static uint64_t rng = 12345;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 11);
-}
+static uint32_t rnd(void) { return (uint32_t)(t_xorshift(&rng) >> 11); }
 
 /* The load's message for the file path written with one tensor of 4 floats, w1, and the metadata of a 3-layer,
  * 8-expert, top-2, dim-16, width-64 model, key set to value (added when that has no key). */

@@ -153,6 +153,55 @@ enum moe_status moe_cache_acquire(struct moe_cache *c, int key, int *slot, bool 
     return MOE_OK;
 }
 
+/* Whether keys[i] is the first of its value in keys[0..i]. */
+static bool first_of(const int *keys, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (keys[j] == keys[i]) return false;
+    return true;
+}
+
+static bool listed(const int *keys, int n, int key)
+{
+    for (int j = 0; j < n; j++)
+        if (keys[j] == key) return true;
+    return false;
+}
+
+/* Each miss finds a slot: at most n_distinct - 1 keys of the request are pinned when it comes, so the
+ * pinned keys of others plus those leave a slot (of the key's group, when the group is at its quota)
+ * that is free or holds an unpinned key. */
+enum moe_status moe_cache_can_acquire(const struct moe_cache *c, const int *keys, int n)
+{
+    int distinct = 0, pinned_listed = 0;
+    for (int i = 0; i < n; i++) {
+        if (keys[i] < 0 || keys[i] >= c->n_keys)
+            return moe_errorf(MOE_EINVAL, "expert cache: key %d outside [0, %d)", keys[i], c->n_keys);
+        if (!first_of(keys, i)) continue;
+        distinct++;
+        pinned_listed += c->pins[keys[i]] > 0;
+    }
+    int others = c->n_pinned - pinned_listed;
+    if (distinct + others > c->capacity)
+        return moe_errorf(MOE_EBUSY, "expert cache: %d keys at once, and %d of the %d slots are pinned by others",
+                          distinct, others, c->capacity);
+    for (int i = 0; c->quota && i < n; i++) {
+        int g = group_of(c, keys[i]), in_group = 0, others_g = 0;
+        bool first_in_group = true;
+        for (int j = 0; j < i && first_in_group; j++) first_in_group = group_of(c, keys[j]) != g;
+        if (!first_in_group) continue;
+        for (int j = 0; j < n; j++) in_group += group_of(c, keys[j]) == g && first_of(keys, j);
+        for (int s = 0; s < c->capacity; s++) {
+            int k = c->slot_key[s];
+            others_g += k >= 0 && group_of(c, k) == g && c->pins[k] > 0 && !listed(keys, n, k);
+        }
+        if (in_group + others_g > c->quota[g])
+            return moe_errorf(MOE_EBUSY, "expert cache: %d keys of group %d at once, and %d of its quota of %d "
+                              "slots are pinned by others", in_group, g, others_g, c->quota[g]);
+    }
+    return MOE_OK;
+}
+
 void moe_cache_unpin(struct moe_cache *c, int key)
 {
     if (key < 0 || key >= c->n_keys || c->pins[key] == 0) return;

@@ -40,6 +40,11 @@ void moe_cache_destroy(struct moe_cache *c);
  * *slot: its slot.  *miss: the slot must be (re)filled.  *evicted: the key
  * that left the slot, or -1.  MOE_EBUSY when every slot is pinned. */
 enum moe_status moe_cache_acquire(struct moe_cache *c, int key, int *slot, bool *miss, int *evicted);
+/* Whether demand accesses of keys[0..n-1], one after the other with each key kept pinned, would all
+ * succeed now: the distinct keys fit in the slots beside the keys others pinned and, with quotas, in
+ * their group's quota beside that group's pinned keys.  MOE_OK, MOE_EINVAL for a key outside the key
+ * space, or MOE_EBUSY naming the counts; changes nothing (no counts, no pins, no policy calls). */
+enum moe_status moe_cache_can_acquire(const struct moe_cache *c, const int *keys, int n);
 /* Undo one pin of key (no-op if not pinned). */
 void moe_cache_unpin(struct moe_cache *c, int key);
 /* Make key resident ahead of need without counting a hit or miss and without

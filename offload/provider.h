@@ -27,7 +27,9 @@ struct moe_expert_ref {
 
 struct moe_provider_ops {
     /* Fill out[0..n-1].  On failure (I/O, checksum) returns the status with
-     * moe_last_error() naming layer and expert; nothing is pinned then. */
+     * moe_last_error() naming layer and expert; nothing is pinned then.  A
+     * request refused whole (an id that is not an expert of the layer, more
+     * experts than fit at once) changes nothing: no access counted, no load. */
     enum moe_status (*acquire)(void *self, int layer, int n, const int *ids,
                                struct moe_expert_ref *out);
     void (*release)(void *self, int layer);

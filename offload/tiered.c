@@ -84,6 +84,8 @@ struct tiered {
     struct pin *pins;
     int n_pins;
     size_t cap_pins;
+    int *keys;                /* [cap_keys] an acquire's keys, checked before anything changes */
+    size_t cap_keys;
 
     pthread_mutex_t mu;
     pthread_cond_t cv_work, cv_done;
@@ -362,12 +364,29 @@ static enum moe_status check_id(const struct tiered *t, int layer, int id)
     return MOE_OK;
 }
 
-static enum moe_status push_pin(struct tiered *t, int layer, int key)
+/* An acquire checked whole before it changes anything (no hit or miss counted, no load started, no
+ * pin): every id is an expert of a MoE layer, the experts fit in the device tier at once beside those
+ * pinned (and in the layer's quota), and there is room to record their pins. */
+static enum moe_status check_acquire(struct tiered *t, int layer, int n, const int *ids)
 {
-    if (!moe_grow((void **)&t->pins, &t->cap_pins, (size_t)t->n_pins + 1, sizeof(*t->pins), 64))
+    enum moe_status st;
+    if (n < 0) return moe_errorf(MOE_EINVAL, "expert provider: layer %d: %d experts asked for", layer, n);
+    for (int i = 0; i < n; i++)
+        if ((st = check_id(t, layer, ids[i]))) return st;
+    if (!moe_grow((void **)&t->keys, &t->cap_keys, (size_t)n, sizeof(*t->keys), 64) ||
+        !moe_grow((void **)&t->pins, &t->cap_pins, (size_t)t->n_pins + (size_t)n, sizeof(*t->pins), 64))
         return moe_errorf(MOE_ENOMEM, "expert provider: out of memory for pins");
-    t->pins[t->n_pins++] = (struct pin){ layer, key };
+    for (int i = 0; i < n; i++) t->keys[i] = layer * t->n_experts + ids[i];
+    if ((st = moe_cache_can_acquire(t->dev, t->keys, n)))
+        return moe_error_prefix(st, "expert provider: layer %d: %d experts at once (at most %d at a time; the "
+                                "device tier has %d slots)", layer, n, t->max_pinned, t->n_dev);
     return MOE_OK;
+}
+
+/* Room for the pin was made by check_acquire. */
+static void push_pin(struct tiered *t, int layer, int key)
+{
+    t->pins[t->n_pins++] = (struct pin){ layer, key };
 }
 
 /* Forget key in both tiers when its device slot's load failed, so that the next access loads it anew,
@@ -394,8 +413,8 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
     enum moe_status st = MOE_OK;
     int pinned = 0;
     pthread_mutex_lock(&t->mu);
+    if ((st = check_acquire(t, layer, n, ids))) goto out;
     for (int i = 0; i < n; i++) {
-        if ((st = check_id(t, layer, ids[i]))) goto fail;
         int key = layer * t->n_experts + ids[i], slot, ev;
         bool miss;
         /* a slot whose load failed (a prefetch's, or another acquire's still loading when that one gave
@@ -406,10 +425,7 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
                              t->n_dev);
             goto fail;
         }
-        if ((st = push_pin(t, layer, key))) {
-            moe_cache_unpin(t->dev, key);
-            goto fail;
-        }
+        push_pin(t, layer, key);
         pinned++;
         if (miss && (st = start_load(t, key, slot, -1))) goto fail;
         if (!miss && t->ds[slot].state == SLOT_LOADING) promote(t, slot, t->ds[slot].gen);
@@ -526,6 +542,7 @@ static void tiered_destroy(void *self)
     free(t->ds);
     free(t->hs);
     free(t->pins);
+    free(t->keys);
     free(t->q);
     free(t->batch);
     free(t->reads);

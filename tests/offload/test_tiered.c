@@ -512,6 +512,87 @@ static void check_quota_max_pinned(const struct moe_model *m, const char *store)
     moe_provider_destroy(p);
 }
 
+/* The device tier's counts, pins and loads since the provider started, drained first. */
+static void settled_stats(struct moe_provider *p, struct moe_offload_stats *os)
+{
+    moe_provider_tiered_drain(p);
+    REQUIRE(moe_provider_tiered_stats(p, os), "stats");
+}
+
+/* An acquire refused (an expert id that does not exist, more experts than fit at once, beside other
+ * layers' pins or in the layer's quota) changes nothing: no hit or miss counted, no load started, no
+ * pin left; the same acquire, once it fits, succeeds. */
+static void check_refused_acquire(const struct moe_model *m, const char *store)
+{
+    const struct moe_config *c = &m->cfg;
+    int l0 = 0, l1;
+    while (!c->is_moe[l0]) l0++;
+    for (l1 = l0 + 1; !c->is_moe[l1]; l1++) {}
+    REQUIRE(c->top_k + 2 <= c->n_experts && c->top_k + 2 <= 64, "%d experts, top_k %d", c->n_experts, c->top_k);
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k + 1, .host_slots = 4,
+                                    .numa_node = -1 };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    int ids[64];
+    struct moe_expert_ref refs[64];
+    struct moe_offload_stats os;
+    for (int j = 0; j < c->top_k + 2; j++) ids[j] = j;
+    ids[c->top_k] = c->n_experts; /* after top_k valid ones */
+    CHECK(p->ops->acquire(p->self, l0, c->top_k + 1, ids, refs) == MOE_EINVAL &&
+              strstr(moe_last_error(), "has no expert"), "expert %d of %d: %s", c->n_experts, c->n_experts,
+          moe_last_error());
+    settled_stats(p, &os);
+    CHECK(os.device.hits + os.device.misses == 0 && os.disk_reads == 0 && os.dev_pinned == 0 && os.dev_resident == 0,
+          "a bad expert id after %d good ones: %llu hits, %llu misses, %llu reads, %d pinned, %d resident", c->top_k,
+          (unsigned long long)os.device.hits, (unsigned long long)os.device.misses,
+          (unsigned long long)os.disk_reads, os.dev_pinned, os.dev_resident);
+    ids[c->top_k] = c->top_k;
+    CHECK(p->ops->acquire(p->self, l0, c->top_k + 2, ids, refs) == MOE_EBUSY &&
+              strstr(moe_last_error(), "experts at once"), "%d experts in %d slots: %s", c->top_k + 2, tp.dev_slots,
+          moe_last_error());
+    settled_stats(p, &os);
+    CHECK(os.device.hits + os.device.misses == 0 && os.disk_reads == 0 && os.dev_pinned == 0 && os.dev_resident == 0,
+          "%d experts in %d slots: %llu misses, %llu reads, %d pinned, %d resident", c->top_k + 2, tp.dev_slots,
+          (unsigned long long)os.device.misses, (unsigned long long)os.disk_reads, os.dev_pinned, os.dev_resident);
+    /* another layer's top_k experts pinned: top_k of this layer do not fit beside them; once released, they do;
+     * one id twice is one expert */
+    REQUIRE(p->ops->acquire(p->self, l1, c->top_k, ids, refs) == MOE_OK, "%s", moe_last_error());
+    CHECK(p->ops->acquire(p->self, l0, c->top_k, ids, refs) == MOE_EBUSY &&
+              strstr(moe_last_error(), "pinned by others"), "beside another layer's pins: %s", moe_last_error());
+    settled_stats(p, &os);
+    CHECK(os.device.misses == (uint64_t)c->top_k && os.disk_reads == (uint64_t)c->top_k &&
+              os.dev_pinned == c->top_k && os.dev_resident == c->top_k,
+          "beside another layer's pins: %llu misses, %llu reads, %d pinned, %d resident (want %d each)",
+          (unsigned long long)os.device.misses, (unsigned long long)os.disk_reads, os.dev_pinned, os.dev_resident,
+          c->top_k);
+    p->ops->release(p->self, l1);
+    ids[c->top_k] = ids[0];
+    CHECK(p->ops->acquire(p->self, l0, c->top_k + 1, ids, refs) == MOE_OK, "after the release: %s",
+          moe_last_error());
+    p->ops->release(p->self, l0);
+    settled_stats(p, &os);
+    CHECK(os.device.misses == 2u * (uint64_t)c->top_k && os.device.hits == 1 && os.dev_pinned == 0,
+          "after the release: %llu misses, %llu hits, %d pinned", (unsigned long long)os.device.misses,
+          (unsigned long long)os.device.hits, os.dev_pinned);
+    moe_provider_destroy(p);
+    /* a layer's quota of top_k + 1 slots, of 12 */
+    int quota[MOE_MAX_LAYERS];
+    for (int l = 0; l < c->n_layers; l++) quota[l] = c->top_k + 1;
+    tp.dev_slots = c->top_k + 12;
+    tp.dev_layer_quota = quota;
+    p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    for (int j = 0; j < c->top_k + 2; j++) ids[j] = j;
+    CHECK(p->ops->acquire(p->self, l0, c->top_k + 2, ids, refs) == MOE_EBUSY &&
+              strstr(moe_last_error(), "quota"), "%d experts in a quota of %d: %s", c->top_k + 2, c->top_k + 1,
+          moe_last_error());
+    settled_stats(p, &os);
+    CHECK(os.device.hits + os.device.misses == 0 && os.disk_reads == 0 && os.dev_pinned == 0 && os.dev_resident == 0,
+          "%d experts in a quota of %d: %llu misses, %llu reads, %d pinned, %d resident", c->top_k + 2, c->top_k + 1,
+          (unsigned long long)os.device.misses, (unsigned long long)os.disk_reads, os.dev_pinned, os.dev_resident);
+    moe_provider_destroy(p);
+}
+
 int main(void)
 {
     static const struct cfg cfgs[] = {
@@ -564,6 +645,7 @@ int main(void)
         snprintf(store, sizeof(store), "%s/quota.moestore", dir);
         REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
         check_quota_max_pinned(m, store);
+        check_refused_acquire(m, store);
         unlink(store);
         moe_model_close(m);
     }

@@ -7,14 +7,22 @@
 
 #include <unistd.h>
 
-static void check(const char *rel, enum moe_dtype dt, bool thp)
+/* The model at rel (*m) and its all-resident provider in dt. */
+static struct moe_provider *open_resident(const char *rel, enum moe_dtype dt, struct moe_model **m)
 {
     char p[512];
-    struct moe_model *m = moe_model_open(t_path(p, sizeof(p), rel));
-    REQUIRE(m, "%s: %s", rel, moe_last_error());
-    const struct moe_config *c = &m->cfg;
-    struct moe_provider *r = moe_provider_resident_create(m, dt);
+    *m = moe_model_open(t_path(p, sizeof(p), rel));
+    REQUIRE(*m, "%s: %s", rel, moe_last_error());
+    struct moe_provider *r = moe_provider_resident_create(*m, dt);
     REQUIRE(r, "%s: resident: %s", rel, moe_last_error());
+    return r;
+}
+
+static void check(const char *rel, enum moe_dtype dt, bool thp)
+{
+    struct moe_model *m;
+    struct moe_provider *r = open_resident(rel, dt, &m);
+    const struct moe_config *c = &m->cfg;
     size_t n_all = (size_t)c->n_layers * (size_t)c->n_experts, n_moe = 0, mat = (size_t)c->expert_inter * c->hidden;
     for (int l = 0; l < c->n_layers; l++) n_moe += c->is_moe[l];
     uint64_t avail, total;
@@ -65,8 +73,34 @@ static void check(const char *rel, enum moe_dtype dt, bool thp)
     moe_model_close(m);
 }
 
+/* A layer outside the model, or one without experts, is refused as the tiered provider refuses it, where
+ * a layer past the last read past the provider's tables. */
+static void check_bad_layers(const char *rel)
+{
+    struct moe_model *m;
+    struct moe_provider *r = open_resident(rel, MOE_DT_BF16, &m);
+    const struct moe_config *c = &m->cfg;
+    int dense = -1;
+    for (int l = 0; l < c->n_layers && dense < 0; l++)
+        if (!c->is_moe[l]) dense = l;
+    const int layers[] = { -1, c->n_layers, c->n_layers + 1000, 1 << 24, dense };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(layers); i++) {
+        if (i + 1 == MOE_ARRAY_LEN(layers) && dense < 0) break;
+        int id = 0;
+        struct moe_expert_ref out;
+        char want[64];
+        snprintf(want, sizeof(want), "layer %d is not a MoE layer", layers[i]);
+        CHECK(r->ops->acquire(r->self, layers[i], 1, &id, &out) == MOE_EINVAL && strstr(moe_last_error(), want),
+              "%s: layer %d of %d: %s", rel, layers[i], c->n_layers, moe_last_error());
+    }
+    moe_provider_destroy(r);
+    moe_model_close(m);
+}
+
 int main(void)
 {
+    check_bad_layers("models/pycode-moe-18m");
+    check_bad_layers("tests/fixtures/hf-tiny/deepseek_v3"); /* its layer 0 is dense */
     bool thp = access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0;
     check("models/pycode-moe-18m", MOE_DT_BF16, thp);
     check("models/pycode-moe-18m", MOE_DT_F32, thp);

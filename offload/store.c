@@ -266,6 +266,41 @@ static enum moe_status mismatch(const char *path, const char *field, unsigned lo
                       mdir, want, mdir);
 }
 
+/* The store's identity and shape against the model's: refused as written for another model (or other
+ * weights) before an index of its layers x experts is allocated and its record table parsed. */
+static enum moe_status check_model(const char *path, const struct moe_store_info *in, const struct moe_model *m)
+{
+    struct moe_store_info want_in;
+    enum moe_status st = moe_store_info_of(m, &want_in);
+    if (st) return st;
+    const char *md = m->dir;
+    if (in->family != want_in.family) st = mismatch(path, "family", in->family, want_in.family, md);
+    else if (in->n_layers != want_in.n_layers) st = mismatch(path, "layers", in->n_layers, want_in.n_layers, md);
+    else if (in->n_experts != want_in.n_experts) st = mismatch(path, "experts", in->n_experts, want_in.n_experts, md);
+    else if (in->hidden != want_in.hidden) st = mismatch(path, "hidden_size", in->hidden, want_in.hidden, md);
+    else if (in->expert_inter != want_in.expert_inter) st = mismatch(path, "expert intermediate size", in->expert_inter, want_in.expert_inter, md);
+    else if (in->top_k != want_in.top_k) st = mismatch(path, "top_k", in->top_k, want_in.top_k, md);
+    else if (in->dtype != want_in.dtype)
+        st = moe_errorf(MOE_EFORMAT, "%s: expert store holds %s records, the model in %s is served from %s "
+                        "ones%s: re-run `moeflow pack --model %s`", path, moe_dtype_name(in->dtype), md,
+                        moe_dtype_name(want_in.dtype),
+                        want_in.dtype == MOE_DT_F8_E4M3 ? " (FP8 experts are stored as FP8 now)" : "", md);
+    else if (in->block_rows != want_in.block_rows) st = mismatch(path, "FP8 block rows", in->block_rows, want_in.block_rows, md);
+    else if (in->block_cols != want_in.block_cols) st = mismatch(path, "FP8 block columns", in->block_cols, want_in.block_cols, md);
+    else if (in->n_records != want_in.n_records) st = mismatch(path, "records", in->n_records, want_in.n_records, md);
+    else if (in->record_bytes != want_in.record_bytes) st = mismatch(path, "record bytes", in->record_bytes, want_in.record_bytes, md);
+    /* the split of a record, not only its sum: convert() reads each part where it says */
+    else if (in->gate_bytes != want_in.gate_bytes) st = mismatch(path, "gate bytes", in->gate_bytes, want_in.gate_bytes, md);
+    else if (in->up_bytes != want_in.up_bytes) st = mismatch(path, "up bytes", in->up_bytes, want_in.up_bytes, md);
+    else if (in->down_bytes != want_in.down_bytes) st = mismatch(path, "down bytes", in->down_bytes, want_in.down_bytes, md);
+    else if (in->fingerprint != (want_in.fingerprint = moe_store_fingerprint(m)))
+        st = moe_errorf(MOE_EFORMAT, "%s: expert store was written for other weights (weights "
+                        "fingerprint %016llx, the model in %s has %016llx): re-run `moeflow "
+                        "pack --model %s`", path, (unsigned long long)in->fingerprint, md,
+                        (unsigned long long)want_in.fingerprint, md);
+    return st;
+}
+
 struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
 {
     struct moe_store *s = calloc(1, sizeof(*s));
@@ -347,8 +382,9 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
     uint64_t nk = (uint64_t)in->n_layers * in->n_experts;
     if (!moe_dtype_parse(dn, &in->dtype) || in->n_layers == 0 || in->n_layers > MOE_MAX_LAYERS ||
         in->n_experts == 0 || in->n_experts > (1u << 20) || in->n_records == 0 ||
-        in->n_records > nk || hb != MOE_STORE_FIXED + (uint64_t)in->n_records * MOE_STORE_ENTRY ||
-        in->data_offset != align_up(hb) || in->record_bytes == 0 || !sizes_fit(in) || !blocks_fit(in)) {
+        in->n_records > nk || in->n_records % in->n_experts ||
+        hb != MOE_STORE_FIXED + (uint64_t)in->n_records * MOE_STORE_ENTRY || in->data_offset != align_up(hb) ||
+        in->record_bytes == 0 || !sizes_fit(in) || !blocks_fit(in)) {
         st = moe_errorf(MOE_EFORMAT, "%s: inconsistent expert store header (dtype '%s', %u records, "
                         "header %u bytes): the file is damaged; re-run `moeflow pack`", path, dn,
                         in->n_records, hb);
@@ -360,10 +396,19 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
                         (unsigned long long)in->data_offset);
         goto out;
     }
-    hdr = malloc(hb);
-    s->rec = calloc(in->n_records, sizeof(*s->rec));
-    s->index = malloc(nk * sizeof(int32_t));
-    if (!hdr || !s->rec || !s->index) {
+    /* Every record takes a stride of at least MOE_STORE_ALIGN bytes after the table, and a MoE layer
+     * stores all its experts (n_experts divides n_records): so the index of layers x experts allocated
+     * below is at most a quarter of the file's size (MOE_MAX_LAYERS x 4 bytes per 4 KiB record), whatever
+     * the header claims; with a model, the store's shape is the model's before it is allocated. */
+    uint64_t data_bytes, data_end;
+    if (!moe_mul_u64(in->n_records, in->record_stride, &data_bytes) ||
+        !moe_add_u64(in->data_offset, data_bytes, &data_end) || data_end > (uint64_t)sb.st_size) {
+        st = moe_errorf(MOE_EFORMAT, "%s: %lld bytes, shorter than its header and %u records of %llu bytes: the "
+                        "file is truncated; re-run `moeflow pack`", path, (long long)sb.st_size, in->n_records,
+                        (unsigned long long)in->record_stride);
+        goto out;
+    }
+    if (!(hdr = malloc(hb))) {
         st = moe_errorf(MOE_ENOMEM, "%s: out of memory for %u records", path, in->n_records);
         goto out;
     }
@@ -377,6 +422,13 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
     if (XXH3_64bits(hdr, hb) != want) {
         st = moe_errorf(MOE_ECHECKSUM, "%s: header checksum mismatch: the file is damaged; re-run "
                         "`moeflow pack`", path);
+        goto out;
+    }
+    if (m && (st = check_model(path, in, m))) goto out;
+    s->rec = calloc(in->n_records, sizeof(*s->rec));
+    s->index = malloc(nk * sizeof(int32_t));
+    if (!s->rec || !s->index) {
+        st = moe_errorf(MOE_ENOMEM, "%s: out of memory for %u records", path, in->n_records);
         goto out;
     }
     for (uint64_t k = 0; k < nk; k++) s->index[k] = -1;
@@ -401,41 +453,13 @@ struct moe_store *moe_store_open(const char *path, const struct moe_model *m)
         s->index[(size_t)r->layer * in->n_experts + r->expert] = (int32_t)i;
     }
     if (m) {
-        struct moe_store_info want_in;
-        if ((st = moe_store_info_of(m, &want_in))) goto out;
-        const char *md = m->dir;
-        if (in->family != want_in.family) st = mismatch(path, "family", in->family, want_in.family, md);
-        else if (in->n_layers != want_in.n_layers) st = mismatch(path, "layers", in->n_layers, want_in.n_layers, md);
-        else if (in->n_experts != want_in.n_experts) st = mismatch(path, "experts", in->n_experts, want_in.n_experts, md);
-        else if (in->hidden != want_in.hidden) st = mismatch(path, "hidden_size", in->hidden, want_in.hidden, md);
-        else if (in->expert_inter != want_in.expert_inter) st = mismatch(path, "expert intermediate size", in->expert_inter, want_in.expert_inter, md);
-        else if (in->top_k != want_in.top_k) st = mismatch(path, "top_k", in->top_k, want_in.top_k, md);
-        else if (in->dtype != want_in.dtype)
-            st = moe_errorf(MOE_EFORMAT, "%s: expert store holds %s records, the model in %s is served from %s "
-                            "ones%s: re-run `moeflow pack --model %s`", path, moe_dtype_name(in->dtype), md,
-                            moe_dtype_name(want_in.dtype),
-                            want_in.dtype == MOE_DT_F8_E4M3 ? " (FP8 experts are stored as FP8 now)" : "", md);
-        else if (in->block_rows != want_in.block_rows) st = mismatch(path, "FP8 block rows", in->block_rows, want_in.block_rows, md);
-        else if (in->block_cols != want_in.block_cols) st = mismatch(path, "FP8 block columns", in->block_cols, want_in.block_cols, md);
-        else if (in->n_records != want_in.n_records) st = mismatch(path, "records", in->n_records, want_in.n_records, md);
-        else if (in->record_bytes != want_in.record_bytes) st = mismatch(path, "record bytes", in->record_bytes, want_in.record_bytes, md);
-        /* the split of a record, not only its sum: convert() reads each part where it says */
-        else if (in->gate_bytes != want_in.gate_bytes) st = mismatch(path, "gate bytes", in->gate_bytes, want_in.gate_bytes, md);
-        else if (in->up_bytes != want_in.up_bytes) st = mismatch(path, "up bytes", in->up_bytes, want_in.up_bytes, md);
-        else if (in->down_bytes != want_in.down_bytes) st = mismatch(path, "down bytes", in->down_bytes, want_in.down_bytes, md);
-        else if (in->fingerprint != (want_in.fingerprint = moe_store_fingerprint(m)))
-            st = moe_errorf(MOE_EFORMAT, "%s: expert store was written for other weights (weights "
-                            "fingerprint %016llx, the model in %s has %016llx): re-run `moeflow "
-                            "pack --model %s`", path, (unsigned long long)in->fingerprint, md,
-                            (unsigned long long)want_in.fingerprint, md);
-        if (st) goto out;
         /* every MoE expert needs its record: the count matches, so a record on a dense layer leaves
          * an expert without one, which moe_store_find would not find when it is needed */
         for (int l = 0; l < m->cfg.n_layers && !st; l++)
             for (int e = 0; m->cfg.is_moe[l] && e < m->cfg.n_experts && !st; e++)
                 if (s->index[(size_t)l * in->n_experts + (size_t)e] < 0)
                     st = moe_errorf(MOE_EFORMAT, "%s: no record for layer %d expert %d (the table lists a layer "
-                                    "without experts instead): re-run `moeflow pack --model %s`", path, l, e, md);
+                                    "without experts instead): re-run `moeflow pack --model %s`", path, l, e, m->dir);
         if (st) goto out;
     }
 out:

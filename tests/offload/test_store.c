@@ -9,6 +9,7 @@
 #include "offload_test_common.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -53,6 +54,66 @@ static void copy_file(const char *from, const char *to)
     REQUIRE(f && fwrite(buf, 1, len, f) == len, "write %s", to);
     fclose(f);
     free(buf);
+}
+
+/* The process's peak resident memory so far, in MiB. */
+static long peak_rss_mib(void)
+{
+    struct rusage ru;
+    REQUIRE(getrusage(RUSAGE_SELF, &ru) == 0, "getrusage");
+    return ru.ru_maxrss / 1024;
+}
+
+/* A header that claims 256 layers x 2^20 experts, whose index of layers x experts would take 1 GiB, is
+ * refused before that index is allocated: with 32 records (the store of `from`, mixtral's, its
+ * checksum redone) as inconsistent, with or without a model (a MoE layer stores all its experts, so the
+ * records are a multiple of the experts); with 2^20 records in a file as long as they need (4 GiB,
+ * sparse), as written for another model.  Neither open raises the peak resident memory by the 1 GiB
+ * the index takes. */
+static void check_huge_claims(const char *from, const char *other, const struct moe_model *mx)
+{
+    copy_file(from, other);
+    set_field(other, 84, 4, MOE_MAX_LAYERS);
+    set_field(other, 96, 4, 1u << 20);
+    long before = peak_rss_mib();
+    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "inconsistent"),
+          "32 records for 256 x 2^20 experts, with a model: %s", moe_last_error());
+    CHECK(!moe_store_open(other, NULL) && strstr(moe_last_error(), "inconsistent"),
+          "32 records for 256 x 2^20 experts, without a model: %s", moe_last_error());
+    long grew = peak_rss_mib() - before;
+    CHECK(grew < 512, "opening a store that claims 256 x 2^20 experts raised the peak resident memory by %ld MiB",
+          grew);
+
+    uint8_t fixed[MOE_STORE_FIXED];
+    int fd = open(from, O_RDONLY);
+    REQUIRE(fd >= 0 && pread(fd, fixed, sizeof(fixed), 0) == (ssize_t)sizeof(fixed), "read %s", from);
+    close(fd);
+    uint64_t stride = 0;
+    for (int i = 0; i < 8; i++) stride |= (uint64_t)fixed[152 + i] << (8 * i);
+    uint32_t n = 1u << 20, hb = MOE_STORE_FIXED + n * MOE_STORE_ENTRY;
+    uint64_t data = (hb + MOE_STORE_ALIGN - 1) / MOE_STORE_ALIGN * MOE_STORE_ALIGN;
+    const struct { int off, len; uint64_t v; } fields[] = {
+        { 84, 4, MOE_MAX_LAYERS }, { 96, 4, n }, { 104, 4, n }, { 12, 4, hb }, { 160, 8, data }, { 168, 8, 0 },
+    };
+    for (size_t f = 0; f < MOE_ARRAY_LEN(fields); f++)
+        for (int i = 0; i < fields[f].len; i++) fixed[fields[f].off + i] = (uint8_t)(fields[f].v >> (8 * i));
+    uint8_t *h = calloc(1, hb); /* the record table: zeros */
+    REQUIRE(h, "out of memory");
+    memcpy(h, fixed, sizeof(fixed));
+    uint64_t sum = XXH3_64bits(h, hb);
+    free(h);
+    for (int i = 0; i < 8; i++) fixed[168 + i] = (uint8_t)(sum >> (8 * i));
+    fd = open(other, O_WRONLY | O_TRUNC);
+    REQUIRE(fd >= 0 && ftruncate(fd, (off_t)(data + (uint64_t)n * stride)) == 0 &&
+                pwrite(fd, fixed, sizeof(fixed), 0) == (ssize_t)sizeof(fixed), "write %s", other);
+    close(fd);
+    before = peak_rss_mib();
+    CHECK(!moe_store_open(other, mx) && strstr(moe_last_error(), "another model (layers 256"),
+          "2^20 records for 256 x 2^20 experts, with a model: %s", moe_last_error());
+    grew = peak_rss_mib() - before;
+    CHECK(grew < 512, "opening a store of 2^20 records for 256 x 2^20 experts with a model raised the peak resident "
+          "memory by %ld MiB", grew);
+    unlink(other);
 }
 
 /* An FP8 checkpoint's record: F8_E4M3 with the config's blocks, each matrix's codes as the checkpoint
@@ -132,6 +193,9 @@ int main(void)
         if (i == 0) mx = m;
         else moe_model_close(m);
     }
+    snprintf(store, sizeof(store), "%s/s0.moestore", dir);
+    snprintf(other, sizeof(other), "%s/huge.moestore", dir);
+    check_huge_claims(store, other, mx);
     /* A store written for another model is refused, naming the reason. */
     snprintf(store, sizeof(store), "%s/s1.moestore", dir); /* qwen2_moe's */
     CHECK(!moe_store_open(store, mx), "qwen2 store accepted for mixtral");
@@ -190,8 +254,12 @@ int main(void)
     CHECK(!moe_store_open(other, mx), "damaged table accepted");
     CHECK(moe_last_error()[0], "damaged table gives an error");
     /* a store cut short (an interrupted copy) says so and what to do, whether the cut falls in the fixed
-     * header or in the record table */
-    static const off_t cuts[] = { 0, 100, MOE_STORE_FIXED + 40 };
+     * header, in the record table or in the records */
+    struct moe_store *s = moe_store_open(store, mx);
+    REQUIRE(s, "%s", moe_last_error());
+    off_t in_records = (off_t)(moe_store_get_info(s)->data_offset + moe_store_get_info(s)->record_stride);
+    moe_store_close(s);
+    const off_t cuts[] = { 0, 100, MOE_STORE_FIXED + 40, in_records };
     for (size_t k = 0; k < MOE_ARRAY_LEN(cuts); k++) {
         copy_file(store, other);
         REQUIRE(truncate(other, cuts[k]) == 0, "truncate");
@@ -210,7 +278,7 @@ int main(void)
 
     /* One flipped byte in the record of (layer 1, expert 2). */
     copy_file(store, other);
-    struct moe_store *s = moe_store_open(other, mx);
+    s = moe_store_open(other, mx);
     REQUIRE(s, "%s", moe_last_error());
     const struct moe_store_record *bad = moe_store_find(s, 1, 2);
     flip_byte(other, bad->offset + bad->size / 2);

@@ -88,18 +88,17 @@ void moe_cache_destroy(struct moe_cache *c)
 
 static int group_of(const struct moe_cache *c, int key) { return key / c->group_size; }
 
-/* Choose a slot for key: a free one, or evict a policy-chosen unpinned key.
- * With quotas, a group at its quota evicts one of its own keys. */
-static enum moe_status take_slot(struct moe_cache *c, int key, int *slot, int *evicted)
+/* The slot key would take: a free one (*victim -1), or that of the policy's choice among the unpinned
+ * keys (*victim), of key's own group when the group is at its quota.  Changes nothing but the scratch. */
+static enum moe_status choose_slot(const struct moe_cache *c, int key, int *slot, int *victim)
 {
     bool own_group = c->quota && c->group_used[group_of(c, key)] >= c->quota[group_of(c, key)];
-    *evicted = -1;
+    *victim = -1;
     if (!own_group && c->n_free > 0) {
         for (int s = 0; s < c->capacity; s++)
             if (c->slot_key[s] < 0) {
                 *slot = s;
-                c->n_free--;
-                goto placed;
+                return MOE_OK;
             }
     }
     int n = 0;
@@ -112,15 +111,27 @@ static enum moe_status take_slot(struct moe_cache *c, int key, int *slot, int *e
     if (n == 0)
         return moe_errorf(MOE_EBUSY, "expert cache: all %d slots are pinned%s (key %d)",
                           c->capacity, own_group ? " or outside the layer's quota" : "", key);
-    int v = c->cand[c->policy->ops->victim(c->policy->self, n, c->cand)];
-    *slot = c->key_slot[v];
-    *evicted = v;
-    c->key_slot[v] = -1;
-    c->prefetched[v] = false;
-    if (c->group_used) c->group_used[group_of(c, v)]--;
-    c->policy->ops->on_evict(c->policy->self, v);
-    c->st.evictions++;
-placed:
+    *victim = c->cand[c->policy->ops->victim(c->policy->self, n, c->cand)];
+    *slot = c->key_slot[*victim];
+    return MOE_OK;
+}
+
+/* Choose a slot for key: a free one, or evict a policy-chosen unpinned key.
+ * With quotas, a group at its quota evicts one of its own keys. */
+static enum moe_status take_slot(struct moe_cache *c, int key, int *slot, int *evicted)
+{
+    enum moe_status st = choose_slot(c, key, slot, evicted);
+    if (st) return st;
+    int v = *evicted;
+    if (v < 0) {
+        c->n_free--;
+    } else {
+        c->key_slot[v] = -1;
+        c->prefetched[v] = false;
+        if (c->group_used) c->group_used[group_of(c, v)]--;
+        c->policy->ops->on_evict(c->policy->self, v);
+        c->st.evictions++;
+    }
     c->slot_key[*slot] = key;
     c->key_slot[key] = *slot;
     if (c->group_used) c->group_used[group_of(c, key)]++;
@@ -246,6 +257,15 @@ void moe_cache_predict(struct moe_cache *c, int key, float score, int distance)
 {
     if (key < 0 || key >= c->n_keys || !c->policy->ops->on_prediction) return;
     c->policy->ops->on_prediction(c->policy->self, key, score, distance);
+}
+
+enum moe_status moe_cache_victim(const struct moe_cache *c, int key, int *victim)
+{
+    int slot;
+    *victim = -1;
+    if (key < 0 || key >= c->n_keys)
+        return moe_errorf(MOE_EINVAL, "expert cache: key %d outside [0, %d)", key, c->n_keys);
+    return c->key_slot[key] >= 0 ? MOE_OK : choose_slot(c, key, &slot, victim);
 }
 
 int moe_cache_slot_of(const struct moe_cache *c, int key)

@@ -296,13 +296,7 @@ bool moe_policy_predicted_admit(const struct moe_cache *c, int key)
 {
     const struct moe_policy *p = moe_cache_policy(c);
     if (!p || p->ops != &predicted_ops) return true;
-    int cap = moe_cache_capacity(c);
-    double worst = -1;
-    for (int sl = 0; sl < cap; sl++) {
-        int k = moe_cache_key_at(c, sl);
-        if (k < 0) return true;
-        double v = moe_policy_predicted_next_use(p, k);
-        if (v > worst) worst = v;
-    }
-    return moe_policy_predicted_next_use(p, key) < worst;
+    int victim;
+    if (moe_cache_victim(c, key, &victim)) return false; /* nothing it may evict: the prefetch is dropped */
+    return victim < 0 || moe_policy_predicted_next_use(p, key) < moe_policy_predicted_next_use(p, victim);
 }

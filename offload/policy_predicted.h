@@ -48,9 +48,10 @@ double moe_policy_predicted_next_use(const struct moe_policy *p, int key);
 
 struct moe_cache; /* cache.h */
 /* Admission of a prefetch of key into cache c: under the predicted policy,
- * true only when c has a free slot or key is predicted to be needed sooner
- * than the resident expert needed last (a prefetch never evicts an expert
- * needed before it); true for every other policy. */
+ * true only when key would take a free slot or is predicted to be needed
+ * sooner than the expert it would evict (moe_cache_victim: unpinned, of its
+ * own layer when the layer is at its quota), so a prefetch never evicts an
+ * expert needed before it; true for every other policy. */
 bool moe_policy_predicted_admit(const struct moe_cache *c, int key);
 
 #ifdef __cplusplus

@@ -269,7 +269,7 @@ struct sim {
     const struct moe_cachesim_params *p;
     struct moe_cachesim_stats *st;
     struct moe_cache *c;
-    struct moe_policy *pol;  /* owned by c; kept for next-use queries (predicted) */
+    struct moe_policy *pol;  /* owned by c */
     int n_keys, M, E;
     double *ready;           /* [n_keys] time the key's transfer lands */
     bool *pf_pending;        /* [n_keys] prefetched, not yet acquired */
@@ -286,25 +286,10 @@ static void on_evicted(struct sim *s, int key)
     s->ready[key] = 0;
 }
 
-/* Admission of a prefetch under the predicted policy: only when a slot is free
- * or the key is needed sooner than the expert it would evict. */
-static bool admit(struct sim *s, int key)
-{
-    if (s->p->policy != MOE_CACHE_PREDICTED) return true;
-    int cap = moe_cache_capacity(s->c);
-    double worst = -1;
-    for (int sl = 0; sl < cap; sl++) {
-        int k = moe_cache_key_at(s->c, sl);
-        if (k < 0) return true;
-        double v = moe_policy_predicted_next_use(s->pol, k);
-        if (v > worst) worst = v;
-    }
-    return moe_policy_predicted_next_use(s->pol, key) < worst;
-}
-
 static void do_prefetch(struct sim *s, int key, double start)
 {
-    if (moe_cache_slot_of(s->c, key) >= 0 || !admit(s, key)) {
+    /* under the predicted policy only into a free slot or over an expert needed later, as the live cache */
+    if (moe_cache_slot_of(s->c, key) >= 0 || !moe_policy_predicted_admit(s->c, key)) {
         s->st->prefetch_dropped++;
         return;
     }

@@ -1,7 +1,9 @@
 /* The predicted policy keeps a prediction for each of a layer's next
  * MOE_POLICY_PREDICTED_SLOTS occurrences; one for a later occurrence is
  * dropped and does not replace the prediction of a nearer one.  A score that
- * is not a number counts as 0. */
+ * is not a number counts as 0.  A prefetch is admitted against the expert it
+ * would evict. */
+#include "../../offload/cache.h"
 #include "../../offload/policy_predicted.h"
 #include "../test_util.h"
 
@@ -9,6 +11,72 @@
 
 #define NM 2 /* MoE layers (decoder layers 0 and 1) */
 #define NE 4
+
+static void touch(struct moe_cache *c, int key, bool keep_pinned)
+{
+    int slot, ev;
+    bool miss;
+    REQUIRE(moe_cache_acquire(c, key, &slot, &miss, &ev) == MOE_OK, "acquire %d: %s", key, moe_last_error());
+    if (!keep_pinned) moe_cache_unpin(c, key);
+}
+
+/* A prefetch is admitted against the expert it would evict, not the resident one needed last: that one
+ * may be pinned, or (with per-layer quotas) of another layer while the prefetch's layer, at its quota,
+ * evicts one of its own. */
+static void check_admission(void)
+{
+    static const int moe_layers[NM] = { 0, 1 };
+    /* two slots: A (layer 1, never predicted: needed last) pinned, B (layer 1) certain at layer 1's next
+     * occurrence, 2 layer-steps on; X (layer 0) certain at layer 0's occurrence after next, 3 on */
+    const int A = NE, B = NE + 1, X = 1;
+    struct moe_cache_params cp = { .n_keys = NM * NE, .capacity = 2,
+                                   .policy = moe_policy_predicted_create(NM, NE, moe_layers, NM) };
+    struct moe_cache *c = moe_cache_create(&cp);
+    REQUIRE(c, "cache: %s", moe_last_error());
+    touch(c, A, true);
+    touch(c, B, false);
+    moe_cache_predict(c, B, 1.0f, 2);
+    moe_cache_predict(c, X, 1.0f, 3);
+    const struct moe_policy *p = moe_cache_policy(c);
+    double a = moe_policy_predicted_next_use(p, A), b = moe_policy_predicted_next_use(p, B),
+           x = moe_policy_predicted_next_use(p, X);
+    REQUIRE(b < x && x < a, "next uses: B %g, X %g, A %g", b, x, a);
+    int victim;
+    CHECK(moe_cache_victim(c, X, &victim) == MOE_OK && victim == B, "the victim of a fetch of X: %d, not B", victim);
+    CHECK(!moe_policy_predicted_admit(c, X), "X (next use %g) admitted over B (%g): A (%g), needed last, is pinned",
+          x, b, a);
+    moe_cache_unpin(c, A);
+    CHECK(moe_cache_victim(c, X, &victim) == MOE_OK && victim == A && moe_policy_predicted_admit(c, X),
+          "A unpinned: victim %d, X not admitted over it", victim);
+    moe_cache_destroy(c);
+
+    /* quotas of 2 slots per layer, 4 slots: layer 0 holds C and D, certain at its next occurrence, and
+     * layer 1 E (never predicted); a fetch of X, needed later than C and D, would evict one of them
+     * though a slot is free */
+    const int C = 0, D = 2, E = NE;
+    int quota[NM] = { 2, 2 };
+    cp = (struct moe_cache_params){ .n_keys = NM * NE, .capacity = 4, .group_size = NE, .quota = quota,
+                                    .policy = moe_policy_predicted_create(NM, NE, moe_layers, NM) };
+    c = moe_cache_create(&cp);
+    REQUIRE(c, "cache: %s", moe_last_error());
+    touch(c, C, false);
+    touch(c, D, false);
+    touch(c, E, false);
+    moe_cache_predict(c, C, 1.0f, 1);
+    moe_cache_predict(c, D, 1.0f, 1);
+    moe_cache_predict(c, X, 1.0f, 3);
+    p = moe_cache_policy(c);
+    x = moe_policy_predicted_next_use(p, X);
+    double cd = fmax(moe_policy_predicted_next_use(p, C), moe_policy_predicted_next_use(p, D)),
+           e = moe_policy_predicted_next_use(p, E);
+    REQUIRE(cd < x && x < e, "next uses: C, D %g, X %g, E %g", cd, x, e);
+    CHECK(moe_cache_victim(c, X, &victim) == MOE_OK && (victim == C || victim == D),
+          "the victim of a fetch of X at its layer's quota: %d, not C or D", victim);
+    CHECK(!moe_policy_predicted_admit(c, X), "X (next use %g) admitted at its layer's quota over C and D (%g)", x, cd);
+    CHECK(moe_cache_victim(c, NE + 1, &victim) == MOE_OK && victim == -1 && moe_policy_predicted_admit(c, NE + 1),
+          "layer 1, below its quota, takes the free slot: victim %d", victim);
+    moe_cache_destroy(c);
+}
 
 int main(void)
 {
@@ -46,5 +114,6 @@ int main(void)
     double nan_next = moe_policy_predicted_next_use(p, key3);
     CHECK(nan_next == zero, "a NaN score gives next use %g, a score of 0 %g", nan_next, zero);
     p->ops->destroy(p->self);
+    check_admission();
     return t_result("test_offload_policy_predicted");
 }

@@ -166,17 +166,22 @@ static void pp_on_access(void *self, int key, bool hit)
     s->ema_seen[key] = s->step;
 }
 
+int64_t moe_policy_predicted_occurrence(int64_t now, int mi, int n_moe, int distance)
+{
+    int64_t o = (now < 0 ? 0 : now / n_moe * n_moe) + mi;
+    if (o <= now) o += n_moe;
+    while (o + n_moe / 2 < now + distance) o += n_moe;
+    return o;
+}
+
 static void pp_on_prediction(void *self, int key, float score, int distance)
 {
     struct predicted *s = self;
     int mi;
     layer_of(s, key, &mi);
     if (mi < 0) return;
-    /* the occurrence of the layer nearest to now + distance: the distance is
-     * counted from the layer computing, which may not have been accessed yet */
     int64_t now = (s->cur < 0 ? -1 : s->step * s->n_moe + s->cur);
-    int64_t first = next_pos(s, mi), o = first, want = now + distance;
-    while (o + s->n_moe / 2 < want) o += s->n_moe;
+    int64_t first = next_pos(s, mi), o = moe_policy_predicted_occurrence(now, mi, s->n_moe, distance);
     /* beyond the occurrences kept: its slot holds a nearer occurrence's prediction */
     if (o - first >= (int64_t)PRED_SLOTS * s->n_moe) return;
     size_t nk = (size_t)s->n_layers * (size_t)s->n_experts;

@@ -43,6 +43,12 @@ extern "C" {
  * moe_layers[0..n_moe-1] are the MoE layers in order.  NULL on bad input
  * (error set) or no memory. */
 struct moe_policy *moe_policy_predicted_create(int n_layers, int n_experts, const int *moe_layers, int n_moe);
+/* Positions count MoE layer-steps: step * n_moe + MoE index.  The position a
+ * prediction made at position now (-1: before the first step) for MoE layer
+ * mi, `distance` MoE layers ahead of the layer computing (which may not have
+ * been accessed yet), is for: the occurrence of mi after now nearest to
+ * now + distance. */
+int64_t moe_policy_predicted_occurrence(int64_t now, int mi, int n_moe, int distance);
 /* Expected MoE layer-steps until key is used again (see above). */
 double moe_policy_predicted_next_use(const struct moe_policy *p, int key);
 

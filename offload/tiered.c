@@ -3,8 +3,9 @@
  * Threads: the engine thread calls acquire/prefetch/release, which make every
  * cache decision under `mu` and queue jobs; one worker thread executes jobs in
  * FIFO order: read a record into a host slot (if the host tier missed), verify
- * its checksum, convert it into the device slot.  Jobs run by priority
- * (demand before prefetch, nearer prefetch distance first, then queue order),
+ * its checksum, convert it into the device slot.  Jobs run by priority (demand
+ * before prefetch; prefetches by the position, step and MoE layer, they are
+ * needed at, nearest first, whenever they were queued; then queue order),
  * but a job never overtakes an earlier-queued job that uses the same host
  * slot: that is what makes slot reuse safe (a job that overwrites a host slot
  * runs after every earlier job that reads it; stale device-slot jobs are
@@ -40,7 +41,8 @@ struct hslot {
 };
 
 struct job {
-    int prio;                 /* -1 demand, else prefetch distance (lower runs first) */
+    bool demand;              /* an acquire waits for it: runs before every prefetch */
+    int64_t need;             /* a prefetch's: the position (step * n_moe + MoE index) it is needed at */
     int key;
     int dslot;
     uint32_t dgen;
@@ -71,6 +73,9 @@ struct tiered {
     struct moe_cache *dev, *host;
     int n_dev, n_host;
     int max_pinned;           /* experts one layer can pin at once: n_dev, or the smallest MoE layer's quota */
+    int n_moe;
+    int moe_index[MOE_MAX_LAYERS]; /* per layer: its index among the MoE layers, -1 dense */
+    int64_t now;              /* position of the layer acquired last (step * n_moe + MoE index), -1 none */
     struct dslot *ds;
     struct hslot *hs;
     uint8_t *dev_mem;         /* [n_dev][dev_slot_bytes], accelerator memory (hooks) or a RAM arena
@@ -176,7 +181,16 @@ static enum moe_status fill_slot(struct tiered *t, const uint8_t *src, uint8_t *
     return t->hooks.dev_upload(t->hooks.ud, dst, t->stage, t->dev_slot_bytes);
 }
 
-/* Take up to qd jobs, best priority first.  A job is eligible when no
+/* A job's rank, lower runs first: demand, then a prefetch by the position it is needed at, whenever it
+ * was queued; one whose layer has passed without it counts at that layer's next occurrence. */
+static int64_t job_rank(const struct tiered *t, const struct job *j)
+{
+    if (j->demand) return INT64_MIN;
+    if (j->need >= t->now) return j->need;
+    return j->need + (t->now - j->need + t->n_moe - 1) / t->n_moe * t->n_moe;
+}
+
+/* Take up to qd jobs, best rank first.  A job is eligible when no
  * earlier-queued job (still queued or already in this batch) uses its host
  * slot, so host-slot users keep their queue order. */
 static int take_batch(struct tiered *t)
@@ -184,13 +198,18 @@ static int take_batch(struct tiered *t)
     int n = 0;
     while (t->q_len > 0 && n < t->qd) {
         int best = -1;
+        int64_t best_rank = 0;
         for (int i = 0; i < t->q_len; i++) {
             const struct job *j = &t->q[i];
-            if (best >= 0 && j->prio >= t->q[best].prio) continue;
+            int64_t r = job_rank(t, j);
+            if (best >= 0 && r >= best_rank) continue;
             bool blocked = false;
             for (int q = 0; q < i && !blocked; q++) blocked = t->q[q].hslot == j->hslot;
             for (int q = 0; q < n && !blocked; q++) blocked = t->batch[q].hslot == j->hslot;
-            if (!blocked) best = i;
+            if (!blocked) {
+                best = i;
+                best_rank = r;
+            }
         }
         if (best < 0) break;
         t->batch[n++] = t->q[best];
@@ -204,7 +223,7 @@ static int take_batch(struct tiered *t)
 static void promote(struct tiered *t, int dslot, uint32_t gen)
 {
     for (int i = 0; i < t->q_len; i++)
-        if (t->q[i].dslot == dslot && t->q[i].dgen == gen) t->q[i].prio = -1;
+        if (t->q[i].dslot == dslot && t->q[i].dgen == gen) t->q[i].demand = true;
 }
 
 static void *worker_main(void *arg)
@@ -336,9 +355,9 @@ static void enqueue(struct tiered *t, const struct job *j)
     pthread_cond_signal(&t->cv_work);
 }
 
-/* Start loading key into device slot ds: find or fill its host slot.
- * prio: -1 demand, else the prefetch distance. */
-static enum moe_status start_load(struct tiered *t, int key, int ds, int prio)
+/* Start loading key into device slot ds: find or fill its host slot.  demand: an acquire waits for it;
+ * else need: the position the prefetch is needed at. */
+static enum moe_status start_load(struct tiered *t, int key, int ds, bool demand, int64_t need)
 {
     int hslot, hev;
     bool hmiss;
@@ -349,7 +368,7 @@ static enum moe_status start_load(struct tiered *t, int key, int ds, int prio)
     d->key = key;
     d->gen++;
     d->state = SLOT_LOADING;
-    struct job j = { .prio = prio, .key = key, .dslot = ds, .dgen = d->gen, .hslot = hslot,
+    struct job j = { .demand = demand, .need = need, .key = key, .dslot = ds, .dgen = d->gen, .hslot = hslot,
                      .read = hmiss };
     enqueue(t, &j);
     return MOE_OK;
@@ -414,6 +433,11 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
     int pinned = 0;
     pthread_mutex_lock(&t->mu);
     if ((st = check_acquire(t, layer, n, ids))) goto out;
+    /* the layer computing now: a MoE layer before the last one acquired starts a new step, the same
+     * one (another chunk of its experts) does not */
+    int mi = t->moe_index[layer], cur = t->now < 0 ? -1 : (int)(t->now % t->n_moe);
+    int64_t step = t->now < 0 ? 0 : t->now / t->n_moe + (mi < cur);
+    t->now = step * t->n_moe + mi;
     for (int i = 0; i < n; i++) {
         int key = layer * t->n_experts + ids[i], slot, ev;
         bool miss;
@@ -427,7 +451,7 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
         }
         push_pin(t, layer, key);
         pinned++;
-        if (miss && (st = start_load(t, key, slot, -1))) goto fail;
+        if (miss && (st = start_load(t, key, slot, true, 0))) goto fail;
         if (!miss && t->ds[slot].state == SLOT_LOADING) promote(t, slot, t->ds[slot].gen);
     }
     double t0 = moe_now();
@@ -491,7 +515,8 @@ static void tiered_prefetch(void *self, int layer, int n, const int *ids, const 
         /* --policy predicted: never evict an expert needed before this one */
         if (moe_cache_slot_of(t->dev, key) < 0 && !moe_policy_predicted_admit(t->dev, key)) continue;
         if (moe_cache_prefetch(t->dev, key, &slot, &inserted, &ev) == MOE_OK && inserted)
-            start_load(t, key, slot, distance < 0 ? 0 : distance);
+            start_load(t, key, slot, false,
+                       moe_policy_predicted_occurrence(t->now, t->moe_index[layer], t->n_moe, distance));
     }
     pthread_mutex_unlock(&t->mu);
 }
@@ -620,6 +645,8 @@ struct moe_provider *moe_provider_tiered_create(const struct moe_model *m,
     t->hidden = (size_t)c->hidden;
     t->dev_floats = 3 * t->inter * t->hidden;
     t->hooks = p->hooks;
+    t->now = -1;
+    for (int l = 0; l < c->n_layers; l++) t->moe_index[l] = c->is_moe[l] ? t->n_moe++ : -1;
     int n_keys = c->n_layers * c->n_experts;
     int n_moe_keys = 0;
     for (int l = 0; l < c->n_layers; l++) n_moe_keys += c->is_moe[l] ? c->n_experts : 0;

@@ -443,9 +443,7 @@ enum moe_status moe_cachesim_run_layers(const struct moe_evlog *l, const int *mo
         int base = moe_layers[e->layer] * l->n_experts;
         if (e->kind == MOE_EV_PREFETCH) {
             /* needed at the occurrence of the layer nearest to now + distance */
-            int64_t need = (last_pos < 0 ? 0 : last_pos / s.M * s.M) + e->layer;
-            if (need <= last_pos) need += s.M;
-            while (need + s.M / 2 < last_pos + e->distance) need += s.M;
+            int64_t need = moe_policy_predicted_occurrence(last_pos, e->layer, s.M, e->distance);
             /* hints beyond this step only inform the policy */
             bool act = use_pf && e->distance <= s.M;
             for (int j = 0; j < e->n; j++) {

@@ -512,6 +512,80 @@ static void check_quota_max_pinned(const struct moe_model *m, const char *store)
     moe_provider_destroy(p);
 }
 
+/* A device that records where each upload lands and, once armed, holds the first upload until the gate
+ * opens. */
+struct order_dev {
+    _Atomic int armed, entered, open;
+    void *dst[16];
+    int n;
+};
+static enum moe_status od_upload(void *ud, void *dst, const void *src, size_t n)
+{
+    struct order_dev *o = ud;
+    if (atomic_load(&o->armed) && !atomic_exchange(&o->entered, 1))
+        while (!atomic_load(&o->open)) nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    if (o->n < 16) o->dst[o->n++] = dst;
+    memcpy(dst, src, n);
+    return MOE_OK;
+}
+
+static void touch_layer(struct moe_provider *p, int layer, int id)
+{
+    struct moe_expert_ref ref;
+    REQUIRE(p->ops->acquire(p->self, layer, 1, &id, &ref) == MOE_OK, "%s", moe_last_error());
+    p->ops->release(p->self, layer);
+}
+
+/* Queued prefetches run by the position they are needed at, whenever they were queued: with the
+ * transfer thread held, X is queued at position 2 (step 0, MoE layer 2) for MoE layer 1 three layers on
+ * (position 5), then the engine reaches position 4 and queues Y for MoE layer 2 two layers on (position
+ * 6); X, needed first, runs first, where Y's smaller distance at its queueing put it ahead.  S, queued
+ * for position 3 and passed without being used, runs last (its layer's next occurrence is 7). */
+static void check_prefetch_order(const struct moe_model *m)
+{
+    const struct moe_config *c = &m->cfg;
+    int ml[MOE_MAX_LAYERS], n_moe = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->is_moe[l]) ml[n_moe++] = l;
+    REQUIRE(n_moe == 4 && c->n_experts >= 8, "%d MoE layers, %d experts: the positions below assume 4, 8", n_moe,
+            c->n_experts);
+    struct order_dev od = { 0 };
+    struct moe_tiered_params tp = {
+        .dev_slots = 8, .host_slots = 8, .numa_node = -1,
+        .hooks = { .ud = &od, .dev_alloc = fd_alloc, .dev_free = fd_free, .dev_upload = od_upload,
+                   .dev_dtype = MOE_DT_F32 },
+    };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    int e0 = 0, blocker = 5, s_id = 4, x_id = 6, y_id = 7;
+    for (int i = 0; i < 4; i++) p->ops->prefetch(p->self, ml[i], 1, &e0, NULL, i + 1);
+    moe_provider_tiered_drain(p);
+    for (int i = 0; i < 3; i++) touch_layer(p, ml[i], 0); /* now: position 2 */
+    atomic_store(&od.armed, 1);
+    p->ops->prefetch(p->self, ml[3], 1, &blocker, NULL, 1);
+    while (!atomic_load(&od.entered)) nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    p->ops->prefetch(p->self, ml[3], 1, &s_id, NULL, 1); /* position 3 */
+    p->ops->prefetch(p->self, ml[1], 1, &x_id, NULL, 3); /* position 5 */
+    touch_layer(p, ml[3], 0);
+    touch_layer(p, ml[0], 0);                            /* now: position 4, step 1 */
+    p->ops->prefetch(p->self, ml[2], 1, &y_id, NULL, 2); /* position 6 */
+    atomic_store(&od.open, 1);
+    moe_provider_tiered_drain(p);
+    REQUIRE(od.n == 8, "%d uploads, not 8", od.n);
+    struct { int layer, id; const char *name; } want[3] = { { ml[1], x_id, "X" }, { ml[2], y_id, "Y" },
+                                                           { ml[3], s_id, "S" } };
+    char got[8] = "";
+    for (int k = 0; k < 3; k++) {
+        struct moe_expert_ref ref;
+        REQUIRE(p->ops->acquire(p->self, want[k].layer, 1, &want[k].id, &ref) == MOE_OK, "%s", moe_last_error());
+        p->ops->release(p->self, want[k].layer);
+        for (int u = 5; u < 8; u++)
+            if (od.dst[u] == ref.gate) got[u - 5] = want[k].name[0];
+    }
+    CHECK(!strcmp(got, "XYS"), "prefetches after the held one ran in the order %s, not XYS", got);
+    moe_provider_destroy(p);
+}
+
 /* The device tier's counts, pins and loads since the provider started, drained first. */
 static void settled_stats(struct moe_provider *p, struct moe_offload_stats *os)
 {
@@ -642,6 +716,7 @@ int main(void)
         struct moe_model *m = moe_model_open(t_path(p, sizeof(p), t_models[0]));
         REQUIRE(m, "%s: %s", t_models[0], moe_last_error());
         check_report_drains(m, dir);
+        check_prefetch_order(m);
         snprintf(store, sizeof(store), "%s/quota.moestore", dir);
         REQUIRE(moe_store_pack(m, store, NULL, NULL) == MOE_OK, "pack: %s", moe_last_error());
         check_quota_max_pinned(m, store);

@@ -84,9 +84,9 @@ struct moe_cli_text_opts {
  * it is read: false after the option's message (moe_cli_check_model, moe_cli_check_in, moe_cli_opt_long,
  * moe_cli_opt_threads), a usage error. */
 bool moe_cli_text_opt(const char *cmd, const char *name, const char *arg, struct moe_cli_text_opts *o);
-/* moe_cli_open_model on o->model_dir (tok NULL: no tokenizer), then moe_cli_check_seq_len with o->seq_len:
- * 0, or the exit status with nothing left open: 1 when the model did not open, 2 when --seq-len exceeds its
- * context. */
+/* moe_cli_open_model on o->model_dir (tok NULL: no tokenizer), then, when --text is given (--seq-len cuts it
+ * into sequences; train-predictor's --trace keeps its own), moe_cli_check_seq_len with o->seq_len: 0, or the
+ * exit status with nothing left open: 1 when the model did not open, 2 when --seq-len exceeds its context. */
 int moe_cli_open_for_text(const char *cmd, const struct moe_cli_text_opts *o, struct moe_model **m,
                           struct moe_tokenizer **tok);
 

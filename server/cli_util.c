@@ -181,7 +181,7 @@ int moe_cli_open_for_text(const char *cmd, const struct moe_cli_text_opts *o, st
                           struct moe_tokenizer **tok)
 {
     if (!moe_cli_open_model(cmd, o->model_dir, m, tok)) return 1;
-    if (moe_cli_check_seq_len(cmd, o->seq_len, *m)) return 0;
+    if (!o->text || moe_cli_check_seq_len(cmd, o->seq_len, *m)) return 0; /* --seq-len cuts --text alone */
     if (tok) {
         moe_tokenizer_free(*tok);
         *tok = NULL;

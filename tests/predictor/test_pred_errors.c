@@ -311,6 +311,32 @@ static void check_predictor_files(void)
     }
 }
 
+/* A model whose context is shorter than the default --seq-len (512, for --text): train-predictor --trace, which
+ * takes no --seq-len (a trace keeps its own sequences), trains on it; --text without --seq-len is still
+ * refused, the default being past the context (a usage error, naming it). */
+static void check_short_context(void)
+{
+    char a[2048], src[4200], m[400], cmd[5000], cfg[4300], short_cfg[500];
+    snprintf(m, sizeof m, "%s/ctx256", dir);
+    t_path(src, sizeof src, "models/pycode-moe-18m");
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && ln -sf '%s'/* '%s/' && rm '%s/config.json'", m, src, m, m);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    snprintf(cfg, sizeof cfg, "%s/config.json", src);
+    snprintf(short_cfg, sizeof short_cfg, "%s/config.json", m);
+    REQUIRE(copy_replacing(cfg, short_cfg, "\"max_position_embeddings\": 2048", "\"max_position_embeddings\": 256"),
+            "copy of %s with a context of 256", cfg);
+    snprintf(a, sizeof a, "train-predictor --model %s --trace %s --out %s/short.safetensors --epochs 1 --width 8 "
+             "--quiet", m, trace, dir);
+    int rc = run(a);
+    CHECK(rc == 0 && !strstr(out, "--seq-len"), "train-predictor --trace, a model of 256 positions: exit %d: %s", rc,
+          out);
+    snprintf(a, sizeof a, "train-predictor --model %s --text bench/data/pycode/eval.txt --out "
+             "%s/short-text.safetensors --epochs 1 --width 8 --quiet", m, dir);
+    rc = run(a);
+    CHECK(rc == 2 && strstr(out, "--seq-len 512 exceeds the model's context of 256 tokens"),
+          "train-predictor --text, a model of 256 positions: exit %d: %s", rc, out);
+}
+
 /* the four commands that read --text say the same of a text they cannot use */
 static void check_text_files(void)
 {
@@ -358,6 +384,7 @@ int main(void)
     check_replay_warnings();
     check_predictor_files();
     check_text_files();
+    check_short_context();
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     if (system(a)) fprintf(stderr, "could not remove %s\n", dir);
     return t_result("test_pred_errors");

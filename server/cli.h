@@ -66,9 +66,11 @@ bool moe_cli_opt_threads(const char *cmd, const char *s, int *out);
  * returns false with nothing left open. */
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok);
 
-/* --seq-len against the model's context (max_position_embeddings): false
- * after printing "moeflow CMD: --seq-len N exceeds ..." (a usage error). */
-bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m);
+/* --seq-len against the model's context (max_position_embeddings): a default
+ * (given false) longer than the context becomes the context; a value given
+ * that exceeds it is false after printing "moeflow CMD: --seq-len N exceeds
+ * ..." (a usage error). */
+bool moe_cli_check_seq_len(const char *cmd, long *seq_len, bool given, const struct moe_model *m);
 
 /* The options of the commands that decode a text through the engine (eval-predictor, replay and
  * train-predictor), read alike on each: --model DIR, --text FILE, --seq-len N in [1, 2^20], --max-tokens N in
@@ -85,9 +87,9 @@ struct moe_cli_text_opts {
  * moe_cli_opt_threads), a usage error. */
 bool moe_cli_text_opt(const char *cmd, const char *name, const char *arg, struct moe_cli_text_opts *o);
 /* moe_cli_open_model on o->model_dir (tok NULL: no tokenizer), then, when --text is given (--seq-len cuts it
- * into sequences; train-predictor's --trace keeps its own), moe_cli_check_seq_len with o->seq_len: 0, or the
- * exit status with nothing left open: 1 when the model did not open, 2 when --seq-len exceeds its context. */
-int moe_cli_open_for_text(const char *cmd, const struct moe_cli_text_opts *o, struct moe_model **m,
+ * into sequences; train-predictor's --trace keeps its own), moe_cli_check_seq_len with o->seq_len, which a
+ * default longer than the model's context becomes: 0, or the exit status with nothing left open: 1 when the model did not open, 2 when --seq-len exceeds its context. */
+int moe_cli_open_for_text(const char *cmd, struct moe_cli_text_opts *o, struct moe_model **m,
                           struct moe_tokenizer **tok);
 
 /* The token ids of the text file path (--text), encoded by tok without

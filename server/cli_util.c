@@ -150,10 +150,14 @@ bool moe_cli_write_end(FILE *f, struct moe_tok_stream *x)
     return ok;
 }
 
-bool moe_cli_check_seq_len(const char *cmd, long seq_len, const struct moe_model *m)
+bool moe_cli_check_seq_len(const char *cmd, long *seq_len, bool given, const struct moe_model *m)
 {
-    if (seq_len <= m->cfg.max_pos) return true;
-    fprintf(stderr, "moeflow %s: --seq-len %ld exceeds the model's context of %d tokens; lower it\n", cmd, seq_len,
+    if (*seq_len <= m->cfg.max_pos) return true;
+    if (!given) {
+        *seq_len = m->cfg.max_pos;
+        return true;
+    }
+    fprintf(stderr, "moeflow %s: --seq-len %ld exceeds the model's context of %d tokens; lower it\n", cmd, *seq_len,
             m->cfg.max_pos);
     return false;
 }
@@ -177,11 +181,12 @@ bool moe_cli_text_opt(const char *cmd, const char *name, const char *arg, struct
     return true;
 }
 
-int moe_cli_open_for_text(const char *cmd, const struct moe_cli_text_opts *o, struct moe_model **m,
+int moe_cli_open_for_text(const char *cmd, struct moe_cli_text_opts *o, struct moe_model **m,
                           struct moe_tokenizer **tok)
 {
     if (!moe_cli_open_model(cmd, o->model_dir, m, tok)) return 1;
-    if (!o->text || moe_cli_check_seq_len(cmd, o->seq_len, *m)) return 0; /* --seq-len cuts --text alone */
+    /* --seq-len cuts --text alone */
+    if (!o->text || moe_cli_check_seq_len(cmd, &o->seq_len, o->have_seq_len, *m)) return 0;
     if (tok) {
         moe_tokenizer_free(*tok);
         *tok = NULL;

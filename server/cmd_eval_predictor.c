@@ -28,7 +28,7 @@ static void usage(FILE *f)
         "  --text FILE           UTF-8 text\n"
         "  --predictor SPEC      gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto\n"
         "  --k K                 K of recall@K (default: the model's top_k)\n"
-        "  --seq-len N           tokens per sequence (default 512)\n"
+        "  --seq-len N           tokens per sequence (default 512, or the model's context if shorter)\n"
         "  --max-tokens N        evaluate at most N tokens (default 4096)\n"
         "  --threads N           threads of the CPU backend's pool (default 1)\n"
         "  --json                one JSON object: recall_at_k and precision_at_k map a distance\n"

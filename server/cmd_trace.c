@@ -28,7 +28,8 @@ static void trace_usage(FILE *f)
         "  -m, --model DIR    model directory (default: the bundled model or $MOEFLOW_MODEL)\n"
         "  --text FILE        UTF-8 text, tokenized and cut into sequences of --seq-len tokens\n"
         "  --ids FILE         JSON array of token-id arrays, one sequence each\n"
-        "  --seq-len N        tokens per sequence for --text (default 256)\n"
+        "  --seq-len N        tokens per sequence for --text (default 256, or the\n"
+        "                     model's context if shorter)\n"
         "  --max-tokens N     stop after N tokens in all (default: the whole input)\n"
         "  --weights          also record the routing weights\n"
         "  --threads N        compute threads (default 1)\n"
@@ -208,7 +209,7 @@ int moe_cmd_trace(int argc, char **argv)
     if (!moe_cli_open_model("trace", dir, &m, text ? &tok : NULL)) goto out;
     const struct moe_config *cfg = &m->cfg;
     if (text) {
-        if (!moe_cli_check_seq_len("trace", seq_len, m)) {
+        if (!moe_cli_check_seq_len("trace", &seq_len, have_seq_len, m)) {
             rc = 2;
             goto out;
         }

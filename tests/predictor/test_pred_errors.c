@@ -316,25 +316,48 @@ static void check_predictor_files(void)
  * refused, the default being past the context (a usage error, naming it). */
 static void check_short_context(void)
 {
-    char a[2048], src[4200], m[400], cmd[5000], cfg[4300], short_cfg[500];
-    snprintf(m, sizeof m, "%s/ctx256", dir);
+    char a[2048], src[4200], m[400], cmd[9000], cfg[4300], short_cfg[500];
+    snprintf(m, sizeof m, "%s/ctx200", dir);
     t_path(src, sizeof src, "models/pycode-moe-18m");
     snprintf(cmd, sizeof cmd, "mkdir -p '%s' && ln -sf '%s'/* '%s/' && rm '%s/config.json'", m, src, m, m);
     REQUIRE(system(cmd) == 0, "%s", cmd);
     snprintf(cfg, sizeof cfg, "%s/config.json", src);
     snprintf(short_cfg, sizeof short_cfg, "%s/config.json", m);
-    REQUIRE(copy_replacing(cfg, short_cfg, "\"max_position_embeddings\": 2048", "\"max_position_embeddings\": 256"),
-            "copy of %s with a context of 256", cfg);
+    REQUIRE(copy_replacing(cfg, short_cfg, "\"max_position_embeddings\": 2048", "\"max_position_embeddings\": 200"),
+            "copy of %s with a context of 200", cfg);
     snprintf(a, sizeof a, "train-predictor --model %s --trace %s --out %s/short.safetensors --epochs 1 --width 8 "
              "--quiet", m, trace, dir);
     int rc = run(a);
-    CHECK(rc == 0 && !strstr(out, "--seq-len"), "train-predictor --trace, a model of 256 positions: exit %d: %s", rc,
+    CHECK(rc == 0 && !strstr(out, "--seq-len"), "train-predictor --trace, a model of 200 positions: exit %d: %s", rc,
           out);
-    snprintf(a, sizeof a, "train-predictor --model %s --text bench/data/pycode/eval.txt --out "
-             "%s/short-text.safetensors --epochs 1 --width 8 --quiet", m, dir);
-    rc = run(a);
-    CHECK(rc == 2 && strstr(out, "--seq-len 512 exceeds the model's context of 256 tokens"),
-          "train-predictor --text, a model of 256 positions: exit %d: %s", rc, out);
+    /* without --seq-len, a default past the context (512; trace's 256) becomes the context */
+    char text[600], eval_txt[4200];
+    snprintf(text, sizeof text, "%s/short.txt", dir);
+    t_path(eval_txt, sizeof eval_txt, "bench/data/pycode/eval.txt");
+    snprintf(cmd, sizeof cmd, "head -c 2000 '%s' > '%s'", eval_txt, text);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    static const struct {
+        const char *cmd, *out; /* out: a file name in the test's folder for --out */
+    } text_cmds[] = {
+        { "train-predictor --epochs 1 --width 8 --quiet", "short-text.safetensors" },
+        { "eval-predictor --predictor gate", NULL },
+        { "replay --capacity 64 --policy lru --predictor none", NULL },
+        { "trace", "short-text.jsonl" },
+    };
+    for (size_t c = 0; c < sizeof text_cmds / sizeof text_cmds[0]; c++) {
+        char head[600];
+        if (text_cmds[c].out)
+            snprintf(head, sizeof head, "%s --out %s/%s", text_cmds[c].cmd, dir, text_cmds[c].out);
+        else
+            snprintf(head, sizeof head, "%s", text_cmds[c].cmd);
+        snprintf(a, sizeof a, "%s --model %s --text %s", head, m, text);
+        rc = run(a);
+        CHECK(rc == 0 && !strstr(out, "--seq-len"), "%s, a model of 200 positions: exit %d: %s", a, rc, out);
+        snprintf(a, sizeof a, "%s --model %s --text %s --seq-len 201", head, m, text);
+        rc = run(a);
+        CHECK(rc == 2 && strstr(out, "--seq-len 201 exceeds the model's context of 200 tokens"),
+              "%s: exit %d: %s", a, rc, out);
+    }
 }
 
 /* the four commands that read --text say the same of a text they cannot use */

@@ -546,8 +546,9 @@ static void watch_end(struct grpc_front *gf)
 
 /* ---- unary handlers ---- */
 
-/* Tokenize's reply to q's message (a preparation thread's work). */
-static void tokenize_work(struct gjob *q)
+/* Tokenize's reply to q's message (a preparation thread's work); a refusal is counted, as HTTP's
+ * /tokenize counts its own (invalid, or out of memory). */
+static void tokenize_reply(struct gjob *q)
 {
     const uint8_t *buf = q->msg;
     size_t len = q->len;
@@ -592,6 +593,13 @@ static void tokenize_work(struct gjob *q)
     }
     free(ids);
     moeflow__v1__tokenize_request__free_unpacked(rq, NULL);
+}
+
+static void tokenize_work(struct gjob *q)
+{
+    tokenize_reply(q);
+    if (q->code != GRPC_STATUS_OK)
+        srv_count_refused(q->srv, q->code == GRPC_STATUS_RESOURCE_EXHAUSTED ? MOE_ENOMEM : MOE_EINVAL);
 }
 
 static void tokenize_finish(struct gcall *c, const struct gjob *q)
@@ -1172,7 +1180,7 @@ static void gjob_work(struct srv_job *j)
 
 /* A prepared generation request whose call ended (srv_job.gone): submitted and cancelled, as
  * generate_finish submits it and on_close cancels it when the call ends after.  A refusal was counted by
- * the work, and Tokenize counts nothing more. */
+ * the work (Tokenize's too), and Tokenize counts nothing more. */
 static void gjob_gone(struct srv_job *j)
 {
     struct gjob *q = (struct gjob *)j;
@@ -1210,8 +1218,7 @@ static void prep_start(struct gcall *c, const uint8_t *buf, size_t len)
     struct gjob *q = srv_calloc(c->gf->srv, SRV_FAULT_JOB, 1, sizeof(*q));
     if (!q || !(q->msg = malloc(len ? len : 1))) {
         free(q);
-        if (c->m != GM_TOKENIZE) /* Tokenize counts no refusal */
-            srv_count_refused(c->gf->srv, MOE_ENOMEM);
+        srv_count_refused(c->gf->srv, MOE_ENOMEM);
         if (c->m != GM_STREAM_INFER)
             queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         else if (kserve_error(c, "", "out of memory"))
@@ -1252,9 +1259,10 @@ static void on_message(struct gcall *c, const uint8_t *buf, size_t len)
     /* ModelReady answers false while the model loads, ServerMetadata needs none */
     bool needs_model = c->m != GM_HEALTH && c->m != GM_HEALTH_WATCH && c->m != GM_LIVE && c->m != GM_READY &&
                        c->m != GM_MODEL_READY && c->m != GM_SERVER_META && c->m != GM_UNKNOWN;
-    /* a generation request is counted as refused (as its other refusals are); the others are not */
-    bool gen = c->m == GM_GENERATE || c->m == GM_INFER || c->m == GM_STREAM_INFER;
-    if (needs_model && !srv_loaded(c->gf->srv, gen)) {
+    /* a generation or Tokenize request is counted as refused (as its other refusals are, and as HTTP's
+     * completion and tokenizing requests are); the others are not */
+    bool counted = c->m == GM_GENERATE || c->m == GM_INFER || c->m == GM_STREAM_INFER || c->m == GM_TOKENIZE;
+    if (needs_model && !srv_loaded(c->gf->srv, counted)) {
         queue_status(c, GRPC_STATUS_UNAVAILABLE, "the model is still loading; retry when ready");
         return;
     }

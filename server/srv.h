@@ -176,7 +176,7 @@ void *srv_calloc(const struct moe_server *s, enum srv_fault f, size_t n, size_t 
  * found): counted as out of memory (MOE_ENOMEM) or invalid (any other status). */
 void srv_count_refused(struct moe_server *s, enum moe_status st);
 /* Whether the model is loaded (s->loaded); while it is not, a request refused for it is counted (loading)
- * when count: a request whose other refusals are counted (a generation, and over HTTP tokenizing too). */
+ * when count: a request whose other refusals are counted (a generation, or a tokenizing one). */
 bool srv_loaded(struct moe_server *s, bool count);
 /* moe_stop_scan_init for a request's generation; an error (out of memory) is counted as its refusal. */
 enum moe_status srv_stop_scan_init(struct moe_server *s, struct moe_stop_scan *sc, char *const *seq, int n);

@@ -73,8 +73,9 @@ def main():
                        timeout=30)
     check(r.returncode == 2 and b"not both" in r.stderr, "both alternatives: %d %r" % (r.returncode, r.stderr))
     # while the model loads (here never: its config.json is a FIFO nobody writes), KServe's ModelReady
-    # says false and ServerMetadata answers; generation waits for the load (UNAVAILABLE, HTTP 503), each
-    # request refused counted in request_rejected_total{reason="loading"} (the model's information not)
+    # says false and ServerMetadata answers; generation and tokenizing wait for the load (UNAVAILABLE, HTTP
+    # 503), each request refused counted in request_rejected_total{reason="loading"} (the model's
+    # information not)
     import os
     with tempfile.TemporaryDirectory() as d:
         os.mkfifo(os.path.join(d, "config.json"))
@@ -98,7 +99,9 @@ def main():
                 check(e.code() == grpc.StatusCode.UNAVAILABLE, "ModelInfo while loading: %s" % e.code())
             for name, call in (("Generate", lambda: list(pb["mg"].GenerationStub(ch).Generate(
                                    m.GenerateRequest(prompt="def f():", max_tokens=2), timeout=10))),
-                               ("ModelInfer", lambda: ks.ModelInfer(kserve_request(k, "l1", 2), timeout=10))):
+                               ("ModelInfer", lambda: ks.ModelInfer(kserve_request(k, "l1", 2), timeout=10)),
+                               ("Tokenize", lambda: pb["mg"].GenerationStub(ch).Tokenize(
+                                   m.TokenizeRequest(text="def f():"), timeout=10))):
                 try:
                     call()
                     check(False, "%s answered while loading" % name)
@@ -121,8 +124,8 @@ def main():
             with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % hp, timeout=10) as r:
                 ms = parse_prometheus(r.read().decode())
             got = {r: metric(ms, "moeflow:request_rejected_total", reason=r) for r in ("loading", "invalid")}
-            check(got == {"loading": 5, "invalid": 0},
-                  "5 requests refused while loading (not ModelInfo, /v1/models) counted %r" % got)
+            check(got == {"loading": 6, "invalid": 0},
+                  "6 requests refused while loading (not ModelInfo, /v1/models) counted %r" % got)
             ch.close()
         finally:
             p.kill()
@@ -323,8 +326,18 @@ def main():
                          ({"prompt_ids": [1, 8192]}, "'prompt_ids[1]'")):
             refused(lambda: list(gen.Generate(m.GenerateRequest(max_tokens=2, **kw), timeout=30)),
                     grpc.StatusCode.INVALID_ARGUMENT, word, "Generate %r" % kw)
+        # a tokenizing request refused counts as invalid, over gRPC as over HTTP
+        invalid, _ = rejections(srv)
         refused(lambda: gen.Tokenize(m.TokenizeRequest(text="ab\x00cd"), timeout=10),
                 grpc.StatusCode.INVALID_ARGUMENT, "NUL", "Tokenize with a NUL")
+        raw_tokenize = ch.unary_unary("/moeflow.v1.Generation/Tokenize", request_serializer=lambda b: b,
+                                      response_deserializer=lambda b: b)
+        refused(lambda: raw_tokenize(b"\xff\xff\xff", timeout=10), grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed", "Tokenize with a malformed body")
+        code, out = srv.http("/tokenize", b"{")
+        check(code == 400, "/tokenize with a malformed body: %d %r" % (code, out[:200]))
+        got = rejections(srv)[0] - invalid
+        check(got == 3, "2 Tokenize calls and 1 /tokenize refused as invalid counted %s" % got)
         # a body that is no message of the call's type, on the calls whose request has no field to read
         for method, word in (("/moeflow.v1.Generation/ModelInfo", "ModelInfoRequest"),
                              ("/inference.GRPCInferenceService/ServerLive", "ServerLiveRequest"),

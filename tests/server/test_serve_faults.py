@@ -300,7 +300,8 @@ def refused_out_of_memory(moeflow, pb):
     tokenize = ("/tokenize", {"prompt": "def f():"})
     grpc_plain = m.GenerateRequest(prompt="def f():", max_tokens=2)
     grpc_stop = m.GenerateRequest(prompt="def f():", max_tokens=2, stop=["\n\n"])
-    cases = (("job", (http_plain, tokenize, grpc_plain)),
+    grpc_tokenize = m.TokenizeRequest(text="def f():")
+    cases = (("job", (http_plain, tokenize, grpc_plain, grpc_tokenize)),
              ("prompts", (http_plain, http_big)),
              ("choice", (http_plain, grpc_plain)),
              ("stops,gen", (http_stop, http_plain, grpc_stop, grpc_plain)))
@@ -315,12 +316,16 @@ def refused_out_of_memory(moeflow, pb):
                     check(code == 500 and b"out of memory" in out,
                           "%s: HTTP request %d: %d %r" % (faults, i, code, out[:200]))
                 else:
+                    name = type(rq).__name__[:-len("Request")]
                     try:
-                        list(gen.Generate(rq, timeout=scaled(30)))
-                        check(False, "%s: Generate %d answered" % (faults, i))
+                        if isinstance(rq, m.TokenizeRequest):
+                            gen.Tokenize(rq, timeout=scaled(30))
+                        else:
+                            list(gen.Generate(rq, timeout=scaled(30)))
+                        check(False, "%s: %s %d answered" % (faults, name, i))
                     except grpc.RpcError as e:
                         check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "out of memory" in e.details(),
-                              "%s: Generate %d: %s %s" % (faults, i, e.code(), e.details()))
+                              "%s: %s %d: %s %s" % (faults, name, i, e.code(), e.details()))
             ms = srv.metrics()
             got = {r: metric(ms, "moeflow:request_rejected_total", reason=r) -
                    metric(m0, "moeflow:request_rejected_total", reason=r) for r in ("memory", "invalid")}

@@ -566,10 +566,12 @@ static void tokenize_reply(struct gjob *q)
     int *ids = NULL;
     size_t n = 0;
     const char *text = rq->text ? rq->text : "";
-    enum moe_status st = moe_utf8_valid(text, strlen(text)) ?
-                             moe_tokenizer_encode_prompt(q->srv->tok, text, strlen(text), &ids, &n) :
-                             moe_errorf(MOE_EINVAL, "text is not valid UTF-8");
-    if (st != MOE_OK) {
+    enum moe_status st = moe_utf8_valid(text, strlen(text)) ? srv_tokenize(q->srv, false, text, strlen(text), &ids, &n)
+                                                            : moe_errorf(MOE_EINVAL, "text is not valid UTF-8");
+    if (st == MOE_ENOMEM) {
+        q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        snprintf(q->status_msg, sizeof(q->status_msg), "%s", moe_last_error());
+    } else if (st != MOE_OK) {
         snprintf(q->status_msg, sizeof(q->status_msg), "text: %s", moe_last_error());
     } else {
         Moeflow__V1__TokenizeResponse rs = MOEFLOW__V1__TOKENIZE_RESPONSE__INIT;

@@ -1397,8 +1397,10 @@ static void tokenize_work(struct hjob *q)
         else if (moe_req_parse_openai(body, n, chat, tmpl, &gr) != MOE_OK)
             code = srv_http_status(moe_last_status()), snprintf(msg, sizeof(msg), "%s", moe_last_error());
         else {
-            if ((gr.templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(s->tok, gr.prompt, gr.prompt_len,
-                                                                                   &ids, &n_ids) != MOE_OK)
+            enum moe_status st = srv_tokenize(s, gr.templated, gr.prompt, gr.prompt_len, &ids, &n_ids);
+            if (st == MOE_ENOMEM)
+                code = 500, snprintf(msg, sizeof(msg), "%s", moe_last_error());
+            else if (st != MOE_OK)
                 snprintf(msg, sizeof(msg), "prompt: %s", moe_last_error());
             moe_gen_request_free(&gr);
         }

@@ -533,7 +533,7 @@ static unsigned faults_parse(const char *list)
 {
     static const struct { const char *name; enum srv_fault f; } names[] = {
         { "job", SRV_FAULT_JOB }, { "prompts", SRV_FAULT_PROMPTS }, { "stops", SRV_FAULT_STOPS },
-        { "choice", SRV_FAULT_CHOICE }, { "gen", SRV_FAULT_GEN },
+        { "choice", SRV_FAULT_CHOICE }, { "gen", SRV_FAULT_GEN }, { "tokenize", SRV_FAULT_TOKENIZE },
     };
     unsigned faults = 0;
     for (const char *p = list; p && *p;) {
@@ -544,10 +544,25 @@ static unsigned faults_parse(const char *list)
         if (i < MOE_ARRAY_LEN(names))
             faults |= names[i].f;
         else
-            MOE_WARN("MOEFLOW_TEST_FAIL_ALLOC: '%.*s' is not job, prompts, stops, choice or gen", (int)n, p);
+            MOE_WARN("MOEFLOW_TEST_FAIL_ALLOC: '%.*s' is not job, prompts, stops, choice, gen or tokenize", (int)n,
+                     p);
         p += n + (p[n] == ',');
     }
     return faults;
+}
+
+enum moe_status srv_tokenize(const struct moe_server *s, bool templated, const char *text, size_t len, int **ids,
+                             size_t *n_ids)
+{
+    enum moe_status st;
+    if (s->faults & SRV_FAULT_TOKENIZE) {
+        *ids = NULL;
+        *n_ids = 0;
+        st = moe_errorf(MOE_ENOMEM, "tokenizer: no memory to encode");
+    } else {
+        st = (templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(s->tok, text, len, ids, n_ids);
+    }
+    return st == MOE_ENOMEM ? moe_error_prefix(st, "out of memory tokenizing the text") : st;
 }
 
 void srv_count_refused(struct moe_server *s, enum moe_status st)
@@ -620,8 +635,11 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
                 goto out;
             }
     } else {
-        st = (r->templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(s->tok, r->prompt ? r->prompt : "",
-                                                                                 r->prompt_len, &ids, &n_ids);
+        st = srv_tokenize(s, r->templated, r->prompt ? r->prompt : "", r->prompt_len, &ids, &n_ids);
+        if (st == MOE_ENOMEM) { /* the server's, not the prompt's */
+            of_prompt = false;
+            goto out;
+        }
         if (st != MOE_OK) {
             moe_error_prefix(MOE_EINVAL, "prompt");
             st = MOE_EINVAL;

@@ -162,16 +162,23 @@ struct moe_server {
  * names, makes the allocations they name on a request's way to the scheduler fail as out of memory would:
  * job (the copy of a request a front end prepares), prompts (a completion's prepared prompts), stops (a
  * generation's stop sequences, when it has any), choice (a front end's object of one generation), gen
- * (the generation shared with the scheduler). */
+ * (the generation shared with the scheduler), tokenize (a request's text tokenized: srv_tokenize). */
 enum srv_fault {
     SRV_FAULT_JOB = 1,
     SRV_FAULT_PROMPTS = 2,
     SRV_FAULT_STOPS = 4,
     SRV_FAULT_CHOICE = 8,
     SRV_FAULT_GEN = 16,
+    SRV_FAULT_TOKENIZE = 32,
 };
 /* calloc(n, size), or NULL when MOEFLOW_TEST_FAIL_ALLOC names f. */
 void *srv_calloc(const struct moe_server *s, enum srv_fault f, size_t n, size_t size);
+/* A request's text tokenized as it runs (templated: already rendered by a chat template, so without the
+ * tokenizer post-processor's special tokens): moe_tokenizer_encode or moe_tokenizer_encode_prompt.  Out of
+ * memory (MOE_ENOMEM) says so first, as the server's own out of memory does: the caller answers it as
+ * such (HTTP 500, RESOURCE_EXHAUSTED, counted as memory), any other error as the text's (invalid). */
+enum moe_status srv_tokenize(const struct moe_server *s, bool templated, const char *text, size_t len, int **ids,
+                             size_t *n_ids);
 /* A request refused before admission with st, other than as busy or draining (counted where they are
  * found): counted as out of memory (MOE_ENOMEM) or invalid (any other status). */
 void srv_count_refused(struct moe_server *s, enum moe_status st);

@@ -290,13 +290,15 @@ def refused_out_of_memory(moeflow, pb):
     RESOURCE_EXHAUSTED (gRPC) and counts in request_rejected_total{reason="memory"}, none accepted, none
     refused as invalid.  MOEFLOW_TEST_FAIL_ALLOC makes the allocations it names fail: the copy of a request
     (job), a completion's prompts (prompts; a large one on a preparation thread), a front end's object of
-    one generation (choice), the stop sequences of a request that has some (stops) and the generation shared
-    with the scheduler (gen), each the first of a request's way that fails."""
+    one generation (choice), the stop sequences of a request that has some (stops), the generation shared
+    with the scheduler (gen) and the tokenizer's output (tokenize: a prompt, a chat's rendered prompt, a
+    text to tokenize), each the first of a request's way that fails."""
     m = pb["m"]
     big = "x = 1\n" * 3000  # over 16 KiB: prepared on a preparation thread
     http_plain = ("/v1/completions", {"prompt": "def f():", "max_tokens": 2})
     http_big = ("/v1/completions", {"prompt": big, "max_tokens": 2})
     http_stop = ("/v1/completions", {"prompt": "def f():", "max_tokens": 2, "stop": ["\n\n"]})
+    http_chat = ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     tokenize = ("/tokenize", {"prompt": "def f():"})
     grpc_plain = m.GenerateRequest(prompt="def f():", max_tokens=2)
     grpc_stop = m.GenerateRequest(prompt="def f():", max_tokens=2, stop=["\n\n"])
@@ -304,7 +306,8 @@ def refused_out_of_memory(moeflow, pb):
     cases = (("job", (http_plain, tokenize, grpc_plain, grpc_tokenize)),
              ("prompts", (http_plain, http_big)),
              ("choice", (http_plain, grpc_plain)),
-             ("stops,gen", (http_stop, http_plain, grpc_stop, grpc_plain)))
+             ("stops,gen", (http_stop, http_plain, grpc_stop, grpc_plain)),
+             ("tokenize", (http_plain, http_big, http_chat, tokenize, grpc_plain, grpc_tokenize)))
     for faults, requests in cases:
         srv = Server(moeflow, "--warmup-tokens", "0", env={"MOEFLOW_TEST_FAIL_ALLOC": faults})
         try:

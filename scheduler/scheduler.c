@@ -42,7 +42,7 @@ struct rq {
     int slot;                  /* engine slot, -1 while waiting */
     uint64_t submit_step;      /* s->steps when submitted (aging) */
     bool cancel;               /* cancel() asked for it */
-    bool shutdown;             /* ... as the drain's time ran out */
+    bool shutdown;             /* ... as the drain's time ran out (or as moe_sched_drain_why says) */
     bool stop;                 /* ... as finish(): it ends as finished by a stop sequence */
     enum moe_status fail_st;   /* ... as fail(): it ends as failed with fail_st and fail_msg */
     char fail_msg[256];
@@ -101,6 +101,7 @@ struct moe_sched {
     pthread_cond_t idle;           /* a request finished */
     pthread_t thread;
     bool started, stop, draining;
+    char drain_why[256];           /* why the drain cancels what is left ("": its time ran out) */
 
     struct rq *wait_head, *wait_tail; /* submission order */
     int n_waiting;
@@ -308,34 +309,47 @@ static void rq_finish(struct moe_sched *s, struct rq *r, enum moe_finish why, en
     s->n_unreported++;
 }
 
+/* The message of a request cancelled while queued or during prefill or decode (where); shutdown: by the
+ * drain, saying why (drain_why, else its time ran out). */
+static void cancel_msg(const struct moe_sched *s, bool shutdown, const char *where, char *msg, size_t cap)
+{
+    if (!shutdown)
+        snprintf(msg, cap, "cancelled %s", where);
+    else if (s->drain_why[0])
+        snprintf(msg, cap, "%s; cancelled %s; retry elsewhere", s->drain_why, where);
+    else
+        snprintf(msg, cap, "shutting down: the drain timeout passed %s; retry elsewhere", where);
+}
+
 /* Cancellations and expired deadlines of waiting and active requests. */
 static void reap(struct moe_sched *s)
 {
     double now = moe_now();
+    char msg[sizeof(((struct rq *)0)->msg)];
     for (struct rq *r = s->wait_head, *nx; r; r = nx) {
         nx = r->next;
-        if (r->cancel && r->fail_st != MOE_OK)
-            rq_finish(s, r, MOE_FINISH_ERROR, r->fail_st, r->fail_msg);
-        else if (r->cancel && r->stop)
-            rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
-        else if (r->cancel)
-            rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED,
-                      r->shutdown ? "shutting down: the drain timeout passed while queued; retry elsewhere"
-                                  : "cancelled while queued");
-        else if (r->g.deadline > 0 && now >= r->g.deadline)
-            rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, "deadline expired while queued");
-    }
-    for (int i = s->n_active - 1; i >= 0; i--) {
-        struct rq *r = s->active[i];
-        const char *where = r->state == RQ_PREFILL ? "prefill" : "decode";
-        char msg[128];
         if (r->cancel && r->fail_st != MOE_OK) {
             rq_finish(s, r, MOE_FINISH_ERROR, r->fail_st, r->fail_msg);
         } else if (r->cancel && r->stop) {
             rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
         } else if (r->cancel) {
-            snprintf(msg, sizeof(msg), r->shutdown ? "shutting down: the drain timeout passed during %s; retry "
-                                                     "elsewhere" : "cancelled during %s", where);
+            cancel_msg(s, r->shutdown, "while queued", msg, sizeof(msg));
+            rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
+        } else if (r->g.deadline > 0 && now >= r->g.deadline) {
+            rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, "deadline expired while queued");
+        }
+    }
+    for (int i = s->n_active - 1; i >= 0; i--) {
+        struct rq *r = s->active[i];
+        const char *where = r->state == RQ_PREFILL ? "prefill" : "decode";
+        if (r->cancel && r->fail_st != MOE_OK) {
+            rq_finish(s, r, MOE_FINISH_ERROR, r->fail_st, r->fail_msg);
+        } else if (r->cancel && r->stop) {
+            rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
+        } else if (r->cancel) {
+            char in[32];
+            snprintf(in, sizeof(in), "during %s", where);
+            cancel_msg(s, r->shutdown, in, msg, sizeof(msg));
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
         } else if (r->g.deadline > 0 && now >= r->g.deadline) {
             snprintf(msg, sizeof(msg), "deadline expired during %s", where);
@@ -1489,11 +1503,17 @@ static void cancel_all_locked(struct moe_sched *s)
 
 enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s)
 {
+    return moe_sched_drain_why(s, timeout_s, NULL);
+}
+
+enum moe_status moe_sched_drain_why(struct moe_sched *s, double timeout_s, const char *why)
+{
     if (!s)
         return moe_errorf(MOE_EINVAL, "scheduler: drain: NULL scheduler");
     double until = moe_now() + (timeout_s > 0 ? timeout_s : 0);
     pthread_mutex_lock(&s->mu);
     s->draining = true;
+    snprintf(s->drain_why, sizeof(s->drain_why), "%s", why ? why : "");
     pthread_cond_broadcast(&s->wake);
     if (s->started) {
         while (s->n_waiting + s->n_active + s->n_unreported > 0 && moe_now() < until) {

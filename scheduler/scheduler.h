@@ -205,8 +205,12 @@ enum moe_status moe_sched_fail(struct moe_sched *s, uint64_t id, enum moe_status
  * deliver: counted as failed instead (completed and by_finish[why] one less, failed and
  * by_finish[error] one more).  No-op for another why. */
 void moe_sched_reply_failed(struct moe_sched *s, enum moe_finish why);
-/* Stop admission; wait up to timeout_s for in-flight work; cancel the rest. */
+/* Stop admission; wait up to timeout_s for in-flight work; cancel the rest ("shutting down: the drain
+ * timeout passed while queued|during prefill|during decode; retry elsewhere"). */
 enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s);
+/* moe_sched_drain, the requests it cancels told why (NULL: its time ran out): "WHY; cancelled while
+ * queued|during prefill|during decode; retry elsewhere" (WHY cut to 255 bytes). */
+enum moe_status moe_sched_drain_why(struct moe_sched *s, double timeout_s, const char *why);
 void moe_sched_stats(struct moe_sched *s, struct moe_sched_stats *out);
 
 /* Run one scheduling step on the calling thread (instead of moe_sched_start):

@@ -1332,6 +1332,19 @@ static enum moe_status server_load(struct moe_server *s)
     return server_warmup(s);
 }
 
+/* Seconds the front ends have, once the scheduler has ended every generation, to deliver the last
+ * replies (terminal statuses, the end of streams) before they stop. */
+#define SRV_DELIVER_S 5.0
+
+/* Wait (until `until`) for the front ends to deliver the replies of the generations they hold. */
+static void await_delivery(struct moe_server *s, double until)
+{
+    while (atomic_load(&s->live_gens) > 0 && moe_now() < until) {
+        struct timespec ts = { 0, 5000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
 enum moe_status moe_server_run(struct moe_server *s)
 {
     enum moe_status st = MOE_OK;
@@ -1379,13 +1392,9 @@ enum moe_status moe_server_run(struct moe_server *s)
     atomic_store(&s->ready, false);
     atomic_store(&s->draining, true);
     double t0 = moe_now();
-    drain_end = t0 + s->cfg.drain_timeout + 5;
+    drain_end = t0 + s->cfg.drain_timeout + SRV_DELIVER_S;
     moe_sched_drain(s->sched, device ? 0 : s->cfg.drain_timeout);
-    /* Let the front ends deliver the terminal statuses. */
-    while (atomic_load(&s->live_gens) > 0 && moe_now() < drain_end) {
-        struct timespec ts = { 0, 5000000 };
-        nanosleep(&ts, NULL);
-    }
+    await_delivery(s, drain_end);
     struct moe_sched_stats ss;
     moe_sched_stats(s->sched, &ss);
     fprintf(stderr, "moeflow serve: drained in %.2f s: accepted %llu = completed %llu + cancelled "
@@ -1396,12 +1405,18 @@ enum moe_status moe_server_run(struct moe_server *s)
         st = moe_errorf(MOE_EDEVLOST, "stopped after a device error (see the log above)");
 out_stop:
     /* A load that failed once the scheduler ran (the warm-up) may have admitted requests meanwhile: they
-     * end here (cancelled, as a drain whose time ran out ends them), their last events delivered to the
-     * front ends' inboxes before the front ends stop and free them; the scheduler refuses any later one.
-     * After a drain, nothing is left to end. */
+     * end here (cancelled, as a drain whose time ran out ends them, their clients told that the warm-up
+     * failed and why), their last events delivered to the front ends' inboxes before the front ends stop
+     * and free them, and the front ends given the time to deliver them, as after a drain; the scheduler
+     * refuses any later one.  After a drain, nothing is left to end. */
     if (atomic_load(&s->loaded) && !atomic_exchange(&s->draining, true)) {
+        const char *err = moe_last_error(); /* the warm-up's, which the caller reports */
+        char why[256];
+        snprintf(why, sizeof(why), "the server is stopping: its warm-up failed (%.*s)", moe_utf8_cut(err, 150), err);
         atomic_store(&s->ready, false);
-        moe_sched_drain(s->sched, 0);
+        moe_sched_drain_why(s->sched, 0, why);
+        drain_end = moe_now() + SRV_DELIVER_S;
+        await_delivery(s, drain_end);
     }
     /* the preparations under way end first (a request they made is refused as draining, or the
      * front end delivers its reply as it stops); the front ends prepare what comes after inline */

@@ -808,9 +808,9 @@ static void test_prefill_starvation(void)
     moe_sched_destroy(s);
 }
 
-/* Drain with a short timeout cancels what is left, each once; destroy ends
- * queued requests of a never-started scheduler. */
-static void test_drain_destroy(void)
+/* Five requests drained after timeout_s, told why (NULL: as moe_sched_drain): each is cancelled once,
+ * its message beginning with want and saying where it was. */
+static void drain_cancels(double timeout_s, const char *why, const char *want)
 {
     static struct fake_backend fb;
     struct moe_sched_backend be = fb_backend(&fb);
@@ -828,20 +828,33 @@ static void test_drain_destroy(void)
         REQUIRE(moe_sched_submit(s, prompt_of(4, i), 4, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit");
     }
     REQUIRE(moe_sched_start(s) == MOE_OK, "start");
-    CHECK(moe_sched_drain(s, 0.03) == MOE_OK, "drain: %s", moe_last_error());
+    CHECK(moe_sched_drain_why(s, timeout_s, why) == MOE_OK, "drain: %s", moe_last_error());
     for (int i = 0; i < 5; i++) {
         pthread_mutex_lock(&mu);
-        CHECK(r[i].n_done == 1 && r[i].why == MOE_FINISH_CANCELLED && strstr(r[i].msg, "drain timeout passed"),
-              "drain req %d: done %d why %s (%s)", i, r[i].n_done, moe_finish_str(r[i].why), r[i].msg);
+        CHECK(r[i].n_done == 1 && r[i].why == MOE_FINISH_CANCELLED && !strncmp(r[i].msg, want, strlen(want)) &&
+              (strstr(r[i].msg, "while queued; retry elsewhere") || strstr(r[i].msg, "during ")),
+              "drain (%s) req %d: done %d why %s (%s)", want, i, r[i].n_done, moe_finish_str(r[i].why), r[i].msg);
         pthread_mutex_unlock(&mu);
     }
-    check_accounting(s, "drain");
+    check_accounting(s, want);
     moe_sched_destroy(s);
-    CHECK(fb.n_used == 0, "slots in use %d after drain", fb.n_used);
+    CHECK(fb.n_used == 0, "slots in use %d after drain (%s)", fb.n_used, want);
+}
 
-    be = fb_backend(&fb);
-    s = moe_sched_create_backend(&be, &p);
+/* Drain with a short timeout cancels what is left, each once, saying so (or what the drain was told);
+ * destroy ends queued requests of a never-started scheduler. */
+static void test_drain_destroy(void)
+{
+    drain_cancels(0.03, NULL, "shutting down: the drain timeout passed ");
+    drain_cancels(0, "the server is stopping", "the server is stopping; cancelled ");
+
+    static struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 8,
+                                  .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
     REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req r[3];
     memset(r, 0, sizeof(r));
     for (int i = 0; i < 3; i++) {
         struct moe_gen_params g = gen(5);

@@ -343,37 +343,75 @@ def refused_out_of_memory(moeflow, pb):
                 print(srv.output()[-3000:])
 
 
-def warmup_failed_with_requests(moeflow):
+def warmup_failed_with_requests(moeflow, pb):
     """A warm-up that fails after the model loaded (MOEFLOW_TEST_FAULT_EVENTS_AT: its 900th micro-batch finds
-    no memory for its token events) ends the server, exit 1, with a request admitted meanwhile (the front
-    ends take requests once the model is loaded) queued behind it (--max-running 1) and then running: the
-    request ends first, cancelled, and its client reads the end of its stream (an error event, [DONE]),
-    before the front ends stop and free what the scheduler's last events for it go to.  Under
-    scripts/tsan.sh, a front end that stopped first shows as a heap-use-after-free in on_token or
-    on_done (the inbox's lock)."""
+    no memory for its token events) ends the server, exit 1, with requests admitted meanwhile (the front
+    ends take requests once the model is loaded) queued behind it (--max-running 1), an HTTP stream and a
+    gRPC Generate call: each ends first, cancelled, its client told that the server stops as its warm-up
+    failed, and why (the HTTP stream's error event before [DONE]; the gRPC call's status UNAVAILABLE), before
+    the front ends stop and free what the scheduler's last events for them go to.  The gRPC thread is held at
+    a gate (fault_shim.c) from when both requests are queued until the scheduler has cancelled them, so that
+    it delivers the call's status after the server began to stop: the front ends still have the time to
+    deliver it.  Under scripts/tsan.sh, a front end that stopped first shows as a heap-use-after-free in
+    on_token or on_done (the inbox's lock)."""
     import http.client
     import subprocess
-    port = free_port()
-    proc = subprocess.Popen([moeflow, "serve", "--grpc-port", str(free_port()), "--http-port", str(port),
+    shim = os.environ.get("MOEFLOW_FAULT_SHIM")
+    gate = os.path.join(tempfile.mkdtemp(), "gate")
+    env = dict(os.environ, MOEFLOW_TEST_FAULT_EVENTS_AT="900")
+    if shim:
+        env.update(LD_PRELOAD=shim, MOEFLOW_TEST_GRPC_GATE=gate)
+    else:
+        print("warmup_failed_with_requests: the gRPC thread not held (MOEFLOW_FAULT_SHIM unset: run it under ctest)")
+    port, gport = free_port(), free_port()
+    proc = subprocess.Popen([moeflow, "serve", "--grpc-port", str(gport), "--http-port", str(port),
                              "--warmup-tokens", "1024", "--max-running", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=dict(os.environ, MOEFLOW_TEST_FAULT_EVENTS_AT="900"))
-    body = json.dumps({"prompt": "def f():", "max_tokens": 1000, "ignore_eos": True, "stream": True})
-    code, stream, t0 = None, b"", time.time()
-    try:
-        # the warm-up runs once the model is loaded (it takes the one running place): then the request
-        while proc.poll() is None and time.time() - t0 < scaled(120):
+                            stderr=subprocess.STDOUT, env=env)
+
+    def metrics_now():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(30))
+        try:
+            conn.request("GET", "/metrics")
+            return parse_prometheus(conn.getresponse().read().decode())
+        finally:
+            conn.close()
+
+    def wait_for(name, at_least):
+        t = time.time()
+        while proc.poll() is None and time.time() - t < scaled(120):
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(30))
-                conn.request("GET", "/metrics")
-                ms = parse_prometheus(conn.getresponse().read().decode())
-                conn.close()
-                if metric(ms, "moeflow:num_requests_running") >= 1:
-                    break
+                if metric(metrics_now(), name) >= at_least:
+                    return
             except OSError:
                 pass
             time.sleep(0.002)
+
+    body = json.dumps({"prompt": "def f():", "max_tokens": 1000, "ignore_eos": True, "stream": True})
+    code, stream = None, b""
+    got = {}
+
+    def generate(stub):
+        try:
+            got["msgs"] = list(stub.Generate(pb["m"].GenerateRequest(prompt="def g():", max_tokens=1000,
+                                                                     ignore_eos=True), timeout=scaled(60)))
+        except grpc.RpcError as e:
+            got["status"] = (e.code(), e.details())
+
+    caller = None
+    ch = grpc.insecure_channel("127.0.0.1:%d" % gport)
+    try:
+        # the warm-up runs once the model is loaded (it takes the one running place): then the requests
+        wait_for("moeflow:num_requests_running", 1)
+        grpc.channel_ready_future(ch).result(timeout=scaled(30))
+        caller = threading.Thread(target=generate, args=(pb["mg"].GenerationStub(ch),))
+        caller.start()
+        wait_for("moeflow:num_requests_waiting", 1)  # the call first: it runs once the warm-up failed
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(60))
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        wait_for("moeflow:num_requests_waiting", 2)
+        open(gate, "w").close()
+        wait_for("moeflow:requests_cancelled_total", 2)
+        os.unlink(gate)
         r = conn.getresponse()
         code = r.status
         try:
@@ -382,18 +420,31 @@ def warmup_failed_with_requests(moeflow):
             stream = e.partial
         conn.close()
         rc = proc.wait(scaled(60))
-    except OSError as e:
-        check(False, "warm-up failed: the request could not be sent: %s" % e)
+    except (OSError, grpc.FutureTimeoutError) as e:
+        check(False, "warm-up failed: the requests could not be sent: %s" % e)
         rc = None
     finally:
+        if os.path.exists(gate):
+            os.unlink(gate)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if caller:
+            caller.join()
+        ch.close()
     out = proc.stdout.read().decode(errors="replace")
     check(rc == 1 and "warm-up request failed" in out and "Sanitizer" not in out,
           "warm-up failed: exit status %s, log %r" % (rc, out[-3000:]))
-    check(code == 200 and b'"error"' in stream and stream.endswith(b"data: [DONE]\n\n"),
-          "warm-up failed: the request admitted meanwhile got %s %r" % (code, stream[-300:]))
+    events = [json.loads(x[6:]) for x in stream.decode(errors="replace").split("\n\n")
+              if x.startswith("data: {")]
+    errors = [e["error"]["message"] for e in events if "error" in e]
+    # the reason: the warm-up's own error, the scheduler's words for the token events it found no memory for
+    why = "the server is stopping: its warm-up failed (warm-up request failed: scheduler: out of memory"
+    check(code == 200 and len(errors) == 1 and why in errors[0] and stream.endswith(b"data: [DONE]\n\n"),
+          "warm-up failed: the HTTP request admitted meanwhile got %s %r" % (code, stream[-400:]))
+    check("msgs" not in got and got.get("status", (None, ""))[0] == grpc.StatusCode.UNAVAILABLE and
+          "during" in got["status"][1] and
+          why in got["status"][1], "warm-up failed: the Generate call admitted meanwhile got %r" % got)
 
 
 def main():
@@ -722,7 +773,7 @@ def main():
     unwritable_reply(moeflow)
     choice_failed_after_others(moeflow)
     refused_out_of_memory(moeflow, pb)
-    warmup_failed_with_requests(moeflow)
+    warmup_failed_with_requests(moeflow, pb)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

@@ -213,6 +213,27 @@ enum moe_status moe_cache_can_acquire(const struct moe_cache *c, const int *keys
     return MOE_OK;
 }
 
+enum moe_status moe_cache_acquire_n(struct moe_cache *c, const int *keys, int n, moe_cache_fill_fn fill, void *ud,
+                                    int *failed)
+{
+    enum moe_status st = moe_cache_can_acquire(c, keys, n);
+    int i = 0;
+    *failed = -1;
+    for (; st == MOE_OK && i < n; i++) {
+        int slot = -1, ev;
+        bool miss = false;
+        if ((st = moe_cache_acquire(c, keys[i], &slot, &miss, &ev))) break; /* not after the check */
+        if (miss && (st = fill(ud, keys[i], slot))) {
+            moe_cache_drop(c, keys[i]);
+            *failed = i;
+            break;
+        }
+    }
+    if (st)
+        while (i-- > 0) moe_cache_unpin(c, keys[i]);
+    return st;
+}
+
 void moe_cache_unpin(struct moe_cache *c, int key)
 {
     if (key < 0 || key >= c->n_keys || c->pins[key] == 0) return;

@@ -27,6 +27,8 @@ struct moe_cuda_tier {
     cudaEvent_t *freed;            /* [slots] recorded on compute at the slot's last release */
     int *pins;                     /* keys acquired and not yet released */
     int n_pins, pin_cap;
+    int *keys;                     /* [cap_keys] an acquire's keys */
+    size_t cap_keys;
     const void *(*host_mat)(void *ud, int layer, int expert, int which);
     enum moe_status (*host_fill)(void *ud, int layer, int expert, void *const dst[3]);
     void *ud;
@@ -157,47 +159,50 @@ static void unpin_last(struct moe_cuda_tier *t, int n)
     for (int i = 0; i < n && t->n_pins > 0; i++) moe_cache_unpin(t->cache, t->pins[--t->n_pins]);
 }
 
+/* The cache's fill of a slot an acquire missed in. */
+static enum moe_status fill_slot(void *ud, int key, int slot)
+{
+    return load(ud, key, slot);
+}
+
+/* An acquire checked whole before it changes anything (no hit or miss counted, no copy, no pin): every
+ * id is an expert of a MoE layer and there is room to record the pins; moe_cache_acquire_n checks that
+ * the experts fit in the slots beside those pinned. */
+static enum moe_status check_acquire(struct moe_cuda_tier *t, int layer, int n, const int *ids)
+{
+    if (layer < 0 || layer >= t->n_layers || n < 0)
+        return moe_errorf(MOE_EINVAL, "GPU expert tier: layer %d of %d, %d experts", layer, t->n_layers, n);
+    if (t->is_moe && !t->is_moe[layer])
+        return moe_errorf(MOE_ENOENT, "GPU expert tier: layer %d has no routed experts (not a MoE layer)", layer);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= t->n_experts)
+            return moe_errorf(MOE_EINVAL, "layer %d: expert id %d outside 0..%d", layer, ids[i], t->n_experts - 1);
+    if (n > t->pin_cap - t->n_pins)
+        return moe_errorf(MOE_EBUSY, "layer %d: %d experts beside %d acquired without release; release each layer "
+                          "before acquiring more", layer, n, t->n_pins);
+    if (!moe_grow((void **)&t->keys, &t->cap_keys, (size_t)n, sizeof(*t->keys), 64))
+        return moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory for %d experts", n);
+    return MOE_OK;
+}
+
 static enum moe_status acquire_locked(struct moe_cuda_tier *t, int layer, int n, const int *ids,
                                       struct moe_expert_ref *out)
 {
     enum moe_status st = MOE_OK;
-    int got = 0;
+    int failed;
     if (moe_cuda_tier_poisoned(t)) return poisoned_err(t);
-    if (layer < 0 || layer >= t->n_layers || n < 0)
-        return moe_errorf(MOE_EINVAL, "GPU expert tier: layer %d of %d, %d experts", layer, t->n_layers, n);
+    if ((st = check_acquire(t, layer, n, ids)) != MOE_OK) return st;
     if ((st = moe_cuda_ctx_bind(t->c)) != MOE_OK) return st; /* the caller's thread may be new */
-    for (int i = 0; i < n; i++) {
-        int slot, ev;
-        bool miss;
-        if (ids[i] < 0 || ids[i] >= t->n_experts) {
-            st = moe_errorf(MOE_EINVAL, "layer %d: expert id %d outside 0..%d", layer, ids[i],
-                            t->n_experts - 1);
-            goto fail;
-        }
-        int key = layer * t->n_experts + ids[i];
-        if (t->n_pins == t->pin_cap) {
-            st = moe_errorf(MOE_EBUSY, "layer %d expert %d: %d acquires without release; release "
-                            "each layer before acquiring more", layer, ids[i], t->n_pins);
-            goto fail;
-        }
-        st = moe_cache_acquire(t->cache, key, &slot, &miss, &ev);
-        if (st != MOE_OK) {
-            st = moe_errorf(st, "layer %d expert %d: all %d GPU expert slots are pinned; raise the "
-                            "GPU-tier slots (--gpu-experts) to at least the experts acquired at once",
-                            layer, ids[i], t->slots);
-            goto fail;
-        }
-        t->pins[t->n_pins++] = key;
-        got++;
-        if (miss && (st = load(t, key, slot)) != MOE_OK) {
-            moe_cache_drop(t->cache, key);
-            t->n_pins--;
-            got--;
-            goto fail;
-        }
+    for (int i = 0; i < n; i++) t->keys[i] = layer * t->n_experts + ids[i];
+    if ((st = moe_cache_acquire_n(t->cache, t->keys, n, fill_slot, t, &failed)) != MOE_OK) {
+        if (failed < 0) /* refused whole: a load's failure names its expert already */
+            moe_error_prefix(st, "layer %d: %d experts at once, %d GPU expert slots; raise the GPU-tier slots "
+                             "(--gpu-experts) to at least the experts acquired at once", layer, n, t->slots);
+        return st;
     }
+    for (int i = 0; i < n; i++) t->pins[t->n_pins++] = t->keys[i];
     for (int i = 0; i < n; i++) {
-        int key = layer * t->n_experts + ids[i];
+        int key = t->keys[i];
         int slot = moe_cache_slot_of(t->cache, key);
         cudaError_t q = cudaEventQuery(t->ready[slot]);
         if (q == cudaErrorNotReady) {
@@ -220,8 +225,7 @@ static enum moe_status acquire_locked(struct moe_cuda_tier *t, int layer, int n,
     }
     return MOE_OK;
 out:
-fail:
-    unpin_last(t, got);
+    unpin_last(t, n);
     return st;
 }
 
@@ -386,6 +390,7 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t)
     free(t->stage_done);
     free(t->timed);
     free(t->pins);
+    free(t->keys);
     free(t->is_moe);
     pthread_mutex_destroy(&t->mu);
     free(t);

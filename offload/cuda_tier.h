@@ -83,7 +83,11 @@ struct moe_cuda_tier;
 struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct moe_cuda_tier_params *p);
 void moe_cuda_tier_destroy(struct moe_cuda_tier *t);
 
-/* Device pointers of n experts of one layer; pinned until release(layer). */
+/* Device pointers of n experts of one layer; pinned until release(layer).  A request refused whole (an
+ * id outside the layer's experts or a layer outside the model: MOE_EINVAL; a layer that is_moe marks
+ * dense: MOE_ENOENT; more distinct experts than the slots hold beside those pinned, or pins beyond
+ * what the tier records without a release: MOE_EBUSY) changes nothing: no hit or miss counted, no
+ * copy, no pin. */
 enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n, const int *ids,
                                       struct moe_expert_ref *out);
 void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer);

@@ -2,7 +2,8 @@
  * whatever the slot count, policy and prefetch pattern (copies are ordered by
  * events, never computed on in flight); the expert FFN over tier pointers is
  * bit-identical for every capacity; a layer needing more experts than slots
- * is a clear error; the device pool returns to empty.  Skips (77) without a
+ * is a clear error, and an acquire refused changes nothing; the device pool
+ * returns to empty.  Skips (77) without a
  * CUDA device. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +120,88 @@ static void run(struct moe_cuda_ctx *c, int slots, enum moe_policy_kind pol, boo
     free(x);
 }
 
+/* The tier's counts, pins and copies, its copies landed first. */
+static void settled(struct moe_cuda_tier *t, struct moe_cuda_tier_stats *s)
+{
+    CHECK(moe_cuda_tier_drain(t) == MOE_OK, "drain: %s", moe_last_error());
+    moe_cuda_tier_get_stats(t, s);
+}
+
+/* What the refusals below may have left: accesses counted, copies (one a miss), pins, slots holding an
+ * expert. */
+static void check_state(struct moe_cuda_tier *t, const char *what, uint64_t hits, uint64_t misses, int pinned,
+                        int resident)
+{
+    struct moe_cuda_tier_stats s;
+    settled(t, &s);
+    CHECK(s.hits == hits && s.misses == misses && s.loads == misses && s.pinned == pinned && s.resident == resident,
+          "%s: %llu hits, %llu misses, %llu loads, %d pinned, %d resident (want %llu hits, %llu misses and loads, "
+          "%d pinned, %d resident)", what, (unsigned long long)s.hits, (unsigned long long)s.misses,
+          (unsigned long long)s.loads, s.pinned, s.resident, (unsigned long long)hits, (unsigned long long)misses,
+          pinned, resident);
+}
+
+/* An acquire refused (an expert id that does not exist after good ones, a dense layer, more experts than
+ * slots, experts beside another layer's pins, pins beyond what the tier records) changes nothing: no hit
+ * or miss counted, no copy, no pin; the same acquire, once it fits, succeeds. */
+static void check_refused_acquire(struct moe_cuda_ctx *c)
+{
+    size_t mb = (size_t)HID * INTER * 2;
+    bool is_moe[L];
+    for (int l = 0; l < L; l++) is_moe[l] = l != 3;
+    struct moe_cuda_tier_params p = {
+        .n_layers = L, .n_experts = E, .slots = K + 1, .mat_bytes = { mb, mb, mb }, .policy = MOE_POLICY_LRU,
+        .is_moe = is_moe, .host_mat = use_fill ? NULL : host_mat, .host_fill = use_fill ? host_fill : NULL,
+    };
+    struct moe_cuda_tier *t = moe_cuda_tier_create(c, &p);
+    REQUIRE(t, "tier with %d slots: %s", K + 1, moe_last_error());
+    int ids[K + 2];
+    struct moe_expert_ref out[K + 2];
+    for (int j = 0; j < K + 2; j++) ids[j] = j;
+    ids[K] = E; /* after K valid ones */
+    CHECK(moe_cuda_tier_acquire(t, 0, K + 1, ids, out) == MOE_EINVAL && strstr(moe_last_error(), "expert id"),
+          "expert %d of %d: %s", E, E, moe_last_error());
+    check_state(t, "a bad expert id after good ones", 0, 0, 0, 0);
+    ids[K] = K;
+    CHECK(moe_cuda_tier_acquire(t, 0, K + 2, ids, out) == MOE_EBUSY && strstr(moe_last_error(), "--gpu-experts"),
+          "%d experts in %d slots: %s", K + 2, K + 1, moe_last_error());
+    check_state(t, "more experts than slots", 0, 0, 0, 0);
+    CHECK(moe_cuda_tier_acquire(t, 3, K, ids, out) == MOE_ENOENT && strstr(moe_last_error(), "not a MoE layer"),
+          "dense layer 3: %s", moe_last_error());
+    check_state(t, "a dense layer", 0, 0, 0, 0);
+    /* another layer's K experts pinned: K of this layer do not fit beside them; once released, they do;
+     * one id twice is one expert */
+    REQUIRE(moe_cuda_tier_acquire(t, 1, K, ids, out) == MOE_OK, "%s", moe_last_error());
+    CHECK(moe_cuda_tier_acquire(t, 0, K, ids, out) == MOE_EBUSY && strstr(moe_last_error(), "pinned by others"),
+          "beside another layer's pins: %s", moe_last_error());
+    check_state(t, "beside another layer's pins", 0, K, K, K);
+    moe_cuda_tier_release(t, 1);
+    ids[K] = ids[0];
+    CHECK(moe_cuda_tier_acquire(t, 0, K + 1, ids, out) == MOE_OK, "after the release: %s", moe_last_error());
+    moe_cuda_tier_release(t, 0);
+    struct moe_cuda_tier_stats s;
+    settled(t, &s);
+    CHECK(s.misses == 2 * K && s.loads == 2 * K && s.hits == 1 && s.pinned == 0,
+          "after the release: %llu misses, %llu loads, %llu hits, %d pinned", (unsigned long long)s.misses,
+          (unsigned long long)s.loads, (unsigned long long)s.hits, s.pinned);
+    /* pins the tier records without a release: n acquires of one expert fill them; after n - 1, two experts
+     * are refused before the first is counted */
+    int n = 0;
+    while (n < 100000 && moe_cuda_tier_acquire(t, 0, 1, ids, out) == MOE_OK) n++;
+    CHECK(n < 100000 && moe_last_status() == MOE_EBUSY && strstr(moe_last_error(), "without release"),
+          "%d acquires without release: %s", n, moe_last_error());
+    moe_cuda_tier_release(t, 0);
+    for (int i = 0; i + 1 < n; i++)
+        REQUIRE(moe_cuda_tier_acquire(t, 0, 1, ids, out) == MOE_OK, "acquire %d: %s", i, moe_last_error());
+    settled(t, &s);
+    uint64_t hits = s.hits;
+    CHECK(moe_cuda_tier_acquire(t, 0, 2, ids, out) == MOE_EBUSY, "2 experts beside %d pins accepted", n - 1);
+    check_state(t, "pins beyond the record", hits, 2 * K, 1, K + 1);
+    moe_cuda_tier_release(t, 0);
+    CHECK(!moe_cuda_tier_poisoned(t), "poisoned");
+    moe_cuda_tier_destroy(t);
+}
+
 int main(void)
 {
     if (moe_cuda_device_count() == 0) {
@@ -206,6 +289,11 @@ int main(void)
         else printf("test_gpu_tier: predicted policy, experts 0, 1 hinted: %llu misses, not hinted %llu\n",
                     (unsigned long long)miss[1], (unsigned long long)miss[0]);
     }
+
+    check_refused_acquire(c);
+    use_fill = true;
+    check_refused_acquire(c);
+    use_fill = false;
 
     /* errors: more experts at once than slots; a dense layer; bad id */
     struct moe_cuda_tier *t = make(c, K, MOE_POLICY_LRU);

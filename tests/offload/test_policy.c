@@ -28,6 +28,100 @@ static void replay(enum moe_policy_kind k, int cap, const int *seq, int n, char 
     moe_cache_destroy(c);
 }
 
+/* moe_cache_acquire_n's fill: records the keys it is called for, fails for fail_key. */
+struct fills {
+    int n, keys[16], fail_key;
+};
+
+static enum moe_status record_fill(void *ud, int key, int slot)
+{
+    struct fills *f = ud;
+    (void)slot;
+    if (f->n < 16) f->keys[f->n] = key;
+    f->n++;
+    return key == f->fail_key ? moe_errorf(MOE_EIO, "fill of key %d failed", key) : MOE_OK;
+}
+
+/* What a request left: accesses counted, keys pinned, slots holding a key, fills called. */
+static void request_state(const struct moe_cache *c, const struct fills *f, const char *what, uint64_t hits,
+                          uint64_t misses, int pinned, int resident, int n_fills)
+{
+    struct moe_cache_stats cs;
+    moe_cache_get_stats(c, &cs);
+    int res = 0;
+    for (int s = 0; s < moe_cache_capacity(c); s++) res += moe_cache_key_at(c, s) >= 0;
+    CHECK(cs.hits == hits && cs.misses == misses && moe_cache_pinned(c) == pinned && res == resident &&
+              f->n == n_fills,
+          "%s: %llu hits, %llu misses, %d pinned, %d resident, %d fills (want %llu, %llu, %d, %d, %d)", what,
+          (unsigned long long)cs.hits, (unsigned long long)cs.misses, moe_cache_pinned(c), res, f->n,
+          (unsigned long long)hits, (unsigned long long)misses, pinned, resident, n_fills);
+}
+
+/* A request (moe_cache_acquire_n, the GPU tier's acquire) refused whole changes nothing: a key outside
+ * the key space after good ones, more keys than slots, keys beside others' pins, more than a quota; no
+ * access counted, no fill, no pin.  A fill that fails drops its key and unpins the keys before it. */
+static void check_acquire_n(void)
+{
+    struct moe_cache_params p = { .n_keys = 16, .capacity = 3, .policy = moe_policy_create(MOE_POLICY_LRU, 16,
+                                                                                           NULL, 0) };
+    struct moe_cache *c = moe_cache_create(&p);
+    REQUIRE(c, "cache create: %s", moe_last_error());
+    struct fills f = { .fail_key = -1 };
+    int failed = 0;
+    const int bad[3] = { 0, 1, 16 }, four[4] = { 0, 1, 2, 3 }, other[2] = { 4, 5 }, dup[3] = { 0, 1, 0 };
+    CHECK(moe_cache_acquire_n(c, bad, 3, record_fill, &f, &failed) == MOE_EINVAL && failed == -1,
+          "key 16 of 16 after two good ones: failed %d, %s", failed, moe_last_error());
+    request_state(c, &f, "a bad key after two good ones", 0, 0, 0, 0, 0);
+    CHECK(moe_cache_acquire_n(c, four, 4, record_fill, &f, &failed) == MOE_EBUSY && failed == -1,
+          "4 keys in 3 slots: failed %d, %s", failed, moe_last_error());
+    request_state(c, &f, "4 keys in 3 slots", 0, 0, 0, 0, 0);
+    REQUIRE(moe_cache_acquire_n(c, other, 2, record_fill, &f, &failed) == MOE_OK, "%s", moe_last_error());
+    request_state(c, &f, "2 keys", 0, 2, 2, 2, 2);
+    CHECK(f.keys[0] == 4 && f.keys[1] == 5, "filled %d, %d (want 4, 5)", f.keys[0], f.keys[1]);
+    CHECK(moe_cache_acquire_n(c, other, 2, record_fill, &f, &failed) == MOE_OK, "the same keys again: %s",
+          moe_last_error());
+    request_state(c, &f, "the same keys again", 2, 2, 2, 2, 2);
+    moe_cache_unpin(c, 4);
+    moe_cache_unpin(c, 5);
+    CHECK(moe_cache_acquire_n(c, four, 2, record_fill, &f, &failed) == MOE_EBUSY &&
+              strstr(moe_last_error(), "pinned by others") && failed == -1,
+          "2 keys beside 2 pinned in 3 slots: failed %d, %s", failed, moe_last_error());
+    request_state(c, &f, "2 keys beside 2 pinned", 2, 2, 2, 2, 2);
+    moe_cache_unpin(c, 4);
+    moe_cache_unpin(c, 5);
+    /* one key twice is one key: it fits once the others' pins are gone */
+    CHECK(moe_cache_acquire_n(c, dup, 3, record_fill, &f, &failed) == MOE_OK, "after the release: %s",
+          moe_last_error());
+    request_state(c, &f, "after the release", 3, 4, 2, 3, 4);
+    moe_cache_unpin(c, 0);
+    moe_cache_unpin(c, 0);
+    moe_cache_unpin(c, 1);
+    /* a failing fill: its key dropped, the key filled before it unpinned, the key after it untouched */
+    const int fail[3] = { 3, 2, 0 };
+    f.fail_key = 2;
+    CHECK(moe_cache_acquire_n(c, fail, 3, record_fill, &f, &failed) == MOE_EIO && failed == 1,
+          "a failing fill: failed %d, %s", failed, moe_last_error());
+    request_state(c, &f, "a failing fill", 3, 6, 0, 2, 6);
+    CHECK(moe_cache_slot_of(c, 2) < 0 && moe_cache_slot_of(c, 3) >= 0, "after a failing fill: key 2 in slot %d, "
+          "key 3 in %d", moe_cache_slot_of(c, 2), moe_cache_slot_of(c, 3));
+    moe_cache_destroy(c);
+
+    /* a quota of 2 keys per group of 4, 8 slots */
+    int quota[4] = { 2, 2, 2, 2 };
+    struct moe_cache_params qp = { .n_keys = 16, .capacity = 8, .group_size = 4, .quota = quota,
+                                   .policy = moe_policy_create(MOE_POLICY_LRU, 16, NULL, 0) };
+    c = moe_cache_create(&qp);
+    REQUIRE(c, "quota cache: %s", moe_last_error());
+    f = (struct fills){ .fail_key = -1 };
+    CHECK(moe_cache_acquire_n(c, four, 3, record_fill, &f, &failed) == MOE_EBUSY && strstr(moe_last_error(), "quota"),
+          "3 keys in a quota of 2: %s", moe_last_error());
+    request_state(c, &f, "3 keys in a quota of 2", 0, 0, 0, 0, 0);
+    CHECK(moe_cache_acquire_n(c, four, 2, record_fill, &f, &failed) == MOE_OK, "2 keys in a quota of 2: %s",
+          moe_last_error());
+    request_state(c, &f, "2 keys in a quota of 2", 0, 2, 2, 2, 2);
+    moe_cache_destroy(c);
+}
+
 int main(void)
 {
     /* Capacity 3. LRU: 1m 2m 3m 1h 4m(-2) 2m(-3) 5m(-1) 1m(-4). */
@@ -143,5 +237,6 @@ int main(void)
         moe_trace_free(t);
         unlink(path);
     }
+    check_acquire_n();
     return t_result("test_policy");
 }

@@ -1142,7 +1142,7 @@ static enum moe_status echo_text(struct moe_server *s, const struct moe_gen_requ
     }
     char *raw = NULL;
     size_t raw_len = 0;
-    enum moe_status st = moe_tokenizer_decode(s->tok, r->prompt_ids, (size_t)r->n_prompt_ids, &raw, &raw_len);
+    enum moe_status st = srv_detokenize(s, r->prompt_ids, (size_t)r->n_prompt_ids, &raw, &raw_len);
     if (st == MOE_OK && !(*out = malloc(3 * raw_len + 1)))
         st = MOE_ENOMEM;
     if (st == MOE_OK) {
@@ -1379,8 +1379,9 @@ static void tokenize_work(struct hjob *q)
             }
             char *raw = NULL, *u = NULL;
             size_t raw_len = 0;
-            if (!msg[0] && moe_tokenizer_decode(s->tok, ids, n_ids, &raw, &raw_len) != MOE_OK)
-                snprintf(msg, sizeof(msg), "%s", moe_last_error());
+            enum moe_status st = msg[0] ? MOE_OK : srv_detokenize(s, ids, n_ids, &raw, &raw_len);
+            if (st != MOE_OK)
+                code = st == MOE_ENOMEM ? 500 : 400, snprintf(msg, sizeof(msg), "%s", moe_last_error());
             else if (!msg[0] && !(u = malloc(3 * raw_len + 1)))
                 code = 500, snprintf(msg, sizeof(msg), "out of memory");
             if (u)

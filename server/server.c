@@ -534,6 +534,7 @@ static unsigned faults_parse(const char *list)
     static const struct { const char *name; enum srv_fault f; } names[] = {
         { "job", SRV_FAULT_JOB }, { "prompts", SRV_FAULT_PROMPTS }, { "stops", SRV_FAULT_STOPS },
         { "choice", SRV_FAULT_CHOICE }, { "gen", SRV_FAULT_GEN }, { "tokenize", SRV_FAULT_TOKENIZE },
+        { "detokenize", SRV_FAULT_DETOKENIZE },
     };
     unsigned faults = 0;
     for (const char *p = list; p && *p;) {
@@ -544,8 +545,8 @@ static unsigned faults_parse(const char *list)
         if (i < MOE_ARRAY_LEN(names))
             faults |= names[i].f;
         else
-            MOE_WARN("MOEFLOW_TEST_FAIL_ALLOC: '%.*s' is not job, prompts, stops, choice, gen or tokenize", (int)n,
-                     p);
+            MOE_WARN("MOEFLOW_TEST_FAIL_ALLOC: '%.*s' is not job, prompts, stops, choice, gen, tokenize or "
+                     "detokenize", (int)n, p);
         p += n + (p[n] == ',');
     }
     return faults;
@@ -563,6 +564,19 @@ enum moe_status srv_tokenize(const struct moe_server *s, bool templated, const c
         st = (templated ? moe_tokenizer_encode : moe_tokenizer_encode_prompt)(s->tok, text, len, ids, n_ids);
     }
     return st == MOE_ENOMEM ? moe_error_prefix(st, "out of memory tokenizing the text") : st;
+}
+
+enum moe_status srv_detokenize(const struct moe_server *s, const int *ids, size_t n, char **text, size_t *len)
+{
+    enum moe_status st;
+    if (s->faults & SRV_FAULT_DETOKENIZE) {
+        *text = NULL;
+        *len = 0;
+        st = moe_errorf(MOE_ENOMEM, "tokenizer: no memory to decode");
+    } else {
+        st = moe_tokenizer_decode(s->tok, ids, n, text, len);
+    }
+    return st == MOE_ENOMEM ? moe_error_prefix(st, "out of memory decoding the token ids") : st;
 }
 
 void srv_count_refused(struct moe_server *s, enum moe_status st)

@@ -162,7 +162,8 @@ struct moe_server {
  * names, makes the allocations they name on a request's way to the scheduler fail as out of memory would:
  * job (the copy of a request a front end prepares), prompts (a completion's prepared prompts), stops (a
  * generation's stop sequences, when it has any), choice (a front end's object of one generation), gen
- * (the generation shared with the scheduler), tokenize (a request's text tokenized: srv_tokenize). */
+ * (the generation shared with the scheduler), tokenize (a request's text tokenized: srv_tokenize),
+ * detokenize (a request's token ids decoded: srv_detokenize). */
 enum srv_fault {
     SRV_FAULT_JOB = 1,
     SRV_FAULT_PROMPTS = 2,
@@ -170,6 +171,7 @@ enum srv_fault {
     SRV_FAULT_CHOICE = 8,
     SRV_FAULT_GEN = 16,
     SRV_FAULT_TOKENIZE = 32,
+    SRV_FAULT_DETOKENIZE = 64,
 };
 /* calloc(n, size), or NULL when MOEFLOW_TEST_FAIL_ALLOC names f. */
 void *srv_calloc(const struct moe_server *s, enum srv_fault f, size_t n, size_t size);
@@ -179,6 +181,9 @@ void *srv_calloc(const struct moe_server *s, enum srv_fault f, size_t n, size_t 
  * such (HTTP 500, RESOURCE_EXHAUSTED, counted as memory), any other error as the text's (invalid). */
 enum moe_status srv_tokenize(const struct moe_server *s, bool templated, const char *text, size_t len, int **ids,
                              size_t *n_ids);
+/* A request's token ids decoded (moe_tokenizer_decode): out of memory (MOE_ENOMEM) says so first, as
+ * srv_tokenize does; any other error is the ids' (invalid). */
+enum moe_status srv_detokenize(const struct moe_server *s, const int *ids, size_t n, char **text, size_t *len);
 /* A request refused before admission with st, other than as busy or draining (counted where they are
  * found): counted as out of memory (MOE_ENOMEM) or invalid (any other status). */
 void srv_count_refused(struct moe_server *s, enum moe_status st);

@@ -291,8 +291,9 @@ def refused_out_of_memory(moeflow, pb):
     refused as invalid.  MOEFLOW_TEST_FAIL_ALLOC makes the allocations it names fail: the copy of a request
     (job), a completion's prompts (prompts; a large one on a preparation thread), a front end's object of
     one generation (choice), the stop sequences of a request that has some (stops), the generation shared
-    with the scheduler (gen) and the tokenizer's output (tokenize: a prompt, a chat's rendered prompt, a
-    text to tokenize), each the first of a request's way that fails."""
+    with the scheduler (gen), the tokenizer's output (tokenize: a prompt, a chat's rendered prompt, a
+    text to tokenize) and the decoder's (detokenize: the ids of /detokenize, a prompt of ids echoed), each
+    the first of a request's way that fails."""
     m = pb["m"]
     big = "x = 1\n" * 3000  # over 16 KiB: prepared on a preparation thread
     http_plain = ("/v1/completions", {"prompt": "def f():", "max_tokens": 2})
@@ -300,6 +301,8 @@ def refused_out_of_memory(moeflow, pb):
     http_stop = ("/v1/completions", {"prompt": "def f():", "max_tokens": 2, "stop": ["\n\n"]})
     http_chat = ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     tokenize = ("/tokenize", {"prompt": "def f():"})
+    detokenize = ("/detokenize", {"tokens": [1, 2, 3]})
+    http_echo = ("/v1/completions", {"prompt": [1, 2, 3], "echo": True, "max_tokens": 2})
     grpc_plain = m.GenerateRequest(prompt="def f():", max_tokens=2)
     grpc_stop = m.GenerateRequest(prompt="def f():", max_tokens=2, stop=["\n\n"])
     grpc_tokenize = m.TokenizeRequest(text="def f():")
@@ -307,7 +310,8 @@ def refused_out_of_memory(moeflow, pb):
              ("prompts", (http_plain, http_big)),
              ("choice", (http_plain, grpc_plain)),
              ("stops,gen", (http_stop, http_plain, grpc_stop, grpc_plain)),
-             ("tokenize", (http_plain, http_big, http_chat, tokenize, grpc_plain, grpc_tokenize)))
+             ("tokenize", (http_plain, http_big, http_chat, tokenize, grpc_plain, grpc_tokenize)),
+             ("detokenize", (detokenize, http_echo)))
     for faults, requests in cases:
         srv = Server(moeflow, "--warmup-tokens", "0", env={"MOEFLOW_TEST_FAIL_ALLOC": faults})
         try:

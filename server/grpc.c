@@ -582,11 +582,15 @@ static void tokenize_reply(struct gjob *q)
             rs.n_token_ids = n;
             rs.token_ids = ids32;
             q->reply_len = moeflow__v1__tokenize_response__get_packed_size(&rs);
-            if ((q->reply = malloc(q->reply_len ? q->reply_len : 1))) { /* else the status alone, as QUEUE_MSG */
+            if ((q->reply = srv_calloc(q->srv, SRV_FAULT_REPLY, q->reply_len ? q->reply_len : 1, 1))) {
                 moeflow__v1__tokenize_response__pack(&rs, q->reply);
                 q->has_reply = true;
+                q->code = GRPC_STATUS_OK;
+            } else {
+                q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                snprintf(q->status_msg, sizeof(q->status_msg), "out of memory for the reply (%zu bytes)",
+                         q->reply_len);
             }
-            q->code = GRPC_STATUS_OK;
         } else {
             q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
             snprintf(q->status_msg, sizeof(q->status_msg), "out of memory");

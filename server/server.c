@@ -534,7 +534,7 @@ static unsigned faults_parse(const char *list)
     static const struct { const char *name; enum srv_fault f; } names[] = {
         { "job", SRV_FAULT_JOB }, { "prompts", SRV_FAULT_PROMPTS }, { "stops", SRV_FAULT_STOPS },
         { "choice", SRV_FAULT_CHOICE }, { "gen", SRV_FAULT_GEN }, { "tokenize", SRV_FAULT_TOKENIZE },
-        { "detokenize", SRV_FAULT_DETOKENIZE },
+        { "detokenize", SRV_FAULT_DETOKENIZE }, { "reply", SRV_FAULT_REPLY },
     };
     unsigned faults = 0;
     for (const char *p = list; p && *p;) {
@@ -545,8 +545,8 @@ static unsigned faults_parse(const char *list)
         if (i < MOE_ARRAY_LEN(names))
             faults |= names[i].f;
         else
-            MOE_WARN("MOEFLOW_TEST_FAIL_ALLOC: '%.*s' is not job, prompts, stops, choice, gen, tokenize or "
-                     "detokenize", (int)n, p);
+            MOE_WARN("MOEFLOW_TEST_FAIL_ALLOC: '%.*s' is not job, prompts, stops, choice, gen, tokenize, "
+                     "detokenize or reply", (int)n, p);
         p += n + (p[n] == ',');
     }
     return faults;

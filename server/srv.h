@@ -163,7 +163,8 @@ struct moe_server {
  * job (the copy of a request a front end prepares), prompts (a completion's prepared prompts), stops (a
  * generation's stop sequences, when it has any), choice (a front end's object of one generation), gen
  * (the generation shared with the scheduler), tokenize (a request's text tokenized: srv_tokenize),
- * detokenize (a request's token ids decoded: srv_detokenize). */
+ * detokenize (a request's token ids decoded: srv_detokenize), reply (the packed reply of a gRPC Tokenize
+ * call). */
 enum srv_fault {
     SRV_FAULT_JOB = 1,
     SRV_FAULT_PROMPTS = 2,
@@ -172,6 +173,7 @@ enum srv_fault {
     SRV_FAULT_GEN = 16,
     SRV_FAULT_TOKENIZE = 32,
     SRV_FAULT_DETOKENIZE = 64,
+    SRV_FAULT_REPLY = 128,
 };
 /* calloc(n, size), or NULL when MOEFLOW_TEST_FAIL_ALLOC names f. */
 void *srv_calloc(const struct moe_server *s, enum srv_fault f, size_t n, size_t size);

@@ -292,8 +292,8 @@ def refused_out_of_memory(moeflow, pb):
     (job), a completion's prompts (prompts; a large one on a preparation thread), a front end's object of
     one generation (choice), the stop sequences of a request that has some (stops), the generation shared
     with the scheduler (gen), the tokenizer's output (tokenize: a prompt, a chat's rendered prompt, a
-    text to tokenize) and the decoder's (detokenize: the ids of /detokenize, a prompt of ids echoed), each
-    the first of a request's way that fails."""
+    text to tokenize), the decoder's (detokenize: the ids of /detokenize, a prompt of ids echoed) and a
+    Tokenize call's packed reply (reply), each the first of a request's way that fails."""
     m = pb["m"]
     big = "x = 1\n" * 3000  # over 16 KiB: prepared on a preparation thread
     http_plain = ("/v1/completions", {"prompt": "def f():", "max_tokens": 2})
@@ -311,7 +311,8 @@ def refused_out_of_memory(moeflow, pb):
              ("choice", (http_plain, grpc_plain)),
              ("stops,gen", (http_stop, http_plain, grpc_stop, grpc_plain)),
              ("tokenize", (http_plain, http_big, http_chat, tokenize, grpc_plain, grpc_tokenize)),
-             ("detokenize", (detokenize, http_echo)))
+             ("detokenize", (detokenize, http_echo)),
+             ("reply", (grpc_tokenize,)))
     for faults, requests in cases:
         srv = Server(moeflow, "--warmup-tokens", "0", env={"MOEFLOW_TEST_FAIL_ALLOC": faults})
         try:

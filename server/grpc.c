@@ -1334,11 +1334,11 @@ static void on_recv(struct gcall *c, bool ok)
     c->recv_busy = false;
     grpc_byte_buffer *bb = c->recv_bb;
     c->recv_bb = NULL;
-    /* A receive fails for a message the library refused, one over max-message-bytes
-     * (GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH: the library ends the call with RESOURCE_EXHAUSTED itself), and just
-     * as well for a call cancelled, or past its deadline, before its message was read: the library does not
-     * say which, so neither counts as a request refused.  (A call cancelled while its receive waits gets no
-     * message instead.) */
+    /* A receive fails for a message the library refused, one over max-message-bytes as sent or once
+     * decompressed (GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH: the library ends the call with RESOURCE_EXHAUSTED
+     * itself, so a message read here fits), and just as well for a call cancelled, or past its deadline,
+     * before its message was read: the library does not say which, so neither counts as a request refused.
+     * (A call cancelled while its receive waits gets no message instead.) */
     if (!ok || c->cancelled || c->status_queued) { /* a message after the call's status was queued: not read */
         if (bb)
             grpc_byte_buffer_destroy(bb);
@@ -1364,13 +1364,7 @@ static void on_recv(struct gcall *c, bool ok)
     grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
     grpc_byte_buffer_reader_destroy(&rd);
     grpc_byte_buffer_destroy(bb);
-    size_t max = (size_t)c->gf->srv->cfg.max_message_bytes;
-    if (GRPC_SLICE_LENGTH(sl) > max) {
-        moe_metrics_count(&c->gf->srv->metrics, &c->gf->srv->metrics.rejected_invalid, 1);
-        queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "request message exceeds max-message-bytes");
-    } else {
-        on_message(c, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
-    }
+    on_message(c, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl));
     grpc_slice_unref(sl);
 }
 

@@ -592,8 +592,10 @@ def refused_too_large(moeflow, pb):
     in request_rejected_total as invalid, as other requests refused before admission do; a gRPC request
     message over max-message-bytes gets the library's RESOURCE_EXHAUSTED and is not counted (the library
     fails the server's receive of it as it fails that of a call cancelled before its message was read:
-    cancelled_before_read).  A server of its own with the least of both, 256 bytes; nothing of them is
-    admitted, and requests that fit count nothing."""
+    cancelled_before_read); so is one just over it, 257 bytes, sent as it is or gzip-compressed to far less
+    (the library checks the message's size once decompressed too), while one of 256 bytes is served.  A
+    server of its own with the least of both, 256 bytes; nothing of them is admitted, and requests that fit
+    count nothing."""
     k = pb["k"]
     srv = Server(moeflow, "--max-body-bytes", "256", "--max-message-bytes", "256")
     try:
@@ -613,14 +615,24 @@ def refused_too_large(moeflow, pb):
         ks = pb["kg"].GRPCInferenceServiceStub(ch)
         codes = []
         big = kserve_request(k, "x" * 300, 2)
+        gen = pb["mg"].GenerationStub(ch)
+        fits, over = pb["m"].TokenizeRequest(text="a" * 253), pb["m"].TokenizeRequest(text="a" * 254)
+        check((fits.ByteSize(), over.ByteSize()) == (256, 257), "Tokenize messages of %d and %d bytes" % (
+            fits.ByteSize(), over.ByteSize()))
+        gz = grpc.Compression.Gzip
         for call in (lambda: ks.ModelInfer(big, timeout=scaled(60)),
-                     lambda: list(ks.ModelStreamInfer(iter([kserve_request(k, "a", 2), big]), timeout=scaled(60)))):
+                     lambda: list(ks.ModelStreamInfer(iter([kserve_request(k, "a", 2), big]), timeout=scaled(60))),
+                     lambda: gen.Tokenize(over, timeout=scaled(60)),
+                     lambda: gen.Tokenize(over, timeout=scaled(60), compression=gz)):
             try:
                 call()
                 codes.append(None)
             except grpc.RpcError as e:
-                codes.append(e.code())
-        check(codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2, "gRPC messages over max-message-bytes: %r" % codes)
+                codes.append((e.code(), "larger than max" in e.details()))
+        check(codes == [(grpc.StatusCode.RESOURCE_EXHAUSTED, True)] * 4, "gRPC messages over max-message-bytes: %r" % codes)
+        for comp in (None, gz):
+            check(len(gen.Tokenize(fits, timeout=scaled(60), compression=comp).token_ids) > 0,
+                  "a Tokenize message of 256 bytes (compression %s) was not served" % comp)
         # what fits, and a call cancelled before its message, count nothing
         code, _ = srv.http("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1}).encode())
         ks.ModelInfer(kserve_request(k, "b", 1), timeout=scaled(60))
@@ -638,7 +650,7 @@ def refused_too_large(moeflow, pb):
         ms = settled(srv)
         refused = metric(ms, "moeflow:request_rejected_total", reason="invalid") - \
             metric(m0, "moeflow:request_rejected_total", reason="invalid")
-        check(refused == 3, "3 HTTP bodies and 2 gRPC messages over the limits counted %s refused (want 3)" % refused)
+        check(refused == 3, "3 HTTP bodies and 4 gRPC messages over the limits counted %s refused (want 3)" % refused)
         check(metric(ms, "moeflow:requests_accepted_total") - metric(m0, "moeflow:requests_accepted_total") == 3,
               "a request over the limits was admitted")
         ch.close()

@@ -1026,9 +1026,11 @@ static struct node *parse_filter_expr(struct compiler *c, struct node *n)
                 parse_call_args(c, m);
                 c->depth--;
             } else if ((t->k == T_STRING || t->k == T_INT || t->k == T_FLOAT ||
-                        (t->k == T_NAME && !is_name(t, "and") && !is_name(t, "or") && !is_name(t, "else") &&
-                         !is_name(t, "if") && !is_name(t, "in") && !is_name(t, "is") && !is_name(t, "not"))) ||
+                        (t->k == T_NAME && !is_name(t, "and") && !is_name(t, "or") && !is_name(t, "else"))) ||
                        is_op(t, "[") || is_op(t, "{")) {
+                /* as Jinja2 reads it: any other name is the argument ('x is none if c' is the test none(if)) */
+                if (is_name(t, "is"))
+                    fail_at(&c->f, MOE_EFORMAT, line, "tests cannot be chained with 'is'");
                 struct node *arg = parse_postfix(c, parse_primary(c));
                 m->args = c_alloc(c, sizeof(*m->args));
                 m->args[0] = arg;

@@ -259,6 +259,9 @@ CASES = [
      "{{ [1, 2, 3] | reject('<=', 2) | list }} {{ m | selectattr('n', '==', 2) | list | length }} "
      "{{ m | selectattr('n', '!=', 2) | map(attribute='n') | list }} {{ [1, 2] | select('>=', 2) | list }} "
      "{{ [1, 2] | select('<', 2) | list }}", {"m": [{"n": 1}, {"n": 2}]}),
+    # a test without parentheses takes the next name as its argument, unless it is and, or, else
+    ("tests-argument-name", "{{ x is none if true else 2 }}", {}),
+    ("tests-argument-then-if", "{{ 1 is sameas 1 if true else 2 }} {{ 'a' if x is defined else 'b' }}", {}),
     # filters
     ("filters-str", "{{ ' x ' | trim }}|{{ 'ab' | upper }}|{{ 'AB' | lower }}|{{ 'hello world' | title }}|"
      "{{ 'hello World' | capitalize }}|{{ 'aXbX' | replace('X', '-') }}|{{ 'abc' | reverse }}|{{ 42 | string }}|"

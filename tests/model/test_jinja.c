@@ -96,6 +96,7 @@ int main(void)
     check_refused("{% include 'x' %}", MOE_ENOTSUP, "statement 'include'");
     check_refused("{{ x | wordwrap }}", MOE_ENOTSUP, "filter 'wordwrap'");
     check_refused("{{ x is foo }}", MOE_ENOTSUP, "test 'foo'");
+    check_refused("{{ x is defined is defined }}", MOE_EFORMAT, "tests cannot be chained");
     check_refused("{% if x %}", MOE_EFORMAT, "missing {% endif %}");
     check_refused("{% endfor %}", MOE_EFORMAT, "unexpected {% endfor %}");
     check_refused("{{ 'abc }}", MOE_EFORMAT, "unterminated string");

@@ -785,7 +785,11 @@ static void parse_call_args(struct compiler *c, struct node *n)
     struct names names = { 0 };
     while (list_more(c, ")", args.n + kw.n)) {
         if (peek(c)->k == T_NAME && is_op(&c->tok[c->pos + 1], "=")) {
+            int line = peek(c)->line;
             const char *name = expect_name(c);
+            for (int i = 0; i < names.n; i++)
+                if (!strcmp(names.v[i], name)) /* Python's syntax error, at compile time in Jinja2 */
+                    fail_at(&c->f, MOE_EFORMAT, line, "keyword argument '%s' repeated", name);
             next(c);
             nodes_push(c, &kw, parse_expr(c, true));
             names_push(c, &names, name);
@@ -1363,10 +1367,20 @@ static struct node *parse_macro_rest(struct compiler *c, struct node *n, bool pa
 {
     struct nodes defs = { 0 };
     struct names names = { 0 };
-    while (params && list_more(c, ")", names.n)) {
-        names_push(c, &names, expect_name(c));
-        note_name(c, names.v[names.n - 1], true);
+    /* as Jinja2's signatures: names once each, no trailing comma, the defaults last */
+    while (params && !accept_op(c, ")")) {
+        if (names.n)
+            expect_op(c, ",");
+        int line = peek(c)->line;
+        const char *name = expect_name(c);
+        for (int i = 0; i < names.n; i++)
+            if (!strcmp(names.v[i], name))
+                fail_at(&c->f, MOE_EFORMAT, line, "parameter '%s' repeated", name);
+        names_push(c, &names, name);
+        note_name(c, name, true);
         nodes_push(c, &defs, accept_op(c, "=") ? parse_expr(c, true) : NULL);
+        if (!defs.v[defs.n - 1] && defs.n > 1 && defs.v[defs.n - 2])
+            fail_at(&c->f, MOE_EFORMAT, line, "parameter '%s' without a default follows one with a default", name);
     }
     n->kwnames = names.v;
     n->args = defs.v;
@@ -1375,6 +1389,10 @@ static struct node *parse_macro_rest(struct compiler *c, struct node *n, bool pa
         struct node *call = parse_expr(c, true);
         if (call->k != E_CALL)
             fail_at(&c->f, MOE_EFORMAT, n->line, "{%% call %%} needs a call, as {%% call m(args) %%}");
+        for (int i = 0; i < call->nkw; i++)
+            if (!strcmp(call->kwnames[i], "caller"))
+                fail_at(&c->f, MOE_EFORMAT, n->line, "keyword argument 'caller' repeated: the {%% call %%} block "
+                        "passes its body as caller");
         struct node *body = new_node(c, N_MACRO, n->line);
         body->name = "caller";
         body->op = MACRO_ANONYMOUS;
@@ -1392,11 +1410,15 @@ static struct node *parse_macro_rest(struct compiler *c, struct node *n, bool pa
     n->b = parse_until(c, end);
     c->nscan--;
     for (size_t k = 0; k < MOE_ARRAY_LEN(SPECIAL_NAMES); k++) {
-        bool param = false; /* a parameter of that name is an ordinary one */
+        int param = -1; /* a parameter of that name is an ordinary one */
         for (int i = 0; i < n->nargs; i++)
-            param |= !strcmp(n->kwnames[i], SPECIAL_NAMES[k]);
-        if (c->scan[c->nscan][k] == 1 && !param)
+            if (!strcmp(n->kwnames[i], SPECIAL_NAMES[k]))
+                param = i;
+        if (c->scan[c->nscan][k] == 1 && param < 0)
             n->op |= (uint8_t)(1u << k);
+        if (c->scan[c->nscan][k] == 1 && k == 0 && param >= 0 && !n->args[param])
+            fail_at(&c->f, MOE_EFORMAT, n->line, "a macro's parameter 'caller' that its body uses needs a default "
+                    "(or leave it out: caller() is then the {%% call %%} block's body)");
     }
     return n;
 }

@@ -475,6 +475,21 @@ CASES = [
     ("call-block-inner-caller", "{% macro wrap() %}{{ caller() }}{% endmacro %}{% macro outer() %}"
      "{% call wrap() %}{{ caller() }}{% endcall %}{% endmacro %}{% call outer() %}deep{% endcall %}", {}),
     ("call-block-no-caller", "{% macro m() %}x{% endmacro %}{% call m() %}y{% endcall %}", {}),
+    # compile errors in Jinja2 (Python's or its own): a keyword twice, a parameter twice, a default before a
+    # parameter without one, a parameter caller without a default that the body reads
+    ("args-keyword-repeated", "{{ dict(a=1, b=2, a=3) }}", {}),
+    ("args-keyword-repeated-filter", "{{ x | default(a=1, a=2) }}", {}),
+    ("macro-parameter-repeated", "{% macro m(a, a=1) %}{% endmacro %}x", {}),
+    ("call-block-parameter-repeated", "{% macro m(x) %}{{ caller(x) }}{% endmacro %}{% call(y, y) m(1) %}{{ y }}"
+     "{% endcall %}", {}),
+    ("macro-default-order", "{% macro m(a=1, b) %}{{ b }}{% endmacro %}{{ m(5) }}", {}),
+    ("macro-trailing-comma", "{% macro m(a,) %}{{ a }}{% endmacro %}{{ m(5) }}", {}),
+    ("macro-caller-parameter", "{% macro m(caller) %}{{ caller }}{% endmacro %}{% call m() %}x{% endcall %}", {}),
+    ("macro-caller-parameter-default", "{% macro m(caller=1) %}{{ caller }}{% endmacro %}{{ m() }}"
+     "{% macro n(a, caller) %}{% set caller = 3 %}{{ caller }}{% endmacro %}{{ n(2, 4) }}"
+     "{% macro k(caller) %}{% endmacro %}[{{ k(2) }}]", {}),
+    ("call-block-caller-keyword", "{% macro m() %}{{ caller() }}{% endmacro %}{% call m(caller=1) %}x{% endcall %}",
+     {}),
     ("macro-caller-undefined", "{% macro m() %}{{ caller() }}{% endmacro %}{{ m() }}", {}),
     ("macro-too-many", "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, 2) }}", {}),
     ("macro-unknown-keyword", "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(b=2) }}", {}),

@@ -180,7 +180,8 @@ struct node {
     const char *name;   /* E_VAR, E_ATTR, E_FILTER, E_TEST, N_SET, N_MACRO, N_FOR first target */
     const char *name2;  /* N_SET: the attribute (ns.attr); N_FOR: the second target */
     struct node *a, *b, *c, *d; /* operands; N_IF: cond, then, else; N_FOR: iter, body, else, filter;
-                                   N_FILTER: the filters (on an E_SLOT), body */
+                                   N_FILTER: the filters (on an E_SLOT), body; N_SETBLOCK: b body, c its
+                                   filters (on an E_SLOT) or NULL */
     struct node **args;  /* call / filter / test arguments, list items, dict keys, block statements,
                             E_CMP operands, N_MACRO parameter defaults (NULL: none) */
     int nargs;
@@ -1339,6 +1340,15 @@ static struct node *parse_for(struct compiler *c, int line)
     return n;
 }
 
+/* name[(args)] [| name[(args)]] ... after a block's '|': the filters on an E_SLOT, the block's text. */
+static struct node *parse_filter_chain(struct compiler *c, int line)
+{
+    struct node *n = parse_filter(c, new_node(c, E_SLOT, line), line);
+    while (accept_op(c, "|"))
+        n = parse_filter(c, n, line);
+    return n;
+}
+
 static struct node *parse_set(struct compiler *c, int line)
 {
     struct node *n = new_node(c, N_SET, line);
@@ -1356,6 +1366,8 @@ static struct node *parse_set(struct compiler *c, int line)
     }
     if (n->op)
         fail_at(&c->f, MOE_ENOTSUP, line, "a set block of several names is not supported");
+    if (accept_op(c, "|")) /* {% set x | filters %}: the body's text through them, as a filter block's */
+        n->c = parse_filter_chain(c, line);
     expect_block_end(c);
     n->k = N_SETBLOCK;
     n->b = parse_until(c, "endset");
@@ -1467,9 +1479,7 @@ static struct node *parse_with(struct compiler *c, int line)
 static struct node *parse_filter_block(struct compiler *c, int line)
 {
     struct node *n = new_node(c, N_FILTER, line);
-    n->a = parse_filter(c, new_node(c, E_SLOT, line), line);
-    while (accept_op(c, "|"))
-        n->a = parse_filter(c, n->a, line);
+    n->a = parse_filter_chain(c, line);
     expect_block_end(c);
     n->b = parse_until(c, "endfilter");
     return n;
@@ -4245,6 +4255,18 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         exec(r, fr, n->c, out);
 }
 
+/* A filter or set block's filters (on an E_SLOT) applied to its text, their arguments seeing the body's
+ * scope, inner (as Jinja2 evaluates them in the block's frame). */
+static struct val filter_slot(struct render *r, struct frame *inner, const struct node *filters, struct val text)
+{
+    struct frame *saved = r->cur;
+    r->slot = text;
+    r->cur = inner;
+    struct val v = eval(r, filters);
+    r->cur = saved;
+    return v;
+}
+
 static void exec(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
 {
     struct frame *saved = r->cur;
@@ -4287,10 +4309,13 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
             *inner = (struct frame){ .up = fr };
             buf_add(r, &b, "", 0);
             exec(r, inner, n->b, &b);
+            if (!r->flow && n->c) /* any value, not only text */
+                v = filter_slot(r, inner, n->c, vbuf(r, &b));
+            else
+                v = vbuf(r, &b);
             inner->ended = n;
             if (r->flow) /* left by break or continue: as in Jinja2, the name is not set */
                 break;
-            v = vbuf(r, &b);
         }
         if (n->name2) {
             struct val ns = lookup(r, fr, n->name);
@@ -4321,12 +4346,8 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         buf_add(r, &b, "", 0);
         exec(r, inner, n->b, &b);
         struct val v = { 0 };
-        if (!r->flow) { /* not left by break or continue, when Jinja2 filters and writes nothing */
-            r->slot = vbuf(r, &b);
-            r->cur = inner;
-            v = eval(r, n->a);
-            r->cur = fr;
-        }
+        if (!r->flow) /* not left by break or continue, when Jinja2 filters and writes nothing */
+            v = filter_slot(r, inner, n->a, vbuf(r, &b));
         inner->ended = n;
         if (r->flow)
             break;

@@ -7,9 +7,9 @@
  * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y ...] in
  * expr [if cond] %} with else, loop.*, loop.cycle() and loop.changed(),
  * break / continue, {% set %} (names, several names unpacking a value,
- * namespace attributes, blocks), {% with %}, {% filter %}, {% macro %}
- * (caller, varargs, kwargs) and calls, {% call %}, {% raw %},
- * {% generation %}; whitespace control with - and +; literals (strings,
+ * namespace attributes, blocks, blocks through filters), {% with %},
+ * {% filter %}, {% macro %} (caller, varargs, kwargs) and calls, {% call %},
+ * {% raw %}, {% generation %}; whitespace control with - and +; literals (strings,
  * numbers, lists, tuples, dicts, true/false/none), arithmetic, comparisons,
  * in, and/or/not, ~, % formatting, conditional expressions, slices, the
  * common filters, tests and string/dict methods (moe_jinja_compile names

@@ -416,6 +416,12 @@ CASES = [
      "{% if i == 3 %}{% continue %}{% endif %}{% endset %}{% set ns.w %}{{ i }}{% break %}{% endset %}{% endfor %}"
      "[{{ ns.v }}][{{ ns.w }}]{% for i in [1, 2] %}{% set ns.u %}{{ i }}{% if i == 2 %}{% continue %}{% endif %}"
      "{% endset %}{% endfor %}[{{ ns.u }}]", {}),
+    # a set block through filters: their arguments see the body's sets, the value need not be text
+    ("set-block-filter", "{% set x | replace('a', y) | title %}{% set y = 'q' %}abc{% endset %}[{{ x }}{{ y }}]|"
+     "{% set n | length %}abc{% endset %}{{ n + 1 }}|{% set ns = namespace() %}{% set ns.t | indent(2, true) %}\n"
+     "  a\nb{% endset %}[{{ ns.t }}]|{% for i in [1, 2] %}{% set s | upper %}a{{ i }}{% if i == 2 %}{% break %}"
+     "{% endif %}{% endset %}{{ s }}{% endfor %}|{% set l | list %}ab{% endset %}{{ l }}", {}),
+    ("set-block-filter-missing", "{% set x | %}xy{% endset %}", {}),
     ("set-block", "{% set v %}  block {{ 1 + 1 }}{% endset %}[{{ v }}]", {}),
     ("namespace", "{% set ns = namespace(a=1, items=[]) %}{% for i in range(3) %}{% set ns.a = ns.a * 2 %}{% endfor %}"
      "{{ ns.a }} {{ ns.items }}", {}),

@@ -2574,7 +2574,8 @@ static struct val lookup(struct render *r, struct frame *fr, const char *name)
                     "macro '%s' uses '%s' of a %s that has ended: call the macro inside it, or pass '%s' as an "
                     "argument", r->macro ? r->macro->n->name : "?", name,
                     fr->ended->k == N_FOR ? "for loop iteration" : fr->ended->k == N_WITH ? "with block"
-                    : fr->ended->k == N_FILTER ? "filter block" : "set block", name);
+                    : fr->ended->k == N_FILTER ? "filter block" : fr->ended->k == N_BLOCK ? "for loop's else block"
+                    : "set block", name);
         if (v)
             return *v;
     }
@@ -4251,8 +4252,12 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         }
         r->flow = 0;
     }
-    if (!finished && n->c) /* as Jinja2: else also when every body was left early */
-        exec(r, fr, n->c, out);
+    if (!finished && n->c) { /* as Jinja2: else also when every body was left early; its sets stay in it */
+        struct frame *else_fr = r_alloc(r, sizeof(*else_fr));
+        *else_fr = (struct frame){ .up = fr };
+        exec(r, else_fr, n->c, out);
+        else_fr->ended = n->c;
+    }
 }
 
 /* A filter or set block's filters (on an E_SLOT) applied to its text, their arguments seeing the body's

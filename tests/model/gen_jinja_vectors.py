@@ -389,6 +389,9 @@ CASES = [
      "{% endfor %}", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
                                   {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]}),
     ("for-else", "{% for x in [] %}x{% else %}empty{% endfor %}|{% for x in nothing %}x{% else %}none{% endfor %}", {}),
+    # the else block is a scope of its own: its sets and macros stay in it
+    ("for-else-scope", "{% set y = 0 %}{% for x in [] %}{% else %}{% set y = 1 %}{% set z = 2 %}{{ y }}"
+     "{% macro m() %}M{% endmacro %}{{ m() }}{% endfor %}[{{ y }}{{ z }}{{ m is defined }}]", {}),
     ("for-if", "{% for x in range(10) if x is odd %}{{ x }}{{ ',' if not loop.last }}{% endfor %}", {}),
     # the condition sees the names unpacked, as the body does (a tool's fields without its "return")
     ("for-if-unpack", "{% for key, val in tool.items() if key != 'return' %}{{ key }}={{ val | tojson }}"

@@ -246,6 +246,7 @@ struct compiler {
      * assignment (Jinja2's find_undeclared: the macro takes it as a special parameter), 2 assigned first */
     uint8_t scan[JJ_MAX_DEPTH + 1][MOE_ARRAY_LEN(SPECIAL_NAMES)];
     int nscan;
+    int loops;        /* for loop bodies around the statement being parsed, in its macro body (or the top) */
 };
 
 /* A name read (store false) or assigned, as the macro bodies being parsed see it. */
@@ -1335,7 +1336,9 @@ static struct node *parse_for(struct compiler *c, int line)
     expect_block_end(c);
     static const char *const ends[] = { "else", "endfor" };
     const char *which;
+    c->loops++;
     n->b = parse_body(c, ends, 2, &which);
+    c->loops--;
     n->c = parse_else(c, which, "endfor");
     return n;
 }
@@ -1419,7 +1422,10 @@ static struct node *parse_macro_rest(struct compiler *c, struct node *n, bool pa
     if (c->nscan > JJ_MAX_DEPTH)
         fail_at(&c->f, MOE_ENOTSUP, n->line, "macros nested deeper than %d", JJ_MAX_DEPTH);
     memset(c->scan[c->nscan++], 0, sizeof(c->scan[0]));
+    int loops = c->loops; /* a macro's body is a function of its own: no loop around it to break */
+    c->loops = 0;
     n->b = parse_until(c, end);
+    c->loops = loops;
     c->nscan--;
     for (size_t k = 0; k < MOE_ARRAY_LEN(SPECIAL_NAMES); k++) {
         int param = -1; /* a parameter of that name is an ordinary one */
@@ -1502,6 +1508,8 @@ static struct node *parse_statement(struct compiler *c)
         if (accept_name(c, blocks[i].name))
             return blocks[i].parse(c, line);
     if (accept_name(c, "break") || accept_name(c, "continue")) {
+        if (!c->loops) /* Python's syntax error in Jinja2 (a macro's or call block's body counts no outer loop) */
+            fail_at(&c->f, MOE_EFORMAT, line, "'%s' outside a for loop", t->s[0] == 'b' ? "break" : "continue");
         struct node *n = new_node(c, t->s[0] == 'b' ? N_BREAK : N_CONTINUE, line);
         expect_block_end(c);
         return n;

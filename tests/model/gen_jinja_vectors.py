@@ -392,6 +392,16 @@ CASES = [
     # the else block is a scope of its own: its sets and macros stay in it
     ("for-else-scope", "{% set y = 0 %}{% for x in [] %}{% else %}{% set y = 1 %}{% set z = 2 %}{{ y }}"
      "{% macro m() %}M{% endmacro %}{{ m() }}{% endfor %}[{{ y }}{{ z }}{{ m is defined }}]", {}),
+    # break and continue only in a for loop's body, not around a macro's or call block's body
+    ("break-outside-loop", "a{% break %}b", {}),
+    ("break-in-macro-in-loop", "{% for x in [1, 2] %}{% macro m() %}{% break %}{% endmacro %}{{ x }}{% endfor %}", {}),
+    ("continue-in-call-block", "{% macro w() %}{{ caller() }}{% endmacro %}{% for x in [1, 2] %}{% call w() %}"
+     "{% continue %}{% endcall %}{{ x }}{% endfor %}", {}),
+    ("break-in-for-else", "{% for x in [1, 2] %}{% else %}{% break %}{% endfor %}", {}),
+    ("break-nested-blocks", "{% for y in [1] %}{% for x in [] %}{% else %}{% break %}{% endfor %}A{% endfor %}B|"
+     "{% for x in [1, 2] %}{% filter upper %}{% set s %}{% with %}{% if 1 %}{% break %}{% endif %}{% endwith %}"
+     "{% endset %}{% endfilter %}{{ x }}{% endfor %}|{% macro m() %}{% for x in [1, 2] %}{{ x }}{% break %}"
+     "{% endfor %}{% endmacro %}{{ m() }}", {}),
     ("for-if", "{% for x in range(10) if x is odd %}{{ x }}{{ ',' if not loop.last }}{% endfor %}", {}),
     # the condition sees the names unpacked, as the body does (a tool's fields without its "return")
     ("for-if-unpack", "{% for key, val in tool.items() if key != 'return' %}{{ key }}={{ val | tojson }}"

@@ -2605,6 +2605,11 @@ static _Noreturn void undefined_error(struct render *r, const struct val *v, int
 }
 
 /* obj.name or obj[key]: an item of a dict, else undefined (named for errors). */
+static int method_kind(const struct val *obj, const char *name);
+static struct val bound_method(struct render *r, const struct val *obj, const char *name);
+
+/* obj[key] as Jinja2's getitem: the item, else for a string key the method of that name (as getattr
+ * finds it: d['items'] of a dict without that key is its method), else undefined. */
 static struct val get_item(struct render *r, const struct val *obj, const struct val *key, int line)
 {
     if (obj->t == V_UNDEF)
@@ -2624,6 +2629,8 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
             return vstr(r, obj->s->p + a, b - a);
         }
     }
+    if (key->t == V_STR && !memchr(key->s->p, 0, key->s->n) && method_kind(obj, key->s->p) == 1)
+        return bound_method(r, obj, key->s->p);
     struct buf b = { 0 };
     to_str(r, &b, key, line);
     return vundef(r_str(r, b.p ? b.p : "", b.n));
@@ -2646,8 +2653,12 @@ static struct val do_slice(struct render *r, const struct node *n)
     struct val obj = eval(r, n->a);
     if (obj.t == V_UNDEF)
         undefined_error(r, &obj, n->line);
-    if ((obj.t != V_LIST && obj.t != V_STR) || (obj.t == V_LIST && obj.l->gen))
-        return vundef(NULL); /* as Jinja2's failed subscript */
+    if (((obj.t != V_LIST && obj.t != V_STR) || (obj.t == V_LIST && obj.l->gen)) && n->a->k == E_LIT)
+        return vundef(NULL); /* 11[:2]: Jinja2 folds a literal's slice when it compiles, to its failed getitem */
+    if ((obj.t != V_LIST && obj.t != V_STR) || (obj.t == V_LIST && obj.l->gen)) /* else Python's TypeError */
+        fail_at(&r->f, MOE_EINVAL, n->line, "a %s cannot be sliced (only a string, list or tuple)",
+                obj.t == V_LIST ? "generator (select, map, ...; apply |list first)"
+                : obj.t == V_DICT && obj.d->loop ? "loop" : type_name(&obj));
     int64_t len = obj.t == V_LIST ? (int64_t)obj.l->n : (int64_t)cp_count(obj.s);
     int64_t stepv = slice_index(r, n->d, 1);
     if (stepv == 0)
@@ -2960,6 +2971,14 @@ static int method_kind(const struct val *obj, const char *name)
              : in_list(dict_changes, MOE_ARRAY_LEN(dict_changes), name) ? 2 : 0;
     default: return 0;
     }
+}
+
+/* obj.name, a method of obj (method_kind 1) not called yet. */
+static struct val bound_method(struct render *r, const struct val *obj, const char *name)
+{
+    struct bound *bm = r_alloc(r, sizeof(*bm));
+    *bm = (struct bound){ .self = *obj, .name = name };
+    return (struct val){ .t = V_METHOD, .bm = bm };
 }
 
 /* obj.name(args): the string, dict and loop methods. */
@@ -4086,11 +4105,8 @@ static struct val eval_node(struct render *r, const struct node *n)
     case E_ATTR: { /* a method, as Python's getattr finds it first; else the item */
         struct val o = eval(r, n->a);
         int kind = o.t == V_UNDEF ? 0 : method_kind(&o, n->name);
-        if (kind == 1) {
-            struct bound *bm = r_alloc(r, sizeof(*bm));
-            *bm = (struct bound){ .self = o, .name = n->name };
-            return (struct val){ .t = V_METHOD, .bm = bm };
-        }
+        if (kind == 1)
+            return bound_method(r, &o, n->name);
         return kind ? vundef(n->lit.s) : get_item(r, &o, &n->lit, n->line);
     }
     case E_INDEX: {

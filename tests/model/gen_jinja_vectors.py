@@ -342,6 +342,17 @@ CASES = [
      "{% macro t(spec) %}{% if spec.type == 'array' %}list[{{ t(spec.items) }}]{% elif spec.type is string %}"
      "{{ spec.type }}{% else %}?{% endif %}{% endmacro %}{{ t(schema) }}|{{ d.values() | list }}",
      {"d": {"items": 1, "pop": 2}, "s": "x", "schema": {"type": "array", "items": {"type": "string"}}}),
+    # x['name'] and attribute paths (selectattr, map(attribute=)) take the item, else the method of that name
+    ("getitem-methods", "{{ d['keys']() | list }} {{ [1, 1]['count'](1) }} {{ 'ab'['upper']() }} [{{ d['pop'] }}] "
+     "{{ d['get'] is defined }} {{ d['a'] }} [{{ d.keys[0] }}] {{ m | selectattr('items') | list | length }} "
+     "{{ m | rejectattr('items') | list | length }} {{ m | selectattr('pop') | list | length }} "
+     "{{ l | map(attribute='count') | select('callable') | list | length }} {{ m | map(attribute='get') | first is callable }}",
+     {"d": {"a": 1}, "m": [{"items": 1}, {"b": 2}], "l": [[1], [2]]}),
+    # a slice of what is not a string, list or tuple fails (a literal's, folded when Jinja2 compiles, is undefined)
+    ("slice-number", "{{ n[1:] }}", {"n": 5}),
+    ("slice-none", "{{ z[:1] }}", {"z": None}),
+    ("slice-method", "{{ d.keys[:] }}", {"d": {}}),
+    ("slice-dict", "{{ d[1:] }}", {"d": {}}),
     ("attribute-method-unsafe", "{{ d.update({'a': 1}) }}", {"d": {}}),
     ("attribute-paths", "{{ m|map(attribute='a.0')|list }} {{ l|map(attribute='1')|list }} "
      "{{ l|map(attribute=1)|list }} {{ m|map(attribute='k.1')|list }} {{ m|map(attribute='0')|list }} "

@@ -2712,6 +2712,21 @@ static struct list *iter_list(struct render *r, const struct val *v, int line)
     fail_at(&r->f, MOE_EINVAL, line, "a %s is not iterable", type_name(v));
 }
 
+/* Whether Python can hash v (a set's or dict's key): not a list or dict, nor a tuple holding one. */
+static bool hashable(struct render *r, const struct val *v, int line)
+{
+    if (v->t == V_LIST && !v->l->gen) {
+        if (!v->l->tuple)
+            return false;
+        value_enter(r, line);
+        bool ok = true;
+        for (size_t i = 0; i < v->l->n && ok; i++) ok = hashable(r, &v->l->v[i], line);
+        r->vdepth--;
+        return ok;
+    }
+    return v->t != V_DICT || v->d->ns || v->d->loop;
+}
+
 static bool contains(struct render *r, const struct val *item, const struct val *in, int line)
 {
     if (in->t == V_STR) {
@@ -2719,8 +2734,12 @@ static bool contains(struct render *r, const struct val *item, const struct val 
             fail_at(&r->f, MOE_EINVAL, line, "'in <string>' needs a string on the left, not %s", type_name(item));
         return item->s->n == 0 || find_bytes(in->s->p, in->s->n, item->s->p, item->s->n) != NULL;
     }
-    if (in->t == V_DICT && !in->d->ns)
+    if (in->t == V_DICT && !in->d->ns) {
+        if (!hashable(r, item, line))
+            fail_at(&r->f, MOE_EINVAL, line, "'in <dict>' needs a key on the left, not a %s (a list or dict cannot be "
+                    "one)", type_name(item));
         return item->t == V_STR && dict_get(in->d, item->s->p, item->s->n) != NULL;
+    }
     const struct list *l = iter_list(r, in, line);
     for (size_t i = 0; i < l->n; i++)
         if (equal(r, item, &l->v[i]))
@@ -3812,6 +3831,9 @@ static struct val filter(struct render *r, const struct node *n)
         l->gen = true;
         for (size_t i = 0; i < src->n; i++) {
             struct val k = sort_key(r, attr ? attr_path(r, &src->v[i], attr, NULL, line) : src->v[i], sens);
+            if (!hashable(r, &k, line)) /* Jinja2 keeps what it has seen in a set */
+                fail_at(&r->f, MOE_EINVAL, line, "unique: a %s cannot be compared as a set's item (a list or dict)",
+                        type_name(&k));
             bool seen = false;
             for (size_t j = 0; j < l->n && !seen; j++) {
                 step(r, line);

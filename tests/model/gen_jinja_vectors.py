@@ -234,6 +234,12 @@ CASES = [
     ("compare", "{{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 'a' < 'b' }} {{ 1 == 1.0 }} {{ true == 1 }} {{ [1,2] == [1,2] }} "
      "{{ 'a' != 'a' }} {{ 2 >= 2 }} {{ none == none }}", {}),
     ("in", "{{ 'b' in 'abc' }} {{ 'x' not in 'abc' }} {{ 2 in [1,2] }} {{ 'k' in {'k': 1} }} {{ '' in 'a' }}", {}),
+    # a dict's keys and unique's seen items are hashed: a list or dict (or a tuple holding one) cannot be one
+    ("in-dict-hashable", "{{ (1, 'a') in d }} {{ 1 in d }} {{ none in d }} {{ 'a' in d }} {{ d.keys in d }} "
+     "{{ [1] in [[1]] }} {{ [(1, 2), (1, 2)] | unique | list }}", {"d": {"a": 1}}),
+    ("in-dict-list", "{{ [1] in d }}", {"d": {"a": 1}}),
+    ("in-dict-tuple-list", "{{ (1, [2]) in d }}", {"d": {}}),
+    ("unique-dicts", "{{ m | unique | list }}", {"m": [{"a": 1}]}),
     ("logic", "{{ 0 or 'x' }} {{ 1 and 'y' }} {{ not 0 }} {{ not 'a' == 'b' }} {{ none or [] or 'z' }}", {}),
     ("cond", "{{ 'yes' if 1 else 'no' }} {{ 'yes' if 0 else 'no' }} [{{ 'only' if 0 }}]", {}),
     ("print", "{{ none }} {{ true }} {{ [1, 'a', none, 2.0, [true]] }} {{ {'a': 1, 'b': 'c\\'d'} }} {{ \"it's\" }} "

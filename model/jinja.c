@@ -115,6 +115,8 @@ struct list {
     bool tuple;  /* written (a, b): printed with parentheses */
     bool gen;    /* made by select, reject, map, unique or reverse, which Jinja2 makes generators:
                     always true, no length or index, not printable; |list makes it a list */
+    const int64_t *range; /* made by range() (or sliced from one): its start, stop and step, as Python's range
+                             prints (range(0, 3)), slices and compares; no JSON, no + or * */
 };
 
 struct dict {
@@ -1785,6 +1787,20 @@ static struct list *new_list(struct render *r, size_t n)
     return l;
 }
 
+/* range(start, stop, step) of its cnt items. */
+static struct val new_range(struct render *r, int64_t start, int64_t stop, int64_t stepv, int64_t cnt)
+{
+    struct list *l = new_list(r, (size_t)cnt);
+    for (int64_t k = 0; k < cnt; k++) /* each between start and stop; k * stepv alone may be past int64_t */
+        l->v[k] = vint((int64_t)((uint64_t)start + (uint64_t)k * (uint64_t)stepv));
+    int64_t *rg = r_alloc(r, 3 * sizeof(*rg));
+    rg[0] = start;
+    rg[1] = stop;
+    rg[2] = stepv;
+    l->range = rg;
+    return (struct val){ .t = V_LIST, .l = l };
+}
+
 static struct dict *new_dict(struct render *r)
 {
     return r_alloc(r, sizeof(struct dict));
@@ -1856,7 +1872,7 @@ static const char *type_name(const struct val *v)
 {
     static const char *const names[] = { "undefined", "none", "bool", "int", "float", "string", "list", "dict",
                                          "function", "macro", "method" };
-    return v->t == V_DICT && v->d->ns ? "namespace" : names[v->t];
+    return v->t == V_DICT && v->d->ns ? "namespace" : v->t == V_LIST && v->l->range ? "range" : names[v->t];
 }
 
 static bool truthy(const struct val *v)
@@ -1910,7 +1926,7 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
     case V_LIST:
         if (a->l->gen || b->l->gen)
             return a->l == b->l;
-        if (a->l->n != b->l->n || a->l->tuple != b->l->tuple)
+        if (a->l->n != b->l->n || a->l->tuple != b->l->tuple || !a->l->range != !b->l->range)
             return false;
         for (size_t i = 0; i < a->l->n; i++)
             if (!equal(r, &a->l->v[i], &b->l->v[i]))
@@ -1956,7 +1972,7 @@ static int compare_rec(struct render *r, const struct val *a, const struct val *
         int c = memcmp(a->s->p, b->s->p, n);
         return c ? (c < 0 ? -1 : 1) : (a->s->n < b->s->n ? -1 : a->s->n > b->s->n);
     }
-    if (a->t == V_LIST && b->t == V_LIST) {
+    if (a->t == V_LIST && b->t == V_LIST && !a->l->range && !b->l->range) {
         for (size_t i = 0; i < a->l->n && i < b->l->n; i++) {
             if (equal(r, &a->l->v[i], &b->l->v[i]))
                 continue;
@@ -2105,6 +2121,14 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
         if (v->l->gen)
             fail_at(&r->f, MOE_EINVAL, line, "printing a generator (select, map, unique, reverse): apply |list "
                     "or |join first");
+        if (v->l->range) {
+            const int64_t *rg = v->l->range;
+            buf_addf(r, b, "range(%lld, %lld", (long long)rg[0], (long long)rg[1]);
+            buf_adds(r, b, rg[2] == 1 ? ")" : "");
+            if (rg[2] != 1)
+                buf_addf(r, b, ", %lld)", (long long)rg[2]);
+            break;
+        }
         buf_adds(r, b, v->l->tuple ? "(" : "[");
         for (size_t i = 0; i < v->l->n; i++) {
             if (i)
@@ -2217,7 +2241,7 @@ static void to_json(struct render *r, struct buf *b, const struct val *v, const 
     case V_LIST:
     case V_DICT: {
         bool list = v->t == V_LIST;
-        if ((!list && v->d->ns) || (list && v->l->gen))
+        if ((!list && v->d->ns) || (list && (v->l->gen || v->l->range)))
             break;
         size_t n = list ? v->l->n : v->d->n;
         buf_adds(r, b, list ? "[" : "{");
@@ -2671,6 +2695,15 @@ static struct val do_slice(struct render *r, const struct node *n)
     if (b < 0) b = b + len < lo ? lo : b + len;
     else if (b > hi) b = hi;
     int64_t cnt = stepv > 0 ? (b > a ? (b - a + stepv - 1) / stepv : 0) : (a > b ? (a - b - stepv - 1) / -stepv : 0);
+    if (obj.t == V_LIST && obj.l->range) { /* a range: range(start + a * step, start + b * step, step * stepv) */
+        const int64_t *rg = obj.l->range;
+        int64_t from, to, by;
+        if (__builtin_mul_overflow(a, rg[2], &from) || __builtin_add_overflow(from, rg[0], &from) ||
+            __builtin_mul_overflow(b, rg[2], &to) || __builtin_add_overflow(to, rg[0], &to) ||
+            __builtin_mul_overflow(rg[2], stepv, &by))
+            fail_at(&r->f, MOE_ERANGE, n->line, "a slice of a range past 64-bit integers");
+        return new_range(r, from, to, by, cnt);
+    }
     if (obj.t == V_LIST) {
         struct list *l = new_list(r, (size_t)cnt);
         l->tuple = obj.l->tuple;
@@ -2715,7 +2748,7 @@ static struct list *iter_list(struct render *r, const struct val *v, int line)
 /* Whether Python can hash v (a set's or dict's key): not a list or dict, nor a tuple holding one. */
 static bool hashable(struct render *r, const struct val *v, int line)
 {
-    if (v->t == V_LIST && !v->l->gen) {
+    if (v->t == V_LIST && !v->l->gen && !v->l->range) {
         if (!v->l->tuple)
             return false;
         value_enter(r, line);
@@ -2821,25 +2854,26 @@ static struct val call_builtin(struct render *r, int fn, const struct args *a, i
 {
     switch (fn) {
     case FN_RANGE: {
-        int64_t start = 0, stop, stepv = 1;
+        int64_t start = 0, stop = 0, stepv = 1;
         if (a->npos == 1) {
             stop = arg_int(r, a, 0, NULL, 0, "range", line);
-        } else if (a->npos == 2 || a->npos == 3) {
+        } else if (a->npos == 2 || a->npos == 3) { /* else refused below */
             start = arg_int(r, a, 0, NULL, 0, "range", line);
             stop = arg_int(r, a, 1, NULL, 0, "range", line);
             stepv = arg_int(r, a, 2, NULL, 1, "range", line);
-        } else {
-            fail_at(&r->f, MOE_EINVAL, line, "range() takes 1 to 3 arguments");
         }
+        if (a->npos < 1 || a->npos > 3 || a->nkw)
+            fail_at(&r->f, MOE_EINVAL, line, "range() takes 1 to 3 arguments, none by name");
         if (!stepv)
             fail_at(&r->f, MOE_EINVAL, line, "range() step must not be zero");
-        int64_t cnt = stepv > 0 ? (stop > start ? (stop - start + stepv - 1) / stepv : 0)
-                                : (start > stop ? (start - stop - stepv - 1) / -stepv : 0);
-        if (cnt > 1000000)
-            fail_at(&r->f, MOE_ERANGE, line, "range() of %lld items is too long", (long long)cnt);
-        struct list *l = new_list(r, (size_t)cnt);
-        for (int64_t k = 0; k < cnt; k++) l->v[k] = vint(start + k * stepv);
-        return (struct val){ .t = V_LIST, .l = l };
+        /* in unsigned arithmetic: stop - start may be past int64_t */
+        uint64_t span = stepv > 0 ? (stop > start ? (uint64_t)stop - (uint64_t)start : 0)
+                                  : (start > stop ? (uint64_t)start - (uint64_t)stop : 0);
+        uint64_t by = stepv > 0 ? (uint64_t)stepv : 0 - (uint64_t)stepv, cnt = span ? (span - 1) / by + 1 : 0;
+        if (cnt > 100000) /* the sandbox's MAX_RANGE */
+            fail_at(&r->f, MOE_ERANGE, line, "range() of %llu items is too long (100000 at most)",
+                    (unsigned long long)cnt);
+        return new_range(r, start, stop, stepv, (int64_t)cnt);
     }
     case FN_NAMESPACE:
     case FN_DICT: {
@@ -2977,7 +3011,7 @@ static int method_kind(const struct val *obj, const char *name)
     case V_LIST:
         if (obj->l->gen) /* a generator: none of these */
             return 0;
-        if (obj->l->tuple)
+        if (obj->l->tuple || obj->l->range)
             return strcmp(name, "count") && strcmp(name, "index") ? 0 : 1;
         return in_list(list_methods, MOE_ARRAY_LEN(list_methods), name) ? 1
              : in_list(list_changes, MOE_ARRAY_LEN(list_changes), name) ? 2 : 0;
@@ -3760,7 +3794,7 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "list")) {
         const struct list *src = iter_list(r, &v, line);
-        if (!src->gen && !src->tuple)
+        if (!src->gen && !src->tuple && !src->range)
             return (struct val){ .t = V_LIST, .l = src };
         struct list *l = new_list(r, src->n);
         if (src->n)
@@ -4018,7 +4052,7 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         buf_add(r, &o, b.s->p, b.s->n);
         return vbuf(r, &o);
     }
-    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.l->gen && !b.l->gen) {
+    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.l->gen && !b.l->gen && !a.l->range && !b.l->range) {
         if (a.l->tuple != b.l->tuple)
             fail_at(&r->f, MOE_EINVAL, line, "can only concatenate a %s to a %s", a.l->tuple ? "tuple" : "list",
                     a.l->tuple ? "tuple" : "list");
@@ -4037,7 +4071,8 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         for (int64_t i = 0; s->n && i < k; i++) buf_add(r, &o, s->p, s->n); /* the output bound stops it */
         return vbuf(r, &o);
     }
-    if (op == OP_MUL && ((a.t == V_LIST && bi && !a.l->gen) || (b.t == V_LIST && ai && !b.l->gen))) {
+    if (op == OP_MUL && ((a.t == V_LIST && bi && !a.l->gen && !a.l->range) ||
+                         (b.t == V_LIST && ai && !b.l->gen && !b.l->range))) {
         const struct list *src = a.t == V_LIST ? a.l : b.l;
         int64_t k = a.t == V_LIST ? inum(&b) : inum(&a);
         if (k < 0 || !src->n)

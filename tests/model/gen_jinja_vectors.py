@@ -431,6 +431,22 @@ CASES = [
      "{{ loop.index }} {% endfor %}", {}),
     ("for-dict", "{% for k in {'b': 1, 'a': 2} %}{{ k }}{% endfor %}", {}),
     ("range", "{{ range(3) | list }} {{ range(1, 7, 2) | list }} {{ range(5, 0, -2) | list }} {{ range(0) | list }}", {}),
+    # range() is Python's range: printed as range(a, b), sliced to a range, equal to ranges only, no JSON, no + or *
+    ("range-object", "{{ range(3) }} {{ range(1, 7, 2) }} {{ range(5, 0, -2)[::-1] }} {{ range(10)[2:8:3] }} "
+     "{{ range(10)[::-1] }} {{ range(3)[5:] }} {{ range(0, 10, 3)[1:] }} {{ range(3) == [0, 1, 2] }} "
+     "{{ range(0) == range(2, 2) }} {{ range(0, 3, 2) == range(0, 4, 2) }} {{ [range(2)] }} {{ range(2) ~ '' }} "
+     "{{ '%s|%r' % (range(2), range(1, 2)) }} {{ range(2) | string }} {{ range(3) | list }} {{ range(3) | join(',') }} "
+     "{{ range(3)[1] }} {{ 1 in range(3) }} {{ range(3) | sum }} {{ range(3) is sequence }} {{ range(4).index(2) }} "
+     "{{ range(4).count(5) }} {{ range(2) in {'a': 1} }} {{ range(3) | reverse | list }} {{ range(3) | sort(reverse=true) }} "
+     "{% set a, b = range(2) %}{{ a }}{{ b }} {{ range(100000) | length }} "
+     "{{ range(9223372036854775807, -9223372036854775807, -9223372036854775807) }}", {}),
+    ("range-tojson", "{{ range(3) | tojson }}", {}),
+    ("range-add", "{{ [1] + range(3) }}", {}),
+    ("range-mul", "{{ range(3) * 2 }}", {}),
+    ("range-order", "{{ range(3) < range(4) }}", {}),
+    ("range-too-long", "{{ range(100001) | length }}", {}),
+    ("range-huge", "{{ range(-9223372036854775807, 9223372036854775807) | length }}", {}),
+    ("range-keyword", "{{ range(1, stop=3) | list }}", {}),
     # several names at once, and tuples without parentheses
     ("tuples-unpacking", "{% set a, b = 1, 2 %}{{ a }}{{ b }}|{% set c = 3, 'x' %}{{ c }}|{% set (x, y) = 'xy' %}{{ y }}{{ x }}|"
      "{% set (k,) = {'only': 1} %}{{ k }}|{{ 1, 2 }}|{{ 'a', }}|{% for p, q, r in [(1, 2, 3), 'abc'] %}{{ r }}{{ q }}{{ p }};"

@@ -133,7 +133,7 @@ int main(void)
                        MOE_ERANGE, "steps");
     check_render_fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", MOE_ERANGE, "output longer");
     /* small pieces that land on exactly the limit, then go on past it */
-    check_render_fails("{{ range(1, 700000) }}", MOE_ERANGE, "output longer");
+    check_render_fails("{{ (range(100000) | list) * 7 }}", MOE_ERANGE, "output longer");
     check_render_fails("{{ 'x' * 4194304 }}{{ 'y' }}", MOE_ERANGE, "output longer");
     check_render_fails("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", MOE_ERANGE, "deeper");
     check_render_fails("{{ 9223372036854775807 + 1 }}", MOE_ERANGE, "overflow");
@@ -167,7 +167,7 @@ int main(void)
     static const char *const nest[] = { "{{ ns.x }}", "{{ ns.x | tojson }}", "{{ ns.x == ns.x }}", "{{ ns.x < ns.x }}" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(nest); i++) {
         char nested[256];
-        snprintf(nested, sizeof(nested), "{%% set ns = namespace(x=1) %%}{%% for i in range(200000) %%}{%% set ns.x = "
+        snprintf(nested, sizeof(nested), "{%% set ns = namespace(x=1) %%}{%% for i in range(100000) %%}{%% set ns.x = "
                  "[ns.x] %%}{%% endfor %%}%s", nest[i]);
         check_render_fails(nested, MOE_ERANGE, "nested deeper");
     }

@@ -3034,6 +3034,29 @@ static struct val bound_method(struct render *r, const struct val *obj, const ch
     return (struct val){ .t = V_METHOD, .bm = bm };
 }
 
+/* The optional start and end of str.find(sub, start, end) and its kin, arguments i and i + 1 (none: the
+ * whole string), as Python adjusts them (negative from the end, end clamped); *cs, *ce in characters (*cs
+ * may be past the end), *bs, *be in bytes. */
+static void str_span(struct render *r, const struct str *s, const struct args *a, int i, const char *name, int line,
+                     int64_t *cs, int64_t *ce, size_t *bs, size_t *be)
+{
+    int64_t len = (int64_t)cp_count(s), v[2] = { 0, len };
+    for (int k = 0; k < 2; k++) {
+        const struct val *x = arg(a, i + k, NULL);
+        if (!x || x->t == V_NONE)
+            continue;
+        if (x->t != V_INT && x->t != V_BOOL)
+            fail_at(&r->f, MOE_EINVAL, line, "%s: slice indices must be integers or none, not %s", name, type_name(x));
+        v[k] = inum(x);
+        if (v[k] < 0)
+            v[k] = v[k] + len < 0 ? 0 : v[k] + len;
+    }
+    *cs = v[0];
+    *ce = v[1] > len ? len : v[1];
+    *bs = *cs <= len ? cp_offset(s, (size_t)*cs) : s->n;
+    *be = cp_offset(s, (size_t)*ce);
+}
+
 /* obj.name(args): the string, dict and loop methods. */
 static struct val call_method(struct render *r, const struct val *obj, const char *name, const struct args *a,
                               int line)
@@ -3043,6 +3066,9 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         if (!strcmp(name, "startswith") || !strcmp(name, "endswith")) {
             const struct val *p = arg(a, 0, NULL);
             bool start = name[0] == 's';
+            int64_t cs, ce;
+            size_t bs, be;
+            str_span(r, s, a, 1, name, line, &cs, &ce, &bs, &be);
             const struct val *cands = p;
             size_t nc = 1;
             if (p && p->t == V_LIST) {
@@ -3054,8 +3080,9 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             for (size_t i = 0; p && i < nc; i++) {
                 if (cands[i].t != V_STR)
                     fail_at(&r->f, MOE_EINVAL, line, "%s: the argument must be a string", name);
-                const struct str *x = cands[i].s;
-                if (x->n <= s->n && !memcmp(start ? s->p : s->p + s->n - x->n, x->p, x->n))
+                const struct str *x = cands[i].s; /* within s[cs:ce], as Python's tailmatch */
+                if (ce - cs >= (int64_t)cp_count(x) && x->n <= be - bs &&
+                    !memcmp(start ? s->p + bs : s->p + be - x->n, x->p, x->n))
                     return vbool(true);
             }
             if (!p)
@@ -3130,9 +3157,13 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             const struct str *x = arg_str(r, a, 0, NULL, name, line);
             if (!x)
                 fail_at(&r->f, MOE_EINVAL, line, "%s() needs a string", name);
+            int64_t cs, ce; /* in s[cs:ce] (start and end arguments), as Python searches */
+            size_t bs, be;
+            str_span(r, s, a, 1, name, line, &cs, &ce, &bs, &be);
+            bool fits = ce - cs >= (int64_t)cp_count(x) && x->n <= be - bs;
             if (strcmp(name, "count")) { /* the first (or, r..., the last) place of x, in characters */
-                const char *hit = name[0] == 'r' ? NULL : find_bytes(s->p, s->n, x->p, x->n);
-                for (size_t at = s->n - x->n + 1; name[0] == 'r' && x->n <= s->n && at-- > 0;)
+                const char *hit = name[0] == 'r' || !fits ? NULL : find_bytes(s->p + bs, be - bs, x->p, x->n);
+                for (size_t at = be - x->n + 1; name[0] == 'r' && fits && at-- > bs;)
                     if (!memcmp(s->p + at, x->p, x->n)) {
                         hit = s->p + at;
                         break;
@@ -3141,10 +3172,12 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
                     fail_at(&r->f, MOE_EINVAL, line, "%s: substring not found", name);
                 return vint(hit ? (int64_t)utf8_count(s->p, (size_t)(hit - s->p)) : -1);
             }
+            if (!fits)
+                return vint(0);
             if (!x->n)
-                return vint((int64_t)cp_count(s) + 1);
+                return vint(ce - cs + 1);
             int64_t k = 0;
-            for (const char *q = s->p; (q = find_bytes(q, s->n - (size_t)(q - s->p), x->p, x->n)); q += x->n) k++;
+            for (const char *q = s->p + bs; (q = find_bytes(q, be - (size_t)(q - s->p), x->p, x->n)); q += x->n) k++;
             return vint(k);
         }
     } else if (obj->t == V_LIST && !obj->l->gen && (!strcmp(name, "index") || !strcmp(name, "count"))) {

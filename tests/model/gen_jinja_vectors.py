@@ -298,6 +298,15 @@ CASES = [
      "{{ 'y</x>'.removesuffix('</x>') }} {{ 'y'.removeprefix('z') }} {{ 'h\u00e9llo'.rfind('l') }} "
      "{{ 'abc'.rfind('') }} {{ 'abc'.index('c') }} {{ 'abab'.rindex('ab') }} {{ [1, 2, 1].index(1) }} "
      "{{ [1, 2, 1].count(1) }} {{ (1, 2).index(2) }} {{ 'abc'.rfind('z') }}", {}),
+    # start and end of find, rfind, index, rindex, count, startswith and endswith, in characters, as Python's
+    ("methods-start-end", "{{ s.find('b', 2) }} {{ s.find('a', -2) }} {{ s.rfind('b', 0, 4) }} {{ s.rfind('', 2, 4) }} "
+     "{{ s.find('', 7) }} {{ s.find('', 6) }} {{ s.index('a', 1, none) }} {{ s.rindex('ab', -6, -1) }} "
+     "{{ s.count('b', 2) }} {{ s.count('', 2, 4) }} {{ s.count('', 9) }} {{ s.count('a', 3, 1) }} "
+     "{{ s.startswith('é', 2) }} {{ s.startswith('ab', -2) }} {{ s.startswith('', 7) }} {{ s.endswith('é', 0, 3) }} "
+     "{{ s.endswith(('x', 'ba'), 1, 5) }} {{ s.startswith('a', none, 0) }} {{ s.find('ab', -10, 10) }}",
+     {"s": "abébab"}),
+    ("methods-index-start-missing", "{{ 'abc'.index('a', 1) }}", {}),
+    ("methods-find-bad-start", "{{ 'abc'.find('a', '1') }}", {}),
     ("methods-index-missing", "{{ 'abc'.index('z') }}", {}),
     ("methods-list-index-missing", "{{ [1].index(2) }}", {}),
     ("methods-split-empty", "{{ 'abc'.split('') }}", {}),

@@ -11,6 +11,7 @@
  * (the output buffer).  A compiled template is immutable and can be rendered
  * from several threads at once. */
 #include "jinja.h"
+#include "tokenizer_unicode.h"
 #include "utf8.h"
 
 #include <errno.h>
@@ -333,6 +334,25 @@ static bool is_name_start(char ch)
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
 }
 
+/* Bytes of the name character at src[i], 0 for none: ASCII letters, digits and _, and beyond ASCII what
+ * Jinja2's names take, Unicode letters, digits, marks and connectors. *kind: 2 one that may begin a Python
+ * identifier (letters, _), 1 one that may follow (digits, marks, connectors), 0 one that Jinja2 reads into a
+ * name but Python refuses there (other numbers: a² is not a name). */
+static bool is_digit(char ch);
+static size_t name_char(const struct compiler *c, size_t i, int *kind)
+{
+    unsigned char ch = (unsigned char)c->src[i];
+    if (ch < 0x80) {
+        *kind = is_name_start((char)ch) ? 2 : 1;
+        return is_name_start((char)ch) || is_digit((char)ch);
+    }
+    uint32_t cp;
+    size_t l = moe_utf8_next((const unsigned char *)c->src + i, c->len - i, &cp);
+    uint32_t gc = l ? moe_tok_range_lookup(moe_tok_gc_ranges, moe_tok_n_gc_ranges, cp, MOE_TOK_GC_CN) : MOE_TOK_GC_CN;
+    *kind = gc <= MOE_TOK_GC_LO || gc == MOE_TOK_GC_NL ? 2 : gc == MOE_TOK_GC_NO ? 0 : 1;
+    return gc <= MOE_TOK_GC_MC || (gc >= MOE_TOK_GC_ND && gc <= MOE_TOK_GC_NO) || gc == MOE_TOK_GC_PC ? l : 0;
+}
+
 static bool is_digit(char ch)
 {
     return ch >= '0' && ch <= '9';
@@ -444,12 +464,15 @@ static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *stri
         else if ((s[0] == ')' || s[0] == ']' || s[0] == '}') && open > 0)
             open--;
         struct token *t = push_tok(c, T_OP, line_of(c, *i));
+        int kind;
         if (s[0] == '\'' || s[0] == '"') {
             lex_string(c, i, end, t);
-        } else if (is_name_start(s[0])) {
+        } else if (!is_digit(s[0]) && name_char(c, *i, &kind)) {
             size_t j = *i;
-            while (j < end && (is_name_start(c->src[j]) || is_digit(c->src[j])))
-                j++;
+            for (size_t k; j < end && (k = name_char(c, j, &kind)); j += k)
+                if (kind < (j == *i ? 2 : 1)) /* Python's isidentifier(), which Jinja2 asks */
+                    fail_at(&c->f, MOE_EFORMAT, t->line, "'%.*s' is not a name: a name begins with a letter or _ "
+                            "and goes on with letters, digits and _", (int)(j + k - *i), s);
             t->k = T_NAME;
             t->s = s;
             t->n = j - *i;
@@ -508,7 +531,8 @@ static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *stri
                 t->n = 1;
                 *i += 1;
             } else {
-                fail_at(&c->f, MOE_EFORMAT, t->line, "unexpected character '%c' in a tag", s[0]);
+                fail_at(&c->f, MOE_EFORMAT, t->line, "unexpected character '%.*s' in a tag",
+                        (int)moe_utf8_next((const unsigned char *)s, end - *i, &(uint32_t){ 0 }), s);
             }
         }
     }
@@ -552,8 +576,8 @@ static bool bare_tag(const struct compiler *c, size_t i, const char *name, char 
         return false;
     *open = j < c->len && (c->src[j] == '-' || c->src[j] == '+') ? c->src[j++] : 0;
     j = skip_space(c, j);
-    if (c->len - j < n || memcmp(c->src + j, name, n) ||
-        (j + n < c->len && (is_name_start(c->src[j + n]) || is_digit(c->src[j + n]))))
+    int kind;
+    if (c->len - j < n || memcmp(c->src + j, name, n) || (j + n < c->len && name_char(c, j + n, &kind)))
         return false;
     j = skip_space(c, j + n);
     *close = j < c->len && (c->src[j] == '-' || c->src[j] == '+') ? c->src[j++] : 0;

@@ -220,6 +220,12 @@ CASES = [
     # "-" and lstrip_blocks take what Python calls whitespace (\s, str.rstrip()), and so do the gaps in a tag
     ("ws-unicode", "a\u3000\x1f {%- if 1 -%}\u00a0\u2028 b\n\u00a0\u3000{% if 1 %}c{% endif %}{% endif %}{{\u3000'd'\u00a0}}\n"
      "\x0c {# e #}f", {}),
+    # names are Python identifiers, Unicode letters, digits, marks and connectors among them
+    ("names-unicode", "{% set café = 2 %}{{ café * 3 }} {{ x.é }} {{ dict(é=1) }} [{{ é }}] "
+     "{% macro ü(ö) %}{{ ö }}{% endmacro %}{{ ü(ö=5) }} {{ x‿y is defined }} {{ Ⅻ is defined }} {{ é́ is defined }}",
+     {"x": {"é": 7}}),
+    ("names-unicode-digit-first", "{{ ٣ + 1 }}", {}),
+    ("names-superscript", "{{ a² }}", {}),
     ("raw", "{% raw %}{{ not parsed }}{% endraw %}!", {}),
     # {%+ raw %} keeps the line's indent, {% endraw %} lstrips the raw text's last line, {% raw +%} is no raw tag
     ("raw-whitespace", "a\n  {%+ raw %}b\n  {% endraw %}\nc\n  {% raw %}d\n  {%+ endraw %}\ne\n\u00a0{% raw -%}"

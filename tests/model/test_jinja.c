@@ -99,6 +99,7 @@ int main(void)
     check_refused("{{ x is defined is defined }}", MOE_EFORMAT, "tests cannot be chained");
     check_refused("{{ f(a=1, a=2) }}", MOE_EFORMAT, "keyword argument 'a' repeated");
     check_refused("{% macro m(a, b=1, c) %}{% endmacro %}", MOE_EFORMAT, "'c' without a default follows");
+    check_refused("{{ x\xf0\x9f\x98\x80 }}", MOE_EFORMAT, "unexpected character '\xf0\x9f\x98\x80' in a tag");
     check_refused("{% if x %}", MOE_EFORMAT, "missing {% endif %}");
     check_refused("{% endfor %}", MOE_EFORMAT, "unexpected {% endfor %}");
     check_refused("{{ 'abc }}", MOE_EFORMAT, "unterminated string");

@@ -2874,6 +2874,88 @@ static const struct val *arg_attr(struct render *r, const struct args *a, int i,
 
 static bool run_test(struct render *r, const char *name, const struct val *v, const struct args *a, int line);
 
+/* Python's signatures of the filters, tests, methods and functions, beyond the value they apply to: the
+ * parameters in order, space-separated, "name!" one that must be given, "/name" one taken by position only;
+ * "*" takes anything (it checks its own). */
+struct sig {
+    const char *name, *params;
+};
+static const struct sig FILTER_SIGS[] = {
+    { "abs", "" }, { "capitalize", "" }, { "count", "" }, { "d", "default_value boolean" },
+    { "default", "default_value boolean" }, { "dictsort", "case_sensitive by reverse" }, { "first", "" },
+    { "float", "default" }, { "format", "*" }, { "indent", "width first blank" }, { "int", "default base" },
+    { "items", "" }, { "join", "d attribute" }, { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" },
+    { "map", "*" }, { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "reject", "*" },
+    { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
+    { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
+    { "string", "" }, { "sum", "attribute start" }, { "title", "" },
+    { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
+    { "unique", "case_sensitive attribute" }, { "upper", "" },
+};
+static const struct sig TEST_SIGS[] = {
+    { "divisibleby", "num!" }, { "eq", "/b!" }, { "equalto", "/b!" }, { "ge", "/b!" }, { "gt", "/b!" },
+    { "in", "seq!" }, { "le", "/b!" }, { "lt", "/b!" }, { "ne", "/b!" }, { "sameas", "other!" },
+}; /* the others: none */
+static const struct sig STR_METHOD_SIGS[] = {
+    { "capitalize", "" }, { "count", "/sub! /start /end" }, { "endswith", "/suffix! /start /end" },
+    { "find", "/sub! /start /end" }, { "index", "/sub! /start /end" }, { "join", "/iterable!" }, { "lower", "" },
+    { "lstrip", "/chars" }, { "removeprefix", "/prefix!" }, { "removesuffix", "/suffix!" },
+    { "replace", "/old! /new! /count" }, { "rfind", "/sub! /start /end" }, { "rindex", "/sub! /start /end" },
+    { "rsplit", "sep maxsplit" }, { "rstrip", "/chars" }, { "split", "sep maxsplit" }, { "splitlines", "keepends" },
+    { "startswith", "/prefix! /start /end" }, { "strip", "/chars" }, { "title", "" }, { "upper", "" },
+};
+static const struct sig LIST_METHOD_SIGS[] = { { "count", "/value!" }, { "index", "/value! /start /stop" } };
+static const struct sig DICT_METHOD_SIGS[] = {
+    { "get", "/key! /default" }, { "items", "" }, { "keys", "" }, { "values", "" },
+};
+
+/* a against the signature of name in sigs (none there: dflt, NULL not checked), failing as Python's
+ * TypeError does. */
+static void check_args(struct render *r, const struct sig *sigs, size_t nsigs, const char *name, const char *dflt,
+                       const struct args *a, int line)
+{
+    const char *params = NULL;
+    for (size_t i = 0; i < nsigs && !params; i++)
+        if (!strcmp(sigs[i].name, name))
+            params = sigs[i].params;
+    params = params ? params : dflt;
+    if (!params || !strcmp(params, "*"))
+        return;
+    struct { const char *p; int n; bool need, pos_only; } ps[8];
+    int np = 0;
+    for (const char *p = params; *p; np++) {
+        ps[np].pos_only = *p == '/';
+        p += ps[np].pos_only;
+        ps[np].p = p;
+        ps[np].n = (int)strcspn(p, "! ");
+        p += ps[np].n;
+        ps[np].need = *p == '!';
+        p += ps[np].need;
+        p += *p == ' ';
+    }
+    if (a->npos > np && !np)
+        fail_at(&r->f, MOE_EINVAL, line, "%s() takes no arguments (%d given)", name, a->npos);
+    if (a->npos > np)
+        fail_at(&r->f, MOE_EINVAL, line, "%s() takes at most %d argument%s (%d given)", name, np, np == 1 ? "" : "s",
+                a->npos);
+    bool given[8] = { false };
+    for (int i = 0; i < a->npos; i++) given[i] = true;
+    for (int k = 0; k < a->nkw; k++) {
+        int i = 0;
+        while (i < np && (ps[i].pos_only || (int)strlen(a->names[k]) != ps[i].n ||
+                          memcmp(a->names[k], ps[i].p, (size_t)ps[i].n)))
+            i++;
+        if (i == np)
+            fail_at(&r->f, MOE_EINVAL, line, "%s() got an unexpected keyword argument '%s'", name, a->names[k]);
+        if (given[i])
+            fail_at(&r->f, MOE_EINVAL, line, "%s() got multiple values for argument '%s'", name, a->names[k]);
+        given[i] = true;
+    }
+    for (int i = 0; i < np; i++)
+        if (ps[i].need && !given[i])
+            fail_at(&r->f, MOE_EINVAL, line, "%s() is missing the argument '%.*s'", name, ps[i].n, ps[i].p);
+}
+
 static struct val call_builtin(struct render *r, int fn, const struct args *a, int line)
 {
     switch (fn) {
@@ -2918,8 +3000,10 @@ static struct val call_builtin(struct render *r, int fn, const struct args *a, i
             to_str(r, &b, &a->pos[0], line);
         fail_at(&r->f, MOE_EINVAL, 0, "%s", b.p ? b.p : "raise_exception()");
     }
-    case FN_STRFTIME: {
-        const struct str *fmt = arg_str(r, a, 0, NULL, "strftime_now", line);
+    case FN_STRFTIME: { /* the Hugging Face library's strftime_now(format) */
+        static const struct sig sig[] = { { "strftime_now", "format!" } };
+        check_args(r, sig, 1, "strftime_now", NULL, a, line);
+        const struct str *fmt = arg_str(r, a, 0, "format", "strftime_now", line);
         char tmp[256] = "";
         time_t now = time(NULL);
         struct tm tm;
@@ -3058,13 +3142,13 @@ static struct val bound_method(struct render *r, const struct val *obj, const ch
     return (struct val){ .t = V_METHOD, .bm = bm };
 }
 
-/* The optional start and end of str.find(sub, start, end) and its kin, arguments i and i + 1 (none: the
- * whole string), as Python adjusts them (negative from the end, end clamped); *cs, *ce in characters (*cs
- * may be past the end), *bs, *be in bytes. */
-static void str_span(struct render *r, const struct str *s, const struct args *a, int i, const char *name, int line,
-                     int64_t *cs, int64_t *ce, size_t *bs, size_t *be)
+/* The optional start and end of str.find(sub, start, end) and its kin (list.index too), arguments i and
+ * i + 1 (none: all len items), as Python adjusts them (negative from the end, end clamped; *cs may be past
+ * the end); str_span: in the characters of s, and *bs, *be in its bytes. */
+static void span_args(struct render *r, const struct args *a, int i, int64_t len, const char *name, int line,
+                      int64_t *cs, int64_t *ce)
 {
-    int64_t len = (int64_t)cp_count(s), v[2] = { 0, len };
+    int64_t v[2] = { 0, len };
     for (int k = 0; k < 2; k++) {
         const struct val *x = arg(a, i + k, NULL);
         if (!x || x->t == V_NONE)
@@ -3077,6 +3161,13 @@ static void str_span(struct render *r, const struct str *s, const struct args *a
     }
     *cs = v[0];
     *ce = v[1] > len ? len : v[1];
+}
+
+static void str_span(struct render *r, const struct str *s, const struct args *a, int i, const char *name, int line,
+                     int64_t *cs, int64_t *ce, size_t *bs, size_t *be)
+{
+    int64_t len = (int64_t)cp_count(s);
+    span_args(r, a, i, len, name, line, cs, ce);
     *bs = *cs <= len ? cp_offset(s, (size_t)*cs) : s->n;
     *be = cp_offset(s, (size_t)*ce);
 }
@@ -3085,6 +3176,12 @@ static void str_span(struct render *r, const struct str *s, const struct args *a
 static struct val call_method(struct render *r, const struct val *obj, const char *name, const struct args *a,
                               int line)
 {
+    if (obj->t == V_STR)
+        check_args(r, STR_METHOD_SIGS, MOE_ARRAY_LEN(STR_METHOD_SIGS), name, NULL, a, line);
+    else if (obj->t == V_LIST)
+        check_args(r, LIST_METHOD_SIGS, MOE_ARRAY_LEN(LIST_METHOD_SIGS), name, NULL, a, line);
+    else if (obj->t == V_DICT && !obj->d->loop)
+        check_args(r, DICT_METHOD_SIGS, MOE_ARRAY_LEN(DICT_METHOD_SIGS), name, NULL, a, line);
     if (obj->t == V_STR) {
         const struct str *s = obj->s;
         if (!strcmp(name, "startswith") || !strcmp(name, "endswith")) {
@@ -3208,8 +3305,10 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         const struct val *x = arg(a, 0, NULL);
         if (!x)
             fail_at(&r->f, MOE_EINVAL, line, "%s() needs a value", name);
-        int64_t k = 0;
-        for (size_t i = 0; i < obj->l->n; i++)
+        int64_t k = 0, from = 0, to = (int64_t)obj->l->n;
+        if (name[0] == 'i') /* index(x, start, stop) */
+            span_args(r, a, 1, to, name, line, &from, &to);
+        for (size_t i = (size_t)from; (int64_t)i < to; i++)
             if (equal(r, &obj->l->v[i], x)) {
                 if (name[0] == 'i')
                     return vint((int64_t)i);
@@ -3237,13 +3336,15 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             return (struct val){ .t = V_LIST, .l = l };
         }
         if (!strcmp(name, "get")) {
-            const struct val *k = arg(a, 0, NULL), *dflt = arg(a, 1, "default");
+            const struct val *k = arg(a, 0, NULL), *dflt = arg(a, 1, NULL);
+            if (k && !hashable(r, k, line))
+                fail_at(&r->f, MOE_EINVAL, line, "get: a %s cannot be a key (a list or dict)", type_name(k));
             const struct val *v = k && k->t == V_STR ? dict_get(d, k->s->p, k->s->n) : NULL;
             return v ? *v : dflt ? *dflt : (struct val){ .t = V_NONE };
         }
         if (d->loop && !strcmp(name, "cycle")) {
-            if (!a->npos)
-                fail_at(&r->f, MOE_EINVAL, line, "loop.cycle() needs arguments");
+            if (!a->npos || a->nkw)
+                fail_at(&r->f, MOE_EINVAL, line, "loop.cycle() needs arguments, none by name");
             const struct val *i0 = dict_get(d, "index0", 6);
             return a->pos[i0 ? inum(i0) % a->npos : 0];
         }
@@ -3638,6 +3739,7 @@ static struct val filter(struct render *r, const struct node *n)
     eval_args(r, n, &a);
     const char *f = n->name;
     int line = n->line;
+    check_args(r, FILTER_SIGS, MOE_ARRAY_LEN(FILTER_SIGS), f, NULL, &a, line);
     if (!strcmp(f, "length") || !strcmp(f, "count"))
         return vint(length(r, &v, line));
     if (!strcmp(f, "safe")) /* Markup(str(value)): a string */
@@ -3970,8 +4072,12 @@ static struct val filter(struct render *r, const struct node *n)
         struct list *l = new_list(r, src->n);
         l->n = 0;
         bool attr = !strcmp(f + strlen(f) - 4, "attr"), sel = f[0] == 's', map = f[0] == 'm';
-        const struct val *attribute = map ? arg_attr(r, &a, -1, "attribute", f, line) : NULL;
-        const struct val *dflt = map ? arg(&a, -1, "default") : NULL; /* map(attribute=, default=) */
+        /* map(attribute=, default=), without a filter's name before */
+        const struct val *attribute = map && !a.npos ? arg_attr(r, &a, -1, "attribute", f, line) : NULL;
+        const struct val *dflt = attribute ? arg(&a, -1, "default") : NULL;
+        for (int i = 0; attribute && i < a.nkw; i++)
+            if (strcmp(a.names[i], "attribute") && strcmp(a.names[i], "default"))
+                fail_at(&r->f, MOE_EINVAL, line, "map: unexpected keyword argument '%s'", a.names[i]);
         if (dflt && dflt->t == V_NONE)
             dflt = NULL; /* as Jinja2: a default of none is none given */
         int first = attr ? 1 : 0; /* selectattr(attr, test, args...) */
@@ -4002,8 +4108,12 @@ static struct val filter(struct render *r, const struct node *n)
             l->gen = true;
             return (struct val){ .t = V_LIST, .l = l };
         }
-        struct args targs = { 0 };
+        struct args targs = { 0 }; /* the test's: the arguments after its name, those by name too */
         for (int i = first + 1; i < a.npos; i++) targs.pos[targs.npos++] = a.pos[i];
+        for (int i = 0; tname && i < a.nkw; i++) {
+            targs.names[targs.nkw] = a.names[i];
+            targs.kw[targs.nkw++] = a.kw[i];
+        }
         for (size_t i = 0; i < src->n; i++) {
             if (map) {
                 l->v[l->n++] = attr_path(r, &src->v[i], attribute, dflt, line);
@@ -4029,7 +4139,8 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     for (size_t i = 0; i < MOE_ARRAY_LEN(aliases); i++)
         if (!strcmp(t, aliases[i][0]))
             t = aliases[i][1];
-    const struct val *x = arg(a, 0, NULL);
+    check_args(r, TEST_SIGS, MOE_ARRAY_LEN(TEST_SIGS), t, "", a, line);
+    const struct val *x = arg(a, 0, !strcmp(t, "in") ? "seq" : !strcmp(t, "sameas") ? "other" : NULL);
     if (!strcmp(t, "defined")) return v->t != V_UNDEF;
     if (!strcmp(t, "undefined")) return v->t == V_UNDEF;
     if (!strcmp(t, "none")) return v->t == V_NONE;

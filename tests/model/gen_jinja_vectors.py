@@ -316,6 +316,24 @@ CASES = [
     ("methods-index-missing", "{{ 'abc'.index('z') }}", {}),
     ("methods-list-index-missing", "{{ [1].index(2) }}", {}),
     ("methods-split-empty", "{{ 'abc'.split('') }}", {}),
+    # arguments as Python binds them: by name where the parameter has one, each once, none too many or missing
+    ("args-by-name", "{{ 'abc' | replace(old='a', new='b', count=1) }} {{ 3 is divisibleby(num=3) }} "
+     "{{ 3 is in(seq=[3]) }} {{ 3 is sameas(other=3) }} {{ [1, 2, 3, 6] | select('divisibleby', num=3) | list }} "
+     "{{ 'a b'.split(sep=' ', maxsplit=1) }} {{ 'a\nb'.splitlines(keepends=true) }} {{ [1, 2, 1, 3].index(1, 1) }} "
+     "{{ [1, 2, 1, 3].index(1, -2, 4) }} {{ d.get(1) }} {{ d.get('z', 5) }} {{ m | map(attribute='a', default=0) | list }}",
+     {"d": {"a": 1}, "m": [{"a": 1}, {}]}),
+    ("args-filter-twice", "{{ 'a\nb' | indent(2, width=3) }}", {}),
+    ("args-filter-too-many", "{{ 'abc' | upper(1) }}", {}),
+    ("args-filter-missing", "{{ 'abc' | replace('a') }}", {}),
+    ("args-filter-unknown-keyword", "{{ 'x' | tojson(indent=2, bad=1) }}", {}),
+    ("args-test-missing", "{{ 3 is divisibleby }}", {}),
+    ("args-test-extra", "{{ [1, 2, 3] | select('odd', 1) | list }}", {}),
+    ("args-method-keyword", "{{ 'abc'.find(sub='a') }}", {}),
+    ("args-method-too-many", "{{ d.keys(1) }}", {"d": {}}),
+    ("args-dict-get-keyword", "{{ d.get('a', default=1) }}", {"d": {}}),
+    ("args-list-index-range", "{{ [1, 2, 1].index(1, 1, 2) }}", {}),
+    ("args-map-attribute-keyword", "{{ m | map(attribute='a', x=1) | list }}", {"m": [{"a": 1}]}),
+    ("args-map-filter-attribute", "{{ ['a'] | map('upper', attribute='a') | list }}", {}),
     ("sort-join", "{{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ [3, 1, 2] | sort(reverse=true) }} "
      "{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }} {{ ', '.join(['x', 'y', 'z']) }} "
      "{{ ''.join('abc' | list | reverse) }}", dict(messages=CHAT)),

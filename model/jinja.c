@@ -11,6 +11,7 @@
  * (the output buffer).  A compiled template is immutable and can be rendered
  * from several threads at once. */
 #include "jinja.h"
+#include "jinja_case.h"
 #include "tokenizer_unicode.h"
 #include "utf8.h"
 
@@ -2387,69 +2388,113 @@ static struct val strip(struct render *r, const struct str *s, const struct str 
 /* Simple case mapping of the scripts chat text is mostly in: ASCII, Latin-1,
  * Latin Extended-A, Greek and Cyrillic; other characters stay as they are
  * (and 'ß' does not become "SS" as in Python). */
-static uint32_t to_upper(uint32_t c)
+/* cp's properties (enum moe_case_prop). */
+static unsigned case_props(uint32_t cp)
 {
-    if (c >= 'a' && c <= 'z') return c - 32;
-    if (c < 0x80) return c;
-    if ((c >= 0xe0 && c <= 0xfe && c != 0xf7)) return c - 32;
-    if (c == 0xff) return 0x178;
-    if (c >= 0x100 && c <= 0x17f && c != 0x130 && c != 0x131 && c != 0x138 && c != 0x149 && c != 0x17f) {
-        bool odd_lower = (c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e);
-        return odd_lower ? (c & 1 ? c : c - 1) : (c & 1 ? c - 1 : c);
+    unsigned lo = 0, hi = moe_case_n_props;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        if (cp < moe_case_props[mid].lo)
+            hi = mid;
+        else if (cp > moe_case_props[mid].hi)
+            lo = mid + 1;
+        else
+            return moe_case_props[mid].props;
     }
-    if (c >= 0x3b1 && c <= 0x3c9) return c == 0x3c2 ? 0x3a3 : c - 32;
-    if (c >= 0x430 && c <= 0x44f) return c - 32;
-    if (c >= 0x450 && c <= 0x45f) return c - 80;
-    return c;
+    return 0;
 }
 
-static uint32_t to_lower(uint32_t c)
+/* cp's full mapping which (0 upper, 1 lower, 2 title) into out, as Python's str methods map one character:
+ * its count, 1 to 3 ('ß' uppers to "SS"). */
+static size_t case_map(uint32_t cp, int which, uint32_t out[3])
 {
-    if (c >= 'A' && c <= 'Z') return c + 32;
-    if (c < 0x80) return c;
-    if (c >= 0xc0 && c <= 0xde && c != 0xd7) return c + 32;
-    if (c == 0x178) return 0xff;
-    if (c >= 0x100 && c <= 0x17f && c != 0x130 && c != 0x131 && c != 0x138 && c != 0x149 && c != 0x17f) {
-        bool odd_lower = (c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e);
-        return odd_lower ? (c & 1 ? c + 1 : c) : (c & 1 ? c : c + 1);
+    unsigned lo = 0, hi = moe_case_n_specials;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        if (cp < moe_case_specials[mid].cp) {
+            hi = mid;
+        } else if (cp > moe_case_specials[mid].cp) {
+            lo = mid + 1;
+        } else {
+            size_t n = 0;
+            for (; n < 3 && moe_case_specials[mid].map[which][n]; n++) out[n] = moe_case_specials[mid].map[which][n];
+            return n;
+        }
     }
-    if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) return c + 32;
-    if (c >= 0x410 && c <= 0x42f) return c + 32;
-    if (c >= 0x400 && c <= 0x40f) return c + 80;
-    return c;
+    out[0] = cp;
+    for (lo = 0, hi = moe_case_n_runs; lo < hi;) { /* the run holding cp, if any */
+        unsigned mid = lo + (hi - lo) / 2;
+        const struct moe_case_run *run = &moe_case_runs[mid];
+        if (cp < run->lo) {
+            hi = mid;
+        } else if (cp > run->hi) {
+            lo = mid + 1;
+        } else {
+            if ((cp - run->lo) % run->stride == 0)
+                out[0] = (uint32_t)((int32_t)cp + run->delta[which]);
+            break;
+        }
+    }
+    return 1;
 }
 
-static bool is_cased(uint32_t c)
+/* Whether the capital sigma at cps[i] ends a word, in cps[lo, hi), as Python's str.lower() decides it
+ * (Final_Sigma: after a cased character and not before one, case-ignorable ones skipped): it lowers to ς. */
+static bool final_sigma(const uint32_t *cps, size_t lo, size_t hi, size_t i)
 {
-    return to_upper(c) != c || to_lower(c) != c;
+    size_t j = i;
+    while (j > lo && (case_props(cps[j - 1]) & MOE_CASE_IGNORABLE))
+        j--;
+    if (j == lo || !(case_props(cps[j - 1]) & MOE_CASE_CASED))
+        return false;
+    for (j = i + 1; j < hi && (case_props(cps[j]) & MOE_CASE_IGNORABLE);)
+        j++;
+    return j == hi || !(case_props(cps[j]) & MOE_CASE_CASED);
 }
 
 enum case_mode {
     CASE_LOWER, CASE_UPPER,
     CASE_TITLE,      /* str.title(): a word starts after any uncased character */
-    CASE_CAPITALIZE, /* the first character upper, the rest lower */
-    CASE_JTITLE,     /* Jinja's title filter: a word starts after whitespace or -({[< */
+    CASE_CAPITALIZE, /* str.capitalize(): the first character title-cased, the rest lower */
+    CASE_JTITLE,     /* Jinja's title filter: after runs of whitespace and -({[<, the first character of a
+                        piece upper and the rest, on its own, lower */
 };
+
+/* cps[lo, hi) cased as mode says (not CASE_JTITLE) onto b. */
+static void case_span(struct render *r, struct buf *b, const uint32_t *cps, size_t lo, size_t hi, enum case_mode mode)
+{
+    bool prev_cased = false;
+    for (size_t i = lo; i < hi; i++) {
+        int which = mode == CASE_UPPER ? 0 : mode == CASE_LOWER ? 1
+                  : mode == CASE_TITLE ? (prev_cased ? 1 : 2) : i == lo ? 2 : 1;
+        uint32_t m[3];
+        size_t n = which == 1 && cps[i] == 0x3a3 ? (m[0] = final_sigma(cps, lo, hi, i) ? 0x3c2 : 0x3c3, 1)
+                 : case_map(cps[i], which, m);
+        for (size_t k = 0; k < n; k++) {
+            char enc[4];
+            buf_add(r, b, enc, moe_utf8_put(m[k], enc));
+        }
+        prev_cased = case_props(cps[i]) & MOE_CASE_CASED;
+    }
+}
 
 static struct val str_case(struct render *r, const struct str *s, enum case_mode mode)
 {
+    size_t n = cp_count(s);
+    uint32_t *cps = r_alloc(r, (n ? n : 1) * sizeof(*cps));
+    for (size_t i = 0, k = 0; i < s->n; k++) i += str_cp(s, i, &cps[k]);
     struct buf b = { 0 };
     buf_add(r, &b, "", 0);
-    bool start = true;
-    for (size_t i = 0; i < s->n;) {
-        uint32_t cp;
-        size_t l = str_cp(s, i, &cp);
-        bool up = mode == CASE_UPPER || (mode != CASE_LOWER && start);
-        uint32_t o = up ? to_upper(cp) : to_lower(cp);
-        char enc[4];
-        buf_add(r, &b, enc, moe_utf8_put(o, enc));
-        if (mode == CASE_TITLE)
-            start = !is_cased(cp);
-        else if (mode == CASE_JTITLE)
-            start = py_space(cp) || (cp < 0x80 && strchr("-({[<", (int)cp));
-        else
-            start = false;
-        i += l;
+    if (mode != CASE_JTITLE) {
+        case_span(r, &b, cps, 0, n, mode);
+        return vbuf(r, &b);
+    }
+    for (size_t a = 0, e; a < n; a = e) { /* Jinja2: item[0].upper() + item[1:].lower() of each piece */
+        bool sep = py_space(cps[a]) || (cps[a] < 0x80 && strchr("-({[<", (int)cps[a]));
+        for (e = a + 1; e < n && sep == (py_space(cps[e]) || (cps[e] < 0x80 && strchr("-({[<", (int)cps[e])));)
+            e++;
+        case_span(r, &b, cps, a, a + 1, CASE_UPPER);
+        case_span(r, &b, cps, a + 1, e, CASE_LOWER);
     }
     return vbuf(r, &b);
 }
@@ -4159,15 +4204,20 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
         return (v->t == V_LIST && !v->l->gen) || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
     if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO || v->t == V_METHOD || v->t == V_UNDEF;
     if (!strcmp(t, "escaped")) return false;
-    if (!strcmp(t, "lower") || !strcmp(t, "upper")) {
-        if (v->t != V_STR)
+    if (!strcmp(t, "lower") || !strcmp(t, "upper")) { /* str(value).islower(), isupper() */
+        if (v->t == V_UNDEF)
             return false;
-        struct val c = str_case(r, v->s, t[0] == 'l' ? CASE_LOWER : CASE_UPPER);
-        bool cased = false; /* str.islower/isupper: at least one cased character */
+        struct val sv = stringify(r, v, line);
+        unsigned want = t[0] == 'l' ? MOE_CASE_LOWER : MOE_CASE_UPPER, seen = 0;
         uint32_t cp;
-        for (size_t i = 0, l; i < v->s->n && !cased; i += l ? l : 1)
-            cased = (l = moe_utf8_next((const unsigned char *)v->s->p + i, v->s->n - i, &cp)) && is_cased(cp);
-        return cased && c.s->n == v->s->n && !memcmp(c.s->p, v->s->p, c.s->n);
+        for (size_t i = 0; i < sv.s->n;) {
+            i += str_cp(sv.s, i, &cp);
+            unsigned p = case_props(cp);
+            if (p & ((MOE_CASE_LOWER | MOE_CASE_UPPER | MOE_CASE_TITLE) & ~want))
+                return false;
+            seen |= p & want;
+        }
+        return seen;
     }
     if (!strcmp(t, "odd") || !strcmp(t, "even") || !strcmp(t, "divisibleby")) {
         if (!is_num(v))

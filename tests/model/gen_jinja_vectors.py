@@ -581,6 +581,13 @@ CASES = [
     ("elif", "{% for x in [1, 2, 3] %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
     ("raise", "{{ raise_exception('no ' ~ 'way') }}", {}),
     ("list-concat", "{{ [1] + [2, 3] }} {{ 'ab' * 3 }} {{ (1, 2) }} {{ () }}", {}),
+    # case as Python's str methods map it, all of Unicode: SpecialCasing, title case, the final sigma
+    ("case-unicode", "{% for s in l %}{{ s | upper }}|{{ s | lower }}|{{ s | title }}|{{ s | capitalize }}|"
+     "{{ s.title() }}|{{ s.capitalize() }}|{{ s is lower }}|{{ s is upper }}\n{% endfor %}"
+     "{{ [1] is lower }} {{ {'a': 1} is lower }} {{ none is lower }} {{ 'ΣΑΣ Σ' | lower | capitalize }} "
+     "{{ ['b', 'Ä', 'ä', 'A'] | sort }} {{ ['b', 'Ä', 'ä', 'A'] | sort(case_sensitive=true) }} {{ ['ß', 'SS'] | unique | list }}",
+     {"l": ["straße", "ΟΔΥΣΣΕΥΣ", "ΣΑΣ.", "Σ", "ἈΣ͂ Σ", "İstanbul", "ǆemal ǅ", "ﬁre ﬂy", "ᾼ ᾳ", "ŉ", "ΐ",
+            "ґанок Ґ", "ԱԲ աբ և", "ა Ა", "ª º ʰ", "Ⅻ ⅻ", "ǈ-ǉ(ǋ", "𐐀𐐨", "ς ΣΣ ΑΣΣ", "a\u0345Σ"]}),
     ("unicode", "{{ s }}|{{ s | length }}|{{ s[::-1] }}|{{ s | upper }}", {"s": "\u00e9t\u00e9 \U0001f600 \u65e5"}),
     ("errors-type", "{{ 'a' + 1 }}", {}),
     ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),

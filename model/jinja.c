@@ -2074,12 +2074,11 @@ static void float_repr(struct render *r, struct buf *b, double f)
     }
 }
 
-/* A code point Python's repr() writes escaped (not isprintable()). */
+/* A code point Python's repr() writes escaped: not isprintable(), of the categories C* and Z* but the space. */
 static bool py_unprintable(uint32_t cp)
 {
-    return cp < 0x20 || (cp >= 0x7f && cp <= 0xa0) || cp == 0xad || (cp >= 0x2000 && cp <= 0x200f) ||
-           (cp >= 0x2028 && cp <= 0x202f) || (cp >= 0x205f && cp <= 0x2064) || cp == 0x3000 || cp == 0xfeff ||
-           cp == 0x1680;
+    uint32_t gc = moe_tok_range_lookup(moe_tok_gc_ranges, moe_tok_n_gc_ranges, cp, MOE_TOK_GC_CN);
+    return cp != ' ' && gc >= MOE_TOK_GC_ZS;
 }
 
 /* The code point at s[i] and its length; a byte that starts no valid UTF-8
@@ -2112,7 +2111,7 @@ static void str_repr(struct render *r, struct buf *b, const struct str *s)
         } else if (cp == '\t') {
             buf_adds(r, b, "\\t");
         } else if (py_unprintable(cp)) {
-            buf_addf(r, b, cp < 0x100 ? "\\x%02x" : "\\u%04x", cp);
+            buf_addf(r, b, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
         } else {
             buf_add(r, b, s->p + i, l);
         }

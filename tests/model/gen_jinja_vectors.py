@@ -588,6 +588,10 @@ CASES = [
      "{{ ['b', 'Ä', 'ä', 'A'] | sort }} {{ ['b', 'Ä', 'ä', 'A'] | sort(case_sensitive=true) }} {{ ['ß', 'SS'] | unique | list }}",
      {"l": ["straße", "ΟΔΥΣΣΕΥΣ", "ΣΑΣ.", "Σ", "ἈΣ͂ Σ", "İstanbul", "ǆemal ǅ", "ﬁre ﬂy", "ᾼ ᾳ", "ŉ", "ΐ",
             "ґанок Ґ", "ԱԲ աբ և", "ა Ა", "ª º ʰ", "Ⅻ ⅻ", "ǈ-ǉ(ǋ", "𐐀𐐨", "ς ΣΣ ΑΣΣ", "a\u0345Σ"]}),
+    # repr() escapes what Python's str.isprintable() refuses (categories C* and Z*, the space aside), \U past the BMP
+    ("repr-unicode", "{{ l }} {{ '%r' % l[0] }} {{ (l[10], l[11]) }}",
+     {"l": ["\u0378", "\ue000", "\U000f0000", "\u200b", "\u00ad", "\u2028", "\u3000", "\U0001000c", "\U0001f600",
+            "a\u0300", "\x7f\u0085", "\U000e0001 \u061c"]}),
     ("unicode", "{{ s }}|{{ s | length }}|{{ s[::-1] }}|{{ s | upper }}", {"s": "\u00e9t\u00e9 \U0001f600 \u65e5"}),
     ("errors-type", "{{ 'a' + 1 }}", {}),
     ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),

@@ -2384,23 +2384,10 @@ static struct val strip(struct render *r, const struct str *s, const struct str 
     return vstr(r, s->p + a, b - a);
 }
 
-/* Simple case mapping of the scripts chat text is mostly in: ASCII, Latin-1,
- * Latin Extended-A, Greek and Cyrillic; other characters stay as they are
- * (and 'ß' does not become "SS" as in Python). */
 /* cp's properties (enum moe_case_prop). */
 static unsigned case_props(uint32_t cp)
 {
-    unsigned lo = 0, hi = moe_case_n_props;
-    while (lo < hi) {
-        unsigned mid = lo + (hi - lo) / 2;
-        if (cp < moe_case_props[mid].lo)
-            hi = mid;
-        else if (cp > moe_case_props[mid].hi)
-            lo = mid + 1;
-        else
-            return moe_case_props[mid].props;
-    }
-    return 0;
+    return moe_tok_range_lookup(moe_case_props, moe_case_n_props, cp, 0);
 }
 
 /* cp's full mapping which (0 upper, 1 lower, 2 title) into out, as Python's str methods map one character:

@@ -6,6 +6,8 @@
 #ifndef MOE_JINJA_CASE_H
 #define MOE_JINJA_CASE_H
 
+#include "tokenizer_unicode.h" /* struct moe_tok_range */
+
 #include <stdint.h>
 
 /* Properties of a code point (bits). */
@@ -15,11 +17,6 @@ enum moe_case_prop {
     MOE_CASE_TITLE = 4,      /* general category Lt */
     MOE_CASE_CASED = 8,      /* Cased: any of the three */
     MOE_CASE_IGNORABLE = 16, /* Case_Ignorable (skipped by the Final_Sigma rule) */
-};
-
-struct moe_case_range {
-    uint32_t lo, hi;         /* inclusive, sorted, disjoint */
-    uint32_t props;          /* enum moe_case_prop bits */
 };
 
 /* Code points lo, lo + stride, ..., hi map to cp + delta: [0] upper, [1] lower, [2] title. */
@@ -35,7 +32,9 @@ struct moe_case_special {
     uint32_t map[3][3];      /* upper, lower, title */
 };
 
-extern const struct moe_case_range moe_case_props[];
+/* Sorted disjoint ranges of code points with the same properties, cls the enum moe_case_prop bits
+ * (moe_tok_range_lookup finds a code point's). */
+extern const struct moe_tok_range moe_case_props[];
 extern const unsigned moe_case_n_props;
 extern const struct moe_case_run moe_case_runs[];
 extern const unsigned moe_case_n_runs;

@@ -5,7 +5,7 @@
 
 const char moe_case_unicode_version[] = "14.0.0";
 
-const struct moe_case_range moe_case_props[] = {
+const struct moe_tok_range moe_case_props[] = {
     { 0x00027, 0x00027, MOE_CASE_IGNORABLE },
     { 0x0002E, 0x0002E, MOE_CASE_IGNORABLE },
     { 0x0003A, 0x0003A, MOE_CASE_IGNORABLE },

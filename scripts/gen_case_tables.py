@@ -89,7 +89,7 @@ def main():
               % (sys.version.split()[0], unicodedata.unidata_version))
     out.write('#include "jinja_case.h"\n\n')
     out.write('const char moe_case_unicode_version[] = "%s";\n\n' % unicodedata.unidata_version)
-    out.write("const struct moe_case_range moe_case_props[] = {\n")
+    out.write("const struct moe_tok_range moe_case_props[] = {\n")
     for lo, hi, f in prop_ranges:
         out.write("    { 0x%05X, 0x%05X, %s },\n" % (lo, hi, flags_c(f)))
     out.write("};\nconst unsigned moe_case_n_props = sizeof(moe_case_props) / sizeof(moe_case_props[0]);\n\n")

@@ -28,8 +28,10 @@ struct moe_expert_ref {
 struct moe_provider_ops {
     /* Fill out[0..n-1].  On failure (I/O, checksum) returns the status with
      * moe_last_error() naming layer and expert; nothing is pinned then.  A
-     * request refused whole (an id that is not an expert of the layer, more
-     * experts than fit at once) changes nothing: no access counted, no load. */
+     * request refused whole changes nothing (no access counted, no load):
+     * MOE_EINVAL for a layer outside the model or an id that is not an expert
+     * of the layer, MOE_ENOENT for a dense layer (it has no routed experts),
+     * MOE_EBUSY for more experts than fit at once. */
     enum moe_status (*acquire)(void *self, int layer, int n, const int *ids,
                                struct moe_expert_ref *out);
     void (*release)(void *self, int layer);
@@ -55,6 +57,10 @@ struct moe_provider {
     const struct moe_provider_ops *ops;
     void *self;
 };
+
+/* An acquire's refusal of a layer without routed experts, as acquire() has it: MOE_EINVAL for a layer
+ * outside the model, MOE_ENOENT for a dense layer, each naming the layer; MOE_OK for a MoE layer. */
+enum moe_status moe_provider_check_layer(const struct moe_model *m, int layer);
 
 /* Every expert in RAM.  dt MOE_DT_BF16: when the model stores every routed
  * expert in BF16, the experts are used as the model holds them, copied once

@@ -11,7 +11,7 @@
 
 struct resident {
     struct moe_provider base;
-    int n_layers, n_experts;
+    int n_experts;
     size_t inter, hidden;
     float *w;                       /* F32 copies: [layers][experts][gate | up | down], or NULL */
     uint16_t *wb;                   /* BF16 copies (of FP8 experts, or of BF16 ones moved into huge
@@ -22,14 +22,25 @@ struct resident {
 
 static size_t expert_floats(const struct resident *r) { return 3 * r->inter * r->hidden; }
 
+enum moe_status moe_provider_check_layer(const struct moe_model *m, int layer)
+{
+    if (layer < 0 || layer >= m->cfg.n_layers)
+        return moe_errorf(MOE_EINVAL, "expert provider: layer %d is not a MoE layer (the model has %d layers)",
+                          layer, m->cfg.n_layers);
+    if (!m->cfg.is_moe[layer])
+        return moe_errorf(MOE_ENOENT, "expert provider: layer %d is not a MoE layer (it has no routed experts)",
+                          layer);
+    return MOE_OK;
+}
+
 static enum moe_status res_acquire(void *self, int layer, int n, const int *ids,
                                    struct moe_expert_ref *out)
 {
     struct resident *r = self;
     size_t per = expert_floats(r);
     /* as the tiered provider refuses it: present[] holds no layer outside the model */
-    if (layer < 0 || layer >= r->n_layers || !r->m->cfg.is_moe[layer])
-        return moe_errorf(MOE_EINVAL, "expert provider: layer %d is not a MoE layer", layer);
+    enum moe_status st = moe_provider_check_layer(r->m, layer);
+    if (st) return st;
     for (int i = 0; i < n; i++) {
         size_t idx = (size_t)layer * (size_t)r->n_experts + (size_t)ids[i];
         if (ids[i] < 0 || ids[i] >= r->n_experts || !r->present[idx])
@@ -141,7 +152,6 @@ struct moe_provider *moe_provider_resident_create(const struct moe_model *m, enu
     bool widen = dt == MOE_DT_BF16 && l0 < c->n_layers && moe_model_expert(m, l0, 0)->gate.scale;
     bool copy = !widen && (dt != MOE_DT_BF16 || !all_bf16(m));
     if (!r) goto fail;
-    r->n_layers = c->n_layers;
     r->n_experts = c->n_experts;
     r->inter = (size_t)c->expert_inter;
     r->hidden = (size_t)c->hidden;

@@ -376,8 +376,8 @@ static enum moe_status start_load(struct tiered *t, int key, int ds, bool demand
 
 static enum moe_status check_id(const struct tiered *t, int layer, int id)
 {
-    if (layer < 0 || layer >= t->n_layers || !t->m->cfg.is_moe[layer])
-        return moe_errorf(MOE_EINVAL, "expert provider: layer %d is not a MoE layer", layer);
+    enum moe_status st = moe_provider_check_layer(t->m, layer);
+    if (st) return st;
     if (id < 0 || id >= t->n_experts)
         return moe_errorf(MOE_EINVAL, "expert provider: layer %d has no expert %d", layer, id);
     return MOE_OK;
@@ -390,6 +390,7 @@ static enum moe_status check_acquire(struct tiered *t, int layer, int n, const i
 {
     enum moe_status st;
     if (n < 0) return moe_errorf(MOE_EINVAL, "expert provider: layer %d: %d experts asked for", layer, n);
+    if ((st = moe_provider_check_layer(t->m, layer))) return st;
     for (int i = 0; i < n; i++)
         if ((st = check_id(t, layer, ids[i]))) return st;
     if (!moe_grow((void **)&t->keys, &t->cap_keys, (size_t)n, sizeof(*t->keys), 64) ||

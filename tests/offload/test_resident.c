@@ -73,8 +73,8 @@ static void check(const char *rel, enum moe_dtype dt, bool thp)
     moe_model_close(m);
 }
 
-/* A layer outside the model, or one without experts, is refused as the tiered provider refuses it, where
- * a layer past the last read past the provider's tables. */
+/* A layer outside the model (MOE_EINVAL), or one without experts (MOE_ENOENT, provider.h), is refused as
+ * the tiered provider refuses it, where a layer past the last read past the provider's tables. */
 static void check_bad_layers(const char *rel)
 {
     struct moe_model *m;
@@ -90,8 +90,9 @@ static void check_bad_layers(const char *rel)
         struct moe_expert_ref out;
         char want[64];
         snprintf(want, sizeof(want), "layer %d is not a MoE layer", layers[i]);
-        CHECK(r->ops->acquire(r->self, layers[i], 1, &id, &out) == MOE_EINVAL && strstr(moe_last_error(), want),
-              "%s: layer %d of %d: %s", rel, layers[i], c->n_layers, moe_last_error());
+        enum moe_status st = dense >= 0 && layers[i] == dense ? MOE_ENOENT : MOE_EINVAL;
+        CHECK(r->ops->acquire(r->self, layers[i], 1, &id, &out) == st && strstr(moe_last_error(), want),
+              "%s: layer %d of %d: want %s: %s", rel, layers[i], c->n_layers, moe_status_str(st), moe_last_error());
     }
     moe_provider_destroy(r);
     moe_model_close(m);

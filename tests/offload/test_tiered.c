@@ -667,6 +667,38 @@ static void check_refused_acquire(const struct moe_model *m, const char *store)
     moe_provider_destroy(p);
 }
 
+/* An acquire of a layer outside the model (MOE_EINVAL) or of a dense layer (MOE_ENOENT: it has no routed
+ * experts, provider.h), of one expert or none, is refused and changes nothing. */
+static void check_bad_layers(const struct moe_model *m, const char *store)
+{
+    const struct moe_config *c = &m->cfg;
+    int dense = -1;
+    for (int l = 0; l < c->n_layers && dense < 0; l++)
+        if (!c->is_moe[l]) dense = l;
+    struct moe_tiered_params tp = { .store_path = store, .dev_slots = c->top_k, .host_slots = 1, .numa_node = -1 };
+    struct moe_provider *p = moe_provider_tiered_create(m, &tp);
+    REQUIRE(p, "%s", moe_last_error());
+    const int layers[] = { -1, c->n_layers, c->n_layers + 1000, dense };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(layers); i++) {
+        if (layers[i] < 0 && i > 0) continue; /* no dense layer */
+        enum moe_status want = dense >= 0 && layers[i] == dense ? MOE_ENOENT : MOE_EINVAL;
+        for (int n = 0; n <= 1; n++) {
+            int id = 0;
+            struct moe_expert_ref out;
+            CHECK(p->ops->acquire(p->self, layers[i], n, &id, &out) == want &&
+                      strstr(moe_last_error(), "is not a MoE layer"),
+                  "layer %d of %d, %d experts: want %s: %s", layers[i], c->n_layers, n, moe_status_str(want),
+                  moe_last_error());
+        }
+    }
+    struct moe_offload_stats os;
+    settled_stats(p, &os);
+    CHECK(os.device.hits + os.device.misses == 0 && os.disk_reads == 0 && os.dev_pinned == 0 && os.dev_resident == 0,
+          "bad layers: %llu hits, %llu misses, %llu reads, %d pinned, %d resident", (unsigned long long)os.device.hits,
+          (unsigned long long)os.device.misses, (unsigned long long)os.disk_reads, os.dev_pinned, os.dev_resident);
+    moe_provider_destroy(p);
+}
+
 int main(void)
 {
     static const struct cfg cfgs[] = {
@@ -707,6 +739,7 @@ int main(void)
         check_late_failures(m, store);
         check_shared_transfer(m, store);
         check_failed_read_counts(m, dir);
+        check_bad_layers(m, store);
         free(keys);
         free(routing);
         moe_provider_destroy(res);

@@ -213,7 +213,7 @@ enum moe_status moe_cache_can_acquire(const struct moe_cache *c, const int *keys
     return MOE_OK;
 }
 
-enum moe_status moe_cache_acquire_n(struct moe_cache *c, const int *keys, int n, moe_cache_fill_fn fill, void *ud,
+enum moe_status moe_cache_acquire_n(struct moe_cache *c, const int *keys, int n, const struct moe_cache_fill *f,
                                     int *failed)
 {
     enum moe_status st = moe_cache_can_acquire(c, keys, n);
@@ -222,8 +222,12 @@ enum moe_status moe_cache_acquire_n(struct moe_cache *c, const int *keys, int n,
     for (; st == MOE_OK && i < n; i++) {
         int slot = -1, ev;
         bool miss = false;
+        /* dropping a key no pin holds only frees its slot: the check still holds */
+        if (f->before) f->before(f->ud, keys[i]);
         if ((st = moe_cache_acquire(c, keys[i], &slot, &miss, &ev))) break; /* not after the check */
-        if (miss && (st = fill(ud, keys[i], slot))) {
+        if (!miss) {
+            if (f->hit) f->hit(f->ud, keys[i], slot);
+        } else if ((st = f->fill(f->ud, keys[i], slot))) {
             moe_cache_drop(c, keys[i]);
             *failed = i;
             break;

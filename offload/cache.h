@@ -45,13 +45,23 @@ enum moe_status moe_cache_acquire(struct moe_cache *c, int key, int *slot, bool 
  * their group's quota beside that group's pinned keys.  MOE_OK, MOE_EINVAL for a key outside the key
  * space, or MOE_EBUSY naming the counts; changes nothing (no counts, no pins, no policy calls). */
 enum moe_status moe_cache_can_acquire(const struct moe_cache *c, const int *keys, int n);
-/* The caller's fill of a slot that key missed in (its bytes moved in): MOE_OK or the failure's status. */
-typedef enum moe_status (*moe_cache_fill_fn)(void *ud, int key, int slot);
+/* The caller's part in moe_cache_acquire_n, each called with ud. */
+struct moe_cache_fill {
+    void *ud;
+    /* The fill of a slot that key missed in (its bytes moved in): MOE_OK or the failure's status. */
+    enum moe_status (*fill)(void *ud, int key, int slot);
+    /* Optional: called just before key is acquired; it may forget key (moe_cache_drop) when no pin
+     * holds it and its slot holds nothing usable (its last load failed), so the access is a miss. */
+    void (*before)(void *ud, int key);
+    /* Optional: key hit in slot (a load of it still in flight is now needed). */
+    void (*hit)(void *ud, int key, int slot);
+};
 /* Demand accesses of keys[0..n-1] as one request: checked whole first (moe_cache_can_acquire: refused,
- * nothing changes and *failed is -1), then each key acquired and pinned in turn, fill(ud, key, slot)
- * called for each miss.  A fill that fails has its key dropped (moe_cache_drop) and the keys pinned
- * before it unpinned, and *failed is its index; the accesses counted and the fills done stay. */
-enum moe_status moe_cache_acquire_n(struct moe_cache *c, const int *keys, int n, moe_cache_fill_fn fill, void *ud,
+ * nothing changes and *failed is -1), then each key in turn passed to f->before, acquired and pinned,
+ * and f->fill called for a miss, f->hit for a hit.  A fill that fails has its key dropped
+ * (moe_cache_drop) and the keys pinned before it unpinned, and *failed is its index; the accesses
+ * counted and the fills done stay. */
+enum moe_status moe_cache_acquire_n(struct moe_cache *c, const int *keys, int n, const struct moe_cache_fill *f,
                                     int *failed);
 /* Undo one pin of key (no-op if not pinned). */
 void moe_cache_unpin(struct moe_cache *c, int key);

@@ -194,7 +194,8 @@ static enum moe_status acquire_locked(struct moe_cuda_tier *t, int layer, int n,
     if ((st = check_acquire(t, layer, n, ids)) != MOE_OK) return st;
     if ((st = moe_cuda_ctx_bind(t->c)) != MOE_OK) return st; /* the caller's thread may be new */
     for (int i = 0; i < n; i++) t->keys[i] = layer * t->n_experts + ids[i];
-    if ((st = moe_cache_acquire_n(t->cache, t->keys, n, fill_slot, t, &failed)) != MOE_OK) {
+    const struct moe_cache_fill f = { .ud = t, .fill = fill_slot };
+    if ((st = moe_cache_acquire_n(t->cache, t->keys, n, &f, &failed)) != MOE_OK) {
         if (failed < 0) /* refused whole: a load's failure names its expert already */
             moe_error_prefix(st, "layer %d: %d experts at once, %d GPU expert slots; raise the GPU-tier slots "
                              "(--gpu-experts) to at least the experts acquired at once", layer, n, t->slots);

@@ -383,9 +383,10 @@ static enum moe_status check_id(const struct tiered *t, int layer, int id)
     return MOE_OK;
 }
 
-/* An acquire checked whole before it changes anything (no hit or miss counted, no load started, no
- * pin): every id is an expert of a MoE layer, the experts fit in the device tier at once beside those
- * pinned (and in the layer's quota), and there is room to record their pins. */
+/* An acquire checked before it changes anything (no hit or miss counted, no load started, no pin): every
+ * id is an expert of a MoE layer and there is room to record the pins (t->keys: their keys);
+ * moe_cache_acquire_n checks that the experts fit in the device tier at once beside those pinned (and in
+ * the layer's quota). */
 static enum moe_status check_acquire(struct tiered *t, int layer, int n, const int *ids)
 {
     enum moe_status st;
@@ -397,16 +398,7 @@ static enum moe_status check_acquire(struct tiered *t, int layer, int n, const i
         !moe_grow((void **)&t->pins, &t->cap_pins, (size_t)t->n_pins + (size_t)n, sizeof(*t->pins), 64))
         return moe_errorf(MOE_ENOMEM, "expert provider: out of memory for pins");
     for (int i = 0; i < n; i++) t->keys[i] = layer * t->n_experts + ids[i];
-    if ((st = moe_cache_can_acquire(t->dev, t->keys, n)))
-        return moe_error_prefix(st, "expert provider: layer %d: %d experts at once (at most %d at a time; the "
-                                "device tier has %d slots)", layer, n, t->max_pinned, t->n_dev);
     return MOE_OK;
-}
-
-/* Room for the pin was made by check_acquire. */
-static void push_pin(struct tiered *t, int layer, int key)
-{
-    t->pins[t->n_pins++] = (struct pin){ layer, key };
 }
 
 /* Forget key in both tiers when its device slot's load failed, so that the next access loads it anew,
@@ -426,35 +418,44 @@ static void pop_pins(struct tiered *t, int count)
     for (int i = 0; i < count; i++) moe_cache_unpin(t->dev, t->pins[--t->n_pins].key);
 }
 
+/* An acquire's part in moe_cache_acquire_n: a slot whose load failed (a prefetch's, or another acquire's
+ * still loading when that one gave up) is forgotten before the access, so that it is loaded again,
+ * counted as a miss; a miss starts a demand load; a hit on a load still queued makes it a demand one. */
+static void acquire_before(void *ud, int key) { forget_failed(ud, key); }
+
+static enum moe_status acquire_fill(void *ud, int key, int slot) { return start_load(ud, key, slot, true, 0); }
+
+static void acquire_hit(void *ud, int key, int slot)
+{
+    struct tiered *t = ud;
+    (void)key;
+    if (t->ds[slot].state == SLOT_LOADING) promote(t, slot, t->ds[slot].gen);
+}
+
 static enum moe_status tiered_acquire(void *self, int layer, int n, const int *ids,
                                       struct moe_expert_ref *out)
 {
     struct tiered *t = self;
     enum moe_status st = MOE_OK;
-    int pinned = 0;
+    int failed;
     pthread_mutex_lock(&t->mu);
     if ((st = check_acquire(t, layer, n, ids))) goto out;
     /* the layer computing now: a MoE layer before the last one acquired starts a new step, the same
-     * one (another chunk of its experts) does not */
+     * one (another chunk of its experts) does not; the demand loads queued below run by it */
+    int64_t now0 = t->now;
     int mi = t->moe_index[layer], cur = t->now < 0 ? -1 : (int)(t->now % t->n_moe);
     int64_t step = t->now < 0 ? 0 : t->now / t->n_moe + (mi < cur);
     t->now = step * t->n_moe + mi;
-    for (int i = 0; i < n; i++) {
-        int key = layer * t->n_experts + ids[i], slot, ev;
-        bool miss;
-        /* a slot whose load failed (a prefetch's, or another acquire's still loading when that one gave
-         * up) is loaded again, counted as a miss */
-        forget_failed(t, key);
-        if ((st = moe_cache_acquire(t->dev, key, &slot, &miss, &ev))) {
-            moe_error_prefix(st, "layer %d expert %d: device tier has %d slots", layer, ids[i],
-                             t->n_dev);
-            goto fail;
+    const struct moe_cache_fill f = { .ud = t, .fill = acquire_fill, .before = acquire_before, .hit = acquire_hit };
+    if ((st = moe_cache_acquire_n(t->dev, t->keys, n, &f, &failed))) {
+        if (failed < 0) { /* refused whole: nothing changed, nor does the position */
+            t->now = now0;
+            moe_error_prefix(st, "expert provider: layer %d: %d experts at once (at most %d at a time; the device "
+                             "tier has %d slots)", layer, n, t->max_pinned, t->n_dev);
         }
-        push_pin(t, layer, key);
-        pinned++;
-        if (miss && (st = start_load(t, key, slot, true, 0))) goto fail;
-        if (!miss && t->ds[slot].state == SLOT_LOADING) promote(t, slot, t->ds[slot].gen);
+        goto out;
     }
+    for (int i = 0; i < n; i++) t->pins[t->n_pins++] = (struct pin){ layer, t->keys[i] }; /* room: check_acquire */
     double t0 = moe_now();
     bool waited = false;
     for (int i = 0; i < n; i++) {
@@ -469,9 +470,7 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
             st = moe_errorf(d->err ? d->err : MOE_EIO, "%s", d->msg);
             /* Forget the failed expert in both tiers so a later request retries it. */
             for (int k = 0; k < n; k++) forget_failed(t, layer * t->n_experts + ids[k]);
-            pop_pins(t, pinned);
-            pinned = 0;
-            /* dropped keys lost their pins already; pop_pins on them is a no-op */
+            pop_pins(t, n); /* dropped keys lost their pins already; pop_pins on them is a no-op */
             break; /* the wait until the failure stalled the engine too */
         }
         const uint8_t *base = t->dev_mem + (size_t)slot * t->dev_slot_bytes;
@@ -482,9 +481,6 @@ static enum moe_status tiered_acquire(void *self, int layer, int n, const int *i
                                                    .dtype = t->dev_dtype };
     }
     if (waited) t->st.device.stall_s += moe_now() - t0;
-    goto out;
-fail:
-    pop_pins(t, pinned);
 out:
     pthread_mutex_unlock(&t->mu);
     return st;

@@ -28,9 +28,12 @@ static void replay(enum moe_policy_kind k, int cap, const int *seq, int n, char 
     moe_cache_destroy(c);
 }
 
-/* moe_cache_acquire_n's fill: records the keys it is called for, fails for fail_key. */
+/* moe_cache_acquire_n's fill: records the keys it is called for, fails for fail_key; before drops
+ * drop_key, hit records the hits. */
 struct fills {
     int n, keys[16], fail_key;
+    struct moe_cache *c;
+    int drop_key, n_hits, hits[16], n_before;
 };
 
 static enum moe_status record_fill(void *ud, int key, int slot)
@@ -40,6 +43,21 @@ static enum moe_status record_fill(void *ud, int key, int slot)
     if (f->n < 16) f->keys[f->n] = key;
     f->n++;
     return key == f->fail_key ? moe_errorf(MOE_EIO, "fill of key %d failed", key) : MOE_OK;
+}
+
+static void drop_before(void *ud, int key)
+{
+    struct fills *f = ud;
+    f->n_before++;
+    if (key == f->drop_key) moe_cache_drop(f->c, key);
+}
+
+static void record_hit(void *ud, int key, int slot)
+{
+    struct fills *f = ud;
+    (void)slot;
+    if (f->n_hits < 16) f->hits[f->n_hits] = key;
+    f->n_hits++;
 }
 
 /* What a request left: accesses counted, keys pinned, slots holding a key, fills called. */
@@ -67,30 +85,31 @@ static void check_acquire_n(void)
     struct moe_cache *c = moe_cache_create(&p);
     REQUIRE(c, "cache create: %s", moe_last_error());
     struct fills f = { .fail_key = -1 };
+    const struct moe_cache_fill rf = { .ud = &f, .fill = record_fill };
     int failed = 0;
     const int bad[3] = { 0, 1, 16 }, four[4] = { 0, 1, 2, 3 }, other[2] = { 4, 5 }, dup[3] = { 0, 1, 0 };
-    CHECK(moe_cache_acquire_n(c, bad, 3, record_fill, &f, &failed) == MOE_EINVAL && failed == -1,
+    CHECK(moe_cache_acquire_n(c, bad, 3, &rf, &failed) == MOE_EINVAL && failed == -1,
           "key 16 of 16 after two good ones: failed %d, %s", failed, moe_last_error());
     request_state(c, &f, "a bad key after two good ones", 0, 0, 0, 0, 0);
-    CHECK(moe_cache_acquire_n(c, four, 4, record_fill, &f, &failed) == MOE_EBUSY && failed == -1,
+    CHECK(moe_cache_acquire_n(c, four, 4, &rf, &failed) == MOE_EBUSY && failed == -1,
           "4 keys in 3 slots: failed %d, %s", failed, moe_last_error());
     request_state(c, &f, "4 keys in 3 slots", 0, 0, 0, 0, 0);
-    REQUIRE(moe_cache_acquire_n(c, other, 2, record_fill, &f, &failed) == MOE_OK, "%s", moe_last_error());
+    REQUIRE(moe_cache_acquire_n(c, other, 2, &rf, &failed) == MOE_OK, "%s", moe_last_error());
     request_state(c, &f, "2 keys", 0, 2, 2, 2, 2);
     CHECK(f.keys[0] == 4 && f.keys[1] == 5, "filled %d, %d (want 4, 5)", f.keys[0], f.keys[1]);
-    CHECK(moe_cache_acquire_n(c, other, 2, record_fill, &f, &failed) == MOE_OK, "the same keys again: %s",
+    CHECK(moe_cache_acquire_n(c, other, 2, &rf, &failed) == MOE_OK, "the same keys again: %s",
           moe_last_error());
     request_state(c, &f, "the same keys again", 2, 2, 2, 2, 2);
     moe_cache_unpin(c, 4);
     moe_cache_unpin(c, 5);
-    CHECK(moe_cache_acquire_n(c, four, 2, record_fill, &f, &failed) == MOE_EBUSY &&
+    CHECK(moe_cache_acquire_n(c, four, 2, &rf, &failed) == MOE_EBUSY &&
               strstr(moe_last_error(), "pinned by others") && failed == -1,
           "2 keys beside 2 pinned in 3 slots: failed %d, %s", failed, moe_last_error());
     request_state(c, &f, "2 keys beside 2 pinned", 2, 2, 2, 2, 2);
     moe_cache_unpin(c, 4);
     moe_cache_unpin(c, 5);
     /* one key twice is one key: it fits once the others' pins are gone */
-    CHECK(moe_cache_acquire_n(c, dup, 3, record_fill, &f, &failed) == MOE_OK, "after the release: %s",
+    CHECK(moe_cache_acquire_n(c, dup, 3, &rf, &failed) == MOE_OK, "after the release: %s",
           moe_last_error());
     request_state(c, &f, "after the release", 3, 4, 2, 3, 4);
     moe_cache_unpin(c, 0);
@@ -99,7 +118,7 @@ static void check_acquire_n(void)
     /* a failing fill: its key dropped, the key filled before it unpinned, the key after it untouched */
     const int fail[3] = { 3, 2, 0 };
     f.fail_key = 2;
-    CHECK(moe_cache_acquire_n(c, fail, 3, record_fill, &f, &failed) == MOE_EIO && failed == 1,
+    CHECK(moe_cache_acquire_n(c, fail, 3, &rf, &failed) == MOE_EIO && failed == 1,
           "a failing fill: failed %d, %s", failed, moe_last_error());
     request_state(c, &f, "a failing fill", 3, 6, 0, 2, 6);
     CHECK(moe_cache_slot_of(c, 2) < 0 && moe_cache_slot_of(c, 3) >= 0, "after a failing fill: key 2 in slot %d, "
@@ -113,12 +132,31 @@ static void check_acquire_n(void)
     c = moe_cache_create(&qp);
     REQUIRE(c, "quota cache: %s", moe_last_error());
     f = (struct fills){ .fail_key = -1 };
-    CHECK(moe_cache_acquire_n(c, four, 3, record_fill, &f, &failed) == MOE_EBUSY && strstr(moe_last_error(), "quota"),
+    CHECK(moe_cache_acquire_n(c, four, 3, &rf, &failed) == MOE_EBUSY && strstr(moe_last_error(), "quota"),
           "3 keys in a quota of 2: %s", moe_last_error());
     request_state(c, &f, "3 keys in a quota of 2", 0, 0, 0, 0, 0);
-    CHECK(moe_cache_acquire_n(c, four, 2, record_fill, &f, &failed) == MOE_OK, "2 keys in a quota of 2: %s",
+    CHECK(moe_cache_acquire_n(c, four, 2, &rf, &failed) == MOE_OK, "2 keys in a quota of 2: %s",
           moe_last_error());
     request_state(c, &f, "2 keys in a quota of 2", 0, 2, 2, 2, 2);
+    moe_cache_destroy(c);
+
+    /* before runs ahead of each key's access: the key it drops is a miss and filled anew; hit hears the hits */
+    p.policy = moe_policy_create(MOE_POLICY_LRU, 16, NULL, 0);
+    c = moe_cache_create(&p);
+    REQUIRE(c, "cache create: %s", moe_last_error());
+    f = (struct fills){ .fail_key = -1, .drop_key = -1, .c = c };
+    const struct moe_cache_fill bf = { .ud = &f, .fill = record_fill, .before = drop_before, .hit = record_hit };
+    const int two[2] = { 6, 7 };
+    REQUIRE(moe_cache_acquire_n(c, two, 2, &bf, &failed) == MOE_OK, "%s", moe_last_error());
+    moe_cache_unpin(c, 6);
+    moe_cache_unpin(c, 7);
+    f.drop_key = 7;
+    CHECK(moe_cache_acquire_n(c, two, 2, &bf, &failed) == MOE_OK, "key 7 dropped before its access: %s",
+          moe_last_error());
+    request_state(c, &f, "key 7 dropped before its access", 1, 3, 2, 2, 3);
+    CHECK(f.n_before == 4 && f.keys[2] == 7 && f.n_hits == 1 && f.hits[0] == 6,
+          "%d before calls, fill %d, %d hits (key %d): want 4, key 7, 1 hit (key 6)", f.n_before, f.keys[2], f.n_hits,
+          f.hits[0]);
     moe_cache_destroy(c);
 }
 

@@ -22,12 +22,25 @@ static uint64_t splitmix(uint64_t *s)
 /* Uniform in [-1, 1). */
 static float urand(uint64_t *s) { return (float)((splitmix(s) >> 40) * (1.0 / 8388608.0) - 1.0); }
 
-/* Whether the shape is one a model can have (alloc_model's bounds). */
-static bool shape_ok(int n_moe, int n_experts, int top_k, int dim, int width, const struct moe_path_opts *o)
+/* Whether the shape is one a model can have (the bounds alloc_model is called within): true, or false
+ * with why[cap] naming the first value out of its bounds. */
+static bool shape_ok(int n_moe, int n_experts, int top_k, int dim, int width, const struct moe_path_opts *o, char *why,
+                     size_t cap)
 {
-    return o->hist_decay >= 0 && o->hist_decay < 1 && o->horizon >= 1 && o->horizon <= MOE_PATH_MAX_HORIZON &&
-           n_moe > 0 && n_moe <= 1024 && n_experts > 0 && n_experts <= 4096 && top_k > 0 && top_k <= n_experts &&
-           dim > 0 && dim <= 65536 && width > 0 && width <= 65536;
+    const struct { const char *name; long v, lo, hi; } f[] = {
+        { "n_moe_layers", n_moe, 1, 1024 }, { "n_experts", n_experts, 1, 4096 }, { "top_k", top_k, 1, n_experts },
+        { "dim", dim, 1, 65536 }, { "width", width, 1, 65536 }, { "horizon", o->horizon, 1, MOE_PATH_MAX_HORIZON },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(f); i++)
+        if (f[i].v < f[i].lo || f[i].v > f[i].hi) {
+            snprintf(why, cap, "%s %ld is outside %ld..%ld", f[i].name, f[i].v, f[i].lo, f[i].hi);
+            return false;
+        }
+    if (!(o->hist_decay >= 0 && o->hist_decay < 1)) {
+        snprintf(why, cap, "history decay %g is outside [0, 1)", (double)o->hist_decay);
+        return false;
+    }
+    return true;
 }
 
 /* The inputs and outputs of a model of that shape: the token's hidden state, each expert's routing (and its
@@ -39,12 +52,12 @@ static int n_inputs(int n_moe, int n_experts, int dim, const struct moe_path_opt
 
 static int n_outputs(int n_moe, int n_experts, const struct moe_path_opts *o) { return o->horizon * n_moe * n_experts; }
 
+/* A model of that shape (shape_ok), its weights zero; NULL when out of memory. */
 static struct moe_path_model *alloc_model(int n_moe, int n_experts, int top_k, int dim, int width,
                                           const struct moe_path_opts *o)
 {
     int horizon = o->horizon;
     float hist_decay = o->hist_decay;
-    if (!shape_ok(n_moe, n_experts, top_k, dim, width, o)) return NULL;
     struct moe_path_model *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
     m->n_moe = n_moe;
@@ -78,12 +91,17 @@ struct moe_path_model *moe_path_model_create(int n_moe, int n_experts, int top_k
 struct moe_path_model *moe_path_model_create_ex(int n_moe, int n_experts, int top_k, int dim, int width,
                                                 const struct moe_path_opts *o, uint64_t seed)
 {
+    char why[128];
+    if (!shape_ok(n_moe, n_experts, top_k, dim, width, o, why, sizeof why)) {
+        moe_errorf(MOE_EINVAL, "path predictor: bad shape (moe layers %d, experts %d, top_k %d, dim %d, width %d, "
+                   "horizon %d, history decay %g): %s", n_moe, n_experts, top_k, dim, width, o->horizon,
+                   (double)o->hist_decay, why);
+        return NULL;
+    }
     struct moe_path_model *m = alloc_model(n_moe, n_experts, top_k, dim, width, o);
     if (!m) {
-        moe_errorf(MOE_EINVAL,
-                   "path predictor: bad shape (moe layers %d, experts %d, top_k %d, dim %d, width %d, horizon %d, "
-                   "history decay %g: 0 <= decay < 1)",
-                   n_moe, n_experts, top_k, dim, width, o->horizon, (double)o->hist_decay);
+        moe_errorf(MOE_ENOMEM, "path predictor: out of memory for its weights (width %d, %d MoE layers x %d "
+                   "experts)", width, n_moe, n_experts);
         return NULL;
     }
     uint64_t s = seed;
@@ -347,8 +365,10 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
         goto out_close;
     }
     struct moe_path_opts o = { .horizon = fh, .hist_decay = fhd, .context = cx != NULL };
-    if (!shape_ok(fm, fe, fk, fd, fw, &o)) {
-        moe_errorf(MOE_EFORMAT, "%s: bad shape in metadata", path);
+    char why[128];
+    if (!shape_ok(fm, fe, fk, fd, fw, &o, why, sizeof why)) {
+        moe_errorf(MOE_EFORMAT, "%s: bad shape in metadata: %s (no predictor has it: retrain it with moeflow "
+                   "train-predictor)", path, why);
         goto out_close;
     }
     /* the tensors the shape implies are in the file before anything is allocated for them: metadata alone

@@ -66,8 +66,14 @@ static void check_meta_numbers(const char *path)
                   "%s '%s': %s", keys[k], int_bad[i], err);
         }
     }
-    err = meta_load_error(path, "n_moe_layers", "1048576"); /* an integer, of no shape a model has */
-    CHECK(strstr(err, ": bad shape in metadata"), "n_moe_layers 1048576: %s", err);
+    /* integers of no shape a model has: the message names the value and its bounds */
+    err = meta_load_error(path, "n_moe_layers", "1048576");
+    CHECK(strstr(err, ": bad shape in metadata: n_moe_layers 1048576 is outside 1..1024") &&
+              strstr(err, "retrain it with moeflow train-predictor"), "n_moe_layers 1048576: %s", err);
+    err = meta_load_error(path, "top_k", "9");
+    CHECK(strstr(err, ": bad shape in metadata: top_k 9 is outside 1..8"), "top_k 9 of 8 experts: %s", err);
+    err = meta_load_error(path, "width", "65537");
+    CHECK(strstr(err, ": bad shape in metadata: width 65537 is outside 1..65536"), "width 65537: %s", err);
     static const char *const horizon_ok[] = { "1", "2", "8", "08" };
     for (size_t i = 0; i < MOE_ARRAY_LEN(horizon_ok); i++) {
         err = meta_load_error(path, "horizon", horizon_ok[i]);
@@ -190,14 +196,18 @@ int main(void)
               "the first block alone differs from the full forward's");
         moe_backend_destroy(be);
         moe_path_model_free(mh);
-        CHECK(!moe_path_model_create(M, E, K, DIM, 32, MOE_PATH_MAX_HORIZON + 1, 7), "horizon above the maximum");
+        CHECK(!moe_path_model_create(M, E, K, DIM, 32, MOE_PATH_MAX_HORIZON + 1, 7) &&
+                  strstr(moe_last_error(), "horizon 9 is outside 1..8"), "horizon above the maximum: %s",
+              moe_last_error());
     }
     /* the history input block: a moving average of the sequence's routing, kept across a save/load */
     {
         struct moe_path_opts ho = { .horizon = 2, .hist_decay = 0.5f }, bad = { .horizon = 2, .hist_decay = 1.0f };
         struct moe_path_model *mh = moe_path_model_create_ex(M, E, K, DIM, 16, &ho, 3);
         REQUIRE(mh && mh->n_in == DIM + 2 * M * E, "create with history: %s", moe_last_error());
-        CHECK(!moe_path_model_create_ex(M, E, K, DIM, 16, &bad, 3), "history decay 1 accepted");
+        CHECK(!moe_path_model_create_ex(M, E, K, DIM, 16, &bad, 3) &&
+                  strstr(moe_last_error(), "history decay 1 is outside [0, 1)"),
+              "history decay 1: %s", moe_last_error());
         float hist[M * E] = { 0 }, xh[DIM + 2 * M * E];
         moe_path_model_hist_update(mh, hist, target);
         moe_path_model_hist_update(mh, hist, target + M * K);

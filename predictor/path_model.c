@@ -485,12 +485,13 @@ static float bce(float z, float y)
     return (z > 0 ? z : 0) + log1pf(expf(-az)) - y * z;
 }
 
-/* Mean BCE per output and recall@top_k over rows [lo, hi). */
+/* Mean BCE per output with a target (the masked ones of a block after the sequence's end left out) and
+ * recall@top_k over rows [lo, hi). */
 static void evaluate(const struct moe_path_model *m, const struct moe_path_data *d, int lo, int hi, float *x,
                      float *y, float *h, float *z, int *idx, double *loss, double *recall)
 {
     const int B = 256;
-    double ls = 0, hit = 0, tot = 0;
+    double ls = 0, n_ls = 0, hit = 0, tot = 0;
     for (int s = lo; s < hi; s += B) {
         int nb = hi - s < B ? hi - s : B;
         for (int b = 0; b < nb; b++) idx[b] = s + b;
@@ -499,7 +500,10 @@ static void evaluate(const struct moe_path_model *m, const struct moe_path_data 
         for (int b = 0; b < nb; b++) {
             const float *zr = z + (size_t)b * m->n_out, *yr = y + (size_t)b * m->n_out;
             for (int i = 0; i < m->n_out; i++)
-                if (yr[i] >= 0) ls += bce(zr[i], yr[i]);
+                if (yr[i] >= 0) {
+                    ls += bce(zr[i], yr[i]);
+                    n_ls++;
+                }
             for (int l = 0; l < m->n_moe; l++) {
                 const float *zl = zr + l * m->n_experts, *yl = yr + l * m->n_experts;
                 /* count targets ranked within top_k */
@@ -515,8 +519,7 @@ static void evaluate(const struct moe_path_model *m, const struct moe_path_data 
             }
         }
     }
-    int n = hi - lo;
-    *loss = n > 0 ? ls / ((double)n * m->n_out) : 0;
+    *loss = n_ls > 0 ? ls / n_ls : 0;
     *recall = tot > 0 ? hit / tot : 0;
 }
 
@@ -578,7 +581,7 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
             perm[i] = perm[j];
             perm[j] = t;
         }
-        double tl = 0, shown = moe_now();
+        double tl = 0, n_tl = 0, shown = moe_now();
         for (int s = 0; s < n_tr; s += B) {
             if (tp->verbose && s > 0 && moe_now() - shown >= 10) { /* a long epoch says how far it is */
                 shown = moe_now();
@@ -587,7 +590,7 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
             int nb = n_tr - s < B ? n_tr - s : B;
             build_rows(m, d, perm + s, nb, x, y);
             forward_logits(m, nb, x, h, z);
-            /* dz = (sigmoid(z) - y) / (nb * n_out): gradient of the mean BCE */
+            /* dz = (sigmoid(z) - y) / nb: gradient of the BCE summed over a row's outputs, the mean over rows */
             float sc = 1.0f / (float)nb;
             for (size_t i = 0; i < (size_t)nb * m->n_out; i++) {
                 if (y[i] < 0) { /* masked */
@@ -595,6 +598,7 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
                     continue;
                 }
                 tl += bce(z[i], y[i]);
+                n_tl++;
                 z[i] = (sigmoidf_(z[i]) - y[i]) * sc;
             }
             /* g2 = dz^T h; gb2 = sum dz; dh = dz W2 masked by relu */
@@ -618,7 +622,7 @@ enum moe_status moe_path_model_train(struct moe_path_model *m, const struct moe_
             adam_step(&a2, m->w2, g2, tp->lr, tp->weight_decay, step);
             adam_step(&ab2, m->b2, gb2, tp->lr, 0, step);
         }
-        rep->train_loss = tl / ((double)n_tr * m->n_out);
+        rep->train_loss = n_tl > 0 ? tl / n_tl : 0;
         double vl, vr;
         evaluate(m, d, vlo, vhi, x, y, h, z, idx, &vl, &vr);
         rep->epochs = ep;

@@ -123,8 +123,8 @@ struct moe_path_train_params {
 struct moe_path_train_report {
     int epochs;            /* epochs run */
     int best_epoch;        /* 1-based epoch whose weights are kept */
-    double train_loss;     /* mean BCE per output, last epoch */
-    double val_loss;       /* best mean BCE per output on the held-out split */
+    double train_loss;     /* mean BCE per output with a target (masked ones left out), last epoch */
+    double val_loss;       /* best mean BCE per output with a target on the held-out split */
     double val_recall;     /* recall@top_k averaged over layers, held-out, best epoch */
     int n_train, n_val;    /* samples */
     double seconds;        /* wall time */

@@ -196,6 +196,36 @@ int main(void)
               "the first block alone differs from the full forward's");
         moe_backend_destroy(be);
         moe_path_model_free(mh);
+        /* every sequence ends after each token: the second block is masked throughout, and the losses are the
+         * first block's mean BCE per output (a step of 1e-9 leaves the weights as they were, to 1e-9) */
+        static int none[N * M * K];
+        for (int i = 0; i < N * M * K; i++) none[i] = -1;
+        struct moe_path_model *m2 = moe_path_model_create(M, E, K, DIM, 16, 2, 9);
+        REQUIRE(m2, "create horizon 2: %s", moe_last_error());
+        struct moe_path_data d2 = d;
+        d2.next = none;
+        struct moe_path_train_params tp2 = { .max_epochs = 1, .batch = 64, .lr = 1e-9f, .val_frac = 0.2f, .seed = 1 };
+        struct moe_path_train_report r2;
+        REQUIRE(moe_path_model_train(m2, &d2, &tp2, &r2) == MOE_OK, "train horizon 2: %s", moe_last_error());
+        double want_val = 0, want_train = 0;
+        for (int s2 = 0; s2 < N; s2++) {
+            float x2[DIM + M * E], p2[2 * M * E], h2[16];
+            moe_path_model_features(m2, emb + (size_t)token[s2] * DIM, prev + (size_t)s2 * M * K, x2);
+            moe_path_model_forward(m2, NULL, 1, x2, p2, h2);
+            for (int i = 0; i < M * E; i++) {
+                bool y = false;
+                for (int j = 0; j < K; j++) y |= target[(size_t)s2 * M * K + (size_t)(i / E) * K + (size_t)j] == i % E;
+                double l = -log(y ? (double)p2[i] : 1.0 - (double)p2[i]);
+                if (s2 < r2.n_train) want_train += l;
+                else want_val += l;
+            }
+        }
+        want_val /= (double)r2.n_val * M * E;
+        want_train /= (double)r2.n_train * M * E;
+        CHECK(fabs(r2.val_loss - want_val) < 1e-3 * want_val && fabs(r2.train_loss - want_train) < 1e-3 * want_train,
+              "masked block: held-out loss %.6f, train loss %.6f; the first block's %.6f, %.6f", r2.val_loss,
+              r2.train_loss, want_val, want_train);
+        moe_path_model_free(m2);
         CHECK(!moe_path_model_create(M, E, K, DIM, 32, MOE_PATH_MAX_HORIZON + 1, 7) &&
                   strstr(moe_last_error(), "horizon 9 is outside 1..8"), "horizon above the maximum: %s",
               moe_last_error());

@@ -150,6 +150,9 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
                               s, out->path);
         return MOE_OK;
     }
+    if (IS("auto") || IS("none") || IS("history"))
+        return moe_errorf(MOE_EINVAL, "--predictor %s: %.*s takes nothing after ':' (only gate:D, path:FILE and "
+                          "path+gate:FILE do)", s, (int)nlen, s);
 #undef IS
     return moe_errorf(MOE_EINVAL,
                       "--predictor %s: unknown predictor (use none, gate[:D], path[:FILE], history, "

@@ -84,6 +84,15 @@ int main(void)
     CHECK(moe_pred_spec_parse("path:", "/x", &sp) == MOE_EINVAL, "an empty path file name accepted");
     CHECK(moe_pred_spec_parse("auto", "/nonexistent", &sp) == MOE_OK && sp.kind == MOE_PRED_GATE, "auto w/o file");
     CHECK(moe_pred_spec_parse("history", "/x", &sp) == MOE_OK && sp.kind == MOE_PRED_HISTORY, "history");
+    /* a kind that takes no argument, given one: named as such, not as an unknown predictor */
+    static const char *const no_arg[] = { "none:3", "history:x", "auto:p.safetensors", "auto:" };
+    for (size_t i = 0; i < sizeof no_arg / sizeof no_arg[0]; i++) {
+        char want[160];
+        snprintf(want, sizeof want, "--predictor %s: %.*s takes nothing after ':' (only gate:D, path:FILE and "
+                 "path+gate:FILE do)", no_arg[i], (int)(strchr(no_arg[i], ':') - no_arg[i]), no_arg[i]);
+        CHECK(moe_pred_spec_parse(no_arg[i], "/x", &sp) == MOE_EINVAL && !strcmp(moe_last_error(), want),
+              "%s: '%s', want '%s'", no_arg[i], moe_last_error(), want);
+    }
 
     static struct moe_model m;
     static struct moe_layer_w lw[L];

@@ -411,6 +411,13 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
         return NULL;
     }
     n_keys = p->n_layers * p->n_experts;
+    int n_routed = n_keys; /* keys a slot can hold: the MoE layers' experts */
+    for (int l = 0; p->is_moe && l < p->n_layers; l++) n_routed -= p->is_moe[l] ? 0 : p->n_experts;
+    if (n_routed == 0) {
+        moe_errorf(MOE_EINVAL, "GPU expert tier: is_moe marks none of the %d layers: there are no experts to hold",
+                   p->n_layers);
+        return NULL;
+    }
     t = calloc(1, sizeof(*t));
     if (!t) {
         moe_errorf(MOE_ENOMEM, "GPU expert tier: out of host memory");
@@ -429,7 +436,7 @@ struct moe_cuda_tier *moe_cuda_tier_create(struct moe_cuda_ctx *c, const struct 
         }
         memcpy(t->is_moe, p->is_moe, sizeof(bool) * (size_t)p->n_layers);
     }
-    t->slots = p->slots < n_keys ? p->slots : n_keys;
+    t->slots = p->slots < n_routed ? p->slots : n_routed; /* a slot more would never be used */
     t->host_mat = p->host_mat;
     t->host_fill = p->host_fill;
     t->ud = p->ud;

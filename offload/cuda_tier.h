@@ -30,7 +30,8 @@ extern "C" {
 
 struct moe_cuda_tier_params {
     int n_layers, n_experts;        /* key space: key = layer * n_experts + expert */
-    int slots;                      /* device slots (experts resident at once), >= 1 */
+    int slots;                      /* device slots (experts resident at once), >= 1; at most one per
+                                       expert of the MoE layers are allocated */
     size_t mat_bytes[3];            /* bytes of gate, up, down of one expert */
     enum moe_policy_kind policy;    /* lru, lfu, belady (with future), predicted (prefetch hints) */
     const int *future;              /* belady only: demand keys in order */

@@ -295,6 +295,25 @@ int main(void)
     check_refused_acquire(c);
     use_fill = false;
 
+    /* slots for every key: only the MoE layers' experts get one (layer 3 is dense) */
+    {
+        size_t mb = (size_t)HID * INTER * 2;
+        bool is_moe[L];
+        for (int l = 0; l < L; l++) is_moe[l] = l != 3;
+        struct moe_cuda_tier_params ap = { .n_layers = L, .n_experts = E, .slots = L * E, .mat_bytes = { mb, mb, mb },
+                                           .policy = MOE_POLICY_LRU, .is_moe = is_moe, .host_mat = host_mat };
+        struct moe_cuda_tier *at = moe_cuda_tier_create(c, &ap);
+        REQUIRE(at, "tier with %d slots: %s", L * E, moe_last_error());
+        struct moe_cuda_tier_stats as;
+        moe_cuda_tier_get_stats(at, &as);
+        CHECK(as.slots == (L - 1) * E, "%d slots asked of %d layers (one dense) x %d experts: %d allocated, want %d",
+              L * E, L, E, as.slots, (L - 1) * E);
+        moe_cuda_tier_destroy(at);
+        for (int l = 0; l < L; l++) is_moe[l] = false;
+        CHECK(!moe_cuda_tier_create(c, &ap) && strstr(moe_last_error(), "no experts"), "no MoE layer: %s",
+              moe_last_error());
+    }
+
     /* errors: more experts at once than slots; a dense layer; bad id */
     struct moe_cuda_tier *t = make(c, K, MOE_POLICY_LRU);
     struct moe_expert_ref out[3];

@@ -25,7 +25,9 @@
 # and carried; unpacked under /tmp; MOEFLOW_BUNDLE names another), an unpacked
 # build-device/dist, or MOEFLOW_DIST.
 # Exit status: 0 when every step ran and passed (a test's own skip, exit 77, included), 1 when a
-# step failed, 3 when none failed but the budget cut some short or left no time for them.
+# step failed, 2 when there are no binaries to run (summary.json holds only that error), 3 when none
+# failed but the budget cut some short or left no time for them.  tests/gpu/test_device_check.py
+# runs this script over a fake bundle on the CPU.
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/device-out}

@@ -92,7 +92,10 @@ struct moe_backend_ops {
 
     /* KV cache of one layer: kcache/vcache [max_seqs, max_ctx, kv_dim] in cdt, F32 or BF16
      * (kv_dim = n_kv_heads*head_dim).  cache[seq[i], pos[i], :] = k[i, :] / v[i, :], rounded
-     * to the nearest BF16 (ties to even) in a BF16 cache.  kcache may equal vcache (and k, v). */
+     * to the nearest BF16 (ties to even) in a BF16 cache.  kcache may equal vcache (and k, v).
+     * A position outside 0..max_ctx-1 or a negative sequence is the caller's error: the CPU backend
+     * refuses the call (MOE_EINVAL), the CUDA backend, which cannot see the positions, writes
+     * nothing for that row. */
     enum moe_status (*kv_store)(void *ctx, const float *k, const float *v, void *kcache, void *vcache,
                                 enum moe_dtype cdt, const int32_t *seq, const int32_t *pos, int n,
                                 int max_ctx, int kv_dim);

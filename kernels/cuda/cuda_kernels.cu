@@ -265,7 +265,11 @@ __global__ static void k_kv_store(const float *k, const float *v, T *kc, T *vc, 
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         size_t t = i / (size_t)kv_dim, d = i % (size_t)kv_dim;
-        size_t at = ((size_t)seq[t] * (size_t)max_ctx + (size_t)pos[t]) * (size_t)kv_dim + d;
+        int s = seq[t], p = pos[t];
+        /* a row outside the cache (which the C twin refuses) writes nothing: position max_ctx of one
+         * sequence is position 0 of the next */
+        if (s < 0 || p < 0 || p >= max_ctx) continue;
+        size_t at = ((size_t)s * (size_t)max_ctx + (size_t)p) * (size_t)kv_dim + d;
         cache_put(kc + at, k[i]);
         cache_put(vc + at, v[i]);
     }

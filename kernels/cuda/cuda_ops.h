@@ -144,7 +144,8 @@ enum moe_status moe_cuda_rope_table(struct moe_cuda_ctx *c, float *d_x, const in
 
 /* KV cache: [max_seqs, max_ctx, kv_dim] for K and for V in cdt, F32 or BF16 (kv_dim =
  * n_kv*head_dim).  store: cache[seq[i], pos[i], :] = k[i, :] / v[i, :] (BF16: rounded to
- * nearest even). */
+ * nearest even).  A row whose position is outside 0..max_ctx-1 or whose sequence is negative
+ * writes nothing (the positions are on the device; the CPU backend refuses such a call). */
 enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, const float *d_v,
                                   void *d_kcache, void *d_vcache, enum moe_dtype cdt, const int *d_seq,
                                   const int *d_pos, int n, int max_ctx, int kv_dim);

@@ -244,6 +244,41 @@ static void test_attention_bf16(struct g_rng *r)
     free(kc); free(vc); free(q); free(got); free(ref); free(kb); free(vb); free(back);
 }
 
+/* kv_store rows outside the cache write nothing, F32 and BF16 caches: position max_ctx of sequence 0
+ * (sequence 1's position 0 were it written), position -1 of sequence 1 (sequence 0's last position)
+ * and sequence -1 at position max_ctx (sequence 0's first) beside one row in range; the cache is
+ * unchanged but for that row, guard bytes included (the CPU twin refuses such a call). */
+static void test_kv_store_bounds(struct g_rng *r)
+{
+    int max_ctx = 5, max_seqs = 2, kv_dim = 40, n = 4;
+    int seq[4] = { 0, 1, -1, 1 }, pos[4] = { 5, -1, 5, 2 }; /* the last row is the only one in range */
+    size_t cells = (size_t)max_seqs * max_ctx * kv_dim;
+    for (int bf = 0; bf < 2; bf++) {
+        size_t es = bf ? 2 : 4;
+        unsigned char *cache = malloc(cells * es), *want = malloc(cells * es), *back = malloc(cells * es);
+        float *kv = malloc((size_t)n * kv_dim * 4);
+        struct g_buf dc, dkv, ds, dp;
+        for (size_t i = 0; i < cells * es; i++) cache[i] = (unsigned char)(g_next(r) | 1); /* no zero byte */
+        g_fill(r, kv, (size_t)n * kv_dim, 1.0f, false);
+        memcpy(want, cache, cells * es);
+        for (int d = 0; d < kv_dim; d++) { /* the one row in range */
+            size_t at = ((size_t)seq[3] * max_ctx + (size_t)pos[3]) * kv_dim + (size_t)d;
+            float v = kv[(size_t)3 * kv_dim + d];
+            if (bf) ((uint16_t *)want)[at] = moe_f32_to_bf16(v);
+            else ((float *)want)[at] = v;
+        }
+        UP(dc, cache, cells * es); UP(dkv, kv, (size_t)n * kv_dim * 4);
+        UP(ds, seq, sizeof(seq)); UP(dp, pos, sizeof(pos));
+        OK(moe_cuda_kv_store(ctx, dkv.d, dkv.d, dc.d, dc.d, bf ? MOE_DT_BF16 : MOE_DT_F32, ds.d, dp.d, n, max_ctx,
+                             kv_dim));
+        dl(&dc, back, "kv_store, rows outside the cache");
+        CHECK(!memcmp(back, want, cells * es), "kv_store (%s cache): a row outside the cache was written",
+              bf ? "BF16" : "F32");
+        g_buf_free(ctx, &dc); g_buf_free(ctx, &dkv); g_buf_free(ctx, &ds); g_buf_free(ctx, &dp);
+        free(cache); free(want); free(back); free(kv);
+    }
+}
+
 /* Long contexts in chunks of 256: one block per (token, head group) folding every chunk
  * (splits 1), three blocks each taking every third chunk and a combining kernel (splits 3), and
  * the context's own choice (0: split when the blocks do not fill the device) give the same bits,
@@ -964,6 +999,7 @@ int main(void)
         if (!adv) test_attention_bf16(&r);
         if (!adv) test_attention_long(&r);
         if (!adv) test_attention_bound(&r);
+        if (!adv) test_kv_store_bounds(&r);
         test_router(&r, adv);
         test_deepseek_ops(&r, adv);
         if (!adv) test_fp8_decode(&r);

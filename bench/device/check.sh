@@ -24,10 +24,12 @@
 # Binaries come from build-device/dist.tar.xz (made here by bench/device/prepare.sh
 # and carried; unpacked under /tmp; MOEFLOW_BUNDLE names another), an unpacked
 # build-device/dist, or MOEFLOW_DIST.
-# Exit status: 0 when every step ran and passed (a test's own skip, exit 77, included), 1 when a
-# step failed, 2 when there are no binaries to run (summary.json holds only that error), 3 when none
-# failed but the budget cut some short or left no time for them.  tests/gpu/test_device_check.py
-# runs this script over a fake bundle on the CPU.
+# Exit status: 0 when every step ran and passed, 1 when a step failed, 2 when there are no binaries
+# to run (summary.json holds only that error), 3 when none failed but the budget cut some short or
+# left no time for them, or a program found no CUDA device (its exit 77, a skip: the GPU programs
+# skip only for want of a device, so on the device machine the check then did not run; under
+# compute-sanitizer an exit 77 is the sanitizer's limit, a skip that leaves the exit status alone).
+# tests/gpu/test_device_check.py runs this script over a fake bundle on the CPU.
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/device-out}
@@ -74,6 +76,7 @@ export MOEFLOW_TEST_SEED=${MOEFLOW_TEST_SEED:-$(date +%s)}
 steps=()
 fails=0
 cut_steps=0   # steps the time budget skipped or cut short
+nodev_steps=0 # steps whose program exited 77: it saw no CUDA device
 # summary.json and logs.tar.gz as they stand ("finished" false until the end): a run cut off
 # from outside still reports its steps, in no more files than the device tool brings back
 report() {
@@ -102,18 +105,21 @@ run() {
   timeout -k 10 "$limit" "$@" > "$logs/$name.log" 2>&1
   local rc=$?
   local dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-  local status=pass reason=""
+  local status=pass why=""
   if { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && [ $cut -eq 1 ]; then
-    status=skip reason=',"reason":"time budget"' cut_steps=$((cut_steps + 1))
+    status=skip why="time budget" cut_steps=$((cut_steps + 1))
   elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
     status=timeout && fails=$((fails + 1))
+  elif [ $rc -eq 77 ] && [ "${name#memcheck_}" != "$name" ]; then
+    # the sanitizer hid the device, as where it refuses it (below): its own limit, not the check's
+    status=skip why="no CUDA device under compute-sanitizer (exit 77)"
   elif [ $rc -eq 77 ]; then
-    status=skip
+    status=skip why="no CUDA device (exit 77)" nodev_steps=$((nodev_steps + 1))
   elif [ $rc -ne 0 ]; then
     status=fail && fails=$((fails + 1))
   fi
-  steps+=("{\"step\":\"$name\",\"status\":\"$status\",\"rc\":$rc,\"seconds\":$dt$reason}")
-  echo "check.sh: $name: $status (rc $rc, ${dt}s${reason:+, cut short by the time budget})"
+  steps+=("{\"step\":\"$name\",\"status\":\"$status\",\"rc\":$rc,\"seconds\":$dt${why:+,\"reason\":\"$why\"}}")
+  echo "check.sh: $name: $status (rc $rc, ${dt}s${why:+; $why})"
   report false
 }
 
@@ -202,8 +208,12 @@ done
 report true
 cat "$out/summary.json"
 [ $fails -eq 0 ] || exit 1
+if [ $nodev_steps -gt 0 ]; then
+  echo "check.sh: no step failed, but $nodev_steps found no CUDA device (exit 77): the GPU check did not" \
+       "run there; see nvidia-smi.txt and the steps' logs" >&2
+fi
 if [ $cut_steps -gt 0 ]; then
   echo "check.sh: no step failed, but $cut_steps did not run to their end (time budget): not a pass;" \
        "rerun with a larger CHECK_BUDGET_S or read summary.json's skips" >&2
-  exit 3
 fi
+[ $cut_steps -eq 0 ] && [ $nodev_steps -eq 0 ] || exit 3

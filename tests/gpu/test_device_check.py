@@ -3,9 +3,11 @@
 its arguments and exits with the code the test gives it (MOEFLOW_STUB_RC_<name>), compute-sanitizer is
 a stub that runs the program it is given (or refuses the device as gVisor machines do), and moeflow a
 stub whose --backend cpu and cuda texts are equal.  The device run happens once, so its script is
-checked here as its header says it behaves: exit 0 when every step passed (a test's own 77 a skip),
-1 when one failed (a test missing from the bundle too; the failing log's tail printed), 2 without the
-binaries (summary.json naming prepare.sh), 3 when the time budget cut a step short or skipped it;
+checked here as its header says it behaves: exit 0 when every step passed, 1 when one failed (a test
+missing from the bundle too; the failing log's tail printed), 2 without the binaries (summary.json
+naming prepare.sh), 3 when the time budget cut a step short or skipped it, or when a program found no
+CUDA device (its exit 77: a skip, and no pass, since on the device machine the check did not run; under
+compute-sanitizer a skip alone);
 summary.json valid JSON with "finished" true and every step, the CLI step's cases, logs.tar.gz with
 a log per step, at most 8 files under $OUT named as the device tool brings them back; and the bundle
 unpacked from dist.tar.xz with tar, or with python3's tarfile where tar cannot."""
@@ -157,7 +159,8 @@ def case_fail_and_skip():
         check(s and s.get("failures") == 2 and s.get("finished") is True, "a failing step: summary %s" % s)
         check(st.get("test_gpu_tier", {}).get("status") == "fail" and st["test_gpu_tier"].get("rc") == 1,
               "test_gpu_tier: %s" % st.get("test_gpu_tier"))
-        check(st.get("test_gpu_sticky", {}).get("status") == "skip", "a 77 is a skip: %s" % st.get("test_gpu_sticky"))
+        check(st.get("test_gpu_sticky", {}).get("status") == "skip" and
+              "no CUDA device" in st["test_gpu_sticky"].get("reason", ""), "a 77 is a skip: %s" % st.get("test_gpu_sticky"))
         check(st.get("test_gpu_variants", {}).get("status") == "fail" and
               "not in the bundle" in st["test_gpu_variants"].get("reason", ""),
               "a test missing from the bundle: %s" % st.get("test_gpu_variants"))
@@ -166,6 +169,34 @@ def case_fail_and_skip():
             check(st.get(n, {}).get("status") == "skip" and "Device not supported" in st[n].get("reason", ""),
                   "a sanitizer refusing the device: %s" % st.get(n))
         out_files_ok(out, "a failing step")
+
+
+def case_no_device():
+    """Every program finds no device (a driver the runtime cannot use, no GPU in the container): a skip
+    each, exit 3, not a pass."""
+    with tempfile.TemporaryDirectory() as root:
+        make_dist(root)
+        env = {"MOEFLOW_STUB_RC_" + b: "77" for b in BINARIES}
+        p, s, out = run_check(root, env)
+        st = steps_of(s)
+        check(p.returncode == 3, "no device: exit %d, want 3\n%s" % (p.returncode, p.stderr))
+        check(s and s.get("failures") == 0 and s.get("finished") is True, "no device: summary %s" % s)
+        check(st.get("test_gpu_ops", {}).get("status") == "skip" and
+              st["test_gpu_ops"].get("reason") == "no CUDA device (exit 77)", "no device: %s" % st.get("test_gpu_ops"))
+        check("found no CUDA device" in p.stderr, "no device: stderr says nothing of it:\n" + p.stderr)
+    with tempfile.TemporaryDirectory() as root:  # one program alone
+        make_dist(root)
+        p, s, out = run_check(root, {"MOEFLOW_STUB_RC_test_gpu_runtime": "77"})
+        check(p.returncode == 3, "one program without a device: exit %d, want 3" % p.returncode)
+    with tempfile.TemporaryDirectory() as root:  # the device hidden by compute-sanitizer alone: a pass
+        make_dist(root)
+        write_exe(os.path.join(root, "stubs", "compute-sanitizer"), "#!/bin/sh\nexit 77\n")
+        p, s, out = run_check(root, {})
+        st = steps_of(s)
+        check(p.returncode == 0, "no device under compute-sanitizer: exit %d, want 0" % p.returncode)
+        check(st.get("memcheck_gpu_ops", {}).get("status") == "skip" and
+              "compute-sanitizer" in st["memcheck_gpu_ops"].get("reason", ""),
+              "no device under compute-sanitizer: %s" % st.get("memcheck_gpu_ops"))
 
 
 def case_no_binaries():
@@ -214,6 +245,7 @@ if not os.access("/usr/bin/python3", os.X_OK) or not shutil.which("bash") or not
     sys.exit(77)
 case_all_pass()
 case_fail_and_skip()
+case_no_device()
 case_no_binaries()
 case_budget()
 case_bundle(True)

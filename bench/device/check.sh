@@ -17,7 +17,8 @@
 # CLI step lists its cases; rewritten after every step, "finished" true at the end),
 # logs.tar.gz (one log per step, likewise), gpu_model_decode.json,
 # gpu_model_decode_kv_bf16.json, gpu_moe_decode.json, gpu_moe_decode_invariant.json,
-# store_read_bench.json, nvidia-smi.txt (8 files: all the device tool brings back).  The tails of
+# store_read_bench.json (JSON Lines: an object per case), nvidia-smi.txt (8 files: all the device
+# tool brings back).  The tails of
 # failing steps' logs are printed before the summary.  Budget: under 6 minutes; a step
 # the budget cuts short is a skip with reason "time budget", not a failure.
 #

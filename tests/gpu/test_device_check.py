@@ -47,7 +47,7 @@ STUB = """#!/bin/sh
 # a GPU program of the bundle: its name's MOEFLOW_STUB_RC_<name>, else 0; store_read_bench's JSON line
 n=$(basename "$0")
 echo "$n $*"
-[ "$n" = store_read_bench ] && echo '{"bench":"store_read","GBs":1.0}'
+[ "$n" = store_read_bench ] && printf '%s\n' 'reading 1 GiB' '{"bench":"store_read","gbs":1.0}' '{"bench":"store_read","gbs":2.0}'
 [ "$n" = test_gpu_ops ] && [ -n "${MOEFLOW_STUB_SLEEP:-}" ] && exec sleep "$MOEFLOW_STUB_SLEEP"
 eval "rc=\\${MOEFLOW_STUB_RC_$n:-0}"
 exit $rc
@@ -144,8 +144,9 @@ def case_all_pass():
             logs = set(t.getnames())
         for name in STEPS:
             check(name + ".log" in logs, "all pass: logs.tar.gz lacks %s.log (%s)" % (name, sorted(logs)))
-        with open(os.path.join(out, "store_read_bench.json")) as f:
-            check(json.load(f).get("bench") == "store_read", "store_read_bench.json")
+        with open(os.path.join(out, "store_read_bench.json")) as f:  # JSON Lines, the log's other lines left out
+            rows = [json.loads(line) for line in f]
+        check([r.get("gbs") for r in rows] == [1.0, 2.0], "store_read_bench.json: %s" % rows)
         out_files_ok(out, "all pass")
 
 

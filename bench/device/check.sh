@@ -147,8 +147,10 @@ for t in test_gpu_variants:60 test_gpu_runtime:90 test_gpu_sticky:60; do
 done
 if [ -x "$b/moeflow" ]; then
   run cli_generate_cuda_vs_cpu 150 bash "$root/bench/device/cli_generate.sh" "$b/moeflow" "$MOEFLOW_MODEL"
-  # the cases ("case NAME pass|fail" lines) go into the step's summary entry
-  cases=$(awk '$1 == "case" && NF == 3 { printf "%s\"%s\":\"%s\"", n++ ? "," : "", $2, $3 }' \
+  # the cases ("case NAME pass|fail" lines) go into the step's summary entry; only the script's own
+  # names (p0_cuda_all): a failing case's texts, printed in the log, may hold such lines too
+  cases=$(awk '$1 == "case" && NF == 3 && $2 ~ /^p[0-9]+_[a-z_]+$/ && ($3 == "pass" || $3 == "fail") {
+                 printf "%s\"%s\":\"%s\"", n++ ? "," : "", $2, $3 }' \
           "$logs/cli_generate_cuda_vs_cpu.log" 2>/dev/null)
   last=${steps[${#steps[@]}-1]}
   steps[${#steps[@]}-1]="${last%\}},\"cases\":{$cases}}"

@@ -47,15 +47,16 @@ STUB = """#!/bin/sh
 # a GPU program of the bundle: its name's MOEFLOW_STUB_RC_<name>, else 0; store_read_bench's JSON line
 n=$(basename "$0")
 echo "$n $*"
-[ "$n" = store_read_bench ] && printf '%s\n' 'reading 1 GiB' '{"bench":"store_read","gbs":1.0}' '{"bench":"store_read","gbs":2.0}'
+[ "$n" = store_read_bench ] && printf '%s\\n' 'reading 1 GiB' '{"bench":"store_read","gbs":1.0}' '{"bench":"store_read","gbs":2.0}'
 [ "$n" = test_gpu_ops ] && [ -n "${MOEFLOW_STUB_SLEEP:-}" ] && exec sleep "$MOEFLOW_STUB_SLEEP"
 eval "rc=\\${MOEFLOW_STUB_RC_$n:-0}"
 exit $rc
 """
 
 MOEFLOW = """#!/bin/sh
-# moeflow generate: the same text on every backend
+# moeflow generate: the same text on every backend, or with MOEFLOW_STUB_CUDA_TEXT another on cuda
 case "$*" in *--help*) echo "  --predictor P"; exit 0;; esac
+case "$*" in *"--backend cuda"*) [ -n "${MOEFLOW_STUB_CUDA_TEXT:-}" ] && { printf '%s\\n' "$MOEFLOW_STUB_CUDA_TEXT"; exit 0; };; esac
 echo "def f(): return 1"
 """
 
@@ -172,6 +173,19 @@ def case_fail_and_skip():
         out_files_ok(out, "a failing step")
 
 
+def case_cli_differs():
+    """The CLI's GPU text differs from the CPU's, and holds lines that look like check.sh's case lines
+    (Python's match statement): the step fails, its 9 cases are fail, summary.json stays JSON."""
+    with tempfile.TemporaryDirectory() as root:
+        make_dist(root)
+        p, s, out = run_check(root, {"MOEFLOW_STUB_CUDA_TEXT": 'match x:\ncase "a" pass\ncase 1: pass'})
+        st = steps_of(s).get("cli_generate_cuda_vs_cpu", {})
+        check(p.returncode == 1, "CLI texts differ: exit %d, want 1" % p.returncode)
+        cases = st.get("cases", {})
+        check(st.get("status") == "fail" and len(cases) == 9 and set(cases.values()) == {"fail"},
+              "CLI texts differ: step %s" % st)
+
+
 def case_no_device():
     """Every program finds no device (a driver the runtime cannot use, no GPU in the container): a skip
     each, exit 3, not a pass."""
@@ -246,6 +260,7 @@ if not os.access("/usr/bin/python3", os.X_OK) or not shutil.which("bash") or not
     sys.exit(77)
 case_all_pass()
 case_fail_and_skip()
+case_cli_differs()
 case_no_device()
 case_no_binaries()
 case_budget()

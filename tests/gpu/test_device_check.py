@@ -47,6 +47,7 @@ STUB = """#!/bin/sh
 # a GPU program of the bundle: its name's MOEFLOW_STUB_RC_<name>, else 0; store_read_bench's JSON line
 n=$(basename "$0")
 echo "$n $*"
+while [ $# -gt 0 ]; do [ "$1" = --json ] && echo '{}' > "$2"; shift; done  # a benchmark's JSON file
 [ "$n" = store_read_bench ] && printf '%s\\n' 'reading 1 GiB' '{"bench":"store_read","gbs":1.0}' '{"bench":"store_read","gbs":2.0}'
 [ "$n" = test_gpu_ops ] && [ -n "${MOEFLOW_STUB_SLEEP:-}" ] && exec sleep "$MOEFLOW_STUB_SLEEP"
 eval "rc=\\${MOEFLOW_STUB_RC_$n:-0}"
@@ -117,12 +118,13 @@ def steps_of(summary):
     return {s["step"]: s for s in (summary or {}).get("steps", [])}
 
 
-def out_files_ok(out, case):
+def out_files_ok(out, case, want=None):
     """What the device tool brings back: at most 8 files, named in letters, digits, '.', '_', '-'."""
     files = []
     for d, _, fs in os.walk(out):
         files += [os.path.relpath(os.path.join(d, f), out) for f in fs]
     check(len(files) <= 8, "%s: %d files under $OUT (the device tool brings back 8): %s" % (case, len(files), files))
+    check(want is None or sorted(files) == sorted(want), "%s: files under $OUT %s, want %s" % (case, files, want))
     for f in files:
         check(all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for part in f.split("/")) and f.count("/") <= 2,
               "%s: $OUT/%s would not come back" % (case, f))
@@ -148,7 +150,9 @@ def case_all_pass():
         with open(os.path.join(out, "store_read_bench.json")) as f:  # JSON Lines, the log's other lines left out
             rows = [json.loads(line) for line in f]
         check([r.get("gbs") for r in rows] == [1.0, 2.0], "store_read_bench.json: %s" % rows)
-        out_files_ok(out, "all pass")
+        out_files_ok(out, "all pass", ["summary.json", "logs.tar.gz", "nvidia-smi.txt", "gpu_model_decode.json",
+                                       "gpu_model_decode_kv_bf16.json", "gpu_moe_decode.json",
+                                       "gpu_moe_decode_invariant.json", "store_read_bench.json"])
 
 
 def case_fail_and_skip():

@@ -47,10 +47,15 @@ if [ -z "${MOEFLOW_DIST:-}" ] && [ ! -x "$dist/bin/test_gpu_ops" ] && [ -f "$bun
     dist=$unpack/dist
   fi
 fi
+# json_str S: S as a JSON string (without python3: with quotes, backslashes and control characters dropped)
+json_str() {
+  python3 -c 'import json, sys; sys.stdout.write(json.dumps(sys.argv[1]))' "$1" 2>/dev/null ||
+    printf '"%s"' "$(printf '%s' "$1" | tr -d '\\"\000-\037')"
+}
 if [ ! -x "$dist/bin/test_gpu_ops" ]; then
   msg="$dist/bin/test_gpu_ops missing: run bench/device/prepare.sh on the build machine and carry $bundle"
   echo "check.sh: $msg" >&2
-  printf '{"failures":1,"error":"%s"}\n' "$msg" > "$out/summary.json"
+  printf '{"failures":1,"error":%s}\n' "$(json_str "$msg")" > "$out/summary.json"
   exit 2
 fi
 cuda_lib=""
@@ -71,6 +76,9 @@ data=$root
 [ -d "$dist/data/models" ] && data=$dist/data
 export MOEFLOW_SOURCE_DIR="$data" MOEFLOW_MODEL="$data/models/pycode-moe-18m"
 export MOEFLOW_TEST_SEED=${MOEFLOW_TEST_SEED:-$(date +%s)}
+# a decimal seed is a JSON number in summary.json, any other (the tests also take hex) a string
+seed_json=$MOEFLOW_TEST_SEED
+[[ $seed_json =~ ^[1-9][0-9]{0,17}$|^0$ ]] || seed_json=$(json_str "$MOEFLOW_TEST_SEED")
 
 (nvidia-smi; nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current \
    --format=csv) > "$out/nvidia-smi.txt" 2>&1
@@ -82,7 +90,7 @@ nodev_steps=0 # steps whose program exited 77: it saw no CUDA device
 # from outside still reports its steps, in no more files than the device tool brings back
 report() {
   {
-    printf '{"seed":%s,"failures":%d,"finished":%s,"steps":[' "$MOEFLOW_TEST_SEED" "$fails" "$1"
+    printf '{"seed":%s,"failures":%d,"finished":%s,"steps":[' "$seed_json" "$fails" "$1"
     (IFS=,; printf '%s' "${steps[*]}")
     printf ']}\n'
   } > "$out/summary.json"

@@ -222,10 +222,20 @@ def case_no_binaries():
     with tempfile.TemporaryDirectory() as root:
         make_dist(root)
         shutil.rmtree(os.path.join(root, "dist"))
-        p, s, out = run_check(root, {"MOEFLOW_DIST": os.path.join(root, "nowhere"),
+        nowhere = os.path.join(root, 'no "dist" \\ here')  # summary.json stays JSON whatever the path holds
+        p, s, out = run_check(root, {"MOEFLOW_DIST": nowhere,
                                      "MOEFLOW_BUNDLE": os.path.join(root, "none.tar.xz")}, dist=False)
         check(p.returncode == 2, "no binaries: exit %d, want 2" % p.returncode)
-        check(s and s.get("failures") == 1 and "prepare.sh" in s.get("error", ""), "no binaries: summary %s" % s)
+        check(s and s.get("failures") == 1 and "prepare.sh" in s.get("error", "") and nowhere in s.get("error", ""),
+              "no binaries: summary %s" % s)
+
+
+def case_hex_seed():
+    """The tests take a hex seed; summary.json then holds it as a string, still JSON."""
+    with tempfile.TemporaryDirectory() as root:
+        make_dist(root)
+        p, s, out = run_check(root, {"MOEFLOW_TEST_SEED": "0x1f"})
+        check(p.returncode == 0 and s and s.get("seed") == "0x1f", "hex seed: exit %d, summary %s" % (p.returncode, s))
 
 
 def case_budget():
@@ -267,6 +277,7 @@ case_fail_and_skip()
 case_cli_differs()
 case_no_device()
 case_no_binaries()
+case_hex_seed()
 case_budget()
 case_bundle(True)
 case_bundle(False)

@@ -122,6 +122,7 @@ struct moe_sched {
     int n_tev;
     size_t cap_tev;
     uint32_t n_reserve;            /* reservations made (fault_events_at) */
+    uint32_t n_forwards;           /* forward() calls made (fault_device_at) */
     struct rq **dec, **pre;        /* [max_running] decode / prefill requests of this step */
     struct rq **live, **grp, **next; /* [max_running] regroup: runnable now, chosen, chosen next */
     double *cred;                  /* [max_running] */
@@ -836,6 +837,9 @@ static enum moe_status forward_rows(struct moe_sched *s, int row0, int rows, int
                            .want_logits = s->b_want + row0 };
     struct fwd_ctx fc = { .s = s, .n_rows = rows, .row0 = row0 };
     memset(s->fw_seen, 0, sizeof(bool) * (size_t)s->n_moe);
+    if (s->p.fault_device_at && ++s->n_forwards == s->p.fault_device_at)
+        return moe_errorf(MOE_EDEVLOST, "device error: injected at forward %u (fault_device_at); the device is "
+                          "unusable: restart the process", s->n_forwards);
     enum moe_status st = s->be.forward(s->be.self, &b, s->logits + (size_t)logit_row0 * (size_t)s->be.vocab,
                                        on_route, &fc);
     if (st == MOE_OK)

@@ -96,6 +96,8 @@ struct moe_sched_params {
     int engine_max_batch_tokens; /* max_batch_tokens (0 = ask the engine) */
     uint32_t fault_events_at; /* testing: the Nth micro-batch finds no memory for its token events, as
                                  out of memory would (its requests fail with MOE_ENOMEM); 0 = off */
+    uint32_t fault_device_at; /* testing: the Nth forward() fails as on a lost device would (its
+                                 micro-batch's requests fail with MOE_EDEVLOST); 0 = off */
 };
 
 struct moe_gen_params {

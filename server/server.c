@@ -339,11 +339,14 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
     struct moe_server *s = g->srv;
     /* a failure on a context that a sticky error poisoned is the lost device's, whatever its status */
     bool lost = st == MOE_EDEVLOST || (why == MOE_FINISH_ERROR && moe_offload_backend_poisoned(s->backend));
-    if (lost && !atomic_exchange(&s->device_failed, true)) {
+    if (lost && !atomic_exchange(&s->device_claimed, true)) {
         /* A sticky accelerator error poisons the process: readiness off, fail
-         * what is in flight, exit non-zero so a supervisor restarts us. */
+         * the requests whose forward failed, cancel the rest saying why (moe_server_run's drain), exit
+         * non-zero so a supervisor restarts us. */
         atomic_store(&s->ready, false);
         MOE_ERR("device error: %s", msg ? msg : "");
+        snprintf(s->device_why, sizeof(s->device_why), "%.*s", moe_utf8_cut(msg ? msg : "", 150), msg ? msg : "");
+        atomic_store(&s->device_failed, true); /* device_why is whole */
         server_notify_device_error();
     } else if (st == MOE_EDEVICE && !lost) {
         /* A device operation failed, the device stays usable: this request fails (alone, or with the
@@ -1335,6 +1338,9 @@ static enum moe_status server_load(struct moe_server *s)
     const char *fault = getenv("MOEFLOW_TEST_FAULT_EVENTS_AT");
     if (fault)
         sp.fault_events_at = (uint32_t)strtoul(fault, NULL, 10);
+    /* ... and the Nth forward pass fails as on a lost device */
+    if ((fault = getenv("MOEFLOW_TEST_FAULT_DEVICE_AT")))
+        sp.fault_device_at = (uint32_t)strtoul(fault, NULL, 10);
     s->sched = moe_sched_create(s->engine, &sp);
     if (!s->sched)
         return MOE_EINVAL; /* the scheduler's message names it */
@@ -1398,16 +1404,19 @@ enum moe_status moe_server_run(struct moe_server *s)
         moe_server_block_signals();
     int sig = wait_signal();
     bool device = atomic_load(&s->device_failed);
-    if (device)
-        fprintf(stderr, "moeflow serve: device error: failing in-flight requests and exiting\n");
-    else
+    char stop_why[300] = "";
+    if (device) {
+        snprintf(stop_why, sizeof(stop_why), "the server is stopping: the device failed (%s)", s->device_why);
+        fprintf(stderr, "moeflow serve: %s: cancelling the requests in flight and exiting\n", stop_why);
+    } else {
         fprintf(stderr, "moeflow serve: %s: draining (up to %.1f s)\n",
                 sig == SIGTERM ? "SIGTERM" : "SIGINT", s->cfg.drain_timeout);
+    }
     atomic_store(&s->ready, false);
     atomic_store(&s->draining, true);
     double t0 = moe_now();
     drain_end = t0 + s->cfg.drain_timeout + SRV_DELIVER_S;
-    moe_sched_drain(s->sched, device ? 0 : s->cfg.drain_timeout);
+    moe_sched_drain_why(s->sched, device ? 0 : s->cfg.drain_timeout, device ? stop_why : NULL);
     await_delivery(s, drain_end);
     struct moe_sched_stats ss;
     moe_sched_stats(s->sched, &ss);

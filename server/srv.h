@@ -146,7 +146,10 @@ struct moe_server {
     atomic_bool grpc_lost;         /* gRPC core stopped accepting connections for good: never ready again, and
                                       /health answers 503 so that a liveness probe restarts the process */
     atomic_bool device_failed;     /* a request failed with MOE_EDEVLOST (a sticky device error): stop,
-                                      exit non-zero; MOE_EDEVICE fails the request alone */
+                                      exit non-zero; MOE_EDEVICE fails the request alone.  Set once
+                                      device_why is written */
+    atomic_bool device_claimed;    /* the first such failure was seen (it writes device_why) */
+    char device_why[256];          /* that failure's message: the drain tells the requests it cancels */
     atomic_int live_gens;          /* srv_gen objects alive */
     double t_start;
     long long created;             /* wall-clock start, seconds since the epoch (/v1/models) */

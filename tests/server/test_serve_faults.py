@@ -348,6 +348,68 @@ def refused_out_of_memory(moeflow, pb):
                 print(srv.output()[-3000:])
 
 
+def metrics_at(port):
+    """/metrics of the server on port, parsed (for a server that a test started itself)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(30))
+    try:
+        conn.request("GET", "/metrics")
+        return parse_prometheus(conn.getresponse().read().decode())
+    finally:
+        conn.close()
+
+
+def wait_metric_at(proc, port, name, at_least):
+    """Wait (while proc runs, up to 120 s scaled) until /metrics on port shows name at least at_least."""
+    t = time.time()
+    while proc.poll() is None and time.time() - t < scaled(120):
+        try:
+            if metric(metrics_at(port), name) >= at_least:
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
+
+
+def start_gated(moeflow, name, fault, *args):
+    """moeflow serve on free ports with the test fault env fault ({variable: value}) and, under ctest
+    (MOEFLOW_FAULT_SHIM), the gRPC thread's gate (fault_shim.c) at a path of its own, not yet made: (proc,
+    HTTP port, gRPC port, the gate's path, whether the gate works).  Its output goes to proc.stdout."""
+    import subprocess
+    shim = os.environ.get("MOEFLOW_FAULT_SHIM")
+    gate = os.path.join(tempfile.mkdtemp(), "gate")
+    env = dict(os.environ, **fault)
+    if shim:
+        env.update(LD_PRELOAD=shim, MOEFLOW_TEST_GRPC_GATE=gate)
+    else:
+        print("%s: the gRPC thread not held (MOEFLOW_FAULT_SHIM unset: run it under ctest)" % name)
+    port, gport = free_port(), free_port()
+    proc = subprocess.Popen([moeflow, "serve", "--grpc-port", str(gport), "--http-port", str(port)] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    return proc, port, gport, gate, bool(shim)
+
+
+def end_gated(proc, gate):
+    """The gate gone and the server ended (killed when it still runs)."""
+    if os.path.exists(gate):
+        os.unlink(gate)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def generate_into(pb, got, max_tokens):
+    """A function of a Generation stub that calls Generate("def g():") for max_tokens tokens past any end of
+    sequence, and keeps its messages (got["msgs"]) or its status (got["status"]: code, details)."""
+    def generate(stub):
+        try:
+            got["msgs"] = list(stub.Generate(pb["m"].GenerateRequest(prompt="def g():", max_tokens=max_tokens,
+                                                                     ignore_eos=True), timeout=scaled(60)))
+        except grpc.RpcError as e:
+            got["status"] = (e.code(), e.details())
+    return generate
+
+
 def warmup_failed_with_requests(moeflow, pb):
     """A warm-up that fails after the model loaded (MOEFLOW_TEST_FAULT_EVENTS_AT: its 900th micro-batch finds
     no memory for its token events) ends the server, exit 1, with requests admitted meanwhile (the front
@@ -360,62 +422,29 @@ def warmup_failed_with_requests(moeflow, pb):
     deliver it.  Under scripts/tsan.sh, a front end that stopped first shows as a heap-use-after-free in
     on_token or on_done (the inbox's lock)."""
     import http.client
-    import subprocess
-    shim = os.environ.get("MOEFLOW_FAULT_SHIM")
-    gate = os.path.join(tempfile.mkdtemp(), "gate")
-    env = dict(os.environ, MOEFLOW_TEST_FAULT_EVENTS_AT="900")
-    if shim:
-        env.update(LD_PRELOAD=shim, MOEFLOW_TEST_GRPC_GATE=gate)
-    else:
-        print("warmup_failed_with_requests: the gRPC thread not held (MOEFLOW_FAULT_SHIM unset: run it under ctest)")
-    port, gport = free_port(), free_port()
-    proc = subprocess.Popen([moeflow, "serve", "--grpc-port", str(gport), "--http-port", str(port),
-                             "--warmup-tokens", "1024", "--max-running", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
-
-    def metrics_now():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(30))
-        try:
-            conn.request("GET", "/metrics")
-            return parse_prometheus(conn.getresponse().read().decode())
-        finally:
-            conn.close()
-
-    def wait_for(name, at_least):
-        t = time.time()
-        while proc.poll() is None and time.time() - t < scaled(120):
-            try:
-                if metric(metrics_now(), name) >= at_least:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.002)
+    proc, port, gport, gate, _ = start_gated(moeflow, "warmup_failed_with_requests",
+                                             {"MOEFLOW_TEST_FAULT_EVENTS_AT": "900"}, "--warmup-tokens", "1024",
+                                             "--max-running", "1")
 
     body = json.dumps({"prompt": "def f():", "max_tokens": 1000, "ignore_eos": True, "stream": True})
     code, stream = None, b""
     got = {}
-
-    def generate(stub):
-        try:
-            got["msgs"] = list(stub.Generate(pb["m"].GenerateRequest(prompt="def g():", max_tokens=1000,
-                                                                     ignore_eos=True), timeout=scaled(60)))
-        except grpc.RpcError as e:
-            got["status"] = (e.code(), e.details())
+    generate = generate_into(pb, got, 1000)
 
     caller = None
     ch = grpc.insecure_channel("127.0.0.1:%d" % gport)
     try:
         # the warm-up runs once the model is loaded (it takes the one running place): then the requests
-        wait_for("moeflow:num_requests_running", 1)
+        wait_metric_at(proc, port, "moeflow:num_requests_running", 1)
         grpc.channel_ready_future(ch).result(timeout=scaled(30))
         caller = threading.Thread(target=generate, args=(pb["mg"].GenerationStub(ch),))
         caller.start()
-        wait_for("moeflow:num_requests_waiting", 1)  # the call first: it runs once the warm-up failed
+        wait_metric_at(proc, port, "moeflow:num_requests_waiting", 1)  # the call first: it runs once the warm-up failed
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(60))
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-        wait_for("moeflow:num_requests_waiting", 2)
+        wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
         open(gate, "w").close()
-        wait_for("moeflow:requests_cancelled_total", 2)
+        wait_metric_at(proc, port, "moeflow:requests_cancelled_total", 2)
         os.unlink(gate)
         r = conn.getresponse()
         code = r.status
@@ -429,11 +458,7 @@ def warmup_failed_with_requests(moeflow, pb):
         check(False, "warm-up failed: the requests could not be sent: %s" % e)
         rc = None
     finally:
-        if os.path.exists(gate):
-            os.unlink(gate)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_gated(proc, gate)
         if caller:
             caller.join()
         ch.close()
@@ -450,6 +475,98 @@ def warmup_failed_with_requests(moeflow, pb):
     check("msgs" not in got and got.get("status", (None, ""))[0] == grpc.StatusCode.UNAVAILABLE and
           "during" in got["status"][1] and
           why in got["status"][1], "warm-up failed: the Generate call admitted meanwhile got %r" % got)
+
+
+def device_lost_with_requests(moeflow, pb):
+    """A device lost while serving (MOEFLOW_TEST_FAULT_DEVICE_AT: the 600th forward pass fails as on a lost
+    device, MOE_EDEVLOST) ends the server, exit 1.  The request whose forward failed (an HTTP stream, the
+    one running: --max-running 1) fails with the device's error (its stream's error event); the requests
+    queued behind it, a gRPC Generate call and a non-streamed HTTP completion, are cancelled at once (the
+    call may have started meanwhile, in the place the failed request left), each client told that the
+    server stops as its device failed, and why (gRPC UNAVAILABLE, HTTP 503), and the log says so.  /metrics,
+    read while the gRPC thread is held at its gate (fault_shim.c) so that the server still waits to deliver
+    the call's status, counts three accepted: one failed, two cancelled."""
+    import http.client
+    proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_with_requests (/metrics not read)",
+                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
+                                                "--max-running", "1", "--micro-batch", "1")
+    got = {}
+    generate = generate_into(pb, got, 2000)
+
+    def completion(stream):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(60))
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "def f():", "max_tokens": 2000,
+                                                            "ignore_eos": True, "stream": stream}),
+                     {"Content-Type": "application/json"})
+        return conn
+
+    def read_reply(conn, key):
+        try:
+            r = conn.getresponse()
+            try:
+                got[key] = (r.status, r.read())
+            except http.client.IncompleteRead as e:
+                got[key] = (r.status, e.partial)
+        except OSError as e:
+            got[key] = (None, str(e).encode())
+        conn.close()
+
+    threads, ms, rc = [], {}, None
+    ch = grpc.insecure_channel("127.0.0.1:%d" % gport)
+    try:
+        t0 = time.time()
+        while proc.poll() is None and time.time() - t0 < scaled(120):  # ready
+            try:
+                if metric(metrics_at(port), "moeflow:server_ready") == 1:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        grpc.channel_ready_future(ch).result(timeout=scaled(30))
+        streamed = completion(True)
+        threads.append(threading.Thread(target=read_reply, args=(streamed, "stream")))
+        threads[-1].start()
+        wait_metric_at(proc, port, "moeflow:num_requests_running", 1)
+        threads.append(threading.Thread(target=generate, args=(pb["mg"].GenerationStub(ch),)))
+        threads[-1].start()
+        wait_metric_at(proc, port, "moeflow:num_requests_waiting", 1)
+        plain = completion(False)
+        wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
+        if shim:
+            open(gate, "w").close()
+            wait_metric_at(proc, port, "moeflow:requests_cancelled_total", 2)
+            ms = metrics_at(port)
+            os.unlink(gate)
+        read_reply(plain, "plain")
+        rc = proc.wait(scaled(60))
+    except (OSError, grpc.FutureTimeoutError) as e:
+        check(False, "device lost: the requests could not be sent: %s" % e)
+    finally:
+        end_gated(proc, gate)
+        for th in threads:
+            th.join()
+        ch.close()
+    out = proc.stdout.read().decode(errors="replace")
+    lost = "device error: injected at forward 600"
+    why = "the server is stopping: the device failed (forward failed: " + lost
+    check(rc == 1 and why in out and "Sanitizer" not in out, "device lost: exit status %s, log %r" % (rc, out[-3000:]))
+    code, stream = got.get("stream", (None, b""))
+    errors = [json.loads(x[6:])["error"]["message"] for x in stream.decode(errors="replace").split("\n\n")
+              if x.startswith("data: {") and '"error"' in x]
+    check(code == 200 and len(errors) == 1 and lost in errors[0] and why not in errors[0] and
+          stream.endswith(b"data: [DONE]\n\n"),
+          "device lost: the request that failed got %s %r" % (code, stream[-400:]))
+    check("msgs" not in got and got.get("status", (None, ""))[0] == grpc.StatusCode.UNAVAILABLE and
+          why in got["status"][1] and got["status"][1].endswith("; retry elsewhere"),
+          "device lost: the queued Generate call got %r" % (got.get("status"),))
+    code, body = got.get("plain", (None, b""))
+    check(code == 503 and why in body.decode(errors="replace"),
+          "device lost: the queued completion got %s %r" % (code, body[:400]))
+    if shim:
+        counts = {x: metric(ms, "moeflow:requests_%s_total" % x)
+                  for x in ("accepted", "completed", "cancelled", "failed")}
+        check(counts == {"accepted": 3, "completed": 0, "cancelled": 2, "failed": 1} and
+              metric(ms, "moeflow:server_ready") == 0, "device lost: /metrics counted %r" % counts)
 
 
 def main():
@@ -779,6 +896,7 @@ def main():
     choice_failed_after_others(moeflow)
     refused_out_of_memory(moeflow, pb)
     warmup_failed_with_requests(moeflow, pb)
+    device_lost_with_requests(moeflow, pb)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

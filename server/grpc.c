@@ -100,8 +100,10 @@ struct gjob {
     enum gmethod m;
     uint8_t *msg;
     size_t len;
-    /* Tokenize: the reply, a message (has_reply) and the status */
+    /* Tokenize: the reply, a message (has_reply) and the status; a refusal counts as refused's
+     * (srv_count_refused) */
     grpc_status_code code;
+    enum moe_status refused;
     char status_msg[512];
     uint8_t *reply;
     size_t reply_len;
@@ -547,12 +549,14 @@ static void watch_end(struct grpc_front *gf)
 /* ---- unary handlers ---- */
 
 /* Tokenize's reply to q's message (a preparation thread's work); a refusal is counted, as HTTP's
- * /tokenize counts its own (invalid, or out of memory). */
+ * /tokenize counts its own (invalid, or out of memory), and so is a reply over max-message-bytes (invalid:
+ * the text is too long for one reply). */
 static void tokenize_reply(struct gjob *q)
 {
     const uint8_t *buf = q->msg;
     size_t len = q->len;
     q->code = GRPC_STATUS_INVALID_ARGUMENT;
+    q->refused = MOE_EINVAL;
     if (moe_pb_nul_field(&moeflow__v1__tokenize_request__descriptor, buf, len)) {
         snprintf(q->status_msg, sizeof(q->status_msg), "TokenizeRequest: 'text' holds a NUL byte: text is sent "
                  "without NUL");
@@ -570,6 +574,7 @@ static void tokenize_reply(struct gjob *q)
                                                             : moe_errorf(MOE_EINVAL, "text is not valid UTF-8");
     if (st == MOE_ENOMEM) {
         q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        q->refused = MOE_ENOMEM;
         snprintf(q->status_msg, sizeof(q->status_msg), "%s", moe_last_error());
     } else if (st != MOE_OK) {
         snprintf(q->status_msg, sizeof(q->status_msg), "text: %s", moe_last_error());
@@ -582,17 +587,25 @@ static void tokenize_reply(struct gjob *q)
             rs.n_token_ids = n;
             rs.token_ids = ids32;
             q->reply_len = moeflow__v1__tokenize_response__get_packed_size(&rs);
-            if ((q->reply = srv_calloc(q->srv, SRV_FAULT_REPLY, q->reply_len ? q->reply_len : 1, 1))) {
+            if (q->reply_len > (size_t)q->srv->cfg.max_message_bytes) {
+                /* gRPC core would end the call with its own words, and count nothing */
+                q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                snprintf(q->status_msg, sizeof(q->status_msg), "the reply message of %zu bytes (%zu token ids) "
+                         "exceeds max-message-bytes (%d): send a shorter text, or raise the server's "
+                         "max-message-bytes", q->reply_len, n, q->srv->cfg.max_message_bytes);
+            } else if ((q->reply = srv_calloc(q->srv, SRV_FAULT_REPLY, q->reply_len ? q->reply_len : 1, 1))) {
                 moeflow__v1__tokenize_response__pack(&rs, q->reply);
                 q->has_reply = true;
                 q->code = GRPC_STATUS_OK;
             } else {
                 q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                q->refused = MOE_ENOMEM;
                 snprintf(q->status_msg, sizeof(q->status_msg), "out of memory for the reply (%zu bytes)",
                          q->reply_len);
             }
         } else {
             q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            q->refused = MOE_ENOMEM;
             snprintf(q->status_msg, sizeof(q->status_msg), "out of memory");
         }
         free(ids32);
@@ -605,7 +618,7 @@ static void tokenize_work(struct gjob *q)
 {
     tokenize_reply(q);
     if (q->code != GRPC_STATUS_OK)
-        srv_count_refused(q->srv, q->code == GRPC_STATUS_RESOURCE_EXHAUSTED ? MOE_ENOMEM : MOE_EINVAL);
+        srv_count_refused(q->srv, q->refused);
 }
 
 static void tokenize_finish(struct gcall *c, const struct gjob *q)

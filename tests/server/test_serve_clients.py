@@ -539,7 +539,9 @@ def reply_too_big(moeflow, pb):
     """A KServe reply over max-message-bytes (a server of its own with the least, 256 bytes): ModelInfer
     ends with RESOURCE_EXHAUSTED naming the limit, a ModelStreamInfer request gets an error response and
     its stream serves the next request; both count as failed in /metrics, not as completed, and the
-    counters balance."""
+    counters balance.  A Tokenize reply over it ends with RESOURCE_EXHAUSTED naming its size and the limit,
+    counted as refused (invalid: the text is too long for the reply), and the next one that fits is
+    served."""
     k = pb["k"]
     srv = Server(moeflow, "--max-message-bytes", "256")
     try:
@@ -569,6 +571,24 @@ def reply_too_big(moeflow, pb):
               "finish reasons of the replies over max-message-bytes: error %s, length %s" % (
                   delta("moeflow:request_success_total", finished_reason="error"),
                   delta("moeflow:request_success_total", finished_reason="length")))
+        # a Tokenize reply over the limit: each of 80 CJK characters is 3 byte tokens of 2-byte ids
+        gen = pb["mg"].GenerationStub(ch)
+        big = pb["m"].TokenizeRequest(text="\u4e2d" * 80)
+        check(big.ByteSize() <= 256, "the Tokenize request is %d bytes, over the limit" % big.ByteSize())
+        try:
+            gen.Tokenize(big, timeout=60)
+            check(False, "a Tokenize reply over max-message-bytes went out")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max-message-bytes (256)" in e.details() and
+                  "token ids" in e.details(),
+                  "Tokenize reply over max-message-bytes: %s %s" % (e.code(), e.details()))
+        small = gen.Tokenize(pb["m"].TokenizeRequest(text="def f():"), timeout=60)
+        ms2 = settled(srv)
+        refused = {r: metric(ms2, "moeflow:request_rejected_total", reason=r) -
+                   metric(ms, "moeflow:request_rejected_total", reason=r) for r in ("invalid", "memory")}
+        check(len(small.token_ids) > 0 and refused == {"invalid": 1, "memory": 0},
+              "a Tokenize reply over max-message-bytes, then one that fits: %d ids, counted %s" % (
+                  len(small.token_ids), refused))
         # an error response that would itself be over the limit (a long id, a refusal that names the
         # request's unknown input): the request still gets its answer, the message cut to fit
         bad = kserve_request(k, "e" * 80, 2)

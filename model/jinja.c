@@ -128,6 +128,8 @@ struct dict {
     bool ns;    /* namespace(): attributes can be set */
     bool loop;  /* a for loop's `loop`: has cycle() and changed() */
     struct val *changed; /* loop: the arguments of its last changed() (a tuple), undefined before any */
+    const struct node *rec;  /* loop of a recursive for loop: the loop, which loop(items) runs again */
+    struct frame *rec_fr;    /* ... in the scope it ran in */
 };
 
 enum builtin { FN_RANGE, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_DICT };
@@ -178,7 +180,7 @@ enum { MACRO_CALLER = 1, MACRO_VARARGS = 2, MACRO_KWARGS = 4, MACRO_ANONYMOUS = 
 struct node {
     uint8_t k;          /* enum nkind */
     uint8_t op;         /* enum binop for E_BIN; N_MACRO: MACRO_* */
-    bool neg;           /* E_TEST: "is not" */
+    bool neg;           /* E_TEST: "is not"; N_FOR: recursive */
     int line;
     struct val lit;     /* E_LIT; N_TEXT: the text */
     const char *name;   /* E_VAR, E_ATTR, E_FILTER, E_TEST, N_SET, N_MACRO, N_FOR first target */
@@ -1358,8 +1360,7 @@ static struct node *parse_for(struct compiler *c, int line)
     n->a = parse_tuple(c, false);
     if (accept_name(c, "if"))
         n->d = parse_expr(c, false);
-    if (is_name(peek(c), "recursive"))
-        fail_at(&c->f, MOE_ENOTSUP, line, "recursive for loops are not supported");
+    n->neg = accept_name(c, "recursive");
     expect_block_end(c);
     static const char *const ends[] = { "else", "endfor" };
     const char *which;
@@ -3396,6 +3397,31 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
     fail_at(&r->f, MOE_ENOTSUP, line, "a %s has no method '%s' here", type_name(obj), name);
 }
 
+static void for_level(struct render *r, struct frame *fr, const struct node *n, const struct val *it, int depth,
+                      struct buf *out);
+
+/* loop(items) in a recursive for loop: its body run over items one level deeper, as text. */
+static struct val call_loop(struct render *r, const struct dict *loop, const struct args *a, int line)
+{
+    if (!loop->rec)
+        fail_at(&r->f, MOE_EINVAL, line, "the loop must have the 'recursive' marker to be called recursively");
+    static const struct sig sig[] = { { "loop", "iterable!" } };
+    check_args(r, sig, 1, "loop", NULL, a, line);
+    const struct val *depth0 = dict_get(loop, "depth0", 6);
+    if (++r->depth > JJ_MAX_DEPTH)
+        fail_at(&r->f, MOE_ERANGE, line, "a recursive loop goes deeper than %d (or macros and it together)",
+                JJ_MAX_DEPTH);
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    int saved_flow = r->flow;
+    struct frame *saved_cur = r->cur;
+    for_level(r, loop->rec_fr, loop->rec, arg(a, 0, "iterable"), (int)inum(depth0) + 1, &b);
+    r->flow = saved_flow;
+    r->cur = saved_cur;
+    r->depth--;
+    return vbuf(r, &b);
+}
+
 /* f(args) */
 static struct val call_value(struct render *r, const struct val *f, const struct args *a, int line)
 {
@@ -3405,6 +3431,8 @@ static struct val call_value(struct render *r, const struct val *f, const struct
         return call_macro(r, f->macro, a, line);
     if (f->t == V_METHOD)
         return call_method(r, &f->bm->self, f->bm->name, a, line);
+    if (f->t == V_DICT && f->d->loop)
+        return call_loop(r, f->d, a, line);
     if (f->t == V_UNDEF)
         undefined_error(r, f, line);
     fail_at(&r->f, MOE_EINVAL, line, "a %s is not callable", type_name(f));
@@ -4479,10 +4507,12 @@ static const struct str **target_keys(struct render *r, const struct node *n)
     return keys;
 }
 
-static void exec_for(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
+/* One level of a for loop over it, in the scope fr: the loop's own items, or (depth > 0) those a
+ * recursive loop's loop(items) passed, its body seeing fr as the first level's does. */
+static void for_level(struct render *r, struct frame *fr, const struct node *n, const struct val *it, int depth,
+                      struct buf *out)
 {
-    struct val it = eval(r, n->a);
-    const struct list *src = iter_list(r, &it, n->line);
+    const struct list *src = iter_list(r, it, n->line);
     const struct list *items = src;
     const struct str **keys = target_keys(r, n);
     if (n->d) { /* for x in y if cond: filter first, so loop.* counts what is kept */
@@ -4515,12 +4545,14 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         bind_targets(r, &it_fr->vars, n, keys, items->v[i]);
         int64_t len = (int64_t)items->n, k = (int64_t)i;
         struct val lv[LOOP_KEYS] = { vint(k + 1), vint(k), vint(len - k), vint(len - k - 1), vbool(k == 0),
-                                     vbool(k == len - 1), vint(len), vint(1), vint(0),
+                                     vbool(k == len - 1), vint(len), vint(depth + 1), vint(depth),
                                      k > 0 ? items->v[k - 1] : vundef(NULL),
                                      k + 1 < len ? items->v[k + 1] : vundef(NULL) };
         struct dict *loop = new_dict(r);
         loop->loop = true;
         loop->changed = changed;
+        loop->rec = n->neg ? n : NULL;
+        loop->rec_fr = fr;
         loop->k = loop_keys;   /* shared by every iteration: a loop object is never assigned to */
         loop->n = loop->cap = LOOP_KEYS;
         loop->v = r_alloc(r, sizeof(lv));
@@ -4543,6 +4575,12 @@ static void exec_for(struct render *r, struct frame *fr, const struct node *n, s
         exec(r, else_fr, n->c, out);
         else_fr->ended = n->c;
     }
+}
+
+static void exec_for(struct render *r, struct frame *fr, const struct node *n, struct buf *out)
+{
+    struct val it = eval(r, n->a);
+    for_level(r, fr, n, &it, 0, out);
 }
 
 /* A filter or set block's filters (on an E_SLOT) applied to its text, their arguments seeing the body's

@@ -5,7 +5,8 @@
  * Undefined that prints as nothing and fails on attribute access).
  *
  * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y ...] in
- * expr [if cond] %} with else, loop.*, loop.cycle() and loop.changed(),
+ * expr [if cond] [recursive] %} with else, loop.*, loop.cycle(), loop.changed()
+ * and loop(items) of a recursive loop,
  * break / continue, {% set %} (names, several names unpacking a value,
  * namespace attributes, blocks, blocks through filters), {% with %},
  * {% filter %}, {% macro %} (caller, varargs, kwargs) and calls, {% call %},

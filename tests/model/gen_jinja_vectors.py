@@ -462,6 +462,27 @@ CASES = [
     ("for-scope", "{% set x = 1 %}{% for i in [1, 2] %}{% set x = x + i %}{{ x }}{% endfor %}|{{ x }}", {}),
     ("for-nested", "{% for a in [1, 2] %}{% for b in 'xy' %}{{ a }}{{ b }}{{ loop.index }}{% endfor %}"
      "{{ loop.index }} {% endfor %}", {}),
+    # recursive loops: loop(items) runs the body one level deeper (loop.depth), as text, in the loop's scope
+    ("for-recursive", "{% set z = 1 %}{% for x in t recursive %}[{{ x.n }}{{ loop.depth }}{{ loop.depth0 }}"
+     "{{ loop.index }}/{{ loop.length }}{{ z }}{% set z = 2 %}{% if x.c %}({{ loop(x.c) }}){% endif %}]{% else %}E"
+     "{% endfor %}{{ z }}|{% for x in t recursive %}{{ x.n }}{{ loop(x.c)[0:2] }}|{% if loop.depth > 1 %}{% break %}"
+     "{% endif %}{% endfor %}|{% for x in t recursive %}{{ loop(x.c) | length }}{{ loop(x.c) is string }}{% endfor %}|"
+     "{% for x in t recursive %}{% set outer = loop %}{% for y in [1] %}{{ outer(iterable=x.c) }}{% endfor %}"
+     "{{ x.n }}{% endfor %}|{% macro m() %}{% for x in t recursive %}{{ x.n }}{{ loop(x.c) }}{% endfor %}{% endmacro %}"
+     "{{ m() }}|{% for a, b in [(1, [(2, [])])] recursive %}{{ a }}{{ loop(b) }}{% endfor %}|"
+     "{% for x in [[1, [2, [3]]], 4] recursive %}{{ x if x is number else loop(x) }}{% endfor %}|"
+     "{% for x in t if x.n != 'c' recursive %}{{ x.n }}{{ loop(x.c) }}{{ loop.cycle('-', '+') }}{% endfor %}|"
+     "{% for x in t recursive %}{% continue %}{% else %}E{% endfor %}|{% set ns = namespace(f=none) %}"
+     "{% for x in [1] recursive %}{% set ns.f = loop %}{% endfor %}[{{ ns.f([5]) }}]",
+     {"t": [{"n": "a", "c": [{"n": "b", "c": []}, {"n": "c", "c": [{"n": "d"}]}]}, {"n": "e"}]}),
+    ("for-recursive-not-marked", "{% for x in [1] %}{{ loop([2]) }}{% endfor %}", {}),
+    ("for-recursive-inner-loop", "{% for x in [[1]] recursive %}{% for y in [1] %}{{ loop(x) }}{% endfor %}{% endfor %}",
+     {}),
+    ("for-recursive-if-after", "{% for x in [1] recursive if x %}{{ x }}{% endfor %}", {}),
+    ("for-recursive-not-iterable", "{% for x in [1] recursive %}{{ loop(x) }}{% endfor %}", {}),
+    ("for-recursive-two-args", "{% for x in [[]] recursive %}{{ loop(x, 1) }}{% endfor %}", {}),
+    ("for-recursive-no-args", "{% for x in [[]] recursive %}{{ loop() }}{% endfor %}", {}),
+    ("for-recursive-endless", "{% for x in ['a'] recursive %}{{ loop(x) }}{% endfor %}", {}),
     ("for-dict", "{% for k in {'b': 1, 'a': 2} %}{{ k }}{% endfor %}", {}),
     ("range", "{{ range(3) | list }} {{ range(1, 7, 2) | list }} {{ range(5, 0, -2) | list }} {{ range(0) | list }}", {}),
     # range() is Python's range: printed as range(a, b), sliced to a range, equal to ranges only, no JSON, no + or *

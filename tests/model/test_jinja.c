@@ -108,7 +108,7 @@ int main(void)
     check_refused("{{ 1 + }}", MOE_EFORMAT, "expected an expression");
     check_refused("{{ [1 2] }}", MOE_EFORMAT, "expected ',', found the number 2");
     check_refused("a\n\n{{ ) }}", MOE_EFORMAT, "line 3");
-    check_refused("{% for x in y recursive %}{% endfor %}", MOE_ENOTSUP, "recursive");
+    check_refused("{% for x in y recursive if x %}{% endfor %}", MOE_EFORMAT, "expected '%}'");
     check_refused("{% with a, b = (1, 2) %}{% endwith %}", MOE_ENOTSUP, "several names");
     check_refused("{% with a = 1 %}", MOE_EFORMAT, "missing {% endwith %}");
     check_refused("{% endwith %}", MOE_EFORMAT, "unexpected {% endwith %}");
@@ -137,6 +137,9 @@ int main(void)
     check_render_fails("{{ (range(100000) | list) * 7 }}", MOE_ERANGE, "output longer");
     check_render_fails("{{ 'x' * 4194304 }}{{ 'y' }}", MOE_ERANGE, "output longer");
     check_render_fails("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", MOE_ERANGE, "deeper");
+    check_render_fails("{% for x in ['a'] recursive %}{{ loop(x) }}{% endfor %}", MOE_ERANGE,
+                       "recursive loop goes deeper than 64");
+    check_render_fails("{% for x in [[1]] %}{{ loop(x) }}{% endfor %}", MOE_EINVAL, "'recursive' marker");
     check_render_fails("{{ 9223372036854775807 + 1 }}", MOE_ERANGE, "overflow");
     { /* a chain of 20000 operators: a tree deeper than the stack would take, refused while rendering */
         size_t cap = 20000 * 4 + 16, clen = 0;

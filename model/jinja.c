@@ -115,6 +115,7 @@ struct list {
     size_t n;
     struct val *v;
     bool tuple;  /* written (a, b): printed with parentheses */
+    bool group;  /* a groupby() group, Python's namedtuple (grouper, list): .grouper and .list are items 0, 1 */
     bool gen;    /* made by select, reject, map, unique or reverse, which Jinja2 makes generators:
                     always true, no length or index, not printable; |list makes it a list */
     const int64_t *range; /* made by range() (or sliced from one): its start, stop and step, as Python's range
@@ -1007,7 +1008,8 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 }
 
 static const char *const FILTERS[] = {
-    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "format", "indent", "int", "items",
+    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "format", "groupby", "indent", "int",
+    "items",
     "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse",
     "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
 };
@@ -2709,6 +2711,9 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
             return vstr(r, obj->s->p + a, b - a);
         }
     }
+    if (obj->t == V_LIST && obj->l->group && key->t == V_STR &&
+        ((key->s->n == 7 && !memcmp(key->s->p, "grouper", 7)) || (key->s->n == 4 && !memcmp(key->s->p, "list", 4))))
+        return obj->l->v[key->s->p[0] == 'l'];
     if (key->t == V_STR && !memchr(key->s->p, 0, key->s->n) && method_kind(obj, key->s->p) == 1)
         return bound_method(r, obj, key->s->p);
     struct buf b = { 0 };
@@ -2915,7 +2920,7 @@ struct sig {
 static const struct sig FILTER_SIGS[] = {
     { "abs", "" }, { "capitalize", "" }, { "count", "" }, { "d", "default_value boolean" },
     { "default", "default_value boolean" }, { "dictsort", "case_sensitive by reverse" }, { "first", "" },
-    { "float", "default" }, { "format", "*" }, { "indent", "width first blank" }, { "int", "default base" },
+    { "float", "default" }, { "format", "*" }, { "groupby", "attribute! default case_sensitive" }, { "indent", "width first blank" }, { "int", "default base" },
     { "items", "" }, { "join", "d attribute" }, { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" },
     { "map", "*" }, { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "reject", "*" },
     { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
@@ -3791,6 +3796,35 @@ static struct val sort_key(struct render *r, struct val v, bool case_sensitive)
     return v.t == V_STR && !case_sensitive ? str_case(r, v.s, CASE_LOWER) : v;
 }
 
+/* The items of src sorted (stably, as Python's sorted) by their attribute paths attr (NULL: the items;
+ * dflt for an undefined part, see attr_path), strings compared lowercased unless case_sensitive; *keys
+ * (when asked for) the sorted keys. */
+static struct list *sorted_by(struct render *r, const struct list *src, const struct val *attr,
+                              const struct val *dflt, bool case_sensitive, bool rev, struct val **keys_out, int line)
+{
+    struct list *l = new_list(r, src->n);
+    struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
+    for (size_t i = 0; i < src->n; i++) {
+        l->v[i] = src->v[i];
+        keys[i] = sort_key(r, attr ? attr_path(r, &src->v[i], attr, dflt, line) : src->v[i], case_sensitive);
+    }
+    for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
+        for (size_t j = i; j > 0; j--) {
+            step(r, line);
+            int c = compare(r, &keys[j - 1], &keys[j], line);
+            if (rev ? c >= 0 : c <= 0)
+                break;
+            struct val t = l->v[j], k = keys[j];
+            l->v[j] = l->v[j - 1];
+            keys[j] = keys[j - 1];
+            l->v[j - 1] = t;
+            keys[j - 1] = k;
+        }
+    if (keys_out)
+        *keys_out = keys;
+    return l;
+}
+
 static struct val filter(struct render *r, const struct node *n)
 {
     struct val v = eval(r, n->a);
@@ -4051,26 +4085,30 @@ static struct val filter(struct render *r, const struct node *n)
         const struct list *src = iter_list(r, &v, line);
         const struct val *rv = arg(&a, 0, "reverse"), *cs = arg(&a, 1, "case_sensitive");
         const struct val *attr = arg_attr(r, &a, 2, "attribute", f, line);
-        bool rev = rv && truthy(rv), sens = cs && truthy(cs);
-        struct list *l = new_list(r, src->n);
-        struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
-        for (size_t i = 0; i < src->n; i++) {
-            l->v[i] = src->v[i];
-            keys[i] = sort_key(r, attr ? attr_path(r, &src->v[i], attr, NULL, line) : src->v[i], sens);
-        }
-        for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
-            for (size_t j = i; j > 0; j--) {
+        return (struct val){ .t = V_LIST, .l = sorted_by(r, src, attr, NULL, cs && truthy(cs), rv && truthy(rv), NULL,
+                                                         line) };
+    }
+    if (!strcmp(f, "groupby")) { /* groupby(attribute, default=None, case_sensitive=False) */
+        const struct list *src = iter_list(r, &v, line);
+        const struct val *attr = arg_attr(r, &a, 0, "attribute", f, line);
+        const struct val *dflt = arg(&a, 1, "default"), *cs = arg(&a, 2, "case_sensitive");
+        if (dflt && dflt->t == V_NONE)
+            dflt = NULL; /* as Jinja2: a default of none is none given */
+        struct val *keys;
+        const struct list *l = sorted_by(r, src, attr, dflt, cs && truthy(cs), false, &keys, line);
+        struct list *groups = new_list(r, l->n);
+        groups->n = 0;
+        for (size_t i = 0, j; i < l->n; i = j) { /* runs of equal keys, as itertools.groupby */
+            for (j = i + 1; j < l->n && equal(r, &keys[i], &keys[j]); j++)
                 step(r, line);
-                int c = compare(r, &keys[j - 1], &keys[j], line);
-                if (rev ? c >= 0 : c <= 0)
-                    break;
-                struct val t = l->v[j], k = keys[j];
-                l->v[j] = l->v[j - 1];
-                keys[j] = keys[j - 1];
-                l->v[j - 1] = t;
-                keys[j - 1] = k;
-            }
-        return (struct val){ .t = V_LIST, .l = l };
+            struct list *items = new_list(r, j - i), *g = new_list(r, 2);
+            memcpy(items->v, l->v + i, (j - i) * sizeof(*items->v));
+            g->tuple = g->group = true;
+            g->v[0] = attr ? attr_path(r, &l->v[i], attr, dflt, line) : l->v[i]; /* the first item's, case kept */
+            g->v[1] = (struct val){ .t = V_LIST, .l = items };
+            groups->v[groups->n++] = (struct val){ .t = V_LIST, .l = g };
+        }
+        return (struct val){ .t = V_LIST, .l = groups };
     }
     if (!strcmp(f, "unique")) { /* unique(case_sensitive=False, attribute=None): a generator */
         const struct list *src = iter_list(r, &v, line);

@@ -289,6 +289,26 @@ CASES = [
      "{{ messages | map(attribute='role') | list }}|{{ [0, 1, '', 'a'] | select | list }}|"
      "{{ [1, 2, 3, 4] | select('odd') | list }}|{{ [1, 2, 3, 4] | reject('odd') | list }}|"
      "{{ ['a', 'B'] | map('upper') | list }}", dict(messages=CHAT)),
+    # groupby: sorted by the attribute path (lowercased unless case_sensitive), one (grouper, list) per run
+    ("filters-groupby", "{{ u | groupby('c') }}|{% for g in u | groupby('c', case_sensitive=true) %}{{ g.grouper }}:"
+     "{{ g.list | map(attribute='n') | join }}{{ g[0] }}{{ g['list'] | length }}{{ g.foo }}{{ g['grouper'] }} "
+     "{% endfor %}|{% for c, l in u | groupby('a.z', default=0) %}{{ c }}={{ l | length }};{% endfor %}|"
+     "{{ [3, 1, 2, 1.0, true] | groupby(none) }} {{ [[1, 2], [0, 3], [1, 4]] | groupby(0) | tojson }} "
+     "{{ [[1, 2], [0, 3], [1, 4]] | groupby('0') | map(attribute='grouper') | list }} {{ 'bAaB' | groupby(0) }} "
+     "{{ [{'a': 1}] | groupby('b') }} {{ (u | groupby('c'))[0] | string }} {{ (u | groupby('c'))[1].count('NY') }} "
+     "{{ (u | groupby('c'))[0][1:] }} {{ u | groupby('c') | length }} {{ x | groupby('a') }} "
+     "{{ {'b': 1, 'a': 2} | groupby(0) }} {{ u | groupby(attribute='c', case_sensitive=true) | map('first') | list }} "
+     "{{ [{'a': 'x'}, {'a': 'X'}] | groupby('a') == [('x', [{'a': 'x'}, {'a': 'X'}])] }} "
+     "{{ [{'a': {'b': 'Q'}}, {'a': {'b': 'q'}}] | groupby('a.b') | first | first }}",
+     {"u": [{"n": "x", "c": "NY", "a": {"z": 2}}, {"n": "y", "c": "ca"}, {"n": "z", "c": "CA", "a": {"z": 1}},
+            {"n": "w", "c": "ny"}]}),
+    ("filters-groupby-mixed", "{{ [{'a': 1}, {'a': 'x'}] | groupby('a') }}", {}),
+    ("filters-groupby-undefined", "{{ [{'a': 1}, {'a': 2}] | groupby('b') }}", {}),
+    ("filters-groupby-undefined-path", "{{ [{'a': 1}] | groupby('b.c') }}", {}),
+    ("filters-groupby-none", "{{ [{'a': none}, {'a': none}] | groupby('a', default=5) }}", {}),
+    ("filters-groupby-no-attribute", "{{ [1] | groupby() }}", {}),
+    ("filters-groupby-too-many", "{{ [1] | groupby(0, 1, false, 2) }}", {}),
+    ("filters-groupby-not-iterable", "{{ 5 | groupby(0) }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

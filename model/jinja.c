@@ -1008,7 +1008,7 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 }
 
 static const char *const FILTERS[] = {
-    "abs", "capitalize", "count", "d", "default", "dictsort", "first", "float", "format", "groupby", "indent", "int",
+    "abs", "batch", "capitalize", "count", "d", "default", "dictsort", "first", "float", "format", "groupby", "indent", "int",
     "items",
     "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse",
     "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
@@ -2918,7 +2918,7 @@ struct sig {
     const char *name, *params;
 };
 static const struct sig FILTER_SIGS[] = {
-    { "abs", "" }, { "capitalize", "" }, { "count", "" }, { "d", "default_value boolean" },
+    { "abs", "" }, { "batch", "linecount! fill_with" }, { "capitalize", "" }, { "count", "" }, { "d", "default_value boolean" },
     { "default", "default_value boolean" }, { "dictsort", "case_sensitive by reverse" }, { "first", "" },
     { "float", "default" }, { "format", "*" }, { "groupby", "attribute! default case_sensitive" }, { "indent", "width first blank" }, { "int", "default base" },
     { "items", "" }, { "join", "d attribute" }, { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" },
@@ -4109,6 +4109,40 @@ static struct val filter(struct render *r, const struct node *n)
             groups->v[groups->n++] = (struct val){ .t = V_LIST, .l = g };
         }
         return (struct val){ .t = V_LIST, .l = groups };
+    }
+    if (!strcmp(f, "batch")) { /* batch(linecount, fill_with=None): a generator of lists of linecount items */
+        const struct list *src = iter_list(r, &v, line);
+        const struct val *lc = arg(&a, 0, "linecount"), *fill = arg(&a, 1, "fill_with");
+        struct list *out = new_list(r, src->n + 1);
+        out->n = 0;
+        out->gen = true;
+        size_t start = 0;
+        for (size_t i = 0; i <= src->n; i++) { /* a batch ends where it holds linecount items (Python's ==) */
+            bool full = i < src->n && is_num(lc) && (double)(i - start) == num(lc);
+            if (!full && !(i == src->n && start < i))
+                continue;
+            size_t cnt = i - start, extra = 0;
+            if (!full && fill && fill->t != V_NONE) { /* the last, filled up to linecount */
+                if (!is_num(lc))
+                    fail_at(&r->f, MOE_EINVAL, line, "batch: '<' is not supported between an int and a %s",
+                            type_name(lc));
+                if ((double)cnt < num(lc)) {
+                    if (lc->t == V_FLOAT)
+                        fail_at(&r->f, MOE_EINVAL, line, "batch: can't multiply a list by a float");
+                    if (inum(lc) - (int64_t)cnt > (int64_t)(JJ_MAX_ARENA / sizeof(struct val)))
+                        fail_at(&r->f, MOE_ERANGE, line, "rendering needs more than %u MiB of memory",
+                                JJ_MAX_ARENA >> 20);
+                    extra = (size_t)(inum(lc) - (int64_t)cnt);
+                }
+            }
+            struct list *b = new_list(r, cnt + extra);
+            if (cnt)
+                memcpy(b->v, src->v + start, cnt * sizeof(*b->v));
+            for (size_t k = cnt; k < cnt + extra; k++) b->v[k] = *fill;
+            out->v[out->n++] = (struct val){ .t = V_LIST, .l = b };
+            start = i;
+        }
+        return (struct val){ .t = V_LIST, .l = out };
     }
     if (!strcmp(f, "unique")) { /* unique(case_sensitive=False, attribute=None): a generator */
         const struct list *src = iter_list(r, &v, line);

@@ -309,6 +309,20 @@ CASES = [
     ("filters-groupby-no-attribute", "{{ [1] | groupby() }}", {}),
     ("filters-groupby-too-many", "{{ [1] | groupby(0, 1, false, 2) }}", {}),
     ("filters-groupby-not-iterable", "{{ 5 | groupby(0) }}", {}),
+    # batch: lists of linecount items (Python's == on the count), the last filled with fill_with; a generator
+    ("filters-batch", "{{ [1, 2, 3, 4, 5] | batch(2) | list }} {{ [1, 2, 3] | batch(2, 'x') | list }} "
+     "{{ [1, 2, 3] | batch(0) | list }} {{ [1, 2] | batch(-1, 0) | list }} {{ [] | batch(2, 0) | list }} "
+     "{{ 'abc' | batch(2) | list }} {{ [1, 2, 3] | batch(2.0) | list }} {{ [1, 2, 3] | batch('2') | list }} "
+     "{{ [1, 2, 3] | batch(true) | list }} {{ [1, 2, 3] | batch(2, none) | list }} {{ x | batch(2) | list }} "
+     "{{ {'a': 1, 'b': 2} | batch(1) | list }} {{ [1, 2, 3, 4] | batch(2.0, 0) | list }} "
+     "{{ [1, 2, 3] | batch(linecount=4, fill_with=[]) | list }} {% for row in range(5) | batch(3, '-') %}"
+     "{{ row | join }}{{ loop.length }};{% endfor %} {{ [1] | batch(3) is iterable }} {{ [] | batch(1) | first }}",
+     {}),
+    ("filters-batch-fill-float", "{{ [1, 2, 3] | batch(2.0, 0) | list }}", {}),
+    ("filters-batch-fill-string", "{{ [1, 2, 3] | batch('2', 0) | list }}", {}),
+    ("filters-batch-length", "{{ [1, 2, 3] | batch(2) | length }}", {}),
+    ("filters-batch-missing", "{{ [1, 2, 3] | batch }}", {}),
+    ("filters-batch-not-iterable", "{{ 3 | batch(2) | list }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

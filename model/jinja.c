@@ -1011,7 +1011,8 @@ static const char *const FILTERS[] = {
     "abs", "batch", "capitalize", "count", "d", "default", "dictsort", "first", "float", "format", "groupby", "indent", "int",
     "items",
     "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse",
-    "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
+    "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "truncate", "unique",
+    "upper",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2926,7 +2927,7 @@ static const struct sig FILTER_SIGS[] = {
     { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
     { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
-    { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
+    { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" }, { "truncate", "length killwords end leeway" },
     { "unique", "case_sensitive attribute" }, { "upper", "" },
 };
 static const struct sig TEST_SIGS[] = {
@@ -3918,6 +3919,44 @@ static struct val filter(struct render *r, const struct node *n)
             args = (struct val){ .t = V_LIST, .l = l };
         }
         return pct_format(r, s.s, &args, line);
+    }
+    if (!strcmp(f, "truncate")) { /* truncate(length=255, killwords=False, end='...', leeway=5) */
+        const struct val *lenv = arg(&a, 0, "length"), *kw = arg(&a, 1, "killwords"), *endv = arg(&a, 2, "end");
+        const struct val *lw = arg(&a, 3, "leeway");
+        struct val dlen = vint(255), dend = vstr(r, "...", 3), dlw = vint(5); /* leeway: Jinja2's policy */
+        lenv = lenv ? lenv : &dlen;
+        endv = endv ? endv : &dend;
+        lw = lw && lw->t != V_NONE ? lw : &dlw;
+        int64_t end_len = length(r, endv, line);
+        if (!is_num(lenv) || !is_num(lw))
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: '>=' is not supported between a %s and an int",
+                    type_name(is_num(lenv) ? lw : lenv));
+        if (num(lenv) < (double)end_len)
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: expected length >= %lld", (long long)end_len);
+        if (num(lw) < 0)
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: expected leeway >= 0");
+        if (v.t != V_STR && v.t != V_UNDEF && (v.t != V_LIST || v.l->gen) && v.t != V_DICT)
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: a %s has no length", type_name(&v));
+        if ((double)length(r, &v, line) <= num(lenv) + num(lw)) /* short enough: the value as it is */
+            return v;
+        if (v.t != V_STR)
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: a %s cannot be cut as a string", type_name(&v));
+        if (lenv->t == V_FLOAT)
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: slice indices must be integers, not float");
+        if (endv->t != V_STR)
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: can only concatenate a string (not a %s) to a string",
+                    type_name(endv));
+        size_t cut = cp_offset(v.s, (size_t)(inum(lenv) - end_len)); /* s[:length - len(end)] */
+        if (!(kw && truthy(kw))) /* then without its last word: up to the last space */
+            for (size_t k = cut; k-- > 0;)
+                if (v.s->p[k] == ' ') {
+                    cut = k;
+                    break;
+                }
+        struct buf b = { 0 };
+        buf_add(r, &b, v.s->p, cut);
+        buf_add(r, &b, endv->s->p, endv->s->n);
+        return vbuf(r, &b);
     }
     if (!strcmp(f, "indent")) { /* indent(width=4, first=False, blank=False): width spaces, or a string */
         if (v.t == V_UNDEF)

@@ -323,6 +323,24 @@ CASES = [
     ("filters-batch-length", "{{ [1, 2, 3] | batch(2) | length }}", {}),
     ("filters-batch-missing", "{{ [1, 2, 3] | batch }}", {}),
     ("filters-batch-not-iterable", "{{ 3 | batch(2) | list }}", {}),
+    # truncate: past length + leeway (5), cut to length - len(end) characters, at the last space unless killwords
+    ("filters-truncate", "{{ 'foo bar baz qux' | truncate(9) }}|{{ 'foo bar baz qux' | truncate(9, True) }}|"
+     "{{ 'foo bar baz qux' | truncate(11) }}|{{ 'foo bar baz qux' | truncate(11, False, '...', 0) }}|"
+     "{{ 'abcdefghijkl' | truncate(3, leeway=0) }}|{{ 'ab cdefghijkl' | truncate(5, end='', leeway=0) }}|"
+     "{{ ('é' * 300) | truncate | length }}|{{ ('é ' * 300) | truncate(10, leeway=1) }}|{{ [1, 2] | truncate }}|"
+     "{{ x | truncate }}|{{ 'a  b c' | truncate(6, leeway=0, end='!') }}|{{ 'abcdef' | truncate(4, end=[1]) }}|"
+     "{{ 'abc' | truncate(4.5, end='') }}|{{ {'a': 1} | truncate(4) }}|{{ 'abcdefghi' | truncate(4, True, '', 2) }}|"
+     "{{ 'abc' | truncate(4, True, '...', 2.5) }}|{{ 'abcdefgh' | truncate(4, True, '...', 2.5) }}|"
+     "{{ 'abc' | truncate(4, True, '...', true) }}|{{ 'abc' | truncate(4, True, '...', none) }}|"
+     "{{ 'a bcdefgh' | truncate(length=5, killwords=false, end='.', leeway=0) }}", {}),
+    ("filters-truncate-short-length", "{{ 'abc def' | truncate(2) }}", {}),
+    ("filters-truncate-negative-leeway", "{{ 'abc def' | truncate(5, leeway=-1) }}", {}),
+    ("filters-truncate-number", "{{ 12345 | truncate(3) }}", {}),
+    ("filters-truncate-float-cut", "{{ 'abcdefghij' | truncate(4.5, leeway=0) }}", {}),
+    ("filters-truncate-end-list", "{{ 'abcdefghij' | truncate(4, True, [1, 2], 0) }}", {}),
+    ("filters-truncate-list-cut", "{{ range(300) | list | truncate(3) }}", {}),
+    ("filters-truncate-string-length", "{{ 'abc' | truncate('4') }}", {}),
+    ("filters-truncate-string-leeway", "{{ 'abc' | truncate(4, True, '...', '1') }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

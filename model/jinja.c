@@ -1008,11 +1008,10 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 }
 
 static const char *const FILTERS[] = {
-    "abs", "batch", "capitalize", "count", "d", "default", "dictsort", "first", "float", "format", "groupby", "indent", "int",
-    "items",
-    "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse",
-    "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "truncate", "unique",
-    "upper",
+    "abs", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "first", "float", "format", "groupby",
+    "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr",
+    "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim",
+    "truncate", "unique", "upper",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2919,16 +2918,17 @@ struct sig {
     const char *name, *params;
 };
 static const struct sig FILTER_SIGS[] = {
-    { "abs", "" }, { "batch", "linecount! fill_with" }, { "capitalize", "" }, { "count", "" }, { "d", "default_value boolean" },
-    { "default", "default_value boolean" }, { "dictsort", "case_sensitive by reverse" }, { "first", "" },
-    { "float", "default" }, { "format", "*" }, { "groupby", "attribute! default case_sensitive" }, { "indent", "width first blank" }, { "int", "default base" },
+    { "abs", "" }, { "batch", "linecount! fill_with" }, { "capitalize", "" }, { "center", "width" }, { "count", "" },
+    { "d", "default_value boolean" }, { "default", "default_value boolean" },
+    { "dictsort", "case_sensitive by reverse" }, { "first", "" }, { "float", "default" }, { "format", "*" },
+    { "groupby", "attribute! default case_sensitive" }, { "indent", "width first blank" }, { "int", "default base" },
     { "items", "" }, { "join", "d attribute" }, { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" },
     { "map", "*" }, { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "reject", "*" },
     { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
     { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
-    { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" }, { "truncate", "length killwords end leeway" },
-    { "unique", "case_sensitive attribute" }, { "upper", "" },
+    { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
+    { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
 };
 static const struct sig TEST_SIGS[] = {
     { "divisibleby", "num!" }, { "eq", "/b!" }, { "equalto", "/b!" }, { "ge", "/b!" }, { "gt", "/b!" },
@@ -3919,6 +3919,21 @@ static struct val filter(struct render *r, const struct node *n)
             args = (struct val){ .t = V_LIST, .l = l };
         }
         return pct_format(r, s.s, &args, line);
+    }
+    if (!strcmp(f, "center")) { /* str(value).center(width=80), the odd space on the left when width is odd */
+        struct val s = stringify(r, &v, line);
+        const struct val *w = arg(&a, 0, "width");
+        if (w && w->t != V_INT && w->t != V_BOOL)
+            fail_at(&r->f, MOE_EINVAL, line, "center: the width must be an integer, not %s", type_name(w));
+        int64_t width = w ? inum(w) : 80, len = (int64_t)cp_count(s.s);
+        if (width <= len)
+            return s;
+        int64_t marg = width - len, left = marg / 2 + (marg & width & 1);
+        struct buf b = { 0 };
+        buf_fill(r, &b, ' ', (size_t)left); /* the output bound stops a huge one */
+        buf_add(r, &b, s.s->p, s.s->n);
+        buf_fill(r, &b, ' ', (size_t)(marg - left));
+        return vbuf(r, &b);
     }
     if (!strcmp(f, "truncate")) { /* truncate(length=255, killwords=False, end='...', leeway=5) */
         const struct val *lenv = arg(&a, 0, "length"), *kw = arg(&a, 1, "killwords"), *endv = arg(&a, 2, "end");

@@ -341,6 +341,12 @@ CASES = [
     ("filters-truncate-list-cut", "{{ range(300) | list | truncate(3) }}", {}),
     ("filters-truncate-string-length", "{{ 'abc' | truncate('4') }}", {}),
     ("filters-truncate-string-leeway", "{{ 'abc' | truncate(4, True, '...', '1') }}", {}),
+    # center: str.center, the odd space of an odd margin on the left only when the width is odd too
+    ("filters-center", "[{{ 'ab' | center(7) }}][{{ 'ab' | center(6) }}][{{ 'abc' | center(6) }}][{{ 'abc' | center(7) }}]"
+     "[{{ 'abc' | center(1) }}][{{ 5 | center(4) }}][{{ x | center(3) }}][{{ 'é😀' | center(5) }}][{{ 'a' | center(-3) }}]"
+     "[{{ 'a' | center(true) }}][{{ [1] | center(width=6) }}][{{ 'a' | center(2) }}]{{ 'a' | center | length }}", {}),
+    ("filters-center-float", "{{ 'a' | center(2.0) }}", {}),
+    ("filters-center-none", "{{ 'a' | center(none) }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

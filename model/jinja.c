@@ -1011,7 +1011,7 @@ static const char *const FILTERS[] = {
     "abs", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "first", "float", "format", "groupby",
     "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr",
     "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim",
-    "truncate", "unique", "upper",
+    "truncate", "unique", "upper", "wordcount",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2929,6 +2929,7 @@ static const struct sig FILTER_SIGS[] = {
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
     { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
     { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
+    { "wordcount", "" },
 };
 static const struct sig TEST_SIGS[] = {
     { "divisibleby", "num!" }, { "eq", "/b!" }, { "equalto", "/b!" }, { "ge", "/b!" }, { "gt", "/b!" },
@@ -3919,6 +3920,20 @@ static struct val filter(struct render *r, const struct node *n)
             args = (struct val){ .t = V_LIST, .l = l };
         }
         return pct_format(r, s.s, &args, line);
+    }
+    if (!strcmp(f, "wordcount")) { /* the runs of Python's \w (letters, numbers, '_') in str(value) */
+        struct val s = stringify(r, &v, line);
+        int64_t words = 0;
+        bool in_word = false;
+        for (size_t i = 0; i < s.s->n;) {
+            uint32_t cp;
+            i += str_cp(s.s, i, &cp);
+            uint32_t gc = moe_tok_category(cp);
+            bool w = cp == '_' || gc <= MOE_TOK_GC_LO || (gc >= MOE_TOK_GC_ND && gc <= MOE_TOK_GC_NO);
+            words += w && !in_word;
+            in_word = w;
+        }
+        return vint(words);
     }
     if (!strcmp(f, "center")) { /* str(value).center(width=80), the odd space on the left when width is odd */
         struct val s = stringify(r, &v, line);

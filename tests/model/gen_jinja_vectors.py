@@ -347,6 +347,11 @@ CASES = [
      "[{{ 'a' | center(true) }}][{{ [1] | center(width=6) }}][{{ 'a' | center(2) }}]{{ 'a' | center | length }}", {}),
     ("filters-center-float", "{{ 'a' | center(2.0) }}", {}),
     ("filters-center-none", "{{ 'a' | center(none) }}", {}),
+    # wordcount: the runs of \w in str(value), letters and numbers of all of Unicode and _, not marks
+    ("filters-wordcount", "{{ 'Hello, wörld_x 12 ³ ½ a\u0301b ٣ 日本 ǅ ⅻ' | wordcount }} {{ 123 | wordcount }} "
+     "{{ x | wordcount }} {{ ['a b'] | wordcount }} {{ none | wordcount }} {{ '' | wordcount }} {{ '__ -- _' | wordcount }} "
+     "{{ 'a\u200bb\u00a0c' | wordcount }} {{ '😀a😀' | wordcount }}", {}),
+    ("filters-wordcount-argument", "{{ 'a' | wordcount(1) }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

@@ -1008,10 +1008,10 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 }
 
 static const char *const FILTERS[] = {
-    "abs", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "first", "float", "format", "groupby",
-    "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr",
-    "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim",
-    "truncate", "unique", "upper", "wordcount",
+    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "first", "float", "format",
+    "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject",
+    "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title",
+    "tojson", "trim", "truncate", "unique", "upper", "wordcount",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2918,8 +2918,8 @@ struct sig {
     const char *name, *params;
 };
 static const struct sig FILTER_SIGS[] = {
-    { "abs", "" }, { "batch", "linecount! fill_with" }, { "capitalize", "" }, { "center", "width" }, { "count", "" },
-    { "d", "default_value boolean" }, { "default", "default_value boolean" },
+    { "abs", "" }, { "attr", "name!" }, { "batch", "linecount! fill_with" }, { "capitalize", "" },
+    { "center", "width" }, { "count", "" }, { "d", "default_value boolean" }, { "default", "default_value boolean" },
     { "dictsort", "case_sensitive by reverse" }, { "first", "" }, { "float", "default" }, { "format", "*" },
     { "groupby", "attribute! default case_sensitive" }, { "indent", "width first blank" }, { "int", "default base" },
     { "items", "" }, { "join", "d attribute" }, { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" },
@@ -3827,6 +3827,49 @@ static struct list *sorted_by(struct render *r, const struct list *src, const st
     return l;
 }
 
+/* Python's getattr(obj, name) in Jinja2's sandbox (the attr filter): methods (the unsafe ones, which change
+ * a value, and names of _ undefined), a loop's and a namespace's attributes, a groupby group's grouper and
+ * list, a range's start, stop and step, a number's real, imag, numerator and denominator; else undefined. */
+static struct val py_getattr(struct render *r, const struct val *obj, const struct val *name, int line)
+{
+    static const char *const number_methods[] = { "as_integer_ratio", "bit_count", "bit_length", "conjugate",
+                                                  "from_bytes", "fromhex", "hex", "is_integer", "to_bytes" };
+    if (obj->t == V_UNDEF)
+        undefined_error(r, obj, line);
+    if (name->t != V_STR)
+        fail_at(&r->f, MOE_EINVAL, line, "attr: the attribute name must be a string, not %s", type_name(name));
+    const char *k = name->s->p;
+    struct val undef = vundef(name->s);
+    if (memchr(k, 0, name->s->n) || k[0] == '_')
+        return undef;
+    int kind = method_kind(obj, k);
+    if (kind)
+        return kind == 1 ? bound_method(r, obj, k) : undef;
+    if (obj->t == V_MACRO)
+        fail_at(&r->f, MOE_ENOTSUP, line, "attr: the attributes of a macro are not supported");
+    if (obj->t == V_DICT && (obj->d->ns || obj->d->loop)) {
+        const struct val *x = dict_get(obj->d, k, name->s->n);
+        return x ? *x : undef;
+    }
+    if (obj->t == V_LIST && (obj->l->group || obj->l->range)) {
+        static const char *const names[2][3] = { { "grouper", "list" }, { "start", "stop", "step" } };
+        for (int i = 0; i < 3; i++)
+            if (names[!obj->l->group][i] && !strcmp(k, names[!obj->l->group][i]))
+                return obj->l->group ? obj->l->v[i] : vint(obj->l->range[i]);
+        return undef;
+    }
+    if (!is_num(obj))
+        return undef;
+    if (in_list(number_methods, MOE_ARRAY_LEN(number_methods), k))
+        fail_at(&r->f, MOE_ENOTSUP, line, "attr: the methods of a number are not supported");
+    bool fl = obj->t == V_FLOAT;
+    if (!strcmp(k, "real") || (!fl && !strcmp(k, "numerator")))
+        return fl ? *obj : vint(inum(obj));
+    if (!strcmp(k, "imag"))
+        return fl ? (struct val){ .t = V_FLOAT, .f = 0.0 } : vint(0);
+    return !fl && !strcmp(k, "denominator") ? vint(1) : undef;
+}
+
 static struct val filter(struct render *r, const struct node *n)
 {
     struct val v = eval(r, n->a);
@@ -3921,6 +3964,8 @@ static struct val filter(struct render *r, const struct node *n)
         }
         return pct_format(r, s.s, &args, line);
     }
+    if (!strcmp(f, "attr")) /* getattr(value, name), never the item of that name */
+        return py_getattr(r, &v, arg(&a, 0, "name"), line);
     if (!strcmp(f, "wordcount")) { /* the runs of Python's \w (letters, numbers, '_') in str(value) */
         struct val s = stringify(r, &v, line);
         int64_t words = 0;

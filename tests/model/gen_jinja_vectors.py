@@ -352,6 +352,22 @@ CASES = [
      "{{ x | wordcount }} {{ ['a b'] | wordcount }} {{ none | wordcount }} {{ '' | wordcount }} {{ '__ -- _' | wordcount }} "
      "{{ 'a\u200bb\u00a0c' | wordcount }} {{ '😀a😀' | wordcount }}", {}),
     ("filters-wordcount-argument", "{{ 'a' | wordcount(1) }}", {}),
+    # attr: getattr only, in the sandbox: methods, a loop's, a namespace's, a group's, a range's, a number's
+    ("filters-attr-getattr", "{{ d | attr('a') }}|{{ d | attr('items') is callable }}|{{ (d | attr('items'))() | list }}|"
+     "{{ d | attr('pop') }}|{{ d | attr('__class__') }}|{{ 'ab' | attr('upper') is callable }}|{{ ('ab' | attr('upper'))() }}|"
+     "{{ 5 | attr('real') }}|{{ 5 | attr('imag') }}|{{ 5 | attr('numerator') }}|{{ 5 | attr('denominator') }}|"
+     "{{ 2.5 | attr('real') }}|{{ 2.5 | attr('imag') }}|{{ true | attr('real') }}|{{ 2.5 | attr('numerator') }}|"
+     "{{ none | attr('a') }}|{{ [1] | attr('count') is callable }}|{{ [1] | attr('append') }}|"
+     "{{ range(1, 5, 2) | attr('stop') }}{{ range(1, 5, 2) | attr('start') }}{{ range(1, 5, 2) | attr('step') }}|"
+     "{% set ns = namespace(a=3) %}{{ ns | attr('a') }}|{{ ns | attr('b') }}|{% for x in [1, 2] %}{{ loop | attr('index') }}"
+     "{{ loop | attr('depth') }}{{ loop | attr('cycle') is callable }}{{ loop | attr('length') }}"
+     "{{ loop | attr('previtem') }}{% endfor %}|{{ ([1] | groupby(none))[0] | attr('grouper') }}|"
+     "{{ ([1] | groupby(none))[0] | attr('list') }}|{{ 'a' | attr('a') }}|{{ (1,) | attr('index') is callable }}|"
+     "{{ range | attr('a') }}|{{ d | attr(name='a') is undefined }}|{{ m | map('attr', 'role') | list }}",
+     {"d": {"a": 1}, "m": [{"role": "user"}]}),
+    ("filters-attr-undefined", "{{ x | attr('a') }}", {}),
+    ("filters-attr-not-string", "{{ d | attr(1) }}", {"d": {}}),
+    ("filters-attr-missing", "{{ d | attr }}", {"d": {}}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

@@ -141,6 +141,7 @@ struct bound;
 
 struct val {
     uint8_t t;  /* enum vtype */
+    bool markup; /* V_STR: markupsafe's Markup (escape, safe): + and % escape the plain strings they take */
     union {
         bool b;
         int64_t i;
@@ -1008,10 +1009,10 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 }
 
 static const char *const FILTERS[] = {
-    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "first", "float", "format",
-    "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject",
-    "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title",
-    "tojson", "trim", "truncate", "unique", "upper", "wordcount",
+    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first",
+    "float", "forceescape", "format", "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower",
+    "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort",
+    "string", "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "wordcount",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2143,7 +2144,11 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
     case V_BOOL: buf_adds(r, b, v->b ? "True" : "False"); break;
     case V_INT: buf_addf(r, b, "%lld", (long long)v->i); break;
     case V_FLOAT: float_repr(r, b, v->f); break;
-    case V_STR: str_repr(r, b, v->s); break;
+    case V_STR:
+        buf_adds(r, b, v->markup ? "Markup(" : "");
+        str_repr(r, b, v->s);
+        buf_adds(r, b, v->markup ? ")" : "");
+        break;
     case V_LIST:
         if (v->l->gen)
             fail_at(&r->f, MOE_EINVAL, line, "printing a generator (select, map, unique, reverse): apply |list "
@@ -2204,6 +2209,41 @@ static struct val stringify(struct render *r, const struct val *v, int line)
     struct buf b = { 0 };
     to_str(r, &b, v, line);
     return vbuf(r, &b);
+}
+
+/* v, a Markup when m (a string only). */
+static struct val as_markup(struct val v, bool m)
+{
+    v.markup = v.t == V_STR && m;
+    return v;
+}
+
+/* markupsafe's escape(v): a Markup as it is, else str(v) with & < > ' " written as HTML entities. */
+static struct val html_escape(struct render *r, const struct val *v, int line)
+{
+    if (v->t == V_STR && v->markup)
+        return *v;
+    struct val s = stringify(r, v, line);
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    size_t from = 0;
+    for (size_t i = 0; i < s.s->n; i++) {
+        const char *c = s.s->p[i] == '&' ? "&amp;" : s.s->p[i] == '<' ? "&lt;" : s.s->p[i] == '>' ? "&gt;"
+                      : s.s->p[i] == '\'' ? "&#39;" : s.s->p[i] == '"' ? "&#34;" : NULL;
+        if (!c)
+            continue;
+        buf_add(r, &b, s.s->p + from, i - from);
+        buf_adds(r, &b, c);
+        from = i + 1;
+    }
+    buf_add(r, &b, s.s->p + from, s.s->n - from);
+    return as_markup(vbuf(r, &b), true);
+}
+
+/* A string argument x of a method of self: escaped when self is a Markup, as its methods escape theirs. */
+static const struct str *markup_arg(struct render *r, const struct val *self, const struct str *x, int line)
+{
+    return self->markup && x ? html_escape(r, &(struct val){ .t = V_STR, .s = x }, line).s : x;
 }
 
 /* The options of json.dumps that the tojson filter takes. */
@@ -2708,7 +2748,7 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
             if (obj->t == V_LIST)
                 return obj->l->v[i];
             size_t a = cp_offset(obj->s, (size_t)i), b = cp_offset(obj->s, (size_t)i + 1);
-            return vstr(r, obj->s->p + a, b - a);
+            return as_markup(vstr(r, obj->s->p + a, b - a), obj->markup);
         }
     }
     if (obj->t == V_LIST && obj->l->group && key->t == V_STR &&
@@ -2777,7 +2817,7 @@ static struct val do_slice(struct render *r, const struct node *n)
         size_t x = cp_offset(obj.s, (size_t)(a + k * stepv)), y = cp_offset(obj.s, (size_t)(a + k * stepv) + 1);
         buf_add(r, &b2, obj.s->p + x, y - x);
     }
-    return vbuf(r, &b2);
+    return as_markup(vbuf(r, &b2), obj.markup);
 }
 
 /* Items to iterate: a list's values, a dict's keys, a string's characters. */
@@ -2920,10 +2960,11 @@ struct sig {
 static const struct sig FILTER_SIGS[] = {
     { "abs", "" }, { "attr", "name!" }, { "batch", "linecount! fill_with" }, { "capitalize", "" },
     { "center", "width" }, { "count", "" }, { "d", "default_value boolean" }, { "default", "default_value boolean" },
-    { "dictsort", "case_sensitive by reverse" }, { "first", "" }, { "float", "default" }, { "format", "*" },
-    { "groupby", "attribute! default case_sensitive" }, { "indent", "width first blank" }, { "int", "default base" },
-    { "items", "" }, { "join", "d attribute" }, { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" },
-    { "map", "*" }, { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "reject", "*" },
+    { "dictsort", "case_sensitive by reverse" }, { "e", "" }, { "escape", "" }, { "first", "" }, { "float", "default" },
+    { "forceescape", "" }, { "format", "*" }, { "groupby", "attribute! default case_sensitive" },
+    { "indent", "width first blank" }, { "int", "default base" }, { "items", "" }, { "join", "d attribute" },
+    { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" }, { "map", "*" },
+    { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "reject", "*" },
     { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
     { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
@@ -3249,14 +3290,18 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
                 fail_at(&r->f, MOE_EINVAL, line, "%s() needs an argument", name);
             return vbool(false);
         }
+        /* a Markup's methods give Markups (its string arguments escaped), but removeprefix and removesuffix */
         if (!strcmp(name, "strip") || !strcmp(name, "lstrip") || !strcmp(name, "rstrip"))
-            return strip(r, s, arg_str(r, a, 0, "chars", name, line), name[0] == 'l' ? 1 : name[0] == 'r' ? 2 : 3);
+            return as_markup(strip(r, s, markup_arg(r, obj, arg_str(r, a, 0, "chars", name, line), line),
+                                   name[0] == 'l' ? 1 : name[0] == 'r' ? 2 : 3), obj->markup);
         if (!strcmp(name, "split") || !strcmp(name, "rsplit")) {
             const struct str *sep = arg_str(r, a, 0, "sep", name, line);
             if (sep && !sep->n)
                 fail_at(&r->f, MOE_EINVAL, line, "%s: empty separator", name);
             int64_t maxsplit = arg_int(r, a, 1, "maxsplit", -1, name, line);
-            return name[0] == 'r' ? rsplit(r, s, sep, maxsplit) : split(r, s, sep, maxsplit);
+            struct val l = name[0] == 'r' ? rsplit(r, s, sep, maxsplit) : split(r, s, sep, maxsplit);
+            for (size_t i = 0; i < l.l->n; i++) l.l->v[i] = as_markup(l.l->v[i], obj->markup);
+            return l;
         }
         if (!strcmp(name, "splitlines")) { /* at Python's line breaks; with keepends, each line keeps its own */
             const struct val *ke = arg(a, 0, "keepends");
@@ -3274,7 +3319,7 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
                         memcpy(w, l->v, l->n * sizeof(*w));
                     l->v = w;
                 }
-                l->v[l->n++] = vstr(r, s->p + start, i - start + (keep ? brk : 0));
+                l->v[l->n++] = as_markup(vstr(r, s->p + start, i - start + (keep ? brk : 0)), obj->markup);
             }
             return (struct val){ .t = V_LIST, .l = l };
         }
@@ -3285,16 +3330,17 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             bool pre = name[6] == 'p';
             if (x->n <= s->n && !memcmp(pre ? s->p : s->p + s->n - x->n, x->p, x->n))
                 return vstr(r, s->p + (pre ? x->n : 0), s->n - x->n);
-            return *obj;
+            return as_markup(*obj, false);
         }
         if (!strcmp(name, "lower") || !strcmp(name, "upper") || !strcmp(name, "title") || !strcmp(name, "capitalize"))
-            return str_case(r, s, name[0] == 'l' ? CASE_LOWER : name[0] == 'u' ? CASE_UPPER
-                                  : name[0] == 't' ? CASE_TITLE : CASE_CAPITALIZE);
+            return as_markup(str_case(r, s, name[0] == 'l' ? CASE_LOWER : name[0] == 'u' ? CASE_UPPER
+                                           : name[0] == 't' ? CASE_TITLE : CASE_CAPITALIZE), obj->markup);
         if (!strcmp(name, "replace")) {
             const struct str *o = arg_str(r, a, 0, NULL, name, line), *nw = arg_str(r, a, 1, NULL, name, line);
             if (!o || !nw)
                 fail_at(&r->f, MOE_EINVAL, line, "replace() needs two strings");
-            return replace(r, s, o, nw, arg_int(r, a, 2, "count", -1, name, line));
+            return as_markup(replace(r, s, markup_arg(r, obj, o, line), markup_arg(r, obj, nw, line),
+                                     arg_int(r, a, 2, "count", -1, name, line)), obj->markup);
         }
         if (!strcmp(name, "join")) { /* sep.join(strings) */
             const struct val *it = arg(a, 0, NULL);
@@ -3304,13 +3350,14 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             struct buf b = { 0 };
             buf_add(r, &b, "", 0);
             for (size_t i = 0; i < l->n; i++) {
-                if (l->v[i].t != V_STR)
-                    fail_at(&r->f, MOE_EINVAL, line, "join(): item %zu is a %s, not a string", i, type_name(&l->v[i]));
+                struct val x = obj->markup ? html_escape(r, &l->v[i], line) : l->v[i]; /* a Markup's: any item */
+                if (x.t != V_STR)
+                    fail_at(&r->f, MOE_EINVAL, line, "join(): item %zu is a %s, not a string", i, type_name(&x));
                 if (i)
                     buf_add(r, &b, s->p, s->n);
-                buf_add(r, &b, l->v[i].s->p, l->v[i].s->n);
+                buf_add(r, &b, x.s->p, x.s->n);
             }
-            return vbuf(r, &b);
+            return as_markup(vbuf(r, &b), obj->markup);
         }
         if (!strcmp(name, "find") || !strcmp(name, "rfind") || !strcmp(name, "index") || !strcmp(name, "rindex") ||
             !strcmp(name, "count")) {
@@ -3544,10 +3591,14 @@ static int64_t pct_int(struct render *r, const struct val *v, char conv, int lin
             conv == 'd' || conv == 'i' || conv == 'u' ? "a real number" : "an integer", type_name(v));
 }
 
-/* The text of one conversion into body, before width and sign: false when it is not a number's. */
+/* The text of one conversion into body, before width and sign: false when it is not a number's.  In a
+ * Markup's format (markup), the text of s, r and a is escaped unless a Markup's own (s), as markupsafe's
+ * argument wrapper gives it, and the wrapper has no integer for x, X, o and c. */
 static bool pct_convert(struct render *r, struct buf *body, char conv, const struct val *v, bool alt, int64_t prec,
-                        int line)
+                        bool markup, int line)
 {
+    if (markup && strchr("xXoc", conv))
+        fail_at(&r->f, MOE_EINVAL, line, "%%%c format: an integer is required, not a Markup's argument", conv);
     switch (conv) {
     case 's': case 'r': case 'a': {
         struct buf t = { 0 };
@@ -3556,6 +3607,10 @@ static bool pct_convert(struct render *r, struct buf *body, char conv, const str
             to_str(r, &t, v, line);
         else
             repr(r, &t, v, line);
+        if (markup && !(conv == 's' && v->t == V_STR && v->markup)) {
+            struct val e = html_escape(r, &(struct val){ .t = V_STR, .s = vbuf(r, &t).s }, line);
+            t = (struct buf){ .p = (char *)e.s->p, .n = e.s->n };
+        }
         size_t n = prec >= 0 ? utf8_offset(t.p, t.n, (size_t)prec) : t.n; /* at most prec characters */
         for (size_t i = 0; i < n;) {
             uint32_t cp;
@@ -3652,8 +3707,9 @@ static bool pct_convert(struct render *r, struct buf *body, char conv, const str
 /* fmt % args: Python's printf-style formatting (conversions s r a c d i u x X o e E f F g G, flags
  * - + space # 0, width and precision, * for either, %(key) taking the value from a mapping), as
  * Jinja2's % on a string and its format filter run it. */
-static struct val pct_format(struct render *r, const struct str *fmt, const struct val *args, int line)
+static struct val pct_format(struct render *r, const struct val *fmtv, const struct val *args, int line)
 {
+    const struct str *fmt = fmtv->s;
     struct pct_args pa = { .args = args, .len = -1, .idx = -2 };
     if (args->t == V_LIST && args->l->tuple) {
         pa.len = (int64_t)args->l->n;
@@ -3745,7 +3801,7 @@ static struct val pct_format(struct render *r, const struct str *fmt, const stru
         }
         body.n = 0;
         buf_add(r, &body, "", 0);
-        bool numeric = pct_convert(r, &body, conv, v, alt, wp[1], line);
+        bool numeric = pct_convert(r, &body, conv, v, alt, wp[1], fmtv->markup, line);
         /* CPython's output stage: the sign taken out, then fill, sign, 0x prefix, digits and padding */
         const char *bp = body.p;
         size_t blen = body.n;
@@ -3787,7 +3843,7 @@ static struct val pct_format(struct render *r, const struct str *fmt, const stru
     }
     if (pa.idx < pa.len && !pa.dict)
         fail_at(&r->f, MOE_EINVAL, line, "not all arguments converted during string formatting");
-    return vbuf(r, &out);
+    return as_markup(vbuf(r, &out), fmtv->markup);
 }
 
 static struct val arith(struct render *r, int op, struct val a, struct val b, int line);
@@ -3880,8 +3936,14 @@ static struct val filter(struct render *r, const struct node *n)
     check_args(r, FILTER_SIGS, MOE_ARRAY_LEN(FILTER_SIGS), f, NULL, &a, line);
     if (!strcmp(f, "length") || !strcmp(f, "count"))
         return vint(length(r, &v, line));
-    if (!strcmp(f, "safe")) /* Markup(str(value)): a string */
-        return stringify(r, &v, line);
+    if (!strcmp(f, "safe")) /* Markup(str(value)) */
+        return as_markup(stringify(r, &v, line), true);
+    if (!strcmp(f, "escape") || !strcmp(f, "e")) /* escape(value): HTML entities, once */
+        return html_escape(r, &v, line);
+    if (!strcmp(f, "forceescape")) { /* escape(str(value)): a Markup's text escaped again */
+        struct val s = as_markup(stringify(r, &v, line), false);
+        return html_escape(r, &s, line);
+    }
     if (!strcmp(f, "string"))
         return stringify(r, &v, line);
     if (!strcmp(f, "tojson")) { /* tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False) */
@@ -3962,7 +4024,7 @@ static struct val filter(struct render *r, const struct node *n)
             for (int i = 0; i < a.npos; i++) l->v[i] = a.pos[i];
             args = (struct val){ .t = V_LIST, .l = l };
         }
-        return pct_format(r, s.s, &args, line);
+        return pct_format(r, &s, &args, line);
     }
     if (!strcmp(f, "attr")) /* getattr(value, name), never the item of that name */
         return py_getattr(r, &v, arg(&a, 0, "name"), line);
@@ -3993,7 +4055,7 @@ static struct val filter(struct render *r, const struct node *n)
         buf_fill(r, &b, ' ', (size_t)left); /* the output bound stops a huge one */
         buf_add(r, &b, s.s->p, s.s->n);
         buf_fill(r, &b, ' ', (size_t)(marg - left));
-        return vbuf(r, &b);
+        return as_markup(vbuf(r, &b), s.markup);
     }
     if (!strcmp(f, "truncate")) { /* truncate(length=255, killwords=False, end='...', leeway=5) */
         const struct val *lenv = arg(&a, 0, "length"), *kw = arg(&a, 1, "killwords"), *endv = arg(&a, 2, "end");
@@ -4028,10 +4090,11 @@ static struct val filter(struct render *r, const struct node *n)
                     cut = k;
                     break;
                 }
+        struct val e = v.markup ? html_escape(r, endv, line) : *endv; /* Markup + end: the end escaped */
         struct buf b = { 0 };
         buf_add(r, &b, v.s->p, cut);
-        buf_add(r, &b, endv->s->p, endv->s->n);
-        return vbuf(r, &b);
+        buf_add(r, &b, e.s->p, e.s->n);
+        return as_markup(vbuf(r, &b), v.markup);
     }
     if (!strcmp(f, "indent")) { /* indent(width=4, first=False, blank=False): width spaces, or a string */
         if (v.t == V_UNDEF)
@@ -4051,16 +4114,17 @@ static struct val filter(struct render *r, const struct node *n)
             buf_fill(r, &sp, ' ', k < 0 ? 0 : (size_t)k); /* the output bound stops a huge one */
             ind = vbuf(r, &sp).s;
         }
-        return indent(r, v.s, ind, first && truthy(first), blank && truthy(blank));
+        return as_markup(indent(r, v.s, ind, first && truthy(first), blank && truthy(blank)), v.markup);
     }
+    /* these keep a Markup one (str(value) is Markup's own there), but title, which joins pieces to a str */
     if (!strcmp(f, "trim")) {
         struct val s = stringify(r, &v, line);
-        return strip(r, s.s, arg_str(r, &a, 0, "chars", f, line), 3);
+        return as_markup(strip(r, s.s, markup_arg(r, &s, arg_str(r, &a, 0, "chars", f, line), line), 3), s.markup);
     }
     if (!strcmp(f, "upper") || !strcmp(f, "lower") || !strcmp(f, "title") || !strcmp(f, "capitalize")) {
         struct val s = stringify(r, &v, line);
-        return str_case(r, s.s, f[0] == 'l' ? CASE_LOWER : f[0] == 'u' ? CASE_UPPER
-                              : f[0] == 't' ? CASE_JTITLE : CASE_CAPITALIZE);
+        return as_markup(str_case(r, s.s, f[0] == 'l' ? CASE_LOWER : f[0] == 'u' ? CASE_UPPER
+                                         : f[0] == 't' ? CASE_JTITLE : CASE_CAPITALIZE), s.markup && f[0] != 't');
     }
     if (!strcmp(f, "replace")) {
         struct val s = stringify(r, &v, line);
@@ -4173,7 +4237,7 @@ static struct val filter(struct render *r, const struct node *n)
             struct buf b = { 0 };
             buf_add(r, &b, "", 0);
             for (size_t i = l->n; i-- > 0;) buf_add(r, &b, l->v[i].s->p, l->v[i].s->n);
-            return vbuf(r, &b);
+            return as_markup(vbuf(r, &b), v.markup);
         }
         const struct list *src = iter_list(r, &v, line);
         struct list *l = new_list(r, src->n);
@@ -4403,7 +4467,7 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     if (!strcmp(t, "sequence"))
         return (v->t == V_LIST && !v->l->gen) || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
     if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO || v->t == V_METHOD || v->t == V_UNDEF;
-    if (!strcmp(t, "escaped")) return false;
+    if (!strcmp(t, "escaped")) return v->t == V_STR && v->markup;
     if (!strcmp(t, "lower") || !strcmp(t, "upper")) { /* str(value).islower(), isupper() */
         if (v->t == V_UNDEF)
             return false;
@@ -4459,16 +4523,21 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         return vbuf(r, &o);
     }
     if (op == OP_MOD && a.t == V_STR) /* an undefined right side is a mapping there, as in Jinja2 */
-        return pct_format(r, a.s, &b, line);
+        return pct_format(r, &a, &b, line);
     if (a.t == V_UNDEF)
         undefined_error(r, &a, line);
     if (b.t == V_UNDEF)
         undefined_error(r, &b, line);
     if (op == OP_ADD && a.t == V_STR && b.t == V_STR) {
+        bool m = a.markup || b.markup; /* Markup + str: the str escaped, as Markup.__add__ and __radd__ */
+        if (m) {
+            a = html_escape(r, &a, line);
+            b = html_escape(r, &b, line);
+        }
         struct buf o = { 0 };
         buf_add(r, &o, a.s->p, a.s->n);
         buf_add(r, &o, b.s->p, b.s->n);
-        return vbuf(r, &o);
+        return as_markup(vbuf(r, &o), m);
     }
     if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.l->gen && !b.l->gen && !a.l->range && !b.l->range) {
         if (a.l->tuple != b.l->tuple)
@@ -4487,7 +4556,7 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         struct buf o = { 0 };
         buf_add(r, &o, "", 0);
         for (int64_t i = 0; s->n && i < k; i++) buf_add(r, &o, s->p, s->n); /* the output bound stops it */
-        return vbuf(r, &o);
+        return as_markup(vbuf(r, &o), a.t == V_STR ? a.markup : b.markup);
     }
     if (op == OP_MUL && ((a.t == V_LIST && bi && !a.l->gen && !a.l->range) ||
                          (b.t == V_LIST && ai && !b.l->gen && !b.l->range))) {

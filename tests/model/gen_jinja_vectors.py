@@ -368,6 +368,35 @@ CASES = [
     ("filters-attr-undefined", "{{ x | attr('a') }}", {}),
     ("filters-attr-not-string", "{{ d | attr(1) }}", {"d": {}}),
     ("filters-attr-missing", "{{ d | attr }}", {"d": {}}),
+    # escape: markupsafe's Markup, printed as its text; + and % escape the plain strings it meets, ~ does not
+    ("filters-escape", "{{ '<a href=\"x\">&\\'' | e }}|{{ '<' | escape }}|{{ '<' | e | e }}|{{ '<' | e | forceescape }}|"
+     "{{ '<' | forceescape }}|{{ 5 | e }}|{{ none | e }}|{{ x | e }}|{{ ['<'] | e }}|{{ ['<' | e] }}|{{ '<' | e ~ '<' }}|"
+     "{{ '<' | e + '<' }}|{{ '<' + '<' | e }}|{{ ('<' | e) * 2 }}|{{ 2 * ('<' | e) + '<' }}|{{ '<' | e is escaped }}|"
+     "{{ '<' | e is string }}|{{ ('<' | e) | length }}|{{ '<%s' | e % '<' }}|{{ '<' | safe + '<' }}|"
+     "{{ ('<' | e).upper() }}|{{ 'a<' | e | upper + '<' }}|{{ '<' | e | tojson }}|{{ '<' | e == '&lt;' }}|"
+     "{{ ('<' | e)[0] }}|{{ '<' | e | list }}|{{ '<' | e | replace('&', '<') }}|{{ '<' | e | trim + '<' }}|"
+     "{{ ('<' | e | string) + '<' }}|{{ ('a b' | e).split() }}|{{ '<' | e | first }}|{{ ['<' | e, '<'] | join }}|"
+     "{{ '<' | e | center(6) + '<' }}|{{ x | e is escaped }}|{{ '<' | e | lower + '<' }}|{{ '<' | e | capitalize + '<' }}|"
+     "{{ '<' | e | title + '<' }}|{{ '<\nb' | e | indent + '<' }}|{{ '<<<<<<<<<<<<' | e | truncate(9, leeway=0, end='<') }}|"
+     "{{ '<' | e | reverse + '<' }}|{{ x | default('<' | e) + '<' }}|{{ '<' | e | replace('a', 'b') + '<' }}|"
+     "{{ ['<' | e] | join + '<' }}|{{ '%s' | e | format('<') }}|{{ '%s' | format('<' | e) }}|{{ ('<' | e | list)[0] + '<' }}|"
+     "{{ ('<' | e ~ '') + '<' }}|{{ '<' | forceescape | e }}|{{ x | e + '<' }}|{{ none | e + '<' }}|"
+     "{{ ('<' | e | safe) + '<' }}|{{ ('<' | safe | e) + '<' }}|{{ [1] | safe + '<' }}|{{ '<' | safe is escaped }}|"
+     "{{ '<' is escaped }}|{{ ['<' | safe, '<' | forceescape] }}|{{ '<' | e in ['&lt;'] }}|{{ {'&lt;': 1}['<' | e] }}|"
+     "{% set s %}{{ '<' | e }}{% endset %}{{ s + '<' }}|{% macro m() %}{{ '<' | e }}{% endmacro %}{{ m() + '<' }}|"
+     "{{ ('<' | e).lower() is escaped }}|{{ ('<' | e) | replace('<', 'x') is escaped }}|{{ ('a' | e) | reverse is escaped }}|"
+     "{{ (' <' | e).strip() + '<' }}|{{ ('a<b' | e).split('&') }}|{{ ('<' | e).join(['<', '<' | safe, 1]) }}|"
+     "{{ ('<a' | e)[1:] }}|{{ ('<a' | e).upper() + '<' }}|{{ ('a\nb' | e).splitlines() }}|"
+     "{{ ('a b' | e).rsplit(none, 1) }}|{{ ('<' | e).replace('l', '<') }}|{{ ('<' | e).title() + '<' }}|"
+     "{{ ('<' | e).startswith('&') }}|{{ '%r|%a' | e % ('é', '<' | e) }}|{{ ('\\'' | e) ~ ('\"' | e) ~ ('>' | e) }}",
+     {}),
+    ("filters-escape-percent", "{{ '%d|%.1f|%s|%r|%5s|%-4s|' | e % (5, 2.5, '<', '<' | e, '<', 1) }}|"
+     "{{ '%s' | e % ['<'] }}|{{ '%(a)s|%(b)d' | e % {'a': '<', 'b': 3} }}|{{ '%s' | e % x }}|{{ '%s' | e % none }}|"
+     "{{ '%s%%' | e % ('<' | safe) }}|{{ '%.2s' | e % '<<<' }}|{{ '%d' | e % true }}|{{ '%s' | e % (('<',),) }}", {}),
+    ("filters-escape-percent-hex", "{{ '%x' | e % 5 }}", {}),
+    ("filters-escape-percent-char", "{{ '%c' | e % 65 }}", {}),
+    ("filters-escape-add-number", "{{ '<' | e + 1 }}", {}),
+    ("filters-escape-argument", "{{ '<' | e(1) }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

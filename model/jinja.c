@@ -3252,6 +3252,9 @@ static void str_span(struct render *r, const struct str *s, const struct args *a
     *be = cp_offset(s, (size_t)*ce);
 }
 
+static struct val str_format(struct render *r, const struct val *s, const char *name, const struct args *a,
+                             int line);
+
 /* obj.name(args): the string, dict and loop methods. */
 static struct val call_method(struct render *r, const struct val *obj, const char *name, const struct args *a,
                               int line)
@@ -3264,6 +3267,8 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         check_args(r, DICT_METHOD_SIGS, MOE_ARRAY_LEN(DICT_METHOD_SIGS), name, NULL, a, line);
     if (obj->t == V_STR) {
         const struct str *s = obj->s;
+        if (!strcmp(name, "format") || !strcmp(name, "format_map"))
+            return str_format(r, obj, name, a, line);
         if (!strcmp(name, "startswith") || !strcmp(name, "endswith")) {
             const struct val *p = arg(a, 0, NULL);
             bool start = name[0] == 's';
@@ -3924,6 +3929,461 @@ static struct val py_getattr(struct render *r, const struct val *obj, const stru
     if (!strcmp(k, "imag"))
         return fl ? (struct val){ .t = V_FLOAT, .f = 0.0 } : vint(0);
     return !fl && !strcmp(k, "denominator") ? vint(1) : undef;
+}
+
+/* ---- render: str.format() ------------------------------------------------------------ */
+
+/* A replacement field's format spec as Python's format() reads it:
+ * [[fill]align][sign][z][#][0][width][grouping][.precision][type]. */
+struct fmt_spec {
+    char fill[5];       /* one character, UTF-8 */
+    size_t nfill;
+    char align;         /* '<', '>', '^', '=' or 0: the type's own */
+    char sign;          /* '+', '-', ' ' or 0 */
+    bool z, alt, zero;  /* negative zero made positive, alternate form, a 0 before the width */
+    int64_t width;      /* characters, -1 none */
+    char group;         /* ',', '_' or 0 */
+    int64_t prec;       /* -1 none */
+    char type;          /* the presentation type, 0 none */
+};
+
+static void fmt_parse_spec(struct render *r, const struct str *spec, const char *tname, struct fmt_spec *fs,
+                           int line)
+{
+    *fs = (struct fmt_spec){ .fill = " ", .nfill = 1, .width = -1, .prec = -1 };
+    const char *p = spec->p, *end = p + spec->n;
+    uint32_t cp;
+    size_t l = p < end ? moe_utf8_next((const unsigned char *)p, (size_t)(end - p), &cp) : 0;
+    bool fill_given = false;
+    if (l && p + l < end && strchr("<>=^", p[l])) {
+        memcpy(fs->fill, p, l);
+        fs->nfill = l;
+        fs->align = p[l];
+        p += l + 1;
+        fill_given = true;
+    } else if (p < end && strchr("<>=^", *p)) {
+        fs->align = *p++;
+    }
+    if (p < end && strchr("+- ", *p))
+        fs->sign = *p++;
+    if (p < end && *p == 'z')
+        fs->z = *p++ == 'z';
+    if (p < end && *p == '#')
+        fs->alt = *p++ == '#';
+    if (p < end && *p == '0' && !fill_given) { /* 0 fill (sign-aware for a number unless aligned) */
+        fs->zero = true;
+        p++;
+        memcpy(fs->fill, "0", fs->nfill = 1);
+    }
+    for (int k = 0; k < 2; k++) {
+        if (k) {
+            if (p < end && (*p == ',' || *p == '_'))
+                fs->group = *p++;
+            if (fs->group && p < end && (*p == ',' || *p == '_'))
+                fail_at(&r->f, MOE_EINVAL, line, "Cannot specify ',' with ','.");
+            if (!(p < end && *p == '.'))
+                break;
+            if (++p >= end || !is_digit(*p))
+                fail_at(&r->f, MOE_EINVAL, line, "Format specifier missing precision");
+        }
+        int64_t *x = k ? &fs->prec : &fs->width;
+        for (; p < end && is_digit(*p); p++) {
+            *x = (*x < 0 ? 0 : *x) * 10 + (*p - '0');
+            if (*x > MOE_JINJA_MAX_OUTPUT)
+                fail_at(&r->f, MOE_ERANGE, line, "output longer than %u bytes", MOE_JINJA_MAX_OUTPUT);
+        }
+    }
+    if (p < end)
+        fs->type = *p++;
+    if (p < end || (fs->type && (unsigned char)fs->type >= 0x80))
+        fail_at(&r->f, MOE_EINVAL, line, "Invalid format specifier '%.*s' for object of type '%s'",
+                (int)(spec->n < 80 ? spec->n : 80), spec->p, tname);
+}
+
+/* digits (ASCII) with sep between groups of every digits, from the right, zeros added on the left to make
+ * it min_width long at least (never starting with sep), into b. */
+static void fmt_group(struct render *r, struct buf *b, const char *d, size_t n, char sep, int every,
+                      int64_t min_width)
+{
+    size_t len = 0, k = 0; /* the grouped length, walking right to left */
+    for (;; k++) {
+        if (k >= n && (int64_t)len >= min_width)
+            break;
+        len += (k && sep && k % (size_t)every == 0) + 1;
+    }
+    char *o = r_alloc(r, len + 1), *q = o + len;
+    for (size_t i = 0; i < k; i++) {
+        if (i && sep && i % (size_t)every == 0)
+            *--q = sep;
+        *--q = i < n ? d[n - 1 - i] : '0';
+    }
+    buf_add(r, b, o, len);
+}
+
+/* A float as format() writes it for the types e E f F g G % n and none (the shortest repr without a
+ * precision; with one, g's with a '.0' kept and the exponent from precision - 1). */
+static void fmt_float(struct render *r, struct buf *b, double x, const struct fmt_spec *fs, char type)
+{
+    if (!isfinite(x)) {
+        bool up = type == 'E' || type == 'F' || type == 'G';
+        buf_adds(r, b, isnan(x) ? (up ? "NAN" : "nan") : x < 0 ? (up ? "-INF" : "-inf") : (up ? "INF" : "inf"));
+        buf_adds(r, b, type == '%' ? "%" : "");
+        return;
+    }
+    if (!type && fs->prec < 0) {
+        float_repr(r, b, x);
+        return;
+    }
+    int prec = fs->prec < 0 ? 6 : (int)fs->prec;
+    char conv = type == '%' ? 'f' : type == 'n' || !type ? 'g' : type, spec[8];
+    if (!type) { /* as g, but the exponent form from precision - 1 on, and '1.0' where g writes '1' */
+        prec = prec ? prec : 1;
+        char e[64];
+        snprintf(e, sizeof(e), "%.*e", prec - 1, x);
+        const char *ep = strchr(e, 'e');
+        if (ep && atoi(ep + 1) == prec - 1 && prec - 1 >= -4)
+            conv = 'e', prec--;
+    }
+    snprintf(spec, sizeof(spec), "%%%s.*%c", fs->alt ? "#" : "", conv);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral" /* one of the float conversions, built above */
+    int len = snprintf(NULL, 0, spec, prec, type == '%' ? x * 100 : x);
+    if (len < 0 || (size_t)len > MOE_JINJA_MAX_OUTPUT)
+        fail_at(&r->f, MOE_ERANGE, 0, "output longer than %u bytes", MOE_JINJA_MAX_OUTPUT);
+    char *t = r_alloc(r, (size_t)len + 1);
+    snprintf(t, (size_t)len + 1, spec, prec, type == '%' ? x * 100 : x);
+#pragma GCC diagnostic pop
+    if (conv == 'e' && !type && !fs->alt) { /* g's trailing zeros of the mantissa dropped */
+        char *e = strchr(t, 'e'), *z = e;
+        while (z > t && z[-1] == '0')
+            z--;
+        if (z > t && z[-1] == '.')
+            z--;
+        memmove(z, e, strlen(e) + 1);
+        len = (int)strlen(t);
+    }
+    buf_add(r, b, t, (size_t)len);
+    if (!type && !strpbrk(t, ".e"))
+        buf_adds(r, b, ".0");
+    buf_adds(r, b, type == '%' ? "%" : "");
+}
+
+/* format(v, spec) as Python's types do it: strings, integers (and bools), floats; another type only with
+ * an empty spec (its str()). */
+static void fmt_value(struct render *r, struct buf *out, const struct val *v, const struct str *spec, int line)
+{
+    if (!spec->n || (v->t != V_STR && v->t != V_INT && v->t != V_BOOL && v->t != V_FLOAT)) {
+        if (spec->n)
+            fail_at(&r->f, MOE_EINVAL, line, "unsupported format string passed to %s.__format__",
+                    v->t == V_UNDEF ? "Undefined" : v->t == V_NONE ? "NoneType" : type_name(v));
+        to_str(r, out, v, line);
+        return;
+    }
+    const char *tname = v->t == V_STR ? "str" : v->t == V_FLOAT ? "float" : v->t == V_BOOL ? "bool" : "int";
+    struct fmt_spec fs;
+    fmt_parse_spec(r, spec, tname, &fs, line);
+    char t = fs.type;
+    bool whole = v->t == V_INT || v->t == V_BOOL;
+    bool is_int = whole && (!t || strchr("bcdoxXn", t));
+    bool is_float = (v->t == V_FLOAT && (!t || strchr("eEfFgGn%", t))) || (whole && t && strchr("eEfFgG%", t));
+    if (v->t == V_STR ? t && t != 's' : !is_int && !is_float && t)
+        fail_at(&r->f, MOE_EINVAL, line, "Unknown format code '%c' for object of type '%s'", t, tname);
+    const char *what = v->t == V_STR ? "string" : is_int ? "integer" : "float";
+    if (v->t == V_STR && fs.sign)
+        fail_at(&r->f, MOE_EINVAL, line, "Sign not allowed in string format specifier");
+    if (v->t == V_STR && fs.alt)
+        fail_at(&r->f, MOE_EINVAL, line, "Alternate form (#) not allowed in string format specifier");
+    if (v->t == V_STR && fs.align == '=')
+        fail_at(&r->f, MOE_EINVAL, line, "'=' alignment not allowed in string format specifier");
+    if ((v->t == V_STR || t == 'c' || t == 'n' || (fs.group == ',' && t && strchr("boxX", t))) && fs.group)
+        fail_at(&r->f, MOE_EINVAL, line, "Cannot specify '%c' with '%c'.", fs.group, t ? t : 's');
+    if (is_int && fs.prec >= 0)
+        fail_at(&r->f, MOE_EINVAL, line, "Precision not allowed in integer format specifier");
+    if (fs.z && v->t != V_FLOAT && !is_float)
+        fail_at(&r->f, MOE_EINVAL, line, "Negative zero coercion (z) not allowed in %s format specifier", what);
+    if (t == 'c' && (fs.sign || fs.alt))
+        fail_at(&r->f, MOE_EINVAL, line, "%s not allowed with integer format specifier 'c'",
+                fs.sign ? "Sign" : "Alternate form (#)");
+    struct buf body = { 0 };
+    buf_add(r, &body, "", 0);
+    char sign = 0, prefix[3] = "";
+    if (v->t == V_STR) { /* at most precision characters */
+        size_t n = fs.prec >= 0 ? cp_offset(v->s, (size_t)fs.prec) : v->s->n;
+        buf_add(r, &body, v->s->p, n > v->s->n ? v->s->n : n);
+    } else if (t == 'c') {
+        int64_t c = inum(v);
+        if (c < 0 || c > 0x10ffff)
+            fail_at(&r->f, MOE_EINVAL, line, "%%c arg not in range(0x110000)");
+        if (c >= 0xd800 && c <= 0xdfff)
+            fail_at(&r->f, MOE_ENOTSUP, line, "%%c of a surrogate (0x%llx) has no UTF-8", (long long)c);
+        char enc[4];
+        buf_add(r, &body, enc, moe_utf8_put((uint32_t)c, enc));
+    } else if (is_int) {
+        int64_t x = inum(v);
+        uint64_t mag = x < 0 ? (uint64_t)0 - (uint64_t)x : (uint64_t)x;
+        unsigned base = t == 'b' ? 2 : t == 'o' ? 8 : t == 'x' || t == 'X' ? 16 : 10;
+        char d[72];
+        int nd = 0;
+        do {
+            d[nd++] = (t == 'X' ? "0123456789ABCDEF" : "0123456789abcdef")[mag % base];
+            mag /= base;
+        } while (mag);
+        for (int i = 0; i < nd / 2; i++) {
+            char c = d[i];
+            d[i] = d[nd - 1 - i];
+            d[nd - 1 - i] = c;
+        }
+        buf_add(r, &body, d, (size_t)nd);
+        sign = x < 0 ? '-' : 0;
+        if (fs.alt && base != 10)
+            snprintf(prefix, sizeof(prefix), "0%c", t);
+    } else {
+        fmt_float(r, &body, num(v), &fs, t);
+        if (body.p[0] == '-') {
+            sign = '-';
+            memmove(body.p, body.p + 1, body.n--);
+        }
+        if (sign && fs.z && !strpbrk(body.p, "123456789") && isfinite(num(v))) /* -0.0: 0.0 */
+            sign = 0;
+    }
+    if (v->t != V_STR && t != 'c' && !sign)
+        sign = fs.sign == '+' ? '+' : fs.sign == ' ' ? ' ' : 0;
+    /* the number's integer digits (grouped), then the rest: [sign][prefix][fill if '='][digits][rest] */
+    size_t ndig = 0;
+    for (char c; v->t != V_STR && t != 'c' && ndig < body.n; ndig++) /* hex digits only in an integer's */
+        if (c = body.p[ndig], !is_digit(c) && !(is_int && ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))))
+            break;
+    int64_t head = (sign != 0) + (int64_t)strlen(prefix), rest = (int64_t)utf8_count(body.p + ndig, body.n - ndig);
+    char align = fs.align ? fs.align : fs.zero && v->t != V_STR ? '=' : v->t == V_STR ? '<' : '>';
+    bool zero_group = fs.group && align == '=' && fs.nfill == 1 && fs.fill[0] == '0';
+    struct buf num_text = { 0 };
+    buf_add(r, &num_text, "", 0);
+    if (v->t != V_STR && t != 'c')
+        fmt_group(r, &num_text, body.p, ndig, fs.group, fs.group == '_' && !is_float && strchr("boxX", t ? t : 'd')
+                  ? 4 : 3, zero_group && fs.width > head + rest ? fs.width - head - rest : 0);
+    else
+        buf_add(r, &num_text, body.p, ndig);
+    int64_t len = head + (int64_t)utf8_count(num_text.p, num_text.n) + rest;
+    int64_t pad = fs.width > len ? fs.width - len : 0;
+    int64_t left = align == '>' ? pad : align == '^' ? pad / 2 : 0, right = align == '=' ? 0 : pad - left;
+    for (int64_t i = 0; i < left; i++) buf_add(r, out, fs.fill, fs.nfill); /* the output bound stops a huge one */
+    if (sign)
+        buf_add(r, out, &sign, 1);
+    buf_adds(r, out, prefix);
+    for (int64_t i = 0; align == '=' && i < pad; i++) buf_add(r, out, fs.fill, fs.nfill);
+    buf_add(r, out, num_text.p, num_text.n);
+    buf_add(r, out, body.p + ndig, body.n - ndig);
+    for (int64_t i = 0; i < right; i++) buf_add(r, out, fs.fill, fs.nfill);
+}
+
+struct fmt_state {
+    const struct args *a;
+    int auto_idx;   /* the next {} field's argument; -1 once a field was numbered */
+    bool markup;    /* a Markup's format(): the fields' text escaped, a Markup argument's kept */
+};
+
+static void fmt_run(struct render *r, struct buf *out, const struct str *f, struct fmt_state *st, int depth,
+                    int line);
+
+/* One replacement field: the argument name..name_end, with its .attr (the sandbox's getattr, then the
+ * item) and [key] (its getitem) parts, through the conversion conv (s, r, a or 0), formatted by the spec
+ * spec..spec_end once its own fields are replaced. */
+static void fmt_field(struct render *r, struct buf *out, const char *name, const char *name_end, char conv,
+                      const char *spec, const char *spec_end, struct fmt_state *st, int depth, int line)
+{
+    const char *q = name;
+    while (q < name_end && *q != '.' && *q != '[')
+        q++;
+    bool digits = q > name;
+    int64_t idx = 0;
+    for (const char *d = name; d < q && digits; d++) {
+        digits = is_digit(*d);
+        idx = idx > 100000 ? idx : idx * 10 + (*d - '0');
+    }
+    if (name_end == name) { /* {} or {:spec}: the next argument */
+        if (st->auto_idx < 0)
+            fail_at(&r->f, MOE_EINVAL, line, "format: cannot switch from manual field specification to automatic "
+                    "field numbering");
+        idx = st->auto_idx++;
+        digits = true;
+    } else if (digits && q == name_end) { /* only a number: no automatic numbering from here on */
+        if (st->auto_idx > 0)
+            fail_at(&r->f, MOE_EINVAL, line, "format: cannot switch from automatic field numbering to manual field "
+                    "specification");
+        st->auto_idx = -1;
+    }
+    const struct val *v = NULL;
+    if (digits) {
+        if (idx >= st->a->npos)
+            fail_at(&r->f, MOE_EINVAL, line, "format: replacement index %lld out of range for the %d positional "
+                    "argument(s)", (long long)idx, st->a->npos);
+        v = &st->a->pos[idx];
+    } else {
+        for (int k = 0; k < st->a->nkw && !v; k++)
+            if (strlen(st->a->names[k]) == (size_t)(q - name) && !memcmp(st->a->names[k], name, (size_t)(q - name)))
+                v = &st->a->kw[k];
+        if (!v)
+            fail_at(&r->f, MOE_EINVAL, line, "format: no argument named '%.*s'", (int)(q - name < 80 ? q - name : 80),
+                    name);
+    }
+    struct val x = *v;
+    while (q < name_end) {
+        bool dot = *q++ == '.';
+        const char *e = q;
+        while (e < name_end && (dot ? *e != '.' && *e != '[' : *e != ']'))
+            e++;
+        if (e == q)
+            fail_at(&r->f, MOE_EINVAL, line, "format: empty attribute in format string");
+        if (!dot && e >= name_end)
+            fail_at(&r->f, MOE_EINVAL, line, "format: missing ']' in format string");
+        bool num_key = !dot;
+        int64_t k = 0;
+        for (const char *d = q; d < e && num_key; d++) {
+            num_key = is_digit(*d);
+            k = k > INT64_MAX / 10 - 9 ? INT64_MAX : k * 10 + (*d - '0');
+        }
+        struct val key = num_key ? vint(k) : vstr(r, q, (size_t)(e - q));
+        if (dot) {
+            struct val got = py_getattr(r, &x, &key, line);
+            x = got.t == V_UNDEF ? get_item(r, &x, &key, line) : got;
+        } else {
+            x = get_item(r, &x, &key, line);
+        }
+        q = dot ? e : e + 1;
+        if (!dot && q < name_end && *q != '.' && *q != '[')
+            fail_at(&r->f, MOE_EINVAL, line, "format: only '.' or '[' may follow ']' in format field specifier");
+    }
+    struct buf sp = { 0 };
+    buf_add(r, &sp, "", 0);
+    fmt_run(r, &sp, r_str(r, spec, (size_t)(spec_end - spec)), st, depth + 1, line);
+    if (conv) {
+        struct buf t = { 0 };
+        buf_add(r, &t, "", 0);
+        if (conv == 's')
+            to_str(r, &t, &x, line);
+        else
+            repr(r, &t, &x, line);
+        struct val s = vbuf(r, &t);
+        if (conv == 'a') { /* ascii(): repr() with what is not ASCII escaped */
+            struct buf asc = { 0 };
+            buf_add(r, &asc, "", 0);
+            for (size_t i = 0; i < s.s->n;) {
+                uint32_t cp;
+                size_t l = str_cp(s.s, i, &cp);
+                if (cp < 0x80)
+                    buf_add(r, &asc, s.s->p + i, l);
+                else
+                    buf_addf(r, &asc, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
+                i += l;
+            }
+            s = vbuf(r, &asc);
+        }
+        x = s;
+    }
+    if (st->markup && x.t == V_STR && x.markup) { /* Markup's __html_format__: no spec, the text as it is */
+        if (sp.n)
+            fail_at(&r->f, MOE_EINVAL, line, "format: unsupported format specification for Markup");
+        buf_add(r, out, x.s->p, x.s->n);
+        return;
+    }
+    struct buf text = { 0 };
+    buf_add(r, &text, "", 0);
+    fmt_value(r, &text, &x, vbuf(r, &sp).s, line);
+    struct val tv = vbuf(r, &text);
+    if (st->markup)
+        tv = html_escape(r, &tv, line);
+    buf_add(r, out, tv.s->p, tv.s->n);
+}
+
+/* f with its replacement fields formatted ({{ and }} for the braces themselves), as string.Formatter parses
+ * them; a spec's own fields are replaced at depth + 1, and a field two specs deep is refused. */
+static void fmt_run(struct render *r, struct buf *out, const struct str *f, struct fmt_state *st, int depth,
+                    int line)
+{
+    const char *p = f->p, *end = p + f->n;
+    while (p < end) {
+        step(r, line);
+        const char *b = p;
+        while (b < end && *b != '{' && *b != '}')
+            b++;
+        buf_add(r, out, p, (size_t)(b - p));
+        if (b >= end)
+            break;
+        if (b + 1 < end && b[1] == *b) { /* {{ or }} */
+            buf_add(r, out, b, 1);
+            p = b + 2;
+            continue;
+        }
+        if (*b == '}')
+            fail_at(&r->f, MOE_EINVAL, line, "format: single '}' encountered in format string");
+        if (depth >= 2)
+            fail_at(&r->f, MOE_EINVAL, line, "format: max string recursion exceeded");
+        const char *s = b + 1, *name = s;
+        char c = 0;
+        while (s < end) { /* the name, up to }, : or ! (a [key] may hold them) */
+            c = *s++;
+            if (c == '{')
+                fail_at(&r->f, MOE_EINVAL, line, "format: unexpected '{' in field name");
+            if (c == '[')
+                while (s < end && *s != ']')
+                    s++;
+            if (c == '}' || c == ':' || c == '!')
+                break;
+            c = 0;
+        }
+        if (!c)
+            fail_at(&r->f, MOE_EINVAL, line, "format: expected '}' before end of string");
+        const char *name_end = s - 1, *spec = s, *spec_end = s;
+        char conv = 0;
+        if (c == '!') {
+            if (s >= end)
+                fail_at(&r->f, MOE_EINVAL, line, "format: end of string while looking for conversion specifier");
+            conv = *s++;
+            c = s < end ? *s++ : 0;
+            if (c != '}' && c != ':')
+                fail_at(&r->f, MOE_EINVAL, line, "format: expected ':' after conversion specifier");
+            if (conv != 's' && conv != 'r' && conv != 'a')
+                fail_at(&r->f, MOE_EINVAL, line, "format: unknown conversion specifier %c", conv);
+            spec = spec_end = s;
+        }
+        if (c == ':') { /* the spec, up to the matching } */
+            int open = 1;
+            for (spec_end = s; spec_end < end && (open += (*spec_end == '{') - (*spec_end == '}')) > 0;)
+                spec_end++;
+            if (spec_end >= end)
+                fail_at(&r->f, MOE_EINVAL, line, "format: unmatched '{' in format spec");
+            s = spec_end + 1;
+        }
+        fmt_field(r, out, name, name_end, conv, spec, spec_end, st, depth, line);
+        p = s;
+    }
+}
+
+/* s.format(args) and s.format_map(mapping), as Jinja2's sandbox runs them (string.Formatter, with the
+ * sandbox's attribute and item lookups); a Markup's escapes its fields' text. */
+static struct val str_format(struct render *r, const struct val *s, const char *name, const struct args *a, int line)
+{
+    struct args kw = { 0 };
+    if (!strcmp(name, "format_map")) {
+        if (a->npos != 1 || a->nkw)
+            fail_at(&r->f, MOE_EINVAL, line, "format_map() takes exactly one argument, a mapping");
+        const struct val *m = &a->pos[0];
+        if (m->t != V_DICT || m->d->ns || m->d->loop)
+            fail_at(&r->f, MOE_EINVAL, line, "format_map: a %s is not a mapping", type_name(m));
+        if (m->d->n > MOE_ARRAY_LEN(kw.kw))
+            fail_at(&r->f, MOE_ENOTSUP, line, "format_map: a mapping of more than %zu items",
+                    MOE_ARRAY_LEN(kw.kw));
+        for (size_t i = 0; i < m->d->n; i++) {
+            kw.names[kw.nkw] = m->d->k[i]->p;
+            kw.kw[kw.nkw++] = m->d->v[i];
+        }
+        a = &kw;
+    }
+    struct fmt_state st = { .a = a, .markup = s->markup };
+    struct buf out = { 0 };
+    buf_add(r, &out, "", 0);
+    fmt_run(r, &out, s->s, &st, 0, line);
+    return as_markup(vbuf(r, &out), s->markup);
 }
 
 static struct val filter(struct render *r, const struct node *n)

@@ -419,6 +419,76 @@ CASES = [
      "{{ s.startswith('é', 2) }} {{ s.startswith('ab', -2) }} {{ s.startswith('', 7) }} {{ s.endswith('é', 0, 3) }} "
      "{{ s.endswith(('x', 'ba'), 1, 5) }} {{ s.startswith('a', none, 0) }} {{ s.find('ab', -10, 10) }}",
      {"s": "abébab"}),
+    # str.format() and format_map() as the sandbox runs them: fields by position (automatic or numbered) and
+    # name, .attr and [key] parts, !s !r !a, format specs of strings, integers and floats, nested fields
+    ("methods-format", "{{ '{}|{}|{}|{}|{}|{}'.format(1, 1.0, true, none, [1, 'a'], x) }}|"
+     "{{ '{0}{1}{0}|{a}|{b.c}|{b[c]}|{l[1]}|{b.items()}'.format(1, 2, a=3, b={'c': 4}, l=[5, 6]) }}|"
+     "{{ '{:5}|{:<5}|{:^5}|{:>5}|{:*^6}'.format(12, 12, 12, 'ab', 'ab') }}|"
+     "{{ '{:=+6}|{:05}|{:+}|{: }|{:-}'.format(12, -12, 3, 3, -3) }}|"
+     "{{ '{:x}|{:#x}|{:#X}|{:#o}|{:#b}|{:b}|{:c}|{:d}'.format(255, 255, 255, 8, 5, 5, 65, true) }}|"
+     "{{ '{:n}|{:e}|{:.2f}|{:%}|{:.1%}|{:g}|{:G}'.format(1234, 12345.678, 2.345, 0.25, 0.25, 1e-7, 1e20) }}|"
+     "{{ '{}|{:.3}|{:.1}|{:10}|{:.0}'.format(1.0, 1.0, 1.5, 0.1, 12.5) }}|"
+     "{{ '{:.2}|{:}|{:.5}|{:.16}'.format(1234.5, 1e16, 1e16, 0.1) }}|"
+     "{{ '{:.3}|{:.3}|{:.4}|{:.2}|{:.1}|{:.15}|{:.3}'.format(999.5, 9995.0, 0.00012345, 0.05, 0.95, 1 / 3, -0.0) }}|"
+     "{{ '{:010.3}|{:<10.3}|{:^+10.2e}|{:#010x}|{:#010b}|{:+#o}|{:_}|{:-<+8,}'.format(-1.5, 2.5, 3.5, 255, 5, 8, "
+     "1234567, 1234) }}|{{ '{:g}|{:g}|{:g}|{:.0%}|{:.3g}|{:#.3g}|{:10.4f}'.format(1e5, 1e6, 0.0001, 0.5, 0.0001234, 1, "
+     "3.14159) }}|{{ '{:,}|{:,}|{:,}|{:,.0f}|{:_.2f}'.format(999, 1000, -1000000, 1234.5, 1234567.125) }}|"
+     "{{ '{:05,}|{:06,}|{:07,}|{:0=10,.2f}|{:*=10,}|{:012_x}|{:020,}'.format(123, 1234, 12345, -1234.5, 1234, 65535, "
+     "-1234567) }}|{{ '{!r}|{!s}|{!a}|{!r:>6}'.format('é', 'é', 'é', 'a') }}|"
+     "{{ '{:{w}.{p}f}|{:{}}'.format(3.14159, 'a', 4, w=8, p=2) }}|{{ '{{}}|{{{0}}}'.format(1) }}|"
+     "{{ '{:.2}|{:5.1s}|{:s}|{:10}|{:😀^7}'.format('abc', 'xyz', 'q', 'é😀', 'é') }}|"
+     "{{ '{:z.1f}|{:z}|{:.1f}'.format(-0.01, -0.0, -0.01) }}|"
+     "{{ '{:5}|{:5}|{:d}|{:x}|{:.1f}|{}|{:}'.format(true, 1.5, false, true, true, true, false) }}|"
+     "{{ '{:=5}|{:=^5}|{:0<5}|{:05}|{:x<05}|{:0>5}|{:05.1f}'.format(-1, 'a', 1, 'a', 1, 2, -1.5) }}|"
+     "{{ '{:#}|{:#.0f}|{:#g}|{:#e}|{:e}|{:.0e}|{:#.0e}|{:E}'.format(5, 1.0, 1.0, 1.0, 0.0, 12345, 1.5, 1e-300) }}|"
+     "{{ '{0.__class__}|{0.real}|{0.imag}|{1[a]}|{2[0]}|{2[-1]}'.format(1, [1], {'0': 1, '-1': 2}) }}|"
+     "{{ '{a.b.c}|{a[b][c]}|{a.b[c]}|{a[x y]}|{a[}]}|{a[:]}|{a[!]}'.format(a={'b': {'c': 1}, 'x y': 2, '}': 3, "
+     "':': 4, '!': 5}) }}|{{ '{a}{b}'.format_map({'a': 1, 'b': 2}) }}|{{ '{0:{1}}|{0!s:}'.format(5, '>3') }}|"
+     "{% set ns = namespace(n=1) %}{{ '{0.n}'.format(ns) }}{% for x in [1] %}{{ '{0.index}|{0}'.format(loop) }}"
+     "{% endfor %}|{{ '{0.stop}|{1.grouper}'.format(range(3), ([1] | groupby(none))[0]) }}|"
+     "{{ '%s {}'.format('a') }}|{{ '{}'.format('%s') }}|{{ '{0}'.format(1, 2) }}|{{ '{x}'.format(1, x=2) }}|"
+     "{{ '{:_}|{:_x}'.format(1.5, 1) }}|"
+     "{{ ('<{}>' | e).format('<') }}|{{ '{}'.format('<' | e) + '<' }}|{{ ('{}' | e).format('<' | e) }}|"
+     "{{ ('{!r}' | e).format('<') }}|{{ ('{}' | e).format(1) is escaped }}|{{ ('{:{}}' | e).format(1, 3) }}", {}),
+    ("methods-format-manual-after-auto", "{{ '{} {0}'.format(1) }}", {}),
+    ("methods-format-auto-after-manual", "{{ '{0} {}'.format(1) }}", {}),
+    ("methods-format-index", "{{ '{1}'.format(1) }}", {}),
+    ("methods-format-name", "{{ '{a}'.format(1) }}", {}),
+    ("methods-format-open", "{{ '{'.format(1) }}", {}),
+    ("methods-format-close", "{{ '}'.format(1) }}", {}),
+    ("methods-format-conversion", "{{ '{0!x}'.format(1) }}", {}),
+    ("methods-format-recursion", "{{ '{:{:{}}}'.format(1, 2, 3) }}", {}),
+    ("methods-format-comma-binary", "{{ '{:,b}'.format(5) }}", {}),
+    ("methods-format-comma-comma", "{{ '{:,,}'.format(5) }}", {}),
+    ("methods-format-str-char", "{{ '{:c}'.format('a') }}", {}),
+    ("methods-format-precision-int", "{{ '{:.3d}'.format(5) }}", {}),
+    ("methods-format-sign-str", "{{ '{:+}'.format('a') }}", {}),
+    ("methods-format-float-d", "{{ '{:d}'.format(1.5) }}", {}),
+    ("methods-format-int-s", "{{ '{:s}'.format(1) }}", {}),
+    ("methods-format-list-spec", "{{ '{:5}'.format([1]) }}", {}),
+    ("methods-format-undefined-spec", "{{ '{:5}'.format(x) }}", {}),
+    ("methods-format-none-spec", "{{ '{:d}'.format(none) }}", {}),
+    ("methods-format-empty-attribute", "{{ '{a.}'.format(a=1) }}", {}),
+    ("methods-format-bracket", "{{ '{a[}'.format(a=1) }}", {}),
+    ("methods-format-after-bracket", "{{ '{a[0]x}'.format(a=[1]) }}", {}),
+    ("methods-format-undefined-attribute", "{{ '{0.b}'.format(x) }}", {}),
+    ("methods-format-equals-str", "{{ '{:=}'.format('a') }}", {}),
+    ("methods-format-alternate-str", "{{ '{:#s}'.format('a') }}", {}),
+    ("methods-format-z-int", "{{ '{:z}'.format(1) }}", {}),
+    ("methods-format-char-range", "{{ '{:c}'.format(1114112) }}", {}),
+    ("methods-format-char-sign", "{{ '{:+c}'.format(65) }}", {}),
+    ("methods-format-unknown-type", "{{ '{:5q}'.format(65) }}", {}),
+    ("methods-format-no-precision", "{{ '{:.}'.format(65) }}", {}),
+    ("methods-format-no-conversion", "{{ '{!}'.format(65) }}", {}),
+    ("methods-format-conversion-open", "{{ '{!r'.format(65) }}", {}),
+    ("methods-format-conversion-colon", "{{ '{!rx}'.format(65) }}", {}),
+    ("methods-format-spec-open", "{{ '{:{}'.format(65) }}", {}),
+    ("methods-format-name-brace", "{{ '{a{b}'.format(a=1) }}", {}),
+    ("methods-format-fill-brace", "{{ '{:{{}}>3}'.format(3) }}", {}),
+    ("methods-format-markup-spec", "{{ ('<{:>3}>' | e).format('<') }}", {}),
+    ("methods-format-markup-markup-spec", "{{ ('{:3}' | e).format('<' | e) }}", {}),
+    ("methods-format-format-map-list", "{{ '{a}'.format_map([1]) }}", {}),
+    ("methods-format-underscore-n", "{{ '{:_n}'.format(1) }}", {}),
     ("methods-index-start-missing", "{{ 'abc'.index('a', 1) }}", {}),
     ("methods-find-bad-start", "{{ 'abc'.find('a', '1') }}", {}),
     ("methods-index-missing", "{{ 'abc'.index('z') }}", {}),

@@ -1012,7 +1012,7 @@ static const char *const FILTERS[] = {
     "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first",
     "float", "forceescape", "format", "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower",
     "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort",
-    "string", "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "wordcount",
+    "string", "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "wordcount", "wordwrap",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2085,6 +2085,13 @@ static bool py_unprintable(uint32_t cp)
     return cp != ' ' && gc >= MOE_TOK_GC_ZS;
 }
 
+/* Python's \w: letters, numbers (str.isalnum()) and '_'. */
+static bool py_word(uint32_t cp)
+{
+    uint32_t gc = moe_tok_category(cp);
+    return cp == '_' || gc <= MOE_TOK_GC_LO || (gc >= MOE_TOK_GC_ND && gc <= MOE_TOK_GC_NO);
+}
+
 /* The code point at s[i] and its length; a byte that starts no valid UTF-8
  * sequence stands for itself, length 1. */
 static size_t str_cp(const struct str *s, size_t i, uint32_t *cp)
@@ -2970,7 +2977,7 @@ static const struct sig FILTER_SIGS[] = {
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
     { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
     { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
-    { "wordcount", "" },
+    { "wordcount", "" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
 };
 static const struct sig TEST_SIGS[] = {
     { "divisibleby", "num!" }, { "eq", "/b!" }, { "equalto", "/b!" }, { "ge", "/b!" }, { "gt", "/b!" },
@@ -4386,6 +4393,132 @@ static struct val str_format(struct render *r, const struct val *s, const char *
     return as_markup(vbuf(r, &out), s->markup);
 }
 
+/* textwrap's chunks of one line (cps[0..n)), as its word-splitting regex splits them: runs of ASCII
+ * whitespace, a -- dash between words, and words, broken after a hyphen between letters when hyphens
+ * count; *ends the end of each (ends has room for n). */
+static size_t wrap_chunks(const uint32_t *c, size_t n, bool hyphens, size_t *ends)
+{
+#define TW_WS(x) ((x) == ' ' || ((x) >= '\t' && (x) <= '\r'))
+#define TW_LETTER(k) (py_word(c[k]) && moe_tok_category(c[k]) != MOE_TOK_GC_ND) /* [^\d\W] */
+#define TW_PUNCT(k) (py_word(c[k]) || (c[k] < 0x80 && c[k] && strchr("!\"'&.,?", (int)c[k])))
+    size_t m = 0;
+    for (size_t i = 0, j; i < n; i = j, ends[m++] = j) {
+        size_t d = i; /* an em-dash at i: two or more '-' before a \w, after a word character or punctuation */
+        while (hyphens && d < n && c[d] == '-')
+            d++;
+        if (TW_WS(c[i])) {
+            for (j = i; j < n && TW_WS(c[j]);)
+                j++;
+        } else if (i && d - i >= 2 && d < n && py_word(c[d]) && TW_PUNCT(i - 1)) {
+            j = d;
+        } else if (!hyphens) {
+            for (j = i; j < n && !TW_WS(c[j]);)
+                j++;
+        } else {
+            for (j = i + 1;; j++) { /* the shortest word followed by one of these */
+                if (j < n && c[j] == '-' && ((j >= 2 && TW_LETTER(j - 2) && TW_LETTER(j - 1)) ||
+                                             (j >= 3 && TW_LETTER(j - 3) && c[j - 2] == '-' && TW_LETTER(j - 1))) &&
+                    j + 2 < n && TW_LETTER(j + 1) &&
+                    (TW_LETTER(j + 2) || (c[j + 2] == '-' && j + 3 < n && TW_LETTER(j + 3)))) {
+                    j++; /* a hyphen between letters: the word ends after it */
+                    break;
+                }
+                if (j == n || TW_WS(c[j]))
+                    break;
+                size_t e = j;
+                while (e < n && c[e] == '-')
+                    e++;
+                if (e - j >= 2 && e < n && py_word(c[e]) && TW_PUNCT(j - 1))
+                    break;
+            }
+        }
+    }
+    return m;
+#undef TW_WS
+#undef TW_LETTER
+#undef TW_PUNCT
+}
+
+/* Jinja2's wordwrap: each line of s (Python's splitlines) wrapped by textwrap.wrap (width, break_long_words,
+ * break_on_hyphens; tabs and whitespace kept, whitespace dropped at the ends of the lines it makes), the
+ * lines joined with wrapstring. */
+static struct val wordwrap(struct render *r, const struct str *s, const struct val *width, bool long_words,
+                           const struct str *wrapstring, bool hyphens, int line)
+{
+    double wd = num(width);
+    struct buf out = { 0 };
+    buf_add(r, &out, "", 0);
+    uint32_t *c = r_alloc(r, (s->n + 1) * sizeof(*c));
+    size_t *off = r_alloc(r, (s->n + 1) * sizeof(*off)), *ends = r_alloc(r, (s->n + 1) * sizeof(*ends));
+    size_t *starts = r_alloc(r, (s->n + 1) * sizeof(*starts)), (*cur)[2] = r_alloc(r, (s->n + 1) * sizeof(*cur));
+    for (size_t start = 0, i = 0, brk, para = 0; start < s->n; i += brk, start = i, para++) {
+        while (i < s->n && !(brk = line_break(s->p + i, s->n - i)))
+            i++;
+        if (i >= s->n)
+            brk = 0;
+        if (para)
+            buf_add(r, &out, wrapstring->p, wrapstring->n);
+        size_t n = 0;
+        for (size_t k = start; k < i; n++) {
+            size_t l = moe_utf8_next((const unsigned char *)s->p + (off[n] = k), i - k, &c[n]);
+            if (!l) /* a byte that starts no valid UTF-8 stands for itself */
+                c[n] = (unsigned char)s->p[k], l = 1;
+            k += l;
+        }
+        off[n] = i;
+        size_t m = wrap_chunks(c, n, hyphens, ends);
+        for (size_t k = 0; k < m; k++) starts[k] = k ? ends[k - 1] : 0;
+        bool any_line = false;
+        for (size_t k = 0; k < m;) { /* textwrap's _wrap_chunks */
+            step(r, line);
+            bool blank = true;
+            for (size_t x = starts[k]; x < ends[k] && blank; x++) blank = py_space(c[x]);
+            if (any_line && blank) /* a line does not start with whitespace, but the first */
+                k++;
+            size_t ncur = 0, cur_len = 0;
+            for (; k < m && (double)(cur_len + ends[k] - starts[k]) <= wd; k++) {
+                cur[ncur][0] = starts[k];
+                cur[ncur++][1] = ends[k];
+                cur_len += ends[k] - starts[k];
+            }
+            if (k < m && (double)(ends[k] - starts[k]) > wd) { /* a word longer than any line */
+                if (long_words) {
+                    if (width->t == V_FLOAT)
+                        fail_at(&r->f, MOE_EINVAL, line, "wordwrap: slice indices must be integers, not float");
+                    size_t space = wd < 1 ? 1 : (size_t)inum(width) - cur_len, cut = space;
+                    if (hyphens && ends[k] - starts[k] > space) /* after its last hyphen within the space */
+                        for (size_t h = starts[k] + space; h-- > starts[k] + 1;)
+                            if (c[h] == '-') {
+                                bool word = false;
+                                for (size_t x = starts[k]; x < h && !word; x++) word = c[x] != '-';
+                                if (word)
+                                    cut = h + 1 - starts[k];
+                                break;
+                            }
+                    cur[ncur][0] = starts[k];
+                    cur[ncur++][1] = starts[k] += cut;
+                } else if (!ncur) {
+                    cur[ncur][0] = starts[k];
+                    cur[ncur++][1] = ends[k++];
+                }
+            }
+            if (ncur) { /* without a last piece of whitespace */
+                blank = true;
+                for (size_t x = cur[ncur - 1][0]; x < cur[ncur - 1][1] && blank; x++) blank = py_space(c[x]);
+                ncur -= blank;
+            }
+            if (!ncur)
+                continue;
+            if (any_line)
+                buf_add(r, &out, wrapstring->p, wrapstring->n);
+            any_line = true;
+            for (size_t x = 0; x < ncur; x++)
+                buf_add(r, &out, s->p + off[cur[x][0]], off[cur[x][1]] - off[cur[x][0]]);
+        }
+    }
+    return vbuf(r, &out);
+}
+
 static struct val filter(struct render *r, const struct node *n)
 {
     struct val v = eval(r, n->a);
@@ -4486,6 +4619,22 @@ static struct val filter(struct render *r, const struct node *n)
         }
         return pct_format(r, &s, &args, line);
     }
+    if (!strcmp(f, "wordwrap")) { /* wordwrap(width=79, break_long_words=True, wrapstring=None, break_on_hyphens) */
+        if (v.t == V_UNDEF)
+            undefined_error(r, &v, line);
+        if (v.t != V_STR)
+            fail_at(&r->f, MOE_EINVAL, line, "wordwrap: a %s is not a string", type_name(&v));
+        const struct val *w = arg(&a, 0, "width"), *blw = arg(&a, 1, "break_long_words");
+        const struct val *hy = arg(&a, 3, "break_on_hyphens");
+        const struct str *ws = arg_str(r, &a, 2, "wrapstring", f, line);
+        struct val dw = vint(79);
+        w = w ? w : &dw;
+        if (!is_num(w))
+            fail_at(&r->f, MOE_EINVAL, line, "wordwrap: the width must be a number, not %s", type_name(w));
+        if (num(w) <= 0)
+            fail_at(&r->f, MOE_EINVAL, line, "wordwrap: invalid width %g (must be > 0)", num(w));
+        return wordwrap(r, v.s, w, !blw || truthy(blw), ws ? ws : r_str(r, "\n", 1), !hy || truthy(hy), line);
+    }
     if (!strcmp(f, "attr")) /* getattr(value, name), never the item of that name */
         return py_getattr(r, &v, arg(&a, 0, "name"), line);
     if (!strcmp(f, "wordcount")) { /* the runs of Python's \w (letters, numbers, '_') in str(value) */
@@ -4495,8 +4644,7 @@ static struct val filter(struct render *r, const struct node *n)
         for (size_t i = 0; i < s.s->n;) {
             uint32_t cp;
             i += str_cp(s.s, i, &cp);
-            uint32_t gc = moe_tok_category(cp);
-            bool w = cp == '_' || gc <= MOE_TOK_GC_LO || (gc >= MOE_TOK_GC_ND && gc <= MOE_TOK_GC_NO);
+            bool w = py_word(cp);
             words += w && !in_word;
             in_word = w;
         }

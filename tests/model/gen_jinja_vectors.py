@@ -397,6 +397,23 @@ CASES = [
     ("filters-escape-percent-char", "{{ '%c' | e % 65 }}", {}),
     ("filters-escape-add-number", "{{ '<' | e + 1 }}", {}),
     ("filters-escape-argument", "{{ '<' | e(1) }}", {}),
+    # wordwrap: each line through textwrap.wrap (its word splitting: whitespace runs, words broken after a
+    # hyphen between letters, -- dashes between words; long words broken unless told not to), joined by wrapstring
+    ("filters-wordwrap", "{% for w in [1, 3, 5, 8, 12] %}[{{ t | wordwrap(w) }}]\n[{{ t | wordwrap(w, false) }}]\n"
+     "[{{ t | wordwrap(w, true, '|', false) }}]\n[{{ t | wordwrap(width=w, break_on_hyphens=false, "
+     "break_long_words=false, wrapstring='/') }}]\n{% endfor %}[{{ u | wordwrap(4) }}][{{ u | wordwrap(6, false) }}]"
+     "[{{ 'a' | wordwrap }}][{{ '' | wordwrap }}][{{ ' ' | wordwrap }}][{{ 'a b' | wordwrap(true) }}]"
+     "[{{ 'abc def' | wordwrap(2.5, false) }}][{{ 'ab' | wordwrap(2.5) }}][{{ ('<a> b' | e) | wordwrap(3) + '<' }}]"
+     "[{{ ('x' * 100) | wordwrap | length }}]",
+     {"t": "Hello  wörld, a well-known self-evident x--y\tthing--\"quoted\"--more co-op'd ab-c-d 12-34 "
+           "\u3000wide\u3000 e\u0301t\u00e9 ---- end.\n\nnext\r\nline\x0cff -abc- a-b",
+      "u": "super-cali-fragilistic-expi --x a--b -- 123456789"}),
+    ("filters-wordwrap-zero", "{{ 'a' | wordwrap(0) }}", {}),
+    ("filters-wordwrap-float-cut", "{{ 'abc def' | wordwrap(2.5) }}", {}),
+    ("filters-wordwrap-number", "{{ 5 | wordwrap }}", {}),
+    ("filters-wordwrap-undefined", "{{ x | wordwrap }}", {}),
+    ("filters-wordwrap-string-width", "{{ 'a' | wordwrap('3') }}", {}),
+    ("filters-wordwrap-wrapstring", "{{ 'a b c' | wordwrap(1, wrapstring=5) }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

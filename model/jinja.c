@@ -1011,8 +1011,9 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
 static const char *const FILTERS[] = {
     "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first",
     "float", "forceescape", "format", "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower",
-    "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort",
-    "string", "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "wordcount", "wordwrap",
+    "map", "max", "min", "pprint", "reject", "rejectattr", "replace", "reverse", "round", "safe", "select",
+    "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "wordcount",
+    "wordwrap",
 };
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
@@ -2971,7 +2972,7 @@ static const struct sig FILTER_SIGS[] = {
     { "forceescape", "" }, { "format", "*" }, { "groupby", "attribute! default case_sensitive" },
     { "indent", "width first blank" }, { "int", "default base" }, { "items", "" }, { "join", "d attribute" },
     { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" }, { "map", "*" },
-    { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "reject", "*" },
+    { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "pprint", "" }, { "reject", "*" },
     { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
     { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
@@ -4393,6 +4394,160 @@ static struct val str_format(struct render *r, const struct val *s, const char *
     return as_markup(vbuf(r, &out), s->markup);
 }
 
+/* Whether pprint writes v over several lines when its repr is too long: a list's, tuple's or dict's items
+ * (Python's own types: not a groupby group, a range, a namespace or a loop), a string's pieces. */
+static bool pp_splits(const struct val *v)
+{
+    return (v->t == V_LIST && !v->l->gen && !v->l->range && !v->l->group) ||
+           (v->t == V_DICT && !v->d->ns && !v->d->loop) || (v->t == V_STR && !v->markup);
+}
+
+/* The order of d's keys, sorted as Python sorts strings (by code point: UTF-8's byte order). */
+static size_t *pp_sorted_keys(struct render *r, const struct dict *d, int line)
+{
+    size_t *o = r_alloc(r, (d->n + 1) * sizeof(*o));
+    for (size_t i = 0; i < d->n; i++) {
+        size_t j = i;
+        for (; j > 0; j--) { /* insertion sort */
+            step(r, line);
+            const struct str *x = d->k[o[j - 1]], *y = d->k[i];
+            int c = memcmp(x->p, y->p, x->n < y->n ? x->n : y->n);
+            if (c < 0 || (!c && x->n <= y->n))
+                break;
+            o[j] = o[j - 1];
+        }
+        o[j] = i;
+    }
+    return o;
+}
+
+/* pprint's _safe_repr: repr, with the keys of dicts (in lists, tuples and dicts) sorted. */
+static void pp_repr(struct render *r, struct buf *b, const struct val *v, int line)
+{
+    if (!pp_splits(v) || v->t == V_STR) {
+        repr(r, b, v, line);
+        return;
+    }
+    value_enter(r, line);
+    bool dict = v->t == V_DICT, tuple = !dict && v->l->tuple;
+    size_t n = dict ? v->d->n : v->l->n, *order = dict ? pp_sorted_keys(r, v->d, line) : NULL;
+    buf_adds(r, b, dict ? "{" : tuple ? "(" : "[");
+    for (size_t i = 0; i < n; i++) {
+        buf_adds(r, b, i ? ", " : "");
+        if (dict) {
+            str_repr(r, b, v->d->k[order[i]]);
+            buf_adds(r, b, ": ");
+        }
+        pp_repr(r, b, dict ? &v->d->v[order[i]] : &v->l->v[i], line);
+    }
+    buf_adds(r, b, dict ? "}" : !tuple ? "]" : n == 1 ? ",)" : ")");
+    r->vdepth--;
+}
+
+/* One piece of a string pprint breaks: the repr of s[a..b) after a line break and the indent (none before
+ * the first). */
+static void pp_piece(struct render *r, struct buf *chunks, size_t *n, int64_t indent, const struct str *s, size_t a,
+                     size_t b)
+{
+    if ((*n)++) {
+        buf_adds(r, chunks, "\n");
+        buf_fill(r, chunks, ' ', (size_t)indent);
+    }
+    str_repr(r, chunks, r_str(r, s->p + a, b - a));
+}
+
+/* pprint.pformat's layout (width 80, indent 1): v's repr where it fits in the width less indent and
+ * allowance (the columns taken on its left and right), else a list's, tuple's or dict's items one a line
+ * and a string in pieces at its line breaks and spaces (in parentheses at the top, level 0). */
+static void pformat(struct render *r, struct buf *b, const struct val *v, int64_t indent, int64_t allowance, int level,
+                    int line)
+{
+    step(r, line);
+    struct buf rep = { 0 };
+    buf_add(r, &rep, "", 0);
+    pp_repr(r, &rep, v, line);
+    if ((int64_t)utf8_count(rep.p, rep.n) <= 80 - indent - allowance || !pp_splits(v)) {
+        buf_add(r, b, rep.p, rep.n);
+        return;
+    }
+    value_enter(r, line);
+    if (v->t == V_STR) { /* _pprint_str */
+        const struct str *s = v->s;
+        if (level == 0) {
+            indent++;
+            allowance++;
+        }
+        int64_t width = 80 - indent;
+        struct buf chunks = { 0 }; /* the pieces' reprs, each after a line break and the indent */
+        buf_add(r, &chunks, "", 0);
+        size_t nchunks = 0;
+        for (size_t start = 0, i = 0, brk; start < s->n; start = i) { /* each line with its break */
+            while (i < s->n && !(brk = line_break(s->p + i, s->n - i)))
+                i++;
+            i = i < s->n ? i + brk : s->n;
+            bool last_line = i >= s->n;
+            struct buf t = { 0 };
+            buf_add(r, &t, "", 0);
+            str_repr(r, &t, r_str(r, s->p + start, i - start));
+            if ((int64_t)utf8_count(t.p, t.n) <= width - (last_line ? allowance : 0)) {
+                pp_piece(r, &chunks, &nchunks, indent, s, start, i);
+                continue;
+            }
+            size_t cur = start; /* current: s[cur..k), the parts (\S*\s*) taken so far */
+            for (size_t k = start, e; k < i; k = e) {
+                uint32_t cp;
+                for (e = k; e < i && (str_cp(s, e, &cp), !py_space(cp));)
+                    e += str_cp(s, e, &cp);
+                for (; e < i && (str_cp(s, e, &cp), py_space(cp));)
+                    e += str_cp(s, e, &cp);
+                step(r, line);
+                t.n = 0;
+                str_repr(r, &t, r_str(r, s->p + cur, e - cur));
+                if ((int64_t)utf8_count(t.p, t.n) > width - (last_line && e >= i ? allowance : 0)) {
+                    if (k > cur)
+                        pp_piece(r, &chunks, &nchunks, indent, s, cur, k);
+                    cur = k;
+                }
+            }
+            if (cur < i)
+                pp_piece(r, &chunks, &nchunks, indent, s, cur, i);
+        }
+        if (nchunks <= 1) { /* one piece (none: the empty string's repr) */
+            buf_add(r, b, nchunks ? chunks.p : rep.p, nchunks ? chunks.n : rep.n);
+        } else {
+            buf_adds(r, b, level == 0 ? "(" : "");
+            buf_add(r, b, chunks.p, chunks.n);
+            buf_adds(r, b, level == 0 ? ")" : "");
+        }
+        r->vdepth--;
+        return;
+    }
+    bool dict = v->t == V_DICT, tuple = !dict && v->l->tuple;
+    const char *close = dict ? "}" : !tuple ? "]" : v->l->n == 1 ? ",)" : ")";
+    size_t n = dict ? v->d->n : v->l->n, *order = dict ? pp_sorted_keys(r, v->d, line) : NULL;
+    int64_t after = allowance + (int64_t)strlen(close); /* what the last item leaves at its right */
+    buf_adds(r, b, dict ? "{" : tuple ? "(" : "[");
+    indent++;
+    for (size_t i = 0; i < n; i++) {
+        if (i) {
+            buf_adds(r, b, ",\n");
+            buf_fill(r, b, ' ', (size_t)indent);
+        }
+        int64_t right = i + 1 == n ? after : 1;
+        if (dict) {
+            size_t at = b->n;
+            str_repr(r, b, v->d->k[order[i]]);
+            buf_adds(r, b, ": ");
+            pformat(r, b, &v->d->v[order[i]], indent + (int64_t)utf8_count(b->p + at, b->n - at), right, level + 1,
+                    line);
+        } else {
+            pformat(r, b, &v->l->v[i], indent, right, level + 1, line);
+        }
+    }
+    buf_adds(r, b, close);
+    r->vdepth--;
+}
+
 /* textwrap's chunks of one line (cps[0..n)), as its word-splitting regex splits them: runs of ASCII
  * whitespace, a -- dash between words, and words, broken after a hyphen between letters when hyphens
  * count; *ends the end of each (ends has room for n). */
@@ -4634,6 +4789,12 @@ static struct val filter(struct render *r, const struct node *n)
         if (num(w) <= 0)
             fail_at(&r->f, MOE_EINVAL, line, "wordwrap: invalid width %g (must be > 0)", num(w));
         return wordwrap(r, v.s, w, !blw || truthy(blw), ws ? ws : r_str(r, "\n", 1), !hy || truthy(hy), line);
+    }
+    if (!strcmp(f, "pprint")) { /* pprint.pformat(value) */
+        struct buf b = { 0 };
+        buf_add(r, &b, "", 0);
+        pformat(r, &b, &v, 0, 0, 0, line);
+        return vbuf(r, &b);
     }
     if (!strcmp(f, "attr")) /* getattr(value, name), never the item of that name */
         return py_getattr(r, &v, arg(&a, 0, "name"), line);

@@ -414,6 +414,15 @@ CASES = [
     ("filters-wordwrap-undefined", "{{ x | wordwrap }}", {}),
     ("filters-wordwrap-string-width", "{{ 'a' | wordwrap('3') }}", {}),
     ("filters-wordwrap-wrapstring", "{{ 'a b c' | wordwrap(1, wrapstring=5) }}", {}),
+    # pprint: pprint.pformat, dicts sorted, items on lines of their own and strings in pieces past 80 columns
+    ("filters-pprint", "{{ x | pprint }}|{{ none | pprint }}|{{ 1.5 | pprint }}|{{ '<' | e | pprint }}|"
+     "{{ range(3) | pprint }}|{{ [{'b': 1, 'a': 2}] | groupby('b') | pprint }}|{{ {'b': 1, 'a': 2} | pprint }}|"
+     "{% set ns = namespace(b=1, a=2) %}{{ ns | pprint }}|{% for x in [1] %}{{ loop | pprint }}{% endfor %}\n"
+     "{{ d | pprint }}\n{{ [d, d.tools] | pprint }}\n{{ (d.long, 1) | pprint }}\n{{ (d.long,) | pprint }}\n"
+     "{{ d.long | pprint }}\n{{ ('x' * 100) | pprint }}\n{{ ('x' * 100) | e | pprint }}\n{{ ('a\\n' * 30) | pprint }}\n"
+     "{{ range(40) | list | pprint }}\n{{ [[range(30) | list]] | pprint }}\n{{ '' | pprint }}",
+     {"d": {"tools": TOOLS, "z": None, "long": "a fairly long text, " * 6 + "ending\nand a second line of it, " * 3,
+            "b": [1.5, True, "it's \"q\"", {"y": [], "x": {}}], "é": "😀\t\u3000 x"}}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

@@ -192,7 +192,20 @@ static int literals(struct cc *c, json_t *const *v, size_t n)
         if (!ok) goto oom;
         c->n_lits++;
     }
-    return lits_node(c, first, n);
+    int node = lits_node(c, first, n);
+    if (node < 0) return -1;
+    /* a value given twice (JSON Schema allows it; 1 and 1.0 are one value, one text) is one literal:
+     * sorted, repeats sit together */
+    size_t m = 1;
+    for (size_t i = 1; i < n; i++)
+        if (!json_str_eq(c->pool, c->lits[first + m - 1], c->lits[first + i])) {
+            c->lits[first + m] = c->lits[first + i];
+            c->lit_orig[first + m] = c->lit_orig[first + i];
+            m++;
+        }
+    c->n_lits = first + m;
+    c->nodes[node].n = (uint16_t)m;
+    return node;
 oom:
     moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
     return -1;

@@ -827,8 +827,22 @@ static void test_unique(void)
     moe_json_schema_unref(sc);
     refused("{\"type\":\"array\",\"items\":{\"type\":\"string\"},\"uniqueItems\":true}", MOE_ENOTSUP,
             "'uniqueItems' is supported for arrays whose items are an enum");
-    refused("{\"type\":\"array\",\"items\":{\"enum\":[1,1.0]},\"uniqueItems\":true}", MOE_ENOTSUP,
-            "64 distinct values");
+    /* a value the enum gives twice is one value: written at most once */
+    sc = compile("{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\",\"a\"]},\"uniqueItems\":true}");
+    if (sc) {
+        good(sc, "[\"b\",\"a\"]");
+        bad_at(sc, "[\"a\",\"", "a\"");
+        bad_at(sc, "[\"a\",\"b\"", ",");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"array\",\"items\":{\"enum\":[1,1.0]},\"uniqueItems\":true}");
+    if (sc) {
+        good(sc, "[1]");
+        bad_at(sc, "[1", ",");
+    }
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\",\"a\"]},\"uniqueItems\":true,\"minItems\":3}",
+            MOE_EINVAL, "the items have 2 values");
     refused("{\"type\":\"array\",\"items\":{\"enum\":[1,2]},\"uniqueItems\":true,\"minItems\":3}", MOE_EINVAL,
             "the items have 2 values");
     refused("{\"type\":\"array\",\"uniqueItems\":1}", MOE_EINVAL, "true or false");

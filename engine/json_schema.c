@@ -108,19 +108,47 @@ static bool pool_add(struct cc *c, const char *b, size_t n, struct json_str *out
     return true;
 }
 
-/* A literal value as the output must write it: compact, numbers in their shortest form. */
+/* The fewest significant digits (1..17) that give the double x back. */
+static int real_digits(double x)
+{
+    char buf[64];
+    int p = 1;
+    for (; p < 17; p++) {
+        snprintf(buf, sizeof(buf), "%.*g", p, x);
+        if (strtod(buf, NULL) == x) break;
+    }
+    return p;
+}
+
+/* The digits every number with a fraction inside v needs to be read back as it is (1 without any):
+ * more digits than a number's fewest give it back too, its nearest decimal of that many digits being
+ * no farther from it. */
+static int inner_digits(const json_t *v)
+{
+    int p = 1, q;
+    size_t i;
+    const char *k;
+    json_t *e;
+    if (json_is_real(v)) return real_digits(json_real_value(v));
+    json_array_foreach(v, i, e) {
+        if ((q = inner_digits(e)) > p) p = q;
+    }
+    json_object_foreach((json_t *)v, k, e) {
+        if ((q = inner_digits(e)) > p) p = q;
+    }
+    return p;
+}
+
+/* A literal value as the output must write it: compact, numbers in their shortest form (those inside
+ * an array or object with the digits the one that needs the most needs, as jansson writes them). */
 static char *literal_text(const json_t *v)
 {
     if (json_is_real(v)) {
-        double x = json_real_value(v);
         char buf[64];
-        for (int p = 1; p <= 17; p++) {
-            snprintf(buf, sizeof(buf), "%.*g", p, x);
-            if (strtod(buf, NULL) == x) break;
-        }
+        snprintf(buf, sizeof(buf), "%.*g", real_digits(json_real_value(v)), json_real_value(v));
         return strdup(buf);
     }
-    return json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
+    return json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(inner_digits(v)));
 }
 
 static const char *type_name(const json_t *v)

@@ -131,6 +131,17 @@ static void test_literals(void)
     bad(sc, "{\"n\":1,\"n\"", 9);             /* a declared property twice */
     moe_json_schema_unref(sc);
 
+    /* numbers inside an array or object with the digits that give each back, not 15 */
+    sc = compile("{\"enum\":[[0.30000000000000004,0.5],{\"a\":1.0000000000000002},[0.1,2.5,1.0]]}");
+    if (sc) {
+        good(sc, "[0.30000000000000004,0.5]");
+        bad_at(sc, "[0.3", ",");
+        good(sc, "{\"a\":1.0000000000000002}");
+        bad_at(sc, "{\"a\":1.0", "}");
+        good(sc, "[0.1,2.5,1.0]"); /* the shortest forms, as before */
+    }
+    moe_json_schema_unref(sc);
+
     sc = compile("{\"enum\":[\"yes\",\"no\"]}");
     if (sc) {
         good(sc, "\"yes\"");

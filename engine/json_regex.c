@@ -188,20 +188,14 @@ static uint32_t next_cp(struct rx *x)
     x->p += n ? n : 1;
     return cp;
 }
-static int hex_val(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') return (c | 0x20) - 'a' + 10;
-    return -1;
-}
 
 /* \xHH or \uHHHH after the x / u: the code point, -1 when malformed. */
 static int32_t hex_escape(struct rx *x, int digits)
 {
     int32_t v = 0;
     for (int i = 0; i < digits; i++) {
-        if (x->p >= x->end || hex_val(*x->p) < 0) return -1;
-        v = v * 16 + hex_val(*x->p++);
+        if (x->p >= x->end || json_hex_digit(*x->p) < 0) return -1;
+        v = v * 16 + json_hex_digit(*x->p++);
     }
     return v;
 }

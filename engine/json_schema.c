@@ -879,37 +879,63 @@ static int typed_node(struct cc *c, const json_t *o, const char *type, int depth
     return -1;
 }
 
-/* A JSON pointer ("#", "#/$defs/name", ...) into the document. */
-static const json_t *resolve(struct cc *c, const char *ref)
+/* A JSON pointer in a URI fragment ("#", "#/$defs/name", "#/$defs/a%20b", ...) into the document: its
+ * %XX escapes decoded, then each reference token's ~1 and ~0 (RFC 6901, sections 4 and 6).  NULL when
+ * it names nothing (or out of memory: *oom). */
+static const json_t *resolve(struct cc *c, const char *ref, bool *oom)
 {
+    *oom = false;
     if (ref[0] != '#') return NULL;
+    size_t len = strlen(ref + 1), n = 0;
+    char *ptr = malloc(len + 1), *seg = malloc(len + 1);
+    if (!ptr || !seg) {
+        free(ptr);
+        free(seg);
+        *oom = true;
+        return NULL;
+    }
+    for (const char *q = ref + 1; *q; q++) {
+        int hi = *q == '%' ? json_hex_digit(q[1]) : -1, lo = hi >= 0 ? json_hex_digit(q[2]) : -1;
+        ptr[n++] = lo >= 0 ? (char)(hi * 16 + lo) : *q;
+        q += lo >= 0 ? 2 : 0;
+    }
+    ptr[n] = 0;
     const json_t *at = c->doc;
-    const char *p = ref + 1;
-    while (*p == '/' && at) {
-        char seg[256];
-        size_t n = 0;
-        for (p++; *p && *p != '/'; p++) {
+    const char *p = ptr, *end = ptr + n;
+    while (p < end && *p == '/' && at) {
+        size_t k = 0;
+        for (p++; p < end && *p != '/'; p++) {
             char ch = *p;
             if (ch == '~' && (p[1] == '0' || p[1] == '1')) ch = *++p == '0' ? '~' : '/';
-            if (n + 1 < sizeof(seg)) seg[n++] = ch;
+            seg[k++] = ch;
         }
-        seg[n] = 0;
-        if (json_is_object(at)) {
+        seg[k] = 0;
+        if (strlen(seg) != k) { /* %00: no key of a schema holds it */
+            at = NULL;
+        } else if (json_is_object(at)) {
             at = json_object_get(at, seg);
         } else if (json_is_array(at)) {
-            char *end;
-            long i = strtol(seg, &end, 10);
-            at = *end || !n ? NULL : json_array_get(at, (size_t)i);
+            char *e;
+            long i = strtol(seg, &e, 10);
+            at = *e || !k ? NULL : json_array_get(at, (size_t)i);
         } else {
             at = NULL;
         }
     }
-    return *p ? NULL : at;
+    if (p < end) at = NULL;
+    free(ptr);
+    free(seg);
+    return at;
 }
 
 static int ref_node(struct cc *c, const char *ref, int depth)
 {
-    const json_t *t = resolve(c, ref);
+    bool oom;
+    const json_t *t = resolve(c, ref, &oom);
+    if (oom) {
+        moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");
+        return -1;
+    }
     if (!t) {
         fail(c, MOE_EINVAL, "'$ref' '%.64s' names nothing in this schema (only references inside it, such as "
              "'#/$defs/Name', are followed)", ref);

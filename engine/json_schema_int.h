@@ -35,6 +35,14 @@ static inline bool json_str_eq(const char *pool, struct json_str a, struct json_
     return a.len == b.len && !memcmp(pool + a.off, pool + b.off, a.len);
 }
 
+/* The value of hexadecimal digit c, -1 for another character. */
+static inline int json_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') return (c | 0x20) - 'a' + 10;
+    return -1;
+}
+
 /* The bounds of a number or an integer node. */
 struct json_range {
     double lo, hi;         /* number: lo <= x <= hi; < and > where lo_excl / hi_excl */

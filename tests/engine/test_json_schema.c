@@ -188,6 +188,26 @@ static void test_arrays_unions_refs(void)
         bad(sc, "{\"child\":[", 9);
     }
     moe_json_schema_unref(sc);
+    /* '$ref' is a URI fragment: %XX escapes decoded before ~0 and ~1 (RFC 6901) */
+    sc = compile("{\"$defs\":{\"a b\":{\"type\":\"integer\"},\"c/d%\":{\"type\":\"null\"}},\"type\":\"object\","
+                 "\"properties\":{\"x\":{\"$ref\":\"#/$defs/a%20b\"},\"y\":{\"$ref\":\"#/%24defs/c~1d%25\"}}}");
+    if (sc) {
+        good(sc, "{\"x\":1,\"y\":null}");
+        bad(sc, "{\"x\":\"", 5);
+    }
+    moe_json_schema_unref(sc);
+    /* a name of any length: 300 A's, not the 255 A's beside them */
+    char long_a[320], refs[1200];
+    memset(long_a, 'A', 300);
+    long_a[300] = 0;
+    snprintf(refs, sizeof(refs), "{\"$defs\":{\"%.255s\":{\"type\":\"string\"},\"%s\":{\"type\":\"boolean\"}},"
+             "\"type\":\"object\",\"properties\":{\"z\":{\"$ref\":\"#/$defs/%s\"}}}", long_a, long_a, long_a);
+    sc = compile(refs);
+    if (sc) {
+        good(sc, "{\"z\":true}");
+        bad(sc, "{\"z\":\"", 5);
+    }
+    moe_json_schema_unref(sc);
     sc = compile("{\"type\":\"object\",\"properties\":{\"a\\\"b\":{\"type\":\"null\"}},\"additionalProperties\":false}");
     if (sc) { /* a key with an escape is written as the schema's JSON writes it */
         good(sc, "{\"a\\\"b\":null}");

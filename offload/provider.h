@@ -49,7 +49,7 @@ struct moe_provider_ops {
     /* Optional: rank-only predictions, every expert's score for `layer` at
      * `distance` MoE layers ahead (possibly beyond this step: the next tokens'
      * routing), for a policy that orders evictions by predicted next use.  The
-     * provider moves nothing for them. */
+     * provider moves nothing for them; NULL scores are ignored. */
     void (*hint)(void *self, int layer, int n, const int *ids, const float *scores, int distance);
 };
 

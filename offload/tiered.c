@@ -519,10 +519,11 @@ static void tiered_prefetch(void *self, int layer, int n, const int *ids, const 
 }
 
 /* Rank-only predictions: the device tier's policy (--policy predicted) orders
- * evictions with them; nothing moves. */
+ * evictions with them; nothing moves.  NULL scores rank nothing. */
 static void tiered_hint(void *self, int layer, int n, const int *ids, const float *scores, int distance)
 {
     struct tiered *t = self;
+    if (!scores) return; /* nothing to rank by, as the GPU tier has it */
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < n; i++)
         if (!check_id(t, layer, ids[i])) moe_cache_predict(t->dev, layer * t->n_experts + ids[i], scores[i], distance);

@@ -463,7 +463,16 @@ enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_
                 st = moe_errorf(MOE_EINVAL, "%s: metadata key \"%s\" has no value", path, meta_kv[i]);
                 goto out;
             }
-            json_object_set_new(md, meta_kv[i], json_string(meta_kv[i + 1]));
+            /* the header is JSON: a key or value must be UTF-8 to be written as it is */
+            json_t *v = json_string(meta_kv[i + 1]);
+            if (!v) {
+                st = moe_errorf(MOE_EINVAL, "%s: metadata \"%s\": the value is not valid UTF-8", path, meta_kv[i]);
+                goto out;
+            }
+            if (json_object_set_new(md, meta_kv[i], v)) {
+                st = moe_errorf(MOE_EINVAL, "%s: metadata key \"%s\" is not valid UTF-8", path, meta_kv[i]);
+                goto out;
+            }
         }
     }
     for (size_t i = 0; i < n; i++) {

@@ -53,7 +53,9 @@ const char *moe_st_path(const struct moe_st_file *f);
 /* Metadata string value for key in "__metadata__", or NULL. */
 const char *moe_st_metadata(const struct moe_st_file *f, const char *key);
 
-/* Writer: tensors are written in the given order, data copied from .data. */
+/* Writer: tensors are written in the given order, data copied from .data.
+ * Metadata keys and values are JSON strings: one that is not valid UTF-8 is
+ * MOE_EINVAL naming the key, and no file is written. */
 struct moe_st_out {
     const char *name;
     enum moe_dtype dtype;

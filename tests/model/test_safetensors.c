@@ -117,6 +117,15 @@ static void test_round_trip(const char *dir)
         d[0] = o[0];
         d[0].shape[0] = -2;
         CHECK(moe_st_write(path, d, 1, NULL) == MOE_EINVAL, "negative shape accepted");
+        /* metadata is JSON strings: a key or value that is not UTF-8 is refused naming the key (Latin-1 e) */
+        const char *bad_val[] = { "format", "pt", "source", "caf\xe9.txt", NULL };
+        CHECK(moe_st_write(path, o, 1, bad_val) == MOE_EINVAL && strstr(moe_last_error(), "\"source\"") &&
+              strstr(moe_last_error(), "UTF-8"), "a value not UTF-8: %s", moe_last_error());
+        CHECK(access(path, F_OK) != 0, "file left after a refused value");
+        const char *bad_key[] = { "caf\xe9", "x", NULL };
+        CHECK(moe_st_write(path, o, 1, bad_key) == MOE_EINVAL && strstr(moe_last_error(), "UTF-8"),
+              "a key not UTF-8: %s", moe_last_error());
+        CHECK(access(path, F_OK) != 0, "file left after a refused key");
     }
     snprintf(path, sizeof(path), "%s/no-such-dir/x.safetensors", dir);
     CHECK(moe_st_write(path, o, 1, NULL) == MOE_EIO && strstr(moe_last_error(), "no-such-dir"),

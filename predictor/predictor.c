@@ -503,13 +503,15 @@ static void embed_row(struct moe_predictor *p, int token)
 
 enum moe_status moe_predictor_begin(struct moe_predictor *p, const struct moe_batch *b)
 {
+    /* a step refused changes nothing: the tokens are checked before the step is taken on */
+    for (int i = 0; i < b->n; i++)
+        if (b->tokens[i] < 0 || b->tokens[i] >= p->model->cfg.vocab)
+            return moe_errorf(MOE_ERANGE, "predictor: token %d outside vocab %d", b->tokens[i], p->model->cfg.vocab);
     enum moe_status st = ensure_cap(p, b->n);
     if (st) return st;
     p->n = b->n;
     size_t M = (size_t)p->n_moe, E = (size_t)p->E;
     for (int i = 0; i < b->n; i++) {
-        if (b->tokens[i] < 0 || b->tokens[i] >= p->model->cfg.vocab)
-            return moe_errorf(MOE_ERANGE, "predictor: token %d outside vocab %d", b->tokens[i], p->model->cfg.vocab);
         p->seq[i] = b->seq[i];
         p->tok[i] = b->tokens[i];
     }

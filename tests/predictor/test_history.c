@@ -166,5 +166,27 @@ int main(void)
     moe_predictor_end(p, true);
     moe_predictor_destroy(p);
     moe_pred_eval_free(&ev);
+
+    /* a begin refused (a token outside the vocab) leaves the step as it was: an end after it learns
+     * nothing, so slot 1, reset for a new sequence, still has no previous routing */
+    p = moe_predictor_create(&m, &sp, 2);
+    REQUIRE(p, "create gate: %s", moe_last_error());
+    int toks2[2] = { 3, 4 }, seqs2[2] = { 0, 1 }, poss2[2] = { 0, 0 }, route2[2 * K] = { 1, 2, 3, 4 };
+    struct moe_batch b2 = { .n = 2, .tokens = toks2, .seq = seqs2, .pos = poss2 };
+    REQUIRE(moe_predictor_begin(p, &b2) == MOE_OK, "begin: %s", moe_last_error());
+    moe_predictor_on_route(p, 0, 2, route2);
+    moe_predictor_on_route(p, 2, 2, route2);
+    moe_predictor_end(p, true);
+    moe_predictor_seq_reset(p, 1);
+    toks2[1] = 100;
+    CHECK(moe_predictor_begin(p, &b2) == MOE_ERANGE && strstr(moe_last_error(), "token 100"), "token 100: %s",
+          moe_last_error());
+    moe_predictor_end(p, true);
+    int got[2 * K];
+    CHECK(moe_predictor_seq_path(p, 1, 3, K, got) == MOE_OK && got[0] < 0 && got[K] < 0,
+          "slot 1 after a refused begin: previous routing %d %d", got[0], got[K]);
+    CHECK(moe_predictor_seq_path(p, 0, 3, K, got) == MOE_OK && got[0] == 1 && got[1] == 2 && got[K] == 1,
+          "slot 0 after a refused begin: previous routing %d %d %d", got[0], got[1], got[K]);
+    moe_predictor_destroy(p);
     return t_result("test_history");
 }

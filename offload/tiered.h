@@ -73,7 +73,8 @@ struct moe_tier_stats {
 
 struct moe_offload_stats {
     struct moe_tier_stats device; /* device slots: bytes = bytes written into slots */
-    struct moe_tier_stats host;   /* host pool: bytes = bytes read from the store / safetensors; a hit
+    struct moe_tier_stats host;   /* host pool: bytes = the experts' bytes read from the store (record_bytes
+                                     each, not the record_stride the aligned read fetches) / safetensors; a hit
                                      is a load whose record was in host memory and whole (one whose
                                      last read failed is read again: a miss) */
     uint64_t disk_reads;          /* records read from the lowest tier */

@@ -254,6 +254,7 @@ static void prefetch_locked(struct moe_cuda_tier *t, int layer, int n, const int
                             int distance)
 {
     if (moe_cuda_tier_poisoned(t) || layer < 0 || layer >= t->n_layers) return;
+    if (t->is_moe && !t->is_moe[layer]) return; /* a dense layer: no expert to load, none to evict */
     if (moe_cuda_ctx_bind(t->c) != MOE_OK) return;
     for (int i = 0; i < n; i++) {
         int slot, ev;

@@ -92,7 +92,8 @@ void moe_cuda_tier_destroy(struct moe_cuda_tier *t);
 enum moe_status moe_cuda_tier_acquire(struct moe_cuda_tier *t, int layer, int n, const int *ids,
                                       struct moe_expert_ref *out);
 void moe_cuda_tier_release(struct moe_cuda_tier *t, int layer);
-/* Start copies for these experts if they are absent (hint; drops when every slot is pinned). */
+/* Start copies for these experts if they are absent (hint; drops when every slot is pinned).  Dense
+ * layers (is_moe), layers outside the model and ids outside 0..n_experts-1 are skipped. */
 void moe_cuda_tier_prefetch(struct moe_cuda_tier *t, int layer, int n, const int *ids, const float *scores,
                             int distance);
 /* Rank-only predictions (the provider's hint op): scores of these experts

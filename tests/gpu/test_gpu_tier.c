@@ -143,7 +143,8 @@ static void check_state(struct moe_cuda_tier *t, const char *what, uint64_t hits
 
 /* An acquire refused (an expert id that does not exist after good ones, a dense layer, more experts than
  * slots, experts beside another layer's pins, pins beyond what the tier records) changes nothing: no hit
- * or miss counted, no copy, no pin; the same acquire, once it fits, succeeds. */
+ * or miss counted, no copy, no pin; the same acquire, once it fits, succeeds.  A prefetch of a dense
+ * layer changes nothing either. */
 static void check_refused_acquire(struct moe_cuda_ctx *c)
 {
     size_t mb = (size_t)HID * INTER * 2;
@@ -197,6 +198,9 @@ static void check_refused_acquire(struct moe_cuda_ctx *c)
     uint64_t hits = s.hits;
     CHECK(moe_cuda_tier_acquire(t, 0, 2, ids, out) == MOE_EBUSY, "2 experts beside %d pins accepted", n - 1);
     check_state(t, "pins beyond the record", hits, 2 * K, 1, K + 1);
+    /* every slot full, one pinned: a prefetch of the dense layer evicts nothing and loads nothing */
+    moe_cuda_tier_prefetch(t, 3, K, ids, NULL, 1);
+    check_state(t, "a prefetch of a dense layer", hits, 2 * K, 1, K + 1);
     moe_cuda_tier_release(t, 0);
     CHECK(!moe_cuda_tier_poisoned(t), "poisoned");
     moe_cuda_tier_destroy(t);

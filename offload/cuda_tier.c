@@ -136,11 +136,9 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
                                             t->fp8_block[1], dst + t->mat_off[w]);
         if ((st = note(t, st)) != MOE_OK)
             goto out;
-        t->st.bytes_h2d += t->rec_bytes[0] + t->rec_bytes[1] + t->rec_bytes[2];
     } else {
         for (int w = 0; w < 3; w++)
             TCK(cudaMemcpyAsync(dst + t->mat_off[w], src[w], t->mat_bytes[w], cudaMemcpyHostToDevice, t->copy));
-        t->st.bytes_h2d += t->slot_bytes;
     }
     if (t->timed) {
         TCK(cudaEventRecord(t->t1[slot], t->copy));
@@ -148,7 +146,9 @@ static enum moe_status load(struct moe_cuda_tier *t, int key, int slot)
     }
     if (b >= 0) TCK(cudaEventRecord(t->stage_done[b], t->copy));
     TCK(cudaEventRecord(t->ready[slot], t->copy));
+    /* counted once the whole load is on the copy stream, with its ready event */
     t->st.loads++;
+    t->st.bytes_h2d += t->fp8_block[0] ? t->rec_bytes[0] + t->rec_bytes[1] + t->rec_bytes[2] : t->slot_bytes;
 out:
     if (st != MOE_OK) moe_error_prefix(st, "loading layer %d expert %d into GPU slot %d", layer, e, slot);
     return st;

@@ -66,7 +66,8 @@ struct moe_cuda_tier_stats {
     uint64_t prefetch_hits;         /* demand hits on prefetched experts */
     uint64_t evictions;
     uint64_t loads;                 /* experts copied host -> device */
-    uint64_t bytes_h2d;             /* bytes copied host -> device (FP8 experts: their records) */
+    uint64_t bytes_h2d;             /* bytes copied host -> device by those loads (FP8 experts: their
+                                       records); a load that failed counts in neither */
     uint64_t waits;                 /* acquires that had to wait on an in-flight copy */
     double copy_s;                  /* time_copies: seconds the copy engine spent on the loads
                                        completed by the last drain (bytes_h2d / copy_s = GB/s

@@ -108,6 +108,8 @@ static void run(struct moe_cuda_ctx *c, int slots, enum moe_policy_kind pol, boo
            moe_policy_name(pol), prefetch ? "+prefetch" : "", (unsigned long long)st.hits,
            (unsigned long long)st.misses, (unsigned long long)st.loads, (unsigned long long)st.waits,
            (unsigned long long)st.evictions);
+    CHECK(st.bytes_h2d == st.loads * 3 * m * 2, "%llu bytes copied for %llu loads of %zu bytes",
+          (unsigned long long)st.bytes_h2d, (unsigned long long)st.loads, 3 * m * 2);
     if (slots == 3) CHECK(st.copy_s > 0 && st.loads > 0, "copy timing: %g s for %llu loads", st.copy_s,
                           (unsigned long long)st.loads);
     if (slots >= (L - 1) * E) CHECK(st.evictions == 0, "evictions with every expert resident");

@@ -389,6 +389,16 @@ void moe_predictor_seq_reset(struct moe_predictor *p, int seq)
     if (seq >= 0 && seq < p->max_seqs) p->prev_ok[seq] = false;
 }
 
+void moe_predictor_seq_fork(struct moe_predictor *p, int dst, int src)
+{
+    if (dst < 0 || dst >= p->max_seqs || src < 0 || src >= p->max_seqs || dst == src) return;
+    size_t rk = (size_t)p->n_moe * (size_t)p->k, re = (size_t)p->n_moe * (size_t)p->E, h = (size_t)p->hidden;
+    memcpy(p->prev + (size_t)dst * rk, p->prev + (size_t)src * rk, sizeof(int) * rk);
+    memcpy(p->hist + (size_t)dst * re, p->hist + (size_t)src * re, sizeof(float) * re);
+    memcpy(p->ctxh + (size_t)dst * h, p->ctxh + (size_t)src * h, sizeof(float) * h);
+    p->prev_ok[dst] = p->prev_ok[src];
+}
+
 /* Publish a prediction for MoE index mi: scores [n, E] in p->out. */
 static void publish(struct moe_predictor *p, int mi, int distance, bool step_start)
 {

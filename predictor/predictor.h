@@ -115,6 +115,9 @@ void moe_predictor_on_route(struct moe_predictor *p, int layer, int n, const int
 void moe_predictor_end(struct moe_predictor *p, bool ok);
 /* Forget a sequence's previous routing (slot freed / new request). */
 void moe_predictor_seq_reset(struct moe_predictor *p, int seq);
+/* Sequence dst continues from src's latest token (a fork of all src has cached): it takes src's
+ * previous routing, history block and context.  Outside the slots: nothing. */
+void moe_predictor_seq_fork(struct moe_predictor *p, int dst, int src);
 
 /* Hooks that feed the predictor from moe_engine_forward(); calls are passed on
  * to next (may be NULL) first.  Valid while p lives. */

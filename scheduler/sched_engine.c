@@ -63,9 +63,15 @@ static int ad_seq_claim(void *self, int seq, int keep)
     return got;
 }
 
+/* The predictor keeps a sequence's state after its latest token only: dst takes it when the fork copies all
+ * src has cached; else dst starts as a new sequence for it (predictions only: outputs never depend on them). */
 static enum moe_status ad_seq_fork(void *self, int dst, int src, int n)
 {
-    return moe_engine_seq_fork(((struct engine_adapter *)self)->e, dst, src, n);
+    struct engine_adapter *ad = self;
+    enum moe_status st = moe_engine_seq_fork(ad->e, dst, src, n);
+    if (st == MOE_OK && ad->pred && n == moe_engine_seq_len(ad->e, src))
+        moe_predictor_seq_fork(ad->pred, dst, src);
+    return st;
 }
 
 static void ad_seq_free(void *self, int seq)

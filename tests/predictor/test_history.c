@@ -187,6 +187,11 @@ int main(void)
           "slot 1 after a refused begin: previous routing %d %d", got[0], got[K]);
     CHECK(moe_predictor_seq_path(p, 0, 3, K, got) == MOE_OK && got[0] == 1 && got[1] == 2 && got[K] == 1,
           "slot 0 after a refused begin: previous routing %d %d %d", got[0], got[1], got[K]);
+    /* a fork: slot 1 continues from slot 0's latest token, so it has its previous routing */
+    moe_predictor_seq_fork(p, 1, 0);
+    CHECK(moe_predictor_seq_path(p, 1, 3, K, got) == MOE_OK && got[0] == 1 && got[1] == 2 && got[K] == 1,
+          "slot 1 forked from slot 0: previous routing %d %d %d", got[0], got[1], got[K]);
+    moe_predictor_seq_fork(p, 2, 0); /* outside the slots: nothing */
     moe_predictor_destroy(p);
     return t_result("test_history");
 }

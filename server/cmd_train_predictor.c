@@ -220,6 +220,10 @@ int moe_cmd_train_predictor(int argc, char **argv)
             goto out;
         }
     }
+    if (n > (size_t)1 << 30) { /* before the per-sample arrays are allocated for them */
+        fprintf(stderr, "moeflow train-predictor: %zu samples, more than 2^30: train on a shorter trace or text\n", n);
+        goto out;
+    }
     size_t row = (size_t)n_moe * (size_t)cfg->top_k;
     prev = malloc(sizeof(int) * (n ? n : 1) * row);
     next = malloc(sizeof(int) * (n ? n : 1) * row);
@@ -269,10 +273,6 @@ int moe_cmd_train_predictor(int argc, char **argv)
                                         .weight_decay = (float)wd, .val_frac = (float)val,
                                         .patience = (int)patience, .seed = (uint64_t)seed, .verbose = !quiet };
     struct moe_path_train_report rep;
-    if (n > (size_t)1 << 30) {
-        fprintf(stderr, "moeflow train-predictor: %zu samples, more than 2^30: train on a shorter trace or text\n", n);
-        goto out;
-    }
     if (moe_path_model_train(pm, &d, &tp, &rep)) {
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;

@@ -3,6 +3,7 @@
  * family's layer recipe needs, checking presence, dtype and shape. */
 #include "model.h"
 #include "fp8.h"
+#include "utf8.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -63,7 +64,26 @@ void moe_model_dir_name(const char *dir, char *out, size_t cap)
     size_t b = n;
     while (b > 0 && dir[b - 1] != '/') b--;
     if (b == n && n > 0) b = 0; /* "/" */
-    snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
+    /* valid UTF-8 (the store's header, traces and predictor files hold it as JSON text): bytes that
+     * are not become U+FFFD; cut at a character's end when cap is short */
+    char *text = malloc(3 * (n - b) + 1);
+    const char *name = dir + b;
+    size_t len = n - b;
+    if (text) {
+        len = moe_utf8_lossy(dir + b, n - b, text, false, NULL);
+        name = text;
+    }
+    size_t keep = 0;
+    while (keep < len && cap > 0) {
+        uint32_t cp;
+        size_t l = moe_utf8_next((const unsigned char *)name + keep, len - keep, &cp);
+        if (!l || keep + l > cap - 1)
+            break;
+        keep += l;
+    }
+    if (cap > 0)
+        snprintf(out, cap, "%.*s", (int)keep, name);
+    free(text);
     free(abs);
 }
 

@@ -75,7 +75,9 @@ void moe_model_close(struct moe_model *m);
 
 /* The name a model directory is recorded under (the packed store's header, moeflow trace,
  * train-predictor) and compared by: the last component of the path it resolves to ("." and "m/"
- * name that directory), of the path as given when it does not resolve; "" for "". */
+ * name that directory), of the path as given when it does not resolve; "" for "".  Always valid
+ * UTF-8, as the files that record it hold JSON text: a byte that is not becomes U+FFFD, and a name
+ * longer than cap - 1 bytes is cut at the end of a character. */
 void moe_model_dir_name(const char *dir, char *out, size_t cap);
 
 static inline const struct moe_expert_w *moe_model_expert(const struct moe_model *m, int layer, int e)

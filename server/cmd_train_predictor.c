@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include "../model/tokenizer.h"
+#include "../model/utf8.h"
 #include "../offload/trace.h"
 #include "../predictor/drive.h"
 #include "../predictor/path_model.h"
@@ -159,6 +160,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
     struct moe_trace *tr = NULL;
     int *toks = NULL, *seqs = NULL, *poss = NULL, *experts = NULL, *prev = NULL, *next = NULL;
     float *emb = NULL, *hist = NULL, *fin = NULL, *ctx = NULL;
+    char *source = NULL; /* the "source" metadata, as UTF-8 */
     struct moe_path_model *pm = NULL;
     size_t n = 0;
     struct moe_tokenizer *tok = NULL;
@@ -281,8 +283,17 @@ int moe_cmd_train_predictor(int argc, char **argv)
     snprintf(s_n, sizeof s_n, "%d", rep.n_train);
     snprintf(s_ep, sizeof s_ep, "%d", rep.best_epoch);
     snprintf(s_vr, sizeof s_vr, "%.4f", rep.val_recall);
+    /* the file names the source it was trained from; a path that is not UTF-8 is written with
+     * U+FFFD for its other bytes, as the file's header is JSON text */
+    const char *src = trace_path ? trace_path : to.text;
+    source = malloc(3 * strlen(src) + 1);
+    if (!source) {
+        fprintf(stderr, "moeflow train-predictor: out of memory\n");
+        goto out;
+    }
+    source[moe_utf8_lossy(src, strlen(src), source, false, NULL)] = 0;
     const char *meta[] = { "train_samples", s_n, "best_epoch", s_ep, "val_recall_at_top_k", s_vr,
-                           "source", trace_path ? trace_path : to.text, NULL };
+                           "source", source, NULL };
     if (moe_path_model_save(pm, out_path, meta)) {
         fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
         goto out;
@@ -300,6 +311,7 @@ out:
         free(poss);
         free(experts);
     }
+    free(source);
     free(prev);
     free(next);
     free(hist);

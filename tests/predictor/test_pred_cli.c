@@ -7,6 +7,10 @@
  * reach the live cache. */
 #include "tests/test_util.h"
 
+#include <dirent.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -177,8 +181,59 @@ static void check_belady_live(void)
     unlink(sj);
 }
 
+
+/* A model directory and a text whose names are not UTF-8: train-predictor writes a file that
+ * names both with U+FFFD for those bytes (its header is JSON text) and eval-predictor takes it
+ * for that model; trace records the model likewise. */
+static void check_non_utf8_names(void)
+{
+    char root[] = "/tmp/moeflow-test-predcli-u8-XXXXXX", model[128], text[160], a[2048], src[4096], p[256];
+    REQUIRE(mkdtemp(root), "mkdtemp");
+    snprintf(model, sizeof model, "%s/m\xff\xfe", root);
+    snprintf(text, sizeof text, "%s/t\xc3.txt", root);
+    REQUIRE(mkdir(model, 0700) == 0, "mkdir %s", model);
+    t_path(src, sizeof src, "models/pycode-moe-18m");
+    DIR *d = opendir(src);
+    REQUIRE(d, "opendir %s", src);
+    char abs[4096];
+    REQUIRE(realpath(src, abs), "realpath %s", src);
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char from[4096 + 256], to[4096];
+        snprintf(from, sizeof from, "%s/%s", abs, e->d_name);
+        snprintf(to, sizeof to, "%s/%s", model, e->d_name);
+        REQUIRE(symlink(from, to) == 0, "symlink %s", to);
+    }
+    closedir(d);
+    FILE *f = fopen(text, "w");
+    REQUIRE(f, "fopen %s", text);
+    for (int i = 0; i < 40; i++) fprintf(f, "def f%d(x):\n    return x * %d + 1\n\n", i, i);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/p.safetensors", root);
+    snprintf(a, sizeof a, "train-predictor --model '%s' --text '%s' --out '%s' --epochs 1 --seq-len 64", model, text, p);
+    CHECK(run(a) == 0 && strstr(out, "wrote "), "train-predictor, names not UTF-8: %s", out);
+    f = fopen(p, "rb");
+    static char head[4096];
+    size_t n = f ? fread(head, 1, sizeof head - 1, f) : 0;
+    if (f) fclose(f);
+    head[n] = 0;
+    CHECK(strstr(head + 8, "\"model\":\"m\xef\xbf\xbd\xef\xbf\xbd\"") && strstr(head + 8, "/t\xef\xbf\xbd.txt\""),
+          "predictor header: %s", head + 8);
+    snprintf(a, sizeof a, "eval-predictor --model '%s' --text '%s' --predictor 'path:%s' --max-tokens 8 --json", model,
+             text, p);
+    CHECK(run(a) == 0 && strstr(out, "\"recall_at_k\""), "eval-predictor with it: %s", out);
+    snprintf(a, sizeof a, "trace --model '%s' --text '%s' --seq-len 32 --max-tokens 16 --out '%s/t.jsonl'", model, text,
+             root);
+    CHECK(run(a) == 0, "trace, model name not UTF-8: %s", out);
+    snprintf(a, sizeof a, "sim --trace '%s/t.jsonl' --capacity-frac 0.25 --policy lru --json", root);
+    CHECK(run(a) == 0 && strstr(out, "\"hit_rate\""), "sim of that trace: %s", out);
+    snprintf(a, sizeof a, "rm -rf '%s'", root);
+    CHECK(t_run(a, out, sizeof out) == 0, "rm %s", root);
+}
+
 int main(void)
 {
+    check_non_utf8_names();
     check_generate();
     check_belady_live();
     const char *T = "--text bench/data/pycode/eval.txt";

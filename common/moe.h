@@ -127,8 +127,9 @@ bool moe_grow(void **p, size_t *cap, size_t need, size_t size, size_t first);
 /* Whole-file read into a NUL-terminated malloc'd buffer (caller frees). */
 enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len);
 
-/* Create a new, empty file beside path to write it under, named
- * "path.tmp.<pid>.<n>" (or, when that name is too long, ".moeflow.<pid>.<n>.tmp"
+/* Create a new, empty file beside path (beside the file it names when path is a
+ * symbolic link, so that the output replaces that file, not the link) to write it
+ * under, named "path.tmp.<pid>.<n>" (or, when that name is too long, ".moeflow.<pid>.<n>.tmp"
  * in path's directory; never an existing file; mode 0644 less the umask), for
  * the write-then-rename of a whole output.  Writes the name into tmp (cap
  * bytes) and returns an fd opened for writing, or -1 with errno set
@@ -136,8 +137,8 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
  * moe_tmp_commit or moe_tmp_discard, so that a signal that ends the process
  * removes the file (moe_tmp_remove_on_signals). */
 int moe_create_tmp(const char *path, char *tmp, size_t cap);
-/* Rename the whole output tmp to path; 0, or -1 with errno set (tmp is then
- * still there: discard it). */
+/* Rename the whole output tmp to path (to the file it names when path is a
+ * symbolic link); 0, or -1 with errno set (tmp is then still there: discard it). */
 int moe_tmp_commit(const char *tmp, const char *path);
 /* Remove tmp, an output given up. */
 void moe_tmp_discard(const char *tmp);

@@ -241,9 +241,33 @@ static void tmp_forget(const char *tmp)
         }
 }
 
+/* The file an output to path becomes: path with its symbolic links followed (a link to a file not made yet
+ * names that file), so that the rename replaces the file the link names, not the link; path itself when it
+ * is no link or its links cannot be followed (a loop, a name too long), as rename would take it. */
+static const char *out_target(const char *path, char *buf, size_t cap)
+{
+    char cur[PATH_MAX], link[PATH_MAX];
+    const char *p = path;
+    struct stat sb;
+    for (int hops = 0; hops < 40 && lstat(p, &sb) == 0 && S_ISLNK(sb.st_mode); hops++) {
+        ssize_t n = readlink(p, link, sizeof(link) - 1);
+        if (n <= 0) return path;
+        link[n] = 0;
+        const char *slash = strrchr(p, '/');
+        int dir = link[0] == '/' || !slash ? 0 : (int)(slash - p + 1); /* a relative link is beside p */
+        int len = snprintf(cur, sizeof(cur), "%.*s%s", dir, p, link);
+        if (len < 0 || (size_t)len >= sizeof(cur) || (size_t)len >= cap) return path;
+        memcpy(buf, cur, (size_t)len + 1);
+        p = buf;
+    }
+    return lstat(p, &sb) == 0 && S_ISLNK(sb.st_mode) ? path : p;
+}
+
 int moe_create_tmp(const char *path, char *tmp, size_t cap)
 {
     static _Atomic unsigned serial;
+    char target[PATH_MAX];
+    path = out_target(path, target, sizeof(target));
     /* a signal that ends the process must not come between the file's creation
      * and its registration, or the handler would miss it */
     sigset_t ending, old;
@@ -281,7 +305,8 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
 
 int moe_tmp_commit(const char *tmp, const char *path)
 {
-    if (rename(tmp, path) != 0) return -1;
+    char target[PATH_MAX];
+    if (rename(tmp, out_target(path, target, sizeof(target))) != 0) return -1;
     tmp_forget(tmp);
     return 0;
 }

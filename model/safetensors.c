@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -520,7 +521,7 @@ enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_
     }
     hlen = strlen(hdr);
     plen = (hlen + 7) / 8 * 8;
-    size_t tcap = strlen(path) + 48;
+    size_t tcap = PATH_MAX + 48; /* beside the file a link at path names */
     tmp = malloc(tcap);
     if (!tmp) {
         st = moe_errorf(MOE_ENOMEM, "%s: out of memory", path);

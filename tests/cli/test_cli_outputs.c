@@ -1,7 +1,8 @@
 /* generate's --ids-out and --stats-json are written whole or not at all, as trace's --out is: a write
  * that fails (here the file-size limit, as a full disk would) exits 1 naming the flag and leaves an
  * existing file as it was, with no work file beside it.  pack's default output is checked before the
- * work as a given --out is. */
+ * work as a given --out is.  An output named by a symbolic link replaces the file the link names (beside
+ * which its work file is made), whether it exists yet or not, and the link stays a link. */
 #include "tests/test_util.h"
 
 #include <dirent.h>
@@ -122,6 +123,62 @@ static void pack_default_out(void)
     REQUIRE(system(cmd) == 0, "%s", cmd);
 }
 
+/* The first bytes of path into buf ("" when it cannot be read). */
+static const char *head(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
+    buf[n] = 0;
+    if (f) fclose(f);
+    return buf;
+}
+
+/* moeflow CMD ... LINK for each writer (trace's and generate's text outputs, logits' safetensors, pack's store),
+ * LINK a relative symbolic link to a file in another directory: an old file there, then none. */
+static void out_through_link(void)
+{
+    char top[] = "/tmp/moe_outputs_XXXXXX", dir[64], link[64], target[96], cmd[8192], out[4096], got[32];
+    REQUIRE(mkdtemp(top), "mkdtemp");
+    snprintf(dir, sizeof(dir), "%s/real", top);
+    snprintf(link, sizeof(link), "%s/link", top);
+    REQUIRE(mkdir(dir, 0755) == 0, "mkdir %s", dir);
+    FILE *f = NULL;
+    snprintf(target, sizeof(target), "%s/ids.json", top);
+    REQUIRE((f = fopen(target, "w")) && fputs("[[1,2,3]]", f) >= 0 && fclose(f) == 0, "write %s", target);
+    static const struct { const char *args, *magic; } runs[] = { /* run in top; what the output begins with */
+        { "trace --ids ids.json --out", "{\"format\":\"moeflow-trace\"" },
+        { "generate --prompt x --max-tokens 2 --ids-out", "[[" },
+        { "logits --ids 1,2 --out", "" },
+        { "pack --quiet --out", "MOESTORE" },
+    };
+    for (int existing = 1; existing >= 0; existing--)
+        for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+            char rel[32];
+            snprintf(rel, sizeof(rel), "real/out%zu", i);
+            snprintf(target, sizeof(target), "%s/%s", top, rel);
+            unlink(link);
+            unlink(target);
+            if (existing)
+                REQUIRE((f = fopen(target, "w")) && fputs("OLD\n", f) >= 0 && fclose(f) == 0, "write %s", target);
+            REQUIRE(symlink(rel, link) == 0, "symlink %s", link);
+            snprintf(cmd, sizeof(cmd), "cd %s && '%s' %s link --model %s 2>&1 >/dev/null </dev/null", top, exe,
+                     runs[i].args, model);
+            int rc = t_run(cmd, out, sizeof(out));
+            CHECK(rc == 0, "moeflow %s link: exit %d: %s", runs[i].args, rc, out);
+            struct stat sb;
+            CHECK(lstat(link, &sb) == 0 && S_ISLNK(sb.st_mode), "moeflow %s link replaced the link", runs[i].args);
+            head(target, got, sizeof(got));
+            CHECK(stat(target, &sb) == 0 && sb.st_size > 4 && strcmp(got, "OLD\n") &&
+                      !strncmp(got, runs[i].magic, strlen(runs[i].magic)),
+                  "moeflow %s link (%s file there): %s holds '%s'", runs[i].args, existing ? "an old" : "no", target,
+                  got);
+            CHECK(count_files(dir) == 1, "moeflow %s link: %d files in %s", runs[i].args, count_files(dir), dir);
+            unlink(target);
+        }
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", top);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+}
+
 int main(void)
 {
     const char *bin = getenv("MOEFLOW_BINARY_DIR");
@@ -131,5 +188,6 @@ int main(void)
     check_whole("--ids-out", NULL);
     check_whole("--stats-json", "--stats"); /* --stats prints to stderr, a pipe: no limit there */
     pack_default_out();
+    out_through_link();
     return t_result("test_cli_outputs");
 }

@@ -36,31 +36,36 @@ static void usage(FILE *f)
     fprintf(f, "\nenvironment: MOEFLOW_MODEL (default model directory; empty: unset), MOEFLOW_LOG (error|warn|info|debug)\n");
 }
 
+/* rc, or 1 after "moeflow[ CMD]: writing to stdout failed: WHY" when what was printed did not reach its reader
+ * (a full disk, a closed pipe) and rc was 0. */
+static int stdout_checked(const char *cmd, int rc)
+{
+    errno = 0;
+    if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0) {
+        fprintf(stderr, "moeflow%s%s: writing to stdout failed%s%s\n", cmd ? " " : "", cmd ? cmd : "",
+                errno ? ": " : "", errno ? strerror(errno) : "");
+        rc = 1;
+    }
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     moe_tmp_remove_on_signals(); /* no half-written output left behind (serve installs its own) */
     moe_log_init();
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+        return stdout_checked(NULL, argc < 2 ? 2 : 0);
     }
     if (!strcmp(argv[1], "--version")) {
         printf("moeflow " MOEFLOW_VERSION "\n");
-        return 0;
+        return stdout_checked(NULL, 0);
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (!strcmp(argv[1], commands[i].name)) {
-            int rc = commands[i].fn(argc - 1, argv + 1);
-            /* what a command printed must have reached its reader: a full disk or a closed pipe
-             * fails the command, whatever it returned */
-            errno = 0;
-            if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0) {
-                fprintf(stderr, "moeflow %s: writing to stdout failed%s%s\n", argv[1],
-                        errno ? ": " : "", errno ? strerror(errno) : "");
-                rc = 1;
-            }
-            return rc;
-        }
+        if (!strcmp(argv[1], commands[i].name))
+            /* what a command printed must have reached its reader: a full disk or a closed pipe fails the
+             * command, whatever it returned */
+            return stdout_checked(argv[1], commands[i].fn(argc - 1, argv + 1));
     fprintf(stderr, "moeflow: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

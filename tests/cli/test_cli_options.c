@@ -288,6 +288,17 @@ int main(void)
                  "path+gate[:FILE] or auto)\n", name);
         expect(pred_cmds[i], want);
     }
+    /* what --help and --version print must reach stdout, as a command's output must: a full disk fails them */
+    static const char *const top_args[] = { "--help", "-h", "help", "--version", "info --help" };
+    for (size_t i = 0; i < sizeof(top_args) / sizeof(top_args[0]); i++) {
+        char cmd[8192], out[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1 >/dev/full </dev/null", exe, top_args[i]);
+        int st = t_run(cmd, out, sizeof(out));
+        snprintf(want, sizeof(want), "moeflow%s: writing to stdout failed",
+                 strncmp(top_args[i], "info", 4) ? "" : " info");
+        CHECK(st == 1 && !strncmp(out, want, strlen(want)), "moeflow %s >/dev/full: exit %d, output '%s'",
+              top_args[i], st, out);
+    }
     check_help();
     return t_result("test_cli_options");
 }

@@ -6,6 +6,7 @@
 #include "../engine/json_guide.h"
 #include "../model/chat.h"
 #include "../model/tokenizer.h"
+#include "../model/utf8.h"
 #include "../offload/tiered.h"
 
 #include <getopt.h>
@@ -41,6 +42,17 @@ static const char *tool_style_name(enum moe_tool_style s)
     case MOE_TOOLS_MINIMAX: return "<minimax:tool_call> (MiniMax-M2)";
     }
     return "?";
+}
+
+/* s as a JSON string, what is not UTF-8 in it (a directory's name, a message quoting one) as U+FFFD; NULL when
+ * out of memory. */
+static json_t *json_text(const char *s)
+{
+    size_t n = strlen(s);
+    char *u = malloc(3 * n + 1);
+    json_t *j = u ? json_stringn(u, moe_utf8_lossy(s, n, u, false, NULL)) : NULL;
+    free(u);
+    return j;
 }
 
 static double mib(uint64_t b)
@@ -116,8 +128,8 @@ int moe_cmd_info(int argc, char **argv)
             break;
         }
     if (as_json) {
-        json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:I,s:I,s:I,s:s,s:I,s:I,s:I,s:i,s:b,s:s}",
-                              "model", dir, "model_type", cf->model_type, "layers", cf->n_layers, "moe_layers", n_moe,
+        json_t *o = json_pack("{s:o,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:i,s:I,s:I,s:I,s:s,s:I,s:I,s:I,s:i,s:b,s:s}",
+                              "model", json_text(dir), "model_type", cf->model_type, "layers", cf->n_layers, "moe_layers", n_moe,
                               "experts", cf->n_experts, "top_k", cf->top_k, "hidden", cf->hidden, "heads", cf->n_heads,
                               "kv_heads", cf->n_kv_heads, "head_dim", cf->head_dim, "attention",
                               cf->mla ? "latent" : "grouped-query", "context", cf->max_pos, "expert_bytes",
@@ -127,15 +139,21 @@ int moe_cmd_info(int argc, char **argv)
                               "kv_bytes_per_token_bf16", (json_int_t)kv16, "tokenizer_vocab", vocab,
                               "chat_template", chat_ok && has_chat,
                               "tool_calls", tool_style_name(tools));
-        if (o) {
-            json_object_set_new(o, "opens_think", json_boolean(opens_think));
-            json_object_set_new(o, "tokenizer_error", tok_err[0] ? json_string(tok_err) : json_null());
-            json_object_set_new(o, "chat_template_error", chat_err[0] ? json_string(chat_err) : json_null());
+        if (o && (json_object_set_new(o, "opens_think", json_boolean(opens_think)) ||
+                  json_object_set_new(o, "tokenizer_error", tok_err[0] ? json_text(tok_err) : json_null()) ||
+                  json_object_set_new(o, "chat_template_error", chat_err[0] ? json_text(chat_err) : json_null()))) {
+            json_decref(o);
+            o = NULL;
         }
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-        if (s) puts(s);
-        free(s);
         json_decref(o);
+        if (!s) {
+            fprintf(stderr, "moeflow info: out of memory for the JSON object\n");
+            moe_model_close(m);
+            return 1;
+        }
+        puts(s);
+        free(s);
     } else {
         printf("model      %s (%s): %d layers, %d with %d routed experts each, top-%d; hidden %d, %s attention, "
                "%d heads / %d KV of %d; context %d\n", dir, cf->model_type, cf->n_layers, n_moe, cf->n_experts,

@@ -4,7 +4,8 @@
  *   tokenizer), and it looks like Python (contains "return" or "fibonacci");
  * - `logits --ids ... --out F` writes logits equal to an in-process prefill;
  * - bad flags and values exit 2 with a message naming the flag; a --json-schema or --grammar file that
- *   cannot be read exits 1, as every command's input file. */
+ *   cannot be read exits 1, as every command's input file;
+ * - `info --json` is one JSON object, a model directory's name that is not UTF-8 in it with U+FFFD. */
 #include "engine_testutil.h"
 #include "engine/json_guide.h"
 #include "model/tokenizer.h"
@@ -210,7 +211,19 @@ int main(void)
           "info --json, a tokenizer.json cut short: exit %d, %s", status, got);
     json_decref(info);
     free(got);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", cp);
+    /* the same copy under a name that is not UTF-8: the object still, the byte that is not as U+FFFD */
+    snprintf(cmd, sizeof(cmd), "mv '%s' '%s\xff' && '%s' info --model '%s\xff' --json", cp, cp, exe, cp);
+    got = run(cmd, &status);
+    info = json_loads(got, 0, NULL);
+    char want_model[64];
+    snprintf(want_model, sizeof(want_model), "%s\xef\xbf\xbd", cp);
+    terr = json_string_value(json_object_get(info, "tokenizer_error"));
+    CHECK(status == 0 && info && !strcmp(json_string_value(json_object_get(info, "model")), want_model) && terr &&
+              strstr(terr, want_model),
+          "info --json, a model directory whose name is not UTF-8: exit %d, %s", status, got);
+    json_decref(info);
+    free(got);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s\xff'", cp);
     REQUIRE(system(cmd) == 0, "%s", cmd);
     snprintf(cmd, sizeof(cmd), "'%s' info --model /nonexistent 2>&1", exe);
     got = run(cmd, &status);

@@ -124,8 +124,8 @@ bool moe_cli_check_model(const char *cmd, const char *dir);
  * output into place would replace it. */
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place);
 
-/* s as a JSON string literal: quotes, backslashes and control bytes escaped,
- * other bytes as they are. */
+/* s as a JSON string literal: quotes, backslashes and control bytes escaped, UTF-8 as it is, and what is not
+ * UTF-8 (a file name's bytes) as U+FFFD, as moe_utf8_lossy reads it: the JSON stays valid UTF-8. */
 void moe_cli_json_string(FILE *f, const char *s);
 
 /* Generated text to f as valid UTF-8, token by token, as the server sends it (moe_tokenizer_stream:

@@ -6,6 +6,7 @@
 #include "../kernels/backend.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
+#include "../model/utf8.h"
 #include "../offload/runtime.h"
 #include "../predictor/predictor.h"
 
@@ -302,10 +303,13 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool
 void moe_cli_json_string(FILE *f, const char *s)
 {
     fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        size_t need, k = *p < 0x80 ? 1 : moe_utf8_fit(p, strlen((const char *)p), &need);
         if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
         else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
+        else if (*p < 0x80 || (need && k == need + 1)) fwrite(p, 1, k, f); /* a whole UTF-8 sequence */
+        else fputs("\xef\xbf\xbd", f); /* U+FFFD for a maximal subpart that is not one (moe_utf8_lossy) */
+        p += k;
     }
     fputc('"', f);
 }

@@ -1,5 +1,5 @@
 /* server/cli_util.c:
- * - moe_cli_json_string escapes quotes, backslashes and control bytes;
+ * - moe_cli_json_string escapes quotes, backslashes and control bytes, and writes what is not UTF-8 as U+FFFD;
  * - moe_cli_write_token writes every byte of a token, also one longer than
  *   any fixed streaming buffer (an added token of 300 bytes), refuses a
  *   bad id without writing, and writes a run of byte-fallback tokens that is
@@ -222,6 +222,13 @@ static void test_json_string(void)
     moe_cli_json_string(jf, "path:a\"b\\c\n\x01");
     fclose(jf);
     CHECK(!strcmp(js, "\"path:a\\\"b\\\\c\\u000a\\u0001\""), "json string %s", js);
+    free(js);
+    /* UTF-8 as it is; a byte no sequence begins with, a sequence cut short: U+FFFD each */
+    jf = open_memstream(&js, &jlen);
+    REQUIRE(jf, "open_memstream");
+    moe_cli_json_string(jf, "p\xc3\xa9\xff\xe2\x82.st\xe2\x82");
+    fclose(jf);
+    CHECK(!strcmp(js, "\"p\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd.st\xef\xbf\xbd\""), "json string of bytes not UTF-8: %s", js);
     free(js);
 }
 

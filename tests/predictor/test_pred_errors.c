@@ -278,6 +278,7 @@ static void check_predictor_files(void)
     } cases[] = {
         { "path:/nonexistent/p.safetensors", "not found", 1 },
         { "path:/tmp", "is a directory", 1 },
+        { "path:/dev/null", "/dev/null is not a regular file", 1 },
         { junk, "junk.safetensors", 1 },
         { nan_f, "non-finite", 1 },
         { "path:", "empty file name", 2 },

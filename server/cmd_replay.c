@@ -37,10 +37,11 @@ static void usage(FILE *f)
         "  --predictor SPEC      none | gate[:D] | path[:FILE] | history | path+gate[:FILE] | auto\n"
         "  --min-score S         prefetch experts predicted with at least S, 1e-6 <= S <= 1 (default 0.8)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s)\n"
-        "  --expert-bytes N      bytes per expert transfer, with --link-gbps (default: this model's)\n"
+        "  --expert-bytes N      bytes per expert transfer: bytes moved, and each transfer's time with\n"
+        "                        --link-gbps; 1..2^40 (default: this model's)\n"
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps (default 0)\n"
-        "  --expert-ms T         extra compute per routed expert per token (ms) (default 0.153,\n"
-        "                        one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
+        "  --expert-ms T         extra compute per routed expert per token (ms), with --link-gbps\n"
+        "                        (default 0.153, one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
         "  --threads N           threads of the CPU backend's pool (default 1)\n"
         "  --no-prefetch         predictions only rank evictions (policy predicted); nothing is\n"
         "                        moved ahead of need.  lru and lfu use predictions only to prefetch,\n"
@@ -168,7 +169,6 @@ int moe_cmd_replay(int argc, char **argv)
             break;
         case O_EB:
             if (!moe_cli_opt_long("replay", opts[c - O_MODEL].name, optarg, 1, 1L << 40, &ebytes)) return 2;
-            timeline_opt = "--expert-bytes";
             break;
         case O_LAYER:
             if (!moe_cli_opt_double("replay", opts[c - O_MODEL].name, optarg, 0, 1e6, false, &layer_ms)) return 2;

@@ -293,6 +293,20 @@ int main(void)
     char first[sizeof out];
     memcpy(first, out, sizeof out);
     CHECK(run(a) == 0 && !strcmp(first, out), "replay not deterministic:\n%s\n%s", first, out);
+    /* --expert-bytes without --link-gbps sets the bytes moved, transfers x it, as in moeflow sim */
+    {
+        unsigned long long moved[2] = { 0, 0 };
+        char eb[512];
+        for (int k = 0; k < 2; k++) {
+            snprintf(eb, sizeof eb, "replay %s --max-tokens 16 --capacity-frac 0.25 --policy lru --predictor none "
+                     "--expert-bytes %d --json", T, k ? 3000 : 1000);
+            const char *bm = run(eb) == 0 ? strstr(out, "\"bytes_moved\":") : NULL;
+            moved[k] = bm ? strtoull(bm + strlen("\"bytes_moved\":"), NULL, 10) : 0;
+            CHECK(bm, "%s: %s", eb, out);
+        }
+        CHECK(moved[0] > 0 && moved[0] % 1000 == 0 && moved[1] == 3 * moved[0],
+              "replay --expert-bytes 1000, 3000: bytes moved %llu, %llu", moved[0], moved[1]);
+    }
     /* the text output prints the bytes moved, the figure of --json's bytes_moved */
     {
         const char *bj = strstr(first, "\"bytes_moved\":");

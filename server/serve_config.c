@@ -338,7 +338,9 @@ enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *pa
             line += *p == '\n';
         st = moe_errorf(MOE_EINVAL, "%s:%d: a NUL byte: a config file is text", path, line);
     } else {
-        st = moe_serve_config_parse(c, text, path);
+        /* a UTF-8 byte-order mark (what some editors begin a text file with) is no part of the first key */
+        bool bom = len >= 3 && !memcmp(text, "\xef\xbb\xbf", 3);
+        st = moe_serve_config_parse(c, text + (bom ? 3 : 0), path);
     }
     free(text);
     return st;

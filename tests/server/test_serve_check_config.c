@@ -45,6 +45,11 @@ int main(void)
     st = check(good, "--max-running 16 --max-seqs 16", out, sizeof(out));
     CHECK(st == 0, "both flags: exit %d: %s", st, out);
 
+    /* a file that begins with a UTF-8 byte-order mark: its first key is the key after it */
+    const char *bom = write_conf("bom.conf", "\xef\xbb\xbfmax-seqs = 4\nmax-running = 8\n");
+    st = check(bom, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "max-running 8 exceeds max-seqs 4"), "a byte-order mark: exit %d: %s", st, out);
+
     const char *unknown = write_conf("unknown.conf", "http-port = 8000\n\nmax-sequences = 8\n");
     st = check(unknown, "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "unknown.conf:3: unknown option 'max-sequences'"), "unknown key: exit %d: %s", st,

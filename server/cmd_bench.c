@@ -120,8 +120,13 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
         json_error_t je;
         json_t *arr = json_loadb(buf, len, 0, &je);
         if (!arr || !json_is_array(arr)) {
-            st = moe_errorf(MOE_EFORMAT, "--prompts %s: line %d: %s", path, je.line,
-                            arr ? "expected a JSON array of strings" : je.text);
+            if (arr) /* an object (jansson takes nothing else at the top): no line is at fault */
+                st = moe_errorf(MOE_EFORMAT, "--prompts %s: an object, not a JSON array of strings", path);
+            else if (strstr(je.text, "\\u0000")) /* jansson's text names its flag */
+                st = moe_errorf(MOE_EFORMAT, "--prompts %s: line %d: a string holds \\u0000, which a prompt "
+                                "cannot hold", path, je.line);
+            else
+                st = moe_errorf(MOE_EFORMAT, "--prompts %s: line %d: %s", path, je.line, je.text);
             json_decref(arr);
             goto out;
         }

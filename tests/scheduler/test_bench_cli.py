@@ -143,6 +143,16 @@ with tempfile.NamedTemporaryFile("wb", suffix=".txt") as pf, tempfile.NamedTempo
         j = json.loads(out or "{}")
         figs.append([j.get(k) for k in ("requests", "prompt_tokens", "experts_per_layer_step", "transfers", "hits")])
     check(figs[0] == figs[1] and figs[0][0] == 2, f"line file vs .json: {figs}")
+# a .json prompts file that is not an array of strings: exit 1, the file named, and a line only where one is at fault
+for text, want in (('{"prompts": ["a"]}', ": an object, not a JSON array of strings\n"),
+                   ('["a",\n "b\\u0000c"]', ": line 2: a string holds \\u0000, which a prompt cannot hold\n"),
+                   ('["a",\n', ": line 2: ")):
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as jf:
+        jf.write(text)
+        jf.flush()
+        rc, out, err = run("--prompts", jf.name, *base[2:], "--grouping", "fcfs")
+        check(rc == 1 and err.startswith(f"moeflow bench batch: --prompts {jf.name}{want}"),
+              f"{text!r}: rc {rc} {err!r}")
 # the regroup bounds with fcfs: refused, not ignored
 rc, out, err = run(*base, "--grouping", "fcfs", "--regroup-lag", "5")
 check(rc == 2 and "--grouping regroup" in err, f"--regroup-lag with fcfs: rc {rc} {err!r}")

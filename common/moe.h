@@ -162,7 +162,7 @@ enum moe_status moe_out_close(struct moe_out *o, const char *what);
 /* Give o up: closed, the work file removed (a NULL o->f: nothing to do). */
 void moe_out_abort(struct moe_out *o);
 
-/* From now on SIGINT, SIGTERM, SIGHUP or SIGPIPE (unless ignored already) removes every
+/* From now on SIGINT, SIGTERM, SIGHUP, SIGPIPE or SIGXFSZ (unless ignored already) removes every
  * file of moe_create_tmp not committed or discarded, then ends the process as
  * the signal would. */
 void moe_tmp_remove_on_signals(void);

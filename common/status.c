@@ -216,8 +216,9 @@ static char tmp_names[TMP_SLOTS][4200];
 static _Atomic int tmp_state[TMP_SLOTS];
 /* the signals that end a command; moe_create_tmp holds them off while it registers.  SIGPIPE
  * too: a progress line written to a reader that went away (moeflow pack 2>&1 | head -1) ends
- * the command as it would have anyway, but without its output's work file left behind */
-static const int ending_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGPIPE };
+ * the command as it would have anyway, but without its output's work file left behind; so does
+ * SIGXFSZ, a write past the file-size limit (ulimit -f) */
+static const int ending_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGXFSZ };
 
 static void tmp_remember(const char *tmp)
 {

@@ -1,12 +1,13 @@
 /* An interrupted command leaves no half-written output: `moeflow trace`
  * stopped by SIGTERM or SIGINT while it writes its trace ends as the signal
  * would (killed by it), and its work file beside --out is gone; so does
- * `moeflow pack` ended by SIGPIPE. */
+ * `moeflow pack` ended by SIGPIPE, and `moeflow logits` by SIGXFSZ (the file-size limit). */
 #include "tests/test_util.h"
 
 #include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,6 +21,21 @@ static int count_files(const char *dir, char *first, size_t cap)
         if (e->d_name[0] != '.' && n++ == 0) snprintf(first, cap, "%s", e->d_name);
     if (d) closedir(d);
     return n;
+}
+
+/* Wait for pid, which signal sig must have ended (what names the case in the messages); then nothing may be left
+ * in dir, which is removed. */
+static void check_ended_clean(pid_t pid, int sig, const char *dir, const char *what)
+{
+    char name[256] = "", path[600];
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid, "waitpid");
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == sig, "%s: status %#x, not ended by signal %d", what, st, sig);
+    int left = count_files(dir, name, sizeof(name));
+    CHECK(left == 0, "%s left %d file(s) in %s: %s", what, left, dir, name);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (left) unlink(path);
+    rmdir(dir);
 }
 
 static void interrupt_trace(const char *exe, int sig)
@@ -44,22 +60,14 @@ static void interrupt_trace(const char *exe, int sig)
           "no work file appeared in %s (found '%s')", dir, name);
     nanosleep(&nap, NULL);
     kill(pid, sig);
-    int st = 0;
-    REQUIRE(waitpid(pid, &st, 0) == pid, "waitpid");
-    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == sig, "signal %d: status %#x, not killed by it", sig, st);
-    int left = count_files(dir, name, sizeof(name));
-    CHECK(left == 0, "signal %d left %d file(s) in %s: %s", sig, left, dir, name);
-    char path[600];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    if (left) unlink(path);
-    rmdir(dir);
+    check_ended_clean(pid, sig, dir, sig == SIGINT ? "trace stopped by SIGINT" : "trace stopped by SIGTERM");
 }
 
 /* moeflow pack whose stderr is a pipe no one reads (pack 2>&1 | head -1, head gone): its first progress
  * line raises SIGPIPE, which ends it as before, and its work file beside --out goes too. */
 static void closed_pipe_pack(const char *exe)
 {
-    char dir[] = "/tmp/moe_interrupt_XXXXXX", out[64], model[512], name[256] = "";
+    char dir[] = "/tmp/moe_interrupt_XXXXXX", out[64], model[512];
     REQUIRE(mkdtemp(dir), "mkdtemp");
     snprintf(out, sizeof(out), "%s/x.moestore", dir);
     t_path(model, sizeof(model), "models/pycode-moe-18m");
@@ -77,15 +85,28 @@ static void closed_pipe_pack(const char *exe)
     }
     close(fds[0]);
     close(fds[1]);
-    int st = 0;
-    REQUIRE(waitpid(pid, &st, 0) == pid, "waitpid");
-    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGPIPE, "pack into a closed pipe: status %#x, not SIGPIPE", st);
-    int left = count_files(dir, name, sizeof(name));
-    CHECK(left == 0, "SIGPIPE left %d file(s) in %s: %s", left, dir, name);
-    char path[600];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    if (left) unlink(path);
-    rmdir(dir);
+    check_ended_clean(pid, SIGPIPE, dir, "pack into a closed pipe");
+}
+
+/* moeflow logits whose output passes the file-size limit (ulimit -f) with SIGXFSZ at its default: ended by it,
+ * as before, and its work file beside --out goes too. */
+static void file_size_limit_logits(const char *exe)
+{
+    char dir[] = "/tmp/moe_interrupt_XXXXXX", out[64], model[512];
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(out, sizeof(out), "%s/l.safetensors", dir);
+    t_path(model, sizeof(model), "models/pycode-moe-18m");
+    pid_t pid = fork();
+    REQUIRE(pid >= 0, "fork");
+    if (pid == 0) {
+        struct rlimit rl = { 4096, 4096 }; /* the logits of 3 tokens take 96 KiB */
+        signal(SIGXFSZ, SIG_DFL);
+        setrlimit(RLIMIT_FSIZE, &rl);
+        freopen("/dev/null", "w", stderr);
+        execl(exe, exe, "logits", "--model", model, "--ids", "1,2,3", "--out", out, (char *)NULL);
+        _exit(127);
+    }
+    check_ended_clean(pid, SIGXFSZ, dir, "logits past the file-size limit");
 }
 
 int main(void)
@@ -97,5 +118,6 @@ int main(void)
     interrupt_trace(exe, SIGTERM);
     interrupt_trace(exe, SIGINT);
     closed_pipe_pack(exe);
+    file_size_limit_logits(exe);
     return t_result("test_interrupt");
 }

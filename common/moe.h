@@ -133,7 +133,7 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
  * in path's directory; never an existing file; mode 0644 less the umask), for
  * the write-then-rename of a whole output.  Writes the name into tmp (cap
  * bytes) and returns an fd opened for writing, or -1 with errno set
- * (ENAMETOOLONG when the name does not fit).  The name is remembered until
+ * (ENAMETOOLONG when the name does not fit, or path's own name is longer than NAME_MAX or PATH_MAX allow).  The name is remembered until
  * moe_tmp_commit or moe_tmp_discard, so that a signal that ends the process
  * removes the file (moe_tmp_remove_on_signals). */
 int moe_create_tmp(const char *path, char *tmp, size_t cap);

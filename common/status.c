@@ -269,6 +269,13 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
     static _Atomic unsigned serial;
     char target[PATH_MAX];
     path = out_target(path, target, sizeof(target));
+    /* a name the rename could not give (longer than a file name or a path may be) fails now, before the work,
+     * not once the output is whole (the short name below is for a suffix that does not fit, not for this) */
+    const char *base = strrchr(path, '/');
+    if (strlen(path) >= PATH_MAX || strlen(base ? base + 1 : path) > NAME_MAX) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
     /* a signal that ends the process must not come between the file's creation
      * and its registration, or the handler would miss it */
     sigset_t ending, old;

@@ -2,7 +2,8 @@
  * that fails (here the file-size limit, as a full disk would) exits 1 naming the flag and leaves an
  * existing file as it was, with no work file beside it.  pack's default output is checked before the
  * work as a given --out is.  An output named by a symbolic link replaces the file the link names (beside
- * which its work file is made), whether it exists yet or not, and the link stays a link. */
+ * which its work file is made), whether it exists yet or not, and the link stays a link.  A name longer than a
+ * file name may be is refused before the work. */
 #include "tests/test_util.h"
 
 #include <dirent.h>
@@ -179,6 +180,41 @@ static void out_through_link(void)
     REQUIRE(system(cmd) == 0, "%s", cmd);
 }
 
+/* An output whose own name is longer than a file name may be (NAME_MAX) is refused before the work (exit 2), as a
+ * directory that cannot be written is, where the work file was made under a short name and the rename failed once
+ * the output was whole; a name that leaves no room for the work file's suffix is still written (under the short
+ * name, renamed). */
+static void out_name_too_long(void)
+{
+    char dir[] = "/tmp/moe_outputs_XXXXXX", cmd[8192], out[8192], name[300];
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    static const char *const runs[] = { "pack --quiet --out", "logits --ids 1,2 --out", "trace --ids ids.json --out" };
+    snprintf(cmd, sizeof(cmd), "printf '[[1,2]]' > %s/ids.json", dir);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++)
+        for (int len = 250; len <= 256; len += 6) {
+            memset(name, 'a' + (int)i, (size_t)len);
+            name[len] = 0;
+            snprintf(cmd, sizeof(cmd), "cd %s && '%s' %s %s --model %s 2>&1 >/dev/null </dev/null", dir, exe, runs[i],
+                     name, model);
+            int rc = t_run(cmd, out, sizeof(out));
+            char path[400];
+            snprintf(path, sizeof(path), "%s/%s", dir, name);
+            if (len > 255)
+                CHECK(rc == 2 && strstr(out, ": cannot create a file there: File name too long") &&
+                          !strstr(out, "wrote") && !strstr(out, "packing"),
+                      "moeflow %s <%d bytes>: exit %d: %.300s", runs[i], len, rc, out);
+            else
+                CHECK(rc == 0 && access(path, F_OK) == 0, "moeflow %s <%d bytes>: exit %d: %.300s", runs[i], len,
+                      rc, out);
+            CHECK(count_files(dir) == 1 + (len <= 255), "moeflow %s <%d bytes>: %d files in %s", runs[i], len,
+                  count_files(dir), dir);
+            unlink(path);
+        }
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+}
+
 int main(void)
 {
     const char *bin = getenv("MOEFLOW_BINARY_DIR");
@@ -189,5 +225,6 @@ int main(void)
     check_whole("--stats-json", "--stats"); /* --stats prints to stderr, a pipe: no limit there */
     pack_default_out();
     out_through_link();
+    out_name_too_long();
     return t_result("test_cli_outputs");
 }

@@ -124,6 +124,11 @@ bool moe_cli_check_model(const char *cmd, const char *dir);
  * output into place would replace it. */
 bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool in_place);
 
+/* Two outputs of one run, a (of option flag_a) and b (of flag_b), either NULL when not given: false after "moeflow
+ * CMD: FLAG_B B names the file of FLAG_A: give each output its own file" when they name one file that is not a
+ * pipe or a device (the one renamed into place last would replace the other), a usage error. */
+bool moe_cli_check_distinct(const char *cmd, const char *flag_a, const char *a, const char *flag_b, const char *b);
+
 /* s as a JSON string literal: quotes, backslashes and control bytes escaped, UTF-8 as it is, and what is not
  * UTF-8 (a file name's bytes) as U+FFFD, as moe_utf8_lossy reads it: the JSON stays valid UTF-8. */
 void moe_cli_json_string(FILE *f, const char *s);

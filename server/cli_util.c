@@ -300,6 +300,38 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool
     return true;
 }
 
+/* The directory of path (into dir, cap bytes) and its last name. */
+static const char *split_path(const char *path, char *dir, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, cap, ".");
+    else
+        snprintf(dir, cap, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    return slash ? slash + 1 : path;
+}
+
+/* Whether paths a and b name one file: the same file when both exist, else the same name in the same directory. */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    bool ea = stat(a, &sa) == 0, eb = stat(b, &sb) == 0;
+    if (ea || eb) return ea && eb && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    char da[4200], db[4200];
+    const char *na = split_path(a, da, sizeof(da)), *nb = split_path(b, db, sizeof(db));
+    return !strcmp(na, nb) && stat(da, &sa) == 0 && stat(db, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+bool moe_cli_check_distinct(const char *cmd, const char *flag_a, const char *a, const char *flag_b, const char *b)
+{
+    struct stat sb;
+    if (!a || !b || !same_file(a, b) || (stat(b, &sb) == 0 && !S_ISREG(sb.st_mode)))
+        return true; /* a pipe or a device, written in place by both */
+    fprintf(stderr, "moeflow %s: %s %s names the file of %s: give each output its own file\n", cmd, flag_b, b, flag_a);
+    return false;
+}
+
 void moe_cli_json_string(FILE *f, const char *s)
 {
     fputc('"', f);

@@ -348,6 +348,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     }
     if (o->off.stats_json && !moe_cli_check_out("generate", "--stats-json", o->off.stats_json, true))
         return 2;
+    if (!moe_cli_check_distinct("generate", "--ids-out", o->ids_out, "--stats-json", o->off.stats_json))
+        return 2;
     return -1;
 }
 

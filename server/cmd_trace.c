@@ -189,6 +189,8 @@ int moe_cmd_trace(int argc, char **argv)
     }
     if (oo.stats_json && !moe_cli_check_out("trace", "--stats-json", oo.stats_json, true))
         return 2;
+    if (!moe_cli_check_distinct("trace", "--out", out, "--stats-json", oo.stats_json))
+        return 2;
     if (idsf && have_seq_len) {
         fprintf(stderr, "moeflow trace: --seq-len applies to --text only; with --ids each array is one "
                         "sequence (drop --seq-len, or split the arrays)\n");

@@ -266,6 +266,24 @@ int main(void)
     expect("serve --check-config --no-io-uring=1", "moeflow serve: --no-io-uring takes no value\n");
 #endif
 
+    /* two outputs of one run naming one file (by two spellings): refused before any work, where the one renamed into
+     * place last replaced the other; a device (/dev/stdout, written in place by both) is taken */
+    expect("trace --ids i.json --out /tmp/moeflow-cli-options-same.json --gpu-experts 8 --stats-json "
+           "/tmp/./moeflow-cli-options-same.json",
+           "moeflow trace: --stats-json /tmp/./moeflow-cli-options-same.json names the file of --out: give each output "
+           "its own file\n");
+    expect("generate --prompt x --gpu-experts 8 --ids-out /tmp/moeflow-cli-options-same.json --stats-json "
+           "/tmp/moeflow-cli-options-same.json",
+           "moeflow generate: --stats-json /tmp/moeflow-cli-options-same.json names the file of --ids-out: give each "
+           "output its own file\n");
+    {
+        char cmd[8192], out[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --max-tokens 1 --gpu-experts 8 --ids-out /dev/null "
+                 "--stats-json /dev/null 2>&1 >/dev/null </dev/null", exe);
+        int st = t_run(cmd, out, sizeof(out));
+        CHECK(st == 0 && !*out, "generate --ids-out /dev/null --stats-json /dev/null: exit %d: %s", st, out);
+    }
+
     /* eval-predictor measures predictions: none has none (it printed a table of no row, exit 0) */
     expect("eval-predictor --text t.txt --predictor none",
            "moeflow eval-predictor: --predictor none predicts nothing, so there is nothing to measure (give "

@@ -5,6 +5,7 @@
 #include "common/moe.h"
 #include "model/tokenizer.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
@@ -37,7 +38,7 @@ static void usage(FILE *f)
             moe_default_model_dir());
 }
 
-static enum moe_status read_input(const char *path, char **buf, size_t *len)
+static enum moe_status read_input(const char *path, const char *what, char **buf, size_t *len)
 {
     if (strcmp(path, "-"))
         return moe_read_file(path, buf, len, TOKENIZE_MAX_INPUT);
@@ -59,12 +60,15 @@ static enum moe_status read_input(const char *path, char **buf, size_t *len)
             p = q;
             cap *= 2;
         }
+        errno = 0;
         size_t r = fread(p + n, 1, cap - 1 - n, stdin);
         n += r;
         if (r == 0) {
             if (ferror(stdin)) {
+                int err = errno;
                 free(p);
-                return moe_errorf(MOE_EIO, "stdin: read error");
+                return moe_errorf(MOE_EIO, "--file -: reading stdin failed%s%s (give the %s on stdin)",
+                                  err ? ": " : "", err ? strerror(err) : "", what);
             }
             break;
         }
@@ -197,7 +201,7 @@ int moe_cmd_tokenize(int argc, char **argv)
     if (file && strcmp(file, "-") &&
         !moe_cli_check_readable("tokenize", "--file", file, true, decode ? "a JSON array of ids" : "the text to encode"))
         goto out;
-    if (file && read_input(file, &buf, &len)) {
+    if (file && read_input(file, decode ? "JSON array of ids" : "text to encode", &buf, &len)) {
         fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
         goto out;
     }

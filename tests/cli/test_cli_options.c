@@ -246,6 +246,16 @@ int main(void)
         expect_exit(args, 1, want);
     }
 
+    /* --file - whose stdin cannot be read (a directory): the reason and what to give, exit 1 */
+    {
+        char cmd[8192], out[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' tokenize --file - 2>&1 </", exe);
+        int st = t_run(cmd, out, sizeof(out));
+        CHECK(st == 1 && !strcmp(out, "moeflow tokenize: --file -: reading stdin failed: Is a directory (give the text "
+                                      "to encode on stdin)\n"),
+              "tokenize --file - <DIR: exit %d, output '%s'", st, out);
+    }
+
     /* a count past its largest value is refused naming the range, not only its lower end (which it is above) */
     expect("generate --prompt x --top-k 1073741825",
            "moeflow generate: --top-k '1073741825': expected an integer in [0, 1073741824]\n");

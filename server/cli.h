@@ -61,6 +61,10 @@ bool moe_cli_opt_int(const char *cmd, const char *name, const char *s, int lo, i
  * message. */
 bool moe_cli_opt_threads(const char *cmd, const char *s, int *out);
 
+/* " (set --model DIR)", what a message about a model directory dir that is none ends with; when dir is the one
+ * $MOEFLOW_MODEL names (no --model given), the hint names that variable too. */
+const char *moe_cli_model_hint(const char *dir);
+
 /* Open the model in dir and, when tok is not NULL, dir/tokenizer.json.  On
  * failure prints "moeflow CMD: <reason> (set --model DIR ...)" to stderr and
  * returns false with nothing left open. */

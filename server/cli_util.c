@@ -105,6 +105,13 @@ int moe_cli_pred_spec(const char *cmd, const char *spec_s, const char *dir, stru
     return moe_cli_failure_exit(st);
 }
 
+const char *moe_cli_model_hint(const char *dir)
+{
+    const char *env = getenv("MOEFLOW_MODEL");
+    return env && *env && !strcmp(env, dir) ? " (set --model DIR, or $MOEFLOW_MODEL, which names this directory)"
+                                             : " (set --model DIR)";
+}
+
 bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, struct moe_tokenizer **tok)
 {
     *m = moe_model_open(dir);
@@ -112,8 +119,7 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
         /* point at --model only when dir is not a model directory at all */
         char cfg[4200];
         snprintf(cfg, sizeof(cfg), "%s/config.json", dir);
-        fprintf(stderr, "moeflow %s: %s%s\n", cmd, moe_last_error(),
-                access(cfg, F_OK) == 0 ? "" : " (set --model DIR)");
+        fprintf(stderr, "moeflow %s: %s%s\n", cmd, moe_last_error(), access(cfg, F_OK) == 0 ? "" : moe_cli_model_hint(dir));
         return false;
     }
     if (!tok) return true;

@@ -189,10 +189,10 @@ int moe_cmd_tokenize(int argc, char **argv)
 
     if (tok_path && !moe_cli_check_readable("tokenize", "--tokenizer", tok_path, true, "a tokenizer.json"))
         return 1;
-    struct moe_tokenizer *t = tok_path ? moe_tokenizer_load(tok_path)
-                                       : moe_tokenizer_load_dir(model ? model : moe_default_model_dir());
+    const char *dir = model ? model : moe_default_model_dir();
+    struct moe_tokenizer *t = tok_path ? moe_tokenizer_load(tok_path) : moe_tokenizer_load_dir(dir);
     if (!t) {
-        fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
+        fprintf(stderr, "moeflow tokenize: %s%s\n", moe_last_error(), tok_path ? "" : moe_cli_model_hint(dir));
         return 1;
     }
     int rc = 1;

@@ -209,6 +209,26 @@ int main(void)
               "MOEFLOW_MODEL='' info: exit %d, '%.200s'; unset: exit %d, '%.200s'", st_empty, empty, st_unset, unset);
     }
 
+    /* a model directory that $MOEFLOW_MODEL names, no --model given: the message names the variable too */
+    {
+        static const char *const env_cmds[] = { "info", "tokenize --text hi",
+                                                ("trace --ids /nonexistent.json --out "
+                                                 "/tmp/moeflow-cli-options-t.jsonl") };
+        for (size_t i = 0; i < sizeof(env_cmds) / sizeof(env_cmds[0]); i++) {
+            char cmd[8192], out[8192];
+            snprintf(cmd, sizeof(cmd), "MOEFLOW_MODEL=/nonexistent-model '%s' %s 2>&1 </dev/null", exe, env_cmds[i]);
+            int st = t_run(cmd, out, sizeof(out));
+            CHECK(st == 1 && strstr(out, "/nonexistent-model") &&
+                      strstr(out, " (set --model DIR, or $MOEFLOW_MODEL, which names this directory)\n"),
+                  "MOEFLOW_MODEL=/nonexistent-model %s: exit %d, output '%s'", env_cmds[i], st, out);
+            snprintf(cmd, sizeof(cmd), "MOEFLOW_MODEL=/nonexistent-model '%s' %s --model /nonexistent-other 2>&1 "
+                     "</dev/null", exe, env_cmds[i]);
+            st = t_run(cmd, out, sizeof(out));
+            CHECK(st == 1 && strstr(out, "/nonexistent-other") && strstr(out, " (set --model DIR)\n"),
+                  "MOEFLOW_MODEL=... %s --model /nonexistent-other: exit %d, output '%s'", env_cmds[i], st, out);
+        }
+    }
+
     /* an input file that cannot be read (missing, a directory, a device where a file is read whole) fails at run
      * time, exit 1, on every command with one message: the option, the file, why, and what to give (generate's
      * schema, grammar and tier files: test_engine_cli) */

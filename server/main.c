@@ -28,7 +28,7 @@ static const struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moeflow <command> [options]   (moeflow <command> --help for its options)\n"
+    fprintf(f, "usage: moeflow <command> [options]   (moeflow <command> --help or moeflow help <command>: its options)\n"
                "       moeflow --version\n\n"
                "commands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
@@ -53,6 +53,13 @@ int main(int argc, char **argv)
 {
     moe_tmp_remove_on_signals(); /* no half-written output left behind (serve installs its own) */
     moe_log_init();
+    /* moeflow help CMD (help bench batch): CMD's own help, as moeflow CMD --help prints it */
+    char *help_argv[5] = { argv[0] };
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "help")) {
+        for (int i = 2; i < argc; i++) help_argv[i - 1] = argv[i];
+        help_argv[argc - 1] = "--help"; /* argc stays: the program, CMD, [SUB], --help */
+        argv = help_argv;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return stdout_checked(NULL, argc < 2 ? 2 : 0);

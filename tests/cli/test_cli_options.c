@@ -1,5 +1,5 @@
-/* Every moeflow command answers --help and -h with its help (listing "-h, --help"), and an option it does
- * not have, an option without its value, an ambiguous abbreviation and a value given to a flag that takes
+/* Every moeflow command answers --help and -h with its help (listing "-h, --help"), as moeflow help CMD does,
+ * and an option it does not have, an option without its value, an ambiguous abbreviation and a value given to a flag that takes
  * none with one line on stderr that names the option, and exit status 2 (no usage text after it). */
 #include "kernels/backend.h"
 #include "tests/test_util.h"
@@ -58,6 +58,10 @@ static void check_help(void)
         CHECK(strstr(help, "\n  -h, --help ") != NULL, "moeflow %s lists no '-h, --help' line", args);
         CHECK(run_out(args, true, err, sizeof(err)) == 0 && !*err, "moeflow %s wrote on stderr: %s", args, err);
         snprintf(args, sizeof(args), "%.63s -h", names[i]);
+        st = run_out(args, false, help_h, sizeof(help_h));
+        CHECK(st == 0 && !strcmp(help, help_h), "moeflow %s: exit %d, not the text of --help: %.200s", args, st,
+              help_h);
+        snprintf(args, sizeof(args), "help %.63s", names[i]);
         st = run_out(args, false, help_h, sizeof(help_h));
         CHECK(st == 0 && !strcmp(help, help_h), "moeflow %s: exit %d, not the text of --help: %.200s", args, st,
               help_h);

@@ -948,6 +948,22 @@ static struct node *parse_primary(struct compiler *c)
     expected(c, "an expression");
 }
 
+/* One item between a subscript's brackets: an expression (false, in parts[0]) or a slice's start, stop and
+ * step, each NULL where left out (true). */
+static bool parse_subscribed(struct compiler *c, struct node *parts[3])
+{
+    parts[0] = parts[1] = parts[2] = NULL;
+    if (!is_op(peek(c), ":")) {
+        parts[0] = parse_expr(c, true);
+        if (!is_op(peek(c), ":"))
+            return false;
+    }
+    for (int k = 1; k < 3 && accept_op(c, ":"); k++)
+        if (!is_op(peek(c), ":") && !is_op(peek(c), "]") && !is_op(peek(c), ","))
+            parts[k] = parse_expr(c, true);
+    return true;
+}
+
 static struct node *parse_postfix(struct compiler *c, struct node *n)
 {
     for (;;) {
@@ -965,23 +981,20 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
                 m->lit = (struct val){ .t = V_STR, .s = c_str(c, m->name, strlen(m->name)) }; /* the key, made once */
             }
             n = m;
-        } else if (accept_op(c, "[")) {
+        } else if (accept_op(c, "[")) { /* x[k], x[a:b:c], and x[a, b] or x[] of a tuple key, as Jinja2 parses them */
             enter(c);
-            struct node *parts[3] = { NULL, NULL, NULL };
-            int np = 0;
+            struct nodes items = { 0 };
+            struct node *parts[3];
             bool slice = false;
-            for (;;) {
-                if (!is_op(peek(c), ":") && !is_op(peek(c), "]"))
-                    parts[np] = parse_expr(c, true);
-                if (accept_op(c, ":")) {
-                    slice = true;
-                    if (++np > 2)
-                        expected(c, "']'");
-                    continue;
-                }
-                expect_op(c, "]");
-                break;
+            while (!is_op(peek(c), "]")) {
+                if (items.n)
+                    expect_op(c, ",");
+                if (slice || (items.n && parse_subscribed(c, parts)))
+                    fail_at(&c->f, MOE_EFORMAT, line, "a slice cannot be part of a tuple key");
+                slice = !items.n && parse_subscribed(c, parts);
+                nodes_push(c, &items, parts[0]);
             }
+            next(c);
             c->depth--;
             struct node *m = new_node(c, slice ? E_SLICE : E_INDEX, line);
             m->a = n;
@@ -989,10 +1002,13 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
                 m->b = parts[0];
                 m->c = parts[1];
                 m->d = parts[2];
+            } else if (items.n == 1) {
+                m->b = items.v[0];
             } else {
-                if (!parts[0])
-                    expected(c, "an index");
-                m->b = parts[0];
+                m->b = new_node(c, E_LIST, line);
+                m->b->op = 1; /* a tuple */
+                m->b->args = items.v;
+                m->b->nargs = items.n;
             }
             n = m;
         } else if (accept_op(c, "(")) {

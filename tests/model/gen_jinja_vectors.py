@@ -258,6 +258,12 @@ CASES = [
      "{{ d.missing }}|{{ [1][5] }}|{{ t.0 }}", {"d": {"a": 1, "b": 2}, "t": [9]}),
     ("slices", "{{ [1,2,3,4][1:3] }} {{ [1,2,3,4][::-1] }} {{ [1,2,3,4][::2] }} {{ 'h\u00e9llo'[1:] }} "
      "{{ 'abc'[:-1] }} {{ [1,2,3][5:] }} {{ [1,2,3,4,5][-2:] }} {{ 'abcdef'[4:1:-1] }}", {}),
+    # x[a, b] is x[(a, b)] and x[] is x[()], as Jinja2 parses them: a tuple key a list or string does not have
+    ("subscript-tuple-key", "[{{ x[1, 2] }}] {{ x[] is defined }} {{ d['a', 1] is undefined }} {{ s[0, 1] is defined }} "
+     "{{ x[(0, 1)] is defined }} {{ d[(1, [2])] is defined }} {{ x[:2:] }} {{ x[1::] }} {{ x[::] }}",
+     {"x": [1, 2, 3], "d": {"a": 1}, "s": "abc"}),
+    ("subscript-slice-in-tuple", "{{ x[1:2, 0] }}", {"x": [1, 2, 3]}),
+    ("subscript-trailing-comma", "{{ x[1,] }}", {"x": [1, 2, 3]}),
     ("undefined", "[{{ nothing }}] {{ nothing is defined }} {{ nothing is undefined }} {{ nothing | default('d') }} "
      "{{ '' | default('e') }} {{ '' | default('f', true) }} {{ nothing | length }}", {}),
     ("undefined-attr", "{{ nothing.attr }}", {}),

@@ -3878,6 +3878,100 @@ static struct val pct_format(struct render *r, const struct val *fmtv, const str
 static struct val arith(struct render *r, int op, struct val a, struct val b, int line);
 
 /* What sorting, min, max and unique compare: strings lowercased unless case_sensitive. */
+/* x rounded to a multiple of 10^k (k >= 1), halves to even, exactly as Python's round(x, -k) of a float:
+ * from x's exact decimal digits, then the nearest double. */
+static double round_float_tens(struct render *r, double x, int64_t k, int line)
+{
+    char d[400];
+    double t = trunc(fabs(x));
+    int n = snprintf(d + 1, sizeof(d) - 1, "%.0f", t); /* t's exact digits, at most 309 */
+    d[0] = '0';
+    int keep = n + 1 - (int)k; /* digits of d (with the leading 0) above 10^k */
+    if (keep < 1)
+        return 0.0 * x;
+    int c = d[keep] > '5' ? 1 : d[keep] < '5' ? -1 : 0; /* the rest against half a unit: below, equal, above */
+    for (int i = keep + 1; i <= n && !c; i++)
+        c = d[i] != '0';
+    if (!c && fabs(x) != t)
+        c = 1;
+    if (c > 0 || (!c && (d[keep - 1] - '0') % 2)) {
+        int i = keep - 1;
+        for (; d[i] == '9'; i--) d[i] = '0';
+        d[i]++;
+    }
+    char num[440];
+    snprintf(num, sizeof(num), "%s%.*se%lld", x < 0 ? "-" : "", keep, d, (long long)k);
+    double y = strtod(num, NULL);
+    if (isinf(y))
+        fail_at(&r->f, MOE_EINVAL, line, "round: rounded value too large to represent");
+    return y;
+}
+
+/* Jinja2's round filter: Python's round(v, prec) for method 'r' (common), else math.'c'eil or math.'f'loor of
+ * v * 10**prec divided by 10**prec, an int's quotient as Python divides ints (never -0.0). */
+static struct val py_round(struct render *r, const struct val *v, int64_t prec, char method, int line)
+{
+    bool is_int = v->t != V_FLOAT;
+    double x = num(v);
+    if (method == 'r') {
+        if (is_int && prec >= 0) /* Python's round of an int is the int */
+            return vint(inum(v));
+        if (is_int) { /* halves to even, in integers */
+            if (prec < -19) /* |v| < 2**63 is below half of 10**20 */
+                return vint(0);
+            __int128 p = 1, i = inum(v);
+            for (int64_t k = 0; k < -prec; k++) p *= 10;
+            __int128 q = i / p, rem = i % p;
+            if (rem < 0) {
+                q--;
+                rem += p;
+            }
+            if (2 * rem > p || (2 * rem == p && (q & 1)))
+                q++;
+            __int128 y = q * p;
+            if (y > INT64_MAX || y < INT64_MIN)
+                fail_at(&r->f, MOE_ERANGE, line, "round: the result is past 64-bit integers");
+            return vint((int64_t)y);
+        }
+        if (!isfinite(x) || prec > 323)
+            return *v;
+        if (prec < -308)
+            return (struct val){ .t = V_FLOAT, .f = 0.0 * x };
+        if (prec < 0)
+            return (struct val){ .t = V_FLOAT, .f = round_float_tens(r, x, -prec, line) };
+        char tmp[700]; /* correctly rounded, halves to even, as Python; 309 + 1 + 323 characters at most */
+        snprintf(tmp, sizeof(tmp), "%.*f", (int)prec, x);
+        return (struct val){ .t = V_FLOAT, .f = strtod(tmp, NULL) };
+    }
+    if (is_int && prec >= 0) /* v * 10**prec / 10**prec in integers: v's nearest double */
+        return (struct val){ .t = V_FLOAT, .f = (double)inum(v) };
+    if (prec > 308)
+        fail_at(&r->f, MOE_EINVAL, line, "round: int too large to convert to float (10**%lld)", (long long)prec);
+    double p;
+    if (prec >= 0) {
+        char e[32];
+        snprintf(e, sizeof(e), "1e%lld", (long long)prec);
+        p = strtod(e, NULL); /* Python's float(10**prec), correctly rounded */
+    } else {
+        p = pow(10, (double)prec); /* Python's 10**prec, a float */
+    }
+    double y = x * p;
+    if (isnan(y))
+        fail_at(&r->f, MOE_EINVAL, line, "round: cannot convert float NaN to integer");
+    if (isinf(y))
+        fail_at(&r->f, MOE_EINVAL, line, "round: cannot convert float infinity to integer");
+    y = method == 'f' ? floor(y) : ceil(y);
+    if (p == 0)
+        fail_at(&r->f, MOE_EINVAL, line, "round: float division by zero (10**%lld is 0.0)", (long long)prec);
+    if (y == 0) /* an int's 0, never -0.0 */
+        return (struct val){ .t = V_FLOAT, .f = 0.0 };
+    if (prec < 0)
+        return (struct val){ .t = V_FLOAT, .f = y / p };
+    char q[400]; /* the integer y over 10**prec, correctly rounded as Python's int division */
+    snprintf(q, sizeof(q), "%.0fe-%lld", y, (long long)prec);
+    return (struct val){ .t = V_FLOAT, .f = strtod(q, NULL) };
+}
+
 static struct val sort_key(struct render *r, struct val v, bool case_sensitive)
 {
     return v.t == V_STR && !case_sensitive ? str_case(r, v.s, CASE_LOWER) : v;
@@ -4981,22 +5075,7 @@ static struct val filter(struct render *r, const struct node *n)
         const char *m = method ? method->p : "common";
         if (strcmp(m, "common") && strcmp(m, "ceil") && strcmp(m, "floor"))
             fail_at(&r->f, MOE_EINVAL, line, "round: method must be common, ceil or floor");
-        if (prec < -300 || prec > 300)
-            fail_at(&r->f, MOE_EINVAL, line, "round: precision %lld is out of range", (long long)prec);
-        if (!strcmp(m, "common")) {
-            if (v.t != V_FLOAT && prec >= 0) /* Python's round of an int is the int */
-                return vint(inum(&v));
-            if (prec >= 0 && isfinite(num(&v))) { /* correctly rounded, halves to even, as Python */
-                char tmp[400];
-                snprintf(tmp, sizeof(tmp), "%.*f", (int)prec, num(&v));
-                return (struct val){ .t = V_FLOAT, .f = strtod(tmp, NULL) };
-            }
-            double p = pow(10, (double)prec);
-            double y = nearbyint(num(&v) * p) / p;
-            return v.t == V_FLOAT ? (struct val){ .t = V_FLOAT, .f = y } : vint((int64_t)y);
-        }
-        double p = pow(10, (double)prec), y = num(&v) * p;
-        return (struct val){ .t = V_FLOAT, .f = (m[0] == 'c' ? ceil(y) : floor(y)) / p };
+        return py_round(r, &v, prec, strcmp(m, "common") ? m[0] : 'r', line);
     }
     /* the rest work on sequences */
     if (!strcmp(f, "first") || !strcmp(f, "last")) {

@@ -290,6 +290,23 @@ CASES = [
     ("filters-num", "{{ '12' | int }} {{ 'x' | int }} {{ 'x' | int(7) }} {{ 3.9 | int }} {{ '  12 ' | int }} "
      "{{ '3.7' | int }} {{ '-4e2' | int }} {{ '' | int(5) }} {{ '2.5' | float }} "
      "{{ -3 | abs }} {{ 2.567 | round(2) }} {{ 2 | float }}", {}),
+    # round: Python's round() for 'common' (-0.0, inf and nan kept, any precision); for 'ceil' and 'floor' the
+    # int math.ceil/math.floor gives divided by 10**precision, so never -0.0, and an error on inf or nan
+    ("round-methods", "{{ -0.4 | round(0, 'ceil') }} {{ -0.004 | round(2, 'ceil') }} {{ 0.4 | round(0, 'floor') }} "
+     "{{ -0.4 | round }} {{ -0.0 | round(0, 'floor') }} {{ -1e-320 | round(3, 'ceil') }} {{ 1e-320 | round(0, 'ceil') }} "
+     "{{ 15 | round(-1, 'ceil') }} {{ 15 | round(-1) }} {{ 25 | round(-1) }} {{ -25 | round(-1) }} {{ 5 | round(-400) }} "
+     "{{ 3 | round(2, 'floor') }} {{ 123.456 | round(-2, 'ceil') }} {{ -55.2 | round(-1, 'ceil') }} "
+     "{{ 8.045889862407055 | round(8, 'ceil') }} {{ 28.69 | round(58, 'ceil') }} {{ 66.0 | round(-5, 'ceil') }} "
+     "{{ 1e300 | round(-300, 'ceil') }} {{ 0.5 | round(400) }} {{ -1.5 | round(-400) }} {{ 2.675 | round(2) }} "
+     "{{ 125.0 | round(-1) }} {{ -4.0 | round(-1) }} {{ 1e22 | round(-22) }} {{ 2.5e22 | round(-22) }} "
+     "{{ 1e308 | round(-2) }} {{ 1.23456789e300 | round(300) }} {{ 9.5 | round(-1) }} {{ 3 | round(309, 'ceil') }} "
+     "{{ s | float | round }} {{ s | float | round(-2) }} {{ n | float | round(2) }} {{ ('-' ~ s) | float | round(-400) }}",
+     {"s": "inf", "n": "nan"}),
+    ("round-ceil-inf", "{{ s | float | round(0, 'ceil') }}", {"s": "inf"}),
+    ("round-floor-nan", "{{ s | float | round(2, 'floor') }}", {"s": "nan"}),
+    ("round-ceil-overflow", "{{ 1.5 | round(309, 'ceil') }}", {}),
+    ("round-floor-tiny-tens", "{{ 3 | round(-324, 'floor') }}", {}),
+    ("round-common-overflow", "{{ 1.7976931348623157e308 | round(-308) }}", {}),
     ("filters-attr", "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' / ') }}|"
      "{{ messages | rejectattr('role', 'equalto', 'user') | list | length }}|"
      "{{ messages | map(attribute='role') | list }}|{{ [0, 1, '', 'a'] | select | list }}|"

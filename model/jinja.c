@@ -1621,6 +1621,182 @@ done:
     return blk;
 }
 
+/* ---- scopes ------------------------------------------------------------------ */
+
+/* Jinja2 decides when it compiles what a name holds where a scope (the template, a for loop's body or
+ * else, a macro's or call block's body, a with, filter or set block) starts: a name the scope assigns
+ * whose first mention in it (outside its if blocks, which make no scope) is that assignment, and that no
+ * scope around mentions, starts undefined, hiding a variable of the render of that name; any other
+ * name is looked up outwards, as moeflow's frames do.  scope_scan lists the first kind on the body's
+ * N_BLOCK (kwnames), which binds them to undefined as it starts. */
+struct scope {
+    const struct scope *up;
+    const char **seen;  /* open addressing: the names the scope mentions (assigns, reads, takes) */
+    size_t n, cap;      /* names held, slots (a power of two, or 0) */
+    struct names undef; /* the names that start undefined, in order */
+};
+
+static uint32_t name_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* Whether the scope mentions name; add adds it (true: it was new). */
+static bool scope_seen(struct compiler *c, struct scope *sc, const char *name, bool add)
+{
+    if (add && 2 * (sc->n + 1) > sc->cap) {
+        size_t cap = sc->cap ? 2 * sc->cap : 16;
+        const char **v = c_alloc(c, cap * sizeof(*v));
+        memset(v, 0, cap * sizeof(*v));
+        for (size_t i = 0; i < sc->cap; i++)
+            if (sc->seen[i]) {
+                size_t j = name_hash(sc->seen[i]) & (cap - 1);
+                while (v[j]) j = (j + 1) & (cap - 1);
+                v[j] = sc->seen[i];
+            }
+        sc->seen = v;
+        sc->cap = cap;
+    }
+    if (!sc->cap)
+        return false;
+    size_t j = name_hash(name) & (sc->cap - 1);
+    for (; sc->seen[j]; j = (j + 1) & (sc->cap - 1))
+        if (!strcmp(sc->seen[j], name))
+            return add ? false : true;
+    if (add) {
+        sc->seen[j] = name;
+        sc->n++;
+    }
+    return add;
+}
+
+/* A name mentioned: read, taken as a parameter, or assigned (store) outside an if block (top). */
+static void scope_note(struct compiler *c, struct scope *sc, const char *name, bool store, bool top)
+{
+    if (!scope_seen(c, sc, name, true) || !store || !top)
+        return;
+    for (const struct scope *up = sc->up; up; up = up->up)
+        if (scope_seen(c, (struct scope *)up, name, false))
+            return;
+    names_push(c, &sc->undef, name);
+}
+
+static void scope_expr(struct compiler *c, struct scope *sc, const struct node *e)
+{
+    if (!e)
+        return;
+    if (e->k == E_VAR)
+        scope_note(c, sc, e->name, false, false);
+    const struct node *kids[] = { e->a, e->b, e->c, e->d };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(kids); i++) scope_expr(c, sc, kids[i]);
+    for (int i = 0; i < e->nargs; i++) scope_expr(c, sc, e->args[i]);
+    for (int i = 0; i < (e->k == E_DICT ? e->nargs : e->nkw); i++) /* an E_DICT's values, else named arguments */
+        scope_expr(c, sc, e->kwargs[i]);
+}
+
+static void scope_scan(struct compiler *c, const struct scope *up, const struct node *owner, struct node *body,
+                       const struct node *after);
+
+/* The statements of one scope, in order: what they mention in it (pass 0), then the scopes they hold
+ * (pass 1, once the scope's names are all known). */
+static void scope_stmts(struct compiler *c, struct scope *sc, const struct node *n, bool top, int pass)
+{
+    switch (n->k) {
+    case N_BLOCK:
+        for (int i = 0; i < n->nargs; i++) scope_stmts(c, sc, n->args[i], top, pass);
+        break;
+    case N_OUT:
+        if (!pass)
+            scope_expr(c, sc, n->a);
+        break;
+    case N_IF:
+        if (!pass)
+            scope_expr(c, sc, n->a);
+        scope_stmts(c, sc, n->b, false, pass);
+        if (n->c)
+            scope_stmts(c, sc, n->c, false, pass);
+        break;
+    case N_FOR:
+        if (!pass) {
+            scope_expr(c, sc, n->a);
+            break;
+        }
+        scope_scan(c, sc, n, n->b, NULL);
+        if (n->c)
+            scope_scan(c, sc, n, n->c, NULL);
+        break;
+    case N_SET:
+    case N_SETBLOCK:
+        if (pass) {
+            if (n->k == N_SETBLOCK)
+                scope_scan(c, sc, NULL, n->b, n->c);
+            break;
+        }
+        if (n->k == N_SET)
+            scope_expr(c, sc, n->a);
+        if (n->name2)
+            scope_note(c, sc, n->name, false, top);
+        else if (n->k == N_SETBLOCK)
+            scope_note(c, sc, n->name, true, top);
+        else
+            for (int i = 0; i < n->nkw; i++) scope_note(c, sc, n->kwnames[i], true, top);
+        break;
+    case N_MACRO:
+        if (pass)
+            scope_scan(c, sc, n, n->b, NULL);
+        else
+            scope_note(c, sc, n->name, true, top);
+        break;
+    case N_CALL:
+        if (pass)
+            scope_scan(c, sc, n->b, n->b->b, NULL);
+        else
+            scope_expr(c, sc, n->a);
+        break;
+    case N_WITH:
+        if (pass)
+            scope_scan(c, sc, n, n->b, NULL);
+        else
+            for (int i = 0; i < n->nkw; i++) scope_expr(c, sc, n->kwargs[i]);
+        break;
+    case N_FILTER:
+        if (pass)
+            scope_scan(c, sc, NULL, n->b, n->a);
+        else
+            scope_expr(c, sc, n->a);
+        break;
+    default:
+        break;
+    }
+}
+
+/* One scope, body, made by owner: a for loop's body takes its targets and loop, a with block's body its
+ * names, a macro's or call block's body (owner the N_MACRO) its parameters and the special names it
+ * reads, its defaults read in it; after: what the scope reads after its body (a filter block's filters). */
+static void scope_scan(struct compiler *c, const struct scope *up, const struct node *owner, struct node *body,
+                       const struct node *after)
+{
+    struct scope sc = { .up = up };
+    if (owner && (owner->k == N_WITH || (owner->k == N_FOR && body == owner->b)))
+        for (int i = 0; i < owner->nkw; i++) scope_note(c, &sc, owner->kwnames[i], false, false);
+    if (owner && owner->k == N_FOR && body == owner->b)
+        scope_note(c, &sc, "loop", false, false);
+    if (owner && owner->k == N_MACRO) {
+        for (int i = 0; i < owner->nargs; i++) scope_note(c, &sc, owner->kwnames[i], false, false);
+        for (size_t k = 0; k < MOE_ARRAY_LEN(SPECIAL_NAMES); k++)
+            if (owner->op & (1u << k))
+                scope_note(c, &sc, SPECIAL_NAMES[k], false, false);
+        for (int i = 0; i < owner->nargs; i++) scope_expr(c, &sc, owner->args[i]);
+    }
+    scope_stmts(c, &sc, body, true, 0);
+    scope_expr(c, &sc, after);
+    body->kwnames = sc.undef.v;
+    body->nkw = sc.undef.n;
+    scope_stmts(c, &sc, body, true, 1);
+}
+
 struct moe_jinja {
     struct arena arena;
     struct node *root;
@@ -1675,6 +1851,7 @@ struct moe_jinja *moe_jinja_compile(const char *src, size_t len)
     c.src = normalize_source(&c, src ? src : "", len, &c.len);
     lex(&c);
     t->root = parse_body(&c, NULL, 0, NULL);
+    scope_scan(&c, NULL, NULL, t->root, NULL);
     return t;
 }
 
@@ -5721,6 +5898,8 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
     step(r, n->line);
     switch (n->k) {
     case N_BLOCK:
+        for (int i = 0; i < n->nkw; i++) /* a scope's names that Jinja2 starts undefined (scope_scan) */
+            dict_sets(r, &fr->vars, n->kwnames[i], vundef(r_str(r, n->kwnames[i], strlen(n->kwnames[i]))));
         for (int i = 0; i < n->nargs && !r->flow; i++) exec(r, fr, n->args[i], out);
         break;
     case N_TEXT: buf_add(r, out, n->lit.s->p, n->lit.s->n); break;

@@ -737,6 +737,17 @@ CASES = [
     ("tuples-too-many", "{% set a, b = [1, 2, 3] %}", {}),
     ("tuples-not-enough", "{% for a, b in [[1]] %}{% endfor %}", {}),
     ("tuples-not-iterable", "{% set a, b = 5 %}", {}),
+    # a scope's set names start as Jinja2 decides when it compiles: read before the set in the scope itself, the
+    # value around; where the set comes first and no scope around names it, undefined, hiding a variable
+    # of the render of that name, for macros and inner scopes that read it before the set runs
+    ("scope-set-first", "{% macro m() %}[{{ x }}]{% endmacro %}{{ m() }}{% set x = 2 %}{{ m() }}|"
+     "{% for i in [1, 2] %}{% macro k() %}<{{ x }}>{% endmacro %}{{ k() }}{% set x = i %}{{ k() }}{% endfor %}|"
+     "{% for i in [1] %}{% set y %}({{ y }}){% endset %}{{ y }}{% endfor %}|{% for i in [1] %}{{ z }}{% endfor %}"
+     "{% set z = 3 %}|{% with %}{% macro w() %}{{ v }}{% endmacro %}[{{ w() }}]{% set v = 4 %}{{ w() }}{% endwith %}|"
+     "{% set q = 1 %}{% for i in [1, 2] %}[{{ q }}]{% set q = 5 %}{{ q }}{% endfor %}{{ q }}|"
+     "{% macro n() %}[{{ p }}]{% endmacro %}{{ n() }}{% if true %}{% set p = 6 %}{% endif %}{{ n() }}|"
+     "{% macro o() %}[{{ s }}]{% endmacro %}{{ o() }}{% set t = s %}{% set s = 7 %}{{ o() }}",
+     {"x": "ctx", "y": "ctx", "z": "ctx", "v": "ctx", "p": "ctx", "s": "ctx"}),
     ("set-if-scope", "{% if true %}{% set y = 'in' %}{% endif %}{{ y }}", {}),
     # a set block of a namespace attribute; one left by break or continue sets nothing
     ("set-block-namespace", "{% set ns = namespace(v='-', w='-') %}{% for i in [1, 2, 3] %}{% set ns.v %}<{{ i }}>"

@@ -255,6 +255,7 @@ struct compiler {
     uint8_t scan[JJ_MAX_DEPTH + 1][MOE_ARRAY_LEN(SPECIAL_NAMES)];
     int nscan;
     int loops;        /* for loop bodies around the statement being parsed, in its macro body (or the top) */
+    int fors;         /* for loops (target, body, else) around the statement being parsed, macros or not */
 };
 
 /* A name read (store false) or assigned, as the macro bodies being parsed see it. */
@@ -1356,6 +1357,8 @@ static void parse_targets(struct compiler *c, struct node *n)
             fail_at(&c->f, MOE_ENOTSUP, n->line, "nested tuples of names are not supported");
         names_push(c, &names, expect_name(c));
         note_name(c, names.v[names.n - 1], true);
+        if (c->fors && !strcmp(names.v[names.n - 1], "loop")) /* Jinja2's compile error, anywhere in a for */
+            fail_at(&c->f, MOE_EFORMAT, n->line, "cannot assign to 'loop' in a for loop: it is the loop's variable");
         if (!accept_op(c, ","))
             break;
         n->op = 1;
@@ -1374,6 +1377,7 @@ static void parse_targets(struct compiler *c, struct node *n)
 static struct node *parse_for(struct compiler *c, int line)
 {
     struct node *n = new_node(c, N_FOR, line);
+    c->fors++;
     parse_targets(c, n);
     if (!accept_name(c, "in"))
         expected(c, "'in'");
@@ -1388,6 +1392,7 @@ static struct node *parse_for(struct compiler *c, int line)
     n->b = parse_body(c, ends, 2, &which);
     c->loops--;
     n->c = parse_else(c, which, "endfor");
+    c->fors--;
     return n;
 }
 

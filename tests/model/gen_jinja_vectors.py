@@ -748,6 +748,13 @@ CASES = [
      "{% macro n() %}[{{ p }}]{% endmacro %}{{ n() }}{% if true %}{% set p = 6 %}{% endif %}{{ n() }}|"
      "{% macro o() %}[{{ s }}]{% endmacro %}{{ o() }}{% set t = s %}{% set s = 7 %}{{ o() }}",
      {"x": "ctx", "y": "ctx", "z": "ctx", "v": "ctx", "p": "ctx", "s": "ctx"}),
+    # loop cannot be assigned anywhere in a for loop (its target, body, else, macros in it), elsewhere it can
+    ("loop-assign-outside", "{% set loop = 1 %}{{ loop }}|{% for i in [1] %}{% with loop = 2 %}{{ loop }}{% endwith %}"
+     "{% macro m(loop) %}{{ loop }}{% endmacro %}{{ m(3) }}{% endfor %}", {}),
+    ("loop-assign-set", "{% for i in [1] %}{% set loop = 1 %}{% endfor %}", {}),
+    ("loop-assign-target", "{% for loop in [1] %}{% endfor %}", {}),
+    ("loop-assign-macro", "{% for i in [1] %}{% macro m() %}{% set a, loop = 1, 2 %}{% endmacro %}{% endfor %}", {}),
+    ("loop-assign-else-block", "{% for i in [] %}{% else %}{% set loop %}x{% endset %}{% endfor %}", {}),
     ("set-if-scope", "{% if true %}{% set y = 'in' %}{% endif %}{{ y }}", {}),
     # a set block of a namespace attribute; one left by break or continue sets nothing
     ("set-block-namespace", "{% set ns = namespace(v='-', w='-') %}{% for i in [1, 2, 3] %}{% set ns.v %}<{{ i }}>"

@@ -109,6 +109,7 @@ int main(void)
     check_refused("{{ [1 2] }}", MOE_EFORMAT, "expected ',', found the number 2");
     check_refused("a\n\n{{ ) }}", MOE_EFORMAT, "line 3");
     check_refused("{% for x in y recursive if x %}{% endfor %}", MOE_EFORMAT, "expected '%}'");
+    check_refused("{% for x in y %}\n{% set loop = 1 %}{% endfor %}", MOE_EFORMAT, "line 2: cannot assign to 'loop'");
     check_refused("{% with a, b = (1, 2) %}{% endwith %}", MOE_ENOTSUP, "several names");
     check_refused("{% with a = 1 %}", MOE_EFORMAT, "missing {% endwith %}");
     check_refused("{% endwith %}", MOE_EFORMAT, "unexpected {% endwith %}");

@@ -2140,12 +2140,22 @@ static void value_enter(struct render *r, int line)
         fail_at(&r->f, MOE_ERANGE, line, "a value nested deeper than %d lists or dicts", JJ_MAX_VALUE_DEPTH);
 }
 
+/* Two numbers ordered exactly, as Python orders an int and a float (not through a double): -1, 0, 1, or 2
+ * where one is nan. */
+static int num_order(const struct val *a, const struct val *b)
+{
+    if (a->t != V_FLOAT && b->t != V_FLOAT)
+        return inum(a) < inum(b) ? -1 : inum(a) > inum(b);
+    long double x = a->t == V_FLOAT ? a->f : (long double)inum(a), y = b->t == V_FLOAT ? b->f : (long double)inum(b);
+    return x < y ? -1 : x > y ? 1 : x == y ? 0 : 2;
+}
+
 static bool equal(struct render *r, const struct val *a, const struct val *b);
 
 static bool equal_rec(struct render *r, const struct val *a, const struct val *b)
 {
     if (is_num(a) && is_num(b))
-        return (a->t == V_FLOAT || b->t == V_FLOAT) ? num(a) == num(b) : inum(a) == inum(b);
+        return num_order(a, b) == 0;
     if (a->t != b->t)
         return false;
     switch (a->t) {
@@ -2192,15 +2202,15 @@ static int compare(struct render *r, const struct val *a, const struct val *b, i
 static int compare_rec(struct render *r, const struct val *a, const struct val *b, int line)
 {
     if (is_num(a) && is_num(b)) {
-        double x = num(a), y = num(b);
-        return x < y ? -1 : x > y;
+        int c = num_order(a, b);
+        return c == 2 ? 0 : c;
     }
     if (a->t == V_STR && b->t == V_STR) {
         size_t n = a->s->n < b->s->n ? a->s->n : b->s->n;
         int c = memcmp(a->s->p, b->s->p, n);
         return c ? (c < 0 ? -1 : 1) : (a->s->n < b->s->n ? -1 : a->s->n > b->s->n);
     }
-    if (a->t == V_LIST && b->t == V_LIST && !a->l->range && !b->l->range) {
+    if (a->t == V_LIST && b->t == V_LIST && !a->l->range && !b->l->range && a->l->tuple == b->l->tuple) {
         for (size_t i = 0; i < a->l->n && i < b->l->n; i++) {
             if (equal(r, &a->l->v[i], &b->l->v[i]))
                 continue;
@@ -2208,7 +2218,9 @@ static int compare_rec(struct render *r, const struct val *a, const struct val *
         }
         return a->l->n < b->l->n ? -1 : a->l->n > b->l->n;
     }
-    fail_at(&r->f, MOE_EINVAL, line, "cannot order %s and %s", type_name(a), type_name(b));
+    fail_at(&r->f, MOE_EINVAL, line, "cannot order %s and %s",
+            a->t == V_LIST && a->l->tuple && !a->l->range ? "tuple" : type_name(a),
+            b->t == V_LIST && b->l->tuple && !b->l->range ? "tuple" : type_name(b));
 }
 
 static int compare(struct render *r, const struct val *a, const struct val *b, int line)

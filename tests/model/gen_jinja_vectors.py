@@ -239,6 +239,11 @@ CASES = [
     ("concat", "{{ 'a' ~ 1 ~ none ~ true ~ [1, 'b'] ~ {'k': 'v'} }}|{{ x ~ 'y' }}", {}),
     ("compare", "{{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 'a' < 'b' }} {{ 1 == 1.0 }} {{ true == 1 }} {{ [1,2] == [1,2] }} "
      "{{ 'a' != 'a' }} {{ 2 >= 2 }} {{ none == none }}", {}),
+    # an int and a float compare exactly, not as doubles; a list and a tuple cannot be ordered
+    ("compare-exact", "{{ 9007199254740993 == 9007199254740992.0 }} {{ 9007199254740993 > 9007199254740992.0 }} "
+     "{{ [1, 9007199254740993] | max }} {{ [9007199254740992.0, 9007199254740993] | min }} {{ (1,) < (2,) }} "
+     "{{ 9007199254740993 in [9007199254740992.0] }} {{ {'a': 9007199254740993} == {'a': 9007199254740992.0} }}", {}),
+    ("compare-list-tuple", "{{ [1] < (1,) }}", {}),
     ("in", "{{ 'b' in 'abc' }} {{ 'x' not in 'abc' }} {{ 2 in [1,2] }} {{ 'k' in {'k': 1} }} {{ '' in 'a' }}", {}),
     # a dict's keys and unique's seen items are hashed: a list or dict (or a tuple holding one) cannot be one
     ("in-dict-hashable", "{{ (1, 'a') in d }} {{ 1 in d }} {{ none in d }} {{ 'a' in d }} {{ d.keys in d }} "

@@ -4166,6 +4166,89 @@ static struct val py_round(struct render *r, const struct val *v, int64_t prec, 
     return (struct val){ .t = V_FLOAT, .f = strtod(q, NULL) };
 }
 
+/* Python's a < b of two sort keys: lists of nk values (the first values that differ (==), ordered), or with
+ * !wrapped one value each, ordered as they are. */
+static bool sort_lt(struct render *r, const struct val *a, const struct val *b, size_t nk, bool wrapped, int line)
+{
+    step(r, line);
+    if (!wrapped)
+        return compare(r, a, b, line) < 0;
+    for (size_t k = 0; k < nk; k++)
+        if (!equal(r, &a[k], &b[k]))
+            return compare(r, &a[k], &b[k], line) < 0;
+    return false;
+}
+
+static void sort_swap(struct val *v, struct val *keys, size_t nk, size_t i, size_t j)
+{
+    struct val t = v[i];
+    v[i] = v[j];
+    v[j] = t;
+    for (size_t k = 0; k < nk; k++) {
+        t = keys[i * nk + k];
+        keys[i * nk + k] = keys[j * nk + k];
+        keys[j * nk + k] = t;
+    }
+}
+
+/* v[lo, hi) sorted as CPython sorts a slice shorter than 64: the run at its start (a strictly descending one
+ * reversed), then binary insertion of the rest; the same comparisons in the same order, so the same
+ * result where the order is not total (nan) and the same error where two items cannot be ordered. */
+static void sort_run(struct render *r, struct val *v, struct val *keys, size_t nk, bool wrapped, size_t lo, size_t hi,
+                     int line)
+{
+    if (hi - lo < 2)
+        return;
+    size_t run = lo + 2;
+    if (sort_lt(r, &keys[(lo + 1) * nk], &keys[lo * nk], nk, wrapped, line)) {
+        while (run < hi && sort_lt(r, &keys[run * nk], &keys[(run - 1) * nk], nk, wrapped, line)) run++;
+        for (size_t i = lo, j = run - 1; i < j; i++, j--) sort_swap(v, keys, nk, i, j);
+    } else {
+        while (run < hi && !sort_lt(r, &keys[run * nk], &keys[(run - 1) * nk], nk, wrapped, line)) run++;
+    }
+    for (size_t i = run; i < hi; i++) {
+        size_t a = lo, b = i;
+        while (a < b) {
+            size_t m = a + ((b - a) >> 1);
+            if (sort_lt(r, &keys[i * nk], &keys[m * nk], nk, wrapped, line))
+                b = m;
+            else
+                a = m + 1;
+        }
+        for (size_t j = i; j > a; j--) sort_swap(v, keys, nk, j, j - 1);
+    }
+}
+
+/* Python's sorted(v, key, reverse) of n items with keys of nk values each (see sort_lt): stable (reverse keeps equal
+ * items in their order); CPython's exact comparisons below 64 items, above runs of 32 merged. */
+static void py_sort(struct render *r, struct val *v, struct val *keys, size_t nk, bool wrapped, size_t n, bool reverse,
+                    int line)
+{
+    if (reverse)
+        for (size_t i = 0, j = n ? n - 1 : 0; i < j; i++, j--) sort_swap(v, keys, nk, i, j);
+    size_t width = n < 64 ? n : 32;
+    for (size_t lo = 0; lo < n; lo += width)
+        sort_run(r, v, keys, nk, wrapped, lo, lo + width < n ? lo + width : n, line);
+    if (width < n) {
+        struct val *tv = r_alloc(r, n * sizeof(*tv)), *tk = r_alloc(r, n * nk * sizeof(*tk));
+        for (; width < n; width *= 2)
+            for (size_t lo = 0; lo + width < n; lo += 2 * width) {
+                size_t mid = lo + width, hi = mid + width < n ? mid + width : n, i = lo, j = mid, o = lo;
+                while (i < mid || j < hi) {
+                    bool right = j < hi && (i == mid || sort_lt(r, &keys[j * nk], &keys[i * nk], nk, wrapped, line));
+                    size_t from = right ? j++ : i++;
+                    tv[o] = v[from];
+                    memcpy(&tk[o * nk], &keys[from * nk], nk * sizeof(*tk));
+                    o++;
+                }
+                memcpy(&v[lo], &tv[lo], (hi - lo) * sizeof(*v));
+                memcpy(&keys[lo * nk], &tk[lo * nk], (hi - lo) * nk * sizeof(*keys));
+            }
+    }
+    if (reverse)
+        for (size_t i = 0, j = n ? n - 1 : 0; i < j; i++, j--) sort_swap(v, keys, nk, i, j);
+}
+
 static struct val sort_key(struct render *r, struct val v, bool case_sensitive)
 {
     return v.t == V_STR && !case_sensitive ? str_case(r, v.s, CASE_LOWER) : v;
@@ -4175,26 +4258,29 @@ static struct val sort_key(struct render *r, struct val v, bool case_sensitive)
  * dflt for an undefined part, see attr_path), strings compared lowercased unless case_sensitive; *keys
  * (when asked for) the sorted keys. */
 static struct list *sorted_by(struct render *r, const struct list *src, const struct val *attr,
-                              const struct val *dflt, bool case_sensitive, bool rev, struct val **keys_out, int line)
+                              const struct val *dflt, bool case_sensitive, bool rev, bool multi, struct val **keys_out,
+                              int line)
 {
+    /* multi (the sort filter): Jinja2's key is the list of the comma-separated attributes' values (the item
+     * itself without one); else (groupby) the one attribute's value itself, keys_out one per item */
+    size_t nk = 1;
+    for (size_t i = 0; multi && attr && attr->t == V_STR && i < attr->s->n; i++) nk += attr->s->p[i] == ',';
+    struct val *parts = r_alloc(r, nk * sizeof(*parts));
+    for (size_t k = 0, from = 0; k < nk; k++) {
+        size_t to = from;
+        while (nk > 1 && to < attr->s->n && attr->s->p[to] != ',') to++;
+        parts[k] = nk > 1 ? vstr(r, attr->s->p + from, to - from) : attr ? *attr : (struct val){ 0 };
+        from = to + 1;
+    }
     struct list *l = new_list(r, src->n);
-    struct val *keys = src->n ? r_alloc(r, src->n * sizeof(*keys)) : NULL;
+    struct val *keys = src->n ? r_alloc(r, src->n * nk * sizeof(*keys)) : NULL;
     for (size_t i = 0; i < src->n; i++) {
         l->v[i] = src->v[i];
-        keys[i] = sort_key(r, attr ? attr_path(r, &src->v[i], attr, dflt, line) : src->v[i], case_sensitive);
+        for (size_t k = 0; k < nk; k++)
+            keys[i * nk + k] = sort_key(r, attr ? attr_path(r, &src->v[i], &parts[k], dflt, line) : src->v[i],
+                                        case_sensitive);
     }
-    for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
-        for (size_t j = i; j > 0; j--) {
-            step(r, line);
-            int c = compare(r, &keys[j - 1], &keys[j], line);
-            if (rev ? c >= 0 : c <= 0)
-                break;
-            struct val t = l->v[j], k = keys[j];
-            l->v[j] = l->v[j - 1];
-            keys[j] = keys[j - 1];
-            l->v[j - 1] = t;
-            keys[j - 1] = k;
-        }
+    py_sort(r, l->v, keys, nk, multi, l->n, rev, line);
     if (keys_out)
         *keys_out = keys;
     return l;
@@ -5317,12 +5403,12 @@ static struct val filter(struct render *r, const struct node *n)
         }
         return vbuf(r, &b);
     }
-    if (!strcmp(f, "sort")) { /* sort(reverse=false, case_sensitive=false, attribute=none), stable */
+    if (!strcmp(f, "sort")) { /* sort(reverse=false, case_sensitive=false, attribute=none) */
         const struct list *src = iter_list(r, &v, line);
         const struct val *rv = arg(&a, 0, "reverse"), *cs = arg(&a, 1, "case_sensitive");
         const struct val *attr = arg_attr(r, &a, 2, "attribute", f, line);
-        return (struct val){ .t = V_LIST, .l = sorted_by(r, src, attr, NULL, cs && truthy(cs), rv && truthy(rv), NULL,
-                                                         line) };
+        return (struct val){ .t = V_LIST, .l = sorted_by(r, src, attr, NULL, cs && truthy(cs), rv && truthy(rv), true,
+                                                         NULL, line) };
     }
     if (!strcmp(f, "groupby")) { /* groupby(attribute, default=None, case_sensitive=False) */
         const struct list *src = iter_list(r, &v, line);
@@ -5331,7 +5417,7 @@ static struct val filter(struct render *r, const struct node *n)
         if (dflt && dflt->t == V_NONE)
             dflt = NULL; /* as Jinja2: a default of none is none given */
         struct val *keys;
-        const struct list *l = sorted_by(r, src, attr, dflt, cs && truthy(cs), false, &keys, line);
+        const struct list *l = sorted_by(r, src, attr, dflt, cs && truthy(cs), false, false, &keys, line);
         struct list *groups = new_list(r, l->n);
         groups->n = 0;
         for (size_t i = 0, j; i < l->n; i = j) { /* runs of equal keys, as itertools.groupby */

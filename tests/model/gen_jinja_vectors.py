@@ -569,6 +569,23 @@ CASES = [
     ("sort-join", "{{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ [3, 1, 2] | sort(reverse=true) }} "
      "{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }} {{ ', '.join(['x', 'y', 'z']) }} "
      "{{ ''.join('abc' | list | reverse) }}", dict(messages=CHAT)),
+    # sort is Python's sorted() with Jinja2's key, the list of the (comma-separated) attributes' values: stable in
+    # both directions, equal keys never compared further (equal dicts, undefined attributes), CPython's comparisons
+    # (a list with nan), ints and floats ordered exactly
+    ("sort-python", "{% set n = s | float %}{{ [1, 1.0, true] | sort }} {{ [1.0, 1, true] | sort(reverse=true) }} "
+     "{{ ['b', 'A', 'a', 'B'] | sort(reverse=true) }} {{ [{}, {}] | sort }} {{ [1, 2, 1] | sort(attribute='0') }} "
+     "{{ [2, 1, n, 0, -1] | sort }} {{ [1, n, 0] | sort }} {{ [[1, n], [1, 0]] | sort }} "
+     "{{ m | sort(attribute='a,b') | map(attribute='b') | join }} {{ m | sort(attribute='c,a') | map(attribute='b') | join }} "
+     "{{ [9007199254740993, 9007199254740992.0] | sort }} {{ 9007199254740993 == 9007199254740992.0 }} "
+     "{{ l | sort }} {{ l | sort(reverse=true) | join(',') }}",
+     {"s": "nan", "m": [{"a": 2, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "a"}],
+      "l": [5, 3, 9, 1, 1, 0, 7, 2, 8, 6, 4, 3, 5, 9, 0, 2, 2, 7, 1, 8, 6, 4, 3, 3, 5, 9, 0, 1, 7, 2, 8, 6, 4, 5, 9, 3,
+            0, 1, 7, 2, 8, 6, 4, 4, 3, 5, 9, 0, 1, 7, 2, 8, 6, 6, 4, 3, 5, 9, 0, 1, 7, 2, 8, 8, 6, 4, 3, 5, 9, 0, 1]}),
+    ("sort-long", "{{ (range(100000) | reverse | sort)[:3] }} {{ (range(3000) | map('string') | sort)[-3:] }} "
+     "{{ (range(3000) | map('string') | sort(reverse=true))[:3] }}", {}),
+    ("sort-mixed-types", "{{ [1, 'a'] | sort }}", {}),
+    ("sort-list-tuple", "{{ [[1], (1,)] | sort }}", {}),
+    ("sort-unequal-dicts", "{{ [{'a': 1}, {'a': 2}] | sort }}", {}),
     # behaviours checked against Jinja2 by differential testing
     # indent: the lines of value + "\n" (str.splitlines()), all but the first led by the width
     ("indent", "{{ 'a\nb\n\nc' | indent }}|{{ 'a\nb' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}|"

@@ -5521,6 +5521,11 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "map") || !strcmp(f, "select") || !strcmp(f, "reject") || !strcmp(f, "selectattr") ||
         !strcmp(f, "rejectattr")) {
+        if (!truthy(&v)) { /* as Jinja2's: a false value (0, none, '') gives nothing, its arguments unread */
+            struct list *l = new_list(r, 0);
+            l->gen = true;
+            return (struct val){ .t = V_LIST, .l = l };
+        }
         const struct list *src = iter_list(r, &v, line);
         struct list *l = new_list(r, src->n);
         l->n = 0;

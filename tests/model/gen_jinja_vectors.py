@@ -451,6 +451,12 @@ CASES = [
      "{{ range(40) | list | pprint }}\n{{ [[range(30) | list]] | pprint }}\n{{ '' | pprint }}",
      {"d": {"tools": TOOLS, "z": None, "long": "a fairly long text, " * 6 + "ending\nand a second line of it, " * 3,
             "b": [1.5, True, "it's \"q\"", {"y": [], "x": {}}], "é": "😀\t\u3000 x"}}),
+    # map, select, reject, selectattr and rejectattr of a false value (0, none, false, '', undefined) give nothing,
+    # whatever their arguments
+    ("filters-attr-false", "{{ 0 | map('upper') | list }} {{ none | select('odd') | list }} {{ false | reject | list }} "
+     "{{ '' | selectattr('a', 'nosuchtest') | list }} {{ nothing | rejectattr('a') | list }} {{ 0.0 | map(x=1) | list }} "
+     "{{ 1 | map('upper') | list if false }}", {}),
+    ("filters-attr-true-not-iterable", "{{ 1 | map('upper') | list }}", {}),
     ("filters-dict", "{% for k, v in d | items %}{{ k }}={{ v }};{% endfor %}|{% for k, v in d | dictsort %}{{ k }}"
      "{% endfor %}|{{ d | length }}|{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
     ("tojson", "{{ x | tojson }}\n{{ x | tojson(indent=2) }}\n{{ 'q\"\\\\\\n\\u00e9\\u0001' | tojson }}\n{{ 1.0 | tojson }}"

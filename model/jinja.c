@@ -455,7 +455,9 @@ static void lex_tag(struct compiler *c, size_t *i, const char *close, bool *stri
         if (*i >= end)
             fail_at(&c->f, MOE_EFORMAT, line_of(c, *i), "a tag is not closed by %s", close);
         const char *s = c->src + *i;
-        if (!open && (s[0] == '-' || s[0] == '+') && *i + 2 < end && s[1] == close[0] && s[2] == close[1]) {
+        /* "+%}" keeps trim_blocks off; before "}}" a '+' is the operator, as in Jinja2's lexer */
+        if (!open && (s[0] == '-' || (s[0] == '+' && close[0] == '%')) && *i + 2 < end && s[1] == close[0] &&
+            s[2] == close[1]) {
             *strip = s[0] == '-';
             *plus = s[0] == '+';
             *i += 3;

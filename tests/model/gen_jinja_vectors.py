@@ -210,6 +210,7 @@ CASES = [
     ("ws-trim-lstrip", "a\n  {% if true %}\n  b\n  {% endif %}\nc\n", {}),
     ("ws-minus", "a  {%- if true -%}  b  {%- endif -%}  c", {}),
     ("ws-plus", "a\n  {%+ if true +%}\nb{% endif %}", {}),
+    ("ws-plus-var-end", "a  {{ 1 +}}  b", {}),
     ("ws-comment", "a\n  {# note #}\nb {#- x -#} c", {}),
     ("ws-var", "  {{ 1 }}  \n{{- 2 -}}\n  {{ 3 }}\n", {}),
     ("ws-trailing-newlines", "x\n\n", {}),

@@ -5733,17 +5733,35 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         case OP_ADD: z = x + y; break;
         case OP_SUB: z = x - y; break;
         case OP_MUL: z = x * y; break;
-        case OP_POW:
-            if (x == 0 && y < 0)
+        case OP_POW: /* Python's float pow: C's for infinities and nan, its errors for finite values */
+            if (x == 0 && y < 0 && !isinf(y))
                 fail_at(&r->f, MOE_EINVAL, line, "0 cannot be raised to a negative power");
+            if (x < 0 && isfinite(x) && isfinite(y) && y != floor(y))
+                fail_at(&r->f, MOE_EINVAL, line, "a negative number raised to a fractional power is complex");
             z = pow(x, y);
+            if (isinf(z) && isfinite(x) && isfinite(y))
+                fail_at(&r->f, MOE_ERANGE, line, "numerical result out of range (%s ** %s)",
+                        a.t == V_FLOAT ? "float" : "int", b.t == V_FLOAT ? "float" : "int");
             break;
         default:
             if (y == 0)
                 fail_at(&r->f, MOE_EINVAL, line, "division by zero");
-            z = op == OP_DIV ? x / y : op == OP_FLOORDIV ? floor(x / y) : x - y * floor(x / y);
-            if (op == OP_MOD && z == 0)
-                z = copysign(0.0, y); /* Python: a zero remainder has the divisor's sign */
+            if (op == OP_DIV) {
+                z = x / y;
+                break;
+            }
+            /* Python's float divmod: the remainder by fmod, with the divisor's sign; the quotient from it */
+            double m = fmod(x, y), div = (x - m) / y;
+            if (m && (y < 0) != (m < 0)) {
+                m += y;
+                div -= 1.0;
+            } else if (!m) {
+                m = copysign(0.0, y);
+            }
+            double fd = div ? floor(div) : copysign(0.0, x / y);
+            if (div && div - fd > 0.5)
+                fd += 1.0;
+            z = op == OP_FLOORDIV ? fd : m;
         }
         return (struct val){ .t = V_FLOAT, .f = z };
     }

@@ -179,6 +179,7 @@ int main(void)
         check_render_fails(nested, MOE_ERANGE, "nested deeper");
     }
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
+    check_render_fails("{{ (-8.5) ** 0.5 }}", MOE_EINVAL, "fractional power is complex"); /* complex in Python */
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
     check_render_fails("{{ ['a'] | map('urlize') | list }}", MOE_ENOTSUP, "map: filter 'urlize' is not supported");
     /* Jinja2 prints a method not called with its address */

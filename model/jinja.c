@@ -1569,9 +1569,14 @@ static struct node *parse_statement(struct compiler *c)
         expect_block_end(c);
         return n;
     }
-    if (accept_name(c, "generation")) { /* the assistant-mask marker of apply_chat_template: just its body */
-        expect_block_end(c);
-        return parse_until(c, "endgeneration");
+    if (accept_name(c, "generation")) { /* the assistant-mask marker of apply_chat_template: its body, which */
+        expect_block_end(c);          /* the Hugging Face library makes a call block's: a scope, no loop around */
+        struct node *n = new_node(c, N_WITH, line);
+        int loops = c->loops;
+        c->loops = 0;
+        n->b = parse_until(c, "endgeneration");
+        c->loops = loops;
+        return n;
     }
     fail_at(&c->f, MOE_ENOTSUP, line, "statement '%.*s' is not supported", (int)(t->n < 40 ? t->n : 40), t->s);
 }

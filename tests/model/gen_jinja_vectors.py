@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Reference renders for the chat-template interpreter (model/jinja.c), by
 Jinja2 set up as the Hugging Face library sets it up for apply_chat_template:
-an ImmutableSandboxedEnvironment with trim_blocks, lstrip_blocks and the
-loopcontrols extension, a tojson filter that is json.dumps(ensure_ascii=False,
-indent, separators, sort_keys), and the globals raise_exception() and
-strftime_now().
+an ImmutableSandboxedEnvironment with trim_blocks, lstrip_blocks, the
+loopcontrols extension and {% generation %} (as its AssistantTracker parses
+it), a tojson filter that is json.dumps(ensure_ascii=False, indent,
+separators, sort_keys), and the globals raise_exception() and strftime_now().
 
     python3 tests/model/gen_jinja_vectors.py > tests/fixtures/jinja/vectors.jsonl
 
@@ -28,7 +28,22 @@ def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+class Generation(jinja2.ext.Extension):
+    """{% generation %}...{% endgeneration %} as the Hugging Face library's AssistantTracker parses it: a call
+    block whose macro gives its body's text back (the library also notes where that text lies)."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
+ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                    extensions=[jinja2.ext.loopcontrols, Generation])
 ENV.filters["tojson"] = tojson
 ENV.globals["raise_exception"] = raise_exception
 
@@ -227,6 +242,10 @@ CASES = [
      {"x": {"é": 7}}),
     ("names-unicode-digit-first", "{{ ٣ + 1 }}", {}),
     ("names-superscript", "{{ a² }}", {}),
+    # {% generation %} is a call block's body: its text, its sets kept in it, no loop around it to break
+    ("generation", "{% set x = 1 %}{% for m in messages %}\n{% generation %}\n  [{{ m.role }} {{ x }}{{ loop.index }}]"
+     "{% set x = 2 %}{{ x }}\n{% endgeneration %}\n({{ x }})\n{% endfor %}{{ x }}", dict(messages=CHAT[:2])),
+    ("generation-break", "{% for i in [1] %}{% generation %}{% break %}{% endgeneration %}{% endfor %}", {}),
     ("raw", "{% raw %}{{ not parsed }}{% endraw %}!", {}),
     # {%+ raw %} keeps the line's indent, {% endraw %} lstrips the raw text's last line, {% raw +%} is no raw tag
     ("raw-whitespace", "a\n  {%+ raw %}b\n  {% endraw %}\nc\n  {% raw %}d\n  {%+ endraw %}\ne\n\u00a0{% raw -%}"

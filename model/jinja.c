@@ -4173,6 +4173,104 @@ static struct val py_round(struct render *r, const struct val *v, int64_t prec, 
     return (struct val){ .t = V_FLOAT, .f = strtod(q, NULL) };
 }
 
+static int ascii_lower(int c)
+{
+    return c >= 'A' && c <= 'Z' ? c + 32 : c;
+}
+
+/* The value of the digit c in base (up to 36), or -1. */
+static int digit_value(int c, int base)
+{
+    c = ascii_lower(c);
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'z' ? c - 'a' + 10 : 99;
+    return v < base ? v : -1;
+}
+
+/* The digits of a Python number literal in s[0, n) into out (at most cap bytes with the NUL): an
+ * underscore only between two digits (of base, 10 for a float), dropped.  False where one is misplaced. */
+static bool py_digits(const char *s, size_t n, int base, char *out, size_t cap)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '_') {
+            if (!i || i + 1 == n || digit_value(s[i - 1], base) < 0 || digit_value(s[i + 1], base) < 0)
+                return false;
+            continue;
+        }
+        if (k + 1 >= cap)
+            return false;
+        out[k++] = s[i];
+    }
+    out[k] = 0;
+    return k > 0;
+}
+
+/* Python's int(s, base) of a stripped string: an optional sign, the prefix 0x, 0o or 0b that base
+ * allows (any with base 0, where a decimal cannot start with 0), digits with single underscores between
+ * them.  0 parsed, -1 not a number (ValueError), 1 past 64 bits. */
+static int py_parse_int(const char *s, size_t n, int64_t base, int64_t *out)
+{
+    if (base != 0 && (base < 2 || base > 36))
+        return -1;
+    size_t i = n && (s[0] == '-' || s[0] == '+');
+    bool neg = n && s[0] == '-';
+    if (i + 1 < n && s[i] == '0') {
+        int p = ascii_lower(s[i + 1]), pb = p == 'x' ? 16 : p == 'o' ? 8 : p == 'b' ? 2 : 0;
+        if (pb && (base == 0 || base == pb)) {
+            base = pb;
+            i += 2;
+            if (i < n && s[i] == '_') /* 0x_1f */
+                i++;
+        }
+    }
+    if (base == 0) {
+        base = 10;
+        for (size_t k = i; k + 1 < n && s[k] == '0'; k++)
+            if (s[k + 1] != '0' && s[k + 1] != '_')
+                return -1; /* 010 with base 0 */
+    }
+    char d[400];
+    if ((i < n && s[i] == '_') || !py_digits(s + i, n - i, (int)base, d, sizeof(d)))
+        return -1;
+    uint64_t v = 0;
+    bool big = false;
+    for (const char *p = d; *p; p++) {
+        int dv = digit_value(*p, (int)base);
+        if (dv < 0)
+            return -1;
+        big |= v > (UINT64_MAX - (uint64_t)dv) / (uint64_t)base;
+        v = v * (uint64_t)base + (uint64_t)dv;
+    }
+    if (big || v > (uint64_t)INT64_MAX + neg)
+        return 1;
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return 0;
+}
+
+/* Python's float(s) of a stripped string: a sign, inf, infinity or nan in any case, or a decimal with an
+ * exponent, underscores between digits.  False where it is none of these. */
+static bool py_parse_float(const char *s, size_t n, double *out)
+{
+    size_t i = n && (s[0] == '-' || s[0] == '+');
+    const char *const words[] = { "inf", "infinity", "nan" };
+    for (size_t k = 0; k < MOE_ARRAY_LEN(words); k++) {
+        size_t j = 0;
+        while (i + j < n && words[k][j] && ascii_lower(s[i + j]) == words[k][j]) j++;
+        if (i + j == n && !words[k][j]) {
+            *out = k < 2 ? (s[0] == '-' ? -INFINITY : INFINITY) : NAN;
+            return true;
+        }
+    }
+    for (size_t k = i; k < n; k++)
+        if (!is_digit(s[k]) && !strchr("._eE+-", s[k]))
+            return false; /* no hex, no words strtod would take */
+    char d[400], *e;
+    if (!py_digits(s, n, 10, d, sizeof(d)))
+        return false;
+    *out = strtod(d, &e);
+    return !*e && e != d;
+}
+
 /* Python's a < b of two sort keys: lists of nk values (the first values that differ (==), ordered), or with
  * !wrapped one value each, ordered as they are. */
 static bool sort_lt(struct render *r, const struct val *a, const struct val *b, size_t nk, bool wrapped, int line)
@@ -5307,23 +5405,17 @@ static struct val filter(struct render *r, const struct node *n)
         double x = v.t == V_FLOAT ? v.f : NAN;
         if (v.t == V_STR) {
             struct val t = strip(r, v.s, NULL, 3);
-            char digits[128], *e;
-            size_t k = 0; /* Python allows an underscore between digits */
-            for (size_t i = 0; i < t.s->n && k + 1 < sizeof(digits); i++)
-                if (t.s->p[i] != '_' || i == 0 || i + 1 == t.s->n)
-                    digits[k++] = t.s->p[i];
-            digits[k] = 0;
-            int64_t base = arg_int(r, &a, 1, "base", 10, f, line);
-            errno = 0;
-            long long i = base >= 2 && base <= 36 ? strtoll(digits, &e, (int)base) : 0;
-            if (base >= 2 && base <= 36 && k && !*e && !errno)
-                return vint(i);
-            if (errno == ERANGE)
+            int64_t i, base = arg_int(r, &a, 1, "base", 10, f, line);
+            int st = py_parse_int(t.s->p, t.s->n, base, &i);
+            if (st > 0)
                 fail_at(&r->f, MOE_ERANGE, line, "int: %.40s is beyond 64 bits", t.s->p);
-            x = k && base == 10 ? strtod(digits, &e) : NAN;
-            if ((k && base == 10 && *e) || strpbrk(digits, "xXpP"))
-                x = NAN;
+            if (!st)
+                return vint(i);
+            if (!py_parse_float(t.s->p, t.s->n, &x) || isinf(x))
+                x = NAN; /* int(float(value)) failing, the default */
         }
+        if (isinf(x)) /* int() of an infinite float: Python's OverflowError, which Jinja2 does not catch */
+            fail_at(&r->f, MOE_EINVAL, line, "int: cannot convert float infinity to integer");
         if (isfinite(x) && fabs(x) >= 0x1p63)
             fail_at(&r->f, MOE_ERANGE, line, "int: %g is beyond 64 bits", x);
         if (isfinite(x))
@@ -5335,13 +5427,10 @@ static struct val filter(struct render *r, const struct node *n)
             undefined_error(r, &v, line);
         if (is_num(&v))
             return (struct val){ .t = V_FLOAT, .f = num(&v) };
-        if (v.t == V_STR) {
-            struct val t = strip(r, v.s, NULL, 3);
-            char *e;
-            double x = strtod(t.s->p, &e);
-            if (t.s->n && !*e && !strpbrk(t.s->p, "xXpP"))
-                return (struct val){ .t = V_FLOAT, .f = x };
-        }
+        double x;
+        struct val t = v.t == V_STR ? strip(r, v.s, NULL, 3) : v;
+        if (v.t == V_STR && py_parse_float(t.s->p, t.s->n, &x))
+            return (struct val){ .t = V_FLOAT, .f = x };
         const struct val *dv = arg(&a, 0, "default");
         return dv ? *dv : (struct val){ .t = V_FLOAT, .f = 0.0 };
     }

@@ -339,6 +339,13 @@ CASES = [
     ("round-ceil-overflow", "{{ 1.5 | round(309, 'ceil') }}", {}),
     ("round-floor-tiny-tens", "{{ 3 | round(-324, 'floor') }}", {}),
     ("round-common-overflow", "{{ 1.7976931348623157e308 | round(-308) }}", {}),
+    # int(value, base) and float(value) read strings as Python's int() and float(): a base's prefix, underscores
+    # between digits only, int(float(value)) where the base does not read it, inf and nan words
+    ("filters-int-float-python", "{% for s in l %}{{ s | int }},{{ s | int(-1, 2) }},{{ s | int(-1, 16) }},"
+     "{{ s | int(-1, 0) }},{{ s | float(-1) }};{% endfor %}{{ 'inf' | float | string | float }}",
+     {"l": ["3", "0b11", "0x_1f", "-0X1a", "0o17", "12_3", "1__2", "_1", "1_", "010", "00", " +5 ", "- 5", "1e3", "1e1_0",
+            "1_e5", "1_000.000_1", "inf", "-Infinity", "nan", "1.5e400", "ff", "0x", "1._5"]}),
+    ("filters-int-inf", "{{ s | float | int }}", {"s": "inf"}),
     ("filters-attr", "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' / ') }}|"
      "{{ messages | rejectattr('role', 'equalto', 'user') | list | length }}|"
      "{{ messages | map(attribute='role') | list }}|{{ [0, 1, '', 'a'] | select | list }}|"

@@ -1131,12 +1131,39 @@ static struct node *binary(struct compiler *c, enum binop op, struct node *a, st
     return n;
 }
 
+/* Whether Jinja2 folds e to a constant when it compiles (literals and operators on them). */
+static bool const_expr(const struct node *e)
+{
+    switch (e->k) {
+    case E_LIT: return true;
+    case E_NEG: case E_NOT: return const_expr(e->a);
+    case E_BIN: return const_expr(e->a) && const_expr(e->b);
+    case E_LIST:
+        for (int i = 0; i < e->nargs; i++)
+            if (!const_expr(e->args[i]))
+                return false;
+        return true;
+    default: return false;
+    }
+}
+
 static struct node *parse_pow(struct compiler *c)
 {
     struct node *n = parse_unary(c, true);
     while (is_op(peek(c), "**")) {
         int line = next(c)->line;
-        n = binary(c, OP_POW, n, parse_unary(c, true), line);
+        struct node *b = parse_unary(c, true);
+        const struct node *lit = n->k == E_NEG && !n->op ? n->a : NULL;
+        if (lit && lit->k == E_LIT && !const_expr(b) &&
+            ((lit->lit.t == V_INT && lit->lit.i > 0) || (lit->lit.t == V_BOOL && lit->lit.b) ||
+             (lit->lit.t == V_FLOAT && !isnan(lit->lit.f)))) {
+            /* Jinja2 writes the folded -1 of -1 ** x into Python as is, where ** binds first: -(1 ** x) */
+            struct node *neg = n;
+            neg->a = binary(c, OP_POW, n->a, b, line);
+            n = neg;
+        } else {
+            n = binary(c, OP_POW, n, b, line);
+        }
     }
     return n;
 }

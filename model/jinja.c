@@ -120,6 +120,8 @@ struct list {
                     always true, no length or index, not printable; |list makes it a list */
     const int64_t *range; /* made by range() (or sliced from one): its start, stop and step, as Python's range
                              prints (range(0, 3)), slices and compares; no JSON, no + or * */
+    char view;   /* 'k', 'v', 'i': a dict's keys(), values() or items(), printed as dict_keys([...]); no JSON,
+                    not a sequence (no index, no slice), no + or * */
 };
 
 struct dict {
@@ -2198,8 +2200,18 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
     case V_LIST:
         if (a->l->gen || b->l->gen)
             return a->l == b->l;
-        if (a->l->n != b->l->n || a->l->tuple != b->l->tuple || !a->l->range != !b->l->range)
-            return false;
+        if (a->l->n != b->l->n || a->l->tuple != b->l->tuple || !a->l->range != !b->l->range ||
+            a->l->view != b->l->view || (a->l->view == 'v' && a->l != b->l))
+            return false; /* values() views equal only themselves */
+        if (a->l->view) { /* keys() and items() views compare as sets */
+            for (size_t i = 0; i < a->l->n; i++) {
+                bool found = false;
+                for (size_t j = 0; j < b->l->n && !found; j++) found = equal(r, &a->l->v[i], &b->l->v[j]);
+                if (!found)
+                    return false;
+            }
+            return true;
+        }
         for (size_t i = 0; i < a->l->n; i++)
             if (!equal(r, &a->l->v[i], &b->l->v[i]))
                 return false;
@@ -2413,6 +2425,8 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
                 buf_addf(r, b, ", %lld)", (long long)rg[2]);
             break;
         }
+        if (v->l->view)
+            buf_adds(r, b, v->l->view == 'k' ? "dict_keys(" : v->l->view == 'v' ? "dict_values(" : "dict_items(");
         buf_adds(r, b, v->l->tuple ? "(" : "[");
         for (size_t i = 0; i < v->l->n; i++) {
             if (i)
@@ -2420,6 +2434,7 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
             repr(r, b, &v->l->v[i], line);
         }
         buf_adds(r, b, v->l->tuple ? (v->l->n == 1 ? ",)" : ")") : "]");
+        buf_adds(r, b, v->l->view ? ")" : "");
         break;
     case V_DICT:
         if (v->d->loop) { /* Jinja2's LoopContext prints its position */
@@ -2560,7 +2575,7 @@ static void to_json(struct render *r, struct buf *b, const struct val *v, const 
     case V_LIST:
     case V_DICT: {
         bool list = v->t == V_LIST;
-        if ((!list && v->d->ns) || (list && (v->l->gen || v->l->range)))
+        if ((!list && v->d->ns) || (list && (v->l->gen || v->l->range || v->l->view)))
             break;
         size_t n = list ? v->l->n : v->d->n;
         buf_adds(r, b, list ? "[" : "{");
@@ -2992,7 +3007,8 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
         const struct val *v = dict_get(obj->d, key->s->p, key->s->n);
         if (v)
             return *v;
-    } else if (((obj->t == V_LIST && !obj->l->gen) || obj->t == V_STR) && (key->t == V_INT || key->t == V_BOOL)) {
+    } else if (((obj->t == V_LIST && !obj->l->gen && !obj->l->view) || obj->t == V_STR) &&
+               (key->t == V_INT || key->t == V_BOOL)) {
         int64_t len = obj->t == V_LIST ? (int64_t)obj->l->n : (int64_t)cp_count(obj->s), i = inum(key);
         if (i < 0)
             i += len;
@@ -3032,9 +3048,10 @@ static struct val do_slice(struct render *r, const struct node *n)
         undefined_error(r, &obj, n->line);
     if (((obj.t != V_LIST && obj.t != V_STR) || (obj.t == V_LIST && obj.l->gen)) && n->a->k == E_LIT)
         return vundef(NULL); /* 11[:2]: Jinja2 folds a literal's slice when it compiles, to its failed getitem */
-    if ((obj.t != V_LIST && obj.t != V_STR) || (obj.t == V_LIST && obj.l->gen)) /* else Python's TypeError */
+    if ((obj.t != V_LIST && obj.t != V_STR) || (obj.t == V_LIST && (obj.l->gen || obj.l->view))) /* TypeError */
         fail_at(&r->f, MOE_EINVAL, n->line, "a %s cannot be sliced (only a string, list or tuple)",
-                obj.t == V_LIST ? "generator (select, map, ...; apply |list first)"
+                obj.t == V_LIST && obj.l->view ? "dict view (keys(), values(), items(); apply |list first)"
+                : obj.t == V_LIST ? "generator (select, map, ...; apply |list first)"
                 : obj.t == V_DICT && obj.d->loop ? "loop" : type_name(&obj));
     int64_t len = obj.t == V_LIST ? (int64_t)obj.l->n : (int64_t)cp_count(obj.s);
     int64_t stepv = slice_index(r, n->d, 1);
@@ -3676,6 +3693,7 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
                     l->v[i] = name[0] == 'k' ? k : d->v[i];
                 }
             }
+            l->view = name[0];
             return (struct val){ .t = V_LIST, .l = l };
         }
         if (!strcmp(name, "get")) {
@@ -5253,7 +5271,11 @@ static struct val filter(struct render *r, const struct node *n)
             return (struct val){ .t = V_LIST, .l = new_list(r, 0) };
         if (v.t != V_DICT)
             fail_at(&r->f, MOE_EINVAL, line, "items: a %s is not a mapping", type_name(&v));
-        return call_method(r, &v, "items", &a, line);
+        struct val items = call_method(r, &v, "items", &a, line);
+        struct list *l = (struct list *)items.l;
+        l->view = 0;
+        l->gen = true; /* Jinja2's items filter is a generator of the pairs */
+        return items;
     }
     if (!strcmp(f, "dictsort")) { /* dictsort(case_sensitive=False, by='key', reverse=False) */
         if (v.t != V_DICT)
@@ -5267,6 +5289,7 @@ static struct val filter(struct render *r, const struct node *n)
         struct args none = { 0 };
         struct val items = call_method(r, &v, "items", &none, line);
         struct list *l = (struct list *)items.l;
+        l->view = 0; /* sorted(): a list */
         for (size_t i = 1; i < l->n; i++) /* insertion sort: stable, as Python's */
             for (size_t j = i; j > 0; j--) {
                 step(r, line);
@@ -5491,7 +5514,7 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "list")) {
         const struct list *src = iter_list(r, &v, line);
-        if (!src->gen && !src->tuple && !src->range)
+        if (!src->gen && !src->tuple && !src->range && !src->view)
             return (struct val){ .t = V_LIST, .l = src };
         struct list *l = new_list(r, src->n);
         if (src->n)
@@ -5737,7 +5760,8 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     if (!strcmp(t, "iterable"))
         return v->t == V_LIST || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
     if (!strcmp(t, "sequence"))
-        return (v->t == V_LIST && !v->l->gen) || v->t == V_STR || v->t == V_UNDEF || (v->t == V_DICT && !v->d->ns);
+        return (v->t == V_LIST && !v->l->gen && !v->l->view) || v->t == V_STR || v->t == V_UNDEF ||
+               (v->t == V_DICT && !v->d->ns);
     if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO || v->t == V_METHOD || v->t == V_UNDEF;
     if (!strcmp(t, "escaped")) return v->t == V_STR && v->markup;
     if (!strcmp(t, "lower") || !strcmp(t, "upper")) { /* str(value).islower(), isupper() */
@@ -5811,7 +5835,8 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         buf_add(r, &o, b.s->p, b.s->n);
         return as_markup(vbuf(r, &o), m);
     }
-    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.l->gen && !b.l->gen && !a.l->range && !b.l->range) {
+    if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST && !a.l->gen && !b.l->gen && !a.l->range && !b.l->range &&
+        !a.l->view && !b.l->view) {
         if (a.l->tuple != b.l->tuple)
             fail_at(&r->f, MOE_EINVAL, line, "can only concatenate a %s to a %s", a.l->tuple ? "tuple" : "list",
                     a.l->tuple ? "tuple" : "list");
@@ -5830,8 +5855,8 @@ static struct val arith(struct render *r, int op, struct val a, struct val b, in
         for (int64_t i = 0; s->n && i < k; i++) buf_add(r, &o, s->p, s->n); /* the output bound stops it */
         return as_markup(vbuf(r, &o), a.t == V_STR ? a.markup : b.markup);
     }
-    if (op == OP_MUL && ((a.t == V_LIST && bi && !a.l->gen && !a.l->range) ||
-                         (b.t == V_LIST && ai && !b.l->gen && !b.l->range))) {
+    if (op == OP_MUL && ((a.t == V_LIST && bi && !a.l->gen && !a.l->range && !a.l->view) ||
+                         (b.t == V_LIST && ai && !b.l->gen && !b.l->range && !b.l->view))) {
         const struct list *src = a.t == V_LIST ? a.l : b.l;
         int64_t k = a.t == V_LIST ? inum(&b) : inum(&a);
         if (k < 0 || !src->n)

@@ -664,6 +664,18 @@ CASES = [
     ("dict-methods", "{{ d.get('a') }} {{ d.get('z', 'dflt') }} {{ d.get('z') }} {{ d.keys() | list }} "
      "{{ d.values() | list }} {% for k, v in d.items() %}{{ k }}:{{ v }} {% endfor %}{{ d.items() | list }} "
      "{{ d | items | list }} {{ d | dictsort }}", {"d": {"b": "x", "a": 1}}),
+    # keys(), values() and items() are Python's dict views: printed as dict_keys([...]), no index (undefined), keys
+    # and items equal as sets, values only to themselves; the items filter is a generator of the pairs
+    ("dict-views", "{{ d.keys() }} {{ d.values() }} {{ d.items() }} {{ e.keys() }} {{ d.keys() is sequence }} "
+     "[{{ d.keys()[0] }}] {{ d.keys() | list }} {{ d.keys() | length }} {{ d.keys() | first }} {{ d.keys() | last }} "
+     "{{ 'a' in d.keys() }} {{ d.keys() ~ '' }} {{ '%s' % d.values() }} {{ [d.items()] }} {{ e.keys() or 'empty' }} "
+     "{{ d.keys() == ['b', 'a'] }} {{ d.keys() == f.keys() }} {{ d.items() == f.items() }} {{ d.values() == d.values() }} "
+     "{{ d | items | list }} {{ d | dictsort }} {% set a, b = d.keys() %}{{ a }}{{ b }}",
+     {"d": {"b": "x", "a": 1}, "e": {}, "f": {"a": 1, "b": "x"}}),
+    ("dict-views-tojson", "{{ d.keys() | tojson }}", {"d": {"a": 1}}),
+    ("dict-views-slice", "{{ d.keys()[1:] }}", {"d": {"a": 1}}),
+    ("dict-views-add", "{{ d.values() + [1] }}", {"d": {"a": 1}}),
+    ("items-filter-length", "{{ d | items | length }}", {"d": {"a": 1}}),
     # x.name is a method of x before an item named name, as Python's getattr finds it: a JSON schema's
     # "items" seen as schema.items is the dict's method (a tool template's recursion then meets no "type")
     ("attribute-methods", "{{ d.items is defined }}{{ d['items'] }}{{ d.get is callable }}{{ d.update is defined }}"

@@ -21,6 +21,15 @@
 
 enum rq_state { RQ_WAITING, RQ_PREFILL, RQ_DECODE, RQ_DONE };
 
+/* The room the first of n choices holds for the others: theirs until they are submitted or the submitter
+ * gives it back (moe_sched_hold_release), whether or not the first still runs. */
+struct choice_hold {
+    uint64_t id;               /* the first choice's request id (moe_gen_params.hold of the others) */
+    int64_t room;              /* tokens in flight held, in s->held too */
+    int left;                  /* choices not yet submitted */
+    struct choice_hold *next;
+};
+
 struct rq {
     uint64_t id;
     int *tokens;               /* [n_prompt + max_tokens]: prompt, then generated */
@@ -33,7 +42,6 @@ struct rq {
     int n_chunks;              /* prompt chunks computed */
     uint64_t chunk_step;       /* s->steps when it last got a prompt chunk, or was admitted */
     int64_t need;              /* n_prompt + max_tokens: tokens-in-flight charge */
-    int64_t held;              /* the first of n choices: room held for those not yet submitted */
     struct moe_gen_params g;
     struct moe_sched_events ev;
     void *ud;
@@ -110,8 +118,8 @@ struct moe_sched {
     int n_active;
     int n_unreported;              /* finished, on_done not yet returned */
     int64_t tif;                   /* tokens in flight */
-    int64_t held;                  /* room held for further choices not yet submitted (rq.held summed) */
-    struct rq *holder;             /* the latest first choice still holding room, or NULL */
+    int64_t held;                  /* room held for further choices not yet submitted (holds' room summed) */
+    struct choice_hold *holds;     /* one per request of n choices whose others are not all submitted */
     uint64_t next_id;
     struct moe_sched_stats st;
 
@@ -294,10 +302,6 @@ static void rq_finish(struct moe_sched *s, struct rq *r, enum moe_finish why, en
     r->st = st;
     snprintf(r->msg, sizeof(r->msg), "%s", msg ? msg : "");
     s->tif -= r->need;
-    s->held -= r->held; /* its further choices that never came */
-    r->held = 0;
-    if (s->holder == r)
-        s->holder = NULL;
     s->st.by_finish[why]++;
     if (why == MOE_FINISH_LENGTH || why == MOE_FINISH_STOP)
         s->st.completed++;
@@ -1268,6 +1272,30 @@ enum moe_status moe_sched_start(struct moe_sched *s)
     return MOE_OK;
 }
 
+/* Hold h ended (s->mu held): its room given back, h freed. */
+static void hold_drop(struct moe_sched *s, struct choice_hold *h)
+{
+    struct choice_hold **pp = &s->holds;
+    while (*pp != h)
+        pp = &(*pp)->next;
+    *pp = h->next;
+    s->held -= h->room;
+    free(h);
+}
+
+void moe_sched_hold_release(struct moe_sched *s, uint64_t id)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    for (struct choice_hold *h = s->holds; h; h = h->next)
+        if (h->id == id) {
+            hold_drop(s, h);
+            break;
+        }
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* The tokens in flight a submission's admission checks: its own (prompt + max_tokens), or, for the first
  * of n choices, all of theirs (choices_need when their prompts differ; never less than its own). */
 static int64_t all_need(const struct moe_gen_params *g, int n_prompt)
@@ -1365,8 +1393,12 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     if (r && s->p.path_decay > 0)
         r->hist = calloc((size_t)(s->n_moe > 0 ? s->n_moe : 1) * (size_t)(s->be.n_experts > 0 ? s->be.n_experts : 1),
                          sizeof(float));
+    struct choice_hold *hold = NULL;
+    if (!g->more_choice && g->choices > 1)
+        hold = calloc(1, sizeof(*hold));
     if (!r || !r->tokens || !r->route || !r->fresh || !r->pred || (s->p.path_decay > 0 && !r->hist) ||
-        (g->min_tokens > 0 && !r->ban)) {
+        (g->min_tokens > 0 && !r->ban) || (!g->more_choice && g->choices > 1 && !hold)) {
+        free(hold);
         rq_free(r);
         pthread_mutex_lock(&s->mu);
         s->st.rejected++;
@@ -1390,11 +1422,24 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     r->slot = -1;
 
     pthread_mutex_lock(&s->mu);
+    /* a further choice takes room its first holds for it; what it needs beyond that (none held: the hold
+     * was given back) is checked as a request's own */
+    struct choice_hold *from = NULL;
+    for (struct choice_hold *h = s->holds; g->more_choice && h && !from; h = h->next)
+        if (h->id == g->hold)
+            from = h;
+    int64_t take = from ? (from->room < r->need ? from->room : r->need) : 0;
     if (s->draining || s->stop) /* not "retry later" (MOE_EBUSY): this scheduler takes no more */
         st = moe_errorf(MOE_ECANCELED, "scheduler: not accepting requests (draining for shutdown); retry elsewhere");
     else if (!g->more_choice && s->n_waiting - s->n_wait_more >= s->p.max_queued)
         st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max_queued = %d); retry later",
                         s->n_waiting - s->n_wait_more, s->p.max_queued);
+    else if (g->more_choice && s->tif + s->held + r->need - take > s->p.max_tokens_in_flight)
+        st = moe_errorf(MOE_EBUSY,
+                        "scheduler: tokens in flight %lld + this choice's %lld (prompt %d + max_tokens %d) not "
+                        "held for it exceed max_tokens_in_flight = %lld; retry later",
+                        (long long)(s->tif + s->held), (long long)(r->need - take), n_prompt, g->max_tokens,
+                        (long long)s->p.max_tokens_in_flight);
     else if (!g->more_choice && s->tif + s->held + all_need(g, n_prompt) > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_EBUSY,
                         "scheduler: tokens in flight %lld + this request's %lld (%s %d + max_tokens %d, "
@@ -1406,6 +1451,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     if (st != MOE_OK) {
         s->st.rejected++;
         pthread_mutex_unlock(&s->mu);
+        free(hold);
         rq_free(r);
         return st;
     }
@@ -1419,16 +1465,18 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     s->n_waiting++;
     s->n_wait_more += g->more_choice;
     s->tif += r->need;
-    if (g->more_choice && s->holder) { /* it takes room its first choice held for it */
-        int64_t take = s->holder->held < r->need ? s->holder->held : r->need;
-        s->holder->held -= take;
+    if (from) { /* it takes room its first choice held for it; the last of them ends the hold */
+        from->room -= take;
         s->held -= take;
-        if (s->holder->held == 0)
-            s->holder = NULL;
-    } else if (!g->more_choice && g->choices > 1) { /* hold room for the others until they come */
-        r->held = all_need(g, n_prompt) - r->need;
-        s->held += r->held;
-        s->holder = r;
+        if (--from->left == 0)
+            hold_drop(s, from);
+    } else if (hold) { /* hold room for the others until they come */
+        hold->id = r->id;
+        hold->room = all_need(g, n_prompt) - r->need;
+        hold->left = g->choices - 1;
+        hold->next = s->holds;
+        s->holds = hold;
+        s->held += hold->room;
     }
     s->st.accepted++;
     if (id)
@@ -1584,6 +1632,8 @@ void moe_sched_destroy(struct moe_sched *s)
         rq_finish(s, s->wait_head, MOE_FINISH_CANCELLED, MOE_ECANCELED, "scheduler shut down");
     while (s->n_active > 0)
         rq_finish(s, s->active[0], MOE_FINISH_CANCELLED, MOE_ECANCELED, "scheduler shut down");
+    while (s->holds)
+        hold_drop(s, s->holds);
     pthread_mutex_unlock(&s->mu);
     dispatch(s);
     free_grave(s);

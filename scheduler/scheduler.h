@@ -131,15 +131,19 @@ struct moe_gen_params {
     bool json_after_think, think_opened;
     /* The n choices of one request (n > 1) are n submissions in a row: the first has choices = n,
      * and its admission checks room for all n at once (tokens in flight for n of it; an error, not
-     * "retry later", when n of it never fit); the others have more_choice set: they take no place
-     * of their own in the max_queued bound (a request counts once) and no tokens-in-flight check.  The
-     * first holds room for the others until they are submitted (right after it, from one thread) or it
-     * ends, so a request submitted between them cannot take that room.  When the choices' prompts
-     * differ (a batch of prompts), the first has choices_need: the tokens in flight of all of them
-     * together (each its prompt + max_tokens), checked and held in place of choices times its own. */
+     * "retry later", when n of it never fit); the others have more_choice set and hold = the id
+     * moe_sched_submit gave the first: they take no place of their own in the max_queued bound (a
+     * request counts once) and take the room the first's admission holds for them.  That room stays held
+     * (whether or not the first still runs) until the last of them is submitted or the submitter gives
+     * it back (moe_sched_hold_release), so nothing submitted between them, from any thread, can take
+     * it.  A further choice whose room is not held (given back) is checked as a request of its own.
+     * When the choices' prompts differ (a batch of prompts), the first has choices_need: the tokens in
+     * flight of all of them together (each its prompt + max_tokens), checked and held in place of
+     * choices times its own. */
     int choices;
     bool more_choice;
     int64_t choices_need;
+    uint64_t hold;            /* more_choice: the first choice's id */
 };
 
 /* How a request ended, as on_done reports it. */
@@ -196,6 +200,10 @@ enum moe_status moe_sched_start(struct moe_sched *s); /* spawn the scheduler thr
 enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_prompt,
                                  const struct moe_gen_params *g,
                                  const struct moe_sched_events *ev, void *ud, uint64_t *id);
+/* The room the first of n choices (id) holds for those not yet submitted given back: when they will not
+ * all be submitted (one was refused, the client left).  A no-op once the last was submitted, and for an id
+ * that holds none. */
+void moe_sched_hold_release(struct moe_sched *s, uint64_t id);
 enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id);
 /* End a request early as finished by a stop sequence (the client found one in
  * the text): like cancel, but counted as completed, finish reason stop. */

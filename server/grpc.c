@@ -1204,7 +1204,7 @@ static void gjob_gone(struct srv_job *j)
 {
     struct gjob *q = (struct gjob *)j;
     if (q->m != GM_TOKENIZE && q->st == MOE_OK)
-        srv_gen_submit_gone(q->srv, &q->r, &q->p, q->deadline);
+        srv_gen_submit_gone(q->srv, &q->r, &q->p, q->deadline, NULL);
 }
 
 static void gjob_free(struct srv_job *j)

@@ -1283,8 +1283,10 @@ static void completion_finish(struct hcall *c, struct hjob *q)
         moe_responses_name(c->resp, c->id, c->created, s->model_name);
         moe_responses_set_stored(c->resp, s->cfg.responses_store > 0 && moe_responses_store_wanted(c->resp));
     }
-    /* the choices: n of each prompt, one generation each (choice_of) */
+    /* the choices: n of each prompt, one generation each (choice_of), the others in the room the first's
+     * admission holds for them (hold) */
     enum moe_status st = MOE_OK;
+    uint64_t hold = 0;
     for (int k = 0; k < c->n && st == MOE_OK; k++) {
         struct hprompt_in *pi = &in_p[k / gr.n];
         json_array_append_new(c->choices, json_null());
@@ -1307,10 +1309,14 @@ static void completion_finish(struct hcall *c, struct hjob *q)
         c->ch[k] = r;
         c->n_open++;
         struct moe_gen_request one = choice_of(&gr, k);
+        one.hold = hold;
         st = srv_stop_scan_init(s, &r->scan, gr.stop, gr.n_stop);
         if (st == MOE_OK)
             st = srv_gen_submit_prepared(s, &h->inbox, r, &one, &pi->sp, 0, &r->g);
+        if (st == MOE_OK && k == 0 && c->n > 1)
+            hold = r->g->id;
     }
+    srv_gen_hold_release(s, hold);
     if (st != MOE_OK) { /* the choices submitted so far are cancelled with the call */
         hcall_detach(c);
         send_request_error(req, c->resp, srv_http_status(st), moe_last_error());
@@ -1456,11 +1462,15 @@ static void hjob_gone(struct srv_job *j)
     if (q->kind != HJ_COMPLETION || q->code != 200)
         return;
     int n_all = q->n_prompts * q->gr.n;
+    uint64_t hold = 0;
     for (int k = 0; k < n_all; k++) {
         struct moe_gen_request one = choice_of(&q->gr, k);
-        if (srv_gen_submit_gone(q->srv, &one, &q->in_p[k / q->gr.n].sp, 0) != MOE_OK)
+        one.hold = hold;
+        if (srv_gen_submit_gone(q->srv, &one, &q->in_p[k / q->gr.n].sp, 0, k == 0 && n_all > 1 ? &hold : NULL) !=
+            MOE_OK)
             break;
     }
+    srv_gen_hold_release(q->srv, hold);
 }
 
 static void hjob_free(struct srv_job *j)

@@ -76,6 +76,8 @@ struct moe_gen_request {
                                    1..MOE_REQ_MAX_N */
     int choice;                 /* which of the n (of all prompts: n x n_batch) a submission is (0 first):
                                    srv_gen_submit admits them as one */
+    uint64_t hold;              /* choice > 0: choice 0's scheduler id (srv_gen.id), whose admission holds
+                                   room for the others (srv_gen_hold_release) */
     int64_t need_all;           /* a batch's: the tokens in flight of all its submissions (each its prompt +
                                    max_tokens), which the first's admission checks; set by the endpoint */
     bool json_object;           /* JSON mode: the output is one JSON object */

@@ -777,6 +777,7 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
         .json = r->json_object || r->json_schema ? &s->json_vocab : NULL,
         .choices = r->choice == 0 ? r->n * (r->n_batch ? r->n_batch : 1) : 0,
         .more_choice = r->choice > 0,
+        .hold = r->choice > 0 ? r->hold : 0,
         .choices_need = r->choice == 0 ? r->need_all : 0,
         .json_schema = r->json_schema,
         .json_after_think = r->json_after_think,
@@ -822,13 +823,22 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
 }
 
 enum moe_status srv_gen_submit_gone(struct moe_server *s, const struct moe_gen_request *r, const struct srv_prompt *p,
-                                    double deadline)
+                                    double deadline, uint64_t *id)
 {
     struct srv_gen *g;
     enum moe_status st = srv_gen_submit_prepared(s, &s->gone, NULL, r, p, deadline, &g);
-    if (st == MOE_OK)
+    if (st == MOE_OK) {
+        if (id)
+            *id = g->id;
         srv_gen_abandon(g);
+    }
     return st;
+}
+
+void srv_gen_hold_release(struct moe_server *s, uint64_t hold)
+{
+    if (hold)
+        moe_sched_hold_release(s->sched, hold);
 }
 
 enum moe_status srv_gen_submit(struct moe_server *s, struct srv_inbox *ib, void *owner,

@@ -229,9 +229,14 @@ enum moe_status srv_gen_submit_prepared(struct moe_server *s, struct srv_inbox *
 /* A prepared request whose client left before its front end submitted it (srv_job.gone): submitted and
  * cancelled at once, so that it counts as a request its front end prepared itself and then found its
  * client gone: accepted and cancelled, or refused (busy, draining) as srv_gen_submit_prepared counts.
- * Any thread; the caller stops at the first refusal, as a front end does. */
+ * Any thread; the caller stops at the first refusal, as a front end does.  Its scheduler id into *id
+ * (NULL: not wanted), the hold of a first choice. */
 enum moe_status srv_gen_submit_gone(struct moe_server *s, const struct moe_gen_request *r, const struct srv_prompt *p,
-                                    double deadline);
+                                    double deadline, uint64_t *id);
+/* The room choice 0 (scheduler id hold; 0: none) holds for a request's other choices given back, once the
+ * front end submitted what it will of them: after the last it is a no-op, after a refusal it frees the
+ * room of those that will not come. */
+void srv_gen_hold_release(struct moe_server *s, uint64_t hold);
 /* Take the first generation with unread events off the inbox, or NULL: it
  * holds a ref that srv_gen_put drops.  One at a time, so the scheduler may
  * queue it again (new events) while its consumer works: the inbox's links

@@ -152,6 +152,7 @@ static void test_bounds(void)
         for (int i = 0; i < 3; i++) {
             g.choices = i ? 0 : 3;
             g.more_choice = i > 0;
+            g.hold = ch[0].id;
             CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, &sc_events, &ch[i], &ch[i].id) == MOE_OK,
                   "choice %d of 3 with max_queued 1: %s", i, moe_last_error());
         }
@@ -169,7 +170,7 @@ static void test_bounds(void)
         g.choices = 2;
         g.more_choice = false;
         g.max_tokens = 25;
-        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "2 x 45: %s",
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, &g.hold) == MOE_OK, "2 x 45: %s",
               moe_last_error());
         g.choices = 0;
         g.more_choice = true;
@@ -193,7 +194,7 @@ static void test_bounds(void)
         g.max_tokens = 5;
         g.choices = 3;
         g.more_choice = false;
-        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "first of 3: %s",
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, &g.hold) == MOE_OK, "first of 3: %s",
               moe_last_error());
         expect_reject(s, prompt_of(20, 9), 20, 20, MOE_EBUSY, "max_tokens_in_flight", "between the choices");
         g.choices = 0;
@@ -209,7 +210,8 @@ static void test_bounds(void)
         g = gen(5);
         CHECK(moe_sched_submit(s, prompt_of(20, 9), 20, &g, &sc_events, &late, &late.id) == MOE_OK,
               "25 more after the choices: %s", moe_last_error());
-        /* a first choice whose others never come (its call failed) holds their room only while it lives */
+        /* a first choice whose others never come (its call failed) holds their room, after it ended too,
+         * until it is given back; a further choice submitted after that is checked as a request */
         moe_sched_cancel(s, late.id);
         while (moe_sched_step(s) == MOE_OK) {
         }
@@ -219,9 +221,24 @@ static void test_bounds(void)
         moe_sched_cancel(s, late.id);
         while (moe_sched_step(s) == MOE_OK) {
         }
+        expect_reject(s, prompt_of(20, 0), 20, 60, MOE_EBUSY, "max_tokens_in_flight", "80 beside the held 25");
+        moe_sched_hold_release(s, late.id);
+        moe_sched_hold_release(s, late.id); /* once given back, nothing more */
         g = gen(80);
+        uint64_t big;
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, &big) == MOE_OK,
+              "100 once the first of 2 gave its room back: %s", moe_last_error());
+        g = gen(5);
+        g.more_choice = true;
+        g.hold = late.id;
+        CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_EBUSY &&
+                  strstr(moe_last_error(), "this choice's 25 (prompt 20 + max_tokens 5) not held for it"),
+              "a second choice after its room was given back: %s", moe_last_error());
+        moe_sched_cancel(s, big);
+        while (moe_sched_step(s) == MOE_OK) {
+        }
         CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK,
-              "100 once the first of 2 ended: %s", moe_last_error());
+              "a second choice that finds room: %s", moe_last_error());
         while (moe_sched_step(s) == MOE_OK) {
         }
         check_accounting(s, "choices with a request between them");
@@ -235,7 +252,7 @@ static void test_bounds(void)
                   strstr(moe_last_error(), "3 choices need 105"),
               "a batch of 105 tokens never fits 100: %s", moe_last_error());
         g.choices_need = 95;
-        CHECK(moe_sched_submit(s, prompt_of(10, 0), 10, &g, NULL, NULL, NULL) == MOE_OK, "first of a batch: %s",
+        CHECK(moe_sched_submit(s, prompt_of(10, 0), 10, &g, NULL, NULL, &g.hold) == MOE_OK, "first of a batch: %s",
               moe_last_error());
         expect_reject(s, prompt_of(5, 9), 5, 5, MOE_EBUSY, "max_tokens_in_flight", "between a batch's choices");
         g.choices = 0;
@@ -275,6 +292,131 @@ static void test_bounds(void)
     struct moe_sched *strict = moe_sched_create_backend(&be, &p6);
     CHECK(strict, "regroup_lag -1 (strict steps) refused: %s", moe_last_error());
     moe_sched_destroy(strict);
+}
+
+/* The room the first of n choices holds for the others is theirs until they are submitted, however the
+ * submissions of two requests interleave and whether or not the first ended before them: tokens in flight
+ * never pass max_tokens_in_flight. */
+static void test_choice_holds(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 4, .max_queued = 8, .max_tokens_in_flight = 100 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    struct moe_sched_stats st;
+    /* the first of 2 (20 + 5 each) ends before the second is submitted: its 25 stay held, so a request of
+     * 80 is refused and the second fits */
+    struct sc_req a1 = { 0 };
+    struct moe_gen_params g = gen(5);
+    g.choices = 2;
+    CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, &sc_events, &a1, &a1.id) == MOE_OK, "first of 2: %s",
+          moe_last_error());
+    g.hold = a1.id;
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    CHECK(a1.n_done == 1, "the first choice did not end");
+    expect_reject(s, prompt_of(20, 9), 20, 60, MOE_EBUSY, "max_tokens_in_flight", "80 after an ended first of 2");
+    g.choices = 0;
+    g.more_choice = true;
+    CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "second of 2: %s",
+          moe_last_error());
+    moe_sched_stats(s, &st);
+    CHECK(st.tokens_in_flight <= 100, "tokens in flight %lld > 100 (first choice ended first)",
+          (long long)st.tokens_in_flight);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    check_accounting(s, "first choice ended first");
+
+    /* two requests' choices interleaved, as two front-end threads submit them: A (2 x 30) and B (2 x 20)
+     * hold 50 between them; A's second takes A's room, not B's, and once A's first ends a request of 45
+     * still finds B's room held */
+    struct sc_req ra[2], rb[2];
+    memset(ra, 0, sizeof(ra));
+    memset(rb, 0, sizeof(rb));
+    struct moe_gen_params ga = gen(10), gb = gen(5);
+    ga.choices = gb.choices = 2;
+    CHECK(moe_sched_submit(s, prompt_of(20, 1), 20, &ga, &sc_events, &ra[0], &ra[0].id) == MOE_OK &&
+              moe_sched_submit(s, prompt_of(15, 2), 15, &gb, &sc_events, &rb[0], &rb[0].id) == MOE_OK,
+          "first choices of A and B: %s", moe_last_error());
+    ga.choices = gb.choices = 0;
+    ga.more_choice = gb.more_choice = true;
+    ga.hold = ra[0].id;
+    gb.hold = rb[0].id;
+    CHECK(moe_sched_submit(s, prompt_of(20, 1), 20, &ga, &sc_events, &ra[1], &ra[1].id) == MOE_OK,
+          "A's second: %s", moe_last_error());
+    moe_sched_cancel(s, ra[0].id);
+    CHECK(moe_sched_step(s) == MOE_OK && ra[0].n_done == 1, "A's first did not end");
+    expect_reject(s, prompt_of(20, 9), 20, 25, MOE_EBUSY, "max_tokens_in_flight", "45 between B's choices");
+    CHECK(moe_sched_submit(s, prompt_of(15, 2), 15, &gb, &sc_events, &rb[1], &rb[1].id) == MOE_OK,
+          "B's second: %s", moe_last_error());
+    moe_sched_stats(s, &st);
+    CHECK(st.tokens_in_flight <= 100, "tokens in flight %lld > 100 (interleaved choices)",
+          (long long)st.tokens_in_flight);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    check_accounting(s, "interleaved choices");
+    moe_sched_destroy(s);
+}
+
+/* Requests of 3 choices submitted from three threads at once, the scheduler running: every further choice
+ * finds the room its first holds (none is refused), and tokens in flight never pass the bound. */
+struct choice_thread {
+    struct moe_sched *s;
+    int seed;
+    int refused_more;          /* further choices refused */
+    int64_t max_tif;           /* tokens in flight seen after a submission, at most */
+};
+
+static void *choice_thread_run(void *arg)
+{
+    struct choice_thread *c = arg;
+    int prompt[10];
+    for (int i = 0; i < 10; i++)
+        prompt[i] = 1 + (c->seed * 13 + i) % (FB_VOCAB - 1);
+    for (int i = 0; i < 40; i++) {
+        struct moe_gen_params g = gen(2);
+        g.choices = 3;
+        uint64_t first;
+        if (moe_sched_submit(c->s, prompt, 10, &g, NULL, NULL, &first) != MOE_OK)
+            continue; /* busy: no room for 3 now */
+        g.choices = 0;
+        g.more_choice = true;
+        g.hold = first;
+        for (int k = 1; k < 3; k++) {
+            c->refused_more += moe_sched_submit(c->s, prompt, 10, &g, NULL, NULL, NULL) != MOE_OK;
+            struct moe_sched_stats st;
+            moe_sched_stats(c->s, &st);
+            if (st.tokens_in_flight > c->max_tif)
+                c->max_tif = st.tokens_in_flight;
+        }
+        moe_sched_hold_release(c->s, first);
+    }
+    return NULL;
+}
+
+static void test_choice_holds_threaded(void)
+{
+    static struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 8, .max_queued = 16, .max_tokens_in_flight = 60 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    REQUIRE(moe_sched_start(s) == MOE_OK, "start: %s", moe_last_error());
+    struct choice_thread c[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        c[i] = (struct choice_thread){ .s = s, .seed = i };
+        REQUIRE(pthread_create(&th[i], NULL, choice_thread_run, &c[i]) == 0, "pthread_create");
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(c[i].refused_more == 0, "thread %d: %d further choices refused", i, c[i].refused_more);
+        CHECK(c[i].max_tif <= 60, "thread %d: tokens in flight %lld > 60", i, (long long)c[i].max_tif);
+    }
+    CHECK(moe_sched_drain(s, 30.0) == MOE_OK, "drain: %s", moe_last_error());
+    check_accounting(s, "choices from three threads");
+    moe_sched_destroy(s);
 }
 
 /* Long and short prompts mixed, on the scheduler thread: all complete. */
@@ -871,6 +1013,8 @@ static void test_drain_destroy(void)
 int main(void)
 {
     test_bounds();
+    test_choice_holds();
+    test_choice_holds_threaded();
     test_mixed_threaded();
     test_cancel();
     test_finish();

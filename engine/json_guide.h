@@ -43,6 +43,11 @@ struct moe_json_schema;
  * a root the output could not end with (a bare number).  The result has one reference;
  * moe_json_schema_unref frees it. */
 enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out);
+/* Where jansson refused text (what: "JSON schema", "request body") for a number it cannot hold, an
+ * integer beyond int64 or a number beyond a double, which is valid JSON: MOE_ERANGE with a message that
+ * says so; MOE_OK for any other refusal (the text is not JSON). */
+struct json_error_t;
+enum moe_status moe_json_number_refused(const struct json_error_t *e, const char *what);
 /* A "schema" whose value is exactly one of n texts, as they are (not JSON: vLLM's guided_choice):
  * 1..MOE_JSON_MAX_ENUM non-empty texts, none the beginning of another (the output could not end
  * after it).  One reference, as moe_json_schema_parse. */

@@ -1212,6 +1212,16 @@ static enum moe_status cc_finish(struct cc *c, int root, struct moe_json_schema 
     return MOE_OK;
 }
 
+enum moe_status moe_json_number_refused(const struct json_error_t *e, const char *what)
+{
+    if (json_error_code(e) != json_error_numeric_overflow)
+        return MOE_OK;
+    return moe_errorf(MOE_ERANGE, "%s holds a number out of range at line %d column %d (%s): it is valid JSON, "
+                      "but integers are read as 64-bit, [-9223372036854775808, 9223372036854775807], and other "
+                      "numbers as doubles, up to about 1.8e308; write a larger integer with an exponent (1e19)",
+                      what, e->line, e->column, e->text);
+}
+
 enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out)
 {
     *out = NULL;
@@ -1219,6 +1229,8 @@ enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_j
         return moe_errorf(MOE_ERANGE, "JSON schema of %zu bytes; at most %d are accepted", len, MOE_JSON_MAX_SCHEMA);
     json_error_t jerr;
     json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!doc && moe_json_number_refused(&jerr, "JSON schema") != MOE_OK)
+        return moe_last_status();
     if (!doc)
         return moe_errorf(MOE_EFORMAT, "JSON schema is not valid JSON: %s at line %d column %d", jerr.text,
                           jerr.line, jerr.column);

@@ -1355,7 +1355,9 @@ static void tokenize_work(struct hjob *q)
     char msg[400] = "";
     int code = 400;
     json_t *model = json_object_get(root, "model");
-    if (!root) {
+    if (!root && moe_json_number_refused(&jerr, "the body") != MOE_OK) {
+        snprintf(msg, sizeof(msg), "%s", moe_last_error());
+    } else if (!root) {
         snprintf(msg, sizeof(msg), "the body is not valid JSON: %s at line %d column %d", moe_json_error_text(&jerr),
                  jerr.line, jerr.column);
     } else if (!json_is_object(root)) {

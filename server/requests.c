@@ -931,6 +931,8 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     enum moe_status st = MOE_OK;
+    if (!root && moe_json_number_refused(&jerr, "request body") != MOE_OK)
+        return moe_last_status();
     if (!root)
         return moe_errorf(MOE_EFORMAT, "request body is not valid JSON: %s at line %d column %d",
                           moe_json_error_text(&jerr), jerr.line, jerr.column);

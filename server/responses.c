@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/json_guide.h"
 #include "requests.h"
 
 enum { OPEN_NONE, OPEN_REASONING, OPEN_MESSAGE };
@@ -272,6 +273,8 @@ enum moe_status moe_responses_request(const char *body, size_t n, moe_responses_
     json_t *root = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr), *chat = NULL, *src = json_array();
     if (!root) {
         json_decref(src);
+        if (moe_json_number_refused(&jerr, "request body") != MOE_OK)
+            return moe_last_status();
         return moe_errorf(MOE_EFORMAT, "request body is not valid JSON: %s at line %d column %d",
                           moe_json_error_text(&jerr), jerr.line, jerr.column);
     }

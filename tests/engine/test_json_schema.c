@@ -368,6 +368,13 @@ static void test_refused(void)
         { "{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#/properties/a\"}}}",
           MOE_EINVAL, "refers to itself" },
         { "not json", MOE_EFORMAT, "not valid JSON" },
+        /* valid JSON, an integer jansson holds only up to int64: said so, with what to write instead */
+        { "{\"type\":\"integer\",\"maximum\":10000000000000000000}", MOE_ERANGE,
+          "holds a number out of range at line 1 column 48 (too big integer near '10000000000000000000'): it is "
+          "valid JSON, but integers are read as 64-bit" },
+        { "{\"type\":\"integer\",\n\"minimum\":-9223372036854775809}", MOE_ERANGE,
+          "at line 2 column 30 (too big negative integer" },
+        { "{\"type\":\"number\",\"maximum\":1e999}", MOE_ERANGE, "(real number overflow near '1e999'): it is valid" },
         { "{\"type\":\"string\",\"items\":{}}", MOE_EINVAL, "array keywords" },
         { "{\"enum\":[1,10]}", MOE_ENOTSUP, "begins another" },
         { "{\"type\":\"array\",\"minItems\":3,\"maxItems\":2}", MOE_EINVAL, "minItems 3 is above maxItems 2" },
@@ -455,6 +462,7 @@ static void test_integer_bounds(void)
         { "\"minimum\":0,\"exclusiveMinimum\":true,\"maximum\":130", 1, 130, 1 }, /* draft 4 */
         { "\"maximum\":-100,\"multipleOf\":7", -1000000, -100, 7 },
         { "\"minimum\":-3,\"exclusiveMinimum\":-3", -2, 1000000, 1 }, /* the tighter end */
+        { "\"minimum\":-1e19,\"maximum\":1e19", -1000000, 1000000, 1 }, /* beyond int64, as the message says */
     };
     for (size_t k = 0; k < MOE_ARRAY_LEN(cases); k++) {
         char schema[256];

@@ -754,8 +754,12 @@ def check_tokenize(srv):
     check(len(ids) > 1 and whole.get("prompt") == "\U0001F600" and all(c == "\ufffd" for c in cut),
           "an emoji cut: %r -> %r, whole %r" % (ids, cut, whole))
     for path in ("/tokenize", "/detokenize"):  # a body that is not JSON: the parser's reason, with its place
-        code, raw = srv.http(path, b'{"prompt": 12345678901234567890}')
+        code, raw = srv.http(path, b'{"prompt": "x",}')
         check(code == 400 and b"not valid JSON" in raw and b"column" in raw, "%s, bad JSON: %d %r" % (path, code, raw))
+        # valid JSON with an integer beyond int64: said to be valid, out of range, with its place
+        code, raw = srv.http(path, b'{"prompt": 12345678901234567890}')
+        check(code == 400 and b"out of range at line 1 column 31" in raw and b"it is valid JSON" in raw and
+              b"not valid JSON" not in raw, "%s, a big integer: %d %r" % (path, code, raw))
     for path in ("/tokenize", "/v1/completions", "/v1/responses"):  # a NUL in a string: said so, not jansson's flag
         code, raw = srv.http(path, b'{"prompt": "a\\u0000b", "input": "x"}')
         check(code == 400 and b"NUL" in raw and b"JSON_ALLOW_NUL" not in raw, "%s, a NUL: %d %r" % (path, code, raw))

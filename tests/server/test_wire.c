@@ -268,7 +268,11 @@ static void test_openai(void)
     expect_bad("{\"prompt\":\"x\",\"max_tokens\":1e30}", false, "max_tokens");
     expect_bad("{\"prompt\":\"x\",\"max_tokens\":2.5}", false, "max_tokens");
     expect_bad("{\"prompt\":\"x\",\"max_tokens\":\"5\"}", false, "max_tokens");
-    expect_bad("{\"prompt\":\"x\",\"max_tokens\":99999999999999999999999}", false, NULL);
+    expect_bad("{\"prompt\":\"x\",\"max_tokens\":99999999999999999999999}", false,
+               "request body holds a number out of range at line 1 column 50 (too big integer): it is valid JSON");
+    expect_bad("{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\","
+               "\"schema\":{\"type\":\"integer\",\"maximum\":10000000000000000000}}}}", false,
+               "holds a number out of range");
     expect_bad("{\"prompt\":\"x\",\"temperature\":-0.1}", false, "temperature");
     expect_bad("{\"prompt\":\"x\",\"temperature\":1e308}", false, "temperature");
     expect_bad("{\"prompt\":\"x\",\"temperature\":NaN}", false, "JSON");

@@ -140,10 +140,13 @@ static int inner_digits(const json_t *v)
 }
 
 /* A literal value as the output must write it: compact, numbers in their shortest form (those inside
- * an array or object with the digits the one that needs the most needs, as jansson writes them). */
+ * an array or object with the digits the one that needs the most needs, as jansson writes them); -0.0
+ * as 0, the one value JSON Schema takes both for. */
 static char *literal_text(const json_t *v)
 {
     if (json_is_real(v)) {
+        if (json_real_value(v) == 0)
+            return strdup("0");
         char buf[64];
         snprintf(buf, sizeof(buf), "%.*g", real_digits(json_real_value(v)), json_real_value(v));
         return strdup(buf);

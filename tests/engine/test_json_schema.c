@@ -880,6 +880,22 @@ static void test_unique(void)
         bad_at(sc, "[1", ",");
     }
     moe_json_schema_unref(sc);
+    /* 0 and -0.0 are one value too, written 0 */
+    sc = compile("{\"type\":\"array\",\"items\":{\"enum\":[0,-0.0,2]},\"uniqueItems\":true}");
+    if (sc) {
+        good(sc, "[0,2]");
+        bad_at(sc, "[", "-");
+        bad_at(sc, "[0,2", ",");
+    }
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"array\",\"items\":{\"enum\":[0,-0.0]},\"uniqueItems\":true,\"minItems\":2}", MOE_EINVAL,
+            "the items have 1 value");
+    sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"const\":-0.0}}");
+    if (sc) {
+        good(sc, "[0]");
+        bad_at(sc, "[", "-0");
+    }
+    moe_json_schema_unref(sc);
     refused("{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\",\"a\"]},\"uniqueItems\":true,\"minItems\":3}",
             MOE_EINVAL, "the items have 2 values");
     refused("{\"type\":\"array\",\"items\":{\"enum\":[1,2]},\"uniqueItems\":true,\"minItems\":3}", MOE_EINVAL,

@@ -613,27 +613,32 @@ static uint32_t pattern_dfa(struct cc *c, const char *pat, size_t len, bool whol
     return start;
 }
 
-/* The formats followed, as regular expressions matching the whole string: each a subset of what
- * its RFC allows (RFC 3339 dates and times with upper-case T and Z, years 1000-9999, no February
- * 29th and no leap second; ISO 8601 durations without fractions; lower-case UUIDs; RFC 1123 host
- * names; e-mail addresses of the common form; URIs of RFC 3986's characters, percent signs
- * unchecked). */
+/* The formats followed, as regular expressions matching the whole string and a most characters: each a
+ * subset of what its RFC allows (RFC 3339 dates and times with upper-case T and Z, years 1000-9999, no
+ * February 29th and no leap second; ISO 8601 durations without fractions; lower-case UUIDs; RFC 1123
+ * host names, up to 253 characters as DNS carries them; e-mail addresses of the common form, RFC 5321's
+ * dot-string local part of up to 64 characters (no dot first, last or twice in a row), up to 254 in all;
+ * URIs of RFC 3986's characters, percent signs unchecked). */
 #define RX_DATE "[1-9][0-9]{3}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|" \
                 "02-(0[1-9]|1[0-9]|2[0-8]))"
 #define RX_TIME "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 #define RX_DUR_T "T([0-9]+H([0-9]+M)?([0-9]+S)?|[0-9]+M([0-9]+S)?|[0-9]+S)"
 #define RX_LABEL "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-static const char *const formats[][2] = {
-    { "date-time", RX_DATE "T" RX_TIME },
-    { "date", RX_DATE },
-    { "time", RX_TIME },
+#define RX_ATOM "[A-Za-z0-9_%+-]+"
+static const struct {
+    const char *name, *rx;
+    uint32_t max_len;          /* characters at most (0: as the expression allows) */
+} formats[] = {
+    { "date-time", RX_DATE "T" RX_TIME, 0 },
+    { "date", RX_DATE, 0 },
+    { "time", RX_TIME, 0 },
     { "duration", "P(" RX_DUR_T "|[0-9]+W|[0-9]+D(" RX_DUR_T ")?|[0-9]+M([0-9]+D)?(" RX_DUR_T ")?|"
-                  "[0-9]+Y([0-9]+M)?([0-9]+D)?(" RX_DUR_T ")?)" },
-    { "uuid", "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}" },
-    { "ipv4", "((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])" },
-    { "hostname", RX_LABEL "(\\." RX_LABEL ")*" },
-    { "email", "[A-Za-z0-9._%+-]{1,64}@" RX_LABEL "(\\." RX_LABEL ")+" },
-    { "uri", "[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#@!$&'()*+,;=%\\[\\]-]*" },
+                  "[0-9]+Y([0-9]+M)?([0-9]+D)?(" RX_DUR_T ")?)", 0 },
+    { "uuid", "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", 0 },
+    { "ipv4", "((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])", 0 },
+    { "hostname", RX_LABEL "(\\." RX_LABEL ")*", 253 },
+    { "email", "(?=[A-Za-z0-9._%+-]{1,64}@)" RX_ATOM "(\\." RX_ATOM ")*@" RX_LABEL "(\\." RX_LABEL ")+", 254 },
+    { "uri", "[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#@!$&'()*+,;=%\\[\\]-]*", 0 },
 };
 
 static const char *const string_words[] = { "minLength", "maxLength", "pattern", "format" };
@@ -652,6 +657,22 @@ static int string_node(struct cc *c, const json_t *o)
         return -1;
     }
     if (!count_of(c, o, "minLength", &n.min_items) || !count_of(c, o, "maxLength", &n.max_items)) return -1;
+    size_t f = 0;
+    while (fmt && f < MOE_ARRAY_LEN(formats) && (!json_is_string(fmt) || strcmp(json_string_value(fmt), formats[f].name)))
+        f++;
+    if (fmt && f == MOE_ARRAY_LEN(formats)) {
+        fail(c, MOE_ENOTSUP, "format '%.32s' is not supported (date-time, date, time, duration, uuid, ipv4, "
+             "hostname, email or uri)", json_is_string(fmt) ? json_string_value(fmt) : "?");
+        return -1;
+    }
+    if (fmt && formats[f].max_len && n.max_items > formats[f].max_len) { /* the format's own bound */
+        if (n.min_items > formats[f].max_len) {
+            fail(c, MOE_EINVAL, "minLength %u is above %u, the most characters of format '%s': no string can be "
+                 "written", n.min_items, formats[f].max_len, formats[f].name);
+            return -1;
+        }
+        n.max_items = formats[f].max_len;
+    }
     if (n.min_items > n.max_items) {
         fail(c, MOE_EINVAL, "minLength %u is above maxLength %u: no string can be written", n.min_items, n.max_items);
         return -1;
@@ -662,17 +683,7 @@ static int string_node(struct cc *c, const json_t *o)
              "pattern, or leave it out)", JSON_DFA_LENS, pat ? "pattern" : "format");
         return -1;
     }
-    if (fmt) {
-        size_t f = 0;
-        while (f < MOE_ARRAY_LEN(formats) && (!json_is_string(fmt) || strcmp(json_string_value(fmt), formats[f][0])))
-            f++;
-        if (f == MOE_ARRAY_LEN(formats)) {
-            fail(c, MOE_ENOTSUP, "format '%.32s' is not supported (date-time, date, time, duration, uuid, ipv4, "
-                 "hostname, email or uri)", json_is_string(fmt) ? json_string_value(fmt) : "?");
-            return -1;
-        }
-        if (!(n.pattern = pattern_dfa(c, formats[f][1], strlen(formats[f][1]), true, lengths))) return -1;
-    }
+    if (fmt && !(n.pattern = pattern_dfa(c, formats[f].rx, strlen(formats[f].rx), true, lengths))) return -1;
     if (pat && !(n.pattern = pattern_dfa(c, json_string_value(pat), json_string_length(pat), false, lengths)))
         return -1;
     if (n.pattern && lengths) { /* some match of the pattern within the lengths */

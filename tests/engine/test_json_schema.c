@@ -1123,6 +1123,40 @@ static void test_formats(void)
         bad_at(sc, p, f[i].bad_rest);
         moe_json_schema_unref(sc);
     }
+    /* email: RFC 5321's dot-string local part (no dot first, last or twice in a row), of up to 64 characters */
+    struct moe_json_schema *sc = compile("{\"type\":\"string\",\"format\":\"email\"}");
+    if (sc) {
+        good(sc, "\"a@b.c\"");
+        good(sc, "\"a.b.c_d%e@b.c\"");
+        bad_at(sc, "\"", ".");
+        bad_at(sc, "\"a.", ".");
+        bad_at(sc, "\"a.", "@");
+        char t[128] = "\"";
+        memset(t + 1, 'a', 64);
+        t[65] = 0;
+        bad_at(sc, t, "a");
+        strcat(t, "@b.c\"");
+        good(sc, t);
+    }
+    moe_json_schema_unref(sc);
+    /* hostname: up to 253 characters in all (labels of up to 63) */
+    sc = compile("{\"type\":\"string\",\"format\":\"hostname\"}");
+    if (sc) {
+        char t[256] = "\"";
+        for (int i = 0; i < 4; i++) {
+            memset(t + strlen(t), 'a', i < 3 ? 63 : 61);
+            t[1 + 64 * i + (i < 3 ? 63 : 61)] = 0;
+            if (i < 3) strcat(t, ".");
+        }
+        REQUIRE(strlen(t) == 254, "hostname of %zu", strlen(t) - 1);
+        bad_at(sc, t, "a");
+        bad_at(sc, t, ".");
+        strcat(t, "\"");
+        good(sc, t);
+    }
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"string\",\"format\":\"hostname\",\"minLength\":254}", MOE_EINVAL,
+            "minLength 254 is above 253, the most characters of format 'hostname'");
     refused("{\"type\":\"string\",\"format\":\"date\",\"pattern\":\"x\"}", MOE_ENOTSUP, "together");
     refused("{\"type\":\"string\",\"format\":\"date\",\"maxLength\":9}", MOE_EINVAL, "no string of 0 to 9");
 }

@@ -110,6 +110,8 @@ struct moe_sched {
     pthread_t thread;
     bool started, stop, draining;
     char drain_why[256];           /* why the drain cancels what is left ("": its time ran out) */
+    char lost[512];                /* a forward failed with MOE_EDEVLOST, saying this ("": none did): no forward
+                                      runs again; what is left waits for the drain, which cancels it at once */
 
     struct rq *wait_head, *wait_tail; /* submission order */
     int n_waiting;
@@ -322,6 +324,9 @@ static void cancel_msg(const struct moe_sched *s, bool shutdown, const char *whe
         snprintf(msg, cap, "cancelled %s", where);
     else if (s->drain_why[0])
         snprintf(msg, cap, "%s; cancelled %s; retry elsewhere", s->drain_why, where);
+    else if (s->lost[0])
+        snprintf(msg, cap, "shutting down: the device was lost (%.200s); cancelled %s; retry elsewhere", s->lost,
+                 where);
     else
         snprintf(msg, cap, "shutting down: the drain timeout passed %s; retry elsewhere", where);
 }
@@ -841,7 +846,7 @@ static enum moe_status forward_rows(struct moe_sched *s, int row0, int rows, int
                            .want_logits = s->b_want + row0 };
     struct fwd_ctx fc = { .s = s, .n_rows = rows, .row0 = row0 };
     memset(s->fw_seen, 0, sizeof(bool) * (size_t)s->n_moe);
-    if (s->p.fault_device_at && ++s->n_forwards == s->p.fault_device_at)
+    if (s->p.fault_device_at && ++s->n_forwards >= s->p.fault_device_at)
         return moe_errorf(MOE_EDEVLOST, "device error: injected at forward %u (fault_device_at); the device is "
                           "unusable: restart the process", s->n_forwards);
     enum moe_status st = s->be.forward(s->be.self, &b, s->logits + (size_t)logit_row0 * (size_t)s->be.vocab,
@@ -895,7 +900,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
 {
     int n = 0, nwant = 0;
     pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < nd; i++) {
+    for (int i = 0; i < nd && !s->lost[0]; i++) {
         struct rq *r = v[i];
         if (r->state != RQ_DECODE)
             continue; /* cancelled or ended since the plan */
@@ -911,7 +916,7 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     }
     int n_dec = n, chunk = 0;
     bool pf_first = false; /* this chunk ends pf's prompt, and pf generates */
-    if (pf && pf->state == RQ_PREFILL) {
+    if (pf && pf->state == RQ_PREFILL && !s->lost[0]) {
         chunk = pf->n_prompt - pf->n_prefilled;
         if (chunk > s->p.prefill_chunk)
             chunk = s->p.prefill_chunk;
@@ -981,6 +986,8 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
     if (st != MOE_OK) {
         for (int i = 0; i < n; i++)
             rq_finish(s, s->b_req[i], MOE_FINISH_ERROR, st, err);
+        if (st == MOE_EDEVLOST) /* a lost device fails every later forward too: none runs */
+            snprintf(s->lost, sizeof(s->lost), "%s", err);
         pthread_mutex_unlock(&s->mu);
         return;
     }
@@ -1171,9 +1178,10 @@ enum moe_status moe_sched_step(struct moe_sched *s)
 {
     pthread_mutex_lock(&s->mu);
     reap(s);
-    admit(s);
+    if (!s->lost[0])
+        admit(s);
     int nd = 0, np = 0;
-    for (int i = 0; i < s->n_active; i++) {
+    for (int i = 0; i < s->n_active && !s->lost[0]; i++) {
         struct rq *r = s->active[i];
         if (r->state == RQ_DECODE)
             s->dec[nd++] = r;
@@ -1568,7 +1576,9 @@ enum moe_status moe_sched_drain_why(struct moe_sched *s, double timeout_s, const
     snprintf(s->drain_why, sizeof(s->drain_why), "%s", why ? why : "");
     pthread_cond_broadcast(&s->wake);
     if (s->started) {
-        while (s->n_waiting + s->n_active + s->n_unreported > 0 && moe_now() < until) {
+        /* after a lost device nothing runs: what is left is cancelled at once */
+        while (s->n_waiting + s->n_active + s->n_unreported > 0 && moe_now() < until &&
+               !(s->lost[0] && s->n_waiting + s->n_active > 0)) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += 20 * 1000 * 1000;

@@ -96,8 +96,8 @@ struct moe_sched_params {
     int engine_max_batch_tokens; /* max_batch_tokens (0 = ask the engine) */
     uint32_t fault_events_at; /* testing: the Nth micro-batch finds no memory for its token events, as
                                  out of memory would (its requests fail with MOE_ENOMEM); 0 = off */
-    uint32_t fault_device_at; /* testing: the Nth forward() fails as on a lost device would (its
-                                 micro-batch's requests fail with MOE_EDEVLOST); 0 = off */
+    uint32_t fault_device_at; /* testing: the Nth forward() and every later one fail as on a lost
+                                 device (its micro-batch's requests fail with MOE_EDEVLOST); 0 = off */
 };
 
 struct moe_gen_params {
@@ -216,7 +216,10 @@ enum moe_status moe_sched_fail(struct moe_sched *s, uint64_t id, enum moe_status
  * by_finish[error] one more).  No-op for another why. */
 void moe_sched_reply_failed(struct moe_sched *s, enum moe_finish why);
 /* Stop admission; wait up to timeout_s for in-flight work; cancel the rest ("shutting down: the drain
- * timeout passed while queued|during prefill|during decode; retry elsewhere"). */
+ * timeout passed while queued|during prefill|during decode; retry elsewhere").  A forward that failed
+ * with MOE_EDEVLOST (a lost device) fails its micro-batch's requests and is the last to run: the
+ * others wait, neither admitted nor stepped, for the drain, which cancels them at once ("shutting
+ * down: the device was lost (WHY); cancelled ..." when no other reason is given). */
 enum moe_status moe_sched_drain(struct moe_sched *s, double timeout_s);
 /* moe_sched_drain, the requests it cancels told why (NULL: its time ran out): "WHY; cancelled while
  * queued|during prefill|during decode; retry elsewhere" (WHY cut to 255 bytes). */
@@ -225,7 +228,8 @@ void moe_sched_stats(struct moe_sched *s, struct moe_sched_stats *out);
 
 /* Run one scheduling step on the calling thread (instead of moe_sched_start):
  * cancellations and deadlines, admission, one forward() per micro-batch.
- * Returns MOE_OK, or MOE_ENOENT when there was nothing to do.  Not to be mixed
+ * Returns MOE_OK, or MOE_ENOENT when there was nothing to do (or nothing may
+ * run: the device was lost, see moe_sched_drain).  Not to be mixed
  * with a started scheduler thread.  Deterministic for the same submissions. */
 enum moe_status moe_sched_step(struct moe_sched *s);
 

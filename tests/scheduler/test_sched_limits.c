@@ -774,15 +774,19 @@ static void test_failure_figures(void)
 
 /* Device errors: one that leaves the device usable (MOE_EDEVICE) fails, as a bad expert does, only the
  * request whose own forward fails when each runs alone; a lost device (MOE_EDEVLOST) fails the whole
- * micro-batch at once, also when it is lost while the batch's requests run again one by one. */
+ * micro-batch at once, also when it is lost while the batch's requests run again one by one, and no
+ * forward runs after it: the other micro-batch's requests wait, and the drain (with its full timeout)
+ * cancels them at once, saying that the device was lost and why; with the scheduler thread too, where
+ * the drain, begun before the loss, ends at it. */
 static void test_device_failure(void)
 {
     struct fake_backend fb;
     struct moe_sched_params p = { .max_running = 4, .micro_batch = 2, .prefill_chunk = 8 };
     static struct sc_req r[4];
     int at = 0; /* the forward (a decode batch of two) that failed in mode 0 */
-    for (int mode = 0; mode < 3; mode++) {
-        static const char *what[3] = { "a device error", "a lost device", "a device lost while isolating" };
+    for (int mode = 0; mode < 4; mode++) {
+        static const char *what[4] = { "a device error", "a lost device", "a device lost while isolating",
+                                       "a lost device, with the scheduler thread" };
         struct moe_sched_backend be = fb_backend(&fb);
         struct moe_sched *s = moe_sched_create_backend(&be, &p);
         REQUIRE(s, "create: %s", moe_last_error());
@@ -793,7 +797,7 @@ static void test_device_failure(void)
             fb.seq_status = MOE_EDEVICE;
         } else { /* the same runs again: the device is lost at that forward, or at the first that reruns
                   * one of its requests alone */
-            fb.fail_at = mode == 1 ? at : at + 1;
+            fb.fail_at = mode == 2 ? at + 1 : at;
             fb.fail_status = MOE_EDEVLOST;
             if (mode == 2) {
                 fb.fail_seq = 1;
@@ -801,23 +805,34 @@ static void test_device_failure(void)
                 fb.seq_status = MOE_EDEVICE;
             }
         }
-        while (moe_sched_step(s) == MOE_OK) {
+        if (mode == 3)
+            REQUIRE(moe_sched_start(s) == MOE_OK, "start: %s", moe_last_error());
+        while (mode < 3 && moe_sched_step(s) == MOE_OK) {
         }
-        int dev = 0, lost = 0, done = 0;
+        int ran = mode < 3 ? fb.forwards : at;
+        if (mode > 0)
+            moe_sched_drain(s, 3600);
+        char why[256];
+        snprintf(why, sizeof(why), "shutting down: the device was lost (forward failed: fake: injected failure at "
+                 "forward %d); cancelled during decode; retry elsewhere", fb.fail_at);
+        int dev = 0, lost = 0, done = 0, cancelled = 0;
         for (int i = 0; i < 4; i++) {
             CHECK(r[i].n_done == 1, "%s: req %d: %d on_done", what[mode], i, r[i].n_done);
             dev += r[i].why == MOE_FINISH_ERROR && r[i].st == MOE_EDEVICE && strstr(r[i].msg, "slot 0");
             lost += r[i].why == MOE_FINISH_ERROR && r[i].st == MOE_EDEVLOST && strstr(r[i].msg, "injected");
             done += r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == 6;
+            cancelled += r[i].why == MOE_FINISH_CANCELLED && r[i].st == MOE_ECANCELED && !strcmp(r[i].msg, why);
         }
         if (mode == 0) {
             at = fb.first_seq_fail;
             CHECK(dev == 1 && done == 3 && r[0].why == MOE_FINISH_ERROR && at >= 8,
                   "%s: failed %d completed %d (want 1 and 3), request 0: %s", what[mode], dev, done, r[0].msg);
         } else {
-            CHECK(lost == 2 && dev == 0 && done == 2 && r[0].st == MOE_EDEVLOST,
-                  "%s at forward %d: lost %d, device errors %d, completed %d (want 2, 0, 2), request 0: %s",
-                  what[mode], fb.fail_at, lost, dev, done, r[0].msg);
+            CHECK(lost == 2 && dev == 0 && cancelled == 2 && r[0].st == MOE_EDEVLOST,
+                  "%s at forward %d: lost %d, device errors %d, cancelled saying why %d (want 2, 0, 2), request 0: "
+                  "%s, request 3: %s", what[mode], fb.fail_at, lost, dev, cancelled, r[0].msg, r[3].msg);
+            CHECK(ran == fb.fail_at && fb.forwards == fb.fail_at, "%s at forward %d: %d forwards ran, %d after the "
+                  "drain", what[mode], fb.fail_at, ran, fb.forwards);
         }
         CHECK(fb.errors == 0, "%s: engine protocol: %s", what[mode], fb.err);
         CHECK(fb.n_used == 0, "%s: slots in use %d", what[mode], fb.n_used);

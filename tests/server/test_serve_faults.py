@@ -478,18 +478,21 @@ def warmup_failed_with_requests(moeflow, pb):
 
 
 def device_lost_with_requests(moeflow, pb):
-    """A device lost while serving (MOEFLOW_TEST_FAULT_DEVICE_AT: the 600th forward pass fails as on a lost
-    device, MOE_EDEVLOST) ends the server, exit 1.  The request whose forward failed (an HTTP stream, the
-    one running: --max-running 1) fails with the device's error (its stream's error event); the requests
-    queued behind it, a gRPC Generate call and a non-streamed HTTP completion, are cancelled at once (the
-    call may have started meanwhile, in the place the failed request left), each client told that the
-    server stops as its device failed, and why (gRPC UNAVAILABLE, HTTP 503), and the log says so.  /metrics,
-    read while the gRPC thread is held at its gate (fault_shim.c) so that the server still waits to deliver
-    the call's status, counts three accepted: one failed, two cancelled."""
+    """A device lost while serving (MOEFLOW_TEST_FAULT_DEVICE_AT: the 600th forward pass and every later one
+    fail as on a lost device, MOE_EDEVLOST) ends the server, exit 1.  Four HTTP streams run (--max-running 4,
+    --micro-batch 1: one forward each per step); the one whose forward failed fails with the device's error
+    (its stream's error event), and no forward runs after it: the other streams, and the requests queued
+    behind them, a gRPC Generate call and a non-streamed HTTP completion, are cancelled at once, each client
+    told that the server stops as its device failed, and why (the streams' error events, gRPC UNAVAILABLE,
+    HTTP 503), and the log says so.  /metrics, read while the gRPC thread is held at its gate (fault_shim.c)
+    so that the server still waits to deliver the call's status, counts six accepted: one failed, five
+    cancelled.  Where later forwards ran until the drain reached them (always when the failed forward was
+    not its step's last), the streams whose forwards came next in that step failed with their own error
+    ("injected at forward 601"), and so did the queued requests that took the places left."""
     import http.client
     proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_with_requests (/metrics not read)",
                                                 {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
-                                                "--max-running", "1", "--micro-batch", "1")
+                                                "--max-running", "4", "--micro-batch", "1")
     got = {}
     generate = generate_into(pb, got, 2000)
 
@@ -523,10 +526,11 @@ def device_lost_with_requests(moeflow, pb):
                 pass
             time.sleep(0.02)
         grpc.channel_ready_future(ch).result(timeout=scaled(30))
-        streamed = completion(True)
-        threads.append(threading.Thread(target=read_reply, args=(streamed, "stream")))
-        threads[-1].start()
-        wait_metric_at(proc, port, "moeflow:num_requests_running", 1)
+        for i in range(4):
+            streamed = completion(True)
+            threads.append(threading.Thread(target=read_reply, args=(streamed, "stream%d" % i)))
+            threads[-1].start()
+            wait_metric_at(proc, port, "moeflow:num_requests_running", i + 1)
         threads.append(threading.Thread(target=generate, args=(pb["mg"].GenerationStub(ch),)))
         threads[-1].start()
         wait_metric_at(proc, port, "moeflow:num_requests_waiting", 1)
@@ -534,7 +538,7 @@ def device_lost_with_requests(moeflow, pb):
         wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
         if shim:
             open(gate, "w").close()
-            wait_metric_at(proc, port, "moeflow:requests_cancelled_total", 2)
+            wait_metric_at(proc, port, "moeflow:requests_cancelled_total", 5)
             ms = metrics_at(port)
             os.unlink(gate)
         read_reply(plain, "plain")
@@ -550,22 +554,27 @@ def device_lost_with_requests(moeflow, pb):
     lost = "device error: injected at forward 600"
     why = "the server is stopping: the device failed (forward failed: " + lost
     check(rc == 1 and why in out and "Sanitizer" not in out, "device lost: exit status %s, log %r" % (rc, out[-3000:]))
-    code, stream = got.get("stream", (None, b""))
-    errors = [json.loads(x[6:])["error"]["message"] for x in stream.decode(errors="replace").split("\n\n")
-              if x.startswith("data: {") and '"error"' in x]
-    check(code == 200 and len(errors) == 1 and lost in errors[0] and why not in errors[0] and
-          stream.endswith(b"data: [DONE]\n\n"),
-          "device lost: the request that failed got %s %r" % (code, stream[-400:]))
+    streams = []
+    for i in range(4):
+        code, stream = got.get("stream%d" % i, (None, b""))
+        errors = [json.loads(x[6:])["error"]["message"] for x in stream.decode(errors="replace").split("\n\n")
+                  if x.startswith("data: {") and '"error"' in x]
+        ended = code == 200 and len(errors) == 1 and stream.endswith(b"data: [DONE]\n\n")
+        streams.append("failed" if ended and lost in errors[0] and why not in errors[0] else
+                       "cancelled" if ended and why in errors[0] and "cancelled during decode" in errors[0] else
+                       "%s %r" % (code, stream[-400:]))
+    check(sorted(streams) == ["cancelled"] * 3 + ["failed"],
+          "device lost: the running streams, one failed, the others cancelled, got %r" % streams)
     check("msgs" not in got and got.get("status", (None, ""))[0] == grpc.StatusCode.UNAVAILABLE and
-          why in got["status"][1] and got["status"][1].endswith("; retry elsewhere"),
+          why in got["status"][1] and got["status"][1].endswith("; cancelled while queued; retry elsewhere"),
           "device lost: the queued Generate call got %r" % (got.get("status"),))
     code, body = got.get("plain", (None, b""))
-    check(code == 503 and why in body.decode(errors="replace"),
+    check(code == 503 and why in body.decode(errors="replace") and b"while queued" in body,
           "device lost: the queued completion got %s %r" % (code, body[:400]))
     if shim:
         counts = {x: metric(ms, "moeflow:requests_%s_total" % x)
                   for x in ("accepted", "completed", "cancelled", "failed")}
-        check(counts == {"accepted": 3, "completed": 0, "cancelled": 2, "failed": 1} and
+        check(counts == {"accepted": 6, "completed": 0, "cancelled": 5, "failed": 1} and
               metric(ms, "moeflow:server_ready") == 0, "device lost: /metrics counted %r" % counts)
 
 

@@ -1425,8 +1425,10 @@ enum moe_status moe_server_run(struct moe_server *s)
     atomic_store(&s->ready, false);
     atomic_store(&s->draining, true);
     double t0 = moe_now();
-    drain_end = t0 + s->cfg.drain_timeout + SRV_DELIVER_S;
     moe_sched_drain_why(s->sched, device ? 0 : s->cfg.drain_timeout, device ? stop_why : NULL);
+    /* the front ends have SRV_DELIVER_S from the drain's end, not from the end of its timeout: after a lost
+     * device (no timeout) or a drain that ended early they do not wait for a slow client that long */
+    drain_end = moe_now() + SRV_DELIVER_S;
     await_delivery(s, drain_end);
     struct moe_sched_stats ss;
     moe_sched_stats(s->sched, &ss);

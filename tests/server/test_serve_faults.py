@@ -477,6 +477,50 @@ def warmup_failed_with_requests(moeflow, pb):
           why in got["status"][1], "warm-up failed: the Generate call admitted meanwhile got %r" % got)
 
 
+def end_clients(proc, gate, threads, ch):
+    """end_gated, then the client threads joined and the gRPC channel closed."""
+    end_gated(proc, gate)
+    for th in threads:
+        th.join()
+    ch.close()
+
+
+def wait_ready_at(proc, port):
+    """Wait (while proc runs, up to 120 s scaled) until the server on port is ready."""
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < scaled(120):
+        try:
+            if metric(metrics_at(port), "moeflow:server_ready") == 1:
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
+def long_completion(port, stream):
+    """A connection to the server on port that sent a completion of 2000 tokens past any end of sequence."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(60))
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "def f():", "max_tokens": 2000,
+                                                        "ignore_eos": True, "stream": stream}),
+                 {"Content-Type": "application/json"})
+    return conn
+
+
+def read_reply_into(got, conn, key):
+    """got[key] = (status, body) of conn's reply, as much of it as came; (None, why) when none came."""
+    import http.client
+    try:
+        r = conn.getresponse()
+        try:
+            got[key] = (r.status, r.read())
+        except http.client.IncompleteRead as e:
+            got[key] = (r.status, e.partial)
+    except (OSError, http.client.HTTPException) as e:
+        got[key] = (None, str(e).encode())
+    conn.close()
+
+
 def device_lost_with_requests(moeflow, pb):
     """A device lost while serving (MOEFLOW_TEST_FAULT_DEVICE_AT: the 600th forward pass and every later one
     fail as on a lost device, MOE_EDEVLOST) ends the server, exit 1.  Four HTTP streams run (--max-running 4,
@@ -489,67 +533,37 @@ def device_lost_with_requests(moeflow, pb):
     cancelled.  Where later forwards ran until the drain reached them (always when the failed forward was
     not its step's last), the streams whose forwards came next in that step failed with their own error
     ("injected at forward 601"), and so did the queued requests that took the places left."""
-    import http.client
     proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_with_requests (/metrics not read)",
                                                 {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
                                                 "--max-running", "4", "--micro-batch", "1")
     got = {}
     generate = generate_into(pb, got, 2000)
-
-    def completion(stream):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=scaled(60))
-        conn.request("POST", "/v1/completions", json.dumps({"prompt": "def f():", "max_tokens": 2000,
-                                                            "ignore_eos": True, "stream": stream}),
-                     {"Content-Type": "application/json"})
-        return conn
-
-    def read_reply(conn, key):
-        try:
-            r = conn.getresponse()
-            try:
-                got[key] = (r.status, r.read())
-            except http.client.IncompleteRead as e:
-                got[key] = (r.status, e.partial)
-        except OSError as e:
-            got[key] = (None, str(e).encode())
-        conn.close()
-
     threads, ms, rc = [], {}, None
     ch = grpc.insecure_channel("127.0.0.1:%d" % gport)
     try:
-        t0 = time.time()
-        while proc.poll() is None and time.time() - t0 < scaled(120):  # ready
-            try:
-                if metric(metrics_at(port), "moeflow:server_ready") == 1:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.02)
+        wait_ready_at(proc, port)
         grpc.channel_ready_future(ch).result(timeout=scaled(30))
         for i in range(4):
-            streamed = completion(True)
-            threads.append(threading.Thread(target=read_reply, args=(streamed, "stream%d" % i)))
+            streamed = long_completion(port, True)
+            threads.append(threading.Thread(target=read_reply_into, args=(got, streamed, "stream%d" % i)))
             threads[-1].start()
             wait_metric_at(proc, port, "moeflow:num_requests_running", i + 1)
         threads.append(threading.Thread(target=generate, args=(pb["mg"].GenerationStub(ch),)))
         threads[-1].start()
         wait_metric_at(proc, port, "moeflow:num_requests_waiting", 1)
-        plain = completion(False)
+        plain = long_completion(port, False)
         wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
         if shim:
             open(gate, "w").close()
             wait_metric_at(proc, port, "moeflow:requests_cancelled_total", 5)
             ms = metrics_at(port)
             os.unlink(gate)
-        read_reply(plain, "plain")
+        read_reply_into(got, plain, "plain")
         rc = proc.wait(scaled(60))
     except (OSError, grpc.FutureTimeoutError) as e:
         check(False, "device lost: the requests could not be sent: %s" % e)
     finally:
-        end_gated(proc, gate)
-        for th in threads:
-            th.join()
-        ch.close()
+        end_clients(proc, gate, threads, ch)
     out = proc.stdout.read().decode(errors="replace")
     lost = "device error: injected at forward 600"
     why = "the server is stopping: the device failed (forward failed: " + lost
@@ -576,6 +590,66 @@ def device_lost_with_requests(moeflow, pb):
                   for x in ("accepted", "completed", "cancelled", "failed")}
         check(counts == {"accepted": 6, "completed": 0, "cancelled": 5, "failed": 1} and
               metric(ms, "moeflow:server_ready") == 0, "device lost: /metrics counted %r" % counts)
+
+
+def device_lost_long_drain(moeflow, pb):
+    """After a lost device (MOEFLOW_TEST_FAULT_DEVICE_AT: the 600th forward pass) the drain takes no time,
+    and the front ends have 5 s from then to deliver the last replies, not --drain-timeout (3600 here) and
+    5 s.  The request that fails is an HTTP stream (--max-running 1);
+    queued behind it are a non-streamed HTTP completion, which gets its 503 saying why, and a gRPC Generate
+    call whose front end is held at its gate (fault_shim.c) from before the loss, so that the server waits
+    to deliver its status: the drain's summary is logged within the test's minute, where the server waited
+    up to the drain timeout and 5 s.  Once the gate is gone the server exits 1 at once (the call, held past
+    the delivery deadline, is ended as it may be)."""
+    import subprocess
+    proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_long_drain",
+                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
+                                                "--max-running", "1", "--drain-timeout", "3600")
+    if not shim:
+        end_gated(proc, gate)
+        return
+    lines, got, threads, rc, summary = [], {}, [], None, False
+
+    def read_log():
+        for x in proc.stdout:
+            lines.append(x.decode(errors="replace"))
+    threads.append(threading.Thread(target=read_log))
+    threads[-1].start()
+    ch = grpc.insecure_channel("127.0.0.1:%d" % gport)
+    try:
+        wait_ready_at(proc, port)
+        grpc.channel_ready_future(ch).result(timeout=scaled(30))
+        threads.append(threading.Thread(target=read_reply_into, args=(got, long_completion(port, True), "stream")))
+        threads[-1].start()
+        wait_metric_at(proc, port, "moeflow:num_requests_running", 1)
+        threads.append(threading.Thread(target=generate_into(pb, got, 2000), args=(pb["mg"].GenerationStub(ch),)))
+        threads[-1].start()
+        wait_metric_at(proc, port, "moeflow:num_requests_waiting", 1)
+        plain = long_completion(port, False)
+        wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
+        open(gate, "w").close()
+        read_reply_into(got, plain, "plain")
+        t0 = time.time()
+        while proc.poll() is None and time.time() - t0 < scaled(60) and not summary:
+            summary = any("drained in" in x for x in lines)
+            time.sleep(0.05)
+        os.unlink(gate)
+        rc = proc.wait(scaled(60))
+    except (OSError, grpc.FutureTimeoutError, subprocess.TimeoutExpired) as e:
+        check(False, "device lost, long drain timeout: %r" % e)
+    finally:
+        end_clients(proc, gate, threads, ch)
+    out = "".join(lines)
+    why = "the server is stopping: the device failed (forward failed: device error: injected at forward 600"
+    check(summary and rc == 1 and why in out and "Sanitizer" not in out,
+          "device lost, long drain timeout: drain summary %s before the held front end went on, exit status %s, "
+          "log %r" % (summary, rc, out[-3000:]))
+    code, body = got.get("plain", (None, b""))
+    check(code == 503 and why in body.decode(errors="replace"),
+          "device lost, long drain timeout: the queued completion got %s %r" % (code, body[:400]))
+    code, body = got.get("stream", (None, b""))
+    check(code == 200 and b"injected at forward 600" in body and body.endswith(b"data: [DONE]\n\n"),
+          "device lost, long drain timeout: the stream that failed got %s %r" % (code, body[-400:]))
 
 
 def main():
@@ -906,6 +980,7 @@ def main():
     refused_out_of_memory(moeflow, pb)
     warmup_failed_with_requests(moeflow, pb)
     device_lost_with_requests(moeflow, pb)
+    device_lost_long_drain(moeflow, pb)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

@@ -4,6 +4,7 @@
 #include "../common/moe.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -48,6 +49,19 @@ static int stdout_checked(const char *cmd, int rc)
     }
     return rc;
 }
+
+/* Descriptors 0-2 that were closed when moeflow started read and write /dev/null: otherwise the first file opened
+ * takes the number, and `--file -` reads it or what is printed on stdout or stderr goes into it.  It runs from
+ * .preinit_array, before the shared libraries' initializers, as they open descriptors too (gRPC an eventfd). */
+static void reserve_std_fds(int argc, char **argv, char **envp)
+{
+    (void)argc, (void)argv, (void)envp; /* what a .preinit_array function is given */
+    /* 0-2 in order: each open takes the lowest free number, the one closed (without /dev/null: left as it is) */
+    for (int fd = 0; fd <= 2; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+}
+__attribute__((section(".preinit_array"), used)) static void (*const preinit_std_fds)(int, char **, char **) =
+    reserve_std_fds;
 
 int main(int argc, char **argv)
 {

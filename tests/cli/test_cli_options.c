@@ -280,6 +280,22 @@ int main(void)
               "tokenize --file - <DIR: exit %d, output '%s'", st, out);
     }
 
+    /* a standard descriptor closed at start reads or writes /dev/null: stdin closed, --file - reads no text, as
+     * from /dev/null, where the first descriptor a library or the command opened took number 0 and was read;
+     * stdout closed, what is printed is dropped, where it went into that descriptor and the write failed */
+    {
+        char cmd[8192], out[8192], ref[8192];
+        snprintf(cmd, sizeof(cmd), "'%s' tokenize --file - 2>&1 </dev/null", exe);
+        int st_ref = t_run(cmd, ref, sizeof(ref));
+        snprintf(cmd, sizeof(cmd), "'%s' tokenize --file - 2>&1 <&-", exe);
+        int st = t_run(cmd, out, sizeof(out));
+        CHECK(st_ref == 0 && st == 0 && !strcmp(out, ref), "tokenize --file - <&-: exit %d, output '%s', want '%s'",
+              st, out, ref);
+        snprintf(cmd, sizeof(cmd), "'%s' tokenize --text hi 2>&1 >&- </dev/null", exe);
+        st = t_run(cmd, out, sizeof(out));
+        CHECK(st == 0 && !*out, "tokenize >&-: exit %d, output '%s'", st, out);
+    }
+
     /* a count past its largest value is refused naming the range, not only its lower end (which it is above) */
     expect("generate --prompt x --top-k 1073741825",
            "moeflow generate: --top-k '1073741825': expected an integer in [0, 1073741824]\n");

@@ -349,7 +349,7 @@ enum moe_status moe_serve_config_load(struct moe_serve_config *c, const char *pa
 enum moe_status moe_serve_config_parse(struct moe_serve_config *c, char *text, const char *name)
 {
     enum moe_status st = MOE_OK;
-    int lineno = 0;
+    int lineno = 0, set_on[MOE_ARRAY_LEN(opts)] = { 0 }; /* the line that set each option (0: none yet) */
     for (char *line = text, *next; line; line = next) {
         lineno++; /* every line counts, blank ones too */
         next = strchr(line, '\n');
@@ -379,9 +379,15 @@ enum moe_status moe_serve_config_parse(struct moe_serve_config *c, char *text, c
             val[vn - 1] = 0;
             val++;
         }
+        /* a key given twice (however spelt) is a slip: which of the two values was meant cannot be told */
+        const struct moe_serve_opt *o = find_opt(key);
+        if (o && set_on[o - opts])
+            return moe_errorf(MOE_EINVAL, "%s:%d: %s is given again, first on line %d: give each key once", name,
+                              lineno, o->name, set_on[o - opts]);
         st = moe_serve_config_set(c, key, val);
         if (st != MOE_OK)
             return moe_error_prefix(st, "%s:%d", name, lineno);
+        set_on[o - opts] = lineno;
     }
     return st;
 }

@@ -54,6 +54,11 @@ int main(void)
     st = check(unknown, "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "unknown.conf:3: unknown option 'max-sequences'"), "unknown key: exit %d: %s", st,
           out);
+    /* a key given twice, however spelt, is refused naming both lines, where the last value silently won */
+    const char *twice = write_conf("twice.conf", "max-seqs = 8\nhttp-port = 8000\n# max-seqs = 2\nmax_seqs = 16\n");
+    st = check(twice, "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "/twice.conf:4: max-seqs is given again, first on line 1: give each key once\n"),
+          "a key twice: exit %d: %s", st, out);
     const char *range = write_conf("range.conf", "drain-timeout = -1\n");
     st = check(range, "", out, sizeof(out));
     CHECK(st == 2 && strstr(out, "range.conf:1: drain-timeout: -1 is outside"), "range: exit %d: %s", st, out);

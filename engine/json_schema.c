@@ -1,6 +1,8 @@
 /* JSON Schema to the recognizer's nodes (json_schema_int.h): the subset a
  * byte-at-a-time recognizer can follow without looking back, every other
  * keyword refused by name. */
+#include "../model/json_error.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -1246,7 +1248,8 @@ enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_j
     if (!doc && moe_json_number_refused(&jerr, "JSON schema") != MOE_OK)
         return moe_last_status();
     if (!doc)
-        return moe_errorf(MOE_EFORMAT, "JSON schema is not valid JSON: %s at line %d column %d", jerr.text,
+        return moe_errorf(MOE_EFORMAT, "JSON schema is not valid JSON: %s at line %d column %d",
+                          moe_json_error_text(&jerr),
                           jerr.line, jerr.column);
     struct cc c = { .doc = doc };
     enum moe_status st = MOE_ENOMEM;
@@ -1448,7 +1451,7 @@ enum moe_status moe_json_schema_tags(const char *text, size_t len, struct moe_js
         return moe_errorf(MOE_ERANGE, "structural tag of %zu bytes; at most %d are accepted", len, MOE_JSON_MAX_SCHEMA);
     json_error_t jerr;
     json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!doc) return moe_errorf(MOE_EINVAL, "structural tag is not JSON: %s", jerr.text);
+    if (!doc) return moe_errorf(MOE_EINVAL, "structural tag is not JSON: %s", moe_json_error_text(&jerr));
     struct json_tags *tg = calloc(1, sizeof(*tg));
     enum moe_status st = tg ? tags_compile(doc, tg) : moe_errorf(MOE_ENOMEM, "out of memory compiling a structural tag");
     json_decref(doc);

@@ -1,5 +1,6 @@
 /* A model's chat template (see chat.h). */
 #include "chat.h"
+#include "json_error.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +36,7 @@ static enum moe_status load_config(const char *dir, json_t **root, char *path, s
     if (!*root || !json_is_object(*root)) {
         json_decref(*root);
         *root = NULL;
-        return moe_errorf(MOE_EFORMAT, "%s: not a JSON object (%s at line %d)", path, jerr.text, jerr.line);
+        return moe_errorf(MOE_EFORMAT, "%s: not a JSON object (%s at line %d)", path, moe_json_error_text(&jerr), jerr.line);
     }
     return MOE_OK;
 }

@@ -5,6 +5,7 @@
  * the defaults of each family's transformers config class; every size is
  * range-checked, and an error names the file, the field and the value. */
 #include "config.h"
+#include "json_error.h"
 
 #include <float.h>
 #include <jansson.h>
@@ -776,7 +777,7 @@ enum moe_status moe_config_parse(const char *json, size_t len, const char *what,
     what = what ? what : "config.json";
     root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", what, jerr.text,
+        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", what, moe_json_error_text(&jerr),
                           jerr.line, jerr.column);
     if (!json_is_object(root)) {
         st = moe_errorf(MOE_EFORMAT, "%s: top level must be a JSON object", what);
@@ -864,7 +865,7 @@ static enum moe_status merge_generation_config(const char *model_dir, struct moe
     root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     free(buf);
     if (!root)
-        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, jerr.text,
+        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", path, moe_json_error_text(&jerr),
                           jerr.line, jerr.column);
     if (!json_is_object(root))
         st = moe_errorf(MOE_EFORMAT, "%s: top level must be a JSON object", path);

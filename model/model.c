@@ -3,6 +3,7 @@
  * family's layer recipe needs, checking presence, dtype and shape. */
 #include "model.h"
 #include "fp8.h"
+#include "json_error.h"
 #include "utf8.h"
 
 #include <dirent.h>
@@ -176,7 +177,7 @@ static enum moe_status open_index(struct moe_model *m, const char *index_path)
     root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     free(buf);
     if (!root)
-        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d)", index_path, jerr.text, jerr.line);
+        return moe_errorf(MOE_EFORMAT, "%s: not valid JSON: %s (line %d)", index_path, moe_json_error_text(&jerr), jerr.line);
     map = json_object_get(root, "weight_map");
     if (!json_is_object(map) || json_object_size(map) == 0) {
         st = moe_errorf(MOE_EFORMAT, "%s: field \"weight_map\" missing, empty or not an object", index_path);

@@ -20,6 +20,7 @@
  * byte pool.  Encoding keeps its scratch in a per-call workspace, so a loaded
  * tokenizer is immutable and can be shared between threads. */
 #include "tokenizer.h"
+#include "json_error.h"
 #include "tokenizer_nfc.h"
 #include "tokenizer_regex.h"
 #include "tokenizer_unicode.h"
@@ -1220,7 +1221,7 @@ struct moe_tokenizer *moe_tokenizer_parse(const char *json, size_t len, const ch
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         moe_errorf(MOE_EFORMAT, "%s: not valid JSON at line %d column %d: %s", what, jerr.line, jerr.column,
-                   jerr.text);
+                   moe_json_error_text(&jerr));
         return NULL;
     }
     struct moe_tokenizer *t = calloc(1, sizeof(*t));

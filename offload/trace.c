@@ -1,5 +1,6 @@
 /* Routing trace reader and writer (see trace.h). */
 #include "trace.h"
+#include "../model/json_error.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -193,7 +194,7 @@ static enum moe_status load_stream(FILE *f, const char *path, struct moe_trace *
         if (!json_is_object(o)) {
             json_decref(o);
             st = moe_errorf(MOE_EFORMAT, "%s:%zu: not a JSON object (%s)", path, lineno,
-                            o ? "other JSON value" : jerr.text);
+                            o ? "other JSON value" : moe_json_error_text(&jerr));
             goto out;
         }
         if (!have_header) { /* the first line that is not blank */

@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include "../engine/engine.h"
+#include "../model/json_error.h"
 #include "../model/model.h"
 
 #include <errno.h>
@@ -39,7 +40,7 @@ static bool parse_json_ids(const char *s, int **out, int *n)
             fprintf(stderr, "moeflow logits: --ids: want a JSON array of token ids like [1, 2, 3]\n");
         else
             fprintf(stderr, "moeflow logits: --ids: not valid JSON at column %d: %s (want an array of ids "
-                    "like [1, 2, 3], or 1,2,3)\n", jerr.column, jerr.text);
+                    "like [1, 2, 3], or 1,2,3)\n", jerr.column, moe_json_error_text(&jerr));
         json_decref(a);
         return false;
     }

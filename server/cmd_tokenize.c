@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include "common/moe.h"
+#include "model/json_error.h"
 #include "model/tokenizer.h"
 
 #include <errno.h>
@@ -86,7 +87,7 @@ static enum moe_status parse_ids(const char *json, size_t len, const char *what,
     json_t *arr = json_loadb(json, len, JSON_DECODE_ANY, &jerr);
     if (!arr)
         return moe_errorf(MOE_EINVAL, "%s: not valid JSON at line %d column %d: %s (want an array of ids like [1, 2, 3])",
-                          what, jerr.line, jerr.column, jerr.text);
+                          what, jerr.line, jerr.column, moe_json_error_text(&jerr));
     enum moe_status st = MOE_OK;
     if (!json_is_array(arr)) {
         st = moe_errorf(MOE_EINVAL, "%s: want a JSON array of token ids like [1, 2, 3]", what);

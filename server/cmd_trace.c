@@ -4,6 +4,7 @@
 
 #include "../engine/engine.h"
 #include "../kernels/backend.h"
+#include "../model/json_error.h"
 #include "../model/tokenizer.h"
 #include "../offload/runtime.h"
 #include "../offload/trace.h"
@@ -74,7 +75,7 @@ static enum moe_status load_ids(const char *path, int vocab, int **ids, size_t *
     free(text);
     if (!a)
         return moe_errorf(MOE_EFORMAT, "--ids %s: not valid JSON at line %d column %d: %s (want [[ids...], ...]: "
-                          "an array of token ids per sequence)", path, err.line, err.column, err.text);
+                          "an array of token ids per sequence)", path, err.line, err.column, moe_json_error_text(&err));
     size_t total = 0;
     if (!json_is_array(a) || json_array_size(a) == 0) {
         st = moe_errorf(MOE_EFORMAT, "--ids %s: must be a non-empty JSON array of token-id arrays", path);

@@ -918,12 +918,6 @@ static enum moe_status check_unsupported(json_t *root, bool chat, struct moe_gen
     return MOE_OK;
 }
 
-const char *moe_json_error_text(const json_error_t *e)
-{
-    /* jansson names its flag; a client needs the reason */
-    return strstr(e->text, "JSON_ALLOW_NUL") ? "a string holds \\u0000 (NUL): text is sent without NUL" : e->text;
-}
-
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out)
 {

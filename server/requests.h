@@ -16,6 +16,7 @@
 
 #include "../common/moe.h"
 #include "../engine/sampling.h"
+#include "../model/json_error.h"
 #include "../model/utf8.h"
 
 #ifdef __cplusplus
@@ -149,8 +150,6 @@ struct moe_think_split {
     bool content;
 };
 void moe_think_split(const char *text, size_t len, bool opened, bool last, struct moe_think_split *out);
-/* A JSON parse error's reason as a client reads it. */
-const char *moe_json_error_text(const json_error_t *e);
 /* moe_think_opened and moe_think_closed (whether a prompt opens or closes a reasoning block) are
  * engine/json_guide.h's. */
 

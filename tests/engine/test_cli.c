@@ -329,6 +329,12 @@ int main(void)
     CHECK(status == 2 && strstr(so, "--json-schema") && strstr(so, "format 'ipv6' is not supported"),
           "bad schema: exit %d: %s", status, so);
     free(so);
+    /* a schema whose string holds \u0000: the reason in plain words, not the name of jansson's flag */
+    so = generate_with_file(exe, dir, "--json-schema", "{\"const\": \"a\\u0000b\"}", &status);
+    CHECK(status == 2 && strstr(so, "--json-schema") &&
+              strstr(so, "a string holds \\u0000 (NUL): give text without NUL") && !strstr(so, "JSON_ALLOW_NUL"),
+          "a NUL in a schema: exit %d: %s", status, so);
+    free(so);
     /* a range no number written meets: exit 2 naming its keywords, before anything is generated */
     so = generate_with_file(exe, dir, "--json-schema", "{\"type\": \"object\", \"properties\": {\"x\": {\"type\": "
                             "\"number\", \"exclusiveMinimum\": 0, \"maximum\": 1e-35}}, \"required\": [\"x\"]}", &status);

@@ -483,6 +483,9 @@ int main(void)
     expect_trace_error(dir, HDR, "a header and no token");
     expect_trace_error(dir, HDR "\n\n", "a header and no token");
     expect_trace_error(dir, "\n{\"seq\":0,\"pos\":0,\"token\":1,\"experts\":[]}\n", "format");
+    /* a line whose string holds \u0000: the reason in plain words, not the name of jansson's flag */
+    expect_trace_error(dir, HDR "{\"seq\":0,\"pos\":0,\"token\":1,\"x\":\"a\\u0000\"}\n",
+                       ":2: not a JSON object (a string holds \\u0000 (NUL): give text without NUL)");
     /* the fuzz corpus holds these malformed cases; each is refused with its line */
     static const char *const bad_seed[][2] = {
         { "seq_jump.jsonl", ":3: \"seq\" = 5" }, { "pos_reset.jsonl", ":4: \"pos\" = 0" },

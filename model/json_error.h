@@ -1,0 +1,20 @@
+/* The reason of a jansson parse error as a person reads it, for every message that reports a JSON text
+ * (a request body, a schema, a trace line, a model's files) that does not parse. */
+#ifndef MOE_JSON_ERROR_H
+#define MOE_JSON_ERROR_H
+
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* e->text, or plain words where jansson names its own flag (a string that holds \u0000 reads "...
+ * JSON_ALLOW_NUL"): a static string or e->text, valid as long as e. */
+const char *moe_json_error_text(const json_error_t *e);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

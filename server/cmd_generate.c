@@ -83,7 +83,8 @@ static void usage(FILE *f)
             "                     (bias and penalties apply before greedy or temperature sampling)\n"
             "  --threads N        CPU threads (default 1)\n"
             "  --blas             CPU GEMMs through OpenBLAS instead of the batch-invariant\n"
-            "                     kernel (a row's result then depends on the batch and threads)\n"
+            "                     kernel (a row's result then depends on the batch and threads;\n"
+            "                     cpu backend only)\n"
             "  --kv-dtype T       KV cache elements: f32 (default) or bf16 (half the memory; keys and\n"
             "                     values rounded to BF16 when stored)\n"
             "  --json             JSON mode: only tokens that keep the output the beginning of one JSON\n"
@@ -344,6 +345,11 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     }
     if (moe_offload_opts_check(&o->off) != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
+        return 2;
+    }
+    if (o->blas && o->off.backend == MOE_COMPUTE_CUDA) {
+        fprintf(stderr, "moeflow generate: --blas chooses the cpu backend's GEMMs and --backend cuda runs them on "
+                        "the GPU: drop one of the two\n");
         return 2;
     }
     if (o->off.stats_json && !moe_cli_check_out("generate", "--stats-json", o->off.stats_json, true))

@@ -305,6 +305,11 @@ int main(void)
     expect("sim --trace t.jsonl --policy lru --capacity 0",
            "moeflow sim: --capacity '0': expected an integer in [1, 1073741824]\n");
 
+    /* --blas chooses the CPU backend's GEMMs: with --backend cuda it was silently unused */
+    expect("generate --prompt x --backend cuda --blas",
+           "moeflow generate: --blas chooses the cpu backend's GEMMs and --backend cuda runs them on the GPU: drop one "
+           "of the two\n");
+
     expect("sim --trace t.jsonl --policy lru --cap 64",
            "moeflow sim: '--cap' is ambiguous (--capacity, --capacity-frac): spell it out\n");
     expect("generate --prompt x --top 5", "moeflow generate: '--top' is ambiguous (--top-p, --top-k): spell it out\n");

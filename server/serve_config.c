@@ -27,7 +27,7 @@ static const struct moe_serve_opt opts[] = {
       "--backend cuda)", 0 },
     { "max-seqs", MOE_OPT_INT, OFF(max_seqs), 0, "32", 1, 4096, "KV cache slots (sequences)", 0 },
     { "max-ctx", MOE_OPT_INT, OFF(max_ctx), 0, "0", 0, 1 << 20,
-      "tokens per sequence, prompt + output (0 = the model's maximum)", 0 },
+      "tokens per sequence, prompt + output (0 = the model's maximum; more is refused)", 0 },
     { "max-batch-tokens", MOE_OPT_INT, OFF(max_batch_tokens), 0, "512", 1, 1 << 16,
       "tokens per forward pass", 0 },
     { "max-running", MOE_OPT_INT, OFF(max_running), 0, "0", 0, 4096,

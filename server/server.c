@@ -1202,18 +1202,19 @@ static enum moe_status load_chat_template(struct moe_server *s, const char *dir)
     return MOE_OK;
 }
 
-/* The context per sequence (s->max_ctx): max-ctx when given, else the model's, cut so that the KV cache of
- * max-seqs sequences fits kv-cache-bytes (auto: half of what the backend has free once the expert tiers are
- * allocated and the engine's other weights counted); under 64 tokens per sequence is an error that says
- * what to change. */
+/* The context per sequence (s->max_ctx): max-ctx when given (past the model's: an error), else the model's, cut
+ * so that the KV cache of max-seqs sequences fits kv-cache-bytes (auto: half of what the backend has free once
+ * the expert tiers are allocated and the engine's other weights counted); under 64 tokens per sequence is an
+ * error that says what to change. */
 static enum moe_status pick_context(struct moe_server *s)
 {
     const struct moe_serve_config *cfg = &s->cfg;
     int model_ctx = s->model->cfg.max_pos;
-    s->max_ctx = cfg->max_ctx > 0 && cfg->max_ctx < model_ctx ? cfg->max_ctx : model_ctx;
+    /* a context past the model's is refused as --seq-len past it is, not served shorter than asked */
     if (cfg->max_ctx > model_ctx)
-        MOE_WARN("max-ctx %d is more than the model's context (%d, max_position_embeddings): serving %d", cfg->max_ctx,
-                 model_ctx, model_ctx);
+        return moe_errorf(MOE_EINVAL, "max-ctx %d exceeds the model's context of %d tokens (max_position_embeddings): "
+                          "lower it, or give 0 for the model's", cfg->max_ctx, model_ctx);
+    s->max_ctx = cfg->max_ctx > 0 ? cfg->max_ctx : model_ctx;
     if (cfg->max_ctx > 0)
         return MOE_OK;
     uint64_t budget = 0;

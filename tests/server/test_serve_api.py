@@ -149,6 +149,11 @@ def main():
                         str(free_port())], capture_output=True, timeout=30)
     check(r.returncode == 2 and b"max-output" in r.stderr, "default-max-tokens over the context: %d %r" % (
         r.returncode, r.stderr))
+    # a context past the model's is refused as --seq-len past it is, where it was served cut to the model's
+    r = subprocess.run([moeflow, "serve", "--max-ctx", "100000", "--grpc-port", "0", "--http-port", str(free_port())],
+                       capture_output=True, timeout=30)
+    check(r.returncode == 2 and b"max-ctx 100000 exceeds the model's context of 2048 tokens" in r.stderr,
+          "max-ctx over the context: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--policy", "lru", "--grpc-port", "0", "--http-port", str(free_port())],
                        capture_output=True, timeout=30)
     check(r.returncode == 2 and b"--policy lru with every expert resident" in r.stderr,

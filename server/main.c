@@ -74,6 +74,13 @@ int main(int argc, char **argv)
         help_argv[argc - 1] = "--help"; /* argc stays: the program, CMD, [SUB], --help */
         argv = help_argv;
     }
+    /* moeflow --version, --help, -h and help take nothing after them (help CMD was made CMD --help above) */
+    if (argc > 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+                     !strcmp(argv[1], "help"))) {
+        fprintf(stderr, "moeflow: unexpected argument '%s' after %s (%s)\n", argv[2], argv[1],
+                strcmp(argv[1], "--version") ? "moeflow help CMD prints a command's options" : "see moeflow --help");
+        return 2;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
         return stdout_checked(NULL, argc < 2 ? 2 : 0);

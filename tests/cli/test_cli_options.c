@@ -361,6 +361,11 @@ int main(void)
                  "path+gate[:FILE] or auto)\n", name);
         expect(pred_cmds[i], want);
     }
+    /* --version and --help take no argument: one after them is refused naming it, where it was ignored, exit 0 */
+    expect("--version extra", "moeflow: unexpected argument 'extra' after --version (see moeflow --help)\n");
+    expect("--help generate", "moeflow: unexpected argument 'generate' after --help (moeflow help CMD prints a "
+           "command's options)\n");
+    expect("-h x y", "moeflow: unexpected argument 'x' after -h (moeflow help CMD prints a command's options)\n");
     /* what --help and --version print must reach stdout, as a command's output must: a full disk fails them */
     static const char *const top_args[] = { "--help", "-h", "help", "--version", "info --help" };
     for (size_t i = 0; i < sizeof(top_args) / sizeof(top_args[0]); i++) {

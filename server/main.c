@@ -38,13 +38,19 @@ static void usage(FILE *f)
 }
 
 /* rc, or 1 after "moeflow[ CMD]: writing to stdout failed: WHY" when what was printed did not reach its reader
- * (a full disk, a closed pipe) and rc was 0. */
+ * (a full disk, a closed pipe) and rc was 0.  WHY is the first failure's: a write that failed while the command
+ * printed left the stream's buffer empty, so the flush here succeeds and only errno as the command left it (0
+ * before it ran) tells why; one that write(2) cannot fail with is another call's and is not shown. */
 static int stdout_checked(const char *cmd, int rc)
 {
+    int before = ferror(stdout) ? errno : 0;
+    if (before != ENOSPC && before != EDQUOT && before != EFBIG && before != EIO && before != EPIPE && before != EBADF)
+        before = 0;
     errno = 0;
     if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0) {
+        int why = errno ? errno : before;
         fprintf(stderr, "moeflow%s%s: writing to stdout failed%s%s\n", cmd ? " " : "", cmd ? cmd : "",
-                errno ? ": " : "", errno ? strerror(errno) : "");
+                why ? ": " : "", why ? strerror(why) : "");
         rc = 1;
     }
     return rc;
@@ -82,18 +88,22 @@ int main(int argc, char **argv)
         return 2;
     }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        errno = 0;
         usage(argc < 2 ? stderr : stdout);
         return stdout_checked(NULL, argc < 2 ? 2 : 0);
     }
     if (!strcmp(argv[1], "--version")) {
+        errno = 0;
         printf("moeflow " MOEFLOW_VERSION "\n");
         return stdout_checked(NULL, 0);
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (!strcmp(argv[1], commands[i].name))
+        if (!strcmp(argv[1], commands[i].name)) {
             /* what a command printed must have reached its reader: a full disk or a closed pipe fails the
              * command, whatever it returned */
+            errno = 0;
             return stdout_checked(argv[1], commands[i].fn(argc - 1, argv + 1));
+        }
     fprintf(stderr, "moeflow: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -105,8 +105,9 @@ static void unescape(char *s)
     *w = 0;
 }
 
-/* Prompts of FILE as malloc'd strings. */
-static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
+/* Prompts of FILE as malloc'd strings, with where each is in it (*at_out, malloc'd): its line, counted from 1,
+ * or in a .json file its element, counted from 0 as the array's other messages count (*json_out). */
+static enum moe_status load_prompts(const char *path, char ***out, int **at_out, bool *json_out, int *n_out)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -114,9 +115,10 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
     if (st != MOE_OK)
         return moe_error_prefix(st, "--prompts"); /* the message names the file */
     char **v = NULL;
-    int n = 0;
+    int n = 0, *at = NULL;
     size_t pn = strlen(path);
-    if (pn >= 5 && !strcmp(path + pn - 5, ".json")) { /* by its name: a line may begin with '[' too */
+    *json_out = pn >= 5 && !strcmp(path + pn - 5, ".json");
+    if (*json_out) { /* by its name: a line may begin with '[' too */
         json_error_t je;
         json_t *arr = json_loadb(buf, len, 0, &je);
         if (!arr || !json_is_array(arr)) {
@@ -132,7 +134,8 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
         }
         size_t cnt = json_array_size(arr);
         v = calloc(cnt ? cnt : 1, sizeof(char *));
-        for (size_t i = 0; v && i < cnt; i++) {
+        at = calloc(cnt ? cnt : 1, sizeof(int));
+        for (size_t i = 0; v && at && i < cnt; i++) {
             json_t *e = json_array_get(arr, i);
             if (!json_is_string(e)) {
                 st = moe_errorf(MOE_EFORMAT, "--prompts %s: element %zu is not a string", path, i);
@@ -143,15 +146,17 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
                 st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
                 break;
             }
-            n++;
+            at[n++] = (int)i;
         }
-        if (!v)
+        if (!v || !at)
             st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
         json_decref(arr);
     } else {
-        int cap = 0;
-        char *save = NULL;
-        for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        int cap = 0, lineno = 0;
+        for (char *line = buf, *next; line; line = next) {
+            lineno++;
+            if ((next = strchr(line, '\n')))
+                *next++ = 0;
             size_t l = strlen(line);
             if (l && line[l - 1] == '\r')
                 line[--l] = 0;
@@ -160,11 +165,13 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
             if (n == cap) {
                 cap = cap ? 2 * cap : 64;
                 char **t = realloc(v, sizeof(char *) * (size_t)cap);
-                if (!t) {
+                if (t) v = t;
+                int *a = t ? realloc(at, sizeof(int) * (size_t)cap) : NULL;
+                if (!a) {
                     st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
                     break;
                 }
-                v = t;
+                at = a;
             }
             unescape(line);
             v[n] = strdup(line);
@@ -172,7 +179,7 @@ static enum moe_status load_prompts(const char *path, char ***out, int *n_out)
                 st = moe_errorf(MOE_ENOMEM, "--prompts %s: out of memory", path);
                 break;
             }
-            n++;
+            at[n++] = lineno;
         }
     }
     if (st == MOE_OK && n == 0)
@@ -183,9 +190,11 @@ out:
         for (int i = 0; i < n; i++)
             free(v[i]);
         free(v);
+        free(at);
         return st;
     }
     *out = v;
+    *at_out = at;
     *n_out = n;
     return MOE_OK;
 }
@@ -388,7 +397,8 @@ static int bench_batch(int argc, char **argv)
 
     int rc = 1;
     char **texts = NULL;
-    int n_texts = 0;
+    int n_texts = 0, *text_at = NULL;
+    bool json_prompts = false;
     struct moe_model *m = NULL;
     struct moe_tokenizer *tok = NULL;
     struct moe_provider *prov = NULL;
@@ -403,7 +413,7 @@ static int bench_batch(int argc, char **argv)
     if (!moe_cli_check_readable("bench batch", "--prompts", o.prompts, true, "prompts, one a line or a JSON array "
                                 "of strings in a .json file"))
         return 1;
-    if (load_prompts(o.prompts, &texts, &n_texts) != MOE_OK) {
+    if (load_prompts(o.prompts, &texts, &text_at, &json_prompts, &n_texts) != MOE_OK) {
         fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
         return 1;
     }
@@ -443,12 +453,15 @@ static int bench_batch(int argc, char **argv)
     int max_prompt = 1;
     for (int i = 0; i < n_texts; i++) {
         size_t n = 0;
+        const char *at = json_prompts ? "element" : "line";
         if (moe_tokenizer_encode_prompt(tok, texts[i], strlen(texts[i]), &ids[i], &n) != MOE_OK) {
-            fprintf(stderr, "moeflow bench batch: prompt %d: %s\n", i + 1, moe_last_error());
+            fprintf(stderr, "moeflow bench batch: --prompts %s: %s %d: %s\n", o.prompts, at, text_at[i],
+                    moe_last_error());
             goto out;
         }
         if (n == 0) {
-            fprintf(stderr, "moeflow bench batch: prompt %d encodes to no tokens\n", i + 1);
+            fprintf(stderr, "moeflow bench batch: --prompts %s: %s %d encodes to no tokens\n", o.prompts, at,
+                    text_at[i]);
             goto out;
         }
         n_ids[i] = o.prompt_tokens > 0 && (int)n > o.prompt_tokens ? o.prompt_tokens : (int)n;
@@ -602,6 +615,7 @@ out:
     for (int i = 0; i < n_texts; i++)
         free(texts[i]);
     free(texts);
+    free(text_at);
     return rc;
 }
 

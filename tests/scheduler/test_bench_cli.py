@@ -143,6 +143,17 @@ with tempfile.NamedTemporaryFile("wb", suffix=".txt") as pf, tempfile.NamedTempo
         j = json.loads(out or "{}")
         figs.append([j.get(k) for k in ("requests", "prompt_tokens", "experts_per_layer_step", "transfers", "hits")])
     check(figs[0] == figs[1] and figs[0][0] == 2, f"line file vs .json: {figs}")
+# a prompt that cannot be encoded is named as the file's other faults are: the file, and the line of a line file
+# (counted from 1, blank lines too) or the element of a .json one (counted from 0), where it was 'prompt N' counted
+# among the prompts from 1
+for suffix, text, want in ((".json", '["a", ""]', ": element 1 encodes to no tokens\n"),
+                           (".txt", 'a\r\n\nb\n\xff\n', ": line 4: text is not valid UTF-8")):
+    with tempfile.NamedTemporaryFile("wb", suffix=suffix) as pf:
+        pf.write(text.encode("latin-1"))
+        pf.flush()
+        rc, out, err = run("--prompts", pf.name, *base[2:], "--grouping", "fcfs")
+        check(rc == 1 and err.startswith(f"moeflow bench batch: --prompts {pf.name}{want}"),
+              f"{text!r}: rc {rc} {err!r}")
 # a .json prompts file that is not an array of strings: exit 1, the file named, and a line only where one is at fault
 for text, want in (('{"prompts": ["a"]}', ": an object, not a JSON array of strings\n"),
                    ('["a",\n "b\\u0000c"]', ": line 2: a string holds \\u0000, which a prompt cannot hold\n"),

@@ -1329,10 +1329,10 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         st = moe_errorf(MOE_EINVAL, "request: max_tokens = %d: must be >= %d", g->max_tokens,
                         g->prompt_logprobs ? 0 : 1);
     else if (n_prompt > s->p.max_prompt)
-        st = moe_errorf(MOE_ERANGE, "request: prompt of %d tokens exceeds max_prompt = %d", n_prompt,
+        st = moe_errorf(MOE_ERANGE, "request: prompt of %d tokens exceeds max-prompt = %d", n_prompt,
                         s->p.max_prompt);
     else if (g->max_tokens > s->p.max_output)
-        st = moe_errorf(MOE_ERANGE, "request: max_tokens = %d exceeds max_output = %d", g->max_tokens,
+        st = moe_errorf(MOE_ERANGE, "request: max_tokens = %d exceeds max-output = %d", g->max_tokens,
                         s->p.max_output);
     else if ((int64_t)n_prompt + g->max_tokens > s->max_ctx)
         st = moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) = %lld exceeds the context of %d tokens",
@@ -1340,14 +1340,14 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     else if (all_need(g, n_prompt) > s->p.max_tokens_in_flight)
         st = g->choices > 1 && g->choices_need > 0
                  ? moe_errorf(MOE_ERANGE, "request: %d choices need %lld tokens in flight (each its prompt + "
-                              "max_tokens %d), more than max_tokens_in_flight = %lld; ask for fewer prompts, choices or tokens",
+                              "max_tokens %d), more than max-tokens-in-flight = %lld; ask for fewer prompts, choices or tokens",
                               g->choices, (long long)all_need(g, n_prompt), g->max_tokens,
                               (long long)s->p.max_tokens_in_flight)
              : g->choices > 1
                  ? moe_errorf(MOE_ERANGE, "request: %d choices of prompt (%d) + max_tokens (%d) exceed "
-                              "max_tokens_in_flight = %lld; ask for fewer choices or tokens",
+                              "max-tokens-in-flight = %lld; ask for fewer choices or tokens",
                               g->choices, n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight)
-                 : moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) exceeds max_tokens_in_flight = %lld",
+                 : moe_errorf(MOE_ERANGE, "request: prompt (%d) + max_tokens (%d) exceeds max-tokens-in-flight = %lld",
                               n_prompt, g->max_tokens, (long long)s->p.max_tokens_in_flight);
     else if ((st = moe_sampling_validate(&g->sampling, s->be.vocab)) != MOE_OK)
         st = moe_error_prefix(st, "request"); /* the message begins "sampling: " */
@@ -1440,18 +1440,18 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     if (s->draining || s->stop) /* not "retry later" (MOE_EBUSY): this scheduler takes no more */
         st = moe_errorf(MOE_ECANCELED, "scheduler: not accepting requests (draining for shutdown); retry elsewhere");
     else if (!g->more_choice && s->n_waiting - s->n_wait_more >= s->p.max_queued)
-        st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max_queued = %d); retry later",
+        st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max-queued = %d); retry later",
                         s->n_waiting - s->n_wait_more, s->p.max_queued);
     else if (g->more_choice && s->tif + s->held + r->need - take > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_EBUSY,
                         "scheduler: tokens in flight %lld + this choice's %lld (prompt %d + max_tokens %d) not "
-                        "held for it exceed max_tokens_in_flight = %lld; retry later",
+                        "held for it exceed max-tokens-in-flight = %lld; retry later",
                         (long long)(s->tif + s->held), (long long)(r->need - take), n_prompt, g->max_tokens,
                         (long long)s->p.max_tokens_in_flight);
     else if (!g->more_choice && s->tif + s->held + all_need(g, n_prompt) > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_EBUSY,
                         "scheduler: tokens in flight %lld + this request's %lld (%s %d + max_tokens %d, "
-                        "%d choice%s) exceed max_tokens_in_flight = %lld; retry later",
+                        "%d choice%s) exceed max-tokens-in-flight = %lld; retry later",
                         (long long)(s->tif + s->held), (long long)all_need(g, n_prompt),
                         g->choices > 1 && g->choices_need > 0 ? "first prompt" : "prompt", n_prompt,
                         g->max_tokens, g->choices > 1 ? g->choices : 1, g->choices > 1 ? "s" : "",
@@ -1702,62 +1702,62 @@ static enum moe_status params_resolve(const struct moe_sched_backend *be, struct
     if (p->max_running == 0)
         p->max_running = be->max_seqs;
     if (p->max_running < 1 || p->max_running > be->max_seqs)
-        return moe_errorf(MOE_EINVAL, "scheduler: max_running = %d: must be in [1, %d] (engine max_seqs)",
+        return moe_errorf(MOE_EINVAL, "scheduler: max-running = %d: must be in [1, %d] (engine max-seqs)",
                           p->max_running, be->max_seqs);
     if (p->max_queued == 0)
         p->max_queued = 256;
     if (p->max_queued < 0)
-        return moe_errorf(MOE_EINVAL, "scheduler: max_queued = %d: must be >= 0", p->max_queued);
+        return moe_errorf(MOE_EINVAL, "scheduler: max-queued = %d: must be >= 0", p->max_queued);
     if (p->max_prompt == 0)
         p->max_prompt = be->max_ctx - 1;
     if (p->max_output == 0)
         p->max_output = be->max_ctx - 1;
     if (p->max_prompt < 1 || p->max_prompt >= be->max_ctx)
-        return moe_errorf(MOE_EINVAL, "scheduler: max_prompt = %d: must be in [1, %d] (context - 1)",
+        return moe_errorf(MOE_EINVAL, "scheduler: max-prompt = %d: must be in [1, %d] (context - 1)",
                           p->max_prompt, be->max_ctx - 1);
     if (p->max_output < 1 || p->max_output >= be->max_ctx)
-        return moe_errorf(MOE_EINVAL, "scheduler: max_output = %d: must be in [1, %d] (context - 1)",
+        return moe_errorf(MOE_EINVAL, "scheduler: max-output = %d: must be in [1, %d] (context - 1)",
                           p->max_output, be->max_ctx - 1);
     if (p->max_tokens_in_flight == 0)
         p->max_tokens_in_flight = (int64_t)p->max_running * be->max_ctx;
     if (p->max_tokens_in_flight < 2)
-        return moe_errorf(MOE_EINVAL, "scheduler: max_tokens_in_flight = %lld: must be >= 2",
+        return moe_errorf(MOE_EINVAL, "scheduler: max-tokens-in-flight = %lld: must be >= 2",
                           (long long)p->max_tokens_in_flight);
     if (p->sample_threads == 0) { /* the online CPUs, up to 8 */
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         p->sample_threads = n < 1 ? 1 : n > 8 ? 8 : (int)n;
     }
     if (p->sample_threads < 1 || p->sample_threads > 64)
-        return moe_errorf(MOE_EINVAL, "scheduler: sample_threads = %d: must be in [1, 64] (0 = the CPUs, up to 8)",
+        return moe_errorf(MOE_EINVAL, "scheduler: sample-threads = %d: must be in [1, 64] (0 = the CPUs, up to 8)",
                           p->sample_threads);
     if (p->micro_batch == 0)
         p->micro_batch = p->max_running;
     if (p->micro_batch < 1 || p->micro_batch > p->max_running)
-        return moe_errorf(MOE_EINVAL, "scheduler: micro_batch = %d: must be in [1, max_running = %d]",
+        return moe_errorf(MOE_EINVAL, "scheduler: micro-batch = %d: must be in [1, max-running = %d]",
                           p->micro_batch, p->max_running);
     if (p->prefill_chunk == 0)
         p->prefill_chunk = be->max_batch_tokens - p->micro_batch < 256 ? be->max_batch_tokens - p->micro_batch : 256;
     if (p->prefill_chunk < 1 || p->micro_batch + p->prefill_chunk > be->max_batch_tokens)
         return moe_errorf(MOE_EINVAL,
-                          "scheduler: micro_batch (%d) + prefill_chunk (%d) must be <= the engine's "
-                          "max_batch_tokens (%d), with prefill_chunk >= 1",
+                          "scheduler: micro-batch (%d) + prefill-chunk (%d) must be <= the engine's "
+                          "max-batch-tokens (%d), with prefill-chunk >= 1",
                           p->micro_batch, p->prefill_chunk, be->max_batch_tokens);
     if (p->grouping != MOE_GROUP_FCFS && p->grouping != MOE_GROUP_REGROUP)
         return moe_errorf(MOE_EINVAL, "scheduler: grouping = %d: must be fcfs or regroup", (int)p->grouping);
     if (p->aging_steps == 0)
         p->aging_steps = 64;
     if (p->aging_steps < 1)
-        return moe_errorf(MOE_EINVAL, "scheduler: aging_steps = %d: must be >= 1", p->aging_steps);
+        return moe_errorf(MOE_EINVAL, "scheduler: aging-steps = %d: must be >= 1", p->aging_steps);
     if (!(p->path_decay >= 0 && p->path_decay < 1))
-        return moe_errorf(MOE_EINVAL, "scheduler: path_decay = %g: must be in [0, 1)", (double)p->path_decay);
+        return moe_errorf(MOE_EINVAL, "scheduler: path-decay = %g: must be in [0, 1)", (double)p->path_decay);
     if (p->regroup_lag == 0)
         p->regroup_lag = 2.0f;
     if (p->regroup_lead == 0)
         p->regroup_lead = 1.0f;
     if (!(p->regroup_lag == -1 || (p->regroup_lag >= 0 && p->regroup_lag <= 1000)) ||
         !(p->regroup_lead >= 0 && p->regroup_lead <= 1000))
-        return moe_errorf(MOE_EINVAL, "scheduler: regroup_lag = %g, regroup_lead = %g: must be in [0, 1000] "
-                          "(regroup_lag -1: strict steps)",
+        return moe_errorf(MOE_EINVAL, "scheduler: regroup-lag = %g, regroup-lead = %g: must be in [0, 1000] "
+                          "(regroup-lag -1: strict steps)",
                           (double)p->regroup_lag, (double)p->regroup_lead);
     if (p->lookahead == 0)
         p->lookahead = 1;

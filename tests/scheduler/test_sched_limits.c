@@ -59,8 +59,8 @@ static void test_bounds(void)
     REQUIRE(s, "create: %s", moe_last_error());
     expect_reject(s, prompt_of(1, 0), 0, 5, MOE_EINVAL, "empty prompt", "empty prompt");
     expect_reject(s, prompt_of(3, 0), 3, 0, MOE_EINVAL, "max_tokens", "max_tokens 0");
-    expect_reject(s, prompt_of(31, 0), 31, 5, MOE_ERANGE, "max_prompt = 30", "long prompt");
-    expect_reject(s, prompt_of(3, 0), 3, 41, MOE_ERANGE, "max_output = 40", "long output");
+    expect_reject(s, prompt_of(31, 0), 31, 5, MOE_ERANGE, "max-prompt = 30", "long prompt");
+    expect_reject(s, prompt_of(3, 0), 3, 41, MOE_ERANGE, "max-output = 40", "long output");
     expect_reject(s, prompt_of(30, 0), 30, 40, MOE_ERANGE, "context of 64", "past the context");
     int bad[3] = { 1, FB_VOCAB, 2 };
     expect_reject(s, bad, 3, 5, MOE_ERANGE, "index 1", "token outside vocab");
@@ -99,7 +99,7 @@ static void test_bounds(void)
         CHECK(moe_sched_submit(s, prompt_of(10, i), 10, &g, &sc_events, &ok[i], &ok[i].id) == MOE_OK,
               "submit %d: %s", i, moe_last_error());
     }
-    expect_reject(s, prompt_of(2, 9), 2, 9, MOE_EBUSY, "max_tokens_in_flight = 100", "tokens in flight");
+    expect_reject(s, prompt_of(2, 9), 2, 9, MOE_EBUSY, "max-tokens-in-flight = 100", "tokens in flight");
     /* exactly up to the bound is fine: 90 + 10 = 100 */
     {
         struct moe_gen_params g = gen(8);
@@ -107,7 +107,7 @@ static void test_bounds(void)
               moe_last_error());
     }
     /* queue: 4 waiting = max_queued; the next is refused for the queue */
-    expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max_queued = 4", "queue full");
+    expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max-queued = 4", "queue full");
     struct moe_sched_stats st;
     moe_sched_stats(s, &st);
     CHECK(st.rejected == 13 && st.accepted == 4, "rejected %llu accepted %llu", (unsigned long long)st.rejected,
@@ -132,7 +132,7 @@ static void test_bounds(void)
     struct moe_sched_params p2 = { .max_running = 2, .max_tokens_in_flight = 40 };
     s = moe_sched_create_backend(&be, &p2);
     REQUIRE(s, "create: %s", moe_last_error());
-    expect_reject(s, prompt_of(20, 0), 20, 30, MOE_ERANGE, "max_tokens_in_flight = 40", "larger than the bound");
+    expect_reject(s, prompt_of(20, 0), 20, 30, MOE_ERANGE, "max-tokens-in-flight = 40", "larger than the bound");
     moe_sched_destroy(s);
 
     /* the n choices of one request: one place in the queue bound, room checked for all n at once */
@@ -157,7 +157,7 @@ static void test_bounds(void)
                   "choice %d of 3 with max_queued 1: %s", i, moe_last_error());
         }
         /* the queue holds one request (its three choices): another is refused, for the queue */
-        expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max_queued = 1", "queue full behind 3 choices");
+        expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max-queued = 1", "queue full behind 3 choices");
         moe_sched_stats(s, &st);
         CHECK(st.waiting == 3 && st.tokens_in_flight == 75, "waiting %d, tokens in flight %lld", st.waiting,
               (long long)st.tokens_in_flight);
@@ -179,7 +179,7 @@ static void test_bounds(void)
         g.choices = 2;
         g.more_choice = false;
         g.max_tokens = 1;
-        expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max_queued = 1", "queue full behind 2 choices");
+        expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max-queued = 1", "queue full behind 2 choices");
         while (moe_sched_step(s) == MOE_OK) {
         }
         check_accounting(s, "choices");
@@ -196,7 +196,7 @@ static void test_bounds(void)
         g.more_choice = false;
         CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, &g.hold) == MOE_OK, "first of 3: %s",
               moe_last_error());
-        expect_reject(s, prompt_of(20, 9), 20, 20, MOE_EBUSY, "max_tokens_in_flight", "between the choices");
+        expect_reject(s, prompt_of(20, 9), 20, 20, MOE_EBUSY, "max-tokens-in-flight", "between the choices");
         g.choices = 0;
         g.more_choice = true;
         for (int i = 1; i < 3; i++)
@@ -221,7 +221,7 @@ static void test_bounds(void)
         moe_sched_cancel(s, late.id);
         while (moe_sched_step(s) == MOE_OK) {
         }
-        expect_reject(s, prompt_of(20, 0), 20, 60, MOE_EBUSY, "max_tokens_in_flight", "80 beside the held 25");
+        expect_reject(s, prompt_of(20, 0), 20, 60, MOE_EBUSY, "max-tokens-in-flight", "80 beside the held 25");
         moe_sched_hold_release(s, late.id);
         moe_sched_hold_release(s, late.id); /* once given back, nothing more */
         g = gen(80);
@@ -254,7 +254,7 @@ static void test_bounds(void)
         g.choices_need = 95;
         CHECK(moe_sched_submit(s, prompt_of(10, 0), 10, &g, NULL, NULL, &g.hold) == MOE_OK, "first of a batch: %s",
               moe_last_error());
-        expect_reject(s, prompt_of(5, 9), 5, 5, MOE_EBUSY, "max_tokens_in_flight", "between a batch's choices");
+        expect_reject(s, prompt_of(5, 9), 5, 5, MOE_EBUSY, "max-tokens-in-flight", "between a batch's choices");
         g.choices = 0;
         g.choices_need = 0;
         g.more_choice = true;
@@ -272,10 +272,10 @@ static void test_bounds(void)
     /* bad params are refused with the field named */
     be = fb_backend(&fb);
     struct moe_sched_params p3 = { .max_running = 4, .micro_batch = 8 };
-    CHECK(!moe_sched_create_backend(&be, &p3) && strstr(moe_last_error(), "micro_batch"),
+    CHECK(!moe_sched_create_backend(&be, &p3) && strstr(moe_last_error(), "micro-batch"),
           "micro_batch > max_running accepted (%s)", moe_last_error());
     struct moe_sched_params p4 = { .max_running = 4, .micro_batch = 4, .prefill_chunk = 61 };
-    CHECK(!moe_sched_create_backend(&be, &p4) && strstr(moe_last_error(), "prefill_chunk"),
+    CHECK(!moe_sched_create_backend(&be, &p4) && strstr(moe_last_error(), "prefill-chunk"),
           "micro_batch + prefill_chunk > max_batch_tokens accepted (%s)", moe_last_error());
     /* regroup_lag: -1 (strict steps), 0 (the default) or (0, 1000]; nothing between -1 and 0 */
     const float lags[] = { -0.5f, -1.5f, 1001.0f };
@@ -283,7 +283,7 @@ static void test_bounds(void)
         struct moe_sched_params p5 = { .max_running = 4, .max_queued = 4, .max_tokens_in_flight = 1000,
                                        .grouping = MOE_GROUP_REGROUP, .regroup_lag = lags[i] };
         struct moe_sched *got = moe_sched_create_backend(&be, &p5);
-        CHECK(!got && strstr(moe_last_error(), "regroup_lag"), "regroup_lag %g accepted (%s)", (double)lags[i],
+        CHECK(!got && strstr(moe_last_error(), "regroup-lag"), "regroup_lag %g accepted (%s)", (double)lags[i],
               got ? "" : moe_last_error());
         moe_sched_destroy(got);
     }
@@ -316,7 +316,7 @@ static void test_choice_holds(void)
     while (moe_sched_step(s) == MOE_OK) {
     }
     CHECK(a1.n_done == 1, "the first choice did not end");
-    expect_reject(s, prompt_of(20, 9), 20, 60, MOE_EBUSY, "max_tokens_in_flight", "80 after an ended first of 2");
+    expect_reject(s, prompt_of(20, 9), 20, 60, MOE_EBUSY, "max-tokens-in-flight", "80 after an ended first of 2");
     g.choices = 0;
     g.more_choice = true;
     CHECK(moe_sched_submit(s, prompt_of(20, 0), 20, &g, NULL, NULL, NULL) == MOE_OK, "second of 2: %s",
@@ -347,7 +347,7 @@ static void test_choice_holds(void)
           "A's second: %s", moe_last_error());
     moe_sched_cancel(s, ra[0].id);
     CHECK(moe_sched_step(s) == MOE_OK && ra[0].n_done == 1, "A's first did not end");
-    expect_reject(s, prompt_of(20, 9), 20, 25, MOE_EBUSY, "max_tokens_in_flight", "45 between B's choices");
+    expect_reject(s, prompt_of(20, 9), 20, 25, MOE_EBUSY, "max-tokens-in-flight", "45 between B's choices");
     CHECK(moe_sched_submit(s, prompt_of(15, 2), 15, &gb, &sc_events, &rb[1], &rb[1].id) == MOE_OK,
           "B's second: %s", moe_last_error());
     moe_sched_stats(s, &st);

@@ -154,6 +154,11 @@ def main():
                        capture_output=True, timeout=30)
     check(r.returncode == 2 and b"max-ctx 100000 exceeds the model's context of 2048 tokens" in r.stderr,
           "max-ctx over the context: %d %r" % (r.returncode, r.stderr))
+    # a limit past the context is named as it is typed (max-output), not as the scheduler's field (max_output)
+    r = subprocess.run([moeflow, "serve", "--max-output", "5000", "--grpc-port", "0", "--http-port", str(free_port())],
+                       capture_output=True, timeout=30)
+    check(r.returncode == 2 and b"max-output = 5000: must be in [1, 2047]" in r.stderr,
+          "max-output over the context: %d %r" % (r.returncode, r.stderr))
     r = subprocess.run([moeflow, "serve", "--policy", "lru", "--grpc-port", "0", "--http-port", str(free_port())],
                        capture_output=True, timeout=30)
     check(r.returncode == 2 and b"--policy lru with every expert resident" in r.stderr,

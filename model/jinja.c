@@ -2700,23 +2700,39 @@ static unsigned case_props(uint32_t cp)
     return moe_tok_range_lookup(moe_case_props, moe_case_n_props, cp, 0);
 }
 
+/* The index of cp among n records of size bytes at base, sorted by their first field, the code point; n when
+ * it is not there. */
+static size_t cp_find(const void *base, size_t n, size_t size, uint32_t cp)
+{
+    for (size_t lo = 0, hi = n; lo < hi;) {
+        size_t mid = lo + (hi - lo) / 2;
+        uint32_t at = *(const uint32_t *)(const void *)((const char *)base + mid * size);
+        if (cp == at)
+            return mid;
+        if (cp < at)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return n;
+}
+
+/* A 0-terminated mapping of up to 3 code points into out: its count. */
+static size_t map_copy(const uint32_t m[3], uint32_t out[3])
+{
+    size_t n = 0;
+    for (; n < 3 && m[n]; n++) out[n] = m[n];
+    return n;
+}
+
 /* cp's full mapping which (0 upper, 1 lower, 2 title) into out, as Python's str methods map one character:
  * its count, 1 to 3 ('ß' uppers to "SS"). */
 static size_t case_map(uint32_t cp, int which, uint32_t out[3])
 {
-    unsigned lo = 0, hi = moe_case_n_specials;
-    while (lo < hi) {
-        unsigned mid = lo + (hi - lo) / 2;
-        if (cp < moe_case_specials[mid].cp) {
-            hi = mid;
-        } else if (cp > moe_case_specials[mid].cp) {
-            lo = mid + 1;
-        } else {
-            size_t n = 0;
-            for (; n < 3 && moe_case_specials[mid].map[which][n]; n++) out[n] = moe_case_specials[mid].map[which][n];
-            return n;
-        }
-    }
+    size_t sp = cp_find(moe_case_specials, moe_case_n_specials, sizeof(moe_case_specials[0]), cp);
+    if (sp < moe_case_n_specials)
+        return map_copy(moe_case_specials[sp].map[which], out);
+    unsigned lo, hi;
     out[0] = cp;
     for (lo = 0, hi = moe_case_n_runs; lo < hi;) { /* the run holding cp, if any */
         unsigned mid = lo + (hi - lo) / 2;
@@ -2754,23 +2770,36 @@ enum case_mode {
     CASE_CAPITALIZE, /* str.capitalize(): the first character title-cased, the rest lower */
     CASE_JTITLE,     /* Jinja's title filter: after runs of whitespace and -({[<, the first character of a
                         piece upper and the rest, on its own, lower */
+    CASE_SWAP,       /* str.swapcase(): upper case lowered (a final sigma too), lower case uppered */
+    CASE_FOLD,       /* str.casefold(): the full case folding ('ß' is "ss"), else lower (no final sigma) */
 };
+
+/* cp's full case folding into out: its count, 1 to 3. */
+static size_t case_fold(uint32_t cp, uint32_t out[3])
+{
+    size_t f = cp_find(moe_case_folds, moe_case_n_folds, sizeof(moe_case_folds[0]), cp);
+    return f < moe_case_n_folds ? map_copy(moe_case_folds[f].map, out) : case_map(cp, 1, out);
+}
 
 /* cps[lo, hi) cased as mode says (not CASE_JTITLE) onto b. */
 static void case_span(struct render *r, struct buf *b, const uint32_t *cps, size_t lo, size_t hi, enum case_mode mode)
 {
     bool prev_cased = false;
     for (size_t i = lo; i < hi; i++) {
+        unsigned p = case_props(cps[i]);
         int which = mode == CASE_UPPER ? 0 : mode == CASE_LOWER ? 1
-                  : mode == CASE_TITLE ? (prev_cased ? 1 : 2) : i == lo ? 2 : 1;
+                  : mode == CASE_TITLE ? (prev_cased ? 1 : 2)
+                  : mode == CASE_SWAP ? (p & MOE_CASE_UPPER ? 1 : p & MOE_CASE_LOWER ? 0 : -1)
+                  : mode == CASE_FOLD ? -2 : i == lo ? 2 : 1;
         uint32_t m[3];
         size_t n = which == 1 && cps[i] == 0x3a3 ? (m[0] = final_sigma(cps, lo, hi, i) ? 0x3c2 : 0x3c3, 1)
+                 : which == -1 ? (m[0] = cps[i], 1) : which == -2 ? case_fold(cps[i], m)
                  : case_map(cps[i], which, m);
         for (size_t k = 0; k < n; k++) {
             char enc[4];
             buf_add(r, b, enc, moe_utf8_put(m[k], enc));
         }
-        prev_cased = case_props(cps[i]) & MOE_CASE_CASED;
+        prev_cased = p & MOE_CASE_CASED;
     }
 }
 
@@ -2793,6 +2822,69 @@ static struct val str_case(struct render *r, const struct str *s, enum case_mode
         case_span(r, &b, cps, a + 1, e, CASE_LOWER);
     }
     return vbuf(r, &b);
+}
+
+/* Python's str predicate name ("isalpha", ...) of s: whether every character is of its kind (isascii and
+ * isprintable true for "", the others false); islower, isupper and istitle as Python reads the case of s. */
+static bool str_is(const struct str *s, const char *name)
+{
+    const char *k = name + 2;
+    bool title = !strcmp(k, "title"), empty_ok = !strcmp(k, "ascii") || !strcmp(k, "printable");
+    bool cased = false, prev_cased = false;
+    unsigned want = !strcmp(k, "lower") ? MOE_CASE_LOWER : !strcmp(k, "upper") ? MOE_CASE_UPPER : 0;
+    uint32_t cp;
+    for (size_t i = 0; i < s->n;) {
+        bool first = !i;
+        i += str_cp(s, i, &cp);
+        unsigned p = case_props(cp);
+        uint32_t gc = moe_tok_category(cp);
+        if (title) { /* upper or title case only after an uncased character, lower case only after a cased one */
+            if (p & (MOE_CASE_UPPER | MOE_CASE_TITLE) ? prev_cased : p & MOE_CASE_LOWER ? !prev_cased : false)
+                return false;
+            prev_cased = p & (MOE_CASE_UPPER | MOE_CASE_TITLE | MOE_CASE_LOWER);
+            cased |= prev_cased;
+            continue;
+        }
+        if (want) { /* none of the other cases, one at least of want */
+            if (p & ((MOE_CASE_LOWER | MOE_CASE_UPPER | MOE_CASE_TITLE) & ~want))
+                return false;
+            cased |= p & want;
+            continue;
+        }
+        bool ok = !strcmp(k, "alpha")        ? gc <= MOE_TOK_GC_LO
+                : !strcmp(k, "alnum")        ? gc <= MOE_TOK_GC_LO || (p & MOE_CASE_NUMERIC)
+                : !strcmp(k, "decimal")      ? gc == MOE_TOK_GC_ND
+                : !strcmp(k, "digit")        ? p & MOE_CASE_DIGIT
+                : !strcmp(k, "numeric")      ? p & MOE_CASE_NUMERIC
+                : !strcmp(k, "space")        ? py_space(cp)
+                : !strcmp(k, "ascii")        ? cp < 0x80
+                : !strcmp(k, "printable")    ? !py_unprintable(cp)
+                : !strcmp(k, "identifier")   ? p & (first ? MOE_CASE_ID_START : MOE_CASE_ID_CONTINUE)
+                                             : false;
+        if (!ok)
+            return false;
+    }
+    return title || want ? cased : s->n || empty_ok;
+}
+
+/* s padded with fill (NULL: a space) to width characters as Python's str.ljust (where 'l'), rjust ('r') and
+ * center ('c') do it: center's odd one on the left when width is odd. */
+static struct val str_pad(struct render *r, const struct val *s, int64_t width, const struct str *fill, char where)
+{
+    int64_t len = (int64_t)cp_count(s->s);
+    if (width <= len)
+        return *s;
+    int64_t marg = width - len, left = where == 'l' ? 0 : where == 'r' ? marg : marg / 2 + (marg & width & 1);
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    for (int64_t k = 0; k < marg; k++) { /* the output bound stops a huge one */
+        if (k == left)
+            buf_add(r, &b, s->s->p, s->s->n);
+        buf_add(r, &b, fill ? fill->p : " ", fill ? fill->n : 1);
+    }
+    if (left == marg)
+        buf_add(r, &b, s->s->p, s->s->n);
+    return as_markup(vbuf(r, &b), s->markup);
 }
 
 static struct val split(struct render *r, const struct str *s, const struct str *sep, int64_t maxsplit)
@@ -3246,12 +3338,17 @@ static const struct sig TEST_SIGS[] = {
     { "in", "seq!" }, { "le", "/b!" }, { "lt", "/b!" }, { "ne", "/b!" }, { "sameas", "other!" },
 }; /* the others: none */
 static const struct sig STR_METHOD_SIGS[] = {
-    { "capitalize", "" }, { "count", "/sub! /start /end" }, { "endswith", "/suffix! /start /end" },
-    { "find", "/sub! /start /end" }, { "index", "/sub! /start /end" }, { "join", "/iterable!" }, { "lower", "" },
-    { "lstrip", "/chars" }, { "removeprefix", "/prefix!" }, { "removesuffix", "/suffix!" },
-    { "replace", "/old! /new! /count" }, { "rfind", "/sub! /start /end" }, { "rindex", "/sub! /start /end" },
+    { "capitalize", "" }, { "casefold", "" }, { "center", "/width! /fillchar" }, { "count", "/sub! /start /end" },
+    { "endswith", "/suffix! /start /end" }, { "expandtabs", "tabsize" }, { "find", "/sub! /start /end" },
+    { "index", "/sub! /start /end" }, { "isalnum", "" }, { "isalpha", "" }, { "isascii", "" }, { "isdecimal", "" },
+    { "isdigit", "" }, { "isidentifier", "" }, { "islower", "" }, { "isnumeric", "" }, { "isprintable", "" },
+    { "isspace", "" }, { "istitle", "" }, { "isupper", "" }, { "join", "/iterable!" }, { "ljust", "/width! /fillchar" },
+    { "lower", "" }, { "lstrip", "/chars" }, { "partition", "/sep!" }, { "removeprefix", "/prefix!" },
+    { "removesuffix", "/suffix!" }, { "replace", "/old! /new! /count" }, { "rfind", "/sub! /start /end" },
+    { "rindex", "/sub! /start /end" }, { "rjust", "/width! /fillchar" }, { "rpartition", "/sep!" },
     { "rsplit", "sep maxsplit" }, { "rstrip", "/chars" }, { "split", "sep maxsplit" }, { "splitlines", "keepends" },
-    { "startswith", "/prefix! /start /end" }, { "strip", "/chars" }, { "title", "" }, { "upper", "" },
+    { "startswith", "/prefix! /start /end" }, { "strip", "/chars" }, { "swapcase", "" }, { "title", "" },
+    { "upper", "" }, { "zfill", "/width!" },
 };
 static const struct sig LIST_METHOD_SIGS[] = { { "count", "/value!" }, { "index", "/value! /start /stop" } };
 static const struct sig DICT_METHOD_SIGS[] = {
@@ -3661,6 +3758,73 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             for (const char *q = s->p + bs; (q = find_bytes(q, be - (size_t)(q - s->p), x->p, x->n)); q += x->n) k++;
             return vint(k);
         }
+        if (!strncmp(name, "is", 2))
+            return vbool(str_is(s, name));
+        if (!strcmp(name, "swapcase") || !strcmp(name, "casefold")) /* a Markup's casefold() is a str */
+            return as_markup(str_case(r, s, name[0] == 's' ? CASE_SWAP : CASE_FOLD), obj->markup && name[0] == 's');
+        if (!strcmp(name, "ljust") || !strcmp(name, "rjust") || !strcmp(name, "center")) {
+            const struct val *w = arg(a, 0, NULL);
+            if (w->t != V_INT && w->t != V_BOOL)
+                fail_at(&r->f, MOE_EINVAL, line, "%s: the width must be an integer, not %s", name, type_name(w));
+            const struct str *fill = markup_arg(r, obj, arg_str(r, a, 1, NULL, name, line), line);
+            if (fill && utf8_count(fill->p, fill->n) != 1)
+                fail_at(&r->f, MOE_EINVAL, line, "%s: the fill character must be exactly one character long", name);
+            return str_pad(r, obj, inum(w), fill, name[0]);
+        }
+        if (!strcmp(name, "zfill")) { /* '0's on the left, after a leading sign */
+            int64_t width = arg_int(r, a, 0, NULL, 0, name, line), len = (int64_t)cp_count(s);
+            if (width <= len)
+                return *obj;
+            struct buf b = { 0 };
+            bool sign = s->n && (s->p[0] == '+' || s->p[0] == '-');
+            buf_add(r, &b, s->p, sign);
+            buf_fill(r, &b, '0', (size_t)(width - len)); /* the output bound stops a huge one */
+            buf_add(r, &b, s->p + sign, s->n - sign);
+            return as_markup(vbuf(r, &b), obj->markup);
+        }
+        if (!strcmp(name, "partition") || !strcmp(name, "rpartition")) { /* (before, sep, after) at the first or
+                                                                           last sep; not found: s at the end */
+            const struct str *sep = markup_arg(r, obj, arg_str(r, a, 0, NULL, name, line), line);
+            if (!sep)
+                fail_at(&r->f, MOE_EINVAL, line, "%s: the separator must be a string, not none", name);
+            if (!sep->n)
+                fail_at(&r->f, MOE_EINVAL, line, "%s: empty separator", name);
+            bool rev = name[0] == 'r';
+            const char *hit = rev ? NULL : find_bytes(s->p, s->n, sep->p, sep->n);
+            for (size_t at = s->n - sep->n + 1; rev && sep->n <= s->n && at-- > 0;)
+                if (!memcmp(s->p + at, sep->p, sep->n)) {
+                    hit = s->p + at;
+                    break;
+                }
+            size_t at = hit ? (size_t)(hit - s->p) : rev ? 0 : s->n;
+            struct list *l = new_list(r, 3);
+            l->tuple = true;
+            l->v[0] = as_markup(vstr(r, s->p, at), obj->markup);
+            l->v[1] = as_markup(vstr(r, hit ? sep->p : "", hit ? sep->n : 0), obj->markup);
+            l->v[2] = as_markup(hit ? vstr(r, hit + sep->n, s->n - at - sep->n) : rev ? *obj : vstr(r, "", 0),
+                                obj->markup);
+            return (struct val){ .t = V_LIST, .l = l };
+        }
+        if (!strcmp(name, "expandtabs")) { /* each tab to the next column a multiple of tabsize (none if <= 0) */
+            int64_t tab = arg_int(r, a, 0, "tabsize", 8, name, line), col = 0;
+            struct buf b = { 0 };
+            buf_add(r, &b, "", 0);
+            uint32_t cp;
+            for (size_t i = 0, n; i < s->n; i += n) {
+                n = str_cp(s, i, &cp);
+                if (cp == '\t' && tab > 0) {
+                    buf_fill(r, &b, ' ', (size_t)(tab - col % tab));
+                    col += tab - col % tab;
+                } else if (cp != '\t') {
+                    buf_add(r, &b, s->p + i, n);
+                    col = cp == '\n' || cp == '\r' ? 0 : col + 1;
+                }
+            }
+            return as_markup(vbuf(r, &b), obj->markup);
+        }
+        if (!strcmp(name, "encode") || !strcmp(name, "translate") || !strcmp(name, "maketrans"))
+            fail_at(&r->f, MOE_ENOTSUP, line, "the string method %s() is not supported (it needs bytes or a "
+                    "translation table): write the template without it", name);
     } else if (obj->t == V_LIST && !obj->l->gen && (!strcmp(name, "index") || !strcmp(name, "count"))) {
         const struct val *x = arg(a, 0, NULL);
         if (!x)
@@ -5361,15 +5525,7 @@ static struct val filter(struct render *r, const struct node *n)
         const struct val *w = arg(&a, 0, "width");
         if (w && w->t != V_INT && w->t != V_BOOL)
             fail_at(&r->f, MOE_EINVAL, line, "center: the width must be an integer, not %s", type_name(w));
-        int64_t width = w ? inum(w) : 80, len = (int64_t)cp_count(s.s);
-        if (width <= len)
-            return s;
-        int64_t marg = width - len, left = marg / 2 + (marg & width & 1);
-        struct buf b = { 0 };
-        buf_fill(r, &b, ' ', (size_t)left); /* the output bound stops a huge one */
-        buf_add(r, &b, s.s->p, s.s->n);
-        buf_fill(r, &b, ' ', (size_t)(marg - left));
-        return as_markup(vbuf(r, &b), s.markup);
+        return str_pad(r, &s, w ? inum(w) : 80, NULL, 'c');
     }
     if (!strcmp(f, "truncate")) { /* truncate(length=255, killwords=False, end='...', leeway=5) */
         const struct val *lenv = arg(&a, 0, "length"), *kw = arg(&a, 1, "killwords"), *endv = arg(&a, 2, "end");
@@ -5768,16 +5924,7 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
         if (v->t == V_UNDEF)
             return false;
         struct val sv = stringify(r, v, line);
-        unsigned want = t[0] == 'l' ? MOE_CASE_LOWER : MOE_CASE_UPPER, seen = 0;
-        uint32_t cp;
-        for (size_t i = 0; i < sv.s->n;) {
-            i += str_cp(sv.s, i, &cp);
-            unsigned p = case_props(cp);
-            if (p & ((MOE_CASE_LOWER | MOE_CASE_UPPER | MOE_CASE_TITLE) & ~want))
-                return false;
-            seen |= p & want;
-        }
-        return seen;
+        return str_is(sv.s, t[0] == 'l' ? "islower" : "isupper");
     }
     if (!strcmp(t, "odd") || !strcmp(t, "even") || !strcmp(t, "divisibleby")) {
         if (!is_num(v))

@@ -931,6 +931,25 @@ CASES = [
      "{{ ['b', 'Ä', 'ä', 'A'] | sort }} {{ ['b', 'Ä', 'ä', 'A'] | sort(case_sensitive=true) }} {{ ['ß', 'SS'] | unique | list }}",
      {"l": ["straße", "ΟΔΥΣΣΕΥΣ", "ΣΑΣ.", "Σ", "ἈΣ͂ Σ", "İstanbul", "ǆemal ǅ", "ﬁre ﬂy", "ᾼ ᾳ", "ŉ", "ΐ",
             "ґанок Ґ", "ԱԲ աբ և", "ა Ა", "ª º ʰ", "Ⅻ ⅻ", "ǈ-ǉ(ǋ", "𐐀𐐨", "ς ΣΣ ΑΣΣ", "a\u0345Σ"]}),
+    # Python's str predicates over Unicode (Numeric_Type, XID_Start and XID_Continue, case), casefold, swapcase,
+    # padding, partition and expandtabs; a Markup's give Markups (its arguments escaped), but casefold's
+    ("str-predicates", "{% for s in l %}{{ s.isdigit() }}{{ s.isnumeric() }}{{ s.isdecimal() }}{{ s.isalpha() }}"
+     "{{ s.isalnum() }}{{ s.isspace() }}{{ s.istitle() }}{{ s.islower() }}{{ s.isupper() }}{{ s.isascii() }}"
+     "{{ s.isidentifier() }}{{ s.isprintable() }}\n{% endfor %}",
+     {"l": ["", "123", "\u00b2\u00b3", "\u4e00\u4e8c", "\u0663", "\u00bd", "\u216b", "abc", "Abc Def", "\u01c5x",
+            "ABC", "a1", " \t\n", "\u3000", "_x1", "1x", "x\u0378", "\u00e9a", "Aa Bb", "aB", "\u01c8a Ab", "a\u0300",
+            "\u13a0", "\u2160x"]}),
+    ("str-case-pad", "{% for s in l %}{{ s.casefold() }}|{{ s.swapcase() }}|{{ s.zfill(6) }}|{{ s.ljust(5, '*') }}|"
+     "{{ s.rjust(6) }}|{{ s.center(6, '\u00e9') }}|{{ s.partition('a') }}{{ s.rpartition('a') }}|{{ s.expandtabs() }}|"
+     "{{ s.expandtabs(3) }}|{{ s.expandtabs(tabsize=0) }}\n{% endfor %}"
+     "{% set m = 'a<b>' | escape %}{{ m.casefold() ~ '<' }}|{{ m.swapcase() ~ '<' }}|{{ m.partition('<') }}|"
+     "{{ m.rpartition('z') }}|{{ m.zfill(10) ~ '<' }}|{{ m.center(12, '.') ~ '<' }}|{{ 'a'.zfill(true) }}",
+     {"l": ["", "ab", "\u00df stra\u00dfe", "\u03a3\u0391\u03a3 \u03c3\u03c2", "\ufb01", "\u0130", "\u13f8", "-42",
+            "+7", "a\tb\tcd\n\tx\r\ty", "banana", "\u01c8a"]}),
+    ("str-pad-fill-long", "{{ 'a'.ljust(5, 'ab') }}", {}),
+    ("str-pad-fill-markup", "{{ ('a' | escape).rjust(5, '<') }}", {}),
+    ("str-partition-empty", "{{ 'a'.rpartition('') }}", {}),
+    ("str-center-width", "{{ 'a'.center('5') }}", {}),
     # repr() escapes what Python's str.isprintable() refuses (categories C* and Z*, the space aside), \U past the BMP
     ("repr-unicode", "{{ l }} {{ '%r' % l[0] }} {{ (l[10], l[11]) }}",
      {"l": ["\u0378", "\ue000", "\U000f0000", "\u200b", "\u00ad", "\u2028", "\u3000", "\U0001000c", "\U0001f600",

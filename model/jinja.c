@@ -3088,6 +3088,7 @@ static _Noreturn void undefined_error(struct render *r, const struct val *v, int
 /* obj.name or obj[key]: an item of a dict, else undefined (named for errors). */
 static int method_kind(const struct val *obj, const char *name);
 static struct val bound_method(struct render *r, const struct val *obj, const char *name);
+static struct val py_getattr(struct render *r, const struct val *obj, const struct val *name, int line);
 
 /* obj[key] as Jinja2's getitem: the item, else for a string key the method of that name (as getattr
  * finds it: d['items'] of a dict without that key is its method), else undefined. */
@@ -3114,6 +3115,8 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
     if (obj->t == V_LIST && obj->l->group && key->t == V_STR &&
         ((key->s->n == 7 && !memcmp(key->s->p, "grouper", 7)) || (key->s->n == 4 && !memcmp(key->s->p, "list", 4))))
         return obj->l->v[key->s->p[0] == 'l'];
+    if (key->t == V_STR && (is_num(obj) || (obj->t == V_LIST && obj->l->range))) /* (5).real, range(3).stop */
+        return py_getattr(r, obj, key, line);
     if (key->t == V_STR && !memchr(key->s->p, 0, key->s->n) && method_kind(obj, key->s->p) == 1)
         return bound_method(r, obj, key->s->p);
     struct buf b = { 0 };
@@ -3560,7 +3563,12 @@ static int method_kind(const struct val *obj, const char *name)
     static const char *const list_changes[] = { "append", "clear", "extend", "insert", "pop", "remove", "reverse",
                                                 "sort" };
     static const char *const loop_methods[] = { "changed", "cycle" };
+    static const char *const int_methods[] = { "as_integer_ratio", "bit_count", "bit_length", "conjugate" };
+    static const char *const float_methods[] = { "as_integer_ratio", "conjugate", "is_integer" };
     switch (obj->t) {
+    case V_INT:
+    case V_BOOL: return in_list(int_methods, MOE_ARRAY_LEN(int_methods), name);
+    case V_FLOAT: return in_list(float_methods, MOE_ARRAY_LEN(float_methods), name);
     case V_STR: return in_list(str_methods, MOE_ARRAY_LEN(str_methods), name);
     case V_LIST:
         if (obj->l->gen) /* a generator: none of these */
@@ -3621,6 +3629,39 @@ static void str_span(struct render *r, const struct str *s, const struct args *a
 static struct val str_format(struct render *r, const struct val *s, const char *name, const struct args *a,
                              int line);
 
+/* The methods of an int (a bool too) and a float that method_kind names, called. */
+static struct val num_method(struct render *r, const struct val *x, const char *name, int line)
+{
+    bool fl = x->t == V_FLOAT;
+    if (!strcmp(name, "conjugate"))
+        return fl ? *x : vint(inum(x));
+    if (!strcmp(name, "is_integer"))
+        return vbool(isfinite(x->f) && x->f == floor(x->f));
+    int64_t num = fl ? 0 : inum(x), den = 1;
+    uint64_t mag = num < 0 ? 0 - (uint64_t)num : (uint64_t)num;
+    if (!strcmp(name, "bit_length"))
+        return vint(mag ? 64 - __builtin_clzll(mag) : 0);
+    if (!strcmp(name, "bit_count"))
+        return vint(__builtin_popcountll(mag));
+    if (fl) { /* as_integer_ratio: the exact fraction in lowest terms, a power of two below */
+        if (!isfinite(x->f))
+            fail_at(&r->f, MOE_EINVAL, line, "cannot convert %s to integer ratio", isnan(x->f) ? "NaN" : "Infinity");
+        int e;
+        double m = frexp(x->f, &e);
+        for (; m != floor(m); e--) m *= 2;
+        if (fabs(ldexp(m, e > 0 ? e : 0)) >= 0x1p63 || e < -62)
+            fail_at(&r->f, MOE_ERANGE, line, "as_integer_ratio: the numerator or denominator of %.17g is past 64 "
+                    "bits", x->f);
+        num = (int64_t)ldexp(m, e > 0 ? e : 0);
+        den = e < 0 ? (int64_t)1 << -e : 1;
+    }
+    struct list *l = new_list(r, 2);
+    l->tuple = true;
+    l->v[0] = vint(num);
+    l->v[1] = vint(den);
+    return (struct val){ .t = V_LIST, .l = l };
+}
+
 /* obj.name(args): the string, dict and loop methods. */
 static struct val call_method(struct render *r, const struct val *obj, const char *name, const struct args *a,
                               int line)
@@ -3631,6 +3672,10 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         check_args(r, LIST_METHOD_SIGS, MOE_ARRAY_LEN(LIST_METHOD_SIGS), name, NULL, a, line);
     else if (obj->t == V_DICT && !obj->d->loop)
         check_args(r, DICT_METHOD_SIGS, MOE_ARRAY_LEN(DICT_METHOD_SIGS), name, NULL, a, line);
+    else if (is_num(obj))
+        check_args(r, NULL, 0, name, "", a, line); /* none takes arguments */
+    if (is_num(obj))
+        return num_method(r, obj, name, line);
     if (obj->t == V_STR) {
         const struct str *s = obj->s;
         if (!strcmp(name, "format") || !strcmp(name, "format_map"))
@@ -4634,7 +4679,7 @@ static struct val py_getattr(struct render *r, const struct val *obj, const stru
     if (!is_num(obj))
         return undef;
     if (in_list(number_methods, MOE_ARRAY_LEN(number_methods), k))
-        fail_at(&r->f, MOE_ENOTSUP, line, "attr: the methods of a number are not supported");
+        fail_at(&r->f, MOE_ENOTSUP, line, "the number method %s is not supported", k);
     bool fl = obj->t == V_FLOAT;
     if (!strcmp(k, "real") || (!fl && !strcmp(k, "numerator")))
         return fl ? *obj : vint(inum(obj));

@@ -950,6 +950,20 @@ CASES = [
     ("str-pad-fill-markup", "{{ ('a' | escape).rjust(5, '<') }}", {}),
     ("str-partition-empty", "{{ 'a'.rpartition('') }}", {}),
     ("str-center-width", "{{ 'a'.center('5') }}", {}),
+    # getattr before the item, for a range and a number too: a range's start, stop and step, a number's real,
+    # imag, numerator and denominator, their methods (a bool is an int), as obj.name, obj['name'] and attr
+    ("number-range-attributes", "{{ range(3).stop }}|{{ range(1, 9, 2).start }}|{{ range(1, 9, 2).step }}|"
+     "{{ (5).real }}|{{ (5).imag }}|{{ (1.5).real }}|{{ (1.5).imag }}|{{ true.real }}|{{ (5)['real'] }}|"
+     "{{ range(2)['stop'] }}|{{ (-7).numerator }}{{ (7).denominator }}|{{ (1.5).numerator }}|{{ range(3).foo }}|"
+     "{{ (5).foo }}|{{ (5)._x }}|{% if (5).real == 5 and range(4).stop == 4 %}ok{% endif %}|"
+     "{{ [range(3)] | map(attribute='stop') | list }}|{{ x.real }}{{ x.imag }}", {"x": 2.5}),
+    ("number-methods", "{{ (1.5).is_integer() }}|{{ (2.0).is_integer() }}|{{ (1e300).is_integer() }}|"
+     "{{ true.bit_length() }}|{{ (-5).bit_length() }}|{{ (0).bit_length() }}|"
+     "{{ (-9223372036854775807 - 1).bit_length() }}|{{ (255).bit_count() }}|{{ (2.5).conjugate() }}|"
+     "{{ true.conjugate() }}|{{ (-5).as_integer_ratio() }}|{{ (1.5).as_integer_ratio() }}|"
+     "{{ (-0.1).as_integer_ratio() }}|{{ (0.0).as_integer_ratio() }}|{{ (x | attr('is_integer'))() }}", {"x": 3.0}),
+    ("number-method-arguments", "{{ (5).bit_length(1) }}", {}),
+    ("number-ratio-infinite", "{{ (x | float).as_integer_ratio() }}", {"x": "inf"}),
     # repr() escapes what Python's str.isprintable() refuses (categories C* and Z*, the space aside), \U past the BMP
     ("repr-unicode", "{{ l }} {{ '%r' % l[0] }} {{ (l[10], l[11]) }}",
      {"l": ["\u0378", "\ue000", "\U000f0000", "\u200b", "\u00ad", "\u2028", "\u3000", "\U0001000c", "\U0001f600",

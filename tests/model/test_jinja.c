@@ -142,7 +142,8 @@ int main(void)
                        "recursive loop goes deeper than 64");
     check_render_fails("{% for x in [[1]] %}{{ loop(x) }}{% endfor %}", MOE_EINVAL, "'recursive' marker");
     check_render_fails("{% macro m() %}{% endmacro %}{{ m | attr('name') }}", MOE_ENOTSUP, "attributes of a macro");
-    check_render_fails("{{ 5 | attr('bit_length') }}", MOE_ENOTSUP, "methods of a number");
+    check_render_fails("{{ 5 | attr('hex') }}", MOE_ENOTSUP, "number method hex is not supported");
+    check_render_fails("{{ (5).to_bytes(2) }}", MOE_ENOTSUP, "number method to_bytes is not supported");
     check_render_fails("{{ 9223372036854775807 + 1 }}", MOE_ERANGE, "overflow");
     { /* a chain of 20000 operators: a tree deeper than the stack would take, refused while rendering */
         size_t cap = 20000 * 4 + 16, clen = 0;

@@ -30,6 +30,7 @@
 #define JJ_MAX_VALUE_DEPTH 512      /* nesting of lists and dicts that printing and comparing walk */
 #define JJ_MAX_STEPS 5000000L       /* evaluation steps per render (test_jinja renders 4096 messages within it) */
 #define JJ_MAX_ARENA (256u << 20)   /* bytes of values per render */
+#define JJ_MAX_ARGS 1024            /* positional and (apart) keyword arguments of one call, * and ** included */
 
 /* ---- arena --------------------------------------------------------------- */
 
@@ -821,9 +822,17 @@ static void parse_call_args(struct compiler *c, struct node *n)
 {
     struct nodes args = { 0 }, kw = { 0 };
     struct names names = { 0 };
-    while (list_more(c, ")", args.n + kw.n)) {
-        if (peek(c)->k == T_NAME && is_op(&c->tok[c->pos + 1], "=")) {
-            int line = peek(c)->line;
+    while (list_more(c, ")", args.n + kw.n + !!n->c + !!n->d)) {
+        int line = peek(c)->line;
+        if (is_op(peek(c), "*") || is_op(peek(c), "**")) { /* *iterable, then **mapping: one each, as Jinja2 */
+            bool two = next(c)->n == 2;
+            if (n->d || (!two && n->c))
+                fail_at(&c->f, MOE_EFORMAT, line, "invalid syntax for function call expression: %s",
+                        two ? "a second **argument" : n->d ? "a *argument after the **argument" : "a second *argument");
+            *(two ? &n->d : &n->c) = parse_expr(c, true);
+        } else if (peek(c)->k == T_NAME && is_op(&c->tok[c->pos + 1], "=")) {
+            if (n->d)
+                fail_at(&c->f, MOE_EFORMAT, line, "a keyword argument after a **argument");
             const char *name = expect_name(c);
             for (int i = 0; i < names.n; i++)
                 if (!strcmp(names.v[i], name)) /* Python's syntax error, at compile time in Jinja2 */
@@ -832,8 +841,9 @@ static void parse_call_args(struct compiler *c, struct node *n)
             nodes_push(c, &kw, parse_expr(c, true));
             names_push(c, &names, name);
         } else {
-            if (kw.n)
-                fail_at(&c->f, MOE_EFORMAT, peek(c)->line, "a positional argument after a keyword argument");
+            if (kw.n || n->c || n->d)
+                fail_at(&c->f, MOE_EFORMAT, line, "a positional argument after a %s%sargument",
+                        kw.n ? "keyword" : n->d ? "**" : "*", kw.n ? " " : "");
             nodes_push(c, &args, parse_expr(c, true));
         }
     }
@@ -3247,23 +3257,53 @@ static bool contains(struct render *r, const struct val *item, const struct val 
 
 /* Arguments of a call: positional values and named ones. */
 struct args {
-    struct val pos[8];
+    struct val *pos;     /* npos, in the render's arena */
     int npos;
-    const char *names[8];
-    struct val kw[8];
+    const char **names;  /* nkw names and their values kw; room for one more (a call block's caller) */
+    struct val *kw;
     int nkw;
 };
 
+/* Room in the arena for npos positional and nkw (and one more) keyword arguments. */
+static void args_alloc(struct render *r, struct args *a, size_t npos, size_t nkw, int line)
+{
+    if (npos > JJ_MAX_ARGS || nkw > JJ_MAX_ARGS)
+        fail_at(&r->f, MOE_ERANGE, line, "a call with more than %d %s arguments", JJ_MAX_ARGS,
+                npos > JJ_MAX_ARGS ? "positional" : "keyword");
+    *a = (struct args){ .pos = r_alloc(r, (npos + 1) * sizeof(*a->pos)),
+                        .names = r_alloc(r, (nkw + 1) * sizeof(*a->names)),
+                        .kw = r_alloc(r, (nkw + 1) * sizeof(*a->kw)) };
+}
+
+/* The arguments of call, filter or test n, as Python passes f(args, names=values, *c, **d): the positions
+ * then the items of c, the names then the items of the mapping d. */
 static void eval_args(struct render *r, const struct node *n, struct args *a)
 {
-    if (n->nargs > 8 || n->nkw > 8)
-        fail_at(&r->f, MOE_ENOTSUP, n->line, "more than 8 arguments");
-    a->npos = n->nargs;
-    a->nkw = n->nkw;
-    for (int i = 0; i < n->nargs; i++) a->pos[i] = eval(r, n->args[i]);
+    struct val star = n->c ? eval(r, n->c) : (struct val){ .t = V_NONE }, dstar = { .t = V_NONE };
+    if (n->c && !(star.t == V_LIST || star.t == V_STR || star.t == V_UNDEF || (star.t == V_DICT && !star.d->ns)))
+        fail_at(&r->f, MOE_EINVAL, n->line, "the argument after * must be iterable, not %s", type_name(&star));
+    const struct list *items = n->c ? iter_list(r, &star, n->line) : NULL;
+    if (n->d) {
+        dstar = eval(r, n->d);
+        if (dstar.t != V_DICT || dstar.d->ns || dstar.d->loop)
+            fail_at(&r->f, MOE_EINVAL, n->line, "the argument after ** must be a mapping, not %s", type_name(&dstar));
+    }
+    args_alloc(r, a, (size_t)n->nargs + (items ? items->n : 0), (size_t)n->nkw + (n->d ? dstar.d->n : 0), n->line);
+    for (int i = 0; i < n->nargs; i++) a->pos[a->npos++] = eval(r, n->args[i]);
+    for (size_t i = 0; items && i < items->n; i++) a->pos[a->npos++] = items->v[i];
     for (int i = 0; i < n->nkw; i++) {
-        a->names[i] = n->kwnames[i];
-        a->kw[i] = eval(r, n->kwargs[i]);
+        a->names[a->nkw] = n->kwnames[i];
+        a->kw[a->nkw++] = eval(r, n->kwargs[i]);
+    }
+    for (size_t i = 0; n->d && i < dstar.d->n; i++) {
+        const struct str *k = dstar.d->k[i];
+        if (memchr(k->p, 0, k->n))
+            fail_at(&r->f, MOE_EINVAL, n->line, "a keyword argument name after ** holds a NUL character");
+        for (int j = 0; j < n->nkw; j++)
+            if (!strcmp(a->names[j], k->p))
+                fail_at(&r->f, MOE_EINVAL, n->line, "got multiple values for keyword argument '%s'", k->p);
+        a->names[a->nkw] = k->p;
+        a->kw[a->nkw++] = dstar.d->v[i];
     }
 }
 
@@ -3483,8 +3523,10 @@ static struct val call_macro(struct render *r, const struct macro *mc, const str
     /* in the arena: a macro defined in the body keeps this scope after the call returns */
     struct frame *fr = r_alloc(r, sizeof(*fr)), *caller = r->cur;
     *fr = (struct frame){ .up = mc->env };
-    bool used[MOE_ARRAY_LEN(a->kw)] = { false };
-    int param[MOE_ARRAY_LEN(a->kw)]; /* the parameter each named argument is for, or -1 */
+    bool *used = r_alloc(r, ((size_t)a->nkw + 1) * sizeof(*used));
+    int *param = r_alloc(r, ((size_t)a->nkw + 1) * sizeof(*param)); /* the parameter each named argument is for,
+                                                                       or -1 */
+    memset(used, 0, ((size_t)a->nkw + 1) * sizeof(*used));
     for (int k = 0; k < a->nkw; k++) {
         param[k] = -1;
         for (int i = a->npos; i < m->nargs && param[k] < 0; i++)
@@ -5120,16 +5162,14 @@ static void fmt_run(struct render *r, struct buf *out, const struct str *f, stru
  * sandbox's attribute and item lookups); a Markup's escapes its fields' text. */
 static struct val str_format(struct render *r, const struct val *s, const char *name, const struct args *a, int line)
 {
-    struct args kw = { 0 };
+    struct args kw;
     if (!strcmp(name, "format_map")) {
         if (a->npos != 1 || a->nkw)
             fail_at(&r->f, MOE_EINVAL, line, "format_map() takes exactly one argument, a mapping");
         const struct val *m = &a->pos[0];
         if (m->t != V_DICT || m->d->ns || m->d->loop)
             fail_at(&r->f, MOE_EINVAL, line, "format_map: a %s is not a mapping", type_name(m));
-        if (m->d->n > MOE_ARRAY_LEN(kw.kw))
-            fail_at(&r->f, MOE_ENOTSUP, line, "format_map: a mapping of more than %zu items",
-                    MOE_ARRAY_LEN(kw.kw));
+        args_alloc(r, &kw, 0, m->d->n, line);
         for (size_t i = 0; i < m->d->n; i++) {
             kw.names[kw.nkw] = m->d->k[i]->p;
             kw.kw[kw.nkw++] = m->d->v[i];
@@ -5896,8 +5936,9 @@ static struct val filter(struct render *r, const struct node *n)
                 fail_at(&r->f, MOE_EINVAL, line, "map needs attribute= or the name of a filter");
             if (!in_list(FILTERS, MOE_ARRAY_LEN(FILTERS), fname->p))
                 fail_at(&r->f, MOE_ENOTSUP, line, "map: filter '%s' is not supported", fname->p);
-            struct node lit = { .k = E_LIT, .line = line }, lits[MOE_ARRAY_LEN(a.pos) + MOE_ARRAY_LEN(a.kw)];
-            struct node *ptrs[MOE_ARRAY_LEN(lits)];
+            struct node lit = { .k = E_LIT, .line = line };
+            struct node *lits = r_alloc(r, (size_t)(a.npos + a.nkw) * sizeof(*lits));
+            struct node **ptrs = r_alloc(r, (size_t)(a.npos + a.nkw) * sizeof(*ptrs));
             struct node fake = { .k = E_FILTER, .name = fname->p, .line = line, .a = &lit, .args = ptrs,
                                  .kwnames = a.names, .kwargs = ptrs + a.npos, .nkw = a.nkw };
             for (int i = 0; i < a.npos + a.nkw; i++) {
@@ -5913,7 +5954,8 @@ static struct val filter(struct render *r, const struct node *n)
             l->gen = true;
             return (struct val){ .t = V_LIST, .l = l };
         }
-        struct args targs = { 0 }; /* the test's: the arguments after its name, those by name too */
+        struct args targs; /* the test's: the arguments after its name, those by name too */
+        args_alloc(r, &targs, (size_t)a.npos, (size_t)a.nkw, line);
         for (int i = first + 1; i < a.npos; i++) targs.pos[targs.npos++] = a.pos[i];
         for (int i = 0; tname && i < a.nkw; i++) {
             targs.names[targs.nkw] = a.names[i];
@@ -6454,9 +6496,10 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         struct val f = eval(r, n->a->a);
         struct args a;
         eval_args(r, n->a, &a);
-        if (a.nkw == (int)MOE_ARRAY_LEN(a.kw))
-            fail_at(&r->f, MOE_ENOTSUP, n->line, "more than %d arguments", a.nkw);
-        a.names[a.nkw] = "caller";
+        for (int k = 0; k < a.nkw; k++) /* from a **mapping: the others are refused when compiled */
+            if (!strcmp(a.names[k], "caller"))
+                fail_at(&r->f, MOE_EINVAL, n->line, "got multiple values for keyword argument 'caller'");
+        a.names[a.nkw] = "caller"; /* in the room args_alloc keeps */
         a.kw[a.nkw++] = (struct val){ .t = V_MACRO, .macro = m };
         struct val v = call_value(r, &f, &a, n->line);
         to_str(r, out, &v, n->line);

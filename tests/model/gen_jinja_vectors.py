@@ -921,6 +921,25 @@ CASES = [
     ("macro-caller-undefined", "{% macro m() %}{{ caller() }}{% endmacro %}{{ m() }}", {}),
     ("macro-too-many", "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, 2) }}", {}),
     ("macro-unknown-keyword", "{% macro m(a) %}{{ a }}{% endmacro %}{{ m(b=2) }}", {}),
+    # f(args, names=..., *iterable, **mapping), as Python passes them: calls, macros, filters, tests, call blocks
+    ("call-star-args", "{% macro f(a, b=2) %}{{ a }}{{ b }}{{ varargs }}{{ kwargs }}{% endmacro %}"
+     "{{ f(*[1, 2, 3]) }}|{{ f(*'xy', c=1) }}|{{ f(**{'a': 5, 'z': 1}) }}|{{ f(0, *(7,), b=1) }}|"
+     "{{ f(*range(2), **{'q': 1}) }}|{{ f(*x) }}|{{ f(*{'k': 1}) }}|{{ f(1, *[], **{}) }}|"
+     "{{ range(*[1, 5, 2]) | list }}|{{ dict(*[], **{'a': 1}) }}|{{ 'a{0}{x}'.format(*[1], **{'x': 2}) }}|"
+     "{{ [3, 1] | sort(**{'reverse': true}) }}|{{ 6 is divisibleby(*[3]) }}|{{ 'abc' | replace(*['b', 'B']) }}|"
+     "{{ namespace(**{'a': 1}).a }}|{{ dict(x=1, **{'a': 1}) }}|{% macro m() %}{{ caller() }}{{ varargs }}"
+     "{% endmacro %}{% call m(*[1, 2]) %}x{% endcall %}|{% for i in range(3) %}{{ loop.cycle(*['a', 'b']) }}"
+     "{% endfor %}|{% macro g() %}{{ varargs | length }}{% endmacro %}{{ g(*range(1000)) }}|"
+     "{{ g(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12) }}|{{ dict(a=1, b=2, c=3, d=4, e=5, f=6, g=7, h=8, i=9) | length }}",
+     {}),
+    ("call-star-not-iterable", "{{ dict(*1) }}", {}),
+    ("call-star-not-mapping", "{{ dict(**[1]) }}", {}),
+    ("call-star-repeated-keyword", "{{ dict(a=1, **{'a': 2}) }}", {}),
+    ("call-star-caller", "{% macro m() %}{{ caller() }}{% endmacro %}{% call m(**{'caller': 1}) %}x{% endcall %}", {}),
+    ("call-star-twice", "{{ dict(*[1], *[2]) }}", {}),
+    ("call-star-after-mapping", "{{ dict(**{}, *[2]) }}", {}),
+    ("call-keyword-after-mapping", "{{ dict(**{}, a=1) }}", {}),
+    ("call-positional-after-star", "{{ dict(*[], 1) }}", {}),
     ("elif", "{% for x in [1, 2, 3] %}{% if x == 1 %}one{% elif x == 2 %}two{% else %}many{% endif %} {% endfor %}", {}),
     ("raise", "{{ raise_exception('no ' ~ 'way') }}", {}),
     ("list-concat", "{{ [1] + [2, 3] }} {{ 'ab' * 3 }} {{ (1, 2) }} {{ () }}", {}),

@@ -199,6 +199,15 @@ int main(void)
     check_render_fails("{% set ns = namespace(f=none) %}{% set b %}{% set z = 4 %}{% macro m(a=z) %}{% endmacro %}"
                        "{% set ns.f = m %}{% endset %}{{ ns.f() }}",
                        MOE_ENOTSUP, "macro 'm' uses 'z' of a set block that has ended");
+    /* a call's arguments, * and ** ones too, are bounded, with an error that says which */
+    check_render_fails("{% macro f() %}{% endmacro %}{{ f(*range(1025)) }}", MOE_ERANGE,
+                       "a call with more than 1024 positional arguments");
+    static char wide[32768];
+    size_t at = (size_t)snprintf(wide, sizeof(wide), "{{ dict(**{");
+    for (int i = 0; i < 1025; i++) at += (size_t)snprintf(wide + at, sizeof(wide) - at, "'k%d': %d, ", i, i);
+    snprintf(wide + at, sizeof(wide) - at, "}) }}");
+    check_render_fails(wide, MOE_ERANGE, "a call with more than 1024 keyword arguments");
+    check_refused("{{ dict(**{}, *[2]) }}", MOE_EFORMAT, "a *argument after the **argument");
 
     /* the bounds leave room for the longest conversation a request may carry (4096 messages) */
     const char *chatml = "{% for m in messages %}{% if m.role == 'user' and not loop.first %}{{ '<|im_start|>' + "

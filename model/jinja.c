@@ -2146,7 +2146,17 @@ static const char *type_name(const struct val *v)
 {
     static const char *const names[] = { "undefined", "none", "bool", "int", "float", "string", "list", "dict",
                                          "function", "macro", "method" };
-    return v->t == V_DICT && v->d->ns ? "namespace" : v->t == V_LIST && v->l->range ? "range" : names[v->t];
+    if (v->t == V_DICT && (v->d->ns || v->d->loop))
+        return v->d->ns ? "namespace" : "loop";
+    if (v->t == V_LIST && (v->l->range || v->l->tuple))
+        return v->l->range ? "range" : "tuple";
+    return names[v->t];
+}
+
+/* The article of a type_name: "an int", "a list". */
+static const char *article(const char *name)
+{
+    return strchr("aeiou", name[0]) ? "an" : "a";
 }
 
 static bool truthy(const struct val *v)
@@ -2274,9 +2284,7 @@ static int compare_rec(struct render *r, const struct val *a, const struct val *
         }
         return a->l->n < b->l->n ? -1 : a->l->n > b->l->n;
     }
-    fail_at(&r->f, MOE_EINVAL, line, "cannot order %s and %s",
-            a->t == V_LIST && a->l->tuple && !a->l->range ? "tuple" : type_name(a),
-            b->t == V_LIST && b->l->tuple && !b->l->range ? "tuple" : type_name(b));
+    fail_at(&r->f, MOE_EINVAL, line, "cannot order %s and %s", type_name(a), type_name(b));
 }
 
 static int compare(struct render *r, const struct val *a, const struct val *b, int line)
@@ -2464,8 +2472,8 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
         break;
     case V_FUNC: buf_adds(r, b, "<built-in function>"); break;
     case V_METHOD: /* Jinja2 prints the object's address */
-        fail_at(&r->f, MOE_EINVAL, line, "printing the method '%s' of a %s: call it, as %s()", v->bm->name,
-                type_name(&v->bm->self), v->bm->name);
+        fail_at(&r->f, MOE_EINVAL, line, "printing the method '%s' of %s %s: call it, as %s()", v->bm->name,
+                article(type_name(&v->bm->self)), type_name(&v->bm->self), v->bm->name);
     default: /* Jinja2's Macro */
         if (v->macro->n->op & MACRO_ANONYMOUS) {
             buf_adds(r, b, "<Macro anonymous>");

@@ -185,6 +185,10 @@ int main(void)
     check_render_fails("{{ ['a'] | map('urlize') | list }}", MOE_ENOTSUP, "map: filter 'urlize' is not supported");
     /* Jinja2 prints a method not called with its address */
     check_render_fails("{% set d = {'items': 1} %}{{ d.items }}", MOE_EINVAL, "printing the method 'items' of a dict");
+    check_render_fails("{% for x in [1] %}{{ loop.cycle }}{% endfor %}", MOE_EINVAL,
+                       "printing the method 'cycle' of a loop");
+    check_render_fails("{{ (1, 2).index }}", MOE_EINVAL, "printing the method 'index' of a tuple");
+    check_render_fails("{{ (5).bit_length }}", MOE_EINVAL, "printing the method 'bit_length' of an int");
     /* a macro that outlives the loop iteration or set block it was defined in, and uses a name of it:
      * Jinja2 gives what the name held last in any iteration, or its internal 'missing' marker */
     check_render_fails("{% set ns = namespace(f=none) %}{% for x in [1, 2] %}{% macro m() %}{{ x }}{% endmacro %}"

@@ -8,7 +8,9 @@ separators, sort_keys), and the globals raise_exception() and strftime_now().
 
     python3 tests/model/gen_jinja_vectors.py > tests/fixtures/jinja/vectors.jsonl
 
-Needs jinja2 (3.x).  Every template here is this project's own.  One JSON
+Needs jinja2 3.1: Debian 12's python3-jinja2 3.1.2 (with python3-markupsafe 2.1.2) under
+/usr/bin/python3 wrote the stored file, and Jinja2 3.1.6 with markupsafe 3.0 writes the same (the
+cases avoid what the two releases do differently).  Every template here is this project's own.  One JSON
 object per line: {"name", "template", "vars", "out"} or, where Jinja2 fails,
 "error" (its exception class) instead of "out".
 """
@@ -347,7 +349,11 @@ CASES = [
     ("filters-int-float-python", "{% for s in l %}{{ s | int }},{{ s | int(-1, 2) }},{{ s | int(-1, 16) }},"
      "{{ s | int(-1, 0) }},{{ s | float(-1) }};{% endfor %}{{ 'inf' | float | string | float }}",
      {"l": ["3", "0b11", "0x_1f", "-0X1a", "0o17", "12_3", "1__2", "_1", "1_", "010", "00", " +5 ", "- 5", "1e3", "1e1_0",
-            "1_e5", "1_000.000_1", "inf", "-Infinity", "nan", "1.5e400", "ff", "0x", "1._5"]}),
+            "1_e5", "1_000.000_1", "nan", "ff", "0x", "1._5"]}),
+    # int of a string naming an infinity fails in Jinja2 3.1.2 (OverflowError) and gives the default
+    # in later 3.1 releases (3.1.6): only float's reading of them is compared
+    ("filters-float-infinities", "{% for s in l %}{{ s | float(-1) }};{% endfor %}",
+     {"l": ["inf", "-Infinity", "1.5e400", "-1e999", "INF", "+inf", "infinity", "infx"]}),
     ("filters-int-inf", "{{ s | float | int }}", {"s": "inf"}),
     ("filters-attr", "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' / ') }}|"
      "{{ messages | rejectattr('role', 'equalto', 'user') | list | length }}|"
@@ -961,7 +967,7 @@ CASES = [
     ("str-case-pad", "{% for s in l %}{{ s.casefold() }}|{{ s.swapcase() }}|{{ s.zfill(6) }}|{{ s.ljust(5, '*') }}|"
      "{{ s.rjust(6) }}|{{ s.center(6, '\u00e9') }}|{{ s.partition('a') }}{{ s.rpartition('a') }}|{{ s.expandtabs() }}|"
      "{{ s.expandtabs(3) }}|{{ s.expandtabs(tabsize=0) }}\n{% endfor %}"
-     "{% set m = 'a<b>' | escape %}{{ m.casefold() ~ '<' }}|{{ m.swapcase() ~ '<' }}|{{ m.partition('<') }}|"
+     "{% set m = 'a<b>' | escape %}{{ m.casefold() ~ '<' }}|{{ m.swapcase() ~ '<' }}|{{ m.partition('b') }}|"
      "{{ m.rpartition('z') }}|{{ m.zfill(10) ~ '<' }}|{{ m.center(12, '.') ~ '<' }}|{{ 'a'.zfill(true) }}",
      {"l": ["", "ab", "\u00df stra\u00dfe", "\u03a3\u0391\u03a3 \u03c3\u03c2", "\ufb01", "\u0130", "\u13f8", "-42",
             "+7", "a\tb\tcd\n\tx\r\ty", "banana", "\u01c8a"]}),

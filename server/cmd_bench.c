@@ -508,6 +508,9 @@ static int bench_batch(int argc, char **argv)
         .regroup_lag = (float)o.lag, .regroup_lead = (float)o.lead,
         .engine_max_batch_tokens = o.micro_batch + chunk,
     };
+    const char *fault = getenv("MOEFLOW_TEST_FAULT_DEVICE_AT"); /* testing: a lost device, as serve's */
+    if (fault)
+        sp.fault_device_at = (uint32_t)strtoul(fault, NULL, 10);
     s = moe_sched_create(eng, &sp);
     if (!s) {
         fprintf(stderr, "moeflow bench batch: scheduler: %s\n", moe_last_error());
@@ -526,14 +529,24 @@ static int bench_batch(int argc, char **argv)
     while (moe_sched_step(s) == MOE_OK) {
     }
     double wall = moe_now() - t0;
-    int failed = 0;
+    int failed = 0, first = -1;
+    for (int i = 0; i < n_texts; i++)
+        if (!reqs[i].n_done) {
+            /* the steps stopped with requests left (a lost device runs nothing more): the drain
+             * ends each with its reason */
+            moe_sched_drain(s, 0);
+            break;
+        }
     for (int i = 0; i < n_texts; i++)
         if (reqs[i].n_done != 1 || reqs[i].why != MOE_FINISH_LENGTH) {
-            if (!failed)
-                fprintf(stderr, "moeflow bench batch: prompt %d ended %s: %s\n", i + 1,
-                        reqs[i].n_done ? moe_finish_str(reqs[i].why) : "never", reqs[i].msg);
+            /* the first that failed names the cause; the others were cancelled because of it */
+            if (first < 0 || (reqs[first].why != MOE_FINISH_ERROR && reqs[i].why == MOE_FINISH_ERROR))
+                first = i;
             failed++;
         }
+    if (first >= 0)
+        fprintf(stderr, "moeflow bench batch: prompt %d ended %s: %s\n", first + 1,
+                reqs[first].n_done ? moe_finish_str(reqs[first].why) : "never", reqs[first].msg);
     if (failed) {
         if (moe_offload_backend_poisoned(be))
             fprintf(stderr, "moeflow bench batch: device error: the CUDA context is unusable; restart the "

@@ -22,8 +22,9 @@ def check(cond, msg):
         fails += 1
 
 
-def run(*args):
-    p = subprocess.run([BIN, "bench", "batch", *args], capture_output=True, text=True, timeout=120)
+def run(*args, env=None):
+    p = subprocess.run([BIN, "bench", "batch", *args], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, **(env or {})))
     return p.returncode, p.stdout, p.stderr
 
 
@@ -170,6 +171,17 @@ check(rc == 2 and "--grouping regroup" in err, f"--regroup-lag with fcfs: rc {rc
 # --regroup-lead with strict steps, where no sequence runs ahead: refused too
 rc, out, err = run(*base, "--grouping", "regroup", "--regroup-lag", "-1", "--regroup-lead", "2")
 check(rc == 2 and "--regroup-lead" in err and "strict" in err, f"--regroup-lead with --regroup-lag -1: rc {rc} {err!r}")
+
+# a lost device (test hook: the 2nd forward and every later one fail, the 2nd being the second prompt's
+# prefill): the prompt whose forward failed is named with the device's error, the others end with the
+# drain's reason, not as "ended never"
+with tempfile.NamedTemporaryFile("w", suffix=".txt") as pf:
+    pf.write("def f(x):\nimport os\nclass A:\nwhile True:\n")
+    pf.flush()
+    rc, out, err = run("--prompts", pf.name, "--concurrency", "2", "--micro-batch", "1", "--max-tokens", "8",
+                       "--capacity-frac", "0.5", "--grouping", "fcfs", env={"MOEFLOW_TEST_FAULT_DEVICE_AT": "2"})
+    check(rc == 1 and err.startswith("moeflow bench batch: prompt 2 ended error: ") and "injected at forward 2" in err
+          and "4 of 4 requests did not complete" in err and "never" not in err, f"lost device: rc {rc} {err!r}")
 
 print("test_bench_cli:", "ok" if not fails else f"{fails} check(s) failed")
 sys.exit(1 if fails else 0)

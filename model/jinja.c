@@ -2638,7 +2638,7 @@ static void to_json(struct render *r, struct buf *b, const struct val *v, const 
     }
     default: break;
     }
-    fail_at(&r->f, MOE_EINVAL, line, "tojson: a %s is not JSON serializable", type_name(v));
+    fail_at(&r->f, MOE_EINVAL, line, "tojson: %s %s is not JSON serializable", article(type_name(v)), type_name(v));
 }
 
 /* ---- render: strings by code point ------------------------------------------- */
@@ -3225,7 +3225,7 @@ static struct list *iter_list(struct render *r, const struct val *v, int line)
         }
         return l;
     }
-    fail_at(&r->f, MOE_EINVAL, line, "a %s is not iterable", type_name(v));
+    fail_at(&r->f, MOE_EINVAL, line, "%s %s is not iterable", article(type_name(v)), type_name(v));
 }
 
 /* Whether Python can hash v (a set's or dict's key): not a list or dict, nor a tuple holding one. */
@@ -3252,8 +3252,8 @@ static bool contains(struct render *r, const struct val *item, const struct val 
     }
     if (in->t == V_DICT && !in->d->ns) {
         if (!hashable(r, item, line))
-            fail_at(&r->f, MOE_EINVAL, line, "'in <dict>' needs a key on the left, not a %s (a list or dict cannot be "
-                    "one)", type_name(item));
+            fail_at(&r->f, MOE_EINVAL, line, "'in <dict>' needs a key on the left, not %s %s (a list or dict cannot be "
+                    "one)", article(type_name(item)), type_name(item));
         return item->t == V_STR && dict_get(in->d, item->s->p, item->s->n) != NULL;
     }
     const struct list *l = iter_list(r, in, line);
@@ -3818,7 +3818,8 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             for (size_t i = 0; i < l->n; i++) {
                 struct val x = obj->markup ? html_escape(r, &l->v[i], line) : l->v[i]; /* a Markup's: any item */
                 if (x.t != V_STR)
-                    fail_at(&r->f, MOE_EINVAL, line, "join(): item %zu is a %s, not a string", i, type_name(&x));
+                    fail_at(&r->f, MOE_EINVAL, line, "join(): item %zu is %s %s, not a string",
+                            i, article(type_name(&x)), type_name(&x));
                 if (i)
                     buf_add(r, &b, s->p, s->n);
                 buf_add(r, &b, x.s->p, x.s->n);
@@ -3958,7 +3959,8 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         if (!strcmp(name, "get")) {
             const struct val *k = arg(a, 0, NULL), *dflt = arg(a, 1, NULL);
             if (k && !hashable(r, k, line))
-                fail_at(&r->f, MOE_EINVAL, line, "get: a %s cannot be a key (a list or dict)", type_name(k));
+                fail_at(&r->f, MOE_EINVAL, line, "get: %s %s cannot be a key (a list or dict)",
+                        article(type_name(k)), type_name(k));
             const struct val *v = k && k->t == V_STR ? dict_get(d, k->s->p, k->s->n) : NULL;
             return v ? *v : dflt ? *dflt : (struct val){ .t = V_NONE };
         }
@@ -3982,7 +3984,7 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             return vbool(true);
         }
     }
-    fail_at(&r->f, MOE_ENOTSUP, line, "a %s has no method '%s' here", type_name(obj), name);
+    fail_at(&r->f, MOE_ENOTSUP, line, "%s %s has no method '%s' here", article(type_name(obj)), type_name(obj), name);
 }
 
 static void for_level(struct render *r, struct frame *fr, const struct node *n, const struct val *it, int depth,
@@ -4023,7 +4025,7 @@ static struct val call_value(struct render *r, const struct val *f, const struct
         return call_loop(r, f->d, a, line);
     if (f->t == V_UNDEF)
         undefined_error(r, f, line);
-    fail_at(&r->f, MOE_EINVAL, line, "a %s is not callable", type_name(f));
+    fail_at(&r->f, MOE_EINVAL, line, "%s %s is not callable", article(type_name(f)), type_name(f));
 }
 
 static struct val call(struct render *r, const struct node *n)
@@ -4034,8 +4036,8 @@ static struct val call(struct render *r, const struct node *n)
         const char *m = n->a->name;
         int kind = method_kind(&obj, m);
         if (kind == 2)
-            fail_at(&r->f, MOE_EINVAL, n->line, "access to the method '%s' of a %s is unsafe (a template cannot "
-                    "change a value)", m, type_name(&obj));
+            fail_at(&r->f, MOE_EINVAL, n->line, "access to the method '%s' of %s %s is unsafe (a template cannot "
+                    "change a value)", m, article(type_name(&obj)), type_name(&obj));
         if (kind) {
             eval_args(r, n, &a);
             return call_method(r, &obj, m, &a, n->line);
@@ -4056,7 +4058,7 @@ static int64_t length(struct render *r, const struct val *v, int line)
         return (int64_t)v->l->n;
     case V_DICT: return (int64_t)v->d->n;
     case V_UNDEF: return 0;
-    default: fail_at(&r->f, MOE_EINVAL, line, "a %s has no length", type_name(v));
+    default: fail_at(&r->f, MOE_EINVAL, line, "%s %s has no length", article(type_name(v)), type_name(v));
     }
 }
 
@@ -5176,7 +5178,7 @@ static struct val str_format(struct render *r, const struct val *s, const char *
             fail_at(&r->f, MOE_EINVAL, line, "format_map() takes exactly one argument, a mapping");
         const struct val *m = &a->pos[0];
         if (m->t != V_DICT || m->d->ns || m->d->loop)
-            fail_at(&r->f, MOE_EINVAL, line, "format_map: a %s is not a mapping", type_name(m));
+            fail_at(&r->f, MOE_EINVAL, line, "format_map: %s %s is not a mapping", article(type_name(m)), type_name(m));
         args_alloc(r, &kw, 0, m->d->n, line);
         for (size_t i = 0; i < m->d->n; i++) {
             kw.names[kw.nkw] = m->d->k[i]->p;
@@ -5527,7 +5529,7 @@ static struct val filter(struct render *r, const struct node *n)
         if (v.t == V_UNDEF)
             return (struct val){ .t = V_LIST, .l = new_list(r, 0) };
         if (v.t != V_DICT)
-            fail_at(&r->f, MOE_EINVAL, line, "items: a %s is not a mapping", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, line, "items: %s %s is not a mapping", article(type_name(&v)), type_name(&v));
         struct val items = call_method(r, &v, "items", &a, line);
         struct list *l = (struct list *)items.l;
         l->view = 0;
@@ -5536,7 +5538,7 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "dictsort")) { /* dictsort(case_sensitive=False, by='key', reverse=False) */
         if (v.t != V_DICT)
-            fail_at(&r->f, MOE_EINVAL, line, "dictsort: a %s is not a mapping", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, line, "dictsort: %s %s is not a mapping", article(type_name(&v)), type_name(&v));
         const struct val *cs = arg(&a, 0, "case_sensitive"), *rv = arg(&a, 2, "reverse");
         const struct str *by = arg_str(r, &a, 1, "by", f, line);
         if (by && strcmp(by->p, "key") && strcmp(by->p, "value"))
@@ -5580,7 +5582,7 @@ static struct val filter(struct render *r, const struct node *n)
         if (v.t == V_UNDEF)
             undefined_error(r, &v, line);
         if (v.t != V_STR)
-            fail_at(&r->f, MOE_EINVAL, line, "wordwrap: a %s is not a string", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, line, "wordwrap: %s %s is not a string", article(type_name(&v)), type_name(&v));
         const struct val *w = arg(&a, 0, "width"), *blw = arg(&a, 1, "break_long_words");
         const struct val *hy = arg(&a, 3, "break_on_hyphens");
         const struct str *ws = arg_str(r, &a, 2, "wrapstring", f, line);
@@ -5636,16 +5638,17 @@ static struct val filter(struct render *r, const struct node *n)
         if (num(lw) < 0)
             fail_at(&r->f, MOE_EINVAL, line, "truncate: expected leeway >= 0");
         if (v.t != V_STR && v.t != V_UNDEF && (v.t != V_LIST || v.l->gen) && v.t != V_DICT)
-            fail_at(&r->f, MOE_EINVAL, line, "truncate: a %s has no length", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: %s %s has no length", article(type_name(&v)), type_name(&v));
         if ((double)length(r, &v, line) <= num(lenv) + num(lw)) /* short enough: the value as it is */
             return v;
         if (v.t != V_STR)
-            fail_at(&r->f, MOE_EINVAL, line, "truncate: a %s cannot be cut as a string", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: %s %s cannot be cut as a string",
+                    article(type_name(&v)), type_name(&v));
         if (lenv->t == V_FLOAT)
             fail_at(&r->f, MOE_EINVAL, line, "truncate: slice indices must be integers, not float");
         if (endv->t != V_STR)
-            fail_at(&r->f, MOE_EINVAL, line, "truncate: can only concatenate a string (not a %s) to a string",
-                    type_name(endv));
+            fail_at(&r->f, MOE_EINVAL, line, "truncate: can only concatenate a string (not %s %s) to a string",
+                    article(type_name(endv)), type_name(endv));
         size_t cut = cp_offset(v.s, (size_t)(inum(lenv) - end_len)); /* s[:length - len(end)] */
         if (!(kw && truthy(kw))) /* then without its last word: up to the last space */
             for (size_t k = cut; k-- > 0;)
@@ -5663,7 +5666,7 @@ static struct val filter(struct render *r, const struct node *n)
         if (v.t == V_UNDEF)
             undefined_error(r, &v, line);
         if (v.t != V_STR)
-            fail_at(&r->f, MOE_EINVAL, line, "indent: a %s is not a string", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, line, "indent: %s %s is not a string", article(type_name(&v)), type_name(&v));
         const struct val *w = arg(&a, 0, "width"), *first = arg(&a, 1, "first"), *blank = arg(&a, 2, "blank");
         const struct str *ind;
         if (w && w->t == V_STR) {
@@ -5738,13 +5741,13 @@ static struct val filter(struct render *r, const struct node *n)
             return vint(inum(&v) < 0 ? -inum(&v) : inum(&v));
         if (v.t == V_FLOAT)
             return (struct val){ .t = V_FLOAT, .f = fabs(v.f) };
-        fail_at(&r->f, MOE_EINVAL, line, "abs: a %s is not a number", type_name(&v));
+        fail_at(&r->f, MOE_EINVAL, line, "abs: %s %s is not a number", article(type_name(&v)), type_name(&v));
     }
     if (!strcmp(f, "round")) { /* round(precision=0, method='common'|'ceil'|'floor') */
         if (v.t == V_UNDEF)
             undefined_error(r, &v, line);
         if (!is_num(&v))
-            fail_at(&r->f, MOE_EINVAL, line, "round: a %s is not a number", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, line, "round: %s %s is not a number", article(type_name(&v)), type_name(&v));
         int64_t prec = arg_int(r, &a, 0, "precision", 0, f, line);
         const struct str *method = arg_str(r, &a, 1, "method", f, line);
         const char *m = method ? method->p : "common";
@@ -5841,8 +5844,8 @@ static struct val filter(struct render *r, const struct node *n)
             size_t cnt = i - start, extra = 0;
             if (!full && fill && fill->t != V_NONE) { /* the last, filled up to linecount */
                 if (!is_num(lc))
-                    fail_at(&r->f, MOE_EINVAL, line, "batch: '<' is not supported between an int and a %s",
-                            type_name(lc));
+                    fail_at(&r->f, MOE_EINVAL, line, "batch: '<' is not supported between an int and %s %s",
+                            article(type_name(lc)), type_name(lc));
                 if ((double)cnt < num(lc)) {
                     if (lc->t == V_FLOAT)
                         fail_at(&r->f, MOE_EINVAL, line, "batch: can't multiply a list by a float");
@@ -5873,8 +5876,8 @@ static struct val filter(struct render *r, const struct node *n)
         for (size_t i = 0; i < src->n; i++) {
             struct val k = sort_key(r, attr ? attr_path(r, &src->v[i], attr, NULL, line) : src->v[i], sens);
             if (!hashable(r, &k, line)) /* Jinja2 keeps what it has seen in a set */
-                fail_at(&r->f, MOE_EINVAL, line, "unique: a %s cannot be compared as a set's item (a list or dict)",
-                        type_name(&k));
+                fail_at(&r->f, MOE_EINVAL, line, "unique: %s %s cannot be compared as a set's item (a list or dict)",
+                        article(type_name(&k)), type_name(&k));
             bool seen = false;
             for (size_t j = 0; j < l->n && !seen; j++) {
                 step(r, line);
@@ -6023,7 +6026,7 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     }
     if (!strcmp(t, "odd") || !strcmp(t, "even") || !strcmp(t, "divisibleby")) {
         if (!is_num(v))
-            fail_at(&r->f, MOE_EINVAL, line, "test %s: a %s is not a number", t, type_name(v));
+            fail_at(&r->f, MOE_EINVAL, line, "test %s: %s %s is not a number", t, article(type_name(v)), type_name(v));
         int64_t d = t[0] == 'd' ? arg_int(r, a, 0, "num", 1, t, line) : 2;
         if (!d)
             fail_at(&r->f, MOE_EINVAL, line, "divisibleby 0");
@@ -6303,7 +6306,8 @@ static void bind_targets(struct render *r, struct dict *vars, const struct node 
         return;
     }
     if (x.t != V_LIST && x.t != V_STR && x.t != V_DICT && x.t != V_UNDEF)
-        fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack a %s (not iterable)", type_name(&x));
+        fail_at(&r->f, MOE_EINVAL, n->line, "cannot unpack %s %s (not iterable)",
+                article(type_name(&x)), type_name(&x));
     const struct list *l = iter_list(r, &x, n->line);
     if (l->n != (size_t)n->nkw)
         fail_at(&r->f, MOE_EINVAL, n->line, "%s values to unpack (expected %d, got %zu)",
@@ -6462,8 +6466,8 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         if (n->name2) {
             struct val ns = lookup(r, fr, n->name);
             if (ns.t != V_DICT || !ns.d->ns)
-                fail_at(&r->f, MOE_EINVAL, n->line, "cannot set an attribute of '%s', a %s (only of a namespace())",
-                        n->name, type_name(&ns));
+                fail_at(&r->f, MOE_EINVAL, n->line, "cannot set an attribute of '%s', %s %s (only of a namespace())",
+                        n->name, article(type_name(&ns)), type_name(&ns));
             dict_sets(r, ns.d, n->name2, v);
             r->escapes++;
         } else if (n->k == N_SET) {
@@ -6494,7 +6498,8 @@ static void exec(struct render *r, struct frame *fr, const struct node *n, struc
         if (r->flow)
             break;
         if (v.t != V_STR) /* Jinja2 joins the output: only text can be in it */
-            fail_at(&r->f, MOE_EINVAL, n->line, "a filter block gave a %s, not a string (add |string)", type_name(&v));
+            fail_at(&r->f, MOE_EINVAL, n->line, "a filter block gave %s %s, not a string (add |string)",
+                    article(type_name(&v)), type_name(&v));
         buf_add(r, out, v.s->p, v.s->n);
         break;
     }

@@ -134,6 +134,9 @@ int main(void)
                        "{% for i in range(2000) %}{% for j in range(2000) %}{{ i if j < 0 }}{% endfor %}{% endfor %}",
                        MOE_ERANGE, "steps");
     check_render_fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", MOE_ERANGE, "output longer");
+    /* a type named in a message takes its article */
+    check_render_fails("{% for x in 3 %}{% endfor %}", MOE_EINVAL, "an int is not iterable");
+    check_render_fails("{{ undefined_name | abs }}", MOE_EINVAL, "abs: an undefined is not a number");
     /* small pieces that land on exactly the limit, then go on past it */
     check_render_fails("{{ (range(100000) | list) * 7 }}", MOE_ERANGE, "output longer");
     check_render_fails("{{ 'x' * 4194304 }}{{ 'y' }}", MOE_ERANGE, "output longer");

@@ -1431,6 +1431,11 @@ enum moe_status moe_server_run(struct moe_server *s)
      * device (no timeout) or a drain that ended early they do not wait for a slow client that long */
     drain_end = moe_now() + SRV_DELIVER_S;
     await_delivery(s, drain_end);
+    if (!device && atomic_load(&s->device_failed)) { /* lost during the drain: it ended the drain */
+        device = true;
+        fprintf(stderr, "moeflow serve: the device failed while draining (%s): the requests left were cancelled\n",
+                s->device_why);
+    }
     struct moe_sched_stats ss;
     moe_sched_stats(s->sched, &ss);
     fprintf(stderr, "moeflow serve: drained in %.2f s: accepted %llu = completed %llu + cancelled "

@@ -9,6 +9,7 @@ import os
 import queue
 import random
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -652,6 +653,42 @@ def device_lost_long_drain(moeflow, pb):
           "device lost, long drain timeout: the stream that failed got %s %r" % (code, body[-400:]))
 
 
+def device_lost_while_draining(moeflow):
+    """A device lost during a SIGTERM drain (--drain-timeout 3600; the 600th forward fails, the stream
+    running when the signal came): the drain ends at the loss, the stream ends with the device's error,
+    and the server exits 1 saying why, not 0 as after a drain that went well."""
+    import subprocess
+    proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_while_draining",
+                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
+                                                "--max-running", "1", "--drain-timeout", "3600")
+    lines, got, threads, rc = [], {}, [], None
+
+    def read_log():
+        for x in proc.stdout:
+            lines.append(x.decode(errors="replace"))
+    threads.append(threading.Thread(target=read_log))
+    threads[-1].start()
+    try:
+        wait_ready_at(proc, port)
+        threads.append(threading.Thread(target=read_reply_into, args=(got, long_completion(port, True), "stream")))
+        threads[-1].start()
+        wait_metric_at(proc, port, "moeflow:num_requests_running", 1)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(scaled(60))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        check(False, "device lost while draining: %r" % e)
+    finally:
+        end_gated(proc, gate)
+        for th in threads:
+            th.join()
+    out = "".join(lines)
+    check(rc == 1 and "the device failed while draining (forward failed: device error: injected at forward 600"
+          in out and "Sanitizer" not in out, "device lost while draining: exit status %s, log %r" % (rc, out[-3000:]))
+    code, body = got.get("stream", (None, b""))
+    check(code == 200 and b"injected at forward 600" in body and body.endswith(b"data: [DONE]\n\n"),
+          "device lost while draining: the stream got %s %r" % (code, body[-400:]))
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     pb = gen_stubs(src)
@@ -981,6 +1018,7 @@ def main():
     warmup_failed_with_requests(moeflow, pb)
     device_lost_with_requests(moeflow, pb)
     device_lost_long_drain(moeflow, pb)
+    device_lost_while_draining(moeflow)
     print("test_serve_faults: %s" % ("ok" if not check.failures else "%d failure(s)" % check.failures))
     return 1 if check.failures else 0
 

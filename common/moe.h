@@ -137,6 +137,11 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
  * moe_tmp_commit or moe_tmp_discard, so that a signal that ends the process
  * removes the file (moe_tmp_remove_on_signals). */
 int moe_create_tmp(const char *path, char *tmp, size_t cap);
+/* The file an output to path becomes: path with its symbolic links followed (a link to a file not made yet
+ * names that file, a relative link is read from its own directory), written into buf (cap bytes) and returned, so
+ * that the rename replaces the file the link names, not the link; path itself when it is no link or its links
+ * cannot be followed (a loop, a name too long), as rename would take it. */
+const char *moe_out_target(const char *path, char *buf, size_t cap);
 /* Rename the whole output tmp to path (to the file it names when path is a
  * symbolic link); 0, or -1 with errno set (tmp is then still there: discard it). */
 int moe_tmp_commit(const char *tmp, const char *path);

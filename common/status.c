@@ -242,10 +242,7 @@ static void tmp_forget(const char *tmp)
         }
 }
 
-/* The file an output to path becomes: path with its symbolic links followed (a link to a file not made yet
- * names that file), so that the rename replaces the file the link names, not the link; path itself when it
- * is no link or its links cannot be followed (a loop, a name too long), as rename would take it. */
-static const char *out_target(const char *path, char *buf, size_t cap)
+const char *moe_out_target(const char *path, char *buf, size_t cap)
 {
     char cur[PATH_MAX], link[PATH_MAX];
     const char *p = path;
@@ -268,7 +265,7 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
 {
     static _Atomic unsigned serial;
     char target[PATH_MAX];
-    path = out_target(path, target, sizeof(target));
+    path = moe_out_target(path, target, sizeof(target));
     /* a name the rename could not give (longer than a file name or a path may be) fails now, before the work,
      * not once the output is whole (the short name below is for a suffix that does not fit, not for this) */
     const char *base = strrchr(path, '/');
@@ -314,7 +311,7 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
 int moe_tmp_commit(const char *tmp, const char *path)
 {
     char target[PATH_MAX];
-    if (rename(tmp, out_target(path, target, sizeof(target))) != 0) return -1;
+    if (rename(tmp, moe_out_target(path, target, sizeof(target))) != 0) return -1;
     tmp_forget(tmp);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,10 +318,15 @@ static const char *split_path(const char *path, char *dir, size_t cap)
     return slash ? slash + 1 : path;
 }
 
-/* Whether paths a and b name one file: the same file when both exist, else the same name in the same directory. */
+/* Whether paths a and b name one file: the same file when both exist, else the same name in the same directory,
+ * each with its symbolic links followed as its output's rename follows them (a link to a file not made yet names
+ * that file). */
 static bool same_file(const char *a, const char *b)
 {
     struct stat sa, sb;
+    char ta[PATH_MAX], tb[PATH_MAX];
+    a = moe_out_target(a, ta, sizeof(ta));
+    b = moe_out_target(b, tb, sizeof(tb));
     bool ea = stat(a, &sa) == 0, eb = stat(b, &sb) == 0;
     if (ea || eb) return ea && eb && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
     char da[4200], db[4200];

@@ -334,19 +334,19 @@ int main(void)
     /* a symbolic link to a file not made yet names that file (its output's rename replaces it): the link and the
      * file, or two links to it, are one output, where only their spellings were compared */
     {
-        char dir[] = "/tmp/moeflow-cli-options-link.XXXXXX", a[4200], b[4200], args[8192], want[8192];
+        char dir[] = "/tmp/moeflow-cli-options-link.XXXXXX", a[64], b[64], cmdline[512], msg[512];
         CHECK(mkdtemp(dir) != NULL, "mkdtemp failed");
         snprintf(a, sizeof(a), "%s/l", dir);
         snprintf(b, sizeof(b), "%s/l2", dir);
         CHECK(symlink("t.json", a) == 0 && symlink("t.json", b) == 0, "symlink in %s failed", dir);
-        snprintf(args, sizeof(args), "trace --ids i.json --out %s --gpu-experts 8 --stats-json %s/t.json", a, dir);
-        snprintf(want, sizeof(want), "moeflow trace: --stats-json %s/t.json names the file of --out: give each output "
+        snprintf(cmdline, sizeof(cmdline), "trace --ids i.json --out %s --gpu-experts 8 --stats-json %s/t.json", a, dir);
+        snprintf(msg, sizeof(msg), "moeflow trace: --stats-json %s/t.json names the file of --out: give each output "
                  "its own file\n", dir);
-        expect(args, want);
-        snprintf(args, sizeof(args), "generate --prompt x --gpu-experts 8 --ids-out %s --stats-json %s", a, b);
-        snprintf(want, sizeof(want), "moeflow generate: --stats-json %s names the file of --ids-out: give each output "
+        expect(cmdline, msg);
+        snprintf(cmdline, sizeof(cmdline), "generate --prompt x --gpu-experts 8 --ids-out %s --stats-json %s", a, b);
+        snprintf(msg, sizeof(msg), "moeflow generate: --stats-json %s names the file of --ids-out: give each output "
                  "its own file\n", b);
-        expect(args, want);
+        expect(cmdline, msg);
         unlink(a);
         unlink(b);
         rmdir(dir);

@@ -297,6 +297,10 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
         }
         if (fd >= 0) {
             tmp_remember(tmp);
+            /* a file replaced keeps its permissions (a private output stays private) */
+            struct stat old_st;
+            if (stat(path, &old_st) == 0 && S_ISREG(old_st.st_mode))
+                (void)fchmod(fd, old_st.st_mode & 07777);
             break;
         }
         if (errno != EEXIST)

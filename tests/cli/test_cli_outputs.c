@@ -159,8 +159,9 @@ static void out_through_link(void)
             snprintf(target, sizeof(target), "%s/%s", top, rel);
             unlink(link);
             unlink(target);
-            if (existing)
-                REQUIRE((f = fopen(target, "w")) && fputs("OLD\n", f) >= 0 && fclose(f) == 0, "write %s", target);
+            if (existing) /* a private file: what replaces it stays private */
+                REQUIRE((f = fopen(target, "w")) && fputs("OLD\n", f) >= 0 && fclose(f) == 0 && chmod(target, 0600) == 0,
+                        "write %s", target);
             REQUIRE(symlink(rel, link) == 0, "symlink %s", link);
             snprintf(cmd, sizeof(cmd), "cd %s && '%s' %s link --model %s 2>&1 >/dev/null </dev/null", top, exe,
                      runs[i].args, model);
@@ -173,6 +174,8 @@ static void out_through_link(void)
                       !strncmp(got, runs[i].magic, strlen(runs[i].magic)),
                   "moeflow %s link (%s file there): %s holds '%s'", runs[i].args, existing ? "an old" : "no", target,
                   got);
+            CHECK(!existing || (sb.st_mode & 07777) == 0600, "moeflow %s link: the file replaced had mode 0600, "
+                  "the new one %o", runs[i].args, (unsigned)(sb.st_mode & 07777));
             CHECK(count_files(dir) == 1, "moeflow %s link: %d files in %s", runs[i].args, count_files(dir), dir);
             unlink(target);
         }

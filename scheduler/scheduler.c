@@ -1570,7 +1570,7 @@ enum moe_status moe_sched_drain_why(struct moe_sched *s, double timeout_s, const
 {
     if (!s)
         return moe_errorf(MOE_EINVAL, "scheduler: drain: NULL scheduler");
-    double until = moe_now() + (timeout_s > 0 ? timeout_s : 0);
+    double t0 = moe_now(), until = t0 + (timeout_s > 0 ? timeout_s : 0);
     pthread_mutex_lock(&s->mu);
     s->draining = true;
     snprintf(s->drain_why, sizeof(s->drain_why), "%s", why ? why : "");
@@ -1590,7 +1590,7 @@ enum moe_status moe_sched_drain_why(struct moe_sched *s, double timeout_s, const
         }
         if (s->n_waiting + s->n_active > 0) {
             MOE_INFO("scheduler: drain: cancelling %d requests after %.1f s", s->n_waiting + s->n_active,
-                     timeout_s);
+                     moe_now() - t0); /* the time waited: a lost device ends the wait before the timeout */
             cancel_all_locked(s);
             pthread_cond_broadcast(&s->wake);
             while (s->n_waiting + s->n_active + s->n_unreported > 0)

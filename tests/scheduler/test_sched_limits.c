@@ -810,8 +810,27 @@ static void test_device_failure(void)
         while (mode < 3 && moe_sched_step(s) == MOE_OK) {
         }
         int ran = mode < 3 ? fb.forwards : at;
-        if (mode > 0)
+        char log[4096] = "";
+        if (mode > 0) {
+            /* the threaded drain's log line (info) says how long it waited: not the 3600 s it was given */
+            FILE *cap = tmpfile();
+            int saved = dup(2);
+            REQUIRE(cap && saved >= 0, "tmpfile or dup failed");
+            fflush(stderr);
+            dup2(fileno(cap), 2);
+            moe_log_set_level(MOE_LOG_INFO);
             moe_sched_drain(s, 3600);
+            moe_log_set_level(MOE_LOG_WARN);
+            fflush(stderr);
+            dup2(saved, 2);
+            close(saved);
+            rewind(cap);
+            log[fread(log, 1, sizeof(log) - 1, cap)] = 0;
+            fclose(cap);
+            CHECK(mode < 3 || strstr(log, "drain: cancelling 2 requests after 0.") ||
+                      strstr(log, "drain: cancelling 2 requests after 1."), /* the thread's drain logs it */
+                  "%s: drain log: %s", what[mode], log);
+        }
         char why[256];
         snprintf(why, sizeof(why), "shutting down: the device was lost (forward failed: fake: injected failure at "
                  "forward %d); cancelled during decode; retry elsewhere", fb.fail_at);

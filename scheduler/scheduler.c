@@ -1291,16 +1291,23 @@ static void hold_drop(struct moe_sched *s, struct choice_hold *h)
     free(h);
 }
 
+/* The hold of the first choice whose id is id (s->mu held), or NULL. */
+static struct choice_hold *hold_find(const struct moe_sched *s, uint64_t id)
+{
+    struct choice_hold *h = s->holds;
+    while (h && h->id != id)
+        h = h->next;
+    return h;
+}
+
 void moe_sched_hold_release(struct moe_sched *s, uint64_t id)
 {
     if (!s)
         return;
     pthread_mutex_lock(&s->mu);
-    for (struct choice_hold *h = s->holds; h; h = h->next)
-        if (h->id == id) {
-            hold_drop(s, h);
-            break;
-        }
+    struct choice_hold *h = hold_find(s, id);
+    if (h)
+        hold_drop(s, h);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -1432,10 +1439,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     pthread_mutex_lock(&s->mu);
     /* a further choice takes room its first holds for it; what it needs beyond that (none held: the hold
      * was given back) is checked as a request's own */
-    struct choice_hold *from = NULL;
-    for (struct choice_hold *h = s->holds; g->more_choice && h && !from; h = h->next)
-        if (h->id == g->hold)
-            from = h;
+    struct choice_hold *from = g->more_choice ? hold_find(s, g->hold) : NULL;
     int64_t take = from ? (from->room < r->need ? from->room : r->need) : 0;
     if (s->draining || s->stop) /* not "retry later" (MOE_EBUSY): this scheduler takes no more */
         st = moe_errorf(MOE_ECANCELED, "scheduler: not accepting requests (draining for shutdown); retry elsewhere");

@@ -1367,13 +1367,17 @@ static enum moe_status server_load(struct moe_server *s)
  * replies (terminal statuses, the end of streams) before they stop. */
 #define SRV_DELIVER_S 5.0
 
-/* Wait (until `until`) for the front ends to deliver the replies of the generations they hold. */
-static void await_delivery(struct moe_server *s, double until)
+/* Drain the scheduler (moe_sched_drain_why), then give the front ends SRV_DELIVER_S from the drain's end
+ * to deliver the replies of the generations they hold: the deadline returned, which their stop keeps too. */
+static double drain_and_deliver(struct moe_server *s, double timeout_s, const char *why)
 {
+    moe_sched_drain_why(s->sched, timeout_s, why);
+    double until = moe_now() + SRV_DELIVER_S;
     while (atomic_load(&s->live_gens) > 0 && moe_now() < until) {
         struct timespec ts = { 0, 5000000 };
         nanosleep(&ts, NULL);
     }
+    return until;
 }
 
 enum moe_status moe_server_run(struct moe_server *s)
@@ -1426,11 +1430,9 @@ enum moe_status moe_server_run(struct moe_server *s)
     atomic_store(&s->ready, false);
     atomic_store(&s->draining, true);
     double t0 = moe_now();
-    moe_sched_drain_why(s->sched, device ? 0 : s->cfg.drain_timeout, device ? stop_why : NULL);
     /* the front ends have SRV_DELIVER_S from the drain's end, not from the end of its timeout: after a lost
      * device (no timeout) or a drain that ended early they do not wait for a slow client that long */
-    drain_end = moe_now() + SRV_DELIVER_S;
-    await_delivery(s, drain_end);
+    drain_end = drain_and_deliver(s, device ? 0 : s->cfg.drain_timeout, device ? stop_why : NULL);
     if (!device && atomic_load(&s->device_failed)) { /* lost during the drain: it ended the drain */
         device = true;
         fprintf(stderr, "moeflow serve: the device failed while draining (%s): the requests left were cancelled\n",
@@ -1455,9 +1457,7 @@ out_stop:
         char why[256];
         snprintf(why, sizeof(why), "the server is stopping: its warm-up failed (%.*s)", moe_utf8_cut(err, 150), err);
         atomic_store(&s->ready, false);
-        moe_sched_drain_why(s->sched, 0, why);
-        drain_end = moe_now() + SRV_DELIVER_S;
-        await_delivery(s, drain_end);
+        drain_end = drain_and_deliver(s, 0, why);
     }
     /* the preparations under way end first (a request they made is refused as draining, or the
      * front end delivers its reply as it stops); the front ends prepare what comes after inline */

@@ -374,10 +374,9 @@ static enum moe_status start_load(struct tiered *t, int key, int ds, bool demand
     return MOE_OK;
 }
 
+/* id is an expert of layer, a layer moe_provider_check_layer took */
 static enum moe_status check_id(const struct tiered *t, int layer, int id)
 {
-    enum moe_status st = moe_provider_check_layer(t->m, layer);
-    if (st) return st;
     if (id < 0 || id >= t->n_experts)
         return moe_errorf(MOE_EINVAL, "expert provider: layer %d has no expert %d", layer, id);
     return MOE_OK;
@@ -503,6 +502,7 @@ static void tiered_prefetch(void *self, int layer, int n, const int *ids, const 
                             int distance)
 {
     struct tiered *t = self;
+    if (moe_provider_check_layer(t->m, layer)) return;
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < n; i++) {
         if (check_id(t, layer, ids[i])) continue;
@@ -524,6 +524,7 @@ static void tiered_hint(void *self, int layer, int n, const int *ids, const floa
 {
     struct tiered *t = self;
     if (!scores) return; /* nothing to rank by, as the GPU tier has it */
+    if (moe_provider_check_layer(t->m, layer)) return;
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < n; i++)
         if (!check_id(t, layer, ids[i])) moe_cache_predict(t->dev, layer * t->n_experts + ids[i], scores[i], distance);

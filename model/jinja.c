@@ -357,7 +357,7 @@ static size_t name_char(const struct compiler *c, size_t i, int *kind)
     }
     uint32_t cp;
     size_t l = moe_utf8_next((const unsigned char *)c->src + i, c->len - i, &cp);
-    uint32_t gc = l ? moe_tok_range_lookup(moe_tok_gc_ranges, moe_tok_n_gc_ranges, cp, MOE_TOK_GC_CN) : MOE_TOK_GC_CN;
+    uint32_t gc = l ? moe_tok_category(cp) : MOE_TOK_GC_CN;
     *kind = gc <= MOE_TOK_GC_LO || gc == MOE_TOK_GC_NL ? 2 : gc == MOE_TOK_GC_NO ? 0 : 1;
     return gc <= MOE_TOK_GC_MC || (gc >= MOE_TOK_GC_ND && gc <= MOE_TOK_GC_NO) || gc == MOE_TOK_GC_PC ? l : 0;
 }
@@ -2356,8 +2356,7 @@ static void float_repr(struct render *r, struct buf *b, double f)
 /* A code point Python's repr() writes escaped: not isprintable(), of the categories C* and Z* but the space. */
 static bool py_unprintable(uint32_t cp)
 {
-    uint32_t gc = moe_tok_range_lookup(moe_tok_gc_ranges, moe_tok_n_gc_ranges, cp, MOE_TOK_GC_CN);
-    return cp != ' ' && gc >= MOE_TOK_GC_ZS;
+    return cp != ' ' && moe_tok_category(cp) >= MOE_TOK_GC_ZS;
 }
 
 /* Python's \w: letters, numbers (str.isalnum()) and '_'. */
@@ -2650,6 +2649,15 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle, siz
         return hay;
     for (size_t i = 0; i + k <= n; i++)
         if (hay[i] == needle[0] && !memcmp(hay + i + 1, needle + 1, k - 1))
+            return hay + i;
+    return NULL;
+}
+
+/* The last place of needle[0..k) in hay[0..n), or NULL (an empty needle: hay's end). */
+static const char *rfind_bytes(const char *hay, size_t n, const char *needle, size_t k)
+{
+    for (size_t i = n >= k ? n - k + 1 : 0; i-- > 0;)
+        if (!memcmp(hay + i, needle, k))
             return hay + i;
     return NULL;
 }
@@ -2976,11 +2984,10 @@ static struct val rsplit(struct render *r, const struct str *s, const struct str
     struct val *v = r_alloc(r, ((size_t)(maxsplit < (int64_t)s->n ? maxsplit : (int64_t)s->n) + 1) * sizeof(*v));
     size_t n = 0, end = s->n;
     while ((int64_t)n < maxsplit && end >= sep->n) {
-        size_t at = end - sep->n + 1;
-        while (at-- > 0 && memcmp(s->p + at, sep->p, sep->n))
-            ;
-        if (at == (size_t)-1)
+        const char *hit = rfind_bytes(s->p, end, sep->p, sep->n);
+        if (!hit)
             break;
+        size_t at = (size_t)(hit - s->p);
         v[n++] = vstr(r, s->p + at + sep->n, end - at - sep->n);
         end = at;
     }
@@ -3836,12 +3843,8 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             str_span(r, s, a, 1, name, line, &cs, &ce, &bs, &be);
             bool fits = ce - cs >= (int64_t)cp_count(x) && x->n <= be - bs;
             if (strcmp(name, "count")) { /* the first (or, r..., the last) place of x, in characters */
-                const char *hit = name[0] == 'r' || !fits ? NULL : find_bytes(s->p + bs, be - bs, x->p, x->n);
-                for (size_t at = be - x->n + 1; name[0] == 'r' && fits && at-- > bs;)
-                    if (!memcmp(s->p + at, x->p, x->n)) {
-                        hit = s->p + at;
-                        break;
-                    }
+                const char *hit = fits ? (name[0] == 'r' ? rfind_bytes : find_bytes)(s->p + bs, be - bs, x->p, x->n)
+                                       : NULL;
                 if (!hit && strstr(name, "index"))
                     fail_at(&r->f, MOE_EINVAL, line, "%s: substring not found", name);
                 return vint(hit ? (int64_t)utf8_count(s->p, (size_t)(hit - s->p)) : -1);
@@ -3886,12 +3889,7 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             if (!sep->n)
                 fail_at(&r->f, MOE_EINVAL, line, "%s: empty separator", name);
             bool rev = name[0] == 'r';
-            const char *hit = rev ? NULL : find_bytes(s->p, s->n, sep->p, sep->n);
-            for (size_t at = s->n - sep->n + 1; rev && sep->n <= s->n && at-- > 0;)
-                if (!memcmp(s->p + at, sep->p, sep->n)) {
-                    hit = s->p + at;
-                    break;
-                }
+            const char *hit = (rev ? rfind_bytes : find_bytes)(s->p, s->n, sep->p, sep->n);
             size_t at = hit ? (size_t)(hit - s->p) : rev ? 0 : s->n;
             struct list *l = new_list(r, 3);
             l->tuple = true;

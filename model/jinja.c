@@ -1039,13 +1039,36 @@ static struct node *parse_postfix(struct compiler *c, struct node *n)
     }
 }
 
-static const char *const FILTERS[] = {
-    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape", "first",
-    "float", "forceescape", "format", "groupby", "indent", "int", "items", "join", "last", "length", "list", "lower",
-    "map", "max", "min", "pprint", "reject", "rejectattr", "replace", "reverse", "round", "safe", "select",
-    "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "truncate", "unique", "upper", "wordcount",
-    "wordwrap",
+/* Python's signatures of the filters, tests, methods and functions, beyond the value they apply to: the
+ * parameters in order, space-separated, "name!" one that must be given, "/name" one taken by position only;
+ * "*" takes anything (it checks its own). */
+struct sig {
+    const char *name, *params;
 };
+static const struct sig FILTER_SIGS[] = {
+    { "abs", "" }, { "attr", "name!" }, { "batch", "linecount! fill_with" }, { "capitalize", "" },
+    { "center", "width" }, { "count", "" }, { "d", "default_value boolean" }, { "default", "default_value boolean" },
+    { "dictsort", "case_sensitive by reverse" }, { "e", "" }, { "escape", "" }, { "first", "" }, { "float", "default" },
+    { "forceescape", "" }, { "format", "*" }, { "groupby", "attribute! default case_sensitive" },
+    { "indent", "width first blank" }, { "int", "default base" }, { "items", "" }, { "join", "d attribute" },
+    { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" }, { "map", "*" },
+    { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "pprint", "" }, { "reject", "*" },
+    { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
+    { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
+    { "string", "" }, { "sum", "attribute start" }, { "title", "" },
+    { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
+    { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
+    { "wordcount", "" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
+};
+
+/* The parameters sigs (n of them) give name, or NULL when it has none there. */
+static const char *sig_params(const struct sig *sigs, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(sigs[i].name, name))
+            return sigs[i].params;
+    return NULL;
+}
 static const char *const TESTS[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
     "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan", "lower", "lt", "mapping", "ne", "none",
@@ -1065,7 +1088,7 @@ static struct node *parse_filter(struct compiler *c, struct node *n, int line)
 {
     struct node *m = new_node(c, E_FILTER, line);
     m->name = expect_name(c);
-    if (!in_list(FILTERS, MOE_ARRAY_LEN(FILTERS), m->name))
+    if (!sig_params(FILTER_SIGS, MOE_ARRAY_LEN(FILTER_SIGS), m->name))
         fail_at(&c->f, MOE_ENOTSUP, line, "filter '%s' is not supported", m->name);
     m->a = n;
     if (accept_op(c, "(")) {
@@ -3370,27 +3393,6 @@ static const struct val *arg_attr(struct render *r, const struct args *a, int i,
 
 static bool run_test(struct render *r, const char *name, const struct val *v, const struct args *a, int line);
 
-/* Python's signatures of the filters, tests, methods and functions, beyond the value they apply to: the
- * parameters in order, space-separated, "name!" one that must be given, "/name" one taken by position only;
- * "*" takes anything (it checks its own). */
-struct sig {
-    const char *name, *params;
-};
-static const struct sig FILTER_SIGS[] = {
-    { "abs", "" }, { "attr", "name!" }, { "batch", "linecount! fill_with" }, { "capitalize", "" },
-    { "center", "width" }, { "count", "" }, { "d", "default_value boolean" }, { "default", "default_value boolean" },
-    { "dictsort", "case_sensitive by reverse" }, { "e", "" }, { "escape", "" }, { "first", "" }, { "float", "default" },
-    { "forceescape", "" }, { "format", "*" }, { "groupby", "attribute! default case_sensitive" },
-    { "indent", "width first blank" }, { "int", "default base" }, { "items", "" }, { "join", "d attribute" },
-    { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" }, { "map", "*" },
-    { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "pprint", "" }, { "reject", "*" },
-    { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
-    { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
-    { "string", "" }, { "sum", "attribute start" }, { "title", "" },
-    { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
-    { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
-    { "wordcount", "" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
-};
 static const struct sig TEST_SIGS[] = {
     { "divisibleby", "num!" }, { "eq", "/b!" }, { "equalto", "/b!" }, { "ge", "/b!" }, { "gt", "/b!" },
     { "in", "seq!" }, { "le", "/b!" }, { "lt", "/b!" }, { "ne", "/b!" }, { "sameas", "other!" },
@@ -3418,10 +3420,7 @@ static const struct sig DICT_METHOD_SIGS[] = {
 static void check_args(struct render *r, const struct sig *sigs, size_t nsigs, const char *name, const char *dflt,
                        const struct args *a, int line)
 {
-    const char *params = NULL;
-    for (size_t i = 0; i < nsigs && !params; i++)
-        if (!strcmp(sigs[i].name, name))
-            params = sigs[i].params;
+    const char *params = sig_params(sigs, nsigs, name);
     params = params ? params : dflt;
     if (!params || !strcmp(params, "*"))
         return;
@@ -5943,7 +5942,7 @@ static struct val filter(struct render *r, const struct node *n)
             const struct str *fname = arg_str(r, &a, 0, NULL, f, line);
             if (!fname)
                 fail_at(&r->f, MOE_EINVAL, line, "map needs attribute= or the name of a filter");
-            if (!in_list(FILTERS, MOE_ARRAY_LEN(FILTERS), fname->p))
+            if (!sig_params(FILTER_SIGS, MOE_ARRAY_LEN(FILTER_SIGS), fname->p))
                 fail_at(&r->f, MOE_ENOTSUP, line, "map: filter '%s' is not supported", fname->p);
             struct node lit = { .k = E_LIT, .line = line };
             struct node *lits = r_alloc(r, (size_t)(a.npos + a.nkw) * sizeof(*lits));

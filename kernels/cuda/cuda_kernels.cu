@@ -305,7 +305,8 @@ out:
 /* Attention.  A row (token, query head) attends to positions first..last of its sequence (first:
  * the sliding window's start, else 0), cut into chunks of ATT_CHUNK positions counted from first.
  * Each chunk gives a partial computed alone: the largest score m, l = sum of exp(score - m) and
- * acc = sum of exp(score - m) * V.  The partials are folded in ascending chunk order (att_fold)
+ * acc = sum of exp(score - m) * V (exp(score) when m is -inf: such a chunk has l = acc = 0 and
+ * changes nothing after the first).  The partials are folded in ascending chunk order (att_fold)
  * and the output is acc / l.  That arithmetic is fixed by the row alone, and two launch shapes run
  * it:
  *  - unsplit: one block per (token, group of query heads sharing a KV head) folds every chunk;
@@ -410,8 +411,12 @@ __device__ static void att_chunk(const float *q_s, float *p_s, float *ml_s, cons
         float mx = -INFINITY, sum = 0.0f;
         for (int jj = lane; jj < cnt; jj += 32) mx = fmaxf(mx, pg[jj]);
         mx = warp_max(mx);
+        /* a chunk whose scores are all -inf weighs nothing (l = acc = 0; att_fold then keeps the
+         * running values as they are), as a later block does on the C twin: exp against 0, since
+         * -inf - -inf would make every weight, and the row, NaN */
+        float base = mx == -INFINITY ? 0.0f : mx;
         for (int jj = lane; jj < cnt; jj += 32) { /* each lane rewrites only the scores it read */
-            float p = expf(pg[jj] - mx);
+            float p = expf(pg[jj] - base);
             pg[jj] = p;
             sum = __fadd_rn(sum, p); /* expf ends in a product that ptxas may fuse into a plain add */
         }

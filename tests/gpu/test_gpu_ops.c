@@ -456,6 +456,43 @@ static void test_attention_bound(struct g_rng *r)
     free(kc); free(vc); free(q); free(ref); free(want); free(got);
 }
 
+/* A chunk whose every score is -inf (a query dimension of 1e20 against keys of -1e20: the F32 dot
+ * product overflows) weighs nothing: one row over 600 keys whose second chunk (keys 256..511)
+ * scores -inf gives the softmax over the other 344 keys, within 1e-4 of the reference (which
+ * sums in double: those keys' weights are 0 there), split or not with the same bits.  Before, the
+ * chunk's exp(-inf - -inf) made its sum, and so the row, NaN. */
+static void test_attention_inf_chunk(struct g_rng *r)
+{
+    enum { nh = 2, nkv = 1, hd = 64, max_ctx = 600 };
+    int seq[1] = { 0 }, pos[1] = { max_ctx - 1 }, splits[] = { 1, 3, 0 };
+    size_t cache = (size_t)max_ctx * nkv * hd, row = (size_t)nh * hd;
+    float *kc = malloc(cache * 4), *vc = malloc(cache * 4), q[nh * hd], ref[nh * hd], want[nh * hd], got[nh * hd];
+    g_fill(r, kc, cache, 1.0f, false);
+    g_fill(r, vc, cache, 1.0f, false);
+    g_fill(r, q, row, 1.0f, false);
+    for (int h = 0; h < nh; h++) q[(size_t)h * hd] = 1e20f;
+    for (int j = 0; j < max_ctx; j++) kc[(size_t)j * hd] = j >= 256 && j < 512 ? -1e20f : 0.0f;
+    struct g_buf dk, dv, dq, ds, dpp, dout;
+    UP(dk, kc, cache * 4); UP(dv, vc, cache * 4); UP(dq, q, sizeof(q)); UP(ds, seq, sizeof(seq));
+    UP(dpp, pos, sizeof(pos)); OUT(dout, sizeof(got));
+    float scale = 1.0f / sqrtf((float)hd);
+    ref_attention(q, kc, vc, seq, pos, 1, nh, nkv, hd, max_ctx, 0, scale, ref);
+    for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) {
+        char what[64];
+        snprintf(what, sizeof(what), "attention, a chunk of -inf scores, splits %d", splits[k]);
+        OK(moe_cuda_ctx_set_attn_splits(ctx, splits[k]));
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, 1, pos[0], nh, nkv, hd, max_ctx, 0,
+                              scale, dout.d));
+        dl(&dout, k ? got : want, what);
+        cmp(what, k ? got : want, ref, row, 1e-4);
+        if (k) CHECK(!memcmp(got, want, sizeof(got)), "%s: not the bits of splits 1", what);
+    }
+    OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
+    g_buf_free(ctx, &dk); g_buf_free(ctx, &dv); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp);
+    g_buf_free(ctx, &dout);
+    free(kc); free(vc);
+}
+
 static void test_router(struct g_rng *r, bool adv)
 {
     static const int Es[] = { 8, 60, 128 }, ks[] = { 2, 4, 8 };
@@ -999,6 +1036,7 @@ int main(void)
         if (!adv) test_attention_bf16(&r);
         if (!adv) test_attention_long(&r);
         if (!adv) test_attention_bound(&r);
+        if (!adv) test_attention_inf_chunk(&r);
         if (!adv) test_kv_store_bounds(&r);
         test_router(&r, adv);
         test_deepseek_ops(&r, adv);

@@ -346,13 +346,14 @@ struct att_args {
 };
 
 /* A row's chunk count, and in *first its first position; 0 for an invalid row, whose output is
- * NaN and for which nothing is read or written: a position below 0 or above pos_max (the caller's
+ * NaN and for which nothing is read or written: a negative sequence (which kv_store skips too: its
+ * cache rows would lie before the cache), a position below 0 or above pos_max (the caller's
  * bound, below max_ctx: the launcher checks), so outside the cache or past the chunks the split
  * partials have room for.  A valid row has at most nchb chunks: its positions number
  * min(last + 1, window or max_ctx) <= min(pos_max + 1, window or max_ctx). */
-__device__ static inline int att_span(int last, int window, int pos_max, int *first)
+__device__ static inline int att_span(int seq, int last, int window, int pos_max, int *first)
 {
-    if (last < 0 || last > pos_max) return 0;
+    if (seq < 0 || last < 0 || last > pos_max) return 0;
     *first = window > 0 && last + 1 > window ? last + 1 - window : 0;
     return (last - *first) / ATT_CHUNK + 1;
 }
@@ -465,7 +466,7 @@ __global__ static void __launch_bounds__(ATT_THREADS) k_att(const struct att_arg
     int t = blockIdx.x, tid = threadIdx.x;
     int kvh = (int)blockIdx.y / a.gpk, hg = ((int)blockIdx.y % a.gpk) * G, h0 = kvh * a.ratio + hg;
     int hv = a.ratio - hg < G ? a.ratio - hg : G; /* heads of this block that exist */
-    int last = a.pos[t], first = 0, nck = att_span(last, a.window, a.pos_max, &first);
+    int last = a.pos[t], first = 0, nck = att_span(a.seq[t], last, a.window, a.pos_max, &first);
     size_t row0 = (size_t)t * a.n_heads + h0; /* (token, head) row of the block's first head */
     if (SPLIT && (int)blockIdx.z >= nck) return; /* no chunk here (nck 0: the combine writes NaN) */
     if (!SPLIT && nck == 0) {
@@ -531,7 +532,7 @@ __global__ static void __launch_bounds__(ATT_THREADS) k_att(const struct att_arg
  * chunk order, as the unsplit kernel folds them. */
 __global__ static void __launch_bounds__(ATT_THREADS) k_att_combine(const struct att_args a)
 {
-    int first = 0, nck = att_span(a.pos[blockIdx.x], a.window, a.pos_max, &first);
+    int first = 0, nck = att_span(a.seq[blockIdx.x], a.pos[blockIdx.x], a.window, a.pos_max, &first);
     size_t row = (size_t)blockIdx.x * a.n_heads + blockIdx.y;
     const float *ml = a.part_ml + 2 * row * (size_t)a.nchb, *pa = a.part_acc + row * (size_t)a.nchb * a.hd;
     for (int d = threadIdx.x; d < a.hd; d += ATT_THREADS) {

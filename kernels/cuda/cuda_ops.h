@@ -159,8 +159,9 @@ enum moe_status moe_cuda_kv_store(struct moe_cuda_ctx *c, const float *d_k, cons
  * in cdt as moe_cuda_kv_store wrote it (BF16 values widened exactly).  window > 0: only the last
  * `window` positions up to pos (pos - window < j <= pos), 0: all of them.
  * pos_max: the host's bound on the device positions, every pos[i] <= pos_max (the call's largest
- * position); 0 <= pos_max < max_ctx when n > 0, else MOE_EINVAL.  A row whose position is below 0
- * or above pos_max (so any outside 0..max_ctx-1) gives NaN and reads and writes nothing.
+ * position); 0 <= pos_max < max_ctx when n > 0, else MOE_EINVAL.  A row whose sequence is negative
+ * or whose position is below 0 or above pos_max (so any outside 0..max_ctx-1) gives NaN and reads
+ * and writes nothing.
  * Softmax in chunks of 256 positions folded in order; when the call has too few (token, head
  * group) blocks to fill the device, the chunks of a row run in several blocks and a second kernel
  * combines them, with partials in the workspace (n * n_heads * ceil(min(window, pos_max + 1) / 256)

@@ -289,7 +289,8 @@ static void test_kv_store_bounds(struct g_rng *r)
  * dims a thread) and 16 with one KV head of 576 (DeepSeek's latent rows, K and V the same buffer as
  * the engine passes them), F32 and BF16 caches, no window and a window of 1000 (chunks not on
  * multiples of 256).  The longest row ends at max_ctx - 1 in the last sequence: the cache's last
- * row.  Positions outside the cache give NaN rows and read nothing (the guard bytes, and memcheck). */
+ * row.  Positions outside the cache and a negative sequence give NaN rows and read nothing (the
+ * guard bytes, and memcheck). */
 static void test_attention_long(struct g_rng *r)
 {
     static const struct { int nh, nkv, hd; } shapes[] = {
@@ -360,10 +361,11 @@ static void test_attention_long(struct g_rng *r)
         free(kc); free(q); free(ref); free(got); free(want); free(kb); free(vb);
     }
 
-    /* positions -1 and max_ctx (a cache of 600 positions: 3 chunks; the bound its last): NaN,
-     * nothing read or written out of bounds, split or not */
-    int bad_ctx = 600, bad_pos[2] = { -1, 600 }, bad_seq[2] = { 0, 0 }, nh = 8, hd = 64;
-    float *kv1 = calloc((size_t)bad_ctx * hd, 4), qq[2 * 8 * 64] = { 0 }, o[2 * 8 * 64];
+    /* positions -1 and max_ctx (a cache of 600 positions: 3 chunks; the bound its last), and
+     * position 5 of sequence -1 (whose rows would lie before the cache): NaN, nothing read or
+     * written out of bounds, split or not */
+    int bad_ctx = 600, bad_pos[3] = { -1, 600, 5 }, bad_seq[3] = { 0, 0, -1 }, nh = 8, hd = 64;
+    float *kv1 = calloc((size_t)bad_ctx * hd, 4), qq[3 * 8 * 64] = { 0 }, o[3 * 8 * 64];
     struct g_buf dk, dq, ds, dpp, dout;
     UP(dk, kv1, (size_t)bad_ctx * hd * 4); UP(dq, qq, sizeof(qq)); UP(ds, bad_seq, sizeof(bad_seq));
     UP(dpp, bad_pos, sizeof(bad_pos)); OUT(dout, sizeof(o));
@@ -371,13 +373,14 @@ static void test_attention_long(struct g_rng *r)
     for (int k = 1; k <= 2; k++) {
         OK(moe_cuda_ctx_set_attn_splits(ctx, k));
         OK(moe_cuda_memset(ctx, dout.d, 0, sizeof(o)));
-        OK(moe_cuda_attention(ctx, dq.d, dk.d, dk.d, MOE_DT_F32, ds.d, dpp.d, 2, bad_ctx - 1, nh, 1, hd, bad_ctx, 0,
+        OK(moe_cuda_attention(ctx, dq.d, dk.d, dk.d, MOE_DT_F32, ds.d, dpp.d, 3, bad_ctx - 1, nh, 1, hd, bad_ctx, 0,
                               0.125f, dout.d));
+        OK(moe_cuda_ctx_sync(ctx));
         dl(&dout, o, "attention outside the cache");
         int nan = 0;
         for (size_t i = 0; i < MOE_ARRAY_LEN(o); i++) nan += isnan(o[i]) != 0;
-        CHECK(nan == (int)MOE_ARRAY_LEN(o), "attention at positions -1 and max_ctx: %d of %zu outputs NaN", nan,
-              MOE_ARRAY_LEN(o));
+        CHECK(nan == (int)MOE_ARRAY_LEN(o), "attention at positions -1 and max_ctx and in sequence -1: %d of %zu "
+              "outputs NaN", nan, MOE_ARRAY_LEN(o));
     }
     OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
     g_buf_free(ctx, &dk); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout);

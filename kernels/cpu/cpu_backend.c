@@ -261,7 +261,7 @@ static int attn_first(const struct attn_job *j, int len)
  *     s[i] = cpu_dot(q, key b0 + i of head g) * scale          i < nb
  *     bm = the largest s[i] (NaNs skipped)
  *     if (bm > m) { f = m == -inf ? 0 : expf(m - bm); l = l * f; o[d] = o[d] * f; m = bm; }
- *     s[i] = expf(s[i] - m)                                     i < nb
+ *     s[i] = expf(s[i] - (m == -inf ? 0 : m))                   i < nb
  *     for i = 0 .. nb - 1 in order: l = l + s[i], o[d] = o[d] + s[i] * v[b0 + i][d]
  *                                   (a multiply, then an add)
  *   o[d] = o[d] * (1 / l)
@@ -304,7 +304,9 @@ static void attn_tile(const struct attn_job *j, int t0, int t1, int h0, int h1)
                 for (int d = 0; d < hd; d++) o[r][d] *= f;
                 m[r] = bm;
             }
-            cpu_exp(isa, s[r], nb[r], m[r]);
+            /* blocks of only -inf scores so far weigh nothing (exp against 0), where -inf - -inf
+             * made the row NaN although later keys score finitely */
+            cpu_exp(isa, s[r], nb[r], m[r] == -INFINITY ? 0.0f : m[r]);
         }
         cpu_attn_wsum(isa, o + ra, l + ra, s[ra], ATTN_BLOCK, nb + ra, nr - ra, vb + (size_t)b0 * kvd * es, j->bf16,
                       (size_t)kvd, hd);

@@ -306,7 +306,7 @@ out:
  * the sliding window's start, else 0), cut into chunks of ATT_CHUNK positions counted from first.
  * Each chunk gives a partial computed alone: the largest score m, l = sum of exp(score - m) and
  * acc = sum of exp(score - m) * V (exp(score) when m is -inf: such a chunk has l = acc = 0 and
- * changes nothing after the first).  The partials are folded in ascending chunk order (att_fold)
+ * changes nothing).  The partials are folded in ascending chunk order (att_fold)
  * and the output is acc / l.  That arithmetic is fixed by the row alone, and two launch shapes run
  * it:
  *  - unsplit: one block per (token, group of query heads sharing a KV head) folds every chunk;
@@ -360,12 +360,13 @@ __device__ static inline int att_span(int seq, int last, int window, int pos_max
 
 /* Fold a chunk's (mc, lc) into the running (m, l); the running acc is then scaled by *ea and the
  * chunk's by *eb (att_fold_acc).  From the empty state (m = -inf, l = acc = 0) the chunk's values
- * come out unchanged (ea = 0, eb = 1). */
+ * come out unchanged (ea = 0, eb = 1); while both maxima are -inf (no finite score yet: l = acc = 0
+ * on both sides) the state stays empty (ea = eb = 0), where -inf - -inf made the row NaN. */
 __device__ static inline void att_fold(float *m, float *l, float mc, float lc, float *ea, float *eb)
 {
     float nm = fmaxf(*m, mc);
-    *ea = expf(*m - nm);
-    *eb = expf(mc - nm);
+    *ea = nm == -INFINITY ? 0.0f : expf(*m - nm);
+    *eb = nm == -INFINITY ? 0.0f : expf(mc - nm);
     *l = __fmaf_rn(lc, *eb, __fmul_rn(*l, *ea));
     *m = nm;
 }
@@ -413,7 +414,7 @@ __device__ static void att_chunk(const float *q_s, float *p_s, float *ml_s, cons
         for (int jj = lane; jj < cnt; jj += 32) mx = fmaxf(mx, pg[jj]);
         mx = warp_max(mx);
         /* a chunk whose scores are all -inf weighs nothing (l = acc = 0; att_fold then keeps the
-         * running values as they are), as a later block does on the C twin: exp against 0, since
+         * running values as they are), as such a block does on the C twin: exp against 0, since
          * -inf - -inf would make every weight, and the row, NaN */
         float base = mx == -INFINITY ? 0.0f : mx;
         for (int jj = lane; jj < cnt; jj += 32) { /* each lane rewrites only the scores it read */

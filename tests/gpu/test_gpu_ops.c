@@ -460,10 +460,11 @@ static void test_attention_bound(struct g_rng *r)
 }
 
 /* A chunk whose every score is -inf (a query dimension of 1e20 against keys of -1e20: the F32 dot
- * product overflows) weighs nothing: one row over 600 keys whose second chunk (keys 256..511)
- * scores -inf gives the softmax over the other 344 keys, within 1e-4 of the reference (which
- * sums in double: those keys' weights are 0 there), split or not with the same bits.  Before, the
- * chunk's exp(-inf - -inf) made its sum, and so the row, NaN. */
+ * product overflows) weighs nothing: one row over 600 keys whose first chunk (keys 0..255), then
+ * whose second (keys 256..511), scores -inf gives the softmax over the other keys, within 1e-4 of
+ * the reference (which sums in double: those keys' weights are 0 there), split or not with the same
+ * bits.  Before, the chunk's exp(-inf - -inf) made its sum, and so the row, NaN, and so did folding
+ * a first chunk's -inf maximum into the empty state. */
 static void test_attention_inf_chunk(struct g_rng *r)
 {
     enum { nh = 2, nkv = 1, hd = 64, max_ctx = 600 };
@@ -474,25 +475,29 @@ static void test_attention_inf_chunk(struct g_rng *r)
     g_fill(r, vc, cache, 1.0f, false);
     g_fill(r, q, row, 1.0f, false);
     for (int h = 0; h < nh; h++) q[(size_t)h * hd] = 1e20f;
-    for (int j = 0; j < max_ctx; j++) kc[(size_t)j * hd] = j >= 256 && j < 512 ? -1e20f : 0.0f;
-    struct g_buf dk, dv, dq, ds, dpp, dout;
-    UP(dk, kc, cache * 4); UP(dv, vc, cache * 4); UP(dq, q, sizeof(q)); UP(ds, seq, sizeof(seq));
+    struct g_buf dv, dq, ds, dpp, dout;
+    UP(dv, vc, cache * 4); UP(dq, q, sizeof(q)); UP(ds, seq, sizeof(seq));
     UP(dpp, pos, sizeof(pos)); OUT(dout, sizeof(got));
     float scale = 1.0f / sqrtf((float)hd);
-    ref_attention(q, kc, vc, seq, pos, 1, nh, nkv, hd, max_ctx, 0, scale, ref);
-    for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) {
-        char what[64];
-        snprintf(what, sizeof(what), "attention, a chunk of -inf scores, splits %d", splits[k]);
-        OK(moe_cuda_ctx_set_attn_splits(ctx, splits[k]));
-        OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, 1, pos[0], nh, nkv, hd, max_ctx, 0,
-                              scale, dout.d));
-        dl(&dout, k ? got : want, what);
-        cmp(what, k ? got : want, ref, row, 1e-4);
-        if (k) CHECK(!memcmp(got, want, sizeof(got)), "%s: not the bits of splits 1", what);
+    for (int chunk = 0; chunk < 2; chunk++) { /* the first chunk of -inf scores, then the second */
+        struct g_buf dk;
+        for (int j = 0; j < max_ctx; j++) kc[(size_t)j * hd] = j / 256 == chunk ? -1e20f : 0.0f;
+        UP(dk, kc, cache * 4);
+        ref_attention(q, kc, vc, seq, pos, 1, nh, nkv, hd, max_ctx, 0, scale, ref);
+        for (size_t k = 0; k < MOE_ARRAY_LEN(splits); k++) {
+            char what[80];
+            snprintf(what, sizeof(what), "attention, chunk %d of -inf scores, splits %d", chunk, splits[k]);
+            OK(moe_cuda_ctx_set_attn_splits(ctx, splits[k]));
+            OK(moe_cuda_attention(ctx, dq.d, dk.d, dv.d, MOE_DT_F32, ds.d, dpp.d, 1, pos[0], nh, nkv, hd, max_ctx,
+                                  0, scale, dout.d));
+            dl(&dout, k ? got : want, what);
+            cmp(what, k ? got : want, ref, row, 1e-4);
+            if (k) CHECK(!memcmp(got, want, sizeof(got)), "%s: not the bits of splits 1", what);
+        }
+        g_buf_free(ctx, &dk);
     }
     OK(moe_cuda_ctx_set_attn_splits(ctx, 0));
-    g_buf_free(ctx, &dk); g_buf_free(ctx, &dv); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp);
-    g_buf_free(ctx, &dout);
+    g_buf_free(ctx, &dv); g_buf_free(ctx, &dq); g_buf_free(ctx, &ds); g_buf_free(ctx, &dpp); g_buf_free(ctx, &dout);
     free(kc); free(vc);
 }
 

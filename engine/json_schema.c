@@ -26,7 +26,8 @@ struct cc {
     size_t n_props, cap_props;
     struct json_str *lits;
     size_t n_lits, cap_lits;
-    uint16_t *lit_orig;         /* [n_lits]: each literal's place among its node's, as the schema gave them */
+    uint16_t *lit_orig;         /* [n_lits]: each literal's place among its node's, as the schema gave them (a
+                                   value given again not counted) */
     size_t cap_orig;
     uint16_t *branch;
     size_t n_branch, cap_branch;
@@ -238,6 +239,13 @@ static int literals(struct cc *c, json_t *const *v, size_t n)
         }
     c->n_lits = first + m;
     c->nodes[node].n = (uint16_t)m;
+    if (m < n) { /* their places among the m kept, in the order given: below 64 when m is (uniqueItems) */
+        uint16_t rank[MOE_JSON_MAX_ENUM];
+        memset(rank, 0, sizeof(uint16_t) * n);
+        for (size_t i = 0; i < m; i++) rank[c->lit_orig[first + i]] = 1;
+        for (size_t i = 1; i < n; i++) rank[i] += rank[i - 1];
+        for (size_t i = 0; i < m; i++) c->lit_orig[first + i] = (uint16_t)(rank[c->lit_orig[first + i]] - 1);
+    }
     return node;
 oom:
     moe_errorf(MOE_ENOMEM, "out of memory compiling a JSON schema");

@@ -890,6 +890,27 @@ static void test_unique(void)
     moe_json_schema_unref(sc);
     refused("{\"type\":\"array\",\"items\":{\"enum\":[0,-0.0]},\"uniqueItems\":true,\"minItems\":2}", MOE_EINVAL,
             "the items have 1 value");
+    /* 96 values of which 64 differ (0..31 twice, then 100..131): each of the 64 is written once, those
+     * given past the 64th place too, and writing one of them leaves the others free (100 does not bar 0) */
+    {
+        char schema[1024], all[512];
+        size_t k = snprintf(schema, sizeof(schema), "{\"type\":\"array\",\"uniqueItems\":true,\"items\":{\"enum\":[");
+        size_t a = snprintf(all, sizeof(all), "[");
+        for (int i = 0; i < 96; i++)
+            k += snprintf(schema + k, sizeof(schema) - k, "%s%d", i ? "," : "", i < 64 ? i % 32 : i - 64 + 100);
+        for (int i = 0; i < 64; i++)
+            a += snprintf(all + a, sizeof(all) - a, "%s%d", i ? "," : "", i < 32 ? i : i - 32 + 100);
+        snprintf(schema + k, sizeof(schema) - k, "]}}");
+        snprintf(all + a, sizeof(all) - a, "]");
+        sc = compile(schema);
+        if (sc) {
+            good(sc, "[0,100]");
+            good(sc, "[131,31]");
+            good(sc, all);
+            bad_at(sc, "[100,5,10", "0");
+        }
+        moe_json_schema_unref(sc);
+    }
     sc = compile("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"const\":-0.0}}");
     if (sc) {
         good(sc, "[0]");

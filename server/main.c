@@ -73,17 +73,25 @@ int main(int argc, char **argv)
 {
     moe_tmp_remove_on_signals(); /* no half-written output left behind (serve installs its own) */
     moe_log_init();
-    /* moeflow help CMD (help bench batch): CMD's own help, as moeflow CMD --help prints it */
+    /* moeflow help CMD [SUB] (help bench batch): CMD's own help, as moeflow CMD --help prints it; help of one of
+     * the words below, or a word past SUB, is refused below naming the word given */
     char *help_argv[5] = { argv[0] };
-    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "help")) {
-        for (int i = 2; i < argc; i++) help_argv[i - 1] = argv[i];
-        help_argv[argc - 1] = "--help"; /* argc stays: the program, CMD, [SUB], --help */
-        argv = help_argv;
+    int extra = 2; /* the first argument past what --version, --help, -h, help or help CMD [SUB] take */
+    if (argc >= 3 && !strcmp(argv[1], "help") && strcmp(argv[2], "--version") && strcmp(argv[2], "--help") &&
+        strcmp(argv[2], "-h") && strcmp(argv[2], "help")) {
+        if (argc > 4) {
+            extra = 4;
+        } else {
+            for (int i = 2; i < argc; i++) help_argv[i - 1] = argv[i];
+            help_argv[argc - 1] = "--help"; /* argc stays: the program, CMD, [SUB], --help */
+            argv = help_argv;
+        }
     }
     /* moeflow --version, --help, -h and help take nothing after them (help CMD was made CMD --help above) */
     if (argc > 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
                      !strcmp(argv[1], "help"))) {
-        fprintf(stderr, "moeflow: unexpected argument '%s' after %s (%s)\n", argv[2], argv[1],
+        fprintf(stderr, "moeflow: unexpected argument '%s' after %s%s%s%s%s (%s)\n", argv[extra], argv[1],
+                extra > 2 ? " " : "", extra > 2 ? argv[2] : "", extra > 2 ? " " : "", extra > 2 ? argv[3] : "",
                 strcmp(argv[1], "--version") ? "moeflow help CMD prints a command's options" : "see moeflow --help");
         return 2;
     }

@@ -386,6 +386,14 @@ int main(void)
     expect("--help generate", "moeflow: unexpected argument 'generate' after --help (moeflow help CMD prints a "
            "command's options)\n");
     expect("-h x y", "moeflow: unexpected argument 'x' after -h (moeflow help CMD prints a command's options)\n");
+    /* help of help, --help, -h or --version, and a word past help CMD SUB, are refused naming the word given, where
+     * help X was made X --help first and the message named '--help', or named CMD */
+    expect("help help", "moeflow: unexpected argument 'help' after help (moeflow help CMD prints a command's options)\n");
+    expect("help --version", "moeflow: unexpected argument '--version' after help (moeflow help CMD prints a "
+           "command's options)\n");
+    expect("help -h", "moeflow: unexpected argument '-h' after help (moeflow help CMD prints a command's options)\n");
+    expect("help bench batch extra", "moeflow: unexpected argument 'extra' after help bench batch (moeflow help CMD "
+           "prints a command's options)\n");
     /* what --help and --version print must reach stdout, as a command's output must: a full disk fails them, with
      * the reason also where the write failed while the help was printed (generate's, longer than the stream's
      * buffer), which left nothing for the last flush to fail on */

@@ -2984,8 +2984,8 @@ static struct val split(struct render *r, const struct str *s, const struct str 
 /* str.rsplit(sep, maxsplit): the splits made from the right. */
 static struct val rsplit(struct render *r, const struct str *s, const struct str *sep, int64_t maxsplit)
 {
-    if (maxsplit < 0) /* no bound: the pieces of split() */
-        return split(r, s, sep, -1);
+    if (maxsplit < 0) /* no bound: as many as there are places (from the right: 'aaa'.rsplit('aa') is ['a', '']) */
+        maxsplit = (int64_t)s->n;
     if (!sep) { /* the last maxsplit words, after what is before them (its leading whitespace kept) */
         const struct list *w = split(r, s, NULL, -1).l;
         if ((int64_t)w->n <= maxsplit)

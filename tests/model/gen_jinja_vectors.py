@@ -509,7 +509,8 @@ CASES = [
      "{{ 'abc'.endswith(('x', 'bc')) }} {{ 'aaa'.replace('a', 'b', 2) }} {{ 'abc'.upper() }} {{ 'h\u00e9llo'.find('l') }} "
      "{{ 'banana'.count('an') }} {{ 'x'.find('y') }} {{ 'hello world'.title() }}", {}),
     ("methods-more", "{{ 'a b  c '.rsplit() }} {{ '  a b c  '.rsplit(None, 1) }} {{ '  a b c  '.rsplit(None, 0) }} "
-     "{{ 'aaa'.rsplit('aa', 1) }} {{ 'x</think>y</think>z'.rsplit('</think>', 1)[-1] }} {{ 'a,b,c'.rsplit(',', 5) }} "
+     "{{ 'aaa'.rsplit('aa', 1) }} {{ 'aaa'.rsplit('aa') }} {{ 'xaaaaay'.rsplit('aa', -1) }} "
+     "{{ 'x</think>y</think>z'.rsplit('</think>', 1)[-1] }} {{ 'a,b,c'.rsplit(',', 5) }} "
      "{{ ''.rsplit(',', 1) }} {{ ''.rsplit(None, 1) }} {{ 'a\nb\r\n\nc\x0bd\u2028'.splitlines() }} "
      "{{ 'a\r\nb\n'.splitlines(true) }} {{ ''.splitlines() }} {{ '<x>y'.removeprefix('<x>') }} "
      "{{ 'y</x>'.removesuffix('</x>') }} {{ 'y'.removeprefix('z') }} {{ 'h\u00e9llo'.rfind('l') }} "

@@ -1240,10 +1240,13 @@ enum moe_status moe_json_number_refused(const struct json_error_t *e, const char
 {
     if (json_error_code(e) != json_error_numeric_overflow)
         return MOE_OK;
+    /* an integer past 64 bits has a double that holds it; a number past a double has nothing */
+    bool integer = strstr(e->text, "integer") != NULL;
     return moe_errorf(MOE_ERANGE, "%s holds a number out of range at line %d column %d (%s): it is valid JSON, "
                       "but integers are read as 64-bit, [-9223372036854775808, 9223372036854775807], and other "
-                      "numbers as doubles, up to about 1.8e308; write a larger integer with an exponent (1e19)",
-                      what, e->line, e->column, e->text);
+                      "numbers as doubles, up to about 1.8e308; %s", what, e->line, e->column, e->text,
+                      integer ? "write a larger integer with an exponent (1e19)"
+                              : "a number past that cannot be held: give one within it");
 }
 
 enum moe_status moe_json_schema_parse(const char *text, size_t len, struct moe_json_schema **out)

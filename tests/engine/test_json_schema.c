@@ -374,7 +374,13 @@ static void test_refused(void)
           "valid JSON, but integers are read as 64-bit" },
         { "{\"type\":\"integer\",\n\"minimum\":-9223372036854775809}", MOE_ERANGE,
           "at line 2 column 30 (too big negative integer" },
-        { "{\"type\":\"number\",\"maximum\":1e999}", MOE_ERANGE, "(real number overflow near '1e999'): it is valid" },
+        { "{\"type\":\"integer\",\"maximum\":10000000000000000000}", MOE_ERANGE,
+          "up to about 1.8e308; write a larger integer with an exponent (1e19)" },
+        /* a number past a double: no exponent makes it fit, so none is offered */
+        { "{\"type\":\"number\",\"maximum\":1e999}", MOE_ERANGE,
+          "(real number overflow near '1e999'): it is valid JSON, but integers are read as 64-bit, "
+          "[-9223372036854775808, 9223372036854775807], and other numbers as doubles, up to about 1.8e308; a number "
+          "past that cannot be held: give one within it" },
         { "{\"type\":\"string\",\"items\":{}}", MOE_EINVAL, "array keywords" },
         { "{\"enum\":[1,10]}", MOE_ENOTSUP, "begins another" },
         { "{\"type\":\"array\",\"minItems\":3,\"maxItems\":2}", MOE_EINVAL, "minItems 3 is above maxItems 2" },

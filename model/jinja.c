@@ -3286,6 +3286,14 @@ static bool contains(struct render *r, const struct val *item, const struct val 
                     "one)", article(type_name(item)), type_name(item));
         return item->t == V_STR && dict_get(in->d, item->s->p, item->s->n) != NULL;
     }
+    if (in->t == V_LIST && (in->l->view == 'k' || in->l->view == 'i')) { /* looked up as the dict's key, as there */
+        const struct list *p = item->t == V_LIST && item->l->tuple && item->l->n == 2 ? item->l : NULL;
+        const struct val *key = in->l->view == 'k' ? item : p ? &p->v[0] : NULL; /* items: a (key, value) pair */
+        if (key && !hashable(r, key, line))
+            fail_at(&r->f, MOE_EINVAL, line, "'in <dict_%s>' needs a key %s, not %s %s (a list or dict cannot be one)",
+                    in->l->view == 'k' ? "keys" : "items", in->l->view == 'k' ? "on the left" : "in the pair",
+                    article(type_name(key)), type_name(key));
+    }
     const struct list *l = iter_list(r, in, line);
     for (size_t i = 0; i < l->n; i++)
         if (equal(r, item, &l->v[i]))

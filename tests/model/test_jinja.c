@@ -137,6 +137,9 @@ int main(void)
     /* a type named in a message takes its article */
     check_render_fails("{% for x in 3 %}{% endfor %}", MOE_EINVAL, "an int is not iterable");
     check_render_fails("{{ undefined_name | abs }}", MOE_EINVAL, "abs: an undefined is not a number");
+    /* a dict view's keys are looked up as the dict's: one that cannot be a key fails, as in Jinja2 */
+    check_render_fails("{{ ['a'] in {'a': 1}.keys() }}", MOE_EINVAL, "'in <dict_keys>' needs a key on the left, not a list");
+    check_render_fails("{{ (['a'], 1) in {'a': 1}.items() }}", MOE_EINVAL, "'in <dict_items>' needs a key in the pair");
     /* small pieces that land on exactly the limit, then go on past it */
     check_render_fails("{{ (range(100000) | list) * 7 }}", MOE_ERANGE, "output longer");
     check_render_fails("{{ 'x' * 4194304 }}{{ 'y' }}", MOE_ERANGE, "output longer");

@@ -13,6 +13,9 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +69,81 @@ struct moe_st_file {
     size_t *by_name;              /* [n] indices into t, sorted by name */
     struct st_meta *meta;         /* [n_meta] */
     size_t n_meta;
+    int guard;                    /* slot of st_guards holding the mapping; -1: none */
 };
+
+/* Mapped files whose pages cannot be read any more.  A page of a mapping past the file's end (the file
+ * truncated or rewritten in place after it was mapped) or whose read fails raises SIGBUS on access, which
+ * would end the process.  The handler puts zero pages over the rest of such a mapping, from the page that
+ * faulted, and marks it damaged, so the access completes and moe_st_check reports the file; a fault
+ * elsewhere goes to the handler that was there before.  The slots are process-wide as the signal
+ * disposition is: a slot is claimed by setting hi, published by setting lo, freed in the reverse order. */
+#define ST_GUARD_SLOTS 4096
+static struct st_guard {
+    _Atomic uintptr_t lo;     /* first byte of the mapping; 0: none (the handler skips the slot) */
+    _Atomic uintptr_t hi;     /* one past its last byte; 0: slot free */
+    atomic_bool damaged;      /* a fault was repaired with zero pages */
+} st_guards[ST_GUARD_SLOTS];
+static struct sigaction st_prev_bus; /* the disposition before st_on_sigbus */
+static uintptr_t st_page = 4096;
+static pthread_once_t st_guard_once = PTHREAD_ONCE_INIT;
+
+static void st_on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+    int saved = errno;
+    uintptr_t a = (uintptr_t)si->si_addr;
+    for (size_t i = 0; si->si_code > 0 && i < ST_GUARD_SLOTS; i++) { /* > 0: a fault, not a kill() */
+        uintptr_t lo = atomic_load(&st_guards[i].lo), hi = atomic_load(&st_guards[i].hi);
+        if (!lo || a < lo || a >= hi) continue;
+        uintptr_t pg = a & ~(st_page - 1);
+        if (mmap((void *)pg, hi - pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+            break;
+        atomic_store(&st_guards[i].damaged, true);
+        errno = saved;
+        return; /* the access is made again, on zeros */
+    }
+    if (st_prev_bus.sa_flags & SA_SIGINFO) {
+        st_prev_bus.sa_sigaction(sig, si, uc);
+    } else if (st_prev_bus.sa_handler != SIG_DFL && st_prev_bus.sa_handler != SIG_IGN) {
+        st_prev_bus.sa_handler(sig);
+    } else { /* the default action, once the access faults again */
+        struct sigaction dfl = { .sa_handler = SIG_DFL };
+        sigemptyset(&dfl.sa_mask);
+        sigaction(SIGBUS, &dfl, NULL);
+    }
+    errno = saved;
+}
+
+static void st_guard_install(void)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg > 0) st_page = (uintptr_t)pg;
+    struct sigaction sa = { .sa_sigaction = st_on_sigbus, .sa_flags = SA_SIGINFO | SA_RESTART };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &st_prev_bus);
+}
+
+/* A slot for the mapping [p, p + n), or -1 when all are taken (the mapping is then left unguarded). */
+static int st_guard_add(const void *p, size_t n)
+{
+    pthread_once(&st_guard_once, st_guard_install);
+    for (int i = 0; i < ST_GUARD_SLOTS; i++) {
+        uintptr_t free_hi = 0;
+        if (atomic_compare_exchange_strong(&st_guards[i].hi, &free_hi, (uintptr_t)p + n)) {
+            atomic_store(&st_guards[i].damaged, false);
+            atomic_store(&st_guards[i].lo, (uintptr_t)p);
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void st_guard_remove(int i)
+{
+    if (i < 0) return;
+    atomic_store(&st_guards[i].lo, 0);
+    atomic_store(&st_guards[i].hi, 0);
+}
 
 /* Offset of the first invalid UTF-8 sequence in s[0..len), or len if valid.
  * Rejects overlong forms, surrogates and code points above U+10FFFF. */
@@ -124,6 +201,7 @@ void moe_st_close(struct moe_st_file *f)
     free(f->meta);
     free(f->t);
     free(f->by_name);
+    st_guard_remove(f->guard);
     if (f->mapped && f->base) munmap((void *)f->base, f->size);
     free(f->what);
     free(f);
@@ -346,6 +424,7 @@ struct moe_st_file *moe_st_open_memory(const void *buf, size_t len, const char *
         moe_errorf(MOE_ENOMEM, "%s: out of memory", what ? what : "safetensors image");
         return NULL;
     }
+    f->guard = -1;
     f->what = strdup(what ? what : "safetensors image");
     f->base = buf;
     f->size = len;
@@ -369,6 +448,7 @@ struct moe_st_file *moe_st_open(const char *path)
     int fd = -1;
     void *p;
 
+    if (f) f->guard = -1;
     if (!f || !(f->what = strdup(path))) {
         moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
         goto out_free;
@@ -391,12 +471,15 @@ struct moe_st_file *moe_st_open(const char *path)
         }
         f->base = p;
         f->mapped = true;
+        f->guard = st_guard_add(p, f->size);
     } else {
         f->base = (const uint8_t *)"";
     }
     close(fd);
     fd = -1;
-    if (st_parse(f) != MOE_OK) goto out_free;
+    /* a file that shrank before it was mapped reads as zeros past its end: said so, whatever the parse said */
+    bool parsed = st_parse(f) == MOE_OK;
+    if (moe_st_check(f) != MOE_OK || !parsed) goto out_free;
     return f;
 
 out_close:
@@ -427,6 +510,14 @@ const struct moe_st_tensor *moe_st_find(const struct moe_st_file *f, const char 
 }
 
 const char *moe_st_path(const struct moe_st_file *f) { return f->what; }
+
+enum moe_status moe_st_check(const struct moe_st_file *f)
+{
+    if (f->guard < 0 || !atomic_load(&st_guards[f->guard].damaged)) return MOE_OK;
+    return moe_errorf(MOE_EIO, "%s: part of the file could not be read once it was mapped: it shrank (truncated or "
+                      "rewritten in place while in use?) or a read failed, and its data from there on read as zeros; "
+                      "restart once the file is whole", f->what);
+}
 
 const char *moe_st_metadata(const struct moe_st_file *f, const char *key)
 {

@@ -50,6 +50,11 @@ size_t moe_st_count(const struct moe_st_file *f);
 const struct moe_st_tensor *moe_st_at(const struct moe_st_file *f, size_t i);
 const struct moe_st_tensor *moe_st_find(const struct moe_st_file *f, const char *name);
 const char *moe_st_path(const struct moe_st_file *f);
+/* MOE_OK while every byte of f read from its mapping was the file's; else MOE_EIO naming the file: a
+ * page could not be read (the file shrank after it was opened, or the read failed) and that page and the
+ * rest of the mapping read as zeros since, where the access would have ended the process (SIGBUS).
+ * Checked by moe_st_open; a reader of the data checks again after reading it. */
+enum moe_status moe_st_check(const struct moe_st_file *f);
 /* Metadata string value for key in "__metadata__", or NULL. */
 const char *moe_st_metadata(const struct moe_st_file *f, const char *key);
 

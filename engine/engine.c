@@ -662,6 +662,8 @@ struct moe_engine *moe_engine_create(const struct moe_model *m, const struct moe
         }
         e->own_prov = true;
     }
+    if ((st = moe_model_check_files(m)) != MOE_OK) /* the weights were read from it above */
+        goto out_fail;
     return e;
 out_fail:
     moe_engine_destroy(e);
@@ -1135,6 +1137,7 @@ enum moe_status moe_engine_forward(struct moe_engine *e, const struct moe_batch 
             BE(o->copy_d2h(bc, logits, e->d_logits, (size_t)nwant * e->V * sizeof(float)));
     }
     BE(o->synchronize(bc));
+    BE(moe_model_check_files(e->m)); /* experts read in place from the checkpoint's mapping */
     for (int i = 0; i < n; i++) set_len(e, b->seq[i], b->pos[i] + 1);
 out:
     if (e->prov->ops->step_end) e->prov->ops->step_end(e->prov->self);

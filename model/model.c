@@ -104,6 +104,15 @@ void moe_model_close(struct moe_model *m)
     free(m);
 }
 
+enum moe_status moe_model_check_files(const struct moe_model *m)
+{
+    for (int i = 0; i < m->n_shards; i++) {
+        enum moe_status st = moe_st_check(m->shards[i]);
+        if (st != MOE_OK) return st;
+    }
+    return MOE_OK;
+}
+
 static bool file_exists(const char *path)
 {
     struct stat sb;

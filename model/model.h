@@ -72,6 +72,10 @@ struct moe_model {
  * Returns NULL with moe_last_error() set. */
 struct moe_model *moe_model_open(const char *model_dir);
 void moe_model_close(struct moe_model *m);
+/* MOE_OK while every checkpoint file read through its mapping was read whole; else MOE_EIO naming the
+ * first shard that shrank or failed to read since it was opened (moe_st_check): the weights read from it
+ * are zeros from there on, so nothing computed from them is the model's. */
+enum moe_status moe_model_check_files(const struct moe_model *m);
 
 /* The name a model directory is recorded under (the packed store's header, moeflow trace,
  * train-predictor) and compared by: the last component of the path it resolves to ("." and "m/"

@@ -227,6 +227,9 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
             if (progress) progress(ud, i + 1, in.n_records);
         }
     }
+    /* the records were copied from the checkpoint's mapping: a shard that shrank meanwhile gave zeros,
+     * which the checksums would vouch for */
+    if ((st = moe_model_check_files(m))) goto out;
     encode_header(&in, rec, hdr);
     if ((st = write_all(fd, hdr, in.data_offset, 0, tmp))) goto out;
     if (fsync(fd) != 0) {

@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <unistd.h>
 
 /* pad_token_id of config.json when it differs from every eos id, else -1:
  * transformers' generate() masks such prompt tokens, so greedy references
@@ -183,6 +184,29 @@ static inline enum moe_status t_greedy(struct moe_engine *e, int seq, const int 
     if (lg != prompt_logits) free(lg);
     free(next);
     return st;
+}
+
+/* The file from copied to to (made or replaced); the test stops when either cannot be opened or written. */
+static inline void t_copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    REQUIRE(a && b, "copy %s -> %s", from, to);
+    char buf[4096];
+    size_t k;
+    while ((k = fread(buf, 1, sizeof buf, a)) > 0) REQUIRE(fwrite(buf, 1, k, b) == k, "write %s", to);
+    fclose(a);
+    fclose(b);
+}
+
+/* A model directory a test made: its config.json and model.safetensors, then the directory. */
+static inline void t_remove_copy(const char *dir)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    unlink(p);
+    rmdir(dir);
 }
 
 #endif

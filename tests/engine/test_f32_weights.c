@@ -32,17 +32,6 @@ static float *logits_of(const char *dir, const int *ids, int n, int *V, enum moe
     return lg;
 }
 
-static void copy_file(const char *from, const char *to)
-{
-    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-    REQUIRE(a && b, "copy %s -> %s", from, to);
-    char buf[4096];
-    size_t k;
-    while ((k = fread(buf, 1, sizeof buf, a)) > 0) REQUIRE(fwrite(buf, 1, k, b) == k, "write %s", to);
-    fclose(a);
-    fclose(b);
-}
-
 /* dst/model.safetensors: src's tensors in F32, the 2-D ones whose name does
  * (experts) or does not (dense) contain ".experts." multiplied by 1 + 2^-10. */
 static void write_f32_copy(const char *src, const char *dst, bool experts)
@@ -75,12 +64,12 @@ static void write_f32_copy(const char *src, const char *dst, bool experts)
     moe_st_close(f);
     snprintf(p, sizeof p, "%s/config.json", src);
     snprintf(q, sizeof q, "%s/config.json", dst);
-    copy_file(p, q);
+    t_copy_file(p, q);
 }
 
 int main(void)
 {
-    char src[4096], q[4400];
+    char src[4096];
     t_path(src, sizeof src, "tests/fixtures/hf-tiny/mixtral");
     char dir[64] = "/tmp/moeflow-f32-XXXXXX";
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -109,10 +98,6 @@ int main(void)
           moe_dtype_name(moe_engine_weight_dtype(e)));
     moe_engine_destroy(e);
     moe_model_close(m);
-    snprintf(q, sizeof q, "%s/model.safetensors", dir);
-    unlink(q);
-    snprintf(q, sizeof q, "%s/config.json", dir);
-    unlink(q);
-    rmdir(dir);
+    t_remove_copy(dir);
     return t_result("test_engine_f32_weights");
 }

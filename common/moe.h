@@ -124,7 +124,9 @@ bool moe_parse_u64_prefix(const char *s, uint64_t *out, const char **rest);
  * 0), and *cap set to it.  False, nothing changed, when out of memory or the size overflows. */
 bool moe_grow(void **p, size_t *cap, size_t need, size_t size, size_t first);
 
-/* Whole-file read into a NUL-terminated malloc'd buffer (caller frees). */
+/* Whole-file read into a NUL-terminated malloc'd buffer (caller frees); anything but a regular file
+ * (a directory, a FIFO, a device) is MOE_EIO "PATH: not a regular file", a FIFO without waiting for a
+ * writer. */
 enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len);
 
 /* Create a new, empty file beside path (beside the file it names when path is a

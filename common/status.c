@@ -178,13 +178,19 @@ bool moe_grow(void **p, size_t *cap, size_t need, size_t size, size_t first)
 
 enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t max_len)
 {
-    FILE *f = fopen(path, "rb");
+    /* not blocking: opening a FIFO with no writer would wait for one, for ever */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     struct stat sb;
     char *buf;
-    if (!f) return moe_errorf(errno == ENOENT ? MOE_ENOENT : MOE_EIO, "%s: %s", path, strerror(errno));
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
+    if (fd < 0) return moe_errorf(errno == ENOENT ? MOE_ENOENT : MOE_EIO, "%s: %s", path, strerror(errno));
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
         return moe_errorf(MOE_EIO, "%s: not a regular file", path);
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return moe_errorf(MOE_ENOMEM, "%s: %s", path, strerror(errno));
     }
     if ((uint64_t)sb.st_size > max_len) {
         fclose(f);

@@ -1261,6 +1261,11 @@ static enum moe_status server_load(struct moe_server *s)
 {
     const struct moe_serve_config *cfg = &s->cfg;
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
+    /* testing (tests/server/test_serve_api.py): the load waits for SIGTERM or SIGINT before it starts, so
+     * the front ends can be seen while a model loads */
+    if (getenv("MOEFLOW_TEST_HOLD_LOAD"))
+        return moe_errorf(MOE_ECANCELED, "%s while the load was held (MOEFLOW_TEST_HOLD_LOAD)",
+                          wait_signal() == SIGINT ? "SIGINT" : "SIGTERM");
     s->model = moe_model_open(dir);
     if (!s->model)
         return moe_error_prefix(MOE_EIO, "--model"); /* the message names the directory */

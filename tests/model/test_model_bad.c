@@ -468,6 +468,17 @@ static int run_case(const char *name)
         write_config(dir, NULL);
         write_index(dir, needle = "model.layers.9.extra.weight", "model-00001-of-00002.safetensors");
         needle2 = "does not contain";
+    } else if (!strcmp(name, "config_is_fifo") || !strcmp(name, "generation_config_is_fifo")) {
+        /* refused at once, where opening it waited for a writer for ever (alarm: the test fails then) */
+        char path[4200];
+        bool gen = name[0] == 'g';
+        if (gen) write_config(dir, NULL);
+        write_buf(dir, "model.safetensors", src.p, src.len);
+        needle = gen ? "/generation_config.json: " : "/config.json: ";
+        snprintf(path, sizeof(path), "%s%.*s", dir, (int)strlen(needle) - 2, needle);
+        REQUIRE(mkfifo(path, 0600) == 0, "mkfifo %s: %s", path, strerror(errno));
+        needle2 = "not a regular file";
+        alarm(20);
     } else if (!strcmp(name, "config_missing_field")) {
         write_config(dir, needle = "num_attention_heads");
         write_buf(dir, "model.safetensors", src.p, src.len);

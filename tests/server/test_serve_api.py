@@ -72,16 +72,16 @@ def main():
     r = subprocess.run([moeflow, "serve", "--gpu-experts", "8", "--gpu-cache-bytes", "1M"], capture_output=True,
                        timeout=30)
     check(r.returncode == 2 and b"not both" in r.stderr, "both alternatives: %d %r" % (r.returncode, r.stderr))
-    # while the model loads (here never: its config.json is a FIFO nobody writes), KServe's ModelReady
+    # while the model loads (here never: MOEFLOW_TEST_HOLD_LOAD holds it until a stop signal), KServe's ModelReady
     # says false and ServerMetadata answers; generation and tokenizing wait for the load (UNAVAILABLE, HTTP
     # 503), each request refused counted in request_rejected_total{reason="loading"} (the model's
     # information not)
     import os
     with tempfile.TemporaryDirectory() as d:
-        os.mkfifo(os.path.join(d, "config.json"))
         gp, hp = free_port(), free_port()
         p = subprocess.Popen([moeflow, "serve", "--model", d, "--grpc-port", str(gp), "--http-port",
-                              str(hp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              str(hp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, MOEFLOW_TEST_HOLD_LOAD="1"))
         try:
             ch = grpc.insecure_channel("127.0.0.1:%d" % gp)
             grpc.channel_ready_future(ch).result(timeout=30)

@@ -453,7 +453,7 @@ struct moe_st_file *moe_st_open(const char *path)
         moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
         goto out_free;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO: refused below, not waited on for a writer */
     if (fd < 0) {
         moe_errorf(errno == ENOENT ? MOE_ENOENT : MOE_EIO, "%s: cannot open: %s", path, strerror(errno));
         goto out_free;

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -235,6 +236,19 @@ static void test_truncated_while_mapped(const char *dir)
     unlink(other);
 }
 
+/* A FIFO is refused at once, where opening it waited for a writer for ever (the alarm fails the test then). */
+static void test_fifo(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/fifo.safetensors", dir);
+    REQUIRE(mkfifo(path, 0600) == 0, "mkfifo %s: %s", path, strerror(errno));
+    alarm(20);
+    CHECK(moe_st_open(path) == NULL && strstr(moe_last_error(), "not a regular file"), "a FIFO: %s",
+          moe_last_error());
+    alarm(0);
+    unlink(path);
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/moe-st-XXXXXX";
@@ -244,6 +258,7 @@ int main(void)
     test_round_trip(dir);
     test_legal_headers();
     test_truncated_while_mapped(dir);
+    test_fifo(dir);
     rmdir(dir);
     return t_result("test_safetensors");
 }

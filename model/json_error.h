@@ -10,7 +10,8 @@ extern "C" {
 #endif
 
 /* e->text, or plain words where jansson names its own flag (a string that holds \u0000 reads "...
- * JSON_ALLOW_NUL"): a static string or e->text, valid as long as e. */
+ * JSON_ALLOW_NUL") or where its words name nothing that shows (a UTF-8 byte-order mark before the text,
+ * as Python's json and serde_json refuse it too): a static string or e->text, valid as long as e. */
 const char *moe_json_error_text(const json_error_t *e);
 
 #ifdef __cplusplus

@@ -452,6 +452,10 @@ static void test_refusals(void)
     CHECK(moe_config_parse("{\"model_type\": ", 15, "trunc.json", &c) == MOE_EFORMAT &&
           strstr(moe_last_error(), "trunc.json"), "truncated JSON: %s", moe_last_error());
     CHECK(moe_config_parse("[1]", 3, "arr.json", &c) == MOE_EFORMAT, "array top level");
+    /* a byte-order mark is named, where the message quoted its bytes, which print as nothing */
+    CHECK(moe_config_parse("\xef\xbb\xbf{}", 5, "bom.json", &c) == MOE_EFORMAT &&
+          strstr(moe_last_error(), "bom.json") && strstr(moe_last_error(), "byte-order mark"), "BOM: %s",
+          moe_last_error());
     CHECK(moe_config_parse("{\"a\":1,\"a\":2}", 13, "dup.json", &c) == MOE_EFORMAT &&
           strstr(moe_last_error(), "duplicate"), "duplicate key: %s", moe_last_error());
     CHECK(moe_config_load(t_path(dir, sizeof(dir), "tests/fixtures"), &c) == MOE_ENOENT &&

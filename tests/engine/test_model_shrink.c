@@ -6,7 +6,9 @@
  *  - a forward after the cut fails with MOE_EIO, its experts being read in place from the mapping
  *    (a build that copied them at create computes the model's logits, never zeros' ones);
  *  - moe_store_pack after the cut fails and writes no store, where its records would have been
- *    zeros that their checksums vouch for. */
+ *    zeros that their checksums vouch for;
+ *  - moe_store_open of the whole checkpoint's store after the cut names the cut file, where it said
+ *    the store was written for other weights. */
 #include "engine_testutil.h"
 #include "model/safetensors.h"
 #include "offload/store.h"
@@ -105,6 +107,20 @@ int main(void)
     CHECK(st == MOE_EIO && names_file(dir), "pack over a cut checkpoint: %s: %s", moe_status_str(st),
           moe_last_error());
     CHECK(stat(p, &sb) != 0, "pack left %s", p);
+    moe_model_close(m);
+
+    /* cut before the store of the whole checkpoint is opened: the cut file is named, where the store was
+     * said to be written for other weights (its fingerprint read from zeros) */
+    m = moe_model_open(src);
+    REQUIRE(m && moe_store_pack(m, p, NULL, NULL) == MOE_OK, "pack %s: %s", src, moe_last_error());
+    moe_model_close(m);
+    at = fresh_copy(src, dir);
+    m = moe_model_open(dir);
+    REQUIRE(m, "open %s: %s", dir, moe_last_error());
+    cut(dir, at);
+    struct moe_store *s = moe_store_open(p, m);
+    CHECK(!s && names_file(dir), "store opened over a cut checkpoint: %s", s ? "(no error)" : moe_last_error());
+    moe_store_close(s);
     moe_model_close(m);
 
     free(want);

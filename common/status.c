@@ -197,20 +197,39 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
         return moe_errorf(MOE_EFORMAT, "%s: %lld bytes is larger than the %zu-byte limit", path,
                           (long long)sb.st_size, max_len);
     }
-    buf = malloc((size_t)sb.st_size + 1);
-    if (!buf) {
-        fclose(f);
-        return moe_errorf(MOE_ENOMEM, "%s: cannot allocate %lld bytes", path, (long long)sb.st_size);
+    /* read to the end: the size is a first guess only, as a /proc or /sys file gives 0 or a page whatever
+     * it holds, and a file can change while it is read */
+    size_t cap = (size_t)sb.st_size + 1, n = 0;
+    buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n > max_len || n < cap - 1) /* over the limit, or the end (or a read error) */
+            break;
+        int c = fgetc(f); /* the buffer is full: more only when there is more */
+        if (c == EOF)
+            break;
+        if (!moe_grow((void **)&buf, &cap, cap + 1, 1, 4096)) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf[n++] = (char)c;
     }
-    if (fread(buf, 1, (size_t)sb.st_size, f) != (size_t)sb.st_size) {
-        free(buf);
-        fclose(f);
-        return moe_errorf(MOE_EIO, "%s: short read", path);
-    }
+    enum moe_status st = MOE_OK;
+    if (!buf)
+        st = moe_errorf(MOE_ENOMEM, "%s: cannot allocate %zu bytes", path, cap);
+    else if (n > max_len)
+        st = moe_errorf(MOE_EFORMAT, "%s: more bytes than the %zu-byte limit", path, max_len);
+    else if (ferror(f))
+        st = moe_errorf(MOE_EIO, "%s: read failed: %s", path, strerror(errno));
     fclose(f);
-    buf[sb.st_size] = 0;
+    if (st) {
+        free(buf);
+        return st;
+    }
+    buf[n] = 0;
     *out = buf;
-    if (len) *len = (size_t)sb.st_size;
+    if (len) *len = n;
     return MOE_OK;
 }
 

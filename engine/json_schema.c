@@ -142,19 +142,55 @@ static int inner_digits(const json_t *v)
     return p;
 }
 
-/* A literal value as the output must write it: compact, numbers in their shortest form (those inside
- * an array or object with the digits the one that needs the most needs, as jansson writes them); -0.0
- * as 0, the one value JSON Schema takes both for. */
+/* v with every number of an integer's value, at any depth, an integer (1.0 and 1 are one value to JSON
+ * Schema, and -0.0 and 0; one text then): a new reference, NULL when out of memory. */
+static json_t *literal_norm(const json_t *v)
+{
+    json_t *out = NULL, *e;
+    size_t i;
+    const char *k;
+    switch (json_typeof(v)) {
+    case JSON_REAL: {
+        double x = json_real_value(v);
+        return x == floor(x) && x >= -0x1p63 && x < 0x1p63 ? json_integer((json_int_t)x) : json_real(x);
+    }
+    case JSON_ARRAY:
+        out = json_array();
+        json_array_foreach(v, i, e) {
+            if (!out || json_array_append_new(out, literal_norm(e)) != 0) goto oom;
+        }
+        return out;
+    case JSON_OBJECT:
+        out = json_object();
+        json_object_foreach((json_t *)v, k, e) {
+            if (!out || json_object_set_new(out, k, literal_norm(e)) != 0) goto oom;
+        }
+        return out;
+    default:
+        return json_incref((json_t *)v);
+    }
+oom:
+    json_decref(out);
+    return NULL;
+}
+
+/* A literal value as the output must write it: compact, numbers of an integer's value as integers, the
+ * others in their shortest form (those inside an array or object with the digits the one that needs the
+ * most needs, as jansson writes them), so that equal values are one text.  NULL when out of memory. */
 static char *literal_text(const json_t *v)
 {
-    if (json_is_real(v)) {
-        if (json_real_value(v) == 0)
-            return strdup("0");
+    json_t *n = literal_norm(v);
+    if (!n) return NULL;
+    char *t;
+    if (json_is_real(n)) {
         char buf[64];
-        snprintf(buf, sizeof(buf), "%.*g", real_digits(json_real_value(v)), json_real_value(v));
-        return strdup(buf);
+        snprintf(buf, sizeof(buf), "%.*g", real_digits(json_real_value(n)), json_real_value(n));
+        t = strdup(buf);
+    } else {
+        t = json_dumps(n, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(inner_digits(n)));
     }
-    return json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(inner_digits(v)));
+    json_decref(n);
+    return t;
 }
 
 static const char *type_name(const json_t *v)

@@ -138,9 +138,33 @@ static void test_literals(void)
         bad_at(sc, "[0.3", ",");
         good(sc, "{\"a\":1.0000000000000002}");
         bad_at(sc, "{\"a\":1.0", "}");
-        good(sc, "[0.1,2.5,1.0]"); /* the shortest forms, as before */
+        good(sc, "[0.1,2.5,1]"); /* the shortest forms; 1.0 is 1, as it is outside an array */
+        bad_at(sc, "[0.1,2.5,1", ".0");
     }
     moe_json_schema_unref(sc);
+
+    /* numbers of an integer's value are one value with the integer at any depth ([1] and [1.0], {"a":-0.0}
+     * and {"a":0}, 1e17 and 100000000000000000), one text: repeats are one literal, and uniqueItems
+     * tells them apart from none */
+    sc = compile("{\"enum\":[[1],[1.0],{\"a\":-0.0},{\"a\":0},1e17]}");
+    if (sc) {
+        good(sc, "[1]");
+        bad_at(sc, "[1", ".");
+        good(sc, "{\"a\":0}");
+        bad_at(sc, "{\"a\":", "-");
+        good(sc, "100000000000000000");
+        bad_at(sc, "1", "e");
+    }
+    moe_json_schema_unref(sc);
+    sc = compile("{\"type\":\"array\",\"items\":{\"enum\":[[1],[1.0],[2.5]]},\"uniqueItems\":true}");
+    if (sc) {
+        good(sc, "[[1],[2.5]]");
+        bad_at(sc, "[[1],[", "1");
+        bad_at(sc, "[[1", ".");
+    }
+    moe_json_schema_unref(sc);
+    refused("{\"type\":\"array\",\"items\":{\"enum\":[[1],[1.0]]},\"uniqueItems\":true,\"minItems\":2}",
+            MOE_EINVAL, "the items have 1 value");
 
     sc = compile("{\"enum\":[\"yes\",\"no\"]}");
     if (sc) {

@@ -1556,6 +1556,17 @@ void moe_sched_reply_failed(struct moe_sched *s, enum moe_finish why)
     pthread_mutex_unlock(&s->mu);
 }
 
+void moe_sched_count_dropped(struct moe_sched *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->st.accepted++;
+    s->st.cancelled++;
+    s->st.by_finish[MOE_FINISH_CANCELLED]++;
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* The drain's time ran out: cancel everything, saying why. */
 static void cancel_all_locked(struct moe_sched *s)
 {

@@ -215,6 +215,9 @@ enum moe_status moe_sched_fail(struct moe_sched *s, uint64_t id, enum moe_status
  * deliver: counted as failed instead (completed and by_finish[why] one less, failed and
  * by_finish[error] one more).  No-op for another why. */
 void moe_sched_reply_failed(struct moe_sched *s, enum moe_finish why);
+/* A request its caller dropped before submitting it (its client left while it waited to be prepared):
+ * counted as accepted and cancelled, as one submitted and cancelled at once is, without running anything. */
+void moe_sched_count_dropped(struct moe_sched *s);
 /* Stop admission; wait up to timeout_s for in-flight work; cancel the rest ("shutting down: the drain
  * timeout passed while queued|during prefill|during decode; retry elsewhere").  A forward that failed
  * with MOE_EDEVLOST (a lost device) fails its micro-batch's requests and is the last to run: the

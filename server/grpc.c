@@ -251,6 +251,7 @@ static void gcall_drop_prep(struct gcall *c)
 {
     if (!c->prep)
         return;
+    MOE_DBG("grpc: call %p ended while its request was prepared or waited to be", (void *)c);
     srv_job_let_go(&c->prep->j);
     c->prep = NULL;
     c->gf->n_prep--;
@@ -1207,6 +1208,15 @@ static void gjob_gone(struct srv_job *j)
         srv_gen_submit_gone(q->srv, &q->r, &q->p, q->deadline, NULL);
 }
 
+/* A generation request whose call ended before it was prepared (srv_job.dropped): counted as cancelled;
+ * Tokenize counts nothing. */
+static void gjob_dropped(struct srv_job *j)
+{
+    struct gjob *q = (struct gjob *)j;
+    if (q->m != GM_TOKENIZE)
+        srv_gen_count_dropped(q->srv);
+}
+
 static void gjob_free(struct srv_job *j)
 {
     struct gjob *q = (struct gjob *)j;
@@ -1252,6 +1262,7 @@ static void prep_start(struct gcall *c, const uint8_t *buf, size_t len)
     q->j.work = gjob_work;
     q->j.free = gjob_free;
     q->j.gone = gjob_gone;
+    q->j.dropped = gjob_dropped;
     q->j.inbox = &c->gf->inbox;
     q->j.owner = c;
     if (srv_job_start(c->gf->srv, &q->j, len)) {

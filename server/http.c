@@ -1475,6 +1475,15 @@ static void hjob_gone(struct srv_job *j)
     srv_gen_hold_release(q->srv, hold);
 }
 
+/* A request whose client left before it was prepared (srv_job.dropped): a completion counts as one
+ * cancelled generation (its choices never made), /tokenize as nothing. */
+static void hjob_dropped(struct srv_job *j)
+{
+    struct hjob *q = (struct hjob *)j;
+    if (q->kind == HJ_COMPLETION)
+        srv_gen_count_dropped(q->srv);
+}
+
 static void hjob_free(struct srv_job *j)
 {
     struct hjob *q = (struct hjob *)j;
@@ -1525,6 +1534,7 @@ static void prep_start(struct http_front *h, struct evhttp_request *req, struct 
     q->j.work = hjob_work;
     q->j.free = hjob_free;
     q->j.gone = hjob_gone;
+    q->j.dropped = hjob_dropped;
     q->j.inbox = &h->inbox;
     q->j.owner = c;
     if (srv_job_start(h->srv, &q->j, q->n)) {

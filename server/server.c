@@ -132,15 +132,23 @@ void srv_inbox_free(struct srv_inbox *ib)
 #define SRV_PREP_INLINE_BYTES 16384
 
 /* Run j on this thread and hand it back, or count and free it when its owner let go.  A job whose owner
- * let go before it ran is prepared all the same: a request prepared on its front end's thread is, whether
- * its client is still there or not, and it counts as what the preparation makes of it (refused, or
- * accepted and cancelled). */
+ * let go before it ran (its client left while it waited for a preparation thread) is not prepared: its
+ * request is dropped, counted as cancelled (j->dropped), and nothing is tokenized or submitted for it. */
 static void job_run(struct srv_job *j)
 {
     struct srv_inbox *ib = j->inbox;
-    j->work(j);
     pthread_mutex_lock(&ib->mu);
     bool owned = j->owner != NULL;
+    pthread_mutex_unlock(&ib->mu);
+    if (!owned) {
+        if (j->dropped)
+            j->dropped(j);
+        j->free(j);
+        return;
+    }
+    j->work(j);
+    pthread_mutex_lock(&ib->mu);
+    owned = j->owner != NULL;
     if (owned)
         job_push(&ib->jhead, &ib->jtail, j);
     pthread_mutex_unlock(&ib->mu);
@@ -157,6 +165,11 @@ static void *prep_thread(void *arg)
     for (;;) {
         while (!p->head && !p->stop)
             pthread_cond_wait(&p->cv, &p->mu);
+        while (p->gate && access(p->gate, F_OK) == 0) { /* testing: held while the gate exists */
+            pthread_mutex_unlock(&p->mu);
+            nanosleep(&(struct timespec){ 0, 5000000 }, NULL);
+            pthread_mutex_lock(&p->mu);
+        }
         struct srv_job *j = job_pop(&p->head, &p->tail);
         if (!j)
             break; /* stopping, and every job taken */
@@ -210,6 +223,9 @@ void srv_prep_start(struct moe_server *s)
     /* testing (tests/server): MOEFLOW_TEST_PREP_INLINE_BYTES=0 prepares every request on the threads */
     const char *t = getenv("MOEFLOW_TEST_PREP_INLINE_BYTES");
     p->inline_bytes = t ? (size_t)strtoull(t, NULL, 10) : SRV_PREP_INLINE_BYTES;
+    /* ... and MOEFLOW_TEST_PREP_GATE=PATH holds the threads while PATH exists: jobs wait, queued */
+    if ((t = getenv("MOEFLOW_TEST_PREP_GATE")))
+        p->gate = strdup(t);
     /* two: before, each of the two front ends prepared one request at a time on its own thread */
     for (int i = 0; i < (int)MOE_ARRAY_LEN(p->threads); i++) {
         if (pthread_create(&p->threads[i], NULL, prep_thread, p) != 0) {
@@ -233,6 +249,8 @@ void srv_prep_stop(struct moe_server *s)
         pthread_join(p->threads[i], NULL);
     pthread_mutex_lock(&p->mu);
     p->n_threads = 0;
+    free(p->gate);
+    p->gate = NULL;
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -833,6 +851,14 @@ enum moe_status srv_gen_submit_gone(struct moe_server *s, const struct moe_gen_r
         srv_gen_abandon(g);
     }
     return st;
+}
+
+void srv_gen_count_dropped(struct moe_server *s)
+{
+    if (!srv_loaded(s, true) || refuse_draining(s) != MOE_OK)
+        return;
+    moe_sched_count_dropped(s->sched);
+    moe_metrics_observe(&s->metrics, &s->metrics.e2e, 0); /* ended as it would have been submitted */
 }
 
 void srv_gen_hold_release(struct moe_server *s, uint64_t hold)

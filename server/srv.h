@@ -105,6 +105,10 @@ struct srv_job {
      * end counts one it prepared itself whose client left (srv_gen_submit_gone); NULL: nothing to count.
      * Any thread: no front-end state */
     void (*gone)(struct srv_job *j);
+    /* instead of work, when the front end let go of the job before a preparation thread took it (its client
+     * left while it waited): counts the request as dropped unprepared (srv_gen_count_dropped); NULL:
+     * nothing to count.  Any thread: no front-end state */
+    void (*dropped)(struct srv_job *j);
     struct srv_inbox *inbox;       /* where the job comes back */
     /* guarded by inbox->mu */
     void *owner;                   /* front-end context; NULL once it let go (srv_job_let_go) */
@@ -120,6 +124,8 @@ struct srv_prep {
     int n_threads;                 /* running; 0: every job runs inline */
     bool stop;
     size_t inline_bytes;           /* requests smaller than this are prepared inline */
+    char *gate;                    /* testing (MOEFLOW_TEST_PREP_GATE): a job is taken only while this path does
+                                      not exist; NULL: at once */
 };
 
 struct moe_server {
@@ -189,6 +195,10 @@ enum moe_status srv_tokenize(const struct moe_server *s, bool templated, const c
 /* A request's token ids decoded (moe_tokenizer_decode): out of memory (MOE_ENOMEM) says so first, as
  * srv_tokenize does; any other error is the ids' (invalid). */
 enum moe_status srv_detokenize(const struct moe_server *s, const int *ids, size_t n, char **text, size_t *len);
+/* A generation request dropped before it was prepared, its client gone (srv_job.dropped): counted as
+ * cancelled (moe_sched_count_dropped), or as refused while the model loads or the server drains, as its
+ * preparation would have refused it then. */
+void srv_gen_count_dropped(struct moe_server *s);
 /* A request refused before admission with st, other than as busy or draining (counted where they are
  * found): counted as out of memory (MOE_ENOMEM) or invalid (any other status). */
 void srv_count_refused(struct moe_server *s, enum moe_status st);

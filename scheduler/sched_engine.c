@@ -3,6 +3,7 @@
  * goes to the scheduler, then to the hooks given in the params). */
 #include "scheduler.h"
 
+#include "../offload/runtime.h"
 #include "../predictor/predictor.h"
 
 #include <stdlib.h>
@@ -121,6 +122,12 @@ static enum moe_status ad_forward(void *self, const struct moe_batch *b, float *
     return st;
 }
 
+static bool ad_lost(void *self)
+{
+    struct engine_adapter *ad = self;
+    return moe_offload_backend_poisoned(moe_engine_backend(ad->e));
+}
+
 static void ad_free(void *p)
 {
     struct engine_adapter *ad = p;
@@ -183,6 +190,7 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
         .seq_claim = ad_seq_claim,
         .seq_fork = ad_seq_fork,
         .forward = ad_forward,
+        .lost = ad_lost,
     };
     if (be.max_seqs < 1) {
         free(ad->ids);

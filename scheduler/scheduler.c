@@ -853,6 +853,8 @@ static enum moe_status forward_rows(struct moe_sched *s, int row0, int rows, int
                                        on_route, &fc);
     if (st == MOE_OK)
         commit_forward(s, row0, rows, any_dec);
+    else if (st != MOE_EDEVLOST && s->be.lost && s->be.lost(s->be.self))
+        st = MOE_EDEVLOST; /* a poisoned device fails every later forward too: not rerun, none runs after */
     return st;
 }
 

@@ -258,6 +258,9 @@ struct moe_sched_backend {
     enum moe_status (*forward)(void *self, const struct moe_batch *b, float *logits,
                                void (*on_route)(void *ud, int layer, int n, const int *ids),
                                void *route_ud);
+    /* Optional: whether a sticky error poisoned the device (moe_offload_backend_poisoned): a forward
+     * that failed then fails as a lost device's (MOE_EDEVLOST), whatever status it gave. */
+    bool (*lost)(void *self);
 };
 /* Like moe_sched_create over any backend (copied; self must outlive the scheduler). */
 struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,

@@ -28,6 +28,9 @@ struct fake_backend {
     int n_used, max_used;         /* slots in use now / at most */
     int forwards, fail_at;        /* fail_at: forward number that fails (0 = never) */
     enum moe_status fail_status;  /* ... with this status (0: MOE_EIO) */
+    bool fail_poisons;            /* ... and poisons the device: lost() says so from then on, and every
+                                     later forward fails with that status too */
+    bool poisoned;
     int fail_seq, fail_from;      /* every forward from number fail_from on that has a row of slot
                                      fail_seq - 1 fails (0 = never) ... */
     enum moe_status seq_status;   /* ... with this status (0: MOE_ECHECKSUM, a bad expert record) */
@@ -110,9 +113,14 @@ static enum moe_status fb_forward(void *self, const struct moe_batch *b, float *
         nanosleep(&ts, NULL);
     }
     enum moe_status fail = MOE_OK;
-    if (f->fail_at && f->forwards == f->fail_at)
+    if (f->fail_at && f->forwards == f->fail_at) {
         fail = moe_errorf(f->fail_status ? f->fail_status : MOE_EIO, "fake: injected failure at forward %d",
                           f->forwards);
+        f->poisoned = f->fail_poisons;
+    } else if (f->poisoned) {
+        fail = moe_errorf(f->fail_status ? f->fail_status : MOE_EIO, "fake: forward %d on a poisoned device",
+                          f->forwards);
+    }
     for (int i = 0; fail == MOE_OK && f->fail_seq && f->forwards >= f->fail_from && i < b->n; i++)
         if (b->seq[i] == f->fail_seq - 1) {
             if (!f->first_seq_fail)
@@ -164,6 +172,11 @@ static enum moe_status fb_forward(void *self, const struct moe_batch *b, float *
     return MOE_OK;
 }
 
+static bool fb_lost(void *self)
+{
+    return ((struct fake_backend *)self)->poisoned;
+}
+
 static struct moe_sched_backend fb_backend(struct fake_backend *f)
 {
     memset(f, 0, sizeof(*f));
@@ -172,7 +185,7 @@ static struct moe_sched_backend fb_backend(struct fake_backend *f)
     struct moe_sched_backend be = {
         .self = f, .vocab = FB_VOCAB, .n_layers = FB_LAYERS, .n_experts = FB_EXPERTS, .top_k = FB_TOPK,
         .is_moe = f->is_moe, .eos_id = 0, .max_seqs = FB_SEQS, .max_ctx = FB_CTX, .max_batch_tokens = 64,
-        .seq_alloc = fb_alloc, .seq_free = fb_free, .forward = fb_forward,
+        .seq_alloc = fb_alloc, .seq_free = fb_free, .forward = fb_forward, .lost = fb_lost,
     };
     return be;
 }

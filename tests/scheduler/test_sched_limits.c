@@ -777,16 +777,18 @@ static void test_failure_figures(void)
  * micro-batch at once, also when it is lost while the batch's requests run again one by one, and no
  * forward runs after it: the other micro-batch's requests wait, and the drain (with its full timeout)
  * cancels them at once, saying that the device was lost and why; with the scheduler thread too, where
- * the drain, begun before the loss, ends at it. */
+ * the drain, begun before the loss, ends at it.  A forward that fails with a status that would leave the
+ * device usable (MOE_EDEVICE) on a device that a sticky error poisoned meanwhile is a lost device's: its
+ * requests are not run again one by one on it, and none runs after. */
 static void test_device_failure(void)
 {
     struct fake_backend fb;
     struct moe_sched_params p = { .max_running = 4, .micro_batch = 2, .prefill_chunk = 8 };
     static struct sc_req r[4];
     int at = 0; /* the forward (a decode batch of two) that failed in mode 0 */
-    for (int mode = 0; mode < 4; mode++) {
-        static const char *what[4] = { "a device error", "a lost device", "a device lost while isolating",
-                                       "a lost device, with the scheduler thread" };
+    for (int mode = 0; mode < 5; mode++) {
+        static const char *what[5] = { "a device error", "a lost device", "a device lost while isolating",
+                                       "a lost device, with the scheduler thread", "a device error, poisoned" };
         struct moe_sched_backend be = fb_backend(&fb);
         struct moe_sched *s = moe_sched_create_backend(&be, &p);
         REQUIRE(s, "create: %s", moe_last_error());
@@ -798,7 +800,8 @@ static void test_device_failure(void)
         } else { /* the same runs again: the device is lost at that forward, or at the first that reruns
                   * one of its requests alone */
             fb.fail_at = mode == 2 ? at + 1 : at;
-            fb.fail_status = MOE_EDEVLOST;
+            fb.fail_status = mode == 4 ? MOE_EDEVICE : MOE_EDEVLOST;
+            fb.fail_poisons = mode == 4;
             if (mode == 2) {
                 fb.fail_seq = 1;
                 fb.fail_from = 8;
@@ -807,9 +810,9 @@ static void test_device_failure(void)
         }
         if (mode == 3)
             REQUIRE(moe_sched_start(s) == MOE_OK, "start: %s", moe_last_error());
-        while (mode < 3 && moe_sched_step(s) == MOE_OK) {
+        while (mode != 3 && moe_sched_step(s) == MOE_OK) {
         }
-        int ran = mode < 3 ? fb.forwards : at;
+        int ran = mode != 3 ? fb.forwards : at;
         char log[4096] = "";
         if (mode > 0) {
             /* the threaded drain's log line (info) says how long it waited: not the 3600 s it was given */
@@ -827,7 +830,7 @@ static void test_device_failure(void)
             rewind(cap);
             log[fread(log, 1, sizeof(log) - 1, cap)] = 0;
             fclose(cap);
-            CHECK(mode < 3 || strstr(log, "drain: cancelling 2 requests after 0.") ||
+            CHECK(mode != 3 || strstr(log, "drain: cancelling 2 requests after 0.") ||
                       strstr(log, "drain: cancelling 2 requests after 1."), /* the thread's drain logs it */
                   "%s: drain log: %s", what[mode], log);
         }

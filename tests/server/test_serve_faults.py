@@ -149,13 +149,13 @@ def wait_metric(srv, name, at_least, **labels):
 
 
 def failed_after_unsent_text(moeflow, pb):
-    """A ModelStreamInfer request that fails (its deadline passes) holding more new text than one
-    response of max-message-bytes (256) can carry: the gRPC thread is held at a gate (fault_shim.c)
-    from just after the request starts until it has ended, so its tokens pile up.  The client gets
-    the request's own error, not the size's, the stream serves the next request, and the request
-    counts by its deadline.  The deadline is the time the tokens pile up in: scaled with a slower
-    server (MOEFLOW_TEST_TIME_SCALE) so that as many pile up, more than the 96 bytes one response
-    carries (the error says the text was not sent only then)."""
+    """A ModelStreamInfer request that fails holding more new text than one response of max-message-bytes
+    (256) can carry: the gRPC thread is held at a gate (fault_shim.c) that the shim makes as the request's
+    first response goes out, so everything it generates after that piles up, and the request fails at the
+    400th micro-batch (its 399th token: MOEFLOW_TEST_FAULT_EVENTS_AT, no warm-up), with some 300 tokens
+    piled up whatever the timing, far more than the 96 bytes one response carries.  The client gets the
+    request's own error, not the size's, the stream serves the next request, and the request counts as
+    failed once."""
     shim = os.environ.get("MOEFLOW_FAULT_SHIM")
     if not shim:
         print("failed_after_unsent_text: skipped (MOEFLOW_FAULT_SHIM unset: run it under ctest)")
@@ -174,22 +174,20 @@ def failed_after_unsent_text(moeflow, pb):
     rid = max((("a" * n for n in range(128) if response("a" * n, 96).ByteSize() <= 256)), key=len)
     tmp = tempfile.mkdtemp()
     gate = os.path.join(tmp, "gate")
-    srv = Server(moeflow, "--max-message-bytes", "256",
-                 env={"LD_PRELOAD": shim, "MOEFLOW_TEST_GRPC_GATE": gate})
+    srv = Server(moeflow, "--max-message-bytes", "256", "--warmup-tokens", "0",
+                 env={"LD_PRELOAD": shim, "MOEFLOW_TEST_GRPC_GATE": gate, "MOEFLOW_TEST_GRPC_GATE_AT_SEND": "1",
+                      "MOEFLOW_TEST_FAULT_EVENTS_AT": "400"})
     try:
         ks = pb["kg"].GRPCInferenceServiceStub(grpc.insecure_channel(srv.target))
         m0 = srv.metrics()
-        slow = kserve_request(k, rid, 2000, stream=True)
-        slow.parameters["timeout"].int64_param = int(scaled(0.5) * 1e6)  # microseconds
         sent = queue.Queue()
-        sent.put(slow)
-        resps = ks.ModelStreamInfer(iter(sent.get, None), timeout=120)
-        wait_metric(srv, "moeflow:requests_accepted_total", metric(m0, "moeflow:requests_accepted_total") + 1)
-        open(gate, "w").close()
+        sent.put(kserve_request(k, rid, 1000, stream=True))
+        resps = ks.ModelStreamInfer(iter(sent.get, None), timeout=scaled(120))
         ended = wait_metric(srv, "moeflow:request_success_total",
-                            metric(m0, "moeflow:request_success_total", finished_reason="deadline") + 1,
-                            finished_reason="deadline")
+                            metric(m0, "moeflow:request_success_total", finished_reason="error") + 1,
+                            finished_reason="error")
         piled = metric(srv.metrics(), "moeflow:generation_tokens_total")
+        check(os.path.exists(gate), "the gate was not made as the first response went out")
         os.unlink(gate)
         got = []
         for r in resps:
@@ -205,15 +203,16 @@ def failed_after_unsent_text(moeflow, pb):
         errs = [(r.infer_response.id == rid, r.error_message) for r in got if r.error_message]
         nxt = [r for r in got if r.infer_response.id == "next"]
         print("failed after unsent text: %d tokens generated, %d responses, errors %r" % (piled, len(got), errs))
-        check(len(errs) == 1 and errs[0][0] and errs[0][1].startswith("request deadline: deadline expired") and
+        check(len(errs) == 1 and errs[0][0] and errs[0][1].startswith("request error: scheduler: out of memory "
+                                                                      "for the token events") and
               "not sent" in errs[0][1], "a request failed with unsent text over max-message-bytes: its error %r" % errs)
         check(nxt and not any(r.error_message for r in nxt) and all(r.infer_response.outputs for r in nxt) and
               nxt[-1].infer_response.parameters["triton_final_response"].bool_param,
               "the stream's next request after it: %r" % nxt)
         ms, acc, done = balance(srv)
         failed = metric(ms, "moeflow:requests_failed_total") - metric(m0, "moeflow:requests_failed_total")
-        check(acc == done and failed == 0 and ended == metric(ms, "moeflow:request_success_total",
-                                                               finished_reason="deadline"),
+        check(acc == done and failed == 1 and ended == metric(ms, "moeflow:request_success_total",
+                                                               finished_reason="error"),
               "failed after unsent text: accepted %s terminal %s, failed +%s" % (acc, done, failed))
         check(srv.stop() == 0, "gated server: exit status")
     finally:

@@ -35,6 +35,8 @@ struct hconn {
     struct bufferevent *bev;      /* our reference */
     double t0;                    /* opened, or its previous reply went out */
     bool busy;                    /* a whole request has arrived and is being answered */
+    bool partial;                 /* bytes arrived since it opened or its previous reply went out: a request
+                                     begun (one that misses http-read-timeout is answered 408) */
     bool over;                    /* opened beyond max-http-connections: answered 503 and closed */
     bool closing;                 /* shut down by the front end */
 };
@@ -1706,8 +1708,15 @@ static void conn_gauge(struct http_front *h)
     pthread_mutex_unlock(&m->mu);
 }
 
+static const char over_body[] = "{\"error\":{\"message\":\"too many connections open (max-http-connections): "
+                                "retry later\",\"type\":\"unavailable\",\"param\":null,\"code\":503}}";
+static const char timeout_body[] = "{\"error\":{\"message\":\"the request did not arrive whole within "
+                                   "http-read-timeout: send it at once\",\"type\":\"invalid_request_error\","
+                                   "\"param\":null,\"code\":408}}";
+
 /* Drop the connections evhttp has let go; answer those beyond the cap (503) and close them, and with
- * deadlines, close those that have not sent a whole request in http-read-timeout. */
+ * deadlines, close those that have not sent a whole request in http-read-timeout (408 to one that began
+ * a request). */
 static void conns_sweep(struct http_front *h, bool deadlines)
 {
     struct moe_server *s = h->srv;
@@ -1724,14 +1733,20 @@ static void conns_sweep(struct http_front *h, bool deadlines)
         evutil_socket_t fd = bufferevent_getfd(c->bev);
         bool late = deadlines && !c->busy && now - c->t0 > s->cfg.http_read_timeout;
         if (!c->closing && fd >= 0 && (c->over || late)) {
-            if (c->over) { /* no request read yet: the reply goes out on the socket directly */
-                static const char body[] = "{\"error\":{\"message\":\"too many connections open "
-                                           "(max-http-connections): retry later\",\"type\":\"unavailable\","
-                                           "\"param\":null,\"code\":503}}";
-                char msg[512];
-                int n = snprintf(msg, sizeof(msg), "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-                                 "application/json\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                                 sizeof(body) - 1, body);
+            /* no request read yet (beyond the cap), or one begun and not whole in time, with nothing of an
+             * earlier reply left to go out: the reply goes out on the socket directly.  An idle connection
+             * (nothing sent since its last reply) is closed without one */
+            char msg[600];
+            int n = 0;
+            if (c->over)
+                n = snprintf(msg, sizeof(msg), "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+                             "\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s", sizeof(over_body) - 1,
+                             over_body);
+            else if (c->partial && !evbuffer_get_length(bufferevent_get_output(c->bev)))
+                n = snprintf(msg, sizeof(msg), "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                             "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", sizeof(timeout_body) - 1,
+                             timeout_body);
+            if (n > 0) {
                 ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
                 (void)w; /* a client that cannot take it just sees the connection close */
             }
@@ -1773,6 +1788,19 @@ static void conn_output_cb(struct evbuffer *out, const struct evbuffer_cb_info *
     }
 }
 
+/* Bytes read on a tracked connection: a request begun. */
+static void conn_input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct http_front *h = arg;
+    if (info->n_added == 0)
+        return;
+    for (int i = 0; i < h->n_conns; i++)
+        if (bufferevent_get_input(h->conns[i].bev) == in) {
+            h->conns[i].partial = true;
+            return;
+        }
+}
+
 /* evhttp's bufferevent for a new connection (its socket is set after): tracked, and marked when it
  * is beyond the cap.  A NULL return makes evhttp create one itself, untracked. */
 static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
@@ -1794,6 +1822,7 @@ static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
     bufferevent_incref(bev);
     h->conns[h->n_conns++] = (struct hconn){ .bev = bev, .t0 = moe_now(), .over = over };
     evbuffer_add_cb(bufferevent_get_output(bev), conn_output_cb, h);
+    evbuffer_add_cb(bufferevent_get_input(bev), conn_input_cb, h);
     if (over)
         event_active(h->over_ev, EV_TIMEOUT, 1); /* next turn of the loop: evhttp has set its socket */
     return bev;
@@ -1815,6 +1844,7 @@ static void conn_reply_done_cb(struct evhttp_request *req, void *arg)
     struct hconn *c = conn_find(arg, req);
     if (c) {
         c->busy = false;
+        c->partial = false;
         c->t0 = moe_now();
         evutil_socket_t fd = bufferevent_getfd(c->bev);
         if (evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT && !c->closing && fd >= 0 && wants_close(req)) {

@@ -318,7 +318,8 @@ def connections_gauge(srv):
 def connection_limits(moeflow):
     """max-http-connections and http-read-timeout (a server of its own with small values): one
     connection beyond the cap is answered 503 and closed; connections that do not send a whole request
-    in time (silent, a header cut short or trickling, idle after a reply) are closed; a stream that outlasts the
+    in time (silent, a header cut short or trickling, idle after a reply) are closed, those that began a
+    request (cut short, trickling) answered 408 with an OpenAI-shaped error first; a stream that outlasts the
     timeout is not cut; the server serves again once they are gone, and counts what it closed."""
     srv = Server(moeflow, "--max-http-connections", "4", "--http-read-timeout", "0.5")
     try:
@@ -368,23 +369,37 @@ def connection_limits(moeflow):
               "a connection beyond the cap: %r (closed %s)" % (out[:200], closed))
         for i, sk in enumerate(idle + extra[:1]):
             out, closed = drained(sk)
-            check(closed and (i != 2 or out.startswith(b"HTTP/1.1 200 ")),
-                  "connection %d not closed after http-read-timeout: %r" % (i, out[:100]))
+            check(closed, "connection %d not closed after http-read-timeout: %r" % (i, out[:100]))
+            if i == 1:  # a request begun and not whole in time: 408 with an OpenAI-shaped error
+                head, _, js = out.partition(b"\r\n\r\n")
+                try:
+                    err = json.loads(js)["error"]
+                except (ValueError, KeyError, TypeError):
+                    err = {}
+                check(head.startswith(b"HTTP/1.1 408 ") and err.get("code") == 408 and
+                      "http-read-timeout" in err.get("message", ""), "a header cut short: %r" % out[:300])
+            else:  # silent, or idle after its reply: closed without another
+                check(out.count(b"HTTP/1.1 ") == (i == 2) and (i != 2 or out.startswith(b"HTTP/1.1 200 ")),
+                      "connection %d: %r" % (i, out[:300]))
         # a header sent a byte at a time, each within libevent's own timeout, is closed all the same
         sk, sent, t0 = conn(), 0, time.time()
         sk.settimeout(0.1)
         header = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
-        closed = False
+        closed, got = False, b""
         while not closed and time.time() - t0 < 30:
             try:
-                sk.sendall(header[sent % len(header):sent % len(header) + 1])
-                sent += 1
-                closed = sk.recv(100) == b""
+                if not got:  # once the reply began, only read (a byte sent after it could reset the connection)
+                    sk.sendall(header[sent % len(header):sent % len(header) + 1])
+                    sent += 1
+                x = sk.recv(1000)
+                got += x
+                closed = x == b""
             except socket.timeout:
                 pass
             except OSError:
                 closed = True
         check(closed, "a header trickling a byte per 0.1 s kept its connection for %.0f s" % (time.time() - t0))
+        check(got.startswith(b"HTTP/1.1 408 ") and b'"code":408' in got, "the trickled header's reply: %r" % got[:300])
         # a stream of several seconds on a 0.5 s read timeout runs to its end
         body = json.dumps({"prompt": "def add(a, b):", "max_tokens": 2000, "stream": True, "ignore_eos": True,
                            "temperature": 0}).encode()

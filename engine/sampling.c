@@ -389,16 +389,30 @@ int moe_sampler_sample(struct moe_sampler *s, const float *logits, int vocab, co
     return tok;
 }
 
+/* The log-probability of a logit v under a log-softmax whose largest logit is mx: v - log_z when mx is
+ * finite; when it is infinite (+inf, or -inf with every logit -inf or NaN), the softmax's limit, an equal
+ * share for each of the n_mx logits at mx (-log n_mx) and nothing (-inf) for the rest.  NaN stays NaN. */
+static float logprob_of(float v, float mx, double log_z, int n_mx)
+{
+    if (isnan(v) || !isinf(mx))
+        return (float)(v - log_z);
+    return v == mx ? (float)-log((double)n_mx) : -INFINITY;
+}
+
 void moe_token_logprobs(const float *logits, int vocab, int tok, int n, struct moe_token_logprobs *out)
 {
     float mx = -INFINITY;
     for (int i = 0; i < vocab; i++)
         if (logits[i] > mx) mx = logits[i];
-    double sum = 0;
-    for (int i = 0; i < vocab; i++)
-        if (!isnan(logits[i])) sum += exp((double)logits[i] - mx);
-    double log_z = mx + log(sum);
-    out->logprob = (float)(logits[tok] - log_z);
+    double sum = 0, log_z = 0;
+    int n_mx = 0; /* logits at an infinite maximum, where the sum below would be NaN */
+    for (int i = 0; i < vocab; i++) {
+        if (isnan(logits[i])) continue;
+        if (isinf(mx)) n_mx += logits[i] == mx;
+        else sum += exp((double)logits[i] - mx);
+    }
+    if (!isinf(mx)) log_z = mx + log(sum);
+    out->logprob = logprob_of(logits[tok], mx, log_z, n_mx);
     if (n > MOE_MAX_TOP_LOGPROBS) n = MOE_MAX_TOP_LOGPROBS;
     if (n > vocab) n = vocab;
     /* the n largest in one pass, kept sorted (descending; an equal value goes after, so ties keep the
@@ -418,6 +432,6 @@ void moe_token_logprobs(const float *logits, int vocab, int tok, int n, struct m
         out->ids[j] = i;
     }
     for (int r = 0; r < k; r++)
-        out->logprobs[r] = (float)(top[r] - log_z);
+        out->logprobs[r] = logprob_of(top[r], mx, log_z, n_mx);
     out->n = k;
 }

@@ -80,7 +80,11 @@ bool moe_logits_ban(float *logits, int vocab, const int *ids, int n);
 
 /* A token's log-probability under the distribution of logits (their
  * log-softmax: before temperature, top-k and top-p), and the n most likely
- * tokens with theirs, most likely first (ties: lower id; NaN logits never). */
+ * tokens with theirs, most likely first (ties: lower id; NaN logits never).
+ * Where the largest logit is infinite (+inf, or -inf with no finite one) the
+ * log-softmax's limit: the tokens at it share the probability (-log of their
+ * count each), every other token gets -inf (the sampler then takes the first
+ * of them, never another token). */
 struct moe_token_logprobs {
     float logprob;
     int n;

@@ -3,7 +3,8 @@
  * top-p reduce to greedy; top-k/top-p never pick outside their set; at
  * temperature 1 the frequencies follow the softmax; token log-probabilities are
  * the logits' log-softmax, alternatives most likely first, NaN never (the
- * one-pass selection against a plain scan); min-p keeps the tokens at least that
+ * one-pass selection against a plain scan), its limit where the largest logit is
+ * infinite (not NaN); min-p keeps the tokens at least that
  * likely relative to the most likely; logit bias, repetition, frequency and presence
  * penalties change the logits as vLLM applies them (repetition once per distinct
  * token of prompt and output, frequency and presence on the output only), leave
@@ -342,6 +343,24 @@ int main(void)
     CHECK(lp.n == 4 && lp.ids[3] == 0, "all alternatives: %d, last %d", lp.n, lp.ids[3]);
     moe_token_logprobs(l4, 5, 1, 0, &lp);
     CHECK(lp.n == 0 && fabs(lp.logprob - (3.0 - lz)) < 1e-6, "no alternatives: %d %g", lp.n, lp.logprob);
+
+    /* an infinite largest logit: the log-softmax's limit, the probability shared by the tokens at it (as
+     * the sampler draws them: the argmax), not NaN; so also when every logit is -inf */
+    float li[5] = { 1.0f, INFINITY, NAN, INFINITY, 2.0f };
+    moe_token_logprobs(li, 5, 1, 3, &lp);
+    CHECK(fabsf(lp.logprob - (float)-log(2.0)) < 1e-6f, "+inf logit: logprob %g, want -log 2", lp.logprob);
+    CHECK(lp.n == 3 && lp.ids[0] == 1 && lp.ids[1] == 3 && lp.ids[2] == 4 && lp.logprobs[0] == lp.logprob &&
+              lp.logprobs[1] == lp.logprob && lp.logprobs[2] == -INFINITY,
+          "+inf logits: top %d %d %d, %g %g %g", lp.ids[0], lp.ids[1], lp.ids[2], lp.logprobs[0], lp.logprobs[1],
+          lp.logprobs[2]);
+    moe_token_logprobs(li, 5, 0, 0, &lp);
+    CHECK(lp.logprob == -INFINITY, "a finite logit beside +inf: logprob %g, want -inf", lp.logprob);
+    moe_sampler_init(&s, &SP(1.0f, 1, 0, 5));
+    CHECK(moe_sampler_sample(&s, li, 5, NULL, 0, 0) == 1, "the draw of +inf logits is not their argmax");
+    float lninf[3] = { -INFINITY, NAN, -INFINITY };
+    moe_token_logprobs(lninf, 3, 0, 1, &lp);
+    CHECK(fabsf(lp.logprob - (float)-log(2.0)) < 1e-6f && lp.n == 1 && lp.ids[0] == 0 && lp.logprobs[0] == lp.logprob,
+          "every logit -inf: logprob %g (top %d: %g), want -log 2", lp.logprob, lp.ids[0], lp.logprobs[0]);
 
     /* the alternatives against a plain scan, on logits with many ties and NaNs */
     enum { BV = 1000 };

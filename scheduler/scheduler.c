@@ -12,6 +12,7 @@
 #include "regroup.h"
 #include "../kernels/pool.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -790,6 +791,14 @@ static int pick_token(struct moe_sched *s, struct rq *r, const float *lg, int ti
     if (tok < 0) {
         *st = MOE_ENOMEM;
         *msg = "sampling: out of memory";
+        return -1;
+    }
+    if (tb && (isnan(from[tok]) || from[tok] == -INFINITY)) {
+        /* the sampler found no token to draw (its fallback, the first id, is one the guide may refuse):
+         * every token the guide allows has a NaN or -inf logit */
+        *st = MOE_ERANGE;
+        *msg = "structured output: the model's logits are NaN or -inf for every token the guide allows: no "
+               "token can be drawn";
         return -1;
     }
     if (tb)

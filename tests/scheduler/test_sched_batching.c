@@ -4,12 +4,15 @@
  * positions and slots handed to the engine are consistent; regrouping lowers
  * the distinct experts per layer-step of clusterable routing; lookahead N
  * prefetches the N micro-batches ahead with either grouping; a request that ends on EOS leaves all its
- * tokens to the prefix cache. */
+ * tokens to the prefix cache; a guided request fails rather than take a token its guide refuses when the
+ * model's logits leave nothing to draw. */
 #include "fake_backend.h"
 #include "sched_collect.h"
 #include "../test_util.h"
 #include "engine/json_guide.h"
 #include "offload/provider.h"
+
+#include <math.h>
 
 #define NREQ 24
 
@@ -181,7 +184,8 @@ static void prefix_after_eos(void)
  * request ends as without min_tokens, rather than drawing a token the guide refuses.  With ignore_eos
  * the EOS ends nothing, so it is a token like any other, allowed only where its text ("</s>") goes on
  * with the guide: "a+" then runs to max_tokens with "a". */
-static void guided_min_tokens(void)
+/* The guided tests' vocabulary: token 5 is "</s>", 9 "a", 10 "b", every other "z". */
+static void toy_token_bytes(struct moe_token_bytes *tb)
 {
     const char *toks[FB_VOCAB];
     char blob[FB_VOCAB * 4];
@@ -193,8 +197,13 @@ static void guided_min_tokens(void)
         at += (uint32_t)strlen(toks[i]);
     }
     off[FB_VOCAB] = at;
+    REQUIRE(moe_token_bytes_make(blob, off, FB_VOCAB, tb) == MOE_OK, "%s", moe_last_error());
+}
+
+static void guided_min_tokens(void)
+{
     struct moe_token_bytes tb;
-    REQUIRE(moe_token_bytes_make(blob, off, FB_VOCAB, &tb) == MOE_OK, "%s", moe_last_error());
+    toy_token_bytes(&tb);
     struct moe_json_schema *plus = NULL, *opt = NULL;
     REQUIRE(moe_json_schema_regex("a+", 2, &plus) == MOE_OK && moe_json_schema_regex("ab?", 3, &opt) == MOE_OK, "%s",
             moe_last_error());
@@ -226,6 +235,69 @@ static void guided_min_tokens(void)
           r[3].tokens[0], r[3].tokens[1], moe_finish_str(r[3].why), r[3].msg);
     moe_json_schema_unref(plus);
     moe_json_schema_unref(opt);
+    moe_token_bytes_free(&tb);
+}
+
+/* The fake engine, every logit it gives set to nan_fill (a model whose logits overflow or are NaN). */
+static float nan_fill;
+
+static enum moe_status fill_forward(void *self, const struct moe_batch *b, float *logits,
+                                    void (*on_route)(void *ud, int layer, int n, const int *ids), void *ud)
+{
+    enum moe_status st = fb_forward(self, b, logits, on_route, ud);
+    int rows = 0;
+    for (int i = 0; i < b->n; i++)
+        rows += !b->want_logits || b->want_logits[i];
+    for (size_t i = 0; st == MOE_OK && i < (size_t)rows * FB_VOCAB; i++)
+        logits[i] = nan_fill;
+    return st;
+}
+
+/* A guided request (regex "a+" over toy_token_bytes) whose logits are all NaN, or all -inf,
+ * greedy or drawn: it fails, saying why, rather than taking the sampler's fallback for a row with nothing
+ * to draw (token 0, "z"), which the guide refuses; a free request beside it keeps that fallback. */
+static void guided_nan_logits(void)
+{
+    struct moe_token_bytes tb;
+    toy_token_bytes(&tb);
+    struct moe_json_schema *plus = NULL;
+    REQUIRE(moe_json_schema_regex("a+", 2, &plus) == MOE_OK, "%s", moe_last_error());
+    const float fills[2] = { NAN, -INFINITY };
+    for (int f = 0; f < 2; f++) {
+        for (int drawn = 0; drawn < 2; drawn++) {
+            nan_fill = fills[f];
+            static struct fake_backend fb;
+            struct moe_sched_backend be = fb_backend(&fb);
+            be.eos_id = 5;
+            be.forward = fill_forward;
+            struct moe_sched_params sp = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 16,
+                                           .max_tokens_in_flight = 1 << 20 };
+            struct moe_sched *s = moe_sched_create_backend(&be, &sp);
+            REQUIRE(s, "create: %s", moe_last_error());
+            struct moe_gen_params g[2] = { { .max_tokens = 4, .json = &tb, .json_schema = plus },
+                                           { .max_tokens = 4, .ignore_eos = true } };
+            struct sc_req r[2];
+            memset(r, 0, sizeof(r));
+            int p[2] = { 3, 4 };
+            for (int i = 0; i < 2; i++) {
+                g[i].sampling = (struct moe_sampling){ .temperature = drawn ? 1.0f : 0.0f, .top_p = 1.0f, .seed = 7 };
+                REQUIRE(moe_sched_submit(s, p, 2, &g[i], &sc_events, &r[i], &r[i].id) == MOE_OK, "submit: %s",
+                        moe_last_error());
+            }
+            for (int steps = 0; moe_sched_step(s) == MOE_OK && steps < 1000; steps++) {}
+            CHECK(r[0].n_done == 1 && r[0].why == MOE_FINISH_ERROR && r[0].st == MOE_ERANGE && r[0].n_tokens == 0 &&
+                      strstr(r[0].msg, "NaN or -inf") != NULL,
+                  "guided, logits all %g, %s: %d tokens, first %d (%s: %s), want a failure naming the logits",
+                  (double)fills[f], drawn ? "drawn" : "greedy", r[0].n_tokens, r[0].tokens[0],
+                  moe_finish_str(r[0].why), r[0].msg);
+            CHECK(r[1].n_done == 1 && r[1].why == MOE_FINISH_LENGTH && r[1].n_tokens == 4 && r[1].tokens[0] == 0,
+                  "free, logits all %g: %d tokens (%s), first %d", (double)fills[f], r[1].n_tokens,
+                  moe_finish_str(r[1].why), r[1].tokens[0]);
+            CHECK(fb.errors == 0 && fb.n_used == 0, "engine protocol: %s, %d slots left", fb.err, fb.n_used);
+            moe_sched_destroy(s);
+        }
+    }
+    moe_json_schema_unref(plus);
     moe_token_bytes_free(&tb);
 }
 
@@ -297,6 +369,7 @@ int main(void)
     eos_and_min_tokens();
     prefix_after_eos();
     guided_min_tokens();
+    guided_nan_logits();
     lookahead_depth();
     const int T = 20;
     static struct sc_req ref[NREQ], got[NREQ];

@@ -110,26 +110,46 @@ static void run(const struct moe_model *m, const struct cfg *c, int ci)
     moe_provider_destroy(prov);
 }
 
-/* Sampled requests (temperature, top-k, top-p, seeds; two in JSON mode) through micro-batches whose
- * rows are sampled by 1 and by 3 threads: the same tokens, whatever the threads. */
+/* Sampled requests (temperature, top-k, top-p, min-p, penalties, seeds; two in JSON mode), all in one
+ * micro-batch with their rows sampled by 1 thread; by 3 threads; and in micro-batches of 3 with prompt
+ * chunks of 5, regrouped, over a small tiered expert cache: the same tokens, whatever the threads, the
+ * batches beside them and where the experts were. */
 static void sample_threads(const struct moe_model *m, const struct moe_token_bytes *tb)
 {
-    static struct sc_req r[2][NP + 2];
+    enum { NR = NP + 2, NK = 3 };
+    static struct sc_req r[NK][NR];
     memset(r, 0, sizeof(r));
-    const int threads[2] = { 1, 3 };
-    for (int k = 0; k < 2; k++) {
-        struct moe_engine_params ep = { .max_seqs = NP + 2, .max_ctx = 256, .max_batch_tokens = NP + 2 + 16 };
+    const struct { int threads, micro_batch, chunk, gpu_experts; enum moe_grouping grouping; } k_cfg[NK] = {
+        { 1, NR, 16, 0, MOE_GROUP_FCFS }, { 3, NR, 16, 0, MOE_GROUP_FCFS }, { 2, 3, 5, 6, MOE_GROUP_REGROUP },
+    };
+    for (int k = 0; k < NK; k++) {
+        struct moe_provider *prov = NULL;
+        if (k_cfg[k].gpu_experts) {
+            struct moe_offload_opts oo;
+            moe_offload_opts_init(&oo);
+            oo.gpu_experts = k_cfg[k].gpu_experts;
+            REQUIRE(moe_offload_provider_create(m, &oo, &prov) == MOE_OK && prov, "provider: %s", moe_last_error());
+        }
+        int mbt = k_cfg[k].micro_batch + k_cfg[k].chunk;
+        struct moe_engine_params ep = { .max_seqs = NR, .max_ctx = 256, .max_batch_tokens = mbt, .provider = prov };
         struct moe_engine *e = moe_engine_create(m, &ep);
         REQUIRE(e, "engine: %s", moe_last_error());
-        struct moe_sched_params sp = { .max_running = NP + 2, .micro_batch = NP + 2, .prefill_chunk = 16,
-                                       .engine_max_ctx = 256, .engine_max_batch_tokens = NP + 2 + 16,
-                                       .max_tokens_in_flight = 1 << 20, .sample_threads = threads[k] };
+        struct moe_sched_params sp = { .max_running = NR, .micro_batch = k_cfg[k].micro_batch,
+                                       .prefill_chunk = k_cfg[k].chunk, .grouping = k_cfg[k].grouping,
+                                       .provider = prov, .engine_max_ctx = 256, .engine_max_batch_tokens = mbt,
+                                       .max_tokens_in_flight = 1 << 20, .sample_threads = k_cfg[k].threads };
         struct moe_sched *s = moe_sched_create(e, &sp);
         REQUIRE(s, "scheduler: %s", moe_last_error());
-        for (int i = 0; i < NP + 2; i++) {
+        for (int i = 0; i < NR; i++) {
             struct moe_gen_params g = { .max_tokens = T, .ignore_eos = i < NP };
             g.sampling = (struct moe_sampling){ .temperature = 0.9f, .top_p = 0.9f, .top_k = 50,
                                                 .seed = (uint64_t)i + 1 };
+            if (i % 3 == 1) {
+                g.sampling.min_p = 0.05f;
+                g.sampling.presence_penalty = 0.5f;
+                g.sampling.frequency_penalty = 0.3f;
+                g.sampling.repetition_penalty = 1.2f;
+            }
             if (i >= NP) g.json = tb;
             REQUIRE(moe_sched_submit(s, ids[i % NP], n_ids[i % NP], &g, &sc_events, &r[k][i], &r[k][i].id) == MOE_OK,
                     "submit: %s", moe_last_error());
@@ -138,14 +158,17 @@ static void sample_threads(const struct moe_model *m, const struct moe_token_byt
         }
         moe_sched_destroy(s);
         moe_engine_destroy(e);
+        moe_provider_destroy(prov);
     }
-    for (int i = 0; i < NP + 2; i++) {
-        CHECK(r[0][i].n_done == 1 && r[1][i].n_done == 1 && r[0][i].n_tokens > 0 &&
-                  r[0][i].n_tokens == r[1][i].n_tokens && r[0][i].why == r[1][i].why &&
-                  !memcmp(r[0][i].tokens, r[1][i].tokens, sizeof(int) * (size_t)r[0][i].n_tokens),
-              "request %d: %d tokens (%s) with 1 sampling thread, %d (%s) with 3", i, r[0][i].n_tokens,
-              moe_finish_str(r[0][i].why), r[1][i].n_tokens, moe_finish_str(r[1][i].why));
-    }
+    for (int k = 1; k < NK; k++)
+        for (int i = 0; i < NR; i++) {
+            CHECK(r[0][i].n_done == 1 && r[k][i].n_done == 1 && r[0][i].n_tokens > 0 &&
+                      r[0][i].n_tokens == r[k][i].n_tokens && r[0][i].why == r[k][i].why &&
+                      !memcmp(r[0][i].tokens, r[k][i].tokens, sizeof(int) * (size_t)r[0][i].n_tokens),
+                  "request %d: %d tokens (%s) alone in one micro-batch and 1 sampling thread, %d (%s) in "
+                  "configuration %d", i, r[0][i].n_tokens, moe_finish_str(r[0][i].why), r[k][i].n_tokens,
+                  moe_finish_str(r[k][i].why), k);
+        }
 }
 
 /* JSON mode after a reasoning block (json_after_think): inside a block the prompt opened, greedy

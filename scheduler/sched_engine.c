@@ -144,6 +144,13 @@ struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_
     }
     const struct moe_model *m = moe_engine_model(e);
     const struct moe_config *c = &m->cfg;
+    /* smaller limits may be assumed, never larger: the engine refuses what lies past its own */
+    if (p->engine_max_ctx > moe_engine_max_ctx(e) || p->engine_max_batch_tokens > moe_engine_max_batch(e)) {
+        moe_errorf(MOE_EINVAL, "scheduler: create: engine_max_ctx = %d, engine_max_batch_tokens = %d: must be at "
+                   "most the engine's max_ctx = %d and max_batch_tokens = %d (0 = those)", p->engine_max_ctx,
+                   p->engine_max_batch_tokens, moe_engine_max_ctx(e), moe_engine_max_batch(e));
+        return NULL;
+    }
     struct engine_adapter *ad = calloc(1, sizeof(*ad));
     if (!ad) {
         moe_errorf(MOE_ENOMEM, "scheduler: create: out of memory");

@@ -93,7 +93,7 @@ struct moe_sched_params {
     int sample_threads;       /* threads that sample a micro-batch's decode rows (0 = the online CPUs,
                                  up to 8; 1 = the scheduler thread alone); outputs do not depend on it */
     int engine_max_ctx;       /* limits to assume instead of the engine's own max_ctx / */
-    int engine_max_batch_tokens; /* max_batch_tokens (0 = ask the engine) */
+    int engine_max_batch_tokens; /* max_batch_tokens (0 = ask the engine; at most the engine's) */
     uint32_t fault_events_at; /* testing: the Nth micro-batch finds no memory for its token events, as
                                  out of memory would (its requests fail with MOE_ENOMEM); 0 = off */
     uint32_t fault_device_at; /* testing: the Nth forward() and every later one fail as on a lost

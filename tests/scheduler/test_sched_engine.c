@@ -8,7 +8,8 @@
  * cache, and requests sent together with one prompt copy the first one's, and
  * each still decodes exactly those tokens.  JSON mode after a reasoning block leaves the block's
  * text free.  A packed store with one corrupt record: in batches each request ends as it ends alone
- * (fails when it needs that expert, else decodes exactly its tokens). */
+ * (fails when it needs that expert, else decodes exactly its tokens).  Limits assumed past the engine's
+ * are refused. */
 #include "../engine/engine_testutil.h"
 #include "model/tokenizer.h"
 #include "offload/runtime.h"
@@ -435,6 +436,29 @@ static void bad_record(const struct moe_model *m)
     unlink(store);
 }
 
+/* Limits assumed past the engine's own are refused at create, naming them, rather than taking requests the
+ * engine then fails mid-generation; smaller ones hold. */
+static void assumed_limits(const struct moe_model *m)
+{
+    struct moe_engine_params ep = { .max_seqs = 2, .max_ctx = 64, .max_batch_tokens = 32 };
+    struct moe_engine *e = moe_engine_create(m, &ep);
+    REQUIRE(e, "engine: %s", moe_last_error());
+    const int lim[3][2] = { { 128, 0 }, { 0, 64 }, { 48, 24 } };
+    for (int i = 0; i < 3; i++) {
+        struct moe_sched_params sp = { .engine_max_ctx = lim[i][0], .engine_max_batch_tokens = lim[i][1],
+                                       .micro_batch = 2, .prefill_chunk = 8 };
+        struct moe_sched *s = moe_sched_create(e, &sp);
+        if (i < 2)
+            CHECK(!s && strstr(moe_last_error(), "engine_max_ctx") && strstr(moe_last_error(), "64"),
+                  "engine_max_ctx %d, engine_max_batch_tokens %d over the engine's 64 and 32: %s", lim[i][0],
+                  lim[i][1], s ? "accepted" : moe_last_error());
+        else
+            CHECK(s != NULL, "smaller limits refused: %s", moe_last_error());
+        moe_sched_destroy(s);
+    }
+    moe_engine_destroy(e);
+}
+
 int main(void)
 {
     char mdir[4096], tpath[4200];
@@ -463,6 +487,7 @@ int main(void)
         run(m, &cfgs[c], (int)c);
     prefix_cache(m);
     bad_record(m);
+    assumed_limits(m);
     struct moe_token_bytes tb;
     REQUIRE(moe_token_bytes_build(tk, m->cfg.vocab, &tb) == MOE_OK, "token bytes: %s", moe_last_error());
     sample_threads(m, &tb);

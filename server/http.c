@@ -15,6 +15,7 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -554,6 +555,14 @@ struct lp_held {
     struct moe_token_logprobs lp;
 };
 
+/* A log-probability as JSON, which has no infinities: -inf (a token beside an infinite logit) as
+ * -9999.0, as vLLM writes it, and NaN (NaN logits) as null, so no entry is left out of its list. */
+static json_t *lp_json(float v)
+{
+    if (isnan(v)) return json_null();
+    return json_real(v == -INFINITY ? -9999.0 : (double)v);
+}
+
 /* One generated token's entry: chat {token, logprob, bytes, top_logprobs: [...]}, completions a
  * step of each of the four arrays (the top ones as an object token -> logprob). */
 static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *lp)
@@ -564,21 +573,21 @@ static void lp_add(struct hreq *r, int token, const struct moe_token_logprobs *l
         json_t *t = token_text(r, token, &bytes, &chars);
         for (int i = 0; i < lp->n; i++) {
             json_t *tb = NULL, *tt = token_text(r, lp->ids[i], &tb, &ignored);
-            json_array_append_new(top, json_pack("{s:o,s:f,s:o}", "token", tt, "logprob", (double)lp->logprobs[i],
+            json_array_append_new(top, json_pack("{s:o,s:o,s:o}", "token", tt, "logprob", lp_json(lp->logprobs[i]),
                                                  "bytes", tb ? tb : json_array()));
         }
         json_array_append_new(json_object_get(r->lp, "content"),
-                              json_pack("{s:o,s:f,s:o,s:o}", "token", t, "logprob", (double)lp->logprob, "bytes",
+                              json_pack("{s:o,s:o,s:o,s:o}", "token", t, "logprob", lp_json(lp->logprob), "bytes",
                                         bytes ? bytes : json_array(), "top_logprobs", top));
         return;
     }
     json_t *top = json_object();
     for (int i = 0; i < lp->n; i++) {
         json_t *tt = token_text(r, lp->ids[i], NULL, &ignored);
-        json_object_set_new(top, json_string_value(tt), json_real(lp->logprobs[i]));
+        json_object_set_new(top, json_string_value(tt), lp_json(lp->logprobs[i]));
         json_decref(tt);
     }
-    lp_step(r, token, json_real(lp->logprob), top);
+    lp_step(r, token, lp_json(lp->logprob), top);
 }
 
 /* A generated token whose text begins at r->n_fed: its log-probabilities wait for that text (false:

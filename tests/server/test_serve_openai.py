@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -497,7 +498,6 @@ def check_json_schema(srv, moeflow):
     as well, gRPC's json_schema and `moeflow generate --json-schema` write the server's greedy text;
     keywords outside the supported set and bad schemas are a 400 naming them."""
     import subprocess
-    import tempfile
     import jsonschema
     rf = {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET, "strict": True}}
     stopped = 0
@@ -827,6 +827,56 @@ def check_logprobs(srv):
           "top_logprobs 0: %d %r" % (code, js))
 
 
+def inf_logits_model(src, into):
+    """A copy of the bundled model (links but for the lm_head's shard) whose lm_head rows 200 and 201 are
+    +inf and -inf in their first column: one of the two logits is +inf at every step (unless that
+    column of the final hidden state is 0), and every other token's log-probability is -inf."""
+    model = os.path.join(src, "models", "pycode-moe-18m")
+    with open(os.path.join(model, "model.safetensors.index.json")) as f:
+        shard = json.load(f)["weight_map"]["lm_head.weight"]
+    for name in os.listdir(model):
+        if name != shard:
+            os.symlink(os.path.join(model, name), os.path.join(into, name))
+    with open(os.path.join(model, shard), "rb") as f:
+        data = bytearray(f.read())
+    hlen = int.from_bytes(data[:8], "little")
+    t = json.loads(data[8:8 + hlen])["lm_head.weight"]
+    assert t["dtype"] == "BF16"
+    base, cols = 8 + hlen + t["data_offsets"][0], t["shape"][1]
+    data[base + 200 * cols * 2:base + 200 * cols * 2 + 2] = b"\x80\x7f"  # BF16 +inf
+    data[base + 201 * cols * 2:base + 201 * cols * 2 + 2] = b"\x80\xff"  # BF16 -inf
+    with open(os.path.join(into, shard), "wb") as f:
+        f.write(data)
+
+
+def check_inf_logits(moeflow, src):
+    """A log-probability of -inf (a token beside an infinite logit) is written -9999.0, as vLLM does,
+    where JSON's lack of infinities left the entry out: token_logprobs and top_logprobs fell out of step
+    with tokens, and chat's content lost the token."""
+    with tempfile.TemporaryDirectory() as d:
+        inf_logits_model(src, d)
+        srv = Server(moeflow, "--model", d)
+        try:
+            body = {"prompt": "def add(a, b):", "max_tokens": 3, "temperature": 0, "logprobs": 3, "ignore_eos": True}
+            code, js = post(srv, "/v1/completions", body)
+            lp = ((js.get("choices") or [{}])[0].get("logprobs")) or {}
+            check(code == 200 and all(len(lp.get(k, [])) == 3 for k in ("tokens", "token_logprobs", "top_logprobs")),
+                  "completions, infinite logits: %d %r" % (code, js))
+            check(lp.get("token_logprobs") == [0.0] * 3 and all(
+                sorted(t.values()) == [-9999.0, -9999.0, 0.0] for t in lp.get("top_logprobs", [])),
+                "completions, infinite logits: %r" % lp)
+            chat = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "temperature": 0,
+                    "logprobs": True, "top_logprobs": 2, "ignore_eos": True}
+            code, js = post(srv, "/v1/chat/completions", chat)
+            content = (((js.get("choices") or [{}])[0].get("logprobs")) or {}).get("content") or []
+            check(code == 200 and len(content) == 3 and all(
+                e["logprob"] == 0.0 and [x["logprob"] for x in e["top_logprobs"]] == [0.0, -9999.0] for e in content),
+                "chat, infinite logits: %d %r" % (code, js))
+            check(srv.stop() == 0, "infinite-logits server: exit status")
+        finally:
+            srv.kill()
+
+
 def stop_cut_ok(texts, content):
     """The log-probabilities' tokens (their texts, bytes) cover exactly the text a stop sequence left:
     they begin with it, and each token begins inside it (the last may run past it; tokens without
@@ -1081,7 +1131,6 @@ def model_logprobs(moeflow, ids):
     import math
     import struct
     import subprocess
-    import tempfile
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "l.safetensors")
         subprocess.run([moeflow, "logits", "--ids", ",".join(map(str, ids)), "--out", out], check=True,
@@ -1461,7 +1510,7 @@ def main():
                            lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]),
                            check_default_over_context, lambda s: check_chat_fill_flight(moeflow), check_cors,
-                           check_responses)
+                           check_responses, lambda s: check_inf_logits(moeflow, sys.argv[2]))
 
 if __name__ == "__main__":
     sys.exit(main())

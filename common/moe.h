@@ -132,8 +132,8 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
 /* Create a new, empty file beside path (beside the file it names when path is a
  * symbolic link, so that the output replaces that file, not the link) to write it
  * under, named "path.tmp.<pid>.<n>" (or, when that name is too long, ".moeflow.<pid>.<n>.tmp"
- * in path's directory; never an existing file; mode 0644 less the umask, or the mode of the
- * regular file path names, which the output replaces), for
+ * in path's directory; never an existing file; mode 0644 less the umask, or the permission bits
+ * (& 0777) of the regular file path names, which the output replaces), for
  * the write-then-rename of a whole output.  Writes the name into tmp (cap
  * bytes) and returns an fd opened for writing, or -1 with errno set
  * (ENAMETOOLONG when the name does not fit, or path's own name is longer than NAME_MAX or PATH_MAX allow).  The name is remembered until

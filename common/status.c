@@ -322,10 +322,11 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
         }
         if (fd >= 0) {
             tmp_remember(tmp);
-            /* a file replaced keeps its permissions (a private output stays private) */
+            /* a file replaced keeps its permission bits (a private output stays private), never its
+             * set-user-ID, set-group-ID or sticky bit, as cp without -p does */
             struct stat old_st;
             if (stat(path, &old_st) == 0 && S_ISREG(old_st.st_mode))
-                (void)fchmod(fd, old_st.st_mode & 07777);
+                (void)fchmod(fd, old_st.st_mode & 0777);
             break;
         }
         if (errno != EEXIST)

@@ -183,6 +183,28 @@ static void out_through_link(void)
     REQUIRE(system(cmd) == 0, "%s", cmd);
 }
 
+/* An output that replaces a file takes its permission bits, never its set-user-ID, set-group-ID or sticky bit,
+ * as cp without -p does: a file the run writes is no program of the old file's owner. */
+static void out_mode_bits(void)
+{
+    char dir[] = "/tmp/moe_outputs_XXXXXX", cmd[8192], out[4096], path[64];
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(cmd, sizeof(cmd), "printf '[[1,2]]' > %s/ids.json && printf OLD > %s/out && chmod 07750 %s/out", dir, dir,
+             dir);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+    snprintf(cmd, sizeof(cmd), "cd %s && '%s' trace --ids ids.json --out out --model %s 2>&1 >/dev/null </dev/null",
+             dir, exe, model);
+    int rc = t_run(cmd, out, sizeof(out));
+    CHECK(rc == 0, "moeflow trace --out over a 07750 file: exit %d: %s", rc, out);
+    snprintf(path, sizeof(path), "%s/out", dir);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && (sb.st_mode & 07777) == 0750,
+          "moeflow trace --out over a file of mode 07750: the new one has mode %o, not 0750",
+          (unsigned)(sb.st_mode & 07777));
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    REQUIRE(system(cmd) == 0, "%s", cmd);
+}
+
 /* An output whose own name is longer than a file name may be (NAME_MAX) is refused before the work (exit 2), as a
  * directory that cannot be written is, where the work file was made under a short name and the rename failed once
  * the output was whole; a name that leaves no room for the work file's suffix is still written (under the short
@@ -228,6 +250,7 @@ int main(void)
     check_whole("--stats-json", "--stats"); /* --stats prints to stderr, a pipe: no limit there */
     pack_default_out();
     out_through_link();
+    out_mode_bits();
     out_name_too_long();
     return t_result("test_cli_outputs");
 }

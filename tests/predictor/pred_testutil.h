@@ -4,7 +4,11 @@
 
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "predictor/path_model.h"
+#include "predictor/predictor.h"
 #include "tests/test_util.h"
+
+#include <unistd.h>
 
 /* Open the bundled model (its directory into dir) and encode text with its
  * tokenizer: *toks malloc'd, *nt tokens.  NULL with a message on failure. */
@@ -27,6 +31,27 @@ static inline struct moe_model *t_bundled_encode(char *dir, size_t cap, const ch
     }
     moe_tokenizer_free(tk);
     return m;
+}
+
+/* A path model for m with the history (decay 0.9) and context blocks, 24 hidden units and random weights (seed 11),
+ * saved to a new file named by the mkstemp template pfile (the name written back), and *sp the spec of a
+ * predictor that reads it ("path:FILE", the model in dir).  The caller frees the model and unlinks the file. */
+static inline struct moe_path_model *t_context_path_model(const struct moe_model *m, const char *dir, char *pfile,
+                                                          struct moe_pred_spec *sp)
+{
+    const struct moe_config *cfg = &m->cfg;
+    struct moe_path_model *pm =
+        moe_path_model_create_ex(moe_config_n_moe(cfg), cfg->n_experts, cfg->top_k, cfg->hidden, 24,
+                                 &(struct moe_path_opts){ .horizon = 2, .hist_decay = 0.9f, .context = true }, 11);
+    REQUIRE(pm, "path model: %s", moe_last_error());
+    int fd = mkstemp(pfile);
+    REQUIRE(fd >= 0, "mkstemp");
+    close(fd);
+    REQUIRE(moe_path_model_save(pm, pfile, NULL) == MOE_OK, "save: %s", moe_last_error());
+    char spec_s[4200];
+    snprintf(spec_s, sizeof spec_s, "path:%s", pfile);
+    REQUIRE(moe_pred_spec_parse(spec_s, dir, sp) == MOE_OK, "spec: %s", moe_last_error());
+    return pm;
 }
 
 #endif

@@ -46,19 +46,8 @@ int main(void)
     float *fin;
     REQUIRE(moe_drive_route(m, toks, N_TOK, 64, 5, 1, 0, &ex, &sq, &ps, &fin) == MOE_OK, "route: %s",
             moe_last_error());
-    struct moe_path_model *pm =
-        moe_path_model_create_ex(n_moe, (int)E, cfg->top_k, (int)H, 24,
-                                 &(struct moe_path_opts){ .horizon = 2, .hist_decay = 0.9f, .context = true }, 11);
-    REQUIRE(pm, "path model: %s", moe_last_error());
-    int fd = mkstemp(pfile);
-    REQUIRE(fd >= 0, "mkstemp");
-    close(fd);
-    REQUIRE(moe_path_model_save(pm, pfile, NULL) == MOE_OK, "save: %s", moe_last_error());
-
-    char spec_s[4200];
-    snprintf(spec_s, sizeof spec_s, "path:%s", pfile);
     struct moe_pred_spec sp;
-    REQUIRE(moe_pred_spec_parse(spec_s, dir, &sp) == MOE_OK, "spec: %s", moe_last_error());
+    struct moe_path_model *pm = t_context_path_model(m, dir, pfile, &sp);
     struct moe_predictor *pred = moe_predictor_create(m, &sp, 1);
     REQUIRE(pred, "predictor: %s", moe_last_error());
     struct capture cap = { .step = -1, .n_moe = n_moe, .E = (int)E };

@@ -521,7 +521,8 @@ static int bench_batch(int argc, char **argv)
         struct moe_gen_params g = { .max_tokens = o.max_tokens, .ignore_eos = true };
         g.sampling.top_p = 1.0f;
         if (moe_sched_submit(s, ids[i], n_ids[i], &g, &ev, &reqs[i], NULL) != MOE_OK) {
-            fprintf(stderr, "moeflow bench batch: prompt %d: %s\n", i + 1, moe_last_error());
+            fprintf(stderr, "moeflow bench batch: --prompts %s: %s %d: %s\n", o.prompts,
+                    json_prompts ? "element" : "line", text_at[i], moe_last_error());
             goto out;
         }
     }
@@ -545,7 +546,8 @@ static int bench_batch(int argc, char **argv)
             failed++;
         }
     if (first >= 0)
-        fprintf(stderr, "moeflow bench batch: prompt %d ended %s: %s\n", first + 1,
+        fprintf(stderr, "moeflow bench batch: --prompts %s: %s %d ended %s: %s\n", o.prompts,
+                json_prompts ? "element" : "line", text_at[first],
                 reqs[first].n_done ? moe_finish_str(reqs[first].why) : "never", reqs[first].msg);
     if (failed) {
         if (moe_offload_backend_poisoned(be))

@@ -173,15 +173,19 @@ rc, out, err = run(*base, "--grouping", "regroup", "--regroup-lag", "-1", "--reg
 check(rc == 2 and "--regroup-lead" in err and "strict" in err, f"--regroup-lead with --regroup-lag -1: rc {rc} {err!r}")
 
 # a lost device (test hook: the 2nd forward and every later one fail, the 2nd being the second prompt's
-# prefill): the prompt whose forward failed is named with the device's error, the others end with the
-# drain's reason, not as "ended never"
-with tempfile.NamedTemporaryFile("w", suffix=".txt") as pf:
-    pf.write("def f(x):\nimport os\nclass A:\nwhile True:\n")
-    pf.flush()
-    rc, out, err = run("--prompts", pf.name, "--concurrency", "2", "--micro-batch", "1", "--max-tokens", "8",
-                       "--capacity-frac", "0.5", "--grouping", "fcfs", env={"MOEFLOW_TEST_FAULT_DEVICE_AT": "2"})
-    check(rc == 1 and err.startswith("moeflow bench batch: prompt 2 ended error: ") and "injected at forward 2" in err
-          and "4 of 4 requests did not complete" in err and "never" not in err, f"lost device: rc {rc} {err!r}")
+# prefill): the prompt whose forward failed is named where it is in --prompts (its line, counted with the
+# empty ones skipped; its element in a .json file), as the file's other messages name it, with the
+# device's error; the others end with the drain's reason, not as "ended never"
+for suffix, text, where in [(".txt", "def f(x):\n\nimport os\nclass A:\nwhile True:\n", "line 3"),
+                            (".json", '["def f(x):", "import os", "class A:", "while True:"]', "element 1")]:
+    with tempfile.NamedTemporaryFile("w", suffix=suffix) as pf:
+        pf.write(text)
+        pf.flush()
+        rc, out, err = run("--prompts", pf.name, "--concurrency", "2", "--micro-batch", "1", "--max-tokens", "8",
+                           "--capacity-frac", "0.5", "--grouping", "fcfs", env={"MOEFLOW_TEST_FAULT_DEVICE_AT": "2"})
+        check(rc == 1 and err.startswith(f"moeflow bench batch: --prompts {pf.name}: {where} ended error: ")
+              and "injected at forward 2" in err and "4 of 4 requests did not complete" in err
+              and "never" not in err, f"lost device, {suffix}: rc {rc} {err!r}")
 
 print("test_bench_cli:", "ok" if not fails else f"{fails} check(s) failed")
 sys.exit(1 if fails else 0)

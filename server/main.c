@@ -12,19 +12,20 @@ static const struct {
     const char *name;
     int (*fn)(int, char **);
     const char *help;
+    bool subcommands; /* takes a subcommand first (bench batch), so help CMD SUB names one */
 } commands[] = {
-    { "generate", moe_cmd_generate, "generate a continuation of a prompt, streamed to stdout" },
-    { "tokenize", moe_cmd_tokenize, "text to token ids (or --decode ids to text)" },
-    { "logits", moe_cmd_logits, "write the logits of every position to a safetensors file" },
-    { "info", moe_cmd_info, "a model's shape and what its experts, other weights and KV cache take" },
-    { "pack", moe_cmd_pack, "write the packed expert store of a model" },
-    { "trace", moe_cmd_trace, "record the routing trace of a text (JSON Lines)" },
-    { "sim", moe_cmd_sim, "replay a routing trace through the expert cache" },
-    { "train-predictor", moe_cmd_train_predictor, "train a routing-path predictor from a trace" },
-    { "eval-predictor", moe_cmd_eval_predictor, "measure a predictor's recall and precision" },
-    { "replay", moe_cmd_replay, "decode a text through engine, predictor and cache; print cache figures" },
-    { "bench", moe_cmd_bench, "benchmarks (bench batch: the scheduler under load)" },
-    { "serve", moe_cmd_serve, "serve gRPC and OpenAI-compatible HTTP" },
+    { "generate", moe_cmd_generate, "generate a continuation of a prompt, streamed to stdout", false },
+    { "tokenize", moe_cmd_tokenize, "text to token ids (or --decode ids to text)", false },
+    { "logits", moe_cmd_logits, "write the logits of every position to a safetensors file", false },
+    { "info", moe_cmd_info, "a model's shape and what its experts, other weights and KV cache take", false },
+    { "pack", moe_cmd_pack, "write the packed expert store of a model", false },
+    { "trace", moe_cmd_trace, "record the routing trace of a text (JSON Lines)", false },
+    { "sim", moe_cmd_sim, "replay a routing trace through the expert cache", false },
+    { "train-predictor", moe_cmd_train_predictor, "train a routing-path predictor from a trace", false },
+    { "eval-predictor", moe_cmd_eval_predictor, "measure a predictor's recall and precision", false },
+    { "replay", moe_cmd_replay, "decode a text through engine, predictor and cache; print cache figures", false },
+    { "bench", moe_cmd_bench, "benchmarks (bench batch: the scheduler under load)", true },
+    { "serve", moe_cmd_serve, "serve gRPC and OpenAI-compatible HTTP", false },
 };
 
 static void usage(FILE *f)
@@ -73,14 +74,20 @@ int main(int argc, char **argv)
 {
     moe_tmp_remove_on_signals(); /* no half-written output left behind (serve installs its own) */
     moe_log_init();
-    /* moeflow help CMD [SUB] (help bench batch): CMD's own help, as moeflow CMD --help prints it; help of one of
-     * the words below, or a word past SUB, is refused below naming the word given */
+    /* moeflow help CMD [SUB] (help bench batch; SUB only for a CMD with subcommands): CMD's own help, as moeflow
+     * CMD --help prints it; help of one of the words below, or a word past CMD [SUB], is refused below naming the
+     * word given */
     char *help_argv[5] = { argv[0] };
     int extra = 2; /* the first argument past what --version, --help, -h, help or help CMD [SUB] take */
     if (argc >= 3 && !strcmp(argv[1], "help") && strcmp(argv[2], "--version") && strcmp(argv[2], "--help") &&
         strcmp(argv[2], "-h") && strcmp(argv[2], "help")) {
-        if (argc > 4) {
-            extra = 4;
+        /* a word past CMD is SUB only where CMD has subcommands (an unknown CMD is named unknown below) */
+        int words = 4;
+        for (size_t i = 0; i < MOE_ARRAY_LEN(commands); i++)
+            if (!strcmp(argv[2], commands[i].name) && !commands[i].subcommands)
+                words = 3;
+        if (argc > words) {
+            extra = words;
         } else {
             for (int i = 2; i < argc; i++) help_argv[i - 1] = argv[i];
             help_argv[argc - 1] = "--help"; /* argc stays: the program, CMD, [SUB], --help */
@@ -91,7 +98,7 @@ int main(int argc, char **argv)
     if (argc > 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
                      !strcmp(argv[1], "help"))) {
         fprintf(stderr, "moeflow: unexpected argument '%s' after %s%s%s%s%s (%s)\n", argv[extra], argv[1],
-                extra > 2 ? " " : "", extra > 2 ? argv[2] : "", extra > 2 ? " " : "", extra > 2 ? argv[3] : "",
+                extra > 2 ? " " : "", extra > 2 ? argv[2] : "", extra > 3 ? " " : "", extra > 3 ? argv[3] : "",
                 strcmp(argv[1], "--version") ? "moeflow help CMD prints a command's options" : "see moeflow --help");
         return 2;
     }

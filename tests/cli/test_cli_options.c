@@ -394,6 +394,14 @@ int main(void)
     expect("help -h", "moeflow: unexpected argument '-h' after help (moeflow help CMD prints a command's options)\n");
     expect("help bench batch extra", "moeflow: unexpected argument 'extra' after help bench batch (moeflow help CMD "
            "prints a command's options)\n");
+    /* a word past help CMD, for a command without subcommands, is refused naming it, where it went to CMD before
+     * --help (help tokenize --text tokenized '--help' and exited 0; help generate --max-tokens named '--help') */
+    expect("help tokenize --text", "moeflow: unexpected argument '--text' after help tokenize (moeflow help CMD prints "
+           "a command's options)\n");
+    expect("help generate --max-tokens", "moeflow: unexpected argument '--max-tokens' after help generate (moeflow help "
+           "CMD prints a command's options)\n");
+    expect("help info x", "moeflow: unexpected argument 'x' after help info (moeflow help CMD prints a command's "
+           "options)\n");
     /* what --help and --version print must reach stdout, as a command's output must: a full disk fails them, with
      * the reason also where the write failed while the help was printed (generate's, longer than the stream's
      * buffer), which left nothing for the last flush to fail on */

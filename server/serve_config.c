@@ -2,6 +2,7 @@
 #include "serve_config.h"
 #include "../engine/engine.h"
 #include "../kernels/backend.h"
+#include "../offload/policy.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -161,6 +162,11 @@ static enum moe_status set_offload(struct moe_serve_config *c, const struct moe_
             return moe_error_prefix(MOE_EINVAL, "%s", o->name);
         return MOE_OK;
     }
+    /* an unknown policy is told the ones serve runs: belady, which the parser also knows, is refused by the checks
+     * (it needs the routing of requests not yet sent) */
+    enum moe_policy_kind pk;
+    if (o->code == MOE_OPT_POLICY && !moe_policy_parse(value, &pk))
+        return moe_errorf(MOE_EINVAL, "--policy '%s' unknown (use predicted, lru or lfu)", value);
     /* an empty value is refused by moe_offload_opts_parse, as the other commands refuse it: not taken as unset */
     if (o->code == MOE_OPT_BACKEND) { /* parsed to an enum: nothing to keep */
         if (moe_offload_opts_parse(&c->offload, o->code, value) < 0)

@@ -2877,17 +2877,23 @@ static struct val str_case(struct render *r, const struct str *s, enum case_mode
  * isprintable true for "", the others false); islower, isupper and istitle as Python reads the case of s. */
 static bool str_is(const struct str *s, const char *name)
 {
-    const char *k = name + 2;
-    bool title = !strcmp(k, "title"), empty_ok = !strcmp(k, "ascii") || !strcmp(k, "printable");
+    /* the kind, read once from name: what each character must be */
+    enum { IS_ALPHA, IS_ALNUM, IS_DECIMAL, IS_DIGIT, IS_NUMERIC, IS_SPACE, IS_ASCII, IS_PRINTABLE, IS_IDENTIFIER,
+           IS_LOWER, IS_UPPER, IS_TITLE, IS_NONE };
+    static const char *const kinds[] = { "alpha", "alnum", "decimal", "digit", "numeric", "space", "ascii",
+                                         "printable", "identifier", "lower", "upper", "title" };
+    int kind = 0;
+    while (kind < IS_NONE && strcmp(name + 2, kinds[kind]))
+        kind++;
     bool cased = false, prev_cased = false;
-    unsigned want = !strcmp(k, "lower") ? MOE_CASE_LOWER : !strcmp(k, "upper") ? MOE_CASE_UPPER : 0;
+    unsigned want = kind == IS_LOWER ? MOE_CASE_LOWER : kind == IS_UPPER ? MOE_CASE_UPPER : 0;
     uint32_t cp;
     for (size_t i = 0; i < s->n;) {
         bool first = !i;
         i += str_cp(s, i, &cp);
         unsigned p = case_props(cp);
         uint32_t gc = moe_tok_category(cp);
-        if (title) { /* upper or title case only after an uncased character, lower case only after a cased one */
+        if (kind == IS_TITLE) { /* upper or title case only after an uncased character, lower case only after a cased one */
             if (p & (MOE_CASE_UPPER | MOE_CASE_TITLE) ? prev_cased : p & MOE_CASE_LOWER ? !prev_cased : false)
                 return false;
             prev_cased = p & (MOE_CASE_UPPER | MOE_CASE_TITLE | MOE_CASE_LOWER);
@@ -2900,20 +2906,23 @@ static bool str_is(const struct str *s, const char *name)
             cased |= p & want;
             continue;
         }
-        bool ok = !strcmp(k, "alpha")        ? gc <= MOE_TOK_GC_LO
-                : !strcmp(k, "alnum")        ? gc <= MOE_TOK_GC_LO || (p & MOE_CASE_NUMERIC)
-                : !strcmp(k, "decimal")      ? gc == MOE_TOK_GC_ND
-                : !strcmp(k, "digit")        ? p & MOE_CASE_DIGIT
-                : !strcmp(k, "numeric")      ? p & MOE_CASE_NUMERIC
-                : !strcmp(k, "space")        ? py_space(cp)
-                : !strcmp(k, "ascii")        ? cp < 0x80
-                : !strcmp(k, "printable")    ? !py_unprintable(cp)
-                : !strcmp(k, "identifier")   ? p & (first ? MOE_CASE_ID_START : MOE_CASE_ID_CONTINUE)
-                                             : false;
+        bool ok;
+        switch (kind) {
+        case IS_ALPHA: ok = gc <= MOE_TOK_GC_LO; break;
+        case IS_ALNUM: ok = gc <= MOE_TOK_GC_LO || (p & MOE_CASE_NUMERIC); break;
+        case IS_DECIMAL: ok = gc == MOE_TOK_GC_ND; break;
+        case IS_DIGIT: ok = p & MOE_CASE_DIGIT; break;
+        case IS_NUMERIC: ok = p & MOE_CASE_NUMERIC; break;
+        case IS_SPACE: ok = py_space(cp); break;
+        case IS_ASCII: ok = cp < 0x80; break;
+        case IS_PRINTABLE: ok = !py_unprintable(cp); break;
+        case IS_IDENTIFIER: ok = p & (first ? MOE_CASE_ID_START : MOE_CASE_ID_CONTINUE); break;
+        default: ok = false;
+        }
         if (!ok)
             return false;
     }
-    return title || want ? cased : s->n || empty_ok;
+    return kind == IS_TITLE || want ? cased : s->n || kind == IS_ASCII || kind == IS_PRINTABLE;
 }
 
 /* s padded with fill (NULL: a space) to width characters as Python's str.ljust (where 'l'), rjust ('r') and

@@ -2382,6 +2382,12 @@ static bool py_unprintable(uint32_t cp)
     return cp != ' ' && moe_tok_category(cp) >= MOE_TOK_GC_ZS;
 }
 
+/* cp as Python's repr() and ascii() escape it: \xhh, \uhhhh or \Uhhhhhhhh. */
+static void py_escape_cp(struct render *r, struct buf *b, uint32_t cp)
+{
+    buf_addf(r, b, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
+}
+
 /* Python's \w: letters, numbers (str.isalnum()) and '_'. */
 static bool py_word(uint32_t cp)
 {
@@ -2419,7 +2425,7 @@ static void str_repr(struct render *r, struct buf *b, const struct str *s)
         } else if (cp == '\t') {
             buf_adds(r, b, "\\t");
         } else if (py_unprintable(cp)) {
-            buf_addf(r, b, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
+            py_escape_cp(r, b, cp);
         } else {
             buf_add(r, b, s->p + i, l);
         }
@@ -4170,7 +4176,7 @@ static bool pct_convert(struct render *r, struct buf *body, char conv, const str
             if (conv != 'a' || cp < 0x80) /* ascii(): the rest escaped */
                 buf_add(r, body, t.p + i, l);
             else
-                buf_addf(r, body, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
+                py_escape_cp(r, body, cp);
             i += l;
         }
         return false;
@@ -5096,7 +5102,7 @@ static void fmt_field(struct render *r, struct buf *out, const char *name, const
                 if (cp < 0x80)
                     buf_add(r, &asc, s.s->p + i, l);
                 else
-                    buf_addf(r, &asc, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
+                    py_escape_cp(r, &asc, cp);
                 i += l;
             }
             s = vbuf(r, &asc);

@@ -4147,6 +4147,33 @@ static int64_t pct_int(struct render *r, const struct val *v, char conv, int lin
             conv == 'd' || conv == 'i' || conv == 'u' ? "a real number" : "an integer", type_name(v));
 }
 
+/* Python's str() (conv 's'), repr() ('r') or ascii() ('a': repr() with what is not ASCII escaped) of v, as
+ * the % operator's and str.format's conversions give it. */
+static struct val py_convert(struct render *r, char conv, const struct val *v, int line)
+{
+    struct buf t = { 0 };
+    buf_add(r, &t, "", 0);
+    if (conv == 's')
+        to_str(r, &t, v, line);
+    else
+        repr(r, &t, v, line);
+    struct val s = vbuf(r, &t);
+    if (conv != 'a')
+        return s;
+    struct buf asc = { 0 };
+    buf_add(r, &asc, "", 0);
+    for (size_t i = 0; i < s.s->n;) {
+        uint32_t cp;
+        size_t l = str_cp(s.s, i, &cp);
+        if (cp < 0x80)
+            buf_add(r, &asc, s.s->p + i, l);
+        else
+            py_escape_cp(r, &asc, cp);
+        i += l;
+    }
+    return vbuf(r, &asc);
+}
+
 /* The text of one conversion into body, before width and sign: false when it is not a number's.  In a
  * Markup's format (markup), the text of s, r and a is escaped unless a Markup's own (s), as markupsafe's
  * argument wrapper gives it, and the wrapper has no integer for x, X, o and c. */
@@ -4157,28 +4184,10 @@ static bool pct_convert(struct render *r, struct buf *body, char conv, const str
         fail_at(&r->f, MOE_EINVAL, line, "%%%c format: an integer is required, not a Markup's argument", conv);
     switch (conv) {
     case 's': case 'r': case 'a': {
-        struct buf t = { 0 };
-        buf_add(r, &t, "", 0);
-        if (conv == 's')
-            to_str(r, &t, v, line);
-        else
-            repr(r, &t, v, line);
-        if (markup && !(conv == 's' && v->t == V_STR && v->markup)) {
-            struct val e = html_escape(r, &(struct val){ .t = V_STR, .s = vbuf(r, &t).s }, line);
-            t = (struct buf){ .p = (char *)e.s->p, .n = e.s->n };
-        }
-        size_t n = prec >= 0 ? utf8_offset(t.p, t.n, (size_t)prec) : t.n; /* at most prec characters */
-        for (size_t i = 0; i < n;) {
-            uint32_t cp;
-            size_t l = moe_utf8_next((const unsigned char *)t.p + i, n - i, &cp);
-            if (!l)
-                cp = (unsigned char)t.p[i], l = 1;
-            if (conv != 'a' || cp < 0x80) /* ascii(): the rest escaped */
-                buf_add(r, body, t.p + i, l);
-            else
-                py_escape_cp(r, body, cp);
-            i += l;
-        }
+        struct val t = py_convert(r, conv, v, line);
+        if (markup && !(conv == 's' && v->t == V_STR && v->markup))
+            t = html_escape(r, &t, line);
+        buf_add(r, body, t.s->p, prec >= 0 ? utf8_offset(t.s->p, t.s->n, (size_t)prec) : t.s->n); /* prec chars */
         return false;
     }
     case 'c': {
@@ -5085,30 +5094,8 @@ static void fmt_field(struct render *r, struct buf *out, const char *name, const
     struct buf sp = { 0 };
     buf_add(r, &sp, "", 0);
     fmt_run(r, &sp, r_str(r, spec, (size_t)(spec_end - spec)), st, depth + 1, line);
-    if (conv) {
-        struct buf t = { 0 };
-        buf_add(r, &t, "", 0);
-        if (conv == 's')
-            to_str(r, &t, &x, line);
-        else
-            repr(r, &t, &x, line);
-        struct val s = vbuf(r, &t);
-        if (conv == 'a') { /* ascii(): repr() with what is not ASCII escaped */
-            struct buf asc = { 0 };
-            buf_add(r, &asc, "", 0);
-            for (size_t i = 0; i < s.s->n;) {
-                uint32_t cp;
-                size_t l = str_cp(s.s, i, &cp);
-                if (cp < 0x80)
-                    buf_add(r, &asc, s.s->p + i, l);
-                else
-                    py_escape_cp(r, &asc, cp);
-                i += l;
-            }
-            s = vbuf(r, &asc);
-        }
-        x = s;
-    }
+    if (conv)
+        x = py_convert(r, conv, &x, line);
     if (st->markup && x.t == V_STR && x.markup) { /* Markup's __html_format__: no spec, the text as it is */
         if (sp.n)
             fail_at(&r->f, MOE_EINVAL, line, "format: unsupported format specification for Markup");

@@ -728,6 +728,9 @@ CASES = [
      "{{ '%s %s %s' % (none, true, [1, 'a']) }}|{{ '%d %i' % (3.9, true) }}|{{ '%c%c' % (65, 'é') }}|"
      "{{ '%s' % {'k': 1} }}|{{ 'x' % [] }}|{{ '[%s]' % u }}|{{ '%f %F %05f' % (1e300 * 1e300, -1e300 * 1e300, "
      "1e300 * 1e300) }}|{{ '%d' % 1e20 }}|{{ '%ld' % 7 }}", {"name": "Bob"}),
+    # a precision cuts the text of ascii(), its escapes included, as str.format's cuts it
+    ("percent-ascii-precision", "{{ '%.3a|%.4a|%5.3a|%.2r' % (x, x, x, x) }}|{{ '{!a:.3}'.format(x) }}|"
+     "{{ ('%.6a' | escape) % '<' ~ x }}", {"x": "\u00e9"}),
     ("percent-format-filter", "{{ '%s-%s' | format('a', 'b') }}|{{ '%s' | format([1]) }}|{{ '%(x)s' | format(x=1) }}|"
      "{{ 5 | format }}|{{ '%.1f%%' | format(99.44) }}", {}),
     ("percent-too-few", "{{ '%s %s' % ('a',) }}", {}),

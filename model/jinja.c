@@ -103,7 +103,7 @@ static void arena_free(struct arena *a)
 
 /* ---- values -------------------------------------------------------------- */
 
-enum vtype { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_FUNC, V_MACRO, V_METHOD };
+enum vtype { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_FUNC, V_MACRO, V_METHOD, V_OBJ };
 
 struct str {
     size_t n;
@@ -136,7 +136,16 @@ struct dict {
     struct frame *rec_fr;    /* ... in the scope it ran in */
 };
 
-enum builtin { FN_RANGE, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_DICT };
+enum builtin { FN_RANGE, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_DICT, FN_CYCLER, FN_JOINER };
+
+/* What Jinja2's cycler(*items) and joiner(sep) make: objects with a state that their calls change. */
+struct object {
+    char kind;                /* 'c' a cycler, 'j' a joiner */
+    size_t pos;               /* cycler: the index of its current item */
+    bool used;                /* joiner: called before, so the next call gives sep */
+    const struct list *items; /* cycler: its items (a tuple) */
+    struct val *sep;          /* joiner: what it gives after the first call */
+};
 
 struct node;
 struct macro;
@@ -155,6 +164,7 @@ struct val {
         int fn;                /* enum builtin */
         const struct macro *macro;
         const struct bound *bm;  /* V_METHOD: x.name of a method of x, not called */
+        struct object *o;        /* V_OBJ: a cycler or a joiner */
     };
 };
 
@@ -2168,7 +2178,9 @@ static struct val from_json(struct render *r, json_t *j)
 static const char *type_name(const struct val *v)
 {
     static const char *const names[] = { "undefined", "none", "bool", "int", "float", "string", "list", "dict",
-                                         "function", "macro", "method" };
+                                         "function", "macro", "method", "object" };
+    if (v->t == V_OBJ)
+        return v->o->kind == 'c' ? "cycler" : "joiner";
     if (v->t == V_DICT && (v->d->ns || v->d->loop))
         return v->d->ns ? "namespace" : "loop";
     if (v->t == V_LIST && (v->l->range || v->l->tuple))
@@ -2191,7 +2203,7 @@ static bool truthy(const struct val *v)
     case V_STR: return v->s->n > 0;
     case V_LIST: return v->l->gen || v->l->n > 0;
     case V_DICT: return v->d->ns || v->d->n > 0;
-    case V_FUNC: case V_MACRO: case V_METHOD: return true;
+    case V_FUNC: case V_MACRO: case V_METHOD: case V_OBJ: return true;
     default: return false;
     }
 }
@@ -2273,6 +2285,7 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
     case V_FUNC: return a->fn == b->fn;
     case V_METHOD: return !strcmp(a->bm->name, b->bm->name) && equal(r, &a->bm->self, &b->bm->self);
     case V_MACRO: return a->macro == b->macro;
+    case V_OBJ: return a->o == b->o;
     default: return false;
     }
 }
@@ -2502,6 +2515,8 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
     case V_METHOD: /* Jinja2 prints the object's address */
         fail_at(&r->f, MOE_EINVAL, line, "printing the method '%s' of %s %s: call it, as %s()", v->bm->name,
                 article(type_name(&v->bm->self)), type_name(&v->bm->self), v->bm->name);
+    case V_OBJ: /* Jinja2 prints the object's address */
+        fail_at(&r->f, MOE_EINVAL, line, "printing a %s: Jinja2 prints its address", type_name(v));
     default: /* Jinja2's Macro */
         if (v->macro->n->op & MACRO_ANONYMOUS) {
             buf_adds(r, b, "<Macro anonymous>");
@@ -3133,7 +3148,7 @@ static struct val lookup(struct render *r, struct frame *fr, const char *name)
     }
     static const struct { const char *name; int fn; } builtins[] = {
         { "range", FN_RANGE }, { "namespace", FN_NAMESPACE }, { "raise_exception", FN_RAISE },
-        { "strftime_now", FN_STRFTIME }, { "dict", FN_DICT },
+        { "strftime_now", FN_STRFTIME }, { "dict", FN_DICT }, { "cycler", FN_CYCLER }, { "joiner", FN_JOINER },
     };
     for (size_t i = 0; i < MOE_ARRAY_LEN(builtins); i++)
         if (!strcmp(name, builtins[i].name))
@@ -3178,7 +3193,8 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
     if (obj->t == V_LIST && obj->l->group && key->t == V_STR &&
         ((key->s->n == 7 && !memcmp(key->s->p, "grouper", 7)) || (key->s->n == 4 && !memcmp(key->s->p, "list", 4))))
         return obj->l->v[key->s->p[0] == 'l'];
-    if (key->t == V_STR && (is_num(obj) || (obj->t == V_LIST && obj->l->range))) /* (5).real, range(3).stop */
+    if (key->t == V_STR && (is_num(obj) || (obj->t == V_LIST && obj->l->range) || obj->t == V_OBJ))
+        /* (5).real, range(3).stop, a cycler's current */
         return py_getattr(r, obj, key, line);
     if (key->t == V_STR && !memchr(key->s->p, 0, key->s->n) && method_kind(obj, key->s->p) == 1)
         return bound_method(r, obj, key->s->p);
@@ -3520,6 +3536,26 @@ static struct val call_builtin(struct render *r, int fn, const struct args *a, i
         for (int i = 0; i < a->nkw; i++) dict_sets(r, d, a->names[i], a->kw[i]);
         return (struct val){ .t = V_DICT, .d = d };
     }
+    case FN_CYCLER: case FN_JOINER: {
+        static const struct sig sig[] = { { "joiner", "sep" } };
+        if (fn == FN_JOINER)
+            check_args(r, sig, 1, "joiner", NULL, a, line);
+        struct object *o = r_alloc(r, sizeof(*o));
+        *o = (struct object){ .kind = fn == FN_CYCLER ? 'c' : 'j' };
+        if (fn == FN_CYCLER) {
+            if (!a->npos || a->nkw)
+                fail_at(&r->f, MOE_EINVAL, line, "cycler() takes one item at least, none by name");
+            struct list *l = new_list(r, (size_t)a->npos);
+            l->tuple = true;
+            for (int i = 0; i < a->npos; i++) l->v[i] = a->pos[i];
+            o->items = l;
+        } else {
+            o->sep = r_alloc(r, sizeof(*o->sep));
+            const struct val *sep = arg(a, 0, "sep");
+            *o->sep = sep ? *sep : vstr(r, ", ", 2);
+        }
+        return (struct val){ .t = V_OBJ, .o = o };
+    }
     case FN_RAISE: {
         struct buf b = { 0 };
         if (a->npos)
@@ -3642,6 +3678,7 @@ static int method_kind(const struct val *obj, const char *name)
     static const char *const list_changes[] = { "append", "clear", "extend", "insert", "pop", "remove", "reverse",
                                                 "sort" };
     static const char *const loop_methods[] = { "changed", "cycle" };
+    static const char *const cycler_methods[] = { "next", "reset" };
     static const char *const int_methods[] = { "as_integer_ratio", "bit_count", "bit_length", "conjugate" };
     static const char *const float_methods[] = { "as_integer_ratio", "conjugate", "is_integer" };
     switch (obj->t) {
@@ -3663,6 +3700,7 @@ static int method_kind(const struct val *obj, const char *name)
             return 0;
         return in_list(dict_methods, MOE_ARRAY_LEN(dict_methods), name) ? 1
              : in_list(dict_changes, MOE_ARRAY_LEN(dict_changes), name) ? 2 : 0;
+    case V_OBJ: return obj->o->kind == 'c' && in_list(cycler_methods, MOE_ARRAY_LEN(cycler_methods), name);
     default: return 0;
     }
 }
@@ -3751,10 +3789,16 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         check_args(r, LIST_METHOD_SIGS, MOE_ARRAY_LEN(LIST_METHOD_SIGS), name, NULL, a, line);
     else if (obj->t == V_DICT && !obj->d->loop)
         check_args(r, DICT_METHOD_SIGS, MOE_ARRAY_LEN(DICT_METHOD_SIGS), name, NULL, a, line);
-    else if (is_num(obj))
+    else if (is_num(obj) || obj->t == V_OBJ)
         check_args(r, NULL, 0, name, "", a, line); /* none takes arguments */
     if (is_num(obj))
         return num_method(r, obj, name, line);
+    if (obj->t == V_OBJ) { /* a cycler's next() (its current item, then it moves on) or reset() */
+        struct object *o = obj->o;
+        size_t at = o->pos;
+        o->pos = name[0] == 'n' ? (at + 1) % o->items->n : 0;
+        return name[0] == 'n' ? o->items->v[at] : (struct val){ .t = V_NONE };
+    }
     if (obj->t == V_STR) {
         const struct str *s = obj->s;
         if (!strcmp(name, "format") || !strcmp(name, "format_map"))
@@ -4043,6 +4087,12 @@ static struct val call_value(struct render *r, const struct val *f, const struct
         return call_method(r, &f->bm->self, f->bm->name, a, line);
     if (f->t == V_DICT && f->d->loop)
         return call_loop(r, f->d, a, line);
+    if (f->t == V_OBJ && f->o->kind == 'j') { /* "" the first time, then sep */
+        check_args(r, NULL, 0, "joiner", "", a, line);
+        bool used = f->o->used;
+        f->o->used = true;
+        return used ? *f->o->sep : vstr(r, "", 0);
+    }
     if (f->t == V_UNDEF)
         undefined_error(r, f, line);
     fail_at(&r->f, MOE_EINVAL, line, "%s %s is not callable", article(type_name(f)), type_name(f));
@@ -4746,6 +4796,13 @@ static struct val py_getattr(struct render *r, const struct val *obj, const stru
         return kind == 1 ? bound_method(r, obj, k) : undef;
     if (obj->t == V_MACRO)
         fail_at(&r->f, MOE_ENOTSUP, line, "attr: the attributes of a macro are not supported");
+    if (obj->t == V_OBJ) { /* a cycler's current item and its items */
+        if (obj->o->kind == 'c' && !strcmp(k, "current"))
+            return obj->o->items->v[obj->o->pos];
+        if (obj->o->kind == 'c' && !strcmp(k, "items"))
+            return (struct val){ .t = V_LIST, .l = obj->o->items };
+        return undef;
+    }
     if (obj->t == V_DICT && (obj->d->ns || obj->d->loop)) {
         const struct val *x = dict_get(obj->d, k, name->s->n);
         return x ? *x : undef;
@@ -6023,7 +6080,9 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     if (!strcmp(t, "sequence"))
         return (v->t == V_LIST && !v->l->gen && !v->l->view) || v->t == V_STR || v->t == V_UNDEF ||
                (v->t == V_DICT && !v->d->ns);
-    if (!strcmp(t, "callable")) return v->t == V_FUNC || v->t == V_MACRO || v->t == V_METHOD || v->t == V_UNDEF;
+    if (!strcmp(t, "callable"))
+        return v->t == V_FUNC || v->t == V_MACRO || v->t == V_METHOD || v->t == V_UNDEF ||
+               (v->t == V_OBJ && v->o->kind == 'j');
     if (!strcmp(t, "escaped")) return v->t == V_STR && v->markup;
     if (!strcmp(t, "lower") || !strcmp(t, "upper")) { /* str(value).islower(), isupper() */
         if (v->t == V_UNDEF)

@@ -6,7 +6,7 @@
  *
  * Supported: text, {{ expr }}, {% if / elif / else %}, {% for x[, y ...] in
  * expr [if cond] [recursive] %} with else, loop.*, loop.cycle(), loop.changed()
- * and loop(items) of a recursive loop,
+ * and loop(items) of a recursive loop, cycler() and joiner(),
  * break / continue, {% set %} (names, several names unpacking a value,
  * namespace attributes, blocks, blocks through filters), {% with %},
  * {% filter %}, {% macro %} (caller, varargs, kwargs) and calls, {% call %},

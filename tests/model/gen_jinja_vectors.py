@@ -857,6 +857,21 @@ CASES = [
     ("set-block", "{% set v %}  block {{ 1 + 1 }}{% endset %}[{{ v }}]", {}),
     ("namespace", "{% set ns = namespace(a=1, items=[]) %}{% for i in range(3) %}{% set ns.a = ns.a * 2 %}{% endfor %}"
      "{{ ns.a }} {{ ns.items }}", {}),
+    # cycler() and joiner(): objects whose calls change them, kept across loop iterations and macros
+    ("cycler-joiner", "{% set c = cycler('a', 'b', 'c') %}{% set j = joiner(' | ') %}{% for i in range(4) %}"
+     "{{ j() }}{{ c.next() }}{% endfor %}|{{ c.current }}|{{ c.items }}|{{ c.reset() }}{{ c['current'] }}|"
+     "{% macro m(x) %}{{ x.next() }}{% endmacro %}{{ m(c) }}{{ m(c) }}|{% set k = joiner() %}{{ k() }}{{ k() }}"
+     "{{ k() }}|{{ c is callable }}{{ j is callable }}{{ c.next is callable }}{{ c is mapping }}{{ c is iterable }}"
+     "|{{ c == c }}{{ c == cycler('a') }}{{ c.foo is defined }}{{ cycler is defined }}"
+     "|{{ [c] | map(attribute='current') | list }}|{% set d = cycler(*[[1], 2]) %}{{ d.next() }}{{ d.next() }}",
+     {}),
+    ("cycler-empty", "{{ cycler().next() }}", {}),
+    ("cycler-keyword", "{{ cycler(a=1).next() }}", {}),
+    ("cycler-next-argument", "{{ cycler(1).next(1) }}", {}),
+    ("cycler-not-iterable", "{% for x in cycler(1, 2) %}{% endfor %}", {}),
+    ("cycler-tojson", "{{ cycler(1) | tojson }}", {}),
+    ("joiner-arguments", "{{ joiner(1, 2) }}", {}),
+    ("joiner-call-argument", "{% set j = joiner() %}{{ j(1) }}", {}),
     ("macro", "{% macro tag(name, body='-') %}<{{ name }}>{{ body }}</{{ name }}>{% endmacro %}"
      "{{ tag('b') }}{{ tag('i', 'x') }}{{ tag(name='u', body=3) }}", {}),
     ("macro-argument-twice", "{% macro f(x, y) %}{{ x }}{{ y }}{% endmacro %}{{ f(1, 2, x=3) }}", {}),

@@ -2401,13 +2401,6 @@ static void py_escape_cp(struct render *r, struct buf *b, uint32_t cp)
     buf_addf(r, b, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x", cp);
 }
 
-/* Python's \w: letters, numbers (str.isalnum()) and '_'. */
-static bool py_word(uint32_t cp)
-{
-    uint32_t gc = moe_tok_category(cp);
-    return cp == '_' || gc <= MOE_TOK_GC_LO || (gc >= MOE_TOK_GC_ND && gc <= MOE_TOK_GC_NO);
-}
-
 /* The code point at s[i] and its length; a byte that starts no valid UTF-8
  * sequence stands for itself, length 1. */
 static size_t str_cp(const struct str *s, size_t i, uint32_t *cp)
@@ -2770,6 +2763,18 @@ static unsigned case_props(uint32_t cp)
     return moe_tok_range_lookup(moe_case_props, moe_case_n_props, cp, 0);
 }
 
+/* Python's str.isalnum() of one character: a letter (category L*) or of a Numeric_Type (isnumeric()). */
+static bool py_alnum(uint32_t cp)
+{
+    return moe_tok_category(cp) <= MOE_TOK_GC_LO || (case_props(cp) & MOE_CASE_NUMERIC);
+}
+
+/* Python's \w, as re and so Jinja2's wordcount read it: str.isalnum() or '_'. */
+static bool py_word(uint32_t cp)
+{
+    return cp == '_' || py_alnum(cp);
+}
+
 /* The index of cp among n records of size bytes at base, sorted by their first field, the code point; n when
  * it is not there. */
 static size_t cp_find(const void *base, size_t n, size_t size, uint32_t cp)
@@ -2930,7 +2935,7 @@ static bool str_is(const struct str *s, const char *name)
         bool ok;
         switch (kind) {
         case IS_ALPHA: ok = gc <= MOE_TOK_GC_LO; break;
-        case IS_ALNUM: ok = gc <= MOE_TOK_GC_LO || (p & MOE_CASE_NUMERIC); break;
+        case IS_ALNUM: ok = py_alnum(cp); break;
         case IS_DECIMAL: ok = gc == MOE_TOK_GC_ND; break;
         case IS_DIGIT: ok = p & MOE_CASE_DIGIT; break;
         case IS_NUMERIC: ok = p & MOE_CASE_NUMERIC; break;

@@ -3198,8 +3198,8 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
     if (obj->t == V_LIST && obj->l->group && key->t == V_STR &&
         ((key->s->n == 7 && !memcmp(key->s->p, "grouper", 7)) || (key->s->n == 4 && !memcmp(key->s->p, "list", 4))))
         return obj->l->v[key->s->p[0] == 'l'];
-    if (key->t == V_STR && (is_num(obj) || (obj->t == V_LIST && obj->l->range) || obj->t == V_OBJ))
-        /* (5).real, range(3).stop, a cycler's current */
+    if (key->t == V_STR && (is_num(obj) || (obj->t == V_LIST && obj->l->range) || obj->t == V_OBJ ||
+                            obj->t == V_MACRO)) /* (5).real, range(3).stop, a cycler's current, a macro's name */
         return py_getattr(r, obj, key, line);
     if (key->t == V_STR && !memchr(key->s->p, 0, key->s->n) && method_kind(obj, key->s->p) == 1)
         return bound_method(r, obj, key->s->p);
@@ -4799,8 +4799,22 @@ static struct val py_getattr(struct render *r, const struct val *obj, const stru
     int kind = method_kind(obj, k);
     if (kind)
         return kind == 1 ? bound_method(r, obj, k) : undef;
-    if (obj->t == V_MACRO)
-        fail_at(&r->f, MOE_ENOTSUP, line, "attr: the attributes of a macro are not supported");
+    if (obj->t == V_MACRO) { /* Jinja2's Macro: its name, parameter names and what its body uses */
+        const struct node *m = obj->macro->n;
+        if (!strcmp(k, "name"))
+            return m->op & MACRO_ANONYMOUS ? (struct val){ .t = V_NONE } : vstr(r, m->name, strlen(m->name));
+        if (!strcmp(k, "arguments")) {
+            struct list *l = new_list(r, (size_t)m->nargs);
+            l->tuple = true;
+            for (int i = 0; i < m->nargs; i++) l->v[i] = vstr(r, m->kwnames[i], strlen(m->kwnames[i]));
+            return (struct val){ .t = V_LIST, .l = l };
+        }
+        static const char *const uses[] = { "caller", "catch_varargs", "catch_kwargs" }; /* MACRO_* order */
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(k, uses[i]))
+                return vbool(m->op & (1 << i));
+        return undef;
+    }
     if (obj->t == V_OBJ) { /* a cycler's current item and its items */
         if (obj->o->kind == 'c' && !strcmp(k, "current"))
             return obj->o->items->v[obj->o->pos];

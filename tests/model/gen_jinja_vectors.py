@@ -872,6 +872,12 @@ CASES = [
     ("cycler-tojson", "{{ cycler(1) | tojson }}", {}),
     ("joiner-arguments", "{{ joiner(1, 2) }}", {}),
     ("joiner-call-argument", "{% set j = joiner() %}{{ j(1) }}", {}),
+    # a macro's attributes: its name (none for a call block's body), parameter names and the special names used
+    ("macro-attributes", "{% macro m(a, b=[]) %}{{ caller is defined }}{{ varargs }}{% endmacro %}{{ m.name }}|"
+     "{{ m.arguments }}|{{ m.catch_kwargs }}{{ m.catch_varargs }}{{ m.caller }}|{{ m | attr('name') }}|"
+     "{{ m['name'] }}|{{ m.foo is defined }}|{{ m.arguments[1] }}|{% macro n() %}{{ caller.name }}"
+     "{{ caller.arguments }}{{ caller.caller }}{{ caller.catch_kwargs }}{% endmacro %}"
+     "{% call(a, b=1) n() %}{{ kwargs }}{% endcall %}|{% macro e() %}{% endmacro %}{{ e.arguments }}", {}),
     ("macro", "{% macro tag(name, body='-') %}<{{ name }}>{{ body }}</{{ name }}>{% endmacro %}"
      "{{ tag('b') }}{{ tag('i', 'x') }}{{ tag(name='u', body=3) }}", {}),
     ("macro-argument-twice", "{% macro f(x, y) %}{{ x }}{{ y }}{% endmacro %}{{ f(1, 2, x=3) }}", {}),

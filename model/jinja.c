@@ -6112,14 +6112,19 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
     if (!strcmp(t, "odd") || !strcmp(t, "even") || !strcmp(t, "divisibleby")) {
         if (!is_num(v))
             fail_at(&r->f, MOE_EINVAL, line, "test %s: %s %s is not a number", t, article(type_name(v)), type_name(v));
-        int64_t d = t[0] == 'd' ? arg_int(r, a, 0, "num", 1, t, line) : 2;
-        if (!d)
+        const struct val *dv = t[0] == 'd' ? arg(a, 0, "num") : NULL;
+        if (dv && !is_num(dv))
+            fail_at(&r->f, MOE_EINVAL, line, "divisibleby: the divisor must be a number, not %s", type_name(dv));
+        struct val d = dv ? *dv : vint(2);
+        if (d.t == V_FLOAT ? d.f == 0 : !inum(&d))
             fail_at(&r->f, MOE_EINVAL, line, "divisibleby 0");
         if (v->t == V_FLOAT && t[0] != 'd') { /* Python's v % 2 == 1 (odd) or == 0 (even): 0.5 is neither */
             double m = fmod(v->f, 2);
             return m + (m < 0 ? 2 : 0) == (t[0] == 'o' ? 1 : 0);
         }
-        bool zero = v->t == V_FLOAT ? fmod(v->f, (double)d) == 0 : inum(v) % d == 0;
+        /* Python's v % num == 0, in floats when either is one (a remainder is 0 where fmod's is) */
+        bool zero = v->t == V_FLOAT || d.t == V_FLOAT ? fmod(num(v), num(&d)) == 0
+                  : inum(&d) == -1 || inum(v) % inum(&d) == 0;
         return t[0] == 'o' ? !zero : zero;
     }
     if (!x)

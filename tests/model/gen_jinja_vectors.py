@@ -290,6 +290,12 @@ CASES = [
     ("strings", "{{ 'a\\tb\\n' }}{{ \"x\\\\y\" }}{{ '\\u00e9\\x41' }}{{ 'ab' 'cd' }}", {}),
     ("odd-even-floats", "{{ 0.5 is odd }} {{ 0.5 is even }} {{ 1.0 is odd }} {{ 2.0 is even }} {{ -1.0 is odd }} "
      "{{ -1.5 is odd }} {{ -2.0 is even }} {{ 3 is odd }} {{ -3 is odd }} {{ 4.0 is divisibleby 2 }}", {}),
+    # divisibleby(num) is value % num == 0, num a float too
+    ("divisibleby-floats", "{{ 4 is divisibleby 2.0 }}{{ 4.5 is divisibleby 1.5 }}{{ true is divisibleby 1 }}"
+     "{{ 5 is divisibleby 2.5 }}{{ 5 is divisibleby 0.3 }}{{ 6 is divisibleby true }}{{ x is divisibleby(-1) }}",
+     {"x": -9223372036854775808}),
+    ("divisibleby-none", "{{ 5 is divisibleby none }}", {}),
+    ("divisibleby-zero-float", "{{ 5 is divisibleby 0.0 }}", {}),
     ("strings-octal", "{{ '\\101\\0\\12\\0123\\7777\\8' | tojson }}", {}),
     ("index", "{{ [1,2,3][0] }} {{ [1,2,3][-1] }} {{ 'h\u00e9llo'[1] }} {{ 'abc'[-1] }} {{ d.a }} {{ d['b'] }} "
      "{{ d.missing }}|{{ [1][5] }}|{{ t.0 }}", {"d": {"a": 1, "b": 2}, "t": [9]}),

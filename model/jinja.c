@@ -1064,7 +1064,8 @@ static const struct sig FILTER_SIGS[] = {
     { "last", "" }, { "length", "" }, { "list", "" }, { "lower", "" }, { "map", "*" },
     { "max", "case_sensitive attribute" }, { "min", "case_sensitive attribute" }, { "pprint", "" }, { "reject", "*" },
     { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
-    { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "sort", "reverse case_sensitive attribute" },
+    { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "slice", "slices! fill_with" },
+    { "sort", "reverse case_sensitive attribute" },
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
     { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
     { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
@@ -5912,6 +5913,34 @@ static struct val filter(struct render *r, const struct node *n)
             groups->v[groups->n++] = (struct val){ .t = V_LIST, .l = g };
         }
         return (struct val){ .t = V_LIST, .l = groups };
+    }
+    if (!strcmp(f, "slice")) { /* slice(slices, fill_with=None): a generator of slices lists, the first
+                                    len % slices of them one longer, the others filled to that length */
+        const struct list *src = iter_list(r, &v, line);
+        const struct val *nv = arg(&a, 0, "slices"), *fill = arg(&a, 1, "fill_with");
+        if (nv->t != V_INT && nv->t != V_BOOL)
+            fail_at(&r->f, MOE_EINVAL, line, "slice: the number of slices must be an integer, not %s", type_name(nv));
+        int64_t ns = inum(nv), len = (int64_t)src->n;
+        if (!ns)
+            fail_at(&r->f, MOE_EINVAL, line, "slice: integer division or modulo by zero");
+        if (ns > (int64_t)(JJ_MAX_ARENA / sizeof(struct val)))
+            fail_at(&r->f, MOE_ERANGE, line, "rendering needs more than %u MiB of memory", JJ_MAX_ARENA >> 20);
+        struct list *out = new_list(r, ns > 0 ? (size_t)ns : 0);
+        out->gen = true;
+        /* Python's floor division and modulo; a negative count makes no slices */
+        int64_t per = ns > 0 ? len / ns : 0, extra = ns > 0 ? len % ns : 0;
+        bool filled = fill && fill->t != V_NONE;
+        for (int64_t k = 0, start = 0; k < ns; k++) {
+            int64_t cnt = per + (k < extra), pad = filled && k >= extra;
+            struct list *b = new_list(r, (size_t)(cnt + pad));
+            if (cnt)
+                memcpy(b->v, src->v + start, (size_t)cnt * sizeof(*b->v));
+            if (pad)
+                b->v[cnt] = *fill;
+            out->v[k] = (struct val){ .t = V_LIST, .l = b };
+            start += cnt;
+        }
+        return (struct val){ .t = V_LIST, .l = out };
     }
     if (!strcmp(f, "batch")) { /* batch(linecount, fill_with=None): a generator of lists of linecount items */
         const struct list *src = iter_list(r, &v, line);

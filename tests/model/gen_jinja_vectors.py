@@ -387,6 +387,15 @@ CASES = [
     ("filters-groupby-too-many", "{{ [1] | groupby(0, 1, false, 2) }}", {}),
     ("filters-groupby-not-iterable", "{{ 5 | groupby(0) }}", {}),
     # batch: lists of linecount items (Python's == on the count), the last filled with fill_with; a generator
+    # slice(n, fill_with): n lists, the first len % n one longer, the rest filled; a generator
+    ("filters-slice", "{{ l|slice(2)|list }}|{{ l|slice(3)|list }}|{{ l|slice(3, 'x')|list }}|"
+     "{{ [1,2,3,4,5]|slice(3, 0)|list }}|{{ []|slice(2)|list }}|{{ 'abcde'|slice(2)|list }}|{{ l|slice(5)|list }}|"
+     "{{ l|slice(5, none)|list }}|{{ l|slice(true)|list }}|{{ {'a': 1, 'b': 2}|slice(2)|list }}|"
+     "{{ l|slice(slices=2, fill_with=9)|list }}|{{ range(7)|slice(3, 'f')|list }}|{{ l|slice(-1)|list }}|"
+     "{% for a in l|slice(2) %}{{ a|sum }}{% endfor %}|{{ l|slice(2)|first }}", {"l": [3, 1, 2, 1]}),
+    ("filters-slice-zero", "{{ [1]|slice(0)|list }}", {}),
+    ("filters-slice-float", "{{ [1]|slice(2.0)|list }}", {}),
+    ("filters-slice-length", "{{ [1]|slice(2)|length }}", {}),
     ("filters-batch", "{{ [1, 2, 3, 4, 5] | batch(2) | list }} {{ [1, 2, 3] | batch(2, 'x') | list }} "
      "{{ [1, 2, 3] | batch(0) | list }} {{ [1, 2] | batch(-1, 0) | list }} {{ [] | batch(2, 0) | list }} "
      "{{ 'abc' | batch(2) | list }} {{ [1, 2, 3] | batch(2.0) | list }} {{ [1, 2, 3] | batch('2') | list }} "

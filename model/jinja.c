@@ -5806,7 +5806,8 @@ static struct val filter(struct render *r, const struct node *n)
             fail_at(&r->f, MOE_ERANGE, line, "int: %g is beyond 64 bits", x);
         if (isfinite(x))
             return vint((int64_t)x);
-        return vint(arg_int(r, &a, 0, "default", 0, f, line));
+        const struct val *dv = arg(&a, 0, "default"); /* any value, as it is */
+        return dv ? *dv : vint(0);
     }
     if (!strcmp(f, "float")) { /* float(value), else the default (0.0) */
         if (v.t == V_UNDEF)

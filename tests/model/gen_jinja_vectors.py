@@ -388,6 +388,9 @@ CASES = [
     ("filters-groupby-not-iterable", "{{ 5 | groupby(0) }}", {}),
     # batch: lists of linecount items (Python's == on the count), the last filled with fill_with; a generator
     # slice(n, fill_with): n lists, the first len % n one longer, the rest filled; a generator
+    # int's and float's default is given back as it is, whatever its type
+    ("filters-int-default", "{{ 'z'|int(default='d') }}|{{ 'z'|float(default='d') }}|{{ none|int(none) }}|"
+     "{{ [1]|int(default=[2]) }}|{{ 'z'|int(2.5) }}|{{ '7'|int('d') }}", {}),
     ("filters-slice", "{{ l|slice(2)|list }}|{{ l|slice(3)|list }}|{{ l|slice(3, 'x')|list }}|"
      "{{ [1,2,3,4,5]|slice(3, 0)|list }}|{{ []|slice(2)|list }}|{{ 'abcde'|slice(2)|list }}|{{ l|slice(5)|list }}|"
      "{{ l|slice(5, none)|list }}|{{ l|slice(true)|list }}|{{ {'a': 1, 'b': 2}|slice(2)|list }}|"

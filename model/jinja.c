@@ -6009,6 +6009,8 @@ static struct val filter(struct render *r, const struct node *n)
             const struct val *attr = arg_attr(r, &a, 0, "attribute", f, line);
             const struct val *start = arg(&a, 1, "start");
             struct val acc = start ? *start : vint(0);
+            if (acc.t == V_STR) /* Python's sum() refuses a string start, however many items */
+                fail_at(&r->f, MOE_EINVAL, line, "sum: can't sum strings (use join instead)");
             for (size_t i = 0; i < l->n; i++)
                 acc = arith(r, OP_ADD, acc, attr ? attr_path(r, &l->v[i], attr, NULL, line) : l->v[i], line);
             return acc;

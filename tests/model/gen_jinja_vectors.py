@@ -391,6 +391,8 @@ CASES = [
     # int's and float's default is given back as it is, whatever its type
     ("filters-int-default", "{{ 'z'|int(default='d') }}|{{ 'z'|float(default='d') }}|{{ none|int(none) }}|"
      "{{ [1]|int(default=[2]) }}|{{ 'z'|int(2.5) }}|{{ '7'|int('d') }}", {}),
+    ("filters-sum-strings", "{{ ['a', 'b'] | sum(start='') }}", {}),
+    ("filters-sum-strings-empty", "{{ [] | sum(start='x') }}", {}),
     ("filters-slice", "{{ l|slice(2)|list }}|{{ l|slice(3)|list }}|{{ l|slice(3, 'x')|list }}|"
      "{{ [1,2,3,4,5]|slice(3, 0)|list }}|{{ []|slice(2)|list }}|{{ 'abcde'|slice(2)|list }}|{{ l|slice(5)|list }}|"
      "{{ l|slice(5, none)|list }}|{{ l|slice(true)|list }}|{{ {'a': 1, 'b': 2}|slice(2)|list }}|"

@@ -4596,6 +4596,27 @@ static bool py_digits(const char *s, size_t n, int base, char *out, size_t cap)
     return k > 0;
 }
 
+/* s as Python's int() and float() read it first: every decimal digit (category Nd, encoded in runs of ten
+ * from 0 to 9) as its ASCII digit, any other character past ASCII as '?', which no number takes. */
+static struct val ascii_decimal(struct render *r, const struct str *s)
+{
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    for (size_t i = 0; i < s->n;) {
+        uint32_t cp;
+        size_t l = str_cp(s, i, &cp);
+        char c = cp < 0x80 ? (char)cp : '?';
+        if (cp >= 0x80 && moe_tok_category(cp) == MOE_TOK_GC_ND) {
+            uint32_t k = 0;
+            while (moe_tok_category(cp - k - 1) == MOE_TOK_GC_ND) k++;
+            c = (char)('0' + k % 10);
+        }
+        buf_add(r, &b, &c, 1);
+        i += l;
+    }
+    return vbuf(r, &b);
+}
+
 /* Python's int(s, base) of a stripped string: an optional sign, the prefix 0x, 0o or 0b that base
  * allows (any with base 0, where a decimal cannot start with 0), digits with single underscores between
  * them.  0 parsed, -1 not a number (ValueError), 1 past 64 bits. */
@@ -5791,6 +5812,7 @@ static struct val filter(struct render *r, const struct node *n)
         double x = v.t == V_FLOAT ? v.f : NAN;
         if (v.t == V_STR) {
             struct val t = strip(r, v.s, NULL, 3);
+            t = ascii_decimal(r, t.s);
             int64_t i, base = arg_int(r, &a, 1, "base", 10, f, line);
             int st = py_parse_int(t.s->p, t.s->n, base, &i);
             if (st > 0)
@@ -5816,6 +5838,8 @@ static struct val filter(struct render *r, const struct node *n)
             return (struct val){ .t = V_FLOAT, .f = num(&v) };
         double x;
         struct val t = v.t == V_STR ? strip(r, v.s, NULL, 3) : v;
+        if (v.t == V_STR)
+            t = ascii_decimal(r, t.s);
         if (v.t == V_STR && py_parse_float(t.s->p, t.s->n, &x))
             return (struct val){ .t = V_FLOAT, .f = x };
         const struct val *dv = arg(&a, 0, "default");

@@ -391,6 +391,11 @@ CASES = [
     # int's and float's default is given back as it is, whatever its type
     ("filters-int-default", "{{ 'z'|int(default='d') }}|{{ 'z'|float(default='d') }}|{{ none|int(none) }}|"
      "{{ [1]|int(default=[2]) }}|{{ 'z'|int(2.5) }}|{{ '7'|int('d') }}", {}),
+    # int() and float() read every decimal digit (category Nd) as its ASCII one, and nothing else past ASCII
+    ("filters-int-unicode-digits", "{{ '\u0663'|int }}|{{ '\u0663\u0664'|int }}|{{ '\u0661\u0660'|int(base=16) }}|"
+     "{{ '\u0663.\u0665'|float }}|{{ '\U0001d7d7'|int }}|{{ '\u07c9'|int }}|{{ '\u00b2'|int }}|{{ '\u00bd'|float }}|"
+     "{{ '\u0663x'|int }}|{{ '\u3000 \u0663 '|int }}|{{ '\uff11\uff12'|int }}|{{ '-\u0663e\u0662'|float }}|"
+     "{{ '\u0663_\u0664'|int }}", {}),
     ("filters-sum-strings", "{{ ['a', 'b'] | sum(start='') }}", {}),
     ("filters-sum-strings-empty", "{{ [] | sum(start='x') }}", {}),
     ("filters-slice", "{{ l|slice(2)|list }}|{{ l|slice(3)|list }}|{{ l|slice(3, 'x')|list }}|"

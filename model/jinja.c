@@ -117,7 +117,7 @@ struct list {
     struct val *v;
     bool tuple;  /* written (a, b): printed with parentheses */
     bool group;  /* a groupby() group, Python's namedtuple (grouper, list): .grouper and .list are items 0, 1 */
-    bool gen;    /* made by select, reject, map, unique or reverse, which Jinja2 makes generators:
+    bool gen;    /* made by select, reject, map, unique, reverse, batch or slice, which Jinja2 makes generators:
                     always true, no length or index, not printable; |list makes it a list */
     const int64_t *range; /* made by range() (or sliced from one): its start, stop and step, as Python's range
                              prints (range(0, 3)), slices and compares; no JSON, no + or * */
@@ -2468,8 +2468,8 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
         break;
     case V_LIST:
         if (v->l->gen)
-            fail_at(&r->f, MOE_EINVAL, line, "printing a generator (select, map, unique, reverse): apply |list "
-                    "or |join first");
+            fail_at(&r->f, MOE_EINVAL, line, "printing a generator (select, map, unique, reverse, batch, slice): "
+                    "apply |list or |join first");
         if (v->l->range) {
             const int64_t *rg = v->l->range;
             buf_addf(r, b, "range(%lld, %lld", (long long)rg[0], (long long)rg[1]);

@@ -147,6 +147,8 @@ int main(void)
     check_render_fails("{% for x in ['a'] recursive %}{{ loop(x) }}{% endfor %}", MOE_ERANGE,
                        "recursive loop goes deeper than 64");
     check_render_fails("{% for x in [[1]] %}{{ loop(x) }}{% endfor %}", MOE_EINVAL, "'recursive' marker");
+    check_render_fails("{{ [1] | slice(1) }}", MOE_EINVAL, "printing a generator (select, map, unique, reverse, batch, "
+                       "slice)");
     check_render_fails("{{ 5 | attr('hex') }}", MOE_ENOTSUP, "number method hex is not supported");
     check_render_fails("{{ (5).to_bytes(2) }}", MOE_ENOTSUP, "number method to_bytes is not supported");
     check_render_fails("{{ 9223372036854775807 + 1 }}", MOE_ERANGE, "overflow");

@@ -5605,10 +5605,14 @@ static struct val filter(struct render *r, const struct node *n)
         if (ind && ind->t == V_STR) {
             o.indent = ind->s;
         } else if (ind && ind->t != V_NONE) {
+            /* k spaces, at most as many as the output may hold: any use of more fails there all the same */
             int64_t k = arg_int(r, &a, 1, "indent", 0, f, line);
+            size_t nsp = k <= 0 ? 0 : k > (int64_t)MOE_JINJA_MAX_OUTPUT ? MOE_JINJA_MAX_OUTPUT : (size_t)k;
+            static const char spaces[] = "                                                                ";
             struct buf sp = { 0 };
             buf_add(r, &sp, "", 0);
-            for (int64_t i = 0; i < k && i < 64; i++) buf_adds(r, &sp, " ");
+            for (size_t i = 0; i < nsp; i += sizeof(spaces) - 1)
+                buf_add(r, &sp, spaces, nsp - i < sizeof(spaces) - 1 ? nsp - i : sizeof(spaces) - 1);
             o.indent = vbuf(r, &sp).s;
         }
         o.item_sep = vstr(r, o.indent ? "," : ", ", o.indent ? 1 : 2).s;

@@ -396,6 +396,9 @@ CASES = [
      "{{ '\u0663.\u0665'|float }}|{{ '\U0001d7d7'|int }}|{{ '\u07c9'|int }}|{{ '\u00b2'|int }}|{{ '\u00bd'|float }}|"
      "{{ '\u0663x'|int }}|{{ '\u3000 \u0663 '|int }}|{{ '\uff11\uff12'|int }}|{{ '-\u0663e\u0662'|float }}|"
      "{{ '\u0663_\u0664'|int }}", {}),
+    # tojson(indent=N) indents by N spaces however many, an unused one of any size
+    ("filters-tojson-wide-indent", "{{ {'a': [1, {'b': 2}]} | tojson(indent=70) }}|{{ [1] | tojson(indent=100) }}|"
+     "{{ [] | tojson(indent=10000000) }}{{ {} | tojson(indent=10000000000) }}", {}),
     ("filters-sum-strings", "{{ ['a', 'b'] | sum(start='') }}", {}),
     ("filters-sum-strings-empty", "{{ [] | sum(start='x') }}", {}),
     ("filters-slice", "{{ l|slice(2)|list }}|{{ l|slice(3)|list }}|{{ l|slice(3, 'x')|list }}|"

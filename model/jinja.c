@@ -3455,9 +3455,12 @@ static const struct sig STR_METHOD_SIGS[] = {
     { "startswith", "/prefix! /start /end" }, { "strip", "/chars" }, { "swapcase", "" }, { "title", "" },
     { "upper", "" }, { "zfill", "/width!" },
 };
-static const struct sig LIST_METHOD_SIGS[] = { { "count", "/value!" }, { "index", "/value! /start /stop" } };
+static const struct sig LIST_METHOD_SIGS[] = {
+    { "copy", "" }, { "count", "/value!" }, { "index", "/value! /start /stop" },
+};
 static const struct sig DICT_METHOD_SIGS[] = {
-    { "get", "/key! /default" }, { "items", "" }, { "keys", "" }, { "values", "" },
+    { "copy", "" }, { "fromkeys", "/iterable! /value" }, { "get", "/key! /default" }, { "items", "" }, { "keys", "" },
+    { "values", "" },
 };
 
 /* a against the signature of name in sigs (none there: dflt, NULL not checked), failing as Python's
@@ -3991,6 +3994,11 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         if (!strcmp(name, "encode") || !strcmp(name, "translate") || !strcmp(name, "maketrans"))
             fail_at(&r->f, MOE_ENOTSUP, line, "the string method %s() is not supported (it needs bytes or a "
                     "translation table): write the template without it", name);
+    } else if (obj->t == V_LIST && !obj->l->gen && !strcmp(name, "copy")) { /* a new list of the same items */
+        struct list *l = new_list(r, obj->l->n);
+        if (obj->l->n)
+            memcpy(l->v, obj->l->v, obj->l->n * sizeof(*l->v));
+        return (struct val){ .t = V_LIST, .l = l };
     } else if (obj->t == V_LIST && !obj->l->gen && (!strcmp(name, "index") || !strcmp(name, "count"))) {
         const struct val *x = arg(a, 0, NULL);
         if (!x)
@@ -4009,6 +4017,18 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
         return vint(k);
     } else if (obj->t == V_DICT && !obj->d->ns) {
         const struct dict *d = obj->d;
+        if (!strcmp(name, "copy") || !strcmp(name, "fromkeys")) { /* a new dict: d's items, or the keys given */
+            struct dict *nd = new_dict(r);
+            const struct list *keys = name[0] == 'f' ? iter_list(r, arg(a, 0, NULL), line) : NULL;
+            const struct val *v = arg(a, 1, NULL);
+            for (size_t i = 0; i < (keys ? keys->n : d->n); i++) {
+                if (keys && keys->v[i].t != V_STR)
+                    fail_at(&r->f, MOE_ENOTSUP, line, "fromkeys: dict keys must be strings here, not %s",
+                            type_name(&keys->v[i]));
+                dict_set(r, nd, keys ? keys->v[i].s : d->k[i], keys ? (v ? *v : (struct val){ .t = V_NONE }) : d->v[i]);
+            }
+            return (struct val){ .t = V_DICT, .d = nd };
+        }
         if (!strcmp(name, "items") || !strcmp(name, "keys") || !strcmp(name, "values")) {
             struct list *l = new_list(r, d->n);
             for (size_t i = 0; i < d->n; i++) {

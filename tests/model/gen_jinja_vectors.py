@@ -399,6 +399,13 @@ CASES = [
     # tojson(indent=N) indents by N spaces however many, an unused one of any size
     ("filters-tojson-wide-indent", "{{ {'a': [1, {'b': 2}]} | tojson(indent=70) }}|{{ [1] | tojson(indent=100) }}|"
      "{{ [] | tojson(indent=10000000) }}{{ {} | tojson(indent=10000000000) }}", {}),
+    # list.copy(), dict.copy() and dict.fromkeys(): new values, the items shared
+    ("methods-copy", "{{ (['b', 'A', 'a']).copy() }}|{{ ({'a': 1}).copy() }}|{% set a = [1] %}{% set b = a.copy() %}"
+     "{{ b is sameas a }}{{ b == a }}|{{ {}.fromkeys('ab') }}{{ {}.fromkeys(['x'], [1]) }}{{ {}.fromkeys([]) }}|"
+     "{{ x.copy() }}|{{ {}.fromkeys(iterable='a') is defined }}", {"x": {"a": [1]}}),
+    ("methods-copy-argument", "{{ [1].copy(1) }}", {}),
+    ("methods-fromkeys-not-iterable", "{{ {}.fromkeys(5) }}", {}),
+    ("methods-copy-tuple", "{{ (1, 2).copy() }}", {}),
     ("filters-sum-strings", "{{ ['a', 'b'] | sum(start='') }}", {}),
     ("filters-sum-strings-empty", "{{ [] | sum(start='x') }}", {}),
     ("filters-slice", "{{ l|slice(2)|list }}|{{ l|slice(3)|list }}|{{ l|slice(3, 'x')|list }}|"

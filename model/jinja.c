@@ -3696,7 +3696,7 @@ static int method_kind(const struct val *obj, const char *name)
     case V_FLOAT: return in_list(float_methods, MOE_ARRAY_LEN(float_methods), name);
     case V_STR: return in_list(str_methods, MOE_ARRAY_LEN(str_methods), name);
     case V_LIST:
-        if (obj->l->gen) /* a generator: none of these */
+        if (obj->l->gen || obj->l->view) /* a generator, a dict's view: none of these */
             return 0;
         if (obj->l->tuple || obj->l->range)
             return strcmp(name, "count") && strcmp(name, "index") ? 0 : 1;

@@ -403,6 +403,11 @@ CASES = [
     ("methods-copy", "{{ (['b', 'A', 'a']).copy() }}|{{ ({'a': 1}).copy() }}|{% set a = [1] %}{% set b = a.copy() %}"
      "{{ b is sameas a }}{{ b == a }}|{{ {}.fromkeys('ab') }}{{ {}.fromkeys(['x'], [1]) }}{{ {}.fromkeys([]) }}|"
      "{{ x.copy() }}|{{ {}.fromkeys(iterable='a') is defined }}", {"x": {"a": [1]}}),
+    # a dict's keys(), values() and items() views have no list methods
+    ("methods-view-none", "{{ x.values().append is defined }}{{ x.keys().copy is defined }}|{{ x.items()['count'] }}",
+     {"x": {"a": 1}}),
+    ("methods-view-count", "{{ x.items().count(1) }}", {"x": {"a": 1}}),
+    ("methods-view-copy", "{{ x.items().copy() }}", {"x": {"a": 1}}),
     ("methods-copy-argument", "{{ [1].copy(1) }}", {}),
     ("methods-fromkeys-not-iterable", "{{ {}.fromkeys(5) }}", {}),
     ("methods-copy-tuple", "{{ (1, 2).copy() }}", {}),

@@ -182,8 +182,9 @@ enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json
         return moe_errorf(MOE_EINVAL, "chat template: render needs a template, an array of messages and an "
                           "object of extra variables");
     json_t *vars = json_deep_copy(c->tokens);
-    if (!vars || (extra && json_object_update(vars, extra)) ||
-        json_object_set(vars, "messages", messages) ||
+    /* tools and documents are none unless given, as apply_chat_template passes tools=None, documents=None */
+    if (!vars || json_object_set_new(vars, "tools", json_null()) || json_object_set_new(vars, "documents", json_null()) ||
+        (extra && json_object_update(vars, extra)) || json_object_set(vars, "messages", messages) ||
         json_object_set_new(vars, "add_generation_prompt", json_true())) {
         json_decref(vars);
         return moe_errorf(MOE_ENOMEM, "chat template: out of memory");

@@ -62,6 +62,15 @@ int main(void)
           out ? out : moe_last_error());
     free(out);
 
+    /* tools and documents are none, not undefined, without a request's own: apply_chat_template passes
+     * tools=None, documents=None */
+    write_config("{\"chat_template\": \"{{ tools is defined }}{{ tools is none }}{{ documents is none }}"
+                 "{{ tools | tojson }}\"}");
+    out = render_hi(&st);
+    CHECK(st == MOE_OK && out && !strcmp(out, "TrueTrueTruenull"), "tools and documents: %s",
+          out ? out : moe_last_error());
+    free(out);
+
     write_config("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"default\", "
                  "\"template\": \"D{{ messages | length }}\"}]}");
     out = render_hi(&st);

@@ -5637,7 +5637,11 @@ static struct val filter(struct render *r, const struct node *n)
         }
         o.item_sep = vstr(r, o.indent ? "," : ", ", o.indent ? 1 : 2).s;
         o.key_sep = vstr(r, ": ", 2).s;
-        if (sep && sep->t != V_NONE) {
+        if (sep && sep->t == V_STR && cp_count(sep->s) == 2) { /* Python unpacks a string too: 'ab' is 'a', 'b' */
+            size_t k = cp_offset(sep->s, 1);
+            o.item_sep = vstr(r, sep->s->p, k).s;
+            o.key_sep = vstr(r, sep->s->p + k, sep->s->n - k).s;
+        } else if (sep && sep->t != V_NONE) {
             if (sep->t != V_LIST || sep->l->n != 2 || sep->l->v[0].t != V_STR || sep->l->v[1].t != V_STR)
                 fail_at(&r->f, MOE_EINVAL, line, "tojson: separators must be two strings");
             o.item_sep = sep->l->v[0].s;

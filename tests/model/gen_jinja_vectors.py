@@ -411,6 +411,9 @@ CASES = [
     ("methods-copy-argument", "{{ [1].copy(1) }}", {}),
     ("methods-fromkeys-not-iterable", "{{ {}.fromkeys(5) }}", {}),
     ("methods-copy-tuple", "{{ (1, 2).copy() }}", {}),
+    ("filters-tojson-separators-string", "{{ {'a': [1, 2]} | tojson(separators=';=') }}|"
+     "{{ {'a': 1} | tojson(separators='\u00e9\u00e8', indent=1) }}", {}),
+    ("filters-tojson-separators-long", "{{ {'a': 1} | tojson(separators='abc') }}", {}),
     ("filters-sum-strings", "{{ ['a', 'b'] | sum(start='') }}", {}),
     ("filters-sum-strings-empty", "{{ [] | sum(start='x') }}", {}),
     ("filters-slice", "{{ l|slice(2)|list }}|{{ l|slice(3)|list }}|{{ l|slice(3, 'x')|list }}|"

@@ -64,8 +64,9 @@ extern "C" enum moe_status moe_cuda_linear(struct moe_cuda_ctx *c, const float *
     /* the BF16 copy of x goes in the workspace: as many rows at a time as it holds */
     size_t row_bytes = (size_t)in * 2, per = c->ws_bytes / row_bytes;
     if (per == 0) return ws_short(c, "linear", row_bytes);
-    for (int r0 = 0; r0 < n; r0 += (int)per) {
-        int rows = n - r0 < (int)per ? n - r0 : (int)per;
+    if (per > (size_t)n) per = (size_t)n; /* a workspace of more than INT_MAX rows would wrap the int */
+    for (int r0 = 0, rows; r0 < n; r0 += rows) {
+        rows = n - r0 < (int)per ? n - r0 : (int)per;
         st = moe_cuda_f32_to_bf16(c, d_x + (size_t)r0 * (size_t)in, (uint16_t *)c->ws, (size_t)rows * (size_t)in);
         if (st == MOE_OK)
             st = gemm_one(c, d_w, c->ws, wdt, out_dim, rows, in, accumulate ? 1.0f : 0.0f,

@@ -346,14 +346,21 @@ bool moe_cli_check_distinct(const char *cmd, const char *flag_a, const char *a, 
 
 void moe_cli_json_string(FILE *f, const char *s)
 {
+    enum { CHUNK = 256 };
+    char u[3 * CHUNK]; /* a chunk as moe_utf8_lossy writes it */
+    size_t n = strlen(s);
     fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        size_t need, k = *p < 0x80 ? 1 : moe_utf8_fit(p, strlen((const char *)p), &need);
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else if (*p < 0x80 || (need && k == need + 1)) fwrite(p, 1, k, f); /* a whole UTF-8 sequence */
-        else fputs("\xef\xbf\xbd", f); /* U+FFFD for a maximal subpart that is not one (moe_utf8_lossy) */
-        p += k;
+    while (n) {
+        /* a sequence the chunk's end cuts is read with the next chunk */
+        size_t used, take = n < CHUNK ? n : CHUNK, w = moe_utf8_lossy(s, take, u, take < n, &used);
+        for (size_t i = 0; i < w; i++) {
+            unsigned char c = (unsigned char)u[i];
+            if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+            else if (c < 0x20) fprintf(f, "\\u%04x", c);
+            else fputc(c, f);
+        }
+        s += used;
+        n -= used;
     }
     fputc('"', f);
 }

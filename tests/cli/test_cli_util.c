@@ -1,5 +1,6 @@
 /* server/cli_util.c:
- * - moe_cli_json_string escapes quotes, backslashes and control bytes, and writes what is not UTF-8 as U+FFFD;
+ * - moe_cli_json_string escapes quotes, backslashes and control bytes, and writes what is not UTF-8 as U+FFFD,
+ *   also in a string longer than the pieces it is read in;
  * - moe_cli_write_token writes every byte of a token, also one longer than
  *   any fixed streaming buffer (an added token of 300 bytes), refuses a
  *   bad id without writing, and writes a run of byte-fallback tokens that is
@@ -230,6 +231,23 @@ static void test_json_string(void)
     fclose(jf);
     CHECK(!strcmp(js, "\"p\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd.st\xef\xbf\xbd\""), "json string of bytes not UTF-8: %s", js);
     free(js);
+    /* a long string, read in pieces: a character across a piece's end stays whole, a sequence cut there and
+     * not finished after it is one U+FFFD, and escapes far in are made */
+    for (int pad = 250; pad < 262; pad++) {
+        char in[1200], want[1400];
+        int k = snprintf(in, sizeof(in), "%*s\xc3\xa9\xe2\x82x\"", pad, "");
+        for (int rep = 0; rep < 3; rep++) k += snprintf(in + k, sizeof(in) - (size_t)k, "%*s\xf0\x9f\x98\x80\n", pad, "");
+        k = snprintf(want, sizeof(want), "\"%*s\xc3\xa9\xef\xbf\xbdx\\\"", pad, "");
+        for (int rep = 0; rep < 3; rep++)
+            k += snprintf(want + k, sizeof(want) - (size_t)k, "%*s\xf0\x9f\x98\x80\\u000a", pad, "");
+        snprintf(want + k, sizeof(want) - (size_t)k, "\"");
+        jf = open_memstream(&js, &jlen);
+        REQUIRE(jf, "open_memstream");
+        moe_cli_json_string(jf, in);
+        fclose(jf);
+        CHECK(!strcmp(js, want), "json string of a %zu-byte text (pad %d): %.80s...", strlen(in), pad, js + pad);
+        free(js);
+    }
 }
 
 /* moe_cli_check_out(out) with its message caught in *err (malloc'd) */

@@ -141,13 +141,14 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
         if (snprintf(out->path, sizeof out->path, "%s", arg ? arg : defpath) >= (int)sizeof out->path)
             return moe_errorf(MOE_EINVAL, "--predictor %s: file name too long", s);
         struct stat sb;
-        if (stat(out->path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        bool found = stat(out->path, &sb) == 0;
+        if (found && S_ISDIR(sb.st_mode))
             return moe_errorf(MOE_EIO, "--predictor %s: %s is a directory; name the predictor file in it", s,
                               out->path);
-        if (stat(out->path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        if (found && !S_ISREG(sb.st_mode))
             return moe_errorf(MOE_EIO, "--predictor %s: %s is not a regular file (a pipe or a device); name a "
                               "predictor file (moeflow train-predictor writes one)", s, out->path);
-        if (!file_exists(out->path))
+        if (!found)
             return moe_errorf(MOE_ENOENT,
                               "--predictor %s: predictor file %s not found (train one with moeflow train-predictor)",
                               s, out->path);

@@ -1792,6 +1792,15 @@ static enum moe_status params_resolve(const struct moe_sched_backend *be, struct
     return MOE_OK;
 }
 
+void moe_sched_params_test_faults(struct moe_sched_params *p)
+{
+    const char *v;
+    if ((v = getenv("MOEFLOW_TEST_FAULT_EVENTS_AT")))
+        p->fault_events_at = (uint32_t)strtoul(v, NULL, 10);
+    if ((v = getenv("MOEFLOW_TEST_FAULT_DEVICE_AT")))
+        p->fault_device_at = (uint32_t)strtoul(v, NULL, 10);
+}
+
 struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,
                                            const struct moe_sched_params *params)
 {

@@ -190,6 +190,11 @@ struct moe_sched_stats {
     int64_t tokens_in_flight;                      /* now: prompt + max_tokens of accepted, unfinished */
 };
 
+/* The testing faults asked for in the environment, into p: fault_events_at from $MOEFLOW_TEST_FAULT_EVENTS_AT and
+ * fault_device_at from $MOEFLOW_TEST_FAULT_DEVICE_AT (decimal; a variable not set leaves its field as it is).  The
+ * commands that run a scheduler (serve, bench batch) call it; the fault tests set the variables. */
+void moe_sched_params_test_faults(struct moe_sched_params *p);
+
 struct moe_sched;
 struct moe_sched *moe_sched_create(struct moe_engine *e, const struct moe_sched_params *p);
 void moe_sched_destroy(struct moe_sched *s);  /* cancels what is left, joins the thread */

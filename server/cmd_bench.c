@@ -508,9 +508,7 @@ static int bench_batch(int argc, char **argv)
         .regroup_lag = (float)o.lag, .regroup_lead = (float)o.lead,
         .engine_max_batch_tokens = o.micro_batch + chunk,
     };
-    const char *fault = getenv("MOEFLOW_TEST_FAULT_DEVICE_AT"); /* testing: a lost device, as serve's */
-    if (fault)
-        sp.fault_device_at = (uint32_t)strtoul(fault, NULL, 10);
+    moe_sched_params_test_faults(&sp); /* testing: a lost device, as serve's (tests/scheduler/test_bench_cli.py) */
     s = moe_sched_create(eng, &sp);
     if (!s) {
         fprintf(stderr, "moeflow bench batch: scheduler: %s\n", moe_last_error());

@@ -1376,13 +1376,7 @@ static enum moe_status server_load(struct moe_server *s)
         .engine_max_ctx = s->max_ctx,
         .engine_max_batch_tokens = cfg->max_batch_tokens,
     };
-    /* testing (tests/server/test_serve_faults.py): the Nth micro-batch finds no memory for its token events */
-    const char *fault = getenv("MOEFLOW_TEST_FAULT_EVENTS_AT");
-    if (fault)
-        sp.fault_events_at = (uint32_t)strtoul(fault, NULL, 10);
-    /* ... and the Nth forward pass fails as on a lost device */
-    if ((fault = getenv("MOEFLOW_TEST_FAULT_DEVICE_AT")))
-        sp.fault_device_at = (uint32_t)strtoul(fault, NULL, 10);
+    moe_sched_params_test_faults(&sp); /* tests/server/test_serve_faults.py */
     s->sched = moe_sched_create(s->engine, &sp);
     if (!s->sched)
         return MOE_EINVAL; /* the scheduler's message names it */

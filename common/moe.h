@@ -135,19 +135,21 @@ enum moe_status moe_read_file(const char *path, char **out, size_t *len, size_t 
  * in path's directory; never an existing file; mode 0644 less the umask, or the permission bits
  * (& 0777) of the regular file path names, which the output replaces), for
  * the write-then-rename of a whole output.  Writes the name into tmp (cap
- * bytes) and returns an fd opened for writing, or -1 with errno set
- * (ENAMETOOLONG when the name does not fit, or path's own name is longer than NAME_MAX or PATH_MAX allow).  The name is remembered until
+ * bytes) and the file the output becomes (moe_out_target's, read once here) into target (tcap bytes, PATH_MAX
+ * are enough) for moe_tmp_commit, and returns an fd opened for writing, or -1 with errno set
+ * (ENAMETOOLONG when a name does not fit, or path's own name is longer than NAME_MAX or PATH_MAX allow).  The name is remembered until
  * moe_tmp_commit or moe_tmp_discard, so that a signal that ends the process
  * removes the file (moe_tmp_remove_on_signals). */
-int moe_create_tmp(const char *path, char *tmp, size_t cap);
+int moe_create_tmp(const char *path, char *tmp, size_t cap, char *target, size_t tcap);
 /* The file an output to path becomes: path with its symbolic links followed (a link to a file not made yet
  * names that file, a relative link is read from its own directory), written into buf (cap bytes) and returned, so
  * that the rename replaces the file the link names, not the link; path itself when it is no link or its links
  * cannot be followed (a loop, a name too long), as rename would take it. */
 const char *moe_out_target(const char *path, char *buf, size_t cap);
-/* Rename the whole output tmp to path (to the file it names when path is a
- * symbolic link); 0, or -1 with errno set (tmp is then still there: discard it). */
-int moe_tmp_commit(const char *tmp, const char *path);
+/* Rename the whole output tmp to target, the file moe_create_tmp named (the links of the output's path are
+ * not read again: a link changed meanwhile does not move the output elsewhere); 0, or -1 with errno set (tmp
+ * is then still there: discard it). */
+int moe_tmp_commit(const char *tmp, const char *target);
 /* Remove tmp, an output given up. */
 void moe_tmp_discard(const char *tmp);
 /* A text output written whole or not at all: a path that exists and is not a
@@ -159,8 +161,9 @@ struct moe_out {
     FILE *f;
     bool direct;       /* written in place */
     bool existed;      /* path was there before (a failed write leaves it as it was) */
-    char path[4096];
+    char path[4096];   /* as given, for messages */
     char tmp[4200];
+    char target[4096]; /* the file path names (its links followed), which tmp becomes */
 };
 /* Open o for path; MOE_EIO "WHAT PATH: cannot create ..." when it cannot. */
 enum moe_status moe_out_open(struct moe_out *o, const char *what, const char *path);

@@ -286,11 +286,15 @@ const char *moe_out_target(const char *path, char *buf, size_t cap)
     return lstat(p, &sb) == 0 && S_ISLNK(sb.st_mode) ? path : p;
 }
 
-int moe_create_tmp(const char *path, char *tmp, size_t cap)
+int moe_create_tmp(const char *path, char *tmp, size_t cap, char *target, size_t tcap)
 {
     static _Atomic unsigned serial;
-    char target[PATH_MAX];
-    path = moe_out_target(path, target, sizeof(target));
+    char buf[PATH_MAX];
+    path = moe_out_target(path, buf, sizeof(buf));
+    if ((size_t)snprintf(target, tcap, "%s", path) >= tcap) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
     /* a name the rename could not give (longer than a file name or a path may be) fails now, before the work,
      * not once the output is whole (the short name below is for a suffix that does not fit, not for this) */
     const char *base = strrchr(path, '/');
@@ -338,10 +342,9 @@ int moe_create_tmp(const char *path, char *tmp, size_t cap)
     return fd;
 }
 
-int moe_tmp_commit(const char *tmp, const char *path)
+int moe_tmp_commit(const char *tmp, const char *target)
 {
-    char target[PATH_MAX];
-    if (rename(tmp, moe_out_target(path, target, sizeof(target))) != 0) return -1;
+    if (rename(tmp, target) != 0) return -1;
     tmp_forget(tmp);
     return 0;
 }
@@ -365,7 +368,8 @@ enum moe_status moe_out_open(struct moe_out *o, const char *what, const char *pa
     if (o->direct) {
         snprintf(o->tmp, sizeof(o->tmp), "%s", path);
         o->f = fopen(path, "w");
-    } else if ((fd = moe_create_tmp(path, o->tmp, sizeof(o->tmp))) >= 0 && !(o->f = fdopen(fd, "w"))) {
+    } else if ((fd = moe_create_tmp(path, o->tmp, sizeof(o->tmp), o->target, sizeof(o->target))) >= 0 &&
+               !(o->f = fdopen(fd, "w"))) {
         int e = errno;
         close(fd);
         moe_tmp_discard(o->tmp);
@@ -387,7 +391,7 @@ enum moe_status moe_out_close(struct moe_out *o, const char *what)
     if (err)
         st = moe_errorf(MOE_EIO, "%s %s: write failed (%s)%s", what, o->path, strerror(err),
                         o->direct ? "" : o->existed ? "; the file was left as it was" : "; no file was made");
-    else if (!o->direct && moe_tmp_commit(o->tmp, o->path) != 0)
+    else if (!o->direct && moe_tmp_commit(o->tmp, o->target) != 0)
         st = moe_errorf(MOE_EIO, "%s %s: cannot rename %s into place: %s", what, o->path, o->tmp, strerror(errno));
     if (st && !o->direct) moe_tmp_discard(o->tmp);
     return st;

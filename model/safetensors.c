@@ -613,12 +613,13 @@ enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_
     hlen = strlen(hdr);
     plen = (hlen + 7) / 8 * 8;
     size_t tcap = PATH_MAX + 48; /* beside the file a link at path names */
-    tmp = malloc(tcap);
+    tmp = malloc(tcap + PATH_MAX);
+    char *target = tmp + tcap; /* that file */
     if (!tmp) {
         st = moe_errorf(MOE_ENOMEM, "%s: out of memory", path);
         goto out;
     }
-    int fd = moe_create_tmp(path, tmp, tcap);
+    int fd = moe_create_tmp(path, tmp, tcap, target, PATH_MAX);
     if (fd < 0 || !(fp = fdopen(fd, "wb"))) {
         st = moe_errorf(MOE_EIO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
         if (fd >= 0) {
@@ -642,7 +643,7 @@ enum moe_status moe_st_write(const char *path, const struct moe_st_out *t, size_
         goto out_werr;
     }
     fp = NULL;
-    if (moe_tmp_commit(tmp, path) != 0) {
+    if (moe_tmp_commit(tmp, target) != 0) {
         st = moe_errorf(MOE_EIO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
         moe_tmp_discard(tmp);
     }

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,7 +189,7 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
     enum moe_status st = moe_store_info_of(m, &in);
     if (st) return st;
     in.fingerprint = moe_store_fingerprint(m);
-    char tmp[4200] = ""; /* the file being written, once created */
+    char tmp[4200] = "", target[PATH_MAX]; /* the file being written, once created, and the one it becomes */
     struct moe_store_record *rec = calloc(in.n_records, sizeof(*rec));
     uint8_t *buf = calloc(1, in.record_stride);
     uint8_t *hdr = calloc(1, in.data_offset);
@@ -198,7 +199,7 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
                         (unsigned long long)in.record_stride);
         goto out;
     }
-    fd = moe_create_tmp(path, tmp, sizeof(tmp));
+    fd = moe_create_tmp(path, tmp, sizeof(tmp), target, sizeof(target));
     if (fd < 0) {
         st = moe_errorf(MOE_EIO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
         tmp[0] = 0;
@@ -242,7 +243,7 @@ enum moe_status moe_store_pack(const struct moe_model *m, const char *path,
         goto out;
     }
     fd = -1;
-    if (moe_tmp_commit(tmp, path) != 0) st = moe_errorf(MOE_EIO, "%s: cannot rename to %s: %s", tmp, path,
+    if (moe_tmp_commit(tmp, target) != 0) st = moe_errorf(MOE_EIO, "%s: cannot rename to %s: %s", tmp, path,
                                                 strerror(errno));
 out:
     if (fd >= 0) close(fd);

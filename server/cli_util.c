@@ -296,8 +296,8 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool
         return false;
     }
     /* the output is written beside path and renamed: try that now, not after the work */
-    char tmp[4200];
-    int fd = moe_create_tmp(path, tmp, sizeof(tmp));
+    char tmp[4200], target[PATH_MAX];
+    int fd = moe_create_tmp(path, tmp, sizeof(tmp), target, sizeof(target));
     if (fd < 0) {
         fprintf(stderr, "moeflow %s: %s %s: cannot create a file there: %s\n", cmd, flag, path, strerror(errno));
         return false;

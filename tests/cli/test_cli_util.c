@@ -8,7 +8,9 @@
  * - moe_cli_open_model opens the bundled model with its tokenizer, and on a
  *   missing directory or tokenizer.json, or a tokenizer larger than the
  *   model's vocabulary, says what to fix and leaves nothing open;
- * - moe_cli_check_out refuses an output path no file can be written to. */
+ * - moe_cli_check_out refuses an output path no file can be written to;
+ * - an output through a symbolic link (moe_out_open) becomes the file the link named when it was opened, also
+ *   when the link is pointed elsewhere before it is closed. */
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "model/utf8.h"
@@ -321,8 +323,34 @@ static void test_no_operands(void)
     free(err);
 }
 
+/* An output opened through a link L -> A, with L pointed at B before it is put into place, becomes A, beside
+ * which its work file was made: the link is read once, not again at the rename. */
+static void test_out_link_read_once(void)
+{
+    char dir[] = "/tmp/moe_cli_link_XXXXXX", a[64], b[64], l[64], got[16] = "";
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    snprintf(a, sizeof(a), "%s/a", dir);
+    snprintf(b, sizeof(b), "%s/b", dir);
+    snprintf(l, sizeof(l), "%s/l", dir);
+    REQUIRE(symlink("a", l) == 0, "symlink %s", l);
+    struct moe_out o;
+    REQUIRE(moe_out_open(&o, "--out", l) == MOE_OK, "moe_out_open %s: %s", l, moe_last_error());
+    fputs("NEW", o.f);
+    REQUIRE(unlink(l) == 0 && symlink("b", l) == 0, "repoint %s", l);
+    CHECK(moe_out_close(&o, "--out") == MOE_OK, "moe_out_close: %s", moe_last_error());
+    FILE *f = fopen(a, "r");
+    CHECK(f && fgets(got, sizeof(got), f) && !strcmp(got, "NEW"), "%s holds '%s', not the output", a, got);
+    if (f) fclose(f);
+    CHECK(access(b, F_OK) != 0, "the output went to %s, where the link pointed only at the rename", b);
+    unlink(a);
+    unlink(b);
+    unlink(l);
+    CHECK(rmdir(dir) == 0, "%s: a work file left behind", dir);
+}
+
 int main(void)
 {
+    test_out_link_read_once();
     test_json_string();
     test_no_operands();
     test_write_token();

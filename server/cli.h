@@ -61,6 +61,12 @@ bool moe_cli_opt_int(const char *cmd, const char *name, const char *s, int lo, i
  * message. */
 bool moe_cli_opt_threads(const char *cmd, const char *s, int *out);
 
+/* --threads N (threads) with --backend (o): false after "moeflow CMD: --threads N sizes the cpu backend's pool
+ * and --backend cuda computes on the GPU: ..." when N is above 1 (the default) with --backend cuda, where no
+ * pool runs; a usage error. */
+struct moe_offload_opts;
+bool moe_cli_check_threads(const char *cmd, int threads, const struct moe_offload_opts *o);
+
 /* " (set --model DIR)", what a message about a model directory dir that is none ends with; when dir is the one
  * $MOEFLOW_MODEL names (no --model given), the hint names that variable too. */
 const char *moe_cli_model_hint(const char *dir);
@@ -113,7 +119,6 @@ bool moe_cli_check_in(const char *cmd, const char *flag, const char *path);
  * should is found by the read. */
 bool moe_cli_check_readable(const char *cmd, const char *flag, const char *path, bool regular, const char *what);
 /* The same for the files of the expert tiers' options: --store and --belady-trace. */
-struct moe_offload_opts;
 bool moe_cli_check_tier_files(const char *cmd, const struct moe_offload_opts *o);
 
 /* --model DIR, as the option is read: false after printing "moeflow CMD: --model is empty: name the model

@@ -40,6 +40,14 @@ bool moe_cli_opt_threads(const char *cmd, const char *s, int *out)
     return moe_cli_opt_int(cmd, "threads", s, 1, MOE_CPU_MAX_THREADS, out);
 }
 
+bool moe_cli_check_threads(const char *cmd, int threads, const struct moe_offload_opts *o)
+{
+    if (threads <= 1 || o->backend != MOE_COMPUTE_CUDA) return true;
+    fprintf(stderr, "moeflow %s: --threads %d sizes the cpu backend's pool and --backend cuda computes on the GPU, "
+            "where no pool runs: drop --threads (or use --backend cpu)\n", cmd, threads);
+    return false;
+}
+
 bool moe_cli_opt_double(const char *cmd, const char *name, const char *s, double lo, double hi, bool above_lo,
                         double *out)
 {

@@ -75,7 +75,7 @@ static void bench_usage(FILE *f)
             "  --lookahead N        micro-batches whose predicted experts are prefetched ahead\n"
             "                       (default 1; 0 = off); with --predictor none, the experts each\n"
             "                       sequence's last token was routed to\n"
-            "  --threads N          threads of the CPU backend's pool (default 1)\n"
+            "  --threads N          threads of the CPU backend's pool (default 1; cpu backend only)\n"
             "  --kv-dtype T         KV cache elements: f32 (default) or bf16 (half the memory)\n"
             "  --regroup-lag T      regroup: tokens a sequence may fall behind its fair share (default 2;\n"
             "                       -1: strict steps, each step's sequences partitioned by path overlap)\n"
@@ -384,6 +384,8 @@ static int bench_batch(int argc, char **argv)
         fprintf(stderr, "moeflow bench batch: %s\n", moe_last_error());
         return 2;
     }
+    if (!moe_cli_check_threads("bench batch", o.threads, &o.oo))
+        return 2;
     if (o.oo.stats_json && !moe_cli_check_out("bench batch", "--stats-json", o.oo.stats_json, true))
         return 2;
     if (o.micro_batch > o.concurrency) {

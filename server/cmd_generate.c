@@ -81,7 +81,7 @@ static void usage(FILE *f)
             "  --logit-bias ID:BIAS\n"
             "                     add BIAS in [-100, 100] to token ID's logit (repeatable, up to %d tokens)\n"
             "                     (bias and penalties apply before greedy or temperature sampling)\n"
-            "  --threads N        CPU threads (default 1)\n"
+            "  --threads N        CPU threads (default 1; cpu backend only)\n"
             "  --blas             CPU GEMMs through OpenBLAS instead of the batch-invariant\n"
             "                     kernel (a row's result then depends on the batch and threads;\n"
             "                     cpu backend only)\n"
@@ -352,6 +352,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
                         "the GPU: drop one of the two\n");
         return 2;
     }
+    if (!moe_cli_check_threads("generate", o->threads, &o->off))
+        return 2;
     if (o->off.stats_json && !moe_cli_check_out("generate", "--stats-json", o->off.stats_json, true))
         return 2;
     if (!moe_cli_check_distinct("generate", "--ids-out", o->ids_out, "--stats-json", o->off.stats_json))

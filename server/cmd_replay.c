@@ -42,7 +42,7 @@ static void usage(FILE *f)
         "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps (default 0)\n"
         "  --expert-ms T         extra compute per routed expert per token (ms), with --link-gbps\n"
         "                        (default 0.153, one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
-        "  --threads N           threads of the CPU backend's pool (default 1)\n"
+        "  --threads N           threads of the CPU backend's pool (default 1; cpu backend only)\n"
         "  --no-prefetch         predictions only rank evictions (policy predicted); nothing is\n"
         "                        moved ahead of need.  lru and lfu use predictions only to prefetch,\n"
         "                        belady not at all\n"
@@ -220,6 +220,8 @@ int moe_cmd_replay(int argc, char **argv)
                         "this one)\n");
         return 2;
     }
+    if (!moe_cli_check_threads("replay", to.threads, &oo))
+        return 2;
     if (timeline_opt && !(link > 0)) {
         fprintf(stderr, "moeflow replay: %s shapes the simulated timeline; give --link-gbps B too\n", timeline_opt);
         return 2;

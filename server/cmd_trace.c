@@ -33,7 +33,7 @@ static void trace_usage(FILE *f)
         "                     model's context if shorter)\n"
         "  --max-tokens N     stop after N tokens in all (default: the whole input)\n"
         "  --weights          also record the routing weights\n"
-        "  --threads N        compute threads (default 1)\n"
+        "  --threads N        compute threads (default 1; cpu backend only)\n"
         "  --out FILE         trace to write (JSON Lines)\n"
         "  -h, --help         this help\n"
         "\n%s", moe_offload_help());
@@ -188,6 +188,8 @@ int moe_cmd_trace(int argc, char **argv)
         fprintf(stderr, "moeflow trace: %s\n", moe_last_error());
         return 2;
     }
+    if (!moe_cli_check_threads("trace", threads, &oo))
+        return 2;
     if (oo.stats_json && !moe_cli_check_out("trace", "--stats-json", oo.stats_json, true))
         return 2;
     if (!moe_cli_check_distinct("trace", "--out", out, "--stats-json", oo.stats_json))

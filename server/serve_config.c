@@ -24,7 +24,7 @@ static const struct moe_serve_opt opts[] = {
     { "grpc-port", MOE_OPT_INT, OFF(grpc_port), 0, "50051", 0, 65535, "gRPC port (0 = off)", 0 },
     { "http-port", MOE_OPT_INT, OFF(http_port), 0, "8000", 0, 65535, "HTTP port (0 = off)", 0 },
     { "threads", MOE_OPT_INT, OFF(threads), 0, "1", 1, MOE_CPU_MAX_THREADS,
-      "threads of the CPU backend's pool (GEMMs, attention; outputs do not depend on it; unused with "
+      "threads of the CPU backend's pool (GEMMs, attention; outputs do not depend on it; above 1 refused with "
       "--backend cuda)", 0 },
     { "max-seqs", MOE_OPT_INT, OFF(max_seqs), 0, "32", 1, 4096, "KV cache slots (sequences)", 0 },
     { "max-ctx", MOE_OPT_INT, OFF(max_ctx), 0, "0", 0, 1 << 20,
@@ -475,6 +475,9 @@ enum moe_status moe_serve_config_check(const struct moe_serve_config *c)
         return moe_errorf(MOE_EINVAL, "grpc-port and http-port are both 0 (off): nothing to serve");
     if (cors_check(c->cors_origin) != MOE_OK)
         return MOE_EINVAL;
+    if (c->threads > 1 && c->offload.backend == MOE_COMPUTE_CUDA)
+        return moe_errorf(MOE_EINVAL, "threads %d sizes the cpu backend's pool and backend cuda computes on the GPU, "
+                          "where no pool runs: drop threads (or use backend cpu)", c->threads);
     if (c->offload.policy == MOE_POLICY_BELADY)
         return moe_errorf(MOE_EINVAL, "policy belady needs the routing of requests not yet sent; use lru, lfu or "
                           "predicted");

@@ -310,6 +310,29 @@ int main(void)
            "moeflow generate: --blas chooses the cpu backend's GEMMs and --backend cuda runs them on the GPU: drop one "
            "of the two\n");
 
+    /* --threads sizes the CPU backend's pool: above 1 with --backend cuda, where no pool runs, it was silently
+     * unused; 1, the default, is taken */
+    static const char *const cuda_thread_cmds[] = {
+        "generate --prompt x", "trace --ids i.json --out t.jsonl",
+        "replay --text t.txt --policy lru --capacity 8 --predictor none",
+        "bench batch --prompts p.txt --concurrency 1 --micro-batch 1 --max-tokens 1 --grouping fcfs --capacity 8",
+    };
+    for (size_t i = 0; i < sizeof(cuda_thread_cmds) / sizeof(cuda_thread_cmds[0]); i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)(strstr(cuda_thread_cmds[i], " --") - cuda_thread_cmds[i]),
+                 cuda_thread_cmds[i]);
+        snprintf(args, sizeof(args), "%s --threads 4 --backend cuda", cuda_thread_cmds[i]);
+        snprintf(want, sizeof(want), "moeflow %s: --threads 4 sizes the cpu backend's pool and --backend cuda "
+                 "computes on the GPU, where no pool runs: drop --threads (or use --backend cpu)\n", name);
+        expect(args, want);
+    }
+#ifdef TEST_SERVER
+    expect("serve --check-config --backend cuda --threads 2",
+           "moeflow serve: threads 2 sizes the cpu backend's pool and backend cuda computes on the GPU, where no pool "
+           "runs: drop threads (or use backend cpu)\n");
+    expect_exit("serve --check-config --backend cuda --threads 1", 0, "moeflow serve: configuration ok\n");
+#endif
+
     expect("sim --trace t.jsonl --policy lru --cap 64",
            "moeflow sim: '--cap' is ambiguous (--capacity, --capacity-frac): spell it out\n");
     expect("generate --prompt x --top 5", "moeflow generate: '--top' is ambiguous (--top-p, --top-k): spell it out\n");

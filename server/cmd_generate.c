@@ -329,8 +329,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     }
     if (!moe_cli_no_operands("generate", argc, argv, "the prompt goes in --prompt")) return 2;
     if (!o->prompt) {
-        fprintf(stderr, "moeflow generate: --prompt TEXT is required\n");
-        usage(stderr);
+        fprintf(stderr, "moeflow generate: --prompt TEXT is required (see --help)\n");
         return 2;
     }
     if ((o->regex != NULL) + (o->grammar_path != NULL) + o->json > 1) {

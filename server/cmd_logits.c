@@ -150,8 +150,7 @@ int moe_cmd_logits(int argc, char **argv)
     if (!moe_cli_no_operands("logits", argc, argv, NULL)) return 2;
     if (out_path && !moe_cli_check_out("logits", "--out", out_path, false)) return 2;
     if (!ids_arg || !out_path) {
-        fprintf(stderr, "moeflow logits: %s is required\n", !ids_arg ? "--ids LIST" : "--out FILE");
-        usage(stderr);
+        fprintf(stderr, "moeflow logits: %s is required (see --help)\n", !ids_arg ? "--ids LIST" : "--out FILE");
         return 2;
     }
     int *ids = NULL, n = 0, rc = 1;

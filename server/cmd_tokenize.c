@@ -168,10 +168,9 @@ int moe_cmd_tokenize(int argc, char **argv)
         default: return moe_cli_bad_option("tokenize", c, argv, opts);
         }
     }
+    if (!moe_cli_no_operands("tokenize", argc, argv, "quote the text and pass it with --text")) return 2;
     const char *why = NULL;
-    if (optind < argc)
-        why = "unexpected argument (quote the text and pass it with --text)";
-    else if (model && tok_path)
+    if (model && tok_path)
         why = "give --model or --tokenizer, not both";
     else if (decode && text)
         why = "--text is for encoding; with --decode give --ids or --file";
@@ -182,9 +181,7 @@ int moe_cmd_tokenize(int argc, char **argv)
     else if (!!file + !!(decode ? ids_arg : text) != 1)
         why = decode ? "give exactly one of --ids and --file" : "give exactly one of --text and --file";
     if (why) {
-        fprintf(stderr, "moeflow tokenize: %s%s%s\n\n", why, optind < argc ? ": " : "",
-                optind < argc ? argv[optind] : "");
-        usage(stderr);
+        fprintf(stderr, "moeflow tokenize: %s (see --help)\n", why);
         return 2;
     }
 

@@ -404,6 +404,19 @@ int main(void)
                  "path+gate[:FILE] or auto)\n", name);
         expect(pred_cmds[i], want);
     }
+    /* a missing or contradictory option is one line that names it, as on every command, where generate, logits and
+     * tokenize printed their whole help after it */
+    expect("generate --max-tokens 1", "moeflow generate: --prompt TEXT is required (see --help)\n");
+    expect("logits --out l.safetensors", "moeflow logits: --ids LIST is required (see --help)\n");
+    expect("logits --ids 1,2", "moeflow logits: --out FILE is required (see --help)\n");
+    expect("tokenize", "moeflow tokenize: give exactly one of --text and --file (see --help)\n");
+    expect("tokenize --text x --decode", "moeflow tokenize: --text is for encoding; with --decode give --ids or --file "
+           "(see --help)\n");
+    expect("tokenize --model m --tokenizer t.json --text x", "moeflow tokenize: give --model or --tokenizer, not both "
+           "(see --help)\n");
+    expect("tokenize hello world", "moeflow tokenize: unexpected argument 'hello' (quote the text and pass it with "
+           "--text)\n");
+
     /* --version and --help take no argument: one after them is refused naming it, where it was ignored, exit 0 */
     expect("--version extra", "moeflow: unexpected argument 'extra' after --version (see moeflow --help)\n");
     expect("--help generate", "moeflow: unexpected argument 'generate' after --help (moeflow help CMD prints a "

@@ -138,6 +138,12 @@ bool moe_cli_check_out(const char *cmd, const char *flag, const char *path, bool
  * pipe or a device (the one renamed into place last would replace the other), a usage error. */
 bool moe_cli_check_distinct(const char *cmd, const char *flag_a, const char *a, const char *flag_b, const char *b);
 
+/* An output of a run (out, of option out_flag; NULL when not given) against the files the run reads, given as
+ * pairs FLAG, PATH (a PATH NULL when its option is not given) that a NULL FLAG ends: false after "moeflow CMD:
+ * OUT_FLAG OUT names the file of FLAG, which the output would replace: name another file" when it names one of
+ * them (as moe_cli_check_distinct compares two outputs) and is no pipe or device, a usage error. */
+bool moe_cli_check_not_input(const char *cmd, const char *out_flag, const char *out, ...);
+
 /* s as a JSON string literal: quotes, backslashes and control bytes escaped, UTF-8 as it is, and what is not
  * UTF-8 (a file name's bytes) as U+FFFD, as moe_utf8_lossy reads it: the JSON stays valid UTF-8. */
 void moe_cli_json_string(FILE *f, const char *s);

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -343,12 +344,32 @@ static bool same_file(const char *a, const char *b)
            sa.st_ino == sb.st_ino;
 }
 
-bool moe_cli_check_distinct(const char *cmd, const char *flag_a, const char *a, const char *flag_b, const char *b)
+/* Whether a and b, either NULL (not given), name one file that is not a pipe or a device (which a reader and a
+ * writer, or two writers in place, share). */
+static bool one_regular_file(const char *a, const char *b)
 {
     struct stat sb;
-    if (!a || !b || !same_file(a, b) || (stat(b, &sb) == 0 && !S_ISREG(sb.st_mode)))
-        return true; /* a pipe or a device, written in place by both */
+    return a && b && same_file(a, b) && !(stat(b, &sb) == 0 && !S_ISREG(sb.st_mode));
+}
+
+bool moe_cli_check_distinct(const char *cmd, const char *flag_a, const char *a, const char *flag_b, const char *b)
+{
+    if (!one_regular_file(a, b)) return true;
     fprintf(stderr, "moeflow %s: %s %s names the file of %s: give each output its own file\n", cmd, flag_b, b, flag_a);
+    return false;
+}
+
+bool moe_cli_check_not_input(const char *cmd, const char *out_flag, const char *out, ...)
+{
+    va_list ap;
+    va_start(ap, out);
+    const char *flag = NULL;
+    while ((flag = va_arg(ap, const char *)) && !one_regular_file(va_arg(ap, const char *), out)) {
+    }
+    va_end(ap);
+    if (!flag) return true;
+    fprintf(stderr, "moeflow %s: %s %s names the file of %s, which the output would replace: name another file\n",
+            cmd, out_flag, out, flag);
     return false;
 }
 

@@ -388,6 +388,9 @@ static int bench_batch(int argc, char **argv)
         return 2;
     if (o.oo.stats_json && !moe_cli_check_out("bench batch", "--stats-json", o.oo.stats_json, true))
         return 2;
+    if (!moe_cli_check_not_input("bench batch", "--stats-json", o.oo.stats_json, "--prompts", o.prompts, "--store",
+                                 o.oo.store, "--belady-trace", o.oo.belady_trace, NULL))
+        return 2;
     if (o.micro_batch > o.concurrency) {
         fprintf(stderr, "moeflow bench batch: --micro-batch %d is larger than --concurrency %d\n", o.micro_batch,
                 o.concurrency);

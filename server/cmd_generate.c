@@ -357,6 +357,11 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         return 2;
     if (!moe_cli_check_distinct("generate", "--ids-out", o->ids_out, "--stats-json", o->off.stats_json))
         return 2;
+    for (int i = 0; i < 2; i++)
+        if (!moe_cli_check_not_input("generate", i ? "--stats-json" : "--ids-out", i ? o->off.stats_json : o->ids_out,
+                                     "--json-schema", o->schema_path, "--grammar", o->grammar_path, "--store",
+                                     o->off.store, "--belady-trace", o->off.belady_trace, NULL))
+            return 2;
     return -1;
 }
 

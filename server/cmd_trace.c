@@ -194,6 +194,10 @@ int moe_cmd_trace(int argc, char **argv)
         return 2;
     if (!moe_cli_check_distinct("trace", "--out", out, "--stats-json", oo.stats_json))
         return 2;
+    for (int i = 0; i < 2; i++)
+        if (!moe_cli_check_not_input("trace", i ? "--stats-json" : "--out", i ? oo.stats_json : out, "--text", text,
+                                     "--ids", idsf, "--store", oo.store, "--belady-trace", oo.belady_trace, NULL))
+            return 2;
     if (idsf && have_seq_len) {
         fprintf(stderr, "moeflow trace: --seq-len applies to --text only; with --ids each array is one "
                         "sequence (drop --seq-len, or split the arrays)\n");

@@ -147,6 +147,8 @@ int moe_cmd_train_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow train-predictor: needs --out and exactly one of --trace or --text (see --help)\n");
         return 2;
     }
+    if (!moe_cli_check_not_input("train-predictor", "--out", out_path, "--trace", trace_path, "--text", to.text, NULL))
+        return 2;
     if (to.have_seq_len && !to.text) {
         fprintf(stderr, "moeflow train-predictor: --seq-len cuts --text into sequences; a --trace keeps its own\n");
         return 2;

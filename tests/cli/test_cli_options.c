@@ -382,6 +382,49 @@ int main(void)
         CHECK(st == 0 && !*out, "generate --ids-out /dev/null --stats-json /dev/null: exit %d: %s", st, out);
     }
 
+    /* an output that names a file the run reads (by another spelling, or through a link) is refused before any
+     * work, where the output replaced the input it was made from */
+    static const struct { const char *cmd, *args, *out_flag, *in_flag; } in_out[] = {
+        { "trace", "--text /tmp/moeflow-cli-options-io --out /tmp/./moeflow-cli-options-io", "--out", "--text" },
+        { "trace", "--ids /tmp/moeflow-cli-options-io --out t.jsonl --gpu-experts 8 --stats-json "
+          "/tmp/moeflow-cli-options-io", "--stats-json", "--ids" },
+        { "train-predictor", "--trace /tmp/moeflow-cli-options-io --out /tmp/moeflow-cli-options-io", "--out",
+          "--trace" },
+        { "train-predictor", "--text /tmp/moeflow-cli-options-io --out /tmp/moeflow-cli-options-io", "--out", "--text" },
+        { "generate", "--prompt x --grammar /tmp/moeflow-cli-options-io --ids-out /tmp/moeflow-cli-options-io",
+          "--ids-out", "--grammar" },
+        { "generate", "--prompt x --gpu-experts 8 --store /tmp/moeflow-cli-options-io --stats-json "
+          "/tmp/moeflow-cli-options-io", "--stats-json", "--store" },
+        { "bench batch", "--prompts /tmp/moeflow-cli-options-io --concurrency 1 --micro-batch 1 --max-tokens 1 "
+          "--grouping fcfs --capacity 8 --stats-json /tmp/moeflow-cli-options-io", "--stats-json", "--prompts" },
+    };
+    for (size_t i = 0; i < sizeof(in_out) / sizeof(in_out[0]); i++) {
+        const char *out = strstr(in_out[i].args, in_out[i].out_flag) + strlen(in_out[i].out_flag) + 1;
+        snprintf(args, sizeof(args), "%s %s", in_out[i].cmd, in_out[i].args);
+        snprintf(want, sizeof(want), "moeflow %s: %s %.*s names the file of %s, which the output would replace: name "
+                 "another file\n", in_out[i].cmd, in_out[i].out_flag, (int)strcspn(out, " "), out, in_out[i].in_flag);
+        expect(args, want);
+    }
+    {
+        char dir[] = "/tmp/moeflow-cli-options-io.XXXXXX", text[64], link[64], cmdline[512], msg[512];
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp failed");
+        snprintf(text, sizeof(text), "%s/t.txt", dir);
+        snprintf(link, sizeof(link), "%s/l", dir);
+        FILE *f = fopen(text, "w");
+        CHECK(f && fputs("def f(x):\n", f) >= 0 && fclose(f) == 0 && symlink("t.txt", link) == 0, "files in %s", dir);
+        snprintf(cmdline, sizeof(cmdline), "trace --text %s --out %s", link, text);
+        snprintf(msg, sizeof(msg), "moeflow trace: --out %s names the file of --text, which the output would replace: "
+                 "name another file\n", text);
+        expect(cmdline, msg);
+        char got[32] = "";
+        f = fopen(text, "r");
+        CHECK(f && fgets(got, sizeof(got), f) && !strcmp(got, "def f(x):\n"), "%s changed: '%s'", text, got);
+        if (f) fclose(f);
+        unlink(link);
+        unlink(text);
+        CHECK(rmdir(dir) == 0, "%s: a work file left behind", dir);
+    }
+
     /* eval-predictor measures predictions: none has none (it printed a table of no row, exit 0) */
     expect("eval-predictor --text t.txt --predictor none",
            "moeflow eval-predictor: --predictor none predicts nothing, so there is nothing to measure (give "

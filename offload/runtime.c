@@ -34,7 +34,14 @@ int moe_offload_parse_bytes(const char *flag, const char *arg, uint64_t *out)
     static const char units[] = "KMGT"; /* 2^10, 2^20, 2^30, 2^40 */
     uint64_t v;
     const char *end, *unit;
-    if (!moe_parse_u64_prefix(arg, &v, &end)) goto bad;
+    /* digits that strtoull cannot hold: as a count that a unit carries past 64 bits */
+    bool big = *arg >= '0' && *arg <= '9' && !moe_parse_u64_prefix(arg, &v, &end);
+    if (big) {
+        v = 1;
+        end = arg + strspn(arg, "0123456789");
+    } else if (!moe_parse_u64_prefix(arg, &v, &end)) {
+        goto bad;
+    }
     unsigned shift = 0;
     if (*end && (unit = strchr(units, toupper((unsigned char)*end)))) {
         shift = 10 * (unsigned)(unit - units + 1);
@@ -42,7 +49,12 @@ int moe_offload_parse_bytes(const char *flag, const char *arg, uint64_t *out)
         if (*end == 'i') end++; /* Ki, KiB */
     }
     if (*end == 'B') end++;
-    if (*end || v == 0 || !moe_mul_u64(v, (uint64_t)1 << shift, out)) goto bad;
+    if (*end || v == 0) goto bad;
+    if (big || !moe_mul_u64(v, (uint64_t)1 << shift, out)) {
+        moe_errorf(MOE_EINVAL, "--%s '%s' is more bytes than 64 bits count (2^64 - 1, 16 EiB): give a smaller size",
+                   flag, arg);
+        return -1;
+    }
     return 1;
 bad:
     moe_errorf(MOE_EINVAL, "--%s '%s' must be a byte count >= 1 (suffix K, M, G or T allowed)",

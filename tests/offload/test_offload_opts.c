@@ -126,14 +126,24 @@ int main(void)
         { "1i", 0 },
         { "1iB", 0 },
         { "64iB", 0 },
-        { "16777216T", 0 },
-        { "18446744073709551616", 0 },
-        { "99999999999999999999K", 0 },
+        { "99999999999999999999X", 0 },
+        { "99999999999999999999 ", 0 },
         { "-18446744073709551615", 0 },
     };
     size_t nb = sizeof bytes / sizeof bytes[0];
     check_bytes(MOE_OPT_GPU_BYTES, "gpu-cache-bytes", bytes, nb);
     check_bytes(MOE_OPT_HOST_BYTES, "host-cache-bytes", bytes, nb);
+    /* a size past 64 bits is refused as that, not as no byte count */
+    static const char *const big[] = { "16777216T", "18446744073709551616", "99999999999999999999K" };
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
+        uint64_t v = 0;
+        char msg[256];
+        snprintf(msg, sizeof msg, "--gpu-cache-bytes '%s' is more bytes than 64 bits count (2^64 - 1, 16 EiB): give "
+                 "a smaller size", big[i]);
+        int r = moe_offload_parse_bytes("gpu-cache-bytes", big[i], &v);
+        CHECK(r == -1 && moe_last_status() == MOE_EINVAL && !strcmp(moe_last_error(), msg),
+              "--gpu-cache-bytes '%s': r %d, message '%s', want '%s'", big[i], r, moe_last_error(), msg);
+    }
     /* serve's kv-cache-bytes takes the same values, named as its own */
     uint64_t kv = 0;
     CHECK(moe_offload_parse_bytes("kv-cache-bytes", "8GiB", &kv) == 1 && kv == 8ull << 30, "kv-cache-bytes 8GiB");

@@ -11,6 +11,7 @@
 #include "../model/chat.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
+#include "../model/utf8.h"
 #include "../offload/runtime.h"
 #include "../predictor/predictor.h"
 
@@ -128,6 +129,21 @@ static char *chat_prompt(const struct gen_opts *o, bool *templated)
         moe_errorf(MOE_ENOMEM, "out of memory");
     }
     return text;
+}
+
+/* The text of option flag is UTF-8, or false after "moeflow generate: FLAG: text is not valid UTF-8: bad byte 0xXX
+ * at byte offset N" (of that text, not of the prompt a chat template makes of it). */
+static bool utf8_text(const char *flag, const char *s)
+{
+    uint32_t cp;
+    size_t n = strlen(s);
+    for (size_t i = 0, l; i < n; i += l)
+        if (!(l = moe_utf8_next((const unsigned char *)s + i, n - i, &cp))) {
+            fprintf(stderr, "moeflow generate: %s: text is not valid UTF-8: bad byte 0x%02x at byte offset %zu\n", flag,
+                    (unsigned char)s[i], i);
+            return false;
+        }
+    return true;
 }
 
 /* A number as a float, as the server takes it: one too small for a float (1e-300) is the smallest of its
@@ -342,6 +358,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         fprintf(stderr, "moeflow generate: --system goes with --chat (a plain prompt has no messages)\n");
         return 2;
     }
+    if (!utf8_text("--prompt", o->prompt) || (o->system && !utf8_text("--system", o->system)))
+        return 2;
     if (moe_offload_opts_check(&o->off) != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());
         return 2;

@@ -460,6 +460,13 @@ int main(void)
     expect("tokenize hello world", "moeflow tokenize: unexpected argument 'hello' (quote the text and pass it with "
            "--text)\n");
 
+    /* text that is not UTF-8 is refused naming its option and the offset in it, before the model loads: --system
+     * was reported as --prompt, at an offset into the prompt the chat template made */
+    expect("generate --chat --prompt x --system \"$(printf 'ok \\303')\"",
+           "moeflow generate: --system: text is not valid UTF-8: bad byte 0xc3 at byte offset 3\n");
+    expect("generate --chat --prompt \"$(printf 'ab\\377')\" --model /nonexistent-model",
+           "moeflow generate: --prompt: text is not valid UTF-8: bad byte 0xff at byte offset 2\n");
+
     /* --version and --help take no argument: one after them is refused naming it, where it was ignored, exit 0 */
     expect("--version extra", "moeflow: unexpected argument 'extra' after --version (see moeflow --help)\n");
     expect("--help generate", "moeflow: unexpected argument 'generate' after --help (moeflow help CMD prints a "

@@ -82,6 +82,12 @@ bool moe_cli_open_model(const char *cmd, const char *dir, struct moe_model **m, 
  * ..." (a usage error). */
 bool moe_cli_check_seq_len(const char *cmd, long *seq_len, bool given, const struct moe_model *m);
 
+/* The device-tier slots of --capacity N or --capacity-frac F (frac > 0: F of slots, the MoE layers' experts, rounded
+ * down), into *cap, at most slots (more change nothing): false after "moeflow CMD: --capacity-frac gives N expert
+ * slots, fewer than the K experts one token needs per layer (top_k): raise --capacity or --capacity-frac" when it
+ * is below top_k, a usage error (sim, replay and bench batch). */
+bool moe_cli_capacity(const char *cmd, double frac, long slots, int top_k, long *cap);
+
 /* The options of the commands that decode a text through the engine (eval-predictor, replay and
  * train-predictor), read alike on each: --model DIR, --text FILE, --seq-len N in [1, 2^20], --max-tokens N in
  * [1, 2^30] and --threads N.  A command sets the defaults and passes the others on to its own switch. */

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +177,17 @@ bool moe_cli_check_seq_len(const char *cmd, long *seq_len, bool given, const str
     }
     fprintf(stderr, "moeflow %s: --seq-len %ld exceeds the model's context of %d tokens; lower it\n", cmd, *seq_len,
             m->cfg.max_pos);
+    return false;
+}
+
+bool moe_cli_capacity(const char *cmd, double frac, long slots, int top_k, long *cap)
+{
+    if (frac > 0) *cap = (long)floor(frac * (double)slots);
+    if (*cap > slots) *cap = slots; /* room for every expert: more slots change nothing */
+    if (*cap >= top_k) return true;
+    fprintf(stderr, "moeflow %s: %s gives %ld expert slots, fewer than the %d experts one token needs per layer "
+            "(top_k): raise --capacity or --capacity-frac\n", cmd, frac > 0 ? "--capacity-frac" : "--capacity", *cap,
+            top_k);
     return false;
 }
 

@@ -425,15 +425,13 @@ static int bench_batch(int argc, char **argv)
     if (!moe_cli_open_model("bench batch", o.model_dir, &m, &tok)) goto out;
     const struct moe_config *cfg = &m->cfg;
     int n_moe = moe_config_n_moe(cfg);
-    int slots = o.capacity > 0 ? o.capacity : (int)floor(o.capacity_frac * n_moe * cfg->n_experts);
-    if (slots > n_moe * cfg->n_experts)
-        slots = n_moe * cfg->n_experts; /* room for every expert: more slots change nothing */
-    if (slots < cfg->top_k) {
-        fprintf(stderr, "moeflow bench batch: capacity %d device slots is below top_k = %d; raise --capacity or "
-                        "--capacity-frac\n", slots, cfg->top_k);
+    long cap = o.capacity;
+    if (!moe_cli_capacity("bench batch", o.capacity > 0 ? 0 : o.capacity_frac, (long)n_moe * cfg->n_experts,
+                          cfg->top_k, &cap)) {
         rc = 2;
         goto out;
     }
+    int slots = (int)cap;
     o.oo.gpu_experts = slots;
     if (!moe_cli_check_tier_files("bench batch", &o.oo)) goto out;
     enum moe_status st = moe_offload_runtime_create(m, &o.oo, &be, &prov);

@@ -249,11 +249,7 @@ int moe_cmd_replay(int argc, char **argv)
     }
     if (!moe_cli_read_text("replay", tok, to.text, (size_t)to.max_tokens, &ids, &n_ids)) goto out;
     long slots = (long)n_moe * m->cfg.n_experts;
-    if (frac > 0) cap = (long)floor(frac * (double)slots);
-    if (cap > slots) cap = slots; /* room for every expert: more slots change nothing */
-    if (cap < m->cfg.top_k) {
-        fprintf(stderr, "moeflow replay: capacity %ld is below top_k %d (a layer's experts must fit at once)\n", cap,
-                m->cfg.top_k);
+    if (!moe_cli_capacity("replay", frac, slots, m->cfg.top_k, &cap)) {
         rc = 2;
         goto out;
     }

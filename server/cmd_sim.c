@@ -154,12 +154,7 @@ int moe_cmd_sim(int argc, char **argv)
         return 1;
     }
     long slots = (long)t->info.n_moe * t->info.experts;
-    if (frac > 0) capacity = (long)floor(frac * (double)slots);
-    if (capacity > slots) capacity = slots;
-    if (capacity < t->info.top_k) {
-        fprintf(stderr, "moeflow sim: %s gives %ld expert slots, fewer than the %d experts one token "
-                        "needs per layer (top_k): raise --capacity or --capacity-frac\n",
-                frac > 0 ? "--capacity-frac" : "--capacity", capacity, t->info.top_k);
+    if (!moe_cli_capacity("sim", frac, slots, t->info.top_k, &capacity)) {
         moe_trace_free(t);
         return 2;
     }

@@ -467,6 +467,22 @@ int main(void)
     expect("generate --chat --prompt \"$(printf 'ab\\377')\" --model /nonexistent-model",
            "moeflow generate: --prompt: text is not valid UTF-8: bad byte 0xff at byte offset 2\n");
 
+    /* a device tier below top_k names the option that sized it, on replay as on sim and bench batch */
+    {
+        char text[] = "/tmp/moeflow-cli-options-cap.XXXXXX";
+        int fd = mkstemp(text);
+        CHECK(fd >= 0 && write(fd, "def f(x):\n", 10) == 10 && close(fd) == 0, "%s", text);
+        static const char *const caps[] = { "--capacity 2", "--capacity-frac 0.001" };
+        for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+            snprintf(args, sizeof(args), "replay --text %s --policy lru --predictor none %s", text, caps[i]);
+            snprintf(want, sizeof(want), "moeflow replay: %.*s gives %d expert slots, fewer than the 4 experts one "
+                     "token needs per layer (top_k): raise --capacity or --capacity-frac\n",
+                     (int)strcspn(caps[i], " "), caps[i], i ? 0 : 2);
+            expect(args, want);
+        }
+        unlink(text);
+    }
+
     /* --version and --help take no argument: one after them is refused naming it, where it was ignored, exit 0 */
     expect("--version extra", "moeflow: unexpected argument 'extra' after --version (see moeflow --help)\n");
     expect("--help generate", "moeflow: unexpected argument 'generate' after --help (moeflow help CMD prints a "

@@ -117,18 +117,14 @@ out:
     return st;
 }
 
-static int print_ids(const int *ids, size_t n)
+/* ids as a JSON array on stdout; a write that fails is reported, with its reason, once the command returns (main) */
+static void print_ids(const int *ids, size_t n)
 {
     putchar('[');
     for (size_t i = 0; i < n; i++)
         printf(i ? ",%d" : "%d", ids[i]);
     putchar(']');
     putchar('\n');
-    if (fflush(stdout) || ferror(stdout)) {
-        fprintf(stderr, "moeflow tokenize: writing to stdout failed\n");
-        return 1;
-    }
-    return 0;
 }
 
 int moe_cmd_tokenize(int argc, char **argv)
@@ -215,7 +211,8 @@ int moe_cmd_tokenize(int argc, char **argv)
             rc = file || st == MOE_ENOMEM ? 1 : 2; /* a bad --text is a usage error */
             goto out;
         }
-        rc = print_ids(ids, n);
+        print_ids(ids, n);
+        rc = 0;
         free(ids);
     } else {
         int *ids = NULL;
@@ -234,11 +231,8 @@ int moe_cmd_tokenize(int argc, char **argv)
             free(ids);
             goto out;
         }
-        if (fwrite(out, 1, olen, stdout) != olen || fflush(stdout)) {
-            fprintf(stderr, "moeflow tokenize: writing to stdout failed\n");
-        } else {
-            rc = 0;
-        }
+        fwrite(out, 1, olen, stdout); /* a failed write: reported with its reason once the command returns (main) */
+        rc = 0;
         free(out);
         free(ids);
     }

@@ -510,6 +510,8 @@ int main(void)
     static const struct { const char *args, *cmd; } top_args[] = {
         { "--help", "" }, { "-h", "" }, { "help", "" }, { "--version", "" }, { "info --help", " info" },
         { "generate --help", " generate" }, { "help trace", " trace" },
+        /* a command's own output: tokenize said only that the write failed */
+        { "tokenize --text hi", " tokenize" }, { "tokenize --decode --ids [1,2,3]", " tokenize" },
     };
     for (size_t i = 0; i < sizeof(top_args) / sizeof(top_args[0]); i++) {
         char cmd[8192], out[8192];

@@ -124,6 +124,11 @@ bool moe_cli_check_in(const char *cmd, const char *flag, const char *path);
  * file (a pipe or a device): a failure at run time, exit 1, as the read would be.  Whether it holds what it
  * should is found by the read. */
 bool moe_cli_check_readable(const char *cmd, const char *flag, const char *path, bool regular, const char *what);
+/* What reading the file path of option flag left in moe_last_error(), as "moeflow CMD: FLAG PATH...: WHY" when the
+ * message begins with the path (a file's messages name it), else "moeflow CMD: MESSAGE": the option is named as a
+ * usage error names it. */
+void moe_cli_file_error(const char *cmd, const char *flag, const char *path);
+
 /* The same for the files of the expert tiers' options: --store and --belady-trace. */
 bool moe_cli_check_tier_files(const char *cmd, const struct moe_offload_opts *o);
 

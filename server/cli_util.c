@@ -290,6 +290,13 @@ bool moe_cli_check_readable(const char *cmd, const char *flag, const char *path,
     return false;
 }
 
+void moe_cli_file_error(const char *cmd, const char *flag, const char *path)
+{
+    const char *e = moe_last_error();
+    bool named = !strncmp(e, path, strlen(path));
+    fprintf(stderr, "moeflow %s: %s%s%s\n", cmd, named ? flag : "", named ? " " : "", e);
+}
+
 bool moe_cli_check_tier_files(const char *cmd, const struct moe_offload_opts *o)
 {
     return (!o->store || moe_cli_check_readable(cmd, "--store", o->store, true, "an expert store, as moeflow pack "

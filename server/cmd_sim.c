@@ -150,7 +150,7 @@ int moe_cmd_sim(int argc, char **argv)
     if (!moe_cli_check_readable("sim", "--trace", trace_path, false, "a routing trace, as moeflow trace writes"))
         return 1;
     if (moe_trace_load(trace_path, &t)) {
-        fprintf(stderr, "moeflow sim: %s\n", moe_last_error());
+        moe_cli_file_error("sim", "--trace", trace_path);
         return 1;
     }
     long slots = (long)t->info.n_moe * t->info.experts;

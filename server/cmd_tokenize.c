@@ -186,7 +186,10 @@ int moe_cmd_tokenize(int argc, char **argv)
     const char *dir = model ? model : moe_default_model_dir();
     struct moe_tokenizer *t = tok_path ? moe_tokenizer_load(tok_path) : moe_tokenizer_load_dir(dir);
     if (!t) {
-        fprintf(stderr, "moeflow tokenize: %s%s\n", moe_last_error(), tok_path ? "" : moe_cli_model_hint(dir));
+        if (tok_path)
+            moe_cli_file_error("tokenize", "--tokenizer", tok_path);
+        else
+            fprintf(stderr, "moeflow tokenize: %s%s\n", moe_last_error(), moe_cli_model_hint(dir));
         return 1;
     }
     int rc = 1;
@@ -218,7 +221,10 @@ int moe_cmd_tokenize(int argc, char **argv)
         int *ids = NULL;
         size_t n = 0;
         if (parse_ids(file ? buf : ids_arg, file ? len : strlen(ids_arg), file ? file : "--ids", &ids, &n)) {
-            fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
+            if (file)
+                moe_cli_file_error("tokenize", "--file", file);
+            else
+                fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
             rc = file ? 1 : 2;
             goto out;
         }

@@ -177,7 +177,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
                                     "trace writes"))
             goto out;
         if (moe_trace_load(trace_path, &tr)) {
-            fprintf(stderr, "moeflow train-predictor: %s\n", moe_last_error());
+            moe_cli_file_error("train-predictor", "--trace", trace_path);
             goto out;
         }
         if (tr->info.experts != cfg->n_experts || tr->info.top_k != cfg->top_k || tr->info.n_moe != n_moe) {

@@ -467,6 +467,29 @@ int main(void)
     expect("generate --chat --prompt \"$(printf 'ab\\377')\" --model /nonexistent-model",
            "moeflow generate: --prompt: text is not valid UTF-8: bad byte 0xff at byte offset 2\n");
 
+    /* a file read that holds the wrong thing (here nothing) is named by its option too, exit 1 */
+    {
+        char empty[] = "/tmp/moeflow-cli-options-empty.XXXXXX";
+        int fd = mkstemp(empty);
+        CHECK(fd >= 0 && close(fd) == 0, "%s", empty);
+        static const struct { const char *cmd, *args, *flag, *why; } bad_file[] = {
+            { "sim", "--policy lru --capacity 8", "--trace", "empty file, not a routing trace" },
+            { "train-predictor", "--out /tmp/moeflow-cli-options-p.safetensors", "--trace",
+              "empty file, not a routing trace" },
+            { "tokenize", "--text x", "--tokenizer", "not valid JSON at line 1 column 0: '[' or '{' expected near end of "
+              "file" },
+            { "tokenize", "--decode", "--file", "not valid JSON at line 1 column 0: unexpected token near end of file "
+              "(want an array of ids like [1, 2, 3])" },
+        };
+        for (size_t i = 0; i < sizeof(bad_file) / sizeof(bad_file[0]); i++) {
+            snprintf(args, sizeof(args), "%s %s %s %s", bad_file[i].cmd, bad_file[i].args, bad_file[i].flag, empty);
+            snprintf(want, sizeof(want), "moeflow %s: %s %s: %s\n", bad_file[i].cmd, bad_file[i].flag, empty,
+                     bad_file[i].why);
+            expect_exit(args, 1, want);
+        }
+        unlink(empty);
+    }
+
     /* a device tier below top_k names the option that sized it, on replay as on sim and bench batch */
     {
         char text[] = "/tmp/moeflow-cli-options-cap.XXXXXX";

@@ -234,12 +234,20 @@ int moe_cmd_trace(int argc, char **argv)
     } else if (load_ids(idsf, cfg->vocab, &ids, &n_ids, &starts, &n_seq)) {
         goto fail;
     }
-    size_t longest = 0;
-    for (size_t s = 0; s < n_seq; s++)
-        if (starts[s + 1] - starts[s] > longest) longest = starts[s + 1] - starts[s];
-    if (longest > (size_t)cfg->max_pos) {
-        moe_errorf(MOE_EINVAL, "a sequence of %zu tokens is above max_position_embeddings %d; "
-                   "shorten it", longest, cfg->max_pos);
+    /* the longest sequence as it is run: --max-tokens cuts the one it ends in and drops those after */
+    size_t longest = 0, longest_at = 0, budget = max_tokens ? (size_t)max_tokens : SIZE_MAX;
+    for (size_t s = 0; s < n_seq && budget; s++) {
+        size_t n = starts[s + 1] - starts[s] < budget ? starts[s + 1] - starts[s] : budget;
+        budget -= n;
+        if (n > longest) {
+            longest = n;
+            longest_at = s;
+        }
+    }
+    if (longest > (size_t)cfg->max_pos) { /* --text is cut into --seq-len, which the context bounds */
+        moe_errorf(MOE_EINVAL, "--ids %s: sequence %zu holds %zu tokens, more than the model's context of %d "
+                   "(max_position_embeddings): shorten it, or cut the run with --max-tokens", idsf, longest_at,
+                   longest, cfg->max_pos);
         goto fail;
     }
     if (!moe_cli_check_tier_files("trace", &oo)) goto out;

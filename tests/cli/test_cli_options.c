@@ -490,6 +490,32 @@ int main(void)
         unlink(empty);
     }
 
+    /* trace --ids: a sequence longer than the context is refused naming --ids and the sequence, and is taken when
+     * --max-tokens cuts the run to what fits, where it was refused whatever --max-tokens said */
+    {
+        char ids[] = "/tmp/moeflow-cli-options-ids.XXXXXX", out[64], cmd[8192], got[8192];
+        int fd = mkstemp(ids);
+        FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+        CHECK(f != NULL, "%s", ids);
+        if (f) {
+            fputs("[[1,2],[5", f);
+            for (int i = 1; i < 2100; i++) fputs(",5", f);
+            fputs("]]", f);
+            fclose(f);
+        }
+        snprintf(out, sizeof(out), "%s.jsonl", ids);
+        snprintf(args, sizeof(args), "trace --ids %s --out %s", ids, out);
+        snprintf(want, sizeof(want), "moeflow trace: --ids %s: sequence 1 holds 2100 tokens, more than the model's "
+                 "context of 2048 (max_position_embeddings): shorten it, or cut the run with --max-tokens\n", ids);
+        expect_exit(args, 1, want);
+        CHECK(access(out, F_OK) != 0, "trace refused %s but wrote %s", ids, out);
+        snprintf(cmd, sizeof(cmd), "'%s' trace --ids %s --out %s --max-tokens 6 2>&1 </dev/null", exe, ids, out);
+        int st = t_run(cmd, got, sizeof(got));
+        CHECK(st == 0 && access(out, F_OK) == 0, "trace --ids (a long sequence) --max-tokens 6: exit %d: %s", st, got);
+        unlink(out);
+        unlink(ids);
+    }
+
     /* a device tier below top_k names the option that sized it, on replay as on sim and bench batch */
     {
         char text[] = "/tmp/moeflow-cli-options-cap.XXXXXX";

@@ -119,7 +119,6 @@ int main(int argc, char **argv)
             errno = 0;
             return stdout_checked(argv[1], commands[i].fn(argc - 1, argv + 1));
         }
-    fprintf(stderr, "moeflow: unknown command '%s'\n\n", argv[1]);
-    usage(stderr);
+    fprintf(stderr, "moeflow: unknown command '%s' (moeflow --help lists the commands)\n", argv[1]);
     return 2;
 }

@@ -532,6 +532,10 @@ int main(void)
         unlink(text);
     }
 
+    /* a command moeflow does not have is one line, as an unknown option is, where the whole usage followed it */
+    expect("nosuch --model m", "moeflow: unknown command 'nosuch' (moeflow --help lists the commands)\n");
+    expect("'' x", "moeflow: unknown command '' (moeflow --help lists the commands)\n");
+
     /* --version and --help take no argument: one after them is refused naming it, where it was ignored, exit 0 */
     expect("--version extra", "moeflow: unexpected argument 'extra' after --version (see moeflow --help)\n");
     expect("--help generate", "moeflow: unexpected argument 'generate' after --help (moeflow help CMD prints a "

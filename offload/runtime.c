@@ -137,10 +137,6 @@ enum moe_status moe_offload_opts_check(const struct moe_offload_opts *o)
                           "very run, recorded with moeflow trace)");
     if (o->belady_trace && o->policy != MOE_POLICY_BELADY)
         return moe_errorf(MOE_EINVAL, "--belady-trace is read only by --policy belady; add it or drop the trace");
-    struct stat sb;
-    if (o->stats_json && (!*o->stats_json || (stat(o->stats_json, &sb) == 0 && S_ISDIR(sb.st_mode))))
-        return moe_errorf(MOE_EINVAL, "--stats-json '%s' is %s: name the file to write", o->stats_json,
-                          *o->stats_json ? "a directory" : "empty");
     bool predicts = o->predictor && strcmp(o->predictor, "none");
     if (predicts && o->no_prefetch && o->policy != MOE_POLICY_PREDICTED)
         return moe_errorf(MOE_EINVAL, "--predictor %s with --no-prefetch under --policy %s: that policy uses "

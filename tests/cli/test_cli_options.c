@@ -516,6 +516,23 @@ int main(void)
         unlink(ids);
     }
 
+    /* --stats-json that names a directory or nothing: the message of every other output, on each command that
+     * writes it, where these three had a message of their own */
+    static const char *const stats_cmds[] = {
+        "generate --prompt x --gpu-experts 8", "trace --ids i.json --out t.jsonl --gpu-experts 8",
+        "bench batch --prompts p.txt --concurrency 1 --micro-batch 1 --max-tokens 1 --grouping fcfs --capacity 8",
+    };
+    for (size_t i = 0; i < sizeof(stats_cmds) / sizeof(stats_cmds[0]); i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "%.*s", (int)(strstr(stats_cmds[i], " --") - stats_cmds[i]), stats_cmds[i]);
+        snprintf(args, sizeof(args), "%s --stats-json /tmp", stats_cmds[i]);
+        snprintf(want, sizeof(want), "moeflow %s: --stats-json /tmp is a directory: name a file in it\n", name);
+        expect(args, want);
+        snprintf(args, sizeof(args), "%s --stats-json ''", stats_cmds[i]);
+        snprintf(want, sizeof(want), "moeflow %s: --stats-json is empty: name the file to write\n", name);
+        expect(args, want);
+    }
+
     /* a device tier below top_k names the option that sized it, on replay as on sim and bench batch */
     {
         char text[] = "/tmp/moeflow-cli-options-cap.XXXXXX";

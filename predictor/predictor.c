@@ -6,6 +6,7 @@
 #include "path_model.h"
 #include "../kernels/backend.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -148,6 +149,9 @@ enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct
         if (found && !S_ISREG(sb.st_mode))
             return moe_errorf(MOE_EIO, "--predictor %s: %s is not a regular file (a pipe or a device); name a "
                               "predictor file (moeflow train-predictor writes one)", s, out->path);
+        if (!found && errno != ENOENT) /* a name that cannot be looked up (a file where a directory is named) */
+            return moe_errorf(MOE_EIO, "--predictor %s: %s: %s; name a predictor file (moeflow train-predictor "
+                              "writes one)", s, out->path, strerror(errno));
         if (!found)
             return moe_errorf(MOE_ENOENT,
                               "--predictor %s: predictor file %s not found (train one with moeflow train-predictor)",

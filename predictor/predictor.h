@@ -52,8 +52,8 @@ struct moe_pred_spec {
 
 /* Parse a --predictor value (NULL: auto); model_dir resolves the default path file.  The
  * error names the spec and what is accepted: MOE_EINVAL for a malformed or empty spec
- * (a usage error), MOE_ENOENT or MOE_EIO when its predictor file is missing or
- * a directory (the file is read later, by moe_predictor_create). */
+ * (a usage error), MOE_ENOENT or MOE_EIO when its predictor file is missing,
+ * a directory or its name cannot be looked up (the file is read later, by moe_predictor_create). */
 enum moe_status moe_pred_spec_parse(const char *s, const char *model_dir, struct moe_pred_spec *out);
 
 /* Where predictions go, besides the provider: one call per (MoE layer,

@@ -533,6 +533,19 @@ int main(void)
         expect(args, want);
     }
 
+    /* a predictor file whose name cannot be looked up (a file where a directory is named) says why, where it was
+     * "not found" */
+    {
+        char file[] = "/tmp/moeflow-cli-options-pf.XXXXXX";
+        int fd = mkstemp(file);
+        CHECK(fd >= 0 && close(fd) == 0, "%s", file);
+        snprintf(args, sizeof(args), "eval-predictor --text %s --predictor path:%s/p.safetensors", file, file);
+        snprintf(want, sizeof(want), "moeflow eval-predictor: --predictor path:%s/p.safetensors: %s/p.safetensors: Not "
+                 "a directory; name a predictor file (moeflow train-predictor writes one)\n", file, file);
+        expect_exit(args, 1, want);
+        unlink(file);
+    }
+
     /* a device tier below top_k names the option that sized it, on replay as on sim and bench batch */
     {
         char text[] = "/tmp/moeflow-cli-options-cap.XXXXXX";

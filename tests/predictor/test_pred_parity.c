@@ -6,7 +6,9 @@
  * logit must be bit-identical.  Then the live prediction-aware cache:
  * --policy predicted in the tiered provider over a packed store on disk, a
  * small device tier and host tier, fed by path+gate and by gate: the same
- * tokens and logits, and the predictions did reach the cache (prefetches). */
+ * tokens and logits, and the predictions did reach the cache (prefetches).
+ * Last, history, path and gate each drive the tiered provider under lru, lfu
+ * and predicted, prefetching and rank-only (--no-prefetch): the same logits. */
 #include "engine/sampling.h"
 #include "offload/policy_predicted.h"
 #include "offload/store.h"
@@ -183,6 +185,43 @@ int main(void)
             moe_predictor_destroy(pred);
             moe_provider_destroy(tiered);
         }
+
+    /* the rest of what generate --gpu-experts --predictor allows: history and path alone, each policy, with
+     * prefetches and rank-only (--no-prefetch), over the store with a small device tier */
+    const int more_specs[3] = { 2, 3, 1 }; /* history, path, gate */
+    const enum moe_policy_kind more_pols[3] = { MOE_POLICY_LRU, MOE_POLICY_LFU, MOE_POLICY_PREDICTED };
+    uint64_t moved_ahead[3] = { 0, 0, 0 }; /* per spec: prefetches that reached the device tier */
+    for (int si = 0; si < 3; si++)
+        for (int pi = 0; pi < 3; pi++)
+            for (int ro = 0; ro < 2; ro++) {
+                const char *spec = specs[more_specs[si]];
+                struct moe_tiered_params tpp = { .store_path = store, .dev_slots = m->cfg.top_k + 1 + pi,
+                                                 .host_slots = 3, .policy = more_pols[pi], .numa_node = -1 };
+                struct moe_provider *tiered = moe_provider_tiered_create(m, &tpp);
+                REQUIRE(tiered, "tiered provider: %s", moe_last_error());
+                struct moe_pred_spec sp;
+                REQUIRE(moe_pred_spec_parse(spec, dir, &sp) == MOE_OK, "spec %s", spec);
+                struct moe_predictor *pred = moe_predictor_create(m, &sp, 1);
+                REQUIRE(pred, "predictor: %s", moe_last_error());
+                moe_predictor_set_provider(pred, tiered, &(struct moe_pred_prefetch){ .min_score = 0.3f,
+                                                                                      .rank_only = ro });
+                memset(got, 0, sizeof(float) * V * N_TOK);
+                CHECK(decode(m, tiered, pred, toks, N_TOK, got) == MOE_OK, "%s/%s decode: %s", spec,
+                      moe_policy_name(more_pols[pi]), moe_last_error());
+                CHECK(!memcmp(ref, got, sizeof(float) * V * N_TOK), "policy %s + %s%s changed the logits",
+                      moe_policy_name(more_pols[pi]), spec, ro ? " (rank-only)" : "");
+                struct moe_offload_stats os;
+                CHECK(moe_provider_tiered_stats(tiered, &os) && (ro ? os.device.prefetches == 0 : true) &&
+                          os.device.hits + os.device.misses > 0,
+                      "policy %s + %s%s: %llu prefetches", moe_policy_name(more_pols[pi]), spec,
+                      ro ? " (rank-only)" : "", (unsigned long long)os.device.prefetches);
+                moved_ahead[si] += os.device.prefetches;
+                moe_predictor_destroy(pred);
+                moe_provider_destroy(tiered);
+            }
+    for (int si = 0; si < 3; si++)
+        CHECK(moved_ahead[si] > 0, "%s moved nothing ahead of need: the runs above checked no prefetch",
+              specs[more_specs[si]]);
     unlink(store);
     unlink(pfile);
     moe_path_model_free(pm);

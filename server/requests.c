@@ -100,6 +100,19 @@ static enum moe_status json_get_int(json_t *o, const char *key, long long lo, lo
     return MOE_OK;
 }
 
+/* v as the shortest text that reads back as v (as a float when single: a protobuf float field), into buf:
+ * a value just past a bound is quoted as itself, where %g's six digits would quote the bound. */
+static const char *num_str(double v, bool single, char buf[32])
+{
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(buf, 32, "%.*g", prec, v);
+        double back = strtod(buf, NULL);
+        if (single ? (float)back == (float)v : back == v)
+            break;
+    }
+    return buf;
+}
+
 /* d in [lo, hi], or (lo, hi] when lo_open; never NaN. */
 static bool in_range(double d, double lo, double hi, bool lo_open)
 {
@@ -545,8 +558,10 @@ static enum moe_status add_logit_bias(struct moe_sampling *p, long long id, doub
 {
     if (id < 0 || id > INT32_MAX)
         return moe_errorf(MOE_EINVAL, "logit_bias token %lld is not a token id", id);
+    char num[32];
     if (!(bias >= -100 && bias <= 100))
-        return moe_errorf(MOE_ERANGE, "logit_bias of token %lld = %g must be in [-100, 100]", id, bias);
+        return moe_errorf(MOE_ERANGE, "logit_bias of token %lld = %s must be in [-100, 100]", id,
+                          num_str(bias, false, num));
     if (p->n_logit_bias == MOE_MAX_LOGIT_BIAS)
         return moe_errorf(MOE_EINVAL, "logit_bias has more than %d entries", MOE_MAX_LOGIT_BIAS);
     for (int i = 0; i < p->n_logit_bias; i++)
@@ -1088,12 +1103,14 @@ enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int
 static enum moe_status check_sampling(struct moe_gen_request *r, float temperature, float top_p,
                                       int top_k)
 {
+    char num[32];
     if (!isfinite(temperature) || temperature < 0 || temperature > TEMP_MAX)
-        return moe_errorf(MOE_ERANGE, "temperature = %g is outside [0, %g]", temperature, TEMP_MAX);
+        return moe_errorf(MOE_ERANGE, "temperature = %s is outside [0, %g]", num_str(temperature, true, num),
+                          TEMP_MAX);
     if (top_p == 0)
         top_p = 1;
     if (!isfinite(top_p) || top_p < 0 || top_p > 1)
-        return moe_errorf(MOE_ERANGE, "top_p = %g is outside (0, 1]", top_p);
+        return moe_errorf(MOE_ERANGE, "top_p = %s is outside (0, 1]", num_str(top_p, true, num));
     if (top_k < 0)
         return moe_errorf(MOE_ERANGE, "top_k = %d is negative", top_k);
     r->sampling.temperature = temperature;
@@ -1213,7 +1230,8 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     for (size_t i = 0; i < MOE_ARRAY_LEN(penalty_fields); i++) { /* 0 is every field's "off" here */
         float v = *penalty_field(&out->sampling, i);
         if (v != 0 && !in_range(v, penalty_fields[i].lo, penalty_fields[i].hi, false)) {
-            st = moe_errorf(MOE_ERANGE, "%s = %g is outside [%g, %g]", penalty_fields[i].key, (double)v,
+            char num[32];
+            st = moe_errorf(MOE_ERANGE, "%s = %s is outside [%g, %g]", penalty_fields[i].key, num_str(v, true, num),
                             penalty_fields[i].lo, penalty_fields[i].hi);
             goto out;
         }
@@ -1542,7 +1560,8 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
                 goto out;
             bool temp = name[1] == 'e';
             if (!isfinite(v) || (temp ? (v < 0 || v > TEMP_MAX) : (v <= 0 || v > 1))) {
-                st = moe_errorf(MOE_ERANGE, "input '%s' = %g is outside %s", name, v,
+                char num[32];
+                st = moe_errorf(MOE_ERANGE, "input '%s' = %s is outside %s", name, num_str(v, false, num),
                                 temp ? "[0, 100]" : "(0, 1]");
                 goto out;
             }
@@ -1566,7 +1585,9 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         goto out;
     if (have) {
         if (!(v >= 1 && v <= INT32_MAX) || v != floor(v)) {
-            st = moe_errorf(MOE_ERANGE, "parameter 'max_tokens' = %g is outside [1, %d]", v, INT32_MAX);
+            char num[32];
+            st = moe_errorf(MOE_ERANGE, "parameter 'max_tokens' = %s is outside [1, %d]", num_str(v, false, num),
+                            INT32_MAX);
             goto out;
         }
         out->max_tokens = (int)v;
@@ -1586,8 +1607,10 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         if ((st = kparam_num(m, penalty_fields[i].key, &v, &have)) != MOE_OK)
             goto out;
         if (have && !in_range(v, penalty_fields[i].lo, penalty_fields[i].hi, penalty_fields[i].lo_open)) {
-            st = moe_errorf(MOE_ERANGE, "parameter '%s' = %g is outside %s%g, %g]", penalty_fields[i].key, v,
-                            penalty_fields[i].lo_open ? "(" : "[", penalty_fields[i].lo, penalty_fields[i].hi);
+            char num[32];
+            st = moe_errorf(MOE_ERANGE, "parameter '%s' = %s is outside %s%g, %g]", penalty_fields[i].key,
+                            num_str(v, false, num), penalty_fields[i].lo_open ? "(" : "[", penalty_fields[i].lo,
+                            penalty_fields[i].hi);
             goto out;
         }
         if (have)
@@ -1612,7 +1635,8 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         bool ok = i == 0 ? isfinite(v) && v >= 0 && v <= TEMP_MAX
                   : i == 1 ? isfinite(v) && v > 0 && v <= 1 : v >= 0 && v <= INT32_MAX && v == floor(v);
         if (!ok) {
-            st = moe_errorf(MOE_ERANGE, "parameter '%s' = %g is outside %s", sp_names[i], v,
+            char num[32];
+            st = moe_errorf(MOE_ERANGE, "parameter '%s' = %s is outside %s", sp_names[i], num_str(v, false, num),
                             i == 0 ? "[0, 100]" : i == 1 ? "(0, 1]" : "the integers >= 0");
             goto out;
         }

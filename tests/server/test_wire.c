@@ -1249,6 +1249,19 @@ static void test_kserve_guides(Inference__ModelInferRequest *m, Inference__Model
     kserve_params(m, t, tc, 1, ep, 2, "must be a bool", "json_object a string, with regex");
 }
 
+/* t as the input name of datatype type and shape shape[0..1) = [1], its contents tc, emptied. */
+static void input_init(Inference__ModelInferRequest__InferInputTensor *t, Inference__InferTensorContents *tc,
+                       const char *name, const char *type, int64_t *shape)
+{
+    inference__model_infer_request__infer_input_tensor__init(t);
+    inference__infer_tensor_contents__init(tc);
+    t->name = (char *)name;
+    t->datatype = (char *)type;
+    t->n_shape = 1;
+    t->shape = shape;
+    t->contents = tc;
+}
+
 static void test_kserve(void)
 {
     Inference__ModelInferRequest m = INFERENCE__MODEL_INFER_REQUEST__INIT;
@@ -1261,15 +1274,8 @@ static void test_kserve(void)
     ProtobufCBinaryData text = { 3, (uint8_t *)"abc" };
     int32_t mt = 6;
     protobuf_c_boolean stream = 1;
-    for (int i = 0; i < 3; i++) {
-        inference__model_infer_request__infer_input_tensor__init(&t[i]);
-        inference__infer_tensor_contents__init(&tc[i]);
-        t[i].name = (char *)names[i];
-        t[i].datatype = (char *)types[i];
-        t[i].n_shape = 1;
-        t[i].shape = shape;
-        t[i].contents = &tc[i];
-    }
+    for (int i = 0; i < 3; i++)
+        input_init(&t[i], &tc[i], names[i], types[i], shape);
     tc[0].n_bytes_contents = 1;
     tc[0].bytes_contents = &text;
     tc[1].n_int_contents = 1;
@@ -1404,6 +1410,87 @@ static void test_kserve(void)
     tp[2] = &t[2];
 }
 
+/* A value just past its bound is quoted as itself in the refusal, not rounded onto the bound (%g's six digits
+ * quoted top_p 1.0000001 as "top_p = 1 is outside (0, 1]"): GenerateRequest's float fields and KServe's
+ * numbers alike. */
+static void test_quoted_values(void)
+{
+    struct { float t, p, pres, minp; const char *want; } gen[] = {
+        { 0, 1.0000001f, 0, 0, "top_p = 1.0000001 is outside" },
+        { 100.0001f, 0, 0, 0, "temperature = 100.0001 is outside" },
+        { 0, 0, -2.0000002f, 0, "presence_penalty = -2.0000002 is outside" },
+        { 0, 0, 0, 1.0000001f, "min_p = 1.0000001 is outside" },
+        { 0, 2, 0, 0, "top_p = 2 is outside" },
+    };
+    struct moe_gen_request r;
+    for (size_t i = 0; i < MOE_ARRAY_LEN(gen); i++) {
+        Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;
+        m.prompt = "x";
+        m.temperature = gen[i].t;
+        m.top_p = gen[i].p;
+        m.presence_penalty = gen[i].pres;
+        m.min_p = gen[i].minp;
+        uint8_t *b;
+        size_t n = pack_generate(&m, &b);
+        CHECK(moe_req_parse_generate(b, n, &r) == MOE_ERANGE && strstr(moe_last_error(), gen[i].want),
+              "GenerateRequest[%zu]: %s", i, moe_last_error());
+        free(b);
+    }
+    Moeflow__V1__GenerateRequest m = MOEFLOW__V1__GENERATE_REQUEST__INIT;
+    Moeflow__V1__LogitBias lb = MOEFLOW__V1__LOGIT_BIAS__INIT, *lbp = &lb;
+    lb.token_id = 5;
+    lb.bias = 100.5f;
+    m.prompt = "x";
+    m.n_logit_bias = 1;
+    m.logit_bias = &lbp;
+    uint8_t *b;
+    size_t n = pack_generate(&m, &b);
+    CHECK(moe_req_parse_generate(b, n, &r) == MOE_ERANGE && strstr(moe_last_error(), "token 5 = 100.5 must"),
+          "logit_bias: %s", moe_last_error());
+    free(b);
+    /* KServe: top_p as an FP64 input, top_p, min_p and max_tokens as parameters */
+    ProtobufCBinaryData text = { 1, (uint8_t *)"x" };
+    double top_p = 1.0000000001;
+    int64_t shape[1] = { 1 };
+    Inference__InferTensorContents tc[2];
+    Inference__ModelInferRequest__InferInputTensor t[2], *tp[2] = { &t[0], &t[1] };
+    input_init(&t[0], &tc[0], "text_input", "BYTES", shape);
+    input_init(&t[1], &tc[1], "top_p", "FP64", shape);
+    tc[0].n_bytes_contents = 1;
+    tc[0].bytes_contents = &text;
+    tc[1].n_fp64_contents = 1;
+    tc[1].fp64_contents = &top_p;
+    Inference__ModelInferRequest k = INFERENCE__MODEL_INFER_REQUEST__INIT;
+    k.model_name = "m";
+    k.n_inputs = 2;
+    k.inputs = tp;
+    n = pack_infer(&k, &b);
+    CHECK(moe_req_parse_kserve(b, n, &r) == MOE_ERANGE && strstr(moe_last_error(), "'top_p' = 1.0000000001 is"),
+          "KServe top_p input: %s", moe_last_error());
+    free(b);
+    struct { const char *key; double v; const char *want; } par[] = {
+        { "top_p", 1.0000000001, "'top_p' = 1.0000000001 is" },
+        { "min_p", 1.0000000001, "'min_p' = 1.0000000001 is" },
+        { "max_tokens", 2147483648.0, "'max_tokens' = 2147483648 is" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(par); i++) {
+        Inference__InferParameter v = INFERENCE__INFER_PARAMETER__INIT;
+        v.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+        v.double_param = par[i].v;
+        Inference__ModelInferRequest__ParametersEntry e = INFERENCE__MODEL_INFER_REQUEST__PARAMETERS_ENTRY__INIT,
+                                                      *ep = &e;
+        e.key = (char *)par[i].key;
+        e.value = &v;
+        k.n_inputs = 1;
+        k.n_parameters = 1;
+        k.parameters = &ep;
+        n = pack_infer(&k, &b);
+        CHECK(moe_req_parse_kserve(b, n, &r) == MOE_ERANGE && strstr(moe_last_error(), par[i].want),
+              "KServe parameter %s: %s", par[i].key, moe_last_error());
+        free(b);
+    }
+}
+
 static void test_utf8(void)
 {
     const char *e = "a\xc3\xa9"; /* a, e-acute */
@@ -1451,6 +1538,7 @@ int main(void)
     test_tool_calls_minimax();
     test_think_split();
     test_kserve();
+    test_quoted_values();
     test_utf8();
     test_metrics();
     return t_result("test_server_wire");

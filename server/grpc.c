@@ -472,6 +472,25 @@ static double call_deadline(const struct gcall *c)
     return moe_now() + (rem > 0 ? rem : 0);
 }
 
+/* The request message buf[0..len) unpacked as desc's message; NULL when it is not one, malformed or with a
+ * string field that holds a NUL byte (protobuf-c would cut the string short, and a name cut short could
+ * name what is served): the call then ends with INVALID_ARGUMENT saying which. */
+static ProtobufCMessage *request_unpack(struct gcall *c, const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
+                                        size_t len)
+{
+    const char *nul = moe_pb_nul_field(desc, buf, len);
+    ProtobufCMessage *m = nul ? NULL : protobuf_c_message_unpack(desc, NULL, len, buf);
+    if (!m) {
+        char msg[200];
+        if (nul)
+            snprintf(msg, sizeof(msg), "%s: '%s' holds a NUL byte: text is sent without NUL", desc->short_name, nul);
+        else
+            snprintf(msg, sizeof(msg), "%s: malformed protobuf", desc->short_name);
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+    }
+    return m;
+}
+
 /* ---- health ---- */
 
 /* The status of every service served here: readiness. */
@@ -510,12 +529,10 @@ static void watch_update(struct grpc_front *gf)
  * connection's calls (grpc-max-streams) and costs nothing between changes. */
 static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
 {
-    Grpc__Health__V1__HealthCheckRequest *rq =
-        grpc__health__v1__health_check_request__unpack(NULL, len, buf);
-    if (!rq) {
-        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "HealthCheckRequest: malformed protobuf");
+    Grpc__Health__V1__HealthCheckRequest *rq = (Grpc__Health__V1__HealthCheckRequest *)request_unpack(
+        c, &grpc__health__v1__health_check_request__descriptor, buf, len);
+    if (!rq)
         return;
-    }
     const char *svc = rq->service ? rq->service : "";
     bool known = !svc[0] || !strcmp(svc, "moeflow.v1.Generation") ||
                  !strcmp(svc, "inference.GRPCInferenceService");
@@ -634,13 +651,9 @@ static void tokenize_finish(struct gcall *c, const struct gjob *q)
 static bool empty_request_ok(struct gcall *c, const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
                              size_t len)
 {
-    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, buf);
-    if (!m) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "%s: malformed protobuf", desc->short_name);
-        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+    ProtobufCMessage *m = request_unpack(c, desc, buf, len);
+    if (!m)
         return false;
-    }
     protobuf_c_message_free_unpacked(m, NULL);
     return true;
 }
@@ -701,11 +714,10 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
         break;
     }
     case GM_MODEL_READY: {
-        Inference__ModelReadyRequest *rq = inference__model_ready_request__unpack(NULL, len, buf);
-        if (!rq) {
-            queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "ModelReadyRequest: malformed protobuf");
+        Inference__ModelReadyRequest *rq = (Inference__ModelReadyRequest *)request_unpack(
+            c, &inference__model_ready_request__descriptor, buf, len);
+        if (!rq)
             return;
-        }
         Inference__ModelReadyResponse rs = INFERENCE__MODEL_READY_RESPONSE__INIT;
         rs.ready = ready && serves_model(s, rq->name, rq->version);
         inference__model_ready_request__free_unpacked(rq, NULL);
@@ -720,11 +732,10 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
         break;
     }
     case GM_MODEL_META: {
-        Inference__ModelMetadataRequest *rq = inference__model_metadata_request__unpack(NULL, len, buf);
-        if (!rq) {
-            queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, "ModelMetadataRequest: malformed protobuf");
+        Inference__ModelMetadataRequest *rq = (Inference__ModelMetadataRequest *)request_unpack(
+            c, &inference__model_metadata_request__descriptor, buf, len);
+        if (!rq)
             return;
-        }
         bool match = serves_model(s, rq->name, rq->version);
         char msg[400];
         snprintf(msg, sizeof(msg), "model '%.200s' version '%.32s' is not served here (serving '%s' version 1)",

@@ -356,6 +356,21 @@ def main():
             raw = ch.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
             refused(lambda: raw(b"\xff\xff\xff", timeout=10), grpc.StatusCode.INVALID_ARGUMENT, word,
                     "%s with a malformed body" % method)
+        # a name with a NUL byte, which protobuf-c would cut short: refused naming the field, not answered as the
+        # name before the NUL (the model served, ready; the health of every service)
+        health = pb["hg"].HealthStub(ch)
+        for fn, word, what in (
+                (lambda: kstub.ModelReady(k.ModelReadyRequest(name="pycode-moe-18m\x00x"), timeout=10),
+                 "ModelReadyRequest: 'name' holds a NUL byte", "ModelReady of a name with a NUL"),
+                (lambda: kstub.ModelReady(k.ModelReadyRequest(name="pycode-moe-18m", version="1\x00x"), timeout=10),
+                 "'version' holds a NUL byte", "ModelReady of a version with a NUL"),
+                (lambda: kstub.ModelMetadata(k.ModelMetadataRequest(name="pycode-moe-18m\x00x"), timeout=10),
+                 "ModelMetadataRequest: 'name' holds a NUL byte", "ModelMetadata of a name with a NUL"),
+                (lambda: health.Check(h.HealthCheckRequest(service="\x00x"), timeout=10),
+                 "HealthCheckRequest: 'service' holds a NUL byte", "health Check of a service with a NUL"),
+                (lambda: next(health.Watch(h.HealthCheckRequest(service="moeflow.v1.Generation\x00x"), timeout=10)),
+                 "'service' holds a NUL byte", "health Watch of a service with a NUL")):
+            refused(fn, grpc.StatusCode.INVALID_ARGUMENT, word, what)
         check(all(not r.error_message for r in resps), "stream errors")
         finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in resps]
         check(finals[-1] and not any(finals[:-1]), "final flags %s" % finals)

@@ -474,19 +474,18 @@ static double call_deadline(const struct gcall *c)
 
 /* The request message buf[0..len) unpacked as desc's message; NULL when it is not one, malformed or with a
  * string field that holds a NUL byte (protobuf-c would cut the string short, and a name cut short could
- * name what is served): the call then ends with INVALID_ARGUMENT saying which. */
+ * name what is served) or is not UTF-8 (moe_pb_check_text): the call then ends with INVALID_ARGUMENT saying
+ * which. */
 static ProtobufCMessage *request_unpack(struct gcall *c, const ProtobufCMessageDescriptor *desc, const uint8_t *buf,
                                         size_t len)
 {
-    const char *nul = moe_pb_nul_field(desc, buf, len);
-    ProtobufCMessage *m = nul ? NULL : protobuf_c_message_unpack(desc, NULL, len, buf);
+    bool text_ok = moe_pb_check_text(desc, buf, len) == MOE_OK;
+    ProtobufCMessage *m = text_ok ? protobuf_c_message_unpack(desc, NULL, len, buf) : NULL;
     if (!m) {
         char msg[200];
-        if (nul)
-            snprintf(msg, sizeof(msg), "%s: '%s' holds a NUL byte: text is sent without NUL", desc->short_name, nul);
-        else
+        if (text_ok)
             snprintf(msg, sizeof(msg), "%s: malformed protobuf", desc->short_name);
-        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+        queue_status(c, GRPC_STATUS_INVALID_ARGUMENT, text_ok ? msg : moe_last_error());
     }
     return m;
 }
@@ -575,9 +574,8 @@ static void tokenize_reply(struct gjob *q)
     size_t len = q->len;
     q->code = GRPC_STATUS_INVALID_ARGUMENT;
     q->refused = MOE_EINVAL;
-    if (moe_pb_nul_field(&moeflow__v1__tokenize_request__descriptor, buf, len)) {
-        snprintf(q->status_msg, sizeof(q->status_msg), "TokenizeRequest: 'text' holds a NUL byte: text is sent "
-                 "without NUL");
+    if (moe_pb_check_text(&moeflow__v1__tokenize_request__descriptor, buf, len) != MOE_OK) {
+        snprintf(q->status_msg, sizeof(q->status_msg), "%s", moe_last_error());
         return;
     }
     Moeflow__V1__TokenizeRequest *rq = moeflow__v1__tokenize_request__unpack(NULL, len, buf);
@@ -588,8 +586,7 @@ static void tokenize_reply(struct gjob *q)
     int *ids = NULL;
     size_t n = 0;
     const char *text = rq->text ? rq->text : "";
-    enum moe_status st = moe_utf8_valid(text, strlen(text)) ? srv_tokenize(q->srv, false, text, strlen(text), &ids, &n)
-                                                            : moe_errorf(MOE_EINVAL, "text is not valid UTF-8");
+    enum moe_status st = srv_tokenize(q->srv, false, text, strlen(text), &ids, &n);
     if (st == MOE_ENOMEM) {
         q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         q->refused = MOE_ENOMEM;
@@ -1148,7 +1145,7 @@ static void generate_work(struct gjob *q)
         srv_count_refused(s, st);
         if (q->m == GM_STREAM_INFER) { /* answer under the request's id when the message has one */
             Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, q->len, q->msg);
-            if (m && m->id)
+            if (m && m->id && moe_utf8_valid(m->id, strlen(m->id))) /* not echoed into a reply it would spoil */
                 snprintf(q->kid, sizeof(q->kid), "%s", m->id);
             if (m)
                 inference__model_infer_request__free_unpacked(m, NULL);

@@ -1132,10 +1132,9 @@ static bool pb_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
     return false;
 }
 
-/* The name of the first string field of message d, at any depth, that holds a NUL byte in p[0..n),
- * or NULL (also when p is malformed: unpacking says so).  protobuf-c hands strings over as C strings,
- * which a NUL would cut short without a word. */
-const char *moe_pb_nul_field(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+/* The name of the first string field of message d, at any depth, in p[0..n) that holds a NUL byte (utf8
+ * false) or is not valid UTF-8 (utf8 true), or NULL (also when p is malformed: unpacking says so). */
+static const char *pb_text_field(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n, bool utf8)
 {
     size_t i = 0;
     while (i < n) {
@@ -1151,9 +1150,11 @@ const char *moe_pb_nul_field(const ProtobufCMessageDescriptor *d, const uint8_t 
                 return NULL;
             const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
             const char *inner = NULL;
-            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p + i, 0, (size_t)v))
+            if (f && f->type == PROTOBUF_C_TYPE_STRING &&
+                (utf8 ? !moe_utf8_valid((const char *)p + i, (size_t)v) : memchr(p + i, 0, (size_t)v) != NULL))
                 return f->name;
-            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE && (inner = moe_pb_nul_field(f->descriptor, p + i, (size_t)v)))
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                (inner = pb_text_field(f->descriptor, p + i, (size_t)v, utf8)))
                 return inner;
             i += (size_t)v;
             break;
@@ -1164,12 +1165,23 @@ const char *moe_pb_nul_field(const ProtobufCMessageDescriptor *d, const uint8_t 
     return NULL;
 }
 
-/* A message whose string field holds a NUL byte: refused, naming the field. */
-static enum moe_status pb_check_text(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+/* protobuf-c hands strings over as C strings, which a NUL would cut short without a word. */
+const char *moe_pb_nul_field(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
 {
-    const char *f = moe_pb_nul_field(d, p, n);
-    return f ? moe_errorf(MOE_EINVAL, "%s: '%s' holds a NUL byte: text is sent without NUL", d->short_name, f)
-             : MOE_OK;
+    return pb_text_field(d, p, n, false);
+}
+
+/* protobuf-c does not check that a string is UTF-8, as proto3 has every string be: one that is not would be
+ * taken as text, or sent back (a KServe id) in a reply the client's parser refuses. */
+enum moe_status moe_pb_check_text(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+{
+    const char *f = pb_text_field(d, p, n, false);
+    if (f)
+        return moe_errorf(MOE_EINVAL, "%s: '%s' holds a NUL byte: text is sent without NUL", d->short_name, f);
+    if ((f = pb_text_field(d, p, n, true)))
+        return moe_errorf(MOE_EINVAL, "%s: '%s' is not valid UTF-8: a protobuf string is UTF-8 text (bytes that "
+                          "are not go in a bytes field)", d->short_name, f);
+    return MOE_OK;
 }
 
 /* Token ids ids[0..n) of field: the first negative one refused, named (the vocabulary bounds the others). */
@@ -1184,9 +1196,9 @@ static enum moe_status pb_ids_check(const int32_t *ids, size_t n, const char *fi
 enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out)
 {
     req_init(out);
-    enum moe_status nul = pb_check_text(&moeflow__v1__generate_request__descriptor, buf, len);
-    if (nul)
-        return nul;
+    enum moe_status text = moe_pb_check_text(&moeflow__v1__generate_request__descriptor, buf, len);
+    if (text)
+        return text;
     Moeflow__V1__GenerateRequest *m = moeflow__v1__generate_request__unpack(NULL, len, buf);
     if (!m)
         return moe_errorf(MOE_EFORMAT, "GenerateRequest: malformed protobuf message (%zu bytes)", len);
@@ -1457,9 +1469,9 @@ static enum moe_status kparam_num(const Inference__ModelInferRequest *m, const c
 enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_gen_request *out)
 {
     req_init(out);
-    enum moe_status nul = pb_check_text(&inference__model_infer_request__descriptor, buf, len);
-    if (nul)
-        return nul;
+    enum moe_status text = moe_pb_check_text(&inference__model_infer_request__descriptor, buf, len);
+    if (text)
+        return text;
     Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, len, buf);
     if (!m)
         return moe_errorf(MOE_EFORMAT, "ModelInferRequest: malformed protobuf message (%zu bytes)",

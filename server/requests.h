@@ -114,6 +114,9 @@ enum moe_status moe_gen_request_check_vocab(const struct moe_gen_request *r, int
  * NUL byte in p[0..n), or NULL (protobuf-c hands strings over NUL-terminated, which a NUL would cut). */
 struct ProtobufCMessageDescriptor;
 const char *moe_pb_nul_field(const struct ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n);
+/* A message of descriptor d in p[0..n) whose string field, at any depth, holds a NUL byte or is not valid
+ * UTF-8: MOE_EINVAL naming the message and the field (the first NUL, else the first not UTF-8). */
+enum moe_status moe_pb_check_text(const struct ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n);
 
 /* moeflow.v1.GenerateRequest protobuf. */
 enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct moe_gen_request *out);

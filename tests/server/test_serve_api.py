@@ -348,6 +348,26 @@ def main():
         check(code == 400, "/tokenize with a malformed body: %d %r" % (code, out[:200]))
         got = rejections(srv)[0] - invalid
         check(got == 3, "2 Tokenize calls and 1 /tokenize refused as invalid counted %s" % got)
+        # a string field that is not UTF-8 (proto3 strings are): refused naming it, where a ModelInfer id of it
+        # was echoed into a reply the client's protobuf could not parse
+        refused(lambda: raw_tokenize(b"\x0a\x03a\xffb", timeout=10), grpc.StatusCode.INVALID_ARGUMENT,
+                "TokenizeRequest: 'text' is not valid UTF-8", "Tokenize of a text not UTF-8")
+        raw_infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        body = kreq("x", 2, False)
+        body.id = "IDX"
+        body = body.SerializeToString().replace(b"\x1a\x03IDX", b"\x1a\x03I\xffX")
+        refused(lambda: raw_infer(body, timeout=30), grpc.StatusCode.INVALID_ARGUMENT,
+                "ModelInferRequest: 'id' is not valid UTF-8", "ModelInfer of an id not UTF-8")
+        raw_stream = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                      request_serializer=lambda b: b,
+                                      response_deserializer=k.ModelStreamInferResponse.FromString)
+        try:
+            errs = [(r.infer_response.id, r.error_message) for r in raw_stream(iter([body]), timeout=30)]
+        except grpc.RpcError as e:
+            errs = [(e.code(), e.details())]
+        check(len(errs) == 1 and errs[0][0] == "" and "'id' is not valid UTF-8" in errs[0][1],
+              "ModelStreamInfer of an id not UTF-8: %r" % errs)
         # a body that is no message of the call's type, on the calls whose request has no field to read
         for method, word in (("/moeflow.v1.Generation/ModelInfo", "ModelInfoRequest"),
                              ("/inference.GRPCInferenceService/ServerLive", "ServerLiveRequest"),

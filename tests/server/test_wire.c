@@ -336,6 +336,29 @@ static void test_openai(void)
                   moe_req_parse_kserve(kserve_nul, sizeof(kserve_nul), &g) == MOE_EINVAL,
               "a KServe parameter with a NUL: %s", moe_last_error());
         CHECK(!moe_pb_nul_field(&moeflow__v1__generate_request__descriptor, fine, sizeof(fine)), "no NUL");
+        /* a string that is not UTF-8, which proto3 strings are and protobuf-c does not check: refused naming
+         * the field, where a choice of it was generated and a KServe id of it was echoed into a reply that
+         * the client's parser refuses; choice = 21, a two-byte key */
+        static const uint8_t choice_bad[] = { 0x0a, 1, 'x', 0xaa, 0x01, 1, 0xff, 0xaa, 0x01, 1, 'a' };
+        CHECK(moe_req_parse_generate(choice_bad, sizeof(choice_bad), &g) == MOE_EINVAL &&
+                  strstr(moe_last_error(), "GenerateRequest: 'choice' is not valid UTF-8"),
+              "a choice not UTF-8: %s", moe_last_error());
+        static const uint8_t prompt_bad[] = { 0x0a, 3, 'a', 0xc3, 'b' };
+        CHECK(moe_req_parse_generate(prompt_bad, sizeof(prompt_bad), &g) == MOE_EINVAL &&
+                  strstr(moe_last_error(), "'prompt' is not valid UTF-8"),
+              "a prompt not UTF-8: %s", moe_last_error());
+        /* ModelInferRequest: model_name = 1 "m", id = 3 (0xff), or a parameter's string_param (0xc3 cut short) */
+        static const uint8_t kserve_id[] = { 0x0a, 1, 'm', 0x1a, 1, 0xff };
+        CHECK(moe_req_parse_kserve(kserve_id, sizeof(kserve_id), &g) == MOE_EINVAL &&
+                  strstr(moe_last_error(), "ModelInferRequest: 'id' is not valid UTF-8"),
+              "a KServe id not UTF-8: %s", moe_last_error());
+        static const uint8_t kserve_param[] = { 0x0a, 1, 'm', 0x22, 13, 0x0a, 5, 'r', 'e', 'g', 'e', 'x', 0x12, 4,
+                                                0x1a, 2, 'a', 0xc3 };
+        CHECK(moe_req_parse_kserve(kserve_param, sizeof(kserve_param), &g) == MOE_EINVAL &&
+                  strstr(moe_last_error(), "'string_param' is not valid UTF-8"),
+              "a KServe parameter not UTF-8: %s", moe_last_error());
+        CHECK(moe_pb_check_text(&moeflow__v1__generate_request__descriptor, fine, sizeof(fine)) == MOE_OK,
+              "UTF-8 without NUL: %s", moe_last_error());
     }
     /* add_special_tokens (vLLM's): the tokenizer's own around a text prompt unless false */
     REQUIRE(oai("{\"prompt\":\"x\"}", false, &r) == MOE_OK, "%s", moe_last_error());

@@ -537,7 +537,7 @@ static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
                  !strcmp(svc, "inference.GRPCInferenceService");
     if (!known && c->m == GM_HEALTH) {
         char msg[300];
-        snprintf(msg, sizeof(msg), "unknown service '%.200s'", svc);
+        snprintf(msg, sizeof(msg), "unknown service '%.*s'", moe_utf8_cut(svc, 200), svc);
         grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
         queue_status(c, GRPC_STATUS_NOT_FOUND, msg);
         return;
@@ -735,8 +735,9 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
             return;
         bool match = serves_model(s, rq->name, rq->version);
         char msg[400];
-        snprintf(msg, sizeof(msg), "model '%.200s' version '%.32s' is not served here (serving '%s' version 1)",
-                 rq->name ? rq->name : "", rq->version ? rq->version : "", s->model_name);
+        const char *name = rq->name ? rq->name : "", *version = rq->version ? rq->version : "";
+        snprintf(msg, sizeof(msg), "model '%.*s' version '%.*s' is not served here (serving '%s' version 1)",
+                 moe_utf8_cut(name, 200), name, moe_utf8_cut(version, 32), version, s->model_name);
         inference__model_metadata_request__free_unpacked(rq, NULL);
         if (!match) {
             queue_status(c, GRPC_STATUS_NOT_FOUND, msg);
@@ -855,9 +856,13 @@ static void stream_end(struct gcall *c, grpc_status_code code, const char *msg)
  * RESOURCE_EXHAUSTED (stream_end), its message saying so and then err. */
 static bool kserve_error(struct gcall *c, const char *kid, const char *err)
 {
-    char m[1024];
-    snprintf(m, sizeof(m), "%s", err ? err : "");
-    size_t n = strlen(m), big;
+    /* error_message is a protobuf string: UTF-8, or the client's parser refuses the response and the stream
+     * with it.  A byte of err that is not (a quote of the request cut short) becomes U+FFFD; a character
+     * that err's end cuts short is left out. */
+    const char *e = err ? err : "";
+    char m[3 * 1024];
+    size_t n = moe_utf8_lossy(e, strnlen(e, 1023), m, true, NULL), big;
+    m[n] = 0;
     while ((big = kserve_send(c, kid, NULL, 0, true, m)) != 0 && n > 0) {
         size_t over = big - (size_t)c->gf->srv->cfg.max_message_bytes;
         n = n > over ? n - over : 0;
@@ -868,9 +873,9 @@ static bool kserve_error(struct gcall *c, const char *kid, const char *err)
     if (!big)
         return true;
     char msg[sizeof(c->status_msg)];
-    snprintf(msg, sizeof(msg), "the error response to request '%.40s%s' exceeds max-message-bytes (%d) even "
+    snprintf(msg, sizeof(msg), "the error response to request '%.*s%s' exceeds max-message-bytes (%d) even "
              "without its message (%zu bytes): raise the server's max-message-bytes (or send a shorter request "
-             "id); the stream ends here, its other requests cancelled. The error: %s", kid,
+             "id); the stream ends here, its other requests cancelled. The error: %s", moe_utf8_cut(kid, 40), kid,
              strlen(kid) > 40 ? "..." : "", c->gf->srv->cfg.max_message_bytes, big, err ? err : "");
     stream_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     return false;
@@ -1146,7 +1151,7 @@ static void generate_work(struct gjob *q)
         if (q->m == GM_STREAM_INFER) { /* answer under the request's id when the message has one */
             Inference__ModelInferRequest *m = inference__model_infer_request__unpack(NULL, q->len, q->msg);
             if (m && m->id && moe_utf8_valid(m->id, strlen(m->id))) /* not echoed into a reply it would spoil */
-                snprintf(q->kid, sizeof(q->kid), "%s", m->id);
+                snprintf(q->kid, sizeof(q->kid), "%.*s", moe_utf8_cut(m->id, sizeof(q->kid) - 1), m->id);
             if (m)
                 inference__model_infer_request__free_unpacked(m, NULL);
         }

@@ -1332,8 +1332,8 @@ static enum moe_status kin_check_one(const struct kin *k)
 static enum moe_status kin_bytes(const struct kin *k, const uint8_t **p, size_t *n)
 {
     if (strcmp(k->t->datatype, "BYTES"))
-        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be BYTES, got '%.16s'", k->t->name,
-                          k->t->datatype);
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be BYTES, got '%.*s'", k->t->name,
+                          moe_utf8_cut(k->t->datatype, 16), k->t->datatype);
     if (k->raw) {
         if (k->raw->len < 4)
             return moe_errorf(MOE_EFORMAT, "input '%s': raw BYTES element shorter than its 4-byte "
@@ -1362,8 +1362,8 @@ static enum moe_status kin_int(const struct kin *k, int64_t *v)
     const char *dt = k->t->datatype;
     bool i32 = !strcmp(dt, "INT32"), i64 = !strcmp(dt, "INT64");
     if (!i32 && !i64)
-        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be INT32 or INT64, got '%.16s'",
-                          k->t->name, dt);
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be INT32 or INT64, got '%.*s'",
+                          k->t->name, moe_utf8_cut(dt, 16), dt);
     if (k->raw) {
         size_t want = i32 ? 4 : 8;
         if (k->raw->len != want)
@@ -1389,8 +1389,8 @@ static enum moe_status kin_int(const struct kin *k, int64_t *v)
 static enum moe_status kin_bool(const struct kin *k, bool *v)
 {
     if (strcmp(k->t->datatype, "BOOL"))
-        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be BOOL, got '%.16s'", k->t->name,
-                          k->t->datatype);
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be BOOL, got '%.*s'", k->t->name,
+                          moe_utf8_cut(k->t->datatype, 16), k->t->datatype);
     if (k->raw) {
         if (k->raw->len != 1)
             return moe_errorf(MOE_EFORMAT, "input '%s': raw BOOL is %zu bytes, expected 1",
@@ -1435,8 +1435,8 @@ static enum moe_status kin_float(const struct kin *k, double *v)
             return MOE_OK;
         }
     } else {
-        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be FP32 or FP64, got '%.16s'",
-                          k->t->name, dt);
+        return moe_errorf(MOE_EINVAL, "input '%s': datatype must be FP32 or FP64, got '%.*s'",
+                          k->t->name, moe_utf8_cut(dt, 16), dt);
     }
     return moe_errorf(MOE_EINVAL, "input '%s': expected exactly one element", k->t->name);
 }
@@ -1524,8 +1524,8 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
         struct kin k = { m->inputs[i], m->n_raw_input_contents ? &m->raw_input_contents[i] : NULL };
         const char *name = k.t->name ? k.t->name : "";
         if (k.raw && k.t->contents) { /* which of the two holds its value would be a guess */
-            st = moe_errorf(MOE_EINVAL, "input '%.64s' has contents beside raw_input_contents: with "
-                            "raw_input_contents, no input has contents", name);
+            st = moe_errorf(MOE_EINVAL, "input '%.*s' has contents beside raw_input_contents: with "
+                            "raw_input_contents, no input has contents", moe_utf8_cut(name, 64), name);
             goto out;
         }
         for (unsigned j = 0; j < MOE_ARRAY_LEN(in_names); j++) {
@@ -1582,8 +1582,8 @@ enum moe_status moe_req_parse_kserve(const uint8_t *buf, size_t len, struct moe_
             else
                 out->sampling.top_p = moe_sampling_float(v);
         } else {
-            st = moe_errorf(MOE_EINVAL, "unknown input '%.64s' (expected text_input, max_tokens, "
-                            "stream, temperature, top_p, top_k, ignore_eos)", name);
+            st = moe_errorf(MOE_EINVAL, "unknown input '%.*s' (expected text_input, max_tokens, "
+                            "stream, temperature, top_p, top_k, ignore_eos)", moe_utf8_cut(name, 64), name);
             goto out;
         }
     }

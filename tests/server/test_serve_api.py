@@ -304,6 +304,28 @@ def main():
         errs = [(r.infer_response.id, r.error_message) for r in kstub.ModelStreamInfer(iter([q]), timeout=30)]
         check(len(errs) == 1 and errs[0][0] == "noname" and "model_name is empty" in errs[0][1],
               "an empty model_name on a stream: %r" % errs)
+        # error responses that quote the request's text cut to a length: cut between characters, so that the
+        # response (error_message and id are protobuf strings, UTF-8) parses and the stream goes on
+        bad = []
+        q = kreq("x", 2, False)
+        q.id = "u"
+        q.inputs.add(name="a" + "\u00e9" * 50, datatype="BYTES", shape=[1])
+        bad.append(q)
+        q = kreq("x", 2, False)
+        q.id = "d"
+        q.inputs[1].datatype = "a" + "\u00e9" * 20
+        bad.append(q)
+        q = kreq("x", 2, False)
+        q.id = "\u00e9" * 100
+        bad.append(q)
+        try:
+            errs = [(r.infer_response.id, r.error_message) for r in kstub.ModelStreamInfer(iter(bad), timeout=30)]
+        except grpc.RpcError as e:
+            errs = [(e.code(), e.details())]
+        check(len(errs) == 3 and errs[0][0] == "u" and "unknown input 'a%s' (" % ("\u00e9" * 31) in errs[0][1] and
+              errs[1][0] == "d" and "got 'a%s'" % ("\u00e9" * 7) in errs[1][1] and
+              errs[2][0] == "\u00e9" * 63 and "id must be at most 127 bytes" in errs[2][1],
+              "error responses quoting text cut short: %r" % errs)
         q = kreq("x", 2, False)
         q.outputs.add(name="nope")
         refused(lambda: kstub.ModelInfer(q, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "'nope'", "output nope")

@@ -52,7 +52,7 @@ enum moe_status moe_drive_text(const struct moe_model *m, const int *tokens, siz
     }
     pred = moe_predictor_create(m, p->spec, 1);
     if (!pred) {
-        st = MOE_EINVAL;
+        st = p->spec_arg ? moe_error_prefix(MOE_EINVAL, "--predictor %s", p->spec_arg) : MOE_EINVAL;
         goto out;
     }
     struct moe_pred_prefetch pf = p->prefetch;

@@ -17,6 +17,8 @@ extern "C" {
 
 struct moe_drive_params {
     const struct moe_pred_spec *spec;
+    const char *spec_arg;              /* NULL or the spec as given: a predictor that fails names it,
+                                          "--predictor SPEC: ..." */
     struct moe_pred_prefetch prefetch; /* hint selection (see predictor.h) */
     int seq_len;                       /* tokens per sequence (cache reset after), > 0 */
     int n_threads;                     /* BLAS threads, 0 = 1 */

@@ -136,7 +136,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());
         goto out;
     }
-    struct moe_drive_params dp = { .spec = &spec, .seq_len = (int)to.seq_len, .n_threads = to.threads, .eval = &ev };
+    struct moe_drive_params dp = { .spec = &spec, .spec_arg = pred_s, .seq_len = (int)to.seq_len, .n_threads = to.threads, .eval = &ev };
     double t0 = moe_now();
     if (moe_drive_text(m, ids, n, &dp)) {
         fprintf(stderr, "moeflow eval-predictor: %s\n", moe_last_error());

@@ -260,6 +260,7 @@ int moe_cmd_replay(int argc, char **argv)
     }
     struct moe_drive_params dp = {
         .spec = &spec,
+        .spec_arg = pred_s,
         .prefetch = { .min_score = (float)min_score, .max_per_layer = m->cfg.top_k,
                       .all_scores = policy == MOE_CACHE_PREDICTED },
         .seq_len = (int)to.seq_len,

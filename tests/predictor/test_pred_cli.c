@@ -322,6 +322,24 @@ int main(void)
           "bad policy: %s", out);
     CHECK(run("replay --text x --policy lru --predictor none") == 2, "missing capacity accepted: %s", out);
     CHECK(run("eval-predictor --text x --predictor gate:99") == 2 && strstr(out, "gate:99"), "bad spec: %s", out);
+    /* a predictor file that cannot be read is named by its option, as generate names it, where the message named
+     * the file alone */
+    {
+        char empty[] = "/tmp/moeflow-test-predcli-empty-XXXXXX";
+        int efd = mkstemp(empty);
+        REQUIRE(efd >= 0, "mkstemp");
+        close(efd);
+        static const char *const pcmds[] = { "eval-predictor", "replay --policy lru --capacity 8" };
+        for (size_t i = 0; i < sizeof pcmds / sizeof pcmds[0]; i++) {
+            char want[512];
+            snprintf(a, sizeof a, "%s --text bench/data/pycode/dev.txt --max-tokens 4 --predictor path:%s", pcmds[i],
+                     empty);
+            snprintf(want, sizeof want, "moeflow %.*s: --predictor path:%s: path predictor: %s: file is 0 bytes",
+                     (int)strcspn(pcmds[i], " "), pcmds[i], empty, empty);
+            CHECK(run(a) == 1 && strstr(out, want), "%s: %s", a, out);
+        }
+        unlink(empty);
+    }
     CHECK(run("train-predictor --out /tmp/x.safetensors") == 2, "train without input accepted: %s", out);
     CHECK(run("train-predictor --help") == 0 && strstr(out, "--val-frac"), "train help: %s", out);
     /* options that would be ignored or fail late are refused up front */

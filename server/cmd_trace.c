@@ -21,7 +21,8 @@
 static void trace_usage(FILE *f)
 {
     fprintf(f,
-        "usage: moeflow trace [--model DIR] (--text FILE | --ids FILE) [--seq-len N] --out F.jsonl\n"
+        "usage: moeflow trace [--model DIR] (--text FILE | --ids FILE) [--seq-len N] [--max-tokens N] [--weights]\n"
+        "                     --out F.jsonl\n"
         "\n"
         "Runs teacher-forced prefill over the input and writes which experts every token was routed\n"
         "to in every MoE layer (format: docs/trace-format.md), for moeflow sim and the predictor.\n"

@@ -604,6 +604,15 @@ int main(void)
         CHECK(st == 1 && !strcmp(out, want), "moeflow %s >/dev/full: exit %d, output '%s', want '%s'",
               top_args[i].args, st, out, want);
     }
+    /* trace's usage line lists the options docs/trace-format.md's lists, where it left out --max-tokens and
+     * --weights */
+    {
+        static char help[8192];
+        const char *usage = "usage: moeflow trace [--model DIR] (--text FILE | --ids FILE) [--seq-len N] "
+                            "[--max-tokens N] [--weights]\n                     --out F.jsonl\n";
+        CHECK(run_out("trace --help", false, help, sizeof(help)) == 0 && !strncmp(help, usage, strlen(usage)),
+              "moeflow trace --help: %.200s", help);
+    }
     check_help();
     return t_result("test_cli_options");
 }

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <float.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,7 +226,6 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     optind = 1;
     opterr = 0;
     int c;
-    long v;
     while ((c = getopt_long(argc, argv, ":m:p:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
@@ -235,11 +235,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case 'p': o->prompt = optarg; break;
         case 'h': usage(stdout); return 0;
         case OPT_MAXTOK:
-            if (!moe_parse_long(optarg, 1, 1 << 20, &v)) {
-                fprintf(stderr, "moeflow generate: --max-tokens '%s': expected an integer 1..1048576\n", optarg);
-                return 2;
-            }
-            o->max_tokens = (int)v;
+            if (!moe_cli_opt_int("generate", "max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2;
             break;
         case OPT_TEMP:
             if (!parse_float(optarg, &o->samp.temperature) || o->samp.temperature < 0) {
@@ -260,7 +256,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_SEED: {
             uint64_t s;
             if (!moe_parse_u64(optarg, &s)) {
-                fprintf(stderr, "moeflow generate: --seed '%s': expected an unsigned integer\n", optarg);
+                fprintf(stderr, "moeflow generate: --seed '%s': expected an integer in [0, %" PRIu64 "]\n", optarg,
+                        UINT64_MAX);
                 return 2;
             }
             o->samp.seed = s;

@@ -604,6 +604,11 @@ int main(void)
         CHECK(st == 1 && !strcmp(out, want), "moeflow %s >/dev/full: exit %d, output '%s', want '%s'",
               top_args[i].args, st, out, want);
     }
+    /* generate's ranges read as every command's do, where --max-tokens said 1..1048576 and --seed gave none */
+    expect("generate --prompt x --max-tokens 0",
+           "moeflow generate: --max-tokens '0': expected an integer in [1, 1048576]\n");
+    expect("generate --prompt x --seed -1",
+           "moeflow generate: --seed '-1': expected an integer in [0, 18446744073709551615]\n");
     /* trace's usage line lists the options docs/trace-format.md's lists, where it left out --max-tokens and
      * --weights */
     {

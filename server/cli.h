@@ -45,6 +45,12 @@ bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hin
 struct option;
 int moe_cli_bad_option(const char *cmd, int c, char **argv, const struct option *opts);
 
+/* -h or --help seen by getopt_long(argc, argv, shortopts, opts): the rest of argv read through (options, and
+ * their values, are let be), then usage(stdout) and 0, or, for a word that is no option's value, a line that names
+ * it and 2, as moeflow help CMD WORD and moeflow --help WORD are refused. */
+int moe_cli_help(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *opts,
+                 void (*usage)(FILE *));
+
 /* --predictor SPEC (moe_pred_spec_parse with the model directory dir): 0 when it parses, else the
  * exit status after printing "moeflow CMD: <why>": 2 for a malformed spec, 1 for a predictor file
  * that is missing or a directory (the same as a file that cannot be loaded later). */

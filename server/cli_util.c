@@ -70,6 +70,20 @@ bool moe_cli_no_operands(const char *cmd, int argc, char **argv, const char *hin
     return false;
 }
 
+int moe_cli_help(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *opts,
+                 void (*usage)(FILE *))
+{
+    while (getopt_long(argc, argv, shortopts, opts, NULL) != -1) {
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moeflow %s: unexpected argument '%s' with --help (moeflow help CMD prints a command's "
+                "options)\n", cmd, argv[optind]);
+        return 2;
+    }
+    usage(stdout);
+    return 0;
+}
+
 int moe_cli_bad_option(const char *cmd, int c, char **argv, const struct option *opts)
 {
     const char *arg = argv[optind - 1];

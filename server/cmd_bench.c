@@ -328,7 +328,7 @@ static int bench_batch(int argc, char **argv)
         case O_NOPF: o.no_pred_prefetch = true; break;
         case O_RANK: o.rank_only = true; break;
         case 'h':
-        case O_HELP: bench_usage(stdout); return 0;
+        case O_HELP: return moe_cli_help("bench batch", argc, argv, ":h", lopts, bench_usage);
         default: {
             int r = moe_offload_opts_parse(&o.oo, c, optarg);
             if (r < 0) {
@@ -637,6 +637,11 @@ out:
 
 int moe_cmd_bench(int argc, char **argv)
 {
+    if (argc > 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fprintf(stderr, "moeflow bench: unexpected argument '%s' with --help (moeflow help CMD prints a command's "
+                "options)\n", argv[2]);
+        return 2;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         FILE *f = argc < 2 ? stderr : stdout;
         fprintf(f, "usage: moeflow bench <benchmark> [options]\n\nbenchmarks:\n"

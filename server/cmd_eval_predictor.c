@@ -99,7 +99,7 @@ int moe_cmd_eval_predictor(int argc, char **argv)
             if (!moe_cli_opt_long("eval-predictor", opts[c - O_MODEL].name, optarg, 1, 1 << 16, &K)) return 2;
             break;
         case O_JSON: json = true; break;
-        case 'h': usage(stdout); return 0;
+        case 'h': return moe_cli_help("eval-predictor", argc, argv, ":h", opts, usage);
         default: return moe_cli_bad_option("eval-predictor", c, argv, opts);
         }
     }

@@ -233,7 +233,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
             o->model_dir = optarg;
             break;
         case 'p': o->prompt = optarg; break;
-        case 'h': usage(stdout); return 0;
+        case 'h': return moe_cli_help("generate", argc, argv, ":m:p:h", opts, usage);
         case OPT_MAXTOK:
             if (!moe_cli_opt_int("generate", "max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2;
             break;

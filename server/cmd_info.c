@@ -93,7 +93,7 @@ int moe_cmd_info(int argc, char **argv)
             dir = optarg;
             break;
         case 'j': as_json = true; break;
-        case 'h': info_usage(stdout); return 0;
+        case 'h': return moe_cli_help("info", argc, argv, ":m:h", opts, info_usage);
         default: return moe_cli_bad_option("info", c, argv, opts);
         }
     }

@@ -143,7 +143,7 @@ int moe_cmd_logits(int argc, char **argv)
         case 't':
             if (!moe_cli_opt_threads("logits", optarg, &threads)) return 2;
             break;
-        case 'h': usage(stdout); return 0;
+        case 'h': return moe_cli_help("logits", argc, argv, ":m:i:o:t:h", opts, usage);
         default: return moe_cli_bad_option("logits", c, argv, opts);
         }
     }

@@ -94,7 +94,7 @@ int moe_cmd_pack(int argc, char **argv)
             break;
         case 'o': out = optarg; break;
         case 'q': quiet = true; break;
-        case 'h': pack_usage(stdout); return 0;
+        case 'h': return moe_cli_help("pack", argc, argv, ":m:o:qh", opts, pack_usage);
         default: return moe_cli_bad_option("pack", c, argv, opts);
         }
     }

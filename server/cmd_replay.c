@@ -200,7 +200,7 @@ int moe_cmd_replay(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'h': usage(stdout); return 0;
+        case 'h': return moe_cli_help("replay", argc, argv, ":h", opts, usage);
         default: return moe_cli_bad_option("replay", c, argv, opts);
         }
     }

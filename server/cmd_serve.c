@@ -66,10 +66,10 @@ int moe_cmd_serve(int argc, char **argv)
         int c;
         while ((c = getopt_long(argc, argv, ":h", lo, NULL)) != -1) {
             if (c == 'h') {
-                serve_usage(stdout);
+                rc = moe_cli_help("serve", argc, argv, ":h", lo, serve_usage);
                 free(lo);
                 free(given);
-                return 0;
+                return rc;
             }
             if (c == '?' || c == ':') {
                 if (pass == 0) rc = moe_cli_bad_option("serve", c, argv, lo);

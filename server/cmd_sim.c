@@ -131,7 +131,7 @@ int moe_cmd_sim(int argc, char **argv)
             timeline_opt = "--expert-ms";
             break;
         case O_JSON: json = true; break;
-        case 'h': sim_usage(stdout); return 0;
+        case 'h': return moe_cli_help("sim", argc, argv, ":h", opts, sim_usage);
         default: return moe_cli_bad_option("sim", c, argv, opts);
         }
     }

@@ -160,7 +160,7 @@ int moe_cmd_tokenize(int argc, char **argv)
         case 'd': decode = true; break;
         case 'p': prompt = true; break;
         case 'i': ids_arg = optarg; break;
-        case 'h': usage(stdout); return 0;
+        case 'h': return moe_cli_help("tokenize", argc, argv, ":h", opts, usage);
         default: return moe_cli_bad_option("tokenize", c, argv, opts);
         }
     }

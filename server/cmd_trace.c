@@ -167,7 +167,7 @@ int moe_cmd_trace(int argc, char **argv)
             break;
         case O_WEIGHTS: weights = true; break;
         case O_OUT: out = optarg; break;
-        case 'h': trace_usage(stdout); return 0;
+        case 'h': return moe_cli_help("trace", argc, argv, ":m:h", opts, trace_usage);
         default: {
             int r = moe_offload_opts_parse(&oo, c, optarg);
             if (r < 0) {

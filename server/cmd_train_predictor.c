@@ -137,7 +137,7 @@ int moe_cmd_train_predictor(int argc, char **argv)
             break;
         case O_QUIET: quiet = true; break;
         case O_CONTEXT: context = true; break;
-        case 'h': usage(stdout); return 0;
+        case 'h': return moe_cli_help("train-predictor", argc, argv, ":h", opts, usage);
         default: return moe_cli_bad_option("train-predictor", c, argv, opts);
         }
     }

@@ -587,6 +587,30 @@ int main(void)
            "CMD prints a command's options)\n");
     expect("help info x", "moeflow: unexpected argument 'x' after help info (moeflow help CMD prints a command's "
            "options)\n");
+    /* a word with CMD --help is refused naming it, as one after help CMD is, where the help was printed, exit 0;
+     * options with it are let be (a command line with --help added prints the help) */
+    static const char *const help_words[][2] = {
+        { "generate --help extra", "generate: unexpected argument 'extra'" },
+        { "info -h x", "info: unexpected argument 'x'" },
+        { "tokenize hello --help", "tokenize: unexpected argument 'hello'" },
+        { "bench --help x", "bench: unexpected argument 'x'" },
+        { "bench batch --help x", "bench batch: unexpected argument 'x'" },
+#ifdef TEST_SERVER
+        { "serve --help x", "serve: unexpected argument 'x'" },
+#endif
+    };
+    for (size_t i = 0; i < sizeof(help_words) / sizeof(help_words[0]); i++) {
+        snprintf(want, sizeof(want), "moeflow %s with --help (moeflow help CMD prints a command's options)\n",
+                 help_words[i][1]);
+        expect(help_words[i][0], want);
+    }
+    static const char *const help_opts[] = { "generate --help --prompt x", "generate --max-tokens 3 --prompt x -h",
+                                             "trace --help --out t.jsonl" };
+    for (size_t i = 0; i < sizeof(help_opts) / sizeof(help_opts[0]); i++) {
+        static char help[65536];
+        int st = run_out(help_opts[i], false, help, sizeof(help));
+        CHECK(st == 0 && !strncmp(help, "usage: moeflow ", 15), "moeflow %s: exit %d: %.200s", help_opts[i], st, help);
+    }
     /* what --help and --version print must reach stdout, as a command's output must: a full disk fails them, with
      * the reason also where the write failed while the help was printed (generate's, longer than the stream's
      * buffer), which left nothing for the last flush to fail on */

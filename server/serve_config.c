@@ -391,8 +391,17 @@ enum moe_status moe_serve_config_parse(struct moe_serve_config *c, char *text, c
             return moe_errorf(MOE_EINVAL, "%s:%d: %s is given again, first on line %d: give each key once", name,
                               lineno, o->name, set_on[o - opts]);
         st = moe_serve_config_set(c, key, val);
-        if (st != MOE_OK)
+        if (st != MOE_OK) {
+            /* the offload options and the predictor say their flag (--gpu-experts 'x' ...): a file says its key */
+            const char *m = moe_last_error();
+            size_t kn = o ? strlen(o->name) : 0;
+            if (o && !strncmp(m, "--", 2) && !strncmp(m + 2, o->name, kn) && (m[2 + kn] == ' ' || m[2 + kn] == ':')) {
+                char why[1024];
+                snprintf(why, sizeof why, "%s", m + 2);
+                return moe_errorf(st, "%s:%d: %s", name, lineno, why);
+            }
             return moe_error_prefix(st, "%s:%d", name, lineno);
+        }
         set_on[o - opts] = lineno;
     }
     return st;

@@ -176,20 +176,113 @@ enum moe_tool_style moe_chat_tool_style(const struct moe_chat *c)
     return c ? c->tools : MOE_TOOLS_NONE;
 }
 
+/* Bytes of the Python whitespace character (str.isspace) that starts at s[0..n), 0 when none. */
+static size_t py_space_at(const unsigned char *s, size_t n)
+{
+    if (n >= 1 && ((s[0] >= 0x09 && s[0] <= 0x0d) || (s[0] >= 0x1c && s[0] <= 0x20)))
+        return 1;
+    if (n >= 2 && s[0] == 0xc2 && (s[1] == 0x85 || s[1] == 0xa0))
+        return 2;
+    if (n < 3)
+        return 0;
+    unsigned cp = (unsigned)(s[0] & 0x0f) << 12 | (unsigned)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
+    bool three = (s[0] & 0xf0) == 0xe0 && (s[1] & 0xc0) == 0x80 && (s[2] & 0xc0) == 0x80;
+    return three && (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 ||
+                     cp == 0x202f || cp == 0x205f || cp == 0x3000) ? 3 : 0;
+}
+
+/* s[0..n) without the Python whitespace at its start (*lead bytes) and end (*trail bytes), as str.strip. */
+static void py_strip(const char *s, size_t n, size_t *lead, size_t *trail)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t a = 0, b = n, k;
+    while (a < b && (k = py_space_at(u + a, b - a)))
+        a += k;
+    for (bool more = true; more && b > a;) {
+        more = false;
+        for (size_t w = 1; w <= 3 && w <= b - a; w++)
+            if (py_space_at(u + b - w, w) == w) {
+                b -= w;
+                more = true;
+                break;
+            }
+    }
+    *lead = a;
+    *trail = n - b;
+}
+
+enum moe_status moe_chat_continue_cut(const char *text, size_t len, const char *content, size_t clen, size_t *cut)
+{
+    size_t lead, trail;
+    py_strip(content, clen, &lead, &trail);
+    size_t core = clen - lead - trail;
+    const char *loc = NULL;
+    for (size_t i = len + 1; core <= len && i-- > 0;) /* the last place the stripped content appears */
+        if (i + core <= len && !memcmp(text + i, content + lead, core)) {
+            loc = text + i;
+            break;
+        }
+    if (!loc)
+        return moe_errorf(MOE_EINVAL, "continue_final_message is set but the final message's content does not "
+                          "appear in the rendered chat (the chat template changes it)");
+    size_t at = (size_t)(loc - text);
+    /* the content as it was, when the template kept it whole from its stripped start; else without its
+     * surrounding whitespace */
+    bool whole = lead == 0 && at + clen <= len && !memcmp(loc, content, clen);
+    *cut = at + (whole ? clen : core);
+    return MOE_OK;
+}
+
+/* Python's truth of a JSON value (a template variable set from a request). */
+static bool json_truthy(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_TRUE: return true;
+    case JSON_INTEGER: return json_integer_value(v) != 0;
+    case JSON_REAL: return json_real_value(v) != 0;
+    case JSON_STRING: return json_string_length(v) > 0;
+    case JSON_ARRAY: return json_array_size(v) > 0;
+    case JSON_OBJECT: return json_object_size(v) > 0;
+    default: return false;
+    }
+}
+
 enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json_t *extra, char **out, size_t *len)
 {
     if (!c || !json_is_array(messages) || (extra && !json_is_object(extra)))
         return moe_errorf(MOE_EINVAL, "chat template: render needs a template, an array of messages and an "
                           "object of extra variables");
     json_t *vars = json_deep_copy(c->tokens);
-    /* tools and documents are none unless given, as apply_chat_template passes tools=None, documents=None */
+    /* tools and documents are none unless given, as apply_chat_template passes tools=None, documents=None;
+     * add_generation_prompt true unless extra says otherwise */
     if (!vars || json_object_set_new(vars, "tools", json_null()) || json_object_set_new(vars, "documents", json_null()) ||
-        (extra && json_object_update(vars, extra)) || json_object_set(vars, "messages", messages) ||
-        json_object_set_new(vars, "add_generation_prompt", json_true())) {
+        json_object_set_new(vars, "add_generation_prompt", json_true()) ||
+        json_object_set_new(vars, "continue_final_message", json_false()) ||
+        (extra && json_object_update(vars, extra)) || json_object_set(vars, "messages", messages)) {
         json_decref(vars);
         return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
     }
-    enum moe_status st = moe_jinja_render(c->tmpl, vars, out, len);
+    bool cont = json_truthy(json_object_get(vars, "continue_final_message"));
+    json_t *last = json_array_get(messages, json_array_size(messages) - 1);
+    json_t *content = json_object_get(last, "content");
+    enum moe_status st = MOE_OK;
+    if (cont && json_truthy(json_object_get(vars, "add_generation_prompt")))
+        st = moe_errorf(MOE_EINVAL, "add_generation_prompt and continue_final_message cannot both be true");
+    else if (cont && !json_is_string(content))
+        st = moe_errorf(MOE_EINVAL, "continue_final_message is set but the final message has no text to continue");
+    if (st == MOE_OK)
+        st = moe_jinja_render(c->tmpl, vars, out, len);
+    size_t cut;
+    if (st == MOE_OK && cont) {
+        st = moe_chat_continue_cut(*out, *len, json_string_value(content), json_string_length(content), &cut);
+        if (st) {
+            free(*out);
+            *out = NULL;
+        } else {
+            (*out)[cut] = 0;
+            *len = cut;
+        }
+    }
     json_decref(vars);
     return st;
 }

@@ -2,7 +2,8 @@
  * string, or a list of {"name", "template"} whose "default" is used) with the
  * special tokens it may print (bos_token, eos_token, unk_token, pad_token:
  * strings or {"content": ...}), rendered as the Hugging Face library's
- * apply_chat_template(messages, add_generation_prompt=True) renders it
+ * apply_chat_template(messages, add_generation_prompt=True) renders it (or with
+ * continue_final_message)
  * (model/jinja.h). */
 #ifndef MOE_CHAT_H
 #define MOE_CHAT_H
@@ -56,10 +57,19 @@ enum moe_tool_style {
 #define MOE_DS_SEP "<\uFF5Ctool\u2581sep\uFF5C>"
 enum moe_tool_style moe_chat_tool_style(const struct moe_chat *c);
 
-/* The prompt for messages (a JSON array of message objects) with
- * add_generation_prompt true; extra (a JSON object, or NULL) adds variables,
- * as chat_template_kwargs do.  *out malloc'd, NUL-terminated. */
+/* The prompt for messages (a JSON array of message objects), as apply_chat_template renders it: the
+ * variables are the special tokens, tools and documents none, add_generation_prompt true and
+ * continue_final_message false, then extra (a JSON object, or NULL: the request's fields and its
+ * chat_template_kwargs) over them.  When continue_final_message is then true (Python's truth), the text
+ * ends right after the last message's content (moe_chat_continue_cut); add_generation_prompt true with it,
+ * or a last message without string content, is MOE_EINVAL.  *out malloc'd, NUL-terminated. */
 enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json_t *extra, char **out, size_t *len);
+
+/* Where transformers' continue_final_message cuts text[0..len): after the last place content's stripped
+ * text (Python's str.strip) appears, with the content's trailing whitespace when the text holds the content
+ * whole there, without it otherwise.  *cut bytes are kept; MOE_EINVAL when the stripped content is not in
+ * the text. */
+enum moe_status moe_chat_continue_cut(const char *text, size_t len, const char *content, size_t clen, size_t *cut);
 
 #ifdef __cplusplus
 }

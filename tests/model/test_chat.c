@@ -33,6 +33,78 @@ static char *render_hi(enum moe_status *st)
     return out;
 }
 
+/* Render msgs (JSON text) with dir's template and extra variables (JSON text, or NULL). */
+static char *render_with(const char *msgs_json, const char *extra_json, enum moe_status *st)
+{
+    struct moe_chat *c = NULL;
+    *st = moe_chat_load_dir(dir, &c);
+    json_t *msgs = json_loads(msgs_json, 0, NULL), *extra = extra_json ? json_loads(extra_json, 0, NULL) : NULL;
+    REQUIRE(msgs && (extra || !extra_json), "test JSON");
+    char *out = NULL;
+    size_t n;
+    if (*st == MOE_OK && c)
+        *st = moe_chat_render(c, msgs, extra, &out, &n);
+    json_decref(msgs);
+    json_decref(extra);
+    moe_chat_free(c);
+    return out;
+}
+
+/* add_generation_prompt and continue_final_message: true and false unless extra (the request's fields
+ * with chat_template_kwargs over them) says otherwise; continue_final_message cuts the text after the last
+ * message's content as transformers' apply_chat_template does (its stripped text's last place; its trailing
+ * whitespace kept only when the template kept the content whole and it has no leading whitespace). */
+static void check_generation_vars(void)
+{
+    write_config("{\"chat_template\": \"[{{ add_generation_prompt }}{{ continue_final_message }}]{% for m in messages %}"
+                 "<|{{ m.role }}|>{% if how == 'raw' %}{{ m.content }}{% elif how == 'upper' %}{{ m.content | upper }}"
+                 "{% else %}{{ m.content | trim }}{% endif %}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}\"}");
+    static const struct {
+        const char *name, *msgs, *extra, *want, *error;
+    } cases[] = {
+        { "defaults", "[{\"role\": \"user\", \"content\": \"hi\"}]", NULL,
+          "[TrueFalse]<|user|>hi<|end|><|assistant|>", NULL },
+        { "no generation prompt", "[{\"role\": \"user\", \"content\": \"hi\"}]",
+          "{\"add_generation_prompt\": false}", "[FalseFalse]<|user|>hi<|end|>", NULL },
+        { "falsy kwarg", "[{\"role\": \"user\", \"content\": \"hi\"}]", "{\"add_generation_prompt\": 0}",
+          "[0False]<|user|>hi<|end|>", NULL },
+        { "continue, trimmed", "[{\"role\": \"user\", \"content\": \"ok\"}, {\"role\": \"assistant\", "
+          "\"content\": \"ok \"}]", "{\"add_generation_prompt\": false, \"continue_final_message\": true}",
+          "[FalseTrue]<|user|>ok<|end|><|assistant|>ok", NULL },
+        { "continue, kept whole", "[{\"role\": \"assistant\", \"content\": \"Sure, \"}]",
+          "{\"add_generation_prompt\": false, \"continue_final_message\": true, \"how\": \"raw\"}",
+          "[FalseTrue]<|assistant|>Sure, ", NULL },
+        { "continue, leading space", "[{\"role\": \"assistant\", \"content\": \" Sure, \"}]",
+          "{\"add_generation_prompt\": false, \"continue_final_message\": true, \"how\": \"raw\"}",
+          "[FalseTrue]<|assistant|> Sure,", NULL },
+        { "continue, unicode space", "[{\"role\": \"assistant\", \"content\": \"\u00a0Hi\u3000\"}]",
+          "{\"add_generation_prompt\": false, \"continue_final_message\": 1, \"how\": \"raw\"}",
+          "[False1]<|assistant|>\u00a0Hi", NULL },
+        { "continue, empty", "[{\"role\": \"assistant\", \"content\": \"\"}]",
+          "{\"add_generation_prompt\": false, \"continue_final_message\": true}",
+          "[FalseTrue]<|assistant|><|end|>", NULL },
+        { "both", "[{\"role\": \"assistant\", \"content\": \"a\"}]", "{\"continue_final_message\": true}", NULL,
+          "cannot both be true" },
+        { "changed", "[{\"role\": \"assistant\", \"content\": \"abc\"}]",
+          "{\"add_generation_prompt\": false, \"continue_final_message\": true, \"how\": \"upper\"}", NULL,
+          "does not appear" },
+        { "no content", "[{\"role\": \"assistant\"}]",
+          "{\"add_generation_prompt\": false, \"continue_final_message\": true}", NULL, "no text" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        enum moe_status st;
+        char *out = render_with(cases[i].msgs, cases[i].extra, &st);
+        if (cases[i].want)
+            CHECK(st == MOE_OK && out && !strcmp(out, cases[i].want), "%s: %s", cases[i].name,
+                  out ? out : moe_last_error());
+        else
+            CHECK(st == MOE_EINVAL && !out && strstr(moe_last_error(), cases[i].error), "%s: status %d %s",
+                  cases[i].name, st, moe_last_error());
+        free(out);
+    }
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -120,6 +192,8 @@ int main(void)
     write_config("[1, 2]");
     out = render_hi(&st);
     CHECK(st == MOE_EFORMAT && strstr(moe_last_error(), "not a JSON object"), "an array: %s", moe_last_error());
+
+    check_generation_vars();
 
     char p[256];
     snprintf(p, sizeof(p), "%s/tokenizer_config.json", dir);

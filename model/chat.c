@@ -233,8 +233,7 @@ enum moe_status moe_chat_continue_cut(const char *text, size_t len, const char *
     return MOE_OK;
 }
 
-/* Python's truth of a JSON value (a template variable set from a request). */
-static bool json_truthy(const json_t *v)
+bool moe_chat_truthy(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_TRUE: return true;
@@ -262,11 +261,11 @@ enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json
         json_decref(vars);
         return moe_errorf(MOE_ENOMEM, "chat template: out of memory");
     }
-    bool cont = json_truthy(json_object_get(vars, "continue_final_message"));
+    bool cont = moe_chat_truthy(json_object_get(vars, "continue_final_message"));
     json_t *last = json_array_get(messages, json_array_size(messages) - 1);
     json_t *content = json_object_get(last, "content");
     enum moe_status st = MOE_OK;
-    if (cont && json_truthy(json_object_get(vars, "add_generation_prompt")))
+    if (cont && moe_chat_truthy(json_object_get(vars, "add_generation_prompt")))
         st = moe_errorf(MOE_EINVAL, "add_generation_prompt and continue_final_message cannot both be true");
     else if (cont && !json_is_string(content))
         st = moe_errorf(MOE_EINVAL, "continue_final_message is set but the final message has no text to continue");
@@ -287,7 +286,7 @@ enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json
     return st;
 }
 
-char *moe_chat_markers(int n, const char *const *roles, const char *const *contents)
+char *moe_chat_markers(int n, const char *const *roles, const char *const *contents, bool generation_prompt)
 {
     size_t total = 32;
     for (int i = 0; i < n; i++)
@@ -298,6 +297,6 @@ char *moe_chat_markers(int n, const char *const *roles, const char *const *conte
     size_t off = 0;
     for (int i = 0; i < n; i++)
         off += (size_t)snprintf(out + off, total - off, "<|%s|>\n%s\n", roles[i], contents[i]);
-    snprintf(out + off, total - off, "<|assistant|>\n");
+    snprintf(out + off, total - off, "%s", generation_prompt ? "<|assistant|>\n" : "");
     return out;
 }

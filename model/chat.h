@@ -27,8 +27,8 @@ void moe_chat_free(struct moe_chat *c);
 
 /* moeflow's own chat prompt, for a model without a template (the bundled
  * model): for each message "<|role|>\n" + content + "\n", then
- * "<|assistant|>\n".  Returns malloc'd text or NULL. */
-char *moe_chat_markers(int n, const char *const *roles, const char *const *contents);
+ * "<|assistant|>\n" when generation_prompt.  Returns malloc'd text or NULL. */
+char *moe_chat_markers(int n, const char *const *roles, const char *const *contents, bool generation_prompt);
 
 /* Where the template came from ("m/tokenizer_config.json", or the file). */
 const char *moe_chat_source(const struct moe_chat *c);
@@ -65,6 +65,9 @@ enum moe_tool_style moe_chat_tool_style(const struct moe_chat *c);
  * or a last message without string content, is MOE_EINVAL.  *out malloc'd, NUL-terminated. */
 enum moe_status moe_chat_render(const struct moe_chat *c, json_t *messages, json_t *extra, char **out, size_t *len);
 
+/* Python's truth of a JSON value (a template variable such as add_generation_prompt): false for NULL,
+ * null, false, 0, "", [] and {}. */
+bool moe_chat_truthy(const json_t *v);
 /* Where transformers' continue_final_message cuts text[0..len): after the last place content's stripped
  * text (Python's str.strip) appears, with the content's trailing whitespace when the text holds the content
  * whole there, without it otherwise.  *cut bytes are kept; MOE_EINVAL when the stripped content is not in

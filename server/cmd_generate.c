@@ -126,7 +126,7 @@ static char *chat_prompt(const struct gen_opts *o, bool *templated)
             moe_errorf(MOE_ENOMEM, "out of memory");
         json_decref(msgs);
         moe_chat_free(tmpl);
-    } else if (!(text = moe_chat_markers(2 - first, roles + first, contents + first))) {
+    } else if (!(text = moe_chat_markers(2 - first, roles + first, contents + first, true))) {
         moe_errorf(MOE_ENOMEM, "out of memory");
     }
     return text;

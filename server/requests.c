@@ -328,7 +328,7 @@ static enum moe_status render_template_messages(json_t *msgs, bool parse_args, b
 }
 
 static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *msgs, const struct moe_chat *tmpl,
-                                            json_t *kwargs, json_t *tools)
+                                            json_t *extra)
 {
     enum moe_status st = check_messages(msgs);
     if (st)
@@ -340,11 +340,6 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
             return moe_errorf(MOE_EINVAL, "'messages[%zu].role' must be a string", i);
         if (content && !json_is_string(content) && !json_is_null(content))
             return moe_errorf(MOE_EINVAL, "'messages[%zu].content' must be a string or null", i);
-    }
-    json_t *extra = json_is_object(kwargs) ? json_deep_copy(kwargs) : json_object();
-    if (!extra || (json_is_array(tools) && json_object_set(extra, "tools", tools))) {
-        json_decref(extra);
-        return moe_errorf(MOE_ENOMEM, "'messages': out of memory");
     }
     char *text;
     size_t len;
@@ -359,7 +354,6 @@ static enum moe_status render_chat_messages(struct moe_gen_request *r, json_t *m
         enum moe_status again = render_template_messages(msgs, false, NULL, tmpl, extra, &text, &len);
         st = again == MOE_OK || again == MOE_ENOMEM ? again : moe_errorf(st, "%s", first);
     }
-    json_decref(extra);
     if (st)
         return moe_error_prefix(st == MOE_ENOMEM ? st : MOE_EINVAL, "'messages'");
     st = set_prompt_text(r, text, len, "messages");
@@ -399,7 +393,47 @@ static enum moe_status check_chat_extras(json_t *root)
     return MOE_OK;
 }
 
-static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *msgs)
+/* The variables a chat's template sees from the request, as vLLM sets them: add_generation_prompt (true
+ * unless given), continue_final_message (false unless given) and tools, then chat_template_kwargs over
+ * them.  *vars is a new object; *gen and *cont say whether the two hold then (Python's truth).  Both
+ * true, or continuing a last message that is not the assistant's, is an error naming the fields. */
+static enum moe_status chat_vars(json_t *root, json_t *msgs, json_t **vars, bool *gen, bool *cont)
+{
+    *vars = NULL;
+    *gen = true;
+    *cont = false;
+    enum moe_status st = json_get_bool(root, "add_generation_prompt", gen);
+    if (st == MOE_OK)
+        st = json_get_bool(root, "continue_final_message", cont);
+    if (st)
+        return st;
+    json_t *kwargs = json_object_get(root, "chat_template_kwargs"), *tools = json_object_get(root, "tools");
+    json_t *v = json_pack("{s:b, s:b}", "add_generation_prompt", *gen, "continue_final_message", *cont);
+    if (!v || (json_is_array(tools) && json_object_set(v, "tools", tools)) ||
+        (json_is_object(kwargs) && json_object_update(v, kwargs))) {
+        json_decref(v);
+        return moe_errorf(MOE_ENOMEM, "'messages': out of memory");
+    }
+    *gen = moe_chat_truthy(json_object_get(v, "add_generation_prompt"));
+    *cont = moe_chat_truthy(json_object_get(v, "continue_final_message"));
+    json_t *last = json_array_get(msgs, json_array_size(msgs) - 1);
+    const char *role = json_string_value(json_object_get(last, "role"));
+    if (*gen && *cont)
+        st = moe_errorf(MOE_EINVAL, "'add_generation_prompt' and 'continue_final_message' cannot both be true "
+                        "(set 'add_generation_prompt' to false to continue the last message)");
+    else if (*cont && role && strcmp(role, "assistant")) /* a message without a role is refused later */
+        st = moe_errorf(MOE_EINVAL, "'continue_final_message' needs the last message to be the assistant's, not "
+                        "'%.*s'", moe_utf8_cut(role, 32), role);
+    if (st)
+        json_decref(v);
+    else
+        *vars = v;
+    return st;
+}
+
+/* Messages as moeflow's markers (moe_chat_markers), with the generation prompt when gen, cut after the
+ * last message's content when cont (as a template's text is). */
+static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *msgs, bool gen, bool cont)
 {
     enum moe_status st = check_messages(msgs);
     if (st)
@@ -429,12 +463,16 @@ static enum moe_status parse_chat_messages(struct moe_gen_request *r, json_t *ms
         }
         contents[i] = json_string_value(content);
     }
-    char *text = moe_chat_markers((int)n, roles, contents);
+    char *text = moe_chat_markers((int)n, roles, contents, gen);
     if (!text) {
         st = moe_errorf(MOE_ENOMEM, "'messages': out of memory");
         goto out;
     }
-    st = set_prompt_text(r, text, strlen(text), "messages");
+    size_t len = strlen(text);
+    if (cont && (st = moe_chat_continue_cut(text, len, contents[n - 1], strlen(contents[n - 1]), &len)) != MOE_OK)
+        st = moe_error_prefix(st, "'continue_final_message'");
+    else
+        st = set_prompt_text(r, text, len, "messages");
     free(text);
 out:
     free(roles);
@@ -961,11 +999,14 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
     out->chat = chat;
     if (chat) {
         json_t *msgs = json_object_get(root, "messages");
+        json_t *vars = NULL;
+        bool gen, cont;
         st = check_chat_extras(root);
         if (st == MOE_OK)
-            st = tmpl ? render_chat_messages(out, msgs, tmpl, json_object_get(root, "chat_template_kwargs"),
-                                             json_object_get(root, "tools"))
-                      : parse_chat_messages(out, msgs);
+            st = chat_vars(root, msgs, &vars, &gen, &cont);
+        if (st == MOE_OK)
+            st = tmpl ? render_chat_messages(out, msgs, tmpl, vars) : parse_chat_messages(out, msgs, gen, cont);
+        json_decref(vars);
         if (st != MOE_OK)
             goto out;
     } else {

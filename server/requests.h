@@ -101,8 +101,9 @@ struct moe_chat;
 
 /* OpenAI /v1/completions (chat = false) or /v1/chat/completions (chat = true)
  * JSON body.  Chat messages are rendered with the model's template tmpl
- * (model/chat.h; any role, content a string or null, chat_template_kwargs as
- * more variables), or with moe_chat_markers() (model/chat.h) when tmpl is NULL. */
+ * (model/chat.h; any role, content a string or null; add_generation_prompt,
+ * continue_final_message and tools as variables, chat_template_kwargs over
+ * them), or with moe_chat_markers() (model/chat.h) when tmpl is NULL. */
 enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, const struct moe_chat *tmpl,
                                      struct moe_gen_request *out);
 

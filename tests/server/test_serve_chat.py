@@ -5,6 +5,10 @@ A copy of the bundled model (links) gets a tokenizer_config.json with a
 ChatML-style template of this test's own; /v1/chat/completions must then run
 on exactly the text that template makes (its token count is compared with
 `moeflow tokenize` of the expected text), pass chat_template_kwargs to it,
+take vLLM's add_generation_prompt and continue_final_message (the kwargs over
+them; a continued reply starts from the assistant's text as cut by
+transformers' rule, and its tokens go on from there as a completion of that
+text would), as moeflow's markers do too,
 turn its raise_exception() into a 400 that keeps the server serving, and
 `--chat-template markers` / FILE / a template outside the subset must do what
 `moeflow serve --help` says; an earlier tool call's arguments reach a template as the JSON value,
@@ -63,9 +67,9 @@ def chat(srv, messages, **extra):
     return code, json.loads(out)
 
 
-def rendered(srv, messages):
+def rendered(srv, messages, **extra):
     """The text a chat's messages render to (through /tokenize and /detokenize), or the error message."""
-    code, raw = srv.http("/tokenize", json.dumps({"messages": messages}).encode())
+    code, raw = srv.http("/tokenize", json.dumps(dict(messages=messages, **extra)).encode())
     if code != 200:
         return code, json.loads(raw).get("error", {}).get("message", raw)
     code, raw = srv.http("/detokenize", json.dumps({"tokens": json.loads(raw)["tokens"]}).encode())
@@ -98,6 +102,52 @@ FAILS_TEMPLATE = ("{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.
                   "{% endfor %}{% endfor %}")
 
 
+def check_generation_fields(srv, moeflow, model, msgs, want):
+    """add_generation_prompt and continue_final_message on TEMPLATE (which trims each content): the text
+    each renders (as Jinja2 and transformers' apply_chat_template make it), the kwargs over the fields, a
+    continued reply's tokens going on from the cut text, and the 400s."""
+    no_prompt = want[:-len("<|assistant|>\n")]
+    for extra, text in (({"add_generation_prompt": False}, no_prompt),
+                        ({"chat_template_kwargs": {"add_generation_prompt": False}}, no_prompt),
+                        ({"add_generation_prompt": False, "chat_template_kwargs": {"add_generation_prompt": True}},
+                         want),
+                        ({"add_generation_prompt": True}, want)):
+            got = rendered(srv, msgs, **extra)
+            check(got == (200, text), "%s: %s" % (extra, got))
+            code, out = chat(srv, msgs, **extra)
+            check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, text),
+                  "%s: %d %s" % (extra, code, out))
+    # the assistant's text trimmed by the template: cut after its stripped text, without the trailing space
+    reply = msgs + [{"role": "assistant", "content": "    return a "}]
+    cont = no_prompt + "<|assistant|>\nreturn a"
+    for extra in ({"add_generation_prompt": False, "continue_final_message": True},
+                  {"chat_template_kwargs": {"add_generation_prompt": False, "continue_final_message": True}}):
+        got = rendered(srv, reply, **extra)
+        check(got == (200, cont), "continued %s: %s" % (extra, got))
+    body = {"max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    code, raw = srv.http("/v1/chat/completions", json.dumps(dict(
+        body, messages=reply, add_generation_prompt=False, continue_final_message=True)).encode())
+    out = json.loads(raw)
+    code2, raw2 = srv.http("/v1/completions", json.dumps(dict(body, prompt=cont)).encode())
+    out2 = json.loads(raw2)
+    check(code == 200 and code2 == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, cont) and
+          out["choices"][0]["message"]["content"] == out2["choices"][0]["text"],
+          "continued reply: %d %s, completion of the cut text: %d %s" % (code, out, code2, out2))
+    for extra, msg, what in (
+            ({"continue_final_message": True}, reply, "'add_generation_prompt' and 'continue_final_message'"),
+            ({"add_generation_prompt": True, "continue_final_message": True}, reply,
+             "'add_generation_prompt' and 'continue_final_message'"),
+            ({"add_generation_prompt": False, "chat_template_kwargs": {"continue_final_message": 1,
+                                                                       "add_generation_prompt": "yes"}}, reply,
+             "'add_generation_prompt' and 'continue_final_message'"),
+            ({"add_generation_prompt": False, "continue_final_message": True}, msgs,
+             "'continue_final_message' needs the last message to be the assistant's, not 'user'"),
+            ({"add_generation_prompt": "false"}, msgs, "'add_generation_prompt' must be true or false"),
+            ({"continue_final_message": 0}, msgs, "'continue_final_message' must be true or false")):
+        code, out = chat(srv, msg, **extra)
+        check(code == 400 and what in out["error"]["message"], "%s: %d %s" % (extra, code, out))
+
+
 def main():
     moeflow, src = sys.argv[1], sys.argv[2]
     tmp = tempfile.mkdtemp(prefix="moeflow_chat_")
@@ -128,6 +178,9 @@ def main():
             check(code == 200 and out["usage"]["prompt_tokens"] ==
                   n_tokens(moeflow, model, want.replace("<|assistant|>", "2 tools: add,mul<|assistant|>")),
                   "tools: %d %s" % (code, out))
+            code, out = chat(srv, msgs, tools=tools, chat_template_kwargs={"tools": None})  # vLLM: kwargs over tools
+            check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, want),
+                  "kwargs over tools: %d %s" % (code, out))
             code, out = chat(srv, msgs, tools={"add": 1})
             check(code == 400 and "tools" in out["error"]["message"], "bad tools: %d %s" % (code, out))
             code, out = chat(srv, [{"role": "tool", "content": "42"}])
@@ -137,6 +190,7 @@ def main():
             check(code == 400 and "chat_template_kwargs" in out["error"]["message"], "bad kwargs: %d %s" % (code, out))
             code, out = chat(srv, [{"role": "user", "content": 5}])
             check(code == 400 and "content" in out["error"]["message"], "bad content: %d %s" % (code, out))
+            check_generation_fields(srv, moeflow, model, msgs, want)
             code, out = chat(srv, msgs)
             check(code == 200, "still serving after the errors: %d" % code)
         finally:
@@ -149,6 +203,14 @@ def main():
             markers = "<|system|>\nBe brief. \n<|user|>\ndef add(a, b):\n<|assistant|>\n"
             check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, markers),
                   "markers: %d %s" % (code, out))
+            no_prompt = markers[:-len("<|assistant|>\n")]
+            check(rendered(srv, msgs, add_generation_prompt=False) == (200, no_prompt),
+                  "markers, no generation prompt: %s" % (rendered(srv, msgs, add_generation_prompt=False),))
+            # the content as it is, with its trailing space when it has no leading one (transformers' rule)
+            for content, text in (("    return a ", "    return a"), ("return a ", "return a ")):
+                reply = {"role": "assistant", "content": content}
+                got = rendered(srv, msgs + [reply], add_generation_prompt=False, continue_final_message=True)
+                check(got == (200, no_prompt + "<|assistant|>\n" + text), "markers, continued: %s" % (got,))
         finally:
             srv.stop()
 

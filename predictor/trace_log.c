@@ -62,13 +62,15 @@ enum moe_status moe_trace_pred_log(const struct moe_trace *t, const struct moe_p
         moe_evlog_step(log);
         if ((st = moe_predictor_begin(p, &b))) goto out;
         for (int li = 0; li < in->n_moe; li++) {
-            /* as the engine does: on_route gets the router's order (descending weight), the
-             * provider the layer's experts in ascending id, so the cache sees the accesses
-             * of moeflow sim without a predictor (moe_sim_run) */
+            /* as the engine does (engine.c, moe_drive_text): the predictor sees the layer's
+             * routing, in the router's order (descending weight), before the provider is asked
+             * for its experts in ascending id, so the hints for the next layer precede this
+             * layer's accesses in the log, and the accesses are those of moeflow sim without a
+             * predictor (moe_sim_run) */
             int order[MOE_TRACE_MAX_K];
             moe_trace_layer_order(t, i, li, order);
-            rec->ops->acquire(rec->self, in->moe_layers[li], in->top_k, order, refs);
             moe_predictor_on_route(p, in->moe_layers[li], 1, moe_trace_experts(t, i, li));
+            rec->ops->acquire(rec->self, in->moe_layers[li], in->top_k, order, refs);
         }
         moe_predictor_end(p, true);
     }
@@ -97,7 +99,10 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         return 2;
     }
     struct moe_evlog log;
-    struct moe_pred_prefetch pf = { .min_score = MOE_PRED_MIN_SCORE, .max_per_layer = in->top_k };
+    /* the hints of moeflow replay (cmd_replay.c, moe_drive_text): the predicted policy ranks
+     * evictions with every expert's score and moves only those of at least min_score */
+    struct moe_pred_prefetch pf = { .min_score = MOE_PRED_MIN_SCORE, .max_per_layer = in->top_k,
+                                    .all_scores = cp == MOE_CACHE_PREDICTED, .next_step = true };
     if (moe_trace_pred_log(t, &spec, &pf, &log)) {
         fprintf(stderr, "moeflow sim: --predictor %s: %s\n", spec_s, moe_last_error());
         moe_evlog_free(&log);
@@ -113,6 +118,7 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         .capacity = (int)capacity,
         .policy = cp,
         .prefetch = spec.kind != MOE_PRED_NONE,
+        .act_min_score = cp == MOE_CACHE_PREDICTED ? MOE_PRED_MIN_SCORE : 0,
         .xfer_s = link_gbps > 0 ? (double)eb / (link_gbps * 1e9) : 0,
         .layer_s = link_gbps > 0 ? (layer_ms + expert_ms * in->top_k) * 1e-3 : 0,
     };

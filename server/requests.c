@@ -156,6 +156,8 @@ static enum moe_status copy_prompt_text(const char *s, size_t n, const char *fie
                           MOE_REQ_MAX_PROMPT_BYTES);
     if (!moe_utf8_valid(s, n))
         return moe_errorf(MOE_EINVAL, "'%s' is not valid UTF-8", field);
+    if (memchr(s, 0, n)) /* JSON and protobuf strings are refused one earlier; KServe's BYTES are not */
+        return moe_errorf(MOE_EINVAL, "'%s' holds a NUL byte: text is sent without NUL", field);
     *out = malloc(n + 1);
     if (!*out)
         return moe_errorf(MOE_ENOMEM, "'%s': out of memory", field);

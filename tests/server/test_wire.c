@@ -1317,6 +1317,17 @@ static void test_kserve(void)
     CHECK(!strcmp(r.prompt, "abc") && r.max_tokens == 6 && r.stream && !strcmp(r.id, "req-1"), "fields");
     moe_gen_request_free(&r);
     free(b);
+    /* a NUL byte in text_input, as in every other prompt: refused naming the input, not tokenized */
+    ProtobufCBinaryData nul_text = { 5, (uint8_t *)"ab\0cd" };
+    tc[0].bytes_contents = &nul_text;
+    n = pack_infer(&m, &b);
+    st = moe_req_parse_kserve(b, n, &r);
+    CHECK(st == MOE_EINVAL && strstr(moe_last_error(), "'text_input' holds a NUL byte"), "text_input with a NUL: %d %s",
+          (int)st, st == MOE_OK ? "accepted" : moe_last_error());
+    if (st == MOE_OK)
+        moe_gen_request_free(&r);
+    free(b);
+    tc[0].bytes_contents = &text;
     /* top_p and repetition_penalty parameters below the smallest float: kept positive, as over HTTP */
     Inference__InferParameter tiny = INFERENCE__INFER_PARAMETER__INIT;
     tiny.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;

@@ -724,7 +724,7 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
     case GM_SERVER_META: {
         Inference__ServerMetadataResponse rs = INFERENCE__SERVER_METADATA_RESPONSE__INIT;
         rs.name = "moeflow";
-        rs.version = "0.1.0";
+        rs.version = MOEFLOW_VERSION; /* as `moeflow --version` */
         QUEUE_MSG(c, inference__server_metadata_response, &rs);
         break;
     }

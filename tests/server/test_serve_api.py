@@ -88,7 +88,9 @@ def main():
             ks = pb["kg"].GRPCInferenceServiceStub(ch)
             ready = ks.ModelReady(k.ModelReadyRequest(name="x"), timeout=10).ready
             meta = ks.ServerMetadata(k.ServerMetadataRequest(), timeout=10)
-            check(not ready and meta.name == "moeflow", "while loading: ready %s, metadata %r" % (ready, meta.name))
+            version = subprocess.run([moeflow, "--version"], capture_output=True, text=True).stdout.split()
+            check(not ready and meta.name == "moeflow" and [meta.name, meta.version] == version,
+                  "while loading: ready %s, metadata %r %r, --version %r" % (ready, meta.name, meta.version, version))
             watch = pb["hg"].HealthStub(ch).Watch(h.HealthCheckRequest(), timeout=10)
             check(next(watch).status == h.HealthCheckResponse.NOT_SERVING, "health Watch while loading")
             watch.cancel()

@@ -1484,9 +1484,10 @@ static enum moe_status kin_float(const struct kin *k, double *v)
     return moe_errorf(MOE_EINVAL, "input '%s': expected exactly one element", k->t->name);
 }
 
+/* The parameter key of m; of several with that key the last, as a protobuf map keeps the last entry on the wire. */
 static const Inference__InferParameter *kparam(const Inference__ModelInferRequest *m, const char *key)
 {
-    for (size_t i = 0; i < m->n_parameters; i++)
+    for (size_t i = m->n_parameters; i-- > 0;)
         if (m->parameters[i]->key && !strcmp(m->parameters[i]->key, key))
             return m->parameters[i]->value;
     return NULL;

@@ -1346,6 +1346,17 @@ static void test_kserve(void)
           "tiny parameters %g %g", (double)r.sampling.top_p, (double)r.sampling.repetition_penalty);
     moe_gen_request_free(&r);
     free(b);
+    /* a key given twice: the last entry counts, as a protobuf map's does */
+    Inference__InferParameter tp_last = INFERENCE__INFER_PARAMETER__INIT;
+    tp_last.parameter_choice_case = INFERENCE__INFER_PARAMETER__PARAMETER_CHOICE_DOUBLE_PARAM;
+    tp_last.double_param = 0.25;
+    te[1].key = "top_p";
+    te[1].value = &tp_last;
+    n = pack_infer(&m, &b);
+    REQUIRE(moe_req_parse_kserve(b, n, &r) == MOE_OK, "top_p twice: %s", moe_last_error());
+    CHECK(fabs(r.sampling.top_p - 0.25) < 1e-6, "top_p 1e-300 then 0.25 read as %g", (double)r.sampling.top_p);
+    moe_gen_request_free(&r);
+    free(b);
     /* timeout: microseconds, as Triton's schedule-policy parameter; a fraction of one or seconds' 0.5 refused */
     Inference__InferParameter to = INFERENCE__INFER_PARAMETER__INIT;
     te[0].key = "timeout";

@@ -351,6 +351,15 @@ static void test_choice(void)
     size_t plen[] = { 1, 2 };
     CHECK(moe_json_schema_choice(pre, plen, 2, &sc) != MOE_OK && !sc && strstr(moe_last_error(), "begins another"),
           "a choice that begins another: %s", moe_last_error());
+    /* a text given twice begins no longer text: taken as once */
+    const char *dup[] = { "ab", "ab", "c" };
+    REQUIRE(moe_json_schema_choice(dup, (size_t[]){ 2, 2, 1 }, 3, &sc) == MOE_OK && sc, "a repeated choice: %s",
+            moe_last_error());
+    good(sc, "ab");
+    good(sc, "c");
+    bad(sc, "abab", 2);
+    moe_json_schema_unref(sc);
+    sc = NULL;
     CHECK(moe_json_schema_choice(pre, (size_t[]){ 0, 2 }, 2, &sc) != MOE_OK && strstr(moe_last_error(), "empty"),
           "an empty choice: %s", moe_last_error());
     CHECK(moe_json_schema_choice(pre, plen, 0, &sc) != MOE_OK, "no choices accepted");

@@ -793,6 +793,9 @@ static void test_response_format(void)
                "'grammar': grammar, line 2 column 1: left recursion");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",\"ab\"]}", false, "begins another");
     expect_bad("{\"prompt\":\"x\",\"guided_choice\":[\"a\",3]}", false, "'guided_choice'[1]");
+    REQUIRE(oai("{\"prompt\":\"x\",\"guided_choice\":[\"ab\",\"ab\"]}", false, &r) == MOE_OK && r.json_schema,
+            "a repeated guided_choice: %s", moe_last_error());
+    moe_gen_request_free(&r);
     expect_bad("{\"prompt\":\"x\",\"guided_json\":{\"type\":\"string\",\"format\":\"ipv6\"}}", false,
                "'guided_json': JSON schema at '/': format 'ipv6'");
     expect_bad("{\"prompt\":\"x\",\"guided_json\":{},\"structured_outputs\":{\"choice\":[\"a\"]}}", false, "together");
@@ -836,6 +839,14 @@ static void test_response_format(void)
     n = pack_generate(&m, &b);
     CHECK(moe_req_parse_generate(b, n, &r) == MOE_EINVAL && strstr(moe_last_error(), "regex: pattern '(a'"),
           "proto bad regex: %s", moe_last_error());
+    free(b);
+    texts[1] = "yes"; /* the same text twice, as over HTTP */
+    m.regex = "";
+    m.n_choice = 2;
+    n = pack_generate(&m, &b);
+    REQUIRE(moe_req_parse_generate(b, n, &r) == MOE_OK && r.json_schema, "proto repeated choice: %s",
+            moe_last_error());
+    moe_gen_request_free(&r);
     free(b);
     texts[1] = "yess";
     m.regex = "";

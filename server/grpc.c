@@ -371,13 +371,31 @@ static void queue_bytes(struct gcall *c, const uint8_t *buf, size_t len)
             free(_b);                                                         \
         }                                                                     \
     } while (0)
-#define QUEUE_MSG(c, fn, msg) QUEUE_PACKED(c, fn, msg, fn##__get_packed_size(msg))
+/* A call's reply message queued when it fits max-message-bytes, else the call ends RESOURCE_EXHAUSTED
+ * naming its size (queue_over_max). */
+#define QUEUE_MSG(c, fn, msg)                                                 \
+    do {                                                                      \
+        size_t _m = fn##__get_packed_size(msg);                               \
+        if (over_max(c, _m))                                                  \
+            queue_over_max(c, _m);                                            \
+        else                                                                  \
+            QUEUE_PACKED(c, fn, msg, _m);                                     \
+    } while (0)
 
 /* A reply message of n bytes over max-message-bytes: gRPC core would end the whole call with its own
  * RESOURCE_EXHAUSTED, and the request would count as completed. */
 static bool over_max(const struct gcall *c, size_t n)
 {
     return n > (size_t)c->gf->srv->cfg.max_message_bytes;
+}
+
+/* What a reply message of n bytes over s's max-message-bytes says: its size, detail after it, and fix
+ * (ending ", or ") before raising the limit. */
+static void over_max_msg(char *msg, size_t cap, const struct moe_server *s, size_t n, const char *detail,
+                         const char *fix)
+{
+    snprintf(msg, cap, "the reply message of %zu bytes%s exceeds max-message-bytes (%d): %sraise the server's "
+             "max-message-bytes", n, detail, s->cfg.max_message_bytes, fix);
 }
 
 /* A generation's reply message: queued as QUEUE_MSG when it fits max-message-bytes, else nothing is
@@ -429,6 +447,14 @@ static void queue_status(struct gcall *c, grpc_status_code code, const char *msg
     c->code = code;
     snprintf(c->status_msg, sizeof(c->status_msg), "%.*s", (int)sizeof(c->status_msg) - 1, msg ? msg : "");
     pump_send(c);
+}
+
+/* A reply (not a generation's) of n bytes over max-message-bytes: the call ends RESOURCE_EXHAUSTED. */
+static void queue_over_max(struct gcall *c, size_t n)
+{
+    char msg[200];
+    over_max_msg(msg, sizeof(msg), c->gf->srv, n, "", "");
+    queue_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
 }
 
 /* A call whose status is queued reads no more messages. */
@@ -605,9 +631,10 @@ static void tokenize_reply(struct gjob *q)
             if (q->reply_len > (size_t)q->srv->cfg.max_message_bytes) {
                 /* gRPC core would end the call with its own words, and count nothing */
                 q->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-                snprintf(q->status_msg, sizeof(q->status_msg), "the reply message of %zu bytes (%zu token ids) "
-                         "exceeds max-message-bytes (%d): send a shorter text, or raise the server's "
-                         "max-message-bytes", q->reply_len, n, q->srv->cfg.max_message_bytes);
+                char ids_note[48];
+                snprintf(ids_note, sizeof(ids_note), " (%zu token ids)", n);
+                over_max_msg(q->status_msg, sizeof(q->status_msg), q->srv, q->reply_len, ids_note,
+                             "send a shorter text, or ");
             } else if ((q->reply = srv_calloc(q->srv, SRV_FAULT_REPLY, q->reply_len ? q->reply_len : 1, 1))) {
                 moeflow__v1__tokenize_response__pack(&rs, q->reply);
                 q->has_reply = true;
@@ -888,9 +915,8 @@ static void reply_over_max(struct cgen *k, size_t n)
 {
     struct gcall *c = k->c;
     char msg[300], kid[sizeof(k->kid)];
-    snprintf(msg, sizeof(msg), "the reply message of %zu bytes exceeds max-message-bytes (%d): ask for fewer "
-             "tokens%s, or raise the server's max-message-bytes", n, c->gf->srv->cfg.max_message_bytes,
-             c->m == GM_GENERATE ? " or log-probabilities" : "");
+    over_max_msg(msg, sizeof(msg), c->gf->srv, n, "",
+                 c->m == GM_GENERATE ? "ask for fewer tokens or log-probabilities, or " : "ask for fewer tokens, or ");
     memcpy(kid, k->kid, sizeof(kid));
     srv_gen_undeliverable(k->g, msg);
     k->g = NULL;

@@ -622,6 +622,30 @@ def reply_too_big(moeflow, pb):
         srv.kill()
 
 
+def metadata_too_big(moeflow, pb):
+    """A ModelMetadata reply over max-message-bytes (a long --model-name, the least limit): the call ends
+    with the server's RESOURCE_EXHAUSTED naming the reply's size and the limit, not gRPC core's words,
+    and the server answers the next call."""
+    k = pb["k"]
+    name = "m" * 100
+    srv = Server(moeflow, "--max-message-bytes", "256", "--model-name", name)
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        ks = pb["kg"].GRPCInferenceServiceStub(ch)
+        try:
+            ks.ModelMetadata(k.ModelMetadataRequest(name=name), timeout=30)
+            check(False, "a ModelMetadata reply over max-message-bytes went out")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and
+                  "bytes exceeds max-message-bytes (256)" in (e.details() or ""),
+                  "ModelMetadata reply over max-message-bytes: %s %s" % (e.code(), e.details()))
+        check(ks.ModelReady(k.ModelReadyRequest(name=name), timeout=30).ready, "ModelReady after it")
+        ch.close()
+        check(srv.stop() == 0, "max-message-bytes server (long name): exit status")
+    finally:
+        srv.kill()
+
+
 def refused_too_large(moeflow, pb):
     """An HTTP body over max-body-bytes (libevent's 413, given before the request reaches the server) counts
     in request_rejected_total as invalid, as other requests refused before admission do; a gRPC request
@@ -930,7 +954,8 @@ def main():
                            n_choices_gone, gone_after_pipelined, no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: read_timeout_after_burst(moeflow),
                            lambda s: grpc_stream_cap(moeflow, pb),
-                           lambda s: reply_too_big(moeflow, pb), lambda s: refused_too_large(moeflow, pb),
+                           lambda s: reply_too_big(moeflow, pb), lambda s: metadata_too_big(moeflow, pb),
+                           lambda s: refused_too_large(moeflow, pb),
                            lambda s: stream_reply_unsendable(moeflow, pb),
                            lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),
                            lambda s: drain_slow_reader_http(moeflow))

@@ -158,7 +158,7 @@ struct grpc_front {
     atomic_bool stop;
     _Atomic double stop_until;     /* with stop: moe_now() seconds until which calls may still deliver
                                       their replies (0: none) */
-    bool shutdown_started, shutdown_done, cq_shutdown, cancelled_all, watches_ended;
+    bool shutdown_started, shutdown_done, cq_shutdown, cancelled_all, watches_ended, idle_ended;
     bool watch_ready;              /* readiness as the health Watch calls were last brought up to date */
     struct gtag t_shutdown;
     int n_calls;                   /* gcall objects alive (including pending accepts) */
@@ -1516,7 +1516,10 @@ static bool gcall_delivering(const struct gcall *c)
 }
 
 /* Stopping: no new calls; health Watch calls end (watch_end); the calls that still deliver a reply go on
- * until they end or stop_until passes, then every call left is cancelled. */
+ * until they end or stop_until passes.  Once none delivers, the calls left with nothing to send (a stream
+ * between requests, a call whose request has not arrived) end with UNAVAILABLE saying the server drains
+ * rather than gRPC core's "Cancelling all calls"; then, or when stop_until passes, every call left is
+ * cancelled. */
 static void grpc_stopping(struct grpc_front *gf)
 {
     if (!gf->shutdown_started) {
@@ -1531,6 +1534,14 @@ static void grpc_stopping(struct grpc_front *gf)
         bool delivering = false;
         for (struct gcall *c = gf->live; c && !delivering; c = c->next_live)
             delivering = gcall_delivering(c);
+        if (!delivering && !gf->idle_ended) {
+            gf->idle_ended = true;
+            for (struct gcall *c = gf->live; c; c = c->next_live)
+                if (!c->cancelled && !c->status_queued) {
+                    queue_status(c, GRPC_STATUS_UNAVAILABLE, SRV_DRAINING_MSG);
+                    delivering = true;
+                }
+        }
         if (!delivering || moe_now() >= atomic_load(&gf->stop_until)) {
             gf->cancelled_all = true;
             grpc_server_cancel_all_calls(gf->server);

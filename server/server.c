@@ -633,7 +633,7 @@ static enum moe_status refuse_draining(struct moe_server *s)
     if (!atomic_load(&s->draining))
         return MOE_OK;
     moe_metrics_count(&s->metrics, &s->metrics.rejected_draining, 1);
-    return moe_errorf(MOE_ECANCELED, "the server is draining (shutting down); retry elsewhere");
+    return moe_errorf(MOE_ECANCELED, "%s", SRV_DRAINING_MSG);
 }
 
 enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_request *r, const char *name,

@@ -208,6 +208,9 @@ bool srv_loaded(struct moe_server *s, bool count);
 /* moe_stop_scan_init for a request's generation; an error (out of memory) is counted as its refusal. */
 enum moe_status srv_stop_scan_init(struct moe_server *s, struct moe_stop_scan *sc, char *const *seq, int n);
 
+/* What a request refused, or a call ended, because the server drains says. */
+#define SRV_DRAINING_MSG "the server is draining (shutting down); retry elsewhere"
+
 /* Map a status to HTTP and gRPC codes. */
 int srv_http_status(enum moe_status st);
 int srv_grpc_code(enum moe_status st);      /* grpc_status_code value */

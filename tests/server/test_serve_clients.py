@@ -840,6 +840,38 @@ def health_watch(moeflow, pb):
         srv.kill()
 
 
+def drain_idle_stream(moeflow, pb):
+    """SIGTERM while a ModelStreamInfer stream waits between requests: once the drain ends the stream
+    ends with UNAVAILABLE saying the server drains, where gRPC core's "Cancelling all calls" ended it."""
+    import threading
+    k = pb["k"]
+    srv = Server(moeflow)
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        done = threading.Event()
+
+        def requests():
+            yield kserve_request(k, "one", 2)
+            done.wait(scaled(60))  # the stream stays open with nothing more to ask
+        it = pb["kg"].GRPCInferenceServiceStub(ch).ModelStreamInfer(requests(), timeout=scaled(60))
+        got, err = [], None
+        try:
+            for r in it:
+                got.append(r)
+                if r.infer_response.parameters["triton_final_response"].bool_param:
+                    srv.proc.send_signal(signal.SIGTERM)
+        except grpc.RpcError as e:
+            err = (e.code(), e.details())
+        done.set()
+        check(len(got) >= 1 and not got[0].error_message and err is not None and
+              err[0] == grpc.StatusCode.UNAVAILABLE and "draining" in (err[1] or ""),
+              "an idle ModelStreamInfer stream at SIGTERM: %d responses, ended %r" % (len(got), err))
+        ch.close()
+        check(srv.stop() == 0, "idle stream drain server: exit status")
+    finally:
+        srv.kill()
+
+
 def drain_slow_reader(moeflow, pb):
     """SIGTERM while a Generate client has not yet read the reply of a request that finished generating:
     the drain delivers the rest of the stream and its status before the server exits (the client is
@@ -958,6 +990,7 @@ def main():
                            lambda s: refused_too_large(moeflow, pb),
                            lambda s: stream_reply_unsendable(moeflow, pb),
                            lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),
+                           lambda s: drain_idle_stream(moeflow, pb),
                            lambda s: drain_slow_reader_http(moeflow))
 
 

@@ -135,14 +135,14 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
     }
     long slots = (long)in->n_moe * in->experts;
     double tok = (double)r.steps, hr = r.accesses ? (double)r.hits / (double)r.accesses : 0;
-    double total = r.stall_s + r.compute_s;
     if (json) {
         printf("{\"policy\":\"%s\",\"predictor\":\"%s\"", pol, spec_s ? spec_s : "none");
         moe_cachesim_json_counts(stdout, &r, capacity, slots, bytes_moved);
         if (link_gbps > 0)
-            printf(",\"link_gbps\":%g,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,\"stall_s\":%.6f,"
-                   "\"tokens_per_s\":%.4f",
-                   link_gbps, layer_ms, expert_ms, r.compute_s, r.stall_s, total > 0 ? tok / total : 0);
+            printf(",\"link_gbps\":%g,\"expert_bytes\":%llu,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,"
+                   "\"stall_s\":%.6f,\"tokens_per_s\":%.4f",
+                   link_gbps, (unsigned long long)eb, layer_ms, expert_ms, r.compute_s, r.stall_s,
+                   r.total_s > 0 ? tok / r.total_s : 0);
         printf("}\n");
     } else {
         printf("predictor           %s\n", spec_s ? spec_s : "none");
@@ -159,7 +159,7 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         if (link_gbps > 0) {
             printf("compute             %.3f s\n", r.compute_s);
             printf("stall               %.3f s\n", r.stall_s);
-            printf("tokens/s            %.3f\n", total > 0 ? tok / total : 0);
+            printf("tokens/s            %.3f\n", r.total_s > 0 ? tok / r.total_s : 0);
         }
     }
     return 0;

@@ -184,9 +184,10 @@ int moe_cmd_sim(int argc, char **argv)
                (unsigned long long)r.misses, (unsigned long long)r.evictions, r.hit_rate,
                r.transfers_per_token, (unsigned long long)r.bytes_moved);
         if (r.timeline)
-            printf(",\"link_gbps\":%g,\"layer_ms\":%g,\"expert_ms\":%g,\"compute_s\":%.6f,"
-                   "\"stall_s\":%.6f,\"tokens_per_s\":%.4f",
-                   sp.link_gbps, sp.layer_ms, sp.expert_ms, r.compute_s, r.stall_s, r.tokens_per_s);
+            printf(",\"link_gbps\":%g,\"expert_bytes\":%llu,\"layer_ms\":%g,\"expert_ms\":%g,"
+                   "\"compute_s\":%.6f,\"stall_s\":%.6f,\"tokens_per_s\":%.4f",
+                   sp.link_gbps, (unsigned long long)(sp.expert_bytes ? sp.expert_bytes : t->info.expert_bytes),
+                   sp.layer_ms, sp.expert_ms, r.compute_s, r.stall_s, r.tokens_per_s);
         printf("}\n");
     } else {
         printf("trace               %s (%llu tokens, %d MoE layers x %d experts, top-%d)\n",

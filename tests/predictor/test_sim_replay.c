@@ -5,8 +5,9 @@
  * predictor over it as replay's engine does (it sees each layer's routing
  * before that layer's experts are acquired, resets its history at each
  * sequence start) with the same hints (every score for the predicted policy,
- * which moves only those of at least --min-score).  The text spans several
- * sequences and ends inside one. */
+ * which moves only those of at least --min-score), also on a simulated
+ * timeline (--link-gbps, --layer-ms, --expert-ms).
+ * The text spans several sequences and ends inside one. */
 #include "tests/test_util.h"
 
 #include <stdlib.h>
@@ -33,23 +34,31 @@ int main(void)
     REQUIRE(t_moeflow(a, "2>&1", sim_out, sizeof sim_out) == 0, "trace: %s", sim_out);
     static const char *const preds[] = { "none", "history" };
     static const char *const pols[] = { "lru", "lfu", "predicted", "belady" };
-    for (size_t p = 0; p < 2; p++)
-        for (size_t q = 0; q < 4; q++) {
-            snprintf(a, sizeof a, "sim --trace '%s/t.jsonl' --capacity-frac 0.25 --policy %s --predictor %s --json",
-                     dir, pols[q], preds[p]);
-            CHECK(t_moeflow(a, NULL, sim_out, sizeof sim_out) == 0, "sim %s/%s failed", preds[p], pols[q]);
-            snprintf(a, sizeof a, "replay --text '%s/t.txt' --seq-len 96 --capacity-frac 0.25 --policy %s "
-                     "--predictor %s --json", dir, pols[q], preds[p]);
-            CHECK(t_moeflow(a, NULL, rep_out, sizeof rep_out) == 0, "replay %s/%s failed", preds[p], pols[q]);
-            /* sim's object is replay's without its "belady" block */
-            size_t n = strlen(sim_out);
-            while (n && (sim_out[n - 1] == '\n' || sim_out[n - 1] == '}')) n--;
-            CHECK(n > 0 && !strncmp(sim_out, rep_out, n) && !strncmp(rep_out + n, ",\"belady\":{", 11),
-                  "--predictor %s --policy %s:\n  sim    %s  replay %s", preds[p], pols[q], sim_out, rep_out);
-            /* the history predictor moves experts ahead under lru, so where its hints fall counts */
-            if (p == 1 && q == 0)
-                CHECK(prefetches(sim_out) > 0, "history/%s prefetched nothing: %s", pols[q], sim_out);
-        }
+    /* no timeline; a timeline with its compute given */
+    static const char *const tls[] = { "", " --link-gbps 55 --expert-bytes 352321536 --layer-ms 0.5 --expert-ms 0.2" };
+    for (size_t k = 0; k < 2; k++)
+        for (size_t p = 0; p < 2; p++)
+            for (size_t q = 0; q < 4; q++) {
+                snprintf(a, sizeof a, "sim --trace '%s/t.jsonl' --capacity-frac 0.25 --policy %s --predictor %s%s "
+                         "--json", dir, pols[q], preds[p], tls[k]);
+                CHECK(t_moeflow(a, NULL, sim_out, sizeof sim_out) == 0, "sim %s/%s%s failed", preds[p], pols[q],
+                      tls[k]);
+                snprintf(a, sizeof a, "replay --text '%s/t.txt' --seq-len 96 --capacity-frac 0.25 --policy %s "
+                         "--predictor %s%s --json", dir, pols[q], preds[p], tls[k]);
+                CHECK(t_moeflow(a, NULL, rep_out, sizeof rep_out) == 0, "replay %s/%s%s failed", preds[p], pols[q],
+                      tls[k]);
+                /* sim's object is replay's without its "belady" block */
+                size_t n = strlen(sim_out);
+                while (n && (sim_out[n - 1] == '\n' || sim_out[n - 1] == '}')) n--;
+                CHECK(n > 0 && !strncmp(sim_out, rep_out, n) && !strncmp(rep_out + n, ",\"belady\":{", 11),
+                      "--predictor %s --policy %s%s:\n  sim    %s  replay %s", preds[p], pols[q], tls[k], sim_out,
+                      rep_out);
+                /* the timeline's keys are there to compare */
+                if (k > 0) CHECK(strstr(sim_out, "\"tokens_per_s\":"), "no timeline: %s", sim_out);
+                /* the history predictor moves experts ahead under lru, so where its hints fall counts */
+                if (p == 1 && q == 0)
+                    CHECK(prefetches(sim_out) > 0, "history/%s prefetched nothing: %s", pols[q], sim_out);
+            }
     snprintf(a, sizeof a, "rm -rf '%s'", dir);
     t_run(a, o, sizeof o);
     return t_result("test_sim_replay");

@@ -5,6 +5,9 @@
 #ifndef MOE_CLI_H
 #define MOE_CLI_H
 
+/* --expert-ms default of sim and replay: one Mixtral-8x7B expert at 1 token on the H100 (docs/hw) */
+#define MOE_CLI_EXPERT_MS 0.153
+
 int moe_cmd_generate(int argc, char **argv);
 int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_logits(int argc, char **argv);

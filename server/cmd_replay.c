@@ -128,7 +128,7 @@ int moe_cmd_replay(int argc, char **argv)
     const char *pred_s = NULL, *pol_s = NULL;
     long cap = 0, ebytes = 0, oracle = -1, reveal = -1;
     bool oracle_keep = false, later_only = false;
-    double frac = 0, min_score = MOE_PRED_MIN_SCORE, link = 0, layer_ms = 0, expert_ms = 0.153;
+    double frac = 0, min_score = MOE_PRED_MIN_SCORE, link = 0, layer_ms = 0, expert_ms = MOE_CLI_EXPERT_MS;
     bool json = false, no_prefetch = false, min_score_given = false;
     const char *timeline_opt = NULL; /* an option that only shapes the --link-gbps timeline */
     enum moe_cache_policy policy = MOE_CACHE_LRU;

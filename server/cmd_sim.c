@@ -29,8 +29,9 @@ static void sim_usage(FILE *f)
         "  --expert-bytes B      bytes per expert transfer, at most 1 TiB (default: the trace header's\n"
         "                        expert_bytes)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s), 1e-6..1e6\n"
-        "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps, 0..1e6\n"
+        "  --layer-ms T          compute per MoE layer per token (ms), with --link-gbps, 0..1e6 (default 0)\n"
         "  --expert-ms T         extra compute per routed expert per token (ms), with --link-gbps, 0..1e6\n"
+        "                        (default 0.153, one Mixtral-8x7B expert at 1 token on the H100, docs/hw)\n"
         "  --json                print one JSON object\n"
         "  -h, --help            this help\n"
         "\n"
@@ -61,7 +62,7 @@ int moe_cmd_sim(int argc, char **argv)
     bool have_policy = false, json = false;
     const char *timeline_opt = NULL; /* a timeline-only option given, which needs --link-gbps */
     const char *pred_spec = NULL, *pol_name = NULL;
-    struct moe_sim_params sp = {0};
+    struct moe_sim_params sp = { .expert_ms = MOE_CLI_EXPERT_MS }; /* replay's default */
     int c;
     optind = 1;
     opterr = 0;

@@ -6,7 +6,7 @@
  * before that layer's experts are acquired, resets its history at each
  * sequence start) with the same hints (every score for the predicted policy,
  * which moves only those of at least --min-score), also on a simulated
- * timeline (--link-gbps, --layer-ms, --expert-ms).
+ * timeline (--link-gbps, with --layer-ms and --expert-ms given or defaulted).
  * The text spans several sequences and ends inside one. */
 #include "tests/test_util.h"
 
@@ -34,9 +34,10 @@ int main(void)
     REQUIRE(t_moeflow(a, "2>&1", sim_out, sizeof sim_out) == 0, "trace: %s", sim_out);
     static const char *const preds[] = { "none", "history" };
     static const char *const pols[] = { "lru", "lfu", "predicted", "belady" };
-    /* no timeline; a timeline with its compute given */
-    static const char *const tls[] = { "", " --link-gbps 55 --expert-bytes 352321536 --layer-ms 0.5 --expert-ms 0.2" };
-    for (size_t k = 0; k < 2; k++)
+    /* no timeline; a timeline with its compute given; with it defaulted */
+    static const char *const tls[] = { "", " --link-gbps 55 --expert-bytes 352321536 --layer-ms 0.5 --expert-ms 0.2",
+                                       " --link-gbps 55 --expert-bytes 352321536" };
+    for (size_t k = 0; k < 3; k++)
         for (size_t p = 0; p < 2; p++)
             for (size_t q = 0; q < 4; q++) {
                 snprintf(a, sizeof a, "sim --trace '%s/t.jsonl' --capacity-frac 0.25 --policy %s --predictor %s%s "

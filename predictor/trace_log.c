@@ -83,7 +83,8 @@ out:
 }
 
 int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const char *pol, long capacity,
-                           uint64_t expert_bytes, double link_gbps, double layer_ms, double expert_ms, bool json)
+                           uint64_t expert_bytes, double link_gbps, double layer_ms, double expert_ms,
+                           double min_score, bool json)
 {
     const struct moe_trace_info *in = &t->info;
     struct moe_pred_spec spec;
@@ -101,7 +102,7 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
     struct moe_evlog log;
     /* the hints of moeflow replay (cmd_replay.c, moe_drive_text): the predicted policy ranks
      * evictions with every expert's score and moves only those of at least min_score */
-    struct moe_pred_prefetch pf = { .min_score = MOE_PRED_MIN_SCORE, .max_per_layer = in->top_k,
+    struct moe_pred_prefetch pf = { .min_score = (float)min_score, .max_per_layer = in->top_k,
                                     .all_scores = cp == MOE_CACHE_PREDICTED, .next_step = true };
     if (moe_trace_pred_log(t, &spec, &pf, &log)) {
         fprintf(stderr, "moeflow sim: --predictor %s: %s\n", spec_s, moe_last_error());
@@ -118,7 +119,7 @@ int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec_s, const 
         .capacity = (int)capacity,
         .policy = cp,
         .prefetch = spec.kind != MOE_PRED_NONE,
-        .act_min_score = cp == MOE_CACHE_PREDICTED ? MOE_PRED_MIN_SCORE : 0,
+        .act_min_score = cp == MOE_CACHE_PREDICTED ? (float)min_score : 0,
         .xfer_s = link_gbps > 0 ? (double)eb / (link_gbps * 1e9) : 0,
         .layer_s = link_gbps > 0 ? (layer_ms + expert_ms * in->top_k) * 1e-3 : 0,
     };

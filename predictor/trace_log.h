@@ -24,7 +24,8 @@ enum moe_status moe_trace_pred_log(const struct moe_trace *t, const struct moe_p
  * moeflow sim plus prefetches and prefetch_useful_frac, or text).  link_gbps
  * 0 = no timeline.  Returns the process exit status (0, 1 runtime, 2 usage). */
 int moe_trace_pred_sim_cmd(const struct moe_trace *t, const char *spec, const char *pol, long capacity,
-                           uint64_t expert_bytes, double link_gbps, double layer_ms, double expert_ms, bool json);
+                           uint64_t expert_bytes, double link_gbps, double layer_ms, double expert_ms,
+                           double min_score, bool json);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,8 @@ static void sim_usage(FILE *f)
         "                        | predicted (prediction-aware, offload/policy_predicted.h)\n"
         "  --predictor SPEC      none | history: prefetch what the history predictor expects\n"
         "                        (the other predictors need hidden states: moeflow replay)\n"
+        "  --min-score S         with --predictor history: prefetch experts predicted with at least S,\n"
+        "                        1e-6 <= S <= 1 (default 0.8)\n"
         "  --expert-bytes B      bytes per expert transfer, at most 1 TiB (default: the trace header's\n"
         "                        expert_bytes)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s), 1e-6..1e6\n"
@@ -41,7 +43,7 @@ static void sim_usage(FILE *f)
 
 int moe_cmd_sim(int argc, char **argv)
 {
-    enum { O_TRACE = 256, O_CAP, O_FRAC, O_POLICY, O_EB, O_LINK, O_LAYER, O_EXPERT, O_JSON, O_PRED };
+    enum { O_TRACE = 256, O_CAP, O_FRAC, O_POLICY, O_EB, O_LINK, O_LAYER, O_EXPERT, O_JSON, O_PRED, O_MINSC };
     static const struct option opts[] = {
         { "trace", required_argument, NULL, O_TRACE },
         { "capacity", required_argument, NULL, O_CAP },
@@ -53,6 +55,7 @@ int moe_cmd_sim(int argc, char **argv)
         { "expert-ms", required_argument, NULL, O_EXPERT },
         { "json", no_argument, NULL, O_JSON },
         { "predictor", required_argument, NULL, O_PRED },
+        { "min-score", required_argument, NULL, O_MINSC },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -62,6 +65,7 @@ int moe_cmd_sim(int argc, char **argv)
     bool have_policy = false, json = false;
     const char *timeline_opt = NULL; /* a timeline-only option given, which needs --link-gbps */
     const char *pred_spec = NULL, *pol_name = NULL;
+    double min_score = MOE_PRED_MIN_SCORE;
     struct moe_sim_params sp = { .expert_ms = MOE_CLI_EXPERT_MS }; /* replay's default */
     int c;
     optind = 1;
@@ -131,6 +135,9 @@ int moe_cmd_sim(int argc, char **argv)
             }
             timeline_opt = "--expert-ms";
             break;
+        case O_MINSC:
+            if (!moe_cli_opt_double("sim", "min-score", optarg, 1e-6, 1, false, &min_score)) return 2;
+            break;
         case O_JSON: json = true; break;
         case 'h': return moe_cli_help("sim", argc, argv, ":h", opts, sim_usage);
         default: return moe_cli_bad_option("sim", c, argv, opts);
@@ -165,7 +172,7 @@ int moe_cmd_sim(int argc, char **argv)
                         "bytes moved count 0\n");
     if (pred_spec || !strcmp(pol_name, "predicted")) {
         int rc = moe_trace_pred_sim_cmd(t, pred_spec, pol_name, capacity, sp.expert_bytes, sp.link_gbps,
-                                        sp.layer_ms, sp.expert_ms, json);
+                                        sp.layer_ms, sp.expert_ms, min_score, json);
         moe_trace_free(t);
         return rc;
     }

@@ -29,6 +29,7 @@
 #define JJ_MAX_EVAL_DEPTH 1024      /* expression tree depth evaluated (a+b+...+z chains are left-deep) */
 #define JJ_MAX_VALUE_DEPTH 512      /* nesting of lists and dicts that printing and comparing walk */
 #define JJ_MAX_STEPS 5000000L       /* evaluation steps per render (test_jinja renders 4096 messages within it) */
+#define JJ_STEP_BYTES 64            /* bytes of a string operand that cost one step */
 #define JJ_MAX_ARENA (256u << 20)   /* bytes of values per render */
 #define JJ_MAX_ARGS 1024            /* positional and (apart) keyword arguments of one call, * and ** included */
 
@@ -6370,6 +6371,12 @@ static struct val eval(struct render *r, const struct node *n)
         fail_at(&r->f, MOE_ERANGE, n->line, "expression nested deeper than %d", JJ_MAX_EVAL_DEPTH);
     struct val v = eval_node(r, n);
     r->edepth--;
+    /* a string operand costs steps by its length: what is done with it (in, find, count, ==, a
+     * filter) reads it through, so a loop over a long string is bounded as a loop over many values */
+    if (v.t == V_STR && v.s->n >= JJ_STEP_BYTES) {
+        r->steps += (long)(v.s->n / JJ_STEP_BYTES);
+        step(r, n->line);
+    }
     return v;
 }
 

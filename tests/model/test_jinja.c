@@ -134,6 +134,10 @@ int main(void)
                        "{% for i in range(2000) %}{% for j in range(2000) %}{{ i if j < 0 }}{% endfor %}{% endfor %}",
                        MOE_ERANGE, "steps");
     check_render_fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", MOE_ERANGE, "output longer");
+    /* a string operand costs steps by its length: scanning 4 MB a hundred thousand times is refused */
+    check_render_fails("{% set s = 'a' * 4000000 %}{% for i in range(100000) %}{% if 'b' in s %}x{% endif %}"
+                       "{% endfor %}",
+                       MOE_ERANGE, "steps");
     /* a type named in a message takes its article */
     check_render_fails("{% for x in 3 %}{% endfor %}", MOE_EINVAL, "an int is not iterable");
     check_render_fails("{{ undefined_name | abs }}", MOE_EINVAL, "abs: an undefined is not a number");

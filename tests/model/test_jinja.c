@@ -134,6 +134,9 @@ int main(void)
                        "{% for i in range(2000) %}{% for j in range(2000) %}{{ i if j < 0 }}{% endfor %}{% endfor %}",
                        MOE_ERANGE, "steps");
     check_render_fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", MOE_ERANGE, "output longer");
+    /* finding a long string in a longer one takes time linear in both (the failure after it is reached) */
+    check_render_fails("{{ ('a' * 1000000 + 'b') in ('a' * 3000000) }}{{ undefined_name | abs }}", MOE_EINVAL,
+                       "abs: an undefined is not a number");
     /* a string operand costs steps by its length: scanning 4 MB a hundred thousand times is refused */
     check_render_fails("{% set s = 'a' * 4000000 %}{% for i in range(100000) %}{% if 'b' in s %}x{% endif %}"
                        "{% endfor %}",

@@ -2688,13 +2688,34 @@ static const char *find_bytes(const char *hay, size_t n, const char *needle, siz
     return k == 0 ? hay : memmem(hay, n, needle, k);
 }
 
-/* The last place of needle[0..k) in hay[0..n), or NULL (an empty needle: hay's end). */
+/* The last place of needle[0..k) in hay[0..n), or NULL (an empty needle: hay's end).  Knuth-Morris-Pratt
+ * over both strings read from their ends, linear in n + k; comparing at every place (what it does when its
+ * table cannot be had) takes n * k. */
 static const char *rfind_bytes(const char *hay, size_t n, const char *needle, size_t k)
 {
-    for (size_t i = n >= k ? n - k + 1 : 0; i-- > 0;)
-        if (!memcmp(hay + i, needle, k))
-            return hay + i;
-    return NULL;
+#define RB(s, len, j) ((s)[(len) - 1 - (j)]) /* byte j of s[0..len) read backwards */
+    if (k == 0 || k > n) return k == 0 ? hay + n : NULL;
+    size_t *fail = malloc(k * sizeof(*fail)); /* fail[j]: the longest proper border of the first j + 1 */
+    if (!fail) {
+        for (size_t i = n - k + 1; i-- > 0;)
+            if (!memcmp(hay + i, needle, k)) return hay + i;
+        return NULL;
+    }
+    fail[0] = 0;
+    for (size_t j = 1, m = 0; j < k; j++) {
+        while (m && RB(needle, k, j) != RB(needle, k, m)) m = fail[m - 1];
+        m += RB(needle, k, j) == RB(needle, k, m);
+        fail[j] = m;
+    }
+    const char *hit = NULL;
+    for (size_t i = 0, m = 0; i < n && !hit; i++) {
+        while (m && RB(hay, n, i) != RB(needle, k, m)) m = fail[m - 1];
+        m += RB(hay, n, i) == RB(needle, k, m);
+        if (m == k) hit = hay + (n - 1 - i); /* the match read backwards ends at i: it starts there */
+    }
+    free(fail);
+    return hit;
+#undef RB
 }
 
 /* Code points of p[0..n). */

@@ -137,6 +137,8 @@ int main(void)
     /* finding a long string in a longer one takes time linear in both (the failure after it is reached) */
     check_render_fails("{{ ('a' * 1000000 + 'b') in ('a' * 3000000) }}{{ undefined_name | abs }}", MOE_EINVAL,
                        "abs: an undefined is not a number");
+    check_render_fails("{{ ('a' * 3000000).rfind('a' * 1000000 + 'b') }}{{ undefined_name | abs }}", MOE_EINVAL,
+                       "abs: an undefined is not a number"); /* and from its end */
     /* a string operand costs steps by its length: scanning 4 MB a hundred thousand times is refused */
     check_render_fails("{% set s = 'a' * 4000000 %}{% for i in range(100000) %}{% if 'b' in s %}x{% endif %}"
                        "{% endfor %}",

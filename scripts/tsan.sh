@@ -2,8 +2,8 @@
 # ThreadSanitizer run of the code that shares data between threads (a developer check, not part of
 # scripts/test.sh): a clang -fsanitize=thread CPU build in build-tsan, then the live-server
 # integration tests and the scheduler, offload, engine and template tests that start threads, with
-# tests/tsan.supp (third-party libraries only) and MOEFLOW_TEST_TIME_SCALE (default 10 here) for the
-# slower server.  Each process's reports go to build-tsan/tsan-logs/tsan.PID; the script fails when a
+# tests/tsan.supp (third-party libraries only), MOEFLOW_TEST_TIME_SCALE (default 10 here) for the
+# slower server and four times ctest's time limits (MOEFLOW_TEST_TIMEOUT_SCALE).  Each process's reports go to build-tsan/tsan-logs/tsan.PID; the script fails when a
 # test fails or any report was written, and prints the reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ jobs=$(nproc)
 tsan=-fsanitize=thread
 CC=clang cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEFLOW_CUDA=OFF \
     -DCMAKE_C_FLAGS="$tsan" -DCMAKE_EXE_LINKER_FLAGS="$tsan" -DCMAKE_SHARED_LINKER_FLAGS="$tsan" \
-    -DCMAKE_MODULE_LINKER_FLAGS="$tsan" >/dev/null
+    -DCMAKE_MODULE_LINKER_FLAGS="$tsan" -DMOEFLOW_TEST_TIMEOUT_SCALE=4 >/dev/null
 tests=(test_serve_api test_serve_faults test_serve_clients test_serve_openai test_serve_chat test_serve_tiered
        test_serve_prepare test_serve_openai_prepared
        test_sched_batching test_sched_limits test_sched_engine

@@ -1745,16 +1745,15 @@ static void conns_sweep(struct http_front *h, bool deadlines)
             /* no request read yet (beyond the cap), or one begun and not whole in time, with nothing of an
              * earlier reply left to go out: the reply goes out on the socket directly.  An idle connection
              * (nothing sent since its last reply) is closed without one */
-            char msg[600];
-            int n = 0;
+            const char *status = NULL, *body = NULL;
             if (c->over)
-                n = snprintf(msg, sizeof(msg), "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
-                             "\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s", sizeof(over_body) - 1,
-                             over_body);
+                status = "503 Service Unavailable", body = over_body;
             else if (c->partial && !evbuffer_get_length(bufferevent_get_output(c->bev)))
-                n = snprintf(msg, sizeof(msg), "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-                             "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", sizeof(timeout_body) - 1,
-                             timeout_body);
+                status = "408 Request Timeout", body = timeout_body;
+            char msg[600];
+            int n = body ? snprintf(msg, sizeof(msg), "HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                                    "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", status, strlen(body), body)
+                         : 0;
             if (n > 0) {
                 ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
                 (void)w; /* a client that cannot take it just sees the connection close */

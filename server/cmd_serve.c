@@ -130,7 +130,7 @@ int moe_cmd_serve(int argc, char **argv)
             MOE_WARN("serve: cannot raise the open-file limit to %llu", (unsigned long long)rl.rlim_max);
     }
     moe_server_block_signals();
-    struct moe_server *s = moe_server_create(&cfg);
+    struct moe_server *s = moe_server_create(&cfg, &spec);
     if (!s) {
         fprintf(stderr, "moeflow serve: %s\n", moe_last_error());
         return 1;

@@ -1154,7 +1154,7 @@ static enum moe_status server_warmup(struct moe_server *s)
     return st;
 }
 
-struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
+struct moe_server *moe_server_create(const struct moe_serve_config *cfg, const struct moe_pred_spec *pred)
 {
     struct moe_server *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -1162,6 +1162,7 @@ struct moe_server *moe_server_create(const struct moe_serve_config *cfg)
         return NULL;
     }
     s->cfg = *cfg;
+    s->pred = *pred;
     s->t_start = moe_now();
     s->created = (long long)time(NULL);
     moe_metrics_init(&s->metrics);
@@ -1327,11 +1328,8 @@ static enum moe_status server_load(struct moe_server *s)
     if (s->cfg.default_max_tokens > s->cfg.max_output) /* max-output derived from the context */
         return moe_errorf(MOE_EINVAL, "default-max-tokens %d exceeds max-output %d (the context less one): "
                           "lower it", s->cfg.default_max_tokens, s->cfg.max_output);
-    struct moe_pred_spec spec;
-    if (moe_pred_spec_parse(cfg->predictor, dir, &spec) != MOE_OK)
-        return MOE_EINVAL; /* the message names --predictor and the spec */
-    if (spec.kind != MOE_PRED_NONE) {
-        s->predictor = moe_predictor_create(s->model, &spec, cfg->max_seqs);
+    if (s->pred.kind != MOE_PRED_NONE) {
+        s->predictor = moe_predictor_create(s->model, &s->pred, cfg->max_seqs);
         if (!s->predictor) {
             return moe_error_prefix(MOE_EINVAL, "--predictor '%s'", cfg->predictor);
         }

@@ -13,9 +13,11 @@ extern "C" {
 #endif
 
 struct moe_server;
+struct moe_pred_spec;
 
-/* A server for cfg (nothing loaded yet).  NULL with moe_last_error() set. */
-struct moe_server *moe_server_create(const struct moe_serve_config *cfg);
+/* A server for cfg and its predictor, pred (cfg->predictor as moe_pred_spec_parse read it; nothing
+ * loaded yet).  NULL with moe_last_error() set. */
+struct moe_server *moe_server_create(const struct moe_serve_config *cfg, const struct moe_pred_spec *pred);
 /* Open the listeners (health and /ready say "not ready"), load the model,
  * create engine and scheduler, warm up, report ready, serve until
  * SIGTERM/SIGINT, then stop admission, turn readiness off, finish in-flight

@@ -130,6 +130,7 @@ struct srv_prep {
 
 struct moe_server {
     struct moe_serve_config cfg;
+    struct moe_pred_spec pred;     /* cfg.predictor, parsed once (moe_cmd_serve) */
     char model_name[128];
     struct moe_model *model;
     struct moe_tokenizer *tok;

@@ -72,6 +72,7 @@ struct rq {
     enum moe_finish why;
     enum moe_status st;
     char msg[512];
+    bool of_request;           /* a failure the request caused (its guide allows no token), not the server */
 };
 
 struct tok_event {
@@ -516,7 +517,8 @@ static void dispatch(struct moe_sched *s)
         if (rev->ev.on_done) {
             struct moe_sched_result res = { .why = rev->why, .st = rev->st, .msg = rev->msg,
                                              .n_prompt = rev->n_prompt, .n_generated = rev->n_generated,
-                                             .n_cached = rev->n_cached };
+                                             .n_cached = rev->n_cached,
+                                             .of_request = rev->why == MOE_FINISH_ERROR && rev->of_request };
             rev->ev.on_done(rev->ud, rev->id, &res);
         }
         rev->next = s->grave;
@@ -812,8 +814,10 @@ static void apply_pick(struct moe_sched *s, struct rq *r, int tok, enum moe_stat
 {
     if (tok == PICK_WHOLE)
         rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "");
-    else if (tok < 0)
-        rq_finish(s, r, MOE_FINISH_ERROR, st, msg); /* it fails alone */
+    else if (tok < 0) { /* it fails alone */
+        r->of_request = st == MOE_EINVAL; /* pick_token's one MOE_EINVAL: its guide allows no token */
+        rq_finish(s, r, MOE_FINISH_ERROR, st, msg);
+    }
     else
         take_token(s, r, tok, lg, lp); /* log-probabilities from the model's own logits; a whole value stops */
 }

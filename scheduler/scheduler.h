@@ -154,6 +154,8 @@ struct moe_sched_result {
     int n_prompt;     /* prompt tokens */
     int n_generated;  /* tokens delivered through on_token */
     int n_cached;     /* prompt tokens taken from a cached prefix (prefix_cache), counted in n_prompt */
+    bool of_request;  /* MOE_FINISH_ERROR the request caused: its guide allows no token of the vocabulary (a
+                         client error); false: the server's (a forward failed, NaN logits, out of memory) */
 };
 
 struct moe_sched_events {

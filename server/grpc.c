@@ -1075,7 +1075,8 @@ static void generate_stop_progress(struct cgen *k)
     char msg[FAILED_MSG_LEN];
     failed_msg(c, msg, &ev, dropped);
     cgen_drop(k);
-    queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st), ok ? NULL : msg);
+    queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st, ev.of_request),
+                 ok ? NULL : msg);
 }
 
 static void gen_progress(struct cgen *k)
@@ -1140,7 +1141,7 @@ static void gen_progress(struct cgen *k)
     failed_msg(c, msg, &ev, dropped);
     if (c->m == GM_GENERATE || c->m == GM_INFER) {
         cgen_drop(k);
-        queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st),
+        queue_status(c, ok ? GRPC_STATUS_OK : (grpc_status_code)srv_finish_grpc_code(ev.why, ev.st, ev.of_request),
                      ok ? NULL : msg);
         return;
     }

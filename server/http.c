@@ -920,9 +920,9 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
         }
         json_array_set_new(c->choices, (size_t)r->index, choice);
     } else if (c->stream) {
-        sse_send(c, err_json(srv_finish_http_status(why, st), msg));
+        sse_send(c, err_json(srv_finish_http_status(why, st, st == ev->st && ev->of_request), msg));
     } else {
-        send_error(c->req, srv_finish_http_status(why, st), msg);
+        send_error(c->req, srv_finish_http_status(why, st, st == ev->st && ev->of_request), msg);
     }
     json_decref(calls);
     r->g = NULL;

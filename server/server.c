@@ -48,18 +48,27 @@ int srv_grpc_code(enum moe_status st)
     }
 }
 
-int srv_finish_http_status(enum moe_finish why, enum moe_status st)
+/* A generation that failed with st, not by the request's doing: a status that would blame the request
+ * (a bad argument, a value out of range, a format, a feature: a forward's or the sampler's own check) is
+ * the server's fault here. */
+static bool blames_request(enum moe_status st, bool of_request)
+{
+    bool client = st == MOE_EINVAL || st == MOE_ERANGE || st == MOE_EFORMAT || st == MOE_ENOTSUP || st == MOE_ENOENT;
+    return client && !of_request;
+}
+
+int srv_finish_http_status(enum moe_finish why, enum moe_status st, bool of_request)
 {
     switch (why) {
     case MOE_FINISH_LENGTH: case MOE_FINISH_STOP: return 200;
     case MOE_FINISH_CANCELLED: return 503;
     case MOE_FINISH_DEADLINE: return 504;
-    case MOE_FINISH_ERROR: return st == MOE_OK ? 500 : srv_http_status(st);
+    case MOE_FINISH_ERROR: return st == MOE_OK || blames_request(st, of_request) ? 500 : srv_http_status(st);
     }
     return 500;
 }
 
-int srv_finish_grpc_code(enum moe_finish why, enum moe_status st)
+int srv_finish_grpc_code(enum moe_finish why, enum moe_status st, bool of_request)
 {
     switch (why) {
     case MOE_FINISH_LENGTH: case MOE_FINISH_STOP: return GRPC_STATUS_OK;
@@ -67,7 +76,8 @@ int srv_finish_grpc_code(enum moe_finish why, enum moe_status st)
      * is the server's: the drain's time ran out, so retry elsewhere */
     case MOE_FINISH_CANCELLED: return GRPC_STATUS_UNAVAILABLE;
     case MOE_FINISH_DEADLINE: return GRPC_STATUS_DEADLINE_EXCEEDED;
-    case MOE_FINISH_ERROR: return st == MOE_OK ? GRPC_STATUS_INTERNAL : srv_grpc_code(st);
+    case MOE_FINISH_ERROR:
+        return st == MOE_OK || blames_request(st, of_request) ? GRPC_STATUS_INTERNAL : srv_grpc_code(st);
     }
     return GRPC_STATUS_INTERNAL;
 }
@@ -383,6 +393,7 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
     snprintf(g->msg, sizeof(g->msg), "%s", msg ? msg : "");
     g->n_generated = res->n_generated;
     g->n_cached = res->n_cached;
+    g->of_request = res->of_request;
     bool wake = gen_queue_locked(g);
     bool last = --g->refs == 0;
     pthread_mutex_unlock(&ib->mu);
@@ -433,12 +444,14 @@ void srv_gen_events(struct srv_gen *g, struct srv_events *ev)
     ev->done = g->done;
     ev->why = g->why;
     ev->st = g->st;
+    ev->of_request = g->of_request;
     memcpy(ev->msg, g->msg, sizeof(ev->msg));
     if (g->toks_oom && !g->done) {
         /* Lost a token: the text can no longer be right.  Fail this request. */
         ev->done = true;
         ev->why = MOE_FINISH_ERROR;
         ev->st = MOE_ENOMEM;
+        ev->of_request = false;
         snprintf(ev->msg, sizeof(ev->msg), "out of memory buffering tokens");
     }
     ev->n_generated = g->n_generated;

@@ -64,6 +64,7 @@ struct srv_gen {
                                       scheduler still completes counts as failed (on_done) */
     enum moe_finish why;
     enum moe_status st;
+    bool of_request;               /* a failure the request caused (moe_sched_result.of_request) */
     char msg[256];
     int n_generated;
     int n_cached;                  /* prompt tokens from a cached prefix */
@@ -91,6 +92,7 @@ struct srv_events {
     bool done;
     enum moe_finish why;
     enum moe_status st;
+    bool of_request;               /* MOE_FINISH_ERROR the request caused, a client error (moe_sched_result) */
     char msg[256];
     int n_prompt, n_generated;
     int n_cached;                  /* of n_prompt, tokens taken from a cached prefix */
@@ -212,11 +214,15 @@ enum moe_status srv_stop_scan_init(struct moe_server *s, struct moe_stop_scan *s
 /* What a request refused, or a call ended, because the server drains says. */
 #define SRV_DRAINING_MSG "the server is draining (shutting down); retry elsewhere"
 
-/* Map a status to HTTP and gRPC codes. */
+/* Map a status to HTTP and gRPC codes: a request refused (srv_http_status, srv_grpc_code), or a generation
+ * that ended (why, st; of_request: a failure the request caused, moe_sched_result.of_request).  A
+ * generation's failure that the request did not cause is the server's: 500 / INTERNAL, whatever its status
+ * would blame (a forward's MOE_EINVAL, the NaN logits' MOE_ERANGE); out of memory, a deadline and the
+ * drain keep their own codes. */
 int srv_http_status(enum moe_status st);
 int srv_grpc_code(enum moe_status st);      /* grpc_status_code value */
-int srv_finish_http_status(enum moe_finish why, enum moe_status st);
-int srv_finish_grpc_code(enum moe_finish why, enum moe_status st);
+int srv_finish_http_status(enum moe_finish why, enum moe_status st, bool of_request);
+int srv_finish_grpc_code(enum moe_finish why, enum moe_status st, bool of_request);
 
 /* Admit a decoded request: tokenize, check limits (max-output, max-prompt,
  * context, model name), submit.  On success *out holds a generation owned by

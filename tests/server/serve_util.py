@@ -225,6 +225,15 @@ def parse_prometheus(text):
     return out
 
 
+def post(srv, path, body):
+    """(status, parsed JSON reply) of a POST with a JSON body to srv."""
+    code, out = srv.http(path, json.dumps(body).encode())
+    try:
+        return code, json.loads(out)
+    except ValueError:
+        return code, {"unparsed": out[:300]}
+
+
 def metric(ms, name, **labels):
     """Sum of the samples of name whose labels include the given ones."""
     total = 0.0

@@ -21,21 +21,12 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import (Server, Checks, free_port, metric, read_reference_greedy, rejections,  # noqa: E402
+from serve_util import (Server, Checks, free_port, metric, post, read_reference_greedy, rejections,  # noqa: E402
                         run_server_test, scaled)
 
 NAME = "acme/pycode-moe-18m"
 
 check = Checks()
-
-
-def post(srv, path, body):
-    """(status, parsed JSON reply) of a POST with a JSON body."""
-    code, out = srv.http(path, json.dumps(body).encode())
-    try:
-        return code, json.loads(out)
-    except ValueError:
-        return code, {"unparsed": out[:300]}
 
 
 def error_ok(code, js, status, word):

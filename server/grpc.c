@@ -569,6 +569,7 @@ static void do_health(struct gcall *c, const uint8_t *buf, size_t len)
         return;
     }
     grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
+    srv_files_damaged(c->gf->srv); /* damage seen by no forward yet turns readiness off first */
     bool ready = atomic_load(&c->gf->srv->ready);
     if (c->m == GM_HEALTH_WATCH) { /* the other Watch calls brought up to date first: every Watch holds the
                                     * status watch_update last saw, so that its next change reaches them all */
@@ -719,6 +720,7 @@ static bool serves_model(const struct moe_server *s, const char *name, const cha
 static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
 {
     struct moe_server *s = c->gf->srv;
+    bool damaged = srv_files_damaged(s) != NULL; /* not live either, as /health says */
     bool ready = atomic_load(&s->ready);
     if ((c->m == GM_LIVE && !empty_request_ok(c, &inference__server_live_request__descriptor, buf, len)) ||
         (c->m == GM_READY && !empty_request_ok(c, &inference__server_ready_request__descriptor, buf, len)) ||
@@ -727,7 +729,7 @@ static void do_kserve_simple(struct gcall *c, const uint8_t *buf, size_t len)
     switch (c->m) {
     case GM_LIVE: {
         Inference__ServerLiveResponse rs = INFERENCE__SERVER_LIVE_RESPONSE__INIT;
-        rs.live = true;
+        rs.live = !damaged;
         QUEUE_MSG(c, inference__server_live_response, &rs);
         break;
     }

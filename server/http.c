@@ -1988,17 +1988,21 @@ static void gen_cb(struct evhttp_request *req, void *arg)
         static const char lost[] = "gRPC listener lost: it stopped accepting connections (out of file "
                                    "descriptors) and does not resume; restart the server\n";
         send_text(req, 503, "text/plain", lost, sizeof(lost) - 1);
-    } else if (!strcmp(path, "/health")) {
-        send_text(req, 200, "text/plain", "ok\n", 3);
-    } else if (!strcmp(path, "/ready")) {
-        const char *why = atomic_load(&s->ready)       ? NULL
-                          : atomic_load(&s->draining)  ? "draining\n"
-                          : atomic_load(&s->grpc_lost) ? "gRPC listener lost\n"
-                                                       : "loading\n";
-        if (!why)
-            send_text(req, 200, "text/plain", "ready\n", 6);
+    } else if (!strcmp(path, "/health") || !strcmp(path, "/ready")) {
+        /* damaged model files: neither ready nor alive (a liveness probe restarts the server), saying why */
+        const char *damaged = srv_files_damaged(s);
+        char why[640];
+        if (damaged)
+            snprintf(why, sizeof(why), "model files damaged: %s\n", damaged);
+        else if (path[1] == 'h')
+            snprintf(why, sizeof(why), "ok\n");
         else
-            send_text(req, 503, "text/plain", why, strlen(why));
+            snprintf(why, sizeof(why), "%s", atomic_load(&s->ready)       ? "ready\n"
+                                             : atomic_load(&s->draining)  ? "draining\n"
+                                             : atomic_load(&s->grpc_lost) ? "gRPC listener lost\n"
+                                                                          : "loading\n");
+        bool ok = !damaged && (path[1] == 'h' || atomic_load(&s->ready));
+        send_text(req, ok ? 200 : 503, "text/plain", why, strlen(why));
     } else if (!strcmp(path, "/metrics")) {
         conns_sweep(h, false); /* the connections gauge: those open now, not those let go since the last sweep */
         size_t len = 0;

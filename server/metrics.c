@@ -124,6 +124,8 @@ void moe_metrics_render(struct moe_metrics *m, struct moe_strbuf *b, const char 
                       (unsigned long long)m->rejected_loading);
     moe_strbuf_printf(b, "moeflow:request_rejected_total{%s,reason=\"memory\"} %llu\n", model_label,
                       (unsigned long long)m->rejected_memory);
+    moe_strbuf_printf(b, "moeflow:request_rejected_total{%s,reason=\"damaged\"} %llu\n", model_label,
+                      (unsigned long long)m->rejected_damaged);
     moe_strbuf_printf(b, "# HELP moeflow:http_connections HTTP connections open now.\n"
                          "# TYPE moeflow:http_connections gauge\nmoeflow:http_connections{%s} %llu\n"
                          "# HELP moeflow:http_connections_closed_total HTTP connections the server closed, by reason.\n"

@@ -33,6 +33,7 @@ struct moe_metrics {
     uint64_t rejected_draining;/* refused while draining */
     uint64_t rejected_loading; /* refused while the model loads */
     uint64_t rejected_memory;  /* refused out of memory before admission (its copy, prompts, generation) */
+    uint64_t rejected_damaged; /* refused as the model's files are damaged (srv_files_damaged) */
     uint64_t http_requests, grpc_calls; /* front-end traffic (all endpoints) */
     uint64_t http_connections;          /* HTTP connections open now */
     uint64_t http_closed_limit;         /* ... refused: max-http-connections were open */

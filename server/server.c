@@ -376,6 +376,9 @@ static void on_done(void *ud, uint64_t id, const struct moe_sched_result *res)
         snprintf(s->device_why, sizeof(s->device_why), "%.*s", moe_utf8_cut(msg ? msg : "", 150), msg ? msg : "");
         atomic_store(&s->device_failed, true); /* device_why is whole */
         server_notify_device_error();
+    } else if (st == MOE_EIO && srv_files_damaged(s)) {
+        /* a forward read a checkpoint file that is damaged: every later one would compute on zeros */
+        MOE_ERR("request %llu failed: the model's files are damaged", (unsigned long long)id);
     } else if (st == MOE_EDEVICE && !lost) {
         /* A device operation failed, the device stays usable: this request fails (alone, or with the
          * others of its micro-batch that failed alone too: the scheduler reruns them one by one);
@@ -640,6 +643,34 @@ bool srv_loaded(struct moe_server *s, bool count)
     return loaded;
 }
 
+const char *srv_files_damaged(struct moe_server *s)
+{
+    if (atomic_load(&s->files_damaged))
+        return s->files_why;
+    if (!atomic_load(&s->loaded) || moe_model_check_files(s->model) == MOE_OK)
+        return NULL;
+    if (atomic_exchange(&s->files_claimed, true))
+        return NULL; /* another thread is saying so; the next look sees it */
+    const char *err = moe_last_error();
+    snprintf(s->files_why, sizeof(s->files_why), "%.*s", moe_utf8_cut(err, 500), err);
+    atomic_store(&s->ready, false);
+    atomic_store(&s->files_damaged, true);
+    MOE_ERR("the model's files are damaged: not ready any more, every generation refused, /health answers 503; "
+            "restart the server once they are whole: %s", s->files_why);
+    return s->files_why;
+}
+
+/* The model's files are damaged: a generation refused (and counted) as one the server cannot run. */
+static enum moe_status refuse_damaged(struct moe_server *s)
+{
+    const char *why = srv_files_damaged(s);
+    if (!why)
+        return MOE_OK;
+    moe_metrics_count(&s->metrics, &s->metrics.rejected_damaged, 1);
+    return moe_errorf(MOE_ECANCELED, "the server cannot generate: the model's files are damaged (%s); retry elsewhere",
+                      why);
+}
+
 /* The server is draining: refused (and counted) as such. */
 static enum moe_status refuse_draining(struct moe_server *s)
 {
@@ -657,6 +688,8 @@ enum moe_status srv_gen_prepare(struct moe_server *s, const struct moe_gen_reque
         return MOE_ECANCELED;
     if (!srv_loaded(s, true))
         return moe_errorf(MOE_ECANCELED, "the model is still loading; retry when /ready says ready");
+    if (refuse_damaged(s) != MOE_OK)
+        return MOE_ECANCELED;
     enum moe_status st = MOE_OK;
     bool of_prompt = true; /* the error is the prompt's (named by name), not the request's */
     int *ids = NULL;

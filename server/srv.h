@@ -159,6 +159,12 @@ struct moe_server {
                                       device_why is written */
     atomic_bool device_claimed;    /* the first such failure was seen (it writes device_why) */
     char device_why[256];          /* that failure's message: the drain tells the requests it cancels */
+    atomic_bool files_damaged;     /* a checkpoint file shrank or failed to read while mapped (moe_model_check_files):
+                                      nothing computed is the model's any more; not ready, /health 503, every
+                                      generation refused (503 / UNAVAILABLE) naming the file.  Set once files_why
+                                      is written */
+    atomic_bool files_claimed;     /* the damage was seen first (it writes files_why) */
+    char files_why[512];           /* moe_model_check_files' message, naming the file */
     atomic_int live_gens;          /* srv_gen objects alive */
     double t_start;
     long long created;             /* wall-clock start, seconds since the epoch (/v1/models) */
@@ -210,6 +216,11 @@ void srv_count_refused(struct moe_server *s, enum moe_status st);
 bool srv_loaded(struct moe_server *s, bool count);
 /* moe_stop_scan_init for a request's generation; an error (out of memory) is counted as its refusal. */
 enum moe_status srv_stop_scan_init(struct moe_server *s, struct moe_stop_scan *sc, char *const *seq, int n);
+
+/* The model's checkpoint files as they are read through their mappings (moe_model_check_files): NULL while
+ * they are whole (or the model not loaded), else why not, naming the file.  The first caller to see the
+ * damage turns readiness off for good and logs it.  Any thread. */
+const char *srv_files_damaged(struct moe_server *s);
 
 /* What a request refused, or a call ended, because the server drains says. */
 #define SRV_DRAINING_MSG "the server is draining (shutting down); retry elsewhere"

@@ -622,12 +622,18 @@ static void lp_add_first(struct hreq *r, int token)
     lp_step(r, token, json_null(), json_null());
 }
 
+/* Whether log-probabilities were collected since the last chunk (none when the request did not ask). */
+static bool lp_pending(const struct hreq *r)
+{
+    json_t *first = r->lp ? json_object_iter_value(json_object_iter(r->lp)) : NULL;
+    return first && json_array_size(first);
+}
+
 /* The choice's "logprobs": what was collected since the last chunk (then a fresh collection), or
  * null when the request did not ask. */
 static json_t *lp_take(struct hreq *r)
 {
-    json_t *first = r->lp ? json_object_iter_value(json_object_iter(r->lp)) : NULL;
-    if (!first || !json_array_size(first)) /* nothing asked, or nothing new since the last chunk */
+    if (!lp_pending(r)) /* nothing asked, or nothing new since the last chunk */
         return json_null();
     json_t *j = r->lp;
     r->lp = lp_new(r->c->chat);
@@ -715,10 +721,12 @@ static void sse_done(struct hcall *c)
     evhttp_send_reply_end(c->req);
 }
 
-/* The answer's text for the client: a streamed chunk (one per token, possibly empty) or
- * the choice's text so far. */
+/* The answer's text for the client: a streamed chunk or the choice's text so far.  chunk: a token's
+ * text, whose chunk goes out empty only to carry log-probabilities that have no text of their own to go
+ * with (text held back, for a stop sequence or a tool call, sends nothing meanwhile). */
 static void emit_content(struct hreq *r, const char *t, size_t len, bool chunk)
 {
+    chunk = chunk && lp_pending(r);
     if (r->c->stream && r->c->tool_parse) { /* content until a <tool_call> tag, which is held with the rest */
         evbuffer_add(r->text, t, len);
         if (r->in_call)

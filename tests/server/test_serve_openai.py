@@ -942,6 +942,45 @@ def check_stop_logprobs(srv):
               "chat streamed, stop %r: text %r, log-probabilities %r (whole: %r)" % (extra["stop"], sent, lps, wl))
 
 
+def check_stream_held_text(srv):
+    """Streamed with stop sequences, text that could begin one is held back, and no chunk goes out empty
+    meanwhile: every chunk before the finishing one carries text (chat: content), and the text, whole and
+    the log-probabilities' tokens, is the non-streamed reply's."""
+    for path, body in (("/v1/completions", {"prompt": "def add(a, b):", "logprobs": 0}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "def add(a, b):"}],
+                                                 "logprobs": True})):
+        body = dict(body, max_tokens=24, temperature=0, ignore_eos=True)
+        # stop sequences that begin with a generated token's text and are never completed: that token's text
+        # is held back whole, until the next token's shows it begins none
+        w = (post(srv, path, body)[1].get("choices") or [{}])[0]
+        toks = ([e["token"] for e in ((w.get("logprobs") or {}).get("content") or [])] if "chat" in path else
+                (w.get("logprobs") or {}).get("tokens") or [])
+        stops = []
+        for t in toks[1:-1]:
+            if t.strip() and t + "zq" not in stops and len(stops) < 4:
+                stops.append(t + "zq")
+        body["stop"] = stops
+        code, whole = post(srv, path, body)
+        _, chunks, done = sse(srv, path, dict(body, stream=True))
+        chat = "chat" in path
+        steps = [c["choices"][0] for c in chunks if c["choices"]]
+        texts = [(x.get("delta") or {}).get("content") if chat else x.get("text") for x in steps]
+        empty = [x for x, t in zip(steps, texts) if not t and not x.get("finish_reason")]
+        w = (whole.get("choices") or [{}])[0]
+        want = (w.get("message") or {}).get("content") if chat else w.get("text")
+        if chat:
+            lps = [e["token"] for x in steps for e in ((x.get("logprobs") or {}).get("content") or [])]
+            wlps = [e["token"] for e in ((w.get("logprobs") or {}).get("content") or [])]
+        else:
+            lps = [t for x in steps for t in ((x.get("logprobs") or {}).get("tokens") or [])]
+            wlps = (w.get("logprobs") or {}).get("tokens")
+        check(code == 200 and done and not empty and "".join(t or "" for t in texts) == want and lps == wlps and
+              len(steps) - 1 < whole["usage"]["completion_tokens"],
+              "%s streamed with stop sequences: %d chunks for %d tokens, empty ones %r; text %r, want %r; "
+              "log-probabilities' tokens %r, want %r" % (path, len(steps), whole.get("usage", {}).get(
+                  "completion_tokens", 0), empty[:2], texts, want, lps, wlps))
+
+
 def check_stop_token_ids(srv, src):
     """vLLM's stop_token_ids and min_tokens.  A stop token ends the reply as EOS does (finish_reason stop, its
     text left out and not counted), ignore_eos or not; min_tokens masks EOS and the stop tokens until that many
@@ -1496,7 +1535,7 @@ def main():
     return run_server_test("test_serve_openai", srv, check, check_models, check_stream_usage, check_params,
                            check_n, lambda s: check_batch(s, moeflow), check_tokenize, lambda s: check_json(s, moeflow),
                            lambda s: check_json_schema(s, moeflow), check_structured, check_tools, check_logprobs,
-                           check_stop_logprobs, lambda s: check_stop_token_ids(s, sys.argv[2]), check_errors,
+                           check_stop_logprobs, check_stream_held_text, lambda s: check_stop_token_ids(s, sys.argv[2]), check_errors,
                            lambda s: check_responses_store(moeflow),
                            lambda s: check_echo(s, moeflow),
                            lambda s: check_default_max_tokens(s, moeflow, sys.argv[2]),

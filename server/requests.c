@@ -375,11 +375,13 @@ static bool tool_entry(json_t *t, const char **name, json_t **params)
     return type && !strcmp(type, "function") && *name && (!*params || json_is_object(*params));
 }
 
-/* A chat's chat_template_kwargs and tools, whatever renders its messages (a template sees them, the
- * markers do not, tool_choice reads the tools): an object, and OpenAI's function definitions. */
+/* A chat's chat_template_kwargs, tools and documents, whatever renders its messages (a template sees them,
+ * the markers do not, tool_choice reads the tools): an object, OpenAI's function definitions, and vLLM's
+ * documents for retrieval-augmented templates (objects of strings, as its list[dict[str, str]]). */
 static enum moe_status check_chat_extras(json_t *root)
 {
     json_t *kwargs = json_object_get(root, "chat_template_kwargs"), *tools = json_object_get(root, "tools"), *t;
+    json_t *docs = json_object_get(root, "documents");
     if (kwargs && !json_is_null(kwargs) && !json_is_object(kwargs))
         return moe_errorf(MOE_EINVAL, "'chat_template_kwargs' must be an object");
     if (tools && !json_is_null(tools) && !json_is_array(tools))
@@ -392,12 +394,24 @@ static enum moe_status check_chat_extras(json_t *root)
             return moe_errorf(MOE_EINVAL, "'tools'[%zu] must be {\"type\": \"function\", \"function\": {\"name\": "
                               "..., \"parameters\": {...}}}", i);
     }
+    if (docs && !json_is_null(docs) && !json_is_array(docs))
+        return moe_errorf(MOE_EINVAL, "'documents' must be an array of objects (such as {\"title\": ..., \"text\": ...})");
+    json_array_foreach(docs, i, t) {
+        const char *key;
+        json_t *v;
+        if (!json_is_object(t))
+            return moe_errorf(MOE_EINVAL, "'documents'[%zu] must be an object of strings (such as {\"title\": ..., "
+                              "\"text\": ...})", i);
+        json_object_foreach(t, key, v)
+            if (!json_is_string(v))
+                return moe_errorf(MOE_EINVAL, "'documents'[%zu]['%.*s'] must be a string", i, moe_utf8_cut(key, 64), key);
+    }
     return MOE_OK;
 }
 
 /* The variables a chat's template sees from the request, as vLLM sets them: add_generation_prompt (true
- * unless given), continue_final_message (false unless given) and tools, then chat_template_kwargs over
- * them.  *vars is a new object; *gen and *cont say whether the two hold then (Python's truth).  Both
+ * unless given), continue_final_message (false unless given), tools and documents, then chat_template_kwargs
+ * over them.  *vars is a new object; *gen and *cont say whether the two hold then (Python's truth).  Both
  * true, or continuing a last message that is not the assistant's, is an error naming the fields. */
 static enum moe_status chat_vars(json_t *root, json_t *msgs, json_t **vars, bool *gen, bool *cont)
 {
@@ -410,8 +424,10 @@ static enum moe_status chat_vars(json_t *root, json_t *msgs, json_t **vars, bool
     if (st)
         return st;
     json_t *kwargs = json_object_get(root, "chat_template_kwargs"), *tools = json_object_get(root, "tools");
+    json_t *docs = json_object_get(root, "documents");
     json_t *v = json_pack("{s:b, s:b}", "add_generation_prompt", *gen, "continue_final_message", *cont);
     if (!v || (json_is_array(tools) && json_object_set(v, "tools", tools)) ||
+        (json_is_array(docs) && json_object_set(v, "documents", docs)) ||
         (json_is_object(kwargs) && json_object_update(v, kwargs))) {
         json_decref(v);
         return moe_errorf(MOE_ENOMEM, "'messages': out of memory");

@@ -39,6 +39,7 @@ TEMPLATE = (
     "{%- endfor %}"
     "{%- if greeting is defined %}{{ greeting }}{% endif %}"
     "{%- if tools %}{{ tools | length }} tools: {{ tools | map(attribute='function') | map(attribute='name') | join(',') }}{% endif %}"
+    "{%- if documents %}{% for d in documents %}[doc {{ d.title }}: {{ d.text }}]{% endfor %}{% endif %}"
     "{%- if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 
 
@@ -181,6 +182,21 @@ def main():
             code, out = chat(srv, msgs, tools=tools, chat_template_kwargs={"tools": None})  # vLLM: kwargs over tools
             check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, want),
                   "kwargs over tools: %d %s" % (code, out))
+            docs = [{"title": "a", "text": "one"}, {"title": "b", "text": "two"}]
+            code, out = chat(srv, msgs, documents=docs)  # vLLM's documents, as apply_chat_template takes them
+            check(code == 200 and out["usage"]["prompt_tokens"] ==
+                  n_tokens(moeflow, model, want.replace("<|assistant|>", "[doc a: one][doc b: two]<|assistant|>")),
+                  "documents: %d %s" % (code, out))
+            code, out = rendered(srv, msgs, documents=docs)
+            check(code == 200 and out == want.replace("<|assistant|>", "[doc a: one][doc b: two]<|assistant|>"),
+                  "documents rendered: %d %r" % (code, out))
+            code, out = chat(srv, msgs, documents=docs, chat_template_kwargs={"documents": None})
+            check(code == 200 and out["usage"]["prompt_tokens"] == n_tokens(moeflow, model, want),
+                  "kwargs over documents: %d %s" % (code, out))
+            for bad, word in (({"text": "x"}, "'documents' must be an array"), (["x"], "'documents'[0] must be an object"),
+                              ([{"title": "a"}, {"text": 5}], "'documents'[1]['text'] must be a string")):
+                code, out = chat(srv, msgs, documents=bad)
+                check(code == 400 and word in out["error"]["message"], "bad documents %r: %d %s" % (bad, code, out))
             code, out = chat(srv, msgs, tools={"add": 1})
             check(code == 400 and "tools" in out["error"]["message"], "bad tools: %d %s" % (code, out))
             code, out = chat(srv, [{"role": "tool", "content": "42"}])

@@ -51,6 +51,7 @@ struct rq {
     int slot;                  /* engine slot, -1 while waiting */
     uint64_t submit_step;      /* s->steps when submitted (aging) */
     bool cancel;               /* cancel() asked for it */
+    double cancel_at;          /* ... at this moe_now() second (the deadline's doing within its slack) */
     bool shutdown;             /* ... as the drain's time ran out (or as moe_sched_drain_why says) */
     bool stop;                 /* ... as finish(): it ends as finished by a stop sequence */
     enum moe_status fail_st;   /* ... as fail(): it ends as failed with fail_st and fail_msg */
@@ -333,6 +334,13 @@ static void cancel_msg(const struct moe_sched *s, bool shutdown, const char *whe
         snprintf(msg, cap, "shutting down: the drain timeout passed %s; retry elsewhere", where);
 }
 
+/* A cancel that came when r's deadline had passed, or within MOE_SCHED_DEADLINE_SLACK_S of it: r's client
+ * gave up at its deadline (not a drain's cancel). */
+static bool cancel_expired(const struct rq *r)
+{
+    return r->cancel && !r->shutdown && r->g.deadline > 0 && r->cancel_at >= r->g.deadline - MOE_SCHED_DEADLINE_SLACK_S;
+}
+
 /* Cancellations and expired deadlines of waiting and active requests. */
 static void reap(struct moe_sched *s)
 {
@@ -344,10 +352,10 @@ static void reap(struct moe_sched *s)
             rq_finish(s, r, MOE_FINISH_ERROR, r->fail_st, r->fail_msg);
         } else if (r->cancel && r->stop) {
             rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
-        } else if (r->cancel) {
+        } else if (r->cancel && !cancel_expired(r)) {
             cancel_msg(s, r->shutdown, "while queued", msg, sizeof(msg));
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
-        } else if (r->g.deadline > 0 && now >= r->g.deadline) {
+        } else if (r->g.deadline > 0 && (now >= r->g.deadline || r->cancel)) {
             rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, "deadline expired while queued");
         }
     }
@@ -358,12 +366,12 @@ static void reap(struct moe_sched *s)
             rq_finish(s, r, MOE_FINISH_ERROR, r->fail_st, r->fail_msg);
         } else if (r->cancel && r->stop) {
             rq_finish(s, r, MOE_FINISH_STOP, MOE_OK, "stop sequence");
-        } else if (r->cancel) {
+        } else if (r->cancel && !cancel_expired(r)) {
             char in[32];
             snprintf(in, sizeof(in), "during %s", where);
             cancel_msg(s, r->shutdown, in, msg, sizeof(msg));
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
-        } else if (r->g.deadline > 0 && now >= r->g.deadline) {
+        } else if (r->g.deadline > 0 && (now >= r->g.deadline || r->cancel)) {
             snprintf(msg, sizeof(msg), "deadline expired during %s", where);
             rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, msg);
         }
@@ -1529,6 +1537,8 @@ static enum moe_status end_early(struct moe_sched *s, uint64_t id, bool stop, en
         if (s->active[i]->id == id)
             found = s->active[i];
     if (found) {
+        if (!found->cancel)
+            found->cancel_at = moe_now();
         found->cancel = true;
         found->stop = stop;
         found->fail_st = fail_st;

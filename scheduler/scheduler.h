@@ -211,6 +211,12 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
  * all be submitted (one was refused, the client left).  A no-op once the last was submitted, and for an id
  * that holds none. */
 void moe_sched_hold_release(struct moe_sched *s, uint64_t id);
+/* End a request early as cancelled (its client left).  A cancel that comes after the request's deadline,
+ * or MOE_SCHED_DEADLINE_SLACK_S or less before it, ends it as its deadline would (finish reason deadline,
+ * MOE_ETIMEDOUT): a client whose own deadline ran out cancels a few milliseconds before the server's
+ * (the server took the deadline as the request arrived), and that is the deadline's doing.  Not a drain's
+ * cancel. */
+#define MOE_SCHED_DEADLINE_SLACK_S 0.05
 enum moe_status moe_sched_cancel(struct moe_sched *s, uint64_t id);
 /* End a request early as finished by a stop sequence (the client found one in
  * the text): like cancel, but counted as completed, finish reason stop. */

@@ -608,6 +608,45 @@ static void test_deadline(void)
     moe_sched_destroy(s);
 }
 
+/* A client's cancel at its deadline is the deadline's: cancels that come after the deadline (0), or
+ * MOE_SCHED_DEADLINE_SLACK_S or less before it (1 queued, 4 decoding), end their requests as the deadline
+ * does; one well before it (2 queued, 5 decoding), or of a request without one (3), is a cancel. */
+static void test_cancel_at_deadline(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 2, .max_queued = 8, .micro_batch = 2, .prefill_chunk = 8 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    struct sc_req r[6] = { { 0 } };
+    struct moe_gen_params g = gen(60);
+    double now = moe_now(), slack = MOE_SCHED_DEADLINE_SLACK_S;
+    double deadline[6] = { now - 1.0, now + slack / 2, now + 3600, 0, now + slack / 2, now + 3600 };
+    for (int i = 0; i < 6; i++) {
+        g.deadline = deadline[i];
+        REQUIRE(moe_sched_submit(s, prompt_of(4, i + 1), 4, &g, &sc_events, &r[i], &r[i].id) == MOE_OK, "submit %d: %s", i,
+                moe_last_error());
+    }
+    for (int i = 0; i < 4; i++) /* queued: the step reaps them before it admits 4 and 5 */
+        CHECK(moe_sched_cancel(s, r[i].id) == MOE_OK, "cancel %d: %s", i, moe_last_error());
+    moe_sched_step(s);
+    moe_sched_step(s);
+    CHECK(r[4].n_tokens > 0 && r[5].n_tokens > 0, "4 and 5 decode: %d, %d tokens", r[4].n_tokens, r[5].n_tokens);
+    for (int i = 4; i < 6; i++)
+        moe_sched_cancel(s, r[i].id); /* ENOENT when 4's deadline passed meanwhile: it ended as the deadline's */
+    moe_sched_step(s);
+    for (int i = 0; i < 6; i++) {
+        bool dl = i == 0 || i == 1 || i == 4;
+        CHECK(r[i].n_done == 1 && r[i].why == (dl ? MOE_FINISH_DEADLINE : MOE_FINISH_CANCELLED) &&
+                  r[i].st == (dl ? MOE_ETIMEDOUT : MOE_ECANCELED),
+              "request %d (deadline %+.3f s from the submission, 0: none): done %d why %s", i,
+              deadline[i] ? deadline[i] - now : 0, r[i].n_done, moe_finish_str(r[i].why));
+    }
+    CHECK(fb.n_used == 0, "slots in use %d", fb.n_used);
+    check_accounting(s, "cancel at the deadline");
+    moe_sched_destroy(s);
+}
+
 /* Four requests of a 3-token prompt and 6 tokens each, recorded in r[0..4). */
 static void submit_four(struct moe_sched *s, struct sc_req *r)
 {
@@ -1057,6 +1096,7 @@ int main(void)
     test_finish();
     test_reply_failed();
     test_deadline();
+    test_cancel_at_deadline();
     test_failure();
     test_failure_figures();
     test_device_failure();

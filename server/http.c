@@ -185,6 +185,24 @@ static void wake_cb(void *arg)
 /* A whole reply, its Content-Length always given: libevent leaves it out for HEAD and CONNECT (and
  * would send HEAD the body), which breaks the next reply on the connection.  HEAD gets the headers
  * GET would and no body; CONNECT (never a tunnel here) its error with the body framed. */
+/* The standard reason phrase of a status this server answers with (RFC 9110, RFC 6585's 429: libevent's
+ * own table has none past 417). */
+static const char *status_phrase(int code)
+{
+    switch (code) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return code >= 500 ? "Server Error" : code >= 400 ? "Client Error" : "OK";
+    }
+}
+
 static void send_text(struct evhttp_request *req, int code, const char *ctype, const char *body,
                       size_t len)
 {
@@ -196,7 +214,7 @@ static void send_text(struct evhttp_request *req, int code, const char *ctype, c
     struct evbuffer *b = NULL;
     if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD && (b = evbuffer_new()))
         evbuffer_add(b, body, len);
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
+    evhttp_send_reply(req, code, status_phrase(code), b);
     if (b)
         evbuffer_free(b);
 }

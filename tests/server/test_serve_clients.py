@@ -99,6 +99,17 @@ def connect_method(srv):
           "CONNECT with Connection: close: closed %s, %r" % (closed, out[:200]))
 
 
+def status_phrases(srv):
+    """Each reply's status line has its code's standard reason phrase (RFC 9110), as clients print it
+    ("400 Client Error: Bad Request"), where every error read "Error"."""
+    for req, want in ((b"GET /health", b"200 OK"), (b"GET /nope", b"404 Not Found"),
+                      (b"GET /v1/completions", b"405 Method Not Allowed"),
+                      (b"POST /v1/completions", b"400 Bad Request"),
+                      (b"GET /v1/models/nope", b"404 Not Found")):
+        out, _ = exchange(srv, req + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        check(out.startswith(b"HTTP/1.1 " + want + b"\r\n"), "%s: %r, want %r" % (req, out[:40], want))
+
+
 def connection_close_option(srv):
     """A request whose Connection header lists "close" among other options has its connection closed
     after the reply, which says so: the request pipelined after it is not served."""
@@ -981,7 +992,7 @@ def main():
 
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), lambda s: cancelled_before_read(s, pb),
-                           http10_keepalive_stream, connect_method,
+                           http10_keepalive_stream, connect_method, status_phrases,
                            connection_close_option, absolute_form, ambiguous_body, host_header, chunk_extension,
                            n_choices_gone, gone_after_pipelined, no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: read_timeout_after_burst(moeflow),

@@ -1277,6 +1277,14 @@ int moe_tokenizer_token_id(const struct moe_tokenizer *t, const char *token)
     return id >= 0 ? id : strmap_get(t, &t->vocab, token, n);
 }
 
+const char *moe_tokenizer_token_str(const struct moe_tokenizer *t, int id, size_t *len)
+{
+    if (!t || id < 0 || id >= t->n_ids || t->str_len[id] == UINT32_MAX)
+        return NULL;
+    *len = t->str_len[id];
+    return t->pool.p + t->str_off[id];
+}
+
 /* ---- encoding ---------------------------------------------------------- */
 
 struct bpe_sym {

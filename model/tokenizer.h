@@ -23,6 +23,10 @@ void moe_tokenizer_free(struct moe_tokenizer *t);
 int moe_tokenizer_vocab_size(const struct moe_tokenizer *t);
 /* Id of a token string (special or regular), -1 if absent. */
 int moe_tokenizer_token_id(const struct moe_tokenizer *t, const char *token);
+/* The token string of id as the vocabulary spells it (tokenizer.json's, as Hugging Face's
+ * convert_ids_to_tokens gives it: "Ġdef", "<0x0A>", an added token's content): *len bytes in the
+ * tokenizer's memory, not NUL-terminated; NULL when id is no token. */
+const char *moe_tokenizer_token_str(const struct moe_tokenizer *t, int id, size_t *len);
 
 /* Encode len bytes of UTF-8 text.  *ids is malloc'd (caller frees). Special
  * tokens in the text are recognised.  Invalid UTF-8 is an error. */

@@ -1450,13 +1450,28 @@ static void tokenize_work(struct hjob *q)
                 snprintf(msg, sizeof(msg), "prompt: %s", moe_last_error());
             moe_gen_request_free(&gr);
         }
-        if (!msg[0]) {
+        json_t *strs = NULL;
+        json_t *want_strs = json_object_get(root, "return_token_strs");
+        if (!msg[0] && want_strs && !json_is_null(want_strs) && !json_is_boolean(want_strs))
+            snprintf(msg, sizeof(msg), "'return_token_strs' must be a boolean");
+        else if (!msg[0] && json_is_true(want_strs) && (strs = json_array())) /* vLLM's: the vocabulary's strings */
+            for (size_t i = 0; i < n_ids; i++) {
+                size_t k = 0;
+                const char *t = moe_tokenizer_token_str(s->tok, ids[i], &k);
+                json_array_append_new(strs, json_stringn(t ? t : "", t ? k : 0));
+            }
+        if (!msg[0] && (!json_is_true(want_strs) || strs)) {
             json_t *arr = json_array();
             for (size_t i = 0; arr && i < n_ids; i++)
                 json_array_append_new(arr, json_integer(ids[i]));
             out = arr ? json_pack("{s:I,s:i,s:o}", "count", (json_int_t)n_ids, "max_model_len", s->max_ctx,
                                   "tokens", arr) : NULL;
+            if (out && strs && json_object_set(out, "token_strs", strs)) {
+                json_decref(out);
+                out = NULL;
+            }
         }
+        json_decref(strs);
     }
     if (!msg[0] && !out)
         code = 500, snprintf(msg, sizeof(msg), "out of memory");

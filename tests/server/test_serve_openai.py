@@ -733,6 +733,18 @@ def check_tokenize(srv):
           js.get("max_model_len", 0) > 0, "tokenize: %d %r" % (code, js))
     code, back = post(srv, "/detokenize", {"tokens": js.get("tokens", [])})
     check(code == 200 and back == {"prompt": "def add(a, b):"}, "detokenize: %d %r" % (code, back))
+    # vLLM's return_token_strs: each id's string as the vocabulary spells it (convert_ids_to_tokens)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "pycode-moe-18m",
+                           "tokenizer.json"), encoding="utf-8") as f:
+        spelled = {i: t for t, i in json.load(f)["model"]["vocab"].items()}
+    code, st = post(srv, "/tokenize", {"prompt": "def add(a, b):", "return_token_strs": True})
+    check(code == 200 and st.get("tokens") == js.get("tokens") and
+          st.get("token_strs") == [spelled.get(i) for i in js.get("tokens", [])] and "Ġadd" in st["token_strs"],
+          "tokenize, return_token_strs: %d %r" % (code, st))
+    code, st = post(srv, "/tokenize", {"prompt": "def add(a, b):", "return_token_strs": False})
+    check(code == 200 and "token_strs" not in st, "tokenize, return_token_strs false: %d %r" % (code, st))
+    code, st = post(srv, "/tokenize", {"prompt": "x", "return_token_strs": "yes"})
+    check(error_ok(code, st, 400, "'return_token_strs' must be a boolean"), "return_token_strs 'yes': %d %r" % (code, st))
     # an emoji's tokens cut before its last byte: one U+FFFD for the cut sequence, as Hugging Face's byte-level
     # decoder gives it (not one per byte)
     code, em = post(srv, "/tokenize", {"prompt": "\U0001F600"})

@@ -6,6 +6,7 @@
 
 #include "kernels/vexp.h"
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -253,8 +254,17 @@ static bool penalized(const struct moe_sampling *p)
            (p->repetition_penalty != 0.0f && p->repetition_penalty != 1.0f);
 }
 
+/* A logit v under the repetition penalty rp. */
+static float repeat_penalized(float v, float rp)
+{
+    return v > 0.0f ? v / rp : v * rp;
+}
+
 /* w = logits with logit_bias and the penalties of p applied; cnt[vocab] is zero on entry and on
- * return.  History ids outside [0, vocab) are skipped. */
+ * return.  History ids outside [0, vocab) are skipped.  A finite logit that the repetition penalty
+ * takes beyond float's range ends as its exact value ranks: below every other, -FLT_MAX (still
+ * drawable, where -inf would let a banned token be drawn in its place); above every other, +inf for
+ * the largest of them (the softmax's limit: all the mass) and FLT_MAX for the rest. */
 static void apply_penalties(const struct moe_sampling *p, const float *logits, int vocab, const int *ids,
                             int n_prompt, int n_ids, float *w, uint32_t *cnt)
 {
@@ -263,11 +273,20 @@ static void apply_penalties(const struct moe_sampling *p, const float *logits, i
         w[p->logit_bias[i].id] += p->logit_bias[i].bias;
     float rp = p->repetition_penalty;
     if (rp != 0.0f && rp != 1.0f) { /* once per distinct token of the prompt and the output */
+        float top = -INFINITY;      /* the largest logit taken past FLT_MAX */
+        for (int i = 0; i < n_ids; i++) {
+            int t = ids[i];
+            if (t >= 0 && t < vocab && isfinite(w[t]) && repeat_penalized(w[t], rp) == INFINITY && w[t] > top)
+                top = w[t];
+        }
         for (int i = 0; i < n_ids; i++) {
             int t = ids[i];
             if (t < 0 || t >= vocab || cnt[t]) continue;
             cnt[t] = 1;
-            w[t] = w[t] > 0.0f ? w[t] / rp : w[t] * rp;
+            float v = repeat_penalized(w[t], rp);
+            if (isinf(v) && isfinite(w[t]))
+                v = v < 0 ? -FLT_MAX : w[t] == top ? INFINITY : FLT_MAX;
+            w[t] = v;
         }
         for (int i = 0; i < n_ids; i++)
             if (ids[i] >= 0 && ids[i] < vocab) cnt[ids[i]] = 0;

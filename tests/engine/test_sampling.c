@@ -8,11 +8,13 @@
  * likely relative to the most likely; logit bias, repetition, frequency and presence
  * penalties change the logits as vLLM applies them (repetition once per distinct
  * token of prompt and output, frequency and presence on the output only), leave
- * the caller's logits alone, and compose with the seeded draw; the min_tokens mask
- * bans its ids unless nothing else could be drawn. */
+ * the caller's logits alone, and compose with the seeded draw; a repetition penalty
+ * that takes a logit past float's range leaves it drawable and ranked as its exact
+ * value; the min_tokens mask bans its ids unless nothing else could be drawn. */
 #include "engine/sampling.h"
 #include "tests/test_util.h"
 
+#include <float.h>
 #include <math.h>
 
 /* temperature, top_p, top_k, seed, then any other fields by name: an initialiser, and a value */
@@ -291,6 +293,29 @@ int main(void)
     CHECK(moe_sampler_sample(&s, lr3, 3, hist, 3, 3) == 1, "repetition penalty of a prompt token missing");
     float ln[3] = { -1.0f, -1.1f, -5.0f }; /* a negative logit is multiplied: -1.25 < -1.1 */
     CHECK(moe_sampler_sample(&s, ln, 3, hist, 1, 1) == 1, "negative logit not multiplied");
+
+    /* a repetition penalty that takes a finite logit beyond float's range: -FLT_MAX * 10 stays the one
+     * token that can be drawn (as -inf, the banned token 0 was drawn in its place, greedy and seeded);
+     * 0.75 and 0.9 FLT_MAX / 0.5 both pass FLT_MAX, and the larger, token 2, still wins (both +inf, the
+     * lower id did) */
+    {
+        float le[4] = { -INFINITY, -FLT_MAX, -INFINITY, NAN };
+        int he[1] = { 1 };
+        for (int t = 0; t < 2; t++) {
+            moe_sampler_init(&s, &SP(t, 1, 0, 3, .repetition_penalty = 10));
+            int x = moe_sampler_sample(&s, le, 4, he, 1, 1);
+            CHECK(x == 1, "temperature %d: repetition penalty 10 on -FLT_MAX: token %d, want 1 (the only one "
+                  "drawable)", t, x);
+        }
+        float lo[4] = { 1.0f, 0.75f * FLT_MAX, 0.9f * FLT_MAX, 2.0f };
+        int ho[3] = { 1, 2, 3 };
+        for (int t = 0; t < 2; t++) {
+            moe_sampler_init(&s, &SP(t, 1, 0, 3, .repetition_penalty = 0.5f));
+            int x = moe_sampler_sample(&s, lo, 4, ho, 3, 3);
+            CHECK(x == 2, "temperature %d: repetition penalty 0.5 past FLT_MAX: token %d, want 2 (1.8 FLT_MAX "
+                  "over 1.5)", t, x);
+        }
+    }
 
     /* frequency 0.6 per generated time: one 0 in the output gives 2.4 > 2; two give 1.8 < 2; the
      * prompt's three 0s count for nothing.  Presence 0.6 subtracts once: 2.4 with two. */

@@ -427,11 +427,14 @@ static int prefix_slot(struct moe_sched *s, struct rq *r, int *keep)
 }
 
 /* Admit waiting requests into free engine slots: highest effective priority
- * first (priority + one level per aging_steps waited), FCFS among equals. */
+ * first (priority + one level per aging_steps waited), FCFS among equals.  One
+ * that waits for a prefill under way (prefix_cache) keeps its turn: the slot it
+ * is due stays free for it, and only the slots beyond go to those after it. */
 static void admit(struct moe_sched *s)
 {
     s->admit_pass++;
-    while (s->n_waiting > 0 && s->n_active < s->p.max_running) {
+    int due = 0; /* slots kept for the requests that wait this pass */
+    while (s->n_waiting > 0 && s->n_active + due < s->p.max_running) {
         struct rq *best = NULL;
         int64_t best_key = 0;
         for (struct rq *r = s->wait_head; r; r = r->next) {
@@ -449,6 +452,7 @@ static void admit(struct moe_sched *s)
         int keep = 0, slot = s->slot_busy ? prefix_slot(s, best, &keep) : s->be.seq_alloc(s->be.self);
         if (slot == -2) {
             best->wait_pass = s->admit_pass;
+            due++;
             continue;
         }
         if (slot < 0)

@@ -84,6 +84,23 @@ static inline int fb_claim(void *self, int seq, int keep)
     return seq;
 }
 
+/* seq_fork (prefix_cache; set by a test as fb_claim is): copy the first n tokens slot src holds into the
+ * claimed, empty slot dst. */
+static inline enum moe_status fb_fork(void *self, int dst, int src, int n)
+{
+    struct fake_backend *f = self;
+    if (dst < 0 || dst >= FB_SEQS || src < 0 || src >= FB_SEQS || !f->used[dst] || !f->used[src] || f->len[dst] ||
+        n < 0 || n > f->len[src]) {
+        f->errors++;
+        snprintf(f->err, sizeof(f->err), "fork of %d tokens from slot %d (len %d) into slot %d", n, src,
+                 src >= 0 && src < FB_SEQS ? f->len[src] : -1, dst);
+        return MOE_EINVAL;
+    }
+    memcpy(f->toks[dst], f->toks[src], sizeof(int) * (size_t)n);
+    f->len[dst] = n;
+    return MOE_OK;
+}
+
 /* Next token of a sequence: a hash of all its tokens. */
 static int fb_next(const int *t, int n)
 {

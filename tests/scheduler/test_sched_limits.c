@@ -1026,6 +1026,56 @@ static void test_prefill_starvation(void)
     moe_sched_destroy(s);
 }
 
+/* prefix_cache: a request that waits for a prefill under way sharing its prompt's beginning (to copy that
+ * cache rather than compute it again) keeps its turn: a later request of equal priority does not take the
+ * slot it is due, so it starts once that prefill is done, not once the later one ends; it takes the 40
+ * tokens shared, and every request decodes as alone. */
+static void test_prefix_wait_turn(void)
+{
+    static struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    be.seq_claim = fb_claim;
+    be.seq_fork = fb_fork;
+    struct moe_sched_params p = { .max_running = 2, .micro_batch = 2, .prefill_chunk = 4, .aging_steps = 1000,
+                                  .prefix_cache = true, .max_queued = 10, .max_tokens_in_flight = 1 << 20 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req r[3]; /* A (a 40-token prompt), B (A's prompt and one token more), C (unrelated) */
+    memset(r, 0, sizeof(r));
+    int pa[41], pc[4], want[3][60];
+    memcpy(pa, prompt_of(40, 7), sizeof(int) * 40);
+    pa[40] = 5;
+    memcpy(pc, prompt_of(4, 50), sizeof(pc));
+    struct moe_gen_params g = gen(60);
+    REQUIRE(moe_sched_submit(s, pa, 40, &g, &sc_events, &r[0], &r[0].id) == MOE_OK, "submit A: %s", moe_last_error());
+    REQUIRE(moe_sched_step(s) == MOE_OK, "step");
+    g = gen(2);
+    REQUIRE(moe_sched_submit(s, pa, 41, &g, &sc_events, &r[1], &r[1].id) == MOE_OK, "submit B: %s", moe_last_error());
+    g = gen(60);
+    REQUIRE(moe_sched_submit(s, pc, 4, &g, &sc_events, &r[2], &r[2].id) == MOE_OK, "submit C: %s", moe_last_error());
+    int b_done_at = -1, steps = 0;
+    for (; moe_sched_step(s) == MOE_OK && steps < 10000; steps++)
+        if (r[1].n_done && b_done_at < 0)
+            b_done_at = steps;
+    /* A's 10 chunks (one came before B), then B's last prompt token and its 2 tokens */
+    CHECK(b_done_at >= 0 && b_done_at < 20, "B, waiting for A's prefill, ended at step %d (want < 20: C, submitted "
+          "after it, took its slot and it waited for A's or C's 60 tokens)", b_done_at);
+    CHECK(r[1].n_cached == 40, "B took %d prompt tokens from A's cache, want 40", r[1].n_cached);
+    fb_reference(pa, 40, 60, true, want[0]);
+    fb_reference(pa, 41, 2, true, want[1]);
+    fb_reference(pc, 4, 60, true, want[2]);
+    int n_want[3] = { 60, 2, 60 };
+    for (int i = 0; i < 3; i++)
+        CHECK(r[i].n_done == 1 && r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == n_want[i] &&
+                  !memcmp(r[i].tokens, want[i], sizeof(int) * (size_t)n_want[i]),
+              "prefix wait, request %c: done %d, %s, %d tokens, or not those computed alone", 'A' + i, r[i].n_done,
+              moe_finish_str(r[i].why), r[i].n_tokens);
+    CHECK(fb.errors == 0, "engine protocol: %s", fb.err);
+    check_accounting(s, "prefix wait");
+    moe_sched_destroy(s);
+    CHECK(fb.n_used == 0, "slots in use %d after the prefix wait", fb.n_used);
+}
+
 /* Five requests drained after timeout_s, told why (NULL: as moe_sched_drain): each is cancelled once,
  * its message beginning with want and saying where it was. */
 static void drain_cancels(double timeout_s, const char *why, const char *want)
@@ -1103,6 +1153,7 @@ int main(void)
     test_events_nomem();
     test_priority();
     test_prefill_starvation();
+    test_prefix_wait_turn();
     test_drain_destroy();
     return t_result("test_sched_limits");
 }

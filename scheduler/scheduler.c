@@ -1470,7 +1470,7 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     int64_t take = from ? (from->room < r->need ? from->room : r->need) : 0;
     if (s->draining || s->stop) /* not "retry later" (MOE_EBUSY): this scheduler takes no more */
         st = moe_errorf(MOE_ECANCELED, "scheduler: not accepting requests (draining for shutdown); retry elsewhere");
-    else if (!g->more_choice && s->n_waiting - s->n_wait_more >= s->p.max_queued)
+    else if (!from && s->n_waiting - s->n_wait_more >= s->p.max_queued)
         st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max-queued = %d); retry later",
                         s->n_waiting - s->n_wait_more, s->p.max_queued);
     else if (g->more_choice && s->tif + s->held + r->need - take > s->p.max_tokens_in_flight)
@@ -1502,7 +1502,8 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         s->wait_head = r;
     s->wait_tail = r;
     s->n_waiting++;
-    s->n_wait_more += g->more_choice;
+    r->g.more_choice = from != NULL; /* one whose room is not held counts as a request of its own */
+    s->n_wait_more += r->g.more_choice;
     s->tif += r->need;
     if (from) { /* it takes room its first choice held for it; the last of them ends the hold */
         from->room -= take;

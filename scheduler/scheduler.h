@@ -136,8 +136,8 @@ struct moe_gen_params {
      * request counts once) and take the room the first's admission holds for them.  That room stays held
      * (whether or not the first still runs) until the last of them is submitted or the submitter gives
      * it back (moe_sched_hold_release), so nothing submitted between them, from any thread, can take
-     * it.  A further choice whose room is not held (given back) is checked as a request of its own.
-     * When the choices' prompts differ (a batch of prompts), the first has choices_need: the tokens in
+     * it.  A further choice whose room is not held (given back) is checked as a request of its own, in
+     * tokens in flight and in max_queued.  When the choices' prompts differ (a batch of prompts), the first has choices_need: the tokens in
      * flight of all of them together (each its prompt + max_tokens), checked and held in place of
      * choices times its own. */
     int choices;

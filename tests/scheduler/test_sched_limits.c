@@ -356,6 +356,32 @@ static void test_choice_holds(void)
     while (moe_sched_step(s) == MOE_OK) {
     }
     check_accounting(s, "interleaved choices");
+
+    /* further choices whose room is not held (given back, or never held) are requests of their own in the
+     * max_queued bound too: of 12 such, 8 wait and the rest are refused as a full queue */
+    struct sc_req rc[13];
+    memset(rc, 0, sizeof(rc));
+    struct moe_gen_params gc = gen(2);
+    gc.choices = 2;
+    CHECK(moe_sched_submit(s, prompt_of(4, 3), 4, &gc, &sc_events, &rc[0], &rc[0].id) == MOE_OK, "first of 2: %s",
+          moe_last_error());
+    moe_sched_hold_release(s, rc[0].id);
+    gc.choices = 0;
+    gc.more_choice = true;
+    int queued = 1;
+    for (int i = 1; i < 13; i++) {
+        gc.hold = i == 1 ? rc[0].id : 999999;
+        enum moe_status st_c = moe_sched_submit(s, prompt_of(4, 3), 4, &gc, &sc_events, &rc[i], &rc[i].id);
+        CHECK(st_c == MOE_OK || (st_c == MOE_EBUSY && strstr(moe_last_error(), "max-queued")),
+              "choice %d without room held: %s", i, moe_last_error());
+        queued += st_c == MOE_OK;
+    }
+    moe_sched_stats(s, &st);
+    CHECK(queued == 8 && st.waiting == 8, "choices without room held: %d accepted, %d waiting, want 8 (max-queued)",
+          queued, st.waiting);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    check_accounting(s, "choices without room held");
     moe_sched_destroy(s);
 }
 

@@ -341,12 +341,14 @@ static void drop_stale(struct sim *s, int64_t pos)
     }
 }
 
+/* A queued request whose key is acquired before the link started it: dropped, stale. */
 static void unqueue(struct sim *s, int key)
 {
     for (size_t i = 0; i < s->nq; i++)
         if (s->q[i].key == key) {
             s->q[i] = s->q[--s->nq];
             s->queued[key] = false;
+            s->st->prefetch_dropped++;
             return;
         }
 }

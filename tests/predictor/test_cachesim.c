@@ -1,7 +1,8 @@
 /* Cache replay: Belady never misses more than LRU/LFU/predicted on the same
  * log; perfect predictions turn misses into useful prefetches; the on-demand
- * timeline stalls exactly one transfer per miss; runs are deterministic; the
- * recording provider logs what the engine asks for. */
+ * timeline stalls exactly one transfer per miss; every hint acted on is counted
+ * as a prefetch or as dropped; runs are deterministic; the recording provider
+ * logs what the engine asks for. */
 #include "predictor/cachesim.h"
 #include "tests/test_util.h"
 
@@ -185,6 +186,14 @@ int main(void)
     struct moe_cachesim_stats tp = run(&orc, 8, MOE_CACHE_PREDICTED, true, 0.0006, 0.0006);
     CHECK(tp.stall_s < t.stall_s * 0.2, "oracle prefetch stall %.4f vs on-demand %.4f (same link = compute)",
           tp.stall_s, t.stall_s * 0.1);
+    /* every hint acted on is a prefetch or dropped (resident, already queued, or its layer came before the
+     * link could start it), with instant transfers and over a slow link alike */
+    struct moe_cachesim_stats ts = run(&orc, 8, MOE_CACHE_LRU, true, 0.006, 0.0006);
+    const struct moe_cachesim_stats *hs[3] = { &o, &tp, &ts };
+    for (int i = 0; i < 3; i++)
+        CHECK(hs[i]->prefetches + hs[i]->prefetch_dropped == (uint64_t)STEPS * M * K,
+              "run %d: %llu prefetches + %llu dropped of %d hints", i, (unsigned long long)hs[i]->prefetches,
+              (unsigned long long)hs[i]->prefetch_dropped, STEPS * M * K);
     struct moe_cachesim_stats t2 = run(&lg, 8, MOE_CACHE_LRU, false, 0.006, 0.0006);
     CHECK(!memcmp(&t, &t2, sizeof t), "replay not deterministic");
     struct moe_cachesim_params bad = { .capacity = K - 1, .policy = MOE_CACHE_LRU };

@@ -88,17 +88,24 @@ void moe_cache_destroy(struct moe_cache *c)
 
 static int group_of(const struct moe_cache *c, int key) { return key / c->group_size; }
 
-/* The slot key would take: a free one (*victim -1), or that of the policy's choice among the unpinned
- * keys (*victim), of key's own group when the group is at its quota.  Changes nothing but the scratch. */
-static enum moe_status choose_slot(const struct moe_cache *c, int key, int *slot, int *victim)
+/* key's group holds its quota of slots: key may take only one of the group's own. */
+static bool at_quota(const struct moe_cache *c, int key)
 {
-    bool own_group = c->quota && c->group_used[group_of(c, key)] >= c->quota[group_of(c, key)];
+    return c->quota && c->group_used[group_of(c, key)] >= c->quota[group_of(c, key)];
+}
+
+/* The slot key would take: a free one (*victim -1), or that of the policy's choice among the unpinned
+ * keys (*victim), of key's own group when the group is at its quota; false when every slot it may take
+ * is pinned.  Changes nothing but the scratch (nor the thread's error). */
+static bool find_slot(const struct moe_cache *c, int key, int *slot, int *victim)
+{
+    bool own_group = at_quota(c, key);
     *victim = -1;
     if (!own_group && c->n_free > 0) {
         for (int s = 0; s < c->capacity; s++)
             if (c->slot_key[s] < 0) {
                 *slot = s;
-                return MOE_OK;
+                return true;
             }
     }
     int n = 0;
@@ -109,11 +116,19 @@ static enum moe_status choose_slot(const struct moe_cache *c, int key, int *slot
         c->cand[n++] = k;
     }
     if (n == 0)
-        return moe_errorf(MOE_EBUSY, "expert cache: all %d slots are pinned%s (key %d)",
-                          c->capacity, own_group ? " or outside the layer's quota" : "", key);
+        return false;
     *victim = c->cand[c->policy->ops->victim(c->policy->self, n, c->cand)];
     *slot = c->key_slot[*victim];
-    return MOE_OK;
+    return true;
+}
+
+/* find_slot, MOE_EBUSY saying why when it finds none. */
+static enum moe_status choose_slot(const struct moe_cache *c, int key, int *slot, int *victim)
+{
+    if (find_slot(c, key, slot, victim))
+        return MOE_OK;
+    return moe_errorf(MOE_EBUSY, "expert cache: all %d slots are pinned%s (key %d)", c->capacity,
+                      at_quota(c, key) ? " or outside the layer's quota" : "", key);
 }
 
 /* Choose a slot for key: a free one, or evict a policy-chosen unpinned key.
@@ -284,13 +299,13 @@ void moe_cache_predict(struct moe_cache *c, int key, float score, int distance)
     c->policy->ops->on_prediction(c->policy->self, key, score, distance);
 }
 
-enum moe_status moe_cache_victim(const struct moe_cache *c, int key, int *victim)
+bool moe_cache_victim(const struct moe_cache *c, int key, int *victim)
 {
     int slot;
     *victim = -1;
     if (key < 0 || key >= c->n_keys)
-        return moe_errorf(MOE_EINVAL, "expert cache: key %d outside [0, %d)", key, c->n_keys);
-    return c->key_slot[key] >= 0 ? MOE_OK : choose_slot(c, key, &slot, victim);
+        return false;
+    return c->key_slot[key] >= 0 || find_slot(c, key, &slot, victim);
 }
 
 int moe_cache_slot_of(const struct moe_cache *c, int key)

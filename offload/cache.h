@@ -71,8 +71,9 @@ void moe_cache_unpin(struct moe_cache *c, int key);
 enum moe_status moe_cache_prefetch(struct moe_cache *c, int key, int *slot, bool *inserted,
                                    int *evicted);
 /* The key that a miss or prefetch of key would evict now: *victim -1 when key is resident or would
- * take a free slot; MOE_EBUSY when every slot it may take is pinned.  Changes nothing. */
-enum moe_status moe_cache_victim(const struct moe_cache *c, int key, int *victim);
+ * take a free slot; false when every slot it may take is pinned (or key is outside [0, n_keys)).  A
+ * query: changes nothing, the thread's error (moe_last_error) included. */
+bool moe_cache_victim(const struct moe_cache *c, int key, int *victim);
 /* Forget key (its load failed); its pins are dropped and the slot freed. */
 void moe_cache_drop(struct moe_cache *c, int key);
 /* Forward a prediction to the policy (prediction-aware policies). */

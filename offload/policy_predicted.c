@@ -302,6 +302,6 @@ bool moe_policy_predicted_admit(const struct moe_cache *c, int key)
     const struct moe_policy *p = moe_cache_policy(c);
     if (!p || p->ops != &predicted_ops) return true;
     int victim;
-    if (moe_cache_victim(c, key, &victim)) return false; /* nothing it may evict: the prefetch is dropped */
+    if (!moe_cache_victim(c, key, &victim)) return false; /* nothing it may evict: the prefetch is dropped */
     return victim < 0 || moe_policy_predicted_next_use(p, key) < moe_policy_predicted_next_use(p, victim);
 }

@@ -2,12 +2,14 @@
  * MOE_POLICY_PREDICTED_SLOTS occurrences; one for a later occurrence is
  * dropped and does not replace the prediction of a nearer one.  A score that
  * is not a number counts as 0.  A prefetch is admitted against the expert it
- * would evict. */
+ * would evict, and refused without touching the thread's error when every slot
+ * is pinned. */
 #include "../../offload/cache.h"
 #include "../../offload/policy_predicted.h"
 #include "../test_util.h"
 
 #include <math.h>
+#include <string.h>
 
 #define NM 2 /* MoE layers (decoder layers 0 and 1) */
 #define NE 4
@@ -42,11 +44,19 @@ static void check_admission(void)
            x = moe_policy_predicted_next_use(p, X);
     REQUIRE(b < x && x < a, "next uses: B %g, X %g, A %g", b, x, a);
     int victim;
-    CHECK(moe_cache_victim(c, X, &victim) == MOE_OK && victim == B, "the victim of a fetch of X: %d, not B", victim);
+    CHECK(moe_cache_victim(c, X, &victim) && victim == B, "the victim of a fetch of X: %d, not B", victim);
     CHECK(!moe_policy_predicted_admit(c, X), "X (next use %g) admitted over B (%g): A (%g), needed last, is pinned",
           x, b, a);
+    /* every slot pinned: nothing to evict, the prefetch is refused, and the caller's error stays as it was
+     * (an admission is a query) */
+    touch(c, B, true);
+    moe_errorf(MOE_EIO, "an earlier error");
+    CHECK(!moe_cache_victim(c, X, &victim) && !moe_policy_predicted_admit(c, X), "X admitted, every slot pinned");
+    CHECK(!strcmp(moe_last_error(), "an earlier error") && moe_last_status() == MOE_EIO,
+          "the admission of X with every slot pinned changed the thread's error to '%s'", moe_last_error());
+    moe_cache_unpin(c, B);
     moe_cache_unpin(c, A);
-    CHECK(moe_cache_victim(c, X, &victim) == MOE_OK && victim == A && moe_policy_predicted_admit(c, X),
+    CHECK(moe_cache_victim(c, X, &victim) && victim == A && moe_policy_predicted_admit(c, X),
           "A unpinned: victim %d, X not admitted over it", victim);
     moe_cache_destroy(c);
 
@@ -70,10 +80,10 @@ static void check_admission(void)
     double cd = fmax(moe_policy_predicted_next_use(p, C), moe_policy_predicted_next_use(p, D)),
            e = moe_policy_predicted_next_use(p, E);
     REQUIRE(cd < x && x < e, "next uses: C, D %g, X %g, E %g", cd, x, e);
-    CHECK(moe_cache_victim(c, X, &victim) == MOE_OK && (victim == C || victim == D),
+    CHECK(moe_cache_victim(c, X, &victim) && (victim == C || victim == D),
           "the victim of a fetch of X at its layer's quota: %d, not C or D", victim);
     CHECK(!moe_policy_predicted_admit(c, X), "X (next use %g) admitted at its layer's quota over C and D (%g)", x, cd);
-    CHECK(moe_cache_victim(c, NE + 1, &victim) == MOE_OK && victim == -1 && moe_policy_predicted_admit(c, NE + 1),
+    CHECK(moe_cache_victim(c, NE + 1, &victim) && victim == -1 && moe_policy_predicted_admit(c, NE + 1),
           "layer 1, below its quota, takes the free slot: victim %d", victim);
     moe_cache_destroy(c);
 }

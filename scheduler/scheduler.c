@@ -1018,7 +1018,8 @@ static void run_micro_batch(struct moe_sched *s, struct rq **v, int nd, struct r
         pthread_mutex_unlock(&s->mu);
         return;
     }
-    s->st.decode_tokens += (uint64_t)n_dec;
+    for (int i = 0; i < n_dec; i++) /* a row that failed on its own (isolate_failure) computed nothing */
+        s->st.decode_tokens += s->b_want[i];
     int row = 0;
     for (int i = 0; i < n_dec; i++, row++) {
         struct rq *r = s->b_req[i];

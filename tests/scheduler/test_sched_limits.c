@@ -831,6 +831,13 @@ static void test_failure_figures(void)
                   (unsigned long long)st.layer_steps, (unsigned long long)st.forwards, (unsigned long long)whole,
                   (unsigned long long)(FB_LAYERS * (st.forwards - whole)));
         }
+        /* decode rows computed: each gave one of a request's tokens after its first (none was cancelled,
+         * none ends on EOS), the rows of a failed forward not counted, nor the row that failed alone */
+        uint64_t rows = 0;
+        for (int i = 0; i < 4; i++)
+            rows += q[i].n_tokens > 0 ? (uint64_t)(q[i].n_tokens - 1) : 0;
+        CHECK(st.decode_tokens == rows, "run %d: %llu decode rows counted, %llu computed", k,
+              (unsigned long long)st.decode_tokens, (unsigned long long)rows);
         CHECK(fb.errors == 0, "run %d: engine protocol: %s", k, fb.err);
         check_accounting(s, "failure figures");
         moe_sched_destroy(s);

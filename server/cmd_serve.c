@@ -3,8 +3,10 @@
  * serve_config.c, settable as a flag or in --config FILE. */
 #include "cli.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,28 @@
 #include "server.h"
 #include "serve_config.h"
 #include "../predictor/predictor.h"
+
+/* path is not there and present_only lets that pass */
+static bool absent(bool present_only, const char *path)
+{
+    struct stat sb;
+    return present_only && path && stat(path, &sb) != 0 && errno == ENOENT;
+}
+
+/* The files serve reads before the model: the store, the belady trace and a chat template file, each as
+ * moe_cli_check_readable checks it (a message naming the option).  With present_only (--check-config, run where
+ * the deployment's files may not be), a path that does not exist passes: only one that is there and cannot be
+ * read as a file (a directory, a device) is refused. */
+static bool check_files(const struct moe_serve_config *cfg, bool present_only)
+{
+    struct moe_offload_opts o = cfg->offload;
+    if (absent(present_only, o.store)) o.store = NULL;
+    if (absent(present_only, o.belady_trace)) o.belady_trace = NULL;
+    const char *tpl = cfg->chat_template;
+    return moe_cli_check_tier_files("serve", &o) &&
+           (!strcmp(tpl, "auto") || !strcmp(tpl, "markers") || absent(present_only, tpl) ||
+            moe_cli_check_readable("serve", "--chat-template", tpl, true, "a Jinja chat template"));
+}
 
 static void serve_usage(FILE *f)
 {
@@ -28,6 +52,7 @@ static void serve_usage(FILE *f)
             "                                   (command-line flags override the file)\n"
             "  --check-config                   check the options and the config file, print 'configuration ok'\n"
             "                                   and exit 0 (2 with the error); opens no model, store or port\n"
+            "                                   (a store or template file named that exists must be a file)\n"
             "  -h, --help                       this help\n");
     moe_serve_config_help(f);
     fprintf(f, "\nSee docs/api.md for the APIs and examples.\n");
@@ -113,15 +138,13 @@ int moe_cmd_serve(int argc, char **argv)
         fprintf(stderr, "moeflow serve: %s\n", moe_last_error());
         return 2;
     }
-    if (check_only) {
+    if (check_only) { /* a file named that is there but no file to read is an error of the configuration */
+        if (!check_files(&cfg, true)) return 2;
         printf("moeflow serve: configuration ok\n");
         return 0;
     }
     /* the files named, before the model loads: a failure, as when they are read */
-    if (!moe_cli_check_tier_files("serve", &cfg.offload) ||
-        (strcmp(cfg.chat_template, "auto") && strcmp(cfg.chat_template, "markers") &&
-         !moe_cli_check_readable("serve", "--chat-template", cfg.chat_template, true, "a Jinja chat template")))
-        return 1;
+    if (!check_files(&cfg, false)) return 1;
     /* every connection takes a descriptor: use all the hard limit allows (1024 soft is common) */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

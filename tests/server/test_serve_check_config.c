@@ -1,6 +1,7 @@
 /* moeflow serve --check-config: the config file and the flags over it pass the option table's checks
  * and the cross-field ones (exit 0, 'configuration ok'), or the error names the file, line and key
- * (exit 2); neither the model nor the store is opened, so paths that do not exist here pass. */
+ * (exit 2); neither the model nor the store is opened, so paths that do not exist here pass (one that is there
+ * must be a file). */
 #include "tests/test_util.h"
 
 #include <unistd.h>
@@ -162,6 +163,26 @@ int main(void)
                   q ? "\"\"" : "", st, out, want);
         }
     }
+    /* a store or chat template named that is there but is a directory or a device is refused naming the option,
+     * as serve refuses it at start, from a flag and from the file, where it passed; one not there still passes */
+    static const struct { const char *flags, *want; } files[] = {
+        { "--chat-template /", "moeflow serve: --chat-template /: is a directory (give a readable file holding a "
+          "Jinja chat template)\n" },
+        { "--chat-template /dev/null", "moeflow serve: --chat-template /dev/null: not a regular file (give a readable "
+          "file holding a Jinja chat template)\n" },
+        { "--gpu-experts 8 --store /", "moeflow serve: --store /: is a directory (give a readable file holding an "
+          "expert store, as moeflow pack writes)\n" },
+        { "--chat-template /nonexistent/t.jinja --gpu-experts 8 --store /nonexistent/e.moestore",
+          "moeflow serve: configuration ok\n" },
+    };
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        st = check(write_conf("plain.conf", "# nothing but the flags\n"), files[i].flags, out, sizeof(out));
+        CHECK(st == (strstr(files[i].want, " ok") ? 0 : 2) && !strcmp(out, files[i].want), "%s: exit %d: '%s', "
+              "want '%s'", files[i].flags, st, out, files[i].want);
+    }
+    st = check(write_conf("dirs.conf", "chat-template = /\n"), "", out, sizeof(out));
+    CHECK(st == 2 && strstr(out, "--chat-template /: is a directory"), "chat-template = / in the file: exit %d: %s",
+          st, out);
     const char *no_cors = write_conf("no-cors.conf", "cors-origin =\n");
     st = check(no_cors, "--cors-origin ''", out, sizeof(out));
     CHECK(st == 0, "an empty cors-origin (none): exit %d: %s", st, out);

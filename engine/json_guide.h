@@ -54,8 +54,9 @@ enum moe_status moe_json_number_refused(const struct json_error_t *e, const char
 enum moe_status moe_json_schema_choice(const char *const *texts, const size_t *lens, int n,
                                        struct moe_json_schema **out);
 /* A "schema" whose value is raw text (not JSON) that the regular expression pat[0..len) (UTF-8,
- * ECMA-262 syntax as for a schema's pattern) matches as a whole: vLLM's guided_regex.  One
- * reference, as moe_json_schema_parse. */
+ * ECMA-262 syntax as for a schema's pattern) matches as a whole: vLLM's guided_regex.  An empty
+ * pattern (len 0) is refused, MOE_EINVAL, as an empty choice text is ('()' matches the empty text
+ * alone).  One reference, as moe_json_schema_parse. */
 enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_json_schema **out);
 /* A "schema" whose value is raw text that the GBNF grammar text[0..len) derives from its rule
  * `root` (grammar.h): vLLM's guided_grammar, llama.cpp's grammar.  One reference, as

@@ -1350,6 +1350,8 @@ out:
 enum moe_status moe_json_schema_regex(const char *pat, size_t len, struct moe_json_schema **out)
 {
     *out = NULL;
+    if (!len) /* a value left empty, as a choice text or a grammar is: refused, not read as "nothing" */
+        return moe_errorf(MOE_EINVAL, "the pattern is empty: give one ('()' asks for an empty output)");
     struct cc c = { 0 };
     enum moe_status st = MOE_ENOMEM;
     char err[256];

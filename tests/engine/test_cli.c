@@ -359,9 +359,15 @@ int main(void)
     so = generate_with_file(exe, dir, "--grammar", "root ::= \"\"\n", &status);
     CHECK(status == 0 && !strcmp(so, "\n"), "grammar of \"\": exit %d: '%s'", status, so);
     free(so);
+    snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --regex '()' --model '%s' 2>&1", exe, dir);
+    so = run(cmd, &status);
+    CHECK(status == 0 && !strcmp(so, "\n"), "--regex '()': exit %d: '%s'", status, so);
+    free(so);
+    /* an empty pattern is a value left empty, refused as serve's guided_regex "" is, where it was taken as '()' */
     snprintf(cmd, sizeof(cmd), "'%s' generate --prompt x --regex '' --model '%s' 2>&1", exe, dir);
     so = run(cmd, &status);
-    CHECK(status == 0 && !strcmp(so, "\n"), "--regex '': exit %d: '%s'", status, so);
+    CHECK(status == 2 && !strcmp(so, "moeflow generate: --regex: the pattern is empty: give one ('()' asks for an "
+                                     "empty output)\n"), "--regex '': exit %d: '%s'", status, so);
     free(so);
     /* output that cannot be written fails the command */
     static const char *full[] = { "generate --prompt x --max-tokens 4", "info", "info --json", "tokenize --text x" };

@@ -1138,6 +1138,16 @@ static void test_patterns(void)
               "the message quotes a character cut: %s", moe_last_error());
         moe_json_schema_unref(b);
     }
+    {   /* an empty pattern is refused, as an empty choice text is; '()' and '|' match the empty text alone */
+        struct moe_json_schema *e = NULL;
+        CHECK(moe_json_schema_regex("", 0, &e) == MOE_EINVAL && !e && strstr(moe_last_error(), "pattern is empty"),
+              "an empty pattern: %s", moe_last_error());
+        REQUIRE(moe_json_schema_regex("()", 2, &e) == MOE_OK, "%s", moe_last_error());
+        struct moe_json_state es;
+        moe_json_init(&es, e);
+        CHECK(moe_json_done(&es), "the empty text is not whole under '()'");
+        moe_json_schema_unref(e);
+    }
     REQUIRE(moe_json_schema_regex("|", 1, &sc) == MOE_OK, "%s", moe_last_error());
     struct moe_json_state s;
     moe_json_init(&s, sc);

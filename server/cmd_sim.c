@@ -26,8 +26,8 @@ static void sim_usage(FILE *f)
         "                        | predicted (prediction-aware, offload/policy_predicted.h)\n"
         "  --predictor SPEC      none | history: prefetch what the history predictor expects\n"
         "                        (the other predictors need hidden states: moeflow replay)\n"
-        "  --min-score S         with --predictor history: prefetch experts predicted with at least S,\n"
-        "                        1e-6 <= S <= 1 (default 0.8)\n"
+        "  --min-score S         with --predictor history, which it needs: prefetch experts predicted\n"
+        "                        with at least S, 1e-6 <= S <= 1 (default 0.8)\n"
         "  --expert-bytes B      bytes per expert transfer, at most 1 TiB (default: the trace header's\n"
         "                        expert_bytes)\n"
         "  --link-gbps B         simulate a timeline on a serial link of B GB/s (1e9 B/s), 1e-6..1e6\n"
@@ -64,6 +64,7 @@ int moe_cmd_sim(int argc, char **argv)
     double frac = -1;
     bool have_policy = false, json = false;
     const char *timeline_opt = NULL; /* a timeline-only option given, which needs --link-gbps */
+    bool min_score_given = false;    /* --min-score, which needs --predictor history */
     const char *pred_spec = NULL, *pol_name = NULL;
     double min_score = MOE_PRED_MIN_SCORE;
     struct moe_sim_params sp = { .expert_ms = MOE_CLI_EXPERT_MS }; /* replay's default */
@@ -137,6 +138,7 @@ int moe_cmd_sim(int argc, char **argv)
             break;
         case O_MINSC:
             if (!moe_cli_opt_double("sim", "min-score", optarg, 1e-6, 1, false, &min_score)) return 2;
+            min_score_given = true;
             break;
         case O_JSON: json = true; break;
         case 'h': return moe_cli_help("sim", argc, argv, ":h", opts, sim_usage);
@@ -152,6 +154,11 @@ int moe_cmd_sim(int argc, char **argv)
     if (timeline_opt && !(sp.link_gbps > 0)) {
         fprintf(stderr, "moeflow sim: %s needs --link-gbps (it sets the compute of the simulated "
                         "timeline, which only runs with a link rate)\n", timeline_opt);
+        return 2;
+    }
+    if (min_score_given && !pred_spec) {
+        fprintf(stderr, "moeflow sim: --min-score sets the score from which --predictor history's hints move "
+                        "experts: give --predictor history too\n");
         return 2;
     }
     struct moe_trace *t = NULL;
@@ -170,6 +177,9 @@ int moe_cmd_sim(int argc, char **argv)
     if (!sp.expert_bytes && !t->info.expert_bytes)
         fprintf(stderr, "moeflow sim: note: no --expert-bytes and none in the trace header; "
                         "bytes moved count 0\n");
+    if (min_score_given && !strcmp(pred_spec, "none")) /* as replay says it */
+        fprintf(stderr, "moeflow sim: warning: --min-score changes nothing with --predictor none (nothing is "
+                        "predicted)\n");
     if (pred_spec || !strcmp(pol_name, "predicted")) {
         int rc = moe_trace_pred_sim_cmd(t, pred_spec, pol_name, capacity, sp.expert_bytes, sp.link_gbps,
                                         sp.layer_ms, sp.expert_ms, min_score, json);

@@ -425,6 +425,20 @@ int main(void)
     CHECK(run_cmd(moe_cmd_sim, out, 12, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
                   "--layer-ms", "5", "--link-gbps", "10", "--json") == 0 && json_key(out, "tokens") == 300,
           "--layer-ms with --link-gbps");
+    /* --min-score without --predictor, which it shapes the hints of, is refused, where it was let be unused; with
+     * --predictor none it is said to change nothing, as replay says it */
+    for (int k = 0; k < 2; k++)
+        CHECK(run_cmd(moe_cmd_sim, NULL, 9, "sim", "--trace", pyt, "--policy", k ? "predicted" : "lru",
+                      "--capacity", "16", "--min-score", "0.5") == 2 &&
+                  !strcmp(errbuf, "moeflow sim: --min-score sets the score from which --predictor history's hints "
+                                  "move experts: give --predictor history too\n"),
+              "--min-score without --predictor: %s", errbuf);
+    CHECK(run_cmd(moe_cmd_sim, out, 11, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16", "--min-score",
+                  "0.5", "--predictor", "none") == 0 && strstr(errbuf, "warning: --min-score changes nothing with "
+                  "--predictor none"), "--min-score with --predictor none: %s", errbuf);
+    CHECK(run_cmd(moe_cmd_sim, out, 11, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16", "--min-score",
+                  "0.5", "--predictor", "history") == 0 && !strstr(errbuf, "warning"),
+          "--min-score with --predictor history: %s", errbuf);
     CHECK(run_cmd(moe_cmd_sim, NULL, 9, "sim", "--trace", pyt, "--policy", "lru", "--capacity", "16",
                   "--predictor", "") == 2 && strstr(errbuf, "--predictor '' is empty"),
           "--predictor '': %s", errbuf);

@@ -385,8 +385,10 @@ struct moe_path_model *moe_path_model_load(const char *path, int n_moe, int n_ex
     }
     const char *name = moe_st_metadata(f, "model");
     snprintf(m->model_name, sizeof m->model_name, "%s", name ? name : "");
+    /* the weights are read through the mapping: a file cut short meanwhile reads as zeros there, which
+     * moe_st_check names rather than load them */
     if (load_tensor(tw1, path, m->w1) || load_tensor(tb1, path, m->b1) || load_tensor(tw2, path, m->w2) ||
-        load_tensor(tb2, path, m->b2)) {
+        load_tensor(tb2, path, m->b2) || (moe_st_check(f) != MOE_OK && moe_error_prefix(MOE_EIO, "path predictor"))) {
         moe_path_model_free(m);
         m = NULL;
     }

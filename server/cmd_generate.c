@@ -37,6 +37,8 @@ struct gen_opts {
     bool ignore_eos;           /* --ignore-eos: always max_tokens tokens */
     bool chat;                 /* --chat: the prompt is a user message, through the chat template */
     const char *system;        /* --system: a system message before it, or NULL */
+    const char *assistant;     /* --assistant: the reply begun after it, which the output continues, or NULL */
+    bool no_gen_prompt;        /* --no-generation-prompt: the prompt ends after the last message */
     const char *ids_out;       /* --ids-out: the token ids fed through the model, for trace --ids */
     bool json;                 /* --json: JSON mode (one JSON object, stopping when it is whole) */
     const char *schema_path;   /* --json-schema FILE: one value of this JSON Schema instead */
@@ -49,7 +51,8 @@ struct gen_opts {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: moeflow generate [--model DIR] --prompt TEXT [--chat [--system TEXT]] [--max-tokens N]\n"
+            "usage: moeflow generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
+            "                        [--chat [--system TEXT] [--assistant TEXT | --no-generation-prompt]]\n"
             "                        [--ignore-eos]\n"
             "                        [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
             "                        [--presence-penalty X] [--frequency-penalty X]\n"
@@ -65,6 +68,11 @@ static void usage(FILE *f)
             "                     (tokenizer_config.json) of it, as serve's /v1/chat/completions makes it,\n"
             "                     or moeflow's <|role|> markers for a model without one\n"
             "  --system TEXT      with --chat: a system message before the user's\n"
+            "  --assistant TEXT   with --chat: the assistant's reply begun, after the user's message: the\n"
+            "                     output continues it (serve's continue_final_message)\n"
+            "  --no-generation-prompt\n"
+            "                     with --chat: the prompt ends after the user's message, the assistant's turn\n"
+            "                     not begun (serve's add_generation_prompt false)\n"
             "  --max-tokens N     most tokens to generate (default 128)\n"
             "  --ignore-eos       do not stop at an end-of-sequence token: generate N tokens\n"
             "  --temperature T    0 = greedy (default 0)\n"
@@ -105,30 +113,41 @@ static void usage(FILE *f)
             moe_default_model_dir(), MOE_MAX_LOGIT_BIAS, moe_offload_help(), moe_offload_predictor_help());
 }
 
-/* --chat: [system,] user message through the model's chat template, or the
- * markers of moe_chat_markers() when it has none.  malloc'd, NULL on error. */
+/* --chat: [system,] user [, assistant] messages through the model's chat template, or the markers of
+ * moe_chat_markers() when it has none, as serve makes a chat's prompt: with the generation prompt unless
+ * --no-generation-prompt or --assistant, whose reply the text then ends in (continue_final_message).
+ * malloc'd, NULL on error. */
 static char *chat_prompt(const struct gen_opts *o, bool *templated)
 {
     struct moe_chat *tmpl = NULL;
     if (moe_chat_load_dir(o->model_dir, &tmpl))
         return NULL;
-    const char *roles[2] = { "system", "user" }, *contents[2] = { o->system, o->prompt };
-    int first = o->system ? 0 : 1;
+    const char *roles[3] = { "system", "user", "assistant" }, *contents[3] = { o->system, o->prompt, o->assistant };
+    int first = o->system ? 0 : 1, end = o->assistant ? 3 : 2;
+    bool gen = !o->no_gen_prompt && !o->assistant, cont = o->assistant != NULL;
     char *text = NULL;
+    size_t len = 0;
     *templated = tmpl != NULL;
     if (tmpl) {
-        json_t *msgs = json_array();
-        for (int i = first; msgs && i < 2; i++)
+        json_t *msgs = json_array(), *vars = json_pack("{s:b, s:b}", "add_generation_prompt", gen,
+                                                       "continue_final_message", cont);
+        for (int i = first; msgs && i < end; i++)
             json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", roles[i], "content", contents[i]));
-        size_t len;
-        if (msgs && moe_chat_render(tmpl, msgs, NULL, &text, &len))
+        if (msgs && vars && moe_chat_render(tmpl, msgs, vars, &text, &len))
             text = NULL;
-        else if (!msgs)
+        else if (!msgs || !vars)
             moe_errorf(MOE_ENOMEM, "out of memory");
         json_decref(msgs);
+        json_decref(vars);
         moe_chat_free(tmpl);
-    } else if (!(text = moe_chat_markers(2 - first, roles + first, contents + first, true))) {
+    } else if (!(text = moe_chat_markers(end - first, roles + first, contents + first, gen))) {
         moe_errorf(MOE_ENOMEM, "out of memory");
+    } else if (cont) { /* the template's text is cut by moe_chat_render */
+        if (moe_chat_continue_cut(text, strlen(text), o->assistant, strlen(o->assistant), &len) != MOE_OK) {
+            free(text);
+            return NULL;
+        }
+        text[len] = 0;
     }
     return text;
 }
@@ -188,7 +207,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
 {
     enum { OPT_TEMP = 0x100, OPT_TOPP, OPT_TOPK, OPT_SEED, OPT_MAXTOK, OPT_THREADS, OPT_BLAS, OPT_IGNORE_EOS,
            OPT_CHAT, OPT_SYSTEM, OPT_IDS_OUT, OPT_MINP, OPT_PRESENCE, OPT_FREQUENCY, OPT_REPETITION, OPT_BIAS,
-           OPT_JSON, OPT_SCHEMA, OPT_REGEX, OPT_GRAMMAR, OPT_KV_DTYPE };
+           OPT_JSON, OPT_SCHEMA, OPT_REGEX, OPT_GRAMMAR, OPT_KV_DTYPE, OPT_ASSISTANT, OPT_NO_GEN };
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt", required_argument, NULL, 'p' },
@@ -212,6 +231,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
         { "chat", no_argument, NULL, OPT_CHAT },
         { "system", required_argument, NULL, OPT_SYSTEM },
+        { "assistant", required_argument, NULL, OPT_ASSISTANT },
+        { "no-generation-prompt", no_argument, NULL, OPT_NO_GEN },
         { "ids-out", required_argument, NULL, OPT_IDS_OUT },
         { "help", no_argument, NULL, 'h' },
         MOE_OFFLOAD_LONG_OPTIONS,
@@ -326,6 +347,17 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
         case OPT_SYSTEM:
             o->system = optarg;
             break;
+        case OPT_ASSISTANT:
+            if (!*optarg) {
+                fprintf(stderr, "moeflow generate: --assistant is empty: give the reply's beginning (leave it out "
+                                "for a reply from the start)\n");
+                return 2;
+            }
+            o->assistant = optarg;
+            break;
+        case OPT_NO_GEN:
+            o->no_gen_prompt = true;
+            break;
         case OPT_IDS_OUT:
             if (!moe_cli_check_out("generate", "--ids-out", optarg, true)) return 2;
             o->ids_out = optarg;
@@ -352,11 +384,19 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o)
     }
     /* the text held to the pattern or grammar as JSON mode holds it to a value */
     o->json |= o->regex != NULL || o->grammar_path != NULL;
-    if (o->system && !o->chat) {
-        fprintf(stderr, "moeflow generate: --system goes with --chat (a plain prompt has no messages)\n");
+    const char *chat_opt = o->system ? "--system" : o->assistant ? "--assistant"
+                           : o->no_gen_prompt ? "--no-generation-prompt" : NULL;
+    if (chat_opt && !o->chat) {
+        fprintf(stderr, "moeflow generate: %s goes with --chat (a plain prompt has no messages)\n", chat_opt);
         return 2;
     }
-    if (!utf8_text("--prompt", o->prompt) || (o->system && !utf8_text("--system", o->system)))
+    if (o->assistant && o->no_gen_prompt) {
+        fprintf(stderr, "moeflow generate: --assistant and --no-generation-prompt go alone: the reply begun ends "
+                        "the prompt already (give one)\n");
+        return 2;
+    }
+    if (!utf8_text("--prompt", o->prompt) || (o->system && !utf8_text("--system", o->system)) ||
+        (o->assistant && !utf8_text("--assistant", o->assistant)))
         return 2;
     if (moe_offload_opts_check(&o->off) != MOE_OK) {
         fprintf(stderr, "moeflow generate: %s\n", moe_last_error());

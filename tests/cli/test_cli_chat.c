@@ -47,6 +47,12 @@ int main(void)
     CHECK(n == n_tokens(bundled, "<|system|>\nBe brief.\n<|user|>\ndef f\n<|assistant|>\n"), "markers: %d", n);
     n = prompt_tokens(bundled, "--chat --prompt 'def f'");
     CHECK(n == n_tokens(bundled, "<|user|>\ndef f\n<|assistant|>\n"), "markers, no system: %d", n);
+    /* --assistant: the reply begun ends the prompt (serve's continue_final_message); --no-generation-prompt: the
+     * user's message does (add_generation_prompt false) */
+    n = prompt_tokens(bundled, "--chat --prompt 'def f' --assistant 'return x'");
+    CHECK(n == n_tokens(bundled, "<|user|>\ndef f\n<|assistant|>\nreturn x"), "markers, --assistant: %d", n);
+    n = prompt_tokens(bundled, "--chat --prompt 'def f' --no-generation-prompt");
+    CHECK(n == n_tokens(bundled, "<|user|>\ndef f\n"), "markers, --no-generation-prompt: %d", n);
 
     /* a copy of the model with a template */
     REQUIRE(mkdtemp(dir), "mkdtemp");
@@ -68,11 +74,30 @@ int main(void)
     REQUIRE(f && fputs(config, f) >= 0 && fclose(f) == 0, "write %s", dst);
     n = prompt_tokens(dir, "--chat --system S --prompt 'def f'");
     CHECK(n == n_tokens(dir, "<|endoftext|>[system]S[user]def f>"), "template: %d", n);
+    n = prompt_tokens(dir, "--chat --system S --prompt 'def f' --assistant 'return x'");
+    CHECK(n == n_tokens(dir, "<|endoftext|>[system]S[user]def f[assistant]return x"), "template, --assistant: %d", n);
+    n = prompt_tokens(dir, "--chat --system S --prompt 'def f' --no-generation-prompt");
+    CHECK(n == n_tokens(dir, "<|endoftext|>[system]S[user]def f"), "template, --no-generation-prompt: %d", n);
 
     /* usage errors, and a template that does not compile */
     snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --system S --prompt x 2>&1", exe, dir);
     int st = t_run(cmd, out, sizeof(out));
     CHECK(st == 2 && strstr(out, "--system goes with --chat"), "--system alone: %d %s", st, out);
+    static const char *const bad[][2] = {
+        { "--assistant A", "moeflow generate: --assistant goes with --chat (a plain prompt has no messages)\n" },
+        { "--no-generation-prompt", "moeflow generate: --no-generation-prompt goes with --chat (a plain prompt has no "
+          "messages)\n" },
+        { "--chat --assistant A --no-generation-prompt", "moeflow generate: --assistant and --no-generation-prompt go "
+          "alone: the reply begun ends the prompt already (give one)\n" },
+        { "--chat --assistant ''", "moeflow generate: --assistant is empty: give the reply's beginning (leave it out "
+          "for a reply from the start)\n" },
+        { "--chat --assistant \"$(printf '\\377')\"", "moeflow generate: --assistant: text is not valid UTF-8" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --prompt x %s 2>&1", exe, dir, bad[i][0]);
+        st = t_run(cmd, out, sizeof(out));
+        CHECK(st == 2 && !strncmp(out, bad[i][1], strlen(bad[i][1])), "%s: exit %d: '%s'", bad[i][0], st, out);
+    }
     f = fopen(dst, "w");
     REQUIRE(f && fputs("{\"chat_template\": \"{% for m in messages %}\"}", f) >= 0 && fclose(f) == 0, "write");
     snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --chat --prompt x 2>&1", exe, dir);

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,8 +79,9 @@ static enum moe_status read_input(const char *path, const char *what, char **buf
     return MOE_OK;
 }
 
-/* Parse a JSON array of token ids. */
-static enum moe_status parse_ids(const char *json, size_t len, const char *what, int **ids, size_t *n)
+/* Parse a JSON array of token ids, each in [0, vocab): one outside it, past an int or not, is MOE_EINVAL naming
+ * what (the option or file), the element and the range. */
+static enum moe_status parse_ids(const char *json, size_t len, const char *what, int vocab, int **ids, size_t *n)
 {
     json_error_t jerr;
     json_t *arr = json_loadb(json, len, JSON_DECODE_ANY, &jerr);
@@ -101,10 +101,11 @@ static enum moe_status parse_ids(const char *json, size_t len, const char *what,
     }
     for (size_t i = 0; i < m; i++) {
         json_t *e = json_array_get(arr, i);
-        if (!json_is_integer(e) || json_integer_value(e) < INT_MIN || json_integer_value(e) > INT_MAX) {
+        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) >= vocab) {
             free(v);
             st = json_is_integer(e) ? moe_errorf(MOE_EINVAL, "%s: element %zu, %" JSON_INTEGER_FORMAT ", is outside "
-                                                 "the token ids' range", what, i, json_integer_value(e))
+                                                 "the vocabulary [0, %d)", what, i, json_integer_value(e),
+                                                 vocab)
                                     : moe_errorf(MOE_EINVAL, "%s: element %zu is not an integer token id", what, i);
             goto out;
         }
@@ -220,7 +221,8 @@ int moe_cmd_tokenize(int argc, char **argv)
     } else {
         int *ids = NULL;
         size_t n = 0;
-        if (parse_ids(file ? buf : ids_arg, file ? len : strlen(ids_arg), file ? file : "--ids", &ids, &n)) {
+        if (parse_ids(file ? buf : ids_arg, file ? len : strlen(ids_arg), file ? file : "--ids",
+                      moe_tokenizer_vocab_size(t), &ids, &n)) {
             if (file)
                 moe_cli_file_error("tokenize", "--file", file);
             else
@@ -233,7 +235,7 @@ int moe_cmd_tokenize(int argc, char **argv)
         enum moe_status st = moe_tokenizer_decode(t, ids, n, &out, &olen);
         if (st) {
             fprintf(stderr, "moeflow tokenize: %s\n", moe_last_error());
-            rc = file || st == MOE_ENOMEM ? 1 : 2; /* an id outside the vocabulary in --ids */
+            rc = 1; /* the ids are checked above: out of memory */
             free(ids);
             goto out;
         }

@@ -1995,6 +1995,16 @@ static void step(struct render *r, int line)
         fail_at(&r->f, MOE_ERANGE, line, "rendering takes more than %ld steps", JJ_MAX_STEPS);
 }
 
+/* n bytes of a string read through (compared): a step per JJ_STEP_BYTES of them, so that work
+ * on long strings inside lists and dicts is bounded as work on a string operand is (see eval). */
+static void step_bytes(struct render *r, size_t n, int line)
+{
+    if (n >= JJ_STEP_BYTES) {
+        r->steps += (long)(n / JJ_STEP_BYTES);
+        step(r, line);
+    }
+}
+
 struct buf {
     char *p;
     size_t n, cap;
@@ -2253,7 +2263,11 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
         return false;
     switch (a->t) {
     case V_UNDEF: case V_NONE: return true;
-    case V_STR: return a->s->n == b->s->n && !memcmp(a->s->p, b->s->p, a->s->n);
+    case V_STR:
+        if (a->s->n != b->s->n)
+            return false;
+        step_bytes(r, a->s->n, 0);
+        return !memcmp(a->s->p, b->s->p, a->s->n);
     case V_LIST:
         if (a->l->gen || b->l->gen)
             return a->l == b->l;
@@ -2294,6 +2308,7 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
 
 static bool equal(struct render *r, const struct val *a, const struct val *b)
 {
+    step(r, 0); /* each pair of items compared inside lists and dicts counts */
     value_enter(r, 0);
     bool e = equal_rec(r, a, b);
     r->vdepth--;
@@ -2311,6 +2326,7 @@ static int compare_rec(struct render *r, const struct val *a, const struct val *
     }
     if (a->t == V_STR && b->t == V_STR) {
         size_t n = a->s->n < b->s->n ? a->s->n : b->s->n;
+        step_bytes(r, n, line);
         int c = memcmp(a->s->p, b->s->p, n);
         return c ? (c < 0 ? -1 : 1) : (a->s->n < b->s->n ? -1 : a->s->n > b->s->n);
     }
@@ -2327,6 +2343,7 @@ static int compare_rec(struct render *r, const struct val *a, const struct val *
 
 static int compare(struct render *r, const struct val *a, const struct val *b, int line)
 {
+    step(r, line);
     value_enter(r, line);
     int c = compare_rec(r, a, b, line);
     r->vdepth--;
@@ -6390,10 +6407,8 @@ static struct val eval(struct render *r, const struct node *n)
     r->edepth--;
     /* a string operand costs steps by its length: what is done with it (in, find, count, ==, a
      * filter) reads it through, so a loop over a long string is bounded as a loop over many values */
-    if (v.t == V_STR && v.s->n >= JJ_STEP_BYTES) {
-        r->steps += (long)(v.s->n / JJ_STEP_BYTES);
-        step(r, n->line);
-    }
+    if (v.t == V_STR)
+        step_bytes(r, v.s->n, n->line);
     return v;
 }
 

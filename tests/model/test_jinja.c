@@ -143,6 +143,21 @@ int main(void)
     check_render_fails("{% set s = 'a' * 4000000 %}{% for i in range(100000) %}{% if 'b' in s %}x{% endif %}"
                        "{% endfor %}",
                        MOE_ERANGE, "steps");
+    /* strings compared inside lists and dicts cost steps by their length as string operands do: == of two
+     * lists, 'in' a list, sort, unique, dictsort and min of long strings, over and over, meet the limit */
+    static const char *const long_items[] = {
+        "{% if l == m %}{% endif %}", "{% if l[-1] in m %}{% endif %}", "{{ m | sort(case_sensitive=true) | length }}",
+        "{{ m | unique(case_sensitive=true) | list | length }}", "{{ d | dictsort(case_sensitive=true) | length }}",
+        "{{ m | max(case_sensitive=true) | length }}",
+    };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(long_items); i++) {
+        char many[640];
+        snprintf(many, sizeof(many), "{%% set s = 'a' * 100000 %%}{%% set l = [s + 'x', s + 'z'] * 12 + [s + 'y'] %%}"
+                 "{%% set m = [s + 'x', s + 'z'] * 12 + [s + 'y'] %%}{%% set d = {s + 'h': 1, s + 'g': 2, s + 'f': 3, "
+                 "s + 'e': 4, s + 'd': 5, s + 'c': 6, s + 'b': 7, s + 'a': 8} %%}"
+                 "{%% for i in range(300) %%}%s{%% endfor %%}", long_items[i]);
+        check_render_fails(many, MOE_ERANGE, "steps");
+    }
     /* a type named in a message takes its article */
     check_render_fails("{% for x in 3 %}{% endfor %}", MOE_EINVAL, "an int is not iterable");
     check_render_fails("{{ undefined_name | abs }}", MOE_EINVAL, "abs: an undefined is not a number");

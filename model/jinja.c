@@ -1082,9 +1082,24 @@ static const char *sig_params(const struct sig *sigs, size_t n, const char *name
     return NULL;
 }
 static const char *const TESTS[] = {
-    "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "float",
+    "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "filter", "float",
     "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan", "lower", "lt", "mapping", "ne", "none",
-    "number", "odd", "sameas", "sequence", "string", "true", "undefined", "upper",
+    "number", "odd", "sameas", "sequence", "string", "test", "true", "undefined", "upper",
+};
+/* The names Jinja2's environment (as the Hugging Face library sets it up) holds, which the tests filter
+ * and test look a name up in: those this subset does not run too. */
+static const char *const JINJA2_FILTERS[] = {
+    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape",
+    "filesizeformat", "first", "float", "forceescape", "format", "groupby", "indent", "int", "items", "join", "last",
+    "length", "list", "lower", "map", "max", "min", "pprint", "random", "reject", "rejectattr", "replace", "reverse",
+    "round", "safe", "select", "selectattr", "slice", "sort", "string", "striptags", "sum", "title", "tojson", "trim",
+    "truncate", "unique", "upper", "urlencode", "urlize", "wordcount", "wordwrap", "xmlattr",
+};
+static const char *const JINJA2_TESTS[] = {
+    "!=", "<", "<=", "==", ">", ">=", "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped",
+    "even", "false", "filter", "float", "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan",
+    "lower", "lt", "mapping", "ne", "none", "number", "odd", "sameas", "sequence", "string", "test", "true",
+    "undefined", "upper",
 };
 
 static bool in_list(const char *const *list, size_t n, const char *name)
@@ -6222,6 +6237,15 @@ static bool run_test(struct render *r, const char *t, const struct val *v, const
         return v->t == V_FUNC || v->t == V_MACRO || v->t == V_METHOD || v->t == V_UNDEF ||
                (v->t == V_OBJ && v->o->kind == 'j');
     if (!strcmp(t, "escaped")) return v->t == V_STR && v->markup;
+    if (!strcmp(t, "filter") || !strcmp(t, "test")) { /* value in env.filters (env.tests): a name there */
+        if (!hashable(r, v, line))
+            fail_at(&r->f, MOE_EINVAL, line, "test %s: %s %s cannot be a name (a list or dict)", t,
+                    article(type_name(v)), type_name(v));
+        if (v->t != V_STR || strlen(v->s->p) != v->s->n)
+            return false;
+        return t[0] == 'f' ? in_list(JINJA2_FILTERS, MOE_ARRAY_LEN(JINJA2_FILTERS), v->s->p)
+                           : in_list(JINJA2_TESTS, MOE_ARRAY_LEN(JINJA2_TESTS), v->s->p);
+    }
     if (!strcmp(t, "lower") || !strcmp(t, "upper")) { /* str(value).islower(), isupper() */
         if (v->t == V_UNDEF)
             return false;

@@ -1062,6 +1062,13 @@ CASES = [
      {"l": ["\u0378", "\ue000", "\U000f0000", "\u200b", "\u00ad", "\u2028", "\u3000", "\U0001000c", "\U0001f600",
             "a\u0300", "\x7f\u0085", "\U000e0001 \u061c"]}),
     ("unicode", "{{ s }}|{{ s | length }}|{{ s[::-1] }}|{{ s | upper }}", {"s": "\u00e9t\u00e9 \U0001f600 \u65e5"}),
+    # is filter / is test: a name in Jinja2's environment, those this subset does not run too
+    ("test-filter-test", "{{ 'upper' is filter }}|{{ 'urlize' is filter }}|{{ 'nope' is filter }}|{{ 5 is filter }}|"
+     "{{ none is filter }}|{{ 'defined' is test }}|{{ '==' is test }}|{{ 'upper' is test }}|{{ 'tojson' is not test }}|"
+     "{{ x is filter }}|{{ ['abs', 'x', 'e', 'in'] | select('filter') | list }}|{{ ('abs',) is test }}|"
+     "{{ 'ABS' is filter }}|{{ 'test' is test }}|{{ 'filter' is filter }}", {}),
+    ("test-filter-unhashable", "{{ ['abs'] is filter }}", {}),
+    ("test-test-unhashable", "{{ {'a': 1} is test }}", {}),
     ("errors-type", "{{ 'a' + 1 }}", {}),
     ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),
     ("errors-div", "{{ 1 // 0 }}", {}),

@@ -1070,7 +1070,7 @@ static const struct sig FILTER_SIGS[] = {
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
     { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
     { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
-    { "wordcount", "" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
+    { "urlencode", "" }, { "wordcount", "" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
 };
 
 /* The parameters sigs (n of them) give name, or NULL when it has none there. */
@@ -5648,6 +5648,27 @@ static struct val wordwrap(struct render *r, const struct str *s, const struct v
     return vbuf(r, &out);
 }
 
+/* Jinja2's url_quote(v): urllib's quote of the UTF-8 of str(v), letters, digits and _.-~ kept (and '/' unless
+ * for a query, where a space is '+'), every other byte %XX. */
+static void url_quote(struct render *r, struct buf *b, const struct val *v, bool query, int line)
+{
+    struct val s = stringify(r, v, line);
+    size_t from = 0;
+    for (size_t i = 0; i < s.s->n; i++) {
+        unsigned char ch = (unsigned char)s.s->p[i];
+        if ((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') || (ch && strchr("_.-~", ch)) ||
+            (ch == '/' && !query))
+            continue;
+        buf_add(r, b, s.s->p + from, i - from);
+        if (ch == ' ' && query)
+            buf_adds(r, b, "+");
+        else
+            buf_addf(r, b, "%%%02X", ch);
+        from = i + 1;
+    }
+    buf_add(r, b, s.s->p + from, s.s->n - from);
+}
+
 static struct val filter(struct render *r, const struct node *n)
 {
     struct val v = eval(r, n->a);
@@ -5668,6 +5689,35 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "string"))
         return stringify(r, &v, line);
+    if (!strcmp(f, "urlencode")) { /* a string or a value that does not iterate quoted; else key=value pairs */
+        struct buf b = { 0 };
+        buf_add(r, &b, "", 0);
+        if (v.t == V_STR || !(v.t == V_LIST || v.t == V_UNDEF || (v.t == V_DICT && !v.d->ns))) {
+            url_quote(r, &b, &v, false, line);
+            return vbuf(r, &b);
+        }
+        const struct list *items = iter_list(r, &v, line);
+        for (size_t i = 0; i < items->n; i++) {
+            struct val k = items->v[i], x; /* a dict's key and value, else an item unpacked into two */
+            if (v.t == V_DICT) {
+                x = v.d->v[i];
+            } else {
+                const struct list *kv = k.t == V_LIST || k.t == V_STR || (k.t == V_DICT && !k.d->ns)
+                                      ? iter_list(r, &k, line) : NULL;
+                if (!kv || kv->n != 2)
+                    fail_at(&r->f, MOE_EINVAL, line, "urlencode: each item must be a (key, value) pair, not %s %s",
+                            article(type_name(&k)), type_name(&k));
+                k = kv->v[0];
+                x = kv->v[1];
+            }
+            if (i)
+                buf_adds(r, &b, "&");
+            url_quote(r, &b, &k, true, line);
+            buf_adds(r, &b, "=");
+            url_quote(r, &b, &x, true, line);
+        }
+        return vbuf(r, &b);
+    }
     if (!strcmp(f, "tojson")) { /* tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False) */
         const struct val *asc = arg(&a, 0, "ensure_ascii"), *ind = arg(&a, 1, "indent");
         const struct val *sep = arg(&a, 2, "separators"), *sk = arg(&a, 3, "sort_keys");

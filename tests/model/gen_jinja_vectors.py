@@ -1069,6 +1069,14 @@ CASES = [
      "{{ 'ABS' is filter }}|{{ 'test' is test }}|{{ 'filter' is filter }}", {}),
     ("test-filter-unhashable", "{{ ['abs'] is filter }}", {}),
     ("test-test-unhashable", "{{ {'a': 1} is test }}", {}),
+    # urlencode: a string quoted ('/' kept), pairs of a dict or list joined as a query string
+    ("filter-urlencode", "{{ 'a b/c?d=\u00e9&~_.-+%' | urlencode }}|{{ {'q': 'a b', 'n': 1, 'x': none, 'k/': [1, 'b']} | "
+     "urlencode }}|{{ [('a', 1), ['b c', true], 'xy', {'k': 1, 'v': 2}] | urlencode }}|{{ 42 | urlencode }}|"
+     "{{ none | urlencode }}|{{ undefined_x | urlencode }}|{{ 1.5 | urlencode }}|{{ ('a' | escape ~ '<') | urlencode }}|"
+     "{{ {'b': 1, 'a': 2} | dictsort | urlencode }}|{{ [] | urlencode }}|{{ s | urlencode }}",
+     {"s": "\U0001f600\t\n\x7f"}),
+    ("filter-urlencode-triple", "{{ [('a', 1, 2)] | urlencode }}", {}),
+    ("filter-urlencode-number-item", "{{ [5] | urlencode }}", {}),
     ("errors-type", "{{ 'a' + 1 }}", {}),
     ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),
     ("errors-div", "{{ 1 // 0 }}", {}),

@@ -1070,7 +1070,7 @@ static const struct sig FILTER_SIGS[] = {
     { "string", "" }, { "sum", "attribute start" }, { "title", "" },
     { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
     { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
-    { "urlencode", "" }, { "wordcount", "" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
+    { "urlencode", "" }, { "wordcount", "" }, { "xmlattr", "autospace" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
 };
 
 /* The parameters sigs (n of them) give name, or NULL when it has none there. */
@@ -5689,6 +5689,31 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "string"))
         return stringify(r, &v, line);
+    if (!strcmp(f, "xmlattr")) { /* xmlattr(autospace=True): key="value" of each item, escaped; none and undefined
+                                     left out; a key with whitespace, '/', '>' or '=' refused, as Jinja2 3.1.4 does */
+        if (v.t != V_DICT || v.d->ns)
+            fail_at(&r->f, MOE_EINVAL, line, "xmlattr: %s %s is not a mapping", article(type_name(&v)), type_name(&v));
+        const struct val *as = arg(&a, 0, "autospace");
+        struct buf b = { 0 };
+        buf_add(r, &b, "", 0);
+        for (size_t i = 0; i < v.d->n; i++) {
+            const struct val *x = &v.d->v[i];
+            if (x->t == V_NONE || x->t == V_UNDEF)
+                continue;
+            const struct str *k = v.d->k[i];
+            for (size_t j = 0; j < k->n; j++)
+                if (strchr(" \t\n\r\f\v/>=", k->p[j]) && k->p[j])
+                    fail_at(&r->f, MOE_EINVAL, line, "xmlattr: invalid character in attribute name '%s'", k->p);
+            if (b.n || !as || truthy(as))
+                buf_adds(r, &b, " ");
+            struct val key = { .t = V_STR, .s = k }, ek = html_escape(r, &key, line), ev = html_escape(r, x, line);
+            buf_add(r, &b, ek.s->p, ek.s->n);
+            buf_adds(r, &b, "=\"");
+            buf_add(r, &b, ev.s->p, ev.s->n);
+            buf_adds(r, &b, "\"");
+        }
+        return vbuf(r, &b);
+    }
     if (!strcmp(f, "urlencode")) { /* a string or a value that does not iterate quoted; else key=value pairs */
         struct buf b = { 0 };
         buf_add(r, &b, "", 0);

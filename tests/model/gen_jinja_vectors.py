@@ -1077,6 +1077,12 @@ CASES = [
      {"s": "\U0001f600\t\n\x7f"}),
     ("filter-urlencode-triple", "{{ [('a', 1, 2)] | urlencode }}", {}),
     ("filter-urlencode-number-item", "{{ [5] | urlencode }}", {}),
+    # xmlattr: escaped key="value" pairs, none and undefined values left out, a space before unless autospace=false
+    ("filter-xmlattr", "<ul{{ {'class': 'my <list>', 'missing': none, 'id': 'list-%d' | format(3), 'n': 5, 'b': true, "
+     "'u': undefined_x, 'm': '<b>' | safe, 'q': s, 'a&b': 1.5} | xmlattr }}>|{{ {'a': 1, 'b': 2} | xmlattr(false) }}|"
+     "{{ {} | xmlattr }}|{{ {'a': none} | xmlattr }}|{{ {'data-x': [1, 'a'], 'y': {'k': 'v'}} | xmlattr(autospace=false) }}|"
+     "{{ {'\u00e9': '\u00e8'} | xmlattr }}", {"s": "it's \"q\""}),
+    ("filter-xmlattr-list", "{{ [1] | xmlattr }}", {}),
     ("errors-type", "{{ 'a' + 1 }}", {}),
     ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),
     ("errors-div", "{{ 1 // 0 }}", {}),

@@ -210,6 +210,9 @@ int main(void)
                  "[ns.x] %%}{%% endfor %%}%s", nest[i]);
         check_render_fails(nested, MOE_ERANGE, "nested deeper");
     }
+    /* xmlattr refuses a key that would break the attribute list, as Jinja2 3.1.4 and later do */
+    check_render_fails("{{ {'a': 1, 'b c': 2} | xmlattr }}", MOE_EINVAL, "invalid character in attribute name 'b c'");
+    check_render_fails("{{ {'onload=x': 1} | xmlattr }}", MOE_EINVAL, "attribute name 'onload=x'");
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
     check_render_fails("{{ (-8.5) ** 0.5 }}", MOE_EINVAL, "fractional power is complex"); /* complex in Python */
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");

@@ -1110,13 +1110,20 @@ static bool in_list(const char *const *list, size_t n, const char *name)
     return false;
 }
 
+/* Why a filter of Jinja2's is left out, for its message ("" where it is just not done). */
+static const char *unsupported_why(const char *name)
+{
+    return !strcmp(name, "random") ? ": it picks an item at random, and a chat template renders the same prompt "
+                                     "from the same conversation every time" : "";
+}
+
 /* The filter name[(args)] after a '|', applied to n. */
 static struct node *parse_filter(struct compiler *c, struct node *n, int line)
 {
     struct node *m = new_node(c, E_FILTER, line);
     m->name = expect_name(c);
     if (!sig_params(FILTER_SIGS, MOE_ARRAY_LEN(FILTER_SIGS), m->name))
-        fail_at(&c->f, MOE_ENOTSUP, line, "filter '%s' is not supported", m->name);
+        fail_at(&c->f, MOE_ENOTSUP, line, "filter '%s' is not supported%s", m->name, unsupported_why(m->name));
     m->a = n;
     if (accept_op(c, "(")) {
         enter(c);
@@ -6238,7 +6245,8 @@ static struct val filter(struct render *r, const struct node *n)
             if (!fname)
                 fail_at(&r->f, MOE_EINVAL, line, "map needs attribute= or the name of a filter");
             if (!sig_params(FILTER_SIGS, MOE_ARRAY_LEN(FILTER_SIGS), fname->p))
-                fail_at(&r->f, MOE_ENOTSUP, line, "map: filter '%s' is not supported", fname->p);
+                fail_at(&r->f, MOE_ENOTSUP, line, "map: filter '%s' is not supported%s", fname->p,
+                        unsupported_why(fname->p));
             struct node lit = { .k = E_LIT, .line = line };
             struct node *lits = r_alloc(r, (size_t)(a.npos + a.nkw) * sizeof(*lits));
             struct node **ptrs = r_alloc(r, (size_t)(a.npos + a.nkw) * sizeof(*ptrs));

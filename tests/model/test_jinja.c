@@ -96,6 +96,9 @@ int main(void)
     check_refused("{% include 'x' %}", MOE_ENOTSUP, "statement 'include'");
     check_refused("{{ x | urlize }}", MOE_ENOTSUP, "filter 'urlize'");
     check_refused("{{ x is foo }}", MOE_ENOTSUP, "test 'foo'");
+    /* random is left out on purpose, and says why */
+    check_refused("{{ messages | random }}", MOE_ENOTSUP, "filter 'random' is not supported: it picks an item at random");
+    check_refused("{% filter random %}ab{% endfilter %}", MOE_ENOTSUP, "'random' is not supported: it picks");
     check_refused("{{ x is defined is defined }}", MOE_EFORMAT, "tests cannot be chained");
     check_refused("{{ f(a=1, a=2) }}", MOE_EFORMAT, "keyword argument 'a' repeated");
     check_refused("{% macro m(a, b=1, c) %}{% endmacro %}", MOE_EFORMAT, "'c' without a default follows");
@@ -217,6 +220,8 @@ int main(void)
     check_render_fails("{{ (-8.5) ** 0.5 }}", MOE_EINVAL, "fractional power is complex"); /* complex in Python */
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");
     check_render_fails("{{ ['a'] | map('urlize') | list }}", MOE_ENOTSUP, "map: filter 'urlize' is not supported");
+    check_render_fails("{{ [[1, 2]] | map('random') | list }}", MOE_ENOTSUP,
+                       "map: filter 'random' is not supported: it picks an item at random");
     /* Jinja2 prints a method not called with its address */
     check_render_fails("{% set d = {'items': 1} %}{{ d.items }}", MOE_EINVAL, "printing the method 'items' of a dict");
     check_render_fails("{% for x in [1] %}{{ loop.cycle }}{% endfor %}", MOE_EINVAL,

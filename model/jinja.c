@@ -12,6 +12,7 @@
  * from several threads at once. */
 #include "jinja.h"
 #include "jinja_case.h"
+#include "jinja_html.h"
 #include "tokenizer_unicode.h"
 #include "utf8.h"
 
@@ -1067,7 +1068,7 @@ static const struct sig FILTER_SIGS[] = {
     { "rejectattr", "*" }, { "replace", "old! new! count" }, { "reverse", "" }, { "round", "precision method" },
     { "safe", "" }, { "select", "*" }, { "selectattr", "*" }, { "slice", "slices! fill_with" },
     { "sort", "reverse case_sensitive attribute" },
-    { "string", "" }, { "sum", "attribute start" }, { "title", "" },
+    { "string", "" }, { "striptags", "" }, { "sum", "attribute start" }, { "title", "" },
     { "tojson", "ensure_ascii indent separators sort_keys" }, { "trim", "chars" },
     { "truncate", "length killwords end leeway" }, { "unique", "case_sensitive attribute" }, { "upper", "" },
     { "urlencode", "" }, { "wordcount", "" }, { "xmlattr", "autospace" }, { "wordwrap", "width break_long_words wrapstring break_on_hyphens" },
@@ -5676,6 +5677,175 @@ static void url_quote(struct render *r, struct buf *b, const struct val *v, bool
     buf_add(r, b, s.s->p + from, s.s->n - from);
 }
 
+static void buf_cp(struct render *r, struct buf *b, uint32_t cp)
+{
+    char enc[4];
+    buf_add(r, b, enc, moe_utf8_put(cp, enc));
+}
+
+static int entity_cmp(const void *key, const void *elem)
+{
+    const struct str *k = key;
+    const char *name = ((const struct moe_html_entity *)elem)->name;
+    size_t n = strlen(name);
+    int c = memcmp(k->p, name, k->n < n ? k->n : n);
+    return c ? c : (k->n > n) - (k->n < n);
+}
+
+static const struct moe_html_entity *entity_find(const char *p, size_t n)
+{
+    struct { size_t n; char p[40]; } k; /* a struct str of at most 33 bytes */
+    memcpy(k.p, p, n);
+    k.n = n;
+    return bsearch(&k, moe_html_entities, moe_html_n_entities, sizeof(*moe_html_entities), entity_cmp);
+}
+
+/* Python's html.unescape(s): each &#digits, &#xhex (';' optional) and &name reference read as its character(s).
+ * A number is remapped as HTML5 says (Windows-1252 for 0x80-0x9f, U+FFFD for 0, a surrogate or one past
+ * U+10FFFF) or dropped (controls, noncharacters); a name is the longest known one that begins the up to 32
+ * characters after '&' (outside tab, newline, form feed, space, <, &, # and ;) and the ';' after them. */
+static struct val html_unescape(struct render *r, const struct str *s)
+{
+    if (!memchr(s->p, '&', s->n))
+        return (struct val){ .t = V_STR, .s = s };
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    size_t from = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->p[i] != '&')
+            continue;
+        const char *p = s->p + i + 1, *end = s->p + s->n;
+        size_t taken = 0; /* bytes after '&' read as the reference */
+        if (p < end && *p == '#') {
+            bool hex = p + 2 <= end && (p[1] == 'x' || p[1] == 'X') && !(p[1] >= '0' && p[1] <= '9');
+            const char *d = p + 1 + hex;
+            uint32_t num = 0;
+            size_t nd = 0;
+            for (; d + nd < end; nd++) {
+                int c = d[nd], v = c >= '0' && c <= '9' ? c - '0'
+                                 : hex && (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10 : -1;
+                if (v < 0)
+                    break;
+                num = num > 0x10FFFF ? num : num * (hex ? 16 : 10) + (uint32_t)v;
+            }
+            if (!nd)
+                continue; /* '&#' not followed by a number: as it is */
+            taken = (size_t)(d + nd - p) + (d + nd < end && d[nd] == ';');
+            buf_add(r, &b, s->p + from, i - from);
+            const struct moe_html_charref *cr = NULL;
+            for (unsigned k = 0; k < moe_html_n_invalid_charrefs && !cr; k++)
+                if (moe_html_invalid_charrefs[k].from == num)
+                    cr = &moe_html_invalid_charrefs[k];
+            bool drop = false;
+            for (unsigned k = 0; k < moe_html_n_invalid_cps && !drop; k++) drop = moe_html_invalid_cps[k] == num;
+            if (cr)
+                buf_cp(r, &b, cr->to);
+            else if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF)
+                buf_cp(r, &b, 0xFFFD);
+            else if (!drop)
+                buf_cp(r, &b, num);
+        } else {
+            size_t n = 0, ncp = 0, ascii = 0; /* bytes of the name, its characters, its ASCII bytes at the start */
+            while (p + n < end && ncp < 32 && !strchr("\t\n\f <&#;", p[n])) {
+                uint32_t cp;
+                size_t k = moe_utf8_next((const unsigned char *)p + n, (size_t)(end - p - n), &cp);
+                if (ascii == n && cp < 0x80)
+                    ascii++;
+                n += k ? k : 1;
+                ncp++;
+            }
+            if (!n)
+                continue;
+            bool semi = p + n < end && p[n] == ';';
+            const struct moe_html_entity *e = ascii == n ? entity_find(p, n + semi) : NULL;
+            size_t len = n + semi;
+            /* else the longest known name that begins it, of at least 2 characters, the rest kept */
+            for (size_t x = (ncp + semi - 1 < ascii ? ncp + semi - 1 : ascii); !e && x >= 2; x--)
+                if ((e = entity_find(p, x)))
+                    len = x;
+            if (!e)
+                continue;
+            buf_add(r, &b, s->p + from, i - from);
+            buf_cp(r, &b, e->cp[0]);
+            if (e->cp[1])
+                buf_cp(r, &b, e->cp[1]);
+            taken = len;
+        }
+        from = i + 1 + taken;
+        i = from - 1;
+    }
+    buf_add(r, &b, s->p + from, s->n - from);
+    return vbuf(r, &b);
+}
+
+/* markupsafe's Markup.striptags() of str(v): comments (<!-- to the first --> after it) taken out, then tags
+ * (< to the first > after it), each time the first one left, and where one has no end the rest kept; runs of
+ * whitespace made one space, the ends trimmed; references unescaped. */
+static struct val striptags(struct render *r, const struct val *v, int line)
+{
+    const struct str *s = stringify(r, v, line).s;
+    struct buf b = { 0 }, c = { 0 };
+    buf_add(r, &b, "", 0);
+    buf_add(r, &c, "", 0);
+    size_t i = 0;
+    /* comments: the text so far never holds "<!--", so the first one is the first to be completed */
+    for (; i < s->n; i++) {
+        buf_add(r, &b, s->p + i, 1);
+        if (b.n < 4 || memcmp(b.p + b.n - 4, "<!--", 4))
+            continue;
+        /* "-->" from the comment's start: "<!-->" and "<!--->" end where they begin */
+        const char *rest = s->p + i + 1;
+        size_t left = s->n - i - 1, e;
+        if (left >= 1 && rest[0] == '>')
+            e = 1;
+        else if (left >= 2 && rest[0] == '-' && rest[1] == '>')
+            e = 2;
+        else {
+            const char *m = find_bytes(rest, left, "-->", 3);
+            if (!m)
+                break;
+            e = (size_t)(m - rest) + 3;
+        }
+        b.n -= 4;
+        b.p[b.n] = 0;
+        i += e;
+    }
+    if (i < s->n)
+        buf_add(r, &b, s->p + i + 1, s->n - i - 1);
+    /* tags: each '<' to the first '>' after it; from one without, the text as it is */
+    for (i = 0; i < b.n; i++) {
+        if (b.p[i] != '<') {
+            buf_add(r, &c, b.p + i, 1);
+            continue;
+        }
+        const char *gt = memchr(b.p + i + 1, '>', b.n - i - 1);
+        if (!gt) {
+            buf_add(r, &c, b.p + i, b.n - i);
+            break;
+        }
+        i = (size_t)(gt - b.p);
+    }
+    /* " ".join(value.split()) */
+    struct buf w = { 0 };
+    buf_add(r, &w, "", 0);
+    bool gap = false;
+    for (size_t k = 0; k < c.n;) {
+        uint32_t cp;
+        size_t len = moe_utf8_next((const unsigned char *)c.p + k, c.n - k, &cp);
+        len = len ? len : 1;
+        if (py_space(cp)) {
+            gap = w.n > 0;
+        } else {
+            if (gap)
+                buf_adds(r, &w, " ");
+            gap = false;
+            buf_add(r, &w, c.p + k, len);
+        }
+        k += len;
+    }
+    return html_unescape(r, vbuf(r, &w).s);
+}
+
 static struct val filter(struct render *r, const struct node *n)
 {
     struct val v = eval(r, n->a);
@@ -5696,6 +5866,8 @@ static struct val filter(struct render *r, const struct node *n)
     }
     if (!strcmp(f, "string"))
         return stringify(r, &v, line);
+    if (!strcmp(f, "striptags"))
+        return striptags(r, &v, line);
     if (!strcmp(f, "xmlattr")) { /* xmlattr(autospace=True): key="value" of each item, escaped; none and undefined
                                      left out; a key with whitespace, '/', '>' or '=' refused, as Jinja2 3.1.4 does */
         if (v.t != V_DICT || v.d->ns)

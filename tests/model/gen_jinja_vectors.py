@@ -1083,6 +1083,18 @@ CASES = [
      "{{ {} | xmlattr }}|{{ {'a': none} | xmlattr }}|{{ {'data-x': [1, 'a'], 'y': {'k': 'v'}} | xmlattr(autospace=false) }}|"
      "{{ {'\u00e9': '\u00e8'} | xmlattr }}", {"s": "it's \"q\""}),
     ("filter-xmlattr-list", "{{ [1] | xmlattr }}", {}),
+    # striptags: comments and tags out, whitespace runs one space, then html.unescape(): names (the longest
+    # known one that begins the text after '&'), numbers (remapped, dropped, U+FFFD), what is neither kept
+    ("filter-striptags", "{{ s | striptags }}|{{ e | striptags }}|{{ w | striptags }}|{{ 5 | striptags }}|"
+     "{{ none | striptags }}|{{ undefined_x | striptags }}|{{ ('<b>x</b> &amp;' | safe) | striptags }}|"
+     "{{ 'a < b' | striptags }}|{{ 'x <b y' | striptags }}|{{ '<!-->a' | striptags }}|{{ '<<a>b>c' | striptags }}|"
+     "{{ '<!-- x <b> -->y<!-- z' | striptags }}|{{ ['<i>1</i>'] | striptags }}|{{ '&' | striptags }}",
+     {"s": "<p>Hello  <b>World</b></p>\n\t<!-- a\n<c> -->x<br/>y",
+      "e": "&amp; &lt;&gt; &quot; &#39; &#x27; &#X41; &#65 &copy &copyright; &notit; &notin; &amp &ampx &#0; "
+           "&#128; &#x9D; &#13; &#xD800; &#1114112; &#99999999999999999999; &#11; &#xFFFF; &#x; &#; & ; &unknown; "
+           "&AElig &NotEqualTilde; &#00065; &acE; &\u00e9t\u00e9; &ampamp&amp;x &lt;&lt &"
+           "CounterClockwiseContourIntegral; &CounterClockwiseContourIntegralX; &abcdefghijklmnopqrstuvwxyz0123456;",
+      "w": "\u00a0 a \u2003 b\u3000\x1c c\u200b d\r\n"}),
     ("errors-type", "{{ 'a' + 1 }}", {}),
     ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),
     ("errors-div", "{{ 1 // 0 }}", {}),

@@ -129,8 +129,9 @@ struct list {
 
 struct dict {
     size_t n, cap;
-    const struct str **k;
+    const struct str **k;  /* the keys: strings, or for a key that is not one, str() of it */
     struct val *v;
+    struct val *kv;        /* NULL while every key is a string; else each key as it is (a number, bool, none) */
     bool ns;    /* namespace(): attributes can be set */
     bool loop;  /* a for loop's `loop`: has cycle() and changed() */
     struct val *changed; /* loop: the arguments of its last changed() (a tuple), undefined before any */
@@ -2148,41 +2149,83 @@ static struct dict *new_dict(struct render *r)
     return r_alloc(r, sizeof(struct dict));
 }
 
+/* Whether key i of d is a string (not a number, bool or none). */
+static bool key_is_str(const struct dict *d, size_t i)
+{
+    return !d->kv || d->kv[i].t == V_STR;
+}
+
+/* Key i of d as the value it is. */
+static struct val dict_key(const struct dict *d, size_t i)
+{
+    return key_is_str(d, i) ? (struct val){ .t = V_STR, .s = d->k[i] } : d->kv[i];
+}
+
 static const struct val *dict_get(const struct dict *d, const char *k, size_t n)
 {
     for (size_t i = 0; i < d->n; i++)
-        if (d->k[i]->n == n && !memcmp(d->k[i]->p, k, n))
+        if (d->k[i]->n == n && !memcmp(d->k[i]->p, k, n) && key_is_str(d, i))
             return &d->v[i];
     return NULL;
+}
+
+/* Two keys that are not strings, as Python's dict finds them: none, or numbers equal (1, 1.0 and true). */
+static bool same_key(const struct val *a, const struct val *b);
+
+/* The value of d's key *key (a string, number, bool or none), NULL when d has none. */
+static const struct val *dict_find(const struct dict *d, const struct val *key)
+{
+    if (key->t == V_STR)
+        return dict_get(d, key->s->p, key->s->n);
+    for (size_t i = 0; d->kv && i < d->n; i++)
+        if (d->kv[i].t != V_STR && same_key(&d->kv[i], key))
+            return &d->v[i];
+    return NULL;
+}
+
+/* A new last entry k (kv: the key's value, NULL for the string k) = v. */
+static void dict_append(struct render *r, struct dict *d, const struct str *k, const struct val *kv, struct val v)
+{
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? 2 * d->cap : 8;
+        const struct str **kk = r_alloc(r, cap * sizeof(*kk));
+        struct val *vv = r_alloc(r, cap * sizeof(*vv)), *kvs = d->kv ? r_alloc(r, cap * sizeof(*kvs)) : NULL;
+        if (d->n) {
+            memcpy(kk, d->k, d->n * sizeof(*kk));
+            memcpy(vv, d->v, d->n * sizeof(*vv));
+            if (kvs)
+                memcpy(kvs, d->kv, d->n * sizeof(*kvs));
+        }
+        d->k = kk;
+        d->v = vv;
+        d->kv = kvs;
+        d->cap = cap;
+    }
+    if (kv && !d->kv) { /* the first key that is not a string: the others as the strings they are */
+        d->kv = r_alloc(r, d->cap * sizeof(*d->kv));
+        for (size_t i = 0; i < d->n; i++) d->kv[i] = (struct val){ .t = V_STR, .s = d->k[i] };
+    }
+    if (d->kv)
+        d->kv[d->n] = kv ? *kv : (struct val){ .t = V_STR, .s = k };
+    d->k[d->n] = k;
+    d->v[d->n++] = v;
 }
 
 static void dict_set(struct render *r, struct dict *d, const struct str *k, struct val v)
 {
     for (size_t i = 0; i < d->n; i++)
-        if (d->k[i]->n == k->n && !memcmp(d->k[i]->p, k->p, k->n)) {
+        if (d->k[i]->n == k->n && !memcmp(d->k[i]->p, k->p, k->n) && key_is_str(d, i)) {
             d->v[i] = v;
             return;
         }
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? 2 * d->cap : 8;
-        const struct str **kk = r_alloc(r, cap * sizeof(*kk));
-        struct val *vv = r_alloc(r, cap * sizeof(*vv));
-        if (d->n) {
-            memcpy(kk, d->k, d->n * sizeof(*kk));
-            memcpy(vv, d->v, d->n * sizeof(*vv));
-        }
-        d->k = kk;
-        d->v = vv;
-        d->cap = cap;
-    }
-    d->k[d->n] = k;
-    d->v[d->n++] = v;
+    dict_append(r, d, k, NULL, v);
 }
 
 static void dict_sets(struct render *r, struct dict *d, const char *k, struct val v)
 {
     dict_set(r, d, r_str(r, k, strlen(k)), v);
 }
+
 
 static struct val from_json(struct render *r, json_t *j)
 {
@@ -2276,6 +2319,42 @@ static int num_order(const struct val *a, const struct val *b)
     return x < y ? -1 : x > y ? 1 : x == y ? 0 : 2;
 }
 
+static bool same_key(const struct val *a, const struct val *b)
+{
+    if (a->t == V_NONE || b->t == V_NONE)
+        return a->t == b->t;
+    return is_num(a) && is_num(b) && num_order(a, b) == 0;
+}
+
+static bool hashable(struct render *r, const struct val *v, int line);
+static void to_str(struct render *r, struct buf *b, const struct val *v, int line);
+
+/* d[key] = v for a key that is a string, a number, a bool or none: an equal key (1, 1.0 and true are one) keeps
+ * its first form, as in Python. */
+static void dict_set_key(struct render *r, struct dict *d, const struct val *key, struct val v, int line)
+{
+    if (key->t == V_STR) {
+        dict_set(r, d, key->s, v);
+        return;
+    }
+    if (!is_num(key) && key->t != V_NONE) {
+        if (!hashable(r, key, line))
+            fail_at(&r->f, MOE_EINVAL, line, "%s %s cannot be a dict key (a list or dict)", article(type_name(key)),
+                    type_name(key));
+        fail_at(&r->f, MOE_ENOTSUP, line, "dict keys must be strings, numbers, booleans or none here, not %s",
+                type_name(key));
+    }
+    for (size_t i = 0; d->kv && i < d->n; i++)
+        if (d->kv[i].t != V_STR && same_key(&d->kv[i], key)) {
+            d->v[i] = v;
+            return;
+        }
+    struct buf b = { 0 };
+    buf_add(r, &b, "", 0);
+    to_str(r, &b, key, line);
+    dict_append(r, d, r_str(r, b.p, b.n), key, v);
+}
+
 static bool equal(struct render *r, const struct val *a, const struct val *b);
 
 static bool equal_rec(struct render *r, const struct val *a, const struct val *b)
@@ -2316,7 +2395,8 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
         if (a->d->n != b->d->n)
             return false;
         for (size_t i = 0; i < a->d->n; i++) {
-            const struct val *o = dict_get(b->d, a->d->k[i]->p, a->d->k[i]->n);
+            struct val k = dict_key(a->d, i);
+            const struct val *o = dict_find(b->d, &k);
             if (!o || !equal(r, &a->d->v[i], o))
                 return false;
         }
@@ -2540,7 +2620,8 @@ static void repr(struct render *r, struct buf *b, const struct val *v, int line)
         for (size_t i = 0; i < v->d->n; i++) {
             if (i)
                 buf_adds(r, b, ", ");
-            str_repr(r, b, v->d->k[i]);
+            struct val k = dict_key(v->d, i);
+            repr(r, b, &k, line);
             buf_adds(r, b, ": ");
             repr(r, b, &v->d->v[i], line);
         }
@@ -2684,11 +2765,12 @@ static void to_json(struct render *r, struct buf *b, const struct val *v, const 
             order = r_alloc(r, n * sizeof(*order));
             for (size_t i = 0; i < n; i++) {
                 order[i] = i;
-                for (size_t j = i; j > 0; j--) {
-                    const struct str *x = v->d->k[order[j - 1]], *y = v->d->k[order[j]];
-                    size_t m = x->n < y->n ? x->n : y->n;
-                    int c = memcmp(x->p, y->p, m);
-                    if (c < 0 || (c == 0 && x->n <= y->n))
+                for (size_t j = i; j > 0; j--) { /* Python's sorted() of the keys as they are: 1 and 'a' fail */
+                    struct val x = dict_key(v->d, order[j - 1]), y = dict_key(v->d, order[j]);
+                    if (x.t == V_NONE || y.t == V_NONE)
+                        fail_at(&r->f, MOE_EINVAL, line, "tojson: cannot sort the keys %s and %s (sort_keys)",
+                                type_name(&x), type_name(&y));
+                    if (compare(r, &x, &y, line) <= 0)
                         break;
                     size_t t = order[j];
                     order[j] = order[j - 1];
@@ -2703,8 +2785,15 @@ static void to_json(struct render *r, struct buf *b, const struct val *v, const 
                 buf_add(r, b, o->item_sep->p, o->item_sep->n);
             if (o->indent)
                 json_newline(r, b, o, level + 1);
-            if (!list) {
-                json_quote(r, b, v->d->k[e], o->ensure_ascii);
+            if (!list) { /* json.dumps writes a key that is not a string as JSON writes its value, in quotes */
+                struct val k = dict_key(v->d, e);
+                if (k.t == V_STR) {
+                    json_quote(r, b, k.s, o->ensure_ascii);
+                } else {
+                    buf_adds(r, b, "\"");
+                    to_json(r, b, &k, o, level + 1, line);
+                    buf_adds(r, b, "\"");
+                }
                 buf_add(r, b, o->key_sep->p, o->key_sep->n);
             }
             to_json(r, b, list ? &v->l->v[e] : &v->d->v[e], o, level + 1, line);
@@ -3238,8 +3327,8 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
 {
     if (obj->t == V_UNDEF)
         undefined_error(r, obj, line);
-    if (obj->t == V_DICT && key->t == V_STR) {
-        const struct val *v = dict_get(obj->d, key->s->p, key->s->n);
+    if (obj->t == V_DICT && (key->t == V_STR || is_num(key) || key->t == V_NONE)) {
+        const struct val *v = dict_find(obj->d, key);
         if (v)
             return *v;
     } else if (((obj->t == V_LIST && !obj->l->gen && !obj->l->view) || obj->t == V_STR) &&
@@ -3339,7 +3428,7 @@ static struct list *iter_list(struct render *r, const struct val *v, int line)
     }
     if (v->t == V_DICT && !v->d->ns) {
         struct list *l = new_list(r, v->d->n);
-        for (size_t i = 0; i < v->d->n; i++) l->v[i] = (struct val){ .t = V_STR, .s = v->d->k[i] };
+        for (size_t i = 0; i < v->d->n; i++) l->v[i] = dict_key(v->d, i);
         return l;
     }
     if (v->t == V_STR) {
@@ -3379,7 +3468,7 @@ static bool contains(struct render *r, const struct val *item, const struct val 
         if (!hashable(r, item, line))
             fail_at(&r->f, MOE_EINVAL, line, "'in <dict>' needs a key on the left, not %s %s (a list or dict cannot be "
                     "one)", article(type_name(item)), type_name(item));
-        return item->t == V_STR && dict_get(in->d, item->s->p, item->s->n) != NULL;
+        return dict_find(in->d, item) != NULL;
     }
     if (in->t == V_LIST && (in->l->view == 'k' || in->l->view == 'i')) { /* looked up as the dict's key, as there */
         const struct list *p = item->t == V_LIST && item->l->tuple && item->l->n == 2 ? item->l : NULL;
@@ -3438,6 +3527,9 @@ static void eval_args(struct render *r, const struct node *n, struct args *a)
     }
     for (size_t i = 0; n->d && i < dstar.d->n; i++) {
         const struct str *k = dstar.d->k[i];
+        if (!key_is_str(dstar.d, i))
+            fail_at(&r->f, MOE_EINVAL, n->line, "keyword argument names after ** must be strings, not %s",
+                    type_name(&dstar.d->kv[i]));
         if (memchr(k->p, 0, k->n))
             fail_at(&r->f, MOE_EINVAL, n->line, "a keyword argument name after ** holds a NUL character");
         for (int j = 0; j < n->nkw; j++)
@@ -3598,7 +3690,13 @@ static struct val call_builtin(struct render *r, int fn, const struct args *a, i
             if (a->pos[i].t != V_DICT)
                 fail_at(&r->f, MOE_EINVAL, line, "%s() takes a dict or names=values",
                         fn == FN_NAMESPACE ? "namespace" : "dict");
-            for (size_t k = 0; k < a->pos[i].d->n; k++) dict_set(r, d, a->pos[i].d->k[k], a->pos[i].d->v[k]);
+            for (size_t k = 0; k < a->pos[i].d->n; k++) {
+                struct val key = dict_key(a->pos[i].d, k);
+                if (key.t != V_STR && d->ns)
+                    fail_at(&r->f, MOE_EINVAL, line, "namespace(): attribute names must be strings, not %s",
+                            type_name(&key));
+                dict_set_key(r, d, &key, a->pos[i].d->v[k], line);
+            }
         }
         for (int i = 0; i < a->nkw; i++) dict_sets(r, d, a->names[i], a->kw[i]);
         return (struct val){ .t = V_DICT, .d = d };
@@ -4080,17 +4178,15 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             const struct list *keys = name[0] == 'f' ? iter_list(r, arg(a, 0, NULL), line) : NULL;
             const struct val *v = arg(a, 1, NULL);
             for (size_t i = 0; i < (keys ? keys->n : d->n); i++) {
-                if (keys && keys->v[i].t != V_STR)
-                    fail_at(&r->f, MOE_ENOTSUP, line, "fromkeys: dict keys must be strings here, not %s",
-                            type_name(&keys->v[i]));
-                dict_set(r, nd, keys ? keys->v[i].s : d->k[i], keys ? (v ? *v : (struct val){ .t = V_NONE }) : d->v[i]);
+                struct val k = keys ? keys->v[i] : dict_key(d, i);
+                dict_set_key(r, nd, &k, keys ? (v ? *v : (struct val){ .t = V_NONE }) : d->v[i], line);
             }
             return (struct val){ .t = V_DICT, .d = nd };
         }
         if (!strcmp(name, "items") || !strcmp(name, "keys") || !strcmp(name, "values")) {
             struct list *l = new_list(r, d->n);
             for (size_t i = 0; i < d->n; i++) {
-                struct val k = { .t = V_STR, .s = d->k[i] };
+                struct val k = dict_key(d, i);
                 if (name[0] == 'i') { /* (key, value) tuples, as Python prints them */
                     struct list *p = new_list(r, 2);
                     p->tuple = true;
@@ -4109,7 +4205,7 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             if (k && !hashable(r, k, line))
                 fail_at(&r->f, MOE_EINVAL, line, "get: %s %s cannot be a key (a list or dict)",
                         article(type_name(k)), type_name(k));
-            const struct val *v = k && k->t == V_STR ? dict_get(d, k->s->p, k->s->n) : NULL;
+            const struct val *v = k ? dict_find(d, k) : NULL;
             return v ? *v : dflt ? *dflt : (struct val){ .t = V_NONE };
         }
         if (d->loop && !strcmp(name, "cycle")) {
@@ -5364,6 +5460,8 @@ static struct val str_format(struct render *r, const struct val *s, const char *
             fail_at(&r->f, MOE_EINVAL, line, "format_map: %s %s is not a mapping", article(type_name(m)), type_name(m));
         args_alloc(r, &kw, 0, m->d->n, line);
         for (size_t i = 0; i < m->d->n; i++) {
+            if (!key_is_str(m->d, i))
+                continue; /* a field name is looked up as a string */
             kw.names[kw.nkw] = m->d->k[i]->p;
             kw.kw[kw.nkw++] = m->d->v[i];
         }
@@ -5387,6 +5485,9 @@ static bool pp_splits(const struct val *v)
 /* The order of d's keys, sorted as Python sorts strings (by code point: UTF-8's byte order). */
 static size_t *pp_sorted_keys(struct render *r, const struct dict *d, int line)
 {
+    for (size_t i = 0; i < d->n; i++)
+        if (!key_is_str(d, i)) /* pprint orders keys of mixed types by a rule of its own */
+            fail_at(&r->f, MOE_ENOTSUP, line, "pprint of a dict with keys other than strings is not supported");
     size_t *o = r_alloc(r, (d->n + 1) * sizeof(*o));
     for (size_t i = 0; i < d->n; i++) {
         size_t j = i;
@@ -5880,6 +5981,9 @@ static struct val filter(struct render *r, const struct node *n)
             if (x->t == V_NONE || x->t == V_UNDEF)
                 continue;
             const struct str *k = v.d->k[i];
+            if (!key_is_str(v.d, i))
+                fail_at(&r->f, MOE_EINVAL, line, "xmlattr: attribute names must be strings, not %s",
+                        type_name(&v.d->kv[i]));
             for (size_t j = 0; j < k->n; j++)
                 if (strchr(" \t\n\r\f\v/>=", k->p[j]) && k->p[j])
                     fail_at(&r->f, MOE_EINVAL, line, "xmlattr: invalid character in attribute name '%s'", k->p);
@@ -6755,9 +6859,7 @@ static struct val eval_node(struct render *r, const struct node *n)
         struct dict *d = new_dict(r);
         for (int i = 0; i < n->nargs; i++) {
             struct val k = eval(r, n->args[i]);
-            if (k.t != V_STR)
-                fail_at(&r->f, MOE_ENOTSUP, n->line, "dict keys must be strings here");
-            dict_set(r, d, k.s, eval(r, n->kwargs[i]));
+            dict_set_key(r, d, &k, eval(r, n->kwargs[i]), n->line);
         }
         return (struct val){ .t = V_DICT, .d = d };
     }

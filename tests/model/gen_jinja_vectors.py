@@ -1095,6 +1095,20 @@ CASES = [
            "&AElig &NotEqualTilde; &#00065; &acE; &\u00e9t\u00e9; &ampamp&amp;x &lt;&lt &"
            "CounterClockwiseContourIntegral; &CounterClockwiseContourIntegralX; &abcdefghijklmnopqrstuvwxyz0123456;",
       "w": "\u00a0 a \u2003 b\u3000\x1c c\u200b d\r\n"}),
+    # dict keys that are numbers, booleans or none: equal ones (1, 1.0, true) one key, its first form kept; tojson
+    # writes them as json.dumps does (in quotes, as JSON writes the value); sort_keys compares them as they are
+    ("dict-number-keys", "{{ {1: 'a', true: 'b', none: 'c', 1.5: 'd', 2.0: 'e', 'x': 'f', '1': 'g', -0.0: 'h'} | tojson }}|"
+     "{{ {3: 'a', 1: 'b', 2.5: 'c', true: 'd'} | tojson(sort_keys=true) }}|{{ {1: 'a', 2.5: 'b', none: 1} }}|"
+     "{{ {1: 'a'}[1.0] }}|{{ {1: 'a'}[true] }}|{{ 1 in {1: 'a'} }}|{{ '1' in {1: 'a'} }}|{{ {none: 1}[none] }}|"
+     "{{ {1: 2}.get(1) }}|{{ {1: 2}.get('1', 'no') }}|{{ {2: 1, 1: 2} | dictsort }}|{{ {1: 'a'}.items() | list }}|"
+     "{% for k in {3: 'x', 'y': 4} %}{{ k is number }}{% endfor %}|{{ {1: 'a'} == {1.0: 'a'} }}|"
+     "{{ {1: 'a', 'b': [1]} | tojson(indent=2) }}|{{ dict({1: 2}) }}|{{ {1e300 * 10: 1, 0.1: 2} | tojson }}|"
+     "{{ {false: 0, 0: 1} }}|{{ {1: 'a'} | list }}|{{ {none: 1} | tojson(sort_keys=true) }}|{{ {1: 2}.keys() }}|"
+     "{{ {1: 2} | items | list }}|{{ {1: 'x'}.copy() }}", {}),
+    ("dict-mixed-keys-sorted", "{{ {1: 'a', 'b': 2} | tojson(sort_keys=true) }}", {}),
+    ("dict-none-key-sorted", "{{ {none: 1, 2: 3} | tojson(sort_keys=true) }}", {}),
+    ("dict-list-key", "{{ {[1]: 2} }}", {}),
+    ("dict-number-key-kwargs", "{{ dict(**{1: 2}) }}", {}),
     ("errors-type", "{{ 'a' + 1 }}", {}),
     ("errors-iter", "{% for x in 5 %}{% endfor %}", {}),
     ("errors-div", "{{ 1 // 0 }}", {}),

@@ -216,6 +216,11 @@ int main(void)
     /* xmlattr refuses a key that would break the attribute list, as Jinja2 3.1.4 and later do */
     check_render_fails("{{ {'a': 1, 'b c': 2} | xmlattr }}", MOE_EINVAL, "invalid character in attribute name 'b c'");
     check_render_fails("{{ {'onload=x': 1} | xmlattr }}", MOE_EINVAL, "attribute name 'onload=x'");
+    /* dict keys are strings, numbers, booleans or none; a tuple (which Python takes) is not supported */
+    check_render_fails("{{ {(1, 2): 3} }}", MOE_ENOTSUP, "dict keys must be strings, numbers, booleans or none here, "
+                       "not tuple");
+    check_render_fails("{{ {1: 2} | pprint }}", MOE_ENOTSUP, "pprint of a dict with keys other than strings");
+    check_render_fails("{{ {1: 2} | xmlattr }}", MOE_EINVAL, "xmlattr: attribute names must be strings, not int");
     check_render_fails("{{ raise_exception('stop here') }}", MOE_EINVAL, "stop here");
     check_render_fails("{{ (-8.5) ** 0.5 }}", MOE_EINVAL, "fractional power is complex"); /* complex in Python */
     check_render_fails("{% set x = 1 %}{% set x.a = 2 %}", MOE_EINVAL, "only of a namespace");

@@ -452,9 +452,9 @@ def main():
                             "--http-port", str(free_port())], capture_output=True, timeout=60)
         check(r.returncode != 0 and b"reasoning-parser" in r.stderr, "bad --reasoning-parser: %d %r" %
               (r.returncode, r.stderr))
-        # a template that compiles but cannot render (a dict with number keys, outside the subset): as a
+        # a template that compiles but cannot render (a dict with tuple keys, outside the subset): as a
         # file it stops the server at start; as the model's own, the markers are used, with a warning
-        odd = "{% set d = {0: 'x'} %}{% for m in messages %}{{ m.content }}{{ d[0] }}{% endfor %}"
+        odd = "{% set d = {(0, 1): 'x'} %}{% for m in messages %}{{ m.content }}{{ d[(0, 1)] }}{% endfor %}"
         with open(path, "w") as f:
             f.write(odd)
         r = subprocess.run([moeflow, "serve", "--model", model, "--chat-template", path, "--grpc-port", "0",

@@ -2161,22 +2161,38 @@ static struct val dict_key(const struct dict *d, size_t i)
     return key_is_str(d, i) ? (struct val){ .t = V_STR, .s = d->k[i] } : d->kv[i];
 }
 
+/* The value of d's string key k (n bytes), NULL when it has none; *read (when given) counts the bytes compared. */
+static const struct val *dict_get_read(const struct dict *d, const char *k, size_t n, size_t *read)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        if (d->k[i]->n != n || !key_is_str(d, i))
+            continue;
+        if (read)
+            *read += n;
+        if (!memcmp(d->k[i]->p, k, n))
+            return &d->v[i];
+    }
+    return NULL;
+}
+
 static const struct val *dict_get(const struct dict *d, const char *k, size_t n)
 {
-    for (size_t i = 0; i < d->n; i++)
-        if (d->k[i]->n == n && !memcmp(d->k[i]->p, k, n) && key_is_str(d, i))
-            return &d->v[i];
-    return NULL;
+    return dict_get_read(d, k, n, NULL);
 }
 
 /* Two keys that are not strings, as Python's dict finds them: none, or numbers equal (1, 1.0 and true). */
 static bool same_key(const struct val *a, const struct val *b);
 
-/* The value of d's key *key (a string, number, bool or none), NULL when d has none. */
-static const struct val *dict_find(const struct dict *d, const struct val *key)
+/* The value of d's key *key (a string, number, bool or none), NULL when d has none; the bytes of the keys
+ * compared cost steps as a string operand's do. */
+static const struct val *dict_find(struct render *r, const struct dict *d, const struct val *key, int line)
 {
-    if (key->t == V_STR)
-        return dict_get(d, key->s->p, key->s->n);
+    if (key->t == V_STR) {
+        size_t read = 0;
+        const struct val *v = dict_get_read(d, key->s->p, key->s->n, &read);
+        step_bytes(r, read, line);
+        return v;
+    }
     for (size_t i = 0; d->kv && i < d->n; i++)
         if (d->kv[i].t != V_STR && same_key(&d->kv[i], key))
             return &d->v[i];
@@ -2213,12 +2229,13 @@ static void dict_append(struct render *r, struct dict *d, const struct str *k, c
 
 static void dict_set(struct render *r, struct dict *d, const struct str *k, struct val v)
 {
-    for (size_t i = 0; i < d->n; i++)
-        if (d->k[i]->n == k->n && !memcmp(d->k[i]->p, k->p, k->n) && key_is_str(d, i)) {
-            d->v[i] = v;
-            return;
-        }
-    dict_append(r, d, k, NULL, v);
+    size_t read = 0;
+    struct val *old = (struct val *)dict_get_read(d, k->p, k->n, &read);
+    step_bytes(r, read, 0);
+    if (old)
+        *old = v;
+    else
+        dict_append(r, d, k, NULL, v);
 }
 
 static void dict_sets(struct render *r, struct dict *d, const char *k, struct val v)
@@ -2396,7 +2413,7 @@ static bool equal_rec(struct render *r, const struct val *a, const struct val *b
             return false;
         for (size_t i = 0; i < a->d->n; i++) {
             struct val k = dict_key(a->d, i);
-            const struct val *o = dict_find(b->d, &k);
+            const struct val *o = dict_find(r, b->d, &k, 0);
             if (!o || !equal(r, &a->d->v[i], o))
                 return false;
         }
@@ -3328,7 +3345,7 @@ static struct val get_item(struct render *r, const struct val *obj, const struct
     if (obj->t == V_UNDEF)
         undefined_error(r, obj, line);
     if (obj->t == V_DICT && (key->t == V_STR || is_num(key) || key->t == V_NONE)) {
-        const struct val *v = dict_find(obj->d, key);
+        const struct val *v = dict_find(r, obj->d, key, line);
         if (v)
             return *v;
     } else if (((obj->t == V_LIST && !obj->l->gen && !obj->l->view) || obj->t == V_STR) &&
@@ -3468,7 +3485,7 @@ static bool contains(struct render *r, const struct val *item, const struct val 
         if (!hashable(r, item, line))
             fail_at(&r->f, MOE_EINVAL, line, "'in <dict>' needs a key on the left, not %s %s (a list or dict cannot be "
                     "one)", article(type_name(item)), type_name(item));
-        return dict_find(in->d, item) != NULL;
+        return dict_find(r, in->d, item, line) != NULL;
     }
     if (in->t == V_LIST && (in->l->view == 'k' || in->l->view == 'i')) { /* looked up as the dict's key, as there */
         const struct list *p = item->t == V_LIST && item->l->tuple && item->l->n == 2 ? item->l : NULL;
@@ -4205,7 +4222,7 @@ static struct val call_method(struct render *r, const struct val *obj, const cha
             if (k && !hashable(r, k, line))
                 fail_at(&r->f, MOE_EINVAL, line, "get: %s %s cannot be a key (a list or dict)",
                         article(type_name(k)), type_name(k));
-            const struct val *v = k ? dict_find(d, k) : NULL;
+            const struct val *v = k ? dict_find(r, d, k, line) : NULL;
             return v ? *v : dflt ? *dflt : (struct val){ .t = V_NONE };
         }
         if (d->loop && !strcmp(name, "cycle")) {

@@ -147,18 +147,25 @@ int main(void)
                        "{% endfor %}",
                        MOE_ERANGE, "steps");
     /* strings compared inside lists and dicts cost steps by their length as string operands do: == of two
-     * lists, 'in' a list, sort, unique, dictsort and min of long strings, over and over, meet the limit */
+     * lists, 'in' a list, sort, unique, dictsort and max of long strings, and a dict's long keys looked up, over
+     * and over, meet the limit */
     static const char *const long_items[] = {
         "{% if l == m %}{% endif %}", "{% if l[-1] in m %}{% endif %}", "{{ m | sort(case_sensitive=true) | length }}",
         "{{ m | unique(case_sensitive=true) | list | length }}", "{{ d | dictsort(case_sensitive=true) | length }}",
-        "{{ m | max(case_sensitive=true) | length }}",
+        "{{ m | max(case_sensitive=true) | length }}", "{% if (s + 'q') in e %}{% endif %}", "{{ e[s + 'q'] }}",
+        "{{ e.get(s + 'q') }}", "{% if e == e2 %}{% endif %}",
     };
+    /* e and e2: two dicts of 25 keys of 100 kB that differ in their last byte */
+    char keys25[25 * 20 + 8];
+    size_t kl = 0;
+    for (int i = 0; i < 25; i++) kl += (size_t)snprintf(keys25 + kl, sizeof(keys25) - kl, "%ss + '%c': %d", i ? ", " : "",
+                                                        'a' + i, i);
     for (size_t i = 0; i < MOE_ARRAY_LEN(long_items); i++) {
-        char many[640];
+        char many[2048];
         snprintf(many, sizeof(many), "{%% set s = 'a' * 100000 %%}{%% set l = [s + 'x', s + 'z'] * 12 + [s + 'y'] %%}"
                  "{%% set m = [s + 'x', s + 'z'] * 12 + [s + 'y'] %%}{%% set d = {s + 'h': 1, s + 'g': 2, s + 'f': 3, "
-                 "s + 'e': 4, s + 'd': 5, s + 'c': 6, s + 'b': 7, s + 'a': 8} %%}"
-                 "{%% for i in range(300) %%}%s{%% endfor %%}", long_items[i]);
+                 "s + 'e': 4, s + 'd': 5, s + 'c': 6, s + 'b': 7, s + 'a': 8} %%}{%% set e = {%s} %%}{%% set e2 = {%s} %%}"
+                 "{%% for i in range(300) %%}%s{%% endfor %%}", keys25, keys25, long_items[i]);
         check_render_fails(many, MOE_ERANGE, "steps");
     }
     /* a type named in a message takes its article */

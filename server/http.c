@@ -40,6 +40,7 @@ struct hconn {
                                      begun (one that misses http-read-timeout is answered 408) */
     bool over;                    /* opened beyond max-http-connections: answered 503 and closed */
     bool closing;                 /* shut down by the front end */
+    size_t discarded;             /* bytes read and thrown away since evhttp let it go */
 };
 
 struct http_front {
@@ -60,7 +61,8 @@ struct http_front {
     struct event *over_ev;        /* at once for a connection beyond the cap: an event of its own, since
                                    * activating the periodic one by hand pushes its next run a period later
                                    * (libevent reschedules a persistent timer from its scheduled time), so a
-                                   * burst of N such connections postponed the read-timeout sweep N seconds */
+                                   * burst of N such connections postponed the read-timeout sweep N seconds;
+                                   * also for a connection evhttp has let go that is still read */
     struct kept *kept;            /* [responses-store] the last responses (HTTP thread only) */
     int n_kept;                   /* slots used so far, deleted ones among them */
     uint64_t kept_seq;            /* responses kept so far: the next one's age */
@@ -1837,17 +1839,35 @@ static void conn_output_cb(struct evbuffer *out, const struct evbuffer_cb_info *
     }
 }
 
-/* Bytes read on a tracked connection: a request begun. */
+/* Bytes read on a tracked connection: a request begun.  On one evhttp has let go (after a 413 for a body
+ * over max-body-bytes, say), our reference keeps its read event on until the sweep drops it: what the
+ * client goes on sending would pile up in its input unread, as fast as the client sends, for up to a
+ * second.  It is thrown away instead, up to max-body-bytes of it (so that a client that sends its whole
+ * body before it reads gets its 413 rather than a reset connection); beyond, reading stops and the sweep
+ * runs on the loop's next turn, which closes the socket. */
 static void conn_input_cb(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
 {
     struct http_front *h = arg;
     if (info->n_added == 0)
         return;
-    for (int i = 0; i < h->n_conns; i++)
-        if (bufferevent_get_input(h->conns[i].bev) == in) {
-            h->conns[i].partial = true;
+    for (int i = 0; i < h->n_conns; i++) {
+        struct hconn *c = &h->conns[i];
+        if (bufferevent_get_input(c->bev) != in)
+            continue;
+        bufferevent_event_cb ecb = NULL;
+        bufferevent_getcb(c->bev, NULL, NULL, &ecb, NULL);
+        if (!ecb) {
+            c->discarded += evbuffer_get_length(in);
+            evbuffer_drain(in, evbuffer_get_length(in));
+            if (c->discarded > (size_t)h->srv->cfg.max_body_bytes) {
+                bufferevent_disable(c->bev, EV_READ);
+                event_active(h->over_ev, EV_TIMEOUT, 1);
+            }
             return;
         }
+        c->partial = true;
+        return;
+    }
 }
 
 /* evhttp's bufferevent for a new connection (its socket is set after): tracked, and marked when it

@@ -177,6 +177,31 @@ def ambiguous_body(srv):
     check(metric(srv.metrics(), "moeflow:requests_accepted_total") == base, "an ambiguous request was admitted")
 
 
+def body_after_413(srv):
+    """A client that goes on sending its body over max-body-bytes after the 413 (a Content-Length of 1 GiB)
+    has its connection closed once max-body-bytes more has come (thrown away), where the server read on and
+    kept what came (hundreds of MB a second on loopback) until its once-a-second sweep of closed
+    connections.  What gets through is that and what the socket buffers take, a few MB."""
+    sk = socket.create_connection(("127.0.0.1", srv.http_port), timeout=scaled(30))
+    sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (1 << 30))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        x = sk.recv(4096)
+        if not x:
+            break
+        head += x
+    check(head.startswith(b"HTTP/1.1 413"), "a body over max-body-bytes: %r" % head[:200])
+    sent, err, chunk = 0, None, b"x" * (1 << 20)
+    try:
+        while sent < (256 << 20):
+            sent += sk.send(chunk)
+    except OSError as e:
+        err = e
+    sk.close()
+    check(isinstance(err, (BrokenPipeError, ConnectionResetError)) and sent < (64 << 20),
+          "after the 413 the server read on: %d MB sent, then %r" % (sent >> 20, err))
+
+
 def host_header(srv):
     """An HTTP/1.1 request without a Host header, and a request of any version with more than one, get a
     400 naming Host, and the connection closes (RFC 9112 3.2): the request after it is not served.  An
@@ -993,7 +1018,8 @@ def main():
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), lambda s: cancelled_before_read(s, pb),
                            http10_keepalive_stream, connect_method, status_phrases,
-                           connection_close_option, absolute_form, ambiguous_body, host_header, chunk_extension,
+                           connection_close_option, absolute_form, ambiguous_body, body_after_413, host_header,
+                           chunk_extension,
                            n_choices_gone, gone_after_pipelined, no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: read_timeout_after_burst(moeflow),
                            lambda s: grpc_stream_cap(moeflow, pb),

@@ -27,6 +27,8 @@
 #include "responses.h"
 #include "srv.h"
 
+#define HTTP_MAX_HEADERS (64 * 1024) /* bytes of a request's line and headers (evhttp answers 400 beyond) */
+
 /* An open HTTP connection.  libevent 2.1's evhttp neither caps its connections nor bounds how long
  * one may take over a request (its timeout restarts on every byte), so slow clients could hold
  * descriptors without end.  The front end makes each connection's bufferevent itself
@@ -1882,6 +1884,11 @@ static struct bufferevent *conn_new_cb(struct event_base *base, void *arg)
     struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (!bev)
         return NULL;
+    /* evhttp reads a connection while it writes a reply there (to see the client leave), and keeps what
+     * it reads for the next request: all that a client sends during a streamed reply would be held.
+     * Reading pauses once the connection holds what one request may need at once (its headers, and a
+     * body or one chunk of it), and goes on as evhttp takes it. */
+    bufferevent_setwatermark(bev, EV_READ, 0, (size_t)h->srv->cfg.max_body_bytes + 2 * HTTP_MAX_HEADERS);
     int max = h->srv->cfg.max_http_connections;
     if (h->n_conns >= max)
         conns_sweep(h, false); /* count only those still open */
@@ -2150,7 +2157,7 @@ struct http_front *srv_http_start(struct moe_server *s)
         goto out_fail;
     evhttp_set_bevcb(h->http, conn_new_cb, h);
     evhttp_set_max_body_size(h->http, (ev_ssize_t)s->cfg.max_body_bytes);
-    evhttp_set_max_headers_size(h->http, 64 * 1024);
+    evhttp_set_max_headers_size(h->http, HTTP_MAX_HEADERS);
     evhttp_set_timeout(h->http, 600);
     /* every method reaches gen_cb, which answers the wrong one with a JSON 405 and Allow */
     evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |

@@ -177,6 +177,19 @@ def ambiguous_body(srv):
     check(metric(srv.metrics(), "moeflow:requests_accepted_total") == base, "an ambiguous request was admitted")
 
 
+def send_on(sk):
+    """Send 1 MiB at a time until the socket fails or 256 MiB went, then close it: (bytes sent, the error
+    or None)."""
+    sent, err, chunk = 0, None, b"x" * (1 << 20)
+    try:
+        while sent < (256 << 20):
+            sent += sk.send(chunk)
+    except OSError as e:
+        err = e
+    sk.close()
+    return sent, err
+
+
 def body_after_413(srv):
     """A client that goes on sending its body over max-body-bytes after the 413 (a Content-Length of 1 GiB)
     has its connection closed once max-body-bytes more has come (thrown away), where the server read on and
@@ -191,15 +204,28 @@ def body_after_413(srv):
             break
         head += x
     check(head.startswith(b"HTTP/1.1 413"), "a body over max-body-bytes: %r" % head[:200])
-    sent, err, chunk = 0, None, b"x" * (1 << 20)
-    try:
-        while sent < (256 << 20):
-            sent += sk.send(chunk)
-    except OSError as e:
-        err = e
-    sk.close()
+    sent, err = send_on(sk)
     check(isinstance(err, (BrokenPipeError, ConnectionResetError)) and sent < (64 << 20),
           "after the 413 the server read on: %d MB sent, then %r" % (sent >> 20, err))
+
+
+def sends_during_stream(srv):
+    """A client that sends on and on while its streamed reply goes out (and reads none of it) is read only
+    as far as one request may need (max-body-bytes and headers): the rest waits in the socket buffers,
+    where the server read it all and kept it (hundreds of MB a second) while the reply was pending."""
+    body = json.dumps({"prompt": "def f():", "max_tokens": 2000, "ignore_eos": True, "stream": True, "n": 4,
+                       "logprobs": 5}).encode()
+    sk = socket.socket()
+    sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sk.settimeout(scaled(30))
+    sk.connect(("127.0.0.1", srv.http_port))
+    sk.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    check(sk.recv(12) == b"HTTP/1.1 200", "the stream did not begin")
+    sk.settimeout(scaled(2))   # a send that waits this long: the server reads no more
+    sent, err = send_on(sk)
+    check(isinstance(err, socket.timeout) and sent < (64 << 20),
+          "bytes sent during a streamed reply: %d MB, then %r" % (sent >> 20, err))
 
 
 def host_header(srv):
@@ -1018,8 +1044,8 @@ def main():
     return run_server_test("test_serve_clients", srv, check, lambda s: stream_backlog(s, pb),
                            lambda s: unknown_method(s, pb), lambda s: cancelled_before_read(s, pb),
                            http10_keepalive_stream, connect_method, status_phrases,
-                           connection_close_option, absolute_form, ambiguous_body, body_after_413, host_header,
-                           chunk_extension,
+                           connection_close_option, absolute_form, ambiguous_body, body_after_413, sends_during_stream,
+                           host_header, chunk_extension,
                            n_choices_gone, gone_after_pipelined, no_generation_left, connections_gauge,
                            lambda s: connection_limits(moeflow), lambda s: read_timeout_after_burst(moeflow),
                            lambda s: grpc_stream_cap(moeflow, pb),

@@ -1204,12 +1204,14 @@ static bool prefill_before(const struct moe_sched *s, const struct rq *a, const 
 
 enum moe_status moe_sched_step(struct moe_sched *s)
 {
+    /* testing: while hold_path exists requests are admitted, none computed (as with none to run) */
+    bool held = s->p.hold_path && access(s->p.hold_path, F_OK) == 0;
     pthread_mutex_lock(&s->mu);
     reap(s);
     if (!s->lost[0])
         admit(s);
     int nd = 0, np = 0;
-    for (int i = 0; i < s->n_active && !s->lost[0]; i++) {
+    for (int i = 0; i < s->n_active && !s->lost[0] && !held; i++) {
         struct rq *r = s->active[i];
         if (r->state == RQ_DECODE)
             s->dec[nd++] = r;
@@ -1819,6 +1821,8 @@ void moe_sched_params_test_faults(struct moe_sched_params *p)
         p->fault_events_at = (uint32_t)strtoul(v, NULL, 10);
     if ((v = getenv("MOEFLOW_TEST_FAULT_DEVICE_AT")))
         p->fault_device_at = (uint32_t)strtoul(v, NULL, 10);
+    if ((v = getenv("MOEFLOW_TEST_SCHED_GATE")))
+        p->hold_path = v;
 }
 
 struct moe_sched *moe_sched_create_backend(const struct moe_sched_backend *be,

@@ -98,6 +98,10 @@ struct moe_sched_params {
                                  out of memory would (its requests fail with MOE_ENOMEM); 0 = off */
     uint32_t fault_device_at; /* testing: the Nth forward() and every later one fail as on a lost
                                  device (its micro-batch's requests fail with MOE_EDEVLOST); 0 = off */
+    const char *hold_path;    /* testing: while a file of this path exists, the scheduler thread admits
+                                 requests but runs no forward (they stay running or waiting as
+                                 admitted), so a test puts requests in place before any forward; NULL =
+                                 off */
 };
 
 struct moe_gen_params {
@@ -192,9 +196,10 @@ struct moe_sched_stats {
     int64_t tokens_in_flight;                      /* now: prompt + max_tokens of accepted, unfinished */
 };
 
-/* The testing faults asked for in the environment, into p: fault_events_at from $MOEFLOW_TEST_FAULT_EVENTS_AT and
- * fault_device_at from $MOEFLOW_TEST_FAULT_DEVICE_AT (decimal; a variable not set leaves its field as it is).  The
- * commands that run a scheduler (serve, bench batch) call it; the fault tests set the variables. */
+/* The testing faults asked for in the environment, into p: fault_events_at from $MOEFLOW_TEST_FAULT_EVENTS_AT,
+ * fault_device_at from $MOEFLOW_TEST_FAULT_DEVICE_AT (decimal) and hold_path from $MOEFLOW_TEST_SCHED_GATE (a path;
+ * the environment's string, kept); a variable not set leaves its field as it is.  The commands that run a
+ * scheduler (serve, bench batch) call it; the fault tests set the variables. */
 void moe_sched_params_test_faults(struct moe_sched_params *p);
 
 struct moe_sched;

@@ -5,7 +5,10 @@
 #include "sched_collect.h"
 #include "../test_util.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int prompt_buf[FB_CTX];
 
@@ -972,6 +975,39 @@ static void test_events_nomem(void)
     moe_sched_destroy(s);
 }
 
+/* hold_path (testing: MOEFLOW_TEST_SCHED_GATE): while the file exists, steps admit requests (running up to
+ * max_running, the rest waiting) and run no forward; once it is gone they run as ever. */
+static void test_hold(void)
+{
+    char hold[] = "/tmp/moeflow-hold-XXXXXX";
+    int fd = mkstemp(hold);
+    REQUIRE(fd >= 0, "mkstemp: %s", strerror(errno));
+    close(fd);
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 3, .micro_batch = 2, .prefill_chunk = 8, .hold_path = hold };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    static struct sc_req r[4];
+    submit_four(s, r);
+    for (int i = 0; i < 3; i++)
+        CHECK(moe_sched_step(s) == MOE_ENOENT, "held step %d ran", i);
+    struct moe_sched_stats st;
+    moe_sched_stats(s, &st);
+    CHECK(st.running == 3 && st.waiting == 1 && fb.forwards == 0 && st.steps == 0,
+          "held: %d running, %d waiting, %d forwards, %llu steps (want 3, 1, 0, 0)", st.running, st.waiting,
+          fb.forwards, (unsigned long long)st.steps);
+    unlink(hold);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    for (int i = 0; i < 4; i++)
+        CHECK(r[i].n_done == 1 && r[i].why == MOE_FINISH_LENGTH && r[i].n_tokens == 6,
+              "request %d after the hold: %d on_done, %d tokens (%s)", i, r[i].n_done, r[i].n_tokens, r[i].msg);
+    CHECK(fb.errors == 0, "engine protocol: %s", fb.err);
+    check_accounting(s, "after a hold");
+    moe_sched_destroy(s);
+}
+
 /* Priorities with aging: a low-priority request is not starved by a stream
  * of high-priority ones; FCFS among equals. */
 static void test_priority(void)
@@ -1184,6 +1220,7 @@ int main(void)
     test_failure_figures();
     test_device_failure();
     test_events_nomem();
+    test_hold();
     test_priority();
     test_prefill_starvation();
     test_prefix_wait_turn();

@@ -372,13 +372,16 @@ def wait_metric_at(proc, port, name, at_least):
 
 
 def start_gated(moeflow, name, fault, *args):
-    """moeflow serve on free ports with the test fault env fault ({variable: value}) and, under ctest
-    (MOEFLOW_FAULT_SHIM), the gRPC thread's gate (fault_shim.c) at a path of its own, not yet made: (proc,
-    HTTP port, gRPC port, the gate's path, whether the gate works).  Its output goes to proc.stdout."""
+    """moeflow serve on free ports with the test fault env fault ({variable: value}), its scheduler held (it
+    admits requests but runs no forward pass while the file hold_path(gate) exists: MOEFLOW_TEST_SCHED_GATE;
+    made here, let_run removes it) and, under ctest (MOEFLOW_FAULT_SHIM), the gRPC thread's gate
+    (fault_shim.c) at a path of its own, not yet made: (proc, HTTP port, gRPC port, the gate's path, whether
+    the gate works).  Its output goes to proc.stdout."""
     import subprocess
     shim = os.environ.get("MOEFLOW_FAULT_SHIM")
     gate = os.path.join(tempfile.mkdtemp(), "gate")
-    env = dict(os.environ, **fault)
+    open(hold_path(gate), "w").close()
+    env = dict(os.environ, MOEFLOW_TEST_SCHED_GATE=hold_path(gate), **fault)
     if shim:
         env.update(LD_PRELOAD=shim, MOEFLOW_TEST_GRPC_GATE=gate)
     else:
@@ -389,10 +392,19 @@ def start_gated(moeflow, name, fault, *args):
     return proc, port, gport, gate, bool(shim)
 
 
+def hold_path(gate):
+    """The path of the file that holds start_gated's scheduler (beside the gRPC thread's gate)."""
+    return os.path.join(os.path.dirname(gate), "hold")
+
+
+def let_run(gate):
+    """start_gated's scheduler let go: its forward passes run from here."""
+    os.unlink(hold_path(gate))
+
+
 def end_gated(proc, gate):
-    """The gate gone and the server ended (killed when it still runs)."""
-    if os.path.exists(gate):
-        os.unlink(gate)
+    """The gates gone and the server ended (killed when it still runs)."""
+    shutil.rmtree(os.path.dirname(gate), ignore_errors=True)
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -411,7 +423,7 @@ def generate_into(pb, got, max_tokens):
 
 
 def warmup_failed_with_requests(moeflow, pb):
-    """A warm-up that fails after the model loaded (MOEFLOW_TEST_FAULT_EVENTS_AT: its 900th micro-batch finds
+    """A warm-up that fails after the model loaded (MOEFLOW_TEST_FAULT_EVENTS_AT: its 40th micro-batch finds
     no memory for its token events) ends the server, exit 1, with requests admitted meanwhile (the front
     ends take requests once the model is loaded) queued behind it (--max-running 1), an HTTP stream and a
     gRPC Generate call: each ends first, cancelled, its client told that the server stops as its warm-up
@@ -419,11 +431,12 @@ def warmup_failed_with_requests(moeflow, pb):
     the front ends stop and free what the scheduler's last events for them go to.  The gRPC thread is held at
     a gate (fault_shim.c) from when both requests are queued until the scheduler has cancelled them, so that
     it delivers the call's status after the server began to stop: the front ends still have the time to
-    deliver it.  Under scripts/tsan.sh, a front end that stopped first shows as a heap-use-after-free in
+    deliver it.  The scheduler computes nothing (start_gated's hold) until both requests are queued and the
+    gate is made, so the warm-up fails after them however fast it runs.  Under scripts/tsan.sh, a front end that stopped first shows as a heap-use-after-free in
     on_token or on_done (the inbox's lock)."""
     import http.client
     proc, port, gport, gate, _ = start_gated(moeflow, "warmup_failed_with_requests",
-                                             {"MOEFLOW_TEST_FAULT_EVENTS_AT": "900"}, "--warmup-tokens", "1024",
+                                             {"MOEFLOW_TEST_FAULT_EVENTS_AT": "40"}, "--warmup-tokens", "64",
                                              "--max-running", "1")
 
     body = json.dumps({"prompt": "def f():", "max_tokens": 1000, "ignore_eos": True, "stream": True})
@@ -434,7 +447,8 @@ def warmup_failed_with_requests(moeflow, pb):
     caller = None
     ch = grpc.insecure_channel("127.0.0.1:%d" % gport)
     try:
-        # the warm-up runs once the model is loaded (it takes the one running place): then the requests
+        # the warm-up is admitted once the model is loaded (it takes the one running place; held, it computes
+        # nothing yet): then the requests
         wait_metric_at(proc, port, "moeflow:num_requests_running", 1)
         grpc.channel_ready_future(ch).result(timeout=scaled(30))
         caller = threading.Thread(target=generate, args=(pb["mg"].GenerationStub(ch),))
@@ -444,6 +458,7 @@ def warmup_failed_with_requests(moeflow, pb):
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
         wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
         open(gate, "w").close()
+        let_run(gate)  # the warm-up runs, and fails
         wait_metric_at(proc, port, "moeflow:requests_cancelled_total", 2)
         os.unlink(gate)
         r = conn.getresponse()
@@ -522,9 +537,10 @@ def read_reply_into(got, conn, key):
 
 
 def device_lost_with_requests(moeflow, pb):
-    """A device lost while serving (MOEFLOW_TEST_FAULT_DEVICE_AT: the 600th forward pass and every later one
+    """A device lost while serving (MOEFLOW_TEST_FAULT_DEVICE_AT: the 42nd forward pass and every later one
     fail as on a lost device, MOE_EDEVLOST) ends the server, exit 1.  Four HTTP streams run (--max-running 4,
-    --micro-batch 1: one forward each per step); the one whose forward failed fails with the device's error
+    --micro-batch 1: one forward each per step, the four admitted together while the scheduler is held
+    (start_gated's hold), so that the 42nd forward is the second of its step); the one whose forward failed fails with the device's error
     (its stream's error event), and no forward runs after it: the other streams, and the requests queued
     behind them, a gRPC Generate call and a non-streamed HTTP completion, are cancelled at once, each client
     told that the server stops as its device failed, and why (the streams' error events, gRPC UNAVAILABLE,
@@ -532,9 +548,10 @@ def device_lost_with_requests(moeflow, pb):
     so that the server still waits to deliver the call's status, counts six accepted: one failed, five
     cancelled.  Where later forwards ran until the drain reached them (always when the failed forward was
     not its step's last), the streams whose forwards came next in that step failed with their own error
-    ("injected at forward 601"), and so did the queued requests that took the places left."""
+    ("injected at forward 43"), and so did the queued requests that took the places left.  The scheduler
+    computes nothing until all six are in place and the gRPC thread's gate is made."""
     proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_with_requests (/metrics not read)",
-                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
+                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "42"}, "--warmup-tokens", "0",
                                                 "--max-running", "4", "--micro-batch", "1")
     got = {}
     generate = generate_into(pb, got, 2000)
@@ -555,6 +572,8 @@ def device_lost_with_requests(moeflow, pb):
         wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
         if shim:
             open(gate, "w").close()
+        let_run(gate)  # the streams run until the device is lost
+        if shim:
             wait_metric_at(proc, port, "moeflow:requests_cancelled_total", 5)
             ms = metrics_at(port)
             os.unlink(gate)
@@ -565,7 +584,7 @@ def device_lost_with_requests(moeflow, pb):
     finally:
         end_clients(proc, gate, threads, ch)
     out = proc.stdout.read().decode(errors="replace")
-    lost = "device error: injected at forward 600"
+    lost = "device error: injected at forward 42"
     why = "the server is stopping: the device failed (forward failed: " + lost
     check(rc == 1 and why in out and "Sanitizer" not in out, "device lost: exit status %s, log %r" % (rc, out[-3000:]))
     streams = []
@@ -593,17 +612,18 @@ def device_lost_with_requests(moeflow, pb):
 
 
 def device_lost_long_drain(moeflow, pb):
-    """After a lost device (MOEFLOW_TEST_FAULT_DEVICE_AT: the 600th forward pass) the drain takes no time,
+    """After a lost device (MOEFLOW_TEST_FAULT_DEVICE_AT: the 20th forward pass) the drain takes no time,
     and the front ends have 5 s from then to deliver the last replies, not --drain-timeout (3600 here) and
     5 s.  The request that fails is an HTTP stream (--max-running 1);
     queued behind it are a non-streamed HTTP completion, which gets its 503 saying why, and a gRPC Generate
     call whose front end is held at its gate (fault_shim.c) from before the loss, so that the server waits
     to deliver its status: the drain's summary is logged within the test's minute, where the server waited
     up to the drain timeout and 5 s.  Once the gate is gone the server exits 1 at once (the call, held past
-    the delivery deadline, is ended as it may be)."""
+    the delivery deadline, is ended as it may be).  The scheduler computes nothing until both are queued and
+    the gate is made (start_gated's hold)."""
     import subprocess
     proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_long_drain",
-                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
+                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "20"}, "--warmup-tokens", "0",
                                                 "--max-running", "1", "--drain-timeout", "3600")
     if not shim:
         end_gated(proc, gate)
@@ -628,6 +648,7 @@ def device_lost_long_drain(moeflow, pb):
         plain = long_completion(port, False)
         wait_metric_at(proc, port, "moeflow:num_requests_waiting", 2)
         open(gate, "w").close()
+        let_run(gate)  # the stream runs until the device is lost
         read_reply_into(got, plain, "plain")
         t0 = time.time()
         while proc.poll() is None and time.time() - t0 < scaled(60) and not summary:
@@ -640,7 +661,7 @@ def device_lost_long_drain(moeflow, pb):
     finally:
         end_clients(proc, gate, threads, ch)
     out = "".join(lines)
-    why = "the server is stopping: the device failed (forward failed: device error: injected at forward 600"
+    why = "the server is stopping: the device failed (forward failed: device error: injected at forward 20"
     check(summary and rc == 1 and why in out and "Sanitizer" not in out,
           "device lost, long drain timeout: drain summary %s before the held front end went on, exit status %s, "
           "log %r" % (summary, rc, out[-3000:]))
@@ -648,17 +669,18 @@ def device_lost_long_drain(moeflow, pb):
     check(code == 503 and why in body.decode(errors="replace"),
           "device lost, long drain timeout: the queued completion got %s %r" % (code, body[:400]))
     code, body = got.get("stream", (None, b""))
-    check(code == 200 and b"injected at forward 600" in body and body.endswith(b"data: [DONE]\n\n"),
+    check(code == 200 and b"injected at forward 20" in body and body.endswith(b"data: [DONE]\n\n"),
           "device lost, long drain timeout: the stream that failed got %s %r" % (code, body[-400:]))
 
 
 def device_lost_while_draining(moeflow):
-    """A device lost during a SIGTERM drain (--drain-timeout 3600; the 600th forward fails, the stream
+    """A device lost during a SIGTERM drain (--drain-timeout 3600; the 20th forward fails, the stream
     running when the signal came): the drain ends at the loss, the stream ends with the device's error,
-    and the server exits 1 saying why, not 0 as after a drain that went well."""
+    and the server exits 1 saying why, not 0 as after a drain that went well.  The scheduler computes
+    nothing (start_gated's hold) until the server logged that it drains."""
     import subprocess
     proc, port, gport, gate, shim = start_gated(moeflow, "device_lost_while_draining",
-                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "600"}, "--warmup-tokens", "0",
+                                                {"MOEFLOW_TEST_FAULT_DEVICE_AT": "20"}, "--warmup-tokens", "0",
                                                 "--max-running", "1", "--drain-timeout", "3600")
     lines, got, threads, rc = [], {}, [], None
 
@@ -673,6 +695,10 @@ def device_lost_while_draining(moeflow):
         threads[-1].start()
         wait_metric_at(proc, port, "moeflow:num_requests_running", 1)
         proc.send_signal(signal.SIGTERM)
+        t0 = time.time()
+        while proc.poll() is None and time.time() - t0 < scaled(60) and not any("draining" in x for x in lines):
+            time.sleep(0.01)
+        let_run(gate)  # the stream runs until the device is lost
         rc = proc.wait(scaled(60))
     except (OSError, subprocess.TimeoutExpired) as e:
         check(False, "device lost while draining: %r" % e)
@@ -681,10 +707,10 @@ def device_lost_while_draining(moeflow):
         for th in threads:
             th.join()
     out = "".join(lines)
-    check(rc == 1 and "the device failed while draining (forward failed: device error: injected at forward 600"
+    check(rc == 1 and "the device failed while draining (forward failed: device error: injected at forward 20"
           in out and "Sanitizer" not in out, "device lost while draining: exit status %s, log %r" % (rc, out[-3000:]))
     code, body = got.get("stream", (None, b""))
-    check(code == 200 and b"injected at forward 600" in body and body.endswith(b"data: [DONE]\n\n"),
+    check(code == 200 and b"injected at forward 20" in body and body.endswith(b"data: [DONE]\n\n"),
           "device lost while draining: the stream got %s %r" % (code, body[-400:]))
 
 

@@ -986,7 +986,7 @@ def drain_slow_reader(moeflow, pb):
     try:
         # no window growth on the client: what it leaves unread stays queued on the server
         ch = grpc.insecure_channel(srv.target, options=[("grpc.http2.bdp_probe", 0)])
-        n = 1500  # with 20 top log-probabilities each, far more bytes than HTTP/2's 64 KiB window
+        n = 500  # with 20 top log-probabilities each (some 300 KB), far more bytes than HTTP/2's 64 KiB window
         it = pb["mg"].GenerationStub(ch).Generate(m.GenerateRequest(
             prompt="def f():", max_tokens=n, ignore_eos=True, logprobs=True, top_logprobs=20), timeout=scaled(120))
         toks = list(next(it).token_ids)
@@ -1018,9 +1018,10 @@ def drain_slow_reader_http(moeflow):
     was left closed the connection with its reply's tail unsent."""
     srv = Server(moeflow)
     try:
-        # 8 choices of 2000 tokens with 20 top log-probabilities each: some 10 MB, more than the server's
-        # socket buffer holds (it may grow to a few MB)
-        n_ch, n = 8, 2000
+        # 16 choices of 1000 tokens with 20 top log-probabilities each: some 10 MB, more than the server's
+        # socket buffer holds (it may grow to a few MB); as many tokens as 8 choices of 2000, in half the
+        # attention work (a token's attention takes time in proportion to the tokens before it)
+        n_ch, n = 16, 1000
         body = json.dumps({"prompt": "def f():", "max_tokens": n, "n": n_ch, "ignore_eos": True, "logprobs": 20,
                            "stream": True}).encode()
         sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -27,8 +27,9 @@ int main(void)
 {
     char dir[] = "/tmp/moeflow-test-simrep-XXXXXX", a[2048], o[256];
     REQUIRE(mkdtemp(dir), "mkdtemp");
-    /* 96-token sequences: 3000 bytes of Python make several, the last one cut short */
-    snprintf(a, sizeof a, "cd '%s' && head -c 3000 bench/data/pycode/eval.txt > '%s/t.txt'",
+    /* 96-token sequences: 1500 bytes of Python (423 tokens) make four and a fifth cut short; each of the 32
+     * replays below decodes them all */
+    snprintf(a, sizeof a, "cd '%s' && head -c 1500 bench/data/pycode/eval.txt > '%s/t.txt'",
              getenv("MOEFLOW_SOURCE_DIR") ? getenv("MOEFLOW_SOURCE_DIR") : ".", dir);
     REQUIRE(t_run(a, o, sizeof o) == 0, "cannot write %s/t.txt", dir);
     snprintf(a, sizeof a, "trace --text '%s/t.txt' --seq-len 96 --out '%s/t.jsonl'", dir, dir);

@@ -5867,7 +5867,7 @@ static struct val html_unescape(struct render *r, const struct str *s)
             while (p + n < end && ncp < 32 && !strchr("\t\n\f <&#;", p[n])) {
                 uint32_t cp;
                 size_t k = moe_utf8_next((const unsigned char *)p + n, (size_t)(end - p - n), &cp);
-                if (ascii == n && cp < 0x80)
+                if (ascii == n && k == 1) /* one byte: ASCII; 0 (not UTF-8) leaves cp unset */
                     ascii++;
                 n += k ? k : 1;
                 ncp++;

@@ -28,6 +28,7 @@ void moe_evlog_clear(struct moe_evlog *l)
 {
     l->n_ev = l->n_ids = 0;
     l->steps = 0;
+    l->dropped_ids = 0;
     l->oom = false;
 }
 
@@ -65,9 +66,33 @@ void moe_evlog_step(struct moe_evlog *l)
     else l->steps++;
 }
 
+/* A hint names experts of one MoE layer: ids outside 0..n_experts-1, or every id of a hint for a layer
+ * outside 0..n_moe-1, are left out of the log and counted in dropped_ids (the replay indexes its
+ * per-expert state with them). */
 void moe_evlog_prefetch(struct moe_evlog *l, int moe_layer, int n, const int *ids, const float *scores, int distance)
 {
-    if (!push(l, MOE_EV_PREFETCH, moe_layer, distance, n, ids, scores)) l->oom = true;
+    if (n <= 0) return;
+    if (moe_layer < 0 || moe_layer >= l->n_moe) {
+        l->dropped_ids += (uint64_t)n;
+        return;
+    }
+    if (!push(l, MOE_EV_PREFETCH, moe_layer, distance, n, ids, scores)) {
+        l->oom = true;
+        return;
+    }
+    struct moe_ev *e = &l->ev[l->n_ev - 1];
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        size_t from = (size_t)e->off + (size_t)i, to = (size_t)e->off + (size_t)kept;
+        if (l->ids[from] < 0 || l->ids[from] >= l->n_experts) continue;
+        l->ids[to] = l->ids[from];
+        l->scores[to] = l->scores[from];
+        kept++;
+    }
+    l->dropped_ids += (uint64_t)(n - kept);
+    l->n_ids -= (size_t)(n - kept);
+    e->n = kept;
+    if (!kept) l->n_ev--;
 }
 
 void moe_evlog_access(struct moe_evlog *l, int moe_layer, int n, const int *ids)

@@ -35,13 +35,15 @@ struct moe_evlog {
     float *scores;      /* [n_ids] prefetch confidence (1 for accesses) */
     size_t n_ids, cap_ids;
     uint64_t steps;     /* MOE_EV_STEP events */
+    uint64_t dropped_ids; /* prefetch ids left out: not an expert (0..n_experts-1) of a logged layer */
     bool oom;           /* an append failed: the log is incomplete */
 };
 
 void moe_evlog_init(struct moe_evlog *l, int n_moe, int n_experts, int top_k);
 void moe_evlog_free(struct moe_evlog *l);
 void moe_evlog_clear(struct moe_evlog *l);
-/* Append (moe layer index).  Out of memory sets l->oom. */
+/* Append (moe layer index).  Out of memory sets l->oom.  A prefetch's ids that are not experts of a
+ * MoE layer of the log are left out and counted in dropped_ids; an access's ids must be valid. */
 void moe_evlog_step(struct moe_evlog *l);
 void moe_evlog_prefetch(struct moe_evlog *l, int moe_layer, int n, const int *ids, const float *scores,
                         int distance);

@@ -228,6 +228,25 @@ int main(void)
     CHECK(rl.n_ev == 3 && rl.ev[1].kind == MOE_EV_PREFETCH && rl.ev[1].layer == 1 && rl.ev[1].distance == 1 &&
               rl.ev[2].kind == MOE_EV_ACCESS && rl.ev[2].layer == 0 && rl.scores[rl.ev[1].off] == 0.9f,
           "log has %zu events", rl.n_ev);
+    /* a hint's ids that are not experts are left out of the log and counted; the replay of what is
+     * logged indexes only real experts */
+    int badid[4] = { E, 4, -1, 7 };
+    float bsc[4] = { 0.9f, 0.8f, 0.7f, 0.6f };
+    rp->ops->prefetch(rp->self, 2, 4, badid, bsc, 1);
+    rp->ops->prefetch(rp->self, 0, 1, badid, bsc, 2);
+    moe_evlog_prefetch(&rl, 2, 2, ids, sc, 1);
+    CHECK(rl.n_ev == 4 && rl.ev[3].kind == MOE_EV_PREFETCH && rl.ev[3].n == 2 && rl.ids[rl.ev[3].off] == 4 &&
+              rl.ids[rl.ev[3].off + 1] == 7 && rl.scores[rl.ev[3].off + 1] == 0.6f && rl.dropped_ids == 5 &&
+              rl.n_ids == (size_t)rl.ev[3].off + 2,
+          "bad hints: %zu events, %llu ids dropped", rl.n_ev, (unsigned long long)rl.dropped_ids);
+    for (size_t i = 0; i < rl.n_ev; i++)
+        for (int j = 0; j < rl.ev[i].n; j++)
+            CHECK(rl.ids[rl.ev[i].off + j] >= 0 && rl.ids[rl.ev[i].off + j] < E, "event %zu logs id %d", i,
+                  rl.ids[rl.ev[i].off + j]);
+    struct moe_cachesim_stats rs = run(&rl, K, MOE_CACHE_LRU, true, 0.006, 0.0006);
+    CHECK(rs.accesses == K, "replay of the recorded log: %llu accesses", (unsigned long long)rs.accesses);
+    moe_evlog_clear(&rl);
+    CHECK(rl.dropped_ids == 0, "clear keeps %llu dropped ids", (unsigned long long)rl.dropped_ids);
     rp->ops->destroy(rp->self);
     moe_evlog_free(&rl);
     moe_evlog_free(&lg);

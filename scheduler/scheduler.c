@@ -334,11 +334,18 @@ static void cancel_msg(const struct moe_sched *s, bool shutdown, const char *whe
         snprintf(msg, cap, "shutting down: the drain timeout passed %s; retry elsewhere", where);
 }
 
+/* r has a deadline: any value but 0 (none), a negative one included (moe_now() is never negative, so it
+ * has passed). */
+static bool rq_has_deadline(const struct rq *r)
+{
+    return r->g.deadline != 0;
+}
+
 /* A cancel that came when r's deadline had passed, or within MOE_SCHED_DEADLINE_SLACK_S of it: r's client
  * gave up at its deadline (not a drain's cancel). */
 static bool cancel_expired(const struct rq *r)
 {
-    return r->cancel && !r->shutdown && r->g.deadline > 0 && r->cancel_at >= r->g.deadline - MOE_SCHED_DEADLINE_SLACK_S;
+    return r->cancel && !r->shutdown && rq_has_deadline(r) && r->cancel_at >= r->g.deadline - MOE_SCHED_DEADLINE_SLACK_S;
 }
 
 /* Cancellations and expired deadlines of waiting and active requests. */
@@ -355,7 +362,7 @@ static void reap(struct moe_sched *s)
         } else if (r->cancel && !cancel_expired(r)) {
             cancel_msg(s, r->shutdown, "while queued", msg, sizeof(msg));
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
-        } else if (r->g.deadline > 0 && (now >= r->g.deadline || r->cancel)) {
+        } else if (rq_has_deadline(r) && (now >= r->g.deadline || r->cancel)) {
             rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, "deadline expired while queued");
         }
     }
@@ -371,7 +378,7 @@ static void reap(struct moe_sched *s)
             snprintf(in, sizeof(in), "during %s", where);
             cancel_msg(s, r->shutdown, in, msg, sizeof(msg));
             rq_finish(s, r, MOE_FINISH_CANCELLED, MOE_ECANCELED, msg);
-        } else if (r->g.deadline > 0 && (now >= r->g.deadline || r->cancel)) {
+        } else if (rq_has_deadline(r) && (now >= r->g.deadline || r->cancel)) {
             snprintf(msg, sizeof(msg), "deadline expired during %s", where);
             rq_finish(s, r, MOE_FINISH_DEADLINE, MOE_ETIMEDOUT, msg);
         }

@@ -108,7 +108,8 @@ struct moe_gen_params {
     int max_tokens;
     struct moe_sampling sampling;
     int priority;             /* higher first; FCFS within a priority */
-    double deadline;          /* moe_now() seconds; 0 = none */
+    double deadline;          /* moe_now() seconds; 0 = none, any other value (a negative one too: it has
+                                 passed) is a deadline; NaN is refused */
     bool ignore_eos;
     /* vLLM's stop_token_ids: stop_ids[0..n_stop_ids) (ids in the vocabulary) end the request as EOS does
      * (finish stop, the token not delivered nor counted), with ignore_eos too. */

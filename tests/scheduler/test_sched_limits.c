@@ -606,7 +606,7 @@ static void test_reply_failed(void)
     moe_sched_destroy(s);
 }
 
-/* Deadlines: already past (ends before any work), and expiring mid-decode. */
+/* Deadlines: already past (ends before any work), negative included, and expiring mid-decode. */
 static void test_deadline(void)
 {
     struct fake_backend fb;
@@ -615,7 +615,7 @@ static void test_deadline(void)
     struct moe_sched *s = moe_sched_create_backend(&be, &p);
     REQUIRE(s, "create: %s", moe_last_error());
     fb.delay_s = 0.005; /* 200 tokens take >= 1 s: the 0.3 s deadline ends b mid-decode */
-    struct sc_req a = { 0 }, b = { 0 }, c = { 0 };
+    struct sc_req a = { 0 }, b = { 0 }, c = { 0 }, d = { 0 };
     struct moe_gen_params g = gen(200);
     g.deadline = moe_now() - 1.0;
     REQUIRE(moe_sched_submit(s, prompt_of(5, 1), 5, &g, &sc_events, &a, &a.id) == MOE_OK, "submit a");
@@ -624,6 +624,8 @@ static void test_deadline(void)
     g.deadline = 0;
     g.max_tokens = 10;
     REQUIRE(moe_sched_submit(s, prompt_of(5, 3), 5, &g, &sc_events, &c, &c.id) == MOE_OK, "submit c");
+    g.deadline = -1.0; /* a negative moe_now() second has passed too: not "none" */
+    REQUIRE(moe_sched_submit(s, prompt_of(5, 4), 5, &g, &sc_events, &d, &d.id) == MOE_OK, "submit d");
     for (int i = 0; i < 400 && moe_sched_step(s) == MOE_OK; i++) {
     }
     CHECK(a.n_done == 1 && a.why == MOE_FINISH_DEADLINE && a.st == MOE_ETIMEDOUT && a.n_tokens == 0,
@@ -632,6 +634,8 @@ static void test_deadline(void)
           "b: done %d why %s tokens %d", b.n_done, moe_finish_str(b.why), b.n_tokens);
     CHECK(c.n_done == 1 && c.why == MOE_FINISH_LENGTH && c.n_tokens == 10, "c: done %d why %s tokens %d",
           c.n_done, moe_finish_str(c.why), c.n_tokens);
+    CHECK(d.n_done == 1 && d.why == MOE_FINISH_DEADLINE && d.st == MOE_ETIMEDOUT && d.n_tokens == 0,
+          "d (deadline -1 s): done %d why %s tokens %d", d.n_done, moe_finish_str(d.why), d.n_tokens);
     CHECK(fb.n_used == 0, "slots in use %d", fb.n_used);
     check_accounting(s, "deadline");
     moe_sched_destroy(s);

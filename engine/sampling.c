@@ -36,7 +36,7 @@ enum moe_status moe_sampling_validate(const struct moe_sampling *p, int vocab)
         return moe_errorf(MOE_EINVAL, "sampling: frequency_penalty = %g must be in [-%g, %g]",
                           (double)p->frequency_penalty, (double)MOE_MAX_PENALTY, (double)MOE_MAX_PENALTY);
     if (!(p->repetition_penalty >= 0.0f && p->repetition_penalty <= MOE_MAX_REPETITION_PENALTY))
-        return moe_errorf(MOE_EINVAL, "sampling: repetition_penalty = %g must be in (0, %g] (1 = off)",
+        return moe_errorf(MOE_EINVAL, "sampling: repetition_penalty = %g must be in [0, %g] (0 or 1 = off)",
                           (double)p->repetition_penalty, (double)MOE_MAX_REPETITION_PENALTY);
     if (p->n_logit_bias < 0 || p->n_logit_bias > MOE_MAX_LOGIT_BIAS)
         return moe_errorf(MOE_EINVAL, "sampling: logit_bias has %d entries, at most %d are accepted",

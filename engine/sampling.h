@@ -28,8 +28,8 @@ struct moe_sampling {
     float min_p;              /* [0, 1]: drop tokens less likely than min_p x the most likely; 0 = off */
     float presence_penalty;   /* [-2, 2]: subtracted once from every token generated so far */
     float frequency_penalty;  /* [-2, 2]: subtracted per time a token was generated */
-    float repetition_penalty; /* (0, 10]: a logit of a token in the prompt or output is divided by it
-                                 when positive, multiplied when not; 0 or 1 = off */
+    float repetition_penalty; /* [0, 10]: a logit of a token in the prompt or output is divided by it
+                                 when positive, multiplied when not; 0 (gRPC's unset) or 1 = off */
     int n_logit_bias;
     struct moe_logit_bias logit_bias[MOE_MAX_LOGIT_BIAS]; /* distinct ids */
 };

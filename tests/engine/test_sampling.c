@@ -273,6 +273,15 @@ int main(void)
         CHECK(strstr(moe_last_error(), pfield[i]) != NULL, "penalty case %zu: '%s' does not say %s", i,
               moe_last_error(), pfield[i]);
     }
+    /* repetition_penalty's range is [0, 10], 0 (gRPC's unset) off as 1 is: the message says so */
+    CHECK(moe_sampling_validate(&pbad[3], 6) == MOE_EINVAL && strstr(moe_last_error(), "[0, 10]") &&
+              strstr(moe_last_error(), "0 or 1 = off"),
+          "repetition_penalty -1: '%s'", moe_last_error());
+    struct moe_sampling rp_edges[] = { SPI(1, 1, 0, 0, .repetition_penalty = 0),
+                                       SPI(1, 1, 0, 0, .repetition_penalty = 10) };
+    for (size_t i = 0; i < MOE_ARRAY_LEN(rp_edges); i++)
+        CHECK(moe_sampling_validate(&rp_edges[i], 6) == MOE_OK, "repetition_penalty %g refused: %s",
+              (double)rp_edges[i].repetition_penalty, moe_last_error());
     struct moe_sampling pok = SPI(0, 1, 0, 0, .min_p = 1, .presence_penalty = -2, .frequency_penalty = 2,
                                 .repetition_penalty = 10, .n_logit_bias = 1, .logit_bias = { { 5, -100 } });
     CHECK(moe_sampling_validate(&pok, 6) == MOE_OK, "limits refused: %s", moe_last_error());

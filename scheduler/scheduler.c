@@ -23,11 +23,15 @@
 enum rq_state { RQ_WAITING, RQ_PREFILL, RQ_DECODE, RQ_DONE };
 
 /* The room the first of n choices holds for the others: theirs until they are submitted or the submitter
- * gives it back (moe_sched_hold_release), whether or not the first still runs. */
+ * gives it back (moe_sched_hold_release), whether or not the first still runs.  It also counts the
+ * request's choices that wait, so that the request takes one place in max_queued while any of them
+ * does: it lives while it is listed in s->holds or a choice of it waits. */
 struct choice_hold {
     uint64_t id;               /* the first choice's request id (moe_gen_params.hold of the others) */
     int64_t room;              /* tokens in flight held, in s->held too */
     int left;                  /* choices not yet submitted */
+    int waiting;               /* its choices in the waiting queue (rq.group) */
+    bool listed;               /* in s->holds: further choices still take its room */
     struct choice_hold *next;
 };
 
@@ -68,6 +72,8 @@ struct rq {
     struct moe_json_state json;/* g.json: the output so far, as the beginning of a value */
     int *ban;                  /* g.min_tokens: the ids masked until then (the EOS ids, g.stop_ids) */
     int n_ban;
+    struct choice_hold *group; /* while it waits: the hold of the request of n choices it is one of, which
+                                  counts it in max_queued (NULL: it counts as a request of its own) */
     struct rq *next;           /* waiting list / done list link */
     /* terminal outcome, reported by on_done */
     enum moe_finish why;
@@ -118,7 +124,8 @@ struct moe_sched {
 
     struct rq *wait_head, *wait_tail; /* submission order */
     int n_waiting;
-    int n_wait_more;               /* of them, further choices of a request (moe_gen_params.more_choice) */
+    int n_queued;                  /* places they take in max_queued: a request of n choices one while any
+                                      choice of it waits (its hold's count), any other request one */
     struct rq **active;            /* [max_running] admission order */
     int n_active;
     int n_unreported;              /* finished, on_done not yet returned */
@@ -216,7 +223,13 @@ static void wait_remove(struct moe_sched *s, struct rq *r)
         s->wait_tail = prev;
     r->next = NULL;
     s->n_waiting--;
-    s->n_wait_more -= r->g.more_choice;
+    struct choice_hold *h = r->group;
+    r->group = NULL;
+    if (h && --h->waiting > 0)
+        return; /* another choice of its request still waits: the request keeps its place */
+    s->n_queued--;
+    if (h && !h->listed)
+        free(h);
 }
 
 static void active_remove(struct moe_sched *s, struct rq *r)
@@ -1317,7 +1330,8 @@ enum moe_status moe_sched_start(struct moe_sched *s)
     return MOE_OK;
 }
 
-/* Hold h ended (s->mu held): its room given back, h freed. */
+/* Hold h ended (s->mu held): its room given back, h unlisted, and freed unless a choice of its request
+ * waits (wait_remove frees it when the last one leaves the queue). */
 static void hold_drop(struct moe_sched *s, struct choice_hold *h)
 {
     struct choice_hold **pp = &s->holds;
@@ -1325,7 +1339,10 @@ static void hold_drop(struct moe_sched *s, struct choice_hold *h)
         pp = &(*pp)->next;
     *pp = h->next;
     s->held -= h->room;
-    free(h);
+    h->room = 0;
+    h->listed = false;
+    if (h->waiting == 0)
+        free(h);
 }
 
 /* The hold of the first choice whose id is id (s->mu held), or NULL. */
@@ -1480,9 +1497,9 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
     int64_t take = from ? (from->room < r->need ? from->room : r->need) : 0;
     if (s->draining || s->stop) /* not "retry later" (MOE_EBUSY): this scheduler takes no more */
         st = moe_errorf(MOE_ECANCELED, "scheduler: not accepting requests (draining for shutdown); retry elsewhere");
-    else if (!from && s->n_waiting - s->n_wait_more >= s->p.max_queued)
+    else if (!from && s->n_queued >= s->p.max_queued)
         st = moe_errorf(MOE_EBUSY, "scheduler: queue full: %d requests waiting (max-queued = %d); retry later",
-                        s->n_waiting - s->n_wait_more, s->p.max_queued);
+                        s->n_queued, s->p.max_queued);
     else if (g->more_choice && s->tif + s->held + r->need - take > s->p.max_tokens_in_flight)
         st = moe_errorf(MOE_EBUSY,
                         "scheduler: tokens in flight %lld + this choice's %lld (prompt %d + max_tokens %d) not "
@@ -1512,21 +1529,25 @@ enum moe_status moe_sched_submit(struct moe_sched *s, const int *prompt, int n_p
         s->wait_head = r;
     s->wait_tail = r;
     s->n_waiting++;
-    r->g.more_choice = from != NULL; /* one whose room is not held counts as a request of its own */
-    s->n_wait_more += r->g.more_choice;
     s->tif += r->need;
+    if (hold) { /* hold room for the others until they come */
+        hold->id = r->id;
+        hold->room = all_need(g, n_prompt) - r->need;
+        hold->left = g->choices - 1;
+        hold->listed = true;
+        hold->next = s->holds;
+        s->holds = hold;
+        s->held += hold->room;
+    }
+    /* the request takes one place in max_queued while any choice of it waits */
+    r->group = from ? from : hold;
+    if (!r->group || r->group->waiting++ == 0)
+        s->n_queued++;
     if (from) { /* it takes room its first choice held for it; the last of them ends the hold */
         from->room -= take;
         s->held -= take;
         if (--from->left == 0)
             hold_drop(s, from);
-    } else if (hold) { /* hold room for the others until they come */
-        hold->id = r->id;
-        hold->room = all_need(g, n_prompt) - r->need;
-        hold->left = g->choices - 1;
-        hold->next = s->holds;
-        s->holds = hold;
-        s->held += hold->room;
     }
     s->st.accepted++;
     if (id)

@@ -138,7 +138,8 @@ struct moe_gen_params {
      * and its admission checks room for all n at once (tokens in flight for n of it; an error, not
      * "retry later", when n of it never fit); the others have more_choice set and hold = the id
      * moe_sched_submit gave the first: they take no place of their own in the max_queued bound (a
-     * request counts once) and take the room the first's admission holds for them.  That room stays held
+     * request counts once while any choice of it waits, also after its first was admitted, and a further
+     * choice whose room is held is never refused for the queue) and take the room the first's admission holds for them.  That room stays held
      * (whether or not the first still runs) until the last of them is submitted or the submitter gives
      * it back (moe_sched_hold_release), so nothing submitted between them, from any thread, can take
      * it.  A further choice whose room is not held (given back) is checked as a request of its own, in

@@ -388,6 +388,54 @@ static void test_choice_holds(void)
     moe_sched_destroy(s);
 }
 
+/* A request of n choices takes one place in max_queued while any choice of it waits, also when its first
+ * was admitted before the others came; a further choice whose room is held is never refused for the
+ * queue. */
+static void test_choice_queue_after_admit(void)
+{
+    struct fake_backend fb;
+    struct moe_sched_backend be = fb_backend(&fb);
+    struct moe_sched_params p = { .max_running = 1, .max_queued = 1, .max_tokens_in_flight = 100 };
+    struct moe_sched *s = moe_sched_create_backend(&be, &p);
+    REQUIRE(s, "create: %s", moe_last_error());
+    struct moe_sched_stats st;
+    struct sc_req ch[3];
+    memset(ch, 0, sizeof(ch));
+    struct moe_gen_params g = gen(5);
+    g.choices = 3;
+    REQUIRE(moe_sched_submit(s, prompt_of(10, 0), 10, &g, &sc_events, &ch[0], &ch[0].id) == MOE_OK,
+            "first of 3: %s", moe_last_error());
+    CHECK(moe_sched_step(s) == MOE_OK, "step");
+    moe_sched_stats(s, &st);
+    CHECK(st.running == 1 && st.waiting == 0, "the first choice is not running alone: running %d waiting %d",
+          st.running, st.waiting);
+    g.choices = 0;
+    g.more_choice = true;
+    g.hold = ch[0].id;
+    CHECK(moe_sched_submit(s, prompt_of(10, 0), 10, &g, &sc_events, &ch[1], &ch[1].id) == MOE_OK,
+          "second of 3: %s", moe_last_error());
+    expect_reject(s, prompt_of(1, 9), 1, 1, MOE_EBUSY, "max-queued = 1", "queue full with a further choice waiting");
+    CHECK(moe_sched_submit(s, prompt_of(10, 0), 10, &g, &sc_events, &ch[2], &ch[2].id) == MOE_OK,
+          "third of 3, its room held, with the queue full: %s", moe_last_error());
+    moe_sched_stats(s, &st);
+    CHECK(st.waiting == 2, "waiting %d, want the 2 further choices", st.waiting);
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(ch[i].n_done == 1 && ch[i].n_tokens == 5, "choice %d: done %d tokens %d", i, ch[i].n_done,
+              ch[i].n_tokens);
+    /* none waits now: the request's place is free again */
+    struct sc_req after = { 0 };
+    g = gen(1);
+    CHECK(moe_sched_submit(s, prompt_of(1, 9), 1, &g, &sc_events, &after, &after.id) == MOE_OK,
+          "a request after the choices ended: %s", moe_last_error());
+    while (moe_sched_step(s) == MOE_OK) {
+    }
+    CHECK(after.n_done == 1, "the request after the choices did not end");
+    check_accounting(s, "choices queued after the first's admission");
+    moe_sched_destroy(s);
+}
+
 /* Requests of 3 choices submitted from three threads at once, the scheduler running: every further choice
  * finds the room its first holds (none is refused), and tokens in flight never pass the bound. */
 struct choice_thread {
@@ -1213,6 +1261,7 @@ int main(void)
 {
     test_bounds();
     test_choice_holds();
+    test_choice_queue_after_admit();
     test_choice_holds_threaded();
     test_mixed_threaded();
     test_cancel();

@@ -1095,6 +1095,11 @@ enum moe_status moe_req_parse_openai(const char *body, size_t len, bool chat, co
                         out->n_batch * out->n, MOE_REQ_MAX_N);
         goto out;
     }
+    json_t *user = json_object_get(root, "user"); /* an end user's name, kept by no one here: OpenAI's string */
+    if (user && !json_is_null(user) && !json_is_string(user)) {
+        st = moe_errorf(MOE_EINVAL, "'user' must be a string (an end user's identifier) or null");
+        goto out;
+    }
     if ((st = check_unsupported(root, chat, out)) != MOE_OK || (st = parse_structured(root, out)) != MOE_OK ||
         (st = parse_tool_choice(root, chat, tmpl, out)) != MOE_OK ||
         (st = parse_logprobs(root, chat, out)) != MOE_OK ||

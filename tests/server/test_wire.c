@@ -198,6 +198,14 @@ static void test_openai(void)
           moe_last_error());
     moe_gen_request_free(&r);
     expect_bad("{\"prompt\":[\"a\",5]}", false, "'prompt[1]' must be a string or a non-empty array");
+    /* 'user' is a string (or null) as in OpenAI's and vLLM's schemas, whatever else it could be taken for */
+    expect_bad("{\"prompt\":\"a\",\"user\":5}", false, "'user' must be a string");
+    expect_bad("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"user\":{\"id\":1}}", true,
+               "'user' must be a string");
+    REQUIRE(oai("{\"prompt\":\"a\",\"user\":\"u-1\"}", false, &r) == MOE_OK, "a string user: %s", moe_last_error());
+    moe_gen_request_free(&r);
+    REQUIRE(oai("{\"prompt\":\"a\",\"user\":null}", false, &r) == MOE_OK, "a null user: %s", moe_last_error());
+    moe_gen_request_free(&r);
     expect_bad("{\"prompt\":[[1],[]]}", false, "'prompt[1]' must be a string or a non-empty array");
     expect_bad("{\"prompt\":[[1],[2,-1]]}", false, "'prompt[1][1]' must be a token id");
     expect_bad("{\"prompt\":[\"a\",\"b\"],\"n\":9}", false, "2 prompts and 'n' = 9: 18 completions");

@@ -1330,7 +1330,7 @@ enum moe_status moe_req_parse_generate(const uint8_t *buf, size_t len, struct mo
     else if (has_tag) st = moe_json_schema_tags(m->structural_tag, strlen(m->structural_tag), &out->json_schema);
     else if (m->n_choice) st = choice_schema((const char *const *)m->choice, m->n_choice, out);
     if (st != MOE_OK) {
-        if (st != MOE_ENOMEM) st = MOE_EINVAL; /* the argument's fault: INVALID_ARGUMENT, not UNIMPLEMENTED */
+        if (st != MOE_ENOMEM) st = MOE_EINVAL; /* the argument's fault, as the decoder's other errors */
         moe_error_prefix(st, has_schema ? "json_schema" : has_regex ? "regex" : has_grammar ? "grammar"
                              : has_tag ? "structural_tag" : "choice");
         goto out;

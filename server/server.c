@@ -38,8 +38,9 @@ int srv_grpc_code(enum moe_status st)
 {
     switch (st) {
     case MOE_OK: return GRPC_STATUS_OK;
-    case MOE_EINVAL: case MOE_ERANGE: case MOE_EFORMAT: return GRPC_STATUS_INVALID_ARGUMENT;
-    case MOE_ENOTSUP: return GRPC_STATUS_UNIMPLEMENTED;
+    /* a feature the request asks for that is not supported is the request's to change, as HTTP's 400;
+     * UNIMPLEMENTED is a method not served here, answered where the call arrives */
+    case MOE_EINVAL: case MOE_ERANGE: case MOE_EFORMAT: case MOE_ENOTSUP: return GRPC_STATUS_INVALID_ARGUMENT;
     case MOE_ENOENT: return GRPC_STATUS_NOT_FOUND;
     case MOE_EBUSY: case MOE_ENOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
     case MOE_ECANCELED: return GRPC_STATUS_UNAVAILABLE;

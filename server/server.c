@@ -1097,7 +1097,8 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
 
 /* ---- lifecycle ---- */
 
-/* SIGTERM/SIGINT are blocked in every thread the server starts (a thread
+/* SIGTERM, SIGINT and SIGHUP (the terminal that started serve closing) each
+ * drain the server, and are blocked in every thread the server starts (a thread
  * inherits its creator's mask, and moe_server_block_signals runs before the
  * first) and taken by the thread in moe_server_run with sigwait: no handler
  * interrupts the work of a server thread.  A thread started before the mask
@@ -1120,6 +1121,13 @@ static void stop_signals(sigset_t *set)
     sigemptyset(set);
     sigaddset(set, SIGTERM);
     sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
+/* The name of a signal stop_signals holds, for the log. */
+static const char *stop_signal_name(int sig)
+{
+    return sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : "SIGTERM";
 }
 
 void moe_server_block_signals(void)
@@ -1135,6 +1143,7 @@ void moe_server_block_signals(void)
     sa.sa_flags = SA_RESTART;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     atomic_store(&sig_blocked, true);
 }
@@ -1335,11 +1344,11 @@ static enum moe_status server_load(struct moe_server *s)
 {
     const struct moe_serve_config *cfg = &s->cfg;
     const char *dir = cfg->model[0] ? cfg->model : moe_default_model_dir();
-    /* testing (tests/server/test_serve_api.py): the load waits for SIGTERM or SIGINT before it starts, so
+    /* testing (tests/server/test_serve_api.py): the load waits for SIGTERM, SIGINT or SIGHUP before it starts, so
      * the front ends can be seen while a model loads */
     if (getenv("MOEFLOW_TEST_HOLD_LOAD"))
         return moe_errorf(MOE_ECANCELED, "%s while the load was held (MOEFLOW_TEST_HOLD_LOAD)",
-                          wait_signal() == SIGINT ? "SIGINT" : "SIGTERM");
+                          stop_signal_name(wait_signal()));
     s->model = moe_model_open(dir);
     if (!s->model)
         return moe_error_prefix(MOE_EIO, "--model"); /* the message names the directory */
@@ -1495,7 +1504,7 @@ enum moe_status moe_server_run(struct moe_server *s)
         fprintf(stderr, "moeflow serve: %s: cancelling the requests in flight and exiting\n", stop_why);
     } else {
         fprintf(stderr, "moeflow serve: %s: draining (up to %.1f s)\n",
-                sig == SIGTERM ? "SIGTERM" : "SIGINT", s->cfg.drain_timeout);
+                stop_signal_name(sig), s->cfg.drain_timeout);
     }
     atomic_store(&s->ready, false);
     atomic_store(&s->draining, true);

@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -976,6 +977,47 @@ def drain_idle_stream(moeflow, pb):
         srv.kill()
 
 
+def read_to_end(it, toks):
+    """The rest of the Generate stream it, its token ids added to toks: (its finished message, the error
+    that ended it as "CODE details"), None where there is none."""
+    final, err = None, None
+    try:
+        for x in it:
+            toks += list(x.token_ids)
+            if x.finished:
+                final = x
+    except grpc.RpcError as e:
+        err = "%s %s" % (e.code(), e.details())
+    return final, err
+
+
+def drain_sighup(moeflow, pb):
+    """SIGHUP (the terminal that started serve closing) drains as SIGTERM does: a Generate stream in
+    flight gets all its tokens and its final message, the log names SIGHUP and the server exits 0, where
+    SIGHUP's default action ended the process at once and cut the stream off."""
+    m = pb["m"]
+    srv = Server(moeflow)
+    try:
+        ch = grpc.insecure_channel(srv.target)
+        n = 500
+        it = pb["mg"].GenerationStub(ch).Generate(m.GenerateRequest(
+            prompt="def f():", max_tokens=n, ignore_eos=True), timeout=scaled(120))
+        toks = list(next(it).token_ids)
+        srv.proc.send_signal(signal.SIGHUP)
+        final, err = read_to_end(it, toks)
+        check(err is None and len(toks) == n and final is not None and final.completion_tokens == n,
+              "a stream across SIGHUP got %d of %d tokens, final %s, error %s" % (len(toks), n, final is not None, err))
+        ch.close()
+        try:
+            rc = srv.proc.wait(scaled(60))
+        except subprocess.TimeoutExpired:
+            rc = None
+        check(rc == 0 and "SIGHUP: draining" in srv.output(),
+              "SIGHUP: exit status %s, log %r" % (rc, srv.output()[-300:]))
+    finally:
+        srv.kill()
+
+
 def drain_slow_reader(moeflow, pb):
     """SIGTERM while a Generate client has not yet read the reply of a request that finished generating:
     the drain delivers the rest of the stream and its status before the server exits (the client is
@@ -994,14 +1036,7 @@ def drain_slow_reader(moeflow, pb):
         check(metric(ms, "moeflow:live_generations") == 0 and metric(ms, "moeflow:requests_completed_total") >= 1,
               "the request did not finish generating: %s live" % metric(ms, "moeflow:live_generations"))
         srv.proc.send_signal(signal.SIGTERM)
-        final, err = None, None
-        try:
-            for x in it:
-                toks += list(x.token_ids)
-                if x.finished:
-                    final = x
-        except grpc.RpcError as e:
-            err = "%s %s" % (e.code(), e.details())
+        final, err = read_to_end(it, toks)
         check(err is None and len(toks) == n and final is not None and final.completion_tokens == n,
               "a slow reader across SIGTERM got %d of %d tokens, final %s, error %s" % (
                   len(toks), n, final is not None, err))
@@ -1097,6 +1132,7 @@ def main():
                            lambda s: stream_reply_unsendable(moeflow, pb),
                            lambda s: health_watch(moeflow, pb), lambda s: drain_slow_reader(moeflow, pb),
                            lambda s: drain_idle_stream(moeflow, pb),
+                           lambda s: drain_sighup(moeflow, pb),
                            lambda s: drain_slow_reader_http(moeflow))
 
 

@@ -970,7 +970,8 @@ char *srv_metrics_text(struct moe_server *s, size_t *len)
         "# TYPE moeflow:tokens_in_flight gauge\nmoeflow:tokens_in_flight{%s} %lld\n",
         lbl, (long long)ss.tokens_in_flight);
     moe_strbuf_printf(&b,
-        "# HELP moeflow:prompt_tokens_total Prompt tokens of accepted requests.\n"
+        "# HELP moeflow:prompt_tokens_total Prompt tokens put in sequences' KV caches, computed or taken from "
+        "the prefix cache: a request's prompt once per choice (n), where usage.prompt_tokens counts it once.\n"
         "# TYPE moeflow:prompt_tokens_total counter\nmoeflow:prompt_tokens_total{%s} %llu\n"
         "# HELP moeflow:prefix_cache_hit_tokens_total Prompt tokens taken from a slot's cache, not computed.\n"
         "# TYPE moeflow:prefix_cache_hit_tokens_total counter\nmoeflow:prefix_cache_hit_tokens_total{%s} %llu\n"

@@ -197,11 +197,19 @@ def check_n(srv):
     # is done (the prefix cache), and still draw as requests of their own
     long_prompt = "# choices sharing one prompt\n" + "def add(a, b):\n    return a + b\n\n" * 4
     hits = lambda: metric(srv.metrics(), "moeflow:prefix_cache_hit_tokens_total")  # noqa: E731
-    before = hits()
+    prompts = lambda: metric(srv.metrics(), "moeflow:prompt_tokens_total")  # noqa: E731
+    before, prompts_before = hits(), prompts()
     body = {"prompt": long_prompt, "max_tokens": 8, "temperature": 1.5, "ignore_eos": True, "seed": 90}
     code, js = post(srv, "/v1/completions", dict(body, n=3))
-    copied = hits() - before
+    copied, counted = hits() - before, prompts() - prompts_before
     n_p = js.get("usage", {}).get("prompt_tokens", 0)
+    # moeflow:prompt_tokens_total counts the prompt once per choice (a sequence each, its copied tokens
+    # too), as vLLM's does, where usage counts it once per request; its HELP says so
+    help_line = [x for x in srv.http("/metrics")[1].decode().splitlines()
+                 if x.startswith("# HELP moeflow:prompt_tokens_total ")]
+    check(counted == 3 * n_p and help_line and "once per choice" in help_line[0],
+          "n = 3 on a %d-token prompt: prompt_tokens_total rose by %d (want %d), %r" % (
+              n_p, counted, 3 * n_p, help_line))
     alone = [post(srv, "/v1/completions", dict(body, seed=90 + i))[1]["choices"][0]["text"] for i in range(3)]
     check(code == 200 and n_p > 17 and copied == 2 * (n_p - 1) and
           [c["text"] for c in js["choices"]] == alone,

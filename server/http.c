@@ -186,9 +186,6 @@ static void wake_cb(void *arg)
     event_active(h->wake_ev, EV_READ, 0);
 }
 
-/* A whole reply, its Content-Length always given: libevent leaves it out for HEAD and CONNECT (and
- * would send HEAD the body), which breaks the next reply on the connection.  HEAD gets the headers
- * GET would and no body; CONNECT (never a tunnel here) its error with the body framed. */
 /* The standard reason phrase of a status this server answers with (RFC 9110, RFC 6585's 429: libevent's
  * own table has none past 417). */
 static const char *status_phrase(int code)
@@ -207,6 +204,9 @@ static const char *status_phrase(int code)
     }
 }
 
+/* A whole reply, its Content-Length always given: libevent leaves it out for HEAD and CONNECT (and
+ * would send HEAD the body), which breaks the next reply on the connection.  HEAD gets the headers
+ * GET would and no body; CONNECT (never a tunnel here) its error with the body framed. */
 static void send_text(struct evhttp_request *req, int code, const char *ctype, const char *body,
                       size_t len)
 {
@@ -949,10 +949,12 @@ static void hreq_finish(struct hreq *r, enum moe_finish why, enum moe_status st,
                                 rn ? json_stringn((const char *)evbuffer_pullup(r->reason, -1), rn) : json_null());
         }
         json_array_set_new(c->choices, (size_t)r->index, choice);
-    } else if (c->stream) {
-        sse_send(c, err_json(srv_finish_http_status(why, st, st == ev->st && ev->of_request), msg));
     } else {
-        send_error(c->req, srv_finish_http_status(why, st, st == ev->st && ev->of_request), msg);
+        int code = srv_finish_http_status(why, st, st == ev->st && ev->of_request);
+        if (c->stream)
+            sse_send(c, err_json(code, msg));
+        else
+            send_error(c->req, code, msg);
     }
     json_decref(calls);
     r->g = NULL;
@@ -1790,14 +1792,16 @@ static void conns_sweep(struct http_front *h, bool deadlines)
             /* no request read yet (beyond the cap), or one begun and not whole in time, with nothing of an
              * earlier reply left to go out: the reply goes out on the socket directly.  An idle connection
              * (nothing sent since its last reply) is closed without one */
-            const char *status = NULL, *body = NULL;
+            int code = 0;
+            const char *body = NULL;
             if (c->over)
-                status = "503 Service Unavailable", body = over_body;
+                code = 503, body = over_body;
             else if (c->partial && !evbuffer_get_length(bufferevent_get_output(c->bev)))
-                status = "408 Request Timeout", body = timeout_body;
+                code = 408, body = timeout_body;
             char msg[600];
-            int n = body ? snprintf(msg, sizeof(msg), "HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
-                                    "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", status, strlen(body), body)
+            int n = body ? snprintf(msg, sizeof(msg), "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                                    "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", code,
+                                    status_phrase(code), strlen(body), body)
                          : 0;
             if (n > 0) {
                 ssize_t w = send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
